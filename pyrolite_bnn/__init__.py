@@ -1,0 +1,72 @@
+"""pyrolite_bnn: Bayesian neural networks in PyTorch syntax, with Pyro inference.
+
+Example:
+    >>> import torch
+    >>> import pyrolite_bnn as bnn
+    >>> net = bnn.VISequential(bnn.VILinear(3, 16), torch.nn.ReLU(), bnn.VILinear(16, 2))
+    >>> net(torch.randn(4, 3)).shape  # (samples, batch, classes)
+    torch.Size([10, 4, 2])
+"""
+
+from pyrolite_bnn._validation import enable_validation, is_validation_enabled, validation
+from pyrolite_bnn.distributions import (
+    Bernoulli,
+    CallablePrior,
+    Categorical,
+    DistributionPrior,
+    HeteroscedasticNormal,
+    LaplacePrior,
+    MeanFieldNormal,
+    Normal,
+    NormalPrior,
+    PointMass,
+    PredictiveDistribution,
+    Prior,
+    ScaleMixtureNormalPrior,
+    StudentTPrior,
+    VariationalFamily,
+)
+from pyrolite_bnn.guides import ParticleGuide
+from pyrolite_bnn.layers import (
+    VIConv1d,
+    VIConv2d,
+    VIConv3d,
+    VILinear,
+    VIResidualConnection,
+    VISequential,
+)
+from pyrolite_bnn.loss import KullbackLeiblerLoss
+from pyrolite_bnn.module import VIModule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bernoulli",
+    "CallablePrior",
+    "Categorical",
+    "DistributionPrior",
+    "HeteroscedasticNormal",
+    "KullbackLeiblerLoss",
+    "LaplacePrior",
+    "MeanFieldNormal",
+    "Normal",
+    "NormalPrior",
+    "ParticleGuide",
+    "PointMass",
+    "PredictiveDistribution",
+    "Prior",
+    "ScaleMixtureNormalPrior",
+    "StudentTPrior",
+    "VIConv1d",
+    "VIConv2d",
+    "VIConv3d",
+    "VILinear",
+    "VIModule",
+    "VIResidualConnection",
+    "VISequential",
+    "VariationalFamily",
+    "__version__",
+    "enable_validation",
+    "is_validation_enabled",
+    "validation",
+]

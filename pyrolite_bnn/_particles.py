@@ -1,0 +1,123 @@
+"""The particle plate: one vectorised dimension for all Monte-Carlo samples.
+
+The outermost :class:`~pyrolite_bnn.VIModule` call opens
+``pyro.plate("particles", S, dim=-2)`` scaled by ``1/S``, so every weight site
+is drawn ``S`` times at once and the ELBO is the average over particles.
+
+Inside the network, activations use the *folded* layout ``(S * B, ...)``
+(particle-major): plain ``torch.nn`` modules see an ordinary batch, so
+``Flatten``, pooling, ``BatchNorm`` or ``LayerNorm`` work unchanged. A tensor
+whose leading size is the input batch ``B`` is *shared* by all particles (no
+Bayesian layer has touched it yet) and is never copied ``S`` times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from torch import Tensor
+
+__all__ = ["ParticleState", "current", "particle_plate", "particles"]
+
+PLATE_NAME = "particles"
+PLATE_DIM = -2
+
+
+@dataclass(frozen=True)
+class ParticleState:
+    """What layers need to know about the current outermost call.
+
+    Attributes:
+        samples: number of particles ``S``.
+        batch_size: leading size ``B`` of the outermost call's input, or
+            ``None`` when the call had no tensor input.
+    """
+
+    samples: int
+    batch_size: int | None
+
+
+_STATE: ContextVar[ParticleState | None] = ContextVar("pyrolite_particles", default=None)
+
+
+def current() -> ParticleState | None:
+    """The particle state of the running outermost call (``None`` outside)."""
+    return _STATE.get()
+
+
+@contextmanager
+def particles(state: ParticleState) -> Iterator[None]:
+    """Make ``state`` the current particle state for the body."""
+    token = _STATE.set(state)
+    try:
+        yield
+    finally:
+        _STATE.reset(token)
+
+
+@contextmanager
+def particle_plate(samples: int, device: torch.device | None = None) -> Iterator[None]:
+    """Open the particle plate of size ``samples``, scaled by ``1 / samples``."""
+    with pyro.plate(PLATE_NAME, samples, dim=PLATE_DIM, device=device):
+        if samples == 1:
+            yield
+        else:
+            with poutine.scale(scale=1.0 / samples):
+                yield
+
+
+def check_samples(samples: object) -> int:
+    """Validate a particle count and return it as ``int``."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    return samples
+
+
+def unfold(value: object, state: ParticleState) -> object:
+    """Turn the folded output of the network into ``(S, B, ...)`` tensors.
+
+    Tensors, and tuples/lists/dicts of tensors, are unfolded; anything else is
+    returned unchanged. A tensor whose leading size is ``B`` is shared by all
+    particles and is expanded (not copied) to ``(S, B, ...)``.
+    """
+    if isinstance(value, Tensor):
+        return unfold_tensor(value, state)
+    if isinstance(value, tuple):
+        return type(value)(*(unfold(v, state) for v in value)) if hasattr(
+            value, "_fields"
+        ) else tuple(unfold(v, state) for v in value)
+    if isinstance(value, list):
+        return [unfold(v, state) for v in value]
+    if isinstance(value, dict):
+        return {k: unfold(v, state) for k, v in value.items()}
+    return value
+
+
+def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
+    """Unfold one tensor (see :func:`unfold`)."""
+    samples, batch = state.samples, state.batch_size
+    if tensor.dim() == 0:
+        return tensor
+    rows = tensor.shape[0]
+    if batch is None:
+        if rows % samples:
+            raise ValueError(
+                f"network output has leading size {rows}, not a multiple of "
+                f"samples={samples}"
+            )
+        return tensor.reshape(samples, rows // samples, *tensor.shape[1:])
+    if rows == samples * batch:
+        return tensor.reshape(samples, batch, *tensor.shape[1:])
+    if rows == batch:
+        return tensor.unsqueeze(0).expand(samples, *tensor.shape)
+    raise ValueError(
+        f"network output has leading size {rows}; expected the batch size {batch} "
+        f"or samples * batch = {samples * batch}. Keep the batch dimension first "
+        "inside a VIModule's forward."
+    )

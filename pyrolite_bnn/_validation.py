@@ -1,0 +1,66 @@
+"""Library-wide switch for input validation at the public boundary.
+
+Validation checks shapes, dtypes, label ranges and NaN/Inf values of inputs and
+targets. The finiteness checks synchronise with the device, so a training loop
+that has been debugged can switch them off for speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+__all__ = ["enable_validation", "is_validation_enabled", "validation"]
+
+_VALIDATE = True
+
+
+def enable_validation(flag: bool = True) -> None:
+    """Turn the library's input validation on (default) or off.
+
+    Args:
+        flag: ``True`` to validate inputs and targets, ``False`` to skip checks.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> bnn.enable_validation(False); bnn.is_validation_enabled()
+        False
+        >>> bnn.enable_validation(True); bnn.is_validation_enabled()
+        True
+    """
+    global _VALIDATE
+    _VALIDATE = bool(flag)
+
+
+def is_validation_enabled() -> bool:
+    """Whether the library validates inputs and targets."""
+    return _VALIDATE
+
+
+@contextmanager
+def validation(flag: bool) -> Iterator[None]:
+    """Context manager that sets validation on or off temporarily.
+
+    Args:
+        flag: the validation state inside the context.
+    """
+    old = _VALIDATE
+    enable_validation(flag)
+    try:
+        yield
+    finally:
+        enable_validation(old)
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` if validation is on and ``tensor`` has NaN or Inf."""
+    if _VALIDATE and tensor.is_floating_point() and not bool(
+        torch.isfinite(tensor).all()
+    ):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(
+            f"{what} contains {bad} NaN/Inf value(s) (shape {tuple(tensor.shape)}); "
+            "expected finite values. Disable with bnn.enable_validation(False)."
+        )

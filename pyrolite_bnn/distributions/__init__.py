@@ -1,0 +1,41 @@
+"""Priors, variational families and predictive distributions."""
+
+from pyrolite_bnn.distributions.predictive import (
+    Bernoulli,
+    Categorical,
+    HeteroscedasticNormal,
+    Normal,
+    PredictiveDistribution,
+)
+from pyrolite_bnn.distributions.priors import (
+    CallablePrior,
+    DistributionPrior,
+    LaplacePrior,
+    NormalPrior,
+    Prior,
+    ScaleMixtureNormalPrior,
+    StudentTPrior,
+)
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormal,
+    PointMass,
+    VariationalFamily,
+)
+
+__all__ = [
+    "Bernoulli",
+    "CallablePrior",
+    "Categorical",
+    "DistributionPrior",
+    "HeteroscedasticNormal",
+    "LaplacePrior",
+    "MeanFieldNormal",
+    "Normal",
+    "NormalPrior",
+    "PointMass",
+    "PredictiveDistribution",
+    "Prior",
+    "ScaleMixtureNormalPrior",
+    "StudentTPrior",
+    "VariationalFamily",
+]

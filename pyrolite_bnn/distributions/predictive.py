@@ -1,0 +1,280 @@
+"""Predictive distributions: the likelihood ``p(y | network output)``.
+
+Each is a small :class:`~pyro.nn.PyroModule` that turns the network output of
+shape ``(S, B, ...)`` into a Pyro distribution with batch shape ``(S, B)`` (any
+further target dimensions are event dimensions), checks targets, and provides
+the moments that prediction needs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions import constraints
+from pyro.nn import PyroParam
+from torch import Tensor
+
+from pyrolite_bnn._math import inverse_softplus
+from pyrolite_bnn._pyro_module import LocalPyroModule
+from pyrolite_bnn._validation import check_finite, is_validation_enabled
+
+__all__ = [
+    "Bernoulli",
+    "Categorical",
+    "HeteroscedasticNormal",
+    "Normal",
+    "PredictiveDistribution",
+]
+
+
+def _shape(tensor: Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+class PredictiveDistribution(LocalPyroModule):
+    """Base class of likelihoods ``p(y | network output)``.
+
+    ``predictive(output)`` returns the distribution for an output of shape
+    ``(S, B, ...)``; :meth:`observe` also checks the targets and brings output
+    and targets to matching shapes (a scalar target may come as ``(B,)`` or
+    ``(B, 1)``, the output as ``(S, B)`` or ``(S, B, 1)``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("likelihood")
+
+    def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Match a scalar-target output ``(S, B, 1)`` with targets ``(B,)`` etc."""
+        rest, target_rest = output.shape[2:], target.shape[1:]
+        if rest == target_rest:
+            return output, target
+        if rest == (*target_rest, 1):
+            return output.squeeze(-1), target
+        if target_rest == (*rest, 1):
+            return output, target.squeeze(-1)
+        raise ValueError(
+            f"{type(self).__name__}: targets of shape {_shape(target)} do not match "
+            f"network output {_shape(output)}; expected targets of shape "
+            f"{(output.shape[1], *output.shape[2:])}"
+        )
+
+    def check_target(self, output: Tensor, target: Tensor) -> None:
+        """Validate targets (batch size, values); raises ``ValueError``."""
+        if target.dim() == 0 or target.shape[0] != output.shape[1]:
+            raise ValueError(
+                f"{type(self).__name__}: expected targets with batch size "
+                f"{output.shape[1]} (output {_shape(output)}), got {_shape(target)}"
+            )
+        check_finite(target, "target")
+
+    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+        """Distribution with batch shape ``output.shape[:2]``."""
+        raise NotImplementedError
+
+    def forward(self, output: Tensor) -> dist.TorchDistribution:
+        """``p(y | output)`` with batch shape ``(S, B)``."""
+        if output.dim() < 2:
+            raise ValueError(
+                f"{type(self).__name__} expects network output of shape (S, B, ...), "
+                f"got {_shape(output)}"
+            )
+        return self.distribution(output)
+
+    def observe(
+        self, output: Tensor, target: Tensor
+    ) -> tuple[dist.TorchDistribution, Tensor]:
+        """Check ``target`` and return ``(p(y | output), target)`` with matching shapes."""
+        if output.dim() < 2:
+            raise ValueError(
+                f"{type(self).__name__} expects network output of shape (S, B, ...), "
+                f"got {_shape(output)}"
+            )
+        if is_validation_enabled():
+            self.check_target(output, target)
+        output, target = self.align(output, target)
+        return self(output), target
+
+
+class Categorical(PredictiveDistribution):
+    """Classification: the network outputs logits ``(S, B, C)``.
+
+    Targets are integer class labels ``(B,)`` in ``[0, C)``.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> bnn.Categorical()(torch.zeros(4, 3, 5)).batch_shape
+        torch.Size([4, 3])
+    """
+
+    def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Class dimension last; labels ``(B, ...)`` need no alignment."""
+        return output, target
+
+    def check_target(self, output: Tensor, target: Tensor) -> None:
+        """Labels must be integers in ``[0, C)`` of shape ``(B, ...)``."""
+        if output.dim() < 3:
+            raise ValueError(
+                "Categorical expects logits of shape (S, B, classes), got "
+                f"{_shape(output)}"
+            )
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise ValueError(
+                f"Categorical targets must be integer class labels, got dtype {target.dtype}"
+            )
+        if tuple(target.shape) != tuple(output.shape[1:-1]):
+            raise ValueError(
+                f"Categorical: expected targets of shape {tuple(output.shape[1:-1])} "
+                f"for logits {_shape(output)}, got {_shape(target)}"
+            )
+        classes = output.shape[-1]
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
+            raise ValueError(
+                f"Categorical: labels must be in [0, {classes}), got range "
+                f"[{int(target.min())}, {int(target.max())}]"
+            )
+
+    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+        """``Categorical(logits=output)``."""
+        if output.dim() < 3:
+            raise ValueError(
+                "Categorical expects logits of shape (S, B, classes), got "
+                f"{_shape(output)}"
+            )
+        return dist.Categorical(logits=output).to_event(output.dim() - 3)
+
+    def probs(self, output: Tensor) -> Tensor:
+        """Class probabilities per particle, ``softmax(output)``."""
+        return output.softmax(-1)
+
+
+class Bernoulli(PredictiveDistribution):
+    """Binary classification: the network outputs logits ``(S, B)`` or ``(S, B, 1)``.
+
+    Targets are 0/1 values ``(B,)`` (any dtype; multi-label ``(B, D)`` too).
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> bnn.Bernoulli()(torch.zeros(4, 3)).batch_shape
+        torch.Size([4, 3])
+    """
+
+    def check_target(self, output: Tensor, target: Tensor) -> None:
+        """Targets must be 0 or 1."""
+        super().check_target(output, target)
+        if target.numel() and not bool(((target == 0) | (target == 1)).all()):
+            raise ValueError("Bernoulli targets must be 0 or 1")
+
+    def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Align shapes and convert targets to the output's dtype."""
+        output, target = super().align(output, target)
+        return output, target.to(output.dtype)
+
+    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+        """``Bernoulli(logits=output)``."""
+        return dist.Bernoulli(logits=output).to_event(output.dim() - 2)
+
+    def probs(self, output: Tensor) -> Tensor:
+        """Probability of class 1 per particle."""
+        return torch.sigmoid(output)
+
+
+class Normal(PredictiveDistribution):
+    """Regression with homoscedastic Gaussian noise: ``y ~ N(output, scale^2)``.
+
+    The network outputs the mean, ``(S, B)``/``(S, B, 1)`` for scalar targets or
+    ``(S, B, D)`` for targets ``(B, D)``.
+
+    Args:
+        scale: ``None`` to learn the noise standard deviation (a parameter of
+            this module: give ``loss_fn.parameters()`` to the optimizer too, or
+            use :func:`~pyrolite_bnn.fit`), or a positive float to fix it.
+        init_scale: starting value of a learned scale.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> likelihood = bnn.Normal(scale=0.5)
+        >>> likelihood(torch.zeros(4, 3)).batch_shape
+        torch.Size([4, 3])
+        >>> float(likelihood.noise_scale())
+        0.5
+    """
+
+    def __init__(self, scale: float | None = None, init_scale: float = 1.0) -> None:
+        super().__init__()
+        self.learned = scale is None
+        value = init_scale if scale is None else scale
+        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise ValueError(f"Normal noise scale must be a positive float, got {value!r}")
+        if self.learned:
+            self.raw_scale = PyroParam(
+                torch.tensor(inverse_softplus(float(value))), constraints.real
+            )
+        else:
+            self.register_buffer("fixed_scale", torch.tensor(float(value)))
+
+    def noise_scale(self) -> Tensor:
+        """Standard deviation of the observation noise."""
+        if self.learned:
+            return F.softplus(self.raw_scale)
+        return self.fixed_scale  # type: ignore[no-any-return]
+
+    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+        """``Normal(output, scale)``."""
+        scale = self.noise_scale().to(output)
+        return dist.Normal(output, scale).to_event(output.dim() - 2)
+
+    def extra_repr(self) -> str:
+        """Learned or fixed scale."""
+        return "scale=learned" if self.learned else f"scale={float(self.fixed_scale):g}"
+
+
+class HeteroscedasticNormal(PredictiveDistribution):
+    """Regression where the network predicts mean and noise scale per input.
+
+    The last output dimension holds ``(mean, raw_scale)``; the noise standard
+    deviation is ``softplus(raw_scale) + min_scale``. Output ``(S, B, 2)`` for
+    scalar targets ``(B,)``, ``(S, B, D, 2)`` for targets ``(B, D)``.
+
+    Args:
+        min_scale: lower bound of the predicted standard deviation.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> bnn.HeteroscedasticNormal()(torch.zeros(4, 3, 2)).batch_shape
+        torch.Size([4, 3])
+    """
+
+    def __init__(self, min_scale: float = 1e-6) -> None:
+        super().__init__()
+        if not min_scale >= 0:
+            raise ValueError(f"min_scale must be >= 0, got {min_scale!r}")
+        self.min_scale = min_scale
+
+    def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Match targets ``(B, ...)`` (or ``(B, 1)`` for a scalar) with the mean."""
+        mean_shape = tuple(output.shape[2:-1])
+        if tuple(target.shape[1:]) == mean_shape:
+            return output, target
+        if tuple(target.shape[1:]) == (*mean_shape, 1):
+            return output, target.squeeze(-1)
+        raise ValueError(
+            f"HeteroscedasticNormal: targets {_shape(target)} do not match output "
+            f"{_shape(output)}; expected targets of shape {(output.shape[1], *mean_shape)}"
+        )
+
+    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+        """``Normal(mean, softplus(raw_scale) + min_scale)``."""
+        if output.dim() < 3 or output.shape[-1] != 2:
+            raise ValueError(
+                "HeteroscedasticNormal expects output (S, B, ..., 2) holding (mean, "
+                f"raw scale), got {_shape(output)}"
+            )
+        loc, scale = self.loc_scale(output)
+        return dist.Normal(loc, scale).to_event(loc.dim() - 2)
+
+    def loc_scale(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation from the raw output."""
+        return output[..., 0], F.softplus(output[..., 1]) + self.min_scale

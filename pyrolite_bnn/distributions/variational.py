@@ -1,0 +1,184 @@
+"""Variational families: what the generated guide learns for each weight tensor.
+
+A family is a small, immutable *specification* passed to a layer
+(``variational=MeanFieldNormal(init_scale=1e-3)``); the layer asks it to
+:meth:`~VariationalFamily.build` one posterior module per declared random
+variable. The posterior module owns the learnable parameters (so they are part
+of ``model.parameters()`` and ``state_dict``) and, when called inside the
+particle plate, emits one ``pyro.sample`` site for the whole tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions import constraints
+from pyro.nn import PyroParam
+from torch import Tensor
+
+from pyrolite_bnn._math import inverse_softplus
+from pyrolite_bnn._pyro_module import LocalPyroModule
+
+__all__ = [
+    "MeanFieldNormal",
+    "MeanFieldNormalPosterior",
+    "PointMass",
+    "PointMassPosterior",
+    "Posterior",
+    "VariationalFamily",
+]
+
+
+class Posterior(LocalPyroModule):
+    """Learnable variational distribution of one weight tensor.
+
+    Calling it with a site name samples that site from :meth:`distribution`.
+    """
+
+    loc: Tensor
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = torch.Size(shape)
+
+    def distribution(self) -> dist.TorchDistribution:
+        """The variational distribution of the whole tensor (all dims event)."""
+        raise NotImplementedError
+
+    def forward(self, site: str) -> Tensor:
+        """Sample ``site`` from the variational distribution."""
+        return pyro.sample(site, self.distribution())  # type: ignore[no-any-return]
+
+    def mean(self) -> Tensor:
+        """Variational mean of the tensor (used by posterior-mean prediction)."""
+        return self.loc
+
+    def reset_parameters(self, init_loc: Tensor) -> None:
+        """Re-initialise the posterior around ``init_loc``."""
+        raise NotImplementedError
+
+
+class MeanFieldNormalPosterior(Posterior):
+    """Independent Normal for every weight: ``N(loc, softplus(rho)^2)``.
+
+    Args:
+        shape: shape of the weight tensor.
+        init_loc: initial mean.
+        init_scale: initial standard deviation.
+    """
+
+    rho: Tensor
+
+    def __init__(self, shape: Sequence[int], init_loc: Tensor, init_scale: float) -> None:
+        super().__init__(shape)
+        self.init_scale = init_scale
+        self.loc = PyroParam(init_loc.detach().clone(), constraints.real)
+        self.rho = PyroParam(
+            torch.full_like(init_loc, inverse_softplus(init_scale)), constraints.real
+        )
+
+    def scale(self) -> Tensor:
+        """Standard deviations ``softplus(rho)``."""
+        return F.softplus(self.rho)
+
+    def distribution(self) -> dist.TorchDistribution:
+        """``Normal(loc, softplus(rho))`` over the whole tensor."""
+        return dist.Normal(self.loc, F.softplus(self.rho)).to_event(len(self.shape))
+
+    def reset_parameters(self, init_loc: Tensor) -> None:
+        """Set the mean to ``init_loc`` and every scale to ``init_scale``."""
+        with torch.no_grad():
+            self.loc_unconstrained.copy_(init_loc)
+            self.rho_unconstrained.fill_(inverse_softplus(self.init_scale))
+
+    def extra_repr(self) -> str:
+        """Shape and initial scale."""
+        return f"shape={tuple(self.shape)}, init_scale={self.init_scale:g}"
+
+
+class PointMassPosterior(Posterior):
+    """A point mass (Dirac delta) at a learned value: MAP estimation.
+
+    With a point-mass posterior the ELBO reduces to the log joint density
+    ``log p(y | w) + log p(w)``, i.e. maximum a posteriori training; the KL term
+    is then the negative log prior density (no entropy term).
+
+    Args:
+        shape: shape of the weight tensor.
+        init_loc: initial value.
+    """
+
+    def __init__(self, shape: Sequence[int], init_loc: Tensor) -> None:
+        super().__init__(shape)
+        self.loc = PyroParam(init_loc.detach().clone(), constraints.real)
+
+    def distribution(self) -> dist.TorchDistribution:
+        """``Delta(loc)`` over the whole tensor."""
+        return dist.Delta(self.loc, event_dim=len(self.shape))
+
+    def reset_parameters(self, init_loc: Tensor) -> None:
+        """Set the value to ``init_loc``."""
+        with torch.no_grad():
+            self.loc_unconstrained.copy_(init_loc)
+
+    def extra_repr(self) -> str:
+        """Shape."""
+        return f"shape={tuple(self.shape)}"
+
+
+class VariationalFamily:
+    """Specification of a variational family; builds one posterior per tensor."""
+
+    def build(self, shape: Sequence[int], init_loc: Tensor) -> Posterior:
+        """Create the posterior module of a tensor of ``shape``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MeanFieldNormal(VariationalFamily):
+    """Mean-field Normal family (the default).
+
+    Args:
+        init_scale: initial posterior standard deviation of every weight. Small
+            values (default ``1e-3``) let the network first fit the data like a
+            deterministic one; the scales then grow where the data allow.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> bnn.VILinear(3, 2, variational=bnn.MeanFieldNormal(init_scale=0.01))
+        VILinear(in_features=3, out_features=2, bias=True)
+    """
+
+    init_scale: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not (self.init_scale > 0 and math.isfinite(self.init_scale)):
+            raise ValueError(
+                f"MeanFieldNormal init_scale must be positive, got {self.init_scale!r}"
+            )
+
+    def build(self, shape: Sequence[int], init_loc: Tensor) -> Posterior:
+        """Create a :class:`MeanFieldNormalPosterior`."""
+        return MeanFieldNormalPosterior(shape, init_loc, self.init_scale)
+
+
+@dataclass(frozen=True)
+class PointMass(VariationalFamily):
+    """Point-mass family: maximum a posteriori (MAP) weights.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> layer = bnn.VILinear(3, 2, variational=bnn.PointMass())
+        >>> type(layer.posterior["weight"]).__name__
+        'PointMassPosterior'
+    """
+
+    def build(self, shape: Sequence[int], init_loc: Tensor) -> Posterior:
+        """Create a :class:`PointMassPosterior`."""
+        return PointMassPosterior(shape, init_loc)

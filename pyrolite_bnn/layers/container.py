@@ -1,0 +1,109 @@
+"""Containers: ``VISequential`` and ``VIResidualConnection``."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any, overload
+
+from torch import Tensor, nn
+
+from pyrolite_bnn.layers.functional import match_particles
+from pyrolite_bnn.module import VIModule
+
+__all__ = ["VIResidualConnection", "VISequential"]
+
+
+class VISequential(VIModule):
+    """Bayesian-aware :class:`torch.nn.Sequential`: modules applied in order.
+
+    Holds any mix of ``VIModule`` layers and plain ``torch.nn`` modules; Pyro
+    site names follow the indices (``body.0.weight``). Use it instead of
+    ``nn.Sequential`` around Bayesian layers.
+
+    Args:
+        *args: modules, or one ``OrderedDict`` of named modules.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import pyrolite_bnn as bnn
+        >>> seq = bnn.VISequential(bnn.VILinear(2, 4), nn.ReLU(), bnn.VILinear(4, 1))
+        >>> len(seq), type(seq[1]).__name__
+        (3, 'ReLU')
+        >>> seq(torch.randn(6, 2), samples=3).shape
+        torch.Size([3, 6, 1])
+    """
+
+    def __init__(self, *args: nn.Module | OrderedDict[str, nn.Module]) -> None:
+        super().__init__()
+        if len(args) == 1 and isinstance(args[0], OrderedDict):
+            for name, module in args[0].items():
+                self.add_module(name, module)
+        else:
+            for index, module in enumerate(args):
+                if not isinstance(module, nn.Module):
+                    raise TypeError(
+                        f"VISequential takes torch modules, got {type(module).__name__}"
+                    )
+                self.add_module(str(index), module)
+
+    @overload
+    def __getitem__(self, index: int) -> nn.Module: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> VISequential: ...
+
+    def __getitem__(self, index: int | slice) -> nn.Module:
+        modules = list(self._modules.values())
+        if isinstance(index, slice):
+            return VISequential(OrderedDict(list(self._modules.items())[index]))
+        return modules[index]  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self._modules.values())  # type: ignore[arg-type]
+
+    def append(self, module: nn.Module) -> VISequential:
+        """Append a module at the end."""
+        self.add_module(str(len(self)), module)
+        return self
+
+    def forward(self, input: Any) -> Any:
+        """Apply the modules in order."""
+        for module in self:
+            input = module(input)
+        return input
+
+
+class VIResidualConnection(VISequential):
+    """Residual block: ``output = body(input) + input``.
+
+    ``body`` is the sequence of the given modules. The shortcut is broadcast over
+    particles when the body is Bayesian and the input is still shared.
+
+    Args:
+        *args: modules of the body (as :class:`VISequential`).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import pyrolite_bnn as bnn
+        >>> block = bnn.VIResidualConnection(bnn.VILinear(4, 4), nn.Tanh())
+        >>> block(torch.randn(3, 4), samples=2).shape
+        torch.Size([2, 3, 4])
+    """
+
+    def forward(self, input: Any) -> Any:
+        """Return ``body(input) + input``."""
+        branch = super().forward(input)
+        if not isinstance(branch, Tensor) or not isinstance(input, Tensor):
+            raise TypeError("VIResidualConnection needs a tensor input and output")
+        if branch.shape[1:] != input.shape[1:]:
+            raise ValueError(
+                f"residual body changed the shape from {tuple(input.shape[1:])} to "
+                f"{tuple(branch.shape[1:])}; input and output must match"
+            )
+        return branch + match_particles(input, branch)

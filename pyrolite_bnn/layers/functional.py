@@ -1,0 +1,183 @@
+"""Layer arithmetic batched over particles, with no Python loop over samples.
+
+Weights arrive with any number of leading particle dimensions (``(S, 1, out,
+in)`` from the particle plate, ``(S, out, in)`` from ``Predictive(parallel=
+True)``, or none at all); they are flattened to one particle dimension ``S``.
+Inputs are either *shared* by all particles (leading size ``batch_size``) or
+*folded* particle-major (leading size ``S * b``). Outputs are folded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["conv", "linear", "match_particles"]
+
+
+def _flat_particles(weight: Tensor, event_dims: int) -> Tensor:
+    event = weight.shape[weight.dim() - event_dims :]
+    return weight.reshape(-1, *event)
+
+
+def _bias_particles(bias: Tensor | None, samples: int, size: int) -> Tensor | None:
+    if bias is None:
+        return None
+    flat = bias.reshape(-1, size)
+    if flat.shape[0] == samples:
+        return flat
+    if flat.shape[0] == 1:
+        return flat.expand(samples, size)
+    raise ValueError(
+        f"bias has {flat.shape[0]} particles but the weight has {samples}"
+    )
+
+
+def _is_shared(rows: int, samples: int, batch_size: int | None) -> bool:
+    if rows == batch_size:
+        return True
+    if rows % samples:
+        raise ValueError(
+            f"input has leading size {rows}: expected the batch size {batch_size} "
+            f"(shared by all particles) or a multiple of samples={samples} "
+            "(one block per particle)"
+        )
+    return False
+
+
+def linear(
+    input: Tensor, weight: Tensor, bias: Tensor | None, batch_size: int | None
+) -> Tensor:
+    """``F.linear`` for ``S`` weight draws at once.
+
+    Args:
+        input: ``(rows, *, in)``, shared (``rows == batch_size``) or folded.
+        weight: ``(..., out, in)``.
+        bias: ``(..., out)`` or ``None``.
+        batch_size: the outermost call's batch size.
+
+    Returns:
+        ``(S * b, *, out)`` folded output (``(rows, *, out)`` for one particle).
+
+    Example:
+        >>> import torch
+        >>> x, w = torch.randn(4, 3), torch.randn(5, 1, 2, 3)
+        >>> linear(x, w, None, batch_size=4).shape
+        torch.Size([20, 2])
+    """
+    out_features, in_features = weight.shape[-2:]
+    w = _flat_particles(weight, 2)
+    samples = w.shape[0]
+    b = _bias_particles(bias, samples, out_features)
+    if samples == 1:
+        return F.linear(input, w[0], None if b is None else b[0])
+    rows, middle = input.shape[0], input.shape[1:-1]
+    if _is_shared(rows, samples, batch_size):
+        h = input.reshape(1, -1, in_features).expand(samples, -1, -1)
+        out_rows = samples * rows
+    else:
+        h = input.reshape(samples, -1, in_features)
+        out_rows = rows
+    wt = w.transpose(1, 2)
+    out = torch.bmm(h, wt) if b is None else torch.baddbmm(b.unsqueeze(1), h, wt)
+    return out.reshape(out_rows, *middle, out_features)
+
+
+_CONV: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def conv(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Sequence[int],
+    padding: str | Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    batch_size: int | None,
+) -> Tensor:
+    """``F.conv{1,2,3}d`` for ``S`` weight draws in one grouped convolution.
+
+    A shared input is convolved once with all ``S`` filter banks stacked as extra
+    output channels; a folded input is moved into channels and convolved with
+    ``groups * S`` groups.
+
+    Args:
+        input: ``(rows, C, *spatial)``, shared or folded.
+        weight: ``(..., O, C / groups, *kernel)``.
+        bias: ``(..., O)`` or ``None``.
+        stride: per spatial dim.
+        padding: per spatial dim, or ``"same"``/``"valid"``.
+        dilation: per spatial dim.
+        groups: channel groups of the layer.
+        batch_size: the outermost call's batch size.
+
+    Returns:
+        Folded ``(S * b, O, *spatial_out)``.
+
+    Example:
+        >>> import torch
+        >>> x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 1, 5, 3, 3, 3)
+        >>> conv(x, w, None, (1, 1), (1, 1), (1, 1), 1, batch_size=2).shape
+        torch.Size([8, 5, 8, 8])
+    """
+    dims = len(stride)
+    op = _CONV[dims]
+    w = _flat_particles(weight, dims + 2)
+    samples, out_channels = w.shape[0], w.shape[1]
+    b = _bias_particles(bias, samples, out_channels)
+    if samples == 1:
+        return op(input, w[0], None if b is None else b[0], stride, padding, dilation, groups)
+    kernel = w.shape[2:]
+    rows = input.shape[0]
+    per_group = out_channels // groups
+    if _is_shared(rows, samples, batch_size):
+        # Output channels ordered (group, particle, channel-in-group).
+        wg = w.reshape(samples, groups, per_group, *kernel).transpose(0, 1)
+        bg = None if b is None else b.reshape(samples, groups, per_group).transpose(0, 1)
+        out = op(
+            input,
+            wg.reshape(groups * samples * per_group, *kernel),
+            None if bg is None else bg.reshape(-1),
+            stride,
+            padding,
+            dilation,
+            groups,
+        )
+        spatial = out.shape[2:]
+        out = out.reshape(rows, groups, samples, per_group, *spatial)
+        out = out.permute(2, 0, 1, 3, *range(4, 4 + dims))
+        return out.reshape(samples * rows, out_channels, *spatial)
+    per_particle = rows // samples
+    x = input.reshape(samples, per_particle, *input.shape[1:]).transpose(0, 1)
+    x = x.reshape(per_particle, samples * input.shape[1], *input.shape[2:])
+    out = op(
+        x,
+        w.reshape(samples * out_channels, *kernel),
+        None if b is None else b.reshape(-1),
+        stride,
+        padding,
+        dilation,
+        groups * samples,
+    )
+    spatial = out.shape[2:]
+    out = out.reshape(per_particle, samples, out_channels, *spatial).transpose(0, 1)
+    return out.reshape(rows, out_channels, *spatial)
+
+
+def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
+    """Fold ``shortcut`` like ``branch`` so the two can be added.
+
+    A shared tensor (leading size ``b``) meeting a folded one (``S * b``) is
+    broadcast over particles; otherwise ``shortcut`` is returned unchanged.
+    """
+    rows, branch_rows = shortcut.shape[0], branch.shape[0]
+    if rows == branch_rows or rows == 0 or branch_rows % rows:
+        return shortcut
+    samples = branch_rows // rows
+    return shortcut.unsqueeze(0).expand(samples, *shortcut.shape).reshape(
+        branch_rows, *shortcut.shape[1:]
+    )

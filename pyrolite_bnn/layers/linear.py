@@ -1,0 +1,122 @@
+"""Bayesian fully connected layer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import init
+
+from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.layers import functional
+from pyrolite_bnn.layers._options import batch_size, check_estimator, per_variable
+from pyrolite_bnn.module import VIModule
+
+__all__ = ["VILinear"]
+
+
+class VILinear(VIModule):
+    """Bayesian counterpart of :class:`torch.nn.Linear`: ``y = x W^T + b``.
+
+    ``weight`` and ``bias`` are random variables with a prior and a learned
+    variational posterior. Positional and keyword arguments are those of
+    ``torch.nn.Linear``; the Bayesian options are keyword-only.
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        bias: if ``False``, the layer has no bias (``self.bias is None``).
+        prior: prior of the weights: a :class:`~pyrolite_bnn.Prior`, any
+            torch/pyro distribution, a callable ``shape -> distribution``, or a
+            mapping ``{"weight": ..., "bias": ...}``. Default ``N(0, 1)``.
+        variational: variational family (or mapping per variable). Default
+            :class:`~pyrolite_bnn.MeanFieldNormal`.
+        estimator: gradient estimator, ``"reparam"`` (draw the weights of every
+            particle).
+        device: device of parameters and prior buffers.
+        dtype: dtype of parameters and prior buffers.
+
+    Shape:
+        - Input: ``(B, *, in_features)``.
+        - Output: ``(S, B, *, out_features)`` as the outermost module; folded
+          ``(S * B, *, out_features)`` inside a network.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VILinear(4, 3, False)
+        >>> layer
+        VILinear(in_features=4, out_features=3, bias=False)
+        >>> layer(torch.randn(8, 4), samples=5).shape
+        torch.Size([5, 8, 3])
+    """
+
+    in_features: int
+    out_features: int
+    weight: Tensor
+    bias: Tensor | None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        prior: object = None,
+        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        estimator: str = "reparam",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(
+                f"in_features and out_features must be >= 1, got {in_features}, "
+                f"{out_features}"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.estimator = check_estimator(estimator)
+        names = ("weight", "bias") if bias else ("weight",)
+        shapes = {"weight": (out_features, in_features), "bias": (out_features,)}
+        for name in names:
+            self.declare_random_variable(
+                name,
+                shapes[name],
+                per_variable(prior, name, "prior", names),
+                per_variable(variational, name, "variational", names),  # type: ignore[arg-type]
+                device=device,
+                dtype=dtype,
+            )
+        if not bias:
+            self.bias = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise posterior means like ``nn.Linear`` (Kaiming uniform)."""
+        weight = self.posterior["weight"].loc
+        init_weight = torch.empty_like(weight)
+        init.kaiming_uniform_(init_weight, a=math.sqrt(5))
+        self.posterior["weight"].reset_parameters(init_weight)
+        if "bias" in self.posterior:
+            bound = 1 / math.sqrt(self.in_features)
+            bias = self.posterior["bias"].loc
+            self.posterior["bias"].reset_parameters(
+                torch.empty_like(bias).uniform_(-bound, bound)
+            )
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Apply the layer for every particle."""
+        if input.dim() < 2 or input.shape[-1] != self.in_features:
+            raise ValueError(
+                f"VILinear(in_features={self.in_features}) expected input of shape "
+                f"(batch, ..., {self.in_features}), got {tuple(input.shape)}"
+            )
+        return functional.linear(input, self.weight, self.bias, batch_size())
+
+    def extra_repr(self) -> str:
+        """Constructor arguments."""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={'bias' in self.posterior}"
+        )

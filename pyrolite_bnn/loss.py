@@ -1,0 +1,225 @@
+"""``KullbackLeiblerLoss``: the negative ELBO of a Bayesian network, via Pyro."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import torch
+from torch import Tensor, nn
+
+from pyrolite_bnn import _particles
+from pyrolite_bnn.distributions.predictive import PredictiveDistribution
+from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.record import ForwardRecord, KLMode, last_record, set_last_record
+
+__all__ = ["KullbackLeiblerLoss"]
+
+_KL_MODES = ("auto", "mc", "analytic")
+_REDUCTIONS = ("mean", "sum")
+_UNTRAINED_CHECK_STEP = 5
+
+
+class KullbackLeiblerLoss(nn.Module):
+    r"""Negative evidence lower bound (ELBO) of a Bayesian network.
+
+    For a minibatch of ``B`` out of ``N = dataset_size`` training points and ``S``
+    particles ``w_s ~ q``:
+
+    .. math::
+
+        -\mathrm{ELBO} = -\frac{N}{B} \sum_{b} \frac{1}{S} \sum_s
+            \log p(y_b \mid x_b, w_s)
+            + \mathrm{heat} \cdot \mathrm{KL}(q \,\|\, p)
+
+    The data term is the mean over particles of the log-likelihood (the ELBO's
+    :math:`E_q \log p`, not the log of the mean). With ``reduction="mean"`` the
+    value is divided by ``N``, so it is on the scale of a per-example
+    cross-entropy. The value equals Pyro's ``Trace_ELBO`` (``kl="mc"``) or
+    ``TraceMeanField_ELBO`` (``kl="analytic"``) on :meth:`pyro_model` and the
+    network's guide for the same random draws, divided by ``N``.
+
+    Args:
+        predictive: the likelihood, e.g. :class:`~pyrolite_bnn.Categorical`.
+        dataset_size: number of training examples ``N``.
+        heat: multiplier of the KL term (``< 1`` for a "cold" posterior).
+        kl: ``"auto"`` (closed form per weight site where one exists, Monte
+            Carlo elsewhere), ``"analytic"`` (closed form everywhere, else an
+            error), or ``"mc"`` (Monte Carlo from the drawn weights).
+        reduction: ``"mean"`` (divide by ``N``) or ``"sum"``.
+
+    Attributes:
+        last_nll: detached data term of the last call (same reduction).
+        last_kl: detached KL term of the last call (same reduction, before heat).
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> net = bnn.VILinear(4, 3)
+        >>> loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=100)
+        >>> loss = loss_fn(net(torch.randn(8, 4)), torch.randint(0, 3, (8,)))
+        >>> loss.shape, loss.requires_grad
+        (torch.Size([]), True)
+    """
+
+    last_nll: Tensor
+    last_kl: Tensor
+
+    def __init__(
+        self,
+        predictive: PredictiveDistribution,
+        dataset_size: int,
+        heat: float = 1.0,
+        kl: KLMode = "auto",
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if not isinstance(predictive, PredictiveDistribution):
+            raise TypeError(
+                "predictive must be a bnn predictive distribution such as "
+                f"bnn.Categorical(), got {type(predictive).__name__}"
+            )
+        if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
+            raise ValueError(f"dataset_size must be an integer >= 1, got {dataset_size!r}")
+        if not heat >= 0:
+            raise ValueError(f"heat must be >= 0, got {heat!r}")
+        if kl not in _KL_MODES:
+            raise ValueError(f"kl must be one of {_KL_MODES}, got {kl!r}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.predictive = predictive
+        self.dataset_size = dataset_size
+        self.heat = float(heat)
+        self.kl = kl
+        self.reduction = reduction
+        self._calls = 0
+        self._snapshot: list[Tensor] | None = None
+
+    def extra_repr(self) -> str:
+        """Constructor arguments."""
+        return (
+            f"dataset_size={self.dataset_size}, heat={self.heat:g}, kl={self.kl!r}, "
+            f"reduction={self.reduction!r}"
+        )
+
+    def forward(self, output: Tensor, target: Tensor) -> Tensor:
+        """Negative ELBO of ``output = model(x)`` (a PyTorch-style call) and targets.
+
+        Args:
+            output: the network output ``(S, B, ...)`` of the forward pass.
+            target: targets ``(B, ...)``.
+
+        Returns:
+            Scalar loss.
+        """
+        record = self._record_for(output)
+        batch = self._check_batch(output)
+        likelihood, aligned = self.predictive.observe(output, target)
+        samples = output.shape[0]
+        log_lik = likelihood.log_prob(aligned).sum() * (self.dataset_size / batch / samples)
+        kl = record.kl(self.kl)
+        if last_record() is record:
+            set_last_record(None)
+        norm = self.dataset_size if self.reduction == "mean" else 1
+        self.last_nll = (-log_lik / norm).detach()
+        self.last_kl = (kl / norm).detach()
+        self._watch_learned_parameters()
+        return (self.heat * kl - log_lik) / norm
+
+    def _record_for(self, output: Tensor) -> ForwardRecord:
+        if not isinstance(output, Tensor):
+            raise TypeError(f"output must be a tensor, got {type(output).__name__}")
+        record = getattr(output, "bnn_record", None) or last_record()
+        if record is None:
+            raise ValueError(
+                "no forward pass to take the KL term from: pass the output of a "
+                "VIModule called outside Pyro inference (out = model(x)) with "
+                "gradients enabled"
+            )
+        if output.dim() < 2 or output.shape[0] != record.samples:
+            raise ValueError(
+                f"output of shape {tuple(output.shape)} does not come from the last "
+                f"forward pass ({record.samples} particles); the particle dimension "
+                "must stay first"
+            )
+        return record
+
+    def _check_batch(self, output: Tensor) -> int:
+        batch = output.shape[1]
+        if batch > self.dataset_size:
+            raise ValueError(
+                f"batch of {batch} examples is larger than dataset_size="
+                f"{self.dataset_size}; dataset_size must be the number of training "
+                "examples"
+            )
+        return batch
+
+    def _watch_learned_parameters(self) -> None:
+        """Warn once if the likelihood's parameters are never updated."""
+        if not torch.is_grad_enabled() or self._calls > _UNTRAINED_CHECK_STEP:
+            return
+        self._calls += 1
+        params = [p for p in self.predictive.parameters() if p.requires_grad]
+        if not params:
+            return
+        if self._snapshot is None:
+            self._snapshot = [p.detach().clone() for p in params]
+        elif self._calls == _UNTRAINED_CHECK_STEP and all(
+            torch.equal(p, s) for p, s in zip(params, self._snapshot, strict=True)
+        ):
+            warnings.warn(
+                f"the parameters of {type(self.predictive).__name__} (e.g. a learned "
+                "noise scale) have not changed in "
+                f"{_UNTRAINED_CHECK_STEP} steps: pass loss_fn.parameters() to the "
+                "optimizer as well as model.parameters()",
+                stacklevel=3,
+            )
+
+    def pyro_model(self, model: VIModule, samples: int | None = None) -> Callable[..., Any]:
+        """The full Pyro model of ``model`` under this likelihood.
+
+        The returned callable ``pyro_model(x, y=None, samples=None)`` runs the
+        network in the particle plate and observes ``y`` at site ``"obs"`` inside
+        ``pyro.plate("data", N)`` subsampled to the batch (scale ``N / B``).
+        Use it with ``model.guide`` in ``pyro.infer.SVI``, ``Predictive`` or
+        ``MCMC`` (with ``samples=1`` for MCMC, whose chains are the particles).
+
+        Args:
+            model: the network.
+            samples: particle count (default: ``model.samples`` at call time).
+
+        Returns:
+            The Pyro model callable.
+        """
+        if not isinstance(model, VIModule):
+            raise TypeError(
+                f"pyro_model needs a bnn.VIModule, got {type(model).__name__}"
+            )
+        if self.heat != 1.0:
+            raise ValueError(
+                "pyro_model is the untempered model; the KL heat only applies to the "
+                "PyTorch-style loss (heat=1.0 here)"
+            )
+        default_samples = samples
+
+        def bnn_pyro_model(
+            x: Any, y: Tensor | None = None, samples: int | None = None
+        ) -> Tensor:
+            count = default_samples if samples is None else samples
+            output: Tensor = model(x, samples=count)
+            batch = self._check_batch(output)
+            with _particles.particle_plate(output.shape[0], output.device), pyro.plate(
+                "data",
+                self.dataset_size,
+                subsample=torch.arange(batch, device=output.device),
+                dim=-1,
+            ):
+                if y is None:
+                    pyro.sample("obs", self.predictive(output))
+                else:
+                    likelihood, aligned = self.predictive.observe(output, y)
+                    pyro.sample("obs", likelihood, obs=aligned)
+            return output
+
+        return bnn_pyro_model

@@ -1,0 +1,661 @@
+"""Metrics for evaluating the quality and uncertainty of predictions.
+
+All functions are stateless, operate on :class:`torch.Tensor` inputs (CPU or CUDA,
+``float32`` or ``float64``) and are fully vectorised over data points. Each metric
+returns a 0-dim floating point tensor on the device of its inputs, except
+:func:`calibration_curve`, which returns a tuple of per-bin tensors.
+
+Classification metrics take ``probs`` of shape ``(N, C)`` (rows are class
+probabilities that lie in ``[0, 1]`` and sum to 1 within ``1e-4``) and integer
+``labels`` of shape ``(N,)`` with values in ``[0, C)``:
+
+* :func:`nll`, :func:`accuracy`, :func:`brier_score`,
+* :func:`expected_calibration_error` and :func:`calibration_curve`.
+
+Out-of-distribution detection is scored with :func:`auroc`.
+
+Regression metrics take tensors of identical (arbitrary) shape and average over
+all elements: :func:`rmse`, :func:`gaussian_nll`, :func:`interval_coverage` and
+:func:`quantile_calibration_error`.
+
+Invalid inputs raise :class:`ValueError` (or :class:`TypeError` for arguments that
+are not tensors) with a message stating what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "accuracy",
+    "auroc",
+    "brier_score",
+    "calibration_curve",
+    "expected_calibration_error",
+    "gaussian_nll",
+    "interval_coverage",
+    "nll",
+    "quantile_calibration_error",
+    "rmse",
+]
+
+_ROW_SUM_TOLERANCE = 1e-4
+
+
+# --------------------------------------------------------------------------- #
+# Input validation helpers
+# --------------------------------------------------------------------------- #
+def _require_tensor(x: object, name: str) -> torch.Tensor:
+    """Return ``x`` if it is a tensor, otherwise raise ``TypeError``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def _check_classification(
+    probs: object, labels: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``probs`` (N, C) and ``labels`` (N,).
+
+    Returns:
+        ``(probs, labels)`` with ``labels`` converted to ``torch.long``.
+
+    """
+    p = _require_tensor(probs, "probs")
+    y = _require_tensor(labels, "labels")
+    if p.ndim != 2:
+        raise ValueError(
+            f"probs must be a 2-D tensor of shape (N, C), got shape {tuple(p.shape)}"
+        )
+    n, c = p.shape
+    if n == 0 or c == 0:
+        raise ValueError(
+            "probs must be non-empty (at least one sample and one class), "
+            f"got shape {tuple(p.shape)}"
+        )
+    if not p.is_floating_point():
+        raise ValueError(f"probs must have a floating point dtype, got {p.dtype}")
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError("probs must be finite, got NaN or infinite values")
+    lo, hi = torch.aminmax(p)
+    if lo.item() < 0.0 or hi.item() > 1.0:
+        raise ValueError(
+            "probs must lie in [0, 1], "
+            f"got values in [{lo.item():.6g}, {hi.item():.6g}]"
+        )
+    max_dev = (p.sum(dim=1) - 1.0).abs().max().item()
+    if max_dev > _ROW_SUM_TOLERANCE:
+        raise ValueError(
+            f"rows of probs must sum to 1 (tolerance {_ROW_SUM_TOLERANCE:g}), "
+            f"got a maximum |row sum - 1| of {max_dev:.6g}"
+        )
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels must have an integer dtype, got {y.dtype}")
+    if tuple(y.shape) != (n,):
+        raise ValueError(
+            f"labels must have shape ({n},) to match probs of shape {(n, c)}, "
+            f"got shape {tuple(y.shape)}"
+        )
+    if y.device != p.device:
+        raise ValueError(
+            "labels and probs must be on the same device, "
+            f"got {y.device} and {p.device}"
+        )
+    y_lo, y_hi = int(y.min().item()), int(y.max().item())
+    if y_lo < 0 or y_hi >= c:
+        raise ValueError(
+            f"labels must lie in [0, {c - 1}] for {c} classes, "
+            f"got values in [{y_lo}, {y_hi}]"
+        )
+    return p, y.long()
+
+
+def _check_n_bins(n_bins: int) -> int:
+    """Validate the number of bins and return it as a Python ``int``."""
+    if isinstance(n_bins, bool):
+        raise TypeError(f"n_bins must be an integer, got {n_bins!r}")
+    try:
+        value = operator.index(n_bins)
+    except TypeError:
+        raise TypeError(
+            f"n_bins must be an integer, got {type(n_bins).__name__}"
+        ) from None
+    if value < 1:
+        raise ValueError(f"n_bins must be >= 1, got {value}")
+    return value
+
+
+def _check_real(x: object, name: str) -> torch.Tensor:
+    """Validate a non-empty, NaN-free floating point tensor."""
+    t = _require_tensor(x, name)
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must have a floating point dtype, got {t.dtype}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
+    if bool(torch.isnan(t).any()):
+        raise ValueError(f"{name} must not contain NaN values")
+    return t
+
+
+def _check_regression(**tensors: object) -> list[torch.Tensor]:
+    """Validate tensors that must share shape and device (keyword order kept)."""
+    checked = [_check_real(value, name) for name, value in tensors.items()]
+    names = list(tensors)
+    first_name, first = names[0], checked[0]
+    for name, t in zip(names[1:], checked[1:], strict=True):
+        if t.shape != first.shape:
+            raise ValueError(
+                f"{name} must have the same shape as {first_name} "
+                f"{tuple(first.shape)}, got shape {tuple(t.shape)}"
+            )
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} must be on the same device as {first_name} "
+                f"({first.device}), got {t.device}"
+            )
+    return checked
+
+
+def _check_scores(x: object, name: str) -> torch.Tensor:
+    """Validate a non-empty 1-D tensor of real-valued scores."""
+    t = _require_tensor(x, name)
+    if t.ndim != 1:
+        raise ValueError(
+            f"{name} must be a 1-D tensor of shape (n,), got shape {tuple(t.shape)}"
+        )
+    if t.numel() == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(
+            f"{name} must have a real (integer or floating point) dtype, got {t.dtype}"
+        )
+    if t.is_floating_point() and bool(torch.isnan(t).any()):
+        raise ValueError(f"{name} must not contain NaN values")
+    return t
+
+
+# --------------------------------------------------------------------------- #
+# Binning helpers
+# --------------------------------------------------------------------------- #
+def _top_label(
+    probs: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return top-label confidence and correctness (as ``probs.dtype``)."""
+    confidence = probs.amax(dim=1)
+    correct = (probs.argmax(dim=1) == labels).to(probs.dtype)
+    return confidence, correct
+
+
+def _bin_indices(confidence: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Map confidences to equal-width bin indices in ``[0, n_bins)``.
+
+    Bin ``i`` is the half-open interval ``(i / n_bins, (i + 1) / n_bins]``; a
+    confidence of exactly 0 goes to the first bin and one of exactly 1 to the last.
+    Edges are computed as ``i / n_bins`` in the dtype of ``confidence`` so that a
+    value written as ``i / n_bins`` lands exactly on its edge.
+    """
+    edges = (
+        torch.arange(n_bins + 1, dtype=confidence.dtype, device=confidence.device)
+        / n_bins
+    )
+    # right=False: edges[k - 1] < x <= edges[k]  ->  bin k - 1.
+    idx = torch.bucketize(confidence.contiguous(), edges, right=False) - 1
+    return idx.clamp(min=0, max=n_bins - 1)
+
+
+def _equal_width_bin_sums(
+    probs: torch.Tensor, labels: torch.Tensor, n_bins: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-bin sample counts, summed confidences and summed correctness."""
+    confidence, correct = _top_label(probs, labels)
+    idx = _bin_indices(confidence, n_bins)
+    counts = torch.bincount(idx, minlength=n_bins)
+    conf_sums = confidence.new_zeros(n_bins).index_add_(0, idx, confidence)
+    acc_sums = confidence.new_zeros(n_bins).index_add_(0, idx, correct)
+    return counts, conf_sums, acc_sums
+
+
+# --------------------------------------------------------------------------- #
+# Classification metrics
+# --------------------------------------------------------------------------- #
+def nll(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of integer labels under class probabilities.
+
+    Probabilities are clamped from below at ``torch.finfo(probs.dtype).tiny`` so
+    that a zero probability on the true class gives a large but finite loss.
+
+    Args:
+        probs: Class probabilities of shape ``(N, C)``.
+        labels: Integer class labels of shape ``(N,)`` with values in ``[0, C)``.
+
+    Returns:
+        0-dim tensor (dtype of ``probs``): ``-mean_i log probs[i, labels[i]]``.
+
+    Raises:
+        TypeError: If an argument is not a tensor.
+        ValueError: If ``probs`` is not a non-empty ``(N, C)`` floating point
+            tensor with entries in ``[0, 1]`` and rows summing to 1, or ``labels``
+            is not an integer tensor of shape ``(N,)`` with values in ``[0, C)``.
+
+    Example:
+        >>> import torch
+        >>> p = torch.tensor([[0.5, 0.5], [0.25, 0.75]])
+        >>> y = torch.tensor([0, 1])
+        >>> print(f"{nll(p, y).item():.4f}")
+        0.4904
+
+    """
+    p, y = _check_classification(probs, labels)
+    true_prob = p.gather(1, y.unsqueeze(1)).squeeze(1)
+    tiny = torch.finfo(p.dtype).tiny
+    return -torch.log(true_prob.clamp(min=tiny)).mean()
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of samples whose most probable class equals the label.
+
+    Ties in ``probs`` are resolved towards the lowest class index (``argmax``).
+
+    Args:
+        probs: Class probabilities of shape ``(N, C)``.
+        labels: Integer class labels of shape ``(N,)`` with values in ``[0, C)``.
+
+    Returns:
+        0-dim tensor (dtype of ``probs``) in ``[0, 1]``.
+
+    Raises:
+        TypeError: If an argument is not a tensor.
+        ValueError: If ``probs`` or ``labels`` are invalid (see :func:`nll`).
+
+    Example:
+        >>> import torch
+        >>> p = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]])
+        >>> y = torch.tensor([0, 0, 1])
+        >>> print(f"{accuracy(p, y).item():.4f}")
+        0.6667
+
+    """
+    p, y = _check_classification(probs, labels)
+    return (p.argmax(dim=1) == y).to(p.dtype).mean()
+
+
+def expected_calibration_error(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    n_bins: int = 15,
+    adaptive: bool = False,
+) -> torch.Tensor:
+    """Compute the expected calibration error (ECE) of the top-label confidence.
+
+    ``ECE = sum_b (|B_b| / N) * |acc_b - conf_b|`` where ``acc_b`` and ``conf_b``
+    are the accuracy and mean confidence of the samples in bin ``B_b``; empty bins
+    contribute 0.
+
+    With ``adaptive=False`` the bins have equal width over ``[0, 1]``: bin ``i`` is
+    ``(i / n_bins, (i + 1) / n_bins]``, a confidence of exactly 0 falls in the
+    first bin and one of exactly 1 in the last. With ``adaptive=True`` the bins
+    have (near) equal mass: samples are sorted by confidence (stable sort) and
+    split into ``n_bins`` consecutive groups with :func:`torch.tensor_split`; empty
+    groups (when ``n_bins > N``) are skipped.
+
+    Args:
+        probs: Class probabilities of shape ``(N, C)``.
+        labels: Integer class labels of shape ``(N,)`` with values in ``[0, C)``.
+        n_bins: Number of bins, at least 1.
+        adaptive: Use equal-mass instead of equal-width bins.
+
+    Returns:
+        0-dim tensor (dtype of ``probs``) in ``[0, 1]``.
+
+    Raises:
+        TypeError: If an argument is not a tensor or ``n_bins`` is not an integer.
+        ValueError: If ``probs`` or ``labels`` are invalid (see :func:`nll`) or
+            ``n_bins < 1``.
+
+    Example:
+        >>> import torch
+        >>> p = torch.tensor(
+        ...     [[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.4, 0.3, 0.3], [0.2, 0.45, 0.35]]
+        ... )
+        >>> y = torch.tensor([0, 1, 0, 2])
+        >>> print(f"{expected_calibration_error(p, y, n_bins=3).item():.4f}")
+        0.2125
+        >>> ece = expected_calibration_error(p, y, n_bins=3, adaptive=True)
+        >>> print(f"{ece.item():.4f}")
+        0.2625
+
+    """
+    p, y = _check_classification(probs, labels)
+    bins = _check_n_bins(n_bins)
+    n = p.shape[0]
+    if not adaptive:
+        _, conf_sums, acc_sums = _equal_width_bin_sums(p, y, bins)
+        # (|B|/N) * |acc_b - conf_b| == |sum_acc_b - sum_conf_b| / N
+        return (acc_sums - conf_sums).abs().sum() / n
+    confidence, correct = _top_label(p, y)
+    order = torch.argsort(confidence, stable=True)
+    stacked = torch.stack((confidence[order], correct[order]))  # (2, N)
+    total = confidence.new_zeros(())
+    for group in torch.tensor_split(stacked, bins, dim=1):
+        if group.shape[1] == 0:
+            continue
+        sums = group.sum(dim=1)
+        total = total + (sums[1] - sums[0]).abs()
+    return total / n
+
+
+def calibration_curve(
+    probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-bin mean confidence, accuracy and count for a reliability diagram.
+
+    Uses the same equal-width bins as :func:`expected_calibration_error`: bin
+    ``i`` is ``(i / n_bins, (i + 1) / n_bins]``, with a confidence of exactly 0 in
+    the first bin and one of exactly 1 in the last.
+
+    Args:
+        probs: Class probabilities of shape ``(N, C)``.
+        labels: Integer class labels of shape ``(N,)`` with values in ``[0, C)``.
+        n_bins: Number of bins, at least 1.
+
+    Returns:
+        Tuple ``(bin_confidence, bin_accuracy, bin_count)``, each of shape
+        ``(n_bins,)``. ``bin_confidence`` and ``bin_accuracy`` have the dtype of
+        ``probs`` and are NaN for empty bins; ``bin_count`` is ``torch.long``.
+
+    Raises:
+        TypeError: If an argument is not a tensor or ``n_bins`` is not an integer.
+        ValueError: If ``probs`` or ``labels`` are invalid (see :func:`nll`) or
+            ``n_bins < 1``.
+
+    Example:
+        >>> import torch
+        >>> p = torch.tensor(
+        ...     [[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.4, 0.3, 0.3], [0.2, 0.45, 0.35]]
+        ... )
+        >>> y = torch.tensor([0, 1, 0, 2])
+        >>> conf, acc, count = calibration_curve(p, y, n_bins=4)
+        >>> print([round(v, 3) for v in conf.tolist()])
+        [nan, 0.425, nan, 0.85]
+        >>> print(acc.tolist(), count.tolist())
+        [nan, 0.5, nan, 0.5] [0, 2, 0, 2]
+
+    """
+    p, y = _check_classification(probs, labels)
+    bins = _check_n_bins(n_bins)
+    counts, conf_sums, acc_sums = _equal_width_bin_sums(p, y, bins)
+    nonempty = counts > 0
+    denom = counts.clamp(min=1).to(p.dtype)
+    nan = torch.full_like(conf_sums, math.nan)
+    bin_confidence = torch.where(nonempty, conf_sums / denom, nan)
+    bin_accuracy = torch.where(nonempty, acc_sums / denom, nan)
+    return bin_confidence, bin_accuracy, counts
+
+
+def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multi-class Brier score.
+
+    ``mean_i sum_c (probs[i, c] - onehot(labels[i])[c]) ** 2``, which lies in
+    ``[0, 2]`` (0 for confident correct predictions).
+
+    Args:
+        probs: Class probabilities of shape ``(N, C)``.
+        labels: Integer class labels of shape ``(N,)`` with values in ``[0, C)``.
+
+    Returns:
+        0-dim tensor (dtype of ``probs``).
+
+    Raises:
+        TypeError: If an argument is not a tensor.
+        ValueError: If ``probs`` or ``labels`` are invalid (see :func:`nll`).
+
+    Example:
+        >>> import torch
+        >>> p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+        >>> y = torch.tensor([0, 2])
+        >>> print(f"{brier_score(p, y).item():.4f}")
+        0.2000
+
+    """
+    p, y = _check_classification(probs, labels)
+    onehot = torch.nn.functional.one_hot(y, num_classes=p.shape[1]).to(p.dtype)
+    return (p - onehot).square().sum(dim=1).mean()
+
+
+def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> torch.Tensor:
+    """Area under the ROC curve for detecting out-of-distribution inputs.
+
+    Out-of-distribution samples are the positives and a higher score means
+    "more OOD". The result equals ``P(s_out > s_in) + 0.5 * P(s_out == s_in)`` for
+    independently drawn scores, computed with the Mann-Whitney U statistic using
+    average ranks for ties (``O((n + m) log(n + m))``, no pairwise matrix).
+
+    Args:
+        scores_in: Scores of in-distribution samples, shape ``(n,)``.
+        scores_out: Scores of out-of-distribution samples, shape ``(m,)``.
+
+    Returns:
+        0-dim tensor in ``[0, 1]``; its dtype is the promoted floating dtype of
+        the inputs (the default dtype for integer scores). 0.5 means no
+        separation, 1.0 perfect separation.
+
+    Raises:
+        TypeError: If an argument is not a tensor.
+        ValueError: If a score tensor is not 1-D, is empty, has a non-real dtype
+            or contains NaN, or the tensors are on different devices.
+
+    Example:
+        >>> import torch
+        >>> s_in = torch.tensor([0.1, 0.4, 0.35])
+        >>> s_out = torch.tensor([0.8, 0.4])
+        >>> print(f"{auroc(s_in, s_out).item():.4f}")
+        0.9167
+
+    """
+    s_in = _check_scores(scores_in, "scores_in")
+    s_out = _check_scores(scores_out, "scores_out")
+    if s_in.device != s_out.device:
+        raise ValueError(
+            "scores_in and scores_out must be on the same device, "
+            f"got {s_in.device} and {s_out.device}"
+        )
+    dtype = torch.promote_types(s_in.dtype, s_out.dtype)
+    result_dtype = dtype if dtype.is_floating_point else torch.get_default_dtype()
+    n_in, n_out = s_in.numel(), s_out.numel()
+    scores = torch.cat((s_in.to(dtype), s_out.to(dtype)))
+    sorted_scores, order = torch.sort(scores)
+    group: torch.Tensor
+    counts: torch.Tensor
+    _, group, counts = torch.unique_consecutive(
+        sorted_scores, return_inverse=True, return_counts=True
+    )
+    # 1-based ranks: a tie group occupying ranks start..end gets (start + end) / 2.
+    ends = torch.cumsum(counts, dim=0).to(torch.float64)
+    average_rank = ends - (counts.to(torch.float64) - 1.0) / 2.0
+    ranks = average_rank[group]
+    rank_sum_out = ranks[order >= n_in].sum()
+    u_out = rank_sum_out - n_out * (n_out + 1) / 2.0
+    return (u_out / (float(n_in) * float(n_out))).to(result_dtype)
+
+
+# --------------------------------------------------------------------------- #
+# Regression metrics
+# --------------------------------------------------------------------------- #
+def rmse(mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Root mean squared error over all elements.
+
+    Args:
+        mean: Point predictions, any shape.
+        target: Observed values, same shape as ``mean``.
+
+    Returns:
+        0-dim tensor ``sqrt(mean((mean - target) ** 2))``.
+
+    Raises:
+        TypeError: If an argument is not a tensor.
+        ValueError: If an input is empty, not floating point or contains NaN, or
+            the shapes or devices differ.
+
+    Example:
+        >>> import torch
+        >>> mu = torch.tensor([1.0, 2.0, 3.0])
+        >>> y = torch.tensor([1.0, 4.0, 1.0])
+        >>> print(f"{rmse(mu, y).item():.4f}")
+        1.6330
+
+    """
+    mu, y = _check_regression(mean=mean, target=target)
+    return torch.sqrt(torch.mean((mu - y).square()))
+
+
+def gaussian_nll(
+    mean: torch.Tensor, variance: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Mean negative log-likelihood under independent Gaussian predictions.
+
+    ``mean_i 0.5 * (log(2 * pi * var_i) + (y_i - mu_i) ** 2 / var_i)``.
+
+    Args:
+        mean: Predictive means, any shape.
+        variance: Predictive variances (strictly positive), same shape as ``mean``.
+        target: Observed values, same shape as ``mean``.
+
+    Returns:
+        0-dim tensor.
+
+    Raises:
+        TypeError: If an argument is not a tensor.
+        ValueError: If an input is empty, not floating point or contains NaN, the
+            shapes or devices differ, or any variance is ``<= 0``.
+
+    Example:
+        >>> import torch
+        >>> mu = torch.tensor([0.0, 1.0])
+        >>> var = torch.tensor([1.0, 4.0])
+        >>> y = torch.tensor([1.0, 1.0])
+        >>> print(f"{gaussian_nll(mu, var, y).item():.4f}")
+        1.5155
+
+    """
+    mu, var, y = _check_regression(mean=mean, variance=variance, target=target)
+    min_var = var.min().item()
+    if not min_var > 0.0:
+        raise ValueError(f"variance must be > 0 everywhere, got minimum {min_var:.6g}")
+    log_two_pi = math.log(2.0 * math.pi)
+    return 0.5 * (log_two_pi + torch.log(var) + (y - mu).square() / var).mean()
+
+
+def interval_coverage(
+    lower: torch.Tensor, upper: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Prediction interval coverage probability (PICP).
+
+    Fraction of targets with ``lower <= target <= upper`` (both ends inclusive).
+
+    Args:
+        lower: Lower interval bounds, any shape.
+        upper: Upper interval bounds, same shape as ``lower``.
+        target: Observed values, same shape as ``lower``.
+
+    Returns:
+        0-dim tensor in ``[0, 1]``.
+
+    Raises:
+        TypeError: If an argument is not a tensor.
+        ValueError: If an input is empty, not floating point or contains NaN, the
+            shapes or devices differ, or any ``lower > upper``.
+
+    Example:
+        >>> import torch
+        >>> lo = torch.zeros(4)
+        >>> hi = torch.ones(4)
+        >>> y = torch.tensor([0.0, 0.5, 1.0, 1.5])
+        >>> print(f"{interval_coverage(lo, hi, y).item():.2f}")
+        0.75
+
+    """
+    lo, hi, y = _check_regression(lower=lower, upper=upper, target=target)
+    n_bad = int((lo > hi).sum().item())
+    if n_bad > 0:
+        raise ValueError(
+            f"lower must be <= upper everywhere, got lower > upper at {n_bad} "
+            f"of {lo.numel()} positions"
+        )
+    inside = (lo <= y) & (y <= hi)
+    dtype = torch.result_type(lo, hi)
+    dtype = torch.promote_types(dtype, y.dtype)
+    return inside.to(dtype).mean()
+
+
+def quantile_calibration_error(
+    mean: torch.Tensor,
+    stddev: torch.Tensor,
+    target: torch.Tensor,
+    levels: torch.Tensor | Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Quantile calibration error of Gaussian predictive distributions.
+
+    For each level ``p`` the observed frequency of targets at or below the
+    ``p``-quantile ``mean + stddev * Phi^-1(p)`` of ``N(mean, stddev ** 2)`` is
+    compared with ``p`` (evaluated in standardised form,
+    ``(target - mean) / stddev <= Phi^-1(p)``). The result is the mean absolute
+    difference ``|observed(p) - p|`` over the levels; 0 means perfectly
+    calibrated quantiles.
+
+    Args:
+        mean: Predictive means, any shape.
+        stddev: Predictive standard deviations (strictly positive), same shape as
+            ``mean``.
+        target: Observed values, same shape as ``mean``.
+        levels: Quantile levels, a 1-D sequence of values in the open interval
+            ``(0, 1)``. Defaults to ``torch.linspace(0.05, 0.95, 19)``.
+
+    Returns:
+        0-dim tensor in ``[0, 1)``.
+
+    Raises:
+        TypeError: If an argument is not a tensor.
+        ValueError: If an input is empty, not floating point or contains NaN, the
+            shapes or devices differ, any ``stddev <= 0``, or ``levels`` is not a
+            non-empty 1-D sequence of values in ``(0, 1)``.
+
+    Example:
+        >>> import torch
+        >>> mu = torch.zeros(4)
+        >>> sd = torch.ones(4)
+        >>> y = torch.tensor([-1.0, -0.5, 0.5, 1.0])
+        >>> qce = quantile_calibration_error(mu, sd, y, levels=[0.25, 0.5, 0.75])
+        >>> print(f"{qce.item():.4f}")
+        0.0000
+        >>> print(f"{quantile_calibration_error(mu, sd, y + 10.0).item():.4f}")
+        0.5000
+
+    """
+    mu, sd, y = _check_regression(mean=mean, stddev=stddev, target=target)
+    min_sd = sd.min().item()
+    if not min_sd > 0.0:
+        raise ValueError(f"stddev must be > 0 everywhere, got minimum {min_sd:.6g}")
+    dtype = torch.promote_types(torch.promote_types(mu.dtype, sd.dtype), y.dtype)
+    if levels is None:
+        lv = torch.linspace(0.05, 0.95, 19, dtype=dtype, device=mu.device)
+    else:
+        lv = torch.as_tensor(levels, dtype=dtype, device=mu.device)
+        if lv.ndim != 1 or lv.numel() == 0:
+            raise ValueError(
+                f"levels must be a non-empty 1-D sequence, got shape {tuple(lv.shape)}"
+            )
+        if bool(torch.isnan(lv).any()) or bool(((lv <= 0) | (lv >= 1)).any()):
+            raise ValueError(
+                "levels must lie in the open interval (0, 1), "
+                f"got {[round(v, 6) for v in lv.tolist()]}"
+            )
+    z = ((y - mu) / sd).reshape(-1).to(dtype)
+    z_sorted = torch.sort(z).values
+    z_levels = torch.special.ndtri(lv)
+    n_below = torch.searchsorted(z_sorted, z_levels, right=True)
+    observed = n_below.to(dtype) / z.numel()
+    return (observed - lv).abs().mean()

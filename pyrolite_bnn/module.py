@@ -1,0 +1,371 @@
+"""``VIModule``: the base class of every Bayesian network and layer.
+
+A layer declares its random variables with :meth:`VIModule.declare_random_variable`;
+each becomes a :class:`~pyro.nn.PyroSample` attribute (a Pyro sample site named
+by its module path) with its own prior module and variational posterior module.
+
+Only the *outermost* ``VIModule`` of a call (decided at call time) opens the
+particle plate and unfolds the output to ``(S, B, ...)``; nested ones run their
+``forward`` directly.
+
+Called inside Pyro inference (``SVI``, ``Predictive``, ``MCMC``) the network is a
+plain Pyro model: weights come from whatever Pyro handlers decide (the guide's
+replayed values, or the prior). Called from ordinary PyTorch code, it draws the
+weights from :attr:`VIModule.guide` itself and records both Pyro traces, so that
+:class:`~pyrolite_bnn.KullbackLeiblerLoss` can form the ELBO exactly as Pyro's
+``Trace_ELBO`` / ``TraceMeanField_ELBO`` would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer.autoguide.initialization import init_to_feasible
+from pyro.nn import PyroModule, PyroSample
+from pyro.poutine.runtime import am_i_wrapped
+from torch import Tensor, nn
+
+from pyrolite_bnn import _particles
+from pyrolite_bnn._pyro_module import LocalPyroModule, local_params
+from pyrolite_bnn._validation import check_finite
+from pyrolite_bnn.distributions.priors import Prior, as_prior
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormal,
+    Posterior,
+    VariationalFamily,
+)
+from pyrolite_bnn.record import ForwardRecord, set_last_record
+from pyrolite_bnn.variables import RandomVariable
+
+if TYPE_CHECKING:
+    from pyrolite_bnn.guides import ParticleGuide
+
+__all__ = ["PosteriorDict", "VIModule"]
+
+DEFAULT_SAMPLES = 10
+
+
+class PosteriorDict(LocalPyroModule):
+    """Holds a layer's posterior modules by variable name (``posterior["weight"]``).
+
+    A Pyro-aware container, so that each posterior's parameters get a unique
+    Pyro name (``body.0.posterior.weight.loc``).
+    """
+
+    def __getitem__(self, name: str) -> Posterior:
+        module = self._modules[name]
+        assert isinstance(module, Posterior)
+        return module
+
+    def __setitem__(self, name: str, posterior: Posterior) -> None:
+        self.add_module(name, posterior)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._modules
+
+    def keys(self) -> Iterator[str]:
+        """Variable names."""
+        return iter(self._modules)
+
+
+class _PriorOf:
+    """Picklable ``PyroSample`` prior: ``module -> module.prior[name](shape)``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, module: VIModule) -> Any:
+        return module.prior_distribution(self.name)
+
+
+class VIModule(LocalPyroModule):
+    """Base class for Bayesian networks and layers (a :class:`~pyro.nn.PyroModule`).
+
+    Subclass it exactly like :class:`torch.nn.Module`. Calling an instance as the
+    outermost ``VIModule`` draws ``samples`` particles of every Bayesian weight in
+    one vectorised pass and returns outputs of shape ``(samples, batch, ...)``.
+
+    Attributes:
+        samples: default number of particles of an outermost call (10).
+        return_log_probs: if ``True``, outputs of PyTorch-style calls carry
+            ``out.log_probs`` of shape ``(samples, 2)``: per particle, the log
+            prior density and the log variational density of all weights
+            (torch_blue compatibility).
+
+    Shape:
+        - Input: whatever the ``forward`` takes, batch dimension first.
+        - Output: ``(S, B, ...)`` for an output ``(B, ...)`` of ``forward``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import pyrolite_bnn as bnn
+        >>> class Net(bnn.VIModule):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.body = bnn.VISequential(
+        ...             bnn.VILinear(4, 8), nn.ReLU(), bnn.VILinear(8, 3))
+        ...     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ...         return self.body(x)
+        >>> net = Net()
+        >>> net(torch.randn(5, 4)).shape
+        torch.Size([10, 5, 3])
+        >>> net(torch.randn(5, 4), samples=2).shape
+        torch.Size([2, 5, 3])
+        >>> [v.site for v in net.random_variables()]
+        ['body.0.weight', 'body.0.bias', 'body.2.weight', 'body.2.bias']
+    """
+
+    samples: int
+    return_log_probs: bool
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples = DEFAULT_SAMPLES
+        self.return_log_probs = False
+        self._declared: dict[str, torch.Size] = {}
+
+    # ------------------------------------------------------------------ declaration
+    def declare_random_variable(
+        self,
+        name: str,
+        shape: tuple[int, ...] | torch.Size,
+        prior: object = None,
+        variational: VariationalFamily | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        """Declare the attribute ``name`` as a random weight tensor of ``shape``.
+
+        Creates ``self.prior[name]`` (a :class:`~pyrolite_bnn.Prior` module) and
+        ``self.posterior[name]`` (built by ``variational``, default
+        :class:`~pyrolite_bnn.MeanFieldNormal`), and makes ``self.<name>`` a Pyro
+        sample site. Initialise the posterior afterwards with
+        ``self.posterior[name].reset_parameters(init)``.
+
+        Args:
+            name: attribute name.
+            shape: shape of one draw.
+            prior: anything :func:`~pyrolite_bnn.distributions.priors.as_prior`
+                accepts (``None``: standard Normal).
+            variational: variational family (``None``: mean-field Normal).
+            device: device of the parameters and prior buffers.
+            dtype: floating dtype of the parameters and prior buffers.
+        """
+        if not name.isidentifier():
+            raise ValueError(f"random variable name must be an identifier, got {name!r}")
+        size = torch.Size(shape)
+        if "prior" not in self._modules:
+            self.prior = nn.ModuleDict()
+            self.posterior = PosteriorDict()
+        family = MeanFieldNormal() if variational is None else variational
+        if not isinstance(family, VariationalFamily):
+            raise TypeError(
+                "variational must be a VariationalFamily such as bnn.MeanFieldNormal()"
+                f" or bnn.PointMass(), got {type(family).__name__}"
+            )
+        prior_module = as_prior(prior).to(device=device, dtype=dtype)
+        self.prior[name] = prior_module
+        init = torch.zeros(size, device=device, dtype=dtype)
+        self.posterior[name] = family.build(size, init)
+        self._declared[name] = size
+        setattr(self, name, PyroSample(_PriorOf(name)))
+
+    def prior_distribution(self, name: str) -> Any:
+        """Prior distribution of this module's random variable ``name``."""
+        prior = self.prior[name]
+        assert isinstance(prior, Prior)
+        return prior(self._declared[name])
+
+    def random_variables(self) -> list[RandomVariable]:
+        """All random variables of this network, in module order.
+
+        Raises:
+            TypeError: if a ``VIModule`` sits inside a plain ``torch.nn``
+                container, where Pyro cannot give its sites unique names.
+        """
+        found: list[RandomVariable] = []
+        _collect(self, "", found, plain_parent=None)
+        return found
+
+    # ------------------------------------------------------------------ guides
+    @property
+    def guide(self) -> ParticleGuide:
+        """The variational guide (a Pyro guide callable).
+
+        By default it samples every declared variable from its layer's posterior
+        module. Assign any Pyro guide for the weights of *one* particle to replace
+        it: an autoguide built on :meth:`prior_model` (``AutoNormal``,
+        ``AutoLowRankMultivariateNormal``, ``AutoIAFNormal``, ``AutoDelta``...) or
+        a hand-written function that samples every site. It is wrapped in the
+        particle plate, set up immediately (so ``model.parameters()`` holds its
+        parameters) and registered as a submodule. Assign ``None`` to return to
+        the default guide.
+        """
+        custom = self._modules.get("guide")
+        if custom is not None:
+            return custom  # type: ignore[return-value]
+        default = self.__dict__.get("_default_guide")
+        if default is None:
+            from pyrolite_bnn.guides import ParticleGuide
+
+            default = ParticleGuide(self)
+            object.__setattr__(self, "_default_guide", default)
+        return default  # type: ignore[no-any-return]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "guide":
+            self._set_guide(value)
+            return
+        super().__setattr__(name, value)
+
+    def _set_guide(self, value: Any) -> None:
+        from pyrolite_bnn.guides import ParticleGuide
+
+        if value is None:
+            self._modules.pop("guide", None)
+            return
+        if not callable(value):
+            raise TypeError(f"guide must be a callable Pyro guide, got {type(value).__name__}")
+        wrapped = value if isinstance(value, ParticleGuide) else ParticleGuide(self, value)
+        wrapped.setup()
+        super().__setattr__("guide", wrapped)
+
+    def prior_model(self, *args: Any, **kwargs: Any) -> None:
+        """Pyro model of the weights alone, for one particle: samples each prior.
+
+        Build Pyro autoguides on it (arguments are ignored)::
+
+            model.guide = AutoLowRankMultivariateNormal(
+                model.prior_model, init_loc_fn=model.init_loc_fn, rank=10)
+        """
+        for variable in self.random_variables():
+            module = variable.module
+            assert isinstance(module, VIModule)
+            pyro.sample(variable.site, module.prior_distribution(variable.name))
+
+    def init_loc_fn(self, site: dict[str, Any]) -> Tensor:
+        """Autoguide ``init_loc_fn``: start at the layers' (Kaiming) posterior means.
+
+        Pyro's default initialisation puts every weight at zero, which makes all
+        hidden units of a layer identical at the start; this keeps the same
+        initialisation as the default guide. Unknown sites fall back to
+        ``init_to_feasible``.
+        """
+        for variable in self.random_variables():
+            if variable.site == site["name"]:
+                module = variable.module
+                assert isinstance(module, VIModule)
+                return module.posterior[variable.name].mean().detach().clone()
+        return init_to_feasible(site)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, *args: Any, samples: int | None = None, **kwargs: Any) -> Any:
+        """Run the network; the outermost call adds the particle dimension.
+
+        Args:
+            *args: inputs of ``forward``.
+            samples: number of particles for this call (outermost call only;
+                default :attr:`samples`).
+            **kwargs: keyword inputs of ``forward``.
+        """
+        if _particles.current() is not None:
+            if samples is not None:
+                raise ValueError(
+                    "samples= can only be given to the outermost VIModule call"
+                )
+            return LocalPyroModule.__call__(self, *args, **kwargs)
+        count = _particles.check_samples(self.samples if samples is None else samples)
+        first = _first_tensor(args, kwargs)
+        for position, value in enumerate(args):
+            if isinstance(value, Tensor):
+                check_finite(value, f"input {position} of {type(self).__name__}")
+        state = _particles.ParticleState(
+            count, None if first is None or first.dim() == 0 else first.shape[0]
+        )
+        device = None if first is None else first.device
+        with local_params():
+            if am_i_wrapped():
+                return self._particle_call(state, device, args, kwargs)
+            return self._pytorch_call(state, device, args, kwargs)
+
+    def _particle_call(
+        self,
+        state: _particles.ParticleState,
+        device: torch.device | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        with _particles.particles(state), _particles.particle_plate(state.samples, device):
+            result = LocalPyroModule.__call__(self, *args, **kwargs)
+        return _particles.unfold(result, state)
+
+    def _pytorch_call(
+        self,
+        state: _particles.ParticleState,
+        device: torch.device | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        guide_trace = poutine.trace(self.guide).get_trace(samples=state.samples)
+        replayed = poutine.replay(self._particle_call, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(state, device, args, kwargs)
+        result = model_trace.nodes["_RETURN"]["value"]
+        if torch.is_grad_enabled() or self.return_log_probs:
+            record = ForwardRecord(guide_trace, model_trace, state.samples)
+            set_last_record(record)
+            for tensor in _tensors(result):
+                tensor.bnn_record = record  # type: ignore[attr-defined]
+                if self.return_log_probs:
+                    tensor.log_probs = record.log_probs()  # type: ignore[attr-defined]
+        return result
+
+
+# Children of a VIModule that belong to the inference machinery, not the network.
+_NOT_NETWORK = frozenset({"guide", "prior", "posterior"})
+
+
+def _collect(
+    module: nn.Module, prefix: str, found: list[RandomVariable], plain_parent: str | None
+) -> None:
+    if isinstance(module, VIModule):
+        if plain_parent is not None:
+            raise TypeError(
+                f"{type(module).__name__} at '{prefix}' is inside the plain torch "
+                f"container '{plain_parent}' ({type(module).__name__} sites would "
+                "get clashing names); use bnn.VISequential or a VIModule subclass "
+                "as the container"
+            )
+        for name, shape in module._declared.items():
+            site = f"{prefix}.{name}" if prefix else name
+            found.append(RandomVariable(site, name, shape, module))
+    for name, child in module._modules.items():
+        if child is None or (isinstance(module, VIModule) and name in _NOT_NETWORK):
+            continue
+        path = f"{prefix}.{name}" if prefix else name
+        child_plain = plain_parent
+        if child_plain is None and not isinstance(child, PyroModule):
+            child_plain = path
+        _collect(child, path, found, child_plain)
+
+
+def _first_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tensor | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Tensor):
+            return value
+    return None
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []

@@ -1,0 +1,27 @@
+"""Declaration of the random variables (Bayesian weights) of a layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["RandomVariable"]
+
+
+@dataclass(frozen=True)
+class RandomVariable:
+    """A weight tensor that a layer declares as random.
+
+    Attributes:
+        site: Pyro sample-site name, the module path plus the attribute name
+            (``"body.0.weight"``); checkpoints and guides rely on it.
+        name: attribute name in its layer (``"weight"``).
+        shape: shape of one draw of the tensor.
+        module: the layer that declared it.
+    """
+
+    site: str
+    name: str
+    shape: torch.Size
+    module: torch.nn.Module
