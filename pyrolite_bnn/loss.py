@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import ForwardRecord, KLMode, last_record, set_last_record
@@ -207,19 +208,21 @@ class KullbackLeiblerLoss(nn.Module):
             x: Any, y: Tensor | None = None, samples: int | None = None
         ) -> Tensor:
             count = default_samples if samples is None else samples
-            output: Tensor = model(x, samples=count)
-            batch = self._check_batch(output)
-            with _particles.particle_plate(output.shape[0], output.device), pyro.plate(
-                "data",
-                self.dataset_size,
-                subsample=torch.arange(batch, device=output.device),
-                dim=-1,
-            ):
-                if y is None:
-                    pyro.sample("obs", self.predictive(output))
-                else:
-                    likelihood, aligned = self.predictive.observe(output, y)
-                    pyro.sample("obs", likelihood, obs=aligned)
+            state, device = model._prepare((x,), {}, count)
+            with local_params(), _particles.particle_plate(state.samples, device):
+                output: Tensor = model._run(state, (x,), {})
+                batch = self._check_batch(output)
+                with pyro.plate(
+                    "data",
+                    self.dataset_size,
+                    subsample=torch.arange(batch, device=output.device),
+                    dim=-1,
+                ):
+                    if y is None:
+                        pyro.sample("obs", self.predictive(output))
+                    else:
+                        likelihood, aligned = self.predictive.observe(output, y)
+                        pyro.sample("obs", likelihood, obs=aligned)
             return output
 
         return bnn_pyro_model

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["PosteriorDict", "VIModule"]
 
 DEFAULT_SAMPLES = 10
+# Submodule name under which an assigned (non-default) guide is registered.
+_CUSTOM_GUIDE = "custom_guide"
 
 
 class PosteriorDict(LocalPyroModule):
@@ -207,7 +209,7 @@ class VIModule(LocalPyroModule):
         parameters) and registered as a submodule. Assign ``None`` to return to
         the default guide.
         """
-        custom = self._modules.get("guide")
+        custom = self._modules.get(_CUSTOM_GUIDE)
         if custom is not None:
             return custom  # type: ignore[return-value]
         default = self.__dict__.get("_default_guide")
@@ -228,13 +230,27 @@ class VIModule(LocalPyroModule):
         from pyrolite_bnn.guides import ParticleGuide
 
         if value is None:
-            self._modules.pop("guide", None)
+            self._modules.pop(_CUSTOM_GUIDE, None)
             return
         if not callable(value):
             raise TypeError(f"guide must be a callable Pyro guide, got {type(value).__name__}")
         wrapped = value if isinstance(value, ParticleGuide) else ParticleGuide(self, value)
-        wrapped.setup()
-        super().__setattr__("guide", wrapped)
+        previous = self._modules.get(_CUSTOM_GUIDE)
+        try:
+            super().__setattr__(_CUSTOM_GUIDE, wrapped)
+        except AssertionError as error:  # Pyro: module already ran on its own
+            raise ValueError(
+                "assign the guide to the network before calling it: a PyroModule "
+                "guide that has already run cannot join the network's module tree"
+            ) from error
+        try:
+            wrapped.setup()
+        except Exception:
+            if previous is None:
+                self._modules.pop(_CUSTOM_GUIDE, None)
+            else:
+                self._modules[_CUSTOM_GUIDE] = previous
+            raise
 
     def prior_model(self, *args: Any, **kwargs: Any) -> None:
         """Pyro model of the weights alone, for one particle: samples each prior.
@@ -280,19 +296,33 @@ class VIModule(LocalPyroModule):
                     "samples= can only be given to the outermost VIModule call"
                 )
             return LocalPyroModule.__call__(self, *args, **kwargs)
+        state, device = self._prepare(args, kwargs, samples)
+        with local_params():
+            if am_i_wrapped():
+                return self._particle_call(state, device, args, kwargs)
+            return self._pytorch_call(state, device, args, kwargs)
+
+    def _prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], samples: int | None
+    ) -> tuple[_particles.ParticleState, torch.device | None]:
+        """Validate the inputs of an outermost call; return its particle state."""
         count = _particles.check_samples(self.samples if samples is None else samples)
         first = _first_tensor(args, kwargs)
         for position, value in enumerate(args):
             if isinstance(value, Tensor):
                 check_finite(value, f"input {position} of {type(self).__name__}")
-        state = _particles.ParticleState(
-            count, None if first is None or first.dim() == 0 else first.shape[0]
+        batch = None if first is None or first.dim() == 0 else first.shape[0]
+        return _particles.ParticleState(count, batch), (
+            None if first is None else first.device
         )
-        device = None if first is None else first.device
-        with local_params():
-            if am_i_wrapped():
-                return self._particle_call(state, device, args, kwargs)
-            return self._pytorch_call(state, device, args, kwargs)
+
+    def _run(
+        self, state: _particles.ParticleState, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run ``forward`` for all particles (the plate must be open); unfold."""
+        with _particles.particles(state):
+            result = LocalPyroModule.__call__(self, *args, **kwargs)
+        return _particles.unfold(result, state)
 
     def _particle_call(
         self,
@@ -301,9 +331,8 @@ class VIModule(LocalPyroModule):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        with _particles.particles(state), _particles.particle_plate(state.samples, device):
-            result = LocalPyroModule.__call__(self, *args, **kwargs)
-        return _particles.unfold(result, state)
+        with _particles.particle_plate(state.samples, device):
+            return self._run(state, args, kwargs)
 
     def _pytorch_call(
         self,
@@ -327,7 +356,7 @@ class VIModule(LocalPyroModule):
 
 
 # Children of a VIModule that belong to the inference machinery, not the network.
-_NOT_NETWORK = frozenset({"guide", "prior", "posterior"})
+NOT_NETWORK = frozenset({_CUSTOM_GUIDE, "prior", "posterior"})
 
 
 def _collect(
@@ -345,7 +374,7 @@ def _collect(
             site = f"{prefix}.{name}" if prefix else name
             found.append(RandomVariable(site, name, shape, module))
     for name, child in module._modules.items():
-        if child is None or (isinstance(module, VIModule) and name in _NOT_NETWORK):
+        if child is None or (isinstance(module, VIModule) and name in NOT_NETWORK):
             continue
         path = f"{prefix}.{name}" if prefix else name
         child_plain = plain_parent

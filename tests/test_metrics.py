@@ -314,22 +314,42 @@ def test_calibration_curve_hand_computed(dtype: torch.dtype) -> None:
     assert count.dtype == torch.long
 
 
-def test_calibration_curve_confidence_on_edges() -> None:
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_calibration_curve_confidence_on_edges(dtype: torch.dtype) -> None:
     """Confidence 1.0 lands in the last bin, 0.25 and 0.3 in (0.2, 0.3]."""
     probs = torch.tensor(
         [
             [1.0, 0.0, 0.0, 0.0],  # conf 1.0, pred 0, label 0 -> correct
             [0.25, 0.25, 0.25, 0.25],  # conf 0.25, pred 0, label 3 -> wrong
             [0.3, 0.3, 0.2, 0.2],  # conf 0.3 (right edge of bin 2), pred 0 -> correct
-        ]
+        ],
+        dtype=dtype,
     )
     labels = torch.tensor([0, 3, 0])
     conf, acc, count = metrics.calibration_curve(probs, labels, n_bins=10)
     assert count.tolist() == [0, 0, 2, 0, 0, 0, 0, 0, 0, 1]
     # bin 2: conf (0.25 + 0.3) / 2 = 0.275, acc 1/2; bin 9: conf 1, acc 1
-    torch.testing.assert_close(conf[[2, 9]], torch.tensor([0.275, 1.0]))
-    torch.testing.assert_close(acc[[2, 9]], torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(conf[[2, 9]], torch.tensor([0.275, 1.0], dtype=dtype))
+    torch.testing.assert_close(acc[[2, 9]], torch.tensor([0.5, 1.0], dtype=dtype))
     assert bool(torch.isnan(conf[[0, 1, 3, 4, 5, 6, 7, 8]]).all())
+
+
+@pytest.mark.parametrize(
+    ("n_bins", "row", "expected_bin"),
+    [
+        (3, [2.0 / 3.0, 1.0 / 3.0], 1),  # 2/3 is the right edge of (1/3, 2/3]
+        (15, [0.2] * 5, 2),  # default bins: 0.2 = 3/15 closes (2/15, 3/15]
+        (7, [3.0 / 7.0, 4.0 / 7.0], 3),  # 4/7 closes (3/7, 4/7]
+    ],
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_confidence_on_bin_edge_goes_to_lower_bin(
+    n_bins: int, row: list[float], expected_bin: int, dtype: torch.dtype
+) -> None:
+    """A confidence equal to i / n_bins (in the input dtype) is in bin i - 1."""
+    probs = torch.tensor([row], dtype=dtype)
+    _, _, count = metrics.calibration_curve(probs, torch.tensor([0]), n_bins=n_bins)
+    assert count.nonzero().flatten().tolist() == [expected_bin]
 
 
 def test_calibration_curve_half_goes_to_first_of_two_bins() -> None:
@@ -527,6 +547,18 @@ def test_quantile_calibration_error_hand_computed(dtype: torch.dtype) -> None:
     # level 0.9 only: q(0.9) = 1.2816, all 4 targets below -> |1 - 0.9| = 0.1
     single = metrics.quantile_calibration_error(mean, std, target, [0.9])
     _assert_scalar(single, 0.1, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_quantile_calibration_error_target_on_quantile_counts_as_below(
+    dtype: torch.dtype,
+) -> None:
+    """Targets 0 and 1 under N(0, 1): q(0.5) = 0 and 0 <= 0 -> 1/2 below -> 0."""
+    mean = torch.zeros(2, dtype=dtype)
+    std = torch.ones(2, dtype=dtype)
+    target = torch.tensor([0.0, 1.0], dtype=dtype)
+    result = metrics.quantile_calibration_error(mean, std, target, [0.5])
+    assert result.item() == 0.0
 
 
 def test_quantile_calibration_error_location_scale() -> None:

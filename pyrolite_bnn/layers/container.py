@@ -9,7 +9,7 @@ from typing import Any, overload
 from torch import Tensor, nn
 
 from pyrolite_bnn.layers.functional import match_particles
-from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.module import NOT_NETWORK, VIModule
 
 __all__ = ["VIResidualConnection", "VISequential"]
 
@@ -48,6 +48,14 @@ class VISequential(VIModule):
                     )
                 self.add_module(str(index), module)
 
+    def _layers(self) -> list[tuple[str, nn.Module]]:
+        """Child modules of the sequence (an assigned guide is not one)."""
+        return [
+            (name, module)
+            for name, module in self._modules.items()
+            if module is not None and name not in NOT_NETWORK
+        ]
+
     @overload
     def __getitem__(self, index: int) -> nn.Module: ...
 
@@ -55,16 +63,16 @@ class VISequential(VIModule):
     def __getitem__(self, index: slice) -> VISequential: ...
 
     def __getitem__(self, index: int | slice) -> nn.Module:
-        modules = list(self._modules.values())
+        layers = self._layers()
         if isinstance(index, slice):
-            return VISequential(OrderedDict(list(self._modules.items())[index]))
-        return modules[index]  # type: ignore[return-value]
+            return VISequential(OrderedDict(layers[index]))
+        return layers[index][1]
 
     def __len__(self) -> int:
-        return len(self._modules)
+        return len(self._layers())
 
     def __iter__(self) -> Iterator[nn.Module]:
-        return iter(self._modules.values())  # type: ignore[arg-type]
+        return iter([module for _, module in self._layers()])
 
     def append(self, module: nn.Module) -> VISequential:
         """Append a module at the end."""
