@@ -8,6 +8,7 @@ Example:
     torch.Size([10, 4, 2])
 """
 
+from pyrolite_bnn import metrics
 from pyrolite_bnn._validation import enable_validation, is_validation_enabled, validation
 from pyrolite_bnn.distributions import (
     Bernoulli,
@@ -37,6 +38,7 @@ from pyrolite_bnn.layers import (
 )
 from pyrolite_bnn.loss import KullbackLeiblerLoss
 from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.predict import Prediction, predict
 
 __version__ = "0.1.0"
 
@@ -53,6 +55,7 @@ __all__ = [
     "NormalPrior",
     "ParticleGuide",
     "PointMass",
+    "Prediction",
     "PredictiveDistribution",
     "Prior",
     "ScaleMixtureNormalPrior",
@@ -68,5 +71,7 @@ __all__ = [
     "__version__",
     "enable_validation",
     "is_validation_enabled",
+    "metrics",
+    "predict",
     "validation",
 ]

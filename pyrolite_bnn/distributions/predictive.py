@@ -226,6 +226,11 @@ class Normal(PredictiveDistribution):
         scale = self.noise_scale().to(output)
         return dist.Normal(output, scale).to_event(output.dim() - 2)
 
+    def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-particle mean and noise variance of ``y``, ``(S, B, ...)`` each."""
+        loc = output.squeeze(-1) if output.dim() == 3 and output.shape[-1] == 1 else output
+        return loc, (self.noise_scale().to(loc) ** 2).expand_as(loc)
+
     def extra_repr(self) -> str:
         """Learned or fixed scale."""
         return "scale=learned" if self.learned else f"scale={float(self.fixed_scale):g}"
@@ -274,6 +279,11 @@ class HeteroscedasticNormal(PredictiveDistribution):
             )
         loc, scale = self.loc_scale(output)
         return dist.Normal(loc, scale).to_event(loc.dim() - 2)
+
+    def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-particle mean and noise variance of ``y``."""
+        loc, scale = self.loc_scale(output)
+        return loc, scale**2
 
     def loc_scale(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation from the raw output."""
