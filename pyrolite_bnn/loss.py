@@ -177,18 +177,20 @@ class KullbackLeiblerLoss(nn.Module):
                 stacklevel=3,
             )
 
-    def pyro_model(self, model: VIModule, samples: int | None = None) -> Callable[..., Any]:
+    def pyro_model(self, model: VIModule) -> Callable[..., Any]:
         """The full Pyro model of ``model`` under this likelihood.
 
         The returned callable ``pyro_model(x, y=None, samples=None)`` runs the
         network in the particle plate and observes ``y`` at site ``"obs"`` inside
         ``pyro.plate("data", N)`` subsampled to the batch (scale ``N / B``).
         Use it with ``model.guide`` in ``pyro.infer.SVI``, ``Predictive`` or
-        ``MCMC`` (with ``samples=1`` for MCMC, whose chains are the particles).
+        ``MCMC``. Model and guide take the particle count from the ``samples=``
+        keyword (which Pyro passes to both) or else from ``model.samples``. For
+        MCMC use ``samples=1`` (``mcmc.run(x, y, samples=1)``): the chain's
+        draws are the posterior samples, and more particles would temper it.
 
         Args:
             model: the network.
-            samples: particle count (default: ``model.samples`` at call time).
 
         Returns:
             The Pyro model callable.
@@ -202,13 +204,10 @@ class KullbackLeiblerLoss(nn.Module):
                 "pyro_model is the untempered model; the KL heat only applies to the "
                 "PyTorch-style loss (heat=1.0 here)"
             )
-        default_samples = samples
-
         def bnn_pyro_model(
             x: Any, y: Tensor | None = None, samples: int | None = None
         ) -> Tensor:
-            count = default_samples if samples is None else samples
-            state, device = model._prepare((x,), {}, count)
+            state, device = model._prepare((x,), {}, samples)
             with local_params(), _particles.particle_plate(state.samples, device):
                 output: Tensor = model._run(state, (x,), {})
                 batch = self._check_batch(output)

@@ -280,6 +280,25 @@ class VIModule(LocalPyroModule):
                 return module.posterior[variable.name].mean().detach().clone()
         return init_to_feasible(site)  # type: ignore[no-any-return]
 
+    def __repr__(self) -> str:
+        """Like ``torch.nn.Module``, without the inference-machinery children.
+
+        Priors and posteriors are listed by ``module.prior`` and
+        ``module.posterior``; an assigned guide by ``module.guide``.
+        """
+        lines = [line for line in self.extra_repr().split("\n") if line]
+        for key, module in self._modules.items():
+            if key in NOT_NETWORK or module is None:
+                continue
+            child = repr(module).replace("\n", "\n  ")
+            lines.append(f"({key}): {child}")
+        name = type(self).__name__
+        if not lines:
+            return f"{name}()"
+        if len(lines) == 1 and not self._modules.keys() - NOT_NETWORK:
+            return f"{name}({lines[0]})"
+        return name + "(\n  " + "\n  ".join(lines) + "\n)"
+
     # ------------------------------------------------------------------ calling
     def __call__(self, *args: Any, samples: int | None = None, **kwargs: Any) -> Any:
         """Run the network; the outermost call adds the particle dimension.

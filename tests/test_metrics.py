@@ -657,6 +657,7 @@ def test_float64_inputs_give_float64_results_matching_float32() -> None:
                 assert torch.equal(a, b), name
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 def test_cuda_matches_cpu() -> None:
     """Results on CUDA stay on the device and match CPU."""

@@ -1,0 +1,352 @@
+"""Checkpoints: ``save_checkpoint`` / ``load_checkpoint`` with an architecture check.
+
+A checkpoint is a plain dictionary written with :func:`torch.save`, holding only
+tensors, numbers, strings, lists and dictionaries, so that it loads with
+``torch.load(..., weights_only=True)`` (no arbitrary code runs on loading):
+
+* ``model``: ``model.state_dict()``: the variational parameters, the prior
+  hyperparameter buffers and the parameters of an assigned custom guide;
+* ``optimizer`` and ``loss_fn``: their state dictionaries (or ``None``), the
+  latter holding e.g. a learned noise scale;
+* ``epoch``, ``extra`` (user data) and ``version`` (of ``pyrolite_bnn``);
+* ``fingerprint``: the model's class name, every state-dictionary key with its
+  shape, and every Pyro weight site with its shape.
+
+Writes are atomic: the file is written to a temporary file in the same
+directory, flushed to disk and then renamed over the target, so an interrupted
+write leaves the previous checkpoint intact. Loading compares the fingerprint
+with the model first and loads nothing on a mismatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+_FORMAT = "pyrolite_bnn.checkpoint"
+_FORMAT_VERSION = 1
+_MAX_LISTED = 5
+
+PathLike = str | os.PathLike[str]
+
+
+def _version() -> str:
+    try:
+        from pyrolite_bnn import __version__
+    except ImportError:  # pragma: no cover - only while the package initialises
+        from importlib.metadata import version
+
+        return version("pyrolite_bnn")
+    return str(__version__)
+
+
+def _shape(tensor: Any) -> list[int]:
+    return list(tensor.shape) if isinstance(tensor, Tensor) else []
+
+
+def _fingerprint(model: nn.Module) -> dict[str, Any]:
+    """Class name, state-dictionary keys and shapes, weight sites and shapes."""
+    sites: dict[str, list[int]] = {}
+    random_variables = getattr(model, "random_variables", None)
+    if callable(random_variables):
+        sites = {v.site: list(v.shape) for v in random_variables()}
+    return {
+        "class": type(model).__qualname__,
+        "state": {key: _shape(value) for key, value in model.state_dict().items()},
+        "sites": sites,
+    }
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    more = len(names) - _MAX_LISTED
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _compare_shapes(
+    what: str, saved: Mapping[str, list[int]], current: Mapping[str, list[int]]
+) -> list[str]:
+    """Describe the differences between two ``{key: shape}`` maps."""
+    problems = []
+    missing = [key for key in current if key not in saved]
+    unexpected = [key for key in saved if key not in current]
+    mismatched = [
+        f"{key} (checkpoint {tuple(saved[key])}, model {tuple(current[key])})"
+        for key in current
+        if key in saved and list(saved[key]) != list(current[key])
+    ]
+    if missing:
+        problems.append(f"{what} missing from the checkpoint: {_listed(missing)}")
+    if unexpected:
+        hint = ""
+        if any(key.startswith("custom_guide.") for key in unexpected):
+            hint = " (assign the same custom guide to the model before loading)"
+        problems.append(
+            f"unexpected {what} in the checkpoint: {_listed(unexpected)}{hint}"
+        )
+    if mismatched:
+        problems.append(f"{what} with a different shape: {_listed(mismatched)}")
+    return problems
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Reject values that ``torch.load(weights_only=True)`` could not read back."""
+    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where} has a key of type {type(key).__name__}")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; checkpoints hold only tensors, "
+        "numbers, strings, None, lists, tuples and dictionaries"
+    )
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable where the platform allows opening a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    path: PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: nn.Module | None = None,
+    epoch: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint of ``model`` (and optimizer, loss) to ``path`` atomically.
+
+    The data go to a temporary file in the directory of ``path``, which is
+    flushed, ``fsync``-ed and then renamed over ``path`` with :func:`os.replace`;
+    if anything fails on the way, the temporary file is removed and an existing
+    checkpoint at ``path`` is left untouched.
+
+    Args:
+        path: file to write.
+        model: the network; its ``state_dict()`` and architecture fingerprint
+            are stored.
+        optimizer: optimizer whose state to store.
+        loss_fn: loss module whose state to store (e.g. a learned noise scale
+            of its likelihood).
+        epoch: the epoch this checkpoint belongs to.
+        extra: further data: tensors, numbers, strings, ``None``, and lists,
+            tuples or dictionaries of these.
+
+    Raises:
+        TypeError: if ``extra`` holds other objects (they would not load back
+            with ``weights_only=True``).
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> import pyrolite_bnn as bnn
+        >>> from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
+        >>> net = bnn.VILinear(3, 2)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "net.pt")
+        ...     save_checkpoint(path, net, epoch=4, extra={"note": "demo"})
+        ...     info = load_checkpoint(path, bnn.VILinear(3, 2))
+        >>> info["epoch"], info["extra"]
+        (4, {'note': 'demo'})
+    """
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        raise TypeError(f"epoch must be an int or None, got {type(epoch).__name__}")
+    _check_plain(extra, "extra")
+    payload: dict[str, Any] = {
+        "format": _FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "version": _version(),
+        "fingerprint": _fingerprint(model),
+        "model": model.state_dict(),
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "loss_fn": None if loss_fn is None else loss_fn.state_dict(),
+        "epoch": epoch,
+        "extra": None if extra is None else dict(extra),
+    }
+    target = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    fd, temporary = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _read(path: PathLike) -> dict[str, Any]:
+    payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} is not a pyrolite_bnn checkpoint")
+    if payload.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint format version {payload.get('format_version')!r} is not "
+            f"supported (this pyrolite_bnn reads version {_FORMAT_VERSION})"
+        )
+    return payload
+
+
+def _check_model(payload: Mapping[str, Any], model: nn.Module) -> list[str]:
+    saved = payload["fingerprint"]
+    current = _fingerprint(model)
+    problems = []
+    if saved["class"] != current["class"]:
+        problems.append(
+            f"the checkpoint was saved from a {saved['class']}, the model is a "
+            f"{current['class']}"
+        )
+    problems += _compare_shapes("state keys", saved["state"], current["state"])
+    state_problems = len(problems)
+    problems += _compare_shapes("weight sites", saved["sites"], current["sites"])
+    if state_problems and len(problems) > state_problems:
+        # Site differences repeat the state-key differences; keep the message short.
+        del problems[state_problems:]
+    return problems
+
+
+def _check_loss(payload: Mapping[str, Any], loss_fn: nn.Module) -> list[str]:
+    saved = payload["loss_fn"]
+    if saved is None:
+        return ["the checkpoint holds no loss_fn state"]
+    current = {key: _shape(value) for key, value in loss_fn.state_dict().items()}
+    return _compare_shapes(
+        "loss_fn state keys",
+        {key: _shape(value) for key, value in saved.items()},
+        current,
+    )
+
+
+def _check_optimizer(
+    payload: Mapping[str, Any], optimizer: torch.optim.Optimizer
+) -> list[str]:
+    saved = payload["optimizer"]
+    if saved is None:
+        return ["the checkpoint holds no optimizer state"]
+    saved_groups = [len(group["params"]) for group in saved["param_groups"]]
+    groups = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_groups != groups:
+        return [
+            f"the optimizer has parameter groups of sizes {groups}, the "
+            f"checkpoint's optimizer {saved_groups}"
+        ]
+    return []
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return type(value)((key, _clone(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return [_clone(item) for item in value]
+    return copy.deepcopy(value)
+
+
+def load_checkpoint(
+    path: PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``model``.
+
+    The architecture fingerprint in the file is compared with ``model`` (and
+    the stored loss and optimizer states with ``loss_fn`` and ``optimizer``)
+    before anything is loaded; on a mismatch nothing is changed. The file is
+    read with ``weights_only=True`` onto the CPU; ``load_state_dict`` copies the
+    values to the devices of the model's tensors.
+
+    Args:
+        path: checkpoint file.
+        model: network of the same architecture as the saved one (a custom
+            guide must be assigned before loading, as when saving).
+        optimizer: optimizer over the same parameters, to restore its state.
+        loss_fn: loss module of the same kind, to restore its state.
+
+    Returns:
+        ``{"epoch": ..., "extra": ..., "version": ...}``: the saved epoch, the
+        extra data and the ``pyrolite_bnn`` version that wrote the file.
+
+    Raises:
+        ValueError: if the file is not a checkpoint, or its fingerprint does
+            not match ``model`` (the message lists the missing, unexpected and
+            shape-mismatched keys, at most five of each), or ``optimizer`` /
+            ``loss_fn`` is given and the checkpoint holds no matching state.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> import pyrolite_bnn as bnn
+        >>> from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "net.pt")
+        ...     save_checkpoint(path, bnn.VILinear(3, 2))
+        ...     try:
+        ...         load_checkpoint(path, bnn.VILinear(4, 2))
+        ...     except ValueError as error:
+        ...         print("shape" in str(error))
+        True
+    """
+    payload = _read(path)
+    problems = _check_model(payload, model)
+    if loss_fn is not None:
+        problems += _check_loss(payload, loss_fn)
+    if optimizer is not None:
+        problems += _check_optimizer(payload, optimizer)
+    if problems:
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} does not match; nothing was loaded:\n  "
+            + "\n  ".join(problems)
+        )
+    # Transaction: restore everything if a load fails half-way.
+    backup_model = _clone(model.state_dict())
+    backup_loss = None if loss_fn is None else _clone(loss_fn.state_dict())
+    backup_optimizer = None if optimizer is None else _clone(optimizer.state_dict())
+    try:
+        model.load_state_dict(payload["model"])
+        if loss_fn is not None:
+            loss_fn.load_state_dict(payload["loss_fn"])
+        if optimizer is not None:
+            optimizer.load_state_dict(payload["optimizer"])
+    except Exception:
+        model.load_state_dict(backup_model)
+        if loss_fn is not None and backup_loss is not None:
+            loss_fn.load_state_dict(backup_loss)
+        if optimizer is not None and backup_optimizer is not None:
+            optimizer.load_state_dict(backup_optimizer)
+        raise
+    return {
+        "epoch": payload["epoch"],
+        "extra": payload["extra"],
+        "version": payload["version"],
+    }

@@ -1,0 +1,89 @@
+"""Batched particle ops equal S separate torch calls."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pyrolite_bnn.layers import functional
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("weight_layout", [(4, 1), (4,)])
+def test_linear_matches_separate_calls(
+    shared: bool, bias: bool, weight_layout: tuple[int, ...]
+) -> None:
+    samples, batch = 4, 3
+    w = torch.randn(*weight_layout, 5, 6)
+    b = torch.randn(*weight_layout, 5) if bias else None
+    x = torch.randn(batch, 2, 6) if shared else torch.randn(samples * batch, 2, 6)
+    out = functional.linear(x, w, b, batch_size=batch)
+    assert out.shape == (samples * batch, 2, 5)
+    w_flat = w.reshape(samples, 5, 6)
+    b_flat = None if b is None else b.reshape(samples, 5)
+    for s in range(samples):
+        xs = x if shared else x[s * batch : (s + 1) * batch]
+        expected = F.linear(xs, w_flat[s], None if b_flat is None else b_flat[s])
+        torch.testing.assert_close(out[s * batch : (s + 1) * batch], expected, **TOL)
+
+
+def test_linear_single_particle_is_f_linear() -> None:
+    x, w, b = torch.randn(7, 3), torch.randn(2, 3), torch.randn(2)
+    torch.testing.assert_close(functional.linear(x, w, b, 7), F.linear(x, w, b), **TOL)
+
+
+def test_linear_rejects_incompatible_rows() -> None:
+    with pytest.raises(ValueError, match=r"leading size 7.*batch size 3"):
+        functional.linear(torch.randn(7, 3), torch.randn(2, 1, 4, 3), None, batch_size=3)
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CASES = [
+    # (stride, padding, dilation, groups)
+    (1, 0, 1, 1),
+    (2, 1, 1, 1),
+    (1, "same", 2, 1),
+    (1, "valid", 1, 2),
+    (2, 2, 2, 2),
+    (1, "same", 1, 4),
+]
+
+
+@pytest.mark.parametrize(("dims", "case", "shared", "bias"), [
+    (d, c, s, b)
+    for d, c, s, b in itertools.product([1, 2, 3], _CASES, [True, False], [True, False])
+    if d < 3 or c in _CASES[:3]
+])
+def test_conv_matches_separate_calls(
+    dims: int, case: tuple[int, int | str, int, int], shared: bool, bias: bool
+) -> None:
+    stride, padding, dilation, groups = case
+    samples, batch, cin, cout, k = 3, 2, 4, 8, 3
+    size = (9,) * dims if dims < 3 else (6,) * dims
+    w = torch.randn(samples, 1, cout, cin // groups, *(k,) * dims)
+    b = torch.randn(samples, 1, cout) if bias else None
+    x = torch.randn(batch if shared else samples * batch, cin, *size)
+    strides, dilations = (stride,) * dims, (dilation,) * dims
+    pads = padding if isinstance(padding, str) else (padding,) * dims
+    out = functional.conv(x, w, b, strides, pads, dilations, groups, batch_size=batch)
+    op = _CONV[dims]
+    for s in range(samples):
+        xs = x if shared else x[s * batch : (s + 1) * batch]
+        expected = op(
+            xs, w[s, 0], None if b is None else b[s, 0], strides, pads, dilations, groups
+        )
+        torch.testing.assert_close(out[s * batch : (s + 1) * batch], expected, **TOL)
+
+
+def test_match_particles_broadcasts_shared_shortcut() -> None:
+    shortcut = torch.randn(2, 3)
+    branch = torch.randn(8, 3)
+    matched = functional.match_particles(shortcut, branch)
+    assert matched.shape == (8, 3)
+    torch.testing.assert_close(matched[6:], shortcut, rtol=0, atol=0)

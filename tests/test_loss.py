@@ -1,0 +1,189 @@
+"""The loss equals Pyro's ELBOs on the same model, guide and random draws."""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
+from torch.distributions import kl_divergence
+
+import pyrolite_bnn as bnn
+
+N = 200
+
+
+def _net(prior: object = None) -> bnn.VISequential:
+    return bnn.VISequential(
+        bnn.VILinear(3, 8, prior=prior), nn.Tanh(), bnn.VILinear(8, 4, prior=prior)
+    )
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(16, 3), torch.randint(0, 4, (16,))
+
+
+@pytest.mark.parametrize(("kl", "elbo"), [("mc", Trace_ELBO()), ("analytic", TraceMeanField_ELBO()), ("auto", TraceMeanField_ELBO())])
+def test_equals_pyro_elbo(kl: str, elbo: pyro.infer.ELBO) -> None:
+    net = _net()
+    with torch.no_grad():  # make the posterior wide enough that KL terms matter
+        for name, p in net.named_parameters():
+            if name.endswith("rho_unconstrained"):
+                p.fill_(-1.0)
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl=kl)  # type: ignore[arg-type]
+    pyro.set_rng_seed(3)
+    ours = loss_fn(net(x, samples=5), y)
+    pyro.set_rng_seed(3)
+    theirs = elbo.differentiable_loss(loss_fn.pyro_model(net), net.guide, x, y, samples=5) / N
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    # Gradients agree too.
+    g_ours = torch.autograd.grad(ours, list(net.parameters()))
+    pyro.set_rng_seed(3)
+    theirs = elbo.differentiable_loss(loss_fn.pyro_model(net), net.guide, x, y, samples=5) / N
+    g_theirs = torch.autograd.grad(theirs, list(net.parameters()))
+    for a, b in zip(g_ours, g_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_analytic_kl_equals_closed_form_sum() -> None:
+    net = _net(prior=bnn.NormalPrior(0.1, 0.7))
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl="analytic")
+    loss_fn(net(x), y)
+    expected = torch.zeros(())
+    for v in net.random_variables():
+        post = v.module.posterior[v.name]
+        q = torch.distributions.Normal(post.loc, post.scale())
+        p = torch.distributions.Normal(0.1, 0.7)
+        expected = expected + kl_divergence(q, p).sum()
+    torch.testing.assert_close(loss_fn.last_kl * N, expected.detach(), rtol=1e-5, atol=1e-4)
+
+
+def test_data_term_is_mean_of_log_likelihoods() -> None:
+    """E_q log p(y|w) (mean of logs) -- not torch_blue's log of the mean."""
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    out = net(x, samples=6)
+    loss_fn(out, y)
+    log_lik = torch.distributions.Categorical(logits=out).log_prob(y)  # (S, B)
+    expected = -(log_lik.mean(0).sum() * N / 16) / N
+    torch.testing.assert_close(loss_fn.last_nll, expected.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_auto_kl_is_per_site() -> None:
+    layer_a = bnn.VILinear(3, 4, prior=bnn.NormalPrior())
+    layer_b = bnn.VILinear(4, 2, prior=bnn.StudentTPrior(3.0, 0.0, 1.0))
+    net = bnn.VISequential(layer_a, nn.ReLU(), layer_b)
+    x, y = _data()
+    out = net(x)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl="auto")
+    loss_fn(out, y[:16] % 2)
+    record = out.bnn_record
+    assert record.analytic_sites == ["0.weight", "0.bias"]
+    assert record.mc_sites == ["2.weight", "2.bias"]
+    with pytest.raises(ValueError, match=r"kl='analytic' but site '2.weight' has no closed-form KL.*StudentT"):
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl="analytic")(net(x), y % 2)
+
+
+def test_reduction_and_heat() -> None:
+    net = _net()
+    x, y = _data()
+    mean = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    total = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, reduction="sum")
+    cold = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, heat=0.1)
+    pyro.set_rng_seed(1)
+    a = mean(net(x), y)
+    pyro.set_rng_seed(1)
+    b = total(net(x), y)
+    pyro.set_rng_seed(1)
+    c = cold(net(x), y)
+    torch.testing.assert_close(a * N, b, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(c, cold.last_nll + 0.1 * cold.last_kl, rtol=1e-6, atol=1e-6)
+
+
+def test_loss_scale_is_per_example() -> None:
+    """-ELBO / N is on the cross-entropy scale (not N * NLL: torch_blue W9)."""
+    net = _net()
+    x, y = _data()
+    loss = bnn.KullbackLeiblerLoss(bnn.Categorical(), 60_000)(net(x), y)
+    assert 0.5 < float(loss.detach()) < 5.0
+
+
+def test_output_after_tensor_ops_still_finds_its_record() -> None:
+    """torch_blue W5: log-probs vanished after any op on the output."""
+    net = bnn.VILinear(3, 1)
+    x = torch.randn(5, 3)
+    out = net(x).squeeze(-1) * 1.0
+    loss = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 10)(out, torch.zeros(5))
+    assert loss.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dataset_size": 0}, "dataset_size must be an integer >= 1, got 0"),
+        ({"dataset_size": 3.5}, "dataset_size must be an integer"),
+        ({"kl": "exact"}, "kl must be one of"),
+        ({"reduction": "none"}, "reduction must be one of"),
+        ({"heat": -1.0}, "heat must be >= 0"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"dataset_size": 10, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), **args)  # type: ignore[arg-type]
+
+
+def test_predictive_must_be_a_likelihood() -> None:
+    with pytest.raises(TypeError, match="predictive must be a bnn predictive distribution"):
+        bnn.KullbackLeiblerLoss(nn.CrossEntropyLoss(), 10)  # type: ignore[arg-type]
+
+
+def test_bad_targets_and_batches() -> None:
+    net = _net()
+    x, y = _data()
+    small = bnn.KullbackLeiblerLoss(bnn.Categorical(), 8)
+    with pytest.raises(ValueError, match=r"batch of 16 examples is larger than dataset_size=8"):
+        small(net(x), y)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\), got range \[0, 7\]"):
+        loss_fn(net(x), torch.full((16,), 7).index_fill(0, torch.tensor([0]), 0))
+    with pytest.raises(ValueError, match=r"integer class labels, got dtype torch.float32"):
+        loss_fn(net(x), y.float())
+    with pytest.raises(ValueError, match=r"expected targets of shape \(16,\).*got \(15,\)"):
+        loss_fn(net(x), y[:15])
+    reg = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)
+    out = bnn.VILinear(3, 1)(x)
+    bad = torch.zeros(16)
+    bad[3] = float("inf")
+    with pytest.raises(ValueError, match="target contains 1 NaN/Inf"):
+        reg(out, bad)
+    with pytest.raises(ValueError, match=r"targets of shape \(16, 2\) do not match"):
+        reg(bnn.VILinear(3, 1)(x), torch.zeros(16, 2))
+
+
+def test_loss_without_forward_record() -> None:
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    with pytest.raises(ValueError, match="no forward pass"):
+        loss_fn(torch.zeros(2, 3, 4), torch.zeros(3, dtype=torch.long))
+
+
+def test_learned_noise_scale_not_in_optimizer_warns() -> None:
+    net = bnn.VILinear(3, 1)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 100)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x, y = torch.randn(8, 3), torch.randn(8)
+    with pytest.warns(UserWarning, match=r"pass loss_fn.parameters\(\) to the optimizer"):
+        for _ in range(6):
+            loss = loss_fn(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+def test_pyro_model_requires_vimodule() -> None:
+    with pytest.raises(TypeError, match="pyro_model needs a bnn.VIModule, got Linear"):
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), N).pyro_model(nn.Linear(2, 2))  # type: ignore[arg-type]

@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from torch import nn
+
+import pyrolite_bnn as bnn
+
+
+class Net(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VISequential(bnn.VILinear(4, 8), nn.ReLU(), bnn.VILinear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_outermost_call_adds_particle_dimension() -> None:
+    net = Net()
+    assert net(torch.randn(5, 4)).shape == (10, 5, 3)
+    assert net(torch.randn(5, 4), samples=3).shape == (3, 5, 3)
+    net.samples = 7
+    assert net(torch.randn(2, 4)).shape == (7, 2, 3)
+    # The same layer is outermost when called on its own.
+    assert net.body[0](torch.randn(5, 4), samples=2).shape == (2, 5, 8)
+
+
+def test_site_names_are_module_paths() -> None:
+    trace = pyro.poutine.trace(Net().guide).get_trace(samples=2)
+    sites = [n for n, s in trace.nodes.items() if s["type"] == "sample" and n != "particles"]
+    assert sites == ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"]
+
+
+def test_particles_are_independent() -> None:
+    net = Net()
+    for posterior in net.modules():
+        if isinstance(posterior, bnn.distributions.variational.MeanFieldNormalPosterior):
+            with torch.no_grad():
+                posterior.rho_unconstrained.fill_(0.0)
+    out = net(torch.randn(5, 4), samples=4)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.allclose(out[i], out[j])
+
+
+def test_samples_below_one_rejected() -> None:
+    with pytest.raises(ValueError, match="samples must be an integer >= 1, got 0"):
+        Net()(torch.randn(2, 4), samples=0)
+    net = Net()
+    net.samples = -1
+    with pytest.raises(ValueError, match="got -1"):
+        net(torch.randn(2, 4))
+
+
+def test_samples_only_on_outermost_call() -> None:
+    class Bad(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = bnn.VILinear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x, samples=3)
+
+    with pytest.raises(ValueError, match="outermost"):
+        Bad()(torch.randn(1, 2))
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.LayerNorm(8),
+        nn.BatchNorm1d(8),
+        nn.Sequential(nn.Tanh(), nn.Identity()),
+    ],
+)
+def test_plain_torch_modules_inside(plain: nn.Module) -> None:
+    net = bnn.VISequential(bnn.VILinear(4, 8), plain, bnn.VILinear(8, 2))
+    net.train()
+    out = net(torch.randn(6, 4), samples=3)
+    assert out.shape == (3, 6, 2)
+    out.sum().backward()
+
+
+def test_flatten_and_pooling_inside_conv_net() -> None:
+    net = bnn.VISequential(
+        bnn.VIConv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        bnn.VILinear(4 * 3 * 3, 2),
+    )
+    assert net(torch.randn(5, 1, 8, 8), samples=3).shape == (3, 5, 2)
+    # Flatten before any Bayesian layer acts on the shared (B, ...) input.
+    net2 = bnn.VISequential(nn.Flatten(), bnn.VILinear(16, 2))
+    assert net2(torch.randn(5, 4, 4), samples=3).shape == (3, 5, 2)
+
+
+def test_plain_container_around_bayesian_layers_is_rejected() -> None:
+    class Wrapped(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seq = nn.Sequential(bnn.VILinear(2, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.seq(x)
+
+    with pytest.raises(TypeError, match=r"plain torch container 'seq'.*VISequential"):
+        Wrapped().random_variables()
+
+
+def test_state_dict_round_trip_reproduces_predictions() -> None:
+    net = Net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    clone = Net()
+    clone.load_state_dict(net.state_dict())
+    x = torch.randn(3, 4)
+    pyro.set_rng_seed(5)
+    a = net(x)
+    pyro.set_rng_seed(5)
+    b = clone(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_prior_buffers_move_with_double_and_state_dict() -> None:
+    net = bnn.VILinear(3, 2, prior=bnn.NormalPrior(0.0, 0.3))
+    keys = net.state_dict().keys()
+    assert "prior.weight.scale" in keys
+    assert "prior.bias.loc" in keys
+    net.double()
+    assert net.prior["weight"].scale.dtype == torch.float64
+    assert net.posterior["weight"].loc.dtype == torch.float64
+    assert net(torch.randn(2, 3, dtype=torch.float64)).dtype == torch.float64
+    other = bnn.VILinear(3, 2)
+    other.load_state_dict(bnn.VILinear(3, 2, prior=bnn.NormalPrior(0.0, 0.3)).state_dict())
+    torch.testing.assert_close(other.prior["weight"].scale, torch.tensor(0.3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_argument(dtype: torch.dtype) -> None:
+    layer = bnn.VILinear(3, 2, dtype=dtype)
+    assert layer.posterior["weight"].loc.dtype == dtype
+    assert layer.prior["weight"].loc.dtype == dtype
+    out = layer(torch.randn(4, 3, dtype=dtype))
+    loss = bnn.KullbackLeiblerLoss(bnn.Categorical(), 10)(out, torch.zeros(4, dtype=torch.long))
+    assert loss.dtype == dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_cuda_moves_everything() -> None:
+    net = Net().to("cuda")
+    assert all(b.is_cuda for b in net.buffers())
+    assert all(p.is_cuda for p in net.parameters())
+    x = torch.randn(5, 4, device="cuda")
+    y = torch.randint(0, 3, (5,), device="cuda")
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
+    loss = loss_fn(net(x), y)
+    loss.backward()
+    assert loss.is_cuda
+    trace = pyro.poutine.trace(loss_fn.pyro_model(net)).get_trace(x, y)
+    assert trace.nodes["obs"]["value"].is_cuda
+
+
+def test_non_finite_input_rejected_when_validating() -> None:
+    x = torch.randn(3, 4)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"input 0 of Net contains 1 NaN/Inf"):
+        Net()(x)
+    with bnn.validation(False):
+        assert torch.isnan(Net()(x)).any()
+
+
+def test_guide_must_be_callable() -> None:
+    net = Net()
+    with pytest.raises(TypeError, match="callable Pyro guide"):
+        net.guide = 3
+    assert net.guide.inner is None
+
+
+def test_return_log_probs() -> None:
+    net = Net()
+    net.return_log_probs = True
+    out = net(torch.randn(2, 4), samples=6)
+    assert out.log_probs.shape == (6, 2)
+    # log q of a narrow posterior is far above log p under the N(0, 1) prior.
+    assert bool((out.log_probs[:, 1] > out.log_probs[:, 0]).all())
