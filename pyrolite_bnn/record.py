@@ -99,6 +99,11 @@ class ForwardRecord:
                         "network; mark auxiliary guide sites with "
                         "infer={'is_auxiliary': True}"
                     )
+                if mode == "analytic":
+                    raise ValueError(
+                        f"kl='analytic' but the guide has the auxiliary site '{name}', "
+                        "whose entropy term is Monte Carlo; use kl='auto' or kl='mc'"
+                    )
                 total = total + _log_prob_sum(guide_site)
         if not isinstance(total, Tensor):
             total = torch.zeros(())
@@ -126,7 +131,13 @@ def _log_prob_sum(site: dict[str, Any]) -> Tensor:
 
 
 def _analytic_kl(guide_site: dict[str, Any], model_site: dict[str, Any]) -> Tensor | None:
-    if not guide_site["fn"].has_rsample:
+    """Closed-form KL of one site, or ``None`` where only Monte Carlo is possible.
+
+    A ``Delta`` guide site (a point mass, or an autoguide's transformed auxiliary
+    draw) has a registered "KL" of ``-log p(value)``: a one-sample Monte-Carlo
+    term in disguise, so it does not count as closed form here.
+    """
+    if not guide_site["fn"].has_rsample or _describe(guide_site) == "Delta":
         return None
     try:
         term = kl_divergence(guide_site["fn"], model_site["fn"])

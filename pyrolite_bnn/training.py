@@ -186,17 +186,26 @@ def _load_tqdm() -> Any:
     return tqdm
 
 
+def _length(loader: Iterable[Any]) -> int | None:
+    """``len(loader)`` where defined (not for every ``IterableDataset`` loader)."""
+    if not isinstance(loader, Sized):
+        return None
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def _format_stats(stats: dict[str, float]) -> str:
     return " ".join(f"{name}={value:.4g}" for name, value in stats.items())
 
 
-def _unpack(batch: Any, epoch: int, step: int) -> tuple[Any, Any]:
+def _unpack(batch: Any, loader: str, where: str) -> tuple[Any, Any]:
     try:
         x, y = batch
     except (TypeError, ValueError):
         raise ValueError(
-            f"train_loader must yield (x, y) pairs; epoch {epoch}, step {step} gave "
-            f"a {type(batch).__name__}"
+            f"{loader} must yield (x, y) pairs; {where} gave a {type(batch).__name__}"
         ) from None
     return x, y
 
@@ -234,7 +243,7 @@ def _validation_nll(
     count = 0
     try:
         for step, batch in enumerate(loader):
-            x, y = _unpack(batch, -1, step)
+            x, y = _unpack(batch, "val_loader", f"batch {step}")
             out = model(x)
             likelihood, aligned = loss_fn.predictive.observe(out, y)
             log_prob = likelihood.log_prob(aligned)  # (S, B)
@@ -414,16 +423,13 @@ def fit(
             sums = [0.0, 0.0, 0.0]
             steps = 0
             bar = None
-            batches: Iterable[Any] = train_loader
             if tqdm is not None:
-                total = len(train_loader) if isinstance(train_loader, Sized) else None
                 bar = tqdm(
-                    train_loader, desc=f"epoch {epoch + 1}/{epochs}", total=total
+                    total=_length(train_loader), desc=f"epoch {epoch + 1}/{epochs}"
                 )
-                batches = bar
             try:
-                for step, batch in enumerate(batches):
-                    x, y = _unpack(batch, epoch, step)
+                for step, batch in enumerate(train_loader):
+                    x, y = _unpack(batch, "train_loader", f"epoch {epoch}, step {step}")
                     out: Any = None
                     optimizer.zero_grad(set_to_none=True)
                     try:
@@ -459,10 +465,14 @@ def fit(
                     global_step += 1
                     if bar is not None:
                         bar.set_postfix(
-                            loss=f"{sums[0] / steps:.4g}",
-                            nll=f"{sums[1] / steps:.4g}",
-                            kl=f"{sums[2] / steps:.4g}",
+                            {
+                                "loss": f"{sums[0] / steps:.4g}",
+                                "nll": f"{sums[1] / steps:.4g}",
+                                "kl": f"{sums[2] / steps:.4g}",
+                            },
+                            refresh=False,
                         )
+                        bar.update(1)
                 if steps == 0:
                     raise ValueError(
                         f"train_loader yielded no batches in epoch {epoch}"
@@ -498,6 +508,7 @@ def fit(
                 history.epochs_run = epoch + 1
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
+                    bar.refresh()
             finally:
                 if bar is not None:
                     bar.close()

@@ -1,0 +1,280 @@
+"""Tests for :mod:`pyrolite_bnn.checkpoint` (atomic save, checked load)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pytest
+import torch
+from pyro.infer.autoguide import AutoNormal
+from torch import Tensor, nn
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
+
+N = 64
+
+
+def _net(hidden: int = 8) -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(3, hidden), nn.ReLU(), bnn.VILinear(hidden, 1))
+
+
+def _loss() -> bnn.KullbackLeiblerLoss:
+    return bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=N)
+
+
+def _optimizer(model: nn.Module, loss_fn: nn.Module) -> torch.optim.Adam:
+    return torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=0.05)
+
+
+def _train(
+    model: nn.Module, loss_fn: nn.Module, optimizer: Any, steps: int = 5
+) -> None:
+    x = torch.randn(N, 3)
+    y = x[:, :1] * 2.0
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+
+def _state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _assert_same_state(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    pyro.set_rng_seed(7)
+    with torch.no_grad():
+        out: Tensor = model(x)
+    return out
+
+
+# ---------------------------------------------------------------- round trip
+def test_round_trip_gives_identical_predictions(tmp_path: Path) -> None:
+    model, loss_fn = _net(), _loss()
+    optimizer = _optimizer(model, loss_fn)
+    _train(model, loss_fn, optimizer)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, optimizer, loss_fn, epoch=3, extra={"lr": 0.05})
+
+    fresh, fresh_loss = _net(), _loss()
+    fresh_optimizer = _optimizer(fresh, fresh_loss)
+    info = load_checkpoint(path, fresh, fresh_optimizer, fresh_loss)
+
+    assert info == {"epoch": 3, "extra": {"lr": 0.05}, "version": bnn.__version__}
+    x = torch.randn(5, 3)
+    assert torch.equal(_predict(fresh, x), _predict(model, x))
+    _assert_same_state(_state(fresh), _state(model))
+    assert torch.equal(
+        fresh_loss.predictive.noise_scale(), loss_fn.predictive.noise_scale()
+    )
+    saved_state = optimizer.state_dict()["state"]
+    loaded_state = fresh_optimizer.state_dict()["state"]
+    assert saved_state.keys() == loaded_state.keys()
+    for index in saved_state:
+        for name, value in saved_state[index].items():
+            assert torch.equal(loaded_state[index][name], value)
+    # Training continues identically from the loaded state.
+    pyro.set_rng_seed(3)
+    _train(model, loss_fn, optimizer, steps=2)
+    pyro.set_rng_seed(3)
+    _train(fresh, fresh_loss, fresh_optimizer, steps=2)
+    _assert_same_state(_state(fresh), _state(model))
+
+
+def test_file_loads_with_weights_only_and_holds_fingerprint(tmp_path: Path) -> None:
+    model = _net()
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model)
+    payload = torch.load(path, weights_only=True)
+    fingerprint = payload["fingerprint"]
+    assert fingerprint["class"] == "VISequential"
+    assert fingerprint["state"]["0.posterior.weight.loc_unconstrained"] == [8, 3]
+    assert fingerprint["state"]["0.prior.weight.scale"] == []
+    assert fingerprint["sites"] == {
+        "0.weight": [8, 3],
+        "0.bias": [8],
+        "2.weight": [1, 8],
+        "2.bias": [1],
+    }
+    assert payload["optimizer"] is None
+    assert payload["loss_fn"] is None
+    assert payload["version"] == bnn.__version__
+
+
+def test_custom_guide_round_trip(tmp_path: Path) -> None:
+    model = _net()
+    model.guide = AutoNormal(model.prior_model, init_loc_fn=model.init_loc_fn)
+    with torch.no_grad():
+        for param in model.guide.parameters():
+            param.add_(0.1)
+    path = tmp_path / "guided.pt"
+    save_checkpoint(path, model)
+
+    fresh = _net()
+    fresh.guide = AutoNormal(fresh.prior_model, init_loc_fn=fresh.init_loc_fn)
+    load_checkpoint(path, fresh)
+    x = torch.randn(4, 3)
+    assert torch.equal(_predict(fresh, x), _predict(model, x))
+
+    without_guide = _net()
+    with pytest.raises(ValueError, match="assign the same custom guide"):
+        load_checkpoint(path, without_guide)
+
+
+# ----------------------------------------------------------- refused loads
+def test_different_architecture_is_refused_and_nothing_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, _net(hidden=8))
+    other = _net(hidden=4)
+    before = _state(other)
+    with pytest.raises(ValueError, match="different shape") as info:
+        load_checkpoint(path, other)
+    message = str(info.value)
+    assert "0.posterior.weight.loc_unconstrained (checkpoint (8, 3), model (4, 3))" in (
+        message
+    )
+    assert "nothing was loaded" in message
+    _assert_same_state(_state(other), before)
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, _net())
+    deeper = bnn.VISequential(
+        bnn.VILinear(3, 8), nn.ReLU(), bnn.VILinear(8, 1), nn.ReLU(), bnn.VILinear(1, 1)
+    )
+    with pytest.raises(ValueError, match="missing from the checkpoint") as info:
+        load_checkpoint(path, deeper)
+    message = str(info.value)
+    assert "4.posterior.weight.loc_unconstrained" in message
+    assert "and 3 more" in message  # at most five keys listed
+
+    path_deep = tmp_path / "deep.pt"
+    save_checkpoint(path_deep, deeper)
+    with pytest.raises(ValueError, match="unexpected state keys in the checkpoint"):
+        load_checkpoint(path_deep, _net())
+
+
+def test_different_class_is_refused(tmp_path: Path) -> None:
+    class Wrapped(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = bnn.VILinear(3, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out: Tensor = self.body(x)
+            return out
+
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, bnn.VILinear(3, 1))
+    with pytest.raises(ValueError, match="saved from a VILinear"):
+        load_checkpoint(path, Wrapped())
+
+
+def test_optimizer_and_loss_mismatch_are_refused(tmp_path: Path) -> None:
+    model = _net()
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model)
+    fresh = _net()
+    before = _state(fresh)
+    with pytest.raises(ValueError, match="no optimizer state"):
+        load_checkpoint(path, fresh, optimizer=torch.optim.SGD(fresh.parameters(), 0.1))
+    with pytest.raises(ValueError, match="no loss_fn state"):
+        load_checkpoint(path, fresh, loss_fn=_loss())
+    _assert_same_state(_state(fresh), before)
+
+    loss_fn = _loss()
+    save_checkpoint(path, model, _optimizer(model, loss_fn), loss_fn)
+    with pytest.raises(ValueError, match="parameter groups"):
+        load_checkpoint(path, fresh, optimizer=torch.optim.SGD(fresh.parameters(), 0.1))
+    fixed = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), dataset_size=N)
+    with pytest.raises(ValueError, match="loss_fn state keys"):
+        load_checkpoint(path, fresh, loss_fn=fixed)
+    _assert_same_state(_state(fresh), before)
+
+
+def test_failed_load_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, loss_fn = _net(), _loss()
+    optimizer = _optimizer(model, loss_fn)
+    _train(model, loss_fn, optimizer)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, optimizer, loss_fn)
+
+    fresh, fresh_loss = _net(), _loss()
+    fresh_optimizer = _optimizer(fresh, fresh_loss)
+    before_model, before_loss = _state(fresh), _state(fresh_loss)
+
+    def broken(state: dict[str, Any]) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(fresh_optimizer, "load_state_dict", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        load_checkpoint(path, fresh, fresh_optimizer, fresh_loss)
+    _assert_same_state(_state(fresh), before_model)
+    _assert_same_state(_state(fresh_loss), before_loss)
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="not a pyrolite_bnn checkpoint"):
+        load_checkpoint(path, _net())
+
+
+# ------------------------------------------------------------- atomic writes
+@pytest.mark.parametrize("where", ["replace", "save"])
+def test_interrupted_write_keeps_previous_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    path = tmp_path / "model.pt"
+    model = _net()
+    save_checkpoint(path, model, epoch=1)
+    saved = _state(model)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(1.0)
+
+    if where == "replace":
+
+        def fail_replace(src: Any, dst: Any) -> None:
+            raise OSError("interrupted")
+
+        monkeypatch.setattr(os, "replace", fail_replace)
+    else:
+        real_save = torch.save
+
+        def fail_save(obj: Any, handle: Any, *args: Any, **kwargs: Any) -> None:
+            real_save(obj, handle, *args, **kwargs)
+            handle.truncate(100)  # half-written file
+            raise OSError("interrupted")
+
+        monkeypatch.setattr(torch, "save", fail_save)
+
+    with pytest.raises(OSError, match="interrupted"):
+        save_checkpoint(path, model, epoch=2)
+    monkeypatch.undo()
+
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    fresh = _net()
+    assert load_checkpoint(path, fresh)["epoch"] == 1
+    _assert_same_state(_state(fresh), saved)
+
+
+def test_non_plain_extra_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    with pytest.raises(TypeError, match=r"extra\['bad'\]"):
+        save_checkpoint(path, _net(), extra={"bad": object()})
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,459 @@
+"""Tests for :mod:`pyrolite_bnn.training` (``fit``, ``History``, ``linear_warmup``)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pytest
+import torch
+from torch import Tensor, nn
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn.checkpoint import load_checkpoint
+from pyrolite_bnn.training import History, fit, linear_warmup
+
+N = 64
+Batches = list[tuple[Tensor, Tensor]]
+
+
+def _data(flip: bool = False, seed: int = 0) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, 3, generator=generator)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return x, (1 - y if flip else y)
+
+
+def _batches(x: Tensor, y: Tensor, size: int = 16) -> Batches:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def _net() -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(3, 8), nn.ReLU(), bnn.VILinear(8, 2))
+
+
+def _loss() -> bnn.KullbackLeiblerLoss:
+    return bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N)
+
+
+def _adam(model: nn.Module, lr: float = 0.05) -> torch.optim.Adam:
+    return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def _state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _assert_same_state(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+class _Recorder:
+    """Callback keeping a copy of the model state and the heat of each epoch."""
+
+    def __init__(self, loss_fn: bnn.KullbackLeiblerLoss | None = None) -> None:
+        self.loss_fn = loss_fn
+        self.states: list[dict[str, Tensor]] = []
+        self.heats: list[float] = []
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, epoch: int, history: History, model: nn.Module) -> None:
+        self.epochs.append(epoch)
+        self.states.append(_state(model))
+        if self.loss_fn is not None:
+            self.heats.append(self.loss_fn.heat)
+
+
+# ------------------------------------------------------------------ basics
+def test_loss_decreases_on_an_easy_problem() -> None:
+    x, y = _data()
+    model, loss_fn = _net(), _loss()
+    history = fit(
+        model,
+        loss_fn,
+        _batches(x, y),
+        epochs=15,
+        optimizer=_adam(model),
+        progress=False,
+    )
+    assert history.loss[-1] < 0.7 * history.loss[0]
+    probs = bnn.predict(model, x, bnn.Categorical(), samples=20).probs
+    assert float((probs.argmax(-1) == y).float().mean()) > 0.85
+
+
+def test_history_fields_are_filled() -> None:
+    x, y = _data()
+    model, loss_fn = _net(), _loss()
+    batches = _batches(x, y)
+    history = fit(
+        model,
+        loss_fn,
+        batches,
+        epochs=3,
+        optimizer=_adam(model),
+        val_loader=batches,
+        progress=False,
+    )
+    assert history.epochs_run == 3
+    assert not history.stopped_early
+    for values in (history.loss, history.nll, history.kl, history.val_loss):
+        assert len(values) == 3
+        assert all(math.isfinite(v) for v in values)
+    assert history.heat == [1.0, 1.0, 1.0]
+    assert all(v > 0 for v in history.kl)
+    # Means of loss = nll + heat * kl over the batches of an epoch.
+    for loss, nll, kl in zip(history.loss, history.nll, history.kl, strict=True):
+        assert loss == pytest.approx(nll + kl, rel=1e-5)
+    assert history.best_epoch == min(range(3), key=history.val_loss.__getitem__)
+    assert history.as_dict()["epochs_run"] == 3
+
+
+def test_val_loss_is_negative_log_predictive_density() -> None:
+    x, y = _data()
+    model, loss_fn = bnn.VILinear(3, 2), _loss()
+    model.samples = 4
+    recorder: list[float] = []
+
+    class Check:
+        def on_epoch_end(self, epoch: int, history: History, model: nn.Module) -> None:
+            pyro.set_rng_seed(123)
+            with torch.no_grad():
+                out = model(x)
+            log_p = torch.distributions.Categorical(logits=out).log_prob(y)
+            nlpd = -(torch.logsumexp(log_p, 0) - math.log(4)).mean()
+            recorder.append(float(nlpd))
+
+    class Seed:
+        def __iter__(self) -> Any:
+            pyro.set_rng_seed(123)
+            yield x, y
+
+    history = fit(
+        model,
+        loss_fn,
+        _batches(x, y),
+        epochs=2,
+        optimizer=_adam(model),
+        val_loader=Seed(),
+        callbacks=[Check()],
+        progress=False,
+    )
+    assert history.val_loss == pytest.approx(recorder, rel=1e-5)
+
+
+def test_default_optimizer_trains_the_likelihood_scale() -> None:
+    x = torch.randn(N, 3)
+    y = 3.0 * x[:, :1]
+    model = bnn.VILinear(3, 1)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=N)
+    before = loss_fn.predictive.noise_scale().item()
+    fit(model, loss_fn, _batches(x, y), epochs=3, progress=False)
+    assert loss_fn.predictive.noise_scale().item() != before
+
+
+def test_given_optimizer_is_used_as_is() -> None:
+    x, y = _data()
+    model, loss_fn = _net(), _loss()
+    before = _state(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    fit(model, loss_fn, _batches(x, y), epochs=2, optimizer=optimizer, progress=False)
+    _assert_same_state(_state(model), before)
+
+
+def test_data_loader_and_training_mode_restored() -> None:
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True
+    )
+    model, loss_fn = _net(), _loss()
+    model.eval()
+    history = fit(
+        model, loss_fn, loader, epochs=2, optimizer=_adam(model), progress=False
+    )
+    assert history.epochs_run == 2
+    assert not model.training
+
+
+def test_clip_grad_norm_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(params: Any, max_norm: float, *args: Any, **kwargs: Any) -> Tensor:
+        calls.append(max_norm)
+        return original(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    x, y = _data()
+    model = _net()
+    fit(model, _loss(), _batches(x, y), epochs=1, clip_grad_norm=0.5, progress=False)
+    assert calls == [0.5] * 4
+
+
+def test_invalid_arguments() -> None:
+    x, y = _data()
+    model, loss_fn, batches = _net(), _loss(), _batches(x, y)
+    with pytest.raises(ValueError, match="needs a val_loader"):
+        fit(model, loss_fn, batches, epochs=2, early_stopping_patience=1)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, loss_fn, batches, epochs=-1)
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        fit(model, loss_fn, batches, epochs=1, clip_grad_norm=0.0)
+    with pytest.raises(ValueError, match="no batches"):
+        fit(model, loss_fn, [], epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"\(x, y\) pairs"):
+        fit(model, loss_fn, [x], epochs=1, progress=False)
+
+
+# ------------------------------------------------------------ heat schedule
+def test_linear_warmup() -> None:
+    schedule = linear_warmup(4, start=0.2, end=1.0)
+    assert [schedule(e) for e in range(6)] == pytest.approx(
+        [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    )
+    assert linear_warmup(0)(0) == 1.0
+    with pytest.raises(ValueError, match="epochs"):
+        linear_warmup(-1)
+    with pytest.raises(ValueError, match="start"):
+        linear_warmup(3, start=-0.1)
+
+
+def test_heat_schedule_sets_loss_heat_each_epoch() -> None:
+    x, y = _data()
+    model, loss_fn = _net(), _loss()
+    schedule = linear_warmup(3)
+    recorder = _Recorder(loss_fn)
+    history = fit(
+        model,
+        loss_fn,
+        _batches(x, y),
+        epochs=5,
+        optimizer=_adam(model),
+        heat_schedule=schedule,
+        callbacks=[recorder],
+        progress=False,
+    )
+    expected = [schedule(e) for e in range(5)]
+    assert recorder.heats == expected
+    assert history.heat == expected
+    assert history.loss[0] == pytest.approx(history.nll[0])  # heat 0: no KL
+    with pytest.raises(ValueError, match="heat"):
+        fit(model, loss_fn, _batches(x, y), epochs=1, heat_schedule=lambda e: -1.0)
+
+
+# ----------------------------------------------------- stopping and callbacks
+def test_early_stopping_stops_and_restores_best_state() -> None:
+    x, y = _data()
+    xv, yv = _data(flip=True, seed=1)  # the better the fit, the worse this gets
+    model, loss_fn = _net(), _loss()
+    recorder = _Recorder()
+    patience = 2
+    history = fit(
+        model,
+        loss_fn,
+        _batches(x, y),
+        epochs=60,
+        optimizer=_adam(model),
+        val_loader=_batches(xv, yv, 32),
+        early_stopping_patience=patience,
+        callbacks=[recorder],
+        progress=False,
+    )
+    assert history.stopped_early
+    assert history.epochs_run < 60
+    best = history.best_epoch
+    assert best is not None
+    assert best == min(range(history.epochs_run), key=history.val_loss.__getitem__)
+    assert history.epochs_run - 1 - best == patience
+    _assert_same_state(_state(model), recorder.states[best])
+
+
+def test_callback_can_stop_training() -> None:
+    x, y = _data()
+
+    class StopAfterTwo:
+        def on_epoch_end(self, epoch: int, history: History, model: nn.Module) -> bool:
+            return epoch == 1
+
+    history = fit(
+        _net(),
+        _loss(),
+        _batches(x, y),
+        epochs=5,
+        callbacks=[object(), StopAfterTwo()],
+        progress=False,
+    )
+    assert history.epochs_run == 2
+    assert history.stopped_early
+    assert len(history.loss) == 2
+
+
+# ----------------------------------------------------------------- NaN guard
+class _Breakable(bnn.VIModule):
+    """A linear layer whose output or gradient becomes NaN on request."""
+
+    def __init__(self, mode: str, after: int) -> None:
+        super().__init__()
+        self.body = bnn.VISequential(bnn.VILinear(3, 2))
+        self.mode = mode
+        self.after = after
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.body(x)
+        self.calls += 1
+        if self.calls <= self.after:
+            return out
+        if self.mode == "grad":  # finite value, NaN gradient: 0 * d sqrt(z)/dz at 0
+            return out + 0.0 * torch.sqrt(out * 0.0)
+        return out * float("nan")
+
+
+def test_nan_loss_restores_and_keeps_last_checkpoint(tmp_path: Path) -> None:
+    x, y = _data()
+    batches = _batches(x, y)
+    bad = x[:16].clone()
+    bad[0, 0] = float("inf")
+    # Epoch 0: four good steps; epoch 1: the third batch has an Inf input.
+    epoch1 = [*batches[:2], (bad, y[:16]), batches[3]]
+
+    class Loader:
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def __iter__(self) -> Any:
+            self.epoch += 1
+            return iter(batches if self.epoch == 1 else epoch1)
+
+    model, loss_fn = _net(), _loss()
+    optimizer = _adam(model)
+    recorder = _Recorder()
+    path = tmp_path / "ckpt.pt"
+    with (
+        bnn.validation(False),
+        pyro.validation_enabled(False),
+        pytest.raises(FloatingPointError, match=r"epoch 1, step 2") as info,
+    ):
+        fit(
+            model,
+            loss_fn,
+            Loader(),
+            epochs=3,
+            optimizer=optimizer,
+            callbacks=[recorder],
+            checkpoint_path=path,
+            progress=False,
+        )
+    message = str(info.value)
+    assert "non-finite loss" in message
+    assert "end of epoch 0" in message
+    assert recorder.epochs == [0]
+    _assert_same_state(_state(model), recorder.states[0])
+    fresh = _net()
+    assert load_checkpoint(path, fresh, _adam(fresh), _loss())["epoch"] == 0
+    _assert_same_state(_state(fresh), recorder.states[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_nan_gradient_restores_state_before_training() -> None:
+    x, y = _data()
+    model = _Breakable("grad", after=2)
+    before = _state(model)
+    with pytest.raises(FloatingPointError, match=r"epoch 0, step 2") as info:
+        fit(model, _loss(), _batches(x, y), epochs=2, progress=False)
+    message = str(info.value)
+    assert "non-finite gradient of model.body.0.posterior" in message
+    assert "before training" in message
+    _assert_same_state(_state(model), before)
+
+
+def test_nan_output_rejected_by_likelihood_becomes_floating_point_error() -> None:
+    x, y = _data()
+    model = _Breakable("output", after=5)
+    optimizer = _adam(model)
+    recorder = _Recorder()
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 1") as info:
+        fit(
+            model,
+            _loss(),
+            _batches(x, y),
+            epochs=3,
+            optimizer=optimizer,
+            callbacks=[recorder],
+            progress=False,
+        )
+    assert "non-finite network output" in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+    _assert_same_state(_state(model), recorder.states[0])
+
+
+def test_invalid_input_is_not_reported_as_divergence() -> None:
+    x, y = _data()
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        fit(_net(), _loss(), _batches(x, y), epochs=1, progress=False)
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_fit_writes_a_checkpoint_every_epoch(tmp_path: Path) -> None:
+    x, y = _data()
+    path = tmp_path / "run.pt"
+    model, loss_fn = _net(), _loss()
+    seen: list[int | None] = []
+
+    class Check:
+        def on_epoch_end(self, epoch: int, history: History, model: nn.Module) -> None:
+            seen.append(load_checkpoint(path, _net())["epoch"])
+
+    history = fit(
+        model,
+        loss_fn,
+        _batches(x, y),
+        epochs=3,
+        callbacks=[Check()],
+        checkpoint_path=path,
+        progress=False,
+    )
+    assert seen == [0, 1, 2]
+    info = load_checkpoint(path, _net(), loss_fn=_loss())
+    assert info["extra"]["history"]["loss"] == history.loss
+    assert info["version"] == bnn.__version__
+
+
+# ------------------------------------------------------------------ progress
+def test_progress_fallback_without_tqdm(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    x, y = _data()
+    fit(_net(), _loss(), _batches(x, y), epochs=2, val_loader=_batches(x, y))
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch 1/2: loss=")
+    assert lines[1].startswith("epoch 2/2: loss=")
+    for name in ("nll=", "kl=", "val_loss=", "heat=1"):
+        assert name in lines[1]
+
+
+def test_progress_false_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    x, y = _data()
+    fit(_net(), _loss(), _batches(x, y), epochs=1, progress=False)
+    captured = capsys.readouterr()
+    assert captured.out == captured.err == ""
+
+
+def test_progress_bar_with_tqdm(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    x, y = _data()
+    fit(_net(), _loss(), _batches(x, y), epochs=2)
+    err = capsys.readouterr().err
+    assert "epoch 2/2" in err
+    assert "loss=" in err
+    assert "kl=" in err
