@@ -3,13 +3,19 @@
 Example:
     >>> import torch
     >>> import pyrolite_bnn as bnn
-    >>> net = bnn.VISequential(bnn.VILinear(3, 16), torch.nn.ReLU(), bnn.VILinear(16, 2))
+    >>> relu = torch.nn.ReLU()
+    >>> net = bnn.VISequential(bnn.VILinear(3, 16), relu, bnn.VILinear(16, 2))
     >>> net(torch.randn(4, 3)).shape  # (samples, batch, classes)
     torch.Size([10, 4, 2])
 """
 
 from pyrolite_bnn import metrics
-from pyrolite_bnn._validation import enable_validation, is_validation_enabled, validation
+from pyrolite_bnn._validation import (
+    enable_validation,
+    is_validation_enabled,
+    validation,
+)
+from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
 from pyrolite_bnn.distributions import (
     Bernoulli,
     CallablePrior,
@@ -39,6 +45,7 @@ from pyrolite_bnn.layers import (
 from pyrolite_bnn.loss import KullbackLeiblerLoss
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.predict import Prediction, predict
+from pyrolite_bnn.training import History, fit, linear_warmup
 
 __version__ = "0.1.0"
 
@@ -48,6 +55,7 @@ __all__ = [
     "Categorical",
     "DistributionPrior",
     "HeteroscedasticNormal",
+    "History",
     "KullbackLeiblerLoss",
     "LaplacePrior",
     "MeanFieldNormal",
@@ -70,8 +78,12 @@ __all__ = [
     "VariationalFamily",
     "__version__",
     "enable_validation",
+    "fit",
     "is_validation_enabled",
+    "linear_warmup",
+    "load_checkpoint",
     "metrics",
     "predict",
+    "save_checkpoint",
     "validation",
 ]

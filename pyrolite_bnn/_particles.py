@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pyro
 import torch
@@ -43,7 +44,9 @@ class ParticleState:
     batch_size: int | None
 
 
-_STATE: ContextVar[ParticleState | None] = ContextVar("pyrolite_particles", default=None)
+_STATE: ContextVar[ParticleState | None] = ContextVar(
+    "pyrolite_particles", default=None
+)
 
 
 def current() -> ParticleState | None:
@@ -64,7 +67,8 @@ def particles(state: ParticleState) -> Iterator[None]:
 @contextmanager
 def particle_plate(samples: int, device: torch.device | None = None) -> Iterator[None]:
     """Open the particle plate of size ``samples``, scaled by ``1 / samples``."""
-    with pyro.plate(PLATE_NAME, samples, dim=PLATE_DIM, device=device):
+    where = None if device is None else str(device)
+    with pyro.plate(PLATE_NAME, samples, dim=PLATE_DIM, device=where):
         if samples == 1:
             yield
         else:
@@ -89,9 +93,10 @@ def unfold(value: object, state: ParticleState) -> object:
     if isinstance(value, Tensor):
         return unfold_tensor(value, state)
     if isinstance(value, tuple):
-        return type(value)(*(unfold(v, state) for v in value)) if hasattr(
-            value, "_fields"
-        ) else tuple(unfold(v, state) for v in value)
+        items = [unfold(v, state) for v in value]
+        if hasattr(value, "_fields"):  # a namedtuple
+            return cast(Any, type(value))(*items)
+        return tuple(items)
     if isinstance(value, list):
         return [unfold(v, state) for v in value]
     if isinstance(value, dict):

@@ -56,8 +56,10 @@ def validation(flag: bool) -> Iterator[None]:
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:
     """Raise ``ValueError`` if validation is on and ``tensor`` has NaN or Inf."""
-    if _VALIDATE and tensor.is_floating_point() and not bool(
-        torch.isfinite(tensor).all()
+    if (
+        _VALIDATE
+        and tensor.is_floating_point()
+        and not bool(torch.isfinite(tensor).all())
     ):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(

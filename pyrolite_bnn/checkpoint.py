@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import stat
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,23 +101,45 @@ def _compare_shapes(
 
 
 def _check_plain(value: Any, where: str) -> None:
-    """Reject values that ``torch.load(weights_only=True)`` could not read back."""
-    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+    """Reject values that ``torch.load(weights_only=True)`` could not read back.
+
+    Types are checked exactly: subclasses such as ``numpy.float64`` or named
+    tuples would be pickled as their own classes, which a weights-only load
+    refuses.
+    """
+    if value is None or type(value) in (bool, int, float, str, torch.Size):
         return
-    if isinstance(value, Mapping):
+    if isinstance(value, Tensor):
+        return
+    if type(value) in (dict, OrderedDict):
         for key, item in value.items():
-            if not isinstance(key, (str, int)):
+            if type(key) not in (str, int):
                 raise TypeError(f"{where} has a key of type {type(key).__name__}")
             _check_plain(item, f"{where}[{key!r}]")
         return
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         for index, item in enumerate(value):
             _check_plain(item, f"{where}[{index}]")
         return
     raise TypeError(
-        f"{where} is a {type(value).__name__}; checkpoints hold only tensors, "
-        "numbers, strings, None, lists, tuples and dictionaries"
+        f"{where} is a {type(value).__name__}; checkpoints hold only tensors and "
+        "plain bool, int, float, str, None, list, tuple and dict values (convert "
+        "e.g. numpy scalars with float())"
     )
+
+
+def _file_mode(target: str) -> int:
+    """Mode for the new file: that of the file it replaces, else ``0o666 & ~umask``.
+
+    ``mkstemp`` creates files readable by their owner only; a checkpoint should
+    get the permissions that :func:`torch.save` would have given it.
+    """
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_directory(directory: str) -> None:
@@ -193,6 +217,8 @@ def save_checkpoint(
         dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp"
     )
     try:
+        with contextlib.suppress(OSError):
+            os.chmod(temporary, _file_mode(target))
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()

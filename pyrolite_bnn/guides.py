@@ -54,7 +54,9 @@ class ParticleGuide(LocalPyroModule):
         ['bias', 'weight']
     """
 
-    def __init__(self, network: VIModule, inner: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, network: VIModule, inner: Callable[..., Any] | None = None
+    ) -> None:
         super().__init__()
         # A tuple hides the network from nn.Module registration (no cycle).
         self._network = (network,)
@@ -84,9 +86,11 @@ class ParticleGuide(LocalPyroModule):
                     "AutoNormal(model.prior_model, init_loc_fn=model.init_loc_fn)"
                 ) from error
             sites = {v.site for v in self.network.random_variables()}
+            prototype = inner.prototype_trace
+            assert prototype is not None
             covered = {
                 name
-                for name, site in inner.prototype_trace.nodes.items()
+                for name, site in prototype.nodes.items()
                 if site["type"] == "sample" and not site["is_observed"]
             }
             if covered != sites:
@@ -102,13 +106,15 @@ class ParticleGuide(LocalPyroModule):
         are accepted and ignored.
         """
         network = self.network
-        count = _particles.check_samples(network.samples if samples is None else samples)
+        count = _particles.check_samples(
+            network.samples if samples is None else samples
+        )
         device = _device_of(args, kwargs)
         with _particles.particle_plate(count, device):
             if self.inner is not None:
                 return self.inner()
             return {
-                v.site: v.module.posterior[v.name](v.site)  # type: ignore[operator, index]
+                v.site: v.module.posterior[v.name](v.site)
                 for v in network.random_variables()
             }
 
@@ -126,7 +132,7 @@ class ParticleGuide(LocalPyroModule):
                 )
             return dict(median())
         return {
-            v.site: v.module.posterior[v.name].mean().detach()  # type: ignore[operator, index]
+            v.site: v.module.posterior[v.name].mean().detach()
             for v in self.network.random_variables()
         }
 

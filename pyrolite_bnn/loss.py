@@ -81,14 +81,22 @@ class KullbackLeiblerLoss(nn.Module):
                 "predictive must be a bnn predictive distribution such as "
                 f"bnn.Categorical(), got {type(predictive).__name__}"
             )
-        if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
-            raise ValueError(f"dataset_size must be an integer >= 1, got {dataset_size!r}")
+        if (
+            isinstance(dataset_size, bool)
+            or not isinstance(dataset_size, int)
+            or dataset_size < 1
+        ):
+            raise ValueError(
+                f"dataset_size must be an integer >= 1, got {dataset_size!r}"
+            )
         if not heat >= 0:
             raise ValueError(f"heat must be >= 0, got {heat!r}")
         if kl not in _KL_MODES:
             raise ValueError(f"kl must be one of {_KL_MODES}, got {kl!r}")
         if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+            raise ValueError(
+                f"reduction must be one of {_REDUCTIONS}, got {reduction!r}"
+            )
         self.predictive = predictive
         self.dataset_size = dataset_size
         self.heat = float(heat)
@@ -115,13 +123,15 @@ class KullbackLeiblerLoss(nn.Module):
             Scalar loss.
         """
         record = self._record_for(output)
+        if last_record() is record:  # release the traces even if a check fails
+            set_last_record(None)
         batch = self._check_batch(output)
         likelihood, aligned = self.predictive.observe(output, target)
         samples = output.shape[0]
-        log_lik = likelihood.log_prob(aligned).sum() * (self.dataset_size / batch / samples)
+        log_lik = likelihood.log_prob(aligned).sum() * (
+            self.dataset_size / batch / samples
+        )
         kl = record.kl(self.kl)
-        if last_record() is record:
-            set_last_record(None)
         norm = self.dataset_size if self.reduction == "mean" else 1
         self.last_nll = (-log_lik / norm).detach()
         self.last_kl = (kl / norm).detach()
@@ -204,6 +214,7 @@ class KullbackLeiblerLoss(nn.Module):
                 "pyro_model is the untempered model; the KL heat only applies to the "
                 "PyTorch-style loss (heat=1.0 here)"
             )
+
         def bnn_pyro_model(
             x: Any, y: Tensor | None = None, samples: int | None = None
         ) -> Tensor:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.nn import PyroModule, PyroSample
 from pyro.poutine.runtime import am_i_wrapped
@@ -80,8 +81,10 @@ class _PriorOf:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __call__(self, module: VIModule) -> Any:
-        return module.prior_distribution(self.name)
+    def __call__(self, module: PyroModule) -> TorchDistributionMixin:
+        assert isinstance(module, VIModule)
+        prior: TorchDistributionMixin = module.prior_distribution(self.name)
+        return prior
 
 
 class VIModule(LocalPyroModule):
@@ -160,7 +163,9 @@ class VIModule(LocalPyroModule):
             dtype: floating dtype of the parameters and prior buffers.
         """
         if not name.isidentifier():
-            raise ValueError(f"random variable name must be an identifier, got {name!r}")
+            raise ValueError(
+                f"random variable name must be an identifier, got {name!r}"
+            )
         size = torch.Size(shape)
         if "prior" not in self._modules:
             self.prior = nn.ModuleDict()
@@ -212,13 +217,13 @@ class VIModule(LocalPyroModule):
         custom = self._modules.get(_CUSTOM_GUIDE)
         if custom is not None:
             return custom  # type: ignore[return-value]
-        default = self.__dict__.get("_default_guide")
+        default: ParticleGuide | None = self.__dict__.get("_default_guide")
         if default is None:
             from pyrolite_bnn.guides import ParticleGuide
 
             default = ParticleGuide(self)
             object.__setattr__(self, "_default_guide", default)
-        return default  # type: ignore[no-any-return]
+        return default
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "guide":
@@ -233,8 +238,12 @@ class VIModule(LocalPyroModule):
             self._modules.pop(_CUSTOM_GUIDE, None)
             return
         if not callable(value):
-            raise TypeError(f"guide must be a callable Pyro guide, got {type(value).__name__}")
-        wrapped = value if isinstance(value, ParticleGuide) else ParticleGuide(self, value)
+            raise TypeError(
+                f"guide must be a callable Pyro guide, got {type(value).__name__}"
+            )
+        wrapped = (
+            value if isinstance(value, ParticleGuide) else ParticleGuide(self, value)
+        )
         previous = self._modules.get(_CUSTOM_GUIDE)
         try:
             super().__setattr__(_CUSTOM_GUIDE, wrapped)
@@ -261,9 +270,8 @@ class VIModule(LocalPyroModule):
                 model.prior_model, init_loc_fn=model.init_loc_fn, rank=10)
         """
         for variable in self.random_variables():
-            module = variable.module
-            assert isinstance(module, VIModule)
-            pyro.sample(variable.site, module.prior_distribution(variable.name))
+            prior = variable.module.prior_distribution(variable.name)
+            pyro.sample(variable.site, prior)
 
     def init_loc_fn(self, site: dict[str, Any]) -> Tensor:
         """Autoguide ``init_loc_fn``: start at the layers' (Kaiming) posterior means.
@@ -275,9 +283,8 @@ class VIModule(LocalPyroModule):
         """
         for variable in self.random_variables():
             if variable.site == site["name"]:
-                module = variable.module
-                assert isinstance(module, VIModule)
-                return module.posterior[variable.name].mean().detach().clone()
+                posterior = variable.module.posterior[variable.name]
+                return posterior.mean().detach().clone()
         return init_to_feasible(site)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
@@ -336,7 +343,10 @@ class VIModule(LocalPyroModule):
         )
 
     def _run(
-        self, state: _particles.ParticleState, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        state: _particles.ParticleState,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Any:
         """Run ``forward`` for all particles (the plate must be open); unfold."""
         with _particles.particles(state):
@@ -379,7 +389,10 @@ NOT_NETWORK = frozenset({_CUSTOM_GUIDE, "prior", "posterior"})
 
 
 def _collect(
-    module: nn.Module, prefix: str, found: list[RandomVariable], plain_parent: str | None
+    module: nn.Module,
+    prefix: str,
+    found: list[RandomVariable],
+    plain_parent: str | None,
 ) -> None:
     if isinstance(module, VIModule):
         if plain_parent is not None:

@@ -7,14 +7,15 @@ probabilities; the total uncertainty (entropy of the average) splits into the
 between the label and the weights):
 ``entropy == aleatoric + mutual_information``.
 
-Regression (:class:`~pyrolite_bnn.Normal`, :class:`~pyrolite_bnn.HeteroscedasticNormal`):
-the predictive distribution is the mixture over particles of ``N(mu_s, sigma_s^2)``;
-by the law of total variance ``variance == aleatoric_var + epistemic_var`` with
+Regression (:class:`~pyrolite_bnn.Normal`,
+:class:`~pyrolite_bnn.HeteroscedasticNormal`): the predictive distribution is
+the mixture over particles of ``N(mu_s, sigma_s^2)``; by the law of total variance ``variance == aleatoric_var + epistemic_var`` with
 ``aleatoric_var = mean_s sigma_s^2`` and ``epistemic_var = var_s mu_s``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -152,10 +153,10 @@ class Prediction:
         scale = var.sqrt()
         lo = (loc - 10 * scale).min(0).values
         hi = (loc + 10 * scale).max(0).values
-        normal = torch.distributions.Normal(loc, scale)
         for _ in range(_BISECTION_STEPS):
             mid = (lo + hi) / 2
-            below = normal.cdf(mid.unsqueeze(0)).mean(0) < q
+            z = (mid.unsqueeze(0) - loc) / (scale * math.sqrt(2.0))
+            below = (0.5 * (1 + torch.erf(z))).mean(0) < q
             lo = torch.where(below, mid, lo)
             hi = torch.where(below, hi, mid)
         return (lo + hi) / 2
@@ -201,7 +202,10 @@ def predict(
     step = size if batch_size is None else batch_size
     if step < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    chunks = [_predict_chunk(model, x[i : i + step], samples, mode) for i in range(0, size, step)]
+    chunks = [
+        _predict_chunk(model, x[i : i + step], samples, mode)
+        for i in range(0, size, step)
+    ]
     return Prediction(torch.cat(chunks, dim=1), predictive)
 
 

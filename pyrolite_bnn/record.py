@@ -41,7 +41,7 @@ class ForwardRecord:
         self.analytic_sites: list[str] = []
         self.mc_sites: list[str] = []
 
-    def _latent_sites(self) -> list[tuple[str, dict[str, Any]]]:
+    def _latent_sites(self) -> list[tuple[str, Any]]:
         return [
             (name, site)
             for name, site in self.model_trace.nodes.items()
@@ -83,8 +83,8 @@ class ForwardRecord:
                     continue
                 if mode == "analytic":
                     raise ValueError(
-                        f"kl='analytic' but site '{name}' has no closed-form KL between "
-                        f"the guide's {_describe(guide_site)} and the prior "
+                        f"kl='analytic' but site '{name}' has no closed-form KL "
+                        f"between the guide's {_describe(guide_site)} and the prior "
                         f"{_describe(model_site)}; use kl='auto' (Monte Carlo for such "
                         "sites) or kl='mc'"
                     )
@@ -93,7 +93,7 @@ class ForwardRecord:
         latent_names = {name for name, _ in latent}
         for name, guide_site in self.guide_trace.nodes.items():
             if guide_site["type"] == "sample" and name not in latent_names:
-                if not guide_site["infer"].get("is_auxiliary"):
+                if not (guide_site["infer"] or {}).get("is_auxiliary"):
                     raise ValueError(
                         f"the guide samples '{name}', which is not a weight of the "
                         "network; mark auxiliary guide sites with "
@@ -110,7 +110,7 @@ class ForwardRecord:
         return total
 
     def log_probs(self) -> Tensor:
-        """Per-particle ``[log p(w_s), log q(w_s)]`` over all weights, shape ``(S, 2)``."""
+        """Per-particle ``[log p(w_s), log q(w_s)]`` of all weights, ``(S, 2)``."""
         log_p = self._per_particle(site for _, site in self._latent_sites())
         log_q = self._per_particle(
             site for site in self.guide_trace.nodes.values() if site["type"] == "sample"
@@ -125,12 +125,14 @@ class ForwardRecord:
         return total
 
 
-def _log_prob_sum(site: dict[str, Any]) -> Tensor:
+def _log_prob_sum(site: Any) -> Tensor:
     log_prob = site["fn"].log_prob(site["value"])
     return scale_and_mask(log_prob, site["scale"], site["mask"]).sum()  # type: ignore[no-any-return]
 
 
-def _analytic_kl(guide_site: dict[str, Any], model_site: dict[str, Any]) -> Tensor | None:
+def _analytic_kl(
+    guide_site: Any, model_site: Any
+) -> Tensor | None:
     """Closed-form KL of one site, or ``None`` where only Monte Carlo is possible.
 
     A ``Delta`` guide site (a point mass, or an autoguide's transformed auxiliary
@@ -149,14 +151,16 @@ def _analytic_kl(guide_site: dict[str, Any], model_site: dict[str, Any]) -> Tens
     return torch.as_tensor(scaled * guide_site["fn"].batch_shape.numel())
 
 
-def _describe(site: dict[str, Any]) -> str:
+def _describe(site: Any) -> str:
     fn = site["fn"]
     while hasattr(fn, "base_dist"):
         fn = fn.base_dist
     return type(fn).__name__
 
 
-_LAST: ContextVar[ForwardRecord | None] = ContextVar("pyrolite_last_record", default=None)
+_LAST: ContextVar[ForwardRecord | None] = ContextVar(
+    "pyrolite_last_record", default=None
+)
 
 
 def set_last_record(record: ForwardRecord | None) -> None:

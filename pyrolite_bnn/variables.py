@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from pyrolite_bnn.module import VIModule
 
 __all__ = ["RandomVariable"]
 
@@ -24,4 +28,4 @@ class RandomVariable:
     site: str
     name: str
     shape: torch.Size
-    module: torch.nn.Module
+    module: VIModule

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -276,5 +277,19 @@ def test_non_plain_extra_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     with pytest.raises(TypeError, match=r"extra\['bad'\]"):
         save_checkpoint(path, _net(), extra={"bad": object()})
+    with pytest.raises(TypeError, match=r"extra\['x'\]\[1\] is a float64"):
+        save_checkpoint(path, _net(), extra={"x": [1.0, np.float64(2.0)]})
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_file_permissions_match_torch_save(tmp_path: Path) -> None:
+    reference = tmp_path / "reference.pt"
+    torch.save({}, reference)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, _net())
+    assert path.stat().st_mode == reference.stat().st_mode
+    path.chmod(0o600)
+    save_checkpoint(path, _net())
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -34,7 +34,9 @@ def test_mean_field_optimum_matches_closed_form() -> None:
     mean_field_std = precision.diag().rsqrt()
 
     net = bnn.VILinear(
-        d, 1, bias=False,
+        d,
+        1,
+        bias=False,
         prior=bnn.NormalPrior(0.0, alpha),
         variational=bnn.MeanFieldNormal(init_scale=0.1),
     )

@@ -53,7 +53,9 @@ def test_default_guide_trains() -> None:
 @pytest.mark.parametrize(
     "make_guide",
     [
-        lambda net: AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn, init_scale=1e-3),
+        lambda net: AutoNormal(
+            net.prior_model, init_loc_fn=net.init_loc_fn, init_scale=1e-3
+        ),
         lambda net: AutoLowRankMultivariateNormal(
             net.prior_model, init_loc_fn=net.init_loc_fn, rank=3, init_scale=1e-2
         ),
@@ -77,13 +79,17 @@ def test_autoguide_swap_trains_in_pytorch_loop(make_guide) -> None:  # type: ign
 
 def test_autoguide_loss_equals_trace_elbo() -> None:
     net = _net()
-    net.guide = AutoLowRankMultivariateNormal(net.prior_model, init_loc_fn=net.init_loc_fn, rank=2)
+    net.guide = AutoLowRankMultivariateNormal(
+        net.prior_model, init_loc_fn=net.init_loc_fn, rank=2
+    )
     x, y = _problem(16)
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100, kl="mc")
     pyro.set_rng_seed(7)
     ours = loss_fn(net(x), y)
     pyro.set_rng_seed(7)
-    theirs = Trace_ELBO().differentiable_loss(loss_fn.pyro_model(net), net.guide, x, y) / 100
+    theirs = (
+        Trace_ELBO().differentiable_loss(loss_fn.pyro_model(net), net.guide, x, y) / 100
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
@@ -116,7 +122,9 @@ def test_hand_written_guide() -> None:
 def test_autoguide_built_on_full_model_gives_clear_error() -> None:
     net = _net()
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
-    with pytest.raises(TypeError, match=r"build autoguides on the network's weight model"):
+    with pytest.raises(
+        TypeError, match=r"build autoguides on the network's weight model"
+    ):
         net.guide = AutoNormal(loss_fn.pyro_model(net))
     assert net.guide.inner is None  # nothing half-updated
     assert "custom_guide" not in dict(net.named_children())
@@ -126,7 +134,9 @@ def test_svi_on_pyro_model_and_guide() -> None:
     net = _net()
     x, y = _problem()
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), len(x))
-    svi = SVI(loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
+    svi = SVI(
+        loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO()
+    )
     losses = [svi.step(x, y, samples=4) for _ in range(150)]
     assert _mean(losses[-20:]) < 0.8 * _mean(losses[:20])
     # module-local parameters: nothing in Pyro's global parameter store
@@ -138,7 +148,9 @@ def test_two_models_never_share_parameters() -> None:
     x, y = _problem(16)
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
     before = [p.detach().clone() for p in b.parameters()]
-    svi = SVI(loss_fn.pyro_model(a), a.guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    svi = SVI(
+        loss_fn.pyro_model(a), a.guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO()
+    )
     for _ in range(3):
         svi.step(x, y)
     for p, q in zip(b.parameters(), before, strict=True):
@@ -158,7 +170,12 @@ def test_nuts_on_tiny_network() -> None:
     net = bnn.VILinear(2, 2)
     x, y = _problem(20)
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), len(x))
-    mcmc = MCMC(NUTS(loss_fn.pyro_model(net)), num_samples=20, warmup_steps=20, disable_progbar=True)
+    mcmc = MCMC(
+        NUTS(loss_fn.pyro_model(net)),
+        num_samples=20,
+        warmup_steps=20,
+        disable_progbar=True,
+    )
     mcmc.run(x, y, samples=1)
     draws = mcmc.get_samples()
     assert draws["weight"].shape == (20, 1, 1, 2, 2)

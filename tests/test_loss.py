@@ -24,7 +24,14 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(16, 3), torch.randint(0, 4, (16,))
 
 
-@pytest.mark.parametrize(("kl", "elbo"), [("mc", Trace_ELBO()), ("analytic", TraceMeanField_ELBO()), ("auto", TraceMeanField_ELBO())])
+@pytest.mark.parametrize(
+    ("kl", "elbo"),
+    [
+        ("mc", Trace_ELBO()),
+        ("analytic", TraceMeanField_ELBO()),
+        ("auto", TraceMeanField_ELBO()),
+    ],
+)
 def test_equals_pyro_elbo(kl: str, elbo: pyro.infer.ELBO) -> None:
     net = _net()
     with torch.no_grad():  # make the posterior wide enough that KL terms matter
@@ -36,12 +43,18 @@ def test_equals_pyro_elbo(kl: str, elbo: pyro.infer.ELBO) -> None:
     pyro.set_rng_seed(3)
     ours = loss_fn(net(x, samples=5), y)
     pyro.set_rng_seed(3)
-    theirs = elbo.differentiable_loss(loss_fn.pyro_model(net), net.guide, x, y, samples=5) / N
+    theirs = (
+        elbo.differentiable_loss(loss_fn.pyro_model(net), net.guide, x, y, samples=5)
+        / N
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
     # Gradients agree too.
     g_ours = torch.autograd.grad(ours, list(net.parameters()))
     pyro.set_rng_seed(3)
-    theirs = elbo.differentiable_loss(loss_fn.pyro_model(net), net.guide, x, y, samples=5) / N
+    theirs = (
+        elbo.differentiable_loss(loss_fn.pyro_model(net), net.guide, x, y, samples=5)
+        / N
+    )
     g_theirs = torch.autograd.grad(theirs, list(net.parameters()))
     for a, b in zip(g_ours, g_theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -58,7 +71,9 @@ def test_analytic_kl_equals_closed_form_sum() -> None:
         q = torch.distributions.Normal(post.loc, post.scale())
         p = torch.distributions.Normal(0.1, 0.7)
         expected = expected + kl_divergence(q, p).sum()
-    torch.testing.assert_close(loss_fn.last_kl * N, expected.detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        loss_fn.last_kl * N, expected.detach(), rtol=1e-5, atol=1e-4
+    )
 
 
 def test_data_term_is_mean_of_log_likelihoods() -> None:
@@ -70,7 +85,9 @@ def test_data_term_is_mean_of_log_likelihoods() -> None:
     loss_fn(out, y)
     log_lik = torch.distributions.Categorical(logits=out).log_prob(y)  # (S, B)
     expected = -(log_lik.mean(0).sum() * N / 16) / N
-    torch.testing.assert_close(loss_fn.last_nll, expected.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        loss_fn.last_nll, expected.detach(), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_auto_kl_is_per_site() -> None:
@@ -84,7 +101,10 @@ def test_auto_kl_is_per_site() -> None:
     record = out.bnn_record
     assert record.analytic_sites == ["0.weight", "0.bias"]
     assert record.mc_sites == ["2.weight", "2.bias"]
-    with pytest.raises(ValueError, match=r"kl='analytic' but site '2.weight' has no closed-form KL.*StudentT"):
+    with pytest.raises(
+        ValueError,
+        match=r"kl='analytic' but site '2.weight' has no closed-form KL.*StudentT",
+    ):
         bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl="analytic")(net(x), y % 2)
 
 
@@ -101,7 +121,9 @@ def test_reduction_and_heat() -> None:
     pyro.set_rng_seed(1)
     c = cold(net(x), y)
     torch.testing.assert_close(a * N, b, rtol=1e-6, atol=1e-4)
-    torch.testing.assert_close(c, cold.last_nll + 0.1 * cold.last_kl, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        c, cold.last_nll + 0.1 * cold.last_kl, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_loss_scale_is_per_example() -> None:
@@ -138,7 +160,9 @@ def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
 
 
 def test_predictive_must_be_a_likelihood() -> None:
-    with pytest.raises(TypeError, match="predictive must be a bnn predictive distribution"):
+    with pytest.raises(
+        TypeError, match="predictive must be a bnn predictive distribution"
+    ):
         bnn.KullbackLeiblerLoss(nn.CrossEntropyLoss(), 10)  # type: ignore[arg-type]
 
 
@@ -146,14 +170,22 @@ def test_bad_targets_and_batches() -> None:
     net = _net()
     x, y = _data()
     small = bnn.KullbackLeiblerLoss(bnn.Categorical(), 8)
-    with pytest.raises(ValueError, match=r"batch of 16 examples is larger than dataset_size=8"):
+    with pytest.raises(
+        ValueError, match=r"batch of 16 examples is larger than dataset_size=8"
+    ):
         small(net(x), y)
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\), got range \[0, 7\]"):
+    with pytest.raises(
+        ValueError, match=r"labels must be in \[0, 4\), got range \[0, 7\]"
+    ):
         loss_fn(net(x), torch.full((16,), 7).index_fill(0, torch.tensor([0]), 0))
-    with pytest.raises(ValueError, match=r"integer class labels, got dtype torch.float32"):
+    with pytest.raises(
+        ValueError, match=r"integer class labels, got dtype torch.float32"
+    ):
         loss_fn(net(x), y.float())
-    with pytest.raises(ValueError, match=r"expected targets of shape \(16,\).*got \(15,\)"):
+    with pytest.raises(
+        ValueError, match=r"expected targets of shape \(16,\).*got \(15,\)"
+    ):
         loss_fn(net(x), y[:15])
     reg = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)
     out = bnn.VILinear(3, 1)(x)
@@ -176,7 +208,9 @@ def test_learned_noise_scale_not_in_optimizer_warns() -> None:
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 100)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
     x, y = torch.randn(8, 3), torch.randn(8)
-    with pytest.warns(UserWarning, match=r"pass loss_fn.parameters\(\) to the optimizer"):
+    with pytest.warns(
+        UserWarning, match=r"pass loss_fn.parameters\(\) to the optimizer"
+    ):
         for _ in range(6):
             loss = loss_fn(net(x), y)
             opt.zero_grad()

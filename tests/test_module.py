@@ -29,14 +29,18 @@ def test_outermost_call_adds_particle_dimension() -> None:
 
 def test_site_names_are_module_paths() -> None:
     trace = pyro.poutine.trace(Net().guide).get_trace(samples=2)
-    sites = [n for n, s in trace.nodes.items() if s["type"] == "sample" and n != "particles"]
+    sites = [
+        n for n, s in trace.nodes.items() if s["type"] == "sample" and n != "particles"
+    ]
     assert sites == ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"]
 
 
 def test_particles_are_independent() -> None:
     net = Net()
     for posterior in net.modules():
-        if isinstance(posterior, bnn.distributions.variational.MeanFieldNormalPosterior):
+        if isinstance(
+            posterior, bnn.distributions.variational.MeanFieldNormalPosterior
+        ):
             with torch.no_grad():
                 posterior.rho_unconstrained.fill_(0.0)
     out = net(torch.randn(5, 4), samples=4)
@@ -137,7 +141,9 @@ def test_prior_buffers_move_with_double_and_state_dict() -> None:
     assert net.posterior["weight"].loc.dtype == torch.float64
     assert net(torch.randn(2, 3, dtype=torch.float64)).dtype == torch.float64
     other = bnn.VILinear(3, 2)
-    other.load_state_dict(bnn.VILinear(3, 2, prior=bnn.NormalPrior(0.0, 0.3)).state_dict())
+    other.load_state_dict(
+        bnn.VILinear(3, 2, prior=bnn.NormalPrior(0.0, 0.3)).state_dict()
+    )
     torch.testing.assert_close(other.prior["weight"].scale, torch.tensor(0.3))
 
 
@@ -147,7 +153,9 @@ def test_dtype_argument(dtype: torch.dtype) -> None:
     assert layer.posterior["weight"].loc.dtype == dtype
     assert layer.prior["weight"].loc.dtype == dtype
     out = layer(torch.randn(4, 3, dtype=dtype))
-    loss = bnn.KullbackLeiblerLoss(bnn.Categorical(), 10)(out, torch.zeros(4, dtype=torch.long))
+    loss = bnn.KullbackLeiblerLoss(bnn.Categorical(), 10)(
+        out, torch.zeros(4, dtype=torch.long)
+    )
     assert loss.dtype == dtype
 
 

@@ -36,7 +36,9 @@ def test_linear_output_moments_match_closed_form() -> None:
 
 @pytest.mark.statistical
 def test_particles_are_uncorrelated() -> None:
-    layer = bnn.VILinear(1, 1, bias=False, variational=bnn.MeanFieldNormal(init_scale=1.0))
+    layer = bnn.VILinear(
+        1, 1, bias=False, variational=bnn.MeanFieldNormal(init_scale=1.0)
+    )
     samples = 20_000
     with torch.no_grad():
         out = layer(torch.ones(1, 1), samples=samples).reshape(-1)
@@ -47,13 +49,17 @@ def test_particles_are_uncorrelated() -> None:
 
 @pytest.mark.statistical
 def test_conv_output_mean_matches_mean_weights() -> None:
-    conv = bnn.VIConv2d(2, 3, 3, padding=1, variational=bnn.MeanFieldNormal(init_scale=0.2))
+    conv = bnn.VIConv2d(
+        2, 3, 3, padding=1, variational=bnn.MeanFieldNormal(init_scale=0.2)
+    )
     x = torch.randn(1, 2, 5, 5)
     samples = 4000
     with torch.no_grad():
         out = conv(x, samples=samples)[:, 0]
         w, b = conv.posterior["weight"], conv.posterior["bias"]
         mean = torch.nn.functional.conv2d(x, w.loc, b.loc, padding=1)[0]
-        var = torch.nn.functional.conv2d(x**2, w.scale() ** 2, b.scale() ** 2, padding=1)[0]
+        var = torch.nn.functional.conv2d(
+            x**2, w.scale() ** 2, b.scale() ** 2, padding=1
+        )[0]
     se = (var / samples).sqrt()
     assert float(((out.mean(0) - mean).abs() / se).max()) < Z

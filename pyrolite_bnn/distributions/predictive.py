@@ -86,7 +86,7 @@ class PredictiveDistribution(LocalPyroModule):
     def observe(
         self, output: Tensor, target: Tensor
     ) -> tuple[dist.TorchDistribution, Tensor]:
-        """Check ``target`` and return ``(p(y | output), target)`` with matching shapes."""
+        """Check ``target``; return ``(p(y | output), target)`` with matching shapes."""
         if output.dim() < 2:
             raise ValueError(
                 f"{type(self).__name__} expects network output of shape (S, B, ...), "
@@ -122,7 +122,8 @@ class Categorical(PredictiveDistribution):
             )
         if target.is_floating_point() or target.dtype == torch.bool:
             raise ValueError(
-                f"Categorical targets must be integer class labels, got dtype {target.dtype}"
+                "Categorical targets must be integer class labels, got dtype "
+                f"{target.dtype}"
             )
         if tuple(target.shape) != tuple(output.shape[1:-1]):
             raise ValueError(
@@ -143,7 +144,10 @@ class Categorical(PredictiveDistribution):
                 "Categorical expects logits of shape (S, B, classes), got "
                 f"{_shape(output)}"
             )
-        return dist.Categorical(logits=output).to_event(output.dim() - 3)
+        result: dist.TorchDistribution = dist.Categorical(logits=output).to_event(
+            output.dim() - 3
+        )
+        return result
 
     def probs(self, output: Tensor) -> Tensor:
         """Class probabilities per particle, ``softmax(output)``."""
@@ -174,7 +178,10 @@ class Bernoulli(PredictiveDistribution):
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """``Bernoulli(logits=output)``."""
-        return dist.Bernoulli(logits=output).to_event(output.dim() - 2)
+        result: dist.TorchDistribution = dist.Bernoulli(logits=output).to_event(
+            output.dim() - 2
+        )
+        return result
 
     def probs(self, output: Tensor) -> Tensor:
         """Probability of class 1 per particle."""
@@ -207,11 +214,12 @@ class Normal(PredictiveDistribution):
         self.learned = scale is None
         value = init_scale if scale is None else scale
         if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-            raise ValueError(f"Normal noise scale must be a positive float, got {value!r}")
-        if self.learned:
-            self.raw_scale = PyroParam(
-                torch.tensor(inverse_softplus(float(value))), constraints.real
+            raise ValueError(
+                f"Normal noise scale must be a positive float, got {value!r}"
             )
+        if self.learned:
+            raw = torch.tensor(inverse_softplus(float(value)))
+            self.raw_scale = PyroParam(raw, constraints.real)
         else:
             self.register_buffer("fixed_scale", torch.tensor(float(value)))
 
@@ -224,11 +232,18 @@ class Normal(PredictiveDistribution):
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """``Normal(output, scale)``."""
         scale = self.noise_scale().to(output)
-        return dist.Normal(output, scale).to_event(output.dim() - 2)
+        result: dist.TorchDistribution = dist.Normal(output, scale).to_event(
+            output.dim() - 2
+        )
+        return result
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Per-particle mean and noise variance of ``y``, ``(S, B, ...)`` each."""
-        loc = output.squeeze(-1) if output.dim() == 3 and output.shape[-1] == 1 else output
+        loc = (
+            output.squeeze(-1)
+            if output.dim() == 3 and output.shape[-1] == 1
+            else output
+        )
         return loc, (self.noise_scale().to(loc) ** 2).expand_as(loc)
 
     def extra_repr(self) -> str:
@@ -267,7 +282,8 @@ class HeteroscedasticNormal(PredictiveDistribution):
             return output, target.squeeze(-1)
         raise ValueError(
             f"HeteroscedasticNormal: targets {_shape(target)} do not match output "
-            f"{_shape(output)}; expected targets of shape {(output.shape[1], *mean_shape)}"
+            f"{_shape(output)}; expected targets of shape "
+            f"{(output.shape[1], *mean_shape)}"
         )
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
@@ -278,7 +294,10 @@ class HeteroscedasticNormal(PredictiveDistribution):
                 f"raw scale), got {_shape(output)}"
             )
         loc, scale = self.loc_scale(output)
-        return dist.Normal(loc, scale).to_event(loc.dim() - 2)
+        result: dist.TorchDistribution = dist.Normal(loc, scale).to_event(
+            loc.dim() - 2
+        )
+        return result
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Per-particle mean and noise variance of ``y``."""

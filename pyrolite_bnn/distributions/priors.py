@@ -15,8 +15,8 @@ import math
 from collections.abc import Callable, Sequence
 
 import pyro.distributions as dist
-from pyro.distributions.torch_distribution import TorchDistributionMixin
 import torch
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
@@ -58,7 +58,8 @@ def _independent(base: Distribution, shape: torch.Size) -> dist.TorchDistributio
     batch = base.batch_shape
     if batch != shape:
         base = base.expand(shape)
-    return base.to_event(len(shape))
+    result: dist.TorchDistribution = base.to_event(len(shape))
+    return result
 
 
 class Prior(nn.Module):
@@ -91,7 +92,7 @@ class NormalPrior(Prior):
         >>> bnn.NormalPrior(0.0, 0.5)((3, 2))
         Independent(Normal(loc: torch.Size([3, 2]), scale: torch.Size([3, 2])), 2)
         >>> bnn.NormalPrior(scale=0.5)
-        NormalPrior(loc=0.0, scale=0.5)
+        NormalPrior(loc=0, scale=0.5)
     """
 
     loc: Tensor
@@ -104,7 +105,8 @@ class NormalPrior(Prior):
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return ``Normal(loc, scale)``."""
-        return dist.Normal(self.loc, self.scale)
+        result: dist.TorchDistribution = dist.Normal(self.loc, self.scale)
+        return result
 
     def extra_repr(self) -> str:
         """Constructor arguments."""
@@ -129,7 +131,8 @@ class LaplacePrior(Prior):
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return ``Laplace(loc, scale)``."""
-        return dist.Laplace(self.loc, self.scale)
+        result: dist.TorchDistribution = dist.Laplace(self.loc, self.scale)
+        return result
 
     def extra_repr(self) -> str:
         """Constructor arguments."""
@@ -162,7 +165,8 @@ class StudentTPrior(Prior):
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return ``StudentT(df, loc, scale)``."""
-        return dist.StudentT(self.df, self.loc, self.scale)
+        result: dist.TorchDistribution = dist.StudentT(self.df, self.loc, self.scale)
+        return result
 
     def extra_repr(self) -> str:
         """Constructor arguments."""
@@ -192,7 +196,9 @@ class ScaleMixtureNormalPrior(Prior):
     ) -> None:
         super().__init__()
         if not 0.0 < pi < 1.0:
-            raise ValueError(f"ScaleMixtureNormalPrior pi must be in (0, 1), got {pi!r}")
+            raise ValueError(
+                f"ScaleMixtureNormalPrior pi must be in (0, 1), got {pi!r}"
+            )
         scales = torch.stack(
             [
                 _positive(scale1, "ScaleMixtureNormalPrior scale1"),
@@ -204,15 +210,18 @@ class ScaleMixtureNormalPrior(Prior):
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return the two-component mixture."""
-        return dist.MixtureSameFamily(
+        result: dist.TorchDistribution = dist.MixtureSameFamily(
             dist.Categorical(logits=self.logits),
             dist.Normal(torch.zeros_like(self.scales), self.scales),
         )
+        return result
 
     def extra_repr(self) -> str:
         """Constructor arguments."""
         pi = float(self.logits.softmax(-1)[0])
-        return f"pi={pi:.3g}, scale1={_fmt(self.scales[0])}, scale2={_fmt(self.scales[1])}"
+        return (
+            f"pi={pi:.3g}, scale1={_fmt(self.scales[0])}, scale2={_fmt(self.scales[1])}"
+        )
 
 
 class DistributionPrior(Prior):
@@ -259,7 +268,9 @@ class DistributionPrior(Prior):
         kwargs = {name: getattr(self, name) for name in self._names}
         built = self._cls(**kwargs)
         if not isinstance(built, TorchDistributionMixin):
-            raise TypeError(f"{self._cls.__name__} is not a Pyro-compatible distribution")
+            raise TypeError(
+                f"{self._cls.__name__} is not a Pyro-compatible distribution"
+            )
         return built
 
     def extra_repr(self) -> str:
@@ -302,9 +313,9 @@ class CallablePrior(Prior):
                     f"for a weight of shape {tuple(shape)}"
                 )
             built = built.to_event(0)
-            return built.expand(torch.Size(shape)[: len(shape) - event]).to_event(
-                len(shape) - event
-            )
+            batch = torch.Size(shape)[: len(shape) - event]
+            expanded: dist.TorchDistribution = built.expand(batch).to_event(len(batch))
+            return expanded
         return _independent(built, torch.Size(shape))
 
 
@@ -329,7 +340,7 @@ def as_prior(prior: object) -> Prior:
     if isinstance(prior, Distribution):
         return DistributionPrior(prior)
     if callable(prior):
-        return CallablePrior(prior)  # type: ignore[arg-type]
+        return CallablePrior(prior)
     raise TypeError(
         "prior must be a bnn Prior, a torch/pyro distribution or a callable "
         f"shape -> distribution; got {type(prior).__name__}"
@@ -337,4 +348,6 @@ def as_prior(prior: object) -> Prior:
 
 
 def _fmt(value: Tensor) -> str:
-    return f"{value.item():.4g}" if value.numel() == 1 else f"tensor{tuple(value.shape)}"
+    return (
+        f"{value.item():.4g}" if value.numel() == 1 else f"tensor{tuple(value.shape)}"
+    )

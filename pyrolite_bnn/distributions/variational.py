@@ -53,7 +53,7 @@ class Posterior(LocalPyroModule):
 
     def forward(self, site: str) -> Tensor:
         """Sample ``site`` from the variational distribution."""
-        return pyro.sample(site, self.distribution())  # type: ignore[no-any-return]
+        return pyro.sample(site, self.distribution())
 
     def mean(self) -> Tensor:
         """Variational mean of the tensor (used by posterior-mean prediction)."""
@@ -75,13 +75,14 @@ class MeanFieldNormalPosterior(Posterior):
 
     rho: Tensor
 
-    def __init__(self, shape: Sequence[int], init_loc: Tensor, init_scale: float) -> None:
+    def __init__(
+        self, shape: Sequence[int], init_loc: Tensor, init_scale: float
+    ) -> None:
         super().__init__(shape)
         self.init_scale = init_scale
         self.loc = PyroParam(init_loc.detach().clone(), constraints.real)
-        self.rho = PyroParam(
-            torch.full_like(init_loc, inverse_softplus(init_scale)), constraints.real
-        )
+        rho = torch.full_like(init_loc, inverse_softplus(init_scale))
+        self.rho = PyroParam(rho, constraints.real)
 
     def scale(self) -> Tensor:
         """Standard deviations ``softplus(rho)``."""
@@ -89,7 +90,9 @@ class MeanFieldNormalPosterior(Posterior):
 
     def distribution(self) -> dist.TorchDistribution:
         """``Normal(loc, softplus(rho))`` over the whole tensor."""
-        return dist.Normal(self.loc, F.softplus(self.rho)).to_event(len(self.shape))
+        normal = dist.Normal(self.loc, F.softplus(self.rho))
+        result: dist.TorchDistribution = normal.to_event(len(self.shape))
+        return result
 
     def reset_parameters(self, init_loc: Tensor) -> None:
         """Set the mean to ``init_loc`` and every scale to ``init_scale``."""

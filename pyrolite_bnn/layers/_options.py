@@ -14,7 +14,9 @@ ESTIMATORS = ("reparam",)
 _T = TypeVar("_T")
 
 
-def per_variable(option: object, name: str, what: str, names: tuple[str, ...]) -> object:
+def per_variable(
+    option: object, name: str, what: str, names: tuple[str, ...]
+) -> object:
     """Pick the option of variable ``name`` from a single value or a mapping."""
     if isinstance(option, Mapping):
         unknown = set(option) - set(names)
@@ -30,9 +32,7 @@ def per_variable(option: object, name: str, what: str, names: tuple[str, ...]) -
 def check_estimator(estimator: str) -> str:
     """Validate the ``estimator=`` option."""
     if estimator not in ESTIMATORS:
-        raise ValueError(
-            f"estimator must be one of {ESTIMATORS}, got {estimator!r}"
-        )
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     return estimator
 
 

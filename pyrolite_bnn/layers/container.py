@@ -38,8 +38,8 @@ class VISequential(VIModule):
     def __init__(self, *args: nn.Module | OrderedDict[str, nn.Module]) -> None:
         super().__init__()
         if len(args) == 1 and isinstance(args[0], OrderedDict):
-            for name, module in args[0].items():
-                self.add_module(name, module)
+            for name, child in args[0].items():
+                self.add_module(name, child)
         else:
             for index, module in enumerate(args):
                 if not isinstance(module, nn.Module):

@@ -82,9 +82,13 @@ class _VIConvNd(VIModule):
         self.dilation = _ntuple(dilation, dims, "dilation")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
-                raise ValueError(f"padding string must be 'same' or 'valid', got {padding!r}")
+                raise ValueError(
+                    f"padding string must be 'same' or 'valid', got {padding!r}"
+                )
             if padding == "same" and any(s != 1 for s in self.stride):
-                raise ValueError("padding='same' is not supported for strided convolutions")
+                raise ValueError(
+                    "padding='same' is not supported for strided convolutions"
+                )
             self.padding = padding
         else:
             self.padding = _ntuple(padding, dims, "padding")
@@ -116,7 +120,9 @@ class _VIConvNd(VIModule):
             return [0, 0] * self._dims
         if self.padding == "same":
             pad: list[int] = []
-            for d, k in zip(reversed(self.dilation), reversed(self.kernel_size), strict=True):
+            for d, k in zip(
+                reversed(self.dilation), reversed(self.kernel_size), strict=True
+            ):
                 total = d * (k - 1)
                 pad += [total // 2, total - total // 2]
             return pad

@@ -31,9 +31,7 @@ def _bias_particles(bias: Tensor | None, samples: int, size: int) -> Tensor | No
         return flat
     if flat.shape[0] == 1:
         return flat.expand(samples, size)
-    raise ValueError(
-        f"bias has {flat.shape[0]} particles but the weight has {samples}"
-    )
+    raise ValueError(f"bias has {flat.shape[0]} particles but the weight has {samples}")
 
 
 def _is_shared(rows: int, samples: int, batch_size: int | None) -> bool:
@@ -130,14 +128,18 @@ def conv(
     samples, out_channels = w.shape[0], w.shape[1]
     b = _bias_particles(bias, samples, out_channels)
     if samples == 1:
-        return op(input, w[0], None if b is None else b[0], stride, padding, dilation, groups)
+        return op(
+            input, w[0], None if b is None else b[0], stride, padding, dilation, groups
+        )
     kernel = w.shape[2:]
     rows = input.shape[0]
     per_group = out_channels // groups
     if _is_shared(rows, samples, batch_size):
         # Output channels ordered (group, particle, channel-in-group).
         wg = w.reshape(samples, groups, per_group, *kernel).transpose(0, 1)
-        bg = None if b is None else b.reshape(samples, groups, per_group).transpose(0, 1)
+        bg = (
+            None if b is None else b.reshape(samples, groups, per_group).transpose(0, 1)
+        )
         out = op(
             input,
             wg.reshape(groups * samples * per_group, *kernel),
@@ -178,6 +180,8 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
     if rows == branch_rows or rows == 0 or branch_rows % rows:
         return shortcut
     samples = branch_rows // rows
-    return shortcut.unsqueeze(0).expand(samples, *shortcut.shape).reshape(
-        branch_rows, *shortcut.shape[1:]
+    return (
+        shortcut.unsqueeze(0)
+        .expand(samples, *shortcut.shape)
+        .reshape(branch_rows, *shortcut.shape[1:])
     )

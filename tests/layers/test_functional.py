@@ -40,7 +40,9 @@ def test_linear_single_particle_is_f_linear() -> None:
 
 def test_linear_rejects_incompatible_rows() -> None:
     with pytest.raises(ValueError, match=r"leading size 7.*batch size 3"):
-        functional.linear(torch.randn(7, 3), torch.randn(2, 1, 4, 3), None, batch_size=3)
+        functional.linear(
+            torch.randn(7, 3), torch.randn(2, 1, 4, 3), None, batch_size=3
+        )
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -55,11 +57,16 @@ _CASES = [
 ]
 
 
-@pytest.mark.parametrize(("dims", "case", "shared", "bias"), [
-    (d, c, s, b)
-    for d, c, s, b in itertools.product([1, 2, 3], _CASES, [True, False], [True, False])
-    if d < 3 or c in _CASES[:3]
-])
+@pytest.mark.parametrize(
+    ("dims", "case", "shared", "bias"),
+    [
+        (d, c, s, b)
+        for d, c, s, b in itertools.product(
+            [1, 2, 3], _CASES, [True, False], [True, False]
+        )
+        if d < 3 or c in _CASES[:3]
+    ],
+)
 def test_conv_matches_separate_calls(
     dims: int, case: tuple[int, int | str, int, int], shared: bool, bias: bool
 ) -> None:
@@ -76,7 +83,13 @@ def test_conv_matches_separate_calls(
     for s in range(samples):
         xs = x if shared else x[s * batch : (s + 1) * batch]
         expected = op(
-            xs, w[s, 0], None if b is None else b[s, 0], strides, pads, dilations, groups
+            xs,
+            w[s, 0],
+            None if b is None else b[s, 0],
+            strides,
+            pads,
+            dilations,
+            groups,
         )
         torch.testing.assert_close(out[s * batch : (s + 1) * batch], expected, **TOL)
 

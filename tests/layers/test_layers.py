@@ -72,12 +72,14 @@ CASES = [
 
 def _draw_weights(layer: bnn.VIModule, samples: int) -> dict[str, torch.Tensor]:
     return {
-        v.site: torch.randn(samples, 1, *v.shape) * 0.5 for v in layer.random_variables()
+        v.site: torch.randn(samples, 1, *v.shape) * 0.5
+        for v in layer.random_variables()
     }
 
 
-def _run_with(layer: bnn.VIModule, x: torch.Tensor, weights: dict[str, torch.Tensor],
-              samples: int) -> torch.Tensor:
+def _run_with(
+    layer: bnn.VIModule, x: torch.Tensor, weights: dict[str, torch.Tensor], samples: int
+) -> torch.Tensor:
     with poutine.trace():
         return poutine.condition(layer, data=weights)(x, samples=samples)  # type: ignore[no-any-return]
 
@@ -111,10 +113,13 @@ def test_signature_matches_torch(case: Case) -> None:
     nn_params = inspect.signature(type(case.torch_layer()).__init__).parameters
     # torch also lets device/dtype be positional; here they are keyword-only.
     positional = [
-        n for n, p in nn_params.items()
+        n
+        for n, p in nn_params.items()
         if p.kind is p.POSITIONAL_OR_KEYWORD and n not in ("device", "dtype")
     ]
-    vi_positional = [n for n, p in vi_params.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    vi_positional = [
+        n for n, p in vi_params.items() if p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
     assert vi_positional == positional
     for name in positional[1:]:
         assert vi_params[name].default == nn_params[name].default, name
@@ -123,9 +128,13 @@ def test_signature_matches_torch(case: Case) -> None:
 
 
 def test_repr_like_torch() -> None:
-    assert repr(bnn.VILinear(4, 3, False)) .startswith("VILinear(in_features=4, out_features=3, bias=False)")
+    assert repr(bnn.VILinear(4, 3, False)).startswith(
+        "VILinear(in_features=4, out_features=3, bias=False)"
+    )
     conv = bnn.VIConv2d(3, 8, 3, stride=2, padding=1)
-    assert repr(nn.Conv2d(3, 8, 3, stride=2, padding=1)).replace("Conv2d", "VIConv2d") in repr(conv)
+    assert repr(nn.Conv2d(3, 8, 3, stride=2, padding=1)).replace(
+        "Conv2d", "VIConv2d"
+    ) in repr(conv)
 
 
 @pytest.mark.parametrize("case", CASES[:3], ids=lambda c: c.name)
@@ -146,7 +155,9 @@ def test_reset_parameters_restores_initial_scale() -> None:
             p.fill_(3.0)
     layer.reset_parameters()
     post = layer.posterior["weight"]
-    torch.testing.assert_close(post.scale(), torch.full((10, 20), 0.01), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        post.scale(), torch.full((10, 20), 0.01), rtol=1e-5, atol=0
+    )
     bound = 1 / 20**0.5  # kaiming_uniform(a=sqrt(5)) bound = 1/sqrt(fan_in)
     loc = post.loc.detach()
     assert float(loc.abs().max()) <= bound
@@ -154,9 +165,15 @@ def test_reset_parameters_restores_initial_scale() -> None:
 
 
 def test_input_validation_messages() -> None:
-    with pytest.raises(ValueError, match=r"VILinear\(in_features=4\) expected input of shape \(batch, \.\.\., 4\), got \(3, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"VILinear\(in_features=4\) expected input of shape \(batch, \.\.\., 4\), got \(3, 5\)",
+    ):
         bnn.VILinear(4, 2)(torch.randn(3, 5))
-    with pytest.raises(ValueError, match=r"VIConv2d\(in_channels=3\) expected input of shape \(batch, 3, L, L\), got \(2, 4, 8, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"VIConv2d\(in_channels=3\) expected input of shape \(batch, 3, L, L\), got \(2, 4, 8, 8\)",
+    ):
         bnn.VIConv2d(3, 2, 3)(torch.randn(2, 4, 8, 8))
     with pytest.raises(ValueError, match="divisible by groups"):
         bnn.VIConv2d(3, 4, 3, groups=2)
@@ -170,7 +187,8 @@ def test_input_validation_messages() -> None:
 
 def test_per_variable_options() -> None:
     layer = bnn.VILinear(
-        3, 2,
+        3,
+        2,
         prior={"weight": bnn.LaplacePrior(0.0, 0.5), "bias": bnn.NormalPrior(0.0, 2.0)},
         variational={"bias": bnn.PointMass()},
     )
@@ -188,7 +206,9 @@ def test_residual_connection() -> None:
     weights = _draw_weights(block, 2)
     out = _run_with(block, x, weights, 2)
     for s in range(2):
-        expected = torch.tanh(x @ weights["0.weight"][s, 0].T + weights["0.bias"][s, 0]) + x
+        expected = (
+            torch.tanh(x @ weights["0.weight"][s, 0].T + weights["0.bias"][s, 0]) + x
+        )
         torch.testing.assert_close(out[s], expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="residual body changed the shape"):
         bnn.VIResidualConnection(bnn.VILinear(4, 3))(x)
@@ -200,4 +220,9 @@ def test_sequential_container_api() -> None:
     assert len(seq) == 3
     assert isinstance(seq[-1], bnn.VILinear)
     assert isinstance(seq[:2], bnn.VISequential)
-    assert [v.site for v in seq.random_variables()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [v.site for v in seq.random_variables()] == [
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+    ]

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyrolite_bnn as bnn
+
+
+def test_categorical_log_prob() -> None:
+    logits = torch.randn(4, 3, 5)
+    y = torch.tensor([0, 4, 2])
+    d, target = bnn.Categorical().observe(logits, y)
+    expected = torch.log_softmax(logits, -1)[:, torch.arange(3), y]
+    torch.testing.assert_close(d.log_prob(target), expected)
+
+
+@pytest.mark.parametrize(
+    ("out_shape", "y_shape"),
+    [((4, 3), (3,)), ((4, 3, 1), (3,)), ((4, 3), (3, 1)), ((4, 3, 1), (3, 1))],
+)
+def test_normal_scalar_target_layouts(
+    out_shape: tuple[int, ...], y_shape: tuple[int, ...]
+) -> None:
+    out, y = torch.randn(*out_shape), torch.randn(*y_shape)
+    d, target = bnn.Normal(scale=0.5).observe(out, y)
+    assert d.batch_shape == (4, 3)
+    expected = torch.distributions.Normal(out.reshape(4, 3), 0.5).log_prob(y.reshape(3))
+    torch.testing.assert_close(d.log_prob(target), expected)
+
+
+def test_normal_multi_output() -> None:
+    out, y = torch.randn(4, 3, 2), torch.randn(3, 2)
+    d, target = bnn.Normal(scale=1.0).observe(out, y)
+    assert d.batch_shape == (4, 3) and d.event_shape == (2,)
+    torch.testing.assert_close(
+        d.log_prob(target), torch.distributions.Normal(out, 1.0).log_prob(y).sum(-1)
+    )
+
+
+def test_learned_noise_scale_is_a_parameter() -> None:
+    likelihood = bnn.Normal(init_scale=0.3)
+    (param,) = likelihood.parameters()
+    torch.testing.assert_close(likelihood.noise_scale().detach(), torch.tensor(0.3))
+    loss_fn = bnn.KullbackLeiblerLoss(likelihood, 10)
+    assert [p is param for p in loss_fn.parameters()] == [True]
+
+
+def test_heteroscedastic() -> None:
+    out = torch.randn(4, 3, 2)
+    y = torch.randn(3)
+    d, target = bnn.HeteroscedasticNormal().observe(out, y)
+    scale = torch.nn.functional.softplus(out[..., 1]) + 1e-6
+    torch.testing.assert_close(
+        d.log_prob(target), torch.distributions.Normal(out[..., 0], scale).log_prob(y)
+    )
+    with pytest.raises(ValueError, match=r"expects output \(S, B, \.\.\., 2\)"):
+        bnn.HeteroscedasticNormal()(torch.randn(4, 3, 3))
+
+
+def test_bernoulli() -> None:
+    out = torch.randn(4, 3, 1)
+    y = torch.tensor([0, 1, 1])
+    d, target = bnn.Bernoulli().observe(out, y)
+    expected = torch.distributions.Bernoulli(logits=out.squeeze(-1)).log_prob(y.float())
+    torch.testing.assert_close(d.log_prob(target), expected)
+    with pytest.raises(ValueError, match="Bernoulli targets must be 0 or 1"):
+        bnn.Bernoulli().observe(out, torch.tensor([0, 2, 1]))
+
+
+def test_bad_scale() -> None:
+    with pytest.raises(ValueError, match="noise scale must be a positive float"):
+        bnn.Normal(scale=-1.0)

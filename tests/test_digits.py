@@ -1,0 +1,28 @@
+"""Default settings reach >= 95 % on digits within a CPU minute (torch_blue W9: 19 %)."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn")
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "digits.py"
+
+
+def _main():  # type: ignore[no-untyped-def]
+    return runpy.run_path(str(EXAMPLE), run_name="digits_example")["main"]
+
+
+def test_digits_example_runs_with_tiny_settings() -> None:
+    result = _main()(["--epochs", "1"])
+    assert 0.0 <= result["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_digits_default_settings_reach_95_percent_within_a_minute() -> None:
+    result = _main()([])
+    assert result["accuracy"] >= 0.95
+    assert result["seconds"] < 60
