@@ -1,0 +1,29 @@
+"""The README's Python blocks run as written, in order, in one namespace."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_readme_has_quick_start() -> None:
+    assert len(_python_blocks()) >= 2
+
+
+def test_readme_python_blocks_run(capsys: pytest.CaptureFixture[str]) -> None:
+    namespace: dict[str, object] = {}
+    for block in _python_blocks():
+        exec(compile(block, str(README), "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:3] == ["tensor([1, 0])", "torch.Size([2])", "True"]
+    assert printed[3] == "torch.Size([4, 10, 8])"
+    assert isinstance(namespace["loss"], torch.Tensor)
