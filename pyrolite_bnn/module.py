@@ -19,6 +19,7 @@ weights from :attr:`VIModule.guide` itself and records both Pyro traces, so that
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import pyro
@@ -39,7 +40,12 @@ from pyrolite_bnn.distributions.variational import (
     Posterior,
     VariationalFamily,
 )
-from pyrolite_bnn.record import ForwardRecord, set_last_record
+from pyrolite_bnn.record import (
+    ForwardRecord,
+    LayerRecord,
+    TraceRecord,
+    set_last_record,
+)
 from pyrolite_bnn.variables import RandomVariable
 
 if TYPE_CHECKING:
@@ -48,6 +54,11 @@ if TYPE_CHECKING:
 __all__ = ["PosteriorDict", "VIModule"]
 
 DEFAULT_SAMPLES = 10
+# Weights drawn by the generated guide for the running PyTorch-style call, keyed
+# by (id(layer), variable name); layers read them instead of Pyro sample sites.
+_DRAWN: ContextVar[dict[tuple[int, str], Tensor] | None] = ContextVar(
+    "pyrolite_drawn_weights", default=None
+)
 # Submodule name under which an assigned (non-default) guide is registered.
 _CUSTOM_GUIDE = "custom_guide"
 
@@ -321,6 +332,8 @@ class VIModule(LocalPyroModule):
                 raise ValueError(
                     "samples= can only be given to the outermost VIModule call"
                 )
+            if _DRAWN.get() is not None:  # weights already drawn: no Pyro needed
+                return nn.Module.__call__(self, *args, **kwargs)
             return LocalPyroModule.__call__(self, *args, **kwargs)
         state, device = self._prepare(args, kwargs, samples)
         with local_params():
@@ -363,6 +376,39 @@ class VIModule(LocalPyroModule):
         with _particles.particle_plate(state.samples, device):
             return self._run(state, args, kwargs)
 
+    def _layer_guide_call(
+        self,
+        state: _particles.ParticleState,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[Any, LayerRecord]:
+        """Run with the generated guide, without Pyro tracing (same draws).
+
+        Weights are drawn from the posterior modules in site order, exactly as
+        the traced guide would, and handed to the layers through
+        :func:`_drawn_weights`; nothing else differs from the traced path.
+        """
+        variables = self.random_variables()
+        values = [v.module.posterior[v.name].draw(state.samples) for v in variables]
+        weights = {
+            (id(v.module), v.name): w for v, w in zip(variables, values, strict=True)
+        }
+        token = _DRAWN.set(weights)
+        try:
+            with _particles.particles(state):
+                result = nn.Module.__call__(self, *args, **kwargs)
+        finally:
+            _DRAWN.reset(token)
+        return _particles.unfold(result, state), LayerRecord(
+            variables, values, state.samples
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        weights = _DRAWN.get()
+        if weights is not None and name in self.__dict__.get("_declared", ()):
+            return weights[(id(self), name)]
+        return super().__getattr__(name)
+
     def _pytorch_call(
         self,
         state: _particles.ParticleState,
@@ -370,12 +416,16 @@ class VIModule(LocalPyroModule):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        guide_trace = poutine.trace(self.guide).get_trace(samples=state.samples)
-        replayed = poutine.replay(self._particle_call, trace=guide_trace)
-        model_trace = poutine.trace(replayed).get_trace(state, device, args, kwargs)
-        result = model_trace.nodes["_RETURN"]["value"]
+        record: ForwardRecord
+        if self.guide.inner is None:
+            result, record = self._layer_guide_call(state, args, kwargs)
+        else:
+            guide_trace = poutine.trace(self.guide).get_trace(samples=state.samples)
+            replayed = poutine.replay(self._particle_call, trace=guide_trace)
+            model_trace = poutine.trace(replayed).get_trace(state, device, args, kwargs)
+            result = model_trace.nodes["_RETURN"]["value"]
+            record = TraceRecord(guide_trace, model_trace, state.samples)
         if torch.is_grad_enabled() or self.return_log_probs:
-            record = ForwardRecord(guide_trace, model_trace, state.samples)
             set_last_record(record)
             for tensor in _tensors(result):
                 tensor.bnn_record = record  # type: ignore[attr-defined]

@@ -9,7 +9,8 @@ between the label and the weights):
 
 Regression (:class:`~pyrolite_bnn.Normal`,
 :class:`~pyrolite_bnn.HeteroscedasticNormal`): the predictive distribution is
-the mixture over particles of ``N(mu_s, sigma_s^2)``; by the law of total variance ``variance == aleatoric_var + epistemic_var`` with
+the mixture over particles of ``N(mu_s, sigma_s^2)``; by the law of total
+variance ``variance == aleatoric_var + epistemic_var`` with
 ``aleatoric_var = mean_s sigma_s^2`` and ``epistemic_var = var_s mu_s``.
 """
 

@@ -1,57 +1,65 @@
-"""What a PyTorch-style forward pass leaves for the loss: the two Pyro traces.
+"""What a PyTorch-style forward pass leaves for the loss: the weights it drew.
 
-A call ``out = model(x)`` outside Pyro inference runs the guide under
-``poutine.trace`` and the network under ``poutine.replay`` of that trace, exactly
-as Pyro's ELBOs do. The :class:`ForwardRecord` keeps both traces; the loss adds
-the observation term and takes the KL part from here, with the same
-per-site arithmetic as ``Trace_ELBO`` (Monte Carlo) or ``TraceMeanField_ELBO``
-(closed form where ``kl_divergence`` is registered).
+A call ``out = model(x)`` outside Pyro inference draws the weights from the
+guide and runs the network on them; the loss then adds the observation term and
+takes the KL part from a :class:`ForwardRecord`, with the same per-site
+arithmetic as Pyro's ``Trace_ELBO`` (Monte Carlo) or ``TraceMeanField_ELBO``
+(closed form where ``kl_divergence`` is registered):
+
+* :class:`TraceRecord` keeps the two Pyro traces (guide, and network replayed
+  against it). It serves any Pyro guide.
+* :class:`LayerRecord` serves the generated guide without tracing: the weights
+  were drawn straight from the layers' posterior modules (the same draws, in the
+  same order, as the traced guide), and the closed-form KL is taken once per
+  weight tensor instead of once per particle.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
-from torch.distributions import kl_divergence
+from torch.distributions import Distribution, kl_divergence
 
-__all__ = ["ForwardRecord", "KLMode", "last_record", "set_last_record"]
+if TYPE_CHECKING:
+    from pyrolite_bnn.variables import RandomVariable
+
+__all__ = [
+    "ForwardRecord",
+    "KLMode",
+    "LayerRecord",
+    "TraceRecord",
+    "last_record",
+    "set_last_record",
+]
 
 KLMode = Literal["auto", "mc", "analytic"]
 
 
 class ForwardRecord:
-    """Guide and model traces of one forward pass (without the observation).
+    """Base class: the random draws of one forward pass, for the loss.
 
-    Args:
-        guide_trace: trace of the guide (weights drawn for all particles).
-        model_trace: trace of the network replayed against ``guide_trace``.
+    Attributes:
         samples: number of particles ``S``.
+        analytic_sites: sites whose KL the last :meth:`kl` took in closed form.
+        mc_sites: sites whose KL the last :meth:`kl` estimated by Monte Carlo.
     """
 
-    def __init__(self, guide_trace: Trace, model_trace: Trace, samples: int) -> None:
-        self.guide_trace = prune_subsample_sites(guide_trace)
-        self.model_trace = prune_subsample_sites(model_trace)
+    def __init__(self, samples: int) -> None:
         self.samples = samples
         self.analytic_sites: list[str] = []
         self.mc_sites: list[str] = []
 
-    def _latent_sites(self) -> list[tuple[str, Any]]:
-        return [
-            (name, site)
-            for name, site in self.model_trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]
-        ]
-
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """The KL part of the negative ELBO, ``E_q[log q(w) - log p(w)]``.
 
-        Averaged over particles (each site carries the ``1/S`` plate scale).
+        Averaged over particles.
 
         Args:
             mode: ``"mc"`` — Monte-Carlo estimate from the drawn weights, as
@@ -65,6 +73,55 @@ class ForwardRecord:
         Raises:
             ValueError: if ``mode="analytic"`` and a site has no closed form.
         """
+        raise NotImplementedError
+
+    def log_probs(self) -> Tensor:
+        """Per-particle ``[log p(w_s), log q(w_s)]`` of all weights, ``(S, 2)``."""
+        raise NotImplementedError
+
+    def _choose(
+        self, name: str, mode: KLMode, q: Distribution, p: Distribution
+    ) -> Tensor | None:
+        """Closed-form KL of a site if ``mode`` allows and one exists; bookkeeping."""
+        if mode != "mc":
+            term = analytic_kl(q, p)
+            if term is not None:
+                self.analytic_sites.append(name)
+                return term
+            if mode == "analytic":
+                raise ValueError(
+                    f"kl='analytic' but site '{name}' has no closed-form KL "
+                    f"between the guide's {_describe(q)} and the prior "
+                    f"{_describe(p)}; use kl='auto' (Monte Carlo for such sites) "
+                    "or kl='mc'"
+                )
+        self.mc_sites.append(name)
+        return None
+
+
+class TraceRecord(ForwardRecord):
+    """Guide and model traces of one forward pass (without the observation).
+
+    Args:
+        guide_trace: trace of the guide (weights drawn for all particles).
+        model_trace: trace of the network replayed against ``guide_trace``.
+        samples: number of particles ``S``.
+    """
+
+    def __init__(self, guide_trace: Trace, model_trace: Trace, samples: int) -> None:
+        super().__init__(samples)
+        self.guide_trace = prune_subsample_sites(guide_trace)
+        self.model_trace = prune_subsample_sites(model_trace)
+
+    def _latent_sites(self) -> list[tuple[str, Any]]:
+        return [
+            (name, site)
+            for name, site in self.model_trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]
+        ]
+
+    def kl(self, mode: KLMode = "auto") -> Tensor:
+        """See :meth:`ForwardRecord.kl`."""
         self.analytic_sites, self.mc_sites = [], []
         total: Tensor | float = 0.0
         latent = self._latent_sites()
@@ -75,21 +132,13 @@ class ForwardRecord:
                     f"the guide does not sample the weight site '{name}'; a guide must "
                     "sample every random variable of the network"
                 )
-            if mode != "mc":
-                term = _analytic_kl(guide_site, model_site)
-                if term is not None:
-                    total = total + term
-                    self.analytic_sites.append(name)
-                    continue
-                if mode == "analytic":
-                    raise ValueError(
-                        f"kl='analytic' but site '{name}' has no closed-form KL "
-                        f"between the guide's {_describe(guide_site)} and the prior "
-                        f"{_describe(model_site)}; use kl='auto' (Monte Carlo for such "
-                        "sites) or kl='mc'"
-                    )
-            total = total + _log_prob_sum(guide_site) - _log_prob_sum(model_site)
-            self.mc_sites.append(name)
+            q = cast(Distribution, guide_site["fn"])
+            p = cast(Distribution, model_site["fn"])
+            term = self._choose(name, mode, q, p)
+            if term is not None:
+                total = total + _scaled_sum(term, guide_site)
+            else:
+                total = total + _log_prob_sum(guide_site) - _log_prob_sum(model_site)
         latent_names = {name for name, _ in latent}
         for name, guide_site in self.guide_trace.nodes.items():
             if guide_site["type"] == "sample" and name not in latent_names:
@@ -105,54 +154,110 @@ class ForwardRecord:
                         "whose entropy term is Monte Carlo; use kl='auto' or kl='mc'"
                     )
                 total = total + _log_prob_sum(guide_site)
-        if not isinstance(total, Tensor):
-            total = torch.zeros(())
-        return total
+        return torch.as_tensor(total)
 
     def log_probs(self) -> Tensor:
-        """Per-particle ``[log p(w_s), log q(w_s)]`` of all weights, ``(S, 2)``."""
+        """See :meth:`ForwardRecord.log_probs`."""
         log_p = self._per_particle(site for _, site in self._latent_sites())
         log_q = self._per_particle(
             site for site in self.guide_trace.nodes.values() if site["type"] == "sample"
         )
         return torch.stack([log_p, log_q], dim=-1)
 
-    def _per_particle(self, sites: Any) -> Tensor:
-        total: Tensor = torch.zeros(self.samples)
-        for site in sites:
-            value = site["fn"].log_prob(site["value"])
-            total = total.to(value) + value.reshape(-1).expand(self.samples)
-        return total
+    def _per_particle(self, sites: Iterable[Any]) -> Tensor:
+        return _sum_per_particle(
+            (site["fn"].log_prob(site["value"]) for site in sites), self.samples
+        )
+
+
+class LayerRecord(ForwardRecord):
+    """Weights drawn from the layers' posterior modules (the generated guide).
+
+    Args:
+        variables: the network's random variables.
+        values: the drawn value of each, ``(S, 1, *shape)``, in the same order.
+        samples: number of particles ``S``.
+    """
+
+    def __init__(
+        self, variables: list[RandomVariable], values: list[Tensor], samples: int
+    ) -> None:
+        super().__init__(samples)
+        self.variables = variables
+        self.values = values
+
+    def _pairs(
+        self,
+    ) -> Iterable[tuple[RandomVariable, Distribution, Distribution, Tensor]]:
+        for variable, value in zip(self.variables, self.values, strict=True):
+            module = variable.module
+            q = module.posterior[variable.name].distribution()
+            p = module.prior_distribution(variable.name)
+            yield variable, q, p, value
+
+    def kl(self, mode: KLMode = "auto") -> Tensor:
+        """See :meth:`ForwardRecord.kl`; closed forms are taken once per tensor."""
+        self.analytic_sites, self.mc_sites = [], []
+        total: Tensor | float = 0.0
+        for variable, q, p, value in self._pairs():
+            term = self._choose(variable.site, mode, q, p)
+            if term is None:
+                # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
+                term = (q.log_prob(value) - p.log_prob(value)).mean()
+            total = total + term
+        return torch.as_tensor(total)
+
+    def log_probs(self) -> Tensor:
+        """See :meth:`ForwardRecord.log_probs`."""
+        pairs = list(self._pairs())
+        log_p = _sum_per_particle((p.log_prob(w) for _, _, p, w in pairs), self.samples)
+        log_q = _sum_per_particle((q.log_prob(w) for _, q, _, w in pairs), self.samples)
+        return torch.stack([log_p, log_q], dim=-1)
+
+
+def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:
+    """``KL(q || p)`` summed to a scalar per batch element, or ``None``.
+
+    ``None`` where only Monte Carlo is possible: no registered closed form, a
+    non-reparameterisable ``q``, or a ``Delta`` ``q`` (a point mass, or an
+    autoguide's transformed auxiliary draw), whose registered "KL" is
+    ``-log p(value)``, a one-sample Monte-Carlo term in disguise.
+    """
+    if not q.has_rsample or _describe(q) == "Delta":
+        return None
+    try:
+        term = kl_divergence(q, p)
+    except NotImplementedError:
+        return None
+    return term if isinstance(term, Tensor) else torch.as_tensor(term)
+
+
+def _scaled_sum(term: Tensor, guide_site: Any) -> Tensor:
+    """Sum of a site's KL over its batch (plate) shape, with the site's scale."""
+    scaled = torch.as_tensor(
+        scale_and_mask(term, guide_site["scale"], guide_site["mask"])
+    )
+    batch = guide_site["fn"].batch_shape
+    if scaled.shape != batch:  # a KL that did not broadcast over the plates
+        scaled = scaled.expand(batch)
+    return scaled.sum()
 
 
 def _log_prob_sum(site: Any) -> Tensor:
     log_prob = site["fn"].log_prob(site["value"])
-    return scale_and_mask(log_prob, site["scale"], site["mask"]).sum()  # type: ignore[no-any-return]
+    result: Tensor = scale_and_mask(log_prob, site["scale"], site["mask"]).sum()
+    return result
 
 
-def _analytic_kl(
-    guide_site: Any, model_site: Any
-) -> Tensor | None:
-    """Closed-form KL of one site, or ``None`` where only Monte Carlo is possible.
-
-    A ``Delta`` guide site (a point mass, or an autoguide's transformed auxiliary
-    draw) has a registered "KL" of ``-log p(value)``: a one-sample Monte-Carlo
-    term in disguise, so it does not count as closed form here.
-    """
-    if not guide_site["fn"].has_rsample or _describe(guide_site) == "Delta":
-        return None
-    try:
-        term = kl_divergence(guide_site["fn"], model_site["fn"])
-    except NotImplementedError:
-        return None
-    scaled = scale_and_mask(term, guide_site["scale"], guide_site["mask"])
-    if isinstance(scaled, Tensor):
-        return scaled.sum()
-    return torch.as_tensor(scaled * guide_site["fn"].batch_shape.numel())
+def _sum_per_particle(log_probs: Iterable[Tensor], samples: int) -> Tensor:
+    total: Tensor | None = None
+    for value in log_probs:
+        per_particle = value.reshape(-1).expand(samples)
+        total = per_particle if total is None else total + per_particle
+    return torch.zeros(samples) if total is None else total
 
 
-def _describe(site: Any) -> str:
-    fn = site["fn"]
+def _describe(fn: Any) -> str:
     while hasattr(fn, "base_dist"):
         fn = fn.base_dist
     return type(fn).__name__

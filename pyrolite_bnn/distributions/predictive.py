@@ -219,7 +219,7 @@ class Normal(PredictiveDistribution):
             )
         if self.learned:
             raw = torch.tensor(inverse_softplus(float(value)))
-            self.raw_scale = PyroParam(raw, constraints.real)
+            setattr(self, "raw_scale", PyroParam(raw, constraints.real))  # noqa: B010
         else:
             self.register_buffer("fixed_scale", torch.tensor(float(value)))
 

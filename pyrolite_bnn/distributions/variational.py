@@ -59,6 +59,15 @@ class Posterior(LocalPyroModule):
         """Variational mean of the tensor (used by posterior-mean prediction)."""
         return self.loc
 
+    def draw(self, samples: int) -> Tensor:
+        """``samples`` reparameterised draws, ``(samples, 1, *shape)``.
+
+        The same values, from the same random numbers, as sampling the site
+        inside the particle plate.
+        """
+        draws: Tensor = self.distribution().rsample((samples, 1))
+        return draws
+
     def reset_parameters(self, init_loc: Tensor) -> None:
         """Re-initialise the posterior around ``init_loc``."""
         raise NotImplementedError
@@ -80,9 +89,10 @@ class MeanFieldNormalPosterior(Posterior):
     ) -> None:
         super().__init__(shape)
         self.init_scale = init_scale
-        self.loc = PyroParam(init_loc.detach().clone(), constraints.real)
+        # setattr keeps the class-level annotation ``loc: Tensor`` honest for mypy.
+        setattr(self, "loc", PyroParam(init_loc.detach().clone(), constraints.real))  # noqa: B010
         rho = torch.full_like(init_loc, inverse_softplus(init_scale))
-        self.rho = PyroParam(rho, constraints.real)
+        setattr(self, "rho", PyroParam(rho, constraints.real))  # noqa: B010
 
     def scale(self) -> Tensor:
         """Standard deviations ``softplus(rho)``."""
@@ -119,7 +129,8 @@ class PointMassPosterior(Posterior):
 
     def __init__(self, shape: Sequence[int], init_loc: Tensor) -> None:
         super().__init__(shape)
-        self.loc = PyroParam(init_loc.detach().clone(), constraints.real)
+        # setattr keeps the class-level annotation ``loc: Tensor`` honest for mypy.
+        setattr(self, "loc", PyroParam(init_loc.detach().clone(), constraints.real))  # noqa: B010
 
     def distribution(self) -> dist.TorchDistribution:
         """``Delta(loc)`` over the whole tensor."""
