@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pyro.distributions as pyro_dist
 import torch
 
 __all__ = ["enable_validation", "is_validation_enabled", "validation"]
@@ -52,6 +53,25 @@ def validation(flag: bool) -> Iterator[None]:
         yield
     finally:
         enable_validation(old)
+
+
+@contextmanager
+def distribution_checks_off() -> Iterator[None]:
+    """Skip ``torch``/``pyro`` distribution argument checks inside the body.
+
+    Used on the library's hot paths, whose inputs are validated once at the
+    public boundary (when validation is on); the distribution-level checks
+    would repeat them on every construction, each a device synchronisation.
+    """
+    previous = pyro_dist.is_validation_enabled()
+    if not previous:
+        yield
+        return
+    pyro_dist.enable_validation(False)
+    try:
+        yield
+    finally:
+        pyro_dist.enable_validation(previous)
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:

@@ -389,7 +389,7 @@ class VIModule(LocalPyroModule):
         :func:`_drawn_weights`; nothing else differs from the traced path.
         """
         variables = self.random_variables()
-        values = [v.module.posterior[v.name].draw(state.samples) for v in variables]
+        values = [v.posterior.draw(state.samples) for v in variables]
         weights = {
             (id(v.module), v.name): w for v, w in zip(variables, values, strict=True)
         }
@@ -454,7 +454,8 @@ def _collect(
             )
         for name, shape in module._declared.items():
             site = f"{prefix}.{name}" if prefix else name
-            found.append(RandomVariable(site, name, shape, module))
+            posterior = module.posterior[name]
+            found.append(RandomVariable(site, name, shape, module, posterior))
     for name, child in module._modules.items():
         if child is None or (isinstance(module, VIModule) and name in NOT_NETWORK):
             continue

@@ -69,9 +69,10 @@ def reliability_diagram(
     """Reliability diagram: accuracy against confidence of the top class.
 
     Bars show the accuracy of each equal-width confidence bin (the bins of
-    :func:`~pyrolite_bnn.metrics.calibration_curve`); the red part of a bar is
-    the gap to the bin's mean confidence, and the diagonal is perfect
-    calibration. The expected calibration error is printed in the title.
+    :func:`~pyrolite_bnn.metrics.calibration_curve`); a red hatched box spans
+    the gap from the bin's accuracy to its mean confidence (above the bar when
+    overconfident, inside it when underconfident), and the diagonal is perfect
+    calibration. Empty bins are left blank. The expected calibration error is printed in the title.
 
     Args:
         probs: predictive class probabilities ``(N, C)``, e.g.
@@ -114,11 +115,11 @@ def reliability_diagram(
         [c - a for c, a in zip(conf, acc, strict=True)],
         bottom=acc,
         width=width,
-        color="tab:red",
-        alpha=0.35,
+        fill=False,
+        hatch="//",
         edgecolor="tab:red",
-        linewidth=0.5,
-        label="gap to confidence",
+        linewidth=0.8,
+        label="gap to mean confidence",
     )
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     ax.set_xlim(0, 1)

