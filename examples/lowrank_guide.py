@@ -63,7 +63,10 @@ def train_and_evaluate(
     # model.parameters() holds the assigned guide's parameters too.
     optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=0.02)
     steps = args.steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.1 ** (i / steps))
+    # learning rate decays exponentially to a tenth over the run
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.1 ** (i / steps)
+    )
     start = time.perf_counter()
     for _ in range(steps):
         optimizer.zero_grad()

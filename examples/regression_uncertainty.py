@@ -31,7 +31,7 @@ def make_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.T
 
 
 def make_model(hidden: int) -> bnn.VISequential:
-    """Three tanh layers; every weight has a N(0, 1) prior and a mean-field posterior."""
+    """Three tanh layers; each weight: N(0, 1) prior, mean-field Normal posterior."""
     return bnn.VISequential(
         bnn.VILinear(1, hidden), nn.Tanh(),
         bnn.VILinear(hidden, hidden), nn.Tanh(),
@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 2. A plain PyTorch loop. The noise scale lives in the loss: optimise both.
     optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=0.02)
     steps = args.steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.1 ** (i / steps))
+    # learning rate decays exponentially to a tenth over the run
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.1 ** (i / steps)
+    )
     start = time.perf_counter()
     for step in range(steps):
         optimizer.zero_grad()

@@ -1,4 +1,4 @@
-"""Migrating torch_blue code: the paper's Figure 1 network with two import lines changed.
+"""From torch_blue to pyrolite_bnn: the paper's Figure 1 network, imports changed.
 
 The torch_blue paper (Weyrauch et al., JOSS) shows a three-layer Bayesian MLP
 for 28x28 images trained with ``KullbackLeiblerLoss`` and a ``Categorical``
@@ -53,6 +53,7 @@ class NeuralNetwork(vi.VIModule):
         )
 
     def forward(self, x_: Tensor) -> Tensor:
+        """Logits ``(batch, 10)`` per particle."""
         x_ = self.flatten(x_)
         logits = self.linear_relu_stack(x_)
         return logits
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
         if step == 0:
             first_loss = loss.item()
-            print(f"output {tuple(pred.shape)}, log_probs {tuple(pred.log_probs.shape)}")
+            shapes = tuple(pred.shape), tuple(pred.log_probs.shape)
+            print(f"output {shapes[0]}, log_probs {shapes[1]}")
         last_loss = loss.item()
         if step % max(args.steps // 5, 1) == 0:
             print(f"step {step:4d}  loss {last_loss:.4f}")

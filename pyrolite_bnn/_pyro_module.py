@@ -16,7 +16,21 @@ from typing import Any
 import pyro
 from pyro.nn import PyroModule
 
-__all__ = ["LocalPyroModule", "local_params"]
+__all__ = ["LocalPyroModule", "local_params", "structure_version"]
+
+# Bumped whenever a LocalPyroModule gains, loses or replaces an attribute, so that
+# networks can cache what they derive from their module tree.
+_STRUCTURE_VERSION = 0
+
+
+def structure_version() -> int:
+    """A counter that changes whenever any library module's structure changes."""
+    return _STRUCTURE_VERSION
+
+
+def _bump() -> None:
+    global _STRUCTURE_VERSION
+    _STRUCTURE_VERSION += 1
 
 
 @contextmanager
@@ -49,9 +63,15 @@ class LocalPyroModule(PyroModule):
         # Adopting a PyroModule built outside the local-parameter setting (a Pyro
         # autoguide, say) runs a consistency check that expects the setting to
         # have been on when that module was built; the adoption itself is safe.
+        _bump()
         with pyro.settings.context(module_local_params=True, validate_poutine=False):
             super().add_module(name, module)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        _bump()
         with pyro.settings.context(module_local_params=True, validate_poutine=False):
             super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        _bump()
+        super().__delattr__(name)

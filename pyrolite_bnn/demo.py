@@ -46,7 +46,7 @@ __all__ = [
 
 #: The input interval left out of the training data.
 GAP = (-1.0, 1.0)
-#: Training inputs are drawn from ``[-DATA_EDGE, GAP[0]] ∪ [GAP[1], DATA_EDGE]``.
+#: Training inputs are uniform on ``[-DATA_EDGE, GAP[0]]`` and ``[GAP[1], DATA_EDGE]``.
 DATA_EDGE = 4.0
 #: Standard deviation of the observation noise of the regression data.
 TRUE_NOISE = 0.2
@@ -104,7 +104,7 @@ def make_gap_data(
 ) -> GapData:
     """Generate the 1-D regression data with a gap, from its own seeded generator.
 
-    Inputs are uniform on ``[-4, -1] ∪ [1, 4]``, targets
+    Inputs are uniform on ``[-4, -1]`` and ``[1, 4]``, targets
     ``true_function(x) + noise * eps`` with standard Normal ``eps``.
 
     Args:
@@ -199,7 +199,8 @@ def format_table(title: str, rows: list[tuple[str, str, str]]) -> str:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(3)]
 
     def line(cells: tuple[str, str, str]) -> str:
-        return " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        padded = (c.ljust(w) for c, w in zip(cells, widths, strict=True))
+        return " | ".join(padded).rstrip()
 
     rule = "-+-".join("-" * w for w in widths)
     return "\n".join([title, line(header), rule, *(line(r) for r in rows)])
@@ -229,8 +230,12 @@ def _resolve_out(out: str | Path | None, default_name: str) -> Path | None:
     return path
 
 
-def _have_matplotlib() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
+_NO_MATPLOTLIB = "plot: skipped, matplotlib is not installed (pyrolite_bnn[plot])"
+
+
+def _available(module: str) -> bool:
+    """Whether an optional dependency can be imported."""
+    return importlib.util.find_spec(module) is not None
 
 
 def run_regression_demo(
@@ -281,7 +286,8 @@ def run_regression_demo(
         model = build_regression_net()
         likelihood = Normal()  # learned noise scale: optimise loss_fn.parameters()
         loss_fn = KullbackLeiblerLoss(likelihood, dataset_size=n_train)
-        optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=lr)
+        parameters = [*model.parameters(), *loss_fn.parameters()]
+        optimizer = torch.optim.Adam(parameters, lr=lr)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: 0.1 ** (step / steps)
         )
@@ -317,8 +323,8 @@ def run_regression_demo(
         path = _resolve_out(out, "demo.png")
         plot_note = "plot: not requested"
         result["plotted"] = 0.0
-        if path is not None and not _have_matplotlib():
-            plot_note = "plot: skipped, matplotlib is not installed (pyrolite_bnn[plot])"
+        if path is not None and not _available("matplotlib"):
+            plot_note = _NO_MATPLOTLIB
         elif path is not None:
             _plot_regression(model, likelihood, data, samples, path)
             result["plotted"] = 1.0
@@ -363,11 +369,16 @@ def _regression_table(
 def _plot_regression(
     model: VISequential, likelihood: Normal, data: GapData, samples: int, path: Path
 ) -> None:
+    from matplotlib.figure import Figure
+
     from pyrolite_bnn import plot
 
     grid = torch.linspace(-DATA_EDGE - 1, DATA_EDGE + 1, 400)[:, None]
     prediction = predict(model, grid, likelihood, samples=samples)
-    ax = plot.regression_bands(grid, prediction, data.x_train, data.y_train)
+    figure = Figure(figsize=(7.5, 5.5), layout="constrained")
+    ax = plot.regression_bands(
+        grid, prediction, data.x_train, data.y_train, ax=figure.add_subplot()
+    )
     ax.plot(
         grid[:, 0].tolist(), true_function(grid[:, 0]).tolist(), color="tab:green",
         linewidth=1, linestyle=":", label="true function",
@@ -376,7 +387,7 @@ def _plot_regression(
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize="small")
     ax.set_title("Bayesian MLP: predictive intervals and epistemic uncertainty")
     path.parent.mkdir(parents=True, exist_ok=True)
-    ax.figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120)
 
 
 # ----------------------------------------------------------------- classification
@@ -432,7 +443,7 @@ def run_classification_demo(
         >>> result = run_classification_demo(steps=2, samples=4, out=None,
         ...                                  verbose=False)  # doctest: +SKIP
     """
-    if importlib.util.find_spec("sklearn") is None:
+    if not _available("sklearn"):
         raise ImportError(
             "demo classify needs scikit-learn for the digits data: install "
             "pyrolite_bnn[data] (pip install 'pyrolite_bnn[data]')"
@@ -477,8 +488,8 @@ def run_classification_demo(
         path = _resolve_out(out, "demo_classify.png")
         result["plotted"] = 0.0
         plot_note = "plot: not requested"
-        if path is not None and not _have_matplotlib():
-            plot_note = "plot: skipped, matplotlib is not installed (pyrolite_bnn[plot])"
+        if path is not None and not _available("matplotlib"):
+            plot_note = _NO_MATPLOTLIB
         elif path is not None:
             _plot_classification(inside.probs, y_test, mi_in, mi_out, path)
             result["plotted"] = 1.0
@@ -486,7 +497,8 @@ def run_classification_demo(
 
     if verbose:
         rows = [
-            ("test accuracy", f"{result['accuracy']:.1%}", f"{len(y_test)} test digits"),
+            ("test accuracy", f"{result['accuracy']:.1%}",
+             f"{len(y_test)} test digits"),
             ("expected calibration error", f"{result['ece']:.3f}", "15 bins"),
             ("test NLL", f"{result['nll']:.3f}", "nats per digit"),
             ("mean predictive entropy, digits", f"{result['entropy_in']:.3f}", "nats"),
@@ -503,7 +515,8 @@ def run_classification_demo(
         title = (
             "pyrolite_bnn demo: Bayesian MLP (64-"
             f"{hidden}-10) on scikit-learn digits; OOD = uniform noise images\n"
-            f"{len(x_train)} training digits, {samples} posterior draws per prediction\n"
+            f"{len(x_train)} training digits, {samples} posterior draws per "
+            "prediction\n"
         )
         print(format_table(title, rows))
         print(plot_note)

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._pyro_module import local_params
-from pyrolite_bnn._validation import distribution_checks_off, is_validation_enabled
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import ForwardRecord, KLMode, last_record, set_last_record
@@ -127,11 +126,7 @@ class KullbackLeiblerLoss(nn.Module):
         if last_record() is record:  # release the traces even if a check fails
             set_last_record(None)
         batch = self._check_batch(output)
-        if is_validation_enabled():
-            self.predictive.check_target(output, target)
-        with distribution_checks_off():  # targets were checked just above
-            likelihood, aligned = self.predictive.observe(output, target, check=False)
-            log_lik = likelihood.log_prob(aligned).sum()
+        log_lik = self.predictive.log_likelihood(output, target).sum()
         log_lik = log_lik * (self.dataset_size / batch / output.shape[0])
         kl = record.kl(self.kl)
         norm = self.dataset_size if self.reduction == "mean" else 1

@@ -32,7 +32,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._pyro_module import LocalPyroModule, local_params
+from pyrolite_bnn._pyro_module import LocalPyroModule, local_params, structure_version
 from pyrolite_bnn._validation import check_finite
 from pyrolite_bnn.distributions.priors import Prior, as_prior
 from pyrolite_bnn.distributions.variational import (
@@ -207,8 +207,13 @@ class VIModule(LocalPyroModule):
             TypeError: if a ``VIModule`` sits inside a plain ``torch.nn``
                 container, where Pyro cannot give its sites unique names.
         """
+        version = structure_version()
+        cached = self.__dict__.get("_variables_cache")
+        if cached is not None and cached[0] == version:
+            return list(cached[1])
         found: list[RandomVariable] = []
         _collect(self, "", found, plain_parent=None)
+        object.__setattr__(self, "_variables_cache", (version, tuple(found)))
         return found
 
     # ------------------------------------------------------------------ guides
@@ -406,7 +411,14 @@ class VIModule(LocalPyroModule):
     def __getattr__(self, name: str) -> Any:
         weights = _DRAWN.get()
         if weights is not None and name in self.__dict__.get("_declared", ()):
-            return weights[(id(self), name)]
+            value = weights.get((id(self), name))
+            if value is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}.{name} was not drawn for this call: a "
+                    "Bayesian layer was added through a plain torch container; use "
+                    "bnn.VISequential or a VIModule attribute"
+                )
+            return value
         return super().__getattr__(name)
 
     def _pytorch_call(

@@ -49,7 +49,8 @@ def _as_tensor(value: Any, name: str) -> Tensor:
     try:
         tensor = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"{name} must be a tensor or array, got {type(value).__name__}") from error
+        kind = type(value).__name__
+        raise TypeError(f"{name} must be a tensor or array, got {kind}") from error
     return tensor.detach().cpu()
 
 
@@ -59,7 +60,8 @@ def _flat(value: Any, name: str) -> Tensor:
     if tensor.dim() == 2 and tensor.shape[1] == 1:
         tensor = tensor[:, 0]
     if tensor.dim() != 1:
-        raise ValueError(f"{name} must have shape (N,) or (N, 1), got {tuple(tensor.shape)}")
+        shape = tuple(tensor.shape)
+        raise ValueError(f"{name} must have shape (N,) or (N, 1), got {shape}")
     return tensor.to(torch.float64)
 
 
@@ -72,7 +74,8 @@ def reliability_diagram(
     :func:`~pyrolite_bnn.metrics.calibration_curve`); a red hatched box spans
     the gap from the bin's accuracy to its mean confidence (above the bar when
     overconfident, inside it when underconfident), and the diagonal is perfect
-    calibration. Empty bins are left blank. The expected calibration error is printed in the title.
+    calibration. Empty bins are left blank. The expected calibration error is
+    printed in the title.
 
     Args:
         probs: predictive class probabilities ``(N, C)``, e.g.
@@ -164,7 +167,8 @@ def regression_bands(
     Example:
         >>> import torch, pyrolite_bnn as bnn
         >>> from pyrolite_bnn import plot
-        >>> net = bnn.VISequential(bnn.VILinear(1, 8), torch.nn.Tanh(), bnn.VILinear(8, 1))
+        >>> tanh = torch.nn.Tanh()
+        >>> net = bnn.VISequential(bnn.VILinear(1, 8), tanh, bnn.VILinear(8, 1))
         >>> x = torch.linspace(-3, 3, 50)[:, None]
         >>> pred = bnn.predict(net, x, bnn.Normal(scale=0.1), samples=20)
         >>> ax = plot.regression_bands(x, pred)  # doctest: +SKIP

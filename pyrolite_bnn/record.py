@@ -28,6 +28,8 @@ from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 
 from pyrolite_bnn._validation import distribution_checks_off
+from pyrolite_bnn.distributions.priors import Prior
+from pyrolite_bnn.distributions.variational import MeanFieldNormalPosterior
 
 if TYPE_CHECKING:
     from pyrolite_bnn.variables import RandomVariable
@@ -201,7 +203,14 @@ class LayerRecord(ForwardRecord):
         self.analytic_sites, self.mc_sites = [], []
         total: Tensor | float = 0.0
         with distribution_checks_off():
-            for variable, q, p, value in self._pairs():
+            for variable, value in zip(self.variables, self.values, strict=True):
+                term = None if mode == "mc" else _normal_closed_form(variable)
+                if term is not None:
+                    self.analytic_sites.append(variable.site)
+                    total = total + term
+                    continue
+                q = variable.posterior.distribution()
+                p = variable.module.prior_distribution(variable.name)
                 term = self._choose(variable.site, mode, q, p)
                 if term is None:
                     # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
@@ -215,6 +224,16 @@ class LayerRecord(ForwardRecord):
         log_p = _sum_per_particle((p.log_prob(w) for _, _, p, w in pairs), self.samples)
         log_q = _sum_per_particle((q.log_prob(w) for _, q, _, w in pairs), self.samples)
         return torch.stack([log_p, log_q], dim=-1)
+
+
+def _normal_closed_form(variable: RandomVariable) -> Tensor | None:
+    """The prior's own closed-form KL from a mean-field Normal posterior, if any."""
+    posterior = variable.posterior
+    if not isinstance(posterior, MeanFieldNormalPosterior):
+        return None
+    prior = variable.module.prior[variable.name]
+    assert isinstance(prior, Prior)
+    return prior.kl_from_normal(*posterior.normal_params())
 
 
 def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:

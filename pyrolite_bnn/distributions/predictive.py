@@ -19,7 +19,11 @@ from torch import Tensor
 
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
-from pyrolite_bnn._validation import check_finite, is_validation_enabled
+from pyrolite_bnn._validation import (
+    check_finite,
+    distribution_checks_off,
+    is_validation_enabled,
+)
 
 __all__ = [
     "Bernoulli",
@@ -84,18 +88,36 @@ class PredictiveDistribution(LocalPyroModule):
         return self.distribution(output)
 
     def observe(
-        self, output: Tensor, target: Tensor, check: bool = True
+        self, output: Tensor, target: Tensor
     ) -> tuple[dist.TorchDistribution, Tensor]:
-        """Check ``target``; return ``(p(y | output), target)`` with matching shapes."""
+        """Check ``target``; return ``(p(y | output), target)`` with matching shapes.
+
+        Calls the module, so that learned parameters are reported to Pyro
+        inference (used by the Pyro model's observation site).
+        """
+        output, target = self._checked(output, target)
+        return self(output), target
+
+    def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """``log p(target | output)`` per particle and example, ``(S, B)``.
+
+        The PyTorch-style loss uses this: no Pyro bookkeeping, and no
+        distribution-level argument checks after :meth:`check_target`.
+        """
+        output, target = self._checked(output, target)
+        with distribution_checks_off():
+            result: Tensor = self.distribution(output).log_prob(target)
+        return result
+
+    def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         if output.dim() < 2:
             raise ValueError(
                 f"{type(self).__name__} expects network output of shape (S, B, ...), "
                 f"got {_shape(output)}"
             )
-        if check and is_validation_enabled():
+        if is_validation_enabled():
             self.check_target(output, target)
-        output, target = self.align(output, target)
-        return self(output), target
+        return self.align(output, target)
 
 
 class Categorical(PredictiveDistribution):
@@ -294,9 +316,7 @@ class HeteroscedasticNormal(PredictiveDistribution):
                 f"raw scale), got {_shape(output)}"
             )
         loc, scale = self.loc_scale(output)
-        result: dist.TorchDistribution = dist.Normal(loc, scale).to_event(
-            loc.dim() - 2
-        )
+        result: dist.TorchDistribution = dist.Normal(loc, scale).to_event(loc.dim() - 2)
         return result
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:

@@ -79,6 +79,14 @@ class Prior(nn.Module):
         """Prior of a weight tensor of the given ``shape`` (all dims are event)."""
         return _independent(self.elementwise(), torch.Size(shape))
 
+    def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
+        """``KL(N(loc, scale^2) || prior)`` summed over the tensor, if cheap.
+
+        A fast path for the default mean-field Normal posterior; ``None`` (the
+        default) means "use ``torch.distributions.kl_divergence``".
+        """
+        return None
+
 
 class NormalPrior(Prior):
     """Independent ``Normal(loc, scale)`` prior on every weight.
@@ -102,6 +110,13 @@ class NormalPrior(Prior):
         super().__init__()
         self.register_buffer("loc", _finite(loc, "NormalPrior loc"))
         self.register_buffer("scale", _positive(scale, "NormalPrior scale"))
+
+    def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
+        """Closed form: ``sum log(s/sigma) + (sigma^2 + (mu - m)^2) / (2 s^2) - 1/2``."""
+        prior_var = self.scale * self.scale
+        var = scale * scale
+        ratio = (var + (loc - self.loc) ** 2) / prior_var
+        return 0.5 * (ratio - 1.0 - torch.log(var / prior_var)).sum()
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return ``Normal(loc, scale)``."""

@@ -105,11 +105,20 @@ class MeanFieldNormalPosterior(Posterior):
         Pyro's parameter bookkeeping, and draws ``eps`` exactly as
         ``torch.distributions`` does, so the values equal the traced guide's.
         """
+        loc, scale = self.normal_params()
+        eps = torch.empty((samples, 1, *self.shape), dtype=loc.dtype, device=loc.device)
+        return loc + eps.normal_() * scale
+
+    def normal_params(self) -> tuple[Tensor, Tensor]:
+        """``(loc, scale)`` read straight from the parameters (no Pyro bookkeeping).
+
+        Both parameters are real-valued (the scale goes through ``softplus`` here,
+        not through a Pyro constraint), so the unconstrained values are the values.
+        """
         loc = self._parameters["loc_unconstrained"]
         rho = self._parameters["rho_unconstrained"]
         assert loc is not None and rho is not None
-        eps = torch.empty((samples, 1, *self.shape), dtype=loc.dtype, device=loc.device)
-        return loc + eps.normal_() * F.softplus(rho)
+        return loc, F.softplus(rho)
 
     def distribution(self) -> dist.TorchDistribution:
         """``Normal(loc, softplus(rho))`` over the whole tensor."""
