@@ -28,9 +28,11 @@ from types import ModuleType
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import workloads  # noqa: E402
+import workloads
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "reference.py"
+DEFAULT_REFERENCE = (
+    Path(__file__).resolve().parents[2] / "shared" / "bench" / "reference.py"
+)
 
 
 def load_reference(path: Path) -> ModuleType:
@@ -64,6 +66,27 @@ def interleaved_medians(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def peak_memory_mb(step: Callable[[], object]) -> float:
+    """Peak of the memory allocated during one training step (MiB, CPU).
+
+    Measured with the PyTorch profiler: the running sum of every operator's own
+    allocations and frees, in time order, over one step after a warm-up step.
+    Memory held before the step (parameters, optimizer state, data) is excluded.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.events() if e.self_cpu_memory_usage]
+    events.sort(key=lambda e: e.time_range.start)
+    current = peak = 0
+    for event in events:
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=["mlp", "conv", "tiny"])
@@ -73,47 +96,114 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--predict", action="store_true", help="also time predict S=100")
+    parser.add_argument(
+        "--predict", action="store_true", help="also time predict S=100"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="also measure peak training memory"
+    )
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/latest.json")
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     reference = load_reference(args.reference)
     rows: list[dict[str, object]] = []
-    print(f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
+        f"{platform.processor() or platform.machine()}"
+    )
     print(f"{'workload':8} {'S':>3} {'row':24} {'ms':>9} {'ratio':>7}")
     for workload in args.workloads:
         for samples in args.samples:
             batch = 32 if workload == "tiny" else 128
             fns: dict[str, Callable[[], object]] = {}
             for est in ("weight", "local"):
-                step, _ = reference.make_step(workload, est, samples, batch, args.device)
+                step, _ = reference.make_step(
+                    workload, est, samples, batch, args.device
+                )
                 fns[f"reference/{est}"] = step
             for est in args.estimators:
-                step, _ = workloads.make_step(workload, est, samples, batch, args.device)
+                step, _ = workloads.make_step(
+                    workload, est, samples, batch, args.device
+                )
                 fns[f"pyrolite/{est}"] = step
             medians = interleaved_medians(fns, args.repeats, args.warmup, args.device)
             best_ref = min(medians["reference/weight"], medians["reference/local"])
             for name, ms in medians.items():
-                base = medians["reference/weight"] if name.endswith("reparam") else best_ref
+                base = (
+                    medians["reference/weight"]
+                    if name.endswith("reparam")
+                    else best_ref
+                )
                 ratio = ms / base if name.startswith("pyrolite") else ms / best_ref
-                rows.append({"workload": workload, "samples": samples, "row": name,
-                             "ms": ms, "ratio": ratio, "kind": "train_step"})
+                rows.append(
+                    {
+                        "workload": workload,
+                        "samples": samples,
+                        "row": name,
+                        "ms": ms,
+                        "ratio": ratio,
+                        "kind": "train_step",
+                    }
+                )
                 print(f"{workload:8} {samples:>3} {name:24} {ms:9.2f} {ratio:7.2f}")
         if args.predict and workload in ("mlp", "tiny"):
             batch = 32 if workload == "tiny" else 128
             fns = {
-                "reference/forward": workloads.reference_forward(reference, workload, 100, batch, args.device),
-                "pyrolite/predict": workloads.make_predict(workload, 100, batch, args.device),
+                "reference/forward": workloads.reference_forward(
+                    reference, workload, 100, batch, args.device
+                ),
+                "pyrolite/predict": workloads.make_predict(
+                    workload, 100, batch, args.device
+                ),
             }
             medians = interleaved_medians(fns, args.repeats, args.warmup, args.device)
             for name, ms in medians.items():
                 ratio = ms / medians["reference/forward"]
-                rows.append({"workload": workload, "samples": 100, "row": name, "ms": ms,
-                             "ratio": ratio, "kind": "predict"})
+                rows.append(
+                    {
+                        "workload": workload,
+                        "samples": 100,
+                        "row": name,
+                        "ms": ms,
+                        "ratio": ratio,
+                        "kind": "predict",
+                    }
+                )
                 print(f"{workload:8} {100:>3} {name:24} {ms:9.2f} {ratio:7.2f}")
+    if args.memory:
+        for workload in args.workloads:
+            for samples in args.samples:
+                batch = 32 if workload == "tiny" else 128
+                mem = {
+                    f"reference/{est}": peak_memory_mb(
+                        reference.make_step(workload, est, samples, batch)[0]
+                    )
+                    for est in ("weight", "local")
+                }
+                for est in args.estimators:
+                    mem[f"pyrolite/{est}"] = peak_memory_mb(
+                        workloads.make_step(workload, est, samples, batch)[0]
+                    )
+                best = min(mem["reference/weight"], mem["reference/local"])
+                for name, mb in mem.items():
+                    ratio = mb / best
+                    rows.append(
+                        {
+                            "workload": workload,
+                            "samples": samples,
+                            "row": name,
+                            "mb": mb,
+                            "ratio": ratio,
+                            "kind": "peak_memory",
+                        }
+                    )
+                    print(
+                        f"{workload:8} {samples:>3} {name:24} {mb:8.1f}MB {ratio:6.2f}"
+                    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "device": args.device, "threads": args.threads}
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

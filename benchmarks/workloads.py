@@ -19,9 +19,14 @@ N_TRAIN = 60_000
 INIT_SCALE = float(F.softplus(torch.tensor(-6.0)))
 
 
-def build(workload: str, estimator: str = "reparam") -> tuple[bnn.VIModule, tuple[int, ...]]:
+def build(
+    workload: str, estimator: str = "reparam"
+) -> tuple[bnn.VIModule, tuple[int, ...]]:
     """Network and input shape (without batch) of a workload."""
-    opts = {"variational": bnn.MeanFieldNormal(init_scale=INIT_SCALE), "estimator": estimator}
+    opts = {
+        "variational": bnn.MeanFieldNormal(init_scale=INIT_SCALE),
+        "estimator": estimator,
+    }
     if workload == "mlp":
         sizes = [784, 512, 512, 10]
     elif workload == "tiny":
@@ -76,7 +81,11 @@ def make_step(
 
 
 def make_predict(
-    workload: str, samples: int = 100, batch: int = 128, device: str = "cpu", seed: int = 0
+    workload: str,
+    samples: int = 100,
+    batch: int = 128,
+    device: str = "cpu",
+    seed: int = 0,
 ) -> Callable[[], torch.Tensor]:
     """``bnn.predict`` with ``samples`` particles on one batch."""
     torch.manual_seed(seed)
@@ -91,8 +100,12 @@ def make_predict(
 
 
 def reference_forward(
-    reference: object, workload: str, samples: int = 100, batch: int = 128,
-    device: str = "cpu", seed: int = 0,
+    reference: object,
+    workload: str,
+    samples: int = 100,
+    batch: int = 128,
+    device: str = "cpu",
+    seed: int = 0,
 ) -> Callable[[], torch.Tensor]:
     """The reference's forward pass (weight draws) with ``samples`` particles, no grad."""
     torch.manual_seed(seed)
@@ -100,10 +113,18 @@ def reference_forward(
     layer_cls = reference._Layer  # type: ignore[attr-defined]
     linear = reference._linear  # type: ignore[attr-defined]
     if workload == "mlp":
-        layers = [layer_cls((512, 784), dev), layer_cls((512, 512), dev), layer_cls((10, 512), dev)]
+        layers = [
+            layer_cls((512, 784), dev),
+            layer_cls((512, 512), dev),
+            layer_cls((10, 512), dev),
+        ]
         x = torch.randn(batch, 784, device=dev)
     elif workload == "tiny":
-        layers = [layer_cls((32, 16), dev), layer_cls((32, 32), dev), layer_cls((10, 32), dev)]
+        layers = [
+            layer_cls((32, 16), dev),
+            layer_cls((32, 32), dev),
+            layer_cls((10, 32), dev),
+        ]
         x = torch.randn(batch, 16, device=dev)
     else:
         raise ValueError("reference forward only for mlp/tiny")

@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a small Bayesian network and report its uncertainty",
         description=(
             "regression (default): 1-D regression with a gap in the training "
-            "inputs; prints accuracy, calibration and gap-vs-data epistemic "
-            "uncertainty and plots the predictive bands. classify: Bayesian MLP "
+            "inputs; prints test error, interval coverage and gap-vs-data "
+            "epistemic uncertainty and plots the predictive bands. classify: Bayesian MLP "
             "on scikit-learn's digits (needs pyrolite_bnn[data]) with "
             "calibration and out-of-distribution detection of noise images."
         ),
@@ -49,22 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="which demo to run (default: regression)",
     )
     demo.add_argument(
-        "--steps", type=int, default=None,
+        "--steps",
+        type=int,
+        default=None,
         help="optimisation steps (default: 2000 for regression, 400 for classify)",
     )
     demo.add_argument(
-        "--samples", type=int, default=100,
+        "--samples",
+        type=int,
+        default=100,
         help="posterior draws per prediction (default: 100)",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument(
-        "--out", default=None,
+        "--out",
+        default=None,
         help="PNG file or directory for the plot (default: ./demo.png or "
         "./demo_classify.png)",
     )
-    demo.add_argument(
-        "--no-plot", action="store_true", help="do not write the plot"
-    )
+    demo.add_argument("--no-plot", action="store_true", help="do not write the plot")
     return parser
 
 

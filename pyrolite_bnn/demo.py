@@ -222,10 +222,15 @@ def _single_thread() -> Iterator[None]:
 
 
 def _resolve_out(out: str | Path | None, default_name: str) -> Path | None:
+    """The PNG path: ``out`` itself, or ``out / default_name`` for a directory.
+
+    A path is taken as a directory if it exists as one or has no suffix
+    (``--out plots`` and ``--out plots/`` both mean ``plots/demo.png``).
+    """
     if out is None:
         return None
     path = Path(out)
-    if path.is_dir():
+    if path.is_dir() or not path.suffix:
         path = path / default_name
     return path
 
@@ -342,20 +347,35 @@ def _regression_table(
     ratio = result["gap_ratio"]
     coverage = result["coverage_95"]
     rows = [
-        ("test RMSE (data region)", f"{result['rmse']:.3f}",
-         f"noise floor {result['true_noise_scale']:.3f}"),
+        (
+            "test RMSE (data region)",
+            f"{result['rmse']:.3f}",
+            f"noise floor {result['true_noise_scale']:.3f}",
+        ),
         ("test Gaussian NLL (data region)", f"{result['nll']:.3f}", "nats per point"),
-        ("95% interval coverage (data region)", f"{coverage:.1%}",
-         "target 90-99% " + ("(ok)" if 0.90 <= coverage <= 0.99 else "(MISSED)")),
+        (
+            "95% interval coverage (data region)",
+            f"{coverage:.1%}",
+            "target 90-99% " + ("(ok)" if 0.90 <= coverage <= 0.99 else "(MISSED)"),
+        ),
         ("mean epistemic std, inside gap", f"{result['epistemic_std_gap']:.3f}", ""),
         ("mean epistemic std, data region", f"{result['epistemic_std_data']:.3f}", ""),
-        ("epistemic std ratio gap / data", f"{ratio:.2f}x",
-         "target >= 3x " + ("(ok)" if ratio >= 3 else "(MISSED)")),
-        ("learned noise scale", f"{result['noise_scale']:.3f}",
-         f"true {result['true_noise_scale']:.3f}"),
+        (
+            "epistemic std ratio gap / data",
+            f"{ratio:.2f}x",
+            "target >= 3x " + ("(ok)" if ratio >= 3 else "(MISSED)"),
+        ),
+        (
+            "learned noise scale",
+            f"{result['noise_scale']:.3f}",
+            f"true {result['true_noise_scale']:.3f}",
+        ),
         ("final loss (-ELBO / N)", f"{result['final_loss']:.3f}", ""),
-        ("training time", f"{result['train_seconds']:.1f} s",
-         f"{steps} Adam steps, 10 particles"),
+        (
+            "training time",
+            f"{result['train_seconds']:.1f} s",
+            f"{steps} Adam steps, 10 particles",
+        ),
     ]
     title = (
         f"pyrolite_bnn demo: 1-D regression with a gap in ({GAP[0]:g}, {GAP[1]:g})\n"
@@ -380,11 +400,15 @@ def _plot_regression(
         grid, prediction, data.x_train, data.y_train, ax=figure.add_subplot()
     )
     ax.plot(
-        grid[:, 0].tolist(), true_function(grid[:, 0]).tolist(), color="tab:green",
-        linewidth=1, linestyle=":", label="true function",
+        grid[:, 0].tolist(),
+        true_function(grid[:, 0]).tolist(),
+        color="tab:green",
+        linewidth=1,
+        linestyle=":",
+        label="true function",
     )
     ax.axvspan(*GAP, color="gray", alpha=0.12, label="gap (no training data)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize="small")
     ax.set_title("Bayesian MLP: predictive intervals and epistemic uncertainty")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -497,20 +521,32 @@ def run_classification_demo(
 
     if verbose:
         rows = [
-            ("test accuracy", f"{result['accuracy']:.1%}",
-             f"{len(y_test)} test digits"),
+            (
+                "test accuracy",
+                f"{result['accuracy']:.1%}",
+                f"{len(y_test)} test digits",
+            ),
             ("expected calibration error", f"{result['ece']:.3f}", "15 bins"),
             ("test NLL", f"{result['nll']:.3f}", "nats per digit"),
             ("mean predictive entropy, digits", f"{result['entropy_in']:.3f}", "nats"),
             ("mean predictive entropy, noise", f"{result['entropy_out']:.3f}", "nats"),
-            ("mean mutual information, digits",
-             f"{result['mutual_information_in']:.3f}", "nats"),
-            ("mean mutual information, noise",
-             f"{result['mutual_information_out']:.3f}", "nats"),
+            (
+                "mean mutual information, digits",
+                f"{result['mutual_information_in']:.3f}",
+                "nats",
+            ),
+            (
+                "mean mutual information, noise",
+                f"{result['mutual_information_out']:.3f}",
+                "nats",
+            ),
             ("AUROC digits vs noise (MI)", f"{result['auroc_mi']:.3f}", "1 = perfect"),
             ("AUROC digits vs noise (entropy)", f"{result['auroc_entropy']:.3f}", ""),
-            ("training time", f"{result['train_seconds']:.1f} s",
-             f"{steps} Adam steps, 10 particles"),
+            (
+                "training time",
+                f"{result['train_seconds']:.1f} s",
+                f"{steps} Adam steps, 10 particles",
+            ),
         ]
         title = (
             "pyrolite_bnn demo: Bayesian MLP (64-"

@@ -37,6 +37,8 @@ from pyrolite_bnn._validation import check_finite
 from pyrolite_bnn.distributions.priors import Prior, as_prior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
+    MeanFieldNormalPosterior,
+    NormalMoments,
     Posterior,
     VariationalFamily,
 )
@@ -56,7 +58,7 @@ __all__ = ["PosteriorDict", "VIModule"]
 DEFAULT_SAMPLES = 10
 # Weights drawn by the generated guide for the running PyTorch-style call, keyed
 # by (id(layer), variable name); layers read them instead of Pyro sample sites.
-_DRAWN: ContextVar[dict[tuple[int, str], Tensor] | None] = ContextVar(
+_DRAWN: ContextVar[dict[tuple[int, str], Tensor | NormalMoments] | None] = ContextVar(
     "pyrolite_drawn_weights", default=None
 )
 # Submodule name under which an assigned (non-default) guide is registered.
@@ -84,6 +86,10 @@ class PosteriorDict(LocalPyroModule):
     def keys(self) -> Iterator[str]:
         """Variable names."""
         return iter(self._modules)
+
+    def values(self) -> Iterator[Posterior]:
+        """Posterior modules."""
+        return (self[name] for name in self._modules)
 
 
 class _PriorOf:
@@ -193,6 +199,16 @@ class VIModule(LocalPyroModule):
         self.posterior[name] = family.build(size, init)
         self._declared[name] = size
         setattr(self, name, PyroSample(_PriorOf(name)))
+
+    def uses_moments(self) -> bool:
+        """Whether this layer samples its outputs from weight moments this call.
+
+        Layers with the ``"local"`` or ``"flipout"`` estimator return ``True``;
+        in a PyTorch-style call with the generated guide their random variables
+        then arrive as :class:`~pyrolite_bnn.distributions.variational.NormalMoments`
+        instead of weight draws. The default is ``False``: weights are drawn.
+        """
+        return False
 
     def prior_distribution(self, name: str) -> Any:
         """Prior distribution of this module's random variable ``name``."""
@@ -390,14 +406,25 @@ class VIModule(LocalPyroModule):
         """Run with the generated guide, without Pyro tracing (same draws).
 
         Weights are drawn from the posterior modules in site order, exactly as
-        the traced guide would, and handed to the layers through
-        :func:`_drawn_weights`; nothing else differs from the traced path.
+        the traced guide would, and handed to the layers (``self.weight``);
+        nothing else differs from the traced path. Layers whose estimator samples
+        outputs instead of weights (``"local"``, ``"flipout"``) get the posterior
+        moments instead of a draw.
         """
         variables = self.random_variables()
-        values = [v.posterior.draw(state.samples) for v in variables]
-        weights = {
-            (id(v.module), v.name): w for v, w in zip(variables, values, strict=True)
-        }
+        values: list[Tensor | None] = []
+        weights: dict[tuple[int, str], Tensor | NormalMoments] = {}
+        for v in variables:
+            entry: Tensor | NormalMoments
+            if v.module.uses_moments() and isinstance(
+                v.posterior, MeanFieldNormalPosterior
+            ):
+                entry = NormalMoments(*v.posterior.normal_params())
+                values.append(None)  # never drawn: the layer samples its outputs
+            else:
+                entry = v.posterior.draw(state.samples)
+                values.append(entry)
+            weights[(id(v.module), v.name)] = entry
         token = _DRAWN.set(weights)
         try:
             with _particles.particles(state):

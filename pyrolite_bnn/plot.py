@@ -110,7 +110,12 @@ def reliability_diagram(
     acc = accuracy[filled].double().tolist()
     conf = confidence[filled].double().tolist()
     ax.bar(
-        x, acc, width=width, color="tab:blue", edgecolor="black", linewidth=0.5,
+        x,
+        acc,
+        width=width,
+        color="tab:blue",
+        edgecolor="black",
+        linewidth=0.5,
         label="accuracy",
     )
     ax.bar(
@@ -276,11 +281,19 @@ def uncertainty_histogram(
         hi = lo + 1.0
     edges = torch.linspace(lo, hi, bins + 1).tolist()
     ax.hist(
-        s_in.tolist(), bins=edges, density=True, alpha=0.6, color="tab:blue",
+        s_in.tolist(),
+        bins=edges,
+        density=True,
+        alpha=0.6,
+        color="tab:blue",
         label=f"in-distribution (n={s_in.numel()})",
     )
     ax.hist(
-        s_out.tolist(), bins=edges, density=True, alpha=0.6, color="tab:red",
+        s_out.tolist(),
+        bins=edges,
+        density=True,
+        alpha=0.6,
+        color="tab:red",
         label=f"out-of-distribution (n={s_out.numel()})",
     )
     ax.set_xlabel(label)

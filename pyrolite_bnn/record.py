@@ -179,24 +179,22 @@ class LayerRecord(ForwardRecord):
 
     Args:
         variables: the network's random variables.
-        values: the drawn value of each, ``(S, 1, *shape)``, in the same order.
+        values: the drawn value of each, ``(S, 1, *shape)``, in the same order;
+            ``None`` for variables never drawn (layers that sample their outputs
+            from the weight moments). Their KL is taken in closed form, or
+            estimated from fresh draws where there is none.
         samples: number of particles ``S``.
     """
 
     def __init__(
-        self, variables: list[RandomVariable], values: list[Tensor], samples: int
+        self,
+        variables: list[RandomVariable],
+        values: list[Tensor | None],
+        samples: int,
     ) -> None:
         super().__init__(samples)
         self.variables = variables
         self.values = values
-
-    def _pairs(
-        self,
-    ) -> Iterable[tuple[RandomVariable, Distribution, Distribution, Tensor]]:
-        for variable, value in zip(self.variables, self.values, strict=True):
-            q = variable.posterior.distribution()
-            p = variable.module.prior_distribution(variable.name)
-            yield variable, q, p, value
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """See :meth:`ForwardRecord.kl`; closed forms are taken once per tensor."""
@@ -213,17 +211,32 @@ class LayerRecord(ForwardRecord):
                 p = variable.module.prior_distribution(variable.name)
                 term = self._choose(variable.site, mode, q, p)
                 if term is None:
+                    drawn = (
+                        variable.posterior.draw(self.samples)
+                        if value is None
+                        else value
+                    )
                     # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
-                    term = (q.log_prob(value) - p.log_prob(value)).mean()
+                    term = (q.log_prob(drawn) - p.log_prob(drawn)).mean()
                 total = total + term
         return torch.as_tensor(total)
 
     def log_probs(self) -> Tensor:
         """See :meth:`ForwardRecord.log_probs`."""
-        pairs = list(self._pairs())
-        log_p = _sum_per_particle((p.log_prob(w) for _, _, p, w in pairs), self.samples)
-        log_q = _sum_per_particle((q.log_prob(w) for _, q, _, w in pairs), self.samples)
-        return torch.stack([log_p, log_q], dim=-1)
+        log_p, log_q = [], []
+        for variable, value in zip(self.variables, self.values, strict=True):
+            drawn = variable.posterior.draw(self.samples) if value is None else value
+            log_p.append(
+                variable.module.prior_distribution(variable.name).log_prob(drawn)
+            )
+            log_q.append(variable.posterior.distribution().log_prob(drawn))
+        return torch.stack(
+            [
+                _sum_per_particle(log_p, self.samples),
+                _sum_per_particle(log_q, self.samples),
+            ],
+            dim=-1,
+        )
 
 
 def _normal_closed_form(variable: RandomVariable) -> Tensor | None:

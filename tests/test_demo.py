@@ -137,3 +137,11 @@ def test_python_dash_m_prints_help() -> None:
     )
     assert completed.returncode == 0
     assert "usage: pyrolite-bnn" in completed.stdout
+
+
+def test_out_without_suffix_is_a_directory(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib").use("Agg")
+    target = tmp_path / "plots"
+    result = demo.run_regression_demo(steps=2, samples=3, out=target, verbose=False)
+    assert result["plotted"] == 1.0
+    assert (target / "demo.png").is_file()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -27,12 +28,20 @@ from pyrolite_bnn._pyro_module import LocalPyroModule
 
 __all__ = [
     "MeanFieldNormal",
+    "NormalMoments",
     "MeanFieldNormalPosterior",
     "PointMass",
     "PointMassPosterior",
     "Posterior",
     "VariationalFamily",
 ]
+
+
+class NormalMoments(NamedTuple):
+    """Mean and standard deviation of a mean-field Normal weight tensor."""
+
+    loc: Tensor
+    scale: Tensor
 
 
 class Posterior(LocalPyroModule):

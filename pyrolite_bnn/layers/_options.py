@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn.distributions.variational import MeanFieldNormal
 
-__all__ = ["ESTIMATORS", "batch_size", "check_estimator", "per_variable"]
+__all__ = [
+    "ESTIMATORS",
+    "batch_size",
+    "check_estimator",
+    "per_variable",
+    "samples",
+]
 
-ESTIMATORS = ("reparam",)
-
-_T = TypeVar("_T")
+ESTIMATORS = ("auto", "reparam", "local", "flipout")
 
 
 def per_variable(
@@ -29,11 +33,28 @@ def per_variable(
     return option
 
 
-def check_estimator(estimator: str) -> str:
-    """Validate the ``estimator=`` option."""
+def check_estimator(estimator: str, variational: object) -> str:
+    """Validate the ``estimator=`` option against the variational families."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator in ("local", "flipout"):
+        families = (
+            list(variational.values())
+            if isinstance(variational, Mapping)
+            else [variational]
+        )
+        if any(f is not None and not isinstance(f, MeanFieldNormal) for f in families):
+            raise ValueError(
+                f"estimator={estimator!r} needs the mean-field Normal posterior; use "
+                "estimator='reparam' (or 'auto') with other variational families"
+            )
     return estimator
+
+
+def samples() -> int:
+    """Particle count of the running outermost call."""
+    state = _particles.current()
+    return 1 if state is None else state.samples
 
 
 def batch_size() -> int | None:

@@ -10,9 +10,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import init
 
-from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormalPosterior,
+    NormalMoments,
+    VariationalFamily,
+)
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers._options import batch_size, check_estimator, per_variable
+from pyrolite_bnn.layers._options import (
+    batch_size,
+    check_estimator,
+    per_variable,
+    samples,
+)
 from pyrolite_bnn.module import VIModule
 
 __all__ = ["VIConv1d", "VIConv2d", "VIConv3d"]
@@ -58,7 +67,7 @@ class _VIConvNd(VIModule):
         *,
         prior: object = None,
         variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
-        estimator: str = "reparam",
+        estimator: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -94,7 +103,7 @@ class _VIConvNd(VIModule):
             self.padding = _ntuple(padding, dims, "padding")
         self.groups = groups
         self.padding_mode = padding_mode
-        self.estimator = check_estimator(estimator)
+        self.estimator = check_estimator(estimator, variational)
         self._pad = self._reversed_padding_repeated_twice()
         names = ("weight", "bias") if bias else ("weight",)
         shapes = {
@@ -156,15 +165,36 @@ class _VIConvNd(VIModule):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._pad, mode=self.padding_mode)
             padding = (0,) * dims
+        weight, bias = self.weight, self.bias
+        if isinstance(weight, NormalMoments):
+            local = self.estimator == "local"
+            estimate = functional.conv_local if local else functional.conv_flipout
+            return estimate(
+                input,
+                weight,
+                bias,  # type: ignore[arg-type]
+                self.stride,
+                padding,
+                self.dilation,
+                self.groups,
+                samples(),
+                batch_size(),
+            )
         return functional.conv(
             input,
-            self.weight,
-            self.bias,
+            weight,
+            bias,
             self.stride,
             padding,
             self.dilation,
             self.groups,
             batch_size(),
+        )
+
+    def uses_moments(self) -> bool:
+        """``True`` for the ``"local"`` and ``"flipout"`` estimators."""
+        return self.estimator in ("local", "flipout") and all(
+            isinstance(p, MeanFieldNormalPosterior) for p in self.posterior.values()
         )
 
     def extra_repr(self) -> str:
@@ -215,7 +245,9 @@ class VIConv2d(_VIConvNd):
         padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
         prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`).
         variational: variational family (see :class:`~pyrolite_bnn.VILinear`).
-        estimator: gradient estimator, ``"reparam"``.
+        estimator: ``"reparam"``, ``"local"``, ``"flipout"`` or ``"auto"``
+            (default: ``"reparam"`` for convolutions, measured fastest on CPU;
+            see :class:`~pyrolite_bnn.VILinear`).
         device: device of parameters and prior buffers.
         dtype: dtype of parameters and prior buffers.
 

@@ -15,7 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["conv", "linear", "match_particles"]
+__all__ = [
+    "conv",
+    "conv_flipout",
+    "conv_local",
+    "linear",
+    "linear_flipout",
+    "linear_local",
+    "match_particles",
+]
 
 
 def _flat_particles(weight: Tensor, event_dims: int) -> Tensor:
@@ -185,3 +193,220 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
         .expand(samples, *shortcut.shape)
         .reshape(branch_rows, *shortcut.shape[1:])
     )
+
+
+# ---------------------------------------------------------------------------
+# Estimators that never draw full weight tensors per particle. They need the
+# mean-field Normal posterior's mean and standard deviation of each parameter.
+
+
+def _rows(input: Tensor, samples: int, batch_size: int | None) -> tuple[bool, int]:
+    """(shared?, rows of the folded output)."""
+    rows = input.shape[0]
+    shared = _is_shared(rows, samples, batch_size) if samples > 1 else False
+    return shared, samples * rows if shared else rows
+
+
+def _broadcast_shared(mean: Tensor, samples: int) -> Tensor:
+    """``(B, ...)`` -> ``(S, B, ...)`` view for a shared input's statistics."""
+    return mean.unsqueeze(0).expand(samples, *mean.shape)
+
+
+def linear_local(
+    input: Tensor,
+    weight: tuple[Tensor, Tensor],
+    bias: tuple[Tensor, Tensor] | None,
+    samples: int,
+    batch_size: int | None,
+) -> Tensor:
+    """Local reparameterisation: sample the pre-activations, not the weights.
+
+    With independent ``w_ij ~ N(m_ij, s_ij^2)`` the output of every example is
+    exactly Gaussian, ``N(x m^T + m_b, x^2 (s^2)^T + s_b^2)``; each particle and
+    example draws its own value (Kingma et al., 2015).
+
+    Args:
+        input: shared ``(B, *, in)`` or folded ``(S * b, *, in)``.
+        weight: ``(mean, std)`` of the weight, each ``(out, in)``.
+        bias: ``(mean, std)`` of the bias, each ``(out,)``, or ``None``.
+        samples: number of particles ``S``.
+        batch_size: the outermost call's batch size.
+
+    Returns:
+        Folded ``(S * b, *, out)``.
+
+    Example:
+        >>> import torch
+        >>> w = (torch.zeros(2, 3), torch.ones(2, 3))
+        >>> linear_local(torch.randn(4, 3), w, None, samples=5, batch_size=4).shape
+        torch.Size([20, 2])
+    """
+    shared, out_rows = _rows(input, samples, batch_size)
+    mean = F.linear(input, weight[0], None if bias is None else bias[0])
+    var = F.linear(
+        input * input, weight[1] ** 2, None if bias is None else bias[1] ** 2
+    )
+    if shared:
+        mean, var = _broadcast_shared(mean, samples), _broadcast_shared(var, samples)
+    eps = torch.empty_like(mean).normal_()
+    return (mean + var.sqrt() * eps).reshape(
+        out_rows, *mean.shape[mean.dim() - input.dim() + 1 :]
+    )
+
+
+def _random_signs(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    return (
+        torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(0.5) * 2 - 1
+    )
+
+
+def linear_flipout(
+    input: Tensor,
+    weight: tuple[Tensor, Tensor],
+    bias: tuple[Tensor, Tensor] | None,
+    samples: int,
+    batch_size: int | None,
+) -> Tensor:
+    """Flipout (Wen et al., 2018): one weight perturbation per particle, decorrelated
+    across examples by random sign flips of its inputs and outputs.
+
+    Each example sees ``W = m + (s * eps) o (r_out r_in^T)``, which has the same
+    distribution as a fresh draw, so output means and variances equal those of
+    ``"reparam"``; gradients vary less between the examples of a batch. The bias is
+    drawn once per particle.
+
+    Args:
+        input: shared ``(B, *, in)`` or folded ``(S * b, *, in)``.
+        weight: ``(mean, std)`` of the weight, each ``(out, in)``.
+        bias: ``(mean, std)`` of the bias, each ``(out,)``, or ``None``.
+        samples: number of particles ``S``.
+        batch_size: the outermost call's batch size.
+
+    Returns:
+        Folded ``(S * b, *, out)``.
+    """
+    out_features, in_features = weight[0].shape
+    shared, out_rows = _rows(input, samples, batch_size)
+    mean = F.linear(input, weight[0], None if bias is None else bias[0])
+    h = input.reshape(1 if shared else samples, -1, in_features)
+    if shared:
+        mean = _broadcast_shared(mean, samples)
+        h = h.expand(samples, -1, -1)
+    delta = (
+        weight[1]
+        * torch.empty(
+            (samples, out_features, in_features), dtype=h.dtype, device=h.device
+        ).normal_()
+    )
+    sign_in = _random_signs(tuple(h.shape), h)
+    sign_out = _random_signs((*h.shape[:2], out_features), h)
+    noise = torch.bmm(h * sign_in, delta.transpose(1, 2)) * sign_out
+    out = mean.reshape(samples, -1, out_features) + noise
+    if bias is not None:
+        eps = torch.empty((samples, 1, out_features), dtype=h.dtype, device=h.device)
+        out = out + bias[1] * eps.normal_()
+    return out.reshape(out_rows, *input.shape[1:-1], out_features)
+
+
+def conv_local(
+    input: Tensor,
+    weight: tuple[Tensor, Tensor],
+    bias: tuple[Tensor, Tensor] | None,
+    stride: Sequence[int],
+    padding: str | Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    samples: int,
+    batch_size: int | None,
+) -> Tensor:
+    """Local reparameterisation for convolutions (see :func:`linear_local`).
+
+    Example:
+        >>> import torch
+        >>> w = (torch.zeros(4, 2, 3, 3), torch.ones(4, 2, 3, 3))
+        >>> x = torch.randn(2, 2, 8, 8)
+        >>> conv_local(x, w, None, (1, 1), (1, 1), (1, 1), 1, samples=3, batch_size=2).shape
+        torch.Size([6, 4, 8, 8])
+    """
+    op = _CONV[len(stride)]
+    shared, out_rows = _rows(input, samples, batch_size)
+    mean = op(
+        input,
+        weight[0],
+        None if bias is None else bias[0],
+        stride,
+        padding,
+        dilation,
+        groups,
+    )
+    var = op(
+        input * input,
+        weight[1] ** 2,
+        None if bias is None else bias[1] ** 2,
+        stride,
+        padding,
+        dilation,
+        groups,
+    )
+    if shared:
+        mean, var = _broadcast_shared(mean, samples), _broadcast_shared(var, samples)
+    eps = torch.empty_like(mean).normal_()
+    return (mean + var.clamp_min(0).sqrt() * eps).reshape(
+        out_rows, *mean.shape[-(len(stride) + 1) :]
+    )
+
+
+def conv_flipout(
+    input: Tensor,
+    weight: tuple[Tensor, Tensor],
+    bias: tuple[Tensor, Tensor] | None,
+    stride: Sequence[int],
+    padding: str | Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    samples: int,
+    batch_size: int | None,
+) -> Tensor:
+    """Flipout for convolutions: sign flips per example over input and output
+    channels (see :func:`linear_flipout`)."""
+    dims = len(stride)
+    op = _CONV[dims]
+    shared, out_rows = _rows(input, samples, batch_size)
+    mean = op(
+        input,
+        weight[0],
+        None if bias is None else bias[0],
+        stride,
+        padding,
+        dilation,
+        groups,
+    )
+    if shared:
+        mean = _broadcast_shared(mean, samples).reshape(out_rows, *mean.shape[1:])
+        h = (
+            input.unsqueeze(0)
+            .expand(samples, *input.shape)
+            .reshape(out_rows, *input.shape[1:])
+        )
+    else:
+        h = input
+    spatial_ones = (1,) * dims
+    sign_in = _random_signs((out_rows, input.shape[1], *spatial_ones), h)
+    delta = (
+        weight[1]
+        * torch.empty(
+            (samples, *weight[1].shape), dtype=h.dtype, device=h.device
+        ).normal_()
+    )
+    noise = conv(
+        h * sign_in, delta, None, stride, padding, dilation, groups, batch_size=None
+    )
+    sign_out = _random_signs((out_rows, noise.shape[1], *spatial_ones), h)
+    out = mean + noise * sign_out
+    if bias is not None:
+        eps = torch.empty(
+            (samples, 1, bias[1].shape[0]), dtype=h.dtype, device=h.device
+        )
+        bias_noise = (bias[1] * eps.normal_()).expand(samples, out_rows // samples, -1)
+        out = out + bias_noise.reshape(out_rows, -1, *spatial_ones)
+    return out

@@ -8,9 +8,18 @@ import torch
 from torch import Tensor
 from torch.nn import init
 
-from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormalPosterior,
+    NormalMoments,
+    VariationalFamily,
+)
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers._options import batch_size, check_estimator, per_variable
+from pyrolite_bnn.layers._options import (
+    batch_size,
+    check_estimator,
+    per_variable,
+    samples,
+)
 from pyrolite_bnn.module import VIModule
 
 __all__ = ["VILinear"]
@@ -32,8 +41,15 @@ class VILinear(VIModule):
             mapping ``{"weight": ..., "bias": ...}``. Default ``N(0, 1)``.
         variational: variational family (or mapping per variable). Default
             :class:`~pyrolite_bnn.MeanFieldNormal`.
-        estimator: gradient estimator, ``"reparam"`` (draw the weights of every
-            particle).
+        estimator: how the output's randomness is sampled: ``"reparam"`` draws
+            the weights of every particle; ``"local"`` samples each output from
+            its exact Gaussian given the weight means and variances (local
+            reparameterisation: no weight draws, lower-variance gradients);
+            ``"flipout"`` draws one weight perturbation per particle and
+            decorrelates examples by random sign flips; ``"auto"`` (default) is
+            ``"local"`` with the mean-field Normal posterior, else ``"reparam"``.
+            All give the same expected loss. Inside Pyro inference, or with a
+            replaced guide, weights are always sampled (``"reparam"``).
         device: device of parameters and prior buffers.
         dtype: dtype of parameters and prior buffers.
 
@@ -64,7 +80,7 @@ class VILinear(VIModule):
         *,
         prior: object = None,
         variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
-        estimator: str = "reparam",
+        estimator: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -76,7 +92,7 @@ class VILinear(VIModule):
             )
         self.in_features = in_features
         self.out_features = out_features
-        self.estimator = check_estimator(estimator)
+        self.estimator = check_estimator(estimator, variational)
         names = ("weight", "bias") if bias else ("weight",)
         shapes = {"weight": (out_features, in_features), "bias": (out_features,)}
         for name in names:
@@ -112,7 +128,18 @@ class VILinear(VIModule):
                 f"VILinear(in_features={self.in_features}) expected input of shape "
                 f"(batch, ..., {self.in_features}), got {tuple(input.shape)}"
             )
-        return functional.linear(input, self.weight, self.bias, batch_size())
+        weight, bias = self.weight, self.bias
+        if isinstance(weight, NormalMoments):
+            local = self.estimator in ("auto", "local")
+            estimate = functional.linear_local if local else functional.linear_flipout
+            return estimate(input, weight, bias, samples(), batch_size())  # type: ignore[arg-type]
+        return functional.linear(input, weight, bias, batch_size())
+
+    def uses_moments(self) -> bool:
+        """``True`` for the ``"local"``/``"flipout"`` (and ``"auto"``) estimators."""
+        return self.estimator != "reparam" and all(
+            isinstance(p, MeanFieldNormalPosterior) for p in self.posterior.values()
+        )
 
     def extra_repr(self) -> str:
         """Constructor arguments."""
