@@ -6,6 +6,7 @@ loss (mean cross-entropy + KL / 60 000), Adam with lr 1e-3.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -46,7 +47,7 @@ def build(
     else:
         raise ValueError(f"unknown workload {workload!r}")
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(bnn.VILinear(a, b, **opts))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
@@ -107,7 +108,7 @@ def reference_forward(
     device: str = "cpu",
     seed: int = 0,
 ) -> Callable[[], torch.Tensor]:
-    """The reference's forward pass (weight draws) with ``samples`` particles, no grad."""
+    """The reference's forward pass (weight draws), ``samples`` particles, no grad."""
     torch.manual_seed(seed)
     dev = torch.device(device)
     layer_cls = reference._Layer  # type: ignore[attr-defined]

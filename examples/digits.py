@@ -28,6 +28,7 @@ class DigitsNet(bnn.VIModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every particle."""
         return self.body(x)
 
 

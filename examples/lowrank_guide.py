@@ -38,9 +38,12 @@ def make_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.T
 def make_model(hidden: int) -> bnn.VISequential:
     """The tanh MLP of regression_uncertainty.py."""
     return bnn.VISequential(
-        bnn.VILinear(1, hidden), nn.Tanh(),
-        bnn.VILinear(hidden, hidden), nn.Tanh(),
-        bnn.VILinear(hidden, hidden), nn.Tanh(),
+        bnn.VILinear(1, hidden),
+        nn.Tanh(),
+        bnn.VILinear(hidden, hidden),
+        nn.Tanh(),
+        bnn.VILinear(hidden, hidden),
+        nn.Tanh(),
         bnn.VILinear(hidden, 1),
     )
 
@@ -55,7 +58,9 @@ def train_and_evaluate(
         # Built on the network's weights-only Pyro model, started at the same
         # (Kaiming) means as the default guide.
         model.guide = AutoLowRankMultivariateNormal(
-            model.prior_model, init_loc_fn=model.init_loc_fn, rank=args.rank,
+            model.prior_model,
+            init_loc_fn=model.init_loc_fn,
+            rank=args.rank,
             init_scale=0.01,
         )
     likelihood = bnn.Normal()
@@ -113,7 +118,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--samples", type=int, default=100, help="draws per prediction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch threads; tiny networks run fastest on 1 (0: torch's default)",
     )
     args = parser.parse_args(argv)
@@ -130,8 +137,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         "y_test": y_test,
         "x_gap": torch.linspace(-1, 1, 102)[1:-1, None],
     }
-    results = {guide: train_and_evaluate(guide, args, data)
-               for guide in ("mean-field", "low-rank")}
+    results = {
+        guide: train_and_evaluate(guide, args, data)
+        for guide in ("mean-field", "low-rank")
+    }
 
     names = list(results["mean-field"])
     print(f"{'':>20s} {'mean-field':>12s} {'low-rank':>12s}")

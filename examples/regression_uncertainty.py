@@ -33,9 +33,12 @@ def make_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.T
 def make_model(hidden: int) -> bnn.VISequential:
     """Three tanh layers; each weight: N(0, 1) prior, mean-field Normal posterior."""
     return bnn.VISequential(
-        bnn.VILinear(1, hidden), nn.Tanh(),
-        bnn.VILinear(hidden, hidden), nn.Tanh(),
-        bnn.VILinear(hidden, hidden), nn.Tanh(),
+        bnn.VILinear(1, hidden),
+        nn.Tanh(),
+        bnn.VILinear(hidden, hidden),
+        nn.Tanh(),
+        bnn.VILinear(hidden, hidden),
+        nn.Tanh(),
         bnn.VILinear(hidden, 1),
     )
 
@@ -50,7 +53,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out-dir", type=Path, default=Path("."))
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch threads; tiny networks run fastest on 1 (0: torch's default)",
     )
     args = parser.parse_args(argv)
@@ -84,8 +89,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         optimizer.step()
         schedule.step()
         if step % max(steps // 5, 1) == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {loss.item():8.4f}  "
-                  f"noise {likelihood.noise_scale().item():.3f}")
+            print(
+                f"step {step:5d}  loss {loss.item():8.4f}  "
+                f"noise {likelihood.noise_scale().item():.3f}"
+            )
     seconds = time.perf_counter() - start
 
     # 3. Posterior predictive: the mixture over 100 weight draws.

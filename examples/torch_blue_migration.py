@@ -84,8 +84,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = NeuralNetwork(args.hidden)
     model.samples = args.samples
     model.return_log_probs = True
-    print(model.__class__.__name__, "with", sum(p.numel() for p in model.parameters()),
-          "variational parameters")
+    print(
+        model.__class__.__name__,
+        "with",
+        sum(p.numel() for p in model.parameters()),
+        "variational parameters",
+    )
 
     predictive_distribution = Categorical()
     loss_fn = vi.KullbackLeiblerLoss(predictive_distribution, dataset_size=args.n_train)
@@ -120,8 +124,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     log_probs = out.log_probs
     assert log_probs.shape == (args.samples, 2), log_probs.shape
     mc_kl = (log_probs[:, 1] - log_probs[:, 0]).mean().item()
-    print(f"log_probs of shape {tuple(log_probs.shape)}; MC estimate of KL(q||p) "
-          f"from them: {mc_kl:.1f} nats")
+    print(
+        f"log_probs of shape {tuple(log_probs.shape)}; MC estimate of KL(q||p) "
+        f"from them: {mc_kl:.1f} nats"
+    )
 
     model.return_log_probs = False  # for deployment: plain tensors
     with torch.no_grad():

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "regression (default): 1-D regression with a gap in the training "
             "inputs; prints test error, interval coverage and gap-vs-data "
-            "epistemic uncertainty and plots the predictive bands. classify: Bayesian MLP "
-            "on scikit-learn's digits (needs pyrolite_bnn[data]) with "
+            "epistemic uncertainty and plots the predictive bands. classify: "
+            "Bayesian MLP on scikit-learn's digits (needs pyrolite_bnn[data]) with "
             "calibration and out-of-distribution detection of noise images."
         ),
     )

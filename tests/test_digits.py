@@ -1,4 +1,4 @@
-"""Default settings reach >= 95 % on digits within a CPU minute (torch_blue W9: 19 %)."""
+"""Default settings reach >= 95 % on digits in a CPU minute (torch_blue W9: 19 %)."""
 
 from __future__ import annotations
 

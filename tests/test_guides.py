@@ -1,4 +1,4 @@
-"""Guides: generated default, swapped Pyro autoguides, hand-written; SVI/Predictive/NUTS."""
+"""Guides: generated, Pyro autoguides, hand-written; SVI, Predictive and NUTS."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def test_autoguide_swap_trains_in_pytorch_loop(make_guide) -> None:  # type: ign
     inner = net.guide.inner
     # Parameters exist before the first forward, so the optimizer sees them.
     guide_params = {id(p) for p in inner.parameters()}
-    assert guide_params and guide_params <= {id(p) for p in net.parameters()}
+    assert guide_params
+    assert guide_params <= {id(p) for p in net.parameters()}
     losses = _train_pytorch_loop(net)
     assert _mean(losses[-20:]) < 0.8 * _mean(losses[:20])
     # Autoguide parameters have one entry per weight, not per particle.
@@ -97,7 +98,7 @@ def test_analytic_kl_refuses_autoguide_instead_of_silent_mc() -> None:
     net = _net()
     net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
     x, y = _problem(8)
-    with pytest.raises(ValueError, match="kl='analytic' but site '0.weight'"):
+    with pytest.raises(ValueError, match=r"kl='analytic' but site '0\.weight'"):
         bnn.KullbackLeiblerLoss(bnn.Categorical(), 100, kl="analytic")(net(x), y)
 
 

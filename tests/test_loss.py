@@ -212,16 +212,22 @@ def test_learned_noise_scale_not_in_optimizer_warns() -> None:
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 100)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
     x, y = torch.randn(8, 3), torch.randn(8)
-    with pytest.warns(
-        UserWarning, match=r"pass loss_fn.parameters\(\) to the optimizer"
-    ):
-        for _ in range(6):
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
             loss = loss_fn(net(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
 
+    with pytest.warns(
+        UserWarning, match=r"pass loss_fn.parameters\(\) to the optimizer"
+    ):
+        train(6)
+
 
 def test_pyro_model_requires_vimodule() -> None:
-    with pytest.raises(TypeError, match="pyro_model needs a bnn.VIModule, got Linear"):
+    with pytest.raises(
+        TypeError, match=r"pyro_model needs a bnn\.VIModule, got Linear"
+    ):
         bnn.KullbackLeiblerLoss(bnn.Categorical(), N).pyro_model(nn.Linear(2, 2))  # type: ignore[arg-type]

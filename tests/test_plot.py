@@ -71,9 +71,7 @@ def test_regression_bands_returns_axes_and_writes_png(
     x, prediction = _regression_prediction()
     x_train = torch.rand(20, 1) * 6 - 3
     y_train = torch.sin(x_train[:, 0])
-    ax = plot.regression_bands(
-        x, prediction, x_train, y_train, levels=(0.5, 0.8, 0.95)
-    )
+    ax = plot.regression_bands(x, prediction, x_train, y_train, levels=(0.5, 0.8, 0.95))
     assert isinstance(ax, Axes)
     labels = ax.get_legend_handles_labels()[1]
     assert "95% predictive interval" in labels
@@ -127,10 +125,7 @@ def test_uncertainty_histogram_handles_constant_scores(mpl: ModuleType) -> None:
 
 
 def test_importing_plot_does_not_import_matplotlib() -> None:
-    code = (
-        "import sys, pyrolite_bnn.plot; "
-        "sys.exit(int('matplotlib' in sys.modules))"
-    )
+    code = "import sys, pyrolite_bnn.plot; sys.exit(int('matplotlib' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

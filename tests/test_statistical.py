@@ -1,4 +1,4 @@
-"""Monte-Carlo properties of the particle plate, with tolerances from the standard error."""
+"""Monte-Carlo properties of the particle plate; tolerances from the standard error."""
 
 from __future__ import annotations
 

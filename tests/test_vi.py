@@ -56,7 +56,7 @@ def test_figure_1_trains_in_pytorch_loop() -> None:
     loss_fn = namespace["loss_fn"]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # type: ignore[attr-defined]
     losses = []
-    for epoch in range(3):
+    for _epoch in range(3):
         for start in range(0, 256, 64):
             x, y = images[start : start + 64], labels[start : start + 64]
             out = model(x, samples=2)  # type: ignore[operator]

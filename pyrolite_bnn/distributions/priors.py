@@ -112,7 +112,7 @@ class NormalPrior(Prior):
         self.register_buffer("scale", _positive(scale, "NormalPrior scale"))
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
-        """Closed form: ``sum log(s/sigma) + (sigma^2 + (mu - m)^2) / (2 s^2) - 1/2``."""
+        """Closed form ``sum log(s/sigma) + (sigma^2 + (mu - m)^2) / (2 s^2) - 1/2``."""
         prior_var = self.scale * self.scale
         var = scale * scale
         ratio = (var + (loc - self.loc) ** 2) / prior_var

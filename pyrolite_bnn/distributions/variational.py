@@ -28,8 +28,8 @@ from pyrolite_bnn._pyro_module import LocalPyroModule
 
 __all__ = [
     "MeanFieldNormal",
-    "NormalMoments",
     "MeanFieldNormalPosterior",
+    "NormalMoments",
     "PointMass",
     "PointMassPosterior",
     "Posterior",
@@ -126,7 +126,8 @@ class MeanFieldNormalPosterior(Posterior):
         """
         loc = self._parameters["loc_unconstrained"]
         rho = self._parameters["rho_unconstrained"]
-        assert loc is not None and rho is not None
+        assert loc is not None
+        assert rho is not None
         return loc, F.softplus(rho)
 
     def distribution(self) -> dist.TorchDistribution:

@@ -172,7 +172,7 @@ class _VIConvNd(VIModule):
             return estimate(
                 input,
                 weight,
-                bias,  # type: ignore[arg-type]
+                bias,
                 self.stride,
                 padding,
                 self.dilation,

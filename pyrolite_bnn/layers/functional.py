@@ -267,10 +267,11 @@ def linear_flipout(
     samples: int,
     batch_size: int | None,
 ) -> Tensor:
-    """Flipout (Wen et al., 2018): one weight perturbation per particle, decorrelated
-    across examples by random sign flips of its inputs and outputs.
+    """Flipout (Wen et al., 2018): one weight perturbation per particle.
 
-    Each example sees ``W = m + (s * eps) o (r_out r_in^T)``, which has the same
+    The perturbation is decorrelated across examples by random sign flips of its
+    inputs and outputs. Each example sees ``W = m + (s * eps) o (r_out r_in^T)``,
+    which has the same
     distribution as a fresh draw, so output means and variances equal those of
     ``"reparam"``; gradients vary less between the examples of a batch. The bias is
     drawn once per particle.
@@ -325,7 +326,8 @@ def conv_local(
         >>> import torch
         >>> w = (torch.zeros(4, 2, 3, 3), torch.ones(4, 2, 3, 3))
         >>> x = torch.randn(2, 2, 8, 8)
-        >>> conv_local(x, w, None, (1, 1), (1, 1), (1, 1), 1, samples=3, batch_size=2).shape
+        >>> one = (1, 1)
+        >>> conv_local(x, w, None, one, one, one, 1, samples=3, batch_size=2).shape
         torch.Size([6, 4, 8, 8])
     """
     op = _CONV[len(stride)]
@@ -367,8 +369,10 @@ def conv_flipout(
     samples: int,
     batch_size: int | None,
 ) -> Tensor:
-    """Flipout for convolutions: sign flips per example over input and output
-    channels (see :func:`linear_flipout`)."""
+    """Flipout for convolutions (see :func:`linear_flipout`).
+
+    Signs are flipped per example over input and output channels.
+    """
     dims = len(stride)
     op = _CONV[dims]
     shared, out_rows = _rows(input, samples, batch_size)

@@ -132,7 +132,7 @@ class VILinear(VIModule):
         if isinstance(weight, NormalMoments):
             local = self.estimator in ("auto", "local")
             estimate = functional.linear_local if local else functional.linear_flipout
-            return estimate(input, weight, bias, samples(), batch_size())  # type: ignore[arg-type]
+            return estimate(input, weight, bias, samples(), batch_size())
         return functional.linear(input, weight, bias, batch_size())
 
     def uses_moments(self) -> bool:

@@ -31,7 +31,8 @@ def test_normal_scalar_target_layouts(
 def test_normal_multi_output() -> None:
     out, y = torch.randn(4, 3, 2), torch.randn(3, 2)
     d, target = bnn.Normal(scale=1.0).observe(out, y)
-    assert d.batch_shape == (4, 3) and d.event_shape == (2,)
+    assert d.batch_shape == (4, 3)
+    assert d.event_shape == (2,)
     torch.testing.assert_close(
         d.log_prob(target), torch.distributions.Normal(out, 1.0).log_prob(y).sum(-1)
     )

@@ -145,7 +145,8 @@ def test_gradients_reach_every_parameter(case: Case) -> None:
         out.flatten(2).sum(-1, keepdim=True), torch.zeros(case.input_shape[0])
     ).backward()
     for name, p in layer.named_parameters():
-        assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+        assert p.grad is not None, name
+        assert bool(p.grad.abs().sum() > 0), name
 
 
 def test_reset_parameters_restores_initial_scale() -> None:
@@ -167,12 +168,14 @@ def test_reset_parameters_restores_initial_scale() -> None:
 def test_input_validation_messages() -> None:
     with pytest.raises(
         ValueError,
-        match=r"VILinear\(in_features=4\) expected input of shape \(batch, \.\.\., 4\), got \(3, 5\)",
+        match=r"VILinear\(in_features=4\) expected input of shape "
+        r"\(batch, \.\.\., 4\), got \(3, 5\)",
     ):
         bnn.VILinear(4, 2)(torch.randn(3, 5))
     with pytest.raises(
         ValueError,
-        match=r"VIConv2d\(in_channels=3\) expected input of shape \(batch, 3, L, L\), got \(2, 4, 8, 8\)",
+        match=r"VIConv2d\(in_channels=3\) expected input of shape "
+        r"\(batch, 3, L, L\), got \(2, 4, 8, 8\)",
     ):
         bnn.VIConv2d(3, 2, 3)(torch.randn(2, 4, 8, 8))
     with pytest.raises(ValueError, match="divisible by groups"):
