@@ -46,7 +46,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=Path("."))
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads; small networks run fastest on 1 (0: torch's default)",
+    )
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(args.seed)
     x_train, y_train, x_test, y_test = load_digits(args.seed)

@@ -109,7 +109,7 @@ class ParticleGuide(LocalPyroModule):
         count = _particles.check_samples(
             network.samples if samples is None else samples
         )
-        device = _device_of(args, kwargs)
+        device = _device_of(args, kwargs) or _parameter_device(network)
         with _particles.particle_plate(count, device):
             if self.inner is not None:
                 return self.inner()
@@ -142,6 +142,12 @@ class ParticleGuide(LocalPyroModule):
         if method is None:
             raise NotImplementedError("this guide does not provide quantiles()")
         return method(quantiles)
+
+
+def _parameter_device(network: VIModule) -> torch.device | None:
+    for parameter in network.parameters():
+        return parameter.device
+    return None
 
 
 def _device_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device | None:
