@@ -166,30 +166,12 @@ class _VIConvNd(VIModule):
             input = F.pad(input, self._pad, mode=self.padding_mode)
             padding = (0,) * dims
         weight, bias = self.weight, self.bias
+        geometry = (self.stride, padding, self.dilation, self.groups)
         if isinstance(weight, NormalMoments):
             local = self.estimator == "local"
             estimate = functional.conv_local if local else functional.conv_flipout
-            return estimate(
-                input,
-                weight,
-                bias,
-                self.stride,
-                padding,
-                self.dilation,
-                self.groups,
-                samples(),
-                batch_size(),
-            )
-        return functional.conv(
-            input,
-            weight,
-            bias,
-            self.stride,
-            padding,
-            self.dilation,
-            self.groups,
-            batch_size(),
-        )
+            return estimate(input, weight, bias, *geometry, samples(), batch_size())
+        return functional.conv(input, weight, bias, *geometry, batch_size())
 
     def uses_moments(self) -> bool:
         """``True`` for the ``"local"`` and ``"flipout"`` estimators."""

@@ -246,12 +246,22 @@ def linear_local(
     var = F.linear(
         input * input, weight[1] ** 2, None if bias is None else bias[1] ** 2
     )
+    return _gaussian_draws(mean, var, shared, samples, out_rows)
+
+
+def _gaussian_draws(
+    mean: Tensor, var: Tensor, shared: bool, samples: int, out_rows: int
+) -> Tensor:
+    """One draw of ``N(mean, var)`` per particle and example, folded.
+
+    ``mean`` and ``var`` are ``(rows, ...)``; for a shared input (``rows = B``)
+    each of the ``S`` particles draws its own values.
+    """
     if shared:
         mean, var = _broadcast_shared(mean, samples), _broadcast_shared(var, samples)
     eps = torch.empty_like(mean).normal_()
-    return (mean + var.sqrt() * eps).reshape(
-        out_rows, *mean.shape[mean.dim() - input.dim() + 1 :]
-    )
+    draws = mean + var.clamp_min(0).sqrt() * eps
+    return draws.reshape(out_rows, *draws.shape[2 if shared else 1 :])
 
 
 def _random_signs(shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -350,12 +360,7 @@ def conv_local(
         dilation,
         groups,
     )
-    if shared:
-        mean, var = _broadcast_shared(mean, samples), _broadcast_shared(var, samples)
-    eps = torch.empty_like(mean).normal_()
-    return (mean + var.clamp_min(0).sqrt() * eps).reshape(
-        out_rows, *mean.shape[-(len(stride) + 1) :]
-    )
+    return _gaussian_draws(mean, var, shared, samples, out_rows)
 
 
 def conv_flipout(
