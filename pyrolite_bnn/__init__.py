@@ -33,6 +33,7 @@ from pyrolite_bnn.distributions import (
     StudentTPrior,
     VariationalFamily,
 )
+from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.layers import (
     VIConv1d,
@@ -85,5 +86,6 @@ __all__ = [
     "metrics",
     "predict",
     "save_checkpoint",
+    "to_deterministic",
     "validation",
 ]

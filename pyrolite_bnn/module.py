@@ -87,6 +87,9 @@ class PosteriorDict(LocalPyroModule):
         """Variable names."""
         return iter(self._modules)
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
+
     def values(self) -> Iterator[Posterior]:
         """Posterior modules."""
         return (self[name] for name in self._modules)
