@@ -51,3 +51,8 @@ napoleon_use_rtype = False
 html_theme = "alabaster"
 html_title = f"pyrolite_bnn {release}"
 html_static_path: list[str] = []
+
+# ``-b doctest`` runs the testcode examples of the user guide. Docstring examples
+# (plain ``>>>`` blocks) need their module's namespace; pytest runs them
+# (``--doctest-modules``), so the doctest builder skips them.
+doctest_test_doctest_blocks = ""

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out-dir", type=Path, default=Path("."))
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch threads; small networks run fastest on 1 (0: torch's default)",
     )
     args = parser.parse_args(argv)

@@ -142,8 +142,7 @@ class KullbackLeiblerLoss(nn.Module):
         if record is None:
             raise ValueError(
                 "no forward pass to take the KL term from: pass the output of a "
-                "VIModule called outside Pyro inference (out = model(x)) with "
-                "gradients enabled"
+                "VIModule called outside Pyro inference (out = model(x))"
             )
         if output.dim() < 2 or output.shape[0] != record.samples:
             raise ValueError(

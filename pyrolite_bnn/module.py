@@ -18,7 +18,7 @@ weights from :attr:`VIModule.guide` itself and records both Pyro traces, so that
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -260,6 +260,12 @@ class VIModule(LocalPyroModule):
             object.__setattr__(self, "_default_guide", default)
         return default
 
+    @guide.setter
+    def guide(self, value: Callable[..., Any] | None) -> None:
+        # Reached through __setattr__ below (torch.nn.Module.__setattr__ would
+        # otherwise register a module value before any property setter runs).
+        self._set_guide(value)
+
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "guide":
             self._set_guide(value)
@@ -416,17 +422,27 @@ class VIModule(LocalPyroModule):
         """
         variables = self.random_variables()
         values: list[Tensor | None] = []
+        moments: list[NormalMoments | None] = []
         weights: dict[tuple[int, str], Tensor | NormalMoments] = {}
         for v in variables:
             entry: Tensor | NormalMoments
-            if v.module.uses_moments() and isinstance(
-                v.posterior, MeanFieldNormalPosterior
-            ):
-                entry = NormalMoments(*v.posterior.normal_params())
+            posterior = v.posterior
+            normal = (
+                NormalMoments(*posterior.normal_params())
+                if isinstance(posterior, MeanFieldNormalPosterior)
+                else None
+            )
+            if normal is None:
+                entry = posterior.draw(state.samples)
+                values.append(entry)
+            elif v.module.uses_moments():
+                entry = normal
                 values.append(None)  # never drawn: the layer samples its outputs
             else:
-                entry = v.posterior.draw(state.samples)
+                assert isinstance(posterior, MeanFieldNormalPosterior)
+                entry = posterior.reparameterize(normal, state.samples)
                 values.append(entry)
+            moments.append(normal)
             weights[(id(v.module), v.name)] = entry
         token = _DRAWN.set(weights)
         try:
@@ -435,7 +451,7 @@ class VIModule(LocalPyroModule):
         finally:
             _DRAWN.reset(token)
         return _particles.unfold(result, state), LayerRecord(
-            variables, values, state.samples
+            variables, values, moments, state.samples
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -467,12 +483,13 @@ class VIModule(LocalPyroModule):
             model_trace = poutine.trace(replayed).get_trace(state, device, args, kwargs)
             result = model_trace.nodes["_RETURN"]["value"]
             record = TraceRecord(guide_trace, model_trace, state.samples)
-        if torch.is_grad_enabled() or self.return_log_probs:
-            set_last_record(record)
-            for tensor in _tensors(result):
-                tensor.bnn_record = record  # type: ignore[attr-defined]
-                if self.return_log_probs:
-                    tensor.log_probs = record.log_probs()  # type: ignore[attr-defined]
+        # Kept until a loss uses it or the next forward pass replaces it; without
+        # gradients it holds no graph, only the drawn weights.
+        set_last_record(record)
+        for tensor in _tensors(result):
+            tensor.bnn_record = record  # type: ignore[attr-defined]
+            if self.return_log_probs:
+                tensor.log_probs = record.log_probs()  # type: ignore[attr-defined]
         return result
 
 

@@ -31,6 +31,7 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution,
 )
 from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.record import set_last_record
 
 __all__ = ["Prediction", "predict"]
 
@@ -102,7 +103,8 @@ class Prediction:
                 f"regression summaries need a regression likelihood, not "
                 f"{type(self.predictive).__name__}"
             )
-        loc, var = moments(self.samples)
+        with torch.no_grad():  # summaries, not training: no graph to a noise scale
+            loc, var = moments(self.samples)
         return loc, var
 
     @property
@@ -212,6 +214,13 @@ def predict(
 
 @torch.no_grad()
 def _predict_chunk(model: VIModule, x: Tensor, samples: int, mode: str) -> Tensor:
+    try:
+        return _forward(model, x, samples, mode)
+    finally:
+        set_last_record(None)  # prediction leaves nothing for a loss to hold on to
+
+
+def _forward(model: VIModule, x: Tensor, samples: int, mode: str) -> Tensor:
     with local_params():
         if mode == "mean":
             weights = model.guide.median()

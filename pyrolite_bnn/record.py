@@ -29,7 +29,7 @@ from torch.distributions import Distribution, kl_divergence
 
 from pyrolite_bnn._validation import distribution_checks_off
 from pyrolite_bnn.distributions.priors import Prior
-from pyrolite_bnn.distributions.variational import MeanFieldNormalPosterior
+from pyrolite_bnn.distributions.variational import NormalMoments
 
 if TYPE_CHECKING:
     from pyrolite_bnn.variables import RandomVariable
@@ -183,6 +183,9 @@ class LayerRecord(ForwardRecord):
             ``None`` for variables never drawn (layers that sample their outputs
             from the weight moments). Their KL is taken in closed form, or
             estimated from fresh draws where there is none.
+        moments: mean and standard deviation of each mean-field Normal variable,
+            as computed for the forward pass (``None`` for other posteriors);
+            the closed-form KL reuses them.
         samples: number of particles ``S``.
     """
 
@@ -190,19 +193,23 @@ class LayerRecord(ForwardRecord):
         self,
         variables: list[RandomVariable],
         values: list[Tensor | None],
+        moments: list[NormalMoments | None],
         samples: int,
     ) -> None:
         super().__init__(samples)
         self.variables = variables
         self.values = values
+        self.moments = moments
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """See :meth:`ForwardRecord.kl`; closed forms are taken once per tensor."""
         self.analytic_sites, self.mc_sites = [], []
         total: Tensor | float = 0.0
         with distribution_checks_off():
-            for variable, value in zip(self.variables, self.values, strict=True):
-                term = None if mode == "mc" else _normal_closed_form(variable)
+            for variable, value, moments in zip(
+                self.variables, self.values, self.moments, strict=True
+            ):
+                term = None if mode == "mc" else _normal_closed_form(variable, moments)
                 if term is not None:
                     self.analytic_sites.append(variable.site)
                     total = total + term
@@ -239,14 +246,15 @@ class LayerRecord(ForwardRecord):
         )
 
 
-def _normal_closed_form(variable: RandomVariable) -> Tensor | None:
+def _normal_closed_form(
+    variable: RandomVariable, moments: NormalMoments | None
+) -> Tensor | None:
     """The prior's own closed-form KL from a mean-field Normal posterior, if any."""
-    posterior = variable.posterior
-    if not isinstance(posterior, MeanFieldNormalPosterior):
+    if moments is None:
         return None
     prior = variable.module.prior[variable.name]
     assert isinstance(prior, Prior)
-    return prior.kl_from_normal(*posterior.normal_params())
+    return prior.kl_from_normal(*moments)
 
 
 def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:

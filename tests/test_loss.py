@@ -231,3 +231,13 @@ def test_pyro_model_requires_vimodule() -> None:
         TypeError, match=r"pyro_model needs a bnn\.VIModule, got Linear"
     ):
         bnn.KullbackLeiblerLoss(bnn.Categorical(), N).pyro_model(nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+def test_loss_can_be_evaluated_without_gradients() -> None:
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    with torch.no_grad():
+        loss = loss_fn(net(x), y)
+    assert not loss.requires_grad
+    assert bool(torch.isfinite(loss))

@@ -112,11 +112,17 @@ class NormalPrior(Prior):
         self.register_buffer("scale", _positive(scale, "NormalPrior scale"))
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
-        """Closed form ``sum log(s/sigma) + (sigma^2 + (mu - m)^2) / (2 s^2) - 1/2``."""
-        prior_var = self.scale * self.scale
-        var = scale * scale
-        ratio = (var + (loc - self.loc) ** 2) / prior_var
-        return 0.5 * (ratio - 1.0 - torch.log(var / prior_var)).sum()
+        """Closed form, arranged to keep few weight-sized tensors for backward.
+
+        ``KL = sum[(sigma^2 + (mu - m)^2) / (2 s^2)] - sum log sigma
+        + n (log s - 1/2)`` for ``q = N(mu, sigma^2)``, prior ``N(m, s^2)``.
+        """
+        quadratic = (scale.square() + (loc - self.loc).square()).sum()
+        return (
+            0.5 * quadratic / self.scale.square()
+            - scale.log().sum()
+            + loc.numel() * (self.scale.log() - 0.5)
+        )
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return ``Normal(loc, scale)``."""

@@ -114,7 +114,11 @@ class MeanFieldNormalPosterior(Posterior):
         Pyro's parameter bookkeeping, and draws ``eps`` exactly as
         ``torch.distributions`` does, so the values equal the traced guide's.
         """
-        loc, scale = self.normal_params()
+        return self.reparameterize(NormalMoments(*self.normal_params()), samples)
+
+    def reparameterize(self, moments: NormalMoments, samples: int) -> Tensor:
+        """``loc + scale * eps`` for given moments, ``(samples, 1, *shape)``."""
+        loc, scale = moments
         eps = torch.empty((samples, 1, *self.shape), dtype=loc.dtype, device=loc.device)
         return loc + eps.normal_() * scale
 
