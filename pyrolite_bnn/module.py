@@ -19,6 +19,7 @@ weights from :attr:`VIModule.guide` itself and records both Pyro traces, so that
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,7 @@ from pyrolite_bnn.variables import RandomVariable
 if TYPE_CHECKING:
     from pyrolite_bnn.guides import ParticleGuide
 
-__all__ = ["PosteriorDict", "VIModule"]
+__all__ = ["PosteriorDict", "VIModule", "whole_network_draws"]
 
 DEFAULT_SAMPLES = 10
 # Weights drawn by the generated guide for the running PyTorch-style call, keyed
@@ -61,6 +62,27 @@ DEFAULT_SAMPLES = 10
 _DRAWN: ContextVar[dict[tuple[int, str], Tensor | NormalMoments] | None] = ContextVar(
     "pyrolite_drawn_weights", default=None
 )
+# Set by whole_network_draws(): every particle is one complete network.
+_WHOLE_NETWORKS: ContextVar[bool] = ContextVar("pyrolite_whole_networks", default=False)
+
+
+@contextmanager
+def whole_network_draws() -> Iterator[None]:
+    """Draw every weight in the body, whatever the layers' estimators.
+
+    ``"local"`` and ``"flipout"`` sample each example's output independently,
+    which is right for training but makes particle ``s`` a different network
+    for different inputs. Prediction wants each particle to be one network
+    applied to every input (coherent function draws, smooth predictive
+    curves); :func:`~pyrolite_bnn.predict` runs inside this context.
+    """
+    token = _WHOLE_NETWORKS.set(True)
+    try:
+        yield
+    finally:
+        _WHOLE_NETWORKS.reset(token)
+
+
 # Submodule name under which an assigned (non-default) guide is registered.
 _CUSTOM_GUIDE = "custom_guide"
 
@@ -435,7 +457,7 @@ class VIModule(LocalPyroModule):
             if normal is None:
                 entry = posterior.draw(state.samples)
                 values.append(entry)
-            elif v.module.uses_moments():
+            elif v.module.uses_moments() and not _WHOLE_NETWORKS.get():
                 entry = normal
                 values.append(None)  # never drawn: the layer samples its outputs
             else:

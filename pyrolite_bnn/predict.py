@@ -30,7 +30,7 @@ from pyrolite_bnn.distributions.predictive import (
     Categorical,
     PredictiveDistribution,
 )
-from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.module import VIModule, whole_network_draws
 from pyrolite_bnn.record import set_last_record
 
 __all__ = ["Prediction", "predict"]
@@ -177,6 +177,8 @@ def predict(
 
     Runs without gradients, in chunks of ``batch_size`` inputs (all at once by
     default), so only one chunk's activations for all particles are in memory.
+    Each particle is one complete network (weights drawn, whatever the layers'
+    training estimator), so particle ``s`` is a coherent function of the input.
 
     Args:
         model: the trained network.
@@ -228,4 +230,5 @@ def _forward(model: VIModule, x: Tensor, samples: int, mode: str) -> Tensor:
             with poutine.trace():  # a handler makes the network a plain Pyro model
                 out = conditioned(x, samples=1)
             return out  # type: ignore[no-any-return]
-        return model(x, samples=samples)  # type: ignore[no-any-return]
+        with whole_network_draws():
+            return model(x, samples=samples)  # type: ignore[no-any-return]

@@ -115,3 +115,13 @@ def test_predict_errors() -> None:
         Prediction(torch.zeros(2, 3), bnn.Normal(scale=1.0)).interval(1.5)
     with pytest.raises(AttributeError, match="classification likelihood"):
         _ = Prediction(torch.zeros(2, 3), bnn.Normal(scale=1.0)).probs
+
+
+def test_each_particle_is_one_network() -> None:
+    """Even with the local estimator (training default), a predictive particle is
+    one draw of all weights: identical inputs get identical outputs."""
+    net = bnn.VILinear(3, 2, estimator="local")
+    x = torch.randn(1, 3).expand(4, 3)
+    pred = bnn.predict(net, x, bnn.Categorical(), samples=8)
+    torch.testing.assert_close(pred.samples[:, 1:], pred.samples[:, :1].expand(8, 3, 2))
+    assert not torch.allclose(pred.samples[0], pred.samples[1])  # particles differ
