@@ -27,7 +27,7 @@ from pyro.infer.autoguide import AutoGuide
 from torch import Tensor
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._pyro_module import LocalPyroModule
+from pyrolite_bnn._pyro_module import LocalPyroModule, local_params
 
 if TYPE_CHECKING:
     from pyrolite_bnn.module import VIModule
@@ -77,7 +77,7 @@ class ParticleGuide(LocalPyroModule):
         inner = self.inner
         if isinstance(inner, AutoGuide) and inner.prototype_trace is None:
             try:
-                with poutine.block(), torch.no_grad():
+                with local_params(), poutine.block(), torch.no_grad():
                     inner()
             except TypeError as error:
                 raise TypeError(

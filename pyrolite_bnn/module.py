@@ -11,8 +11,10 @@ particle plate and unfolds the output to ``(S, B, ...)``; nested ones run their
 Called inside Pyro inference (``SVI``, ``Predictive``, ``MCMC``) the network is a
 plain Pyro model: weights come from whatever Pyro handlers decide (the guide's
 replayed values, or the prior). Called from ordinary PyTorch code, it draws the
-weights from :attr:`VIModule.guide` itself and records both Pyro traces, so that
-:class:`~pyrolite_bnn.KullbackLeiblerLoss` can form the ELBO exactly as Pyro's
+weights from :attr:`VIModule.guide` itself (straight from the posterior modules
+for the default guide, by tracing an assigned guide) and leaves a
+:class:`~pyrolite_bnn.record.ForwardRecord` from which
+:class:`~pyrolite_bnn.KullbackLeiblerLoss` forms the ELBO exactly as Pyro's
 ``Trace_ELBO`` / ``TraceMeanField_ELBO`` would.
 """
 

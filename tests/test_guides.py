@@ -78,6 +78,13 @@ def test_autoguide_swap_trains_in_pytorch_loop(make_guide) -> None:  # type: ign
     assert median["0.weight"].shape == (16, 2)
 
 
+def test_assigning_an_autoguide_leaves_the_global_param_store_empty() -> None:
+    net = _net()
+    net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    net(torch.randn(3, 2)).sum().backward()
+    assert list(pyro.get_param_store().keys()) == []
+
+
 def test_autoguide_loss_equals_trace_elbo() -> None:
     net = _net()
     net.guide = AutoLowRankMultivariateNormal(

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pyrolite_bnn import _particles
 from pyrolite_bnn.distributions.variational import MeanFieldNormal
 
-__all__ = [
-    "ESTIMATORS",
-    "batch_size",
-    "check_estimator",
-    "per_variable",
-    "samples",
-]
+__all__ = ["ESTIMATORS", "check_estimator", "per_variable"]
 
 ESTIMATORS = ("auto", "reparam", "local", "flipout")
 
@@ -49,15 +42,3 @@ def check_estimator(estimator: str, variational: object) -> str:
                 "estimator='reparam' (or 'auto') with other variational families"
             )
     return estimator
-
-
-def samples() -> int:
-    """Particle count of the running outermost call."""
-    state = _particles.current()
-    return 1 if state is None else state.samples
-
-
-def batch_size() -> int | None:
-    """Batch size of the running outermost call."""
-    state = _particles.current()
-    return None if state is None else state.batch_size

@@ -16,12 +16,8 @@ from pyrolite_bnn.distributions.variational import (
     VariationalFamily,
 )
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers._options import (
-    batch_size,
-    check_estimator,
-    per_variable,
-    samples,
-)
+from pyrolite_bnn.layers._options import check_estimator, per_variable
+from pyrolite_bnn.layers.functional import current_batch_size, current_samples
 from pyrolite_bnn.module import VIModule
 
 __all__ = ["VIConv1d", "VIConv2d", "VIConv3d"]
@@ -170,8 +166,10 @@ class _VIConvNd(VIModule):
         if isinstance(weight, NormalMoments):
             local = self.estimator == "local"
             estimate = functional.conv_local if local else functional.conv_flipout
-            return estimate(input, weight, bias, *geometry, samples(), batch_size())
-        return functional.conv(input, weight, bias, *geometry, batch_size())
+            return estimate(
+                input, weight, bias, *geometry, current_samples(), current_batch_size()
+            )
+        return functional.conv(input, weight, bias, *geometry, current_batch_size())
 
     def uses_moments(self) -> bool:
         """``True`` for the ``"local"`` and ``"flipout"`` estimators."""

@@ -1,10 +1,11 @@
 """Layer arithmetic batched over particles, with no Python loop over samples.
 
-Weights arrive with any number of leading particle dimensions (``(S, 1, out,
-in)`` from the particle plate, ``(S, out, in)`` from ``Predictive(parallel=
-True)``, or none at all); they are flattened to one particle dimension ``S``.
-Inputs are either *shared* by all particles (leading size ``batch_size``) or
-*folded* particle-major (leading size ``S * b``). Outputs are folded.
+Weights arrive with leading particle dimensions (``(S, 1, out, in)`` from the
+particle plate) or none at all (one particle); they are flattened to one
+particle dimension ``S``. Inputs are either *shared* by all particles (leading
+size ``batch_size``) or *folded* particle-major (leading size ``S * b``).
+Outputs are folded. A custom layer gets ``batch_size`` and ``S`` of the running
+call from :func:`current_batch_size` and :func:`current_samples`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyrolite_bnn import _particles
+
 __all__ = [
     "conv",
     "conv_flipout",
     "conv_local",
+    "current_batch_size",
+    "current_samples",
     "linear",
     "linear_flipout",
     "linear_local",
     "match_particles",
 ]
+
+
+def current_batch_size() -> int | None:
+    """Batch size ``B`` of the running outermost call (``None`` outside one).
+
+    Pass it as ``batch_size`` to the ops here from a custom layer's ``forward``.
+    """
+    state = _particles.current()
+    return None if state is None else state.batch_size
+
+
+def current_samples() -> int:
+    """Number of particles ``S`` of the running outermost call (1 outside one)."""
+    state = _particles.current()
+    return 1 if state is None else state.samples
 
 
 def _flat_particles(weight: Tensor, event_dims: int) -> Tensor:

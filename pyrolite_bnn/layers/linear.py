@@ -14,12 +14,8 @@ from pyrolite_bnn.distributions.variational import (
     VariationalFamily,
 )
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers._options import (
-    batch_size,
-    check_estimator,
-    per_variable,
-    samples,
-)
+from pyrolite_bnn.layers._options import check_estimator, per_variable
+from pyrolite_bnn.layers.functional import current_batch_size, current_samples
 from pyrolite_bnn.module import VIModule
 
 __all__ = ["VILinear"]
@@ -132,8 +128,10 @@ class VILinear(VIModule):
         if isinstance(weight, NormalMoments):
             local = self.estimator in ("auto", "local")
             estimate = functional.linear_local if local else functional.linear_flipout
-            return estimate(input, weight, bias, samples(), batch_size())
-        return functional.linear(input, weight, bias, batch_size())
+            return estimate(
+                input, weight, bias, current_samples(), current_batch_size()
+            )
+        return functional.linear(input, weight, bias, current_batch_size())
 
     def uses_moments(self) -> bool:
         """``True`` for the ``"local"``/``"flipout"`` (and ``"auto"``) estimators."""
