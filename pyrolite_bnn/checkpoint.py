@@ -21,7 +21,6 @@ with the model first and loads nothing on a mismatch.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import stat
 import tempfile
@@ -31,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from pyrolite_bnn._state import clone_state
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
@@ -289,16 +290,6 @@ def _check_optimizer(
     return []
 
 
-def _clone(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return type(value)((key, _clone(item)) for key, item in value.items())
-    if isinstance(value, list):
-        return [_clone(item) for item in value]
-    return copy.deepcopy(value)
-
-
 def load_checkpoint(
     path: PathLike,
     model: nn.Module,
@@ -355,9 +346,11 @@ def load_checkpoint(
             + "\n  ".join(problems)
         )
     # Transaction: restore everything if a load fails half-way.
-    backup_model = _clone(model.state_dict())
-    backup_loss = None if loss_fn is None else _clone(loss_fn.state_dict())
-    backup_optimizer = None if optimizer is None else _clone(optimizer.state_dict())
+    backup_model = clone_state(model.state_dict())
+    backup_loss = None if loss_fn is None else clone_state(loss_fn.state_dict())
+    backup_optimizer = (
+        None if optimizer is None else clone_state(optimizer.state_dict())
+    )
     try:
         model.load_state_dict(payload["model"])
         if loss_fn is not None:

@@ -14,7 +14,6 @@ callbacks, checkpoints, error messages); the progress display shows
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import sys
@@ -26,6 +25,7 @@ from typing import Any, NoReturn
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._state import clone_state
 from pyrolite_bnn.checkpoint import save_checkpoint
 from pyrolite_bnn.loss import KullbackLeiblerLoss
 
@@ -115,19 +115,6 @@ def linear_warmup(
 
 
 # --------------------------------------------------------------------- helpers
-def _clone(value: Any) -> Any:
-    """Deep copy of a (nested) state dictionary with detached tensor clones."""
-    if isinstance(value, Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return type(value)((key, _clone(item)) for key, item in value.items())
-    if isinstance(value, list):
-        return [_clone(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_clone(item) for item in value)
-    return copy.deepcopy(value)
-
-
 @dataclass
 class _Snapshot:
     """In-memory copy of the training state at the end of an epoch."""
@@ -148,9 +135,9 @@ class _Snapshot:
     ) -> _Snapshot:
         return cls(
             epoch,
-            _clone(model.state_dict()),
-            _clone(loss_fn.state_dict()),
-            _clone(optimizer.state_dict()),
+            clone_state(model.state_dict()),
+            clone_state(loss_fn.state_dict()),
+            clone_state(optimizer.state_dict()),
             loss_fn.heat,
         )
 
@@ -164,7 +151,7 @@ class _Snapshot:
         model.load_state_dict(self.model)
         loss_fn.load_state_dict(self.loss_fn)
         # load_state_dict may keep the given tensors: hand it a fresh copy.
-        optimizer.load_state_dict(_clone(self.optimizer))
+        optimizer.load_state_dict(clone_state(self.optimizer))
         optimizer.zero_grad(set_to_none=True)
         loss_fn.heat = self.heat
         if self.epoch < 0:
@@ -502,8 +489,8 @@ def fit(
                         history.best_epoch = epoch
                         if early_stopping_patience is not None:
                             best = (
-                                _clone(model.state_dict()),
-                                _clone(loss_fn.state_dict()),
+                                clone_state(model.state_dict()),
+                                clone_state(loss_fn.state_dict()),
                             )
                 history.epochs_run = epoch + 1
                 if bar is not None:
