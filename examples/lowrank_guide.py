@@ -22,30 +22,9 @@ import time
 
 import torch
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal
-from torch import nn
 
 import pyrolite_bnn as bnn
-
-
-def make_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` noisy points of sin(x) + 0.2 x with x uniform on [-4, -1] U [1, 4]."""
-    u = (torch.rand(n, generator=generator) * 2 - 1) * 3
-    x = torch.where(u < 0, u - 1, u + 1)
-    y = torch.sin(x) + 0.2 * x + 0.2 * torch.randn(n, generator=generator)
-    return x[:, None], y
-
-
-def make_model(hidden: int) -> bnn.VISequential:
-    """The tanh MLP of regression_uncertainty.py."""
-    return bnn.VISequential(
-        bnn.VILinear(1, hidden),
-        nn.Tanh(),
-        bnn.VILinear(hidden, hidden),
-        nn.Tanh(),
-        bnn.VILinear(hidden, hidden),
-        nn.Tanh(),
-        bnn.VILinear(hidden, 1),
-    )
+from pyrolite_bnn.demo import build_regression_net, make_gap_data
 
 
 def train_and_evaluate(
@@ -53,7 +32,7 @@ def train_and_evaluate(
 ) -> dict[str, float]:
     """Train one model with ``guide`` ("mean-field" or "low-rank"); return metrics."""
     torch.manual_seed(args.seed)  # same initial means for both guides
-    model = make_model(args.hidden)
+    model = build_regression_net(args.hidden)
     if guide == "low-rank":
         # Built on the network's weights-only Pyro model, started at the same
         # (Kaiming) means as the default guide.
@@ -127,15 +106,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    generator = torch.Generator().manual_seed(args.seed)
-    x_train, y_train = make_data(args.n_train, generator)
-    x_test, y_test = make_data(400, generator)
+    # The demo's data (sin(x) + 0.2 x + noise, a gap in (-1, 1)) and tanh MLP.
+    gap = make_gap_data(seed=args.seed, n_train=args.n_train, n_test=400, n_gap=100)
     data = {
-        "x_train": x_train,
-        "y_train": y_train,
-        "x_test": x_test,
-        "y_test": y_test,
-        "x_gap": torch.linspace(-1, 1, 102)[1:-1, None],
+        "x_train": gap.x_train,
+        "y_train": gap.y_train,
+        "x_test": gap.x_test,
+        "y_test": gap.y_test,
+        "x_gap": gap.x_gap,
     }
     results = {
         guide: train_and_evaluate(guide, args, data)
