@@ -28,6 +28,8 @@ from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.distributions.predictive import (
     Bernoulli,
     Categorical,
+    HeteroscedasticNormal,
+    Normal,
     PredictiveDistribution,
 )
 from pyrolite_bnn.module import VIModule, whole_network_draws
@@ -151,7 +153,17 @@ class Prediction:
         return self.quantile((1 - level) / 2), self.quantile((1 + level) / 2)
 
     def quantile(self, q: float) -> Tensor:
-        """Quantile ``q`` of the predictive Gaussian mixture, ``(B, ...)``."""
+        """Quantile ``q`` of the predictive Gaussian mixture, ``(B, ...)``.
+
+        Raises:
+            NotImplementedError: for non-Gaussian likelihoods (``StudentT``,
+                ``Poisson``), whose mixtures are not Gaussian mixtures.
+        """
+        if not isinstance(self.predictive, (Normal, HeteroscedasticNormal)):
+            raise NotImplementedError(
+                "predictive intervals are implemented for the Gaussian likelihoods "
+                f"(Normal, HeteroscedasticNormal), not {type(self.predictive).__name__}"
+            )
         loc, var = self._moments()
         scale = var.sqrt()
         lo = (loc - 10 * scale).min(0).values

@@ -5,7 +5,9 @@ from pyrolite_bnn.distributions.predictive import (
     Categorical,
     HeteroscedasticNormal,
     Normal,
+    Poisson,
     PredictiveDistribution,
+    StudentT,
 )
 from pyrolite_bnn.distributions.priors import (
     CallablePrior,
@@ -33,9 +35,11 @@ __all__ = [
     "Normal",
     "NormalPrior",
     "PointMass",
+    "Poisson",
     "PredictiveDistribution",
     "Prior",
     "ScaleMixtureNormalPrior",
+    "StudentT",
     "StudentTPrior",
     "VariationalFamily",
 ]

@@ -30,8 +30,17 @@ __all__ = [
     "Categorical",
     "HeteroscedasticNormal",
     "Normal",
+    "Poisson",
     "PredictiveDistribution",
+    "StudentT",
 ]
+
+
+def _location(output: Tensor) -> Tensor:
+    """A scalar-target output as per-particle location, ``(S, B, 1)`` -> ``(S, B)``."""
+    if output.dim() == 3 and output.shape[-1] == 1:
+        return output.squeeze(-1)
+    return output
 
 
 def _shape(tensor: Tensor) -> tuple[int, ...]:
@@ -210,7 +219,36 @@ class Bernoulli(PredictiveDistribution):
         return torch.sigmoid(output)
 
 
-class Normal(PredictiveDistribution):
+class _ScaleLikelihood(PredictiveDistribution):
+    """A likelihood with one noise scale, learned (``scale=None``) or fixed."""
+
+    def __init__(self, scale: float | None, init_scale: float) -> None:
+        super().__init__()
+        self.learned = scale is None
+        value = init_scale if scale is None else scale
+        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise ValueError(
+                f"{type(self).__name__} noise scale must be a positive float, "
+                f"got {value!r}"
+            )
+        if self.learned:
+            raw = torch.tensor(inverse_softplus(float(value)))
+            setattr(self, "raw_scale", PyroParam(raw, constraints.real))  # noqa: B010
+        else:
+            self.register_buffer("fixed_scale", torch.tensor(float(value)))
+
+    def noise_scale(self) -> Tensor:
+        """Scale of the observation noise (a standard deviation for ``Normal``)."""
+        if self.learned:
+            return F.softplus(self.raw_scale)
+        return self.fixed_scale  # type: ignore[no-any-return]
+
+    def extra_repr(self) -> str:
+        """Learned or fixed scale."""
+        return "scale=learned" if self.learned else f"scale={float(self.fixed_scale):g}"
+
+
+class Normal(_ScaleLikelihood):
     """Regression with homoscedastic Gaussian noise: ``y ~ N(output, scale^2)``.
 
     The network outputs the mean, ``(S, B)``/``(S, B, 1)`` for scalar targets or
@@ -232,24 +270,7 @@ class Normal(PredictiveDistribution):
     """
 
     def __init__(self, scale: float | None = None, init_scale: float = 1.0) -> None:
-        super().__init__()
-        self.learned = scale is None
-        value = init_scale if scale is None else scale
-        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-            raise ValueError(
-                f"Normal noise scale must be a positive float, got {value!r}"
-            )
-        if self.learned:
-            raw = torch.tensor(inverse_softplus(float(value)))
-            setattr(self, "raw_scale", PyroParam(raw, constraints.real))  # noqa: B010
-        else:
-            self.register_buffer("fixed_scale", torch.tensor(float(value)))
-
-    def noise_scale(self) -> Tensor:
-        """Standard deviation of the observation noise."""
-        if self.learned:
-            return F.softplus(self.raw_scale)
-        return self.fixed_scale  # type: ignore[no-any-return]
+        super().__init__(scale, init_scale)
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """``Normal(output, scale)``."""
@@ -261,16 +282,93 @@ class Normal(PredictiveDistribution):
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Per-particle mean and noise variance of ``y``, ``(S, B, ...)`` each."""
-        loc = (
-            output.squeeze(-1)
-            if output.dim() == 3 and output.shape[-1] == 1
-            else output
-        )
+        loc = _location(output)
         return loc, (self.noise_scale().to(loc) ** 2).expand_as(loc)
 
-    def extra_repr(self) -> str:
-        """Learned or fixed scale."""
-        return "scale=learned" if self.learned else f"scale={float(self.fixed_scale):g}"
+
+class StudentT(_ScaleLikelihood):
+    """Robust regression: ``y ~ StudentT(df, loc=output, scale)``.
+
+    Heavy-tailed noise for data with outliers. Shapes as :class:`Normal`.
+    Prediction gives the mean and variance (variance needs ``df > 2``); its
+    intervals assume Gaussian components and are not offered.
+
+    Args:
+        df: degrees of freedom (fixed, positive).
+        scale: ``None`` to learn the noise scale, or a positive float.
+        init_scale: starting value of a learned scale.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> bnn.StudentT(df=3.0)(torch.zeros(4, 3)).batch_shape
+        torch.Size([4, 3])
+    """
+
+    df: Tensor
+
+    def __init__(
+        self, df: float = 4.0, scale: float | None = None, init_scale: float = 1.0
+    ) -> None:
+        super().__init__(scale, init_scale)
+        if not (isinstance(df, (int, float)) and df > 0 and math.isfinite(df)):
+            raise ValueError(f"StudentT df must be a positive float, got {df!r}")
+        self.register_buffer("df", torch.tensor(float(df)))
+
+    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+        """``StudentT(df, output, scale)``."""
+        scale = self.noise_scale().to(output)
+        result: dist.TorchDistribution = dist.StudentT(
+            self.df.to(output), output, scale
+        ).to_event(output.dim() - 2)
+        return result
+
+    def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-particle mean and noise variance (``inf`` for ``df <= 2``)."""
+        loc = _location(output)
+        df = self.df.to(loc)
+        scale = self.noise_scale().to(loc)
+        var = torch.where(
+            df > 2, scale**2 * df / (df - 2), torch.full_like(df, math.inf)
+        )
+        return loc, var.expand_as(loc)
+
+
+class Poisson(PredictiveDistribution):
+    """Count regression: the network outputs the log rate, ``y ~ Poisson(exp(output))``.
+
+    Output ``(S, B)``/``(S, B, 1)`` for targets ``(B,)`` of non-negative integer
+    counts (any dtype).
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> bnn.Poisson()(torch.zeros(4, 3)).batch_shape
+        torch.Size([4, 3])
+    """
+
+    def check_target(self, output: Tensor, target: Tensor) -> None:
+        """Counts must be non-negative integers."""
+        super().check_target(output, target)
+        if target.numel() and not bool(
+            ((target >= 0) & (target == torch.round(target.double()))).all()
+        ):
+            raise ValueError("Poisson targets must be non-negative integer counts")
+
+    def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Align shapes and convert counts to the output's dtype."""
+        output, target = super().align(output, target)
+        return output, target.to(output.dtype)
+
+    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+        """``Poisson(rate=exp(output))``."""
+        result: dist.TorchDistribution = dist.Poisson(output.exp()).to_event(
+            output.dim() - 2
+        )
+        return result
+
+    def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-particle mean and variance, both the rate."""
+        rate = _location(output).exp()
+        return rate, rate
 
 
 class HeteroscedasticNormal(PredictiveDistribution):

@@ -71,3 +71,47 @@ def test_bernoulli() -> None:
 def test_bad_scale() -> None:
     with pytest.raises(ValueError, match="noise scale must be a positive float"):
         bnn.Normal(scale=-1.0)
+
+
+def test_student_t_log_prob_and_moments() -> None:
+    out, y = torch.randn(4, 3, 1), torch.randn(3)
+    likelihood = bnn.StudentT(df=5.0, scale=0.5)
+    d, target = likelihood.observe(out, y)
+    expected = torch.distributions.StudentT(5.0, out.squeeze(-1), 0.5).log_prob(y)
+    torch.testing.assert_close(d.log_prob(target), expected)
+    loc, var = likelihood.moments(out)
+    torch.testing.assert_close(loc, out.squeeze(-1))
+    torch.testing.assert_close(var, torch.full((4, 3), 0.25 * 5 / 3))
+    assert bool(torch.isinf(bnn.StudentT(df=2.0, scale=1.0).moments(out)[1]).all())
+    with pytest.raises(ValueError, match="StudentT df must be a positive float"):
+        bnn.StudentT(df=0.0)
+
+
+def test_student_t_learned_scale_is_a_parameter() -> None:
+    (param,) = bnn.StudentT().parameters()
+    assert param.requires_grad
+
+
+def test_poisson() -> None:
+    out = torch.randn(4, 3)
+    y = torch.tensor([0, 2, 5])
+    d, target = bnn.Poisson().observe(out, y)
+    torch.testing.assert_close(
+        d.log_prob(target), torch.distributions.Poisson(out.exp()).log_prob(y.float())
+    )
+    mean, var = bnn.Poisson().moments(out)
+    torch.testing.assert_close(mean, out.exp())
+    torch.testing.assert_close(var, out.exp())
+    with pytest.raises(ValueError, match="non-negative integer counts"):
+        bnn.Poisson().observe(out, torch.tensor([0.5, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="non-negative integer counts"):
+        bnn.Poisson().observe(out, torch.tensor([-1, 1, 2]))
+
+
+def test_non_gaussian_intervals_are_refused() -> None:
+    from pyrolite_bnn.predict import Prediction
+
+    pred = Prediction(torch.randn(5, 3), bnn.Poisson())
+    assert pred.mean.shape == (3,)
+    with pytest.raises(NotImplementedError, match="Gaussian likelihoods"):
+        pred.interval(0.9)
