@@ -4,11 +4,14 @@ The outermost :class:`~pyrolite_bnn.VIModule` call opens
 ``pyro.plate("particles", S, dim=-2)`` scaled by ``1/S``, so every weight site
 is drawn ``S`` times at once and the ELBO is the average over particles.
 
-Inside the network, activations use the *folded* layout ``(S * B, ...)``
-(particle-major): plain ``torch.nn`` modules see an ordinary batch, so
-``Flatten``, pooling, ``BatchNorm`` or ``LayerNorm`` work unchanged. A tensor
-whose leading size is the input batch ``B`` is *shared* by all particles (no
-Bayesian layer has touched it yet) and is never copied ``S`` times.
+Inside the network, activations use the *folded* layout ``(B * S, ...)``
+(batch-major: row ``b * S + s`` is example ``b`` under particle ``s``): plain
+``torch.nn`` modules see an ordinary batch, so ``Flatten``, pooling,
+``BatchNorm`` or ``LayerNorm`` work unchanged, and a grouped convolution over
+particles reads ``(B, S * C, ...)`` and writes ``(B, S * O, ...)`` as free views
+of it. A tensor whose leading size is the input batch ``B`` is *shared* by all
+particles (no Bayesian layer has touched it yet) and is never copied ``S``
+times. The outermost call returns ``(S, B, ...)``, a transposed view.
 """
 
 from __future__ import annotations
@@ -116,9 +119,15 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
                 f"network output has leading size {rows}, not a multiple of "
                 f"samples={samples}"
             )
-        return tensor.reshape(samples, rows // samples, *tensor.shape[1:])
+        return tensor.reshape(rows // samples, samples, *tensor.shape[1:]).transpose(
+            0, 1
+        )
     if rows == samples * batch:
-        return tensor.reshape(samples, batch, *tensor.shape[1:])
+        return (
+            tensor.reshape(batch, samples, *tensor.shape[1:])
+            .transpose(0, 1)
+            .contiguous()
+        )
     if rows == batch:
         return tensor.unsqueeze(0).expand(samples, *tensor.shape)
     raise ValueError(

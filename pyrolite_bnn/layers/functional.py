@@ -3,9 +3,11 @@
 Weights arrive with leading particle dimensions (``(S, 1, out, in)`` from the
 particle plate) or none at all (one particle); they are flattened to one
 particle dimension ``S``. Inputs are either *shared* by all particles (leading
-size ``batch_size``) or *folded* particle-major (leading size ``S * b``).
-Outputs are folded. A custom layer gets ``batch_size`` and ``S`` of the running
-call from :func:`current_batch_size` and :func:`current_samples`.
+size ``batch_size``) or *folded* (leading size ``b * S``).
+Folded means batch-major, ``(b * S, ...)`` with row ``i * S + s`` for example
+``i`` under particle ``s``. Outputs are folded. A custom layer gets
+``batch_size`` and ``S`` of the running call from :func:`current_batch_size`
+and :func:`current_samples`.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def linear(
         batch_size: the outermost call's batch size.
 
     Returns:
-        ``(S * b, *, out)`` folded output (``(rows, *, out)`` for one particle).
+        ``(b * S, *, out)`` folded output (``(rows, *, out)`` for one particle).
 
     Example:
         >>> import torch
@@ -102,14 +104,22 @@ def linear(
         return F.linear(input, w[0], None if b is None else b[0])
     rows, middle = input.shape[0], input.shape[1:-1]
     if _is_shared(rows, samples, batch_size):
-        h = input.reshape(1, -1, in_features).expand(samples, -1, -1)
-        out_rows = samples * rows
-    else:
-        h = input.reshape(samples, -1, in_features)
-        out_rows = rows
+        # One GEMM against all S weight sets stacked: (B, *, S * out) is already
+        # batch-major, so without middle dims the fold is a free view.
+        out = F.linear(
+            input,
+            w.reshape(samples * out_features, in_features),
+            None if b is None else b.reshape(-1),
+        )
+        out = out.reshape(rows, -1, samples, out_features).transpose(1, 2)
+        return out.reshape(rows * samples, *middle, out_features)
+    per_particle = rows // samples
+    h = input.reshape(per_particle, samples, -1, in_features).transpose(0, 1)
+    h = h.reshape(samples, -1, in_features)
     wt = w.transpose(1, 2)
     out = torch.bmm(h, wt) if b is None else torch.baddbmm(b.unsqueeze(1), h, wt)
-    return out.reshape(out_rows, *middle, out_features)
+    out = out.reshape(samples, per_particle, -1, out_features).transpose(0, 1)
+    return out.reshape(rows, *middle, out_features)
 
 
 _CONV: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -142,7 +152,7 @@ def conv(
         batch_size: the outermost call's batch size.
 
     Returns:
-        Folded ``(S * b, O, *spatial_out)``.
+        Folded ``(b * S, O, *spatial_out)``.
 
     Example:
         >>> import torch
@@ -163,7 +173,8 @@ def conv(
     rows = input.shape[0]
     per_group = out_channels // groups
     if _is_shared(rows, samples, batch_size):
-        # Output channels ordered (group, particle, channel-in-group).
+        # All S filter banks as extra output channels, ordered (group, particle,
+        # channel-in-group); with one group the output is already batch-major.
         wg = w.reshape(samples, groups, per_group, *kernel).transpose(0, 1)
         bg = (
             None if b is None else b.reshape(samples, groups, per_group).transpose(0, 1)
@@ -179,11 +190,13 @@ def conv(
         )
         spatial = out.shape[2:]
         out = out.reshape(rows, groups, samples, per_group, *spatial)
-        out = out.permute(2, 0, 1, 3, *range(4, 4 + dims))
-        return out.reshape(samples * rows, out_channels, *spatial)
+        if groups > 1:
+            out = out.transpose(1, 2)
+        return out.reshape(rows * samples, out_channels, *spatial)
+    # Folded (b * S, C, ...) is (b, S * C, ...) as it stands: one grouped
+    # convolution with groups * S groups, and the output folds back for free.
     per_particle = rows // samples
-    x = input.reshape(samples, per_particle, *input.shape[1:]).transpose(0, 1)
-    x = x.reshape(per_particle, samples * input.shape[1], *input.shape[2:])
+    x = input.reshape(per_particle, samples * input.shape[1], *input.shape[2:])
     out = op(
         x,
         w.reshape(samples * out_channels, *kernel),
@@ -193,26 +206,19 @@ def conv(
         dilation,
         groups * samples,
     )
-    spatial = out.shape[2:]
-    out = out.reshape(per_particle, samples, out_channels, *spatial).transpose(0, 1)
-    return out.reshape(rows, out_channels, *spatial)
+    return out.reshape(rows, out_channels, *out.shape[2:])
 
 
 def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
     """Fold ``shortcut`` like ``branch`` so the two can be added.
 
-    A shared tensor (leading size ``b``) meeting a folded one (``S * b``) is
+    A shared tensor (leading size ``b``) meeting a folded one (``b * S``) is
     broadcast over particles; otherwise ``shortcut`` is returned unchanged.
     """
     rows, branch_rows = shortcut.shape[0], branch.shape[0]
     if rows == branch_rows or rows == 0 or branch_rows % rows:
         return shortcut
-    samples = branch_rows // rows
-    return (
-        shortcut.unsqueeze(0)
-        .expand(samples, *shortcut.shape)
-        .reshape(branch_rows, *shortcut.shape[1:])
-    )
+    return _fold_shared(shortcut, branch_rows // rows)
 
 
 # ---------------------------------------------------------------------------
@@ -228,8 +234,15 @@ def _rows(input: Tensor, samples: int, batch_size: int | None) -> tuple[bool, in
 
 
 def _broadcast_shared(mean: Tensor, samples: int) -> Tensor:
-    """``(B, ...)`` -> ``(S, B, ...)`` view for a shared input's statistics."""
-    return mean.unsqueeze(0).expand(samples, *mean.shape)
+    """``(B, ...)`` -> ``(B, S, ...)`` view for a shared input's statistics."""
+    return mean.unsqueeze(1).expand(mean.shape[0], samples, *mean.shape[1:])
+
+
+def _fold_shared(shared: Tensor, samples: int) -> Tensor:
+    """A shared ``(B, ...)`` tensor as folded ``(B * S, ...)`` (a copy)."""
+    return _broadcast_shared(shared, samples).reshape(
+        shared.shape[0] * samples, *shared.shape[1:]
+    )
 
 
 def linear_local(
@@ -246,14 +259,14 @@ def linear_local(
     example draws its own value (Kingma et al., 2015).
 
     Args:
-        input: shared ``(B, *, in)`` or folded ``(S * b, *, in)``.
+        input: shared ``(B, *, in)`` or folded ``(b * S, *, in)``.
         weight: ``(mean, std)`` of the weight, each ``(out, in)``.
         bias: ``(mean, std)`` of the bias, each ``(out,)``, or ``None``.
         samples: number of particles ``S``.
         batch_size: the outermost call's batch size.
 
     Returns:
-        Folded ``(S * b, *, out)``.
+        Folded ``(b * S, *, out)``.
 
     Example:
         >>> import torch
@@ -307,22 +320,25 @@ def linear_flipout(
     drawn once per particle.
 
     Args:
-        input: shared ``(B, *, in)`` or folded ``(S * b, *, in)``.
+        input: shared ``(B, *, in)`` or folded ``(b * S, *, in)``.
         weight: ``(mean, std)`` of the weight, each ``(out, in)``.
         bias: ``(mean, std)`` of the bias, each ``(out,)``, or ``None``.
         samples: number of particles ``S``.
         batch_size: the outermost call's batch size.
 
     Returns:
-        Folded ``(S * b, *, out)``.
+        Folded ``(b * S, *, out)``.
     """
     out_features, in_features = weight[0].shape
     shared, out_rows = _rows(input, samples, batch_size)
     mean = F.linear(input, weight[0], None if bias is None else bias[0])
-    h = input.reshape(1 if shared else samples, -1, in_features)
+    h = _fold_shared(input, samples) if shared else input
     if shared:
-        mean = _broadcast_shared(mean, samples)
-        h = h.expand(samples, -1, -1)
+        mean = _fold_shared(mean, samples)
+    # Particle-major batches for bmm: (S, b * M, in).
+    per_particle = out_rows // samples
+    h = h.reshape(per_particle, samples, -1, in_features).transpose(0, 1)
+    h = h.reshape(samples, -1, in_features)
     delta = (
         weight[1]
         * torch.empty(
@@ -332,11 +348,11 @@ def linear_flipout(
     sign_in = _random_signs(tuple(h.shape), h)
     sign_out = _random_signs((*h.shape[:2], out_features), h)
     noise = torch.bmm(h * sign_in, delta.transpose(1, 2)) * sign_out
-    out = mean.reshape(samples, -1, out_features) + noise
     if bias is not None:
         eps = torch.empty((samples, 1, out_features), dtype=h.dtype, device=h.device)
-        out = out + bias[1] * eps.normal_()
-    return out.reshape(out_rows, *input.shape[1:-1], out_features)
+        noise = noise + bias[1] * eps.normal_()
+    noise = noise.reshape(samples, per_particle, -1, out_features).transpose(0, 1)
+    return mean + noise.reshape(mean.shape)
 
 
 def conv_local(
@@ -411,12 +427,8 @@ def conv_flipout(
         groups,
     )
     if shared:
-        mean = _broadcast_shared(mean, samples).reshape(out_rows, *mean.shape[1:])
-        h = (
-            input.unsqueeze(0)
-            .expand(samples, *input.shape)
-            .reshape(out_rows, *input.shape[1:])
-        )
+        mean = _fold_shared(mean, samples)
+        h = _fold_shared(input, samples)
     else:
         h = input
     spatial_ones = (1,) * dims
@@ -436,6 +448,10 @@ def conv_flipout(
         eps = torch.empty(
             (samples, 1, bias[1].shape[0]), dtype=h.dtype, device=h.device
         )
-        bias_noise = (bias[1] * eps.normal_()).expand(samples, out_rows // samples, -1)
+        # One bias draw per particle, shared by the particle's examples.
+        per_particle = out_rows // samples
+        bias_noise = (
+            (bias[1] * eps.normal_()).transpose(0, 1).expand(per_particle, samples, -1)
+        )
         out = out + bias_noise.reshape(out_rows, -1, *spatial_ones)
     return out

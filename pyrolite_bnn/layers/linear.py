@@ -52,7 +52,7 @@ class VILinear(VIModule):
     Shape:
         - Input: ``(B, *, in_features)``.
         - Output: ``(S, B, *, out_features)`` as the outermost module; folded
-          ``(S * B, *, out_features)`` inside a network.
+          ``(B * S, *, out_features)`` inside a network.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn

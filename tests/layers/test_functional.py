@@ -22,15 +22,16 @@ def test_linear_matches_separate_calls(
     samples, batch = 4, 3
     w = torch.randn(*weight_layout, 5, 6)
     b = torch.randn(*weight_layout, 5) if bias else None
-    x = torch.randn(batch, 2, 6) if shared else torch.randn(samples * batch, 2, 6)
+    x = torch.randn(batch, 2, 6) if shared else torch.randn(batch * samples, 2, 6)
     out = functional.linear(x, w, b, batch_size=batch)
     assert out.shape == (samples * batch, 2, 5)
     w_flat = w.reshape(samples, 5, 6)
     b_flat = None if b is None else b.reshape(samples, 5)
+    folded = out.reshape(batch, samples, *out.shape[1:])  # row b * S + s
     for s in range(samples):
-        xs = x if shared else x[s * batch : (s + 1) * batch]
+        xs = x if shared else x.reshape(batch, samples, *x.shape[1:])[:, s]
         expected = F.linear(xs, w_flat[s], None if b_flat is None else b_flat[s])
-        torch.testing.assert_close(out[s * batch : (s + 1) * batch], expected, **TOL)
+        torch.testing.assert_close(folded[:, s], expected, **TOL)
 
 
 def test_linear_single_particle_is_f_linear() -> None:
@@ -75,13 +76,14 @@ def test_conv_matches_separate_calls(
     size = (9,) * dims if dims < 3 else (6,) * dims
     w = torch.randn(samples, 1, cout, cin // groups, *(k,) * dims)
     b = torch.randn(samples, 1, cout) if bias else None
-    x = torch.randn(batch if shared else samples * batch, cin, *size)
+    x = torch.randn(batch if shared else batch * samples, cin, *size)
     strides, dilations = (stride,) * dims, (dilation,) * dims
     pads = padding if isinstance(padding, str) else (padding,) * dims
     out = functional.conv(x, w, b, strides, pads, dilations, groups, batch_size=batch)
     op = _CONV[dims]
+    folded = out.reshape(batch, samples, *out.shape[1:])  # row b * S + s
     for s in range(samples):
-        xs = x if shared else x[s * batch : (s + 1) * batch]
+        xs = x if shared else x.reshape(batch, samples, *x.shape[1:])[:, s]
         expected = op(
             xs,
             w[s, 0],
@@ -91,7 +93,7 @@ def test_conv_matches_separate_calls(
             dilations,
             groups,
         )
-        torch.testing.assert_close(out[s * batch : (s + 1) * batch], expected, **TOL)
+        torch.testing.assert_close(folded[:, s], expected, **TOL)
 
 
 def test_match_particles_broadcasts_shared_shortcut() -> None:
@@ -99,4 +101,7 @@ def test_match_particles_broadcasts_shared_shortcut() -> None:
     branch = torch.randn(8, 3)
     matched = functional.match_particles(shortcut, branch)
     assert matched.shape == (8, 3)
-    torch.testing.assert_close(matched[6:], shortcut, rtol=0, atol=0)
+    for s in range(4):  # batch-major: row b * S + s holds example b
+        torch.testing.assert_close(
+            matched.reshape(2, 4, 3)[:, s], shortcut, rtol=0, atol=0
+        )
