@@ -162,11 +162,14 @@ class Categorical(PredictiveDistribution):
                 f"for logits {_shape(output)}, got {_shape(target)}"
             )
         classes = output.shape[-1]
-        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
-            raise ValueError(
-                f"Categorical: labels must be in [0, {classes}), got range "
-                f"[{int(target.min())}, {int(target.max())}]"
-            )
+        if target.numel():
+            low, high = torch.aminmax(target)
+            low_value, high_value = int(low), int(high)
+            if low_value < 0 or high_value >= classes:
+                raise ValueError(
+                    f"Categorical: labels must be in [0, {classes}), got range "
+                    f"[{low_value}, {high_value}]"
+                )
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """``Categorical(logits=output)``."""

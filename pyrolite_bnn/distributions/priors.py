@@ -117,11 +117,18 @@ class NormalPrior(Prior):
         ``KL = sum[(sigma^2 + (mu - m)^2) / (2 s^2)] - sum log sigma
         + n (log s - 1/2)`` for ``q = N(mu, sigma^2)``, prior ``N(m, s^2)``.
         """
-        quadratic = (scale.square() + (loc - self.loc).square()).sum()
+        prior_loc, prior_scale = self.loc, self.scale
+        quadratic = (scale.square() + (loc - prior_loc).square()).sum()
+        if prior_scale.device.type == "cpu" and prior_scale.numel() == 1:
+            # Constants as Python floats: fewer tiny tensor ops on the CPU (on an
+            # accelerator, reading them would synchronise instead).
+            s = float(prior_scale)
+            constant = loc.numel() * (math.log(s) - 0.5)
+            return quadratic * (0.5 / (s * s)) - scale.log().sum() + constant
         return (
-            0.5 * quadratic / self.scale.square()
+            0.5 * quadratic / prior_scale.square()
             - scale.log().sum()
-            + loc.numel() * (self.scale.log() - 0.5)
+            + loc.numel() * (prior_scale.log() - 0.5)
         )
 
     def elementwise(self) -> dist.TorchDistribution:
