@@ -119,15 +119,11 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
                 f"network output has leading size {rows}, not a multiple of "
                 f"samples={samples}"
             )
-        return tensor.reshape(rows // samples, samples, *tensor.shape[1:]).transpose(
-            0, 1
-        )
+        batch = rows // samples
     if rows == samples * batch:
-        return (
-            tensor.reshape(batch, samples, *tensor.shape[1:])
-            .transpose(0, 1)
-            .contiguous()
-        )
+        # Batch-major rows b * S + s -> (S, B, ...), contiguous for the caller.
+        unfolded = tensor.reshape(batch, samples, *tensor.shape[1:])
+        return unfolded.transpose(0, 1).contiguous()
     if rows == batch:
         return tensor.unsqueeze(0).expand(samples, *tensor.shape)
     raise ValueError(
