@@ -1,0 +1,97 @@
+"""Time one training step of the same network along its three routes.
+
+1. the PyTorch-style loop (``loss_fn(model(x), y)``: no Pyro tracing with the
+   generated guide),
+2. ``pyro.infer.SVI`` on ``loss_fn.pyro_model(model)`` and ``model.guide`` with
+   ``Trace_ELBO`` / ``TraceMeanField_ELBO``,
+3. the same with Pyro's compiled ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``
+   (reported as failed where they cannot run).
+
+    python benchmarks/svi_paths.py --workload tiny --samples 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import (
+    SVI,
+    JitTrace_ELBO,
+    JitTraceMeanField_ELBO,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+import workloads
+
+import pyrolite_bnn as bnn
+
+
+def median_ms(step: Callable[[], object], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float | str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="tiny", choices=["tiny", "mlp", "conv"])
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    batch = 32 if args.workload == "tiny" else 128
+    results: dict[str, float | str] = {}
+
+    step, _ = workloads.make_step(args.workload, "reparam", args.samples, batch)
+    results["pytorch loop"] = median_ms(step, args.repeats, args.warmup)
+
+    net, shape = workloads.build(args.workload, "reparam")
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), workloads.N_TRAIN)
+    for elbo in (
+        Trace_ELBO,
+        TraceMeanField_ELBO,
+        JitTrace_ELBO,
+        JitTraceMeanField_ELBO,
+    ):
+        svi = SVI(
+            loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({"lr": 1e-3}), elbo()
+        )
+
+        def svi_step(svi: SVI = svi) -> object:
+            return svi.step(x, y, samples=args.samples)
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # jit tracer warnings
+                results[f"SVI {elbo.__name__}"] = median_ms(
+                    svi_step, args.repeats, args.warmup
+                )
+        except Exception as error:  # report, don't hide, what cannot run
+            results[f"SVI {elbo.__name__}"] = f"failed: {type(error).__name__}: {error}"
+    print(f"{args.workload}, S={args.samples}, B={batch}, CPU, 1 thread")
+    for name, value in results.items():
+        shown = f"{value:8.2f} ms" if isinstance(value, float) else value
+        print(f"  {name:32} {shown}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
