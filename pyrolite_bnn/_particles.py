@@ -79,6 +79,14 @@ def particle_plate(samples: int, device: torch.device | None = None) -> Iterator
                 yield
 
 
+def first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+    """The first tensor among a call's positional, then keyword, arguments."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Tensor):
+            return value
+    return None
+
+
 def check_samples(samples: object) -> int:
     """Validate a particle count and return it as ``int``."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:

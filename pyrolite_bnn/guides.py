@@ -109,14 +109,12 @@ class ParticleGuide(LocalPyroModule):
         count = _particles.check_samples(
             network.samples if samples is None else samples
         )
-        device = _device_of(args, kwargs) or _parameter_device(network)
+        first = _particles.first_tensor(args, kwargs)
+        device = first.device if first is not None else _parameter_device(network)
         with _particles.particle_plate(count, device):
             if self.inner is not None:
                 return self.inner()
-            return {
-                v.site: v.module.posterior[v.name](v.site)
-                for v in network.random_variables()
-            }
+            return {v.site: v.posterior(v.site) for v in network.random_variables()}
 
     @torch.no_grad()
     def median(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
@@ -132,8 +130,7 @@ class ParticleGuide(LocalPyroModule):
                 )
             return dict(median())
         return {
-            v.site: v.module.posterior[v.name].mean().detach()
-            for v in self.network.random_variables()
+            v.site: v.posterior.mean().detach() for v in self.network.random_variables()
         }
 
     def quantiles(self, quantiles: Sequence[float], *args: Any, **kwargs: Any) -> Any:
@@ -147,11 +144,4 @@ class ParticleGuide(LocalPyroModule):
 def _parameter_device(network: VIModule) -> torch.device | None:
     for parameter in network.parameters():
         return parameter.device
-    return None
-
-
-def _device_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device | None:
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, Tensor):
-            return value.device
     return None

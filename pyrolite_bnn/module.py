@@ -20,7 +20,7 @@ for the default guide, by tracing an assigned guide) and leaves a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -348,8 +348,7 @@ class VIModule(LocalPyroModule):
         """
         for variable in self.random_variables():
             if variable.site == site["name"]:
-                posterior = variable.module.posterior[variable.name]
-                return posterior.mean().detach().clone()
+                return variable.posterior.mean().detach().clone()
         return init_to_feasible(site)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
@@ -400,8 +399,8 @@ class VIModule(LocalPyroModule):
     ) -> tuple[_particles.ParticleState, torch.device | None]:
         """Validate the inputs of an outermost call; return its particle state."""
         count = _particles.check_samples(self.samples if samples is None else samples)
-        first = _first_tensor(args, kwargs)
-        for position, value in enumerate(args):
+        first = _particles.first_tensor(args, kwargs)
+        for position, value in (*enumerate(args), *kwargs.items()):
             if isinstance(value, Tensor):
                 check_finite(value, f"input {position} of {type(self).__name__}")
         batch = None if first is None or first.dim() == 0 else first.shape[0]
@@ -448,24 +447,20 @@ class VIModule(LocalPyroModule):
         values: list[Tensor | None] = []
         moments: list[NormalMoments | None] = []
         weights: dict[tuple[int, str], Tensor | NormalMoments] = {}
+        whole_networks = _WHOLE_NETWORKS.get()
         for v in variables:
             entry: Tensor | NormalMoments
             posterior = v.posterior
-            normal = (
-                NormalMoments(*posterior.normal_params())
-                if isinstance(posterior, MeanFieldNormalPosterior)
-                else None
-            )
-            if normal is None:
-                entry = posterior.draw(state.samples)
-                values.append(entry)
-            elif v.module.uses_moments() and not _WHOLE_NETWORKS.get():
-                entry = normal
-                values.append(None)  # never drawn: the layer samples its outputs
+            normal: NormalMoments | None = None
+            if isinstance(posterior, MeanFieldNormalPosterior):
+                normal = NormalMoments(*posterior.normal_params())
+                if v.module.uses_moments() and not whole_networks:
+                    entry = normal  # never drawn: the layer samples its outputs
+                else:
+                    entry = posterior.reparameterize(normal, state.samples)
             else:
-                assert isinstance(posterior, MeanFieldNormalPosterior)
-                entry = posterior.reparameterize(normal, state.samples)
-                values.append(entry)
+                entry = posterior.draw(state.samples)
+            values.append(entry if isinstance(entry, Tensor) else None)
             moments.append(normal)
             weights[(id(v.module), v.name)] = entry
         token = _DRAWN.set(weights)
@@ -510,10 +505,11 @@ class VIModule(LocalPyroModule):
         # Kept until a loss uses it or the next forward pass replaces it; without
         # gradients it holds no graph, only the drawn weights.
         set_last_record(record)
+        log_probs = record.log_probs() if self.return_log_probs else None
         for tensor in _tensors(result):
             tensor.bnn_record = record  # type: ignore[attr-defined]
-            if self.return_log_probs:
-                tensor.log_probs = record.log_probs()  # type: ignore[attr-defined]
+            if log_probs is not None:
+                tensor.log_probs = log_probs  # type: ignore[attr-defined]
         return result
 
 
@@ -547,13 +543,6 @@ def _collect(
         if child_plain is None and not isinstance(child, PyroModule):
             child_plain = path
         _collect(child, path, found, child_plain)
-
-
-def _first_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tensor | None:
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, Tensor):
-            return value
-    return None
 
 
 def _tensors(value: Any) -> list[Tensor]:

@@ -182,6 +182,8 @@ def test_non_finite_input_rejected_when_validating() -> None:
         Net()(x)
     with bnn.validation(False):
         assert torch.isnan(Net()(x)).any()
+    with pytest.raises(ValueError, match=r"input x of Net contains 1 NaN/Inf"):
+        Net()(x=x)  # keyword inputs are checked too
 
 
 def test_guide_must_be_callable() -> None:
