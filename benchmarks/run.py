@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time each estimator with KullbackLeiblerLoss(compile=True)",
+    )
+    parser.add_argument(
         "--predict", action="store_true", help="also time predict S=100"
     )
     parser.add_argument(
@@ -126,16 +131,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                 )
                 fns[f"reference/{est}"] = step
             for est in args.estimators:
-                step, _ = workloads.make_step(
-                    workload, est, samples, batch, args.device
-                )
-                fns[f"pyrolite/{est}"] = step
-            medians = interleaved_medians(fns, args.repeats, args.warmup, args.device)
+                for compiled in (False, True) if args.compile else (False,):
+                    step, _ = workloads.make_step(
+                        workload, est, samples, batch, args.device, compile=compiled
+                    )
+                    fns[f"pyrolite/{est}" + ("+compile" if compiled else "")] = step
+            warmup = max(args.warmup, 3) if args.compile else args.warmup
+            medians = interleaved_medians(fns, args.repeats, warmup, args.device)
             best_ref = min(medians["reference/weight"], medians["reference/local"])
             for name, ms in medians.items():
                 base = (
                     medians["reference/weight"]
-                    if name.endswith("reparam")
+                    if name.startswith("pyrolite/reparam")
                     else best_ref
                 )
                 ratio = ms / base if name.startswith("pyrolite") else ms / best_ref

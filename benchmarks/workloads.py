@@ -61,19 +61,24 @@ def make_step(
     batch: int = 128,
     device: str = "cpu",
     seed: int = 0,
+    compile: bool = False,
 ) -> tuple[Callable[[], torch.Tensor], bnn.VIModule]:
-    """One training step of pyrolite_bnn on the workload (as reference.make_step)."""
+    """One training step of pyrolite_bnn on the workload (as reference.make_step).
+
+    ``compile=True`` uses ``KullbackLeiblerLoss(..., compile=True)``: the graph
+    is captured and compiled on the third step, so warm up at least three steps.
+    """
     torch.manual_seed(seed)
     net, shape = build(workload, estimator)
     net.to(device)
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N_TRAIN)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N_TRAIN, compile=compile)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 
     def step() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x, samples=samples), y)
+        loss = loss_fn.model_loss(net, x, y, samples=samples)
         loss.backward()
         opt.step()
         return loss.detach()

@@ -14,11 +14,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyro
-from pyro.nn import PyroModule
+import torch
+from pyro.nn import PyroModule, PyroParam, PyroSample
+from torch import nn
 
 __all__ = ["LocalPyroModule", "local_params", "structure_version"]
 
-# Bumped whenever a LocalPyroModule gains, loses or replaces an attribute, so that
+# Bumped whenever a LocalPyroModule gains, loses or replaces a module, tensor or
+# sample-site attribute (or deletes any attribute), so that
 # networks can cache what they derive from their module tree.
 _STRUCTURE_VERSION = 0
 
@@ -68,10 +71,19 @@ class LocalPyroModule(PyroModule):
             super().add_module(name, module)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        _bump()
+        if _is_structural(self, name, value):
+            _bump()
         with pyro.settings.context(module_local_params=True, validate_poutine=False):
             super().__setattr__(name, value)
 
     def __delattr__(self, name: str) -> None:
         _bump()
         super().__delattr__(name)
+
+
+def _is_structural(module: nn.Module, name: str, value: Any) -> bool:
+    """Whether setting ``module.name = value`` can change modules, weights or sites."""
+    if isinstance(value, (nn.Module, torch.Tensor, PyroParam, PyroSample)):
+        return True
+    tables = ("_modules", "_parameters", "_buffers", "_pyro_samples")
+    return any(name in module.__dict__.get(table, ()) for table in tables)

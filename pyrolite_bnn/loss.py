@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn.compiled import LossGraphs
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import ForwardRecord, KLMode, last_record, set_last_record
@@ -50,6 +51,11 @@ class KullbackLeiblerLoss(nn.Module):
             Carlo elsewhere), ``"analytic"`` (closed form everywhere, else an
             error), or ``"mc"`` (Monte Carlo from the drawn weights).
         reduction: ``"mean"`` (divide by ``N``) or ``"sum"``.
+        compile: ``True`` (or a ``torch.compile`` mode name such as
+            ``"reduce-overhead"``, which adds CUDA graphs on a GPU) makes
+            :meth:`model_loss` run the forward pass and the loss as one compiled
+            graph; ``False`` (default) runs them eagerly. See
+            :mod:`pyrolite_bnn.compiled`.
 
     Attributes:
         last_nll: detached data term of the last call (same reduction).
@@ -74,6 +80,7 @@ class KullbackLeiblerLoss(nn.Module):
         heat: float = 1.0,
         kl: KLMode = "auto",
         reduction: str = "mean",
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if not isinstance(predictive, PredictiveDistribution):
@@ -104,12 +111,22 @@ class KullbackLeiblerLoss(nn.Module):
         self.reduction = reduction
         self._calls = 0
         self._snapshot: list[Tensor] | None = None
+        self.graphs: LossGraphs | None = None
+        if compile is not False:
+            if compile is True:
+                compile = "default"
+            if not isinstance(compile, str):
+                raise TypeError(
+                    f"compile must be a bool or a mode name, got {compile!r}"
+                )
+            self.graphs = LossGraphs(compile)
 
     def extra_repr(self) -> str:
         """Constructor arguments."""
         return (
             f"dataset_size={self.dataset_size}, heat={self.heat:g}, kl={self.kl!r}, "
             f"reduction={self.reduction!r}"
+            + ("" if self.graphs is None else f", compile={self.graphs.mode!r}")
         )
 
     def forward(self, output: Tensor, target: Tensor) -> Tensor:
@@ -125,10 +142,67 @@ class KullbackLeiblerLoss(nn.Module):
         record = self._record_for(output)
         if last_record() is record:  # release the traces even if a check fails
             set_last_record(None)
-        batch = self._check_batch(output)
+        log_lik, kl = self._terms(output, target, record)
+        return self._combine(log_lik, kl, output.shape)
+
+    def model_loss(
+        self,
+        model: VIModule,
+        x: Tensor | tuple[Any, ...],
+        target: Tensor,
+        *,
+        samples: int | None = None,
+    ) -> Tensor:
+        """Run ``model`` on ``x`` and return the loss: ``loss_fn(model(x), target)``.
+
+        With ``compile=`` on, the forward pass and the loss run as one compiled
+        graph (captured on the second call of each input signature; the first
+        runs eagerly), falling back to the eager path with a
+        :class:`~pyrolite_bnn.compiled.CompileFallbackWarning` where the network
+        cannot be compiled. Without it, this is exactly
+        ``self(model(x, samples=samples), target)``.
+
+        Args:
+            model: the network.
+            x: its input, or a tuple of positional inputs.
+            target: targets ``(B, ...)``.
+            samples: particle count (default ``model.samples``).
+
+        Returns:
+            Scalar loss.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> net = bnn.VILinear(4, 3)
+            >>> loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=100)
+            >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            >>> loss_fn.model_loss(net, x, y).shape
+            torch.Size([])
+        """
+        if not isinstance(model, VIModule):
+            raise TypeError(
+                f"model_loss needs a bnn.VIModule, got {type(model).__name__}"
+            )
+        args = x if isinstance(x, tuple) else (x,)
+        if self.graphs is not None:
+            terms = self.graphs.terms(self, model, args, {}, target, samples)
+            if terms is not None:
+                log_lik, kl, shape = terms
+                return self._combine(log_lik, kl, shape)
+        loss: Tensor = self(model(*args, samples=samples), target)
+        return loss
+
+    def _terms(
+        self, output: Tensor, target: Tensor, record: ForwardRecord
+    ) -> tuple[Tensor, Tensor]:
+        """Sum of the log-likelihoods over particles and examples, and the KL."""
+        self._check_batch(output)
         log_lik = self.predictive.log_likelihood(output, target).sum()
-        log_lik = log_lik * (self.dataset_size / batch / output.shape[0])
-        kl = record.kl(self.kl)
+        return log_lik, record.kl(self.kl)
+
+    def _combine(self, log_lik: Tensor, kl: Tensor, shape: torch.Size) -> Tensor:
+        """The loss from :meth:`_terms` of an output of ``shape`` ``(S, B, ...)``."""
+        log_lik = log_lik * (self.dataset_size / shape[1] / shape[0])
         norm = self.dataset_size if self.reduction == "mean" else 1
         self.last_nll = (-log_lik / norm).detach()
         self.last_kl = (kl / norm).detach()

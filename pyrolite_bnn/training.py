@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn.checkpoint import save_checkpoint
 from pyrolite_bnn.loss import KullbackLeiblerLoss
+from pyrolite_bnn.module import VIModule
 
 __all__ = ["History", "fit", "linear_warmup"]
 
@@ -294,7 +295,9 @@ def fit(
 ) -> History:
     """Train a Bayesian network by minimising ``loss_fn`` (the negative ELBO).
 
-    Each step runs ``out = model(x)``, ``loss = loss_fn(out, y)``,
+    Each step runs ``out = model(x)``, ``loss = loss_fn(out, y)`` (with
+    ``compile=`` on the loss and a ``VIModule`` model:
+    ``loss = loss_fn.model_loss(model, x, y)``),
     ``zero_grad``, ``backward``, optional gradient-norm clipping and
     ``optimizer.step()``.
 
@@ -420,8 +423,13 @@ def fit(
                     out: Any = None
                     optimizer.zero_grad(set_to_none=True)
                     try:
-                        out = model(x)
-                        loss: Tensor = loss_fn(out, y)
+                        loss: Tensor
+                        if loss_fn.graphs is not None and isinstance(model, VIModule):
+                            # compiled: the output stays inside the graph
+                            loss = loss_fn.model_loss(model, x, y)
+                        else:
+                            out = model(x)
+                            loss = loss_fn(out, y)
                     except ValueError as error:
                         if isinstance(out, Tensor) and not bool(
                             torch.isfinite(out).all()

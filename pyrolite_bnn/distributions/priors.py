@@ -20,6 +20,8 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from pyrolite_bnn._capture import is_capturing
+
 __all__ = [
     "CallablePrior",
     "DistributionPrior",
@@ -119,7 +121,11 @@ class NormalPrior(Prior):
         """
         prior_loc, prior_scale = self.loc, self.scale
         quadratic = (scale.square() + (loc - prior_loc).square()).sum()
-        if prior_scale.device.type == "cpu" and prior_scale.numel() == 1:
+        if (
+            prior_scale.device.type == "cpu"
+            and prior_scale.numel() == 1
+            and not is_capturing()
+        ):
             # Constants as Python floats: fewer tiny tensor ops on the CPU (on an
             # accelerator, reading them would synchronise instead).
             s = float(prior_scale)

@@ -1,0 +1,256 @@
+"""Compiled loss graphs: ``KullbackLeiblerLoss(..., compile=True)``.
+
+The library's forward pass is ordinary Python (particle state, drawn-weight
+tables, Pyro handlers for assigned guides), which ``torch.compile`` cannot trace
+without breaking the graph dozens of times. So the graph is captured one level
+lower: :func:`torch.fx.experimental.proxy_tensor.make_fx` *runs* that Python once
+and records the tensor operations it issues (forward pass, log-likelihood and KL,
+random draws included), and ``torch.compile`` then compiles the recorded graph,
+with autograd, into fused kernels (CUDA graphs as well with
+``compile="reduce-overhead"`` on a GPU).
+
+Whatever Python decided during capture is frozen in the graph, as with
+``torch.compile``'s guards: a graph is reused only for the same network
+structure, particle count, input and target shapes, dtypes and devices,
+train/eval modes and estimators, and is captured anew otherwise. A network or
+guide whose Python reads tensor values (data-dependent control flow), or a
+compiler failure, makes the loss fall back to the eager path with one warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from pyrolite_bnn._capture import capturing
+from pyrolite_bnn._particles import check_samples
+from pyrolite_bnn._pyro_module import structure_version
+from pyrolite_bnn._validation import (
+    check_finite,
+    distribution_checks_off,
+    is_validation_enabled,
+    validation,
+)
+from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.record import last_record, set_last_record
+
+if TYPE_CHECKING:
+    from pyrolite_bnn.loss import KullbackLeiblerLoss
+
+__all__ = ["COMPILE_MODES", "CompileFallbackWarning", "LossGraphs"]
+
+# ``compile=`` values: False (eager), True (torch.compile's default mode) or a
+# torch.compile mode name.
+COMPILE_MODES = (
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
+# Graphs kept per loss object (one per call signature, least recently used out).
+_MAX_GRAPHS = 8
+
+
+class CompileFallbackWarning(RuntimeWarning):
+    """A compiled loss could not be built; the eager path runs instead."""
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """A compiled graph ``(tensors, args, kwargs, target) -> (log_lik, kl)``."""
+
+    run: Callable[..., tuple[Tensor, Tensor]]
+    output: Tensor  # a meta tensor with the shape and dtype of the network output
+
+
+class LossGraphs:
+    """The captured and compiled loss graphs of one ``KullbackLeiblerLoss``.
+
+    Args:
+        mode: a ``torch.compile`` mode (see :data:`COMPILE_MODES`).
+    """
+
+    def __init__(self, mode: str) -> None:
+        if mode not in COMPILE_MODES:
+            raise ValueError(
+                f"compile mode must be one of {COMPILE_MODES}, got {mode!r}"
+            )
+        self.mode = mode
+        self._graphs: OrderedDict[Hashable, _Graph] = OrderedDict()
+        self._failed: set[Hashable] = set()
+        self._seen: set[Hashable] = set()
+
+    def __reduce__(self) -> tuple[type[LossGraphs], tuple[str]]:
+        """Copies and pickles start without graphs (they hold compiled code)."""
+        return (LossGraphs, (self.mode,))
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def clear(self) -> None:
+        """Forget every graph (and every failure)."""
+        self._graphs.clear()
+        self._failed.clear()
+        self._seen.clear()
+
+    def terms(
+        self,
+        loss_fn: KullbackLeiblerLoss,
+        model: VIModule,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        target: Tensor,
+        samples: int | None,
+    ) -> tuple[Tensor, Tensor, torch.Size] | None:
+        """``(sum of log-likelihoods, KL, output shape)`` from a compiled graph.
+
+        Returns ``None`` where the caller must run eagerly: the first call of a
+        signature (so that bad inputs raise the eager path's errors, and
+        one-off shapes such as a last short batch are not compiled), a call
+        whose arguments cannot be keyed, and a signature whose capture or
+        compilation failed (which warns once).
+        """
+        count = check_samples(model.samples if samples is None else samples)
+        modules = [*model.modules(), *loss_fn.modules()]
+        tensors = _tensors_of(modules)
+        call = (args, kwargs, target)
+        key = _signature(loss_fn, model, modules, tensors, call, count)
+        if key is None or key in self._failed:
+            return None
+        graph = self._graphs.get(key)
+        if graph is None and key not in self._seen:
+            self._seen.add(key)
+            return None
+        if graph is not None:
+            self._graphs.move_to_end(key)
+            if is_validation_enabled():
+                _validate(loss_fn, model, graph.output, args, kwargs, target)
+            log_lik, kl = graph.run(tensors, args, kwargs, target)
+            return log_lik, kl, graph.output.shape
+        try:
+            graph = self._capture(loss_fn, model, tensors, args, kwargs, target, count)
+            log_lik, kl = graph.run(tensors, args, kwargs, target)
+        except Exception as error:  # anything: the eager path is always correct
+            self._failed.add(key)
+            warnings.warn(
+                f"compile=True: could not compile the loss of {type(model).__name__} "
+                f"({type(error).__name__}: {_first_line(error)}); running it eagerly",
+                CompileFallbackWarning,
+                stacklevel=3,
+            )
+            return None
+        self._seen.discard(key)
+        self._graphs[key] = graph
+        while len(self._graphs) > _MAX_GRAPHS:
+            self._graphs.popitem(last=False)
+        return log_lik, kl, graph.output.shape
+
+    def _capture(
+        self,
+        loss_fn: KullbackLeiblerLoss,
+        model: VIModule,
+        tensors: list[Tensor],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        target: Tensor,
+        samples: int,
+    ) -> _Graph:
+        output_like: list[Tensor] = []
+
+        def loss_terms(
+            tensors: list[Tensor],
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            target: Tensor,
+        ) -> tuple[Tensor, Tensor]:
+            # ``tensors`` are the very parameter and buffer objects the modules
+            # hold, so the tracer records them as graph inputs, not constants.
+            output = model(*args, samples=samples, **kwargs)
+            output_like.append(torch.empty_like(output, device="meta"))
+            return loss_fn._terms(output, target, loss_fn._record_for(output))
+
+        previous = last_record()
+        try:
+            with capturing(), validation(False), distribution_checks_off():
+                traced = make_fx(loss_terms)(tensors, args, kwargs, target)
+        finally:
+            set_last_record(previous)
+        compiled = torch.compile(traced, mode=self.mode, dynamic=False)
+        return _Graph(compiled, output_like[0])
+
+
+def _validate(
+    loss_fn: KullbackLeiblerLoss,
+    model: VIModule,
+    output: Tensor,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    target: Tensor,
+) -> None:
+    """The eager path's input and target checks, before the graph runs."""
+    for position, value in (*enumerate(args), *kwargs.items()):
+        if isinstance(value, Tensor):
+            check_finite(value, f"input {position} of {type(model).__name__}")
+    loss_fn.predictive.check_target(output, target)
+
+
+def _tensors_of(modules: list[nn.Module]) -> list[Tensor]:
+    """Every parameter and buffer of ``modules``, once each, in a fixed order."""
+    tensors: list[Tensor] = []
+    seen: set[int] = set()
+    for module in modules:
+        for table in (module._parameters, module._buffers):
+            for tensor in table.values():
+                if tensor is not None and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    tensors.append(tensor)
+    return tensors
+
+
+def _describe(value: Any) -> Hashable:
+    """Hashable description of a call argument (tensors by metadata), else error."""
+    if isinstance(value, Tensor):
+        return (tuple(value.shape), value.dtype, value.device, value.requires_grad)
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_describe(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _describe(v)) for k, v in value.items()))
+    hash(value)
+    return ("value", value)
+
+
+def _signature(
+    loss_fn: KullbackLeiblerLoss,
+    model: VIModule,
+    modules: list[nn.Module],
+    tensors: list[Tensor],
+    call: tuple[Any, ...],
+    samples: int,
+) -> Hashable | None:
+    """Everything a captured graph depends on besides tensor values."""
+    try:
+        inputs = _describe(call)
+    except TypeError:  # an unhashable non-tensor argument: nothing to key on
+        return None
+    return (
+        id(model),
+        structure_version(),
+        samples,
+        loss_fn.kl,
+        torch.is_grad_enabled(),
+        inputs,
+        tuple((id(m), m.training, getattr(m, "estimator", None)) for m in modules),
+        tuple((id(t), t.shape, t.dtype, t.device, t.requires_grad) for t in tensors),
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else "no message"

@@ -1,0 +1,261 @@
+"""``KullbackLeiblerLoss(compile=...)``: the compiled loss equals the eager one.
+
+With ``torch._inductor.config.fallback_random`` the compiled graph draws its
+random numbers with the same operators, in the same order, as the eager path,
+so under one seed the loss and every gradient must agree to float tolerance.
+Each compilation takes seconds on the CPU, so the networks are small and each
+test compiles as few graphs as it can.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import warnings
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+import torch._inductor.config as inductor_config
+from torch import Tensor, nn
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn.compiled import CompileFallbackWarning
+
+N = 200
+
+
+@pytest.fixture(autouse=True)
+def _same_random_operators() -> Iterator[None]:
+    with inductor_config.patch(fallback_random=True):
+        yield
+
+
+def _graph_count(loss_fn: bnn.KullbackLeiblerLoss) -> int:
+    assert loss_fn.graphs is not None
+    return len(loss_fn.graphs)
+
+
+def _mlp(estimator: str) -> bnn.VISequential:
+    return bnn.VISequential(
+        bnn.VILinear(5, 8, estimator=estimator),
+        nn.ReLU(),
+        bnn.VILinear(8, 3, estimator=estimator),
+    )
+
+
+def _conv() -> bnn.VISequential:
+    return bnn.VISequential(
+        bnn.VIConv2d(1, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        bnn.VILinear(2 * 4 * 4, 3),
+    )
+
+
+def _loss_and_grads(
+    make: Callable[[], bnn.VIModule],
+    predictive: bnn.PredictiveDistribution,
+    x: Tensor,
+    y: Tensor,
+    compile: bool,
+) -> tuple[Tensor, list[Tensor], bnn.KullbackLeiblerLoss]:
+    torch.manual_seed(0)
+    model = make()
+    loss_fn = bnn.KullbackLeiblerLoss(copy.deepcopy(predictive), N, compile=compile)
+    for _ in range(3):  # the third call of a signature captures and compiles
+        loss_fn.model_loss(model, x, y, samples=4)
+    torch.manual_seed(1)
+    model.zero_grad()
+    loss_fn.zero_grad()
+    loss = loss_fn.model_loss(model, x, y, samples=4)
+    loss.backward()
+    params = [*model.parameters(), *loss_fn.parameters()]
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    return loss.detach(), grads, loss_fn
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "predictive", "x", "y"),
+    [
+        (
+            "mlp-local",
+            lambda: _mlp("local"),
+            bnn.Categorical(),
+            torch.randn(6, 5),
+            torch.tensor([0, 1, 2, 0, 1, 2]),
+        ),
+        (
+            "mlp-reparam",
+            lambda: _mlp("reparam"),
+            bnn.Categorical(),
+            torch.randn(6, 5),
+            torch.tensor([2, 1, 0, 0, 1, 2]),
+        ),
+        (
+            "mlp-flipout-learned-noise",
+            lambda: _mlp("flipout"),
+            bnn.Normal(),
+            torch.randn(6, 5),
+            torch.randn(6, 3),
+        ),
+        (
+            "conv",
+            _conv,
+            bnn.Categorical(),
+            torch.randn(6, 1, 4, 4),
+            torch.tensor([0, 1, 2, 0, 1, 2]),
+        ),
+    ],
+)
+def test_compiled_loss_and_gradients_equal_eager(
+    name: str,
+    make: Callable[[], bnn.VIModule],
+    predictive: bnn.PredictiveDistribution,
+    x: Tensor,
+    y: Tensor,
+) -> None:
+    eager, eager_grads, _ = _loss_and_grads(make, predictive, x, y, compile=False)
+    compiled, compiled_grads, loss_fn = _loss_and_grads(
+        make, predictive, x, y, compile=True
+    )
+    assert _graph_count(loss_fn) == 1, name
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    assert len(compiled_grads) == len(eager_grads)
+    for got, want in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_model_loss_without_compile_is_loss_of_forward() -> None:
+    model = _mlp("local")
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+    torch.manual_seed(3)
+    via_method = loss_fn.model_loss(model, x, y, samples=3)
+    torch.manual_seed(3)
+    direct = loss_fn(model(x, samples=3), y)
+    assert torch.equal(via_method, direct)
+
+
+def test_compiled_training_heat_and_recompilation() -> None:
+    torch.manual_seed(0)
+    model = _mlp("local")
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    x = torch.randn(32, 5)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    losses = []
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = loss_fn.model_loss(model, x, y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert _graph_count(loss_fn) == 1
+    assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
+    # heat and dataset_size act outside the graph: changing them compiles nothing
+    loss_fn.heat = 0.0
+    tempered = loss_fn.model_loss(model, x, y)
+    assert _graph_count(loss_fn) == 1
+    torch.testing.assert_close(tempered, loss_fn.last_nll)
+    loss_fn.heat = 1.0
+    full = loss_fn.model_loss(model, x, y)
+    torch.testing.assert_close(full, loss_fn.last_nll + loss_fn.last_kl)
+    # a new batch size and eval mode are new signatures, each compiled separately
+    for _ in range(3):
+        loss_fn.model_loss(model, x[:8], y[:8])
+    model.eval()
+    for _ in range(3):
+        loss_fn.model_loss(model, x, y)
+    assert _graph_count(loss_fn) == 3
+
+
+class _DataDependent(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = bnn.VILinear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.layer(x)
+        if bool(x.sum() > 0):  # Python reads a tensor value: not capturable
+            out = -out
+        return out
+
+
+def test_uncapturable_network_falls_back_with_one_warning() -> None:
+    model = _DataDependent()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=True)
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+    loss_fn.model_loss(model, x, y)  # first call of a signature: eager
+    with pytest.warns(CompileFallbackWarning, match="running it eagerly"):
+        loss_fn.model_loss(model, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.manual_seed(2)
+        fallback = loss_fn.model_loss(model, x, y)
+    torch.manual_seed(2)
+    assert torch.equal(fallback, loss_fn(model(x), y))
+    assert _graph_count(loss_fn) == 0
+
+
+def test_compiled_path_still_validates_inputs_and_targets() -> None:
+    model = _mlp("local")
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=True)
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+    for _ in range(3):
+        loss_fn.model_loss(model, x, y)
+    assert _graph_count(loss_fn) == 1
+    bad_x = x.clone()
+    bad_x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        loss_fn.model_loss(model, bad_x, y)
+    with pytest.raises(ValueError, match="label"):
+        loss_fn.model_loss(model, x, torch.tensor([0, 1, 3, 0]))
+
+
+def test_compiled_assigned_autoguide_equals_eager() -> None:
+    from pyro.infer.autoguide import AutoNormal
+
+    def make() -> bnn.VIModule:
+        model = _mlp("reparam")
+        model.guide = AutoNormal(model.prior_model, init_loc_fn=model.init_loc_fn)
+        return model
+
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+    eager, eager_grads, _ = _loss_and_grads(make, bnn.Categorical(), x, y, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        compiled, grads, loss_fn = _loss_and_grads(make, bnn.Categorical(), x, y, True)
+    assert _graph_count(loss_fn) == 1
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_argument_errors_and_copies() -> None:
+    with pytest.raises(ValueError, match="compile mode"):
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile="fastest")
+    with pytest.raises(TypeError, match="compile"):
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=1)  # type: ignore[arg-type]
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile="reduce-overhead")
+    assert "compile='reduce-overhead'" in repr(loss_fn)
+    model = _mlp("local")
+    with pytest.raises(TypeError, match="VIModule"):
+        loss_fn.model_loss(nn.Linear(5, 3), torch.randn(2, 5), torch.tensor([0, 1]))  # type: ignore[arg-type]
+    for clone in (copy.deepcopy(loss_fn), pickle.loads(pickle.dumps(loss_fn))):
+        assert _graph_count(clone) == 0
+        assert clone.graphs is not None
+        assert clone.graphs.mode == "reduce-overhead"
+    assert loss_fn.model_loss(model, torch.randn(2, 5), torch.tensor([0, 1])).ndim == 0
+
+
+def test_fit_uses_the_compiled_loss() -> None:
+    torch.manual_seed(0)
+    model = _mlp("local")
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 64, compile=True)
+    x = torch.randn(64, 5)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    history = bnn.fit(model, loss_fn, batches, epochs=30, progress=False)
+    assert _graph_count(loss_fn) == 1
+    assert history.loss[-1] < 0.7 * history.loss[0]
