@@ -16,6 +16,7 @@ from pyrolite_bnn._validation import (
     validation,
 )
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
+from pyrolite_bnn.compiled import CompileFallbackWarning
 from pyrolite_bnn.distributions import (
     Bernoulli,
     CallablePrior,
@@ -56,6 +57,7 @@ __all__ = [
     "Bernoulli",
     "CallablePrior",
     "Categorical",
+    "CompileFallbackWarning",
     "DistributionPrior",
     "HeteroscedasticNormal",
     "History",
