@@ -16,6 +16,6 @@ fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python3 benchmarks/run.py --device cuda --threads 4 --repeats 30 \
-    --workloads mlp conv tiny --samples 1 10 50 --estimators reparam local auto --predict \
+    --workloads mlp conv tiny --samples 1 10 50 --estimators reparam local auto --compile --predict \
     --reference "${REFERENCE:-../shared/bench/reference.py}" \
     --out "${OUT:-benchmarks/results}/gpu.json"
