@@ -262,3 +262,35 @@ def test_fit_uses_the_compiled_loss() -> None:
     )
     assert _graph_count(loss_fn) == 1
     assert history.nll[-1] < 0.7 * history.nll[0]
+
+
+def test_compiled_random_draws_have_the_eager_distribution() -> None:
+    """The compiler's own random numbers: same loss distribution as eager.
+
+    At fixed variational parameters the loss is a random variable (the draws);
+    its mean and standard deviation over 400 compiled calls must match 400
+    eager calls within 4.5 standard errors.
+    """
+    model = _mlp("reparam")
+    for posterior in model.modules():
+        if isinstance(
+            posterior, bnn.distributions.variational.MeanFieldNormalPosterior
+        ):
+            posterior.rho.data.fill_(-1.0)  # noticeable noise
+    x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
+    samples: dict[bool, Tensor] = {}
+    with inductor_config.patch(fallback_random=False):
+        for compile in (False, True):
+            loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=compile)
+            values = [
+                loss_fn.model_loss(model, x, y, samples=1).detach() for _ in range(403)
+            ]
+            samples[compile] = torch.stack(values[3:])
+        assert _graph_count(loss_fn) == 1
+    eager, compiled = samples[False], samples[True]
+    se_mean = (eager.var() / len(eager) + compiled.var() / len(compiled)).sqrt()
+    assert (eager.mean() - compiled.mean()).abs() < 4.5 * se_mean
+    # the standard deviation of a sample std is about std / sqrt(2 n)
+    se_std = eager.std() * (2 / len(eager)) ** 0.5 * 2**0.5
+    assert (eager.std() - compiled.std()).abs() < 4.5 * se_std
+    assert not torch.equal(compiled[0], compiled[1])
