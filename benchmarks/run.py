@@ -28,6 +28,7 @@ from types import ModuleType
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import peers
 import workloads
 
 DEFAULT_REFERENCE = (
@@ -102,6 +103,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         help="also time each estimator with KullbackLeiblerLoss(compile=True)",
     )
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also time torch_blue and bayesian-torch where installed",
+    )
+    parser.add_argument(
         "--predict", action="store_true", help="also time predict S=100"
     )
     parser.add_argument(
@@ -136,6 +142,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                         workload, est, samples, batch, args.device, compile=compiled
                     )
                     fns[f"pyrolite/{est}" + ("+compile" if compiled else "")] = step
+            if args.peers:
+                fns.update(peers.make_peer_steps(workload, samples, batch, args.device))
             warmup = max(args.warmup, 3) if args.compile else args.warmup
             medians = interleaved_medians(fns, args.repeats, warmup, args.device)
             best_ref = min(medians["reference/weight"], medians["reference/local"])
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                     if name.startswith("pyrolite/reparam")
                     else best_ref
                 )
-                ratio = ms / base if name.startswith("pyrolite") else ms / best_ref
+                ratio = ms / base
                 rows.append(
                     {
                         "workload": workload,

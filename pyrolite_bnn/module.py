@@ -35,6 +35,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._draws import LazyDraws
 from pyrolite_bnn._pyro_module import LocalPyroModule, local_params, structure_version
 from pyrolite_bnn._validation import check_finite
 from pyrolite_bnn.distributions.priors import Prior, as_prior
@@ -61,7 +62,7 @@ __all__ = ["PosteriorDict", "VIModule", "whole_network_draws"]
 DEFAULT_SAMPLES = 10
 # Weights drawn by the generated guide for the running PyTorch-style call, keyed
 # by (id(layer), variable name); layers read them instead of Pyro sample sites.
-_DRAWN: ContextVar[dict[tuple[int, str], Tensor | NormalMoments] | None] = ContextVar(
+_DRAWN: ContextVar[LazyDraws | None] = ContextVar(
     "pyrolite_drawn_weights", default=None
 )
 # Set by whole_network_draws(): every particle is one complete network.
@@ -438,40 +439,35 @@ class VIModule(LocalPyroModule):
         """Run with the generated guide, without Pyro tracing (same draws).
 
         Weights are drawn from the posterior modules in site order, exactly as
-        the traced guide would, and handed to the layers (``self.weight``);
-        nothing else differs from the traced path. Layers whose estimator samples
-        outputs instead of weights (``"local"``, ``"flipout"``) get the posterior
-        moments instead of a draw.
+        the traced guide would, and handed to the layers (``self.weight``); each
+        is drawn when its layer first reads it (see
+        :class:`~pyrolite_bnn._draws.LazyDraws`), so only the layers in use hold
+        their draws. Nothing else differs from the traced path. Layers whose
+        estimator samples outputs instead of weights (``"local"``,
+        ``"flipout"``) get the posterior moments instead of a draw.
         """
         variables = self.random_variables()
-        values: list[Tensor | None] = []
-        moments: list[NormalMoments | None] = []
-        weights: dict[tuple[int, str], Tensor | NormalMoments] = {}
         whole_networks = _WHOLE_NETWORKS.get()
+        moments: list[NormalMoments | None] = []
+        use_moments: list[bool] = []
         for v in variables:
-            entry: Tensor | NormalMoments
             posterior = v.posterior
-            normal: NormalMoments | None = None
+            normal = None
             if isinstance(posterior, MeanFieldNormalPosterior):
                 normal = NormalMoments(*posterior.normal_params())
-                if v.module.uses_moments() and not whole_networks:
-                    entry = normal  # never drawn: the layer samples its outputs
-                else:
-                    entry = posterior.reparameterize(normal, state.samples)
-            else:
-                entry = posterior.draw(state.samples)
-            values.append(entry if isinstance(entry, Tensor) else None)
             moments.append(normal)
-            weights[(id(v.module), v.name)] = entry
-        token = _DRAWN.set(weights)
+            use_moments.append(
+                normal is not None and v.module.uses_moments() and not whole_networks
+            )
+        draws = LazyDraws(variables, moments, use_moments, state.samples)
+        token = _DRAWN.set(draws)
         try:
             with _particles.particles(state):
                 result = nn.Module.__call__(self, *args, **kwargs)
         finally:
             _DRAWN.reset(token)
-        return _particles.unfold(result, state), LayerRecord(
-            variables, values, moments, state.samples
-        )
+        draws.finish()
+        return _particles.unfold(result, state), LayerRecord(draws, state.samples)
 
     def __getattr__(self, name: str) -> Any:
         weights = _DRAWN.get()

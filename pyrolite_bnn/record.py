@@ -32,6 +32,7 @@ from pyrolite_bnn.distributions.priors import Prior
 from pyrolite_bnn.distributions.variational import NormalMoments
 
 if TYPE_CHECKING:
+    from pyrolite_bnn._draws import LazyDraws
     from pyrolite_bnn.variables import RandomVariable
 
 __all__ = [
@@ -178,37 +179,35 @@ class LayerRecord(ForwardRecord):
     """Weights drawn from the layers' posterior modules (the generated guide).
 
     Args:
-        variables: the network's random variables.
-        values: the drawn value of each, ``(S, 1, *shape)``, in the same order;
-            ``None`` for variables never drawn (layers that sample their outputs
-            from the weight moments). Their KL is taken in closed form, or
-            estimated from fresh draws where there is none.
-        moments: mean and standard deviation of each mean-field Normal variable,
-            as computed for the forward pass (``None`` for other posteriors);
-            the closed-form KL reuses them.
+        draws: the call's :class:`~pyrolite_bnn._draws.LazyDraws`: each
+            variable's draw (replayed from its random state, so the KL sees
+            the values the forward pass used), the mean and standard deviation
+            of each mean-field Normal variable as computed for the forward pass
+            (the closed-form KL reuses them), and which variables were never
+            drawn (layers that sample their outputs from the moments; their KL
+            is taken in closed form, or estimated from fresh draws where there
+            is none).
         samples: number of particles ``S``.
     """
 
-    def __init__(
-        self,
-        variables: list[RandomVariable],
-        values: list[Tensor | None],
-        moments: list[NormalMoments | None],
-        samples: int,
-    ) -> None:
+    def __init__(self, draws: LazyDraws, samples: int) -> None:
         super().__init__(samples)
-        self.variables = variables
-        self.values = values
-        self.moments = moments
+        self.draws = draws
+        self.variables = draws.variables
+
+    def _value(self, index: int) -> Tensor:
+        drawn = self.draws.value(index)
+        if drawn is None:
+            return self.variables[index].posterior.draw(self.samples)
+        return drawn
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """See :meth:`ForwardRecord.kl`; closed forms are taken once per tensor."""
         self.analytic_sites, self.mc_sites = [], []
         total: Tensor | float = 0.0
         with distribution_checks_off():
-            for variable, value, moments in zip(
-                self.variables, self.values, self.moments, strict=True
-            ):
+            for index, variable in enumerate(self.variables):
+                moments = self.draws.moments[index]
                 term = None if mode == "mc" else _normal_closed_form(variable, moments)
                 if term is not None:
                     self.analytic_sites.append(variable.site)
@@ -218,11 +217,7 @@ class LayerRecord(ForwardRecord):
                 p = variable.module.prior_distribution(variable.name)
                 term = self._choose(variable.site, mode, q, p)
                 if term is None:
-                    drawn = (
-                        variable.posterior.draw(self.samples)
-                        if value is None
-                        else value
-                    )
+                    drawn = self._value(index)
                     # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
                     term = (q.log_prob(drawn) - p.log_prob(drawn)).mean()
                 total = total + term
@@ -231,8 +226,8 @@ class LayerRecord(ForwardRecord):
     def log_probs(self) -> Tensor:
         """See :meth:`ForwardRecord.log_probs`."""
         log_p, log_q = [], []
-        for variable, value in zip(self.variables, self.values, strict=True):
-            drawn = variable.posterior.draw(self.samples) if value is None else value
+        for index, variable in enumerate(self.variables):
+            drawn = self._value(index)
             log_p.append(
                 variable.module.prior_distribution(variable.name).log_prob(drawn)
             )

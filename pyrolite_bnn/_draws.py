@@ -1,0 +1,156 @@
+"""The generated guide's weights for one PyTorch-style call, drawn on first use.
+
+Drawing every weight before the forward pass (as the traced guide does) keeps all
+layers' draws alive at once; hand-written code draws each layer's weights just
+before using them, and the first layer's draws die right after it (autograd does
+not keep weights whose input needs no gradient). :class:`LazyDraws` does the
+same while keeping the traced guide's random stream: a variable is drawn when a
+layer first reads it, after every earlier variable in site order, so the values
+are the ones the traced guide would draw. The draw itself is not kept: the
+device's random-number state before it is, and a later reader (the Monte-Carlo
+KL, ``log_probs``, a second read in the same forward pass) replays the draw from
+that state, getting the same values.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormalPosterior,
+    NormalMoments,
+)
+from pyrolite_bnn.variables import RandomVariable
+
+__all__ = ["LazyDraws", "replay_draw"]
+
+
+def _rng_state(device: torch.device) -> Tensor | None:
+    """Random-number state of the default generator of ``device`` (if replayable)."""
+    if device.type == "cpu":
+        return torch.get_rng_state()
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return None
+
+
+def _draw(
+    variable: RandomVariable, moments: NormalMoments | None, samples: int
+) -> Tensor:
+    posterior = variable.posterior
+    if moments is not None:
+        assert isinstance(posterior, MeanFieldNormalPosterior)
+        return posterior.reparameterize(moments, samples)
+    return posterior.draw(samples)
+
+
+def replay_draw(
+    variable: RandomVariable,
+    moments: NormalMoments | None,
+    samples: int,
+    state: Tensor,
+    device: torch.device,
+) -> Tensor:
+    """Draw ``variable`` again from the random state ``state`` taken before its draw.
+
+    The random state of the device is restored afterwards, so replaying changes
+    no later draw.
+    """
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        return _draw(variable, moments, samples)
+
+
+class LazyDraws:
+    """What each layer reads for its random variables in one call.
+
+    Args:
+        variables: the network's random variables, in site order.
+        moments: ``(loc, scale)`` of each mean-field Normal variable, else ``None``.
+        use_moments: per variable, whether its layer takes the moments (local
+            reparameterisation, flipout) instead of a draw.
+        samples: number of particles.
+    """
+
+    def __init__(
+        self,
+        variables: list[RandomVariable],
+        moments: list[NormalMoments | None],
+        use_moments: list[bool],
+        samples: int,
+    ) -> None:
+        self.variables = variables
+        self.moments = moments
+        self.use_moments = use_moments
+        self.samples = samples
+        self.index = {(id(v.module), v.name): i for i, v in enumerate(variables)}
+        count = len(variables)
+        # Kept draws: variables whose random state cannot be replayed, and every
+        # draw while a graph is captured (replaying would not be recorded).
+        self.values: list[Tensor | None] = [None] * count
+        self.states: list[Tensor | None] = [None] * count
+        self.devices: list[torch.device | None] = [None] * count
+        self._fresh: list[Tensor | None] = [None] * count
+        self._drawn = 0
+        self._keep = is_capturing()
+
+    def get(self, key: tuple[int, str]) -> Tensor | NormalMoments | None:
+        """The draw (or moments) of the variable ``key`` = (id(module), name)."""
+        index = self.index.get(key)
+        if index is None:
+            return None
+        if self.use_moments[index]:
+            moments = self.moments[index]
+            assert moments is not None
+            return moments
+        self._draw_through(index)
+        fresh = self._fresh[index]
+        if fresh is not None:  # handed out once; the layer holds it from now on
+            self._fresh[index] = None
+            return fresh
+        return self.value(index)
+
+    def finish(self) -> None:
+        """Draw the variables no layer read, as the traced guide would."""
+        self._draw_through(len(self.variables) - 1)
+        self._fresh = [None] * len(self.variables)
+
+    def value(self, index: int) -> Tensor | None:
+        """The draw of variable ``index`` (replayed), or ``None`` if never drawn."""
+        kept = self.values[index]
+        if kept is not None:
+            return kept
+        state, device = self.states[index], self.devices[index]
+        if state is None or device is None:
+            return None
+        return replay_draw(
+            self.variables[index],
+            self.moments[index],
+            self.samples,
+            state,
+            device,
+        )
+
+    def _draw_through(self, index: int) -> None:
+        while self._drawn <= index:
+            i = self._drawn
+            self._drawn += 1
+            if self.use_moments[i]:
+                continue
+            variable, moments = self.variables[i], self.moments[i]
+            device = next(iter(variable.posterior.parameters()), None)
+            state = None
+            if device is not None and not self._keep:
+                state = _rng_state(device.device)
+            value = _draw(variable, moments, self.samples)
+            if state is None:
+                self.values[i] = value
+            else:
+                self.states[i], self.devices[i] = state, value.device
+                self._fresh[i] = value
