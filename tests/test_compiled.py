@@ -294,3 +294,27 @@ def test_compiled_random_draws_have_the_eager_distribution() -> None:
     se_std = eager.std() * (2 / len(eager)) ** 0.5 * 2**0.5
     assert (eager.std() - compiled.std()).abs() < 4.5 * se_std
     assert not torch.equal(compiled[0], compiled[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_on_cuda(mode: str) -> None:
+    """On a GPU; ``reduce-overhead`` adds CUDA graphs (replayed outputs reused)."""
+    torch.manual_seed(0)
+    model = _mlp("local").to("cuda")
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=mode)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    x = torch.randn(32, 5, device="cuda")
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    nll = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        for _ in range(40):
+            optimizer.zero_grad()
+            loss = loss_fn.model_loss(model, x, y)
+            loss.backward()
+            optimizer.step()
+            nll.append(loss_fn.last_nll.item())
+    assert _graph_count(loss_fn) == 1
+    assert sum(nll[-5:]) < 0.7 * sum(nll[:5])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyro
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -18,10 +19,23 @@ def _net() -> bnn.VISequential:
     )
 
 
-def test_draws_are_the_traced_guides_and_are_not_kept() -> None:
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+            ],
+        ),
+    ],
+)
+def test_draws_are_the_traced_guides_and_are_not_kept(device: str) -> None:
     """Drawn lazily, the weights still equal the traced guide's under one seed."""
-    net = _net()
-    x = torch.randn(5, 3)
+    net = _net().to(device)
+    x = torch.randn(5, 3, device=device)
     pyro.set_rng_seed(4)
     out = net(x, samples=3)
     record = out.bnn_record
@@ -39,11 +53,11 @@ def test_draws_are_the_traced_guides_and_are_not_kept() -> None:
     # replaying did not move the random stream: the next call draws as usual
     pyro.set_rng_seed(4)
     net(x, samples=3)
-    expected = torch.randn(2)
+    expected = torch.randn(2, device=device)
     pyro.set_rng_seed(4)
     net(x, samples=3)
     record.draws.value(0)
-    assert torch.equal(torch.randn(2), expected)
+    assert torch.equal(torch.randn(2, device=device), expected)
 
 
 class _TwoReads(bnn.VIModule):
