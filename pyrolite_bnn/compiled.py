@@ -177,11 +177,25 @@ class LossGraphs:
             return loss_fn._terms(output, target, loss_fn._record_for(output))
 
         previous = last_record()
+        # Capture runs the forward pass for real: undo its in-place updates of
+        # buffers (BatchNorm statistics), or this step would count twice, and
+        # its use of the random stream, so the graph draws what eager would.
+        buffers = [t for t in tensors if not isinstance(t, nn.Parameter)]
+        saved = [t.detach().clone() for t in buffers]
+        cuda = sorted({t.device for t in tensors if t.device.type == "cuda"}, key=str)
         try:
-            with capturing(), validation(False), distribution_checks_off():
+            with (
+                torch.random.fork_rng(devices=cuda, device_type="cuda"),
+                capturing(),
+                validation(False),
+                distribution_checks_off(),
+            ):
                 traced = make_fx(loss_terms)(tensors, args, kwargs, target)
         finally:
             set_last_record(previous)
+            with torch.no_grad():
+                for buffer, value in zip(buffers, saved, strict=True):
+                    buffer.copy_(value)
         compiled = torch.compile(traced, mode=self.mode, dynamic=False)
         return _Graph(compiled, output_like[0])
 

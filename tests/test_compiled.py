@@ -318,3 +318,43 @@ def test_compiled_on_cuda(mode: str) -> None:
             nll.append(loss_fn.last_nll.item())
     assert _graph_count(loss_fn) == 1
     assert sum(nll[-5:]) < 0.7 * sum(nll[:5])
+
+
+def test_batchnorm_and_dropout_every_call_equals_eager() -> None:
+    """Capture neither double-counts BatchNorm statistics nor shifts the draws.
+
+    Seeded alike, every call (the eager first one, the capturing second one
+    and the compiled ones) gives the eager loss, and the running statistics
+    end equal.
+    """
+
+    def make() -> bnn.VISequential:
+        torch.manual_seed(0)
+        return bnn.VISequential(
+            bnn.VILinear(5, 8),
+            nn.BatchNorm1d(8),
+            nn.ReLU(),
+            nn.Dropout(0.3),
+            bnn.VILinear(8, 3),
+        )
+
+    x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
+    runs = {}
+    for compile in (False, True):
+        model = make()
+        loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=compile)
+        losses = []
+        for call in range(4):
+            torch.manual_seed(10 + call)
+            losses.append(loss_fn.model_loss(model, x, y, samples=4).detach())
+        batch_norm = model[1]
+        assert isinstance(batch_norm, nn.BatchNorm1d)
+        runs[compile] = (torch.stack(losses), batch_norm)
+    assert _graph_count(loss_fn) == 1
+    torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-5, atol=1e-6)
+    eager_bn, compiled_bn = runs[False][1], runs[True][1]
+    assert (
+        int(compiled_bn.num_batches_tracked) == int(eager_bn.num_batches_tracked) == 4
+    )
+    torch.testing.assert_close(compiled_bn.running_mean, eager_bn.running_mean)
+    torch.testing.assert_close(compiled_bn.running_var, eager_bn.running_var)
