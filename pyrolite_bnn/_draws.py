@@ -24,7 +24,7 @@ from pyrolite_bnn.distributions.variational import (
 )
 from pyrolite_bnn.variables import RandomVariable
 
-__all__ = ["LazyDraws", "replay_draw"]
+__all__ = ["LazyDraws"]
 
 
 def _rng_state(device: torch.device) -> Tensor | None:
@@ -46,7 +46,7 @@ def _draw(
     return posterior.draw(samples)
 
 
-def replay_draw(
+def _replay_draw(
     variable: RandomVariable,
     moments: NormalMoments | None,
     samples: int,
@@ -129,7 +129,7 @@ class LazyDraws:
         state, device = self.states[index], self.devices[index]
         if state is None or device is None:
             return None
-        return replay_draw(
+        return _replay_draw(
             self.variables[index],
             self.moments[index],
             self.samples,
@@ -144,10 +144,10 @@ class LazyDraws:
             if self.use_moments[i]:
                 continue
             variable, moments = self.variables[i], self.moments[i]
-            device = next(iter(variable.posterior.parameters()), None)
+            param = next(iter(variable.posterior.parameters()), None)
             state = None
-            if device is not None and not self._keep:
-                state = _rng_state(device.device)
+            if param is not None and not self._keep:
+                state = _rng_state(param.device)
             value = _draw(variable, moments, self.samples)
             if state is None:
                 self.values[i] = value

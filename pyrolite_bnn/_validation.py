@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pyro.distributions as pyro_dist
 import torch
@@ -72,6 +73,15 @@ def distribution_checks_off() -> Iterator[None]:
         yield
     finally:
         pyro_dist.enable_validation(previous)
+
+
+def check_finite_inputs(
+    args: tuple[Any, ...], kwargs: dict[str, Any], owner: str
+) -> None:
+    """:func:`check_finite` on every tensor among a call's inputs."""
+    for position, value in (*enumerate(args), *kwargs.items()):
+        if isinstance(value, torch.Tensor):
+            check_finite(value, f"input {position} of {owner}")
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:

@@ -33,7 +33,7 @@ from pyrolite_bnn._capture import capturing
 from pyrolite_bnn._particles import check_samples
 from pyrolite_bnn._pyro_module import structure_version
 from pyrolite_bnn._validation import (
-    check_finite,
+    check_finite_inputs,
     distribution_checks_off,
     is_validation_enabled,
     validation,
@@ -54,8 +54,10 @@ COMPILE_MODES = (
     "max-autotune",
     "max-autotune-no-cudagraphs",
 )
-# Graphs kept per loss object (one per call signature, least recently used out).
+# Graphs kept per loss object (one per call signature, least recently used out),
+# and signatures remembered as seen once (not compiled yet).
 _MAX_GRAPHS = 8
+_MAX_SEEN = 64
 
 
 class CompileFallbackWarning(RuntimeWarning):
@@ -64,7 +66,7 @@ class CompileFallbackWarning(RuntimeWarning):
 
 @dataclass(frozen=True)
 class _Graph:
-    """A compiled graph ``(tensors, args, kwargs, target) -> (log_lik, kl)``."""
+    """A compiled graph ``(tensors, args, target) -> (log_lik, kl)``."""
 
     run: Callable[..., tuple[Tensor, Tensor]]
     output: Tensor  # a meta tensor with the shape and dtype of the network output
@@ -85,7 +87,7 @@ class LossGraphs:
         self.mode = mode
         self._graphs: OrderedDict[Hashable, _Graph] = OrderedDict()
         self._failed: set[Hashable] = set()
-        self._seen: set[Hashable] = set()
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()
 
     def __reduce__(self) -> tuple[type[LossGraphs], tuple[str]]:
         """Copies and pickles start without graphs (they hold compiled code)."""
@@ -105,7 +107,6 @@ class LossGraphs:
         loss_fn: KullbackLeiblerLoss,
         model: VIModule,
         args: tuple[Any, ...],
-        kwargs: dict[str, Any],
         target: Tensor,
         samples: int | None,
     ) -> tuple[Tensor, Tensor, torch.Size] | None:
@@ -120,23 +121,25 @@ class LossGraphs:
         count = check_samples(model.samples if samples is None else samples)
         modules = [*model.modules(), *loss_fn.modules()]
         tensors = _tensors_of(modules)
-        call = (args, kwargs, target)
+        call = (args, target)
         key = _signature(loss_fn, model, modules, tensors, call, count)
         if key is None or key in self._failed:
             return None
         graph = self._graphs.get(key)
         if graph is None and key not in self._seen:
-            self._seen.add(key)
+            self._seen[key] = None
+            while len(self._seen) > _MAX_SEEN:
+                self._seen.popitem(last=False)
             return None
         if graph is not None:
             self._graphs.move_to_end(key)
             if is_validation_enabled():
-                _validate(loss_fn, model, graph.output, args, kwargs, target)
-            log_lik, kl = graph.run(tensors, args, kwargs, target)
+                _validate(loss_fn, model, graph.output, args, target)
+            log_lik, kl = graph.run(tensors, args, target)
             return log_lik, kl, graph.output.shape
         try:
-            graph = self._capture(loss_fn, model, tensors, args, kwargs, target, count)
-            log_lik, kl = graph.run(tensors, args, kwargs, target)
+            graph = self._capture(loss_fn, model, tensors, args, target, count)
+            log_lik, kl = graph.run(tensors, args, target)
         except Exception as error:  # anything: the eager path is always correct
             self._failed.add(key)
             warnings.warn(
@@ -146,7 +149,7 @@ class LossGraphs:
                 stacklevel=3,
             )
             return None
-        self._seen.discard(key)
+        self._seen.pop(key, None)
         self._graphs[key] = graph
         while len(self._graphs) > _MAX_GRAPHS:
             self._graphs.popitem(last=False)
@@ -158,21 +161,17 @@ class LossGraphs:
         model: VIModule,
         tensors: list[Tensor],
         args: tuple[Any, ...],
-        kwargs: dict[str, Any],
         target: Tensor,
         samples: int,
     ) -> _Graph:
         output_like: list[Tensor] = []
 
         def loss_terms(
-            tensors: list[Tensor],
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-            target: Tensor,
+            tensors: list[Tensor], args: tuple[Any, ...], target: Tensor
         ) -> tuple[Tensor, Tensor]:
             # ``tensors`` are the very parameter and buffer objects the modules
             # hold, so the tracer records them as graph inputs, not constants.
-            output = model(*args, samples=samples, **kwargs)
+            output = model(*args, samples=samples)
             output_like.append(torch.empty_like(output, device="meta"))
             return loss_fn._terms(output, target, loss_fn._record_for(output))
 
@@ -190,7 +189,7 @@ class LossGraphs:
                 validation(False),
                 distribution_checks_off(),
             ):
-                traced = make_fx(loss_terms)(tensors, args, kwargs, target)
+                traced = make_fx(loss_terms)(tensors, args, target)
         finally:
             set_last_record(previous)
             with torch.no_grad():
@@ -205,13 +204,10 @@ def _validate(
     model: VIModule,
     output: Tensor,
     args: tuple[Any, ...],
-    kwargs: dict[str, Any],
     target: Tensor,
 ) -> None:
     """The eager path's input and target checks, before the graph runs."""
-    for position, value in (*enumerate(args), *kwargs.items()):
-        if isinstance(value, Tensor):
-            check_finite(value, f"input {position} of {type(model).__name__}")
+    check_finite_inputs(args, {}, type(model).__name__)
     loss_fn.predictive.check_target(output, target)
 
 

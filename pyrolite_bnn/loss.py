@@ -185,7 +185,7 @@ class KullbackLeiblerLoss(nn.Module):
             )
         args = x if isinstance(x, tuple) else (x,)
         if self.graphs is not None:
-            terms = self.graphs.terms(self, model, args, {}, target, samples)
+            terms = self.graphs.terms(self, model, args, target, samples)
             if terms is not None:
                 log_lik, kl, shape = terms
                 return self._combine(log_lik, kl, shape)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import LazyDraws
 from pyrolite_bnn._pyro_module import LocalPyroModule, local_params, structure_version
-from pyrolite_bnn._validation import check_finite
+from pyrolite_bnn._validation import check_finite_inputs
 from pyrolite_bnn.distributions.priors import Prior, as_prior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
@@ -401,9 +401,7 @@ class VIModule(LocalPyroModule):
         """Validate the inputs of an outermost call; return its particle state."""
         count = _particles.check_samples(self.samples if samples is None else samples)
         first = _particles.first_tensor(args, kwargs)
-        for position, value in (*enumerate(args), *kwargs.items()):
-            if isinstance(value, Tensor):
-                check_finite(value, f"input {position} of {type(self).__name__}")
+        check_finite_inputs(args, kwargs, type(self).__name__)
         batch = None if first is None or first.dim() == 0 else first.shape[0]
         return _particles.ParticleState(count, batch), (
             None if first is None else first.device
