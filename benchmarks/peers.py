@@ -57,16 +57,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from workloads import INIT_SCALE, INPUT_SHAPES, N_TRAIN, SIZES, layer_stack
 
-N_TRAIN = 60_000
-INIT_RHO = -6.0
-INIT_SCALE = float(F.softplus(torch.tensor(INIT_RHO)))
+INIT_RHO = -6.0  # workloads.INIT_SCALE is softplus(INIT_RHO)
 SEED = 0
 
 Step = Callable[[], torch.Tensor]
-
-_SIZES = {"mlp": [784, 512, 512, 10], "tiny": [16, 32, 32, 10]}
-_INPUT = {"mlp": (784,), "tiny": (16,), "conv": (1, 28, 28)}
 
 
 def available() -> list[str]:
@@ -81,9 +77,9 @@ def available() -> list[str]:
 def _data(
     workload: str, batch: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if workload not in _INPUT:
+    if workload not in INPUT_SHAPES:
         raise ValueError(f"unknown workload {workload!r}")
-    x = torch.randn(batch, *_INPUT[workload], device=device)
+    x = torch.randn(batch, *INPUT_SHAPES[workload], device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     return x, y
 
@@ -101,27 +97,11 @@ def _torch_blue_step(
         "kaiming_initialization": False,
         "device": dev,
     }
-    layers: list[nn.Module]
-    if workload == "conv":
-        layers = [
-            vi.VIConv2d(1, 32, 5, **opts),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            vi.VIConv2d(32, 64, 5, **opts),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            vi.VILinear(1024, 10, **opts),
-        ]
-    elif workload in _SIZES:
-        sizes = _SIZES[workload]
-        layers = []
-        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-            layers.append(vi.VILinear(a, b, **opts))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-    else:
-        raise ValueError(f"unknown workload {workload!r}")
+    layers = layer_stack(
+        workload,
+        lambda a, b: vi.VILinear(a, b, **opts),
+        lambda c, o, k: vi.VIConv2d(c, o, k, **opts),
+    )
     model = vi.VISequential(*layers)
     x, y = _data(workload, batch, dev)
     loss_fn: nn.Module
@@ -188,8 +168,8 @@ def _bayesian_torch_step(
             conv2d(32, 64, 5, **opts),
             linear(1024, 10, **opts),
         ]
-    elif workload in _SIZES:
-        sizes = _SIZES[workload]
+    elif workload in SIZES:
+        sizes = SIZES[workload]
         layers = [linear(a, b, **opts) for a, b in itertools.pairwise(sizes)]
     else:
         raise ValueError(f"unknown workload {workload!r}")
@@ -230,7 +210,7 @@ def make_peer_steps(
         ``samples`` draws, loss, backward, Adam step) and returns the detached
         loss. Libraries that are not installed are omitted.
     """
-    if workload not in _INPUT:
+    if workload not in INPUT_SHAPES:
         raise ValueError(f"unknown workload {workload!r}")
     have = available()
     steps: dict[str, Step] = {}

@@ -20,6 +20,39 @@ N_TRAIN = 60_000
 INIT_SCALE = float(F.softplus(torch.tensor(-6.0)))
 
 
+# Layer widths of the dense workloads, and every workload's input shape.
+SIZES = {"mlp": [784, 512, 512, 10], "tiny": [16, 32, 32, 10]}
+INPUT_SHAPES = {"mlp": (784,), "tiny": (16,), "conv": (1, 28, 28)}
+
+
+def layer_stack(
+    workload: str,
+    linear: Callable[[int, int], nn.Module],
+    conv2d: Callable[[int, int, int], nn.Module],
+) -> list[nn.Module]:
+    """The workload's layers, built with a library's linear and conv constructors."""
+    if workload == "conv":
+        return [
+            conv2d(1, 32, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            conv2d(32, 64, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            linear(1024, 10),
+        ]
+    if workload not in SIZES:
+        raise ValueError(f"unknown workload {workload!r}")
+    sizes = SIZES[workload]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return layers
+
+
 def build(
     workload: str, estimator: str = "reparam"
 ) -> tuple[bnn.VIModule, tuple[int, ...]]:
@@ -28,30 +61,12 @@ def build(
         "variational": bnn.MeanFieldNormal(init_scale=INIT_SCALE),
         "estimator": estimator,
     }
-    if workload == "mlp":
-        sizes = [784, 512, 512, 10]
-    elif workload == "tiny":
-        sizes = [16, 32, 32, 10]
-    elif workload == "conv":
-        net = bnn.VISequential(
-            bnn.VIConv2d(1, 32, 5, **opts),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            bnn.VIConv2d(32, 64, 5, **opts),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            bnn.VILinear(1024, 10, **opts),
-        )
-        return net, (1, 28, 28)
-    else:
-        raise ValueError(f"unknown workload {workload!r}")
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(bnn.VILinear(a, b, **opts))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return bnn.VISequential(*layers), (sizes[0],)
+    layers = layer_stack(
+        workload,
+        lambda a, b: bnn.VILinear(a, b, **opts),
+        lambda c, o, k: bnn.VIConv2d(c, o, k, **opts),
+    )
+    return bnn.VISequential(*layers), INPUT_SHAPES[workload]
 
 
 def make_step(
