@@ -81,7 +81,7 @@ def make_step(
     """One training step of pyrolite_bnn on the workload (as reference.make_step).
 
     ``compile=True`` uses ``KullbackLeiblerLoss(..., compile=True)``: the graph
-    is captured and compiled on the third step, so warm up at least three steps.
+    is captured and compiled on the second step, so warm up at least two steps.
     """
     torch.manual_seed(seed)
     net, shape = build(workload, estimator)

@@ -63,7 +63,7 @@ def _loss_and_grads(
     torch.manual_seed(0)
     model = make()
     loss_fn = bnn.KullbackLeiblerLoss(copy.deepcopy(predictive), N, compile=compile)
-    for _ in range(3):  # the third call of a signature captures and compiles
+    for _ in range(3):  # the second call of a signature captures and compiles
         loss_fn.model_loss(model, x, y, samples=4)
     torch.manual_seed(1)
     model.zero_grad()
