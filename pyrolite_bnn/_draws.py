@@ -14,6 +14,10 @@ that state, getting the same values.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor
 
@@ -24,7 +28,7 @@ from pyrolite_bnn.distributions.variational import (
 )
 from pyrolite_bnn.variables import RandomVariable
 
-__all__ = ["LazyDraws"]
+__all__ = ["LazyDraws", "current_draws", "using_draws"]
 
 
 def _rng_state(device: torch.device) -> Tensor | None:
@@ -154,3 +158,23 @@ class LazyDraws:
             else:
                 self.states[i], self.devices[i] = state, value.device
                 self._fresh[i] = value
+
+
+_DRAWN: ContextVar[LazyDraws | None] = ContextVar(
+    "pyrolite_drawn_weights", default=None
+)
+
+
+def current_draws() -> LazyDraws | None:
+    """The draws of the running PyTorch-style call (``None`` elsewhere)."""
+    return _DRAWN.get()
+
+
+@contextmanager
+def using_draws(draws: LazyDraws) -> Iterator[None]:
+    """Make ``draws`` what layers read their random variables from in the body."""
+    token = _DRAWN.set(draws)
+    try:
+        yield
+    finally:
+        _DRAWN.reset(token)

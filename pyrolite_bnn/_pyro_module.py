@@ -62,6 +62,22 @@ class LocalPyroModule(PyroModule):
         with local_params():
             return super().__call__(*args, **kwargs)
 
+    def adopt_pyro_name(self, name: str) -> None:
+        """Name this module's Pyro parameters (and its submodules') under ``name``.
+
+        Pyro names a module's parameters by its attribute path below the
+        outermost ``PyroModule``; a plain torch container in between breaks
+        that chain, and two layers in one ``nn.Sequential`` would otherwise
+        both report ``"posterior.weight.loc"`` to Pyro's optimisers. Networks
+        call this with each layer's path from the network that is run.
+        """
+        if self.__dict__.get("_pyro_name") == name:
+            return
+        object.__setattr__(self, "_pyro_name", name)
+        for key, child in self._modules.items():
+            if isinstance(child, LocalPyroModule):
+                child.adopt_pyro_name(f"{name}.{key}" if name else key)
+
     def add_module(self, name: str, module: Any) -> None:
         # Adopting a PyroModule built outside the local-parameter setting (a Pyro
         # autoguide, say) runs a consistency check that expects the setting to

@@ -39,7 +39,6 @@ from pyrolite_bnn._validation import (
     validation,
 )
 from pyrolite_bnn.module import VIModule
-from pyrolite_bnn.record import last_record, set_last_record
 
 if TYPE_CHECKING:
     from pyrolite_bnn.loss import KullbackLeiblerLoss
@@ -173,9 +172,8 @@ class LossGraphs:
             # hold, so the tracer records them as graph inputs, not constants.
             output = model(*args, samples=samples)
             output_like.append(torch.empty_like(output, device="meta"))
-            return loss_fn._terms(output, target, loss_fn._record_for(output))
+            return loss_fn.terms(output, target)
 
-        previous = last_record()
         # Capture runs the forward pass for real: undo its in-place updates of
         # buffers (BatchNorm statistics), or this step would count twice, and
         # its use of the random stream, so the graph draws what eager would.
@@ -191,11 +189,12 @@ class LossGraphs:
             ):
                 traced = make_fx(loss_terms)(tensors, args, target)
         finally:
-            set_last_record(previous)
             with torch.no_grad():
                 for buffer, value in zip(buffers, saved, strict=True):
                     buffer.copy_(value)
-        compiled = torch.compile(traced, mode=self.mode, dynamic=False)
+        # The graph's function, not the module: a compiled module would run the
+        # library's global module hooks (see _plain_roots) on every call.
+        compiled = torch.compile(traced.forward, mode=self.mode, dynamic=False)
         return _Graph(compiled, output_like[0])
 
 

@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._network import collect_variables
 from pyrolite_bnn._pyro_module import LocalPyroModule, local_params
+from pyrolite_bnn.module import DEFAULT_SAMPLES
 
 if TYPE_CHECKING:
-    from pyrolite_bnn.module import VIModule
+    from pyrolite_bnn.variables import RandomVariable
 
 __all__ = ["ParticleGuide"]
 
@@ -39,7 +41,8 @@ class ParticleGuide(LocalPyroModule):
     """The guide of a :class:`~pyrolite_bnn.VIModule`, vectorised over particles.
 
     Args:
-        network: the network whose weights it covers.
+        network: the network whose weights it covers: a ``VIModule``, or any
+            torch module holding Bayesian layers (``nn.Sequential(...)``).
         inner: ``None`` for the generated guide from the layers' posterior
             modules, or any Pyro guide for the weights of one particle.
 
@@ -55,7 +58,7 @@ class ParticleGuide(LocalPyroModule):
     """
 
     def __init__(
-        self, network: VIModule, inner: Callable[..., Any] | None = None
+        self, network: nn.Module, inner: Callable[..., Any] | None = None
     ) -> None:
         super().__init__()
         # A tuple hides the network from nn.Module registration (no cycle).
@@ -63,9 +66,13 @@ class ParticleGuide(LocalPyroModule):
         self.inner = inner
 
     @property
-    def network(self) -> VIModule:
+    def network(self) -> nn.Module:
         """The network this guide belongs to."""
         return self._network[0]
+
+    def variables(self) -> list[RandomVariable]:
+        """The random variables of the network, in site order."""
+        return collect_variables(self.network)
 
     def setup(self) -> None:
         """Create an autoguide's parameters now, outside the particle plate.
@@ -85,7 +92,7 @@ class ParticleGuide(LocalPyroModule):
                     "the network's weight model, e.g. "
                     "AutoNormal(model.prior_model, init_loc_fn=model.init_loc_fn)"
                 ) from error
-            sites = {v.site for v in self.network.random_variables()}
+            sites = {v.site for v in self.variables()}
             prototype = inner.prototype_trace
             assert prototype is not None
             covered = {
@@ -106,15 +113,14 @@ class ParticleGuide(LocalPyroModule):
         are accepted and ignored.
         """
         network = self.network
-        count = _particles.check_samples(
-            network.samples if samples is None else samples
-        )
+        default = getattr(network, "samples", DEFAULT_SAMPLES)
+        count = _particles.check_samples(default if samples is None else samples)
         first = _particles.first_tensor(args, kwargs)
         device = first.device if first is not None else _parameter_device(network)
         with _particles.particle_plate(count, device):
             if self.inner is not None:
                 return self.inner()
-            return {v.site: v.posterior(v.site) for v in network.random_variables()}
+            return {v.site: v.posterior(v.site) for v in self.variables()}
 
     @torch.no_grad()
     def median(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
@@ -129,9 +135,7 @@ class ParticleGuide(LocalPyroModule):
                     f"guide {type(self.inner).__name__} has no median() method"
                 )
             return dict(median())
-        return {
-            v.site: v.posterior.mean().detach() for v in self.network.random_variables()
-        }
+        return {v.site: v.posterior.mean().detach() for v in self.variables()}
 
     def quantiles(self, quantiles: Sequence[float], *args: Any, **kwargs: Any) -> Any:
         """Quantiles of each weight, for guides that support them (Pyro autoguides)."""
@@ -141,7 +145,7 @@ class ParticleGuide(LocalPyroModule):
         return method(quantiles)
 
 
-def _parameter_device(network: VIModule) -> torch.device | None:
+def _parameter_device(network: nn.Module) -> torch.device | None:
     for parameter in network.parameters():
         return parameter.device
     return None

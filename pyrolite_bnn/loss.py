@@ -10,12 +10,14 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn import _particles
+from pyrolite_bnn._forward import prepare, run_sites
+from pyrolite_bnn._network import bayesian_positions
+from pyrolite_bnn._particles import particle_plate
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.compiled import LossGraphs
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
-from pyrolite_bnn.module import VIModule
-from pyrolite_bnn.record import ForwardRecord, KLMode, last_record, set_last_record
+from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
+from pyrolite_bnn.record import ForwardRecord, KLMode, find_record
 
 __all__ = ["KullbackLeiblerLoss"]
 
@@ -139,11 +141,8 @@ class KullbackLeiblerLoss(nn.Module):
         Returns:
             Scalar loss.
         """
-        record = self._record_for(output)
-        if last_record() is record:  # release the traces even if a check fails
-            set_last_record(None)
-        log_lik, kl = self._terms(output, target, record)
-        return self._combine(log_lik, kl, output.shape)
+        log_lik, kl = self.terms(output, target)
+        return self.combine(log_lik, kl, output.shape)
 
     def model_loss(
         self,
@@ -188,20 +187,32 @@ class KullbackLeiblerLoss(nn.Module):
             terms = self.graphs.terms(self, model, args, target, samples)
             if terms is not None:
                 log_lik, kl, shape = terms
-                return self._combine(log_lik, kl, shape)
+                return self.combine(log_lik, kl, shape)
         loss: Tensor = self(model(*args, samples=samples), target)
         return loss
 
-    def _terms(
-        self, output: Tensor, target: Tensor, record: ForwardRecord
-    ) -> tuple[Tensor, Tensor]:
-        """Sum of the log-likelihoods over particles and examples, and the KL."""
+    def terms(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The two parts of the ELBO of ``output = model(x)`` and ``target``.
+
+        Args:
+            output: the network output ``(S, B, ...)`` of a PyTorch-style call,
+                or a tensor computed from it with gradients enabled.
+            target: targets ``(B, ...)``.
+
+        Returns:
+            The sum of the log-likelihoods over particles and examples, and the
+            KL of the forward pass that produced ``output`` (see ``kl=``).
+        """
+        record = self._record_for(output)
         self._check_batch(output)
         log_lik = self.predictive.log_likelihood(output, target).sum()
         return log_lik, record.kl(self.kl)
 
-    def _combine(self, log_lik: Tensor, kl: Tensor, shape: torch.Size) -> Tensor:
-        """The loss from :meth:`_terms` of an output of ``shape`` ``(S, B, ...)``."""
+    def combine(self, log_lik: Tensor, kl: Tensor, shape: torch.Size) -> Tensor:
+        """The loss from :meth:`terms` of an output of ``shape`` ``(S, B, ...)``.
+
+        Also sets :attr:`last_nll` and :attr:`last_kl`.
+        """
         log_lik = log_lik * (self.dataset_size / shape[1] / shape[0])
         norm = self.dataset_size if self.reduction == "mean" else 1
         self.last_nll = (-log_lik / norm).detach()
@@ -212,17 +223,11 @@ class KullbackLeiblerLoss(nn.Module):
     def _record_for(self, output: Tensor) -> ForwardRecord:
         if not isinstance(output, Tensor):
             raise TypeError(f"output must be a tensor, got {type(output).__name__}")
-        record = getattr(output, "bnn_record", None) or last_record()
-        if record is None:
-            raise ValueError(
-                "no forward pass to take the KL term from: pass the output of a "
-                "VIModule called outside Pyro inference (out = model(x))"
-            )
+        record = find_record(output)
         if output.dim() < 2 or output.shape[0] != record.samples:
             raise ValueError(
-                f"output of shape {tuple(output.shape)} does not come from the last "
-                f"forward pass ({record.samples} particles); the particle dimension "
-                "must stay first"
+                f"output of shape {tuple(output.shape)} does not keep the particle "
+                f"dimension of its forward pass ({record.samples} particles) first"
             )
         return record
 
@@ -257,7 +262,7 @@ class KullbackLeiblerLoss(nn.Module):
                 stacklevel=3,
             )
 
-    def pyro_model(self, model: VIModule) -> Callable[..., Any]:
+    def pyro_model(self, model: nn.Module) -> Callable[..., Any]:
         """The full Pyro model of ``model`` under this likelihood.
 
         The returned callable ``pyro_model(x, y=None, samples=None)`` runs the
@@ -275,9 +280,12 @@ class KullbackLeiblerLoss(nn.Module):
         Returns:
             The Pyro model callable.
         """
-        if not isinstance(model, VIModule):
+        if not isinstance(model, VIModule) and (
+            not isinstance(model, nn.Module) or not bayesian_positions(model, limit=1)
+        ):
             raise TypeError(
-                f"pyro_model needs a bnn.VIModule, got {type(model).__name__}"
+                "pyro_model needs a network with Bayesian layers (a bnn.VIModule, "
+                f"or a torch module holding bnn layers), got {type(model).__name__}"
             )
         if self.heat != 1.0:
             raise ValueError(
@@ -288,9 +296,14 @@ class KullbackLeiblerLoss(nn.Module):
         def bnn_pyro_model(
             x: Any, y: Tensor | None = None, samples: int | None = None
         ) -> Tensor:
-            state, device = model._prepare((x,), {}, samples)
-            with local_params(), _particles.particle_plate(state.samples, device):
-                output: Tensor = model._run(state, (x,), {})
+            count = (
+                getattr(model, "samples", DEFAULT_SAMPLES)
+                if samples is None
+                else samples
+            )
+            state, device = prepare(model, (x,), {}, count)
+            with local_params(), particle_plate(state.samples, device):
+                output: Tensor = run_sites(model, state, (x,), {})
                 batch = self._check_batch(output)
                 with pyro.plate(
                     "data",

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.nn import PyroModule, PyroSample
@@ -35,36 +34,30 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._draws import LazyDraws
-from pyrolite_bnn._pyro_module import LocalPyroModule, local_params, structure_version
-from pyrolite_bnn._validation import check_finite_inputs
+from pyrolite_bnn._draws import current_draws
+from pyrolite_bnn._pyro_module import LocalPyroModule, local_params
+from pyrolite_bnn._sites import current_sites
 from pyrolite_bnn.distributions.priors import Prior, as_prior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
-    MeanFieldNormalPosterior,
-    NormalMoments,
     Posterior,
     VariationalFamily,
-)
-from pyrolite_bnn.record import (
-    ForwardRecord,
-    LayerRecord,
-    TraceRecord,
-    set_last_record,
 )
 from pyrolite_bnn.variables import RandomVariable
 
 if TYPE_CHECKING:
     from pyrolite_bnn.guides import ParticleGuide
 
-__all__ = ["PosteriorDict", "VIModule", "whole_network_draws"]
+__all__ = [
+    "DEFAULT_SAMPLES",
+    "NOT_NETWORK",
+    "PosteriorDict",
+    "VIModule",
+    "whole_network_draws",
+    "whole_networks_requested",
+]
 
 DEFAULT_SAMPLES = 10
-# Weights drawn by the generated guide for the running PyTorch-style call, keyed
-# by (id(layer), variable name); layers read them instead of Pyro sample sites.
-_DRAWN: ContextVar[LazyDraws | None] = ContextVar(
-    "pyrolite_drawn_weights", default=None
-)
 # Set by whole_network_draws(): every particle is one complete network.
 _WHOLE_NETWORKS: ContextVar[bool] = ContextVar("pyrolite_whole_networks", default=False)
 
@@ -84,6 +77,11 @@ def whole_network_draws() -> Iterator[None]:
         yield
     finally:
         _WHOLE_NETWORKS.reset(token)
+
+
+def whole_networks_requested() -> bool:
+    """Whether the running call is inside :func:`whole_network_draws`."""
+    return _WHOLE_NETWORKS.get()
 
 
 # Submodule name under which an assigned (non-default) guide is registered.
@@ -175,6 +173,9 @@ class VIModule(LocalPyroModule):
 
     def __init__(self) -> None:
         super().__init__()
+        from pyrolite_bnn import _plain_roots  # imports this module
+
+        _plain_roots.install()
         self.samples = DEFAULT_SAMPLES
         self.return_log_probs = False
         self._declared: dict[str, torch.Size] = {}
@@ -244,21 +245,20 @@ class VIModule(LocalPyroModule):
         assert isinstance(prior, Prior)
         return prior(self._declared[name])
 
+    def declared_variables(self) -> dict[str, torch.Size]:
+        """This module's own random variables: name -> shape of one draw."""
+        return dict(self._declared)
+
     def random_variables(self) -> list[RandomVariable]:
         """All random variables of this network, in module order.
 
-        Raises:
-            TypeError: if a ``VIModule`` sits inside a plain ``torch.nn``
-                container, where Pyro cannot give its sites unique names.
+        Bayesian layers anywhere below this module count, inside ``bnn`` or
+        plain ``torch.nn`` containers alike; site names are module paths. A
+        layer used at several positions is listed once (at its first path).
         """
-        version = structure_version()
-        cached = self.__dict__.get("_variables_cache")
-        if cached is not None and cached[0] == version:
-            return list(cached[1])
-        found: list[RandomVariable] = []
-        _collect(self, "", found, plain_parent=None)
-        object.__setattr__(self, "_variables_cache", (version, tuple(found)))
-        return found
+        from pyrolite_bnn._network import collect_variables  # imports this module
+
+        return collect_variables(self)
 
     # ------------------------------------------------------------------ guides
     @property
@@ -386,164 +386,39 @@ class VIModule(LocalPyroModule):
                 raise ValueError(
                     "samples= can only be given to the outermost VIModule call"
                 )
-            if _DRAWN.get() is not None:  # weights already drawn: no Pyro needed
+            if current_draws() is not None:  # weights already drawn: no Pyro needed
                 return nn.Module.__call__(self, *args, **kwargs)
             return LocalPyroModule.__call__(self, *args, **kwargs)
-        state, device = self._prepare(args, kwargs, samples)
+        # The call machinery imports this module.
+        from pyrolite_bnn import _forward, _plain_roots
+
+        if _plain_roots.open_pending_root(args, kwargs, samples):
+            return nn.Module.__call__(self, *args, **kwargs)
+        count = self.samples if samples is None else samples
+        state, device = _forward.prepare(self, args, kwargs, count)
         with local_params():
             if am_i_wrapped():
-                return self._particle_call(state, device, args, kwargs)
-            return self._pytorch_call(state, device, args, kwargs)
-
-    def _prepare(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], samples: int | None
-    ) -> tuple[_particles.ParticleState, torch.device | None]:
-        """Validate the inputs of an outermost call; return its particle state."""
-        count = _particles.check_samples(self.samples if samples is None else samples)
-        first = _particles.first_tensor(args, kwargs)
-        check_finite_inputs(args, kwargs, type(self).__name__)
-        batch = None if first is None or first.dim() == 0 else first.shape[0]
-        return _particles.ParticleState(count, batch), (
-            None if first is None else first.device
-        )
-
-    def _run(
-        self,
-        state: _particles.ParticleState,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """Run ``forward`` for all particles (the plate must be open); unfold."""
-        with _particles.particles(state):
-            result = LocalPyroModule.__call__(self, *args, **kwargs)
-        return _particles.unfold(result, state)
-
-    def _particle_call(
-        self,
-        state: _particles.ParticleState,
-        device: torch.device | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        with _particles.particle_plate(state.samples, device):
-            return self._run(state, args, kwargs)
-
-    def _layer_guide_call(
-        self,
-        state: _particles.ParticleState,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> tuple[Any, LayerRecord]:
-        """Run with the generated guide, without Pyro tracing (same draws).
-
-        Weights are drawn from the posterior modules in site order, exactly as
-        the traced guide would, and handed to the layers (``self.weight``); each
-        is drawn when its layer first reads it (see
-        :class:`~pyrolite_bnn._draws.LazyDraws`), so only the layers in use hold
-        their draws. Nothing else differs from the traced path. Layers whose
-        estimator samples outputs instead of weights (``"local"``,
-        ``"flipout"``) get the posterior moments instead of a draw.
-        """
-        variables = self.random_variables()
-        whole_networks = _WHOLE_NETWORKS.get()
-        moments: list[NormalMoments | None] = []
-        use_moments: list[bool] = []
-        for v in variables:
-            posterior = v.posterior
-            normal = None
-            if isinstance(posterior, MeanFieldNormalPosterior):
-                normal = NormalMoments(*posterior.normal_params())
-            moments.append(normal)
-            use_moments.append(
-                normal is not None and v.module.uses_moments() and not whole_networks
-            )
-        draws = LazyDraws(variables, moments, use_moments, state.samples)
-        token = _DRAWN.set(draws)
-        try:
-            with _particles.particles(state):
-                result = nn.Module.__call__(self, *args, **kwargs)
-        finally:
-            _DRAWN.reset(token)
-        draws.finish()
-        return _particles.unfold(result, state), LayerRecord(draws, state.samples)
+                return _forward.pyro_run(self, state, device, args, kwargs)
+            return _forward.pytorch_run(self, state, device, args, kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        weights = _DRAWN.get()
-        if weights is not None and name in self.__dict__.get("_declared", ()):
-            value = weights.get((id(self), name))
-            if value is None:
-                raise RuntimeError(
-                    f"{type(self).__name__}.{name} was not drawn for this call: a "
-                    "Bayesian layer was added through a plain torch container; use "
-                    "bnn.VISequential or a VIModule attribute"
-                )
-            return value
+        if name in self.__dict__.get("_declared", ()):
+            draws = current_draws()
+            if draws is not None:
+                value = draws.get((id(self), name))
+                if value is None:
+                    raise RuntimeError(
+                        f"{type(self).__name__}.{name} was not drawn for this call: "
+                        "the layer is not a submodule of the network being called "
+                        "(keep Bayesian layers as attributes or inside torch or bnn "
+                        "containers, not in plain Python lists or dicts)"
+                    )
+                return value
+            sites = current_sites()
+            if sites is not None:
+                return sites.sample(self, name)
         return super().__getattr__(name)
-
-    def _pytorch_call(
-        self,
-        state: _particles.ParticleState,
-        device: torch.device | None,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        record: ForwardRecord
-        if self.guide.inner is None:
-            result, record = self._layer_guide_call(state, args, kwargs)
-        else:
-            guide_trace = poutine.trace(self.guide).get_trace(samples=state.samples)
-            replayed = poutine.replay(self._particle_call, trace=guide_trace)
-            model_trace = poutine.trace(replayed).get_trace(state, device, args, kwargs)
-            result = model_trace.nodes["_RETURN"]["value"]
-            record = TraceRecord(guide_trace, model_trace, state.samples)
-        # Kept until a loss uses it or the next forward pass replaces it; without
-        # gradients it holds no graph, only the drawn weights.
-        set_last_record(record)
-        log_probs = record.log_probs() if self.return_log_probs else None
-        for tensor in _tensors(result):
-            tensor.bnn_record = record  # type: ignore[attr-defined]
-            if log_probs is not None:
-                tensor.log_probs = log_probs  # type: ignore[attr-defined]
-        return result
 
 
 # Children of a VIModule that belong to the inference machinery, not the network.
 NOT_NETWORK = frozenset({_CUSTOM_GUIDE, "prior", "posterior"})
-
-
-def _collect(
-    module: nn.Module,
-    prefix: str,
-    found: list[RandomVariable],
-    plain_parent: str | None,
-) -> None:
-    if isinstance(module, VIModule):
-        if plain_parent is not None:
-            raise TypeError(
-                f"{type(module).__name__} at '{prefix}' is inside the plain torch "
-                f"container '{plain_parent}' ({type(module).__name__} sites would "
-                "get clashing names); use bnn.VISequential or a VIModule subclass "
-                "as the container"
-            )
-        for name, shape in module._declared.items():
-            site = f"{prefix}.{name}" if prefix else name
-            posterior = module.posterior[name]
-            found.append(RandomVariable(site, name, shape, module, posterior))
-    for name, child in module._modules.items():
-        if child is None or (isinstance(module, VIModule) and name in NOT_NETWORK):
-            continue
-        path = f"{prefix}.{name}" if prefix else name
-        child_plain = plain_parent
-        if child_plain is None and not isinstance(child, PyroModule):
-            child_plain = path
-        _collect(child, path, found, child_plain)
-
-
-def _tensors(value: Any) -> list[Tensor]:
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []

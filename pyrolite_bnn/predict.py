@@ -33,7 +33,6 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution,
 )
 from pyrolite_bnn.module import VIModule, whole_network_draws
-from pyrolite_bnn.record import set_last_record
 
 __all__ = ["Prediction", "predict"]
 
@@ -228,10 +227,7 @@ def predict(
 
 @torch.no_grad()
 def _predict_chunk(model: VIModule, x: Tensor, samples: int, mode: str) -> Tensor:
-    try:
-        return _forward(model, x, samples, mode)
-    finally:
-        set_last_record(None)  # prediction leaves nothing for a loss to hold on to
+    return _forward(model, x, samples, mode)
 
 
 def _forward(model: VIModule, x: Tensor, samples: int, mode: str) -> Tensor:

@@ -17,7 +17,6 @@ arithmetic as Pyro's ``Trace_ELBO`` (Monte Carlo) or ``TraceMeanField_ELBO``
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
@@ -40,8 +39,8 @@ __all__ = [
     "KLMode",
     "LayerRecord",
     "TraceRecord",
-    "last_record",
-    "set_last_record",
+    "attach_record",
+    "find_record",
 ]
 
 KLMode = Literal["auto", "mc", "analytic"]
@@ -300,16 +299,79 @@ def _describe(fn: Any) -> str:
     return type(fn).__name__
 
 
-_LAST: ContextVar[ForwardRecord | None] = ContextVar(
-    "pyrolite_last_record", default=None
-)
+# Key of a record in the autograd metadata of the nodes that produced the outputs.
+_METADATA_KEY = "pyrolite_bnn.record"
 
 
-def set_last_record(record: ForwardRecord | None) -> None:
-    """Remember the record of the latest PyTorch-style forward pass."""
-    _LAST.set(record)
+def attach_record(tensor: Tensor, record: ForwardRecord) -> None:
+    """Mark ``tensor`` (a network output) as produced by the pass of ``record``.
+
+    The record goes on the tensor itself and, when it has one, on its autograd
+    node, so that :func:`find_record` finds it again from any tensor computed
+    from the output (``out.log_softmax(-1)``, ``out[..., 0]``, ...).
+    """
+    tensor.bnn_record = record  # type: ignore[attr-defined]
+    node = tensor.grad_fn
+    if node is not None:
+        # ``Node.metadata`` is a dict property (typed as a method in torch's stubs).
+        cast(dict[str, Any], node.metadata)[_METADATA_KEY] = record
 
 
-def last_record() -> ForwardRecord | None:
-    """The record of the latest PyTorch-style forward pass not yet used by a loss."""
-    return _LAST.get()
+def find_record(tensor: Tensor) -> ForwardRecord:
+    """The record of the forward pass that produced ``tensor``.
+
+    ``tensor`` is a network output or any tensor computed from exactly one
+    network output with gradients enabled: the autograd graph leads back to the
+    output. There is no guessing: a tensor that combines several forward passes,
+    or whose history was cut (computed under ``torch.no_grad()``, detached,
+    copied), raises an error.
+
+    Args:
+        tensor: the loss input.
+
+    Returns:
+        The :class:`ForwardRecord` of its forward pass.
+
+    Raises:
+        ValueError: if no single forward pass can be identified.
+    """
+    record = getattr(tensor, "bnn_record", None)
+    if isinstance(record, ForwardRecord):
+        return record
+    found = _records_in_graph(tensor.grad_fn)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(
+            f"the loss input combines the outputs of {len(found)} different forward "
+            "passes; compute one loss per forward pass (out = model(x); "
+            "loss_fn(out, y))"
+        )
+    raise ValueError(
+        "cannot tell which forward pass produced this output: it is not the output "
+        "of a Bayesian network called outside Pyro inference, nor computed from one "
+        "with gradients enabled (operations under torch.no_grad(), .detach() or "
+        ".clone() of a no-grad tensor cut the link). Pass out = model(x), or a "
+        "tensor computed from it with autograd on, to the loss"
+    )
+
+
+def _records_in_graph(root: Any) -> list[ForwardRecord]:
+    """Records on the autograd nodes reachable from ``root`` (not past a record)."""
+    found: list[ForwardRecord] = []
+    if root is None:
+        return found
+    seen = {id(root)}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        record = node.metadata.get(_METADATA_KEY)
+        if record is not None:
+            if all(record is not other for other in found):
+                found.append(record)
+            continue
+        for child, _ in node.next_functions:
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    return found

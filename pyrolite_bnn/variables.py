@@ -25,6 +25,9 @@ class RandomVariable:
         shape: shape of one draw of the tensor.
         module: the layer that declared it.
         posterior: the layer's posterior module of the variable.
+        shared: whether the layer sits at more than one position of the
+            network (weight sharing): every position reads the same draw, so
+            the weights must be drawn, not output noise sampled per position.
     """
 
     site: str
@@ -32,3 +35,4 @@ class RandomVariable:
     shape: torch.Size
     module: VIModule
     posterior: Posterior
+    shared: bool = False

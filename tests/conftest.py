@@ -16,7 +16,6 @@ import pytest
 import torch
 
 import pyrolite_bnn as bnn
-from pyrolite_bnn.record import set_last_record
 
 _SEED = (
     random.SystemRandom().randrange(2**31)
@@ -33,7 +32,6 @@ def pytest_report_header() -> str:
 def _seed_and_validate() -> Iterator[None]:
     pyro.set_rng_seed(_SEED)
     pyro.clear_param_store()
-    set_last_record(None)
     dtype = torch.get_default_dtype()
     with bnn.validation(True):
         yield

@@ -103,19 +103,6 @@ def test_flatten_and_pooling_inside_conv_net() -> None:
     assert net2(torch.randn(5, 4, 4), samples=3).shape == (3, 5, 2)
 
 
-def test_plain_container_around_bayesian_layers_is_rejected() -> None:
-    class Wrapped(bnn.VIModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.seq = nn.Sequential(bnn.VILinear(2, 2))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.seq(x)
-
-    with pytest.raises(TypeError, match=r"plain torch container 'seq'.*VISequential"):
-        Wrapped().random_variables()
-
-
 def test_state_dict_round_trip_reproduces_predictions() -> None:
     net = Net()
     with torch.no_grad():

@@ -18,8 +18,9 @@ class VISequential(VIModule):
     """Bayesian-aware :class:`torch.nn.Sequential`: modules applied in order.
 
     Holds any mix of ``VIModule`` layers and plain ``torch.nn`` modules; Pyro
-    site names follow the indices (``body.0.weight``). Use it instead of
-    ``nn.Sequential`` around Bayesian layers.
+    site names follow the indices (``body.0.weight``). A plain
+    ``nn.Sequential`` works the same; this one also takes ``samples=`` when
+    called, and holds an assignable guide (``seq.guide = ...``).
 
     Args:
         *args: modules, or one ``OrderedDict`` of named modules.

@@ -1,0 +1,165 @@
+"""Running a network: the outermost call of a Bayesian network.
+
+The outermost call opens the particle state (and, under Pyro, the particle
+plate), runs the network's ``forward`` once for all particles, and unfolds the
+folded output to ``(S, B, ...)``. Three ways to supply the weights:
+
+* :func:`pyro_run` — under Pyro inference (or replayed against an assigned
+  guide's trace): each random variable is a Pyro sample site
+  (:mod:`pyrolite_bnn._sites`).
+* :func:`pytorch_run` with the generated guide — no Pyro tracing: weights are
+  drawn from the layers' posterior modules in site order, each when its layer
+  first reads it (:class:`~pyrolite_bnn._draws.LazyDraws`), the same draws the
+  traced guide would make. Layers whose estimator samples outputs from weight
+  moments get those instead (never for a layer used at two positions: both
+  positions must see the same weights).
+* :func:`pytorch_run` with an assigned guide — the guide is traced and the
+  network replayed against it.
+
+A PyTorch-style call attaches its :class:`~pyrolite_bnn.record.ForwardRecord`
+to the outputs (see :func:`~pyrolite_bnn.record.attach_record`), where the
+loss finds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+from pyrolite_bnn import _particles
+from pyrolite_bnn._draws import LazyDraws, using_draws
+from pyrolite_bnn._network import collect_variables
+from pyrolite_bnn._sites import SiteTable, sampling_sites
+from pyrolite_bnn._validation import check_finite_inputs
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormalPosterior,
+    NormalMoments,
+)
+from pyrolite_bnn.module import VIModule, whole_networks_requested
+from pyrolite_bnn.record import ForwardRecord, LayerRecord, TraceRecord, attach_record
+
+__all__ = [
+    "attach",
+    "generated_guide_draws",
+    "invoke",
+    "prepare",
+    "pyro_run",
+    "pytorch_run",
+    "run_sites",
+]
+
+
+def prepare(
+    root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], samples: int
+) -> tuple[_particles.ParticleState, torch.device | None]:
+    """Validate the inputs of an outermost call; return its particle state."""
+    count = _particles.check_samples(samples)
+    first = _particles.first_tensor(args, kwargs)
+    check_finite_inputs(args, kwargs, type(root).__name__)
+    batch = None if first is None or first.dim() == 0 else first.shape[0]
+    device = None if first is None else first.device
+    return _particles.ParticleState(count, batch), device
+
+
+def invoke(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run ``root.forward`` (with torch's hooks) inside the current particle state."""
+    if isinstance(root, PyroModule):
+        return PyroModule.__call__(root, *args, **kwargs)
+    return nn.Module.__call__(root, *args, **kwargs)
+
+
+def pyro_run(
+    root: nn.Module,
+    state: _particles.ParticleState,
+    device: torch.device | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Run ``root`` as a Pyro model: particle plate, one sample site per variable."""
+    with _particles.particle_plate(state.samples, device):
+        return run_sites(root, state, args, kwargs)
+
+
+def run_sites(
+    root: nn.Module,
+    state: _particles.ParticleState,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Run ``root`` inside an open particle plate, weights from Pyro sample sites."""
+    table = SiteTable(collect_variables(root))
+    with _particles.particles(state), sampling_sites(table):
+        result = invoke(root, args, kwargs)
+    return _particles.unfold(result, state)
+
+
+def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
+    """What the layers of ``root`` read in a call with the generated guide."""
+    variables = collect_variables(root)
+    whole_networks = whole_networks_requested()
+    moments: list[NormalMoments | None] = []
+    use_moments: list[bool] = []
+    for v in variables:
+        normal = None
+        if isinstance(v.posterior, MeanFieldNormalPosterior):
+            normal = NormalMoments(*v.posterior.normal_params())
+        moments.append(normal)
+        use_moments.append(
+            normal is not None
+            and not v.shared
+            and not whole_networks
+            and v.module.uses_moments()
+        )
+    return LazyDraws(variables, moments, use_moments, samples)
+
+
+def pytorch_run(
+    root: nn.Module,
+    state: _particles.ParticleState,
+    device: torch.device | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Run ``root`` from ordinary PyTorch code; the outputs carry the record."""
+    guide = root.guide if isinstance(root, VIModule) else None
+    record: ForwardRecord
+    if guide is None or guide.inner is None:
+        draws = generated_guide_draws(root, state.samples)
+        with using_draws(draws), _particles.particles(state):
+            result = nn.Module.__call__(root, *args, **kwargs)
+        draws.finish()
+        result = _particles.unfold(result, state)
+        record = LayerRecord(draws, state.samples)
+    else:
+        guide_trace = poutine.trace(guide).get_trace(samples=state.samples)
+        replayed = poutine.replay(pyro_run, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(
+            root, state, device, args, kwargs
+        )
+        result = model_trace.nodes["_RETURN"]["value"]
+        record = TraceRecord(guide_trace, model_trace, state.samples)
+    return attach(result, record, log_probs=getattr(root, "return_log_probs", False))
+
+
+def attach(result: Any, record: ForwardRecord, *, log_probs: bool) -> Any:
+    """Attach ``record`` (and ``log_probs`` if asked) to every output tensor."""
+    values = record.log_probs() if log_probs else None
+    for tensor in _tensors(result):
+        attach_record(tensor, record)
+        if values is not None:
+            tensor.log_probs = values  # type: ignore[attr-defined]
+    return result
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []

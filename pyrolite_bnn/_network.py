@@ -1,0 +1,91 @@
+"""The random variables of a network: every Bayesian layer under a root module.
+
+A network is any module tree: ``VIModule`` subclasses, ``bnn`` containers and
+plain ``torch.nn`` containers (``nn.Sequential``, ``nn.ModuleList``,
+``nn.ModuleDict``, any ``nn.Module``) in any mix. Each Bayesian layer's
+variables get site names from the layer's path below the root
+(``"body.0.weight"``); a layer reachable at several paths (weight sharing) is
+listed once, at its first path, and marked ``shared``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pyrolite_bnn._pyro_module import structure_version
+from pyrolite_bnn.module import NOT_NETWORK, VIModule
+from pyrolite_bnn.variables import RandomVariable
+
+__all__ = ["bayesian_positions", "collect_variables"]
+
+
+def _children(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Network children of ``module``, duplicates included, in order."""
+    is_vi = isinstance(module, VIModule)
+    return [
+        (name, child)
+        for name, child in module._modules.items()
+        if child is not None and not (is_vi and name in NOT_NETWORK)
+    ]
+
+
+def collect_variables(root: nn.Module) -> list[RandomVariable]:
+    """All random variables below ``root`` (``root`` included), in module order."""
+    cached = root.__dict__.get("_pyrolite_variables")
+    version = structure_version()
+    if cached is not None and cached[0] == version:
+        return list(cached[1])
+    layers: dict[int, tuple[str, VIModule]] = {}
+    positions: dict[int, int] = {}
+    plain_containers = False
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        nonlocal plain_containers
+        if isinstance(module, VIModule):
+            key = id(module)
+            positions[key] = positions.get(key, 0) + 1
+            if positions[key] > 1:
+                return
+            layers[key] = (prefix, module)
+            module.adopt_pyro_name(prefix)
+        children = _children(module)
+        if children and not isinstance(module, VIModule):
+            plain_containers = True
+        for name, child in children:
+            visit(child, f"{prefix}.{name}" if prefix else name)
+
+    visit(root, "")
+    found = [
+        RandomVariable(
+            f"{prefix}.{name}" if prefix else name,
+            name,
+            shape,
+            module,
+            module.posterior[name],
+            positions[key] > 1,
+        )
+        for key, (prefix, module) in layers.items()
+        for name, shape in module.declared_variables().items()
+    ]
+    if not plain_containers:
+        # Plain torch containers change without telling this library; trees
+        # without them are cached until a library module changes.
+        object.__setattr__(root, "_pyrolite_variables", (version, tuple(found)))
+    return found
+
+
+def bayesian_positions(root: nn.Module, limit: int = 2) -> int:
+    """Positions of outermost Bayesian modules below ``root``, counted up to ``limit``.
+
+    A plain module with two or more (two layers, or one layer used twice) must
+    run as one network; with one, that ``VIModule`` is the network.
+    """
+    count = 0
+    stack = [root]
+    while stack and count < limit:
+        module = stack.pop()
+        if isinstance(module, VIModule):
+            count += 1
+            continue
+        stack.extend(child for _, child in reversed(_children(module)))
+    return count

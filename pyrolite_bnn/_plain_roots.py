@@ -1,0 +1,154 @@
+"""Plain torch modules as networks: ``nn.Sequential(VILinear(2, 8), ReLU(), ...)``.
+
+A plain module (not a ``VIModule``) that holds Bayesian layers at two or more
+positions must run as *one* network: one particle state for all its layers,
+every KL term, and an output of shape ``(S, B, ...)``, exactly like
+``bnn.VISequential``. The library cannot override a plain module's
+``__call__``, so it watches module calls with torch's global forward hooks,
+installed when the first ``VIModule`` is built:
+
+* the pre-hook gives the outermost module call (no particle state, no frame
+  yet) a *frame*; it is *pending* if the module holds two or more Bayesian
+  positions (two layers, or one layer object used twice);
+* the first Bayesian layer called inside a pending frame opens it: the
+  particle state and the generated guide's weight draws for every layer of the
+  plain module, with site names from its paths (``"0.weight"``), as the
+  outermost call of a ``VIModule`` would (:func:`open_pending_root`);
+* the forward hook closes the frame; an opened one unfolds the output to
+  ``(S, B, ...)`` and attaches the forward pass's record for the loss.
+
+The particle count is the module's ``samples`` attribute if it has one, else
+10. A plain module holding a single Bayesian position (a wrapper around a
+``VIModule`` network, ``DistributedDataParallel``) needs nothing: that
+``VIModule`` is the network, with its own guide. Under Pyro inference, run a
+plain module through ``loss_fn.pyro_model(module)``, which opens the particle
+plate itself.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from contextvars import ContextVar, Token
+from typing import Any
+
+from pyro.poutine.runtime import am_i_wrapped
+from torch import nn
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
+
+from pyrolite_bnn import _particles
+from pyrolite_bnn._draws import LazyDraws, using_draws
+from pyrolite_bnn._forward import attach, generated_guide_draws, prepare
+from pyrolite_bnn._network import bayesian_positions
+from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
+from pyrolite_bnn.record import LayerRecord
+
+__all__ = ["install", "open_pending_root"]
+
+
+class _Frame:
+    """The outermost running call of a plain module."""
+
+    def __init__(self, module: nn.Module, args: tuple[Any, ...], pending: bool):
+        self.module = module
+        self.args = args
+        self.pending = pending
+        self.depth = 0  # nested calls of the same module object
+        self.token: Token[_Frame | None] | None = None
+        self.stack: ExitStack | None = None
+        self.state: _particles.ParticleState | None = None
+        self.draws: LazyDraws | None = None
+
+
+_FRAME: ContextVar[_Frame | None] = ContextVar("pyrolite_plain_root", default=None)
+_installed = False
+
+
+def install() -> None:
+    """Install the global module hooks (once per process)."""
+    global _installed
+    if _installed:
+        return
+    register_module_forward_pre_hook(_enter)
+    register_module_forward_hook(_leave, always_call=True)
+    _installed = True
+
+
+def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
+    if _particles.current() is not None:
+        return
+    frame = _FRAME.get()
+    if frame is not None:
+        if frame.module is module:
+            frame.depth += 1
+        return
+    if isinstance(module, VIModule):
+        return
+    frame = _Frame(module, args, bayesian_positions(module) >= 2)
+    frame.token = _FRAME.set(frame)
+
+
+def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    frame = _FRAME.get()
+    if frame is None or frame.module is not module:
+        return None
+    if frame.depth:
+        frame.depth -= 1
+        return None
+    stack, state, draws = frame.stack, frame.state, frame.draws
+    if stack is not None:
+        stack.close()
+    assert frame.token is not None
+    _FRAME.reset(frame.token)
+    if output is None or state is None or draws is None:  # not opened, or failed
+        return None
+    draws.finish()
+    result = _particles.unfold(output, state)
+    record = LayerRecord(draws, state.samples)
+    return attach(result, record, log_probs=getattr(module, "return_log_probs", False))
+
+
+def open_pending_root(
+    args: tuple[Any, ...], kwargs: dict[str, Any], samples: int | None
+) -> bool:
+    """Open the pending plain-module frame, if any, for the Bayesian layer called.
+
+    Returns:
+        Whether a frame was opened (the layer then runs as a nested layer).
+
+    Raises:
+        ValueError: if ``samples=`` is given to a layer inside a plain module.
+        RuntimeError: under Pyro inference (use ``loss_fn.pyro_model``).
+    """
+    frame = _FRAME.get()
+    if frame is None or not frame.pending or frame.stack is not None:
+        return False
+    root = frame.module
+    name = type(root).__name__
+    if samples is not None:
+        raise ValueError(
+            f"samples= cannot be given to a Bayesian layer inside the plain {name}; "
+            f"set {name}.samples (or use a bnn.VIModule / bnn.VISequential root)"
+        )
+    if am_i_wrapped():
+        raise RuntimeError(
+            f"the plain {name} holding Bayesian layers cannot run directly inside "
+            "Pyro inference; use loss_fn.pyro_model(model) as the Pyro model, or a "
+            "bnn.VIModule / bnn.VISequential root"
+        )
+    count = getattr(root, "samples", DEFAULT_SAMPLES)
+    state, _ = prepare(root, frame.args, {}, count)
+    if state.batch_size is None:  # called with keyword inputs only
+        first = _particles.first_tensor(args, kwargs)
+        batch = None if first is None or first.dim() == 0 else first.shape[0]
+        state = _particles.ParticleState(state.samples, batch)
+    draws = generated_guide_draws(root, state.samples)
+    stack = ExitStack()
+    stack.enter_context(local_params())
+    stack.enter_context(_particles.particles(state))
+    stack.enter_context(using_draws(draws))
+    frame.stack, frame.state, frame.draws = stack, state, draws
+    return True

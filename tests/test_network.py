@@ -1,0 +1,321 @@
+"""Networks of any shape: plain torch containers, shared layers, the loss's record.
+
+Each test here reproduces a silently wrong result of an earlier version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Predictive, Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
+from torch.distributions import kl_divergence
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn._network import collect_variables
+
+N = 100
+
+
+def _closed_form_kl(network: nn.Module) -> torch.Tensor:
+    """KL(q || N(0, 1)) of every variable of ``network``, counted once each."""
+    total = torch.zeros(())
+    for v in collect_variables(network):
+        post = v.posterior
+        q = torch.distributions.Normal(post.mean(), post.distribution().base_dist.scale)
+        total = total + kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum()
+    return total.detach()
+
+
+def _linear(i: int, o: int) -> bnn.VILinear:
+    return bnn.VILinear(i, o, estimator="reparam")
+
+
+class _ListNet(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_linear(3, 6), _linear(6, 4)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[1](torch.tanh(self.layers[0](x)))
+
+
+class _DictNet(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict({"a": _linear(3, 6), "b": _linear(6, 4)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.parts["b"](torch.tanh(self.parts["a"](x)))
+
+
+class _Block(nn.Module):  # a plain module holding Bayesian layers
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _linear(3, 6)
+        self.outer = _linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer(torch.tanh(self.inner(x)))
+
+
+class _PlainModuleNet(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _Block()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class _SequentialNet(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(_linear(3, 6), nn.Tanh(), _linear(6, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seq(x)
+
+
+NETWORKS: dict[str, tuple[Callable[[], nn.Module], list[str]]] = {
+    "ModuleList": (_ListNet, ["layers.0.weight", "layers.1.weight"]),
+    "ModuleDict": (_DictNet, ["parts.a.weight", "parts.b.weight"]),
+    "plain module": (_PlainModuleNet, ["block.inner.weight", "block.outer.weight"]),
+    "nn.Sequential inside": (_SequentialNet, ["seq.0.weight", "seq.2.weight"]),
+    "nn.Sequential root": (
+        lambda: nn.Sequential(_linear(3, 6), nn.Tanh(), _linear(6, 4)),
+        ["0.weight", "2.weight"],
+    ),
+    "plain module root": (_Block, ["inner.weight", "outer.weight"]),
+}
+
+
+@pytest.fixture(params=list(NETWORKS))
+def network(request: pytest.FixtureRequest) -> tuple[nn.Module, list[str]]:
+    build, weights = NETWORKS[request.param]
+    return build(), weights
+
+
+def test_site_names_are_module_paths(network: tuple[nn.Module, list[str]]) -> None:
+    net, weights = network
+    sites = [v.site for v in collect_variables(net)]
+    assert [s for s in sites if s.endswith("weight")] == weights
+    assert len(sites) == 4  # two weights and two biases
+
+
+def test_one_particle_plate_and_every_kl_term(
+    network: tuple[nn.Module, list[str]],
+) -> None:
+    net, _ = network
+    x, y = torch.randn(8, 3), torch.randint(0, 4, (8,))
+    out = net(x)
+    assert out.shape == (10, 8, 4)  # not nested (10, 10, 8, 4)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl="analytic")
+    loss_fn(out, y)
+    torch.testing.assert_close(
+        loss_fn.last_kl * N, _closed_form_kl(net), rtol=1e-5, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("kl", "elbo"), [("mc", Trace_ELBO()), ("analytic", TraceMeanField_ELBO())]
+)
+def test_loss_equals_pyro_elbo(
+    network: tuple[nn.Module, list[str]], kl: str, elbo: pyro.infer.ELBO
+) -> None:
+    net, _ = network
+    guide = net.guide if isinstance(net, bnn.VIModule) else bnn.ParticleGuide(net)
+    x, y = torch.randn(8, 3), torch.randint(0, 4, (8,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl=kl)  # type: ignore[arg-type]
+    net.samples = 4  # type: ignore[assignment]  # plain roots read it too
+    pyro.set_rng_seed(1)
+    ours = loss_fn(net(x), y)
+    pyro.set_rng_seed(1)
+    model = loss_fn.pyro_model(net)
+    theirs = elbo.differentiable_loss(model, guide, x, y) / N
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_svi_and_predictive_run(network: tuple[nn.Module, list[str]]) -> None:
+    net, _ = network
+    guide = net.guide if isinstance(net, bnn.VIModule) else bnn.ParticleGuide(net)
+    x, y = torch.randn(8, 3), torch.randint(0, 4, (8,))
+    model = bnn.KullbackLeiblerLoss(bnn.Categorical(), N).pyro_model(net)
+    before = [p.detach().clone() for p in net.parameters()]
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(3):
+        assert torch.isfinite(torch.tensor(svi.step(x, y, samples=2)))
+    assert all(
+        not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True)
+    )
+    draws = Predictive(model, guide=guide, num_samples=3)(x, samples=2)
+    assert draws["obs"].shape == (3, 2, 8)
+
+
+def test_plain_root_samples_attribute() -> None:
+    net = nn.Sequential(bnn.VILinear(3, 6), nn.ReLU(), bnn.VILinear(6, 2))
+    net.samples = 3  # type: ignore[assignment]
+    assert net(torch.randn(5, 3)).shape == (3, 5, 2)
+
+
+def test_samples_given_to_a_layer_inside_a_plain_root_is_refused() -> None:
+    class Root(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = bnn.VILinear(3, 3), bnn.VILinear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x, samples=4))
+
+    with pytest.raises(ValueError, match=r"set Root\.samples"):
+        Root()(torch.randn(2, 3))
+
+
+def test_plain_root_frame_closes_after_an_error() -> None:
+    net = nn.Sequential(bnn.VILinear(3, 6), nn.ReLU(), bnn.VILinear(5, 2))
+    with pytest.raises(ValueError, match="in_features=5"):
+        net(torch.randn(4, 3))
+    # Nothing left open: a fresh network runs normally afterwards.
+    assert bnn.VILinear(3, 2)(torch.randn(4, 3)).shape == (10, 4, 2)
+    good = nn.Sequential(bnn.VILinear(3, 6), nn.ReLU(), bnn.VILinear(6, 2))
+    assert good(torch.randn(4, 3)).shape == (10, 4, 2)
+
+
+def test_plain_wrapper_around_one_network_keeps_its_guide_and_names() -> None:
+    inner = bnn.VISequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
+
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x) * 2.0
+
+    out = Wrapper()(torch.randn(5, 3))
+    assert out.shape == (10, 5, 2)
+    assert next(v.site for v in inner.random_variables()) == "0.weight"
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl="analytic")
+    loss_fn(out, torch.randint(0, 2, (5,)))
+    torch.testing.assert_close(
+        loss_fn.last_kl * N, _closed_form_kl(inner), rtol=1e-5, atol=1e-4
+    )
+
+
+# ------------------------------------------------------------------ shared layers
+def _shared_network(root: str) -> tuple[nn.Module, bnn.VILinear]:
+    shared = bnn.VILinear(4, 4)  # default estimator: must still draw weights
+    head = bnn.VILinear(4, 2, estimator="reparam")
+    layers = (shared, nn.Tanh(), shared, nn.Tanh(), head)
+    net = bnn.VISequential(*layers) if root == "bnn" else nn.Sequential(*layers)
+    return net, shared
+
+
+@pytest.mark.parametrize("root", ["bnn", "torch"])
+def test_shared_layer_counts_its_kl_once(root: str) -> None:
+    net, _ = _shared_network(root)
+    sites = [v.site for v in collect_variables(net)]
+    assert sites == ["0.weight", "0.bias", "4.weight", "4.bias"]
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl="analytic")
+    loss_fn(net(x), y)
+    torch.testing.assert_close(
+        loss_fn.last_kl * N, _closed_form_kl(net), rtol=1e-5, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("root", ["bnn", "torch"])
+@pytest.mark.parametrize(
+    ("kl", "elbo"), [("mc", Trace_ELBO()), ("analytic", TraceMeanField_ELBO())]
+)
+def test_shared_layer_loss_equals_pyro_elbo(
+    root: str, kl: str, elbo: pyro.infer.ELBO
+) -> None:
+    net, _ = _shared_network(root)
+    guide = net.guide if isinstance(net, bnn.VIModule) else bnn.ParticleGuide(net)
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl=kl)  # type: ignore[arg-type]
+    pyro.set_rng_seed(2)
+    ours = loss_fn(net(x), y)
+    pyro.set_rng_seed(2)
+    theirs = elbo.differentiable_loss(loss_fn.pyro_model(net), guide, x, y) / N
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_shared_layer_uses_the_same_weights_at_both_positions() -> None:
+    shared = bnn.VILinear(3, 3, bias=False)  # default estimator
+    net = bnn.VISequential(shared, shared)
+    x = torch.randn(5, 3)
+    trace = pyro.poutine.trace(net.guide).get_trace(samples=4)
+    weight = trace.nodes["0.weight"]["value"].reshape(4, 3, 3)
+    out = pyro.poutine.replay(net, trace=trace)
+    with pyro.poutine.trace():  # run as a Pyro model: weights from the sites
+        result = out(x, samples=4)
+    expected = torch.einsum("bi,soi->sbo", x, weight)
+    expected = torch.einsum("sbi,soi->sbo", expected, weight)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-6)
+    # PyTorch-style: the two positions read one draw; repeated inputs agree.
+    twice = net(torch.cat([x, x]))
+    torch.testing.assert_close(twice[:, :5], twice[:, 5:])
+
+
+# ------------------------------------------------------------------ the loss's record
+def _classifier() -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(3, 8), nn.ReLU(), bnn.VILinear(8, 3))
+
+
+def test_loss_takes_the_kl_of_the_forward_pass_of_its_input() -> None:
+    m1, m2 = _classifier(), _classifier()
+    with torch.no_grad():
+        for p in m2.parameters():
+            p.add_(1.0)  # a very different KL
+    x, y = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl="analytic")
+    out1 = m1(x)
+    m2(x)  # a later forward pass of another network
+    loss = loss_fn(out1.log_softmax(-1), y)
+    torch.testing.assert_close(
+        loss_fn.last_kl * N, _closed_form_kl(m1), rtol=1e-5, atol=1e-4
+    )
+    loss.backward()
+    assert all(p.grad is None for p in m2.parameters())
+    assert all(p.grad is not None for p in m1.parameters())
+
+
+def test_a_no_grad_forward_in_between_keeps_the_kl_gradient() -> None:
+    net = _classifier()
+    x, y = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    out = net(x)
+    with torch.no_grad():
+        net(x)  # e.g. logging a prediction
+    loss = loss_fn(out[..., :], y)
+    reference = loss_fn(out, y)
+    torch.testing.assert_close(loss, reference)
+    kl_only = torch.autograd.grad(
+        loss_fn.combine(torch.zeros(()), _kl(out), out.shape),
+        [net[0].posterior["weight"].loc],
+    )
+    assert kl_only[0].abs().sum() > 0
+
+
+def _kl(out: torch.Tensor) -> torch.Tensor:
+    return bnn.record.find_record(out).kl("analytic")
+
+
+def test_loss_refuses_what_it_cannot_attribute() -> None:
+    net = _classifier()
+    x, y = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    with pytest.raises(ValueError, match="combines the outputs of 2 different"):
+        loss_fn(net(x) + net(x), y)
+    out = net(x)
+    with torch.no_grad():
+        scaled = out * 2
+    with pytest.raises(ValueError, match="cannot tell which forward pass"):
+        loss_fn(scaled, y)
+    with pytest.raises(ValueError, match="cannot tell which forward pass"):
+        loss_fn(torch.randn(10, 8, 3), y)
