@@ -11,7 +11,11 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
-from pyrolite_bnn.distributions.variational import PointMassPosterior
+from pyrolite_bnn.distributions.priors import Prior as BnnPrior
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormalPosterior,
+    PointMassPosterior,
+)
 from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.record import analytic_kl
 from pyrolite_bnn.vi.base import VIModule
@@ -62,7 +66,9 @@ class NormalNormalDivergence(KullbackLeiblerModule):
         prior_mean, prior_log_std, mean, log_std = parameters
         prior_mean = torch.as_tensor(prior_mean).to(mean)
         prior_std = torch.as_tensor(prior_log_std).to(mean).exp()
-        return kl_divergence(Normal(mean, log_std.exp()), Normal(prior_mean, prior_std)).sum()
+        return kl_divergence(
+            Normal(mean, log_std.exp()), Normal(prior_mean, prior_std)
+        ).sum()
 
 
 class UniformNormalDivergence(KullbackLeiblerModule):
@@ -71,7 +77,8 @@ class UniformNormalDivergence(KullbackLeiblerModule):
     Example:
         >>> import torch
         >>> from pyrolite_bnn import vi
-        >>> float(vi.UniformNormalDivergence()([None], [torch.zeros(2), torch.zeros(2)]))
+        >>> zero = torch.zeros(2)
+        >>> float(vi.UniformNormalDivergence()([None], [zero, zero]))
         -1.0
     """
 
@@ -81,7 +88,8 @@ class UniformNormalDivergence(KullbackLeiblerModule):
         value = -log_std - 0.5
         if norm_constants_on():
             value = value - 0.5 * math.log(2 * math.pi)
-        return value.sum()
+        total: Tensor = value.sum()
+        return total
 
 
 class NonBayesianDivergence(KullbackLeiblerModule):
@@ -128,7 +136,8 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
         >>> import torch
         >>> from pyrolite_bnn import vi
         >>> net = vi.VILinear(4, 2)
-        >>> loss_fn = vi.AnalyticalKullbackLeiblerLoss(net, vi.distributions.Categorical(), 50)
+        >>> likelihood = vi.distributions.Categorical()
+        >>> loss_fn = vi.AnalyticalKullbackLeiblerLoss(net, likelihood, 50)
         >>> net.return_log_probs
         False
         >>> loss_fn.prior_matching().shape
@@ -166,11 +175,12 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
         if self.divergence_type is not None:
             return self.divergence_type(*_flat_parameters(model))
         terms = [
-            _closed_form(v.module, v.name, v.posterior) for v in model.random_variables()
+            _closed_form(v.module, v.name, v.posterior)
+            for v in model.random_variables()
         ]
         return torch.stack([t for t in terms if t is not None]).sum()
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, model_output: Tensor, target: Tensor, dataset_size: int | None = None
     ) -> Tensor:
         """Negative ELBO (see :class:`~pyrolite_bnn.vi.KullbackLeiblerLoss`)."""
@@ -187,8 +197,13 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
 
 def _closed_form(module: BnnVIModule, name: str, posterior: Any) -> Tensor | None:
     prior = module.prior[name]
+    assert isinstance(prior, BnnPrior)
     if isinstance(posterior, PointMassPosterior) and isinstance(prior, FlatPrior):
         return posterior.loc.new_zeros(())
+    if isinstance(posterior, MeanFieldNormalPosterior):
+        term = prior.kl_from_normal(*posterior.normal_params())
+        if term is not None:
+            return term
     return analytic_kl(posterior.distribution(), module.prior_distribution(name))
 
 

@@ -109,8 +109,8 @@ class VariableSpecs:
         self.priors: dict[str, Prior | None] = {}
         for name, family, prior_spec in zip(self.names, families, priors, strict=True):
             keep = self.shapes[name] is not None
-            self.variational[name] = family if keep else None  # type: ignore[assignment]
-            self.priors[name] = prior_spec if keep else None  # type: ignore[assignment]
+            self.variational[name] = family if keep else None
+            self.priors[name] = prior_spec if keep else None
         self.kaiming_initialization = kaiming_initialization
         self.prior_initialization = prior_initialization
         if rescale_prior:
@@ -267,7 +267,7 @@ class VIModule(BnnVIModule):
         super().__init_subclass__(**kwargs)
         forward = cls.__dict__.get("forward")
         if forward is not None and not forward.__dict__.get("_vi_per_particle"):
-            cls.forward = _per_particle_forward(forward)  # type: ignore[method-assign]
+            cls.forward = _per_particle_forward(forward)
 
     def adopt_specs(self, specs: VariableSpecs) -> None:
         """Record the torch_blue options of the declared variables; initialise them.
@@ -288,7 +288,7 @@ class VIModule(BnnVIModule):
 
     # ------------------------------------------------------------ torch_blue API
     @property
-    def random_variables(self) -> RandomVariableNames:  # type: ignore[override]
+    def random_variables(self) -> RandomVariableNames:
         """Names of the module's own random variables (empty for a container).
 
         Calling it (``module.random_variables()``) returns the network's
@@ -299,9 +299,9 @@ class VIModule(BnnVIModule):
         return names
 
     @property
-    def return_log_probs(self) -> bool:  # type: ignore[override]
+    def return_log_probs(self) -> bool:
         """Whether outputs carry ``log_probs``; setting it sets every submodule's."""
-        return self.__dict__.get("_return_log_probs", True)
+        return bool(self.__dict__.get("_return_log_probs", True))
 
     @return_log_probs.setter
     def return_log_probs(self, mode: bool) -> None:
@@ -321,7 +321,9 @@ class VIModule(BnnVIModule):
             "variational_distribution"
         )
         if specs is None:
-            raise NoVariablesError(f"{type(self).__name__} has no random variables{what}")
+            raise NoVariablesError(
+                f"{type(self).__name__} has no random variables{what}"
+            )
         return specs
 
     def variable_shape(self, variable: str) -> tuple[tuple[int, ...], Tensor]:
@@ -490,7 +492,12 @@ class VIModule(BnnVIModule):
         inputs: list[Any] = []
         for arg in args:
             rows = arg.shape[0] if isinstance(arg, Tensor) and arg.dim() else None
-            if rows is not None and samples > 1 and rows != batch and rows % samples == 0:
+            if (
+                rows is not None
+                and samples > 1
+                and rows != batch
+                and rows % samples == 0
+            ):
                 inputs.append(arg.reshape(rows // samples, samples, *arg.shape[1:]))
                 in_dims.append(1)
             else:
@@ -510,9 +517,9 @@ class VIModule(BnnVIModule):
         if samples == 1:
             single = {name: value[0] for name, value in weights.items()}
             return one_particle(single, *args)
-        out = torch.vmap(
-            one_particle, in_dims=(0, *in_dims), randomness="different"
-        )(weights, *inputs)
+        out = torch.vmap(one_particle, in_dims=(0, *in_dims), randomness="different")(
+            weights, *inputs
+        )
         return _fold(out)
 
 

@@ -83,7 +83,7 @@ class _Conv:
 
 
 class VIConv1d(_Conv, BnnVIConv1d, VIModule):
-    """Bayesian ``nn.Conv1d`` with torch_blue's arguments (see :class:`~pyrolite_bnn.vi.VILinear`).
+    """Bayesian ``nn.Conv1d`` with torch_blue's arguments (as ``vi.VILinear``).
 
     Example:
         >>> import torch

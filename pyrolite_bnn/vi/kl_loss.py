@@ -7,7 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
-from pyrolite_bnn.distributions.predictive import PredictiveDistribution as BnnPredictive
+from pyrolite_bnn.distributions.predictive import (
+    PredictiveDistribution as BnnPredictive,
+)
 from pyrolite_bnn.loss import KullbackLeiblerLoss as BnnKullbackLeiblerLoss
 from pyrolite_bnn.record import KLMode
 from pyrolite_bnn.vi.distributions.base import PredictiveDistribution
@@ -65,7 +67,8 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         >>> import torch
         >>> from pyrolite_bnn import vi
         >>> net = vi.VILinear(4, 3)
-        >>> loss_fn = vi.KullbackLeiblerLoss(vi.distributions.Categorical(), 100, track=True)
+        >>> likelihood = vi.distributions.Categorical()
+        >>> loss_fn = vi.KullbackLeiblerLoss(likelihood, 100, track=True)
         >>> loss = loss_fn(net(torch.randn(8, 4)), torch.randint(0, 3, (8,)))
         >>> loss.shape, sorted(loss_fn.log)
         (torch.Size([]), ['data_fitting', 'log_probs', 'prior_matching'])
@@ -102,7 +105,7 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
             self.log = {"data_fitting": [], "prior_matching": [], "log_probs": []}
         self._track = mode
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, model_output: Tensor, target: Tensor, dataset_size: int | None = None
     ) -> Tensor:
         """Negative ELBO of ``model_output = model(x)`` and ``target``.

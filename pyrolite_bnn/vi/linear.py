@@ -1,4 +1,4 @@
-"""torch_blue's ``VILinear``: :class:`pyrolite_bnn.VILinear` with torch_blue's signature."""
+"""torch_blue's ``VILinear``: :class:`pyrolite_bnn.VILinear` with its signature."""
 
 from __future__ import annotations
 

@@ -24,7 +24,9 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import Tensor
 
-from pyrolite_bnn.distributions.predictive import PredictiveDistribution as BnnPredictive
+from pyrolite_bnn.distributions.predictive import (
+    PredictiveDistribution as BnnPredictive,
+)
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import Posterior, VariationalFamily
 
@@ -48,7 +50,7 @@ LogProb = Callable[[Tensor, tuple[Any, ...]], Tensor]
 Sample = Callable[[tuple[Any, ...]], Tensor]
 
 
-class BlueDistribution(dist.TorchDistribution):  # type: ignore[misc]
+class BlueDistribution(dist.TorchDistribution):
     """Distribution of a whole tensor (all dims event) from torch_blue callables.
 
     Args:
@@ -94,9 +96,7 @@ class BlueDistribution(dist.TorchDistribution):  # type: ignore[misc]
     def log_prob(self, value: Tensor) -> Tensor:
         """Sum of the elementwise log densities over the tensor's dims."""
         elementwise = self.log_prob_fn(value, self.parameters)
-        elementwise = elementwise.expand(
-            torch.broadcast_shapes(elementwise.shape, value.shape)
-        )
+        elementwise = elementwise + torch.zeros_like(value)
         dims = len(self.event_shape)
         return elementwise.sum(tuple(range(-dims, 0))) if dims else elementwise
 
@@ -209,8 +209,7 @@ class AdaptedPosterior(Posterior):
         """Primary parameter to ``init_loc``, the others to their defaults."""
         defaults = self.blue.default_parameters()
         self.set_values(
-            [init_loc]
-            + [torch.full_like(init_loc, float(d)) for d in defaults[1:]]
+            [init_loc] + [torch.full_like(init_loc, float(d)) for d in defaults[1:]]
         )
 
     def extra_repr(self) -> str:
@@ -264,7 +263,10 @@ class AdaptedPredictive(BnnPredictive):
                 value = value.sum(-1)
             return value
 
-        return BlueDistribution(log_prob, None, (output,), ()).expand(output.shape[:2])
+        expanded: dist.TorchDistribution = BlueDistribution(
+            log_prob, None, (output,), ()
+        ).expand(output.shape[:2])
+        return expanded
 
     def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log p(target | output_s)``, ``(S, B)``."""

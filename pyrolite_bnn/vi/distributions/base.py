@@ -45,11 +45,11 @@ __all__ = ["Distribution", "PredictiveDistribution", "Prior", "VariationalDistri
 _WEIGHT_LIKE = ("mean", "mode", "loc")
 
 
-def _as_tuple(parameters: Any) -> tuple[Any, ...]:
-    """torch_blue 1.1 passes parameters as one tuple; its dev branch unpacked them."""
-    if isinstance(parameters, (tuple, list)):
-        return tuple(parameters)
-    return (parameters,)
+def as_parameter_tuple(*parameters: Any) -> tuple[Any, ...]:
+    """Parameters given as one tuple (torch_blue 1.1) or one by one (its dev branch)."""
+    if len(parameters) == 1 and isinstance(parameters[0], (tuple, list)):
+        return tuple(parameters[0])
+    return parameters
 
 
 class Distribution(ABC):
@@ -67,7 +67,10 @@ class Distribution(ABC):
     distribution_parameters: tuple[str, ...]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if not issubclass(cls, (Prior, VariationalDistribution, PredictiveDistribution)):
+        """Refuse distributions that implement none of the three roles."""
+        if not issubclass(
+            cls, (Prior, VariationalDistribution, PredictiveDistribution)
+        ):
             raise TypeError(
                 "A Distribution must use at least one of Prior, VariationalDistribution"
                 ", or PredictiveDistribution as interface."
@@ -95,8 +98,12 @@ class Distribution(ABC):
         return isinstance(self, PredictiveDistribution)
 
     @abstractmethod
-    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
-        """Elementwise log density of ``sample`` given the parameters."""
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
+        """Elementwise log density of ``sample`` given the parameters.
+
+        The parameters come as one tuple (torch_blue 1.1.0) or one by one (its
+        dev branch); built-in distributions accept both.
+        """
 
     def match_parameters(
         self, distribution_parameters: Sequence[str]
@@ -139,9 +146,10 @@ class Prior(Distribution):
         """Values of :attr:`~Distribution.distribution_parameters`, in order."""
         return tuple(getattr(self, name) for name in self.distribution_parameters)
 
-    def prior_log_prob(self, sample: Tensor, hyperparameters: Any = ()) -> Tensor:
+    def prior_log_prob(self, sample: Tensor, *hyperparameters: Any) -> Tensor:
         """``log_prob`` with this prior's own parameters (plus required ones)."""
-        return self.log_prob(sample, (*self.get_parameters(), *_as_tuple(hyperparameters)))
+        extra = as_parameter_tuple(*hyperparameters)
+        return self.log_prob(sample, (*self.get_parameters(), *extra))
 
     def kaiming_rescale(self, fan_in: int, eps: float = 1e-5) -> None:
         """Scale the parameters like Kaiming initialisation (by ``1/sqrt(3 fan_in)``).
@@ -204,12 +212,12 @@ class VariationalDistribution(Distribution):
         return tuple(self._default_variational_parameters)
 
     @abstractmethod
-    def sample(self, parameters: Any) -> Tensor:
+    def sample(self, *parameters: Any) -> Tensor:
         """A differentiable draw given the parameters (all of one shape)."""
 
-    def variational_log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+    def variational_log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
         """Elementwise log density of ``sample`` under the variational parameters."""
-        return self.log_prob(sample, _as_tuple(parameters))
+        return self.log_prob(sample, as_parameter_tuple(*parameters))
 
     def initial_parameters(
         self,

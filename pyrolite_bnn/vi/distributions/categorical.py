@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pyrolite_bnn.distributions.predictive import Categorical as BnnCategorical
-from pyrolite_bnn.distributions.predictive import PredictiveDistribution as BnnPredictive
+from pyrolite_bnn.distributions.predictive import (
+    PredictiveDistribution as BnnPredictive,
+)
 from pyrolite_bnn.vi.distributions.base import PredictiveDistribution
 
 __all__ = ["Categorical"]
@@ -74,13 +76,14 @@ class Categorical(PredictiveDistribution):
             return F.softmax(samples, -1).mean(dim=0)
         return (samples / samples.sum(dim=-1, keepdim=True)).mean(dim=0)
 
-    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
         """``log(probs[label] + eps)`` for integer labels ``sample``."""
         probs = parameters[0] if isinstance(parameters, (tuple, list)) else parameters
         log_pmf = torch.log(probs + self.eps)
         value = sample.long().unsqueeze(-1)
-        value, log_pmf = torch.broadcast_tensors(value, log_pmf)
-        return log_pmf.gather(-1, value[..., :1]).squeeze(-1)
+        value = value.expand(*log_pmf.shape[:-1], 1)
+        result: Tensor = log_pmf.gather(-1, value).squeeze(-1)
+        return result
 
     def build_predictive(self) -> BnnPredictive:
         """:class:`pyrolite_bnn.Categorical` (on log probabilities for ``"probs"``)."""

@@ -10,7 +10,9 @@ import torch
 from torch import Tensor
 
 from pyrolite_bnn.distributions.predictive import Normal as BnnNormal
-from pyrolite_bnn.distributions.predictive import PredictiveDistribution as BnnPredictive
+from pyrolite_bnn.distributions.predictive import (
+    PredictiveDistribution as BnnPredictive,
+)
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import PointMass, VariationalFamily
 from pyrolite_bnn.vi.distributions._adapters import FlatPrior
@@ -18,7 +20,7 @@ from pyrolite_bnn.vi.distributions.base import (
     PredictiveDistribution,
     Prior,
     VariationalDistribution,
-    _as_tuple,
+    as_parameter_tuple,
 )
 
 __all__ = ["NonBayesian", "UniformPrior"]
@@ -43,7 +45,7 @@ class UniformPrior(Prior):
     mean = None
     _scaling_parameters = ()
 
-    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
         """Zeros of the sample's shape."""
         return torch.zeros_like(sample)
 
@@ -89,9 +91,9 @@ class NonBayesian(UniformPrior, VariationalDistribution, PredictiveDistribution)
             raise ValueError(f"Unsupported loss type: {loss_type}")
         self.loss_type = loss_type
 
-    def sample(self, parameters: Any) -> Tensor:
+    def sample(self, *parameters: Any) -> Tensor:
         """The fixed value itself."""
-        value: Tensor = _as_tuple(parameters)[0]
+        value: Tensor = as_parameter_tuple(*parameters)[0]
         return value
 
     def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
@@ -100,13 +102,15 @@ class NonBayesian(UniformPrior, VariationalDistribution, PredictiveDistribution)
 
     def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:
         """Minus the chosen loss (mean over elements) of the prediction."""
-        prediction = _as_tuple(parameters)[0]
+        prediction = as_parameter_tuple(*parameters)[0]
         if self.loss_type is None:
             raise ValueError("loss_type must be set during initialization")
         error = prediction - reference
         if self.loss_type in ("MSE", "L2"):
-            return -(error**2).mean()
-        return -error.abs().mean()
+            squared: Tensor = -(error**2).mean()
+            return squared
+        absolute: Tensor = -error.abs().mean()
+        return absolute
 
     def to_variational(self) -> VariationalFamily:
         """:class:`pyrolite_bnn.PointMass`."""

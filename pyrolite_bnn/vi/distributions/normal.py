@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 
 from pyrolite_bnn.distributions.predictive import Normal as BnnNormal
-from pyrolite_bnn.distributions.predictive import PredictiveDistribution as BnnPredictive
+from pyrolite_bnn.distributions.predictive import (
+    PredictiveDistribution as BnnPredictive,
+)
 from pyrolite_bnn.distributions.priors import NormalPrior
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import MeanFieldNormal as BnnMeanFieldNormal
@@ -18,7 +20,7 @@ from pyrolite_bnn.vi.distributions.base import (
     PredictiveDistribution,
     Prior,
     VariationalDistribution,
-    _as_tuple,
+    as_parameter_tuple,
 )
 from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
 
@@ -79,19 +81,21 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         """Standard deviation ``exp(log_std)``."""
         return self.log_std.exp()
 
-    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
-        """Elementwise Normal log density (constants only with ``use_norm_constants``)."""
-        mean, log_std = _as_tuple(parameters)
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
+        """Elementwise Normal log density (constants with ``use_norm_constants``)."""
+        mean, log_std = as_parameter_tuple(*parameters)
         variance = torch.exp(log_std) ** 2 + self.eps
-        value = -0.5 * ((sample - mean) ** 2 / variance + torch.log(variance))
+        value = -0.5 * ((sample - mean) ** 2 / variance + 2 * log_std)
         if norm_constants_on():
             value = value - 0.5 * math.log(2 * math.pi)
-        return value
+        result: Tensor = value
+        return result
 
-    def sample(self, parameters: Any) -> Tensor:
+    def sample(self, *parameters: Any) -> Tensor:
         """``mean + exp(log_std) * N(0, 1)`` (differentiable)."""
-        mean, log_std = _as_tuple(parameters)
-        return mean + torch.exp(log_std) * torch.randn_like(mean)
+        mean, log_std = as_parameter_tuple(*parameters)
+        draw: Tensor = mean + torch.exp(log_std) * torch.randn_like(mean)
+        return draw
 
     def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
         """Set the variable's variational mean and std to this prior's."""
@@ -99,14 +103,18 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         module.set_variational_parameters(
             variable,
             (
-                torch.full(shape, float(self.mean), device=like.device, dtype=like.dtype),
+                torch.full(
+                    shape, float(self.mean), device=like.device, dtype=like.dtype
+                ),
                 torch.full(
                     shape, float(self.log_std), device=like.device, dtype=like.dtype
                 ),
             ),
         )
 
-    def predictive_parameters_from_samples(self, samples: Tensor) -> tuple[Tensor, Tensor]:
+    def predictive_parameters_from_samples(
+        self, samples: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation over the sample dimension."""
         return samples.mean(dim=0), samples.std(dim=0)
 

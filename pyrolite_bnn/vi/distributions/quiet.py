@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from pyrolite_bnn.vi.distributions.base import Prior, _as_tuple
+from pyrolite_bnn.vi.distributions.base import Prior, as_parameter_tuple
 from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
 
 if TYPE_CHECKING:
@@ -57,9 +57,9 @@ class BasicQuietPrior(Prior):
         """``(mean_mean, mean_std)``."""
         return self.mean_mean, self.mean_std
 
-    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
         """Elementwise log density given ``(mean_mean, mean_std, mean)``."""
-        mean_mean, mean_std, mean = _as_tuple(parameters)
+        mean_mean, mean_std, mean = as_parameter_tuple(*parameters)
         variance = (self._std_ratio * mean) ** 2 + self.eps
         mean_variance = mean_std**2 + self.eps
         value = -0.5 * (
@@ -70,7 +70,8 @@ class BasicQuietPrior(Prior):
         )
         if norm_constants_on():
             value = value - math.log(2 * math.pi)
-        return value
+        result: Tensor = value
+        return result
 
     def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
         """Draw means from ``N(mm, ms^2)``, stds ``r |mean|``."""

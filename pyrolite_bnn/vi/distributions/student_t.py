@@ -8,7 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyrolite_bnn.vi.distributions.base import VariationalDistribution, _as_tuple
+from pyrolite_bnn.vi.distributions.base import (
+    VariationalDistribution,
+    as_parameter_tuple,
+)
 from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
 
 __all__ = ["MeanFieldStudentT"]
@@ -28,7 +31,8 @@ class MeanFieldStudentT(VariationalDistribution):
 
     Example:
         >>> from pyrolite_bnn import vi
-        >>> layer = vi.VILinear(3, 2, variational_distribution=vi.distributions.StudentT())
+        >>> student_t = vi.distributions.StudentT()
+        >>> layer = vi.VILinear(3, 2, variational_distribution=student_t)
         >>> type(layer.posterior["weight"]).__name__
         'AdaptedPosterior'
     """
@@ -50,9 +54,9 @@ class MeanFieldStudentT(VariationalDistribution):
     def _default_variational_parameters(self) -> tuple[float, float]:
         return self.mean, self.log_scale
 
-    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
         """Elementwise Student-t log density (constants with ``use_norm_constants``)."""
-        mean, log_scale = _as_tuple(parameters)
+        mean, log_scale = as_parameter_tuple(*parameters)
         df = self.degrees_of_freedom.to(sample)
         scale = torch.exp(log_scale)
         value = -(df + 1.0) * 0.5 * torch.log1p(((sample - mean) / scale) ** 2 / df)
@@ -63,11 +67,13 @@ class MeanFieldStudentT(VariationalDistribution):
                 + torch.lgamma(df / 2.0)
                 - torch.lgamma((df + 1.0) / 2.0)
             )
-        return value
+        result: Tensor = value
+        return result
 
-    def sample(self, parameters: Any) -> Tensor:
+    def sample(self, *parameters: Any) -> Tensor:
         """``mean + exp(log_scale) * t_df`` (differentiable in mean and scale)."""
-        mean, log_scale = _as_tuple(parameters)
+        mean, log_scale = as_parameter_tuple(*parameters)
         df = self.degrees_of_freedom.to(mean)
         base = torch.distributions.StudentT(df).sample(mean.shape)
-        return mean + torch.exp(log_scale) * base
+        draw: Tensor = mean + torch.exp(log_scale) * base
+        return draw

@@ -34,7 +34,7 @@ class VIReturn(Tensor):
 
     log_probs: Tensor | None = None
     # Results of operations are plain tensors (no subclass propagation).
-    __torch_function__ = torch._C._disabled_torch_function_impl
+    __torch_function__ = torch._C._disabled_torch_function_impl  # type: ignore[assignment]
 
     @staticmethod
     def __new__(
@@ -56,7 +56,7 @@ class VIReturn(Tensor):
             None if log_probs is None else log_probs.clone(*args, **kwargs),
         )
 
-    def to(self, *args: Any, **kwargs: Any) -> VIReturn:  # type: ignore[override]
+    def to(self, *args: Any, **kwargs: Any) -> VIReturn:
         """``Tensor.to`` that moves ``log_probs`` along."""
         log_probs = self.log_probs
         return VIReturn(
