@@ -140,11 +140,30 @@ class MeanFieldNormalPosterior(Posterior):
         result: dist.TorchDistribution = normal.to_event(len(self.shape))
         return result
 
-    def reset_parameters(self, init_loc: Tensor) -> None:
-        """Set the mean to ``init_loc`` and every scale to ``init_scale``."""
+    def reset_parameters(
+        self, init_loc: Tensor, init_scale: float | Tensor | None = None
+    ) -> None:
+        """Set the mean to ``init_loc`` and the scales to ``init_scale``.
+
+        Args:
+            init_loc: new mean.
+            init_scale: new standard deviations (positive; a float or a tensor
+                broadcastable to the shape); ``None`` uses the family's
+                ``init_scale``.
+        """
+        scale = self.init_scale if init_scale is None else init_scale
         with torch.no_grad():
             self.loc_unconstrained.copy_(init_loc)
-            self.rho_unconstrained.fill_(inverse_softplus(self.init_scale))
+            if isinstance(scale, Tensor):
+                if not bool((scale > 0).all()):
+                    raise ValueError("init_scale must be positive")
+                # softplus^-1(s) = s + log(-expm1(-s)), elementwise
+                rho = scale + torch.log(-torch.expm1(-scale))
+                self.rho_unconstrained.copy_(rho.expand_as(self.rho_unconstrained))
+            else:
+                if not scale > 0:
+                    raise ValueError(f"init_scale must be positive, got {scale!r}")
+                self.rho_unconstrained.fill_(inverse_softplus(float(scale)))
 
     def extra_repr(self) -> str:
         """Shape and initial scale."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, overload
 
 from torch import Tensor, nn
@@ -79,6 +79,57 @@ class VISequential(VIModule):
         """Append a module at the end."""
         self.add_module(str(len(self)), module)
         return self
+
+    def extend(self, modules: Iterable[nn.Module]) -> VISequential:
+        """Append several modules at the end."""
+        for module in modules:
+            self.append(module)
+        return self
+
+    def insert(self, index: int, module: nn.Module) -> VISequential:
+        """Insert ``module`` before position ``index`` (as ``list.insert``)."""
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"VISequential takes torch modules, got {type(module).__name__}"
+            )
+        layers = [m for _, m in self._layers()]
+        size = len(layers)
+        if not -size <= index <= size:
+            raise IndexError(f"index {index} is out of range for {size} modules")
+        layers.insert(index if index >= 0 else size + index, module)
+        self._renumber(layers)
+        return self
+
+    def pop(self, index: int = -1) -> nn.Module:
+        """Remove and return the module at ``index``."""
+        layer = self[index]
+        del self[index]
+        return layer
+
+    def __setitem__(self, index: int, module: nn.Module) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"VISequential takes torch modules, got {type(module).__name__}"
+            )
+        name = self._layers()[index][0]
+        setattr(self, name, module)
+
+    def __delitem__(self, index: int | slice) -> None:
+        layers = self._layers()
+        doomed = {
+            name
+            for name, _ in (
+                layers[index] if isinstance(index, slice) else [layers[index]]
+            )
+        }
+        self._renumber([m for name, m in layers if name not in doomed])
+
+    def _renumber(self, layers: list[nn.Module]) -> None:
+        """Hold exactly ``layers``, named ``0..n-1`` (site names follow)."""
+        for name, _ in self._layers():
+            delattr(self, name)
+        for index, module in enumerate(layers):
+            self.add_module(str(index), module)
 
     def forward(self, input: Any) -> Any:
         """Apply the modules in order."""

@@ -1,42 +1,63 @@
-"""torch_blue-compatible names: ``from pyrolite_bnn import vi``.
+"""torch_blue-compatible namespace: ``from pyrolite_bnn import vi``.
 
-Code written for torch_blue's ``vi`` namespace runs with its import lines
-changed. Only names are re-exported here; there is no separate logic.
+torch_blue code, tests and tutorials run with their import lines changed
+(``torch_blue`` -> ``pyrolite_bnn``). The names, module paths, signatures and
+defaults are torch_blue's (1.1.0 and its dev branch); each is a thin adapter
+over this library's layers, loss and distributions, so torch_blue's defects
+are not reproduced (see the docs page "Coming from torch_blue").
+
+Not here yet: ``VIMultiheadAttention`` and ``VITransformer*`` (coming with
+``pyrolite_bnn``'s attention layers) and ``convert_to_vimodule`` (raises
+``NotImplementedError``; coming as ``pyrolite_bnn.convert``).
 
 Example:
     >>> import torch
     >>> from pyrolite_bnn import vi
     >>> from pyrolite_bnn.vi.distributions import Categorical
     >>> net = vi.VISequential(vi.VILinear(4, 2))
-    >>> net.return_log_probs = True
-    >>> net(torch.randn(3, 4)).log_probs.shape
-    torch.Size([10, 2])
+    >>> out = net(torch.randn(3, 4))
+    >>> type(out).__name__, out.shape, out.log_probs.shape
+    ('VIReturn', torch.Size([10, 3, 2]), torch.Size([10, 2]))
 """
 
-from pyrolite_bnn.layers import (
-    VIConv1d,
-    VIConv2d,
-    VIConv3d,
-    VILinear,
-    VIResidualConnection,
-    VISequential,
+from pyrolite_bnn.vi import distributions, utils
+from pyrolite_bnn.vi.analytical_kl_loss import (
+    AnalyticalKullbackLeiblerLoss,
+    KullbackLeiblerModule,
+    NonBayesianDivergence,
+    NormalNormalDivergence,
+    UniformNormalDivergence,
 )
-from pyrolite_bnn.loss import KullbackLeiblerLoss
-from pyrolite_bnn.module import VIModule
-from pyrolite_bnn.vi import distributions
+from pyrolite_bnn.vi.base import VIModule
+from pyrolite_bnn.vi.conv import VIConv1d, VIConv2d, VIConv3d
+from pyrolite_bnn.vi.kl_loss import KullbackLeiblerLoss
+from pyrolite_bnn.vi.linear import VILinear
+from pyrolite_bnn.vi.sequential import VIResidualConnection, VISequential
+from pyrolite_bnn.vi.utils.common_types import VIkwargs
+from pyrolite_bnn.vi.utils.convert import convert_to_vimodule
+from pyrolite_bnn.vi.utils.vi_return import VIReturn
 
 # The torch_blue paper's Figure 1 spells the container "VISquential".
 VISquential = VISequential
 
 __all__ = [
+    "AnalyticalKullbackLeiblerLoss",
     "KullbackLeiblerLoss",
+    "KullbackLeiblerModule",
+    "NonBayesianDivergence",
+    "NormalNormalDivergence",
+    "UniformNormalDivergence",
     "VIConv1d",
     "VIConv2d",
     "VIConv3d",
     "VILinear",
     "VIModule",
     "VIResidualConnection",
+    "VIReturn",
     "VISequential",
     "VISquential",
+    "VIkwargs",
+    "convert_to_vimodule",
     "distributions",
+    "utils",
 ]

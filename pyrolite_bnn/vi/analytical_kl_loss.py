@@ -1,0 +1,233 @@
+"""torch_blue's ``AnalyticalKullbackLeiblerLoss`` and its divergence modules."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Normal, kl_divergence
+
+from pyrolite_bnn.distributions.priors import Prior as BnnPrior
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormalPosterior,
+    PointMassPosterior,
+)
+from pyrolite_bnn.module import VIModule as BnnVIModule
+from pyrolite_bnn.record import analytic_kl
+from pyrolite_bnn.vi.base import VIModule
+from pyrolite_bnn.vi.distributions._adapters import FlatPrior
+from pyrolite_bnn.vi.kl_loss import KullbackLeiblerLoss
+from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
+
+__all__ = [
+    "AnalyticalKullbackLeiblerLoss",
+    "KullbackLeiblerModule",
+    "NonBayesianDivergence",
+    "NormalNormalDivergence",
+    "UniformNormalDivergence",
+]
+
+
+class KullbackLeiblerModule(ABC):
+    """A closed-form KL from flat prior and variational parameter tensors.
+
+    ``module(prior_parameters, variational_parameters)`` calls :meth:`forward`
+    with the prior's parameters followed by the variational ones.
+    """
+
+    def __call__(
+        self, prior_parameters: Iterable[Any], variational_parameters: Iterable[Any]
+    ) -> Tensor:
+        """Unpack both parameter lists into :meth:`forward`."""
+        return self.forward(*prior_parameters, *variational_parameters)
+
+    @abstractmethod
+    def forward(self, *parameters: Any) -> Tensor:
+        """The divergence, summed."""
+
+
+class NormalNormalDivergence(KullbackLeiblerModule):
+    """``KL(N(vm, e^{2 vls}) || N(pm, e^{2 pls}))`` summed.
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> zero = torch.zeros(3)
+        >>> float(vi.NormalNormalDivergence()([zero, zero], [zero, zero]))
+        0.0
+    """
+
+    def forward(self, *parameters: Any) -> Tensor:
+        """``(prior_mean, prior_log_std, variational_mean, variational_log_std)``."""
+        prior_mean, prior_log_std, mean, log_std = parameters
+        prior_mean = torch.as_tensor(prior_mean).to(mean)
+        prior_std = torch.as_tensor(prior_log_std).to(mean).exp()
+        return kl_divergence(
+            Normal(mean, log_std.exp()), Normal(prior_mean, prior_std)
+        ).sum()
+
+
+class UniformNormalDivergence(KullbackLeiblerModule):
+    """KL from a Normal to the flat prior: minus the entropy (torch_blue's constants).
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> zero = torch.zeros(2)
+        >>> float(vi.UniformNormalDivergence()([None], [zero, zero]))
+        -1.0
+    """
+
+    def forward(self, *parameters: Any) -> Tensor:
+        """``(prior_mean (unused), variational_mean, variational_log_std)``."""
+        _, _, log_std = parameters
+        value = -log_std - 0.5
+        if norm_constants_on():
+            value = value - 0.5 * math.log(2 * math.pi)
+        total: Tensor = value.sum()
+        return total
+
+
+class NonBayesianDivergence(KullbackLeiblerModule):
+    """Zero: no prior-matching term (fixed weights under a flat prior).
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> vi.NonBayesianDivergence()([None], [torch.ones(2)])
+        tensor([0.])
+    """
+
+    def forward(self, *parameters: Any) -> Tensor:
+        """A zero on the last tensor's device."""
+        device = next(
+            (p.device for p in reversed(parameters) if isinstance(p, Tensor)), None
+        )
+        return torch.zeros(1, device=device)
+
+
+class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
+    """torch_blue's loss with the KL in closed form, for any mix of layers.
+
+    :class:`~pyrolite_bnn.vi.KullbackLeiblerLoss` with ``kl="auto"``, checked at
+    construction: every weight tensor must have a closed-form KL (or be a
+    fixed ``NonBayesian`` weight under a flat prior, whose KL is exactly zero).
+    Unlike torch_blue, layers may use different prior/posterior pairs. With
+    ``divergence_type`` the KL is that module applied to the flattened
+    parameters of all layers instead.
+
+    Args:
+        model: the network (its ``return_log_probs`` is switched off).
+        predictive_distribution: the likelihood.
+        dataset_size: training set size ``N`` (or per call).
+        divergence_type: a :class:`KullbackLeiblerModule`, or ``None``.
+        heat: multiplier of the KL term.
+        track: record the loss components in ``log``.
+
+    Raises:
+        NotImplementedError: a weight tensor has no closed-form KL.
+        ValueError: the model has no random variables.
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> net = vi.VILinear(4, 2)
+        >>> likelihood = vi.distributions.Categorical()
+        >>> loss_fn = vi.AnalyticalKullbackLeiblerLoss(net, likelihood, 50)
+        >>> net.return_log_probs
+        False
+        >>> loss_fn.prior_matching().shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        model: BnnVIModule,
+        predictive_distribution: object,
+        dataset_size: int | None = None,
+        divergence_type: KullbackLeiblerModule | None = None,
+        heat: float = 1.0,
+        track: bool = False,
+    ) -> None:
+        super().__init__(predictive_distribution, dataset_size, heat, track, kl="auto")
+        variables = model.random_variables()
+        if not variables:
+            raise ValueError("Provided model is not bayesian.")
+        if divergence_type is None:
+            for v in variables:
+                if _closed_form(v.module, v.name, v.posterior) is None:
+                    raise NotImplementedError(
+                        "Analytical loss is not implemented for the prior "
+                        f"{type(v.module.prior[v.name]).__name__} and the posterior "
+                        f"{type(v.posterior).__name__} of '{v.site}'"
+                    )
+        self.divergence_type = divergence_type
+        model.return_log_probs = False
+        object.__setattr__(self, "model", model)  # not a submodule of the loss
+
+    def prior_matching(self) -> Tensor:
+        """The KL term ``KL(q || p)`` of the model, in closed form."""
+        model: BnnVIModule = self.__dict__["model"]
+        if self.divergence_type is not None:
+            return self.divergence_type(*_flat_parameters(model))
+        terms = [
+            _closed_form(v.module, v.name, v.posterior)
+            for v in model.random_variables()
+        ]
+        return torch.stack([t for t in terms if t is not None]).sum()
+
+    def forward(
+        self, model_output: Tensor, target: Tensor, dataset_size: int | None = None
+    ) -> Tensor:
+        """Negative ELBO (see :class:`~pyrolite_bnn.vi.KullbackLeiblerLoss`)."""
+        if self.divergence_type is None:
+            return super().forward(model_output, target, dataset_size)
+        heat = self.heat
+        self.heat = 0.0  # the data term alone; the KL comes from divergence_type
+        try:
+            data_fitting = super().forward(model_output, target, dataset_size)
+        finally:
+            self.heat = heat
+        return data_fitting + heat * self.prior_matching()
+
+
+def _closed_form(module: BnnVIModule, name: str, posterior: Any) -> Tensor | None:
+    prior = module.prior[name]
+    assert isinstance(prior, BnnPrior)
+    if isinstance(posterior, PointMassPosterior) and isinstance(prior, FlatPrior):
+        return posterior.loc.new_zeros(())
+    if isinstance(posterior, MeanFieldNormalPosterior):
+        term = prior.kl_from_normal(*posterior.normal_params())
+        if term is not None:
+            return term
+    return analytic_kl(posterior.distribution(), module.prior_distribution(name))
+
+
+def _flat_parameters(model: BnnVIModule) -> tuple[list[Any], list[Tensor]]:
+    """Prior and variational parameters of all torch_blue-style layers, flattened."""
+    prior_lists: list[list[Tensor]] = []
+    variational_lists: list[list[Tensor]] = []
+    for module in model.modules():
+        if not isinstance(module, VIModule) or not module.random_variables:
+            continue
+        for name, prior in module.prior_specs.items():
+            if prior is None:
+                continue
+            values = [p.flatten() for p in module.get_variational_parameters(name)]
+            for index, value in enumerate(values):
+                if len(variational_lists) <= index:
+                    variational_lists.append([])
+                variational_lists[index].append(value)
+            for index, parameter in enumerate(prior.get_parameters()):
+                if len(prior_lists) <= index:
+                    prior_lists.append([])
+                fill = 0.0 if parameter is None else float(parameter)
+                prior_lists[index].append(torch.full_like(values[0], fill))
+    return (
+        [torch.cat(p) for p in prior_lists],
+        [torch.cat(v) for v in variational_lists],
+    )

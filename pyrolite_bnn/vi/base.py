@@ -1,0 +1,547 @@
+"""torch_blue's ``VIModule``, as a subclass of :class:`pyrolite_bnn.VIModule`.
+
+The torch_blue conventions kept here: the constructor
+``VIModule(variable_shapes=None, **vi_kwargs)``, ``random_variables`` as a tuple
+of names, ``return_log_probs`` on by default (set on a module, it applies to all
+its submodules), outputs of the outermost call as :class:`VIReturn`,
+``get_variational_parameters``, ``get_log_probs``, ``sample_variable``,
+``reset_variational_parameters``, ``variational_parameter_name`` and the
+``_<variable>_<parameter>`` attribute names.
+
+Everything else is this library's machinery: the declared variables are
+:meth:`pyrolite_bnn.VIModule.declare_random_variable` sites with a prior module
+and a posterior module, the outermost call opens the particle plate, and the
+loss takes the KL from the forward pass's record.
+
+A custom module that declares its own variables (torch_blue's "level 5") has
+its ``forward`` written for *one* weight sample, as in torch_blue; it is run for
+all particles at once with :func:`torch.vmap`, each particle seeing its own
+draw of ``self.<variable>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from pyro.poutine.runtime import am_i_wrapped
+from torch import Tensor
+
+from pyrolite_bnn import _particles
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormalPosterior,
+    PointMassPosterior,
+    Posterior,
+)
+from pyrolite_bnn.layers.functional import current_batch_size, current_samples
+from pyrolite_bnn.module import VIModule as BnnVIModule
+from pyrolite_bnn.variables import RandomVariable
+from pyrolite_bnn.vi.distributions import MeanFieldNormal
+from pyrolite_bnn.vi.distributions._adapters import AdaptedPosterior, AdaptedPrior
+from pyrolite_bnn.vi.distributions.base import Prior, VariationalDistribution
+from pyrolite_bnn.vi.utils.errors import NoVariablesError, UnsupportedDistributionError
+from pyrolite_bnn.vi.utils.vi_return import VIReturn
+
+__all__ = ["RandomVariableNames", "VIModule", "VariableSpecs"]
+
+Shapes = Mapping[str, Sequence[int] | None]
+
+# Per-particle weights while a per-particle forward runs under vmap.
+_PARTICLE_WEIGHTS: ContextVar[dict[tuple[int, str], Tensor] | None] = ContextVar(
+    "pyrolite_vi_particle_weights", default=None
+)
+
+
+class RandomVariableNames(tuple[str, ...]):
+    """torch_blue's ``random_variables`` tuple, still callable the library's way.
+
+    ``module.random_variables`` is the tuple of the module's own variable names
+    (torch_blue); ``module.random_variables()`` returns the network's
+    :class:`~pyrolite_bnn.variables.RandomVariable` records
+    (:meth:`pyrolite_bnn.VIModule.random_variables`).
+    """
+
+    module: BnnVIModule
+
+    def __call__(self) -> list[RandomVariable]:
+        """The network's random-variable records."""
+        return BnnVIModule.random_variables(self.module)
+
+
+class VariableSpecs:
+    """The torch_blue options of a module's random variables, validated.
+
+    Args:
+        variable_shapes: name -> shape (``None``: the variable is always ``None``).
+        variational_distribution: one, or one per variable (default
+            ``MeanFieldNormal()``).
+        prior: one, or one per variable (default ``MeanFieldNormal()``).
+        rescale_prior: scale the priors by ``1 / sqrt(3 fan_in)``.
+        kaiming_initialization: scale the initial variational scales.
+        prior_initialization: start the variational parameters at the prior.
+    """
+
+    def __init__(
+        self,
+        variable_shapes: Shapes,
+        variational_distribution: Any,
+        prior: Any,
+        rescale_prior: bool,
+        kaiming_initialization: bool,
+        prior_initialization: bool,
+    ) -> None:
+        self.names = tuple(variable_shapes)
+        self.shapes = {
+            n: None if s is None else tuple(int(d) for d in s)
+            for n, s in variable_shapes.items()
+        }
+        families = _per_variable(
+            variational_distribution, self.names, VariationalDistribution, "variational"
+        )
+        priors = _per_variable(prior, self.names, Prior, "prior")
+        self.variational: dict[str, VariationalDistribution | None] = {}
+        self.priors: dict[str, Prior | None] = {}
+        for name, family, prior_spec in zip(self.names, families, priors, strict=True):
+            keep = self.shapes[name] is not None
+            self.variational[name] = family if keep else None
+            self.priors[name] = prior_spec if keep else None
+        self.kaiming_initialization = kaiming_initialization
+        self.prior_initialization = prior_initialization
+        if rescale_prior:
+            fan_in = self.fan_in()
+            for spec in self.priors.values():
+                if spec is not None:
+                    spec.kaiming_rescale(fan_in)
+
+    def declared(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the variables that are not ``None``."""
+        return {n: s for n, s in self.shapes.items() if s is not None}
+
+    def bnn_priors(self) -> dict[str, Any]:
+        """The priors as :class:`pyrolite_bnn.Prior` modules."""
+        return {n: p.to_prior() for n, p in self.priors.items() if p is not None}
+
+    def bnn_families(self) -> dict[str, Any]:
+        """The variational distributions as :class:`pyrolite_bnn.VariationalFamily`."""
+        return {
+            n: f.to_variational() for n, f in self.variational.items() if f is not None
+        }
+
+    def fan_in(self) -> int:
+        """torch_blue's fan-in: of the first variable with two or more dims."""
+        declared = self.declared()
+        if not declared:
+            raise NoVariablesError("All module variables are set to None.")
+        for shape in declared.values():
+            if len(shape) >= 2:
+                return shape[1] * math.prod(shape[2:])
+        warnings.warn(
+            "only one-dimensional Parameters where found, assuming fan_in to be 1",
+            stacklevel=3,
+        )
+        return 1
+
+
+def _per_variable(
+    option: Any, names: tuple[str, ...], role: type, what: str
+) -> list[Any]:
+    label = "variational distribution" if what == "variational" else "prior"
+    if option is None:
+        option = MeanFieldNormal()
+    if isinstance(option, (tuple, list)):
+        if len(option) != len(names):
+            raise AssertionError(
+                f"Provide either exactly one {label} or exactly one for each random "
+                "variable"
+            )
+        chosen = [copy.deepcopy(o) for o in option]
+    else:
+        chosen = [copy.deepcopy(option) for _ in names]
+    for spec in chosen:
+        if not isinstance(spec, role):
+            raise UnsupportedDistributionError(
+                f"{type(spec).__name__} does not support use as {label}."
+            )
+    return chosen
+
+
+def _per_particle_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a one-sample ``forward`` for every particle (see :class:`VIModule`)."""
+
+    @functools.wraps(forward)
+    def wrapper(self: VIModule, *args: Any, **kwargs: Any) -> Any:
+        if not self.__dict__.get("_per_particle") or _particles.current() is None:
+            return forward(self, *args, **kwargs)
+        return self.run_per_particle(forward, args, kwargs)
+
+    wrapper.__dict__["_vi_per_particle"] = True
+    return wrapper
+
+
+class VIModule(BnnVIModule):
+    """torch_blue's base class of Bayesian modules (a :class:`pyrolite_bnn.VIModule`).
+
+    Without ``variable_shapes`` it is a container (``super().__init__()``);
+    with them, each name becomes a random variable of that shape (``None``: the
+    attribute is always ``None``), readable as ``self.<name>`` in ``forward``.
+    Such a module's ``forward`` is written for one weight sample and runs for
+    all particles through :func:`torch.vmap`; each call draws each variable
+    once (however often ``forward`` reads it).
+
+    Args:
+        variable_shapes: shapes of the module's own random variables, in order.
+        variational_distribution: a
+            :class:`~pyrolite_bnn.vi.distributions.VariationalDistribution`, or
+            one per variable (default ``MeanFieldNormal()``).
+        prior: a :class:`~pyrolite_bnn.vi.distributions.Prior`, or one per
+            variable (default ``MeanFieldNormal()``: ``N(0, 1)``).
+        rescale_prior: scale the priors by ``1 / sqrt(3 fan_in)``.
+        kaiming_initialization: start the variational scales at their default
+            times ``1 / sqrt(fan_in)`` (means: like ``torch.nn`` weights).
+        prior_initialization: start the variational parameters at the prior's.
+        return_log_probs: outputs carry ``log_probs`` (``(S, 2)``).
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from pyrolite_bnn import vi
+        >>> class Affine(vi.VIModule):
+        ...     def __init__(self, n: int, **vikwargs) -> None:
+        ...         shapes = {"weight": (n, n), "bias": (n,)}
+        ...         super().__init__(variable_shapes=shapes, **vikwargs)
+        ...     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ...         return F.linear(x, self.weight, self.bias)  # one sample
+        >>> layer = Affine(3)
+        >>> layer.random_variables
+        ('weight', 'bias')
+        >>> out = layer(torch.randn(5, 3), samples=4)
+        >>> type(out).__name__, out.shape, out.log_probs.shape
+        ('VIReturn', torch.Size([4, 5, 3]), torch.Size([4, 2]))
+    """
+
+    _return_log_probs: bool
+    variational_distribution: dict[str, VariationalDistribution | None]
+
+    def __init__(
+        self,
+        variable_shapes: Shapes | None = None,
+        variational_distribution: Any = None,
+        prior: Any = None,
+        rescale_prior: bool = False,
+        kaiming_initialization: bool = True,
+        prior_initialization: bool = False,
+        return_log_probs: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.return_log_probs = return_log_probs
+        self._per_particle = False
+        if variable_shapes is None:
+            return
+        specs = VariableSpecs(
+            variable_shapes,
+            variational_distribution,
+            prior,
+            rescale_prior,
+            kaiming_initialization,
+            prior_initialization,
+        )
+        priors, families = specs.bnn_priors(), specs.bnn_families()
+        for name, shape in specs.declared().items():
+            self.declare_random_variable(
+                name, shape, priors[name], families[name], device=device, dtype=dtype
+            )
+        self._per_particle = True
+        self.adopt_specs(specs)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if forward is not None and not forward.__dict__.get("_vi_per_particle"):
+            cls.forward = _per_particle_forward(forward)
+
+    def adopt_specs(self, specs: VariableSpecs) -> None:
+        """Record the torch_blue options of the declared variables; initialise them.
+
+        Layers that declare their variables through a :mod:`pyrolite_bnn` layer
+        constructor call this afterwards.
+        """
+        for name, shape in specs.shapes.items():
+            if shape is None:
+                setattr(self, name, None)
+        self.variable_names = specs.names
+        self.variational_distribution = specs.variational
+        self.prior_specs = specs.priors
+        self._kaiming_init = specs.kaiming_initialization
+        self._prior_init = specs.prior_initialization
+        self._fan_in = specs.fan_in()
+        self.reset_variational_parameters()
+
+    # ------------------------------------------------------------ torch_blue API
+    @property
+    def random_variables(self) -> RandomVariableNames:
+        """Names of the module's own random variables (empty for a container).
+
+        Calling it (``module.random_variables()``) returns the network's
+        :class:`~pyrolite_bnn.variables.RandomVariable` records instead.
+        """
+        names = RandomVariableNames(self.__dict__.get("variable_names", ()))
+        names.module = self
+        return names
+
+    @property
+    def return_log_probs(self) -> bool:
+        """Whether outputs carry ``log_probs``; setting it sets every submodule's."""
+        return bool(self.__dict__.get("_return_log_probs", True))
+
+    @return_log_probs.setter
+    def return_log_probs(self, mode: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, VIModule):
+                module.__dict__["_return_log_probs"] = bool(mode)
+            elif isinstance(module, BnnVIModule):
+                module.return_log_probs = bool(mode)
+
+    @staticmethod
+    def variational_parameter_name(variable: str, variational_parameter: str) -> str:
+        """Attribute name of a variational parameter: ``_<variable>_<parameter>``."""
+        return f"_{variable}_{variational_parameter}"
+
+    def _own_variables(self, what: str) -> dict[str, VariationalDistribution | None]:
+        specs: dict[str, VariationalDistribution | None] | None = self.__dict__.get(
+            "variational_distribution"
+        )
+        if specs is None:
+            raise NoVariablesError(
+                f"{type(self).__name__} has no random variables{what}"
+            )
+        return specs
+
+    def variable_shape(self, variable: str) -> tuple[tuple[int, ...], Tensor]:
+        """Shape of ``variable`` and a tensor with its device and dtype."""
+        posterior = self.posterior[variable]
+        return tuple(posterior.shape), posterior.loc
+
+    def get_variational_parameters(self, variable: str) -> list[Tensor]:
+        """The variational parameters of ``variable`` in torch_blue's order.
+
+        ``MeanFieldNormal``: ``[mean, log_std]``; the mean is the learnable
+        tensor itself, ``log_std`` is ``log(softplus(rho))`` of the learnable
+        ``rho`` (differentiable, but not a leaf).
+
+        Raises:
+            NoVariablesError: no own variables, or ``variable`` is ``None``.
+        """
+        specs = self._own_variables(" to get")
+        if specs.get(variable) is None:
+            raise NoVariablesError(f"{variable} is None and has no parameters to get")
+        posterior: Posterior = self.posterior[variable]
+        if isinstance(posterior, MeanFieldNormalPosterior):
+            return [posterior.loc, posterior.scale().log()]
+        if isinstance(posterior, AdaptedPosterior):
+            return posterior.values()
+        return [posterior.loc]
+
+    def set_variational_parameters(
+        self, variable: str, values: Sequence[Tensor]
+    ) -> None:
+        """Overwrite the variational parameters of ``variable`` (torch_blue's order)."""
+        posterior: Posterior = self.posterior[variable]
+        if isinstance(posterior, MeanFieldNormalPosterior):
+            loc, log_std = values
+            posterior.reset_parameters(loc, log_std.exp())
+        elif isinstance(posterior, AdaptedPosterior):
+            posterior.set_values(values)
+        elif isinstance(posterior, PointMassPosterior):
+            posterior.reset_parameters(values[0])
+        else:
+            raise TypeError(f"cannot set the parameters of {type(posterior).__name__}")
+
+    def reset_variational_parameters(self) -> None:
+        """Re-initialise every own variable the torch_blue way.
+
+        Raises:
+            NoVariablesError: if the module has no variables of its own.
+        """
+        specs = self._own_variables(" to reset")
+        for name, family in specs.items():
+            if family is None:
+                continue
+            family.reset_variational_parameters(
+                self, name, self._fan_in, self._kaiming_init
+            )
+            if self._prior_init:
+                prior = self.prior_specs[name]
+                assert prior is not None
+                prior.reset_parameters_to_prior(self, name)
+
+    def prior_distribution(self, name: str) -> Any:
+        """Prior of ``name``; a hierarchical prior gets the variational parameters."""
+        prior = self.prior[name]
+        if isinstance(prior, AdaptedPrior) and prior.required_parameters():
+            family = self.variational_distribution[name]
+            assert family is not None
+            current = dict(
+                zip(
+                    family.distribution_parameters,
+                    self.get_variational_parameters(name),
+                    strict=True,
+                )
+            )
+            extra = tuple(current[p] for p in prior.required_parameters())
+            return prior(self.posterior[name].shape, extra)
+        return super().prior_distribution(name)
+
+    def get_log_probs(self, sample: Tensor, variable: str) -> Tensor:
+        """``[log p(sample), log q(sample)]`` of a draw of ``variable``, summed.
+
+        Raises:
+            NoVariablesError: if the module has no variables of its own.
+        """
+        self._own_variables("")
+        log_prior = self.prior_distribution(variable).log_prob(sample).sum()
+        log_q = self.posterior[variable].distribution().log_prob(sample).sum()
+        return torch.stack([log_prior, log_q])
+
+    def sample_variable(self, variable: str) -> Tensor | None:
+        """One draw of ``variable`` from its variational distribution (or ``None``).
+
+        Raises:
+            NoVariablesError: if the module has no variables of its own.
+        """
+        specs = self._own_variables(" to sample")
+        if specs.get(variable) is None:
+            return None
+        draw: Tensor = self.posterior[variable].distribution().rsample()
+        return draw
+
+    def sampled_forward(
+        self,
+        *input_: Any,
+        samples: int = 10,
+        sampled_input: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """torch_blue's explicit outermost call: ``self(*input_, samples=samples)``.
+
+        Raises:
+            NotImplementedError: for ``sampled_input=True`` (inputs that already
+                have a sample dimension).
+        """
+        if sampled_input:
+            raise NotImplementedError(
+                "sampled_input=True is not supported: inputs are shared by all "
+                "particles; pass the batch without a sample dimension"
+            )
+        return self(*input_, samples=samples, **kwargs)
+
+    # ------------------------------------------------------------ calling
+    def __call__(self, *args: Any, samples: int | None = None, **kwargs: Any) -> Any:
+        """As :class:`pyrolite_bnn.VIModule`; outermost outputs become ``VIReturn``."""
+        outermost = _particles.current() is None and not am_i_wrapped()
+        result = super().__call__(*args, samples=samples, **kwargs)
+        if outermost:
+            for tensor in _tensors(result):
+                VIReturn.from_tensor(tensor, tensor.__dict__.get("log_probs"))
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        weights = _PARTICLE_WEIGHTS.get()
+        if weights is not None:
+            value = weights.get((id(self), name))
+            if value is not None:
+                return value
+        specs = self.__dict__.get("variational_distribution")
+        if specs is not None and name.startswith("_"):
+            for variable, family in specs.items():
+                prefix = f"_{variable}_"
+                if family is not None and name.startswith(prefix):
+                    parameter = name[len(prefix) :]
+                    if parameter in family.distribution_parameters:
+                        index = family.distribution_parameters.index(parameter)
+                        return self.get_variational_parameters(variable)[index]
+        return super().__getattr__(name)
+
+    def run_per_particle(
+        self,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run a one-sample ``forward`` for every particle with :func:`torch.vmap`.
+
+        Inputs shared by all particles (leading size ``B``) are broadcast, folded
+        ones (``B * S``) are split per particle; the output is folded again.
+        """
+        samples, batch = current_samples(), current_batch_size()
+        weights: dict[str, Tensor] = {}
+        for name, shape in self._declared.items():
+            value = super().__getattr__(name)
+            flat = value.reshape(-1, *shape)
+            weights[name] = flat.expand(samples, *shape) if flat.shape[0] == 1 else flat
+        in_dims: list[int | None] = []
+        inputs: list[Any] = []
+        for arg in args:
+            rows = arg.shape[0] if isinstance(arg, Tensor) and arg.dim() else None
+            if (
+                rows is not None
+                and samples > 1
+                and rows != batch
+                and rows % samples == 0
+            ):
+                inputs.append(arg.reshape(rows // samples, samples, *arg.shape[1:]))
+                in_dims.append(1)
+            else:
+                inputs.append(arg)
+                in_dims.append(None)
+        key = id(self)
+
+        def one_particle(drawn: dict[str, Tensor], *inner: Any) -> Any:
+            table = dict(_PARTICLE_WEIGHTS.get() or {})
+            table.update({(key, name): value for name, value in drawn.items()})
+            token = _PARTICLE_WEIGHTS.set(table)
+            try:
+                return forward(self, *inner, **kwargs)
+            finally:
+                _PARTICLE_WEIGHTS.reset(token)
+
+        if samples == 1:
+            single = {name: value[0] for name, value in weights.items()}
+            return one_particle(single, *args)
+        out = torch.vmap(one_particle, in_dims=(0, *in_dims), randomness="different")(
+            weights, *inputs
+        )
+        return _fold(out)
+
+
+def _fold(value: Any) -> Any:
+    """``(S, B, ...)`` per-particle outputs to folded ``(B * S, ...)``."""
+    if isinstance(value, Tensor):
+        if value.dim() < 2:
+            return value
+        return value.transpose(0, 1).reshape(-1, *value.shape[2:])
+    if isinstance(value, tuple):
+        return tuple(_fold(v) for v in value)
+    if isinstance(value, list):
+        return [_fold(v) for v in value]
+    return value
+
+
+def _tensors(value: Any) -> Iterator[Tensor]:
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)

@@ -1,0 +1,273 @@
+"""Generic adapters: torch_blue-style distribution objects on this library's classes.
+
+* :class:`BlueDistribution` — a Pyro distribution over a whole tensor from a
+  torch_blue ``log_prob(sample, parameters)`` (and ``sample(parameters)``).
+* :class:`AdaptedPrior` — a :class:`~pyrolite_bnn.Prior` module around a
+  torch_blue prior; its tensor parameters become buffers.
+* :class:`AdaptedFamily` / :class:`AdaptedPosterior` — a variational family
+  whose posterior module holds one learnable tensor per torch_blue parameter.
+* :class:`AdaptedPredictive` — a likelihood evaluated per particle from
+  ``predictive_parameters_from_samples`` and ``log_prob_from_parameters``.
+* :class:`FlatPrior` — the improper uniform prior (``log p = 0``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.nn import PyroParam
+from torch import Tensor
+
+from pyrolite_bnn.distributions.predictive import (
+    PredictiveDistribution as BnnPredictive,
+)
+from pyrolite_bnn.distributions.priors import Prior as BnnPrior
+from pyrolite_bnn.distributions.variational import Posterior, VariationalFamily
+
+if TYPE_CHECKING:
+    from pyrolite_bnn.vi.distributions.base import (
+        PredictiveDistribution,
+        Prior,
+        VariationalDistribution,
+    )
+
+__all__ = [
+    "AdaptedFamily",
+    "AdaptedPosterior",
+    "AdaptedPredictive",
+    "AdaptedPrior",
+    "BlueDistribution",
+    "FlatPrior",
+]
+
+LogProb = Callable[[Tensor, tuple[Any, ...]], Tensor]
+Sample = Callable[[tuple[Any, ...]], Tensor]
+
+
+class BlueDistribution(dist.TorchDistribution):
+    """Distribution of a whole tensor (all dims event) from torch_blue callables.
+
+    Args:
+        log_prob_fn: ``(value, parameters) -> elementwise log density``.
+        sample_fn: ``parameters -> draw`` (``None``: not samplable).
+        parameters: the parameter tensors (each broadcastable to ``event_shape``).
+        event_shape: shape of the tensor.
+    """
+
+    arg_constraints: dict[str, constraints.Constraint] = {}  # noqa: RUF012
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(
+        self,
+        log_prob_fn: LogProb,
+        sample_fn: Sample | None,
+        parameters: tuple[Any, ...],
+        event_shape: Sequence[int],
+    ) -> None:
+        self.log_prob_fn = log_prob_fn
+        self.sample_fn = sample_fn
+        self.parameters = parameters
+        super().__init__(torch.Size(), torch.Size(event_shape), validate_args=False)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Any:
+        """Pyro's generic expansion (needed inside plates)."""
+        return dist.ExpandedDistribution(self, batch_shape)
+
+    def rsample(self, sample_shape: Any = ()) -> Tensor:
+        """Draw ``sample_shape`` independent tensors through ``sample_fn``."""
+        if self.sample_fn is None:
+            raise NotImplementedError(
+                "this torch_blue prior defines no sample method; use it with the "
+                "default guide, not for prior sampling"
+            )
+        shape = torch.Size(sample_shape) + self.event_shape
+        params = tuple(
+            p.expand(shape) if isinstance(p, Tensor) else p for p in self.parameters
+        )
+        return self.sample_fn(params)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Sum of the elementwise log densities over the tensor's dims."""
+        elementwise = self.log_prob_fn(value, self.parameters)
+        elementwise = elementwise + torch.zeros_like(value)
+        dims = len(self.event_shape)
+        return elementwise.sum(tuple(range(-dims, 0))) if dims else elementwise
+
+
+class AdaptedPrior(BnnPrior):
+    """A torch_blue prior object as a :class:`~pyrolite_bnn.Prior` module.
+
+    Tensor parameters (``get_parameters()``) are copied into buffers, so they
+    are saved in ``state_dict`` and follow ``.to()``/``.double()``.
+
+    Args:
+        prior: the torch_blue-style prior (copied).
+    """
+
+    def __init__(self, prior: Prior) -> None:
+        super().__init__()
+        self.blue = copy.deepcopy(prior)
+        self._constants: list[Any] = []
+        for index, value in enumerate(self.blue.get_parameters()):
+            if isinstance(value, Tensor):
+                self.register_buffer(f"parameter{index}", value.detach().clone())
+                self._constants.append(None)
+            else:
+                self._constants.append(value)
+
+    def parameters_now(self) -> tuple[Any, ...]:
+        """The prior's parameters, tensors read from the buffers."""
+        return tuple(
+            getattr(self, f"parameter{i}") if constant is None else constant
+            for i, constant in enumerate(self._constants)
+        )
+
+    def required_parameters(self) -> tuple[str, ...]:
+        """Variational parameters the prior's density needs (hierarchical priors)."""
+        return tuple(self.blue._required_parameters)
+
+    def forward(
+        self, shape: Sequence[int], hyperparameters: tuple[Tensor, ...] = ()
+    ) -> dist.TorchDistribution:
+        """Prior of a tensor of ``shape``; ``hyperparameters`` are the required ones."""
+        return BlueDistribution(
+            self.blue.log_prob, None, (*self.parameters_now(), *hyperparameters), shape
+        )
+
+    def extra_repr(self) -> str:
+        """The wrapped class."""
+        return type(self.blue).__name__
+
+
+class FlatPrior(BnnPrior):
+    """Improper uniform prior, ``log p(w) = 0`` (torch_blue's ``UniformPrior``).
+
+    The KL from a mean-field Normal posterior is then minus its entropy.
+    """
+
+    def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
+        """``ImproperUniform`` over a tensor of ``shape``."""
+        result: dist.TorchDistribution = dist.ImproperUniform(
+            constraints.real, torch.Size(), torch.Size(shape)
+        )
+        return result
+
+    def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
+        """``KL(N(loc, scale^2) || flat) = -entropy``, summed over the tensor."""
+        return -(scale.log().sum() + loc.numel() * 0.5 * (1 + math.log(2 * math.pi)))
+
+
+class AdaptedPosterior(Posterior):
+    """Posterior module with one learnable tensor per torch_blue parameter.
+
+    The primary parameter is ``loc`` (so :meth:`mean` and the layers' Kaiming
+    initialisation find it); the others are ``param1``, ``param2``, ...
+
+    Args:
+        shape: shape of the weight tensor.
+        init_loc: initial primary parameter.
+        family: the torch_blue variational distribution.
+    """
+
+    def __init__(
+        self, shape: Sequence[int], init_loc: Tensor, family: VariationalDistribution
+    ) -> None:
+        super().__init__(shape)
+        self.blue = family
+        setattr(self, "loc", PyroParam(init_loc.detach().clone(), constraints.real))  # noqa: B010
+        defaults = family.default_parameters()
+        for index in range(1, len(family.distribution_parameters)):
+            value = torch.full_like(init_loc, float(defaults[index]))
+            setattr(self, f"param{index}", PyroParam(value, constraints.real))
+
+    def values(self) -> list[Tensor]:
+        """The parameters in torch_blue's order."""
+        count = len(self.blue.distribution_parameters)
+        return [self.loc, *(getattr(self, f"param{i}") for i in range(1, count))]
+
+    def set_values(self, values: Sequence[Tensor]) -> None:
+        """Overwrite the parameters (torch_blue's order)."""
+        with torch.no_grad():
+            for index, value in enumerate(values):
+                name = "loc" if index == 0 else f"param{index}"
+                getattr(self, f"{name}_unconstrained").copy_(value)
+
+    def distribution(self) -> dist.TorchDistribution:
+        """The torch_blue distribution of the whole tensor."""
+        return BlueDistribution(
+            self.blue.log_prob, self.blue.sample, tuple(self.values()), self.shape
+        )
+
+    def reset_parameters(self, init_loc: Tensor) -> None:
+        """Primary parameter to ``init_loc``, the others to their defaults."""
+        defaults = self.blue.default_parameters()
+        self.set_values(
+            [init_loc] + [torch.full_like(init_loc, float(d)) for d in defaults[1:]]
+        )
+
+    def extra_repr(self) -> str:
+        """Shape and family."""
+        return f"shape={tuple(self.shape)}, family={type(self.blue).__name__}"
+
+
+class AdaptedFamily(VariationalFamily):
+    """A torch_blue variational distribution as a variational family.
+
+    Args:
+        family: the torch_blue-style variational distribution.
+    """
+
+    def __init__(self, family: VariationalDistribution) -> None:
+        self.blue = family
+
+    def build(self, shape: Sequence[int], init_loc: Tensor) -> Posterior:
+        """Create an :class:`AdaptedPosterior` (with its own copy of the family)."""
+        return AdaptedPosterior(shape, init_loc, copy.deepcopy(self.blue))
+
+
+class AdaptedPredictive(BnnPredictive):
+    """A torch_blue predictive distribution as this library's likelihood.
+
+    Each particle's output is one "sample": the per-particle log-likelihood is
+    ``log_prob_from_parameters(y, predictive_parameters_from_samples(out_s))``,
+    and the loss averages those over particles (the ELBO's data term).
+
+    Args:
+        predictive: the torch_blue-style predictive distribution.
+    """
+
+    def __init__(self, predictive: PredictiveDistribution) -> None:
+        super().__init__()
+        self.blue = predictive
+
+    def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Shapes are left to the torch_blue distribution."""
+        return output, target
+
+    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+        """Per-particle likelihood with batch shape ``(S, B)``."""
+        blue = self.blue
+
+        def log_prob(target: Tensor, parameters: tuple[Any, ...]) -> Tensor:
+            # One "sample" per particle: parameters of shape (S, B, ...).
+            params = blue.predictive_parameters_from_samples(parameters[0].unsqueeze(0))
+            value = blue.log_prob_from_parameters(target, params)
+            while value.dim() > 2:
+                value = value.sum(-1)
+            return value
+
+        expanded: dist.TorchDistribution = BlueDistribution(
+            log_prob, None, (output,), ()
+        ).expand(output.shape[:2])
+        return expanded
+
+    def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """``log p(target | output_s)``, ``(S, B)``."""
+        return self.distribution(output).log_prob(target)

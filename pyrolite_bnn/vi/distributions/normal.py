@@ -1,0 +1,137 @@
+"""``MeanFieldNormal``: torch_blue's Normal as prior, variational and predictive."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from pyrolite_bnn.distributions.predictive import Normal as BnnNormal
+from pyrolite_bnn.distributions.predictive import (
+    PredictiveDistribution as BnnPredictive,
+)
+from pyrolite_bnn.distributions.priors import NormalPrior
+from pyrolite_bnn.distributions.priors import Prior as BnnPrior
+from pyrolite_bnn.distributions.variational import MeanFieldNormal as BnnMeanFieldNormal
+from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.vi.distributions.base import (
+    PredictiveDistribution,
+    Prior,
+    VariationalDistribution,
+    as_parameter_tuple,
+)
+from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
+
+if TYPE_CHECKING:
+    from pyrolite_bnn.vi.base import VIModule
+
+__all__ = ["MeanFieldNormal"]
+
+
+class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
+    """Independent Normal distributions: prior, variational and predictive.
+
+    Parameters are ``("mean", "log_std")``. In each role it becomes this
+    library's native class:
+
+    * prior: :class:`pyrolite_bnn.NormalPrior` (hyperparameters are buffers,
+      saved in ``state_dict``);
+    * variational: :class:`pyrolite_bnn.MeanFieldNormal` (closed-form KL, local
+      reparameterisation in linear layers); its standard deviation is stored as
+      ``softplus(rho)`` — equal to ``exp(log_std)`` to first order for the small
+      scales of trained networks;
+    * predictive: :class:`pyrolite_bnn.Normal` with a *learned* noise scale
+      (starting at ``std``), instead of torch_blue's spread of the samples. Give
+      ``loss_fn.parameters()`` to the optimizer too.
+
+    Args:
+        mean: mean (prior; default of the variational mean, which is
+            initialised like a weight).
+        std: standard deviation (prior; default of the variational std before
+            Kaiming scaling; initial noise scale as predictive).
+        eps: added to the variance in :meth:`log_prob`.
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> normal = vi.distributions.MeanFieldNormal(0.0, 0.5)
+        >>> normal.to_prior()
+        NormalPrior(loc=0, scale=0.5)
+        >>> normal.sample((torch.zeros(2, 3), torch.zeros(2, 3))).shape
+        torch.Size([2, 3])
+    """
+
+    distribution_parameters = ("mean", "log_std")
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0, eps: float = 1e-10) -> None:
+        if not std > 0:
+            raise ValueError(f"MeanFieldNormal std must be positive, got {std!r}")
+        self.mean = torch.tensor(float(mean))
+        self.log_std = torch.tensor(float(std)).log()
+        self.eps = eps
+
+    @property
+    def _default_variational_parameters(self) -> tuple[Tensor, Tensor]:
+        return self.mean, self.log_std
+
+    @property
+    def std(self) -> Tensor:
+        """Standard deviation ``exp(log_std)``."""
+        return self.log_std.exp()
+
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
+        """Elementwise Normal log density (constants with ``use_norm_constants``)."""
+        mean, log_std = as_parameter_tuple(*parameters)
+        variance = torch.exp(log_std) ** 2 + self.eps
+        value = -0.5 * ((sample - mean) ** 2 / variance + 2 * log_std)
+        if norm_constants_on():
+            value = value - 0.5 * math.log(2 * math.pi)
+        result: Tensor = value
+        return result
+
+    def sample(self, *parameters: Any) -> Tensor:
+        """``mean + exp(log_std) * N(0, 1)`` (differentiable)."""
+        mean, log_std = as_parameter_tuple(*parameters)
+        draw: Tensor = mean + torch.exp(log_std) * torch.randn_like(mean)
+        return draw
+
+    def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
+        """Set the variable's variational mean and std to this prior's."""
+        shape, like = module.variable_shape(variable)
+        module.set_variational_parameters(
+            variable,
+            (
+                torch.full(
+                    shape, float(self.mean), device=like.device, dtype=like.dtype
+                ),
+                torch.full(
+                    shape, float(self.log_std), device=like.device, dtype=like.dtype
+                ),
+            ),
+        )
+
+    def predictive_parameters_from_samples(
+        self, samples: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation over the sample dimension."""
+        return samples.mean(dim=0), samples.std(dim=0)
+
+    def to_prior(self) -> BnnPrior:
+        """:class:`pyrolite_bnn.NormalPrior` with this mean and std."""
+        if type(self) is not MeanFieldNormal:
+            return super().to_prior()
+        return NormalPrior(self.mean.clone(), self.std.clone())
+
+    def to_variational(self) -> VariationalFamily:
+        """:class:`pyrolite_bnn.MeanFieldNormal` (scales set by the layer's init)."""
+        if type(self) is not MeanFieldNormal:
+            return super().to_variational()
+        return BnnMeanFieldNormal(init_scale=float(self.std))
+
+    def build_predictive(self) -> BnnPredictive:
+        """:class:`pyrolite_bnn.Normal` with a learned noise scale."""
+        if type(self) is not MeanFieldNormal:
+            return super().build_predictive()
+        return BnnNormal(scale=None, init_scale=float(self.std))

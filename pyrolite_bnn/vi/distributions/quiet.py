@@ -1,0 +1,82 @@
+"""``BasicQuietPrior``: torch_blue's experimental hierarchical prior."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from pyrolite_bnn.vi.distributions.base import Prior, as_parameter_tuple
+from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
+
+if TYPE_CHECKING:
+    from pyrolite_bnn.vi.base import VIModule
+
+__all__ = ["BasicQuietPrior"]
+
+
+class BasicQuietPrior(Prior):
+    """Weights ``N(m, (r m)^2)`` around their variational mean ``m ~ N(mm, ms^2)``.
+
+    Experimental (as in torch_blue). The density needs the variational mean of
+    each weight (``_required_parameters = ("mean",)``), which the layer passes.
+
+    Args:
+        std_ratio: ``r``, ratio of each weight's std to its mean.
+        mean_mean: ``mm``.
+        mean_std: ``ms``.
+        eps: added to the variances.
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> layer = vi.VILinear(3, 2, prior=vi.distributions.BasicQuietPrior())
+        >>> layer.prior_distribution("weight").event_shape
+        torch.Size([2, 3])
+    """
+
+    distribution_parameters = ("mean", "log_std")
+    _required_parameters = ("mean",)
+    _scaling_parameters = ("mean_mean", "mean_std")
+
+    def __init__(
+        self,
+        std_ratio: float = 1.0,
+        mean_mean: float = 0.0,
+        mean_std: float = 1.0,
+        eps: float = 1e-10,
+    ) -> None:
+        self._std_ratio = std_ratio
+        self.mean_mean = torch.tensor(float(mean_mean))
+        self.mean_std = torch.tensor(float(mean_std))
+        self.eps = eps
+
+    def get_parameters(self) -> tuple[Tensor, Tensor]:
+        """``(mean_mean, mean_std)``."""
+        return self.mean_mean, self.mean_std
+
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
+        """Elementwise log density given ``(mean_mean, mean_std, mean)``."""
+        mean_mean, mean_std, mean = as_parameter_tuple(*parameters)
+        variance = (self._std_ratio * mean) ** 2 + self.eps
+        mean_variance = mean_std**2 + self.eps
+        value = -0.5 * (
+            (sample - mean) ** 2 / variance
+            + (mean - mean_mean) ** 2 / mean_variance
+            + torch.log(variance)
+            + torch.log(torch.as_tensor(mean_variance))
+        )
+        if norm_constants_on():
+            value = value - math.log(2 * math.pi)
+        result: Tensor = value
+        return result
+
+    def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
+        """Draw means from ``N(mm, ms^2)``, stds ``r |mean|``."""
+        shape, like = module.variable_shape(variable)
+        mean = torch.randn(shape, device=like.device, dtype=like.dtype)
+        mean = mean * self.mean_std.to(like) + self.mean_mean.to(like)
+        log_std = torch.log(self._std_ratio * mean.abs())
+        module.set_variational_parameters(variable, (mean, log_std))

@@ -1,0 +1,145 @@
+"""torch_blue's ``KullbackLeiblerLoss`` on :class:`pyrolite_bnn.KullbackLeiblerLoss`."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from torch import Tensor
+
+from pyrolite_bnn.distributions.predictive import (
+    PredictiveDistribution as BnnPredictive,
+)
+from pyrolite_bnn.loss import KullbackLeiblerLoss as BnnKullbackLeiblerLoss
+from pyrolite_bnn.record import KLMode
+from pyrolite_bnn.vi.distributions.base import PredictiveDistribution
+from pyrolite_bnn.vi.utils.errors import UnsupportedDistributionError
+
+__all__ = ["KullbackLeiblerLoss", "as_predictive"]
+
+
+def as_predictive(distribution: object) -> BnnPredictive:
+    """The likelihood module of a torch_blue (or :mod:`pyrolite_bnn`) distribution.
+
+    Raises:
+        UnsupportedDistributionError: if it cannot serve as predictive distribution.
+    """
+    if isinstance(distribution, BnnPredictive):
+        return distribution
+    if isinstance(distribution, PredictiveDistribution):
+        return distribution.to_predictive()
+    raise UnsupportedDistributionError(
+        f"{type(distribution).__name__} does not support use as predictive distribution"
+    )
+
+
+class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
+    r"""Negative ELBO with torch_blue's signature and scale.
+
+    .. math::
+
+        -\mathrm{ELBO} = -\frac{N}{B} \sum_b \frac{1}{S} \sum_s
+            \log p(y_b \mid x_b, w_s) + \mathrm{heat} \cdot \mathrm{KL}(q \| p)
+
+    This is :class:`pyrolite_bnn.KullbackLeiblerLoss` with ``reduction="sum"``:
+    the value is on torch_blue's scale (the -ELBO of the whole data set, ``N``
+    times :class:`pyrolite_bnn.KullbackLeiblerLoss`'s default), so learning
+    rates tuned for torch_blue keep their meaning, with SGD as with Adam. The
+    data term is the mean of the particles' log-likelihoods (torch_blue: the
+    log of their mean), the KL is taken in closed form where one exists, and
+    the output's ``log_probs`` are not needed.
+
+    Args:
+        predictive_distribution: a ``vi.distributions`` predictive distribution
+            (or a :mod:`pyrolite_bnn` one).
+        dataset_size: training set size ``N``; if ``None`` it must be given to
+            :meth:`forward`, else the batch size is used with a warning.
+        heat: multiplier of the KL term.
+        track: record the loss components in :attr:`log`.
+
+    Attributes:
+        log: ``None``, or (once tracking is on) a dict of lists:
+            ``data_fitting`` (floats), ``prior_matching`` (floats, after heat)
+            and ``log_probs`` (the mean ``[log p, log q]`` of the output, when it
+            carries them).
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> net = vi.VILinear(4, 3)
+        >>> likelihood = vi.distributions.Categorical()
+        >>> loss_fn = vi.KullbackLeiblerLoss(likelihood, 100, track=True)
+        >>> loss = loss_fn(net(torch.randn(8, 4)), torch.randint(0, 3, (8,)))
+        >>> loss.shape, sorted(loss_fn.log)
+        (torch.Size([]), ['data_fitting', 'log_probs', 'prior_matching'])
+    """
+
+    log: dict[str, list[Any]] | None
+    dataset_size: int | None  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        predictive_distribution: object,
+        dataset_size: int | None = None,
+        heat: float = 1.0,
+        track: bool = False,
+        *,
+        kl: KLMode = "auto",
+    ) -> None:
+        super().__init__(
+            as_predictive(predictive_distribution),
+            1 if dataset_size is None else dataset_size,
+            heat,
+            kl=kl,
+            reduction="sum",
+        )
+        self.dataset_size = dataset_size
+        self.predictive_distribution = predictive_distribution
+        self.log = None
+        self._track = False
+        self.track(track)
+
+    def track(self, mode: bool = True) -> None:
+        """Start (``True``) or pause (``False``) recording; the history is kept."""
+        if mode and self.log is None:
+            self.log = {"data_fitting": [], "prior_matching": [], "log_probs": []}
+        self._track = mode
+
+    def forward(
+        self, model_output: Tensor, target: Tensor, dataset_size: int | None = None
+    ) -> Tensor:
+        """Negative ELBO of ``model_output = model(x)`` and ``target``.
+
+        Args:
+            model_output: the network output ``(S, B, ...)``.
+            target: the targets ``(B, ...)``.
+            dataset_size: ``N`` for this call (overrides the constructor's).
+
+        Returns:
+            Scalar loss.
+        """
+        size = dataset_size or self.dataset_size
+        if size is None:
+            batch = model_output.shape[1]
+            warnings.warn(
+                f"No dataset_size is provided. Batch size ({batch}) is used instead.",
+                stacklevel=2,
+            )
+            size = batch
+        stored = self.dataset_size
+        self.dataset_size = size
+        try:
+            loss: Tensor = super().forward(model_output, target)
+        finally:
+            self.dataset_size = stored
+        self._record(model_output)
+        return loss
+
+    def _record(self, model_output: Tensor) -> None:
+        if not self._track or self.log is None:
+            return
+        self.log["data_fitting"].append(float(self.last_nll))
+        self.log["prior_matching"].append(float(self.heat * self.last_kl))
+        log_probs = getattr(model_output, "log_probs", None)
+        if isinstance(log_probs, Tensor):
+            self.log["log_probs"].append(log_probs.detach().mean(0))

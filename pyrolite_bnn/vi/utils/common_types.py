@@ -1,0 +1,46 @@
+"""``VIkwargs``: the Bayesian keyword arguments every torch_blue layer accepts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import torch
+
+if TYPE_CHECKING:
+    from pyrolite_bnn.vi.distributions import Prior, VariationalDistribution
+
+__all__ = ["VIkwargs"]
+
+
+class VIkwargs(TypedDict, total=False):
+    """Keyword arguments shared by the layers of :mod:`pyrolite_bnn.vi`.
+
+    Attributes:
+        variational_distribution: a
+            :class:`~pyrolite_bnn.vi.distributions.VariationalDistribution`, or
+            one per random variable (default ``MeanFieldNormal()``).
+        prior: a :class:`~pyrolite_bnn.vi.distributions.Prior`, or one per
+            random variable (default ``MeanFieldNormal()``, i.e. ``N(0, 1)``).
+        rescale_prior: scale the prior's parameters by ``1 / sqrt(3 fan_in)``.
+        kaiming_initialization: start the variational scales at the
+            distribution's default times ``1 / sqrt(fan_in)`` (default ``True``).
+        prior_initialization: start the variational parameters at the prior's.
+        return_log_probs: outputs carry ``log_probs`` (default ``True``).
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+
+    Example:
+        >>> from pyrolite_bnn import vi
+        >>> kwargs: vi.VIkwargs = {"rescale_prior": True}
+        >>> vi.VILinear(4, 2, **kwargs).in_features
+        4
+    """
+
+    variational_distribution: VariationalDistribution | Any
+    prior: Prior | Any
+    rescale_prior: bool
+    kaiming_initialization: bool
+    prior_initialization: bool
+    return_log_probs: bool
+    device: torch.device | str | None
+    dtype: torch.dtype | None

@@ -1,0 +1,53 @@
+"""``VISequential``'s list methods: sites are renumbered like ``nn.Sequential``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import pyrolite_bnn as bnn
+
+
+def _sites(seq: bnn.VISequential) -> list[str]:
+    return [v.site for v in seq.random_variables()]
+
+
+def test_extend_insert_pop_setitem_delitem_match_nn_sequential() -> None:
+    first, second = bnn.VILinear(2, 3), bnn.VILinear(3, 4)
+    seq = bnn.VISequential(first, nn.ReLU())
+    plain = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+    seq.extend([second])
+    plain.extend([nn.Linear(3, 4)])
+    seq.insert(0, nn.Identity())
+    plain.insert(0, nn.Identity())
+    assert list(seq._modules) == list(plain._modules) == ["0", "1", "2", "3"]
+    assert _sites(seq) == ["1.weight", "1.bias", "3.weight", "3.bias"]
+    assert isinstance(seq.pop(0), nn.Identity)
+    assert _sites(seq) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    seq[1] = nn.Tanh()
+    assert isinstance(seq[1], nn.Tanh)
+    del seq[0]
+    assert [type(m).__name__ for m in seq] == ["Tanh", "VILinear"]
+    assert seq[1] is second
+    assert _sites(seq) == ["1.weight", "1.bias"]
+    assert seq(torch.randn(5, 3), samples=2).shape == (2, 5, 4)
+
+
+def test_insert_negative_index_and_slice_delete() -> None:
+    seq = bnn.VISequential(nn.ReLU(), nn.Tanh(), nn.Sigmoid())
+    seq.insert(-1, nn.Identity())
+    assert [type(m).__name__ for m in seq] == ["ReLU", "Tanh", "Identity", "Sigmoid"]
+    del seq[1:3]
+    assert [type(m).__name__ for m in seq] == ["ReLU", "Sigmoid"]
+    assert list(seq._modules) == ["0", "1"]
+
+
+def test_list_methods_reject_bad_input() -> None:
+    seq = bnn.VISequential(nn.ReLU())
+    with pytest.raises(IndexError, match="out of range"):
+        seq.insert(5, nn.Tanh())
+    with pytest.raises(TypeError, match="torch modules"):
+        seq[0] = "relu"  # type: ignore[assignment]
+    with pytest.raises(IndexError):
+        seq.pop(3)

@@ -1,0 +1,418 @@
+"""``pyrolite_bnn.vi``: torch_blue's API (README levels 1-5, tutorial, debug guide).
+
+Each test is written the torch_blue way (only the import lines differ) and
+checks this library's behaviour, including where it fixes a torch_blue defect
+(W numbers of the migration table in docs/torch_blue.rst).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormalPosterior,
+    PointMassPosterior,
+)
+from pyrolite_bnn.vi.distributions import (
+    BasicQuietPrior,
+    Categorical,
+    MeanFieldNormal,
+    MeanFieldStudentT,
+    NonBayesian,
+    UniformPrior,
+)
+from pyrolite_bnn.vi.utils import NoVariablesError, UnsupportedDistributionError
+
+VI_KWARGS = [
+    "variational_distribution",
+    "prior",
+    "rescale_prior",
+    "kaiming_initialization",
+    "prior_initialization",
+    "return_log_probs",
+    "device",
+    "dtype",
+]
+
+
+def test_signatures_follow_torch_blue() -> None:
+    linear = list(inspect.signature(vi.VILinear).parameters)
+    assert linear[:4] == ["in_features", "out_features", *VI_KWARGS[:2]]
+    assert linear[4] == "bias"
+    conv = list(inspect.signature(vi.VIConv2d).parameters)
+    assert conv[:9] == [
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "bias",
+        "padding_mode",
+    ]
+    assert conv[9:] == VI_KWARGS
+    assert list(inspect.signature(vi.VIModule).parameters) == [
+        "variable_shapes",
+        *VI_KWARGS,
+    ]
+    loss = inspect.signature(vi.KullbackLeiblerLoss).parameters
+    assert list(loss)[:4] == [
+        "predictive_distribution",
+        "dataset_size",
+        "heat",
+        "track",
+    ]
+    assert loss["dataset_size"].default is None
+
+
+def test_third_positional_argument_is_the_variational_distribution() -> None:
+    layer = vi.VILinear(4, 3, NonBayesian(), UniformPrior(), False)
+    assert isinstance(layer.posterior["weight"], PointMassPosterior)
+    assert layer.bias is None
+    assert layer.random_variables == ("weight", "bias")
+    assert [v.site for v in layer.random_variables()] == ["weight"]
+    assert isinstance(layer, bnn.VILinear)
+
+
+def test_wrong_roles_raise_unsupported_distribution_error() -> None:
+    with pytest.raises(UnsupportedDistributionError, match="as prior"):
+        vi.VILinear(2, 2, prior=Categorical())
+    with pytest.raises(UnsupportedDistributionError, match="variational"):
+        vi.VILinear(2, 2, variational_distribution=UniformPrior())
+    with pytest.raises(UnsupportedDistributionError, match="predictive"):
+        vi.KullbackLeiblerLoss(UniformPrior(), 10)
+    with pytest.raises(AssertionError, match="exactly one"):
+        vi.VILinear(2, 2, prior=[MeanFieldNormal()])
+
+
+def test_return_log_probs_default_and_propagation() -> None:
+    net = vi.VISequential(vi.VILinear(3, 4), nn.ReLU(), vi.VILinear(4, 2))
+    out = net(torch.randn(5, 3), samples=6)
+    assert isinstance(out, vi.VIReturn)
+    assert out.log_probs.shape == (6, 2)
+    net.return_log_probs = False
+    assert not any(
+        m.return_log_probs for m in net.modules() if isinstance(m, vi.VIModule)
+    )
+    out = net(torch.randn(5, 3), samples=6)
+    assert isinstance(out, vi.VIReturn)
+    assert out.log_probs is None
+    assert type(out * 2) is Tensor
+
+
+def test_log_probs_are_log_prior_and_log_variational_of_the_draws() -> None:
+    layer = vi.VILinear(
+        3, 2, variational_distribution=NonBayesian(), prior=MeanFieldNormal()
+    )
+    out = layer(torch.randn(4, 3), samples=3)
+    weights = [layer.posterior[name].loc for name in ("weight", "bias")]
+    log_prior = sum(
+        torch.distributions.Normal(0.0, 1.0).log_prob(w).sum() for w in weights
+    )
+    torch.testing.assert_close(
+        out.log_probs[:, 0], log_prior.expand(3), rtol=1e-6, atol=1e-5
+    )
+    torch.testing.assert_close(out.log_probs[:, 1], torch.zeros(3))
+
+
+def test_priors_are_buffers_saved_in_state_dict() -> None:
+    layer = vi.VILinear(4, 2, prior=MeanFieldNormal(0.5, 0.3))
+    state = layer.state_dict()
+    torch.testing.assert_close(state["prior.weight.loc"], torch.tensor(0.5))
+    torch.testing.assert_close(state["prior.bias.scale"], torch.tensor(0.3))
+    assert layer.double().prior["weight"].scale.dtype == torch.float64
+
+
+def test_rescale_prior_and_kaiming_initialization() -> None:
+    fan_in = 16
+    layer = vi.VILinear(fan_in, 3, prior=MeanFieldNormal(0.0, 2.0), rescale_prior=True)
+    scale = 1 / math.sqrt(3 * fan_in)
+    expected_prior = 2.0 * (scale + 1e-5)  # torch_blue: log_std + log(scale + eps)
+    torch.testing.assert_close(float(layer.prior["weight"].scale), expected_prior)
+    init_std = 1.0 * (1 / math.sqrt(fan_in) + 1e-5)
+    _, log_std = layer.get_variational_parameters("weight")
+    torch.testing.assert_close(log_std, torch.full((3, fan_in), math.log(init_std)))
+    plain = vi.VILinear(fan_in, 3, kaiming_initialization=False)
+    torch.testing.assert_close(
+        plain.get_variational_parameters("bias")[1], torch.zeros(3), atol=1e-6, rtol=0
+    )
+
+
+def test_prior_initialization_starts_at_the_prior() -> None:
+    layer = vi.VILinear(
+        5, 2, prior=MeanFieldNormal(0.25, 0.1), prior_initialization=True
+    )
+    mean, log_std = layer.get_variational_parameters("weight")
+    torch.testing.assert_close(mean, torch.full((2, 5), 0.25))
+    torch.testing.assert_close(log_std, torch.full((2, 5), math.log(0.1)))
+
+
+def test_variational_parameter_names_and_errors() -> None:
+    layer = vi.VILinear(3, 2)
+    assert layer.variational_parameter_name("weight", "mean") == "_weight_mean"
+    assert layer._weight_mean is layer.posterior["weight"].loc
+    assert layer._weight_log_std.shape == (2, 3)
+    assert layer.sample_variable("weight").shape == (2, 3)
+    assert layer.get_log_probs(layer.sample_variable("bias"), "bias").shape == (2,)
+    container = vi.VIModule()
+    assert container.random_variables == ()
+    for call in (
+        container.reset_variational_parameters,
+        lambda: container.get_variational_parameters("weight"),
+        lambda: container.sample_variable("weight"),
+    ):
+        with pytest.raises(NoVariablesError):
+            call()
+
+
+class Affine(vi.VIModule):
+    """README level 5: a module with its own random variables, one-sample code."""
+
+    def __init__(self, features: int, **vikwargs: object) -> None:
+        shapes = {"weight": (features, features), "bias": (features,), "unused": None}
+        super().__init__(variable_shapes=shapes, **vikwargs)  # type: ignore[arg-type]
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert self.unused is None
+        return F.linear(x, self.weight, self.bias)
+
+
+def test_level_5_custom_module_sees_one_draw_per_particle() -> None:
+    layer = Affine(3)
+    assert layer.random_variables == ("weight", "bias", "unused")
+    x = torch.randn(4, 3)
+    out = layer(x, samples=5)
+    assert out.shape == (5, 4, 3)
+    assert out.log_probs.shape == (5, 2)
+    # Fixed weights: every particle computes the plain affine map.
+    fixed = Affine(3, variational_distribution=NonBayesian(), prior=UniformPrior())
+    mean, bias = (fixed.get_variational_parameters(n)[0] for n in ("weight", "bias"))
+    torch.testing.assert_close(
+        fixed(x, samples=3), F.linear(x, mean, bias).expand(3, 4, 3)
+    )
+    # Random weights: particles differ, examples of one particle share a weight.
+    spread = out.detach().std(0)
+    assert bool((spread > 0).all())
+
+
+def test_level_5_module_inside_a_network_trains() -> None:
+    class Net(vi.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = vi.VISequential(vi.VILinear(2, 8), nn.Tanh(), Affine(8))
+            self.head = vi.VILinear(8, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.body(x))
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 2)
+    y = x.sum(-1, keepdim=True)
+    net = Net()
+    loss_fn = vi.KullbackLeiblerLoss(MeanFieldNormal(), dataset_size=64)
+    optimizer = torch.optim.Adam([*net.parameters(), *loss_fn.parameters()], lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss = loss_fn(net(x, samples=4), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_per_call_dataset_size_and_missing_dataset_size() -> None:
+    layer = vi.VILinear(4, 3, NonBayesian(), UniformPrior())  # deterministic output
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=100)
+    loss_fn(layer(x), y)
+    nll = loss_fn.last_nll
+    loss_fn(layer(x), y, 200)
+    torch.testing.assert_close(loss_fn.last_nll, 2 * nll)
+    assert loss_fn.dataset_size == 100
+    unsized = vi.KullbackLeiblerLoss(Categorical())
+    with pytest.warns(UserWarning, match=r"Batch size \(8\) is used"):
+        unsized(layer(x), y)
+    torch.testing.assert_close(unsized.last_nll, 0.08 * nll)
+
+
+def test_vi_loss_is_n_times_the_mean_reduced_loss() -> None:
+    layer = vi.VILinear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    vi_loss = vi.KullbackLeiblerLoss(Categorical(), dataset_size=50)
+    mean_loss = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=50)
+    out = layer(x)
+    value = vi_loss(out, y)
+    same = mean_loss(out, y)
+    torch.testing.assert_close(value, 50 * same)
+
+
+def test_track_records_loss_components() -> None:
+    layer = vi.VILinear(4, 3)
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), 20, heat=0.5, track=True)
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    loss = loss_fn(layer(x, samples=2), y)
+    assert loss_fn.log is not None
+    data, prior = loss_fn.log["data_fitting"][0], loss_fn.log["prior_matching"][0]
+    assert data + prior == pytest.approx(loss.item(), rel=1e-5)
+    assert loss_fn.log["log_probs"][0].shape == (2,)
+    loss_fn.track(False)
+    loss_fn(layer(x), y)
+    assert len(loss_fn.log["data_fitting"]) == 1
+
+
+def test_data_term_is_mean_of_logs_not_log_of_mean() -> None:
+    samples = torch.tensor([[[4.0, 0.0]], [[-4.0, 0.0]]])  # (S=2, B=1, C=2)
+    target = torch.tensor([0])
+    mean_of_logs = F.log_softmax(samples, -1)[:, 0, 0].mean()
+    log_of_mean = F.softmax(samples, -1)[:, 0, 0].mean().log()
+    value = Categorical().log_prob_from_samples(target, samples)
+    torch.testing.assert_close(value, mean_of_logs.reshape(1))
+    assert float(value) < float(log_of_mean) - 1.0
+
+
+def test_categorical_predictions_and_probs_input() -> None:
+    logits = torch.randn(5, 3, 4)
+    probs = Categorical().predictive_parameters_from_samples(logits)
+    torch.testing.assert_close(probs, logits.softmax(-1).mean(0))
+    as_probs = Categorical(input_type="probs")
+    target = torch.tensor([0, 1, 3])
+    from_probs = as_probs.log_prob_from_samples(target, logits.softmax(-1))
+    from_logits = Categorical().log_prob_from_samples(target, logits)
+    torch.testing.assert_close(from_probs, from_logits, atol=1e-4, rtol=0)
+    with pytest.raises(AssertionError, match="logits or probs"):
+        Categorical(input_type="odds")
+
+
+def test_regression_has_a_learned_noise_scale_and_works_with_one_sample() -> None:
+    layer = vi.VILinear(2, 1)
+    loss_fn = vi.KullbackLeiblerLoss(MeanFieldNormal(), dataset_size=32)
+    assert len(list(loss_fn.parameters())) == 1
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    loss = loss_fn(layer(x, samples=1), y)
+    assert torch.isfinite(loss)
+
+
+def test_debug_guide_non_bayesian_everything_is_a_plain_loss() -> None:
+    torch.manual_seed(1)
+    layer = vi.VILinear(3, 1, NonBayesian(), NonBayesian())
+    loss_fn = vi.KullbackLeiblerLoss(NonBayesian("MSE"), dataset_size=8, track=True)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    out = layer(x, samples=3)
+    torch.testing.assert_close(out[0], out[2])
+    loss = loss_fn(out, y)
+    mse = F.mse_loss(out[0], y)
+    assert float(loss_fn.last_kl) == 0.0
+    # -log N(y; mu, 1/2) = (y - mu)^2 + log(pi) / 2, summed over the N examples
+    torch.testing.assert_close(loss, 8 * (mse + 0.5 * math.log(math.pi)))
+
+
+def test_analytical_loss_mixes_priors_across_layers() -> None:
+    net = vi.VISequential(
+        vi.VILinear(3, 4, prior=MeanFieldNormal(0.0, 0.5)),
+        nn.ReLU(),
+        vi.VILinear(4, 2, prior=UniformPrior()),
+    )
+    loss_fn = vi.AnalyticalKullbackLeiblerLoss(net, Categorical(), dataset_size=30)
+    assert not net.return_log_probs
+    out = net(torch.randn(6, 3), samples=2)
+    loss_fn(out, torch.randint(0, 2, (6,)))
+    torch.testing.assert_close(loss_fn.last_kl, loss_fn.prior_matching().detach())
+    with pytest.raises(NotImplementedError, match="Analytical"):
+        vi.AnalyticalKullbackLeiblerLoss(
+            vi.VILinear(2, 2, variational_distribution=MeanFieldStudentT()),
+            Categorical(),
+        )
+
+
+def test_divergence_modules() -> None:
+    mean, log_std = torch.randn(5), torch.randn(5) * 0.1
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, log_std.exp()),
+        torch.distributions.Normal(0.2, 0.5),
+    ).sum()
+    value = vi.NormalNormalDivergence()([0.2, math.log(0.5)], [mean, log_std])
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(
+        vi.UniformNormalDivergence()([None], [mean, log_std]), (-log_std - 0.5).sum()
+    )
+
+
+def test_student_t_posterior_and_quiet_prior_work_in_layers() -> None:
+    layer = vi.VILinear(
+        3, 4, variational_distribution=MeanFieldStudentT(), prior=BasicQuietPrior()
+    )
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=10)
+    out = layer(torch.randn(5, 3), samples=3)
+    loss = loss_fn(out, torch.randint(0, 4, (5,)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert layer.posterior["weight"].loc.grad is not None
+
+
+def test_convert_to_vimodule_is_not_available_yet() -> None:
+    with pytest.raises(NotImplementedError, match=r"pyrolite_bnn\.convert"):
+        vi.convert_to_vimodule(nn.Linear(2, 2))
+
+
+def test_conv_layers_follow_torch_blue() -> None:
+    layer = vi.VIConv2d(1, 2, 3, prior=MeanFieldNormal(0.0, 0.5), bias=False)
+    assert layer.random_variables == ("weight", "bias")
+    assert layer.bias is None
+    assert layer(torch.randn(4, 1, 5, 5), samples=2).shape == (2, 4, 2, 3, 3)
+    assert isinstance(layer.posterior["weight"], MeanFieldNormalPosterior)
+
+
+def test_mnist_tutorial_flow_with_nn_sequential() -> None:
+    # torch_blue's scripts/mnist_tutorial.py, synthetic 28x28 data instead of
+    # FashionMNIST: Bayesian layers inside a plain nn.Sequential.
+    class NeuralNetwork(vi.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flatten = nn.Flatten()
+            self.linear_relu_stack = nn.Sequential(
+                vi.VILinear(28 * 28, 32),
+                nn.ReLU(),
+                vi.VILinear(32, 32),
+                nn.ReLU(),
+                vi.VILinear(32, 10),
+            )
+
+        def forward(self, x_: Tensor) -> Tensor:
+            x_ = self.flatten(x_)
+            logits = self.linear_relu_stack(x_)
+            return logits
+
+    torch.manual_seed(0)
+    images = torch.rand(128, 1, 28, 28)
+    labels = torch.randint(0, 10, (128,))
+    model = NeuralNetwork()
+    model.return_log_probs = True
+    predictive_distribution = Categorical()
+    loss_fn = vi.KullbackLeiblerLoss(predictive_distribution, dataset_size=len(images))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for start in range(0, 128, 64):
+        x, y = images[start : start + 64], labels[start : start + 64]
+        pred = model(x)
+        loss = loss_fn(pred, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        samples = model(images[:16])
+        test_loss = loss_fn(samples, labels[:16]).item()
+        pred = predictive_distribution.predictive_parameters_from_samples(samples)
+        correct = (pred.argmax(1) == labels[:16]).type(torch.float).sum().item()
+    assert math.isfinite(test_loss)
+    assert 0 <= correct <= 16
