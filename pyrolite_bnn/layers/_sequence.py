@@ -52,7 +52,7 @@ def own_option(option: object) -> object:
 
 
 def sub_option(option: object, child: str) -> object:
-    """The options of child module ``child``: ``{"child.x": v}`` becomes ``{"x": v}``."""
+    """Options of the child ``child``: ``{"child.x": v}`` becomes ``{"x": v}``."""
     if isinstance(option, Mapping):
         prefix = child + "."
         return {k[len(prefix) :]: v for k, v in option.items() if k.startswith(prefix)}

@@ -59,7 +59,10 @@ def _particle_rows(param: Tensor, rows: int) -> Tensor:
 
 
 def _project(
-    inputs: tuple[Tensor, ...], weight: Tensor, bias: Tensor | None, batch_size: int | None
+    inputs: tuple[Tensor, ...],
+    weight: Tensor,
+    bias: Tensor | None,
+    batch_size: int | None,
 ) -> tuple[Tensor, ...]:
     """One (batched) matmul for inputs sharing a weight, split into its parts."""
     out = functional.linear(inputs[0], weight, bias, batch_size)
@@ -175,16 +178,25 @@ def multi_head_attention(
         if query is key and key is value:
             q, k, v = _project((query, key, value), w, b, batch_size)
         else:
-            (q,) = _project((query,), w[:, :embed], None if b is None else b[:, :embed],
-                            batch_size)
+            (q,) = _project(
+                (query,), w[:, :embed], None if b is None else b[:, :embed], batch_size
+            )
             w_kv, b_kv = w[:, embed:], None if b is None else b[:, embed:]
             if key is value:
                 k, v = _project((key, value), w_kv, b_kv, batch_size)
             else:
-                (k,) = _project((key,), w_kv[:, :embed],
-                                None if b_kv is None else b_kv[:, :embed], batch_size)
-                (v,) = _project((value,), w_kv[:, embed:],
-                                None if b_kv is None else b_kv[:, embed:], batch_size)
+                (k,) = _project(
+                    (key,),
+                    w_kv[:, :embed],
+                    None if b_kv is None else b_kv[:, :embed],
+                    batch_size,
+                )
+                (v,) = _project(
+                    (value,),
+                    w_kv[:, embed:],
+                    None if b_kv is None else b_kv[:, embed:],
+                    batch_size,
+                )
     else:
         if q_proj_weight is None or k_proj_weight is None or v_proj_weight is None:
             raise ValueError("q/k/v_proj_weight are needed without in_proj_weight")
@@ -210,7 +222,9 @@ def multi_head_attention(
             per_example = attn_mask.reshape(-1, num_heads, *attn_mask.shape[1:])
             attn_mask = _per_row(per_example, rows, samples, "attn_mask")
         elif attn_mask.dim() != 2:
-            raise ValueError(f"attn_mask's dimension {attn_mask.dim()} is not supported")
+            raise ValueError(
+                f"attn_mask's dimension {attn_mask.dim()} is not supported"
+            )
     if bias_k is not None and bias_v is not None:
         k = torch.cat([k, _particle_rows(bias_k, rows)], 1)
         v = torch.cat([v, _particle_rows(bias_v, rows)], 1)

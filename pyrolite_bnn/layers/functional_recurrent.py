@@ -93,8 +93,11 @@ def _initial_state(
 
 
 def _time_major(x: Tensor, batch: int, samples: int, dirs: int) -> Tensor:
-    """Folded ``(b * S, L, dirs * G)`` -> ``(L, dirs * S, b, G)``, reverse direction
-    in reversed time order (so step ``t`` of every direction is row ``t``)."""
+    """Folded ``(b * S, L, dirs * G)`` -> ``(L, dirs * S, b, G)``.
+
+    The reverse direction is in reversed time order, so step ``t`` of every
+    direction is row ``t``.
+    """
     length = x.shape[1]
     gates = x.shape[2] // dirs
     steps = x.reshape(batch, samples, length, dirs, gates).permute(2, 3, 1, 0, 4)
@@ -104,7 +107,7 @@ def _time_major(x: Tensor, batch: int, samples: int, dirs: int) -> Tensor:
 
 
 def _batch_major(out: Tensor, batch: int, samples: int, dirs: int) -> Tensor:
-    """Inverse of :func:`_time_major`: ``(L, dirs * S, b, H)`` -> ``(b * S, L, dirs * H)``."""
+    """Inverse of :func:`_time_major`: ``(L, dirs * S, b, H)`` -> folded outputs."""
     length, size = out.shape[0], out.shape[-1]
     out = out.reshape(length, dirs, samples, batch, size)
     if dirs == 2:
@@ -219,7 +222,9 @@ def recurrent(
         c = c_all[index] if c_all is not None else h
         outputs = []
         for step in steps:
-            gh = torch.bmm(h, w_hh_t) if bias is None else torch.baddbmm(bias, h, w_hh_t)
+            gh = (
+                torch.bmm(h, w_hh_t) if bias is None else torch.baddbmm(bias, h, w_hh_t)
+            )
             if lstm:
                 gates = step + gh
                 sig = torch.sigmoid(gates)

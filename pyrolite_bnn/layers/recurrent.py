@@ -126,7 +126,7 @@ class _VIRNNBase(VIModule):
         return [f"_l{layer}", f"_l{layer}_reverse"][: self.num_directions]
 
     def reset_parameters(self) -> None:
-        """Initialise posterior means like ``torch.nn``: ``U(-1/sqrt(H), 1/sqrt(H))``."""
+        """Initialise posterior means like ``torch.nn``: uniform in ``±1/sqrt(H)``."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for posterior in self.posterior.values():
             posterior.reset_parameters(
@@ -141,9 +141,18 @@ class _VIRNNBase(VIModule):
         for layer in range(self.num_layers):
             directions = []
             for s in self._suffixes(layer):
-                w_ih, w_hh = getattr(self, f"weight_ih{s}"), getattr(self, f"weight_hh{s}")
+                w_ih, w_hh = (
+                    getattr(self, f"weight_ih{s}"),
+                    getattr(self, f"weight_hh{s}"),
+                )
                 directions.append(
-                    (w_ih, w_hh, get(f"bias_ih{s}"), get(f"bias_hh{s}"), get(f"weight_hr{s}"))
+                    (
+                        w_ih,
+                        w_hh,
+                        get(f"bias_ih{s}"),
+                        get(f"bias_hh{s}"),
+                        get(f"weight_hr{s}"),
+                    )
                 )
             weights.append(directions)
         return weights
