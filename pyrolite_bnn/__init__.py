@@ -39,12 +39,20 @@ from pyrolite_bnn.distributions import (
 from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.layers import (
+    VIGRU,
+    VILSTM,
     VIConv1d,
     VIConv2d,
     VIConv3d,
     VILinear,
+    VIMultiheadAttention,
     VIResidualConnection,
     VISequential,
+    VITransformer,
+    VITransformerDecoder,
+    VITransformerDecoderLayer,
+    VITransformerEncoder,
+    VITransformerEncoderLayer,
 )
 from pyrolite_bnn.loss import KullbackLeiblerLoss
 from pyrolite_bnn.module import VIModule
@@ -54,6 +62,8 @@ from pyrolite_bnn.training import History, fit, linear_warmup
 __version__ = "0.1.0"
 
 __all__ = [
+    "VIGRU",
+    "VILSTM",
     "Bernoulli",
     "CallablePrior",
     "Categorical",
@@ -80,8 +90,14 @@ __all__ = [
     "VIConv3d",
     "VILinear",
     "VIModule",
+    "VIMultiheadAttention",
     "VIResidualConnection",
     "VISequential",
+    "VITransformer",
+    "VITransformerDecoder",
+    "VITransformerDecoderLayer",
+    "VITransformerEncoder",
+    "VITransformerEncoderLayer",
     "VariationalFamily",
     "__version__",
     "enable_validation",

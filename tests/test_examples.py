@@ -71,3 +71,12 @@ def test_lowrank_guide() -> None:
     assert results["low-rank"]["guide_parameters"] == (2 + 2) * weights
     for result in results.values():
         assert result["neg_elbo_per_point"] == result["neg_elbo_per_point"]  # not NaN
+
+
+def test_transformer_sequence(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--steps", "3", "--n-train", "32", "--n-test", "16", "--width", "4"]
+    argv += ["--samples", "2", "--batch-size", "16"]
+    result = _main("transformer_sequence.py")(argv)
+    assert 0.0 <= result["accuracy"] <= 1.0
+    assert result["mutual_information_ood"] >= 0.0
+    assert "mean mutual information, OOD" in capsys.readouterr().out

@@ -1,14 +1,31 @@
 """Bayesian layers."""
 
+from pyrolite_bnn.layers.attention import VIMultiheadAttention
 from pyrolite_bnn.layers.container import VIResidualConnection, VISequential
 from pyrolite_bnn.layers.conv import VIConv1d, VIConv2d, VIConv3d
 from pyrolite_bnn.layers.linear import VILinear
+from pyrolite_bnn.layers.recurrent import VIGRU, VILSTM
+from pyrolite_bnn.layers.transformer import (
+    VITransformer,
+    VITransformerDecoder,
+    VITransformerDecoderLayer,
+    VITransformerEncoder,
+    VITransformerEncoderLayer,
+)
 
 __all__ = [
+    "VIGRU",
+    "VILSTM",
     "VIConv1d",
     "VIConv2d",
     "VIConv3d",
     "VILinear",
+    "VIMultiheadAttention",
     "VIResidualConnection",
     "VISequential",
+    "VITransformer",
+    "VITransformerDecoder",
+    "VITransformerDecoderLayer",
+    "VITransformerEncoder",
+    "VITransformerEncoderLayer",
 ]

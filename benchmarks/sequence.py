@@ -1,0 +1,148 @@
+"""Sequence layers: one particle-batched training step vs S deterministic torch runs.
+
+For a Transformer encoder layer and an LSTM (each with a mean-pool + linear
+classifier head), times one training step (forward, loss, backward, Adam step):
+
+- ``pyrolite``: the Bayesian network, ``S`` particles in one vectorised pass,
+  -ELBO / N loss (KL included);
+- ``torch loop``: the deterministic torch network run ``S`` times in a Python
+  loop (one forward per weight sample a naive BNN would need), summed
+  cross-entropy, one backward and Adam step.
+
+Prints medians over interleaved repeats and the ratio pyrolite / torch loop.
+
+    python benchmarks/sequence.py                  # S = 10, 1 thread
+    python benchmarks/sequence.py --samples 10 --repeats 30 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import pyrolite_bnn as bnn
+
+
+class _Pool(nn.Module):
+    """Mean over the sequence of the first output (``nn.LSTM`` returns a tuple)."""
+
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, object]) -> torch.Tensor:
+        out = x[0] if isinstance(x, tuple) else x
+        return out.mean(1)
+
+
+class _BayesNet(bnn.VIModule):
+    def __init__(self, body: nn.Module, width: int, classes: int) -> None:
+        super().__init__()
+        self.body = body
+        self.pool = _Pool()
+        self.head = bnn.VILinear(width, classes, estimator="reparam")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.body(x)))  # type: ignore[no-any-return]
+
+
+def _workloads(args: argparse.Namespace) -> dict[str, tuple[nn.Module, nn.Module]]:
+    e, h = args.width, args.heads
+    return {
+        "transformer-encoder-layer": (
+            _BayesNet(
+                bnn.VITransformerEncoderLayer(e, h, 2 * e, 0.0, batch_first=True),
+                e,
+                args.classes,
+            ),
+            nn.Sequential(
+                nn.TransformerEncoderLayer(e, h, 2 * e, 0.0, batch_first=True),
+                _Pool(),
+                nn.Linear(e, args.classes),
+            ),
+        ),
+        "lstm": (
+            _BayesNet(bnn.VILSTM(e, e, batch_first=True), e, args.classes),
+            nn.Sequential(
+                nn.LSTM(e, e, batch_first=True), _Pool(), nn.Linear(e, args.classes)
+            ),
+        ),
+    }
+
+
+def _steps(
+    bayes: nn.Module, plain: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int
+) -> dict[str, Callable[[], None]]:
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10 * len(x))
+    opt_bayes = torch.optim.Adam(bayes.parameters(), lr=1e-3)
+    opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    cross_entropy = nn.CrossEntropyLoss()
+
+    def pyrolite() -> None:
+        loss = loss_fn(bayes(x, samples=samples), y)
+        opt_bayes.zero_grad()
+        loss.backward()
+        opt_bayes.step()
+
+    def torch_loop() -> None:
+        loss = sum(cross_entropy(plain(x), y) for _ in range(samples))
+        opt_plain.zero_grad()
+        loss.backward()  # type: ignore[union-attr]
+        opt_plain.step()
+
+    return {"pyrolite": pyrolite, "torch loop": torch_loop}
+
+
+def _medians(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int
+) -> dict[str, float]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):  # round-robin, so drift hits both alike
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=20)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bnn.enable_validation(False)  # hot loop: as a training script would run
+    x = torch.randn(args.batch, args.length, args.width)
+    y = torch.randint(0, args.classes, (args.batch,))
+    print(
+        f"S={args.samples} B={args.batch} L={args.length} width={args.width} "
+        f"threads={torch.get_num_threads()} repeats={args.repeats} (median ms)"
+    )
+    results = {}
+    for name, (bayes, plain) in _workloads(args).items():
+        medians = _medians(
+            _steps(bayes, plain, x, y, args.samples), args.repeats, args.warmup
+        )
+        ratio = medians["pyrolite"] / medians["torch loop"]
+        results[name] = {**medians, "ratio": ratio}
+        print(
+            f"{name:28s} pyrolite {medians['pyrolite']:8.2f}  torch loop "
+            f"{medians['torch loop']:8.2f}  ratio {ratio:.2f}x"
+        )
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Bayesian multi-head attention: ``VIMultiheadAttention``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import init
+
+from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.layers._options import per_variable
+from pyrolite_bnn.layers._sequence import (
+    check_batch_first,
+    check_drawn_estimator,
+    check_option_keys,
+    own_option,
+    sub_option,
+)
+from pyrolite_bnn.layers.functional import current_batch_size
+from pyrolite_bnn.layers.functional_attention import multi_head_attention
+from pyrolite_bnn.layers.linear import VILinear
+from pyrolite_bnn.module import VIModule
+
+__all__ = ["VIMultiheadAttention"]
+
+
+class VIMultiheadAttention(VIModule):
+    """Bayesian counterpart of :class:`torch.nn.MultiheadAttention`.
+
+    The projection weights (``in_proj_weight``, or ``q_proj_weight``,
+    ``k_proj_weight``, ``v_proj_weight`` when ``kdim``/``vdim`` differ from
+    ``embed_dim``; ``in_proj_bias``; ``bias_k``/``bias_v`` with
+    ``add_bias_kv``; ``out_proj.weight``/``out_proj.bias``) are random
+    variables with torch's parameter names as site names. Each particle draws
+    them once and uses them at every position; at fixed weights each particle
+    computes what ``torch.nn.MultiheadAttention`` does. With
+    ``need_weights=False`` the attention runs in
+    :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels);
+    note that torch's default is ``need_weights=True``.
+
+    ``batch_first=True`` is required (particles are folded into the leading
+    batch dimension; ``False`` raises a ``ValueError``), and inputs must be
+    batched. Masks are torch's: ``attn_mask`` ``(Lq, Lk)`` or
+    ``(B * num_heads, Lq, Lk)``, ``key_padding_mask`` ``(B, Lk)``, boolean
+    (``True`` = not allowed) or additive float; inside a network they may also
+    be folded per particle (``B * S`` rows).
+
+    Args:
+        embed_dim: model dimension ``E``.
+        num_heads: parallel attention heads (``E`` divisible by it).
+        dropout: dropout probability on the attention weights (training).
+        bias: if ``False``, no ``in_proj_bias`` and ``out_proj.bias``.
+        add_bias_kv: learn ``bias_k``/``bias_v`` appended to keys and values.
+        add_zero_attn: append a zero key and value.
+        kdim: features of the key (default ``embed_dim``).
+        vdim: features of the value (default ``embed_dim``).
+        batch_first: must be ``True`` (see above).
+        prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`); a
+            mapping is keyed by site name relative to this layer
+            (``{"in_proj_weight": ..., "out_proj.weight": ...}``).
+        variational: variational family (or mapping, as ``prior``).
+        estimator: ``"auto"`` (default) or ``"reparam"``: weights are drawn.
+            ``"local"``/``"flipout"`` raise: weights shared across positions
+            make per-output sampling inexact.
+        device: device of parameters and prior buffers.
+        dtype: dtype of parameters and prior buffers.
+
+    Shape:
+        - Input: query ``(B, Lq, E)``, key ``(B, Lk, kdim)``, value
+          ``(B, Lk, vdim)``.
+        - Output: ``(attn_output, attn_weights)``: ``(S, B, Lq, E)`` and
+          ``(S, B, Lq, Lk)`` (``(S, B, num_heads, Lq, Lk)`` with
+          ``average_attn_weights=False``; ``None`` with ``need_weights=False``)
+          as the outermost module; folded ``(B * S, ...)`` inside a network.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> mha = bnn.VIMultiheadAttention(8, 2, batch_first=True)
+        >>> x = torch.randn(3, 5, 8)
+        >>> out, weights = mha(x, x, x, samples=4)
+        >>> out.shape, weights.shape
+        (torch.Size([4, 3, 5, 8]), torch.Size([4, 3, 5, 5]))
+        >>> [v.site for v in mha.random_variables()]
+        ['in_proj_weight', 'in_proj_bias', 'out_proj.weight', 'out_proj.bias']
+    """
+
+    embed_dim: int
+    num_heads: int
+    dropout: float
+    kdim: int
+    vdim: int
+    head_dim: int
+    batch_first: bool
+    add_zero_attn: bool
+    in_proj_weight: Tensor | None
+    q_proj_weight: Tensor | None
+    k_proj_weight: Tensor | None
+    v_proj_weight: Tensor | None
+    in_proj_bias: Tensor | None
+    bias_k: Tensor | None
+    bias_v: Tensor | None
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        *,
+        prior: object = None,
+        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        estimator: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(
+                "embed_dim and num_heads must be greater than 0, got "
+                f"embed_dim={embed_dim} and num_heads={num_heads} instead"
+            )
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
+            )
+        check_batch_first(batch_first, name)
+        self.estimator = check_drawn_estimator(estimator, variational, name)
+        self.embed_dim = embed_dim
+        self.kdim = embed_dim if kdim is None else kdim
+        self.vdim = embed_dim if vdim is None else vdim
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.head_dim = embed_dim // num_heads
+        self.add_zero_attn = add_zero_attn
+        shapes: dict[str, tuple[int, ...]] = {}
+        if self._qkv_same_embed_dim:
+            shapes["in_proj_weight"] = (3 * embed_dim, embed_dim)
+        else:
+            shapes["q_proj_weight"] = (embed_dim, embed_dim)
+            shapes["k_proj_weight"] = (embed_dim, self.kdim)
+            shapes["v_proj_weight"] = (embed_dim, self.vdim)
+        if bias:
+            shapes["in_proj_bias"] = (3 * embed_dim,)
+        if add_bias_kv:
+            shapes["bias_k"] = (1, 1, embed_dim)
+            shapes["bias_v"] = (1, 1, embed_dim)
+        names = tuple(shapes)
+        mine = own_option(prior), own_option(variational)
+        for var, shape in shapes.items():
+            self.declare_random_variable(
+                var,
+                shape,
+                per_variable(mine[0], var, "prior", names),
+                per_variable(mine[1], var, "variational", names),  # type: ignore[arg-type]
+                device=device,
+                dtype=dtype,
+            )
+        for absent in (
+            "in_proj_weight",
+            "q_proj_weight",
+            "k_proj_weight",
+            "v_proj_weight",
+            "in_proj_bias",
+            "bias_k",
+            "bias_v",
+        ):
+            if absent not in shapes:
+                setattr(self, absent, None)
+        self.out_proj = VILinear(
+            embed_dim,
+            embed_dim,
+            bias,
+            prior=sub_option(prior, "out_proj"),
+            variational=sub_option(variational, "out_proj"),  # type: ignore[arg-type]
+            estimator="reparam",
+            device=device,
+            dtype=dtype,
+        )
+        check_option_keys(prior, "prior", self)
+        check_option_keys(variational, "variational", self)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise posterior means like ``torch.nn.MultiheadAttention``.
+
+        Xavier-uniform projection weights, zero biases, Xavier-normal
+        ``bias_k``/``bias_v``; ``out_proj.weight`` as ``nn.Linear``.
+        """
+        self.out_proj.reset_parameters()
+        for var in self._declared:
+            posterior = self.posterior[var]
+            value = torch.empty_like(posterior.loc)
+            if var == "in_proj_bias":
+                value.zero_()
+            elif var in ("bias_k", "bias_v"):
+                init.xavier_normal_(value)
+            else:
+                init.xavier_uniform_(value)
+            posterior.reset_parameters(value)
+        if "bias" in self.out_proj.posterior:
+            bias = self.out_proj.posterior["bias"]
+            bias.reset_parameters(torch.zeros_like(bias.loc))
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query`` to ``key``/``value`` for every particle."""
+        for what, tensor, size in (
+            ("query", query, self.embed_dim),
+            ("key", key, self.kdim),
+            ("value", value, self.vdim),
+        ):
+            if tensor.dim() != 3 or tensor.shape[-1] != size:
+                raise ValueError(
+                    f"{type(self).__name__}(embed_dim={self.embed_dim}) expected "
+                    f"batch-first {what} of shape (batch, sequence, {size}), got "
+                    f"{tuple(tensor.shape)}"
+                )
+        return multi_head_attention(
+            query,
+            key,
+            value,
+            self.num_heads,
+            self.in_proj_weight,
+            self.in_proj_bias,
+            self.bias_k,
+            self.bias_v,
+            self.add_zero_attn,
+            self.dropout,
+            self.out_proj.weight,
+            self.out_proj.bias,
+            training=self.training,
+            batch_size=current_batch_size(),
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
+            q_proj_weight=self.q_proj_weight,
+            k_proj_weight=self.k_proj_weight,
+            v_proj_weight=self.v_proj_weight,
+        )
+
+    def extra_repr(self) -> str:
+        """Constructor arguments (non-defaults only)."""
+        text = f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+        if self.dropout:
+            text += f", dropout={self.dropout}"
+        if "in_proj_bias" not in self.posterior:
+            text += ", bias=False"
+        if "bias_k" in self.posterior:
+            text += ", add_bias_kv=True"
+        if self.add_zero_attn:
+            text += ", add_zero_attn=True"
+        if not self._qkv_same_embed_dim:
+            text += f", kdim={self.kdim}, vdim={self.vdim}"
+        text += f", batch_first={self.batch_first}"
+        return text

@@ -1,0 +1,254 @@
+"""LSTM and GRU batched over particles, with no Python loop over samples.
+
+Weights arrive with optional leading particle dimensions (``(S, 1, 4H, in)``,
+``(S, 4H, in)`` or ``(4H, in)``) and are flattened to one particle dimension.
+Each weight is drawn once per particle and sequence; every time step of every
+particle uses the same draw. The input projections of all time steps (and both
+directions) of a layer are one batched matmul; the recurrence runs a Python loop
+over time steps only, each step one batched matmul over ``directions * S``.
+
+Inputs are batch-first, shared ``(B, L, in)`` or folded ``(b * S, L, in)``
+(see :mod:`pyrolite_bnn.layers.functional`). Hidden states are batch-first too:
+``(rows, num_layers * directions, H)``, where ``torch.nn`` has
+``(num_layers * directions, batch, H)``, so that they fold and unfold over
+particles like every other tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pyrolite_bnn.layers import functional
+from pyrolite_bnn.layers.functional import _flat_particles, _is_shared
+
+__all__ = ["GATES", "RecurrentWeights", "recurrent"]
+
+#: Weights of one layer and direction: ``(w_ih, w_hh, b_ih, b_hh, w_hr)``;
+#: absent biases and projection are ``None``.
+RecurrentWeights = tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]
+
+#: Gates per hidden unit: the rows of ``w_ih`` are ``GATES[mode] * hidden_size``.
+GATES = {"LSTM": 4, "GRU": 3}
+
+
+def _particles(tensor: Tensor, event_dims: int, samples: int) -> Tensor:
+    """``tensor`` as ``(samples, *event)``, a particle-free one broadcast."""
+    flat = _flat_particles(tensor, event_dims)
+    if flat.shape[0] == samples:
+        return flat
+    if flat.shape[0] == 1:
+        return flat.expand(samples, *flat.shape[1:])
+    raise ValueError(
+        f"a recurrent weight has {flat.shape[0]} particles but others have {samples}"
+    )
+
+
+def _cat_directions(
+    tensors: Sequence[Tensor | None], event_dims: int, samples: int, dim: int
+) -> Tensor | None:
+    present = [t for t in tensors if t is not None]
+    if not present:
+        return None
+    return torch.cat([_particles(t, event_dims, samples) for t in present], dim)
+
+
+def _initial_state(
+    state: Tensor | None,
+    name: str,
+    layers: int,
+    dirs: int,
+    size: int,
+    batch: int,
+    samples: int,
+    like: Tensor,
+) -> Tensor:
+    """A batch-first state as ``(layers, dirs * samples, batch, size)``."""
+    if state is None:
+        return like.new_zeros(layers, dirs * samples, batch, size)
+    expected = (layers * dirs, size)
+    rows = state.shape[0]
+    if state.dim() != 3 or tuple(state.shape[1:]) != expected:
+        raise ValueError(
+            f"{name} must be batch-first (batch, num_layers * num_directions, "
+            f"{size}) = ({batch}, {layers * dirs}, {size}), got "
+            f"{tuple(state.shape)}; torch's (num_layers * num_directions, batch, "
+            f"{size}) state is this one transposed"
+        )
+    if rows == batch * samples:
+        view = state.reshape(batch, samples, layers, dirs, size)
+    elif rows == batch:
+        view = state.reshape(batch, 1, layers, dirs, size).expand(
+            batch, samples, layers, dirs, size
+        )
+    else:
+        raise ValueError(
+            f"{name} has leading size {rows}; expected the batch size {batch} (shared "
+            f"by all particles) or batch * samples = {batch * samples}"
+        )
+    return view.permute(2, 3, 1, 0, 4).reshape(layers, dirs * samples, batch, size)
+
+
+def _time_major(x: Tensor, batch: int, samples: int, dirs: int) -> Tensor:
+    """Folded ``(b * S, L, dirs * G)`` -> ``(L, dirs * S, b, G)``.
+
+    The reverse direction is in reversed time order, so step ``t`` of every
+    direction is row ``t``.
+    """
+    length = x.shape[1]
+    gates = x.shape[2] // dirs
+    steps = x.reshape(batch, samples, length, dirs, gates).permute(2, 3, 1, 0, 4)
+    if dirs == 2:
+        steps = torch.stack((steps[:, 0], steps[:, 1].flip(0)), 1)
+    return steps.reshape(length, dirs * samples, batch, gates)
+
+
+def _batch_major(out: Tensor, batch: int, samples: int, dirs: int) -> Tensor:
+    """Inverse of :func:`_time_major`: ``(L, dirs * S, b, H)`` -> folded outputs."""
+    length, size = out.shape[0], out.shape[-1]
+    out = out.reshape(length, dirs, samples, batch, size)
+    if dirs == 2:
+        out = torch.stack((out[:, 0], out[:, 1].flip(0)), 1)
+    return out.permute(3, 2, 0, 1, 4).reshape(batch * samples, length, dirs * size)
+
+
+def _final_states(states: list[Tensor], batch: int, samples: int, dirs: int) -> Tensor:
+    """Per-layer ``(dirs * S, b, H)`` -> batch-first ``(b * S, layers * dirs, H)``."""
+    stacked = torch.stack(states)
+    layers, size = stacked.shape[0], stacked.shape[-1]
+    stacked = stacked.reshape(layers, dirs, samples, batch, size)
+    return stacked.permute(3, 2, 0, 1, 4).reshape(batch * samples, layers * dirs, size)
+
+
+def recurrent(
+    mode: str,
+    input: Tensor,
+    weights: Sequence[Sequence[RecurrentWeights]],
+    hx: Tensor | None,
+    cx: Tensor | None,
+    dropout: float,
+    training: bool,
+    batch_size: int | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A multi-layer LSTM or GRU for ``S`` weight draws at once.
+
+    The arithmetic is that of :class:`torch.nn.LSTM` / :class:`torch.nn.GRU`
+    (gate order ``i, f, g, o`` and ``r, z, n``; optional projection
+    ``h = W_hr h`` of the LSTM), for every particle with its own weights.
+
+    Args:
+        mode: ``"LSTM"`` or ``"GRU"``.
+        input: batch-first ``(rows, L, in)``, shared (``rows == batch_size``) or
+            folded.
+        weights: per layer, per direction (1 or 2), the tuple
+            ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, each with optional leading
+            particle dimensions; ``w_ih`` is ``(G * H, in)``, ``w_hh``
+            ``(G * H, H_out)``, ``w_hr`` ``(H_out, H)`` or ``None``.
+        hx: initial hidden state ``(rows, num_layers * dirs, H_out)``, shared
+            or folded, or ``None`` (zeros).
+        cx: initial cell state ``(rows, num_layers * dirs, H)`` of the LSTM, or
+            ``None`` (zeros).
+        dropout: dropout probability on the outputs of every layer but the last.
+        training: apply ``dropout`` (training mode).
+        batch_size: the outermost call's batch size.
+
+    Returns:
+        ``(output, h_n, c_n)``, all folded and batch-first: output
+        ``(b * S, L, dirs * H_out)``, ``h_n`` ``(b * S, num_layers * dirs,
+        H_out)``, ``c_n`` like ``h_n`` with ``H`` (LSTM) or ``None`` (GRU).
+
+    Example:
+        >>> import torch
+        >>> w = (torch.randn(3, 1, 8, 5), torch.randn(3, 1, 8, 2), None, None, None)
+        >>> out, h_n, c_n = recurrent(
+        ...     "LSTM", torch.randn(4, 6, 5), [[w]], None, None, 0.0, False, 4
+        ... )
+        >>> out.shape, h_n.shape, c_n.shape
+        (torch.Size([12, 6, 2]), torch.Size([12, 1, 2]), torch.Size([12, 1, 2]))
+    """
+    if mode not in GATES:
+        raise ValueError(f"mode must be one of {sorted(GATES)}, got {mode!r}")
+    if input.dim() != 3:
+        raise ValueError(
+            f"recurrent input must be batch-first (batch, sequence, features), got "
+            f"shape {tuple(input.shape)}"
+        )
+    lstm = mode == "LSTM"
+    layers, dirs = len(weights), len(weights[0])
+    samples = max(
+        _flat_particles(t, 1 if k in (2, 3) else 2).shape[0]
+        for layer in weights
+        for direction in layer
+        for k, t in enumerate(direction)
+        if t is not None
+    )
+    rows = input.shape[0]
+    shared = samples > 1 and _is_shared(rows, samples, batch_size)
+    batch = rows if shared or samples == 1 else rows // samples
+    w_hh0 = weights[0][0][1]
+    w_hr0 = weights[0][0][4]
+    out_size = w_hh0.shape[-1]
+    hidden = w_hh0.shape[-2] // GATES[mode]
+    h_all = _initial_state(hx, "h0", layers, dirs, out_size, batch, samples, input)
+    c_all = (
+        _initial_state(cx, "c0", layers, dirs, hidden, batch, samples, input)
+        if lstm
+        else None
+    )
+    if w_hr0 is None and lstm and out_size != hidden:
+        raise ValueError("w_hh must be (4 * H, H) without a projection")
+    x = input
+    h_n: list[Tensor] = []
+    c_n: list[Tensor] = []
+    for index, layer in enumerate(weights):
+        w_ih = _cat_directions([w[0] for w in layer], 2, samples, 1)
+        b_ih = _cat_directions([w[2] for w in layer], 1, samples, 1)
+        assert w_ih is not None
+        # All time steps and directions of the layer in one (batched) matmul.
+        steps = _time_major(
+            functional.linear(x, w_ih, b_ih, batch_size), batch, samples, dirs
+        )
+        w_hh = _cat_directions([w[1] for w in layer], 2, samples, 0)
+        b_hh = _cat_directions([w[3] for w in layer], 1, samples, 0)
+        w_hr = _cat_directions([w[4] for w in layer], 2, samples, 0)
+        assert w_hh is not None
+        w_hh_t = w_hh.transpose(1, 2)
+        w_hr_t = None if w_hr is None else w_hr.transpose(1, 2)
+        bias = None if b_hh is None else b_hh.unsqueeze(1)
+        h = h_all[index]
+        c = c_all[index] if c_all is not None else h
+        outputs = []
+        for step in steps:
+            gh = (
+                torch.bmm(h, w_hh_t) if bias is None else torch.baddbmm(bias, h, w_hh_t)
+            )
+            if lstm:
+                gates = step + gh
+                sig = torch.sigmoid(gates)
+                i, f, _, o = sig.chunk(4, -1)
+                g = torch.tanh(gates[..., 2 * hidden : 3 * hidden])
+                c = f * c + i * g
+                h = o * torch.tanh(c)
+                if w_hr_t is not None:
+                    h = torch.bmm(h, w_hr_t)
+            else:
+                xr, xz, xn = step.chunk(3, -1)
+                hr, hz, hn = gh.chunk(3, -1)
+                r = torch.sigmoid(xr + hr)
+                z = torch.sigmoid(xz + hz)
+                n = torch.tanh(xn + r * hn)
+                h = n + z * (h - n)
+            outputs.append(h)
+        x = _batch_major(torch.stack(outputs), batch, samples, dirs)
+        if dropout > 0 and training and index < layers - 1:
+            x = F.dropout(x, dropout, training=True)
+        h_n.append(h)
+        c_n.append(c)
+    return (
+        x,
+        _final_states(h_n, batch, samples, dirs),
+        _final_states(c_n, batch, samples, dirs) if lstm else None,
+    )

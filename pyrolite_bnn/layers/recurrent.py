@@ -1,0 +1,351 @@
+"""Bayesian recurrent layers: ``VILSTM`` and ``VIGRU``.
+
+Each weight is drawn once per particle and sequence (not per time step), so the
+KL is counted once per weight tensor. Layouts are batch-first throughout, hidden
+states included (see :mod:`pyrolite_bnn.layers.functional_recurrent`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.layers._options import per_variable
+from pyrolite_bnn.layers._sequence import check_batch_first, check_drawn_estimator
+from pyrolite_bnn.layers.functional import current_batch_size
+from pyrolite_bnn.layers.functional_recurrent import (
+    GATES,
+    RecurrentWeights,
+    recurrent,
+)
+from pyrolite_bnn.module import VIModule
+
+__all__ = ["VIGRU", "VILSTM"]
+
+
+class _VIRNNBase(VIModule):
+    """Shared implementation of the Bayesian LSTM and GRU."""
+
+    mode: str
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bias: bool
+    batch_first: bool
+    dropout: float
+    bidirectional: bool
+    proj_size: int
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        prior: object = None,
+        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        estimator: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_batch_first(batch_first, name)
+        if isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(
+                "dropout should be a number in range [0, 1] representing the "
+                f"probability of an element being zeroed, got {dropout!r}"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so "
+                f"non-zero dropout expects num_layers greater than 1, but got "
+                f"dropout={dropout} and num_layers={num_layers}",
+                UserWarning,
+                stacklevel=2,
+            )
+        if input_size < 1 or hidden_size < 1 or num_layers < 1:
+            raise ValueError(
+                "input_size, hidden_size and num_layers must be >= 1, got "
+                f"{input_size}, {hidden_size}, {num_layers}"
+            )
+        if proj_size < 0 or (proj_size and proj_size >= hidden_size):
+            raise ValueError(
+                f"proj_size must be 0 or in [1, hidden_size), got {proj_size}"
+            )
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.estimator = check_drawn_estimator(estimator, variational, name)
+        gates = GATES[self.mode] * hidden_size
+        out_size = proj_size or hidden_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else out_size * self.num_directions
+            for suffix in self._suffixes(layer):
+                shapes[f"weight_ih{suffix}"] = (gates, layer_in)
+                shapes[f"weight_hh{suffix}"] = (gates, out_size)
+                if bias:
+                    shapes[f"bias_ih{suffix}"] = (gates,)
+                    shapes[f"bias_hh{suffix}"] = (gates,)
+                if proj_size:
+                    shapes[f"weight_hr{suffix}"] = (proj_size, hidden_size)
+        names = tuple(shapes)
+        for var, shape in shapes.items():
+            self.declare_random_variable(
+                var,
+                shape,
+                per_variable(prior, var, "prior", names),
+                per_variable(variational, var, "variational", names),  # type: ignore[arg-type]
+                device=device,
+                dtype=dtype,
+            )
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        """2 for a bidirectional layer, else 1."""
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self, layer: int) -> list[str]:
+        return [f"_l{layer}", f"_l{layer}_reverse"][: self.num_directions]
+
+    def reset_parameters(self) -> None:
+        """Initialise posterior means like ``torch.nn``: uniform in ``±1/sqrt(H)``."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for posterior in self.posterior.values():
+            posterior.reset_parameters(
+                torch.empty_like(posterior.loc).uniform_(-bound, bound)
+            )
+
+    def _weights(self) -> list[list[RecurrentWeights]]:
+        def get(name: str) -> Tensor | None:
+            return getattr(self, name) if name in self.posterior else None
+
+        weights = []
+        for layer in range(self.num_layers):
+            directions = []
+            for s in self._suffixes(layer):
+                w_ih, w_hh = (
+                    getattr(self, f"weight_ih{s}"),
+                    getattr(self, f"weight_hh{s}"),
+                )
+                directions.append(
+                    (
+                        w_ih,
+                        w_hh,
+                        get(f"bias_ih{s}"),
+                        get(f"bias_hh{s}"),
+                        get(f"weight_hr{s}"),
+                    )
+                )
+            weights.append(directions)
+        return weights
+
+    def _recur(
+        self, input: Tensor, hx: Tensor | None, cx: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        name = type(self).__name__
+        if isinstance(input, PackedSequence):
+            raise TypeError(
+                f"{name} does not take a PackedSequence: pass the padded batch-first "
+                "tensor (torch.nn.utils.rnn.pad_packed_sequence(..., batch_first=True))"
+                " and read each sequence's output at its own last valid step"
+            )
+        if input.dim() != 3 or input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{name}(input_size={self.input_size}) expected batch-first input of "
+                f"shape (batch, sequence, {self.input_size}), got {tuple(input.shape)}"
+                " (unsqueeze(0) a single sequence)"
+            )
+        return recurrent(
+            self.mode,
+            input,
+            self._weights(),
+            hx,
+            cx,
+            self.dropout,
+            self.training,
+            current_batch_size(),
+        )
+
+    def extra_repr(self) -> str:
+        """Constructor arguments (non-defaults only, as ``torch.nn``)."""
+        text = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            text += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            text += f", num_layers={self.num_layers}"
+        if not self.bias:
+            text += ", bias=False"
+        if self.batch_first:
+            text += ", batch_first=True"
+        if self.dropout:
+            text += f", dropout={self.dropout}"
+        if self.bidirectional:
+            text += ", bidirectional=True"
+        return text
+
+
+class VILSTM(_VIRNNBase):
+    """Bayesian counterpart of :class:`torch.nn.LSTM`.
+
+    Every weight (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
+    ``bias_hh_l0``, ``weight_hr_l0`` with ``proj_size``, ``..._reverse`` for the
+    backward direction; site names as ``torch.nn.LSTM``'s parameter names) is a
+    random variable, drawn once per particle and used at every time step. At
+    fixed weights each particle computes exactly what ``torch.nn.LSTM`` does.
+
+    Two layouts differ from ``torch.nn.LSTM``, both because particles are folded
+    into the leading (batch) dimension of every tensor:
+
+    - ``batch_first=True`` is required (the default ``False`` raises a
+      ``ValueError``): with sequence-first tensors the leading dimension is time.
+    - Hidden and cell states, given (``h0``, ``c0``) and returned (``h_n``,
+      ``c_n``), are batch-first: ``(B, num_layers * num_directions, H)``, the
+      transpose of torch's ``(num_layers * num_directions, B, H)``. As the
+      outermost module every output gets the particle dimension, so ``h_n`` is
+      ``(S, B, num_layers * num_directions, H_out)``; ``h_n[s].transpose(0, 1)``
+      is torch's ``h_n`` for particle ``s``. Initial states may be shared
+      ``(B, ...)`` or folded per particle ``(B * S, ...)`` (inside a network).
+
+    Packed sequences are refused with a ``TypeError``; unbatched ``(L, H_in)``
+    inputs with a ``ValueError``.
+
+    Args:
+        input_size: features of the input ``x_t``.
+        hidden_size: features of the hidden state ``h_t``.
+        num_layers: stacked recurrent layers.
+        bias: if ``False``, no ``bias_ih``/``bias_hh``.
+        batch_first: must be ``True`` (see above).
+        dropout: dropout on the outputs of every layer but the last (training).
+        bidirectional: run a second, backward layer and concatenate outputs.
+        proj_size: if ``> 0``, project ``h_t`` to this size (``weight_hr``).
+        prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`); a
+            mapping is keyed by variable name (``{"weight_hh_l0": ...}``).
+        variational: variational family (or mapping per variable).
+        estimator: ``"auto"`` (default) or ``"reparam"``: weights are drawn.
+            ``"local"`` and ``"flipout"`` raise a ``ValueError``: a weight
+            shared across time steps makes per-output sampling inexact.
+        device: device of parameters and prior buffers.
+        dtype: dtype of parameters and prior buffers.
+
+    Shape:
+        - Input: ``(B, L, input_size)``; optional ``(h0, c0)``, each
+          ``(B, num_layers * D, H_out)`` and ``(B, num_layers * D, hidden_size)``.
+        - Output: ``(output, (h_n, c_n))``; ``output`` is
+          ``(S, B, L, D * H_out)`` as the outermost module, ``h_n``
+          ``(S, B, num_layers * D, H_out)``, ``c_n``
+          ``(S, B, num_layers * D, hidden_size)`` (``D`` = 2 if bidirectional,
+          ``H_out`` = ``proj_size`` or ``hidden_size``); folded ``(B * S, ...)``
+          inside a network.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> lstm = bnn.VILSTM(3, 8, num_layers=2, batch_first=True)
+        >>> lstm
+        VILSTM(3, 8, num_layers=2, batch_first=True)
+        >>> out, (h_n, c_n) = lstm(torch.randn(4, 5, 3), samples=2)
+        >>> out.shape, h_n.shape, c_n.shape
+        (torch.Size([2, 4, 5, 8]), torch.Size([2, 4, 2, 8]), torch.Size([2, 4, 2, 8]))
+    """
+
+    mode = "LSTM"
+
+    def forward(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Run the LSTM over the sequence for every particle."""
+        h0, c0 = (None, None) if hx is None else hx
+        output, h_n, c_n = self._recur(input, h0, c0)
+        assert c_n is not None
+        return output, (h_n, c_n)
+
+
+class VIGRU(_VIRNNBase):
+    """Bayesian counterpart of :class:`torch.nn.GRU`.
+
+    Same conventions as :class:`VILSTM` (``batch_first=True`` required,
+    batch-first hidden states, weights drawn once per particle and sequence),
+    without ``proj_size`` and cell state.
+
+    Args:
+        input_size: features of the input ``x_t``.
+        hidden_size: features of the hidden state ``h_t``.
+        num_layers: stacked recurrent layers.
+        bias: if ``False``, no ``bias_ih``/``bias_hh``.
+        batch_first: must be ``True`` (see :class:`VILSTM`).
+        dropout: dropout on the outputs of every layer but the last (training).
+        bidirectional: run a second, backward layer and concatenate outputs.
+        prior: prior of the weights (see :class:`VILSTM`).
+        variational: variational family (or mapping per variable).
+        estimator: ``"auto"`` (default) or ``"reparam"`` (see :class:`VILSTM`).
+        device: device of parameters and prior buffers.
+        dtype: dtype of parameters and prior buffers.
+
+    Shape:
+        - Input: ``(B, L, input_size)``; optional ``h0``
+          ``(B, num_layers * D, hidden_size)``.
+        - Output: ``(output, h_n)``: ``(S, B, L, D * hidden_size)`` and
+          ``(S, B, num_layers * D, hidden_size)`` as the outermost module.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> gru = bnn.VIGRU(3, 8, bidirectional=True, batch_first=True)
+        >>> out, h_n = gru(torch.randn(4, 5, 3), samples=2)
+        >>> out.shape, h_n.shape
+        (torch.Size([2, 4, 5, 16]), torch.Size([2, 4, 2, 8]))
+    """
+
+    mode = "GRU"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        prior: object = None,
+        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        estimator: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            prior=prior,
+            variational=variational,
+            estimator=estimator,
+            device=device,
+            dtype=dtype,
+        )
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run the GRU over the sequence for every particle."""
+        output, h_n, _ = self._recur(input, hx, None)
+        return output, h_n

@@ -1,0 +1,762 @@
+"""Bayesian Transformers: encoder/decoder layers, stacks, and the full model.
+
+The attention and feed-forward weights are random variables (drawn once per
+particle and shared by all positions); the layer norms stay deterministic
+:class:`torch.nn.LayerNorm`. Residual connections broadcast a shortcut that is
+still shared by all particles (:func:`~pyrolite_bnn.layers.functional.match_particles`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import init
+
+from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.layers._sequence import (
+    check_batch_first,
+    check_drawn_estimator,
+    check_option_keys,
+    sub_option,
+)
+from pyrolite_bnn.layers.attention import VIMultiheadAttention
+from pyrolite_bnn.layers.container import VISequential
+from pyrolite_bnn.layers.functional import match_particles
+from pyrolite_bnn.layers.functional_attention import canonical_mask
+from pyrolite_bnn.layers.linear import VILinear
+from pyrolite_bnn.module import NOT_NETWORK, VIModule
+
+__all__ = [
+    "VITransformer",
+    "VITransformerDecoder",
+    "VITransformerDecoderLayer",
+    "VITransformerEncoder",
+    "VITransformerEncoderLayer",
+    "generate_square_subsequent_mask",
+]
+
+Activation = str | Callable[[Tensor], Tensor]
+
+
+def generate_square_subsequent_mask(
+    sz: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    """A square causal mask: ``-inf`` above the diagonal, ``0`` elsewhere.
+
+    Example:
+        >>> generate_square_subsequent_mask(3)
+        tensor([[0., -inf, -inf],
+                [0., 0., -inf],
+                [0., 0., 0.]])
+    """
+    full = torch.full((sz, sz), float("-inf"), dtype=dtype, device=device)
+    return torch.triu(full, diagonal=1)
+
+
+def _detect_is_causal_mask(
+    mask: Tensor | None, is_causal: bool | None, size: int
+) -> bool:
+    """``is_causal`` if given, else whether ``mask`` is the causal mask (as torch)."""
+    if is_causal is not None or mask is None:
+        return bool(is_causal)
+    causal = generate_square_subsequent_mask(size, mask.device, mask.dtype)
+    return mask.shape == causal.shape and bool((mask == causal).all())
+
+
+def _activation(activation: Activation) -> Callable[[Tensor], Tensor]:
+    if isinstance(activation, str):
+        if activation == "relu":
+            return F.relu
+        if activation == "gelu":
+            return F.gelu
+        raise RuntimeError(f"activation should be relu/gelu, not {activation}")
+    return activation
+
+
+def _add(shortcut: Tensor, branch: Tensor) -> Tensor:
+    """Residual sum; a shortcut shared by all particles is broadcast to them."""
+    return match_particles(shortcut, branch) + branch
+
+
+class _Options:
+    """Keyword-only Bayesian options of a composite layer, handed to its children."""
+
+    def __init__(
+        self,
+        prior: object,
+        variational: object,
+        estimator: str,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        self.prior, self.variational = prior, variational
+        self.estimator, self.device, self.dtype = estimator, device, dtype
+
+    def child(self, name: str, estimator: str | None = None) -> dict[str, Any]:
+        return {
+            "prior": sub_option(self.prior, name),
+            "variational": sub_option(self.variational, name),
+            "estimator": self.estimator if estimator is None else estimator,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+
+    def check(self, layer: VIModule) -> None:
+        check_option_keys(self.prior, "prior", layer)
+        check_option_keys(self.variational, "variational", layer)
+
+
+class _VITransformerLayer(VIModule):
+    """Feed-forward block and activation shared by encoder and decoder layers."""
+
+    linear1: VILinear
+    linear2: VILinear
+    dropout: nn.Dropout
+    norm_first: bool
+
+    def _build_feedforward(
+        self,
+        d_model: int,
+        dim_feedforward: int,
+        dropout: float,
+        activation: Activation,
+        bias: bool,
+        norm_first: bool,
+        options: _Options,
+    ) -> None:
+        self.linear1 = VILinear(
+            d_model, dim_feedforward, bias, **options.child("linear1", "reparam")
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = VILinear(
+            dim_feedforward, d_model, bias, **options.child("linear2", "reparam")
+        )
+        self.norm_first = norm_first
+        self.activation = _activation(activation)
+
+    def _ff(self, x: Tensor) -> Tensor:
+        out: Tensor = self.linear2(self.dropout(self.activation(self.linear1(x))))
+        return out
+
+    @staticmethod
+    def _norm(d_model: int, eps: float, bias: bool, options: _Options) -> nn.LayerNorm:
+        return nn.LayerNorm(
+            d_model, eps=eps, bias=bias, device=options.device, dtype=options.dtype
+        )
+
+
+class VITransformerEncoderLayer(_VITransformerLayer):
+    """Bayesian counterpart of :class:`torch.nn.TransformerEncoderLayer`.
+
+    Self-attention (:class:`~pyrolite_bnn.VIMultiheadAttention`) and a
+    feed-forward block of two :class:`~pyrolite_bnn.VILinear` (drawing their
+    weights, ``estimator="reparam"``), with deterministic layer norms. Site
+    names are torch's parameter names (``self_attn.in_proj_weight``,
+    ``linear1.weight``, ...). At fixed weights each particle computes what the
+    torch layer does (its slow path: no nested-tensor fast path).
+
+    Args:
+        d_model: model dimension.
+        nhead: attention heads.
+        dim_feedforward: hidden size of the feed-forward block.
+        dropout: dropout probability (attention weights and residual branches).
+        activation: ``"relu"``, ``"gelu"`` or a unary callable (a module is
+            registered as a submodule).
+        layer_norm_eps: epsilon of the layer norms.
+        batch_first: must be ``True`` (particles are folded into the leading
+            batch dimension; ``False`` raises a ``ValueError``).
+        norm_first: pre-norm (``True``) or post-norm (``False``) residual blocks.
+        bias: if ``False``, no biases in the linear layers and layer norms.
+        prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`); a
+            mapping is keyed by site name relative to this layer
+            (``{"self_attn.in_proj_weight": ..., "linear1.weight": ...}``).
+        variational: variational family (or mapping, as ``prior``).
+        estimator: ``"auto"`` (default) or ``"reparam"``: weights are drawn.
+        device: device of parameters and prior buffers.
+        dtype: dtype of parameters and prior buffers.
+
+    Shape:
+        - Input: ``src`` ``(B, L, d_model)``; ``src_mask`` ``(L, L)`` or
+          ``(B * nhead, L, L)``; ``src_key_padding_mask`` ``(B, L)``.
+        - Output: ``(S, B, L, d_model)`` as the outermost module.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VITransformerEncoderLayer(8, 2, 16, batch_first=True)
+        >>> layer(torch.randn(3, 5, 8), samples=4).shape
+        torch.Size([4, 3, 5, 8])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: Activation = F.relu,
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        *,
+        prior: object = None,
+        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        estimator: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_batch_first(batch_first, name)
+        options = _Options(
+            prior,
+            variational,
+            check_drawn_estimator(estimator, variational, name),
+            device,
+            dtype,
+        )
+        self.self_attn = VIMultiheadAttention(
+            d_model,
+            nhead,
+            dropout=dropout,
+            bias=bias,
+            batch_first=batch_first,
+            **options.child("self_attn"),
+        )
+        self._build_feedforward(
+            d_model, dim_feedforward, dropout, activation, bias, norm_first, options
+        )
+        self.norm1 = self._norm(d_model, layer_norm_eps, bias, options)
+        self.norm2 = self._norm(d_model, layer_norm_eps, bias, options)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        options.check(self)
+
+    def forward(
+        self,
+        src: Tensor,
+        src_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        """Self-attention block, then feed-forward block, each with a residual."""
+        x = src
+        if self.norm_first:
+            x = _add(
+                x, self._sa(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
+            )
+            return _add(x, self.dropout2(self._ff(self.norm2(x))))
+        x = self.norm1(_add(x, self._sa(x, src_mask, src_key_padding_mask, is_causal)))
+        out: Tensor = self.norm2(_add(x, self.dropout2(self._ff(x))))
+        return out
+
+    def _sa(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        is_causal: bool,
+    ) -> Tensor:
+        out = self.self_attn(
+            x,
+            x,
+            x,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            need_weights=False,
+            is_causal=is_causal,
+        )[0]
+        return self.dropout1(out)  # type: ignore[no-any-return]
+
+
+class VITransformerDecoderLayer(_VITransformerLayer):
+    """Bayesian counterpart of :class:`torch.nn.TransformerDecoderLayer`.
+
+    Self-attention, cross-attention on ``memory`` (``multihead_attn``) and a
+    feed-forward block; see :class:`VITransformerEncoderLayer` for the
+    arguments (the same, with the same defaults). ``memory`` may be shared by
+    all particles (``(B, Lm, d_model)``) or folded per particle (the output of a
+    Bayesian encoder inside a network).
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VITransformerDecoderLayer(8, 2, 16, batch_first=True)
+        >>> tgt, memory = torch.randn(3, 4, 8), torch.randn(3, 6, 8)
+        >>> layer(tgt, memory, samples=2).shape
+        torch.Size([2, 3, 4, 8])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: Activation = F.relu,
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        *,
+        prior: object = None,
+        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        estimator: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_batch_first(batch_first, name)
+        options = _Options(
+            prior,
+            variational,
+            check_drawn_estimator(estimator, variational, name),
+            device,
+            dtype,
+        )
+        self.self_attn = VIMultiheadAttention(
+            d_model,
+            nhead,
+            dropout=dropout,
+            bias=bias,
+            batch_first=batch_first,
+            **options.child("self_attn"),
+        )
+        self.multihead_attn = VIMultiheadAttention(
+            d_model,
+            nhead,
+            dropout=dropout,
+            bias=bias,
+            batch_first=batch_first,
+            **options.child("multihead_attn"),
+        )
+        self._build_feedforward(
+            d_model, dim_feedforward, dropout, activation, bias, norm_first, options
+        )
+        self.norm1 = self._norm(d_model, layer_norm_eps, bias, options)
+        self.norm2 = self._norm(d_model, layer_norm_eps, bias, options)
+        self.norm3 = self._norm(d_model, layer_norm_eps, bias, options)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+        options.check(self)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        tgt_is_causal: bool = False,
+        memory_is_causal: bool = False,
+    ) -> Tensor:
+        """Self-attention, cross-attention and feed-forward blocks with residuals."""
+        x = tgt
+        sa = (tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+        mha = (memory_mask, memory_key_padding_mask, memory_is_causal)
+        if self.norm_first:
+            x = _add(x, self._sa(self.norm1(x), *sa))
+            x = _add(x, self._mha(self.norm2(x), memory, *mha))
+            return _add(x, self.dropout3(self._ff(self.norm3(x))))
+        x = self.norm1(_add(x, self._sa(x, *sa)))
+        x = self.norm2(_add(x, self._mha(x, memory, *mha)))
+        out: Tensor = self.norm3(_add(x, self.dropout3(self._ff(x))))
+        return out
+
+    def _sa(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        is_causal: bool,
+    ) -> Tensor:
+        out = self.self_attn(
+            x,
+            x,
+            x,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+            need_weights=False,
+        )[0]
+        return self.dropout1(out)  # type: ignore[no-any-return]
+
+    def _mha(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        is_causal: bool,
+    ) -> Tensor:
+        out = self.multihead_attn(
+            x,
+            memory,
+            memory,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+            need_weights=False,
+        )[0]
+        return self.dropout2(out)  # type: ignore[no-any-return]
+
+
+def _clones(layer: nn.Module, count: int) -> VISequential:
+    """``count`` deep copies of ``layer`` (the same initial weights, as torch)."""
+    if count < 1:
+        raise ValueError(f"num_layers must be >= 1, got {count}")
+    return VISequential(*[copy.deepcopy(layer) for _ in range(count)])
+
+
+class VITransformerEncoder(VIModule):
+    """Bayesian counterpart of :class:`torch.nn.TransformerEncoder`.
+
+    ``num_layers`` deep copies of ``encoder_layer`` (each with its own random
+    variables, sites ``layers.0.self_attn.in_proj_weight``, ...; the copies
+    start from the same posterior, as torch's clones start from the same
+    weights) and an optional deterministic final ``norm``. The Bayesian options
+    are those of the given layer. There is no nested-tensor fast path:
+    ``enable_nested_tensor`` and ``mask_check`` are accepted for compatibility
+    and have no effect, so positions masked by ``src_key_padding_mask`` are
+    computed as in torch's training-mode path (torch's eval fast path zeroes
+    them instead).
+
+    Args:
+        encoder_layer: a :class:`VITransformerEncoderLayer` (or any module
+            with the same ``forward`` arguments).
+        num_layers: number of layers.
+        norm: optional module applied to the output (e.g. ``nn.LayerNorm``).
+        enable_nested_tensor: accepted, no effect (see above).
+        mask_check: accepted, no effect.
+
+    Shape:
+        - Input: ``src`` ``(B, L, d_model)``; ``mask`` ``(L, L)`` or
+          ``(B * nhead, L, L)``; ``src_key_padding_mask`` ``(B, L)``.
+        - Output: ``(S, B, L, d_model)`` as the outermost module.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VITransformerEncoderLayer(8, 2, 16, batch_first=True)
+        >>> encoder = bnn.VITransformerEncoder(layer, num_layers=2)
+        >>> encoder(torch.randn(3, 5, 8), samples=4).shape
+        torch.Size([4, 3, 5, 8])
+        >>> [v.site for v in encoder.random_variables()][:2]
+        ['layers.0.self_attn.in_proj_weight', 'layers.0.self_attn.in_proj_bias']
+    """
+
+    def __init__(
+        self,
+        encoder_layer: nn.Module,
+        num_layers: int,
+        norm: nn.Module | None = None,
+        enable_nested_tensor: bool = True,
+        mask_check: bool = True,
+    ) -> None:
+        super().__init__()
+        self.layers = _clones(encoder_layer, num_layers)
+        self.num_layers = num_layers
+        self.norm = norm
+        self.enable_nested_tensor = enable_nested_tensor
+        self.mask_check = mask_check
+
+    def forward(
+        self,
+        src: Tensor,
+        mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
+        is_causal: bool | None = None,
+    ) -> Tensor:
+        """Pass ``src`` through the layers in turn, then the final norm."""
+        if src.dim() != 3:
+            raise ValueError(
+                f"{type(self).__name__} expected batch-first src (batch, sequence, "
+                f"d_model), got {tuple(src.shape)}"
+            )
+        padding = canonical_mask(src_key_padding_mask, src.dtype)
+        mask = canonical_mask(mask, src.dtype)
+        causal = _detect_is_causal_mask(mask, is_causal, src.shape[1])
+        output = src
+        for layer in self.layers:
+            output = layer(
+                output,
+                src_mask=mask,
+                is_causal=causal,
+                src_key_padding_mask=padding,
+            )
+        if self.norm is not None:
+            output = self.norm(output)
+        return output
+
+
+class VITransformerDecoder(VIModule):
+    """Bayesian counterpart of :class:`torch.nn.TransformerDecoder`.
+
+    ``num_layers`` deep copies of ``decoder_layer`` and an optional final
+    ``norm`` (see :class:`VITransformerEncoder`).
+
+    Args:
+        decoder_layer: a :class:`VITransformerDecoderLayer` (or any module with
+            the same ``forward`` arguments).
+        num_layers: number of layers.
+        norm: optional module applied to the output.
+
+    Shape:
+        - Input: ``tgt`` ``(B, T, d_model)``, ``memory`` ``(B, Lm, d_model)``.
+        - Output: ``(S, B, T, d_model)`` as the outermost module.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VITransformerDecoderLayer(8, 2, 16, batch_first=True)
+        >>> decoder = bnn.VITransformerDecoder(layer, num_layers=2)
+        >>> decoder(torch.randn(3, 4, 8), torch.randn(3, 6, 8), samples=2).shape
+        torch.Size([2, 3, 4, 8])
+    """
+
+    def __init__(
+        self,
+        decoder_layer: nn.Module,
+        num_layers: int,
+        norm: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.layers = _clones(decoder_layer, num_layers)
+        self.num_layers = num_layers
+        self.norm = norm
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        tgt_is_causal: bool | None = None,
+        memory_is_causal: bool = False,
+    ) -> Tensor:
+        """Pass ``tgt`` (attending to ``memory``) through the layers in turn."""
+        if tgt.dim() != 3:
+            raise ValueError(
+                f"{type(self).__name__} expected batch-first tgt (batch, sequence, "
+                f"d_model), got {tuple(tgt.shape)}"
+            )
+        causal = _detect_is_causal_mask(tgt_mask, tgt_is_causal, tgt.shape[1])
+        output = tgt
+        for layer in self.layers:
+            output = layer(
+                output,
+                memory,
+                tgt_mask=tgt_mask,
+                memory_mask=memory_mask,
+                tgt_key_padding_mask=tgt_key_padding_mask,
+                memory_key_padding_mask=memory_key_padding_mask,
+                tgt_is_causal=causal,
+                memory_is_causal=memory_is_causal,
+            )
+        if self.norm is not None:
+            output = self.norm(output)
+        return output
+
+
+def _plain_matrices(module: nn.Module) -> list[Tensor]:
+    """Deterministic parameters with ``dim > 1`` outside the inference machinery."""
+    found: list[Tensor] = [p for p in module.parameters(recurse=False) if p.dim() > 1]
+    for name, child in module.named_children():
+        if isinstance(module, VIModule) and name in NOT_NETWORK:
+            continue
+        found += _plain_matrices(child)
+    return found
+
+
+class VITransformer(VIModule):
+    """Bayesian counterpart of :class:`torch.nn.Transformer`.
+
+    An encoder and a decoder (:class:`VITransformerEncoder`,
+    :class:`VITransformerDecoder`) with final layer norms, or the given
+    ``custom_encoder``/``custom_decoder``. As in torch, every weight matrix
+    (posterior mean) starts Xavier-uniform.
+
+    Args:
+        d_model: model dimension.
+        nhead: attention heads.
+        num_encoder_layers: encoder layers.
+        num_decoder_layers: decoder layers.
+        dim_feedforward: hidden size of the feed-forward blocks.
+        dropout: dropout probability.
+        activation: ``"relu"``, ``"gelu"`` or a unary callable.
+        custom_encoder: module used instead of the built encoder.
+        custom_decoder: module used instead of the built decoder.
+        layer_norm_eps: epsilon of the layer norms.
+        batch_first: must be ``True`` (see :class:`VITransformerEncoderLayer`).
+        norm_first: pre-norm residual blocks.
+        bias: if ``False``, no biases in linear layers and layer norms.
+        prior: prior of every weight. A per-variable mapping is not accepted
+            here (the copies of a layer share their options): build the layers
+            with mappings and pass ``custom_encoder``/``custom_decoder``.
+        variational: variational family of every weight (no mapping).
+        estimator: ``"auto"`` (default) or ``"reparam"``.
+        device: device of parameters and prior buffers.
+        dtype: dtype of parameters and prior buffers.
+
+    Masks may be boolean (``True`` = not allowed) or additive float. Passed
+    to the outermost module while validation is on, a float mask holding
+    ``-inf`` (such as :meth:`generate_square_subsequent_mask`'s) is refused
+    by the NaN/Inf input check: pass the boolean mask there (the result is
+    the same), or build the float mask inside ``forward``.
+
+    Shape:
+        - Input: ``src`` ``(B, L, d_model)``, ``tgt`` ``(B, T, d_model)``,
+          masks as :class:`torch.nn.Transformer` (batch-first).
+        - Output: ``(S, B, T, d_model)`` as the outermost module.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> model = bnn.VITransformer(8, 2, 1, 1, 16, batch_first=True)
+        >>> src, tgt = torch.randn(3, 6, 8), torch.randn(3, 4, 8)
+        >>> causal = torch.ones(4, 4, dtype=torch.bool).triu(1)  # True: masked
+        >>> model(src, tgt, tgt_mask=causal, samples=2).shape
+        torch.Size([2, 3, 4, 8])
+    """
+
+    generate_square_subsequent_mask = staticmethod(generate_square_subsequent_mask)
+
+    def __init__(
+        self,
+        d_model: int = 512,
+        nhead: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: Activation = F.relu,
+        custom_encoder: Any | None = None,
+        custom_decoder: Any | None = None,
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        *,
+        prior: object = None,
+        variational: VariationalFamily | None = None,
+        estimator: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_batch_first(batch_first, name)
+        if isinstance(prior, Mapping) or isinstance(variational, Mapping):
+            raise ValueError(
+                f"{name} takes one prior/variational for every weight; for "
+                "per-variable options build the layers yourself and pass "
+                "custom_encoder=/custom_decoder="
+            )
+        layer_args = (
+            d_model,
+            nhead,
+            dim_feedforward,
+            dropout,
+            activation,
+            layer_norm_eps,
+            batch_first,
+            norm_first,
+            bias,
+        )
+        options: dict[str, Any] = {
+            "prior": prior,
+            "variational": variational,
+            "estimator": check_drawn_estimator(estimator, variational, name),
+            "device": device,
+            "dtype": dtype,
+        }
+
+        def norm() -> nn.LayerNorm:
+            return nn.LayerNorm(
+                d_model, eps=layer_norm_eps, bias=bias, device=device, dtype=dtype
+            )
+
+        self.encoder: nn.Module
+        self.decoder: nn.Module
+        if custom_encoder is not None:
+            self.encoder = custom_encoder
+        else:
+            encoder_layer = VITransformerEncoderLayer(*layer_args, **options)
+            self.encoder = VITransformerEncoder(
+                encoder_layer, num_encoder_layers, norm()
+            )
+        if custom_decoder is not None:
+            self.decoder = custom_decoder
+        else:
+            decoder_layer = VITransformerDecoderLayer(*layer_args, **options)
+            self.decoder = VITransformerDecoder(
+                decoder_layer, num_decoder_layers, norm()
+            )
+        self.d_model = d_model
+        self.nhead = nhead
+        self.batch_first = batch_first
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform posterior means (and plain weights) for every matrix."""
+        for variable in self.random_variables():
+            if len(variable.shape) > 1:
+                value = torch.empty_like(variable.posterior.loc)
+                variable.posterior.reset_parameters(init.xavier_uniform_(value))
+        with torch.no_grad():
+            for weight in _plain_matrices(self):
+                init.xavier_uniform_(weight)
+
+    def forward(
+        self,
+        src: Tensor,
+        tgt: Tensor,
+        src_mask: Tensor | None = None,
+        tgt_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        src_is_causal: bool | None = None,
+        tgt_is_causal: bool | None = None,
+        memory_is_causal: bool = False,
+    ) -> Tensor:
+        """Encode ``src`` into a memory, decode ``tgt`` attending to it."""
+        if src.dim() != 3 or tgt.dim() != 3:
+            raise ValueError(
+                f"{type(self).__name__} expected batch-first src and tgt (batch, "
+                f"sequence, d_model), got {tuple(src.shape)} and {tuple(tgt.shape)}"
+            )
+        if src.shape[0] != tgt.shape[0]:
+            raise RuntimeError("the batch number of src and tgt must be equal")
+        if src.shape[-1] != self.d_model or tgt.shape[-1] != self.d_model:
+            raise RuntimeError(
+                "the feature number of src and tgt must be equal to d_model"
+            )
+        memory = self.encoder(
+            src,
+            mask=src_mask,
+            src_key_padding_mask=src_key_padding_mask,
+            is_causal=src_is_causal,
+        )
+        output: Tensor = self.decoder(
+            tgt,
+            memory,
+            tgt_mask=tgt_mask,
+            memory_mask=memory_mask,
+            tgt_key_padding_mask=tgt_key_padding_mask,
+            memory_key_padding_mask=memory_key_padding_mask,
+            tgt_is_causal=tgt_is_causal,
+            memory_is_causal=memory_is_causal,
+        )
+        return output
+
+    def extra_repr(self) -> str:
+        """Model dimension and heads."""
+        return f"d_model={self.d_model}, nhead={self.nhead}"

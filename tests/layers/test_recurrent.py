@@ -1,0 +1,261 @@
+"""VILSTM and VIGRU: torch equality per particle, layouts, errors, loss, training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from _sequence_helpers import (
+    accuracy,
+    assert_loss_equals_pyro_elbo,
+    fixed_weights,
+    load_particle,
+    run_fixed,
+    sign_of_sum,
+    signature_matches,
+    train_classifier,
+)
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn.layers.functional_recurrent import recurrent
+
+# torch's reference LSTM (not this library) warns when it has a projection.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:LSTM with projections is not supported with oneDNN:UserWarning"
+)
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+OPTIONS: list[dict[str, Any]] = [
+    {},
+    {"num_layers": 2},
+    {"bidirectional": True},
+    {"bias": False, "num_layers": 2},
+    {"num_layers": 3, "bidirectional": True},
+]
+LSTM_ONLY: list[dict[str, Any]] = [
+    {"proj_size": 3},
+    {"num_layers": 2, "bidirectional": True, "proj_size": 3},
+]
+
+
+def _pair(
+    mode: str, options: dict[str, Any], input_size: int = 5, hidden: int = 7
+) -> tuple[bnn.VIModule, nn.Module]:
+    vi_cls, nn_cls = (bnn.VILSTM, nn.LSTM) if mode == "LSTM" else (bnn.VIGRU, nn.GRU)
+    layer = vi_cls(input_size, hidden, batch_first=True, **options)
+    return layer, nn_cls(input_size, hidden, batch_first=True, **options)
+
+
+def _torch_state(state: Any) -> Any:
+    """Batch-first states (this library) -> torch's (layers * dirs, B, H)."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.transpose(0, 1).contiguous() for s in state)
+    return state.transpose(0, 1).contiguous()
+
+
+def _check_equal(
+    mode: str,
+    options: dict[str, Any],
+    samples: int = 3,
+    state: Any = None,
+    train: bool = False,
+) -> None:
+    layer, reference = _pair(mode, options)
+    layer.train(train)
+    reference.train(train)
+    x = torch.randn(4, 6, 5)
+    weights = fixed_weights(layer, samples)
+    out, final = run_fixed(layer, weights, samples, x, state)
+    for s in range(samples):
+        load_particle(reference, layer, weights, s)
+        with torch.no_grad():
+            ref_out, ref_final = reference(x, _torch_state(state))
+        torch.testing.assert_close(out[s], ref_out, **TOL)
+        # h_n (and c_n) come back batch-first: torch's state transposed.
+        if mode == "LSTM":
+            torch.testing.assert_close(final[0][s], ref_final[0].transpose(0, 1), **TOL)
+            torch.testing.assert_close(final[1][s], ref_final[1].transpose(0, 1), **TOL)
+        else:
+            torch.testing.assert_close(final[s], ref_final.transpose(0, 1), **TOL)
+
+
+@pytest.mark.parametrize("options", OPTIONS + LSTM_ONLY, ids=str)
+def test_lstm_equals_torch_per_particle(options: dict[str, Any]) -> None:
+    _check_equal("LSTM", options)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_gru_equals_torch_per_particle(options: dict[str, Any]) -> None:
+    _check_equal("GRU", options)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_one_particle_equals_torch(mode: str) -> None:
+    _check_equal(mode, {"num_layers": 2, "bidirectional": True}, samples=1)
+
+
+def test_initial_states_equal_torch() -> None:
+    options = {"num_layers": 2, "bidirectional": True, "proj_size": 3}
+    h0, c0 = torch.randn(4, 4, 3), torch.randn(4, 4, 7)
+    _check_equal("LSTM", options, state=(h0, c0))
+    _check_equal("GRU", {"num_layers": 2}, state=torch.randn(4, 2, 7))
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_dropout_between_layers_in_training_only(mode: str) -> None:
+    # dropout=1 zeroes every output of layer 0 in training mode (deterministic);
+    # in eval mode dropout is off. Both must match torch.
+    _check_equal(mode, {"num_layers": 2, "dropout": 1.0}, train=True)
+    _check_equal(mode, {"num_layers": 2, "dropout": 1.0}, train=False)
+
+
+def test_folded_inputs_and_states_per_particle() -> None:
+    # Inside a network, input and initial state are folded (b * S rows):
+    # particle s of example i is row i * S + s.
+    samples, batch = 3, 2
+    reference = nn.LSTM(4, 5, num_layers=2, batch_first=True)
+    weights = []
+    for layer in range(2):
+        w = [torch.randn(samples, *p.shape) * 0.4 for p in reference.parameters()]
+        weights.append(w[4 * layer : 4 * layer + 4])
+    x = torch.randn(batch * samples, 6, 4)
+    h0, c0 = torch.randn(batch * samples, 2, 5), torch.randn(batch * samples, 2, 5)
+    packed = [[(w[0], w[1], w[2], w[3], None)] for w in weights]
+    out, h_n, c_n = recurrent("LSTM", x, packed, h0, c0, 0.0, False, batch)
+    for s in range(samples):
+        rows = torch.arange(batch) * samples + s
+        with torch.no_grad():
+            for p, w in zip(
+                reference.parameters(), [t for ws in weights for t in ws], strict=True
+            ):
+                p.copy_(w[s])
+            ref_out, (ref_h, ref_c) = reference(
+                x[rows], _torch_state((h0[rows], c0[rows]))
+            )
+        torch.testing.assert_close(out[rows], ref_out, **TOL)
+        torch.testing.assert_close(h_n[rows], ref_h.transpose(0, 1), **TOL)
+        torch.testing.assert_close(c_n[rows], ref_c.transpose(0, 1), **TOL)
+
+
+def test_shapes_as_outermost_module() -> None:
+    lstm = bnn.VILSTM(3, 8, num_layers=2, bidirectional=True, batch_first=True)
+    out, (h_n, c_n) = lstm(torch.randn(5, 7, 3), samples=4)
+    assert out.shape == (4, 5, 7, 16)
+    assert h_n.shape == c_n.shape == (4, 5, 4, 8)
+    gru = bnn.VIGRU(3, 8, batch_first=True)
+    out, h_n = gru(torch.randn(5, 7, 3), (torch.zeros(5, 1, 8)), samples=2)
+    assert out.shape == (2, 5, 7, 8)
+    assert h_n.shape == (2, 5, 1, 8)
+    # The last output step of a one-layer forward GRU is its final state.
+    torch.testing.assert_close(out[:, :, -1], h_n[:, :, 0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_site_names_and_shapes_like_torch(mode: str) -> None:
+    options: dict[str, Any] = {"num_layers": 2, "bidirectional": True}
+    if mode == "LSTM":
+        options["proj_size"] = 3
+    layer, reference = _pair(mode, options)
+    sites = {v.site: tuple(v.shape) for v in layer.random_variables()}
+    assert sites == {n: tuple(p.shape) for n, p in reference.named_parameters()}
+    assert list(sites) == [n for n, _ in reference.named_parameters()]
+
+
+def test_signatures_match_torch() -> None:
+    # torch.nn.LSTM/GRU take (*args, **kwargs); their arguments are RNNBase's.
+    signature_matches(bnn.VILSTM, nn.RNNBase.__init__)
+    signature_matches(bnn.VIGRU, nn.RNNBase.__init__, exclude=("proj_size",))
+
+
+def test_repr_and_reset() -> None:
+    lstm = bnn.VILSTM(3, 8, 2, False, True, 0.5, True, 4)
+    assert repr(lstm).startswith(
+        "VILSTM(3, 8, proj_size=4, num_layers=2, bias=False, batch_first=True, "
+        "dropout=0.5, bidirectional=True)"
+    )
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.fill_(3.0)
+    lstm.reset_parameters()
+    bound = 1 / 8**0.5  # torch: U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))
+    for posterior in lstm.posterior.values():
+        loc = posterior.loc.detach()
+        assert float(loc.abs().max()) <= bound
+        assert float(loc.std()) > bound / 4
+
+
+def test_errors_say_what_to_do() -> None:
+    with pytest.raises(ValueError, match="batch_first=True"):
+        bnn.VILSTM(3, 4)
+    with pytest.raises(ValueError, match="batch_first=True"):
+        bnn.VIGRU(3, 4, batch_first=False)
+    with pytest.raises(ValueError, match="estimator='auto' or 'reparam'"):
+        bnn.VILSTM(3, 4, batch_first=True, estimator="local")
+    with pytest.raises(ValueError, match="estimator='auto' or 'reparam'"):
+        bnn.VIGRU(3, 4, batch_first=True, estimator="flipout")
+    with pytest.raises(ValueError, match="proj_size"):
+        bnn.VILSTM(3, 4, batch_first=True, proj_size=4)
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers"):
+        bnn.VILSTM(3, 4, batch_first=True, dropout=0.5)
+    lstm = bnn.VILSTM(3, 4, batch_first=True)
+    with pytest.raises(ValueError, match=r"expected batch-first input of shape"):
+        lstm(torch.randn(7, 3))
+    packed = pack_padded_sequence(torch.randn(2, 5, 3), [5, 3], batch_first=True)
+    with pytest.raises(TypeError, match="PackedSequence"):
+        lstm(packed)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"h0 must be batch-first"):
+        lstm(torch.randn(2, 5, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+
+
+def test_weights_drawn_once_per_particle_and_sequence() -> None:
+    # The record holds one draw per weight tensor: (S, 1, *shape), the same at
+    # every time step, so the KL counts each weight once.
+    lstm = bnn.VILSTM(2, 3, batch_first=True)
+    out, _ = lstm(torch.randn(4, 9, 2), samples=5)
+    record = out.bnn_record
+    assert record is not None
+    sites = [v.site for v in lstm.random_variables()]
+    assert sites == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    kl = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 100, kl="analytic")
+    kl(out.sum((-1, -2)), torch.zeros(4))
+    expected = torch.zeros(())
+    for v in lstm.random_variables():
+        q = torch.distributions.Normal(v.posterior.loc, v.posterior.scale())
+        p = torch.distributions.Normal(0.0, 1.0)
+        expected = expected + torch.distributions.kl_divergence(q, p).sum()
+    torch.testing.assert_close(
+        kl.last_kl * 100, expected.detach(), rtol=1e-5, atol=1e-4
+    )
+
+
+class _Classifier(bnn.VIModule):
+    def __init__(self, mode: str, hidden: int = 16) -> None:
+        super().__init__()
+        cls = bnn.VILSTM if mode == "LSTM" else bnn.VIGRU
+        self.rnn = cls(1, hidden, batch_first=True)
+        self.head = bnn.VILinear(hidden, 2, estimator="reparam")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.rnn(x)[0]
+        return self.head(out[:, -1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_loss_equals_pyro_trace_elbo(mode: str) -> None:
+    net = _Classifier(mode, hidden=5)
+    x, y = torch.randn(6, 4, 1), torch.randint(0, 2, (6,))
+    assert_loss_equals_pyro_elbo(net, x, y, dataset_size=50)
+
+
+def test_lstm_learns_sequence_task() -> None:
+    # Is the sum of a noisy sequence positive? The LSTM must integrate over time.
+    torch.manual_seed(0)
+    x_train, y_train = sign_of_sum(1024)
+    x_test, y_test = sign_of_sum(512)
+    net = _Classifier("LSTM")
+    train_classifier(net, x_train, y_train, steps=150)
+    assert accuracy(net, x_test, y_test) >= 0.9
