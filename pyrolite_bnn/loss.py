@@ -14,6 +14,7 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.compiled import LossGraphs
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
+from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import ForwardRecord, KLMode, last_record, set_last_record
 
@@ -288,6 +289,7 @@ class KullbackLeiblerLoss(nn.Module):
         def bnn_pyro_model(
             x: Any, y: Tensor | None = None, samples: int | None = None
         ) -> Tensor:
+            check_pyro_call()
             state, device = model._prepare((x,), {}, samples)
             with local_params(), _particles.particle_plate(state.samples, device):
                 output: Tensor = model._run(state, (x,), {})
