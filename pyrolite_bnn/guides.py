@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoDelta, AutoGuideList
+from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoGuideList, AutoMessenger
 from pyro.ops.jit import CompiledFunction
 from pyro.poutine.runtime import get_plates
 from torch import Tensor
@@ -157,7 +157,7 @@ class ParticleGuide(LocalPyroModule):
                 f"could not set up {name}: build autoguides on the network's weight "
                 f"model, e.g. {name}(model.prior_model, init_loc_fn=model.init_loc_fn)"
             ) from error
-        _check_sites(name, trace, self.network)
+        _check_sites(inner, trace, self.network)
         if isinstance(inner, torch.nn.Module):
             # Guides that initialise from the prior's mean (AutoNormalMessenger's
             # default) get expanded, stride-0 parameters from the layers'
@@ -338,7 +338,7 @@ def _two_networks(owner: VIModule, guide: object) -> str:
     )
 
 
-def _check_sites(name: str, trace: Trace, network: VIModule) -> None:
+def _check_sites(guide: object, trace: Trace, network: VIModule) -> None:
     """Check that a guide's trace samples exactly the network's weights."""
     declared = {v.site: v.shape for v in network.random_variables()}
     drawn: dict[str, torch.Size] = {}
@@ -349,7 +349,12 @@ def _check_sites(name: str, trace: Trace, network: VIModule) -> None:
         value = node["value"]
         if isinstance(value, Tensor) and not infer.get("is_auxiliary", False):
             drawn[site] = value.shape
-    hint = f"build it on model.prior_model: {name}(model.prior_model, ...)"
+    name = type(guide).__name__
+    if isinstance(guide, (AutoGuide, AutoMessenger)):
+        hint = f"build it on model.prior_model: {name}(model.prior_model, ...)"
+    else:
+        name = f"guide {getattr(guide, '__qualname__', name)}"
+        hint = "a guide must sample each weight of one particle with its shape"
     if drawn.keys() != declared.keys():
         missing = sorted(declared.keys() - drawn.keys())
         extra = sorted(drawn.keys() - declared.keys())
