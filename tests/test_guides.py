@@ -348,12 +348,18 @@ def test_plain_parameters_of_autoguides_keep_no_pyro_attributes() -> None:
 def test_messenger_guide_with_default_init_trains_in_pytorch_loop() -> None:
     net = _net()
     net.guide = AutoNormalMessenger(net.prior_model)  # inits from the prior's mean
-    assert all(p.is_contiguous() for p in net.guide.parameters())
+    # Created at assignment, one per weight (not per particle), so an optimizer
+    # made now trains them.
+    locs = dict(net.guide.inner.locs.named_parameters())
+    assert locs["0.weight_unconstrained"].shape == (16, 2)
+    before = [p.detach().clone() for p in net.guide.parameters()]
     x, y = _problem(8)
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
     optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
     loss_fn(net(x), y).backward()
     optimizer.step()  # in-place steps on expanded parameters would fail here
+    after = list(net.guide.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
 
 
 # -------------------------------------------------------------- refused set-ups
