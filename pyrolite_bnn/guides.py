@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from pyrolite_bnn.module import VIModule
 
-__all__ = ["ParticleGuide", "check_pyro_call"]
+__all__ = ["ParticleGuide"]
 
 # The wrapper of each assigned guide, by id of the wrapped guide (the wrapper
 # keeps that guide alive, so the id is not reused while an entry exists).
