@@ -117,7 +117,8 @@ class ParticleGuide(LocalPyroModule):
         """
         if isinstance(guide, ParticleGuide):
             if guide.network is not network:
-                raise ValueError(_two_networks(guide.network, guide.inner))
+                inner = guide if guide.inner is None else guide.inner
+                raise ValueError(_two_networks(guide.network, inner))
             return guide
         previous = _WRAPPERS.get(id(guide))
         if previous is not None:
@@ -330,11 +331,12 @@ def _inside_jit_compile() -> bool:
 
 def _two_networks(owner: VIModule, guide: object) -> str:
     name = type(guide).__name__
+    build = name if isinstance(guide, (AutoGuide, AutoMessenger)) else "AutoNormal"
     return (
         f"this {name} is already the guide of another network "
         f"({type(owner).__name__}); one guide object cannot serve two networks "
         f"(they would share its parameters). Build one per network, e.g. "
-        f"other.guide = {name}(other.prior_model, init_loc_fn=other.init_loc_fn)"
+        f"other.guide = {build}(other.prior_model, init_loc_fn=other.init_loc_fn)"
     )
 
 

@@ -274,11 +274,10 @@ class VIModule(LocalPyroModule):
         parameters) and registered as a submodule. Assign ``None`` to return to
         the default guide; the last guide removed can be assigned again.
 
-        Raises (on assignment):
-            TypeError: if the value is not callable, or an autoguide was built on
-                the full Pyro model instead of :meth:`prior_model`.
-            ValueError: if the guide's sample sites or shapes are not this
-                network's, or the guide object belongs to another network.
+        Assigning raises ``TypeError`` for a value that is not callable or an
+        autoguide built on the full Pyro model instead of :meth:`prior_model`,
+        and ``ValueError`` for a guide whose sample sites or shapes are not this
+        network's, or that belongs to another network.
         """
         custom = self._modules.get(_CUSTOM_GUIDE)
         if custom is not None:
@@ -321,7 +320,9 @@ class VIModule(LocalPyroModule):
         # last change) are reused: Pyro cannot register a module that has run
         # into a module tree anew.
         for known in (current, detached):
-            if isinstance(known, ParticleGuide) and value in (known, known.inner):
+            if isinstance(known, ParticleGuide) and (
+                value is known or value is known.inner
+            ):
                 wrapped = known
                 break
         else:
@@ -346,8 +347,7 @@ class VIModule(LocalPyroModule):
                 else:
                     self.readopt(_CUSTOM_GUIDE, current)
                 raise
-        if current is not None:
-            object.__setattr__(self, "_detached_guide", current)
+        object.__setattr__(self, "_detached_guide", current)
 
     def prior_model(self, *args: Any, **kwargs: Any) -> None:
         """Pyro model of the weights alone, for one particle: samples each prior.

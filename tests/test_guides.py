@@ -444,6 +444,9 @@ def test_one_guide_for_two_networks_is_refused(autoguide: type[Any]) -> None:
         second.guide = first.guide
     assert second.guide.inner is None
     assert first.guide.inner is guide
+    first.guide = None
+    with pytest.raises(ValueError, match="ParticleGuide is already the guide"):
+        second.guide = first.guide  # the generated guide of another network
 
 
 def test_a_removed_guide_can_be_assigned_again() -> None:
@@ -459,6 +462,12 @@ def test_a_removed_guide_can_be_assigned_again() -> None:
     net.guide = guide  # assigning the current guide again changes nothing
     assert net.guide is wrapper
     assert {id(p) for p in guide.parameters()} <= {id(p) for p in net.parameters()}
+    assert net(torch.randn(3, 2)).shape == (10, 3, 2)
+    # Replaced by another guide, then assigned again.
+    net.guide = AutoDelta(net.prior_model, init_loc_fn=net.init_loc_fn)
+    net(torch.randn(3, 2))
+    net.guide = guide
+    assert net.guide is wrapper
     assert net(torch.randn(3, 2)).shape == (10, 3, 2)
 
 
