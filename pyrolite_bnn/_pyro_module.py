@@ -9,14 +9,21 @@ library switches it on only while it is constructed and while it runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
 from pyro.nn import PyroModule, PyroParam, PyroSample
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import am_i_wrapped
 from torch import nn
+
+if TYPE_CHECKING:
+    from pyro.poutine.runtime import Message
 
 __all__ = ["LocalPyroModule", "local_params", "structure_version"]
 
@@ -60,7 +67,14 @@ class LocalPyroModule(PyroModule):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with local_params():
-            return super().__call__(*args, **kwargs)
+            if _LINKING.get() or not am_i_wrapped():
+                return super().__call__(*args, **kwargs)
+            token = _LINKING.set(True)
+            try:
+                with UnconstrainedLinks():
+                    return super().__call__(*args, **kwargs)
+            finally:
+                _LINKING.reset(token)
 
     def adopt_pyro_name(self, name: str) -> None:
         """Name this module's Pyro parameters (and its submodules') under ``name``.
@@ -86,6 +100,16 @@ class LocalPyroModule(PyroModule):
         with pyro.settings.context(module_local_params=True, validate_poutine=False):
             super().add_module(name, module)
 
+    def readopt(self, name: str, module: nn.Module) -> None:
+        """Register ``module`` again as child ``name`` after it was removed.
+
+        For a Pyro module that was this module's child before and has run with
+        it: it still shares this tree's Pyro context, which Pyro's own
+        registration would reject ("executed outside of supermodule").
+        """
+        _bump()
+        nn.Module.add_module(self, name, module)
+
     def __setattr__(self, name: str, value: Any) -> None:
         if _is_structural(self, name, value):
             _bump()
@@ -95,6 +119,44 @@ class LocalPyroModule(PyroModule):
     def __delattr__(self, name: str) -> None:
         _bump()
         super().__delattr__(name)
+
+
+# Whether an UnconstrainedLinks handler is already on the stack for this call.
+_LINKING: ContextVar[bool] = ContextVar("pyrolite_linking", default=False)
+
+
+class UnconstrainedLinks(Messenger):
+    """Give every parameter site's value the ``.unconstrained`` link Pyro expects.
+
+    With ``module_local_params`` on, Pyro 1.9 reports a plain ``nn.Parameter``
+    attribute of a ``PyroModule`` (``AutoDiagonalNormal.loc``, the
+    ``cov_factor`` of ``AutoLowRankMultivariateNormal``, the weights of
+    ``AutoIAFNormal``'s networks, any plain ``nn.Module`` child) with a
+    ``param`` statement whose value is the ``Parameter`` itself. Values of real
+    ``pyro.param`` statements and of ``PyroParam`` attributes carry
+    ``value.unconstrained()``, a weak reference to the tensor the optimiser
+    updates, and ``SVI.step`` calls it on every parameter site it sees
+    (``'Parameter' object has no attribute 'unconstrained'``). This handler
+    makes such statements return a view of the parameter that carries the link
+    back to it (the parameter itself is not modified). Values decided by other
+    handlers (``replay``, ``substitute``, ``lift``) are left alone.
+    """
+
+    def _pyro_param(self, msg: Message[..., Any]) -> None:
+        if msg["value"] is None:
+            msg["fn"] = _linked(msg["fn"])
+
+
+def _linked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def linked(*args: Any, **kwargs: Any) -> Any:
+        value = fn(*args, **kwargs)
+        if isinstance(value, torch.Tensor) and not hasattr(value, "unconstrained"):
+            alias = value.view_as(value)
+            alias.unconstrained = weakref.ref(value)  # type: ignore[attr-defined]
+            return alias
+        return value
+
+    return linked
 
 
 def _is_structural(module: nn.Module, name: str, value: Any) -> bool:

@@ -13,17 +13,30 @@ returns. It opens the same particle plate as the model and then either
 It is a Pyro guide in every sense: ``pyro.infer.SVI``, ``Predictive`` and the
 ELBOs accept it unchanged, with the same ``(*args, samples=None)`` arguments as
 the Pyro model from :meth:`KullbackLeiblerLoss.pyro_model
-<pyrolite_bnn.KullbackLeiblerLoss.pyro_model>`.
+<pyrolite_bnn.KullbackLeiblerLoss.pyro_model>`. Like Pyro's autoguides it
+offers :meth:`~ParticleGuide.median`, :meth:`~ParticleGuide.quantiles`,
+:meth:`~ParticleGuide.get_posterior` and :meth:`~ParticleGuide.call`.
+
+What cannot work is refused with an error that names the cause:
+``Trace_ELBO(vectorize_particles=True)`` and ``Predictive(parallel=True)`` (use
+``samples=`` particles), the Jit ELBOs (Pyro looks parameters up in its global
+parameter store), one guide object for two networks, and a guide whose sites or
+shapes are not the network's.
 """
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoGuideList, AutoMessenger
+from pyro.ops.jit import CompiledFunction
+from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
@@ -32,19 +45,35 @@ from pyrolite_bnn._pyro_module import LocalPyroModule, local_params
 from pyrolite_bnn.module import DEFAULT_SAMPLES
 
 if TYPE_CHECKING:
+    from pyro.poutine import Trace
+
     from pyrolite_bnn.variables import RandomVariable
 
 __all__ = ["ParticleGuide"]
+
+# The wrapper of each assigned guide, by id of the wrapped guide (the wrapper
+# keeps that guide alive, so the id is not reused while an entry exists).
+_WRAPPERS: weakref.WeakValueDictionary[int, ParticleGuide] = (
+    weakref.WeakValueDictionary()
+)
 
 
 class ParticleGuide(LocalPyroModule):
     """The guide of a :class:`~pyrolite_bnn.VIModule`, vectorised over particles.
 
+    Besides being called by Pyro, it offers what Pyro's autoguides offer:
+    :meth:`median`, :meth:`quantiles`, :meth:`get_posterior` and :meth:`call`.
+    With the generated guide they are computed in closed form from the
+    layers' posterior modules; with an assigned guide they are that guide's.
+
     Args:
-        network: the network whose weights it covers: a ``VIModule``, or any
-            torch module holding Bayesian layers (``nn.Sequential(...)``).
+        network: the network whose weights it covers.
         inner: ``None`` for the generated guide from the layers' posterior
             modules, or any Pyro guide for the weights of one particle.
+
+    Raises:
+        ValueError: if ``inner`` is a Pyro module that already ran in another
+            module tree (another network's guide, or called on its own).
 
     Example:
         >>> import torch, pyro
@@ -55,6 +84,8 @@ class ParticleGuide(LocalPyroModule):
         torch.Size([4, 1, 2, 3])
         >>> sorted(net.guide.median())
         ['bias', 'weight']
+        >>> net.guide.quantiles([0.05, 0.5, 0.95])["weight"].shape
+        torch.Size([3, 2, 3])
     """
 
     def __init__(
@@ -63,48 +94,85 @@ class ParticleGuide(LocalPyroModule):
         super().__init__()
         # A tuple hides the network from nn.Module registration (no cycle).
         self._network = (network,)
-        self.inner = inner
+        try:
+            self.inner = inner
+        except AssertionError as error:  # Pyro: a submodule already ran elsewhere
+            raise ValueError(
+                f"this {type(inner).__name__} has already run outside this network "
+                "(as another network's guide, or called on its own), and Pyro "
+                "cannot move a module that has run into another module tree; build "
+                f"a new guide for this network, e.g. {type(inner).__name__}"
+                "(model.prior_model, init_loc_fn=model.init_loc_fn), and assign it "
+                "before calling it"
+            ) from error
+
+    @classmethod
+    def wrap(cls, network: nn.Module, guide: Callable[..., Any]) -> ParticleGuide:
+        """The ``ParticleGuide`` of ``network`` running ``guide`` for one particle.
+
+        Reuses the wrapper made when ``guide`` was assigned to ``network``
+        before (so a guide can be assigned again after ``model.guide = None``).
+
+        Raises:
+            ValueError: if ``guide`` is (the guide of) another network: one guide
+                object serving two networks would share its parameters.
+        """
+        if isinstance(guide, ParticleGuide):
+            if guide.network is not network:
+                inner = guide if guide.inner is None else guide.inner
+                raise ValueError(_two_networks(guide.network, inner))
+            return guide
+        previous = _WRAPPERS.get(id(guide))
+        if previous is not None:
+            if previous.network is not network:
+                raise ValueError(_two_networks(previous.network, guide))
+            return previous
+        return cls(network, guide)
+
+    def variables(self) -> list[RandomVariable]:
+        """The random variables of the network, in site order."""
+        return collect_variables(self.network)
 
     @property
     def network(self) -> nn.Module:
         """The network this guide belongs to."""
         return self._network[0]
 
-    def variables(self) -> list[RandomVariable]:
-        """The random variables of the network, in site order."""
-        return collect_variables(self.network)
-
     def setup(self) -> None:
-        """Create an autoguide's parameters now, outside the particle plate.
+        """Run an assigned guide once, outside the particle plate, and check it.
 
         Autoguides create parameters lazily on their first call from the plates
         they see; run once without the particle plate they learn one
-        distribution per weight tensor, which the plate then broadcasts.
+        distribution per weight tensor, which the plate then broadcasts, and
+        ``model.parameters()`` holds them before the first step.
+
+        Raises:
+            TypeError: if the guide cannot run without arguments (an autoguide
+                built on the full Pyro model instead of ``model.prior_model``).
+            ValueError: if the guide's sample sites or their shapes are not the
+                network's random variables.
         """
         inner = self.inner
-        if isinstance(inner, AutoGuide) and inner.prototype_trace is None:
-            try:
-                with local_params(), poutine.block(), torch.no_grad():
-                    inner()
-            except TypeError as error:
-                raise TypeError(
-                    f"could not set up {type(inner).__name__}: build autoguides on "
-                    "the network's weight model, e.g. "
-                    "AutoNormal(model.prior_model, init_loc_fn=model.init_loc_fn)"
-                ) from error
-            sites = {v.site for v in self.variables()}
-            prototype = inner.prototype_trace
-            assert prototype is not None
-            covered = {
-                name
-                for name, site in prototype.nodes.items()
-                if site["type"] == "sample" and not site["is_observed"]
-            }
-            if covered != sites:
-                raise ValueError(
-                    f"{type(inner).__name__} covers sites {sorted(covered)} but the "
-                    f"network declares {sorted(sites)}; build it on model.prior_model"
-                )
+        if inner is None:
+            return
+        name = type(inner).__name__
+        try:
+            with local_params(), poutine.block(), torch.no_grad():
+                trace = poutine.trace(inner).get_trace()
+        except TypeError as error:
+            raise TypeError(
+                f"could not set up {name}: build autoguides on the network's weight "
+                f"model, e.g. {name}(model.prior_model, init_loc_fn=model.init_loc_fn)"
+            ) from error
+        _check_sites(inner, trace, self.network)
+        if isinstance(inner, torch.nn.Module):
+            # Guides that initialise from the prior's mean (AutoNormalMessenger's
+            # default) get expanded, stride-0 parameters from the layers'
+            # expanded priors, which in-place optimiser steps refuse.
+            for parameter in inner.parameters():
+                if not parameter.is_contiguous():
+                    parameter.data = parameter.data.contiguous()
+        _WRAPPERS[id(inner)] = self
 
     def forward(self, *args: Any, samples: int | None = None, **kwargs: Any) -> Any:
         """Draw all weights for ``samples`` particles (default ``network.samples``).
@@ -113,6 +181,7 @@ class ParticleGuide(LocalPyroModule):
         are accepted and ignored.
         """
         network = self.network
+        check_pyro_call()
         default = getattr(network, "samples", DEFAULT_SAMPLES)
         count = _particles.check_samples(default if samples is None else samples)
         first = _particles.first_tensor(args, kwargs)
@@ -120,13 +189,29 @@ class ParticleGuide(LocalPyroModule):
         with _particles.particle_plate(count, device):
             if self.inner is not None:
                 return self.inner()
-            return {v.site: v.posterior(v.site) for v in self.variables()}
+            return {v.site: v.posterior(v.site) for v in collect_variables(network)}
+
+    def call(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Like :meth:`forward`, but the drawn values as a tuple sorted by site.
+
+        Pyro's ``AutoGuide.call``. Needs a guide that returns its draws (the
+        generated guide and Pyro's autoguides do).
+        """
+        result = self(*args, **kwargs)
+        if not isinstance(result, dict):
+            raise TypeError(
+                f"guide {type(self.inner).__name__} returned "
+                f"{type(result).__name__}, not a dict of its draws"
+            )
+        return tuple(value for _, value in sorted(result.items()))
 
     @torch.no_grad()
     def median(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        """Posterior median (the mean, for symmetric families) of every weight.
+        """Posterior median of every weight, by site name.
 
-        Values have the shape of one draw (no particle dimension).
+        Values have the shape of one draw (no particle dimension). For the
+        generated guide: the mean of a mean-field Normal, the value of a point
+        mass.
         """
         if self.inner is not None:
             median = getattr(self.inner, "median", None)
@@ -134,15 +219,219 @@ class ParticleGuide(LocalPyroModule):
                 raise NotImplementedError(
                     f"guide {type(self.inner).__name__} has no median() method"
                 )
-            return dict(median())
-        return {v.site: v.posterior.mean().detach() for v in self.variables()}
+            return dict(median(*args, **kwargs))
+        return {site: values[0] for site, values in self.quantiles([0.5]).items()}
 
-    def quantiles(self, quantiles: Sequence[float], *args: Any, **kwargs: Any) -> Any:
-        """Quantiles of each weight, for guides that support them (Pyro autoguides)."""
-        method = getattr(self.inner, "quantiles", None)
-        if method is None:
-            raise NotImplementedError("this guide does not provide quantiles()")
-        return method(quantiles)
+    @torch.no_grad()
+    def quantiles(
+        self, quantiles: Sequence[float] | Tensor, *args: Any, **kwargs: Any
+    ) -> dict[str, Tensor]:
+        """Posterior quantiles of every weight, by site name.
+
+        As Pyro's ``AutoNormal.quantiles``: each value has a leading dimension
+        over ``quantiles``, then the shape of one draw. For the generated guide a
+        mean-field Normal gives ``loc + scale * Phi^-1(q)`` and a point mass its
+        value at every ``q``; a point-mass part (``AutoDelta``) of an assigned
+        guide likewise.
+
+        Args:
+            quantiles: probabilities in ``(0, 1)``.
+            *args: passed on to an assigned guide's ``quantiles``.
+            **kwargs: passed on to an assigned guide's ``quantiles``.
+
+        Raises:
+            NotImplementedError: for a guide or posterior without quantiles.
+        """
+        if self.inner is not None:
+            return _guide_quantiles(self.inner, quantiles, args, kwargs)
+        result = {}
+        for variable in self.variables():
+            distribution = variable.posterior.distribution()
+            result[variable.site] = _site_quantiles(
+                distribution, quantiles, type(variable.posterior).__name__
+            )
+        return result
+
+    def get_posterior(self, *args: Any, **kwargs: Any) -> Any:
+        """The variational distribution, for one particle.
+
+        For the generated guide a dict from site name to the distribution of
+        that weight tensor (all its dimensions are event dimensions); for an
+        assigned guide whatever its ``get_posterior`` returns (Pyro's
+        ``AutoContinuous`` guides: the joint distribution of all weights,
+        flattened and concatenated).
+
+        Raises:
+            NotImplementedError: for an assigned guide without ``get_posterior``.
+        """
+        if self.inner is not None:
+            method = getattr(self.inner, "get_posterior", None)
+            if method is None:
+                raise NotImplementedError(
+                    f"guide {type(self.inner).__name__} has no get_posterior() method"
+                )
+            return method(*args, **kwargs)
+        return {v.site: v.posterior.distribution() for v in self.variables()}
+
+
+def check_pyro_call() -> None:
+    """Refuse Pyro inference set-ups the particle plate cannot serve.
+
+    Called by the network's Pyro model and guide when they start. The network
+    draws all its particles in one vectorised pass (``samples=``); an extra
+    plate around it from ``Trace_ELBO(vectorize_particles=True)`` or
+    ``Predictive(parallel=True)`` would need a second particle dimension. The
+    Jit ELBOs look every parameter up in Pyro's global parameter store, where
+    this library's module-local parameters never are.
+
+    Raises:
+        NotImplementedError: naming the option and what to use instead.
+    """
+    for frame in get_plates():
+        if frame.name == "num_particles_vectorized":
+            raise NotImplementedError(
+                "vectorize_particles=True is not supported: the network already "
+                "draws all its particles in one vectorised pass, and Pyro's extra "
+                "particle plate would need a second particle dimension. Use "
+                "vectorize_particles=False, num_particles=1 and pass samples=k to "
+                "svi.step (svi.step(x, y, samples=k)) for k particles"
+            )
+        if frame.name == "_num_predictive_samples":
+            raise NotImplementedError(
+                "Predictive(parallel=True) is not supported: the network already "
+                "draws all its particles in one vectorised pass, and Pyro's extra "
+                "plate would need a second particle dimension. Use parallel=False "
+                "(the default), or Predictive(..., num_samples=1)(x, samples=k) for "
+                "k draws along the particle dimension"
+            )
+        raise NotImplementedError(
+            f"the network's Pyro model and guide must run outside other plates, "
+            f"found plate {frame.name!r}: they open their own particle plate "
+            "(samples=) and the data plate"
+        )
+    if _inside_jit_compile():
+        raise NotImplementedError(
+            "JitTrace_ELBO and JitTraceMeanField_ELBO cannot run pyrolite_bnn "
+            "networks in Pyro 1.9: pyro.ops.jit looks every parameter up by name in "
+            "Pyro's global parameter store, and this library keeps parameters local "
+            "to each network (model.parameters(); two networks never share them), "
+            "so they are never there. Use Trace_ELBO or TraceMeanField_ELBO, or "
+            "bnn.KullbackLeiblerLoss(..., compile=True) with "
+            "loss_fn.model_loss(model, x, y) for a compiled training step"
+        )
+
+
+def _inside_jit_compile() -> bool:
+    """Whether ``pyro.ops.jit`` is running the function it is about to compile."""
+    code = CompiledFunction.__call__.__code__
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _two_networks(owner: nn.Module, guide: object) -> str:
+    name = type(guide).__name__
+    build = name if isinstance(guide, (AutoGuide, AutoMessenger)) else "AutoNormal"
+    return (
+        f"this {name} is already the guide of another network "
+        f"({type(owner).__name__}); one guide object cannot serve two networks "
+        f"(they would share its parameters). Build one per network, e.g. "
+        f"other.guide = {build}(other.prior_model, init_loc_fn=other.init_loc_fn)"
+    )
+
+
+def _check_sites(guide: object, trace: Trace, network: nn.Module) -> None:
+    """Check that a guide's trace samples exactly the network's weights."""
+    declared = {v.site: v.shape for v in collect_variables(network)}
+    drawn: dict[str, torch.Size] = {}
+    for site, node in trace.nodes.items():
+        infer = node.get("infer") or {}
+        if node["type"] != "sample" or node["is_observed"]:
+            continue
+        value = node["value"]
+        if isinstance(value, Tensor) and not infer.get("is_auxiliary", False):
+            drawn[site] = value.shape
+    name = type(guide).__name__
+    if isinstance(guide, (AutoGuide, AutoMessenger)):
+        hint = f"build it on model.prior_model: {name}(model.prior_model, ...)"
+    else:
+        name = f"guide {getattr(guide, '__qualname__', name)}"
+        hint = "a guide must sample each weight of one particle with its shape"
+    if drawn.keys() != declared.keys():
+        missing = sorted(declared.keys() - drawn.keys())
+        extra = sorted(drawn.keys() - declared.keys())
+        raise ValueError(
+            f"{name} does not sample the network's weights: missing sites "
+            f"{missing}, unknown sites {extra} (the network declares "
+            f"{sorted(declared)}); {hint}"
+        )
+    for site, shape in declared.items():
+        if drawn[site] != shape:
+            raise ValueError(
+                f"{name} draws site {site!r} with shape {tuple(drawn[site])} but "
+                f"the network declares {tuple(shape)}; {hint}"
+            )
+
+
+def _site_quantiles(
+    distribution: dist.TorchDistribution,
+    quantiles: Sequence[float] | Tensor,
+    family: str,
+) -> Tensor:
+    """Quantiles of an elementwise distribution, ``(len(quantiles), *shape)``."""
+    base = distribution
+    while isinstance(base, dist.Independent):
+        base = base.base_dist
+    if isinstance(base, dist.Delta):
+        value: Tensor = base.v
+        probs = _probabilities(quantiles, value)
+        return value.expand(len(probs), *value.shape).clone()
+    if isinstance(base, dist.Normal):
+        probs = _probabilities(quantiles, base.loc)
+        probs = probs.reshape(-1, *([1] * base.loc.dim()))
+        result: Tensor = base.icdf(probs)
+        return result
+    raise NotImplementedError(f"quantiles() is not available for {family}")
+
+
+def _probabilities(quantiles: Sequence[float] | Tensor, like: Tensor) -> Tensor:
+    probs = torch.as_tensor(quantiles, dtype=like.dtype, device=like.device)
+    if probs.dim() != 1 or not bool(((probs > 0) & (probs < 1)).all()):
+        raise ValueError(
+            f"quantiles must be a sequence of probabilities in (0, 1), got {quantiles}"
+        )
+    return probs
+
+
+def _guide_quantiles(
+    guide: Any,
+    quantiles: Sequence[float] | Tensor,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> dict[str, Tensor]:
+    """Quantiles of an assigned guide; point-mass parts give their value."""
+    if isinstance(guide, AutoGuideList):
+        result: dict[str, Tensor] = {}
+        for part in guide:
+            result.update(_guide_quantiles(part, quantiles, args, kwargs))
+        return result
+    if isinstance(guide, AutoDelta):
+        medians = guide.median(*args, **kwargs)
+        return {
+            site: _site_quantiles(
+                dist.Delta(value, event_dim=value.dim()), quantiles, "AutoDelta"
+            )
+            for site, value in medians.items()
+        }
+    method = getattr(guide, "quantiles", None)
+    if method is None:
+        raise NotImplementedError(
+            f"guide {type(guide).__name__} has no quantiles() method"
+        )
+    return dict(method(quantiles, *args, **kwargs))
 
 
 def _parameter_device(network: nn.Module) -> torch.device | None:

@@ -16,6 +16,7 @@ from pyrolite_bnn._particles import particle_plate
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.compiled import LossGraphs
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
+from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import ForwardRecord, KLMode, find_record
 
@@ -296,6 +297,7 @@ class KullbackLeiblerLoss(nn.Module):
         def bnn_pyro_model(
             x: Any, y: Tensor | None = None, samples: int | None = None
         ) -> Tensor:
+            check_pyro_call()
             count = (
                 getattr(model, "samples", DEFAULT_SAMPLES)
                 if samples is None

@@ -272,7 +272,12 @@ class VIModule(LocalPyroModule):
         a hand-written function that samples every site. It is wrapped in the
         particle plate, set up immediately (so ``model.parameters()`` holds its
         parameters) and registered as a submodule. Assign ``None`` to return to
-        the default guide.
+        the default guide; the last guide removed can be assigned again.
+
+        Assigning raises ``TypeError`` for a value that is not callable or an
+        autoguide built on the full Pyro model instead of :meth:`prior_model`,
+        and ``ValueError`` for a guide whose sample sites or shapes are not this
+        network's, or that belongs to another network.
         """
         custom = self._modules.get(_CUSTOM_GUIDE)
         if custom is not None:
@@ -300,32 +305,49 @@ class VIModule(LocalPyroModule):
     def _set_guide(self, value: Any) -> None:
         from pyrolite_bnn.guides import ParticleGuide
 
+        current = self._modules.get(_CUSTOM_GUIDE)
+        detached = self.__dict__.get("_detached_guide")
         if value is None:
-            self._modules.pop(_CUSTOM_GUIDE, None)
+            if current is not None:
+                delattr(self, _CUSTOM_GUIDE)
+                object.__setattr__(self, "_detached_guide", current)
             return
         if not callable(value):
             raise TypeError(
                 f"guide must be a callable Pyro guide, got {type(value).__name__}"
             )
-        wrapped = (
-            value if isinstance(value, ParticleGuide) else ParticleGuide(self, value)
-        )
-        previous = self._modules.get(_CUSTOM_GUIDE)
-        try:
-            super().__setattr__(_CUSTOM_GUIDE, wrapped)
-        except AssertionError as error:  # Pyro: module already ran on its own
-            raise ValueError(
-                "assign the guide to the network before calling it: a PyroModule "
-                "guide that has already run cannot join the network's module tree"
-            ) from error
-        try:
-            wrapped.setup()
-        except Exception:
-            if previous is None:
-                self._modules.pop(_CUSTOM_GUIDE, None)
-            else:
-                self._modules[_CUSTOM_GUIDE] = previous
-            raise
+        # The last two wrappers of this network (assigned, and removed by the
+        # last change) are reused: Pyro cannot register a module that has run
+        # into a module tree anew.
+        for known in (current, detached):
+            if isinstance(known, ParticleGuide) and (
+                value is known or value is known.inner
+            ):
+                wrapped = known
+                break
+        else:
+            wrapped = ParticleGuide.wrap(self, value)
+        if wrapped is current:
+            return
+        if wrapped is detached:
+            self.readopt(_CUSTOM_GUIDE, wrapped)
+        else:
+            try:
+                super().__setattr__(_CUSTOM_GUIDE, wrapped)
+            except AssertionError as error:  # Pyro: module already ran on its own
+                raise ValueError(
+                    "assign the guide to the network before calling it: a PyroModule "
+                    "guide that has already run cannot join the network's module tree"
+                ) from error
+            try:
+                wrapped.setup()
+            except Exception:
+                if current is None:
+                    delattr(self, _CUSTOM_GUIDE)
+                else:
+                    self.readopt(_CUSTOM_GUIDE, current)
+                raise
+        object.__setattr__(self, "_detached_guide", current)
 
     def prior_model(self, *args: Any, **kwargs: Any) -> None:
         """Pyro model of the weights alone, for one particle: samples each prior.

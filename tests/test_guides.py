@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+from collections.abc import Callable
+from statistics import NormalDist
+from typing import Any
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import (
+    MCMC,
+    NUTS,
+    SVI,
+    JitTrace_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+    Predictive,
+    Trace_ELBO,
+)
 from pyro.infer.autoguide import (
     AutoDelta,
+    AutoDiagonalNormal,
+    AutoGuideList,
     AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
     AutoNormal,
+    AutoNormalMessenger,
 )
 from torch import nn
 
@@ -189,3 +210,317 @@ def test_nuts_on_tiny_network() -> None:
     assert draws["weight"].shape == (20, 1, 1, 2, 2)
     assert bool(torch.isfinite(draws["weight"]).all())
     assert float(draws["weight"].std(0).mean()) > 0  # the chain moves
+
+
+# ---------------------------------------------------------------- AutoGuide contract
+def _posterior_net() -> bnn.VILinear:
+    """A layer with known, distinct posterior means and scales."""
+    net = bnn.VILinear(3, 2)
+    posterior = net.posterior["weight"]
+    with torch.no_grad():
+        posterior.loc_unconstrained.copy_(torch.arange(6.0).reshape(2, 3) - 2.5)
+        posterior.rho_unconstrained.copy_(torch.linspace(-3.0, 1.0, 6).reshape(2, 3))
+    return net
+
+
+def test_default_guide_quantiles_are_normal_closed_form() -> None:
+    net = _posterior_net()
+    loc, rho = net.posterior["weight"].normal_params()[0], net.posterior["weight"].rho
+    scale = F.softplus(rho)
+    qs = [0.025, 0.3, 0.5, 0.9]
+    result = net.guide.quantiles(qs)
+    assert sorted(result) == ["bias", "weight"]
+    assert result["weight"].shape == (4, 2, 3)
+    assert result["bias"].shape == (4, 2)
+    # Phi^-1 from the standard library in double precision; float32 rounding only.
+    z = torch.tensor([NormalDist().inv_cdf(q) for q in qs]).reshape(4, 1, 1)
+    expected = loc.detach() + scale.detach() * z
+    torch.testing.assert_close(result["weight"], expected, rtol=1e-5, atol=1e-5)
+    assert not result["weight"].requires_grad
+
+
+def test_default_guide_median_is_the_mean_exactly() -> None:
+    net = _posterior_net()
+    median = net.guide.median()
+    assert torch.equal(median["weight"], net.posterior["weight"].mean().detach())
+    assert torch.equal(median["bias"], net.posterior["bias"].mean().detach())
+
+
+def test_point_mass_quantiles_and_median_are_the_value() -> None:
+    net = bnn.VILinear(3, 2, variational=bnn.PointMass())
+    value = net.posterior["weight"].mean().detach()
+    result = net.guide.quantiles(torch.tensor([0.1, 0.5, 0.99]))
+    assert torch.equal(result["weight"], value.expand(3, 2, 3))
+    assert torch.equal(net.guide.median()["weight"], value)
+
+
+@pytest.mark.parametrize("qs", [[0.0, 0.5], [0.5, 1.2], [[0.5]]])
+def test_quantiles_refuse_values_outside_zero_one(qs: Any) -> None:
+    with pytest.raises(ValueError, match=r"probabilities in \(0, 1\)"):
+        bnn.VILinear(3, 2).guide.quantiles(qs)
+
+
+def test_default_guide_get_posterior_per_site() -> None:
+    net = _posterior_net()
+    posterior = net.guide.get_posterior()
+    weight = posterior["weight"]
+    assert weight.event_shape == (2, 3)
+    assert weight.batch_shape == ()
+    torch.testing.assert_close(weight.mean, net.posterior["weight"].loc, rtol=0, atol=0)
+    torch.testing.assert_close(
+        weight.stddev, F.softplus(net.posterior["weight"].rho), rtol=0, atol=0
+    )
+    point = bnn.VILinear(3, 2, variational=bnn.PointMass()).guide.get_posterior()
+    assert isinstance(point["weight"], dist.Delta)
+
+
+def test_get_posterior_delegates_to_the_assigned_guide() -> None:
+    net = _net()
+    net.guide = AutoMultivariateNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    posterior = net.guide.get_posterior()
+    assert isinstance(posterior, dist.MultivariateNormal)
+    assert posterior.event_shape == (82,)  # 16*2 + 16 + 2*16 + 2 weights
+
+    def guide() -> None:
+        for v in net.random_variables():
+            pyro.sample(v.site, dist.Normal(0.0, 1.0).expand(v.shape).to_event())
+
+    net.guide = guide
+    with pytest.raises(NotImplementedError, match="no get_posterior"):
+        net.guide.get_posterior()
+
+
+def test_call_returns_draws_sorted_by_site() -> None:
+    net = _net()
+    values = net.guide.call(samples=3)
+    assert [v.shape for v in values] == [
+        (3, 1, 16),
+        (3, 1, 16, 2),
+        (3, 1, 2),
+        (3, 1, 2, 16),
+    ]
+
+
+def test_quantiles_of_a_guide_list_with_a_point_mass_part() -> None:
+    net = _net()
+    first = ["0.weight", "0.bias"]
+    guide = AutoGuideList(net.prior_model)
+    guide.append(
+        AutoNormal(poutine.block(net.prior_model, expose=first), init_scale=0.1)
+    )
+    guide.append(
+        AutoDelta(
+            poutine.block(net.prior_model, hide=first), init_loc_fn=net.init_loc_fn
+        )
+    )
+    net.guide = guide
+    result = net.guide.quantiles([0.25, 0.75])
+    assert {k: tuple(v.shape) for k, v in result.items()} == {
+        "0.weight": (2, 16, 2),
+        "0.bias": (2, 16),
+        "2.weight": (2, 2, 16),
+        "2.bias": (2, 2),
+    }
+    median = net.guide.median()
+    assert torch.equal(result["2.weight"][0], median["2.weight"])
+    assert torch.equal(result["2.weight"][1], median["2.weight"])
+    assert bool((result["0.weight"][0] < result["0.weight"][1]).all())
+
+
+# ------------------------------------------------------------- Pyro's parameter links
+def test_plain_parameters_of_autoguides_keep_no_pyro_attributes() -> None:
+    net = _net()
+    net.guide = AutoDiagonalNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    x, y = _problem(8)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
+    svi = SVI(
+        loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO()
+    )
+    loc = net.guide.inner.loc.detach().clone()
+    svi.step(x, y)
+    assert not torch.equal(net.guide.inner.loc.detach(), loc)  # SVI trained it
+    # The link SVI needs lives on a view, so the network still pickles and copies.
+    assert not hasattr(net.guide.inner.loc, "unconstrained")
+    copy.deepcopy(net)
+    pickle.dumps(net)
+
+
+def test_messenger_guide_with_default_init_trains_in_pytorch_loop() -> None:
+    net = _net()
+    net.guide = AutoNormalMessenger(net.prior_model)  # inits from the prior's mean
+    # Created at assignment, one per weight (not per particle), so an optimizer
+    # made now trains them.
+    locs = dict(net.guide.inner.locs.named_parameters())
+    assert locs["0.weight_unconstrained"].shape == (16, 2)
+    before = [p.detach().clone() for p in net.guide.parameters()]
+    x, y = _problem(8)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    loss_fn(net(x), y).backward()
+    optimizer.step()  # in-place steps on expanded parameters would fail here
+    after = list(net.guide.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+# -------------------------------------------------------------- refused set-ups
+JIT_ELBOS = [JitTrace_ELBO, JitTraceMeanField_ELBO, JitTraceGraph_ELBO]
+
+
+@pytest.mark.parametrize("elbo", JIT_ELBOS, ids=lambda e: e.__name__)
+@pytest.mark.parametrize("autoguide", [None, AutoNormal, AutoDiagonalNormal])
+def test_jit_elbos_explain_why_they_cannot_run(
+    elbo: type[Any], autoguide: type[Any] | None
+) -> None:
+    net = _net()
+    if autoguide is not None:
+        net.guide = autoguide(net.prior_model, init_loc_fn=net.init_loc_fn)
+    x, y = _problem(8)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
+    svi = SVI(loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({"lr": 0.1}), elbo())
+    with pytest.raises(
+        NotImplementedError, match=r"global parameter store.*Use Trace_ELBO"
+    ):
+        svi.step(x, y)
+
+
+def test_jit_error_is_raised_by_the_model_too() -> None:
+    net = _net()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
+    x, y = _problem(8)
+
+    def empty_guide(*args: Any, **kwargs: Any) -> None:
+        pass
+
+    with pytest.raises(NotImplementedError, match="global parameter store"):
+        JitTrace_ELBO().differentiable_loss(loss_fn.pyro_model(net), empty_guide, x, y)
+
+
+def test_vectorize_particles_names_the_option_and_samples() -> None:
+    net = _net()
+    x, y = _problem(8)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=2)
+    svi = SVI(loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({"lr": 0.1}), elbo)
+    with pytest.raises(
+        NotImplementedError, match=r"vectorize_particles=True.*samples=k"
+    ):
+        svi.step(x, y)
+
+
+@pytest.mark.parametrize("with_guide", [True, False])
+def test_parallel_predictive_names_the_option_and_samples(with_guide: bool) -> None:
+    net = _net()
+    x, _ = _problem(8)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
+    guide = net.guide if with_guide else None
+    predictive = Predictive(
+        loss_fn.pyro_model(net), guide=guide, num_samples=3, parallel=True
+    )
+    with pytest.raises(NotImplementedError, match=r"parallel=True.*samples=k"):
+        predictive(x)
+
+
+def test_samples_give_vectorised_particles_instead() -> None:
+    net = _net()
+    x, y = _problem(8)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
+    draws = Predictive(loss_fn.pyro_model(net), guide=net.guide, num_samples=1)(
+        x, samples=5
+    )
+    assert draws["obs"].shape == (1, 5, 8)
+    trace = poutine.trace(net.guide).get_trace(x, y, samples=5)
+    assert trace.nodes["0.weight"]["value"].shape == (5, 1, 16, 2)
+
+
+@pytest.mark.parametrize("autoguide", [AutoNormal, AutoDiagonalNormal])
+def test_one_guide_for_two_networks_is_refused(autoguide: type[Any]) -> None:
+    first, second = _net(), _net()
+    guide = autoguide(first.prior_model, init_loc_fn=first.init_loc_fn)
+    first.guide = guide
+    first(torch.randn(3, 2))
+    with pytest.raises(ValueError, match="already the guide of another network"):
+        second.guide = guide
+    with pytest.raises(ValueError, match="already the guide of another network"):
+        second.guide = first.guide
+    assert second.guide.inner is None
+    assert first.guide.inner is guide
+    first.guide = None
+    with pytest.raises(ValueError, match="ParticleGuide is already the guide"):
+        second.guide = first.guide  # the generated guide of another network
+
+
+def test_a_removed_guide_can_be_assigned_again() -> None:
+    net = _net()
+    guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    net.guide = guide
+    wrapper = net.guide
+    net(torch.randn(3, 2)).sum().backward()
+    net.guide = None
+    assert net.guide.inner is None
+    net.guide = guide
+    assert net.guide is wrapper
+    net.guide = guide  # assigning the current guide again changes nothing
+    assert net.guide is wrapper
+    assert {id(p) for p in guide.parameters()} <= {id(p) for p in net.parameters()}
+    assert net(torch.randn(3, 2)).shape == (10, 3, 2)
+    # Replaced by another guide, then assigned again.
+    net.guide = AutoDelta(net.prior_model, init_loc_fn=net.init_loc_fn)
+    net(torch.randn(3, 2))
+    net.guide = guide
+    assert net.guide is wrapper
+    assert net(torch.randn(3, 2)).shape == (10, 3, 2)
+
+
+def test_a_guide_that_ran_on_its_own_is_refused() -> None:
+    net = _net()
+    guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    guide()
+    with pytest.raises(ValueError, match="has already run outside this network"):
+        net.guide = guide
+    assert net.guide.inner is None
+
+
+def _other_shapes() -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(2, 5), nn.Tanh(), bnn.VILinear(5, 2))
+
+
+def _other_sites() -> bnn.VISequential:
+    return bnn.VISequential(
+        bnn.VILinear(2, 16), nn.Tanh(), bnn.VILinear(16, 16), bnn.VILinear(16, 2)
+    )
+
+
+GUIDES_FOR: dict[str, Callable[[bnn.VIModule], Any]] = {
+    "AutoNormal": lambda other: AutoNormal(other.prior_model),
+    "AutoDiagonalNormal": lambda other: AutoDiagonalNormal(other.prior_model),
+    "hand-written": lambda other: (
+        lambda: other.prior_model()  # samples the other network's prior
+    ),
+}
+
+
+@pytest.mark.parametrize("make", GUIDES_FOR.values(), ids=GUIDES_FOR.keys())
+def test_guide_for_other_shapes_is_refused_at_assignment(
+    make: Callable[[bnn.VIModule], Any],
+) -> None:
+    net = _net()
+    with pytest.raises(
+        ValueError,
+        match=r"draws site '0\.weight' with shape \(5, 2\) but the network "
+        r"declares \(16, 2\)",
+    ):
+        net.guide = make(_other_shapes())
+    assert net.guide.inner is None
+
+
+@pytest.mark.parametrize("make", GUIDES_FOR.values(), ids=GUIDES_FOR.keys())
+def test_guide_for_other_sites_is_refused_at_assignment(
+    make: Callable[[bnn.VIModule], Any],
+) -> None:
+    net = _net()
+    with pytest.raises(
+        ValueError,
+        match=r"missing sites \[\], unknown sites \['3\.bias', '3\.weight'\]",
+    ):
+        net.guide = make(_other_sites())
+    assert net.guide.inner is None
