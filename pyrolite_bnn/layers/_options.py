@@ -100,6 +100,13 @@ class EstimatorLayer(VIModule):
         with an assigned guide and in :func:`~pyrolite_bnn.predict`, weights are
         drawn whatever this says.
 
+        Args:
+            input: the layer's input, ``(B, *, in)`` for a linear layer,
+                ``(B, C, *spatial)`` for a convolution (folded or not).
+
+        Returns:
+            ``"reparam"``, ``"local"`` or ``"flipout"``.
+
         Raises:
             ValueError: for ``estimator="local"`` when an example has several
                 output positions: they would get independent draws although
@@ -119,7 +126,7 @@ class EstimatorLayer(VIModule):
             return "local"
         if self.estimator == "local":
             raise ValueError(
-                f"estimator='local' draws each output independently, but the "
+                "estimator='local' draws each output independently, but the "
                 f"{positions} output positions of each example of "
                 f"{type(self).__name__} (input {tuple(input.shape)}) share the "
                 "example's weights, so their joint distribution would be wrong. "

@@ -33,7 +33,7 @@ class VILinear(EstimatorLayer):
         variational: variational family (or mapping per variable). Default
             :class:`~pyrolite_bnn.MeanFieldNormal`.
         estimator: how the output's randomness is sampled in a PyTorch-style
-            call with the generated guide (see :meth:`estimator_for`):
+            call with the generated guide (``estimator_for(input)`` says which):
             ``"reparam"`` draws the weights of every particle; ``"local"``
             samples each output from its exact Gaussian given the weight means
             and variances (local reparameterisation: no weight draws,
