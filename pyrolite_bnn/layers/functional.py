@@ -12,6 +12,7 @@ and :func:`current_samples`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -350,20 +351,21 @@ def linear_flipout(
         mean = _fold_shared(mean, samples)
     # Particle-major (S, b, M, in) with M positions per example; a shared input
     # (1, B, M, in) broadcasts against the per-particle signs.
-    per_particle = out_rows // samples
+    per_particle, positions = out_rows // samples, math.prod(input.shape[1:-1])
     if shared:
-        h = input.reshape(1, per_particle, -1, in_features)
+        h = input.reshape(1, per_particle, positions, in_features)
     else:
-        h = input.reshape(per_particle, samples, -1, in_features).transpose(0, 1)
+        h = input.reshape(per_particle, samples, positions, in_features)
+        h = h.transpose(0, 1)
     sign_in = _random_signs((samples, per_particle, 1, in_features), input)
     sign_out = _random_signs((samples, per_particle, 1, out_features), input)
     eps = torch.empty(
         (samples, out_features, in_features), dtype=input.dtype, device=input.device
     )
     delta = weight[1] * eps.normal_()
-    flipped = (h * sign_in).reshape(samples, -1, in_features)
+    flipped = (h * sign_in).reshape(samples, per_particle * positions, in_features)
     noise = torch.bmm(flipped, delta.transpose(1, 2))
-    noise = noise.reshape(samples, per_particle, -1, out_features) * sign_out
+    noise = noise.reshape(samples, per_particle, positions, out_features) * sign_out
     if bias is not None:
         eps_bias = torch.empty(
             (samples, 1, 1, out_features), dtype=input.dtype, device=input.device

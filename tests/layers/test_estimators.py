@@ -402,6 +402,13 @@ def test_conv_output_positions_count_output_locations(
     assert vi_conv(2, 4, 3, **options).output_positions(x) == locations
 
 
+@pytest.mark.parametrize("estimator", ["auto", "flipout"])
+@pytest.mark.parametrize("shape", [(0, 5), (0, 3, 5), (4, 0, 5)])
+def test_empty_batch_or_sequence(estimator: str, shape: tuple[int, ...]) -> None:
+    out = bnn.VILinear(5, 2, estimator=estimator)(torch.randn(shape), samples=3)
+    assert out.shape == (3, *shape[:-1], 2)
+
+
 def test_moment_estimators_need_mean_field_normal() -> None:
     with pytest.raises(ValueError, match="needs the mean-field Normal posterior"):
         bnn.VILinear(2, 2, estimator="local", variational=bnn.PointMass())
