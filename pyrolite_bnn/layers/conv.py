@@ -10,15 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import init
 
-from pyrolite_bnn.distributions.variational import (
-    MeanFieldNormalPosterior,
-    NormalMoments,
-    VariationalFamily,
-)
+from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers._options import check_estimator, per_variable
+from pyrolite_bnn.layers._options import EstimatorLayer, check_estimator, per_variable
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
-from pyrolite_bnn.module import VIModule
 
 __all__ = ["VIConv1d", "VIConv2d", "VIConv3d"]
 
@@ -34,7 +29,7 @@ def _ntuple(value: int | Sequence[int], dims: int, what: str) -> tuple[int, ...]
     return values
 
 
-class _VIConvNd(VIModule):
+class _VIConvNd(EstimatorLayer):
     """Shared implementation of the N-d Bayesian convolutions."""
 
     _dims: int
@@ -48,6 +43,7 @@ class _VIConvNd(VIModule):
     padding_mode: str
     weight: Tensor
     bias: Tensor | None
+    _auto_uses_moments = False
 
     def __init__(
         self,
@@ -157,25 +153,41 @@ class _VIConvNd(VIModule):
                 f"of shape (batch, {self.in_channels}, {', '.join(['L'] * dims)}), "
                 f"got {tuple(input.shape)}"
             )
+        weight, bias = self.weight, self.bias
+        # Decided on the unpadded input: output_positions pads as the layer does.
+        local = (
+            isinstance(weight, NormalMoments)
+            and self._moment_estimator(input) == "local"
+        )
         padding: str | tuple[int, ...] = self.padding
         if self.padding_mode != "zeros":
             input = F.pad(input, self._pad, mode=self.padding_mode)
             padding = (0,) * dims
-        weight, bias = self.weight, self.bias
         geometry = (self.stride, padding, self.dilation, self.groups)
         if isinstance(weight, NormalMoments):
-            local = self.estimator == "local"
             estimate = functional.conv_local if local else functional.conv_flipout
             return estimate(
                 input, weight, bias, *geometry, current_samples(), current_batch_size()
             )
         return functional.conv(input, weight, bias, *geometry, current_batch_size())
 
-    def uses_moments(self) -> bool:
-        """``True`` for the ``"local"`` and ``"flipout"`` estimators."""
-        return self.estimator in ("local", "flipout") and all(
-            isinstance(p, MeanFieldNormalPosterior) for p in self.posterior.values()
-        )
+    def output_positions(self, input: Tensor) -> int:
+        """Output locations per example and channel for ``input`` (all share them)."""
+        if self.padding == "same":
+            return math.prod(input.shape[2:])
+        padding = (0,) * self._dims if isinstance(self.padding, str) else self.padding
+        sizes: list[int] = [
+            (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+            for size, pad, dil, k, stride in zip(
+                input.shape[2:],
+                padding,
+                self.dilation,
+                self.kernel_size,
+                self.stride,
+                strict=True,
+            )
+        ]
+        return math.prod(sizes)
 
     def extra_repr(self) -> str:
         """Constructor arguments (non-defaults only, as ``torch.nn``)."""
@@ -225,9 +237,16 @@ class VIConv2d(_VIConvNd):
         padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
         prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`).
         variational: variational family (see :class:`~pyrolite_bnn.VILinear`).
-        estimator: ``"reparam"``, ``"local"``, ``"flipout"`` or ``"auto"``
-            (default: ``"reparam"`` for convolutions, measured fastest on CPU;
-            see :class:`~pyrolite_bnn.VILinear`).
+        estimator: ``"auto"`` (default) or ``"reparam"`` draw the filters of
+            every particle (measured fastest on CPU). ``"flipout"`` draws one
+            filter perturbation per particle, with random signs per example
+            over input and output channels that all output locations of the
+            example share: each example sees one filter bank, as with drawn
+            weights. ``"local"`` samples each output independently, which is
+            exact only if an example has one output location (its locations
+            share the filters), so the layer raises a ``ValueError`` for
+            inputs with several (see ``estimator_for`` and
+            :class:`~pyrolite_bnn.VILinear`).
         device: device of parameters and prior buffers.
         dtype: dtype of parameters and prior buffers.
 
@@ -242,6 +261,8 @@ class VIConv2d(_VIConvNd):
         VIConv2d(3, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))
         >>> conv(torch.randn(4, 3, 16, 16), samples=2).shape
         torch.Size([2, 4, 8, 8, 8])
+        >>> conv.estimator_for(torch.randn(4, 3, 16, 16))
+        'reparam'
     """
 
     _dims = 2

@@ -12,6 +12,7 @@ and :func:`current_samples`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -256,7 +257,12 @@ def linear_local(
 
     With independent ``w_ij ~ N(m_ij, s_ij^2)`` the output of every example is
     exactly Gaussian, ``N(x m^T + m_b, x^2 (s^2)^T + s_b^2)``; each particle and
-    example draws its own value (Kingma et al., 2015).
+    example draws its own value (Kingma et al., 2015). Every output row is drawn
+    independently, positions ``*`` included: each output has its exact
+    distribution, but the positions of an example, which share its weights,
+    lose their correlation. Only for inputs with one position per example is
+    this the joint distribution of ``"reparam"``; the layers use
+    :func:`linear_flipout` otherwise.
 
     Args:
         input: shared ``(B, *, in)`` or folded ``(b * S, *, in)``.
@@ -313,11 +319,13 @@ def linear_flipout(
     """Flipout (Wen et al., 2018): one weight perturbation per particle.
 
     The perturbation is decorrelated across examples by random sign flips of its
-    inputs and outputs. Each example sees ``W = m + (s * eps) o (r_out r_in^T)``,
-    which has the same
-    distribution as a fresh draw, so output means and variances equal those of
-    ``"reparam"``; gradients vary less between the examples of a batch. The bias is
-    drawn once per particle.
+    inputs and outputs, drawn per example and particle and shared by all
+    positions ``*`` of the example. Example ``b`` under particle ``s`` sees
+    ``W = m + (s * eps_s) o (r_out r_in^T)`` at every position, a weight with the
+    distribution of a fresh draw, so the joint distribution of an example's
+    outputs (all positions together) equals that of ``"reparam"``; gradients
+    vary less between the examples of a batch. The bias is drawn once per
+    particle.
 
     Args:
         input: shared ``(B, *, in)`` or folded ``(b * S, *, in)``.
@@ -328,31 +336,42 @@ def linear_flipout(
 
     Returns:
         Folded ``(b * S, *, out)``.
+
+    Example:
+        >>> import torch
+        >>> w = (torch.zeros(2, 3), torch.ones(2, 3))
+        >>> x = torch.randn(4, 7, 3)  # 7 positions per example
+        >>> linear_flipout(x, w, None, samples=5, batch_size=4).shape
+        torch.Size([20, 7, 2])
     """
     out_features, in_features = weight[0].shape
     shared, out_rows = _rows(input, samples, batch_size)
     mean = F.linear(input, weight[0], None if bias is None else bias[0])
-    h = _fold_shared(input, samples) if shared else input
     if shared:
         mean = _fold_shared(mean, samples)
-    # Particle-major batches for bmm: (S, b * M, in).
-    per_particle = out_rows // samples
-    h = h.reshape(per_particle, samples, -1, in_features).transpose(0, 1)
-    h = h.reshape(samples, -1, in_features)
-    delta = (
-        weight[1]
-        * torch.empty(
-            (samples, out_features, in_features), dtype=h.dtype, device=h.device
-        ).normal_()
+    # Particle-major (S, b, M, in) with M positions per example; a shared input
+    # (1, B, M, in) broadcasts against the per-particle signs.
+    per_particle, positions = out_rows // samples, math.prod(input.shape[1:-1])
+    if shared:
+        h = input.reshape(1, per_particle, positions, in_features)
+    else:
+        h = input.reshape(per_particle, samples, positions, in_features)
+        h = h.transpose(0, 1)
+    sign_in = _random_signs((samples, per_particle, 1, in_features), input)
+    sign_out = _random_signs((samples, per_particle, 1, out_features), input)
+    eps = torch.empty(
+        (samples, out_features, in_features), dtype=input.dtype, device=input.device
     )
-    sign_in = _random_signs(tuple(h.shape), h)
-    sign_out = _random_signs((*h.shape[:2], out_features), h)
-    noise = torch.bmm(h * sign_in, delta.transpose(1, 2)) * sign_out
+    delta = weight[1] * eps.normal_()
+    flipped = (h * sign_in).reshape(samples, per_particle * positions, in_features)
+    noise = torch.bmm(flipped, delta.transpose(1, 2))
+    noise = noise.reshape(samples, per_particle, positions, out_features) * sign_out
     if bias is not None:
-        eps = torch.empty((samples, 1, out_features), dtype=h.dtype, device=h.device)
-        noise = noise + bias[1] * eps.normal_()
-    noise = noise.reshape(samples, per_particle, -1, out_features).transpose(0, 1)
-    return mean + noise.reshape(mean.shape)
+        eps_bias = torch.empty(
+            (samples, 1, 1, out_features), dtype=input.dtype, device=input.device
+        )
+        noise = noise + bias[1] * eps_bias.normal_()
+    return mean + noise.transpose(0, 1).reshape(mean.shape)
 
 
 def conv_local(
@@ -367,6 +386,9 @@ def conv_local(
     batch_size: int | None,
 ) -> Tensor:
     """Local reparameterisation for convolutions (see :func:`linear_local`).
+
+    Every output location is drawn independently: exact only for one output
+    location per example (the locations share the filters).
 
     Example:
         >>> import torch
@@ -412,7 +434,18 @@ def conv_flipout(
 ) -> Tensor:
     """Flipout for convolutions (see :func:`linear_flipout`).
 
-    Signs are flipped per example over input and output channels.
+    Signs are flipped per example and particle over input and output channels
+    and shared by all spatial locations of the example, so every location sees
+    the same filter bank: the joint distribution of an example's outputs equals
+    that of drawn filters.
+
+    Example:
+        >>> import torch
+        >>> w = (torch.zeros(4, 2, 3, 3), torch.ones(4, 2, 3, 3))
+        >>> x = torch.randn(2, 2, 8, 8)
+        >>> one = (1, 1)
+        >>> conv_flipout(x, w, None, one, one, one, 1, samples=3, batch_size=2).shape
+        torch.Size([6, 4, 8, 8])
     """
     dims = len(stride)
     op = _CONV[dims]

@@ -8,20 +8,15 @@ import torch
 from torch import Tensor
 from torch.nn import init
 
-from pyrolite_bnn.distributions.variational import (
-    MeanFieldNormalPosterior,
-    NormalMoments,
-    VariationalFamily,
-)
+from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers._options import check_estimator, per_variable
+from pyrolite_bnn.layers._options import EstimatorLayer, check_estimator, per_variable
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
-from pyrolite_bnn.module import VIModule
 
 __all__ = ["VILinear"]
 
 
-class VILinear(VIModule):
+class VILinear(EstimatorLayer):
     """Bayesian counterpart of :class:`torch.nn.Linear`: ``y = x W^T + b``.
 
     ``weight`` and ``bias`` are random variables with a prior and a learned
@@ -37,15 +32,22 @@ class VILinear(VIModule):
             mapping ``{"weight": ..., "bias": ...}``. Default ``N(0, 1)``.
         variational: variational family (or mapping per variable). Default
             :class:`~pyrolite_bnn.MeanFieldNormal`.
-        estimator: how the output's randomness is sampled: ``"reparam"`` draws
-            the weights of every particle; ``"local"`` samples each output from
-            its exact Gaussian given the weight means and variances (local
-            reparameterisation: no weight draws, lower-variance gradients);
-            ``"flipout"`` draws one weight perturbation per particle and
-            decorrelates examples by random sign flips; ``"auto"`` (default) is
-            ``"local"`` with the mean-field Normal posterior, else ``"reparam"``.
-            All give the same expected loss. Inside Pyro inference, or with a
-            replaced guide, weights are always sampled (``"reparam"``).
+        estimator: how the output's randomness is sampled in a PyTorch-style
+            call with the generated guide (``estimator_for(input)`` says which):
+            ``"reparam"`` draws the weights of every particle; ``"local"``
+            samples each output from its exact Gaussian given the weight means
+            and variances (local reparameterisation: no weight draws,
+            lower-variance gradients), only for inputs with one position per
+            example; ``"flipout"`` draws one weight perturbation per particle
+            and decorrelates examples by random sign flips drawn per example
+            and shared by all its positions. ``"auto"`` (default) is
+            ``"local"`` for ``(B, in_features)`` inputs and ``"flipout"`` for
+            ``(B, *, in_features)`` inputs, where the positions of an example
+            (the tokens of a sequence) share its weights and independent
+            output draws would break their joint distribution; ``"reparam"``
+            with other variational families. All give the same expected loss.
+            Inside Pyro inference, or with a replaced guide, weights are always
+            sampled (``"reparam"``).
         device: device of parameters and prior buffers.
         dtype: dtype of parameters and prior buffers.
 
@@ -61,12 +63,17 @@ class VILinear(VIModule):
         VILinear(in_features=4, out_features=3, bias=False)
         >>> layer(torch.randn(8, 4), samples=5).shape
         torch.Size([5, 8, 3])
+        >>> layer.estimator_for(torch.randn(8, 4))
+        'local'
+        >>> layer.estimator_for(torch.randn(8, 6, 4))  # 6 positions per example
+        'flipout'
     """
 
     in_features: int
     out_features: int
     weight: Tensor
     bias: Tensor | None
+    _auto_uses_moments = True
 
     def __init__(
         self,
@@ -126,18 +133,16 @@ class VILinear(VIModule):
             )
         weight, bias = self.weight, self.bias
         if isinstance(weight, NormalMoments):
-            local = self.estimator in ("auto", "local")
+            local = self._moment_estimator(input) == "local"
             estimate = functional.linear_local if local else functional.linear_flipout
             return estimate(
                 input, weight, bias, current_samples(), current_batch_size()
             )
         return functional.linear(input, weight, bias, current_batch_size())
 
-    def uses_moments(self) -> bool:
-        """``True`` for the ``"local"``/``"flipout"`` (and ``"auto"``) estimators."""
-        return self.estimator != "reparam" and all(
-            isinstance(p, MeanFieldNormalPosterior) for p in self.posterior.values()
-        )
+    def output_positions(self, input: Tensor) -> int:
+        """Positions per example: the size of the middle dimensions of ``input``."""
+        return math.prod(input.shape[1:-1])
 
     def extra_repr(self) -> str:
         """Constructor arguments."""

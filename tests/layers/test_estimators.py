@@ -2,7 +2,11 @@
 
 At fixed variational parameters every estimator gives each example's output the
 same marginal distribution, so output means and variances agree within
-Monte-Carlo error; the ELBO and its gradient agree in expectation. Tolerances:
+Monte-Carlo error; the ELBO and its gradient agree in expectation. The positions
+of an example (tokens of a sequence, locations of a convolution) share its
+weights: under the estimators a layer runs on them ("auto", "flipout") identical
+positions give identical outputs within one particle, and the joint distribution
+of two positions (their covariance included) is that of "reparam". Tolerances:
 |z| < 4.5 standard errors (a correct implementation fails a given check with
 probability ~7e-6).
 """
@@ -10,12 +14,16 @@ probability ~7e-6).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn.module import whole_network_draws
 
 Z = 4.5
 ESTIMATORS = ["reparam", "local", "flipout"]
@@ -31,23 +39,39 @@ def _widen(module: nn.Module) -> None:
 
 def _layer(kind: str, estimator: str) -> bnn.VIModule:
     torch.manual_seed(0)  # same variational parameters for every estimator
-    if kind == "linear":
+    if kind in ("linear", "sequence"):
         layer: bnn.VIModule = bnn.VILinear(5, 3, estimator=estimator)
-    else:
+    elif kind == "conv":
         layer = bnn.VIConv2d(2, 3, 3, padding=1, estimator=estimator)
+    else:  # "conv-one-location": one output location per example
+        layer = bnn.VIConv2d(2, 3, 3, estimator=estimator)
     _widen(layer)
     return layer
 
 
 def _input(kind: str) -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
-    shape = (4, 5) if kind == "linear" else (2, 2, 4, 4)
+    shape = {
+        "linear": (4, 5),
+        "sequence": (3, 4, 5),
+        "conv": (2, 2, 4, 4),
+        "conv-one-location": (2, 2, 3, 3),
+    }[kind]
     return torch.randn(*shape, generator=gen)
 
 
 @pytest.mark.statistical
-@pytest.mark.parametrize("kind", ["linear", "conv"])
-@pytest.mark.parametrize("estimator", ["local", "flipout"])
+@pytest.mark.parametrize(
+    ("kind", "estimator"),
+    [
+        ("linear", "local"),
+        ("linear", "flipout"),
+        ("sequence", "auto"),
+        ("sequence", "flipout"),
+        ("conv", "flipout"),
+        ("conv-one-location", "local"),
+    ],
+)
 def test_output_moments_match_reparam(kind: str, estimator: str) -> None:
     samples = 20_000
     x = _input(kind)
@@ -61,6 +85,138 @@ def test_output_moments_match_reparam(kind: str, estimator: str) -> None:
     # Var of a Gaussian sample variance: 2 var^2 / (n - 1); two samples -> x2.
     se_var = var * math.sqrt(4 / (samples - 1))
     assert float(((out.var(0) - var).abs() / se_var).max()) < Z
+
+
+def _sequence_net(estimator: str) -> bnn.VISequential:
+    """Two linear layers on (B, L, E): the second gets a folded (B * S, L, H)."""
+    torch.manual_seed(0)
+    model = bnn.VISequential(
+        bnn.VILinear(5, 4, estimator=estimator),
+        nn.Tanh(),
+        bnn.VILinear(4, 3, estimator=estimator),
+    )
+    _widen(model)
+    return model
+
+
+def _repeated_sequence() -> torch.Tensor:
+    """(3, 4, 5) tokens; token 2 of every example repeats token 0."""
+    x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(7))
+    x[:, 2] = x[:, 0]
+    return x
+
+
+def _constant_image(dims: int) -> torch.Tensor:
+    """(2, 2, 5, ..., 5), constant over space: unpadded locations see one patch."""
+    x = torch.randn(2, 2, *(1,) * dims, generator=torch.Generator().manual_seed(8))
+    return x.expand(2, 2, *(5,) * dims)
+
+
+@pytest.mark.parametrize("estimator", ["auto", "flipout"])
+@pytest.mark.parametrize("network", [False, True])
+def test_identical_tokens_give_identical_outputs(estimator: str, network: bool) -> None:
+    """One particle is one network per example: token 2 == token 0 in, and out."""
+    x = _repeated_sequence()
+    model = _sequence_net(estimator) if network else _layer("sequence", estimator)
+    with torch.no_grad():
+        out = model(x, samples=6)  # (S, B, L, out)
+    torch.testing.assert_close(out[:, :, 2], out[:, :, 0], rtol=1e-5, atol=1e-6)
+    # Not vacuous: the outputs are random, and differ between distinct tokens.
+    assert float((out[1:] - out[:1]).abs().min(0).values.max()) > 1e-2
+    assert float((out[:, :, 1] - out[:, :, 0]).abs().min()) > 1e-4
+
+
+@pytest.mark.parametrize("estimator", ["auto", "flipout"])
+@pytest.mark.parametrize(
+    ("conv", "dims"),
+    [(bnn.VIConv1d, 1), (bnn.VIConv2d, 2), (bnn.VIConv3d, 3)],
+    ids=["1d", "2d", "3d"],
+)
+def test_identical_locations_give_identical_outputs(
+    conv: Callable[..., bnn.VIModule], dims: int, estimator: str
+) -> None:
+    torch.manual_seed(0)
+    layer = conv(2, 3, 3, estimator=estimator)
+    _widen(layer)
+    with torch.no_grad():
+        out = layer(_constant_image(dims), samples=6)  # (S, B, C_out, 3, ..., 3)
+    flat = out.flatten(3)
+    torch.testing.assert_close(
+        flat, flat[..., :1].expand_as(flat), rtol=1e-5, atol=1e-6
+    )
+    assert float((flat[1:] - flat[:1]).abs().min(0).values.max()) > 1e-2
+
+
+def _joint_moments(
+    out: torch.Tensor, first: int, second: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Mean, variance and covariance of positions ``first``/``second`` over the
+    particles (dim 0; position dim 2), each with its squared standard error.
+
+    Each statistic is the mean over n particles of a per-particle quantity (the
+    value, the squared or the cross-product deviation from the mean), so its
+    squared standard error is that quantity's sample variance / n (CLT; using
+    the estimated mean changes it by O(1/n)).
+    """
+    n = out.shape[0]
+    a, b = out.select(2, first), out.select(2, second)
+    da, db = a - a.mean(0), b - b.mean(0)
+    return {
+        name: (q.mean(0), q.var(0) / n)
+        for name, q in (("mean", a), ("var", da * da), ("cov", da * db))
+    }
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize(
+    ("kind", "estimator"),
+    [
+        ("sequence", "auto"),
+        ("sequence", "flipout"),
+        ("network", "auto"),
+        ("network", "flipout"),
+        ("conv", "flipout"),
+    ],
+)
+def test_joint_distribution_of_two_positions_matches_reparam(
+    kind: str, estimator: str
+) -> None:
+    """Positions of one example share its weights: their covariance is kept."""
+    samples = 20_000
+    gen = torch.Generator().manual_seed(9)
+    if kind == "conv":
+        x = torch.randn(2, 2, 4, 4, generator=gen)
+
+        def make(est: str) -> bnn.VIModule:
+            return _layer("conv", est)
+
+        def positions(out: torch.Tensor) -> torch.Tensor:
+            return out.flatten(3).transpose(2, 3)  # (S, B, locations, C_out)
+
+        first, second = 5, 6  # neighbouring locations, overlapping patches
+    else:
+        # Two correlated tokens, so that their outputs are clearly correlated.
+        x = torch.randn(3, 4, 5, generator=gen)
+        x[:, 1] = 0.8 * x[:, 0] + 0.6 * x[:, 1]
+        make = _sequence_net if kind == "network" else partial(_layer, "sequence")
+
+        def positions(out: torch.Tensor) -> torch.Tensor:
+            return out
+
+        first, second = 0, 1
+    with torch.no_grad():
+        ref_out = positions(make("reparam")(x, samples=samples))
+        est_out = positions(make(estimator)(x, samples=samples))
+    ref = _joint_moments(ref_out, first, second)
+    est = _joint_moments(est_out, first, second)
+    for name, (value, se2) in est.items():
+        ref_value, ref_se2 = ref[name]
+        z = (value - ref_value).abs() / (se2 + ref_se2).sqrt()
+        assert float(z.max()) < Z, name
+    # Not vacuous: some covariance is > 2 Z standard errors from 0, so draws
+    # independent per position (covariance 0) would fail the check above.
+    cov, cov_se2 = ref["cov"]
+    assert float((cov.abs() / cov_se2.sqrt()).max()) > 2 * Z
 
 
 @pytest.mark.statistical
@@ -87,22 +243,49 @@ def test_hidden_layer_with_folded_input(estimator: str) -> None:
     assert float(((out.mean(0) - ref.mean(0)).abs() / se).max()) < Z
 
 
+class _PooledSequence(bnn.VIModule):
+    """A linear layer over the tokens of a sequence, averaged over tokens."""
+
+    def __init__(self, estimator: str) -> None:
+        super().__init__()
+        self.layer = bnn.VILinear(3, 1, estimator=estimator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x).mean(1)  # (B, L, 3) -> (B, 1)
+
+
 @pytest.mark.statistical
-@pytest.mark.parametrize("estimator", ["local", "flipout"])
-def test_elbo_and_gradient_agree_in_expectation(estimator: str) -> None:
-    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize(
+    ("kind", "estimator"),
+    [
+        ("flat", "local"),
+        ("flat", "flipout"),
+        ("sequence", "auto"),
+        ("sequence", "flipout"),
+    ],
+)
+def test_elbo_and_gradient_agree_in_expectation(kind: str, estimator: str) -> None:
+    """Pooling over tokens mixes positions: the expected loss needs their joint."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 3, generator=gen)
+    if kind == "sequence":
+        x = torch.randn(16, 6, 3, generator=gen)
     y = torch.randn(16, generator=torch.Generator().manual_seed(4))
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.5), 100)
     repeats, samples = 200, 50
 
     def estimates(est: str) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
-        layer = bnn.VILinear(3, 1, estimator=est)
-        _widen(layer)
-        params = list(layer.parameters())
+        model = (
+            _PooledSequence(est)
+            if kind == "sequence"
+            else bnn.VILinear(3, 1, estimator=est)
+        )
+        _widen(model)
+        params = list(model.parameters())
         losses, grads = [], []
         for _ in range(repeats):
-            loss = loss_fn(layer(x, samples=samples), y)
+            loss = loss_fn(model(x, samples=samples), y)
             grads.append(
                 torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
             )
@@ -142,6 +325,88 @@ def test_auto_is_local_for_linear_and_reparam_for_conv() -> None:
     assert not bnn.VIConv2d(1, 1, 3).uses_moments()
     assert not bnn.VILinear(2, 2, variational=bnn.PointMass()).uses_moments()
     assert bnn.VIConv1d(1, 1, 3, estimator="flipout").uses_moments()
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "expected"),
+    [
+        (lambda: bnn.VILinear(5, 3), (4, 5), "local"),
+        (lambda: bnn.VILinear(5, 3), (4, 1, 5), "local"),
+        (lambda: bnn.VILinear(5, 3), (4, 7, 5), "flipout"),
+        (lambda: bnn.VILinear(5, 3), (4, 2, 7, 5), "flipout"),
+        (lambda: bnn.VILinear(5, 3, estimator="flipout"), (4, 5), "flipout"),
+        (lambda: bnn.VILinear(5, 3, estimator="local"), (4, 1, 5), "local"),
+        (lambda: bnn.VILinear(5, 3, estimator="reparam"), (4, 7, 5), "reparam"),
+        (lambda: bnn.VILinear(5, 3, variational=bnn.PointMass()), (4, 5), "reparam"),
+        (lambda: bnn.VIConv2d(2, 3, 3), (4, 2, 3, 3), "reparam"),
+        (lambda: bnn.VIConv2d(2, 3, 3, estimator="flipout"), (4, 2, 3, 3), "flipout"),
+        (lambda: bnn.VIConv2d(2, 3, 3, estimator="local"), (4, 2, 3, 3), "local"),
+    ],
+)
+def test_estimator_for_input(
+    make: Callable[[], bnn.VILinear | bnn.VIConv2d],
+    shape: tuple[int, ...],
+    expected: str,
+) -> None:
+    layer, x = make(), torch.randn(shape)
+    assert layer.estimator_for(x) == expected
+    layer(x, samples=3)  # runs the estimator it names
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda: bnn.VILinear(5, 3, estimator="local"), (4, 7, 5)),
+        (lambda: bnn.VIConv1d(2, 3, 3, estimator="local"), (4, 2, 4)),
+        (lambda: bnn.VIConv2d(2, 3, 3, padding=1, estimator="local"), (4, 2, 2, 1)),
+    ],
+)
+def test_local_refuses_inputs_with_several_positions(
+    make: Callable[[], bnn.VIModule], shape: tuple[int, ...]
+) -> None:
+    """Independent draws per position would change the model, not just the noise."""
+    layer, x = make(), torch.randn(shape)
+    with pytest.raises(ValueError, match="output positions of each example"):
+        layer(x)
+    with whole_network_draws():  # weights are drawn: nothing to refuse
+        assert layer(x, samples=2).shape[:2] == (2, 4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"stride": 2, "padding": 1},
+        {"padding": "same", "dilation": 2},
+        {"padding": "valid", "stride": 3},
+        {"padding": 2, "padding_mode": "circular", "dilation": 2},
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize(
+    ("vi_conv", "nn_conv", "shape"),
+    [
+        (bnn.VIConv1d, nn.Conv1d, (1, 2, 11)),
+        (bnn.VIConv2d, nn.Conv2d, (1, 2, 9, 8)),
+        (bnn.VIConv3d, nn.Conv3d, (1, 2, 6, 5, 7)),
+    ],
+)
+def test_conv_output_positions_count_output_locations(
+    vi_conv: Callable[..., bnn.VIConv2d],
+    nn_conv: Callable[..., nn.Module],
+    shape: tuple[int, ...],
+    options: dict[str, Any],
+) -> None:
+    x = torch.randn(shape)
+    locations = nn_conv(2, 4, 3, **options)(x)[0, 0].numel()
+    assert vi_conv(2, 4, 3, **options).output_positions(x) == locations
+
+
+@pytest.mark.parametrize("estimator", ["auto", "flipout"])
+@pytest.mark.parametrize("shape", [(0, 5), (0, 3, 5), (4, 0, 5)])
+def test_empty_batch_or_sequence(estimator: str, shape: tuple[int, ...]) -> None:
+    out = bnn.VILinear(5, 2, estimator=estimator)(torch.randn(shape), samples=3)
+    assert out.shape == (3, *shape[:-1], 2)
 
 
 def test_moment_estimators_need_mean_field_normal() -> None:
