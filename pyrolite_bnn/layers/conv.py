@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import init
 
-from pyrolite_bnn.distributions.variational import (
-    MeanFieldNormalPosterior,
-    NormalMoments,
-    VariationalFamily,
-)
+from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers._options import check_estimator, per_variable
+from pyrolite_bnn.layers._base import _VIWeightLayer
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
-from pyrolite_bnn.module import VIModule
 
 __all__ = ["VIConv1d", "VIConv2d", "VIConv3d"]
 
@@ -34,20 +27,106 @@ def _ntuple(value: int | Sequence[int], dims: int, what: str) -> tuple[int, ...]
     return values
 
 
-class _VIConvNd(VIModule):
-    """Shared implementation of the N-d Bayesian convolutions."""
+class _VIConvBase(_VIWeightLayer):
+    """Geometry shared by the convolutions and the transposed convolutions."""
 
     _dims: int
+    _transposed: bool = False
     in_channels: int
     out_channels: int
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
     padding: str | tuple[int, ...]
     dilation: tuple[int, ...]
+    output_padding: tuple[int, ...]
     groups: int
     padding_mode: str
-    weight: Tensor
-    bias: Tensor | None
+
+    def _geometry(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int],
+        padding: str | int | Sequence[int],
+        dilation: int | Sequence[int],
+        groups: int,
+        padding_mode: str,
+    ) -> None:
+        """Validate and store the geometry (``torch.nn``'s attribute names)."""
+        dims = self._dims
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must "
+                f"be divisible by groups ({groups})"
+            )
+        modes = ("zeros",) if self._transposed else _PADDING_MODES
+        if padding_mode not in modes:
+            raise ValueError(
+                f"padding_mode must be one of {modes} for {type(self).__name__}, got "
+                f"{padding_mode!r}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _ntuple(kernel_size, dims, "kernel_size")
+        self.stride = _ntuple(stride, dims, "stride")
+        self.dilation = _ntuple(dilation, dims, "dilation")
+        if isinstance(padding, str):
+            if self._transposed:
+                raise ValueError(
+                    f"{type(self).__name__} takes padding as an int or {dims} ints, "
+                    f"got {padding!r}"
+                )
+            if padding not in ("same", "valid"):
+                raise ValueError(
+                    f"padding string must be 'same' or 'valid', got {padding!r}"
+                )
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError(
+                    "padding='same' is not supported for strided convolutions"
+                )
+            self.padding = padding
+        else:
+            self.padding = _ntuple(padding, dims, "padding")
+        self.output_padding = (0,) * dims
+        self.groups = groups
+        self.padding_mode = padding_mode
+
+    def _torch_repr(self) -> str:
+        """As ``torch.nn`` convolutions print themselves."""
+        dims = self._dims
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0,) * (len(self.padding)):
+            text += f", padding={self.padding}"
+        if self.dilation != (1,) * dims:
+            text += f", dilation={self.dilation}"
+        if self.output_padding != (0,) * dims:
+            text += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if "bias" not in self.posterior:
+            text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode}"
+        return text
+
+    def _check_input(self, input: Tensor) -> None:
+        dims = self._dims
+        if input.dim() != dims + 2 or input.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}(in_channels={self.in_channels}) expected input "
+                f"of shape (batch, {self.in_channels}, {', '.join(['L'] * dims)}), "
+                f"got {tuple(input.shape)}"
+            )
+
+
+class _VIConvNd(_VIConvBase):
+    """Shared implementation of the N-d Bayesian convolutions."""
 
     def __init__(
         self,
@@ -68,55 +147,28 @@ class _VIConvNd(VIModule):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dims = self._dims
-        if groups <= 0:
-            raise ValueError("groups must be a positive integer")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"in_channels ({in_channels}) and out_channels ({out_channels}) must "
-                f"be divisible by groups ({groups})"
-            )
-        if padding_mode not in _PADDING_MODES:
-            raise ValueError(
-                f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}"
-            )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _ntuple(kernel_size, dims, "kernel_size")
-        self.stride = _ntuple(stride, dims, "stride")
-        self.dilation = _ntuple(dilation, dims, "dilation")
-        if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(
-                    f"padding string must be 'same' or 'valid', got {padding!r}"
-                )
-            if padding == "same" and any(s != 1 for s in self.stride):
-                raise ValueError(
-                    "padding='same' is not supported for strided convolutions"
-                )
-            self.padding = padding
-        else:
-            self.padding = _ntuple(padding, dims, "padding")
-        self.groups = groups
-        self.padding_mode = padding_mode
-        self.estimator = check_estimator(estimator, variational)
+        self._geometry(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            padding_mode,
+        )
         self._pad = self._reversed_padding_repeated_twice()
-        names = ("weight", "bias") if bias else ("weight",)
-        shapes = {
-            "weight": (out_channels, in_channels // groups, *self.kernel_size),
-            "bias": (out_channels,),
-        }
-        for name in names:
-            self.declare_random_variable(
-                name,
-                shapes[name],
-                per_variable(prior, name, "prior", names),
-                per_variable(variational, name, "variational", names),  # type: ignore[arg-type]
-                device=device,
-                dtype=dtype,
-            )
-        if not bias:
-            self.bias = None
+        self._declare(
+            {
+                "weight": (out_channels, in_channels // groups, *self.kernel_size),
+                "bias": (out_channels,) if bias else None,
+            },
+            prior=prior,
+            variational=variational,
+            estimator=estimator,
+            device=device,
+            dtype=dtype,
+        )
         self.reset_parameters()
 
     def _reversed_padding_repeated_twice(self) -> list[int]:
@@ -134,29 +186,10 @@ class _VIConvNd(VIModule):
         assert not isinstance(self.padding, str)
         return [p for p in reversed(self.padding) for _ in range(2)]
 
-    def reset_parameters(self) -> None:
-        """Initialise posterior means like ``torch.nn`` convolutions."""
-        weight = self.posterior["weight"].loc
-        init_weight = torch.empty_like(weight)
-        init.kaiming_uniform_(init_weight, a=math.sqrt(5))
-        self.posterior["weight"].reset_parameters(init_weight)
-        if "bias" in self.posterior:
-            fan_in = self.in_channels // self.groups * math.prod(self.kernel_size)
-            bound = 1 / math.sqrt(fan_in)
-            bias = self.posterior["bias"].loc
-            self.posterior["bias"].reset_parameters(
-                torch.empty_like(bias).uniform_(-bound, bound)
-            )
-
     def forward(self, input: Tensor) -> Tensor:
         """Convolve every particle's input with its own filters."""
         dims = self._dims
-        if input.dim() != dims + 2 or input.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__}(in_channels={self.in_channels}) expected input "
-                f"of shape (batch, {self.in_channels}, {', '.join(['L'] * dims)}), "
-                f"got {tuple(input.shape)}"
-            )
+        self._check_input(input)
         padding: str | tuple[int, ...] = self.padding
         if self.padding_mode != "zeros":
             input = F.pad(input, self._pad, mode=self.padding_mode)
@@ -170,30 +203,6 @@ class _VIConvNd(VIModule):
                 input, weight, bias, *geometry, current_samples(), current_batch_size()
             )
         return functional.conv(input, weight, bias, *geometry, current_batch_size())
-
-    def uses_moments(self) -> bool:
-        """``True`` for the ``"local"`` and ``"flipout"`` estimators."""
-        return self.estimator in ("local", "flipout") and all(
-            isinstance(p, MeanFieldNormalPosterior) for p in self.posterior.values()
-        )
-
-    def extra_repr(self) -> str:
-        """Constructor arguments (non-defaults only, as ``torch.nn``)."""
-        text = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}"
-        )
-        if self.padding != (0,) * self._dims:
-            text += f", padding={self.padding!r}"
-        if self.dilation != (1,) * self._dims:
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if "bias" not in self.posterior:
-            text += ", bias=False"
-        if self.padding_mode != "zeros":
-            text += f", padding_mode={self.padding_mode!r}"
-        return text
 
 
 class VIConv1d(_VIConvNd):

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
-from torch.nn import init
 
-from pyrolite_bnn.distributions.variational import (
-    MeanFieldNormalPosterior,
-    NormalMoments,
-    VariationalFamily,
-)
+from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers._options import check_estimator, per_variable
+from pyrolite_bnn.layers._base import _VIWeightLayer
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
-from pyrolite_bnn.module import VIModule
 
 __all__ = ["VILinear"]
 
 
-class VILinear(VIModule):
+class VILinear(_VIWeightLayer):
     """Bayesian counterpart of :class:`torch.nn.Linear`: ``y = x W^T + b``.
 
     ``weight`` and ``bias`` are random variables with a prior and a learned
@@ -63,10 +55,9 @@ class VILinear(VIModule):
         torch.Size([5, 8, 3])
     """
 
+    _auto_estimator = "local"
     in_features: int
     out_features: int
-    weight: Tensor
-    bias: Tensor | None
 
     def __init__(
         self,
@@ -88,34 +79,18 @@ class VILinear(VIModule):
             )
         self.in_features = in_features
         self.out_features = out_features
-        self.estimator = check_estimator(estimator, variational)
-        names = ("weight", "bias") if bias else ("weight",)
-        shapes = {"weight": (out_features, in_features), "bias": (out_features,)}
-        for name in names:
-            self.declare_random_variable(
-                name,
-                shapes[name],
-                per_variable(prior, name, "prior", names),
-                per_variable(variational, name, "variational", names),  # type: ignore[arg-type]
-                device=device,
-                dtype=dtype,
-            )
-        if not bias:
-            self.bias = None
+        self._declare(
+            {
+                "weight": (out_features, in_features),
+                "bias": (out_features,) if bias else None,
+            },
+            prior=prior,
+            variational=variational,
+            estimator=estimator,
+            device=device,
+            dtype=dtype,
+        )
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Initialise posterior means like ``nn.Linear`` (Kaiming uniform)."""
-        weight = self.posterior["weight"].loc
-        init_weight = torch.empty_like(weight)
-        init.kaiming_uniform_(init_weight, a=math.sqrt(5))
-        self.posterior["weight"].reset_parameters(init_weight)
-        if "bias" in self.posterior:
-            bound = 1 / math.sqrt(self.in_features)
-            bias = self.posterior["bias"].loc
-            self.posterior["bias"].reset_parameters(
-                torch.empty_like(bias).uniform_(-bound, bound)
-            )
 
     def forward(self, input: Tensor) -> Tensor:
         """Apply the layer for every particle."""
@@ -133,14 +108,7 @@ class VILinear(VIModule):
             )
         return functional.linear(input, weight, bias, current_batch_size())
 
-    def uses_moments(self) -> bool:
-        """``True`` for the ``"local"``/``"flipout"`` (and ``"auto"``) estimators."""
-        return self.estimator != "reparam" and all(
-            isinstance(p, MeanFieldNormalPosterior) for p in self.posterior.values()
-        )
-
-    def extra_repr(self) -> str:
-        """Constructor arguments."""
+    def _torch_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={'bias' in self.posterior}"
