@@ -1,4 +1,4 @@
-"""Bayesian convolutions: ``VIConv1d``, ``VIConv2d``, ``VIConv3d``."""
+"""Bayesian convolutions: ``VIConv1d/2d/3d`` and ``VIConvTranspose1d/2d/3d``."""
 
 from __future__ import annotations
 
@@ -6,16 +6,60 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
+from pyrolite_bnn.layers.registry import LayerCase, register
 
-__all__ = ["VIConv1d", "VIConv2d", "VIConv3d"]
+__all__ = [
+    "VIConv1d",
+    "VIConv2d",
+    "VIConv3d",
+    "VIConvTranspose1d",
+    "VIConvTranspose2d",
+    "VIConvTranspose3d",
+]
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+# Contract-suite inputs (batch 2, 4 channels) per number of spatial dims.
+_CASE_INPUTS = {1: (2, 4, 11), 2: (2, 4, 9, 8), 3: (2, 4, 6, 5, 6)}
+_CONV_OPTIONS: tuple[dict[str, object], ...] = (
+    {},
+    {"stride": 2, "padding": 1},
+    {"padding": "same", "dilation": 2},
+    {"padding": "valid", "groups": 2, "bias": False},
+    {"padding": 1, "padding_mode": "reflect"},
+    {"padding": 2, "padding_mode": "circular", "stride": 2},
+    {"padding": "same", "padding_mode": "replicate"},
+)
+_TRANSPOSE_OPTIONS: tuple[dict[str, object], ...] = (
+    {},
+    {"stride": 2, "padding": 1, "output_padding": 1},
+    {"groups": 2, "bias": False, "dilation": 2},
+    {"stride": 3, "padding": 2, "dilation": 2, "output_padding": 1},
+)
+
+
+def _conv_cases(dims: int) -> tuple[LayerCase, ...]:
+    shape = _CASE_INPUTS[dims]
+    return tuple(LayerCase((4, 6, 3), shape, options) for options in _CONV_OPTIONS)
+
+
+def _transpose_cases(dims: int) -> tuple[LayerCase, ...]:
+    shape = _CASE_INPUTS[dims]
+    # stride 2, kernel 3: sizes 2L + 1 (output_padding 0) and 2L + 2 are valid.
+    larger = tuple(2 * size + 2 for size in shape[2:])
+    return (
+        *(LayerCase((4, 6, 3), shape, options) for options in _TRANSPOSE_OPTIONS),
+        LayerCase(
+            (4, 6, 3), shape, {"stride": 2}, forward_kwargs={"output_size": larger}
+        ),
+    )
 
 
 def _ntuple(value: int | Sequence[int], dims: int, what: str) -> tuple[int, ...]:
@@ -205,6 +249,7 @@ class _VIConvNd(_VIConvBase):
         return functional.conv(input, weight, bias, *geometry, current_batch_size())
 
 
+@register(nn.Conv1d, cases=_conv_cases(1))
 class VIConv1d(_VIConvNd):
     """Bayesian :class:`torch.nn.Conv1d` (same arguments, plus Bayesian options).
 
@@ -219,6 +264,7 @@ class VIConv1d(_VIConvNd):
     _dims = 1
 
 
+@register(nn.Conv2d, cases=_conv_cases(2))
 class VIConv2d(_VIConvNd):
     """Bayesian :class:`torch.nn.Conv2d`.
 
@@ -256,6 +302,7 @@ class VIConv2d(_VIConvNd):
     _dims = 2
 
 
+@register(nn.Conv3d, cases=_conv_cases(3))
 class VIConv3d(_VIConvNd):
     """Bayesian :class:`torch.nn.Conv3d` (same arguments, plus Bayesian options).
 
@@ -265,6 +312,198 @@ class VIConv3d(_VIConvNd):
         >>> import torch, pyrolite_bnn as bnn
         >>> bnn.VIConv3d(1, 2, 3)(torch.randn(2, 1, 5, 5, 5), samples=3).shape
         torch.Size([3, 2, 2, 3, 3, 3])
+    """
+
+    _dims = 3
+
+
+class _VIConvTransposeNd(_VIConvBase):
+    """Shared implementation of the N-d Bayesian transposed convolutions."""
+
+    _transposed = True
+    _estimators = ("auto", "reparam")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        output_padding: int | Sequence[int] = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: int | Sequence[int] = 1,
+        padding_mode: str = "zeros",
+        *,
+        prior: object = None,
+        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        estimator: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self._geometry(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            padding_mode,
+        )
+        self.output_padding = _ntuple(output_padding, self._dims, "output_padding")
+        self._declare(
+            {
+                "weight": (in_channels, out_channels // groups, *self.kernel_size),
+                "bias": (out_channels,) if bias else None,
+            },
+            prior=prior,
+            variational=variational,
+            estimator=estimator,
+            device=device,
+            dtype=dtype,
+        )
+        self.reset_parameters()
+
+    def forward(
+        self, input: Tensor, output_size: Sequence[int] | None = None
+    ) -> Tensor:
+        """Transposed convolution of every particle's input with its own filters.
+
+        Args:
+            input: ``(B, C_in, *spatial)``, shared or folded.
+            output_size: the spatial output size (optionally preceded by batch
+                and channel sizes, as ``torch.nn``); picks ``output_padding``.
+        """
+        self._check_input(input)
+        return functional.conv_transpose(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            self._padding_tuple(),
+            self._output_padding(input, output_size),
+            self.groups,
+            self.dilation,
+            current_batch_size(),
+        )
+
+    def _padding_tuple(self) -> tuple[int, ...]:
+        assert not isinstance(self.padding, str)
+        return self.padding
+
+    def _output_padding(
+        self, input: Tensor, output_size: Sequence[int] | None
+    ) -> tuple[int, ...]:
+        """The ``output_padding`` that gives ``output_size`` (torch's rule)."""
+        if output_size is None:
+            return self.output_padding
+        dims = self._dims
+        size = [int(s) for s in output_size]
+        if len(size) == dims + 2:
+            size = size[2:]
+        if len(size) != dims:
+            raise ValueError(
+                f"output_size must have {dims} or {dims + 2} elements (got "
+                f"{len(output_size)})"
+            )
+        padding = self._padding_tuple()
+        result = []
+        for d in range(dims):
+            smallest = (
+                (input.shape[d + 2] - 1) * self.stride[d]
+                - 2 * padding[d]
+                + self.dilation[d] * (self.kernel_size[d] - 1)
+                + 1
+            )
+            largest = smallest + self.stride[d] - 1
+            if not smallest <= size[d] <= largest:
+                raise ValueError(
+                    f"requested an output size of {size}, but valid sizes range from "
+                    f"{smallest} to {largest} in spatial dim {d} (for an input of "
+                    f"{tuple(input.shape[2:])})"
+                )
+            result.append(size[d] - smallest)
+        return tuple(result)
+
+
+@register(nn.ConvTranspose1d, cases=_transpose_cases(1))
+class VIConvTranspose1d(_VIConvTransposeNd):
+    """Bayesian :class:`torch.nn.ConvTranspose1d` (same arguments, Bayesian options).
+
+    See :class:`VIConvTranspose2d` for the arguments.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VIConvTranspose1d(2, 4, 3, stride=2)
+        >>> layer(torch.randn(5, 2, 8), samples=3).shape
+        torch.Size([3, 5, 4, 17])
+    """
+
+    _dims = 1
+
+
+@register(nn.ConvTranspose2d, cases=_transpose_cases(2))
+class VIConvTranspose2d(_VIConvTransposeNd):
+    """Bayesian :class:`torch.nn.ConvTranspose2d` (a "deconvolution").
+
+    The weight has torch's layout ``(in_channels, out_channels / groups,
+    *kernel_size)``; the posterior means start at torch's initialisation.
+    Weights are always drawn (``estimator="auto"`` is ``"reparam"``;
+    ``"local"`` and ``"flipout"`` are not offered).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: int or tuple.
+        stride: int or tuple.
+        padding: int or tuple: ``dilation * (kernel_size - 1) - padding``
+            zeros are added to both sides of the input.
+        output_padding: int or tuple, added to one side of the output shape.
+        groups: blocked connections from input to output channels.
+        bias: if ``False``, no bias (``self.bias is None``).
+        dilation: int or tuple.
+        padding_mode: only ``"zeros"`` (as ``torch.nn``).
+        prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`).
+        variational: variational family (see :class:`~pyrolite_bnn.VILinear`).
+        estimator: ``"auto"`` or ``"reparam"`` (both draw the weights).
+        device: device of parameters and prior buffers.
+        dtype: dtype of parameters and prior buffers.
+
+    Shape:
+        - Input: ``(B, C_in, H, W)``; ``forward(input, output_size=None)``.
+        - Output: ``(S, B, C_out, H_out, W_out)`` as the outermost module, with
+          ``H_out = (H - 1) * stride - 2 * padding + dilation * (kernel_size - 1)
+          + output_padding + 1``.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> up = bnn.VIConvTranspose2d(8, 3, 3, stride=2, padding=1)
+        >>> up
+        VIConvTranspose2d(8, 3, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))
+        >>> x = torch.randn(4, 8, 5, 5)
+        >>> up(x, samples=2).shape
+        torch.Size([2, 4, 3, 9, 9])
+        >>> up(x, output_size=(10, 10), samples=2).shape
+        torch.Size([2, 4, 3, 10, 10])
+    """
+
+    _dims = 2
+
+
+@register(nn.ConvTranspose3d, cases=_transpose_cases(3))
+class VIConvTranspose3d(_VIConvTransposeNd):
+    """Bayesian :class:`torch.nn.ConvTranspose3d` (same arguments, Bayesian options).
+
+    See :class:`VIConvTranspose2d` for the arguments.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VIConvTranspose3d(2, 1, 2, stride=2)
+        >>> layer(torch.randn(2, 2, 3, 3, 3), samples=3).shape
+        torch.Size([3, 2, 1, 6, 6, 6])
     """
 
     _dims = 3

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
+from pyrolite_bnn.layers.registry import LayerCase, register
 
 __all__ = ["VILinear"]
 
 
+@register(
+    nn.Linear,
+    cases=(
+        LayerCase((5, 3), (4, 5)),
+        LayerCase((5, 3, False), (4, 2, 5)),
+    ),
+)
 class VILinear(_VIWeightLayer):
     """Bayesian counterpart of :class:`torch.nn.Linear`: ``y = x W^T + b``.
 
