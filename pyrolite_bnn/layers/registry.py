@@ -161,11 +161,27 @@ class LayerEntry:
             options.setdefault("device", reference.device)
             options.setdefault("dtype", reference.dtype)
         layer = self.bayesian_cls(**self.arguments(module), **options)
-        hook = self.weights_to_means or _parameters_of
         with torch.no_grad():
-            for name, mean in hook(module, layer).items():
+            for name, mean in self.means_from(module, layer).items():
                 layer.posterior[name].reset_parameters(mean.detach())
         return layer
+
+    def means_from(self, module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
+        """Values of ``layer``'s random variables for the weights of ``module``.
+
+        Args:
+            module: a ``torch.nn`` layer of :attr:`torch_cls`.
+            layer: a layer of :attr:`bayesian_cls` with the same arguments.
+        """
+        hook = self.weights_to_means or _parameters_of
+        return hook(module, layer)
+
+    def weights_from(
+        self, layer: VIModule, means: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """The ``torch.nn`` parameters, by name, for the variable values ``means``."""
+        hook = self.means_to_weights
+        return dict(means) if hook is None else hook(layer, means)
 
     def to_torch(
         self,
@@ -182,8 +198,7 @@ class LayerEntry:
         """
         if self.build_torch is not None:
             return self.build_torch(layer, children or {})
-        hook = self.means_to_weights
-        weights = dict(means) if hook is None else hook(layer, means)
+        weights = self.weights_from(layer, means)
         reference = next(iter(weights.values()))
         cls: Any = self.torch_cls  # torch's stubs take ints where tuples work too
         plain: nn.Module = cls(
