@@ -60,7 +60,8 @@ def _adopt(container: VIModule, name: str, module: nn.Module) -> None:
         raise ValueError(
             f"cannot put {type(module).__name__} at '{name}' of "
             f"{type(container).__name__}: it has already run inside Pyro inference "
-            "under another name; build the container before running the network"
+            "under another name; build the container before running the network "
+            "(the container may have been left partly changed)"
         ) from error
 
 
