@@ -69,7 +69,8 @@ class _VIWeightLayer(VIModule):
             device: device of the parameters and prior buffers.
             dtype: dtype of the parameters and prior buffers.
         """
-        names = tuple(name for name, shape in shapes.items() if shape is not None)
+        declared = {name: shape for name, shape in shapes.items() if shape is not None}
+        names = tuple(declared)
         if estimator in ESTIMATORS and estimator not in self._estimators:
             raise ValueError(
                 f"{type(self).__name__} supports estimator in {self._estimators}, got "
@@ -78,20 +79,19 @@ class _VIWeightLayer(VIModule):
             )
         self.estimator = check_estimator(estimator, variational)
         families: dict[str, VariationalFamily] = {}
-        for name in names:
+        for name, shape in declared.items():
             family = per_variable(variational, name, "variational", names)
             families[name] = MeanFieldNormal() if family is None else family  # type: ignore[assignment]
             self.declare_random_variable(
                 name,
-                shapes[name],  # type: ignore[arg-type]
+                shape,
                 per_variable(prior, name, "prior", names),
                 families[name],
                 device=device,
                 dtype=dtype,
             )
-        for name, shape in shapes.items():
-            if shape is None:
-                setattr(self, name, None)
+        for name in shapes.keys() - declared.keys():
+            setattr(self, name, None)
         self._families = families
         self._resolved_estimator = self._resolve_estimator()
 
