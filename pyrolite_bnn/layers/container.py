@@ -129,6 +129,10 @@ class VISequential(VIModule):
                     )
                 self.add_module(str(index), module)
 
+    def _layers(self) -> list[tuple[str, nn.Module]]:
+        """Child modules of the sequence (an assigned guide is not one)."""
+        return _network_children(self)
+
     @overload
     def __getitem__(self, index: int) -> nn.Module: ...
 
@@ -136,16 +140,16 @@ class VISequential(VIModule):
     def __getitem__(self, index: slice) -> VISequential: ...
 
     def __getitem__(self, index: int | slice) -> nn.Module:
-        layers = _network_children(self)
+        layers = self._layers()
         if isinstance(index, slice):
             return VISequential(OrderedDict(layers[index]))
         return layers[index][1]
 
     def __len__(self) -> int:
-        return len(_network_children(self))
+        return len(self._layers())
 
     def __iter__(self) -> Iterator[nn.Module]:
-        return iter([module for _, module in _network_children(self)])
+        return iter([module for _, module in self._layers()])
 
     def append(self, module: nn.Module) -> VISequential:
         """Append a module at the end."""
