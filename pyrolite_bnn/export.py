@@ -2,8 +2,10 @@
 
 Every Bayesian layer becomes its ``torch.nn`` counterpart with the weights at
 their posterior median (the mean, for the mean-field Normal): ``VILinear`` ->
-``nn.Linear``, ``VIConv2d`` -> ``nn.Conv2d``, ``VISequential`` ->
-``nn.Sequential``, ``VIResidualConnection`` -> :class:`Residual`. The result
+``nn.Linear``, ``VIConv2d`` -> ``nn.Conv2d``, ``VIEmbedding`` ->
+``nn.Embedding``, ``VISequential`` -> ``nn.Sequential``, ``VIModuleList`` ->
+``nn.ModuleList``, ``VIResidualConnection`` -> :class:`Residual`, ... as the
+layer registry (:mod:`pyrolite_bnn.layers.registry`) pairs them. The result
 needs neither Pyro nor this library's particle machinery.
 """
 
@@ -16,31 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._pyro_module import local_params
-from pyrolite_bnn.layers.container import VIResidualConnection, VISequential
-from pyrolite_bnn.layers.conv import VIConv1d, VIConv2d, VIConv3d, _VIConvNd
-from pyrolite_bnn.layers.linear import VILinear
+from pyrolite_bnn.layers import registry
+from pyrolite_bnn.layers.container import Residual
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
 
 __all__ = ["DeterministicNetwork", "Residual", "to_deterministic"]
-
-_CONV = {VIConv1d: nn.Conv1d, VIConv2d: nn.Conv2d, VIConv3d: nn.Conv3d}
-
-
-class Residual(nn.Module):
-    """``output = body(input) + input`` for plain ``torch.nn`` bodies.
-
-    Args:
-        *modules: the body, applied in order.
-    """
-
-    def __init__(self, *modules: nn.Module) -> None:
-        super().__init__()
-        self.body = nn.Sequential(*modules)
-
-    def forward(self, input: Tensor) -> Tensor:
-        """Return ``body(input) + input``."""
-        result: Tensor = self.body(input) + input
-        return result
 
 
 class DeterministicNetwork(nn.Module):
@@ -105,47 +87,25 @@ def to_deterministic(model: VIModule) -> nn.Module:
     clone = copy.deepcopy(model)
     with local_params(), torch.no_grad():
         medians = clone.guide.median()
-    values = {
-        (id(v.module), v.name): medians[v.site].detach()
-        for v in clone.random_variables()
-    }
-    converted = _convert(clone, values)
+    means: dict[int, dict[str, Tensor]] = {}
+    for v in clone.random_variables():
+        means.setdefault(id(v.module), {})[v.name] = medians[v.site].detach()
+    converted = _convert(clone, means)
     if isinstance(converted, VIModule):
         return DeterministicNetwork(converted)
     return converted
 
 
-def _convert(module: nn.Module, values: dict[tuple[int, str], Tensor]) -> nn.Module:
-    if isinstance(module, VILinear):
-        plain: nn.Module = nn.Linear(
-            module.in_features, module.out_features, "bias" in module.posterior
-        )
-        _load(plain, module, values)
-        return plain
-    if isinstance(module, _VIConvNd):
-        conv_cls: Any = _CONV[type(module)]  # torch's stubs take ints, not tuples
-        plain = conv_cls(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            groups=module.groups,
-            bias="bias" in module.posterior,
-            padding_mode=module.padding_mode,
-        )
-        _load(plain, module, values)
-        return plain
+def _convert(module: nn.Module, means: dict[int, dict[str, Tensor]]) -> nn.Module:
     children = {
-        name: _convert(child, values)
+        name: _convert(child, means)
         for name, child in module.named_children()
         if not (isinstance(module, VIModule) and name in NOT_NETWORK)
     }
-    if isinstance(module, VIResidualConnection):
-        return Residual(*children.values())
-    if isinstance(module, VISequential):
-        return nn.Sequential(*children.values())
+    entry = registry.for_bayesian(module) if isinstance(module, VIModule) else None
+    if entry is not None:
+        assert isinstance(module, VIModule)
+        return entry.to_torch(module, means.get(id(module), {}), children)
     if isinstance(module, VIModule):
         if module.__dict__.get("_declared"):
             raise TypeError(
@@ -158,12 +118,3 @@ def _convert(module: nn.Module, values: dict[tuple[int, str], Tensor]) -> nn.Mod
         module._modules = dict(children)
         return module
     return module
-
-
-def _load(
-    plain: nn.Module, layer: VIModule, values: dict[tuple[int, str], Tensor]
-) -> None:
-    with torch.no_grad():
-        for name in layer.posterior:
-            target = getattr(plain, name)
-            target.copy_(values[(id(layer), name)])

@@ -57,6 +57,43 @@ def test_autoguide_medians_are_used() -> None:
     torch.testing.assert_close(plain.weight, net.guide.median()["weight"])
 
 
+class Decoder(bnn.VIModule):
+    """Every new layer kind: embedding, module list, transposed convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = bnn.VIEmbedding(6, 8, padding_idx=0)
+        self.blocks = bnn.VIModuleList([bnn.VILinear(8, 8), nn.Tanh()])
+        self.up = bnn.VIConvTranspose1d(8, 2, 3, stride=2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens)
+        for block in self.blocks:
+            h = block(h)
+        return self.up(h.transpose(1, 2)).flatten(1)
+
+
+def test_new_layers_export_to_pure_torch() -> None:
+    net = Decoder()
+    _widen(net)
+    tokens = torch.tensor([[1, 2, 0, 5], [3, 0, 0, 4]])
+    plain = bnn.to_deterministic(net)
+    inner = plain.network  # type: ignore[union-attr]
+    assert isinstance(inner.embed, nn.Embedding)
+    assert isinstance(inner.blocks, nn.ModuleList)
+    assert isinstance(inner.up, nn.ConvTranspose1d)
+    assert not any(isinstance(m, bnn.VIModule) for m in inner.children())
+    mean = bnn.predict(net, tokens, bnn.Normal(scale=1.0), mode="mean").samples[0]
+    torch.testing.assert_close(plain(tokens), mean, rtol=1e-6, atol=1e-6)
+
+
+def test_residual_is_still_exported_here() -> None:
+    from pyrolite_bnn.export import Residual
+
+    block = bnn.VIResidualConnection(bnn.VILinear(3, 3), nn.Tanh())
+    assert isinstance(bnn.to_deterministic(block), Residual)
+
+
 def test_rejects_non_vimodule() -> None:
     with pytest.raises(TypeError, match=r"to_deterministic needs a bnn\.VIModule"):
         bnn.to_deterministic(nn.Linear(2, 2))  # type: ignore[arg-type]

@@ -220,8 +220,9 @@ class MeanFieldNormal(VariationalFamily):
 
     Example:
         >>> import pyrolite_bnn as bnn
-        >>> bnn.VILinear(3, 2, variational=bnn.MeanFieldNormal(init_scale=0.01))
-        VILinear(in_features=3, out_features=2, bias=True)
+        >>> layer = bnn.VILinear(3, 2, variational=bnn.MeanFieldNormal(init_scale=0.01))
+        >>> layer.posterior["weight"]
+        MeanFieldNormalPosterior(shape=(2, 3), init_scale=0.01)
     """
 
     init_scale: float = 1e-3

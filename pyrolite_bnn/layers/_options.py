@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
 
 from torch import Tensor
 
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
-    MeanFieldNormalPosterior,
 )
 from pyrolite_bnn.module import VIModule
 
@@ -68,23 +66,6 @@ class EstimatorLayer(VIModule):
     """
 
     estimator: str
-    # Whether "auto" takes the weight moments: True for linear layers (local
-    # reparameterisation or flipout), False for convolutions (weights drawn).
-    _auto_uses_moments: ClassVar[bool]
-
-    def uses_moments(self) -> bool:
-        """``True`` if this layer samples outputs from the weight moments.
-
-        That is the ``"local"`` and ``"flipout"`` estimators, and ``"auto"`` for
-        linear layers, with the mean-field Normal posterior.
-        """
-        if self.estimator == "reparam" or (
-            self.estimator == "auto" and not self._auto_uses_moments
-        ):
-            return False
-        return all(
-            isinstance(p, MeanFieldNormalPosterior) for p in self.posterior.values()
-        )
 
     def output_positions(self, input: Tensor) -> int:
         """Outputs per example and channel that share the weights, for ``input``."""

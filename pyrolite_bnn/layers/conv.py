@@ -1,4 +1,4 @@
-"""Bayesian convolutions: ``VIConv1d``, ``VIConv2d``, ``VIConv3d``."""
+"""Bayesian convolutions: ``VIConv1d/2d/3d`` and ``VIConvTranspose1d/2d/3d``."""
 
 from __future__ import annotations
 
@@ -7,17 +7,60 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.nn import init
+from torch import Tensor, nn
 
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers._options import EstimatorLayer, check_estimator, per_variable
+from pyrolite_bnn.layers._base import _VIWeightLayer
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
+from pyrolite_bnn.layers.registry import LayerCase, register
 
-__all__ = ["VIConv1d", "VIConv2d", "VIConv3d"]
+__all__ = [
+    "VIConv1d",
+    "VIConv2d",
+    "VIConv3d",
+    "VIConvTranspose1d",
+    "VIConvTranspose2d",
+    "VIConvTranspose3d",
+]
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+# Contract-suite inputs (batch 2, 4 channels) per number of spatial dims.
+_CASE_INPUTS = {1: (2, 4, 11), 2: (2, 4, 9, 8), 3: (2, 4, 6, 5, 6)}
+_CONV_OPTIONS: tuple[dict[str, object], ...] = (
+    {},
+    {"stride": 2, "padding": 1},
+    {"padding": "same", "dilation": 2},
+    {"padding": "valid", "groups": 2, "bias": False},
+    {"padding": 1, "padding_mode": "reflect"},
+    {"padding": 2, "padding_mode": "circular", "stride": 2},
+    {"padding": "same", "padding_mode": "replicate"},
+)
+_TRANSPOSE_OPTIONS: tuple[dict[str, object], ...] = (
+    {},
+    {"stride": 2, "padding": 1, "output_padding": 1},
+    {"groups": 2, "bias": False, "dilation": 2},
+    {"stride": 3, "padding": 2, "dilation": 2, "output_padding": 1},
+)
+
+
+def _conv_cases(dims: int) -> tuple[LayerCase, ...]:
+    shape = _CASE_INPUTS[dims]
+    return tuple(LayerCase((4, 6, 3), shape, options) for options in _CONV_OPTIONS)
+
+
+def _transpose_cases(dims: int) -> tuple[LayerCase, ...]:
+    shape = _CASE_INPUTS[dims]
+    # stride 2, kernel 3: sizes 2L + 1 (output_padding 0) and 2L + 2 are valid.
+    larger = tuple(2 * size + 2 for size in shape[2:])
+    return (
+        *(LayerCase((4, 6, 3), shape, options) for options in _TRANSPOSE_OPTIONS),
+        LayerCase(
+            (4, 6, 3), shape, {"stride": 2}, forward_kwargs={"output_size": larger}
+        ),
+    )
 
 
 def _ntuple(value: int | Sequence[int], dims: int, what: str) -> tuple[int, ...]:
@@ -29,21 +72,106 @@ def _ntuple(value: int | Sequence[int], dims: int, what: str) -> tuple[int, ...]
     return values
 
 
-class _VIConvNd(EstimatorLayer):
-    """Shared implementation of the N-d Bayesian convolutions."""
+class _VIConvBase(_VIWeightLayer):
+    """Geometry shared by the convolutions and the transposed convolutions."""
 
     _dims: int
+    _transposed: bool = False
     in_channels: int
     out_channels: int
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
     padding: str | tuple[int, ...]
     dilation: tuple[int, ...]
+    output_padding: tuple[int, ...]
     groups: int
     padding_mode: str
-    weight: Tensor
-    bias: Tensor | None
-    _auto_uses_moments = False
+
+    def _geometry(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int],
+        padding: str | int | Sequence[int],
+        dilation: int | Sequence[int],
+        groups: int,
+        padding_mode: str,
+    ) -> None:
+        """Validate and store the geometry (``torch.nn``'s attribute names)."""
+        dims = self._dims
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must "
+                f"be divisible by groups ({groups})"
+            )
+        modes = ("zeros",) if self._transposed else _PADDING_MODES
+        if padding_mode not in modes:
+            raise ValueError(
+                f"padding_mode must be one of {modes} for {type(self).__name__}, got "
+                f"{padding_mode!r}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _ntuple(kernel_size, dims, "kernel_size")
+        self.stride = _ntuple(stride, dims, "stride")
+        self.dilation = _ntuple(dilation, dims, "dilation")
+        if isinstance(padding, str):
+            if self._transposed:
+                raise ValueError(
+                    f"{type(self).__name__} takes padding as an int or {dims} ints, "
+                    f"got {padding!r}"
+                )
+            if padding not in ("same", "valid"):
+                raise ValueError(
+                    f"padding string must be 'same' or 'valid', got {padding!r}"
+                )
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError(
+                    "padding='same' is not supported for strided convolutions"
+                )
+            self.padding = padding
+        else:
+            self.padding = _ntuple(padding, dims, "padding")
+        self.output_padding = (0,) * dims
+        self.groups = groups
+        self.padding_mode = padding_mode
+
+    def _torch_repr(self) -> str:
+        """As ``torch.nn`` convolutions print themselves."""
+        dims = self._dims
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0,) * (len(self.padding)):
+            text += f", padding={self.padding}"
+        if self.dilation != (1,) * dims:
+            text += f", dilation={self.dilation}"
+        if self.output_padding != (0,) * dims:
+            text += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if "bias" not in self.posterior:
+            text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode}"
+        return text
+
+    def _check_input(self, input: Tensor) -> None:
+        dims = self._dims
+        if input.dim() != dims + 2 or input.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}(in_channels={self.in_channels}) expected input "
+                f"of shape (batch, {self.in_channels}, {', '.join(['L'] * dims)}), "
+                f"got {tuple(input.shape)}"
+            )
+
+
+class _VIConvNd(_VIConvBase):
+    """Shared implementation of the N-d Bayesian convolutions."""
 
     def __init__(
         self,
@@ -64,55 +192,28 @@ class _VIConvNd(EstimatorLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dims = self._dims
-        if groups <= 0:
-            raise ValueError("groups must be a positive integer")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"in_channels ({in_channels}) and out_channels ({out_channels}) must "
-                f"be divisible by groups ({groups})"
-            )
-        if padding_mode not in _PADDING_MODES:
-            raise ValueError(
-                f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}"
-            )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _ntuple(kernel_size, dims, "kernel_size")
-        self.stride = _ntuple(stride, dims, "stride")
-        self.dilation = _ntuple(dilation, dims, "dilation")
-        if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(
-                    f"padding string must be 'same' or 'valid', got {padding!r}"
-                )
-            if padding == "same" and any(s != 1 for s in self.stride):
-                raise ValueError(
-                    "padding='same' is not supported for strided convolutions"
-                )
-            self.padding = padding
-        else:
-            self.padding = _ntuple(padding, dims, "padding")
-        self.groups = groups
-        self.padding_mode = padding_mode
-        self.estimator = check_estimator(estimator, variational)
+        self._geometry(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            padding_mode,
+        )
         self._pad = self._reversed_padding_repeated_twice()
-        names = ("weight", "bias") if bias else ("weight",)
-        shapes = {
-            "weight": (out_channels, in_channels // groups, *self.kernel_size),
-            "bias": (out_channels,),
-        }
-        for name in names:
-            self.declare_random_variable(
-                name,
-                shapes[name],
-                per_variable(prior, name, "prior", names),
-                per_variable(variational, name, "variational", names),  # type: ignore[arg-type]
-                device=device,
-                dtype=dtype,
-            )
-        if not bias:
-            self.bias = None
+        self._declare(
+            {
+                "weight": (out_channels, in_channels // groups, *self.kernel_size),
+                "bias": (out_channels,) if bias else None,
+            },
+            prior=prior,
+            variational=variational,
+            estimator=estimator,
+            device=device,
+            dtype=dtype,
+        )
         self.reset_parameters()
 
     def _reversed_padding_repeated_twice(self) -> list[int]:
@@ -130,29 +231,10 @@ class _VIConvNd(EstimatorLayer):
         assert not isinstance(self.padding, str)
         return [p for p in reversed(self.padding) for _ in range(2)]
 
-    def reset_parameters(self) -> None:
-        """Initialise posterior means like ``torch.nn`` convolutions."""
-        weight = self.posterior["weight"].loc
-        init_weight = torch.empty_like(weight)
-        init.kaiming_uniform_(init_weight, a=math.sqrt(5))
-        self.posterior["weight"].reset_parameters(init_weight)
-        if "bias" in self.posterior:
-            fan_in = self.in_channels // self.groups * math.prod(self.kernel_size)
-            bound = 1 / math.sqrt(fan_in)
-            bias = self.posterior["bias"].loc
-            self.posterior["bias"].reset_parameters(
-                torch.empty_like(bias).uniform_(-bound, bound)
-            )
-
     def forward(self, input: Tensor) -> Tensor:
         """Convolve every particle's input with its own filters."""
         dims = self._dims
-        if input.dim() != dims + 2 or input.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__}(in_channels={self.in_channels}) expected input "
-                f"of shape (batch, {self.in_channels}, {', '.join(['L'] * dims)}), "
-                f"got {tuple(input.shape)}"
-            )
+        self._check_input(input)
         weight, bias = self.weight, self.bias
         # Decided on the unpadded input: output_positions pads as the layer does.
         local = (
@@ -189,25 +271,8 @@ class _VIConvNd(EstimatorLayer):
         ]
         return math.prod(sizes)
 
-    def extra_repr(self) -> str:
-        """Constructor arguments (non-defaults only, as ``torch.nn``)."""
-        text = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}"
-        )
-        if self.padding != (0,) * self._dims:
-            text += f", padding={self.padding!r}"
-        if self.dilation != (1,) * self._dims:
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if "bias" not in self.posterior:
-            text += ", bias=False"
-        if self.padding_mode != "zeros":
-            text += f", padding_mode={self.padding_mode!r}"
-        return text
 
-
+@register(nn.Conv1d, cases=_conv_cases(1))
 class VIConv1d(_VIConvNd):
     """Bayesian :class:`torch.nn.Conv1d` (same arguments, plus Bayesian options).
 
@@ -222,6 +287,7 @@ class VIConv1d(_VIConvNd):
     _dims = 1
 
 
+@register(nn.Conv2d, cases=_conv_cases(2))
 class VIConv2d(_VIConvNd):
     """Bayesian :class:`torch.nn.Conv2d`.
 
@@ -237,16 +303,9 @@ class VIConv2d(_VIConvNd):
         padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
         prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`).
         variational: variational family (see :class:`~pyrolite_bnn.VILinear`).
-        estimator: ``"auto"`` (default) or ``"reparam"`` draw the filters of
-            every particle (measured fastest on CPU). ``"flipout"`` draws one
-            filter perturbation per particle, with random signs per example
-            over input and output channels that all output locations of the
-            example share: each example sees one filter bank, as with drawn
-            weights. ``"local"`` samples each output independently, which is
-            exact only if an example has one output location (its locations
-            share the filters), so the layer raises a ``ValueError`` for
-            inputs with several (see ``estimator_for`` and
-            :class:`~pyrolite_bnn.VILinear`).
+        estimator: ``"reparam"``, ``"local"``, ``"flipout"`` or ``"auto"``
+            (default: ``"reparam"`` for convolutions, measured fastest on CPU;
+            see :class:`~pyrolite_bnn.VILinear`).
         device: device of parameters and prior buffers.
         dtype: dtype of parameters and prior buffers.
 
@@ -261,13 +320,12 @@ class VIConv2d(_VIConvNd):
         VIConv2d(3, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))
         >>> conv(torch.randn(4, 3, 16, 16), samples=2).shape
         torch.Size([2, 4, 8, 8, 8])
-        >>> conv.estimator_for(torch.randn(4, 3, 16, 16))
-        'reparam'
     """
 
     _dims = 2
 
 
+@register(nn.Conv3d, cases=_conv_cases(3))
 class VIConv3d(_VIConvNd):
     """Bayesian :class:`torch.nn.Conv3d` (same arguments, plus Bayesian options).
 
@@ -277,6 +335,198 @@ class VIConv3d(_VIConvNd):
         >>> import torch, pyrolite_bnn as bnn
         >>> bnn.VIConv3d(1, 2, 3)(torch.randn(2, 1, 5, 5, 5), samples=3).shape
         torch.Size([3, 2, 2, 3, 3, 3])
+    """
+
+    _dims = 3
+
+
+class _VIConvTransposeNd(_VIConvBase):
+    """Shared implementation of the N-d Bayesian transposed convolutions."""
+
+    _transposed = True
+    _estimators = ("auto", "reparam")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        output_padding: int | Sequence[int] = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: int | Sequence[int] = 1,
+        padding_mode: str = "zeros",
+        *,
+        prior: object = None,
+        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        estimator: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self._geometry(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            padding_mode,
+        )
+        self.output_padding = _ntuple(output_padding, self._dims, "output_padding")
+        self._declare(
+            {
+                "weight": (in_channels, out_channels // groups, *self.kernel_size),
+                "bias": (out_channels,) if bias else None,
+            },
+            prior=prior,
+            variational=variational,
+            estimator=estimator,
+            device=device,
+            dtype=dtype,
+        )
+        self.reset_parameters()
+
+    def forward(
+        self, input: Tensor, output_size: Sequence[int] | None = None
+    ) -> Tensor:
+        """Transposed convolution of every particle's input with its own filters.
+
+        Args:
+            input: ``(B, C_in, *spatial)``, shared or folded.
+            output_size: the spatial output size (optionally preceded by batch
+                and channel sizes, as ``torch.nn``); picks ``output_padding``.
+        """
+        self._check_input(input)
+        return functional.conv_transpose(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            self._padding_tuple(),
+            self._output_padding(input, output_size),
+            self.groups,
+            self.dilation,
+            current_batch_size(),
+        )
+
+    def _padding_tuple(self) -> tuple[int, ...]:
+        assert not isinstance(self.padding, str)
+        return self.padding
+
+    def _output_padding(
+        self, input: Tensor, output_size: Sequence[int] | None
+    ) -> tuple[int, ...]:
+        """The ``output_padding`` that gives ``output_size`` (torch's rule)."""
+        if output_size is None:
+            return self.output_padding
+        dims = self._dims
+        size = [int(s) for s in output_size]
+        if len(size) == dims + 2:
+            size = size[2:]
+        if len(size) != dims:
+            raise ValueError(
+                f"output_size must have {dims} or {dims + 2} elements (got "
+                f"{len(output_size)})"
+            )
+        padding = self._padding_tuple()
+        result = []
+        for d in range(dims):
+            smallest = (
+                (input.shape[d + 2] - 1) * self.stride[d]
+                - 2 * padding[d]
+                + self.dilation[d] * (self.kernel_size[d] - 1)
+                + 1
+            )
+            largest = smallest + self.stride[d] - 1
+            if not smallest <= size[d] <= largest:
+                raise ValueError(
+                    f"requested an output size of {size}, but valid sizes range from "
+                    f"{smallest} to {largest} in spatial dim {d} (for an input of "
+                    f"{tuple(input.shape[2:])})"
+                )
+            result.append(size[d] - smallest)
+        return tuple(result)
+
+
+@register(nn.ConvTranspose1d, cases=_transpose_cases(1))
+class VIConvTranspose1d(_VIConvTransposeNd):
+    """Bayesian :class:`torch.nn.ConvTranspose1d` (same arguments, Bayesian options).
+
+    See :class:`VIConvTranspose2d` for the arguments.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VIConvTranspose1d(2, 4, 3, stride=2)
+        >>> layer(torch.randn(5, 2, 8), samples=3).shape
+        torch.Size([3, 5, 4, 17])
+    """
+
+    _dims = 1
+
+
+@register(nn.ConvTranspose2d, cases=_transpose_cases(2))
+class VIConvTranspose2d(_VIConvTransposeNd):
+    """Bayesian :class:`torch.nn.ConvTranspose2d` (a "deconvolution").
+
+    The weight has torch's layout ``(in_channels, out_channels / groups,
+    *kernel_size)``; the posterior means start at torch's initialisation.
+    Weights are always drawn (``estimator="auto"`` is ``"reparam"``;
+    ``"local"`` and ``"flipout"`` are not offered).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: int or tuple.
+        stride: int or tuple.
+        padding: int or tuple: ``dilation * (kernel_size - 1) - padding``
+            zeros are added to both sides of the input.
+        output_padding: int or tuple, added to one side of the output shape.
+        groups: blocked connections from input to output channels.
+        bias: if ``False``, no bias (``self.bias is None``).
+        dilation: int or tuple.
+        padding_mode: only ``"zeros"`` (as ``torch.nn``).
+        prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`).
+        variational: variational family (see :class:`~pyrolite_bnn.VILinear`).
+        estimator: ``"auto"`` or ``"reparam"`` (both draw the weights).
+        device: device of parameters and prior buffers.
+        dtype: dtype of parameters and prior buffers.
+
+    Shape:
+        - Input: ``(B, C_in, H, W)``; ``forward(input, output_size=None)``.
+        - Output: ``(S, B, C_out, H_out, W_out)`` as the outermost module, with
+          ``H_out = (H - 1) * stride - 2 * padding + dilation * (kernel_size - 1)
+          + output_padding + 1``.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> up = bnn.VIConvTranspose2d(8, 3, 3, stride=2, padding=1)
+        >>> up
+        VIConvTranspose2d(8, 3, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))
+        >>> x = torch.randn(4, 8, 5, 5)
+        >>> up(x, samples=2).shape
+        torch.Size([2, 4, 3, 9, 9])
+        >>> up(x, output_size=(10, 10), samples=2).shape
+        torch.Size([2, 4, 3, 10, 10])
+    """
+
+    _dims = 2
+
+
+@register(nn.ConvTranspose3d, cases=_transpose_cases(3))
+class VIConvTranspose3d(_VIConvTransposeNd):
+    """Bayesian :class:`torch.nn.ConvTranspose3d` (same arguments, Bayesian options).
+
+    See :class:`VIConvTranspose2d` for the arguments.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VIConvTranspose3d(2, 1, 2, stride=2)
+        >>> layer(torch.randn(2, 2, 3, 3, 3), samples=3).shape
+        torch.Size([3, 2, 1, 6, 6, 6])
     """
 
     _dims = 3

@@ -25,8 +25,10 @@ __all__ = [
     "conv",
     "conv_flipout",
     "conv_local",
+    "conv_transpose",
     "current_batch_size",
     "current_samples",
+    "embedding",
     "linear",
     "linear_flipout",
     "linear_local",
@@ -208,6 +210,158 @@ def conv(
         groups * samples,
     )
     return out.reshape(rows, out_channels, *out.shape[2:])
+
+
+_CONV_TRANSPOSE: dict[int, Callable[..., Tensor]] = {
+    1: F.conv_transpose1d,
+    2: F.conv_transpose2d,
+    3: F.conv_transpose3d,
+}
+
+
+def conv_transpose(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    output_padding: Sequence[int],
+    groups: int,
+    dilation: Sequence[int],
+    batch_size: int | None,
+) -> Tensor:
+    """``F.conv_transpose{1,2,3}d`` for ``S`` weight draws in one grouped call.
+
+    As :func:`conv`: a shared input meets all ``S`` filter banks stacked as
+    extra output channels; a folded input is moved into channels and
+    convolved with ``groups * S`` groups.
+
+    Args:
+        input: ``(rows, C, *spatial)``, shared or folded.
+        weight: ``(..., C, O / groups, *kernel)``.
+        bias: ``(..., O)`` or ``None``.
+        stride: per spatial dim.
+        padding: per spatial dim.
+        output_padding: per spatial dim.
+        groups: channel groups of the layer.
+        dilation: per spatial dim.
+        batch_size: the outermost call's batch size.
+
+    Returns:
+        Folded ``(b * S, O, *spatial_out)``.
+
+    Example:
+        >>> import torch
+        >>> x, w = torch.randn(2, 3, 4, 4), torch.randn(5, 1, 3, 6, 3, 3)
+        >>> one, zero = (1, 1), (0, 0)
+        >>> conv_transpose(x, w, None, one, zero, zero, 1, one, batch_size=2).shape
+        torch.Size([10, 6, 6, 6])
+    """
+    dims = len(stride)
+    op = _CONV_TRANSPOSE[dims]
+    w = _flat_particles(weight, dims + 2)
+    samples, in_channels, per_group = w.shape[0], w.shape[1], w.shape[2]
+    out_channels = per_group * groups
+    b = _bias_particles(bias, samples, out_channels)
+    geometry = (stride, padding, output_padding)
+    if samples == 1:
+        return op(input, w[0], None if b is None else b[0], *geometry, groups, dilation)
+    kernel = w.shape[3:]
+    rows = input.shape[0]
+    if _is_shared(rows, samples, batch_size):
+        # Output channels ordered (group, particle, channel-in-group): input
+        # channel c feeds the columns of every particle of its group.
+        wg = w.transpose(0, 1).reshape(in_channels, samples * per_group, *kernel)
+        bg = (
+            None if b is None else b.reshape(samples, groups, per_group).transpose(0, 1)
+        )
+        out = op(
+            input,
+            wg,
+            None if bg is None else bg.reshape(-1),
+            *geometry,
+            groups,
+            dilation,
+        )
+        spatial = out.shape[2:]
+        out = out.reshape(rows, groups, samples, per_group, *spatial)
+        if groups > 1:
+            out = out.transpose(1, 2)
+        return out.reshape(rows * samples, out_channels, *spatial)
+    # Folded (b * S, C, ...) is (b, S * C, ...): groups * S groups, and the
+    # output (b, S * O, ...) folds back for free.
+    per_particle = rows // samples
+    x = input.reshape(per_particle, samples * in_channels, *input.shape[2:])
+    out = op(
+        x,
+        w.reshape(samples * in_channels, per_group, *kernel),
+        None if b is None else b.reshape(-1),
+        *geometry,
+        groups * samples,
+        dilation,
+    )
+    return out.reshape(rows, out_channels, *out.shape[2:])
+
+
+def embedding(
+    input: Tensor,
+    weight: Tensor,
+    max_norm: float | None,
+    norm_type: float,
+    scale_grad_by_freq: bool,
+    batch_size: int | None,
+) -> Tensor:
+    """``F.embedding`` for ``S`` weight draws: row lookups per particle.
+
+    The ``S`` tables are read as one ``(S * V, E)`` table and every index is
+    offset by its particle's block, so one gather serves all particles. With
+    ``max_norm``, each looked-up row whose ``norm_type``-norm exceeds
+    ``max_norm`` is scaled to ``max_norm`` (the values ``torch.nn.Embedding``
+    gives; it rescales its stored weight in place instead, which a drawn weight
+    has no use for, so here gradients flow through the rescaling).
+
+    Args:
+        input: integer indices ``(rows, *)``, shared (``rows == batch_size``)
+            or folded.
+        weight: ``(..., V, E)``.
+        max_norm: largest norm of a looked-up row, or ``None``.
+        norm_type: the ``p`` of the ``max_norm`` norm.
+        scale_grad_by_freq: scale gradients by the inverse frequency of the
+            indices in the batch (per particle).
+        batch_size: the outermost call's batch size.
+
+    Returns:
+        Folded ``(b * S, *, E)``.
+
+    Example:
+        >>> import torch
+        >>> idx, w = torch.tensor([[0, 2], [1, 1]]), torch.randn(4, 1, 3, 5)
+        >>> embedding(idx, w, None, 2.0, False, batch_size=2).shape
+        torch.Size([8, 2, 5])
+    """
+    num_embeddings, embedding_dim = weight.shape[-2:]
+    w = _flat_particles(weight, 2)
+    samples = w.shape[0]
+    if samples > 1:
+        rows = input.shape[0]
+        offsets = torch.arange(samples, device=input.device) * num_embeddings
+        if _is_shared(rows, samples, batch_size):
+            offsets = offsets.reshape(1, samples, *([1] * (input.dim() - 1)))
+            shifted = input.unsqueeze(1) + offsets
+            input = shifted.reshape(rows * samples, *input.shape[1:])
+        else:
+            per_row = offsets.repeat(rows // samples)
+            input = input + per_row.reshape(rows, *([1] * (input.dim() - 1)))
+        w = w.reshape(samples * num_embeddings, embedding_dim)
+    else:
+        w = w[0]
+    out = F.embedding(input, w, scale_grad_by_freq=scale_grad_by_freq)
+    if max_norm is not None:
+        norm = torch.linalg.vector_norm(out, ord=norm_type, dim=-1, keepdim=True)
+        # torch.embedding_renorm_'s factor, with its 1e-7 guard.
+        factor = torch.where(norm > max_norm, max_norm / (norm + 1e-7), 1.0)
+        out = out * factor
+    return out
 
 
 def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:

@@ -5,18 +5,25 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
-from torch.nn import init
+from torch import Tensor, nn
 
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers._options import EstimatorLayer, check_estimator, per_variable
+from pyrolite_bnn.layers._base import _VIWeightLayer
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
+from pyrolite_bnn.layers.registry import LayerCase, register
 
 __all__ = ["VILinear"]
 
 
-class VILinear(EstimatorLayer):
+@register(
+    nn.Linear,
+    cases=(
+        LayerCase((5, 3), (4, 5)),
+        LayerCase((5, 3, False), (4, 2, 5)),
+    ),
+)
+class VILinear(_VIWeightLayer):
     """Bayesian counterpart of :class:`torch.nn.Linear`: ``y = x W^T + b``.
 
     ``weight`` and ``bias`` are random variables with a prior and a learned
@@ -69,11 +76,9 @@ class VILinear(EstimatorLayer):
         'flipout'
     """
 
+    _auto_estimator = "local"
     in_features: int
     out_features: int
-    weight: Tensor
-    bias: Tensor | None
-    _auto_uses_moments = True
 
     def __init__(
         self,
@@ -95,34 +100,18 @@ class VILinear(EstimatorLayer):
             )
         self.in_features = in_features
         self.out_features = out_features
-        self.estimator = check_estimator(estimator, variational)
-        names = ("weight", "bias") if bias else ("weight",)
-        shapes = {"weight": (out_features, in_features), "bias": (out_features,)}
-        for name in names:
-            self.declare_random_variable(
-                name,
-                shapes[name],
-                per_variable(prior, name, "prior", names),
-                per_variable(variational, name, "variational", names),  # type: ignore[arg-type]
-                device=device,
-                dtype=dtype,
-            )
-        if not bias:
-            self.bias = None
+        self._declare(
+            {
+                "weight": (out_features, in_features),
+                "bias": (out_features,) if bias else None,
+            },
+            prior=prior,
+            variational=variational,
+            estimator=estimator,
+            device=device,
+            dtype=dtype,
+        )
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Initialise posterior means like ``nn.Linear`` (Kaiming uniform)."""
-        weight = self.posterior["weight"].loc
-        init_weight = torch.empty_like(weight)
-        init.kaiming_uniform_(init_weight, a=math.sqrt(5))
-        self.posterior["weight"].reset_parameters(init_weight)
-        if "bias" in self.posterior:
-            bound = 1 / math.sqrt(self.in_features)
-            bias = self.posterior["bias"].loc
-            self.posterior["bias"].reset_parameters(
-                torch.empty_like(bias).uniform_(-bound, bound)
-            )
 
     def forward(self, input: Tensor) -> Tensor:
         """Apply the layer for every particle."""
@@ -144,8 +133,7 @@ class VILinear(EstimatorLayer):
         """Positions per example: the size of the middle dimensions of ``input``."""
         return math.prod(input.shape[1:-1])
 
-    def extra_repr(self) -> str:
-        """Constructor arguments."""
+    def _torch_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={'bias' in self.posterior}"

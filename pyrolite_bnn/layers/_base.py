@@ -1,0 +1,182 @@
+"""Private base class of the Bayesian weight layers (``VILinear``, ``VIConv2d``, ...).
+
+A weight layer declares its random variables from a shape table, initialises
+their posterior means as ``torch.nn`` initialises the weights, resolves its
+``estimator=`` once, and prints its non-default Bayesian options in its repr.
+Subclasses set their geometry attributes, call :meth:`_VIWeightLayer._declare`
+and finally :meth:`~_VIWeightLayer.reset_parameters`, as ``torch.nn`` layers do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+from torch.nn import init
+
+from pyrolite_bnn.distributions.priors import as_prior
+from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
+from pyrolite_bnn.layers._options import (
+    ESTIMATORS,
+    EstimatorLayer,
+    check_estimator,
+    per_variable,
+)
+
+__all__ = ["MOMENT_ESTIMATORS"]
+
+# Estimators that hand a layer the posterior moments instead of weight draws.
+MOMENT_ESTIMATORS = ("local", "flipout")
+
+
+class _VIWeightLayer(EstimatorLayer):
+    """A layer whose weight tensors are random variables.
+
+    Class attributes a subclass may set:
+
+    - ``_auto_estimator``: what ``estimator="auto"`` means for the layer when
+      every variable has the mean-field Normal posterior (``"reparam"`` by
+      default; with any other family ``"auto"`` is always ``"reparam"``).
+    - ``_estimators``: the estimators the layer implements.
+
+    Attributes:
+        estimator: the ``estimator=`` option as given (``"auto"`` by default).
+    """
+
+    _auto_estimator: ClassVar[str] = "reparam"
+    _estimators: ClassVar[tuple[str, ...]] = ESTIMATORS
+    estimator: str
+    weight: Tensor
+    bias: Tensor | None
+
+    def _declare(
+        self,
+        shapes: Mapping[str, tuple[int, ...] | None],
+        *,
+        prior: object,
+        variational: object,
+        estimator: str,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        """Declare one random variable per entry of ``shapes``, in order.
+
+        Args:
+            shapes: variable name -> shape of one draw; ``None`` declares no
+                variable and sets the attribute to ``None`` (an absent bias).
+            prior: the layer's ``prior=`` option (single or per variable).
+            variational: the layer's ``variational=`` option.
+            estimator: the layer's ``estimator=`` option.
+            device: device of the parameters and prior buffers.
+            dtype: dtype of the parameters and prior buffers.
+        """
+        declared = {name: shape for name, shape in shapes.items() if shape is not None}
+        names = tuple(declared)
+        if estimator in ESTIMATORS and estimator not in self._estimators:
+            raise ValueError(
+                f"{type(self).__name__} supports estimator in {self._estimators}, got "
+                f"{estimator!r}: its weights are shared across positions, so sampling "
+                "outputs instead of weights would not be exact"
+            )
+        self.estimator = check_estimator(estimator, variational)
+        families: dict[str, VariationalFamily] = {}
+        for name, shape in declared.items():
+            family = per_variable(variational, name, "variational", names)
+            families[name] = MeanFieldNormal() if family is None else family  # type: ignore[assignment]
+            self.declare_random_variable(
+                name,
+                shape,
+                per_variable(prior, name, "prior", names),
+                families[name],
+                device=device,
+                dtype=dtype,
+            )
+        for name in shapes.keys() - declared.keys():
+            setattr(self, name, None)
+        self._families = families
+        self._resolved_estimator = self._resolve_estimator()
+
+    def _resolve_estimator(self) -> str:
+        """The estimator ``estimator="auto"`` stands for, decided once."""
+        if self.estimator != "auto":
+            return self.estimator
+        mean_field = all(
+            isinstance(f, MeanFieldNormal) for f in self._families.values()
+        )
+        return self._auto_estimator if mean_field else "reparam"
+
+    def uses_moments(self) -> bool:
+        """``True`` when the layer samples its outputs from the weight moments.
+
+        That is the ``"local"`` and ``"flipout"`` estimators (which need the
+        mean-field Normal posterior), and ``"auto"`` where the layer's automatic
+        choice is one of them.
+        """
+        return self._resolved_estimator in MOMENT_ESTIMATORS
+
+    # ------------------------------------------------------------ initialisation
+    def reset_parameters(self) -> None:
+        """Re-initialise every posterior (means as ``torch.nn`` weights).
+
+        The means come from :meth:`_initial_means`; scales return to their
+        initial value.
+        """
+        for name, mean in self._initial_means().items():
+            self.posterior[name].reset_parameters(mean)
+
+    def _initial_means(self) -> dict[str, Tensor]:
+        """Initial posterior means: ``torch.nn``'s fan-in initialisation.
+
+        Kaiming-uniform weight, bias uniform in ``±1/sqrt(fan_in)``, drawn in
+        torch's order: a seeded layer starts at the seeded torch layer's weights.
+        """
+        weight = torch.empty_like(self.posterior["weight"].loc)
+        init.kaiming_uniform_(weight, a=math.sqrt(5))
+        means = {"weight": weight}
+        if "bias" in self.posterior:
+            fan_in = math.prod(weight.shape[1:])
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            bias = torch.empty_like(self.posterior["bias"].loc)
+            means["bias"] = bias.uniform_(-bound, bound)
+        return means
+
+    # ------------------------------------------------------------------- repr
+    def _torch_repr(self) -> str:
+        """The constructor arguments as the ``torch.nn`` counterpart prints them."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        """Constructor arguments as ``torch.nn`` prints them, then options.
+
+        The Bayesian options (``prior=``, ``variational=``, ``estimator=``) are
+        shown where they differ from the defaults.
+        """
+        parts = [self._torch_repr()]
+        default_prior = repr(as_prior(None))
+        priors = {name: repr(self.prior[name]) for name in self.posterior}
+        parts.append(_option("prior", priors, default_prior))
+        families = {name: repr(family) for name, family in self._families.items()}
+        parts.append(_option("variational", families, repr(MeanFieldNormal())))
+        if self.estimator != "auto":
+            parts.append(f"estimator={self.estimator!r}")
+        return ", ".join(part for part in parts if part)
+
+
+def _option(keyword: str, values: dict[str, str], default: str) -> str:
+    """``keyword=value`` for a per-variable option that differs from ``default``.
+
+    One value when every variable has the same, else a mapping of the variables
+    whose value is not the default; empty when all are the default.
+    """
+    distinct = set(values.values())
+    if distinct == {default}:
+        return ""
+    if len(distinct) == 1:
+        return f"{keyword}={distinct.pop()}"
+    changed = ", ".join(
+        f"{name!r}: {value}" for name, value in values.items() if value != default
+    )
+    return f"{keyword}={{{changed}}}"

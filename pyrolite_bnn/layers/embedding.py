@@ -1,0 +1,246 @@
+"""Bayesian lookup table: ``VIEmbedding``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from pyrolite_bnn._validation import is_validation_enabled
+from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.layers import functional
+from pyrolite_bnn.layers._base import _VIWeightLayer
+from pyrolite_bnn.layers.functional import current_batch_size
+from pyrolite_bnn.layers.registry import LayerCase, register
+from pyrolite_bnn.module import VIModule
+
+__all__ = ["VIEmbedding"]
+
+
+def _without_row(table: Tensor, row: int | None) -> Tensor:
+    """``table`` (``(..., V, E)``) without row ``row`` (unchanged for ``None``)."""
+    if row is None:
+        return table
+    return torch.cat([table[..., :row, :], table[..., row + 1 :, :]], dim=-2)
+
+
+def _with_zero_row(rows: Tensor, row: int | None) -> Tensor:
+    """Insert a zero row at index ``row`` along dim ``-2`` (unchanged for ``None``)."""
+    if row is None:
+        return rows
+    zero = rows.new_zeros((*rows.shape[:-2], 1, rows.shape[-1]))
+    return torch.cat([rows[..., :row, :], zero, rows[..., row:, :]], dim=-2)
+
+
+def _weights_to_means(module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
+    assert isinstance(module, nn.Embedding)
+    return {"weight": _without_row(module.weight, module.padding_idx)}
+
+
+def _means_to_weights(
+    layer: VIModule, means: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    assert isinstance(layer, VIEmbedding)
+    return {"weight": _with_zero_row(means["weight"], layer.padding_idx)}
+
+
+@register(
+    nn.Embedding,
+    cases=(
+        LayerCase((10, 3), (4, 5), index_range=10),
+        LayerCase((10, 3, 0), (6, 5), index_range=3),
+        LayerCase((10, 3), (4, 5), {"padding_idx": -1, "max_norm": 1.0}, 10),
+        LayerCase((10, 3, None, 0.5, 1.0, True), (7,), index_range=10),
+        LayerCase((10, 3), (3, 2, 2), {"scale_grad_by_freq": True}, 10),
+    ),
+    weights_to_means=_weights_to_means,
+    means_to_weights=_means_to_weights,
+)
+class VIEmbedding(_VIWeightLayer):
+    """Bayesian counterpart of :class:`torch.nn.Embedding`: a random lookup table.
+
+    Each particle draws its own table ``(num_embeddings, embedding_dim)`` and
+    looks the indices up in it (one gather for all particles). Positional and
+    keyword arguments are those of ``torch.nn.Embedding``; the Bayesian options
+    are keyword-only. Weights are always drawn (``estimator="auto"`` is
+    ``"reparam"``): an index that occurs twice must read the same row, which
+    sampling outputs independently (``"local"``, ``"flipout"``) would break.
+
+    ``padding_idx``: the row is a deterministic zero, as torch keeps it (zero,
+    no gradient). It is no random variable, so it has no posterior and adds no
+    KL term: the random variable ``weight`` holds the other
+    ``num_embeddings - 1`` rows, in order. :func:`~pyrolite_bnn.to_deterministic`
+    puts the zero row back.
+
+    Args:
+        num_embeddings: size of the dictionary.
+        embedding_dim: size of each embedding vector.
+        padding_idx: index of the zero padding row (negative counts from the
+            end), or ``None``.
+        max_norm: each looked-up row of a drawn table whose ``norm_type``-norm
+            exceeds ``max_norm`` is scaled to norm ``max_norm``. Output values
+            equal torch's; torch also rescales its stored weight in place,
+            which a drawn weight has no use for, so gradients here flow through
+            the rescaling.
+        norm_type: the ``p`` of the ``max_norm`` norm.
+        scale_grad_by_freq: scale the gradients by the inverse frequency of the
+            indices in the batch.
+        sparse: must be ``False``: the posterior parameters get dense gradients
+            (every row has a KL term), so sparse gradients are not offered.
+        _weight: initial posterior mean ``(num_embeddings, embedding_dim)``
+            instead of torch's ``N(0, 1)`` initialisation (its ``padding_idx``
+            row is ignored: that row is always zero).
+        _freeze: must be ``False`` (a frozen table is not Bayesian; use
+            ``torch.nn.Embedding.from_pretrained``).
+        prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`).
+        variational: variational family (see :class:`~pyrolite_bnn.VILinear`).
+        estimator: ``"auto"`` or ``"reparam"`` (both draw the weights).
+        device: device of parameters and prior buffers.
+        dtype: dtype of parameters and prior buffers.
+
+    Shape:
+        - Input: integer indices ``(B, *)``.
+        - Output: ``(S, B, *, embedding_dim)`` as the outermost module; folded
+          ``(B * S, *, embedding_dim)`` inside a network.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> embed = bnn.VIEmbedding(10, 4, padding_idx=0)
+        >>> embed
+        VIEmbedding(10, 4, padding_idx=0)
+        >>> tokens = torch.tensor([[1, 2, 0], [3, 0, 0]])
+        >>> out = embed(tokens, samples=5)
+        >>> out.shape
+        torch.Size([5, 2, 3, 4])
+        >>> bool((out[:, tokens == 0] == 0).all())
+        True
+    """
+
+    _estimators = ("auto", "reparam")
+    num_embeddings: int
+    embedding_dim: int
+    padding_idx: int | None
+    max_norm: float | None
+    norm_type: float
+    scale_grad_by_freq: bool
+    sparse: bool
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Tensor | None = None,
+        _freeze: bool = False,
+        *,
+        prior: object = None,
+        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        estimator: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if num_embeddings < 1 or embedding_dim < 1:
+            raise ValueError(
+                "num_embeddings and embedding_dim must be >= 1, got "
+                f"{num_embeddings}, {embedding_dim}"
+            )
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(
+                    f"padding_idx must be within num_embeddings ({num_embeddings}), "
+                    f"got {padding_idx}"
+                )
+            if num_embeddings == 1:
+                raise ValueError(
+                    "VIEmbedding(1, ..., padding_idx=...) has no random row; use a "
+                    "zero tensor"
+                )
+            padding_idx %= num_embeddings
+        if sparse:
+            raise ValueError(
+                "VIEmbedding does not support sparse=True: every row of the "
+                "posterior has a KL term, so its gradients are dense"
+            )
+        if _freeze:
+            raise ValueError(
+                "VIEmbedding does not support _freeze=True (a frozen table is not "
+                "Bayesian); use torch.nn.Embedding.from_pretrained"
+            )
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.scale_grad_by_freq = scale_grad_by_freq
+        self.sparse = sparse
+        rows = num_embeddings - (padding_idx is not None)
+        self._declare(
+            {"weight": (rows, embedding_dim)},
+            prior=prior,
+            variational=variational,
+            estimator=estimator,
+            device=device,
+            dtype=dtype,
+        )
+        if _weight is None:
+            self.reset_parameters()
+        else:
+            if _weight.shape != (num_embeddings, embedding_dim):
+                raise ValueError(
+                    f"_weight must have shape {(num_embeddings, embedding_dim)}, got "
+                    f"{tuple(_weight.shape)}"
+                )
+            self.posterior["weight"].reset_parameters(
+                _without_row(_weight.detach(), padding_idx)
+            )
+
+    def _initial_means(self) -> dict[str, Tensor]:
+        """``N(0, 1)`` rows, as ``torch.nn.Embedding`` (same draws for a seed)."""
+        loc = self.posterior["weight"].loc
+        table = torch.empty(
+            (self.num_embeddings, self.embedding_dim),
+            dtype=loc.dtype,
+            device=loc.device,
+        ).normal_()
+        return {"weight": _without_row(table, self.padding_idx)}
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Look the indices up in every particle's table."""
+        if input.dim() < 1 or input.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                "VIEmbedding expected integer indices (int64 or int32) of shape "
+                f"(batch, ...), got {input.dtype} of shape {tuple(input.shape)}"
+            )
+        if is_validation_enabled() and input.numel():
+            low, high = int(input.min()), int(input.max())
+            if low < 0 or high >= self.num_embeddings:
+                raise ValueError(
+                    f"VIEmbedding({self.num_embeddings}, ...) got indices from {low} "
+                    f"to {high}; expected 0 to {self.num_embeddings - 1}"
+                )
+        return functional.embedding(
+            input,
+            _with_zero_row(self.weight, self.padding_idx),
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            current_batch_size(),
+        )
+
+    def _torch_repr(self) -> str:
+        text = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_idx is not None:
+            text += f", padding_idx={self.padding_idx}"
+        if self.max_norm is not None:
+            text += f", max_norm={self.max_norm}"
+        if self.norm_type != 2:
+            text += f", norm_type={self.norm_type}"
+        if self.scale_grad_by_freq:
+            text += f", scale_grad_by_freq={self.scale_grad_by_freq}"
+        return text

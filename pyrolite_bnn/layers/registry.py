@@ -1,0 +1,302 @@
+"""Registry of the Bayesian layers and their ``torch.nn`` counterparts.
+
+Every Bayesian layer and container registers itself with the ``torch.nn`` class
+it mirrors (``@register(nn.Linear, cases=...)`` on the class). An entry knows:
+
+- the constructor arguments shared by both classes (read from either layer by
+  the names of the ``torch.nn`` signature),
+- how to build the Bayesian layer from a ``torch.nn`` one (same arguments,
+  posterior means = its weights) and the ``torch.nn`` layer from posterior
+  means (:func:`~pyrolite_bnn.to_deterministic`), with hooks for layers whose
+  random variables are not the torch parameters one to one,
+- the option sets of the layer contract suite (``tests/layers/test_contract.py``).
+
+A new layer only adds its own ``@register``: nothing else looks at its class.
+
+Example:
+    >>> from torch import nn
+    >>> import pyrolite_bnn as bnn
+    >>> from pyrolite_bnn.layers import registry
+    >>> registry.for_torch(nn.Conv2d).bayesian_cls.__name__
+    'VIConv2d'
+    >>> registry.for_bayesian(bnn.VILinear(3, 2)).torch_cls.__name__
+    'Linear'
+    >>> layer = registry.for_torch(nn.Linear).to_bayesian(nn.Linear(3, 2), prior=None)
+    >>> layer
+    VILinear(in_features=3, out_features=2, bias=True)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from pyrolite_bnn.module import VIModule
+
+__all__ = [
+    "LayerCase",
+    "LayerEntry",
+    "entries",
+    "for_bayesian",
+    "for_torch",
+    "register",
+]
+
+# Hooks of an entry (see LayerEntry).
+WeightsToMeans = Callable[[nn.Module, VIModule], dict[str, Tensor]]
+MeansToWeights = Callable[[VIModule, Mapping[str, Tensor]], dict[str, Tensor]]
+BuildTorch = Callable[[VIModule, Mapping[str, nn.Module]], nn.Module]
+BuildBayesian = Callable[[nn.Module, Mapping[str, nn.Module]], VIModule]
+
+_Layer = TypeVar("_Layer", bound=VIModule)
+
+# Torch signature parameters that are no constructor arguments of both classes.
+_NOT_SHARED = frozenset({"self", "device", "dtype"})
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    """One option set of a registered layer for the contract suite.
+
+    Attributes:
+        args: positional constructor arguments (the same for both classes).
+        kwargs: keyword constructor arguments.
+        input_shape: shape of the input, batch first.
+        index_range: for layers that take integer indices, their upper bound
+            (exclusive); ``None`` for real-valued inputs.
+        forward_kwargs: keyword arguments of ``forward`` (both classes).
+    """
+
+    args: tuple[Any, ...]
+    input_shape: tuple[int, ...]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    index_range: int | None = None
+    forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def make_input(self, dtype: torch.dtype | None = None) -> Tensor:
+        """A random input of the case (indices, or standard Normal values)."""
+        if self.index_range is not None:
+            return torch.randint(0, self.index_range, self.input_shape)
+        return torch.randn(self.input_shape, dtype=dtype)
+
+    def __str__(self) -> str:
+        arguments = [repr(a) for a in self.args]
+        arguments += [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        call = f"({', '.join(arguments)})"
+        if self.forward_kwargs:
+            call += f"{dict(self.forward_kwargs)}"
+        return call
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """A Bayesian class, its ``torch.nn`` counterpart, and how to convert.
+
+    Attributes:
+        torch_cls: the ``torch.nn`` class.
+        bayesian_cls: the Bayesian class (same constructor arguments, then
+            keyword-only Bayesian options).
+        cases: option sets of the contract suite.
+        weights_to_means: ``(torch_layer, layer) -> {variable: mean}``; default:
+            the torch parameter of each random variable's name.
+        means_to_weights: ``(layer, means) -> {parameter: value}``; default: the
+            means themselves.
+        build_torch: for containers, ``(layer, converted_children) ->
+            torch_module``; ``None`` for weight layers.
+        build_bayesian: for containers, ``(torch_module, converted_children) ->
+            layer``; ``None`` for weight layers.
+    """
+
+    torch_cls: type[nn.Module]
+    bayesian_cls: type[VIModule]
+    cases: tuple[LayerCase, ...] = ()
+    weights_to_means: WeightsToMeans | None = None
+    means_to_weights: MeansToWeights | None = None
+    build_torch: BuildTorch | None = None
+    build_bayesian: BuildBayesian | None = None
+
+    def arguments(self, module: nn.Module) -> dict[str, Any]:
+        """Constructor arguments of ``module`` (torch or Bayesian), by name.
+
+        They are the ``torch.nn`` signature's (without ``device``, ``dtype`` and
+        private ``_``-names), read as attributes of ``module``; ``bias`` is
+        whether the module has one.
+        """
+        parameters = inspect.signature(self.torch_cls.__init__).parameters
+        found: dict[str, Any] = {}
+        for name, parameter in parameters.items():
+            if (
+                name in _NOT_SHARED
+                or name.startswith("_")
+                or parameter.kind is not parameter.POSITIONAL_OR_KEYWORD
+            ):
+                continue
+            found[name] = _has_bias(module) if name == "bias" else getattr(module, name)
+        return found
+
+    def to_bayesian(
+        self,
+        module: nn.Module,
+        children: Mapping[str, nn.Module] | None = None,
+        **options: Any,
+    ) -> VIModule:
+        """The Bayesian layer of ``module``, its posterior means at the weights.
+
+        Args:
+            module: a ``torch.nn`` layer of :attr:`torch_cls`.
+            children: for containers, the already converted children.
+            **options: Bayesian keyword options of the new layer (``prior=``,
+                ``variational=``, ``estimator=``, ``device=``, ``dtype=``);
+                device and dtype default to those of the weights.
+        """
+        if self.build_bayesian is not None:
+            return self.build_bayesian(module, children or {})
+        reference = next(module.parameters(), None)
+        if reference is not None:
+            options.setdefault("device", reference.device)
+            options.setdefault("dtype", reference.dtype)
+        layer = self.bayesian_cls(**self.arguments(module), **options)
+        with torch.no_grad():
+            for name, mean in self.means_from(module, layer).items():
+                layer.posterior[name].reset_parameters(mean.detach())
+        return layer
+
+    def means_from(self, module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
+        """Values of ``layer``'s random variables for the weights of ``module``.
+
+        Args:
+            module: a ``torch.nn`` layer of :attr:`torch_cls`.
+            layer: a layer of :attr:`bayesian_cls` with the same arguments.
+        """
+        hook = self.weights_to_means or _parameters_of
+        return hook(module, layer)
+
+    def weights_from(
+        self, layer: VIModule, means: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """The ``torch.nn`` parameters, by name, for the variable values ``means``."""
+        hook = self.means_to_weights
+        return dict(means) if hook is None else hook(layer, means)
+
+    def to_torch(
+        self,
+        layer: VIModule,
+        means: Mapping[str, Tensor],
+        children: Mapping[str, nn.Module] | None = None,
+    ) -> nn.Module:
+        """The ``torch.nn`` layer of ``layer`` with its weights at ``means``.
+
+        Args:
+            layer: a layer of :attr:`bayesian_cls`.
+            means: the value of each of its random variables, by name.
+            children: for containers, the already converted children.
+        """
+        if self.build_torch is not None:
+            return self.build_torch(layer, children or {})
+        weights = self.weights_from(layer, means)
+        reference = next(iter(weights.values()))
+        cls: Any = self.torch_cls  # torch's stubs take ints where tuples work too
+        plain: nn.Module = cls(
+            **self.arguments(layer), device=reference.device, dtype=reference.dtype
+        )
+        with torch.no_grad():
+            for name, value in weights.items():
+                getattr(plain, name).copy_(value)
+        return plain
+
+
+_BY_TORCH: dict[type[nn.Module], LayerEntry] = {}
+_BY_BAYESIAN: dict[type[nn.Module], LayerEntry] = {}
+
+
+def register(
+    torch_cls: type[nn.Module],
+    *,
+    cases: tuple[LayerCase, ...] = (),
+    weights_to_means: WeightsToMeans | None = None,
+    means_to_weights: MeansToWeights | None = None,
+    build_torch: BuildTorch | None = None,
+    build_bayesian: BuildBayesian | None = None,
+) -> Callable[[type[_Layer]], type[_Layer]]:
+    """Class decorator: register a Bayesian class as the twin of ``torch_cls``.
+
+    Args:
+        torch_cls: the ``torch.nn`` class the decorated class mirrors.
+        cases: option sets of the contract suite.
+        weights_to_means: see :class:`LayerEntry`.
+        means_to_weights: see :class:`LayerEntry`.
+        build_torch: see :class:`LayerEntry` (containers).
+        build_bayesian: see :class:`LayerEntry` (containers).
+
+    Raises:
+        ValueError: if another Bayesian class is registered for ``torch_cls``.
+    """
+
+    def decorate(cls: type[_Layer]) -> type[_Layer]:
+        entry = LayerEntry(
+            torch_cls,
+            cls,
+            tuple(cases),
+            weights_to_means,
+            means_to_weights,
+            build_torch,
+            build_bayesian,
+        )
+        previous = _BY_TORCH.get(torch_cls)
+        if previous is not None and _name(previous.bayesian_cls) != _name(cls):
+            raise ValueError(
+                f"{torch_cls.__name__} is already registered to "
+                f"{_name(previous.bayesian_cls)}"
+            )
+        _BY_TORCH[torch_cls] = entry
+        _BY_BAYESIAN[cls] = entry
+        return cls
+
+    return decorate
+
+
+def entries() -> tuple[LayerEntry, ...]:
+    """Every registered entry, in registration order."""
+    return tuple(_BY_TORCH.values())
+
+
+def for_torch(module: nn.Module | type[nn.Module]) -> LayerEntry | None:
+    """The entry of a ``torch.nn`` module or class (its nearest registered base)."""
+    return _lookup(_BY_TORCH, module)
+
+
+def for_bayesian(module: nn.Module | type[nn.Module]) -> LayerEntry | None:
+    """The entry of a Bayesian module or class (its nearest registered base)."""
+    return _lookup(_BY_BAYESIAN, module)
+
+
+def _lookup(
+    table: dict[type[nn.Module], LayerEntry], module: nn.Module | type[nn.Module]
+) -> LayerEntry | None:
+    cls = module if isinstance(module, type) else type(module)
+    for base in cls.__mro__:
+        entry = table.get(base)
+        if entry is not None:
+            return entry
+    return None
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _has_bias(module: nn.Module) -> bool:
+    if isinstance(module, VIModule):
+        # ``module.bias`` of a Bayesian layer is a sample site: ask the posterior.
+        return "bias" in module.posterior
+    return getattr(module, "bias", None) is not None
+
+
+def _parameters_of(module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
+    """Default ``weights_to_means``: the torch parameter named like each variable."""
+    return {name: getattr(module, name) for name in layer.posterior}
