@@ -249,7 +249,14 @@ def _normal_closed_form(
         return None
     prior = variable.module.prior[variable.name]
     assert isinstance(prior, Prior)
-    return prior.kl_from_normal(*moments)
+    term = prior.kl_from_normal(*moments)
+    if term is not None and term.dim() != 0:
+        raise ValueError(
+            f"{type(prior).__name__}.kl_from_normal returned a tensor of shape "
+            f"{tuple(term.shape)} for site '{variable.site}'; it must return the "
+            "KL summed over the weight tensor (a scalar)"
+        )
+    return term
 
 
 def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:
