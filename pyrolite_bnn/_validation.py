@@ -7,6 +7,7 @@ that has been debugged can switch them off for speed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -96,3 +97,22 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
             f"{what} contains {bad} NaN/Inf value(s) (shape {tuple(tensor.shape)}); "
             "expected finite values. Disable with bnn.enable_validation(False)."
         )
+
+
+def check_heat(value: float, what: str) -> float:
+    """``value`` as a float if it is a valid KL heat (finite, ``>= 0``), else raise.
+
+    Args:
+        value: the heat.
+        what: how to name it in the error message.
+
+    Raises:
+        ValueError: if ``value`` is not a finite number ``>= 0``.
+    """
+    try:
+        heat = float(value)
+    except (TypeError, ValueError):
+        heat = math.nan
+    if not (math.isfinite(heat) and heat >= 0):
+        raise ValueError(f"{what} must be >= 0 and finite, got {value!r}")
+    return heat

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._validation import check_heat
 from pyrolite_bnn.compiled import LossGraphs
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.module import VIModule
@@ -22,6 +24,14 @@ __all__ = ["KullbackLeiblerLoss"]
 _KL_MODES = ("auto", "mc", "analytic")
 _REDUCTIONS = ("mean", "sum")
 _UNTRAINED_CHECK_STEP = 5
+
+
+def _integral(value: object) -> int | None:
+    """``operator.index(value)`` (ints, numpy integers...), or ``None`` for others."""
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 class KullbackLeiblerLoss(nn.Module):
@@ -45,8 +55,10 @@ class KullbackLeiblerLoss(nn.Module):
 
     Args:
         predictive: the likelihood, e.g. :class:`~pyrolite_bnn.Categorical`.
-        dataset_size: number of training examples ``N``.
-        heat: multiplier of the KL term (``< 1`` for a "cold" posterior).
+        dataset_size: number of training examples ``N``: any integral number
+            (``int``, a NumPy integer), not a ``bool`` or a float.
+        heat: multiplier of the KL term (``< 1`` for a "cold" posterior), a
+            finite number ``>= 0``.
         kl: ``"auto"`` (closed form per weight site where one exists, Monte
             Carlo elsewhere), ``"analytic"`` (closed form everywhere, else an
             error), or ``"mc"`` (Monte Carlo from the drawn weights).
@@ -56,6 +68,10 @@ class KullbackLeiblerLoss(nn.Module):
             :meth:`model_loss` run the forward pass and the loss as one compiled
             graph; ``False`` (default) runs them eagerly. See
             :mod:`pyrolite_bnn.compiled`.
+
+    ``dataset_size``, ``heat``, ``kl`` and ``reduction`` stay attributes that
+    may be reassigned (``heat_schedule`` in :func:`~pyrolite_bnn.training.fit`
+    sets ``heat``); a new value is validated like a constructor argument.
 
     Attributes:
         last_nll: detached data term of the last call (same reduction).
@@ -88,25 +104,9 @@ class KullbackLeiblerLoss(nn.Module):
                 "predictive must be a bnn predictive distribution such as "
                 f"bnn.Categorical(), got {type(predictive).__name__}"
             )
-        if (
-            isinstance(dataset_size, bool)
-            or not isinstance(dataset_size, int)
-            or dataset_size < 1
-        ):
-            raise ValueError(
-                f"dataset_size must be an integer >= 1, got {dataset_size!r}"
-            )
-        if not heat >= 0:
-            raise ValueError(f"heat must be >= 0, got {heat!r}")
-        if kl not in _KL_MODES:
-            raise ValueError(f"kl must be one of {_KL_MODES}, got {kl!r}")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(
-                f"reduction must be one of {_REDUCTIONS}, got {reduction!r}"
-            )
         self.predictive = predictive
         self.dataset_size = dataset_size
-        self.heat = float(heat)
+        self.heat = heat
         self.kl = kl
         self.reduction = reduction
         self._calls = 0
@@ -120,6 +120,49 @@ class KullbackLeiblerLoss(nn.Module):
                     f"compile must be a bool or a mode name, got {compile!r}"
                 )
             self.graphs = LossGraphs(compile)
+
+    @property
+    def dataset_size(self) -> int:
+        """Number of training examples ``N`` (any integral number ``>= 1``)."""
+        return self._dataset_size
+
+    @dataset_size.setter
+    def dataset_size(self, value: int) -> None:
+        size = None if isinstance(value, bool) else _integral(value)
+        if size is None or size < 1:
+            raise ValueError(f"dataset_size must be an integer >= 1, got {value!r}")
+        self._dataset_size = size
+
+    @property
+    def heat(self) -> float:
+        """Multiplier of the KL term: a finite number ``>= 0``."""
+        return self._heat
+
+    @heat.setter
+    def heat(self, value: float) -> None:
+        self._heat = check_heat(value, "heat")
+
+    @property
+    def kl(self) -> KLMode:
+        """How the KL term is taken: ``"auto"``, ``"mc"`` or ``"analytic"``."""
+        return self._kl
+
+    @kl.setter
+    def kl(self, value: KLMode) -> None:
+        if value not in _KL_MODES:
+            raise ValueError(f"kl must be one of {_KL_MODES}, got {value!r}")
+        self._kl = value
+
+    @property
+    def reduction(self) -> str:
+        """``"mean"`` (divide by ``N``) or ``"sum"``."""
+        return self._reduction
+
+    @reduction.setter
+    def reduction(self, value: str) -> None:
+        if value not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {value!r}")
+        self._reduction = value
 
     def extra_repr(self) -> str:
         """Constructor arguments."""
@@ -228,6 +271,11 @@ class KullbackLeiblerLoss(nn.Module):
 
     def _check_batch(self, output: Tensor) -> int:
         batch = output.shape[1]
+        if batch == 0:
+            raise ValueError(
+                f"the batch is empty (output of shape {tuple(output.shape)}: 0 "
+                "examples); the loss needs at least one example"
+            )
         if batch > self.dataset_size:
             raise ValueError(
                 f"batch of {batch} examples is larger than dataset_size="

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._state import clone_state
+from pyrolite_bnn._validation import check_heat
 from pyrolite_bnn.checkpoint import save_checkpoint
 from pyrolite_bnn.loss import KullbackLeiblerLoss
 from pyrolite_bnn.module import VIModule
@@ -109,10 +110,7 @@ def linear_warmup(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    for name, value in (("start", start), ("end", end)):
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite heat >= 0, got {value!r}")
-    return _LinearWarmup(epochs, float(start), float(end))
+    return _LinearWarmup(epochs, check_heat(start, "start"), check_heat(end, "end"))
 
 
 # --------------------------------------------------------------------- helpers
@@ -401,13 +399,9 @@ def fit(
     try:
         for epoch in range(epochs):
             if heat_schedule is not None:
-                heat = float(heat_schedule(epoch))
-                if not (math.isfinite(heat) and heat >= 0):
-                    raise ValueError(
-                        f"heat_schedule({epoch}) returned {heat!r}; heat must be "
-                        "finite and >= 0"
-                    )
-                loss_fn.heat = heat
+                loss_fn.heat = check_heat(
+                    heat_schedule(epoch), f"the heat of heat_schedule({epoch})"
+                )
             model.train()
             start = time.perf_counter()
             sums = [0.0, 0.0, 0.0]

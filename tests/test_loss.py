@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -155,6 +156,10 @@ def test_output_after_tensor_ops_still_finds_its_record() -> None:
         ({"kl": "exact"}, "kl must be one of"),
         ({"reduction": "none"}, "reduction must be one of"),
         ({"heat": -1.0}, "heat must be >= 0"),
+        ({"heat": float("inf")}, "heat must be >= 0 and finite, got inf"),
+        ({"heat": float("nan")}, "heat must be >= 0 and finite, got nan"),
+        ({"dataset_size": True}, "dataset_size must be an integer >= 1, got True"),
+        ({"dataset_size": np.float64(100.0)}, "dataset_size must be an integer"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
@@ -199,6 +204,65 @@ def test_bad_targets_and_batches() -> None:
         reg(out, bad)
     with pytest.raises(ValueError, match=r"targets of shape \(16, 2\) do not match"):
         reg(bnn.VILinear(3, 1)(x), torch.zeros(16, 2))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("heat", -5.0, "heat must be >= 0 and finite, got -5.0"),
+        ("heat", float("inf"), "heat must be >= 0 and finite, got inf"),
+        ("heat", float("nan"), "heat must be >= 0 and finite, got nan"),
+        ("heat", "warm", "heat must be >= 0 and finite, got 'warm'"),
+        ("dataset_size", 0, "dataset_size must be an integer >= 1, got 0"),
+        ("dataset_size", 2.5, "dataset_size must be an integer >= 1, got 2.5"),
+        ("dataset_size", False, "dataset_size must be an integer >= 1, got False"),
+        ("kl", "exact", "kl must be one of"),
+        ("reduction", "none", "reduction must be one of"),
+    ],
+)
+def test_reassigned_attributes_are_validated(
+    name: str, value: object, message: str
+) -> None:
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, heat=0.5)
+    before = getattr(loss_fn, name)
+    with pytest.raises(ValueError, match=message):
+        setattr(loss_fn, name, value)
+    assert getattr(loss_fn, name) == before
+
+
+def test_valid_reassignment_changes_the_loss() -> None:
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    loss_fn.heat = 0
+    loss_fn.dataset_size = np.int64(2 * N)
+    loss_fn.reduction = "sum"
+    loss_fn.kl = "analytic"
+    assert (loss_fn.heat, loss_fn.dataset_size) == (0.0, 2 * N)
+    assert type(loss_fn.heat) is float
+    assert type(loss_fn.dataset_size) is int
+    loss = loss_fn(net(x), y)
+    torch.testing.assert_close(loss.detach(), loss_fn.last_nll)  # heat 0: no KL
+
+
+@pytest.mark.parametrize(
+    "size", [np.int64(100), np.int32(100), torch.tensor(100)], ids=repr
+)
+def test_dataset_size_accepts_integral_numbers(size: object) -> None:
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), size)  # type: ignore[arg-type]
+    assert loss_fn.dataset_size == 100
+    assert type(loss_fn.dataset_size) is int
+    assert "dataset_size=100," in repr(loss_fn)
+
+
+def test_empty_batch_is_refused() -> None:
+    net = bnn.VILinear(3, 4)  # (a "reparam" layer fails on B = 0 already)
+    out = net(torch.randn(0, 3))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    with pytest.raises(ValueError, match=r"the batch is empty \(output of shape"):
+        loss_fn(out, torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="the batch is empty"):
+        loss_fn.model_loss(net, torch.randn(0, 3), torch.zeros(0, dtype=torch.long))
 
 
 def test_loss_without_forward_record() -> None:
