@@ -154,6 +154,16 @@ class Prior(nn.Module):
         """Distribution of a single weight built from the buffers."""
         raise NotImplementedError
 
+    def family(self) -> str:
+        """Name of the prior family, as checkpoints record it (the class name).
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> bnn.LaplacePrior().family()
+            'LaplacePrior'
+        """
+        return type(self).__name__
+
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """Buffer name -> constraint its values must satisfy (checked on loading)."""
         return {}
@@ -487,6 +497,10 @@ class DistributionPrior(Prior):
             )
         # Validate now, so that bad hyperparameters fail at construction.
         self.elementwise()
+
+    def family(self) -> str:
+        """``DistributionPrior(<wrapped class>)``."""
+        return f"{type(self).__name__}({self._cls.__name__})"
 
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """The wrapped distribution's ``arg_constraints`` of its tensor arguments.
