@@ -85,6 +85,59 @@ def check_finite_inputs(
             check_finite(value, f"input {position} of {owner}")
 
 
+def floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the first floating-point parameter or buffer of ``module``.
+
+    ``None`` for a module without floating-point tensors.
+    """
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def check_input_dtype(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    parameter_dtype: torch.dtype | None,
+    where: str,
+) -> None:
+    """Raise ``ValueError`` if a floating input's dtype differs from the model's.
+
+    A float64 input into a float32 network otherwise fails deep inside torch
+    (``mat1 and mat2 must have the same dtype``) or, worse, runs in mixed
+    precision. Checked at the outermost call of a network, where ``where``
+    names it. Integer inputs (indices, labels) are not checked, nor are inputs
+    inside ``torch.autocast`` (which casts them on purpose), nor anything when
+    validation is off.
+
+    Args:
+        args: positional inputs of the call.
+        kwargs: keyword inputs of the call.
+        parameter_dtype: floating dtype of the network's parameters (see
+            :func:`floating_dtype`); ``None`` skips the check.
+        where: the network's name for the message (e.g. its class name).
+
+    Raises:
+        ValueError: naming the input, its dtype and the parameters' dtype.
+    """
+    if not _VALIDATE or parameter_dtype is None:
+        return
+    for position, value in (*enumerate(args), *kwargs.items()):
+        if (
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and value.dtype != parameter_dtype
+            and not torch.is_autocast_enabled(value.device.type)
+        ):
+            raise ValueError(
+                f"input {position} of {where} has dtype {value.dtype}, but the "
+                f"network's parameters are {parameter_dtype}; convert the input "
+                f"(x.to({parameter_dtype})) or the network "
+                f"(model.to({value.dtype}))"
+            )
+
+
 def check_finite(tensor: torch.Tensor, what: str) -> None:
     """Raise ``ValueError`` if validation is on and ``tensor`` has NaN or Inf."""
     if (
