@@ -9,6 +9,7 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.poutine.runtime import effectful
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
@@ -32,6 +33,19 @@ def _integral(value: object) -> int | None:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+# Pyro's own query for the InitMessengers on the handler stack (public
+# pyro.poutine.runtime.effectful with the message type that
+# pyro.infer.autoguide.initialization.InitMessenger answers); [] when none is.
+_init_messengers: Callable[[], list[Any]] = effectful(
+    lambda: [], type="get_init_messengers"
+)
+
+
+def _initialising() -> bool:
+    """Whether the model runs under an ``InitMessenger`` (MCMC initialisation)."""
+    return bool(_init_messengers())
 
 
 class KullbackLeiblerLoss(nn.Module):
@@ -313,9 +327,18 @@ class KullbackLeiblerLoss(nn.Module):
         ``pyro.plate("data", N)`` subsampled to the batch (scale ``N / B``).
         Use it with ``model.guide`` in ``pyro.infer.SVI``, ``Predictive`` or
         ``MCMC``. Model and guide take the particle count from the ``samples=``
-        keyword (which Pyro passes to both) or else from ``model.samples``. For
-        MCMC use ``samples=1`` (``mcmc.run(x, y, samples=1)``): the chain's
-        draws are the posterior samples, and more particles would temper it.
+        keyword (which Pyro passes to both) or else from ``model.samples``.
+
+        MCMC needs one particle: the chain's states are the posterior samples,
+        and ``S`` particles would sample ``S`` networks from a posterior
+        tempered by ``1/S``. Without ``samples=``, a model first run by an
+        initialisation handler (``pyro.infer.mcmc.util.initialize_model``,
+        which ``NUTS``/``HMC`` use, runs it under an
+        :class:`~pyro.infer.autoguide.initialization.InitMessenger`) therefore
+        uses one particle in that run and every later run (the potential
+        energy, ``Predictive`` on the chain's draws). ``mcmc.run(x, y,
+        samples=1)`` says the same explicitly; an explicit ``samples=`` is
+        always obeyed.
 
         Args:
             model: the network.
@@ -333,9 +356,19 @@ class KullbackLeiblerLoss(nn.Module):
                 "PyTorch-style loss (heat=1.0 here)"
             )
 
+        # Set when the model is first run by an initialisation handler without
+        # samples= (MCMC's initialize_model): from then on one particle is the
+        # default, for the potential-energy runs that follow as well.
+        one_particle = False
+
         def bnn_pyro_model(
             x: Any, y: Tensor | None = None, samples: int | None = None
         ) -> Tensor:
+            nonlocal one_particle
+            if samples is None:
+                one_particle = one_particle or _initialising()
+                if one_particle:
+                    samples = 1
             state, device = model._prepare((x,), {}, samples)
             with local_params(), _particles.particle_plate(state.samples, device):
                 output: Tensor = model._run(state, (x,), {})

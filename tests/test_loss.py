@@ -6,7 +6,9 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro import poutine
+from pyro.infer import MCMC, NUTS, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.mcmc.util import initialize_model
 from torch import nn
 from torch.distributions import kl_divergence
 
@@ -305,3 +307,56 @@ def test_loss_can_be_evaluated_without_gradients() -> None:
         loss = loss_fn(net(x), y)
     assert not loss.requires_grad
     assert bool(torch.isfinite(loss))
+
+
+# ------------------------------------------------------------------ MCMC
+def _regression() -> tuple[torch.Tensor, torch.Tensor, bnn.KullbackLeiblerLoss]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 2, generator=gen)
+    y = x @ torch.tensor([1.0, -0.5]) + 0.1 * torch.randn(20, generator=gen)
+    return x, y, bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.5), len(x))
+
+
+def test_nuts_without_samples_draws_one_particle() -> None:
+    """MCMC(NUTS(pyro_model)) without samples=1 sampled 10 tempered networks."""
+    x, y, loss_fn = _regression()
+    net = bnn.VILinear(2, 1)
+    mcmc = MCMC(
+        NUTS(loss_fn.pyro_model(net)),
+        num_samples=5,
+        warmup_steps=5,
+        disable_progbar=True,
+    )
+    mcmc.run(x, y)
+    draws = mcmc.get_samples()
+    assert draws["weight"].shape == (5, 1, 1, 1, 2)
+    assert draws["bias"].shape == (5, 1, 1, 1)
+
+
+def test_mcmc_potential_is_the_untempered_log_joint() -> None:
+    x, y, loss_fn = _regression()
+    net = bnn.VILinear(2, 1)
+    params, potential_fn, _, trace = initialize_model(
+        loss_fn.pyro_model(net), model_args=(x, y)
+    )
+    assert trace.nodes["weight"]["value"].shape == (1, 1, 1, 2)
+    w, b = params["weight"].reshape(1, 2), params["bias"].reshape(1)
+    standard = torch.distributions.Normal(0.0, 1.0)
+    log_joint = (
+        standard.log_prob(w).sum()
+        + standard.log_prob(b).sum()
+        + torch.distributions.Normal(x @ w.T[:, 0] + b, 0.5).log_prob(y).sum()
+    )
+    torch.testing.assert_close(potential_fn(params), -log_joint, rtol=1e-5, atol=1e-4)
+
+
+def test_explicit_samples_and_other_runs_keep_their_particles() -> None:
+    x, y, loss_fn = _regression()
+    net = bnn.VILinear(2, 1)
+    _, _, _, trace = initialize_model(
+        loss_fn.pyro_model(net), model_args=(x, y), model_kwargs={"samples": 3}
+    )
+    assert trace.nodes["weight"]["value"].shape == (3, 1, 1, 2)
+    # Outside initialisation (SVI, Predictive with a guide): model.samples.
+    trace = poutine.trace(loss_fn.pyro_model(net)).get_trace(x, y)
+    assert trace.nodes["weight"]["value"].shape == (10, 1, 1, 2)
