@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import operator
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyro
 import torch
-from pyro.poutine.runtime import effectful
+from pyro.poutine.runtime import effectful, get_mask
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._validation import check_heat
 from pyrolite_bnn.compiled import LossGraphs
@@ -44,8 +45,49 @@ _init_messengers: Callable[[], list[Any]] = effectful(
 
 
 def _initialising() -> bool:
-    """Whether the model runs under an ``InitMessenger`` (MCMC initialisation)."""
-    return bool(_init_messengers())
+    """Whether the model runs for the initialisation of an inference algorithm.
+
+    MCMC's ``initialize_model`` runs the model under an ``InitMessenger``,
+    which chooses the latent values, with every log-density counting.
+    ``Predictive`` uses an ``InitMessenger`` too, but masks every log-density
+    out (``poutine.mask(mask=False)``, so ``get_mask()`` is ``False``): it only
+    draws, and its particle count comes from the guide's draws.
+    """
+    return bool(_init_messengers()) and get_mask() is not False
+
+
+class _ChangeWatch:
+    """Notices parameters that the first training steps leave unchanged.
+
+    :meth:`unchanged` is called once per loss evaluation with the parameters
+    of one group (the likelihood's, the guide's); it keeps their values from
+    the first call and compares on the ``_UNTRAINED_CHECK_STEP``-th. A group
+    whose parameter names change (a new guide) is watched afresh.
+    """
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] = ()
+        self.calls = 0
+        self.snapshot: list[Tensor] = []
+
+    def unchanged(self, params: Mapping[str, Tensor]) -> bool:
+        """Count a call; ``True`` (once) if ``params`` never changed in the window."""
+        names = tuple(params)
+        if names != self.names:
+            self.names, self.calls = names, 0
+        if not params or self.calls >= _UNTRAINED_CHECK_STEP:
+            return False
+        self.calls += 1
+        if self.calls == 1:
+            self.snapshot = [p.detach().clone() for p in params.values()]
+            return False
+        if self.calls < _UNTRAINED_CHECK_STEP:
+            return False
+        before, self.snapshot = self.snapshot, []
+        return all(
+            torch.equal(p.detach(), old)
+            for p, old in zip(params.values(), before, strict=True)
+        )
 
 
 class KullbackLeiblerLoss(nn.Module):
@@ -123,8 +165,7 @@ class KullbackLeiblerLoss(nn.Module):
         self.heat = heat
         self.kl = kl
         self.reduction = reduction
-        self._calls = 0
-        self._snapshot: list[Tensor] | None = None
+        self._watches = {"predictive": _ChangeWatch(), "guide": _ChangeWatch()}
         self.graphs: LossGraphs | None = None
         if compile is not False:
             if compile is True:
@@ -255,6 +296,7 @@ class KullbackLeiblerLoss(nn.Module):
         """Sum of the log-likelihoods over particles and examples, and the KL."""
         self._check_batch(output)
         log_lik = self.predictive.log_likelihood(output, target).sum()
+        self._watch_guide(record)
         return log_lik, record.kl(self.kl)
 
     def _combine(self, log_lik: Tensor, kl: Tensor, shape: torch.Size) -> Tensor:
@@ -263,7 +305,7 @@ class KullbackLeiblerLoss(nn.Module):
         norm = self.dataset_size if self.reduction == "mean" else 1
         self.last_nll = (-log_lik / norm).detach()
         self.last_kl = (kl / norm).detach()
-        self._watch_learned_parameters()
+        self._watch_predictive()
         return (self.heat * kl - log_lik) / norm
 
     def _record_for(self, output: Tensor) -> ForwardRecord:
@@ -298,25 +340,35 @@ class KullbackLeiblerLoss(nn.Module):
             )
         return batch
 
-    def _watch_learned_parameters(self) -> None:
+    def _watch_predictive(self) -> None:
         """Warn once if the likelihood's parameters are never updated."""
-        if not torch.is_grad_enabled() or self._calls > _UNTRAINED_CHECK_STEP:
+        if not torch.is_grad_enabled():
             return
-        self._calls += 1
-        params = [p for p in self.predictive.parameters() if p.requires_grad]
-        if not params:
-            return
-        if self._snapshot is None:
-            self._snapshot = [p.detach().clone() for p in params]
-        elif self._calls == _UNTRAINED_CHECK_STEP and all(
-            torch.equal(p, s) for p, s in zip(params, self._snapshot, strict=True)
-        ):
+        params = {
+            name: p for name, p in self.predictive.named_parameters() if p.requires_grad
+        }
+        if self._watches["predictive"].unchanged(params):
             warnings.warn(
                 f"the parameters of {type(self.predictive).__name__} (e.g. a learned "
                 "noise scale) have not changed in "
                 f"{_UNTRAINED_CHECK_STEP} steps: pass loss_fn.parameters() to the "
                 "optimizer as well as model.parameters()",
-                stacklevel=3,
+                stacklevel=4,
+            )
+
+    def _watch_guide(self, record: ForwardRecord) -> None:
+        """Warn once if the guide that drew the weights is never updated."""
+        if not torch.is_grad_enabled() or is_capturing() or not record.training():
+            return
+        params = record.guide_parameters()
+        if self._watches["guide"].unchanged(params):
+            example = next(iter(params))
+            warnings.warn(
+                f"the guide's parameters (e.g. {example!r}) have not changed in "
+                f"{_UNTRAINED_CHECK_STEP} training steps: create the optimizer after "
+                "assigning model.guide (torch.optim.Adam(model.parameters(), ...)), "
+                "so that it holds the guide's parameters",
+                stacklevel=4,
             )
 
     def pyro_model(self, model: VIModule) -> Callable[..., Any]:

@@ -84,6 +84,19 @@ class ForwardRecord:
         """Per-particle ``[log p(w_s), log q(w_s)]`` of all weights, ``(S, 2)``."""
         raise NotImplementedError
 
+    def guide_parameters(self) -> dict[str, Tensor]:
+        """The parameters of the guide that drew this pass's weights, by name.
+
+        Values as the guide read them (for a constrained Pyro parameter, its
+        constrained value). The loss compares them over its first training
+        steps to notice a guide that the optimizer does not update.
+        """
+        raise NotImplementedError
+
+    def training(self) -> bool:
+        """Whether the forward pass ran in training mode (``True`` if unknown)."""
+        return True
+
     def _choose(
         self, name: str, mode: KLMode, q: Distribution, p: Distribution
     ) -> Tensor | None:
@@ -169,6 +182,15 @@ class TraceRecord(ForwardRecord):
         )
         return torch.stack([log_p, log_q], dim=-1)
 
+    def guide_parameters(self) -> dict[str, Tensor]:
+        """See :meth:`ForwardRecord.guide_parameters`: the guide's ``param`` sites."""
+        params: dict[str, Tensor] = {}
+        for name, site in self.guide_trace.nodes.items():
+            value = site.get("value")
+            if site["type"] == "param" and isinstance(value, Tensor):
+                params[name] = value
+        return params
+
     def _per_particle(self, sites: Iterable[Any]) -> Tensor:
         return _sum_per_particle(
             (site["fn"].log_prob(site["value"]) for site in sites), self.samples
@@ -222,6 +244,18 @@ class LayerRecord(ForwardRecord):
                     term = (q.log_prob(drawn) - p.log_prob(drawn)).mean()
                 total = total + term
         return torch.as_tensor(total)
+
+    def guide_parameters(self) -> dict[str, Tensor]:
+        """See :meth:`ForwardRecord.guide_parameters`: the posterior modules'."""
+        return {
+            f"{variable.site}.{name}": parameter
+            for variable in self.variables
+            for name, parameter in variable.posterior.named_parameters()
+        }
+
+    def training(self) -> bool:
+        """Whether any layer that drew weights was in training mode."""
+        return any(variable.module.training for variable in self.variables)
 
     def log_probs(self) -> Tensor:
         """See :meth:`ForwardRecord.log_probs`."""

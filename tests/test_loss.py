@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import MCMC, NUTS, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import MCMC, NUTS, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoLowRankMultivariateNormal
 from pyro.infer.mcmc.util import initialize_model
 from torch import nn
 from torch.distributions import kl_divergence
@@ -350,6 +353,20 @@ def test_mcmc_potential_is_the_untempered_log_joint() -> None:
     torch.testing.assert_close(potential_fn(params), -log_joint, rtol=1e-5, atol=1e-4)
 
 
+def test_predictive_keeps_the_guides_particles() -> None:
+    """Predictive runs the model under an InitMessenger too, but masked: not MCMC."""
+    x, y, loss_fn = _regression()
+    net = bnn.VILinear(2, 1)
+    pyro_model = loss_fn.pyro_model(net)
+    draws = Predictive(pyro_model, guide=net.guide, num_samples=2)(x)
+    assert draws["obs"].shape == (2, 10, 20, 1)
+    # After MCMC, the same callable predicts from the chain with one particle.
+    mcmc = MCMC(NUTS(pyro_model), num_samples=3, warmup_steps=2, disable_progbar=True)
+    mcmc.run(x, y)
+    posterior = Predictive(pyro_model, posterior_samples=mcmc.get_samples())(x)
+    assert posterior["obs"].shape == (3, 1, 20, 1)
+
+
 def test_explicit_samples_and_other_runs_keep_their_particles() -> None:
     x, y, loss_fn = _regression()
     net = bnn.VILinear(2, 1)
@@ -360,3 +377,80 @@ def test_explicit_samples_and_other_runs_keep_their_particles() -> None:
     # Outside initialisation (SVI, Predictive with a guide): model.samples.
     trace = poutine.trace(loss_fn.pyro_model(net)).get_trace(x, y)
     assert trace.nodes["weight"]["value"].shape == (10, 1, 1, 2)
+
+
+# ------------------------------------------------- parameters left untrained
+def _classifier() -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(2, 4), nn.ReLU(), bnn.VILinear(4, 2))
+
+
+def _autoguide(net: bnn.VISequential) -> AutoLowRankMultivariateNormal:
+    return AutoLowRankMultivariateNormal(
+        net.prior_model, init_loc_fn=net.init_loc_fn, rank=2
+    )
+
+
+def _steps(
+    net: nn.Module, loss_fn: bnn.KullbackLeiblerLoss, optimizer: Any, count: int
+) -> None:
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    for _ in range(count):
+        loss = loss_fn(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+GUIDE_WARNING = (
+    r"the guide's parameters \(e\.g\. '.*'\) have not changed in 5 training steps: "
+    r"create the optimizer after assigning model\.guide"
+)
+
+
+def test_optimizer_created_before_the_guide_warns() -> None:
+    net = _classifier()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.guide = _autoguide(net)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    with pytest.warns(UserWarning, match=GUIDE_WARNING) as caught:
+        _steps(net, loss_fn, optimizer, 8)
+    assert len(caught) == 1  # once
+
+
+def test_optimizer_created_after_the_guide_is_silent() -> None:
+    net = _classifier()
+    net.guide = _autoguide(net)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 8)
+    net.guide = None  # the default guide, with its own posterior parameters
+    _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 8)
+
+
+def test_default_guide_missing_from_the_optimizer_warns() -> None:
+    net = _classifier()
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-2)
+    with pytest.warns(UserWarning, match=r"e\.g\. '0\.weight\.loc_unconstrained'"):
+        _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 5)
+
+
+def test_guide_assigned_after_the_first_steps_is_watched_afresh() -> None:
+    net = _classifier()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    _steps(net, loss_fn, optimizer, 6)
+    net.guide = _autoguide(net)  # the optimizer does not know it
+    with pytest.warns(UserWarning, match=GUIDE_WARNING):
+        _steps(net, loss_fn, optimizer, 5)
+
+
+def test_evaluation_calls_do_not_count() -> None:
+    net = _classifier()
+    net.guide = _autoguide(net)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    with torch.no_grad():
+        for _ in range(6):
+            loss_fn(net(x), y)
+    default = _classifier().eval()  # eval mode: layers report it in the record
+    for _ in range(6):
+        loss_fn(default(x), y)
