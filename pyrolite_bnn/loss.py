@@ -57,12 +57,15 @@ def _initialising() -> bool:
 
 
 class _ChangeWatch:
-    """Notices parameters that the first training steps leave unchanged.
+    """Notices parameters that get gradients but are never updated.
 
     :meth:`unchanged` is called once per loss evaluation with the parameters
-    of one group (the likelihood's, the guide's); it keeps their values from
-    the first call and compares on the ``_UNTRAINED_CHECK_STEP``-th. A group
-    whose parameter names change (a new guide) is watched afresh.
+    of one group (the likelihood's, the guide's). Calls count once a backward
+    pass has left a gradient on one of them (a loss evaluated but never
+    backpropagated, or one whose optimizer clears the gradients, is not the
+    symptom); the values at the first counted call are compared with those
+    at the ``_UNTRAINED_CHECK_STEP``-th. A group whose parameter names change
+    (a new guide) is watched afresh.
     """
 
     def __init__(self) -> None:
@@ -76,6 +79,8 @@ class _ChangeWatch:
         if names != self.names:
             self.names, self.calls = names, 0
         if not params or self.calls >= _UNTRAINED_CHECK_STEP:
+            return False
+        if not any(p.is_leaf and p.grad is not None for p in params.values()):
             return False
         self.calls += 1
         if self.calls == 1:
@@ -364,10 +369,10 @@ class KullbackLeiblerLoss(nn.Module):
         if self._watches["guide"].unchanged(params):
             example = next(iter(params))
             warnings.warn(
-                f"the guide's parameters (e.g. {example!r}) have not changed in "
-                f"{_UNTRAINED_CHECK_STEP} training steps: create the optimizer after "
-                "assigning model.guide (torch.optim.Adam(model.parameters(), ...)), "
-                "so that it holds the guide's parameters",
+                f"the guide's parameters (e.g. {example!r}) get gradients but have "
+                f"not changed in {_UNTRAINED_CHECK_STEP} training steps: create the "
+                "optimizer after assigning model.guide (torch.optim.Adam("
+                "model.parameters(), ...)), so that it holds the guide's parameters",
                 stacklevel=4,
             )
 

@@ -402,8 +402,8 @@ def _steps(
 
 
 GUIDE_WARNING = (
-    r"the guide's parameters \(e\.g\. '.*'\) have not changed in 5 training steps: "
-    r"create the optimizer after assigning model\.guide"
+    r"the guide's parameters \(e\.g\. '.*'\) get gradients but have not changed in "
+    r"5 training steps: create the optimizer after assigning model\.guide"
 )
 
 
@@ -430,7 +430,8 @@ def test_default_guide_missing_from_the_optimizer_warns() -> None:
     net = _classifier()
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-2)
     with pytest.warns(UserWarning, match=r"e\.g\. '0\.weight\.loc_unconstrained'"):
-        _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 5)
+        # Counted from the first call that finds gradients (the second).
+        _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 6)
 
 
 def test_guide_assigned_after_the_first_steps_is_watched_afresh() -> None:
@@ -440,17 +441,22 @@ def test_guide_assigned_after_the_first_steps_is_watched_afresh() -> None:
     _steps(net, loss_fn, optimizer, 6)
     net.guide = _autoguide(net)  # the optimizer does not know it
     with pytest.warns(UserWarning, match=GUIDE_WARNING):
-        _steps(net, loss_fn, optimizer, 5)
+        _steps(net, loss_fn, optimizer, 6)
 
 
-def test_evaluation_calls_do_not_count() -> None:
+def test_losses_without_backward_do_not_count() -> None:
+    """Loss distributions and gradient studies at fixed parameters are silent."""
     net = _classifier()
     net.guide = _autoguide(net)
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
     x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
-    with torch.no_grad():
-        for _ in range(6):
-            loss_fn(net(x), y)
-    default = _classifier().eval()  # eval mode: layers report it in the record
-    for _ in range(6):
-        loss_fn(default(x), y)
+    for _ in range(8):
+        loss = loss_fn(net(x), y)
+        torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
+
+
+def test_evaluation_mode_calls_do_not_count() -> None:
+    """Backpropagating in eval mode (e.g. input gradients) is not training."""
+    net = _classifier().eval()
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-2)
+    _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 8)
