@@ -358,7 +358,7 @@ class KullbackLeiblerLoss(nn.Module):
                 "noise scale) have not changed in "
                 f"{_UNTRAINED_CHECK_STEP} steps: pass loss_fn.parameters() to the "
                 "optimizer as well as model.parameters()",
-                stacklevel=4,
+                stacklevel=3,
             )
 
     def _watch_guide(self, record: ForwardRecord) -> None:
@@ -373,7 +373,7 @@ class KullbackLeiblerLoss(nn.Module):
                 f"not changed in {_UNTRAINED_CHECK_STEP} training steps: create the "
                 "optimizer after assigning model.guide (torch.optim.Adam("
                 "model.parameters(), ...)), so that it holds the guide's parameters",
-                stacklevel=4,
+                stacklevel=3,
             )
 
     def pyro_model(self, model: VIModule) -> Callable[..., Any]:
