@@ -289,14 +289,16 @@ def test_hyperparameters_that_do_not_broadcast_are_refused() -> None:
         prior((3,))
     with pytest.raises(ValueError, match=message):
         prior.kl_from_normal(torch.zeros(3), torch.ones(3))
-    # Through a layer: the (3, 4) prior is also given to the bias (3,).
-    layer = bnn.VILinear(4, 3, prior=prior)
+    # Through a layer: the (3, 4) prior is also given to the bias (3,). The
+    # error comes at the first use of the prior (at declaration once
+    # VIModule.declare_random_variable calls Prior.check_shape).
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     with pytest.raises(ValueError, match=message):
-        loss_fn(layer(torch.randn(8, 4)), torch.randint(0, 3, (8,)))
+        loss_fn(bnn.VILinear(4, 3, prior=prior)(x), y)
     # The way out the message names: a prior per variable.
     layer = bnn.VILinear(4, 3, prior={"weight": prior, "bias": bnn.NormalPrior()})
-    assert loss_fn(layer(torch.randn(8, 4)), torch.randint(0, 3, (8,))).shape == ()
+    assert loss_fn(layer(x), y).shape == ()
 
 
 def test_bad_tensor_hyperparameter_names_the_values() -> None:
