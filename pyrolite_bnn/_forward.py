@@ -34,7 +34,12 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import LazyDraws, using_draws
 from pyrolite_bnn._network import collect_variables
 from pyrolite_bnn._sites import SiteTable, sampling_sites
-from pyrolite_bnn._validation import check_finite_inputs
+from pyrolite_bnn._validation import (
+    check_finite_inputs,
+    check_input_dtype,
+    floating_dtype,
+    is_validation_enabled,
+)
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     NormalMoments,
@@ -60,6 +65,8 @@ def prepare(
     count = _particles.check_samples(samples)
     first = _particles.first_tensor(args, kwargs)
     check_finite_inputs(args, kwargs, type(root).__name__)
+    if is_validation_enabled():
+        check_input_dtype(args, kwargs, floating_dtype(root), type(root).__name__)
     batch = None if first is None or first.dim() == 0 else first.shape[0]
     device = None if first is None else first.device
     return _particles.ParticleState(count, batch), device

@@ -7,6 +7,8 @@ that has been debugged can switch them off for speed.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -78,10 +80,80 @@ def distribution_checks_off() -> Iterator[None]:
 def check_finite_inputs(
     args: tuple[Any, ...], kwargs: dict[str, Any], owner: str
 ) -> None:
-    """:func:`check_finite` on every tensor among a call's inputs."""
+    """No NaN in any tensor input of a call, and no infinity in the first.
+
+    Later inputs may hold ``-inf`` (additive attention masks use it to block
+    positions, as ``torch.nn.Transformer.generate_square_subsequent_mask``
+    does), never NaN or ``+inf``.
+    """
+    first = True
     for position, value in (*enumerate(args), *kwargs.items()):
         if isinstance(value, torch.Tensor):
-            check_finite(value, f"input {position} of {owner}")
+            what = f"input {position} of {owner}"
+            if first:
+                check_finite(value, what)
+                first = False
+            elif _VALIDATE and value.is_floating_point():
+                bad = int((value.isnan() | (value == float("inf"))).sum())
+                if bad:
+                    raise ValueError(
+                        f"{what} contains {bad} NaN/+Inf value(s) (shape "
+                        f"{tuple(value.shape)}); expected finite values or -inf "
+                        "(masks). Disable with bnn.enable_validation(False)."
+                    )
+
+
+def floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the first floating-point parameter or buffer of ``module``.
+
+    ``None`` for a module without floating-point tensors.
+    """
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def check_input_dtype(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    parameter_dtype: torch.dtype | None,
+    where: str,
+) -> None:
+    """Raise ``ValueError`` if a floating input's dtype differs from the model's.
+
+    A float64 input into a float32 network otherwise fails deep inside torch
+    (``mat1 and mat2 must have the same dtype``) or, worse, runs in mixed
+    precision. Checked at the outermost call of a network, where ``where``
+    names it. Integer inputs (indices, labels) are not checked, nor are inputs
+    inside ``torch.autocast`` (which casts them on purpose), nor anything when
+    validation is off.
+
+    Args:
+        args: positional inputs of the call.
+        kwargs: keyword inputs of the call.
+        parameter_dtype: floating dtype of the network's parameters (see
+            :func:`floating_dtype`); ``None`` skips the check.
+        where: the network's name for the message (e.g. its class name).
+
+    Raises:
+        ValueError: naming the input, its dtype and the parameters' dtype.
+    """
+    if not _VALIDATE or parameter_dtype is None:
+        return
+    for position, value in (*enumerate(args), *kwargs.items()):
+        if (
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and value.dtype != parameter_dtype
+            and not torch.is_autocast_enabled(value.device.type)
+        ):
+            raise ValueError(
+                f"input {position} of {where} has dtype {value.dtype}, but the "
+                f"network's parameters are {parameter_dtype}; convert the input "
+                f"(x.to({parameter_dtype})) or the network "
+                f"(model.to({value.dtype}))"
+            )
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:
@@ -96,3 +168,22 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
             f"{what} contains {bad} NaN/Inf value(s) (shape {tuple(tensor.shape)}); "
             "expected finite values. Disable with bnn.enable_validation(False)."
         )
+
+
+def check_heat(value: float, what: str) -> float:
+    """``value`` as a float if it is a valid KL heat (finite, ``>= 0``), else raise.
+
+    Args:
+        value: the heat.
+        what: how to name it in the error message.
+
+    Raises:
+        ValueError: if ``value`` is not a finite number ``>= 0``.
+    """
+    try:
+        heat = float(value)
+    except (TypeError, ValueError):
+        heat = math.nan
+    if not (math.isfinite(heat) and heat >= 0):
+        raise ValueError(f"{what} must be >= 0 and finite, got {value!r}")
+    return heat

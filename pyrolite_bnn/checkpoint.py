@@ -10,7 +10,8 @@ tensors, numbers, strings, lists and dictionaries, so that it loads with
   latter holding e.g. a learned noise scale;
 * ``epoch``, ``extra`` (user data) and ``version`` (of ``pyrolite_bnn``);
 * ``fingerprint``: the model's class name, every state-dictionary key with its
-  shape, and every Pyro weight site with its shape.
+  shape, and every Pyro weight site with its shape and its prior and posterior
+  families (a Normal-prior checkpoint does not load into a Laplace-prior model).
 
 Writes are atomic: the file is written to a temporary file in the same
 directory, flushed to disk and then renamed over the target, so an interrupted
@@ -32,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._state import clone_state
+from pyrolite_bnn.distributions.priors import Prior
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["check_checkpoint_path", "load_checkpoint", "save_checkpoint"]
 
 _FORMAT = "pyrolite_bnn.checkpoint"
 _FORMAT_VERSION = 1
@@ -57,15 +59,23 @@ def _shape(tensor: Any) -> list[int]:
 
 
 def _fingerprint(model: nn.Module) -> dict[str, Any]:
-    """Class name, state-dictionary keys and shapes, weight sites and shapes."""
+    """Class name, state keys and shapes, weight sites with shapes and families."""
     sites: dict[str, list[int]] = {}
+    families: dict[str, str] = {}
     random_variables = getattr(model, "random_variables", None)
     if callable(random_variables):
-        sites = {v.site: list(v.shape) for v in random_variables()}
+        for variable in random_variables():
+            sites[variable.site] = list(variable.shape)
+            prior = variable.module.prior[variable.name]
+            assert isinstance(prior, Prior)
+            families[variable.site] = (
+                f"prior {prior.family()}, posterior {type(variable.posterior).__name__}"
+            )
     return {
         "class": type(model).__qualname__,
         "state": {key: _shape(value) for key, value in model.state_dict().items()},
         "sites": sites,
+        "families": families,
     }
 
 
@@ -156,6 +166,51 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def check_checkpoint_path(path: PathLike) -> str:
+    """Check that a checkpoint can be written to ``path``; return it as a string.
+
+    :func:`~pyrolite_bnn.training.fit` calls this before training, so that a
+    mistyped ``checkpoint_path`` fails at once instead of after the first epoch.
+
+    Args:
+        path: the checkpoint file to be written.
+
+    Returns:
+        ``os.fspath(path)``.
+
+    Raises:
+        FileNotFoundError: if the directory of ``path`` does not exist.
+        IsADirectoryError: if ``path`` is a directory.
+        PermissionError: if the directory is not writable.
+
+    Example:
+        >>> from pyrolite_bnn.checkpoint import check_checkpoint_path
+        >>> try:
+        ...     check_checkpoint_path("no_such_dir/run.pt")
+        ... except FileNotFoundError as error:
+        ...     print(str(error).split(":")[0])
+        cannot write the checkpoint 'no_such_dir/run.pt'
+    """
+    target = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    if os.path.isdir(target):
+        raise IsADirectoryError(
+            f"cannot write the checkpoint {target!r}: it is a directory; give a "
+            "file name such as 'run.pt'"
+        )
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"cannot write the checkpoint {target!r}: the directory {directory!r} "
+            "does not exist (create it first, e.g. os.makedirs)"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot write the checkpoint {target!r}: the directory {directory!r} "
+            "is not writable"
+        )
+    return target
+
+
 def save_checkpoint(
     path: PathLike,
     model: nn.Module,
@@ -185,6 +240,8 @@ def save_checkpoint(
     Raises:
         TypeError: if ``extra`` holds other objects (they would not load back
             with ``weights_only=True``).
+        OSError: if ``path`` cannot be written (see
+            :func:`check_checkpoint_path`).
 
     Example:
         >>> import os, tempfile, torch
@@ -212,7 +269,7 @@ def save_checkpoint(
         "epoch": epoch,
         "extra": None if extra is None else dict(extra),
     }
-    target = os.fspath(path)
+    target = check_checkpoint_path(path)
     directory = os.path.dirname(os.path.abspath(target))
     fd, temporary = tempfile.mkstemp(
         dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp"
@@ -233,9 +290,29 @@ def save_checkpoint(
 
 
 def _read(path: PathLike) -> dict[str, Any]:
-    payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    target = os.fspath(path)
+    try:
+        payload = torch.load(target, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as error:  # EOFError, unpickling, zip and OS read errors
+        size = os.path.getsize(target)
+        state = (
+            "is empty (0 bytes)"
+            if size == 0
+            else f"cannot be read ({size} bytes): truncated or not a torch.save file"
+        )
+        reason = str(error).strip().splitlines()
+        detail = (
+            f"{type(error).__name__}: {reason[0]}" if reason else type(error).__name__
+        )
+        raise ValueError(
+            f"checkpoint {target!r} {state} ({detail}); an interrupted "
+            "save_checkpoint never leaves such a file, so it was written or "
+            "copied by other means"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a pyrolite_bnn checkpoint")
+        raise ValueError(f"{target!r} is not a pyrolite_bnn checkpoint")
     if payload.get("format_version") != _FORMAT_VERSION:
         raise ValueError(
             f"checkpoint format version {payload.get('format_version')!r} is not "
@@ -259,6 +336,18 @@ def _check_model(payload: Mapping[str, Any], model: nn.Module) -> list[str]:
     if state_problems and len(problems) > state_problems:
         # Site differences repeat the state-key differences; keep the message short.
         del problems[state_problems:]
+    # Files written before the families were recorded have no "families".
+    saved_families = saved.get("families", {})
+    different = [
+        f"{site} (checkpoint: {saved_families[site]}; model: {family})"
+        for site, family in current["families"].items()
+        if site in saved_families and saved_families[site] != family
+    ]
+    if different:
+        problems.append(
+            f"weight sites with a different prior or posterior family: "
+            f"{_listed(different)}"
+        )
     return problems
 
 

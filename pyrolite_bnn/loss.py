@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import operator
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyro
 import torch
+from pyro.poutine.runtime import effectful, get_mask
 from torch import Tensor, nn
 
+from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._forward import prepare, run_sites
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._particles import particle_plate
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._validation import check_heat
 from pyrolite_bnn.compiled import LossGraphs
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import check_pyro_call
@@ -25,6 +29,73 @@ __all__ = ["KullbackLeiblerLoss"]
 _KL_MODES = ("auto", "mc", "analytic")
 _REDUCTIONS = ("mean", "sum")
 _UNTRAINED_CHECK_STEP = 5
+
+
+def _integral(value: object) -> int | None:
+    """``operator.index(value)`` (ints, numpy integers...), or ``None`` for others."""
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+# Pyro's own query for the InitMessengers on the handler stack (public
+# pyro.poutine.runtime.effectful with the message type that
+# pyro.infer.autoguide.initialization.InitMessenger answers); [] when none is.
+_init_messengers: Callable[[], list[Any]] = effectful(
+    lambda: [], type="get_init_messengers"
+)
+
+
+def _initialising() -> bool:
+    """Whether the model runs for the initialisation of an inference algorithm.
+
+    MCMC's ``initialize_model`` runs the model under an ``InitMessenger``,
+    which chooses the latent values, with every log-density counting.
+    ``Predictive`` uses an ``InitMessenger`` too, but masks every log-density
+    out (``poutine.mask(mask=False)``, so ``get_mask()`` is ``False``): it only
+    draws, and its particle count comes from the guide's draws.
+    """
+    return bool(_init_messengers()) and get_mask() is not False
+
+
+class _ChangeWatch:
+    """Notices parameters that get gradients but are never updated.
+
+    :meth:`unchanged` is called once per loss evaluation with the parameters
+    of one group (the likelihood's, the guide's). Calls count once a backward
+    pass has left a gradient on one of them (a loss evaluated but never
+    backpropagated, or one whose optimizer clears the gradients, is not the
+    symptom); the values at the first counted call are compared with those
+    at the ``_UNTRAINED_CHECK_STEP``-th. A group whose parameter names change
+    (a new guide) is watched afresh.
+    """
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] = ()
+        self.calls = 0
+        self.snapshot: list[Tensor] = []
+
+    def unchanged(self, params: Mapping[str, Tensor]) -> bool:
+        """Count a call; ``True`` (once) if ``params`` never changed in the window."""
+        names = tuple(params)
+        if names != self.names:
+            self.names, self.calls = names, 0
+        if not params or self.calls >= _UNTRAINED_CHECK_STEP:
+            return False
+        if not any(p.is_leaf and p.grad is not None for p in params.values()):
+            return False
+        self.calls += 1
+        if self.calls == 1:
+            self.snapshot = [p.detach().clone() for p in params.values()]
+            return False
+        if self.calls < _UNTRAINED_CHECK_STEP:
+            return False
+        before, self.snapshot = self.snapshot, []
+        return all(
+            torch.equal(p.detach(), old)
+            for p, old in zip(params.values(), before, strict=True)
+        )
 
 
 class KullbackLeiblerLoss(nn.Module):
@@ -48,8 +119,10 @@ class KullbackLeiblerLoss(nn.Module):
 
     Args:
         predictive: the likelihood, e.g. :class:`~pyrolite_bnn.Categorical`.
-        dataset_size: number of training examples ``N``.
-        heat: multiplier of the KL term (``< 1`` for a "cold" posterior).
+        dataset_size: number of training examples ``N``: any integral number
+            (``int``, a NumPy integer), not a ``bool`` or a float.
+        heat: multiplier of the KL term (``< 1`` for a "cold" posterior), a
+            finite number ``>= 0``.
         kl: ``"auto"`` (closed form per weight site where one exists, Monte
             Carlo elsewhere), ``"analytic"`` (closed form everywhere, else an
             error), or ``"mc"`` (Monte Carlo from the drawn weights).
@@ -59,6 +132,10 @@ class KullbackLeiblerLoss(nn.Module):
             :meth:`model_loss` run the forward pass and the loss as one compiled
             graph; ``False`` (default) runs them eagerly. See
             :mod:`pyrolite_bnn.compiled`.
+
+    ``dataset_size``, ``heat``, ``kl`` and ``reduction`` stay attributes that
+    may be reassigned (``heat_schedule`` in :func:`~pyrolite_bnn.training.fit`
+    sets ``heat``); a new value is validated like a constructor argument.
 
     Attributes:
         last_nll: detached data term of the last call (same reduction).
@@ -91,29 +168,12 @@ class KullbackLeiblerLoss(nn.Module):
                 "predictive must be a bnn predictive distribution such as "
                 f"bnn.Categorical(), got {type(predictive).__name__}"
             )
-        if (
-            isinstance(dataset_size, bool)
-            or not isinstance(dataset_size, int)
-            or dataset_size < 1
-        ):
-            raise ValueError(
-                f"dataset_size must be an integer >= 1, got {dataset_size!r}"
-            )
-        if not heat >= 0:
-            raise ValueError(f"heat must be >= 0, got {heat!r}")
-        if kl not in _KL_MODES:
-            raise ValueError(f"kl must be one of {_KL_MODES}, got {kl!r}")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(
-                f"reduction must be one of {_REDUCTIONS}, got {reduction!r}"
-            )
         self.predictive = predictive
         self.dataset_size = dataset_size
-        self.heat = float(heat)
+        self.heat = heat
         self.kl = kl
         self.reduction = reduction
-        self._calls = 0
-        self._snapshot: list[Tensor] | None = None
+        self._watches = {"predictive": _ChangeWatch(), "guide": _ChangeWatch()}
         self.graphs: LossGraphs | None = None
         if compile is not False:
             if compile is True:
@@ -123,6 +183,49 @@ class KullbackLeiblerLoss(nn.Module):
                     f"compile must be a bool or a mode name, got {compile!r}"
                 )
             self.graphs = LossGraphs(compile)
+
+    @property
+    def dataset_size(self) -> int:
+        """Number of training examples ``N`` (any integral number ``>= 1``)."""
+        return self._dataset_size
+
+    @dataset_size.setter
+    def dataset_size(self, value: int) -> None:
+        size = None if isinstance(value, bool) else _integral(value)
+        if size is None or size < 1:
+            raise ValueError(f"dataset_size must be an integer >= 1, got {value!r}")
+        self._dataset_size = size
+
+    @property
+    def heat(self) -> float:
+        """Multiplier of the KL term: a finite number ``>= 0``."""
+        return self._heat
+
+    @heat.setter
+    def heat(self, value: float) -> None:
+        self._heat = check_heat(value, "heat")
+
+    @property
+    def kl(self) -> KLMode:
+        """How the KL term is taken: ``"auto"``, ``"mc"`` or ``"analytic"``."""
+        return self._kl
+
+    @kl.setter
+    def kl(self, value: KLMode) -> None:
+        if value not in _KL_MODES:
+            raise ValueError(f"kl must be one of {_KL_MODES}, got {value!r}")
+        self._kl = value
+
+    @property
+    def reduction(self) -> str:
+        """``"mean"`` (divide by ``N``) or ``"sum"``."""
+        return self._reduction
+
+    @reduction.setter
+    def reduction(self, value: str) -> None:
+        if value not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {value!r}")
+        self._reduction = value
 
     def extra_repr(self) -> str:
         """Constructor arguments."""
@@ -207,6 +310,7 @@ class KullbackLeiblerLoss(nn.Module):
         record = self._record_for(output)
         self._check_batch(output)
         log_lik = self.predictive.log_likelihood(output, target).sum()
+        self._watch_guide(record)
         return log_lik, record.kl(self.kl)
 
     def combine(self, log_lik: Tensor, kl: Tensor, shape: torch.Size) -> Tensor:
@@ -218,7 +322,7 @@ class KullbackLeiblerLoss(nn.Module):
         norm = self.dataset_size if self.reduction == "mean" else 1
         self.last_nll = (-log_lik / norm).detach()
         self.last_kl = (kl / norm).detach()
-        self._watch_learned_parameters()
+        self._watch_predictive()
         return (self.heat * kl - log_lik) / norm
 
     def _record_for(self, output: Tensor) -> ForwardRecord:
@@ -234,6 +338,11 @@ class KullbackLeiblerLoss(nn.Module):
 
     def _check_batch(self, output: Tensor) -> int:
         batch = output.shape[1]
+        if batch == 0:
+            raise ValueError(
+                f"the batch is empty (output of shape {tuple(output.shape)}: 0 "
+                "examples); the loss needs at least one example"
+            )
         if batch > self.dataset_size:
             raise ValueError(
                 f"batch of {batch} examples is larger than dataset_size="
@@ -242,24 +351,34 @@ class KullbackLeiblerLoss(nn.Module):
             )
         return batch
 
-    def _watch_learned_parameters(self) -> None:
+    def _watch_predictive(self) -> None:
         """Warn once if the likelihood's parameters are never updated."""
-        if not torch.is_grad_enabled() or self._calls > _UNTRAINED_CHECK_STEP:
+        if not torch.is_grad_enabled():
             return
-        self._calls += 1
-        params = [p for p in self.predictive.parameters() if p.requires_grad]
-        if not params:
-            return
-        if self._snapshot is None:
-            self._snapshot = [p.detach().clone() for p in params]
-        elif self._calls == _UNTRAINED_CHECK_STEP and all(
-            torch.equal(p, s) for p, s in zip(params, self._snapshot, strict=True)
-        ):
+        params = {
+            name: p for name, p in self.predictive.named_parameters() if p.requires_grad
+        }
+        if self._watches["predictive"].unchanged(params):
             warnings.warn(
                 f"the parameters of {type(self.predictive).__name__} (e.g. a learned "
                 "noise scale) have not changed in "
                 f"{_UNTRAINED_CHECK_STEP} steps: pass loss_fn.parameters() to the "
                 "optimizer as well as model.parameters()",
+                stacklevel=3,
+            )
+
+    def _watch_guide(self, record: ForwardRecord) -> None:
+        """Warn once if the guide that drew the weights is never updated."""
+        if not torch.is_grad_enabled() or is_capturing() or not record.training():
+            return
+        params = record.guide_parameters()
+        if self._watches["guide"].unchanged(params):
+            example = next(iter(params))
+            warnings.warn(
+                f"the guide's parameters (e.g. {example!r}) get gradients but have "
+                f"not changed in {_UNTRAINED_CHECK_STEP} training steps: create the "
+                "optimizer after assigning model.guide (torch.optim.Adam("
+                "model.parameters(), ...)), so that it holds the guide's parameters",
                 stacklevel=3,
             )
 
@@ -271,9 +390,18 @@ class KullbackLeiblerLoss(nn.Module):
         ``pyro.plate("data", N)`` subsampled to the batch (scale ``N / B``).
         Use it with ``model.guide`` in ``pyro.infer.SVI``, ``Predictive`` or
         ``MCMC``. Model and guide take the particle count from the ``samples=``
-        keyword (which Pyro passes to both) or else from ``model.samples``. For
-        MCMC use ``samples=1`` (``mcmc.run(x, y, samples=1)``): the chain's
-        draws are the posterior samples, and more particles would temper it.
+        keyword (which Pyro passes to both) or else from ``model.samples``.
+
+        MCMC needs one particle: the chain's states are the posterior samples,
+        and ``S`` particles would sample ``S`` networks from a posterior
+        tempered by ``1/S``. Without ``samples=``, a model first run by an
+        initialisation handler (``pyro.infer.mcmc.util.initialize_model``,
+        which ``NUTS``/``HMC`` use, runs it under an
+        :class:`~pyro.infer.autoguide.initialization.InitMessenger`) therefore
+        uses one particle in that run and every later run (the potential
+        energy, ``Predictive`` on the chain's draws). ``mcmc.run(x, y,
+        samples=1)`` says the same explicitly; an explicit ``samples=`` is
+        always obeyed.
 
         Args:
             model: the network.
@@ -294,10 +422,20 @@ class KullbackLeiblerLoss(nn.Module):
                 "PyTorch-style loss (heat=1.0 here)"
             )
 
+        # Set when the model is first run by an initialisation handler without
+        # samples= (MCMC's initialize_model): from then on one particle is the
+        # default, for the potential-energy runs that follow as well.
+        one_particle = False
+
         def bnn_pyro_model(
             x: Any, y: Tensor | None = None, samples: int | None = None
         ) -> Tensor:
             check_pyro_call()
+            nonlocal one_particle
+            if samples is None:
+                one_particle = one_particle or _initialising()
+                if one_particle:
+                    samples = 1
             count = (
                 getattr(model, "samples", DEFAULT_SAMPLES)
                 if samples is None

@@ -83,6 +83,19 @@ class ForwardRecord:
         """Per-particle ``[log p(w_s), log q(w_s)]`` of all weights, ``(S, 2)``."""
         raise NotImplementedError
 
+    def guide_parameters(self) -> dict[str, Tensor]:
+        """The parameters of the guide that drew this pass's weights, by name.
+
+        Values are the optimised tensors (for a constrained Pyro parameter,
+        its unconstrained leaf). The loss compares them over its first training
+        steps to notice a guide that the optimizer does not update.
+        """
+        raise NotImplementedError
+
+    def training(self) -> bool:
+        """Whether the forward pass ran in training mode (``True`` if unknown)."""
+        return True
+
     def _choose(
         self, name: str, mode: KLMode, q: Distribution, p: Distribution
     ) -> Tensor | None:
@@ -168,6 +181,18 @@ class TraceRecord(ForwardRecord):
         )
         return torch.stack([log_p, log_q], dim=-1)
 
+    def guide_parameters(self) -> dict[str, Tensor]:
+        """See :meth:`ForwardRecord.guide_parameters`: the guide's ``param`` sites."""
+        params: dict[str, Tensor] = {}
+        for name, site in self.guide_trace.nodes.items():
+            value = site.get("value")
+            if site["type"] == "param" and isinstance(value, Tensor):
+                # The optimised leaf behind a constrained or linked value.
+                unconstrained = getattr(value, "unconstrained", None)
+                leaf = unconstrained() if callable(unconstrained) else value
+                params[name] = leaf if isinstance(leaf, Tensor) else value
+        return params
+
     def _per_particle(self, sites: Iterable[Any]) -> Tensor:
         return _sum_per_particle(
             (site["fn"].log_prob(site["value"]) for site in sites), self.samples
@@ -222,6 +247,18 @@ class LayerRecord(ForwardRecord):
                 total = total + term
         return torch.as_tensor(total)
 
+    def guide_parameters(self) -> dict[str, Tensor]:
+        """See :meth:`ForwardRecord.guide_parameters`: the posterior modules'."""
+        return {
+            f"{variable.site}.{name}": parameter
+            for variable in self.variables
+            for name, parameter in variable.posterior.named_parameters()
+        }
+
+    def training(self) -> bool:
+        """Whether any layer that drew weights was in training mode."""
+        return any(variable.module.training for variable in self.variables)
+
     def log_probs(self) -> Tensor:
         """See :meth:`ForwardRecord.log_probs`."""
         log_p, log_q = [], []
@@ -248,7 +285,14 @@ def _normal_closed_form(
         return None
     prior = variable.module.prior[variable.name]
     assert isinstance(prior, Prior)
-    return prior.kl_from_normal(*moments)
+    term = prior.kl_from_normal(*moments)
+    if term is not None and term.dim() != 0:
+        raise ValueError(
+            f"{type(prior).__name__}.kl_from_normal returned a tensor of shape "
+            f"{tuple(term.shape)} for site '{variable.site}'; it must return the "
+            "KL summed over the weight tensor (a scalar)"
+        )
+    return term
 
 
 def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:

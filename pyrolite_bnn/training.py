@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._state import clone_state
-from pyrolite_bnn.checkpoint import save_checkpoint
+from pyrolite_bnn._validation import check_heat
+from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
 from pyrolite_bnn.loss import KullbackLeiblerLoss
 from pyrolite_bnn.module import VIModule
 
@@ -109,10 +110,7 @@ def linear_warmup(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    for name, value in (("start", start), ("end", end)):
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite heat >= 0, got {value!r}")
-    return _LinearWarmup(epochs, float(start), float(end))
+    return _LinearWarmup(epochs, check_heat(start, "start"), check_heat(end, "end"))
 
 
 # --------------------------------------------------------------------- helpers
@@ -188,14 +186,42 @@ def _format_stats(stats: dict[str, float]) -> str:
     return " ".join(f"{name}={value:.4g}" for name, value in stats.items())
 
 
+# Keys under which a mapping batch holds the input and the target.
+_INPUT_KEYS = ("x", "input")
+_TARGET_KEYS = ("y", "target")
+_BATCH_FORMATS = (
+    "(x, y) pairs, or mappings with the input under 'x' or 'input' and the "
+    "target under 'y' or 'target'"
+)
+
+
 def _unpack(batch: Any, loader: str, where: str) -> tuple[Any, Any]:
+    if isinstance(batch, Mapping):
+        return _from_mapping(batch, _INPUT_KEYS, loader, where), _from_mapping(
+            batch, _TARGET_KEYS, loader, where
+        )
     try:
         x, y = batch
     except (TypeError, ValueError):
         raise ValueError(
-            f"{loader} must yield (x, y) pairs; {where} gave a {type(batch).__name__}"
+            f"{loader} must yield {_BATCH_FORMATS}; {where} gave a "
+            f"{type(batch).__name__}"
         ) from None
     return x, y
+
+
+def _from_mapping(
+    batch: Mapping[Any, Any], keys: tuple[str, str], loader: str, where: str
+) -> Any:
+    present = [key for key in keys if key in batch]
+    if len(present) != 1:
+        found = "both" if present else "neither"
+        raise ValueError(
+            f"{loader} must yield {_BATCH_FORMATS}; {where} gave a mapping with "
+            f"{found} of {keys[0]!r} and {keys[1]!r} (keys: "
+            f"{', '.join(repr(key) for key in batch)})"
+        )
+    return batch[present[0]]
 
 
 def _first_nonfinite_grad(
@@ -320,13 +346,16 @@ def fit(
         model: the network (a :class:`~pyrolite_bnn.VIModule`, or a module
             returning one's output).
         loss_fn: the :class:`~pyrolite_bnn.KullbackLeiblerLoss`.
-        train_loader: iterable of ``(x, y)`` batches (a ``DataLoader``, a list
-            of tuples...), iterated once per epoch.
+        train_loader: iterable of batches (a ``DataLoader``, a list of
+            tuples...), iterated once per epoch: ``(x, y)`` pairs, or mappings
+            holding the input under ``"x"`` or ``"input"`` and the target
+            under ``"y"`` or ``"target"`` (other keys are ignored).
         epochs: number of epochs.
         optimizer: the optimizer, used as is; default
             ``Adam([*model.parameters(), *loss_fn.parameters()], lr=1e-3)`` (the
             likelihood may own a learned noise scale).
-        val_loader: iterable of ``(x, y)`` validation batches.
+        val_loader: iterable of validation batches, in the formats of
+            ``train_loader``.
         callbacks: objects with an optional method
             ``on_epoch_end(epoch, history, model) -> bool | None``, called after
             each epoch (after validation and checkpointing); returning ``True``
@@ -341,7 +370,7 @@ def fit(
             epoch (:func:`~pyrolite_bnn.checkpoint.save_checkpoint`, with
             ``epoch`` and ``extra={"history": ...}``). It holds the latest
             epoch's state for resuming, not the best state restored by early
-            stopping.
+            stopping. Its directory is checked before training starts.
         early_stopping_patience: stop when ``val_loss`` has not improved for
             this many epochs; at the end of training the model and loss states
             of the best epoch are restored (needs ``val_loader``).
@@ -351,7 +380,10 @@ def fit(
 
     Raises:
         ValueError: for invalid arguments (early stopping without
-            ``val_loader``, an empty loader, a negative heat...).
+            ``val_loader``, an empty loader, a negative heat, a batch in
+            another format...).
+        OSError: if ``checkpoint_path`` cannot be written (checked before
+            training: a missing directory, a directory given as the path).
         FloatingPointError: if training produced a NaN/Inf loss, gradient,
             output or parameter; the message names the epoch and step and
             what was restored.
@@ -371,6 +403,8 @@ def fit(
     _check_arguments(
         epochs, val_loader, clip_grad_norm, early_stopping_patience, heat_schedule
     )
+    if checkpoint_path is not None:
+        check_checkpoint_path(checkpoint_path)
     if optimizer is None:
         optimizer = torch.optim.Adam(
             [*model.parameters(), *loss_fn.parameters()], lr=1e-3
@@ -401,13 +435,9 @@ def fit(
     try:
         for epoch in range(epochs):
             if heat_schedule is not None:
-                heat = float(heat_schedule(epoch))
-                if not (math.isfinite(heat) and heat >= 0):
-                    raise ValueError(
-                        f"heat_schedule({epoch}) returned {heat!r}; heat must be "
-                        "finite and >= 0"
-                    )
-                loss_fn.heat = heat
+                loss_fn.heat = check_heat(
+                    heat_schedule(epoch), f"the heat of heat_schedule({epoch})"
+                )
             model.train()
             start = time.perf_counter()
             sums = [0.0, 0.0, 0.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,88 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="not a pyrolite_bnn checkpoint"):
         load_checkpoint(path, _net())
+
+
+@pytest.mark.parametrize("keep", [0, 10, 0.5, -10], ids=lambda k: f"keep={k}")
+def test_empty_or_truncated_file_is_named(tmp_path: Path, keep: float) -> None:
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, _net())
+    data = path.read_bytes()
+    cut = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
+    path.write_bytes(data[:cut])
+    state = "is empty" if cut == 0 else "cannot be read"
+    with pytest.raises(ValueError, match=rf"checkpoint '.*run\.pt' {state}"):
+        load_checkpoint(path, _net())
+
+
+def test_missing_file_keeps_its_own_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "absent.pt", _net())
+
+
+def _prior_net(prior: object) -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(3, 4, prior=prior), nn.ReLU())
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        bnn.LaplacePrior(0.0, 1.0),
+        bnn.DistributionPrior(torch.distributions.Cauchy(0.0, 1.0)),
+    ],
+    ids=["laplace", "cauchy"],
+)
+def test_different_prior_family_is_refused(tmp_path: Path, other: bnn.Prior) -> None:
+    path = tmp_path / "normal.pt"
+    save_checkpoint(path, _prior_net(bnn.NormalPrior(0.0, 1.0)))
+    model = _prior_net(other)
+    before = _state(model)
+    message = (
+        r"different prior or posterior family: 0\.weight \(checkpoint: prior "
+        rf"NormalPrior, posterior MeanFieldNormalPosterior; model: prior "
+        rf"{re.escape(other.family())}, posterior MeanFieldNormalPosterior\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(path, model)
+    _assert_same_state(_state(model), before)
+
+
+def test_wrapped_distributions_are_told_apart(tmp_path: Path) -> None:
+    path = tmp_path / "cauchy.pt"
+    cauchy = bnn.DistributionPrior(torch.distributions.Cauchy(0.0, 1.0))
+    laplace = bnn.DistributionPrior(torch.distributions.Laplace(0.0, 1.0))
+    save_checkpoint(path, _prior_net(cauchy))
+    with pytest.raises(ValueError, match=r"DistributionPrior\(Laplace\)"):
+        load_checkpoint(path, _prior_net(laplace))
+    load_checkpoint(path, _prior_net(cauchy))
+
+
+def test_checkpoint_without_families_still_loads(tmp_path: Path) -> None:
+    """Files written before the families were fingerprinted."""
+    path = tmp_path / "old.pt"
+    saved = _prior_net(bnn.NormalPrior(0.0, 0.5))
+    save_checkpoint(path, saved)
+    payload = torch.load(path, weights_only=True)
+    del payload["fingerprint"]["families"]
+    torch.save(payload, path)
+    model = _prior_net(bnn.NormalPrior(0.0, 1.0))
+    load_checkpoint(path, model)
+    _assert_same_state(_state(model), _state(saved))
+
+
+def test_negative_prior_scale_in_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.pt"
+    save_checkpoint(path, _prior_net(bnn.NormalPrior(0.0, 0.5)))
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["0.prior.weight.scale"] = torch.tensor(-0.5)
+    torch.save(payload, path)
+    model = _prior_net(bnn.NormalPrior(0.0, 0.5))
+    before = _state(model)
+    with pytest.raises(
+        RuntimeError, match=r"prior buffer '0\.prior\.weight\.scale' of NormalPrior"
+    ):
+        load_checkpoint(path, model)
+    _assert_same_state(_state(model), before)
 
 
 # ------------------------------------------------------------- atomic writes

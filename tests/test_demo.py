@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +36,7 @@ def test_default_regression_demo_meets_acceptance(
     """Default flags: gap/data epistemic ratio >= 3, 95 % coverage in [0.90, 0.99]."""
     pytest.importorskip("matplotlib").use("Agg")
     threads = torch.get_num_threads()
-    start = time.perf_counter()
     assert main(["demo", "--out", str(tmp_path)]) == 0
-    seconds = time.perf_counter() - start
     assert torch.get_num_threads() == threads  # the demo restores torch's threads
     (result,) = spy
     assert result["gap_ratio"] >= 3.0
@@ -54,7 +51,6 @@ def test_default_regression_demo_meets_acceptance(
     assert "epistemic std ratio gap / data" in out
     assert "95% interval coverage" in out
     assert f"wrote {tmp_path / 'demo.png'}" in out
-    assert seconds < 60
 
 
 def test_regression_demo_is_repeatable_and_leaves_global_rng_alone() -> None:

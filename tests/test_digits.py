@@ -1,4 +1,4 @@
-"""Default settings reach >= 95 % on digits in a CPU minute (torch_blue W9: 19 %)."""
+"""Default settings reach >= 95 % accuracy on digits (torch_blue W9: 19 %)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ def test_digits_example_runs_with_tiny_settings() -> None:
     assert 0.0 <= result["accuracy"] <= 1.0
 
 
-def test_digits_default_settings_reach_95_percent_within_a_minute() -> None:
+def test_digits_default_settings_reach_95_percent() -> None:
     # ~10 s on 2 CPU cores (40 epochs), so it runs by default.
     result = _main()([])
     assert result["accuracy"] >= 0.95
-    assert result["seconds"] < 60

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pyro
 import pytest
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro import poutine
+from pyro.infer import MCMC, NUTS, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoLowRankMultivariateNormal
+from pyro.infer.mcmc.util import initialize_model
 from torch import nn
 from torch.distributions import kl_divergence
 
@@ -155,6 +161,10 @@ def test_output_after_tensor_ops_still_finds_its_record() -> None:
         ({"kl": "exact"}, "kl must be one of"),
         ({"reduction": "none"}, "reduction must be one of"),
         ({"heat": -1.0}, "heat must be >= 0"),
+        ({"heat": float("inf")}, "heat must be >= 0 and finite, got inf"),
+        ({"heat": float("nan")}, "heat must be >= 0 and finite, got nan"),
+        ({"dataset_size": True}, "dataset_size must be an integer >= 1, got True"),
+        ({"dataset_size": np.float64(100.0)}, "dataset_size must be an integer"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
@@ -201,6 +211,65 @@ def test_bad_targets_and_batches() -> None:
         reg(bnn.VILinear(3, 1)(x), torch.zeros(16, 2))
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("heat", -5.0, "heat must be >= 0 and finite, got -5.0"),
+        ("heat", float("inf"), "heat must be >= 0 and finite, got inf"),
+        ("heat", float("nan"), "heat must be >= 0 and finite, got nan"),
+        ("heat", "warm", "heat must be >= 0 and finite, got 'warm'"),
+        ("dataset_size", 0, "dataset_size must be an integer >= 1, got 0"),
+        ("dataset_size", 2.5, "dataset_size must be an integer >= 1, got 2.5"),
+        ("dataset_size", False, "dataset_size must be an integer >= 1, got False"),
+        ("kl", "exact", "kl must be one of"),
+        ("reduction", "none", "reduction must be one of"),
+    ],
+)
+def test_reassigned_attributes_are_validated(
+    name: str, value: object, message: str
+) -> None:
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, heat=0.5)
+    before = getattr(loss_fn, name)
+    with pytest.raises(ValueError, match=message):
+        setattr(loss_fn, name, value)
+    assert getattr(loss_fn, name) == before
+
+
+def test_valid_reassignment_changes_the_loss() -> None:
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    loss_fn.heat = 0
+    loss_fn.dataset_size = np.int64(2 * N)
+    loss_fn.reduction = "sum"
+    loss_fn.kl = "analytic"
+    assert (loss_fn.heat, loss_fn.dataset_size) == (0.0, 2 * N)
+    assert type(loss_fn.heat) is float
+    assert type(loss_fn.dataset_size) is int
+    loss = loss_fn(net(x), y)
+    torch.testing.assert_close(loss.detach(), loss_fn.last_nll)  # heat 0: no KL
+
+
+@pytest.mark.parametrize(
+    "size", [np.int64(100), np.int32(100), torch.tensor(100)], ids=repr
+)
+def test_dataset_size_accepts_integral_numbers(size: object) -> None:
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), size)  # type: ignore[arg-type]
+    assert loss_fn.dataset_size == 100
+    assert type(loss_fn.dataset_size) is int
+    assert "dataset_size=100," in repr(loss_fn)
+
+
+def test_empty_batch_is_refused() -> None:
+    net = bnn.VILinear(3, 4)  # (a "reparam" layer fails on B = 0 already)
+    out = net(torch.randn(0, 3))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    with pytest.raises(ValueError, match=r"the batch is empty \(output of shape"):
+        loss_fn(out, torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="the batch is empty"):
+        loss_fn.model_loss(net, torch.randn(0, 3), torch.zeros(0, dtype=torch.long))
+
+
 def test_loss_without_forward_record() -> None:
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
     with pytest.raises(ValueError, match="cannot tell which forward pass"):
@@ -241,3 +310,153 @@ def test_loss_can_be_evaluated_without_gradients() -> None:
         loss = loss_fn(net(x), y)
     assert not loss.requires_grad
     assert bool(torch.isfinite(loss))
+
+
+# ------------------------------------------------------------------ MCMC
+def _regression() -> tuple[torch.Tensor, torch.Tensor, bnn.KullbackLeiblerLoss]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 2, generator=gen)
+    y = x @ torch.tensor([1.0, -0.5]) + 0.1 * torch.randn(20, generator=gen)
+    return x, y, bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.5), len(x))
+
+
+def test_nuts_without_samples_draws_one_particle() -> None:
+    """MCMC(NUTS(pyro_model)) without samples=1 sampled 10 tempered networks."""
+    x, y, loss_fn = _regression()
+    net = bnn.VILinear(2, 1)
+    mcmc = MCMC(
+        NUTS(loss_fn.pyro_model(net)),
+        num_samples=5,
+        warmup_steps=5,
+        disable_progbar=True,
+    )
+    mcmc.run(x, y)
+    draws = mcmc.get_samples()
+    assert draws["weight"].shape == (5, 1, 1, 1, 2)
+    assert draws["bias"].shape == (5, 1, 1, 1)
+
+
+def test_mcmc_potential_is_the_untempered_log_joint() -> None:
+    x, y, loss_fn = _regression()
+    net = bnn.VILinear(2, 1)
+    params, potential_fn, _, trace = initialize_model(
+        loss_fn.pyro_model(net), model_args=(x, y)
+    )
+    assert trace.nodes["weight"]["value"].shape == (1, 1, 1, 2)
+    w, b = params["weight"].reshape(1, 2), params["bias"].reshape(1)
+    standard = torch.distributions.Normal(0.0, 1.0)
+    log_joint = (
+        standard.log_prob(w).sum()
+        + standard.log_prob(b).sum()
+        + torch.distributions.Normal(x @ w.T[:, 0] + b, 0.5).log_prob(y).sum()
+    )
+    torch.testing.assert_close(potential_fn(params), -log_joint, rtol=1e-5, atol=1e-4)
+
+
+def test_predictive_keeps_the_guides_particles() -> None:
+    """Predictive runs the model under an InitMessenger too, but masked: not MCMC."""
+    x, y, loss_fn = _regression()
+    net = bnn.VILinear(2, 1)
+    pyro_model = loss_fn.pyro_model(net)
+    draws = Predictive(pyro_model, guide=net.guide, num_samples=2)(x)
+    assert draws["obs"].shape == (2, 10, 20, 1)
+    # After MCMC, the same callable predicts from the chain with one particle.
+    mcmc = MCMC(NUTS(pyro_model), num_samples=3, warmup_steps=2, disable_progbar=True)
+    mcmc.run(x, y)
+    posterior = Predictive(pyro_model, posterior_samples=mcmc.get_samples())(x)
+    assert posterior["obs"].shape == (3, 1, 20, 1)
+
+
+def test_explicit_samples_and_other_runs_keep_their_particles() -> None:
+    x, y, loss_fn = _regression()
+    net = bnn.VILinear(2, 1)
+    _, _, _, trace = initialize_model(
+        loss_fn.pyro_model(net), model_args=(x, y), model_kwargs={"samples": 3}
+    )
+    assert trace.nodes["weight"]["value"].shape == (3, 1, 1, 2)
+    # Outside initialisation (SVI, Predictive with a guide): model.samples.
+    trace = poutine.trace(loss_fn.pyro_model(net)).get_trace(x, y)
+    assert trace.nodes["weight"]["value"].shape == (10, 1, 1, 2)
+
+
+# ------------------------------------------------- parameters left untrained
+def _classifier() -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(2, 4), nn.ReLU(), bnn.VILinear(4, 2))
+
+
+def _autoguide(net: bnn.VISequential) -> AutoLowRankMultivariateNormal:
+    return AutoLowRankMultivariateNormal(
+        net.prior_model, init_loc_fn=net.init_loc_fn, rank=2
+    )
+
+
+def _steps(
+    net: nn.Module, loss_fn: bnn.KullbackLeiblerLoss, optimizer: Any, count: int
+) -> None:
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    for _ in range(count):
+        loss = loss_fn(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+GUIDE_WARNING = (
+    r"the guide's parameters \(e\.g\. '.*'\) get gradients but have not changed in "
+    r"5 training steps: create the optimizer after assigning model\.guide"
+)
+
+
+def test_optimizer_created_before_the_guide_warns() -> None:
+    net = _classifier()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.guide = _autoguide(net)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    with pytest.warns(UserWarning, match=GUIDE_WARNING) as caught:
+        _steps(net, loss_fn, optimizer, 8)
+    assert len(caught) == 1  # once
+
+
+def test_optimizer_created_after_the_guide_is_silent() -> None:
+    net = _classifier()
+    net.guide = _autoguide(net)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 8)
+    net.guide = None  # the default guide, with its own posterior parameters
+    _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 8)
+
+
+def test_default_guide_missing_from_the_optimizer_warns() -> None:
+    net = _classifier()
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-2)
+    with pytest.warns(UserWarning, match=r"e\.g\. '0\.weight\.loc_unconstrained'"):
+        # Counted from the first call that finds gradients (the second).
+        _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 6)
+
+
+def test_guide_assigned_after_the_first_steps_is_watched_afresh() -> None:
+    net = _classifier()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    _steps(net, loss_fn, optimizer, 6)
+    net.guide = _autoguide(net)  # the optimizer does not know it
+    with pytest.warns(UserWarning, match=GUIDE_WARNING):
+        _steps(net, loss_fn, optimizer, 6)
+
+
+def test_losses_without_backward_do_not_count() -> None:
+    """Loss distributions and gradient studies at fixed parameters are silent."""
+    net = _classifier()
+    net.guide = _autoguide(net)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    for _ in range(8):
+        loss = loss_fn(net(x), y)
+        torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
+
+
+def test_evaluation_mode_calls_do_not_count() -> None:
+    """Backpropagating in eval mode (e.g. input gradients) is not training."""
+    net = _classifier().eval()
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-2)
+    _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 8)

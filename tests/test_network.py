@@ -319,3 +319,24 @@ def test_loss_refuses_what_it_cannot_attribute() -> None:
         loss_fn(scaled, y)
     with pytest.raises(ValueError, match="cannot tell which forward pass"):
         loss_fn(torch.randn(10, 8, 3), y)
+
+
+# ------------------------------------------------------------------ call boundary
+def test_dtype_mismatch_is_named_at_the_call() -> None:
+    net = nn.Sequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
+    with pytest.raises(ValueError, match=r"torch\.float64.*torch\.float32"):
+        bnn.VISequential(bnn.VILinear(3, 2))(torch.randn(4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"torch\.float64.*torch\.float32"):
+        net(torch.randn(4, 3, dtype=torch.float64))
+
+
+def test_additive_masks_may_hold_minus_infinity_but_not_nan() -> None:
+    layer = bnn.VIMultiheadAttention(4, 2, batch_first=True)
+    x = torch.randn(2, 3, 4)
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(3)
+    out, _ = layer(x, x, x, attn_mask=mask)
+    assert out.shape == (10, 2, 3, 4)
+    with pytest.raises(ValueError, match="NaN"):
+        layer(x, x, x, attn_mask=torch.full((3, 3), float("nan")))
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        layer(x.masked_fill(x > 1, float("-inf")), x, x)

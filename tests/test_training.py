@@ -179,6 +179,59 @@ def test_data_loader_and_training_mode_restored() -> None:
     assert not model.training
 
 
+class _DictDataset(torch.utils.data.Dataset[dict[str, Tensor]]):
+    def __init__(self, x: Tensor, y: Tensor, keys: tuple[str, str]) -> None:
+        self.x, self.y, self.keys = x, y, keys
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {self.keys[0]: self.x[i], self.keys[1]: self.y[i], "id": torch.tensor(i)}
+
+
+@pytest.mark.parametrize("keys", [("x", "y"), ("input", "target")])
+def test_mapping_batches_train_like_pairs(keys: tuple[str, str]) -> None:
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(_DictDataset(x, y, keys), batch_size=16)
+    pyro.set_rng_seed(3)
+    model = _net()
+    history = fit(model, _loss(), loader, epochs=2, val_loader=loader, progress=False)
+    pyro.set_rng_seed(3)
+    reference = _net()
+    expected = fit(
+        reference,
+        _loss(),
+        _batches(x, y),
+        epochs=2,
+        val_loader=_batches(x, y),
+        progress=False,
+    )
+    # Same draws; collated batches only change float32 rounding (~1e-5).
+    assert history.loss == pytest.approx(expected.loss, rel=1e-4)
+    assert history.val_loss == pytest.approx(expected.val_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("batch", "found"),
+    [
+        ({"image": 1, "label": 2}, "neither of 'x' and 'input'"),
+        ({"x": 1, "input": 1, "y": 2}, "both of 'x' and 'input'"),
+        ({"x": 1, "label": 2}, "neither of 'y' and 'target'"),
+    ],
+)
+def test_mapping_batch_without_known_keys_is_explained(
+    batch: dict[str, int], found: str
+) -> None:
+    message = (
+        r"train_loader must yield \(x, y\) pairs, or mappings with the input under "
+        rf"'x' or 'input' and the target under 'y' or 'target'; epoch 0, step 0 gave "
+        rf"a mapping with {found}"
+    )
+    with pytest.raises(ValueError, match=message):
+        fit(_net(), _loss(), [batch], epochs=1, progress=False)
+
+
 def test_clip_grad_norm_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[float] = []
     original = torch.nn.utils.clip_grad_norm_
@@ -400,6 +453,48 @@ def test_invalid_input_is_not_reported_as_divergence() -> None:
 
 
 # ---------------------------------------------------------------- checkpoints
+class _CountingLoader:
+    """A loader that counts how often training started to iterate it."""
+
+    def __init__(self, batches: Batches) -> None:
+        self.batches, self.iterations = batches, 0
+
+    def __iter__(self) -> Any:
+        self.iterations += 1
+        return iter(self.batches)
+
+
+@pytest.mark.parametrize(
+    ("where", "error", "message"),
+    [
+        (
+            "missing_dir/x.pt",
+            FileNotFoundError,
+            "the directory .*missing_dir' does not exist",
+        ),
+        (".", IsADirectoryError, "it is a directory"),
+    ],
+)
+def test_unwritable_checkpoint_path_fails_before_training(
+    tmp_path: Path, where: str, error: type[Exception], message: str
+) -> None:
+    x, y = _data()
+    loader = _CountingLoader(_batches(x, y))
+    model = _net()
+    before = _state(model)
+    with pytest.raises(error, match=f"cannot write the checkpoint .*: {message}"):
+        fit(
+            model,
+            _loss(),
+            loader,
+            epochs=1,
+            checkpoint_path=tmp_path / where,
+            progress=False,
+        )
+    assert loader.iterations == 0
+    _assert_same_state(_state(model), before)
+
+
 def test_fit_writes_a_checkpoint_every_epoch(tmp_path: Path) -> None:
     x, y = _data()
     path = tmp_path / "run.pt"

@@ -13,12 +13,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, constraints
 
 from pyrolite_bnn._capture import is_capturing
 
@@ -33,21 +34,89 @@ __all__ = [
     "as_prior",
 ]
 
+_NARROW_SCALE = math.exp(-6.0)  # Blundell et al.'s narrow mixture component
+
 PriorLike = "Prior | Distribution | Callable[[torch.Size], Distribution]"
 
 
-def _positive(value: float | Tensor, what: str) -> Tensor:
-    tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
-    if not bool((tensor > 0).all()) or not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{what} must be positive and finite, got {value!r}")
+class _FiniteReal(constraints.Constraint):
+    """Finite real numbers (``constraints.real`` lets infinities through)."""
+
+    def check(self, value: Tensor) -> Tensor:
+        return torch.isfinite(value)
+
+    def __repr__(self) -> str:
+        return "finite"
+
+
+class _FinitePositive(constraints.Constraint):
+    """Positive finite numbers (``constraints.positive`` lets infinity through)."""
+
+    def check(self, value: Tensor) -> Tensor:
+        return torch.isfinite(value) & (value > 0)
+
+    def __repr__(self) -> str:
+        return "positive and finite"
+
+
+class _UnitOpen(constraints.Constraint):
+    """Numbers strictly between 0 and 1."""
+
+    def check(self, value: Tensor) -> Tensor:
+        return (value > 0) & (value < 1)
+
+    def __repr__(self) -> str:
+        return "in (0, 1)"
+
+
+_finite_real = _FiniteReal()
+_finite_positive = _FinitePositive()
+_unit_open = _UnitOpen()
+
+
+def _satisfies(constraint: constraints.Constraint, value: Tensor) -> bool:
+    """Whether every element of ``value`` satisfies ``constraint``."""
+    return bool(constraint.check(value).all())  # type: ignore[no-untyped-call]
+
+
+def _broadcast_shape(*shapes: torch.Size) -> torch.Size:
+    """``torch.broadcast_shapes``, typed."""
+    result: torch.Size = torch.broadcast_shapes(*shapes)  # type: ignore[no-untyped-call]
+    return result
+
+
+def _hyperparameter(
+    value: float | Tensor, constraint: constraints.Constraint, what: str
+) -> Tensor:
+    """``value`` as a fresh tensor of the default dtype, checked by ``constraint``."""
+    tensor = torch.as_tensor(value, dtype=torch.get_default_dtype()).detach().clone()
+    if not _satisfies(constraint, tensor):
+        shown = value.tolist() if isinstance(value, Tensor) else value
+        raise ValueError(f"{what} must be {constraint!r}, got {shown!r}")
     return tensor
+
+
+def _positive(value: float | Tensor, what: str) -> Tensor:
+    return _hyperparameter(value, _finite_positive, what)
 
 
 def _finite(value: float | Tensor, what: str) -> Tensor:
-    tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{what} must be finite, got {value!r}")
-    return tensor
+    return _hyperparameter(value, _finite_real, what)
+
+
+def _is_dependent(constraint: constraints.Constraint) -> bool:
+    """``constraints.is_dependent``, typed."""
+    return bool(constraints.is_dependent(constraint))  # type: ignore[no-untyped-call]
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` (without growing it)."""
+    if len(shape) > len(target):
+        return False
+    return all(
+        size in (1, wanted)
+        for size, wanted in zip(reversed(shape), reversed(target), strict=False)
+    )
 
 
 def _independent(base: Distribution, shape: torch.Size) -> dist.TorchDistribution:
@@ -71,23 +140,114 @@ class Prior(nn.Module):
     (batch shape ``()`` or broadcastable to the weight's shape); the base class
     expands it to the requested shape and makes every dimension an event
     dimension, as a Pyro sample site for the whole tensor needs.
+
+    Every hyperparameter may be a tensor that broadcasts to the weight's shape
+    (one prior scale per weight, per row, ...). Hyperparameters that would
+    broadcast to a *larger* shape are refused with a ``ValueError`` naming both
+    shapes. Subclasses list their buffers and constraints in
+    :meth:`hyperparameter_constraints`; a ``load_state_dict`` that would put an
+    invalid value (a negative scale, a NaN) into one of them fails with an error
+    naming the buffer, and loads nothing into the prior.
     """
 
     def elementwise(self) -> dist.TorchDistribution:
         """Distribution of a single weight built from the buffers."""
         raise NotImplementedError
 
+    def family(self) -> str:
+        """Name of the prior family, as checkpoints record it (the class name).
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> bnn.LaplacePrior().family()
+            'LaplacePrior'
+        """
+        return type(self).__name__
+
+    def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
+        """Buffer name -> constraint its values must satisfy (checked on loading)."""
+        return {}
+
+    def hyperparameter_shape(self) -> torch.Size:
+        """Broadcast shape of the hyperparameters: the batch shape of one weight."""
+        return self.elementwise().batch_shape
+
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Raise ``ValueError`` unless the hyperparameters broadcast to ``shape``.
+
+        Args:
+            shape: shape of the weight tensor the prior is declared for.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> prior = bnn.NormalPrior(0.0, torch.ones(3, 1))
+            >>> prior.check_shape((3, 4))
+            >>> try:
+            ...     prior.check_shape((3,))
+            ... except ValueError as error:
+            ...     print(str(error).split(" do not")[0])
+            NormalPrior hyperparameters of shape (3, 1)
+        """
+        _check_broadcast(self, self.hyperparameter_shape(), torch.Size(shape))
+
     def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
         """Prior of a weight tensor of the given ``shape`` (all dims are event)."""
-        return _independent(self.elementwise(), torch.Size(shape))
+        size = torch.Size(shape)
+        base = self.elementwise()
+        _check_broadcast(self, base.batch_shape, size)
+        return _independent(base, size)
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
         """``KL(N(loc, scale^2) || prior)`` summed over the tensor, if cheap.
 
         A fast path for the default mean-field Normal posterior; ``None`` (the
-        default) means "use ``torch.distributions.kl_divergence``".
+        default) means "use ``torch.distributions.kl_divergence``". An
+        implementation returns a scalar.
         """
         return None
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Check the incoming hyperparameters before copying any of them."""
+        problems = []
+        for name, constraint in self.hyperparameter_constraints().items():
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and not _satisfies(constraint, value):
+                shown = value.tolist() if value.numel() <= 4 else tuple(value.shape)
+                problems.append(
+                    f"prior buffer {prefix + name!r} of {type(self).__name__} must "
+                    f"be {constraint!r}, the state dict holds {shown!r}"
+                )
+        if problems:
+            error_msgs.extend(problems)  # load_state_dict raises a RuntimeError
+            return
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
+
+
+def _check_broadcast(prior: Prior, batch: torch.Size, shape: torch.Size) -> None:
+    if not _broadcasts_to(batch, shape):
+        raise ValueError(
+            f"{type(prior).__name__} hyperparameters of shape {tuple(batch)} do not "
+            f"broadcast to the weight shape {tuple(shape)}; give each random "
+            "variable a prior of its own shape, e.g. prior={'weight': ..., "
+            "'bias': ...}"
+        )
 
 
 class NormalPrior(Prior):
@@ -113,28 +273,47 @@ class NormalPrior(Prior):
         self.register_buffer("loc", _finite(loc, "NormalPrior loc"))
         self.register_buffer("scale", _positive(scale, "NormalPrior scale"))
 
+    def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
+        """``loc`` finite, ``scale`` positive."""
+        return {"loc": _finite_real, "scale": _finite_positive}
+
+    def hyperparameter_shape(self) -> torch.Size:
+        """Broadcast shape of ``loc`` and ``scale``."""
+        return _broadcast_shape(self.loc.shape, self.scale.shape)
+
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
         """Closed form, arranged to keep few weight-sized tensors for backward.
 
         ``KL = sum[(sigma^2 + (mu - m)^2) / (2 s^2)] - sum log sigma
-        + n (log s - 1/2)`` for ``q = N(mu, sigma^2)``, prior ``N(m, s^2)``.
+        + sum (log s - 1/2)`` for ``q = N(mu, sigma^2)``, prior ``N(m, s^2)``,
+        the sums over every weight; ``m`` and ``s`` may be tensors that
+        broadcast to the weight's shape.
         """
         prior_loc, prior_scale = self.loc, self.scale
-        quadratic = (scale.square() + (loc - prior_loc).square()).sum()
-        if (
-            prior_scale.device.type == "cpu"
-            and prior_scale.numel() == 1
-            and not is_capturing()
-        ):
+        _check_broadcast(
+            self, _broadcast_shape(prior_loc.shape, prior_scale.shape), loc.shape
+        )
+        squares = scale.square() + (loc - prior_loc).square()
+        if prior_scale.numel() != 1:
+            # log s repeats once per weight that shares it.
+            copies = loc.numel() // prior_scale.numel()
+            return (
+                0.5 * (squares / prior_scale.square()).sum()
+                - scale.log().sum()
+                + copies * prior_scale.log().sum()
+                - 0.5 * loc.numel()
+            )
+        quadratic = squares.sum()
+        if prior_scale.device.type == "cpu" and not is_capturing():
             # Constants as Python floats: fewer tiny tensor ops on the CPU (on an
             # accelerator, reading them would synchronise instead).
             s = float(prior_scale)
             constant = loc.numel() * (math.log(s) - 0.5)
             return quadratic * (0.5 / (s * s)) - scale.log().sum() + constant
         return (
-            0.5 * quadratic / prior_scale.square()
+            0.5 * quadratic / prior_scale.square().reshape(())
             - scale.log().sum()
-            + loc.numel() * (prior_scale.log() - 0.5)
+            + loc.numel() * (prior_scale.log().reshape(()) - 0.5)
         )
 
     def elementwise(self) -> dist.TorchDistribution:
@@ -162,6 +341,10 @@ class LaplacePrior(Prior):
         super().__init__()
         self.register_buffer("loc", _finite(loc, "LaplacePrior loc"))
         self.register_buffer("scale", _positive(scale, "LaplacePrior scale"))
+
+    def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
+        """``loc`` finite, ``scale`` positive."""
+        return {"loc": _finite_real, "scale": _finite_positive}
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return ``Laplace(loc, scale)``."""
@@ -197,6 +380,10 @@ class StudentTPrior(Prior):
         self.register_buffer("loc", _finite(loc, "StudentTPrior loc"))
         self.register_buffer("scale", _positive(scale, "StudentTPrior scale"))
 
+    def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
+        """``df`` and ``scale`` positive, ``loc`` finite."""
+        return {"df": _finite_positive, "loc": _finite_real, "scale": _finite_positive}
+
     def elementwise(self) -> dist.TorchDistribution:
         """Return ``StudentT(df, loc, scale)``."""
         result: dist.TorchDistribution = dist.StudentT(self.df, self.loc, self.scale)
@@ -217,6 +404,17 @@ class ScaleMixtureNormalPrior(Prior):
         pi: weight of the first component, in ``(0, 1)``.
         scale1: standard deviation of the first (wide) component.
         scale2: standard deviation of the second (narrow) component.
+
+    Each argument may be a tensor that broadcasts to the weight's shape. The
+    buffers hold the two components along a last dimension of size 2:
+    ``logits`` ``(*pi.shape, 2)`` and ``scales`` ``(*scale_shape, 2)``.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> bnn.ScaleMixtureNormalPrior(0.25, torch.ones(3, 1), 0.1)((3, 2))
+        Independent(MixtureSameFamily(
+          Categorical(logits: torch.Size([3, 2, 2])),
+          Normal(loc: torch.Size([3, 2, 2]), scale: torch.Size([3, 2, 2]))), 2)
     """
 
     logits: Tensor
@@ -224,23 +422,27 @@ class ScaleMixtureNormalPrior(Prior):
 
     def __init__(
         self,
-        pi: float = 0.5,
-        scale1: float = 1.0,
-        scale2: float = math.exp(-6.0),
+        pi: float | Tensor = 0.5,
+        scale1: float | Tensor = 1.0,
+        scale2: float | Tensor = _NARROW_SCALE,
     ) -> None:
         super().__init__()
-        if not 0.0 < pi < 1.0:
-            raise ValueError(
-                f"ScaleMixtureNormalPrior pi must be in (0, 1), got {pi!r}"
-            )
-        scales = torch.stack(
-            [
-                _positive(scale1, "ScaleMixtureNormalPrior scale1"),
-                _positive(scale2, "ScaleMixtureNormalPrior scale2"),
-            ]
-        )
-        self.register_buffer("logits", torch.tensor([math.log(pi), math.log1p(-pi)]))
-        self.register_buffer("scales", scales)
+        weight = _hyperparameter(pi, _unit_open, "ScaleMixtureNormalPrior pi")
+        first = _positive(scale1, "ScaleMixtureNormalPrior scale1")
+        second = _positive(scale2, "ScaleMixtureNormalPrior scale2")
+        both = _broadcast_shape(first.shape, second.shape)
+        first, second = first.expand(both), second.expand(both)
+        logits = torch.stack([weight.log(), torch.log1p(-weight)], dim=-1)
+        self.register_buffer("logits", logits)
+        self.register_buffer("scales", torch.stack([first, second], dim=-1))
+
+    def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
+        """``logits`` finite, ``scales`` positive."""
+        return {"logits": _finite_real, "scales": _finite_positive}
+
+    def hyperparameter_shape(self) -> torch.Size:
+        """Broadcast shape of ``pi`` and the scales."""
+        return _broadcast_shape(self.logits.shape[:-1], self.scales.shape[:-1])
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return the two-component mixture."""
@@ -252,10 +454,9 @@ class ScaleMixtureNormalPrior(Prior):
 
     def extra_repr(self) -> str:
         """Constructor arguments."""
-        pi = float(self.logits.softmax(-1)[0])
-        return (
-            f"pi={pi:.3g}, scale1={_fmt(self.scales[0])}, scale2={_fmt(self.scales[1])}"
-        )
+        pi = _fmt(self.logits.softmax(-1)[..., 0], ".3g")
+        first, second = _fmt(self.scales[..., 0]), _fmt(self.scales[..., 1])
+        return f"pi={pi}, scale1={first}, scale2={second}"
 
 
 class DistributionPrior(Prior):
@@ -296,6 +497,25 @@ class DistributionPrior(Prior):
             )
         # Validate now, so that bad hyperparameters fail at construction.
         self.elementwise()
+
+    def family(self) -> str:
+        """``DistributionPrior(<wrapped class>)``."""
+        return f"{type(self).__name__}({self._cls.__name__})"
+
+    def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
+        """The wrapped distribution's ``arg_constraints`` of its tensor arguments.
+
+        Constraints that depend on other arguments (e.g. ``Uniform``'s bounds)
+        are left to the distribution's own validation.
+        """
+        table = getattr(self._cls, "arg_constraints", None)
+        if not isinstance(table, dict):
+            return {}
+        return {
+            name: table[name]
+            for name in self._names
+            if name in table and not _is_dependent(table[name])
+        }
 
     def elementwise(self) -> dist.TorchDistribution:
         """Rebuild the wrapped distribution from the buffers."""
@@ -381,7 +601,7 @@ def as_prior(prior: object) -> Prior:
     )
 
 
-def _fmt(value: Tensor) -> str:
-    return (
-        f"{value.item():.4g}" if value.numel() == 1 else f"tensor{tuple(value.shape)}"
-    )
+def _fmt(value: Tensor, spec: str = ".4g") -> str:
+    if value.numel() == 1:
+        return format(value.item(), spec)
+    return f"tensor{tuple(value.shape)}"

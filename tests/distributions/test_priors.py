@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.distributions import kl_divergence
 
 import pyrolite_bnn as bnn
 
@@ -101,3 +106,304 @@ def test_bad_hyperparameters(make, message: str) -> None:  # type: ignore[no-unt
 def test_bad_prior_type() -> None:
     with pytest.raises(TypeError, match="prior must be a bnn Prior"):
         bnn.VILinear(2, 2, prior=3.0)
+
+
+# ------------------------------------------------ tensor-valued hyperparameters
+# Every prior class, built from hyperparameters given as a dict of floats or
+# tensors, next to the elementwise torch.distributions reference it must equal.
+def _mixture(pi: torch.Tensor, scale1: torch.Tensor, scale2: torch.Tensor):  # type: ignore[no-untyped-def]
+    pi, scale1, scale2 = torch.broadcast_tensors(
+        torch.as_tensor(pi), torch.as_tensor(scale1), torch.as_tensor(scale2)
+    )
+    return torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(probs=torch.stack([pi, 1 - pi], -1)),
+        torch.distributions.Normal(0.0, torch.stack([scale1, scale2], -1)),
+    )
+
+
+PRIOR_CASES = {
+    "normal": (
+        lambda h: bnn.NormalPrior(h["loc"], h["scale"]),
+        lambda h: torch.distributions.Normal(h["loc"], h["scale"]),
+        {"loc": "real", "scale": "positive"},
+    ),
+    "laplace": (
+        lambda h: bnn.LaplacePrior(h["loc"], h["scale"]),
+        lambda h: torch.distributions.Laplace(h["loc"], h["scale"]),
+        {"loc": "real", "scale": "positive"},
+    ),
+    "student_t": (
+        lambda h: bnn.StudentTPrior(h["df"], h["loc"], h["scale"]),
+        lambda h: torch.distributions.StudentT(h["df"], h["loc"], h["scale"]),
+        {"df": "positive", "loc": "real", "scale": "positive"},
+    ),
+    "scale_mixture": (
+        lambda h: bnn.ScaleMixtureNormalPrior(h["pi"], h["scale1"], h["scale2"]),
+        lambda h: _mixture(h["pi"], h["scale1"], h["scale2"]),
+        {"pi": "unit", "scale1": "positive", "scale2": "positive"},
+    ),
+    "distribution_cauchy": (
+        lambda h: bnn.DistributionPrior(
+            torch.distributions.Cauchy(
+                torch.as_tensor(h["loc"]), torch.as_tensor(h["scale"])
+            )
+        ),
+        lambda h: torch.distributions.Cauchy(h["loc"], h["scale"]),
+        {"loc": "real", "scale": "positive"},
+    ),
+}
+
+
+def _value(domain: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=gen)
+    return {"real": 2 * u - 1, "positive": 0.3 + u, "unit": 0.1 + 0.8 * u}[domain]
+
+
+def _hyper(
+    case: str, shapes: dict[str, tuple[int, ...]] | None, seed: int = 0
+) -> dict[str, object]:
+    """Hyperparameters of ``case``: floats (``shapes=None``) or tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    domains = PRIOR_CASES[case][2]
+    if shapes is None:
+        return {name: float(_value(d, (), gen)) for name, d in domains.items()}
+    return {name: _value(d, shapes[name], gen) for name, d in domains.items()}
+
+
+def _reference_log_prob(case: str, hyper: dict[str, object], w: torch.Tensor):  # type: ignore[no-untyped-def]
+    tensors = {k: torch.as_tensor(v) for k, v in hyper.items()}
+    return PRIOR_CASES[case][1](tensors).log_prob(w).sum()
+
+
+@pytest.mark.parametrize("tensor", [False, True], ids=["scalar", "tensor"])
+@pytest.mark.parametrize("case", sorted(PRIOR_CASES))
+def test_log_prob_with_scalar_and_tensor_hyperparameters(
+    case: str, tensor: bool
+) -> None:
+    # One hyperparameter per weight (3, 4), one per row (3, 1), one per column (4,).
+    cycle = [(3, 4), (3, 1), (4,)]
+    shapes = {n: cycle[i] for i, n in enumerate(PRIOR_CASES[case][2])}
+    hyper = _hyper(case, shapes if tensor else None)
+    prior = PRIOR_CASES[case][0](hyper)
+    prior.check_shape((3, 4))
+    w = torch.randn(5, 1, 3, 4)  # particles in front, as the loss evaluates them
+    log_prob = prior((3, 4)).log_prob(w)
+    assert log_prob.shape == (5, 1)
+    for s in range(5):
+        torch.testing.assert_close(
+            log_prob[s, 0],
+            _reference_log_prob(case, hyper, w[s, 0]),
+            rtol=1e-5,
+            atol=1e-4,
+        )
+
+
+def _map_layer(prior: bnn.Prior) -> bnn.VILinear:
+    # A point-mass posterior makes the KL term the deterministic -log p(w).
+    return bnn.VILinear(4, 3, False, prior=prior, variational=bnn.PointMass())
+
+
+@pytest.mark.parametrize("tensor", [False, True], ids=["scalar", "tensor"])
+@pytest.mark.parametrize("case", sorted(PRIOR_CASES))
+def test_loss_with_tensor_hyperparameters_is_the_reference_scalar(
+    case: str, tensor: bool
+) -> None:
+    shapes = dict.fromkeys(PRIOR_CASES[case][2], (3, 4))
+    hyper = _hyper(case, shapes if tensor else None)
+    layer = _map_layer(PRIOR_CASES[case][0](hyper))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=100)
+    loss = loss_fn(layer(torch.randn(8, 4)), torch.randint(0, 3, (8,)))
+    assert loss.shape == ()
+    expected_kl = -_reference_log_prob(case, hyper, layer.posterior["weight"].loc)
+    torch.testing.assert_close(
+        loss_fn.last_kl * 100, expected_kl.detach(), rtol=1e-5, atol=1e-4
+    )
+    torch.testing.assert_close(
+        loss.detach(), loss_fn.last_nll + expected_kl.detach() / 100
+    )
+
+
+def _tensor_prior_layer(
+    scale_shape: tuple[int, ...],
+) -> tuple[bnn.VILinear, torch.Tensor, torch.Tensor]:
+    scale = 0.5 + torch.rand(scale_shape)
+    loc = 0.2 * torch.randn(scale_shape)
+    layer = bnn.VILinear(4, 3, False, prior=bnn.NormalPrior(loc, scale=scale))
+    with torch.no_grad():
+        layer.posterior["weight"].rho_unconstrained.uniform_(-2.0, 0.0)
+    return layer, loc, scale
+
+
+def _posterior(layer: bnn.VILinear) -> torch.distributions.Normal:
+    post = layer.posterior["weight"]
+    return torch.distributions.Normal(post.loc.detach(), post.scale().detach())
+
+
+@pytest.mark.parametrize("kl", ["auto", "analytic"])
+@pytest.mark.parametrize("scale_shape", [(), (1, 1), (3, 4), (3, 1), (4,)])
+def test_normal_closed_form_kl_with_tensor_scale(
+    scale_shape: tuple[int, ...], kl: str
+) -> None:
+    """The reported case: one prior scale per weight of a VILinear(4, 3)."""
+    layer, loc, scale = _tensor_prior_layer(scale_shape)
+    q = _posterior(layer)
+    expected = kl_divergence(q, torch.distributions.Normal(loc, scale)).sum()
+    post = layer.posterior["weight"]
+    closed = layer.prior["weight"].kl_from_normal(post.loc, post.scale())
+    assert closed is not None
+    assert closed.shape == ()
+    torch.testing.assert_close(closed.detach(), expected, rtol=1e-5, atol=1e-4)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100, kl=kl)  # type: ignore[arg-type]
+    loss = loss_fn(layer(torch.randn(8, 4)), torch.randint(0, 3, (8,)))
+    assert loss.shape == ()
+    torch.testing.assert_close(loss_fn.last_kl * 100, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize("scale_shape", [(), (3, 4), (3, 1)])
+def test_monte_carlo_kl_with_tensor_scale(scale_shape: tuple[int, ...]) -> None:
+    layer, loc, scale = _tensor_prior_layer(scale_shape)
+    q, p = _posterior(layer), torch.distributions.Normal(loc, scale)
+    expected = kl_divergence(q, p).sum()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100, kl="mc")
+    samples = 4000
+    loss = loss_fn(layer(torch.randn(8, 4), samples=samples), torch.randint(0, 3, (8,)))
+    assert loss.shape == ()
+    # Within 4.5 standard errors (a correct estimate fails with probability
+    # ~7e-6); the standard deviation of log q(w) - log p(w) per particle is
+    # estimated from fresh draws.
+    draws = q.sample((samples,))
+    terms = (q.log_prob(draws) - p.log_prob(draws)).sum((-2, -1))
+    tolerance = 4.5 * float(terms.std()) / math.sqrt(samples)
+    assert abs(float(loss_fn.last_kl * 100 - expected)) < tolerance
+
+
+def test_hyperparameters_that_do_not_broadcast_are_refused() -> None:
+    prior = bnn.NormalPrior(0.0, scale=torch.ones(3, 4))
+    message = (
+        r"hyperparameters of shape \(3, 4\) do not broadcast to the weight shape \(3,\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        prior.check_shape((3,))
+    with pytest.raises(ValueError, match=message):
+        prior((3,))
+    with pytest.raises(ValueError, match=message):
+        prior.kl_from_normal(torch.zeros(3), torch.ones(3))
+    # Through a layer: the (3, 4) prior is also given to the bias (3,). The
+    # error comes at the first use of the prior (at declaration once
+    # VIModule.declare_random_variable calls Prior.check_shape).
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    with pytest.raises(ValueError, match=message):
+        loss_fn(bnn.VILinear(4, 3, prior=prior)(x), y)
+    # The way out the message names: a prior per variable.
+    layer = bnn.VILinear(4, 3, prior={"weight": prior, "bias": bnn.NormalPrior()})
+    assert loss_fn(layer(x), y).shape == ()
+
+
+def test_bad_tensor_hyperparameter_names_the_values() -> None:
+    with pytest.raises(
+        ValueError, match=r"scale must be positive and finite, got \[1.0, -1.0\]"
+    ):
+        bnn.LaplacePrior(0.0, torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match=r"pi must be in \(0, 1\)"):
+        bnn.ScaleMixtureNormalPrior(torch.tensor([0.5, 1.0]))
+
+
+def test_tensor_hyperparameters_are_copied_and_follow_dtype() -> None:
+    scale = torch.ones(3, 1)
+    layer = bnn.VILinear(
+        2, 3, False, prior=bnn.NormalPrior(0.0, scale), dtype=torch.float64
+    )
+    scale.fill_(5.0)
+    assert float(layer.prior["weight"].scale.max()) == 1.0
+    assert layer.prior["weight"].scale.dtype == torch.float64
+    assert repr(layer.prior["weight"]) == "NormalPrior(loc=0, scale=tensor(3, 1))"
+
+
+@st.composite
+def _broadcast_case(
+    draw: st.DrawFn,
+) -> tuple[str, tuple[int, ...], dict[str, tuple[int, ...]], int]:
+    """A prior class, a weight shape and a broadcastable shape per hyperparameter."""
+    case = draw(st.sampled_from(sorted(PRIOR_CASES)))
+    weight = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    shapes = {}
+    for name in PRIOR_CASES[case][2]:
+        kept = draw(st.integers(0, len(weight)))  # trailing dims present
+        suffix = weight[len(weight) - kept :]
+        shapes[name] = tuple(draw(st.sampled_from([1, n])) for n in suffix)
+    return case, weight, shapes, draw(st.integers(0, 2**16))
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(_broadcast_case())
+def test_random_broadcastable_hyperparameters_match_reference(
+    drawn: tuple[str, tuple[int, ...], dict[str, tuple[int, ...]], int],
+) -> None:
+    case, weight, shapes, seed = drawn
+    hyper = _hyper(case, shapes, seed)
+    prior = PRIOR_CASES[case][0](hyper)
+    prior.check_shape(weight)
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn((2, 1, *weight), generator=gen)
+    log_prob = prior(weight).log_prob(w)
+    assert log_prob.shape == (2, 1)
+    for s in range(2):
+        torch.testing.assert_close(
+            log_prob[s, 0],
+            _reference_log_prob(case, hyper, w[s, 0]),
+            rtol=1e-5,
+            atol=1e-4,
+        )
+    if case == "normal":
+        loc = torch.randn(weight, generator=gen)
+        scale = 0.1 + torch.rand(weight, generator=gen)
+        q = torch.distributions.Normal(loc, scale)
+        p = torch.distributions.Normal(hyper["loc"], hyper["scale"])  # type: ignore[arg-type]
+        closed = prior.kl_from_normal(loc, scale)
+        assert closed is not None
+        assert closed.shape == ()
+        torch.testing.assert_close(
+            closed, kl_divergence(q, p).sum(), rtol=1e-5, atol=1e-4
+        )
+    # One more leading dimension of size 2 does not broadcast to the weight.
+    too_big = (2, *weight)
+    with pytest.raises(ValueError, match="do not broadcast to the weight shape"):
+        PRIOR_CASES[case][0](_hyper(case, dict.fromkeys(shapes, too_big))).check_shape(
+            weight
+        )
+
+
+@pytest.mark.parametrize(
+    ("prior", "key", "bad"),
+    [
+        (bnn.NormalPrior(0.0, 0.5), "prior.weight.scale", -1.0),
+        (bnn.NormalPrior(0.0, 0.5), "prior.weight.loc", float("nan")),
+        (bnn.LaplacePrior(0.0, 0.5), "prior.weight.scale", 0.0),
+        (bnn.StudentTPrior(3.0, 0.0, 0.5), "prior.weight.df", -3.0),
+        (bnn.ScaleMixtureNormalPrior(), "prior.weight.scales", -1.0),
+        (
+            bnn.DistributionPrior(torch.distributions.Cauchy(0.0, 1.0)),
+            "prior.weight.scale",
+            -1.0,
+        ),
+    ],
+)
+def test_invalid_hyperparameter_in_state_dict_is_refused(
+    prior: bnn.Prior, key: str, bad: float
+) -> None:
+    layer = bnn.VILinear(2, 2, prior=prior)
+    state = layer.state_dict()
+    before = state[key].clone()
+    state[key] = torch.full_like(state[key], bad)
+    with pytest.raises(RuntimeError, match=rf"prior buffer '{key}' of \w+ must be"):
+        layer.load_state_dict(state)
+    torch.testing.assert_close(layer.state_dict()[key], before)  # nothing copied
+    # A valid state still loads.
+    state[key] = before
+    layer.load_state_dict(state)

@@ -1,0 +1,52 @@
+"""Tests for :mod:`pyrolite_bnn._validation` (boundary checks and the switch)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn._validation import check_heat, check_input_dtype, floating_dtype
+
+
+def test_floating_dtype_of_a_network() -> None:
+    assert floating_dtype(bnn.VILinear(2, 3)) == torch.float32
+    assert floating_dtype(bnn.VILinear(2, 3, dtype=torch.float64)) == torch.float64
+    assert floating_dtype(nn.ReLU()) is None
+
+
+def test_float64_input_into_float32_network_names_both_dtypes() -> None:
+    net = bnn.VILinear(4, 3)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    with pytest.raises(
+        ValueError,
+        match=r"input 0 of VILinear has dtype torch.float64, but the network's "
+        r"parameters are torch.float32; convert the input \(x.to\(torch.float32\)\) "
+        r"or the network \(model.to\(torch.float64\)\)",
+    ):
+        check_input_dtype((x,), {}, floating_dtype(net), "VILinear")
+    with pytest.raises(ValueError, match=r"input mask of Net has dtype torch\.float16"):
+        check_input_dtype((x.float(),), {"mask": x.half()}, torch.float32, "Net")
+
+
+def test_matching_integer_and_unchecked_inputs_pass() -> None:
+    x32 = torch.randn(2, 3)
+    check_input_dtype((x32, torch.arange(3), 1.5), {"k": "v"}, torch.float32, "N")
+    check_input_dtype((x32.double(),), {}, None, "N")  # no floating parameters
+    with bnn.validation(False):
+        check_input_dtype((x32.double(),), {}, torch.float32, "N")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        check_input_dtype((x32.bfloat16(),), {}, torch.float32, "N")
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan"), "hot", None])
+def test_check_heat_rejects(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"heat must be >= 0 and finite, got"):
+        check_heat(bad, "heat")  # type: ignore[arg-type]
+
+
+def test_check_heat_returns_a_float() -> None:
+    value = check_heat(torch.tensor(0.25), "heat")  # type: ignore[arg-type]
+    assert value == 0.25
+    assert type(value) is float
