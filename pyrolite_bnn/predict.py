@@ -259,35 +259,36 @@ def _predict(
     memory_budget: int | None,
 ) -> Tensor:
     size = x.shape[0]
-    budget = _default_budget(x) if memory_budget is None else memory_budget
     generators = _Generators(_devices(model, x))
     weights = model.guide.median() if mode == "mean" else None
     particles = 1 if weights is not None else samples
+    budget = _default_budget(x) if memory_budget is None else memory_budget
+    # Keep one draw of all weights for every chunk if it takes <= half the budget.
+    kept_bytes = 0 if weights is not None else _draw_bytes(model, particles)
+    kept_bytes = kept_bytes if kept_bytes <= budget // 2 else 0
     if batch_size is None:
         with _ActivationProbe(model) as probe:
             _run(model, x[:_PROBE_INPUTS], 1, weights)
         generators.rewind()  # the probe's draws are not the prediction's
-    kept = weights is None and _draw_bytes(model, particles) <= budget // 2
-    if batch_size is None:
-        room = budget - _draw_bytes(model, particles) if kept else budget
         per_input = _WORKING_SET_FACTOR * particles * probe.per_input()
+        room = budget - kept_bytes
         step = size if per_input == 0 else max(1, int(room // per_input))
     else:
         step = batch_size
     if step >= size:
         return _run(model, x, particles, weights)
-    if kept:
+    if kept_bytes:
         weights = _draw_weights(model, particles)
     result: Tensor | None = None
-    after_first: list[Tensor | None] = []
+    after_first: list[Tensor | None] | None = None
     for start in range(0, size, step):
         if weights is None:  # same draws in every chunk: rewind the generators
             generators.rewind()
         out = _run(model, x[start : start + step], particles, weights)
         if result is None:
             result = out.new_empty((out.shape[0], size, *out.shape[2:]))
-            after_first = generators.current()
-        elif weights is None and not generators.same_as(after_first):
+            after_first = None if weights is not None else generators.current()
+        elif after_first is not None and not generators.same_as(after_first):
             warnings.warn(
                 "predict: the network drew a number of random values that depends "
                 "on the chunk size (dropout in training mode?), so particles may be "
@@ -296,7 +297,7 @@ def _predict(
                 RuntimeWarning,
                 stacklevel=3,
             )
-            after_first = generators.current()
+            after_first = None  # once is enough
         result[:, start : start + step] = out
     assert result is not None
     return result

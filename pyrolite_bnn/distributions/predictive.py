@@ -189,6 +189,13 @@ class PredictiveDistribution(LocalPyroModule):
 
         The particle average of the :meth:`moments` means (of the
         :meth:`class_probs` for classification).
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.Normal(scale=1.0).predictive_mean(torch.ones(4, 3, 1))
+            tensor([1., 1., 1.])
+            >>> bnn.Categorical().predictive_mean(torch.zeros(4, 3, 2))[0]
+            tensor([0.5000, 0.5000])
         """
         return self.moments(output)[0].mean(0)
 
@@ -548,7 +555,13 @@ class HeteroscedasticNormal(PredictiveDistribution):
         return loc, scale**2
 
     def quantile(self, output: Tensor, q: float) -> Tensor:
-        """Exact quantile ``q`` of the Gaussian mixture over particles, ``(B, ...)``."""
+        """Exact quantile ``q`` of the Gaussian mixture over particles, ``(B, ...)``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.HeteroscedasticNormal().quantile(torch.zeros(4, 3, 2), 0.9).shape
+            torch.Size([3])
+        """
         return _gaussian_mixture_quantile(*self.moments(output), q)
 
     def loc_scale(self, output: Tensor) -> tuple[Tensor, Tensor]:
