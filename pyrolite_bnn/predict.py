@@ -270,7 +270,8 @@ def _predict(
         with _ActivationProbe(model) as probe:
             _run(model, x[:_PROBE_INPUTS], 1, weights)
         generators.rewind()  # the probe's draws are not the prediction's
-        per_input = _WORKING_SET_FACTOR * particles * probe.per_input()
+        probed = max(1, min(size, _PROBE_INPUTS))
+        per_input = _WORKING_SET_FACTOR * particles * probe.largest / probed
         room = budget - kept_bytes
         step = size if per_input == 0 else max(1, int(room // per_input))
     else:
@@ -415,7 +416,6 @@ class _ActivationProbe:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.largest = 0
-        self.inputs = 0
         self.handles: list[Any] = []
 
     def __enter__(self) -> _ActivationProbe:
@@ -429,10 +429,4 @@ class _ActivationProbe:
             handle.remove()
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if module is self.model and args and isinstance(args[0], Tensor):
-            self.inputs = args[0].shape[0] if args[0].dim() else 1
         self.largest = max(self.largest, _nbytes(args) + _nbytes(output))
-
-    def per_input(self) -> float:
-        """Largest input-plus-output bytes of one module call, per input."""
-        return self.largest / max(self.inputs, 1)
