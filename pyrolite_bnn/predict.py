@@ -8,35 +8,46 @@ between the label and the weights):
 ``entropy == aleatoric + mutual_information``.
 
 Regression (:class:`~pyrolite_bnn.Normal`,
-:class:`~pyrolite_bnn.HeteroscedasticNormal`): the predictive distribution is
-the mixture over particles of ``N(mu_s, sigma_s^2)``; by the law of total
-variance ``variance == aleatoric_var + epistemic_var`` with
+:class:`~pyrolite_bnn.HeteroscedasticNormal`, :class:`~pyrolite_bnn.StudentT`,
+:class:`~pyrolite_bnn.Poisson`): the predictive distribution is the mixture over
+particles of ``p(y | output_s)`` with mean ``mu_s`` and variance ``sigma_s^2``;
+by the law of total variance ``variance == aleatoric_var + epistemic_var`` with
 ``aleatoric_var = mean_s sigma_s^2`` and ``epistemic_var = var_s mu_s``.
+
+The likelihood supplies the per-particle quantities (class probabilities,
+moments) and the mixture's quantiles; :class:`Prediction` only averages and
+combines them.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from pyro import poutine
-from torch import Tensor
+from torch import Tensor, nn
 
+from pyrolite_bnn._draws import _rng_state
 from pyrolite_bnn._pyro_module import local_params
-from pyrolite_bnn.distributions.predictive import (
-    Bernoulli,
-    Categorical,
-    HeteroscedasticNormal,
-    Normal,
-    PredictiveDistribution,
-)
-from pyrolite_bnn.module import VIModule, whole_network_draws
+from pyrolite_bnn.distributions.predictive import PredictiveDistribution
+from pyrolite_bnn.module import NOT_NETWORK, VIModule, whole_network_draws
 
-__all__ = ["Prediction", "predict"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "Prediction", "predict"]
 
-_BISECTION_STEPS = 60
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+"""Memory budget in bytes of :func:`predict` for inputs not on CUDA (2 GiB)."""
+
+# Inputs in the probe chunk that measures the activation size per input.
+_PROBE_INPUTS = 4
+# Live activations while a module runs: its inputs and outputs, which the probe
+# sees, plus temporaries inside it (reshaped copies, matmul results before the
+# bias), which it does not. Twice the former bounded the measured peak of an MLP.
+_WORKING_SET_FACTOR = 2
+# Share of a CUDA device's free memory one chunk may use by default.
+_CUDA_FREE_SHARE = 4
 
 
 def _entropy(probs: Tensor) -> Tensor:
@@ -47,9 +58,19 @@ def _entropy(probs: Tensor) -> Tensor:
 class Prediction:
     """Posterior predictive summary of a batch of inputs.
 
+    Every summary comes from the likelihood (``predictive``): per-particle
+    class probabilities or moments, averaged over the particles here, and
+    quantiles of the particle mixture.
+
     Attributes:
         samples: raw network outputs per particle, ``(S, B, ...)``.
         predictive: the likelihood used to interpret them.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> pred = Prediction(torch.zeros(2, 3, 1), bnn.Normal(scale=0.5))
+        >>> pred.mean.shape, pred.variance[0].item()
+        (torch.Size([3]), 0.25)
     """
 
     samples: Tensor
@@ -59,27 +80,12 @@ class Prediction:
     @property
     def is_classification(self) -> bool:
         """Whether the likelihood is a classification likelihood."""
-        return isinstance(self.predictive, (Categorical, Bernoulli))
-
-    def _class_probs(self) -> Tensor:
-        """Per-particle class probabilities ``(S, B, ..., C)``."""
-        if isinstance(self.predictive, Categorical):
-            return self.samples.softmax(-1)
-        if isinstance(self.predictive, Bernoulli):
-            out = self.samples
-            if out.dim() == 3 and out.shape[-1] == 1:
-                out = out.squeeze(-1)
-            p1 = torch.sigmoid(out)
-            return torch.stack([1 - p1, p1], dim=-1)
-        raise AttributeError(
-            f"class probabilities need a classification likelihood, not "
-            f"{type(self.predictive).__name__}"
-        )
+        return self.predictive.is_classification
 
     @property
     def probs(self) -> Tensor:
         """Predictive class probabilities ``(B, ..., C)`` (mean over particles)."""
-        return self._class_probs().mean(0)
+        return self.predictive.class_probs(self.samples).mean(0)
 
     @property
     def entropy(self) -> Tensor:
@@ -89,7 +95,7 @@ class Prediction:
     @property
     def aleatoric(self) -> Tensor:
         """Expected entropy over particles (data uncertainty)."""
-        return _entropy(self._class_probs()).mean(0)
+        return _entropy(self.predictive.class_probs(self.samples)).mean(0)
 
     @property
     def mutual_information(self) -> Tensor:
@@ -98,22 +104,14 @@ class Prediction:
 
     # ---------------------------------------------------------------- regression
     def _moments(self) -> tuple[Tensor, Tensor]:
-        moments = getattr(self.predictive, "moments", None)
-        if moments is None:
-            raise AttributeError(
-                f"regression summaries need a regression likelihood, not "
-                f"{type(self.predictive).__name__}"
-            )
         with torch.no_grad():  # summaries, not training: no graph to a noise scale
-            loc, var = moments(self.samples)
-        return loc, var
+            return self.predictive.moments(self.samples)
 
     @property
     def mean(self) -> Tensor:
         """Predictive mean ``(B, ...)``; for classification, :attr:`probs`."""
-        if self.is_classification:
-            return self.probs
-        return self._moments()[0].mean(0)
+        with torch.no_grad():
+            return self.predictive.predictive_mean(self.samples)
 
     @property
     def aleatoric_var(self) -> Tensor:
@@ -136,10 +134,10 @@ class Prediction:
         return self.variance.sqrt()
 
     def interval(self, level: float = 0.95) -> tuple[Tensor, Tensor]:
-        """Central ``level`` predictive interval of the Gaussian mixture.
+        """Central ``level`` predictive interval of the particle mixture.
 
         The bounds are the exact ``(1 - level) / 2`` and ``(1 + level) / 2``
-        quantiles of the particle mixture, found by bisection.
+        quantiles of the mixture (see :meth:`quantile`).
 
         Args:
             level: coverage in ``(0, 1)``.
@@ -152,28 +150,23 @@ class Prediction:
         return self.quantile((1 - level) / 2), self.quantile((1 + level) / 2)
 
     def quantile(self, q: float) -> Tensor:
-        """Quantile ``q`` of the predictive Gaussian mixture, ``(B, ...)``.
+        """Quantile ``q`` of the predictive mixture over particles, ``(B, ...)``.
+
+        Computed by the likelihood's
+        :meth:`~pyrolite_bnn.PredictiveDistribution.quantile` (exact for the
+        Gaussian likelihoods).
+
+        Args:
+            q: probability in ``(0, 1)``.
 
         Raises:
-            NotImplementedError: for non-Gaussian likelihoods (``StudentT``,
-                ``Poisson``), whose mixtures are not Gaussian mixtures.
+            NotImplementedError: for likelihoods without mixture quantiles
+                (``StudentT``, ``Poisson``, classification).
         """
-        if not isinstance(self.predictive, (Normal, HeteroscedasticNormal)):
-            raise NotImplementedError(
-                "predictive intervals are implemented for the Gaussian likelihoods "
-                f"(Normal, HeteroscedasticNormal), not {type(self.predictive).__name__}"
-            )
-        loc, var = self._moments()
-        scale = var.sqrt()
-        lo = (loc - 10 * scale).min(0).values
-        hi = (loc + 10 * scale).max(0).values
-        for _ in range(_BISECTION_STEPS):
-            mid = (lo + hi) / 2
-            z = (mid.unsqueeze(0) - loc) / (scale * math.sqrt(2.0))
-            below = (0.5 * (1 + torch.erf(z))).mean(0) < q
-            lo = torch.where(below, mid, lo)
-            hi = torch.where(below, hi, mid)
-        return (lo + hi) / 2
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"q must be in (0, 1), got {q!r}")
+        with torch.no_grad():
+            return self.predictive.quantile(self.samples, q)
 
 
 def predict(
@@ -183,22 +176,49 @@ def predict(
     samples: int = 100,
     batch_size: int | None = None,
     mode: Literal["sample", "mean"] = "sample",
+    *,
+    memory_budget: int | None = None,
 ) -> Prediction:
     """Posterior predictive of ``model`` at inputs ``x``.
 
-    Runs without gradients, in chunks of ``batch_size`` inputs (all at once by
-    default), so only one chunk's activations for all particles are in memory.
-    Each particle is one complete network (weights drawn, whatever the layers'
-    training estimator), so particle ``s`` is a coherent function of the input.
+    Runs without gradients, in chunks of inputs, so that only one chunk's
+    activations for all particles are in memory. Each particle is one complete
+    network (weights drawn, whatever the layers' training estimator), and the
+    same network for every chunk, so particle ``s`` is one coherent function of
+    the input and the result does not depend on ``batch_size`` (up to the
+    rounding of matrix products of different sizes).
+
+    **Chunk size** (``batch_size=None``): a probe runs the first 4 inputs
+    with one particle and measures, with forward hooks, the largest total size
+    of one module call's input and output tensors; twice that (for temporaries
+    inside modules) times ``S`` is the working set of one input. Chunks get as
+    many inputs as fit the part of ``memory_budget`` left by the kept weights.
+
+    **Same weights in every chunk**: if the ``S`` draws of all weights take at
+    most half of ``memory_budget``, they are drawn once (one trace of
+    ``model.guide``) and every chunk runs on them. Otherwise each chunk draws
+    them anew, layer by layer, after the random-number generators (CPU, and
+    the CUDA devices of ``x`` and of the model) are rewound to their starting
+    state: less memory, but the draws are repeated for every chunk. Either way
+    the generators end where one call on all of ``x`` leaves them, if the
+    network draws no other random numbers. Dropout in training mode does: it
+    would change later weight draws between chunks of different sizes (a
+    warning says so), and batch-norm in training mode normalises each chunk by
+    its own statistics; call ``model.eval()`` first.
 
     Args:
         model: the trained network.
         x: inputs ``(N, ...)``.
         predictive: the likelihood the model was trained with.
         samples: number of posterior draws ``S``.
-        batch_size: inputs per chunk.
+        batch_size: inputs per chunk; ``None`` chooses it from
+            ``memory_budget``.
         mode: ``"sample"`` draws weights from the guide; ``"mean"`` sets every
             weight to its posterior median/mean (one deterministic particle).
+        memory_budget: bytes for the kept weight draws plus one chunk's
+            activations (the result ``(S, N, ...)`` comes on top). Default:
+            :data:`DEFAULT_MEMORY_BUDGET` (2 GiB), or a quarter of the free
+            memory of the CUDA device ``x`` is on.
 
     Returns:
         A :class:`Prediction`.
@@ -214,29 +234,195 @@ def predict(
         raise TypeError(f"predict needs a bnn.VIModule, got {type(model).__name__}")
     if mode not in ("sample", "mean"):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
-    size = x.shape[0]
-    step = size if batch_size is None else batch_size
-    if step < 1:
+    if not isinstance(x, Tensor) or x.dim() == 0:
+        raise ValueError(
+            "predict needs inputs x of shape (N, ...), got "
+            f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+        )
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    chunks = [
-        _predict_chunk(model, x[i : i + step], samples, mode)
-        for i in range(0, size, step)
-    ]
-    return Prediction(torch.cat(chunks, dim=1), predictive)
+    if memory_budget is not None and memory_budget < 1:
+        raise ValueError(f"memory_budget must be >= 1 byte, got {memory_budget!r}")
+    with torch.no_grad(), local_params():
+        return Prediction(
+            _predict(model, x, samples, batch_size, mode, memory_budget), predictive
+        )
 
 
-@torch.no_grad()
-def _predict_chunk(model: VIModule, x: Tensor, samples: int, mode: str) -> Tensor:
-    return _forward(model, x, samples, mode)
+def _predict(
+    model: VIModule,
+    x: Tensor,
+    samples: int,
+    batch_size: int | None,
+    mode: str,
+    memory_budget: int | None,
+) -> Tensor:
+    size = x.shape[0]
+    generators = _Generators(_devices(model, x))
+    weights = model.guide.median() if mode == "mean" else None
+    particles = 1 if weights is not None else samples
+    budget = _default_budget(x) if memory_budget is None else memory_budget
+    # Keep one draw of all weights for every chunk if it takes <= half the budget.
+    kept_bytes = 0 if weights is not None else _draw_bytes(model, particles)
+    kept_bytes = kept_bytes if kept_bytes <= budget // 2 else 0
+    if batch_size is None:
+        with _ActivationProbe(model) as probe:
+            _run(model, x[:_PROBE_INPUTS], 1, weights)
+        generators.rewind()  # the probe's draws are not the prediction's
+        probed = max(1, min(size, _PROBE_INPUTS))
+        per_input = _WORKING_SET_FACTOR * particles * probe.largest / probed
+        room = budget - kept_bytes
+        step = size if per_input == 0 else max(1, int(room // per_input))
+    else:
+        step = batch_size
+    if step >= size:
+        return _run(model, x, particles, weights)
+    if kept_bytes:
+        weights = _draw_weights(model, particles)
+    result: Tensor | None = None
+    after_first: list[Tensor | None] | None = None
+    for start in range(0, size, step):
+        if weights is None:  # same draws in every chunk: rewind the generators
+            generators.rewind()
+        out = _run(model, x[start : start + step], particles, weights)
+        if result is None:
+            result = out.new_empty((out.shape[0], size, *out.shape[2:]))
+            after_first = None if weights is not None else generators.current()
+        elif after_first is not None and not generators.same_as(after_first):
+            warnings.warn(
+                "predict: the network drew a number of random values that depends "
+                "on the chunk size (dropout in training mode?), so particles may be "
+                "different networks in different chunks; call model.eval() first, "
+                "or predict with batch_size=len(x)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            after_first = None  # once is enough
+        result[:, start : start + step] = out
+    assert result is not None
+    return result
 
 
-def _forward(model: VIModule, x: Tensor, samples: int, mode: str) -> Tensor:
-    with local_params():
-        if mode == "mean":
-            weights = model.guide.median()
-            conditioned: Any = poutine.condition(model, data=weights)
-            with poutine.trace():  # a handler makes the network a plain Pyro model
-                out = conditioned(x, samples=1)
-            return out  # type: ignore[no-any-return]
+def _run(
+    model: VIModule, x: Tensor, samples: int, weights: dict[str, Tensor] | None
+) -> Tensor:
+    """Outputs ``(S, B, ...)`` for one chunk: weights drawn, or fixed to ``weights``."""
+    if weights is not None:
+        conditioned: Any = poutine.condition(model, data=weights)
+        with poutine.trace():  # a handler makes the network a plain Pyro model
+            out = conditioned(x, samples=samples)
+    else:
         with whole_network_draws():
-            return model(x, samples=samples)  # type: ignore[no-any-return]
+            out = model(x, samples=samples)
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"predict needs a network that returns one tensor, got {type(out).__name__}"
+        )
+    return out
+
+
+def _draw_weights(model: VIModule, samples: int) -> dict[str, Tensor]:
+    """One draw of every weight for ``samples`` particles, from ``model.guide``."""
+    trace = poutine.trace(model.guide).get_trace(samples=samples)
+    values: dict[str, Tensor] = {}
+    for variable in model.random_variables():
+        value = trace.nodes[variable.site]["value"]
+        assert isinstance(value, Tensor)
+        values[variable.site] = value
+    return values
+
+
+def _draw_bytes(model: VIModule, samples: int) -> int:
+    """Bytes of ``samples`` draws of all the model's weights."""
+    return samples * sum(
+        v.shape.numel() * v.posterior.mean().element_size()
+        for v in model.random_variables()
+    )
+
+
+def _devices(model: nn.Module, x: Tensor) -> list[torch.device]:
+    """CPU and every CUDA device the input or the model's tensors are on."""
+    found = {x.device} | {t.device for t in (*model.parameters(), *model.buffers())}
+    cuda = {
+        d.index if d.index is not None else torch.cuda.current_device()
+        for d in found
+        if d.type == "cuda"
+    }
+    return [torch.device("cpu"), *(torch.device("cuda", i) for i in sorted(cuda))]
+
+
+class _Generators:
+    """The default random-number generators of ``devices``, saved on creation."""
+
+    def __init__(self, devices: list[torch.device]) -> None:
+        self.devices = devices
+        self.saved = self.current()
+
+    def current(self) -> list[Tensor | None]:
+        """The generators' states now."""
+        return [_rng_state(device) for device in self.devices]
+
+    def rewind(self) -> None:
+        """Set every generator back to its saved state."""
+        for device, state in zip(self.devices, self.saved, strict=True):
+            if state is None:
+                continue
+            if device.type == "cuda":
+                torch.cuda.set_rng_state(state, device)
+            else:
+                torch.set_rng_state(state)
+
+    def same_as(self, states: list[Tensor | None]) -> bool:
+        """Whether the generators are in ``states`` now."""
+        return all(
+            a is None or b is None or torch.equal(a, b)
+            for a, b in zip(self.current(), states, strict=True)
+        )
+
+
+def _default_budget(x: Tensor) -> int:
+    if x.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(x.device)
+        return max(1, free // _CUDA_FREE_SHARE)
+    return DEFAULT_MEMORY_BUDGET
+
+
+def _nbytes(value: object) -> int:
+    """Bytes of the tensors in ``value`` (tensors, tuples, lists, dicts)."""
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
+
+
+def _network_modules(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` and its descendants, without priors, posteriors and guides."""
+    yield module
+    for name, child in module.named_children():
+        if not (isinstance(module, VIModule) and name in NOT_NETWORK):
+            yield from _network_modules(child)
+
+
+class _ActivationProbe:
+    """Largest input-plus-output size of one module call, seen by forward hooks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.largest = 0
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _ActivationProbe:
+        self.handles = [
+            m.register_forward_hook(self._hook) for m in _network_modules(self.model)
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self.largest = max(self.largest, _nbytes(args) + _nbytes(output))

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import importlib
 import math
+from typing import Any
 
+import pyro
 import pytest
 import torch
+from pyro.infer.autoguide import AutoLowRankMultivariateNormal
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn.module import whole_network_draws
 from pyrolite_bnn.predict import Prediction
+
+# The module (``bnn.predict`` is the function of the same name).
+_PREDICT_MODULE = importlib.import_module("pyrolite_bnn.predict")
 
 
 def test_classification_decomposition_hand_computed() -> None:
@@ -125,3 +133,168 @@ def test_each_particle_is_one_network() -> None:
     pred = bnn.predict(net, x, bnn.Categorical(), samples=8)
     torch.testing.assert_close(pred.samples[:, 1:], pred.samples[:, :1].expand(8, 3, 2))
     assert not torch.allclose(pred.samples[0], pred.samples[1])  # particles differ
+
+
+# ----------------------------------------------------------------- chunking
+def _mlp() -> bnn.VISequential:
+    return bnn.VISequential(
+        bnn.VILinear(3, 16),
+        torch.nn.Tanh(),
+        bnn.VILinear(16, 16),
+        torch.nn.ReLU(),
+        bnn.VILinear(16, 2),
+    )
+
+
+def _chunk_sizes(net: torch.nn.Module) -> list[int]:
+    """Input batch sizes of the outermost forward calls, recorded by a hook."""
+    sizes: list[int] = []
+    net.register_forward_hook(lambda module, args, out: sizes.append(len(args[0])))
+    return sizes
+
+
+def test_large_input_is_chunked_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """batch_size=None chunks a large input by the documented rule.
+
+    The default budget (2 GiB) is lowered to 1 MiB so that a "large" input is
+    cheap to run; the rule is the one ``predict`` documents.
+    """
+    monkeypatch.setattr(_PREDICT_MODULE, "DEFAULT_MEMORY_BUDGET", 2**20)
+    net = bnn.VISequential(bnn.VILinear(2, 64), torch.nn.ReLU(), bnn.VILinear(64, 1))
+    sizes = _chunk_sizes(net)
+    pred = bnn.predict(net, torch.randn(1000, 2), bnn.Normal(scale=1.0), samples=10)
+    assert pred.samples.shape == (10, 1000, 1)
+    # Probe: 4 inputs, one particle; its largest module call is the ReLU,
+    # 4 * 64 floats in and out = 2048 bytes, so 512 bytes per input and
+    # particle; working set of one input = 2 * 10 * 512 = 10240 bytes. The 10
+    # draws of the 257 weights (10280 bytes) are kept: chunks get
+    # (2**20 - 10280) // 10240 = 101 inputs.
+    assert sizes == [4] + [101] * 9 + [91]
+
+
+def test_small_input_runs_in_one_chunk() -> None:
+    net = _mlp()
+    sizes = _chunk_sizes(net)
+    bnn.predict(net, torch.randn(50, 3), bnn.Categorical(), samples=10)
+    assert sizes == [4, 50]  # the probe, then everything at once
+
+
+@pytest.mark.parametrize("guide", ["default", "lowrank"])
+@pytest.mark.parametrize("memory_budget", [None, 1], ids=["kept", "redrawn"])
+def test_particles_are_coherent_across_chunks(
+    guide: str, memory_budget: int | None
+) -> None:
+    """Particle s is the same network for every input, whatever the chunking.
+
+    ``memory_budget=1`` leaves no room to keep the weight draws, so every chunk
+    draws them anew from the rewound random-number generators.
+    """
+    net = _mlp()
+    if guide == "lowrank":
+        net.guide = AutoLowRankMultivariateNormal(
+            net.prior_model, init_loc_fn=net.init_loc_fn, rank=3, init_scale=0.1
+        )
+    x = torch.randn(20, 3)
+    torch.manual_seed(1)
+    with torch.no_grad(), whole_network_draws():
+        single = net(x, samples=9)  # one call on all inputs
+    after_single = torch.get_rng_state()
+    # Particles differ by far more than the tolerance below: the check has teeth.
+    assert single.std(0).min() > 1e-4
+    for batch_size in (1, 7, None, 20):
+        torch.manual_seed(1)
+        pred = bnn.predict(
+            net,
+            x,
+            bnn.Categorical(),
+            samples=9,
+            batch_size=batch_size,
+            memory_budget=memory_budget,
+        )
+        # Chunks differ only in the rounding of matrix products of other sizes.
+        torch.testing.assert_close(pred.samples, single, rtol=1e-6, atol=1e-6)
+        # The generators end where the single call left them.
+        assert torch.equal(torch.get_rng_state(), after_single)
+
+
+def test_mean_mode_automatic_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_PREDICT_MODULE, "DEFAULT_MEMORY_BUDGET", 4096)
+    net = _mlp()
+    sizes = _chunk_sizes(net)
+    x = torch.randn(40, 3)
+    pred = bnn.predict(net, x, bnn.Categorical(), mode="mean")
+    assert len(sizes) > 2  # chunked
+    whole = bnn.predict(net, x, bnn.Categorical(), mode="mean", batch_size=40)
+    torch.testing.assert_close(pred.samples, whole.samples, rtol=1e-6, atol=1e-6)
+
+
+def test_batch_dependent_randomness_is_reported() -> None:
+    net = bnn.VISequential(
+        bnn.VILinear(3, 16), torch.nn.Dropout(0.5), bnn.VILinear(16, 2)
+    )
+    x = torch.randn(20, 3)
+    with pytest.warns(RuntimeWarning, match="depends on the chunk size"):
+        bnn.predict(net, x, bnn.Categorical(), batch_size=7, memory_budget=1)
+    net.eval()  # dropout off: no warning (warnings are errors in this suite)
+    bnn.predict(net, x, bnn.Categorical(), batch_size=7, memory_budget=1)
+
+
+def test_predict_input_errors() -> None:
+    net = bnn.VILinear(3, 2)
+    with pytest.raises(ValueError, match="memory_budget must be >= 1 byte"):
+        bnn.predict(net, torch.randn(2, 3), bnn.Categorical(), memory_budget=0)
+    with pytest.raises(ValueError, match=r"inputs x of shape \(N, \.\.\.\)"):
+        bnn.predict(net, torch.tensor(1.0), bnn.Categorical())
+    with pytest.raises(ValueError, match=r"q must be in \(0, 1\)"):
+        Prediction(torch.zeros(2, 3), bnn.Normal(scale=1.0)).quantile(0.0)
+
+
+# ------------------------------------------------ summaries by the likelihood
+class _Laplace(bnn.PredictiveDistribution):
+    """A likelihood defined outside the library: Laplace(output, 1)."""
+
+    def distribution(self, output: torch.Tensor) -> Any:
+        return pyro.distributions.Laplace(output, 1.0)
+
+    def moments(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return output, torch.full_like(output, 2.0)  # Var = 2 b^2, b = 1
+
+    def quantile(self, output: torch.Tensor, q: float) -> torch.Tensor:
+        # One particle only, for the test: the Laplace quantile in closed form.
+        sign = 1.0 if q > 0.5 else -1.0
+        return output[0] - sign * math.log(1 - 2 * abs(q - 0.5))
+
+
+class _TemperedSoftmax(bnn.PredictiveDistribution):
+    """A classification likelihood defined outside the library."""
+
+    is_classification = True
+
+    def distribution(self, output: torch.Tensor) -> Any:
+        return pyro.distributions.Categorical(logits=output / 2)
+
+    def class_probs(self, output: torch.Tensor) -> torch.Tensor:
+        return (output / 2).softmax(-1)
+
+    def predictive_mean(self, output: torch.Tensor) -> torch.Tensor:
+        return self.class_probs(output).mean(0)
+
+
+def test_prediction_asks_the_likelihood_for_regression_summaries() -> None:
+    pred = Prediction(torch.tensor([[1.0, -1.0]]), _Laplace())
+    torch.testing.assert_close(pred.mean, torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(pred.variance, torch.tensor([2.0, 2.0]))
+    lower, upper = pred.interval(0.5)  # Laplace(0, 1) quartiles: -+ ln 2
+    torch.testing.assert_close(upper - lower, torch.full((2,), 2 * math.log(2)))
+    assert not pred.is_classification
+
+
+def test_prediction_asks_the_likelihood_for_class_probabilities() -> None:
+    logits = torch.log(torch.tensor([[[0.5, 0.5]], [[0.9, 0.1]]])) * 2
+    pred = Prediction(logits, _TemperedSoftmax())
+    torch.testing.assert_close(pred.probs, torch.tensor([[0.7, 0.3]]))
+    torch.testing.assert_close(pred.mean, pred.probs)
+    torch.testing.assert_close(
+        pred.mutual_information, torch.tensor([0.1017492]), rtol=1e-5, atol=1e-6
+    )
+    assert pred.is_classification

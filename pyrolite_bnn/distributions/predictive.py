@@ -2,13 +2,23 @@
 
 Each is a small :class:`~pyro.nn.PyroModule` that turns the network output of
 shape ``(S, B, ...)`` into a Pyro distribution with batch shape ``(S, B)`` (any
-further target dimensions are event dimensions), checks targets, and provides
-the moments that prediction needs.
+further target dimensions are event dimensions), checks targets, and summarises
+the posterior predictive for :class:`~pyrolite_bnn.predict.Prediction`:
+
+* per particle: :meth:`~PredictiveDistribution.class_probs` (classification)
+  or :meth:`~PredictiveDistribution.moments` (regression);
+* of the mixture over particles: :meth:`~PredictiveDistribution.predictive_mean`
+  and :meth:`~PredictiveDistribution.quantile`.
+
+A summary a likelihood cannot give raises: ``AttributeError`` for class
+probabilities of a regression likelihood and moments of a classification one,
+``NotImplementedError`` for quantiles without a closed-form mixture CDF.
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import pyro.distributions as dist
 import torch
@@ -47,6 +57,27 @@ def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
+_BISECTION_STEPS = 60
+
+
+def _gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
+    """Quantile ``q`` of the equal-weight mixture over dim 0 of ``N(loc, var)``.
+
+    Bisection on the mixture CDF, bracketed by the components' 10-sigma bounds;
+    60 halvings shrink the bracket by ``2**-60``, below float64 resolution.
+    """
+    scale = var.sqrt()
+    lo = (loc - 10 * scale).min(0).values
+    hi = (loc + 10 * scale).max(0).values
+    for _ in range(_BISECTION_STEPS):
+        mid = (lo + hi) / 2
+        z = (mid.unsqueeze(0) - loc) / (scale * math.sqrt(2.0))
+        below = (0.5 * (1 + torch.erf(z))).mean(0) < q
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
 class PredictiveDistribution(LocalPyroModule):
     """Base class of likelihoods ``p(y | network output)``.
 
@@ -54,7 +85,19 @@ class PredictiveDistribution(LocalPyroModule):
     ``(S, B, ...)``; :meth:`observe` also checks the targets and brings output
     and targets to matching shapes (a scalar target may come as ``(B,)`` or
     ``(B, 1)``, the output as ``(S, B)`` or ``(S, B, 1)``).
+
+    Subclasses also summarise the posterior predictive, the equal-weight mixture
+    over particles of ``p(y | output[s])``, for
+    :class:`~pyrolite_bnn.predict.Prediction`: classification likelihoods
+    implement :meth:`class_probs`, regression likelihoods :meth:`moments` (and
+    :meth:`quantile` where the mixture CDF has a closed form).
+
+    Attributes:
+        is_classification: whether outputs are class scores (summarised by
+            :meth:`class_probs`) rather than a distribution over real values.
     """
+
+    is_classification: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__("likelihood")
@@ -118,6 +161,56 @@ class PredictiveDistribution(LocalPyroModule):
             result: Tensor = self.distribution(output).log_prob(target)
         return result
 
+    # ------------------------------------------------------------ summaries
+    def class_probs(self, output: Tensor) -> Tensor:
+        """Class probabilities per particle, ``(S, B, ..., C)``.
+
+        Raises:
+            AttributeError: for a likelihood that is not a classification one.
+        """
+        raise AttributeError(
+            f"class probabilities need a classification likelihood, not "
+            f"{type(self).__name__}"
+        )
+
+    def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of ``y`` per particle, ``(S, B, ...)`` each.
+
+        Raises:
+            AttributeError: for a likelihood that is not a regression one.
+        """
+        raise AttributeError(
+            f"regression summaries need a regression likelihood, not "
+            f"{type(self).__name__}"
+        )
+
+    def predictive_mean(self, output: Tensor) -> Tensor:
+        """Mean of the predictive mixture over particles, ``(B, ...)``.
+
+        The particle average of the :meth:`moments` means (of the
+        :meth:`class_probs` for classification).
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.Normal(scale=1.0).predictive_mean(torch.ones(4, 3, 1))
+            tensor([1., 1., 1.])
+            >>> bnn.Categorical().predictive_mean(torch.zeros(4, 3, 2))[0]
+            tensor([0.5000, 0.5000])
+        """
+        return self.moments(output)[0].mean(0)
+
+    def quantile(self, output: Tensor, q: float) -> Tensor:
+        """Quantile ``q`` of the predictive mixture over particles, ``(B, ...)``.
+
+        Raises:
+            NotImplementedError: for likelihoods whose mixture CDF has no closed
+                form here (``StudentT``, ``Poisson``, classification).
+        """
+        raise NotImplementedError(
+            "predictive intervals are implemented for the Gaussian likelihoods "
+            f"(Normal, HeteroscedasticNormal), not {type(self).__name__}"
+        )
+
     def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         if output.dim() < 2:
             raise ValueError(
@@ -129,7 +222,17 @@ class PredictiveDistribution(LocalPyroModule):
         return self.align(output, target)
 
 
-class Categorical(PredictiveDistribution):
+class _ClassificationLikelihood(PredictiveDistribution):
+    """A likelihood whose per-particle output is a distribution over classes."""
+
+    is_classification: ClassVar[bool] = True
+
+    def predictive_mean(self, output: Tensor) -> Tensor:
+        """Predictive class probabilities ``(B, ..., C)`` (mean over particles)."""
+        return self.class_probs(output).mean(0)
+
+
+class Categorical(_ClassificationLikelihood):
     """Classification: the network outputs logits ``(S, B, C)``.
 
     Targets are integer class labels ``(B,)`` in ``[0, C)``.
@@ -183,12 +286,18 @@ class Categorical(PredictiveDistribution):
         )
         return result
 
-    def probs(self, output: Tensor) -> Tensor:
-        """Class probabilities per particle, ``softmax(output)``."""
+    def class_probs(self, output: Tensor) -> Tensor:
+        """Class probabilities per particle, ``softmax(output)``: ``(S, B, ..., C)``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.Categorical().class_probs(torch.zeros(4, 3, 5)).shape
+            torch.Size([4, 3, 5])
+        """
         return output.softmax(-1)
 
 
-class Bernoulli(PredictiveDistribution):
+class Bernoulli(_ClassificationLikelihood):
     """Binary classification: the network outputs logits ``(S, B)`` or ``(S, B, 1)``.
 
     Targets are 0/1 values ``(B,)`` (any dtype; multi-label ``(B, D)`` too).
@@ -217,9 +326,18 @@ class Bernoulli(PredictiveDistribution):
         )
         return result
 
-    def probs(self, output: Tensor) -> Tensor:
-        """Probability of class 1 per particle."""
-        return torch.sigmoid(output)
+    def class_probs(self, output: Tensor) -> Tensor:
+        """Probabilities of classes 0 and 1 per particle, ``(S, B, ..., 2)``.
+
+        A scalar-target output ``(S, B, 1)`` gives ``(S, B, 2)``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.Bernoulli().class_probs(torch.zeros(4, 3, 1)).shape
+            torch.Size([4, 3, 2])
+        """
+        p1 = torch.sigmoid(_location(output))
+        return torch.stack([1 - p1, p1], dim=-1)
 
 
 class _ScaleLikelihood(PredictiveDistribution):
@@ -287,6 +405,17 @@ class Normal(_ScaleLikelihood):
         """Per-particle mean and noise variance of ``y``, ``(S, B, ...)`` each."""
         loc = _location(output)
         return loc, (self.noise_scale().to(loc) ** 2).expand_as(loc)
+
+    def quantile(self, output: Tensor, q: float) -> Tensor:
+        """Exact quantile ``q`` of the Gaussian mixture over particles, ``(B, ...)``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> median = bnn.Normal(scale=1.0).quantile(torch.zeros(4, 3), 0.5)
+            >>> median.shape, bool(median.abs().max() < 1e-6)
+            (torch.Size([3]), True)
+        """
+        return _gaussian_mixture_quantile(*self.moments(output), q)
 
 
 class StudentT(_ScaleLikelihood):
@@ -424,6 +553,16 @@ class HeteroscedasticNormal(PredictiveDistribution):
         """Per-particle mean and noise variance of ``y``."""
         loc, scale = self.loc_scale(output)
         return loc, scale**2
+
+    def quantile(self, output: Tensor, q: float) -> Tensor:
+        """Exact quantile ``q`` of the Gaussian mixture over particles, ``(B, ...)``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.HeteroscedasticNormal().quantile(torch.zeros(4, 3, 2), 0.9).shape
+            torch.Size([3])
+        """
+        return _gaussian_mixture_quantile(*self.moments(output), q)
 
     def loc_scale(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation from the raw output."""

@@ -115,3 +115,76 @@ def test_non_gaussian_intervals_are_refused() -> None:
     assert pred.mean.shape == (3,)
     with pytest.raises(NotImplementedError, match="Gaussian likelihoods"):
         pred.interval(0.9)
+
+
+# ------------------------------------------------------------------ summaries
+def test_class_probs() -> None:
+    logits = torch.randn(4, 3, 5)
+    torch.testing.assert_close(
+        bnn.Categorical().class_probs(logits), logits.softmax(-1)
+    )
+    out = torch.randn(4, 3, 1)
+    p1 = torch.sigmoid(out.squeeze(-1))
+    probs = bnn.Bernoulli().class_probs(out)
+    torch.testing.assert_close(probs, torch.stack([1 - p1, p1], dim=-1))
+    multi_label = bnn.Bernoulli().class_probs(torch.randn(4, 3, 2))
+    assert multi_label.shape == (4, 3, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "likelihood",
+    [bnn.Normal(scale=1.0), bnn.StudentT(), bnn.Poisson(), bnn.HeteroscedasticNormal()],
+    ids=lambda d: type(d).__name__,
+)
+def test_regression_likelihoods_have_no_class_probs(
+    likelihood: bnn.PredictiveDistribution,
+) -> None:
+    assert not likelihood.is_classification
+    with pytest.raises(AttributeError, match="need a classification likelihood"):
+        likelihood.class_probs(torch.zeros(4, 3, 2))
+
+
+@pytest.mark.parametrize(
+    "likelihood", [bnn.Categorical(), bnn.Bernoulli()], ids=lambda d: type(d).__name__
+)
+def test_classification_likelihoods_summaries(
+    likelihood: bnn.PredictiveDistribution,
+) -> None:
+    out = torch.randn(6, 3, 2)
+    assert likelihood.is_classification
+    torch.testing.assert_close(
+        likelihood.predictive_mean(out), likelihood.class_probs(out).mean(0)
+    )
+    with pytest.raises(AttributeError, match="need a regression likelihood"):
+        likelihood.moments(out)
+    with pytest.raises(NotImplementedError, match="Gaussian likelihoods"):
+        likelihood.quantile(out, 0.5)
+
+
+@pytest.mark.parametrize(
+    "likelihood",
+    [bnn.Normal(scale=0.5), bnn.StudentT(scale=0.5), bnn.Poisson()],
+    ids=lambda d: type(d).__name__,
+)
+def test_predictive_mean_is_the_mean_of_particle_means(
+    likelihood: bnn.PredictiveDistribution,
+) -> None:
+    out = torch.randn(6, 3, 1)
+    torch.testing.assert_close(
+        likelihood.predictive_mean(out), likelihood.moments(out)[0].mean(0)
+    )
+
+
+def test_gaussian_quantiles_of_one_particle() -> None:
+    # One particle: the quantile is loc + z_q * sigma (z_0.975 = 1.959964).
+    out = torch.tensor([[[1.0, 0.0]]])  # HeteroscedasticNormal: sigma = softplus(0)
+    sigma = float(torch.nn.functional.softplus(torch.tensor(0.0)))
+    upper = bnn.HeteroscedasticNormal(min_scale=0.0).quantile(out, 0.975)
+    torch.testing.assert_close(upper, torch.tensor([1.0 + 1.959964 * sigma]))
+    upper = bnn.Normal(scale=2.0).quantile(torch.ones(1, 2, 1), 0.975)
+    torch.testing.assert_close(upper, torch.full((2,), 1.0 + 1.959964 * 2.0))
+
+
+def test_student_t_quantiles_are_refused() -> None:
+    with pytest.raises(NotImplementedError, match="Gaussian likelihoods"):
+        bnn.StudentT().quantile(torch.zeros(4, 3), 0.5)
