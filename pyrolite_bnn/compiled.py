@@ -255,9 +255,16 @@ def _signature(
         loss_fn.kl,
         torch.is_grad_enabled(),
         inputs,
-        tuple((id(m), m.training, getattr(m, "estimator", None)) for m in modules),
+        tuple((id(m), _graph_key(m)) for m in modules),
         tuple((id(t), t.shape, t.dtype, t.device, t.requires_grad) for t in tensors),
     )
+
+
+def _graph_key(module: nn.Module) -> Hashable:
+    """A module's Python-level switches: its ``graph_key()``, else its mode."""
+    if isinstance(module, VIModule):
+        return module.graph_key()
+    return (type(module), module.training)
 
 
 def _first_line(error: BaseException) -> str:

@@ -20,7 +20,7 @@ for the default guide, by tracing an assigned guide) and leaves a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -228,6 +228,17 @@ class VIModule(LocalPyroModule):
         self.posterior[name] = family.build(size, init)
         self._declared[name] = size
         setattr(self, name, PyroSample(_PriorOf(name)))
+
+    def graph_key(self) -> tuple[Hashable, ...]:
+        """The Python-level switches this module's ``forward`` reads.
+
+        A compiled loss graph (``KullbackLeiblerLoss(compile=True)``) freezes
+        whatever Python decided while it was captured; it is reused only while
+        every module's key is unchanged. Subclasses with switches of their own
+        (an estimator, a mode flag read in ``forward``) extend it:
+        ``return (*super().graph_key(), self.my_switch)``.
+        """
+        return (type(self), self.training, self.return_log_probs)
 
     def uses_moments(self) -> bool:
         """Whether this layer samples its outputs from weight moments this call.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import pickle
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 import pytest
 import torch
@@ -358,3 +358,30 @@ def test_batchnorm_and_dropout_every_call_equals_eager() -> None:
     )
     torch.testing.assert_close(compiled_bn.running_mean, eager_bn.running_mean)
     torch.testing.assert_close(compiled_bn.running_var, eager_bn.running_var)
+
+
+def test_a_switch_in_graph_key_gets_its_own_graph() -> None:
+    class Scaled(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = bnn.VILinear(3, 2)
+            self.double = False  # a Python-level switch read in forward
+
+        def graph_key(self) -> tuple[Hashable, ...]:
+            return (*super().graph_key(), self.double)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.body(x)
+            return out * 2 if self.double else out
+
+    net = Scaled()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 100, compile=True)
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    for _ in range(2):  # eager first call, then capture
+        loss_fn.model_loss(net, x, y)
+    assert loss_fn.graphs is not None
+    assert len(loss_fn.graphs) == 1
+    net.double = True
+    for _ in range(2):
+        loss_fn.model_loss(net, x, y)
+    assert len(loss_fn.graphs) == 2  # not the stale graph of double=False

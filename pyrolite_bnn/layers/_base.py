@@ -10,7 +10,7 @@ and finally :meth:`~_VIWeightLayer.reset_parameters`, as ``torch.nn`` layers do.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import ClassVar
 
 import torch
@@ -107,6 +107,10 @@ class _VIWeightLayer(EstimatorLayer):
             isinstance(f, MeanFieldNormal) for f in self._families.values()
         )
         return self._auto_estimator if mean_field else "reparam"
+
+    def graph_key(self) -> tuple[Hashable, ...]:
+        """See :meth:`VIModule.graph_key`; adds the estimator."""
+        return (*super().graph_key(), self.estimator, self._resolved_estimator)
 
     def uses_moments(self) -> bool:
         """``True`` when the layer samples its outputs from the weight moments.
