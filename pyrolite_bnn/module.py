@@ -223,6 +223,7 @@ class VIModule(LocalPyroModule):
                 f" or bnn.PointMass(), got {type(family).__name__}"
             )
         prior_module = as_prior(prior).to(device=device, dtype=dtype)
+        prior_module.check_shape(size)  # hyperparameters broadcast to the weight
         self.prior[name] = prior_module
         init = torch.zeros(size, device=device, dtype=dtype)
         self.posterior[name] = family.build(size, init)

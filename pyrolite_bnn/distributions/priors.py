@@ -188,7 +188,12 @@ class Prior(nn.Module):
             ...     print(str(error).split(" do not")[0])
             NormalPrior hyperparameters of shape (3, 1)
         """
-        _check_broadcast(self, self.hyperparameter_shape(), torch.Size(shape))
+        try:
+            batch = self.hyperparameter_shape()
+        except NotImplementedError:  # no elementwise form: building it checks it
+            self(shape)
+            return
+        _check_broadcast(self, batch, torch.Size(shape))
 
     def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
         """Prior of a weight tensor of the given ``shape`` (all dims are event)."""

@@ -75,7 +75,6 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
     """
 
     log: dict[str, list[Any]] | None
-    dataset_size: int | None  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -98,6 +97,19 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         self.log = None
         self._track = False
         self.track(track)
+
+    @property  # type: ignore[override]
+    def dataset_size(self) -> int | None:
+        """Training set size ``N``, or ``None`` (then given per call)."""
+        if self.__dict__.get("_size_missing", True):
+            return None
+        return BnnKullbackLeiblerLoss.dataset_size.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+    @dataset_size.setter
+    def dataset_size(self, value: int | None) -> None:
+        self.__dict__["_size_missing"] = value is None
+        if value is not None:  # validated as the library's loss does
+            BnnKullbackLeiblerLoss.dataset_size.fset(self, value)  # type: ignore[attr-defined]
 
     def track(self, mode: bool = True) -> None:
         """Start (``True``) or pause (``False``) recording; the history is kept."""
