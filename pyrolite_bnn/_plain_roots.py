@@ -18,11 +18,11 @@ installed when the first ``VIModule`` is built:
   ``(S, B, ...)`` and attaches the forward pass's record for the loss.
 
 The particle count is the module's ``samples`` attribute if it has one, else
-10. A plain module holding a single Bayesian position (a wrapper around a
+10. Called inside Pyro inference (the user's own Pyro model), the opened frame
+is the particle plate with one sample site per weight, as for a ``VIModule``.
+A plain module holding a single Bayesian position (a wrapper around a
 ``VIModule`` network, ``DistributedDataParallel``) needs nothing: that
-``VIModule`` is the network, with its own guide. Under Pyro inference, run a
-plain module through ``loss_fn.pyro_model(module)``, which opens the particle
-plate itself.
+``VIModule`` is the network, with its own guide.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from torch.nn.modules.module import (
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import LazyDraws, using_draws
 from pyrolite_bnn._forward import attach, generated_guide_draws, prepare
-from pyrolite_bnn._network import bayesian_positions
+from pyrolite_bnn._network import bayesian_positions, collect_variables
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import LayerRecord
 
@@ -103,10 +104,12 @@ def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         stack.close()
     assert frame.token is not None
     _FRAME.reset(frame.token)
-    if output is None or state is None or draws is None:  # not opened, or failed
+    if output is None or state is None:  # not opened, or failed
         return None
-    draws.finish()
     result = _particles.unfold(output, state)
+    if draws is None:  # run as a Pyro model: the weights are sample sites
+        return result
+    draws.finish()
     record = LayerRecord(draws, state.samples)
     return attach(result, record, log_probs=getattr(module, "return_log_probs", False))
 
@@ -121,7 +124,6 @@ def open_pending_root(
 
     Raises:
         ValueError: if ``samples=`` is given to a layer inside a plain module.
-        RuntimeError: under Pyro inference (use ``loss_fn.pyro_model``).
     """
     frame = _FRAME.get()
     if frame is None or not frame.pending or frame.stack is not None:
@@ -133,21 +135,21 @@ def open_pending_root(
             f"samples= cannot be given to a Bayesian layer inside the plain {name}; "
             f"set {name}.samples (or use a bnn.VIModule / bnn.VISequential root)"
         )
-    if am_i_wrapped():
-        raise RuntimeError(
-            f"the plain {name} holding Bayesian layers cannot run directly inside "
-            "Pyro inference; use loss_fn.pyro_model(model) as the Pyro model, or a "
-            "bnn.VIModule / bnn.VISequential root"
-        )
     count = getattr(root, "samples", DEFAULT_SAMPLES)
-    state, _ = prepare(root, frame.args, {}, count)
+    state, device = prepare(root, frame.args, {}, count)
     if state.batch_size is None:  # called with keyword inputs only
         first = _particles.first_tensor(args, kwargs)
         batch = None if first is None or first.dim() == 0 else first.shape[0]
         state = _particles.ParticleState(state.samples, batch)
-    draws = generated_guide_draws(root, state.samples)
     stack = ExitStack()
     stack.enter_context(local_params())
+    if am_i_wrapped():  # a Pyro model: the particle plate and one site per weight
+        stack.enter_context(_particles.particle_plate(state.samples, device))
+        stack.enter_context(_particles.particles(state))
+        stack.enter_context(sampling_sites(SiteTable(collect_variables(root))))
+        frame.stack, frame.state = stack, state
+        return True
+    draws = generated_guide_draws(root, state.samples)
     stack.enter_context(_particles.particles(state))
     stack.enter_context(using_draws(draws))
     frame.stack, frame.state, frame.draws = stack, state, draws

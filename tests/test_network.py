@@ -340,3 +340,29 @@ def test_additive_masks_may_hold_minus_infinity_but_not_nan() -> None:
         layer(x, x, x, attn_mask=torch.full((3, 3), float("nan")))
     with pytest.raises(ValueError, match="NaN/Inf"):
         layer(x.masked_fill(x > 1, float("-inf")), x, x)
+
+
+def test_plain_root_is_a_pyro_model_inside_pyro_inference() -> None:
+    net = nn.Sequential(_linear(3, 6), nn.Tanh(), _linear(6, 4))
+    net.samples = 3  # type: ignore[assignment]
+    guide_trace = pyro.poutine.trace(bnn.ParticleGuide(net)).get_trace()
+    x = torch.randn(8, 3)
+    model_trace = pyro.poutine.trace(
+        pyro.poutine.replay(net, trace=guide_trace)
+    ).get_trace(x)
+    sites = [
+        n
+        for n, s in model_trace.nodes.items()
+        if s["type"] == "sample" and n != "particles"  # the plate's own site
+    ]
+    assert sites == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    out = model_trace.nodes["_RETURN"]["value"]
+    assert out.shape == (3, 8, 4)
+    w = {name: guide_trace.nodes[name]["value"].squeeze(1) for name in sites}
+    hidden = torch.tanh(
+        torch.einsum("bi,soi->sbo", x, w["0.weight"]) + w["0.bias"][:, None]
+    )
+    expected = (
+        torch.einsum("sbi,soi->sbo", hidden, w["2.weight"]) + w["2.bias"][:, None]
+    )
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
