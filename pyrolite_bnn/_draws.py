@@ -28,16 +28,24 @@ from pyrolite_bnn.distributions.variational import (
 )
 from pyrolite_bnn.variables import RandomVariable
 
-__all__ = ["LazyDraws", "current_draws", "using_draws"]
+__all__ = ["LazyDraws", "current_draws", "rng_state", "set_rng_state", "using_draws"]
 
 
-def _rng_state(device: torch.device) -> Tensor | None:
+def rng_state(device: torch.device) -> Tensor | None:
     """Random-number state of the default generator of ``device`` (if replayable)."""
     if device.type == "cpu":
         return torch.get_rng_state()
     if device.type == "cuda":
         return torch.cuda.get_rng_state(device)
     return None
+
+
+def set_rng_state(state: Tensor, device: torch.device) -> None:
+    """Set the default generator of ``device`` to ``state`` (from :func:`rng_state`)."""
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def _draw(
@@ -64,10 +72,7 @@ def _replay_draw(
     """
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state, device)
-        else:
-            torch.set_rng_state(state)
+        set_rng_state(state, device)
         return _draw(variable, moments, samples)
 
 
@@ -151,7 +156,7 @@ class LazyDraws:
             param = next(iter(variable.posterior.parameters()), None)
             state = None
             if param is not None and not self._keep:
-                state = _rng_state(param.device)
+                state = rng_state(param.device)
             value = _draw(variable, moments, self.samples)
             if state is None:
                 self.values[i] = value

@@ -30,7 +30,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
-from pyrolite_bnn._draws import _rng_state
+from pyrolite_bnn._draws import rng_state, set_rng_state
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.module import NOT_NETWORK, VIModule, whole_network_draws
@@ -360,17 +360,13 @@ class _Generators:
 
     def current(self) -> list[Tensor | None]:
         """The generators' states now."""
-        return [_rng_state(device) for device in self.devices]
+        return [rng_state(device) for device in self.devices]
 
     def rewind(self) -> None:
         """Set every generator back to its saved state."""
         for device, state in zip(self.devices, self.saved, strict=True):
-            if state is None:
-                continue
-            if device.type == "cuda":
-                torch.cuda.set_rng_state(state, device)
-            else:
-                torch.set_rng_state(state)
+            if state is not None:
+                set_rng_state(state, device)
 
     def same_as(self, states: list[Tensor | None]) -> bool:
         """Whether the generators are in ``states`` now."""
