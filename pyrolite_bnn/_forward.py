@@ -28,11 +28,15 @@ from typing import Any
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule
+from pyro.params.param_store import param_with_module_name
+from pyro.poutine.runtime import effectful
 from torch import Tensor, nn
+from torch.distributions import constraints
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import LazyDraws, using_draws
-from pyrolite_bnn._network import collect_variables
+from pyrolite_bnn._network import collect_variables, network_modules
+from pyrolite_bnn._pyro_module import linked_parameters
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn._validation import (
     check_finite_inputs,
@@ -54,6 +58,7 @@ __all__ = [
     "prepare",
     "pyro_run",
     "pytorch_run",
+    "report_plain_parameters",
     "run_sites",
 ]
 
@@ -99,9 +104,30 @@ def run_sites(
 ) -> Any:
     """Run ``root`` inside an open particle plate, weights from Pyro sample sites."""
     table = SiteTable(collect_variables(root))
-    with _particles.particles(state), sampling_sites(table):
-        result = invoke(root, args, kwargs)
+    with linked_parameters():
+        report_plain_parameters(root)
+        with _particles.particles(state), sampling_sites(table):
+            result = invoke(root, args, kwargs)
     return _particles.unfold(result, state)
+
+
+def report_plain_parameters(root: nn.Module) -> None:
+    """Report the network's deterministic parameters to Pyro with ``param`` sites.
+
+    Pyro's optimisers (``SVI``) train what ``param`` statements report. Library
+    modules report their own parameters; a plain ``torch.nn`` layer inside the
+    network (an ``nn.Linear`` head, a ``LayerNorm``) reports nothing by itself,
+    so its parameters are reported here, named as a ``pyro.module`` statement
+    would name them (``"body.2$$$weight"``).
+    """
+    for path, module in network_modules(root):
+        if isinstance(module, PyroModule):
+            continue
+        for name, value in module.named_parameters(recurse=False):
+            site = param_with_module_name(path, name)
+            effectful(type="param")(lambda *_, value=value, **__: value)(
+                site, value, constraint=constraints.real, name=site
+            )
 
 
 def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:

@@ -16,7 +16,7 @@ from pyrolite_bnn._pyro_module import structure_version
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
 from pyrolite_bnn.variables import RandomVariable
 
-__all__ = ["bayesian_positions", "collect_variables"]
+__all__ = ["bayesian_positions", "collect_variables", "network_modules"]
 
 
 def _children(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -72,6 +72,25 @@ def collect_variables(root: nn.Module) -> list[RandomVariable]:
         # without them are cached until a library module changes.
         object.__setattr__(root, "_pyrolite_variables", (version, tuple(found)))
     return found
+
+
+def network_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every module of the network below ``root`` once, with its first path.
+
+    Priors, posteriors and assigned guides are not part of the network.
+    """
+    found: dict[int, tuple[str, nn.Module]] = {}
+    stack = [("", root)]
+    while stack:
+        prefix, module = stack.pop()
+        if id(module) in found:
+            continue
+        found[id(module)] = (prefix, module)
+        stack.extend(
+            (f"{prefix}.{name}" if prefix else name, child)
+            for name, child in reversed(_children(module))
+        )
+    return list(found.values())
 
 
 def bayesian_positions(root: nn.Module, limit: int = 2) -> int:

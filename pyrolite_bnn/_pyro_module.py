@@ -25,7 +25,12 @@ from torch import nn
 if TYPE_CHECKING:
     from pyro.poutine.runtime import Message
 
-__all__ = ["LocalPyroModule", "local_params", "structure_version"]
+__all__ = [
+    "LocalPyroModule",
+    "linked_parameters",
+    "local_params",
+    "structure_version",
+]
 
 # Bumped whenever a LocalPyroModule gains, loses or replaces a module, tensor or
 # sample-site attribute (or deletes any attribute), so that
@@ -66,15 +71,8 @@ class LocalPyroModule(PyroModule):
             super().__init__(name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with local_params():
-            if _LINKING.get() or not am_i_wrapped():
-                return super().__call__(*args, **kwargs)
-            token = _LINKING.set(True)
-            try:
-                with UnconstrainedLinks():
-                    return super().__call__(*args, **kwargs)
-            finally:
-                _LINKING.reset(token)
+        with local_params(), linked_parameters():
+            return super().__call__(*args, **kwargs)
 
     def adopt_pyro_name(self, name: str) -> None:
         """Name this module's Pyro parameters (and its submodules') under ``name``.
@@ -123,6 +121,23 @@ class LocalPyroModule(PyroModule):
 
 # Whether an UnconstrainedLinks handler is already on the stack for this call.
 _LINKING: ContextVar[bool] = ContextVar("pyrolite_linking", default=False)
+
+
+@contextmanager
+def linked_parameters() -> Iterator[None]:
+    """Under Pyro, run the body inside one :class:`UnconstrainedLinks` handler.
+
+    Nested uses (every library module of a network) share the outermost one.
+    """
+    if _LINKING.get() or not am_i_wrapped():
+        yield
+        return
+    token = _LINKING.set(True)
+    try:
+        with UnconstrainedLinks():
+            yield
+    finally:
+        _LINKING.reset(token)
 
 
 class UnconstrainedLinks(Messenger):

@@ -366,3 +366,19 @@ def test_plain_root_is_a_pyro_model_inside_pyro_inference() -> None:
         torch.einsum("sbi,soi->sbo", hidden, w["2.weight"]) + w["2.bias"][:, None]
     )
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("root", ["bnn", "torch"])
+def test_svi_trains_plain_layers_inside_the_network(root: str) -> None:
+    layers = (bnn.VILinear(3, 6), nn.LayerNorm(6), nn.Linear(6, 2))
+    net = bnn.VISequential(*layers) if root == "bnn" else nn.Sequential(*layers)
+    guide = net.guide if isinstance(net, bnn.VIModule) else bnn.ParticleGuide(net)
+    model = bnn.KullbackLeiblerLoss(bnn.Categorical(), N).pyro_model(net)
+    head = layers[2]
+    before = [p.detach().clone() for p in (*head.parameters(), *layers[1].parameters())]
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    for _ in range(2):
+        svi.step(x, y, samples=2)
+    after = [*head.parameters(), *layers[1].parameters()]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
