@@ -17,6 +17,7 @@ from pyrolite_bnn._validation import (
 )
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
 from pyrolite_bnn.compiled import CompileFallbackWarning
+from pyrolite_bnn.convert import convert, match_particles
 from pyrolite_bnn.distributions import (
     Bernoulli,
     CallablePrior,
@@ -112,11 +113,13 @@ __all__ = [
     "VITransformerEncoderLayer",
     "VariationalFamily",
     "__version__",
+    "convert",
     "enable_validation",
     "fit",
     "is_validation_enabled",
     "linear_warmup",
     "load_checkpoint",
+    "match_particles",
     "metrics",
     "predict",
     "save_checkpoint",

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn.convert import ConvertedNetwork
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.container import Residual
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
@@ -106,6 +107,8 @@ def _convert(module: nn.Module, means: dict[int, dict[str, Tensor]]) -> nn.Modul
     if entry is not None:
         assert isinstance(module, VIModule)
         return entry.to_torch(module, means.get(id(module), {}), children)
+    if isinstance(module, ConvertedNetwork):  # bnn.convert of a custom class
+        return module.plain_module(children)
     if isinstance(module, VIModule):
         if module.__dict__.get("_declared"):
             raise TypeError(
