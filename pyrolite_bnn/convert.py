@@ -210,13 +210,27 @@ class ConvertedNetwork(VIModule):
         cls = _torch_class(type(self))
         plain = cls.__new__(cls)
         nn.Module.__init__(plain)
-        kept = {k: v for k, v in self._modules.items() if k not in NOT_NETWORK}
+        kept = {
+            k: v
+            for k, v in self._modules.items()
+            if k not in NOT_NETWORK and v is not None
+        }
         _move_state(self, plain, dict(kept, **children), skip=_network_keys())
         return plain
 
 
-@functools.cache
+_NETWORK_CLASSES: dict[type[nn.Module], type[ConvertedNetwork]] = {}
+
+
 def _network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
+    """The subclass of ``cls`` and :class:`ConvertedNetwork` (one per class)."""
+    made = _NETWORK_CLASSES.get(cls)
+    if made is None:
+        made = _NETWORK_CLASSES[cls] = _make_network_class(cls)
+    return made
+
+
+def _make_network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
     forward = cls.forward
 
     @functools.wraps(forward)
@@ -260,7 +274,7 @@ def _move_state(
     modules: dict[str, nn.Module] | None = None,
     skip: frozenset[str] = frozenset(),
 ) -> None:
-    """Give ``target`` the attributes, parameters, buffers and children of ``source``."""
+    """Give ``target`` the attributes, parameters, buffers, children of ``source``."""
     for key, value in vars(source).items():
         if key not in vars(target) and key not in skip:
             object.__setattr__(target, key, value)
@@ -331,7 +345,11 @@ class _Converter:
     def convert(self, module: nn.Module, path: str) -> nn.Module:
         entry = _entry(module)
         if entry is not None and entry.build_bayesian is None:
-            return self.layer(entry, module, path) if self.selected(path, module) else module
+            return (
+                self.layer(entry, module, path)
+                if self.selected(path, module)
+                else module
+            )
         for name, child in list(module.named_children()):
             converted = self.convert(child, f"{path}.{name}" if path else name)
             if converted is not child:
@@ -361,9 +379,11 @@ class _Converter:
 
     def check_inner(self, path: str) -> None:
         for selection, what in ((self.include, "include"), (self.exclude, "exclude")):
-            inner = [n for n in selection[0] if n.startswith(path + ".")] if (
-                selection is not None
-            ) else []
+            inner = (
+                [n for n in selection[0] if n.startswith(path + ".")]
+                if (selection is not None)
+                else []
+            )
             if inner:
                 raise ValueError(
                     f"{what}= names {inner} inside {path!r}, which is converted as "
@@ -406,4 +426,3 @@ def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:
             sub.prior[name] = NormalPrior(weight, scale.clone()).to(weight)
             std = (delta * weight.abs()).clamp_min(MOPED_MIN_SCALE)
             posterior.reset_parameters(weight, std)
-

@@ -89,7 +89,8 @@ def test_module_left_untouched() -> None:
 def test_custom_root_is_network_with_original_paths() -> None:
     module = _trained(Block())
     net = bnn.convert(module)
-    assert isinstance(net, Block) and isinstance(net, ConvertedNetwork)
+    assert isinstance(net, Block)
+    assert isinstance(net, ConvertedNetwork)
     sites = [v.site for v in net.random_variables()]
     assert sites == [
         "body.0.weight",
@@ -132,9 +133,11 @@ def test_unsupported_modules_warn_once_norms_silently() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bnn.convert(module)
-    assert len(caught) == 1 and caught[0].category is UserWarning
+    assert len(caught) == 1
+    assert caught[0].category is UserWarning
     message = str(caught[0].message)
-    assert "2 (PReLU)" in message and "3 (Bilinear)" in message
+    assert "2 (PReLU)" in message
+    assert "3 (Bilinear)" in message
     assert "LayerNorm" not in message
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -189,9 +192,7 @@ def test_moped_state_dict_reload_is_exact() -> None:
         fresh.state_dict().items(), trained.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
-    for v, w in zip(
-        fresh.random_variables(), trained.random_variables(), strict=True
-    ):
+    for v, w in zip(fresh.random_variables(), trained.random_variables(), strict=True):
         torch.testing.assert_close(
             v.module.prior[v.name].loc, w.module.prior[w.name].loc, atol=0, rtol=0
         )
@@ -202,7 +203,9 @@ def test_checkpoint_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def
     bnn.save_checkpoint(tmp_path / "c.pt", net)
     other = bnn.convert(Block(), moped=0.1)
     bnn.load_checkpoint(tmp_path / "c.pt", other)
-    for a, b in zip(net.state_dict().values(), other.state_dict().values(), strict=True):
+    for a, b in zip(
+        net.state_dict().values(), other.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
@@ -215,7 +218,8 @@ def test_deterministic_branch_error_names_helper() -> None:
 def test_resnet_block_with_deterministic_skip() -> None:
     module = _trained(Block())
     net = bnn.convert(module, exclude=["skip"])
-    assert isinstance(net.skip, nn.Conv2d) and isinstance(net.body[0], bnn.VIConv2d)
+    assert isinstance(net.skip, nn.Conv2d)
+    assert isinstance(net.body[0], bnn.VIConv2d)
     x = torch.randn(2, 3, 4, 4)
     out = net(x, samples=3)
     assert out.shape == (3, 2, 5)
@@ -249,7 +253,9 @@ def test_recurrent_conversion(rnn) -> None:  # type: ignore[no-untyped-def]
 
 def test_batch_first_false_is_refused_with_path() -> None:
     module = SequenceClassifier(nn.GRU(3, 6))
-    with pytest.raises(ValueError, match=r"cannot convert rnn \(GRU\).*batch_first=True"):
+    with pytest.raises(
+        ValueError, match=r"cannot convert rnn \(GRU\).*batch_first=True"
+    ):
         bnn.convert(module)
 
 
@@ -257,7 +263,9 @@ def test_attention_and_transformer_conversion() -> None:
     layer = nn.TransformerEncoderLayer(
         8, 2, 16, dropout=0.0, batch_first=True, activation="gelu"
     )
-    module = EncoderClassifier(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False))
+    module = EncoderClassifier(
+        nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    )
     module.eval()
     net = bnn.convert(module, moped=0.1)
     assert isinstance(net.encoder, bnn.VITransformerEncoder)
@@ -275,7 +283,9 @@ def test_attention_and_transformer_conversion() -> None:
 
 
 def test_multihead_attention_kdim_and_full_transformer() -> None:
-    attention = nn.MultiheadAttention(8, 2, kdim=4, vdim=6, add_bias_kv=True, batch_first=True)
+    attention = nn.MultiheadAttention(
+        8, 2, kdim=4, vdim=6, add_bias_kv=True, batch_first=True
+    )
     converted = bnn.convert(nn.ModuleList([attention]))[0]
     assert isinstance(converted, bnn.VIMultiheadAttention)
     for name, parameter in attention.named_parameters():
@@ -285,9 +295,7 @@ def test_multihead_attention_kdim_and_full_transformer() -> None:
     q, k, v = torch.randn(2, 3, 8), torch.randn(2, 4, 4), torch.randn(2, 4, 6)
     plain_attention = bnn.to_deterministic(converted)
     assert type(plain_attention) is nn.MultiheadAttention
-    for out, expected in zip(
-        plain_attention(q, k, v), attention(q, k, v), strict=True
-    ):
+    for out, expected in zip(plain_attention(q, k, v), attention(q, k, v), strict=True):
         torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
     # A full Transformer: the converted network and its export agree with torch.
     model = nn.Transformer(8, 2, 1, 1, 16, dropout=0.0, batch_first=True).eval()
@@ -303,7 +311,9 @@ def test_convert_to_vimodule_alias() -> None:
     module = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     kept = vi.convert_to_vimodule(module, keep_weights=True)
     assert isinstance(kept, bnn.VIModule)
-    torch.testing.assert_close(kept[0].posterior["weight"].loc, module[0].weight.detach())
+    torch.testing.assert_close(
+        kept[0].posterior["weight"].loc, module[0].weight.detach()
+    )
     fresh = vi.convert_to_vimodule(module)
     assert not torch.equal(fresh[0].posterior["weight"].loc, module[0].weight)
 

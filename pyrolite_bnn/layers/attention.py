@@ -26,7 +26,7 @@ from pyrolite_bnn.module import VIModule
 __all__ = ["VIMultiheadAttention"]
 
 
-def _arguments(module: nn.Module) -> dict[str, Any]:
+def _arguments(module: Any) -> dict[str, Any]:
     """Constructor arguments of a torch or Bayesian attention layer (registry)."""
     same = has_weight(module, "in_proj_weight")
     return {

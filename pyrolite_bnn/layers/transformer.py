@@ -91,7 +91,7 @@ def _add(shortcut: Tensor, branch: Tensor) -> Tensor:
 # converted children replace the clones their constructors make.
 
 
-def _layer_arguments(module: nn.Module) -> dict[str, Any]:
+def _layer_arguments(module: Any) -> dict[str, Any]:
     """Constructor arguments of a torch or Bayesian Transformer layer."""
     attention = module.self_attn
     return {
@@ -107,9 +107,7 @@ def _layer_arguments(module: nn.Module) -> dict[str, Any]:
     }
 
 
-def _stack_to_bayesian(
-    module: nn.Module, children: Mapping[str, nn.Module]
-) -> VIModule:
+def _stack_to_bayesian(module: Any, children: Mapping[str, Any]) -> VIModule:
     layers = list(children["layers"])
     cls = VITransformerEncoder if "mask_check" in vars(module) else VITransformerDecoder
     stack: VIModule = cls(layers[0], len(layers), children.get("norm"))
@@ -120,7 +118,7 @@ def _stack_to_bayesian(
     return stack
 
 
-def _stack_to_torch(layer: VIModule, children: Mapping[str, nn.Module]) -> nn.Module:
+def _stack_to_torch(layer: VIModule, children: Mapping[str, Any]) -> nn.Module:
     layers = list(children["layers"])
     stack: nn.Module
     if isinstance(layer, VITransformerEncoder):
@@ -137,9 +135,7 @@ def _stack_to_torch(layer: VIModule, children: Mapping[str, nn.Module]) -> nn.Mo
     return stack
 
 
-def _model_to_bayesian(
-    module: nn.Module, children: Mapping[str, nn.Module]
-) -> VIModule:
+def _model_to_bayesian(module: Any, children: Mapping[str, nn.Module]) -> VIModule:
     # Placeholders keep the constructor's initialisation off the converted stacks.
     model = VITransformer(
         module.d_model,

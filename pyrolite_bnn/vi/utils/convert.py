@@ -1,4 +1,4 @@
-"""torch_blue's ``convert_to_vimodule``: a thin alias of :func:`pyrolite_bnn.convert`."""
+"""torch_blue's ``convert_to_vimodule``: an alias of :func:`pyrolite_bnn.convert`."""
 
 from __future__ import annotations
 
