@@ -134,7 +134,7 @@ def convert(
         >>> import torch, pyrolite_bnn as bnn
         >>> from torch import nn
         >>> plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-        >>> net = bnn.convert(plain, moped=0.1, exclude=["2"])
+        >>> net = bnn.convert(plain, exclude=["2"])
         >>> net
         VISequential(
           (0): VILinear(in_features=4, out_features=8, bias=True)
@@ -145,6 +145,9 @@ def convert(
         ['0.weight', '0.bias']
         >>> net(torch.randn(5, 4), samples=2).shape
         torch.Size([2, 5, 3])
+        >>> moped = bnn.convert(plain, moped=0.1)
+        >>> moped[2].prior["weight"]
+        NormalPrior(loc=tensor(3, 8), scale=1)
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"convert needs a torch.nn.Module, got {type(module).__name__}")
