@@ -339,6 +339,7 @@ class _Converter:
         self.include = include
         self.exclude = exclude
         self.unsupported: list[str] = []
+        self.converted: dict[int, nn.Module] = {}  # a module at two paths: once
 
     def selected(self, path: str, module: nn.Module) -> bool:
         if self.exclude is not None and _matches(self.exclude, path, module):
@@ -346,6 +347,12 @@ class _Converter:
         return self.include is None or _matches(self.include, path, module)
 
     def convert(self, module: nn.Module, path: str) -> nn.Module:
+        done = self.converted.get(id(module))
+        if done is None:
+            done = self.converted[id(module)] = self.convert_new(module, path)
+        return done
+
+    def convert_new(self, module: nn.Module, path: str) -> nn.Module:
         entry = _entry(module)
         if entry is not None and entry.build_bayesian is None:
             return (
@@ -353,12 +360,16 @@ class _Converter:
                 if self.selected(path, module)
                 else module
             )
-        for name, child in list(module.named_children()):
+        # Not named_children(): it skips a second position of a shared module.
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
             converted = self.convert(child, f"{path}.{name}" if path else name)
             if converted is not child:
                 setattr(module, name, converted)
         if entry is not None:
-            return entry.to_bayesian(module, dict(module.named_children()))
+            children = {k: v for k, v in module._modules.items() if v is not None}
+            return entry.to_bayesian(module, children)
         if (
             next(module.parameters(recurse=False), None) is not None
             and not isinstance(module, _NORMS)

@@ -321,3 +321,36 @@ def test_convert_to_vimodule_alias() -> None:
 def test_refuses_bayesian_input() -> None:
     with pytest.raises(TypeError, match="already holds Bayesian"):
         bnn.convert(bnn.VISequential(bnn.VILinear(2, 2)))
+
+
+def test_shared_layer_stays_shared() -> None:
+    shared = nn.Linear(3, 3)
+    module = nn.Sequential(shared, nn.Tanh(), shared)
+    net = bnn.convert(module)
+    assert net[0] is net[2]
+    assert [v.site for v in net.random_variables()] == ["0.weight", "0.bias"]
+    plain = bnn.to_deterministic(net)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(plain(x), module(x), atol=1e-6, rtol=1e-6)
+
+
+def test_subclass_with_own_forward_is_not_replaced() -> None:
+    class Scaled(nn.Linear):
+        def forward(self, input: Tensor) -> Tensor:
+            return 2 * super().forward(input)
+
+    with pytest.warns(UserWarning, match=r"0 \(Scaled\)"):
+        net = bnn.convert(nn.Sequential(Scaled(2, 2), nn.Linear(2, 1)))
+    assert type(net[0]) is Scaled
+    assert isinstance(net[1], bnn.VILinear)
+
+
+def test_selection_inside_a_whole_layer_is_refused() -> None:
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    module = EncoderClassifier(
+        nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+    )
+    with pytest.raises(ValueError, match=r"inside 'encoder.layers.0'"):
+        bnn.convert(module, exclude=["encoder.layers.0.linear1"])
+    net = bnn.convert(module, exclude=["encoder.layers.0"], include=[nn.Linear])
+    assert [v.site for v in net.random_variables()] == ["head.weight", "head.bias"]
