@@ -17,7 +17,7 @@ from pyrolite_bnn._validation import (
 )
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
 from pyrolite_bnn.compiled import CompileFallbackWarning
-from pyrolite_bnn.convert import convert, match_particles
+from pyrolite_bnn.convert import convert
 from pyrolite_bnn.distributions import (
     Bernoulli,
     CallablePrior,
@@ -61,6 +61,7 @@ from pyrolite_bnn.layers import (
     VITransformerEncoder,
     VITransformerEncoderLayer,
 )
+from pyrolite_bnn.layers.functional import match_particles
 from pyrolite_bnn.loss import KullbackLeiblerLoss
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.predict import Prediction, predict

@@ -40,11 +40,10 @@ from pyrolite_bnn.distributions.variational import (
     VariationalFamily,
 )
 from pyrolite_bnn.layers import registry
-from pyrolite_bnn.layers.functional import match_particles
 from pyrolite_bnn.layers.registry import LayerEntry
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
 
-__all__ = ["ConvertedNetwork", "convert", "match_particles"]
+__all__ = ["MOPED_MIN_SCALE", "ConvertedNetwork", "convert"]
 
 #: Smallest posterior standard deviation ``moped=`` gives (weights at zero).
 MOPED_MIN_SCALE = 1e-5
