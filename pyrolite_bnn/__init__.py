@@ -17,6 +17,7 @@ from pyrolite_bnn._validation import (
 )
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
 from pyrolite_bnn.compiled import CompileFallbackWarning
+from pyrolite_bnn.convert import convert
 from pyrolite_bnn.distributions import (
     Bernoulli,
     CallablePrior,
@@ -60,6 +61,7 @@ from pyrolite_bnn.layers import (
     VITransformerEncoder,
     VITransformerEncoderLayer,
 )
+from pyrolite_bnn.layers.functional import match_particles
 from pyrolite_bnn.loss import KullbackLeiblerLoss
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.predict import Prediction, predict
@@ -112,11 +114,13 @@ __all__ = [
     "VITransformerEncoderLayer",
     "VariationalFamily",
     "__version__",
+    "convert",
     "enable_validation",
     "fit",
     "is_validation_enabled",
     "linear_warmup",
     "load_checkpoint",
+    "match_particles",
     "metrics",
     "predict",
     "save_checkpoint",

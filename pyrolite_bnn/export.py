@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn.convert import ConvertedNetwork
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.container import Residual
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
@@ -90,22 +91,37 @@ def to_deterministic(model: VIModule) -> nn.Module:
     means: dict[int, dict[str, Tensor]] = {}
     for v in clone.random_variables():
         means.setdefault(id(v.module), {})[v.name] = medians[v.site].detach()
-    converted = _convert(clone, means)
+    converted = _convert(clone, means, {})
     if isinstance(converted, VIModule):
         return DeterministicNetwork(converted)
     return converted
 
 
-def _convert(module: nn.Module, means: dict[int, dict[str, Tensor]]) -> nn.Module:
+def _convert(
+    module: nn.Module, means: dict[int, dict[str, Tensor]], done: dict[int, nn.Module]
+) -> nn.Module:
+    """The plain counterpart of ``module``; a module at two positions once."""
+    if id(module) not in done:
+        done[id(module)] = _convert_new(module, means, done)
+    return done[id(module)]
+
+
+def _convert_new(
+    module: nn.Module, means: dict[int, dict[str, Tensor]], done: dict[int, nn.Module]
+) -> nn.Module:
+    # Not named_children(): it skips the second position of a shared layer.
     children = {
-        name: _convert(child, means)
-        for name, child in module.named_children()
-        if not (isinstance(module, VIModule) and name in NOT_NETWORK)
+        name: _convert(child, means, done)
+        for name, child in module._modules.items()
+        if child is not None
+        and not (isinstance(module, VIModule) and name in NOT_NETWORK)
     }
     entry = registry.for_bayesian(module) if isinstance(module, VIModule) else None
     if entry is not None:
         assert isinstance(module, VIModule)
         return entry.to_torch(module, means.get(id(module), {}), children)
+    if isinstance(module, ConvertedNetwork):  # bnn.convert of a custom class
+        return module.plain_module(children)
     if isinstance(module, VIModule):
         if module.__dict__.get("_declared"):
             raise TypeError(

@@ -80,3 +80,21 @@ def test_transformer_sequence(capsys: pytest.CaptureFixture[str]) -> None:
     assert 0.0 <= result["accuracy"] <= 1.0
     assert result["mutual_information_ood"] >= 0.0
     assert "mean mutual information, OOD" in capsys.readouterr().out
+
+
+def test_convert_pretrained() -> None:
+    pytest.importorskip("sklearn")
+    argv = ["--channels", "2", "--epochs", "1", "--finetune-epochs", "1"]
+    result = _main("convert_pretrained.py")(
+        [*argv, "--batch-size", "256", "--samples", "3", "--n-ood", "20"]
+    )
+    assert set(result) == {
+        "plain_accuracy",
+        "plain_ece",
+        "plain_auroc_entropy",
+        "bayes_accuracy",
+        "bayes_ece",
+        "bayes_auroc_entropy",
+        "bayes_auroc_mi",
+    }
+    assert all(0.0 <= value <= 1.0 for value in result.values())

@@ -359,9 +359,15 @@ def test_student_t_posterior_and_quiet_prior_work_in_layers() -> None:
     assert layer.posterior["weight"].loc.grad is not None
 
 
-def test_convert_to_vimodule_is_not_available_yet() -> None:
+def test_convert_to_vimodule_returns_the_network() -> None:
+    # Not in place (torch_blue's version returns None): the network is returned.
+    plain = nn.Linear(2, 2)
+    net = vi.convert_to_vimodule(plain, keep_weights=True)
+    assert isinstance(net, bnn.VILinear)
+    assert type(plain) is nn.Linear
+    torch.testing.assert_close(net.posterior["weight"].loc, plain.weight.detach())
     with pytest.raises(NotImplementedError, match=r"pyrolite_bnn\.convert"):
-        vi.convert_to_vimodule(nn.Linear(2, 2))
+        vi.convert_to_vimodule(plain, prior=object())
 
 
 def test_conv_layers_follow_torch_blue() -> None:

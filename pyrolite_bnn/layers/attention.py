@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import init
 
 from pyrolite_bnn.distributions.variational import VariationalFamily
@@ -18,11 +20,29 @@ from pyrolite_bnn.layers._sequence import (
 from pyrolite_bnn.layers.functional import current_batch_size
 from pyrolite_bnn.layers.functional_attention import multi_head_attention
 from pyrolite_bnn.layers.linear import VILinear
+from pyrolite_bnn.layers.registry import has_weight, register
 from pyrolite_bnn.module import VIModule
 
 __all__ = ["VIMultiheadAttention"]
 
 
+def _arguments(module: Any) -> dict[str, Any]:
+    """Constructor arguments of a torch or Bayesian attention layer (registry)."""
+    same = has_weight(module, "in_proj_weight")
+    return {
+        "embed_dim": module.embed_dim,
+        "num_heads": module.num_heads,
+        "dropout": module.dropout,
+        "bias": has_weight(module.out_proj, "bias"),
+        "add_bias_kv": has_weight(module, "bias_k"),
+        "add_zero_attn": module.add_zero_attn,
+        "kdim": None if same else module.kdim,
+        "vdim": None if same else module.vdim,
+        "batch_first": module.batch_first,
+    }
+
+
+@register(nn.MultiheadAttention, read_arguments=_arguments)
 class VIMultiheadAttention(VIModule):
     """Bayesian counterpart of :class:`torch.nn.MultiheadAttention`.
 

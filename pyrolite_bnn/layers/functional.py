@@ -365,10 +365,28 @@ def embedding(
 
 
 def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
-    """Fold ``shortcut`` like ``branch`` so the two can be added.
+    """Fold ``shortcut`` like ``branch`` so the two can be added or concatenated.
 
-    A shared tensor (leading size ``b``) meeting a folded one (``b * S``) is
-    broadcast over particles; otherwise ``shortcut`` is returned unchanged.
+    Inside a Bayesian call activations are folded ``(B*S, ...)``, while a
+    tensor no Bayesian layer has touched (the input, a branch left
+    deterministic by ``bnn.convert(..., exclude=...)``) is still ``(B, ...)``,
+    shared by all particles. A shared tensor (leading size ``b``) meeting a
+    folded one (``b * S``) is repeated for every particle (row ``b*S + s``);
+    otherwise, e.g. in a plain torch call, ``shortcut`` is returned unchanged,
+    so a ``forward`` that uses this runs as a torch module too. Public as
+    ``bnn.match_particles``.
+
+    Args:
+        shortcut: the tensor that may be shared, ``(B, ...)``.
+        branch: the tensor that may be folded, ``(B*S, ...)``.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> shared, folded = torch.randn(2, 3), torch.randn(2 * 4, 3)
+        >>> bnn.match_particles(shared, folded).shape
+        torch.Size([8, 3])
+        >>> bnn.match_particles(shared, torch.randn(2, 3)).shape
+        torch.Size([2, 3])
     """
     rows, branch_rows = shortcut.shape[0], branch.shape[0]
     if rows == branch_rows or rows == 0 or branch_rows % rows:

@@ -11,7 +11,7 @@ import math
 import warnings
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn.distributions.variational import VariationalFamily
@@ -23,6 +23,7 @@ from pyrolite_bnn.layers.functional_recurrent import (
     RecurrentWeights,
     recurrent,
 )
+from pyrolite_bnn.layers.registry import register
 from pyrolite_bnn.module import VIModule
 
 __all__ = ["VIGRU", "VILSTM"]
@@ -202,6 +203,7 @@ class _VIRNNBase(VIModule):
         return text
 
 
+@register(nn.LSTM)
 class VILSTM(_VIRNNBase):
     """Bayesian counterpart of :class:`torch.nn.LSTM`.
 
@@ -277,6 +279,7 @@ class VILSTM(_VIRNNBase):
         return output, (h_n, c_n)
 
 
+@register(nn.GRU)
 class VIGRU(_VIRNNBase):
     """Bayesian counterpart of :class:`torch.nn.GRU`.
 

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.module import NOT_NETWORK, VIModule
 
 __all__ = [
     "LayerCase",
@@ -44,6 +44,7 @@ __all__ = [
     "entries",
     "for_bayesian",
     "for_torch",
+    "has_weight",
     "register",
 ]
 
@@ -52,6 +53,7 @@ WeightsToMeans = Callable[[nn.Module, VIModule], dict[str, Tensor]]
 MeansToWeights = Callable[[VIModule, Mapping[str, Tensor]], dict[str, Tensor]]
 BuildTorch = Callable[[VIModule, Mapping[str, nn.Module]], nn.Module]
 BuildBayesian = Callable[[nn.Module, Mapping[str, nn.Module]], VIModule]
+ReadArguments = Callable[[nn.Module], dict[str, Any]]
 
 _Layer = TypeVar("_Layer", bound=VIModule)
 
@@ -110,6 +112,9 @@ class LayerEntry:
             torch_module``; ``None`` for weight layers.
         build_bayesian: for containers, ``(torch_module, converted_children) ->
             layer``; ``None`` for weight layers.
+        read_arguments: ``module -> {argument: value}`` for either class, where
+            the arguments are not attributes of both (Transformer layers);
+            default: see :meth:`arguments`.
     """
 
     torch_cls: type[nn.Module]
@@ -119,15 +124,22 @@ class LayerEntry:
     means_to_weights: MeansToWeights | None = None
     build_torch: BuildTorch | None = None
     build_bayesian: BuildBayesian | None = None
+    read_arguments: ReadArguments | None = None
 
     def arguments(self, module: nn.Module) -> dict[str, Any]:
         """Constructor arguments of ``module`` (torch or Bayesian), by name.
 
         They are the ``torch.nn`` signature's (without ``device``, ``dtype`` and
-        private ``_``-names), read as attributes of ``module``; ``bias`` is
-        whether the module has one.
+        private ``_``-names; the Bayesian class's positional ones where torch
+        hides its own behind ``*args``, as ``nn.LSTM``), read as attributes of
+        ``module``; ``bias`` is whether the module has one. A
+        ``read_arguments`` hook replaces this.
         """
+        if self.read_arguments is not None:
+            return self.read_arguments(module)
         parameters = inspect.signature(self.torch_cls.__init__).parameters
+        if any(p.kind is p.VAR_POSITIONAL for p in parameters.values()):
+            parameters = inspect.signature(self.bayesian_cls.__init__).parameters
         found: dict[str, Any] = {}
         for name, parameter in parameters.items():
             if (
@@ -136,7 +148,7 @@ class LayerEntry:
                 or parameter.kind is not parameter.POSITIONAL_OR_KEYWORD
             ):
                 continue
-            found[name] = _has_bias(module) if name == "bias" else getattr(module, name)
+            found[name] = _bias(module) if name == "bias" else getattr(module, name)
         return found
 
     def to_bayesian(
@@ -146,6 +158,11 @@ class LayerEntry:
         **options: Any,
     ) -> VIModule:
         """The Bayesian layer of ``module``, its posterior means at the weights.
+
+        Bayesian sublayers the new layer builds itself (``out_proj`` of an
+        attention layer, the linear layers of a Transformer layer) take the
+        weights of ``module``'s children of the same names, and plain children
+        (norms) their state.
 
         Args:
             module: a ``torch.nn`` layer of :attr:`torch_cls`.
@@ -164,6 +181,7 @@ class LayerEntry:
         with torch.no_grad():
             for name, mean in self.means_from(module, layer).items():
                 layer.posterior[name].reset_parameters(mean.detach())
+            _copy_children(module, layer)
         return layer
 
     def means_from(self, module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
@@ -199,7 +217,9 @@ class LayerEntry:
         if self.build_torch is not None:
             return self.build_torch(layer, children or {})
         weights = self.weights_from(layer, means)
-        reference = next(iter(weights.values()))
+        reference = next(iter(weights.values()), None)
+        if reference is None:  # every weight is a sublayer's (Transformer layers)
+            reference = next(layer.parameters())
         cls: Any = self.torch_cls  # torch's stubs take ints where tuples work too
         plain: nn.Module = cls(
             **self.arguments(layer), device=reference.device, dtype=reference.dtype
@@ -207,6 +227,10 @@ class LayerEntry:
         with torch.no_grad():
             for name, value in weights.items():
                 getattr(plain, name).copy_(value)
+            for name, child in (children or {}).items():
+                target = getattr(plain, name, None)
+                if isinstance(target, nn.Module):
+                    target.load_state_dict(child.state_dict())
         return plain
 
 
@@ -222,6 +246,7 @@ def register(
     means_to_weights: MeansToWeights | None = None,
     build_torch: BuildTorch | None = None,
     build_bayesian: BuildBayesian | None = None,
+    read_arguments: ReadArguments | None = None,
 ) -> Callable[[type[_Layer]], type[_Layer]]:
     """Class decorator: register a Bayesian class as the twin of ``torch_cls``.
 
@@ -232,6 +257,7 @@ def register(
         means_to_weights: see :class:`LayerEntry`.
         build_torch: see :class:`LayerEntry` (containers).
         build_bayesian: see :class:`LayerEntry` (containers).
+        read_arguments: see :class:`LayerEntry`.
 
     Raises:
         ValueError: if another Bayesian class is registered for ``torch_cls``.
@@ -246,6 +272,7 @@ def register(
             means_to_weights,
             build_torch,
             build_bayesian,
+            read_arguments,
         )
         previous = _BY_TORCH.get(torch_cls)
         if previous is not None and _name(previous.bayesian_cls) != _name(cls):
@@ -290,13 +317,41 @@ def _name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _has_bias(module: nn.Module) -> bool:
+def has_weight(module: nn.Module, name: str) -> bool:
+    """Whether ``module`` (torch or Bayesian) has the weight ``name`` (not ``None``).
+
+    A Bayesian layer's random variable is a sample site (reading it would draw
+    it): its posterior is asked instead.
+    """
     if isinstance(module, VIModule):
-        # ``module.bias`` of a Bayesian layer is a sample site: ask the posterior.
-        return "bias" in module.posterior
-    return getattr(module, "bias", None) is not None
+        return name in module.declared_variables()
+    return getattr(module, name, None) is not None
+
+
+def _bias(module: nn.Module) -> bool:
+    """The ``bias`` argument: a plain flag (``nn.LSTM``) or whether one exists."""
+    flag = vars(module).get("bias")
+    return flag if isinstance(flag, bool) else has_weight(module, "bias")
+
+
+def _copy_children(module: nn.Module, layer: nn.Module) -> None:
+    """Give the sublayers of a new Bayesian ``layer`` the state of ``module``'s."""
+    for name, child in layer.named_children():
+        source = getattr(module, name, None)
+        if name in NOT_NETWORK or not isinstance(source, nn.Module):
+            continue
+        entry = for_bayesian(child) if isinstance(child, VIModule) else None
+        if entry is not None and entry.build_bayesian is None:
+            assert isinstance(child, VIModule)
+            for var, mean in entry.means_from(source, child).items():
+                child.posterior[var].reset_parameters(mean.detach())
+            _copy_children(source, child)
+        elif any(isinstance(m, VIModule) for m in child.modules()):
+            _copy_children(source, child)
+        else:
+            child.load_state_dict(source.state_dict())
 
 
 def _parameters_of(module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
     """Default ``weights_to_means``: the torch parameter named like each variable."""
-    return {name: getattr(module, name) for name in layer.posterior}
+    return {name: getattr(module, name) for name in layer.declared_variables()}

@@ -29,6 +29,7 @@ from pyrolite_bnn.layers.container import VISequential
 from pyrolite_bnn.layers.functional import match_particles
 from pyrolite_bnn.layers.functional_attention import canonical_mask
 from pyrolite_bnn.layers.linear import VILinear
+from pyrolite_bnn.layers.registry import register
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
 
 __all__ = [
@@ -81,6 +82,83 @@ def _activation(activation: Activation) -> Callable[[Tensor], Tensor]:
 def _add(shortcut: Tensor, branch: Tensor) -> Tensor:
     """Residual sum; a shortcut shared by all particles is broadcast to them."""
     return match_particles(shortcut, branch) + branch
+
+
+# ---------------------------------------------------------------------------
+# Layer registry hooks (bnn.convert, bnn.to_deterministic). The arguments of a
+# Transformer layer are not attributes of torch's layer: they are read from its
+# sublayers, which both classes name alike. Stacks are containers: their
+# converted children replace the clones their constructors make.
+
+
+def _layer_arguments(module: Any) -> dict[str, Any]:
+    """Constructor arguments of a torch or Bayesian Transformer layer."""
+    attention = module.self_attn
+    return {
+        "d_model": attention.embed_dim,
+        "nhead": attention.num_heads,
+        "dim_feedforward": module.linear1.out_features,
+        "dropout": module.dropout.p,
+        "activation": module.activation,
+        "layer_norm_eps": module.norm1.eps,
+        "batch_first": attention.batch_first,
+        "norm_first": module.norm_first,
+        "bias": module.norm1.bias is not None,
+    }
+
+
+def _stack_to_bayesian(module: Any, children: Mapping[str, Any]) -> VIModule:
+    layers = list(children["layers"])
+    cls = VITransformerEncoder if "mask_check" in vars(module) else VITransformerDecoder
+    stack: VIModule = cls(layers[0], len(layers), children.get("norm"))
+    stack.layers = VISequential(*layers)
+    if isinstance(stack, VITransformerEncoder):
+        stack.enable_nested_tensor = module.enable_nested_tensor
+        stack.mask_check = module.mask_check
+    return stack
+
+
+def _stack_to_torch(layer: VIModule, children: Mapping[str, Any]) -> nn.Module:
+    layers = list(children["layers"])
+    stack: nn.Module
+    if isinstance(layer, VITransformerEncoder):
+        stack = nn.TransformerEncoder(
+            layers[0],
+            len(layers),
+            children.get("norm"),
+            enable_nested_tensor=layer.enable_nested_tensor,
+            mask_check=layer.mask_check,
+        )
+    else:
+        stack = nn.TransformerDecoder(layers[0], len(layers), children.get("norm"))
+    stack.layers = nn.ModuleList(layers)
+    return stack
+
+
+def _model_to_bayesian(module: Any, children: Mapping[str, nn.Module]) -> VIModule:
+    # Placeholders keep the constructor's initialisation off the converted stacks.
+    model = VITransformer(
+        module.d_model,
+        module.nhead,
+        custom_encoder=nn.Identity(),
+        custom_decoder=nn.Identity(),
+        batch_first=module.batch_first,
+    )
+    model.encoder, model.decoder = children["encoder"], children["decoder"]
+    return model
+
+
+def _model_to_torch(layer: VIModule, children: Mapping[str, nn.Module]) -> nn.Module:
+    assert isinstance(layer, VITransformer)
+    model = nn.Transformer(
+        layer.d_model,
+        layer.nhead,
+        custom_encoder=nn.Identity(),
+        custom_decoder=nn.Identity(),
+        batch_first=layer.batch_first,
+    )
+    model.encoder, model.decoder = children["encoder"], children["decoder"]
+    return model
 
 
 class _Options:
@@ -150,6 +228,7 @@ class _VITransformerLayer(VIModule):
         )
 
 
+@register(nn.TransformerEncoderLayer, read_arguments=_layer_arguments)
 class VITransformerEncoderLayer(_VITransformerLayer):
     """Bayesian counterpart of :class:`torch.nn.TransformerEncoderLayer`.
 
@@ -274,6 +353,7 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         return self.dropout1(out)  # type: ignore[no-any-return]
 
 
+@register(nn.TransformerDecoderLayer, read_arguments=_layer_arguments)
 class VITransformerDecoderLayer(_VITransformerLayer):
     """Bayesian counterpart of :class:`torch.nn.TransformerDecoderLayer`.
 
@@ -415,6 +495,11 @@ def _clones(layer: nn.Module, count: int) -> VISequential:
     return VISequential(*[copy.deepcopy(layer) for _ in range(count)])
 
 
+@register(
+    nn.TransformerEncoder,
+    build_torch=_stack_to_torch,
+    build_bayesian=_stack_to_bayesian,
+)
 class VITransformerEncoder(VIModule):
     """Bayesian counterpart of :class:`torch.nn.TransformerEncoder`.
 
@@ -495,6 +580,11 @@ class VITransformerEncoder(VIModule):
         return output
 
 
+@register(
+    nn.TransformerDecoder,
+    build_torch=_stack_to_torch,
+    build_bayesian=_stack_to_bayesian,
+)
 class VITransformerDecoder(VIModule):
     """Bayesian counterpart of :class:`torch.nn.TransformerDecoder`.
 
@@ -575,6 +665,9 @@ def _plain_matrices(module: nn.Module) -> list[Tensor]:
     return found
 
 
+@register(
+    nn.Transformer, build_torch=_model_to_torch, build_bayesian=_model_to_bayesian
+)
 class VITransformer(VIModule):
     """Bayesian counterpart of :class:`torch.nn.Transformer`.
 

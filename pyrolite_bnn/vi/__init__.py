@@ -7,8 +7,8 @@ over this library's layers, loss and distributions, so torch_blue's defects
 are not reproduced (see the docs page "Coming from torch_blue").
 
 Not here yet: ``VIMultiheadAttention`` and ``VITransformer*`` (coming with
-``pyrolite_bnn``'s attention layers) and ``convert_to_vimodule`` (raises
-``NotImplementedError``; coming as ``pyrolite_bnn.convert``).
+``pyrolite_bnn``'s attention layers). ``convert_to_vimodule`` is an alias of
+``pyrolite_bnn.convert`` that *returns* the network (not in place).
 
 Example:
     >>> import torch

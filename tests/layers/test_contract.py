@@ -67,28 +67,12 @@ class _Call(bnn.VIModule):
         return self.layer(x, **self.forward_kwargs)  # type: ignore[no-any-return]
 
 
-# Built concurrently on another branch (layers2) directly on VIModule; they
-# join the registry (and this suite) when ported onto the layer base class.
-_NOT_YET_REGISTERED = frozenset(
-    {
-        "VIGRU",
-        "VILSTM",
-        "VIMultiheadAttention",
-        "VITransformer",
-        "VITransformerDecoder",
-        "VITransformerDecoderLayer",
-        "VITransformerEncoder",
-        "VITransformerEncoderLayer",
-    }
-)
-
-
 def test_every_layer_is_registered() -> None:
     registered = {entry.bayesian_cls for entry in registry.entries()}
     for name in bnn.__all__:
         cls = getattr(bnn, name)
         if isinstance(cls, type) and issubclass(cls, bnn.VIModule):
-            if cls is bnn.VIModule or name in _NOT_YET_REGISTERED:
+            if cls is bnn.VIModule:
                 continue
             assert cls in registered, name
     for entry in registry.entries():
@@ -366,3 +350,101 @@ def test_from_torch_layer(entry: LayerEntry, case: LayerCase) -> None:
         )
     for name, p in reference.named_parameters():
         torch.testing.assert_close(getattr(back, name), p, rtol=0, atol=0)
+
+
+# Sequence layers take several inputs and return tuples, so they are not
+# LayerCases: each case is a torch module and its inputs. torch -> Bayesian
+# (bnn.convert, through the registry) -> torch (to_deterministic) is the identity.
+def _sequence_cases() -> list[tuple[str, nn.Module, tuple[Tensor, ...]]]:
+    seq, src, tgt = torch.randn(2, 4, 3), torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    kv = torch.randn(2, 6, 4), torch.randn(2, 6, 6)
+
+    def encoder_layer(**kw: Any) -> nn.TransformerEncoderLayer:
+        return nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, **kw)
+
+    def decoder_layer(**kw: Any) -> nn.TransformerDecoderLayer:
+        return nn.TransformerDecoderLayer(8, 2, 16, batch_first=True, **kw)
+
+    return [
+        ("LSTM-2layers", nn.LSTM(3, 5, 2, batch_first=True, dropout=0.5), (seq,)),
+        (
+            "LSTM-bidirectional-proj-nobias",
+            nn.LSTM(
+                3, 6, bias=False, batch_first=True, bidirectional=True, proj_size=2
+            ),
+            (seq,),
+        ),
+        (
+            "GRU-2layers-bidirectional",
+            nn.GRU(3, 5, 2, batch_first=True, bidirectional=True),
+            (seq,),
+        ),
+        (
+            "MHA-kdim-vdim-bias_kv-zero_attn",
+            nn.MultiheadAttention(
+                8,
+                2,
+                0.1,
+                add_bias_kv=True,
+                add_zero_attn=True,
+                kdim=4,
+                vdim=6,
+                batch_first=True,
+            ),
+            (tgt, *kv),
+        ),
+        (
+            "MHA-nobias",
+            nn.MultiheadAttention(8, 2, bias=False, batch_first=True),
+            (src, src, src),
+        ),
+        (
+            "EncoderLayer-gelu-norm_first",
+            encoder_layer(activation="gelu", norm_first=True),
+            (src,),
+        ),
+        ("DecoderLayer-nobias", decoder_layer(bias=False), (tgt, src)),
+        (
+            "Encoder-norm",
+            nn.TransformerEncoder(
+                encoder_layer(), 2, nn.LayerNorm(8), enable_nested_tensor=False
+            ),
+            (src,),
+        ),
+        ("Decoder", nn.TransformerDecoder(decoder_layer(), 2), (tgt, src)),
+        ("Transformer", nn.Transformer(8, 2, 1, 1, 16, batch_first=True), (src, tgt)),
+    ]
+
+
+# torch's own LSTM warns that oneDNN has no projections (the reference module).
+@pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
+@pytest.mark.parametrize(
+    ("reference", "inputs"),
+    [case[1:] for case in _sequence_cases()],
+    ids=[case[0] for case in _sequence_cases()],
+)
+def test_sequence_layer_round_trip(
+    reference: nn.Module, inputs: tuple[Tensor, ...]
+) -> None:
+    reference.eval()
+    entry = registry.for_torch(reference)
+    assert entry is not None
+    layer = bnn.convert(reference)
+    assert type(layer) is entry.bayesian_cls
+    for v in layer.random_variables():  # posterior means are torch's weights
+        torch.testing.assert_close(
+            v.posterior.loc, reference.get_parameter(v.site), rtol=0, atol=0
+        )
+    back = bnn.to_deterministic(layer).eval()
+    assert type(back) is entry.torch_cls
+    assert back.state_dict().keys() == reference.state_dict().keys()
+    for (name, a), b in zip(
+        back.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    with torch.no_grad():
+        expected, got = reference(*inputs), back(*inputs)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = got if isinstance(got, tuple) else (got,)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

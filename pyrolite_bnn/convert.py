@@ -1,0 +1,441 @@
+"""Make an existing ``torch.nn`` model Bayesian: :func:`convert`.
+
+Every layer with a Bayesian counterpart on the layer registry
+(:mod:`pyrolite_bnn.layers.registry`: ``Linear``, ``Conv*``,
+``ConvTranspose*``, ``Embedding``, ``LSTM``, ``GRU``, ``MultiheadAttention``,
+the ``Transformer`` layers and stacks, ``Sequential``/``ModuleList``/
+``ModuleDict``) becomes that layer, its posterior means at the module's weights.
+Everything else is copied unchanged: norms silently, other modules with
+parameters with one warning that lists them. The tree keeps its module paths,
+so the site names are the original parameter paths (``body.0.weight``).
+
+A custom root class (a ``forward`` of your own) becomes a
+:class:`ConvertedNetwork`: the same class with :class:`~pyrolite_bnn.VIModule`
+mixed in, so ``net.guide``, ``bnn.predict``, checkpoints and
+``bnn.to_deterministic`` (which gives back an instance of your class) work.
+
+Inside a Bayesian call activations are folded ``(B*S, ...)``; a tensor no
+Bayesian layer has touched (the raw input, a branch left deterministic with
+``exclude=``) is still ``(B, ...)``. The library's own residual sums broadcast
+it; in your own ``forward``, combine the two with :func:`match_particles`
+(``torch.cat``/``+`` of ``(B, ...)`` and ``(B*S, ...)`` fail with torch's size
+error, which a converted network extends with this hint).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import types
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pyrolite_bnn.distributions.priors import NormalPrior
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormalPosterior,
+    VariationalFamily,
+)
+from pyrolite_bnn.layers import registry
+from pyrolite_bnn.layers.registry import LayerEntry
+from pyrolite_bnn.module import NOT_NETWORK, VIModule
+
+__all__ = ["MOPED_MIN_SCALE", "ConvertedNetwork", "convert"]
+
+#: Smallest posterior standard deviation ``moped=`` gives (weights at zero).
+MOPED_MIN_SCALE = 1e-5
+
+# Deterministic by design: their parameters are for stability, not learning.
+_NORMS: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LazyInstanceNorm1d,
+    nn.LazyInstanceNorm2d,
+    nn.LazyInstanceNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+)
+
+Selection = Iterable[str | type[nn.Module]] | str | type[nn.Module] | None
+
+# torch's messages when two tensors' sizes disagree (cat, stack, broadcasting).
+_SIZE_ERRORS = ("Sizes of tensors must match", "must match the size of tensor")
+
+
+def convert(
+    module: nn.Module,
+    *,
+    prior: object = None,
+    variational: VariationalFamily | None = None,
+    estimator: str = "auto",
+    moped: float | None = None,
+    include: Selection = None,
+    exclude: Selection = None,
+) -> VIModule:
+    """A Bayesian copy of ``module``, its posterior means at ``module``'s weights.
+
+    ``module`` itself is left untouched (values and identity of its
+    parameters). Each registered layer becomes its Bayesian layer with the
+    same constructor arguments (see the module docstring), so
+    ``bnn.predict(net, x, mode="mean")`` equals ``module.eval()(x)`` and
+    ``bnn.to_deterministic(net)`` equals ``module``. Norm layers stay
+    deterministic silently; other modules with parameters stay deterministic
+    with one ``UserWarning`` that lists them.
+
+    Sequence layers (``LSTM``, ``GRU``, ``MultiheadAttention``, Transformer)
+    need ``batch_first=True`` (particles are folded into dimension 0); a
+    ``batch_first=False`` layer raises ``ValueError`` naming its path. The
+    Bayesian LSTM/GRU return batch-first hidden states ``(B, layers, H)``
+    (torch: ``(layers, B, H)``).
+
+    Args:
+        module: a ``torch.nn`` model (not already a ``bnn.VIModule``).
+        prior: prior of every weight (anything the layers' ``prior=`` takes);
+            with ``moped``, ``None`` or a :class:`~pyrolite_bnn.NormalPrior`
+            whose ``scale`` is kept.
+        variational: variational family of every weight (``None``:
+            mean-field Normal).
+        estimator: the layers' ``estimator=`` (sequence layers accept only
+            ``"auto"``/``"reparam"``).
+        moped: MOPED (Krishnan et al., 2020) with ``delta = moped > 0``: each
+            prior is a Normal centred at the pretrained weights (a buffer, saved
+            in ``state_dict()``), each posterior has its mean at the weights and
+            standard deviation ``delta * |w|``, at least ``MOPED_MIN_SCALE``.
+        include: module paths (``"body.0"``, also covering everything below)
+            or types; only registered layers matched are made Bayesian.
+        exclude: module paths or types of registered layers to keep
+            deterministic (e.g. a skip path).
+
+    Returns:
+        The Bayesian network: a registered Bayesian container or layer when
+        ``module`` is one, else a :class:`ConvertedNetwork` of ``module``'s class.
+
+    Raises:
+        TypeError: if ``module`` is no ``torch.nn.Module`` or is already Bayesian.
+        ValueError: for an unknown path in ``include``/``exclude``, a path
+            inside a layer converted as a whole, a ``batch_first=False``
+            sequence layer, or invalid ``moped``/``prior``/``variational``.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> from torch import nn
+        >>> plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> net = bnn.convert(plain, exclude=["2"])
+        >>> net
+        VISequential(
+          (0): VILinear(in_features=4, out_features=8, bias=True)
+          (1): ReLU()
+          (2): Linear(in_features=8, out_features=3, bias=True)
+        )
+        >>> [v.site for v in net.random_variables()]
+        ['0.weight', '0.bias']
+        >>> net(torch.randn(5, 4), samples=2).shape
+        torch.Size([2, 5, 3])
+        >>> moped = bnn.convert(plain, moped=0.1)
+        >>> moped[2].prior["weight"]
+        NormalPrior(loc=tensor(3, 8), scale=1)
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"convert needs a torch.nn.Module, got {type(module).__name__}")
+    if any(isinstance(m, VIModule) for m in module.modules()):
+        raise TypeError(
+            f"{type(module).__name__} already holds Bayesian layers; convert takes "
+            "a plain torch.nn model"
+        )
+    if moped is not None and (
+        isinstance(moped, bool) or not isinstance(moped, int | float) or moped <= 0
+    ):
+        raise ValueError(f"moped must be a positive number (delta), got {moped!r}")
+    if moped is not None and not (prior is None or isinstance(prior, NormalPrior)):
+        raise ValueError(
+            "moped= centres a Normal prior at the weights: pass prior=None or a "
+            f"bnn.NormalPrior (its scale is kept), got {type(prior).__name__}"
+        )
+    paths = {name for name, _ in module.named_modules()}
+    converter = _Converter(
+        {"prior": prior, "variational": variational, "estimator": estimator},
+        moped,
+        _selection(include, paths, "include"),
+        _selection(exclude, paths, "exclude"),
+    )
+    root = converter.convert(copy.deepcopy(module), "")
+    converter.warn()
+    if isinstance(root, VIModule):
+        return root
+    return ConvertedNetwork.wrap(root)
+
+
+class ConvertedNetwork(VIModule):
+    """Base of the networks :func:`convert` builds around a custom root class.
+
+    ``convert`` makes a subclass of both your class and this one: your
+    ``forward`` and methods, the library's call machinery. Its instances are not
+    built by ``__init__``: :meth:`wrap` moves a converted module into one.
+    Only ``state_dict()``-based saving works (the subclass is made at run time,
+    so pickling the whole network does not).
+    """
+
+    @classmethod
+    def wrap(cls, root: nn.Module) -> ConvertedNetwork:
+        """A network of ``root``'s class holding ``root``'s state and children.
+
+        Args:
+            root: a plain module whose children were converted.
+        """
+        network_cls = _network_class(type(root))
+        network = network_cls.__new__(network_cls)
+        VIModule.__init__(network)
+        _move_state(root, network)
+        return network
+
+    def plain_module(self, children: dict[str, nn.Module]) -> nn.Module:
+        """An instance of the original class with this state and ``children``.
+
+        Used by :func:`~pyrolite_bnn.to_deterministic`.
+
+        Args:
+            children: the deterministic counterparts of this module's children.
+        """
+        cls = _torch_class(type(self))
+        plain = cls.__new__(cls)
+        nn.Module.__init__(plain)
+        kept = {
+            k: v
+            for k, v in self._modules.items()
+            if k not in NOT_NETWORK and v is not None
+        }
+        _move_state(self, plain, dict(kept, **children), skip=_network_keys())
+        return plain
+
+
+_NETWORK_CLASSES: dict[type[nn.Module], type[ConvertedNetwork]] = {}
+
+
+def _network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
+    """The subclass of ``cls`` and :class:`ConvertedNetwork` (one per class)."""
+    made = _NETWORK_CLASSES.get(cls)
+    if made is None:
+        made = _NETWORK_CLASSES[cls] = _make_network_class(cls)
+    return made
+
+
+def _make_network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
+    forward = cls.forward
+
+    @functools.wraps(forward)
+    def hinted_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return forward(self, *args, **kwargs)
+        except RuntimeError as error:
+            if not any(text in str(error) for text in _SIZE_ERRORS):
+                raise
+            raise RuntimeError(
+                f"{error}\n(in a Bayesian call activations are folded (B*S, ...), "
+                "while a tensor no Bayesian layer has touched, such as the input or "
+                "a branch left deterministic, is still (B, ...): combine them with "
+                "bnn.match_particles(shared, folded))"
+            ) from error
+
+    namespace = {"forward": hinted_forward, "__module__": cls.__module__}
+    made = types.new_class(
+        cls.__name__, (cls, ConvertedNetwork), exec_body=lambda ns: ns.update(namespace)
+    )
+    made.__qualname__ = cls.__qualname__
+    return made
+
+
+def _torch_class(cls: type) -> type[nn.Module]:
+    for base in cls.__mro__[1:]:
+        if issubclass(base, nn.Module) and not issubclass(base, ConvertedNetwork):
+            return base
+    raise TypeError(f"{cls.__name__} is not a converted network")  # pragma: no cover
+
+
+@functools.cache
+def _network_keys() -> frozenset[str]:
+    """Instance attributes every ``VIModule`` has (not the user's)."""
+    return frozenset(vars(VIModule()))
+
+
+def _move_state(
+    source: nn.Module,
+    target: nn.Module,
+    modules: dict[str, nn.Module] | None = None,
+    skip: frozenset[str] = frozenset(),
+) -> None:
+    """Give ``target`` the attributes, parameters, buffers, children of ``source``."""
+    for key, value in vars(source).items():
+        if key not in vars(target) and key not in skip:
+            object.__setattr__(target, key, value)
+    target.train(source.training)
+    for name, parameter in source._parameters.items():
+        target.register_parameter(name, parameter)
+    for name, buffer in source._buffers.items():
+        persistent = name not in source._non_persistent_buffers_set
+        target.register_buffer(name, buffer, persistent=persistent)
+    for name, child in (source._modules if modules is None else modules).items():
+        if modules is None and name in NOT_NETWORK:
+            continue
+        target.add_module(name, child)
+
+
+def _selection(
+    given: Selection, paths: set[str], what: str
+) -> tuple[frozenset[str], tuple[type[nn.Module], ...]] | None:
+    if given is None:
+        return None
+    items = [given] if isinstance(given, str | type) else list(given)
+    names = frozenset(i for i in items if isinstance(i, str))
+    types_ = tuple(i for i in items if isinstance(i, type))
+    if len(names) + len(types_) != len(items):
+        raise TypeError(f"{what}= takes module paths (str) or module types")
+    unknown = sorted(names - paths)
+    if unknown:
+        raise ValueError(
+            f"{what}= names no module of the model: {unknown}; paths are "
+            "those of model.named_modules(), such as "
+            f"{sorted(p for p in paths if p)[:5]}"
+        )
+    return names, types_
+
+
+def _matches(
+    selection: tuple[frozenset[str], tuple[type[nn.Module], ...]],
+    path: str,
+    module: nn.Module,
+) -> bool:
+    names, types_ = selection
+    if isinstance(module, types_):
+        return True
+    return any(path == n or path.startswith(n + ".") or not n for n in names)
+
+
+class _Converter:
+    """One conversion: options, selection, and the modules left deterministic."""
+
+    def __init__(
+        self,
+        options: dict[str, Any],
+        moped: float | None,
+        include: tuple[frozenset[str], tuple[type[nn.Module], ...]] | None,
+        exclude: tuple[frozenset[str], tuple[type[nn.Module], ...]] | None,
+    ) -> None:
+        self.options = options
+        self.moped = moped
+        self.include = include
+        self.exclude = exclude
+        self.unsupported: list[str] = []
+        self.converted: dict[int, nn.Module] = {}  # a module at two paths: once
+
+    def selected(self, path: str, module: nn.Module) -> bool:
+        if self.exclude is not None and _matches(self.exclude, path, module):
+            return False
+        return self.include is None or _matches(self.include, path, module)
+
+    def convert(self, module: nn.Module, path: str) -> nn.Module:
+        done = self.converted.get(id(module))
+        if done is None:
+            done = self.converted[id(module)] = self.convert_new(module, path)
+        return done
+
+    def convert_new(self, module: nn.Module, path: str) -> nn.Module:
+        entry = _entry(module)
+        if entry is not None and entry.build_bayesian is None:
+            return (
+                self.layer(entry, module, path)
+                if self.selected(path, module)
+                else module
+            )
+        # Not named_children(): it skips a second position of a shared module.
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            converted = self.convert(child, f"{path}.{name}" if path else name)
+            if converted is not child:
+                setattr(module, name, converted)
+        if entry is not None:
+            children = {k: v for k, v in module._modules.items() if v is not None}
+            return entry.to_bayesian(module, children)
+        if (
+            next(module.parameters(recurse=False), None) is not None
+            and not isinstance(module, _NORMS)
+            and self.selected(path, module)
+        ):
+            self.unsupported.append(f"{path or '<root>'} ({type(module).__name__})")
+        return module
+
+    def layer(self, entry: LayerEntry, module: nn.Module, path: str) -> VIModule:
+        self.check_inner(path)
+        try:
+            layer = entry.to_bayesian(module, **self.options)
+        except ValueError as error:
+            raise ValueError(
+                f"cannot convert {path or 'the model'} ({type(module).__name__}): "
+                f"{error}"
+            ) from error
+        if self.moped is not None:
+            _apply_moped(layer, self.moped, self.options["prior"])
+        return layer
+
+    def check_inner(self, path: str) -> None:
+        for selection, what in ((self.include, "include"), (self.exclude, "exclude")):
+            inner = (
+                [n for n in selection[0] if n.startswith(path + ".")]
+                if (selection is not None)
+                else []
+            )
+            if inner:
+                raise ValueError(
+                    f"{what}= names {inner} inside {path!r}, which is converted as "
+                    f"one layer; name {path!r} itself"
+                )
+
+    def warn(self) -> None:
+        if self.unsupported:
+            warnings.warn(
+                "bnn.convert: no Bayesian counterpart, left deterministic: "
+                + ", ".join(self.unsupported)
+                + " (pass exclude= to silence, or write a VIModule for them)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _entry(module: nn.Module) -> LayerEntry | None:
+    """The registry entry of ``module``, unless its class changes ``forward``."""
+    entry = registry.for_torch(module)
+    if entry is None or type(module).forward is not entry.torch_cls.forward:
+        return None
+    return entry
+
+
+def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:
+    """Centre every prior of ``layer`` at its posterior mean; scale delta * |w|."""
+    scale = prior.scale if isinstance(prior, NormalPrior) else torch.tensor(1.0)
+    for sub in layer.modules():
+        if not isinstance(sub, VIModule):
+            continue
+        for name in sub.declared_variables():
+            posterior = sub.posterior[name]
+            if not isinstance(posterior, MeanFieldNormalPosterior):
+                raise ValueError(
+                    "moped= needs the mean-field Normal posterior (variational=None "
+                    f"or bnn.MeanFieldNormal()), got {type(posterior).__name__}"
+                )
+            weight: Tensor = posterior.loc.detach().clone()
+            sub.prior[name] = NormalPrior(weight, scale.clone()).to(weight)
+            std = (delta * weight.abs()).clamp_min(MOPED_MIN_SCALE)
+            posterior.reset_parameters(weight, std)

@@ -1,0 +1,356 @@
+"""bnn.convert: torch models made Bayesian, MOPED, deterministic branches."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
+from pyrolite_bnn.convert import MOPED_MIN_SCALE, ConvertedNetwork
+
+CLASSES = bnn.Categorical()
+
+
+class Block(nn.Module):
+    """ResNet-like block: conv body, 1x1 skip, linear head."""
+
+    def __init__(self, helper: bool = True) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU()
+        )
+        self.skip = nn.Conv2d(3, 3, 1)
+        self.head = nn.Linear(3 * 4 * 4, 5)
+        self.helper = helper
+
+    def forward(self, x: Tensor) -> Tensor:
+        body = self.body(x)
+        skip = self.skip(x)
+        if self.helper:
+            skip = bnn.match_particles(skip, body)
+        return self.head(torch.relu(body + skip).flatten(1))
+
+
+class SequenceClassifier(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.hidden_size * (1 + rnn.bidirectional), 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+class EncoderClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x).mean(1))
+
+
+def _trained(module: nn.Module) -> nn.Module:
+    """Non-default norm statistics, so that copying them is tested."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    return module.eval()
+
+
+def _assert_mean_equal(net: bnn.VIModule, module: nn.Module, x: Tensor) -> None:
+    prediction = bnn.predict(net.eval(), x, CLASSES, samples=1, mode="mean")
+    expected = torch.softmax(module.eval()(x), -1)
+    torch.testing.assert_close(prediction.probs, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_module_left_untouched() -> None:
+    module = _trained(Block())
+    before = {n: (id(p), p.detach().clone()) for n, p in module.named_parameters()}
+    net = bnn.convert(module, moped=0.1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    for name, p in module.named_parameters():
+        assert id(p) == before[name][0]
+        torch.testing.assert_close(p, before[name][1], atol=0, rtol=0)
+    assert all(not isinstance(m, bnn.VIModule) for m in module.modules())
+
+
+def test_custom_root_is_network_with_original_paths() -> None:
+    module = _trained(Block())
+    net = bnn.convert(module)
+    assert isinstance(net, Block)
+    assert isinstance(net, ConvertedNetwork)
+    sites = [v.site for v in net.random_variables()]
+    assert sites == [
+        "body.0.weight",
+        "body.0.bias",
+        "skip.weight",
+        "skip.bias",
+        "head.weight",
+        "head.bias",
+    ]
+    assert isinstance(net.body, bnn.VISequential)
+    assert isinstance(net.body[1], nn.BatchNorm2d)
+    x = torch.randn(4, 3, 4, 4)
+    assert net(x, samples=3).shape == (3, 4, 5)
+    _assert_mean_equal(net, module, x)
+
+
+def test_to_deterministic_gives_back_the_module() -> None:
+    module = _trained(Block())
+    plain = bnn.to_deterministic(bnn.convert(module, moped=0.1))
+    assert type(plain) is Block
+    assert not any(isinstance(m, bnn.VIModule) for m in plain.modules())
+    x = torch.randn(4, 3, 4, 4)
+    torch.testing.assert_close(plain.eval()(x), module(x), atol=1e-6, rtol=1e-6)
+    assert plain.state_dict().keys() == module.state_dict().keys()
+
+
+def test_sequential_root_and_mean_prediction() -> None:
+    module = nn.Sequential(
+        nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 3)
+    ).eval()
+    net = bnn.convert(module)
+    assert isinstance(net, bnn.VISequential)
+    _assert_mean_equal(net, module, torch.randn(5, 2, 8))
+
+
+def test_unsupported_modules_warn_once_norms_silently() -> None:
+    module = nn.Sequential(
+        nn.Linear(3, 4), nn.LayerNorm(4), nn.PReLU(), nn.Bilinear(4, 4, 2)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bnn.convert(module)
+    assert len(caught) == 1
+    assert caught[0].category is UserWarning
+    message = str(caught[0].message)
+    assert "2 (PReLU)" in message
+    assert "3 (Bilinear)" in message
+    assert "LayerNorm" not in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bnn.convert(module, exclude=[nn.PReLU, "3"])
+
+
+def test_include_exclude_by_name_and_type() -> None:
+    module = Block()
+    only_head = bnn.convert(module, include=["head"])
+    assert [v.site for v in only_head.random_variables()] == [
+        "head.weight",
+        "head.bias",
+    ]
+    no_conv = bnn.convert(module, exclude=[nn.Conv2d])
+    assert isinstance(no_conv.skip, nn.Conv2d)
+    assert isinstance(no_conv.head, bnn.VILinear)
+    with pytest.raises(ValueError, match=r"names no module.*'hed'"):
+        bnn.convert(module, exclude=["hed"])
+
+
+def test_moped_prior_and_posterior() -> None:
+    module = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        module[0].bias.zero_()
+    net = bnn.convert(module, moped=0.1, prior=bnn.NormalPrior(scale=0.5))
+    for v in net.random_variables():
+        weight = module.get_parameter(v.site)
+        prior = v.module.prior[v.name]
+        assert isinstance(prior, bnn.NormalPrior)
+        assert "loc" in dict(prior.named_buffers())
+        torch.testing.assert_close(prior.loc, weight.detach(), atol=0, rtol=0)
+        torch.testing.assert_close(prior.scale, torch.tensor(0.5))
+        torch.testing.assert_close(v.posterior.loc, weight.detach(), atol=0, rtol=0)
+        expected = (0.1 * weight.detach().abs()).clamp_min(MOPED_MIN_SCALE)
+        torch.testing.assert_close(v.posterior.scale(), expected, rtol=1e-4, atol=1e-9)
+    assert net[0].posterior["bias"].scale().max() < 2 * MOPED_MIN_SCALE
+    with pytest.raises(ValueError, match="moped"):
+        bnn.convert(module, moped=0.0)
+    with pytest.raises(ValueError, match="NormalPrior"):
+        bnn.convert(module, moped=0.1, prior=bnn.LaplacePrior())
+
+
+def test_moped_state_dict_reload_is_exact() -> None:
+    trained = bnn.convert(_trained(Block()), moped=0.1)
+    with torch.no_grad():  # fine-tuning moves posteriors away from the prior centres
+        for p in trained.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    fresh = bnn.convert(Block(), moped=0.1)
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.state_dict().keys() == trained.state_dict().keys()
+    for (name, a), b in zip(
+        fresh.state_dict().items(), trained.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    for v, w in zip(fresh.random_variables(), trained.random_variables(), strict=True):
+        torch.testing.assert_close(
+            v.module.prior[v.name].loc, w.module.prior[w.name].loc, atol=0, rtol=0
+        )
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    net = bnn.convert(Block(), moped=0.1)
+    bnn.save_checkpoint(tmp_path / "c.pt", net)
+    other = bnn.convert(Block(), moped=0.1)
+    bnn.load_checkpoint(tmp_path / "c.pt", other)
+    for a, b in zip(
+        net.state_dict().values(), other.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_deterministic_branch_error_names_helper() -> None:
+    net = bnn.convert(Block(helper=False), exclude=["skip"])
+    with pytest.raises(RuntimeError, match=r"bnn\.match_particles"):
+        net(torch.randn(2, 3, 4, 4), samples=3)
+
+
+def test_resnet_block_with_deterministic_skip() -> None:
+    module = _trained(Block())
+    net = bnn.convert(module, exclude=["skip"])
+    assert isinstance(net.skip, nn.Conv2d)
+    assert isinstance(net.body[0], bnn.VIConv2d)
+    x = torch.randn(2, 3, 4, 4)
+    out = net(x, samples=3)
+    assert out.shape == (3, 2, 5)
+    assert not torch.allclose(out[0], out[1])  # the body is random
+    _assert_mean_equal(net, module, x)
+
+
+# torch's own LSTM warns that oneDNN has no projections (the reference module).
+@pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
+@pytest.mark.parametrize(
+    "rnn",
+    [
+        lambda: nn.LSTM(3, 6, num_layers=2, batch_first=True),
+        lambda: nn.LSTM(3, 6, batch_first=True, bidirectional=True, proj_size=4),
+        lambda: nn.GRU(3, 6, num_layers=2, batch_first=True, bidirectional=True),
+    ],
+    ids=["lstm", "lstm-proj-bidirectional", "gru"],
+)
+def test_recurrent_conversion(rnn) -> None:  # type: ignore[no-untyped-def]
+    module = SequenceClassifier(rnn()).eval()
+    if module.rnn.proj_size:
+        module.head = nn.Linear(8, 3)
+    net = bnn.convert(module)
+    assert isinstance(net.rnn, (bnn.VILSTM, bnn.VIGRU))
+    x = torch.randn(4, 5, 3)
+    _assert_mean_equal(net, module, x)
+    plain = bnn.to_deterministic(net)
+    assert type(plain.rnn) is type(module.rnn)
+    torch.testing.assert_close(plain(x), module(x), atol=1e-6, rtol=1e-6)
+
+
+def test_batch_first_false_is_refused_with_path() -> None:
+    module = SequenceClassifier(nn.GRU(3, 6))
+    with pytest.raises(
+        ValueError, match=r"cannot convert rnn \(GRU\).*batch_first=True"
+    ):
+        bnn.convert(module)
+
+
+def test_attention_and_transformer_conversion() -> None:
+    layer = nn.TransformerEncoderLayer(
+        8, 2, 16, dropout=0.0, batch_first=True, activation="gelu"
+    )
+    module = EncoderClassifier(
+        nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    )
+    module.eval()
+    net = bnn.convert(module, moped=0.1)
+    assert isinstance(net.encoder, bnn.VITransformerEncoder)
+    sites = [v.site for v in net.random_variables()]
+    assert sites[:2] == [
+        "encoder.layers.0.self_attn.in_proj_weight",
+        "encoder.layers.0.self_attn.in_proj_bias",
+    ]
+    assert "encoder.layers.1.linear2.bias" in sites
+    x = torch.randn(3, 5, 8)
+    _assert_mean_equal(net, module, x)
+    plain = bnn.to_deterministic(net)
+    assert type(plain.encoder) is nn.TransformerEncoder
+    torch.testing.assert_close(plain(x), module(x), atol=1e-5, rtol=1e-5)
+
+
+def test_multihead_attention_kdim_and_full_transformer() -> None:
+    attention = nn.MultiheadAttention(
+        8, 2, kdim=4, vdim=6, add_bias_kv=True, batch_first=True
+    )
+    converted = bnn.convert(nn.ModuleList([attention]))[0]
+    assert isinstance(converted, bnn.VIMultiheadAttention)
+    for name, parameter in attention.named_parameters():
+        layer, _, var = name.rpartition(".")
+        mean = converted.get_submodule(layer).posterior[var].loc
+        torch.testing.assert_close(mean, parameter.detach(), atol=0, rtol=0)
+    q, k, v = torch.randn(2, 3, 8), torch.randn(2, 4, 4), torch.randn(2, 4, 6)
+    plain_attention = bnn.to_deterministic(converted)
+    assert type(plain_attention) is nn.MultiheadAttention
+    for out, expected in zip(plain_attention(q, k, v), attention(q, k, v), strict=True):
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    # A full Transformer: the converted network and its export agree with torch.
+    model = nn.Transformer(8, 2, 1, 1, 16, dropout=0.0, batch_first=True).eval()
+    net = bnn.convert(model)
+    assert isinstance(net, bnn.VITransformer)
+    src, tgt = torch.randn(2, 5, 8), torch.randn(2, 4, 8)
+    plain = bnn.to_deterministic(net)
+    assert type(plain) is nn.Transformer
+    torch.testing.assert_close(plain(src, tgt), model(src, tgt), atol=1e-5, rtol=1e-5)
+
+
+def test_convert_to_vimodule_alias() -> None:
+    module = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    kept = vi.convert_to_vimodule(module, keep_weights=True)
+    assert isinstance(kept, bnn.VIModule)
+    torch.testing.assert_close(
+        kept[0].posterior["weight"].loc, module[0].weight.detach()
+    )
+    fresh = vi.convert_to_vimodule(module)
+    assert not torch.equal(fresh[0].posterior["weight"].loc, module[0].weight)
+
+
+def test_refuses_bayesian_input() -> None:
+    with pytest.raises(TypeError, match="already holds Bayesian"):
+        bnn.convert(bnn.VISequential(bnn.VILinear(2, 2)))
+
+
+def test_shared_layer_stays_shared() -> None:
+    shared = nn.Linear(3, 3)
+    module = nn.Sequential(shared, nn.Tanh(), shared)
+    net = bnn.convert(module)
+    assert net[0] is net[2]
+    assert [v.site for v in net.random_variables()] == ["0.weight", "0.bias"]
+    plain = bnn.to_deterministic(net)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(plain(x), module(x), atol=1e-6, rtol=1e-6)
+
+
+def test_subclass_with_own_forward_is_not_replaced() -> None:
+    class Scaled(nn.Linear):
+        def forward(self, input: Tensor) -> Tensor:
+            return 2 * super().forward(input)
+
+    with pytest.warns(UserWarning, match=r"0 \(Scaled\)"):
+        net = bnn.convert(nn.Sequential(Scaled(2, 2), nn.Linear(2, 1)))
+    assert type(net[0]) is Scaled
+    assert isinstance(net[1], bnn.VILinear)
+
+
+def test_selection_inside_a_whole_layer_is_refused() -> None:
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    module = EncoderClassifier(
+        nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+    )
+    with pytest.raises(ValueError, match=r"inside 'encoder.layers.0'"):
+        bnn.convert(module, exclude=["encoder.layers.0.linear1"])
+    net = bnn.convert(module, exclude=["encoder.layers.0"], include=[nn.Linear])
+    assert [v.site for v in net.random_variables()] == ["head.weight", "head.bias"]
