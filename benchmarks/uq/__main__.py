@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import report
-from .run import run_parts, run_settings, scale
+from .run import COMBOS, SETTINGS, run_parts, run_settings, scale
 
 HERE = Path(__file__).parent
 
@@ -35,13 +35,20 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="run the library-settings study instead of the parts",
     )
+    parser.add_argument(
+        "--combos",
+        action="store_true",
+        help="with --settings: the combinations of knobs instead of one at a time",
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="output directory")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     size = args.size or "reduced"
     torch.set_num_threads(args.threads)
     setting = scale(size)
-    name = f"{size}_settings" if args.settings else f"{size}_{args.parts}"
+    name = f"{size}_{args.parts}"
+    if args.settings:
+        name = f"{size}_combos_settings" if args.combos else f"{size}_settings"
     results = args.out / "results"
     results.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         (results / f"{name}.json").write_text(json.dumps(rows, indent=1))
 
     if args.settings:
-        run_settings(setting, log)
+        run_settings(setting, log, COMBOS if args.combos else SETTINGS)
     else:
         run_parts(setting, args.parts, log)
     report.write(args.out)

@@ -209,9 +209,20 @@ SETTINGS: tuple[VISettings, ...] = (
 )
 
 
-def run_settings(setting: Scale, log: Any = print) -> list[dict[str, Any]]:
+#: Combinations of the knobs that helped one at a time (``--settings --combos``).
+COMBOS: tuple[VISettings, ...] = (
+    VISettings(noise_init=0.1, init_scale=0.1),
+    VISettings(noise_init=0.1, init_scale=0.1, warmup=0.5),
+    VISettings(noise_init=0.1, prior_scale=3.0),
+    VISettings(noise_init=0.1, init_scale=0.1, prior_scale=3.0),
+)
+
+
+def run_settings(
+    setting: Scale, log: Any = print, variants: tuple[VISettings, ...] = SETTINGS
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for vi in SETTINGS:
+    for vi in variants:
         for config in setting.settings_sweep:
             row = sweep_row(config, "vi", setting.n_train, setting.sweep_budget, vi)
             rows.append({**row, "settings": vi.label()})
