@@ -11,7 +11,7 @@ import torch
 
 from benchmarks.uq import report, scores, tasks
 from benchmarks.uq.__main__ import main
-from benchmarks.uq.run import run_parts, run_settings, scale
+from benchmarks.uq.run import COMBOS, run_parts, run_settings, scale
 
 
 def test_std_ratios_on_known_spreads() -> None:
@@ -115,3 +115,6 @@ def test_command_line_writes_results(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "results" / "tiny_c.json").read_text())
     assert [row["method"] for row in rows] == ["vi", "mc_dropout", "ensemble"]
     assert "| vi |" in (tmp_path / "RESULTS.md").read_text()
+    main(["--tiny", "--settings", "--combos", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "results" / "tiny_combos_settings.json").read_text())
+    assert {row["settings"] for row in rows} == {vi.label() for vi in COMBOS}
