@@ -1,0 +1,70 @@
+"""``python -m benchmarks.uq [--reduced | --full | --tiny] [--parts abc] [--settings]``.
+
+Writes ``benchmarks/uq/results/<setting>[_settings].json`` and regenerates
+``benchmarks/uq/RESULTS.md`` from every JSON file present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import report
+from .run import COMBOS, SETTINGS, run_parts, run_settings, scale
+
+HERE = Path(__file__).parent
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.uq")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--reduced", action="store_const", const="reduced", dest="size")
+    group.add_argument("--full", action="store_const", const="full", dest="size")
+    group.add_argument("--tiny", action="store_const", const="tiny", dest="size")
+    parser.add_argument(
+        "--parts",
+        default="abc",
+        help="subset of a (sweep), b (regression sets), c (digits)",
+    )
+    parser.add_argument(
+        "--settings",
+        action="store_true",
+        help="run the library-settings study instead of the parts",
+    )
+    parser.add_argument(
+        "--combos",
+        action="store_true",
+        help="with --settings: the combinations of knobs instead of one at a time",
+    )
+    parser.add_argument("--out", type=Path, default=HERE, help="output directory")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    size = args.size or "reduced"
+    torch.set_num_threads(args.threads)
+    setting = scale(size)
+    name = f"{size}_{args.parts}"
+    if args.settings:
+        name = f"{size}_combos_settings" if args.combos else f"{size}_settings"
+    results = args.out / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+
+    def log(row: dict[str, Any]) -> None:
+        """Print the row and rewrite the JSON, so a stopped run keeps its rows."""
+        print(row, flush=True)
+        rows.append(row)
+        (results / f"{name}.json").write_text(json.dumps(rows, indent=1))
+
+    if args.settings:
+        run_settings(setting, log, COMBOS if args.combos else SETTINGS)
+    else:
+        run_parts(setting, args.parts, log)
+    report.write(args.out)
+
+
+if __name__ == "__main__":
+    main()
