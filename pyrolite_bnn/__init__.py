@@ -15,6 +15,12 @@ from pyrolite_bnn._validation import (
     is_validation_enabled,
     validation,
 )
+from pyrolite_bnn.calibration import (
+    Calibration,
+    TemperatureScaling,
+    VarianceScaling,
+    calibrate,
+)
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
 from pyrolite_bnn.compiled import CompileFallbackWarning
 from pyrolite_bnn.distributions import (
@@ -72,6 +78,7 @@ __all__ = [
     "VIGRU",
     "VILSTM",
     "Bernoulli",
+    "Calibration",
     "CallablePrior",
     "Categorical",
     "CompileFallbackWarning",
@@ -93,6 +100,7 @@ __all__ = [
     "ScaleMixtureNormalPrior",
     "StudentT",
     "StudentTPrior",
+    "TemperatureScaling",
     "VIConv1d",
     "VIConv2d",
     "VIConv3d",
@@ -112,8 +120,10 @@ __all__ = [
     "VITransformerDecoderLayer",
     "VITransformerEncoder",
     "VITransformerEncoderLayer",
+    "VarianceScaling",
     "VariationalFamily",
     "__version__",
+    "calibrate",
     "enable_validation",
     "fit",
     "is_validation_enabled",
