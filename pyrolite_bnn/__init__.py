@@ -15,6 +15,12 @@ from pyrolite_bnn._validation import (
     is_validation_enabled,
     validation,
 )
+from pyrolite_bnn.calibration import (
+    Calibration,
+    TemperatureScaling,
+    VarianceScaling,
+    calibrate,
+)
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
 from pyrolite_bnn.compiled import CompileFallbackWarning
 from pyrolite_bnn.convert import convert
@@ -25,6 +31,7 @@ from pyrolite_bnn.distributions import (
     DistributionPrior,
     HeteroscedasticNormal,
     LaplacePrior,
+    LearnedNormalPrior,
     MeanFieldNormal,
     Normal,
     NormalPrior,
@@ -73,6 +80,7 @@ __all__ = [
     "VIGRU",
     "VILSTM",
     "Bernoulli",
+    "Calibration",
     "CallablePrior",
     "Categorical",
     "CompileFallbackWarning",
@@ -81,6 +89,7 @@ __all__ = [
     "History",
     "KullbackLeiblerLoss",
     "LaplacePrior",
+    "LearnedNormalPrior",
     "MeanFieldNormal",
     "Normal",
     "NormalPrior",
@@ -93,6 +102,7 @@ __all__ = [
     "ScaleMixtureNormalPrior",
     "StudentT",
     "StudentTPrior",
+    "TemperatureScaling",
     "VIConv1d",
     "VIConv2d",
     "VIConv3d",
@@ -112,8 +122,10 @@ __all__ = [
     "VITransformerDecoderLayer",
     "VITransformerEncoder",
     "VITransformerEncoderLayer",
+    "VarianceScaling",
     "VariationalFamily",
     "__version__",
+    "calibrate",
     "convert",
     "enable_validation",
     "fit",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pyro import poutine
@@ -34,6 +34,9 @@ from pyrolite_bnn._draws import rng_state, set_rng_state
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.module import NOT_NETWORK, VIModule, whole_network_draws
+
+if TYPE_CHECKING:
+    from pyrolite_bnn.calibration import Calibration
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "Prediction", "predict"]
 
@@ -178,6 +181,7 @@ def predict(
     mode: Literal["sample", "mean"] = "sample",
     *,
     memory_budget: int | None = None,
+    calibration: Calibration | None = None,
 ) -> Prediction:
     """Posterior predictive of ``model`` at inputs ``x``.
 
@@ -219,6 +223,9 @@ def predict(
             activations (the result ``(S, N, ...)`` comes on top). Default:
             :data:`DEFAULT_MEMORY_BUDGET` (2 GiB), or a quarter of the free
             memory of the CUDA device ``x`` is on.
+        calibration: a fitted post-hoc calibration
+            (:func:`~pyrolite_bnn.calibrate`); the :class:`Prediction` then
+            summarises the outputs with ``calibration.wrap(predictive)``.
 
     Returns:
         A :class:`Prediction`.
@@ -243,6 +250,8 @@ def predict(
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     if memory_budget is not None and memory_budget < 1:
         raise ValueError(f"memory_budget must be >= 1 byte, got {memory_budget!r}")
+    if calibration is not None:
+        predictive = calibration.wrap(predictive)
     with torch.no_grad(), local_params():
         return Prediction(
             _predict(model, x, samples, batch_size, mode, memory_budget), predictive

@@ -27,6 +27,7 @@ __all__ = [
     "CallablePrior",
     "DistributionPrior",
     "LaplacePrior",
+    "LearnedNormalPrior",
     "NormalPrior",
     "Prior",
     "ScaleMixtureNormalPrior",
@@ -255,6 +256,35 @@ def _check_broadcast(prior: Prior, batch: torch.Size, shape: torch.Size) -> None
         )
 
 
+def _normal_kl(
+    prior: Prior, loc: Tensor, scale: Tensor, prior_loc: Tensor, prior_scale: Tensor
+) -> Tensor:
+    """``KL(N(loc, scale^2) || N(prior_loc, prior_scale^2))`` summed, as a tensor.
+
+    ``sum[(sigma^2 + (mu - m)^2) / (2 s^2)] - sum log sigma + sum (log s - 1/2)``,
+    arranged to keep few weight-sized tensors for backward; ``prior_loc`` and
+    ``prior_scale`` broadcast to the weight's shape, and gradients flow to them.
+    """
+    _check_broadcast(
+        prior, _broadcast_shape(prior_loc.shape, prior_scale.shape), loc.shape
+    )
+    squares = scale.square() + (loc - prior_loc).square()
+    if prior_scale.numel() != 1:
+        # log s repeats once per weight that shares it.
+        copies = loc.numel() // prior_scale.numel()
+        return (
+            0.5 * (squares / prior_scale.square()).sum()
+            - scale.log().sum()
+            + copies * prior_scale.log().sum()
+            - 0.5 * loc.numel()
+        )
+    return (
+        0.5 * squares.sum() / prior_scale.square().reshape(())
+        - scale.log().sum()
+        + loc.numel() * (prior_scale.log().reshape(()) - 0.5)
+    )
+
+
 class NormalPrior(Prior):
     """Independent ``Normal(loc, scale)`` prior on every weight.
 
@@ -294,32 +324,22 @@ class NormalPrior(Prior):
         the sums over every weight; ``m`` and ``s`` may be tensors that
         broadcast to the weight's shape.
         """
-        prior_loc, prior_scale = self.loc, self.scale
-        _check_broadcast(
-            self, _broadcast_shape(prior_loc.shape, prior_scale.shape), loc.shape
-        )
-        squares = scale.square() + (loc - prior_loc).square()
-        if prior_scale.numel() != 1:
-            # log s repeats once per weight that shares it.
-            copies = loc.numel() // prior_scale.numel()
-            return (
-                0.5 * (squares / prior_scale.square()).sum()
-                - scale.log().sum()
-                + copies * prior_scale.log().sum()
-                - 0.5 * loc.numel()
+        prior_scale = self.scale
+        if (
+            prior_scale.numel() == 1
+            and prior_scale.device.type == "cpu"
+            and not is_capturing()
+        ):
+            _check_broadcast(
+                self, _broadcast_shape(self.loc.shape, prior_scale.shape), loc.shape
             )
-        quadratic = squares.sum()
-        if prior_scale.device.type == "cpu" and not is_capturing():
             # Constants as Python floats: fewer tiny tensor ops on the CPU (on an
             # accelerator, reading them would synchronise instead).
             s = float(prior_scale)
+            quadratic = (scale.square() + (loc - self.loc).square()).sum()
             constant = loc.numel() * (math.log(s) - 0.5)
             return quadratic * (0.5 / (s * s)) - scale.log().sum() + constant
-        return (
-            0.5 * quadratic / prior_scale.square().reshape(())
-            - scale.log().sum()
-            + loc.numel() * (prior_scale.log().reshape(()) - 0.5)
-        )
+        return _normal_kl(self, loc, scale, self.loc, prior_scale)
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return ``Normal(loc, scale)``."""
@@ -329,6 +349,148 @@ class NormalPrior(Prior):
     def extra_repr(self) -> str:
         """Constructor arguments."""
         return f"loc={_fmt(self.loc)}, scale={_fmt(self.scale)}"
+
+
+class LearnedNormalPrior(Prior):
+    """``Normal(loc, s^2)`` prior whose scale ``s`` is learned (empirical Bayes).
+
+    The scale is a trainable parameter (``log_scale``, so ``s = exp(log_scale)``
+    stays positive) in ``model.parameters()``: the optimiser that trains the
+    posterior maximises the same ELBO over the prior scale, a type-II
+    (empirical-Bayes) objective. Only the KL term depends on ``s``; for a
+    mean-field Normal posterior ``N(mu, sigma^2)`` its optimum is, per group of
+    weights sharing one scale,
+
+    ``s^2 = mean over the group of (sigma^2 + (mu - loc)^2)``
+
+    (:meth:`optimal_scale`). The KL stays closed-form and equals
+    ``kl_divergence(q, Normal(loc, s)).sum()`` at the current scale; with other
+    posteriors (autoguides, ``kl="mc"``) the Monte-Carlo ``log p(w)`` carries
+    the gradient to ``s`` instead.
+
+    Each random variable of a layer gets its own copy of the prior (weight and
+    bias learn separate scales). Train it with an optimiser over
+    ``model.parameters()`` (``bnn.fit`` does); Pyro's ``SVI`` optimises only
+    ``pyro.param`` sites, and leaves the scale at its initial value.
+
+    Args:
+        loc: prior mean (fixed; a buffer that broadcasts to the weight's shape).
+        init_scale: initial prior standard deviation (positive).
+        per: ``"layer"``: one scale per random variable (the layer's weight,
+            its bias); ``"unit"``: one scale per output unit, i.e. per slice
+            along the first dimension of the weight (a row of a ``VILinear``
+            weight, an output channel of a ``VIConv2d`` kernel, one bias entry).
+            The per-unit shape is fixed when a layer declares the variable.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> layer = bnn.VILinear(4, 3, prior=bnn.LearnedNormalPrior(per="unit"))
+        >>> layer.prior["weight"]
+        LearnedNormalPrior(loc=0, scale=tensor(3, 1), per='unit')
+        >>> layer.prior["weight"].log_scale.shape, layer.prior["bias"].scale().shape
+        (torch.Size([3, 1]), torch.Size([3]))
+        >>> sorted(n for n, _ in layer.named_parameters() if n.startswith("prior"))
+        ['prior.bias.log_scale', 'prior.weight.log_scale']
+    """
+
+    loc: Tensor
+    log_scale: nn.Parameter
+
+    def __init__(
+        self,
+        loc: float | Tensor = 0.0,
+        init_scale: float = 1.0,
+        per: str = "layer",
+    ) -> None:
+        super().__init__()
+        if per not in ("layer", "unit"):
+            raise ValueError(f"per must be 'layer' or 'unit', got {per!r}")
+        self.per = per
+        self.register_buffer("loc", _finite(loc, "LearnedNormalPrior loc"))
+        scale = _positive(init_scale, "LearnedNormalPrior init_scale")
+        if scale.dim() != 0:
+            raise ValueError(
+                "LearnedNormalPrior init_scale must be a number, got a tensor of "
+                f"shape {tuple(scale.shape)}"
+            )
+        self.log_scale = nn.Parameter(scale.log())
+
+    def scale(self) -> Tensor:
+        """Current prior standard deviation, ``exp(log_scale)``."""
+        return self.log_scale.exp()
+
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Fix the per-unit scale's shape, then check that it broadcasts.
+
+        With ``per="unit"`` the first declaration turns the scalar initial
+        ``log_scale`` into one entry per unit, ``(shape[0], 1, ..., 1)``.
+
+        Args:
+            shape: shape of the weight tensor the prior is declared for.
+        """
+        size = torch.Size(shape)
+        if self.per == "unit" and self.log_scale.dim() == 0 and len(size) > 0:
+            unit = (size[0],) + (1,) * (len(size) - 1)
+            self.log_scale = nn.Parameter(self.log_scale.detach().expand(unit).clone())
+        super().check_shape(size)
+
+    def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
+        """``loc`` and ``log_scale`` finite."""
+        return {"loc": _finite_real, "log_scale": _finite_real}
+
+    def hyperparameter_shape(self) -> torch.Size:
+        """Broadcast shape of ``loc`` and the scale."""
+        return _broadcast_shape(self.loc.shape, self.log_scale.shape)
+
+    def elementwise(self) -> dist.TorchDistribution:
+        """Return ``Normal(loc, exp(log_scale))``."""
+        result: dist.TorchDistribution = dist.Normal(self.loc, self.scale())
+        return result
+
+    def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
+        """Closed form at the current scale; differentiable in ``log_scale``."""
+        return _normal_kl(self, loc, scale, self.loc, self.scale())
+
+    def optimal_scale(self, loc: Tensor, scale: Tensor) -> Tensor:
+        """The scale that minimises ``KL(N(loc, scale^2) || prior)``.
+
+        ``sqrt(mean(scale^2 + (loc - prior loc)^2))`` over each group of weights
+        sharing one prior scale: the ELBO's optimum for the current posterior.
+
+        Args:
+            loc: posterior means, the weight's shape.
+            scale: posterior standard deviations, the weight's shape.
+
+        Returns:
+            A tensor of ``log_scale``'s shape.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> prior = bnn.LearnedNormalPrior()
+            >>> prior.optimal_scale(torch.full((2, 3), 3.0), torch.full((2, 3), 4.0))
+            tensor(5.)
+        """
+        _check_broadcast(self, self.hyperparameter_shape(), loc.shape)
+        squares = scale.square() + (loc - self.loc).square()
+        group = self.log_scale.shape
+        count = squares.numel() // max(1, group.numel())
+        return (squares.sum_to_size(group) / count).sqrt()
+
+    def reset_to_optimum(self, loc: Tensor, scale: Tensor) -> None:
+        """Set the scale to :meth:`optimal_scale` (no gradient recorded).
+
+        Args:
+            loc: posterior means, the weight's shape.
+            scale: posterior standard deviations, the weight's shape.
+        """
+        with torch.no_grad():
+            self.log_scale.copy_(self.optimal_scale(loc, scale).log())
+
+    def extra_repr(self) -> str:
+        """Initial arguments (the scale: its current value or shape)."""
+        with torch.no_grad():
+            shown = _fmt(self.scale())
+        return f"loc={_fmt(self.loc)}, scale={shown}, per={self.per!r}"
 
 
 class LaplacePrior(Prior):

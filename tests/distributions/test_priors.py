@@ -407,3 +407,95 @@ def test_invalid_hyperparameter_in_state_dict_is_refused(
     # A valid state still loads.
     state[key] = before
     layer.load_state_dict(state)
+
+
+# ------------------------------------------------------------- learned prior scale
+@pytest.mark.parametrize("kl", ["analytic", "mc"])
+@pytest.mark.parametrize("per", ["layer", "unit"])
+def test_learned_prior_kl_is_closed_form_at_current_scale(per: str, kl: str) -> None:
+    layer = bnn.VILinear(4, 3, prior=bnn.LearnedNormalPrior(0.1, 0.7, per=per))
+    prior = layer.prior["weight"]
+    assert isinstance(prior, bnn.LearnedNormalPrior)
+    with torch.no_grad():
+        prior.log_scale.uniform_(-1.0, 1.0)
+        layer.posterior["weight"].rho_unconstrained.uniform_(-2.0, 0.0)
+    q = _posterior(layer)
+    expected = kl_divergence(
+        q, torch.distributions.Normal(0.1, prior.scale().detach())
+    ).sum()
+    post = layer.posterior["weight"]
+    closed = prior.kl_from_normal(post.loc, post.scale())
+    assert closed is not None
+    torch.testing.assert_close(closed.detach(), expected, rtol=1e-5, atol=1e-5)
+    # The same value as torch's KL to the prior's distribution.
+    torch.testing.assert_close(
+        kl_divergence(torch.distributions.Independent(q, 2), prior((3, 4))),
+        expected,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # The loss trains the scale: through the closed form, or through the
+    # Monte-Carlo log p(w) of the drawn weights.
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100, kl=kl)  # type: ignore[arg-type]
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    loss_fn(layer(x), y).backward()
+    assert prior.log_scale.grad is not None
+    assert prior.log_scale.grad.shape == ((3, 1) if per == "unit" else ())
+    assert bool(prior.log_scale.grad.ne(0).all())
+
+
+@pytest.mark.parametrize("per", ["layer", "unit"])
+def test_learned_prior_optimal_scale_is_a_stationary_point_of_the_kl(
+    per: str,
+) -> None:
+    prior = bnn.LearnedNormalPrior(0.3, per=per)
+    prior.check_shape((5, 2, 3))
+    loc, scale = torch.randn(5, 2, 3), 0.1 + torch.rand(5, 2, 3)
+    best = prior.optimal_scale(loc, scale)
+    assert best.shape == ((5, 1, 1) if per == "unit" else ())
+    prior.reset_to_optimum(loc, scale)
+    torch.testing.assert_close(prior.scale().detach(), best)
+    kl = prior.kl_from_normal(loc, scale)
+    assert kl is not None
+    (grad,) = torch.autograd.grad(kl, prior.log_scale)
+    torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=1e-4)
+    # Any other scale gives a larger KL (the optimum is the minimum).
+    for factor in (0.8, 1.25):
+        with torch.no_grad():
+            prior.log_scale.copy_((best * factor).log())
+        other = prior.kl_from_normal(loc, scale)
+        assert other is not None
+        assert float(other.detach()) > float(kl.detach())
+
+
+def test_learned_prior_per_unit_shapes_state_dict_and_dtype() -> None:
+    conv = bnn.VIConv2d(2, 5, 3, prior=bnn.LearnedNormalPrior(per="unit"))
+    assert conv.prior["weight"].log_scale.shape == (5, 1, 1, 1)
+    assert conv.prior["bias"].log_scale.shape == (5,)
+    with torch.no_grad():
+        conv.prior["weight"].log_scale.fill_(-0.5)
+    state = conv.state_dict()
+    assert "prior.weight.log_scale" in state
+    fresh = bnn.VIConv2d(2, 5, 3, prior=bnn.LearnedNormalPrior(per="unit"))
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(
+        fresh.prior["weight"].scale().detach(),
+        torch.full((5, 1, 1, 1), math.exp(-0.5)),
+    )
+    fresh.double()
+    assert fresh.prior_distribution("weight").base_dist.scale.dtype == torch.float64
+    bad = dict(state)
+    bad["prior.weight.log_scale"] = torch.full((5, 1, 1, 1), float("nan"))
+    with pytest.raises(RuntimeError, match=r"prior\.weight\.log_scale"):
+        fresh.load_state_dict(bad)
+
+
+def test_learned_prior_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="per must be"):
+        bnn.LearnedNormalPrior(per="weight")
+    with pytest.raises(ValueError, match="init_scale"):
+        bnn.LearnedNormalPrior(init_scale=-1.0)
+    prior = bnn.LearnedNormalPrior(per="unit")
+    prior.check_shape((3, 4))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        prior.check_shape((4, 4))

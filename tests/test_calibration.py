@@ -1,0 +1,198 @@
+"""Post-hoc calibration: identities, consistency of the summaries, and fits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn import metrics
+
+CLASSIFICATION = [bnn.Categorical, bnn.Bernoulli]
+
+
+def _logits(likelihood: bnn.PredictiveDistribution) -> torch.Tensor:
+    shape = (7, 5, 3) if isinstance(likelihood, bnn.Categorical) else (7, 5, 1)
+    return 2 * torch.randn(shape)
+
+
+def _regression_outputs(likelihood: bnn.PredictiveDistribution) -> torch.Tensor:
+    if isinstance(likelihood, bnn.HeteroscedasticNormal):
+        return torch.randn(7, 5, 2)
+    return torch.randn(7, 5, 1)
+
+
+REGRESSION = [lambda: bnn.Normal(scale=0.3), bnn.HeteroscedasticNormal]
+
+
+@pytest.mark.parametrize("make", CLASSIFICATION)
+def test_temperature_one_is_the_identity(make) -> None:  # type: ignore[no-untyped-def]
+    likelihood = make()
+    out = _logits(likelihood)
+    plain = bnn.Prediction(out, likelihood)
+    same = bnn.Prediction(out, bnn.TemperatureScaling(1.0).wrap(likelihood))
+    for name in ("probs", "entropy", "aleatoric", "mutual_information", "mean"):
+        torch.testing.assert_close(getattr(same, name), getattr(plain, name))
+
+
+@pytest.mark.parametrize("make", REGRESSION)
+def test_variance_factor_one_is_the_identity(make) -> None:  # type: ignore[no-untyped-def]
+    likelihood = make()
+    out = _regression_outputs(likelihood)
+    plain = bnn.Prediction(out, likelihood)
+    same = bnn.Prediction(out, bnn.VarianceScaling(1.0).wrap(likelihood))
+    for name in ("mean", "variance", "aleatoric_var", "epistemic_var"):
+        torch.testing.assert_close(getattr(same, name), getattr(plain, name))
+    for got, expected in zip(same.interval(0.9), plain.interval(0.9), strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("make", CLASSIFICATION)
+def test_temperature_scales_every_particles_logits(make) -> None:  # type: ignore[no-untyped-def]
+    likelihood = make()
+    out = _logits(likelihood)
+    calibrated = bnn.Prediction(out, bnn.TemperatureScaling(2.5).wrap(likelihood))
+    reference = bnn.Prediction(out / 2.5, likelihood)
+    for name in ("probs", "entropy", "aleatoric", "mutual_information"):
+        torch.testing.assert_close(getattr(calibrated, name), getattr(reference, name))
+    torch.testing.assert_close(
+        calibrated.entropy, calibrated.aleatoric + calibrated.mutual_information
+    )
+    # A higher temperature makes every particle less confident (the entropy of
+    # softmax(z / T) grows with T); the mixture's entropy need not grow.
+    plain = bnn.Prediction(out, likelihood)
+    assert bool((calibrated.aleatoric > plain.aleatoric).all())
+
+
+@pytest.mark.parametrize("make", REGRESSION)
+def test_variance_scaling_stretches_the_mixture(make) -> None:  # type: ignore[no-untyped-def]
+    likelihood = make()
+    out = _regression_outputs(likelihood)
+    factor = 2.25
+    wrapped = bnn.VarianceScaling(factor).wrap(likelihood)
+    calibrated, plain = bnn.Prediction(out, wrapped), bnn.Prediction(out, likelihood)
+    torch.testing.assert_close(calibrated.mean, plain.mean)
+    for name in ("variance", "aleatoric_var", "epistemic_var"):
+        torch.testing.assert_close(
+            getattr(calibrated, name), factor * getattr(plain, name)
+        )
+    # Quantiles: the affine shortcut equals the exact quantile of the stretched
+    # mixture, found by bisection on the calibrated per-particle moments.
+    loc, var = wrapped.moments(out)
+    for q in (0.05, 0.5, 0.9):
+        stretched = calibrated.quantile(q)
+        torch.testing.assert_close(
+            stretched, plain.mean + 1.5 * (plain.quantile(q) - plain.mean)
+        )
+        z = (stretched - loc) / var.sqrt()
+        cdf = torch.distributions.Normal(0.0, 1.0).cdf(z).mean(0)
+        torch.testing.assert_close(cdf, torch.full_like(cdf, q), rtol=0, atol=1e-5)
+    # The observation density is the Normal of the calibrated moments.
+    y = torch.randn(5)
+    expected = torch.distributions.Normal(loc, var.sqrt()).log_prob(y)
+    torch.testing.assert_close(wrapped.log_likelihood(out, y), expected)
+
+
+def test_calibrations_refuse_other_likelihoods_and_bad_values() -> None:
+    with pytest.raises(TypeError, match="classification likelihood"):
+        bnn.TemperatureScaling().wrap(bnn.Normal())
+    with pytest.raises(TypeError, match="Gaussian likelihood"):
+        bnn.VarianceScaling().wrap(bnn.Categorical())
+    with pytest.raises(TypeError, match="Gaussian likelihood"):
+        bnn.VarianceScaling().wrap(bnn.StudentT())
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        bnn.TemperatureScaling(0.0)
+    with pytest.raises(ValueError, match="factor must be positive"):
+        bnn.VarianceScaling(math.inf)
+
+
+def test_calibration_is_a_buffer_and_leaves_the_likelihood_alone() -> None:
+    cal = bnn.VarianceScaling(3.0)
+    assert set(cal.state_dict()) == {"factor"}
+    likelihood = bnn.Normal()
+    before = dict(likelihood.named_parameters())
+    wrapped = cal.wrap(likelihood)
+    assert list(wrapped.parameters()) == []  # the base is referenced, not owned
+    assert dict(likelihood.named_parameters()) == before
+    assert "factor=3" in repr(wrapped)
+
+
+def _overconfident_classifier() -> tuple[bnn.VILinear, torch.Tensor]:
+    """A linear softmax model whose logits are 4x the data-generating ones."""
+    w = torch.randn(3, 5)
+    net = bnn.VILinear(
+        5, 3, bias=False, variational=bnn.MeanFieldNormal(init_scale=0.05)
+    )
+    with torch.no_grad():
+        net.posterior["weight"].loc_unconstrained.copy_(4 * w)
+    return net, w
+
+
+@pytest.mark.statistical
+def test_temperature_scaling_repairs_an_overconfident_classifier() -> None:
+    """Fit T on 1000 validation points, measure ECE on 2000 fresh ones.
+
+    Tolerances: over seeds 0-4 the fitted temperature was 3.75-4.15 (the true
+    over-confidence is 4; the NLL fit's relative standard error with 1000
+    points is about 4 %), so 15 % is over 3 standard errors. The held-out ECE
+    went from 0.16-0.21 to 0.012-0.021; with 2000 points and 15 bins the ECE of
+    a calibrated model is about 0.015 from sampling alone, so < 0.04 is met by
+    a calibrated model and missed by the uncalibrated one by a factor 4.
+    """
+    torch.manual_seed(0)
+    net, w = _overconfident_classifier()
+
+    def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, 5)
+        return x, torch.distributions.Categorical(logits=x @ w.T).sample()
+
+    (x_val, y_val), (x_test, y_test) = data(1000), data(2000)
+    likelihood = bnn.Categorical()
+    cal = bnn.calibrate(net, x_val, y_val, likelihood)
+    assert isinstance(cal, bnn.TemperatureScaling)
+    assert abs(float(cal.temperature) - 4.0) / 4.0 < 0.15
+    before = bnn.predict(net, x_test, likelihood)
+    after = cal.predict(net, x_test, likelihood)
+    ece_before = float(metrics.expected_calibration_error(before.probs, y_test))
+    ece_after = float(metrics.expected_calibration_error(after.probs, y_test))
+    assert ece_before > 0.1
+    assert ece_after < 0.04
+
+
+@pytest.mark.statistical
+def test_variance_scaling_repairs_an_overconfident_regression() -> None:
+    """Noise fixed at 0.1 where the data have 0.5: intervals far too narrow.
+
+    Tolerances: the ideal variance factor is (0.25 + 0.0075) / (0.01 + 0.0075)
+    = 14.7 (noise plus the posterior's epistemic variance, 3 * 0.05^2); the fit
+    on 1000 points has a relative standard error of about sqrt(2 / 1000) = 4.5 %,
+    so 20 % is over 4 standard errors. Coverage of the 95 % interval on 2000
+    fresh points has a binomial standard error of 0.005 plus about 0.004 from
+    the fitted factor; 0.03 is over 4 combined standard errors (seeds 0-4 gave
+    0.928-0.958 after, 0.38-0.41 before).
+    """
+    torch.manual_seed(0)
+    w = torch.randn(3)
+
+    def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, 3)
+        return x, x @ w + 0.5 * torch.randn(n)
+
+    (x_val, y_val), (x_test, y_test) = data(1000), data(2000)
+    net = bnn.VILinear(
+        3, 1, bias=False, variational=bnn.MeanFieldNormal(init_scale=0.05)
+    )
+    with torch.no_grad():
+        net.posterior["weight"].loc_unconstrained.copy_(w[None])
+    likelihood = bnn.Normal(scale=0.1)
+    cal = bnn.calibrate(net, x_val, y_val, likelihood)
+    assert isinstance(cal, bnn.VarianceScaling)
+    assert abs(float(cal.factor) - 14.7) / 14.7 < 0.2
+    before = bnn.predict(net, x_test, likelihood)
+    after = bnn.predict(net, x_test, likelihood, calibration=cal)
+    covered_before = float(metrics.interval_coverage(*before.interval(), y_test))
+    covered_after = float(metrics.interval_coverage(*after.interval(), y_test))
+    assert covered_before < 0.5
+    assert abs(covered_after - 0.95) < 0.03
