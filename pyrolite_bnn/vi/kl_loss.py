@@ -12,7 +12,7 @@ from pyrolite_bnn.distributions.predictive import (
 )
 from pyrolite_bnn.loss import KullbackLeiblerLoss as BnnKullbackLeiblerLoss
 from pyrolite_bnn.record import KLMode
-from pyrolite_bnn.vi.distributions.base import PredictiveDistribution
+from pyrolite_bnn.vi.distributions.base import Distribution
 from pyrolite_bnn.vi.utils.errors import UnsupportedDistributionError
 
 __all__ = ["KullbackLeiblerLoss", "as_predictive"]
@@ -26,7 +26,10 @@ def as_predictive(distribution: object) -> BnnPredictive:
     """
     if isinstance(distribution, BnnPredictive):
         return distribution
-    if isinstance(distribution, PredictiveDistribution):
+    if (
+        isinstance(distribution, Distribution)
+        and distribution.is_predictive_distribution
+    ):
         return distribution.to_predictive()
     raise UnsupportedDistributionError(
         f"{type(distribution).__name__} does not support use as predictive distribution"
