@@ -96,7 +96,7 @@ class NonBayesian(Prior, VariationalDistribution, PredictiveDistribution):
 
     def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:
         """Minus the chosen loss (mean over elements) of the prediction."""
-        prediction = as_parameter_tuple(*parameters)[0]
+        prediction = as_parameter_tuple(parameters)[0]
         if self.loss is None:
             raise ValueError("loss_type must be set during initialization")
         value: Tensor = -self.loss(prediction, reference)
