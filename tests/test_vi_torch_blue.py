@@ -654,3 +654,10 @@ def test_sequential_children_must_agree_on_return_log_probs() -> None:
     with pytest.raises(AssertionError, match="return_log_probs"):
         vi.VISequential(quiet, nn.ReLU(), vi.VILinear(2, 2))
     assert not vi.VISequential(quiet, nn.ReLU()).return_log_probs
+
+
+def test_get_log_probs_of_a_broadcast_sample_is_elementwise_then_summed() -> None:
+    module = vi.VIModule({"w": (2, 3)}, FlaggedNormal(), FlaggedLaplacePrior())
+    log_prior, _ = module.get_log_probs(torch.ones(1), "w")
+    # torch_blue evaluates the densities elementwise: one value, |1 - 0| / 1.
+    torch.testing.assert_close(log_prior, torch.tensor(-1.0))

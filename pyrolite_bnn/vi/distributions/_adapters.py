@@ -97,7 +97,8 @@ class BlueDistribution(dist.TorchDistribution):
         """Sum of the elementwise log densities over the tensor's dims."""
         elementwise = self.log_prob_fn(value, self.parameters)
         elementwise = elementwise + torch.zeros_like(value)
-        dims = len(self.event_shape)
+        # A smaller value broadcasts (torch_blue's elementwise log_prob): sum its dims.
+        dims = min(len(self.event_shape), elementwise.dim())
         return elementwise.sum(tuple(range(-dims, 0))) if dims else elementwise
 
 
