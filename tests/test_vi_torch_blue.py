@@ -422,3 +422,248 @@ def test_mnist_tutorial_flow_with_nn_sequential() -> None:
         correct = (pred.argmax(1) == labels[:16]).type(torch.float).sum().item()
     assert math.isfinite(test_loss)
     assert 0 <= correct <= 16
+
+
+# ---------------------------------------------------------------- dev-branch API
+class FlaggedLaplacePrior(vi.distributions.Distribution):
+    """A custom prior written the dev-branch way: a flag and ``prior_log_prob``."""
+
+    is_prior = True
+    distribution_parameters = ("mean", "log_scale")
+
+    def __init__(self, mean: float = 0.0, scale: float = 1.0) -> None:
+        self.mean = torch.tensor(mean)
+        self.log_scale = torch.tensor(math.log(scale))
+
+    def prior_log_prob(self, sample: Tensor) -> Tensor:
+        return -(sample - self.mean).abs() / self.log_scale.exp() - self.log_scale
+
+
+class FlaggedNormal(vi.distributions.Distribution):
+    """A custom variational distribution, dev-branch style (parameters one by one)."""
+
+    is_variational_distribution = True
+    distribution_parameters = ("mean", "log_std")
+    _default_variational_parameters = (0.0, -3.0)
+
+    def sample(self, mean: Tensor, log_std: Tensor) -> Tensor:
+        return mean + log_std.exp() * torch.randn_like(mean)
+
+    def variational_log_prob(
+        self, sample: Tensor, mean: Tensor, log_std: Tensor
+    ) -> Tensor:
+        return torch.distributions.Normal(mean, log_std.exp()).log_prob(sample)
+
+
+def test_dev_branch_custom_distributions_work_in_layers() -> None:
+    layer = vi.VILinear(3, 2, FlaggedNormal(), FlaggedLaplacePrior(0.0, 0.5))
+    # The prior's tensor parameters are buffers of the adapted prior module.
+    assert {"prior.weight.blue_mean", "prior.weight.blue_log_scale"} <= set(
+        layer.state_dict()
+    )
+    weight = torch.randn(2, 3)
+    expected = (-(weight.abs()) / 0.5 - math.log(0.5)).sum()
+    torch.testing.assert_close(
+        layer.prior_distribution("weight").log_prob(weight), expected
+    )
+    out = layer(torch.randn(5, 3), samples=4)
+    assert out.shape == (4, 5, 2)
+    assert out.log_probs.shape == (4, 2)
+    # KL needs no closed form: the loss takes it by Monte Carlo and is finite.
+    loss = vi.KullbackLeiblerLoss(Categorical(), 50)(out, torch.randint(0, 2, (5,)))
+    assert torch.isfinite(loss)
+
+
+def test_dev_branch_distribution_checks_name_what_is_missing() -> None:
+    class Unflagged(vi.distributions.Distribution):
+        pass
+
+    with pytest.raises(NotImplementedError, match="not flagged"):
+        Unflagged()
+
+    class NoDensity(vi.distributions.Distribution):
+        is_prior = True
+        distribution_parameters = ("mean",)
+        mean = 0.0
+
+    with pytest.raises(NotImplementedError, match="prior_log_prob"):
+        NoDensity()
+
+    class WrongSample(vi.distributions.Distribution):
+        is_variational_distribution = True
+        distribution_parameters = ("mean", "log_std")
+        _default_variational_parameters = (0.0, 0.0)
+
+        def sample(self, mean: Tensor) -> Tensor:
+            return mean
+
+    with pytest.raises(AssertionError, match="one Tensor for each"):
+        WrongSample()
+
+
+def test_post_init_metaclass_runs_after_init_and_keeps_signatures() -> None:
+    calls: list[str] = []
+
+    class Checked(metaclass=vi.utils.PostInitCallMeta):
+        def __init__(self, size: int = 2) -> None:
+            calls.append("init")
+            self.size = size
+
+        def __post_init__(self) -> None:
+            calls.append(f"post {self.size}")
+
+    Checked(5)
+    assert calls == ["init", "post 5"]
+    # torch_blue's metaclass hid every signature behind (*args, **kwargs) (W10).
+    assert list(inspect.signature(Checked).parameters) == ["size"]
+    assert list(inspect.signature(MeanFieldNormal).parameters) == ["mean", "std", "eps"]
+
+
+def test_uniform_prior_is_non_bayesian_with_only_the_prior_role() -> None:
+    assert UniformPrior.is_prior
+    assert not UniformPrior.is_variational_distribution
+    assert not UniformPrior.is_predictive_distribution
+    assert NonBayesian.is_variational_distribution
+    assert isinstance(UniformPrior(), NonBayesian)
+    assert UniformPrior().prior_log_prob(torch.randn(3, 4)).shape == (1,)
+    with pytest.raises(UnsupportedDistributionError, match="variational"):
+        vi.VILinear(2, 2, UniformPrior())
+    with pytest.raises(UnsupportedDistributionError, match="predictive"):
+        vi.KullbackLeiblerLoss(UniformPrior())
+
+
+def test_non_bayesian_log_prob_from_samples_is_the_mean_of_the_losses() -> None:
+    samples, reference = torch.randn(3, 4, 2), torch.randn(4, 2)
+    expected = -torch.stack([F.mse_loss(s, reference) for s in samples]).mean()
+    value = NonBayesian("MSE").log_prob_from_samples(reference, samples)
+    torch.testing.assert_close(value, expected)
+    assert isinstance(NonBayesian("L1").loss, nn.L1Loss)
+
+
+class PlainParameters(nn.Module):
+    """torch_blue's convention: parameters found through variational_parameter_name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight_mean = nn.Parameter(torch.zeros(5, 4))
+        self.weight_log_std = nn.Parameter(torch.zeros(5, 4))
+
+    @staticmethod
+    def variational_parameter_name(variable: str, parameter: str) -> str:
+        return f"{variable}_{parameter}"
+
+
+def test_resets_reach_parameters_through_variational_parameter_name() -> None:
+    module = PlainParameters()
+    MeanFieldNormal().reset_variational_parameters(module, "weight", 4, True)
+    torch.testing.assert_close(
+        module.weight_log_std.detach(),
+        torch.full((5, 4), math.log(1 / math.sqrt(4) + 1e-5)),
+    )
+    assert module.weight_mean.abs().max() > 0  # drawn like an nn.Linear weight
+    MeanFieldNormal(3.0, 2.0).reset_parameters_to_prior(module, "weight")
+    assert bool((module.weight_mean == 3.0).all())
+    torch.testing.assert_close(
+        module.weight_log_std.detach(), torch.full((5, 4), math.log(2.0))
+    )
+    BasicQuietPrior(std_ratio=0.5).reset_parameters_to_prior(module, "weight")
+    torch.testing.assert_close(
+        module.weight_log_std.detach(), (0.5 * module.weight_mean.detach().abs()).log()
+    )
+
+
+def test_categorical_log_prob_from_parameters_takes_eps() -> None:
+    probs = torch.tensor([[0.25, 0.75]])
+    label = torch.tensor([0])
+    categorical = Categorical(eps=0.1)
+    torch.testing.assert_close(
+        categorical.log_prob_from_parameters(label, probs),
+        torch.tensor([math.log(0.35)]),
+    )
+    torch.testing.assert_close(
+        categorical.log_prob_from_parameters(label, probs, eps=0.0),
+        torch.tensor([math.log(0.25)]),
+    )
+
+
+def test_attention_and_transformers_take_torch_blue_arguments() -> None:
+    attention = vi.VIMultiheadAttention(8, 2, False, True)  # bias, add_bias_kv
+    assert attention.random_variables == (
+        "in_proj_weight",
+        "q_proj_weight",
+        "k_proj_weight",
+        "v_proj_weight",
+        "in_proj_bias",
+        "bias_k",
+        "bias_v",
+    )
+    assert attention.in_proj_bias is None
+    assert not attention.bias
+    assert isinstance(attention.out_proj, vi.VILinear)
+    x = torch.randn(3, 5, 8)
+    out, weights = attention(x, x, x, samples=4)
+    assert out.shape == (4, 3, 5, 8)
+    assert weights.shape == (4, 3, 5, 6)
+    assert out.log_probs.shape == (4, 2)
+    with pytest.raises(AssertionError, match="divisible"):
+        vi.VIMultiheadAttention(8, 3)
+    encoder = vi.VITransformerEncoder(vi.VITransformerEncoderLayer(8, 2, 16), 2)
+    decoder_layer = vi.VITransformerDecoderLayer(
+        8, 2, 16, prior=MeanFieldNormal(0, 0.1)
+    )
+    decoder = vi.VITransformerDecoder(decoder_layer, 1)
+    memory = encoder(x, samples=2)
+    assert memory.shape == (2, 3, 5, 8)
+    assert decoder(torch.randn(3, 4, 8), x, samples=2).shape == (2, 3, 4, 8)
+    model = vi.VITransformer(d_model=8, nhead=2, dim_feedforward=16)
+    out = model(x, torch.randn(3, 4, 8), samples=2)
+    assert out.shape == (2, 3, 4, 8)
+    assert out.log_probs.shape == (2, 2)
+
+
+def test_analytical_loss_non_bayesian_weights_and_plain_models() -> None:
+    with pytest.raises(ValueError, match="not bayesian"):
+        vi.AnalyticalKullbackLeiblerLoss(nn.Linear(2, 2), Categorical())
+    layer = vi.VILinear(3, 2, NonBayesian(), MeanFieldNormal(0.0, 0.5))
+    loss_fn = vi.AnalyticalKullbackLeiblerLoss(layer, Categorical(), dataset_size=10)
+    # A fixed weight's KL, up to the point mass's constant, is -log p(w) (MAP).
+    prior = torch.distributions.Normal(0.0, 0.5)
+    expected = -sum(
+        prior.log_prob(layer.posterior[name].loc).sum() for name in ("weight", "bias")
+    )
+    torch.testing.assert_close(loss_fn.prior_matching(), expected)
+    with pytest.raises(
+        NotImplementedError, match="MeanFieldNormal and MeanFieldStudentT"
+    ):
+        vi.AnalyticalKullbackLeiblerLoss(
+            vi.VILinear(2, 2, MeanFieldStudentT()), Categorical()
+        )
+    with pytest.raises(NotImplementedError):
+        vi.KullbackLeiblerModule()([torch.zeros(1)], [torch.zeros(1)])
+
+
+def test_loss_of_a_hand_made_vireturn_uses_its_log_probs() -> None:
+    samples, target = torch.randn(4, 6, 3), torch.randn(6, 3)
+    log_probs = torch.randn(4, 2)
+    loss_fn = vi.KullbackLeiblerLoss(MeanFieldNormal(), dataset_size=20, heat=0.5)
+    value = loss_fn(vi.VIReturn(samples, log_probs), target)
+    likelihood = loss_fn.predictive_distribution.to_predictive()
+    data = -20 * likelihood.log_likelihood(samples, target).mean()
+    kl = (log_probs[:, 1] - log_probs[:, 0]).mean()
+    torch.testing.assert_close(value, data + 0.5 * kl)
+    with pytest.raises(ValueError, match="forward pass"):
+        loss_fn(vi.VIReturn(samples, None), target)
+
+
+def test_sequential_children_must_agree_on_return_log_probs() -> None:
+    quiet = vi.VILinear(2, 2, return_log_probs=False)
+    with pytest.raises(AssertionError, match="return_log_probs"):
+        vi.VISequential(quiet, nn.ReLU(), vi.VILinear(2, 2))
+    assert not vi.VISequential(quiet, nn.ReLU()).return_log_probs
+
+
+def test_get_log_probs_of_a_broadcast_sample_is_elementwise_then_summed() -> None:
+    module = vi.VIModule({"w": (2, 3)}, FlaggedNormal(), FlaggedLaplacePrior())
+    log_prior, _ = module.get_log_probs(torch.ones(1), "w")
+    # torch_blue evaluates the densities elementwise: one value, |1 - 0| / 1.
+    torch.testing.assert_close(log_prior, torch.tensor(-1.0))

@@ -6,9 +6,8 @@ defaults are torch_blue's (1.1.0 and its dev branch); each is a thin adapter
 over this library's layers, loss and distributions, so torch_blue's defects
 are not reproduced (see the docs page "Coming from torch_blue").
 
-Not here yet: ``VIMultiheadAttention`` and ``VITransformer*`` (coming with
-``pyrolite_bnn``'s attention layers). ``convert_to_vimodule`` is an alias of
-``pyrolite_bnn.convert`` that *returns* the network (not in place).
+``convert_to_vimodule`` is an alias of ``pyrolite_bnn.convert`` that *returns*
+the network (not in place).
 
 Example:
     >>> import torch
@@ -33,6 +32,14 @@ from pyrolite_bnn.vi.conv import VIConv1d, VIConv2d, VIConv3d
 from pyrolite_bnn.vi.kl_loss import KullbackLeiblerLoss
 from pyrolite_bnn.vi.linear import VILinear
 from pyrolite_bnn.vi.sequential import VIResidualConnection, VISequential
+from pyrolite_bnn.vi.transformer import (
+    VIMultiheadAttention,
+    VITransformer,
+    VITransformerDecoder,
+    VITransformerDecoderLayer,
+    VITransformerEncoder,
+    VITransformerEncoderLayer,
+)
 from pyrolite_bnn.vi.utils.common_types import VIkwargs
 from pyrolite_bnn.vi.utils.convert import convert_to_vimodule
 from pyrolite_bnn.vi.utils.vi_return import VIReturn
@@ -52,10 +59,16 @@ __all__ = [
     "VIConv3d",
     "VILinear",
     "VIModule",
+    "VIMultiheadAttention",
     "VIResidualConnection",
     "VIReturn",
     "VISequential",
     "VISquential",
+    "VITransformer",
+    "VITransformerDecoder",
+    "VITransformerDecoderLayer",
+    "VITransformerEncoder",
+    "VITransformerEncoderLayer",
     "VIkwargs",
     "convert_to_vimodule",
     "distributions",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
+from pyrolite_bnn._network import collect_variables
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
@@ -18,6 +18,7 @@ from pyrolite_bnn.distributions.variational import (
 )
 from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.record import analytic_kl
+from pyrolite_bnn.variables import RandomVariable
 from pyrolite_bnn.vi.base import VIModule
 from pyrolite_bnn.vi.distributions._adapters import FlatPrior
 from pyrolite_bnn.vi.kl_loss import KullbackLeiblerLoss
@@ -32,11 +33,12 @@ __all__ = [
 ]
 
 
-class KullbackLeiblerModule(ABC):
+class KullbackLeiblerModule:
     """A closed-form KL from flat prior and variational parameter tensors.
 
     ``module(prior_parameters, variational_parameters)`` calls :meth:`forward`
-    with the prior's parameters followed by the variational ones.
+    with the prior's parameters followed by the variational ones. Subclasses
+    implement :meth:`forward` (the base class raises ``NotImplementedError``).
     """
 
     def __call__(
@@ -45,9 +47,11 @@ class KullbackLeiblerModule(ABC):
         """Unpack both parameter lists into :meth:`forward`."""
         return self.forward(*prior_parameters, *variational_parameters)
 
-    @abstractmethod
     def forward(self, *parameters: Any) -> Tensor:
         """The divergence, summed."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement forward(*parameters)"
+        )
 
 
 class NormalNormalDivergence(KullbackLeiblerModule):
@@ -154,16 +158,18 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
         track: bool = False,
     ) -> None:
         super().__init__(predictive_distribution, dataset_size, heat, track, kl="auto")
-        variables = model.random_variables()
+        variables = collect_variables(model)
         if not variables:
             raise ValueError("Provided model is not bayesian.")
         if divergence_type is None:
             for v in variables:
                 if _closed_form(v.module, v.name, v.posterior) is None:
+                    prior, posterior = _spec_names(v)
                     raise NotImplementedError(
-                        "Analytical loss is not implemented for the prior "
-                        f"{type(v.module.prior[v.name]).__name__} and the posterior "
-                        f"{type(v.posterior).__name__} of '{v.site}'"
+                        f"Analytical loss is not implemented for {prior} and "
+                        f"{posterior}. (variable '{v.site}': prior "
+                        f"{type(v.module.prior[v.name]).__name__}, posterior "
+                        f"{type(v.posterior).__name__})"
                     )
         self.divergence_type = divergence_type
         model.return_log_probs = False
@@ -195,11 +201,29 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
         return data_fitting + heat * self.prior_matching()
 
 
+def _spec_names(variable: RandomVariable) -> tuple[str, str]:
+    """Class names of a variable's prior and variational distribution, as given."""
+    module = variable.module
+    if isinstance(module, VIModule) and variable.name in module.prior_specs:
+        prior = module.prior_specs[variable.name]
+        family = module.variational_distribution[variable.name]
+        return type(prior).__name__, type(family).__name__
+    return (
+        type(module.prior[variable.name]).__name__,
+        type(variable.posterior).__name__,
+    )
+
+
 def _closed_form(module: BnnVIModule, name: str, posterior: Any) -> Tensor | None:
     prior = module.prior[name]
     assert isinstance(prior, BnnPrior)
-    if isinstance(posterior, PointMassPosterior) and isinstance(prior, FlatPrior):
-        return posterior.loc.new_zeros(())
+    if isinstance(posterior, PointMassPosterior):
+        # A fixed weight: the KL up to the point mass's (infinite) constant is
+        # -log p(w), zero under the flat prior (MAP for any other prior).
+        if isinstance(prior, FlatPrior):
+            return posterior.loc.new_zeros(())
+        value: Tensor = -module.prior_distribution(name).log_prob(posterior.loc).sum()
+        return value
     if isinstance(posterior, MeanFieldNormalPosterior):
         term = prior.kl_from_normal(*posterior.normal_params())
         if term is not None:

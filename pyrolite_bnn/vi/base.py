@@ -44,7 +44,7 @@ from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.variables import RandomVariable
 from pyrolite_bnn.vi.distributions import MeanFieldNormal
 from pyrolite_bnn.vi.distributions._adapters import AdaptedPosterior, AdaptedPrior
-from pyrolite_bnn.vi.distributions.base import Prior, VariationalDistribution
+from pyrolite_bnn.vi.distributions.base import Distribution
 from pyrolite_bnn.vi.utils.errors import NoVariablesError, UnsupportedDistributionError
 from pyrolite_bnn.vi.utils.vi_return import VIReturn
 
@@ -102,11 +102,14 @@ class VariableSpecs:
             for n, s in variable_shapes.items()
         }
         families = _per_variable(
-            variational_distribution, self.names, VariationalDistribution, "variational"
+            variational_distribution,
+            self.names,
+            "is_variational_distribution",
+            "variational",
         )
-        priors = _per_variable(prior, self.names, Prior, "prior")
-        self.variational: dict[str, VariationalDistribution | None] = {}
-        self.priors: dict[str, Prior | None] = {}
+        priors = _per_variable(prior, self.names, "is_prior", "prior")
+        self.variational: dict[str, Distribution | None] = {}
+        self.priors: dict[str, Distribution | None] = {}
         for name, family, prior_spec in zip(self.names, families, priors, strict=True):
             keep = self.shapes[name] is not None
             self.variational[name] = family if keep else None
@@ -149,7 +152,7 @@ class VariableSpecs:
 
 
 def _per_variable(
-    option: Any, names: tuple[str, ...], role: type, what: str
+    option: Any, names: tuple[str, ...], flag: str, what: str
 ) -> list[Any]:
     label = "variational distribution" if what == "variational" else "prior"
     if option is None:
@@ -164,7 +167,7 @@ def _per_variable(
     else:
         chosen = [copy.deepcopy(option) for _ in names]
     for spec in chosen:
-        if not isinstance(spec, role):
+        if not (isinstance(spec, Distribution) and getattr(spec, flag)):
             raise UnsupportedDistributionError(
                 f"{type(spec).__name__} does not support use as {label}."
             )
@@ -228,7 +231,7 @@ class VIModule(BnnVIModule):
     """
 
     _return_log_probs: bool
-    variational_distribution: dict[str, VariationalDistribution | None]
+    variational_distribution: dict[str, Distribution | None]
 
     def __init__(
         self,
@@ -316,8 +319,8 @@ class VIModule(BnnVIModule):
         """Attribute name of a variational parameter: ``_<variable>_<parameter>``."""
         return f"_{variable}_{variational_parameter}"
 
-    def _own_variables(self, what: str) -> dict[str, VariationalDistribution | None]:
-        specs: dict[str, VariationalDistribution | None] | None = self.__dict__.get(
+    def _own_variables(self, what: str) -> dict[str, Distribution | None]:
+        specs: dict[str, Distribution | None] | None = self.__dict__.get(
             "variational_distribution"
         )
         if specs is None:

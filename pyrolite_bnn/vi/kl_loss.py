@@ -11,8 +11,8 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
 from pyrolite_bnn.loss import KullbackLeiblerLoss as BnnKullbackLeiblerLoss
-from pyrolite_bnn.record import KLMode
-from pyrolite_bnn.vi.distributions.base import PredictiveDistribution
+from pyrolite_bnn.record import KLMode, find_record
+from pyrolite_bnn.vi.distributions.base import Distribution
 from pyrolite_bnn.vi.utils.errors import UnsupportedDistributionError
 
 __all__ = ["KullbackLeiblerLoss", "as_predictive"]
@@ -26,11 +26,23 @@ def as_predictive(distribution: object) -> BnnPredictive:
     """
     if isinstance(distribution, BnnPredictive):
         return distribution
-    if isinstance(distribution, PredictiveDistribution):
+    if (
+        isinstance(distribution, Distribution)
+        and distribution.is_predictive_distribution
+    ):
         return distribution.to_predictive()
     raise UnsupportedDistributionError(
         f"{type(distribution).__name__} does not support use as predictive distribution"
     )
+
+
+def _has_record(output: Tensor) -> bool:
+    """Whether a forward pass of this library produced ``output``."""
+    try:
+        find_record(output)
+    except ValueError:
+        return False
+    return True
 
 
 class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
@@ -138,6 +150,9 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
                 stacklevel=2,
             )
             size = batch
+        log_probs = getattr(model_output, "log_probs", None)
+        if isinstance(log_probs, Tensor) and not _has_record(model_output):
+            return self._from_log_probs(model_output, target, size, log_probs)
         stored = self.dataset_size
         self.dataset_size = size
         try:
@@ -145,6 +160,27 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         finally:
             self.dataset_size = stored
         self._record(model_output)
+        return loss
+
+    def _from_log_probs(
+        self, model_output: Tensor, target: Tensor, size: int, log_probs: Tensor
+    ) -> Tensor:
+        """torch_blue's convention for outputs no forward pass recorded.
+
+        A :class:`~pyrolite_bnn.vi.VIReturn` built by hand (or restored) carries
+        only its samples and ``log_probs``: the KL is estimated from those,
+        ``mean_s(log q - log p)``, as torch_blue does.
+        """
+        likelihood = as_predictive(self.predictive_distribution)
+        samples = model_output.as_subclass(Tensor)
+        data = -size * likelihood.log_likelihood(samples, target).mean(0).mean(0)
+        mean_log_probs = log_probs.mean(0)
+        kl = mean_log_probs[1] - mean_log_probs[0]
+        loss = data + self.heat * kl
+        if self._track and self.log is not None:
+            self.log["data_fitting"].append(float(data))
+            self.log["prior_matching"].append(float(self.heat * kl))
+            self.log["log_probs"].append(mean_log_probs.detach())
         return loss
 
     def _record(self, model_output: Tensor) -> None:

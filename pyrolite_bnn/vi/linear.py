@@ -33,6 +33,8 @@ class VILinear(BnnVILinear, VIModule):
         return_log_probs: see :class:`~pyrolite_bnn.vi.VIkwargs`.
         device: device of the parameters.
         dtype: dtype of the parameters.
+        estimator: :class:`pyrolite_bnn.VILinear`'s option (keyword only; not
+            in torch_blue).
 
     Example:
         >>> import torch
@@ -57,6 +59,8 @@ class VILinear(BnnVILinear, VIModule):
         return_log_probs: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        estimator: str = "auto",
     ) -> None:
         specs = VariableSpecs(
             {
@@ -75,6 +79,7 @@ class VILinear(BnnVILinear, VIModule):
             bias,
             prior=specs.bnn_priors(),
             variational=specs.bnn_families(),
+            estimator=estimator,
             device=device,
             dtype=dtype,
         )

@@ -12,8 +12,9 @@ __all__ = ["VIResidualConnection", "VISequential"]
 class VISequential(BnnSequential, VIModule):
     """:class:`pyrolite_bnn.VISequential` with torch_blue's conventions.
 
-    ``return_log_probs`` defaults to ``True`` (``False`` when no child is a
-    ``VIModule``); outermost outputs are :class:`~pyrolite_bnn.vi.VIReturn`.
+    ``return_log_probs`` is that of the children (``False`` when no child is a
+    ``VIModule``; children that disagree raise ``AssertionError``, as in
+    torch_blue); outermost outputs are :class:`~pyrolite_bnn.vi.VIReturn`.
 
     Example:
         >>> import torch
@@ -27,10 +28,9 @@ class VISequential(BnnSequential, VIModule):
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
-        children = [m for m in self.children() if isinstance(m, VIModule)]
-        self.return_log_probs = (
-            all(child.return_log_probs for child in children) if children else False
-        )
+        modes = {m.return_log_probs for m in self.children() if isinstance(m, VIModule)}
+        assert len(modes) <= 1, "return_log_probs has to be equal for all Modules"
+        self.return_log_probs = modes.pop() if modes else False
 
 
 class VIResidualConnection(BnnResidual, VISequential):

@@ -29,13 +29,13 @@ from pyrolite_bnn.distributions.predictive import (
 )
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import Posterior, VariationalFamily
+from pyrolite_bnn.vi.distributions.base import (
+    sample_function,
+    variational_log_prob_function,
+)
 
 if TYPE_CHECKING:
-    from pyrolite_bnn.vi.distributions.base import (
-        PredictiveDistribution,
-        Prior,
-        VariationalDistribution,
-    )
+    from pyrolite_bnn.vi.distributions.base import Distribution
 
 __all__ = [
     "AdaptedFamily",
@@ -97,37 +97,34 @@ class BlueDistribution(dist.TorchDistribution):
         """Sum of the elementwise log densities over the tensor's dims."""
         elementwise = self.log_prob_fn(value, self.parameters)
         elementwise = elementwise + torch.zeros_like(value)
-        dims = len(self.event_shape)
+        # A smaller value broadcasts (torch_blue's elementwise log_prob): sum its dims.
+        dims = min(len(self.event_shape), elementwise.dim())
         return elementwise.sum(tuple(range(-dims, 0))) if dims else elementwise
 
 
 class AdaptedPrior(BnnPrior):
     """A torch_blue prior object as a :class:`~pyrolite_bnn.Prior` module.
 
-    Tensor parameters (``get_parameters()``) are copied into buffers, so they
-    are saved in ``state_dict`` and follow ``.to()``/``.double()``.
+    Its tensor parameters (distribution and scaling parameters) are copied into
+    buffers ``blue_<name>``, so they are saved in ``state_dict`` and follow
+    ``.to()``/``.double()``; the density is the object's ``prior_log_prob``.
 
     Args:
         prior: the torch_blue-style prior (copied).
     """
 
-    def __init__(self, prior: Prior) -> None:
+    def __init__(self, prior: Distribution) -> None:
         super().__init__()
         self.blue = copy.deepcopy(prior)
-        self._constants: list[Any] = []
-        for index, value in enumerate(self.blue.get_parameters()):
-            if isinstance(value, Tensor):
-                self.register_buffer(f"parameter{index}", value.detach().clone())
-                self._constants.append(None)
-            else:
-                self._constants.append(value)
-
-    def parameters_now(self) -> tuple[Any, ...]:
-        """The prior's parameters, tensors read from the buffers."""
-        return tuple(
-            getattr(self, f"parameter{i}") if constant is None else constant
-            for i, constant in enumerate(self._constants)
+        names = dict.fromkeys(
+            (*self.blue.distribution_parameters, *self.blue.scaling_parameters)
         )
+        self._buffered: list[str] = []
+        for name in names:
+            value = getattr(self.blue, name, None)
+            if isinstance(value, Tensor):
+                self.register_buffer(f"blue_{name}", value.detach().clone())
+                self._buffered.append(name)
 
     def required_parameters(self) -> tuple[str, ...]:
         """Variational parameters the prior's density needs (hierarchical priors)."""
@@ -137,8 +134,11 @@ class AdaptedPrior(BnnPrior):
         self, shape: Sequence[int], hyperparameters: tuple[Tensor, ...] = ()
     ) -> dist.TorchDistribution:
         """Prior of a tensor of ``shape``; ``hyperparameters`` are the required ones."""
+        for name in self._buffered:
+            setattr(self.blue, name, getattr(self, f"blue_{name}"))
+        density = self.blue.prior_log_prob  # type: ignore[attr-defined]
         return BlueDistribution(
-            self.blue.log_prob, None, (*self.parameters_now(), *hyperparameters), shape
+            lambda value, extra: density(value, *extra), None, hyperparameters, shape
         )
 
     def extra_repr(self) -> str:
@@ -177,7 +177,7 @@ class AdaptedPosterior(Posterior):
     """
 
     def __init__(
-        self, shape: Sequence[int], init_loc: Tensor, family: VariationalDistribution
+        self, shape: Sequence[int], init_loc: Tensor, family: Distribution
     ) -> None:
         super().__init__(shape)
         self.blue = family
@@ -202,7 +202,10 @@ class AdaptedPosterior(Posterior):
     def distribution(self) -> dist.TorchDistribution:
         """The torch_blue distribution of the whole tensor."""
         return BlueDistribution(
-            self.blue.log_prob, self.blue.sample, tuple(self.values()), self.shape
+            variational_log_prob_function(self.blue),
+            sample_function(self.blue),
+            tuple(self.values()),
+            self.shape,
         )
 
     def reset_parameters(self, init_loc: Tensor) -> None:
@@ -224,7 +227,7 @@ class AdaptedFamily(VariationalFamily):
         family: the torch_blue-style variational distribution.
     """
 
-    def __init__(self, family: VariationalDistribution) -> None:
+    def __init__(self, family: Distribution) -> None:
         self.blue = family
 
     def build(self, shape: Sequence[int], init_loc: Tensor) -> Posterior:
@@ -243,7 +246,7 @@ class AdaptedPredictive(BnnPredictive):
         predictive: the torch_blue-style predictive distribution.
     """
 
-    def __init__(self, predictive: PredictiveDistribution) -> None:
+    def __init__(self, predictive: Distribution) -> None:
         super().__init__()
         self.blue = predictive
 
@@ -253,7 +256,7 @@ class AdaptedPredictive(BnnPredictive):
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """Per-particle likelihood with batch shape ``(S, B)``."""
-        blue = self.blue
+        blue: Any = self.blue  # a dev-branch class may define the methods itself
 
         def log_prob(target: Tensor, parameters: tuple[Any, ...]) -> Tensor:
             # One "sample" per particle: parameters of shape (S, B, ...).
@@ -261,7 +264,8 @@ class AdaptedPredictive(BnnPredictive):
             value = blue.log_prob_from_parameters(target, params)
             while value.dim() > 2:
                 value = value.sum(-1)
-            return value
+            result: Tensor = value
+            return result
 
         expanded: dist.TorchDistribution = BlueDistribution(
             log_prob, None, (output,), ()

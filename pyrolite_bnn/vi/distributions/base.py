@@ -1,16 +1,16 @@
 """torch_blue's distribution interfaces, adapted to this library's classes.
 
 A torch_blue distribution is one object that may serve in up to three roles:
-:class:`Prior`, :class:`VariationalDistribution` and
-:class:`PredictiveDistribution`. Each interface here keeps torch_blue's methods
-(``log_prob(sample, parameters)``, ``sample(parameters)``,
-``predictive_parameters_from_samples(samples)``, ...) and adds one adapter
-method that hands the role over to this library's machinery:
+prior, variational distribution and predictive distribution. Both of
+torch_blue's ways to declare them work: the 1.1.0 interfaces :class:`Prior`,
+:class:`VariationalDistribution`, :class:`PredictiveDistribution` (one
+``log_prob(sample, parameters)``), and the dev branch's flags on a bare
+:class:`Distribution` (``is_prior = True`` with ``prior_log_prob``, ...).
+Three adapter methods hand a role over to this library's machinery:
 
-* :meth:`Prior.to_prior` returns a :class:`pyrolite_bnn.Prior` module,
-* :meth:`VariationalDistribution.to_variational` a
-  :class:`pyrolite_bnn.VariationalFamily`,
-* :meth:`PredictiveDistribution.to_predictive` a
+* :meth:`Distribution.to_prior` returns a :class:`pyrolite_bnn.Prior` module,
+* :meth:`Distribution.to_variational` a :class:`pyrolite_bnn.VariationalFamily`,
+* :meth:`Distribution.to_predictive` a
   :class:`pyrolite_bnn.PredictiveDistribution` (the likelihood of the loss).
 
 The built-in distributions map to this library's native classes (closed-form
@@ -20,24 +20,23 @@ methods is wrapped generically (:mod:`pyrolite_bnn.vi.distributions._adapters`).
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import init
+from torch.nn import Module, init
 
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import VariationalFamily
-
-if TYPE_CHECKING:
-    from pyrolite_bnn.vi.base import VIModule
+from pyrolite_bnn.vi.utils.post_init_metaclass import PostInitCallMeta
 
 __all__ = ["Distribution", "PredictiveDistribution", "Prior", "VariationalDistribution"]
 
@@ -52,58 +51,140 @@ def as_parameter_tuple(*parameters: Any) -> tuple[Any, ...]:
     return parameters
 
 
-class Distribution(ABC):
+class Distribution(metaclass=PostInitCallMeta):
     """Base class of torch_blue-style distributions.
 
-    Subclass one or more of :class:`Prior`, :class:`VariationalDistribution`
-    and :class:`PredictiveDistribution`, not this class directly.
+    Two ways to write one, as in torch_blue:
+
+    * 1.1.0: subclass one or more of the role interfaces :class:`Prior`,
+      :class:`VariationalDistribution` and :class:`PredictiveDistribution` and
+      implement ``log_prob(sample, parameters)`` (and ``sample(parameters)``).
+    * dev branch: subclass this class, set the flags :attr:`is_prior`,
+      :attr:`is_variational_distribution`, :attr:`is_predictive_distribution`
+      and implement, per role, ``prior_log_prob(sample, *required)``;
+      ``sample(*parameters)`` and ``variational_log_prob(sample, *parameters)``
+      with ``_default_variational_parameters``;
+      ``predictive_parameters_from_samples(samples)`` and
+      ``log_prob_from_parameters(reference, parameters)``. What a flagged role
+      needs is checked when the object is built (``__post_init__``).
 
     Attributes:
         distribution_parameters: names of the parameters; the first is the
             *primary* one (a mean or mode, closest to a plain weight), names
             starting with ``log_`` are logarithms of positive values.
+        is_prior: usable as prior.
+        is_variational_distribution: usable as variational distribution.
+        is_predictive_distribution: usable as predictive distribution.
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn.vi.distributions import Distribution
+        >>> class Laplace(Distribution):
+        ...     is_prior = True
+        ...     distribution_parameters = ("mean", "log_scale")
+        ...     mean, log_scale = 0.0, 0.0
+        ...     def prior_log_prob(self, sample):
+        ...         return -(sample - self.mean).abs() - self.log_scale
+        >>> Laplace().to_prior()
+        AdaptedPrior(Laplace)
     """
 
     distribution_parameters: tuple[str, ...]
+    _required_parameters: tuple[str, ...] = ()
+    _scaling_parameters: tuple[str, ...]
+    _rescaled: bool = False
+    is_prior: bool = False
+    is_variational_distribution: bool = False
+    is_predictive_distribution: bool = False
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        """Refuse distributions that implement none of the three roles."""
-        if not issubclass(
-            cls, (Prior, VariationalDistribution, PredictiveDistribution)
+    # ------------------------------------------------------------ checks
+    def __post_init__(self) -> None:
+        """Check that every flagged role has what it needs (torch_blue's checks)."""
+        if not (
+            self.is_prior
+            or self.is_variational_distribution
+            or self.is_predictive_distribution
         ):
-            raise TypeError(
-                "A Distribution must use at least one of Prior, VariationalDistribution"
-                ", or PredictiveDistribution as interface."
+            raise NotImplementedError(
+                f"{type(self).__name__} not flagged to be functional as any "
+                "distribution."
             )
-        return super().__new__(cls)
+        if self.is_prior:
+            self._check_prior()
+        if self.is_variational_distribution:
+            self._check_variational()
+        if self.is_predictive_distribution:
+            self._check_predictive()
 
+    def _check_prior(self) -> None:
+        if not hasattr(self, "distribution_parameters"):
+            raise NotImplementedError("Subclasses must define distribution_parameters")
+        if not hasattr(self, "prior_log_prob"):
+            raise NotImplementedError("Subclasses must define prior_log_prob")
+        assert _accepts(self.prior_log_prob, len(self._required_parameters) + 1), (
+            "prior_log_prob must accept an argument for each required parameter plus "
+            "the sample"
+        )
+        for name in self.scaling_parameters:
+            assert hasattr(self, name), (
+                f"Module [{type(self).__name__}] is missing exposed scaling parameter "
+                f"[{name}]"
+            )
+
+    def _check_variational(self) -> None:
+        if not hasattr(self, "distribution_parameters"):
+            raise NotImplementedError("Subclasses must define distribution_parameters")
+        if not hasattr(self, "_default_variational_parameters"):
+            raise NotImplementedError(
+                "Subclasses must define _default_variational_parameters"
+            )
+        count = len(self.distribution_parameters)
+        assert len(self.default_parameters()) == count, (
+            "Each variational parameter must be assigned a default value"
+        )
+        if not hasattr(self, "sample"):
+            raise NotImplementedError("Subclasses must define the sample method")
+        one_tuple = isinstance(self, VariationalDistribution)  # 1.1.0: sample(params)
+        assert one_tuple or _accepts(self.sample, count), (
+            "Sample must accept exactly one Tensor for each distribution parameter"
+        )
+        if not hasattr(self, "variational_log_prob"):
+            raise NotImplementedError("Subclasses must define variational_log_prob")
+        assert _accepts(self.variational_log_prob, count + 1), (
+            "variational_log_prob must accept an argument for each variational "
+            "parameter plus the sample"
+        )
+
+    def _check_predictive(self) -> None:
+        if not hasattr(self, "distribution_parameters"):
+            raise NotImplementedError("Subclasses must define distribution_parameters")
+        if not hasattr(self, "predictive_parameters_from_samples"):
+            raise NotImplementedError(
+                "Subclasses must define predictive_parameters_from_samples"
+            )
+        if not hasattr(self, "log_prob_from_parameters"):
+            raise NotImplementedError("Subclasses must define log_prob_from_parameters")
+
+    # ------------------------------------------------------------ parameters
     @property
     def primary_parameter(self) -> str:
         """The parameter closest to a non-Bayesian weight (the first one)."""
         return self.distribution_parameters[0]
 
     @property
-    def is_prior(self) -> bool:
-        """Whether it can serve as a prior (torch_blue dev-branch flag)."""
-        return isinstance(self, Prior)
+    def scaling_parameters(self) -> tuple[str, ...]:
+        """Parameters that :meth:`kaiming_rescale` scales (default: all)."""
+        scaling: tuple[str, ...] | None = getattr(self, "_scaling_parameters", None)
+        return self.distribution_parameters if scaling is None else scaling
 
-    @property
-    def is_variational_distribution(self) -> bool:
-        """Whether it can serve as a variational distribution."""
-        return isinstance(self, VariationalDistribution)
+    def get_parameters(self) -> tuple[Any, ...]:
+        """Values of :attr:`distribution_parameters` (attributes), in order."""
+        return tuple(getattr(self, name) for name in self.distribution_parameters)
 
-    @property
-    def is_predictive_distribution(self) -> bool:
-        """Whether it can serve as a predictive distribution."""
-        return isinstance(self, PredictiveDistribution)
-
-    @abstractmethod
-    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
-        """Elementwise log density of ``sample`` given the parameters.
-
-        The parameters come as one tuple (torch_blue 1.1.0) or one by one (its
-        dev branch); built-in distributions accept both.
-        """
+    def default_parameters(self) -> tuple[Any, ...]:
+        """Default value of every variational parameter."""
+        defaults: Sequence[Any] = getattr(self, "_default_variational_parameters")  # noqa: B009
+        return tuple(defaults)
 
     def match_parameters(
         self, distribution_parameters: Sequence[str]
@@ -123,36 +204,8 @@ class Distribution(ABC):
             (shared if name in distribution_parameters else exclusive)[name] = index
         return shared, exclusive
 
-
-class Prior(Distribution):
-    """Interface of distributions usable as prior.
-
-    Implement :attr:`~Distribution.distribution_parameters` (each stored as an
-    attribute of the same name) and :meth:`~Distribution.log_prob`. Hierarchical
-    priors name the variational parameters they need in ``_required_parameters``;
-    they are appended to the parameters passed to ``log_prob``.
-    """
-
-    _rescaled: bool = False
-    _required_parameters: tuple[str, ...] = ()
-
-    @property
-    def scaling_parameters(self) -> tuple[str, ...]:
-        """Parameters that :meth:`kaiming_rescale` scales."""
-        scaling: tuple[str, ...] | None = getattr(self, "_scaling_parameters", None)
-        return self.distribution_parameters if scaling is None else scaling
-
-    def get_parameters(self) -> tuple[Any, ...]:
-        """Values of :attr:`~Distribution.distribution_parameters`, in order."""
-        return tuple(getattr(self, name) for name in self.distribution_parameters)
-
-    def prior_log_prob(self, sample: Tensor, *hyperparameters: Any) -> Tensor:
-        """``log_prob`` with this prior's own parameters (plus required ones)."""
-        extra = as_parameter_tuple(*hyperparameters)
-        return self.log_prob(sample, (*self.get_parameters(), *extra))
-
     def kaiming_rescale(self, fan_in: int, eps: float = 1e-5) -> None:
-        """Scale the parameters like Kaiming initialisation (by ``1/sqrt(3 fan_in)``).
+        """Scale the prior like Kaiming initialisation (by ``1/sqrt(3 fan_in)``).
 
         ``log_`` parameters are shifted by ``log(scale + eps)`` instead. A second
         call warns and does nothing.
@@ -172,7 +225,58 @@ class Prior(Distribution):
             else:
                 setattr(self, name, value * scale)
 
-    def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
+    # ------------------------------------------------------------ initialisation
+    @staticmethod
+    def _init_constant(
+        parameter: Tensor, default: float, fan_in: int, is_log: bool, eps: float = 1e-5
+    ) -> None:
+        """``default`` times ``1/sqrt(fan_in)`` (``log_``: plus its log), in place."""
+        scale = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        value = default + math.log(scale + eps) if is_log else default * scale
+        with torch.no_grad():
+            init.constant_(parameter, value)
+
+    @staticmethod
+    def _init_uniform(parameter: Tensor, fan_in: int) -> None:
+        """In place, like a ``torch.nn`` weight (Kaiming uniform for matrices)."""
+        with torch.no_grad():
+            if parameter.dim() < 2:
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                init.uniform_(parameter, -bound, bound)
+            else:
+                init.kaiming_uniform_(parameter, a=math.sqrt(5))
+
+    def reset_variational_parameters(
+        self, module: Module, variable: str, fan_in: int, kaiming_scaling: bool = True
+    ) -> None:
+        """Re-initialise ``module``'s variational parameters of ``variable``.
+
+        Mean-like parameters (``mean``, ``mode``, ``loc``) are drawn like the
+        weights of a ``torch.nn`` layer; the others start at their default, with
+        ``kaiming_scaling`` times ``1/sqrt(fan_in)`` (``log_`` parameters:
+        plus ``log(1/sqrt(fan_in) + 1e-5)``). ``module`` is a
+        :class:`pyrolite_bnn.vi.VIModule` or any module exposing the parameters
+        under ``module.variational_parameter_name(variable, parameter)``.
+        """
+        tensors = variational_tensors(module, variable, self.distribution_parameters)
+        for tensor, name, default in zip(
+            tensors,
+            self.distribution_parameters,
+            self.default_parameters(),
+            strict=True,
+        ):
+            if name in _WEIGHT_LIKE:
+                self._init_uniform(tensor, fan_in)
+            elif kaiming_scaling:
+                self._init_constant(
+                    tensor, float(default), fan_in, name.startswith("log")
+                )
+            else:
+                with torch.no_grad():
+                    init.constant_(tensor, float(default))
+        store_variational_tensors(module, variable, tensors)
+
+    def reset_parameters_to_prior(self, module: Module, variable: str) -> None:
         """Set ``module``'s variational parameters of ``variable`` to the prior's.
 
         The base class does not support it and warns.
@@ -183,6 +287,17 @@ class Prior(Distribution):
             stacklevel=2,
         )
 
+    # ------------------------------------------------------------ predictive
+    def log_prob_from_samples(self, reference: Tensor, samples: Tensor) -> Tensor:
+        """``E_q[log p(reference | w)]`` estimated from model samples ``(S, B, ...)``.
+
+        The mean over samples of each sample's log-likelihood (the ELBO's data
+        term), not torch_blue's log-likelihood of the prediction made from all
+        samples (see the migration table).
+        """
+        return self.to_predictive().log_likelihood(samples, reference).mean(0)
+
+    # ------------------------------------------------------------ adapters
     def to_prior(self) -> BnnPrior:
         """This prior as a :class:`pyrolite_bnn.Prior` module (a copy).
 
@@ -193,117 +308,11 @@ class Prior(Distribution):
 
         return AdaptedPrior(self)
 
-
-class VariationalDistribution(Distribution):
-    """Interface of distributions usable as variational distribution.
-
-    Implement :attr:`~Distribution.distribution_parameters`,
-    ``_default_variational_parameters`` (one default per parameter),
-    :meth:`sample` (differentiable) and :meth:`~Distribution.log_prob`.
-    """
-
-    @property
-    @abstractmethod
-    def _default_variational_parameters(self) -> tuple[Any, ...]:
-        """Default value of every parameter."""
-
-    def default_parameters(self) -> tuple[Any, ...]:
-        """Default value of every parameter (public view)."""
-        return tuple(self._default_variational_parameters)
-
-    @abstractmethod
-    def sample(self, *parameters: Any) -> Tensor:
-        """A differentiable draw given the parameters (all of one shape)."""
-
-    def variational_log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
-        """Elementwise log density of ``sample`` under the variational parameters."""
-        return self.log_prob(sample, as_parameter_tuple(*parameters))
-
-    def initial_parameters(
-        self,
-        shape: Sequence[int],
-        fan_in: int,
-        kaiming_scaling: bool = True,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> tuple[Tensor, ...]:
-        """torch_blue's starting values of the parameters of a tensor of ``shape``.
-
-        Mean-like parameters (``mean``, ``mode``, ``loc``) are drawn like the
-        weights of a ``torch.nn`` layer (Kaiming uniform for matrices, uniform in
-        ``±1/sqrt(fan_in)`` for vectors). The others start at their default;
-        with ``kaiming_scaling`` multiplied by ``1/sqrt(fan_in)`` (``log_``
-        parameters: shifted by ``log(1/sqrt(fan_in) + 1e-5)``).
-        """
-        values = []
-        scale = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-        for name, default in zip(
-            self.distribution_parameters, self.default_parameters(), strict=True
-        ):
-            value = torch.empty(tuple(shape), device=device, dtype=dtype)
-            if name in _WEIGHT_LIKE:
-                if value.dim() < 2:
-                    init.uniform_(value, -scale, scale)
-                else:
-                    init.kaiming_uniform_(value, a=math.sqrt(5))
-            else:
-                start = float(default)
-                if kaiming_scaling:
-                    start = (
-                        start + math.log(scale + 1e-5)
-                        if name.startswith("log")
-                        else start * scale
-                    )
-                value.fill_(start)
-            values.append(value)
-        return tuple(values)
-
-    def reset_variational_parameters(
-        self, module: VIModule, variable: str, fan_in: int, kaiming_scaling: bool = True
-    ) -> None:
-        """Re-initialise ``module``'s parameters of ``variable`` (see above)."""
-        shape, like = module.variable_shape(variable)
-        module.set_variational_parameters(
-            variable,
-            self.initial_parameters(
-                shape, fan_in, kaiming_scaling, device=like.device, dtype=like.dtype
-            ),
-        )
-
     def to_variational(self) -> VariationalFamily:
         """This distribution as a :class:`pyrolite_bnn.VariationalFamily`."""
         from pyrolite_bnn.vi.distributions._adapters import AdaptedFamily
 
         return AdaptedFamily(self)
-
-
-class PredictiveDistribution(Distribution):
-    """Interface of distributions usable as predictive distribution (likelihood).
-
-    Implement :meth:`predictive_parameters_from_samples` and
-    :meth:`~Distribution.log_prob` (of a target given the parameters).
-    """
-
-    @abstractmethod
-    def predictive_parameters_from_samples(self, samples: Tensor) -> Any:
-        """The prediction (distribution parameters) from samples ``(S, *)``."""
-
-    def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:
-        """Log probability of ``reference`` under the predicted parameters."""
-        return self.log_prob(reference, parameters)
-
-    def log_prob_from_samples(self, reference: Tensor, samples: Tensor) -> Tensor:
-        """``E_q[log p(reference | w)]`` estimated from model samples ``(S, B, ...)``.
-
-        The mean over samples of each sample's log-likelihood (the ELBO's data
-        term), not torch_blue's log-likelihood of the averaged prediction.
-
-        Returns:
-            One value per example, ``(B,)``.
-        """
-        predictive = self.to_predictive()
-        return predictive.log_likelihood(samples, reference).mean(0)
 
     def to_predictive(self) -> BnnPredictive:
         """This distribution as a :class:`pyrolite_bnn.PredictiveDistribution`.
@@ -322,3 +331,154 @@ class PredictiveDistribution(Distribution):
         from pyrolite_bnn.vi.distributions._adapters import AdaptedPredictive
 
         return AdaptedPredictive(self)
+
+
+def _accepts(function: Callable[..., Any], count: int) -> bool:
+    """Whether ``function`` takes ``count`` positional arguments (or ``*args``)."""
+    parameters = inspect.signature(function).parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return True
+    return len(parameters) == count
+
+
+def variational_tensors(
+    module: Module, variable: str, names: Sequence[str]
+) -> list[Tensor]:
+    """Tensors to initialise the parameters ``names`` of ``variable`` in place.
+
+    A :class:`pyrolite_bnn.vi.VIModule` gets fresh tensors (its stored
+    parameters are transformed; :func:`store_variational_tensors` writes them);
+    another module (torch_blue's convention) gets its own attributes
+    ``module.variational_parameter_name(variable, name)``.
+    """
+    from pyrolite_bnn.vi.base import VIModule
+
+    if isinstance(module, VIModule):
+        shape, like = module.variable_shape(variable)
+        return [torch.empty(shape, device=like.device, dtype=like.dtype) for _ in names]
+    naming = getattr(module, "variational_parameter_name")  # noqa: B009
+    return [getattr(module, naming(variable, name)) for name in names]
+
+
+def store_variational_tensors(
+    module: Module, variable: str, tensors: Sequence[Tensor]
+) -> None:
+    """Write tensors from :func:`variational_tensors` back (no-op for in-place ones)."""
+    from pyrolite_bnn.vi.base import VIModule
+
+    if isinstance(module, VIModule):
+        module.set_variational_parameters(variable, tensors)
+
+
+def assign_variational_parameters(
+    module: Module, variable: str, values: Mapping[str, Any]
+) -> None:
+    """Fill the named variational parameters of ``variable`` with constants.
+
+    Parameters not in ``values`` keep their current values.
+    """
+    from pyrolite_bnn.vi.base import VIModule
+
+    if isinstance(module, VIModule):
+        family = module.variational_distribution[variable]
+        assert family is not None
+        current = module.get_variational_parameters(variable)
+        names = family.distribution_parameters
+        module.set_variational_parameters(
+            variable,
+            [
+                torch.full_like(c, float(values[n])) if n in values else c.detach()
+                for n, c in zip(names, current, strict=True)
+            ],
+        )
+        return
+    naming = getattr(module, "variational_parameter_name")  # noqa: B009
+    with torch.no_grad():
+        for name, value in values.items():
+            init.constant_(getattr(module, naming(variable, name)), float(value))
+
+
+def sample_function(distribution: Distribution) -> Callable[[tuple[Any, ...]], Tensor]:
+    """``parameters -> draw`` for either convention (1.1.0 takes one tuple)."""
+    if isinstance(distribution, VariationalDistribution):
+        return distribution.sample
+    return lambda parameters: distribution.sample(*parameters)  # type: ignore[attr-defined]
+
+
+def variational_log_prob_function(
+    distribution: Distribution,
+) -> Callable[[Tensor, tuple[Any, ...]], Tensor]:
+    """``(value, parameters) -> elementwise log q`` for either convention."""
+    method = distribution.variational_log_prob  # type: ignore[attr-defined]
+    return lambda value, parameters: method(value, *parameters)
+
+
+class _RoleInterface(Distribution):
+    """torch_blue 1.1.0's interfaces: one ``log_prob(sample, parameters)``."""
+
+    @abstractmethod
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
+        """Elementwise log density of ``sample`` given the parameters.
+
+        The parameters come as one tuple (torch_blue 1.1.0) or one by one (its
+        dev branch); built-in distributions accept both.
+        """
+
+
+class Prior(_RoleInterface):
+    """Interface of distributions usable as prior (torch_blue 1.1.0).
+
+    Implement :attr:`~Distribution.distribution_parameters` (each stored as an
+    attribute of the same name) and :meth:`log_prob`. Hierarchical priors name
+    the variational parameters they need in ``_required_parameters``; they are
+    appended to the parameters passed to ``log_prob``.
+    """
+
+    is_prior = True
+
+    def prior_log_prob(self, sample: Tensor, *hyperparameters: Any) -> Tensor:
+        """``log_prob`` with this prior's own parameters (plus required ones)."""
+        extra = as_parameter_tuple(*hyperparameters)
+        return self.log_prob(sample, (*self.get_parameters(), *extra))
+
+
+class VariationalDistribution(_RoleInterface):
+    """Interface of distributions usable as variational distribution (1.1.0).
+
+    Implement :attr:`~Distribution.distribution_parameters`,
+    ``_default_variational_parameters`` (one default per parameter),
+    :meth:`sample` (differentiable) and :meth:`log_prob`.
+    """
+
+    is_variational_distribution = True
+
+    @property
+    @abstractmethod
+    def _default_variational_parameters(self) -> tuple[Any, ...]:
+        """Default value of every parameter."""
+
+    @abstractmethod
+    def sample(self, *parameters: Any) -> Tensor:
+        """A differentiable draw given the parameters (all of one shape)."""
+
+    def variational_log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
+        """Elementwise log density of ``sample`` under the variational parameters."""
+        return self.log_prob(sample, as_parameter_tuple(*parameters))
+
+
+class PredictiveDistribution(_RoleInterface):
+    """Interface of distributions usable as predictive distribution (likelihood).
+
+    Implement :meth:`predictive_parameters_from_samples` and
+    :meth:`~Distribution.log_prob` (of a target given the parameters).
+    """
+
+    is_predictive_distribution = True
+
+    @abstractmethod
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Any:
+        """The prediction (distribution parameters) from samples ``(S, *)``."""
+
+    def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:
+        """Log probability of ``reference`` under the predicted parameters."""
+        return self.log_prob(reference, parameters)

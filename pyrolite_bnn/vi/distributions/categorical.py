@@ -13,7 +13,10 @@ from pyrolite_bnn.distributions.predictive import Categorical as BnnCategorical
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
-from pyrolite_bnn.vi.distributions.base import PredictiveDistribution
+from pyrolite_bnn.vi.distributions.base import (
+    PredictiveDistribution,
+    as_parameter_tuple,
+)
 
 __all__ = ["Categorical"]
 
@@ -78,8 +81,21 @@ class Categorical(PredictiveDistribution):
 
     def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
         """``log(probs[label] + eps)`` for integer labels ``sample``."""
-        probs = parameters[0] if isinstance(parameters, (tuple, list)) else parameters
-        log_pmf = torch.log(probs + self.eps)
+        return self.log_prob_from_parameters(sample, parameters[0])
+
+    def log_prob_from_parameters(
+        self, reference: Tensor, parameters: Any, eps: float | None = None
+    ) -> Tensor:
+        """``log(probs[label] + eps)`` of integer labels ``reference`` ``(B,)``.
+
+        Args:
+            reference: labels.
+            parameters: class probabilities ``(B, C)`` (or a one-element tuple).
+            eps: added to the probabilities (default: the object's ``eps``).
+        """
+        sample = reference
+        probs = as_parameter_tuple(parameters)[0]
+        log_pmf = torch.log(probs + (self.eps if eps is None else eps))
         value = sample.long().unsqueeze(-1)
         value = value.expand(*log_pmf.shape[:-1], 1)
         result: Tensor = log_pmf.gather(-1, value).squeeze(-1)

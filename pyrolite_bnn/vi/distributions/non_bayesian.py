@@ -7,7 +7,7 @@ from typing import Any
 
 import pyro.distributions as dist
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyrolite_bnn.distributions.predictive import Normal as BnnNormal
 from pyrolite_bnn.distributions.predictive import (
@@ -28,32 +28,6 @@ __all__ = ["NonBayesian", "UniformPrior"]
 _LOSS_TYPES = ("MSE", "L2", "MAE", "L1")
 
 
-class UniformPrior(Prior):
-    """Improper flat prior: every weight value equally likely (``log p = 0``).
-
-    Becomes :class:`~pyrolite_bnn.vi.distributions._adapters.FlatPrior`; the KL
-    from a mean-field Normal posterior is then minus its entropy.
-
-    Example:
-        >>> import torch
-        >>> from pyrolite_bnn import vi
-        >>> vi.distributions.UniformPrior().log_prob(torch.ones(3), (None,))
-        tensor([0., 0., 0.])
-    """
-
-    distribution_parameters = ("mean",)
-    mean = None
-    _scaling_parameters = ()
-
-    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
-        """Zeros of the sample's shape."""
-        return torch.zeros_like(sample)
-
-    def to_prior(self) -> BnnPrior:
-        """:class:`FlatPrior`."""
-        return FlatPrior()
-
-
 class _Laplace(BnnPredictive):
     """Unit-scale Laplace likelihood: ``-log p = |y - output| + log 2`` (L1 loss)."""
 
@@ -64,10 +38,10 @@ class _Laplace(BnnPredictive):
         return result
 
 
-class NonBayesian(UniformPrior, VariationalDistribution, PredictiveDistribution):
+class NonBayesian(Prior, VariationalDistribution, PredictiveDistribution):
     """Non-Bayesian switch: fixed weights, flat prior, plain loss.
 
-    * prior: :class:`UniformPrior`;
+    * prior: improper flat (``log p = 0``, :class:`FlatPrior`);
     * variational: :class:`pyrolite_bnn.PointMass` (the weight is a learned
       value; with a flat prior the KL term is exactly zero);
     * predictive: ``loss_type="MSE"``/``"L2"`` is a Normal likelihood with
@@ -84,12 +58,32 @@ class NonBayesian(UniformPrior, VariationalDistribution, PredictiveDistribution)
         Normal(scale=0.707107)
     """
 
+    distribution_parameters = ("mean",)
+    mean = None
+    _scaling_parameters = ()
     _default_variational_parameters = (0.0,)
 
     def __init__(self, loss_type: str | None = None) -> None:
         if loss_type is not None and loss_type not in _LOSS_TYPES:
             raise ValueError(f"Unsupported loss type: {loss_type}")
         self.loss_type = loss_type
+        self.loss: nn.Module | None = None
+        if loss_type in ("MSE", "L2"):
+            self.loss = nn.MSELoss()
+        elif loss_type in ("MAE", "L1"):
+            self.loss = nn.L1Loss()
+
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
+        """Zeros of the sample's shape (flat prior, fixed weights)."""
+        return torch.zeros_like(sample)
+
+    def prior_log_prob(self, sample: Tensor, *hyperparameters: Any) -> Tensor:
+        """A single zero, torch_blue's shape ``(1,)``: all values equally likely."""
+        return sample.new_zeros(1)
+
+    def to_prior(self) -> BnnPrior:
+        """:class:`FlatPrior`."""
+        return FlatPrior()
 
     def sample(self, *parameters: Any) -> Tensor:
         """The fixed value itself."""
@@ -102,15 +96,20 @@ class NonBayesian(UniformPrior, VariationalDistribution, PredictiveDistribution)
 
     def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:
         """Minus the chosen loss (mean over elements) of the prediction."""
-        prediction = as_parameter_tuple(*parameters)[0]
-        if self.loss_type is None:
+        prediction = as_parameter_tuple(parameters)[0]
+        if self.loss is None:
             raise ValueError("loss_type must be set during initialization")
-        error = prediction - reference
-        if self.loss_type in ("MSE", "L2"):
-            squared: Tensor = -(error**2).mean()
-            return squared
-        absolute: Tensor = -error.abs().mean()
-        return absolute
+        value: Tensor = -self.loss(prediction, reference)
+        return value
+
+    def log_prob_from_samples(self, reference: Tensor, samples: Tensor) -> Tensor:
+        """Minus the loss, averaged over samples ``(S, B, ...)`` (a scalar).
+
+        Each sample is one prediction: the mean over samples of their losses
+        (the ELBO's data term), not the loss of the mean prediction.
+        """
+        reference = reference.expand_as(samples)
+        return self.log_prob_from_parameters(reference, samples)
 
     def to_variational(self) -> VariationalFamily:
         """:class:`pyrolite_bnn.PointMass`."""
@@ -123,3 +122,21 @@ class NonBayesian(UniformPrior, VariationalDistribution, PredictiveDistribution)
         if self.loss_type in ("MSE", "L2"):
             return BnnNormal(scale=math.sqrt(0.5))
         return _Laplace()
+
+
+class UniformPrior(NonBayesian):
+    """Improper flat prior: every weight value equally likely (``log p = 0``).
+
+    :class:`NonBayesian` with only the prior role (torch_blue's dev branch);
+    it becomes :class:`FlatPrior`, so the KL from a mean-field Normal posterior
+    is minus its entropy.
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> vi.distributions.UniformPrior().prior_log_prob(torch.ones(3))
+        tensor([0.])
+    """
+
+    is_variational_distribution = False
+    is_predictive_distribution = False

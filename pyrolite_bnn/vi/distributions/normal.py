@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn import Module
 
 from pyrolite_bnn.distributions.predictive import Normal as BnnNormal
 from pyrolite_bnn.distributions.predictive import (
@@ -21,11 +22,9 @@ from pyrolite_bnn.vi.distributions.base import (
     Prior,
     VariationalDistribution,
     as_parameter_tuple,
+    assign_variational_parameters,
 )
 from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
-
-if TYPE_CHECKING:
-    from pyrolite_bnn.vi.base import VIModule
 
 __all__ = ["MeanFieldNormal"]
 
@@ -94,23 +93,19 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
     def sample(self, *parameters: Any) -> Tensor:
         """``mean + exp(log_std) * N(0, 1)`` (differentiable)."""
         mean, log_std = as_parameter_tuple(*parameters)
-        draw: Tensor = mean + torch.exp(log_std) * torch.randn_like(mean)
-        return draw
+        return self._normal_sample(mean, torch.exp(log_std))
 
-    def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
-        """Set the variable's variational mean and std to this prior's."""
-        shape, like = module.variable_shape(variable)
-        module.set_variational_parameters(
-            variable,
-            (
-                torch.full(
-                    shape, float(self.mean), device=like.device, dtype=like.dtype
-                ),
-                torch.full(
-                    shape, float(self.log_std), device=like.device, dtype=like.dtype
-                ),
-            ),
+    def reset_parameters_to_prior(self, module: Module, variable: str) -> None:
+        """Set the variable's variational ``mean`` and ``log_std`` to this prior's."""
+        assign_variational_parameters(
+            module, variable, {"mean": self.mean, "log_std": self.log_std}
         )
+
+    @staticmethod
+    def _normal_sample(mean: Tensor, std: Tensor) -> Tensor:
+        """``mean + std * N(0, 1)`` (torch_blue's helper)."""
+        draw: Tensor = mean + std * torch.randn_like(mean)
+        return draw
 
     def predictive_parameters_from_samples(
         self, samples: Tensor

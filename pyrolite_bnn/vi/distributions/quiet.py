@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn import Module
 
-from pyrolite_bnn.vi.distributions.base import Prior, as_parameter_tuple
+from pyrolite_bnn.vi.distributions.base import (
+    Prior,
+    as_parameter_tuple,
+    store_variational_tensors,
+    variational_tensors,
+)
 from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
-
-if TYPE_CHECKING:
-    from pyrolite_bnn.vi.base import VIModule
 
 __all__ = ["BasicQuietPrior"]
 
@@ -39,7 +42,7 @@ class BasicQuietPrior(Prior):
 
     distribution_parameters = ("mean", "log_std")
     _required_parameters = ("mean",)
-    _scaling_parameters = ("mean_mean", "mean_std")
+    _scaling_parameters = ("mean_mean", "mean_std", "eps")
 
     def __init__(
         self,
@@ -73,10 +76,10 @@ class BasicQuietPrior(Prior):
         result: Tensor = value
         return result
 
-    def reset_parameters_to_prior(self, module: VIModule, variable: str) -> None:
+    def reset_parameters_to_prior(self, module: Module, variable: str) -> None:
         """Draw means from ``N(mm, ms^2)``, stds ``r |mean|``."""
-        shape, like = module.variable_shape(variable)
-        mean = torch.randn(shape, device=like.device, dtype=like.dtype)
-        mean = mean * self.mean_std.to(like) + self.mean_mean.to(like)
-        log_std = torch.log(self._std_ratio * mean.abs())
-        module.set_variational_parameters(variable, (mean, log_std))
+        mean, log_std = variational_tensors(module, variable, ("mean", "log_std"))
+        with torch.no_grad():
+            mean.normal_(float(self.mean_mean), float(self.mean_std))
+            log_std.copy_(torch.log(self._std_ratio * mean.abs()))
+        store_variational_tensors(module, variable, (mean, log_std))

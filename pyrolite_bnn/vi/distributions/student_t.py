@@ -73,7 +73,11 @@ class MeanFieldStudentT(VariationalDistribution):
     def sample(self, *parameters: Any) -> Tensor:
         """``mean + exp(log_scale) * t_df`` (differentiable in mean and scale)."""
         mean, log_scale = as_parameter_tuple(*parameters)
+        return self._student_t_sample(mean, torch.exp(log_scale))
+
+    def _student_t_sample(self, mean: Tensor, scale: Tensor) -> Tensor:
+        """``mean + scale * t_df`` (torch_blue's helper)."""
         df = self.degrees_of_freedom.to(mean)
         base = torch.distributions.StudentT(df).sample(mean.shape)
-        draw: Tensor = mean + torch.exp(log_scale) * base
+        draw: Tensor = mean + scale * base
         return draw

@@ -1,0 +1,374 @@
+"""torch_blue's attention and transformer layers, with its signatures.
+
+Each class is the :mod:`pyrolite_bnn` layer of the same name
+(:class:`pyrolite_bnn.VIMultiheadAttention`, ``VITransformer*``) taking
+torch_blue's arguments: no ``dropout`` (torch_blue has none), the
+``variational_distribution``/``prior`` objects of :mod:`pyrolite_bnn.vi.distributions`,
+``return_log_probs``. Like the library's sequence layers they need
+``batch_first=True`` (torch_blue's default for all but ``VITransformer``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyrolite_bnn.layers.attention import VIMultiheadAttention as BnnAttention
+from pyrolite_bnn.layers.transformer import VITransformer as BnnTransformer
+from pyrolite_bnn.layers.transformer import (
+    VITransformerDecoder as BnnDecoder,
+)
+from pyrolite_bnn.layers.transformer import (
+    VITransformerDecoderLayer as BnnDecoderLayer,
+)
+from pyrolite_bnn.layers.transformer import (
+    VITransformerEncoder as BnnEncoder,
+)
+from pyrolite_bnn.layers.transformer import (
+    VITransformerEncoderLayer as BnnEncoderLayer,
+)
+from pyrolite_bnn.vi.base import VariableSpecs, VIModule
+from pyrolite_bnn.vi.linear import VILinear
+
+__all__ = [
+    "VIMultiheadAttention",
+    "VITransformer",
+    "VITransformerDecoder",
+    "VITransformerDecoderLayer",
+    "VITransformerEncoder",
+    "VITransformerEncoderLayer",
+]
+
+
+def _bnn_options(variational_distribution: Any, prior: Any) -> dict[str, Any]:
+    """One prior and one variational family for every weight of a composite layer."""
+    specs = VariableSpecs(
+        {"weight": (1,)}, variational_distribution, prior, False, True, False
+    )
+    return {
+        "prior": specs.bnn_priors()["weight"],
+        "variational": specs.bnn_families()["weight"],
+    }
+
+
+class VIMultiheadAttention(BnnAttention, VIModule):
+    """Bayesian multi-head attention with torch_blue's arguments.
+
+    Random variables (torch_blue's names, ``None`` when absent):
+    ``in_proj_weight`` or ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``,
+    ``in_proj_bias``, ``bias_k``, ``bias_v``; the output projection is the
+    :class:`~pyrolite_bnn.vi.VILinear` submodule ``out_proj`` (torch_blue: the
+    variables ``out_proj_weight``/``out_proj_bias``). The computation is
+    :class:`pyrolite_bnn.VIMultiheadAttention`'s (scaled-dot-product attention
+    when no weights are requested).
+
+    Args:
+        embed_dim: model dimension.
+        num_heads: number of heads (must divide ``embed_dim``).
+        bias: input and output projection biases.
+        add_bias_kv: learned biases appended to key and value sequences.
+        add_zero_attn: a zero position appended to key and value.
+        kdim: key dimension (default ``embed_dim``).
+        vdim: value dimension (default ``embed_dim``).
+        batch_first: must be ``True``.
+        variational_distribution: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        prior: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        kaiming_initialization: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        prior_initialization: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        rescale_prior: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        return_log_probs: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> attention = vi.VIMultiheadAttention(8, 2)
+        >>> attention.random_variables
+        ('in_proj_weight', 'q_proj_weight', 'k_proj_weight', 'v_proj_weight', \
+'in_proj_bias', 'bias_k', 'bias_v')
+        >>> x = torch.randn(3, 5, 8)
+        >>> out, weights = attention(x, x, x, samples=4)
+        >>> out.shape, weights.shape
+        (torch.Size([4, 3, 5, 8]), torch.Size([4, 3, 5, 5]))
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = True,
+        variational_distribution: Any = None,
+        prior: Any = None,
+        kaiming_initialization: bool = True,
+        prior_initialization: bool = False,
+        rescale_prior: bool = False,
+        return_log_probs: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if num_heads <= 0 or embed_dim % num_heads:
+            raise AssertionError("embed_dim must be divisible by num_heads")
+        same = (kdim in (None, embed_dim)) and (vdim in (None, embed_dim))
+        d = embed_dim
+        shapes: dict[str, tuple[int, ...] | None] = {
+            "in_proj_weight": (3 * d, d) if same else None,
+            "q_proj_weight": None if same else (d, d),
+            "k_proj_weight": None if same else (d, kdim or d),
+            "v_proj_weight": None if same else (d, vdim or d),
+            "in_proj_bias": (3 * d,) if bias else None,
+            "bias_k": (1, 1, d) if add_bias_kv else None,
+            "bias_v": (1, 1, d) if add_bias_kv else None,
+        }
+        options = (
+            variational_distribution,
+            prior,
+            rescale_prior,
+            kaiming_initialization,
+            prior_initialization,
+        )
+        specs = VariableSpecs(shapes, *options)
+        super().__init__(
+            embed_dim,
+            num_heads,
+            0.0,
+            bias,
+            add_bias_kv,
+            add_zero_attn,
+            kdim,
+            vdim,
+            batch_first,
+            prior=specs.bnn_priors(),
+            variational=specs.bnn_families(),
+            device=device,
+            dtype=dtype,
+        )
+        self.bias = bias
+        self.out_proj = VILinear(
+            embed_dim,
+            embed_dim,
+            variational_distribution,
+            prior,
+            bias,
+            rescale_prior,
+            kaiming_initialization,
+            prior_initialization,
+            device=device,
+            dtype=dtype,
+            estimator="reparam",
+        )
+        self.adopt_specs(specs)
+        self.return_log_probs = return_log_probs
+
+
+class VITransformerEncoderLayer(BnnEncoderLayer, VIModule):
+    """Bayesian transformer encoder layer with torch_blue's arguments.
+
+    :class:`pyrolite_bnn.VITransformerEncoderLayer` without dropout (as in
+    torch_blue); one ``variational_distribution`` and one ``prior`` for every
+    weight, the library's torch-like initialisation (``kaiming_initialization``,
+    ``prior_initialization`` and ``rescale_prior`` are accepted and ignored).
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> layer = vi.VITransformerEncoderLayer(8, 2, dim_feedforward=16)
+        >>> layer(torch.randn(3, 5, 8), samples=2).shape
+        torch.Size([2, 3, 5, 8])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 512,
+        activation: Any = None,
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = True,
+        norm_first: bool = False,
+        bias: bool = True,
+        variational_distribution: Any = None,
+        prior: Any = None,
+        rescale_prior: bool = True,
+        kaiming_initialization: bool = True,
+        prior_initialization: bool = False,
+        return_log_probs: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            d_model,
+            nhead,
+            dim_feedforward,
+            0.0,
+            nn.ReLU() if activation is None else activation,
+            layer_norm_eps,
+            batch_first,
+            norm_first,
+            bias,
+            **_bnn_options(variational_distribution, prior),
+            device=device,
+            dtype=dtype,
+        )
+        self.return_log_probs = return_log_probs
+
+
+class VITransformerDecoderLayer(BnnDecoderLayer, VIModule):
+    """Bayesian transformer decoder layer with torch_blue's arguments.
+
+    See :class:`VITransformerEncoderLayer` (note torch_blue's order:
+    ``norm_first`` before ``batch_first``).
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> layer = vi.VITransformerDecoderLayer(8, 2, dim_feedforward=16)
+        >>> layer(torch.randn(3, 5, 8), torch.randn(3, 4, 8), samples=2).shape
+        torch.Size([2, 3, 5, 8])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 512,
+        activation: Any = None,
+        layer_norm_eps: float = 1e-5,
+        norm_first: bool = False,
+        batch_first: bool = True,
+        bias: bool = True,
+        variational_distribution: Any = None,
+        prior: Any = None,
+        rescale_prior: bool = True,
+        kaiming_initialization: bool = True,
+        prior_initialization: bool = False,
+        return_log_probs: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            d_model,
+            nhead,
+            dim_feedforward,
+            0.0,
+            nn.ReLU() if activation is None else activation,
+            layer_norm_eps,
+            batch_first,
+            norm_first,
+            bias,
+            **_bnn_options(variational_distribution, prior),
+            device=device,
+            dtype=dtype,
+        )
+        self.return_log_probs = return_log_probs
+
+
+class VITransformerEncoder(BnnEncoder, VIModule):
+    """``num_layers`` copies of an encoder layer (torch_blue's arguments).
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> layer = vi.VITransformerEncoderLayer(8, 2, dim_feedforward=16)
+        >>> vi.VITransformerEncoder(layer, 2)(torch.randn(3, 5, 8), samples=2).shape
+        torch.Size([2, 3, 5, 8])
+    """
+
+    def __init__(
+        self,
+        encoder_layer: nn.Module,
+        num_layers: int,
+        norm: nn.Module | None = None,
+        return_log_probs: bool = True,
+    ) -> None:
+        super().__init__(encoder_layer, num_layers, norm)
+        self.return_log_probs = return_log_probs
+
+
+class VITransformerDecoder(BnnDecoder, VIModule):
+    """``num_layers`` copies of a decoder layer (torch_blue's arguments).
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> layer = vi.VITransformerDecoderLayer(8, 2, dim_feedforward=16)
+        >>> decoder = vi.VITransformerDecoder(layer, 2)
+        >>> decoder(torch.randn(3, 5, 8), torch.randn(3, 4, 8), samples=2).shape
+        torch.Size([2, 3, 5, 8])
+    """
+
+    def __init__(
+        self,
+        decoder_layer: nn.Module,
+        num_layers: int,
+        norm: nn.Module | None = None,
+        return_log_probs: bool = True,
+    ) -> None:
+        super().__init__(decoder_layer, num_layers, norm)
+        self.return_log_probs = return_log_probs
+
+
+class VITransformer(BnnTransformer, VIModule):
+    """Bayesian encoder-decoder transformer with torch_blue's arguments.
+
+    torch_blue's defaults (``d_model=32``, one head, one layer each,
+    ``dim_feedforward=256``), except ``batch_first=True`` (the only layout
+    the library's sequence layers take).
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> model = vi.VITransformer(d_model=8, nhead=2, dim_feedforward=16)
+        >>> model(torch.randn(3, 5, 8), torch.randn(3, 4, 8), samples=2).shape
+        torch.Size([2, 3, 4, 8])
+    """
+
+    def __init__(
+        self,
+        d_model: int = 32,
+        nhead: int = 1,
+        num_encoder_layers: int = 1,
+        num_decoder_layers: int = 1,
+        dim_feedforward: int = 256,
+        activation: Any = None,
+        custom_encoder: Any | None = None,
+        custom_decoder: Any | None = None,
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = True,
+        norm_first: bool = False,
+        bias: bool = True,
+        variational_distribution: Any = None,
+        prior: Any = None,
+        rescale_prior: bool = True,
+        kaiming_initialization: bool = True,
+        prior_initialization: bool = False,
+        return_log_probs: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            d_model,
+            nhead,
+            num_encoder_layers,
+            num_decoder_layers,
+            dim_feedforward,
+            0.0,
+            nn.ReLU() if activation is None else activation,
+            custom_encoder,
+            custom_decoder,
+            layer_norm_eps,
+            batch_first,
+            norm_first,
+            bias,
+            **_bnn_options(variational_distribution, prior),
+            device=device,
+            dtype=dtype,
+        )
+        self.return_log_probs = return_log_probs
