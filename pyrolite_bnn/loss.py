@@ -13,6 +13,7 @@ from pyro.poutine.runtime import effectful, get_mask
 from torch import Tensor, nn
 
 from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import prepare, run_sites
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._particles import particle_plate
@@ -250,7 +251,7 @@ class KullbackLeiblerLoss(nn.Module):
 
     def model_loss(
         self,
-        model: VIModule,
+        model: nn.Module,
         x: Tensor | tuple[Any, ...],
         target: Tensor,
         *,
@@ -266,7 +267,7 @@ class KullbackLeiblerLoss(nn.Module):
         ``self(model(x, samples=samples), target)``.
 
         Args:
-            model: the network.
+            model: the network (or its ``DistributedDataParallel`` wrapper).
             x: its input, or a tuple of positional inputs.
             target: targets ``(B, ...)``.
             samples: particle count (default ``model.samples``).
@@ -282,6 +283,7 @@ class KullbackLeiblerLoss(nn.Module):
             >>> loss_fn.model_loss(net, x, y).shape
             torch.Size([])
         """
+        model = unwrap(model)
         if not isinstance(model, VIModule):
             raise TypeError(
                 f"model_loss needs a bnn.VIModule, got {type(model).__name__}"

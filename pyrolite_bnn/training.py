@@ -457,7 +457,7 @@ def fit(
     synced = {id(p) for p in model.parameters()} if ranks.distributed else set()
     unsynced = [p for p in guard.params if ranks.distributed and id(p) not in synced]
     train_loader = ranks.shard(train_loader, "train_loader")
-    progress = Progress(progress and ranks.main, epochs, train_loader)
+    display = Progress(progress and ranks.main, epochs, train_loader)
     history = History()
     stopping = _EarlyStopping(early_stopping_patience)
     was_training = model.training
@@ -469,7 +469,7 @@ def fit(
                 )
             set_epoch(train_loader, epoch)
             model.train()
-            progress.begin(epoch)
+            display.begin(epoch)
             try:
                 means = _train_epoch(
                     epoch,
@@ -480,10 +480,10 @@ def fit(
                     guard,
                     unsynced,
                     clip_grad_norm,
-                    progress,
+                    display,
                 )
             finally:
-                progress.close()
+                display.close()
             history.loss.append(means.loss)
             history.nll.append(means.nll)
             history.kl.append(means.kl)
@@ -496,7 +496,7 @@ def fit(
                 shown["val_loss"] = val_loss
                 stopping.update(epoch, val_loss, history, model, loss_fn)
             history.epochs_run = epoch + 1
-            progress.end(epoch, shown, loss_fn.heat)
+            display.end(epoch, shown, loss_fn.heat)
             if checkpoint_path is not None and ranks.main:
                 save_checkpoint(
                     checkpoint_path,
