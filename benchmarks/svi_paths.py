@@ -5,9 +5,13 @@
 2. ``pyro.infer.SVI`` on ``loss_fn.pyro_model(model)`` and ``model.guide`` with
    ``Trace_ELBO`` / ``TraceMeanField_ELBO``,
 3. the same with Pyro's compiled ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``
-   (reported as failed where they cannot run).
+   (reported as failed where they cannot run),
+4. the same with ``bnn.Trace_ELBO`` / ``bnn.TraceMeanField_ELBO`` (Pyro's ELBOs
+   computed through the PyTorch-style path), with their ratio to route 1.
 
-    python benchmarks/svi_paths.py --workload tiny --samples 10
+All in one run, ``estimator="reparam"`` on every route, 1 thread, medians.
+
+    python benchmarks/svi_paths.py --workload mlp --samples 10
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
         TraceMeanField_ELBO,
         JitTrace_ELBO,
         JitTraceMeanField_ELBO,
+        bnn.Trace_ELBO,
+        bnn.TraceMeanField_ELBO,
     ):
         svi = SVI(
             loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({"lr": 1e-3}), elbo()
@@ -81,16 +87,22 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # jit tracer warnings
-                results[f"SVI {elbo.__name__}"] = median_ms(
-                    svi_step, args.repeats, args.warmup
-                )
+                results[_label(elbo)] = median_ms(svi_step, args.repeats, args.warmup)
         except Exception as error:  # report, don't hide, what cannot run
-            results[f"SVI {elbo.__name__}"] = f"failed: {type(error).__name__}: {error}"
+            results[_label(elbo)] = f"failed: {type(error).__name__}: {error}"
     print(f"{args.workload}, S={args.samples}, B={batch}, CPU, 1 thread")
+    reference = results["pytorch loop"]
     for name, value in results.items():
-        shown = f"{value:8.2f} ms" if isinstance(value, float) else value
-        print(f"  {name:32} {shown}")
+        shown = value
+        if isinstance(value, float) and isinstance(reference, float):
+            shown = f"{value:8.2f} ms  {value / reference:5.2f}x"
+        print(f"  {name:36} {shown}")
     return results
+
+
+def _label(elbo: type) -> str:
+    package = "bnn" if elbo.__module__.startswith("pyrolite_bnn") else "pyro"
+    return f"SVI {package}.{elbo.__name__}"
 
 
 if __name__ == "__main__":

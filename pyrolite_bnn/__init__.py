@@ -36,6 +36,7 @@ from pyrolite_bnn.distributions import (
     StudentTPrior,
     VariationalFamily,
 )
+from pyrolite_bnn.elbo import Trace_ELBO, TraceMeanField_ELBO
 from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.layers import (
@@ -91,6 +92,8 @@ __all__ = [
     "ScaleMixtureNormalPrior",
     "StudentT",
     "StudentTPrior",
+    "TraceMeanField_ELBO",
+    "Trace_ELBO",
     "VIConv1d",
     "VIConv2d",
     "VIConv3d",
