@@ -329,13 +329,15 @@ def _normal_mc(drawn: Tensor, moments: NormalMoments, p: Any) -> Tensor:
     with torch.no_grad():
         eps = (drawn - loc.detach()) / scale.detach()
         eps_sum, eps_squares = eps.sum(0), eps.square().sum(0)
-    offset = loc - base.loc
+    prior_loc: Tensor = base.loc
+    prior_scale: Tensor = base.scale
+    offset = loc - prior_loc
     quadratic = (
         samples * offset.square()
         + 2 * offset * scale * eps_sum
         + scale.square() * eps_squares
-    ) / base.scale.square()
-    log_s = base.scale.log().expand(loc.shape).sum()
+    ) / prior_scale.square()
+    log_s = prior_scale.log().expand(loc.shape).sum()
     return 0.5 * (quadratic.sum() - eps_squares.sum()) / samples - (
         scale.log().sum() - log_s
     )

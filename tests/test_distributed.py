@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
@@ -228,6 +228,39 @@ def test_fit_on_two_ranks_ends_identical_with_one_checkpoint(
     assert ranks[1]["progress"] == ""
 
 
+class _RecordingSampler(DistributedSampler[Any]):
+    """A user's DistributedSampler that records the epochs it is told."""
+
+    def __init__(self, dataset: TensorDataset) -> None:
+        super().__init__(dataset, shuffle=True)
+        self.seen: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.seen.append(epoch)
+        super().set_epoch(epoch)
+
+
+def _sampler(rank: int, folder: Path) -> dict[str, Any]:
+    data = TensorDataset(*_data())
+    sampler = _RecordingSampler(data)
+    loader = DataLoader(data, batch_size=8, sampler=sampler)
+    fit(
+        DistributedDataParallel(_net()),
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N),
+        loader,
+        epochs=2,
+        progress=False,
+    )
+    return {"seen": sampler.seen}
+
+
+def test_fit_keeps_the_users_sampler_and_sets_its_epoch(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for rank in ranks:
+        assert rank["sampler"]["seen"] == [0, 1]
+
+
 # ------------------------------------------------- early stopping, NaN guard
 def _early_stopping(rank: int, folder: Path) -> dict[str, Any]:
     torch.manual_seed(0)
@@ -356,6 +389,7 @@ def test_ddp_example_runs_as_under_torchrun(ranks: list[dict[str, Any]]) -> None
 _SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
     "gradients": _gradients,
     "fit": _fit,
+    "sampler": _sampler,
     "early_stopping": _early_stopping,
     "nan_guard": _nan_guard,
 }
