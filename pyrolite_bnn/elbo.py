@@ -43,6 +43,7 @@ from pyro.poutine.runtime import effectful
 from torch import Tensor
 from torch.distributions import constraints
 
+from pyrolite_bnn._draws import keeping_noise_sums
 from pyrolite_bnn._forward import prepare, pytorch_run
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.guides import check_pyro_call
@@ -83,7 +84,7 @@ def _fast_loss(
     check_pyro_call()  # the same refusals as the model's own run
     count = network.samples if samples is None else samples
     state, device = prepare(network, (x,), {}, count)
-    with local_params():
+    with local_params(), keeping_noise_sums():
         output = pytorch_run(network, state, device, (x,), {})
     log_lik, kl_term = loss_fn.terms(output, y, kl=kl)
     loss = loss_fn.combine(log_lik, kl_term, output.shape)

@@ -242,9 +242,13 @@ class LayerRecord(ForwardRecord):
                 p = variable.module.prior_distribution(variable.name)
                 term = self._choose(variable.site, mode, q, p)
                 if term is None and moments is not None and _is_normal(p):
-                    with torch.no_grad():  # only the draws' noise is needed
-                        noise = self._value(index)
-                    term = _normal_mc(noise, moments, p)
+                    sums = self.draws.noise_sums[index]
+                    if sums is None:
+                        with torch.no_grad():  # only the draws' noise is needed
+                            drawn = self._value(index)
+                            eps = (drawn - moments.loc) / moments.scale
+                            sums = (eps.sum(0), eps.square().sum(0))
+                    term = _normal_mc(sums, moments, p, self.samples)
                 if term is None:
                     drawn = self._value(index)
                     # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
@@ -306,7 +310,9 @@ def _is_normal(p: Any) -> bool:
     return type(base) in (Normal, dist.Normal)
 
 
-def _normal_mc(drawn: Tensor, moments: NormalMoments, p: Any) -> Tensor:
+def _normal_mc(
+    noise_sums: tuple[Tensor, Tensor], moments: NormalMoments, p: Any, samples: int
+) -> Tensor:
     """Monte-Carlo KL of draws ``w_s = mu + sigma * eps_s`` against a Normal prior.
 
     ``(1/S) sum_s [log q(w_s) - log p(w_s)]``, the value of ``Trace_ELBO``'s
@@ -319,16 +325,14 @@ def _normal_mc(drawn: Tensor, moments: NormalMoments, p: Any) -> Tensor:
     through ``S`` draws of them.
 
     Args:
-        drawn: the draws ``(S, ...)``, without gradient.
-        moments: ``(mu, sigma)`` they were drawn with.
+        noise_sums: ``sum_s eps_s`` and ``sum_s eps_s^2`` per weight (no gradient).
+        moments: ``(mu, sigma)`` the weights were drawn with.
         p: the Normal prior.
+        samples: the number of draws ``S``.
     """
     base = p.base_dist if isinstance(p, Independent) else p
     loc, scale = moments
-    samples = drawn.shape[0]
-    with torch.no_grad():
-        eps = (drawn - loc.detach()) / scale.detach()
-        eps_sum, eps_squares = eps.sum(0), eps.square().sum(0)
+    eps_sum, eps_squares = noise_sums
     prior_loc: Tensor = base.loc
     prior_scale: Tensor = base.scale
     offset = loc - prior_loc
