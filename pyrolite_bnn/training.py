@@ -382,9 +382,20 @@ def fit(
     end of an epoch with finite parameters, so the last one on disk stays
     loadable.
 
+    Under ``torch.distributed``: pass the ``DistributedDataParallel``-wrapped
+    network. A ``DataLoader`` without a ``DistributedSampler`` gets one (any
+    other iterable is taken to be this rank's data), the sampler's
+    ``set_epoch`` is called every epoch, the reported statistics and the
+    validation loss are averaged over the ranks, the gradients of
+    ``loss_fn``'s parameters (which DDP does not see) are averaged, the NaN
+    guard, early stopping and callbacks stop or restore every rank together,
+    and progress and checkpoints (of the unwrapped network) come from rank 0
+    only. ``dataset_size`` is the global number of examples.
+
     Args:
         model: the network (a :class:`~pyrolite_bnn.VIModule`, or a module
-            returning one's output).
+            returning one's output, such as its ``DistributedDataParallel``
+            wrapper).
         loss_fn: the :class:`~pyrolite_bnn.KullbackLeiblerLoss`.
         train_loader: iterable of batches (a ``DataLoader``, a list of
             tuples...), iterated once per epoch: ``(x, y)`` pairs, or mappings
