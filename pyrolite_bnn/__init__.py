@@ -44,6 +44,7 @@ from pyrolite_bnn.distributions import (
     StudentTPrior,
     VariationalFamily,
 )
+from pyrolite_bnn.elbo import Trace_ELBO, TraceMeanField_ELBO
 from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.layers import (
@@ -103,6 +104,8 @@ __all__ = [
     "StudentT",
     "StudentTPrior",
     "TemperatureScaling",
+    "TraceMeanField_ELBO",
+    "Trace_ELBO",
     "VIConv1d",
     "VIConv2d",
     "VIConv3d",

@@ -28,7 +28,14 @@ from pyrolite_bnn.distributions.variational import (
 )
 from pyrolite_bnn.variables import RandomVariable
 
-__all__ = ["LazyDraws", "current_draws", "rng_state", "set_rng_state", "using_draws"]
+__all__ = [
+    "LazyDraws",
+    "current_draws",
+    "keeping_noise_sums",
+    "rng_state",
+    "set_rng_state",
+    "using_draws",
+]
 
 
 def rng_state(device: torch.device) -> Tensor | None:
@@ -106,8 +113,13 @@ class LazyDraws:
         self.states: list[Tensor | None] = [None] * count
         self.devices: list[torch.device | None] = [None] * count
         self._fresh: list[Tensor | None] = [None] * count
+        # Per mean-field Normal draw w = mu + sigma * eps: (sum_s eps, sum_s eps^2)
+        # per weight, kept when asked (keeping_noise_sums) for the Monte-Carlo
+        # KL, which then needs no replayed draw.
+        self.noise_sums: list[tuple[Tensor, Tensor] | None] = [None] * count
         self._drawn = 0
         self._keep = is_capturing()
+        self._sums = _NOISE_SUMS.get()
 
     def get(self, key: tuple[int, str]) -> Tensor | NormalMoments | None:
         """The draw (or moments) of the variable ``key`` = (id(module), name)."""
@@ -158,6 +170,10 @@ class LazyDraws:
             if param is not None and not self._keep:
                 state = rng_state(param.device)
             value = _draw(variable, moments, self.samples)
+            if self._sums and moments is not None:
+                with torch.no_grad():
+                    eps = (value - moments.loc) / moments.scale
+                    self.noise_sums[i] = (eps.sum(0), eps.square().sum(0))
             if state is None:
                 self.values[i] = value
             else:
@@ -168,6 +184,19 @@ class LazyDraws:
 _DRAWN: ContextVar[LazyDraws | None] = ContextVar(
     "pyrolite_drawn_weights", default=None
 )
+
+
+_NOISE_SUMS: ContextVar[bool] = ContextVar("pyrolite_noise_sums", default=False)
+
+
+@contextmanager
+def keeping_noise_sums() -> Iterator[None]:
+    """Calls in the body keep the noise sums of their Normal draws (see LazyDraws)."""
+    token = _NOISE_SUMS.set(True)
+    try:
+        yield
+    finally:
+        _NOISE_SUMS.reset(token)
 
 
 def current_draws() -> LazyDraws | None:

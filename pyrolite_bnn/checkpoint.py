@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn.distributions.priors import Prior
 
@@ -229,7 +230,8 @@ def save_checkpoint(
     Args:
         path: file to write.
         model: the network; its ``state_dict()`` and architecture fingerprint
-            are stored.
+            are stored (of the network inside a ``DistributedDataParallel``
+            wrapper, so that it loads into the unwrapped network).
         optimizer: optimizer whose state to store.
         loss_fn: loss module whose state to store (e.g. a learned noise scale
             of its likelihood).
@@ -258,6 +260,7 @@ def save_checkpoint(
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
         raise TypeError(f"epoch must be an int or None, got {type(epoch).__name__}")
     _check_plain(extra, "extra")
+    model = unwrap(model)
     payload: dict[str, Any] = {
         "format": _FORMAT,
         "format_version": _FORMAT_VERSION,
@@ -396,7 +399,8 @@ def load_checkpoint(
     Args:
         path: checkpoint file.
         model: network of the same architecture as the saved one (a custom
-            guide must be assigned before loading, as when saving).
+            guide must be assigned before loading, as when saving; a
+            ``DistributedDataParallel`` wrapper loads into its network).
         optimizer: optimizer over the same parameters, to restore its state.
         loss_fn: loss module of the same kind, to restore its state.
 
@@ -424,6 +428,7 @@ def load_checkpoint(
         True
     """
     payload = _read(path)
+    model = unwrap(model)
     problems = _check_model(payload, model)
     if loss_fn is not None:
         problems += _check_loss(payload, loss_fn)

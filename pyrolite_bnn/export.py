@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.convert import ConvertedNetwork
 from pyrolite_bnn.layers import registry
@@ -46,7 +47,7 @@ class DeterministicNetwork(nn.Module):
         return output[0] if isinstance(output, Tensor) else output
 
 
-def to_deterministic(model: VIModule) -> nn.Module:
+def to_deterministic(model: nn.Module) -> nn.Module:
     """A plain ``torch.nn`` copy of ``model``, weights at their posterior median.
 
     The medians come from ``model.guide.median()``, so this works with the
@@ -54,7 +55,7 @@ def to_deterministic(model: VIModule) -> nn.Module:
     itself is not changed.
 
     Args:
-        model: a trained network.
+        model: a trained network (or its ``DistributedDataParallel`` wrapper).
 
     Returns:
         ``nn.Linear``/``nn.Conv*``/``nn.Sequential`` modules where ``model`` is
@@ -81,6 +82,7 @@ def to_deterministic(model: VIModule) -> nn.Module:
         >>> plain(torch.randn(5, 3)).shape
         torch.Size([5, 2])
     """
+    model = unwrap(model)
     if not isinstance(model, VIModule):
         raise TypeError(
             f"to_deterministic needs a bnn.VIModule, got {type(model).__name__}"

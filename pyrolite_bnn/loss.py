@@ -13,6 +13,7 @@ from pyro.poutine.runtime import effectful, get_mask
 from torch import Tensor, nn
 
 from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import prepare, run_sites
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._particles import particle_plate
@@ -24,7 +25,7 @@ from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import ForwardRecord, KLMode, find_record
 
-__all__ = ["KullbackLeiblerLoss"]
+__all__ = ["KullbackLeiblerLoss", "PyroModel"]
 
 _KL_MODES = ("auto", "mc", "analytic")
 _REDUCTIONS = ("mean", "sum")
@@ -250,7 +251,7 @@ class KullbackLeiblerLoss(nn.Module):
 
     def model_loss(
         self,
-        model: VIModule,
+        model: nn.Module,
         x: Tensor | tuple[Any, ...],
         target: Tensor,
         *,
@@ -266,7 +267,7 @@ class KullbackLeiblerLoss(nn.Module):
         ``self(model(x, samples=samples), target)``.
 
         Args:
-            model: the network.
+            model: the network (or its ``DistributedDataParallel`` wrapper).
             x: its input, or a tuple of positional inputs.
             target: targets ``(B, ...)``.
             samples: particle count (default ``model.samples``).
@@ -282,6 +283,7 @@ class KullbackLeiblerLoss(nn.Module):
             >>> loss_fn.model_loss(net, x, y).shape
             torch.Size([])
         """
+        model = unwrap(model)
         if not isinstance(model, VIModule):
             raise TypeError(
                 f"model_loss needs a bnn.VIModule, got {type(model).__name__}"
@@ -295,23 +297,26 @@ class KullbackLeiblerLoss(nn.Module):
         loss: Tensor = self(model(*args, samples=samples), target)
         return loss
 
-    def terms(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    def terms(
+        self, output: Tensor, target: Tensor, kl: KLMode | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The two parts of the ELBO of ``output = model(x)`` and ``target``.
 
         Args:
             output: the network output ``(S, B, ...)`` of a PyTorch-style call,
                 or a tensor computed from it with gradients enabled.
             target: targets ``(B, ...)``.
+            kl: how to compute the KL (default: this loss's ``kl``).
 
         Returns:
             The sum of the log-likelihoods over particles and examples, and the
             KL of the forward pass that produced ``output`` (see ``kl=``).
         """
         record = self._record_for(output)
-        self._check_batch(output)
+        self.check_batch(output)
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self._watch_guide(record)
-        return log_lik, record.kl(self.kl)
+        return log_lik, record.kl(self.kl if kl is None else kl)
 
     def combine(self, log_lik: Tensor, kl: Tensor, shape: torch.Size) -> Tensor:
         """The loss from :meth:`terms` of an output of ``shape`` ``(S, B, ...)``.
@@ -336,7 +341,8 @@ class KullbackLeiblerLoss(nn.Module):
             )
         return record
 
-    def _check_batch(self, output: Tensor) -> int:
+    def check_batch(self, output: Tensor) -> int:
+        """The batch size of an output ``(S, B, ...)``; refuses 0 and ``B > N``."""
         batch = output.shape[1]
         if batch == 0:
             raise ValueError(
@@ -382,7 +388,7 @@ class KullbackLeiblerLoss(nn.Module):
                 stacklevel=3,
             )
 
-    def pyro_model(self, model: nn.Module) -> Callable[..., Any]:
+    def pyro_model(self, model: nn.Module) -> PyroModel:
         """The full Pyro model of ``model`` under this likelihood.
 
         The returned callable ``pyro_model(x, y=None, samples=None)`` runs the
@@ -407,7 +413,9 @@ class KullbackLeiblerLoss(nn.Module):
             model: the network.
 
         Returns:
-            The Pyro model callable.
+            The Pyro model callable, a :class:`PyroModel` (its ``loss_fn`` and
+            ``network`` let :class:`~pyrolite_bnn.Trace_ELBO` take the fast
+            path).
         """
         if not isinstance(model, VIModule) and (
             not isinstance(model, nn.Module) or not bayesian_positions(model, limit=1)
@@ -422,40 +430,65 @@ class KullbackLeiblerLoss(nn.Module):
                 "PyTorch-style loss (heat=1.0 here)"
             )
 
+        return PyroModel(self, model)
+
+
+class PyroModel:
+    """The full Pyro model of a network under a likelihood (``loss_fn.pyro_model``).
+
+    ``pyro_model(x, y=None, samples=None)`` runs the network in the particle
+    plate and observes ``y`` at site ``"obs"`` inside ``pyro.plate("data", N)``
+    subsampled to the batch; see :meth:`KullbackLeiblerLoss.pyro_model`.
+
+    Args:
+        loss_fn: the loss whose likelihood and ``dataset_size`` it uses.
+        network: the network.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> net = bnn.VILinear(3, 2)
+        >>> loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10)
+        >>> pyro_model = loss_fn.pyro_model(net)
+        >>> pyro_model.network is net, pyro_model.loss_fn is loss_fn
+        (True, True)
+        >>> pyro_model(torch.randn(4, 3), samples=5).shape
+        torch.Size([5, 4, 2])
+    """
+
+    def __init__(self, loss_fn: KullbackLeiblerLoss, network: nn.Module) -> None:
+        self.loss_fn = loss_fn
+        self.network = network
         # Set when the model is first run by an initialisation handler without
         # samples= (MCMC's initialize_model): from then on one particle is the
         # default, for the potential-energy runs that follow as well.
-        one_particle = False
+        self.one_particle = False
 
-        def bnn_pyro_model(
-            x: Any, y: Tensor | None = None, samples: int | None = None
-        ) -> Tensor:
-            check_pyro_call()
-            nonlocal one_particle
-            if samples is None:
-                one_particle = one_particle or _initialising()
-                if one_particle:
-                    samples = 1
-            count = (
-                getattr(model, "samples", DEFAULT_SAMPLES)
-                if samples is None
-                else samples
-            )
-            state, device = prepare(model, (x,), {}, count)
-            with local_params(), particle_plate(state.samples, device):
-                output: Tensor = run_sites(model, state, (x,), {})
-                batch = self._check_batch(output)
-                with pyro.plate(
-                    "data",
-                    self.dataset_size,
-                    subsample=torch.arange(batch, device=output.device),
-                    dim=-1,
-                ):
-                    if y is None:
-                        pyro.sample("obs", self.predictive(output))
-                    else:
-                        likelihood, aligned = self.predictive.observe(output, y)
-                        pyro.sample("obs", likelihood, obs=aligned)
-            return output
-
-        return bnn_pyro_model
+    def __call__(
+        self, x: Any, y: Tensor | None = None, samples: int | None = None
+    ) -> Tensor:
+        """Run the model on inputs ``x`` (observing targets ``y`` if given)."""
+        check_pyro_call()
+        if samples is None:
+            self.one_particle = self.one_particle or _initialising()
+            if self.one_particle:
+                samples = 1
+        network, loss_fn = self.network, self.loss_fn
+        count = (
+            getattr(network, "samples", DEFAULT_SAMPLES) if samples is None else samples
+        )
+        state, device = prepare(network, (x,), {}, count)
+        with local_params(), particle_plate(state.samples, device):
+            output: Tensor = run_sites(network, state, (x,), {})
+            batch = loss_fn.check_batch(output)
+            with pyro.plate(
+                "data",
+                loss_fn.dataset_size,
+                subsample=torch.arange(batch, device=output.device),
+                dim=-1,
+            ):
+                if y is None:
+                    pyro.sample("obs", loss_fn.predictive(output))
+                else:
+                    likelihood, aligned = loss_fn.predictive.observe(output, y)
+                    pyro.sample("obs", likelihood, obs=aligned)
+        return output

@@ -30,6 +30,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
+from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import rng_state, set_rng_state
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
@@ -173,7 +174,7 @@ class Prediction:
 
 
 def predict(
-    model: VIModule,
+    model: nn.Module,
     x: Tensor,
     predictive: PredictiveDistribution,
     samples: int = 100,
@@ -211,7 +212,8 @@ def predict(
     its own statistics; call ``model.eval()`` first.
 
     Args:
-        model: the trained network.
+        model: the trained network (or its ``DistributedDataParallel``
+            wrapper).
         x: inputs ``(N, ...)``.
         predictive: the likelihood the model was trained with.
         samples: number of posterior draws ``S``.
@@ -237,6 +239,7 @@ def predict(
         >>> pred.probs.shape, pred.mutual_information.shape
         (torch.Size([5, 4]), torch.Size([5]))
     """
+    model = unwrap(model)
     if not isinstance(model, VIModule):
         raise TypeError(f"predict needs a bnn.VIModule, got {type(model).__name__}")
     if mode not in ("sample", "mean"):

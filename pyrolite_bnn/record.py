@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+import pyro.distributions as dist
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from pyrolite_bnn._validation import distribution_checks_off
 from pyrolite_bnn.distributions.priors import Prior
@@ -240,6 +241,14 @@ class LayerRecord(ForwardRecord):
                 q = variable.posterior.distribution()
                 p = variable.module.prior_distribution(variable.name)
                 term = self._choose(variable.site, mode, q, p)
+                if term is None and moments is not None and _is_normal(p):
+                    sums = self.draws.noise_sums[index]
+                    if sums is None:
+                        with torch.no_grad():  # only the draws' noise is needed
+                            drawn = self._value(index)
+                            eps = (drawn - moments.loc) / moments.scale
+                            sums = (eps.sum(0), eps.square().sum(0))
+                    term = _normal_mc(sums, moments, p, self.samples)
                 if term is None:
                     drawn = self._value(index)
                     # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
@@ -293,6 +302,49 @@ def _normal_closed_form(
             "KL summed over the weight tensor (a scalar)"
         )
     return term
+
+
+def _is_normal(p: Any) -> bool:
+    """Whether ``p`` is a Normal distribution (possibly made ``Independent``)."""
+    base = p.base_dist if isinstance(p, Independent) else p
+    return type(base) in (Normal, dist.Normal)
+
+
+def _normal_mc(
+    noise_sums: tuple[Tensor, Tensor], moments: NormalMoments, p: Any, samples: int
+) -> Tensor:
+    """Monte-Carlo KL of draws ``w_s = mu + sigma * eps_s`` against a Normal prior.
+
+    ``(1/S) sum_s [log q(w_s) - log p(w_s)]``, the value of ``Trace_ELBO``'s
+    estimate, from per-weight sums of the noise: with ``log q(w) = -eps^2/2 -
+    log sigma - log(2 pi)/2`` (the same value and, ``eps`` held fixed, the same
+    gradient as ``q.log_prob(w)``: the total derivative of ``-(w - mu)^2 /
+    (2 sigma^2)`` along ``w = mu + sigma * eps`` is zero) and
+    ``sum_s (w_s - m)^2 = S (mu - m)^2 + 2 (mu - m) sigma sum_s eps_s + sigma^2
+    sum_s eps_s^2``, gradients flow through weight-sized tensors only, not
+    through ``S`` draws of them.
+
+    Args:
+        noise_sums: ``sum_s eps_s`` and ``sum_s eps_s^2`` per weight (no gradient).
+        moments: ``(mu, sigma)`` the weights were drawn with.
+        p: the Normal prior.
+        samples: the number of draws ``S``.
+    """
+    base = p.base_dist if isinstance(p, Independent) else p
+    loc, scale = moments
+    eps_sum, eps_squares = noise_sums
+    prior_loc: Tensor = base.loc
+    prior_scale: Tensor = base.scale
+    offset = loc - prior_loc
+    quadratic = (
+        samples * offset.square()
+        + 2 * offset * scale * eps_sum
+        + scale.square() * eps_squares
+    ) / prior_scale.square()
+    log_s = prior_scale.log().expand(loc.shape).sum()
+    return 0.5 * (quadratic.sum() - eps_squares.sum()) / samples - (
+        scale.log().sum() - log_s
+    )
 
 
 def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._distributed import Ranks, set_epoch, unwrap
+from pyrolite_bnn._fit_guard import NaNGuard, StepStats
+from pyrolite_bnn._fit_progress import Progress
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn._validation import check_heat
 from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
@@ -114,78 +115,6 @@ def linear_warmup(
 
 
 # --------------------------------------------------------------------- helpers
-@dataclass
-class _Snapshot:
-    """In-memory copy of the training state at the end of an epoch."""
-
-    epoch: int  # the last completed epoch (-1: before training)
-    model: dict[str, Any]
-    loss_fn: dict[str, Any]
-    optimizer: dict[str, Any]
-    heat: float
-
-    @classmethod
-    def take(
-        cls,
-        epoch: int,
-        model: nn.Module,
-        loss_fn: KullbackLeiblerLoss,
-        optimizer: torch.optim.Optimizer,
-    ) -> _Snapshot:
-        return cls(
-            epoch,
-            clone_state(model.state_dict()),
-            clone_state(loss_fn.state_dict()),
-            clone_state(optimizer.state_dict()),
-            loss_fn.heat,
-        )
-
-    def restore(
-        self,
-        model: nn.Module,
-        loss_fn: KullbackLeiblerLoss,
-        optimizer: torch.optim.Optimizer,
-    ) -> str:
-        """Load the copy back; return a description for error messages."""
-        model.load_state_dict(self.model)
-        loss_fn.load_state_dict(self.loss_fn)
-        # load_state_dict may keep the given tensors: hand it a fresh copy.
-        optimizer.load_state_dict(clone_state(self.optimizer))
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn.heat = self.heat
-        if self.epoch < 0:
-            return (
-                "restored model, loss_fn and optimizer to their state before training"
-            )
-        return (
-            "restored model, loss_fn and optimizer to their state at the end of "
-            f"epoch {self.epoch}"
-        )
-
-
-def _load_tqdm() -> Any:
-    """The ``tqdm`` progress-bar class, or ``None`` when tqdm is not installed."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm
-
-
-def _length(loader: Iterable[Any]) -> int | None:
-    """``len(loader)`` where defined (not for every ``IterableDataset`` loader)."""
-    if not isinstance(loader, Sized):
-        return None
-    try:
-        return len(loader)
-    except TypeError:
-        return None
-
-
-def _format_stats(stats: dict[str, float]) -> str:
-    return " ".join(f"{name}={value:.4g}" for name, value in stats.items())
-
-
 # Keys under which a mapping batch holds the input and the target.
 _INPUT_KEYS = ("x", "input")
 _TARGET_KEYS = ("y", "target")
@@ -224,33 +153,16 @@ def _from_mapping(
     return batch[present[0]]
 
 
-def _first_nonfinite_grad(
-    params: Sequence[nn.Parameter], names: dict[int, str]
-) -> str | None:
-    for param in params:
-        if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
-            return names.get(id(param), f"<parameter of shape {tuple(param.shape)}>")
-    return None
-
-
-def _all_finite(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
-    if not tensors:
-        return torch.ones((), dtype=torch.bool, device=device)
-    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all()
-
-
-def _parameters_finite(params: Sequence[nn.Parameter]) -> bool:
-    if not params:
-        return True
-    device = params[0].device
-    return bool(_all_finite([p.detach() for p in params], device))
-
-
 @torch.no_grad()
 def _validation_nll(
-    model: nn.Module, loss_fn: KullbackLeiblerLoss, loader: Iterable[Any]
+    model: nn.Module, loss_fn: KullbackLeiblerLoss, loader: Iterable[Any], ranks: Ranks
 ) -> float:
-    """Mean negative log predictive density per example over ``loader``."""
+    """Mean negative log predictive density per example over ``loader``.
+
+    Under ``torch.distributed`` the sums and counts of all ranks are added, so
+    every rank gets the same value whether its ``loader`` holds its shard or
+    the whole validation set.
+    """
     was_training = model.training
     model.eval()
     total = 0.0
@@ -267,6 +179,8 @@ def _validation_nll(
             count += int(log_mean.numel())
     finally:
         model.train(was_training)
+    summed = ranks.sum(torch.tensor([total, count], dtype=torch.float64))
+    total, count = summed[0].item(), int(summed[1].item())
     if count == 0:
         raise ValueError("val_loader yielded no batches")
     return total / count
@@ -302,6 +216,132 @@ def _check_arguments(
             )
     if heat_schedule is not None and not callable(heat_schedule):
         raise TypeError("heat_schedule must be a callable epoch -> heat")
+
+
+class _EarlyStopping:
+    """Tracks the best validation loss; keeps that epoch's state when asked to."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.best_loss = math.inf
+        self.best: tuple[dict[str, Any], dict[str, Any]] | None = None
+
+    def update(
+        self,
+        epoch: int,
+        val_loss: float,
+        history: History,
+        model: nn.Module,
+        loss_fn: KullbackLeiblerLoss,
+    ) -> None:
+        """Record ``val_loss`` of ``epoch``; keep the state if it is the best."""
+        if val_loss < self.best_loss:
+            self.best_loss = val_loss
+            history.best_epoch = epoch
+            if self.patience is not None:
+                self.best = (
+                    clone_state(model.state_dict()),
+                    clone_state(loss_fn.state_dict()),
+                )
+
+    def should_stop(self, epoch: int, history: History) -> bool:
+        """Whether ``patience`` epochs passed without improvement."""
+        if self.patience is None:
+            return False
+        best_epoch = -1 if history.best_epoch is None else history.best_epoch
+        return epoch - best_epoch >= self.patience
+
+    def restore(self, model: nn.Module, loss_fn: KullbackLeiblerLoss) -> None:
+        """Load the best epoch's state back (if early stopping kept one)."""
+        if self.best is not None:
+            model.load_state_dict(self.best[0])
+            loss_fn.load_state_dict(self.best[1])
+
+
+def _step_loss(
+    model: nn.Module, loss_fn: KullbackLeiblerLoss, x: Any, y: Any, ranks: Ranks
+) -> tuple[Tensor, BaseException | None]:
+    """The loss of one batch, and the likelihood's error for a non-finite output.
+
+    With such an error the loss is NaN; under ``torch.distributed`` it stays
+    connected to the network, so that DDP's gradient reduction runs on every
+    rank and all ranks fail together.
+    """
+    if loss_fn.graphs is not None and isinstance(model, VIModule):
+        # compiled: the output stays inside the graph
+        return loss_fn.model_loss(model, x, y), None
+    out = model(x)
+    try:
+        return loss_fn(out, y), None
+    except ValueError as error:
+        if not isinstance(out, Tensor) or bool(torch.isfinite(out).all()):
+            raise
+        if not ranks.distributed:
+            return torch.full((), math.nan), error
+        return out.sum() * math.nan, error
+
+
+def _train_epoch(
+    epoch: int,
+    model: nn.Module,
+    loss_fn: KullbackLeiblerLoss,
+    loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    guard: NaNGuard,
+    unsynced: list[nn.Parameter],
+    clip_grad_norm: float | None,
+    progress: Progress,
+) -> StepStats:
+    """One pass over ``loader``; the epoch's mean loss, NLL and KL."""
+    sums = StepStats(0.0, 0.0, 0.0)
+    steps = 0
+    for step, batch in enumerate(loader):
+        x, y = _unpack(batch, "train_loader", f"epoch {epoch}, step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss, output_error = _step_loss(model, loss_fn, x, y, guard.ranks)
+        if loss.requires_grad:
+            torch.autograd.backward(loss)
+        guard.ranks.average_gradients(unsynced)
+        stats = guard.check_step(epoch, step, loss, output_error)
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(guard.params, clip_grad_norm)
+        optimizer.step()
+        sums.loss += stats.loss
+        sums.nll += stats.nll
+        sums.kl += stats.kl
+        steps += 1
+        progress.step(
+            {"loss": sums.loss / steps, "nll": sums.nll / steps, "kl": sums.kl / steps}
+        )
+    if steps == 0:
+        raise ValueError(f"train_loader yielded no batches in epoch {epoch}")
+    guard.check_parameters(epoch, steps - 1)
+    return StepStats(sums.loss / steps, sums.nll / steps, sums.kl / steps)
+
+
+def _check_checkpoint_path(path: str | os.PathLike[str], ranks: Ranks) -> None:
+    """Check the checkpoint path on rank 0; every rank raises if it fails."""
+    error: OSError | None = None
+    if ranks.main:
+        try:
+            check_checkpoint_path(path)
+        except OSError as caught:
+            error = caught
+    if ranks.any(error is not None):
+        if error is not None:
+            raise error
+        raise OSError(f"rank 0 cannot write the checkpoint {os.fspath(path)!r}")
+
+
+def _stop_requested(
+    callbacks: Sequence[object], epoch: int, history: History, model: nn.Module
+) -> bool:
+    stop = False
+    for callback in callbacks:
+        on_epoch_end = getattr(callback, "on_epoch_end", None)
+        if on_epoch_end is not None and on_epoch_end(epoch, history, model):
+            stop = True
+    return stop
 
 
 # ------------------------------------------------------------------------- fit
@@ -342,9 +382,20 @@ def fit(
     end of an epoch with finite parameters, so the last one on disk stays
     loadable.
 
+    Under ``torch.distributed``: pass the ``DistributedDataParallel``-wrapped
+    network. A ``DataLoader`` without a ``DistributedSampler`` gets one (any
+    other iterable is taken to be this rank's data), the sampler's
+    ``set_epoch`` is called every epoch, the reported statistics and the
+    validation loss are averaged over the ranks, the gradients of
+    ``loss_fn``'s parameters (which DDP does not see) are averaged, the NaN
+    guard, early stopping and callbacks stop or restore every rank together,
+    and progress and checkpoints (of the unwrapped network) come from rank 0
+    only. ``dataset_size`` is the global number of examples.
+
     Args:
         model: the network (a :class:`~pyrolite_bnn.VIModule`, or a module
-            returning one's output).
+            returning one's output, such as its ``DistributedDataParallel``
+            wrapper).
         loss_fn: the :class:`~pyrolite_bnn.KullbackLeiblerLoss`.
         train_loader: iterable of batches (a ``DataLoader``, a list of
             tuples...), iterated once per epoch: ``(x, y)`` pairs, or mappings
@@ -403,172 +454,75 @@ def fit(
     _check_arguments(
         epochs, val_loader, clip_grad_norm, early_stopping_patience, heat_schedule
     )
+    ranks = Ranks(model)
     if checkpoint_path is not None:
-        check_checkpoint_path(checkpoint_path)
+        _check_checkpoint_path(checkpoint_path, ranks)
     if optimizer is None:
         optimizer = torch.optim.Adam(
             [*model.parameters(), *loss_fn.parameters()], lr=1e-3
         )
-    params: list[nn.Parameter] = [
-        param for group in optimizer.param_groups for param in group["params"]
-    ]
-    names = {id(p): f"model.{name}" for name, p in model.named_parameters()}
+    network = unwrap(model)
+    names = {id(p): f"model.{name}" for name, p in network.named_parameters()}
     names.update({id(p): f"loss_fn.{name}" for name, p in loss_fn.named_parameters()})
-    tqdm = _load_tqdm() if progress else None
+    guard = NaNGuard(model, loss_fn, optimizer, names, ranks, checkpoint_path)
+    synced = {id(p) for p in model.parameters()} if ranks.distributed else set()
+    unsynced = [p for p in guard.params if ranks.distributed and id(p) not in synced]
+    train_loader = ranks.shard(train_loader, "train_loader")
+    display = Progress(progress and ranks.main, epochs, train_loader)
     history = History()
-    good = _Snapshot.take(-1, model, loss_fn, optimizer)
-    best: tuple[dict[str, Any], dict[str, Any]] | None = None
-    best_loss = math.inf
+    stopping = _EarlyStopping(early_stopping_patience)
     was_training = model.training
-    global_step = 0
-
-    def fail(epoch: int, step: int, what: str, cause: BaseException | None) -> NoReturn:
-        restored = good.restore(model, loss_fn, optimizer)
-        where = f"epoch {epoch}, step {step} (global step {global_step})"
-        saved = ""
-        if checkpoint_path is not None and good.epoch >= 0:
-            saved = f"; the checkpoint {os.fspath(checkpoint_path)!r} is unchanged"
-        raise FloatingPointError(
-            f"{what} at {where}, counted from 0; {restored}{saved}"
-        ) from cause
-
     try:
         for epoch in range(epochs):
             if heat_schedule is not None:
                 loss_fn.heat = check_heat(
                     heat_schedule(epoch), f"the heat of heat_schedule({epoch})"
                 )
+            set_epoch(train_loader, epoch)
             model.train()
-            start = time.perf_counter()
-            sums = [0.0, 0.0, 0.0]
-            steps = 0
-            bar = None
-            if tqdm is not None:
-                bar = tqdm(
-                    total=_length(train_loader), desc=f"epoch {epoch + 1}/{epochs}"
-                )
+            display.begin(epoch)
             try:
-                for step, batch in enumerate(train_loader):
-                    x, y = _unpack(batch, "train_loader", f"epoch {epoch}, step {step}")
-                    out: Any = None
-                    optimizer.zero_grad(set_to_none=True)
-                    try:
-                        loss: Tensor
-                        if loss_fn.graphs is not None and isinstance(model, VIModule):
-                            # compiled: the output stays inside the graph
-                            loss = loss_fn.model_loss(model, x, y)
-                        else:
-                            out = model(x)
-                            loss = loss_fn(out, y)
-                    except ValueError as error:
-                        if isinstance(out, Tensor) and not bool(
-                            torch.isfinite(out).all()
-                        ):
-                            fail(epoch, step, "non-finite network output", error)
-                        raise
-                    torch.autograd.backward(loss)
-                    grads = [p.grad for p in params if p.grad is not None]
-                    stats = torch.stack(
-                        [loss.detach(), loss_fn.last_nll, loss_fn.last_kl]
-                    ).to(torch.float64)
-                    ok = _all_finite(grads, stats.device).to(stats.dtype).reshape(1)
-                    loss_value, nll_value, kl_value, grads_ok = torch.cat(
-                        [stats, ok]
-                    ).tolist()
-                    if not math.isfinite(loss_value):
-                        fail(epoch, step, f"non-finite loss ({loss_value})", None)
-                    if not grads_ok:
-                        name = _first_nonfinite_grad(params, names)
-                        fail(epoch, step, f"non-finite gradient of {name}", None)
-                    if clip_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-                    optimizer.step()
-                    sums[0] += loss_value
-                    sums[1] += nll_value
-                    sums[2] += kl_value
-                    steps += 1
-                    global_step += 1
-                    if bar is not None:
-                        bar.set_postfix(
-                            {
-                                "loss": f"{sums[0] / steps:.4g}",
-                                "nll": f"{sums[1] / steps:.4g}",
-                                "kl": f"{sums[2] / steps:.4g}",
-                            },
-                            refresh=False,
-                        )
-                        bar.update(1)
-                if steps == 0:
-                    raise ValueError(
-                        f"train_loader yielded no batches in epoch {epoch}"
-                    )
-                if not _parameters_finite(params):
-                    fail(
-                        epoch,
-                        steps - 1,
-                        "non-finite parameter after the epoch's last step",
-                        None,
-                    )
-                history.loss.append(sums[0] / steps)
-                history.nll.append(sums[1] / steps)
-                history.kl.append(sums[2] / steps)
-                history.heat.append(loss_fn.heat)
-                shown = {
-                    "loss": history.loss[-1],
-                    "nll": history.nll[-1],
-                    "kl": history.kl[-1],
-                }
-                if val_loader is not None:
-                    val_loss = _validation_nll(model, loss_fn, val_loader)
-                    history.val_loss.append(val_loss)
-                    shown["val_loss"] = val_loss
-                    if val_loss < best_loss:
-                        best_loss = val_loss
-                        history.best_epoch = epoch
-                        if early_stopping_patience is not None:
-                            best = (
-                                clone_state(model.state_dict()),
-                                clone_state(loss_fn.state_dict()),
-                            )
-                history.epochs_run = epoch + 1
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
-                    bar.refresh()
-            finally:
-                if bar is not None:
-                    bar.close()
-            if progress and tqdm is None:
-                print(
-                    f"epoch {epoch + 1}/{epochs}: {_format_stats(shown)} "
-                    f"heat={loss_fn.heat:g} ({time.perf_counter() - start:.1f}s)",
-                    file=sys.stderr,
-                    flush=True,
+                means = _train_epoch(
+                    epoch,
+                    model,
+                    loss_fn,
+                    train_loader,
+                    optimizer,
+                    guard,
+                    unsynced,
+                    clip_grad_norm,
+                    display,
                 )
-            if checkpoint_path is not None:
+            finally:
+                display.close()
+            history.loss.append(means.loss)
+            history.nll.append(means.nll)
+            history.kl.append(means.kl)
+            history.heat.append(loss_fn.heat)
+            shown = {"loss": means.loss, "nll": means.nll, "kl": means.kl}
+            if val_loader is not None:
+                # the network itself: DDP's forward would synchronise buffers
+                val_loss = _validation_nll(network, loss_fn, val_loader, ranks)
+                history.val_loss.append(val_loss)
+                shown["val_loss"] = val_loss
+                stopping.update(epoch, val_loss, history, model, loss_fn)
+            history.epochs_run = epoch + 1
+            display.end(epoch, shown, loss_fn.heat)
+            if checkpoint_path is not None and ranks.main:
                 save_checkpoint(
                     checkpoint_path,
-                    model,
+                    network,
                     optimizer,
                     loss_fn,
                     epoch=epoch,
                     extra={"history": history.as_dict(), "heat": loss_fn.heat},
                 )
-            good = _Snapshot.take(epoch, model, loss_fn, optimizer)
-            stop = False
-            for callback in callbacks:
-                on_epoch_end = getattr(callback, "on_epoch_end", None)
-                if on_epoch_end is not None and on_epoch_end(epoch, history, model):
-                    stop = True
-            if early_stopping_patience is not None:
-                best_epoch = -1 if history.best_epoch is None else history.best_epoch
-                if epoch - best_epoch >= early_stopping_patience:
-                    stop = True
-            if stop:
+            guard.keep(epoch)
+            stop = _stop_requested(callbacks, epoch, history, model)
+            if ranks.any(stop or stopping.should_stop(epoch, history)):
                 history.stopped_early = epoch + 1 < epochs
                 break
-        if best is not None:
-            model.load_state_dict(best[0])
-            loss_fn.load_state_dict(best[1])
+        stopping.restore(model, loss_fn)
     finally:
         model.train(was_training)
     return history

@@ -1,0 +1,191 @@
+"""The NaN guard of :func:`~pyrolite_bnn.training.fit`.
+
+The model, loss and optimizer states are copied in memory at the end of every
+epoch (and before the first); a non-finite loss, gradient, network output or
+parameter restores that copy and raises ``FloatingPointError``. Under
+``torch.distributed`` the checks are summed over the ranks first, so that all
+ranks fail at the same step and restore together.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import torch
+from torch import Tensor, nn
+
+from pyrolite_bnn._distributed import Ranks
+from pyrolite_bnn._state import clone_state
+from pyrolite_bnn.loss import KullbackLeiblerLoss
+
+__all__ = ["NaNGuard", "StepStats"]
+
+
+@dataclass
+class _Snapshot:
+    """In-memory copy of the training state at the end of an epoch."""
+
+    epoch: int  # the last completed epoch (-1: before training)
+    model: dict[str, Any]
+    loss_fn: dict[str, Any]
+    optimizer: dict[str, Any]
+    heat: float
+
+    @classmethod
+    def take(
+        cls,
+        epoch: int,
+        model: nn.Module,
+        loss_fn: KullbackLeiblerLoss,
+        optimizer: torch.optim.Optimizer,
+    ) -> _Snapshot:
+        return cls(
+            epoch,
+            clone_state(model.state_dict()),
+            clone_state(loss_fn.state_dict()),
+            clone_state(optimizer.state_dict()),
+            loss_fn.heat,
+        )
+
+    def restore(
+        self,
+        model: nn.Module,
+        loss_fn: KullbackLeiblerLoss,
+        optimizer: torch.optim.Optimizer,
+    ) -> str:
+        """Load the copy back; return a description for error messages."""
+        model.load_state_dict(self.model)
+        loss_fn.load_state_dict(self.loss_fn)
+        # load_state_dict may keep the given tensors: hand it a fresh copy.
+        optimizer.load_state_dict(clone_state(self.optimizer))
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn.heat = self.heat
+        if self.epoch < 0:
+            return (
+                "restored model, loss_fn and optimizer to their state before training"
+            )
+        return (
+            "restored model, loss_fn and optimizer to their state at the end of "
+            f"epoch {self.epoch}"
+        )
+
+
+def _all_finite(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
+    if not tensors:
+        return torch.ones((), dtype=torch.bool, device=device)
+    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all()
+
+
+@dataclass
+class StepStats:
+    """One step's loss, NLL and KL, averaged over the ranks."""
+
+    loss: float
+    nll: float
+    kl: float
+
+
+class NaNGuard:
+    """Keeps the last good state and turns non-finite values into errors.
+
+    Args:
+        model: the model being trained (possibly DDP-wrapped).
+        loss_fn: the loss.
+        optimizer: the optimizer; its parameters are checked.
+        names: parameter names by ``id`` for messages.
+        ranks: the process group.
+        checkpoint_path: the checkpoint file (for messages), if any.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: KullbackLeiblerLoss,
+        optimizer: torch.optim.Optimizer,
+        names: dict[int, str],
+        ranks: Ranks,
+        checkpoint_path: str | os.PathLike[str] | None,
+    ) -> None:
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.params: list[nn.Parameter] = [
+            param for group in optimizer.param_groups for param in group["params"]
+        ]
+        self.names, self.ranks = names, ranks
+        self.checkpoint_path = checkpoint_path
+        self.global_step = 0
+        self.good = _Snapshot.take(-1, model, loss_fn, optimizer)
+
+    def keep(self, epoch: int) -> None:
+        """Remember the state at the end of ``epoch`` as the last good one."""
+        self.good = _Snapshot.take(epoch, self.model, self.loss_fn, self.optimizer)
+
+    def fail(
+        self, epoch: int, step: int, what: str, cause: BaseException | None = None
+    ) -> NoReturn:
+        """Restore the last good state and raise ``FloatingPointError``."""
+        restored = self.good.restore(self.model, self.loss_fn, self.optimizer)
+        where = f"epoch {epoch}, step {step} (global step {self.global_step})"
+        saved = ""
+        if self.checkpoint_path is not None and self.good.epoch >= 0:
+            saved = f"; the checkpoint {os.fspath(self.checkpoint_path)!r} is unchanged"
+        raise FloatingPointError(
+            f"{what} at {where}, counted from 0; {restored}{saved}"
+        ) from cause
+
+    def check_step(
+        self,
+        epoch: int,
+        step: int,
+        loss: Tensor,
+        output_error: BaseException | None,
+    ) -> StepStats:
+        """Check a step after ``backward``; return its statistics.
+
+        One synchronisation (and one ``all_reduce`` under ``torch.distributed``)
+        carries the loss, NLL, KL, whether every gradient is finite and whether
+        the network output was rejected as non-finite on some rank.
+        """
+        grads = [p.grad for p in self.params if p.grad is not None]
+        stats = torch.stack(
+            [loss.detach(), self.loss_fn.last_nll, self.loss_fn.last_kl]
+        ).to(torch.float64)
+        flags = torch.stack(
+            [
+                _all_finite(grads, stats.device).logical_not(),
+                torch.tensor(output_error is not None, device=stats.device),
+            ]
+        ).to(stats.dtype)
+        reduced = self.ranks.sum(torch.cat([stats, flags]).to(self.ranks.device))
+        loss_value, nll_value, kl_value, bad_grads, bad_output = reduced.tolist()
+        size = self.ranks.size
+        if bad_output:
+            ranks = " on some rank" if self.ranks.distributed else ""
+            self.fail(epoch, step, f"non-finite network output{ranks}", output_error)
+        if not math.isfinite(loss_value):
+            self.fail(epoch, step, f"non-finite loss ({loss_value / size})")
+        if bad_grads:
+            self.fail(epoch, step, f"non-finite gradient of {self._nonfinite_grad()}")
+        self.global_step += 1
+        return StepStats(loss_value / size, nll_value / size, kl_value / size)
+
+    def check_parameters(self, epoch: int, step: int) -> None:
+        """Fail if a parameter is non-finite at the end of an epoch."""
+        finite = not self.params or bool(
+            _all_finite([p.detach() for p in self.params], self.params[0].device)
+        )
+        if self.ranks.any(not finite):
+            self.fail(
+                epoch, step, "non-finite parameter after the epoch's last step", None
+            )
+
+    def _nonfinite_grad(self) -> str:
+        for param in self.params:
+            if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+                return self.names.get(
+                    id(param), f"<parameter of shape {tuple(param.shape)}>"
+                )
+        return "a parameter on another rank"

@@ -1,0 +1,179 @@
+r"""Pyro's ELBOs at the speed of the PyTorch-style loss.
+
+``SVI(loss_fn.pyro_model(model), model.guide, optim, bnn.Trace_ELBO())`` is
+Pyro's own recipe; :class:`Trace_ELBO` and :class:`TraceMeanField_ELBO` are
+drop-in subclasses of Pyro's classes that compute the same value without
+tracing the model and guide, where they can: for the Pyro model of
+:meth:`KullbackLeiblerLoss.pyro_model
+<pyrolite_bnn.KullbackLeiblerLoss.pyro_model>` of a
+:class:`~pyrolite_bnn.VIModule` with its generated guide (``model.guide``), the
+network runs PyTorch-style and the loss is ``loss_fn``'s
+(:meth:`~pyrolite_bnn.KullbackLeiblerLoss.terms` and
+:meth:`~pyrolite_bnn.KullbackLeiblerLoss.combine`) times ``dataset_size``:
+
+.. math::
+
+    -\mathrm{ELBO} = \mathrm{KL}\bigl(q(w) \,\|\, p(w)\bigr)
+        - \frac{N}{B}\,\frac{1}{S} \sum_{s=1}^{S} \sum_{i=1}^{B}
+          \log p(y_i \mid x_i, w_s),
+
+with the Monte-Carlo KL ``log q(w_s) - log p(w_s)`` averaged over the
+particles for ``Trace_ELBO`` and the closed-form KL for
+``TraceMeanField_ELBO`` (where it exists), as Pyro's classes compute it. The
+weights are drawn in the same order from the same generator, so under the same
+seed the value is Pyro's (with ``estimator="reparam"``, which draws every
+weight; the default estimators draw pre-activations instead, with the same
+expected value and gradient). Each parameter is reported with a ``param``
+statement, so that ``SVI.step`` hands it to the optimizer as Pyro's path does.
+
+Anything else (another guide, a plain module as the network, a tempered
+``loss_fn``, ``num_particles > 1``, other arguments) goes to the parent class
+unchanged.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import pyro.infer
+import torch
+from pyro.infer.util import torch_item
+from pyro.poutine.runtime import effectful
+from torch import Tensor
+from torch.distributions import constraints
+
+from pyrolite_bnn._draws import keeping_noise_sums
+from pyrolite_bnn._forward import prepare, pytorch_run
+from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn.guides import check_pyro_call
+from pyrolite_bnn.loss import PyroModel
+from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.record import KLMode
+
+__all__ = ["TraceMeanField_ELBO", "Trace_ELBO"]
+
+_UNCONSTRAINED = "_unconstrained"
+
+
+def _fast_loss(
+    model: object,
+    guide: object,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    kl: KLMode,
+) -> Tensor | None:
+    """The negative ELBO through the PyTorch-style path.
+
+    ``None`` where the fast path does not apply to these arguments.
+    """
+    if not isinstance(model, PyroModel) or not isinstance(model.network, VIModule):
+        return None
+    network, loss_fn = model.network, model.loss_fn
+    if guide is not network.guide or network.guide.inner is not None:
+        return None
+    if loss_fn.heat != 1.0 or set(kwargs) - {"y", "samples"}:
+        return None
+    bound = dict(zip(("x", "y", "samples"), args, strict=False))
+    if len(args) > 3 or bound.keys() & kwargs.keys():
+        return None
+    bound.update(kwargs)
+    x, y, samples = bound.get("x"), bound.get("y"), bound.get("samples")
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        return None
+    check_pyro_call()  # the same refusals as the model's own run
+    count = network.samples if samples is None else samples
+    state, device = prepare(network, (x,), {}, count)
+    with local_params(), keeping_noise_sums():
+        output = pytorch_run(network, state, device, (x,), {})
+    log_lik, kl_term = loss_fn.terms(output, y, kl=kl)
+    loss = loss_fn.combine(log_lik, kl_term, output.shape)
+    scale = loss_fn.dataset_size if loss_fn.reduction == "mean" else 1
+    _report_parameters(model)
+    return loss * scale
+
+
+def _report_parameters(model: PyroModel) -> None:
+    """A ``param`` statement for every parameter the traced path reports.
+
+    ``SVI.step`` collects the parameters to optimise from the ``param`` sites
+    of its ``trace(param_only=True)``; each value carries
+    ``unconstrained()``, a weak reference to the parameter, as Pyro's own
+    statements for module-local parameters do.
+    """
+    named = [
+        *model.network.named_parameters(),
+        *(
+            (f"likelihood.{name}", param)
+            for name, param in model.loss_fn.predictive.named_parameters()
+        ),
+    ]
+    for name, param in named:
+        site = name.removesuffix(_UNCONSTRAINED)
+        alias = param.view_as(param)
+        alias.unconstrained = weakref.ref(param)  # type: ignore[attr-defined]
+        effectful(type="param")(lambda *_, alias=alias, **__: alias)(
+            site, alias, constraint=constraints.real, name=site
+        )
+
+
+class Trace_ELBO(pyro.infer.Trace_ELBO):
+    """Pyro's ``Trace_ELBO``, through the PyTorch-style path where it can.
+
+    See the module documentation for when the fast path applies; the value
+    and gradients are Pyro's either way.
+
+    Example:
+        >>> import torch, pyro
+        >>> import pyrolite_bnn as bnn
+        >>> net = bnn.VILinear(3, 2, estimator="reparam")
+        >>> loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=20)
+        >>> svi = pyro.infer.SVI(loss_fn.pyro_model(net), net.guide,
+        ...                      pyro.optim.Adam({"lr": 1e-2}), bnn.Trace_ELBO())
+        >>> x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+        >>> isinstance(svi.step(x, y, samples=4), float)
+        True
+    """
+
+    kl_mode: KLMode = "mc"
+
+    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """The negative ELBO (a number), without gradients."""
+        if self.num_particles == 1 and not self.vectorize_particles:
+            with torch.no_grad():
+                value = _fast_loss(model, guide, args, kwargs, self.kl_mode)
+            if value is not None:
+                return float(torch_item(value))
+        return float(super().loss(model, guide, *args, **kwargs))  # type: ignore[no-untyped-call]
+
+    def differentiable_loss(
+        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        """The negative ELBO as a tensor that can be differentiated."""
+        if self.num_particles == 1 and not self.vectorize_particles:
+            value = _fast_loss(model, guide, args, kwargs, self.kl_mode)
+            if value is not None:
+                return value
+        return super().differentiable_loss(model, guide, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Any:
+        """The negative ELBO; its gradients are accumulated in the parameters."""
+        if self.num_particles == 1 and not self.vectorize_particles:
+            value = _fast_loss(model, guide, args, kwargs, self.kl_mode)
+            if value is not None:
+                torch.autograd.backward(value, retain_graph=self.retain_graph)
+                return torch_item(value.detach())
+        return super().loss_and_grads(model, guide, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+class TraceMeanField_ELBO(Trace_ELBO, pyro.infer.TraceMeanField_ELBO):
+    """Pyro's ``TraceMeanField_ELBO`` (closed-form KL), through the fast path.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> import pyro
+        >>> isinstance(bnn.TraceMeanField_ELBO(), pyro.infer.TraceMeanField_ELBO)
+        True
+    """
+
+    kl_mode: KLMode = "auto"  # closed form where there is one, as Pyro

@@ -1,0 +1,395 @@
+"""Training under ``torch.distributed``: 2 CPU processes, gloo backend.
+
+One pair of processes (``torch.multiprocessing.spawn``, in a module fixture)
+joins a process group through a file store, runs every scenario on a
+``DistributedDataParallel``-wrapped network, then ``examples/ddp_train.py`` as
+``torchrun`` would start it, and saves what each rank saw to ``rank<r>.pt``;
+the tests compare the ranks with each other and with one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
+from pyrolite_bnn.training import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 64
+
+
+def _net() -> bnn.VISequential:
+    return bnn.VISequential(
+        bnn.VILinear(4, 8, estimator="reparam"),
+        nn.ReLU(),
+        bnn.VILinear(8, 3, estimator="reparam"),
+    )
+
+
+def _data() -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 4, generator=generator)
+    return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+
+
+def _state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _assert_same_state(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def _worker(rank: int, folder: str, port: int) -> None:
+    """Run every scenario on this rank, then the example; save the results."""
+    torch.set_num_threads(1)
+    results: dict[str, Any] = {}
+    torch.set_default_dtype(torch.float64)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2
+    )
+    try:
+        for name, scenario in _SCENARIOS.items():
+            (Path(folder) / name).mkdir(exist_ok=True)
+            dist.barrier()
+            results[name] = scenario(rank, Path(folder) / name)
+    finally:
+        dist.destroy_process_group()
+    torch.set_default_dtype(torch.float32)
+    results["example"] = _example(rank, Path(folder), port)
+    torch.save(results, f"{folder}/rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """What each of the two ranks saw, scenario by scenario.
+
+    One pair of processes runs all scenarios: starting a process (importing
+    torch and Pyro) costs more than the scenarios themselves.
+    """
+    folder = tmp_path_factory.mktemp("distributed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_worker, args=(str(folder), port), nprocs=2, join=True)
+    results = [torch.load(folder / f"rank{rank}.pt") for rank in range(2)]
+    for result in results:
+        result["folder"] = folder
+    return results
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ------------------------------------------------------------------ gradients
+def _gradients(rank: int, folder: Path) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = DistributedDataParallel(_net())
+    x, y = _data()
+    half = slice(rank * N // 2, (rank + 1) * N // 2)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N)
+    # The same seed on every rank: every rank draws the same S weights, as one
+    # process does for the full batch with the "reparam" estimator.
+    torch.manual_seed(1)
+    out = model(x[half])
+    loss_fn(out, y[half]).backward()
+    grads = {name: p.grad.clone() for name, p in model.module.named_parameters()}
+    shapes = {
+        "output": tuple(out.shape),
+        "predict": tuple(
+            bnn.predict(model, x, bnn.Categorical(), samples=5).probs.shape
+        ),
+        "model_loss": tuple(loss_fn.model_loss(model, x[half], y[half]).shape),
+        "deterministic": tuple(bnn.to_deterministic(model)(x).shape),
+    }
+    if rank == 0:
+        save_checkpoint(folder / "ddp.pt", model, epoch=3)
+    dist.barrier()
+    return {"grads": grads, "shapes": shapes, "state": _state(model.module)}
+
+
+def test_gradients_equal_one_process_on_the_full_batch(
+    ranks: list[dict[str, Any]],
+) -> None:
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N)
+    torch.manual_seed(1)
+    loss_fn(net(x), y).backward()
+    for rank in (result["gradients"] for result in ranks):
+        assert rank["grads"].keys() == dict(net.named_parameters()).keys()
+        for name, param in net.named_parameters():
+            # DDP averages two half-batch gradients, each with the KL / N once:
+            # the same sum in another order (float64).
+            torch.testing.assert_close(
+                rank["grads"][name], param.grad, rtol=1e-6, atol=1e-12, msg=name
+            )
+        assert rank["shapes"] == {
+            "output": (10, N // 2, 3),
+            "predict": (N, 3),
+            "model_loss": (),
+            "deterministic": (N, 3),
+        }
+    # the checkpoint of the wrapped model loads into the plain network
+    fresh = _net()
+    folder = ranks[0]["folder"] / "gradients"
+    assert load_checkpoint(folder / "ddp.pt", fresh)["epoch"] == 3
+    _assert_same_state(_state(fresh), ranks[0]["gradients"]["state"])
+
+
+# ------------------------------------------------------------------------ fit
+def _regression_loader() -> DataLoader[tuple[Tensor, ...]]:
+    x, _ = _data()
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0]) + 0.1 * torch.randn(N)
+    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
+
+
+def _fit(rank: int, folder: Path) -> dict[str, Any]:
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(4, 8), nn.Tanh(), bnn.VILinear(8, 1))
+    model = DistributedDataParallel(net)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=N)  # learned scale
+    torch.manual_seed(10 + rank)  # different draws on each rank
+    loader = _regression_loader()
+    steps: list[int] = []
+
+    def count(module: nn.Module, args: Any, output: Any) -> None:
+        steps.append(args[0].shape[0])
+
+    handle = net.register_forward_hook(count)
+    shown = io.StringIO()
+    with contextlib.redirect_stderr(shown):
+        history = fit(
+            model,
+            loss_fn,
+            loader,
+            epochs=3,
+            optimizer=torch.optim.Adam(
+                [*model.parameters(), *loss_fn.parameters()], 0.05
+            ),
+            val_loader=loader,
+            checkpoint_path=folder / "ckpt.pt",
+            progress=True,
+        )
+    handle.remove()
+    return {
+        "state": _state(net),
+        "loss_state": _state(loss_fn),
+        "history": history.as_dict(),
+        "examples": sum(steps),
+        "progress": shown.getvalue(),
+    }
+
+
+def test_fit_on_two_ranks_ends_identical_with_one_checkpoint(
+    ranks: list[dict[str, Any]],
+) -> None:
+    folder = ranks[0]["folder"] / "fit"
+    ranks = [result["fit"] for result in ranks]
+    _assert_same_state(ranks[0]["state"], ranks[1]["state"])
+    _assert_same_state(ranks[0]["loss_state"], ranks[1]["loss_state"])
+    assert ranks[0]["history"] == ranks[1]["history"]  # all-reduced statistics
+    assert ranks[0]["history"]["epochs_run"] == 3
+    # sharded: each rank runs half the examples per epoch (plus validation)
+    training = 3 * N // 2
+    validation = 3 * N
+    assert [rank["examples"] for rank in ranks] == [training + validation] * 2
+    assert _files(folder) == ["ckpt.pt"]
+    torch.set_default_dtype(torch.float64)
+    net = bnn.VISequential(bnn.VILinear(4, 8), nn.Tanh(), bnn.VILinear(8, 1))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=N)
+    info = load_checkpoint(folder / "ckpt.pt", net, loss_fn=loss_fn)
+    assert info["epoch"] == 2
+    _assert_same_state(_state(net), ranks[0]["state"])
+    # progress on rank 0 only
+    assert "epoch 3/3" in ranks[0]["progress"]
+    assert ranks[1]["progress"] == ""
+
+
+class _RecordingSampler(DistributedSampler[Any]):
+    """A user's DistributedSampler that records the epochs it is told."""
+
+    def __init__(self, dataset: TensorDataset) -> None:
+        super().__init__(dataset, shuffle=True)
+        self.seen: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.seen.append(epoch)
+        super().set_epoch(epoch)
+
+
+def _sampler(rank: int, folder: Path) -> dict[str, Any]:
+    data = TensorDataset(*_data())
+    sampler = _RecordingSampler(data)
+    loader = DataLoader(data, batch_size=8, sampler=sampler)
+    fit(
+        DistributedDataParallel(_net()),
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N),
+        loader,
+        epochs=2,
+        progress=False,
+    )
+    return {"seen": sampler.seen}
+
+
+def test_fit_keeps_the_users_sampler_and_sets_its_epoch(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for rank in ranks:
+        assert rank["sampler"]["seen"] == [0, 1]
+
+
+# ------------------------------------------------- early stopping, NaN guard
+def _early_stopping(rank: int, folder: Path) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = DistributedDataParallel(_net())
+    x, y = _data()
+    torch.manual_seed(10 + rank)
+    # each rank validates on other data: only the all-reduced loss agrees
+    val = [(x[rank::2], y[rank::2])]
+    history = fit(
+        model,
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N),
+        [(x[rank * 32 : rank * 32 + 32], y[rank * 32 : rank * 32 + 32])],
+        epochs=30,
+        optimizer=torch.optim.SGD(model.parameters(), lr=1e-4),
+        val_loader=val,
+        early_stopping_patience=1,
+        progress=False,
+    )
+    return {"state": _state(model.module), "history": history.as_dict()}
+
+
+def test_early_stopping_on_two_ranks_stops_and_restores_together(
+    ranks: list[dict[str, Any]],
+) -> None:
+    ranks = [result["early_stopping"] for result in ranks]
+    history = ranks[0]["history"]
+    assert history == ranks[1]["history"]
+    assert history["stopped_early"]
+    assert history["epochs_run"] == history["best_epoch"] + 2
+    _assert_same_state(ranks[0]["state"], ranks[1]["state"])
+
+
+class _Breaking(nn.Module):
+    """A wrapper whose network output becomes NaN on rank 1 from a given call."""
+
+    def __init__(self, rank: int, after: int) -> None:
+        super().__init__()
+        self.net = _net()
+        self.rank, self.after, self.calls = rank, after, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.net(x)
+        self.calls += 1
+        if self.rank == 1 and self.calls > self.after:
+            return out * float("nan")
+        return out
+
+
+def _nan_guard(rank: int, folder: Path) -> dict[str, Any]:
+    torch.manual_seed(0)
+    wrapper = _Breaking(rank, after=5)
+    model = DistributedDataParallel(wrapper)
+    x, y = _data()
+    part = slice(rank * 32, rank * 32 + 32)
+    batches = [(x[part][i : i + 8], y[part][i : i + 8]) for i in range(0, 32, 8)]
+    states: list[dict[str, Tensor]] = []
+
+    class Keep:
+        def on_epoch_end(self, epoch: int, history: Any, model: nn.Module) -> None:
+            states.append(_state(wrapper))
+
+    with pyro.validation_enabled(True), bnn.validation(True):
+        try:
+            fit(
+                model,
+                bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N),
+                batches,
+                epochs=3,
+                callbacks=[Keep()],
+                checkpoint_path=folder / "ckpt.pt",
+                progress=False,
+            )
+        except FloatingPointError as error:
+            message = str(error)
+    return {"message": message, "state": _state(wrapper), "epoch0": states[0]}
+
+
+def test_nan_guard_on_two_ranks_fails_and_restores_together(
+    ranks: list[dict[str, Any]],
+) -> None:
+    folder = ranks[0]["folder"] / "nan_guard"
+    ranks = [result["nan_guard"] for result in ranks]
+    for rank in ranks:
+        # the sixth call is epoch 1, step 1 (4 steps per epoch)
+        assert "epoch 1, step 1" in rank["message"]
+        assert "end of epoch 0" in rank["message"]
+        _assert_same_state(rank["state"], rank["epoch0"])
+    # rank 1's NaN loss makes the all-reduced loss NaN on both ranks
+    assert "non-finite loss" in ranks[0]["message"]
+    assert ranks[0]["message"] == ranks[1]["message"]
+    _assert_same_state(ranks[0]["state"], ranks[1]["state"])
+    assert _files(folder) == ["ckpt.pt"]
+
+
+# ------------------------------------------------------------------- example
+def _example(rank: int, folder: Path, port: int) -> str:
+    """``examples/ddp_train.py`` as ``torchrun --nproc_per_node=2`` runs it."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    spec = importlib.util.spec_from_file_location(
+        "ddp_train", ROOT / "examples" / "ddp_train.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        module.main(
+            ["--epochs=2", "--train-size=128", f"--checkpoint={folder / 'ddp.pt'}"]
+        )
+    return shown.getvalue()
+
+
+def test_ddp_example_runs_as_under_torchrun(ranks: list[dict[str, Any]]) -> None:
+    assert "test accuracy" in ranks[0]["example"]
+    assert ranks[1]["example"] == ""  # rank 0 reports
+    assert (ranks[0]["folder"] / "ddp.pt").exists()
+
+
+_SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
+    "gradients": _gradients,
+    "fit": _fit,
+    "sampler": _sampler,
+    "early_stopping": _early_stopping,
+    "nan_guard": _nan_guard,
+}
