@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers.functional import _flat_particles, _is_shared
 
@@ -335,10 +336,13 @@ def recurrent(
     if w_hr0 is None and lstm and out_size != hidden:
         raise ValueError("w_hh must be (4 * H, H) without a projection")
     x = input
+    tracing = is_capturing() or torch.compiler.is_compiling()
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
     for index, layer in enumerate(weights):
-        if lstm and layer[0][4] is None:
+        # Graph capture (compile=True) differentiates the traced ops itself and
+        # cannot trace the fused recurrence's buffer writes: autograd path there.
+        if lstm and layer[0][4] is None and not tracing:
             x, h, c = _lstm_layer(
                 x,
                 layer,
