@@ -6,6 +6,10 @@ Each weight is drawn once per particle and sequence; every time step of every
 particle uses the same draw. The input projections of all time steps (and both
 directions) of a layer are one batched matmul; the recurrence runs a Python loop
 over time steps only, each step one batched matmul over ``directions * S``.
+An LSTM layer without projection runs its recurrence as one autograd function
+with a hand-written backward pass (fewer, fused ops per step); under graph
+capture (``compile=True``), and for the GRU and ``proj_size``, autograd records
+the per-step ops.
 
 Inputs are batch-first, shared ``(B, L, in)`` or folded ``(b * S, L, in)``
 (see :mod:`pyrolite_bnn.layers.functional`). Hidden states are batch-first too:
