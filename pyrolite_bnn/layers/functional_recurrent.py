@@ -233,14 +233,14 @@ def _lstm_layer(
     final ``h``/``c`` as ``(dirs * S, b, H)``.
     """
     dirs = len(layer)
-    inputs = _particle_major(x, batch, samples, shared)
-    if dirs == 2:  # the reverse direction reads the sequence backwards
-        inputs = inputs.expand(samples, *inputs.shape[1:])
-        inputs = torch.cat((inputs, inputs.flip(1)))
-    else:
-        inputs = inputs.expand(samples, *inputs.shape[1:])
+    inputs = _particle_major(x, batch, samples, shared)  # (S or 1, L, b, in)
     length, size = inputs.shape[1], inputs.shape[-1]
-    inputs = inputs.reshape(dirs * samples, length * batch, size)
+    if dirs == 2:  # the reverse direction reads the sequence backwards
+        inputs = torch.stack((inputs, inputs.flip(1)))
+    # A shared input is copied once (time-major), then broadcast over particles.
+    rows = length * batch
+    inputs = inputs.reshape(dirs, -1, rows, size).expand(dirs, samples, rows, size)
+    inputs = inputs.reshape(dirs * samples, rows, size)
     w_ih = torch.cat([_particles(w[0], 2, samples) for w in layer])
     w_hh = torch.cat([_particles(w[1], 2, samples) for w in layer])
     biases = [
