@@ -262,6 +262,63 @@ def _lstm_layer(
     return out, hs[:, length], c_n
 
 
+def _stepwise_layer(
+    lstm: bool,
+    x: Tensor,
+    layer: Sequence[RecurrentWeights],
+    h: Tensor,
+    c: Tensor,
+    batch: int,
+    samples: int,
+    dirs: int,
+    batch_size: int | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One layer (all directions) with autograd recording every time step.
+
+    For the GRU, the LSTM with projection, and under graph capture; ``h`` and
+    ``c`` are ``(dirs * S, b, H_out)`` and ``(dirs * S, b, H)`` (the GRU passes
+    ``h`` as ``c`` and gets it back). Returns the folded output and the final
+    ``h`` and ``c``.
+    """
+    hidden = layer[0][1].shape[-2] // GATES["LSTM" if lstm else "GRU"]
+    w_ih = _cat_directions([w[0] for w in layer], 2, samples, 1)
+    b_ih = _cat_directions([w[2] for w in layer], 1, samples, 1)
+    assert w_ih is not None
+    # All time steps and directions of the layer in one (batched) matmul.
+    steps = _time_major(
+        functional.linear(x, w_ih, b_ih, batch_size), batch, samples, dirs
+    )
+    w_hh = _cat_directions([w[1] for w in layer], 2, samples, 0)
+    b_hh = _cat_directions([w[3] for w in layer], 1, samples, 0)
+    w_hr = _cat_directions([w[4] for w in layer], 2, samples, 0)
+    assert w_hh is not None
+    w_hh_t = w_hh.transpose(1, 2)
+    w_hr_t = None if w_hr is None else w_hr.transpose(1, 2)
+    bias = None if b_hh is None else b_hh.unsqueeze(1)
+    outputs = []
+    for step in steps:
+        gh = torch.bmm(h, w_hh_t) if bias is None else torch.baddbmm(bias, h, w_hh_t)
+        if lstm:
+            gates = step + gh
+            sig = torch.sigmoid(gates)
+            i, f, _, o = sig.chunk(4, -1)
+            g = torch.tanh(gates[..., 2 * hidden : 3 * hidden])
+            c = f * c + i * g
+            h = o * torch.tanh(c)
+            if w_hr_t is not None:
+                h = torch.bmm(h, w_hr_t)
+        else:
+            xr, xz, xn = step.chunk(3, -1)
+            hr, hz, hn = gh.chunk(3, -1)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            h = n + z * (h - n)
+        outputs.append(h)
+    x = _batch_major(torch.stack(outputs), batch, samples, dirs)
+    return x, h, c
+
+
 def recurrent(
     mode: str,
     input: Tensor,
@@ -344,62 +401,16 @@ def recurrent(
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
     for index, layer in enumerate(weights):
+        h = h_all[index]
+        c = c_all[index] if c_all is not None else h
         # Graph capture (compile=True) differentiates the traced ops itself and
         # cannot trace the fused recurrence's buffer writes: autograd path there.
         if lstm and layer[0][4] is None and not tracing:
-            x, h, c = _lstm_layer(
-                x,
-                layer,
-                h_all[index],
-                c_all[index] if c_all is not None else h_all[index],
-                batch,
-                samples,
-                shared and index == 0,
+            x, h, c = _lstm_layer(x, layer, h, c, batch, samples, shared and index == 0)
+        else:
+            x, h, c = _stepwise_layer(
+                lstm, x, layer, h, c, batch, samples, dirs, batch_size
             )
-            if dropout > 0 and training and index < layers - 1:
-                x = F.dropout(x, dropout, training=True)
-            h_n.append(h)
-            c_n.append(c)
-            continue
-        w_ih = _cat_directions([w[0] for w in layer], 2, samples, 1)
-        b_ih = _cat_directions([w[2] for w in layer], 1, samples, 1)
-        assert w_ih is not None
-        # All time steps and directions of the layer in one (batched) matmul.
-        steps = _time_major(
-            functional.linear(x, w_ih, b_ih, batch_size), batch, samples, dirs
-        )
-        w_hh = _cat_directions([w[1] for w in layer], 2, samples, 0)
-        b_hh = _cat_directions([w[3] for w in layer], 1, samples, 0)
-        w_hr = _cat_directions([w[4] for w in layer], 2, samples, 0)
-        assert w_hh is not None
-        w_hh_t = w_hh.transpose(1, 2)
-        w_hr_t = None if w_hr is None else w_hr.transpose(1, 2)
-        bias = None if b_hh is None else b_hh.unsqueeze(1)
-        h = h_all[index]
-        c = c_all[index] if c_all is not None else h
-        outputs = []
-        for step in steps:
-            gh = (
-                torch.bmm(h, w_hh_t) if bias is None else torch.baddbmm(bias, h, w_hh_t)
-            )
-            if lstm:
-                gates = step + gh
-                sig = torch.sigmoid(gates)
-                i, f, _, o = sig.chunk(4, -1)
-                g = torch.tanh(gates[..., 2 * hidden : 3 * hidden])
-                c = f * c + i * g
-                h = o * torch.tanh(c)
-                if w_hr_t is not None:
-                    h = torch.bmm(h, w_hr_t)
-            else:
-                xr, xz, xn = step.chunk(3, -1)
-                hr, hz, hn = gh.chunk(3, -1)
-                r = torch.sigmoid(xr + hr)
-                z = torch.sigmoid(xz + hz)
-                n = torch.tanh(xn + r * hn)
-                h = n + z * (h - n)
-            outputs.append(h)
-        x = _batch_major(torch.stack(outputs), batch, samples, dirs)
         if dropout > 0 and training and index < layers - 1:
             x = F.dropout(x, dropout, training=True)
         h_n.append(h)
