@@ -53,6 +53,18 @@ def _conv() -> bnn.VISequential:
     )
 
 
+class _LSTMClassifier(bnn.VIModule):
+    """A VILSTM (fused recurrence eagerly, per-step autograd when captured)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = bnn.VILSTM(5, 4, batch_first=True)
+        self.head = bnn.VILinear(4, 3, estimator="reparam")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.lstm(x)[0][:, -1])  # type: ignore[no-any-return]
+
+
 def _loss_and_grads(
     make: Callable[[], bnn.VIModule],
     predictive: bnn.PredictiveDistribution,
@@ -98,6 +110,13 @@ def _loss_and_grads(
             bnn.Normal(),
             torch.randn(6, 5),
             torch.randn(6, 3),
+        ),
+        (
+            "lstm",
+            _LSTMClassifier,
+            bnn.Categorical(),
+            torch.randn(6, 3, 5),
+            torch.tensor([0, 1, 2, 0, 1, 2]),
         ),
         (
             "conv",

@@ -6,6 +6,10 @@ Each weight is drawn once per particle and sequence; every time step of every
 particle uses the same draw. The input projections of all time steps (and both
 directions) of a layer are one batched matmul; the recurrence runs a Python loop
 over time steps only, each step one batched matmul over ``directions * S``.
+An LSTM layer without projection runs its recurrence as one autograd function
+with a hand-written backward pass (fewer, fused ops per step); under graph
+capture (``compile=True``), and for the GRU and ``proj_size``, autograd records
+the per-step ops.
 
 Inputs are batch-first, shared ``(B, L, in)`` or folded ``(b * S, L, in)``
 (see :mod:`pyrolite_bnn.layers.functional`). Hidden states are batch-first too:
@@ -17,11 +21,14 @@ particles like every other tensor.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
+from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers.functional import _flat_particles, _is_shared
 
@@ -123,6 +130,195 @@ def _final_states(states: list[Tensor], batch: int, samples: int, dirs: int) -> 
     return stacked.permute(3, 2, 0, 1, 4).reshape(batch * samples, layers * dirs, size)
 
 
+class _LSTMRecurrence(torch.autograd.Function):
+    """The recurrence of one LSTM layer for ``P`` weight sets, with its own BPTT.
+
+    Autograd through the per-step ops records ~12 nodes per time step (and
+    materialises a zero-padded gradient for every gate slice); this function
+    runs 7 ops per step forward and ~14 small ones backward, writing into
+    preallocated buffers, and computes ``dW_hh`` in one batched matmul over all
+    steps. Not twice differentiable.
+
+    Inputs: ``gx`` ``(P, L, B, 4H)``, the input projections of every step with
+    both biases added; ``w_hh`` ``(P, 4H, H)``; ``h0``, ``c0`` ``(P, B, H)``.
+    Outputs: ``hs`` ``(P, L + 1, B, H)`` (``hs[:, 0]`` is ``h0``, ``hs[:, t + 1]``
+    the output of step ``t``) and the final cell state ``(P, B, H)``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, gx: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        particles, length, batch, gates = gx.shape
+        hidden = gates // 4
+        hs = gx.new_empty(particles, length + 1, batch, hidden)
+        cs = torch.empty_like(hs)
+        hs[:, 0] = h0
+        cs[:, 0] = c0
+        acts = gx.new_empty(particles, length, batch, gates)
+        tanh_c = gx.new_empty(particles, length, batch, hidden)
+        w_hh_t = w_hh.transpose(1, 2)
+        for t in range(length):
+            pre = torch.baddbmm(gx[:, t], hs[:, t], w_hh_t)
+            act = acts[:, t]
+            torch.sigmoid(pre, out=act)
+            torch.tanh(
+                pre[..., 2 * hidden : 3 * hidden], out=act[..., 2 * hidden : 3 * hidden]
+            )
+            i, f, g, o = act.chunk(4, -1)
+            c = cs[:, t + 1]
+            torch.mul(f, cs[:, t], out=c)
+            c.addcmul_(i, g)
+            torch.tanh(c, out=tanh_c[:, t])
+            torch.mul(o, tanh_c[:, t], out=hs[:, t + 1])
+        ctx.save_for_backward(acts, hs, cs, tanh_c, w_hh)
+        return hs, cs[:, length].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, d_hs: Tensor, d_cn: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        acts, hs, cs, tanh_c, w_hh = ctx.saved_tensors
+        particles, length, batch, gates = acts.shape
+        hidden = gates // 4
+        d_pre = torch.empty_like(acts)
+        dh, dc = d_hs[:, length], d_cn
+        # Per step on small (P, B, H) tensors that stay in cache: one pass over
+        # the whole sequence per factor costs more than these few extra ops.
+        for t in range(length - 1, -1, -1):
+            act, tanh_ct = acts[:, t], tanh_c[:, t]
+            i, f, g, o = act.chunk(4, -1)
+            # h = o * tanh(c): dc += dh * o * (1 - tanh(c)^2), and o * tanh(c) = h.
+            dc = torch.addcmul(
+                dc, dh, torch.addcmul(o, hs[:, t + 1], tanh_ct, value=-1)
+            )
+            # sigmoid' = s (1 - s) (the g slice is unused: tanh' = 1 - g^2).
+            s_i, s_f, _, s_o = torch.addcmul(act, act, act, value=-1).chunk(4, -1)
+            d_i, d_f, d_g, d_o = d_pre[:, t].chunk(4, -1)
+            torch.mul(dc * g, s_i, out=d_i)
+            torch.mul(dc * cs[:, t], s_f, out=d_f)
+            dc_i = dc * i
+            torch.addcmul(dc_i, dc_i * g, g, value=-1, out=d_g)
+            torch.mul(dh * tanh_ct, s_o, out=d_o)
+            dc = dc * f
+            dh = torch.baddbmm(d_hs[:, t], d_pre[:, t], w_hh)
+        d_w_hh = torch.bmm(
+            d_pre.view(particles, length * batch, gates).transpose(1, 2),
+            hs[:, :length].reshape(particles, length * batch, hidden),
+        )
+        return d_pre, d_w_hh, dh, dc
+
+
+def _particle_major(x: Tensor, batch: int, samples: int, shared: bool) -> Tensor:
+    """Batch-first ``(rows, L, in)`` -> ``(S or 1, L, b, in)`` (1: shared input)."""
+    length, size = x.shape[1], x.shape[2]
+    if shared or samples == 1:
+        return x.transpose(0, 1).unsqueeze(0)
+    return x.reshape(batch, samples, length, size).permute(1, 2, 0, 3)
+
+
+def _lstm_layer(
+    x: Tensor,
+    layer: Sequence[RecurrentWeights],
+    h0: Tensor,
+    c0: Tensor,
+    batch: int,
+    samples: int,
+    shared: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer without projection (all directions) via the fused recurrence.
+
+    ``h0``/``c0`` are ``(dirs * S, b, H)``; returns the folded output and the
+    final ``h``/``c`` as ``(dirs * S, b, H)``.
+    """
+    dirs = len(layer)
+    inputs = _particle_major(x, batch, samples, shared)  # (S or 1, L, b, in)
+    length, size = inputs.shape[1], inputs.shape[-1]
+    if dirs == 2:  # the reverse direction reads the sequence backwards
+        inputs = torch.stack((inputs, inputs.flip(1)))
+    # A shared input is copied once (time-major), then broadcast over particles.
+    rows = length * batch
+    inputs = inputs.reshape(dirs, -1, rows, size).expand(dirs, samples, rows, size)
+    inputs = inputs.reshape(dirs * samples, rows, size)
+    w_ih = torch.cat([_particles(w[0], 2, samples) for w in layer])
+    w_hh = torch.cat([_particles(w[1], 2, samples) for w in layer])
+    biases = [
+        [_particles(b, 1, samples) for b in (w[2], w[3]) if b is not None]
+        for w in layer
+    ]
+    w_ih_t = w_ih.transpose(1, 2)
+    if biases[0]:
+        bias = torch.cat([sum(b[1:], b[0]) for b in biases]).unsqueeze(1)
+        gx = torch.baddbmm(bias, inputs, w_ih_t)
+    else:
+        gx = torch.bmm(inputs, w_ih_t)
+    gx = gx.view(dirs * samples, length, batch, -1)
+    hs, c_n = _LSTMRecurrence.apply(gx, w_hh, h0, c0)  # type: ignore[no-untyped-call]
+    out = hs[:, 1:].reshape(dirs, samples, length, batch, -1)
+    if dirs == 2:
+        out = torch.stack((out[0], out[1].flip(1)))
+    out = out.permute(3, 1, 2, 0, 4).reshape(batch * samples, length, -1)
+    return out, hs[:, length], c_n
+
+
+def _stepwise_layer(
+    lstm: bool,
+    x: Tensor,
+    layer: Sequence[RecurrentWeights],
+    h: Tensor,
+    c: Tensor,
+    batch: int,
+    samples: int,
+    dirs: int,
+    batch_size: int | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One layer (all directions) with autograd recording every time step.
+
+    For the GRU, the LSTM with projection, and under graph capture; ``h`` and
+    ``c`` are ``(dirs * S, b, H_out)`` and ``(dirs * S, b, H)`` (the GRU passes
+    ``h`` as ``c`` and gets it back). Returns the folded output and the final
+    ``h`` and ``c``.
+    """
+    hidden = layer[0][1].shape[-2] // GATES["LSTM" if lstm else "GRU"]
+    w_ih = _cat_directions([w[0] for w in layer], 2, samples, 1)
+    b_ih = _cat_directions([w[2] for w in layer], 1, samples, 1)
+    assert w_ih is not None
+    # All time steps and directions of the layer in one (batched) matmul.
+    steps = _time_major(
+        functional.linear(x, w_ih, b_ih, batch_size), batch, samples, dirs
+    )
+    w_hh = _cat_directions([w[1] for w in layer], 2, samples, 0)
+    b_hh = _cat_directions([w[3] for w in layer], 1, samples, 0)
+    w_hr = _cat_directions([w[4] for w in layer], 2, samples, 0)
+    assert w_hh is not None
+    w_hh_t = w_hh.transpose(1, 2)
+    w_hr_t = None if w_hr is None else w_hr.transpose(1, 2)
+    bias = None if b_hh is None else b_hh.unsqueeze(1)
+    outputs = []
+    for step in steps:
+        gh = torch.bmm(h, w_hh_t) if bias is None else torch.baddbmm(bias, h, w_hh_t)
+        if lstm:
+            gates = step + gh
+            sig = torch.sigmoid(gates)
+            i, f, _, o = sig.chunk(4, -1)
+            g = torch.tanh(gates[..., 2 * hidden : 3 * hidden])
+            c = f * c + i * g
+            h = o * torch.tanh(c)
+            if w_hr_t is not None:
+                h = torch.bmm(h, w_hr_t)
+        else:
+            xr, xz, xn = step.chunk(3, -1)
+            hr, hz, hn = gh.chunk(3, -1)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            h = n + z * (h - n)
+        outputs.append(h)
+    x = _batch_major(torch.stack(outputs), batch, samples, dirs)
+    return x, h, c
+
+
 def recurrent(
     mode: str,
     input: Tensor,
@@ -201,48 +397,20 @@ def recurrent(
     if w_hr0 is None and lstm and out_size != hidden:
         raise ValueError("w_hh must be (4 * H, H) without a projection")
     x = input
+    tracing = is_capturing() or torch.compiler.is_compiling()
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
     for index, layer in enumerate(weights):
-        w_ih = _cat_directions([w[0] for w in layer], 2, samples, 1)
-        b_ih = _cat_directions([w[2] for w in layer], 1, samples, 1)
-        assert w_ih is not None
-        # All time steps and directions of the layer in one (batched) matmul.
-        steps = _time_major(
-            functional.linear(x, w_ih, b_ih, batch_size), batch, samples, dirs
-        )
-        w_hh = _cat_directions([w[1] for w in layer], 2, samples, 0)
-        b_hh = _cat_directions([w[3] for w in layer], 1, samples, 0)
-        w_hr = _cat_directions([w[4] for w in layer], 2, samples, 0)
-        assert w_hh is not None
-        w_hh_t = w_hh.transpose(1, 2)
-        w_hr_t = None if w_hr is None else w_hr.transpose(1, 2)
-        bias = None if b_hh is None else b_hh.unsqueeze(1)
         h = h_all[index]
         c = c_all[index] if c_all is not None else h
-        outputs = []
-        for step in steps:
-            gh = (
-                torch.bmm(h, w_hh_t) if bias is None else torch.baddbmm(bias, h, w_hh_t)
+        # Graph capture (compile=True) differentiates the traced ops itself and
+        # cannot trace the fused recurrence's buffer writes: autograd path there.
+        if lstm and layer[0][4] is None and not tracing:
+            x, h, c = _lstm_layer(x, layer, h, c, batch, samples, shared and index == 0)
+        else:
+            x, h, c = _stepwise_layer(
+                lstm, x, layer, h, c, batch, samples, dirs, batch_size
             )
-            if lstm:
-                gates = step + gh
-                sig = torch.sigmoid(gates)
-                i, f, _, o = sig.chunk(4, -1)
-                g = torch.tanh(gates[..., 2 * hidden : 3 * hidden])
-                c = f * c + i * g
-                h = o * torch.tanh(c)
-                if w_hr_t is not None:
-                    h = torch.bmm(h, w_hr_t)
-            else:
-                xr, xz, xn = step.chunk(3, -1)
-                hr, hz, hn = gh.chunk(3, -1)
-                r = torch.sigmoid(xr + hr)
-                z = torch.sigmoid(xz + hz)
-                n = torch.tanh(xn + r * hn)
-                h = n + z * (h - n)
-            outputs.append(h)
-        x = _batch_major(torch.stack(outputs), batch, samples, dirs)
         if dropout > 0 and training and index < layers - 1:
             x = F.dropout(x, dropout, training=True)
         h_n.append(h)

@@ -259,3 +259,67 @@ def test_lstm_learns_sequence_task() -> None:
     net = _Classifier("LSTM")
     train_classifier(net, x_train, y_train, steps=150)
     assert accuracy(net, x_test, y_test) >= 0.9
+
+
+@pytest.mark.parametrize("options", OPTIONS + LSTM_ONLY, ids=str)
+@pytest.mark.parametrize("folded", [False, True], ids=["shared", "folded"])
+def test_lstm_gradients_equal_torch_per_particle(
+    options: dict[str, Any], folded: bool
+) -> None:
+    # The LSTM recurrence has its own backward pass (BPTT by hand): gradients
+    # for weights, input and initial states must be torch's autograd ones.
+    samples, batch, length = 3, 4, 6
+    reference = nn.LSTM(5, 7, batch_first=True, **options)
+    names = [n for n, _ in reference.named_parameters()]
+    draws = {
+        n: (torch.randn(samples, *p.shape) * 0.4).requires_grad_()
+        for n, p in reference.named_parameters()
+    }
+    dirs = 2 if options.get("bidirectional") else 1
+    layers, h_out = options.get("num_layers", 1), options.get("proj_size") or 7
+    rows = batch * samples if folded else batch
+    x = torch.randn(rows, length, 5, requires_grad=True)
+    h0 = torch.randn(rows, layers * dirs, h_out, requires_grad=True)
+    c0 = torch.randn(rows, layers * dirs, 7, requires_grad=True)
+
+    def get(layer: int, suffix: str, kind: str) -> torch.Tensor | None:
+        name = f"{kind}_l{layer}{suffix}"
+        return draws.get(name)
+
+    packed = [
+        [
+            tuple(get(layer, suffix, k) for k in KINDS)
+            for suffix in ["", "_reverse"][:dirs]
+        ]
+        for layer in range(layers)
+    ]
+    out, h_n, c_n = recurrent("LSTM", x, packed, h0, c0, 0.0, False, batch)  # type: ignore[arg-type]
+    probe = [torch.randn_like(t) for t in (out, h_n, c_n)]
+    total = sum((t * p).sum() for t, p in zip((out, h_n, c_n), probe, strict=True))
+    ours = torch.autograd.grad(total, [x, h0, c0, *draws.values()])
+    theirs = [torch.zeros_like(g) for g in ours]
+    for s in range(samples):
+        idx = torch.arange(batch) * samples + s if folded else torch.arange(batch)
+        ref_rows = torch.arange(batch) * samples + s
+        with torch.no_grad():
+            for name, p in reference.named_parameters():
+                p.copy_(draws[name][s])
+        xs, hs, cs = x[idx], h0[idx], c0[idx]
+        ref_out, (ref_h, ref_c) = reference(xs, _torch_state((hs, cs)))
+        ref_total = (
+            (ref_out * probe[0][ref_rows]).sum()
+            + (ref_h.transpose(0, 1) * probe[1][ref_rows]).sum()
+            + (ref_c.transpose(0, 1) * probe[2][ref_rows]).sum()
+        )
+        grads = torch.autograd.grad(
+            ref_total, [x, h0, c0, *reference.parameters()], allow_unused=True
+        )
+        for k in range(3):
+            theirs[k] = theirs[k] + grads[k]
+        for k in range(len(names)):
+            theirs[3 + k][s] = grads[3 + k]
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
