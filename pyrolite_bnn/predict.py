@@ -22,7 +22,6 @@ combines them.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,9 +31,15 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import rng_state, set_rng_state
+from pyrolite_bnn._network import (
+    bayesian_positions,
+    collect_variables,
+    network_modules,
+)
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
-from pyrolite_bnn.module import NOT_NETWORK, VIModule, whole_network_draws
+from pyrolite_bnn.guides import ParticleGuide
+from pyrolite_bnn.module import VIModule, whole_network_draws
 
 if TYPE_CHECKING:
     from pyrolite_bnn.calibration import Calibration
@@ -240,8 +245,13 @@ def predict(
         (torch.Size([5, 4]), torch.Size([5]))
     """
     model = unwrap(model)
-    if not isinstance(model, VIModule):
-        raise TypeError(f"predict needs a bnn.VIModule, got {type(model).__name__}")
+    if not isinstance(model, VIModule) and (
+        not isinstance(model, nn.Module) or not bayesian_positions(model, limit=1)
+    ):
+        raise TypeError(
+            "predict needs a network with Bayesian layers (a bnn.VIModule, or a "
+            f"torch module holding bnn layers), got {type(model).__name__}"
+        )
     if mode not in ("sample", "mean"):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     if not isinstance(x, Tensor) or x.dim() == 0:
@@ -262,7 +272,7 @@ def predict(
 
 
 def _predict(
-    model: VIModule,
+    model: nn.Module,
     x: Tensor,
     samples: int,
     batch_size: int | None,
@@ -271,7 +281,7 @@ def _predict(
 ) -> Tensor:
     size = x.shape[0]
     generators = _Generators(_devices(model, x))
-    weights = model.guide.median() if mode == "mean" else None
+    weights = _guide(model).median() if mode == "mean" else None
     particles = 1 if weights is not None else samples
     budget = _default_budget(x) if memory_budget is None else memory_budget
     # Keep one draw of all weights for every chunk if it takes <= half the budget.
@@ -315,17 +325,41 @@ def _predict(
     return result
 
 
+def _guide(model: nn.Module) -> ParticleGuide:
+    """The guide of ``model``: its own, or the generated one of a plain module."""
+    return model.guide if isinstance(model, VIModule) else ParticleGuide(model)
+
+
+def _call(model: nn.Module, x: Tensor, samples: int) -> Any:
+    """``model(x)`` with ``samples`` particles (a plain module reads ``.samples``)."""
+    if isinstance(model, VIModule):
+        return model(x, samples=samples)
+    saved = model.__dict__.get("samples")
+    model.samples = samples  # type: ignore[assignment]
+    try:
+        return model(x)
+    finally:
+        if saved is None:
+            del model.samples
+        else:
+            model.samples = saved
+
+
 def _run(
-    model: VIModule, x: Tensor, samples: int, weights: dict[str, Tensor] | None
+    model: nn.Module, x: Tensor, samples: int, weights: dict[str, Tensor] | None
 ) -> Tensor:
     """Outputs ``(S, B, ...)`` for one chunk: weights drawn, or fixed to ``weights``."""
     if weights is not None:
-        conditioned: Any = poutine.condition(model, data=weights)
+
+        def network() -> Any:
+            return _call(model, x, samples)
+
+        conditioned: Any = poutine.condition(network, data=weights)
         with poutine.trace():  # a handler makes the network a plain Pyro model
-            out = conditioned(x, samples=samples)
+            out = conditioned()
     else:
         with whole_network_draws():
-            out = model(x, samples=samples)
+            out = _call(model, x, samples)
     if not isinstance(out, Tensor):
         raise TypeError(
             f"predict needs a network that returns one tensor, got {type(out).__name__}"
@@ -333,22 +367,22 @@ def _run(
     return out
 
 
-def _draw_weights(model: VIModule, samples: int) -> dict[str, Tensor]:
-    """One draw of every weight for ``samples`` particles, from ``model.guide``."""
-    trace = poutine.trace(model.guide).get_trace(samples=samples)
+def _draw_weights(model: nn.Module, samples: int) -> dict[str, Tensor]:
+    """One draw of every weight for ``samples`` particles, from the guide."""
+    trace = poutine.trace(_guide(model)).get_trace(samples=samples)
     values: dict[str, Tensor] = {}
-    for variable in model.random_variables():
+    for variable in collect_variables(model):
         value = trace.nodes[variable.site]["value"]
         assert isinstance(value, Tensor)
         values[variable.site] = value
     return values
 
 
-def _draw_bytes(model: VIModule, samples: int) -> int:
+def _draw_bytes(model: nn.Module, samples: int) -> int:
     """Bytes of ``samples`` draws of all the model's weights."""
     return samples * sum(
         v.shape.numel() * v.posterior.mean().element_size()
-        for v in model.random_variables()
+        for v in collect_variables(model)
     )
 
 
@@ -406,14 +440,6 @@ def _nbytes(value: object) -> int:
     return 0
 
 
-def _network_modules(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` and its descendants, without priors, posteriors and guides."""
-    yield module
-    for name, child in module.named_children():
-        if not (isinstance(module, VIModule) and name in NOT_NETWORK):
-            yield from _network_modules(child)
-
-
 class _ActivationProbe:
     """Largest input-plus-output size of one module call, seen by forward hooks."""
 
@@ -424,7 +450,7 @@ class _ActivationProbe:
 
     def __enter__(self) -> _ActivationProbe:
         self.handles = [
-            m.register_forward_hook(self._hook) for m in _network_modules(self.model)
+            m.register_forward_hook(self._hook) for _, m in network_modules(self.model)
         ]
         return self
 

@@ -382,3 +382,31 @@ def test_svi_trains_plain_layers_inside_the_network(root: str) -> None:
         svi.step(x, y, samples=2)
     after = [*head.parameters(), *layers[1].parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("mode", ["sample", "mean"])
+def test_predict_takes_a_plain_root(mode: str) -> None:
+    net = nn.Sequential(bnn.VILinear(3, 6), nn.ReLU(), bnn.VILinear(6, 2))
+    x = torch.randn(9, 3)
+    pred = bnn.predict(net, x, bnn.Categorical(), samples=7, mode=mode)
+    assert pred.samples.shape == (7 if mode == "sample" else 1, 9, 2)
+    assert not hasattr(net, "samples")  # left as it was
+    if mode == "mean":
+        means = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+        means[0].weight.data = net[0].posterior["weight"].mean().detach()
+        means[0].bias.data = net[0].posterior["bias"].mean().detach()
+        means[2].weight.data = net[2].posterior["weight"].mean().detach()
+        means[2].bias.data = net[2].posterior["bias"].mean().detach()
+        torch.testing.assert_close(pred.samples[0], means(x))
+    chunked = bnn.predict(net, x, bnn.Categorical(), samples=7, batch_size=2)
+    pyro.set_rng_seed(5)
+    a = bnn.predict(net, x, bnn.Categorical(), samples=7, batch_size=2).samples
+    pyro.set_rng_seed(5)
+    b = bnn.predict(net, x, bnn.Categorical(), samples=7).samples
+    torch.testing.assert_close(a, b)  # particles are coherent across chunks
+    assert chunked.samples.shape == (7, 9, 2)
+
+
+def test_predict_refuses_a_module_without_bayesian_layers() -> None:
+    with pytest.raises(TypeError, match="predict needs a network with Bayesian"):
+        bnn.predict(nn.Linear(3, 2), torch.randn(4, 3), bnn.Categorical())

@@ -117,7 +117,9 @@ def test_predict_errors() -> None:
         bnn.predict(net, torch.randn(2, 3), bnn.Categorical(), mode="median")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         bnn.predict(net, torch.randn(2, 3), bnn.Categorical(), batch_size=0)
-    with pytest.raises(TypeError, match=r"predict needs a bnn\.VIModule"):
+    with pytest.raises(
+        TypeError, match=r"predict needs a network with Bayesian layers"
+    ):
         bnn.predict(torch.nn.Linear(3, 2), torch.randn(2, 3), bnn.Categorical())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
         Prediction(torch.zeros(2, 3), bnn.Normal(scale=1.0)).interval(1.5)
