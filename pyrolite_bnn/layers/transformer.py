@@ -197,6 +197,46 @@ class _VITransformerLayer(VIModule):
     dropout: nn.Dropout
     norm_first: bool
 
+    def _options(
+        self,
+        batch_first: bool,
+        prior: object,
+        variational: object,
+        estimator: str,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> _Options:
+        """Check the layout and estimator; the Bayesian options for the children."""
+        name = type(self).__name__
+        check_batch_first(batch_first, name)
+        return _Options(
+            prior,
+            variational,
+            check_drawn_estimator(estimator, variational, name),
+            device,
+            dtype,
+        )
+
+    @staticmethod
+    def _attention(
+        d_model: int,
+        nhead: int,
+        dropout: float,
+        bias: bool,
+        batch_first: bool,
+        options: _Options,
+        child: str,
+    ) -> VIMultiheadAttention:
+        """The attention block ``child`` (``self_attn`` or ``multihead_attn``)."""
+        return VIMultiheadAttention(
+            d_model,
+            nhead,
+            dropout=dropout,
+            bias=bias,
+            batch_first=batch_first,
+            **options.child(child),
+        )
+
     def _build_feedforward(
         self,
         d_model: int,
@@ -290,22 +330,11 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_batch_first(batch_first, name)
-        options = _Options(
-            prior,
-            variational,
-            check_drawn_estimator(estimator, variational, name),
-            device,
-            dtype,
+        options = self._options(
+            batch_first, prior, variational, estimator, device, dtype
         )
-        self.self_attn = VIMultiheadAttention(
-            d_model,
-            nhead,
-            dropout=dropout,
-            bias=bias,
-            batch_first=batch_first,
-            **options.child("self_attn"),
+        self.self_attn = self._attention(
+            d_model, nhead, dropout, bias, batch_first, options, "self_attn"
         )
         self._build_feedforward(
             d_model, dim_feedforward, dropout, activation, bias, norm_first, options
@@ -390,30 +419,14 @@ class VITransformerDecoderLayer(_VITransformerLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        check_batch_first(batch_first, name)
-        options = _Options(
-            prior,
-            variational,
-            check_drawn_estimator(estimator, variational, name),
-            device,
-            dtype,
+        options = self._options(
+            batch_first, prior, variational, estimator, device, dtype
         )
-        self.self_attn = VIMultiheadAttention(
-            d_model,
-            nhead,
-            dropout=dropout,
-            bias=bias,
-            batch_first=batch_first,
-            **options.child("self_attn"),
+        self.self_attn = self._attention(
+            d_model, nhead, dropout, bias, batch_first, options, "self_attn"
         )
-        self.multihead_attn = VIMultiheadAttention(
-            d_model,
-            nhead,
-            dropout=dropout,
-            bias=bias,
-            batch_first=batch_first,
-            **options.child("multihead_attn"),
+        self.multihead_attn = self._attention(
+            d_model, nhead, dropout, bias, batch_first, options, "multihead_attn"
         )
         self._build_feedforward(
             d_model, dim_feedforward, dropout, activation, bias, norm_first, options
