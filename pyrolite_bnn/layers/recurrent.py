@@ -1,8 +1,13 @@
 """Bayesian recurrent layers: ``VILSTM`` and ``VIGRU``.
 
 Each weight is drawn once per particle and sequence (not per time step), so the
-KL is counted once per weight tensor. Layouts are batch-first throughout, hidden
-states included (see :mod:`pyrolite_bnn.layers.functional_recurrent`).
+KL is counted once per weight tensor. Inputs and outputs are batch-first. Hidden
+states use torch's layout ``(num_layers * num_directions, rows, H)`` inside a
+network, so a converted ``forward`` reading ``h_n[-1]`` gets the folded
+``(B * S, H)`` activation; called on its own (the outermost module) a layer
+returns them batch-first, ``(S, B, num_layers * num_directions, H)``, as the
+particle dimension can only be put in front of the batch (see
+:func:`pyrolite_bnn._particles.unfold`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from pyrolite_bnn import _particles
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._options import per_variable
 from pyrolite_bnn.layers._sequence import check_batch_first, check_drawn_estimator
@@ -158,9 +164,34 @@ class _VIRNNBase(VIModule):
             weights.append(directions)
         return weights
 
+    def _outermost(self) -> bool:
+        """Whether this layer is the module of the running outermost call."""
+        state = _particles.current()
+        return state is None or state.root is self
+
+    def _state_in(
+        self, state: Tensor | None, name: str, size: int, outermost: bool
+    ) -> Tensor | None:
+        """An initial state as the batch-first one of the functional op.
+
+        Inside a network ``state`` is in torch's layout ``(layers * D, rows,
+        size)``; as the outermost module it is batch-first already.
+        """
+        if state is None or outermost:
+            return state
+        states = self.num_layers * self.num_directions
+        if state.dim() != 3 or state.shape[0] != states or state.shape[2] != size:
+            raise ValueError(
+                f"{type(self).__name__}: inside a network {name} is in torch's "
+                f"layout (num_layers * num_directions, batch, {size}) = ({states}, "
+                f"batch or batch * samples, {size}), got {tuple(state.shape)}"
+            )
+        return state.transpose(0, 1)
+
     def _recur(
         self, input: Tensor, hx: Tensor | None, cx: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Output and final states; states in torch's layout inside a network."""
         name = type(self).__name__
         if isinstance(input, PackedSequence):
             raise TypeError(
@@ -174,16 +205,22 @@ class _VIRNNBase(VIModule):
                 f"shape (batch, sequence, {self.input_size}), got {tuple(input.shape)}"
                 " (unsqueeze(0) a single sequence)"
             )
-        return recurrent(
+        outermost = self._outermost()
+        output, h_n, c_n = recurrent(
             self.mode,
             input,
             self._weights(),
-            hx,
-            cx,
+            self._state_in(hx, "h0", self.proj_size or self.hidden_size, outermost),
+            self._state_in(cx, "c0", self.hidden_size, outermost),
             self.dropout,
             self.training,
             current_batch_size(),
         )
+        if outermost:
+            return output, h_n, c_n
+        h_n = h_n.transpose(0, 1).contiguous()
+        c_n = None if c_n is None else c_n.transpose(0, 1).contiguous()
+        return output, h_n, c_n
 
     def extra_repr(self) -> str:
         """Constructor arguments (non-defaults only, as ``torch.nn``)."""
