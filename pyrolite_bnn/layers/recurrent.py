@@ -255,13 +255,18 @@ class VILSTM(_VIRNNBase):
 
     - ``batch_first=True`` is required (the default ``False`` raises a
       ``ValueError``): with sequence-first tensors the leading dimension is time.
-    - Hidden and cell states, given (``h0``, ``c0``) and returned (``h_n``,
-      ``c_n``), are batch-first: ``(B, num_layers * num_directions, H)``, the
-      transpose of torch's ``(num_layers * num_directions, B, H)``. As the
-      outermost module every output gets the particle dimension, so ``h_n`` is
-      ``(S, B, num_layers * num_directions, H_out)``; ``h_n[s].transpose(0, 1)``
-      is torch's ``h_n`` for particle ``s``. Initial states may be shared
-      ``(B, ...)`` or folded per particle ``(B * S, ...)`` (inside a network).
+    - Hidden and cell states (``h0``, ``c0`` given; ``h_n``, ``c_n``
+      returned) are in torch's layout inside a network (the layer is not the
+      outermost module): ``(num_layers * num_directions, B * S, H)``, column
+      ``b * S + s`` for example ``b`` under particle ``s``, so ``h_n[-1]`` is
+      the folded ``(B * S, H)`` activation as in torch. Initial states are
+      shared ``(num_layers * num_directions, B, H)`` or folded
+      ``(num_layers * num_directions, B * S, H)``. Called on its own (the
+      outermost module) the states are batch-first, because every output gets
+      the particle dimension in front of its leading batch dimension: ``h0``
+      ``(B, num_layers * num_directions, H)``, ``h_n``
+      ``(S, B, num_layers * num_directions, H_out)``;
+      ``h_n[s].transpose(0, 1)`` is torch's ``h_n`` for particle ``s``.
 
     Packed sequences are refused with a ``TypeError``; unbatched ``(L, H_in)``
     inputs with a ``ValueError``.
@@ -285,14 +290,18 @@ class VILSTM(_VIRNNBase):
         dtype: dtype of parameters and prior buffers.
 
     Shape:
-        - Input: ``(B, L, input_size)``; optional ``(h0, c0)``, each
-          ``(B, num_layers * D, H_out)`` and ``(B, num_layers * D, hidden_size)``.
-        - Output: ``(output, (h_n, c_n))``; ``output`` is
-          ``(S, B, L, D * H_out)`` as the outermost module, ``h_n``
-          ``(S, B, num_layers * D, H_out)``, ``c_n``
+        - Input: ``(B, L, input_size)``; optional ``(h0, c0)``, inside a network
+          ``(num_layers * D, B or B * S, H_out)`` and
+          ``(num_layers * D, B or B * S, hidden_size)``; as the outermost
+          module ``(B, num_layers * D, H_out)`` and
+          ``(B, num_layers * D, hidden_size)``.
+        - Output: ``(output, (h_n, c_n))``; inside a network ``output`` is
+          ``(B * S, L, D * H_out)``, ``h_n`` ``(num_layers * D, B * S, H_out)``
+          and ``c_n`` ``(num_layers * D, B * S, hidden_size)``; as the
+          outermost module ``(S, B, L, D * H_out)``,
+          ``(S, B, num_layers * D, H_out)`` and
           ``(S, B, num_layers * D, hidden_size)`` (``D`` = 2 if bidirectional,
-          ``H_out`` = ``proj_size`` or ``hidden_size``); folded ``(B * S, ...)``
-          inside a network.
+          ``H_out`` = ``proj_size`` or ``hidden_size``).
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -302,6 +311,17 @@ class VILSTM(_VIRNNBase):
         >>> out, (h_n, c_n) = lstm(torch.randn(4, 5, 3), samples=2)
         >>> out.shape, h_n.shape, c_n.shape
         (torch.Size([2, 4, 5, 8]), torch.Size([2, 4, 2, 8]), torch.Size([2, 4, 2, 8]))
+        >>> class Classifier(bnn.VIModule):  # inside a network: torch's layout
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.lstm, self.head = lstm, bnn.VILinear(8, 3)
+        ...     def forward(self, x):
+        ...         _, (h_n, c_n) = self.lstm(x)
+        ...         print(tuple(h_n.shape))
+        ...         return self.head(h_n[-1])
+        >>> Classifier()(torch.randn(4, 5, 3), samples=2).shape
+        (2, 8, 8)
+        torch.Size([2, 4, 3])
     """
 
     mode = "LSTM"
@@ -321,8 +341,9 @@ class VIGRU(_VIRNNBase):
     """Bayesian counterpart of :class:`torch.nn.GRU`.
 
     Same conventions as :class:`VILSTM` (``batch_first=True`` required,
-    batch-first hidden states, weights drawn once per particle and sequence),
-    without ``proj_size`` and cell state.
+    hidden states in torch's layout inside a network and batch-first as the
+    outermost module, weights drawn once per particle and sequence), without
+    ``proj_size`` and cell state.
 
     Args:
         input_size: features of the input ``x_t``.
@@ -340,8 +361,11 @@ class VIGRU(_VIRNNBase):
 
     Shape:
         - Input: ``(B, L, input_size)``; optional ``h0``
-          ``(B, num_layers * D, hidden_size)``.
-        - Output: ``(output, h_n)``: ``(S, B, L, D * hidden_size)`` and
+          ``(num_layers * D, B or B * S, hidden_size)`` inside a network,
+          ``(B, num_layers * D, hidden_size)`` as the outermost module.
+        - Output: ``(output, h_n)``: ``(B * S, L, D * hidden_size)`` and
+          ``(num_layers * D, B * S, hidden_size)`` inside a network;
+          ``(S, B, L, D * hidden_size)`` and
           ``(S, B, num_layers * D, hidden_size)`` as the outermost module.
 
     Example:
