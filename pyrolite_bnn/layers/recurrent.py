@@ -180,11 +180,24 @@ class _VIRNNBase(VIModule):
         if state is None or outermost:
             return state
         states = self.num_layers * self.num_directions
-        if state.dim() != 3 or state.shape[0] != states or state.shape[2] != size:
+        particles = _particles.current()
+        assert particles is not None  # not outermost: inside a running call
+        batch, samples = particles.batch_size, particles.samples
+        rows = (
+            "batch or batch * samples"
+            if batch is None
+            else f"{batch} or {batch} * {samples} = {batch * samples}"
+        )
+        if (
+            state.dim() != 3
+            or state.shape[0] != states
+            or state.shape[2] != size
+            or (batch is not None and state.shape[1] not in (batch, batch * samples))
+        ):
             raise ValueError(
                 f"{type(self).__name__}: inside a network {name} is in torch's "
                 f"layout (num_layers * num_directions, batch, {size}) = ({states}, "
-                f"batch or batch * samples, {size}), got {tuple(state.shape)}"
+                f"{rows}, {size}), got {tuple(state.shape)}"
             )
         return state.transpose(0, 1)
 

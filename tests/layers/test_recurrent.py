@@ -399,5 +399,8 @@ def test_last_layer_state_inside_a_network() -> None:
 
 def test_state_layout_errors_inside_a_network() -> None:
     net = _FinalStates(bnn.VIGRU(3, 4, num_layers=2, batch_first=True))
-    with pytest.raises(ValueError, match=r"torch's layout .*= \(2, batch"):
-        net(torch.randn(5, 6, 3), torch.zeros(5, 2, 4))  # batch-first: refused
+    message = r"torch's layout .*= \(2, 5 or 5 \* 3 = 15, 4\), got "
+    with pytest.raises(ValueError, match=message + r"\(5, 2, 4\)"):
+        net(torch.randn(5, 6, 3), torch.zeros(5, 2, 4), samples=3)  # batch-first
+    with pytest.raises(ValueError, match=message + r"\(2, 6, 4\)"):
+        net(torch.randn(5, 6, 3), torch.zeros(2, 6, 4), samples=3)  # wrong batch
