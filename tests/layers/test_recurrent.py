@@ -404,3 +404,25 @@ def test_state_layout_errors_inside_a_network() -> None:
         net(torch.randn(5, 6, 3), torch.zeros(5, 2, 4), samples=3)  # batch-first
     with pytest.raises(ValueError, match=message + r"\(2, 6, 4\)"):
         net(torch.randn(5, 6, 3), torch.zeros(2, 6, 4), samples=3)  # wrong batch
+
+
+@pytest.mark.parametrize("keyword", [False, True], ids=["positional", "keyword"])
+def test_torch_layout_inside_a_plain_module_root(keyword: bool) -> None:
+    # A plain nn.Module holding two Bayesian layers is the network (its first
+    # Bayesian layer opens the call): the LSTM inside it is not the outermost.
+    class Net(nn.Module):
+        samples = 3
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = bnn.VILSTM(5, 7, num_layers=2, batch_first=True)
+            self.head = bnn.VILinear(7, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            _, (h_n, _) = self.rnn(x)
+            assert h_n.shape == (2, 4 * 3, 7)
+            return self.head(h_n[-1])  # type: ignore[no-any-return]
+
+    x = torch.randn(4, 6, 5)
+    out = Net()(x=x) if keyword else Net()(x)
+    assert out.shape == (3, 4, 2)
