@@ -74,7 +74,7 @@ def prepare(
         check_input_dtype(args, kwargs, floating_dtype(root), type(root).__name__)
     batch = None if first is None or first.dim() == 0 else first.shape[0]
     device = None if first is None else first.device
-    return _particles.ParticleState(count, batch), device
+    return _particles.ParticleState(count, batch, root), device
 
 
 def invoke(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

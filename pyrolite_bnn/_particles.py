@@ -25,7 +25,7 @@ from typing import Any, cast
 import pyro
 import torch
 from pyro import poutine
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = ["ParticleState", "current", "particle_plate", "particles"]
 
@@ -41,10 +41,14 @@ class ParticleState:
         samples: number of particles ``S``.
         batch_size: leading size ``B`` of the outermost call's input, or
             ``None`` when the call had no tensor input.
+        root: the module of the outermost call, whose output is unfolded to
+            ``(S, B, ...)`` (a layer compares it with itself where its outputs
+            are laid out differently inside a network, as ``VILSTM``'s states).
     """
 
     samples: int
     batch_size: int | None
+    root: nn.Module | None = None
 
 
 _STATE: ContextVar[ParticleState | None] = ContextVar(

@@ -140,7 +140,7 @@ def open_pending_root(
     if state.batch_size is None:  # called with keyword inputs only
         first = _particles.first_tensor(args, kwargs)
         batch = None if first is None or first.dim() == 0 else first.shape[0]
-        state = _particles.ParticleState(state.samples, batch)
+        state = _particles.ParticleState(state.samples, batch, root)
     stack = ExitStack()
     stack.enter_context(local_params())
     if am_i_wrapped():  # a Pyro model: the particle plate and one site per weight

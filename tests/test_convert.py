@@ -46,6 +46,20 @@ class SequenceClassifier(nn.Module):
         return self.head(out[:, -1])
 
 
+class FinalStateClassifier(nn.Module):
+    """torch's idiom: classify from the last layer's final hidden state."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.hidden_size, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, final = self.rnn(x)
+        h_n = final[0] if isinstance(final, tuple) else final
+        return self.head(h_n[-1])
+
+
 class EncoderClassifier(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
@@ -249,6 +263,31 @@ def test_recurrent_conversion(rnn) -> None:  # type: ignore[no-untyped-def]
     plain = bnn.to_deterministic(net)
     assert type(plain.rnn) is type(module.rnn)
     torch.testing.assert_close(plain(x), module(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "rnn",
+    [
+        lambda: nn.LSTM(3, 6, batch_first=True),
+        lambda: nn.GRU(3, 6, batch_first=True),
+        lambda: nn.LSTM(3, 6, num_layers=2, batch_first=True, bidirectional=True),
+    ],
+    ids=["lstm", "gru", "lstm-2-layers-bidirectional"],
+)
+def test_final_hidden_state_idiom_converts(rnn) -> None:  # type: ignore[no-untyped-def]
+    # h_n[-1] inside the converted forward is torch's h_n[-1] (the hidden
+    # states are in torch's layout inside a network), for every particle.
+    torch.manual_seed(0)
+    module = FinalStateClassifier(rnn()).eval()
+    net = bnn.convert(module)
+    x = torch.randn(4, 5, 3)
+    _assert_mean_equal(net, module, x)
+    mean = bnn.predict(net.eval(), x, CLASSES, samples=3, mode="mean")
+    expected = torch.softmax(module(x), -1)
+    torch.testing.assert_close(mean.probs, expected, atol=1e-5, rtol=1e-5)
+    plain = bnn.to_deterministic(net)
+    torch.testing.assert_close(plain(x), module(x), atol=1e-6, rtol=1e-6)
+    assert net(x, samples=3).shape == (3, 4, 3)
 
 
 def test_batch_first_false_is_refused_with_path() -> None:

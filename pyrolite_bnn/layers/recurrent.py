@@ -1,8 +1,13 @@
 """Bayesian recurrent layers: ``VILSTM`` and ``VIGRU``.
 
 Each weight is drawn once per particle and sequence (not per time step), so the
-KL is counted once per weight tensor. Layouts are batch-first throughout, hidden
-states included (see :mod:`pyrolite_bnn.layers.functional_recurrent`).
+KL is counted once per weight tensor. Inputs and outputs are batch-first. Hidden
+states use torch's layout ``(num_layers * num_directions, rows, H)`` inside a
+network, so a converted ``forward`` reading ``h_n[-1]`` gets the folded
+``(B * S, H)`` activation; called on its own (the outermost module) a layer
+returns them batch-first, ``(S, B, num_layers * num_directions, H)``, as the
+particle dimension can only be put in front of the batch (see
+:func:`pyrolite_bnn._particles.unfold`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from pyrolite_bnn import _particles
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._options import per_variable
 from pyrolite_bnn.layers._sequence import check_batch_first, check_drawn_estimator
@@ -158,9 +164,47 @@ class _VIRNNBase(VIModule):
             weights.append(directions)
         return weights
 
+    def _outermost(self) -> bool:
+        """Whether this layer is the module of the running outermost call."""
+        state = _particles.current()
+        return state is None or state.root is self
+
+    def _state_in(
+        self, state: Tensor | None, name: str, size: int, outermost: bool
+    ) -> Tensor | None:
+        """An initial state as the batch-first one of the functional op.
+
+        Inside a network ``state`` is in torch's layout ``(layers * D, rows,
+        size)``; as the outermost module it is batch-first already.
+        """
+        if state is None or outermost:
+            return state
+        states = self.num_layers * self.num_directions
+        particles = _particles.current()
+        assert particles is not None  # not outermost: inside a running call
+        batch, samples = particles.batch_size, particles.samples
+        rows = (
+            "batch or batch * samples"
+            if batch is None
+            else f"{batch} or {batch} * {samples} = {batch * samples}"
+        )
+        if (
+            state.dim() != 3
+            or state.shape[0] != states
+            or state.shape[2] != size
+            or (batch is not None and state.shape[1] not in (batch, batch * samples))
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: inside a network {name} is in torch's "
+                f"layout (num_layers * num_directions, batch, {size}) = ({states}, "
+                f"{rows}, {size}), got {tuple(state.shape)}"
+            )
+        return state.transpose(0, 1)
+
     def _recur(
         self, input: Tensor, hx: Tensor | None, cx: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Output and final states; states in torch's layout inside a network."""
         name = type(self).__name__
         if isinstance(input, PackedSequence):
             raise TypeError(
@@ -174,16 +218,22 @@ class _VIRNNBase(VIModule):
                 f"shape (batch, sequence, {self.input_size}), got {tuple(input.shape)}"
                 " (unsqueeze(0) a single sequence)"
             )
-        return recurrent(
+        outermost = self._outermost()
+        output, h_n, c_n = recurrent(
             self.mode,
             input,
             self._weights(),
-            hx,
-            cx,
+            self._state_in(hx, "h0", self.proj_size or self.hidden_size, outermost),
+            self._state_in(cx, "c0", self.hidden_size, outermost),
             self.dropout,
             self.training,
             current_batch_size(),
         )
+        if outermost:
+            return output, h_n, c_n
+        h_n = h_n.transpose(0, 1).contiguous()
+        c_n = None if c_n is None else c_n.transpose(0, 1).contiguous()
+        return output, h_n, c_n
 
     def extra_repr(self) -> str:
         """Constructor arguments (non-defaults only, as ``torch.nn``)."""
@@ -218,13 +268,18 @@ class VILSTM(_VIRNNBase):
 
     - ``batch_first=True`` is required (the default ``False`` raises a
       ``ValueError``): with sequence-first tensors the leading dimension is time.
-    - Hidden and cell states, given (``h0``, ``c0``) and returned (``h_n``,
-      ``c_n``), are batch-first: ``(B, num_layers * num_directions, H)``, the
-      transpose of torch's ``(num_layers * num_directions, B, H)``. As the
-      outermost module every output gets the particle dimension, so ``h_n`` is
-      ``(S, B, num_layers * num_directions, H_out)``; ``h_n[s].transpose(0, 1)``
-      is torch's ``h_n`` for particle ``s``. Initial states may be shared
-      ``(B, ...)`` or folded per particle ``(B * S, ...)`` (inside a network).
+    - Hidden and cell states (``h0``, ``c0`` given; ``h_n``, ``c_n``
+      returned) are in torch's layout inside a network (the layer is not the
+      outermost module): ``(num_layers * num_directions, B * S, H)``, column
+      ``b * S + s`` for example ``b`` under particle ``s``, so ``h_n[-1]`` is
+      the folded ``(B * S, H)`` activation as in torch. Initial states are
+      shared ``(num_layers * num_directions, B, H)`` or folded
+      ``(num_layers * num_directions, B * S, H)``. Called on its own (the
+      outermost module) the states are batch-first, because every output gets
+      the particle dimension in front of its leading batch dimension: ``h0``
+      ``(B, num_layers * num_directions, H)``, ``h_n``
+      ``(S, B, num_layers * num_directions, H_out)``;
+      ``h_n[s].transpose(0, 1)`` is torch's ``h_n`` for particle ``s``.
 
     Packed sequences are refused with a ``TypeError``; unbatched ``(L, H_in)``
     inputs with a ``ValueError``.
@@ -248,14 +303,18 @@ class VILSTM(_VIRNNBase):
         dtype: dtype of parameters and prior buffers.
 
     Shape:
-        - Input: ``(B, L, input_size)``; optional ``(h0, c0)``, each
-          ``(B, num_layers * D, H_out)`` and ``(B, num_layers * D, hidden_size)``.
-        - Output: ``(output, (h_n, c_n))``; ``output`` is
-          ``(S, B, L, D * H_out)`` as the outermost module, ``h_n``
-          ``(S, B, num_layers * D, H_out)``, ``c_n``
+        - Input: ``(B, L, input_size)``; optional ``(h0, c0)``, inside a network
+          ``(num_layers * D, B or B * S, H_out)`` and
+          ``(num_layers * D, B or B * S, hidden_size)``; as the outermost
+          module ``(B, num_layers * D, H_out)`` and
+          ``(B, num_layers * D, hidden_size)``.
+        - Output: ``(output, (h_n, c_n))``; inside a network ``output`` is
+          ``(B * S, L, D * H_out)``, ``h_n`` ``(num_layers * D, B * S, H_out)``
+          and ``c_n`` ``(num_layers * D, B * S, hidden_size)``; as the
+          outermost module ``(S, B, L, D * H_out)``,
+          ``(S, B, num_layers * D, H_out)`` and
           ``(S, B, num_layers * D, hidden_size)`` (``D`` = 2 if bidirectional,
-          ``H_out`` = ``proj_size`` or ``hidden_size``); folded ``(B * S, ...)``
-          inside a network.
+          ``H_out`` = ``proj_size`` or ``hidden_size``).
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -265,6 +324,17 @@ class VILSTM(_VIRNNBase):
         >>> out, (h_n, c_n) = lstm(torch.randn(4, 5, 3), samples=2)
         >>> out.shape, h_n.shape, c_n.shape
         (torch.Size([2, 4, 5, 8]), torch.Size([2, 4, 2, 8]), torch.Size([2, 4, 2, 8]))
+        >>> class Classifier(bnn.VIModule):  # inside a network: torch's layout
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.lstm, self.head = lstm, bnn.VILinear(8, 3)
+        ...     def forward(self, x):
+        ...         _, (h_n, c_n) = self.lstm(x)
+        ...         print(tuple(h_n.shape))
+        ...         return self.head(h_n[-1])
+        >>> Classifier()(torch.randn(4, 5, 3), samples=2).shape
+        (2, 8, 8)
+        torch.Size([2, 4, 3])
     """
 
     mode = "LSTM"
@@ -284,8 +354,9 @@ class VIGRU(_VIRNNBase):
     """Bayesian counterpart of :class:`torch.nn.GRU`.
 
     Same conventions as :class:`VILSTM` (``batch_first=True`` required,
-    batch-first hidden states, weights drawn once per particle and sequence),
-    without ``proj_size`` and cell state.
+    hidden states in torch's layout inside a network and batch-first as the
+    outermost module, weights drawn once per particle and sequence), without
+    ``proj_size`` and cell state.
 
     Args:
         input_size: features of the input ``x_t``.
@@ -303,8 +374,11 @@ class VIGRU(_VIRNNBase):
 
     Shape:
         - Input: ``(B, L, input_size)``; optional ``h0``
-          ``(B, num_layers * D, hidden_size)``.
-        - Output: ``(output, h_n)``: ``(S, B, L, D * hidden_size)`` and
+          ``(num_layers * D, B or B * S, hidden_size)`` inside a network,
+          ``(B, num_layers * D, hidden_size)`` as the outermost module.
+        - Output: ``(output, h_n)``: ``(B * S, L, D * hidden_size)`` and
+          ``(num_layers * D, B * S, hidden_size)`` inside a network;
+          ``(S, B, L, D * hidden_size)`` and
           ``(S, B, num_layers * D, hidden_size)`` as the outermost module.
 
     Example:

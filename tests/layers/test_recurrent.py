@@ -323,3 +323,106 @@ def test_lstm_gradients_equal_torch_per_particle(
 
 
 KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+class _FinalStates(bnn.VIModule):
+    """A recurrent layer inside a network: torch's state layout in and out."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, ...]:
+        _, final = self.rnn(x, state)
+        states = final if isinstance(final, tuple) else (final,)
+        # (layers * D, B * S, H) -> (B * S, layers * D, H): unfolded to (S, B, ...).
+        return tuple(s.transpose(0, 1) for s in states)
+
+
+class _TorchFinalStates(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, ...]:
+        _, final = self.rnn(x, state)
+        return final if isinstance(final, tuple) else (final,)
+
+
+@pytest.mark.parametrize("folded", [False, True], ids=["shared", "folded"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_states_in_torch_layout_inside_a_network(mode: str, folded: bool) -> None:
+    # Inside a network h0/c0 are torch's (layers * D, B, H) (shared) or
+    # (layers * D, B * S, H) (folded: column b * S + s), and h_n/c_n come back
+    # as (layers * D, B * S, H): per particle exactly torch's states.
+    samples, batch, options = 3, 4, {"num_layers": 2, "bidirectional": True}
+    layer, reference = _pair(mode, options)
+    net, ref_net = _FinalStates(layer), _TorchFinalStates(reference)
+    x = torch.randn(batch, 6, 5)
+    rows = batch * samples if folded else batch
+    h0, c0 = torch.randn(4, rows, 7), torch.randn(4, rows, 7)
+    state = (h0, c0) if mode == "LSTM" else h0
+    weights = fixed_weights(net, samples)
+    finals = run_fixed(net, weights, samples, x, state)
+    assert all(f.shape == (samples, batch, 4, 7) for f in finals)
+    for s in range(samples):
+        load_particle(ref_net, net, weights, s)
+        cols = torch.arange(batch) * samples + s if folded else torch.arange(batch)
+        ref_state = (h0[:, cols], c0[:, cols]) if mode == "LSTM" else h0[:, cols]
+        with torch.no_grad():
+            ref_finals = ref_net(x, ref_state)
+        for final, ref_final in zip(finals, ref_finals, strict=True):
+            torch.testing.assert_close(final[s], ref_final.transpose(0, 1), **TOL)
+
+
+def test_last_layer_state_inside_a_network() -> None:
+    # The torch idiom h_n[-1] reads the last layer's (backward direction's)
+    # final state, folded (B * S, H), as for any activation inside a network.
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = bnn.VILSTM(5, 7, num_layers=2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            _, (h_n, c_n) = self.rnn(x)
+            assert h_n.shape == c_n.shape == (2, x.shape[0] * 3, 7)
+            assert h_n.is_contiguous()
+            return h_n[-1]
+
+    net = Net()
+    x = torch.randn(4, 6, 5)
+    weights = fixed_weights(net, 3)
+    last = run_fixed(net, weights, 3, x)
+    out, _ = run_fixed(net.rnn, {k[4:]: v for k, v in weights.items()}, 3, x)
+    torch.testing.assert_close(last, out[:, :, -1], rtol=0, atol=0)
+
+
+def test_state_layout_errors_inside_a_network() -> None:
+    net = _FinalStates(bnn.VIGRU(3, 4, num_layers=2, batch_first=True))
+    message = r"torch's layout .*= \(2, 5 or 5 \* 3 = 15, 4\), got "
+    with pytest.raises(ValueError, match=message + r"\(5, 2, 4\)"):
+        net(torch.randn(5, 6, 3), torch.zeros(5, 2, 4), samples=3)  # batch-first
+    with pytest.raises(ValueError, match=message + r"\(2, 6, 4\)"):
+        net(torch.randn(5, 6, 3), torch.zeros(2, 6, 4), samples=3)  # wrong batch
+
+
+@pytest.mark.parametrize("keyword", [False, True], ids=["positional", "keyword"])
+def test_torch_layout_inside_a_plain_module_root(keyword: bool) -> None:
+    # A plain nn.Module holding two Bayesian layers is the network (its first
+    # Bayesian layer opens the call): the LSTM inside it is not the outermost.
+    class Net(nn.Module):
+        samples = 3
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = bnn.VILSTM(5, 7, num_layers=2, batch_first=True)
+            self.head = bnn.VILinear(7, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            _, (h_n, _) = self.rnn(x)
+            assert h_n.shape == (2, 4 * 3, 7)
+            return self.head(h_n[-1])  # type: ignore[no-any-return]
+
+    x = torch.randn(4, 6, 5)
+    out = Net()(x=x) if keyword else Net()(x)
+    assert out.shape == (3, 4, 2)
