@@ -16,7 +16,12 @@ from pyrolite_bnn._pyro_module import structure_version
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
 from pyrolite_bnn.variables import RandomVariable
 
-__all__ = ["bayesian_positions", "collect_variables", "network_modules"]
+__all__ = [
+    "bayesian_positions",
+    "collect_variables",
+    "network_modules",
+    "outermost_bayesian",
+]
 
 
 def _children(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -93,18 +98,22 @@ def network_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
     return list(found.values())
 
 
-def bayesian_positions(root: nn.Module, limit: int = 2) -> int:
-    """Positions of outermost Bayesian modules below ``root``, counted up to ``limit``.
+def outermost_bayesian(root: nn.Module, limit: int = 2) -> list[VIModule]:
+    """Outermost ``VIModule``s below ``root``, one per position, up to ``limit``.
 
-    A plain module with two or more (two layers, or one layer used twice) must
-    run as one network; with one, that ``VIModule`` is the network.
+    A layer object used at two positions is listed twice.
     """
-    count = 0
+    found: list[VIModule] = []
     stack = [root]
-    while stack and count < limit:
+    while stack and len(found) < limit:
         module = stack.pop()
         if isinstance(module, VIModule):
-            count += 1
+            found.append(module)
             continue
         stack.extend(child for _, child in reversed(_children(module)))
-    return count
+    return found
+
+
+def bayesian_positions(root: nn.Module, limit: int = 2) -> int:
+    """Positions of outermost Bayesian modules below ``root`` (up to ``limit``)."""
+    return len(outermost_bayesian(root, limit))

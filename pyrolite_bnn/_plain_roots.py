@@ -1,15 +1,15 @@
 """Plain torch modules as networks: ``nn.Sequential(VILinear(2, 8), ReLU(), ...)``.
 
-A plain module (not a ``VIModule``) that holds Bayesian layers at two or more
-positions must run as *one* network: one particle state for all its layers,
+A plain module (not a ``VIModule``) that holds Bayesian layers must run as
+*one* network: one particle state for all its layers,
 every KL term, and an output of shape ``(S, B, ...)``, exactly like
 ``bnn.VISequential``. The library cannot override a plain module's
 ``__call__``, so it watches module calls with torch's global forward hooks,
 installed when the first ``VIModule`` is built:
 
 * the pre-hook gives the outermost module call (no particle state, no frame
-  yet) a *frame*; it is *pending* if the module holds two or more Bayesian
-  positions (two layers, or one layer object used twice);
+  yet) a *frame*; it is *pending* if the module is such a network (see
+  :func:`_is_network`);
 * the first Bayesian layer called inside a pending frame opens it: the
   particle state and the generated guide's weight draws for every layer of the
   plain module, with site names from its paths (``"0.weight"``), as the
@@ -20,13 +20,16 @@ installed when the first ``VIModule`` is built:
 The particle count is the module's ``samples`` attribute if it has one, else
 10. Called inside Pyro inference (the user's own Pyro model), the opened frame
 is the particle plate with one sample site per weight, as for a ``VIModule``.
-A plain module holding a single Bayesian position (a wrapper around a
-``VIModule`` network, ``DistributedDataParallel``) needs nothing: that
-``VIModule`` is the network, with its own guide.
+A plain module holding a single Bayesian layer is a network too (so a
+``VILSTM`` under a plain module sees torch's state layout), except where that
+``VIModule`` is the network already: under a pass-through wrapper
+(``DistributedDataParallel``, ``DataParallel``, ``torch.compile``'s), or when
+it has an assigned guide of its own.
 """
 
 from __future__ import annotations
 
+import sys
 from contextlib import ExitStack
 from contextvars import ContextVar, Token
 from typing import Any
@@ -37,11 +40,12 @@ from torch.nn.modules.module import (
     register_module_forward_hook,
     register_module_forward_pre_hook,
 )
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import LazyDraws, using_draws
 from pyrolite_bnn._forward import attach, generated_guide_draws, prepare
-from pyrolite_bnn._network import bayesian_positions, collect_variables
+from pyrolite_bnn._network import collect_variables, outermost_bayesian
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
@@ -88,8 +92,32 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
         return
     if isinstance(module, VIModule):
         return
-    frame = _Frame(module, args, bayesian_positions(module) >= 2)
+    frame = _Frame(module, args, _is_network(module))
     frame.token = _FRAME.set(frame)
+
+
+def _pass_through(module: nn.Module) -> bool:
+    """Whether ``module`` is a wrapper whose forward only calls the module it wraps."""
+    if isinstance(module, (DistributedDataParallel, DataParallel)):
+        return True
+    # torch.compile's wrapper; its module is only loaded once compiling is used.
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
+
+
+def _is_network(module: nn.Module) -> bool:
+    """Whether the plain ``module`` must run as one Bayesian network.
+
+    Yes when it holds Bayesian layers, except where the one ``VIModule`` inside
+    is the network already: under a pass-through wrapper (DDP, DataParallel,
+    ``torch.compile``), or when it has an assigned guide of its own.
+    """
+    if _pass_through(module):
+        return False
+    inner = outermost_bayesian(module)
+    if len(inner) != 1:
+        return len(inner) > 1
+    return inner[0].guide.inner is None
 
 
 def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:

@@ -184,7 +184,7 @@ def test_plain_root_frame_closes_after_an_error() -> None:
     assert good(torch.randn(4, 3)).shape == (10, 4, 2)
 
 
-def test_plain_wrapper_around_one_network_keeps_its_guide_and_names() -> None:
+def test_plain_wrapper_around_one_network_counts_every_kl_term() -> None:
     inner = bnn.VISequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
 
     class Wrapper(nn.Module):
@@ -410,3 +410,46 @@ def test_predict_takes_a_plain_root(mode: str) -> None:
 def test_predict_refuses_a_module_without_bayesian_layers() -> None:
     with pytest.raises(TypeError, match="predict needs a network with Bayesian"):
         bnn.predict(nn.Linear(3, 2), torch.randn(4, 3), bnn.Categorical())
+
+
+def test_plain_module_with_one_lstm_reads_torch_states() -> None:
+    class Classifier(nn.Module):  # not converted: Bayesian layer + plain head
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = bnn.VILSTM(3, 5, num_layers=2, batch_first=True)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            _, (h_n, _) = self.rnn(x)
+            return self.head(h_n[-1])  # torch's idiom: last layer's final state
+
+    net = Classifier()
+    x = torch.randn(4, 6, 3)
+    out = net(x)
+    assert out.shape == (10, 4, 2)  # one particle dim, not (10, 2, ...) per layer
+    pred = bnn.predict(net, x, bnn.Categorical(), mode="mean")
+    reference = nn.LSTM(3, 5, num_layers=2, batch_first=True)
+    for name, _ in reference.named_parameters():
+        getattr(reference, name).data = net.rnn.posterior[name].mean().detach()
+    _, (h_ref, _) = reference(x)
+    torch.testing.assert_close(
+        pred.samples[0], net.head(h_ref[-1]), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_wrapper_around_a_network_with_its_own_guide_keeps_it() -> None:
+    inner = bnn.VISequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
+    inner.guide = pyro.infer.autoguide.AutoNormal(
+        inner.prior_model, init_loc_fn=inner.init_loc_fn
+    )
+
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    out = Wrapper()(torch.randn(5, 3))
+    assert isinstance(bnn.record.find_record(out), bnn.record.TraceRecord)
