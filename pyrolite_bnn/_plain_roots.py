@@ -8,8 +8,7 @@ every KL term, and an output of shape ``(S, B, ...)``, exactly like
 installed when the first ``VIModule`` is built:
 
 * the pre-hook gives the outermost module call (no particle state, no frame
-  yet) a *frame*; it is *pending* if the module is such a network (see
-  :func:`_is_network`);
+  yet) a *frame*; it is *pending* if the module is such a network (below);
 * the first Bayesian layer called inside a pending frame opens it: the
   particle state and the generated guide's weight draws for every layer of the
   plain module, with site names from its paths (``"0.weight"``), as the
@@ -23,8 +22,9 @@ is the particle plate with one sample site per weight, as for a ``VIModule``.
 A plain module holding a single Bayesian layer is a network too (so a
 ``VILSTM`` under a plain module sees torch's state layout), except where that
 ``VIModule`` is the network already: under a pass-through wrapper
-(``DistributedDataParallel``, ``DataParallel``, ``torch.compile``'s), or when
-it has an assigned guide of its own.
+(``DistributedDataParallel``, ``DataParallel``, ``torch.compile``'s), when it
+has an assigned guide of its own or no random variables, or when it is called
+with ``samples=``.
 """
 
 from __future__ import annotations
@@ -57,10 +57,18 @@ __all__ = ["install", "open_pending_root"]
 class _Frame:
     """The outermost running call of a plain module."""
 
-    def __init__(self, module: nn.Module, args: tuple[Any, ...], pending: bool):
+    def __init__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.module = module
         self.args = args
-        self.pending = pending
+        inner = [] if _pass_through(module) else outermost_bayesian(module)
+        # Must run as one network (pending until its first Bayesian call).
+        self.pending = len(inner) > 1 or (
+            len(inner) == 1
+            and inner[0].guide.inner is None
+            and bool(inner[0].random_variables())
+        )
+        # The one Bayesian module, which may still be called as the network.
+        self.single = inner[0] if len(inner) == 1 else None
         self.depth = 0  # nested calls of the same module object
         self.token: Token[_Frame | None] | None = None
         self.stack: ExitStack | None = None
@@ -92,7 +100,7 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
         return
     if isinstance(module, VIModule):
         return
-    frame = _Frame(module, args, _is_network(module))
+    frame = _Frame(module, args)
     frame.token = _FRAME.set(frame)
 
 
@@ -103,21 +111,6 @@ def _pass_through(module: nn.Module) -> bool:
     # torch.compile's wrapper; its module is only loaded once compiling is used.
     eval_frame = sys.modules.get("torch._dynamo.eval_frame")
     return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
-
-
-def _is_network(module: nn.Module) -> bool:
-    """Whether the plain ``module`` must run as one Bayesian network.
-
-    Yes when it holds Bayesian layers, except where the one ``VIModule`` inside
-    is the network already: under a pass-through wrapper (DDP, DataParallel,
-    ``torch.compile``), or when it has an assigned guide of its own.
-    """
-    if _pass_through(module):
-        return False
-    inner = outermost_bayesian(module)
-    if len(inner) != 1:
-        return len(inner) > 1
-    return inner[0].guide.inner is None
 
 
 def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
@@ -143,21 +136,34 @@ def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
 
 
 def open_pending_root(
-    args: tuple[Any, ...], kwargs: dict[str, Any], samples: int | None
+    caller: VIModule,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    samples: int | None,
 ) -> bool:
     """Open the pending plain-module frame, if any, for the Bayesian layer called.
+
+    Args:
+        caller: the Bayesian module being called.
+        args: its positional inputs.
+        kwargs: its keyword inputs.
+        samples: its ``samples=`` argument.
 
     Returns:
         Whether a frame was opened (the layer then runs as a nested layer).
 
     Raises:
-        ValueError: if ``samples=`` is given to a layer inside a plain module.
+        ValueError: if ``samples=`` is given to one of several Bayesian layers
+            inside a plain module.
     """
     frame = _FRAME.get()
     if frame is None or not frame.pending or frame.stack is not None:
         return False
     root = frame.module
     name = type(root).__name__
+    if samples is not None and frame.single is caller:
+        frame.pending = False  # called as a network of its own: let it be one
+        return False
     if samples is not None:
         raise ValueError(
             f"samples= cannot be given to a Bayesian layer inside the plain {name}; "

@@ -426,7 +426,7 @@ class VIModule(LocalPyroModule):
         # The call machinery imports this module.
         from pyrolite_bnn import _forward, _plain_roots
 
-        if _plain_roots.open_pending_root(args, kwargs, samples):
+        if _plain_roots.open_pending_root(self, args, kwargs, samples):
             return nn.Module.__call__(self, *args, **kwargs)
         count = self.samples if samples is None else samples
         state, device = _forward.prepare(self, args, kwargs, count)
