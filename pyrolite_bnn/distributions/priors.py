@@ -330,9 +330,10 @@ class NormalPrior(Prior):
             and prior_scale.device.type == "cpu"
             and not is_capturing()
         ):
-            _check_broadcast(
-                self, _broadcast_shape(self.loc.shape, prior_scale.shape), loc.shape
-            )
+            if self.loc.numel() != 1:  # scalars broadcast to any weight
+                _check_broadcast(
+                    self, _broadcast_shape(self.loc.shape, prior_scale.shape), loc.shape
+                )
             # Constants as Python floats: fewer tiny tensor ops on the CPU (on an
             # accelerator, reading them would synchronise instead).
             s = float(prior_scale)
