@@ -53,6 +53,7 @@ from pyrolite_bnn.record import ForwardRecord, LayerRecord, TraceRecord, attach_
 
 __all__ = [
     "attach",
+    "call_network",
     "generated_guide_draws",
     "invoke",
     "prepare",
@@ -75,6 +76,29 @@ def prepare(
     batch = None if first is None or first.dim() == 0 else first.shape[0]
     device = None if first is None else first.device
     return _particles.ParticleState(count, batch, root), device
+
+
+def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -> Any:
+    """``model(*args)`` with ``samples`` particles (``None``: its default).
+
+    A ``VIModule`` takes ``samples=``; a plain module holding Bayesian layers
+    reads its ``samples`` attribute, set for the call and restored after.
+    """
+    if isinstance(model, VIModule) or samples is None:
+        return (
+            model(*args, samples=samples)
+            if isinstance(model, VIModule)
+            else model(*args)
+        )
+    saved = model.__dict__.get("samples")
+    model.samples = samples  # type: ignore[assignment]
+    try:
+        return model(*args)
+    finally:
+        if saved is None:
+            del model.samples
+        else:
+            model.samples = saved
 
 
 def invoke(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

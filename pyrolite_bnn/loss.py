@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._distributed import unwrap
-from pyrolite_bnn._forward import prepare, run_sites
+from pyrolite_bnn._forward import call_network, prepare, run_sites
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._particles import particle_plate
 from pyrolite_bnn._pyro_module import local_params
@@ -284,17 +284,18 @@ class KullbackLeiblerLoss(nn.Module):
             torch.Size([])
         """
         model = unwrap(model)
-        if not isinstance(model, VIModule):
+        if not isinstance(model, VIModule) and not bayesian_positions(model, limit=1):
             raise TypeError(
-                f"model_loss needs a bnn.VIModule, got {type(model).__name__}"
+                "model_loss needs a network with Bayesian layers (a bnn.VIModule, "
+                f"or a torch module holding bnn layers), got {type(model).__name__}"
             )
         args = x if isinstance(x, tuple) else (x,)
-        if self.graphs is not None:
+        if self.graphs is not None and isinstance(model, VIModule):
             terms = self.graphs.terms(self, model, args, target, samples)
             if terms is not None:
                 log_lik, kl, shape = terms
                 return self.combine(log_lik, kl, shape)
-        loss: Tensor = self(model(*args, samples=samples), target)
+        loss: Tensor = self(call_network(model, args, samples), target)
         return loss
 
     def terms(

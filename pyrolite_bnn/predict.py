@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import rng_state, set_rng_state
+from pyrolite_bnn._forward import call_network
 from pyrolite_bnn._network import (
     bayesian_positions,
     collect_variables,
@@ -330,21 +331,6 @@ def _guide(model: nn.Module) -> ParticleGuide:
     return model.guide if isinstance(model, VIModule) else ParticleGuide(model)
 
 
-def _call(model: nn.Module, x: Tensor, samples: int) -> Any:
-    """``model(x)`` with ``samples`` particles (a plain module reads ``.samples``)."""
-    if isinstance(model, VIModule):
-        return model(x, samples=samples)
-    saved = model.__dict__.get("samples")
-    model.samples = samples  # type: ignore[assignment]
-    try:
-        return model(x)
-    finally:
-        if saved is None:
-            del model.samples
-        else:
-            model.samples = saved
-
-
 def _run(
     model: nn.Module, x: Tensor, samples: int, weights: dict[str, Tensor] | None
 ) -> Tensor:
@@ -352,14 +338,14 @@ def _run(
     if weights is not None:
 
         def network() -> Any:
-            return _call(model, x, samples)
+            return call_network(model, (x,), samples)
 
         conditioned: Any = poutine.condition(network, data=weights)
         with poutine.trace():  # a handler makes the network a plain Pyro model
             out = conditioned()
     else:
         with whole_network_draws():
-            out = _call(model, x, samples)
+            out = call_network(model, (x,), samples)
     if not isinstance(out, Tensor):
         raise TypeError(
             f"predict needs a network that returns one tensor, got {type(out).__name__}"

@@ -453,3 +453,17 @@ def test_wrapper_around_a_network_with_its_own_guide_keeps_it() -> None:
 
     out = Wrapper()(torch.randn(5, 3))
     assert isinstance(bnn.record.find_record(out), bnn.record.TraceRecord)
+
+
+def test_model_loss_takes_a_plain_root() -> None:
+    net = nn.Sequential(_linear(3, 6), nn.Tanh(), _linear(6, 4))
+    x, y = torch.randn(8, 3), torch.randint(0, 4, (8,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    pyro.set_rng_seed(4)
+    ours = loss_fn.model_loss(net, x, y, samples=3)
+    pyro.set_rng_seed(4)
+    net.samples = 3  # type: ignore[assignment]
+    torch.testing.assert_close(ours, loss_fn(net(x), y))
+    del net.samples
+    with pytest.raises(TypeError, match="model_loss needs a network with Bayesian"):
+        loss_fn.model_loss(nn.Linear(3, 4), x, y)
