@@ -56,6 +56,7 @@ __all__ = [
     "call_network",
     "generated_guide_draws",
     "invoke",
+    "output_tensors",
     "prepare",
     "pyro_run",
     "pytorch_run",
@@ -205,18 +206,19 @@ def pytorch_run(
 def attach(result: Any, record: ForwardRecord, *, log_probs: bool) -> Any:
     """Attach ``record`` (and ``log_probs`` if asked) to every output tensor."""
     values = record.log_probs() if log_probs else None
-    for tensor in _tensors(result):
+    for tensor in output_tensors(result):
         attach_record(tensor, record)
         if values is not None:
             tensor.log_probs = values  # type: ignore[attr-defined]
     return result
 
 
-def _tensors(value: Any) -> list[Tensor]:
+def output_tensors(value: Any) -> list[Tensor]:
+    """The tensors of a network output (a tensor, or tuples/lists/dicts of them)."""
     if isinstance(value, Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in output_tensors(v)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
+        return [t for v in value.values() for t in output_tensors(v)]
     return []

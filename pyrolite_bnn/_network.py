@@ -19,12 +19,13 @@ from pyrolite_bnn.variables import RandomVariable
 __all__ = [
     "bayesian_positions",
     "collect_variables",
+    "network_children",
     "network_modules",
     "outermost_bayesian",
 ]
 
 
-def _children(module: nn.Module) -> list[tuple[str, nn.Module]]:
+def network_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """Network children of ``module``, duplicates included, in order."""
     is_vi = isinstance(module, VIModule)
     return [
@@ -53,7 +54,7 @@ def collect_variables(root: nn.Module) -> list[RandomVariable]:
                 return
             layers[key] = (prefix, module)
             module.adopt_pyro_name(prefix)
-        children = _children(module)
+        children = network_children(module)
         if children and not isinstance(module, VIModule):
             plain_containers = True
         for name, child in children:
@@ -93,7 +94,7 @@ def network_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
         found[id(module)] = (prefix, module)
         stack.extend(
             (f"{prefix}.{name}" if prefix else name, child)
-            for name, child in reversed(_children(module))
+            for name, child in reversed(network_children(module))
         )
     return list(found.values())
 
@@ -110,7 +111,7 @@ def outermost_bayesian(root: nn.Module, limit: int = 2) -> list[VIModule]:
         if isinstance(module, VIModule):
             found.append(module)
             continue
-        stack.extend(child for _, child in reversed(_children(module)))
+        stack.extend(child for _, child in reversed(network_children(module)))
     return found
 
 

@@ -18,11 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._network import network_children
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.convert import ConvertedNetwork
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.container import Residual
-from pyrolite_bnn.module import NOT_NETWORK, VIModule
+from pyrolite_bnn.module import VIModule
 
 __all__ = ["DeterministicNetwork", "Residual", "to_deterministic"]
 
@@ -113,10 +114,7 @@ def _convert_new(
 ) -> nn.Module:
     # Not named_children(): it skips the second position of a shared layer.
     children = {
-        name: _convert(child, means, done)
-        for name, child in module._modules.items()
-        if child is not None
-        and not (isinstance(module, VIModule) and name in NOT_NETWORK)
+        name: _convert(child, means, done) for name, child in network_children(module)
     }
     entry = registry.for_bayesian(module) if isinstance(module, VIModule) else None
     if entry is not None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from pyrolite_bnn._network import network_modules
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._sequence import (
     check_batch_first,
@@ -30,7 +31,7 @@ from pyrolite_bnn.layers.functional import match_particles
 from pyrolite_bnn.layers.functional_attention import canonical_mask
 from pyrolite_bnn.layers.linear import VILinear
 from pyrolite_bnn.layers.registry import register
-from pyrolite_bnn.module import NOT_NETWORK, VIModule
+from pyrolite_bnn.module import VIModule
 
 __all__ = [
     "VITransformer",
@@ -670,12 +671,12 @@ class VITransformerDecoder(VIModule):
 
 def _plain_matrices(module: nn.Module) -> list[Tensor]:
     """Deterministic parameters with ``dim > 1`` outside the inference machinery."""
-    found: list[Tensor] = [p for p in module.parameters(recurse=False) if p.dim() > 1]
-    for name, child in module.named_children():
-        if isinstance(module, VIModule) and name in NOT_NETWORK:
-            continue
-        found += _plain_matrices(child)
-    return found
+    return [
+        p
+        for _, part in network_modules(module)
+        for p in part.parameters(recurse=False)
+        if p.dim() > 1
+    ]
 
 
 @register(

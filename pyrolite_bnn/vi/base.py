@@ -25,7 +25,7 @@ import copy
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -34,6 +34,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._forward import output_tensors
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     PointMassPosterior,
@@ -453,7 +454,7 @@ class VIModule(BnnVIModule):
         outermost = _particles.current() is None and not am_i_wrapped()
         result = super().__call__(*args, samples=samples, **kwargs)
         if outermost:
-            for tensor in _tensors(result):
+            for tensor in output_tensors(result):
                 VIReturn.from_tensor(tensor, tensor.__dict__.get("log_probs"))
         return result
 
@@ -537,14 +538,3 @@ def _fold(value: Any) -> Any:
     if isinstance(value, list):
         return [_fold(v) for v in value]
     return value
-
-
-def _tensors(value: Any) -> Iterator[Tensor]:
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
