@@ -169,11 +169,14 @@ class LazyDraws:
             state = None
             if param is not None and not self._keep:
                 state = rng_state(param.device)
-            value = _draw(variable, moments, self.samples)
             if self._sums and moments is not None:
+                posterior = variable.posterior
+                assert isinstance(posterior, MeanFieldNormalPosterior)
+                value, eps = posterior.reparameterize_with_noise(moments, self.samples)
                 with torch.no_grad():
-                    eps = (value - moments.loc) / moments.scale
-                    self.noise_sums[i] = (eps.sum(0), eps.square().sum(0))
+                    self.noise_sums[i] = (eps.sum(0), (eps * eps).sum(0))
+            else:
+                value = _draw(variable, moments, self.samples)
             if state is None:
                 self.values[i] = value
             else:

@@ -336,15 +336,15 @@ def _normal_mc(
     prior_loc: Tensor = base.loc
     prior_scale: Tensor = base.scale
     offset = loc - prior_loc
-    quadratic = (
-        samples * offset.square()
-        + 2 * offset * scale * eps_sum
-        + scale.square() * eps_squares
-    ) / prior_scale.square()
+    # sum_s (w_s - m)^2 = offset (S offset + 2 sigma sum eps) + sigma^2 sum eps^2
+    squares = offset * torch.addcmul(samples * offset, scale, eps_sum, value=2)
+    squares = torch.addcmul(squares, scale * eps_squares, scale)
+    if prior_scale.numel() == 1:  # a scalar scale divides the sum, not each term
+        quadratic = squares.sum() / prior_scale.square().reshape(())
+    else:
+        quadratic = (squares / prior_scale.square()).sum()
     log_s = prior_scale.log().expand(loc.shape).sum()
-    return 0.5 * (quadratic.sum() - eps_squares.sum()) / samples - (
-        scale.log().sum() - log_s
-    )
+    return 0.5 * (quadratic - eps_squares.sum()) / samples - (scale.log().sum() - log_s)
 
 
 def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:

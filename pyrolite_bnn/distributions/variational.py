@@ -118,9 +118,21 @@ class MeanFieldNormalPosterior(Posterior):
 
     def reparameterize(self, moments: NormalMoments, samples: int) -> Tensor:
         """``loc + scale * eps`` for given moments, ``(samples, 1, *shape)``."""
+        return self.reparameterize_with_noise(moments, samples)[0]
+
+    def reparameterize_with_noise(
+        self, moments: NormalMoments, samples: int
+    ) -> tuple[Tensor, Tensor]:
+        """The draws ``loc + scale * eps`` and their standard-normal noise ``eps``.
+
+        One fused multiply-add (``torch.addcmul``) per draw; ``eps`` is drawn
+        as ``torch.distributions.Normal.rsample`` draws it, so the values equal
+        Pyro's up to rounding.
+        """
         loc, scale = moments
         eps = torch.empty((samples, 1, *self.shape), dtype=loc.dtype, device=loc.device)
-        return loc + eps.normal_() * scale
+        eps.normal_()
+        return torch.addcmul(loc, eps, scale), eps
 
     def normal_params(self) -> tuple[Tensor, Tensor]:
         """``(loc, scale)`` read straight from the parameters (no Pyro bookkeeping).
