@@ -330,14 +330,18 @@ class NormalPrior(Prior):
             and prior_scale.device.type == "cpu"
             and not is_capturing()
         ):
+            # Constants as Python floats: fewer tiny tensor ops on the CPU (on an
+            # accelerator, reading them would synchronise instead).
+            s = float(prior_scale)
             if self.loc.numel() != 1:  # scalars broadcast to any weight
                 _check_broadcast(
                     self, _broadcast_shape(self.loc.shape, prior_scale.shape), loc.shape
                 )
-            # Constants as Python floats: fewer tiny tensor ops on the CPU (on an
-            # accelerator, reading them would synchronise instead).
-            s = float(prior_scale)
-            quadratic = (scale.square() + (loc - self.loc).square()).sum()
+                centred = loc - self.loc
+            else:
+                m = float(self.loc)
+                centred = loc if m == 0.0 else loc - m
+            quadratic = torch.addcmul(scale.square(), centred, centred).sum()
             constant = loc.numel() * (math.log(s) - 0.5)
             return quadratic * (0.5 / (s * s)) - scale.log().sum() + constant
         return _normal_kl(self, loc, scale, self.loc, prior_scale)

@@ -471,7 +471,7 @@ def _gaussian_draws(
     if shared:
         mean, var = _broadcast_shared(mean, samples), _broadcast_shared(var, samples)
     eps = torch.empty_like(mean).normal_()
-    draws = mean + var.clamp_min(0).sqrt() * eps
+    draws = torch.addcmul(mean, var.clamp_min(0).sqrt(), eps)
     return draws.reshape(out_rows, *draws.shape[2 if shared else 1 :])
 
 
