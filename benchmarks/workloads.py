@@ -29,8 +29,12 @@ def layer_stack(
     workload: str,
     linear: Callable[[int, int], nn.Module],
     conv2d: Callable[[int, int, int], nn.Module],
+    width: int | None = None,
 ) -> list[nn.Module]:
-    """The workload's layers, built with a library's linear and conv constructors."""
+    """The workload's layers, built with a library's linear and conv constructors.
+
+    ``width`` replaces the hidden width of a dense workload (``mlp``, ``tiny``).
+    """
     if workload == "conv":
         return [
             conv2d(1, 32, 5),
@@ -45,6 +49,8 @@ def layer_stack(
     if workload not in SIZES:
         raise ValueError(f"unknown workload {workload!r}")
     sizes = SIZES[workload]
+    if width is not None:
+        sizes = [sizes[0], *([width] * (len(sizes) - 2)), sizes[-1]]
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(linear(a, b))
@@ -54,9 +60,9 @@ def layer_stack(
 
 
 def build(
-    workload: str, estimator: str = "reparam"
+    workload: str, estimator: str = "reparam", width: int | None = None
 ) -> tuple[bnn.VIModule, tuple[int, ...]]:
-    """Network and input shape (without batch) of a workload."""
+    """Network and input shape (without batch) of a workload (see ``layer_stack``)."""
     opts = {
         "variational": bnn.MeanFieldNormal(init_scale=INIT_SCALE),
         "estimator": estimator,
@@ -65,6 +71,7 @@ def build(
         workload,
         lambda a, b: bnn.VILinear(a, b, **opts),
         lambda c, o, k: bnn.VIConv2d(c, o, k, **opts),
+        width,
     )
     return bnn.VISequential(*layers), INPUT_SHAPES[workload]
 
@@ -77,6 +84,7 @@ def make_step(
     device: str = "cpu",
     seed: int = 0,
     compile: bool = False,
+    width: int | None = None,
 ) -> tuple[Callable[[], torch.Tensor], bnn.VIModule]:
     """One training step of pyrolite_bnn on the workload (as reference.make_step).
 
@@ -84,7 +92,7 @@ def make_step(
     is captured and compiled on the second step, so warm up at least two steps.
     """
     torch.manual_seed(seed)
-    net, shape = build(workload, estimator)
+    net, shape = build(workload, estimator, width)
     net.to(device)
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -162,4 +170,42 @@ def reference_forward(
     return run
 
 
-__all__ = ["build", "make_predict", "make_step", "math", "reference_forward"]
+def make_deterministic_step(
+    workload: str,
+    batch: int,
+    device: str = "cpu",
+    seed: int = 0,
+    width: int | None = None,
+) -> Callable[[], torch.Tensor]:
+    """A plain torch training step of the workload's architecture at ``batch``.
+
+    Deterministic ``nn.Linear``/``nn.Conv2d`` layers, mean cross-entropy, Adam:
+    at ``batch = B * S`` the floor a particle-batched Bayesian step cannot beat
+    by much (it does the same matmuls on the same number of rows, and local
+    reparameterisation a second one for the variances).
+    """
+    torch.manual_seed(seed)
+    layers = layer_stack(workload, nn.Linear, nn.Conv2d, width)
+    net = nn.Sequential(*layers).to(device)
+    x = torch.randn(batch, *INPUT_SHAPES[workload], device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+__all__ = [
+    "build",
+    "make_deterministic_step",
+    "make_predict",
+    "make_step",
+    "math",
+    "reference_forward",
+]

@@ -50,3 +50,25 @@ def test_check_heat_returns_a_float() -> None:
     value = check_heat(torch.tensor(0.25), "heat")  # type: ignore[arg-type]
     assert value == 0.25
     assert type(value) is float
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [bnn.VILinear(3, 2), bnn.VIConv1d(3, 2, 1), bnn.VIConvTranspose1d(3, 2, 1)],
+    ids=["linear", "conv", "conv_transpose"],
+)
+@pytest.mark.parametrize("outermost", [True, False])
+def test_weight_layers_refuse_non_tensor_and_integer_inputs(
+    layer: nn.Module, outermost: bool
+) -> None:
+    """A numpy array, a list or integer indices get an error naming the layer,
+    not torch's ``AttributeError``/``mat1 and mat2 must have the same dtype``."""
+    net = layer if outermost else nn.Sequential(nn.Identity(), layer)
+    shape = (4, 3) if isinstance(layer, bnn.VILinear) else (4, 3, 5)
+    name = type(layer).__name__
+    with pytest.raises(TypeError, match=rf"{name} expected a torch.Tensor.*as_tensor"):
+        net(torch.zeros(shape).numpy())
+    with pytest.raises(TypeError, match=rf"{name} expected a torch.Tensor.*as_tensor"):
+        net(torch.zeros(shape).tolist())
+    with pytest.raises(TypeError, match=rf"{name} expected a floating-point.*int64"):
+        net(torch.zeros(shape, dtype=torch.long))

@@ -161,6 +161,7 @@ class _VIConvBase(_VIWeightLayer):
         return text
 
     def _check_input(self, input: Tensor) -> None:
+        self._check_floating_input(input)
         dims = self._dims
         if input.dim() != dims + 2 or input.shape[1] != self.in_channels:
             raise ValueError(

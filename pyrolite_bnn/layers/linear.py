@@ -115,6 +115,7 @@ class VILinear(_VIWeightLayer):
 
     def forward(self, input: Tensor) -> Tensor:
         """Apply the layer for every particle."""
+        self._check_floating_input(input)
         if input.dim() < 2 or input.shape[-1] != self.in_features:
             raise ValueError(
                 f"VILinear(in_features={self.in_features}) expected input of shape "
