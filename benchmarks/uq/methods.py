@@ -64,6 +64,7 @@ class VISettings:
     estimator: str = "auto"
     warmup: float = 0.0  # fraction of the epochs of linear KL annealing
     particles: int | None = None
+    learned_prior: str | None = None  # LearnedNormalPrior(per=...) on every layer
     extra: dict[str, Any] = field(default_factory=dict)
 
     def label(self) -> str:
@@ -75,6 +76,7 @@ class VISettings:
                 ("init_scale", self.init_scale),
                 ("noise_init", self.noise_init),
                 ("particles", self.particles),
+                ("learned_prior", self.learned_prior),
             )
             if value is not None
         ]
@@ -134,15 +136,19 @@ def build_vi(net: Net, settings: VISettings) -> bnn.VISequential:
         options["prior"] = bnn.NormalPrior(0.0, settings.prior_scale)
     if settings.init_scale is not None:
         options["variational"] = bnn.MeanFieldNormal(init_scale=settings.init_scale)
+    learned = settings.learned_prior
+
+    def layer(a: int, b: int) -> bnn.VILinear:
+        if learned is not None:  # a prior object per layer: its scale is learned
+            options["prior"] = bnn.LearnedNormalPrior(per=learned)
+        return bnn.VILinear(a, b, **options)
+
     layers: list[nn.Module] = []
     width = net.in_dim
     for _ in range(net.depth):
-        layers += [
-            bnn.VILinear(width, net.width, **options),
-            _activation(net.activation),
-        ]
+        layers += [layer(width, net.width), _activation(net.activation)]
         width = net.width
-    layers.append(bnn.VILinear(width, net.out_dim, **options))
+    layers.append(layer(width, net.out_dim))
     model = bnn.VISequential(*layers)
     if settings.particles is not None:
         model.samples = settings.particles
