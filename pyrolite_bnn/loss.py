@@ -138,10 +138,6 @@ class KullbackLeiblerLoss(nn.Module):
     may be reassigned (``heat_schedule`` in :func:`~pyrolite_bnn.training.fit`
     sets ``heat``); a new value is validated like a constructor argument.
 
-    Attributes:
-        last_nll: detached data term of the last call (same reduction).
-        last_kl: detached KL term of the last call (same reduction, before heat).
-
     Example:
         >>> import torch, pyrolite_bnn as bnn
         >>> net = bnn.VILinear(4, 3)
@@ -151,8 +147,8 @@ class KullbackLeiblerLoss(nn.Module):
         (torch.Size([]), True)
     """
 
-    last_nll: Tensor
-    last_kl: Tensor
+    # (detached log-likelihood sum, detached KL, their factors) of the last call
+    _last_terms: tuple[Tensor, Tensor, float, float]
 
     def __init__(
         self,
@@ -324,12 +320,31 @@ class KullbackLeiblerLoss(nn.Module):
 
         Also sets :attr:`last_nll` and :attr:`last_kl`.
         """
-        log_lik = log_lik * (self.dataset_size / shape[1] / shape[0])
         norm = self.dataset_size if self.reduction == "mean" else 1
-        self.last_nll = (-log_lik / norm).detach()
-        self.last_kl = (kl / norm).detach()
+        data_factor = self.dataset_size / shape[1] / shape[0] / norm
+        self._last_terms = (log_lik.detach(), kl.detach(), -data_factor, 1 / norm)
         self._watch_predictive()
-        return (self.heat * kl - log_lik) / norm
+        return kl * (self.heat / norm) - log_lik * data_factor
+
+    @property
+    def last_nll(self) -> Tensor:
+        """Detached data term of the last call (same reduction as the loss)."""
+        log_lik, _, factor, _ = self._last_call()
+        return log_lik * factor
+
+    @property
+    def last_kl(self) -> Tensor:
+        """Detached KL term of the last call (same reduction, before heat)."""
+        _, kl, _, factor = self._last_call()
+        return kl * factor
+
+    def _last_call(self) -> tuple[Tensor, Tensor, float, float]:
+        terms = self.__dict__.get("_last_terms")
+        if terms is None:
+            raise AttributeError(
+                "last_nll and last_kl are set by the first call of the loss"
+            )
+        return terms
 
     def _record_for(self, output: Tensor) -> ForwardRecord:
         if not isinstance(output, Tensor):
