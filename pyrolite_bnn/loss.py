@@ -339,7 +339,9 @@ class KullbackLeiblerLoss(nn.Module):
         return kl * factor
 
     def _last_call(self) -> tuple[Tensor, Tensor, float, float]:
-        terms = self.__dict__.get("_last_terms")
+        terms: tuple[Tensor, Tensor, float, float] | None = self.__dict__.get(
+            "_last_terms"
+        )
         if terms is None:
             raise AttributeError(
                 "last_nll and last_kl are set by the first call of the loss"
