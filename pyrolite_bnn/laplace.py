@@ -56,6 +56,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._network import bayesian_positions
+from pyrolite_bnn._validation import check_finite, validation
 from pyrolite_bnn.calibration import _minimise_log_parameter
 from pyrolite_bnn.distributions.predictive import (
     Bernoulli,
@@ -286,7 +287,8 @@ class LinearizedLaplace(nn.Module):
                     ggn += root.T @ root
                     if correction is not None:
                         ggn -= correction.T @ correction
-            eigenvalues, eigenvectors = torch.linalg.eigh(ggn)
+            # float64: float32 eigh fails to converge on ill-conditioned GGNs.
+            eigenvalues, eigenvectors = torch.linalg.eigh(ggn.double())
             self.eigenvalues.copy_(eigenvalues.clamp_min(0))
             self.eigenvectors.copy_(eigenvectors)
             self.log_likelihood.copy_(log_likelihood)
@@ -377,7 +379,7 @@ class LinearizedLaplace(nn.Module):
 
     # ---------------------------------------------------------------- linearised
     def _weights(self, theta: Tensor) -> dict[str, Tensor]:
-        chunks = theta.split([math.prod(s) for s in self._shapes])
+        chunks = torch.split(theta, [math.prod(s) for s in self._shapes])
         pairs = zip(self.names, chunks, self._shapes, strict=True)
         return {name: chunk.view(shape) for name, chunk, shape in pairs}
 
@@ -404,7 +406,9 @@ class LinearizedLaplace(nn.Module):
         def single(theta: Tensor, xi: Tensor) -> Tensor:
             return self._function(xi.unsqueeze(0))(theta).reshape(-1)
 
-        result: Tensor = vmap(jacrev(single), in_dims=(None, 0))(self.theta, x)
+        check_finite(x, "laplace input")
+        with validation(False):  # no data-dependent checks under vmap
+            result: Tensor = vmap(jacrev(single), in_dims=(None, 0))(self.theta, x)
         return result
 
     def _jacobian_chunk(self, x: Tensor) -> int:
