@@ -199,8 +199,9 @@ def gap_network() -> tuple[nn.Module, Tensor, Tensor]:
 
 
 # Measured with seed 0: subset "all" gives gap 18.4x and beyond 267x the data
-# region's epistemic std, "last_layer" 2.16x and 47x (weaker in the gap). The variances are exact
-# (no Monte Carlo); the margins below only absorb changes of the training run.
+# region's epistemic std, "last_layer" 2.16x and 47x (weaker in the gap). The
+# variances are exact (no Monte Carlo); the margins below only absorb changes
+# of the training run.
 @pytest.mark.parametrize(
     ("subset", "gap_ratio", "beyond_ratio"),
     [("all", 5.0, 20.0), ("last_layer", 1.5, 10.0)],
