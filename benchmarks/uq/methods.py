@@ -225,7 +225,8 @@ def _laplace(
     likelihood: bnn.PredictiveDistribution,
 ) -> bnn.LinearizedLaplace:
     """``bnn.laplace`` on all weights (last layer above the size limit)."""
-    count = sum(p.numel() for p in model.parameters())
+    plain = bnn.to_deterministic(model) if isinstance(model, bnn.VIModule) else model
+    count = sum(p.numel() for p in plain.parameters())
     subset = "all" if count <= DEFAULT_MAX_PARAMETERS else "last_layer"
     return bnn.laplace(model, x, y, likelihood, subset=subset)
 
@@ -258,30 +259,22 @@ def fit_map_laplace(
 ) -> Callable[[Tensor], Any]:
     """MAP fit, then ``bnn.laplace`` at its weights.
 
-    The plain network is trained on the negative log-likelihood (a learned
-    homoscedastic noise scale, initialised at 1, for regression) plus weight
-    decay 1e-4, the same budget; the prior precision by the Laplace marginal
-    likelihood.
+    The plain network is trained like MC dropout's without dropout (MSE or
+    cross-entropy, weight decay 1e-4, the same budget); for regression the
+    noise scale is the root-mean-square training residual (its maximum
+    likelihood value given the fit). The prior precision by the Laplace
+    marginal likelihood.
     """
     model = build_plain(net)
-    likelihood: bnn.PredictiveDistribution = (
-        bnn.Categorical() if kind == "classification" else bnn.Normal()
-    )
-    optimizer = torch.optim.Adam(
-        [*model.parameters(), *likelihood.parameters()], lr=budget.lr
-    )
-    scheduler = _decay(optimizer, budget.epochs)
-    batches = _batches(x, y, budget.batch_size, torch.Generator().manual_seed(0))
-    for _ in range(budget.epochs):
-        for xb, yb in batches:
-            optimizer.zero_grad()
-            out = model(xb).unsqueeze(0)
-            nll = -likelihood.log_likelihood(out, yb).mean()
-            decay = 1e-4 / 2 * sum(p.square().sum() for p in model.parameters())
-            (nll + decay).backward()
-            optimizer.step()
-        scheduler.step()
+    _train_plain(model, _plain_loss(kind), x, y, budget, 1e-4)
     model.eval()
+    likelihood: bnn.PredictiveDistribution
+    if kind == "classification":
+        likelihood = bnn.Categorical()
+    else:
+        with torch.no_grad():
+            residual = float((model(x)[:, 0] - y).square().mean().sqrt())
+        likelihood = bnn.Normal(scale=residual)
     posterior = _laplace(model, x, y, likelihood)
     predictor = _predictor(posterior, likelihood, budget, kind)
     predictor.chosen = {  # type: ignore[attr-defined]
