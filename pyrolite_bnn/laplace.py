@@ -445,8 +445,9 @@ class LinearizedLaplace(nn.Module):
             raise ValueError(f"samples must be >= 1, got {samples!r}")
         if not isinstance(x, Tensor) or x.dim() == 0:
             raise ValueError("LinearizedLaplace needs inputs x of shape (B, ...)")
-        z = torch.randn(samples, self.num_parameters, dtype=self.theta.dtype)
-        deltas = (z.to(self.theta) * self._scales()) @ self.eigenvectors.T
+        theta = self.theta
+        z = torch.randn(samples, len(theta), dtype=theta.dtype, device=theta.device)
+        deltas = (z * self._scales()) @ self.eigenvectors.T
         step = batch_size or self._jacobian_chunk(x[:1])
         chunks = []
         with torch.no_grad():
