@@ -85,30 +85,35 @@ _LOG_PRECISION_STRETCH = 2.0
 _SUPPORTED = "Normal (homoscedastic), Categorical and Bernoulli"
 
 
-def _output_hessian_factor(
+def _output_hessian_root(
     predictive: PredictiveDistribution, output: Tensor, jac: Tensor
-) -> tuple[Tensor, Tensor | None]:
-    """Factors of ``sum_n J_n^T Lambda_n J_n``: ``A^T A - v^T v``.
+) -> Tensor:
+    """Rows ``A`` with ``A^T A = sum_n J_n^T Lambda_n J_n``, ``(R, P)``.
+
+    ``A`` stacks ``Lambda_n^(1/2) J_n``: ``J_n / sigma`` (``Normal``),
+    ``sqrt(p (1 - p)) J_n`` (``Bernoulli``), and for ``Categorical`` the
+    symmetric square root of ``diag(p) - p p^T`` (batched ``C x C``
+    eigendecompositions) times ``J_n``.
 
     Args:
         predictive: the likelihood.
-        output: network outputs ``(B, K)`` at the expansion point.
+        output: network outputs at the expansion point, ``(B, K)``
+            (``Categorical``: ``(B, C)`` logits).
         jac: their Jacobians ``(B, K, P)``.
-
-    Returns:
-        ``(A, v)``, ``A`` of shape ``(R, P)``, ``v`` ``(R', P)`` or ``None``.
     """
     params = jac.shape[-1]
     if isinstance(predictive, Normal):
         inverse_scale = predictive.noise_scale().detach().to(output).reciprocal()
-        return jac.reshape(-1, params) * inverse_scale, None
+        return jac.reshape(-1, params) * inverse_scale
     if isinstance(predictive, Bernoulli):
         p = torch.sigmoid(output)
-        return (jac * (p * (1 - p)).sqrt().unsqueeze(-1)).reshape(-1, params), None
+        return (jac * (p * (1 - p)).sqrt().unsqueeze(-1)).reshape(-1, params)
     assert isinstance(predictive, Categorical)
-    p = output.softmax(-1)
-    root = (jac * p.sqrt().unsqueeze(-1)).reshape(-1, params)
-    return root, torch.einsum("bk,bkp->bp", p, jac)
+    p = output.double().softmax(-1)
+    hessian = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    values, vectors = torch.linalg.eigh(hessian)
+    root: Tensor = (vectors * values.clamp_min(0).sqrt().unsqueeze(-2)) @ vectors.mT
+    return (root.to(jac) @ jac).reshape(-1, params)
 
 
 def _check_predictive(predictive: PredictiveDistribution) -> None:
@@ -195,15 +200,20 @@ class LinearizedLaplace(nn.Module):
 
     Built by :func:`laplace`; see :mod:`pyrolite_bnn.laplace` for the model.
     The posterior is kept as the eigendecomposition of the GGN, so a new prior
-    precision changes it in ``O(P^2)`` without recomputing Jacobians.
+    precision changes it without recomputing Jacobians. With fewer than
+    ``P / 2`` rows ``Lambda_n^(1/2) J_n`` in all (``N K`` small against ``P``)
+    the GGN has low rank and a thin SVD of those rows gives its ``r`` nonzero
+    eigenpairs in ``O(r^2 P)``; otherwise the dense ``P x P`` GGN is
+    eigendecomposed (``O(P^3)``). Both in float64.
 
     Attributes:
         network: plain copy of the network at the expansion point (eval mode).
         names: names (in ``network``) of the weights with a posterior.
         subset: ``"all"`` or ``"last_layer"``.
         theta: the expansion point, the chosen weights flattened, ``(P,)``.
-        eigenvalues: of the GGN ``sum_n J_n^T Lambda_n J_n``, ``(P,)`` (>= 0).
-        eigenvectors: of the GGN, columns, ``(P, P)``.
+        eigenvalues: of the GGN ``sum_n J_n^T Lambda_n J_n``, ``(r,)`` (>= 0;
+            the GGN's other ``P - r`` eigenvalues are zero).
+        eigenvectors: the matching orthonormal columns, ``(P, r)``.
         prior_precision: ``delta`` of the prior ``N(0, I / delta)``.
         log_likelihood: ``log p(data | theta*)`` summed over the data.
 
@@ -237,9 +247,8 @@ class LinearizedLaplace(nn.Module):
         object.__setattr__(self, "predictive", predictive)
         theta = torch.cat([params[n].detach().reshape(-1) for n in self.names])
         self.register_buffer("theta", theta)
-        self.register_buffer("eigenvalues", torch.zeros_like(theta))
-        eye = torch.eye(len(theta), dtype=theta.dtype, device=theta.device)
-        self.register_buffer("eigenvectors", eye)
+        self.register_buffer("eigenvalues", theta.new_zeros(0))
+        self.register_buffer("eigenvectors", theta.new_zeros(len(theta), 0))
         self.register_buffer("prior_precision", torch.ones_like(theta[0]))
         self.register_buffer("log_likelihood", torch.zeros_like(theta[0]))
         network.requires_grad_(False)
@@ -259,7 +268,8 @@ class LinearizedLaplace(nn.Module):
             ``self``.
         """
         count = self.num_parameters
-        ggn = torch.zeros_like(self.eigenvectors)
+        rows: list[Tensor] = []  # rows of A while there are few (low rank)
+        ggn: Tensor | None = None  # dense A^T A once there are many
         log_likelihood = torch.zeros_like(self.log_likelihood)
         predictive = self.predictive
         with torch.no_grad():
@@ -283,14 +293,27 @@ class LinearizedLaplace(nn.Module):
                         classes = output.shape[-1]
                         jac = jac.reshape(-1, classes, count)
                         out = out.reshape(-1, classes)
-                    root, correction = _output_hessian_factor(predictive, out, jac)
+                    root = _output_hessian_root(predictive, out, jac)
+                    if ggn is None and (len(root) + sum(map(len, rows))) * 2 <= count:
+                        rows.append(root)
+                        continue
+                    if ggn is None:
+                        ggn = torch.zeros_like(self.theta).expand(count, count).clone()
+                        for kept in rows:
+                            ggn += kept.T @ kept
+                        rows = []
                     ggn += root.T @ root
-                    if correction is not None:
-                        ggn -= correction.T @ correction
             # float64: float32 eigh fails to converge on ill-conditioned GGNs.
-            eigenvalues, eigenvectors = torch.linalg.eigh(ggn.double())
-            self.eigenvalues.copy_(eigenvalues.clamp_min(0))
-            self.eigenvectors.copy_(eigenvectors)
+            if ggn is None:  # rank <= P / 2: thin SVD of A, O(R^2 P)
+                stacked = torch.cat(rows) if rows else self.theta.new_zeros(0, count)
+                _, singular, vh = torch.linalg.svd(
+                    stacked.double(), full_matrices=False
+                )
+                eigenvalues, eigenvectors = singular.square(), vh.T
+            else:
+                eigenvalues, eigenvectors = torch.linalg.eigh(ggn.double())
+            self.eigenvalues = eigenvalues.clamp_min(0).to(self.theta)
+            self.eigenvectors = eigenvectors.to(self.theta)
             self.log_likelihood.copy_(log_likelihood)
         return self
 
@@ -300,21 +323,34 @@ class LinearizedLaplace(nn.Module):
         """Number ``P`` of weights with a posterior."""
         return self.theta.numel()
 
-    def _scales(self, prior_precision: Tensor | float | None = None) -> Tensor:
-        delta = self.prior_precision if prior_precision is None else prior_precision
-        return (self.eigenvalues + delta).rsqrt()
+    @property
+    def rank(self) -> int:
+        """Number ``r`` of kept GGN eigenpairs (the other ``P - r`` are zero)."""
+        return self.eigenvalues.numel()
+
+    def _delta(self, prior_precision: float | None = None) -> Tensor:
+        if prior_precision is None:
+            return self.prior_precision
+        return torch.as_tensor(prior_precision).to(self.theta)
+
+    def _shrink(self) -> Tensor:
+        """``lambda / (delta (lambda + delta))``: ``Sigma = I / delta - V diag V^T``."""
+        delta = self.prior_precision
+        return self.eigenvalues / (delta * (self.eigenvalues + delta))
 
     @property
     def posterior_precision(self) -> Tensor:
         """``GGN + prior_precision * I``, ``(P, P)``."""
         v = self.eigenvectors
-        return (v * (self.eigenvalues + self.prior_precision)) @ v.T
+        eye = torch.eye(len(v), dtype=v.dtype, device=v.device)
+        return (v * self.eigenvalues) @ v.T + self.prior_precision * eye
 
     @property
     def posterior_covariance(self) -> Tensor:
         """``Sigma``, the inverse of :attr:`posterior_precision`, ``(P, P)``."""
-        root = self.eigenvectors * self._scales()
-        return root @ root.T
+        v = self.eigenvectors
+        eye = torch.eye(len(v), dtype=v.dtype, device=v.device)
+        return eye / self.prior_precision - (v * self._shrink()) @ v.T
 
     def log_marginal_likelihood(self, prior_precision: float | None = None) -> Tensor:
         r"""Laplace approximation of ``log p(data | delta)`` at the expansion point.
@@ -336,14 +372,16 @@ class LinearizedLaplace(nn.Module):
         Returns:
             A scalar tensor (nats).
         """
-        delta = self.prior_precision if prior_precision is None else prior_precision
-        delta = torch.as_tensor(delta, dtype=torch.float64)
+        delta = self._delta(prior_precision).double()
         lam = self.eigenvalues.double()
+        # log det(GGN + delta I) = sum_i log(lambda_i + delta) + (P - r) log(delta)
+        zero = self.num_parameters - self.rank
+        log_det = (lam + delta).log().sum() + zero * delta.log()
         return (
             self.log_likelihood.double()
             - delta / 2 * self.theta.double().square().sum()
             + self.num_parameters / 2 * delta.log()
-            - (lam + delta).log().sum() / 2
+            - log_det / 2
         )
 
     def fit_prior_precision(self) -> LinearizedLaplace:
@@ -427,16 +465,18 @@ class LinearizedLaplace(nn.Module):
             ``(B, K, K)``, ``K`` the number of output values per input.
         """
         with torch.no_grad():
-            half = self.jacobian(x) @ (self.eigenvectors * self._scales())
-            return half @ half.transpose(-1, -2)
+            jac = self.jacobian(x)
+            projected = jac @ self.eigenvectors
+            isotropic = jac @ jac.mT / self.prior_precision
+            return isotropic - (projected * self._shrink()) @ projected.mT
 
     def forward(self, x: Tensor, samples: int = 100) -> Tensor:
         """Outputs of ``samples`` linearised networks, ``(S, B, ...)``.
 
         Particle ``s`` is ``f(x; theta*) + J(x) d_s`` (Jacobians by
-        ``vmap(jacrev)``, in chunks of inputs) with
-        ``d_s = V diag((lambda + delta)^-1/2) z_s ~ N(0, Sigma)``,
-        ``z_s ~ N(0, I)`` (one draw per particle, shared by all inputs).
+        ``vmap(jacrev)``, in chunks of inputs) with ``d_s ~ N(0, Sigma)``
+        drawn once per particle, shared by all inputs, through a square root
+        of ``Sigma`` built from the GGN eigenpairs.
         """
         return self._sample(x, samples, None)
 
@@ -445,9 +485,12 @@ class LinearizedLaplace(nn.Module):
             raise ValueError(f"samples must be >= 1, got {samples!r}")
         if not isinstance(x, Tensor) or x.dim() == 0:
             raise ValueError("LinearizedLaplace needs inputs x of shape (B, ...)")
-        theta = self.theta
+        theta, v, delta = self.theta, self.eigenvectors, self.prior_precision
         z = torch.randn(samples, len(theta), dtype=theta.dtype, device=theta.device)
-        deltas = (z * self._scales()) @ self.eigenvectors.T
+        # (I + V diag(e) V^T) / sqrt(delta), e = (1 + lambda / delta)^-1/2 - 1,
+        # is a square root of Sigma.
+        e = torch.expm1(-0.5 * torch.log1p(self.eigenvalues / delta))
+        deltas = (z + ((z @ v) * e) @ v.T) / delta.sqrt()
         step = batch_size or self._jacobian_chunk(x[:1])
         chunks = []
         with torch.no_grad():
