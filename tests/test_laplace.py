@@ -402,3 +402,15 @@ def test_predictive_classification_summaries() -> None:
     assert pred.probs.shape == (25, 3)
     torch.testing.assert_close(pred.probs.sum(-1), torch.ones(25))
     assert bool((pred.mutual_information >= -1e-6).all())
+
+
+def test_calibrate_accepts_the_laplace_posterior() -> None:
+    net = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1))
+    x, y = torch.randn(40, 2), torch.randn(40)
+    likelihood = bnn.Normal(scale=0.05)  # far too small: the factor must grow
+    la = bnn.laplace(net, x[:20], y[:20], likelihood)
+    cal = bnn.calibrate(la, x[20:], y[20:], likelihood, samples=50)  # type: ignore[arg-type]
+    assert isinstance(cal, bnn.VarianceScaling)
+    assert float(cal.factor) > 1
+    pred = bnn.predict(la, x[20:], likelihood, samples=50, calibration=cal)
+    assert pred.interval(0.9)[0].shape == (20,)
