@@ -328,11 +328,6 @@ class LinearizedLaplace(nn.Module):
         """Number ``r`` of kept GGN eigenpairs (the other ``P - r`` are zero)."""
         return self.eigenvalues.numel()
 
-    def _delta(self, prior_precision: float | None = None) -> Tensor:
-        if prior_precision is None:
-            return self.prior_precision
-        return torch.as_tensor(prior_precision).to(self.theta)
-
     def _shrink(self) -> Tensor:
         """``lambda / (delta (lambda + delta))``: ``Sigma = I / delta - V diag V^T``."""
         delta = self.prior_precision
@@ -372,7 +367,8 @@ class LinearizedLaplace(nn.Module):
         Returns:
             A scalar tensor (nats).
         """
-        delta = self._delta(prior_precision).double()
+        given = self.prior_precision if prior_precision is None else prior_precision
+        delta = torch.as_tensor(given, dtype=torch.float64, device=self.theta.device)
         lam = self.eigenvalues.double()
         # log det(GGN + delta I) = sum_i log(lambda_i + delta) + (P - r) log(delta)
         zero = self.num_parameters - self.rank
