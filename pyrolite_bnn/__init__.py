@@ -47,6 +47,7 @@ from pyrolite_bnn.distributions import (
 from pyrolite_bnn.elbo import Trace_ELBO, TraceMeanField_ELBO
 from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.guides import ParticleGuide
+from pyrolite_bnn.laplace import LinearizedLaplace, laplace
 from pyrolite_bnn.layers import (
     VIGRU,
     VILSTM,
@@ -91,6 +92,7 @@ __all__ = [
     "KullbackLeiblerLoss",
     "LaplacePrior",
     "LearnedNormalPrior",
+    "LinearizedLaplace",
     "MeanFieldNormal",
     "Normal",
     "NormalPrior",
@@ -133,6 +135,7 @@ __all__ = [
     "enable_validation",
     "fit",
     "is_validation_enabled",
+    "laplace",
     "linear_warmup",
     "load_checkpoint",
     "match_particles",

@@ -219,7 +219,9 @@ def predict(
 
     Args:
         model: the trained network (or its ``DistributedDataParallel``
-            wrapper).
+            wrapper), or a :class:`~pyrolite_bnn.LinearizedLaplace` posterior
+            (then :meth:`~pyrolite_bnn.LinearizedLaplace.predict` runs;
+            ``memory_budget`` does not apply).
         x: inputs ``(N, ...)``.
         predictive: the likelihood the model was trained with.
         samples: number of posterior draws ``S``.
@@ -246,6 +248,17 @@ def predict(
         (torch.Size([5, 4]), torch.Size([5]))
     """
     model = unwrap(model)
+    from pyrolite_bnn.laplace import LinearizedLaplace  # it imports this module
+
+    if isinstance(model, LinearizedLaplace):
+        return model.predict(
+            x,
+            samples,
+            predictive=predictive,
+            batch_size=batch_size,
+            mode=mode,
+            calibration=calibration,
+        )
     if not isinstance(model, VIModule) and (
         not isinstance(model, nn.Module) or not bayesian_positions(model, limit=1)
     ):

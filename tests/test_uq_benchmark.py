@@ -11,6 +11,7 @@ import torch
 
 from benchmarks.uq import report, scores, tasks
 from benchmarks.uq.__main__ import main
+from benchmarks.uq.methods import METHODS
 from benchmarks.uq.run import COMBOS, run_parts, run_settings, scale
 
 
@@ -93,7 +94,7 @@ def test_tiny_benchmark_runs_every_part(tmp_path: Path) -> None:
     assert parts == {
         (part, method)
         for part in ("sweep", "regression", "digits")
-        for method in ("vi", "mc_dropout", "ensemble")
+        for method in METHODS
     }
     for row in rows:
         numbers = [v for v in row.values() if isinstance(v, float)]
@@ -113,8 +114,18 @@ def test_tiny_benchmark_runs_every_part(tmp_path: Path) -> None:
 def test_command_line_writes_results(tmp_path: Path) -> None:
     main(["--tiny", "--parts", "c", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "results" / "tiny_c.json").read_text())
-    assert [row["method"] for row in rows] == ["vi", "mc_dropout", "ensemble"]
+    assert [row["method"] for row in rows] == list(METHODS)
     assert "| vi |" in (tmp_path / "RESULTS.md").read_text()
     main(["--tiny", "--settings", "--combos", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "results" / "tiny_combos_settings.json").read_text())
     assert {row["settings"] for row in rows} == {vi.label() for vi in COMBOS}
+
+
+def test_command_line_runs_chosen_methods(tmp_path: Path) -> None:
+    main(["--tiny", "--parts", "a", "--methods", "map+laplace", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "results" / "tiny_a_map-laplace.json").read_text())
+    assert [row["method"] for row in rows] == ["map+laplace"]
+    assert rows[0]["gap_ratio"] > 0
+    assert "map+laplace gap / beyond / cov" in (tmp_path / "RESULTS.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--methods", "laplace", "--out", str(tmp_path)])

@@ -1,5 +1,6 @@
 """``python -m benchmarks.uq [--reduced | --full | --tiny] [--parts abc] [--settings]``.
 
+``--methods vi+laplace,map+laplace`` runs only those rows (into their own file).
 Writes ``benchmarks/uq/results/<setting>[_settings].json`` and regenerates
 ``benchmarks/uq/RESULTS.md`` from every JSON file present.
 """
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from . import report
+from .methods import METHODS
 from .run import COMBOS, SETTINGS, run_parts, run_settings, scale
 
 HERE = Path(__file__).parent
@@ -40,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="with --settings: the combinations of knobs instead of one at a time",
     )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated subset of {', '.join(METHODS)} (default: all); "
+        "the JSON file name then ends in the methods",
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="output directory")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -47,6 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     setting = scale(size)
     name = f"{size}_{args.parts}"
+    methods = METHODS
+    if args.methods:
+        methods = tuple(args.methods.split(","))
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+        name += "_" + "_".join(m.replace("+", "-") for m in methods)
     if args.settings:
         name = f"{size}_combos_settings" if args.combos else f"{size}_settings"
     results = args.out / "results"
@@ -62,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.settings:
         run_settings(setting, log, COMBOS if args.combos else SETTINGS)
     else:
-        run_parts(setting, args.parts, log)
+        run_parts(setting, args.parts, log, methods)
     report.write(args.out)
 
 

@@ -190,7 +190,7 @@ def _plots(rows: list[Row], out: Path) -> list[str]:
             tasks = list(dict.fromkeys(r["task"] for r in sweep))
             for j, m in enumerate(METHODS):
                 xs = [
-                    tasks.index(r["task"]) + 0.25 * (j - 1)
+                    tasks.index(r["task"]) + 0.15 * (j - 2)
                     for r in sweep
                     if r["method"] == m
                 ]
@@ -215,7 +215,7 @@ def _plots(rows: list[Row], out: Path) -> list[str]:
             for r in reg:
                 if r["method"] == m:
                     ax.scatter(
-                        datasets.index(r["task"]) + 0.2 * (j - 1),
+                        datasets.index(r["task"]) + 0.15 * (j - 2),
                         r["test_ll"],
                         color=f"C{j}",
                         s=10,

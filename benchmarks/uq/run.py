@@ -172,9 +172,14 @@ def digits_row(
     }
 
 
-def run_parts(setting: Scale, parts: str, log: Any = print) -> list[dict[str, Any]]:
+def run_parts(
+    setting: Scale,
+    parts: str,
+    log: Any = print,
+    methods: tuple[str, ...] = METHODS,
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for method in METHODS:
+    for method in methods:
         if "a" in parts:
             for config in setting.sweep:
                 rows.append(

@@ -1,0 +1,641 @@
+r"""Post-hoc linearised Laplace posterior of a trained network.
+
+``bnn.laplace(model, x, y, predictive)`` puts a Gaussian posterior
+``N(theta*, Sigma)`` on the weights of a trained network around their trained
+values ``theta*`` (the posterior means of a Bayesian network, the weights of a
+plain ``torch.nn`` module), with the generalised Gauss-Newton (GGN) precision
+
+.. math::
+
+    \Sigma^{-1} = \sum_n J_n^\top \Lambda_n J_n + \delta I,
+
+where ``J_n`` is the Jacobian of the network output at input ``x_n`` with
+respect to the chosen weights, ``Lambda_n`` the Hessian of ``-log p(y_n | f)``
+with respect to the output ``f`` (``I / sigma^2`` for
+:class:`~pyrolite_bnn.Normal`, ``diag(p) - p p^T`` for
+:class:`~pyrolite_bnn.Categorical`, ``p (1 - p)`` for
+:class:`~pyrolite_bnn.Bernoulli`), and ``delta`` the prior precision of an
+isotropic ``N(0, I / delta)`` prior on the weights, chosen by maximising the
+Laplace approximation of the log marginal likelihood
+(:meth:`LinearizedLaplace.log_marginal_likelihood`) unless given.
+
+Predictions use the network linearised at ``theta*``:
+``f(x; theta* + d) ~= f(x; theta*) + J(x) d`` with ``d ~ N(0, Sigma)``, so the
+output is Gaussian, ``N(f(x; theta*), J(x) Sigma J(x)^T)``. Each particle is one
+draw of ``d``, the same for every input, and
+:class:`~pyrolite_bnn.Prediction` summarises the particles' outputs like those
+of a Bayesian network. Unlike mean-field variational inference, the
+covariance couples all the weights, so the output variance grows where the
+data do not constrain the function (between and beyond the training inputs).
+
+Example:
+    >>> import torch, pyrolite_bnn as bnn
+    >>> net = torch.nn.Sequential(
+    ...     torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+    ... )
+    >>> x, y = torch.randn(30, 1), torch.randn(30)
+    >>> la = bnn.laplace(net, x, y, bnn.Normal(scale=0.5))
+    >>> la.num_parameters, la.posterior_covariance.shape
+    (25, torch.Size([25, 25]))
+    >>> pred = bnn.predict(la, torch.randn(5, 1), bnn.Normal(scale=0.5))
+    >>> pred.samples.shape, pred.epistemic_var.shape
+    (torch.Size([100, 5, 1]), torch.Size([5]))
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+
+from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._network import bayesian_positions
+from pyrolite_bnn._validation import check_finite, validation
+from pyrolite_bnn.calibration import _minimise_log_parameter
+from pyrolite_bnn.distributions.predictive import (
+    Bernoulli,
+    Categorical,
+    Normal,
+    PredictiveDistribution,
+)
+from pyrolite_bnn.export import to_deterministic
+from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.predict import Prediction
+
+if TYPE_CHECKING:
+    from pyrolite_bnn.calibration import Calibration
+
+__all__ = ["DEFAULT_MAX_PARAMETERS", "LinearizedLaplace", "laplace"]
+
+DEFAULT_MAX_PARAMETERS = 20_000
+"""Most weights a dense Laplace covariance may have (``subset="all"``)."""
+
+Subset = Literal["all", "last_layer"]
+
+# Jacobian entries computed at once when building the GGN (64 MiB in float32).
+_JACOBIAN_ENTRIES = 2**24
+# The 1-D search over log(prior precision) covers exp(+-2 * 7), 8e-7 to 1.2e6.
+_LOG_PRECISION_STRETCH = 2.0
+_SUPPORTED = "Normal (homoscedastic), Categorical and Bernoulli"
+
+
+def _output_hessian_root(
+    predictive: PredictiveDistribution, output: Tensor, jac: Tensor
+) -> Tensor:
+    """Rows ``A`` with ``A^T A = sum_n J_n^T Lambda_n J_n``, ``(R, P)``.
+
+    ``A`` stacks ``Lambda_n^(1/2) J_n``: ``J_n / sigma`` (``Normal``),
+    ``sqrt(p (1 - p)) J_n`` (``Bernoulli``), and for ``Categorical`` the
+    symmetric square root of ``diag(p) - p p^T`` (batched ``C x C``
+    eigendecompositions) times ``J_n``.
+
+    Args:
+        predictive: the likelihood.
+        output: network outputs at the expansion point, ``(B, K)``
+            (``Categorical``: ``(B, C)`` logits).
+        jac: their Jacobians ``(B, K, P)``.
+    """
+    params = jac.shape[-1]
+    if isinstance(predictive, Normal):
+        inverse_scale = predictive.noise_scale().detach().to(output).reciprocal()
+        return jac.reshape(-1, params) * inverse_scale
+    if isinstance(predictive, Bernoulli):
+        p = torch.sigmoid(output)
+        return (jac * (p * (1 - p)).sqrt().unsqueeze(-1)).reshape(-1, params)
+    assert isinstance(predictive, Categorical)
+    p = output.double().softmax(-1)
+    hessian = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    values, vectors = torch.linalg.eigh(hessian)
+    root: Tensor = (vectors * values.clamp_min(0).sqrt().unsqueeze(-2)) @ vectors.mT
+    return (root.to(jac) @ jac).reshape(-1, params)
+
+
+def _check_predictive(predictive: PredictiveDistribution) -> None:
+    if type(predictive) not in (Normal, Categorical, Bernoulli):
+        raise NotImplementedError(
+            f"laplace supports the {_SUPPORTED} likelihoods, got "
+            f"{type(predictive).__name__}"
+        )
+
+
+def _batches(
+    x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x, y)`` as one batch, or the ``(x, y)`` batches of a data loader."""
+    if isinstance(x, Tensor):
+        if y is None:
+            raise ValueError("laplace needs targets y with inputs x (or a DataLoader)")
+        if x.dim() == 0 or not isinstance(y, Tensor) or y.dim() == 0:
+            raise ValueError(
+                "laplace needs inputs x (N, ...) and targets y (N, ...), got "
+                f"{tuple(x.shape)} and "
+                f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}"
+            )
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"laplace: x has {x.shape[0]} examples but y has {y.shape[0]}"
+            )
+        yield x, y
+        return
+    if y is not None:
+        raise ValueError(
+            "laplace takes targets y only with a tensor x; a DataLoader gives "
+            "(x, y) batches itself"
+        )
+    for batch in x:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError(
+                "laplace needs a DataLoader of (x, y) batches, got a batch of type "
+                f"{type(batch).__name__}"
+            )
+        yield from _batches(batch[0], batch[1])
+
+
+def _expansion_network(model: nn.Module) -> nn.Module:
+    """A plain copy of ``model`` at the expansion point, in eval mode."""
+    model = unwrap(model)
+    if isinstance(model, VIModule):
+        network = to_deterministic(model)
+    elif isinstance(model, nn.Module):
+        if bayesian_positions(model, limit=1):
+            raise TypeError(
+                "laplace takes a bnn.VIModule or a plain torch module; a plain "
+                f"module holding Bayesian layers ({type(model).__name__}) has no "
+                "expansion point here: wrap it in a bnn.VIModule subclass"
+            )
+        network = copy.deepcopy(model)
+    else:
+        raise TypeError(f"laplace needs a torch module, got {type(model).__name__}")
+    return network.eval()
+
+
+def _last_layer(network: nn.Module, x: Tensor) -> list[str]:
+    """Names of the parameters of the last module with parameters that runs."""
+    owners = [m for m in network.modules() if any(True for _ in m.parameters(False))]
+    called: list[nn.Module] = []
+    handles = [
+        m.register_forward_hook(lambda module, i, o: called.append(module))
+        for m in owners
+    ]
+    try:
+        with torch.no_grad():
+            network(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not called:
+        raise ValueError("laplace: the network ran no module with parameters")
+    last = {id(p) for p in called[-1].parameters(False)}
+    return [n for n, p in network.named_parameters() if id(p) in last]
+
+
+class LinearizedLaplace(nn.Module):
+    """Gaussian posterior over (some of) a network's weights, linearised predictive.
+
+    Built by :func:`laplace`; see :mod:`pyrolite_bnn.laplace` for the model.
+    The posterior is kept as the eigendecomposition of the GGN, so a new prior
+    precision changes it without recomputing Jacobians. With fewer than
+    ``P / 2`` rows ``Lambda_n^(1/2) J_n`` in all (``N K`` small against ``P``)
+    the GGN has low rank and a thin SVD of those rows gives its ``r`` nonzero
+    eigenpairs in ``O(r^2 P)``; otherwise the dense ``P x P`` GGN is
+    eigendecomposed (``O(P^3)``). Both in float64.
+
+    Attributes:
+        network: plain copy of the network at the expansion point (eval mode).
+        names: names (in ``network``) of the weights with a posterior.
+        subset: ``"all"`` or ``"last_layer"``.
+        theta: the expansion point, the chosen weights flattened, ``(P,)``.
+        eigenvalues: of the GGN ``sum_n J_n^T Lambda_n J_n``, ``(r,)`` (>= 0;
+            the GGN's other ``P - r`` eigenvalues are zero).
+        eigenvectors: the matching orthonormal columns, ``(P, r)``.
+        prior_precision: ``delta`` of the prior ``N(0, I / delta)``.
+        log_likelihood: ``log p(data | theta*)`` summed over the data.
+
+    Shape:
+        - ``forward(x, samples)``: ``(B, ...) -> (S, B, ...)``, the network's
+          output shape with a leading particle dimension.
+    """
+
+    theta: Tensor
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    prior_precision: Tensor
+    log_likelihood: Tensor
+    predictive: PredictiveDistribution
+
+    def __init__(
+        self,
+        network: nn.Module,
+        names: list[str],
+        predictive: PredictiveDistribution,
+        subset: Subset = "all",
+    ) -> None:
+        super().__init__()
+        _check_predictive(predictive)
+        self.network = network
+        self.names = tuple(names)
+        self.subset = subset
+        params = dict(network.named_parameters())
+        self._shapes = [params[n].shape for n in self.names]
+        # Referenced, not a submodule: the likelihood belongs to the user's loss.
+        object.__setattr__(self, "predictive", predictive)
+        theta = torch.cat([params[n].detach().reshape(-1) for n in self.names])
+        self.register_buffer("theta", theta)
+        self.register_buffer("eigenvalues", theta.new_zeros(0))
+        self.register_buffer("eigenvectors", theta.new_zeros(len(theta), 0))
+        self.register_buffer("prior_precision", torch.ones_like(theta[0]))
+        self.register_buffer("log_likelihood", torch.zeros_like(theta[0]))
+        network.requires_grad_(False)
+
+    def fit(
+        self, x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None = None
+    ) -> LinearizedLaplace:
+        """Compute the GGN and the log-likelihood of the data at the expansion point.
+
+        Replaces those of an earlier call; the prior precision is kept.
+
+        Args:
+            x: inputs ``(N, ...)``, or an iterable of ``(x, y)`` batches.
+            y: targets ``(N, ...)``; ``None`` with batches.
+
+        Returns:
+            ``self``.
+        """
+        count = self.num_parameters
+        rows: list[Tensor] = []  # rows of A while there are few (low rank)
+        ggn: Tensor | None = None  # dense A^T A once there are many
+        log_likelihood = torch.zeros_like(self.log_likelihood)
+        predictive = self.predictive
+        with torch.no_grad():
+            for xb, yb in _batches(x, y):
+                output = self._function(xb)(self.theta)
+                if output.shape[0] != xb.shape[0]:
+                    raise ValueError(
+                        f"laplace: the network maps {xb.shape[0]} inputs to an "
+                        f"output of shape {tuple(output.shape)}; expected (B, ...)"
+                    )
+                predictive.check_target(output.unsqueeze(0), yb)
+                log_likelihood += predictive.log_likelihood(
+                    output.unsqueeze(0), yb
+                ).sum()
+                flat = output.reshape(output.shape[0], -1)
+                step = self._jacobian_chunk(xb)
+                for start in range(0, xb.shape[0], step):
+                    jac = self.jacobian(xb[start : start + step])
+                    out = flat[start : start + step]
+                    if isinstance(predictive, Categorical):
+                        classes = output.shape[-1]
+                        jac = jac.reshape(-1, classes, count)
+                        out = out.reshape(-1, classes)
+                    root = _output_hessian_root(predictive, out, jac)
+                    if ggn is None and (len(root) + sum(map(len, rows))) * 2 <= count:
+                        rows.append(root)
+                        continue
+                    if ggn is None:
+                        ggn = torch.zeros_like(self.theta).expand(count, count).clone()
+                        for kept in rows:
+                            ggn += kept.T @ kept
+                        rows = []
+                    ggn += root.T @ root
+            # float64: float32 eigh fails to converge on ill-conditioned GGNs.
+            if ggn is None:  # rank <= P / 2: thin SVD of A, O(R^2 P)
+                stacked = torch.cat(rows) if rows else self.theta.new_zeros(0, count)
+                _, singular, vh = torch.linalg.svd(
+                    stacked.double(), full_matrices=False
+                )
+                eigenvalues, eigenvectors = singular.square(), vh.T
+            else:
+                eigenvalues, eigenvectors = torch.linalg.eigh(ggn.double())
+            self.eigenvalues = eigenvalues.clamp_min(0).to(self.theta)
+            self.eigenvectors = eigenvectors.to(self.theta)
+            self.log_likelihood.copy_(log_likelihood)
+        return self
+
+    # ------------------------------------------------------------------ posterior
+    @property
+    def num_parameters(self) -> int:
+        """Number ``P`` of weights with a posterior."""
+        return self.theta.numel()
+
+    @property
+    def rank(self) -> int:
+        """Number ``r`` of kept GGN eigenpairs (the other ``P - r`` are zero)."""
+        return self.eigenvalues.numel()
+
+    def _shrink(self) -> Tensor:
+        """``lambda / (delta (lambda + delta))``: ``Sigma = I / delta - V diag V^T``."""
+        delta = self.prior_precision
+        return self.eigenvalues / (delta * (self.eigenvalues + delta))
+
+    @property
+    def posterior_precision(self) -> Tensor:
+        """``GGN + prior_precision * I``, ``(P, P)``."""
+        v = self.eigenvectors
+        eye = torch.eye(len(v), dtype=v.dtype, device=v.device)
+        return (v * self.eigenvalues) @ v.T + self.prior_precision * eye
+
+    @property
+    def posterior_covariance(self) -> Tensor:
+        """``Sigma``, the inverse of :attr:`posterior_precision`, ``(P, P)``."""
+        v = self.eigenvectors
+        eye = torch.eye(len(v), dtype=v.dtype, device=v.device)
+        return eye / self.prior_precision - (v * self._shrink()) @ v.T
+
+    def log_marginal_likelihood(self, prior_precision: float | None = None) -> Tensor:
+        r"""Laplace approximation of ``log p(data | delta)`` at the expansion point.
+
+        .. math::
+
+            \log p(D \mid \theta^*) - \frac{\delta}{2} \|\theta^*\|^2
+            + \frac{P}{2} \log \delta
+            - \frac{1}{2} \sum_i \log(\lambda_i + \delta),
+
+        with ``lambda_i`` the GGN eigenvalues: the Gaussian integral of
+        ``p(D | theta) N(theta; 0, I / delta)`` with the log-likelihood
+        expanded to second order (GGN) about ``theta*``. Exact for a linear
+        Gaussian model when ``theta*`` is the posterior mode.
+
+        Args:
+            prior_precision: ``delta``; default: :attr:`prior_precision`.
+
+        Returns:
+            A scalar tensor (nats).
+        """
+        given = self.prior_precision if prior_precision is None else prior_precision
+        delta = torch.as_tensor(given, dtype=torch.float64, device=self.theta.device)
+        lam = self.eigenvalues.double()
+        # log det(GGN + delta I) = sum_i log(lambda_i + delta) + (P - r) log(delta)
+        zero = self.num_parameters - self.rank
+        log_det = (lam + delta).log().sum() + zero * delta.log()
+        return (
+            self.log_likelihood.double()
+            - delta / 2 * self.theta.double().square().sum()
+            + self.num_parameters / 2 * delta.log()
+            - log_det / 2
+        )
+
+    def fit_prior_precision(self) -> LinearizedLaplace:
+        """Set :attr:`prior_precision` to the maximiser of the marginal likelihood.
+
+        A grid over ``log(delta)`` in ``[-14, 14]`` (step 0.2) and a
+        golden-section refinement of the best cell.
+
+        Returns:
+            ``self``.
+        """
+
+        def objective(t: float) -> float:
+            delta = math.exp(_LOG_PRECISION_STRETCH * t)
+            return -float(self.log_marginal_likelihood(delta))
+
+        best = math.exp(_LOG_PRECISION_STRETCH * _minimise_log_parameter(objective))
+        self.set_prior_precision(best)
+        return self
+
+    def set_prior_precision(self, prior_precision: float) -> None:
+        """Use the prior ``N(0, I / prior_precision)`` (positive, finite)."""
+        if not (
+            isinstance(prior_precision, (int, float))
+            and prior_precision > 0
+            and math.isfinite(prior_precision)
+        ):
+            raise ValueError(
+                "prior_precision must be a positive finite float or 'marglik', got "
+                f"{prior_precision!r}"
+            )
+        self.prior_precision.fill_(float(prior_precision))
+
+    # ---------------------------------------------------------------- linearised
+    def _weights(self, theta: Tensor) -> dict[str, Tensor]:
+        chunks = torch.split(theta, [math.prod(s) for s in self._shapes])
+        pairs = zip(self.names, chunks, self._shapes, strict=True)
+        return {name: chunk.view(shape) for name, chunk, shape in pairs}
+
+    def _function(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """``theta -> network output at x`` (other weights fixed)."""
+
+        def f(theta: Tensor) -> Tensor:
+            out = functional_call(self.network, self._weights(theta), (x,))
+            if not isinstance(out, Tensor) or out.dim() == 0:
+                raise TypeError(
+                    "laplace needs a network that returns one tensor (B, ...), got "
+                    f"{type(out).__name__}"
+                )
+            return out
+
+        return f
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        """Jacobians of the flattened outputs at ``x``, ``(B, K, P)``.
+
+        ``K`` is the number of output values per input.
+        """
+
+        def single(theta: Tensor, xi: Tensor) -> Tensor:
+            return self._function(xi.unsqueeze(0))(theta).reshape(-1)
+
+        check_finite(x, "laplace input")
+        with validation(False):  # no data-dependent checks under vmap
+            result: Tensor = vmap(jacrev(single), in_dims=(None, 0))(self.theta, x)
+        return result
+
+    def _jacobian_chunk(self, x: Tensor) -> int:
+        """Inputs per chunk so that a chunk's Jacobian has ~2**24 entries."""
+        with torch.no_grad():
+            outputs = self._function(x[:1])(self.theta).numel()
+        return max(1, _JACOBIAN_ENTRIES // (outputs * self.num_parameters))
+
+    def output_covariance(self, x: Tensor) -> Tensor:
+        """Exact covariance ``J(x) Sigma J(x)^T`` of the linearised outputs.
+
+        Args:
+            x: inputs ``(B, ...)``.
+
+        Returns:
+            ``(B, K, K)``, ``K`` the number of output values per input.
+        """
+        with torch.no_grad():
+            jac = self.jacobian(x)
+            projected = jac @ self.eigenvectors
+            isotropic = jac @ jac.mT / self.prior_precision
+            return isotropic - (projected * self._shrink()) @ projected.mT
+
+    def forward(self, x: Tensor, samples: int = 100) -> Tensor:
+        """Outputs of ``samples`` linearised networks, ``(S, B, ...)``.
+
+        Particle ``s`` is ``f(x; theta*) + J(x) d_s`` (Jacobians by
+        ``vmap(jacrev)``, in chunks of inputs) with ``d_s ~ N(0, Sigma)``
+        drawn once per particle, shared by all inputs, through a square root
+        of ``Sigma`` built from the GGN eigenpairs.
+        """
+        return self._sample(x, samples, None)
+
+    def _sample(self, x: Tensor, samples: int, batch_size: int | None) -> Tensor:
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples!r}")
+        if not isinstance(x, Tensor) or x.dim() == 0:
+            raise ValueError("LinearizedLaplace needs inputs x of shape (B, ...)")
+        theta, v, delta = self.theta, self.eigenvectors, self.prior_precision
+        z = torch.randn(samples, len(theta), dtype=theta.dtype, device=theta.device)
+        # (I + V diag(e) V^T) / sqrt(delta), e = (1 + lambda / delta)^-1/2 - 1,
+        # is a square root of Sigma.
+        e = torch.expm1(-0.5 * torch.log1p(self.eigenvalues / delta))
+        deltas = (z + ((z @ v) * e) @ v.T) / delta.sqrt()
+        step = batch_size or self._jacobian_chunk(x[:1])
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, x.shape[0], step):
+                xb = x[start : start + step]
+                centre = self._function(xb)(self.theta)
+                moved = torch.einsum("bkp,sp->sbk", self.jacobian(xb), deltas)
+                chunks.append(centre + moved.reshape(samples, *centre.shape))
+        return torch.cat(chunks, 1)
+
+    def predict(
+        self,
+        x: Tensor,
+        samples: int = 100,
+        *,
+        predictive: PredictiveDistribution | None = None,
+        batch_size: int | None = None,
+        mode: Literal["sample", "mean"] = "sample",
+        calibration: Calibration | None = None,
+    ) -> Prediction:
+        """Linearised posterior predictive at ``x``.
+
+        Same as ``bnn.predict(self, x, predictive, samples)``.
+
+        Args:
+            x: inputs ``(N, ...)``.
+            samples: particles ``S`` (weight perturbations).
+            predictive: the likelihood; default: the one of :func:`laplace`.
+            batch_size: inputs per chunk; ``None``: as many as keep the
+                chunk's Jacobian at about ``2**24`` entries.
+            mode: ``"sample"``, or ``"mean"`` for the network at ``theta*``
+                (one particle).
+            calibration: a fitted post-hoc calibration (see
+                :func:`~pyrolite_bnn.predict`).
+
+        Returns:
+            A :class:`~pyrolite_bnn.Prediction` of ``(S, N, ...)`` outputs.
+        """
+        likelihood = self.predictive if predictive is None else predictive
+        if mode not in ("sample", "mean"):
+            raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if calibration is not None:
+            likelihood = calibration.wrap(likelihood)
+        if mode == "mean":
+            with torch.no_grad():
+                centre = self._function(x)(self.theta)
+            return Prediction(centre.unsqueeze(0), likelihood)
+        return Prediction(self._sample(x, samples, batch_size), likelihood)
+
+    def extra_repr(self) -> str:
+        """Size, subset and prior precision."""
+        return (
+            f"parameters={self.num_parameters}, subset={self.subset!r}, "
+            f"prior_precision={float(self.prior_precision):.4g}"
+        )
+
+
+def laplace(
+    model: nn.Module,
+    x: Tensor | Iterable[tuple[Tensor, Tensor]],
+    y: Tensor | None,
+    predictive: PredictiveDistribution,
+    *,
+    subset: Subset = "all",
+    prior_precision: float | Literal["marglik"] = "marglik",
+    max_parameters: int = DEFAULT_MAX_PARAMETERS,
+) -> LinearizedLaplace:
+    """Linearised Laplace posterior of a trained network (post hoc).
+
+    Computes the GGN of the data at the expansion point (batched Jacobians,
+    ``torch.func.vmap`` of ``jacrev``), its eigendecomposition, and the prior
+    precision. See :mod:`pyrolite_bnn.laplace` for the model.
+
+    Args:
+        model: a trained ``bnn.VIModule`` (expansion point: its posterior
+            means, :func:`~pyrolite_bnn.to_deterministic`) or a plain
+            ``torch.nn`` module (its weights). It is copied, not changed.
+        x: training inputs ``(N, ...)``, or an iterable (``DataLoader``) of
+            ``(x, y)`` batches.
+        y: training targets ``(N, ...)``; ``None`` with a data loader.
+        predictive: the likelihood the network was trained with:
+            :class:`~pyrolite_bnn.Normal` (its fixed or learned noise scale is
+            used as is), :class:`~pyrolite_bnn.Categorical` or
+            :class:`~pyrolite_bnn.Bernoulli`.
+        subset: ``"all"`` weights (dense ``P x P`` covariance), or
+            ``"last_layer"``: the weights of the last module with parameters
+            that runs in the forward pass (others fixed at their values).
+        prior_precision: ``"marglik"`` to maximise
+            :meth:`LinearizedLaplace.log_marginal_likelihood`, or a positive
+            float ``delta`` (prior ``N(0, I / delta)``).
+        max_parameters: the largest ``P`` accepted.
+
+    Returns:
+        The fitted :class:`LinearizedLaplace`; predict with
+        ``bnn.predict(la, x_new, predictive)`` or ``la.predict(x_new)``.
+
+    Raises:
+        NotImplementedError: for another likelihood.
+        ValueError: for more than ``max_parameters`` weights, inconsistent
+            data, an unknown ``subset`` or an invalid ``prior_precision``.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> net = bnn.VISequential(bnn.VILinear(4, 8), torch.nn.ReLU(),
+        ...                        bnn.VILinear(8, 3))
+        >>> x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+        >>> la = bnn.laplace(net, x, y, bnn.Categorical(), subset="last_layer")
+        >>> la.names, la.posterior_covariance.shape
+        (('2.weight', '2.bias'), torch.Size([27, 27]))
+        >>> la.predict(x[:5], samples=10).probs.shape
+        torch.Size([5, 3])
+    """
+    _check_predictive(predictive)
+    if subset not in ("all", "last_layer"):
+        raise ValueError(f"subset must be 'all' or 'last_layer', got {subset!r}")
+    if prior_precision != "marglik" and not (
+        isinstance(prior_precision, (int, float))
+        and prior_precision > 0
+        and math.isfinite(prior_precision)
+    ):
+        raise ValueError(
+            "prior_precision must be 'marglik' or a positive finite float, got "
+            f"{prior_precision!r}"
+        )
+    network = _expansion_network(model)
+    batches = _batches(x, y)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("laplace needs at least one (x, y) batch")
+    if subset == "last_layer":
+        names = _last_layer(network, first[0][:1])
+    else:
+        names = [n for n, p in network.named_parameters() if p.requires_grad]
+    params = dict(network.named_parameters())
+    count = sum(params[n].numel() for n in names)
+    if count > max_parameters:
+        hint = ', or subset="last_layer"' if subset == "all" else ""
+        raise ValueError(
+            f"laplace: {count} weights in subset={subset!r} exceed max_parameters="
+            f"{max_parameters} (a dense {count} x {count} covariance); raise "
+            f"max_parameters{hint}"
+        )
+    if count == 0:
+        raise ValueError("laplace: the network has no trainable weights")
+    result = LinearizedLaplace(network, names, predictive, subset)
+    result.fit(itertools.chain([first], batches))
+    if prior_precision == "marglik":
+        return result.fit_prior_precision()
+    result.set_prior_precision(float(prior_precision))
+    return result
