@@ -36,55 +36,24 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._scalar_search import minimise_on_interval
 from pyrolite_bnn.distributions.predictive import (
     HeteroscedasticNormal,
     Normal,
     PredictiveDistribution,
 )
-from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.predict import Prediction, predict
 
 __all__ = ["Calibration", "TemperatureScaling", "VarianceScaling", "calibrate"]
 
-# Search interval of the log-parameter (factors from e^-7 to e^7) and its grid.
+# Search interval of the log-parameter (factors from e^-7 to e^7).
 _LOG_BOUND = 7.0
-_GRID_POINTS = 141
-_GOLDEN_STEPS = 60
-
-
-def _minimise_log_parameter(objective: Callable[[float], float]) -> float:
-    """Minimiser ``t`` of ``objective(t)`` over ``[-7, 7]``, deterministically.
-
-    A grid (step 0.1) finds the best cell, golden-section search refines it to
-    about ``1e-12``; an objective with several minima gets the grid's best.
-    """
-    grid = [
-        -_LOG_BOUND + 2 * _LOG_BOUND * i / (_GRID_POINTS - 1)
-        for i in range(_GRID_POINTS)
-    ]
-    values = [objective(t) for t in grid]
-    best = min(range(_GRID_POINTS), key=values.__getitem__)
-    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, _GRID_POINTS - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = objective(a), objective(b)
-    for _ in range(_GOLDEN_STEPS):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = objective(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = objective(b)
-    return (lo + hi) / 2
 
 
 def _mixture_nll(
@@ -116,7 +85,7 @@ class Calibration(nn.Module):
 
     def predict(
         self,
-        model: VIModule,
+        model: nn.Module,
         x: Tensor,
         predictive: PredictiveDistribution,
         **kwargs: Any,
@@ -187,7 +156,7 @@ class TemperatureScaling(Calibration):
             scaled = TemperatureScaling(math.exp(log_t)).to(outputs)
             return _mixture_nll(scaled.wrap(predictive), outputs, target)
 
-        best = math.exp(_minimise_log_parameter(objective))
+        best = math.exp(minimise_on_interval(objective, -_LOG_BOUND, _LOG_BOUND))
         with torch.no_grad():
             self.temperature.fill_(best)
         return self
@@ -253,7 +222,7 @@ class VarianceScaling(Calibration):
             scaled = VarianceScaling(math.exp(log_factor)).to(outputs)
             return _mixture_nll(scaled.wrap(predictive), outputs, target)
 
-        best = math.exp(_minimise_log_parameter(objective))
+        best = math.exp(minimise_on_interval(objective, -_LOG_BOUND, _LOG_BOUND))
         with torch.no_grad():
             self.factor.fill_(best)
         return self
@@ -358,7 +327,7 @@ class _VarianceScaled(_Calibrated):
 
 
 def calibrate(
-    model: VIModule,
+    model: nn.Module,
     x: Tensor,
     y: Tensor,
     predictive: PredictiveDistribution,
@@ -374,7 +343,8 @@ def calibrate(
     on.
 
     Args:
-        model: the trained network.
+        model: the trained network, or anything else :func:`~pyrolite_bnn.predict`
+            takes (a :class:`~pyrolite_bnn.LinearizedLaplace` posterior).
         x: validation inputs ``(N, ...)``.
         y: validation targets ``(N, ...)``.
         predictive: the likelihood the network was trained with.

@@ -56,8 +56,8 @@ from torch.func import functional_call, jacrev, vmap
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._network import bayesian_positions
+from pyrolite_bnn._scalar_search import minimise_on_interval
 from pyrolite_bnn._validation import check_finite, validation
-from pyrolite_bnn.calibration import _minimise_log_parameter
 from pyrolite_bnn.distributions.predictive import (
     Bernoulli,
     Categorical,
@@ -80,8 +80,8 @@ Subset = Literal["all", "last_layer"]
 
 # Jacobian entries computed at once when building the GGN (64 MiB in float32).
 _JACOBIAN_ENTRIES = 2**24
-# The 1-D search over log(prior precision) covers exp(+-2 * 7), 8e-7 to 1.2e6.
-_LOG_PRECISION_STRETCH = 2.0
+# The 1-D search over log(prior precision) covers exp(+-14), 8e-7 to 1.2e6.
+_LOG_PRECISION_BOUND = 14.0
 _SUPPORTED = "Normal (homoscedastic), Categorical and Bernoulli"
 
 
@@ -391,10 +391,11 @@ class LinearizedLaplace(nn.Module):
         """
 
         def objective(t: float) -> float:
-            delta = math.exp(_LOG_PRECISION_STRETCH * t)
+            delta = math.exp(t)
             return -float(self.log_marginal_likelihood(delta))
 
-        best = math.exp(_LOG_PRECISION_STRETCH * _minimise_log_parameter(objective))
+        bound = _LOG_PRECISION_BOUND
+        best = math.exp(minimise_on_interval(objective, -bound, bound))
         self.set_prior_precision(best)
         return self
 

@@ -409,7 +409,7 @@ def test_calibrate_accepts_the_laplace_posterior() -> None:
     x, y = torch.randn(40, 2), torch.randn(40)
     likelihood = bnn.Normal(scale=0.05)  # far too small: the factor must grow
     la = bnn.laplace(net, x[:20], y[:20], likelihood)
-    cal = bnn.calibrate(la, x[20:], y[20:], likelihood, samples=50)  # type: ignore[arg-type]
+    cal = bnn.calibrate(la, x[20:], y[20:], likelihood, samples=50)
     assert isinstance(cal, bnn.VarianceScaling)
     assert float(cal.factor) > 1
     pred = bnn.predict(la, x[20:], likelihood, samples=50, calibration=cal)
