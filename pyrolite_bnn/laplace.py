@@ -128,6 +128,11 @@ def _batches(
     x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """``(x, y)`` as one batch, or the ``(x, y)`` batches of a data loader."""
+    if hasattr(x, "__array__") and not isinstance(x, Tensor):
+        raise TypeError(
+            f"laplace needs torch tensors, got x of type {type(x).__name__}; "
+            "convert it with torch.as_tensor(x, dtype=torch.float32)"
+        )
     if isinstance(x, Tensor):
         if y is None:
             raise ValueError("laplace needs targets y with inputs x (or a DataLoader)")
@@ -141,6 +146,8 @@ def _batches(
             raise ValueError(
                 f"laplace: x has {x.shape[0]} examples but y has {y.shape[0]}"
             )
+        if x.shape[0] == 0:
+            raise ValueError("laplace: the batch is empty (x has 0 examples)")
         yield x, y
         return
     if y is not None:
@@ -223,6 +230,7 @@ class LinearizedLaplace(nn.Module):
     """
 
     theta: Tensor
+    input_shape: tuple[int, ...]
     eigenvalues: Tensor
     eigenvectors: Tensor
     prior_precision: Tensor
@@ -274,6 +282,7 @@ class LinearizedLaplace(nn.Module):
         predictive = self.predictive
         with torch.no_grad():
             for xb, yb in _batches(x, y):
+                self.input_shape = tuple(xb.shape[1:])
                 output = self._function(xb)(self.theta)
                 if output.shape[0] != xb.shape[0]:
                     raise ValueError(
@@ -418,6 +427,17 @@ class LinearizedLaplace(nn.Module):
         pairs = zip(self.names, chunks, self._shapes, strict=True)
         return {name: chunk.view(shape) for name, chunk, shape in pairs}
 
+    def _check_input(self, x: object) -> None:
+        """Inputs ``(B, ...)`` shaped like the examples the posterior was fitted on."""
+        if not isinstance(x, Tensor) or x.dim() == 0:
+            raise ValueError("LinearizedLaplace needs inputs x of shape (B, ...)")
+        fitted = self.__dict__.get("input_shape")
+        if fitted is not None and tuple(x.shape[1:]) != fitted:
+            raise ValueError(
+                f"LinearizedLaplace was fitted on inputs of shape (N, "
+                f"{', '.join(map(str, fitted))}), got {tuple(x.shape)}"
+            )
+
     def _function(self, x: Tensor) -> Callable[[Tensor], Tensor]:
         """``theta -> network output at x`` (other weights fixed)."""
 
@@ -480,8 +500,7 @@ class LinearizedLaplace(nn.Module):
     def _sample(self, x: Tensor, samples: int, batch_size: int | None) -> Tensor:
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples!r}")
-        if not isinstance(x, Tensor) or x.dim() == 0:
-            raise ValueError("LinearizedLaplace needs inputs x of shape (B, ...)")
+        self._check_input(x)
         theta, v, delta = self.theta, self.eigenvectors, self.prior_precision
         z = torch.randn(samples, len(theta), dtype=theta.dtype, device=theta.device)
         # (I + V diag(e) V^T) / sqrt(delta), e = (1 + lambda / delta)^-1/2 - 1,
@@ -534,6 +553,7 @@ class LinearizedLaplace(nn.Module):
         if calibration is not None:
             likelihood = calibration.wrap(likelihood)
         if mode == "mean":
+            self._check_input(x)
             with torch.no_grad():
                 centre = self._function(x)(self.theta)
             return Prediction(centre.unsqueeze(0), likelihood)

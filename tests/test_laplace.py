@@ -335,6 +335,13 @@ def test_bad_arguments() -> None:
         la.predict(x, samples=0)
     with pytest.raises(ValueError, match="mode must be"):
         la.predict(x, mode="median")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"needs torch tensors.*as_tensor"):
+        bnn.laplace(net, x.numpy(), y, normal)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch is empty"):
+        bnn.laplace(net, x[:0], y[:0], normal)
+    for mode in ("sample", "mean"):
+        with pytest.raises(ValueError, match=r"fitted on inputs of shape \(N, 2\)"):
+            la.predict(torch.randn(4, 3), mode=mode)  # type: ignore[arg-type]
 
 
 def test_vi_network_expands_at_the_posterior_means() -> None:
