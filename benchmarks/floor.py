@@ -17,7 +17,6 @@ prints every row's ratio to the floor of the same S and width.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import workloads
-from run import interleaved_medians
+from run import interleaved_medians, write_rows
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, object]]:
@@ -86,9 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                         f"{workload:8} {width or '-':>5} {samples:>4} {name:16} "
                         f"{ms:9.2f} {ratio:8.2f}"
                     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "device": args.device, "threads": args.threads}
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_rows(args.out, rows, args.device, args.threads)
     return rows
 
 

@@ -219,10 +219,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
                     print(
                         f"{workload:8} {samples:>3} {name:24} {mb:8.1f}MB {ratio:6.2f}"
                     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "device": args.device, "threads": args.threads}
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_rows(args.out, rows, args.device, args.threads)
     return rows
+
+
+def write_rows(
+    path: Path, rows: list[dict[str, object]], device: str, threads: int
+) -> None:
+    """Write benchmark rows, with the torch version, device and threads, as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "device": device, "threads": threads}
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

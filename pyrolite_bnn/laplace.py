@@ -116,6 +116,16 @@ def _output_hessian_root(
     return (root.to(jac) @ jac).reshape(-1, params)
 
 
+def _check_prior_precision(value: object) -> None:
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
+    ):
+        raise ValueError(
+            "prior_precision must be 'marglik' or a positive finite float, got "
+            f"{value!r}"
+        )
+
+
 def _check_predictive(predictive: PredictiveDistribution) -> None:
     if type(predictive) not in (Normal, Categorical, Bernoulli):
         raise NotImplementedError(
@@ -410,15 +420,7 @@ class LinearizedLaplace(nn.Module):
 
     def set_prior_precision(self, prior_precision: float) -> None:
         """Use the prior ``N(0, I / prior_precision)`` (positive, finite)."""
-        if not (
-            isinstance(prior_precision, (int, float))
-            and prior_precision > 0
-            and math.isfinite(prior_precision)
-        ):
-            raise ValueError(
-                "prior_precision must be a positive finite float or 'marglik', got "
-                f"{prior_precision!r}"
-            )
+        _check_prior_precision(prior_precision)
         self.prior_precision.fill_(float(prior_precision))
 
     # ---------------------------------------------------------------- linearised
@@ -625,15 +627,8 @@ def laplace(
     _check_predictive(predictive)
     if subset not in ("all", "last_layer"):
         raise ValueError(f"subset must be 'all' or 'last_layer', got {subset!r}")
-    if prior_precision != "marglik" and not (
-        isinstance(prior_precision, (int, float))
-        and prior_precision > 0
-        and math.isfinite(prior_precision)
-    ):
-        raise ValueError(
-            "prior_precision must be 'marglik' or a positive finite float, got "
-            f"{prior_precision!r}"
-        )
+    if prior_precision != "marglik":
+        _check_prior_precision(prior_precision)
     network = _expansion_network(model)
     batches = _batches(x, y)
     first = next(batches, None)

@@ -251,13 +251,7 @@ def fit_vi_laplace(
     is the one VI learned.
     """
     model, likelihood = train_vi(x, y, net, budget, kind, settings)
-    posterior = _laplace(model, x, y, likelihood)
-    predictor = _predictor(posterior, likelihood, budget, kind)
-    predictor.chosen = {  # type: ignore[attr-defined]
-        "prior_precision": float(posterior.prior_precision),
-        "subset": posterior.subset,
-    }
-    return predictor
+    return _laplace_predictor(model, x, y, likelihood, budget, kind)
 
 
 def fit_map_laplace(
@@ -281,6 +275,18 @@ def fit_map_laplace(
         with torch.no_grad():
             residual = float((model(x)[:, 0] - y).square().mean().sqrt())
         likelihood = bnn.Normal(scale=residual)
+    return _laplace_predictor(model, x, y, likelihood, budget, kind)
+
+
+def _laplace_predictor(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    likelihood: bnn.PredictiveDistribution,
+    budget: Budget,
+    kind: Kind,
+) -> Callable[[Tensor], Any]:
+    """``bnn.laplace`` at ``model``; the predictor records what it chose."""
     posterior = _laplace(model, x, y, likelihood)
     predictor = _predictor(posterior, likelihood, budget, kind)
     predictor.chosen = {  # type: ignore[attr-defined]
