@@ -399,24 +399,76 @@ class LinearizedLaplace(nn.Module):
             - log_det / 2
         )
 
-    def fit_prior_precision(self) -> LinearizedLaplace:
-        """Set :attr:`prior_precision` to the maximiser of the marginal likelihood.
+    def fit_prior_precision(
+        self, x: Tensor | None = None, y: Tensor | None = None, samples: int = 100
+    ) -> LinearizedLaplace:
+        """Choose :attr:`prior_precision` by the evidence or on validation data.
 
-        A grid over ``log(delta)`` in ``[-14, 14]`` (step 0.2) and a
-        golden-section refinement of the best cell.
+        Without data: the maximiser of the Laplace marginal likelihood
+        (:meth:`log_marginal_likelihood`). With validation data ``(x, y)``:
+        the minimiser of the negative log-likelihood of the linearised
+        posterior predictive (the mixture of ``samples`` particles) on them,
+        with the same standard-normal draws for every candidate (common random
+        numbers), so the objective is a smooth function of the precision. Use
+        the second where calibration on test data matters more than the
+        evidence, e.g. for classifiers, which the evidence tends to leave
+        under-confident.
+
+        Both search ``log(delta)`` in ``[-14, 14]`` on a grid (step 0.2) and
+        refine the best cell by golden-section search.
+
+        Args:
+            x: validation inputs ``(N, ...)`` (not the training data).
+            y: validation targets ``(N, ...)``.
+            samples: particles of the validation predictive.
 
         Returns:
             ``self``.
         """
-
-        def objective(t: float) -> float:
-            delta = math.exp(t)
-            return -float(self.log_marginal_likelihood(delta))
-
+        if (x is None) != (y is None):
+            raise ValueError("fit_prior_precision takes both x and y, or neither")
+        objective = (
+            self._negative_evidence
+            if x is None or y is None
+            else self._validation_nll(x, y, samples)
+        )
         bound = _LOG_PRECISION_BOUND
         best = math.exp(minimise_on_interval(objective, -bound, bound))
         self.set_prior_precision(best)
         return self
+
+    def _negative_evidence(self, log_delta: float) -> float:
+        return -float(self.log_marginal_likelihood(math.exp(log_delta)))
+
+    def _validation_nll(
+        self, x: Tensor, y: Tensor, samples: int
+    ) -> Callable[[float], float]:
+        """``log(delta) -> -mean_n log mean_s p(y_n | output_s(x_n))``."""
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples!r}")
+        self._check_input(x)
+        if not isinstance(y, Tensor) or y.shape[:1] != x.shape[:1]:
+            raise ValueError("validation targets y must be a tensor (N, ...) like x")
+        theta, v = self.theta, self.eigenvectors
+        with torch.no_grad():
+            centre = self._function(x)(theta)
+            self.predictive.check_target(centre.unsqueeze(0), y)
+            jac = self.jacobian(x).reshape(-1, len(theta))  # (N K, P)
+            z = torch.randn(samples, len(theta), dtype=theta.dtype, device=theta.device)
+            # output_s = centre + J (z_s + V diag(e) V^T z_s) / sqrt(delta)
+            jz, jv, zv = jac @ z.T, jac @ v, z @ v
+
+        def objective(log_delta: float) -> float:
+            delta = math.exp(log_delta)
+            e = torch.expm1(-0.5 * torch.log1p(self.eigenvalues / delta))
+            with torch.no_grad():
+                moved = (jz + (jv * e) @ zv.T) / math.sqrt(delta)  # (N K, S)
+                outputs = centre + moved.T.reshape(samples, *centre.shape)
+                log_p = self.predictive.log_likelihood(outputs, y)  # (S, N)
+                mixture = torch.logsumexp(log_p, 0) - math.log(samples)
+            return -float(mixture.mean())
+
+        return objective
 
     def set_prior_precision(self, prior_precision: float) -> None:
         """Use the prior ``N(0, I / prior_precision)`` (positive, finite)."""

@@ -421,3 +421,43 @@ def test_calibrate_accepts_the_laplace_posterior() -> None:
     assert float(cal.factor) > 1
     pred = bnn.predict(la, x[20:], likelihood, samples=50, calibration=cal)
     assert pred.interval(0.9)[0].shape == (20,)
+
+
+def _mixture_nll(la: bnn.LinearizedLaplace, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Validation NLL of the linearised predictive (4,000 particles)."""
+    out = bnn.predict(la, x, bnn.Categorical(), samples=4000).samples
+    log_p = bnn.Categorical().log_likelihood(out, y)
+    return float(-(torch.logsumexp(log_p, 0) - math.log(len(out))).mean())
+
+
+def test_prior_precision_on_validation_data_minimises_the_validation_nll() -> None:
+    """``fit_prior_precision(x_val, y_val)`` picks the precision whose predictive
+    has the smallest validation NLL: ten times more or less is not better, and
+    it beats the evidence's choice (0.461 nats here, under-confident).
+
+    Tolerance 0.005 nats: the Monte-Carlo standard error of each 4,000-particle
+    NLL is below 0.002 here (the per-example mixtures vary by < 0.1).
+    """
+    torch.manual_seed(0)
+    x = torch.randn(300, 2)
+    y = (x[:, 0] * x[:, 1] + 0.5 * torch.randn(300) > 0).long()
+    net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05, weight_decay=1e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x[:200]), y[:200]).backward()
+        opt.step()
+    la = bnn.laplace(net, x[:200], y[:200], bnn.Categorical())
+    evidence_choice = float(la.prior_precision)
+    la.fit_prior_precision(x[200:], y[200:], samples=200)
+    chosen = float(la.prior_precision)
+    best = _mixture_nll(la, x[200:], y[200:])
+    for factor in (0.1, 10.0):
+        la.set_prior_precision(chosen * factor)
+        assert best <= _mixture_nll(la, x[200:], y[200:]) + 0.005
+    la.set_prior_precision(evidence_choice)
+    assert best < _mixture_nll(la, x[200:], y[200:]) - 0.005
+    with pytest.raises(ValueError, match="both x and y"):
+        la.fit_prior_precision(x[200:])
+    with pytest.raises(ValueError, match="fitted on inputs of shape"):
+        la.fit_prior_precision(torch.randn(5, 3), y[:5])
