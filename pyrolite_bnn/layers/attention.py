@@ -10,12 +10,16 @@ from torch.nn import init
 
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._options import per_variable
+from pyrolite_bnn import _particles
 from pyrolite_bnn.layers._sequence import (
-    check_batch_first,
+    SequenceFirst,
     check_drawn_estimator,
     check_option_keys,
+    in_batch_first_body,
     own_option,
     sub_option,
+    unfold_batch,
+    unfold_sequence,
 )
 from pyrolite_bnn.layers.functional import current_batch_size
 from pyrolite_bnn.layers.functional_attention import multi_head_attention
@@ -148,7 +152,6 @@ class VIMultiheadAttention(VIModule):
             raise ValueError(
                 f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
             )
-        check_batch_first(batch_first, name)
         self.estimator = check_drawn_estimator(estimator, variational, name)
         self.embed_dim = embed_dim
         self.kdim = embed_dim if kdim is None else kdim
@@ -240,6 +243,7 @@ class VIMultiheadAttention(VIModule):
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query`` to ``key``/``value`` for every particle."""
+        layout = "(batch, sequence, " if self.batch_first else "(sequence, batch, "
         for what, tensor, size in (
             ("query", query, self.embed_dim),
             ("key", key, self.kdim),
@@ -247,10 +251,35 @@ class VIMultiheadAttention(VIModule):
         ):
             if tensor.dim() != 3 or tensor.shape[-1] != size:
                 raise ValueError(
-                    f"{type(self).__name__}(embed_dim={self.embed_dim}) expected "
-                    f"batch-first {what} of shape (batch, sequence, {size}), got "
-                    f"{tuple(tensor.shape)}"
+                    f"{type(self).__name__}(embed_dim={self.embed_dim}, "
+                    f"batch_first={self.batch_first}) expected {what} of shape "
+                    f"{layout}{size}), got {tuple(tensor.shape)}"
                 )
+        options = (key_padding_mask, need_weights, attn_mask)
+        options2 = (average_attn_weights, is_causal)
+        if self.batch_first or in_batch_first_body():
+            return self._attend(query, key, value, *options, *options2)
+        # Sequence-first: run the batch-first fold (see layers/_sequence.py).
+        seq = SequenceFirst(self, query.shape[1])
+        q = seq.batch_first(query, "query")
+        k = q if key is query else seq.batch_first(key, "key")
+        v = k if value is key else seq.batch_first(value, "value")
+        with seq.body():
+            out, weights = self._attend(q, k, v, *options, *options2)
+        return seq.sequence_first(out), weights
+
+    def _attend(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        need_weights: bool,
+        attn_mask: Tensor | None,
+        average_attn_weights: bool,
+        is_causal: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The batch-first attention (folded ``(B * S, L, E)`` or shared inputs)."""
         return multi_head_attention(
             query,
             key,
@@ -274,6 +303,23 @@ class VIMultiheadAttention(VIModule):
             q_proj_weight=self.q_proj_weight,
             k_proj_weight=self.k_proj_weight,
             v_proj_weight=self.v_proj_weight,
+        )
+
+    def unfold_output(
+        self, output: Any, state: _particles.ParticleState
+    ) -> tuple[Tensor, Tensor | None]:
+        """Sequence-first: ``(S, Lq, B, E)`` and weights ``(S, B, Lq, Lk)``.
+
+        Each particle's output is torch's (the attention weights are
+        batch-first in torch for either layout).
+        """
+        if self.batch_first:
+            return super().unfold_output(output, state)  # type: ignore[no-any-return]
+        out, weights = output
+        samples = state.samples
+        return (
+            unfold_sequence(out, samples),
+            None if weights is None else unfold_batch(weights, samples, 0),
         )
 
     def extra_repr(self) -> str:

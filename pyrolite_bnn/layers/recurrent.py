@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,12 @@ from torch.nn.utils.rnn import PackedSequence
 from pyrolite_bnn import _particles
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._options import per_variable
-from pyrolite_bnn.layers._sequence import check_batch_first, check_drawn_estimator
+from pyrolite_bnn.layers._sequence import (
+    SequenceFirst,
+    check_drawn_estimator,
+    unfold_batch,
+    unfold_sequence,
+)
 from pyrolite_bnn.layers.functional import current_batch_size
 from pyrolite_bnn.layers.functional_recurrent import (
     GATES,
@@ -67,7 +73,6 @@ class _VIRNNBase(VIModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        check_batch_first(batch_first, name)
         if isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(
                 "dropout should be a number in range [0, 1] representing the "
@@ -174,8 +179,9 @@ class _VIRNNBase(VIModule):
     ) -> Tensor | None:
         """An initial state as the batch-first one of the functional op.
 
-        Inside a network ``state`` is in torch's layout ``(layers * D, rows,
-        size)``; as the outermost module it is batch-first already.
+        Inside a network, and for ``batch_first=False``, ``state`` is in
+        torch's layout ``(layers * D, rows, size)``; as the outermost
+        ``batch_first=True`` module it is batch-first already.
         """
         if state is None or outermost:
             return state
@@ -195,7 +201,7 @@ class _VIRNNBase(VIModule):
             or (batch is not None and state.shape[1] not in (batch, batch * samples))
         ):
             raise ValueError(
-                f"{type(self).__name__}: inside a network {name} is in torch's "
+                f"{type(self).__name__}: {name} must be in torch's "
                 f"layout (num_layers * num_directions, batch, {size}) = ({states}, "
                 f"{rows}, {size}), got {tuple(state.shape)}"
             )
@@ -213,11 +219,15 @@ class _VIRNNBase(VIModule):
                 " and read each sequence's output at its own last valid step"
             )
         if input.dim() != 3 or input.shape[-1] != self.input_size:
+            layout = "(batch, sequence, " if self.batch_first else "(sequence, batch, "
             raise ValueError(
-                f"{name}(input_size={self.input_size}) expected batch-first input of "
-                f"shape (batch, sequence, {self.input_size}), got {tuple(input.shape)}"
-                " (unsqueeze(0) a single sequence)"
+                f"{name}(input_size={self.input_size}, batch_first="
+                f"{self.batch_first}) expected input of shape {layout}"
+                f"{self.input_size}), got {tuple(input.shape)} (unbatched inputs are "
+                "not supported: add a batch dimension of size 1)"
             )
+        if not self.batch_first:
+            return self._recur_sequence_first(input, hx, cx)
         outermost = self._outermost()
         output, h_n, c_n = recurrent(
             self.mode,
@@ -234,6 +244,42 @@ class _VIRNNBase(VIModule):
         h_n = h_n.transpose(0, 1).contiguous()
         c_n = None if c_n is None else c_n.transpose(0, 1).contiguous()
         return output, h_n, c_n
+
+    def _recur_sequence_first(
+        self, input: Tensor, hx: Tensor | None, cx: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``batch_first=False``: the batch-first fold, states in torch's layout."""
+        seq = SequenceFirst(self, input.shape[1])
+        x = seq.batch_first(input, "input")
+        with seq.body():
+            output, h_n, c_n = recurrent(
+                self.mode,
+                x,
+                self._weights(),
+                self._state_in(hx, "h0", self.proj_size or self.hidden_size, False),
+                self._state_in(cx, "c0", self.hidden_size, False),
+                self.dropout,
+                self.training,
+                current_batch_size(),
+            )
+        h_n = h_n.transpose(0, 1).contiguous()
+        c_n = None if c_n is None else c_n.transpose(0, 1).contiguous()
+        return seq.sequence_first(output), h_n, c_n
+
+    def unfold_output(self, output: Any, state: _particles.ParticleState) -> Any:
+        """Sequence-first: ``(S, L, B, D * H_out)`` and states ``(S, layers * D, B, H)``.
+
+        Each particle's output and states are torch's.
+        """
+        if self.batch_first:
+            return super().unfold_output(output, state)
+        out, hidden = output
+        samples = state.samples
+        if isinstance(hidden, tuple):
+            hidden = tuple(unfold_batch(h, samples, 1) for h in hidden)
+        else:
+            hidden = unfold_batch(hidden, samples, 1)
+        return unfold_sequence(out, samples), hidden
 
     def extra_repr(self) -> str:
         """Constructor arguments (non-defaults only, as ``torch.nn``)."""

@@ -9,6 +9,7 @@ still shared by all particles (:func:`~pyrolite_bnn.layers.functional.match_part
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,11 +20,14 @@ from torch.nn import init
 
 from pyrolite_bnn._network import network_modules
 from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn import _particles
 from pyrolite_bnn.layers._sequence import (
-    check_batch_first,
+    SequenceFirst,
     check_drawn_estimator,
     check_option_keys,
+    in_batch_first_body,
     sub_option,
+    unfold_sequence,
 )
 from pyrolite_bnn.layers.attention import VIMultiheadAttention
 from pyrolite_bnn.layers.container import VISequential
@@ -123,13 +127,17 @@ def _stack_to_torch(layer: VIModule, children: Mapping[str, Any]) -> nn.Module:
     layers = list(children["layers"])
     stack: nn.Module
     if isinstance(layer, VITransformerEncoder):
-        stack = nn.TransformerEncoder(
-            layers[0],
-            len(layers),
-            children.get("norm"),
-            enable_nested_tensor=layer.enable_nested_tensor,
-            mask_check=layer.mask_check,
-        )
+        with warnings.catch_warnings():
+            # torch's note that a sequence-first stack has no nested-tensor path:
+            # the module being rebuilt was made with the same arguments.
+            warnings.filterwarnings("ignore", "enable_nested_tensor is True")
+            stack = nn.TransformerEncoder(
+                layers[0],
+                len(layers),
+                children.get("norm"),
+                enable_nested_tensor=layer.enable_nested_tensor,
+                mask_check=layer.mask_check,
+            )
     else:
         stack = nn.TransformerDecoder(layers[0], len(layers), children.get("norm"))
     stack.layers = nn.ModuleList(layers)
@@ -162,6 +170,51 @@ def _model_to_torch(layer: VIModule, children: Mapping[str, nn.Module]) -> nn.Mo
     return model
 
 
+class _SequenceModule(VIModule):
+    """A Transformer module: batch-first, or sequence-first through the fold.
+
+    With ``batch_first=False`` the sequence-first inputs are permuted to the
+    batch-first fold, the batch-first ``forward`` body runs (its sublayers
+    take batch-first tensors as they are), and the output is permuted back
+    (see :mod:`pyrolite_bnn.layers._sequence`).
+    """
+
+    @property
+    def sequence_layout(self) -> bool:
+        """Whether this module takes sequence-first tensors (``batch_first=False``)."""
+        raise NotImplementedError
+
+    def _run(
+        self, body: Callable[..., Tensor], names: tuple[str, ...], *sequences: Tensor
+    ) -> Tensor:
+        """``body(*sequences)`` in the batch-first layout, output in the module's."""
+        if not self.sequence_layout or in_batch_first_body():
+            return body(*sequences)
+        if sequences[0].dim() != 3:
+            raise ValueError(
+                f"{type(self).__name__}(batch_first=False) expected sequence-first "
+                f"inputs (sequence, batch, d_model), got {tuple(sequences[0].shape)}"
+            )
+        seq = SequenceFirst(self, sequences[0].shape[1])
+        converted = [seq.batch_first(t, n) for t, n in zip(sequences, names, strict=True)]
+        with seq.body():
+            out = body(*converted)
+        return seq.sequence_first(out)
+
+    def unfold_output(self, output: Any, state: _particles.ParticleState) -> Any:
+        """Sequence-first: ``(S, L, B, d_model)``, torch's layout per particle."""
+        if not self.sequence_layout:
+            return super().unfold_output(output, state)
+        return unfold_sequence(output, state.samples)
+
+
+def _stack_batch_first(layers: nn.Module) -> bool:
+    """``batch_first`` of a stack: its first layer's attention's (as torch)."""
+    first = next(iter(layers.children()), None)
+    attention = getattr(first, "self_attn", None)
+    return bool(getattr(attention, "batch_first", True))
+
+
 class _Options:
     """Keyword-only Bayesian options of a composite layer, handed to its children."""
 
@@ -190,13 +243,19 @@ class _Options:
         check_option_keys(self.variational, "variational", layer)
 
 
-class _VITransformerLayer(VIModule):
+class _VITransformerLayer(_SequenceModule):
     """Feed-forward block and activation shared by encoder and decoder layers."""
 
+    self_attn: VIMultiheadAttention
     linear1: VILinear
     linear2: VILinear
     dropout: nn.Dropout
     norm_first: bool
+
+    @property
+    def sequence_layout(self) -> bool:
+        """Whether this layer takes sequence-first tensors (``batch_first=False``)."""
+        return not self.self_attn.batch_first
 
     def _options(
         self,
@@ -209,7 +268,6 @@ class _VITransformerLayer(VIModule):
     ) -> _Options:
         """Check the layout and estimator; the Bayesian options for the children."""
         name = type(self).__name__
-        check_batch_first(batch_first, name)
         return _Options(
             prior,
             variational,
@@ -354,7 +412,19 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         is_causal: bool = False,
     ) -> Tensor:
         """Self-attention block, then feed-forward block, each with a residual."""
-        x = src
+
+        def body(x: Tensor) -> Tensor:
+            return self._encode(x, src_mask, src_key_padding_mask, is_causal)
+
+        return self._run(body, ("src",), src)
+
+    def _encode(
+        self,
+        x: Tensor,
+        src_mask: Tensor | None,
+        src_key_padding_mask: Tensor | None,
+        is_causal: bool,
+    ) -> Tensor:
         if self.norm_first:
             x = _add(
                 x, self._sa(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
@@ -452,9 +522,21 @@ class VITransformerDecoderLayer(_VITransformerLayer):
         memory_is_causal: bool = False,
     ) -> Tensor:
         """Self-attention, cross-attention and feed-forward blocks with residuals."""
-        x = tgt
         sa = (tgt_mask, tgt_key_padding_mask, tgt_is_causal)
         mha = (memory_mask, memory_key_padding_mask, memory_is_causal)
+
+        def body(x: Tensor, memory: Tensor) -> Tensor:
+            return self._decode(x, memory, sa, mha)
+
+        return self._run(body, ("tgt", "memory"), tgt, memory)
+
+    def _decode(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        sa: tuple[Tensor | None, Tensor | None, bool],
+        mha: tuple[Tensor | None, Tensor | None, bool],
+    ) -> Tensor:
         if self.norm_first:
             x = _add(x, self._sa(self.norm1(x), *sa))
             x = _add(x, self._mha(self.norm2(x), memory, *mha))
@@ -514,7 +596,7 @@ def _clones(layer: nn.Module, count: int) -> VISequential:
     build_torch=_stack_to_torch,
     build_bayesian=_stack_to_bayesian,
 )
-class VITransformerEncoder(VIModule):
+class VITransformerEncoder(_SequenceModule):
     """Bayesian counterpart of :class:`torch.nn.TransformerEncoder`.
 
     ``num_layers`` deep copies of ``encoder_layer`` (each with its own random
@@ -573,6 +655,24 @@ class VITransformerEncoder(VIModule):
         is_causal: bool | None = None,
     ) -> Tensor:
         """Pass ``src`` through the layers in turn, then the final norm."""
+
+        def body(x: Tensor) -> Tensor:
+            return self._encode(x, mask, src_key_padding_mask, is_causal)
+
+        return self._run(body, ("src",), src)
+
+    @property
+    def sequence_layout(self) -> bool:
+        """Whether the layers take sequence-first tensors (``batch_first=False``)."""
+        return not _stack_batch_first(self.layers)
+
+    def _encode(
+        self,
+        src: Tensor,
+        mask: Tensor | None,
+        src_key_padding_mask: Tensor | None,
+        is_causal: bool | None,
+    ) -> Tensor:
         if src.dim() != 3:
             raise ValueError(
                 f"{type(self).__name__} expected batch-first src (batch, sequence, "
@@ -599,7 +699,7 @@ class VITransformerEncoder(VIModule):
     build_torch=_stack_to_torch,
     build_bayesian=_stack_to_bayesian,
 )
-class VITransformerDecoder(VIModule):
+class VITransformerDecoder(_SequenceModule):
     """Bayesian counterpart of :class:`torch.nn.TransformerDecoder`.
 
     ``num_layers`` deep copies of ``decoder_layer`` and an optional final
@@ -646,6 +746,29 @@ class VITransformerDecoder(VIModule):
         memory_is_causal: bool = False,
     ) -> Tensor:
         """Pass ``tgt`` (attending to ``memory``) through the layers in turn."""
+        masks = (tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask)
+
+        def body(x: Tensor, memory: Tensor) -> Tensor:
+            return self._decode(x, memory, *masks, tgt_is_causal, memory_is_causal)
+
+        return self._run(body, ("tgt", "memory"), tgt, memory)
+
+    @property
+    def sequence_layout(self) -> bool:
+        """Whether the layers take sequence-first tensors (``batch_first=False``)."""
+        return not _stack_batch_first(self.layers)
+
+    def _decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Tensor | None,
+        memory_mask: Tensor | None,
+        tgt_key_padding_mask: Tensor | None,
+        memory_key_padding_mask: Tensor | None,
+        tgt_is_causal: bool | None,
+        memory_is_causal: bool,
+    ) -> Tensor:
         if tgt.dim() != 3:
             raise ValueError(
                 f"{type(self).__name__} expected batch-first tgt (batch, sequence, "
@@ -682,7 +805,7 @@ def _plain_matrices(module: nn.Module) -> list[Tensor]:
 @register(
     nn.Transformer, build_torch=_model_to_torch, build_bayesian=_model_to_bayesian
 )
-class VITransformer(VIModule):
+class VITransformer(_SequenceModule):
     """Bayesian counterpart of :class:`torch.nn.Transformer`.
 
     An encoder and a decoder (:class:`VITransformerEncoder`,
@@ -758,7 +881,6 @@ class VITransformer(VIModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        check_batch_first(batch_first, name)
         if isinstance(prior, Mapping) or isinstance(variational, Mapping):
             raise ValueError(
                 f"{name} takes one prior/variational for every weight; for "
@@ -789,6 +911,14 @@ class VITransformer(VIModule):
                 d_model, eps=layer_norm_eps, bias=bias, device=device, dtype=dtype
             )
 
+        for custom in (custom_encoder, custom_decoder):
+            if not (batch_first or custom is None or isinstance(custom, _SequenceModule)):
+                raise ValueError(
+                    f"{name}(batch_first=False) runs its encoder and decoder in the "
+                    "batch-first fold: a custom_encoder/custom_decoder must be a "
+                    "VITransformerEncoder/VITransformerDecoder, got "
+                    f"{type(custom).__name__}; or use batch_first=True"
+                )
         self.encoder: nn.Module
         self.decoder: nn.Module
         if custom_encoder is not None:
@@ -835,6 +965,43 @@ class VITransformer(VIModule):
         memory_is_causal: bool = False,
     ) -> Tensor:
         """Encode ``src`` into a memory, decode ``tgt`` attending to it."""
+        masks = (
+            src_mask,
+            tgt_mask,
+            memory_mask,
+            src_key_padding_mask,
+            tgt_key_padding_mask,
+            memory_key_padding_mask,
+        )
+        causal = (src_is_causal, tgt_is_causal, memory_is_causal)
+
+        def body(src: Tensor, tgt: Tensor) -> Tensor:
+            return self._transform(src, tgt, *masks, *causal)
+
+        if src.dim() == 3 and tgt.dim() == 3 and src.shape[1] != tgt.shape[1]:
+            if not self.batch_first:
+                raise RuntimeError("the batch number of src and tgt must be equal")
+        return self._run(body, ("src", "tgt"), src, tgt)
+
+    @property
+    def sequence_layout(self) -> bool:
+        """Whether this model takes sequence-first tensors (``batch_first=False``)."""
+        return not self.batch_first
+
+    def _transform(
+        self,
+        src: Tensor,
+        tgt: Tensor,
+        src_mask: Tensor | None,
+        tgt_mask: Tensor | None,
+        memory_mask: Tensor | None,
+        src_key_padding_mask: Tensor | None,
+        tgt_key_padding_mask: Tensor | None,
+        memory_key_padding_mask: Tensor | None,
+        src_is_causal: bool | None,
+        tgt_is_causal: bool | None,
+        memory_is_causal: bool,
+    ) -> Tensor:
         if src.dim() != 3 or tgt.dim() != 3:
             raise ValueError(
                 f"{type(self).__name__} expected batch-first src and tgt (batch, "
