@@ -243,7 +243,11 @@ class VIMultiheadAttention(VIModule):
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query`` to ``key``/``value`` for every particle."""
-        layout = "(batch, sequence, " if self.batch_first else "(sequence, batch, "
+        layout = (
+            "batch-first {} of shape (batch, sequence, "
+            if self.batch_first
+            else "sequence-first {} of shape (sequence, batch, "
+        )
         for what, tensor, size in (
             ("query", query, self.embed_dim),
             ("key", key, self.kdim),
@@ -252,8 +256,8 @@ class VIMultiheadAttention(VIModule):
             if tensor.dim() != 3 or tensor.shape[-1] != size:
                 raise ValueError(
                     f"{type(self).__name__}(embed_dim={self.embed_dim}, "
-                    f"batch_first={self.batch_first}) expected {what} of shape "
-                    f"{layout}{size}), got {tuple(tensor.shape)}"
+                    f"batch_first={self.batch_first}) expected "
+                    f"{layout.format(what)}{size}), got {tuple(tensor.shape)}"
                 )
         options = (key_padding_mask, need_weights, attn_mask)
         options2 = (average_attn_weights, is_causal)

@@ -219,10 +219,14 @@ class _VIRNNBase(VIModule):
                 " and read each sequence's output at its own last valid step"
             )
         if input.dim() != 3 or input.shape[-1] != self.input_size:
-            layout = "(batch, sequence, " if self.batch_first else "(sequence, batch, "
+            layout = (
+                "batch-first input of shape (batch, sequence, "
+                if self.batch_first
+                else "sequence-first input of shape (sequence, batch, "
+            )
             raise ValueError(
                 f"{name}(input_size={self.input_size}, batch_first="
-                f"{self.batch_first}) expected input of shape {layout}"
+                f"{self.batch_first}) expected {layout}"
                 f"{self.input_size}), got {tuple(input.shape)} (unbatched inputs are "
                 "not supported: add a batch dimension of size 1)"
             )
