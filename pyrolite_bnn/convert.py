@@ -126,7 +126,8 @@ def convert(
     Raises:
         TypeError: if ``module`` is no ``torch.nn.Module`` or is already Bayesian.
         ValueError: for an unknown path in ``include``/``exclude``, a path
-            inside a layer converted as a whole, or invalid ``moped``/``prior``/``variational``.
+            inside a layer converted as a whole, or invalid
+            ``moped``/``prior``/``variational``.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn

@@ -1,4 +1,4 @@
-"""Options, checks and layouts shared by the sequence layers (RNNs, attention, Transformers).
+"""Options, checks and layouts shared by the sequence layers (RNNs, attention).
 
 These layers share each weight across positions or time steps, so estimators
 that sample each output independently (``"local"``, ``"flipout"``) are not
@@ -138,7 +138,10 @@ def unfold_sequence(tensor: Tensor, samples: int) -> Tensor:
 
 
 def unfold_batch(tensor: Tensor, samples: int, dim: int) -> Tensor:
-    """An output folded ``B * S`` at ``dim`` as ``(S, ..., B, ...)`` (torch's per particle)."""
+    """An output folded ``B * S`` at ``dim`` as ``(S, ..., B, ...)``.
+
+    Each particle's slice is then torch's layout (hidden states, weights).
+    """
     batch = tensor.shape[dim] // samples
     shape = (*tensor.shape[:dim], batch, samples, *tensor.shape[dim + 1 :])
     return tensor.reshape(shape).movedim(dim + 1, 0).contiguous()

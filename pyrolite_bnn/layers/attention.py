@@ -8,9 +8,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
+from pyrolite_bnn import _particles
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._options import per_variable
-from pyrolite_bnn import _particles
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
     check_drawn_estimator,
@@ -24,7 +24,7 @@ from pyrolite_bnn.layers._sequence import (
 from pyrolite_bnn.layers.functional import current_batch_size
 from pyrolite_bnn.layers.functional_attention import multi_head_attention
 from pyrolite_bnn.layers.linear import VILinear
-from pyrolite_bnn.layers.registry import has_weight, register
+from pyrolite_bnn.layers.registry import LayerCase, has_weight, register
 from pyrolite_bnn.module import VIModule
 
 __all__ = ["VIMultiheadAttention"]
@@ -46,7 +46,27 @@ def _arguments(module: Any) -> dict[str, Any]:
     }
 
 
-@register(nn.MultiheadAttention, read_arguments=_arguments)
+@register(
+    nn.MultiheadAttention,
+    read_arguments=_arguments,
+    cases=(  # self-attention: the input is query, key and value
+        LayerCase((8, 2), (3, 5, 8), {"batch_first": True}, copies=3),
+        LayerCase((8, 2), (5, 3, 8), copies=3),
+        LayerCase(
+            (8, 2, 0.0, False, True, True),
+            (5, 3, 8),
+            forward_kwargs={"average_attn_weights": False},
+            copies=3,
+        ),
+        LayerCase(
+            (8, 2),
+            (3, 5, 8),
+            {"batch_first": True},
+            forward_kwargs={"need_weights": False},
+            copies=3,
+        ),
+    ),
+)
 class VIMultiheadAttention(VIModule):
     """Bayesian counterpart of :class:`torch.nn.MultiheadAttention`.
 
@@ -208,15 +228,19 @@ class VIMultiheadAttention(VIModule):
         )
         check_option_keys(prior, "prior", self)
         check_option_keys(variational, "variational", self)
-        self.reset_parameters()
+        self._reset_projections()  # out_proj was initialised by its constructor
 
     def reset_parameters(self) -> None:
         """Initialise posterior means like ``torch.nn.MultiheadAttention``.
 
-        Xavier-uniform projection weights, zero biases, Xavier-normal
-        ``bias_k``/``bias_v``; ``out_proj.weight`` as ``nn.Linear``.
+        ``out_proj.weight`` as ``nn.Linear``, Xavier-uniform projection
+        weights, zero biases, Xavier-normal ``bias_k``/``bias_v``; seeded, the
+        random numbers are those of torch's constructor.
         """
         self.out_proj.reset_parameters()
+        self._reset_projections()
+
+    def _reset_projections(self) -> None:
         for var in self._declared:
             posterior = self.posterior[var]
             value = torch.empty_like(posterior.loc)

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
+from pyrolite_bnn.layers._base import options_repr
 from pyrolite_bnn.layers._options import per_variable
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
@@ -36,7 +37,7 @@ from pyrolite_bnn.layers.functional_recurrent import (
     RecurrentWeights,
     recurrent,
 )
-from pyrolite_bnn.layers.registry import register
+from pyrolite_bnn.layers.registry import LayerCase, register
 from pyrolite_bnn.module import VIModule
 
 __all__ = ["VIGRU", "VILSTM"]
@@ -119,12 +120,15 @@ class _VIRNNBase(VIModule):
                 if proj_size:
                     shapes[f"weight_hr{suffix}"] = (proj_size, hidden_size)
         names = tuple(shapes)
+        self._families: dict[str, VariationalFamily] = {}
         for var, shape in shapes.items():
+            family = per_variable(variational, var, "variational", names)
+            self._families[var] = MeanFieldNormal() if family is None else family  # type: ignore[assignment]
             self.declare_random_variable(
                 var,
                 shape,
                 per_variable(prior, var, "prior", names),
-                per_variable(variational, var, "variational", names),  # type: ignore[arg-type]
+                self._families[var],
                 device=device,
                 dtype=dtype,
             )
@@ -171,8 +175,10 @@ class _VIRNNBase(VIModule):
         return weights
 
     def _state_in(self, state: Tensor | None, name: str, size: int) -> Tensor | None:
-        """An initial state in torch's layout ``(layers * D, rows, size)``, as
-        the batch-first one of the functional op."""
+        """An initial state in torch's layout ``(layers * D, rows, size)``.
+
+        Returned batch-first, as the functional op takes it.
+        """
         if state is None:
             return state
         states = self.num_layers * self.num_directions
@@ -277,10 +283,17 @@ class _VIRNNBase(VIModule):
             text += f", dropout={self.dropout}"
         if self.bidirectional:
             text += ", bidirectional=True"
-        return text
+        options = options_repr(self, self._families, self.estimator)
+        return f"{text}, {options}" if options else text
 
 
-@register(nn.LSTM)
+@register(
+    nn.LSTM,
+    cases=(
+        LayerCase((3, 5), (6, 4, 3), {"bidirectional": True}),
+        LayerCase((3, 5, 2, False, True), (4, 6, 3)),
+    ),
+)
 class VILSTM(_VIRNNBase):
     """Bayesian counterpart of :class:`torch.nn.LSTM`.
 
@@ -381,7 +394,13 @@ class VILSTM(_VIRNNBase):
         return output, (h_n, c_n)
 
 
-@register(nn.GRU)
+@register(
+    nn.GRU,
+    cases=(
+        LayerCase((3, 5), (6, 4, 3), {"num_layers": 2}),
+        LayerCase((3, 5), (4, 6, 3), {"batch_first": True, "bidirectional": True}),
+    ),
+)
 class VIGRU(_VIRNNBase):
     """Bayesian counterpart of :class:`torch.nn.GRU`.
 

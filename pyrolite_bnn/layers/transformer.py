@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from pyrolite_bnn import _particles
 from pyrolite_bnn._network import network_modules
 from pyrolite_bnn.distributions.variational import VariationalFamily
-from pyrolite_bnn import _particles
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
     check_drawn_estimator,
@@ -34,7 +34,7 @@ from pyrolite_bnn.layers.container import VISequential
 from pyrolite_bnn.layers.functional import match_particles
 from pyrolite_bnn.layers.functional_attention import canonical_mask
 from pyrolite_bnn.layers.linear import VILinear
-from pyrolite_bnn.layers.registry import register
+from pyrolite_bnn.layers.registry import LayerCase, register
 from pyrolite_bnn.module import VIModule
 
 __all__ = [
@@ -196,7 +196,9 @@ class _SequenceModule(VIModule):
                 f"inputs (sequence, batch, d_model), got {tuple(sequences[0].shape)}"
             )
         seq = SequenceFirst(self, sequences[0].shape[1])
-        converted = [seq.batch_first(t, n) for t, n in zip(sequences, names, strict=True)]
+        converted = [
+            seq.batch_first(t, n) for t, n in zip(sequences, names, strict=True)
+        ]
         with seq.body():
             out = body(*converted)
         return seq.sequence_first(out)
@@ -256,6 +258,13 @@ class _VITransformerLayer(_SequenceModule):
     def sequence_layout(self) -> bool:
         """Whether this layer takes sequence-first tensors (``batch_first=False``)."""
         return not self.self_attn.batch_first
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every sublayer, in the order torch's constructor does."""
+        for child in self.children():
+            reset = getattr(child, "reset_parameters", None)
+            if callable(reset):
+                reset()
 
     def _options(
         self,
@@ -327,7 +336,14 @@ class _VITransformerLayer(_SequenceModule):
         )
 
 
-@register(nn.TransformerEncoderLayer, read_arguments=_layer_arguments)
+@register(
+    nn.TransformerEncoderLayer,
+    read_arguments=_layer_arguments,
+    cases=(  # no dropout: particles are compared with torch in training mode
+        LayerCase((8, 2, 16, 0.0), (3, 5, 8), {"batch_first": True}),
+        LayerCase((8, 2, 16, 0.0), (5, 3, 8), {"norm_first": True}),
+    ),
+)
 class VITransformerEncoderLayer(_VITransformerLayer):
     """Bayesian counterpart of :class:`torch.nn.TransformerEncoderLayer`.
 
@@ -453,7 +469,14 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         return self.dropout1(out)  # type: ignore[no-any-return]
 
 
-@register(nn.TransformerDecoderLayer, read_arguments=_layer_arguments)
+@register(
+    nn.TransformerDecoderLayer,
+    read_arguments=_layer_arguments,
+    cases=(  # the input is target and memory
+        LayerCase((8, 2, 16, 0.0), (3, 5, 8), {"batch_first": True}, copies=2),
+        LayerCase((8, 2, 16, 0.0), (5, 3, 8), {"activation": "gelu"}, copies=2),
+    ),
+)
 class VITransformerDecoderLayer(_VITransformerLayer):
     """Bayesian counterpart of :class:`torch.nn.TransformerDecoderLayer`.
 
@@ -591,6 +614,9 @@ def _clones(layer: nn.Module, count: int) -> VISequential:
     return VISequential(*[copy.deepcopy(layer) for _ in range(count)])
 
 
+# The stacks have no LayerCases (their first argument is a layer, a torch one
+# for torch's class); VITransformer's cases run them, and the contract suite's
+# round trip converts them.
 @register(
     nn.TransformerEncoder,
     build_torch=_stack_to_torch,
@@ -803,7 +829,13 @@ def _plain_matrices(module: nn.Module) -> list[Tensor]:
 
 
 @register(
-    nn.Transformer, build_torch=_model_to_torch, build_bayesian=_model_to_bayesian
+    nn.Transformer,
+    build_torch=_model_to_torch,
+    build_bayesian=_model_to_bayesian,
+    cases=(  # the input is source and target; the stacks' cases are these
+        LayerCase((8, 2, 1, 1, 16, 0.0), (5, 3, 8), copies=2),
+        LayerCase((8, 2, 2, 1, 16, 0.0), (3, 5, 8), {"batch_first": True}, copies=2),
+    ),
 )
 class VITransformer(_SequenceModule):
     """Bayesian counterpart of :class:`torch.nn.Transformer`.
@@ -911,14 +943,6 @@ class VITransformer(_SequenceModule):
                 d_model, eps=layer_norm_eps, bias=bias, device=device, dtype=dtype
             )
 
-        for custom in (custom_encoder, custom_decoder):
-            if not (batch_first or custom is None or isinstance(custom, _SequenceModule)):
-                raise ValueError(
-                    f"{name}(batch_first=False) runs its encoder and decoder in the "
-                    "batch-first fold: a custom_encoder/custom_decoder must be a "
-                    "VITransformerEncoder/VITransformerDecoder, got "
-                    f"{type(custom).__name__}; or use batch_first=True"
-                )
         self.encoder: nn.Module
         self.decoder: nn.Module
         if custom_encoder is not None:
@@ -938,9 +962,28 @@ class VITransformer(_SequenceModule):
         self.d_model = d_model
         self.nhead = nhead
         self.batch_first = batch_first
-        self.reset_parameters()
+        self._reset_matrices()  # the layers were initialised by their constructors
 
     def reset_parameters(self) -> None:
+        """Re-initialise as torch's constructor: the layers, then Xavier matrices.
+
+        The first layer of each built stack is reset and copied to the others
+        (torch's stacks are clones of one layer), then every matrix is drawn
+        Xavier-uniform; seeded, the random numbers are those of torch's
+        constructor.
+        """
+        for stack in (self.encoder, self.decoder):
+            if isinstance(stack, VITransformerEncoder | VITransformerDecoder):
+                first, *others = stack.layers
+                if isinstance(first, _VITransformerLayer):  # not a custom layer
+                    first.reset_parameters()
+                    for other in others:
+                        other.load_state_dict(first.state_dict())
+                if isinstance(stack.norm, nn.LayerNorm):
+                    stack.norm.reset_parameters()
+        self._reset_matrices()
+
+    def _reset_matrices(self) -> None:
         """Xavier-uniform posterior means (and plain weights) for every matrix."""
         for variable in self.random_variables():
             if len(variable.shape) > 1:
@@ -978,10 +1021,24 @@ class VITransformer(_SequenceModule):
         def body(src: Tensor, tgt: Tensor) -> Tensor:
             return self._transform(src, tgt, *masks, *causal)
 
-        if src.dim() == 3 and tgt.dim() == 3 and src.shape[1] != tgt.shape[1]:
-            if not self.batch_first:
-                raise RuntimeError("the batch number of src and tgt must be equal")
-        return self._run(body, ("src", "tgt"), src, tgt)
+        layout = "batch-first" if self.batch_first else "sequence-first"
+        if src.dim() != 3 or tgt.dim() != 3:
+            raise ValueError(
+                f"{type(self).__name__} expected {layout} src and tgt, got "
+                f"{tuple(src.shape)} and {tuple(tgt.shape)}"
+            )
+        batch_dim = 0 if self.batch_first else 1
+        if src.shape[batch_dim] != tgt.shape[batch_dim]:
+            raise RuntimeError("the batch number of src and tgt must be equal")
+        if src.shape[-1] != self.d_model or tgt.shape[-1] != self.d_model:
+            raise RuntimeError(
+                "the feature number of src and tgt must be equal to d_model"
+            )
+        if all(isinstance(m, _SequenceModule) for m in (self.encoder, self.decoder)):
+            return self._run(body, ("src", "tgt"), src, tgt)
+        # A plain torch encoder/decoder (custom, or left by convert's exclude=)
+        # takes the sequence-first tensors itself.
+        return body(src, tgt)
 
     @property
     def sequence_layout(self) -> bool:
@@ -1002,17 +1059,6 @@ class VITransformer(_SequenceModule):
         tgt_is_causal: bool | None,
         memory_is_causal: bool,
     ) -> Tensor:
-        if src.dim() != 3 or tgt.dim() != 3:
-            raise ValueError(
-                f"{type(self).__name__} expected batch-first src and tgt (batch, "
-                f"sequence, d_model), got {tuple(src.shape)} and {tuple(tgt.shape)}"
-            )
-        if src.shape[0] != tgt.shape[0]:
-            raise RuntimeError("the batch number of src and tgt must be equal")
-        if src.shape[-1] != self.d_model or tgt.shape[-1] != self.d_model:
-            raise RuntimeError(
-                "the feature number of src and tgt must be equal to d_model"
-            )
         memory = self.encoder(
             src,
             mask=src_mask,

@@ -233,8 +233,12 @@ def test_other_lengths_inside_a_network_are_refused() -> None:
 
 def test_wrong_layout_errors_name_the_layout() -> None:
     with pytest.raises(ValueError, match=r"\(sequence, batch, 8\)"):
-        bnn.VIMultiheadAttention(E, HEADS)(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8))
-    with pytest.raises(ValueError, match=r"batch_first=False\) expected sequence-first input"):
+        bnn.VIMultiheadAttention(E, HEADS)(
+            torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+        )
+    with pytest.raises(
+        ValueError, match=r"batch_first=False\) expected sequence-first input"
+    ):
         bnn.VIGRU(3, 4)(torch.randn(5, 3))
     with pytest.raises(ValueError, match="h0 must be in torch's layout"):
         bnn.VIGRU(3, 4)(torch.randn(5, B, 3), torch.randn(B, 1, 4))

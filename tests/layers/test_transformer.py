@@ -209,8 +209,6 @@ def test_options_and_errors() -> None:
     with pytest.raises(ValueError, match="custom_encoder"):
         bnn.VITransformer(E, HEADS, batch_first=True, prior={"x": bnn.NormalPrior()})
     assert not bnn.VITransformerEncoderLayer(E, HEADS).self_attn.batch_first
-    with pytest.raises(ValueError, match="custom_encoder/custom_decoder must be"):
-        bnn.VITransformer(E, HEADS, custom_encoder=nn.Identity())
     with pytest.raises(ValueError, match="estimator='auto' or 'reparam'"):
         bnn.VITransformerDecoderLayer(E, HEADS, batch_first=True, estimator="flipout")
     with pytest.raises(RuntimeError, match="activation should be relu/gelu"):
