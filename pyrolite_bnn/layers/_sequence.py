@@ -97,7 +97,7 @@ class SequenceFirst:
 
     def batch_first(self, tensor: Tensor, what: str) -> Tensor:
         """``(L, B, ...)`` shared or ``(L * S, B, ...)`` folded, batch-first."""
-        if tensor.dim() < 2 or tensor.shape[1] != self.batch:
+        if tensor.dim() != 3 or tensor.shape[1] != self.batch:
             raise ValueError(
                 f"{self.name}(batch_first=False) expected sequence-first {what} "
                 f"(sequence, batch={self.batch}, ...), got {tuple(tensor.shape)}"

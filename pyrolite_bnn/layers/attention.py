@@ -81,12 +81,17 @@ class VIMultiheadAttention(VIModule):
     :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels);
     note that torch's default is ``need_weights=True``.
 
-    ``batch_first=True`` is required (particles are folded into the leading
-    batch dimension; ``False`` raises a ``ValueError``), and inputs must be
-    batched. Masks are torch's: ``attn_mask`` ``(Lq, Lk)`` or
-    ``(B * num_heads, Lq, Lk)``, ``key_padding_mask`` ``(B, Lk)``, boolean
-    (``True`` = not allowed) or additive float; inside a network they may also
-    be folded per particle (``B * S`` rows).
+    Inputs must be batched, batch-first with ``batch_first=True`` or
+    sequence-first with torch's default ``batch_first=False``. Inside a
+    network particles are folded into the leading dimension: ``(B * S, L, E)``
+    batch-first, ``(L * S, B, E)`` sequence-first (the layer permutes the
+    latter to the former and back; inside a network every sequence-first
+    input must then have the network input's length, see
+    :mod:`pyrolite_bnn.layers._sequence`). Masks are torch's in either
+    layout: ``attn_mask`` ``(Lq, Lk)`` or ``(B * num_heads, Lq, Lk)``,
+    ``key_padding_mask`` ``(B, Lk)``, boolean (``True`` = not allowed) or
+    additive float; inside a network they may also be folded per particle
+    (``B * S`` rows).
 
     Args:
         embed_dim: model dimension ``E``.
@@ -97,7 +102,8 @@ class VIMultiheadAttention(VIModule):
         add_zero_attn: append a zero key and value.
         kdim: features of the key (default ``embed_dim``).
         vdim: features of the value (default ``embed_dim``).
-        batch_first: must be ``True`` (see above).
+        batch_first: ``(batch, sequence, feature)`` tensors if ``True``, else
+            ``(sequence, batch, feature)`` (torch's default).
         prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`); a
             mapping is keyed by site name relative to this layer
             (``{"in_proj_weight": ..., "out_proj.weight": ...}``).
@@ -110,11 +116,15 @@ class VIMultiheadAttention(VIModule):
 
     Shape:
         - Input: query ``(B, Lq, E)``, key ``(B, Lk, kdim)``, value
-          ``(B, Lk, vdim)``.
-        - Output: ``(attn_output, attn_weights)``: ``(S, B, Lq, E)`` and
-          ``(S, B, Lq, Lk)`` (``(S, B, num_heads, Lq, Lk)`` with
-          ``average_attn_weights=False``; ``None`` with ``need_weights=False``)
-          as the outermost module; folded ``(B * S, ...)`` inside a network.
+          ``(B, Lk, vdim)``; with ``batch_first=False`` ``(Lq, B, E)``,
+          ``(Lk, B, kdim)``, ``(Lk, B, vdim)``.
+        - Output: ``(attn_output, attn_weights)`` as the outermost module:
+          ``(S, B, Lq, E)`` (``(S, Lq, B, E)`` with ``batch_first=False``) and
+          ``(S, B, Lq, Lk)`` in either layout (``(S, B, num_heads, Lq, Lk)``
+          with ``average_attn_weights=False``; ``None`` with
+          ``need_weights=False``). Inside a network the output is folded
+          (``(B * S, Lq, E)`` or ``(Lq * S, B, E)``) and the weights
+          ``(B * S, Lq, Lk)``.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -125,6 +135,11 @@ class VIMultiheadAttention(VIModule):
         (torch.Size([4, 3, 5, 8]), torch.Size([4, 3, 5, 5]))
         >>> [v.site for v in mha.random_variables()]
         ['in_proj_weight', 'in_proj_bias', 'out_proj.weight', 'out_proj.bias']
+        >>> seq_first = bnn.VIMultiheadAttention(8, 2)  # torch's default layout
+        >>> q, kv = torch.randn(5, 3, 8), torch.randn(7, 3, 8)
+        >>> out, weights = seq_first(q, kv, kv, samples=4)
+        >>> out.shape, weights.shape
+        (torch.Size([4, 5, 3, 8]), torch.Size([4, 3, 5, 7]))
     """
 
     embed_dim: int

@@ -362,8 +362,9 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         activation: ``"relu"``, ``"gelu"`` or a unary callable (a module is
             registered as a submodule).
         layer_norm_eps: epsilon of the layer norms.
-        batch_first: must be ``True`` (particles are folded into the leading
-            batch dimension; ``False`` raises a ``ValueError``).
+        batch_first: ``(batch, sequence, feature)`` tensors if ``True``, else
+            ``(sequence, batch, feature)`` (torch's default; the layer runs
+            the batch-first fold, see :class:`~pyrolite_bnn.VIMultiheadAttention`).
         norm_first: pre-norm (``True``) or post-norm (``False``) residual blocks.
         bias: if ``False``, no biases in the linear layers and layer norms.
         prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`); a
@@ -375,15 +376,20 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         dtype: dtype of parameters and prior buffers.
 
     Shape:
-        - Input: ``src`` ``(B, L, d_model)``; ``src_mask`` ``(L, L)`` or
+        - Input: ``src`` ``(B, L, d_model)`` (``(L, B, d_model)`` with
+          ``batch_first=False``); ``src_mask`` ``(L, L)`` or
           ``(B * nhead, L, L)``; ``src_key_padding_mask`` ``(B, L)``.
-        - Output: ``(S, B, L, d_model)`` as the outermost module.
+        - Output: ``(S, B, L, d_model)`` (``(S, L, B, d_model)``) as the
+          outermost module.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
         >>> layer = bnn.VITransformerEncoderLayer(8, 2, 16, batch_first=True)
         >>> layer(torch.randn(3, 5, 8), samples=4).shape
         torch.Size([4, 3, 5, 8])
+        >>> seq_first = bnn.VITransformerEncoderLayer(8, 2, 16)  # torch's default
+        >>> seq_first(torch.randn(5, 3, 8), samples=4).shape
+        torch.Size([4, 5, 3, 8])
     """
 
     def __init__(
@@ -644,9 +650,11 @@ class VITransformerEncoder(_SequenceModule):
         mask_check: accepted, no effect.
 
     Shape:
-        - Input: ``src`` ``(B, L, d_model)``; ``mask`` ``(L, L)`` or
+        - Input: ``src`` ``(B, L, d_model)`` (``(L, B, d_model)`` if the
+          layer's ``batch_first=False``); ``mask`` ``(L, L)`` or
           ``(B * nhead, L, L)``; ``src_key_padding_mask`` ``(B, L)``.
-        - Output: ``(S, B, L, d_model)`` as the outermost module.
+        - Output: ``(S, B, L, d_model)`` (``(S, L, B, d_model)``) as the
+          outermost module.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -738,8 +746,11 @@ class VITransformerDecoder(_SequenceModule):
         norm: optional module applied to the output.
 
     Shape:
-        - Input: ``tgt`` ``(B, T, d_model)``, ``memory`` ``(B, Lm, d_model)``.
-        - Output: ``(S, B, T, d_model)`` as the outermost module.
+        - Input: ``tgt`` ``(B, T, d_model)``, ``memory`` ``(B, Lm, d_model)``
+          (``(T, B, d_model)``, ``(Lm, B, d_model)`` if the layer's
+          ``batch_first=False``).
+        - Output: ``(S, B, T, d_model)`` (``(S, T, B, d_model)``) as the
+          outermost module.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -856,7 +867,10 @@ class VITransformer(_SequenceModule):
         custom_encoder: module used instead of the built encoder.
         custom_decoder: module used instead of the built decoder.
         layer_norm_eps: epsilon of the layer norms.
-        batch_first: must be ``True`` (see :class:`VITransformerEncoderLayer`).
+        batch_first: ``(batch, sequence, feature)`` tensors if ``True``, else
+            ``(sequence, batch, feature)`` (torch's default). Sequence-first,
+            a ``custom_decoder`` that is a plain torch module cannot follow a
+            Bayesian encoder (it would attend across the folded particles).
         norm_first: pre-norm residual blocks.
         bias: if ``False``, no biases in linear layers and layer norms.
         prior: prior of every weight. A per-variable mapping is not accepted
@@ -874,9 +888,11 @@ class VITransformer(_SequenceModule):
     the same), or build the float mask inside ``forward``.
 
     Shape:
-        - Input: ``src`` ``(B, L, d_model)``, ``tgt`` ``(B, T, d_model)``,
-          masks as :class:`torch.nn.Transformer` (batch-first).
-        - Output: ``(S, B, T, d_model)`` as the outermost module.
+        - Input: ``src`` ``(B, L, d_model)``, ``tgt`` ``(B, T, d_model)``
+          (``(L, B, d_model)``, ``(T, B, d_model)`` with ``batch_first=False``),
+          masks as :class:`torch.nn.Transformer`.
+        - Output: ``(S, B, T, d_model)`` (``(S, T, B, d_model)``) as the
+          outermost module.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -1037,7 +1053,18 @@ class VITransformer(_SequenceModule):
         if all(isinstance(m, _SequenceModule) for m in (self.encoder, self.decoder)):
             return self._run(body, ("src", "tgt"), src, tgt)
         # A plain torch encoder/decoder (custom, or left by convert's exclude=)
-        # takes the sequence-first tensors itself.
+        # takes the sequence-first tensors itself: a plain encoder sees the
+        # shared source, but a plain decoder after a Bayesian encoder would
+        # read the memory folded into its sequence dimension as a longer one.
+        if not isinstance(self.decoder, _SequenceModule) and any(
+            isinstance(m, VIModule) for m in self.encoder.modules()
+        ):
+            raise ValueError(
+                f"{type(self).__name__}(batch_first=False): a plain "
+                f"{type(self.decoder).__name__} after a Bayesian encoder would "
+                "attend across particles (they are folded into the sequence "
+                "dimension); use a VITransformerDecoder or batch_first=True"
+            )
         return body(src, tgt)
 
     @property

@@ -242,3 +242,37 @@ def test_wrong_layout_errors_name_the_layout() -> None:
         bnn.VIGRU(3, 4)(torch.randn(5, 3))
     with pytest.raises(ValueError, match="h0 must be in torch's layout"):
         bnn.VIGRU(3, 4)(torch.randn(5, B, 3), torch.randn(B, 1, 4))
+
+
+def test_plain_encoder_or_decoder_in_a_sequence_first_transformer() -> None:
+    """A plain encoder sees the shared source; a plain decoder after a Bayesian
+    encoder would read the folded memory as one longer sequence: refused."""
+    src = torch.randn(LQ, B, E)
+    plain_encoder = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(E, HEADS, 16, dropout=0.0),
+        1,
+        enable_nested_tensor=False,
+    )
+    decoder = bnn.VITransformerDecoder(
+        bnn.VITransformerDecoderLayer(E, HEADS, 16, dropout=0.0), 1
+    )
+    model = bnn.VITransformer(
+        E, HEADS, custom_encoder=plain_encoder, custom_decoder=decoder
+    ).eval()
+    weights = fixed_weights(model, SAMPLES)
+    out = run_fixed(model, weights, SAMPLES, src, src)
+    for s in range(SAMPLES):
+        plain = _torch_at(model, weights, s)
+        with torch.no_grad():
+            torch.testing.assert_close(out[s], plain(src, src), **TOL)
+    plain_decoder = nn.TransformerDecoder(
+        nn.TransformerDecoderLayer(E, HEADS, 16, dropout=0.0), 1
+    )
+    encoder = bnn.VITransformerEncoder(
+        bnn.VITransformerEncoderLayer(E, HEADS, 16, dropout=0.0), 1
+    )
+    model = bnn.VITransformer(
+        E, HEADS, custom_encoder=encoder, custom_decoder=plain_decoder
+    )
+    with pytest.raises(ValueError, match="attend across particles"):
+        model(src, src, samples=2)
