@@ -276,3 +276,20 @@ def test_plain_encoder_or_decoder_in_a_sequence_first_transformer() -> None:
     )
     with pytest.raises(ValueError, match="attend across particles"):
         model(src, src, samples=2)
+
+
+def test_output_without_the_sequence_dimension_is_refused() -> None:
+    """The outermost call of a sequence-first network unfolds dimension 0 as the
+    sequence: a classifier on ``h_n[-1]`` (``(B * S, C)``) cannot be unfolded."""
+
+    class LastState(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.head = bnn.VILSTM(3, 4), bnn.VILinear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            _, (h_n, _) = self.lstm(x)
+            return self.head(h_n[-1])  # type: ignore[no-any-return]
+
+    with pytest.raises(ValueError, match="needs a batch_first=True network"):
+        LastState()(torch.randn(LQ, B, 3), samples=2)
