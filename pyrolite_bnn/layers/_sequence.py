@@ -75,12 +75,19 @@ class SequenceFirst:
         self.batch = batch
         self.name = type(layer).__name__
 
-    def _shared(self, tensor: Tensor, what: str) -> bool:
-        """Whether a sequence-first input is shared by all particles."""
-        if self.root or self.samples == 1:
+    def _shared(self, tensor: Tensor, what: str, length: int | None) -> bool:
+        """Whether a sequence-first tensor is shared by all particles.
+
+        ``length``: the tensor's known unfolded length (an intermediate the
+        layer computed); ``None`` for an input of the call.
+        """
+        rows = tensor.shape[0]
+        if self.samples == 1 or (self.root and length is None):
             return True
+        if length is not None and rows in (length, length * self.samples):
+            return rows == length
         assert self.state is not None
-        rows, length = tensor.shape[0], self.state.batch_size
+        length = self.state.batch_size
         if rows == length:
             return True
         if length is not None and rows == length * self.samples:
@@ -95,14 +102,25 @@ class SequenceFirst:
             "call this layer as the outermost module."
         )
 
-    def batch_first(self, tensor: Tensor, what: str) -> Tensor:
-        """``(L, B, ...)`` shared or ``(L * S, B, ...)`` folded, batch-first."""
+    def length(self, tensor: Tensor, what: str) -> int:
+        """The unfolded sequence length of a sequence-first input."""
+        rows = tensor.shape[0]
+        return rows if self._shared(tensor, what, None) else rows // self.samples
+
+    def batch_first(
+        self, tensor: Tensor, what: str, length: int | None = None
+    ) -> Tensor:
+        """``(L, B, ...)`` shared or ``(L * S, B, ...)`` folded, batch-first.
+
+        ``length``: the unfolded length of an intermediate tensor (see
+        :meth:`_shared`).
+        """
         if tensor.dim() != 3 or tensor.shape[1] != self.batch:
             raise ValueError(
                 f"{self.name}(batch_first=False) expected sequence-first {what} "
                 f"(sequence, batch={self.batch}, ...), got {tuple(tensor.shape)}"
             )
-        if self._shared(tensor, what):
+        if self._shared(tensor, what, length):
             return tensor.transpose(0, 1)
         length = tensor.shape[0] // self.samples
         rest = tensor.shape[2:]

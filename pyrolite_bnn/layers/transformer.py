@@ -1050,22 +1050,32 @@ class VITransformer(_SequenceModule):
             raise RuntimeError(
                 "the feature number of src and tgt must be equal to d_model"
             )
-        if all(isinstance(m, _SequenceModule) for m in (self.encoder, self.decoder)):
+        plain_encoder = not isinstance(self.encoder, _SequenceModule)
+        plain_decoder = not isinstance(self.decoder, _SequenceModule)
+        if self.batch_first or not (plain_encoder or plain_decoder):
             return self._run(body, ("src", "tgt"), src, tgt)
         # A plain torch encoder/decoder (custom, or left by convert's exclude=)
-        # takes the sequence-first tensors itself: a plain encoder sees the
-        # shared source, but a plain decoder after a Bayesian encoder would
-        # read the memory folded into its sequence dimension as a longer one.
-        if not isinstance(self.decoder, _SequenceModule) and any(
-            isinstance(m, VIModule) for m in self.encoder.modules()
-        ):
-            raise ValueError(
-                f"{type(self).__name__}(batch_first=False): a plain "
-                f"{type(self.decoder).__name__} after a Bayesian encoder would "
-                "attend across particles (they are folded into the sequence "
-                "dimension); use a VITransformerDecoder or batch_first=True"
-            )
-        return body(src, tgt)
+        # takes the sequence-first tensors itself. A plain decoder after a
+        # Bayesian encoder would read the memory folded into its sequence
+        # dimension as one longer sequence.
+        if plain_decoder:
+            if any(isinstance(m, VIModule) for m in self.encoder.modules()):
+                raise ValueError(
+                    f"{type(self).__name__}(batch_first=False): a plain "
+                    f"{type(self.decoder).__name__} after a Bayesian encoder would "
+                    "attend across particles (they are folded into the sequence "
+                    "dimension); use a VITransformerDecoder or batch_first=True"
+                )
+            return body(src, tgt)
+        # A plain encoder on the sequence-first source, then the Bayesian
+        # decoder in the batch-first fold.
+        seq = SequenceFirst(self, src.shape[1])
+        memory = self._encode(src, src_mask, src_key_padding_mask, src_is_causal)
+        memory = seq.batch_first(memory, "memory", seq.length(src, "src"))
+        target = seq.batch_first(tgt, "tgt")
+        with seq.body():
+            output = self._decode(target, memory, *masks[1:3], *masks[4:], *causal[1:])
+        return seq.sequence_first(output)
 
     @property
     def sequence_layout(self) -> bool:
@@ -1086,12 +1096,44 @@ class VITransformer(_SequenceModule):
         tgt_is_causal: bool | None,
         memory_is_causal: bool,
     ) -> Tensor:
-        memory = self.encoder(
+        memory = self._encode(src, src_mask, src_key_padding_mask, src_is_causal)
+        return self._decode(
+            tgt,
+            memory,
+            tgt_mask,
+            memory_mask,
+            tgt_key_padding_mask,
+            memory_key_padding_mask,
+            tgt_is_causal,
+            memory_is_causal,
+        )
+
+    def _encode(
+        self,
+        src: Tensor,
+        src_mask: Tensor | None,
+        src_key_padding_mask: Tensor | None,
+        src_is_causal: bool | None,
+    ) -> Tensor:
+        memory: Tensor = self.encoder(
             src,
             mask=src_mask,
             src_key_padding_mask=src_key_padding_mask,
             is_causal=src_is_causal,
         )
+        return memory
+
+    def _decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Tensor | None,
+        memory_mask: Tensor | None,
+        tgt_key_padding_mask: Tensor | None,
+        memory_key_padding_mask: Tensor | None,
+        tgt_is_causal: bool | None,
+        memory_is_causal: bool,
+    ) -> Tensor:
         output: Tensor = self.decoder(
             tgt,
             memory,

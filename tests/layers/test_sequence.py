@@ -245,9 +245,10 @@ def test_wrong_layout_errors_name_the_layout() -> None:
 
 
 def test_plain_encoder_or_decoder_in_a_sequence_first_transformer() -> None:
-    """A plain encoder sees the shared source; a plain decoder after a Bayesian
-    encoder would read the folded memory as one longer sequence: refused."""
-    src = torch.randn(LQ, B, E)
+    """A plain encoder sees the shared source (target of another length); a plain
+    decoder after a Bayesian encoder would read the folded memory as one longer
+    sequence: refused."""
+    src, tgt = torch.randn(LK, B, E), torch.randn(LQ, B, E)
     plain_encoder = nn.TransformerEncoder(
         nn.TransformerEncoderLayer(E, HEADS, 16, dropout=0.0),
         1,
@@ -260,11 +261,13 @@ def test_plain_encoder_or_decoder_in_a_sequence_first_transformer() -> None:
         E, HEADS, custom_encoder=plain_encoder, custom_decoder=decoder
     ).eval()
     weights = fixed_weights(model, SAMPLES)
-    out = run_fixed(model, weights, SAMPLES, src, src)
+    out = run_fixed(model, weights, SAMPLES, src, tgt, tgt_mask=CAUSAL)
+    assert out.shape == (SAMPLES, LQ, B, E)
     for s in range(SAMPLES):
         plain = _torch_at(model, weights, s)
         with torch.no_grad():
-            torch.testing.assert_close(out[s], plain(src, src), **TOL)
+            expected = plain(src, tgt, tgt_mask=CAUSAL)
+        torch.testing.assert_close(out[s], expected, **TOL)
     plain_decoder = nn.TransformerDecoder(
         nn.TransformerDecoderLayer(E, HEADS, 16, dropout=0.0), 1
     )
@@ -275,7 +278,7 @@ def test_plain_encoder_or_decoder_in_a_sequence_first_transformer() -> None:
         E, HEADS, custom_encoder=encoder, custom_decoder=plain_decoder
     )
     with pytest.raises(ValueError, match="attend across particles"):
-        model(src, src, samples=2)
+        model(src, tgt, samples=2)
 
 
 def test_output_without_the_sequence_dimension_is_refused() -> None:
