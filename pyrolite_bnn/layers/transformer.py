@@ -470,7 +470,7 @@ class VITransformerEncoderLayer(_VITransformerLayer):
             attn_mask=attn_mask,
             key_padding_mask=key_padding_mask,
             need_weights=False,
-            is_causal=is_causal,
+            is_causal=bool(is_causal),  # None (a stack's default) is False
         )[0]
         return self.dropout1(out)  # type: ignore[no-any-return]
 
@@ -588,7 +588,7 @@ class VITransformerDecoderLayer(_VITransformerLayer):
             x,
             attn_mask=attn_mask,
             key_padding_mask=key_padding_mask,
-            is_causal=is_causal,
+            is_causal=bool(is_causal),
             need_weights=False,
         )[0]
         return self.dropout1(out)  # type: ignore[no-any-return]
@@ -607,7 +607,7 @@ class VITransformerDecoderLayer(_VITransformerLayer):
             memory,
             attn_mask=attn_mask,
             key_padding_mask=key_padding_mask,
-            is_causal=is_causal,
+            is_causal=bool(is_causal),
             need_weights=False,
         )[0]
         return self.dropout2(out)  # type: ignore[no-any-return]

@@ -296,3 +296,12 @@ def test_output_without_the_sequence_dimension_is_refused() -> None:
 
     with pytest.raises(ValueError, match="needs a batch_first=True network"):
         LastState()(torch.randn(LQ, B, 3), samples=2)
+
+
+def test_decoder_layer_as_custom_decoder() -> None:
+    """A single decoder layer as ``custom_decoder`` gets the model's
+    ``tgt_is_causal=None`` (torch's default for the model): read as ``False``."""
+    src, tgt = torch.randn(LK, B, E), torch.randn(LQ, B, E)
+    decoder = bnn.VITransformerDecoderLayer(E, HEADS, 16, dropout=0.0)
+    model = bnn.VITransformer(E, HEADS, 1, 1, 16, 0.0, custom_decoder=decoder)
+    assert model(src, tgt, samples=2).shape == (2, LQ, B, E)
