@@ -18,6 +18,7 @@ from _sequence_helpers import fixed_weights, run_fixed
 from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn.layers.functional import current_samples
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 B, LQ, LK, E, HEADS, SAMPLES = 3, 5, 7, 8, 2, 3
@@ -187,24 +188,33 @@ class _Tagger(bnn.VIModule):
         h = h + self.attention(h, shared, shared, need_weights=False)[0]
         zeros = torch.zeros(2, x.shape[1], 4)  # shared initial states
         out, (h_n, _) = self.lstm(h, (zeros, zeros))
-        assert h_n.shape == (2, x.shape[1] * self.particles, 4)  # torch's layout
+        # torch's state layout with the batch folded
+        assert h_n.shape == (2, x.shape[1] * current_samples(), 4)
         return self.head(out)  # type: ignore[no-any-return]
-
-    particles = SAMPLES
 
 
 def test_inside_a_sequence_first_network() -> None:
-    """Each particle of the network equals the same network run with one particle."""
+    """Each particle equals the same network built from torch layers."""
     net = _Tagger().eval()
     x, shared = torch.randn(LQ, B, 3), torch.randn(LQ, B, E)
     weights = fixed_weights(net, SAMPLES)
     out = run_fixed(net, weights, SAMPLES, x, shared)
     assert out.shape == (SAMPLES, LQ, B, 2)
-    net.particles = 1
     for s in range(SAMPLES):
-        one = {k: v[s : s + 1] for k, v in weights.items()}
-        single = run_fixed(net, one, 1, x, shared)
-        torch.testing.assert_close(out[s], single[0], **TOL)
+
+        def plain(name: str, s: int = s) -> nn.Module:
+            prefix = name + "."
+            mine = {
+                k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)
+            }
+            return _torch_at(getattr(net, name), mine, s)
+
+        with torch.no_grad():
+            h = plain("encoder")(plain("embed")(x))
+            h = h + plain("attention")(h, shared, shared, need_weights=False)[0]
+            zeros = torch.zeros(2, B, 4)
+            expected = plain("head")(plain("lstm")(h, (zeros, zeros))[0])
+        torch.testing.assert_close(out[s], expected, **TOL)
 
 
 def test_other_lengths_inside_a_network_are_refused() -> None:
