@@ -315,3 +315,23 @@ def test_decoder_layer_as_custom_decoder() -> None:
     decoder = bnn.VITransformerDecoderLayer(E, HEADS, 16, dropout=0.0)
     model = bnn.VITransformer(E, HEADS, 1, 1, 16, 0.0, custom_decoder=decoder)
     assert model(src, tgt, samples=2).shape == (2, LQ, B, E)
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True:UserWarning")
+def test_converted_sequence_first_transformer_equals_torch_at_the_means() -> None:
+    """``bnn.convert`` of torch's default (sequence-first) Transformer: at the
+    posterior means (the torch weights) it is the torch module."""
+    torch.manual_seed(0)
+    reference = nn.Transformer(E, HEADS, 1, 1, 16, dropout=0.0).eval()
+    net = bnn.convert(reference)
+    assert isinstance(net, bnn.VITransformer)
+    assert not net.batch_first
+    means = {v.site: v.posterior.loc[None, None] for v in net.random_variables()}
+    src, tgt = torch.randn(LK, B, E), torch.randn(LQ, B, E)
+    out = run_fixed(net, means, 1, src, tgt, tgt_mask=CAUSAL)
+    with torch.no_grad():
+        expected = reference(src, tgt, tgt_mask=CAUSAL)
+    torch.testing.assert_close(out[0], expected, **TOL)
+    back = bnn.to_deterministic(net)
+    with torch.no_grad():
+        torch.testing.assert_close(back(src, tgt, tgt_mask=CAUSAL), expected, **TOL)
