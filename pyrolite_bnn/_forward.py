@@ -62,6 +62,7 @@ __all__ = [
     "pytorch_run",
     "report_plain_parameters",
     "run_sites",
+    "unfold_output",
 ]
 
 
@@ -133,6 +134,13 @@ def run_sites(
         report_plain_parameters(root)
         with _particles.particles(state), sampling_sites(table):
             result = invoke(root, args, kwargs)
+    return unfold_output(root, result, state)
+
+
+def unfold_output(root: nn.Module, result: Any, state: _particles.ParticleState) -> Any:
+    """The outermost call's folded ``result`` with the particle dimension in front."""
+    if isinstance(root, VIModule):
+        return root.unfold_output(result, state)
     return _particles.unfold(result, state)
 
 
@@ -190,7 +198,7 @@ def pytorch_run(
         with using_draws(draws), _particles.particles(state):
             result = nn.Module.__call__(root, *args, **kwargs)
         draws.finish()
-        result = _particles.unfold(result, state)
+        result = unfold_output(root, result, state)
         record = LayerRecord(draws, state.samples)
     else:
         guide_trace = poutine.trace(guide).get_trace(samples=state.samples)

@@ -141,5 +141,7 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
     raise ValueError(
         f"network output has leading size {rows}; expected the batch size {batch} "
         f"or samples * batch = {samples * batch}. Keep the batch dimension first "
-        "inside a VIModule's forward."
+        "inside a VIModule's forward (in a sequence-first network, batch_first="
+        "False, the leading dimension is the input's sequence: an output without "
+        "it, as a classifier on h_n[-1], needs a batch_first=True network)."
     )

@@ -96,10 +96,10 @@ def convert(
     with one ``UserWarning`` that lists them.
 
     Sequence layers (``LSTM``, ``GRU``, ``MultiheadAttention``, Transformer)
-    need ``batch_first=True`` (particles are folded into dimension 0); a
-    ``batch_first=False`` layer raises ``ValueError`` naming its path. The
-    Bayesian LSTM/GRU return batch-first hidden states ``(B, layers, H)``
-    (torch: ``(layers, B, H)``).
+    convert with either ``batch_first``; a ``batch_first=False`` network folds
+    its particles into the sequence dimension (see the sequence-first layouts
+    in the concepts guide, with their limits). Hidden states keep torch's
+    layout.
 
     Args:
         module: a ``torch.nn`` model (not already a ``bnn.VIModule``).
@@ -126,8 +126,8 @@ def convert(
     Raises:
         TypeError: if ``module`` is no ``torch.nn.Module`` or is already Bayesian.
         ValueError: for an unknown path in ``include``/``exclude``, a path
-            inside a layer converted as a whole, a ``batch_first=False``
-            sequence layer, or invalid ``moped``/``prior``/``variational``.
+            inside a layer converted as a whole, or invalid
+            ``moped``/``prior``/``variational``.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn

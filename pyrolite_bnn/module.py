@@ -435,6 +435,16 @@ class VIModule(LocalPyroModule):
                 return _forward.pyro_run(self, state, device, args, kwargs)
             return _forward.pytorch_run(self, state, device, args, kwargs)
 
+    def unfold_output(self, output: Any, state: _particles.ParticleState) -> Any:
+        """This module's folded output as the outermost call returns it.
+
+        The default puts the particle dimension in front of each tensor's
+        leading (batch) dimension, ``(B * S, ...)`` -> ``(S, B, ...)``. A layer
+        whose outputs are folded elsewhere (sequence-first layers: ``(L * S,
+        B, ...)``, hidden states ``(layers, B * S, H)``) overrides it.
+        """
+        return _particles.unfold(output, state)
+
     def __getattr__(self, name: str) -> Any:
         if name in self.__dict__.get("_declared", ()):
             draws = current_draws()

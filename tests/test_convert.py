@@ -290,12 +290,33 @@ def test_final_hidden_state_idiom_converts(rnn) -> None:  # type: ignore[no-unty
     assert net(x, samples=3).shape == (3, 4, 3)
 
 
-def test_batch_first_false_is_refused_with_path() -> None:
-    module = SequenceClassifier(nn.GRU(3, 6))
-    with pytest.raises(
-        ValueError, match=r"cannot convert rnn \(GRU\).*batch_first=True"
-    ):
-        bnn.convert(module)
+class SequenceFirstTagger(nn.Module):
+    """torch's default layout: ``(L, B, 3)`` -> ``(L, B, classes)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(3, 8)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.attention = nn.MultiheadAttention(8, 2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(x)
+        out = self.encoder(out)
+        out = out + self.attention(out, out, out, need_weights=False)[0]
+        return self.head(out)  # type: ignore[no-any-return]
+
+
+def test_batch_first_false_conversion_equals_torch() -> None:
+    torch.manual_seed(0)
+    module = SequenceFirstTagger().eval()
+    net = bnn.convert(module)
+    x = torch.randn(5, 4, 3)
+    _assert_mean_equal(net, module, x)
+    plain = bnn.to_deterministic(net)
+    torch.testing.assert_close(plain(x), module(x), atol=1e-6, rtol=1e-6)
+    assert net(x, samples=3).shape == (3, 5, 4, 3)
 
 
 def test_attention_and_transformer_conversion() -> None:

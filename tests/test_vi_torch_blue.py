@@ -615,10 +615,14 @@ def test_attention_and_transformers_take_torch_blue_arguments() -> None:
     memory = encoder(x, samples=2)
     assert memory.shape == (2, 3, 5, 8)
     assert decoder(torch.randn(3, 4, 8), x, samples=2).shape == (2, 3, 4, 8)
+    # torch_blue's VITransformer is sequence-first by default: (L, B, d_model)
     model = vi.VITransformer(d_model=8, nhead=2, dim_feedforward=16)
-    out = model(x, torch.randn(3, 4, 8), samples=2)
-    assert out.shape == (2, 3, 4, 8)
+    assert not model.batch_first
+    out = model(x.transpose(0, 1), torch.randn(4, 3, 8), samples=2)
+    assert out.shape == (2, 4, 3, 8)
     assert out.log_probs.shape == (2, 2)
+    model = vi.VITransformer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+    assert model(x, torch.randn(3, 4, 8), samples=2).shape == (2, 3, 4, 8)
 
 
 def test_analytical_loss_non_bayesian_weights_and_plain_models() -> None:

@@ -25,8 +25,9 @@ from pyrolite_bnn.layers._options import (
     check_estimator,
     per_variable,
 )
+from pyrolite_bnn.module import VIModule
 
-__all__ = ["MOMENT_ESTIMATORS"]
+__all__ = ["MOMENT_ESTIMATORS", "options_repr"]
 
 # Estimators that hand a layer the posterior moments instead of weight draws.
 MOMENT_ESTIMATORS = ("local", "flipout")
@@ -180,15 +181,29 @@ class _VIWeightLayer(EstimatorLayer):
         The Bayesian options (``prior=``, ``variational=``, ``estimator=``) are
         shown where they differ from the defaults.
         """
-        parts = [self._torch_repr()]
-        default_prior = repr(as_prior(None))
-        priors = {name: repr(self.prior[name]) for name in self.posterior}
-        parts.append(_option("prior", priors, default_prior))
-        families = {name: repr(family) for name, family in self._families.items()}
-        parts.append(_option("variational", families, repr(MeanFieldNormal())))
-        if self.estimator != "auto":
-            parts.append(f"estimator={self.estimator!r}")
-        return ", ".join(part for part in parts if part)
+        options = options_repr(self, self._families, self.estimator)
+        return ", ".join(part for part in (self._torch_repr(), options) if part)
+
+
+def options_repr(
+    layer: VIModule, families: Mapping[str, VariationalFamily], estimator: str
+) -> str:
+    """A layer's non-default Bayesian options, ``prior=..., estimator=...``.
+
+    Args:
+        layer: the layer (its own priors, by variable name, are shown).
+        families: the variational family of each of its variables.
+        estimator: its ``estimator=`` option.
+    """
+    parts = []
+    default_prior = repr(as_prior(None))
+    priors = {name: repr(layer.prior[name]) for name in layer.posterior}
+    parts.append(_option("prior", priors, default_prior))
+    shown = {name: repr(family) for name, family in families.items()}
+    parts.append(_option("variational", shown, repr(MeanFieldNormal())))
+    if estimator != "auto":
+        parts.append(f"estimator={estimator!r}")
+    return ", ".join(part for part in parts if part)
 
 
 def _option(keyword: str, values: dict[str, str], default: str) -> str:

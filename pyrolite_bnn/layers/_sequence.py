@@ -1,24 +1,168 @@
-"""Options and checks shared by the sequence layers (RNNs, attention, Transformers).
+"""Options, checks and layouts shared by the sequence layers (RNNs, attention).
 
 These layers share each weight across positions or time steps, so estimators
 that sample each output independently (``"local"``, ``"flipout"``) are not
 exact for them: they always draw weights.
+
+Sequence-first layouts (``batch_first=False``, torch's default). Layers that
+act on the last dimension (linear layers, layer norms, dropout, activations) do
+not care which dimension is the batch, so in a sequence-first network the
+particles fold into dimension 0 = the sequence: a folded activation is
+``(L * S, B, ...)`` with row ``l * S + s``, a shared one ``(L, B, ...)``, and
+the outermost call unfolds it to ``(S, L, B, ...)``, torch's layout with the
+particle dimension in front. A sequence layer with ``batch_first=False``
+(:class:`SequenceFirst`) views such an input as ``(L, S, B, ...)``, permutes it
+to the batch-first fold ``(B * S, L, ...)`` (row ``b * S + s``) it implements,
+runs, and permutes its outputs back. Inside it (its sublayers: a Transformer's
+attention blocks) everything is batch-first, with the particle state's batch
+size set to the true batch ``B``, so sequences of different lengths (``src``
+and ``tgt``, queries and keys) meet without ambiguity.
+
+Whether an input is shared or folded is told by its leading size. For the
+outermost module every input is shared. Inside a network the leading size must
+be the network input's leading size ``L`` (shared) or ``L * S`` (folded): a
+sequence of another length (a target sequence, keys of another length) cannot
+be told apart and raises a ``ValueError`` naming ``batch_first=True``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 
+from torch import Tensor
+
+from pyrolite_bnn import _particles
 from pyrolite_bnn.layers._options import check_estimator
 from pyrolite_bnn.module import VIModule
 
 __all__ = [
-    "check_batch_first",
+    "SequenceFirst",
     "check_drawn_estimator",
     "check_option_keys",
+    "in_batch_first_body",
     "own_option",
     "sub_option",
+    "unfold_batch",
+    "unfold_sequence",
 ]
+
+# True while a batch_first=False layer runs its batch-first body: its
+# sequence sublayers then take and return batch-first tensors as they are.
+_BATCH_FIRST_BODY: ContextVar[bool] = ContextVar(
+    "pyrolite_batch_first_body", default=False
+)
+
+
+def in_batch_first_body() -> bool:
+    """Whether a ``batch_first=False`` layer above is running its batch-first body."""
+    return _BATCH_FIRST_BODY.get()
+
+
+class SequenceFirst:
+    """One call of a ``batch_first=False`` layer, run in the batch-first fold.
+
+    Args:
+        layer: the calling layer (the outermost module takes shared inputs).
+        batch: the true batch size ``B`` (dimension 1 of the inputs).
+    """
+
+    def __init__(self, layer: VIModule, batch: int) -> None:
+        self.state = _particles.current()
+        self.samples = 1 if self.state is None else self.state.samples
+        self.root = self.state is None or self.state.root is layer
+        self.batch = batch
+        self.name = type(layer).__name__
+
+    def _shared(self, tensor: Tensor, what: str, length: int | None) -> bool:
+        """Whether a sequence-first tensor is shared by all particles.
+
+        ``length``: the tensor's known unfolded length (an intermediate the
+        layer computed); ``None`` for an input of the call.
+        """
+        rows = tensor.shape[0]
+        if self.samples == 1 or (self.root and length is None):
+            return True
+        if length is not None and rows in (length, length * self.samples):
+            return rows == length
+        assert self.state is not None
+        length = self.state.batch_size
+        if rows == length:
+            return True
+        if length is not None and rows == length * self.samples:
+            return False
+        raise ValueError(
+            f"{self.name}(batch_first=False): {what} has {rows} positions, but "
+            f"inside a sequence-first network the particles are folded into the "
+            f"sequence dimension, so every sequence must have the network "
+            f"input's length {length} (shared) or {length} * {self.samples} "
+            f"(folded); sequences of other lengths cannot be told apart. Use "
+            "batch_first=True (batch, sequence, feature) layers and inputs, or "
+            "call this layer as the outermost module."
+        )
+
+    def length(self, tensor: Tensor, what: str) -> int:
+        """The unfolded sequence length of a sequence-first input."""
+        rows = tensor.shape[0]
+        return rows if self._shared(tensor, what, None) else rows // self.samples
+
+    def batch_first(
+        self, tensor: Tensor, what: str, length: int | None = None
+    ) -> Tensor:
+        """``(L, B, ...)`` shared or ``(L * S, B, ...)`` folded, batch-first.
+
+        ``length``: the unfolded length of an intermediate tensor (see
+        :meth:`_shared`).
+        """
+        if tensor.dim() != 3 or tensor.shape[1] != self.batch:
+            raise ValueError(
+                f"{self.name}(batch_first=False) expected sequence-first {what} "
+                f"(sequence, batch={self.batch}, ...), got {tuple(tensor.shape)}"
+            )
+        if self._shared(tensor, what, length):
+            return tensor.transpose(0, 1)
+        length = tensor.shape[0] // self.samples
+        rest = tensor.shape[2:]
+        folded = tensor.reshape(length, self.samples, self.batch, *rest)
+        return folded.transpose(0, 2).reshape(self.batch * self.samples, length, *rest)
+
+    def sequence_first(self, tensor: Tensor) -> Tensor:
+        """A batch-first output ``(B * S or B, L, ...)`` in the sequence-first fold."""
+        if tensor.shape[0] == self.batch or self.samples == 1:
+            return tensor.transpose(0, 1)
+        length, rest = tensor.shape[1], tensor.shape[2:]
+        folded = tensor.reshape(self.batch, self.samples, length, *rest)
+        return folded.transpose(0, 2).reshape(length * self.samples, self.batch, *rest)
+
+    @contextmanager
+    def body(self) -> Iterator[None]:
+        """Run the batch-first body: the particle state's batch size is ``B``."""
+        root = None if self.state is None else self.state.root
+        state = _particles.ParticleState(self.samples, self.batch, root)
+        token = _BATCH_FIRST_BODY.set(True)
+        try:
+            with _particles.particles(state):
+                yield
+        finally:
+            _BATCH_FIRST_BODY.reset(token)
+
+
+def unfold_sequence(tensor: Tensor, samples: int) -> Tensor:
+    """The outermost call's ``(L * S, B, ...)`` output as ``(S, L, B, ...)``."""
+    length = tensor.shape[0] // samples
+    unfolded = tensor.reshape(length, samples, *tensor.shape[1:])
+    return unfolded.transpose(0, 1).contiguous()
+
+
+def unfold_batch(tensor: Tensor, samples: int, dim: int) -> Tensor:
+    """An output folded ``B * S`` at ``dim`` as ``(S, ..., B, ...)``.
+
+    Each particle's slice is then torch's layout (hidden states, weights).
+    """
+    batch = tensor.shape[dim] // samples
+    shape = (*tensor.shape[:dim], batch, samples, *tensor.shape[dim + 1 :])
+    return tensor.reshape(shape).movedim(dim + 1, 0).contiguous()
 
 
 def check_drawn_estimator(estimator: str, variational: object, layer: str) -> str:
@@ -31,17 +175,6 @@ def check_drawn_estimator(estimator: str, variational: object, layer: str) -> st
             "would not be the network's distribution"
         )
     return check_estimator(estimator, variational)
-
-
-def check_batch_first(batch_first: bool, layer: str) -> None:
-    """Refuse ``batch_first=False`` with a message that says why and what to use."""
-    if not batch_first:
-        raise ValueError(
-            f"{layer} needs batch_first=True: particles are folded into the leading "
-            "(batch) dimension of every tensor, and a sequence-first layout would "
-            "fold them into the time dimension instead. Pass batch_first=True and "
-            "(batch, sequence, feature) inputs."
-        )
 
 
 def own_option(option: object) -> object:

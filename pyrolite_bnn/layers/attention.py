@@ -8,19 +8,23 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
+from pyrolite_bnn import _particles
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._options import per_variable
 from pyrolite_bnn.layers._sequence import (
-    check_batch_first,
+    SequenceFirst,
     check_drawn_estimator,
     check_option_keys,
+    in_batch_first_body,
     own_option,
     sub_option,
+    unfold_batch,
+    unfold_sequence,
 )
 from pyrolite_bnn.layers.functional import current_batch_size
 from pyrolite_bnn.layers.functional_attention import multi_head_attention
 from pyrolite_bnn.layers.linear import VILinear
-from pyrolite_bnn.layers.registry import has_weight, register
+from pyrolite_bnn.layers.registry import LayerCase, has_weight, register
 from pyrolite_bnn.module import VIModule
 
 __all__ = ["VIMultiheadAttention"]
@@ -42,7 +46,27 @@ def _arguments(module: Any) -> dict[str, Any]:
     }
 
 
-@register(nn.MultiheadAttention, read_arguments=_arguments)
+@register(
+    nn.MultiheadAttention,
+    read_arguments=_arguments,
+    cases=(  # self-attention: the input is query, key and value
+        LayerCase((8, 2), (3, 5, 8), {"batch_first": True}, copies=3),
+        LayerCase((8, 2), (5, 3, 8), copies=3),
+        LayerCase(
+            (8, 2, 0.0, False, True, True),
+            (5, 3, 8),
+            forward_kwargs={"average_attn_weights": False},
+            copies=3,
+        ),
+        LayerCase(
+            (8, 2),
+            (3, 5, 8),
+            {"batch_first": True},
+            forward_kwargs={"need_weights": False},
+            copies=3,
+        ),
+    ),
+)
 class VIMultiheadAttention(VIModule):
     """Bayesian counterpart of :class:`torch.nn.MultiheadAttention`.
 
@@ -57,12 +81,17 @@ class VIMultiheadAttention(VIModule):
     :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels);
     note that torch's default is ``need_weights=True``.
 
-    ``batch_first=True`` is required (particles are folded into the leading
-    batch dimension; ``False`` raises a ``ValueError``), and inputs must be
-    batched. Masks are torch's: ``attn_mask`` ``(Lq, Lk)`` or
-    ``(B * num_heads, Lq, Lk)``, ``key_padding_mask`` ``(B, Lk)``, boolean
-    (``True`` = not allowed) or additive float; inside a network they may also
-    be folded per particle (``B * S`` rows).
+    Inputs must be batched, batch-first with ``batch_first=True`` or
+    sequence-first with torch's default ``batch_first=False``. Inside a
+    network particles are folded into the leading dimension: ``(B * S, L, E)``
+    batch-first, ``(L * S, B, E)`` sequence-first (the layer permutes the
+    latter to the former and back; inside a network every sequence-first
+    input must then have the network input's length, see
+    :mod:`pyrolite_bnn.layers._sequence`). Masks are torch's in either
+    layout: ``attn_mask`` ``(Lq, Lk)`` or ``(B * num_heads, Lq, Lk)``,
+    ``key_padding_mask`` ``(B, Lk)``, boolean (``True`` = not allowed) or
+    additive float; inside a network they may also be folded per particle
+    (``B * S`` rows).
 
     Args:
         embed_dim: model dimension ``E``.
@@ -73,7 +102,8 @@ class VIMultiheadAttention(VIModule):
         add_zero_attn: append a zero key and value.
         kdim: features of the key (default ``embed_dim``).
         vdim: features of the value (default ``embed_dim``).
-        batch_first: must be ``True`` (see above).
+        batch_first: ``(batch, sequence, feature)`` tensors if ``True``, else
+            ``(sequence, batch, feature)`` (torch's default).
         prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`); a
             mapping is keyed by site name relative to this layer
             (``{"in_proj_weight": ..., "out_proj.weight": ...}``).
@@ -86,11 +116,15 @@ class VIMultiheadAttention(VIModule):
 
     Shape:
         - Input: query ``(B, Lq, E)``, key ``(B, Lk, kdim)``, value
-          ``(B, Lk, vdim)``.
-        - Output: ``(attn_output, attn_weights)``: ``(S, B, Lq, E)`` and
-          ``(S, B, Lq, Lk)`` (``(S, B, num_heads, Lq, Lk)`` with
-          ``average_attn_weights=False``; ``None`` with ``need_weights=False``)
-          as the outermost module; folded ``(B * S, ...)`` inside a network.
+          ``(B, Lk, vdim)``; with ``batch_first=False`` ``(Lq, B, E)``,
+          ``(Lk, B, kdim)``, ``(Lk, B, vdim)``.
+        - Output: ``(attn_output, attn_weights)`` as the outermost module:
+          ``(S, B, Lq, E)`` (``(S, Lq, B, E)`` with ``batch_first=False``) and
+          ``(S, B, Lq, Lk)`` in either layout (``(S, B, num_heads, Lq, Lk)``
+          with ``average_attn_weights=False``; ``None`` with
+          ``need_weights=False``). Inside a network the output is folded
+          (``(B * S, Lq, E)`` or ``(Lq * S, B, E)``) and the weights
+          ``(B * S, Lq, Lk)``.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -101,6 +135,11 @@ class VIMultiheadAttention(VIModule):
         (torch.Size([4, 3, 5, 8]), torch.Size([4, 3, 5, 5]))
         >>> [v.site for v in mha.random_variables()]
         ['in_proj_weight', 'in_proj_bias', 'out_proj.weight', 'out_proj.bias']
+        >>> seq_first = bnn.VIMultiheadAttention(8, 2)  # torch's default layout
+        >>> q, kv = torch.randn(5, 3, 8), torch.randn(7, 3, 8)
+        >>> out, weights = seq_first(q, kv, kv, samples=4)
+        >>> out.shape, weights.shape
+        (torch.Size([4, 5, 3, 8]), torch.Size([4, 3, 5, 7]))
     """
 
     embed_dim: int
@@ -148,7 +187,6 @@ class VIMultiheadAttention(VIModule):
             raise ValueError(
                 f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
             )
-        check_batch_first(batch_first, name)
         self.estimator = check_drawn_estimator(estimator, variational, name)
         self.embed_dim = embed_dim
         self.kdim = embed_dim if kdim is None else kdim
@@ -205,15 +243,19 @@ class VIMultiheadAttention(VIModule):
         )
         check_option_keys(prior, "prior", self)
         check_option_keys(variational, "variational", self)
-        self.reset_parameters()
+        self._reset_projections()  # out_proj was initialised by its constructor
 
     def reset_parameters(self) -> None:
         """Initialise posterior means like ``torch.nn.MultiheadAttention``.
 
-        Xavier-uniform projection weights, zero biases, Xavier-normal
-        ``bias_k``/``bias_v``; ``out_proj.weight`` as ``nn.Linear``.
+        ``out_proj.weight`` as ``nn.Linear``, Xavier-uniform projection
+        weights, zero biases, Xavier-normal ``bias_k``/``bias_v``; seeded, the
+        random numbers are those of torch's constructor.
         """
         self.out_proj.reset_parameters()
+        self._reset_projections()
+
+    def _reset_projections(self) -> None:
         for var in self._declared:
             posterior = self.posterior[var]
             value = torch.empty_like(posterior.loc)
@@ -240,6 +282,11 @@ class VIMultiheadAttention(VIModule):
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query`` to ``key``/``value`` for every particle."""
+        layout = (
+            "batch-first {} of shape (batch, sequence, "
+            if self.batch_first
+            else "sequence-first {} of shape (sequence, batch, "
+        )
         for what, tensor, size in (
             ("query", query, self.embed_dim),
             ("key", key, self.kdim),
@@ -247,10 +294,35 @@ class VIMultiheadAttention(VIModule):
         ):
             if tensor.dim() != 3 or tensor.shape[-1] != size:
                 raise ValueError(
-                    f"{type(self).__name__}(embed_dim={self.embed_dim}) expected "
-                    f"batch-first {what} of shape (batch, sequence, {size}), got "
-                    f"{tuple(tensor.shape)}"
+                    f"{type(self).__name__}(embed_dim={self.embed_dim}, "
+                    f"batch_first={self.batch_first}) expected "
+                    f"{layout.format(what)}{size}), got {tuple(tensor.shape)}"
                 )
+        options = (key_padding_mask, need_weights, attn_mask)
+        options2 = (average_attn_weights, is_causal)
+        if self.batch_first or in_batch_first_body():
+            return self._attend(query, key, value, *options, *options2)
+        # Sequence-first: run the batch-first fold (see layers/_sequence.py).
+        seq = SequenceFirst(self, query.shape[1])
+        q = seq.batch_first(query, "query")
+        k = q if key is query else seq.batch_first(key, "key")
+        v = k if value is key else seq.batch_first(value, "value")
+        with seq.body():
+            out, weights = self._attend(q, k, v, *options, *options2)
+        return seq.sequence_first(out), weights
+
+    def _attend(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        need_weights: bool,
+        attn_mask: Tensor | None,
+        average_attn_weights: bool,
+        is_causal: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The batch-first attention (folded ``(B * S, L, E)`` or shared inputs)."""
         return multi_head_attention(
             query,
             key,
@@ -274,6 +346,23 @@ class VIMultiheadAttention(VIModule):
             q_proj_weight=self.q_proj_weight,
             k_proj_weight=self.k_proj_weight,
             v_proj_weight=self.v_proj_weight,
+        )
+
+    def unfold_output(
+        self, output: Any, state: _particles.ParticleState
+    ) -> tuple[Tensor, Tensor | None]:
+        """Sequence-first: ``(S, Lq, B, E)`` and weights ``(S, B, Lq, Lk)``.
+
+        Each particle's output is torch's (the attention weights are
+        batch-first in torch for either layout).
+        """
+        if self.batch_first:
+            return super().unfold_output(output, state)  # type: ignore[no-any-return]
+        out, weights = output
+        samples = state.samples
+        return (
+            unfold_sequence(out, samples),
+            None if weights is None else unfold_batch(weights, samples, 0),
         )
 
     def extra_repr(self) -> str:

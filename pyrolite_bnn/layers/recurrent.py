@@ -1,35 +1,43 @@
 """Bayesian recurrent layers: ``VILSTM`` and ``VIGRU``.
 
 Each weight is drawn once per particle and sequence (not per time step), so the
-KL is counted once per weight tensor. Inputs and outputs are batch-first. Hidden
-states use torch's layout ``(num_layers * num_directions, rows, H)`` inside a
-network, so a converted ``forward`` reading ``h_n[-1]`` gets the folded
-``(B * S, H)`` activation; called on its own (the outermost module) a layer
-returns them batch-first, ``(S, B, num_layers * num_directions, H)``, as the
-particle dimension can only be put in front of the batch (see
-:func:`pyrolite_bnn._particles.unfold`).
+KL is counted once per weight tensor. Inputs and outputs are batch-first or,
+with ``batch_first=False`` (torch's default), sequence-first (particles folded
+into the sequence dimension, see :mod:`pyrolite_bnn.layers._sequence`). Hidden
+states use torch's layout ``(num_layers * num_directions, rows, H)`` with the
+folded batch inside a network, so a converted ``forward`` reading ``h_n[-1]``
+gets the folded ``(B * S, H)`` activation; called on its own (the outermost
+module) a layer returns them as torch does with the particle dimension in
+front, ``(S, num_layers * num_directions, B, H)``.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
+from pyrolite_bnn.layers._base import options_repr
 from pyrolite_bnn.layers._options import per_variable
-from pyrolite_bnn.layers._sequence import check_batch_first, check_drawn_estimator
+from pyrolite_bnn.layers._sequence import (
+    SequenceFirst,
+    check_drawn_estimator,
+    unfold_batch,
+    unfold_sequence,
+)
 from pyrolite_bnn.layers.functional import current_batch_size
 from pyrolite_bnn.layers.functional_recurrent import (
     GATES,
     RecurrentWeights,
     recurrent,
 )
-from pyrolite_bnn.layers.registry import register
+from pyrolite_bnn.layers.registry import LayerCase, register
 from pyrolite_bnn.module import VIModule
 
 __all__ = ["VIGRU", "VILSTM"]
@@ -67,7 +75,6 @@ class _VIRNNBase(VIModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        check_batch_first(batch_first, name)
         if isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(
                 "dropout should be a number in range [0, 1] representing the "
@@ -113,12 +120,15 @@ class _VIRNNBase(VIModule):
                 if proj_size:
                     shapes[f"weight_hr{suffix}"] = (proj_size, hidden_size)
         names = tuple(shapes)
+        self._families: dict[str, VariationalFamily] = {}
         for var, shape in shapes.items():
+            family = per_variable(variational, var, "variational", names)
+            self._families[var] = MeanFieldNormal() if family is None else family  # type: ignore[assignment]
             self.declare_random_variable(
                 var,
                 shape,
                 per_variable(prior, var, "prior", names),
-                per_variable(variational, var, "variational", names),  # type: ignore[arg-type]
+                self._families[var],
                 device=device,
                 dtype=dtype,
             )
@@ -164,24 +174,16 @@ class _VIRNNBase(VIModule):
             weights.append(directions)
         return weights
 
-    def _outermost(self) -> bool:
-        """Whether this layer is the module of the running outermost call."""
-        state = _particles.current()
-        return state is None or state.root is self
+    def _state_in(self, state: Tensor | None, name: str, size: int) -> Tensor | None:
+        """An initial state in torch's layout ``(layers * D, rows, size)``.
 
-    def _state_in(
-        self, state: Tensor | None, name: str, size: int, outermost: bool
-    ) -> Tensor | None:
-        """An initial state as the batch-first one of the functional op.
-
-        Inside a network ``state`` is in torch's layout ``(layers * D, rows,
-        size)``; as the outermost module it is batch-first already.
+        Returned batch-first, as the functional op takes it.
         """
-        if state is None or outermost:
+        if state is None:
             return state
         states = self.num_layers * self.num_directions
         particles = _particles.current()
-        assert particles is not None  # not outermost: inside a running call
+        assert particles is not None  # forward runs inside a call
         batch, samples = particles.batch_size, particles.samples
         rows = (
             "batch or batch * samples"
@@ -195,7 +197,7 @@ class _VIRNNBase(VIModule):
             or (batch is not None and state.shape[1] not in (batch, batch * samples))
         ):
             raise ValueError(
-                f"{type(self).__name__}: inside a network {name} is in torch's "
+                f"{type(self).__name__}: {name} must be in torch's "
                 f"layout (num_layers * num_directions, batch, {size}) = ({states}, "
                 f"{rows}, {size}), got {tuple(state.shape)}"
             )
@@ -204,7 +206,7 @@ class _VIRNNBase(VIModule):
     def _recur(
         self, input: Tensor, hx: Tensor | None, cx: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Output and final states; states in torch's layout inside a network."""
+        """Output and final states (in torch's layout, folded batch)."""
         name = type(self).__name__
         if isinstance(input, PackedSequence):
             raise TypeError(
@@ -213,27 +215,58 @@ class _VIRNNBase(VIModule):
                 " and read each sequence's output at its own last valid step"
             )
         if input.dim() != 3 or input.shape[-1] != self.input_size:
-            raise ValueError(
-                f"{name}(input_size={self.input_size}) expected batch-first input of "
-                f"shape (batch, sequence, {self.input_size}), got {tuple(input.shape)}"
-                " (unsqueeze(0) a single sequence)"
+            layout = (
+                "batch-first input of shape (batch, sequence, "
+                if self.batch_first
+                else "sequence-first input of shape (sequence, batch, "
             )
-        outermost = self._outermost()
+            raise ValueError(
+                f"{name}(input_size={self.input_size}, batch_first="
+                f"{self.batch_first}) expected {layout}"
+                f"{self.input_size}), got {tuple(input.shape)} (unbatched inputs are "
+                "not supported: add a batch dimension of size 1)"
+            )
+        if self.batch_first:
+            return self._batch_first(input, hx, cx)
+        seq = SequenceFirst(self, input.shape[1])
+        x = seq.batch_first(input, "input")
+        with seq.body():
+            output, h_n, c_n = self._batch_first(x, hx, cx)
+        return seq.sequence_first(output), h_n, c_n
+
+    def _batch_first(
+        self, input: Tensor, hx: Tensor | None, cx: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The recurrence on the batch-first fold; states in torch's layout."""
         output, h_n, c_n = recurrent(
             self.mode,
             input,
             self._weights(),
-            self._state_in(hx, "h0", self.proj_size or self.hidden_size, outermost),
-            self._state_in(cx, "c0", self.hidden_size, outermost),
+            self._state_in(hx, "h0", self.proj_size or self.hidden_size),
+            self._state_in(cx, "c0", self.hidden_size),
             self.dropout,
             self.training,
             current_batch_size(),
         )
-        if outermost:
-            return output, h_n, c_n
         h_n = h_n.transpose(0, 1).contiguous()
         c_n = None if c_n is None else c_n.transpose(0, 1).contiguous()
         return output, h_n, c_n
+
+    def unfold_output(self, output: Any, state: _particles.ParticleState) -> Any:
+        """As the outermost module: each particle's output and states are torch's.
+
+        ``output`` ``(S, B, L, D * H_out)`` (``batch_first=True``) or
+        ``(S, L, B, D * H_out)``; states ``(S, num_layers * D, B, H)``.
+        """
+        out, hidden = output
+        samples = state.samples
+        if isinstance(hidden, tuple):
+            hidden = tuple(unfold_batch(h, samples, 1) for h in hidden)
+        else:
+            hidden = unfold_batch(hidden, samples, 1)
+        if self.batch_first:
+            return super().unfold_output(out, state), hidden
+        return unfold_sequence(out, samples), hidden
 
     def extra_repr(self) -> str:
         """Constructor arguments (non-defaults only, as ``torch.nn``)."""
@@ -250,10 +283,17 @@ class _VIRNNBase(VIModule):
             text += f", dropout={self.dropout}"
         if self.bidirectional:
             text += ", bidirectional=True"
-        return text
+        options = options_repr(self, self._families, self.estimator)
+        return f"{text}, {options}" if options else text
 
 
-@register(nn.LSTM)
+@register(
+    nn.LSTM,
+    cases=(
+        LayerCase((3, 5), (6, 4, 3), {"bidirectional": True}),
+        LayerCase((3, 5, 2, False, True), (4, 6, 3)),
+    ),
+)
 class VILSTM(_VIRNNBase):
     """Bayesian counterpart of :class:`torch.nn.LSTM`.
 
@@ -263,23 +303,23 @@ class VILSTM(_VIRNNBase):
     random variable, drawn once per particle and used at every time step. At
     fixed weights each particle computes exactly what ``torch.nn.LSTM`` does.
 
-    Two layouts differ from ``torch.nn.LSTM``, both because particles are folded
-    into the leading (batch) dimension of every tensor:
+    Layouts, with particles folded into the leading dimension of every
+    activation:
 
-    - ``batch_first=True`` is required (the default ``False`` raises a
-      ``ValueError``): with sequence-first tensors the leading dimension is time.
+    - ``batch_first=True``: input ``(B, L, H_in)``, folded ``(B * S, L, ...)``
+      inside a network. ``batch_first=False`` (torch's default): input
+      ``(L, B, H_in)``, folded into the sequence dimension ``(L * S, B, ...)``
+      (row ``l * S + s``) inside a network; the layer runs the batch-first
+      fold and permutes back (see :mod:`pyrolite_bnn.layers._sequence`).
     - Hidden and cell states (``h0``, ``c0`` given; ``h_n``, ``c_n``
-      returned) are in torch's layout inside a network (the layer is not the
-      outermost module): ``(num_layers * num_directions, B * S, H)``, column
-      ``b * S + s`` for example ``b`` under particle ``s``, so ``h_n[-1]`` is
-      the folded ``(B * S, H)`` activation as in torch. Initial states are
-      shared ``(num_layers * num_directions, B, H)`` or folded
-      ``(num_layers * num_directions, B * S, H)``. Called on its own (the
-      outermost module) the states are batch-first, because every output gets
-      the particle dimension in front of its leading batch dimension: ``h0``
-      ``(B, num_layers * num_directions, H)``, ``h_n``
-      ``(S, B, num_layers * num_directions, H_out)``;
-      ``h_n[s].transpose(0, 1)`` is torch's ``h_n`` for particle ``s``.
+      returned) are in torch's layout, ``(num_layers * num_directions, B,
+      H)`` for either ``batch_first``. Inside a network the batch is folded,
+      ``(num_layers * num_directions, B * S, H)`` (column ``b * S + s``), so
+      ``h_n[-1]`` is the folded ``(B * S, H)`` activation as in torch;
+      initial states are shared ``(..., B, H)`` or folded ``(..., B * S,
+      H)``. Called on its own (the outermost module) the layer returns
+      torch's states with the particle dimension in front,
+      ``(S, num_layers * num_directions, B, H)``.
 
     Packed sequences are refused with a ``TypeError``; unbatched ``(L, H_in)``
     inputs with a ``ValueError``.
@@ -289,7 +329,8 @@ class VILSTM(_VIRNNBase):
         hidden_size: features of the hidden state ``h_t``.
         num_layers: stacked recurrent layers.
         bias: if ``False``, no ``bias_ih``/``bias_hh``.
-        batch_first: must be ``True`` (see above).
+        batch_first: ``(batch, sequence, feature)`` tensors if ``True``, else
+            ``(sequence, batch, feature)`` (torch's default).
         dropout: dropout on the outputs of every layer but the last (training).
         bidirectional: run a second, backward layer and concatenate outputs.
         proj_size: if ``> 0``, project ``h_t`` to this size (``weight_hr``).
@@ -303,18 +344,18 @@ class VILSTM(_VIRNNBase):
         dtype: dtype of parameters and prior buffers.
 
     Shape:
-        - Input: ``(B, L, input_size)``; optional ``(h0, c0)``, inside a network
-          ``(num_layers * D, B or B * S, H_out)`` and
-          ``(num_layers * D, B or B * S, hidden_size)``; as the outermost
-          module ``(B, num_layers * D, H_out)`` and
-          ``(B, num_layers * D, hidden_size)``.
-        - Output: ``(output, (h_n, c_n))``; inside a network ``output`` is
-          ``(B * S, L, D * H_out)``, ``h_n`` ``(num_layers * D, B * S, H_out)``
-          and ``c_n`` ``(num_layers * D, B * S, hidden_size)``; as the
-          outermost module ``(S, B, L, D * H_out)``,
-          ``(S, B, num_layers * D, H_out)`` and
-          ``(S, B, num_layers * D, hidden_size)`` (``D`` = 2 if bidirectional,
-          ``H_out`` = ``proj_size`` or ``hidden_size``).
+        - Input: ``(B, L, input_size)`` (``(L, B, input_size)`` with
+          ``batch_first=False``); optional ``(h0, c0)``
+          ``(num_layers * D, B, H_out)`` and
+          ``(num_layers * D, B, hidden_size)`` (``B * S`` columns if folded).
+        - Output: ``(output, (h_n, c_n))``; as the outermost module ``output``
+          is ``(S, B, L, D * H_out)`` (``(S, L, B, D * H_out)`` with
+          ``batch_first=False``), ``h_n`` ``(S, num_layers * D, B, H_out)`` and
+          ``c_n`` ``(S, num_layers * D, B, hidden_size)``; inside a network
+          ``output`` is folded (``(B * S, L, D * H_out)`` or
+          ``(L * S, B, D * H_out)``), ``h_n`` ``(num_layers * D, B * S, H_out)``
+          and ``c_n`` ``(num_layers * D, B * S, hidden_size)`` (``D`` = 2 if
+          bidirectional, ``H_out`` = ``proj_size`` or ``hidden_size``).
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -323,7 +364,11 @@ class VILSTM(_VIRNNBase):
         VILSTM(3, 8, num_layers=2, batch_first=True)
         >>> out, (h_n, c_n) = lstm(torch.randn(4, 5, 3), samples=2)
         >>> out.shape, h_n.shape, c_n.shape
-        (torch.Size([2, 4, 5, 8]), torch.Size([2, 4, 2, 8]), torch.Size([2, 4, 2, 8]))
+        (torch.Size([2, 4, 5, 8]), torch.Size([2, 2, 4, 8]), torch.Size([2, 2, 4, 8]))
+        >>> seq_first = bnn.VILSTM(3, 8)  # torch's default: (L, B, H_in)
+        >>> out, (h_n, c_n) = seq_first(torch.randn(5, 4, 3), samples=2)
+        >>> out.shape, h_n.shape
+        (torch.Size([2, 5, 4, 8]), torch.Size([2, 1, 4, 8]))
         >>> class Classifier(bnn.VIModule):  # inside a network: torch's layout
         ...     def __init__(self):
         ...         super().__init__()
@@ -349,13 +394,18 @@ class VILSTM(_VIRNNBase):
         return output, (h_n, c_n)
 
 
-@register(nn.GRU)
+@register(
+    nn.GRU,
+    cases=(
+        LayerCase((3, 5), (6, 4, 3), {"num_layers": 2}),
+        LayerCase((3, 5), (4, 6, 3), {"batch_first": True, "bidirectional": True}),
+    ),
+)
 class VIGRU(_VIRNNBase):
     """Bayesian counterpart of :class:`torch.nn.GRU`.
 
-    Same conventions as :class:`VILSTM` (``batch_first=True`` required,
-    hidden states in torch's layout inside a network and batch-first as the
-    outermost module, weights drawn once per particle and sequence), without
+    Same conventions as :class:`VILSTM` (either layout, hidden states in
+    torch's layout, weights drawn once per particle and sequence), without
     ``proj_size`` and cell state.
 
     Args:
@@ -363,7 +413,8 @@ class VIGRU(_VIRNNBase):
         hidden_size: features of the hidden state ``h_t``.
         num_layers: stacked recurrent layers.
         bias: if ``False``, no ``bias_ih``/``bias_hh``.
-        batch_first: must be ``True`` (see :class:`VILSTM`).
+        batch_first: ``(batch, sequence, feature)`` tensors if ``True``, else
+            ``(sequence, batch, feature)`` (torch's default).
         dropout: dropout on the outputs of every layer but the last (training).
         bidirectional: run a second, backward layer and concatenate outputs.
         prior: prior of the weights (see :class:`VILSTM`).
@@ -373,20 +424,21 @@ class VIGRU(_VIRNNBase):
         dtype: dtype of parameters and prior buffers.
 
     Shape:
-        - Input: ``(B, L, input_size)``; optional ``h0``
-          ``(num_layers * D, B or B * S, hidden_size)`` inside a network,
-          ``(B, num_layers * D, hidden_size)`` as the outermost module.
-        - Output: ``(output, h_n)``: ``(B * S, L, D * hidden_size)`` and
-          ``(num_layers * D, B * S, hidden_size)`` inside a network;
-          ``(S, B, L, D * hidden_size)`` and
-          ``(S, B, num_layers * D, hidden_size)`` as the outermost module.
+        - Input: ``(B, L, input_size)`` (``(L, B, input_size)`` with
+          ``batch_first=False``); optional ``h0``
+          ``(num_layers * D, B or B * S, hidden_size)``.
+        - Output: ``(output, h_n)``: as the outermost module
+          ``(S, B, L, D * hidden_size)`` (``(S, L, B, D * hidden_size)`` with
+          ``batch_first=False``) and ``(S, num_layers * D, B, hidden_size)``;
+          inside a network folded, ``h_n`` ``(num_layers * D, B * S,
+          hidden_size)``.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
         >>> gru = bnn.VIGRU(3, 8, bidirectional=True, batch_first=True)
         >>> out, h_n = gru(torch.randn(4, 5, 3), samples=2)
         >>> out.shape, h_n.shape
-        (torch.Size([2, 4, 5, 16]), torch.Size([2, 4, 2, 8]))
+        (torch.Size([2, 4, 5, 16]), torch.Size([2, 2, 4, 8]))
     """
 
     mode = "GRU"

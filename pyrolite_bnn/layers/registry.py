@@ -68,10 +68,14 @@ class LayerCase:
     Attributes:
         args: positional constructor arguments (the same for both classes).
         kwargs: keyword constructor arguments.
-        input_shape: shape of the input, batch first.
+        input_shape: shape of the input, in the layer's layout (batch first,
+            or sequence first for ``batch_first=False`` sequence layers).
         index_range: for layers that take integer indices, their upper bound
             (exclusive); ``None`` for real-valued inputs.
         forward_kwargs: keyword arguments of ``forward`` (both classes).
+        copies: how many times the input is passed positionally (3 for
+            self-attention's query, key and value; 2 for a decoder's target and
+            memory or a Transformer's source and target).
     """
 
     args: tuple[Any, ...]
@@ -79,6 +83,7 @@ class LayerCase:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     index_range: int | None = None
     forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    copies: int = 1
 
     def make_input(self, dtype: torch.dtype | None = None) -> Tensor:
         """A random input of the case (indices, or standard Normal values)."""
@@ -89,6 +94,7 @@ class LayerCase:
     def __str__(self) -> str:
         arguments = [repr(a) for a in self.args]
         arguments += [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        arguments += [] if self.copies == 1 else [f"copies={self.copies}"]
         call = f"({', '.join(arguments)})"
         if self.forward_kwargs:
             call += f"{dict(self.forward_kwargs)}"

@@ -9,6 +9,7 @@ still shared by all particles (:func:`~pyrolite_bnn.layers.functional.match_part
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,20 +18,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from pyrolite_bnn import _particles
 from pyrolite_bnn._network import network_modules
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._sequence import (
-    check_batch_first,
+    SequenceFirst,
     check_drawn_estimator,
     check_option_keys,
+    in_batch_first_body,
     sub_option,
+    unfold_sequence,
 )
 from pyrolite_bnn.layers.attention import VIMultiheadAttention
 from pyrolite_bnn.layers.container import VISequential
 from pyrolite_bnn.layers.functional import match_particles
 from pyrolite_bnn.layers.functional_attention import canonical_mask
 from pyrolite_bnn.layers.linear import VILinear
-from pyrolite_bnn.layers.registry import register
+from pyrolite_bnn.layers.registry import LayerCase, register
 from pyrolite_bnn.module import VIModule
 
 __all__ = [
@@ -123,13 +127,17 @@ def _stack_to_torch(layer: VIModule, children: Mapping[str, Any]) -> nn.Module:
     layers = list(children["layers"])
     stack: nn.Module
     if isinstance(layer, VITransformerEncoder):
-        stack = nn.TransformerEncoder(
-            layers[0],
-            len(layers),
-            children.get("norm"),
-            enable_nested_tensor=layer.enable_nested_tensor,
-            mask_check=layer.mask_check,
-        )
+        with warnings.catch_warnings():
+            # torch's note that a sequence-first stack has no nested-tensor path:
+            # the module being rebuilt was made with the same arguments.
+            warnings.filterwarnings("ignore", "enable_nested_tensor is True")
+            stack = nn.TransformerEncoder(
+                layers[0],
+                len(layers),
+                children.get("norm"),
+                enable_nested_tensor=layer.enable_nested_tensor,
+                mask_check=layer.mask_check,
+            )
     else:
         stack = nn.TransformerDecoder(layers[0], len(layers), children.get("norm"))
     stack.layers = nn.ModuleList(layers)
@@ -162,6 +170,53 @@ def _model_to_torch(layer: VIModule, children: Mapping[str, nn.Module]) -> nn.Mo
     return model
 
 
+class _SequenceModule(VIModule):
+    """A Transformer module: batch-first, or sequence-first through the fold.
+
+    With ``batch_first=False`` the sequence-first inputs are permuted to the
+    batch-first fold, the batch-first ``forward`` body runs (its sublayers
+    take batch-first tensors as they are), and the output is permuted back
+    (see :mod:`pyrolite_bnn.layers._sequence`).
+    """
+
+    @property
+    def sequence_layout(self) -> bool:
+        """Whether this module takes sequence-first tensors (``batch_first=False``)."""
+        raise NotImplementedError
+
+    def _run(
+        self, body: Callable[..., Tensor], names: tuple[str, ...], *sequences: Tensor
+    ) -> Tensor:
+        """``body(*sequences)`` in the batch-first layout, output in the module's."""
+        if not self.sequence_layout or in_batch_first_body():
+            return body(*sequences)
+        if sequences[0].dim() != 3:
+            raise ValueError(
+                f"{type(self).__name__}(batch_first=False) expected sequence-first "
+                f"inputs (sequence, batch, d_model), got {tuple(sequences[0].shape)}"
+            )
+        seq = SequenceFirst(self, sequences[0].shape[1])
+        converted = [
+            seq.batch_first(t, n) for t, n in zip(sequences, names, strict=True)
+        ]
+        with seq.body():
+            out = body(*converted)
+        return seq.sequence_first(out)
+
+    def unfold_output(self, output: Any, state: _particles.ParticleState) -> Any:
+        """Sequence-first: ``(S, L, B, d_model)``, torch's layout per particle."""
+        if not self.sequence_layout:
+            return super().unfold_output(output, state)
+        return unfold_sequence(output, state.samples)
+
+
+def _stack_batch_first(layers: nn.Module) -> bool:
+    """``batch_first`` of a stack: its first layer's attention's (as torch)."""
+    first = next(iter(layers.children()), None)
+    attention = getattr(first, "self_attn", None)
+    return bool(getattr(attention, "batch_first", True))
+
+
 class _Options:
     """Keyword-only Bayesian options of a composite layer, handed to its children."""
 
@@ -190,13 +245,26 @@ class _Options:
         check_option_keys(self.variational, "variational", layer)
 
 
-class _VITransformerLayer(VIModule):
+class _VITransformerLayer(_SequenceModule):
     """Feed-forward block and activation shared by encoder and decoder layers."""
 
+    self_attn: VIMultiheadAttention
     linear1: VILinear
     linear2: VILinear
     dropout: nn.Dropout
     norm_first: bool
+
+    @property
+    def sequence_layout(self) -> bool:
+        """Whether this layer takes sequence-first tensors (``batch_first=False``)."""
+        return not self.self_attn.batch_first
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every sublayer, in the order torch's constructor does."""
+        for child in self.children():
+            reset = getattr(child, "reset_parameters", None)
+            if callable(reset):
+                reset()
 
     def _options(
         self,
@@ -209,7 +277,6 @@ class _VITransformerLayer(VIModule):
     ) -> _Options:
         """Check the layout and estimator; the Bayesian options for the children."""
         name = type(self).__name__
-        check_batch_first(batch_first, name)
         return _Options(
             prior,
             variational,
@@ -269,7 +336,14 @@ class _VITransformerLayer(VIModule):
         )
 
 
-@register(nn.TransformerEncoderLayer, read_arguments=_layer_arguments)
+@register(
+    nn.TransformerEncoderLayer,
+    read_arguments=_layer_arguments,
+    cases=(  # no dropout: particles are compared with torch in training mode
+        LayerCase((8, 2, 16, 0.0), (3, 5, 8), {"batch_first": True}),
+        LayerCase((8, 2, 16, 0.0), (5, 3, 8), {"norm_first": True}),
+    ),
+)
 class VITransformerEncoderLayer(_VITransformerLayer):
     """Bayesian counterpart of :class:`torch.nn.TransformerEncoderLayer`.
 
@@ -288,8 +362,9 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         activation: ``"relu"``, ``"gelu"`` or a unary callable (a module is
             registered as a submodule).
         layer_norm_eps: epsilon of the layer norms.
-        batch_first: must be ``True`` (particles are folded into the leading
-            batch dimension; ``False`` raises a ``ValueError``).
+        batch_first: ``(batch, sequence, feature)`` tensors if ``True``, else
+            ``(sequence, batch, feature)`` (torch's default; the layer runs
+            the batch-first fold, see :class:`~pyrolite_bnn.VIMultiheadAttention`).
         norm_first: pre-norm (``True``) or post-norm (``False``) residual blocks.
         bias: if ``False``, no biases in the linear layers and layer norms.
         prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`); a
@@ -301,15 +376,20 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         dtype: dtype of parameters and prior buffers.
 
     Shape:
-        - Input: ``src`` ``(B, L, d_model)``; ``src_mask`` ``(L, L)`` or
+        - Input: ``src`` ``(B, L, d_model)`` (``(L, B, d_model)`` with
+          ``batch_first=False``); ``src_mask`` ``(L, L)`` or
           ``(B * nhead, L, L)``; ``src_key_padding_mask`` ``(B, L)``.
-        - Output: ``(S, B, L, d_model)`` as the outermost module.
+        - Output: ``(S, B, L, d_model)`` (``(S, L, B, d_model)``) as the
+          outermost module.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
         >>> layer = bnn.VITransformerEncoderLayer(8, 2, 16, batch_first=True)
         >>> layer(torch.randn(3, 5, 8), samples=4).shape
         torch.Size([4, 3, 5, 8])
+        >>> seq_first = bnn.VITransformerEncoderLayer(8, 2, 16)  # torch's default
+        >>> seq_first(torch.randn(5, 3, 8), samples=4).shape
+        torch.Size([4, 5, 3, 8])
     """
 
     def __init__(
@@ -354,7 +434,19 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         is_causal: bool = False,
     ) -> Tensor:
         """Self-attention block, then feed-forward block, each with a residual."""
-        x = src
+
+        def body(x: Tensor) -> Tensor:
+            return self._encode(x, src_mask, src_key_padding_mask, is_causal)
+
+        return self._run(body, ("src",), src)
+
+    def _encode(
+        self,
+        x: Tensor,
+        src_mask: Tensor | None,
+        src_key_padding_mask: Tensor | None,
+        is_causal: bool,
+    ) -> Tensor:
         if self.norm_first:
             x = _add(
                 x, self._sa(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
@@ -378,12 +470,19 @@ class VITransformerEncoderLayer(_VITransformerLayer):
             attn_mask=attn_mask,
             key_padding_mask=key_padding_mask,
             need_weights=False,
-            is_causal=is_causal,
+            is_causal=bool(is_causal),  # None (a stack's default) is False
         )[0]
         return self.dropout1(out)  # type: ignore[no-any-return]
 
 
-@register(nn.TransformerDecoderLayer, read_arguments=_layer_arguments)
+@register(
+    nn.TransformerDecoderLayer,
+    read_arguments=_layer_arguments,
+    cases=(  # the input is target and memory
+        LayerCase((8, 2, 16, 0.0), (3, 5, 8), {"batch_first": True}, copies=2),
+        LayerCase((8, 2, 16, 0.0), (5, 3, 8), {"activation": "gelu"}, copies=2),
+    ),
+)
 class VITransformerDecoderLayer(_VITransformerLayer):
     """Bayesian counterpart of :class:`torch.nn.TransformerDecoderLayer`.
 
@@ -452,9 +551,21 @@ class VITransformerDecoderLayer(_VITransformerLayer):
         memory_is_causal: bool = False,
     ) -> Tensor:
         """Self-attention, cross-attention and feed-forward blocks with residuals."""
-        x = tgt
         sa = (tgt_mask, tgt_key_padding_mask, tgt_is_causal)
         mha = (memory_mask, memory_key_padding_mask, memory_is_causal)
+
+        def body(x: Tensor, memory: Tensor) -> Tensor:
+            return self._decode(x, memory, sa, mha)
+
+        return self._run(body, ("tgt", "memory"), tgt, memory)
+
+    def _decode(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        sa: tuple[Tensor | None, Tensor | None, bool],
+        mha: tuple[Tensor | None, Tensor | None, bool],
+    ) -> Tensor:
         if self.norm_first:
             x = _add(x, self._sa(self.norm1(x), *sa))
             x = _add(x, self._mha(self.norm2(x), memory, *mha))
@@ -477,7 +588,7 @@ class VITransformerDecoderLayer(_VITransformerLayer):
             x,
             attn_mask=attn_mask,
             key_padding_mask=key_padding_mask,
-            is_causal=is_causal,
+            is_causal=bool(is_causal),
             need_weights=False,
         )[0]
         return self.dropout1(out)  # type: ignore[no-any-return]
@@ -496,7 +607,7 @@ class VITransformerDecoderLayer(_VITransformerLayer):
             memory,
             attn_mask=attn_mask,
             key_padding_mask=key_padding_mask,
-            is_causal=is_causal,
+            is_causal=bool(is_causal),
             need_weights=False,
         )[0]
         return self.dropout2(out)  # type: ignore[no-any-return]
@@ -509,12 +620,15 @@ def _clones(layer: nn.Module, count: int) -> VISequential:
     return VISequential(*[copy.deepcopy(layer) for _ in range(count)])
 
 
+# The stacks have no LayerCases (their first argument is a layer, a torch one
+# for torch's class); VITransformer's cases run them, and the contract suite's
+# round trip converts them.
 @register(
     nn.TransformerEncoder,
     build_torch=_stack_to_torch,
     build_bayesian=_stack_to_bayesian,
 )
-class VITransformerEncoder(VIModule):
+class VITransformerEncoder(_SequenceModule):
     """Bayesian counterpart of :class:`torch.nn.TransformerEncoder`.
 
     ``num_layers`` deep copies of ``encoder_layer`` (each with its own random
@@ -536,9 +650,11 @@ class VITransformerEncoder(VIModule):
         mask_check: accepted, no effect.
 
     Shape:
-        - Input: ``src`` ``(B, L, d_model)``; ``mask`` ``(L, L)`` or
+        - Input: ``src`` ``(B, L, d_model)`` (``(L, B, d_model)`` if the
+          layer's ``batch_first=False``); ``mask`` ``(L, L)`` or
           ``(B * nhead, L, L)``; ``src_key_padding_mask`` ``(B, L)``.
-        - Output: ``(S, B, L, d_model)`` as the outermost module.
+        - Output: ``(S, B, L, d_model)`` (``(S, L, B, d_model)``) as the
+          outermost module.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -573,6 +689,24 @@ class VITransformerEncoder(VIModule):
         is_causal: bool | None = None,
     ) -> Tensor:
         """Pass ``src`` through the layers in turn, then the final norm."""
+
+        def body(x: Tensor) -> Tensor:
+            return self._encode(x, mask, src_key_padding_mask, is_causal)
+
+        return self._run(body, ("src",), src)
+
+    @property
+    def sequence_layout(self) -> bool:
+        """Whether the layers take sequence-first tensors (``batch_first=False``)."""
+        return not _stack_batch_first(self.layers)
+
+    def _encode(
+        self,
+        src: Tensor,
+        mask: Tensor | None,
+        src_key_padding_mask: Tensor | None,
+        is_causal: bool | None,
+    ) -> Tensor:
         if src.dim() != 3:
             raise ValueError(
                 f"{type(self).__name__} expected batch-first src (batch, sequence, "
@@ -599,7 +733,7 @@ class VITransformerEncoder(VIModule):
     build_torch=_stack_to_torch,
     build_bayesian=_stack_to_bayesian,
 )
-class VITransformerDecoder(VIModule):
+class VITransformerDecoder(_SequenceModule):
     """Bayesian counterpart of :class:`torch.nn.TransformerDecoder`.
 
     ``num_layers`` deep copies of ``decoder_layer`` and an optional final
@@ -612,8 +746,11 @@ class VITransformerDecoder(VIModule):
         norm: optional module applied to the output.
 
     Shape:
-        - Input: ``tgt`` ``(B, T, d_model)``, ``memory`` ``(B, Lm, d_model)``.
-        - Output: ``(S, B, T, d_model)`` as the outermost module.
+        - Input: ``tgt`` ``(B, T, d_model)``, ``memory`` ``(B, Lm, d_model)``
+          (``(T, B, d_model)``, ``(Lm, B, d_model)`` if the layer's
+          ``batch_first=False``).
+        - Output: ``(S, B, T, d_model)`` (``(S, T, B, d_model)``) as the
+          outermost module.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -646,6 +783,29 @@ class VITransformerDecoder(VIModule):
         memory_is_causal: bool = False,
     ) -> Tensor:
         """Pass ``tgt`` (attending to ``memory``) through the layers in turn."""
+        masks = (tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask)
+
+        def body(x: Tensor, memory: Tensor) -> Tensor:
+            return self._decode(x, memory, *masks, tgt_is_causal, memory_is_causal)
+
+        return self._run(body, ("tgt", "memory"), tgt, memory)
+
+    @property
+    def sequence_layout(self) -> bool:
+        """Whether the layers take sequence-first tensors (``batch_first=False``)."""
+        return not _stack_batch_first(self.layers)
+
+    def _decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Tensor | None,
+        memory_mask: Tensor | None,
+        tgt_key_padding_mask: Tensor | None,
+        memory_key_padding_mask: Tensor | None,
+        tgt_is_causal: bool | None,
+        memory_is_causal: bool,
+    ) -> Tensor:
         if tgt.dim() != 3:
             raise ValueError(
                 f"{type(self).__name__} expected batch-first tgt (batch, sequence, "
@@ -680,9 +840,15 @@ def _plain_matrices(module: nn.Module) -> list[Tensor]:
 
 
 @register(
-    nn.Transformer, build_torch=_model_to_torch, build_bayesian=_model_to_bayesian
+    nn.Transformer,
+    build_torch=_model_to_torch,
+    build_bayesian=_model_to_bayesian,
+    cases=(  # the input is source and target; the stacks' cases are these
+        LayerCase((8, 2, 1, 1, 16, 0.0), (5, 3, 8), copies=2),
+        LayerCase((8, 2, 2, 1, 16, 0.0), (3, 5, 8), {"batch_first": True}, copies=2),
+    ),
 )
-class VITransformer(VIModule):
+class VITransformer(_SequenceModule):
     """Bayesian counterpart of :class:`torch.nn.Transformer`.
 
     An encoder and a decoder (:class:`VITransformerEncoder`,
@@ -701,7 +867,10 @@ class VITransformer(VIModule):
         custom_encoder: module used instead of the built encoder.
         custom_decoder: module used instead of the built decoder.
         layer_norm_eps: epsilon of the layer norms.
-        batch_first: must be ``True`` (see :class:`VITransformerEncoderLayer`).
+        batch_first: ``(batch, sequence, feature)`` tensors if ``True``, else
+            ``(sequence, batch, feature)`` (torch's default). Sequence-first,
+            a ``custom_decoder`` that is a plain torch module cannot follow a
+            Bayesian encoder (it would attend across the folded particles).
         norm_first: pre-norm residual blocks.
         bias: if ``False``, no biases in linear layers and layer norms.
         prior: prior of every weight. A per-variable mapping is not accepted
@@ -719,9 +888,11 @@ class VITransformer(VIModule):
     the same), or build the float mask inside ``forward``.
 
     Shape:
-        - Input: ``src`` ``(B, L, d_model)``, ``tgt`` ``(B, T, d_model)``,
-          masks as :class:`torch.nn.Transformer` (batch-first).
-        - Output: ``(S, B, T, d_model)`` as the outermost module.
+        - Input: ``src`` ``(B, L, d_model)``, ``tgt`` ``(B, T, d_model)``
+          (``(L, B, d_model)``, ``(T, B, d_model)`` with ``batch_first=False``),
+          masks as :class:`torch.nn.Transformer`.
+        - Output: ``(S, B, T, d_model)`` (``(S, T, B, d_model)``) as the
+          outermost module.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -758,7 +929,6 @@ class VITransformer(VIModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        check_batch_first(batch_first, name)
         if isinstance(prior, Mapping) or isinstance(variational, Mapping):
             raise ValueError(
                 f"{name} takes one prior/variational for every weight; for "
@@ -808,9 +978,28 @@ class VITransformer(VIModule):
         self.d_model = d_model
         self.nhead = nhead
         self.batch_first = batch_first
-        self.reset_parameters()
+        self._reset_matrices()  # the layers were initialised by their constructors
 
     def reset_parameters(self) -> None:
+        """Re-initialise as torch's constructor: the layers, then Xavier matrices.
+
+        The first layer of each built stack is reset and copied to the others
+        (torch's stacks are clones of one layer), then every matrix is drawn
+        Xavier-uniform; seeded, the random numbers are those of torch's
+        constructor.
+        """
+        for stack in (self.encoder, self.decoder):
+            if isinstance(stack, VITransformerEncoder | VITransformerDecoder):
+                first, *others = stack.layers
+                if isinstance(first, _VITransformerLayer):  # not a custom layer
+                    first.reset_parameters()
+                    for other in others:
+                        other.load_state_dict(first.state_dict())
+                if isinstance(stack.norm, nn.LayerNorm):
+                    stack.norm.reset_parameters()
+        self._reset_matrices()
+
+    def _reset_matrices(self) -> None:
         """Xavier-uniform posterior means (and plain weights) for every matrix."""
         for variable in self.random_variables():
             if len(variable.shape) > 1:
@@ -835,23 +1024,116 @@ class VITransformer(VIModule):
         memory_is_causal: bool = False,
     ) -> Tensor:
         """Encode ``src`` into a memory, decode ``tgt`` attending to it."""
+        masks = (
+            src_mask,
+            tgt_mask,
+            memory_mask,
+            src_key_padding_mask,
+            tgt_key_padding_mask,
+            memory_key_padding_mask,
+        )
+        causal = (src_is_causal, tgt_is_causal, memory_is_causal)
+
+        def body(src: Tensor, tgt: Tensor) -> Tensor:
+            return self._transform(src, tgt, *masks, *causal)
+
+        layout = "batch-first" if self.batch_first else "sequence-first"
         if src.dim() != 3 or tgt.dim() != 3:
             raise ValueError(
-                f"{type(self).__name__} expected batch-first src and tgt (batch, "
-                f"sequence, d_model), got {tuple(src.shape)} and {tuple(tgt.shape)}"
+                f"{type(self).__name__} expected {layout} src and tgt, got "
+                f"{tuple(src.shape)} and {tuple(tgt.shape)}"
             )
-        if src.shape[0] != tgt.shape[0]:
+        batch_dim = 0 if self.batch_first else 1
+        if src.shape[batch_dim] != tgt.shape[batch_dim]:
             raise RuntimeError("the batch number of src and tgt must be equal")
         if src.shape[-1] != self.d_model or tgt.shape[-1] != self.d_model:
             raise RuntimeError(
                 "the feature number of src and tgt must be equal to d_model"
             )
-        memory = self.encoder(
+        plain_encoder = not isinstance(self.encoder, _SequenceModule)
+        plain_decoder = not isinstance(self.decoder, _SequenceModule)
+        if self.batch_first or not (plain_encoder or plain_decoder):
+            return self._run(body, ("src", "tgt"), src, tgt)
+        # A plain torch encoder/decoder (custom, or left by convert's exclude=)
+        # takes the sequence-first tensors itself. A plain decoder after a
+        # Bayesian encoder would read the memory folded into its sequence
+        # dimension as one longer sequence.
+        if plain_decoder:
+            if any(isinstance(m, VIModule) for m in self.encoder.modules()):
+                raise ValueError(
+                    f"{type(self).__name__}(batch_first=False): a plain "
+                    f"{type(self.decoder).__name__} after a Bayesian encoder would "
+                    "attend across particles (they are folded into the sequence "
+                    "dimension); use a VITransformerDecoder or batch_first=True"
+                )
+            return body(src, tgt)
+        # A plain encoder on the sequence-first source, then the Bayesian
+        # decoder in the batch-first fold.
+        seq = SequenceFirst(self, src.shape[1])
+        memory = self._encode(src, src_mask, src_key_padding_mask, src_is_causal)
+        memory = seq.batch_first(memory, "memory", seq.length(src, "src"))
+        target = seq.batch_first(tgt, "tgt")
+        with seq.body():
+            output = self._decode(target, memory, *masks[1:3], *masks[4:], *causal[1:])
+        return seq.sequence_first(output)
+
+    @property
+    def sequence_layout(self) -> bool:
+        """Whether this model takes sequence-first tensors (``batch_first=False``)."""
+        return not self.batch_first
+
+    def _transform(
+        self,
+        src: Tensor,
+        tgt: Tensor,
+        src_mask: Tensor | None,
+        tgt_mask: Tensor | None,
+        memory_mask: Tensor | None,
+        src_key_padding_mask: Tensor | None,
+        tgt_key_padding_mask: Tensor | None,
+        memory_key_padding_mask: Tensor | None,
+        src_is_causal: bool | None,
+        tgt_is_causal: bool | None,
+        memory_is_causal: bool,
+    ) -> Tensor:
+        memory = self._encode(src, src_mask, src_key_padding_mask, src_is_causal)
+        return self._decode(
+            tgt,
+            memory,
+            tgt_mask,
+            memory_mask,
+            tgt_key_padding_mask,
+            memory_key_padding_mask,
+            tgt_is_causal,
+            memory_is_causal,
+        )
+
+    def _encode(
+        self,
+        src: Tensor,
+        src_mask: Tensor | None,
+        src_key_padding_mask: Tensor | None,
+        src_is_causal: bool | None,
+    ) -> Tensor:
+        memory: Tensor = self.encoder(
             src,
             mask=src_mask,
             src_key_padding_mask=src_key_padding_mask,
             is_causal=src_is_causal,
         )
+        return memory
+
+    def _decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Tensor | None,
+        memory_mask: Tensor | None,
+        tgt_key_padding_mask: Tensor | None,
+        memory_key_padding_mask: Tensor | None,
+        tgt_is_causal: bool | None,
+        memory_is_causal: bool,
+    ) -> Tensor:
         output: Tensor = self.decoder(
             tgt,
             memory,

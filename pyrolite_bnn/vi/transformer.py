@@ -4,8 +4,10 @@ Each class is the :mod:`pyrolite_bnn` layer of the same name
 (:class:`pyrolite_bnn.VIMultiheadAttention`, ``VITransformer*``) taking
 torch_blue's arguments: no ``dropout`` (torch_blue has none), the
 ``variational_distribution``/``prior`` objects of :mod:`pyrolite_bnn.vi.distributions`,
-``return_log_probs``. Like the library's sequence layers they need
-``batch_first=True`` (torch_blue's default for all but ``VITransformer``).
+``return_log_probs``. The defaults of ``batch_first`` are torch_blue's:
+``True`` for the attention and transformer layers, ``False`` for
+``VITransformer``; ``batch_first=False`` takes sequence-first tensors
+``(L, B, E)`` and returns ``(S, L, B, E)``.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class VIMultiheadAttention(BnnAttention, VIModule):
         add_zero_attn: a zero position appended to key and value.
         kdim: key dimension (default ``embed_dim``).
         vdim: value dimension (default ``embed_dim``).
-        batch_first: must be ``True``.
+        batch_first: ``(batch, sequence, feature)`` tensors if ``True`` (the
+            default), else ``(sequence, batch, feature)``.
         variational_distribution: see :class:`~pyrolite_bnn.vi.VIkwargs`.
         prior: see :class:`~pyrolite_bnn.vi.VIkwargs`.
         kaiming_initialization: see :class:`~pyrolite_bnn.vi.VIkwargs`.
@@ -319,15 +322,15 @@ class VITransformer(BnnTransformer, VIModule):
     """Bayesian encoder-decoder transformer with torch_blue's arguments.
 
     torch_blue's defaults (``d_model=32``, one head, one layer each,
-    ``dim_feedforward=256``), except ``batch_first=True`` (the only layout
-    the library's sequence layers take).
+    ``dim_feedforward=256``, ``batch_first=False``: sequence-first tensors
+    ``(L, B, d_model)``, output ``(S, T, B, d_model)``).
 
     Example:
         >>> import torch
         >>> from pyrolite_bnn import vi
         >>> model = vi.VITransformer(d_model=8, nhead=2, dim_feedforward=16)
-        >>> model(torch.randn(3, 5, 8), torch.randn(3, 4, 8), samples=2).shape
-        torch.Size([2, 3, 4, 8])
+        >>> model(torch.randn(5, 3, 8), torch.randn(4, 3, 8), samples=2).shape
+        torch.Size([2, 4, 3, 8])
     """
 
     def __init__(
@@ -341,7 +344,7 @@ class VITransformer(BnnTransformer, VIModule):
         custom_encoder: Any | None = None,
         custom_decoder: Any | None = None,
         layer_norm_eps: float = 1e-5,
-        batch_first: bool = True,
+        batch_first: bool = False,
         norm_first: bool = False,
         bias: bool = True,
         variational_distribution: Any = None,

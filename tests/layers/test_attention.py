@@ -172,8 +172,7 @@ def test_signature_repr_and_errors() -> None:
     assert repr(bnn.VIMultiheadAttention(8, 2, batch_first=True)).startswith(
         "VIMultiheadAttention(\n  embed_dim=8, num_heads=2, batch_first=True"
     )
-    with pytest.raises(ValueError, match="batch_first=True"):
-        bnn.VIMultiheadAttention(8, 2)
+    assert not bnn.VIMultiheadAttention(8, 2).batch_first  # torch's default
     with pytest.raises(ValueError, match="divisible by num_heads"):
         bnn.VIMultiheadAttention(8, 3, batch_first=True)
     with pytest.raises(ValueError, match="estimator='auto' or 'reparam'"):

@@ -7,6 +7,10 @@ folded inputs); repr; ``reset_parameters`` is torch's initialisation;
 ``state_dict`` round trip; float64; gradients reach every parameter; the
 PyTorch-style loss equals Pyro's ELBOs; ``to_deterministic``, ``predict(...,
 mode="mean")`` and the torch -> Bayesian conversion.
+
+Sequence layers return tuples (``(output, weights)``, ``(output, (h_n,
+c_n))``): as the outermost module every tensor of the output is compared; inside
+a network (``_Call``) and where a loss needs one tensor, the first one.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from torch import Tensor, nn
 import pyrolite_bnn as bnn
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.registry import LayerCase, LayerEntry
+
+# torch's own note when building a sequence-first nn.Transformer reference.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:enable_nested_tensor is True:UserWarning"
+)
 
 ENTRIES = [entry for entry in registry.entries() if entry.cases]
 CASES = [(entry, case) for entry in ENTRIES for case in entry.cases]
@@ -55,16 +64,39 @@ def _widen(module: nn.Module) -> None:
                 p.uniform_(-1.0, 0.0)
 
 
-class _Call(bnn.VIModule):
-    """``layer(x, **forward_kwargs)`` as a network of one input."""
+def _tensors(value: Any) -> list[Tensor]:
+    """The tensors of a layer's output (tuples and nested tuples), in order."""
+    if isinstance(value, tuple | list):
+        return [t for item in value for t in _tensors(item)]
+    return [] if value is None else [value]
 
-    def __init__(self, layer: nn.Module, forward_kwargs: Any) -> None:
+
+def _first(value: Any) -> Tensor:
+    """The main output: the first tensor (a sequence layer's ``output``)."""
+    return _tensors(value)[0]
+
+
+def _call(
+    layer: nn.Module, case: LayerCase, x: Tensor, **kwargs: Any
+) -> Any:  # the whole output, a tensor or a tuple
+    return layer(*(x,) * case.copies, **case.forward_kwargs, **kwargs)
+
+
+class _Call(bnn.VIModule):
+    """``layer(x, ..., **forward_kwargs)`` as a network of one input.
+
+    Returns the layer's first output tensor: inside a network, outputs without
+    a leading batch (hidden states ``(layers, B * S, H)``, the attention weights
+    of a sequence-first layer) are not the network's to unfold.
+    """
+
+    def __init__(self, layer: nn.Module, case: LayerCase) -> None:
         super().__init__()
         self.layer = layer
-        self.forward_kwargs = dict(forward_kwargs)
+        self.case = case
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layer(x, **self.forward_kwargs)  # type: ignore[no-any-return]
+        return _first(_call(self.layer, self.case, x))
 
 
 def test_every_layer_is_registered() -> None:
@@ -83,7 +115,7 @@ def test_every_layer_is_registered() -> None:
 @pytest.mark.parametrize("entry", ENTRIES, ids=_id)
 def test_signature_matches_torch(entry: LayerEntry) -> None:
     ours = inspect.signature(entry.bayesian_cls.__init__).parameters
-    theirs = inspect.signature(entry.torch_cls.__init__).parameters
+    theirs = _torch_parameters(entry.torch_cls)
     # torch lets device/dtype be positional too; here they are keyword-only.
     shared = [
         (name, p.default)
@@ -101,6 +133,28 @@ def test_signature_matches_torch(entry: LayerEntry) -> None:
     assert [ours[n].default for n in keyword_only] == [None, None, "auto", None, None]
 
 
+# Arguments of torch's RNNBase that a subclass fixes (mode) or refuses.
+_NOT_ARGUMENTS: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.LSTM: ("mode",),
+    nn.GRU: ("mode", "proj_size"),  # torch's GRU raises for proj_size
+}
+
+
+def _torch_parameters(cls: type[nn.Module]) -> dict[str, inspect.Parameter]:
+    """The torch class's constructor arguments.
+
+    ``nn.LSTM``/``nn.GRU`` take ``*args``: their arguments are those of the
+    first base class that names them (``RNNBase``) but the ones the class
+    fixes or refuses.
+    """
+    for base in cls.__mro__:
+        parameters = inspect.signature(base.__init__).parameters  # type: ignore[misc]
+        if not any(p.kind is p.VAR_POSITIONAL for p in parameters.values()):
+            drop = _NOT_ARGUMENTS.get(cls, ())
+            return {k: p for k, p in parameters.items() if k not in drop}
+    raise AssertionError(f"no signature for {cls}")
+
+
 def _fixed_weights(layer: bnn.VIModule, samples: int) -> dict[str, Tensor]:
     return {
         v.site: torch.randn(samples, 1, *v.shape) * 0.5
@@ -109,40 +163,66 @@ def _fixed_weights(layer: bnn.VIModule, samples: int) -> dict[str, Tensor]:
 
 
 def _run_with(
-    layer: bnn.VIModule, x: Tensor, weights: dict[str, Tensor], samples: int
-) -> Tensor:
+    layer: bnn.VIModule,
+    x: Tensor,
+    weights: dict[str, Tensor],
+    samples: int,
+    case: LayerCase | None = None,
+) -> Any:
+    """``layer`` (a ``_Call``, or the layer itself with its ``case``) at ``weights``."""
     with poutine.trace():  # a handler makes the network a plain Pyro model
-        return poutine.condition(layer, data=weights)(x, samples=samples)  # type: ignore[no-any-return]
+        conditioned = poutine.condition(layer, data=weights)
+        if case is None:
+            return conditioned(x, samples=samples)
+        return _call(conditioned, case, x, samples=samples)
 
 
 def _torch_at(
     entry: LayerEntry, layer: bnn.VIModule, weights: dict[str, Tensor], s: int
 ) -> nn.Module:
-    """The torch layer with the weights of particle ``s``."""
-    prefix = "layer." if isinstance(layer, _Call) else ""
-    inner = layer.layer if isinstance(layer, _Call) else layer
-    assert isinstance(inner, bnn.VIModule)
-    means = {name: weights[prefix + name][s, 0] for name in inner.posterior}
-    return entry.to_torch(inner, means)
+    """The torch layer with the weights of particle ``s`` (sublayers' too).
+
+    ``weights`` are keyed by site relative to ``layer``.
+    """
+    own = layer.declared_variables()
+    if entry.build_torch is None:  # the layer's own variables, through its hooks
+        plain = entry.to_torch(layer, {n: weights[n][s, 0] for n in own})
+    else:  # a container (no variables of its own)
+        plain = bnn.to_deterministic(layer)
+    assert type(plain) is entry.torch_cls
+    with torch.no_grad():  # the sublayers' variables, named by torch's paths
+        for v in layer.random_variables():
+            if v.site not in own:
+                plain.get_parameter(v.site).copy_(weights[v.site][s, 0])
+    return plain
+
+
+def _inside(weights: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Weights of a network keyed relative to its submodule at ``prefix``."""
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
 @parametrize_cases
 def test_equals_torch_per_particle(entry: LayerEntry, case: LayerCase) -> None:
-    layer = _Call(_make(entry, case), case.forward_kwargs)
+    """The outermost layer: every output tensor, for S particles and one."""
+    layer = _make(entry, case)
     x = case.make_input()
     samples = 3
     weights = _fixed_weights(layer, samples)
-    out = _run_with(layer, x, weights, samples)
+    out = _tensors(_run_with(layer, x, weights, samples, case))
     for s in range(samples):
         with torch.no_grad():
-            expected = _torch_at(entry, layer, weights, s)(x, **case.forward_kwargs)
-        torch.testing.assert_close(out[s], expected, rtol=1e-5, atol=1e-5)
+            expected = _tensors(_call(_torch_at(entry, layer, weights, s), case, x))
+        assert len(out) == len(expected)
+        for got, want in zip(out, expected, strict=True):
+            torch.testing.assert_close(got[s], want, rtol=1e-5, atol=1e-5)
     one = {k: v[:1] for k, v in weights.items()}
-    single = _run_with(layer, x, one, 1)
+    single = _tensors(_run_with(layer, x, one, 1, case))
     with torch.no_grad():
-        expected = _torch_at(entry, layer, weights, 0)(x, **case.forward_kwargs)
-    assert single.shape == (1, *expected.shape)
-    torch.testing.assert_close(single[0], expected, rtol=1e-5, atol=1e-5)
+        expected = _tensors(_call(_torch_at(entry, layer, weights, 0), case, x))
+    for got, want in zip(single, expected, strict=True):
+        assert got.shape == (1, *want.shape)
+        torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
 
 
 class _PerParticleInput(nn.Module):
@@ -171,16 +251,15 @@ def test_folded_input_equals_torch(entry: LayerEntry, case: LayerCase) -> None:
     samples = 3
     fold = _PerParticleInput(samples, case.index_range)
     inner = _make(entry, case)
-    net = bnn.VISequential(fold, _Call(inner, case.forward_kwargs))
+    call = _Call(inner, case)
+    net = bnn.VISequential(fold, call)
     x = case.make_input()
     weights = _fixed_weights(net, samples)
     out = _run_with(net, x, weights, samples)
     for s in range(samples):
-        means = {v.name: weights[v.site][s, 0] for v in net.random_variables()}
+        plain = _torch_at(entry, inner, _inside(weights, "1.layer."), s)
         with torch.no_grad():
-            expected = entry.to_torch(inner, means)(
-                fold.transform(x, s), **case.forward_kwargs
-            )
+            expected = _first(_call(plain, case, fold.transform(x, s)))
         torch.testing.assert_close(out[s], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -188,12 +267,37 @@ def test_folded_input_equals_torch(entry: LayerEntry, case: LayerCase) -> None:
 def test_repr_is_torch_repr(entry: LayerEntry, case: LayerCase) -> None:
     layer = _make(entry, case)
     reference = entry.torch_cls(*case.args, **case.kwargs)
-    assert repr(layer) == "VI" + repr(reference)
     options = _make(entry, case, prior=bnn.NormalPrior(0.0, 0.5), estimator="reparam")
+    if next(reference.children(), None) is not None:
+        # torch prints a layer with sublayers (attention, Transformer) as its
+        # children only; ours also prints its own constructor arguments, so
+        # here the check is the class and every child under torch's name.
+        assert repr(layer).startswith(f"VI{entry.torch_cls.__name__}(")
+        for name, _ in reference.named_children():
+            assert f"({name}): " in repr(layer), name
+        assert "estimator='reparam'" in repr(options)
+        return
+    assert repr(layer) == "VI" + repr(reference)
     assert repr(options) == (
         "VI" + repr(reference)[:-1] + ", prior=NormalPrior(loc=0, scale=0.5), "
         "estimator='reparam')"
     )
+
+
+def _weights_of(
+    entry: LayerEntry, reference: nn.Module, layer: bnn.VIModule
+) -> dict[str, Tensor]:
+    """The value of each of ``layer``'s variables (by site) in the torch layer.
+
+    The layer's own variables through its entry's hooks, its sublayers' by
+    torch's parameter path.
+    """
+    own = layer.declared_variables()
+    values = dict(entry.means_from(reference, layer)) if own else {}
+    for v in layer.random_variables():
+        if v.site not in own:
+            values[v.site] = reference.get_parameter(v.site)
+    return values
 
 
 @parametrize_cases
@@ -205,12 +309,13 @@ def test_reset_parameters_is_torch_init(entry: LayerEntry, case: LayerCase) -> N
     layer = _make(entry, case, variational=family)
     torch.manual_seed(1)
     reference = entry.torch_cls(*case.args, **case.kwargs)
-    expected = entry.means_from(reference, layer)
+    expected = _weights_of(entry, reference, layer)
 
     def check() -> None:
-        assert set(expected) == set(layer.posterior)
+        variables = {v.site: v.posterior for v in layer.random_variables()}
+        assert set(expected) == set(variables)
         for name, mean in expected.items():
-            posterior = layer.posterior[name]
+            posterior = variables[name]
             torch.testing.assert_close(posterior.loc, mean, rtol=0, atol=0)
             scale = posterior.scale()  # type: ignore[operator]
             torch.testing.assert_close(
@@ -238,11 +343,11 @@ def test_state_dict_round_trip(entry: LayerEntry, case: LayerCase) -> None:
     copy.load_state_dict(layer.state_dict())
     x = case.make_input()
     pyro.set_rng_seed(5)
-    expected = layer(x, samples=3, **case.forward_kwargs)
+    expected = _tensors(_call(layer, case, x, samples=3))
     pyro.set_rng_seed(5)
-    torch.testing.assert_close(
-        copy(x, samples=3, **case.forward_kwargs), expected, rtol=0, atol=0
-    )
+    got = _tensors(_call(copy, case, x, samples=3))
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @parametrize_cases
@@ -255,15 +360,16 @@ def test_float64(entry: LayerEntry, case: LayerCase, how: str) -> None:
     assert all(p.dtype == torch.float64 for p in layer.parameters())
     assert all(b.dtype == torch.float64 for b in layer.buffers())
     x = case.make_input(dtype=torch.float64)
-    out = layer(x, samples=2, **case.forward_kwargs)
-    assert out.dtype == torch.float64
+    out = _call(layer, case, x, samples=2)
+    assert all(t.dtype == torch.float64 for t in _tensors(out))
     # Fixed float64 weights: equal to the float64 torch layer to 1e-12.
-    net = _Call(layer, case.forward_kwargs)
+    net = _Call(layer, case)
     weights = {k: v.double() for k, v in _fixed_weights(net, 2).items()}
     out = _run_with(net, x, weights, 2)
     for s in range(2):
         with torch.no_grad():
-            expected = _torch_at(entry, net, weights, s)(x, **case.forward_kwargs)
+            plain = _torch_at(entry, layer, _inside(weights, "layer."), s)
+            expected = _first(_call(plain, case, x))
         assert expected.dtype == torch.float64
         torch.testing.assert_close(out[s], expected, rtol=1e-12, atol=1e-12)
 
@@ -275,7 +381,7 @@ def _target(out: Tensor) -> Tensor:
 @parametrize_cases
 def test_gradients_reach_every_parameter(entry: LayerEntry, case: LayerCase) -> None:
     layer = _make(entry, case)
-    out = layer(case.make_input(), samples=2, **case.forward_kwargs)
+    out = _first(_call(layer, case, case.make_input(), samples=2))
     bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)(out, _target(out)).backward()
     for name, p in layer.named_parameters():
         assert p.grad is not None, name
@@ -290,7 +396,7 @@ def test_loss_equals_pyro_elbo(
     entry: LayerEntry, case: LayerCase, kl: str, elbo: type[pyro.infer.ELBO]
 ) -> None:
     """PyTorch-style loss == Pyro's ELBO / N for the same draws, with gradients."""
-    net = _Call(_make(entry, case, estimator="reparam"), case.forward_kwargs)
+    net = _Call(_make(entry, case, estimator="reparam"), case)
     _widen(net)  # KL terms and weight noise both matter
     x = case.make_input()
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N, kl=kl)  # type: ignore[arg-type]
@@ -321,14 +427,22 @@ def test_to_deterministic_and_mean_prediction(
     _widen(layer)  # sampling would be visibly different from the mean
     plain = bnn.to_deterministic(layer)
     assert type(plain) is entry.torch_cls
-    means = {name: layer.posterior[name].mean() for name in layer.posterior}
-    for name, value in entry.weights_from(layer, means).items():
-        torch.testing.assert_close(getattr(plain, name), value, rtol=0, atol=0)
-    net = _Call(layer, case.forward_kwargs)
+    own = layer.declared_variables()
+    if own:  # the layer's own variables, through its entry's hooks
+        means = {name: layer.posterior[name].mean() for name in own}
+        for name, value in entry.weights_from(layer, means).items():
+            torch.testing.assert_close(getattr(plain, name), value, rtol=0, atol=0)
+    for v in layer.random_variables():  # sublayers': torch's parameter paths
+        if v.site not in own:
+            value = v.posterior.mean()
+            torch.testing.assert_close(
+                plain.get_parameter(v.site), value, rtol=0, atol=0
+            )
+    net = _Call(layer, case)
     x = case.make_input()
     mean = bnn.predict(net, x, bnn.Normal(scale=1.0), mode="mean").samples[0]
     with torch.no_grad():
-        expected = plain(x, **case.forward_kwargs)
+        expected = _first(_call(plain, case, x))
     torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-6)
     wrapped = bnn.to_deterministic(net)
     torch.testing.assert_close(wrapped(x), expected, rtol=1e-6, atol=1e-6)
@@ -338,18 +452,23 @@ def test_to_deterministic_and_mean_prediction(
 def test_from_torch_layer(entry: LayerEntry, case: LayerCase) -> None:
     """torch -> Bayesian (same arguments, means = weights) -> torch is the identity."""
     reference = entry.torch_cls(*case.args, **case.kwargs)
-    layer = entry.to_bayesian(reference, estimator="reparam")
+    if entry.build_bayesian is None:
+        layer = entry.to_bayesian(reference, estimator="reparam")
+    else:  # a container: its children are converted first
+        layer = bnn.convert(reference, estimator="reparam")
     assert type(layer) is entry.bayesian_cls
-    assert layer.estimator == "reparam"
+    for module in layer.modules():  # every layer with variables takes the option
+        if isinstance(module, bnn.VIModule) and module.declared_variables():
+            assert getattr(module, "estimator") == "reparam"  # noqa: B009
     back = bnn.to_deterministic(layer)
     x = case.make_input()
     with torch.no_grad():
-        expected = reference(x, **case.forward_kwargs)
-        torch.testing.assert_close(
-            back(x, **case.forward_kwargs), expected, rtol=0, atol=0
-        )
+        expected = _tensors(_call(reference, case, x))
+        got = _tensors(_call(back, case, x))
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     for name, p in reference.named_parameters():
-        torch.testing.assert_close(getattr(back, name), p, rtol=0, atol=0)
+        torch.testing.assert_close(back.get_parameter(name), p, rtol=0, atol=0)
 
 
 # Sequence layers take several inputs and return tuples, so they are not

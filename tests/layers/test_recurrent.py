@@ -73,14 +73,14 @@ def _check_equal(
     for s in range(samples):
         load_particle(reference, layer, weights, s)
         with torch.no_grad():
-            ref_out, ref_final = reference(x, _torch_state(state))
+            ref_out, ref_final = reference(x, state)
         torch.testing.assert_close(out[s], ref_out, **TOL)
-        # h_n (and c_n) come back batch-first: torch's state transposed.
+        # h_n (and c_n): torch's layout with the particle dimension in front.
         if mode == "LSTM":
-            torch.testing.assert_close(final[0][s], ref_final[0].transpose(0, 1), **TOL)
-            torch.testing.assert_close(final[1][s], ref_final[1].transpose(0, 1), **TOL)
+            torch.testing.assert_close(final[0][s], ref_final[0], **TOL)
+            torch.testing.assert_close(final[1][s], ref_final[1], **TOL)
         else:
-            torch.testing.assert_close(final[s], ref_final.transpose(0, 1), **TOL)
+            torch.testing.assert_close(final[s], ref_final, **TOL)
 
 
 @pytest.mark.parametrize("options", OPTIONS + LSTM_ONLY, ids=str)
@@ -100,9 +100,10 @@ def test_one_particle_equals_torch(mode: str) -> None:
 
 def test_initial_states_equal_torch() -> None:
     options = {"num_layers": 2, "bidirectional": True, "proj_size": 3}
+    # torch's layout (num_layers * directions, B, H), shared by the particles
     h0, c0 = torch.randn(4, 4, 3), torch.randn(4, 4, 7)
     _check_equal("LSTM", options, state=(h0, c0))
-    _check_equal("GRU", {"num_layers": 2}, state=torch.randn(4, 2, 7))
+    _check_equal("GRU", {"num_layers": 2}, state=torch.randn(2, 4, 7))
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
@@ -145,13 +146,13 @@ def test_shapes_as_outermost_module() -> None:
     lstm = bnn.VILSTM(3, 8, num_layers=2, bidirectional=True, batch_first=True)
     out, (h_n, c_n) = lstm(torch.randn(5, 7, 3), samples=4)
     assert out.shape == (4, 5, 7, 16)
-    assert h_n.shape == c_n.shape == (4, 5, 4, 8)
+    assert h_n.shape == c_n.shape == (4, 4, 5, 8)  # torch's, particle first
     gru = bnn.VIGRU(3, 8, batch_first=True)
-    out, h_n = gru(torch.randn(5, 7, 3), (torch.zeros(5, 1, 8)), samples=2)
+    out, h_n = gru(torch.randn(5, 7, 3), (torch.zeros(1, 5, 8)), samples=2)
     assert out.shape == (2, 5, 7, 8)
-    assert h_n.shape == (2, 5, 1, 8)
+    assert h_n.shape == (2, 1, 5, 8)
     # The last output step of a one-layer forward GRU is its final state.
-    torch.testing.assert_close(out[:, :, -1], h_n[:, :, 0], rtol=0, atol=0)
+    torch.testing.assert_close(out[:, :, -1], h_n[:, 0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
@@ -189,10 +190,7 @@ def test_repr_and_reset() -> None:
 
 
 def test_errors_say_what_to_do() -> None:
-    with pytest.raises(ValueError, match="batch_first=True"):
-        bnn.VILSTM(3, 4)
-    with pytest.raises(ValueError, match="batch_first=True"):
-        bnn.VIGRU(3, 4, batch_first=False)
+    assert not bnn.VILSTM(3, 4).batch_first  # torch's default
     with pytest.raises(ValueError, match="estimator='auto' or 'reparam'"):
         bnn.VILSTM(3, 4, batch_first=True, estimator="local")
     with pytest.raises(ValueError, match="estimator='auto' or 'reparam'"):
@@ -207,8 +205,8 @@ def test_errors_say_what_to_do() -> None:
     packed = pack_padded_sequence(torch.randn(2, 5, 3), [5, 3], batch_first=True)
     with pytest.raises(TypeError, match="PackedSequence"):
         lstm(packed)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"h0 must be batch-first"):
-        lstm(torch.randn(2, 5, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+    with pytest.raises(ValueError, match=r"h0 must be in torch's layout"):
+        lstm(torch.randn(2, 5, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 1, 4)))
 
 
 def test_weights_drawn_once_per_particle_and_sequence() -> None:

@@ -1,0 +1,337 @@
+"""Sequence-first layouts (``batch_first=False``) of the sequence layers.
+
+At fixed weights every particle equals the torch layer with
+``batch_first=False`` (tolerance 1e-5, float32 round-off of the same
+arithmetic in another order): as the outermost module (outputs
+``(S, L, B, ...)``, attention weights ``(S, B, Lq, Lk)``, states
+``(S, layers * D, B, H)``), and inside a sequence-first network whose
+activations are folded into the sequence dimension ``(L * S, B, ...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from _sequence_helpers import fixed_weights, run_fixed
+from torch import Tensor, nn
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn.layers.functional import current_samples
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+B, LQ, LK, E, HEADS, SAMPLES = 3, 5, 7, 8, 2, 3
+CAUSAL = torch.ones(LQ, LQ, dtype=torch.bool).triu(1)
+PADDING = torch.zeros(B, LK, dtype=torch.bool)
+PADDING[0, -2:] = True
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    """The tensors of a (nested) output, in order."""
+    if isinstance(value, tuple | list):
+        return [t for item in value for t in _tensors(item)]
+    return [] if value is None else [value]
+
+
+def _torch_at(layer: bnn.VIModule, weights: dict[str, Tensor], s: int) -> nn.Module:
+    """``bnn.to_deterministic(layer)`` with particle ``s``'s weights."""
+    plain = bnn.to_deterministic(layer).eval()
+    with torch.no_grad():
+        for site, value in weights.items():
+            plain.get_parameter(site).copy_(value[s, 0])
+    return plain
+
+
+def _check_root(layer: bnn.VIModule, *args: Any, **kwargs: Any) -> list[Tensor]:
+    """Outermost call == torch per particle, S particles and one."""
+    layer.eval()
+    weights = fixed_weights(layer, SAMPLES)
+    out = _tensors(run_fixed(layer, weights, SAMPLES, *args, **kwargs))
+    for s in range(SAMPLES):
+        with torch.no_grad():
+            expected = _tensors(_torch_at(layer, weights, s)(*args, **kwargs))
+        assert len(out) == len(expected)
+        for got, want in zip(out, expected, strict=True):
+            torch.testing.assert_close(got[s], want, **TOL)
+    one = {k: v[:1] for k, v in weights.items()}
+    single = _tensors(run_fixed(layer, one, 1, *args, **kwargs))
+    for got, want in zip(single, out, strict=True):
+        torch.testing.assert_close(got[0], want[0], **TOL)
+    return out
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"add_bias_kv": True, "add_zero_attn": True}, {"kdim": 4, "vdim": 6}],
+)
+@pytest.mark.parametrize(
+    "call",
+    [
+        {},
+        {"key_padding_mask": PADDING, "average_attn_weights": False},
+        {"attn_mask": torch.rand(LQ, LK) > 0.8, "key_padding_mask": PADDING},
+        {"attn_mask": torch.randn(B * HEADS, LQ, LK), "need_weights": False},
+    ],
+)
+def test_attention_equals_torch(options: dict[str, Any], call: dict[str, Any]) -> None:
+    layer = bnn.VIMultiheadAttention(E, HEADS, **options)  # torch's default layout
+    assert not layer.batch_first
+    query = torch.randn(LQ, B, E)
+    key = torch.randn(LK, B, options.get("kdim", E))
+    value = torch.randn(LK, B, options.get("vdim", E))
+    out = _check_root(layer, query, key, value, **call)
+    assert out[0].shape == (SAMPLES, LQ, B, E)
+    if call.get("need_weights", True):
+        heads = () if call.get("average_attn_weights", True) else (HEADS,)
+        extra = int(options.get("add_bias_kv", False)) + int(
+            options.get("add_zero_attn", False)
+        )
+        assert out[1].shape == (SAMPLES, B, *heads, LQ, LK + extra)
+
+
+def test_causal_self_attention_equals_torch() -> None:
+    x = torch.randn(LQ, B, E)
+    layer = bnn.VIMultiheadAttention(E, HEADS)
+    out = _check_root(
+        layer, x, x, x, attn_mask=CAUSAL, is_causal=True, need_weights=False
+    )
+    assert len(out) == 1  # the fused kernel's causal path; no weights
+    out = _check_root(layer, x, x, x, attn_mask=CAUSAL, is_causal=True)
+    assert out[1].shape == (SAMPLES, B, LQ, LQ)
+
+
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (bnn.VILSTM, {"num_layers": 2, "bidirectional": True, "proj_size": 2}),
+        (bnn.VILSTM, {"bias": False}),
+        (bnn.VIGRU, {"num_layers": 2, "bidirectional": True}),
+    ],
+)
+@pytest.mark.parametrize("initial", [False, True])
+@pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
+def test_recurrent_equals_torch_with_states(
+    cls: type[bnn.VIModule], options: dict[str, Any], initial: bool
+) -> None:
+    hidden, length = 5, 6
+    layer = cls(3, hidden, **options)
+    x = torch.randn(length, B, 3)
+    states = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
+    h_out = options.get("proj_size") or hidden
+    args: tuple[Any, ...] = (x,)
+    if initial:
+        h0 = torch.randn(states, B, h_out)
+        args = (x, (h0, torch.randn(states, B, hidden)) if cls is bnn.VILSTM else h0)
+    out = _check_root(layer, *args)
+    directions = 2 if options.get("bidirectional") else 1
+    assert out[0].shape == (SAMPLES, length, B, directions * h_out)
+    assert out[1].shape == (SAMPLES, states, B, h_out)  # torch's, particle first
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_layers_equal_torch(norm_first: bool) -> None:
+    src, tgt = torch.randn(LK, B, E), torch.randn(LQ, B, E)
+    options = {"dropout": 0.0, "norm_first": norm_first}
+    encoder_layer = bnn.VITransformerEncoderLayer(E, HEADS, 16, **options)
+    out = _check_root(encoder_layer, src, src_key_padding_mask=PADDING)
+    assert out[0].shape == (SAMPLES, LK, B, E)
+    decoder_layer = bnn.VITransformerDecoderLayer(E, HEADS, 16, **options)
+    out = _check_root(
+        decoder_layer,
+        tgt,
+        src,
+        tgt_mask=CAUSAL,
+        tgt_is_causal=True,
+        memory_key_padding_mask=PADDING,
+    )
+    assert out[0].shape == (SAMPLES, LQ, B, E)
+
+
+def test_stacks_and_transformer_equal_torch() -> None:
+    src, tgt = torch.randn(LK, B, E), torch.randn(LQ, B, E)
+
+    def encoder_layer() -> bnn.VITransformerEncoderLayer:
+        return bnn.VITransformerEncoderLayer(E, HEADS, 16, dropout=0.0)
+
+    def decoder_layer() -> bnn.VITransformerDecoderLayer:
+        return bnn.VITransformerDecoderLayer(E, HEADS, 16, dropout=0.0)
+
+    encoder = bnn.VITransformerEncoder(encoder_layer(), 2, nn.LayerNorm(E))
+    _check_root(encoder, src, mask=torch.rand(LK, LK) > 0.8)
+    decoder = bnn.VITransformerDecoder(decoder_layer(), 2)
+    _check_root(decoder, tgt, src, tgt_mask=CAUSAL)
+    # Source and target of different lengths (the layers run batch-first).
+    model = bnn.VITransformer(E, HEADS, 2, 1, 16, dropout=0.0)
+    out = _check_root(model, src, tgt, tgt_mask=CAUSAL, src_key_padding_mask=PADDING)
+    assert out[0].shape == (SAMPLES, LQ, B, E)
+    with pytest.raises(RuntimeError, match="batch number of src and tgt"):
+        model(src, tgt[:, :2])
+
+
+class _Tagger(bnn.VIModule):
+    """A sequence-first network: every activation folded ``(L * S, B, ...)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = bnn.VILinear(3, E)
+        self.encoder = bnn.VITransformerEncoder(
+            bnn.VITransformerEncoderLayer(E, HEADS, 16, dropout=0.0), 1
+        )
+        self.attention = bnn.VIMultiheadAttention(E, HEADS)
+        self.lstm = bnn.VILSTM(E, 4, num_layers=2)
+        self.head = bnn.VILinear(4, 2)
+
+    def forward(self, x: Tensor, shared: Tensor) -> Tensor:
+        h = self.encoder(self.embed(x))
+        # folded query, shared key/value (the raw second input)
+        h = h + self.attention(h, shared, shared, need_weights=False)[0]
+        zeros = torch.zeros(2, x.shape[1], 4)  # shared initial states
+        out, (h_n, _) = self.lstm(h, (zeros, zeros))
+        # torch's state layout with the batch folded
+        assert h_n.shape == (2, x.shape[1] * current_samples(), 4)
+        return self.head(out)  # type: ignore[no-any-return]
+
+
+def test_inside_a_sequence_first_network() -> None:
+    """Each particle equals the same network built from torch layers."""
+    net = _Tagger().eval()
+    x, shared = torch.randn(LQ, B, 3), torch.randn(LQ, B, E)
+    weights = fixed_weights(net, SAMPLES)
+    out = run_fixed(net, weights, SAMPLES, x, shared)
+    assert out.shape == (SAMPLES, LQ, B, 2)
+    for s in range(SAMPLES):
+
+        def plain(name: str, s: int = s) -> nn.Module:
+            prefix = name + "."
+            mine = {
+                k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)
+            }
+            return _torch_at(getattr(net, name), mine, s)
+
+        with torch.no_grad():
+            h = plain("encoder")(plain("embed")(x))
+            h = h + plain("attention")(h, shared, shared, need_weights=False)[0]
+            zeros = torch.zeros(2, B, 4)
+            expected = plain("head")(plain("lstm")(h, (zeros, zeros))[0])
+        torch.testing.assert_close(out[s], expected, **TOL)
+
+
+def test_other_lengths_inside_a_network_are_refused() -> None:
+    """Inside a sequence-first network a sequence of another length is ambiguous."""
+
+    class CrossAttention(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = bnn.VILinear(E, E)
+            self.attention = bnn.VIMultiheadAttention(E, HEADS)
+
+        def forward(self, x: Tensor, memory: Tensor) -> Tensor:
+            return self.attention(self.embed(x), memory, memory)[0]  # type: ignore[no-any-return]
+
+    net = CrossAttention()
+    with pytest.raises(ValueError, match=r"batch_first=True"):
+        net(torch.randn(LQ, B, E), torch.randn(LK, B, E), samples=2)
+    # the same lengths are fine
+    assert net(torch.randn(LQ, B, E), torch.randn(LQ, B, E), samples=2).shape == (
+        2,
+        LQ,
+        B,
+        E,
+    )
+
+
+def test_wrong_layout_errors_name_the_layout() -> None:
+    with pytest.raises(ValueError, match=r"\(sequence, batch, 8\)"):
+        bnn.VIMultiheadAttention(E, HEADS)(
+            torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
+        )
+    with pytest.raises(
+        ValueError, match=r"batch_first=False\) expected sequence-first input"
+    ):
+        bnn.VIGRU(3, 4)(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="h0 must be in torch's layout"):
+        bnn.VIGRU(3, 4)(torch.randn(5, B, 3), torch.randn(B, 1, 4))
+
+
+def test_plain_encoder_or_decoder_in_a_sequence_first_transformer() -> None:
+    """A plain encoder sees the shared source (target of another length); a plain
+    decoder after a Bayesian encoder would read the folded memory as one longer
+    sequence: refused."""
+    src, tgt = torch.randn(LK, B, E), torch.randn(LQ, B, E)
+    plain_encoder = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(E, HEADS, 16, dropout=0.0),
+        1,
+        enable_nested_tensor=False,
+    )
+    decoder = bnn.VITransformerDecoder(
+        bnn.VITransformerDecoderLayer(E, HEADS, 16, dropout=0.0), 1
+    )
+    model = bnn.VITransformer(
+        E, HEADS, custom_encoder=plain_encoder, custom_decoder=decoder
+    ).eval()
+    weights = fixed_weights(model, SAMPLES)
+    out = run_fixed(model, weights, SAMPLES, src, tgt, tgt_mask=CAUSAL)
+    assert out.shape == (SAMPLES, LQ, B, E)
+    for s in range(SAMPLES):
+        plain = _torch_at(model, weights, s)
+        with torch.no_grad():
+            expected = plain(src, tgt, tgt_mask=CAUSAL)
+        torch.testing.assert_close(out[s], expected, **TOL)
+    plain_decoder = nn.TransformerDecoder(
+        nn.TransformerDecoderLayer(E, HEADS, 16, dropout=0.0), 1
+    )
+    encoder = bnn.VITransformerEncoder(
+        bnn.VITransformerEncoderLayer(E, HEADS, 16, dropout=0.0), 1
+    )
+    model = bnn.VITransformer(
+        E, HEADS, custom_encoder=encoder, custom_decoder=plain_decoder
+    )
+    with pytest.raises(ValueError, match="attend across particles"):
+        model(src, tgt, samples=2)
+
+
+def test_output_without_the_sequence_dimension_is_refused() -> None:
+    """The outermost call of a sequence-first network unfolds dimension 0 as the
+    sequence: a classifier on ``h_n[-1]`` (``(B * S, C)``) cannot be unfolded."""
+
+    class LastState(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.head = bnn.VILSTM(3, 4), bnn.VILinear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            _, (h_n, _) = self.lstm(x)
+            return self.head(h_n[-1])  # type: ignore[no-any-return]
+
+    with pytest.raises(ValueError, match="needs a batch_first=True network"):
+        LastState()(torch.randn(LQ, B, 3), samples=2)
+
+
+def test_decoder_layer_as_custom_decoder() -> None:
+    """A single decoder layer as ``custom_decoder`` gets the model's
+    ``tgt_is_causal=None`` (torch's default for the model): read as ``False``."""
+    src, tgt = torch.randn(LK, B, E), torch.randn(LQ, B, E)
+    decoder = bnn.VITransformerDecoderLayer(E, HEADS, 16, dropout=0.0)
+    model = bnn.VITransformer(E, HEADS, 1, 1, 16, 0.0, custom_decoder=decoder)
+    assert model(src, tgt, samples=2).shape == (2, LQ, B, E)
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True:UserWarning")
+def test_converted_sequence_first_transformer_equals_torch_at_the_means() -> None:
+    """``bnn.convert`` of torch's default (sequence-first) Transformer: at the
+    posterior means (the torch weights) it is the torch module."""
+    torch.manual_seed(0)
+    reference = nn.Transformer(E, HEADS, 1, 1, 16, dropout=0.0).eval()
+    net = bnn.convert(reference)
+    assert isinstance(net, bnn.VITransformer)
+    assert not net.batch_first
+    means = {v.site: v.posterior.loc[None, None] for v in net.random_variables()}
+    src, tgt = torch.randn(LK, B, E), torch.randn(LQ, B, E)
+    out = run_fixed(net, means, 1, src, tgt, tgt_mask=CAUSAL)
+    with torch.no_grad():
+        expected = reference(src, tgt, tgt_mask=CAUSAL)
+    torch.testing.assert_close(out[0], expected, **TOL)
+    back = bnn.to_deterministic(net)
+    with torch.no_grad():
+        torch.testing.assert_close(back(src, tgt, tgt_mask=CAUSAL), expected, **TOL)
