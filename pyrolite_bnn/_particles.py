@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pyro
@@ -44,11 +44,16 @@ class ParticleState:
         root: the module of the outermost call, whose output is unfolded to
             ``(S, B, ...)`` (a layer compares it with itself where its outputs
             are laid out differently inside a network, as ``VILSTM``'s states).
+        sequence_batches: true batch sizes of the ``batch_first=False`` layers
+            that ran inside the network in this call (their inputs are
+            ``(L, B, ...)``, so the network's output must keep ``B`` in
+            dimension 1 to be unfolded).
     """
 
     samples: int
     batch_size: int | None
     root: nn.Module | None = None
+    sequence_batches: set[int] = field(default_factory=set, compare=False)
 
 
 _STATE: ContextVar[ParticleState | None] = ContextVar(
@@ -124,6 +129,17 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
     samples, batch = state.samples, state.batch_size
     if tensor.dim() == 0:
         return tensor
+    if state.sequence_batches and (
+        tensor.dim() < 2 or tensor.shape[1] not in state.sequence_batches
+    ):
+        raise ValueError(
+            f"network output of shape {tuple(tensor.shape)} has no sequence "
+            "dimension, but the network holds batch_first=False layers: their "
+            "particles are folded into the sequence dimension (dimension 0), "
+            "so an output without it (a classifier on h_n[-1] or on a pooled "
+            "sequence) cannot be unfolded; build the network with "
+            "batch_first=True layers and (batch, sequence, feature) inputs"
+        )
     rows = tensor.shape[0]
     if batch is None:
         if rows % samples:

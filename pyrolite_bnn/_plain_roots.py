@@ -35,7 +35,7 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from pyro.poutine.runtime import am_i_wrapped
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.module import (
     register_module_forward_hook,
     register_module_forward_pre_hook,
@@ -91,7 +91,10 @@ def install() -> None:
 
 
 def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
-    if _particles.current() is not None:
+    state = _particles.current()
+    if state is not None:
+        if isinstance(module, _POSITION_MIXING) and not isinstance(module, VIModule):
+            _refuse_folded_sequence_first(module, args, state)
         return
     frame = _FRAME.get()
     if frame is not None:
@@ -102,6 +105,47 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
         return
     frame = _Frame(module, args)
     frame.token = _FRAME.set(frame)
+
+
+# Plain torch layers that mix the positions of a sequence (stacks and
+# nn.Transformer call these for every layer).
+_POSITION_MIXING = (
+    nn.MultiheadAttention,
+    nn.RNNBase,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+
+
+def _refuse_folded_sequence_first(
+    module: nn.Module, args: tuple[Any, ...], state: _particles.ParticleState
+) -> None:
+    """A plain ``batch_first=False`` sequence layer must not read a folded input.
+
+    In a sequence-first network the particles are folded into the sequence
+    dimension (``(L * S, B, ...)``): the plain layer would read the ``L * S``
+    rows as one longer sequence and mix positions of different particles. An
+    input still shared by the particles (``(L, B, ...)``), or one folded into
+    the batch dimension (``(L, B * S, ...)``), is fine.
+    """
+    from pyrolite_bnn.layers._sequence import in_batch_first_body
+
+    attention = getattr(module, "self_attn", module)
+    if getattr(attention, "batch_first", True) or in_batch_first_body():
+        return
+    first = args[0] if args else None
+    if not isinstance(first, Tensor) or first.dim() < 2 or state.batch_size is None:
+        return
+    folded = state.batch_size * state.samples
+    if state.samples > 1 and first.shape[0] == folded and first.shape[1] != folded:
+        raise ValueError(
+            f"{type(module).__name__}(batch_first=False) inside a Bayesian network "
+            f"got an input of shape {tuple(first.shape)} whose sequence dimension "
+            f"holds the {state.samples} particles folded together (the network's "
+            "batch_first=False layout): a plain torch layer would read them as one "
+            f"longer sequence. Make it Bayesian (bnn.VI{type(module).__name__}), or "
+            "build the network batch_first=True"
+        )
 
 
 def _pass_through(module: nn.Module) -> bool:

@@ -293,7 +293,10 @@ def _predict(
     mode: str,
     memory_budget: int | None,
 ) -> Tensor:
-    size = x.shape[0]
+    # Sequence-first networks (batch_first=False) take (L, B, ...) and return
+    # (S, L, B, ...): chunks split the batch, never the sequence.
+    axis = 1 if _sequence_first(model) else 0
+    size = x.shape[axis]
     generators = _Generators(_devices(model, x))
     weights = _guide(model).median() if mode == "mean" else None
     particles = 1 if weights is not None else samples
@@ -303,7 +306,7 @@ def _predict(
     kept_bytes = kept_bytes if kept_bytes <= budget // 2 else 0
     if batch_size is None:
         with _ActivationProbe(model) as probe:
-            _run(model, x[:_PROBE_INPUTS], 1, weights)
+            _run(model, x.narrow(axis, 0, min(size, _PROBE_INPUTS)), 1, weights)
         generators.rewind()  # the probe's draws are not the prediction's
         probed = max(1, min(size, _PROBE_INPUTS))
         per_input = _WORKING_SET_FACTOR * particles * probe.largest / probed
@@ -320,9 +323,12 @@ def _predict(
     for start in range(0, size, step):
         if weights is None:  # same draws in every chunk: rewind the generators
             generators.rewind()
-        out = _run(model, x[start : start + step], particles, weights)
+        chunk = x.narrow(axis, start, min(step, size - start))
+        out = _run(model, chunk, particles, weights)
         if result is None:
-            result = out.new_empty((out.shape[0], size, *out.shape[2:]))
+            shape = list(out.shape)
+            shape[axis + 1] = size
+            result = out.new_empty(shape)
             after_first = None if weights is not None else generators.current()
         elif after_first is not None and not generators.same_as(after_first):
             warnings.warn(
@@ -334,9 +340,14 @@ def _predict(
                 stacklevel=3,
             )
             after_first = None  # once is enough
-        result[:, start : start + step] = out
+        result.narrow(axis + 1, start, out.shape[axis + 1]).copy_(out)
     assert result is not None
     return result
+
+
+def _sequence_first(model: nn.Module) -> bool:
+    """Whether ``model`` holds a ``batch_first=False`` sequence layer."""
+    return any(getattr(m, "batch_first", True) is False for m in model.modules())
 
 
 def _guide(model: nn.Module) -> ParticleGuide:

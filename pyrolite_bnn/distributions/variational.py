@@ -125,14 +125,14 @@ class MeanFieldNormalPosterior(Posterior):
     ) -> tuple[Tensor, Tensor]:
         """The draws ``loc + scale * eps`` and their standard-normal noise ``eps``.
 
-        One fused multiply-add (``torch.addcmul``) per draw; ``eps`` is drawn
-        as ``torch.distributions.Normal.rsample`` draws it, so the values equal
-        Pyro's up to rounding.
+        ``eps`` is drawn and combined as ``torch.distributions.Normal.rsample``
+        does it (``loc + eps * scale``, not a fused multiply-add), so the draws
+        equal Pyro's bit for bit under the same seed.
         """
         loc, scale = moments
         eps = torch.empty((samples, 1, *self.shape), dtype=loc.dtype, device=loc.device)
         eps.normal_()
-        return torch.addcmul(loc, eps, scale), eps
+        return loc + eps * scale, eps
 
     def normal_params(self) -> tuple[Tensor, Tensor]:
         """``(loc, scale)`` read straight from the parameters (no Pyro bookkeeping).

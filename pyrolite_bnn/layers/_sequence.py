@@ -74,6 +74,8 @@ class SequenceFirst:
         self.root = self.state is None or self.state.root is layer
         self.batch = batch
         self.name = type(layer).__name__
+        if self.state is not None and not self.root:
+            self.state.sequence_batches.add(batch)
 
     def _shared(self, tensor: Tensor, what: str, length: int | None) -> bool:
         """Whether a sequence-first tensor is shared by all particles.

@@ -10,6 +10,7 @@ activations are folded into the sequence dimension ``(L * S, B, ...)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -304,8 +305,12 @@ def test_output_without_the_sequence_dimension_is_refused() -> None:
             _, (h_n, _) = self.lstm(x)
             return self.head(h_n[-1])  # type: ignore[no-any-return]
 
-    with pytest.raises(ValueError, match="needs a batch_first=True network"):
+    with pytest.raises(ValueError, match=r"no sequence dimension.*batch_first=True"):
         LastState()(torch.randn(LQ, B, 3), samples=2)
+    # B * S == L: the (B * S, C) output has the leading size of a shared
+    # sequence-first output; it is refused all the same, not misread.
+    with pytest.raises(ValueError, match=r"no sequence dimension.*batch_first=True"):
+        LastState()(torch.randn(6, 3, 3), samples=2)
 
 
 def test_decoder_layer_as_custom_decoder() -> None:
@@ -335,3 +340,59 @@ def test_converted_sequence_first_transformer_equals_torch_at_the_means() -> Non
     back = bnn.to_deterministic(net)
     with torch.no_grad():
         torch.testing.assert_close(back(src, tgt, tgt_mask=CAUSAL), expected, **TOL)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.MultiheadAttention(4, 2),
+        lambda: nn.LSTM(4, 4),
+        lambda: nn.TransformerEncoderLayer(4, 2, 8, 0.0),
+    ],
+    ids=["attention", "lstm", "encoder_layer"],
+)
+def test_plain_sequence_first_layer_after_a_bayesian_one_is_refused(
+    make: Callable[[], nn.Module],
+) -> None:
+    """A plain torch layer that mixes positions would read the particles folded
+    into the sequence dimension as one longer sequence: refused after a
+    Bayesian layer; before one (shared input) it runs."""
+
+    def mix(module: nn.Module, h: Tensor) -> Tensor:
+        attention = isinstance(module, nn.MultiheadAttention)
+        out = module(h, h, h) if attention else module(h)
+        return out[0] if isinstance(out, tuple) else out
+
+    class After(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.mod = bnn.VILinear(4, 4), make()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return mix(self.mod, self.lin(x))
+
+    class Before(After):
+        def forward(self, x: Tensor) -> Tensor:
+            return self.lin(mix(self.mod, x))  # type: ignore[no-any-return]
+
+    x = torch.randn(5, 3, 4)
+    with pytest.raises(ValueError, match=r"batch_first=False\) inside a Bayesian"):
+        After()(x, samples=2)
+    assert Before()(x, samples=2).shape == (2, 5, 3, 4)
+
+
+def test_predict_chunks_a_sequence_first_input_along_its_batch() -> None:
+    """``predict`` splits ``(L, B, ...)`` inputs along ``B`` (dimension 1), not
+    along the sequence, whose positions attend to each other: chunked and
+    unchunked predictions agree particle by particle."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(
+        bnn.VILinear(E, E), bnn.VITransformerEncoderLayer(E, HEADS, 16, 0.0)
+    ).eval()
+    x = torch.randn(LQ, 6, E)
+    torch.manual_seed(1)
+    whole = bnn.predict(net, x, bnn.Normal(scale=1.0), samples=3, batch_size=6)
+    torch.manual_seed(1)  # the same weight draws
+    chunked = bnn.predict(net, x, bnn.Normal(scale=1.0), samples=3, batch_size=2)
+    assert whole.samples.shape == (3, LQ, 6, E)
+    torch.testing.assert_close(chunked.samples, whole.samples, rtol=1e-5, atol=1e-6)
