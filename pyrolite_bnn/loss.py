@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import pyro
@@ -76,12 +76,19 @@ class _ChangeWatch:
         self.names: tuple[str, ...] = ()
         self.calls = 0
         self.snapshot: list[Tensor] = []
+        self.key: Hashable = None
+        # The key of a group whose window is over: not collected again.
+        self.done: Hashable = None
 
-    def unchanged(self, params: Mapping[str, Tensor]) -> bool:
-        """Count a call; ``True`` (once) if ``params`` never changed in the window."""
+    def unchanged(self, params: Mapping[str, Tensor], key: Hashable = None) -> bool:
+        """Count a call; ``True`` (once) if ``params`` never changed in the window.
+
+        ``key`` identifies the group cheaply; once its window is over,
+        :attr:`done` holds it, so the caller can skip collecting ``params``.
+        """
         names = tuple(params)
-        if names != self.names:
-            self.names, self.calls = names, 0
+        if names != self.names or key != self.key:
+            self.names, self.key, self.calls = names, key, 0
         if not params or self.calls >= _UNTRAINED_CHECK_STEP:
             return False
         if not any(p.is_leaf and p.grad is not None for p in params.values()):
@@ -92,6 +99,7 @@ class _ChangeWatch:
             return False
         if self.calls < _UNTRAINED_CHECK_STEP:
             return False
+        self.done = key
         before, self.snapshot = self.snapshot, []
         return all(
             torch.equal(p.detach(), old)
@@ -395,8 +403,11 @@ class KullbackLeiblerLoss(nn.Module):
         """Warn once if the guide that drew the weights is never updated."""
         if not torch.is_grad_enabled() or is_capturing() or not record.training():
             return
+        watch, key = self._watches["guide"], record.guide_identity()
+        if key is not None and key == watch.done:
+            return
         params = record.guide_parameters()
-        if self._watches["guide"].unchanged(params):
+        if watch.unchanged(params, key):
             example = next(iter(params))
             warnings.warn(
                 f"the guide's parameters (e.g. {example!r}) get gradients but have "

@@ -16,7 +16,7 @@ arithmetic as Pyro's ``Trace_ELBO`` (Monte Carlo) or ``TraceMeanField_ELBO``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pyro.distributions as dist
@@ -92,6 +92,14 @@ class ForwardRecord:
         steps to notice a guide that the optimizer does not update.
         """
         raise NotImplementedError
+
+    def guide_identity(self) -> Hashable:
+        """A cheap key of the guide behind :meth:`guide_parameters`.
+
+        Equal keys mean the same guide, so a finished check of it is not
+        repeated on every call; by default the parameters' names.
+        """
+        return tuple(self.guide_parameters())
 
     def training(self) -> bool:
         """Whether the forward pass ran in training mode (``True`` if unknown)."""
@@ -263,6 +271,10 @@ class LayerRecord(ForwardRecord):
             for variable in self.variables
             for name, parameter in variable.posterior.named_parameters()
         }
+
+    def guide_identity(self) -> Hashable:
+        """See :meth:`ForwardRecord.guide_identity`: the posterior modules."""
+        return tuple(id(variable.posterior) for variable in self.variables)
 
     def training(self) -> bool:
         """Whether any layer that drew weights was in training mode."""

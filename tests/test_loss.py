@@ -444,6 +444,17 @@ def test_guide_assigned_after_the_first_steps_is_watched_afresh() -> None:
         _steps(net, loss_fn, optimizer, 6)
 
 
+def test_loss_reused_for_a_new_network_watches_its_guide() -> None:
+    """A second network with the same parameter names but an optimizer that
+    does not hold its parameters is noticed (its guide is another object)."""
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    first = _classifier()
+    _steps(first, loss_fn, torch.optim.Adam(first.parameters(), lr=1e-2), 8)
+    second = _classifier()
+    with pytest.warns(UserWarning, match=r"e\.g\. '0\.weight\.loc_unconstrained'"):
+        _steps(second, loss_fn, torch.optim.Adam(first.parameters(), lr=1e-2), 8)
+
+
 def test_losses_without_backward_do_not_count() -> None:
     """Loss distributions and gradient studies at fixed parameters are silent."""
     net = _classifier()
