@@ -4,16 +4,18 @@ A plain module (not a ``VIModule``) that holds Bayesian layers must run as
 *one* network: one particle state for all its layers,
 every KL term, and an output of shape ``(S, B, ...)``, exactly like
 ``bnn.VISequential``. The library cannot override a plain module's
-``__call__``, so it watches module calls with torch's global forward hooks,
-installed when the first ``VIModule`` is built:
+``__call__``, so it watches module calls with torch's global forward
+pre-hook, installed when the first ``VIModule`` is built:
 
-* the pre-hook gives the outermost module call (no particle state, no frame
-  yet) a *frame*; it is *pending* if the module is such a network (below);
+* the pre-hook gives the outermost call of a module with children (no
+  particle state, no frame yet) a *frame* and a forward hook of that module
+  alone to close it; the frame is *pending* if the module is such a network
+  (below), which is looked up only when a Bayesian layer is called inside;
 * the first Bayesian layer called inside a pending frame opens it: the
   particle state and the generated guide's weight draws for every layer of the
   plain module, with site names from its paths (``"0.weight"``), as the
   outermost call of a ``VIModule`` would (:func:`open_pending_root`);
-* the forward hook closes the frame; an opened one unfolds the output to
+* the module's forward hook closes the frame; an opened one unfolds the output to
   ``(S, B, ...)`` and attaches the forward pass's record for the loss.
 
 The particle count is the module's ``samples`` attribute if it has one, else
@@ -36,11 +38,9 @@ from typing import Any
 
 from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
-from torch.nn.modules.module import (
-    register_module_forward_hook,
-    register_module_forward_pre_hook,
-)
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.nn.parallel import DataParallel, DistributedDataParallel
+from torch.utils.hooks import RemovableHandle
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import LazyDraws, using_draws
@@ -60,20 +60,33 @@ class _Frame:
     def __init__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.module = module
         self.args = args
-        inner = [] if _pass_through(module) else outermost_bayesian(module)
-        # Must run as one network (pending until its first Bayesian call).
-        self.pending = len(inner) > 1 or (
-            len(inner) == 1
-            and inner[0].guide.inner is None
-            and bool(inner[0].random_variables())
-        )
-        # The one Bayesian module, which may still be called as the network.
-        self.single = inner[0] if len(inner) == 1 else None
+        # Whether it must run as one network (pending until its first Bayesian
+        # call), and its one Bayesian module, which may still be called as the
+        # network: found by :meth:`resolve` when a Bayesian layer is first
+        # called inside, so calls of plain models without Bayesian layers do
+        # not walk their module trees.
+        self.pending: bool | None = None
+        self.single: VIModule | None = None
         self.depth = 0  # nested calls of the same module object
         self.token: Token[_Frame | None] | None = None
+        # The module's own forward hook that closes the frame (_leave).
+        self.closer: RemovableHandle | None = None
         self.stack: ExitStack | None = None
         self.state: _particles.ParticleState | None = None
         self.draws: LazyDraws | None = None
+
+    def resolve(self) -> bool:
+        """Whether the module must run as one network (decided once per call)."""
+        if self.pending is None:
+            module = self.module
+            inner = [] if _pass_through(module) else outermost_bayesian(module)
+            self.pending = len(inner) > 1 or (
+                len(inner) == 1
+                and inner[0].guide.inner is None
+                and bool(inner[0].random_variables())
+            )
+            self.single = inner[0] if len(inner) == 1 else None
+        return self.pending
 
 
 _FRAME: ContextVar[_Frame | None] = ContextVar("pyrolite_plain_root", default=None)
@@ -81,12 +94,11 @@ _installed = False
 
 
 def install() -> None:
-    """Install the global module hooks (once per process)."""
+    """Install the global module forward pre-hook (once per process)."""
     global _installed
     if _installed:
         return
     register_module_forward_pre_hook(_enter)
-    register_module_forward_hook(_leave, always_call=True)
     _installed = True
 
 
@@ -101,10 +113,13 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
         if frame.module is module:
             frame.depth += 1
         return
-    if isinstance(module, VIModule):
-        return
+    if isinstance(module, VIModule) or next(module.children(), None) is None:
+        return  # a leaf module holds no Bayesian layers
     frame = _Frame(module, args)
     frame.token = _FRAME.set(frame)
+    # Only this call needs closing: a hook of the module itself, not a global
+    # one that would run after every module call in the process.
+    frame.closer = module.register_forward_hook(_leave, always_call=True)
 
 
 # Plain torch layers that mix the positions of a sequence (stacks and
@@ -168,6 +183,8 @@ def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     if stack is not None:
         stack.close()
     assert frame.token is not None
+    assert frame.closer is not None
+    frame.closer.remove()
     _FRAME.reset(frame.token)
     if output is None or state is None:  # not opened, or failed
         return None
@@ -201,7 +218,7 @@ def open_pending_root(
             inside a plain module.
     """
     frame = _FRAME.get()
-    if frame is None or not frame.pending or frame.stack is not None:
+    if frame is None or frame.stack is not None or not frame.resolve():
         return False
     root = frame.module
     name = type(root).__name__

@@ -467,3 +467,25 @@ def test_model_loss_takes_a_plain_root() -> None:
     del net.samples
     with pytest.raises(TypeError, match="model_loss needs a network with Bayesian"):
         loss_fn.model_loss(nn.Linear(3, 4), x, y)
+
+
+def test_plain_root_frame_is_closed_after_an_error_and_leaves_no_hook() -> None:
+    """The frame of a plain network is closed by a hook of that module alone,
+    also when its forward raises; the next call is a fresh network call."""
+
+    class Fails(nn.Module):
+        fail = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.fail:
+                raise RuntimeError("boom")
+            return x
+
+    fails = Fails()
+    plain = nn.Sequential(bnn.VILinear(3, 4), fails, bnn.VILinear(4, 2))
+    with pytest.raises(RuntimeError, match="boom"):
+        plain(torch.randn(5, 3))
+    fails.fail = False
+    assert plain(torch.randn(5, 3)).shape == (10, 5, 2)
+    assert not plain._forward_hooks  # the closing hook was removed
+    assert nn.Sequential(nn.Linear(3, 2))(torch.randn(5, 3)).shape == (5, 2)
