@@ -44,14 +44,68 @@ __all__ = [
 ]
 
 
-def _bnn_options(variational_distribution: Any, prior: Any) -> dict[str, Any]:
-    """One prior and one variational family for every weight of a composite layer."""
-    specs = VariableSpecs(
-        {"weight": (1,)}, variational_distribution, prior, False, True, False
+def _vi_sublayers(
+    layer: nn.Module,
+    attention: tuple[str, ...],
+    d_model: int,
+    nhead: int,
+    dim_feedforward: int,
+    batch_first: bool,
+    bias: bool,
+    vikwargs: dict[str, Any],
+) -> None:
+    """Give a transformer layer the :mod:`~pyrolite_bnn.vi` sublayers of torch_blue.
+
+    The attention blocks named ``attention`` become :class:`VIMultiheadAttention`
+    and the feed-forward block's ``linear1``/``linear2`` :class:`VILinear`
+    (drawing their weights, as the library's layers), each with the layer's
+    torch_blue options; the library's layer keeps its computation.
+    """
+    for name in attention:
+        setattr(
+            layer,
+            name,
+            VIMultiheadAttention(
+                d_model, nhead, bias, batch_first=batch_first, **vikwargs
+            ),
+        )
+    layer.linear1 = VILinear(
+        d_model, dim_feedforward, bias=bias, estimator="reparam", **vikwargs
     )
+    layer.linear2 = VILinear(
+        dim_feedforward, d_model, bias=bias, estimator="reparam", **vikwargs
+    )
+
+
+def _layer_bias(layer: nn.Module) -> bool:
+    """torch_blue's ``bias`` flag of a stack: whether its layer has biases."""
+    flag = getattr(layer, "bias", None)
+    if isinstance(flag, bool):
+        return flag
+    norm = getattr(layer, "norm1", None)  # a pyrolite_bnn or torch layer
+    return getattr(norm, "bias", None) is not None
+
+
+def _vikwargs(
+    variational_distribution: Any,
+    prior: Any,
+    rescale_prior: bool,
+    kaiming_initialization: bool,
+    prior_initialization: bool,
+    return_log_probs: bool,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> dict[str, Any]:
+    """torch_blue's ``VIkwargs`` of a composite layer, for its sublayers."""
     return {
-        "prior": specs.bnn_priors()["weight"],
-        "variational": specs.bnn_families()["weight"],
+        "variational_distribution": variational_distribution,
+        "prior": prior,
+        "rescale_prior": rescale_prior,
+        "kaiming_initialization": kaiming_initialization,
+        "prior_initialization": prior_initialization,
+        "return_log_probs": return_log_probs,
+        "device": device,
+        "dtype": dtype,
     }
 
 
@@ -216,10 +270,30 @@ class VITransformerEncoderLayer(BnnEncoderLayer, VIModule):
             batch_first,
             norm_first,
             bias,
-            **_bnn_options(variational_distribution, prior),
             device=device,
             dtype=dtype,
         )
+        vikwargs = _vikwargs(
+            variational_distribution,
+            prior,
+            rescale_prior,
+            kaiming_initialization,
+            prior_initialization,
+            return_log_probs,
+            device,
+            dtype,
+        )
+        _vi_sublayers(
+            self,
+            ("self_attn",),
+            d_model,
+            nhead,
+            dim_feedforward,
+            batch_first,
+            bias,
+            vikwargs,
+        )
+        self.bias = bias
         self.return_log_probs = return_log_probs
 
 
@@ -266,10 +340,30 @@ class VITransformerDecoderLayer(BnnDecoderLayer, VIModule):
             batch_first,
             norm_first,
             bias,
-            **_bnn_options(variational_distribution, prior),
             device=device,
             dtype=dtype,
         )
+        vikwargs = _vikwargs(
+            variational_distribution,
+            prior,
+            rescale_prior,
+            kaiming_initialization,
+            prior_initialization,
+            return_log_probs,
+            device,
+            dtype,
+        )
+        _vi_sublayers(
+            self,
+            ("self_attn", "multihead_attn"),
+            d_model,
+            nhead,
+            dim_feedforward,
+            batch_first,
+            bias,
+            vikwargs,
+        )
+        self.bias = bias
         self.return_log_probs = return_log_probs
 
 
@@ -292,6 +386,7 @@ class VITransformerEncoder(BnnEncoder, VIModule):
         return_log_probs: bool = True,
     ) -> None:
         super().__init__(encoder_layer, num_layers, norm)
+        self.bias = _layer_bias(encoder_layer)
         self.return_log_probs = return_log_probs
 
 
@@ -315,6 +410,7 @@ class VITransformerDecoder(BnnDecoder, VIModule):
         return_log_probs: bool = True,
     ) -> None:
         super().__init__(decoder_layer, num_layers, norm)
+        self.bias = _layer_bias(decoder_layer)
         self.return_log_probs = return_log_probs
 
 
@@ -356,6 +452,38 @@ class VITransformer(BnnTransformer, VIModule):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        vikwargs = _vikwargs(
+            variational_distribution,
+            prior,
+            rescale_prior,
+            kaiming_initialization,
+            prior_initialization,
+            return_log_probs,
+            device,
+            dtype,
+        )
+        activation = nn.ReLU() if activation is None else activation
+        layer_args = (d_model, nhead, dim_feedforward, activation, layer_norm_eps)
+
+        def norm() -> nn.LayerNorm:
+            return nn.LayerNorm(
+                d_model, eps=layer_norm_eps, bias=bias, device=device, dtype=dtype
+            )
+
+        if custom_encoder is None:
+            encoder_layer = VITransformerEncoderLayer(
+                *layer_args, batch_first, norm_first, bias, **vikwargs
+            )
+            custom_encoder = VITransformerEncoder(
+                encoder_layer, num_encoder_layers, norm(), return_log_probs
+            )
+        if custom_decoder is None:
+            decoder_layer = VITransformerDecoderLayer(
+                *layer_args, norm_first, batch_first, bias, **vikwargs
+            )
+            custom_decoder = VITransformerDecoder(
+                decoder_layer, num_decoder_layers, norm(), return_log_probs
+            )
         super().__init__(
             d_model,
             nhead,
@@ -363,15 +491,28 @@ class VITransformer(BnnTransformer, VIModule):
             num_decoder_layers,
             dim_feedforward,
             0.0,
-            nn.ReLU() if activation is None else activation,
+            activation,
             custom_encoder,
             custom_decoder,
             layer_norm_eps,
             batch_first,
             norm_first,
             bias,
-            **_bnn_options(variational_distribution, prior),
             device=device,
             dtype=dtype,
         )
+        self.bias = bias
         self.return_log_probs = return_log_probs
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every random variable the torch_blue way.
+
+        Each sublayer's :meth:`~pyrolite_bnn.vi.VIModule.reset_variational_parameters`
+        (its ``kaiming_initialization``/``prior_initialization``), in place of
+        :class:`pyrolite_bnn.VITransformer`'s Xavier-uniform means: torch_blue's
+        transformer keeps the initialisation of its layers.
+        """
+        for module in self.modules():
+            if isinstance(module, VIModule) and module.random_variables:
+                module.reset_variational_parameters()
