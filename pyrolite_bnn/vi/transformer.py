@@ -4,7 +4,10 @@ Each class is the :mod:`pyrolite_bnn` layer of the same name
 (:class:`pyrolite_bnn.VIMultiheadAttention`, ``VITransformer*``) taking
 torch_blue's arguments: no ``dropout`` (torch_blue has none), the
 ``variational_distribution``/``prior`` objects of :mod:`pyrolite_bnn.vi.distributions`,
-``return_log_probs``. The defaults of ``batch_first`` are torch_blue's:
+``return_log_probs``. The transformer layers are built from the ``vi``
+sublayers (:class:`VIMultiheadAttention`, :class:`~pyrolite_bnn.vi.VILinear`),
+so every weight follows torch_blue's options and each layer has torch_blue's
+``bias`` flag. The defaults of ``batch_first`` are torch_blue's:
 ``True`` for the attention and transformer layers, ``False`` for
 ``VITransformer``; ``batch_first=False`` takes sequence-first tensors
 ``(L, B, E)`` and returns ``(S, L, B, E)``.
@@ -229,9 +232,13 @@ class VITransformerEncoderLayer(BnnEncoderLayer, VIModule):
     """Bayesian transformer encoder layer with torch_blue's arguments.
 
     :class:`pyrolite_bnn.VITransformerEncoderLayer` without dropout (as in
-    torch_blue); one ``variational_distribution`` and one ``prior`` for every
-    weight, the library's torch-like initialisation (``kaiming_initialization``,
-    ``prior_initialization`` and ``rescale_prior`` are accepted and ignored).
+    torch_blue), built from :mod:`~pyrolite_bnn.vi` sublayers: ``self_attn`` is a
+    :class:`VIMultiheadAttention`, the feed-forward block's ``linear1`` and
+    ``linear2`` are :class:`~pyrolite_bnn.vi.VILinear`, each taking the layer's
+    torch_blue options (``variational_distribution``, ``prior``,
+    ``rescale_prior``, ``kaiming_initialization``, ``prior_initialization``,
+    ``return_log_probs``). ``bias`` is torch_blue's flag. The computation is the
+    library layer's.
 
     Example:
         >>> import torch
@@ -301,7 +308,8 @@ class VITransformerDecoderLayer(BnnDecoderLayer, VIModule):
     """Bayesian transformer decoder layer with torch_blue's arguments.
 
     See :class:`VITransformerEncoderLayer` (note torch_blue's order:
-    ``norm_first`` before ``batch_first``).
+    ``norm_first`` before ``batch_first``); ``multihead_attn`` is a
+    :class:`VIMultiheadAttention` too.
 
     Example:
         >>> import torch
@@ -370,6 +378,8 @@ class VITransformerDecoderLayer(BnnDecoderLayer, VIModule):
 class VITransformerEncoder(BnnEncoder, VIModule):
     """``num_layers`` copies of an encoder layer (torch_blue's arguments).
 
+    ``bias`` is the layer's flag (torch_blue's layers all have one).
+
     Example:
         >>> import torch
         >>> from pyrolite_bnn import vi
@@ -392,6 +402,8 @@ class VITransformerEncoder(BnnEncoder, VIModule):
 
 class VITransformerDecoder(BnnDecoder, VIModule):
     """``num_layers`` copies of a decoder layer (torch_blue's arguments).
+
+    ``bias`` is the layer's flag (torch_blue's layers all have one).
 
     Example:
         >>> import torch
@@ -419,7 +431,10 @@ class VITransformer(BnnTransformer, VIModule):
 
     torch_blue's defaults (``d_model=32``, one head, one layer each,
     ``dim_feedforward=256``, ``batch_first=False``: sequence-first tensors
-    ``(L, B, d_model)``, output ``(S, T, B, d_model)``).
+    ``(L, B, d_model)``, output ``(S, T, B, d_model)``). The built encoder and
+    decoder are :class:`VITransformerEncoder`/:class:`VITransformerDecoder` of
+    this module's layers, with final layer norms; every weight keeps its
+    sublayer's torch_blue initialisation (:meth:`reset_parameters`).
 
     Example:
         >>> import torch
