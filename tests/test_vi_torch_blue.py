@@ -784,3 +784,20 @@ def test_vi_encoder_layer_at_its_means_is_torch_layer() -> None:
     torch.testing.assert_close(out, expected.expand(2, 3, 5, 8), rtol=1e-5, atol=1e-5)
     mean = bnn.predict(layer, x, bnn.Normal(scale=1.0), mode="mean").samples[0]
     torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_rescales_its_priors_by_default() -> None:
+    # torch_blue's attention and transformer layers default to rescale_prior=True.
+    for cls in (
+        vi.VIMultiheadAttention,
+        vi.VITransformerEncoderLayer,
+        vi.VITransformerDecoderLayer,
+        vi.VITransformer,
+    ):
+        assert inspect.signature(cls).parameters["rescale_prior"].default is True
+    attention = vi.VIMultiheadAttention(12, 2)
+    expected = 1 / math.sqrt(3 * 12) + 1e-5  # fan_in of in_proj_weight: embed_dim
+    for prior in (attention.prior["in_proj_weight"], attention.out_proj.prior["bias"]):
+        torch.testing.assert_close(float(prior.scale), expected)
+    plain = vi.VIMultiheadAttention(12, 2, rescale_prior=False)
+    torch.testing.assert_close(float(plain.prior["in_proj_weight"].scale), 1.0)

@@ -137,7 +137,8 @@ class VIMultiheadAttention(BnnAttention, VIModule):
         prior: see :class:`~pyrolite_bnn.vi.VIkwargs`.
         kaiming_initialization: see :class:`~pyrolite_bnn.vi.VIkwargs`.
         prior_initialization: see :class:`~pyrolite_bnn.vi.VIkwargs`.
-        rescale_prior: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        rescale_prior: see :class:`~pyrolite_bnn.vi.VIkwargs` (torch_blue's default
+            here: ``True``).
         return_log_probs: see :class:`~pyrolite_bnn.vi.VIkwargs`.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -169,7 +170,7 @@ class VIMultiheadAttention(BnnAttention, VIModule):
         prior: Any = None,
         kaiming_initialization: bool = True,
         prior_initialization: bool = False,
-        rescale_prior: bool = False,
+        rescale_prior: bool = True,
         return_log_probs: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
