@@ -527,7 +527,8 @@ class VITransformer(BnnTransformer, VIModule):
         Each sublayer's :meth:`~pyrolite_bnn.vi.VIModule.reset_variational_parameters`
         (its ``kaiming_initialization``/``prior_initialization``), in place of
         :class:`pyrolite_bnn.VITransformer`'s Xavier-uniform means: torch_blue's
-        transformer keeps the initialisation of its layers.
+        transformer keeps the initialisation of its layers. Each layer of a
+        stack draws its own initial means (torch_blue's copies start equal).
         """
         for module in self.modules():
             if isinstance(module, VIModule) and module.random_variables:
