@@ -671,3 +671,133 @@ def test_get_log_probs_of_a_broadcast_sample_is_elementwise_then_summed() -> Non
     log_prior, _ = module.get_log_probs(torch.ones(1), "w")
     # torch_blue evaluates the densities elementwise: one value, |1 - 0| / 1.
     torch.testing.assert_close(log_prior, torch.tensor(-1.0))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_transformer_layers_are_built_from_vi_sublayers(bias: bool) -> None:
+    model = vi.VITransformer(8, 2, 1, 1, 16, bias=bias, return_log_probs=False)
+    encoder_layer, decoder_layer = model.encoder.layers[0], model.decoder.layers[0]
+    attentions = [
+        encoder_layer.self_attn,
+        decoder_layer.self_attn,
+        decoder_layer.multihead_attn,
+    ]
+    for attention in attentions:
+        assert isinstance(attention, vi.VIMultiheadAttention)
+        assert (attention.embed_dim, attention.num_heads) == (8, 2)
+        assert attention.bias is bias
+        assert not attention.batch_first  # VITransformer's default layout
+    for layer in (encoder_layer, decoder_layer):
+        assert isinstance(layer.linear1, vi.VILinear)
+        assert isinstance(layer.linear2, vi.VILinear)
+        assert (layer.linear1.in_features, layer.linear1.out_features) == (8, 16)
+        assert hasattr(layer.linear2, "_bias_mean") is bias
+    # torch_blue's ``bias`` flag on every layer of the model, stacks included.
+    for module in (model, model.encoder, model.decoder, encoder_layer, decoder_layer):
+        assert module.bias is bias
+    vi_modules = [m for m in model.modules() if isinstance(m, vi.VIModule)]
+    # model, 2 stacks, 2 layers, 3 attentions, 7 VILinear (3 of them out_proj)
+    assert len(vi_modules) == 15
+    assert not any(m.return_log_probs for m in vi_modules)
+
+
+def test_transformer_options_reach_every_sublayer() -> None:
+    model = vi.VITransformer(
+        8,
+        2,
+        2,
+        1,
+        16,
+        variational_distribution=MeanFieldNormal(std=0.05),
+        prior=MeanFieldNormal(0.1, 0.2),
+        rescale_prior=False,
+        prior_initialization=True,
+    )
+    checked = 0
+    for module in model.modules():
+        if not (isinstance(module, vi.VIModule) and module.random_variables):
+            continue
+        for name, family in module.variational_distribution.items():
+            if family is None:
+                continue
+            assert isinstance(family, MeanFieldNormal)
+            mean, log_std = module.get_variational_parameters(name)
+            # prior_initialization: torch_blue's sublayers start at the prior
+            # (no Xavier-uniform means, as torch's Transformer draws).
+            torch.testing.assert_close(mean, torch.full_like(mean, 0.1))
+            torch.testing.assert_close(log_std, torch.full_like(log_std, math.log(0.2)))
+            checked += 1
+    assert checked == len(model.random_variables()) == 28
+
+
+def test_prior_mapping_has_one_entry_per_variable() -> None:
+    attention = vi.VIMultiheadAttention(8, 2, kdim=4, vdim=4)
+    names = list(attention.random_variables)
+    assert list(attention.prior) == list(attention.variational_distribution) == names
+    priors, families = attention.prior, attention.variational_distribution
+    for prior, family in zip(priors.values(), families.values(), strict=True):
+        assert (prior is None) is (family is None)
+    assert attention.prior["in_proj_weight"] is None  # separate q/k/v weights
+    assert isinstance(attention.prior["q_proj_weight"], bnn.Prior)
+    # The placeholders are not modules: nothing of in_proj_weight is saved.
+    assert not any("in_proj_weight" in key for key in attention.state_dict())
+    container = vi.VISequential(vi.VILinear(2, 2))
+    assert dict(container.prior) == dict(container.variational_distribution) == {}
+    with pytest.raises(AttributeError):
+        _ = container.no_such_attribute
+
+
+def test_float16_transformer_with_a_posterior_std_below_the_dtype() -> None:
+    model = vi.VITransformer(
+        8,
+        2,
+        1,
+        1,
+        16,
+        variational_distribution=MeanFieldNormal(std=1e-20),
+        dtype=torch.float16,
+    )
+    # 1e-20 underflows float16: the std is its smallest normal number, not 0.
+    scale = model.encoder.layers[0].self_attn.posterior["in_proj_weight"].scale()
+    tiny = torch.finfo(torch.float16).tiny
+    torch.testing.assert_close(
+        scale.float(), torch.full(scale.shape, tiny), rtol=1e-2, atol=0
+    )
+    src = torch.rand(5, 3, 8, dtype=torch.float16)
+    out = model(src, torch.rand(4, 3, 8, dtype=torch.float16), samples=3)
+    assert (out.shape, out.dtype) == ((3, 4, 3, 8), torch.float16)
+    assert out.log_probs.shape == (3, 2)
+    assert bool(out.isfinite().all())
+
+
+def test_vi_encoder_layer_at_its_means_is_torch_layer() -> None:
+    layer = vi.VITransformerEncoderLayer(
+        8, 2, 16, variational_distribution=MeanFieldNormal(std=1e-20)
+    )
+    plain = bnn.to_deterministic(layer)
+    assert isinstance(plain, nn.TransformerEncoderLayer)
+    assert isinstance(plain.self_attn, nn.MultiheadAttention)
+    x = torch.randn(3, 5, 8)
+    expected = plain.train()(x)  # dropout 0; the training-mode (slow) path
+    out = layer(x, samples=2)
+    # A posterior std of 1e-20 moves no weight: float32 rounding only.
+    torch.testing.assert_close(out, expected.expand(2, 3, 5, 8), rtol=1e-5, atol=1e-5)
+    mean = bnn.predict(layer, x, bnn.Normal(scale=1.0), mode="mean").samples[0]
+    torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_rescales_its_priors_by_default() -> None:
+    # torch_blue's attention and transformer layers default to rescale_prior=True.
+    for cls in (
+        vi.VIMultiheadAttention,
+        vi.VITransformerEncoderLayer,
+        vi.VITransformerDecoderLayer,
+        vi.VITransformer,
+    ):
+        assert inspect.signature(cls).parameters["rescale_prior"].default is True
+    attention = vi.VIMultiheadAttention(12, 2)
+    expected = 1 / math.sqrt(3 * 12) + 1e-5  # fan_in of in_proj_weight: embed_dim
+    for prior in (attention.prior["in_proj_weight"], attention.out_proj.prior["bias"]):
+        torch.testing.assert_close(float(prior.scale), expected)
+    plain = vi.VIMultiheadAttention(12, 2, rescale_prior=False)
+    torch.testing.assert_close(float(plain.prior["in_proj_weight"].scale), 1.0)

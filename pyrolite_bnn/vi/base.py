@@ -27,6 +27,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -284,6 +285,15 @@ class VIModule(BnnVIModule):
                 setattr(self, name, None)
         self.variable_names = specs.names
         self.variational_distribution = specs.variational
+        # torch_blue's ``prior`` has one entry per variable, ``None`` when the
+        # variable is: the prior modules in the variables' order, ``None``
+        # placeholders (not modules, so not in ``modules()`` or ``state_dict``).
+        priors = self.prior
+        declared = {name: priors[name] for name in specs.declared()}
+        for name in list(priors.keys()):
+            del priors[name]
+        for name in specs.names:
+            priors.add_module(name, declared.get(name))
         self.prior_specs = specs.priors
         self._kaiming_init = specs.kaiming_initialization
         self._prior_init = specs.prior_initialization
@@ -362,7 +372,10 @@ class VIModule(BnnVIModule):
         posterior: Posterior = self.posterior[variable]
         if isinstance(posterior, MeanFieldNormalPosterior):
             loc, log_std = values
-            posterior.reset_parameters(loc, log_std.exp())
+            # torch_blue stores log_std; a std that underflows the dtype (1e-20
+            # in float16) becomes its smallest normal number instead of 0.
+            tiny = torch.finfo(log_std.dtype).tiny
+            posterior.reset_parameters(loc, log_std.exp().clamp_min(tiny))
         elif isinstance(posterior, AdaptedPosterior):
             posterior.set_values(values)
         elif isinstance(posterior, PointMassPosterior):
@@ -473,7 +486,14 @@ class VIModule(BnnVIModule):
                     if parameter in family.distribution_parameters:
                         index = family.distribution_parameters.index(parameter)
                         return self.get_variational_parameters(variable)[index]
-        return super().__getattr__(name)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("variational_distribution", "prior"):
+                # A container: no random variables of its own (torch_blue's
+                # layers keep both mappings, one entry per variable).
+                return MappingProxyType({})
+            raise
 
     def run_per_particle(
         self,

@@ -4,7 +4,10 @@ Each class is the :mod:`pyrolite_bnn` layer of the same name
 (:class:`pyrolite_bnn.VIMultiheadAttention`, ``VITransformer*``) taking
 torch_blue's arguments: no ``dropout`` (torch_blue has none), the
 ``variational_distribution``/``prior`` objects of :mod:`pyrolite_bnn.vi.distributions`,
-``return_log_probs``. The defaults of ``batch_first`` are torch_blue's:
+``return_log_probs``. The transformer layers are built from the ``vi``
+sublayers (:class:`VIMultiheadAttention`, :class:`~pyrolite_bnn.vi.VILinear`),
+so every weight follows torch_blue's options and each layer has torch_blue's
+``bias`` flag. The defaults of ``batch_first`` are torch_blue's:
 ``True`` for the attention and transformer layers, ``False`` for
 ``VITransformer``; ``batch_first=False`` takes sequence-first tensors
 ``(L, B, E)`` and returns ``(S, L, B, E)``.
@@ -44,14 +47,68 @@ __all__ = [
 ]
 
 
-def _bnn_options(variational_distribution: Any, prior: Any) -> dict[str, Any]:
-    """One prior and one variational family for every weight of a composite layer."""
-    specs = VariableSpecs(
-        {"weight": (1,)}, variational_distribution, prior, False, True, False
+def _vi_sublayers(
+    layer: nn.Module,
+    attention: tuple[str, ...],
+    d_model: int,
+    nhead: int,
+    dim_feedforward: int,
+    batch_first: bool,
+    bias: bool,
+    vikwargs: dict[str, Any],
+) -> None:
+    """Give a transformer layer the :mod:`~pyrolite_bnn.vi` sublayers of torch_blue.
+
+    The attention blocks named ``attention`` become :class:`VIMultiheadAttention`
+    and the feed-forward block's ``linear1``/``linear2`` :class:`VILinear`
+    (drawing their weights, as the library's layers), each with the layer's
+    torch_blue options; the library's layer keeps its computation.
+    """
+    for name in attention:
+        setattr(
+            layer,
+            name,
+            VIMultiheadAttention(
+                d_model, nhead, bias, batch_first=batch_first, **vikwargs
+            ),
+        )
+    layer.linear1 = VILinear(
+        d_model, dim_feedforward, bias=bias, estimator="reparam", **vikwargs
     )
+    layer.linear2 = VILinear(
+        dim_feedforward, d_model, bias=bias, estimator="reparam", **vikwargs
+    )
+
+
+def _layer_bias(layer: nn.Module) -> bool:
+    """torch_blue's ``bias`` flag of a stack: whether its layer has biases."""
+    flag = getattr(layer, "bias", None)
+    if isinstance(flag, bool):
+        return flag
+    norm = getattr(layer, "norm1", None)  # a pyrolite_bnn or torch layer
+    return getattr(norm, "bias", None) is not None
+
+
+def _vikwargs(
+    variational_distribution: Any,
+    prior: Any,
+    rescale_prior: bool,
+    kaiming_initialization: bool,
+    prior_initialization: bool,
+    return_log_probs: bool,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> dict[str, Any]:
+    """torch_blue's ``VIkwargs`` of a composite layer, for its sublayers."""
     return {
-        "prior": specs.bnn_priors()["weight"],
-        "variational": specs.bnn_families()["weight"],
+        "variational_distribution": variational_distribution,
+        "prior": prior,
+        "rescale_prior": rescale_prior,
+        "kaiming_initialization": kaiming_initialization,
+        "prior_initialization": prior_initialization,
+        "return_log_probs": return_log_probs,
+        "device": device,
+        "dtype": dtype,
     }
 
 
@@ -80,7 +137,8 @@ class VIMultiheadAttention(BnnAttention, VIModule):
         prior: see :class:`~pyrolite_bnn.vi.VIkwargs`.
         kaiming_initialization: see :class:`~pyrolite_bnn.vi.VIkwargs`.
         prior_initialization: see :class:`~pyrolite_bnn.vi.VIkwargs`.
-        rescale_prior: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        rescale_prior: see :class:`~pyrolite_bnn.vi.VIkwargs` (torch_blue's default
+            here: ``True``).
         return_log_probs: see :class:`~pyrolite_bnn.vi.VIkwargs`.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -112,7 +170,7 @@ class VIMultiheadAttention(BnnAttention, VIModule):
         prior: Any = None,
         kaiming_initialization: bool = True,
         prior_initialization: bool = False,
-        rescale_prior: bool = False,
+        rescale_prior: bool = True,
         return_log_probs: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -175,9 +233,13 @@ class VITransformerEncoderLayer(BnnEncoderLayer, VIModule):
     """Bayesian transformer encoder layer with torch_blue's arguments.
 
     :class:`pyrolite_bnn.VITransformerEncoderLayer` without dropout (as in
-    torch_blue); one ``variational_distribution`` and one ``prior`` for every
-    weight, the library's torch-like initialisation (``kaiming_initialization``,
-    ``prior_initialization`` and ``rescale_prior`` are accepted and ignored).
+    torch_blue), built from :mod:`~pyrolite_bnn.vi` sublayers: ``self_attn`` is a
+    :class:`VIMultiheadAttention`, the feed-forward block's ``linear1`` and
+    ``linear2`` are :class:`~pyrolite_bnn.vi.VILinear`, each taking the layer's
+    torch_blue options (``variational_distribution``, ``prior``,
+    ``rescale_prior``, ``kaiming_initialization``, ``prior_initialization``,
+    ``return_log_probs``). ``bias`` is torch_blue's flag. The computation is the
+    library layer's.
 
     Example:
         >>> import torch
@@ -216,10 +278,30 @@ class VITransformerEncoderLayer(BnnEncoderLayer, VIModule):
             batch_first,
             norm_first,
             bias,
-            **_bnn_options(variational_distribution, prior),
             device=device,
             dtype=dtype,
         )
+        vikwargs = _vikwargs(
+            variational_distribution,
+            prior,
+            rescale_prior,
+            kaiming_initialization,
+            prior_initialization,
+            return_log_probs,
+            device,
+            dtype,
+        )
+        _vi_sublayers(
+            self,
+            ("self_attn",),
+            d_model,
+            nhead,
+            dim_feedforward,
+            batch_first,
+            bias,
+            vikwargs,
+        )
+        self.bias = bias
         self.return_log_probs = return_log_probs
 
 
@@ -227,7 +309,8 @@ class VITransformerDecoderLayer(BnnDecoderLayer, VIModule):
     """Bayesian transformer decoder layer with torch_blue's arguments.
 
     See :class:`VITransformerEncoderLayer` (note torch_blue's order:
-    ``norm_first`` before ``batch_first``).
+    ``norm_first`` before ``batch_first``); ``multihead_attn`` is a
+    :class:`VIMultiheadAttention` too.
 
     Example:
         >>> import torch
@@ -266,15 +349,37 @@ class VITransformerDecoderLayer(BnnDecoderLayer, VIModule):
             batch_first,
             norm_first,
             bias,
-            **_bnn_options(variational_distribution, prior),
             device=device,
             dtype=dtype,
         )
+        vikwargs = _vikwargs(
+            variational_distribution,
+            prior,
+            rescale_prior,
+            kaiming_initialization,
+            prior_initialization,
+            return_log_probs,
+            device,
+            dtype,
+        )
+        _vi_sublayers(
+            self,
+            ("self_attn", "multihead_attn"),
+            d_model,
+            nhead,
+            dim_feedforward,
+            batch_first,
+            bias,
+            vikwargs,
+        )
+        self.bias = bias
         self.return_log_probs = return_log_probs
 
 
 class VITransformerEncoder(BnnEncoder, VIModule):
     """``num_layers`` copies of an encoder layer (torch_blue's arguments).
+
+    ``bias`` is the layer's flag (torch_blue's layers all have one).
 
     Example:
         >>> import torch
@@ -292,11 +397,14 @@ class VITransformerEncoder(BnnEncoder, VIModule):
         return_log_probs: bool = True,
     ) -> None:
         super().__init__(encoder_layer, num_layers, norm)
+        self.bias = _layer_bias(encoder_layer)
         self.return_log_probs = return_log_probs
 
 
 class VITransformerDecoder(BnnDecoder, VIModule):
     """``num_layers`` copies of a decoder layer (torch_blue's arguments).
+
+    ``bias`` is the layer's flag (torch_blue's layers all have one).
 
     Example:
         >>> import torch
@@ -315,6 +423,7 @@ class VITransformerDecoder(BnnDecoder, VIModule):
         return_log_probs: bool = True,
     ) -> None:
         super().__init__(decoder_layer, num_layers, norm)
+        self.bias = _layer_bias(decoder_layer)
         self.return_log_probs = return_log_probs
 
 
@@ -323,7 +432,10 @@ class VITransformer(BnnTransformer, VIModule):
 
     torch_blue's defaults (``d_model=32``, one head, one layer each,
     ``dim_feedforward=256``, ``batch_first=False``: sequence-first tensors
-    ``(L, B, d_model)``, output ``(S, T, B, d_model)``).
+    ``(L, B, d_model)``, output ``(S, T, B, d_model)``). The built encoder and
+    decoder are :class:`VITransformerEncoder`/:class:`VITransformerDecoder` of
+    this module's layers, with final layer norms; every weight keeps its
+    sublayer's torch_blue initialisation (:meth:`reset_parameters`).
 
     Example:
         >>> import torch
@@ -356,6 +468,38 @@ class VITransformer(BnnTransformer, VIModule):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        vikwargs = _vikwargs(
+            variational_distribution,
+            prior,
+            rescale_prior,
+            kaiming_initialization,
+            prior_initialization,
+            return_log_probs,
+            device,
+            dtype,
+        )
+        activation = nn.ReLU() if activation is None else activation
+        layer_args = (d_model, nhead, dim_feedforward, activation, layer_norm_eps)
+
+        def norm() -> nn.LayerNorm:
+            return nn.LayerNorm(
+                d_model, eps=layer_norm_eps, bias=bias, device=device, dtype=dtype
+            )
+
+        if custom_encoder is None:
+            encoder_layer = VITransformerEncoderLayer(
+                *layer_args, batch_first, norm_first, bias, **vikwargs
+            )
+            custom_encoder = VITransformerEncoder(
+                encoder_layer, num_encoder_layers, norm(), return_log_probs
+            )
+        if custom_decoder is None:
+            decoder_layer = VITransformerDecoderLayer(
+                *layer_args, norm_first, batch_first, bias, **vikwargs
+            )
+            custom_decoder = VITransformerDecoder(
+                decoder_layer, num_decoder_layers, norm(), return_log_probs
+            )
         super().__init__(
             d_model,
             nhead,
@@ -363,15 +507,29 @@ class VITransformer(BnnTransformer, VIModule):
             num_decoder_layers,
             dim_feedforward,
             0.0,
-            nn.ReLU() if activation is None else activation,
+            activation,
             custom_encoder,
             custom_decoder,
             layer_norm_eps,
             batch_first,
             norm_first,
             bias,
-            **_bnn_options(variational_distribution, prior),
             device=device,
             dtype=dtype,
         )
+        self.bias = bias
         self.return_log_probs = return_log_probs
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every random variable the torch_blue way.
+
+        Each sublayer's :meth:`~pyrolite_bnn.vi.VIModule.reset_variational_parameters`
+        (its ``kaiming_initialization``/``prior_initialization``), in place of
+        :class:`pyrolite_bnn.VITransformer`'s Xavier-uniform means: torch_blue's
+        transformer keeps the initialisation of its layers. Each layer of a
+        stack draws its own initial means (torch_blue's copies start equal).
+        """
+        for module in self.modules():
+            if isinstance(module, VIModule) and module.random_variables:
+                module.reset_variational_parameters()
