@@ -51,7 +51,7 @@ from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import LayerRecord
 
-__all__ = ["install", "open_pending_root"]
+__all__ = ["install", "note_output", "open_pending_root"]
 
 
 class _Frame:
@@ -67,6 +67,9 @@ class _Frame:
         # not walk their module trees.
         self.pending: bool | None = None
         self.single: VIModule | None = None
+        # What ``single`` returned: returned as is by the plain module, it is
+        # laid out by ``single.unfold_output`` (a VILSTM's states).
+        self.single_output: Any = None
         self.depth = 0  # nested calls of the same module object
         self.token: Token[_Frame | None] | None = None
         # The module's own forward hook that closes the frame (_leave).
@@ -188,12 +191,23 @@ def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     _FRAME.reset(frame.token)
     if output is None or state is None:  # not opened, or failed
         return None
-    result = _particles.unfold(output, state)
+    single = frame.single
+    if single is not None and output is frame.single_output:
+        result = single.unfold_output(output, state)
+    else:
+        result = _particles.unfold(output, state)
     if draws is None:  # run as a Pyro model: the weights are sample sites
         return result
     draws.finish()
     record = LayerRecord(draws, state.samples)
     return attach(result, record, log_probs=getattr(module, "return_log_probs", False))
+
+
+def note_output(caller: VIModule, output: Any) -> None:
+    """Remember the output of the plain module's one Bayesian module ``caller``."""
+    frame = _FRAME.get()
+    if frame is not None and frame.single is caller:
+        frame.single_output = output
 
 
 def open_pending_root(

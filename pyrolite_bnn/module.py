@@ -427,7 +427,9 @@ class VIModule(LocalPyroModule):
         from pyrolite_bnn import _forward, _plain_roots
 
         if _plain_roots.open_pending_root(self, args, kwargs, samples):
-            return nn.Module.__call__(self, *args, **kwargs)
+            result = nn.Module.__call__(self, *args, **kwargs)
+            _plain_roots.note_output(self, result)
+            return result
         count = self.samples if samples is None else samples
         state, device = _forward.prepare(self, args, kwargs, count)
         with local_params():

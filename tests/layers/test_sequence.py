@@ -396,3 +396,21 @@ def test_predict_chunks_a_sequence_first_input_along_its_batch() -> None:
     chunked = bnn.predict(net, x, bnn.Normal(scale=1.0), samples=3, batch_size=2)
     assert whole.samples.shape == (3, LQ, 6, E)
     torch.testing.assert_close(chunked.samples, whole.samples, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_plain_module_around_one_recurrent_layer_returns_its_layout(
+    batch_first: bool,
+) -> None:
+    """``nn.Sequential(VILSTM(...))`` is the network of its one Bayesian layer:
+    output and states laid out as the layer's own outermost call lays them out
+    (it failed on the states), with the same draws under the same seed."""
+    lstm = bnn.VILSTM(3, 4, num_layers=2, batch_first=batch_first)
+    x = torch.randn(5, 7, 3) if batch_first else torch.randn(7, 5, 3)
+    torch.manual_seed(0)
+    out, (h, c) = nn.Sequential(lstm)(x)
+    torch.manual_seed(0)
+    ref_out, (ref_h, ref_c) = lstm(x, samples=10)
+    assert h.shape == (10, 2, 5, 4)
+    for got, ref in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(got, ref)
