@@ -48,7 +48,7 @@ import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -335,6 +335,41 @@ class LinearizedLaplace(nn.Module):
             self.eigenvectors = eigenvectors.to(self.theta)
             self.log_likelihood.copy_(log_likelihood)
         return self
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Take the GGN rank of the saved posterior (a fitted one has ``r > 0``).
+
+        ``torch.nn.Module`` copies saved buffers into existing ones of the same
+        shape; the eigenpairs' shape depends on the data the posterior was
+        fitted on, so they are resized to the saved shapes first.
+        """
+        for name in ("eigenvalues", "eigenvectors"):
+            saved = state_dict.get(prefix + name)
+            current = getattr(self, name)
+            if isinstance(saved, Tensor) and saved.shape != current.shape:
+                if saved.dim() != current.dim() or (
+                    name == "eigenvectors" and saved.shape[0] != current.shape[0]
+                ):
+                    continue  # a real mismatch: torch reports it below
+                setattr(self, name, current.new_empty(saved.shape))
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
 
     # ------------------------------------------------------------------ posterior
     @property

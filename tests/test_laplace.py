@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Literal
 
@@ -461,3 +462,19 @@ def test_prior_precision_on_validation_data_minimises_the_validation_nll() -> No
         la.fit_prior_precision(x[200:])
     with pytest.raises(ValueError, match="fitted on inputs of shape"):
         la.fit_prior_precision(torch.randn(5, 3), y[:5])
+
+
+def test_state_dict_round_trip_into_a_fresh_posterior() -> None:
+    """A fitted posterior's state (eigenpairs of data-dependent rank, prior
+    precision) loads into one built for the same network but not fitted, and
+    predicts the same."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1))
+    x, y = torch.randn(10, 2), torch.randn(10)
+    la = bnn.laplace(net, x, y, bnn.Normal(scale=0.5))
+    names = [n for n, _ in la.network.named_parameters()]
+    fresh = bnn.LinearizedLaplace(copy.deepcopy(la.network), names, bnn.Normal(0.5))
+    fresh.load_state_dict(la.state_dict())
+    assert fresh.rank == la.rank > 0
+    torch.testing.assert_close(fresh.posterior_covariance, la.posterior_covariance)
+    torch.testing.assert_close(fresh.output_covariance(x), la.output_covariance(x))
