@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -72,3 +74,25 @@ def test_weight_layers_refuse_non_tensor_and_integer_inputs(
         net(torch.zeros(shape).tolist())
     with pytest.raises(TypeError, match=rf"{name} expected a floating-point.*int64"):
         net(torch.zeros(shape, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: bnn.VIConv2d(3, 4, 0), "kernel_size must be >= 1"),
+        (lambda: bnn.VIConv1d(3, 4, 3, stride=0), "stride must be >= 1"),
+        (lambda: bnn.VIConv3d(3, 4, 3, dilation=(1, 0, 1)), "dilation must be >= 1"),
+        (lambda: bnn.VIConv2d(3, 4, 3, padding=-1), "padding must be >= 0"),
+        (
+            lambda: bnn.VIConvTranspose2d(3, 4, 3, stride=1, output_padding=1),
+            "output_padding .* must be smaller than the stride",
+        ),
+    ],
+)
+def test_convolution_geometry_is_checked_at_construction(
+    make: Callable[[], nn.Module], message: str
+) -> None:
+    """Torch accepts these and fails at the first call (a zero kernel with an
+    unrelated reshape error); the Bayesian layers name the argument at once."""
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -63,12 +63,18 @@ def _transpose_cases(dims: int) -> tuple[LayerCase, ...]:
     )
 
 
-def _ntuple(value: int | Sequence[int], dims: int, what: str) -> tuple[int, ...]:
+def _ntuple(
+    value: int | Sequence[int], dims: int, what: str, least: int | None = None
+) -> tuple[int, ...]:
+    """``value`` as ``dims`` ints, each at least ``least`` when it is given."""
     if isinstance(value, int):
-        return (value,) * dims
-    values = tuple(int(v) for v in value)
+        values: tuple[int, ...] = (value,) * dims
+    else:
+        values = tuple(int(v) for v in value)
     if len(values) != dims:
         raise ValueError(f"{what} must be an int or {dims} ints, got {value!r}")
+    if least is not None and min(values) < least:
+        raise ValueError(f"{what} must be >= {least}, got {value!r}")
     return values
 
 
@@ -115,9 +121,9 @@ class _VIConvBase(_VIWeightLayer):
             )
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _ntuple(kernel_size, dims, "kernel_size")
-        self.stride = _ntuple(stride, dims, "stride")
-        self.dilation = _ntuple(dilation, dims, "dilation")
+        self.kernel_size = _ntuple(kernel_size, dims, "kernel_size", least=1)
+        self.stride = _ntuple(stride, dims, "stride", least=1)
+        self.dilation = _ntuple(dilation, dims, "dilation", least=1)
         if isinstance(padding, str):
             if self._transposed:
                 raise ValueError(
@@ -134,7 +140,7 @@ class _VIConvBase(_VIWeightLayer):
                 )
             self.padding = padding
         else:
-            self.padding = _ntuple(padding, dims, "padding")
+            self.padding = _ntuple(padding, dims, "padding", least=0)
         self.output_padding = (0,) * dims
         self.groups = groups
         self.padding_mode = padding_mode
@@ -377,7 +383,19 @@ class _VIConvTransposeNd(_VIConvBase):
             groups,
             padding_mode,
         )
-        self.output_padding = _ntuple(output_padding, self._dims, "output_padding")
+        self.output_padding = _ntuple(
+            output_padding, self._dims, "output_padding", least=0
+        )
+        if any(
+            p >= max(s, d)
+            for p, s, d in zip(
+                self.output_padding, self.stride, self.dilation, strict=True
+            )
+        ):
+            raise ValueError(
+                f"output_padding {self.output_padding} must be smaller than the stride "
+                f"{self.stride} or the dilation {self.dilation} in every dimension"
+            )
         self._declare(
             {
                 "weight": (in_channels, out_channels // groups, *self.kernel_size),
