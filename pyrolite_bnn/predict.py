@@ -346,8 +346,16 @@ def _predict(
 
 
 def _sequence_first(model: nn.Module) -> bool:
-    """Whether ``model`` holds a ``batch_first=False`` sequence layer."""
-    return any(getattr(m, "batch_first", True) is False for m in model.modules())
+    """Whether ``model`` holds a Bayesian ``batch_first=False`` sequence layer.
+
+    Such a layer only runs in a network whose input is sequence-first. A plain
+    torch one says nothing about the input's layout (a batch-first network may
+    transpose for it), so it does not count.
+    """
+    return any(
+        isinstance(m, VIModule) and getattr(m, "batch_first", True) is False
+        for m in model.modules()
+    )
 
 
 def _guide(model: nn.Module) -> ParticleGuide:

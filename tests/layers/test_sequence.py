@@ -414,3 +414,29 @@ def test_plain_module_around_one_recurrent_layer_returns_its_layout(
     assert h.shape == (10, 2, 5, 4)
     for got, ref in ((out, ref_out), (h, ref_h), (c, ref_c)):
         torch.testing.assert_close(got, ref)
+
+
+def test_predict_chunks_a_batch_first_network_with_a_plain_sequence_first_layer() -> (
+    None
+):
+    """A batch-first network may transpose for a plain ``batch_first=False``
+    torch layer: its input is still chunked along the batch (dimension 0)."""
+
+    class Transposing(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.lstm = bnn.VILinear(E, E), nn.LSTM(E, 4)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out, _ = self.lstm(self.lin(x).transpose(0, 1))
+            return out.transpose(0, 1)  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    net = Transposing().eval()
+    x = torch.randn(6, LQ, E)
+    torch.manual_seed(1)
+    whole = bnn.predict(net, x, bnn.Normal(scale=1.0), samples=3, batch_size=6)
+    torch.manual_seed(1)
+    chunked = bnn.predict(net, x, bnn.Normal(scale=1.0), samples=3, batch_size=2)
+    assert whole.samples.shape == (3, 6, LQ, 4)
+    torch.testing.assert_close(chunked.samples, whole.samples, rtol=1e-5, atol=1e-6)
