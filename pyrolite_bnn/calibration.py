@@ -61,9 +61,7 @@ def _mixture_nll(
 ) -> float:
     """``-mean_b log mean_s p(y_b | outputs[s, b])`` under ``likelihood``."""
     with torch.no_grad():
-        log_p = likelihood.log_likelihood(outputs, y)  # (S, B)
-        mixture = torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])
-        return float(-mixture.mean())
+        return float(-likelihood.mixture_log_likelihood(outputs, y).mean())
 
 
 class Calibration(nn.Module):

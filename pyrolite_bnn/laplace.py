@@ -499,8 +499,7 @@ class LinearizedLaplace(nn.Module):
             with torch.no_grad():
                 moved = (jz + (jv * e) @ zv.T) / math.sqrt(delta)  # (N K, S)
                 outputs = centre + moved.T.reshape(samples, *centre.shape)
-                log_p = self.predictive.log_likelihood(outputs, y)  # (S, N)
-                mixture = torch.logsumexp(log_p, 0) - math.log(samples)
+                mixture = self.predictive.mixture_log_likelihood(outputs, y)
             return -float(mixture.mean())
 
         return objective

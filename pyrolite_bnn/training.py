@@ -170,11 +170,7 @@ def _validation_nll(
     try:
         for step, batch in enumerate(loader):
             x, y = _unpack(batch, "val_loader", f"batch {step}")
-            out = model(x)
-            likelihood, aligned = loss_fn.predictive.observe(out, y)
-            log_prob = likelihood.log_prob(aligned)  # (S, B)
-            samples = log_prob.shape[0]
-            log_mean = torch.logsumexp(log_prob, dim=0) - math.log(samples)
+            log_mean = loss_fn.predictive.mixture_log_likelihood(model(x), y)
             total -= float(log_mean.sum())
             count += int(log_mean.numel())
     finally:
