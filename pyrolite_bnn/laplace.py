@@ -233,6 +233,8 @@ class LinearizedLaplace(nn.Module):
         eigenvectors: the matching orthonormal columns, ``(P, r)``.
         prior_precision: ``delta`` of the prior ``N(0, I / delta)``.
         log_likelihood: ``log p(data | theta*)`` summed over the data.
+        input_shape: shape of one input example once fitted (``None`` before):
+            prediction inputs must match it.
 
     Shape:
         - ``forward(x, samples)``: ``(B, ...) -> (S, B, ...)``, the network's
@@ -240,7 +242,6 @@ class LinearizedLaplace(nn.Module):
     """
 
     theta: Tensor
-    input_shape: tuple[int, ...]
     eigenvalues: Tensor
     eigenvectors: Tensor
     prior_precision: Tensor
@@ -270,6 +271,8 @@ class LinearizedLaplace(nn.Module):
         self.register_buffer("prior_precision", torch.ones_like(theta[0]))
         self.register_buffer("log_likelihood", torch.zeros_like(theta[0]))
         network.requires_grad_(False)
+        # Shape of one input example, known once fitted (checked on prediction).
+        self.input_shape: tuple[int, ...] | None = None
 
     def fit(
         self, x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None = None
@@ -381,6 +384,14 @@ class LinearizedLaplace(nn.Module):
     def rank(self) -> int:
         """Number ``r`` of kept GGN eigenpairs (the other ``P - r`` are zero)."""
         return self.eigenvalues.numel()
+
+    def _root_correction(self, delta: Tensor | float) -> Tensor:
+        """``e`` with ``(I + V diag(e) V^T) / sqrt(delta)`` a square root of ``Sigma``.
+
+        ``e = (1 + lambda / delta)^(-1/2) - 1`` per GGN eigenvalue ``lambda``,
+        at the prior precision ``delta``.
+        """
+        return torch.expm1(-0.5 * torch.log1p(self.eigenvalues / delta))
 
     def _shrink(self) -> Tensor:
         """``lambda / (delta (lambda + delta))``: ``Sigma = I / delta - V diag V^T``."""
@@ -495,7 +506,7 @@ class LinearizedLaplace(nn.Module):
 
         def objective(log_delta: float) -> float:
             delta = math.exp(log_delta)
-            e = torch.expm1(-0.5 * torch.log1p(self.eigenvalues / delta))
+            e = self._root_correction(delta)
             with torch.no_grad():
                 moved = (jz + (jv * e) @ zv.T) / math.sqrt(delta)  # (N K, S)
                 outputs = centre + moved.T.reshape(samples, *centre.shape)
@@ -519,7 +530,7 @@ class LinearizedLaplace(nn.Module):
         """Inputs ``(B, ...)`` shaped like the examples the posterior was fitted on."""
         if not isinstance(x, Tensor) or x.dim() == 0:
             raise ValueError("LinearizedLaplace needs inputs x of shape (B, ...)")
-        fitted = self.__dict__.get("input_shape")
+        fitted = self.input_shape
         if fitted is not None and tuple(x.shape[1:]) != fitted:
             raise ValueError(
                 f"LinearizedLaplace was fitted on inputs of shape (N, "
@@ -591,9 +602,7 @@ class LinearizedLaplace(nn.Module):
         self._check_input(x)
         theta, v, delta = self.theta, self.eigenvectors, self.prior_precision
         z = torch.randn(samples, len(theta), dtype=theta.dtype, device=theta.device)
-        # (I + V diag(e) V^T) / sqrt(delta), e = (1 + lambda / delta)^-1/2 - 1,
-        # is a square root of Sigma.
-        e = torch.expm1(-0.5 * torch.log1p(self.eigenvalues / delta))
+        e = self._root_correction(delta)
         deltas = (z + ((z @ v) * e) @ v.T) / delta.sqrt()
         step = batch_size or self._jacobian_chunk(x[:1])
         chunks = []
