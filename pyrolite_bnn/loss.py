@@ -77,14 +77,17 @@ class _ChangeWatch:
         self.calls = 0
         self.snapshot: list[Tensor] = []
         self.key: Hashable = None
-        # The key of a group whose window is over: not collected again.
-        self.done: Hashable = None
+
+    def finished(self, key: Hashable) -> bool:
+        """Whether the window of the group ``key`` is over (no need to collect it)."""
+        return (
+            key is not None and key == self.key and self.calls >= _UNTRAINED_CHECK_STEP
+        )
 
     def unchanged(self, params: Mapping[str, Tensor], key: Hashable = None) -> bool:
         """Count a call; ``True`` (once) if ``params`` never changed in the window.
 
-        ``key`` identifies the group cheaply; once its window is over,
-        :attr:`done` holds it, so the caller can skip collecting ``params``.
+        ``key`` identifies the group cheaply (see :meth:`finished`).
         """
         names = tuple(params)
         if names != self.names or key != self.key:
@@ -99,7 +102,6 @@ class _ChangeWatch:
             return False
         if self.calls < _UNTRAINED_CHECK_STEP:
             return False
-        self.done = key
         before, self.snapshot = self.snapshot, []
         return all(
             torch.equal(p.detach(), old)
@@ -404,7 +406,7 @@ class KullbackLeiblerLoss(nn.Module):
         if not torch.is_grad_enabled() or is_capturing() or not record.training():
             return
         watch, key = self._watches["guide"], record.guide_identity()
-        if key is not None and key == watch.done:
+        if watch.finished(key):
             return
         params = record.guide_parameters()
         if watch.unchanged(params, key):

@@ -97,9 +97,9 @@ class ForwardRecord:
         """A cheap key of the guide behind :meth:`guide_parameters`.
 
         Equal keys mean the same guide, so a finished check of it is not
-        repeated on every call; by default the parameters' names.
+        repeated on every call.
         """
-        return tuple(self.guide_parameters())
+        raise NotImplementedError
 
     def training(self) -> bool:
         """Whether the forward pass ran in training mode (``True`` if unknown)."""
@@ -201,6 +201,14 @@ class TraceRecord(ForwardRecord):
                 leaf = unconstrained() if callable(unconstrained) else value
                 params[name] = leaf if isinstance(leaf, Tensor) else value
         return params
+
+    def guide_identity(self) -> Hashable:
+        """See :meth:`ForwardRecord.guide_identity`: the guide's ``param`` names.
+
+        Read off the trace without resolving each value's optimised leaf.
+        """
+        nodes = self.guide_trace.nodes
+        return tuple(name for name, site in nodes.items() if site["type"] == "param")
 
     def _per_particle(self, sites: Iterable[Any]) -> Tensor:
         return _sum_per_particle(
