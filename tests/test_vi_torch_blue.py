@@ -245,6 +245,24 @@ def test_per_call_dataset_size_and_missing_dataset_size() -> None:
     torch.testing.assert_close(unsized.last_nll, 0.08 * nll)
 
 
+def test_batch_larger_than_dataset_size_warns_and_scales_by_n_over_b() -> None:
+    # torch_blue accepts N < B (its own tests use B=100, N=50); vi warns and
+    # keeps the tempered data term N/B * sum, the library's loss refuses it.
+    layer = vi.VILinear(4, 3, NonBayesian(), UniformPrior())  # deterministic output
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=8)
+    loss_fn(layer(x), y)
+    full = loss_fn.last_nll
+    with pytest.warns(UserWarning, match=r"batch of 8 examples is larger than dataset_size=2"):
+        loss_fn(layer(x), y, 2)
+    torch.testing.assert_close(loss_fn.last_nll, full / 4)
+    analytical = vi.AnalyticalKullbackLeiblerLoss(layer, Categorical(), 2)
+    with pytest.warns(UserWarning, match="larger than dataset_size=2"):
+        analytical(layer(x), y)
+    with pytest.raises(ValueError, match="larger than dataset_size=2"):
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), 2)(layer(x), y)
+
+
 def test_vi_loss_is_n_times_the_mean_reduced_loss() -> None:
     layer = vi.VILinear(4, 3)
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))

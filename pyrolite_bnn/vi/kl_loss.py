@@ -123,6 +123,27 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         if value is not None:  # validated as the library's loss does
             BnnKullbackLeiblerLoss.dataset_size.fset(self, value)  # type: ignore[attr-defined]
 
+    def check_batch(self, output: Tensor) -> int:
+        """The batch size of ``output``; a batch larger than ``N`` only warns.
+
+        torch_blue accepts ``dataset_size`` smaller than the batch (the data
+        term is then scaled by ``N / B < 1``, a tempered likelihood), so a
+        migrated script keeps running; :class:`pyrolite_bnn.KullbackLeiblerLoss`
+        refuses it.
+        """
+        batch = output.shape[1]
+        size = self.dataset_size
+        if size is not None and 0 < size < batch:
+            warnings.warn(
+                f"batch of {batch} examples is larger than dataset_size={size}: "
+                f"the data term is scaled by {size}/{batch} < 1; dataset_size "
+                "should be the number of training examples",
+                UserWarning,
+                stacklevel=3,
+            )
+            return batch
+        return super().check_batch(output)
+
     def track(self, mode: bool = True) -> None:
         """Start (``True``) or pause (``False``) recording; the history is kept."""
         if mode and self.log is None:
