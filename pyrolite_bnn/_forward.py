@@ -71,13 +71,12 @@ def prepare(
 ) -> tuple[_particles.ParticleState, torch.device | None]:
     """Validate the inputs of an outermost call; return its particle state."""
     count = _particles.check_samples(samples)
-    first = _particles.first_tensor(args, kwargs)
+    batch, device = _particles.leading_input(args, kwargs)
     check_finite_inputs(args, kwargs, type(root).__name__)
     if is_validation_enabled():
         check_input_dtype(args, kwargs, floating_dtype(root), type(root).__name__)
-    batch = None if first is None or first.dim() == 0 else first.shape[0]
-    device = None if first is None else first.device
-    return _particles.ParticleState(count, batch, root), device
+    inputs = tuple(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+    return _particles.ParticleState(count, batch, root, inputs=inputs), device
 
 
 def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -> Any:

@@ -26,8 +26,9 @@ import pyro
 import torch
 from pyro import poutine
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["ParticleState", "current", "particle_plate", "particles"]
+__all__ = ["ParticleState", "current", "particle_plate", "particles", "unfold_at"]
 
 PLATE_NAME = "particles"
 PLATE_DIM = -2
@@ -48,12 +49,27 @@ class ParticleState:
             that ran inside the network in this call (their inputs are
             ``(L, B, ...)``, so the network's output must keep ``B`` in
             dimension 1 to be unfolded).
+        batch_folded: tensors a layer produced with the particles folded
+            into the batch at a dimension other than their leading one (the
+            hidden states of a recurrent layer, ``(layers, B * S, H)``; the
+            attention weights of a ``batch_first=False`` attention layer,
+            ``(B * S, Lq, Lk)`` in a sequence-first network), with that
+            dimension; any module returning them as they are has them unfolded
+            there.
+        inputs: the outermost call's tensor arguments: shared by all
+            particles, whatever their shape.
     """
 
     samples: int
     batch_size: int | None
     root: nn.Module | None = None
     sequence_batches: set[int] = field(default_factory=set, compare=False)
+    inputs: tuple[Tensor, ...] = field(default=(), compare=False)
+    batch_folded: list[tuple[Tensor, int]] = field(default_factory=list, compare=False)
+
+    def note_batch_folded(self, tensor: Tensor, dim: int) -> None:
+        """Record that ``tensor`` is folded ``B * S`` at ``dim`` (see the attribute)."""
+        self.batch_folded.append((tensor, dim))
 
 
 _STATE: ContextVar[ParticleState | None] = ContextVar(
@@ -88,12 +104,21 @@ def particle_plate(samples: int, device: torch.device | None = None) -> Iterator
                 yield
 
 
-def first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
-    """The first tensor among a call's positional, then keyword, arguments."""
+def leading_input(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[int | None, torch.device | None]:
+    """Batch size and device of a call's first tensor or ``PackedSequence`` input.
+
+    Positional arguments come before keyword ones; the batch size is the
+    leading size of a tensor (``None`` for a scalar) and the number of
+    sequences of a packed batch; ``(None, None)`` without such an input.
+    """
     for value in (*args, *kwargs.values()):
+        if isinstance(value, PackedSequence):
+            return int(value.batch_sizes[0]), value.data.device
         if isinstance(value, Tensor):
-            return value
-    return None
+            return (None if value.dim() == 0 else value.shape[0]), value.device
+    return None, None
 
 
 def check_samples(samples: object) -> int:
@@ -101,6 +126,43 @@ def check_samples(samples: object) -> int:
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
     return samples
+
+
+def inverse_permutation(permutation: Tensor) -> Tensor:
+    """``inverse`` with ``inverse[permutation[i]] == i``."""
+    inverse = torch.empty_like(permutation)
+    inverse[permutation] = torch.arange(len(permutation), device=permutation.device)
+    return inverse
+
+
+def unfold_packed(packed: PackedSequence, state: ParticleState) -> PackedSequence:
+    """A packed output as the outermost call returns it: ``data`` ``(S, N, ...)``.
+
+    ``PackedSequence(data[s], batch_sizes, sorted_indices, unsorted_indices)``
+    is particle ``s``'s packing of the ``B`` sequences. A recurrent layer's
+    folded packing of ``B * S`` sequences holds, at each time step, the ``S``
+    particles of a sequence next to each other, so its data is ``(N, S, ...)``
+    in the order of one particle's packing (``layers/_packed.py``); a packing
+    shared by all particles is expanded.
+    """
+    samples = state.samples
+    data = packed.data
+    if any(data is tensor for tensor, _ in state.batch_folded):
+        sorted_rows = packed.sorted_indices
+        assert sorted_rows is not None
+        sorted_indices = sorted_rows[::samples] // samples
+        return PackedSequence(
+            data.view(-1, samples, *data.shape[1:]).transpose(0, 1).contiguous(),
+            packed.batch_sizes // samples,
+            sorted_indices,
+            inverse_permutation(sorted_indices),
+        )
+    return PackedSequence(
+        data.unsqueeze(0).expand(samples, *data.shape),
+        packed.batch_sizes,
+        packed.sorted_indices,
+        packed.unsorted_indices,
+    )
 
 
 def unfold(value: object, state: ParticleState) -> object:
@@ -112,6 +174,8 @@ def unfold(value: object, state: ParticleState) -> object:
     """
     if isinstance(value, Tensor):
         return unfold_tensor(value, state)
+    if isinstance(value, PackedSequence):
+        return unfold_packed(value, state)
     if isinstance(value, tuple):
         items = [unfold(v, state) for v in value]
         if hasattr(value, "_fields"):  # a namedtuple
@@ -124,11 +188,24 @@ def unfold(value: object, state: ParticleState) -> object:
     return value
 
 
+def unfold_at(tensor: Tensor, samples: int, dim: int) -> Tensor:
+    """A tensor folded ``B * S`` at ``dim`` as ``(S, ..., B, ...)``.
+
+    Each particle's slice is then the layer's own layout.
+    """
+    batch = tensor.shape[dim] // samples
+    shape = (*tensor.shape[:dim], batch, samples, *tensor.shape[dim + 1 :])
+    return tensor.reshape(shape).movedim(dim + 1, 0).contiguous()
+
+
 def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
     """Unfold one tensor (see :func:`unfold`)."""
     samples, batch = state.samples, state.batch_size
     if tensor.dim() == 0:
         return tensor
+    for folded, dim in state.batch_folded:
+        if folded is tensor:
+            return unfold_at(tensor, samples, dim)
     if state.sequence_batches and (
         tensor.dim() < 2 or tensor.shape[1] not in state.sequence_batches
     ):

@@ -31,6 +31,7 @@ with ``samples=``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from contextlib import ExitStack
 from contextvars import ContextVar, Token
@@ -247,9 +248,8 @@ def open_pending_root(
     count = getattr(root, "samples", DEFAULT_SAMPLES)
     state, device = prepare(root, frame.args, {}, count)
     if state.batch_size is None:  # called with keyword inputs only
-        first = _particles.first_tensor(args, kwargs)
-        batch = None if first is None or first.dim() == 0 else first.shape[0]
-        state = _particles.ParticleState(state.samples, batch, root)
+        batch, _ = _particles.leading_input(args, kwargs)
+        state = dataclasses.replace(state, batch_size=batch)
     stack = ExitStack()
     stack.enter_context(local_params())
     if am_i_wrapped():  # a Pyro model: the particle plate and one site per weight

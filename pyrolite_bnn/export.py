@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._network import network_children
@@ -31,8 +32,9 @@ __all__ = ["DeterministicNetwork", "Residual", "to_deterministic"]
 class DeterministicNetwork(nn.Module):
     """A custom ``VIModule`` network whose Bayesian layers were all made plain.
 
-    Calls the network with one particle and drops the particle dimension, so it
-    maps ``(B, ...)`` to ``(B, ...)`` like any ``torch.nn`` module.
+    Calls the network with one particle and drops the particle dimension of
+    every output tensor (tuples, lists and dicts of them too), so it maps
+    ``(B, ...)`` to ``(B, ...)`` like any ``torch.nn`` module.
 
     Args:
         network: the converted network (it declares no random variables).
@@ -44,8 +46,23 @@ class DeterministicNetwork(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the network once, deterministically."""
-        output = self.network(*args, samples=1, **kwargs)
-        return output[0] if isinstance(output, Tensor) else output
+        return _one_particle(self.network(*args, samples=1, **kwargs))
+
+
+def _one_particle(value: Any) -> Any:
+    """An outermost output of one particle without its particle dimension."""
+    if isinstance(value, Tensor):
+        return value[0] if value.dim() else value
+    if isinstance(value, PackedSequence):
+        return value._replace(data=value.data[0])
+    if isinstance(value, tuple):
+        items = [_one_particle(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, list):
+        return [_one_particle(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _one_particle(v) for k, v in value.items()}
+    return value
 
 
 def to_deterministic(model: nn.Module) -> nn.Module:

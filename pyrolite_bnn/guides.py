@@ -184,8 +184,9 @@ class ParticleGuide(LocalPyroModule):
         check_pyro_call()
         default = getattr(network, "samples", DEFAULT_SAMPLES)
         count = _particles.check_samples(default if samples is None else samples)
-        first = _particles.first_tensor(args, kwargs)
-        device = first.device if first is not None else _parameter_device(network)
+        _, device = _particles.leading_input(args, kwargs)
+        if device is None:
+            device = _parameter_device(network)
         with _particles.particle_plate(count, device):
             if self.inner is not None:
                 return self.inner()

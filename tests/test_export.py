@@ -40,6 +40,30 @@ def test_custom_network_matches_posterior_mean_prediction() -> None:
     assert net(x).shape == (10, 5, 3)  # the original is untouched
 
 
+class TwoHeads(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VILinear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
+        h = self.body(x)
+        return {"heads": (h, h.sum(-1)), "scale": (h.exp(),)}
+
+
+def test_custom_network_with_nested_outputs_drops_every_particle_dimension() -> None:
+    """Each output tensor of the deterministic network is ``(B, ...)`` like a
+    torch module's (tuple outputs kept ``(1, B, ...)`` before)."""
+    net = TwoHeads()
+    x = torch.randn(5, 3)
+    out = bnn.to_deterministic(net)(x)
+    mean = net.body.posterior["weight"].loc
+    bias = net.body.posterior["bias"].loc
+    expected = x @ mean.T + bias
+    torch.testing.assert_close(out["heads"][0], expected)
+    assert out["heads"][1].shape == (5,)
+    assert out["scale"][0].shape == (5, 4)
+
+
 def test_sequential_becomes_pure_torch() -> None:
     net = bnn.VISequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 1))
     plain = bnn.to_deterministic(net)

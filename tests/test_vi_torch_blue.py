@@ -7,6 +7,7 @@ checks this library's behaviour, including where it fixes a torch_blue defect
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 
@@ -174,6 +175,49 @@ def test_variational_parameter_names_and_errors() -> None:
             call()
 
 
+def test_torch_blue_parameter_names_are_the_leaf_tensors() -> None:
+    layer = vi.VILinear(3, 2)
+    names = [name for name, _ in layer.named_parameters()]
+    assert names == ["_weight_mean", "_weight_log_std", "_bias_mean", "_bias_log_std"]
+    assert len(list(layer.parameters())) == 4  # each tensor once (optimisers)
+    posterior = layer.posterior["weight"]
+    assert layer._weight_log_std is posterior.rho  # stored log std, a leaf
+    torch.testing.assert_close(posterior.scale(), layer._weight_log_std.exp())
+    # torch_blue-style in-place initialisation reaches the posterior
+    with torch.no_grad():
+        nn.init.constant_(layer._weight_log_std, math.log(0.25))
+    torch.testing.assert_close(posterior.scale(), torch.full((2, 3), 0.25))
+    layer(torch.randn(4, 3), samples=3).sum().backward()
+    for name in names:
+        assert getattr(layer, name).grad is not None, name
+    # ties survive copies and dtype changes
+    twin = copy.deepcopy(layer).double()
+    assert twin._weight_mean is twin.posterior["weight"].loc
+    assert twin._weight_mean.dtype == torch.float64
+    # a NonBayesian variable has only its mean
+    fixed = vi.VILinear(3, 2, NonBayesian())
+    assert [n for n, _ in fixed.named_parameters()] == ["_weight_mean", "_bias_mean"]
+
+
+def test_state_dict_has_one_key_per_tensor_and_loads_either_name() -> None:
+    layer = vi.VILinear(3, 2)
+    state = layer.state_dict()
+    assert not any(key.startswith("_") for key in state)
+    assert "posterior.weight.rho_unconstrained" in state
+    other = vi.VILinear(3, 2)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other._weight_log_std, layer._weight_log_std)
+    # a state keyed by torch_blue's names (its own checkpoints' layout)
+    blue = {
+        **{k: v for k, v in state.items() if not k.startswith("posterior.")},
+        **{name: p.detach() * 0 + 0.5 for name, p in layer.named_parameters()},
+    }
+    other.load_state_dict(blue)
+    torch.testing.assert_close(other.posterior["bias"].loc, torch.full((2,), 0.5))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        other.load_state_dict({k: v for k, v in blue.items() if k != "_bias_mean"})
+
+
 class Affine(vi.VIModule):
     """README level 5: a module with its own random variables, one-sample code."""
 
@@ -253,7 +297,7 @@ def test_batch_larger_than_dataset_size_warns_and_scales_by_n_over_b() -> None:
     loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=8)
     loss_fn(layer(x), y)
     full = loss_fn.last_nll
-    with pytest.warns(UserWarning, match=r"batch of 8 examples is larger than dataset_size=2"):
+    with pytest.warns(UserWarning, match=r"batch of 8 examples is larger than "):
         loss_fn(layer(x), y, 2)
     torch.testing.assert_close(loss_fn.last_nll, full / 4)
     analytical = vi.AnalyticalKullbackLeiblerLoss(layer, Categorical(), 2)
@@ -611,13 +655,21 @@ def test_attention_and_transformers_take_torch_blue_arguments() -> None:
         "q_proj_weight",
         "k_proj_weight",
         "v_proj_weight",
+        "out_proj_weight",
         "in_proj_bias",
+        "out_proj_bias",
         "bias_k",
         "bias_v",
     )
     assert attention.in_proj_bias is None
+    assert attention.out_proj_bias is None
     assert not attention.bias
-    assert isinstance(attention.out_proj, vi.VILinear)
+    assert not hasattr(attention, "out_proj")  # torch_blue: two variables
+    assert [n for n, _ in attention.named_parameters()] == [
+        f"_{var}_{p}"
+        for var in ("in_proj_weight", "out_proj_weight", "bias_k", "bias_v")
+        for p in ("mean", "log_std")
+    ]
     x = torch.randn(3, 5, 8)
     out, weights = attention(x, x, x, samples=4)
     assert out.shape == (4, 3, 5, 8)
@@ -714,8 +766,8 @@ def test_transformer_layers_are_built_from_vi_sublayers(bias: bool) -> None:
     for module in (model, model.encoder, model.decoder, encoder_layer, decoder_layer):
         assert module.bias is bias
     vi_modules = [m for m in model.modules() if isinstance(m, vi.VIModule)]
-    # model, 2 stacks, 2 layers, 3 attentions, 7 VILinear (3 of them out_proj)
-    assert len(vi_modules) == 15
+    # model, 2 stacks, 2 layers, 3 attentions, 4 VILinear
+    assert len(vi_modules) == 12
     assert not any(m.return_log_probs for m in vi_modules)
 
 
@@ -804,6 +856,61 @@ def test_vi_encoder_layer_at_its_means_is_torch_layer() -> None:
     torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("kdim", "bias", "add_bias_kv", "batch_first"),
+    [(None, True, False, True), (5, True, True, False), (None, False, False, False)],
+)
+def test_attention_at_its_means_is_torch_functional_attention(
+    kdim: int | None, bias: bool, add_bias_kv: bool, batch_first: bool
+) -> None:
+    torch.manual_seed(0)
+    attention = vi.VIMultiheadAttention(
+        8,
+        2,
+        bias,
+        add_bias_kv,
+        kdim=kdim,
+        vdim=kdim,
+        batch_first=batch_first,
+        variational_distribution=MeanFieldNormal(std=1e-20),
+    )
+    mean = {
+        var: attention.get_variational_parameters(var)[0]
+        for var, family in attention.variational_distribution.items()
+        if family is not None
+    }
+    q, kv = torch.randn(3, 4, 8), torch.randn(3, 6, kdim or 8)  # batch-first
+    reference, ref_weights = F.multi_head_attention_forward(
+        q.transpose(0, 1),
+        kv.transpose(0, 1),
+        kv.transpose(0, 1),
+        8,
+        2,
+        mean.get("in_proj_weight"),
+        mean.get("in_proj_bias"),
+        mean.get("bias_k"),
+        mean.get("bias_v"),
+        False,
+        0.0,
+        mean["out_proj_weight"],
+        mean.get("out_proj_bias"),
+        use_separate_proj_weight=kdim is not None,
+        q_proj_weight=mean.get("q_proj_weight"),
+        k_proj_weight=mean.get("k_proj_weight"),
+        v_proj_weight=mean.get("v_proj_weight"),
+    )
+    if not batch_first:
+        q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+    inputs = (q, kv, kv)
+    out, weights = attention(*inputs, samples=3)
+    expected = reference.transpose(0, 1) if batch_first else reference
+    torch.testing.assert_close(out, expected.expand_as(out), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights, ref_weights.expand_as(weights))
+    plain = bnn.to_deterministic(attention)
+    assert isinstance(plain, nn.MultiheadAttention)
+    torch.testing.assert_close(plain(*inputs)[0], out[0], rtol=1e-5, atol=1e-6)
+
+
 def test_attention_rescales_its_priors_by_default() -> None:
     # torch_blue's attention and transformer layers default to rescale_prior=True.
     for cls in (
@@ -815,7 +922,7 @@ def test_attention_rescales_its_priors_by_default() -> None:
         assert inspect.signature(cls).parameters["rescale_prior"].default is True
     attention = vi.VIMultiheadAttention(12, 2)
     expected = 1 / math.sqrt(3 * 12) + 1e-5  # fan_in of in_proj_weight: embed_dim
-    for prior in (attention.prior["in_proj_weight"], attention.out_proj.prior["bias"]):
+    for prior in (attention.prior["in_proj_weight"], attention.prior["out_proj_bias"]):
         torch.testing.assert_close(float(prior.scale), expected)
     plain = vi.VIMultiheadAttention(12, 2, rescale_prior=False)
     torch.testing.assert_close(float(plain.prior["in_proj_weight"].scale), 1.0)

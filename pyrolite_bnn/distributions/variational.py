@@ -37,6 +37,18 @@ __all__ = [
 ]
 
 
+_SCALE_TRANSFORMS = ("softplus", "exp")
+
+
+def _check_scale_transform(scale_transform: str) -> str:
+    if scale_transform not in _SCALE_TRANSFORMS:
+        raise ValueError(
+            f"scale_transform must be one of {_SCALE_TRANSFORMS}, "
+            f"got {scale_transform!r}"
+        )
+    return scale_transform
+
+
 class NormalMoments(NamedTuple):
     """Mean and standard deviation of a mean-field Normal weight tensor."""
 
@@ -85,27 +97,51 @@ class Posterior(LocalPyroModule):
 class MeanFieldNormalPosterior(Posterior):
     """Independent Normal for every weight: ``N(loc, softplus(rho)^2)``.
 
+    With ``scale_transform="exp"`` the standard deviation is ``exp(rho)``
+    (``rho`` is the log standard deviation, torch_blue's and Pyro's
+    ``AutoNormal`` parametrisation), floored at the dtype's smallest normal
+    number so that a standard deviation stored as a very negative log (1e-20
+    in ``float16``) stays positive.
+
     Args:
         shape: shape of the weight tensor.
         init_loc: initial mean.
         init_scale: initial standard deviation.
+        scale_transform: ``"softplus"`` (default) or ``"exp"``.
     """
 
     rho: Tensor
 
     def __init__(
-        self, shape: Sequence[int], init_loc: Tensor, init_scale: float
+        self,
+        shape: Sequence[int],
+        init_loc: Tensor,
+        init_scale: float,
+        scale_transform: str = "softplus",
     ) -> None:
         super().__init__(shape)
         self.init_scale = init_scale
+        self.scale_transform = _check_scale_transform(scale_transform)
         # setattr keeps the class-level annotation ``loc: Tensor`` honest for mypy.
         setattr(self, "loc", PyroParam(init_loc.detach().clone(), constraints.real))  # noqa: B010
-        rho = torch.full_like(init_loc, inverse_softplus(init_scale))
+        rho = torch.full_like(init_loc, self._raw_scale(init_scale))
         setattr(self, "rho", PyroParam(rho, constraints.real))  # noqa: B010
 
+    def _raw_scale(self, scale: float) -> float:
+        """The ``rho`` of a standard deviation."""
+        if self.scale_transform == "exp":
+            return math.log(scale)
+        return inverse_softplus(scale)
+
+    def _to_scale(self, rho: Tensor) -> Tensor:
+        """Standard deviations of the raw parameter ``rho``."""
+        if self.scale_transform == "exp":
+            return rho.exp().clamp_min(torch.finfo(rho.dtype).tiny)
+        return F.softplus(rho)
+
     def scale(self) -> Tensor:
-        """Standard deviations ``softplus(rho)``."""
-        return F.softplus(self.rho)
+        """Standard deviations ``softplus(rho)`` (or ``exp(rho)``)."""
+        return self._to_scale(self.rho)
 
     def draw(self, samples: int) -> Tensor:
         """``loc + softplus(rho) * eps``, the arithmetic of ``Normal.rsample``.
@@ -144,11 +180,11 @@ class MeanFieldNormalPosterior(Posterior):
         rho = self._parameters["rho_unconstrained"]
         assert loc is not None
         assert rho is not None
-        return loc, F.softplus(rho)
+        return loc, self._to_scale(rho)
 
     def distribution(self) -> dist.TorchDistribution:
         """``Normal(loc, softplus(rho))`` over the whole tensor."""
-        normal = dist.Normal(self.loc, F.softplus(self.rho))
+        normal = dist.Normal(self.loc, self.scale())
         result: dist.TorchDistribution = normal.to_event(len(self.shape))
         return result
 
@@ -169,17 +205,22 @@ class MeanFieldNormalPosterior(Posterior):
             if isinstance(scale, Tensor):
                 if not bool((scale > 0).all()):
                     raise ValueError("init_scale must be positive")
-                # softplus^-1(s) = s + log(-expm1(-s)), elementwise
-                rho = scale + torch.log(-torch.expm1(-scale))
+                if self.scale_transform == "exp":
+                    rho = scale.log()
+                else:  # softplus^-1(s) = s + log(-expm1(-s)), elementwise
+                    rho = scale + torch.log(-torch.expm1(-scale))
                 self.rho_unconstrained.copy_(rho.expand_as(self.rho_unconstrained))
             else:
                 if not scale > 0:
                     raise ValueError(f"init_scale must be positive, got {scale!r}")
-                self.rho_unconstrained.fill_(inverse_softplus(float(scale)))
+                self.rho_unconstrained.fill_(self._raw_scale(float(scale)))
 
     def extra_repr(self) -> str:
         """Shape and initial scale."""
-        return f"shape={tuple(self.shape)}, init_scale={self.init_scale:g}"
+        text = f"shape={tuple(self.shape)}, init_scale={self.init_scale:g}"
+        if self.scale_transform != "softplus":
+            text += f", scale_transform={self.scale_transform!r}"
+        return text
 
 
 class PointMassPosterior(Posterior):
@@ -221,7 +262,7 @@ class VariationalFamily:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class MeanFieldNormal(VariationalFamily):
     """Mean-field Normal family (the default).
 
@@ -229,25 +270,44 @@ class MeanFieldNormal(VariationalFamily):
         init_scale: initial posterior standard deviation of every weight. Small
             values (default ``1e-3``) let the network first fit the data like a
             deterministic one; the scales then grow where the data allow.
+        scale_transform: how the learnable ``rho`` gives the standard
+            deviation: ``"softplus"`` (default, ``softplus(rho)``) or ``"exp"``
+            (``exp(rho)``: ``rho`` is the log standard deviation, as in
+            torch_blue and Pyro's ``AutoNormal``; :mod:`pyrolite_bnn.vi` uses
+            it). Under Adam the two train alike at small scales, where
+            ``softplus(rho)`` is ``exp(rho)`` to first order.
 
     Example:
         >>> import pyrolite_bnn as bnn
         >>> layer = bnn.VILinear(3, 2, variational=bnn.MeanFieldNormal(init_scale=0.01))
         >>> layer.posterior["weight"]
         MeanFieldNormalPosterior(shape=(2, 3), init_scale=0.01)
+        >>> log_scaled = bnn.MeanFieldNormal(0.01, scale_transform="exp")
+        >>> bnn.VILinear(3, 2, variational=log_scaled).posterior["weight"].rho[0, 0]
+        tensor(-4.6052, grad_fn=<SelectBackward0>)
     """
 
     init_scale: float = 1e-3
+    scale_transform: str = "softplus"
 
     def __post_init__(self) -> None:
         if not (self.init_scale > 0 and math.isfinite(self.init_scale)):
             raise ValueError(
                 f"MeanFieldNormal init_scale must be positive, got {self.init_scale!r}"
             )
+        _check_scale_transform(self.scale_transform)
+
+    def __repr__(self) -> str:
+        text = f"MeanFieldNormal(init_scale={self.init_scale!r}"
+        if self.scale_transform != "softplus":
+            text += f", scale_transform={self.scale_transform!r}"
+        return text + ")"
 
     def build(self, shape: Sequence[int], init_loc: Tensor) -> Posterior:
         """Create a :class:`MeanFieldNormalPosterior`."""
-        return MeanFieldNormalPosterior(shape, init_loc, self.init_scale)
+        return MeanFieldNormalPosterior(
+            shape, init_loc, self.init_scale, self.scale_transform
+        )
 
 
 @dataclass(frozen=True)

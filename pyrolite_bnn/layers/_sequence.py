@@ -27,6 +27,7 @@ be told apart and raises a ``ValueError`` naming ``batch_first=True``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -42,6 +43,7 @@ __all__ = [
     "check_drawn_estimator",
     "check_option_keys",
     "in_batch_first_body",
+    "note_batch_folded",
     "own_option",
     "sub_option",
     "unfold_batch",
@@ -86,9 +88,11 @@ class SequenceFirst:
         rows = tensor.shape[0]
         if self.samples == 1 or (self.root and length is None):
             return True
+        assert self.state is not None
+        if length is None and any(tensor is given for given in self.state.inputs):
+            return True  # an input of the outermost call
         if length is not None and rows in (length, length * self.samples):
             return rows == length
-        assert self.state is not None
         length = self.state.batch_size
         if rows == length:
             return True
@@ -140,8 +144,10 @@ class SequenceFirst:
     @contextmanager
     def body(self) -> Iterator[None]:
         """Run the batch-first body: the particle state's batch size is ``B``."""
-        root = None if self.state is None else self.state.root
-        state = _particles.ParticleState(self.samples, self.batch, root)
+        if self.state is None:
+            state = _particles.ParticleState(self.samples, self.batch)
+        else:  # the network's records are the body's
+            state = dataclasses.replace(self.state, batch_size=self.batch)
         token = _BATCH_FIRST_BODY.set(True)
         try:
             with _particles.particles(state):
@@ -162,9 +168,18 @@ def unfold_batch(tensor: Tensor, samples: int, dim: int) -> Tensor:
 
     Each particle's slice is then torch's layout (hidden states, weights).
     """
-    batch = tensor.shape[dim] // samples
-    shape = (*tensor.shape[:dim], batch, samples, *tensor.shape[dim + 1 :])
-    return tensor.reshape(shape).movedim(dim + 1, 0).contiguous()
+    return _particles.unfold_at(tensor, samples, dim)
+
+
+def note_batch_folded(tensor: Tensor | None, dim: int) -> None:
+    """Record a layer output folded ``B * S`` at ``dim`` for the outermost unfold.
+
+    A module that returns it as it is (a wrapper around the layer) then gets
+    it unfolded at ``dim``; outside a network it is a no-op.
+    """
+    state = _particles.current()
+    if state is not None and tensor is not None:
+        state.note_batch_folded(tensor, dim)
 
 
 def check_drawn_estimator(estimator: str, variational: object, layer: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from pyrolite_bnn.layers._sequence import (
     check_drawn_estimator,
     check_option_keys,
     in_batch_first_body,
+    note_batch_folded,
     own_option,
     sub_option,
     unfold_batch,
@@ -37,7 +39,7 @@ def _arguments(module: Any) -> dict[str, Any]:
         "embed_dim": module.embed_dim,
         "num_heads": module.num_heads,
         "dropout": module.dropout,
-        "bias": has_weight(module.out_proj, "bias"),
+        "bias": has_weight(module, "in_proj_bias"),
         "add_bias_kv": has_weight(module, "bias_k"),
         "add_zero_attn": module.add_zero_attn,
         "kdim": None if same else module.kdim,
@@ -46,9 +48,25 @@ def _arguments(module: Any) -> dict[str, Any]:
     }
 
 
+def _torch_weights(layer: Any, means: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The torch parameter names of the variable values (registry).
+
+    A layer whose output projection is its own variables
+    (``out_proj_weight``/``out_proj_bias``,
+    :class:`pyrolite_bnn.vi.VIMultiheadAttention`) gives them to torch's
+    ``out_proj.weight``/``out_proj.bias``.
+    """
+    prefix = "out_proj_"
+    return {
+        f"out_proj.{name[len(prefix) :]}" if name.startswith(prefix) else name: value
+        for name, value in means.items()
+    }
+
+
 @register(
     nn.MultiheadAttention,
     read_arguments=_arguments,
+    means_to_weights=_torch_weights,
     cases=(  # self-attention: the input is query, key and value
         LayerCase((8, 2), (3, 5, 8), {"batch_first": True}, copies=3),
         LayerCase((8, 2), (5, 3, 8), copies=3),
@@ -309,6 +327,7 @@ class VIMultiheadAttention(VIModule):
         v = k if value is key else seq.batch_first(value, "value")
         with seq.body():
             out, weights = self._attend(q, k, v, *options, *options2)
+        note_batch_folded(weights, 0)
         return seq.sequence_first(out), weights
 
     def _attend(
@@ -334,8 +353,7 @@ class VIMultiheadAttention(VIModule):
             self.bias_v,
             self.add_zero_attn,
             self.dropout,
-            self.out_proj.weight,
-            self.out_proj.bias,
+            *self.output_projection(),
             training=self.training,
             batch_size=current_batch_size(),
             key_padding_mask=key_padding_mask,
@@ -347,6 +365,10 @@ class VIMultiheadAttention(VIModule):
             k_proj_weight=self.k_proj_weight,
             v_proj_weight=self.v_proj_weight,
         )
+
+    def output_projection(self) -> tuple[Tensor, Tensor | None]:
+        """Weight and bias of the output projection (``out_proj``) for ``forward``."""
+        return self.out_proj.weight, self.out_proj.bias
 
     def unfold_output(
         self, output: Any, state: _particles.ParticleState

@@ -272,13 +272,16 @@ def _stepwise_layer(
     samples: int,
     dirs: int,
     batch_size: int | None,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One layer (all directions) with autograd recording every time step.
 
-    For the GRU, the LSTM with projection, and under graph capture; ``h`` and
-    ``c`` are ``(dirs * S, b, H_out)`` and ``(dirs * S, b, H)`` (the GRU passes
-    ``h`` as ``c`` and gets it back). Returns the folded output and the final
-    ``h`` and ``c``.
+    For the GRU, the LSTM with projection, variable lengths and under graph
+    capture; ``h`` and ``c`` are ``(dirs * S, b, H_out)`` and ``(dirs * S, b,
+    H)`` (the GRU passes ``h`` as ``c`` and gets it back). ``valid``
+    ``(L, dirs * S, b, 1)``: whether step ``t`` of each row is part of its
+    sequence; the state does not change at other steps. Returns the folded
+    output and the final ``h`` and ``c``.
     """
     hidden = layer[0][1].shape[-2] // GATES["LSTM" if lstm else "GRU"]
     w_ih = _cat_directions([w[0] for w in layer], 2, samples, 1)
@@ -296,27 +299,51 @@ def _stepwise_layer(
     w_hr_t = None if w_hr is None else w_hr.transpose(1, 2)
     bias = None if b_hh is None else b_hh.unsqueeze(1)
     outputs = []
-    for step in steps:
+    for t, step in enumerate(steps):
         gh = torch.bmm(h, w_hh_t) if bias is None else torch.baddbmm(bias, h, w_hh_t)
         if lstm:
             gates = step + gh
             sig = torch.sigmoid(gates)
             i, f, _, o = sig.chunk(4, -1)
             g = torch.tanh(gates[..., 2 * hidden : 3 * hidden])
-            c = f * c + i * g
-            h = o * torch.tanh(c)
+            c_new = f * c + i * g
+            h_new = o * torch.tanh(c_new)
             if w_hr_t is not None:
-                h = torch.bmm(h, w_hr_t)
+                h_new = torch.bmm(h_new, w_hr_t)
+            c = c_new if valid is None else torch.where(valid[t], c_new, c)
         else:
             xr, xz, xn = step.chunk(3, -1)
             hr, hz, hn = gh.chunk(3, -1)
             r = torch.sigmoid(xr + hr)
             z = torch.sigmoid(xz + hz)
             n = torch.tanh(xn + r * hn)
-            h = n + z * (h - n)
+            h_new = n + z * (h - n)
+        h = h_new if valid is None else torch.where(valid[t], h_new, h)
         outputs.append(h)
     x = _batch_major(torch.stack(outputs), batch, samples, dirs)
     return x, h, c
+
+
+def _valid_steps(lengths: Tensor, length: int, dirs: int, samples: int) -> Tensor:
+    """``(L, dirs * S, b, 1)``: step ``t`` of each direction inside each sequence.
+
+    The reverse direction runs in reversed time: its step ``t`` is position
+    ``L - 1 - t``, inside a sequence of length ``n`` iff ``t >= L - n``.
+    """
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must be one-dimensional, got {tuple(lengths.shape)}")
+    if bool((lengths < 1).any()) or bool((lengths > length).any()):
+        raise ValueError(
+            f"lengths must be between 1 and the padded length {length}, got "
+            f"{lengths.tolist()}"
+        )
+    steps = torch.arange(length, device=lengths.device).unsqueeze(1)
+    lengths = lengths.to(steps.device).unsqueeze(0)
+    directions = [steps < lengths, steps >= length - lengths][:dirs]
+    valid = torch.stack(directions, 1)  # (L, dirs, b)
+    batch = valid.shape[-1]
+    valid = valid.unsqueeze(2).expand(length, dirs, samples, batch)
+    return valid.reshape(length, dirs * samples, batch, 1)
 
 
 def recurrent(
@@ -328,6 +355,7 @@ def recurrent(
     dropout: float,
     training: bool,
     batch_size: int | None,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """A multi-layer LSTM or GRU for ``S`` weight draws at once.
 
@@ -350,6 +378,12 @@ def recurrent(
         dropout: dropout probability on the outputs of every layer but the last.
         training: apply ``dropout`` (training mode).
         batch_size: the outermost call's batch size.
+        lengths: ``(b,)`` lengths of the sequences (padded at the end), or
+            ``None`` (all of length ``L``): each direction reads only the
+            first ``lengths[i]`` steps of sequence ``i`` (the reverse one
+            starts at its last), as torch does for a ``PackedSequence``; the
+            output at padded steps is the last state and is not meant to be
+            read.
 
     Returns:
         ``(output, h_n, c_n)``, all folded and batch-first: output
@@ -396,6 +430,11 @@ def recurrent(
     )
     if w_hr0 is None and lstm and out_size != hidden:
         raise ValueError("w_hh must be (4 * H, H) without a projection")
+    valid = (
+        None
+        if lengths is None
+        else _valid_steps(lengths, input.shape[1], dirs, samples)
+    )
     x = input
     tracing = is_capturing() or torch.compiler.is_compiling()
     h_n: list[Tensor] = []
@@ -405,11 +444,11 @@ def recurrent(
         c = c_all[index] if c_all is not None else h
         # Graph capture (compile=True) differentiates the traced ops itself and
         # cannot trace the fused recurrence's buffer writes: autograd path there.
-        if lstm and layer[0][4] is None and not tracing:
+        if lstm and layer[0][4] is None and not tracing and valid is None:
             x, h, c = _lstm_layer(x, layer, h, c, batch, samples, shared and index == 0)
         else:
             x, h, c = _stepwise_layer(
-                lstm, x, layer, h, c, batch, samples, dirs, batch_size
+                lstm, x, layer, h, c, batch, samples, dirs, batch_size, valid
             )
         if dropout > 0 and training and index < layers - 1:
             x = F.dropout(x, dropout, training=True)

@@ -25,9 +25,11 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
 from pyrolite_bnn.layers._base import options_repr
 from pyrolite_bnn.layers._options import per_variable
+from pyrolite_bnn.layers._packed import PackedInput
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
     check_drawn_estimator,
+    note_batch_folded,
     unfold_batch,
     unfold_sequence,
 )
@@ -209,11 +211,12 @@ class _VIRNNBase(VIModule):
         """Output and final states (in torch's layout, folded batch)."""
         name = type(self).__name__
         if isinstance(input, PackedSequence):
-            raise TypeError(
-                f"{name} does not take a PackedSequence: pass the padded batch-first "
-                "tensor (torch.nn.utils.rnn.pad_packed_sequence(..., batch_first=True))"
-                " and read each sequence's output at its own last valid step"
-            )
+            packed = PackedInput(input, name, self.input_size)
+            with packed.body():
+                output, h_n, c_n = self._batch_first(
+                    packed.padded, hx, cx, packed.lengths
+                )
+            return packed.pack(output), h_n, c_n
         if input.dim() != 3 or input.shape[-1] != self.input_size:
             layout = (
                 "batch-first input of shape (batch, sequence, "
@@ -235,7 +238,11 @@ class _VIRNNBase(VIModule):
         return seq.sequence_first(output), h_n, c_n
 
     def _batch_first(
-        self, input: Tensor, hx: Tensor | None, cx: Tensor | None
+        self,
+        input: Tensor,
+        hx: Tensor | None,
+        cx: Tensor | None,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The recurrence on the batch-first fold; states in torch's layout."""
         output, h_n, c_n = recurrent(
@@ -247,9 +254,12 @@ class _VIRNNBase(VIModule):
             self.dropout,
             self.training,
             current_batch_size(),
+            lengths,
         )
         h_n = h_n.transpose(0, 1).contiguous()
         c_n = None if c_n is None else c_n.transpose(0, 1).contiguous()
+        note_batch_folded(h_n, 1)
+        note_batch_folded(c_n, 1)
         return output, h_n, c_n
 
     def unfold_output(self, output: Any, state: _particles.ParticleState) -> Any:
@@ -264,7 +274,7 @@ class _VIRNNBase(VIModule):
             hidden = tuple(unfold_batch(h, samples, 1) for h in hidden)
         else:
             hidden = unfold_batch(hidden, samples, 1)
-        if self.batch_first:
+        if self.batch_first or isinstance(out, PackedSequence):
             return super().unfold_output(out, state), hidden
         return unfold_sequence(out, samples), hidden
 
@@ -321,8 +331,19 @@ class VILSTM(_VIRNNBase):
       torch's states with the particle dimension in front,
       ``(S, num_layers * num_directions, B, H)``.
 
-    Packed sequences are refused with a ``TypeError``; unbatched ``(L, H_in)``
-    inputs with a ``ValueError``.
+    A :class:`~torch.nn.utils.rnn.PackedSequence` input (sequences of
+    different lengths, either ``batch_first``) is read up to each sequence's
+    length, the reverse direction from its last element, as torch does; the
+    output is packed. As the outermost module its ``data`` has the particle
+    dimension in front, ``(S, N, D * H_out)`` (``PackedSequence(out.data[s],
+    out.batch_sizes, out.sorted_indices, out.unsorted_indices)`` is particle
+    ``s``'s), and the states are ``(S, num_layers * D, B, H)``; inside a
+    network the output packs the ``B * S`` folded sequences, so
+    ``pad_packed_sequence(out, batch_first=True)`` gives the folded ``(B * S,
+    L, ...)`` and a following recurrent layer takes it as it is (also for
+    :class:`VIGRU`). Packed inputs run the per-step autograd recurrence, not
+    the fused LSTM one. Unbatched ``(L, H_in)`` inputs raise a
+    ``ValueError``.
 
     Args:
         input_size: features of the input ``x_t``.
@@ -369,6 +390,13 @@ class VILSTM(_VIRNNBase):
         >>> out, (h_n, c_n) = seq_first(torch.randn(5, 4, 3), samples=2)
         >>> out.shape, h_n.shape
         (torch.Size([2, 5, 4, 8]), torch.Size([2, 1, 4, 8]))
+        >>> from torch.nn.utils.rnn import pack_padded_sequence
+        >>> packed = pack_padded_sequence(
+        ...     torch.randn(4, 5, 3), torch.tensor([5, 2, 4, 1]), batch_first=True,
+        ...     enforce_sorted=False)
+        >>> out, (h_n, c_n) = lstm(packed, samples=2)  # lengths 5, 2, 4, 1
+        >>> type(out).__name__, out.data.shape, h_n.shape
+        ('PackedSequence', torch.Size([2, 12, 8]), torch.Size([2, 2, 4, 8]))
         >>> class Classifier(bnn.VIModule):  # inside a network: torch's layout
         ...     def __init__(self):
         ...         super().__init__()
@@ -425,7 +453,8 @@ class VIGRU(_VIRNNBase):
 
     Shape:
         - Input: ``(B, L, input_size)`` (``(L, B, input_size)`` with
-          ``batch_first=False``); optional ``h0``
+          ``batch_first=False``) or a ``PackedSequence`` (see
+          :class:`VILSTM`); optional ``h0``
           ``(num_layers * D, B or B * S, hidden_size)``.
         - Output: ``(output, h_n)``: as the outermost module
           ``(S, B, L, D * hidden_size)`` (``(S, L, B, D * hidden_size)`` with

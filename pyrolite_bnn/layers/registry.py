@@ -232,7 +232,7 @@ class LayerEntry:
         )
         with torch.no_grad():
             for name, value in weights.items():
-                getattr(plain, name).copy_(value)
+                plain.get_parameter(name).copy_(value)
             for name, child in (children or {}).items():
                 target = getattr(plain, name, None)
                 if isinstance(target, nn.Module):

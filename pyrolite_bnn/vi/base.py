@@ -44,6 +44,7 @@ from pyrolite_bnn.distributions.variational import (
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
 from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.variables import RandomVariable
+from pyrolite_bnn.vi._parameter_names import alias_variational_parameters
 from pyrolite_bnn.vi.distributions import MeanFieldNormal
 from pyrolite_bnn.vi.distributions._adapters import AdaptedPosterior, AdaptedPrior
 from pyrolite_bnn.vi.distributions.base import Distribution
@@ -283,6 +284,18 @@ class VIModule(BnnVIModule):
         for name, shape in specs.shapes.items():
             if shape is None:
                 setattr(self, name, None)
+        for name in specs.declared():
+            family = specs.variational[name]
+            assert family is not None
+            posterior = self.posterior[name]
+            alias_variational_parameters(
+                self,
+                name,
+                posterior,
+                family.distribution_parameters,
+                _posterior_values(posterior),
+                self.variational_parameter_name,
+            )
         self.variable_names = specs.names
         self.variational_distribution = specs.variational
         # torch_blue's ``prior`` has one entry per variable, ``None`` when the
@@ -348,9 +361,10 @@ class VIModule(BnnVIModule):
     def get_variational_parameters(self, variable: str) -> list[Tensor]:
         """The variational parameters of ``variable`` in torch_blue's order.
 
-        ``MeanFieldNormal``: ``[mean, log_std]``; the mean is the learnable
-        tensor itself, ``log_std`` is ``log(softplus(rho))`` of the learnable
-        ``rho`` (differentiable, but not a leaf).
+        ``MeanFieldNormal``: ``[mean, log_std]``, both learnable leaf tensors
+        (``vi`` stores the log standard deviation, as torch_blue does); with a
+        :class:`pyrolite_bnn.MeanFieldNormal` family of scale ``softplus(rho)``
+        the ``log_std`` is derived (differentiable, not a leaf).
 
         Raises:
             NoVariablesError: no own variables, or ``variable`` is ``None``.
@@ -358,12 +372,7 @@ class VIModule(BnnVIModule):
         specs = self._own_variables(" to get")
         if specs.get(variable) is None:
             raise NoVariablesError(f"{variable} is None and has no parameters to get")
-        posterior: Posterior = self.posterior[variable]
-        if isinstance(posterior, MeanFieldNormalPosterior):
-            return [posterior.loc, posterior.scale().log()]
-        if isinstance(posterior, AdaptedPosterior):
-            return posterior.values()
-        return [posterior.loc]
+        return _posterior_values(self.posterior[variable])
 
     def set_variational_parameters(
         self, variable: str, values: Sequence[Tensor]
@@ -372,8 +381,13 @@ class VIModule(BnnVIModule):
         posterior: Posterior = self.posterior[variable]
         if isinstance(posterior, MeanFieldNormalPosterior):
             loc, log_std = values
-            # torch_blue stores log_std; a std that underflows the dtype (1e-20
-            # in float16) becomes its smallest normal number instead of 0.
+            if posterior.scale_transform == "exp":
+                with torch.no_grad():
+                    posterior.loc.copy_(loc)
+                    posterior.rho.copy_(log_std)
+                return
+            # A std that underflows the dtype (1e-20 in float16) becomes its
+            # smallest normal number instead of 0.
             tiny = torch.finfo(log_std.dtype).tiny
             posterior.reset_parameters(loc, log_std.exp().clamp_min(tiny))
         elif isinstance(posterior, AdaptedPosterior):
@@ -545,6 +559,17 @@ class VIModule(BnnVIModule):
             weights, *inputs
         )
         return _fold(out)
+
+
+def _posterior_values(posterior: Posterior) -> list[Tensor]:
+    """A posterior's parameters, torch_blue's order (get_variational_parameters)."""
+    if isinstance(posterior, MeanFieldNormalPosterior):
+        if posterior.scale_transform == "exp":
+            return [posterior.loc, posterior.rho]
+        return [posterior.loc, posterior.scale().log()]
+    if isinstance(posterior, AdaptedPosterior):
+        return posterior.values()
+    return [posterior.loc]
 
 
 def _fold(value: Any) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pyrolite_bnn.layers.attention import VIMultiheadAttention as BnnAttention
 from pyrolite_bnn.layers.transformer import VITransformer as BnnTransformer
@@ -115,13 +115,13 @@ def _vikwargs(
 class VIMultiheadAttention(BnnAttention, VIModule):
     """Bayesian multi-head attention with torch_blue's arguments.
 
-    Random variables (torch_blue's names, ``None`` when absent):
+    Random variables (torch_blue's names and order, ``None`` when absent):
     ``in_proj_weight`` or ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``,
-    ``in_proj_bias``, ``bias_k``, ``bias_v``; the output projection is the
-    :class:`~pyrolite_bnn.vi.VILinear` submodule ``out_proj`` (torch_blue: the
-    variables ``out_proj_weight``/``out_proj_bias``). The computation is
-    :class:`pyrolite_bnn.VIMultiheadAttention`'s (scaled-dot-product attention
-    when no weights are requested).
+    ``out_proj_weight``, ``in_proj_bias``, ``out_proj_bias``, ``bias_k``,
+    ``bias_v`` (the library layer's output projection is the sublayer
+    ``out_proj``; here it is the layer's own two variables, as in torch_blue).
+    The computation is :class:`pyrolite_bnn.VIMultiheadAttention`'s
+    (scaled-dot-product attention when no weights are requested).
 
     Args:
         embed_dim: model dimension.
@@ -149,7 +149,9 @@ class VIMultiheadAttention(BnnAttention, VIModule):
         >>> attention = vi.VIMultiheadAttention(8, 2)
         >>> attention.random_variables
         ('in_proj_weight', 'q_proj_weight', 'k_proj_weight', 'v_proj_weight', \
-'in_proj_bias', 'bias_k', 'bias_v')
+'out_proj_weight', 'in_proj_bias', 'out_proj_bias', 'bias_k', 'bias_v')
+        >>> attention._out_proj_weight_log_std.shape
+        torch.Size([8, 8])
         >>> x = torch.randn(3, 5, 8)
         >>> out, weights = attention(x, x, x, samples=4)
         >>> out.shape, weights.shape
@@ -184,7 +186,9 @@ class VIMultiheadAttention(BnnAttention, VIModule):
             "q_proj_weight": None if same else (d, d),
             "k_proj_weight": None if same else (d, kdim or d),
             "v_proj_weight": None if same else (d, vdim or d),
+            "out_proj_weight": (d, d),
             "in_proj_bias": (3 * d,) if bias else None,
+            "out_proj_bias": (d,) if bias else None,
             "bias_k": (1, 1, d) if add_bias_kv else None,
             "bias_v": (1, 1, d) if add_bias_kv else None,
         }
@@ -196,6 +200,8 @@ class VIMultiheadAttention(BnnAttention, VIModule):
             prior_initialization,
         )
         specs = VariableSpecs(shapes, *options)
+        priors, families = specs.bnn_priors(), specs.bnn_families()
+        projection = ("out_proj_weight", "out_proj_bias")
         super().__init__(
             embed_dim,
             num_heads,
@@ -206,27 +212,39 @@ class VIMultiheadAttention(BnnAttention, VIModule):
             kdim,
             vdim,
             batch_first,
-            prior=specs.bnn_priors(),
-            variational=specs.bnn_families(),
+            prior={k: v for k, v in priors.items() if k not in projection},
+            variational={k: v for k, v in families.items() if k not in projection},
             device=device,
             dtype=dtype,
         )
         self.bias = bias
-        self.out_proj = VILinear(
-            embed_dim,
-            embed_dim,
-            variational_distribution,
-            prior,
-            bias,
-            rescale_prior,
-            kaiming_initialization,
-            prior_initialization,
-            device=device,
-            dtype=dtype,
-            estimator="reparam",
-        )
+        # torch_blue's output projection is two variables of the layer itself,
+        # not the library layer's ``out_proj`` sublayer.
+        del self.out_proj
+        for name in projection:
+            shape = specs.shapes[name]
+            if shape is not None:
+                self.declare_random_variable(
+                    name,
+                    shape,
+                    priors[name],
+                    families[name],
+                    device=device,
+                    dtype=dtype,
+                )
         self.adopt_specs(specs)
         self.return_log_probs = return_log_probs
+
+    def output_projection(self) -> tuple[Tensor, Tensor | None]:
+        """The variables ``out_proj_weight`` and ``out_proj_bias`` (or ``None``)."""
+        return self.out_proj_weight, self.out_proj_bias
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every variable the torch_blue way.
+
+        The same as ``reset_variational_parameters()``.
+        """
+        self.reset_variational_parameters()
 
 
 class VITransformerEncoderLayer(BnnEncoderLayer, VIModule):

@@ -202,8 +202,8 @@ def test_errors_say_what_to_do() -> None:
     lstm = bnn.VILSTM(3, 4, batch_first=True)
     with pytest.raises(ValueError, match=r"expected batch-first input of shape"):
         lstm(torch.randn(7, 3))
-    packed = pack_padded_sequence(torch.randn(2, 5, 3), [5, 3], batch_first=True)
-    with pytest.raises(TypeError, match="PackedSequence"):
+    packed = pack_padded_sequence(torch.randn(2, 5, 2), [5, 3], batch_first=True)
+    with pytest.raises(ValueError, match="PackedSequence input must have data"):
         lstm(packed)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"h0 must be in torch's layout"):
         lstm(torch.randn(2, 5, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 1, 4)))

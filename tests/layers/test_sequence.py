@@ -17,6 +17,7 @@ import pytest
 import torch
 from _sequence_helpers import fixed_weights, run_fixed
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.layers.functional import current_samples
@@ -219,27 +220,36 @@ def test_inside_a_sequence_first_network() -> None:
 
 
 def test_other_lengths_inside_a_network_are_refused() -> None:
-    """Inside a sequence-first network a sequence of another length is ambiguous."""
+    """Inside a sequence-first network an intermediate sequence of another
+    length is ambiguous (folded or shared?) and refused; the network's own
+    inputs are shared whatever their length."""
 
     class CrossAttention(bnn.VIModule):
-        def __init__(self) -> None:
+        def __init__(self, scale_memory: bool) -> None:
             super().__init__()
-            self.embed = bnn.VILinear(E, E)
+            self.embed = nn.Linear(E, E)
+            self.scale_memory = scale_memory
             self.attention = bnn.VIMultiheadAttention(E, HEADS)
 
         def forward(self, x: Tensor, memory: Tensor) -> Tensor:
+            if self.scale_memory:  # an intermediate, no longer the input
+                memory = memory * 2.0
             return self.attention(self.embed(x), memory, memory)[0]  # type: ignore[no-any-return]
 
-    net = CrossAttention()
+    x, memory = torch.randn(LQ, B, E), torch.randn(LK, B, E)
     with pytest.raises(ValueError, match=r"batch_first=True"):
-        net(torch.randn(LQ, B, E), torch.randn(LK, B, E), samples=2)
+        CrossAttention(scale_memory=True)(x, memory, samples=2)
     # the same lengths are fine
-    assert net(torch.randn(LQ, B, E), torch.randn(LQ, B, E), samples=2).shape == (
-        2,
-        LQ,
-        B,
-        E,
-    )
+    net = CrossAttention(scale_memory=True)
+    assert net(x, torch.randn(LQ, B, E), samples=2).shape == (2, LQ, B, E)
+    # a network input of another length is shared by the particles: the
+    # network computes what its attention layer computes as outermost module
+    net = CrossAttention(scale_memory=False)
+    torch.manual_seed(0)
+    out = net(x, memory, samples=3)
+    torch.manual_seed(0)
+    ref = net.attention(net.embed(x), memory, memory, samples=3)[0]
+    torch.testing.assert_close(out, ref)
 
 
 def test_wrong_layout_errors_name_the_layout() -> None:
@@ -416,6 +426,57 @@ def test_plain_module_around_one_recurrent_layer_returns_its_layout(
         torch.testing.assert_close(got, ref)
 
 
+class _Wrapper(bnn.VIModule):
+    """A user's module returning its one layer's output tuple as it is."""
+
+    def __init__(self, layer: bnn.VIModule) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *inputs: Tensor) -> Any:
+        return self.layer(*inputs)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_module_returning_a_layers_states_or_weights_unfolds_them_like_the_layer(
+    batch_first: bool,
+) -> None:
+    """Recurrent states ``(layers, B * S, H)`` and a sequence-first attention's
+    weights ``(B * S, Lq, Lk)`` are folded in the batch away from dimension 0;
+    returned by a wrapping ``VIModule`` they are unfolded there, as the layer's
+    own outermost call does (both failed: "leading size 2" / "no sequence
+    dimension"), with the same draws under the same seed."""
+    lstm = bnn.VILSTM(3, 4, num_layers=2, batch_first=batch_first)
+    x = torch.randn(5, 7, 3) if batch_first else torch.randn(7, 5, 3)
+    torch.manual_seed(0)
+    out, (h, c) = _Wrapper(lstm)(x, samples=6)
+    torch.manual_seed(0)
+    ref_out, (ref_h, ref_c) = lstm(x, samples=6)
+    assert h.shape == (6, 2, 5, 4)
+    for got, ref in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(got, ref)
+    attention = bnn.VIMultiheadAttention(E, 2, batch_first=batch_first)
+    q = torch.randn(B, LQ, E) if batch_first else torch.randn(LQ, B, E)
+    torch.manual_seed(0)
+    out, weights = _Wrapper(attention)(q, q, q, samples=6)
+    torch.manual_seed(0)
+    ref_out, ref_weights = attention(q, q, q, samples=6)
+    assert weights.shape == (6, B, LQ, LQ)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(weights, ref_weights)
+    # Cross-attention to a key/value of another length: the wrapper's own
+    # inputs are shared by all particles, whatever their length (refused before
+    # in the sequence-first fold, where lengths identify folded tensors).
+    kv = torch.randn(B, LK, E) if batch_first else torch.randn(LK, B, E)
+    torch.manual_seed(0)
+    out, weights = _Wrapper(attention)(q, kv, kv, samples=6)
+    torch.manual_seed(0)
+    ref_out, ref_weights = attention(q, kv, kv, samples=6)
+    assert weights.shape == (6, B, LQ, LK)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(weights, ref_weights)
+
+
 def test_predict_chunks_a_batch_first_network_with_a_plain_sequence_first_layer() -> (
     None
 ):
@@ -440,3 +501,144 @@ def test_predict_chunks_a_batch_first_network_with_a_plain_sequence_first_layer(
     chunked = bnn.predict(net, x, bnn.Normal(scale=1.0), samples=3, batch_size=2)
     assert whole.samples.shape == (3, 6, LQ, 4)
     torch.testing.assert_close(chunked.samples, whole.samples, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (bnn.VILSTM, {"num_layers": 2, "bidirectional": True}),
+        (bnn.VILSTM, {"proj_size": 2}),
+        (bnn.VIGRU, {"num_layers": 2, "bidirectional": True}),
+    ],
+)
+@pytest.mark.parametrize("initial", [False, True])
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+@pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
+def test_packed_sequences_equal_torch_per_particle(
+    cls: type[bnn.VIModule],
+    options: dict[str, Any],
+    initial: bool,
+    enforce_sorted: bool,
+) -> None:
+    """A ``PackedSequence`` input: particle ``s`` of the outermost call is
+    torch's layer with particle ``s``'s weights on the same packed batch
+    (output data, batch sizes, order and final states)."""
+    hidden, layers = 5, options.get("num_layers", 1)
+    layer = cls(3, hidden, batch_first=True, **options).eval()
+    lengths = torch.tensor([6, 5, 3, 2, 1] if enforce_sorted else [3, 6, 1, 5, 2])
+    x = torch.randn(len(lengths), 6, 3)
+    packed = pack_padded_sequence(
+        x, lengths, batch_first=True, enforce_sorted=enforce_sorted
+    )
+    args: tuple[Any, ...] = (packed,)
+    states = layers * (2 if options.get("bidirectional") else 1)
+    if initial:
+        h0 = torch.randn(states, len(lengths), options.get("proj_size") or hidden)
+        args = (
+            packed,
+            (h0, torch.randn(states, len(lengths), hidden))
+            if cls is bnn.VILSTM
+            else h0,
+        )
+    weights = fixed_weights(layer, SAMPLES)
+    out, state = run_fixed(layer, weights, SAMPLES, *args)
+    assert isinstance(out, PackedSequence)
+    assert out.data.shape[:2] == (SAMPLES, packed.data.shape[0])
+    for s in range(SAMPLES):
+        with torch.no_grad():
+            ref_out, ref_state = _torch_at(layer, weights, s)(*args)
+        torch.testing.assert_close(out.data[s], ref_out.data, **TOL)
+        assert out.batch_sizes.equal(ref_out.batch_sizes)
+        if enforce_sorted:
+            assert out.sorted_indices is None or out.sorted_indices.equal(
+                torch.arange(len(lengths))
+            )
+        else:
+            assert out.sorted_indices is not None
+            assert out.sorted_indices.equal(ref_out.sorted_indices)
+        for got, want in zip(_tensors(state), _tensors(ref_state), strict=True):
+            torch.testing.assert_close(got[s], want, **TOL)
+
+
+def test_packed_sequences_inside_a_network_equal_torch_per_particle() -> None:
+    """A network packs its padded input, runs two stacked recurrent layers on
+    packed sequences (the second takes the first's folded packing) and
+    classifies from the last state: each particle is torch's network."""
+
+    class Tagger(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = bnn.VILSTM(3, 4, batch_first=True, bidirectional=True)
+            self.second = bnn.VIGRU(8, 5, batch_first=True)
+            self.head = bnn.VILinear(5, 2)
+
+        def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+            packed = pack_padded_sequence(
+                x, lengths, batch_first=True, enforce_sorted=False
+            )
+            out, _ = self.first(packed)
+            out, h_n = self.second(out)
+            padded, _ = pad_packed_sequence(out, batch_first=True)
+            return self.head(h_n[-1]), padded
+
+    net = Tagger().eval()
+    lengths = torch.tensor([3, 6, 1, 5])
+    x = torch.randn(4, 6, 3)
+    weights = fixed_weights(net, SAMPLES)
+    logits, padded = run_fixed(net, weights, SAMPLES, x, lengths)
+    assert logits.shape == (SAMPLES, 4, 2)
+    assert padded.shape == (SAMPLES, 4, 6, 5)
+    plain = bnn.to_deterministic(net).eval()  # the network with torch layers
+    for s in range(SAMPLES):
+        with torch.no_grad():
+            for site, value in weights.items():
+                plain.get_parameter(f"network.{site}").copy_(value[s, 0])
+            ref_logits, ref_padded = plain(x, lengths)
+        torch.testing.assert_close(logits[s], ref_logits, **TOL)
+        torch.testing.assert_close(padded[s], ref_padded, **TOL)
+
+
+def test_packing_a_folded_activation_with_repeated_lengths() -> None:
+    """After a Bayesian embedding the activation is folded ``(B * S, L, E)``;
+    packed with each length repeated ``S`` times it is taken as folded."""
+
+    class Classifier(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = bnn.VIEmbedding(10, 3)
+            self.rnn = bnn.VIGRU(3, 4, batch_first=True, bidirectional=True)
+            self.head = bnn.VILinear(4, 2)
+
+        def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+            embedded = self.embed(tokens)
+            repeats = embedded.shape[0] // tokens.shape[0]  # S inside a network
+            packed = pack_padded_sequence(
+                embedded,
+                lengths.repeat_interleave(repeats),
+                batch_first=True,
+                enforce_sorted=False,
+            )
+            _, h_n = self.rnn(packed)
+            return self.head(h_n[-1])
+
+    net = Classifier().eval()
+    tokens, lengths = torch.randint(0, 10, (4, 6)), torch.tensor([3, 6, 1, 5])
+    weights = fixed_weights(net, SAMPLES)
+    logits = run_fixed(net, weights, SAMPLES, tokens, lengths)
+    plain = bnn.to_deterministic(net).eval()
+    for s in range(SAMPLES):
+        with torch.no_grad():
+            for site, value in weights.items():
+                plain.get_parameter(f"network.{site}").copy_(value[s, 0])
+            torch.testing.assert_close(logits[s], plain(tokens, lengths), **TOL)
+
+
+def test_packed_input_of_the_wrong_size_names_the_layer() -> None:
+    packed = pack_padded_sequence(
+        torch.randn(2, 4, 5), torch.tensor([4, 2]), batch_first=True
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"VILSTM: a PackedSequence input must have data of shape",
+    ):
+        bnn.VILSTM(3, 4)(packed, samples=2)

@@ -37,10 +37,10 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
 
     * prior: :class:`pyrolite_bnn.NormalPrior` (hyperparameters are buffers,
       saved in ``state_dict``);
-    * variational: :class:`pyrolite_bnn.MeanFieldNormal` (closed-form KL, local
-      reparameterisation in linear layers); its standard deviation is stored as
-      ``softplus(rho)`` — equal to ``exp(log_std)`` to first order for the small
-      scales of trained networks;
+    * variational: :class:`pyrolite_bnn.MeanFieldNormal` with
+      ``scale_transform="exp"`` (closed-form KL, local reparameterisation in
+      linear layers): the learnable tensors are the mean and the log standard
+      deviation, as in torch_blue (a layer's ``_weight_log_std``);
     * predictive: :class:`pyrolite_bnn.Normal` with a *learned* noise scale
       (starting at ``std``), instead of torch_blue's spread of the samples. Give
       ``loss_fn.parameters()`` to the optimizer too.
@@ -123,7 +123,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         """:class:`pyrolite_bnn.MeanFieldNormal` (scales set by the layer's init)."""
         if type(self) is not MeanFieldNormal:
             return super().to_variational()
-        return BnnMeanFieldNormal(init_scale=float(self.std))
+        return BnnMeanFieldNormal(init_scale=float(self.std), scale_transform="exp")
 
     def build_predictive(self) -> BnnPredictive:
         """:class:`pyrolite_bnn.Normal` with a learned noise scale."""

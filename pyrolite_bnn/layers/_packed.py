@@ -1,0 +1,117 @@
+"""``PackedSequence`` inputs of the recurrent layers, under the particle fold.
+
+A packed batch of ``B`` sequences is unpacked to the padded batch-first tensor
+``(B, T, F)`` and its lengths; the recurrence reads each sequence only up to
+its length (:func:`~pyrolite_bnn.layers.functional_recurrent.recurrent`), and
+the output is packed again.
+
+Inside a network the output is the packing of the ``B * S`` folded sequences
+(row ``b * S + s`` is sequence ``b`` under particle ``s``, as everywhere in the
+fold): ``pad_packed_sequence(output, batch_first=True)`` gives the folded
+``(B * S, T, H)`` and the next recurrent layer takes it as it is. As the
+outermost module's output, ``data`` gets the leading particle dimension:
+``PackedSequence(output.data[s], output.batch_sizes, output.sorted_indices,
+output.unsorted_indices)`` is particle ``s``'s torch output (see
+:func:`pyrolite_bnn._particles.unfold_packed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from pyrolite_bnn import _particles
+
+__all__ = ["PackedInput"]
+
+
+class PackedInput:
+    """One ``PackedSequence`` input of a recurrent layer, padded for the recurrence.
+
+    Args:
+        packed: the input (``B`` sequences shared by all particles, or the
+            ``B * S`` folded sequences of a Bayesian layer before).
+        name: the layer's name, for errors.
+        features: the layer's input size.
+    """
+
+    def __init__(self, packed: PackedSequence, name: str, features: int) -> None:
+        if packed.data.dim() != 2 or packed.data.shape[-1] != features:
+            raise ValueError(
+                f"{name}: a PackedSequence input must have data of shape "
+                f"(total_length, {features}), got {tuple(packed.data.shape)}"
+            )
+        self.state = _particles.current()
+        self.samples = 1 if self.state is None else self.state.samples
+        padded, lengths = pad_packed_sequence(packed, batch_first=True)
+        rows = padded.shape[0]
+        self.padded = padded
+        folded = self.samples > 1 and self._is_folded(packed, rows)
+        self.batch = rows // self.samples if folded else rows
+        if folded:
+            lengths = lengths.view(self.batch, self.samples)[:, 0]
+            self.sorted = torch.sort(lengths, descending=True, stable=True).indices
+            self.batch_sizes = self._batch_sizes(lengths)
+            self.keep_sorted = True
+        else:
+            self.batch_sizes = packed.batch_sizes
+            self.keep_sorted = packed.sorted_indices is not None
+            self.sorted = (
+                torch.arange(rows)
+                if packed.sorted_indices is None
+                else packed.sorted_indices
+            )
+        self.lengths = lengths
+
+    def _is_folded(self, packed: PackedSequence, rows: int) -> bool:
+        """Whether the packed sequences are the folded ``B * S`` of a network."""
+        assert self.state is not None
+        if any(packed.data is tensor for tensor, _ in self.state.batch_folded):
+            return True  # packed by a Bayesian recurrent layer before
+        batch = self.state.batch_size
+        return batch is not None and rows == batch * self.samples
+
+    @staticmethod
+    def _batch_sizes(lengths: Tensor) -> Tensor:
+        steps = torch.arange(int(lengths.max()), device=lengths.device)
+        return (lengths.unsqueeze(0) > steps.unsqueeze(1)).sum(1).cpu()
+
+    @contextmanager
+    def body(self) -> Iterator[None]:
+        """Run the recurrence with the particle state's batch size set to ``B``."""
+        if self.state is None:
+            yield
+            return
+        with _particles.particles(
+            dataclasses.replace(self.state, batch_size=self.batch)
+        ):
+            yield
+
+    def pack(self, output: Tensor) -> PackedSequence:
+        """The padded batch-first output ``(B or B * S, T, H)``, packed again."""
+        copies = output.shape[0] // self.batch
+        sorted_rows = (
+            self.sorted.to(output.device).unsqueeze(1) * copies
+            + torch.arange(copies, device=output.device)
+        ).reshape(-1)
+        batch_sizes = self.batch_sizes * copies
+        # Time-major: at step t the first batch_sizes[t] sequences in sorted order.
+        slots = torch.arange(len(sorted_rows)).unsqueeze(0)
+        time, slot = (slots < batch_sizes.unsqueeze(1)).nonzero(as_tuple=True)
+        device = output.device
+        data = output[sorted_rows[slot.to(device)], time.to(device)]
+        keep = self.keep_sorted or copies > 1
+        packed = PackedSequence(
+            data,
+            batch_sizes,
+            sorted_rows if keep else None,
+            _particles.inverse_permutation(sorted_rows) if keep else None,
+        )
+        if copies > 1 and self.state is not None:
+            self.state.note_batch_folded(data, 0)
+        return packed

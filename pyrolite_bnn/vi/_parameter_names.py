@@ -1,0 +1,91 @@
+"""torch_blue's parameter names on a ``vi`` module: ``_<variable>_<parameter>``.
+
+torch_blue keeps each variational parameter as a parameter of the layer itself
+(``_weight_mean``, ``_weight_log_std``); here they live in the posterior modules
+(``posterior.weight.loc_unconstrained``, ``posterior.weight.rho_unconstrained``).
+Each leaf tensor that *is* one of torch_blue's parameters is registered on the
+layer a second time under torch_blue's name, the way torch ties a shared weight:
+
+* ``named_parameters()`` lists torch_blue's names (the layer's own parameters
+  come first and a tensor seen twice is listed once); ``parameters()`` yields
+  each tensor once, so optimisers see no duplicates;
+* an in-place change through either name is one change (one tensor);
+* ``state_dict()`` keeps one key per tensor, the posterior's (so checkpoints
+  are those of the library's layers), and ``load_state_dict`` accepts a state
+  with either key (torch_blue's names included).
+
+A parameter that is derived rather than stored (``log_std`` of a posterior
+whose scale is ``softplus(rho)``) gets no alias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from pyrolite_bnn.distributions.variational import Posterior
+
+__all__ = ["alias_variational_parameters"]
+
+_ALIASES = "_torch_blue_parameter_names"
+
+
+def alias_variational_parameters(
+    module: nn.Module,
+    variable: str,
+    posterior: Posterior,
+    names: Sequence[str],
+    values: Sequence[Tensor],
+    naming: Any,
+) -> None:
+    """Register the leaf ``values`` of ``variable`` under torch_blue's ``names``.
+
+    Args:
+        module: the ``vi`` layer that owns ``posterior`` as ``posterior.<variable>``.
+        variable: the random variable.
+        posterior: its posterior module.
+        names: torch_blue's parameter names, in order (``("mean", "log_std")``).
+        values: the parameters in the same order (stored or derived).
+        naming: ``variational_parameter_name(variable, parameter)``.
+    """
+    keys = {id(p): key for key, p in posterior.named_parameters()}
+    aliases: dict[str, str] = module.__dict__.setdefault(_ALIASES, {})
+    if not aliases:
+        module.register_state_dict_post_hook(_drop_aliases)  # type: ignore[no-untyped-call]
+        module.register_load_state_dict_pre_hook(_fill_either_key)  # type: ignore[no-untyped-call]
+    for name, value in zip(names, values, strict=True):
+        if not isinstance(value, nn.Parameter) or id(value) not in keys:
+            continue
+        alias = naming(variable, name)
+        nn.Module.register_parameter(module, alias, value)
+        aliases[alias] = f"posterior.{variable}.{keys[id(value)]}"
+
+
+def _aliases(module: nn.Module) -> Mapping[str, str]:
+    aliases: Mapping[str, str] = module.__dict__.get(_ALIASES, {})
+    return aliases
+
+
+def _drop_aliases(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, _metadata: Any
+) -> None:
+    """``state_dict`` post-hook: one key per tensor (the posterior's)."""
+    for alias in _aliases(module):
+        state_dict.pop(prefix + alias, None)
+
+
+def _fill_either_key(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    *_args: Any,
+) -> None:
+    """``load_state_dict`` pre-hook: a state with either name loads."""
+    for alias, stored in _aliases(module).items():
+        alias_key, stored_key = prefix + alias, prefix + stored
+        if alias_key in state_dict and stored_key not in state_dict:
+            state_dict[stored_key] = state_dict[alias_key]
+        elif stored_key in state_dict and alias_key not in state_dict:
+            state_dict[alias_key] = state_dict[stored_key]

@@ -1,0 +1,108 @@
+"""Variational families: the mean-field Normal's scale transforms."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro.infer import Trace_ELBO
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn.distributions.variational import MeanFieldNormalPosterior
+
+
+def _posterior(transform: str, scale: float = 0.05) -> MeanFieldNormalPosterior:
+    family = bnn.MeanFieldNormal(scale, scale_transform=transform)
+    posterior = family.build((3, 2), torch.zeros(3, 2))
+    assert isinstance(posterior, MeanFieldNormalPosterior)
+    return posterior
+
+
+@pytest.mark.parametrize(
+    ("transform", "raw"),
+    [("softplus", math.log(math.expm1(0.05))), ("exp", math.log(0.05))],
+)
+def test_scale_transform_stores_the_inverse_and_reads_it_back(
+    transform: str, raw: float
+) -> None:
+    posterior = _posterior(transform)
+    torch.testing.assert_close(posterior.rho, torch.full((3, 2), raw))
+    torch.testing.assert_close(posterior.scale(), torch.full((3, 2), 0.05))
+    _, scale = posterior.normal_params()
+    torch.testing.assert_close(scale, posterior.scale())
+    assert posterior.distribution().base_dist.scale.equal(posterior.scale())
+    scales = torch.linspace(1e-4, 3.0, 6).reshape(3, 2)
+    posterior.reset_parameters(torch.ones(3, 2), scales)
+    torch.testing.assert_close(posterior.scale(), scales)
+    posterior.reset_parameters(torch.ones(3, 2), 0.2)
+    torch.testing.assert_close(posterior.scale(), torch.full((3, 2), 0.2))
+
+
+def test_exp_transform_is_the_log_std_and_stays_positive_below_the_dtype() -> None:
+    posterior = _posterior("exp")
+    with torch.no_grad():
+        posterior.rho.fill_(-1.5)
+    torch.testing.assert_close(posterior.scale(), torch.full((3, 2), math.exp(-1.5)))
+    with torch.no_grad():
+        posterior.rho.fill_(-200.0)  # exp underflows float32
+    assert bool((posterior.scale() > 0).all())
+    assert bool(torch.isfinite(posterior.scale().log()).all())
+    # the softplus default is unchanged
+    softplus = _posterior("softplus")
+    with torch.no_grad():
+        softplus.rho.fill_(0.3)
+    torch.testing.assert_close(softplus.scale(), F.softplus(torch.full((3, 2), 0.3)))
+
+
+def test_scale_transform_is_validated_and_shown_only_when_not_default() -> None:
+    with pytest.raises(ValueError, match="scale_transform must be one of"):
+        bnn.MeanFieldNormal(scale_transform="sigmoid")
+    assert repr(bnn.MeanFieldNormal(0.1)) == "MeanFieldNormal(init_scale=0.1)"
+    assert "scale_transform='exp'" in repr(bnn.MeanFieldNormal(0.1, "exp"))
+    layer = bnn.VILinear(2, 3, variational=bnn.MeanFieldNormal(0.1, "exp"))
+    assert "scale_transform='exp'" in repr(layer)
+
+
+@pytest.mark.parametrize("kl", ["mc", "analytic"])
+def test_exp_transform_loss_equals_pyro_elbo(kl: str) -> None:
+    torch.manual_seed(0)
+    family = bnn.MeanFieldNormal(0.3, scale_transform="exp")
+    net = bnn.VISequential(
+        bnn.VILinear(4, 8, variational=family, estimator="reparam"),
+        torch.nn.Tanh(),
+        bnn.VILinear(8, 3, variational=family, estimator="reparam"),
+    )
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100, kl=kl)  # type: ignore[arg-type]
+    params = list(net.parameters())
+    pyro.set_rng_seed(3)
+    ours = loss_fn(net(x, samples=4), y)
+    grads = torch.autograd.grad(ours, params)
+    pyro.set_rng_seed(3)
+    elbo = Trace_ELBO().differentiable_loss(
+        loss_fn.pyro_model(net), net.guide, x, y, samples=4
+    )
+    if kl == "mc":  # same draws: the same estimate
+        torch.testing.assert_close(ours, elbo / 100, rtol=1e-5, atol=1e-5)
+        for mine, theirs in zip(
+            grads, torch.autograd.grad(elbo / 100, params), strict=True
+        ):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    else:  # closed-form KL: equal to the MC one in expectation
+        estimates = []
+        for seed in range(400):
+            pyro.set_rng_seed(seed)
+            with torch.no_grad():
+                model = loss_fn.pyro_model(net)
+                estimates.append(Trace_ELBO().loss(model, net.guide, x, y, samples=4))
+        pyro.set_rng_seed(3)
+        with torch.no_grad():
+            analytic = [float(loss_fn(net(x, samples=4), y)) for _ in range(50)]
+        mc = torch.tensor(estimates) / 100
+        exact = torch.tensor(analytic)
+        # 5 standard errors of the two means (seeded: deterministic)
+        tolerance = 5 * math.sqrt(mc.var() / len(mc) + exact.var() / len(exact))
+        assert abs(float(mc.mean() - exact.mean())) < tolerance
