@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
-from pyrolite_bnn import vi
 from pyrolite_bnn.convert import MOPED_MIN_SCALE, ConvertedNetwork
 
 CLASSES = bnn.Categorical()
@@ -365,17 +364,6 @@ def test_multihead_attention_kdim_and_full_transformer() -> None:
     plain = bnn.to_deterministic(net)
     assert type(plain) is nn.Transformer
     torch.testing.assert_close(plain(src, tgt), model(src, tgt), atol=1e-5, rtol=1e-5)
-
-
-def test_convert_to_vimodule_alias() -> None:
-    module = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    kept = vi.convert_to_vimodule(module, keep_weights=True)
-    assert isinstance(kept, bnn.VIModule)
-    torch.testing.assert_close(
-        kept[0].posterior["weight"].loc, module[0].weight.detach()
-    )
-    fresh = vi.convert_to_vimodule(module)
-    assert not torch.equal(fresh[0].posterior["weight"].loc, module[0].weight)
 
 
 def test_refuses_bayesian_input() -> None:

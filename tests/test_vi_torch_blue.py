@@ -421,15 +421,149 @@ def test_student_t_posterior_and_quiet_prior_work_in_layers() -> None:
     assert layer.posterior["weight"].loc.grad is not None
 
 
-def test_convert_to_vimodule_returns_the_network() -> None:
-    # Not in place (torch_blue's version returns None): the network is returned.
-    plain = nn.Linear(2, 2)
-    net = vi.convert_to_vimodule(plain, keep_weights=True)
-    assert isinstance(net, bnn.VILinear)
-    assert type(plain) is nn.Linear
-    torch.testing.assert_close(net.posterior["weight"].loc, plain.weight.detach())
-    with pytest.raises(NotImplementedError, match=r"pyrolite_bnn\.convert"):
-        vi.convert_to_vimodule(plain, prior=object())
+def test_convert_to_vimodule_changes_the_model_in_place() -> None:
+    plain = nn.Linear(2, 3)
+    weight = plain.weight.detach().clone()
+    same = vi.convert_to_vimodule(plain, keep_weights=True)
+    assert same is plain  # torch_blue converts in place; the model is also returned
+    assert type(plain) is vi.VILinear
+    torch.testing.assert_close(plain._weight_mean, weight)
+    assert plain(torch.randn(4, 2), samples=5).shape == (5, 4, 3)
+    fresh = nn.Linear(2, 3)
+    old = fresh.weight.detach().clone()
+    vi.convert_to_vimodule(fresh)  # torch_blue's initialisation of the means
+    assert not torch.equal(fresh._weight_mean, old)
+
+
+class _Scaled(nn.Module):
+    """A custom layer with a parameter of its own (no library counterpart)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((3,), 2.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor:UserWarning")
+@pytest.mark.filterwarnings("ignore:only one-dimensional Parameters:UserWarning")
+def test_convert_to_vimodule_with_non_bayesian_weights_is_the_model() -> None:
+    # torch_blue's check of a conversion: NonBayesian distributions and the
+    # kept weights give the original model's output for every particle.
+    torch.manual_seed(0)
+    models: list[tuple[nn.Module, tuple[Tensor, ...]]] = [
+        (
+            nn.Sequential(
+                nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3), _Scaled()
+            ),
+            (torch.randn(4, 1, 4, 4),),
+        ),
+        (nn.Transformer(8, 2, 1, 1, 16, dropout=0.0), (torch.randn(5, 3, 8),) * 2),
+        (nn.LSTM(3, 4, batch_first=True), (torch.randn(2, 5, 3),)),
+    ]
+    for model, inputs in models:
+        model.eval()
+        with torch.no_grad():
+            reference = model(*inputs)
+        vi.convert_to_vimodule(
+            model, keep_weights=True, variational_distribution=NonBayesian()
+        )
+        assert isinstance(model, bnn.VIModule)
+        with torch.no_grad():
+            out = model(*inputs, samples=3)
+        got, want = (
+            (out[0], reference[0]) if isinstance(out, tuple) else (out, reference)
+        )
+        torch.testing.assert_close(got, want.expand_as(got), rtol=1e-5, atol=1e-5)
+    assert type(models[0][0]) is vi.VISequential
+    assert type(models[0][0][4]).__name__ == "AVI_Scaled"
+    assert type(models[1][0]) is vi.VITransformer
+    assert type(models[2][0]) is bnn.VILSTM  # no vi class: the library's layer
+
+
+@pytest.mark.filterwarnings("ignore:only one-dimensional Parameters:UserWarning")
+def test_generated_class_runs_the_modules_forward_per_particle() -> None:
+    layer = _Scaled()
+    vi.convert_to_vimodule(layer, keep_weights=True)
+    assert layer.random_variables == ("scale",)
+    torch.testing.assert_close(layer._scale_mean, torch.full((3,), 2.0))
+    with torch.no_grad():
+        nn.init.constant_(layer._scale_log_std, math.log(0.5))
+    out = layer(torch.ones(2, 3), samples=400)
+    assert out.shape == (400, 2, 3)
+    assert bool((out[:, 0] == out[:, 1]).all())  # one draw per particle
+    torch.testing.assert_close(out.mean(0), torch.full((2, 3), 2.0), atol=0.1, rtol=0)
+    torch.testing.assert_close(out.std(0), torch.full((2, 3), 0.5), atol=0.06, rtol=0)
+    loss_fn = vi.KullbackLeiblerLoss(MeanFieldNormal(), dataset_size=10)
+    loss_fn(layer(torch.ones(2, 3), samples=4), torch.zeros(2, 3)).backward()
+    assert layer._scale_mean.grad is not None
+
+
+@pytest.mark.filterwarnings("ignore:only one-dimensional Parameters:UserWarning")
+def test_convert_to_vimodule_ban_lists() -> None:
+    from pyrolite_bnn.vi.utils import convert
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.Linear(2, 2))
+    norm = model[1].weight
+    convert.ban_convert(nn.Linear, ban_mode="submodule")
+    try:
+        vi.convert_to_vimodule(model)
+    finally:
+        convert.ban_convert(nn.Linear, ban_mode="submodule", unban=True)
+    assert type(model[0]) is nn.Linear
+    assert type(model[1]) is nn.LayerNorm
+    assert model[1].weight is norm  # norms are kept (not converted by default)
+    replaced = nn.Linear(2, 2)
+    convert.ban_convert(nn.Linear, ban_mode="replace")
+    try:
+        vi.convert_to_vimodule(replaced)
+        again = vi.convert_to_vimodule(nn.Linear(2, 2))
+        assert type(replaced).__name__ == "AVILinear"
+        assert type(again) is type(replaced)  # generated classes are reused
+        convert.ban_convert(nn.Linear, ban_mode="reuse")
+        other = vi.convert_to_vimodule(nn.Linear(2, 2))
+        assert type(other) is not type(replaced)
+    finally:
+        convert.ban_convert(nn.Linear, ban_mode="reuse", unban=True)
+        convert.ban_convert(nn.Linear, ban_mode="replace", unban=True)
+    assert replaced(torch.randn(3, 2), samples=2).shape == (2, 3, 2)
+    convert.convert_norms(True)
+    try:
+        norms = nn.Sequential(nn.LayerNorm(2))
+        vi.convert_to_vimodule(norms)
+        assert type(norms[0]).__name__ == "AVILayerNorm"
+    finally:
+        convert.convert_norms(False)
+    with pytest.raises(ValueError, match="Unknown ban mode"):
+        convert.ban_convert(nn.Linear, ban_mode="sometimes")
+
+
+def test_own_parameters_of_a_module_with_bayesian_layers_stay_with_a_warning() -> None:
+    class Tempered(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(2, 2)
+            self.temperature = nn.Parameter(torch.ones(()))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.body(x) / self.temperature
+
+    model = Tempered()
+    with pytest.warns(UserWarning, match=r"\['temperature'\] of Tempered stay"):
+        vi.convert_to_vimodule(model)
+    assert type(model.body) is vi.VILinear
+    assert isinstance(model.temperature, nn.Parameter)
+    assert model(torch.randn(3, 2), samples=2).shape == (2, 3, 2)
+
+
+def test_convert_keeps_each_weights_device_and_dtype() -> None:
+    model = nn.Linear(3, 5, dtype=torch.float16)
+    model.bias.data = model.bias.to(torch.float32)
+    vi.convert_to_vimodule(model, variational_distribution=(MeanFieldNormal(),) * 2)
+    assert model._weight_mean.dtype == torch.float16
+    assert model._bias_mean.dtype == torch.float32
+    assert model.prior["bias"].loc.dtype == torch.float32
 
 
 def test_conv_layers_follow_torch_blue() -> None:

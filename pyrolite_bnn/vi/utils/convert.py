@@ -1,15 +1,213 @@
-"""torch_blue's ``convert_to_vimodule``: an alias of :func:`pyrolite_bnn.convert`."""
+"""torch_blue's ``convert_to_vimodule``: a ``torch.nn`` model made Bayesian in place.
+
+Each module of the model, from the root down, becomes (in this order of
+preference):
+
+1. the :mod:`pyrolite_bnn.vi` layer of its name (``nn.Linear`` ->
+   :class:`~pyrolite_bnn.vi.VILinear`, ``nn.MultiheadAttention``, the
+   Transformer family, ``nn.Conv1d/2d/3d``), built from the module's
+   constructor arguments with the torch_blue options; a whole subtree
+   (a Transformer) is built at once;
+2. the :mod:`pyrolite_bnn` layer of its class on the layer registry
+   (``nn.LSTM``, ``nn.GRU``, ``nn.Embedding``, ``nn.ConvTranspose*d``, ...),
+   with the options' prior and variational family;
+3. for any other module with parameters of its own: a generated class
+   ``AVI<Name>`` (a :class:`~pyrolite_bnn.vi.VIModule` and the module's class)
+   whose parameters are random variables and whose ``forward`` is the
+   module's own, run per particle (:mod:`pyrolite_bnn.vi.base`); children are
+   converted first;
+4. a module without parameters of its own that holds converted modules (a
+   container) becomes ``AVI<Name>``, a ``VIModule`` without variables
+   (``nn.Sequential``: :class:`~pyrolite_bnn.vi.VISequential`). A module with
+   parameters of its own *and* Bayesian layers below keeps its own parameters
+   deterministic, with a warning (its ``forward`` calls the layers, so it
+   cannot run once per particle).
+
+Modules on the ban lists (:func:`ban_convert`; by default those without
+parameters and the norms, see :func:`convert_norms`) are left as they are.
+The module object itself is changed (its class and state), as in torch_blue;
+norms and other kept modules keep their parameters, and ``keep_weights=True``
+starts each posterior mean at the module's weight. Each weight keeps its
+device and dtype.
+"""
 
 from __future__ import annotations
 
+import copy
+import inspect
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from pyrolite_bnn.convert import convert
-from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.layers import registry
+from pyrolite_bnn.module import VIModule as BnnVIModule
 
-__all__ = ["convert_to_vimodule"]
+__all__ = ["ban_convert", "convert_norms", "convert_to_vimodule"]
+
+# Modules without parameters: converting them would change nothing.
+_blacklist: set[type[nn.Module]] = {
+    nn.Identity,
+    nn.Threshold,
+    nn.ReLU,
+    nn.RReLU,
+    nn.Hardtanh,
+    nn.ReLU6,
+    nn.Sigmoid,
+    nn.Hardsigmoid,
+    nn.Tanh,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GLU,
+    nn.GELU,
+    nn.Hardshrink,
+    nn.LeakyReLU,
+    nn.LogSigmoid,
+    nn.Softplus,
+    nn.Softshrink,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.Softmin,
+    nn.Softmax,
+    nn.Softmax2d,
+    nn.LogSoftmax,
+    nn.PairwiseDistance,
+    nn.CosineSimilarity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Fold,
+    nn.Unfold,
+    nn.CircularPad1d,
+    nn.CircularPad2d,
+    nn.CircularPad3d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReflectionPad3d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.ReplicationPad3d,
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.MaxUnpool1d,
+    nn.MaxUnpool2d,
+    nn.MaxUnpool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.FractionalMaxPool2d,
+    nn.FractionalMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+    nn.LPPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+}
+# Norms stabilise training; they stay deterministic unless convert_norms().
+_torch_norms: set[type[nn.Module]] = {
+    nn.BatchNorm1d,
+    nn.LazyBatchNorm1d,
+    nn.BatchNorm2d,
+    nn.LazyBatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LazyBatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.LazyInstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.LazyInstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LazyInstanceNorm3d,
+    nn.LocalResponseNorm,
+    nn.CrossMapLRN2d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+}
+_blacklist |= _torch_norms
+# Classes converted by the generated class even where a layer of their name exists.
+_replace_blacklist: set[type[nn.Module]] = set()
+# Classes whose generated class is made anew for each module.
+_reuse_blacklist: set[type[nn.Module]] = set()
+# Classes left as they are with everything below them.
+_submodule_blacklist: set[type[nn.Module]] = set()
+_BAN_LISTS = {
+    "ban": _blacklist,
+    "reuse": _reuse_blacklist,
+    "replace": _replace_blacklist,
+    "submodule": _submodule_blacklist,
+}
+# Generated AVI classes, by original class.
+_generated: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def convert_norms(mode: bool = True) -> None:
+    """Whether :func:`convert_to_vimodule` converts torch's norm layers.
+
+    Args:
+        mode: ``True``: norms become Bayesian too; ``False``: they stay
+            deterministic (the default).
+    """
+    if mode:
+        _blacklist.difference_update(_torch_norms)
+    else:
+        _blacklist.update(_torch_norms)
+
+
+def ban_convert(
+    class_names: type[nn.Module] | Iterable[type[nn.Module]],
+    ban_mode: str = "ban",
+    unban: bool = False,
+) -> None:
+    """Add classes to (or, with ``unban=True``, remove them from) a ban list.
+
+    Args:
+        class_names: a module class or several.
+        ban_mode: ``"ban"``: the module stays as it is (its children are
+            converted); ``"submodule"``: the module and everything below it
+            stay; ``"reuse"``: a generated class is made anew for every module
+            of the class; ``"replace"``: the generated class is used even where
+            a layer of the class's name exists.
+        unban: remove instead of add.
+
+    Raises:
+        ValueError: for an unknown ``ban_mode``.
+    """
+    if ban_mode not in _BAN_LISTS:
+        raise ValueError(f"Unknown ban mode: {ban_mode}")
+    classes = [class_names] if isinstance(class_names, type) else list(class_names)
+    if unban:
+        _BAN_LISTS[ban_mode].difference_update(classes)
+    else:
+        _BAN_LISTS[ban_mode].update(classes)
 
 
 def convert_to_vimodule(
@@ -21,60 +219,302 @@ def convert_to_vimodule(
     kaiming_initialization: bool = True,
     prior_initialization: bool = False,
     return_log_probs: bool = True,
-) -> VIModule:
-    """torch_blue's conversion of a ``torch.nn`` model, with its arguments.
+) -> nn.Module:
+    """Make ``module`` Bayesian in place (torch_blue's ``convert_to_vimodule``).
 
-    Differences from torch_blue: the model is not changed in place; the
-    Bayesian network is *returned* (use ``net = vi.convert_to_vimodule(net)``).
-    Layers are converted by :func:`pyrolite_bnn.convert` (the layer registry),
-    not by class name, and a custom class keeps its ``forward`` without
-    ``torch.vmap``. With ``keep_weights=True`` the posterior means are the
-    module's weights; otherwise every converted layer is re-initialised
-    (``reset_parameters``, torch's initialisation).
+    See the module documentation for what each module becomes. Copy the model
+    first to keep the original.
 
     Args:
-        module: the ``torch.nn`` model.
-        keep_weights: start the posterior means at the module's weights.
-        variational_distribution: must be ``None`` (the mean-field Normal) here;
-            torch_blue's distribution objects are not translated.
-        prior: must be ``None`` (standard Normal prior) here.
-        rescale_prior: must be ``False`` here.
-        kaiming_initialization: accepted (layers use torch's initialisation).
-        prior_initialization: must be ``False`` here.
-        return_log_probs: whether the network returns log probabilities
-            (``out.log_probs``).
+        module: the ``torch.nn`` model; changed in place.
+        keep_weights: start the posterior means at the module's weights
+            (otherwise the layers are initialised the torch_blue way).
+        variational_distribution: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        prior: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        rescale_prior: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        kaiming_initialization: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        prior_initialization: see :class:`~pyrolite_bnn.vi.VIkwargs`.
+        return_log_probs: see :class:`~pyrolite_bnn.vi.VIkwargs`.
 
-    Raises:
-        NotImplementedError: for the torch_blue options not translated here
-            (use :func:`pyrolite_bnn.convert`'s ``prior=``/``variational=``).
+    Returns:
+        ``module`` itself (now Bayesian), for ``net = convert_to_vimodule(net)``.
 
     Example:
         >>> import torch
         >>> from pyrolite_bnn import vi
-        >>> net = vi.convert_to_vimodule(torch.nn.Linear(2, 3), keep_weights=True)
-        >>> net
-        VILinear(in_features=2, out_features=3, bias=True)
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
+        >>> _ = vi.convert_to_vimodule(net, keep_weights=True)
+        >>> type(net).__name__, type(net[0]).__name__
+        ('VISequential', 'VILinear')
         >>> net(torch.randn(4, 2), samples=5).shape
         torch.Size([5, 4, 3])
     """
-    del kaiming_initialization  # torch's own initialisation is used
-    if (
-        variational_distribution is not None
-        or prior is not None
-        or rescale_prior
-        or prior_initialization
+    vikwargs = {
+        "variational_distribution": variational_distribution,
+        "prior": prior,
+        "rescale_prior": rescale_prior,
+        "kaiming_initialization": kaiming_initialization,
+        "prior_initialization": prior_initialization,
+        "return_log_probs": return_log_probs,
+    }
+    _convert(module, vikwargs, keep_weights)
+    if isinstance(module, BnnVIModule):
+        module.return_log_probs = return_log_probs
+    return module
+
+
+def _convert(module: nn.Module, vikwargs: dict[str, Any], keep_weights: bool) -> None:
+    cls = type(module)
+    if cls in _submodule_blacklist or isinstance(module, BnnVIModule):
+        return
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    if cls not in _blacklist | _replace_blacklist and not isinstance(
+        module, containers
     ):
-        raise NotImplementedError(
-            "vi.convert_to_vimodule translates keep_weights and return_log_probs "
-            "only; for other priors or variational families use "
-            "pyrolite_bnn.convert(module, prior=..., variational=...)"
+        built = _vi_layer(module, vikwargs) or _library_layer(
+            module, vikwargs, keep_weights
         )
-    network = convert(module)
+        if built is not None:
+            _copy_state(module, built, keep_weights)
+            _become(module, built)
+            return
+    for child in module.children():
+        _convert(child, vikwargs, keep_weights)
+    if cls in _blacklist:
+        return
+    if isinstance(module, nn.Sequential) and cls not in _replace_blacklist:
+        from pyrolite_bnn import vi
+
+        sequential = vi.VISequential(*module)
+        sequential.train(module.training)
+        _become(module, sequential)
+        return
+    own = dict(module.named_parameters(recurse=False))
+    holds_bayesian = any(isinstance(m, BnnVIModule) for m in module.modules())
+    if holds_bayesian:
+        if own:  # its forward calls Bayesian layers: it cannot run per particle
+            warnings.warn(
+                f"convert_to_vimodule: the parameters {sorted(own)} of "
+                f"{cls.__name__} stay deterministic (the module also holds "
+                "Bayesian layers); give them a module of their own to make them "
+                "Bayesian",
+                UserWarning,
+                stacklevel=3,
+            )
+        _generated_module(module, {}, vikwargs, keep_weights)
+    elif own:
+        _generated_module(module, own, vikwargs, keep_weights)
+
+
+def _vi_layer(module: nn.Module, vikwargs: dict[str, Any]) -> nn.Module | None:
+    """The ``vi`` layer of ``module``'s name, built from its arguments, or ``None``."""
+    from pyrolite_bnn import vi
+
+    layer_cls = getattr(vi, "VI" + type(module).__name__, None)
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, BnnVIModule)):
+        return None
+    if isinstance(module, nn.Transformer):
+        arguments = _transformer_arguments(module)
+    elif isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)):
+        first = _vi_layer(module.layers[0], vikwargs)
+        if first is None:
+            return None
+        name = (
+            "encoder_layer"
+            if isinstance(module, nn.TransformerEncoder)
+            else "decoder_layer"
+        )
+        arguments = {
+            name: first,
+            "num_layers": len(module.layers),
+            "norm": copy.deepcopy(module.norm),
+        }
+    else:
+        entry = registry.for_torch(module)
+        if entry is None:
+            return None
+        arguments = entry.arguments(module)
+    accepted = inspect.signature(layer_cls).parameters
+    options = {**arguments, **vikwargs, **_placement(module)}
+    built: nn.Module = layer_cls(**{k: v for k, v in options.items() if k in accepted})
+    return built
+
+
+def _transformer_arguments(module: nn.Transformer) -> dict[str, Any]:
+    """``nn.Transformer``'s constructor arguments, read from its layers."""
+    encoder_layer = module.encoder.layers[0]
+    return {
+        "d_model": module.d_model,
+        "nhead": module.nhead,
+        "num_encoder_layers": len(module.encoder.layers),
+        "num_decoder_layers": len(module.decoder.layers),
+        "dim_feedforward": encoder_layer.linear1.out_features,
+        "activation": encoder_layer.activation,
+        "layer_norm_eps": encoder_layer.norm1.eps,
+        "batch_first": module.batch_first,
+        "norm_first": encoder_layer.norm_first,
+        "bias": encoder_layer.linear1.bias is not None,
+    }
+
+
+def _library_layer(
+    module: nn.Module, vikwargs: dict[str, Any], keep_weights: bool
+) -> nn.Module | None:
+    """The :mod:`pyrolite_bnn` layer of ``module``'s class (registry), or ``None``.
+
+    Its posterior means start at the weights with ``keep_weights``, else the
+    layers are re-initialised (``reset_parameters``).
+    """
+    if registry.for_torch(module) is None:
+        return None
+    family, prior = vikwargs["variational_distribution"], vikwargs["prior"]
+    if isinstance(family, (tuple, list)) or isinstance(prior, (tuple, list)):
+        raise NotImplementedError(
+            f"convert_to_vimodule: {type(module).__name__} becomes a pyrolite_bnn "
+            "layer, which takes one variational distribution and one prior, not "
+            "one per variable"
+        )
+    layer = convert(
+        module,
+        prior=None if prior is None else prior.to_prior(),
+        variational=None if family is None else family.to_variational(),
+    )
     if not keep_weights:
-        for layer in network.modules():
-            if isinstance(layer, VIModule) and layer.declared_variables():
-                reset = getattr(layer, "reset_parameters", None)
+        for part in layer.modules():
+            if isinstance(part, BnnVIModule) and part.declared_variables():
+                reset = getattr(part, "reset_parameters", None)
                 if callable(reset):
                     reset()
-    network.return_log_probs = return_log_probs
-    return network
+    return layer
+
+
+def _placement(module: nn.Module) -> dict[str, Any]:
+    """``device``/``dtype`` of the module's first parameter (if any)."""
+    first = next(module.parameters(), None)
+    return {} if first is None else {"device": first.device, "dtype": first.dtype}
+
+
+def _torch_name(path: str, variable: str) -> str:
+    """The torch parameter of a variable (``out_proj_weight``: ``out_proj.weight``)."""
+    if variable.startswith("out_proj_"):
+        variable = "out_proj." + variable[len("out_proj_") :]
+    return f"{path}.{variable}" if path else variable
+
+
+def _copy_state(source: nn.Module, built: nn.Module, keep_weights: bool) -> None:
+    """Give ``built`` the plain state of ``source``, and its weights as means.
+
+    Parameters and buffers of deterministic submodules (norms) are copied;
+    with ``keep_weights`` each random variable's posterior mean is the
+    module's weight; each variable takes its weight's device and dtype.
+    """
+    weights = dict(source.named_parameters())
+    buffers = dict(source.named_buffers())
+    with torch.no_grad():
+        for path, layer in built.named_modules():
+            if isinstance(layer, BnnVIModule):
+                for variable in layer.declared_variables():
+                    weight = weights.get(_torch_name(path, variable))
+                    if weight is not None:
+                        _place(layer, variable, weight, keep_weights)
+                continue
+            if _inside_bayesian(path):
+                continue
+            for name, value in [
+                *layer.named_parameters(recurse=False),
+                *layer.named_buffers(recurse=False),
+            ]:
+                full = f"{path}.{name}" if path else name
+                found = weights.get(full, buffers.get(full))
+                if found is not None and found.shape == value.shape:
+                    value.copy_(found)
+
+
+def _inside_bayesian(path: str) -> bool:
+    """Whether ``path`` is the prior or posterior machinery of a Bayesian layer."""
+    parts = path.split(".")
+    return "prior" in parts or "posterior" in parts
+
+
+def _place(
+    layer: BnnVIModule, variable: str, weight: Tensor, keep_weights: bool
+) -> None:
+    """Move a variable to its weight's device/dtype; set its mean to the weight."""
+    posterior, prior = layer.posterior[variable], layer.prior[variable]
+    loc = posterior.loc
+    if (loc.device, loc.dtype) != (weight.device, weight.dtype):
+        posterior.to(device=weight.device, dtype=weight.dtype)
+        if isinstance(prior, nn.Module):
+            prior.to(device=weight.device, dtype=weight.dtype)
+    if keep_weights:
+        posterior.loc.copy_(weight)
+
+
+def _become(module: nn.Module, built: nn.Module) -> None:
+    """Turn ``module`` itself into ``built`` (class and state)."""
+    state = vars(module)
+    state.clear()
+    state.update(vars(built))
+    module.__class__ = type(built)
+
+
+def _generated_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """``AVI<Name>``: a ``vi.VIModule`` running ``cls.forward`` per particle."""
+    from pyrolite_bnn.vi.base import VIModule
+
+    if cls not in _reuse_blacklist and cls in _generated:
+        return _generated[cls]
+    generated = type(
+        "AVI" + cls.__name__,
+        (VIModule, cls),
+        {"forward": cls.forward, "__module__": __name__},
+    )
+    if cls not in _reuse_blacklist:
+        _generated[cls] = generated
+    return generated
+
+
+def _generated_module(
+    module: nn.Module,
+    own: Mapping[str, Tensor],
+    vikwargs: dict[str, Any],
+    keep_weights: bool,
+) -> None:
+    """Make ``module`` an instance of its generated class, keeping its state."""
+    from pyrolite_bnn.vi.base import VIModule
+
+    saved = dict(vars(module))
+    # torch keeps absent parameters (bias=False) as None entries: None variables
+    registered: dict[str, Tensor | None] = saved["_parameters"] if own else {}
+    shapes = {n: None if p is None else tuple(p.shape) for n, p in registered.items()}
+    generated = _generated_class(type(module))
+    # Initialised as a plain vi.VIModule: the generated class's MRO would run
+    # the original class's __init__ (which needs its own arguments).
+    module.__class__ = VIModule
+    VIModule.__init__(
+        module,  # type: ignore[arg-type]
+        shapes if shapes else None,
+        **vikwargs,
+        **_placement_of(own),
+    )
+    module.__class__ = generated
+    fresh = vars(module)
+    for key, value in saved.items():
+        # children and buffers kept; parameters too where they stay deterministic
+        if key in ("_modules", "_buffers") or (key == "_parameters" and not own):
+            fresh[key] = {**value, **fresh[key]}
+        elif key == "training" or key not in fresh:
+            fresh[key] = value
+    assert isinstance(module, BnnVIModule)
+    with torch.no_grad():
+        for name, weight in own.items():
+            _place(module, name, weight, keep_weights)
+
+
+def _placement_of(weights: Mapping[str, Tensor]) -> dict[str, Any]:
+    """One device and dtype for the variables, if the weights share them."""
+    kinds = {(w.device, w.dtype) for w in weights.values()}
+    if len(kinds) == 1:
+        device, dtype = kinds.pop()
+        return {"device": device, "dtype": dtype}
+    return {}
