@@ -36,6 +36,7 @@ from pyrolite_bnn.layers.transformer import (
 )
 from pyrolite_bnn.vi.base import VariableSpecs, VIModule
 from pyrolite_bnn.vi.linear import VILinear
+from pyrolite_bnn.vi.utils.common_types import vikwargs_of
 
 __all__ = [
     "VIMultiheadAttention",
@@ -87,29 +88,6 @@ def _layer_bias(layer: nn.Module) -> bool:
         return flag
     norm = getattr(layer, "norm1", None)  # a pyrolite_bnn or torch layer
     return getattr(norm, "bias", None) is not None
-
-
-def _vikwargs(
-    variational_distribution: Any,
-    prior: Any,
-    rescale_prior: bool,
-    kaiming_initialization: bool,
-    prior_initialization: bool,
-    return_log_probs: bool,
-    device: torch.device | str | None,
-    dtype: torch.dtype | None,
-) -> dict[str, Any]:
-    """torch_blue's ``VIkwargs`` of a composite layer, for its sublayers."""
-    return {
-        "variational_distribution": variational_distribution,
-        "prior": prior,
-        "rescale_prior": rescale_prior,
-        "kaiming_initialization": kaiming_initialization,
-        "prior_initialization": prior_initialization,
-        "return_log_probs": return_log_probs,
-        "device": device,
-        "dtype": dtype,
-    }
 
 
 class VIMultiheadAttention(BnnAttention, VIModule):
@@ -299,7 +277,7 @@ class VITransformerEncoderLayer(BnnEncoderLayer, VIModule):
             device=device,
             dtype=dtype,
         )
-        vikwargs = _vikwargs(
+        vikwargs = vikwargs_of(
             variational_distribution,
             prior,
             rescale_prior,
@@ -370,7 +348,7 @@ class VITransformerDecoderLayer(BnnDecoderLayer, VIModule):
             device=device,
             dtype=dtype,
         )
-        vikwargs = _vikwargs(
+        vikwargs = vikwargs_of(
             variational_distribution,
             prior,
             rescale_prior,
@@ -486,7 +464,7 @@ class VITransformer(BnnTransformer, VIModule):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        vikwargs = _vikwargs(
+        vikwargs = vikwargs_of(
             variational_distribution,
             prior,
             rescale_prior,

@@ -457,24 +457,19 @@ def test_module_returning_a_layers_states_or_weights_unfolds_them_like_the_layer
         torch.testing.assert_close(got, ref)
     attention = bnn.VIMultiheadAttention(E, 2, batch_first=batch_first)
     q = torch.randn(B, LQ, E) if batch_first else torch.randn(LQ, B, E)
-    torch.manual_seed(0)
-    out, weights = _Wrapper(attention)(q, q, q, samples=6)
-    torch.manual_seed(0)
-    ref_out, ref_weights = attention(q, q, q, samples=6)
-    assert weights.shape == (6, B, LQ, LQ)
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(weights, ref_weights)
-    # Cross-attention to a key/value of another length: the wrapper's own
-    # inputs are shared by all particles, whatever their length (refused before
-    # in the sequence-first fold, where lengths identify folded tensors).
-    kv = torch.randn(B, LK, E) if batch_first else torch.randn(LK, B, E)
-    torch.manual_seed(0)
-    out, weights = _Wrapper(attention)(q, kv, kv, samples=6)
-    torch.manual_seed(0)
-    ref_out, ref_weights = attention(q, kv, kv, samples=6)
-    assert weights.shape == (6, B, LQ, LK)
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(weights, ref_weights)
+    # Self-attention, then cross-attention to a key/value of another length:
+    # the wrapper's own inputs are shared by all particles, whatever their
+    # length (refused before in the sequence-first fold, where lengths
+    # identify folded tensors).
+    for length in (LQ, LK):
+        kv = torch.randn(B, length, E) if batch_first else torch.randn(length, B, E)
+        torch.manual_seed(0)
+        out, weights = _Wrapper(attention)(q, kv, kv, samples=6)
+        torch.manual_seed(0)
+        ref_out, ref_weights = attention(q, kv, kv, samples=6)
+        assert weights.shape == (6, B, LQ, length)
+        torch.testing.assert_close(out, ref_out)
+        torch.testing.assert_close(weights, ref_weights)
 
 
 def test_predict_chunks_a_batch_first_network_with_a_plain_sequence_first_layer() -> (

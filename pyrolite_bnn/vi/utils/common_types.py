@@ -9,7 +9,7 @@ import torch
 if TYPE_CHECKING:
     from pyrolite_bnn.vi.distributions import Prior, VariationalDistribution
 
-__all__ = ["VIkwargs"]
+__all__ = ["VIkwargs", "vikwargs_of"]
 
 
 class VIkwargs(TypedDict, total=False):
@@ -44,3 +44,26 @@ class VIkwargs(TypedDict, total=False):
     return_log_probs: bool
     device: torch.device | str | None
     dtype: torch.dtype | None
+
+
+def vikwargs_of(
+    variational_distribution: Any,
+    prior: Any,
+    rescale_prior: bool,
+    kaiming_initialization: bool,
+    prior_initialization: bool,
+    return_log_probs: bool,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """The :class:`VIkwargs` of these values, as one dict (for sublayers)."""
+    return {
+        "variational_distribution": variational_distribution,
+        "prior": prior,
+        "rescale_prior": rescale_prior,
+        "kaiming_initialization": kaiming_initialization,
+        "prior_initialization": prior_initialization,
+        "return_log_probs": return_log_probs,
+        "device": device,
+        "dtype": dtype,
+    }

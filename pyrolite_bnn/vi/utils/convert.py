@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from pyrolite_bnn.convert import convert
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.module import VIModule as BnnVIModule
+from pyrolite_bnn.vi.utils.common_types import vikwargs_of
 
 __all__ = ["ban_convert", "convert_norms", "convert_to_vimodule"]
 
@@ -249,14 +250,14 @@ def convert_to_vimodule(
         >>> net(torch.randn(4, 2), samples=5).shape
         torch.Size([5, 4, 3])
     """
-    vikwargs = {
-        "variational_distribution": variational_distribution,
-        "prior": prior,
-        "rescale_prior": rescale_prior,
-        "kaiming_initialization": kaiming_initialization,
-        "prior_initialization": prior_initialization,
-        "return_log_probs": return_log_probs,
-    }
+    vikwargs = vikwargs_of(
+        variational_distribution,
+        prior,
+        rescale_prior,
+        kaiming_initialization,
+        prior_initialization,
+        return_log_probs,
+    )
     _convert(module, vikwargs, keep_weights)
     if isinstance(module, BnnVIModule):
         module.return_log_probs = return_log_probs
@@ -494,8 +495,7 @@ def _generated_module(
     VIModule.__init__(
         module,  # type: ignore[arg-type]
         shapes if shapes else None,
-        **vikwargs,
-        **_placement_of(own),
+        **{**vikwargs, **_placement_of(own)},
     )
     module.__class__ = generated
     fresh = vars(module)
