@@ -165,6 +165,30 @@ def unfold_packed(packed: PackedSequence, state: ParticleState) -> PackedSequenc
     )
 
 
+def one_particle(value: Any) -> Any:
+    """An outermost output of one particle without its particle dimension.
+
+    Tensors ``(1, ...)`` become ``(...)``, a packed output's ``data`` likewise;
+    tuples, lists and dicts are walked; anything else is returned as it is.
+    """
+    if isinstance(value, Tensor):
+        return value[0] if value.dim() else value
+    if isinstance(value, PackedSequence):
+        return value._replace(data=value.data[0])
+    if isinstance(value, tuple):
+        items = [one_particle(v) for v in value]
+        return (
+            cast(Any, type(value))(*items)
+            if hasattr(value, "_fields")
+            else tuple(items)
+        )
+    if isinstance(value, list):
+        return [one_particle(v) for v in value]
+    if isinstance(value, dict):
+        return {k: one_particle(v) for k, v in value.items()}
+    return value
+
+
 def unfold(value: object, state: ParticleState) -> object:
     """Turn the folded output of the network into ``(S, B, ...)`` tensors.
 

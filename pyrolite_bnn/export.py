@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
 
+from pyrolite_bnn import _particles
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._network import network_children
 from pyrolite_bnn._pyro_module import local_params
@@ -46,23 +46,7 @@ class DeterministicNetwork(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the network once, deterministically."""
-        return _one_particle(self.network(*args, samples=1, **kwargs))
-
-
-def _one_particle(value: Any) -> Any:
-    """An outermost output of one particle without its particle dimension."""
-    if isinstance(value, Tensor):
-        return value[0] if value.dim() else value
-    if isinstance(value, PackedSequence):
-        return value._replace(data=value.data[0])
-    if isinstance(value, tuple):
-        items = [_one_particle(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
-    if isinstance(value, list):
-        return [_one_particle(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _one_particle(v) for k, v in value.items()}
-    return value
+        return _particles.one_particle(self.network(*args, samples=1, **kwargs))
 
 
 def to_deterministic(model: nn.Module) -> nn.Module:

@@ -199,6 +199,20 @@ def test_torch_blue_parameter_names_are_the_leaf_tensors() -> None:
     assert [n for n, _ in fixed.named_parameters()] == ["_weight_mean", "_bias_mean"]
 
 
+def test_without_sampling_responsibility_an_outermost_call_is_one_particle() -> None:
+    layer = vi.VILinear(3, 5, return_log_probs=False)
+    x = torch.randn(4, 3)
+    layer._has_sampling_responsibility = False  # torch_blue's switch
+    torch.manual_seed(0)
+    single = layer(x)
+    assert single.shape == (4, 5)
+    torch.manual_seed(0)
+    torch.testing.assert_close(single, layer(x, samples=1)[0])
+    assert layer.sampled_forward(x, samples=4).shape == (4, 4, 5)  # still sampled
+    nested = vi.VISequential(layer, nn.ReLU())
+    assert nested(x, samples=3).shape == (3, 4, 5)  # inside a network: unchanged
+
+
 def test_state_dict_has_one_key_per_tensor_and_loads_either_name() -> None:
     layer = vi.VILinear(3, 2)
     state = layer.state_dict()

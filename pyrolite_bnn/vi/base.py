@@ -477,8 +477,21 @@ class VIModule(BnnVIModule):
 
     # ------------------------------------------------------------ calling
     def __call__(self, *args: Any, samples: int | None = None, **kwargs: Any) -> Any:
-        """As :class:`pyrolite_bnn.VIModule`; outermost outputs become ``VIReturn``."""
+        """As :class:`pyrolite_bnn.VIModule`; outermost outputs become ``VIReturn``.
+
+        torch_blue's ``module._has_sampling_responsibility = False`` (set by
+        the user: this library decides at call time who is outermost) makes an
+        outermost call without ``samples=`` run one particle and return it
+        without the particle dimension, as torch_blue does.
+        """
         outermost = _particles.current() is None and not am_i_wrapped()
+        single = (
+            outermost
+            and samples is None
+            and self.__dict__.get("_has_sampling_responsibility") is False
+        )
+        if single:
+            return _particles.one_particle(super().__call__(*args, samples=1, **kwargs))
         result = super().__call__(*args, samples=samples, **kwargs)
         if outermost:
             for tensor in output_tensors(result):
