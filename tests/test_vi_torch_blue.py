@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
 import math
 
 import pytest
@@ -512,6 +513,30 @@ def test_generated_class_runs_the_modules_forward_per_particle() -> None:
     loss_fn = vi.KullbackLeiblerLoss(MeanFieldNormal(), dataset_size=10)
     loss_fn(layer(torch.ones(2, 3), samples=4), torch.zeros(2, 3)).backward()
     assert layer._scale_mean.grad is not None
+
+
+@pytest.mark.filterwarnings("ignore:only one-dimensional Parameters:UserWarning")
+def test_converted_model_copies_saves_and_pickles() -> None:
+    # The in-place conversion moves a built layer's state into the module:
+    # nothing may still point at the discarded object (deepcopy failed with
+    # "revive the hook of a dead Module" when the aliases used hooks).
+    model = nn.Sequential(nn.Linear(3, 3), _Scaled(), nn.Linear(3, 2))
+    vi.convert_to_vimodule(model, keep_weights=True)
+    twin = copy.deepcopy(model)
+    assert twin[0]._weight_mean is twin[0].posterior["weight"].loc
+    state = model.state_dict()
+    assert not any(key.split(".")[-1].startswith("_") for key in state)
+    twin.load_state_dict(state)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded[1]) is type(model[1])
+    x = torch.randn(4, 3)
+    torch.manual_seed(0)
+    expected = model(x, samples=3)
+    torch.manual_seed(0)
+    torch.testing.assert_close(loaded(x, samples=3), expected)
 
 
 @pytest.mark.filterwarnings("ignore:only one-dimensional Parameters:UserWarning")

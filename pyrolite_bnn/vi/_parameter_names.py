@@ -12,7 +12,11 @@ layer a second time under torch_blue's name, the way torch ties a shared weight:
 * an in-place change through either name is one change (one tensor);
 * ``state_dict()`` keeps one key per tensor, the posterior's (so checkpoints
   are those of the library's layers), and ``load_state_dict`` accepts a state
-  with either key (torch_blue's names included).
+  with either key (torch_blue's names included); ``vi.VIModule``'s
+  ``_save_to_state_dict``/``_load_from_state_dict`` call :func:`drop_aliases`
+  and :func:`fill_either_key` (overrides, not hooks: a hook holds a weak
+  reference to its module, which ``convert_to_vimodule``'s in-place
+  conversion replaces).
 
 A parameter that is derived rather than stored (``log_std`` of a posterior
 whose scale is ``softplus(rho)``) gets no alias.
@@ -27,7 +31,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn.distributions.variational import Posterior
 
-__all__ = ["alias_variational_parameters"]
+__all__ = ["alias_variational_parameters", "drop_aliases", "fill_either_key"]
 
 _ALIASES = "_torch_blue_parameter_names"
 
@@ -52,9 +56,6 @@ def alias_variational_parameters(
     """
     keys = {id(p): key for key, p in posterior.named_parameters()}
     aliases: dict[str, str] = module.__dict__.setdefault(_ALIASES, {})
-    if not aliases:
-        module.register_state_dict_post_hook(_drop_aliases)  # type: ignore[no-untyped-call]
-        module.register_load_state_dict_pre_hook(_fill_either_key)  # type: ignore[no-untyped-call]
     for name, value in zip(names, values, strict=True):
         if not isinstance(value, nn.Parameter) or id(value) not in keys:
             continue
@@ -68,21 +69,14 @@ def _aliases(module: nn.Module) -> Mapping[str, str]:
     return aliases
 
 
-def _drop_aliases(
-    module: nn.Module, state_dict: dict[str, Any], prefix: str, _metadata: Any
-) -> None:
-    """``state_dict`` post-hook: one key per tensor (the posterior's)."""
+def drop_aliases(module: nn.Module, state_dict: dict[str, Any], prefix: str) -> None:
+    """After saving ``module``'s own state: one key per tensor (the posterior's)."""
     for alias in _aliases(module):
         state_dict.pop(prefix + alias, None)
 
 
-def _fill_either_key(
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    *_args: Any,
-) -> None:
-    """``load_state_dict`` pre-hook: a state with either name loads."""
+def fill_either_key(module: nn.Module, state_dict: dict[str, Any], prefix: str) -> None:
+    """Before loading ``module``'s own state: a state with either name loads."""
     for alias, stored in _aliases(module).items():
         alias_key, stored_key = prefix + alias, prefix + stored
         if alias_key in state_dict and stored_key not in state_dict:

@@ -44,7 +44,11 @@ from pyrolite_bnn.distributions.variational import (
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
 from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.variables import RandomVariable
-from pyrolite_bnn.vi._parameter_names import alias_variational_parameters
+from pyrolite_bnn.vi._parameter_names import (
+    alias_variational_parameters,
+    drop_aliases,
+    fill_either_key,
+)
 from pyrolite_bnn.vi.distributions import MeanFieldNormal
 from pyrolite_bnn.vi.distributions._adapters import AdaptedPosterior, AdaptedPrior
 from pyrolite_bnn.vi.distributions.base import Distribution
@@ -497,6 +501,18 @@ class VIModule(BnnVIModule):
             for tensor in output_tensors(result):
                 VIReturn.from_tensor(tensor, tensor.__dict__.get("log_probs"))
         return result
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        drop_aliases(self, destination, prefix)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any
+    ) -> None:
+        fill_either_key(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def __getattr__(self, name: str) -> Any:
         weights = _PARTICLE_WEIGHTS.get()

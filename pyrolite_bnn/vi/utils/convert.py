@@ -28,7 +28,10 @@ parameters and the norms, see :func:`convert_norms`) are left as they are.
 The module object itself is changed (its class and state), as in torch_blue;
 norms and other kept modules keep their parameters, and ``keep_weights=True``
 starts each posterior mean at the module's weight. Each weight keeps its
-device and dtype.
+device and dtype. Generated classes live in this module (a converted model
+can be pickled whole). A norm converted after :func:`convert_norms` runs per
+particle under :func:`torch.vmap`, which torch refuses for ``BatchNorm``'s
+running statistics in training mode.
 """
 
 from __future__ import annotations
@@ -465,11 +468,18 @@ def _generated_class(cls: type[nn.Module]) -> type[nn.Module]:
 
     if cls not in _reuse_blacklist and cls in _generated:
         return _generated[cls]
+    name = "AVI" + cls.__name__
+    # A name of its own in this module, so that pickle finds the class.
+    qualname, copies = name, 1
+    while qualname in globals():
+        copies += 1
+        qualname = f"{name}_{copies}"
     generated = type(
-        "AVI" + cls.__name__,
+        name,
         (VIModule, cls),
-        {"forward": cls.forward, "__module__": __name__},
+        {"forward": cls.forward, "__module__": __name__, "__qualname__": qualname},
     )
+    globals()[qualname] = generated
     if cls not in _reuse_blacklist:
         _generated[cls] = generated
     return generated
