@@ -576,6 +576,10 @@ def test_convert_to_vimodule_ban_lists() -> None:
         convert.convert_norms(False)
     with pytest.raises(ValueError, match="Unknown ban mode"):
         convert.ban_convert(nn.Linear, ban_mode="sometimes")
+    with pytest.raises(TypeError, match=r"takes torch\.nn\.Module classes"):
+        convert.ban_convert("Linear")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"takes a torch\.nn\.Module, got str"):
+        vi.convert_to_vimodule("net")  # type: ignore[arg-type]
 
 
 def test_own_parameters_of_a_module_with_bayesian_layers_stay_with_a_warning() -> None:

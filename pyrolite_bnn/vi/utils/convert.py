@@ -204,10 +204,17 @@ def ban_convert(
 
     Raises:
         ValueError: for an unknown ``ban_mode``.
+        TypeError: for anything but ``torch.nn.Module`` classes.
     """
     if ban_mode not in _BAN_LISTS:
         raise ValueError(f"Unknown ban mode: {ban_mode}")
     classes = [class_names] if isinstance(class_names, type) else list(class_names)
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise TypeError(
+                f"ban_convert takes torch.nn.Module classes, got {cls!r}; pass the "
+                "class (nn.Linear), not an instance or its name"
+            )
     if unban:
         _BAN_LISTS[ban_mode].difference_update(classes)
     else:
@@ -243,6 +250,11 @@ def convert_to_vimodule(
     Returns:
         ``module`` itself (now Bayesian), for ``net = convert_to_vimodule(net)``.
 
+    Raises:
+        TypeError: if ``module`` is not a ``torch.nn.Module``.
+        UnsupportedDistributionError: for a distribution that cannot take the
+            role it is given.
+
     Example:
         >>> import torch
         >>> from pyrolite_bnn import vi
@@ -253,6 +265,10 @@ def convert_to_vimodule(
         >>> net(torch.randn(4, 2), samples=5).shape
         torch.Size([5, 4, 3])
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"convert_to_vimodule takes a torch.nn.Module, got {type(module).__name__}"
+        )
     vikwargs = vikwargs_of(
         variational_distribution,
         prior,
