@@ -1,7 +1,9 @@
 """Sequence layers: one particle-batched training step vs S deterministic torch runs.
 
 For a Transformer encoder layer and an LSTM (each with a mean-pool + linear
-classifier head), times one training step (forward, loss, backward, Adam step):
+classifier head), and an LSTM on a packed batch of sequences of random lengths
+(``lstm-packed``, a linear head on the last state), times one training step
+(forward, loss, backward, Adam step):
 
 - ``pyrolite``: the Bayesian network, ``S`` particles in one vectorised pass,
   -ELBO / N loss (KL included);
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 # This checkout's package, not whichever copy is installed (as ``python -m``).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,19 +49,45 @@ class _Pool(nn.Module):
         return out.mean(1)
 
 
+class _LastState(nn.Module):
+    """The last layer's final hidden state of a recurrent layer's output."""
+
+    def forward(
+        self, x: tuple[object, tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        return x[1][0][-1]
+
+
 class _BayesNet(bnn.VIModule):
-    def __init__(self, body: nn.Module, width: int, classes: int) -> None:
+    def __init__(
+        self, body: nn.Module, width: int, classes: int, pool: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.body = body
-        self.pool = _Pool()
+        self.pool = pool or _Pool()
         self.head = bnn.VILinear(width, classes, estimator="reparam")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: object) -> torch.Tensor:
         return self.head(self.pool(self.body(x)))  # type: ignore[no-any-return]
 
 
-def _workloads(args: argparse.Namespace) -> dict[str, tuple[nn.Module, nn.Module]]:
+Inputs = tuple[object, object]  # the batch, and the batch repeated S times
+
+
+def _workloads(
+    args: argparse.Namespace, x: torch.Tensor
+) -> dict[str, tuple[nn.Module, nn.Module, Inputs]]:
     e, h = args.width, args.heads
+    lengths = torch.randint(1, args.length + 1, (len(x),))
+    lengths[0] = args.length
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    packed_all = pack_padded_sequence(
+        x.repeat(args.samples, 1, 1),
+        lengths.repeat(args.samples),
+        batch_first=True,
+        enforce_sorted=False,
+    )
+    padded = (x, x.repeat(args.samples, 1, 1))
     return {
         "transformer-encoder-layer": (
             _BayesNet(
@@ -71,20 +100,34 @@ def _workloads(args: argparse.Namespace) -> dict[str, tuple[nn.Module, nn.Module
                 _Pool(),
                 nn.Linear(e, args.classes),
             ),
+            padded,
         ),
         "lstm": (
             _BayesNet(bnn.VILSTM(e, e, batch_first=True), e, args.classes),
             nn.Sequential(
                 nn.LSTM(e, e, batch_first=True), _Pool(), nn.Linear(e, args.classes)
             ),
+            padded,
+        ),
+        "lstm-packed": (
+            _BayesNet(
+                bnn.VILSTM(e, e, batch_first=True), e, args.classes, _LastState()
+            ),
+            nn.Sequential(
+                nn.LSTM(e, e, batch_first=True),
+                _LastState(),
+                nn.Linear(e, args.classes),
+            ),
+            (packed, packed_all),
         ),
     }
 
 
 def _steps(
-    bayes: nn.Module, plain: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int
+    bayes: nn.Module, plain: nn.Module, inputs: Inputs, y: torch.Tensor, samples: int
 ) -> dict[str, Callable[[], None]]:
-    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10 * len(x))
+    x, x_all = inputs
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10 * len(y))
     opt_bayes = torch.optim.Adam(bayes.parameters(), lr=1e-3)
     opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-3)
     cross_entropy = nn.CrossEntropyLoss()
@@ -101,7 +144,7 @@ def _steps(
         loss.backward()  # type: ignore[union-attr]
         opt_plain.step()
 
-    x_all, y_all = x.repeat(samples, 1, 1), y.repeat(samples)
+    y_all = y.repeat(samples)
 
     def torch_batch() -> None:
         loss = cross_entropy(plain(x_all), y_all) * samples
@@ -153,9 +196,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         f"threads={torch.get_num_threads()} repeats={args.repeats} (median ms)"
     )
     results = {}
-    for name, (bayes, plain) in _workloads(args).items():
+    for name, (bayes, plain, inputs) in _workloads(args, x).items():
         medians = _medians(
-            _steps(bayes, plain, x, y, args.samples), args.repeats, args.warmup
+            _steps(bayes, plain, inputs, y, args.samples), args.repeats, args.warmup
         )
         results[name] = medians
         for clock in ("cpu", "wall"):
