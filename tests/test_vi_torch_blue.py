@@ -222,15 +222,33 @@ def test_state_dict_has_one_key_per_tensor_and_loads_either_name() -> None:
     other = vi.VILinear(3, 2)
     other.load_state_dict(state)
     torch.testing.assert_close(other._weight_log_std, layer._weight_log_std)
-    # a state keyed by torch_blue's names (its own checkpoints' layout)
-    blue = {
-        **{k: v for k, v in state.items() if not k.startswith("posterior.")},
-        **{name: p.detach() * 0 + 0.5 for name, p in layer.named_parameters()},
-    }
-    other.load_state_dict(blue)
+    # torch_blue's own checkpoints: its names only, no priors (it saves none)
+    blue = {name: p.detach() * 0 + 0.5 for name, p in layer.named_parameters()}
+    prior_scale = other.prior["weight"].scale.clone()
+    other.load_state_dict(blue)  # strict
     torch.testing.assert_close(other.posterior["bias"].loc, torch.full((2,), 0.5))
+    torch.testing.assert_close(other.prior["weight"].scale, prior_scale)  # kept
     with pytest.raises(RuntimeError, match="Missing key"):
         other.load_state_dict({k: v for k, v in blue.items() if k != "_bias_mean"})
+
+
+def test_attention_loads_torch_blue_1_1_checkpoints() -> None:
+    # torch_blue 1.1.0 kept the output projection as a sublayer ``out_proj``;
+    # its dev branch (and this library) as the variables out_proj_weight/bias.
+    source = vi.VIMultiheadAttention(8, 2)
+    blue = {
+        name.replace("_out_proj_", "out_proj._"): p.detach() + 1.0
+        for name, p in source.named_parameters()
+    }
+    assert "out_proj._weight_mean" in blue
+    target = vi.VIMultiheadAttention(8, 2)
+    target.load_state_dict(blue)  # strict
+    torch.testing.assert_close(
+        target._out_proj_weight_mean, blue["out_proj._weight_mean"]
+    )
+    torch.testing.assert_close(
+        target._in_proj_weight_log_std, blue["_in_proj_weight_log_std"]
+    )
 
 
 class Affine(vi.VIModule):

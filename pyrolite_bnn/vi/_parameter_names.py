@@ -76,10 +76,20 @@ def drop_aliases(module: nn.Module, state_dict: dict[str, Any], prefix: str) -> 
 
 
 def fill_either_key(module: nn.Module, state_dict: dict[str, Any], prefix: str) -> None:
-    """Before loading ``module``'s own state: a state with either name loads."""
+    """Before loading ``module``'s own state: a state with either name loads.
+
+    A state saved by torch_blue (its names only) holds no priors (torch_blue
+    does not save them): the module keeps its own, as torch_blue's would.
+    """
+    from_torch_blue = False
     for alias, stored in _aliases(module).items():
         alias_key, stored_key = prefix + alias, prefix + stored
         if alias_key in state_dict and stored_key not in state_dict:
             state_dict[stored_key] = state_dict[alias_key]
+            from_torch_blue = True
         elif stored_key in state_dict and alias_key not in state_dict:
             state_dict[alias_key] = state_dict[stored_key]
+    priors = getattr(module, "prior", None)
+    if from_torch_blue and isinstance(priors, nn.Module):
+        for name, value in priors.state_dict().items():
+            state_dict.setdefault(f"{prefix}prior.{name}", value)

@@ -224,6 +224,16 @@ class VIMultiheadAttention(BnnAttention, VIModule):
         """
         self.reset_variational_parameters()
 
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any
+    ) -> None:
+        # torch_blue 1.1.0 kept the output projection as a sublayer
+        # (``out_proj._weight_mean``); its dev branch as two variables.
+        old = prefix + "out_proj._"
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[f"{prefix}_out_proj_{key[len(old) :]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
 
 class VITransformerEncoderLayer(BnnEncoderLayer, VIModule):
     """Bayesian transformer encoder layer with torch_blue's arguments.
