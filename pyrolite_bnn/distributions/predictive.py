@@ -290,6 +290,34 @@ class Categorical(_ClassificationLikelihood):
                     f"[{low_value}, {high_value}]"
                 )
 
+    def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """``log softmax(output)[target]`` per particle and example, ``(S, B)``.
+
+        The log density of :meth:`distribution` (summed over any dimensions
+        after ``B``), without building the distribution object: two ops
+        instead of its normalisation and argument handling. A subclass that
+        redefines :meth:`distribution` (probabilities as input) keeps the
+        general path.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> logits, labels = torch.zeros(2, 3, 4), torch.zeros(3).long()
+            >>> bnn.Categorical().log_likelihood(logits, labels)
+            tensor([[-1.3863, -1.3863, -1.3863],
+                    [-1.3863, -1.3863, -1.3863]])
+        """
+        if type(self).distribution is not Categorical.distribution:
+            return super().log_likelihood(output, target)
+        output, target = self._checked(output, target)
+        if output.dim() < 3:
+            raise ValueError(
+                "Categorical expects logits of shape (S, B, classes), got "
+                f"{_shape(output)}"
+            )
+        index = target.long().unsqueeze(-1).expand(*output.shape[:-1], 1)
+        log_p = output.log_softmax(-1).gather(-1, index).squeeze(-1)
+        return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
+
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """``Categorical(logits=output)``."""
         if output.dim() < 3:

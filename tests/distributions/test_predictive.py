@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -188,3 +190,31 @@ def test_gaussian_quantiles_of_one_particle() -> None:
 def test_student_t_quantiles_are_refused() -> None:
     with pytest.raises(NotImplementedError, match="Gaussian likelihoods"):
         bnn.StudentT().quantile(torch.zeros(4, 3), 0.5)
+
+
+def test_categorical_log_likelihood_is_the_distributions_log_prob() -> None:
+    """The fast log-softmax path equals ``Categorical(logits).log_prob`` (with
+    any dimensions after the batch summed), and a subclass that redefines
+    ``distribution`` keeps it."""
+    torch.manual_seed(0)
+    likelihood = bnn.Categorical()
+    for logits, labels in (
+        (torch.randn(4, 3, 7) * 5, torch.randint(0, 7, (3,))),
+        (torch.randn(4, 3, 5, 7), torch.randint(0, 7, (3, 5))),
+    ):
+        expected = likelihood.distribution(logits).log_prob(labels)
+        got = likelihood.log_likelihood(logits, labels)
+        assert got.shape == (4, 3)
+        torch.testing.assert_close(got, expected)
+
+    class FromProbs(bnn.Categorical):
+        def distribution(self, output: torch.Tensor) -> Any:
+            return torch.distributions.Categorical(probs=output)
+
+    probs = torch.rand(2, 3, 4)
+    probs = probs / probs.sum(-1, keepdim=True)
+    labels = torch.tensor([0, 3, 1])
+    torch.testing.assert_close(
+        FromProbs().log_likelihood(probs, labels),
+        torch.distributions.Categorical(probs=probs).log_prob(labels),
+    )
