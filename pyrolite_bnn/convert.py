@@ -352,7 +352,7 @@ class _Converter:
         return done
 
     def convert_new(self, module: nn.Module, path: str) -> nn.Module:
-        entry = _entry(module)
+        entry = registry.for_unchanged_torch(module)
         if entry is not None and entry.build_bayesian is None:
             return (
                 self.layer(entry, module, path)
@@ -412,14 +412,6 @@ class _Converter:
                 UserWarning,
                 stacklevel=3,
             )
-
-
-def _entry(module: nn.Module) -> LayerEntry | None:
-    """The registry entry of ``module``, unless its class changes ``forward``."""
-    entry = registry.for_torch(module)
-    if entry is None or type(module).forward is not entry.torch_cls.forward:
-        return None
-    return entry
 
 
 def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:

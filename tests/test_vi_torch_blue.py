@@ -600,6 +600,37 @@ def test_convert_to_vimodule_ban_lists() -> None:
         vi.convert_to_vimodule("net")  # type: ignore[arg-type]
 
 
+class _Doubled(nn.Linear):
+    """A torch layer subclass with its own forward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2 * super().forward(x)
+
+
+class _Summed(nn.Sequential):
+    """A container subclass with its own forward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sum(layer(x) for layer in self)  # type: ignore[return-value]
+
+
+def test_subclasses_with_their_own_forward_keep_it() -> None:
+    torch.manual_seed(0)
+    model = _Summed(_Doubled(3, 2), nn.Linear(3, 2))
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        reference = model(x)
+    vi.convert_to_vimodule(
+        model, keep_weights=True, variational_distribution=NonBayesian()
+    )
+    assert type(model).__name__ == "AVI_Summed"
+    assert type(model[0]).__name__ == "AVI_Doubled"  # not a plain VILinear
+    assert type(model[1]) is vi.VILinear
+    with torch.no_grad():
+        out = model(x, samples=2)
+    torch.testing.assert_close(out, reference.expand_as(out))
+
+
 def test_own_parameters_of_a_module_with_bayesian_layers_stay_with_a_warning() -> None:
     class Tempered(nn.Module):
         def __init__(self) -> None:

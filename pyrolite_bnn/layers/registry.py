@@ -303,6 +303,18 @@ def for_torch(module: nn.Module | type[nn.Module]) -> LayerEntry | None:
     return _lookup(_BY_TORCH, module)
 
 
+def for_unchanged_torch(module: nn.Module) -> LayerEntry | None:
+    """The entry of a ``torch.nn`` module whose class keeps its ``forward``.
+
+    A subclass that redefines ``forward`` (a user's ``nn.Linear`` with extra
+    arithmetic) would lose it in the Bayesian layer, so it has no entry here.
+    """
+    entry = for_torch(module)
+    if entry is None or type(module).forward is not entry.torch_cls.forward:
+        return None
+    return entry
+
+
 def for_bayesian(module: nn.Module | type[nn.Module]) -> LayerEntry | None:
     """The entry of a Bayesian module or class (its nearest registered base)."""
     return _lookup(_BY_BAYESIAN, module)

@@ -302,7 +302,8 @@ def _convert(module: nn.Module, vikwargs: dict[str, Any], keep_weights: bool) ->
         _convert(child, vikwargs, keep_weights)
     if cls in _blacklist:
         return
-    if isinstance(module, nn.Sequential) and cls not in _replace_blacklist:
+    if cls is nn.Sequential and cls not in _replace_blacklist:
+        assert isinstance(module, nn.Sequential)
         from pyrolite_bnn import vi
 
         sequential = vi.VISequential(*module)
@@ -350,7 +351,7 @@ def _vi_layer(module: nn.Module, vikwargs: dict[str, Any]) -> nn.Module | None:
             "norm": copy.deepcopy(module.norm),
         }
     else:
-        entry = registry.for_torch(module)
+        entry = registry.for_unchanged_torch(module)
         if entry is None:
             return None
         arguments = entry.arguments(module)
@@ -385,7 +386,7 @@ def _library_layer(
     Its posterior means start at the weights with ``keep_weights``, else the
     layers are re-initialised (``reset_parameters``).
     """
-    if registry.for_torch(module) is None:
+    if registry.for_unchanged_torch(module) is None:
         return None
     family, prior = vikwargs["variational_distribution"], vikwargs["prior"]
     if isinstance(family, (tuple, list)) or isinstance(prior, (tuple, list)):
