@@ -140,14 +140,21 @@ class _LSTMRecurrence(torch.autograd.Function):
     steps. Not twice differentiable.
 
     Inputs: ``gx`` ``(P, L, B, 4H)``, the input projections of every step with
-    both biases added; ``w_hh`` ``(P, 4H, H)``; ``h0``, ``c0`` ``(P, B, H)``.
+    both biases added; ``w_hh`` ``(P, 4H, H)``; ``h0``, ``c0`` ``(P, B, H)``;
+    ``valid`` ``(P, L, B, 1)`` or ``None``: whether step ``t`` is inside each
+    row's sequence (outside, ``h`` and ``c`` stay as they are).
     Outputs: ``hs`` ``(P, L + 1, B, H)`` (``hs[:, 0]`` is ``h0``, ``hs[:, t + 1]``
     the output of step ``t``) and the final cell state ``(P, B, H)``.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, gx: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor
+        ctx: Any,
+        gx: Tensor,
+        w_hh: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         particles, length, batch, gates = gx.shape
         hidden = gates // 4
@@ -171,22 +178,32 @@ class _LSTMRecurrence(torch.autograd.Function):
             c.addcmul_(i, g)
             torch.tanh(c, out=tanh_c[:, t])
             torch.mul(o, tanh_c[:, t], out=hs[:, t + 1])
-        ctx.save_for_backward(acts, hs, cs, tanh_c, w_hh)
+            if valid is not None:  # past the end: the state stays (exactly)
+                torch.where(valid[:, t], c, cs[:, t], out=c)
+                torch.where(valid[:, t], hs[:, t + 1], hs[:, t], out=hs[:, t + 1])
+        ctx.save_for_backward(acts, hs, cs, tanh_c, w_hh, valid)
         return hs, cs[:, length].clone()
 
     @staticmethod
     @once_differentiable
     def backward(
         ctx: Any, d_hs: Tensor, d_cn: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        acts, hs, cs, tanh_c, w_hh = ctx.saved_tensors
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
+        acts, hs, cs, tanh_c, w_hh, valid = ctx.saved_tensors
         particles, length, batch, gates = acts.shape
         hidden = gates // 4
         d_pre = torch.empty_like(acts)
         dh, dc = d_hs[:, length], d_cn
+        inside = None if valid is None else valid.to(acts.dtype)
         # Per step on small (P, B, H) tensors that stay in cache: one pass over
         # the whole sequence per factor costs more than these few extra ops.
         for t in range(length - 1, -1, -1):
+            if inside is not None:
+                # A step past the end passes h and c through unchanged; inside,
+                # h = o * tanh(c) below (elsewhere dh = dc = 0 there).
+                keep = inside[:, t]
+                dh_through, dc_through = dh - dh * keep, dc - dc * keep
+                dh, dc = dh * keep, dc * keep
             act, tanh_ct = acts[:, t], tanh_c[:, t]
             i, f, g, o = act.chunk(4, -1)
             # h = o * tanh(c): dc += dh * o * (1 - tanh(c)^2), and o * tanh(c) = h.
@@ -203,11 +220,13 @@ class _LSTMRecurrence(torch.autograd.Function):
             torch.mul(dh * tanh_ct, s_o, out=d_o)
             dc = dc * f
             dh = torch.baddbmm(d_hs[:, t], d_pre[:, t], w_hh)
+            if inside is not None:
+                dh, dc = dh + dh_through, dc + dc_through
         d_w_hh = torch.bmm(
             d_pre.view(particles, length * batch, gates).transpose(1, 2),
             hs[:, :length].reshape(particles, length * batch, hidden),
         )
-        return d_pre, d_w_hh, dh, dc
+        return d_pre, d_w_hh, dh, dc, None
 
 
 def _particle_major(x: Tensor, batch: int, samples: int, shared: bool) -> Tensor:
@@ -226,10 +245,12 @@ def _lstm_layer(
     batch: int,
     samples: int,
     shared: bool,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer without projection (all directions) via the fused recurrence.
 
-    ``h0``/``c0`` are ``(dirs * S, b, H)``; returns the folded output and the
+    ``h0``/``c0`` are ``(dirs * S, b, H)``; ``valid`` ``(L, dirs * S, b, 1)``
+    or ``None`` (see :func:`_valid_steps`); returns the folded output and the
     final ``h``/``c`` as ``(dirs * S, b, H)``.
     """
     dirs = len(layer)
@@ -254,7 +275,8 @@ def _lstm_layer(
     else:
         gx = torch.bmm(inputs, w_ih_t)
     gx = gx.view(dirs * samples, length, batch, -1)
-    hs, c_n = _LSTMRecurrence.apply(gx, w_hh, h0, c0)  # type: ignore[no-untyped-call]
+    steps_valid = None if valid is None else valid.transpose(0, 1)
+    hs, c_n = _LSTMRecurrence.apply(gx, w_hh, h0, c0, steps_valid)  # type: ignore[no-untyped-call]
     out = hs[:, 1:].reshape(dirs, samples, length, batch, -1)
     if dirs == 2:
         out = torch.stack((out[0], out[1].flip(1)))
@@ -444,8 +466,9 @@ def recurrent(
         c = c_all[index] if c_all is not None else h
         # Graph capture (compile=True) differentiates the traced ops itself and
         # cannot trace the fused recurrence's buffer writes: autograd path there.
-        if lstm and layer[0][4] is None and not tracing and valid is None:
-            x, h, c = _lstm_layer(x, layer, h, c, batch, samples, shared and index == 0)
+        if lstm and layer[0][4] is None and not tracing:
+            first = shared and index == 0
+            x, h, c = _lstm_layer(x, layer, h, c, batch, samples, first, valid)
         else:
             x, h, c = _stepwise_layer(
                 lstm, x, layer, h, c, batch, samples, dirs, batch_size, valid

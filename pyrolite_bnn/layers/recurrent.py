@@ -341,8 +341,7 @@ class VILSTM(_VIRNNBase):
     network the output packs the ``B * S`` folded sequences, so
     ``pad_packed_sequence(out, batch_first=True)`` gives the folded ``(B * S,
     L, ...)`` and a following recurrent layer takes it as it is (also for
-    :class:`VIGRU`). Packed inputs run the per-step autograd recurrence, not
-    the fused LSTM one. Unbatched ``(L, H_in)`` inputs raise a
+    :class:`VIGRU`). Unbatched ``(L, H_in)`` inputs raise a
     ``ValueError``.
 
     Args:

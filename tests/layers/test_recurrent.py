@@ -17,7 +17,7 @@ from _sequence_helpers import (
     train_classifier,
 )
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.layers.functional_recurrent import recurrent
@@ -261,12 +261,15 @@ def test_lstm_learns_sequence_task() -> None:
 
 @pytest.mark.parametrize("options", OPTIONS + LSTM_ONLY, ids=str)
 @pytest.mark.parametrize("folded", [False, True], ids=["shared", "folded"])
+@pytest.mark.parametrize("variable", [False, True], ids=["padded", "lengths"])
 def test_lstm_gradients_equal_torch_per_particle(
-    options: dict[str, Any], folded: bool
+    options: dict[str, Any], folded: bool, variable: bool
 ) -> None:
     # The LSTM recurrence has its own backward pass (BPTT by hand): gradients
-    # for weights, input and initial states must be torch's autograd ones.
+    # for weights, input and initial states must be torch's autograd ones,
+    # also for sequences of different lengths (torch: a PackedSequence).
     samples, batch, length = 3, 4, 6
+    lengths = torch.tensor([6, 2, 5, 1]) if variable else None
     reference = nn.LSTM(5, 7, batch_first=True, **options)
     names = [n for n, _ in reference.named_parameters()]
     draws = {
@@ -291,8 +294,11 @@ def test_lstm_gradients_equal_torch_per_particle(
         ]
         for layer in range(layers)
     ]
-    out, h_n, c_n = recurrent("LSTM", x, packed, h0, c0, 0.0, False, batch)  # type: ignore[arg-type]
+    out, h_n, c_n = recurrent("LSTM", x, packed, h0, c0, 0.0, False, batch, lengths)  # type: ignore[arg-type]
     probe = [torch.randn_like(t) for t in (out, h_n, c_n)]
+    if lengths is not None:  # outputs past a sequence's end are not read
+        valid = torch.arange(length) < lengths.repeat_interleave(samples)[:, None]
+        probe[0] = probe[0] * valid.unsqueeze(-1)
     total = sum((t * p).sum() for t, p in zip((out, h_n, c_n), probe, strict=True))
     ours = torch.autograd.grad(total, [x, h0, c0, *draws.values()])
     theirs = [torch.zeros_like(g) for g in ours]
@@ -303,7 +309,18 @@ def test_lstm_gradients_equal_torch_per_particle(
             for name, p in reference.named_parameters():
                 p.copy_(draws[name][s])
         xs, hs, cs = x[idx], h0[idx], c0[idx]
-        ref_out, (ref_h, ref_c) = reference(xs, _torch_state((hs, cs)))
+        if lengths is None:
+            ref_out, (ref_h, ref_c) = reference(xs, _torch_state((hs, cs)))
+        else:
+            ref_packed, (ref_h, ref_c) = reference(
+                pack_padded_sequence(
+                    xs, lengths, batch_first=True, enforce_sorted=False
+                ),
+                _torch_state((hs, cs)),
+            )
+            ref_out, _ = pad_packed_sequence(
+                ref_packed, batch_first=True, total_length=length
+            )
         ref_total = (
             (ref_out * probe[0][ref_rows]).sum()
             + (ref_h.transpose(0, 1) * probe[1][ref_rows]).sum()
