@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from pyro import poutine
 from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
@@ -631,22 +632,76 @@ def test_subclasses_with_their_own_forward_keep_it() -> None:
     torch.testing.assert_close(out, reference.expand_as(out))
 
 
-def test_own_parameters_of_a_module_with_bayesian_layers_stay_with_a_warning() -> None:
-    class Tempered(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = nn.Linear(2, 2)
-            self.temperature = nn.Parameter(torch.ones(()))
+class _Tempered(nn.Module):
+    """Parameters of its own and a layer below, used in its forward."""
 
-        def forward(self, x: Tensor) -> Tensor:
-            return self.body(x) / self.temperature
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(2, 2)
+        self.temperature = nn.Parameter(torch.full((), 2.0))
 
-    model = Tempered()
-    with pytest.warns(UserWarning, match=r"\['temperature'\] of Tempered stay"):
-        vi.convert_to_vimodule(model)
-    assert type(model.body) is vi.VILinear
-    assert isinstance(model.temperature, nn.Parameter)
-    assert model(torch.randn(3, 2), samples=2).shape == (2, 3, 2)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x) / self.temperature
+
+
+@pytest.mark.filterwarnings("ignore:only one-dimensional Parameters:UserWarning")
+def test_a_module_with_parameters_and_layers_runs_per_particle() -> None:
+    # Its own forward runs once per particle, so the layer below becomes a
+    # generated one-sample class too, and each particle sees its own draws of
+    # both (torch_blue's way); NonBayesian weights give the original model.
+    torch.manual_seed(0)
+    model, x = _Tempered(), torch.randn(3, 2)
+    with torch.no_grad():
+        reference = model(x)
+    vi.convert_to_vimodule(
+        model, keep_weights=True, variational_distribution=NonBayesian()
+    )
+    assert type(model).__name__ == "AVI_Tempered"
+    assert type(model.body).__name__ == "AVILinear"
+    assert model.random_variables == ("temperature",)
+    torch.testing.assert_close(model(x, samples=2), reference.expand(2, 3, 2))
+
+    bayesian = _Tempered()
+    vi.convert_to_vimodule(bayesian, keep_weights=True)
+    # Per particle: out = (W x + b) / t with that particle's W, b and t.
+    draws = {
+        v.site: torch.randn(4, 1, *v.shape) + (3.0 if v.site == "temperature" else 0.0)
+        for v in bayesian.random_variables()
+    }
+    assert sorted(draws) == ["body.bias", "body.weight", "temperature"]
+    with poutine.trace():
+        out = poutine.condition(bayesian, data=draws)(x, samples=4)
+    for p in range(4):
+        expected = F.linear(x, draws["body.weight"][p, 0], draws["body.bias"][p, 0])
+        torch.testing.assert_close(out[p], expected / draws["temperature"][p, 0])
+    loss_fn = vi.KullbackLeiblerLoss(MeanFieldNormal(), dataset_size=10)
+    loss_fn(bayesian(x, samples=4), torch.zeros(3, 2)).backward()
+    assert bayesian._temperature_mean.grad is not None
+    assert bayesian.body._weight_mean.grad is not None
+
+
+def test_attention_converted_by_its_generated_class_is_torchs_attention() -> None:
+    # ban_convert(..., "replace"): torch's own MultiheadAttention.forward runs
+    # per particle and reads ``out_proj.weight``, a generated layer below it.
+    from pyrolite_bnn.vi.utils import convert
+
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(8, 2)
+    x = torch.randn(5, 3, 8)
+    with torch.no_grad():
+        ref_out, ref_weights = attention(x, x, x)
+    convert.ban_convert(nn.MultiheadAttention, ban_mode="replace")
+    try:
+        vi.convert_to_vimodule(
+            attention, keep_weights=True, variational_distribution=NonBayesian()
+        )
+    finally:
+        convert.ban_convert(nn.MultiheadAttention, ban_mode="replace", unban=True)
+    assert type(attention).__name__ == "AVIMultiheadAttention"
+    out, weights = attention(x, x, x, samples=2)
+    assert weights.shape == (2, 3, 5, 5)  # batch-first weights of a (L, B, E) layer
+    torch.testing.assert_close(out, ref_out.expand_as(out), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights, ref_weights.expand_as(weights))
 
 
 def test_convert_keeps_each_weights_device_and_dtype() -> None:

@@ -186,7 +186,11 @@ def _per_particle_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(forward)
     def wrapper(self: VIModule, *args: Any, **kwargs: Any) -> Any:
-        if not self.__dict__.get("_per_particle") or _particles.current() is None:
+        if (
+            not self.__dict__.get("_per_particle")
+            or _particles.current() is None
+            or _PARTICLE_WEIGHTS.get() is not None  # inside an outer one: one particle
+        ):
             return forward(self, *args, **kwargs)
         return self.run_per_particle(forward, args, kwargs)
 
@@ -548,13 +552,23 @@ class VIModule(BnnVIModule):
 
         Inputs shared by all particles (leading size ``B``) are broadcast, folded
         ones (``B * S``) are split per particle; the output is folded again.
+        Each particle sees its draw of this module's variables and of those of
+        the one-sample modules below it (read as attributes or called: they
+        then run their ``forward`` directly for the particle).
         """
         samples, batch = current_samples(), current_batch_size()
-        weights: dict[str, Tensor] = {}
-        for name, shape in self._declared.items():
-            value = super().__getattr__(name)
-            flat = value.reshape(-1, *shape)
-            weights[name] = flat.expand(samples, *shape) if flat.shape[0] == 1 else flat
+        weights: dict[tuple[int, str], Tensor] = {}
+        for module in self.modules():
+            if module is not self and not (
+                isinstance(module, VIModule) and module.__dict__.get("_per_particle")
+            ):
+                continue
+            for name, shape in module.declared_variables().items():
+                value = BnnVIModule.__getattr__(module, name)
+                flat = value.reshape(-1, *shape)
+                weights[id(module), name] = (
+                    flat.expand(samples, *shape) if flat.shape[0] == 1 else flat
+                )
         in_dims: list[int | None] = []
         inputs: list[Any] = []
         for arg in args:
@@ -570,11 +584,10 @@ class VIModule(BnnVIModule):
             else:
                 inputs.append(arg)
                 in_dims.append(None)
-        key = id(self)
 
-        def one_particle(drawn: dict[str, Tensor], *inner: Any) -> Any:
+        def one_particle(drawn: dict[tuple[int, str], Tensor], *inner: Any) -> Any:
             table = dict(_PARTICLE_WEIGHTS.get() or {})
-            table.update({(key, name): value for name, value in drawn.items()})
+            table.update(drawn)
             token = _PARTICLE_WEIGHTS.set(table)
             try:
                 return forward(self, *inner, **kwargs)
@@ -587,7 +600,7 @@ class VIModule(BnnVIModule):
         out = torch.vmap(one_particle, in_dims=(0, *in_dims), randomness="different")(
             weights, *inputs
         )
-        return _fold(out)
+        return _fold(out, batch)
 
 
 def _posterior_values(posterior: Posterior) -> list[Tensor]:
@@ -601,14 +614,23 @@ def _posterior_values(posterior: Posterior) -> list[Tensor]:
     return [posterior.loc]
 
 
-def _fold(value: Any) -> Any:
-    """``(S, B, ...)`` per-particle outputs to folded ``(B * S, ...)``."""
+def _fold(value: Any, batch: int | None) -> Any:
+    """``(S, rows, ...)`` per-particle outputs to folded ``(rows * S, ...)``.
+
+    An output whose leading size is not the batch ``B`` (attention weights of
+    a sequence-first layer, ``(B, Lq, Lk)`` next to ``(L, B, E)`` outputs) is
+    recorded, so that the outermost call unfolds it at its own leading size.
+    """
     if isinstance(value, Tensor):
         if value.dim() < 2:
             return value
-        return value.transpose(0, 1).reshape(-1, *value.shape[2:])
+        folded = value.transpose(0, 1).reshape(-1, *value.shape[2:])
+        state = _particles.current()
+        if state is not None and value.shape[1] != batch:
+            state.note_batch_folded(folded, 0)
+        return folded
     if isinstance(value, tuple):
-        return tuple(_fold(v) for v in value)
+        return tuple(_fold(v, batch) for v in value)
     if isinstance(value, list):
-        return [_fold(v) for v in value]
+        return [_fold(v, batch) for v in value]
     return value

@@ -18,10 +18,14 @@ preference):
    converted first;
 4. a module without parameters of its own that holds converted modules (a
    container) becomes ``AVI<Name>``, a ``VIModule`` without variables
-   (``nn.Sequential``: :class:`~pyrolite_bnn.vi.VISequential`). A module with
-   parameters of its own *and* Bayesian layers below keeps its own parameters
-   deterministic, with a warning (its ``forward`` calls the layers, so it
-   cannot run once per particle).
+   (``nn.Sequential``: :class:`~pyrolite_bnn.vi.VISequential`).
+
+Below a module of a generated class (3), every module with parameters becomes
+a generated class too, whatever layer of its name exists: the generated
+``forward`` runs once per particle, and the modules it calls or whose weights
+it reads (``nn.MultiheadAttention`` reads ``out_proj.weight``) must be
+one-sample code, each particle seeing its own draw. This is torch_blue's way
+of running a whole model per sample; it is slower than the library's layers.
 
 Modules on the ban lists (:func:`ban_convert`; by default those without
 parameters and the norms, see :func:`convert_norms`) are left as they are.
@@ -38,7 +42,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -283,13 +286,26 @@ def convert_to_vimodule(
     return module
 
 
-def _convert(module: nn.Module, vikwargs: dict[str, Any], keep_weights: bool) -> None:
+def _convert(
+    module: nn.Module,
+    vikwargs: dict[str, Any],
+    keep_weights: bool,
+    per_particle: bool = False,
+) -> None:
+    """Convert ``module`` and what is below it in place.
+
+    ``per_particle``: a module above runs its ``forward`` once per particle,
+    so this one must be one-sample code too (a generated class), whatever
+    layer of its name exists.
+    """
     cls = type(module)
     if cls in _submodule_blacklist or isinstance(module, BnnVIModule):
         return
     containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-    if cls not in _blacklist | _replace_blacklist and not isinstance(
-        module, containers
+    if (
+        not per_particle
+        and cls not in _blacklist | _replace_blacklist
+        and not isinstance(module, containers)
     ):
         built = _vi_layer(module, vikwargs) or _library_layer(
             module, vikwargs, keep_weights
@@ -298,11 +314,15 @@ def _convert(module: nn.Module, vikwargs: dict[str, Any], keep_weights: bool) ->
             _copy_state(module, built, keep_weights)
             _become(module, built)
             return
+    own = dict(module.named_parameters(recurse=False))
+    # A module converted to its generated class runs its own forward per
+    # particle: the modules it calls or reads must then be one-sample code.
+    below = per_particle or (bool(own) and cls not in _blacklist)
     for child in module.children():
-        _convert(child, vikwargs, keep_weights)
+        _convert(child, vikwargs, keep_weights, below)
     if cls in _blacklist:
         return
-    if cls is nn.Sequential and cls not in _replace_blacklist:
+    if cls is nn.Sequential and cls not in _replace_blacklist and not per_particle:
         assert isinstance(module, nn.Sequential)
         from pyrolite_bnn import vi
 
@@ -310,20 +330,7 @@ def _convert(module: nn.Module, vikwargs: dict[str, Any], keep_weights: bool) ->
         sequential.train(module.training)
         _become(module, sequential)
         return
-    own = dict(module.named_parameters(recurse=False))
-    holds_bayesian = any(isinstance(m, BnnVIModule) for m in module.modules())
-    if holds_bayesian:
-        if own:  # its forward calls Bayesian layers: it cannot run per particle
-            warnings.warn(
-                f"convert_to_vimodule: the parameters {sorted(own)} of "
-                f"{cls.__name__} stay deterministic (the module also holds "
-                "Bayesian layers); give them a module of their own to make them "
-                "Bayesian",
-                UserWarning,
-                stacklevel=3,
-            )
-        _generated_module(module, {}, vikwargs, keep_weights)
-    elif own:
+    if own or any(isinstance(m, BnnVIModule) for m in module.modules()):
         _generated_module(module, own, vikwargs, keep_weights)
 
 
@@ -527,7 +534,7 @@ def _generated_module(
     module.__class__ = generated
     fresh = vars(module)
     for key, value in saved.items():
-        # children and buffers kept; parameters too where they stay deterministic
+        # children and buffers kept (and the None entries of a container)
         if key in ("_modules", "_buffers") or (key == "_parameters" and not own):
             fresh[key] = {**value, **fresh[key]}
         elif key == "training" or key not in fresh:
