@@ -704,6 +704,14 @@ def test_attention_converted_by_its_generated_class_is_torchs_attention() -> Non
     torch.testing.assert_close(weights, ref_weights.expand_as(weights))
 
 
+def test_convert_says_which_torch_blue_options_a_library_layer_ignores() -> None:
+    model = nn.Sequential(nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2))
+    with pytest.warns(UserWarning, match="VILSTM, which does not take rescale_prior"):
+        vi.convert_to_vimodule(model, rescale_prior=True)
+    assert type(model[0]) is bnn.VILSTM
+    assert type(model[1]) is vi.VILinear
+
+
 def test_convert_keeps_each_weights_device_and_dtype() -> None:
     model = nn.Linear(3, 5, dtype=torch.float16)
     model.bias.data = model.bias.to(torch.float32)

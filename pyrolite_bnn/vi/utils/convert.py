@@ -10,7 +10,8 @@ preference):
    (a Transformer) is built at once;
 2. the :mod:`pyrolite_bnn` layer of its class on the layer registry
    (``nn.LSTM``, ``nn.GRU``, ``nn.Embedding``, ``nn.ConvTranspose*d``, ...),
-   with the options' prior and variational family;
+   with the options' prior and variational family (``rescale_prior`` and
+   ``prior_initialization`` do not apply there: a warning says so);
 3. for any other module with parameters of its own: a generated class
    ``AVI<Name>`` (a :class:`~pyrolite_bnn.vi.VIModule` and the module's class)
    whose parameters are random variables and whose ``forward`` is the
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -393,7 +395,8 @@ def _library_layer(
     Its posterior means start at the weights with ``keep_weights``, else the
     layers are re-initialised (``reset_parameters``).
     """
-    if registry.for_unchanged_torch(module) is None:
+    entry = registry.for_unchanged_torch(module)
+    if entry is None:
         return None
     family, prior = vikwargs["variational_distribution"], vikwargs["prior"]
     if isinstance(family, (tuple, list)) or isinstance(prior, (tuple, list)):
@@ -401,6 +404,16 @@ def _library_layer(
             f"convert_to_vimodule: {type(module).__name__} becomes a pyrolite_bnn "
             "layer, which takes one variational distribution and one prior, not "
             "one per variable"
+        )
+    ignored = [k for k in ("rescale_prior", "prior_initialization") if vikwargs[k]]
+    if ignored:
+        warnings.warn(
+            f"convert_to_vimodule: {type(module).__name__} becomes the library's "
+            f"layer {entry.bayesian_cls.__name__}, which "
+            f"does not take {' and '.join(ignored)}: its prior is used as given "
+            "and its means start at torch's initialisation (or the weights)",
+            UserWarning,
+            stacklevel=4,
         )
     layer = convert(
         module,
