@@ -16,7 +16,7 @@ times. The outermost call returns ``(S, B, ...)``, a transposed view.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -28,7 +28,14 @@ from pyro import poutine
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["ParticleState", "current", "particle_plate", "particles", "unfold_at"]
+__all__ = [
+    "ParticleState",
+    "current",
+    "map_outputs",
+    "particle_plate",
+    "particles",
+    "unfold_at",
+]
 
 PLATE_NAME = "particles"
 PLATE_DIM = -2
@@ -165,28 +172,39 @@ def unfold_packed(packed: PackedSequence, state: ParticleState) -> PackedSequenc
     )
 
 
+def map_outputs(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``leaf`` applied to every tensor and ``PackedSequence`` of a module output.
+
+    Tuples (namedtuples kept), lists and dicts are walked; anything else is
+    returned as it is.
+    """
+    if isinstance(value, (Tensor, PackedSequence)):
+        return leaf(value)
+    if isinstance(value, tuple):
+        items = [map_outputs(v, leaf) for v in value]
+        if hasattr(value, "_fields"):  # a namedtuple
+            return cast(Any, type(value))(*items)
+        return tuple(items)
+    if isinstance(value, list):
+        return [map_outputs(v, leaf) for v in value]
+    if isinstance(value, dict):
+        return {k: map_outputs(v, leaf) for k, v in value.items()}
+    return value
+
+
 def one_particle(value: Any) -> Any:
     """An outermost output of one particle without its particle dimension.
 
-    Tensors ``(1, ...)`` become ``(...)``, a packed output's ``data`` likewise;
-    tuples, lists and dicts are walked; anything else is returned as it is.
+    Tensors ``(1, ...)`` become ``(...)``, a packed output's ``data`` likewise
+    (see :func:`map_outputs`).
     """
-    if isinstance(value, Tensor):
-        return value[0] if value.dim() else value
-    if isinstance(value, PackedSequence):
-        return value._replace(data=value.data[0])
-    if isinstance(value, tuple):
-        items = [one_particle(v) for v in value]
-        return (
-            cast(Any, type(value))(*items)
-            if hasattr(value, "_fields")
-            else tuple(items)
-        )
-    if isinstance(value, list):
-        return [one_particle(v) for v in value]
-    if isinstance(value, dict):
-        return {k: one_particle(v) for k, v in value.items()}
-    return value
+
+    def drop(item: Any) -> Any:
+        if isinstance(item, PackedSequence):
+            return item._replace(data=item.data[0])
+        return item[0] if item.dim() else item
+
+    return map_outputs(value, drop)
 
 
 def unfold(value: object, state: ParticleState) -> object:
@@ -196,20 +214,13 @@ def unfold(value: object, state: ParticleState) -> object:
     returned unchanged. A tensor whose leading size is ``B`` is shared by all
     particles and is expanded (not copied) to ``(S, B, ...)``.
     """
-    if isinstance(value, Tensor):
-        return unfold_tensor(value, state)
-    if isinstance(value, PackedSequence):
-        return unfold_packed(value, state)
-    if isinstance(value, tuple):
-        items = [unfold(v, state) for v in value]
-        if hasattr(value, "_fields"):  # a namedtuple
-            return cast(Any, type(value))(*items)
-        return tuple(items)
-    if isinstance(value, list):
-        return [unfold(v, state) for v in value]
-    if isinstance(value, dict):
-        return {k: unfold(v, state) for k, v in value.items()}
-    return value
+
+    def unfold_one(item: Any) -> Any:
+        if isinstance(item, PackedSequence):
+            return unfold_packed(item, state)
+        return unfold_tensor(item, state)
+
+    return map_outputs(value, unfold_one)
 
 
 def unfold_at(tensor: Tensor, samples: int, dim: int) -> Tensor:

@@ -621,16 +621,14 @@ def _fold(value: Any, batch: int | None) -> Any:
     a sequence-first layer, ``(B, Lq, Lk)`` next to ``(L, B, E)`` outputs) is
     recorded, so that the outermost call unfolds it at its own leading size.
     """
-    if isinstance(value, Tensor):
-        if value.dim() < 2:
-            return value
-        folded = value.transpose(0, 1).reshape(-1, *value.shape[2:])
-        state = _particles.current()
-        if state is not None and value.shape[1] != batch:
+    state = _particles.current()
+
+    def fold(item: Tensor) -> Tensor:
+        if item.dim() < 2:
+            return item
+        folded = item.transpose(0, 1).reshape(-1, *item.shape[2:])
+        if state is not None and item.shape[1] != batch:
             state.note_batch_folded(folded, 0)
         return folded
-    if isinstance(value, tuple):
-        return tuple(_fold(v, batch) for v in value)
-    if isinstance(value, list):
-        return [_fold(v, batch) for v in value]
-    return value
+
+    return _particles.map_outputs(value, fold)
