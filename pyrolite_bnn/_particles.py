@@ -16,6 +16,7 @@ times. The outermost call returns ``(S, B, ...)``, a transposed view.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -30,6 +31,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 __all__ = [
     "ParticleState",
+    "batch_of",
     "current",
     "map_outputs",
     "particle_plate",
@@ -97,6 +99,25 @@ def particles(state: ParticleState) -> Iterator[None]:
         yield
     finally:
         _STATE.reset(token)
+
+
+@contextmanager
+def batch_of(batch: int, samples: int = 1) -> Iterator[None]:
+    """Run the body with the current state's batch size set to ``batch``.
+
+    For a layer that runs its body on a re-laid-out batch (sequence-first
+    inputs in the batch-first fold, packed sequences padded); the network's
+    records (root, inputs, folded outputs) stay shared with the body. Outside
+    a network (a ``forward`` called directly), a state of ``samples``
+    particles.
+    """
+    state = _STATE.get()
+    if state is None:
+        body = ParticleState(samples, batch)
+    else:
+        body = dataclasses.replace(state, batch_size=batch)
+    with particles(body):
+        yield
 
 
 @contextmanager

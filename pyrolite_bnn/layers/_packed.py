@@ -17,9 +17,7 @@ output.unsorted_indices)`` is particle ``s``'s torch output (see
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
@@ -81,16 +79,9 @@ class PackedInput:
         steps = torch.arange(int(lengths.max()), device=lengths.device)
         return (lengths.unsqueeze(0) > steps.unsqueeze(1)).sum(1).cpu()
 
-    @contextmanager
-    def body(self) -> Iterator[None]:
+    def body(self) -> AbstractContextManager[None]:
         """Run the recurrence with the particle state's batch size set to ``B``."""
-        if self.state is None:
-            yield
-            return
-        with _particles.particles(
-            dataclasses.replace(self.state, batch_size=self.batch)
-        ):
-            yield
+        return _particles.batch_of(self.batch, self.samples)
 
     def pack(self, output: Tensor) -> PackedSequence:
         """The padded batch-first output ``(B or B * S, T, H)``, packed again."""

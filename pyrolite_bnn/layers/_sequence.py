@@ -27,7 +27,6 @@ be told apart and raises a ``ValueError`` naming ``batch_first=True``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -46,7 +45,6 @@ __all__ = [
     "note_batch_folded",
     "own_option",
     "sub_option",
-    "unfold_batch",
     "unfold_sequence",
 ]
 
@@ -144,13 +142,9 @@ class SequenceFirst:
     @contextmanager
     def body(self) -> Iterator[None]:
         """Run the batch-first body: the particle state's batch size is ``B``."""
-        if self.state is None:
-            state = _particles.ParticleState(self.samples, self.batch)
-        else:  # the network's records are the body's
-            state = dataclasses.replace(self.state, batch_size=self.batch)
         token = _BATCH_FIRST_BODY.set(True)
         try:
-            with _particles.particles(state):
+            with _particles.batch_of(self.batch, self.samples):
                 yield
         finally:
             _BATCH_FIRST_BODY.reset(token)
@@ -161,14 +155,6 @@ def unfold_sequence(tensor: Tensor, samples: int) -> Tensor:
     length = tensor.shape[0] // samples
     unfolded = tensor.reshape(length, samples, *tensor.shape[1:])
     return unfolded.transpose(0, 1).contiguous()
-
-
-def unfold_batch(tensor: Tensor, samples: int, dim: int) -> Tensor:
-    """An output folded ``B * S`` at ``dim`` as ``(S, ..., B, ...)``.
-
-    Each particle's slice is then torch's layout (hidden states, weights).
-    """
-    return _particles.unfold_at(tensor, samples, dim)
 
 
 def note_batch_folded(tensor: Tensor | None, dim: int) -> None:

@@ -20,7 +20,6 @@ from pyrolite_bnn.layers._sequence import (
     note_batch_folded,
     own_option,
     sub_option,
-    unfold_batch,
     unfold_sequence,
 )
 from pyrolite_bnn.layers.functional import current_batch_size
@@ -384,7 +383,7 @@ class VIMultiheadAttention(VIModule):
         samples = state.samples
         return (
             unfold_sequence(out, samples),
-            None if weights is None else unfold_batch(weights, samples, 0),
+            None if weights is None else _particles.unfold_at(weights, samples, 0),
         )
 
     def extra_repr(self) -> str:

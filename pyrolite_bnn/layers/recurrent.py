@@ -30,7 +30,6 @@ from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
     check_drawn_estimator,
     note_batch_folded,
-    unfold_batch,
     unfold_sequence,
 )
 from pyrolite_bnn.layers.functional import current_batch_size
@@ -271,9 +270,9 @@ class _VIRNNBase(VIModule):
         out, hidden = output
         samples = state.samples
         if isinstance(hidden, tuple):
-            hidden = tuple(unfold_batch(h, samples, 1) for h in hidden)
+            hidden = tuple(_particles.unfold_at(h, samples, 1) for h in hidden)
         else:
-            hidden = unfold_batch(hidden, samples, 1)
+            hidden = _particles.unfold_at(hidden, samples, 1)
         if self.batch_first or isinstance(out, PackedSequence):
             return super().unfold_output(out, state), hidden
         return unfold_sequence(out, samples), hidden
