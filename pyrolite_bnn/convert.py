@@ -41,9 +41,9 @@ from pyrolite_bnn.distributions.variational import (
 )
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.registry import LayerEntry
-from pyrolite_bnn.module import NOT_NETWORK, VIModule
+from pyrolite_bnn.module import GUIDE_STATE, NOT_NETWORK, VIModule
 
-__all__ = ["MOPED_MIN_SCALE", "ConvertedNetwork", "convert"]
+__all__ = ["MOPED_MIN_SCALE", "ConvertedNetwork", "convert", "copy_training_modes"]
 
 #: Smallest posterior standard deviation ``moped=`` gives (weights at zero).
 MOPED_MIN_SCALE = 1e-5
@@ -184,9 +184,13 @@ class ConvertedNetwork(VIModule):
     ``convert`` makes a subclass of both your class and this one: your
     ``forward`` and methods, the library's call machinery. Its instances are not
     built by ``__init__``: :meth:`wrap` moves a converted module into one.
-    Only ``state_dict()``-based saving works (the subclass is made at run time,
-    so pickling the whole network does not).
+    The subclass is made at run time; the network pickles (``torch.save`` of
+    the whole module) as long as your class can be imported where it is loaded.
     """
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        """Pickle by the user's class (the generated subclass has no import path)."""
+        return (_converted_instance, (_torch_class(type(self)),), self.__getstate__())
 
     @classmethod
     def wrap(cls, root: nn.Module) -> ConvertedNetwork:
@@ -232,6 +236,12 @@ def _network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
     return made
 
 
+def _converted_instance(cls: type[nn.Module]) -> ConvertedNetwork:
+    """An empty instance of ``cls``'s converted network class (for unpickling)."""
+    network_cls = _network_class(cls)
+    return network_cls.__new__(network_cls)
+
+
 def _make_network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
     forward = cls.forward
 
@@ -266,8 +276,8 @@ def _torch_class(cls: type) -> type[nn.Module]:
 
 @functools.cache
 def _network_keys() -> frozenset[str]:
-    """Instance attributes every ``VIModule`` has (not the user's)."""
-    return frozenset(vars(VIModule()))
+    """Instance attributes of the library's machinery (not the user's)."""
+    return frozenset(vars(VIModule())) | GUIDE_STATE
 
 
 def _move_state(
@@ -368,7 +378,9 @@ class _Converter:
                 setattr(module, name, converted)
         if entry is not None:
             children = {k: v for k, v in module._modules.items() if v is not None}
-            return entry.to_bayesian(module, children)
+            container = entry.to_bayesian(module, children)
+            container.training = module.training  # the children keep their own
+            return container
         if (
             next(module.parameters(recurse=False), None) is not None
             and not isinstance(module, _NORMS)
@@ -388,6 +400,7 @@ class _Converter:
             ) from error
         if self.moped is not None:
             _apply_moped(layer, self.moped, self.options["prior"])
+        copy_training_modes(module, layer)
         return layer
 
     def check_inner(self, path: str) -> None:
@@ -412,6 +425,26 @@ class _Converter:
                 UserWarning,
                 stacklevel=3,
             )
+
+
+def copy_training_modes(source: nn.Module, target: nn.Module) -> None:
+    """Give ``target`` the train/eval modes of ``source``.
+
+    ``target`` (a layer built from ``source``) takes ``source.training``
+    throughout; each of its submodules at a path ``source`` also has (a
+    Transformer layer's ``dropout1``) then takes that submodule's mode, so a
+    model converted in eval mode stays in eval mode, dropout inside included.
+
+    Args:
+        source: the torch module.
+        target: the module built from it.
+    """
+    target.train(source.training)
+    built = dict(target.named_modules())
+    for path, module in source.named_modules():
+        counterpart = built.get(path)
+        if counterpart is not None:
+            counterpart.training = module.training
 
 
 def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:

@@ -24,7 +24,7 @@ from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.convert import ConvertedNetwork
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.container import Residual
-from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.module import GUIDE_STATE, VIModule
 
 __all__ = ["DeterministicNetwork", "Residual", "to_deterministic"]
 
@@ -130,8 +130,8 @@ def _convert_new(
                 "counterpart; use bnn.predict(..., mode='mean') instead"
             )
         # ``module`` belongs to the private copy made by to_deterministic.
-        module.__dict__.pop("_variables_cache", None)
-        module.__dict__.pop("_default_guide", None)
+        for key in GUIDE_STATE:
+            module.__dict__.pop(key, None)
         module._modules = dict(children)
         return module
     return module

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SAMPLES",
+    "GUIDE_STATE",
     "NOT_NETWORK",
     "PosteriorDict",
     "VIModule",
@@ -468,3 +469,7 @@ class VIModule(LocalPyroModule):
 
 # Children of a VIModule that belong to the inference machinery, not the network.
 NOT_NETWORK = frozenset({_CUSTOM_GUIDE, "prior", "posterior"})
+
+# Attributes a VIModule sets on itself when its guide is first read or replaced
+# (not modules, so not in NOT_NETWORK): they belong to the inference machinery.
+GUIDE_STATE = frozenset({"_default_guide", "_detached_guide"})

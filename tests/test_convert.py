@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import pytest
@@ -402,3 +403,66 @@ def test_selection_inside_a_whole_layer_is_refused() -> None:
         bnn.convert(module, exclude=["encoder.layers.0.linear1"])
     net = bnn.convert(module, exclude=["encoder.layers.0"], include=[nn.Linear])
     assert [v.site for v in net.random_variables()] == ["head.weight", "head.bias"]
+
+
+class DropoutTagger(nn.Module):
+    """An LSTM with inter-layer dropout and a Transformer layer with dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, 2, batch_first=True, dropout=0.5)
+        self.encoder = nn.TransformerEncoderLayer(6, 2, 12, 0.3, batch_first=True)
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(6, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(self.rnn(x)[0]))
+
+
+def test_conversion_keeps_train_and_eval_modes() -> None:
+    """A model converted in eval mode predicts as it does, without net.eval()."""
+    torch.manual_seed(0)
+    module = DropoutTagger().eval()
+    module.head[0].train()  # mixed modes are kept module by module
+    net = bnn.convert(module)
+    modes = dict(module.named_modules())
+    for path, sub in net.named_modules():
+        if path in modes:
+            assert sub.training == modes[path].training, path
+    encoder = net.encoder
+    assert isinstance(encoder, bnn.VITransformerEncoderLayer)
+    assert not any(m.training for m in encoder.modules())
+    module.head[0].eval()
+    net.head[0].eval()
+    x = torch.randn(3, 5, 4)
+    with torch.no_grad():
+        expected = module(x)
+    mean = bnn.predict(net, x, bnn.Normal(scale=1.0), mode="mean").samples[0]
+    torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-5)
+    train_net = bnn.convert(DropoutTagger().train())
+    assert all(m.training for m in train_net.modules())
+
+
+def _reloaded(model: nn.Module) -> nn.Module:
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded: nn.Module = torch.load(buffer, weights_only=False)
+    assert type(loaded) is type(model)
+    return loaded
+
+
+def test_converted_custom_class_and_its_export_pickle() -> None:
+    """torch.save of the whole converted network and of to_deterministic."""
+    torch.manual_seed(0)
+    net = bnn.convert(Block()).eval()
+    x = torch.randn(2, 3, 4, 4)
+    loaded = _reloaded(net)
+    got = bnn.predict(loaded, x, CLASSES, mode="mean").samples
+    want = bnn.predict(net, x, CLASSES, mode="mean").samples
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    plain = bnn.to_deterministic(net)
+    assert type(plain) is Block
+    library = [k for k, v in vars(plain).items() if "pyrolite_bnn" in type(v).__module__]
+    assert library == []  # the export needs neither Pyro nor this library
+    with torch.no_grad():
+        torch.testing.assert_close(_reloaded(plain)(x), plain(x), rtol=0, atol=0)

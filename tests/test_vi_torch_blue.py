@@ -469,6 +469,18 @@ def test_convert_to_vimodule_changes_the_model_in_place() -> None:
     assert not torch.equal(fresh._weight_mean, old)
 
 
+def test_convert_to_vimodule_keeps_eval_mode() -> None:
+    """Layers built anew (vi and library layers) take the module's modes."""
+    model = nn.Sequential(
+        nn.Linear(3, 4),
+        nn.Dropout(0.3),
+        nn.TransformerEncoderLayer(4, 2, 8, 0.3, batch_first=True),
+        nn.LSTM(4, 4, 2, dropout=0.5, batch_first=True),
+    ).eval()
+    vi.convert_to_vimodule(model)
+    assert [name for name, m in model.named_modules() if m.training] == []
+
+
 class _Scaled(nn.Module):
     """A custom layer with a parameter of its own (no library counterpart)."""
 

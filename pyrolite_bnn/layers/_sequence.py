@@ -133,7 +133,9 @@ class SequenceFirst:
 
     def sequence_first(self, tensor: Tensor) -> Tensor:
         """A batch-first output ``(B * S or B, L, ...)`` in the sequence-first fold."""
-        if tensor.shape[0] == self.batch or self.samples == 1:
+        # An empty batch (B = 0) takes the folded layout: both hold no values,
+        # and only the fold gives the caller the sequence length L * S.
+        if (tensor.shape[0] == self.batch and self.batch) or self.samples == 1:
             return tensor.transpose(0, 1)
         length, rest = tensor.shape[1], tensor.shape[2:]
         folded = tensor.reshape(self.batch, self.samples, length, *rest)

@@ -106,6 +106,7 @@ def linear(
     if samples == 1:
         return F.linear(input, w[0], None if b is None else b[0])
     rows, middle = input.shape[0], input.shape[1:-1]
+    positions = math.prod(middle)  # explicit sizes: an empty batch has no -1
     if _is_shared(rows, samples, batch_size):
         # One GEMM against all S weight sets stacked: (B, *, S * out) is already
         # batch-major, so without middle dims the fold is a free view.
@@ -114,14 +115,14 @@ def linear(
             w.reshape(samples * out_features, in_features),
             None if b is None else b.reshape(-1),
         )
-        out = out.reshape(rows, -1, samples, out_features).transpose(1, 2)
+        out = out.reshape(rows, positions, samples, out_features).transpose(1, 2)
         return out.reshape(rows * samples, *middle, out_features)
     per_particle = rows // samples
-    h = input.reshape(per_particle, samples, -1, in_features).transpose(0, 1)
-    h = h.reshape(samples, -1, in_features)
+    h = input.reshape(per_particle, samples, positions, in_features).transpose(0, 1)
+    h = h.reshape(samples, per_particle * positions, in_features)
     wt = w.transpose(1, 2)
     out = torch.bmm(h, wt) if b is None else torch.baddbmm(b.unsqueeze(1), h, wt)
-    out = out.reshape(samples, per_particle, -1, out_features).transpose(0, 1)
+    out = out.reshape(samples, per_particle, positions, out_features).transpose(0, 1)
     return out.reshape(rows, *middle, out_features)
 
 
@@ -658,5 +659,5 @@ def conv_flipout(
         bias_noise = (
             (bias[1] * eps.normal_()).transpose(0, 1).expand(per_particle, samples, -1)
         )
-        out = out + bias_noise.reshape(out_rows, -1, *spatial_ones)
+        out = out + bias_noise.reshape(out_rows, bias[1].shape[0], *spatial_ones)
     return out

@@ -260,7 +260,8 @@ def _lstm_layer(
         inputs = torch.stack((inputs, inputs.flip(1)))
     # A shared input is copied once (time-major), then broadcast over particles.
     rows = length * batch
-    inputs = inputs.reshape(dirs, -1, rows, size).expand(dirs, samples, rows, size)
+    inputs = inputs.reshape(dirs, inputs.shape[-4], rows, size)
+    inputs = inputs.expand(dirs, samples, rows, size)
     inputs = inputs.reshape(dirs * samples, rows, size)
     w_ih = torch.cat([_particles(w[0], 2, samples) for w in layer])
     w_hh = torch.cat([_particles(w[1], 2, samples) for w in layer])
@@ -274,13 +275,15 @@ def _lstm_layer(
         gx = torch.baddbmm(bias, inputs, w_ih_t)
     else:
         gx = torch.bmm(inputs, w_ih_t)
-    gx = gx.view(dirs * samples, length, batch, -1)
+    # Explicit sizes throughout: with an empty batch a -1 would be ambiguous.
+    gates, hidden = gx.shape[-1], h0.shape[-1]
+    gx = gx.view(dirs * samples, length, batch, gates)
     steps_valid = None if valid is None else valid.transpose(0, 1)
     hs, c_n = _LSTMRecurrence.apply(gx, w_hh, h0, c0, steps_valid)  # type: ignore[no-untyped-call]
-    out = hs[:, 1:].reshape(dirs, samples, length, batch, -1)
+    out = hs[:, 1:].reshape(dirs, samples, length, batch, hidden)
     if dirs == 2:
         out = torch.stack((out[0], out[1].flip(1)))
-    out = out.permute(3, 1, 2, 0, 4).reshape(batch * samples, length, -1)
+    out = out.permute(3, 1, 2, 0, 4).reshape(batch * samples, length, dirs * hidden)
     return out, hs[:, length], c_n
 
 

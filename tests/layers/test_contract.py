@@ -225,6 +225,30 @@ def test_equals_torch_per_particle(entry: LayerEntry, case: LayerCase) -> None:
         torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
 
 
+def _batch_dim(module: nn.Module) -> int:
+    """Where ``module``'s input has its batch: 1 for torch's sequence-first layers."""
+    flags = [m.batch_first for m in module.modules() if hasattr(m, "batch_first")]
+    return 0 if all(flags) else 1
+
+
+@parametrize_cases
+@pytest.mark.parametrize("samples", [1, 3])
+def test_empty_batch_gives_empty_outputs(
+    entry: LayerEntry, case: LayerCase, samples: int
+) -> None:
+    """A batch of size 0 gives torch's (empty) output shapes with ``S`` in front.
+
+    In training mode: torch's attention fast path (eval) returns no weights.
+    """
+    layer = _make(entry, case)
+    x = case.make_input()
+    x = x.narrow(_batch_dim(layer), 0, 0)
+    with torch.no_grad():
+        expected = _tensors(_call(bnn.to_deterministic(layer), case, x))
+        got = _tensors(_call(layer, case, x, samples=samples))
+    assert [t.shape for t in got] == [(samples, *t.shape) for t in expected]
+
+
 class _PerParticleInput(nn.Module):
     """Turns a shared input into a folded one that differs between particles.
 

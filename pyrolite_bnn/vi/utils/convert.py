@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn.convert import convert
+from pyrolite_bnn.convert import convert, copy_training_modes
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.vi.utils.common_types import vikwargs_of
@@ -314,6 +314,7 @@ def _convert(
         )
         if built is not None:
             _copy_state(module, built, keep_weights)
+            copy_training_modes(module, built)
             _become(module, built)
             return
     own = dict(module.named_parameters(recurse=False))
