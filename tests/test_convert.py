@@ -462,7 +462,9 @@ def test_converted_custom_class_and_its_export_pickle() -> None:
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     plain = bnn.to_deterministic(net)
     assert type(plain) is Block
-    library = [k for k, v in vars(plain).items() if "pyrolite_bnn" in type(v).__module__]
+    library = [
+        k for k, v in vars(plain).items() if "pyrolite_bnn" in type(v).__module__
+    ]
     assert library == []  # the export needs neither Pyro nor this library
     with torch.no_grad():
         torch.testing.assert_close(_reloaded(plain)(x), plain(x), rtol=0, atol=0)
