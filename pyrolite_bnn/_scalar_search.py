@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-__all__ = ["minimise_on_interval"]
+__all__ = ["minimise_expanding", "minimise_on_interval"]
 
 _GRID_POINTS = 141
 _GOLDEN_STEPS = 60
@@ -45,3 +45,36 @@ def minimise_on_interval(
             b = lo + ratio * (hi - lo)
             fb = objective(b)
     return (lo + hi) / 2
+
+
+def minimise_expanding(
+    objective: Callable[[float], float], bound: float, limit: float
+) -> tuple[float, bool]:
+    """Minimiser of ``objective`` from ``[-bound, bound]``, moved out up to ``limit``.
+
+    Where the minimiser lies in the last grid cell of an edge, the interval is
+    moved past that edge by its width (never back), up to ``[-limit, limit]``.
+
+    Returns:
+        The minimiser and whether it lies in the last cell of ``+-limit`` (the
+        true minimiser may be further out).
+
+    Example:
+        >>> t, at_limit = minimise_expanding(lambda t: (t - 20.0) ** 2, 7.0, 30.0)
+        >>> round(t, 6), at_limit
+        (20.0, False)
+    """
+    low, high = -bound, bound
+    width = high - low
+    direction = 0
+    while True:
+        t = minimise_on_interval(objective, low, high)
+        cell = width / (_GRID_POINTS - 1)
+        if t > high - cell and high < limit and direction >= 0:
+            direction = 1
+            low, high = high - cell, min(high - cell + width, limit)
+        elif t < low + cell and low > -limit and direction <= 0:
+            direction = -1
+            low, high = max(low + cell - width, -limit), low + cell
+        else:
+            return t, abs(t) > limit - cell

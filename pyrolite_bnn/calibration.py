@@ -36,13 +36,15 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn._scalar_search import minimise_on_interval
+from pyrolite_bnn._scalar_search import minimise_expanding
 from pyrolite_bnn.distributions.predictive import (
     HeteroscedasticNormal,
     Normal,
@@ -52,8 +54,26 @@ from pyrolite_bnn.predict import Prediction, predict
 
 __all__ = ["Calibration", "TemperatureScaling", "VarianceScaling", "calibrate"]
 
-# Search interval of the log-parameter (factors from e^-7 to e^7).
+# Search of the log-parameter: from [-7, 7], moved out up to +-30 (factors
+# from e^-30 to e^30, about 1e-13 to 1e13) where the minimum is at an edge.
 _LOG_BOUND = 7.0
+_LOG_LIMIT = 30.0
+
+
+def _fit_log_parameter(objective: Callable[[float], float], what: str) -> float:
+    """``exp`` of the minimiser of ``objective(log value)``; warns at the limit."""
+    log_value, at_limit = minimise_expanding(objective, _LOG_BOUND, _LOG_LIMIT)
+    value = math.exp(log_value)
+    if at_limit:
+        warnings.warn(
+            f"calibration: the fitted {what} {value:.3g} is at the search limit "
+            f"e^{'-' if log_value < 0 else ''}{_LOG_LIMIT:g}; the likelihood's "
+            "scale is far from the data's (check the targets' units and the "
+            "noise scale)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return value
 
 
 def _mixture_nll(
@@ -154,7 +174,7 @@ class TemperatureScaling(Calibration):
             scaled = TemperatureScaling(math.exp(log_t)).to(outputs)
             return _mixture_nll(scaled.wrap(predictive), outputs, target)
 
-        best = math.exp(minimise_on_interval(objective, -_LOG_BOUND, _LOG_BOUND))
+        best = _fit_log_parameter(objective, "temperature")
         with torch.no_grad():
             self.temperature.fill_(best)
         return self
@@ -220,7 +240,7 @@ class VarianceScaling(Calibration):
             scaled = VarianceScaling(math.exp(log_factor)).to(outputs)
             return _mixture_nll(scaled.wrap(predictive), outputs, target)
 
-        best = math.exp(minimise_on_interval(objective, -_LOG_BOUND, _LOG_BOUND))
+        best = _fit_log_parameter(objective, "variance factor")
         with torch.no_grad():
             self.factor.fill_(best)
         return self

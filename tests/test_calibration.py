@@ -6,9 +6,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn import metrics
+
+CLASSES = bnn.Categorical()
 
 CLASSIFICATION = [bnn.Categorical, bnn.Bernoulli]
 
@@ -196,3 +199,40 @@ def test_variance_scaling_repairs_an_overconfident_regression() -> None:
     covered_after = float(metrics.interval_coverage(*after.interval(), y_test))
     assert covered_before < 0.5
     assert abs(covered_after - 0.95) < 0.03
+
+
+@pytest.mark.statistical
+def test_factors_far_beyond_the_first_search_interval_are_found() -> None:
+    """A noise scale 500x too small needs a variance factor of ~2.5e5 (> e^7).
+
+    The validation NLL is minimised where the factor times the mean predicted
+    variance equals the mean squared residual: with a fixed weight and the
+    exact mean, factor = mean(residual^2) / 0.001^2, computed from the data
+    here; the fit must land within 1 % of it (a 1-D convex objective).
+    Logits scaled by 1e4 need a temperature of ~1e4 (> e^7) likewise.
+    """
+    torch.manual_seed(0)
+    x = torch.randn(500, 1)
+    y = 2.0 * x[:, 0] + 0.5 * torch.randn(500)
+    outputs = (2.0 * x).unsqueeze(0)  # one particle: the exact mean
+    likelihood = bnn.Normal(scale=0.001)
+    cal = bnn.VarianceScaling().fit(outputs, y, likelihood)
+    ideal = float((y - outputs[0, :, 0]).square().mean()) / 0.001**2
+    assert ideal > 1e5
+    assert abs(float(cal.factor) - ideal) / ideal < 0.01
+    labels = torch.randint(0, 3, (400,))
+    logits = torch.randn(400, 3) + 1.5 * F.one_hot(labels, 3)
+    tempered = bnn.TemperatureScaling().fit(logits.unsqueeze(0), labels, CLASSES)
+    hot = bnn.TemperatureScaling().fit(1e4 * logits.unsqueeze(0), labels, CLASSES)
+    ratio = float(hot.temperature) / (1e4 * float(tempered.temperature))
+    assert abs(ratio - 1) < 0.01
+
+
+def test_factor_at_the_search_limit_warns() -> None:
+    """Targets ~1e9 times the likelihood's scale: the factor cannot be reached."""
+    torch.manual_seed(0)
+    y = 1e3 * torch.randn(200)
+    outputs = torch.zeros(1, 200, 1)
+    with pytest.warns(UserWarning, match="at the search limit"):
+        cal = bnn.VarianceScaling().fit(outputs, y, bnn.Normal(scale=1e-6))
+    assert float(cal.factor) == pytest.approx(math.exp(30.0), rel=0.1)
