@@ -207,6 +207,7 @@ def pytorch_run(
         )
         result = model_trace.nodes["_RETURN"]["value"]
         record = TraceRecord(guide_trace, model_trace, state.samples)
+    record.sequence_batch = state.sequence_batch()
     return attach(result, record, log_probs=getattr(root, "return_log_probs", False))
 
 

@@ -76,6 +76,12 @@ class ParticleState:
     inputs: tuple[Tensor, ...] = field(default=(), compare=False)
     batch_folded: list[tuple[Tensor, int]] = field(default_factory=list, compare=False)
 
+    def sequence_batch(self) -> int | None:
+        """``B`` of a sequence-first network (whose output is ``(S, L, B, ...)``)."""
+        if len(self.sequence_batches) == 1:
+            return next(iter(self.sequence_batches))
+        return None
+
     def note_batch_folded(self, tensor: Tensor, dim: int) -> None:
         """Record that ``tensor`` is folded ``B * S`` at ``dim`` (see the attribute)."""
         self.batch_folded.append((tensor, dim))

@@ -39,6 +39,7 @@ from pyrolite_bnn._validation import (
     validation,
 )
 from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.record import find_record
 
 if TYPE_CHECKING:
     from pyrolite_bnn.loss import KullbackLeiblerLoss
@@ -69,6 +70,7 @@ class _Graph:
 
     run: Callable[..., tuple[Tensor, Tensor]]
     output: Tensor  # a meta tensor with the shape and dtype of the network output
+    batch: int  # the output's number of examples (KullbackLeiblerLoss.check_batch)
 
 
 class LossGraphs:
@@ -108,8 +110,8 @@ class LossGraphs:
         args: tuple[Any, ...],
         target: Tensor,
         samples: int | None,
-    ) -> tuple[Tensor, Tensor, torch.Size] | None:
-        """``(sum of log-likelihoods, KL, output shape)`` from a compiled graph.
+    ) -> tuple[Tensor, Tensor, int, int] | None:
+        """``(sum of log-likelihoods, KL, particles, batch)`` from a compiled graph.
 
         Returns ``None`` where the caller must run eagerly: the first call of a
         signature (so that bad inputs raise the eager path's errors, and
@@ -135,7 +137,7 @@ class LossGraphs:
             if is_validation_enabled():
                 _validate(loss_fn, model, graph.output, args, target)
             log_lik, kl = graph.run(tensors, args, target)
-            return log_lik, kl, graph.output.shape
+            return log_lik, kl, graph.output.shape[0], graph.batch
         try:
             graph = self._capture(loss_fn, model, tensors, args, target, count)
             log_lik, kl = graph.run(tensors, args, target)
@@ -152,7 +154,7 @@ class LossGraphs:
         self._graphs[key] = graph
         while len(self._graphs) > _MAX_GRAPHS:
             self._graphs.popitem(last=False)
-        return log_lik, kl, graph.output.shape
+        return log_lik, kl, graph.output.shape[0], graph.batch
 
     def _capture(
         self,
@@ -164,6 +166,7 @@ class LossGraphs:
         samples: int,
     ) -> _Graph:
         output_like: list[Tensor] = []
+        batches: list[int] = []
 
         def loss_terms(
             tensors: list[Tensor], args: tuple[Any, ...], target: Tensor
@@ -172,6 +175,9 @@ class LossGraphs:
             # hold, so the tracer records them as graph inputs, not constants.
             output = model(*args, samples=samples)
             output_like.append(torch.empty_like(output, device="meta"))
+            batches.append(
+                loss_fn.check_batch(output, find_record(output).sequence_batch)
+            )
             return loss_fn.terms(output, target)
 
         # Capture runs the forward pass for real: undo its in-place updates of
@@ -195,7 +201,7 @@ class LossGraphs:
         # The graph's function, not the module: a compiled module would run the
         # library's global module hooks (see _plain_roots) on every call.
         compiled = torch.compile(traced.forward, mode=self.mode, dynamic=False)
-        return _Graph(compiled, output_like[0])
+        return _Graph(compiled, output_like[0], batches[0])
 
 
 def _validate(

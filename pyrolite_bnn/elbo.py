@@ -49,7 +49,7 @@ from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.loss import PyroModel
 from pyrolite_bnn.module import VIModule
-from pyrolite_bnn.record import KLMode
+from pyrolite_bnn.record import KLMode, find_record
 
 __all__ = ["TraceMeanField_ELBO", "Trace_ELBO"]
 
@@ -87,7 +87,8 @@ def _fast_loss(
     with local_params(), keeping_noise_sums():
         output = pytorch_run(network, state, device, (x,), {})
     log_lik, kl_term = loss_fn.terms(output, y, kl=kl)
-    loss = loss_fn.combine(log_lik, kl_term, output.shape)
+    batch = loss_fn.check_batch(output, find_record(output).sequence_batch)
+    loss = loss_fn.combine(log_lik, kl_term, output.shape[0], batch)
     scale = loss_fn.dataset_size if loss_fn.reduction == "mean" else 1
     _report_parameters(model)
     return loss * scale

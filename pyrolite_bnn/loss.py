@@ -25,7 +25,7 @@ from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import ForwardRecord, KLMode, find_record
 
-__all__ = ["KullbackLeiblerLoss", "PyroModel"]
+__all__ = ["KullbackLeiblerLoss", "PyroModel", "batch_dim"]
 
 _KL_MODES = ("auto", "mc", "analytic")
 _REDUCTIONS = ("mean", "sum")
@@ -246,14 +246,16 @@ class KullbackLeiblerLoss(nn.Module):
         """Negative ELBO of ``output = model(x)`` (a PyTorch-style call) and targets.
 
         Args:
-            output: the network output ``(S, B, ...)`` of the forward pass.
-            target: targets ``(B, ...)``.
+            output: the network output ``(S, B, ...)`` of the forward pass
+                (``(S, L, B, ...)`` for a sequence-first network).
+            target: targets ``(B, ...)`` (``(L, B, ...)``).
 
         Returns:
             Scalar loss.
         """
         log_lik, kl = self.terms(output, target)
-        return self.combine(log_lik, kl, output.shape)
+        batch = self.check_batch(output, find_record(output).sequence_batch)
+        return self.combine(log_lik, kl, output.shape[0], batch)
 
     def model_loss(
         self,
@@ -299,8 +301,7 @@ class KullbackLeiblerLoss(nn.Module):
         if self.graphs is not None and isinstance(model, VIModule):
             terms = self.graphs.terms(self, model, args, target, samples)
             if terms is not None:
-                log_lik, kl, shape = terms
-                return self.combine(log_lik, kl, shape)
+                return self.combine(*terms)
         loss: Tensor = self(call_network(model, args, samples), target)
         return loss
 
@@ -310,9 +311,10 @@ class KullbackLeiblerLoss(nn.Module):
         """The two parts of the ELBO of ``output = model(x)`` and ``target``.
 
         Args:
-            output: the network output ``(S, B, ...)`` of a PyTorch-style call,
-                or a tensor computed from it with gradients enabled.
-            target: targets ``(B, ...)``.
+            output: the network output ``(S, B, ...)`` (``(S, L, B, ...)`` for
+                a sequence-first network) of a PyTorch-style call, or a tensor
+                computed from it with gradients enabled.
+            target: targets ``(B, ...)`` (``(L, B, ...)``).
             kl: how to compute the KL (default: this loss's ``kl``).
 
         Returns:
@@ -320,18 +322,19 @@ class KullbackLeiblerLoss(nn.Module):
             KL of the forward pass that produced ``output`` (see ``kl=``).
         """
         record = self._record_for(output)
-        self.check_batch(output)
+        self.check_batch(output, record.sequence_batch)
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self._watch_guide(record)
         return log_lik, record.kl(self.kl if kl is None else kl)
 
-    def combine(self, log_lik: Tensor, kl: Tensor, shape: torch.Size) -> Tensor:
-        """The loss from :meth:`terms` of an output of ``shape`` ``(S, B, ...)``.
+    def combine(self, log_lik: Tensor, kl: Tensor, samples: int, batch: int) -> Tensor:
+        """The loss from :meth:`terms` of an output of ``samples`` particles.
 
-        Also sets :attr:`last_nll` and :attr:`last_kl`.
+        ``batch`` is its number of examples (:meth:`check_batch`). Also sets
+        :attr:`last_nll` and :attr:`last_kl`.
         """
         norm = self.dataset_size if self.reduction == "mean" else 1
-        data_factor = self.dataset_size / shape[1] / shape[0] / norm
+        data_factor = self.dataset_size / batch / samples / norm
         self._last_terms = (log_lik.detach(), kl.detach(), -data_factor, 1 / norm)
         self._watch_predictive()
         return kl * (self.heat / norm) - log_lik * data_factor
@@ -369,9 +372,14 @@ class KullbackLeiblerLoss(nn.Module):
             )
         return record
 
-    def check_batch(self, output: Tensor) -> int:
-        """The batch size of an output ``(S, B, ...)``; refuses 0 and ``B > N``."""
-        batch = output.shape[1]
+    def check_batch(self, output: Tensor, sequence_batch: int | None = None) -> int:
+        """The batch size ``B`` of an output; refuses 0 and ``B > N``.
+
+        ``B`` is dimension 1 of ``(S, B, ...)``, or dimension 2 of a
+        sequence-first network's ``(S, L, B, ...)`` when ``sequence_batch``
+        (its ``B``, :attr:`ForwardRecord.sequence_batch`) says so.
+        """
+        batch = output.shape[batch_dim(output, sequence_batch)]
         if batch == 0:
             raise ValueError(
                 f"the batch is empty (output of shape {tuple(output.shape)}: 0 "
@@ -464,6 +472,31 @@ class KullbackLeiblerLoss(nn.Module):
         return PyroModel(self, model)
 
 
+def batch_dim(output: Tensor, sequence_batch: int | None) -> int:
+    """Where the examples of a network output are: 1, or 2 for ``(S, L, B, ...)``.
+
+    ``sequence_batch`` is ``B`` for a sequence-first network (``None``
+    otherwise). An output of such a network that was permuted to ``(S, B, L,
+    ...)`` has ``B`` in dimension 1 again; where ``L == B`` either reading
+    gives the same count.
+
+    Example:
+        >>> import torch
+        >>> batch_dim(torch.zeros(10, 7, 3, 2), sequence_batch=3)
+        2
+        >>> batch_dim(torch.zeros(10, 3, 7, 2), sequence_batch=3)
+        1
+    """
+    if (
+        sequence_batch is not None
+        and output.dim() >= 3
+        and output.shape[1] != sequence_batch
+        and output.shape[2] == sequence_batch
+    ):
+        return 2
+    return 1
+
+
 class PyroModel:
     """The full Pyro model of a network under a likelihood (``loss_fn.pyro_model``).
 
@@ -510,7 +543,14 @@ class PyroModel:
         state, device = prepare(network, (x,), {}, count)
         with local_params(), particle_plate(state.samples, device):
             output: Tensor = run_sites(network, state, (x,), {})
-            batch = loss_fn.check_batch(output)
+            sequence_batch = state.sequence_batch()
+            batch = loss_fn.check_batch(output, sequence_batch)
+            observed = output
+            if batch_dim(output, sequence_batch) == 2:
+                # (S, L, B, ...) -> (S, B, L, ...): the data plate is at dim -1
+                # of the batch shape (S, B); the sequence is part of the event.
+                observed = output.movedim(2, 1)
+                y = None if y is None else y.movedim(1, 0)
             with pyro.plate(
                 "data",
                 loss_fn.dataset_size,
@@ -518,8 +558,8 @@ class PyroModel:
                 dim=-1,
             ):
                 if y is None:
-                    pyro.sample("obs", loss_fn.predictive(output))
+                    pyro.sample("obs", loss_fn.predictive(observed))
                 else:
-                    likelihood, aligned = loss_fn.predictive.observe(output, y)
+                    likelihood, aligned = loss_fn.predictive.observe(observed, y)
                     pyro.sample("obs", likelihood, obs=aligned)
         return output

@@ -52,12 +52,16 @@ class ForwardRecord:
 
     Attributes:
         samples: number of particles ``S``.
+        sequence_batch: the batch size ``B`` of a sequence-first network
+            (``batch_first=False`` layers: its output is ``(S, L, B, ...)``),
+            else ``None``.
         analytic_sites: sites whose KL the last :meth:`kl` took in closed form.
         mc_sites: sites whose KL the last :meth:`kl` estimated by Monte Carlo.
     """
 
     def __init__(self, samples: int) -> None:
         self.samples = samples
+        self.sequence_batch: int | None = None
         self.analytic_sites: list[str] = []
         self.mc_sites: list[str] = []
 

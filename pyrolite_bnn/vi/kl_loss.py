@@ -11,6 +11,7 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
 from pyrolite_bnn.loss import KullbackLeiblerLoss as BnnKullbackLeiblerLoss
+from pyrolite_bnn.loss import batch_dim
 from pyrolite_bnn.record import KLMode, find_record
 from pyrolite_bnn.vi.distributions.base import Distribution
 from pyrolite_bnn.vi.utils.errors import UnsupportedDistributionError
@@ -123,7 +124,7 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         if value is not None:  # validated as the library's loss does
             BnnKullbackLeiblerLoss.dataset_size.fset(self, value)  # type: ignore[attr-defined]
 
-    def check_batch(self, output: Tensor) -> int:
+    def check_batch(self, output: Tensor, sequence_batch: int | None = None) -> int:
         """The batch size of ``output``; a batch larger than ``N`` only warns.
 
         torch_blue accepts ``dataset_size`` smaller than the batch (the data
@@ -131,7 +132,7 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         migrated script keeps running; :class:`pyrolite_bnn.KullbackLeiblerLoss`
         refuses it.
         """
-        batch = output.shape[1]
+        batch = output.shape[batch_dim(output, sequence_batch)]
         size = self.dataset_size
         if size is not None and 0 < size < batch:
             warnings.warn(
@@ -142,7 +143,7 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
                 stacklevel=3,
             )
             return batch
-        return super().check_batch(output)
+        return super().check_batch(output, sequence_batch)
 
     def track(self, mode: bool = True) -> None:
         """Start (``True``) or pause (``False``) recording; the history is kept."""

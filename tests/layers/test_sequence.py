@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pyro
 import pytest
 import torch
 from _sequence_helpers import fixed_weights, run_fixed
+from pyro import poutine
+from pyro.infer import Trace_ELBO
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -637,3 +640,51 @@ def test_packed_input_of_the_wrong_size_names_the_layer() -> None:
         match=r"VILSTM: a PackedSequence input must have data of shape",
     ):
         bnn.VILSTM(3, 4)(packed, samples=2)
+
+
+class _LayoutTagger(bnn.VIModule):
+    """A per-position classifier: LSTM then a linear head, either layout."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.rnn = bnn.VILSTM(3, 4, batch_first=batch_first)
+        self.head = bnn.VILinear(4, 2, estimator="reparam")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.rnn(x)[0])
+
+
+@pytest.mark.parametrize("length", [5, 3, 40])
+def test_sequence_first_loss_counts_the_batch_not_the_sequence(length: int) -> None:
+    """The same weights and data in either layout give the same loss and ELBO.
+
+    The data term of B sequences out of N is scaled by N / B whatever the
+    layout: a sequence-first network's output is (S, L, B, C). L = 3 equals B
+    (either reading of the layout gives the same count); L = 40 > N = 30 is a
+    valid batch of 3 sequences.
+    """
+    batch, size = 3, 30
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, length, 3), torch.randint(0, 2, (batch, length))
+    x_first, y_first = x.transpose(0, 1).contiguous(), y.t().contiguous()
+    batch_first, sequence_first = _LayoutTagger(True), _LayoutTagger(False)
+    sequence_first.load_state_dict(batch_first.state_dict())
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), size, kl="mc")
+    pyro.set_rng_seed(3)
+    expected = loss_fn(batch_first(x, samples=2), y)
+    pyro.set_rng_seed(3)
+    out = sequence_first(x_first, samples=2)
+    assert out.shape == (2, length, batch, 2)
+    torch.testing.assert_close(loss_fn(out, y_first), expected)
+    for net, inputs, targets in (
+        (batch_first, x, y),
+        (sequence_first, x_first, y_first),
+    ):
+        model = loss_fn.pyro_model(net)
+        trace = poutine.trace(model).get_trace(inputs, targets, samples=2)
+        assert trace.nodes["data"]["value"].numel() == batch
+        assert trace.nodes["obs"]["scale"] == size / batch / 2  # and 1 / S
+        for elbo in (Trace_ELBO(), bnn.Trace_ELBO()):
+            pyro.set_rng_seed(3)
+            value = elbo.loss(model, net.guide, inputs, targets, samples=2)
+            assert value / size == pytest.approx(expected.item(), rel=1e-5)
