@@ -25,16 +25,20 @@ def _without_row(table: Tensor, row: int | None) -> Tensor:
     return torch.cat([table[..., :row, :], table[..., row + 1 :, :]], dim=-2)
 
 
-def _with_zero_row(rows: Tensor, row: int | None) -> Tensor:
-    """Insert a zero row at index ``row`` along dim ``-2`` (unchanged for ``None``)."""
-    if row is None:
+def _with_row(rows: Tensor, row: int | None, value: Tensor | None) -> Tensor:
+    """Insert ``value`` ``(E,)`` as row ``row`` along dim ``-2`` (``None``: as is)."""
+    if row is None or value is None:
         return rows
-    zero = rows.new_zeros((*rows.shape[:-2], 1, rows.shape[-1]))
-    return torch.cat([rows[..., :row, :], zero, rows[..., row:, :]], dim=-2)
+    inserted = value.to(rows.dtype).expand(*rows.shape[:-2], 1, rows.shape[-1])
+    return torch.cat([rows[..., :row, :], inserted, rows[..., row:, :]], dim=-2)
 
 
 def _weights_to_means(module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
+    """The rows but the padding row; that one becomes the layer's ``padding_row``."""
     assert isinstance(module, nn.Embedding)
+    assert isinstance(layer, VIEmbedding)
+    if module.padding_idx is not None:
+        layer.set_padding_row(module.weight[module.padding_idx])
     return {"weight": _without_row(module.weight, module.padding_idx)}
 
 
@@ -42,7 +46,7 @@ def _means_to_weights(
     layer: VIModule, means: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
     assert isinstance(layer, VIEmbedding)
-    return {"weight": _with_zero_row(means["weight"], layer.padding_idx)}
+    return {"weight": _with_row(means["weight"], layer.padding_idx, layer.padding_row)}
 
 
 @register(
@@ -67,11 +71,13 @@ class VIEmbedding(_VIWeightLayer):
     ``"reparam"``): an index that occurs twice must read the same row, which
     sampling outputs independently (``"local"``, ``"flipout"``) would break.
 
-    ``padding_idx``: the row is a deterministic zero, as torch keeps it (zero,
-    no gradient). It is no random variable, so it has no posterior and adds no
-    KL term: the random variable ``weight`` holds the other
-    ``num_embeddings - 1`` rows, in order. :func:`~pyrolite_bnn.to_deterministic`
-    puts the zero row back.
+    ``padding_idx``: the row is deterministic, as torch keeps it (no gradient):
+    zero, or the row of a pretrained table (``_weight=``, ``bnn.convert`` of
+    ``nn.Embedding.from_pretrained(..., padding_idx=...)``), held in the buffer
+    ``padding_row`` (saved in ``state_dict()``). It is no random variable, so
+    it has no posterior and adds no KL term: the random variable ``weight``
+    holds the other ``num_embeddings - 1`` rows, in order.
+    :func:`~pyrolite_bnn.to_deterministic` puts the padding row back.
 
     Args:
         num_embeddings: size of the dictionary.
@@ -89,8 +95,8 @@ class VIEmbedding(_VIWeightLayer):
         sparse: must be ``False``: the posterior parameters get dense gradients
             (every row has a KL term), so sparse gradients are not offered.
         _weight: initial posterior mean ``(num_embeddings, embedding_dim)``
-            instead of torch's ``N(0, 1)`` initialisation (its ``padding_idx``
-            row is ignored: that row is always zero).
+            instead of torch's ``N(0, 1)`` initialisation; its ``padding_idx``
+            row becomes the deterministic padding row, as in torch.
         _freeze: must be ``False`` (a frozen table is not Bayesian; use
             ``torch.nn.Embedding.from_pretrained``).
         prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`).
@@ -125,6 +131,7 @@ class VIEmbedding(_VIWeightLayer):
     norm_type: float
     scale_grad_by_freq: bool
     sparse: bool
+    padding_row: Tensor | None
 
     def __init__(
         self,
@@ -188,6 +195,13 @@ class VIEmbedding(_VIWeightLayer):
             device=device,
             dtype=dtype,
         )
+        loc = self.posterior["weight"].loc
+        self.register_buffer(
+            "padding_row",
+            None
+            if padding_idx is None
+            else torch.zeros(embedding_dim, dtype=loc.dtype, device=loc.device),
+        )
         if _weight is None:
             self.reset_parameters()
         else:
@@ -199,6 +213,39 @@ class VIEmbedding(_VIWeightLayer):
             self.posterior["weight"].reset_parameters(
                 _without_row(_weight.detach(), padding_idx)
             )
+            if padding_idx is not None:
+                self.set_padding_row(_weight[padding_idx])
+
+    def set_padding_row(self, value: Tensor) -> None:
+        """Set the deterministic ``padding_idx`` row to ``value`` ``(embedding_dim,)``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> embed = bnn.VIEmbedding(5, 2, padding_idx=0)
+            >>> embed.set_padding_row(torch.tensor([1.0, -1.0]))
+            >>> embed(torch.tensor([[0]]), samples=3)[:, 0, 0].tolist()
+            [[1.0, -1.0], [1.0, -1.0], [1.0, -1.0]]
+        """
+        if self.padding_row is None:
+            raise ValueError("this VIEmbedding has no padding_idx")
+        if value.shape != self.padding_row.shape:
+            raise ValueError(
+                f"padding row must have shape {tuple(self.padding_row.shape)}, got "
+                f"{tuple(value.shape)}"
+            )
+        with torch.no_grad():
+            self.padding_row.copy_(value.detach())
+
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, *args
+    ) -> None:
+        """Checkpoints from before ``padding_row`` existed load (a zero row)."""
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, *args
+        )
+        key = prefix + "padding_row"
+        if key in missing_keys:
+            missing_keys.remove(key)
 
     def _initial_means(self) -> dict[str, Tensor]:
         """``N(0, 1)`` rows, as ``torch.nn.Embedding`` (same draws for a seed)."""
@@ -226,7 +273,7 @@ class VIEmbedding(_VIWeightLayer):
                 )
         return functional.embedding(
             input,
-            _with_zero_row(self.weight, self.padding_idx),
+            _with_row(self.weight, self.padding_idx, self.padding_row),
             self.max_norm,
             self.norm_type,
             self.scale_grad_by_freq,

@@ -125,3 +125,44 @@ def test_embedding_network_trains_with_the_loss() -> None:
     )
     loss.backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_pretrained_padding_row_is_kept_by_convert_and_export() -> None:
+    """torch keeps (and looks up) a pretrained table's padding row as given."""
+    torch.manual_seed(0)
+    table = torch.randn(6, 3)
+    for padding_idx in (0, -2):
+        module = nn.Embedding.from_pretrained(table, padding_idx=padding_idx)
+        net = bnn.convert(module)
+        assert isinstance(net, bnn.VIEmbedding)
+        indices = torch.tensor([[0, 4, 5, 1]])
+        expected = module(indices)
+        mean = bnn.predict(net, indices, bnn.Normal(), mode="mean").samples[0]
+        torch.testing.assert_close(mean, expected, rtol=0, atol=0)
+        draws = net(indices, samples=4)  # the padding row is the same in every draw
+        row = padding_idx % 6
+        for s in range(4):
+            torch.testing.assert_close(
+                draws[s][indices == row], expected[indices == row]
+            )
+        torch.testing.assert_close(bnn.to_deterministic(net)(indices), expected)
+
+
+def test_padding_row_from_weight_argument_and_state_dict() -> None:
+    table = torch.randn(5, 2)
+    layer = bnn.VIEmbedding(5, 2, padding_idx=1, _weight=table)
+    assert layer.padding_row is not None
+    torch.testing.assert_close(layer.padding_row, table[1])
+    fresh = bnn.VIEmbedding(5, 2, padding_idx=1)
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(fresh.padding_row, table[1])
+    older = {k: v for k, v in layer.state_dict().items() if k != "padding_row"}
+    zero = bnn.VIEmbedding(5, 2, padding_idx=1)
+    zero.load_state_dict(older)  # checkpoints without the buffer: a zero row
+    assert zero.padding_row is not None
+    assert not zero.padding_row.any()
+    assert "padding_row" not in bnn.VIEmbedding(5, 2).state_dict()
+    with pytest.raises(ValueError, match="shape"):
+        layer.set_padding_row(torch.zeros(3))
+    with pytest.raises(ValueError, match="no padding_idx"):
+        bnn.VIEmbedding(5, 2).set_padding_row(torch.zeros(2))
