@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from pyrolite_bnn.distributions.priors import NormalPrior
 from pyrolite_bnn.distributions.variational import (
@@ -171,8 +172,17 @@ def convert(
         _selection(include, paths, "include"),
         _selection(exclude, paths, "exclude"),
     )
-    root = converter.convert(copy.deepcopy(module), "")
-    converter.warn()
+    tied = _tied_parameters(module)
+    try:
+        duplicate = copy.deepcopy(module)
+    except RuntimeError as error:  # torch's own limit (old-style weight_norm)
+        raise TypeError(
+            f"bnn.convert works on a copy of the model, and torch cannot copy this "
+            f"one ({error}); remove torch.nn.utils.weight_norm, or use "
+            "torch.nn.utils.parametrizations.weight_norm"
+        ) from error
+    root = converter.convert(duplicate, "")
+    converter.warn(tied)
     if isinstance(root, VIModule):
         return root
     return ConvertedNetwork.wrap(root)
@@ -302,6 +312,21 @@ def _move_state(
         target.add_module(name, child)
 
 
+def _tied_parameters(module: nn.Module) -> list[list[str]]:
+    """Paths of each parameter held by two or more modules (weight tying)."""
+    owners: dict[int, list[str]] = {}
+    seen: set[int] = set()
+    for path, sub in module.named_modules():
+        if id(sub) in seen:
+            continue
+        seen.add(id(sub))
+        for name, parameter in sub.named_parameters(recurse=False):
+            owners.setdefault(id(parameter), []).append(
+                f"{path}.{name}" if path else name
+            )
+    return [paths for paths in owners.values() if len(paths) > 1]
+
+
 def _selection(
     given: Selection, paths: set[str], what: str
 ) -> tuple[frozenset[str], tuple[type[nn.Module], ...]] | None:
@@ -348,6 +373,7 @@ class _Converter:
         self.include = include
         self.exclude = exclude
         self.unsupported: list[str] = []
+        self.reparametrised: list[str] = []
         self.converted: dict[int, nn.Module] = {}  # a module at two paths: once
 
     def selected(self, path: str, module: nn.Module) -> bool:
@@ -391,6 +417,8 @@ class _Converter:
 
     def layer(self, entry: LayerEntry, module: nn.Module, path: str) -> VIModule:
         self.check_inner(path)
+        if parametrize.is_parametrized(module):
+            self.reparametrised.append(path or "<root>")
         try:
             layer = entry.to_bayesian(module, **self.options)
         except ValueError as error:
@@ -416,12 +444,35 @@ class _Converter:
                     f"one layer; name {path!r} itself"
                 )
 
-    def warn(self) -> None:
+    def warn(self, tied: list[list[str]]) -> None:
+        """One warning per kind of thing the conversion could not keep."""
         if self.unsupported:
             warnings.warn(
                 "bnn.convert: no Bayesian counterpart, left deterministic: "
                 + ", ".join(self.unsupported)
                 + " (pass exclude= to silence, or write a VIModule for them)",
+                UserWarning,
+                stacklevel=3,
+            )
+        if self.reparametrised:
+            warnings.warn(
+                "bnn.convert: parametrizations (weight_norm, spectral_norm, ...) "
+                "are not kept: "
+                + ", ".join(self.reparametrised)
+                + " became Bayesian layers of their current effective weights",
+                UserWarning,
+                stacklevel=3,
+            )
+        converted = [
+            group
+            for group in tied
+            if any(self.selected(p.rpartition(".")[0], nn.Module()) for p in group)
+        ]
+        if converted:
+            warnings.warn(
+                "bnn.convert: tied parameters become independent random variables: "
+                + "; ".join(" = ".join(group) for group in converted)
+                + " (exclude= their layers to keep them tied and deterministic)",
                 UserWarning,
                 stacklevel=3,
             )

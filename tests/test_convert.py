@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.convert import MOPED_MIN_SCALE, ConvertedNetwork
+from pyrolite_bnn.distributions.variational import NormalMoments
 
 CLASSES = bnn.Categorical()
 
@@ -468,3 +469,68 @@ def test_converted_custom_class_and_its_export_pickle() -> None:
     assert library == []  # the export needs neither Pyro nor this library
     with torch.no_grad():
         torch.testing.assert_close(_reloaded(plain)(x), plain(x), rtol=0, atol=0)
+
+
+class _ReadsWeight(nn.Module):
+    """One-sample code: the forward reads its layer's weight itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert self.fc.weight.shape[-1] == x.shape[-1]
+        return self.fc(x)
+
+
+def test_reading_a_layers_weight_outside_it_names_the_cause() -> None:
+    """Under local reparameterisation the weight is no tensor: a clear error."""
+    net = bnn.convert(_ReadsWeight())
+    with pytest.raises(AttributeError, match="one-sample code"):
+        net(torch.randn(4, 3), samples=2)
+    moments = NormalMoments(torch.zeros(2, 3), torch.ones(2, 3))
+    with pytest.raises(TypeError, match=r"linear\(\) got NormalMoments"):
+        torch.nn.functional.linear(torch.randn(4, 3), moments)  # type: ignore[arg-type]
+
+
+class _TiedLanguageModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.embed(x)))
+
+
+def test_tied_parameters_warn_that_they_become_independent() -> None:
+    with pytest.warns(
+        UserWarning, match=r"tied parameters .*embed.weight = head.weight"
+    ):
+        net = bnn.convert(_TiedLanguageModel())
+    assert [v.site for v in net.random_variables()] == ["embed.weight", "head.weight"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # kept deterministic: tied, no warning
+        kept = bnn.convert(_TiedLanguageModel(), exclude=["embed", "head"])
+    assert kept.head.weight is kept.embed.weight
+
+
+def test_parametrizations_are_named_and_old_weight_norm_is_refused() -> None:
+    spectral = nn.utils.parametrizations.spectral_norm(nn.Linear(4, 4))
+    with pytest.warns(UserWarning, match=r"parametrizations .* not kept: 0 became"):
+        net = bnn.convert(nn.Sequential(spectral, nn.ReLU()))
+    with torch.no_grad():
+        effective = spectral.weight.clone()
+    torch.testing.assert_close(net[0].posterior["weight"].loc, effective)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation
+        old = nn.utils.weight_norm(nn.Linear(4, 2))
+    with pytest.raises(TypeError, match=r"parametrizations\.weight_norm"):
+        bnn.convert(nn.Sequential(old))
+
+
+def test_recurrent_flatten_parameters_is_accepted() -> None:
+    """A forward calling self.rnn.flatten_parameters() (a torch idiom) runs."""
+    for layer in (bnn.VILSTM(3, 4, batch_first=True), bnn.VIGRU(3, 4)):
+        assert layer.flatten_parameters() is None

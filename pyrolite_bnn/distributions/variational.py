@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -49,11 +49,42 @@ def _check_scale_transform(scale_transform: str) -> str:
     return scale_transform
 
 
+_MOMENTS_READ = (
+    "a Bayesian layer's weight under local reparameterisation (estimator "
+    "'local' or 'auto' on a (batch, features) input) is read by the layer as "
+    "its mean and standard deviation, not as a drawn tensor; and with drawn "
+    "weights a layer's weight holds one tensor per particle (S, 1, *shape). "
+    "Code outside the layer that reads layer.weight (a tied output layer, "
+    "F.linear(x, layer.weight), a shape check) is one-sample code: keep that "
+    "layer deterministic (bnn.convert(..., exclude=[...])), or use "
+    "vi.convert_to_vimodule, which runs such a forward once per particle"
+)
+
+
 class NormalMoments(NamedTuple):
-    """Mean and standard deviation of a mean-field Normal weight tensor."""
+    """Mean and standard deviation of a mean-field Normal weight tensor.
+
+    What a layer reads as its weight under local reparameterisation. Using it
+    as a tensor (``.shape``, ``F.linear(x, moments)``) raises a ``TypeError``
+    that explains why: such code reads a Bayesian layer's weight from outside
+    the layer.
+    """
 
     loc: Tensor
     scale: Tensor
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"'NormalMoments' has no attribute {name!r}: {_MOMENTS_READ}"
+        )
+
+    @classmethod
+    def __torch_function__(
+        cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        raise TypeError(
+            f"{getattr(func, '__name__', func)}() got NormalMoments: {_MOMENTS_READ}"
+        )
 
 
 class Posterior(LocalPyroModule):

@@ -277,6 +277,14 @@ class _VIRNNBase(VIModule):
             return super().unfold_output(out, state), hidden
         return unfold_sequence(out, samples), hidden
 
+    def flatten_parameters(self) -> None:
+        """Do nothing: there is no cuDNN weight buffer to compact.
+
+        Kept so that code written for ``torch.nn.LSTM``/``GRU`` (a ``forward``
+        that calls ``self.rnn.flatten_parameters()``) runs unchanged; torch's
+        method is a no-op off cuDNN too.
+        """
+
     def extra_repr(self) -> str:
         """Constructor arguments (non-defaults only, as ``torch.nn``)."""
         text = f"{self.input_size}, {self.hidden_size}"
