@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._network import collect_variables
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn.distributions.priors import Prior
 
@@ -63,15 +64,13 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
     """Class name, state keys and shapes, weight sites with shapes and families."""
     sites: dict[str, list[int]] = {}
     families: dict[str, str] = {}
-    random_variables = getattr(model, "random_variables", None)
-    if callable(random_variables):
-        for variable in random_variables():
-            sites[variable.site] = list(variable.shape)
-            prior = variable.module.prior[variable.name]
-            assert isinstance(prior, Prior)
-            families[variable.site] = (
-                f"prior {prior.family()}, posterior {type(variable.posterior).__name__}"
-            )
+    for variable in collect_variables(model):  # plain torch roots too
+        sites[variable.site] = list(variable.shape)
+        prior = variable.module.prior[variable.name]
+        assert isinstance(prior, Prior)
+        families[variable.site] = (
+            f"prior {prior.family()}, posterior {type(variable.posterior).__name__}"
+        )
     return {
         "class": type(model).__qualname__,
         "state": {key: _shape(value) for key, value in model.state_dict().items()},

@@ -252,10 +252,13 @@ def test_missing_file_keeps_its_own_error(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "absent.pt", _net())
 
 
-def _prior_net(prior: object) -> bnn.VISequential:
-    return bnn.VISequential(bnn.VILinear(3, 4, prior=prior), nn.ReLU())
+def _prior_net(
+    prior: object, container: type[nn.Sequential] = bnn.VISequential
+) -> nn.Module:
+    return container(bnn.VILinear(3, 4, prior=prior), nn.ReLU())
 
 
+@pytest.mark.parametrize("container", [bnn.VISequential, nn.Sequential])
 @pytest.mark.parametrize(
     "other",
     [
@@ -264,10 +267,13 @@ def _prior_net(prior: object) -> bnn.VISequential:
     ],
     ids=["laplace", "cauchy"],
 )
-def test_different_prior_family_is_refused(tmp_path: Path, other: bnn.Prior) -> None:
+def test_different_prior_family_is_refused(
+    tmp_path: Path, other: bnn.Prior, container: type[nn.Sequential]
+) -> None:
+    """Also for Bayesian layers in a plain torch container (same state keys)."""
     path = tmp_path / "normal.pt"
-    save_checkpoint(path, _prior_net(bnn.NormalPrior(0.0, 1.0)))
-    model = _prior_net(other)
+    save_checkpoint(path, _prior_net(bnn.NormalPrior(0.0, 1.0), container))
+    model = _prior_net(other, container)
     before = _state(model)
     message = (
         r"different prior or posterior family: 0\.weight \(checkpoint: prior "
