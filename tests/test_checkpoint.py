@@ -253,7 +253,7 @@ def test_missing_file_keeps_its_own_error(tmp_path: Path) -> None:
 
 
 def _prior_net(
-    prior: object, container: type[nn.Sequential] = bnn.VISequential
+    prior: object, container: type[nn.Module] = bnn.VISequential
 ) -> nn.Module:
     return container(bnn.VILinear(3, 4, prior=prior), nn.ReLU())
 
@@ -268,7 +268,7 @@ def _prior_net(
     ids=["laplace", "cauchy"],
 )
 def test_different_prior_family_is_refused(
-    tmp_path: Path, other: bnn.Prior, container: type[nn.Sequential]
+    tmp_path: Path, other: bnn.Prior, container: type[nn.Module]
 ) -> None:
     """Also for Bayesian layers in a plain torch container (same state keys)."""
     path = tmp_path / "normal.pt"
