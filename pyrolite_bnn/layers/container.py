@@ -201,6 +201,25 @@ class VISequential(VIModule):
         }
         self._renumber([m for name, m in layers if name not in doomed])
 
+    def __add__(self, other: nn.Sequential | VISequential) -> VISequential:
+        """The modules of both, in order (the modules themselves, not copies)."""
+        return VISequential(*self, *_sequence_of(other, "+"))
+
+    def __iadd__(self, other: nn.Sequential | VISequential) -> VISequential:
+        return self.extend(_sequence_of(other, "+="))
+
+    def __mul__(self, times: int) -> VISequential:
+        """The modules ``times`` times over (the same modules, as ``nn.Sequential``).
+
+        A Bayesian layer repeated shares its weights (one KL term).
+        """
+        return VISequential(*(list(self) * _repeats(times)))
+
+    __rmul__ = __mul__
+
+    def __imul__(self, times: int) -> VISequential:
+        return self.extend(list(self) * (_repeats(times) - 1))
+
     def _renumber(self, layers: list[nn.Module]) -> None:
         """Hold exactly ``layers``, named ``0..n-1`` (site names follow)."""
         for name, _ in self._layers():
@@ -213,6 +232,23 @@ class VISequential(VIModule):
         for module in self:
             input = module(input)
         return input
+
+
+def _sequence_of(other: object, operator: str) -> list[nn.Module]:
+    if not isinstance(other, nn.Sequential | VISequential):
+        raise TypeError(
+            f"VISequential {operator} takes a VISequential or nn.Sequential, got "
+            f"{type(other).__name__}"
+        )
+    return list(other)
+
+
+def _repeats(times: object) -> int:
+    if isinstance(times, bool) or not isinstance(times, int):
+        raise TypeError(f"a VISequential repeats an int number of times, got {times!r}")
+    if times <= 0:
+        raise ValueError(f"non-positive repetition {times} of a VISequential")
+    return times
 
 
 def _residual_from_torch(

@@ -51,3 +51,28 @@ def test_list_methods_reject_bad_input() -> None:
         seq[0] = "relu"  # type: ignore[assignment]
     with pytest.raises(IndexError):
         seq.pop(3)
+
+
+def test_add_and_multiply_match_nn_sequential() -> None:
+    """``+``, ``*``, ``+=``, ``*=`` hold the same modules, as torch's do."""
+    layer = bnn.VILinear(3, 3)
+    seq = bnn.VISequential(layer, nn.Tanh())
+    added = seq + nn.Sequential(nn.ReLU())
+    assert isinstance(added, bnn.VISequential)
+    assert [type(m).__name__ for m in added] == ["VILinear", "Tanh", "ReLU"]
+    assert added[0] is layer
+    for twice in (seq * 2, 2 * seq):
+        assert [m for m in twice] == [layer, seq[1], layer, seq[1]]
+        assert _sites(twice) == ["0.weight", "0.bias"]  # one variable, shared
+        assert twice(torch.randn(4, 3), samples=2).shape == (2, 4, 3)
+    grown = bnn.VISequential(layer)
+    grown += bnn.VISequential(nn.ReLU())
+    grown *= 2
+    assert len(grown) == 4
+    assert grown[2] is layer
+    with pytest.raises(TypeError, match=r"VISequential or nn\.Sequential"):
+        seq + nn.ReLU()  # type: ignore[operator]
+    with pytest.raises(ValueError, match="non-positive"):
+        seq * 0
+    with pytest.raises(TypeError, match="int number"):
+        seq * 1.5  # type: ignore[operator]
