@@ -50,6 +50,32 @@ def _per_row(tensor: Tensor, rows: int, samples: int, what: str) -> Tensor:
     )
 
 
+def _check_mask_shape(
+    mask: Tensor, lengths: tuple[int, int], rows: int, samples: int, heads: int
+) -> None:
+    """Check ``attn_mask`` against torch's shapes ``(Lq, Lk)``, ``(B * heads, Lq, Lk)``.
+
+    A 3-D mask may also be folded, ``(B * S * heads, Lq, Lk)``.
+    """
+    if mask.dim() == 2 and tuple(mask.shape) != lengths:
+        raise ValueError(
+            f"the 2-D attn_mask has shape {tuple(mask.shape)}; expected "
+            f"(target length, source length) = {lengths}"
+        )
+    if mask.dim() == 3:
+        batch = rows // samples
+        leading = {batch * heads, rows * heads}
+        if tuple(mask.shape[1:]) != lengths or mask.shape[0] not in leading:
+            folded = "" if samples == 1 else f" or, folded, {(rows * heads, *lengths)}"
+            raise ValueError(
+                f"the 3-D attn_mask has shape {tuple(mask.shape)}; expected "
+                f"(batch * num_heads, target length, source length) = "
+                f"{(batch * heads, *lengths)}{folded}"
+            )
+    elif mask.dim() != 2:
+        raise ValueError(f"attn_mask must be 2-D or 3-D, got {mask.dim()} dimensions")
+
+
 def _particle_rows(param: Tensor, rows: int) -> Tensor:
     """A ``(..., 1, 1, E)`` parameter as one ``(1, E)`` row per folded example."""
     flat = _flat_particles(param, 1)  # (S, E)
@@ -217,14 +243,11 @@ def multi_head_attention(
         raise ValueError(f"embed_dim {embed} not divisible by num_heads {num_heads}")
 
     if attn_mask is not None:
+        _check_mask_shape(attn_mask, (target, k.shape[1]), rows, samples, num_heads)
         if attn_mask.dim() == 3:
             # (rows * heads, Lq, Lk), shared or folded, as (rows, heads, Lq, Lk).
             per_example = attn_mask.reshape(-1, num_heads, *attn_mask.shape[1:])
             attn_mask = _per_row(per_example, rows, samples, "attn_mask")
-        elif attn_mask.dim() != 2:
-            raise ValueError(
-                f"attn_mask's dimension {attn_mask.dim()} is not supported"
-            )
     if bias_k is not None and bias_v is not None:
         k = torch.cat([k, _particle_rows(bias_k, rows)], 1)
         v = torch.cat([v, _particle_rows(bias_v, rows)], 1)

@@ -223,3 +223,25 @@ class _Classifier(bnn.VIModule):
 def test_loss_equals_pyro_trace_elbo() -> None:
     x, y = torch.randn(6, 5, 4), torch.randint(0, 3, (6,))
     assert_loss_equals_pyro_elbo(_Classifier(), x, y, dataset_size=40)
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (torch.zeros(5, 6), r"2-D attn_mask has shape \(5, 6\); expected .* \(5, 5\)"),
+        (torch.zeros(2, 5, 5), r"3-D attn_mask has shape \(2, 5, 5\); .* \(4, 5, 5\)"),
+        (torch.zeros(4, 5, 6), r"3-D attn_mask has shape \(4, 5, 6\)"),
+        (torch.zeros(1, 1, 5, 5), r"attn_mask must be 2-D or 3-D"),
+    ],
+)
+def test_wrong_mask_shapes_name_the_expected_shape(
+    mask: torch.Tensor, message: str
+) -> None:
+    """As torch's messages do (not a broadcasting error from inside)."""
+    layer = bnn.VIMultiheadAttention(8, 2, batch_first=True)
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match=message):
+        layer(x, x, x, attn_mask=mask, samples=2)
+    encoder = bnn.VITransformerEncoderLayer(8, 2, 16, batch_first=True)
+    with pytest.raises(ValueError, match=message):
+        encoder(x, src_mask=mask, samples=2)
