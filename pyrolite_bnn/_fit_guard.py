@@ -147,12 +147,17 @@ class NaNGuard:
 
         One synchronisation (and one ``all_reduce`` under ``torch.distributed``)
         carries the loss, NLL, KL, whether every gradient is finite and whether
-        the network output was rejected as non-finite on some rank.
+        the network output was rejected as non-finite on some rank. A step
+        whose output was rejected has no NLL and KL: the loss never ran, and
+        ``last_nll``/``last_kl`` are missing (first step) or of an earlier step.
         """
         grads = [p.grad for p in self.params if p.grad is not None]
-        stats = torch.stack(
-            [loss.detach(), self.loss_fn.last_nll, self.loss_fn.last_kl]
-        ).to(torch.float64)
+        value = loss.detach()
+        if output_error is None:
+            nll, kl = self.loss_fn.last_nll, self.loss_fn.last_kl
+        else:
+            nll = kl = torch.full_like(value, math.nan)
+        stats = torch.stack([value, nll, kl]).to(torch.float64)
         flags = torch.stack(
             [
                 _all_finite(grads, stats.device).logical_not(),

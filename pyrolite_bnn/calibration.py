@@ -265,6 +265,10 @@ class _Calibrated(PredictiveDistribution):
         """The base likelihood's alignment."""
         return self.base.align(output, target)
 
+    def check_output(self, output: Tensor) -> None:
+        """The base likelihood's output checks."""
+        self.base.check_output(output)
+
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """The base likelihood's target checks."""
         self.base.check_target(output, target)

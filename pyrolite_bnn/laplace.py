@@ -57,7 +57,12 @@ from torch.func import functional_call, jacrev, vmap
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._scalar_search import minimise_on_interval
-from pyrolite_bnn._validation import check_finite, validation
+from pyrolite_bnn._validation import (
+    check_finite,
+    check_input_dtype,
+    floating_dtype,
+    validation,
+)
 from pyrolite_bnn.distributions.predictive import (
     Bernoulli,
     Categorical,
@@ -134,10 +139,18 @@ def _check_predictive(predictive: PredictiveDistribution) -> None:
         )
 
 
+def _check_dtype(network: nn.Module, x: Tensor) -> None:
+    """The error of a network call for a floating input of another dtype."""
+    check_input_dtype((x,), {}, floating_dtype(network), type(network).__name__)
+
+
 def _batches(
-    x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None
+    x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None, network: nn.Module
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(x, y)`` as one batch, or the ``(x, y)`` batches of a data loader."""
+    """``(x, y)`` as one batch, or the ``(x, y)`` batches of a data loader.
+
+    Each batch is checked: shapes, and the inputs' dtype against ``network``.
+    """
     if hasattr(x, "__array__") and not isinstance(x, Tensor):
         raise TypeError(
             f"laplace needs torch tensors, got x of type {type(x).__name__}; "
@@ -158,6 +171,7 @@ def _batches(
             )
         if x.shape[0] == 0:
             raise ValueError("laplace: the batch is empty (x has 0 examples)")
+        _check_dtype(network, x)
         yield x, y
         return
     if y is not None:
@@ -171,7 +185,7 @@ def _batches(
                 "laplace needs a DataLoader of (x, y) batches, got a batch of type "
                 f"{type(batch).__name__}"
             )
-        yield from _batches(batch[0], batch[1])
+        yield from _batches(batch[0], batch[1], network)
 
 
 def _expansion_network(model: nn.Module) -> nn.Module:
@@ -294,7 +308,7 @@ class LinearizedLaplace(nn.Module):
         log_likelihood = torch.zeros_like(self.log_likelihood)
         predictive = self.predictive
         with torch.no_grad():
-            for xb, yb in _batches(x, y):
+            for xb, yb in _batches(x, y, self.network):
                 self.input_shape = tuple(xb.shape[1:])
                 output = self._function(xb)(self.theta)
                 if output.shape[0] != xb.shape[0]:
@@ -530,6 +544,7 @@ class LinearizedLaplace(nn.Module):
         """Inputs ``(B, ...)`` shaped like the examples the posterior was fitted on."""
         if not isinstance(x, Tensor) or x.dim() == 0:
             raise ValueError("LinearizedLaplace needs inputs x of shape (B, ...)")
+        _check_dtype(self.network, x)
         fitted = self.input_shape
         if fitted is not None and tuple(x.shape[1:]) != fitted:
             raise ValueError(
@@ -561,15 +576,19 @@ class LinearizedLaplace(nn.Module):
             return self._function(xi.unsqueeze(0))(theta).reshape(-1)
 
         check_finite(x, "laplace input")
+        if not len(x):  # vmap maps over at least one input
+            with torch.no_grad():
+                out = self._function(x)(self.theta)
+            return self.theta.new_zeros(0, math.prod(out.shape[1:]), len(self.theta))
         with validation(False):  # no data-dependent checks under vmap
             result: Tensor = vmap(jacrev(single), in_dims=(None, 0))(self.theta, x)
         return result
 
     def _jacobian_chunk(self, x: Tensor) -> int:
         """Inputs per chunk so that a chunk's Jacobian has ~2**24 entries."""
-        with torch.no_grad():
+        with torch.no_grad():  # an empty x has no outputs: any chunk size will do
             outputs = self._function(x[:1])(self.theta).numel()
-        return max(1, _JACOBIAN_ENTRIES // (outputs * self.num_parameters))
+        return max(1, _JACOBIAN_ENTRIES // (max(outputs, 1) * self.num_parameters))
 
     def output_covariance(self, x: Tensor) -> Tensor:
         """Exact covariance ``J(x) Sigma J(x)^T`` of the linearised outputs.
@@ -607,7 +626,7 @@ class LinearizedLaplace(nn.Module):
         step = batch_size or self._jacobian_chunk(x[:1])
         chunks = []
         with torch.no_grad():
-            for start in range(0, x.shape[0], step):
+            for start in range(0, max(x.shape[0], 1), step):  # empty x: one chunk
                 xb = x[start : start + step]
                 centre = self._function(xb)(self.theta)
                 moved = torch.einsum("bkp,sp->sbk", self.jacobian(xb), deltas)
@@ -706,7 +725,8 @@ def laplace(
     Raises:
         NotImplementedError: for another likelihood.
         ValueError: for more than ``max_parameters`` weights, inconsistent
-            data, an unknown ``subset`` or an invalid ``prior_precision``.
+            data, inputs of another floating dtype than the network's, an
+            unknown ``subset`` or an invalid ``prior_precision``.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -725,7 +745,7 @@ def laplace(
     if prior_precision != "marglik":
         _check_prior_precision(prior_precision)
     network = _expansion_network(model)
-    batches = _batches(x, y)
+    batches = _batches(x, y, network)
     first = next(batches, None)
     if first is None:
         raise ValueError("laplace needs at least one (x, y) batch")

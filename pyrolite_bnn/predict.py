@@ -70,7 +70,9 @@ class Prediction:
 
     Every summary comes from the likelihood (``predictive``): per-particle
     class probabilities or moments, averaged over the particles here, and
-    quantiles of the particle mixture.
+    quantiles of the particle mixture. The likelihood checks the shape of
+    ``samples`` on creation
+    (:meth:`~pyrolite_bnn.PredictiveDistribution.check_output`).
 
     Attributes:
         samples: raw network outputs per particle, ``(S, B, ...)``.
@@ -85,6 +87,10 @@ class Prediction:
 
     samples: Tensor
     predictive: PredictiveDistribution
+
+    def __post_init__(self) -> None:
+        """Refuse outputs the likelihood cannot read (``ValueError``)."""
+        self.predictive.check_output(self.samples)
 
     # ------------------------------------------------------------ classification
     @property
@@ -131,7 +137,8 @@ class Prediction:
     @property
     def epistemic_var(self) -> Tensor:
         """Variance of the particle means (model uncertainty)."""
-        return self._moments()[0].var(0, unbiased=False)
+        means = self._moments()[0]  # not Tensor.var: it warns on an empty batch
+        return (means - means.mean(0)).square().mean(0)
 
     @property
     def variance(self) -> Tensor:

@@ -9,7 +9,8 @@ gradients.
 
 Epochs and steps are counted from 0 everywhere (``heat_schedule(epoch)``,
 callbacks, checkpoints, error messages); the progress display shows
-``epoch 1/E`` for the first epoch.
+``epoch 1/E`` for the first epoch. A run resumed from a checkpoint
+(``initial_epoch=``) goes on counting where the checkpoint left off.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ __all__ = ["History", "fit", "linear_warmup"]
 class History:
     """Per-epoch record of a :func:`fit` run.
 
+    The lists hold one value per epoch run by the call, the first for epoch
+    ``initial_epoch`` (0 unless :func:`fit` resumed a run); the epoch numbers
+    (``epochs_run``, ``best_epoch``) count the resumed epochs too.
+
     Attributes:
         loss: mean over the epoch's batches of the training loss (the negative
             ELBO divided by ``N`` with the default ``reduction="mean"``, with the
@@ -49,7 +54,8 @@ class History:
             validation examples, ``-log(1/S sum_s p(y | x, w_s))`` (nats per
             example); empty without ``val_loader``.
         heat: ``loss_fn.heat`` during each epoch.
-        epochs_run: number of completed epochs.
+        epochs_run: number of completed epochs (with ``initial_epoch``: the
+            index of the last completed epoch plus one).
         best_epoch: epoch with the lowest ``val_loss`` (``None`` without
             validation).
         stopped_early: whether early stopping or a callback ended the run
@@ -183,14 +189,31 @@ def _validation_nll(
 
 
 def _check_arguments(
+    loss_fn: object,
     epochs: int,
+    initial_epoch: int,
     val_loader: Iterable[Any] | None,
     clip_grad_norm: float | None,
     early_stopping_patience: int | None,
     heat_schedule: Callable[[int], float] | None,
 ) -> None:
+    if not isinstance(loss_fn, KullbackLeiblerLoss):
+        raise TypeError(
+            "fit needs a bnn.KullbackLeiblerLoss as loss_fn (it sets the loss's "
+            "heat, reads its data and KL terms and validates with its "
+            f"likelihood), got {type(loss_fn).__name__}"
+        )
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if (
+        isinstance(initial_epoch, bool)
+        or not isinstance(initial_epoch, int)
+        or not 0 <= initial_epoch <= epochs
+    ):
+        raise ValueError(
+            f"initial_epoch must be an integer in [0, epochs={epochs}], got "
+            f"{initial_epoch!r}"
+        )
     if clip_grad_norm is not None and not (
         math.isfinite(clip_grad_norm) and clip_grad_norm > 0
     ):
@@ -217,8 +240,9 @@ def _check_arguments(
 class _EarlyStopping:
     """Tracks the best validation loss; keeps that epoch's state when asked to."""
 
-    def __init__(self, patience: int | None) -> None:
+    def __init__(self, patience: int | None, initial_epoch: int) -> None:
         self.patience = patience
+        self.initial_epoch = initial_epoch
         self.best_loss = math.inf
         self.best: tuple[dict[str, Any], dict[str, Any]] | None = None
 
@@ -244,7 +268,9 @@ class _EarlyStopping:
         """Whether ``patience`` epochs passed without improvement."""
         if self.patience is None:
             return False
-        best_epoch = -1 if history.best_epoch is None else history.best_epoch
+        best_epoch = (
+            self.initial_epoch - 1 if history.best_epoch is None else history.best_epoch
+        )
         return epoch - best_epoch >= self.patience
 
     def restore(self, model: nn.Module, loss_fn: KullbackLeiblerLoss) -> None:
@@ -354,6 +380,7 @@ def fit(
     clip_grad_norm: float | None = None,
     checkpoint_path: str | os.PathLike[str] | None = None,
     early_stopping_patience: int | None = None,
+    initial_epoch: int = 0,
 ) -> History:
     """Train a Bayesian network by minimising ``loss_fn`` (the negative ELBO).
 
@@ -388,6 +415,22 @@ def fit(
     and progress and checkpoints (of the unwrapped network) come from rank 0
     only. ``dataset_size`` is the global number of examples.
 
+    Resuming from a checkpoint: load it with
+    :func:`~pyrolite_bnn.checkpoint.load_checkpoint` into the model, the loss
+    and an optimizer of the same kinds (give that optimizer to ``fit``; the
+    default one is ``Adam([*model.parameters(), *loss_fn.parameters()],
+    lr=1e-3)``), then call ``fit`` with the same ``epochs`` and
+    ``heat_schedule`` and ``initial_epoch=info["epoch"] + 1``. Epochs
+    ``initial_epoch`` to ``epochs - 1`` run with the heat, the epoch numbers
+    (callbacks, checkpoints, :class:`History`, the sampler's ``set_epoch``)
+    of the uninterrupted run. The parameters end exactly as in that run if
+    the random-number generators are also back in their state at the end of
+    epoch ``initial_epoch - 1``: checkpoints do not hold it, so keep it
+    yourself (e.g. ``torch.get_rng_state()``, and
+    ``torch.cuda.get_rng_state_all()`` on a GPU, in a callback) and restore
+    it before the call. Early stopping starts afresh: it knows only the
+    resumed epochs' validation losses.
+
     Args:
         model: the network (a :class:`~pyrolite_bnn.VIModule`, or a module
             returning one's output, such as its ``DistributedDataParallel``
@@ -397,7 +440,8 @@ def fit(
             tuples...), iterated once per epoch: ``(x, y)`` pairs, or mappings
             holding the input under ``"x"`` or ``"input"`` and the target
             under ``"y"`` or ``"target"`` (other keys are ignored).
-        epochs: number of epochs.
+        epochs: number of epochs of the whole run, the last being
+            ``epochs - 1`` (also when resuming with ``initial_epoch``).
         optimizer: the optimizer, used as is; default
             ``Adam([*model.parameters(), *loss_fn.parameters()], lr=1e-3)`` (the
             likelihood may own a learned noise scale).
@@ -421,11 +465,15 @@ def fit(
         early_stopping_patience: stop when ``val_loss`` has not improved for
             this many epochs; at the end of training the model and loss states
             of the best epoch are restored (needs ``val_loader``).
+        initial_epoch: the first epoch to run, to resume a run whose epochs
+            before it are done (see above); ``0 <= initial_epoch <= epochs``.
 
     Returns:
         The :class:`History`.
 
     Raises:
+        TypeError: if ``loss_fn`` is not a
+            :class:`~pyrolite_bnn.KullbackLeiblerLoss`.
         ValueError: for invalid arguments (early stopping without
             ``val_loader``, an empty loader, a negative heat, a batch in
             another format...).
@@ -448,7 +496,13 @@ def fit(
         (3, 3, [0.0, 0.5, 1.0])
     """
     _check_arguments(
-        epochs, val_loader, clip_grad_norm, early_stopping_patience, heat_schedule
+        loss_fn,
+        epochs,
+        initial_epoch,
+        val_loader,
+        clip_grad_norm,
+        early_stopping_patience,
+        heat_schedule,
     )
     ranks = Ranks(model)
     if checkpoint_path is not None:
@@ -465,11 +519,11 @@ def fit(
     unsynced = [p for p in guard.params if ranks.distributed and id(p) not in synced]
     train_loader = ranks.shard(train_loader, "train_loader")
     display = Progress(progress and ranks.main, epochs, train_loader)
-    history = History()
-    stopping = _EarlyStopping(early_stopping_patience)
+    history = History(epochs_run=initial_epoch)
+    stopping = _EarlyStopping(early_stopping_patience, initial_epoch)
     was_training = model.training
     try:
-        for epoch in range(epochs):
+        for epoch in range(initial_epoch, epochs):
             if heat_schedule is not None:
                 loss_fn.heat = check_heat(
                     heat_schedule(epoch), f"the heat of heat_schedule({epoch})"

@@ -236,3 +236,12 @@ def test_factor_at_the_search_limit_warns() -> None:
     with pytest.warns(UserWarning, match="at the search limit"):
         cal = bnn.VarianceScaling().fit(outputs, y, bnn.Normal(scale=1e-6))
     assert float(cal.factor) == pytest.approx(math.exp(30.0), rel=0.1)
+
+
+def test_calibrated_likelihood_checks_outputs_as_its_base() -> None:
+    wrapped = bnn.TemperatureScaling(2.0).wrap(CLASSES)
+    with pytest.raises(ValueError, match=r"Categorical expects logits"):
+        wrapped.check_output(torch.zeros(4, 3))
+    stretched = bnn.VarianceScaling(2.0).wrap(bnn.HeteroscedasticNormal())
+    with pytest.raises(ValueError, match=r"HeteroscedasticNormal"):
+        stretched.check_output(torch.zeros(4, 3, 3))

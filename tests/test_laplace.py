@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -343,6 +343,43 @@ def test_bad_arguments() -> None:
     for mode in ("sample", "mean"):
         with pytest.raises(ValueError, match=r"fitted on inputs of shape \(N, 2\)"):
             la.predict(torch.randn(4, 3), mode=mode)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_input_dtype_must_match_the_network(
+    subset: Literal["all", "last_layer"],
+) -> None:
+    """The clear message of the loss and of ``predict``, not torch's matmul error."""
+    net, normal = (
+        nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)),
+        bnn.Normal(1.0),
+    )
+    x, y = torch.randn(8, 2), torch.randn(8)
+    match = r"input 0 of Sequential has dtype torch.float64, but the network's"
+    with pytest.raises(ValueError, match=match):
+        bnn.laplace(net, x.double(), y, normal, subset=subset)
+    la = bnn.laplace(net, x, y, normal, subset=subset)
+    with pytest.raises(ValueError, match=match):
+        la.predict(x.double())
+    with pytest.raises(ValueError, match=match):
+        la.fit_prior_precision(x.double(), y)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"batch_size": 2}, {"mode": "mean"}],
+    ids=["whole", "chunks", "mean"],
+)
+def test_predict_on_an_empty_batch(options: dict[str, Any]) -> None:
+    net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 3))
+    x, y = torch.randn(10, 2), torch.randint(0, 3, (10,))
+    la = bnn.laplace(net, x, y, bnn.Categorical())
+    pred = la.predict(x[:0], samples=5, **options)
+    assert pred.samples.shape == (1 if options.get("mode") else 5, 0, 3)
+    assert pred.probs.shape == (0, 3)
+    assert pred.entropy.shape == (0,)
+    assert la.jacobian(x[:0]).shape == (0, 3, la.num_parameters)
+    assert la.output_covariance(x[:0]).shape == (0, 3, 3)
 
 
 def test_vi_network_expands_at_the_posterior_means() -> None:

@@ -127,6 +127,55 @@ def test_predict_errors() -> None:
         _ = Prediction(torch.zeros(2, 3), bnn.Normal(scale=1.0)).probs
 
 
+class _Squeezed(bnn.VIModule):
+    """A network whose output has no class dimension, ``(S, B)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VILinear(2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.body(x)
+        return out.squeeze(-1)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "likelihood", "match"),
+    [
+        (3, bnn.HeteroscedasticNormal(), r"output \(S, B, \.\.\., 2\)"),
+        (1, bnn.HeteroscedasticNormal(), r"output \(S, B, \.\.\., 2\)"),
+        (0, bnn.Categorical(), r"logits of shape \(S, B, classes\)"),
+    ],
+    ids=["HeteroscedasticNormal-3", "HeteroscedasticNormal-1", "Categorical"],
+)
+def test_predict_refuses_outputs_the_likelihood_cannot_read(
+    outputs: int, likelihood: bnn.PredictiveDistribution, match: str
+) -> None:
+    """As the loss does: no summary from two of three columns, or a softmax
+    over the batch of an output without a class dimension (``outputs=0``)."""
+    net = bnn.VILinear(2, outputs) if outputs else _Squeezed()
+    with pytest.raises(ValueError, match=match):
+        bnn.predict(net, torch.randn(5, 2), likelihood, samples=4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"batch_size": 2}, {"mode": "mean"}],
+    ids=["whole", "chunks", "mean"],
+)
+def test_predict_on_an_empty_batch(options: dict[str, Any]) -> None:
+    net = bnn.VISequential(bnn.VILinear(3, 4), torch.nn.Tanh(), bnn.VILinear(4, 1))
+    pred = bnn.predict(net, torch.zeros(0, 3), bnn.Normal(scale=1.0), 5, **options)
+    assert pred.samples.shape == (1 if options.get("mode") else 5, 0, 1)
+    for summary in (pred.mean, pred.variance, *pred.interval(0.9)):
+        assert summary.shape == (0,)
+    labels = bnn.predict(
+        bnn.VILinear(3, 4), torch.zeros(0, 3), bnn.Categorical(), 5, **options
+    )
+    assert labels.probs.shape == (0, 4)
+    assert labels.mutual_information.shape == (0,)
+
+
 def test_each_particle_is_one_network() -> None:
     """Even with the local estimator (training default), a predictive particle is
     one draw of all weights: identical inputs get identical outputs."""

@@ -260,6 +260,19 @@ def test_invalid_arguments() -> None:
         fit(model, loss_fn, [], epochs=1, progress=False)
     with pytest.raises(ValueError, match=r"\(x, y\) pairs"):
         fit(model, loss_fn, [x], epochs=1, progress=False)
+    for initial_epoch in (-1, 3, 1.0):
+        with pytest.raises(
+            ValueError, match=r"initial_epoch must be .* \[0, epochs=2\]"
+        ):
+            fit(model, loss_fn, batches, epochs=2, initial_epoch=initial_epoch)  # type: ignore[arg-type]
+
+
+def test_fit_needs_a_kullback_leibler_loss() -> None:
+    x, y = _data()
+    with pytest.raises(
+        TypeError, match=r"fit needs a bnn\.KullbackLeiblerLoss .* MSELoss"
+    ):
+        fit(_net(), nn.MSELoss(), _batches(x, y), epochs=1, progress=False)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------ heat schedule
@@ -445,6 +458,31 @@ def test_nan_output_rejected_by_likelihood_becomes_floating_point_error() -> Non
     _assert_same_state(_state(model), recorder.states[0])
 
 
+class _RejectsNonFinite(bnn.Categorical):
+    """A likelihood that refuses non-finite network outputs (``ValueError``)."""
+
+    def check_target(self, output: Tensor, target: Tensor) -> None:
+        super().check_target(output, target)
+        if not bool(torch.isfinite(output).all()):
+            raise ValueError("network output is not finite")
+
+
+@pytest.mark.parametrize("after", [0, 5], ids=["first step", "later step"])
+def test_output_rejected_by_the_likelihood_at_any_step(after: int) -> None:
+    """The loss never ran for the rejected output: its NLL and KL are not read
+    (missing on the first step, of an earlier step later)."""
+    x, y = _data()
+    model = _Breakable("output", after=after)
+    before = _state(model)
+    loss_fn = bnn.KullbackLeiblerLoss(_RejectsNonFinite(), dataset_size=N)
+    with pytest.raises(FloatingPointError, match="non-finite network output") as info:
+        fit(model, loss_fn, _batches(x, y), epochs=3, progress=False)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert f"epoch {after // 4}, step {after % 4}" in str(info.value)
+    if after == 0:
+        _assert_same_state(_state(model), before)
+
+
 def test_invalid_input_is_not_reported_as_divergence() -> None:
     x, y = _data()
     x[0, 0] = float("nan")
@@ -518,6 +556,82 @@ def test_fit_writes_a_checkpoint_every_epoch(tmp_path: Path) -> None:
     info = load_checkpoint(path, _net(), loss_fn=_loss())
     assert info["extra"]["history"]["loss"] == history.loss
     assert info["version"] == bnn.__version__
+
+
+def test_resume_from_a_checkpoint_continues_the_run(tmp_path: Path) -> None:
+    """Stopped after epoch 1 and resumed with ``initial_epoch=2``, a run ends
+    with exactly the parameters, heats and losses of an uninterrupted one
+    (the generators' state restored by the caller, as documented)."""
+    x, y = _data()
+    batches, val = _batches(x, y), _batches(*_data(seed=1), 32)
+    path = tmp_path / "run.pt"
+    schedule = linear_warmup(3)
+    options: dict[str, Any] = {
+        "heat_schedule": schedule,
+        "val_loader": val,
+        "progress": False,
+    }
+    torch.manual_seed(1)
+    whole_model = _net()
+    whole = fit(whole_model, _loss(), batches, epochs=5, **options)
+    options["checkpoint_path"] = path
+
+    rng_states: list[Tensor] = []
+
+    class KeepGenerator:
+        def on_epoch_end(self, epoch: int, history: History, model: nn.Module) -> None:
+            rng_states.append(torch.get_rng_state())
+
+    torch.manual_seed(1)
+    first = fit(_net(), _loss(), batches, 2, callbacks=[KeepGenerator()], **options)
+    model, loss_fn = _net(), _loss()
+    optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=1e-3)
+    info = load_checkpoint(path, model, optimizer, loss_fn)
+    torch.set_rng_state(rng_states[info["epoch"]])
+    recorder = _Recorder()
+    resumed = fit(
+        model,
+        loss_fn,
+        batches,
+        epochs=5,
+        optimizer=optimizer,
+        initial_epoch=info["epoch"] + 1,
+        callbacks=[recorder],
+        **options,
+    )
+    _assert_same_state(_state(model), _state(whole_model))
+    assert recorder.epochs == [2, 3, 4]
+    assert resumed.heat == whole.heat[2:] == [schedule(e) for e in (2, 3, 4)]
+    assert first.loss + resumed.loss == whole.loss
+    assert first.val_loss + resumed.val_loss == whole.val_loss
+    assert resumed.epochs_run == 5
+    assert load_checkpoint(path, _net())["epoch"] == 4
+
+
+def test_early_stopping_patience_counts_from_initial_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without any improvement (NaN validation losses), a resumed run stops
+    after ``patience`` of its own epochs, as a run from epoch 0 does."""
+    monkeypatch.setattr(
+        sys.modules["pyrolite_bnn.training"], "_validation_nll", lambda *_: math.nan
+    )
+    x, y = _data()
+    for initial_epoch in (0, 3):
+        history = fit(
+            _net(),
+            _loss(),
+            _batches(x, y),
+            epochs=8,
+            val_loader=_batches(x, y),
+            early_stopping_patience=2,
+            initial_epoch=initial_epoch,
+            progress=False,
+        )
+        assert history.stopped_early
+        assert history.best_epoch is None
+        assert len(history.loss) == 2
+        assert history.epochs_run == initial_epoch + 2
 
 
 # ------------------------------------------------------------------ progress

@@ -10,9 +10,12 @@ the posterior predictive for :class:`~pyrolite_bnn.predict.Prediction`:
 * of the mixture over particles: :meth:`~PredictiveDistribution.predictive_mean`
   and :meth:`~PredictiveDistribution.quantile`.
 
-A summary a likelihood cannot give raises: ``AttributeError`` for class
-probabilities of a regression likelihood and moments of a classification one,
-``NotImplementedError`` for quantiles without a closed-form mixture CDF.
+Every method that reads a network output first checks its shape
+(:meth:`~PredictiveDistribution.check_output`), so the loss and the summaries
+refuse the same outputs with the same message. A summary a likelihood cannot
+give raises: ``AttributeError`` for class probabilities of a regression
+likelihood and moments of a classification one, ``NotImplementedError`` for
+quantiles without a closed-form mixture CDF.
 """
 
 from __future__ import annotations
@@ -55,6 +58,19 @@ def _location(output: Tensor) -> Tensor:
 
 def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
+
+
+def _check_real_target(likelihood: PredictiveDistribution, target: Tensor) -> None:
+    """Regression targets are real numbers: a floating or integer dtype.
+
+    Integer targets take part in the loss as numbers (torch promotes them to
+    the output's floating dtype); ``bool`` and complex ones are refused.
+    """
+    if target.dtype == torch.bool or target.is_complex():
+        raise ValueError(
+            f"{type(likelihood).__name__} targets must be real numbers (a floating "
+            f"or integer dtype), got dtype {target.dtype}"
+        )
 
 
 _BISECTION_STEPS = 60
@@ -117,6 +133,31 @@ class PredictiveDistribution(LocalPyroModule):
             f"{(output.shape[1], *output.shape[2:])}"
         )
 
+    def check_output(self, output: Tensor) -> None:
+        """Refuse a network output this likelihood cannot read.
+
+        Called by every method that reads an output (the loss's
+        :meth:`log_likelihood`, :meth:`forward`, the summaries), whether
+        validation is on or not: a shape check needs no synchronisation. The
+        base class needs ``(S, B, ...)``; subclasses that index a class or
+        parameter dimension require it too.
+
+        Raises:
+            ValueError: naming the expected and the given shape.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.Categorical().check_output(torch.zeros(4, 3))
+            Traceback (most recent call last):
+            ...
+            ValueError: Categorical expects logits of shape (S, B, classes), got (4, 3)
+        """
+        if output.dim() < 2:
+            raise ValueError(
+                f"{type(self).__name__} expects network output of shape (S, B, ...), "
+                f"got {_shape(output)}"
+            )
+
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Validate targets (batch size, values); raises ``ValueError``."""
         if target.dim() == 0 or target.shape[0] != output.shape[1]:
@@ -132,11 +173,7 @@ class PredictiveDistribution(LocalPyroModule):
 
     def forward(self, output: Tensor) -> dist.TorchDistribution:
         """``p(y | output)`` with batch shape ``(S, B)``."""
-        if output.dim() < 2:
-            raise ValueError(
-                f"{type(self).__name__} expects network output of shape (S, B, ...), "
-                f"got {_shape(output)}"
-            )
+        self.check_output(output)
         return self.distribution(output)
 
     def observe(
@@ -228,11 +265,7 @@ class PredictiveDistribution(LocalPyroModule):
         )
 
     def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        if output.dim() < 2:
-            raise ValueError(
-                f"{type(self).__name__} expects network output of shape (S, B, ...), "
-                f"got {_shape(output)}"
-            )
+        self.check_output(output)
         if is_validation_enabled():
             self.check_target(output, target)
         return self.align(output, target)
@@ -263,13 +296,17 @@ class Categorical(_ClassificationLikelihood):
         """Class dimension last; labels ``(B, ...)`` need no alignment."""
         return output, target
 
-    def check_target(self, output: Tensor, target: Tensor) -> None:
-        """Labels must be integers in ``[0, C)`` of shape ``(B, ...)``."""
+    def check_output(self, output: Tensor) -> None:
+        """Logits ``(S, B, ..., C)``: a class dimension after the batch."""
         if output.dim() < 3:
             raise ValueError(
                 "Categorical expects logits of shape (S, B, classes), got "
                 f"{_shape(output)}"
             )
+
+    def check_target(self, output: Tensor, target: Tensor) -> None:
+        """Labels must be integers in ``[0, C)`` of shape ``(B, ...)``."""
+        self.check_output(output)
         if target.is_floating_point() or target.dtype == torch.bool:
             raise ValueError(
                 "Categorical targets must be integer class labels, got dtype "
@@ -309,22 +346,13 @@ class Categorical(_ClassificationLikelihood):
         if type(self).distribution is not Categorical.distribution:
             return super().log_likelihood(output, target)
         output, target = self._checked(output, target)
-        if output.dim() < 3:
-            raise ValueError(
-                "Categorical expects logits of shape (S, B, classes), got "
-                f"{_shape(output)}"
-            )
         index = target.long().unsqueeze(-1).expand(*output.shape[:-1], 1)
         log_p = output.log_softmax(-1).gather(-1, index).squeeze(-1)
         return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """``Categorical(logits=output)``."""
-        if output.dim() < 3:
-            raise ValueError(
-                "Categorical expects logits of shape (S, B, classes), got "
-                f"{_shape(output)}"
-            )
+        self.check_output(output)
         result: dist.TorchDistribution = dist.Categorical(logits=output).to_event(
             output.dim() - 3
         )
@@ -338,6 +366,7 @@ class Categorical(_ClassificationLikelihood):
             >>> bnn.Categorical().class_probs(torch.zeros(4, 3, 5)).shape
             torch.Size([4, 3, 5])
         """
+        self.check_output(output)
         return output.softmax(-1)
 
 
@@ -380,6 +409,7 @@ class Bernoulli(_ClassificationLikelihood):
             >>> bnn.Bernoulli().class_probs(torch.zeros(4, 3, 1)).shape
             torch.Size([4, 3, 2])
         """
+        self.check_output(output)
         p1 = torch.sigmoid(_location(output))
         return torch.stack([1 - p1, p1], dim=-1)
 
@@ -401,6 +431,11 @@ class _ScaleLikelihood(PredictiveDistribution):
             setattr(self, "raw_scale", PyroParam(raw, constraints.real))  # noqa: B010
         else:
             self.register_buffer("fixed_scale", torch.tensor(float(value)))
+
+    def check_target(self, output: Tensor, target: Tensor) -> None:
+        """Targets must be real numbers (not ``bool`` or complex), finite."""
+        super().check_target(output, target)
+        _check_real_target(self, target)
 
     def noise_scale(self) -> Tensor:
         """Scale of the observation noise (a standard deviation for ``Normal``)."""
@@ -447,6 +482,7 @@ class Normal(_ScaleLikelihood):
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Per-particle mean and noise variance of ``y``, ``(S, B, ...)`` each."""
+        self.check_output(output)
         loc = _location(output)
         return loc, (self.noise_scale().to(loc) ** 2).expand_as(loc)
 
@@ -466,8 +502,10 @@ class StudentT(_ScaleLikelihood):
     """Robust regression: ``y ~ StudentT(df, loc=output, scale)``.
 
     Heavy-tailed noise for data with outliers. Shapes as :class:`Normal`.
-    Prediction gives the mean and variance (variance needs ``df > 2``); its
-    intervals assume Gaussian components and are not offered.
+    Prediction gives the mean and variance where they exist, with the
+    convention of :class:`torch.distributions.StudentT`: for ``df <= 1`` the
+    mean and the variance are NaN, for ``1 < df <= 2`` the variance is
+    ``inf``. Intervals assume Gaussian components and are not offered.
 
     Args:
         df: degrees of freedom (fixed, positive).
@@ -499,14 +537,23 @@ class StudentT(_ScaleLikelihood):
         return result
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-particle mean and noise variance (``inf`` for ``df <= 2``)."""
+        """Per-particle mean and noise variance, ``(S, B, ...)`` each.
+
+        Those of :class:`torch.distributions.StudentT`: the mean is NaN for
+        ``df <= 1``; the variance is NaN for ``df <= 1`` and ``inf`` for
+        ``1 < df <= 2``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.StudentT(df=1.0, scale=1.0).moments(torch.zeros(1, 2))
+            (tensor([[nan, nan]]), tensor([[nan, nan]]))
+        """
+        self.check_output(output)
         loc = _location(output)
-        df = self.df.to(loc)
-        scale = self.noise_scale().to(loc)
-        var = torch.where(
-            df > 2, scale**2 * df / (df - 2), torch.full_like(df, math.inf)
+        noise = dist.StudentT(
+            self.df.to(loc), loc, self.noise_scale().to(loc), validate_args=False
         )
-        return loc, var.expand_as(loc)
+        return noise.mean, noise.variance
 
 
 class Poisson(PredictiveDistribution):
@@ -543,6 +590,7 @@ class Poisson(PredictiveDistribution):
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Per-particle mean and variance, both the rate."""
+        self.check_output(output)
         rate = _location(output).exp()
         return rate, rate
 
@@ -555,7 +603,8 @@ class HeteroscedasticNormal(PredictiveDistribution):
     scalar targets ``(B,)``, ``(S, B, D, 2)`` for targets ``(B, D)``.
 
     Args:
-        min_scale: lower bound of the predicted standard deviation.
+        min_scale: lower bound of the predicted standard deviation, a finite
+            number ``>= 0``.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -565,9 +614,16 @@ class HeteroscedasticNormal(PredictiveDistribution):
 
     def __init__(self, min_scale: float = 1e-6) -> None:
         super().__init__()
-        if not min_scale >= 0:
-            raise ValueError(f"min_scale must be >= 0, got {min_scale!r}")
-        self.min_scale = min_scale
+        if not (
+            isinstance(min_scale, (int, float))
+            and min_scale >= 0
+            and math.isfinite(min_scale)
+        ):
+            raise ValueError(
+                "HeteroscedasticNormal min_scale must be a finite float >= 0, got "
+                f"{min_scale!r}"
+            )
+        self.min_scale = float(min_scale)
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Match targets ``(B, ...)`` (or ``(B, 1)`` for a scalar) with the mean."""
@@ -582,13 +638,21 @@ class HeteroscedasticNormal(PredictiveDistribution):
             f"{(output.shape[1], *mean_shape)}"
         )
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
-        """``Normal(mean, softplus(raw_scale) + min_scale)``."""
+    def check_target(self, output: Tensor, target: Tensor) -> None:
+        """Targets must be real numbers (not ``bool`` or complex), finite."""
+        super().check_target(output, target)
+        _check_real_target(self, target)
+
+    def check_output(self, output: Tensor) -> None:
+        """Outputs ``(S, B, ..., 2)``: the last dimension holds mean and raw scale."""
         if output.dim() < 3 or output.shape[-1] != 2:
             raise ValueError(
                 "HeteroscedasticNormal expects output (S, B, ..., 2) holding (mean, "
                 f"raw scale), got {_shape(output)}"
             )
+
+    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+        """``Normal(mean, softplus(raw_scale) + min_scale)``."""
         loc, scale = self.loc_scale(output)
         result: dist.TorchDistribution = dist.Normal(loc, scale).to_event(loc.dim() - 2)
         return result
@@ -610,4 +674,5 @@ class HeteroscedasticNormal(PredictiveDistribution):
 
     def loc_scale(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation from the raw output."""
+        self.check_output(output)
         return output[..., 0], F.softplus(output[..., 1]) + self.min_scale

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import pytest
@@ -60,6 +62,38 @@ def test_heteroscedastic() -> None:
         bnn.HeteroscedasticNormal()(torch.randn(4, 3, 3))
 
 
+def test_heteroscedastic_min_scale_is_a_finite_number() -> None:
+    assert bnn.HeteroscedasticNormal(min_scale=0).min_scale == 0.0
+    for bad in (math.inf, math.nan, -0.1, "0.1", None):
+        with pytest.raises(ValueError, match="min_scale must be a finite float >= 0"):
+            bnn.HeteroscedasticNormal(min_scale=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "raw"),
+    [
+        (bnn.Normal(scale=1.0), torch.randn(4, 3, 1)),
+        (bnn.StudentT(scale=1.0), torch.randn(4, 3, 1)),
+        (bnn.HeteroscedasticNormal(), torch.randn(4, 3, 2)),
+    ],
+    ids=["Normal", "StudentT", "HeteroscedasticNormal"],
+)
+def test_gaussian_likelihoods_take_real_targets(
+    likelihood: bnn.PredictiveDistribution, raw: torch.Tensor
+) -> None:
+    """Integers count as numbers; ``bool`` and complex targets are refused."""
+    counts = torch.tensor([0, 2, 5])
+    torch.testing.assert_close(
+        likelihood.log_likelihood(raw, counts),
+        likelihood.log_likelihood(raw, counts.float()),
+    )
+    for target in (torch.tensor([True, False, True]), torch.zeros(3) + 0j):
+        with pytest.raises(
+            ValueError, match=rf"targets must be real numbers .* dtype {target.dtype}"
+        ):
+            likelihood.log_likelihood(raw, target)
+
+
 def test_bernoulli() -> None:
     out = torch.randn(4, 3, 1)
     y = torch.tensor([0, 1, 1])
@@ -87,6 +121,23 @@ def test_student_t_log_prob_and_moments() -> None:
     assert bool(torch.isinf(bnn.StudentT(df=2.0, scale=1.0).moments(out)[1]).all())
     with pytest.raises(ValueError, match="StudentT df must be a positive float"):
         bnn.StudentT(df=0.0)
+
+
+@pytest.mark.parametrize("df", [0.5, 1.0, 1.5, 2.0, 3.0])
+def test_student_t_moments_exist_as_in_torch(df: float) -> None:
+    """No mean for ``df <= 1`` (NaN), infinite variance for ``df <= 2`` (NaN
+    below 1): the convention of ``torch.distributions.StudentT``."""
+    from pyrolite_bnn.predict import Prediction
+
+    out = torch.randn(4, 3, 1)
+    noise = torch.distributions.StudentT(df, out.squeeze(-1), 0.5)
+    mean, var = bnn.StudentT(df=df, scale=0.5).moments(out)
+    torch.testing.assert_close(mean, noise.mean, equal_nan=True)
+    torch.testing.assert_close(var, noise.variance, equal_nan=True)
+    pred = Prediction(out, bnn.StudentT(df=df, scale=0.5))
+    assert bool(pred.mean.isnan().all()) == (df <= 1)
+    assert bool(pred.variance.isnan().all()) == (df <= 1)
+    assert bool(pred.variance.isinf().all()) == (1 < df <= 2)
 
 
 def test_student_t_learned_scale_is_a_parameter() -> None:
@@ -175,6 +226,52 @@ def test_predictive_mean_is_the_mean_of_particle_means(
     torch.testing.assert_close(
         likelihood.predictive_mean(out), likelihood.moments(out)[0].mean(0)
     )
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "shape", "summaries"),
+    [  # a likelihood, an output its loss refuses, the summaries it has
+        (bnn.Normal(scale=1.0), (4,), ("moments", "quantile")),
+        (bnn.StudentT(scale=1.0), (4,), ("moments",)),
+        (bnn.Poisson(), (4,), ("moments",)),
+        (bnn.Bernoulli(), (4,), ("class_probs",)),
+        (bnn.Categorical(), (4, 3), ("class_probs",)),
+        (bnn.HeteroscedasticNormal(), (4, 3, 3), ("moments", "quantile", "loc_scale")),
+        (bnn.HeteroscedasticNormal(), (4, 3, 1), ("moments", "quantile", "loc_scale")),
+    ],
+    ids=[
+        "Normal",
+        "StudentT",
+        "Poisson",
+        "Bernoulli",
+        "Categorical",
+        "HeteroscedasticNormal-3",
+        "HeteroscedasticNormal-1",
+    ],
+)
+def test_summaries_refuse_the_outputs_the_loss_refuses(
+    likelihood: bnn.PredictiveDistribution,
+    shape: tuple[int, ...],
+    summaries: tuple[str, ...],
+) -> None:
+    """Same check, same message: a (S, B, 3) output is not summarised from
+    two of its columns, nor a Categorical (S, B) output by a softmax over B."""
+    from pyrolite_bnn.predict import Prediction
+
+    output, labels = torch.zeros(shape), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="expects") as refused:
+        likelihood.log_likelihood(output, labels)
+    same_message = f"^{re.escape(str(refused.value))}$"
+    calls: dict[str, Any] = {
+        "forward": likelihood,
+        "predictive_mean": likelihood.predictive_mean,
+        "Prediction": lambda out: Prediction(out, likelihood),
+        "quantile": lambda out: likelihood.quantile(out, 0.5),
+    }
+    for name in ("forward", "predictive_mean", "Prediction", *summaries):
+        call = calls.get(name) or getattr(likelihood, name)
+        with pytest.raises(ValueError, match=same_message):
+            call(output)
 
 
 def test_gaussian_quantiles_of_one_particle() -> None:
