@@ -6,7 +6,8 @@ folded output to ``(S, B, ...)``. Three ways to supply the weights:
 
 * :func:`pyro_run` — under Pyro inference (or replayed against an assigned
   guide's trace): each random variable is a Pyro sample site
-  (:mod:`pyrolite_bnn._sites`).
+  (:mod:`pyrolite_bnn._sites`). Replayed against a guide's trace, the network
+  runs as many particles as the guide drew (:func:`open_particle_plate`).
 * :func:`pytorch_run` with the generated guide — no Pyro tracing: weights are
   drawn from the layers' posterior modules in site order, each when its layer
   first reads it (:class:`~pyrolite_bnn._draws.LazyDraws`), the same draws the
@@ -23,13 +24,16 @@ loss finds it.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 from pyro.params.param_store import param_with_module_name
-from pyro.poutine.runtime import effectful
+from pyro.poutine.runtime import effectful, get_plates
 from torch import Tensor, nn
 from torch.distributions import constraints
 
@@ -56,6 +60,7 @@ __all__ = [
     "call_network",
     "generated_guide_draws",
     "invoke",
+    "open_particle_plate",
     "output_tensors",
     "prepare",
     "pyro_run",
@@ -109,6 +114,28 @@ def invoke(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> An
     return nn.Module.__call__(root, *args, **kwargs)
 
 
+@contextmanager
+def open_particle_plate(
+    state: _particles.ParticleState, device: torch.device | None
+) -> Iterator[_particles.ParticleState]:
+    """Open the particle plate of ``state``; yield the state of the plate opened.
+
+    The plate's indices are a Pyro sample site. Replayed against a trace that
+    has it (a guide's trace, as Pyro's ELBOs replay the model against it), the
+    plate takes the trace's indices, so the network runs as many particles as
+    the guide drew, whatever count it was asked for. Pyro then scales each
+    site by ``samples / drawn`` and the plate by ``1 / samples``, together the
+    ``1 / drawn`` average over the guide's particles.
+    """
+    with _particles.particle_plate(state.samples, device):
+        drawn = next(
+            frame.size for frame in get_plates() if frame.name == _particles.PLATE_NAME
+        )
+        if drawn != state.samples:
+            state = dataclasses.replace(state, samples=drawn)
+        yield state
+
+
 def pyro_run(
     root: nn.Module,
     state: _particles.ParticleState,
@@ -117,8 +144,8 @@ def pyro_run(
     kwargs: dict[str, Any],
 ) -> Any:
     """Run ``root`` as a Pyro model: particle plate, one sample site per variable."""
-    with _particles.particle_plate(state.samples, device):
-        return run_sites(root, state, args, kwargs)
+    with open_particle_plate(state, device) as plate_state:
+        return run_sites(root, plate_state, args, kwargs)
 
 
 def run_sites(

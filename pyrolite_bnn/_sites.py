@@ -7,6 +7,12 @@ variable's module path from the network that was called (``"body.0.weight"``),
 whatever containers, plain ``torch.nn`` ones included, lie in between, and it is
 sampled once per call: a layer object used at two positions of the network
 reads the same weights at both (weight sharing), and its KL counts once.
+
+A site's value has the shape ``(S, 1, *shape)`` of the particle plate. A value
+that a handler supplies (``poutine.condition``, ``poutine.do``, replayed or
+posterior samples) may also be one draw, ``shape`` (or ``(1, 1, *shape)``): it
+is the same value for every particle and is broadcast to them; any other shape
+is refused with a :class:`SiteShapeError` naming the site and both shapes.
 """
 
 from __future__ import annotations
@@ -17,13 +23,20 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import pyro
+import torch
 from torch import Tensor
+
+from pyrolite_bnn import _particles
 
 if TYPE_CHECKING:
     from pyrolite_bnn.module import VIModule
     from pyrolite_bnn.variables import RandomVariable
 
-__all__ = ["SiteTable", "current_sites", "sampling_sites"]
+__all__ = ["SiteShapeError", "SiteTable", "current_sites", "sampling_sites"]
+
+
+class SiteShapeError(ValueError):
+    """A weight site's value has a shape the particle plate cannot use."""
 
 
 class SiteTable:
@@ -51,8 +64,39 @@ class SiteTable:
                     "a plain Python list or dict"
                 )
             value = pyro.sample(variable.site, module.prior_distribution(name))
+            value = _particle_value(variable.site, value, variable.shape)
             self.values[key] = value
         return value
+
+
+def _particle_value(site: str, value: Tensor, shape: torch.Size) -> Tensor:
+    """``value`` of ``site`` as ``(S, 1, *shape)``, one draw broadcast to all ``S``.
+
+    Raises:
+        SiteShapeError: if ``value`` is neither ``(S, 1, *shape)`` nor one draw.
+    """
+    state = _particles.current()
+    if state is None:
+        return value
+    expected = torch.Size((state.samples, 1, *shape))
+    if value.shape == expected:
+        return value
+    leading = value.shape[: value.dim() - len(shape)]
+    if (
+        value.dim() >= len(shape)
+        and value.shape[len(leading) :] == shape
+        and len(leading) <= 2
+        and all(size == 1 for size in leading)
+    ):
+        return value.expand(expected)
+    raise SiteShapeError(
+        f"site {site!r} has a value of shape {tuple(value.shape)}, but the network "
+        f"runs {state.samples} particle(s) of weights of shape {tuple(shape)}: a "
+        f"value set by a Pyro handler (poutine.condition or poutine.do, a "
+        f"replayed trace, posterior samples) must have the shape "
+        f"{tuple(expected)} (one value per particle) or {tuple(shape)} (the same "
+        "value for every particle)"
+    )
 
 
 _SITES: ContextVar[SiteTable | None] = ContextVar("pyrolite_sites", default=None)

@@ -27,26 +27,33 @@ expected value and gradient). Each parameter is reported with a ``param``
 statement, so that ``SVI.step`` hands it to the optimizer as Pyro's path does.
 
 Anything else (another guide, a plain module as the network, a tempered
-``loss_fn``, ``num_particles > 1``, other arguments) goes to the parent class
-unchanged.
+``loss_fn``, which the Pyro model then refuses, ``num_particles > 1``, other
+arguments) goes to the parent class unchanged. So does an input that a layer
+with an explicit ``estimator="local"`` refuses in a PyTorch-style call
+(several output positions per example, as a ``(B, L, in)`` input): Pyro's path
+draws the weights, whatever the estimator. The random-number state is rewound
+first, so under the same seed the value is Pyro's.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyro.infer
 import torch
 from pyro.infer.util import torch_item
 from pyro.poutine.runtime import effectful
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import constraints
 
-from pyrolite_bnn._draws import keeping_noise_sums
+from pyrolite_bnn._draws import keeping_noise_sums, rng_state, set_rng_state
 from pyrolite_bnn._forward import prepare, pytorch_run
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.guides import check_pyro_call
+from pyrolite_bnn.layers._options import EstimatorLayer
 from pyrolite_bnn.loss import PyroModel
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import KLMode, find_record
@@ -54,6 +61,38 @@ from pyrolite_bnn.record import KLMode, find_record
 __all__ = ["TraceMeanField_ELBO", "Trace_ELBO"]
 
 _UNCONSTRAINED = "_unconstrained"
+
+
+class _LocalRefused(Exception):
+    """A layer with ``estimator="local"`` met an input it refuses (fast path only)."""
+
+
+def _refuse_positions(layer: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook: the condition under which ``estimator="local"`` refuses.
+
+    ``EstimatorLayer._moment_estimator`` raises a ``ValueError`` for an input
+    with several output positions per example; this raises
+    :class:`_LocalRefused` just before, so that only that refusal sends the
+    loss to Pyro's path.
+    """
+    assert isinstance(layer, EstimatorLayer)
+    if args and isinstance(args[0], Tensor) and layer.output_positions(args[0]) > 1:
+        raise _LocalRefused
+
+
+@contextmanager
+def _local_refusals(network: nn.Module) -> Iterator[bool]:
+    """Watch the ``estimator="local"`` layers of ``network``; yield whether any."""
+    handles = [
+        layer.register_forward_pre_hook(_refuse_positions)
+        for layer in network.modules()
+        if isinstance(layer, EstimatorLayer) and layer.estimator == "local"
+    ]
+    try:
+        yield bool(handles)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _fast_loss(
@@ -84,8 +123,17 @@ def _fast_loss(
     check_pyro_call()  # the same refusals as the model's own run
     count = network.samples if samples is None else samples
     state, device = prepare(network, (x,), {}, count)
-    with local_params(), keeping_noise_sums():
-        output = pytorch_run(network, state, device, (x,), {})
+    with _local_refusals(network) as watched:
+        # Draws made before a refusal are undone: Pyro's path then draws what
+        # it would have drawn without the attempt.
+        rewind = rng_state(x.device) if watched else None
+        try:
+            with local_params(), keeping_noise_sums():
+                output = pytorch_run(network, state, device, (x,), {})
+        except _LocalRefused:
+            if rewind is not None:
+                set_rng_state(rewind, x.device)
+            return None
     log_lik, kl_term = loss_fn.terms(output, y, kl=kl)
     batch = loss_fn.check_batch(output, find_record(output).sequence_batch)
     loss = loss_fn.combine(log_lik, kl_term, output.shape[0], batch)

@@ -20,8 +20,9 @@ offers :meth:`~ParticleGuide.median`, :meth:`~ParticleGuide.quantiles`,
 What cannot work is refused with an error that names the cause:
 ``Trace_ELBO(vectorize_particles=True)`` and ``Predictive(parallel=True)`` (use
 ``samples=`` particles), the Jit ELBOs (Pyro looks parameters up in its global
-parameter store), one guide object for two networks, and a guide whose sites or
-shapes are not the network's.
+parameter store), one guide object for two networks, a guide whose sites or
+shapes are not the network's, and an autoguide built on the full Pyro model
+instead of ``model.prior_model`` (when it first runs the model).
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ from typing import TYPE_CHECKING, Any
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoGuideList, AutoMessenger
+from pyro.infer.autoguide import (
+    AutoContinuous,
+    AutoDelta,
+    AutoGuide,
+    AutoGuideList,
+    AutoMessenger,
+)
 from pyro.ops.jit import CompiledFunction
 from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
@@ -212,15 +219,17 @@ class ParticleGuide(LocalPyroModule):
 
         Values have the shape of one draw (no particle dimension). For the
         generated guide: the mean of a mean-field Normal, the value of a point
-        mass.
+        mass. For an assigned guide: its ``median()``; a guide whose posterior is
+        a point mass (``AutoLaplaceApproximation``, a MAP guide until
+        ``laplace_approximation()``) gives its value.
+
+        Raises:
+            NotImplementedError: for a guide without a posterior median
+                (``AutoIAFNormal``, a hand-written guide), naming the guide;
+                ``predict(..., mode="sample")`` needs none.
         """
         if self.inner is not None:
-            median = getattr(self.inner, "median", None)
-            if median is None:
-                raise NotImplementedError(
-                    f"guide {type(self.inner).__name__} has no median() method"
-                )
-            return dict(median(*args, **kwargs))
+            return _guide_median(self.inner, args, kwargs)
         return {site: values[0] for site, values in self.quantiles([0.5]).items()}
 
     @torch.no_grad()
@@ -320,6 +329,24 @@ def check_pyro_call() -> None:
             "bnn.KullbackLeiblerLoss(..., compile=True) with "
             "loss_fn.model_loss(model, x, y) for a compiled training step"
         )
+
+
+def autoguide_running_model() -> AutoGuide | AutoMessenger | None:
+    """The autoguide that is running the caller as its model, or ``None``.
+
+    An ``AutoGuide`` runs its model once, on its first call, to find the
+    sample sites it covers (``AutoGuide._setup_prototype``, under an
+    ``InitMessenger``, as MCMC's initialisation does); an ``AutoMessenger``
+    runs its model at every call.
+    """
+    codes = (AutoGuide._setup_prototype.__code__, AutoMessenger.__call__.__code__)
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code in codes:
+            guide = frame.f_locals.get("self")
+            return guide if isinstance(guide, (AutoGuide, AutoMessenger)) else None
+        frame = frame.f_back
+    return None
 
 
 def _inside_jit_compile() -> bool:
@@ -433,6 +460,51 @@ def _guide_quantiles(
             f"guide {type(guide).__name__} has no quantiles() method"
         )
     return dict(method(quantiles, *args, **kwargs))
+
+
+def _guide_median(
+    guide: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Tensor]:
+    """Median of an assigned guide; a point-mass posterior gives its value."""
+    if isinstance(guide, AutoGuideList):
+        result: dict[str, Tensor] = {}
+        for part in guide:
+            result.update(_guide_median(part, args, kwargs))
+        return result
+    name = type(guide).__name__
+    method = getattr(guide, "median", None)
+    if method is None:
+        raise NotImplementedError(
+            f"guide {name} has no median() method, so there are no posterior "
+            "medians of the weights (predict(..., mode='mean') and "
+            "bnn.to_deterministic need them); use predict(..., mode='sample')"
+        )
+    try:
+        return dict(method(*args, **kwargs))
+    except NotImplementedError as error:
+        if isinstance(guide, AutoContinuous) and _is_point_mass(guide, args, kwargs):
+            # A draw of a point mass is its value: the latent's loc, transformed
+            # to each site's support, as AutoContinuous.median would give it.
+            with local_params(), poutine.block():
+                return dict(guide(*args, **kwargs))
+        reason = f" ({error})" if str(error) else ""
+        raise NotImplementedError(
+            f"guide {name} has no posterior median: Pyro's {name}.median() is not "
+            f"implemented{reason}, so predict(..., mode='mean') and "
+            "bnn.to_deterministic cannot run; use predict(..., mode='sample'), "
+            "which draws from the guide"
+        ) from error
+
+
+def _is_point_mass(
+    guide: AutoContinuous, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bool:
+    """Whether an ``AutoContinuous`` guide's posterior is a point mass."""
+    with local_params():
+        posterior = guide.get_posterior(*args, **kwargs)
+    while isinstance(posterior, dist.Independent):
+        posterior = posterior.base_dist
+    return isinstance(posterior, dist.Delta)
 
 
 def _parameter_device(network: nn.Module) -> torch.device | None:

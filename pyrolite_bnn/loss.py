@@ -14,14 +14,19 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._distributed import unwrap
-from pyrolite_bnn._forward import call_network, prepare, run_sites
+from pyrolite_bnn._forward import (
+    call_network,
+    open_particle_plate,
+    prepare,
+    run_sites,
+)
 from pyrolite_bnn._network import bayesian_positions
-from pyrolite_bnn._particles import particle_plate
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._sites import SiteShapeError
 from pyrolite_bnn._validation import check_heat
 from pyrolite_bnn.compiled import LossGraphs
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
-from pyrolite_bnn.guides import check_pyro_call
+from pyrolite_bnn.guides import autoguide_running_model, check_pyro_call
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import ForwardRecord, KLMode, find_record
 
@@ -436,6 +441,8 @@ class KullbackLeiblerLoss(nn.Module):
         Use it with ``model.guide`` in ``pyro.infer.SVI``, ``Predictive`` or
         ``MCMC``. Model and guide take the particle count from the ``samples=``
         keyword (which Pyro passes to both) or else from ``model.samples``.
+        Replayed against a guide's trace (Pyro's ELBOs replay the model against
+        the guide's draws) the model runs as many particles as the guide drew.
 
         MCMC needs one particle: the chain's states are the posterior samples,
         and ``S`` particles would sample ``S`` networks from a posterior
@@ -446,7 +453,14 @@ class KullbackLeiblerLoss(nn.Module):
         uses one particle in that run and every later run (the potential
         energy, ``Predictive`` on the chain's draws). ``mcmc.run(x, y,
         samples=1)`` says the same explicitly; an explicit ``samples=`` is
-        always obeyed.
+        obeyed, except against a replayed guide trace (above). SVI with
+        ``model.guide`` on the same callable still runs the guide's particles
+        after MCMC; ``Predictive(pyro_model, guide=model.guide)`` there needs
+        ``samples=`` passed explicitly (it conditions the model on the guide's
+        draws instead of replaying them) and says so otherwise.
+
+        The model is refused at call time while ``heat`` is not 1, and when an
+        autoguide built on it (instead of ``model.prior_model``) runs it.
 
         Args:
             model: the network.
@@ -455,6 +469,10 @@ class KullbackLeiblerLoss(nn.Module):
             The Pyro model callable, a :class:`PyroModel` (its ``loss_fn`` and
             ``network`` let :class:`~pyrolite_bnn.Trace_ELBO` take the fast
             path).
+
+        Raises:
+            TypeError: if ``model`` holds no Bayesian layers.
+            ValueError: if this loss's ``heat`` is not 1.
         """
         if not isinstance(model, VIModule) and (
             not isinstance(model, nn.Module) or not bayesian_positions(model, limit=1)
@@ -465,10 +483,11 @@ class KullbackLeiblerLoss(nn.Module):
             )
         if self.heat != 1.0:
             raise ValueError(
-                "pyro_model is the untempered model; the KL heat only applies to the "
-                "PyTorch-style loss (heat=1.0 here)"
+                f"pyro_model needs a loss with heat=1.0, but this loss has heat="
+                f"{self.heat:g}: the Pyro model is the untempered model, and the KL "
+                "heat only applies to the PyTorch-style loss. Use a loss with "
+                "heat=1.0 for Pyro inference"
             )
-
         return PyroModel(self, model)
 
 
@@ -530,19 +549,42 @@ class PyroModel:
     def __call__(
         self, x: Any, y: Tensor | None = None, samples: int | None = None
     ) -> Tensor:
-        """Run the model on inputs ``x`` (observing targets ``y`` if given)."""
+        """Run the model on inputs ``x`` (observing targets ``y`` if given).
+
+        Raises:
+            ValueError: if ``loss_fn.heat`` is not 1 (the Pyro model is
+                untempered), or if a weight site's value (set by a handler)
+                has a shape the particle plate cannot use.
+            TypeError: if an autoguide built on this model (instead of
+                ``model.prior_model``) runs it.
+        """
         check_pyro_call()
+        self._check_call()
+        switched = False
         if samples is None:
             self.one_particle = self.one_particle or _initialising()
             if self.one_particle:
-                samples = 1
+                samples, switched = 1, True
         network, loss_fn = self.network, self.loss_fn
         count = (
             getattr(network, "samples", DEFAULT_SAMPLES) if samples is None else samples
         )
         state, device = prepare(network, (x,), {}, count)
-        with local_params(), particle_plate(state.samples, device):
-            output: Tensor = run_sites(network, state, (x,), {})
+        with local_params(), open_particle_plate(state, device) as state:
+            try:
+                output: Tensor = run_sites(network, state, (x,), {})
+            except SiteShapeError as error:
+                if not switched:
+                    raise
+                raise SiteShapeError(
+                    f"{error}. This Pyro model runs one particle since MCMC's "
+                    "initialisation ran it without samples= (see "
+                    "KullbackLeiblerLoss.pyro_model), and these values are not "
+                    "those of one particle (net.guide draws net.samples particles): "
+                    "pass samples= explicitly, the same to model and guide, e.g. "
+                    "Predictive(model, guide=net.guide, num_samples=n)(x, samples=k), "
+                    "or use a new loss_fn.pyro_model(net)"
+                ) from error
             sequence_batch = state.sequence_batch()
             batch = loss_fn.check_batch(output, sequence_batch)
             observed = output
@@ -563,3 +605,26 @@ class PyroModel:
                     likelihood, aligned = loss_fn.predictive.observe(observed, y)
                     pyro.sample("obs", likelihood, obs=aligned)
         return output
+
+    def _check_call(self) -> None:
+        """Refuse a tempered loss and an autoguide built on this model."""
+        heat = self.loss_fn.heat
+        if heat != 1.0:
+            raise ValueError(
+                f"loss_fn.heat is {heat:g}, but the Pyro model from "
+                "loss_fn.pyro_model is untempered and needs heat=1.0 (heat was "
+                "changed after pyro_model was created; the KL heat only applies to "
+                "the PyTorch-style loss): set loss_fn.heat = 1.0 for Pyro "
+                "inference, or use a separate loss with heat=1.0"
+            )
+        guide = autoguide_running_model()
+        if guide is not None:
+            name = type(guide).__name__
+            raise TypeError(
+                f"{name} was built on loss_fn.pyro_model(net), the full Pyro model "
+                "with the data; an autoguide covers the weights of one particle: "
+                "build it on the network's weight model, model.prior_model, and "
+                f"assign it, net.guide = {name}(net.prior_model, "
+                "init_loc_fn=net.init_loc_fn), then pass net.guide as the guide "
+                "(SVI(pyro_model, net.guide, ...))"
+            )

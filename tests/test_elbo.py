@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pyro
@@ -141,9 +142,56 @@ def test_everything_else_falls_back_to_pyro(case: str) -> None:
     elif case == "no target":  # Pyro's own check of the traces
         with pytest.warns(UserWarning, match="in model but not guide"):
             elbo.loss(model, guide, *args, **kwargs)
+    elif case == "heat":  # Pyro's path runs the model, which refuses the heat
+        with pytest.raises(ValueError, match=r"loss_fn.heat is 0.5"):
+            elbo.loss(model, guide, *args, **kwargs)
     else:
         elbo.loss(model, guide, *args, **kwargs)
     assert _Spy.parent_calls >= 1
+
+
+class _Tokens(bnn.VIModule):
+    """An explicit ``estimator="local"`` layer on ``(B, L, in)`` tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = bnn.VILinear(4, 6, estimator="local")
+        self.b = bnn.VILinear(6, 2, estimator="reparam")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.tanh(self.a(x)).mean(1))
+
+
+def test_local_estimator_refusal_falls_back_to_pyro() -> None:
+    """Pyro's path draws weights: no refusal there, the same value (same seed)."""
+    net = _Tokens()
+    x, y = torch.randn(8, 5, 4), torch.randint(0, 2, (8,))
+    model = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100).pyro_model(net)
+    with pytest.raises(ValueError, match="estimator='local' draws each output"):
+        net(x)  # the PyTorch-style call refuses the input
+    torch.manual_seed(5)
+    expected = pyro.infer.Trace_ELBO().loss(model, net.guide, x, y, samples=2)
+    _Spy.parent_calls = 0
+    torch.manual_seed(5)
+    value = _Spy().loss(model, net.guide, x, y, samples=2)
+    assert _Spy.parent_calls == 1
+    # the fast path's attempt left the random stream where it was
+    assert value == pytest.approx(expected, rel=1e-6)
+    for ours, _ in PAIRS:
+        svi = pyro.infer.SVI(model, net.guide, pyro.optim.Adam({"lr": 0.01}), ours())
+        assert math.isfinite(svi.step(x, y, samples=2))
+
+
+def test_local_estimator_keeps_the_fast_path_where_it_applies() -> None:
+    net = bnn.VISequential(bnn.VILinear(4, 6, estimator="local"), nn.Tanh())
+    x, y = torch.randn(8, 4), torch.randn(8, 6)
+    model = bnn.KullbackLeiblerLoss(bnn.Normal(), 100).pyro_model(net)
+    _Spy.parent_calls = 0
+    assert isinstance(_Spy().loss(model, net.guide, x, y, samples=2), float)
+    assert _Spy.parent_calls == 0  # (B, in): one position per example
+    with pytest.raises(ValueError, match=r"expected input of shape"):
+        _Spy().loss(model, net.guide, torch.randn(8, 5), y)  # other errors raise
+    assert not net[0]._forward_pre_hooks  # the watch is removed
 
 
 def test_are_pyros_classes() -> None:

@@ -223,3 +223,28 @@ def test_svi_loss_decreases(guide: str) -> None:
     # about 1.5 nats; over seeds 0-3 the means drop by 32-44 nats, and the 20 %
     # threshold leaves a margin of more than 10 standard errors.
     assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
+
+
+# Guides whose posterior has no median in Pyro (a flow; a messenger without it).
+NO_MEDIAN = {"AutoIAFNormal", "AutoRegressiveMessenger"}
+
+
+@pytest.mark.parametrize("guide", GUIDES)
+def test_median_has_the_weight_shapes_or_says_why_not(guide: str) -> None:
+    """``median()`` (``predict(mode="mean")``, ``to_deterministic``) or a clear no."""
+    net = _guided_net(guide)
+    x, _ = _data()
+    if guide in NO_MEDIAN:
+        name = type(net.guide.inner).__name__
+        with pytest.raises(
+            NotImplementedError, match=rf"guide {name} has no .*mode='sample'"
+        ):
+            bnn.predict(net, x, bnn.Categorical(), mode="mean")
+        return
+    median = net.guide.median()
+    assert {site: value.shape for site, value in median.items()} == {
+        v.site: v.shape for v in net.random_variables()
+    }
+    probs = bnn.predict(net, x, bnn.Categorical(), mode="mean").probs
+    assert probs.shape == (BATCH, 2)
+    assert bool(torch.isfinite(probs).all())

@@ -28,6 +28,8 @@ from pyro.infer.autoguide import (
     AutoDelta,
     AutoDiagonalNormal,
     AutoGuideList,
+    AutoIAFNormal,
+    AutoLaplaceApproximation,
     AutoLowRankMultivariateNormal,
     AutoMultivariateNormal,
     AutoNormal,
@@ -157,6 +159,28 @@ def test_autoguide_built_on_full_model_gives_clear_error() -> None:
         net.guide = AutoNormal(loss_fn.pyro_model(net))
     assert net.guide.inner is None  # nothing half-updated
     assert "custom_guide" not in dict(net.named_children())
+
+
+@pytest.mark.parametrize("autoguide", [AutoNormal, AutoDelta, AutoNormalMessenger])
+def test_svi_with_an_autoguide_on_the_pyro_model_gives_clear_error(
+    autoguide: type[Any],
+) -> None:
+    """Pyro's recipe SVI(model, AutoNormal(model)) on the full model is refused."""
+    net = _net()
+    x, y = _problem(16)
+    pyro_model = bnn.KullbackLeiblerLoss(bnn.Categorical(), 100).pyro_model(net)
+    guide = autoguide(pyro_model)
+    svi = SVI(pyro_model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    name = autoguide.__name__
+    with pytest.raises(
+        TypeError,
+        match=rf"{name} was built on loss_fn.pyro_model\(net\).*"
+        rf"model.prior_model.*net.guide = {name}\(net.prior_model",
+    ):
+        svi.step(x, y)
+    # the autoguide's set-up run is not MCMC's: the model keeps its particles
+    assert not pyro_model.one_particle
+    assert pyro_model(x).shape == (10, 16, 2)
 
 
 def test_svi_on_pyro_model_and_guide() -> None:
@@ -325,6 +349,41 @@ def test_quantiles_of_a_guide_list_with_a_point_mass_part() -> None:
     assert torch.equal(result["2.weight"][0], median["2.weight"])
     assert torch.equal(result["2.weight"][1], median["2.weight"])
     assert bool((result["0.weight"][0] < result["0.weight"][1]).all())
+
+
+def test_laplace_guide_median_is_its_map_value() -> None:
+    """AutoLaplaceApproximation is a point mass (a MAP guide): its loc."""
+    net = _net()
+    net.guide = AutoLaplaceApproximation(net.prior_model, init_loc_fn=net.init_loc_fn)
+    median = net.guide.median()
+    # it starts at the layers' posterior means (init_loc_fn)
+    for layer, prefix in ((net[0], "0."), (net[2], "2.")):
+        for name in ("weight", "bias"):
+            torch.testing.assert_close(
+                median[prefix + name],
+                layer.posterior[name].mean(),
+                rtol=0,
+                atol=0,
+            )
+    x, _ = _problem(8)
+    mean = bnn.predict(net, x, bnn.Categorical(), mode="mean")
+    plain = bnn.to_deterministic(net)
+    torch.testing.assert_close(mean.probs, plain(x).softmax(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_guide_without_median_names_itself_and_mode_sample() -> None:
+    net = _net()
+    net.guide = AutoIAFNormal(net.prior_model, hidden_dim=[90])  # >= 82 weights
+    x, _ = _problem(8)
+    message = r"guide AutoIAFNormal has no posterior median.*mode='sample'"
+    for call in (
+        net.guide.median,
+        lambda: bnn.predict(net, x, bnn.Categorical(), mode="mean"),
+        lambda: bnn.to_deterministic(net),
+    ):
+        with pytest.raises(NotImplementedError, match=message):
+            call()
+    assert bnn.predict(net, x, bnn.Categorical(), samples=3).probs.shape == (8, 2)
 
 
 # ------------------------------------------------------------- Pyro's parameter links

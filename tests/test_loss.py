@@ -379,6 +379,111 @@ def test_explicit_samples_and_other_runs_keep_their_particles() -> None:
     assert trace.nodes["weight"]["value"].shape == (10, 1, 1, 2)
 
 
+def test_pyro_model_refuses_a_tempered_loss_naming_its_heat() -> None:
+    cold = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, heat=0.5)
+    with pytest.raises(
+        ValueError,
+        match=r"pyro_model needs a loss with heat=1.0, but this loss "
+        r"has heat=0.5",
+    ):
+        cold.pyro_model(_net())
+
+
+def test_heat_changed_after_pyro_model_is_refused_at_call() -> None:
+    """The Pyro model stays untempered: a later heat is an error, not ignored."""
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    pyro_model = loss_fn.pyro_model(net)
+    loss_fn.heat = 0.5
+    message = r"loss_fn.heat is 0.5, but the Pyro model .* needs heat=1.0"
+    with pytest.raises(ValueError, match=message):
+        pyro_model(x, y)
+    for elbo in (Trace_ELBO(), bnn.Trace_ELBO()):
+        with pytest.raises(ValueError, match=message):
+            elbo.loss(pyro_model, net.guide, x, y, samples=2)
+    loss_fn.heat = 1.0
+    assert pyro_model(x, y, samples=2).shape == (2, 16, 4)
+
+
+# ------------------------------------------------ handlers on the weight sites
+def test_condition_with_one_draw_is_the_same_for_every_particle() -> None:
+    """A value of the weight's own shape stands for every particle."""
+    net = _net()
+    x, y = _data()
+    pyro_model = bnn.KullbackLeiblerLoss(bnn.Categorical(), N).pyro_model(net)
+    weight = torch.randn(8, 3)
+    expanded = weight.expand(4, 1, 8, 3)
+    for handler in (poutine.condition, poutine.do):
+        pyro.set_rng_seed(1)
+        one = poutine.trace(handler(pyro_model, data={"0.weight": weight}))
+        one_trace = one.get_trace(x, y, samples=4)
+        pyro.set_rng_seed(1)
+        every = poutine.trace(handler(pyro_model, data={"0.weight": expanded}))
+        every_trace = every.get_trace(x, y, samples=4)
+        torch.testing.assert_close(
+            one_trace.nodes["_RETURN"]["value"],
+            every_trace.nodes["_RETURN"]["value"],
+            rtol=0,
+            atol=0,
+        )
+        # the same log-density: the particle plate averages the S equal terms
+        torch.testing.assert_close(
+            one_trace.log_prob_sum(), every_trace.log_prob_sum(), rtol=1e-6, atol=1e-4
+        )
+
+
+def test_condition_with_a_wrong_shape_names_the_site_and_shapes() -> None:
+    net = _net()
+    x, _ = _data()
+    pyro_model = bnn.KullbackLeiblerLoss(bnn.Categorical(), N).pyro_model(net)
+    for value in (torch.zeros(3, 8), torch.zeros(4, 8, 3), torch.zeros(2, 1, 8, 3)):
+        with pytest.raises(
+            ValueError,
+            match=r"site '0.weight' has a value of shape .* must have the shape "
+            r"\(4, 1, 8, 3\) \(one value per particle\) or \(8, 3\)",
+        ):
+            poutine.condition(pyro_model, data={"0.weight": value})(x, samples=4)
+
+
+def test_svi_after_mcmc_runs_the_guides_particles() -> None:
+    """MCMC switches the model to one particle; SVI replays the guide's S."""
+    x, y, loss_fn = _regression()
+    net = bnn.VILinear(2, 1, estimator="reparam")
+    pyro_model = loss_fn.pyro_model(net)
+    mcmc = MCMC(NUTS(pyro_model), num_samples=2, warmup_steps=2, disable_progbar=True)
+    mcmc.run(x, y)
+    assert pyro_model(x).shape == (1, 20, 1)  # documented: one particle now
+    values = []
+    for elbo, model in [
+        (Trace_ELBO(), pyro_model),
+        (bnn.Trace_ELBO(), pyro_model),  # the fast path: the guide's count too
+        (Trace_ELBO(), loss_fn.pyro_model(net)),  # a model never run by MCMC
+    ]:
+        pyro.set_rng_seed(3)
+        values.append(elbo.loss(model, net.guide, x, y))
+    assert values[0] == pytest.approx(values[2], rel=1e-6)
+    assert values[1] == pytest.approx(values[2], rel=1e-5)
+    trace = poutine.trace(net.guide).get_trace(samples=4)
+    replayed = poutine.trace(poutine.replay(pyro_model, trace=trace)).get_trace(x, y)
+    assert replayed.nodes["_RETURN"]["value"].shape == (4, 20, 1)
+    assert replayed.nodes["obs"]["fn"].batch_shape == (4, 20)
+
+
+def test_predictive_with_the_guide_after_mcmc_asks_for_samples() -> None:
+    x, y, loss_fn = _regression()
+    net = bnn.VILinear(2, 1)
+    pyro_model = loss_fn.pyro_model(net)
+    mcmc = MCMC(NUTS(pyro_model), num_samples=2, warmup_steps=2, disable_progbar=True)
+    mcmc.run(x, y)
+    predictive = Predictive(pyro_model, guide=net.guide, num_samples=2)
+    with pytest.raises(
+        ValueError, match=r"runs one particle since MCMC's initialisation.*samples="
+    ):
+        predictive(x)
+    assert predictive(x, samples=3)["obs"].shape == (2, 3, 20, 1)
+
+
 # ------------------------------------------------- parameters left untrained
 def _classifier() -> bnn.VISequential:
     return bnn.VISequential(bnn.VILinear(2, 4), nn.ReLU(), bnn.VILinear(4, 2))
