@@ -14,6 +14,7 @@ that state, getting the same values.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -30,8 +31,11 @@ from pyrolite_bnn.variables import RandomVariable
 
 __all__ = [
     "LazyDraws",
+    "RepeatedMomentsRead",
+    "called_repeatedly",
     "current_draws",
     "keeping_noise_sums",
+    "mark_called_repeatedly",
     "rng_state",
     "set_rng_state",
     "using_draws",
@@ -83,6 +87,34 @@ def _replay_draw(
         return _draw(variable, moments, samples)
 
 
+# Layers seen reading their weight moments twice in one forward pass (a layer
+# object called twice): from then on they get weight draws (see LazyDraws.get).
+_CALLED_REPEATEDLY: weakref.WeakSet[object] = weakref.WeakSet()
+
+
+def called_repeatedly(module: object) -> bool:
+    """Whether ``module`` was seen calling its weights twice in one pass."""
+    return module in _CALLED_REPEATEDLY
+
+
+def mark_called_repeatedly(module: object) -> None:
+    """Give ``module`` weight draws from now on (it runs twice per pass)."""
+    _CALLED_REPEATEDLY.add(module)
+
+
+class RepeatedMomentsRead(Exception):
+    """A layer under ``estimator="auto"`` read its weight moments a second time.
+
+    Raised by :meth:`LazyDraws.get` inside a PyTorch-style call; the call
+    marks the layer (:func:`mark_called_repeatedly`) and runs the forward pass
+    again with its weights drawn. Not an error users see.
+    """
+
+    def __init__(self, module: object) -> None:
+        super().__init__(type(module).__name__)
+        self.module = module
+
+
 class LazyDraws:
     """What each layer reads for its random variables in one call.
 
@@ -118,15 +150,27 @@ class LazyDraws:
         # KL, which then needs no replayed draw.
         self.noise_sums: list[tuple[Tensor, Tensor] | None] = [None] * count
         self._drawn = 0
+        self._moments_read = [False] * count
         self._keep = is_capturing()
         self._sums = _NOISE_SUMS.get()
 
     def get(self, key: tuple[int, str]) -> Tensor | NormalMoments | None:
-        """The draw (or moments) of the variable ``key`` = (id(module), name)."""
+        """The draw (or moments) of the variable ``key`` = (id(module), name).
+
+        Moments go to a layer once per pass: a second read means the layer
+        object runs twice, and its two outputs, sampled from the moments
+        independently, would not share one weight draw. Under
+        ``estimator="auto"`` that raises :class:`RepeatedMomentsRead` (the call
+        then runs again with the layer's weights drawn); an explicit
+        ``"local"``/``"flipout"`` raises a ``ValueError``.
+        """
         index = self.index.get(key)
         if index is None:
             return None
         if self.use_moments[index]:
+            if self._moments_read[index]:
+                _refuse_repeated_moments(self.variables[index])
+            self._moments_read[index] = True
             moments = self.moments[index]
             assert moments is not None
             return moments
@@ -182,6 +226,19 @@ class LazyDraws:
             else:
                 self.states[i], self.devices[i] = state, value.device
                 self._fresh[i] = value
+
+
+def _refuse_repeated_moments(variable: RandomVariable) -> None:
+    module = variable.module
+    estimator = getattr(module, "estimator", "auto")
+    if estimator != "auto":
+        raise ValueError(
+            f"{type(module).__name__} (site {variable.site!r}) is called twice in "
+            f"one forward pass; estimator={estimator!r} samples each call's "
+            "outputs independently, so the two calls would not share one weight "
+            "draw. Use estimator='auto' or 'reparam' for a layer used twice"
+        )
+    raise RepeatedMomentsRead(module)
 
 
 _DRAWN: ContextVar[LazyDraws | None] = ContextVar(

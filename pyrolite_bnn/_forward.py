@@ -38,8 +38,18 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._draws import LazyDraws, using_draws
-from pyrolite_bnn._network import collect_variables, network_modules
+from pyrolite_bnn._draws import (
+    LazyDraws,
+    RepeatedMomentsRead,
+    called_repeatedly,
+    mark_called_repeatedly,
+    using_draws,
+)
+from pyrolite_bnn._network import (
+    collect_variables,
+    has_sequence_first_layers,
+    network_modules,
+)
 from pyrolite_bnn._pyro_module import linked_parameters
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn._validation import (
@@ -205,7 +215,13 @@ def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
             and not v.shared
             and not whole_networks
             and v.module.uses_moments()
+            and not called_repeatedly(v.module)
         )
+    # In a sequence-first network a layer's dimension 0 is the folded sequence,
+    # not the batch: output moments cannot tell which outputs share an
+    # example's weights, so every weight is drawn there.
+    if any(use_moments) and has_sequence_first_layers(root):
+        use_moments = [False] * len(use_moments)
     return LazyDraws(variables, moments, use_moments, samples)
 
 
@@ -220,9 +236,17 @@ def pytorch_run(
     guide = root.guide if isinstance(root, VIModule) else None
     record: ForwardRecord
     if guide is None or guide.inner is None:
-        draws = generated_guide_draws(root, state.samples)
-        with using_draws(draws), _particles.particles(state):
-            result = nn.Module.__call__(root, *args, **kwargs)
+        while True:
+            draws = generated_guide_draws(root, state.samples)
+            try:
+                with using_draws(draws), _particles.particles(state):
+                    result = nn.Module.__call__(root, *args, **kwargs)
+                break
+            except RepeatedMomentsRead as repeated:
+                # A layer object runs twice: run the pass again with its
+                # weights drawn, so both calls share one draw per particle.
+                mark_called_repeatedly(repeated.module)
+                state = state.restarted()
         draws.finish()
         result = unfold_output(root, result, state)
         record = LayerRecord(draws, state.samples)

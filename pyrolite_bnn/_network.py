@@ -118,3 +118,23 @@ def outermost_bayesian(root: nn.Module, limit: int = 2) -> list[VIModule]:
 def bayesian_positions(root: nn.Module, limit: int = 2) -> int:
     """Positions of outermost Bayesian modules below ``root`` (up to ``limit``)."""
     return len(outermost_bayesian(root, limit))
+
+
+def has_sequence_first_layers(root: nn.Module) -> bool:
+    """Whether ``root`` holds a Bayesian ``batch_first=False`` sequence layer.
+
+    Such a layer only runs in a network whose input is sequence-first, so its
+    activations are folded ``(L * S, B, ...)``: dimension 0 is not the batch. A
+    plain torch one says nothing about the input's layout (a batch-first
+    network may transpose for it), so it does not count.
+    """
+    cached = root.__dict__.get("_pyrolite_sequence_first")
+    version = structure_version()
+    if cached is not None and cached[0] == version:
+        return bool(cached[1])
+    found = any(
+        isinstance(m, VIModule) and getattr(m, "batch_first", True) is False
+        for m in root.modules()
+    )
+    object.__setattr__(root, "_pyrolite_sequence_first", (version, found))
+    return found

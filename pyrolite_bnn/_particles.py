@@ -76,6 +76,12 @@ class ParticleState:
     inputs: tuple[Tensor, ...] = field(default=(), compare=False)
     batch_folded: list[tuple[Tensor, int]] = field(default_factory=list, compare=False)
 
+    def restarted(self) -> ParticleState:
+        """The same call's state with nothing recorded yet (to run it again)."""
+        return ParticleState(
+            self.samples, self.batch_size, self.root, inputs=self.inputs
+        )
+
     def sequence_batch(self) -> int | None:
         """``B`` of a sequence-first network (whose output is ``(S, L, B, ...)``)."""
         if len(self.sequence_batches) == 1:

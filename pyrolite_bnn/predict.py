@@ -35,6 +35,7 @@ from pyrolite_bnn._forward import call_network
 from pyrolite_bnn._network import (
     bayesian_positions,
     collect_variables,
+    has_sequence_first_layers,
     network_modules,
 )
 from pyrolite_bnn._pyro_module import local_params
@@ -302,7 +303,7 @@ def _predict(
 ) -> Tensor:
     # Sequence-first networks (batch_first=False) take (L, B, ...) and return
     # (S, L, B, ...): chunks split the batch, never the sequence.
-    axis = 1 if _sequence_first(model) else 0
+    axis = 1 if has_sequence_first_layers(model) else 0
     size = x.shape[axis]
     generators = _Generators(_devices(model, x))
     weights = _guide(model).median() if mode == "mean" else None
@@ -350,19 +351,6 @@ def _predict(
         result.narrow(axis + 1, start, out.shape[axis + 1]).copy_(out)
     assert result is not None
     return result
-
-
-def _sequence_first(model: nn.Module) -> bool:
-    """Whether ``model`` holds a Bayesian ``batch_first=False`` sequence layer.
-
-    Such a layer only runs in a network whose input is sequence-first. A plain
-    torch one says nothing about the input's layout (a batch-first network may
-    transpose for it), so it does not count.
-    """
-    return any(
-        isinstance(m, VIModule) and getattr(m, "batch_first", True) is False
-        for m in model.modules()
-    )
 
 
 def _guide(model: nn.Module) -> ParticleGuide:

@@ -78,8 +78,9 @@ class EstimatorLayer(VIModule):
         else ``"local"`` where every example has a single output position
         (``(B, in)`` inputs of a linear layer) and ``"flipout"`` elsewhere for
         ``estimator="auto"``, or the estimator asked for. Inside Pyro inference,
-        with an assigned guide and in :func:`~pyrolite_bnn.predict`, weights are
-        drawn whatever this says.
+        with an assigned guide, in :func:`~pyrolite_bnn.predict`, in a
+        sequence-first network and for a layer called twice in one forward pass,
+        weights are drawn whatever this says.
 
         Args:
             input: the layer's input, ``(B, *, in)`` for a linear layer,
