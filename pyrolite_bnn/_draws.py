@@ -181,6 +181,11 @@ class LazyDraws:
             return fresh
         return self.value(index)
 
+    def takes_moments(self, key: tuple[int, str]) -> bool:
+        """Whether the variable ``key`` reaches its layer as moments (no draw)."""
+        index = self.index.get(key)
+        return index is not None and self.use_moments[index]
+
     def finish(self) -> None:
         """Draw the variables no layer read, as the traced guide would."""
         self._draw_through(len(self.variables) - 1)

@@ -1227,3 +1227,76 @@ def test_attention_rescales_its_priors_by_default() -> None:
         torch.testing.assert_close(float(prior.scale), expected)
     plain = vi.VIMultiheadAttention(12, 2, rescale_prior=False)
     torch.testing.assert_close(float(plain.prior["in_proj_weight"].scale), 1.0)
+
+
+class _SkipCentred(vi.VIModule):
+    """torch_blue's level-3 container: one-sample code (skip to x, batch ops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = vi.VILinear(4, 4)
+        self.l2 = vi.VILinear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.l1(x))
+        h = h - h.mean(0, keepdim=True)  # over this particle's batch
+        return self.l2(torch.cat([h, x.view(x.shape[0], -1)], -1))
+
+
+class _ScaledSublayer(vi.VIModule):
+    """A variable of its own and a Bayesian sublayer."""
+
+    def __init__(self) -> None:
+        super().__init__(variable_shapes={"scale": (1, 4)})
+        self.sub = vi.VILinear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.sub(x) * self.scale + x
+
+
+def test_user_containers_run_their_forward_per_particle() -> None:
+    """As torch_blue: x, x.shape[0] and batch-wise operations are one particle's.
+
+    At fixed weights (conditioned sites) every particle equals the forward
+    written with plain tensors; in a PyTorch-style call (local
+    reparameterisation inside) each particle's batch mean is still zero.
+    """
+    torch.manual_seed(0)
+    x, samples = torch.randn(5, 4), 3
+    for net in (_SkipCentred(), _ScaledSublayer()):
+        weights = {
+            v.site: torch.randn(samples, 1, *v.shape) for v in net.random_variables()
+        }
+        with poutine.trace():
+            out = poutine.condition(net, data=weights)(x, samples=samples)
+        for s in range(samples):
+            w = {site: value[s, 0] for site, value in weights.items()}
+            if isinstance(net, _SkipCentred):
+                h = torch.relu(F.linear(x, w["l1.weight"], w["l1.bias"]))
+                h = h - h.mean(0, keepdim=True)
+                expected = F.linear(torch.cat([h, x], -1), w["l2.weight"], w["l2.bias"])
+            else:
+                inner = F.linear(x, w["sub.weight"], w["sub.bias"])
+                expected = inner * w["scale"] + x
+            torch.testing.assert_close(out[s], expected, rtol=1e-5, atol=1e-5)
+    centred = _SkipCentred()
+    with torch.no_grad():
+        hidden = torch.relu(centred.l1(x, samples=1))  # the layer alone works too
+    assert hidden.shape == (1, 5, 4)
+    probe = _BatchMean()
+    with torch.no_grad():
+        means = probe(x, samples=samples)
+    torch.testing.assert_close(means, torch.zeros_like(means), rtol=0, atol=1e-6)
+    loss_fn = vi.KullbackLeiblerLoss(vi.distributions.MeanFieldNormal(), 50)
+    loss = loss_fn(_ScaledSublayer()(x, samples=samples), torch.randn(5, 4))
+    loss.backward()
+
+
+class _BatchMean(vi.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = vi.VILinear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.l1(x)
+        return (h - h.mean(0, keepdim=True)).mean(0)

@@ -471,15 +471,15 @@ def _gaussian_draws(
     """
     if shared:
         mean, var = _broadcast_shared(mean, samples), _broadcast_shared(var, samples)
-    eps = torch.empty_like(mean).normal_()
+    eps = torch.randn_like(mean)  # out of place: also under vmap (one sample)
     draws = torch.addcmul(mean, var.clamp_min(0).sqrt(), eps)
     return draws.reshape(out_rows, *draws.shape[2 if shared else 1 :])
 
 
 def _random_signs(shape: tuple[int, ...], like: Tensor) -> Tensor:
-    return (
-        torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(0.5) * 2 - 1
-    )
+    """Random +-1 (out of place, so also inside ``torch.vmap``)."""
+    half = torch.full(shape, 0.5, dtype=like.dtype, device=like.device)
+    return torch.bernoulli(half) * 2 - 1
 
 
 def linear_flipout(
@@ -532,18 +532,18 @@ def linear_flipout(
         h = h.transpose(0, 1)
     sign_in = _random_signs((samples, per_particle, 1, in_features), input)
     sign_out = _random_signs((samples, per_particle, 1, out_features), input)
-    eps = torch.empty(
+    eps = torch.randn(
         (samples, out_features, in_features), dtype=input.dtype, device=input.device
     )
-    delta = weight[1] * eps.normal_()
+    delta = weight[1] * eps
     flipped = (h * sign_in).reshape(samples, per_particle * positions, in_features)
     noise = torch.bmm(flipped, delta.transpose(1, 2))
     noise = noise.reshape(samples, per_particle, positions, out_features) * sign_out
     if bias is not None:
-        eps_bias = torch.empty(
+        eps_bias = torch.randn(
             (samples, 1, 1, out_features), dtype=input.dtype, device=input.device
         )
-        noise = noise + bias[1] * eps_bias.normal_()
+        noise = noise + bias[1] * eps_bias
     return mean + noise.transpose(0, 1).reshape(mean.shape)
 
 
@@ -639,11 +639,8 @@ def conv_flipout(
         h = input
     spatial_ones = (1,) * dims
     sign_in = _random_signs((out_rows, input.shape[1], *spatial_ones), h)
-    delta = (
-        weight[1]
-        * torch.empty(
-            (samples, *weight[1].shape), dtype=h.dtype, device=h.device
-        ).normal_()
+    delta = weight[1] * torch.randn(
+        (samples, *weight[1].shape), dtype=h.dtype, device=h.device
     )
     noise = conv(
         h * sign_in, delta, None, stride, padding, dilation, groups, batch_size=None
@@ -651,13 +648,11 @@ def conv_flipout(
     sign_out = _random_signs((out_rows, noise.shape[1], *spatial_ones), h)
     out = mean + noise * sign_out
     if bias is not None:
-        eps = torch.empty(
+        eps = torch.randn(
             (samples, 1, bias[1].shape[0]), dtype=h.dtype, device=h.device
         )
         # One bias draw per particle, shared by the particle's examples.
         per_particle = out_rows // samples
-        bias_noise = (
-            (bias[1] * eps.normal_()).transpose(0, 1).expand(per_particle, samples, -1)
-        )
+        bias_noise = (bias[1] * eps).transpose(0, 1).expand(per_particle, samples, -1)
         out = out + bias_noise.reshape(out_rows, bias[1].shape[0], *spatial_ones)
     return out

@@ -22,6 +22,7 @@ draw of ``self.<variable>``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 import warnings
@@ -35,6 +36,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._draws import current_draws
 from pyrolite_bnn._forward import output_tensors
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
@@ -258,7 +260,11 @@ class VIModule(BnnVIModule):
     ) -> None:
         super().__init__()
         self.return_log_probs = return_log_probs
-        self._per_particle = False
+        # torch_blue runs every module's forward for one sample: so do a user's
+        # containers (batch-wise operations, skip connections to the input,
+        # x.shape[0] then mean what they mean there); the library's own
+        # containers and layers run on the folded batch.
+        self._per_particle = _user_forward(type(self))
         if variable_shapes is None:
             return
         specs = VariableSpecs(
@@ -557,13 +563,20 @@ class VIModule(BnnVIModule):
         then run their ``forward`` directly for the particle).
         """
         samples, batch = current_samples(), current_batch_size()
+        draws = current_draws()
         weights: dict[tuple[int, str], Tensor] = {}
         for module in self.modules():
-            if module is not self and not (
-                isinstance(module, VIModule) and module.__dict__.get("_per_particle")
-            ):
+            if not isinstance(module, BnnVIModule) or not module.declared_variables():
                 continue
+            if not isinstance(module, VIModule):
+                raise TypeError(
+                    f"{type(module).__name__} is a pyrolite_bnn layer inside the "
+                    f"one-sample forward of {type(self).__name__}; use the vi "
+                    "layers (pyrolite_bnn.vi.VILinear, ...) there"
+                )
             for name, shape in module.declared_variables().items():
+                if draws is not None and draws.takes_moments((id(module), name)):
+                    continue  # the layer samples its outputs from the moments
                 value = BnnVIModule.__getattr__(module, name)
                 flat = value.reshape(-1, *shape)
                 weights[id(module), name] = (
@@ -585,22 +598,44 @@ class VIModule(BnnVIModule):
                 inputs.append(arg)
                 in_dims.append(None)
 
+        state = _particles.current()
+        single_state = None if state is None else dataclasses.replace(state, samples=1)
+
         def one_particle(drawn: dict[tuple[int, str], Tensor], *inner: Any) -> Any:
             table = dict(_PARTICLE_WEIGHTS.get() or {})
             table.update(drawn)
             token = _PARTICLE_WEIGHTS.set(table)
             try:
-                return forward(self, *inner, **kwargs)
+                if single_state is None:
+                    return forward(self, *inner, **kwargs)
+                # Layers below see one particle: their weights are this one's.
+                with _particles.particles(single_state):
+                    return forward(self, *inner, **kwargs)
             finally:
                 _PARTICLE_WEIGHTS.reset(token)
 
         if samples == 1:
             single = {name: value[0] for name, value in weights.items()}
             return one_particle(single, *args)
+        if not weights and all(dim is None for dim in in_dims):
+            # Nothing differs between particles but their random numbers
+            # (dropout): a particle index gives vmap a dimension to map.
+            index = torch.arange(samples)
+            weights = {(id(self), "<particle>"): index}
         out = torch.vmap(one_particle, in_dims=(0, *in_dims), randomness="different")(
             weights, *inputs
         )
         return _fold(out, batch)
+
+
+def _user_forward(cls: type) -> bool:
+    """Whether ``cls``'s ``forward`` is written outside this library."""
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("pyrolite_bnn"):
+            return False
+        if "forward" in vars(klass):
+            return True
+    return False
 
 
 def _posterior_values(posterior: Posterior) -> list[Tensor]:
