@@ -12,7 +12,10 @@ become
     from pyrolite_bnn import vi
     from pyrolite_bnn.vi.distributions import Categorical
 
-Everything else below is unchanged torch_blue/PyTorch style. Instead of
+Everything else below is unchanged torch_blue/PyTorch style, except
+``model.samples = args.samples`` (pyrolite_bnn's default number of particles
+for a call without ``samples=``; torch_blue always draws 10), there so that the
+tests run with fewer. Instead of
 downloading FashionMNIST the script makes synthetic 28x28 "images" (a noisy
 class-specific template), so it runs offline in seconds.
 

@@ -381,7 +381,13 @@ def _example(rank: int, folder: Path, port: int) -> str:
 
 
 def test_ddp_example_runs_as_under_torchrun(ranks: list[dict[str, Any]]) -> None:
-    assert "test accuracy" in ranks[0]["example"]
+    """Rank 0 reports; the test set is drawn like the training set.
+
+    Two epochs on 128 points give ~0.76 (chance 1/3; the default run 1.00): a
+    test set from other blob centres gave 0.38 even after training.
+    """
+    accuracy = float(ranks[0]["example"].rsplit("test accuracy", 1)[1])
+    assert accuracy > 0.5
     assert ranks[1]["example"] == ""  # rank 0 reports
     assert (ranks[0]["folder"] / "ddp.pt").exists()
 
