@@ -258,8 +258,7 @@ class KullbackLeiblerLoss(nn.Module):
         Returns:
             Scalar loss.
         """
-        log_lik, kl = self.terms(output, target)
-        batch = self.check_batch(output, find_record(output).sequence_batch)
+        log_lik, kl, batch = self._terms_and_batch(output, target, None)
         return self.combine(log_lik, kl, output.shape[0], batch)
 
     def model_loss(
@@ -326,11 +325,18 @@ class KullbackLeiblerLoss(nn.Module):
             The sum of the log-likelihoods over particles and examples, and the
             KL of the forward pass that produced ``output`` (see ``kl=``).
         """
+        log_lik, kl_value, _ = self._terms_and_batch(output, target, kl)
+        return log_lik, kl_value
+
+    def _terms_and_batch(
+        self, output: Tensor, target: Tensor, kl: KLMode | None
+    ) -> tuple[Tensor, Tensor, int]:
+        """:meth:`terms` and the batch size (:meth:`check_batch`), checked once."""
         record = self._record_for(output)
-        self.check_batch(output, record.sequence_batch)
+        batch = self.check_batch(output, record.sequence_batch)
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self._watch_guide(record)
-        return log_lik, record.kl(self.kl if kl is None else kl)
+        return log_lik, record.kl(self.kl if kl is None else kl), batch
 
     def combine(self, log_lik: Tensor, kl: Tensor, samples: int, batch: int) -> Tensor:
         """The loss from :meth:`terms` of an output of ``samples`` particles.

@@ -11,6 +11,7 @@ import copy
 import inspect
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -331,9 +332,15 @@ def test_batch_larger_than_dataset_size_warns_and_scales_by_n_over_b() -> None:
     loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=8)
     loss_fn(layer(x), y)
     full = loss_fn.last_nll
-    with pytest.warns(UserWarning, match=r"batch of 8 examples is larger than "):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         loss_fn(layer(x), y, 2)
+    assert [str(w.message)[:35] for w in caught] == [
+        "batch of 8 examples is larger than "
+    ]  # once per call
     torch.testing.assert_close(loss_fn.last_nll, full / 4)
+    with pytest.raises(ValueError, match=r"dataset_size must be an integer >= 1"):
+        loss_fn(layer(x), y, 0)  # not replaced by the constructor's value
     analytical = vi.AnalyticalKullbackLeiblerLoss(layer, Categorical(), 2)
     with pytest.warns(UserWarning, match="larger than dataset_size=2"):
         analytical(layer(x), y)

@@ -164,7 +164,7 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         Returns:
             Scalar loss.
         """
-        size = dataset_size or self.dataset_size
+        size = self.dataset_size if dataset_size is None else dataset_size
         if size is None:
             batch = model_output.shape[1]
             warnings.warn(
