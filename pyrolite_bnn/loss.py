@@ -336,7 +336,20 @@ class KullbackLeiblerLoss(nn.Module):
         batch = self.check_batch(output, record.sequence_batch)
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self._watch_guide(record)
-        return log_lik, record.kl(self.kl if kl is None else kl), batch
+        kl_value = record.kl(self.kl if kl is None else kl)
+        if (
+            torch.is_grad_enabled()
+            and kl_value.requires_grad
+            and not output.requires_grad
+        ):
+            raise ValueError(
+                "the network output carries no gradient (its forward pass ran "
+                "under torch.no_grad(), or it was detached) while the KL term "
+                "does: backward() would pull the weights towards the prior only. "
+                "Run the forward pass with gradients, or compute the loss under "
+                "torch.no_grad() too (for evaluation)"
+            )
+        return log_lik, kl_value, batch
 
     def combine(self, log_lik: Tensor, kl: Tensor, samples: int, batch: int) -> Tensor:
         """The loss from :meth:`terms` of an output of ``samples`` particles.

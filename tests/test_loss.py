@@ -576,3 +576,16 @@ def test_evaluation_mode_calls_do_not_count() -> None:
     net = _classifier().eval()
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-2)
     _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 8)
+
+
+def test_output_without_gradient_is_refused_while_the_kl_has_one() -> None:
+    """backward() would train towards the prior only: a clear error instead."""
+    net = bnn.VILinear(3, 2)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 10)
+    x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    with torch.no_grad():
+        out = net(x)
+    with pytest.raises(ValueError, match="carries no gradient"):
+        loss_fn(out, y)
+    with torch.no_grad():  # evaluation: no gradients anywhere, a value
+        assert torch.isfinite(loss_fn(out, y))
