@@ -167,6 +167,10 @@ def test_variational_parameter_names_and_errors() -> None:
     assert layer._weight_log_std.shape == (2, 3)
     assert layer.sample_variable("weight").shape == (2, 3)
     assert layer.get_log_probs(layer.sample_variable("bias"), "bias").shape == (2,)
+    for misspelt in (layer.sample_variable, layer.get_variational_parameters):
+        with pytest.raises(KeyError, match=r"no random variable 'wieght'"):
+            misspelt("wieght")  # torch_blue: KeyError (not None, not "is None")
+    assert vi.VILinear(3, 2, bias=False).sample_variable("bias") is None
     container = vi.VIModule()
     assert container.random_variables == ()
     for call in (

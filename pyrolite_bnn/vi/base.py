@@ -367,6 +367,16 @@ class VIModule(BnnVIModule):
             )
         return specs
 
+    def _own_variable(self, variable: str, what: str) -> Distribution | None:
+        """The family of ``variable``; ``KeyError`` (as torch_blue) for no such one."""
+        specs = self._own_variables(what)
+        if variable not in specs:
+            raise KeyError(
+                f"{type(self).__name__} has no random variable {variable!r}; its "
+                f"variables are {tuple(specs)}"
+            )
+        return specs[variable]
+
     def variable_shape(self, variable: str) -> tuple[tuple[int, ...], Tensor]:
         """Shape of ``variable`` and a tensor with its device and dtype."""
         posterior = self.posterior[variable]
@@ -382,9 +392,9 @@ class VIModule(BnnVIModule):
 
         Raises:
             NoVariablesError: no own variables, or ``variable`` is ``None``.
+            KeyError: for a name that is none of its variables.
         """
-        specs = self._own_variables(" to get")
-        if specs.get(variable) is None:
+        if self._own_variable(variable, " to get") is None:
             raise NoVariablesError(f"{variable} is None and has no parameters to get")
         return _posterior_values(self.posterior[variable])
 
@@ -462,9 +472,9 @@ class VIModule(BnnVIModule):
 
         Raises:
             NoVariablesError: if the module has no variables of its own.
+            KeyError: for a name that is none of its variables.
         """
-        specs = self._own_variables(" to sample")
-        if specs.get(variable) is None:
+        if self._own_variable(variable, " to sample") is None:
             return None
         draw: Tensor = self.posterior[variable].distribution().rsample()
         return draw
