@@ -1039,6 +1039,11 @@ def test_loss_of_a_hand_made_vireturn_uses_its_log_probs() -> None:
     torch.testing.assert_close(value, data + 0.5 * kl)
     with pytest.raises(ValueError, match="forward pass"):
         loss_fn(vi.VIReturn(samples, None), target)
+    averaged = loss_fn(vi.VIReturn(samples, log_probs.mean(0)), target)
+    torch.testing.assert_close(averaged, value)  # (2,): torch_blue takes it too
+    for wrong in (torch.randn(4, 3), torch.randn(3, 2), torch.randn(4)):
+        with pytest.raises(ValueError, match=r"log_probs must have shape"):
+            loss_fn(vi.VIReturn(samples, wrong), target)
 
 
 def test_sequential_children_must_agree_on_return_log_probs() -> None:
