@@ -172,9 +172,13 @@ class _VIConvBase(_VIWeightLayer):
         if input.dim() != dims + 2 or input.shape[1] != self.in_channels:
             raise ValueError(
                 f"{type(self).__name__}(in_channels={self.in_channels}) expected input "
-                f"of shape (batch, {self.in_channels}, {', '.join(['L'] * dims)}), "
+                f"of shape (batch, {self.in_channels}, {_SPATIAL[dims]}), "
                 f"got {tuple(input.shape)}"
             )
+
+
+# Names of the spatial dimensions in shape messages, as torch's docs write them.
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 class _VIConvNd(_VIConvBase):
