@@ -88,7 +88,7 @@ def test_input_validation_messages() -> None:
     with pytest.raises(
         ValueError,
         match=r"VIConv2d\(in_channels=3\) expected input of shape "
-        r"\(batch, 3, L, L\), got \(2, 4, 8, 8\)",
+        r"\(batch, 3, H, W\), got \(2, 4, 8, 8\)",
     ):
         bnn.VIConv2d(3, 2, 3)(torch.randn(2, 4, 8, 8))
     with pytest.raises(ValueError, match="divisible by groups"):
