@@ -1316,3 +1316,24 @@ class _BatchMean(vi.VIModule):
     def forward(self, x: Tensor) -> Tensor:
         h = self.l1(x)
         return (h - h.mean(0, keepdim=True)).mean(0)
+
+
+class _NormedContainer(vi.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = vi.VILinear(4, 8)
+        self.norm = nn.BatchNorm1d(8)
+        self.l2 = vi.VILinear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.l2(torch.relu(self.norm(self.l1(x))))
+
+
+def test_container_with_training_batch_norm_runs_folded() -> None:
+    """vmap cannot update running statistics (torch_blue raises there)."""
+    net = _NormedContainer()
+    x = torch.randn(6, 4)
+    assert net(x, samples=3).shape == (3, 6, 2)
+    assert net.norm.running_mean.abs().sum() > 0  # updated once, over B * S rows
+    net.eval()
+    assert net(x, samples=3).shape == (3, 6, 2)  # per particle again

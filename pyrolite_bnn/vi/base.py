@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from pyro.poutine.runtime import am_i_wrapped
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import current_draws
@@ -192,6 +192,7 @@ def _per_particle_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
             not self.__dict__.get("_per_particle")
             or _particles.current() is None
             or _PARTICLE_WEIGHTS.get() is not None  # inside an outer one: one particle
+            or _folds_for_batch_norm(self)
         ):
             return forward(self, *args, **kwargs)
         return self.run_per_particle(forward, args, kwargs)
@@ -636,6 +637,22 @@ class VIModule(BnnVIModule):
             weights, *inputs
         )
         return _fold(out, batch)
+
+
+def _folds_for_batch_norm(module: VIModule) -> bool:
+    """Whether a container runs folded because batch norm trains below it.
+
+    Under ``torch.vmap`` batch norm cannot update its running statistics
+    (torch_blue fails there); on the folded batch it normalises over all
+    ``B * S`` rows. A module with variables of its own has one-sample code and
+    always runs per particle.
+    """
+    return not module.declared_variables() and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.training
+        and m.track_running_stats
+        for m in module.modules()
+    )
 
 
 def _user_forward(cls: type) -> bool:
