@@ -1041,7 +1041,7 @@ def test_loss_of_a_hand_made_vireturn_uses_its_log_probs() -> None:
         loss_fn(vi.VIReturn(samples, None), target)
     averaged = loss_fn(vi.VIReturn(samples, log_probs.mean(0)), target)
     torch.testing.assert_close(averaged, value)  # (2,): torch_blue takes it too
-    for wrong in (torch.randn(4, 3), torch.randn(3, 2), torch.randn(4)):
+    for wrong in (torch.randn(4, 3), torch.randn(4), torch.randn(2, 2, 2)):
         with pytest.raises(ValueError, match=r"log_probs must have shape"):
             loss_fn(vi.VIReturn(samples, wrong), target)
 
@@ -1337,3 +1337,16 @@ def test_container_with_training_batch_norm_runs_folded() -> None:
     assert net.norm.running_mean.abs().sum() > 0  # updated once, over B * S rows
     net.eval()
     assert net(x, samples=3).shape == (3, 6, 2)  # per particle again
+
+
+def test_convert_to_vimodule_keeps_an_embeddings_weights_and_padding_row() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Embedding.from_pretrained(torch.randn(6, 3), freeze=False, padding_idx=0),
+        nn.Linear(3, 2),
+    )
+    tokens = torch.tensor([[0, 1, 5], [2, 0, 3]])
+    expected = model(tokens)
+    vi.convert_to_vimodule(model, keep_weights=True)
+    mean = bnn.predict(model, tokens, bnn.Normal(), mode="mean").samples[0]
+    torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-6)

@@ -627,7 +627,9 @@ class VIModule(BnnVIModule):
 
         if samples == 1:
             single = {name: value[0] for name, value in weights.items()}
-            return one_particle(single, *args)
+            out = one_particle(single, *args)
+            # As the vmapped outputs: (1, rows, ...), folded and recorded alike.
+            return _fold(_particles.map_outputs(out, _with_particle_dim), batch)
         if not weights and all(dim is None for dim in in_dims):
             # Nothing differs between particles but their random numbers
             # (dropout): a particle index gives vmap a dimension to map.
@@ -674,6 +676,10 @@ def _posterior_values(posterior: Posterior) -> list[Tensor]:
     if isinstance(posterior, AdaptedPosterior):
         return posterior.values()
     return [posterior.loc]
+
+
+def _with_particle_dim(item: Any) -> Any:
+    return item.unsqueeze(0) if isinstance(item, Tensor) else item
 
 
 def _fold(value: Any, batch: int | None) -> Any:

@@ -309,11 +309,14 @@ def _convert(
         and cls not in _blacklist | _replace_blacklist
         and not isinstance(module, containers)
     ):
-        built = _vi_layer(module, vikwargs) or _library_layer(
-            module, vikwargs, keep_weights
-        )
+        built = _vi_layer(module, vikwargs)
+        # A library layer holds the weights already (its registry entry maps
+        # them, as an embedding's padding row): only placed, not copied again.
+        means_set = built is None
+        if built is None:
+            built = _library_layer(module, vikwargs, keep_weights)
         if built is not None:
-            _copy_state(module, built, keep_weights)
+            _copy_state(module, built, keep_weights and not means_set)
             copy_training_modes(module, built)
             _become(module, built)
             return
