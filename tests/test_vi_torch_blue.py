@@ -1350,3 +1350,25 @@ def test_convert_to_vimodule_keeps_an_embeddings_weights_and_padding_row() -> No
     vi.convert_to_vimodule(model, keep_weights=True)
     mean = bnn.predict(model, tokens, bnn.Normal(), mode="mean").samples[0]
     torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-6)
+
+
+class _PooledSequenceFirst(vi.VIModule):
+    """torch_blue-style: sequence-first attention, pooled over the sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = vi.VIMultiheadAttention(8, 2)
+        self.head = vi.VILinear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, _ = self.attn(x, x, x)
+        return self.head((x + a).mean(0))  # (B, C): one particle's pooling
+
+
+def test_per_particle_container_with_one_particle_unfolds_as_with_several() -> None:
+    net = _PooledSequenceFirst()
+    x = torch.randn(6, 5, 8)  # (L, B, E)
+    for samples in (1, 2):
+        assert net(x, samples=samples).shape == (samples, 5, 3)
+    mean = bnn.predict(net, x, bnn.Categorical(), mode="mean")
+    assert mean.probs.shape == (5, 3)
