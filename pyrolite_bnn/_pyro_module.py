@@ -29,6 +29,7 @@ __all__ = [
     "LocalPyroModule",
     "linked_parameters",
     "local_params",
+    "note_structure_change",
     "structure_version",
 ]
 
@@ -46,6 +47,11 @@ def structure_version() -> int:
 def _bump() -> None:
     global _STRUCTURE_VERSION
     _STRUCTURE_VERSION += 1
+
+
+def note_structure_change() -> None:
+    """Say that a module tree changed behind ``__setattr__`` (caches are stale)."""
+    _bump()
 
 
 @contextmanager

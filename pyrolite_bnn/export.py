@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._network import network_children
-from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._pyro_module import local_params, note_structure_change
 from pyrolite_bnn.convert import ConvertedNetwork
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.container import Residual
@@ -133,5 +133,6 @@ def _convert_new(
         for key in GUIDE_STATE:
             module.__dict__.pop(key, None)
         module._modules = dict(children)
+        note_structure_change()  # what the network derived from its old tree
         return module
     return module

@@ -6,6 +6,7 @@ from pyro.infer.autoguide import AutoNormal
 from torch import nn
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn.export import DeterministicNetwork
 
 
 class Net(bnn.VIModule):
@@ -121,3 +122,30 @@ def test_residual_is_still_exported_here() -> None:
 def test_rejects_non_vimodule() -> None:
     with pytest.raises(TypeError, match=r"to_deterministic needs a bnn\.VIModule"):
         bnn.to_deterministic(nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+class _ConvNet(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = bnn.VIConv2d(1, 4, 3, padding=1)
+        self.fc = bnn.VILinear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))  # type: ignore[no-any-return]
+
+
+def test_export_of_a_custom_network_draws_nothing() -> None:
+    """Its layers are plain: no random variables, no use of the generator."""
+    torch.manual_seed(0)
+    model = _ConvNet()
+    plain = bnn.to_deterministic(model)
+    assert isinstance(plain, DeterministicNetwork)
+    assert plain.network.random_variables() == []
+    x = torch.randn(4, 1, 8, 8)
+    state = torch.get_rng_state()
+    out = plain(x)
+    assert torch.equal(state, torch.get_rng_state())
+    mean = bnn.predict(model, x, bnn.Categorical(), mode="mean").samples[0]
+    torch.testing.assert_close(out, mean, rtol=0, atol=0)
+    posterior = bnn.laplace(model, x, torch.randint(0, 3, (4,)), bnn.Categorical())
+    assert posterior.predict(x).probs.shape == (4, 3)
