@@ -16,9 +16,10 @@ from collections.abc import (
     Iterator,
     KeysView,
     Mapping,
+    Sequence,
     ValuesView,
 )
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 from torch import Tensor, nn
 
@@ -46,6 +47,25 @@ def _network_children(container: VIModule) -> list[tuple[str, nn.Module]]:
         for name, module in container._modules.items()
         if module is not None and name not in NOT_NETWORK
     ]
+
+
+_Container = TypeVar("_Container", bound=nn.Module)
+
+
+def _view(
+    container: _Container, named: Sequence[tuple[str | int, nn.Module]]
+) -> _Container:
+    """``container`` holding ``named`` modules as a slice of another container.
+
+    The modules stay where they are: torch's slices share the modules, and
+    here they keep their place in the network's Pyro module tree too
+    (``PyroModule.add_module`` would move them, and Pyro refuses moving a
+    module whose submodules have run, breaking the network), so a slice can be
+    taken inside a ``forward`` (``self.features[:2](x)``).
+    """
+    for name, module in named:
+        nn.Module.add_module(container, str(name), module)
+    return container
 
 
 def _adopt(container: VIModule, name: str, module: nn.Module) -> None:
@@ -143,7 +163,7 @@ class VISequential(VIModule):
     def __getitem__(self, index: int | slice) -> nn.Module:
         layers = self._layers()
         if isinstance(index, slice):
-            return VISequential(OrderedDict(layers[index]))
+            return _view(VISequential(), layers[index])
         return layers[index][1]
 
     def __len__(self) -> int:
@@ -362,7 +382,7 @@ class VIModuleList(VIModule):
 
     def __getitem__(self, idx: int | slice) -> nn.Module:
         if isinstance(idx, slice):
-            return type(self)(self._list()[idx])
+            return _view(type(self)(), list(enumerate(self._list()[idx])))
         return self._list()[self._index(idx)]
 
     def __setitem__(self, idx: int, module: nn.Module) -> None:

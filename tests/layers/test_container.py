@@ -76,3 +76,39 @@ def test_add_and_multiply_match_nn_sequential() -> None:
         seq * 0
     with pytest.raises(TypeError, match="int number"):
         seq * 1.5  # type: ignore[operator]
+
+
+class _SlicesInForward(bnn.VIModule):
+    """``self.body[:2](x)``: a torch idiom that slices a container per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VISequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
+        self.heads = bnn.VIModuleList([bnn.VILinear(4, 2), bnn.VILinear(4, 2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.body[:2](x)
+        return self.body[2:](hidden) + sum(h(hidden) for h in self.heads[0:])
+
+
+def test_slices_taken_in_forward_leave_the_network_intact() -> None:
+    """Slices share the modules and keep them in place (Pyro's module tree)."""
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO
+
+    net = _SlicesInForward()
+    x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
+    piece = net.body[:2]
+    assert isinstance(piece, bnn.VISequential)
+    assert piece[0] is net.body[0]
+    assert _sites(net) == [
+        "body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias",
+        "heads.0.weight", "heads.0.bias", "heads.1.weight", "heads.1.bias",
+    ]  # fmt: skip
+    likelihood = bnn.Categorical()
+    for _ in range(2):  # twice: the first round must not break the second
+        assert net(x, samples=3).shape == (3, 5, 2)
+        assert bnn.predict(net, x, likelihood, mode="mean").probs.shape == (5, 2)
+        loss_fn = bnn.KullbackLeiblerLoss(likelihood, 20)
+        svi = SVI(loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({}), Trace_ELBO())
+        assert svi.step(x, y, samples=2) > 0
