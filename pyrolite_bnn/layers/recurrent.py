@@ -210,6 +210,17 @@ class _VIRNNBase(VIModule):
         """Output and final states (in torch's layout, folded batch)."""
         name = type(self).__name__
         if isinstance(input, PackedSequence):
+            state = _particles.current()
+            if not self.batch_first and state is not None and state.root is not self:
+                raise ValueError(
+                    f"{name}(batch_first=False) takes packed sequences as the "
+                    "outermost module only: inside a network its output packs the "
+                    "B * S folded sequences, and pad_packed_sequence gives them as "
+                    "(L, B * S, ...), which is not the sequence-first fold (L * S, "
+                    "B, ...) of the layers after it; build the network with "
+                    "batch_first=True layers (then pad_packed_sequence(out, "
+                    "batch_first=True) is the folded (B * S, L, ...) activation)"
+                )
             packed = PackedInput(input, name, self.input_size)
             with packed.body():
                 output, h_n, c_n = self._batch_first(

@@ -688,3 +688,25 @@ def test_sequence_first_loss_counts_the_batch_not_the_sequence(length: int) -> N
             pyro.set_rng_seed(3)
             value = elbo.loss(model, net.guide, inputs, targets, samples=2)
             assert value / size == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_packed_input_of_a_sequence_first_layer_inside_a_network_is_refused() -> None:
+    """Its padded output (L, B * S, H) would be read as a shared (L, B, H) one."""
+
+    class Tagger(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = bnn.VILSTM(4, 3)
+            self.head = bnn.VILinear(3, 2)
+
+        def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+            packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            out, _ = pad_packed_sequence(self.rnn(packed)[0])
+            return self.head(out)  # type: ignore[no-any-return]
+
+    x, lengths = torch.randn(6, 5, 4), torch.tensor([6, 3, 5, 2, 6])
+    with pytest.raises(ValueError, match=r"outermost module only.*batch_first=True"):
+        Tagger()(x, lengths, samples=3)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, _ = bnn.VILSTM(4, 3)(packed, samples=3)  # as the outermost module: fine
+    assert out.data.shape == (3, int(lengths.sum()), 3)
