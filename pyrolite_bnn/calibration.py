@@ -44,12 +44,14 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._network import has_sequence_first_layers
 from pyrolite_bnn._scalar_search import minimise_expanding
 from pyrolite_bnn.distributions.predictive import (
     HeteroscedasticNormal,
     Normal,
     PredictiveDistribution,
 )
+from pyrolite_bnn.loss import batch_first_layout
 from pyrolite_bnn.predict import Prediction, predict
 
 __all__ = ["Calibration", "TemperatureScaling", "VarianceScaling", "calibrate"]
@@ -390,6 +392,11 @@ def calibrate(
         torch.Size([40])
     """
     outputs = predict(model, x, predictive, samples, **kwargs).samples
+    if isinstance(model, nn.Module) and has_sequence_first_layers(model):
+        # (S, L, B, ...) against (L, B, ...): one example per sequence.
+        outputs, target = batch_first_layout(outputs, y, x.shape[1])
+        assert target is not None
+        y = target
     calibration: Calibration = (
         TemperatureScaling() if predictive.is_classification else VarianceScaling()
     )

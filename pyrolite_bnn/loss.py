@@ -30,7 +30,7 @@ from pyrolite_bnn.guides import autoguide_running_model, check_pyro_call
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import ForwardRecord, KLMode, find_record
 
-__all__ = ["KullbackLeiblerLoss", "PyroModel", "batch_dim"]
+__all__ = ["KullbackLeiblerLoss", "PyroModel", "batch_dim", "batch_first_layout"]
 
 _KL_MODES = ("auto", "mc", "analytic")
 _REDUCTIONS = ("mean", "sum")
@@ -535,6 +535,27 @@ def batch_dim(output: Tensor, sequence_batch: int | None) -> int:
     return 1
 
 
+def batch_first_layout(
+    output: Tensor, target: Tensor | None, sequence_batch: int | None
+) -> tuple[Tensor, Tensor | None]:
+    """Output ``(S, B, ...)`` and target ``(B, ...)``, whatever the network's layout.
+
+    A sequence-first network's ``(S, L, B, ...)`` output and ``(L, B, ...)``
+    target (see :func:`batch_dim`) are permuted so that each example is one
+    sequence, as per-example quantities (a data plate, the log predictive
+    density of the particle mixture) need.
+
+    Example:
+        >>> import torch
+        >>> out, y = batch_first_layout(torch.zeros(10, 7, 3, 2), torch.zeros(7, 3), 3)
+        >>> out.shape, y.shape
+        (torch.Size([10, 3, 7, 2]), torch.Size([3, 7]))
+    """
+    if batch_dim(output, sequence_batch) == 2:
+        return output.movedim(2, 1), None if target is None else target.movedim(1, 0)
+    return output, target
+
+
 class PyroModel:
     """The full Pyro model of a network under a likelihood (``loss_fn.pyro_model``).
 
@@ -606,12 +627,9 @@ class PyroModel:
                 ) from error
             sequence_batch = state.sequence_batch()
             batch = loss_fn.check_batch(output, sequence_batch)
-            observed = output
-            if batch_dim(output, sequence_batch) == 2:
-                # (S, L, B, ...) -> (S, B, L, ...): the data plate is at dim -1
-                # of the batch shape (S, B); the sequence is part of the event.
-                observed = output.movedim(2, 1)
-                y = None if y is None else y.movedim(1, 0)
+            # The data plate is at dim -1 of the batch shape (S, B): a sequence
+            # of a sequence-first network is one example (its positions event).
+            observed, y = batch_first_layout(output, y, sequence_batch)
             with pyro.plate(
                 "data",
                 loss_fn.dataset_size,

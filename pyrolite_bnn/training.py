@@ -30,8 +30,9 @@ from pyrolite_bnn._fit_progress import Progress
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn._validation import check_heat
 from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
-from pyrolite_bnn.loss import KullbackLeiblerLoss
+from pyrolite_bnn.loss import KullbackLeiblerLoss, batch_first_layout
 from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.record import find_record
 
 __all__ = ["History", "fit", "linear_warmup"]
 
@@ -176,7 +177,12 @@ def _validation_nll(
     try:
         for step, batch in enumerate(loader):
             x, y = _unpack(batch, "val_loader", f"batch {step}")
-            log_mean = loss_fn.predictive.mixture_log_likelihood(model(x), y)
+            output = model(x)
+            output, y = batch_first_layout(  # one example per sequence
+                output, y, find_record(output).sequence_batch
+            )
+            assert y is not None
+            log_mean = loss_fn.predictive.mixture_log_likelihood(output, y)
             total -= float(log_mean.sum())
             count += int(log_mean.numel())
     finally:

@@ -710,3 +710,39 @@ def test_packed_input_of_a_sequence_first_layer_inside_a_network_is_refused() ->
     packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
     out, _ = bnn.VILSTM(4, 3)(packed, samples=3)  # as the outermost module: fine
     assert out.data.shape == (3, int(lengths.sum()), 3)
+
+
+def test_sequence_first_validation_and_calibration_count_sequences() -> None:
+    """fit's validation NLPD and calibrate's fit take one example per sequence.
+
+    The same weights and draws in either layout give the same values (the
+    mixture over particles is per sequence, not per position across the batch).
+    """
+    batch, length = 4, 6
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, length, 3), torch.randint(0, 2, (batch, length))
+    x_first, y_first = x.transpose(0, 1).contiguous(), y.t().contiguous()
+    batch_first, sequence_first = _LayoutTagger(True), _LayoutTagger(False)
+    sequence_first.load_state_dict(batch_first.state_dict())
+    values = []
+    for net, inputs, targets in (
+        (batch_first, x, y),
+        (sequence_first, x_first, y_first),
+    ):
+        loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 20)
+        frozen = torch.optim.SGD(net.parameters(), lr=0.0)
+        pyro.set_rng_seed(1)
+        history = bnn.fit(
+            net,
+            loss_fn,
+            [(inputs, targets)],
+            1,
+            frozen,
+            val_loader=[(inputs, targets)],
+            progress=False,
+        )
+        pyro.set_rng_seed(2)
+        calibration = bnn.calibrate(net, inputs, targets, bnn.Categorical(), 8)
+        assert isinstance(calibration, bnn.TemperatureScaling)
+        values.append((history.val_loss[0], float(calibration.temperature)))
+    assert values[1] == pytest.approx(values[0], rel=1e-5)
