@@ -181,6 +181,10 @@ class LazyDraws:
             return fresh
         return self.value(index)
 
+    def any_read(self) -> bool:
+        """Whether a layer has read one of its weights (or moments) in this call."""
+        return self._drawn > 0 or any(self._moments_read)
+
     def takes_moments(self, key: tuple[int, str]) -> bool:
         """Whether the variable ``key`` reaches its layer as moments (no draw)."""
         index = self.index.get(key)

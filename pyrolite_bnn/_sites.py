@@ -50,6 +50,10 @@ class SiteTable:
         self.variables = {(id(v.module), v.name): v for v in variables}
         self.values: dict[tuple[int, str], Tensor] = {}
 
+    def any_read(self) -> bool:
+        """Whether a layer has read one of its weights in this call yet."""
+        return bool(self.values)
+
     def sample(self, module: VIModule, name: str) -> Tensor:
         """The value of ``module``'s random variable ``name`` (sampled once)."""
         key = (id(module), name)

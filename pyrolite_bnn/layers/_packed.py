@@ -17,6 +17,7 @@ output.unsorted_indices)`` is particle ``s``'s torch output (see
 
 from __future__ import annotations
 
+import warnings
 from contextlib import AbstractContextManager
 
 import torch
@@ -24,6 +25,8 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._draws import current_draws
+from pyrolite_bnn._sites import current_sites
 
 __all__ = ["PackedInput"]
 
@@ -51,6 +54,19 @@ class PackedInput:
         self.padded = padded
         folded = self.samples > 1 and self._is_folded(packed, rows)
         self.batch = rows // self.samples if folded else rows
+        if not folded and self.samples > 1 and _bayesian_layers_ran():
+            warnings.warn(
+                f"{name} got a packed batch of {rows} sequences, shared by all "
+                f"{self.samples} particles, after Bayesian layers ran in this call. "
+                "If it was packed from their folded output (B * S rows, such as a "
+                "VIEmbedding's), repeat the lengths per particle, "
+                "pack_padded_sequence(h, lengths.repeat_interleave(S), ...) with S "
+                "= pyrolite_bnn.layers.functional.current_samples(): packing it "
+                "with the B lengths reads the wrong rows. A packed network input "
+                "is right as it is",
+                UserWarning,
+                stacklevel=4,
+            )
         if folded:
             lengths = lengths.view(self.batch, self.samples)[:, 0]
             self.sorted = torch.sort(lengths, descending=True, stable=True).indices
@@ -106,3 +122,11 @@ class PackedInput:
         if copies > 1 and self.state is not None:
             self.state.note_batch_folded(data, 0)
         return packed
+
+
+def _bayesian_layers_ran() -> bool:
+    """Whether a Bayesian layer has read its weights in the running call."""
+    draws, sites = current_draws(), current_sites()
+    return (draws is not None and draws.any_read()) or (
+        sites is not None and sites.any_read()
+    )

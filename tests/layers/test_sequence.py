@@ -10,6 +10,7 @@ activations are folded into the sequence dimension ``(L * S, B, ...)``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -746,3 +747,35 @@ def test_sequence_first_validation_and_calibration_count_sequences() -> None:
         assert isinstance(calibration, bnn.TemperatureScaling)
         values.append((history.val_loss[0], float(calibration.temperature)))
     assert values[1] == pytest.approx(values[0], rel=1e-5)
+
+
+class _EmbedPackClassifier(bnn.VIModule):
+    """A Bayesian embedding, packed for a recurrent layer, classified."""
+
+    def __init__(self, repeat_lengths: bool) -> None:
+        super().__init__()
+        self.embed = bnn.VIEmbedding(10, 4, padding_idx=0)
+        self.rnn = bnn.VIGRU(4, 3, batch_first=True)
+        self.head = bnn.VILinear(3, 2)
+        self.repeat_lengths = repeat_lengths
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        h = self.embed(tokens)  # folded (B * S, L, E)
+        if self.repeat_lengths:
+            lengths = lengths.repeat_interleave(current_samples())
+        packed = pack_padded_sequence(
+            h, lengths, batch_first=True, enforce_sorted=False
+        )
+        return self.head(self.rnn(packed)[1][-1])  # type: ignore[no-any-return]
+
+
+def test_packing_a_folded_activation_with_the_batchs_lengths_warns() -> None:
+    """torch packs B of the B * S folded rows without complaint: wrong rows."""
+    tokens = torch.randint(1, 10, (3, 5))
+    lengths = torch.tensor([5, 2, 4])
+    with pytest.warns(UserWarning, match=r"repeat the lengths per particle"):
+        _EmbedPackClassifier(repeat_lengths=False)(tokens, lengths, samples=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = _EmbedPackClassifier(repeat_lengths=True)(tokens, lengths, samples=2)
+    assert out.shape == (2, 3, 2)
