@@ -47,6 +47,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -56,7 +57,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._network import bayesian_positions
-from pyrolite_bnn._scalar_search import minimise_on_interval
+from pyrolite_bnn._scalar_search import minimise_expanding
 from pyrolite_bnn._validation import (
     check_finite,
     check_input_dtype,
@@ -87,6 +88,7 @@ Subset = Literal["all", "last_layer"]
 _JACOBIAN_ENTRIES = 2**24
 # The 1-D search over log(prior precision) covers exp(+-14), 8e-7 to 1.2e6.
 _LOG_PRECISION_BOUND = 14.0
+_LOG_PRECISION_LIMIT = 30.0
 _SUPPORTED = "Normal (homoscedastic), Categorical and Bernoulli"
 
 
@@ -474,8 +476,11 @@ class LinearizedLaplace(nn.Module):
         evidence, e.g. for classifiers, which the evidence tends to leave
         under-confident.
 
-        Both search ``log(delta)`` in ``[-14, 14]`` on a grid (step 0.2) and
-        refine the best cell by golden-section search.
+        Both search ``log(delta)`` in ``[-14, 14]`` on a grid (step 0.2),
+        moved out up to ``+-30`` where the best value lies at an edge, and
+        refine the best cell by golden-section search. A precision at that
+        limit warns: the objective still improves beyond it (towards
+        ``e^30``, the Laplace posterior is the expansion point alone).
 
         Args:
             x: validation inputs ``(N, ...)`` (not the training data).
@@ -492,8 +497,24 @@ class LinearizedLaplace(nn.Module):
             if x is None or y is None
             else self._validation_nll(x, y, samples)
         )
-        bound = _LOG_PRECISION_BOUND
-        best = math.exp(minimise_on_interval(objective, -bound, bound))
+        log_best, at_limit = minimise_expanding(
+            objective, _LOG_PRECISION_BOUND, _LOG_PRECISION_LIMIT
+        )
+        best = math.exp(log_best)
+        if at_limit:
+            warnings.warn(
+                f"fit_prior_precision: the best prior precision {best:.3g} is at the "
+                f"search limit e^{'-' if log_best < 0 else ''}"
+                f"{_LOG_PRECISION_LIMIT:g}: the objective still improves beyond it "
+                + (
+                    "(a larger precision shrinks the posterior to the expansion "
+                    "point: the validation data reward no epistemic uncertainty)"
+                    if log_best > 0
+                    else "(a smaller precision: an almost flat prior)"
+                ),
+                UserWarning,
+                stacklevel=2,
+            )
         self.set_prior_precision(best)
         return self
 

@@ -515,3 +515,20 @@ def test_state_dict_round_trip_into_a_fresh_posterior() -> None:
     assert fresh.rank == la.rank > 0
     torch.testing.assert_close(fresh.posterior_covariance, la.posterior_covariance)
     torch.testing.assert_close(fresh.output_covariance(x), la.output_covariance(x))
+
+
+def test_prior_precision_at_the_search_limit_warns() -> None:
+    """Weights at zero fitting zero targets: the evidence grows with the precision.
+
+    (log p(theta* = 0) = P/2 log(delta / 2 pi) grows and the log-determinant
+    term tends to 0, so the maximiser is beyond any bound.)
+    """
+    torch.manual_seed(0)
+    x, y = torch.randn(50, 2), torch.zeros(50)
+    net = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        net.weight.zero_()
+    la = bnn.laplace(net, x, y, bnn.Normal(scale=0.1), prior_precision=1.0)
+    with pytest.warns(UserWarning, match=r"at the search limit e\^30"):
+        la.fit_prior_precision()
+    assert float(la.prior_precision) > math.exp(29)
