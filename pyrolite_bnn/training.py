@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -559,6 +560,16 @@ def fit(
             if val_loader is not None:
                 # the network itself: DDP's forward would synchronise buffers
                 val_loss = _validation_nll(network, loss_fn, val_loader, ranks)
+                if not math.isfinite(val_loss):
+                    warnings.warn(
+                        f"fit: the validation loss of epoch {epoch} is {val_loss}: "
+                        "the network's predictive density on val_loader is not "
+                        "finite (NaN or infinite outputs, or targets the likelihood "
+                        "gives zero density); early stopping counts it as no "
+                        "improvement",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                 history.val_loss.append(val_loss)
                 shown["val_loss"] = val_loss
                 stopping.update(epoch, val_loss, history, model, loss_fn)

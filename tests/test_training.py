@@ -618,16 +618,17 @@ def test_early_stopping_patience_counts_from_initial_epoch(
     )
     x, y = _data()
     for initial_epoch in (0, 3):
-        history = fit(
-            _net(),
-            _loss(),
-            _batches(x, y),
-            epochs=8,
-            val_loader=_batches(x, y),
-            early_stopping_patience=2,
-            initial_epoch=initial_epoch,
-            progress=False,
-        )
+        with pytest.warns(RuntimeWarning, match="validation loss"):
+            history = fit(
+                _net(),
+                _loss(),
+                _batches(x, y),
+                epochs=8,
+                val_loader=_batches(x, y),
+                early_stopping_patience=2,
+                initial_epoch=initial_epoch,
+                progress=False,
+            )
         assert history.stopped_early
         assert history.best_epoch is None
         assert len(history.loss) == 2
@@ -667,3 +668,30 @@ def test_progress_bar_with_tqdm(capsys: pytest.CaptureFixture[str]) -> None:
     assert "epoch 2/2" in err
     assert "loss=" in err
     assert "kl=" in err
+
+
+class _NaNWhenEvaluated(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = bnn.VILinear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x)
+        return out if self.training else out * float("nan")  # type: ignore[no-any-return]
+
+
+def test_non_finite_validation_loss_warns() -> None:
+    """Training is finite (the NaN guard is quiet), validation is not."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 16)
+    with pytest.warns(RuntimeWarning, match="validation loss of epoch 0 is nan"):
+        history = bnn.fit(
+            _NaNWhenEvaluated(),
+            loss_fn,
+            [(x, y)],
+            1,
+            val_loader=[(x, y)],
+            progress=False,
+        )
+    assert math.isnan(history.val_loss[0])
