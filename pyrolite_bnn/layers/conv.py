@@ -173,7 +173,7 @@ class _VIConvBase(_VIWeightLayer):
             raise ValueError(
                 f"{type(self).__name__}(in_channels={self.in_channels}) expected input "
                 f"of shape (batch, {self.in_channels}, {_SPATIAL[dims]}), "
-                f"got {tuple(input.shape)}"
+                f"got {functional.describe_input_shape(input)}"
             )
 
 

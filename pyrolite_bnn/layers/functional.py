@@ -28,6 +28,7 @@ __all__ = [
     "conv_transpose",
     "current_batch_size",
     "current_samples",
+    "describe_input_shape",
     "embedding",
     "linear",
     "linear_flipout",
@@ -49,6 +50,25 @@ def current_samples() -> int:
     """Number of particles ``S`` of the running outermost call (1 outside one)."""
     state = _particles.current()
     return 1 if state is None else state.samples
+
+
+def describe_input_shape(input: Tensor) -> str:
+    """``input``'s shape for an error message, saying where particles are folded.
+
+    Inside a network an activation has ``B * S`` rows; the message then names
+    the batch and the particles, which the user never sees as a batch size.
+
+    Example:
+        >>> import torch
+        >>> describe_input_shape(torch.zeros(4, 3))
+        '(4, 3)'
+    """
+    shape = str(tuple(input.shape))
+    samples, batch = current_samples(), current_batch_size()
+    rows = input.shape[0] if input.dim() else None
+    if samples > 1 and batch is not None and rows == batch * samples:
+        return f"{shape} (the batch of {batch} folded with {samples} particles)"
+    return shape
 
 
 def _flat_particles(weight: Tensor, event_dims: int) -> Tensor:

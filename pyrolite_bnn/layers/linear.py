@@ -119,7 +119,8 @@ class VILinear(_VIWeightLayer):
         if input.dim() < 2 or input.shape[-1] != self.in_features:
             raise ValueError(
                 f"VILinear(in_features={self.in_features}) expected input of shape "
-                f"(batch, ..., {self.in_features}), got {tuple(input.shape)}"
+                f"(batch, ..., {self.in_features}), got "
+                f"{functional.describe_input_shape(input)}"
             )
         weight, bias = self.weight, self.bias
         if isinstance(weight, NormalMoments):

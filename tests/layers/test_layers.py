@@ -142,3 +142,10 @@ def test_sequential_container_api() -> None:
         "2.weight",
         "2.bias",
     ]
+
+
+def test_shape_errors_inside_a_network_name_the_folded_batch() -> None:
+    """The user sees a batch of 4, not the 40 folded rows the layer gets."""
+    net = bnn.VISequential(bnn.VILinear(3, 200), nn.ReLU(), bnn.VILinear(128, 2))
+    with pytest.raises(ValueError, match=r"got \(40, 200\) \(the batch of 4 folded"):
+        net(torch.randn(4, 3), samples=10)
