@@ -49,7 +49,25 @@ class _VIWeightLayer(EstimatorLayer):
 
     _auto_estimator: ClassVar[str] = "reparam"
     _estimators: ClassVar[tuple[str, ...]] = ESTIMATORS
-    estimator: str
+
+    @property
+    def estimator(self) -> str:
+        """The ``estimator=`` option; assigning it re-decides what ``"auto"`` means."""
+        return str(self.__dict__["_estimator_option"])
+
+    @estimator.setter
+    def estimator(self, value: str) -> None:
+        if value in ESTIMATORS and value not in self._estimators:
+            raise ValueError(
+                f"{type(self).__name__} supports estimator in {self._estimators}, got "
+                f"{value!r}: its weights are shared across positions, so sampling "
+                "outputs instead of weights would not be exact"
+            )
+        families = self.__dict__.get("_families")
+        check_estimator(value, None if families is None else dict(families))
+        self.__dict__["_estimator_option"] = value
+        if families is not None:  # after construction: takes effect at once
+            self._resolved_estimator = self._resolve_estimator()
     weight: Tensor
     bias: Tensor | None
 
@@ -76,12 +94,6 @@ class _VIWeightLayer(EstimatorLayer):
         """
         declared = {name: shape for name, shape in shapes.items() if shape is not None}
         names = tuple(declared)
-        if estimator in ESTIMATORS and estimator not in self._estimators:
-            raise ValueError(
-                f"{type(self).__name__} supports estimator in {self._estimators}, got "
-                f"{estimator!r}: its weights are shared across positions, so sampling "
-                "outputs instead of weights would not be exact"
-            )
         self.estimator = check_estimator(estimator, variational)
         families: dict[str, VariationalFamily] = {}
         for name, shape in declared.items():

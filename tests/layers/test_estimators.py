@@ -523,3 +523,18 @@ def test_tokens_of_a_sequence_first_input_share_the_weights(batch: int) -> None:
         (variances[0] * variances[1] + expected**2) / samples
     ).sqrt()
     assert float(error.max()) < 5, (covariance, expected)
+
+
+def test_assigning_the_estimator_takes_effect() -> None:
+    """``layer.estimator = "reparam"`` after construction is obeyed and checked."""
+    layer = bnn.VILinear(3, 2)
+    assert layer.uses_moments()  # "auto": local reparameterisation for (B, in)
+    layer.estimator = "reparam"
+    assert not layer.uses_moments()
+    assert layer.estimator_for(torch.randn(4, 3)) == "reparam"
+    layer.estimator = "auto"
+    assert layer.uses_moments()
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        layer.estimator = "bogus"
+    with pytest.raises(ValueError, match="supports estimator in"):
+        bnn.VIEmbedding(5, 2).estimator = "local"
