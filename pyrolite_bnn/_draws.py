@@ -31,6 +31,7 @@ from pyrolite_bnn.variables import RandomVariable
 
 __all__ = [
     "LazyDraws",
+    "RepeatedExplicitEstimator",
     "RepeatedMomentsRead",
     "called_repeatedly",
     "current_draws",
@@ -102,16 +103,25 @@ def mark_called_repeatedly(module: object) -> None:
     _CALLED_REPEATEDLY.add(module)
 
 
-class RepeatedMomentsRead(Exception):
+class RepeatedMomentsRead(RuntimeError):
     """A layer under ``estimator="auto"`` read its weight moments a second time.
 
-    Raised by :meth:`LazyDraws.get` inside a PyTorch-style call; the call
-    marks the layer (:func:`mark_called_repeatedly`) and runs the forward pass
-    again with its weights drawn. Not an error users see.
+    Raised by :meth:`LazyDraws.get` inside a PyTorch-style call, after marking
+    the layer (:func:`mark_called_repeatedly`); a ``bnn.VIModule`` network
+    then runs the forward pass again with the layer's weights drawn. A plain
+    ``torch.nn`` root cannot run its own forward again: the user sees this
+    error once, and the next call draws the weights.
     """
 
     def __init__(self, module: object) -> None:
-        super().__init__(type(module).__name__)
+        name = type(module).__name__
+        super().__init__(
+            f"{name} is called twice in one forward pass: its two calls must share "
+            "one weight draw, which sampling outputs from the weight moments (local "
+            f"reparameterisation) cannot give. {name} draws its weights from now on: "
+            "call the network again (a bnn.VIModule network runs the pass again by "
+            "itself; this plain torch root cannot)"
+        )
         self.module = module
 
 
@@ -237,16 +247,21 @@ class LazyDraws:
                 self._fresh[i] = value
 
 
+class RepeatedExplicitEstimator(ValueError):
+    """A layer with an explicit ``"local"``/``"flipout"`` estimator runs twice."""
+
+
 def _refuse_repeated_moments(variable: RandomVariable) -> None:
     module = variable.module
     estimator = getattr(module, "estimator", "auto")
     if estimator != "auto":
-        raise ValueError(
+        raise RepeatedExplicitEstimator(
             f"{type(module).__name__} (site {variable.site!r}) is called twice in "
             f"one forward pass; estimator={estimator!r} samples each call's "
             "outputs independently, so the two calls would not share one weight "
             "draw. Use estimator='auto' or 'reparam' for a layer used twice"
         )
+    mark_called_repeatedly(module)
     raise RepeatedMomentsRead(module)
 
 

@@ -42,13 +42,13 @@ from pyrolite_bnn._draws import (
     LazyDraws,
     RepeatedMomentsRead,
     called_repeatedly,
-    mark_called_repeatedly,
     using_draws,
 )
 from pyrolite_bnn._network import (
     collect_variables,
     has_sequence_first_layers,
     network_modules,
+    per_particle_modules,
 )
 from pyrolite_bnn._pyro_module import linked_parameters
 from pyrolite_bnn._sites import SiteTable, sampling_sites
@@ -222,6 +222,12 @@ def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
     # example's weights, so every weight is drawn there.
     if any(use_moments) and has_sequence_first_layers(root):
         use_moments = [False] * len(use_moments)
+    elif any(use_moments):  # one-sample forwards may combine a batch's examples
+        inside = per_particle_modules(root)
+        use_moments = [
+            use and id(v.module) not in inside
+            for use, v in zip(use_moments, variables, strict=True)
+        ]
     return LazyDraws(variables, moments, use_moments, samples)
 
 
@@ -242,10 +248,9 @@ def pytorch_run(
                 with using_draws(draws), _particles.particles(state):
                     result = nn.Module.__call__(root, *args, **kwargs)
                 break
-            except RepeatedMomentsRead as repeated:
-                # A layer object runs twice: run the pass again with its
-                # weights drawn, so both calls share one draw per particle.
-                mark_called_repeatedly(repeated.module)
+            except RepeatedMomentsRead:
+                # A layer object runs twice (now marked): run the pass again
+                # with its weights drawn, so both calls share one draw.
                 state = state.restarted()
         draws.finish()
         result = unfold_output(root, result, state)

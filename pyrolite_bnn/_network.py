@@ -138,3 +138,21 @@ def has_sequence_first_layers(root: nn.Module) -> bool:
     )
     object.__setattr__(root, "_pyrolite_sequence_first", (version, found))
     return found
+
+
+def per_particle_modules(root: nn.Module) -> frozenset[int]:
+    """Ids of the modules at or below one that runs its forward per particle.
+
+    See :meth:`~pyrolite_bnn.VIModule.runs_per_particle`: their weights are
+    drawn, never read as output moments.
+    """
+    cached = root.__dict__.get("_pyrolite_per_particle")
+    version = structure_version()
+    if cached is not None and cached[0] == version:
+        return frozenset(cached[1])
+    found: set[int] = set()
+    for module in root.modules():
+        if isinstance(module, VIModule) and module.runs_per_particle():
+            found.update(id(m) for m in module.modules())
+    object.__setattr__(root, "_pyrolite_per_particle", (version, frozenset(found)))
+    return frozenset(found)

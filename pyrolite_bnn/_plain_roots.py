@@ -201,6 +201,7 @@ def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         return result
     draws.finish()
     record = LayerRecord(draws, state.samples)
+    record.sequence_batch = state.sequence_batch()
     return attach(result, record, log_probs=getattr(module, "return_log_probs", False))
 
 

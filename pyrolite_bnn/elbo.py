@@ -30,8 +30,9 @@ Anything else (another guide, a plain module as the network, a tempered
 ``loss_fn``, which the Pyro model then refuses, ``num_particles > 1``, other
 arguments) goes to the parent class unchanged. So does an input that a layer
 with an explicit ``estimator="local"`` refuses in a PyTorch-style call
-(several output positions per example, as a ``(B, L, in)`` input): Pyro's path
-draws the weights, whatever the estimator. The random-number state is rewound
+(several output positions per example, as a ``(B, L, in)`` input), or such a
+layer called twice in one forward pass: Pyro's path draws the weights,
+whatever the estimator. The random-number state is rewound
 first, so under the same seed the value is Pyro's.
 """
 
@@ -49,7 +50,12 @@ from pyro.poutine.runtime import effectful
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from pyrolite_bnn._draws import keeping_noise_sums, rng_state, set_rng_state
+from pyrolite_bnn._draws import (
+    RepeatedExplicitEstimator,
+    keeping_noise_sums,
+    rng_state,
+    set_rng_state,
+)
 from pyrolite_bnn._forward import prepare, pytorch_run
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn.guides import check_pyro_call
@@ -123,14 +129,16 @@ def _fast_loss(
     check_pyro_call()  # the same refusals as the model's own run
     count = network.samples if samples is None else samples
     state, device = prepare(network, (x,), {}, count)
-    with _local_refusals(network) as watched:
+    with _local_refusals(network):
         # Draws made before a refusal are undone: Pyro's path then draws what
         # it would have drawn without the attempt.
-        rewind = rng_state(x.device) if watched else None
+        rewind = rng_state(x.device)
         try:
             with local_params(), keeping_noise_sums():
                 output = pytorch_run(network, state, device, (x,), {})
-        except _LocalRefused:
+        except (_LocalRefused, RepeatedExplicitEstimator):
+            # An explicit local/flipout estimator refuses the input, or runs
+            # twice: inside Pyro inference the weights are drawn instead.
             if rewind is not None:
                 set_rng_state(rewind, x.device)
             return None

@@ -252,6 +252,17 @@ class VIModule(LocalPyroModule):
         """
         return False
 
+    def runs_per_particle(self) -> bool:
+        """Whether this module runs its ``forward`` once per particle.
+
+        Such a ``forward`` is one-sample code (torch_blue's modules, in
+        :mod:`pyrolite_bnn.vi`) that may combine the examples of a batch
+        (``h - h.mean(0)``): the layers below it then draw their weights, one
+        draw per particle shared by its examples, instead of sampling each
+        example's outputs from the weight moments. The default is ``False``.
+        """
+        return False
+
     def prior_distribution(self, name: str) -> Any:
         """Prior distribution of this module's random variable ``name``."""
         prior = self.prior[name]

@@ -68,6 +68,7 @@ class _VIWeightLayer(EstimatorLayer):
         self.__dict__["_estimator_option"] = value
         if families is not None:  # after construction: takes effect at once
             self._resolved_estimator = self._resolve_estimator()
+
     weight: Tensor
     bias: Tensor | None
 

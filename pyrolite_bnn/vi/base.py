@@ -284,6 +284,14 @@ class VIModule(BnnVIModule):
         self._per_particle = True
         self.adopt_specs(specs)
 
+    def runs_per_particle(self) -> bool:
+        """See :meth:`pyrolite_bnn.VIModule.runs_per_particle`.
+
+        ``True`` for a module with variables of its own and for a container
+        whose ``forward`` is the user's.
+        """
+        return bool(self.__dict__.get("_per_particle"))
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         forward = cls.__dict__.get("forward")
@@ -595,21 +603,17 @@ class VIModule(BnnVIModule):
                 )
         in_dims: list[int | None] = []
         inputs: list[Any] = []
+        state = _particles.current()
+        network_inputs = () if state is None else state.inputs
         for arg in args:
-            rows = arg.shape[0] if isinstance(arg, Tensor) and arg.dim() else None
-            if (
-                rows is not None
-                and samples > 1
-                and rows != batch
-                and rows % samples == 0
-            ):
+            if _folded(arg, samples, batch, network_inputs):
+                rows = arg.shape[0]
                 inputs.append(arg.reshape(rows // samples, samples, *arg.shape[1:]))
                 in_dims.append(1)
             else:
                 inputs.append(arg)
                 in_dims.append(None)
 
-        state = _particles.current()
         single_state = None if state is None else dataclasses.replace(state, samples=1)
 
         def one_particle(drawn: dict[tuple[int, str], Tensor], *inner: Any) -> Any:
@@ -676,6 +680,23 @@ def _posterior_values(posterior: Posterior) -> list[Tensor]:
     if isinstance(posterior, AdaptedPosterior):
         return posterior.values()
     return [posterior.loc]
+
+
+def _folded(
+    arg: Any, samples: int, batch: int | None, network_inputs: tuple[Tensor, ...]
+) -> bool:
+    """Whether ``arg`` holds all particles folded (``B * S`` leading rows).
+
+    The network's own inputs are shared, whatever their size; otherwise a
+    tensor is folded when its leading size is ``B * S`` (any multiple of ``S``
+    when ``B`` is unknown).
+    """
+    if samples == 1 or not isinstance(arg, Tensor) or not arg.dim():
+        return False
+    if any(arg is shared for shared in network_inputs):
+        return False
+    rows = arg.shape[0]
+    return rows == batch * samples if batch is not None else rows % samples == 0
 
 
 def _with_particle_dim(item: Any) -> Any:

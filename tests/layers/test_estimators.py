@@ -538,3 +538,39 @@ def test_assigning_the_estimator_takes_effect() -> None:
         layer.estimator = "bogus"
     with pytest.raises(ValueError, match="supports estimator in"):
         bnn.VIEmbedding(5, 2).estimator = "local"
+
+
+def test_plain_root_calling_a_layer_twice_asks_for_a_second_call() -> None:
+    """A torch root cannot run its forward again: one clear error, then draws."""
+    layer = bnn.VILinear(2, 2)
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
+            self.other = bnn.VILinear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.other(self.layer(self.layer(x)))  # type: ignore[no-any-return]
+
+    net, x = Tied(), torch.randn(3, 2)
+    with pytest.raises(RuntimeError, match="call the network again"):
+        net(x)
+    out = net(x)
+    assert out.shape == (10, 3, 2)
+
+
+def test_bnn_trace_elbo_falls_back_for_an_explicit_estimator_called_twice() -> None:
+    """Inside Pyro inference the weights are drawn: Pyro's ELBO is the value."""
+    import pyro
+    from pyro.infer import Trace_ELBO
+
+    torch.manual_seed(0)
+    net = _Twice(bnn.VILinear(2, 2, estimator="local"))
+    x, y = torch.randn(4, 2), torch.randn(4, 2)
+    model = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 20).pyro_model(net)
+    values = []
+    for elbo in (Trace_ELBO(), bnn.Trace_ELBO()):
+        pyro.set_rng_seed(3)
+        values.append(elbo.loss(model, net.guide, x, y, samples=2))
+    assert values[1] == pytest.approx(values[0], rel=1e-5)

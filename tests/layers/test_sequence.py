@@ -779,3 +779,19 @@ def test_packing_a_folded_activation_with_the_batchs_lengths_warns() -> None:
         warnings.simplefilter("error")
         out = _EmbedPackClassifier(repeat_lengths=True)(tokens, lengths, samples=2)
     assert out.shape == (2, 3, 2)
+
+
+def test_plain_sequential_sequence_first_network_counts_sequences() -> None:
+    """A plain nn.Sequential root records its sequence batch like a bnn one."""
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 4, 8), torch.randint(0, 2, (5, 4))  # (L, B, ...)
+    layers = [
+        bnn.VITransformerEncoderLayer(8, 2, 16, 0.0),
+        bnn.VILinear(8, 2, estimator="reparam"),
+    ]
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 20)
+    values = []
+    for net in (nn.Sequential(*layers), bnn.VISequential(*layers)):
+        pyro.set_rng_seed(1)
+        values.append(loss_fn(net(x), y).item())
+    assert values[0] == pytest.approx(values[1], rel=1e-6)

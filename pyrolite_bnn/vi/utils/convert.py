@@ -549,6 +549,9 @@ def _generated_module(
         **{**vikwargs, **_placement_of(own)},
     )
     module.__class__ = generated
+    # The module's own forward is the user's one-sample code (as torch_blue
+    # runs every module): once per particle, with or without own variables.
+    vars(module)["_per_particle"] = True
     fresh = vars(module)
     for key, value in saved.items():
         # children and buffers kept (and the None entries of a container)
