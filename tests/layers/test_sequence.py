@@ -655,6 +655,18 @@ class _LayoutTagger(bnn.VIModule):
         return self.head(self.rnn(x)[0])
 
 
+def _both_layouts(
+    batch: int, length: int
+) -> tuple[tuple[_LayoutTagger, Tensor, Tensor], tuple[_LayoutTagger, Tensor, Tensor]]:
+    """The same tagger, weights and data, batch-first and sequence-first."""
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, length, 3), torch.randint(0, 2, (batch, length))
+    batch_first, sequence_first = _LayoutTagger(True), _LayoutTagger(False)
+    sequence_first.load_state_dict(batch_first.state_dict())
+    sequence_data = (x.transpose(0, 1).contiguous(), y.t().contiguous())
+    return (batch_first, x, y), (sequence_first, *sequence_data)
+
+
 @pytest.mark.parametrize("length", [5, 3, 40])
 def test_sequence_first_loss_counts_the_batch_not_the_sequence(length: int) -> None:
     """The same weights and data in either layout give the same loss and ELBO.
@@ -665,11 +677,9 @@ def test_sequence_first_loss_counts_the_batch_not_the_sequence(length: int) -> N
     valid batch of 3 sequences.
     """
     batch, size = 3, 30
-    torch.manual_seed(0)
-    x, y = torch.randn(batch, length, 3), torch.randint(0, 2, (batch, length))
-    x_first, y_first = x.transpose(0, 1).contiguous(), y.t().contiguous()
-    batch_first, sequence_first = _LayoutTagger(True), _LayoutTagger(False)
-    sequence_first.load_state_dict(batch_first.state_dict())
+    (batch_first, x, y), (sequence_first, x_first, y_first) = _both_layouts(
+        batch, length
+    )
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), size, kl="mc")
     pyro.set_rng_seed(3)
     expected = loss_fn(batch_first(x, samples=2), y)
@@ -720,11 +730,9 @@ def test_sequence_first_validation_and_calibration_count_sequences() -> None:
     mixture over particles is per sequence, not per position across the batch).
     """
     batch, length = 4, 6
-    torch.manual_seed(0)
-    x, y = torch.randn(batch, length, 3), torch.randint(0, 2, (batch, length))
-    x_first, y_first = x.transpose(0, 1).contiguous(), y.t().contiguous()
-    batch_first, sequence_first = _LayoutTagger(True), _LayoutTagger(False)
-    sequence_first.load_state_dict(batch_first.state_dict())
+    (batch_first, x, y), (sequence_first, x_first, y_first) = _both_layouts(
+        batch, length
+    )
     values = []
     for net, inputs, targets in (
         (batch_first, x, y),
