@@ -87,15 +87,15 @@ def _refuse_positions(layer: nn.Module, args: tuple[Any, ...]) -> None:
 
 
 @contextmanager
-def _local_refusals(network: nn.Module) -> Iterator[bool]:
-    """Watch the ``estimator="local"`` layers of ``network``; yield whether any."""
+def _local_refusals(network: nn.Module) -> Iterator[None]:
+    """Watch the ``estimator="local"`` layers of ``network`` in the body."""
     handles = [
         layer.register_forward_pre_hook(_refuse_positions)
         for layer in network.modules()
         if isinstance(layer, EstimatorLayer) and layer.estimator == "local"
     ]
     try:
-        yield bool(handles)
+        yield
     finally:
         for handle in handles:
             handle.remove()
