@@ -10,6 +10,8 @@ listed once, at its first path, and marked ``shared``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from pyrolite_bnn._pyro_module import structure_version
@@ -37,10 +39,9 @@ def network_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def collect_variables(root: nn.Module) -> list[RandomVariable]:
     """All random variables below ``root`` (``root`` included), in module order."""
-    cached = root.__dict__.get("_pyrolite_variables")
-    version = structure_version()
-    if cached is not None and cached[0] == version:
-        return list(cached[1])
+    cached = _cached(root, "_pyrolite_variables")
+    if cached is not None:
+        return list(cached)
     layers: dict[int, tuple[str, VIModule]] = {}
     positions: dict[int, int] = {}
     plain_containers = False
@@ -73,11 +74,35 @@ def collect_variables(root: nn.Module) -> list[RandomVariable]:
         for key, (prefix, module) in layers.items()
         for name, shape in module.declared_variables().items()
     ]
-    if not plain_containers:
-        # Plain torch containers change without telling this library; trees
-        # without them are cached until a library module changes.
-        object.__setattr__(root, "_pyrolite_variables", (version, tuple(found)))
+    _store(root, "_pyrolite_variables", tuple(found), plain_containers)
     return found
+
+
+def _cached(root: nn.Module, key: str) -> Any:
+    """What :func:`_store` kept on ``root`` under ``key`` (``None``: stale or none)."""
+    cached = root.__dict__.get(key)
+    if cached is not None and cached[0] == structure_version():
+        return cached[1]
+    return None
+
+
+def _store(root: nn.Module, key: str, value: Any, plain_containers: bool) -> None:
+    """Keep ``value`` derived from ``root``'s module tree until the tree changes.
+
+    Plain torch containers change without telling this library (their
+    ``__setattr__`` does not bump :func:`structure_version`): trees holding one
+    are not cached.
+    """
+    if not plain_containers:
+        object.__setattr__(root, key, (structure_version(), value))
+
+
+def _holds_plain_containers(root: nn.Module) -> bool:
+    """Whether a plain ``torch.nn`` module with children lies in ``root``'s network."""
+    return any(
+        not isinstance(module, VIModule) and network_children(module)
+        for _, module in network_modules(root)
+    )
 
 
 def network_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -128,15 +153,14 @@ def has_sequence_first_layers(root: nn.Module) -> bool:
     plain torch one says nothing about the input's layout (a batch-first
     network may transpose for it), so it does not count.
     """
-    cached = root.__dict__.get("_pyrolite_sequence_first")
-    version = structure_version()
-    if cached is not None and cached[0] == version:
-        return bool(cached[1])
+    cached = _cached(root, "_pyrolite_sequence_first")
+    if cached is not None:
+        return bool(cached)
     found = any(
         isinstance(m, VIModule) and getattr(m, "batch_first", True) is False
         for m in root.modules()
     )
-    object.__setattr__(root, "_pyrolite_sequence_first", (version, found))
+    _store(root, "_pyrolite_sequence_first", found, _holds_plain_containers(root))
     return found
 
 
@@ -146,13 +170,14 @@ def per_particle_modules(root: nn.Module) -> frozenset[int]:
     See :meth:`~pyrolite_bnn.VIModule.runs_per_particle`: their weights are
     drawn, never read as output moments.
     """
-    cached = root.__dict__.get("_pyrolite_per_particle")
-    version = structure_version()
-    if cached is not None and cached[0] == version:
-        return frozenset(cached[1])
+    cached = _cached(root, "_pyrolite_per_particle")
+    if cached is not None:
+        return frozenset(cached)
     found: set[int] = set()
     for module in root.modules():
         if isinstance(module, VIModule) and module.runs_per_particle():
             found.update(id(m) for m in module.modules())
-    object.__setattr__(root, "_pyrolite_per_particle", (version, frozenset(found)))
+    _store(
+        root, "_pyrolite_per_particle", frozenset(found), _holds_plain_containers(root)
+    )
     return frozenset(found)

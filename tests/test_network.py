@@ -489,3 +489,23 @@ def test_plain_root_frame_is_closed_after_an_error_and_leaves_no_hook() -> None:
     assert plain(torch.randn(5, 3)).shape == (10, 5, 2)
     assert not plain._forward_hooks  # the closing hook was removed
     assert nn.Sequential(nn.Linear(3, 2))(torch.randn(5, 3)).shape == (5, 2)
+
+
+def test_tree_facts_of_plain_containers_follow_their_changes() -> None:
+    """A plain container changes without bumping the structure version: the
+    facts derived from its tree are not cached (a layer moved in is seen)."""
+    from pyrolite_bnn._network import has_sequence_first_layers, per_particle_modules
+    from pyrolite_bnn.vi.base import VIModule as TorchBlueModule
+
+    class OneSample(TorchBlueModule):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    recurrent, one_sample = bnn.VILSTM(3, 3), OneSample()
+    net = nn.Sequential(bnn.VILinear(3, 3), nn.ReLU(), bnn.VILinear(3, 3))
+    assert not has_sequence_first_layers(net)
+    assert not per_particle_modules(net)
+    net[2] = recurrent  # built before: no structure change is announced
+    assert has_sequence_first_layers(net)
+    net[1] = one_sample
+    assert id(one_sample) in per_particle_modules(net)
