@@ -39,7 +39,6 @@ from pyrolite_bnn._validation import (
     validation,
 )
 from pyrolite_bnn.module import VIModule
-from pyrolite_bnn.record import find_record
 
 if TYPE_CHECKING:
     from pyrolite_bnn.loss import KullbackLeiblerLoss
@@ -175,10 +174,9 @@ class LossGraphs:
             # hold, so the tracer records them as graph inputs, not constants.
             output = model(*args, samples=samples)
             output_like.append(torch.empty_like(output, device="meta"))
-            batches.append(
-                loss_fn.check_batch(output, find_record(output).sequence_batch)
-            )
-            return loss_fn.terms(output, target)
+            log_lik, kl, batch = loss_fn.terms_and_batch(output, target)
+            batches.append(batch)
+            return log_lik, kl
 
         # Capture runs the forward pass for real: undo its in-place updates of
         # buffers (BatchNorm statistics), or this step would count twice, and

@@ -62,7 +62,7 @@ from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.layers._options import EstimatorLayer
 from pyrolite_bnn.loss import PyroModel
 from pyrolite_bnn.module import VIModule
-from pyrolite_bnn.record import KLMode, find_record
+from pyrolite_bnn.record import KLMode
 
 __all__ = ["TraceMeanField_ELBO", "Trace_ELBO"]
 
@@ -142,8 +142,7 @@ def _fast_loss(
             if rewind is not None:
                 set_rng_state(rewind, x.device)
             return None
-    log_lik, kl_term = loss_fn.terms(output, y, kl=kl)
-    batch = loss_fn.check_batch(output, find_record(output).sequence_batch)
+    log_lik, kl_term, batch = loss_fn.terms_and_batch(output, y, kl)
     loss = loss_fn.combine(log_lik, kl_term, output.shape[0], batch)
     scale = loss_fn.dataset_size if loss_fn.reduction == "mean" else 1
     _report_parameters(model)

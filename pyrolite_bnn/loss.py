@@ -258,7 +258,7 @@ class KullbackLeiblerLoss(nn.Module):
         Returns:
             Scalar loss.
         """
-        log_lik, kl, batch = self._terms_and_batch(output, target, None)
+        log_lik, kl, batch = self.terms_and_batch(output, target, None)
         return self.combine(log_lik, kl, output.shape[0], batch)
 
     def model_loss(
@@ -325,13 +325,16 @@ class KullbackLeiblerLoss(nn.Module):
             The sum of the log-likelihoods over particles and examples, and the
             KL of the forward pass that produced ``output`` (see ``kl=``).
         """
-        log_lik, kl_value, _ = self._terms_and_batch(output, target, kl)
+        log_lik, kl_value, _ = self.terms_and_batch(output, target, kl)
         return log_lik, kl_value
 
-    def _terms_and_batch(
-        self, output: Tensor, target: Tensor, kl: KLMode | None
+    def terms_and_batch(
+        self, output: Tensor, target: Tensor, kl: KLMode | None = None
     ) -> tuple[Tensor, Tensor, int]:
-        """:meth:`terms` and the batch size (:meth:`check_batch`), checked once."""
+        """:meth:`terms` and the batch size (:meth:`check_batch`), checked once.
+
+        The three arguments of :meth:`combine` after the particle count.
+        """
         record = self._record_for(output)
         batch = self.check_batch(output, record.sequence_batch)
         log_lik = self.predictive.log_likelihood(output, target).sum()
