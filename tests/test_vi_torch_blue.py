@@ -13,6 +13,7 @@ import io
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -158,6 +159,33 @@ def test_prior_initialization_starts_at_the_prior() -> None:
     mean, log_std = layer.get_variational_parameters("weight")
     torch.testing.assert_close(mean, torch.full((2, 5), 0.25))
     torch.testing.assert_close(log_std, torch.full((2, 5), math.log(0.1)))
+
+
+@pytest.mark.parametrize(
+    ("shapes", "error", "message"),
+    [
+        ([("weight", (3, 4))], TypeError, "must map variable names"),
+        ({"weight": 3}, TypeError, "sequence of ints"),
+        ({"weight": (3, 4.5)}, TypeError, "sequence of ints"),  # was truncated to 4
+        ({"weight": "ab"}, TypeError, "sequence of ints"),
+        ({"weight": (True, 3)}, TypeError, "sequence of ints"),
+        ({3: (3, 4)}, TypeError, "identifiers"),
+        ({"weight": (3, -4)}, ValueError, "negative dimension"),
+    ],
+)
+def test_malformed_variable_shapes_are_refused_clearly(
+    shapes: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        vi.VIModule(variable_shapes=shapes)  # type: ignore[arg-type]
+
+
+def test_variable_shapes_take_numpy_and_torch_integers() -> None:
+    module = vi.VIModule(
+        variable_shapes={"weight": (np.int64(3), torch.tensor(2)), "bias": None}
+    )
+    assert module._weight_mean.shape == (3, 2)
+    assert module.random_variables == ("weight", "bias")
 
 
 def test_variational_parameter_names_and_errors() -> None:

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import functools
 import math
+import operator
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -57,7 +58,7 @@ from pyrolite_bnn.vi.distributions.base import Distribution
 from pyrolite_bnn.vi.utils.errors import NoVariablesError, UnsupportedDistributionError
 from pyrolite_bnn.vi.utils.vi_return import VIReturn
 
-__all__ = ["RandomVariableNames", "VIModule", "VariableSpecs"]
+__all__ = ["RandomVariableNames", "VIModule", "VariableSpecs", "validated_shapes"]
 
 Shapes = Mapping[str, Sequence[int] | None]
 
@@ -83,6 +84,59 @@ class RandomVariableNames(tuple[str, ...]):
         return BnnVIModule.random_variables(self.module)
 
 
+def validated_shapes(
+    variable_shapes: Shapes,
+) -> dict[str, tuple[int, ...] | None]:
+    """``variable_shapes`` as name -> tuple of ints (or ``None``), checked.
+
+    Raises:
+        TypeError: not a mapping of identifier names to sequences of ints.
+        ValueError: a negative dimension.
+
+    Example:
+        >>> validated_shapes({"weight": torch.Size([3, 4]), "bias": None})
+        {'weight': (3, 4), 'bias': None}
+    """
+    if not isinstance(variable_shapes, Mapping):
+        raise TypeError(
+            "variable_shapes must map variable names to shapes, e.g. "
+            f"{{'weight': (3, 4)}}; got {type(variable_shapes).__name__}"
+        )
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for name, shape in variable_shapes.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise TypeError(
+                f"variable_shapes: variable names must be identifiers, got {name!r}"
+            )
+        if shape is None:
+            shapes[name] = None
+            continue
+        dims = _int_tuple(shape)
+        if dims is None:
+            raise TypeError(
+                f"variable_shapes[{name!r}] must be a sequence of ints (or None), "
+                f"got {shape!r}"
+            )
+        if any(d < 0 for d in dims):
+            raise ValueError(
+                f"variable_shapes[{name!r}] has a negative dimension: {shape!r}"
+            )
+        shapes[name] = dims
+    return shapes
+
+
+def _int_tuple(shape: object) -> tuple[int, ...] | None:
+    """``shape`` as a tuple of ints (numpy and torch integers too), else ``None``."""
+    if isinstance(shape, str) or not isinstance(shape, Sequence | torch.Size):
+        return None
+    dims = []
+    for d in shape:
+        if isinstance(d, bool) or not hasattr(d, "__index__"):
+            return None
+        dims.append(operator.index(d))
+    return tuple(dims)
+
+
 class VariableSpecs:
     """The torch_blue options of a module's random variables, validated.
 
@@ -105,11 +159,8 @@ class VariableSpecs:
         kaiming_initialization: bool,
         prior_initialization: bool,
     ) -> None:
-        self.names = tuple(variable_shapes)
-        self.shapes = {
-            n: None if s is None else tuple(int(d) for d in s)
-            for n, s in variable_shapes.items()
-        }
+        self.shapes = validated_shapes(variable_shapes)
+        self.names = tuple(self.shapes)
         families = _per_variable(
             variational_distribution,
             self.names,
