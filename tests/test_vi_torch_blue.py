@@ -1380,6 +1380,53 @@ def test_convert_to_vimodule_keeps_an_embeddings_weights_and_padding_row() -> No
     torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-6)
 
 
+class _EmbedUpsample(nn.Module):
+    """A user's forward around layers torch_blue has no ``vi`` layer for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(6, 4, padding_idx=0)
+        self.up = nn.ConvTranspose1d(4, 2, 3)
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.up(self.emb(x).transpose(1, 2)).transpose(1, 2)
+        return self.fc(h).sum(1)
+
+
+def test_convert_to_vimodule_runs_layers_without_vi_counterpart_per_particle() -> None:
+    """They became library layers, which the per-particle forward refused."""
+    torch.manual_seed(0)
+    model = _EmbedUpsample().eval()
+    tokens = torch.tensor([[1, 2, 0], [3, 0, 5]])
+    expected = model(tokens)
+    vi.convert_to_vimodule(model, keep_weights=True)
+    model.return_log_probs = False
+    mean = bnn.predict(model, tokens, bnn.Normal(), mode="mean").samples[0]
+    torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-6)
+    out = model(tokens, samples=3)
+    assert out.shape == (3, 2, 3)
+    assert bool((out[0] - out[1]).abs().max() > 1e-3)  # each particle its draw
+
+
+class _LastStep(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 5, batch_first=True)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.lstm(x)[0][:, -1])
+
+
+def test_recurrent_layer_in_a_converted_user_forward_names_the_way_out() -> None:
+    model = vi.convert_to_vimodule(_LastStep())
+    with pytest.raises(TypeError, match=r"pyrolite_bnn\.convert"):
+        model(torch.randn(2, 7, 4), samples=3)
+    works = bnn.convert(_LastStep())
+    assert works(torch.randn(2, 7, 4), samples=3).shape == (3, 2, 3)
+
+
 class _PooledSequenceFirst(vi.VIModule):
     """torch_blue-style: sequence-first attention, pooled over the sequence."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -216,6 +217,19 @@ class VIEmbedding(_VIWeightLayer):
             if padding_idx is not None:
                 self.set_padding_row(_weight[padding_idx])
 
+    def __getattr__(self, name: str) -> Any:
+        """``weight`` reads as the whole table, the padding row included.
+
+        The random variable holds the other rows; a ``forward`` of the user's
+        that reads the table itself (``F.embedding(x, emb.weight)``, a tied
+        output layer) sees torch's ``(num_embeddings, embedding_dim)`` layout,
+        with leading particle dimensions where the draws have them.
+        """
+        value = super().__getattr__(name)
+        if name == "weight" and self.__dict__.get("padding_idx") is not None:
+            return _with_row(value, self.padding_idx, self.padding_row)
+        return value
+
     def set_padding_row(self, value: Tensor) -> None:
         """Set the deterministic ``padding_idx`` row to ``value`` ``(embedding_dim,)``.
 
@@ -273,7 +287,7 @@ class VIEmbedding(_VIWeightLayer):
                 )
         return functional.embedding(
             input,
-            _with_row(self.weight, self.padding_idx, self.padding_row),
+            self.weight,
             self.max_norm,
             self.norm_type,
             self.scale_grad_by_freq,

@@ -642,7 +642,10 @@ class VIModule(BnnVIModule):
                 raise TypeError(
                     f"{type(module).__name__} is a pyrolite_bnn layer inside the "
                     f"one-sample forward of {type(self).__name__}; use the vi "
-                    "layers (pyrolite_bnn.vi.VILinear, ...) there"
+                    "layers (pyrolite_bnn.vi.VILinear, ...) there, or build the "
+                    "model with pyrolite_bnn's layers (pyrolite_bnn.convert), "
+                    "whose forward runs on all particles at once (the only way "
+                    "for recurrent layers, which torch.vmap cannot run)"
                 )
             for name, shape in module.declared_variables().items():
                 if draws is not None and draws.takes_moments((id(module), name)):

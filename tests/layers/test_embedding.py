@@ -43,6 +43,16 @@ def test_padding_row_is_deterministic_zero_without_kl() -> None:
     torch.testing.assert_close(loss_fn.last_kl, expected.detach(), rtol=1e-5, atol=0)
 
 
+def test_weight_attribute_is_the_whole_table_like_torch() -> None:
+    """``layer.weight`` has torch's ``(num_embeddings, dim)`` layout, padding row in."""
+    layer = bnn.VIEmbedding(6, 3, padding_idx=2)
+    layer.set_padding_row(torch.tensor([1.0, 2.0, 3.0]))
+    weight = layer.weight  # outside a call: a prior draw (Pyro's PyroSample)
+    assert weight.shape == (6, 3) == nn.Embedding(6, 3, padding_idx=2).weight.shape
+    torch.testing.assert_close(weight[2], torch.tensor([1.0, 2.0, 3.0]))
+    assert bnn.VIEmbedding(6, 3).weight.shape == (6, 3)
+
+
 def test_padding_row_gets_no_gradient_like_torch() -> None:
     """torch: the padding row's output is zero and it receives no gradient."""
     torch.manual_seed(0)
