@@ -62,8 +62,19 @@ _LOG_BOUND = 7.0
 _LOG_LIMIT = 30.0
 
 
-def _fit_log_parameter(objective: Callable[[float], float], what: str) -> float:
-    """``exp`` of the minimiser of ``objective(log value)``; warns at the limit."""
+def _fit_log_parameter(
+    objective: Callable[[float], float], what: str, outputs: Tensor
+) -> float:
+    """``exp`` of the minimiser of ``objective(log value)``; warns at the limit.
+
+    Raises:
+        ValueError: for network outputs ``(S, N, ...)`` without examples.
+    """
+    if outputs.dim() < 2 or outputs.shape[1] == 0:
+        raise ValueError(
+            f"calibration needs validation data: got network outputs of shape "
+            f"{tuple(outputs.shape)} (S, N, ...) with no examples"
+        )
     log_value, at_limit = minimise_expanding(objective, _LOG_BOUND, _LOG_LIMIT)
     value = math.exp(log_value)
     if at_limit:
@@ -71,7 +82,9 @@ def _fit_log_parameter(objective: Callable[[float], float], what: str) -> float:
             f"calibration: the fitted {what} {value:.3g} is at the search limit "
             f"e^{'-' if log_value < 0 else ''}{_LOG_LIMIT:g}; the likelihood's "
             "scale is far from the data's (check the targets' units and the "
-            "noise scale)",
+            f"noise scale), or the {outputs.shape[1]} validation example(s) "
+            "are too few to fit it (every one predicted right: no finite "
+            "optimum)",
             UserWarning,
             stacklevel=3,
         )
@@ -176,7 +189,7 @@ class TemperatureScaling(Calibration):
             scaled = TemperatureScaling(math.exp(log_t)).to(outputs)
             return _mixture_nll(scaled.wrap(predictive), outputs, target)
 
-        best = _fit_log_parameter(objective, "temperature")
+        best = _fit_log_parameter(objective, "temperature", outputs)
         with torch.no_grad():
             self.temperature.fill_(best)
         return self
@@ -242,7 +255,7 @@ class VarianceScaling(Calibration):
             scaled = VarianceScaling(math.exp(log_factor)).to(outputs)
             return _mixture_nll(scaled.wrap(predictive), outputs, target)
 
-        best = _fit_log_parameter(objective, "variance factor")
+        best = _fit_log_parameter(objective, "variance factor", outputs)
         with torch.no_grad():
             self.factor.fill_(best)
         return self
@@ -329,11 +342,18 @@ class _VarianceScaled(_Calibrated):
         return centre + stretch * (loc - centre), stretch.square() * var
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
-        """``Normal`` with the calibrated per-particle moments."""
+        """``Normal`` with the calibrated per-particle moments.
+
+        Laid out as the base likelihood's distribution (a scalar output
+        ``(S, B, 1)`` keeps its event dimension, as the targets it is aligned
+        with do).
+        """
+        base = self.base.distribution(output)
+        shape = base.batch_shape + base.event_shape
         loc, var = self.moments(output)
-        result: dist.TorchDistribution = dist.Normal(loc, var.sqrt()).to_event(
-            loc.dim() - 2
-        )
+        result: dist.TorchDistribution = dist.Normal(
+            loc.reshape(shape), var.sqrt().reshape(shape)
+        ).to_event(len(base.event_shape))
         return result
 
     def predictive_mean(self, output: Tensor) -> Tensor:

@@ -245,3 +245,72 @@ def test_calibrated_likelihood_checks_outputs_as_its_base() -> None:
     stretched = bnn.VarianceScaling(2.0).wrap(bnn.HeteroscedasticNormal())
     with pytest.raises(ValueError, match=r"HeteroscedasticNormal"):
         stretched.check_output(torch.zeros(4, 3, 3))
+
+
+@pytest.mark.parametrize("particles", [8, 100])
+def test_column_targets_fit_the_factor_of_flat_targets(particles: int) -> None:
+    """``(N, 1)`` targets, as the loss accepts them, against ``(S, N, 1)`` outputs.
+
+    The stretched likelihood was laid out ``(S, N)``: with ``S == N`` it paired
+    particle ``s`` with target ``s`` (factor 0.96 instead of ~130; the two
+    fits below use the same outputs, so they agree to float precision), else
+    torch raised a size error.
+    """
+    torch.manual_seed(0)
+    x = torch.randn(100, 3)
+    y = 2.0 * x.sum(1, keepdim=True) + torch.randn(100, 1)
+    outputs = 2.0 * x.sum(1)[None, :, None] + 0.1 * torch.randn(particles, 100, 1)
+    likelihood = bnn.Normal(scale=0.1)
+    column = bnn.VarianceScaling().fit(outputs, y, likelihood)
+    flat = bnn.VarianceScaling().fit(outputs, y[:, 0], likelihood)
+    assert float(flat.factor) > 50  # residual variance 1 against 0.01 + 0.01
+    assert float(column.factor) == pytest.approx(float(flat.factor), rel=1e-4)
+    stretched = column.wrap(likelihood)
+    torch.testing.assert_close(
+        stretched.log_likelihood(outputs, y), stretched.log_likelihood(outputs, y[:, 0])
+    )
+
+
+def test_calibration_refuses_an_empty_validation_set() -> None:
+    """It fitted a factor of 1e-13 (the search limit) to no data."""
+    net = bnn.VILinear(3, 2)
+    with pytest.raises(ValueError, match="no examples"):
+        bnn.calibrate(net, torch.randn(0, 3), torch.zeros(0).long(), CLASSES)
+    with pytest.raises(ValueError, match="no examples"):
+        bnn.VarianceScaling().fit(torch.zeros(4, 0, 1), torch.zeros(0), bnn.Normal())
+
+
+def test_one_separable_validation_point_warns_about_too_few_examples() -> None:
+    logits = torch.tensor([[[3.0, 0.0]]])  # one particle, one example, right
+    with pytest.warns(UserWarning, match="1 validation example"):
+        bnn.TemperatureScaling().fit(logits, torch.tensor([0]), CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("calibration", "likelihood", "output_shape", "target"),
+    [
+        (bnn.VarianceScaling(), bnn.Normal(scale=0.5), (5, 6, 1), torch.randn(6, 1)),
+        (bnn.VarianceScaling(), bnn.Normal(scale=0.5), (5, 6, 1), torch.randn(6)),
+        (bnn.VarianceScaling(), bnn.Normal(scale=0.5), (5, 6), torch.randn(6)),
+        (bnn.VarianceScaling(), bnn.Normal(scale=0.5), (5, 6, 3), torch.randn(6, 3)),
+        (bnn.VarianceScaling(), bnn.HeteroscedasticNormal(), (5, 6, 2), torch.randn(6)),
+        (bnn.TemperatureScaling(), CLASSES, (5, 6, 3), torch.randint(0, 3, (6,))),
+        (bnn.TemperatureScaling(), bnn.Bernoulli(), (5, 6, 1), torch.ones(6, 1)),
+    ],
+)
+def test_identity_calibration_keeps_the_base_likelihood_for_every_layout(
+    calibration: bnn.Calibration,
+    likelihood: bnn.PredictiveDistribution,
+    output_shape: tuple[int, ...],
+    target: torch.Tensor,
+) -> None:
+    """Guard for the class of the column-target bug: factor/temperature 1."""
+    torch.manual_seed(0)
+    output = torch.randn(output_shape)
+    expected = likelihood.log_likelihood(output, target)
+    wrapped = calibration.wrap(likelihood)
+    torch.testing.assert_close(wrapped.log_likelihood(output, target), expected)
+    torch.testing.assert_close(
+        wrapped.mixture_log_likelihood(output, target),
+        likelihood.mixture_log_likelihood(output, target),
+    )
