@@ -631,6 +631,42 @@ class ScaleMixtureNormalPrior(Prior):
         return f"pi={pi}, scale1={first}, scale2={second}"
 
 
+def check_real_support(distribution: Distribution, what: str) -> None:
+    """Refuse a prior whose support is not the whole real line.
+
+    Every variational posterior of a weight (the mean-field Normal, the
+    low-rank and flow guides) puts mass on all real numbers: against a prior
+    with bounded support (``Uniform``, ``Gamma``, ``Beta``) its KL divergence
+    is infinite and every loss is ``inf`` from the first step.
+
+    Raises:
+        ValueError: for a discrete support or one that misses part of the line.
+
+    Example:
+        >>> import torch
+        >>> check_real_support(torch.distributions.Laplace(0.0, 1.0), "Laplace")
+        >>> check_real_support(torch.distributions.Gamma(2.0, 1.0), "Gamma")
+        Traceback (most recent call last):
+        ...
+        ValueError: prior Gamma has support ..., not the whole real line: ...
+    """
+    support = distribution.support
+    probe = torch.tensor([-1e6, -1.0, 0.0, 1.0, 1e6])
+    batch = distribution.batch_shape + distribution.event_shape
+    values = probe.reshape(-1, *([1] * len(batch))).expand(-1, *batch)
+    try:
+        inside = bool(support.check(values).all()) and not support.is_discrete
+    except (RuntimeError, ValueError, TypeError):
+        inside = False
+    if not inside:
+        raise ValueError(
+            f"prior {what} has support {support}, not the whole real line: the "
+            "variational posterior puts mass on every real weight, so the KL "
+            "divergence is infinite (the loss would be inf). Use a prior on the "
+            "real line (Normal, Laplace, StudentT, Cauchy, a scale mixture)"
+        )
+
+
 class DistributionPrior(Prior):
     """Wrap any ``torch``/``pyro`` distribution of a scalar weight as a prior.
 
@@ -650,6 +686,12 @@ class DistributionPrior(Prior):
 
     def __init__(self, distribution: Distribution) -> None:
         super().__init__()
+        if not isinstance(distribution, Distribution):
+            raise TypeError(
+                "DistributionPrior takes a torch/pyro distribution, e.g. "
+                f"torch.distributions.Laplace(0.0, 1.0); got {distribution!r}"
+            )
+        check_real_support(distribution, type(distribution).__name__)
         cls = getattr(dist, type(distribution).__name__, None)
         if cls is None or not isinstance(cls, type):
             cls = type(distribution)
@@ -719,10 +761,14 @@ class CallablePrior(Prior):
     def __init__(self, fn: Callable[[torch.Size], Distribution]) -> None:
         super().__init__()
         self.fn = fn
+        self._support_checked = False
 
     def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
         """Call ``fn(shape)`` and make the result cover the whole tensor."""
         built = self.fn(torch.Size(shape))
+        if not self._support_checked and isinstance(built, Distribution):
+            check_real_support(built, f"the prior callable's {type(built).__name__}")
+            self._support_checked = True
         if not isinstance(built, TorchDistributionMixin):
             cls = getattr(dist, type(built).__name__, None)
             if cls is None:

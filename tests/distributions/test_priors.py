@@ -103,6 +103,32 @@ def test_bad_hyperparameters(make, message: str) -> None:  # type: ignore[no-unt
         make()
 
 
+@pytest.mark.parametrize(
+    "prior",
+    [
+        torch.distributions.Uniform(-1.0, 1.0),
+        torch.distributions.Gamma(2.0, 1.0),
+        torch.distributions.Beta(2.0, 2.0),
+        torch.distributions.HalfNormal(1.0),
+        torch.distributions.Bernoulli(0.5),
+        lambda shape: torch.distributions.Uniform(-torch.ones(shape), 1.0),
+    ],
+)
+def test_priors_without_the_whole_real_line_are_refused(prior: object) -> None:
+    """Their KL against any posterior on the real line is infinite (loss inf)."""
+
+    def build_and_call() -> None:  # a callable prior is built at the first call
+        bnn.VILinear(4, 3, prior=prior)(torch.randn(2, 4))
+
+    with pytest.raises(ValueError, match="not the whole real line"):
+        build_and_call()
+
+
+def test_distribution_prior_refuses_what_is_no_distribution() -> None:
+    with pytest.raises(TypeError, match="takes a torch/pyro distribution"):
+        bnn.DistributionPrior("laplace")  # type: ignore[arg-type]
+
+
 def test_bad_prior_type() -> None:
     with pytest.raises(TypeError, match="prior must be a bnn Prior"):
         bnn.VILinear(2, 2, prior=3.0)
