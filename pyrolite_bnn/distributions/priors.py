@@ -655,7 +655,11 @@ def check_real_support(distribution: Distribution, what: str) -> None:
     batch = distribution.batch_shape + distribution.event_shape
     values = probe.reshape(-1, *([1] * len(batch))).expand(-1, *batch)
     try:
-        inside = bool(support.check(values).all()) and not support.is_discrete
+        inside = (
+            support is not None
+            and bool(support.check(values).all())
+            and not support.is_discrete
+        )
     except (RuntimeError, ValueError, TypeError):
         inside = False
     if not inside:
