@@ -657,7 +657,7 @@ def check_real_support(distribution: Distribution, what: str) -> None:
     try:
         inside = (
             support is not None
-            and bool(support.check(values).all())
+            and bool(support.check(values).all())  # type: ignore[no-untyped-call]
             and not support.is_discrete
         )
     except (RuntimeError, ValueError, TypeError):
