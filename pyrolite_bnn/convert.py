@@ -181,11 +181,27 @@ def convert(
             f"one ({error}); remove torch.nn.utils.weight_norm, or use "
             "torch.nn.utils.parametrizations.weight_norm"
         ) from error
+    _drop_copy_shadows(module, duplicate)
     root = converter.convert(duplicate, "")
     converter.warn(tied)
     if isinstance(root, VIModule):
         return root
     return ConvertedNetwork.wrap(root)
+
+
+def _drop_copy_shadows(original: nn.Module, duplicate: nn.Module) -> None:
+    """Undo attributes that copying added in front of submodules of the same name.
+
+    ``copy.deepcopy`` runs ``__setstate__``, and torch's
+    ``TransformerDecoderLayer.__setstate__`` sets ``activation = F.relu``
+    whenever the activation is a module (kept in ``_modules``, not in the
+    instance dict): the copy would compute ReLU where the original computes
+    ``nn.GELU()``. Such an entry, absent from the original, is removed.
+    """
+    for mine, copied in zip(original.modules(), duplicate.modules(), strict=True):
+        for name in set(vars(copied)) & set(copied._modules):
+            if name not in vars(mine):
+                del vars(copied)[name]
 
 
 class ConvertedNetwork(VIModule):

@@ -343,6 +343,23 @@ def test_attention_and_transformer_conversion() -> None:
     torch.testing.assert_close(plain(x), module(x), atol=1e-5, rtol=1e-5)
 
 
+def test_decoder_layer_keeps_an_activation_module() -> None:
+    """Copying it ran torch's ``__setstate__``, which put ``F.relu`` in front."""
+    torch.manual_seed(0)
+    module = nn.TransformerDecoderLayer(
+        4, 1, 8, dropout=0.0, activation=nn.GELU(), batch_first=True
+    ).eval()
+    tgt, memory = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    net = bnn.convert(module)
+    assert isinstance(net.activation, nn.GELU)
+    with torch.no_grad():
+        expected = module(tgt, memory)
+        torch.testing.assert_close(
+            bnn.to_deterministic(net)(tgt, memory), expected, atol=1e-6, rtol=1e-6
+        )
+    assert isinstance(module.activation, nn.GELU)  # the input is left untouched
+
+
 def test_multihead_attention_kdim_and_full_transformer() -> None:
     attention = nn.MultiheadAttention(
         8, 2, kdim=4, vdim=6, add_bias_kv=True, batch_first=True

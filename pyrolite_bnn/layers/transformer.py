@@ -737,7 +737,12 @@ class VITransformerDecoder(_SequenceModule):
     """Bayesian counterpart of :class:`torch.nn.TransformerDecoder`.
 
     ``num_layers`` deep copies of ``decoder_layer`` and an optional final
-    ``norm`` (see :class:`VITransformerEncoder`).
+    ``norm`` (see :class:`VITransformerEncoder`). The copies keep the layer's
+    activation; torch's copies of a ``TransformerDecoderLayer`` whose
+    activation is a module (``nn.GELU()``) compute ReLU instead (its
+    ``__setstate__`` puts ``F.relu`` in front of the module), so only there
+    the two differ. :func:`~pyrolite_bnn.convert` of such a torch model keeps
+    what the torch model computes.
 
     Args:
         decoder_layer: a :class:`VITransformerDecoderLayer` (or any module with
@@ -863,7 +868,9 @@ class VITransformer(_SequenceModule):
         num_decoder_layers: decoder layers.
         dim_feedforward: hidden size of the feed-forward blocks.
         dropout: dropout probability.
-        activation: ``"relu"``, ``"gelu"`` or a unary callable.
+        activation: ``"relu"``, ``"gelu"`` or a unary callable (a module is
+            kept in the decoder layers too, where torch's ``nn.Transformer``
+            computes ReLU: see :class:`VITransformerDecoder`).
         custom_encoder: module used instead of the built encoder.
         custom_decoder: module used instead of the built decoder.
         layer_norm_eps: epsilon of the layer norms.
