@@ -109,8 +109,9 @@ def convert(
             whose ``scale`` is kept.
         variational: variational family of every weight (``None``:
             mean-field Normal).
-        estimator: the layers' ``estimator=`` (sequence layers accept only
-            ``"auto"``/``"reparam"``).
+        estimator: the layers' ``estimator=`` (the sequence layers,
+            ``VIEmbedding`` and the transposed convolutions accept only
+            ``"auto"``/``"reparam"``: exclude them or keep ``"auto"``).
         moped: MOPED (Krishnan et al., 2020) with ``delta = moped > 0``: each
             prior is a Normal centred at the pretrained weights (a buffer, saved
             in ``state_dict()``), each posterior has its mean at the weights and

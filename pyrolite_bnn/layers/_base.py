@@ -58,10 +58,15 @@ class _VIWeightLayer(EstimatorLayer):
     @estimator.setter
     def estimator(self, value: str) -> None:
         if value in ESTIMATORS and value not in self._estimators:
+            reason = (
+                "its weights are shared across positions, so sampling outputs "
+                "from the weight moments would not be exact"
+                if value == "local"
+                else f"{value!r} is not implemented for this layer"
+            )
             raise ValueError(
                 f"{type(self).__name__} supports estimator in {self._estimators}, got "
-                f"{value!r}: its weights are shared across positions, so sampling "
-                "outputs instead of weights would not be exact"
+                f"{value!r}: {reason}"
             )
         families = self.__dict__.get("_families")
         check_estimator(value, None if families is None else dict(families))
