@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -187,3 +188,30 @@ def check_heat(value: float, what: str) -> float:
     if not (math.isfinite(heat) and heat >= 0):
         raise ValueError(f"{what} must be >= 0 and finite, got {value!r}")
     return heat
+
+
+def check_count(value: object, what: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` if it is an integer ``>= minimum``, else raise.
+
+    Python, numpy and one-element torch integers are accepted; ``bool``,
+    floats and strings are not.
+
+    Raises:
+        TypeError: if ``value`` is not an integer.
+        ValueError: if it is below ``minimum``.
+
+    Example:
+        >>> check_count(3, "samples")
+        3
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    try:
+        count = operator.index(value)
+    except TypeError as error:  # a float tensor, say
+        raise TypeError(
+            f"{what} must be an integer >= {minimum}, got {value!r}"
+        ) from error
+    if count < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return count

@@ -39,6 +39,7 @@ from pyrolite_bnn._network import (
     network_modules,
 )
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._validation import check_count
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.module import VIModule, whole_network_draws
@@ -90,7 +91,19 @@ class Prediction:
     predictive: PredictiveDistribution
 
     def __post_init__(self) -> None:
-        """Refuse outputs the likelihood cannot read (``ValueError``)."""
+        """Refuse what is no likelihood (``TypeError``) and outputs it cannot read.
+
+        Raises:
+            TypeError: if ``predictive`` is not a likelihood or ``samples`` no
+                tensor.
+            ValueError: for outputs the likelihood cannot read.
+        """
+        _check_likelihood(self.predictive)
+        if not isinstance(self.samples, Tensor):
+            raise TypeError(
+                "Prediction needs network outputs (S, B, ...) as a tensor, got "
+                f"{type(self.samples).__name__}"
+            )
         self.predictive.check_output(self.samples)
 
     # ------------------------------------------------------------ classification
@@ -256,8 +269,20 @@ def predict(
         (torch.Size([5, 4]), torch.Size([5]))
     """
     model = unwrap(model)
-    from pyrolite_bnn.laplace import LinearizedLaplace  # it imports this module
+    from pyrolite_bnn.calibration import Calibration
+    from pyrolite_bnn.laplace import LinearizedLaplace  # both import this module
 
+    _check_likelihood(predictive)
+    samples = check_count(samples, "samples")
+    if batch_size is not None:
+        batch_size = check_count(batch_size, "batch_size")
+    if memory_budget is not None:
+        memory_budget = check_count(memory_budget, "memory_budget (bytes)")
+    if calibration is not None and not isinstance(calibration, Calibration):
+        raise TypeError(
+            "calibration must be a bnn.Calibration (from bnn.calibrate), got "
+            f"{calibration!r}"
+        )
     if isinstance(model, LinearizedLaplace):
         return model.predict(
             x,
@@ -281,16 +306,28 @@ def predict(
             "predict needs inputs x of shape (N, ...), got "
             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
         )
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    if memory_budget is not None and memory_budget < 1:
-        raise ValueError(f"memory_budget must be >= 1 byte, got {memory_budget!r}")
     if calibration is not None:
         predictive = calibration.wrap(predictive)
     with torch.no_grad(), local_params():
         return Prediction(
             _predict(model, x, samples, batch_size, mode, memory_budget), predictive
         )
+
+
+def _check_likelihood(predictive: object) -> None:
+    """Refuse a ``predictive`` that is not a likelihood instance."""
+    if isinstance(predictive, PredictiveDistribution):
+        return
+    hint = ""
+    if isinstance(predictive, type) and issubclass(predictive, PredictiveDistribution):
+        hint = f": pass an instance, bnn.{predictive.__name__}()"
+    elif isinstance(predictive, int):
+        hint = " (the number of samples comes after it: predict(model, x, "
+        "likelihood, samples))"
+    raise TypeError(
+        "predictive must be a likelihood such as bnn.Normal() or "
+        f"bnn.Categorical(), got {predictive!r}{hint}"
+    )
 
 
 def _predict(

@@ -4,6 +4,7 @@ import importlib
 import math
 from typing import Any
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -115,7 +116,7 @@ def test_predict_errors() -> None:
     net = bnn.VILinear(3, 2)
     with pytest.raises(ValueError, match="mode must be 'sample' or 'mean'"):
         bnn.predict(net, torch.randn(2, 3), bnn.Categorical(), mode="median")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         bnn.predict(net, torch.randn(2, 3), bnn.Categorical(), batch_size=0)
     with pytest.raises(
         TypeError, match=r"predict needs a network with Bayesian layers"
@@ -292,7 +293,9 @@ def test_batch_dependent_randomness_is_reported() -> None:
 
 def test_predict_input_errors() -> None:
     net = bnn.VILinear(3, 2)
-    with pytest.raises(ValueError, match="memory_budget must be >= 1 byte"):
+    with pytest.raises(
+        ValueError, match=r"memory_budget \(bytes\) must be an integer >= 1"
+    ):
         bnn.predict(net, torch.randn(2, 3), bnn.Categorical(), memory_budget=0)
     with pytest.raises(ValueError, match=r"inputs x of shape \(N, \.\.\.\)"):
         bnn.predict(net, torch.tensor(1.0), bnn.Categorical())
@@ -349,3 +352,34 @@ def test_prediction_asks_the_likelihood_for_class_probabilities() -> None:
         pred.mutual_information, torch.tensor([0.1017492]), rtol=1e-5, atol=1e-6
     )
     assert pred.is_classification
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"predictive": 100}, TypeError, "number of samples comes after it"),
+        ({"predictive": bnn.Categorical}, TypeError, "pass an instance"),
+        ({"samples": "10"}, TypeError, "samples must be an integer"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
+        ({"batch_size": True}, TypeError, "batch_size must be an integer"),
+        ({"memory_budget": "1G"}, TypeError, "memory_budget"),
+        ({"calibration": "temp"}, TypeError, "bnn.Calibration"),
+        ({"samples": 0}, ValueError, "samples must be an integer >= 1"),
+    ],
+)
+def test_predict_refuses_wrong_argument_types_clearly(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """They raised AttributeError/TypeError from inside the library."""
+    net = bnn.VILinear(3, 2)
+    arguments: dict[str, object] = {"predictive": bnn.Categorical(), **kwargs}
+    with pytest.raises(error, match=message):
+        bnn.predict(net, torch.randn(5, 3), **arguments)  # type: ignore[arg-type]
+
+
+def test_predict_takes_numpy_integers() -> None:
+    net = bnn.VILinear(3, 2)
+    pred = bnn.predict(
+        net, torch.randn(5, 3), bnn.Categorical(), np.int64(4), np.int64(2)
+    )
+    assert pred.samples.shape == (4, 5, 2)
