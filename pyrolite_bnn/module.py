@@ -181,6 +181,18 @@ class VIModule(LocalPyroModule):
         self.return_log_probs = False
         self._declared: dict[str, torch.Size] = {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled (``torch.load``, ``copy.deepcopy``): as built by ``__init__``.
+
+        The plain-root hook must be in place in a fresh process too, or a plain
+        ``nn.Sequential`` of loaded Bayesian layers would run each layer as a
+        network of its own (nested particle dimensions).
+        """
+        super().__setstate__(state)
+        from pyrolite_bnn import _plain_roots
+
+        _plain_roots.install()
+
     # ------------------------------------------------------------------ declaration
     def declare_random_variable(
         self,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -382,3 +384,28 @@ def test_file_permissions_match_torch_save(tmp_path: Path) -> None:
     path.chmod(0o600)
     save_checkpoint(path, _net())
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_plain_root_loaded_whole_in_a_fresh_process_runs_as_one_network(
+    tmp_path: Path,
+) -> None:
+    """Unpickling skips ``__init__``, which installed the plain-root hook.
+
+    In a fresh process the loaded ``nn.Sequential`` of Bayesian layers ran
+    each layer as a network of its own: ``predict(..., samples=6)`` returned
+    ``(10, 10, 5, 2)`` outputs without an error.
+    """
+    torch.manual_seed(0)
+    plain = nn.Sequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
+    path = tmp_path / "plain.pt"
+    torch.save(plain, path)
+    script = (
+        "import torch, pyrolite_bnn as bnn\n"
+        f"net = torch.load({str(path)!r}, weights_only=False)\n"
+        "pred = bnn.predict(net, torch.randn(5, 3), bnn.Categorical(), samples=6)\n"
+        "print(tuple(pred.samples.shape))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "(6, 5, 2)"
