@@ -188,7 +188,7 @@ class VIModule(LocalPyroModule):
         ``nn.Sequential`` of loaded Bayesian layers would run each layer as a
         network of its own (nested particle dimensions).
         """
-        super().__setstate__(state)
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
         from pyrolite_bnn import _plain_roots
 
         _plain_roots.install()
