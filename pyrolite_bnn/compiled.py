@@ -12,7 +12,9 @@ with autograd, into fused kernels (CUDA graphs as well with
 Whatever Python decided during capture is frozen in the graph, as with
 ``torch.compile``'s guards: a graph is reused only for the same network
 structure, particle count, input and target shapes, dtypes and devices,
-train/eval modes and estimators, and is captured anew otherwise. A network or
+train/eval modes, estimators and every module's public scalar attributes
+(``nn.Dropout.p``, ``nn.LeakyReLU.negative_slope``), and is captured anew
+otherwise. A network or
 guide whose Python reads tensor values (data-dependent control flow), or a
 compiler failure, makes the loss fall back to the eager path with one warning.
 """
@@ -265,10 +267,32 @@ def _signature(
 
 
 def _graph_key(module: nn.Module) -> Hashable:
-    """A module's Python-level switches: its ``graph_key()``, else its mode."""
-    if isinstance(module, VIModule):
-        return module.graph_key()
-    return (type(module), module.training)
+    """A module's Python-level switches: its ``graph_key()`` (else its type and
+    mode) and its public scalar attributes.
+
+    A plain module's ``forward`` reads such attributes as constants
+    (``nn.LeakyReLU.negative_slope``, ``nn.Dropout.p`` under a schedule), so
+    a graph captured with one value must not run after it changed; torch's
+    own compiler guards on them likewise.
+    """
+    key = module.graph_key() if isinstance(module, VIModule) else type(module)
+    return (key, module.training, _scalar_attributes(module))
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _scalar_attributes(module: nn.Module) -> tuple[tuple[str, Hashable], ...]:
+    """``(name, value)`` of the public scalar (or scalar-tuple) attributes."""
+    found: list[tuple[str, Hashable]] = []
+    for name, value in vars(module).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, _SCALARS) or (
+            isinstance(value, tuple) and all(isinstance(v, _SCALARS) for v in value)
+        ):
+            found.append((name, value))
+    return tuple(found)
 
 
 def _first_line(error: BaseException) -> str:

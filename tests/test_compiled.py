@@ -404,3 +404,24 @@ def test_a_switch_in_graph_key_gets_its_own_graph() -> None:
     for _ in range(2):
         loss_fn.model_loss(net, x, y)
     assert len(loss_fn.graphs) == 2  # not the stale graph of double=False
+
+
+def test_a_plain_modules_attribute_change_gets_its_own_graph() -> None:
+    """The graph of ``negative_slope=0.01`` ran after it was set to -5 (silently)."""
+    act = nn.LeakyReLU(0.01)
+    net = bnn.VISequential(bnn.VILinear(3, 16), act, bnn.VILinear(16, 2))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 64, compile=True)
+    eager_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 64)
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    for _ in range(2):  # eager first call, then capture
+        loss_fn.model_loss(net, x, y)
+    assert _graph_count(loss_fn) == 1
+    act.negative_slope = -5.0
+    for _ in range(2):
+        loss_fn.model_loss(net, x, y)
+    assert _graph_count(loss_fn) == 2
+    torch.manual_seed(3)
+    compiled = loss_fn.model_loss(net, x, y)
+    torch.manual_seed(3)
+    eager = eager_fn(net(x), y)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
