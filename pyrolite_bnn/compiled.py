@@ -267,8 +267,10 @@ def _signature(
 
 
 def _graph_key(module: nn.Module) -> Hashable:
-    """A module's Python-level switches: its ``graph_key()`` (else its type and
-    mode) and its public scalar attributes.
+    """A module's Python-level switches, scalar attributes included.
+
+    Its ``graph_key()`` (else its type), its mode and its public scalar
+    attributes.
 
     A plain module's ``forward`` reads such attributes as constants
     (``nn.LeakyReLU.negative_slope``, ``nn.Dropout.p`` under a schedule), so
