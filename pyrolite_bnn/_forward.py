@@ -106,12 +106,15 @@ def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -
             if isinstance(model, VIModule)
             else model(*args)
         )
-    saved = model.__dict__.get("samples")
+    # Read and restored through attribute access: a wrapper (torch.compile's)
+    # forwards it to the module it wraps, whose own value must survive.
+    missing = object()
+    saved = getattr(model, "samples", missing)
     model.samples = samples  # type: ignore[assignment]
     try:
         return model(*args)
     finally:
-        if saved is None:
+        if saved is missing:
             del model.samples
         else:
             model.samples = saved

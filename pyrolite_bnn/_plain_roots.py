@@ -37,6 +37,7 @@ from contextlib import ExitStack
 from contextvars import ContextVar, Token
 from typing import Any
 
+import torch
 from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_pre_hook
@@ -107,6 +108,11 @@ def install() -> None:
 
 
 def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
+    if torch.compiler.is_compiling():
+        # torch.compile traces this hook into every module it compiles: plain
+        # models are no networks of this library's, and a context variable
+        # cannot be traced (fullgraph=True would fail, others run eagerly).
+        return
     state = _particles.current()
     if state is not None:
         if isinstance(module, _POSITION_MIXING) and not isinstance(module, VIModule):

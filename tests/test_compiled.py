@@ -425,3 +425,13 @@ def test_a_plain_modules_attribute_change_gets_its_own_graph() -> None:
     torch.manual_seed(3)
     eager = eager_fn(net(x), y)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+def test_plain_models_compile_in_one_graph_next_to_bayesian_ones() -> None:
+    """The global plain-root hook was traced: fullgraph=True failed (ContextVar)."""
+    net = bnn.VISequential(bnn.VILinear(4, 4), nn.ReLU(), bnn.VILinear(4, 2))
+    plain = bnn.to_deterministic(net)  # the deployment path
+    x = torch.randn(2, 4)
+    compiled = torch.compile(plain, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), plain(x))

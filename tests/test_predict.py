@@ -383,3 +383,18 @@ def test_predict_takes_numpy_integers() -> None:
         net, torch.randn(5, 3), bnn.Categorical(), np.int64(4), np.int64(2)
     )
     assert pred.samples.shape == (4, 5, 2)
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+def test_predict_through_torch_compile_keeps_the_networks_samples() -> None:
+    """``predict(torch.compile(net), ...)`` deleted ``net.samples`` for good."""
+    net = bnn.VISequential(bnn.VILinear(3, 4), torch.nn.ReLU(), bnn.VILinear(4, 2))
+    net.samples = 7
+    compiled = torch.compile(net, backend="eager")  # eager backend: quick
+    x = torch.randn(8, 3)
+    assert bnn.predict(compiled, x, bnn.Categorical(), mode="mean").probs.shape == (
+        8,
+        2,
+    )
+    assert net.samples == 7
+    assert net(x).shape == (7, 8, 2)
