@@ -109,15 +109,15 @@ def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -
     # Read and restored through attribute access: a wrapper (torch.compile's)
     # forwards it to the module it wraps, whose own value must survive.
     missing = object()
-    saved = getattr(model, "samples", missing)
-    model.samples = samples  # type: ignore[assignment]
+    saved: object = getattr(model, "samples", missing)
+    setattr(model, "samples", samples)  # noqa: B010 (torch types module attributes)
     try:
         return model(*args)
     finally:
         if saved is missing:
-            del model.samples
+            delattr(model, "samples")
         else:
-            model.samples = saved
+            setattr(model, "samples", saved)  # noqa: B010
 
 
 def invoke(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
