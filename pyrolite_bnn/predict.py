@@ -43,6 +43,7 @@ from pyrolite_bnn._validation import check_count
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.module import VIModule, whole_network_draws
+from pyrolite_bnn.record import release_record
 
 if TYPE_CHECKING:
     from pyrolite_bnn.calibration import Calibration
@@ -414,6 +415,7 @@ def _run(
         raise TypeError(
             f"predict needs a network that returns one tensor, got {type(out).__name__}"
         )
+    release_record(out)
     return out
 
 

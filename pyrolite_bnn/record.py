@@ -42,6 +42,7 @@ __all__ = [
     "TraceRecord",
     "attach_record",
     "find_record",
+    "release_record",
 ]
 
 KLMode = Literal["auto", "mc", "analytic"]
@@ -435,6 +436,16 @@ def attach_record(tensor: Tensor, record: ForwardRecord) -> None:
     if node is not None:
         # ``Node.metadata`` is a dict property (typed as a method in torch's stubs).
         cast(dict[str, Any], node.metadata)[_METADATA_KEY] = record
+
+
+def release_record(tensor: Tensor) -> None:
+    """Forget the record of a network output kept as plain data (a prediction).
+
+    The record holds the pass's weight draws; on the tensor it would keep them
+    in memory, and ``torch.save`` of the tensor would write them (and fail to
+    load with ``weights_only=True``).
+    """
+    vars(tensor).pop("bnn_record", None)
 
 
 def find_record(tensor: Tensor) -> ForwardRecord:

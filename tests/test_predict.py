@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -398,3 +399,14 @@ def test_predict_through_torch_compile_keeps_the_networks_samples() -> None:
     )
     assert net.samples == 7
     assert net(x).shape == (7, 8, 2)
+
+
+def test_prediction_samples_save_as_plain_tensors(tmp_path: Path) -> None:
+    """They carried the forward record: 100x the bytes, refused by torch.load."""
+    net = bnn.VISequential(bnn.VILinear(3, 64), torch.nn.ReLU(), bnn.VILinear(64, 2))
+    pred = bnn.predict(net, torch.randn(5, 3), bnn.Categorical(), samples=4)
+    path = tmp_path / "samples.pt"
+    torch.save(pred.samples, path)
+    loaded = torch.load(path)  # weights_only=True, torch's default
+    torch.testing.assert_close(loaded, pred.samples)
+    assert path.stat().st_size < 4 * pred.samples.numel() + 2000
