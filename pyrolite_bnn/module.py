@@ -487,6 +487,12 @@ class VIModule(LocalPyroModule):
             sites = current_sites()
             if sites is not None:
                 return sites.sample(self, name)
+            if not am_i_wrapped() and _particles.current() is None:
+                # Outside any call and Pyro handler: the posterior mean, as a
+                # torch user reads (and initialises in place) a weight, not
+                # the prior draw of a bare PyroSample.
+                with local_params():
+                    return self.posterior[name].mean()
         return super().__getattr__(name)
 
 

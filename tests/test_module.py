@@ -187,3 +187,14 @@ def test_return_log_probs() -> None:
     assert out.log_probs.shape == (6, 2)
     # log q of a narrow posterior is far above log p under the N(0, 1) prior.
     assert bool((out.log_probs[:, 1] > out.log_probs[:, 0]).all())
+
+
+def test_weight_outside_a_call_is_the_posterior_mean_parameter() -> None:
+    """It was a fresh prior draw (a bare PyroSample): nn.init on it did nothing."""
+    layer = bnn.VILinear(3, 2, prior=bnn.NormalPrior(5.0, 2.0))
+    mean = layer.posterior["weight"].loc_unconstrained
+    assert layer.weight is mean  # stable, and initialised in place like torch's
+    torch.nn.init.constant_(layer.weight, 0.25)
+    torch.testing.assert_close(mean.detach(), torch.full((2, 3), 0.25))
+    out = bnn.predict(layer, torch.ones(1, 3), bnn.Normal(), mode="mean").samples
+    torch.testing.assert_close(out[0, 0], 0.75 + layer.bias.detach())

@@ -47,7 +47,7 @@ def test_weight_attribute_is_the_whole_table_like_torch() -> None:
     """``layer.weight`` has torch's ``(num_embeddings, dim)`` layout, padding row in."""
     layer = bnn.VIEmbedding(6, 3, padding_idx=2)
     layer.set_padding_row(torch.tensor([1.0, 2.0, 3.0]))
-    weight = layer.weight  # outside a call: a prior draw (Pyro's PyroSample)
+    weight = layer.weight  # outside a call: the posterior mean
     assert weight.shape == (6, 3) == nn.Embedding(6, 3, padding_idx=2).weight.shape
     torch.testing.assert_close(weight[2], torch.tensor([1.0, 2.0, 3.0]))
     assert bnn.VIEmbedding(6, 3).weight.shape == (6, 3)
