@@ -198,3 +198,25 @@ def test_weight_outside_a_call_is_the_posterior_mean_parameter() -> None:
     torch.testing.assert_close(mean.detach(), torch.full((2, 3), 0.25))
     out = bnn.predict(layer, torch.ones(1, 3), bnn.Normal(), mode="mean").samples
     torch.testing.assert_close(out[0, 0], 0.75 + layer.bias.detach())
+
+
+def test_torchs_reset_parameters_idiom_reaches_every_module() -> None:
+    """Posteriors' reset_parameters needed the mean: the idiom raised TypeError."""
+    net = bnn.VISequential(
+        bnn.VILinear(3, 4), torch.nn.ReLU(), bnn.VILinear(4, 2, variational=bnn.PointMass())
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(3.0)
+    torch.manual_seed(0)
+    for module in net.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    torch.manual_seed(0)
+    fresh = bnn.VISequential(
+        bnn.VILinear(3, 4), torch.nn.ReLU(), bnn.VILinear(4, 2, variational=bnn.PointMass())
+    )
+    for (name, got), (_, want) in zip(
+        net.named_parameters(), fresh.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(got, want, msg=name)

@@ -120,8 +120,13 @@ class Posterior(LocalPyroModule):
         draws: Tensor = self.distribution().rsample((samples, 1))
         return draws
 
-    def reset_parameters(self, init_loc: Tensor) -> None:
-        """Re-initialise the posterior around ``init_loc``."""
+    def reset_parameters(self, init_loc: Tensor | None = None) -> None:
+        """Re-initialise the posterior around ``init_loc``.
+
+        ``None`` keeps the current mean: torch's idiom of calling every
+        module's ``reset_parameters()`` reaches the posteriors after their
+        layer, which has just set the means.
+        """
         raise NotImplementedError
 
 
@@ -220,19 +225,20 @@ class MeanFieldNormalPosterior(Posterior):
         return result
 
     def reset_parameters(
-        self, init_loc: Tensor, init_scale: float | Tensor | None = None
+        self, init_loc: Tensor | None = None, init_scale: float | Tensor | None = None
     ) -> None:
         """Set the mean to ``init_loc`` and the scales to ``init_scale``.
 
         Args:
-            init_loc: new mean.
+            init_loc: new mean (``None``: kept).
             init_scale: new standard deviations (positive; a float or a tensor
                 broadcastable to the shape); ``None`` uses the family's
                 ``init_scale``.
         """
         scale = self.init_scale if init_scale is None else init_scale
         with torch.no_grad():
-            self.loc_unconstrained.copy_(init_loc)
+            if init_loc is not None:
+                self.loc_unconstrained.copy_(init_loc)
             if isinstance(scale, Tensor):
                 if not bool((scale > 0).all()):
                     raise ValueError("init_scale must be positive")
@@ -275,8 +281,10 @@ class PointMassPosterior(Posterior):
         """``Delta(loc)`` over the whole tensor."""
         return dist.Delta(self.loc, event_dim=len(self.shape))
 
-    def reset_parameters(self, init_loc: Tensor) -> None:
-        """Set the value to ``init_loc``."""
+    def reset_parameters(self, init_loc: Tensor | None = None) -> None:
+        """Set the value to ``init_loc`` (``None``: kept)."""
+        if init_loc is None:
+            return
         with torch.no_grad():
             self.loc_unconstrained.copy_(init_loc)
 

@@ -208,8 +208,10 @@ class AdaptedPosterior(Posterior):
             self.shape,
         )
 
-    def reset_parameters(self, init_loc: Tensor) -> None:
-        """Primary parameter to ``init_loc``, the others to their defaults."""
+    def reset_parameters(self, init_loc: Tensor | None = None) -> None:
+        """Primary parameter to ``init_loc`` (``None``: kept), others to defaults."""
+        if init_loc is None:
+            init_loc = self.values()[0].detach().clone()
         defaults = self.blue.default_parameters()
         self.set_values(
             [init_loc] + [torch.full_like(init_loc, float(d)) for d in defaults[1:]]
