@@ -200,11 +200,14 @@ def test_weight_outside_a_call_is_the_posterior_mean_parameter() -> None:
     torch.testing.assert_close(out[0, 0], 0.75 + layer.bias.detach())
 
 
+def _mixed_families() -> bnn.VISequential:
+    head = bnn.VILinear(4, 2, variational=bnn.PointMass())
+    return bnn.VISequential(bnn.VILinear(3, 4), torch.nn.ReLU(), head)
+
+
 def test_torchs_reset_parameters_idiom_reaches_every_module() -> None:
     """Posteriors' reset_parameters needed the mean: the idiom raised TypeError."""
-    net = bnn.VISequential(
-        bnn.VILinear(3, 4), torch.nn.ReLU(), bnn.VILinear(4, 2, variational=bnn.PointMass())
-    )
+    net = _mixed_families()
     with torch.no_grad():
         for p in net.parameters():
             p.fill_(3.0)
@@ -213,9 +216,7 @@ def test_torchs_reset_parameters_idiom_reaches_every_module() -> None:
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     torch.manual_seed(0)
-    fresh = bnn.VISequential(
-        bnn.VILinear(3, 4), torch.nn.ReLU(), bnn.VILinear(4, 2, variational=bnn.PointMass())
-    )
+    fresh = _mixed_families()
     for (name, got), (_, want) in zip(
         net.named_parameters(), fresh.named_parameters(), strict=True
     ):
