@@ -201,8 +201,9 @@ def test_weight_outside_a_call_is_the_posterior_mean_parameter() -> None:
 
 
 def _mixed_families() -> bnn.VISequential:
+    body = bnn.VILinear(3, 4)  # built first: the draws come in this order
     head = bnn.VILinear(4, 2, variational=bnn.PointMass())
-    return bnn.VISequential(bnn.VILinear(3, 4), torch.nn.ReLU(), head)
+    return bnn.VISequential(body, torch.nn.ReLU(), head)
 
 
 def test_torchs_reset_parameters_idiom_reaches_every_module() -> None:
