@@ -235,7 +235,11 @@ class VIModule(LocalPyroModule):
                 "variational must be a VariationalFamily such as bnn.MeanFieldNormal()"
                 f" or bnn.PointMass(), got {type(family).__name__}"
             )
-        prior_module = as_prior(prior).to(device=device, dtype=dtype)
+        # The prior's buffers take the parameters' dtype (float64 hyperparameter
+        # tensors keep their precision on a float64 layer).
+        prior_module = as_prior(prior).to(
+            device=device, dtype=torch.get_default_dtype() if dtype is None else dtype
+        )
         prior_module.check_shape(size)  # hyperparameters broadcast to the weight
         self.prior[name] = prior_module
         init = torch.zeros(size, device=device, dtype=dtype)

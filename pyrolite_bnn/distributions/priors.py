@@ -89,8 +89,17 @@ def _broadcast_shape(*shapes: torch.Size) -> torch.Size:
 def _hyperparameter(
     value: float | Tensor, constraint: constraints.Constraint, what: str
 ) -> Tensor:
-    """``value`` as a fresh tensor of the default dtype, checked by ``constraint``."""
-    tensor = torch.as_tensor(value, dtype=torch.get_default_dtype()).detach().clone()
+    """``value`` as a fresh tensor, checked by ``constraint``.
+
+    A floating tensor keeps its dtype (a float64 scale of 0.7 stays 0.7, and
+    1e-50 stays positive); anything else takes the default dtype.
+    """
+    dtype = (
+        value.dtype
+        if isinstance(value, Tensor) and value.is_floating_point()
+        else torch.get_default_dtype()
+    )
+    tensor = torch.as_tensor(value, dtype=dtype).detach().clone()
     if not _satisfies(constraint, tensor):
         shown = value.tolist() if isinstance(value, Tensor) else value
         raise ValueError(f"{what} must be {constraint!r}, got {shown!r}")
