@@ -340,6 +340,13 @@ class VIModule(LocalPyroModule):
         if name == "guide":
             self._set_guide(value)
             return
+        if isinstance(value, Tensor) and name in self.__dict__.get("_declared", ()):
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is a random variable, not a "
+                "tensor to replace: set its posterior mean in place "
+                f"(with torch.no_grad(): layer.{name}.copy_(value)), or "
+                f"layer.posterior[{name!r}].reset_parameters(value)"
+            )
         super().__setattr__(name, value)
 
     def _set_guide(self, value: Any) -> None:

@@ -222,3 +222,17 @@ def test_torchs_reset_parameters_idiom_reaches_every_module() -> None:
         net.named_parameters(), fresh.named_parameters(), strict=True
     ):
         torch.testing.assert_close(got, want, msg=name)
+
+
+def test_assigning_a_tensor_to_a_random_variable_is_refused() -> None:
+    """It shadowed the variable: the next call failed inside with one particle."""
+    layer = bnn.VILinear(3, 4)
+    with pytest.raises(AttributeError, match="random variable"):
+        layer.weight = torch.zeros(4, 3)
+    with pytest.raises(AttributeError, match="random variable"):
+        layer.weight = torch.nn.Parameter(torch.zeros(4, 3))
+    with torch.no_grad():  # what the message proposes
+        layer.weight.copy_(torch.ones(4, 3))
+    mean = layer.posterior["weight"].mean().detach()
+    torch.testing.assert_close(mean, torch.ones(4, 3))
+    assert layer(torch.randn(2, 3), samples=3).shape == (3, 2, 4)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn import _particles
 from pyrolite_bnn._validation import is_validation_enabled
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers import functional
@@ -218,15 +219,23 @@ class VIEmbedding(_VIWeightLayer):
                 self.set_padding_row(_weight[padding_idx])
 
     def __getattr__(self, name: str) -> Any:
-        """``weight`` reads as the whole table, the padding row included.
+        """``weight`` reads as the whole table in a call, the padding row included.
 
         The random variable holds the other rows; a ``forward`` of the user's
         that reads the table itself (``F.embedding(x, emb.weight)``, a tied
         output layer) sees torch's ``(num_embeddings, embedding_dim)`` layout,
-        with leading particle dimensions where the draws have them.
+        with leading particle dimensions where the draws have them. Outside a
+        call ``weight`` is the posterior mean parameter of the other rows, so
+        that copying a whole pretrained table into it fails loudly (use
+        ``_weight=`` or :func:`~pyrolite_bnn.convert`) instead of writing into
+        a temporary.
         """
         value = super().__getattr__(name)
-        if name == "weight" and self.__dict__.get("padding_idx") is not None:
+        if (
+            name == "weight"
+            and self.__dict__.get("padding_idx") is not None
+            and _particles.current() is not None
+        ):
             return _with_row(value, self.padding_idx, self.padding_row)
         return value
 

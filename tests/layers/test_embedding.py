@@ -43,14 +43,30 @@ def test_padding_row_is_deterministic_zero_without_kl() -> None:
     torch.testing.assert_close(loss_fn.last_kl, expected.detach(), rtol=1e-5, atol=0)
 
 
-def test_weight_attribute_is_the_whole_table_like_torch() -> None:
-    """``layer.weight`` has torch's ``(num_embeddings, dim)`` layout, padding row in."""
-    layer = bnn.VIEmbedding(6, 3, padding_idx=2)
-    layer.set_padding_row(torch.tensor([1.0, 2.0, 3.0]))
-    weight = layer.weight  # outside a call: the posterior mean
-    assert weight.shape == (6, 3) == nn.Embedding(6, 3, padding_idx=2).weight.shape
-    torch.testing.assert_close(weight[2], torch.tensor([1.0, 2.0, 3.0]))
-    assert bnn.VIEmbedding(6, 3).weight.shape == (6, 3)
+class _ReadsTheTable(bnn.VIModule):
+    """A forward that reads the table itself (a tied output layer would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = bnn.VIEmbedding(6, 3, padding_idx=2)
+        self.embed.set_padding_row(torch.tensor([1.0, 2.0, 3.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        table = self.embed.weight  # (S, 1, 6, 3) in a call
+        # one sequence (B = 1): the folded batch has S rows, one per particle
+        return table[:, 0, 2] + 0 * self.embed(x).sum(1)
+
+
+def test_weight_in_a_call_is_the_whole_table_like_torch() -> None:
+    """``weight`` has torch's ``(num_embeddings, dim)`` layout, padding row in."""
+    net = _ReadsTheTable()
+    out = net(torch.tensor([[0, 1]]), samples=3)
+    torch.testing.assert_close(out, torch.tensor([1.0, 2.0, 3.0]).expand(3, 1, 3))
+    # Outside a call: the mean parameter of the random rows (copying a whole
+    # pretrained table into it fails loudly rather than writing a temporary).
+    assert net.embed.weight is net.embed.posterior["weight"].loc_unconstrained
+    with pytest.raises(RuntimeError), torch.no_grad():
+        net.embed.weight.copy_(torch.zeros(6, 3))
 
 
 def test_padding_row_gets_no_gradient_like_torch() -> None:
