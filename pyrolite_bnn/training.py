@@ -28,8 +28,9 @@ from torch import Tensor, nn
 from pyrolite_bnn._distributed import Ranks, set_epoch, unwrap
 from pyrolite_bnn._fit_guard import NaNGuard, StepStats
 from pyrolite_bnn._fit_progress import Progress
+from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._state import clone_state
-from pyrolite_bnn._validation import check_heat
+from pyrolite_bnn._validation import check_count, check_heat
 from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
 from pyrolite_bnn.loss import KullbackLeiblerLoss, batch_first_layout
 from pyrolite_bnn.module import VIModule
@@ -210,31 +211,22 @@ def _check_arguments(
             "heat, reads its data and KL terms and validates with its "
             f"likelihood), got {type(loss_fn).__name__}"
         )
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    if (
-        isinstance(initial_epoch, bool)
-        or not isinstance(initial_epoch, int)
-        or not 0 <= initial_epoch <= epochs
-    ):
+    epochs = check_count(epochs, "epochs", minimum=0)
+    start = check_count(initial_epoch, "initial_epoch", minimum=-(2**62))
+    if not 0 <= start <= epochs:
         raise ValueError(
             f"initial_epoch must be an integer in [0, epochs={epochs}], got "
             f"{initial_epoch!r}"
         )
     if clip_grad_norm is not None and not (
-        math.isfinite(clip_grad_norm) and clip_grad_norm > 0
+        isinstance(clip_grad_norm, int | float)
+        and not isinstance(clip_grad_norm, bool)
+        and math.isfinite(clip_grad_norm)
+        and clip_grad_norm > 0
     ):
-        raise ValueError(f"clip_grad_norm must be > 0, got {clip_grad_norm!r}")
+        raise ValueError(f"clip_grad_norm must be a number > 0, got {clip_grad_norm!r}")
     if early_stopping_patience is not None:
-        if (
-            isinstance(early_stopping_patience, bool)
-            or not isinstance(early_stopping_patience, int)
-            or early_stopping_patience < 1
-        ):
-            raise ValueError(
-                "early_stopping_patience must be an integer >= 1, got "
-                f"{early_stopping_patience!r}"
-            )
+        check_count(early_stopping_patience, "early_stopping_patience")
         if val_loader is None:
             raise ValueError(
                 "early_stopping_patience needs a val_loader: early stopping "
@@ -362,15 +354,71 @@ def _check_checkpoint_path(path: str | os.PathLike[str], ranks: Ranks) -> None:
         raise OSError(f"rank 0 cannot write the checkpoint {os.fspath(path)!r}")
 
 
-def _stop_requested(
-    callbacks: Sequence[object], epoch: int, history: History, model: nn.Module
-) -> bool:
-    stop = False
+def _epoch_end_hooks(callbacks: object) -> list[Callable[..., Any]]:
+    """The ``on_epoch_end`` of each callback (a plain function is its own).
+
+    Objects without the method are skipped (the method is optional).
+
+    Raises:
+        TypeError: for a single callback not in a list.
+    """
+    if not isinstance(callbacks, Sequence) or isinstance(callbacks, str):
+        raise TypeError(
+            "callbacks must be a list of callbacks, got "
+            f"{type(callbacks).__name__}; pass [callback]"
+        )
+    hooks: list[Callable[..., Any]] = []
     for callback in callbacks:
         on_epoch_end = getattr(callback, "on_epoch_end", None)
-        if on_epoch_end is not None and on_epoch_end(epoch, history, model):
+        if on_epoch_end is None and callable(callback):
+            on_epoch_end = callback
+        if callable(on_epoch_end):
+            hooks.append(on_epoch_end)
+    return hooks
+
+
+def _stop_requested(
+    hooks: Sequence[Callable[..., Any]], epoch: int, history: History, model: nn.Module
+) -> bool:
+    stop = False
+    for on_epoch_end in hooks:
+        if on_epoch_end(epoch, history, model):
             stop = True
     return stop
+
+
+def _check_model_and_optimizer(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> None:
+    """Refuse a network without Bayesian layers and an optimizer of no use.
+
+    Raises:
+        TypeError: for such a model, or an optimizer that is not an instance.
+        ValueError: for an optimizer holding none of the model's trainable
+            parameters (one made for the torch model before ``bnn.convert``).
+    """
+    network = unwrap(model)
+    if not isinstance(network, VIModule) and not bayesian_positions(network, limit=1):
+        raise TypeError(
+            "fit trains a network with Bayesian layers (a bnn.VIModule, or a torch "
+            f"module holding bnn layers), got {type(network).__name__} without any"
+        )
+    if optimizer is None:
+        return
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            "optimizer must be a torch optimizer instance, e.g. "
+            f"torch.optim.Adam(model.parameters()), got {optimizer!r}"
+        )
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if trainable and not trainable & held:
+        raise ValueError(
+            "the optimizer holds none of the model's trainable parameters, so "
+            "fit would train nothing: create it from this model's parameters "
+            "(bnn.convert returns a new network; an assigned guide's parameters "
+            "belong to the model too)"
+        )
 
 
 # ------------------------------------------------------------------------- fit
@@ -454,10 +502,10 @@ def fit(
             likelihood may own a learned noise scale).
         val_loader: iterable of validation batches, in the formats of
             ``train_loader``.
-        callbacks: objects with an optional method
-            ``on_epoch_end(epoch, history, model) -> bool | None``, called after
-            each epoch (after validation and checkpointing); returning ``True``
-            stops training.
+        callbacks: a list of objects with an optional method
+            ``on_epoch_end(epoch, history, model) -> bool | None``, or of such
+            functions, called after each epoch (after validation and
+            checkpointing); returning ``True`` stops training.
         progress: show a tqdm bar per epoch (when tqdm is installed; otherwise
             one line per epoch on stderr) with loss, nll and kl.
         heat_schedule: callable ``epoch -> heat`` setting ``loss_fn.heat`` at
@@ -511,6 +559,9 @@ def fit(
         early_stopping_patience,
         heat_schedule,
     )
+    _check_model_and_optimizer(model, optimizer)
+    epoch_end_hooks = _epoch_end_hooks(callbacks)
+    epochs, initial_epoch = int(epochs), int(initial_epoch)
     ranks = Ranks(model)
     if checkpoint_path is not None:
         _check_checkpoint_path(checkpoint_path, ranks)
@@ -585,7 +636,7 @@ def fit(
                     extra={"history": history.as_dict(), "heat": loss_fn.heat},
                 )
             guard.keep(epoch)
-            stop = _stop_requested(callbacks, epoch, history, model)
+            stop = _stop_requested(epoch_end_hooks, epoch, history, model)
             if ranks.any(stop or stopping.should_stop(epoch, history)):
                 history.stopped_early = epoch + 1 < epochs
                 break

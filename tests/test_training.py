@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -260,11 +261,64 @@ def test_invalid_arguments() -> None:
         fit(model, loss_fn, [], epochs=1, progress=False)
     with pytest.raises(ValueError, match=r"\(x, y\) pairs"):
         fit(model, loss_fn, [x], epochs=1, progress=False)
-    for initial_epoch in (-1, 3, 1.0):
+    for initial_epoch in (-1, 3):
         with pytest.raises(
             ValueError, match=r"initial_epoch must be .* \[0, epochs=2\]"
         ):
-            fit(model, loss_fn, batches, epochs=2, initial_epoch=initial_epoch)  # type: ignore[arg-type]
+            fit(model, loss_fn, batches, epochs=2, initial_epoch=initial_epoch)
+    with pytest.raises(TypeError, match="initial_epoch must be an integer"):
+        fit(model, loss_fn, batches, epochs=2, initial_epoch=1.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"optimizer": torch.optim.Adam}, TypeError, "optimizer instance"),
+        ({"callbacks": object()}, TypeError, "list of callbacks"),
+        ({"clip_grad_norm": "1"}, ValueError, "clip_grad_norm must be a number"),
+        ({"epochs": 1.5}, TypeError, "epochs must be an integer"),
+    ],
+)
+def test_fit_refuses_wrong_argument_types_clearly(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """They raised AttributeError/TypeError deep inside, or were ignored."""
+    x, y = _data()
+    arguments: dict[str, object] = {"epochs": 1, "progress": False, **kwargs}
+    with pytest.raises(error, match=message):
+        fit(_net(), _loss(), _batches(x, y), **arguments)  # type: ignore[arg-type]
+
+
+def test_fit_refuses_an_optimizer_of_another_model() -> None:
+    """convert returns a new network: the torch model's optimizer trained nothing."""
+    x, y = _data()
+    plain = nn.Sequential(nn.Linear(x.shape[1], 2))
+    optimizer = torch.optim.Adam(plain.parameters())
+    bayesian = bnn.convert(plain)
+    with pytest.raises(ValueError, match="holds none of the model's"):
+        fit(bayesian, _loss(), _batches(x, y), 1, optimizer, progress=False)
+
+
+def test_fit_refuses_a_model_without_bayesian_layers() -> None:
+    x, y = _data()
+    with pytest.raises(TypeError, match="without any"):
+        fit(nn.Linear(x.shape[1], 2), _loss(), _batches(x, y), 1, progress=False)
+
+
+def test_fit_takes_plain_function_callbacks_and_numpy_epochs() -> None:
+    """A plain function callback was ignored silently; numpy epochs refused."""
+    x, y = _data()
+    seen: list[int] = []
+    history = fit(
+        _net(),
+        _loss(),
+        _batches(x, y),
+        np.int64(3),  # type: ignore[arg-type]
+        callbacks=[lambda epoch, history, model: seen.append(epoch) or epoch == 1],
+        progress=False,
+    )
+    assert seen == [0, 1]
+    assert history.stopped_early
 
 
 def test_fit_needs_a_kullback_leibler_loss() -> None:
