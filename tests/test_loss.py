@@ -589,3 +589,15 @@ def test_output_without_gradient_is_refused_while_the_kl_has_one() -> None:
         loss_fn(out, y)
     with torch.no_grad():  # evaluation: no gradients anywhere, a value
         assert torch.isfinite(loss_fn(out, y))
+
+
+@pytest.mark.parametrize("target", ["numpy", "list", None])
+def test_targets_that_are_no_tensor_are_refused_clearly(target: str | None) -> None:
+    """They raised AttributeError ('numpy.ndarray' has no attribute 'dim')."""
+    net = bnn.VILinear(3, 2)
+    labels = torch.randint(0, 2, (4,))
+    given = {"numpy": labels.numpy(), "list": labels.tolist(), None: None}[target]
+    for likelihood in (bnn.Categorical(), bnn.Normal()):
+        loss_fn = bnn.KullbackLeiblerLoss(likelihood, 10)
+        with pytest.raises(TypeError, match=r"targets must be a torch\.Tensor"):
+            loss_fn(net(torch.randn(4, 3)), given)

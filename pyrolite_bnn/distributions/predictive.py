@@ -265,6 +265,11 @@ class PredictiveDistribution(LocalPyroModule):
         )
 
     def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        if not isinstance(target, Tensor):
+            raise TypeError(
+                f"{type(self).__name__} targets must be a torch.Tensor, got "
+                f"{type(target).__name__} (convert with torch.as_tensor)"
+            )
         self.check_output(output)
         if is_validation_enabled():
             self.check_target(output, target)
