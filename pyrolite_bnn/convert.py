@@ -185,9 +185,18 @@ def convert(
     _drop_copy_shadows(module, duplicate)
     root = converter.convert(duplicate, "")
     converter.warn(tied)
-    if isinstance(root, VIModule):
-        return root
-    return ConvertedNetwork.wrap(root)
+    network = root if isinstance(root, VIModule) else ConvertedNetwork.wrap(root)
+    if not network.random_variables():
+        warnings.warn(
+            f"bnn.convert made no layer of {type(module).__name__} Bayesian: "
+            "include=/exclude= left none, or it has no layer with a Bayesian "
+            "counterpart (Linear, Conv*, ConvTranspose*, Embedding, LSTM, GRU, "
+            "MultiheadAttention, Transformer layers); the result is the "
+            "deterministic model",
+            UserWarning,
+            stacklevel=2,
+        )
+    return network
 
 
 def _drop_copy_shadows(original: nn.Module, duplicate: nn.Module) -> None:

@@ -527,9 +527,10 @@ def test_tied_parameters_warn_that_they_become_independent() -> None:
     ):
         net = bnn.convert(_TiedLanguageModel())
     assert [v.site for v in net.random_variables()] == ["embed.weight", "head.weight"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # kept deterministic: tied, no warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # kept deterministic: tied, no tie warning
         kept = bnn.convert(_TiedLanguageModel(), exclude=["embed", "head"])
+    assert ["made no layer" in str(w.message) for w in caught] == [True]
     assert kept.head.weight is kept.embed.weight
 
 
@@ -551,3 +552,17 @@ def test_recurrent_flatten_parameters_is_accepted() -> None:
     """A forward calling self.rnn.flatten_parameters() (a torch idiom) runs."""
     for layer in (bnn.VILSTM(3, 4, batch_first=True), bnn.VIGRU(3, 4)):
         assert layer.flatten_parameters() is None
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [{"exclude": [nn.Linear]}, {"include": ["0"], "exclude": ["0"]}, {}],
+)
+def test_conversion_that_makes_nothing_bayesian_warns(
+    selection: dict[str, object],
+) -> None:
+    module = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    if not selection:
+        module = nn.Sequential(nn.ReLU(), nn.Flatten())
+    with pytest.warns(UserWarning, match="made no layer of Sequential Bayesian"):
+        bnn.convert(module, **selection)  # type: ignore[arg-type]
