@@ -81,8 +81,10 @@ def collect_variables(root: nn.Module) -> list[RandomVariable]:
 def _cached(root: nn.Module, key: str) -> Any:
     """What :func:`_store` kept on ``root`` under ``key`` (``None``: stale or none)."""
     cached = root.__dict__.get(key)
-    if cached is not None and cached[0] == structure_version():
-        return cached[1]
+    # The module's id too: a state dict moved to another object (torch_blue's
+    # in-place conversion, copies) must not bring facts about the old one.
+    if cached is not None and cached[:2] == (structure_version(), id(root)):
+        return cached[2]
     return None
 
 
@@ -94,7 +96,7 @@ def _store(root: nn.Module, key: str, value: Any, plain_containers: bool) -> Non
     are not cached.
     """
     if not plain_containers:
-        object.__setattr__(root, key, (structure_version(), value))
+        object.__setattr__(root, key, (structure_version(), id(root), value))
 
 
 def _holds_plain_containers(root: nn.Module) -> bool:

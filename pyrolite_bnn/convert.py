@@ -186,7 +186,9 @@ def convert(
     root = converter.convert(duplicate, "")
     converter.warn(tied)
     network = root if isinstance(root, VIModule) else ConvertedNetwork.wrap(root)
-    if not network.random_variables():
+    if not any(
+        isinstance(m, VIModule) and m.declared_variables() for m in network.modules()
+    ):
         warnings.warn(
             f"bnn.convert made no layer of {type(module).__name__} Bayesian: "
             "include=/exclude= left none, or it has no layer with a Bayesian "

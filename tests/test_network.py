@@ -509,3 +509,20 @@ def test_tree_facts_of_plain_containers_follow_their_changes() -> None:
     assert has_sequence_first_layers(net)
     net[1] = one_sample
     assert id(one_sample) in per_particle_modules(net)
+
+
+def test_cached_variables_do_not_follow_a_state_moved_to_another_object() -> None:
+    """torch_blue's in-place conversion moves a built layer's ``__dict__``.
+
+    Variables cached on the built layer named it as their module; moved into
+    the converted object, the stale cache made every call fail ("was not
+    drawn for this call").
+    """
+    built = bnn.VILSTM(3, 4, batch_first=True)
+    assert built.random_variables()  # cached on built
+    target = nn.LSTM(3, 4, batch_first=True)
+    vars(target).clear()
+    vars(target).update(vars(built))
+    target.__class__ = type(built)
+    out, _ = target(torch.randn(2, 5, 3), samples=3)
+    assert out.shape == (3, 2, 5, 4)
