@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -190,28 +191,56 @@ def check_heat(value: float, what: str) -> float:
     return heat
 
 
-def check_count(value: object, what: str, minimum: int = 1) -> int:
-    """``value`` as an ``int`` if it is an integer ``>= minimum``, else raise.
+def check_integer(value: object, what: str) -> int:
+    """``value`` as an ``int`` if it is an integer, else ``TypeError``.
 
     Python, numpy and one-element torch integers are accepted; ``bool``,
     floats and strings are not.
 
+    Example:
+        >>> check_integer(4, "in_features")
+        4
+    """
+    if not isinstance(value, bool) and hasattr(value, "__index__"):
+        try:
+            return operator.index(value)
+        except TypeError:  # a float tensor, say
+            pass
+    raise TypeError(f"{what} must be an integer, got {value!r}")
+
+
+def check_count(value: object, what: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` if it is an integer ``>= minimum``, else raise.
+
     Raises:
-        TypeError: if ``value`` is not an integer.
+        TypeError: if ``value`` is not an integer (see :func:`check_integer`).
         ValueError: if it is below ``minimum``.
 
     Example:
         >>> check_count(3, "samples")
         3
     """
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{what} must be an integer >= {minimum}, got {value!r}")
     try:
-        count = operator.index(value)
-    except TypeError as error:  # a float tensor, say
+        count = check_integer(value, what)
+    except TypeError:
         raise TypeError(
             f"{what} must be an integer >= {minimum}, got {value!r}"
-        ) from error
+        ) from None
     if count < minimum:
         raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return count
+
+
+def check_real(value: object, what: str) -> float:
+    """``value`` as a ``float`` if it is a real number, else ``TypeError``.
+
+    Python and numpy numbers are accepted (``np.float32(0.5)``); ``bool``,
+    strings and tensors are not. Range checks are the caller's.
+
+    Example:
+        >>> check_real(1, "scale")
+        1.0
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{what} must be a number, got {value!r}")

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._network import has_sequence_first_layers
 from pyrolite_bnn._scalar_search import minimise_expanding
+from pyrolite_bnn._validation import check_real
 from pyrolite_bnn.distributions.predictive import (
     HeteroscedasticNormal,
     Normal,
@@ -132,6 +133,7 @@ class Calibration(nn.Module):
 
 
 def _check_positive(value: float, what: str) -> float:
+    value = check_real(value, what)
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{what} must be positive and finite, got {value!r}")
     return float(value)

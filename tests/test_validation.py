@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -96,3 +97,36 @@ def test_convolution_geometry_is_checked_at_construction(
     unrelated reshape error); the Bayesian layers name the argument at once."""
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: bnn.VILinear("4", 3), "in_features must be an integer"),
+        (lambda: bnn.VILinear(4.0, 3), "in_features must be an integer"),
+        (lambda: bnn.VIConv2d(3, 8, 3.0), "kernel_size must be an integer"),
+        (lambda: bnn.VIConv2d(3, 8, 3, groups=1.0), "groups must be an integer"),
+        (lambda: bnn.VILSTM(3.0, 4), "input_size must be an integer"),
+        (lambda: bnn.VIEmbedding(5.5, 3), "num_embeddings must be an integer"),
+        (lambda: bnn.VIMultiheadAttention(8.0, 2), "embed_dim must be an integer"),
+        (lambda: bnn.MeanFieldNormal(init_scale="0.1"), "init_scale must be a number"),
+        (lambda: bnn.TemperatureScaling("1"), "temperature must be a number"),
+        (lambda: bnn.Normal(scale="1"), "scale must be a number"),
+        (lambda: bnn.StudentT(df="3"), "df must be a number"),
+        (lambda: bnn.NormalPrior(scale="1"), "scale must be a number"),
+    ],
+)
+def test_constructors_refuse_wrong_types_naming_the_argument(
+    build: Callable[[], object], message: str
+) -> None:
+    """They raised comparison or tensor-creation errors naming nothing."""
+    with pytest.raises(TypeError, match=message):
+        build()
+
+
+def test_numpy_numbers_are_taken_where_python_ones_are() -> None:
+    """``Normal(scale=np.float32(0.5))`` was refused as not a positive float."""
+    assert float(bnn.Normal(scale=np.float32(0.5)).noise_scale()) == 0.5
+    assert bnn.VILinear(np.int64(4), 3).in_features == 4
+    conv = bnn.VIConv2d(3, 8, (3, np.int64(3)))
+    assert conv.kernel_size == (3, 3)

@@ -34,6 +34,7 @@ from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._validation import (
     check_finite,
+    check_real,
     distribution_checks_off,
     is_validation_enabled,
 )
@@ -425,8 +426,11 @@ class _ScaleLikelihood(PredictiveDistribution):
     def __init__(self, scale: float | None, init_scale: float) -> None:
         super().__init__()
         self.learned = scale is None
-        value = init_scale if scale is None else scale
-        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        value = check_real(
+            init_scale if scale is None else scale,
+            f"{type(self).__name__} {'init_scale' if scale is None else 'scale'}",
+        )
+        if not (value > 0 and math.isfinite(value)):
             raise ValueError(
                 f"{type(self).__name__} noise scale must be a positive float, "
                 f"got {value!r}"
@@ -529,7 +533,8 @@ class StudentT(_ScaleLikelihood):
         self, df: float = 4.0, scale: float | None = None, init_scale: float = 1.0
     ) -> None:
         super().__init__(scale, init_scale)
-        if not (isinstance(df, (int, float)) and df > 0 and math.isfinite(df)):
+        df = check_real(df, "StudentT df")
+        if not (df > 0 and math.isfinite(df)):
             raise ValueError(f"StudentT df must be a positive float, got {df!r}")
         self.register_buffer("df", torch.tensor(float(df)))
 

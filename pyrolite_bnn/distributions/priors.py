@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._validation import check_real
 
 __all__ = [
     "CallablePrior",
@@ -94,6 +95,8 @@ def _hyperparameter(
     A floating tensor keeps its dtype (a float64 scale of 0.7 stays 0.7, and
     1e-50 stays positive); anything else takes the default dtype.
     """
+    if not isinstance(value, Tensor):
+        value = check_real(value, what)
     dtype = (
         value.dtype
         if isinstance(value, Tensor) and value.is_floating_point()

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
+from pyrolite_bnn._validation import check_real
 
 __all__ = [
     "MeanFieldNormal",
@@ -330,6 +331,7 @@ class MeanFieldNormal(VariationalFamily):
     scale_transform: str = "softplus"
 
     def __post_init__(self) -> None:
+        check_real(self.init_scale, "MeanFieldNormal init_scale")
         if not (self.init_scale > 0 and math.isfinite(self.init_scale)):
             raise ValueError(
                 f"MeanFieldNormal init_scale must be positive, got {self.init_scale!r}"

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._validation import check_integer
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._options import per_variable
 from pyrolite_bnn.layers._sequence import (
@@ -195,6 +196,8 @@ class VIMultiheadAttention(VIModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        embed_dim = check_integer(embed_dim, "embed_dim")
+        num_heads = check_integer(num_heads, "num_heads")
         if embed_dim <= 0 or num_heads <= 0:
             raise ValueError(
                 "embed_dim and num_heads must be greater than 0, got "

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyrolite_bnn._validation import check_integer
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
@@ -67,10 +68,10 @@ def _ntuple(
     value: int | Sequence[int], dims: int, what: str, least: int | None = None
 ) -> tuple[int, ...]:
     """``value`` as ``dims`` ints, each at least ``least`` when it is given."""
-    if isinstance(value, int):
-        values: tuple[int, ...] = (value,) * dims
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        values: tuple[int, ...] = (check_integer(value, what),) * dims
     else:
-        values = tuple(int(v) for v in value)
+        values = tuple(check_integer(v, what) for v in value)
     if len(values) != dims:
         raise ValueError(f"{what} must be an int or {dims} ints, got {value!r}")
     if least is not None and min(values) < least:
@@ -106,6 +107,9 @@ class _VIConvBase(_VIWeightLayer):
     ) -> None:
         """Validate and store the geometry (``torch.nn``'s attribute names)."""
         dims = self._dims
+        in_channels = check_integer(in_channels, "in_channels")
+        out_channels = check_integer(out_channels, "out_channels")
+        groups = check_integer(groups, "groups")
         if groups <= 0:
             raise ValueError("groups must be a positive integer")
         if in_channels % groups or out_channels % groups:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._validation import is_validation_enabled
+from pyrolite_bnn._validation import check_integer, is_validation_enabled
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
@@ -154,6 +154,8 @@ class VIEmbedding(_VIWeightLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        num_embeddings = check_integer(num_embeddings, "num_embeddings")
+        embedding_dim = check_integer(embedding_dim, "embedding_dim")
         if num_embeddings < 1 or embedding_dim < 1:
             raise ValueError(
                 "num_embeddings and embedding_dim must be >= 1, got "

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._validation import check_integer
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
@@ -93,6 +94,8 @@ class VILinear(_VIWeightLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        in_features = check_integer(in_features, "in_features")
+        out_features = check_integer(out_features, "out_features")
         if in_features < 1 or out_features < 1:
             raise ValueError(
                 f"in_features and out_features must be >= 1, got {in_features}, "

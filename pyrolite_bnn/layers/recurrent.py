@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._validation import check_integer
 from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
 from pyrolite_bnn.layers._base import options_repr
 from pyrolite_bnn.layers._options import per_variable
@@ -89,6 +90,10 @@ class _VIRNNBase(VIModule):
                 UserWarning,
                 stacklevel=2,
             )
+        input_size = check_integer(input_size, "input_size")
+        hidden_size = check_integer(hidden_size, "hidden_size")
+        num_layers = check_integer(num_layers, "num_layers")
+        proj_size = check_integer(proj_size, "proj_size")
         if input_size < 1 or hidden_size < 1 or num_layers < 1:
             raise ValueError(
                 "input_size, hidden_size and num_layers must be >= 1, got "
