@@ -683,6 +683,12 @@ class LinearizedLaplace(nn.Module):
             A :class:`~pyrolite_bnn.Prediction` of ``(S, N, ...)`` outputs.
         """
         likelihood = self.predictive if predictive is None else predictive
+        if type(likelihood) is not type(self.predictive):
+            raise ValueError(
+                f"this Laplace posterior was fitted with {self.predictive!r}, whose "
+                f"curvature it holds; predicting with {likelihood!r} would mix two "
+                "models: call bnn.laplace again with that likelihood"
+            )
         if mode not in ("sample", "mean"):
             raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
         if batch_size is not None and batch_size < 1:

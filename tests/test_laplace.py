@@ -532,3 +532,15 @@ def test_prior_precision_at_the_search_limit_warns() -> None:
     with pytest.warns(UserWarning, match=r"at the search limit e\^30"):
         la.fit_prior_precision()
     assert float(la.prior_precision) > math.exp(29)
+
+
+def test_predicting_with_another_likelihood_family_is_refused() -> None:
+    """The curvature belongs to the likelihood the posterior was fitted with."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(2, 4), nn.Tanh(), bnn.VILinear(4, 3))
+    x, y = torch.randn(20, 2), torch.randn(20, 3)
+    posterior = bnn.laplace(net, x, y, bnn.Normal(scale=0.5))
+    with pytest.raises(ValueError, match="fitted with Normal"):
+        bnn.predict(posterior, x, bnn.Categorical())
+    same_family = bnn.predict(posterior, x, bnn.Normal(scale=0.3), samples=4)
+    assert same_family.samples.shape == (4, 20, 3)

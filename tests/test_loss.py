@@ -601,3 +601,13 @@ def test_targets_that_are_no_tensor_are_refused_clearly(target: str | None) -> N
         loss_fn = bnn.KullbackLeiblerLoss(likelihood, 10)
         with pytest.raises(TypeError, match=r"targets must be a torch\.Tensor"):
             loss_fn(net(torch.randn(4, 3)), given)
+
+
+def test_categorical_with_one_class_is_refused() -> None:
+    """Every log-likelihood was 0 and every probability 1 (a Bernoulli model)."""
+    net = bnn.VILinear(3, 1)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 10)
+    with pytest.raises(ValueError, match=r"use bnn\.Bernoulli"):
+        loss_fn(net(torch.randn(4, 3)), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="two or more classes"):
+        bnn.predict(net, torch.randn(4, 3), bnn.Categorical())

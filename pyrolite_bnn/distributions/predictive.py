@@ -309,6 +309,12 @@ class Categorical(_ClassificationLikelihood):
                 "Categorical expects logits of shape (S, B, classes), got "
                 f"{_shape(output)}"
             )
+        if output.shape[-1] < 2:
+            raise ValueError(
+                "Categorical needs two or more classes, got logits of shape "
+                f"{_shape(output)} (one class: every log-likelihood is 0). For a "
+                "binary model with one logit per example use bnn.Bernoulli()"
+            )
 
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Labels must be integers in ``[0, C)`` of shape ``(B, ...)``."""
