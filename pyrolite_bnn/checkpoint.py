@@ -259,6 +259,16 @@ def save_checkpoint(
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
         raise TypeError(f"epoch must be an int or None, got {type(epoch).__name__}")
     _check_plain(extra, "extra")
+    for value, what, kind, name in (
+        (model, "model", nn.Module, "torch.nn.Module"),
+        (optimizer, "optimizer", torch.optim.Optimizer, "torch.optim.Optimizer"),
+        (loss_fn, "loss_fn", nn.Module, "torch.nn.Module"),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(
+                f"save_checkpoint(path, model, optimizer, loss_fn, ...): {what} "
+                f"must be a {name}, got {value!r}"
+            )
     model = unwrap(model)
     payload: dict[str, Any] = {
         "format": _FORMAT,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
 from pyrolite_bnn._validation import check_heat, check_input_dtype, floating_dtype
 
 
@@ -130,3 +131,44 @@ def test_numpy_numbers_are_taken_where_python_ones_are() -> None:
     assert bnn.VILinear(np.int64(4), 3).in_features == 4
     conv = bnn.VIConv2d(3, 8, (3, np.int64(3)))
     assert conv.kernel_size == (3, 3)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: bnn.save_checkpoint("unused.pt", "x"), TypeError, "model must be"),
+        (
+            lambda: bnn.match_particles(np.zeros((2, 3)), torch.zeros(4, 3)),
+            TypeError,
+            "shortcut must be a tensor",
+        ),
+        (
+            lambda: bnn.VILSTM(3, 4)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)),
+            TypeError,
+            r"tuple \(h0, c0\)",
+        ),
+        (
+            lambda: bnn.VIGRU(3, 4)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4),)),
+            TypeError,
+            "h0 as one tensor",
+        ),
+        (
+            lambda: vi.AnalyticalKullbackLeiblerLoss("x", None),
+            TypeError,
+            "takes the network first",
+        ),
+        (
+            lambda: vi.AnalyticalKullbackLeiblerLoss(
+                vi.VILinear(2, 2), vi.distributions.MeanFieldNormal(), 10, "kl"
+            ),
+            TypeError,
+            "divergence_type must be",
+        ),
+    ],
+)
+def test_wrong_arguments_raise_clear_errors_not_internal_ones(
+    call: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    """Each raised AttributeError/ValueError from inside the library before."""
+    with pytest.raises(error, match=message):
+        call()

@@ -409,6 +409,12 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
         >>> bnn.match_particles(shared, torch.randn(2, 3)).shape
         torch.Size([2, 3])
     """
+    for tensor, what in ((shortcut, "shortcut"), (branch, "branch")):
+        if not isinstance(tensor, Tensor) or tensor.dim() == 0:
+            raise TypeError(
+                f"match_particles: {what} must be a tensor with a batch "
+                f"dimension, got {type(tensor).__name__}"
+            )
     rows, branch_rows = shortcut.shape[0], branch.shape[0]
     if rows == branch_rows or rows == 0 or branch_rows % rows:
         return shortcut

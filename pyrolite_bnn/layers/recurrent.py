@@ -438,6 +438,15 @@ class VILSTM(_VIRNNBase):
         self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Run the LSTM over the sequence for every particle."""
+        if hx is not None and not (
+            isinstance(hx, tuple | list)
+            and len(hx) == 2
+            and all(isinstance(h, Tensor) for h in hx)
+        ):
+            raise TypeError(
+                "VILSTM takes the initial state as a tuple (h0, c0) of tensors, as "
+                f"torch.nn.LSTM does; got {type(hx).__name__}"
+            )
         h0, c0 = (None, None) if hx is None else hx
         output, h_n, c_n = self._recur(input, h0, c0)
         assert c_n is not None
@@ -527,5 +536,10 @@ class VIGRU(_VIRNNBase):
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Run the GRU over the sequence for every particle."""
+        if hx is not None and not isinstance(hx, Tensor):
+            raise TypeError(
+                "VIGRU takes the initial state h0 as one tensor, as torch.nn.GRU "
+                f"does; got {type(hx).__name__}"
+            )
         output, h_n, _ = self._recur(input, hx, None)
         return output, h_n

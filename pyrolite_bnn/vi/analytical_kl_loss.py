@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
 from pyrolite_bnn._network import collect_variables
@@ -157,6 +157,16 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
         heat: float = 1.0,
         track: bool = False,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                "AnalyticalKullbackLeiblerLoss(model, predictive_distribution, ...) "
+                f"takes the network first, got {type(model).__name__}"
+            )
+        if divergence_type is not None and not callable(divergence_type):
+            raise TypeError(
+                "divergence_type must be a KullbackLeiblerModule (e.g. "
+                f"NormalNormalDivergence()) or None, got {divergence_type!r}"
+            )
         super().__init__(predictive_distribution, dataset_size, heat, track, kl="auto")
         variables = collect_variables(model)
         if not variables:
