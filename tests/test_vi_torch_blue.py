@@ -12,6 +12,7 @@ import inspect
 import io
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -1512,3 +1513,20 @@ def test_converted_custom_module_runs_its_forward_per_particle() -> None:
     assert out.shape == (3, 5, 4)  # x is one particle's (5, 4), not the fold
     # h - h.mean(0) over each particle's batch: out - x has zero batch mean.
     torch.testing.assert_close((out - x).mean(1), torch.zeros(3, 4), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: MeanFieldStudentT(degrees_of_freedom=-1), "degrees_of_freedom"),
+        (lambda: MeanFieldStudentT(scale=-1), "scale must be > 0"),  # domain error
+        (lambda: BasicQuietPrior(std_ratio=0), "std_ratio must be > 0"),
+        (lambda: BasicQuietPrior(eps=-1), "eps must be > 0"),  # NaN loss
+        (lambda: Categorical(eps=-1), "eps must be >= 0"),
+    ],
+)
+def test_vi_distributions_refuse_invalid_values(
+    build: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        build()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pyro.distributions as dist
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyrolite_bnn._validation import check_real
 from pyrolite_bnn.distributions.predictive import Categorical as BnnCategorical
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
@@ -66,6 +68,8 @@ class Categorical(PredictiveDistribution):
     def __init__(self, input_type: str = "logits", eps: float = 1e-5) -> None:
         if input_type not in ("logits", "probs"):
             raise AssertionError("input_type must be logits or probs")
+        if not (check_real(eps, "Categorical eps") >= 0 and math.isfinite(eps)):
+            raise ValueError(f"Categorical eps must be >= 0, got {eps!r}")
         self.eps = eps
         self.input_type = input_type
 
