@@ -37,6 +37,8 @@ def enable_validation(flag: bool = True) -> None:
         True
     """
     global _VALIDATE
+    if not isinstance(flag, bool | int):  # a string such as 'no' would mean True
+        raise TypeError(f"enable_validation takes True or False, got {flag!r}")
     _VALIDATE = bool(flag)
 
 
@@ -182,8 +184,8 @@ def check_heat(value: float, what: str) -> float:
     Raises:
         ValueError: if ``value`` is not a finite number ``>= 0``.
     """
-    try:
-        heat = float(value)
+    try:  # a number or a one-element tensor; never a string ('1' is no heat)
+        heat = math.nan if isinstance(value, str | bytes) else float(value)
     except (TypeError, ValueError):
         heat = math.nan
     if not (math.isfinite(heat) and heat >= 0):

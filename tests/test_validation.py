@@ -44,7 +44,7 @@ def test_matching_integer_and_unchecked_inputs_pass() -> None:
         check_input_dtype((x32.bfloat16(),), {}, torch.float32, "N")
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan"), "hot", None])
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan"), "hot", "1", None])
 def test_check_heat_rejects(bad: object) -> None:
     with pytest.raises(ValueError, match=r"heat must be >= 0 and finite, got"):
         check_heat(bad, "heat")  # type: ignore[arg-type]
@@ -172,3 +172,10 @@ def test_wrong_arguments_raise_clear_errors_not_internal_ones(
     """Each raised AttributeError/ValueError from inside the library before."""
     with pytest.raises(error, match=message):
         call()
+
+
+def test_enable_validation_refuses_strings() -> None:
+    """``enable_validation('no')`` switched validation on."""
+    with pytest.raises(TypeError, match="True or False"):
+        bnn.enable_validation("no")  # type: ignore[arg-type]
+    assert bnn.is_validation_enabled()
