@@ -296,3 +296,26 @@ def using_draws(draws: LazyDraws) -> Iterator[None]:
         yield
     finally:
         _DRAWN.reset(token)
+
+
+# The weights of the one particle a per-particle ``forward`` runs for (the
+# torch_blue containers of :mod:`pyrolite_bnn.vi`), by (id(module), name):
+# looked up before the call's draws.
+_PARTICLE_WEIGHTS: ContextVar[dict[tuple[int, str], Tensor] | None] = ContextVar(
+    "pyrolite_particle_weights", default=None
+)
+
+
+def particle_weights() -> dict[tuple[int, str], Tensor] | None:
+    """The weights of the particle running alone (``None`` outside such a run)."""
+    return _PARTICLE_WEIGHTS.get()
+
+
+@contextmanager
+def using_particle_weights(table: dict[tuple[int, str], Tensor]) -> Iterator[None]:
+    """Layers in the body read their weights from ``table`` first."""
+    token = _PARTICLE_WEIGHTS.set(table)
+    try:
+        yield
+    finally:
+        _PARTICLE_WEIGHTS.reset(token)

@@ -34,7 +34,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._draws import current_draws
+from pyrolite_bnn._draws import current_draws, particle_weights
 from pyrolite_bnn._pyro_module import LocalPyroModule, local_params
 from pyrolite_bnn._sites import current_sites
 from pyrolite_bnn.distributions.priors import Prior, as_prior
@@ -484,6 +484,11 @@ class VIModule(LocalPyroModule):
 
     def __getattr__(self, name: str) -> Any:
         if name in self.__dict__.get("_declared", ()):
+            alone = particle_weights()
+            if alone is not None:
+                weight = alone.get((id(self), name))
+                if weight is not None:
+                    return weight
             draws = current_draws()
             if draws is not None:
                 value = draws.get((id(self), name))

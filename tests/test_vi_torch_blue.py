@@ -1396,7 +1396,11 @@ class _EmbedUpsample(nn.Module):
 
 
 def test_convert_to_vimodule_runs_layers_without_vi_counterpart_per_particle() -> None:
-    """They became library layers, which the per-particle forward refused."""
+    """They become library layers, which the per-particle forward refused.
+
+    Now the container runs one particle after the other; the embedding keeps
+    its deterministic padding row (a generated class would draw it).
+    """
     torch.manual_seed(0)
     model = _EmbedUpsample().eval()
     tokens = torch.tensor([[1, 2, 0], [3, 0, 5]])
@@ -1408,6 +1412,8 @@ def test_convert_to_vimodule_runs_layers_without_vi_counterpart_per_particle() -
     out = model(tokens, samples=3)
     assert out.shape == (3, 2, 3)
     assert bool((out[0] - out[1]).abs().max() > 1e-3)  # each particle its draw
+    assert type(model.emb) is bnn.VIEmbedding
+    assert type(model.up) is bnn.VIConvTranspose1d
 
 
 class _LastStep(nn.Module):
@@ -1420,12 +1426,18 @@ class _LastStep(nn.Module):
         return self.fc(self.lstm(x)[0][:, -1])
 
 
-def test_recurrent_layer_in_a_converted_user_forward_names_the_way_out() -> None:
-    model = vi.convert_to_vimodule(_LastStep())
-    with pytest.raises(TypeError, match=r"pyrolite_bnn\.convert"):
-        model(torch.randn(2, 7, 4), samples=3)
-    works = bnn.convert(_LastStep())
-    assert works(torch.randn(2, 7, 4), samples=3).shape == (3, 2, 3)
+def test_recurrent_layer_in_a_converted_user_forward_runs() -> None:
+    """It was refused (vmap cannot run a recurrent layer); now the converted
+    container runs particle by particle and matches ``bnn.convert``'s means."""
+    torch.manual_seed(0)
+    model = _LastStep().eval()
+    x = torch.randn(2, 7, 4)
+    expected = model(x)
+    vi.convert_to_vimodule(model, keep_weights=True)
+    model.return_log_probs = False
+    assert model(x, samples=3).shape == (3, 2, 3)
+    mean = bnn.predict(model, x, bnn.Normal(), mode="mean").samples[0]
+    torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-6)
 
 
 class _PooledSequenceFirst(vi.VIModule):
@@ -1530,3 +1542,82 @@ def test_vi_distributions_refuse_invalid_values(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         build()
+
+
+class _RecurrentHead(nn.Module):
+    """One forward for a torch_blue container and a library one alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = bnn.VILSTM(4, 5, batch_first=True)
+        self.fc = bnn.VILinear(5, 3, estimator="reparam")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.lstm(x)[0][:, -1])
+
+
+class _TorchBlueRecurrent(vi.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _RecurrentHead()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class _LibraryRecurrent(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _RecurrentHead()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+def test_library_layers_in_a_per_particle_container_run_particle_by_particle() -> None:
+    """They were refused; vmap cannot run a recurrent layer.
+
+    Run one particle after the other, each with its own weight draw, the
+    container computes what the library's folded container computes from the
+    same draws (same seed, same parameters, same draw order): exactly.
+    """
+    torch.manual_seed(0)
+    per_particle = _TorchBlueRecurrent()
+    folded = _LibraryRecurrent()
+    folded.load_state_dict(per_particle.state_dict())
+    per_particle.return_log_probs = False
+    x = torch.randn(2, 7, 4)
+    torch.manual_seed(1)
+    got = per_particle(x, samples=3)
+    torch.manual_seed(1)
+    want = folded(x, samples=3)
+    assert got.shape == (3, 2, 3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert bool((got[0] - got[1]).abs().max() > 1e-3)  # particles differ
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 10)
+    loss_fn(per_particle(x, samples=3), torch.tensor([0, 2])).backward()
+    assert (
+        per_particle.body.lstm.posterior["weight_ih_l0"].loc_unconstrained.grad
+        is not None
+    )
+
+
+class _PlainRecurrent(vi.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = vi.VILinear(4, 6)
+        self.lstm = nn.LSTM(6, 5, batch_first=True)
+        self.fc = vi.VILinear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.lstm(self.inp(x))[0][:, -1])
+
+
+def test_a_plain_lstm_after_bayesian_layers_runs_in_a_per_particle_container() -> None:
+    """torch.vmap has no batching rule for it (torch_blue fails the same way)."""
+    net = _PlainRecurrent()
+    x = torch.randn(2, 7, 4)
+    for _ in range(2):  # vmap fails once, then the class runs in turn
+        out = net(x, samples=3)
+        assert out.shape == (3, 2, 3)
+        assert torch.isfinite(out).all()

@@ -27,8 +27,8 @@ import functools
 import math
 import operator
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
@@ -37,7 +37,7 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._draws import current_draws
+from pyrolite_bnn._draws import current_draws, particle_weights, using_particle_weights
 from pyrolite_bnn._forward import output_tensors
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
@@ -62,10 +62,8 @@ __all__ = ["RandomVariableNames", "VIModule", "VariableSpecs", "validated_shapes
 
 Shapes = Mapping[str, Sequence[int] | None]
 
-# Per-particle weights while a per-particle forward runs under vmap.
-_PARTICLE_WEIGHTS: ContextVar[dict[tuple[int, str], Tensor] | None] = ContextVar(
-    "pyrolite_vi_particle_weights", default=None
-)
+# Classes whose one-sample forward torch.vmap could not run: run in turn.
+_NOT_VMAPPABLE: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 class RandomVariableNames(tuple[str, ...]):
@@ -242,7 +240,7 @@ def _per_particle_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
         if (
             not self.__dict__.get("_per_particle")
             or _particles.current() is None
-            or _PARTICLE_WEIGHTS.get() is not None  # inside an outer one: one particle
+            or particle_weights() is not None  # inside an outer one: one particle
             or _folds_for_batch_norm(self)
         ):
             return forward(self, *args, **kwargs)
@@ -595,7 +593,7 @@ class VIModule(BnnVIModule):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def __getattr__(self, name: str) -> Any:
-        weights = _PARTICLE_WEIGHTS.get()
+        weights = particle_weights()
         if weights is not None:
             value = weights.get((id(self), name))
             if value is not None:
@@ -624,36 +622,37 @@ class VIModule(BnnVIModule):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """Run a one-sample ``forward`` for every particle with :func:`torch.vmap`.
+        """Run a one-sample ``forward`` for every particle.
 
-        Inputs shared by all particles (leading size ``B``) are broadcast, folded
-        ones (``B * S``) are split per particle; the output is folded again.
-        Each particle sees its draw of this module's variables and of those of
-        the one-sample modules below it (read as attributes or called: they
-        then run their ``forward`` directly for the particle).
+        With :func:`torch.vmap` where it can; one particle after the other
+        where the forward calls the library's layers (which run on a whole
+        batch: a recurrent layer cannot be vmapped) or something else vmap has
+        no batching rule for (a plain ``nn.LSTM``). Inputs shared by all
+        particles (leading size ``B``) are broadcast, folded ones (``B * S``)
+        are split per particle; the output is folded again. Each particle sees
+        its draw of this module's variables and of those of the modules below
+        it (read as attributes or called: they then run their ``forward``
+        directly for the particle).
         """
         samples, batch = current_samples(), current_batch_size()
         draws = current_draws()
         weights: dict[tuple[int, str], Tensor] = {}
+        whole_batch = False  # a library layer below: it needs the particle's batch
         for module in self.modules():
             if not isinstance(module, BnnVIModule) or not module.declared_variables():
                 continue
-            if not isinstance(module, VIModule):
-                raise TypeError(
-                    f"{type(module).__name__} is a pyrolite_bnn layer inside the "
-                    f"one-sample forward of {type(self).__name__}; use the vi "
-                    "layers (pyrolite_bnn.vi.VILinear, ...) there, or build the "
-                    "model with pyrolite_bnn's layers (pyrolite_bnn.convert), "
-                    "whose forward runs on all particles at once (the only way "
-                    "for recurrent layers, which torch.vmap cannot run)"
-                )
+            one_sample = isinstance(module, VIModule)
+            whole_batch = whole_batch or not one_sample
             for name, shape in module.declared_variables().items():
                 if draws is not None and draws.takes_moments((id(module), name)):
                     continue  # the layer samples its outputs from the moments
                 value = BnnVIModule.__getattr__(module, name)
                 flat = value.reshape(-1, *shape)
+                flat = flat.expand(samples, *shape) if flat.shape[0] == 1 else flat
+                # One-sample layers read one weight; the library's layers one
+                # particle's draw, (1, 1, *shape), as in a call with S = 1.
                 weights[id(module), name] = (
-                    flat.expand(samples, *shape) if flat.shape[0] == 1 else flat
+                    flat if one_sample else flat.reshape(samples, 1, 1, *shape)
                 )
         in_dims: list[int | None] = []
         inputs: list[Any] = []
@@ -671,32 +670,64 @@ class VIModule(BnnVIModule):
         single_state = None if state is None else dataclasses.replace(state, samples=1)
 
         def one_particle(drawn: dict[tuple[int, str], Tensor], *inner: Any) -> Any:
-            table = dict(_PARTICLE_WEIGHTS.get() or {})
+            table = dict(particle_weights() or {})
             table.update(drawn)
-            token = _PARTICLE_WEIGHTS.set(table)
-            try:
+            with using_particle_weights(table):
                 if single_state is None:
                     return forward(self, *inner, **kwargs)
                 # Layers below see one particle: their weights are this one's.
                 with _particles.particles(single_state):
                     return forward(self, *inner, **kwargs)
-            finally:
-                _PARTICLE_WEIGHTS.reset(token)
 
         if samples == 1:
             single = {name: value[0] for name, value in weights.items()}
             out = one_particle(single, *args)
             # As the vmapped outputs: (1, rows, ...), folded and recorded alike.
             return _fold(_particles.map_outputs(out, _with_particle_dim), batch)
-        if not weights and all(dim is None for dim in in_dims):
-            # Nothing differs between particles but their random numbers
-            # (dropout): a particle index gives vmap a dimension to map.
-            index = torch.arange(samples)
-            weights = {(id(self), "<particle>"): index}
-        out = torch.vmap(one_particle, in_dims=(0, *in_dims), randomness="different")(
-            weights, *inputs
-        )
-        return _fold(out, batch)
+        in_turn = whole_batch or type(self) in _NOT_VMAPPABLE
+        if not in_turn:
+            if not weights and all(dim is None for dim in in_dims):
+                # Nothing differs between particles but their random numbers
+                # (dropout): a particle index gives vmap a dimension to map.
+                weights = {(id(self), "<particle>"): torch.arange(samples)}
+            try:
+                out = torch.vmap(
+                    one_particle, in_dims=(0, *in_dims), randomness="different"
+                )(weights, *inputs)
+            except RuntimeError as error:
+                if "Batching rule not implemented" not in str(error):
+                    raise
+                _NOT_VMAPPABLE.add(type(self))  # and run in turn from now on
+            else:
+                return _fold(out, batch)
+        outputs = [
+            one_particle(
+                {name: value[s] for name, value in weights.items()},
+                *(
+                    value if dim is None else value.select(dim, s)
+                    for value, dim in zip(inputs, in_dims, strict=True)
+                ),
+            )
+            for s in range(samples)
+        ]
+        return _fold(_stack_particles(outputs), batch)
+
+
+def _stack_particles(outputs: list[Any]) -> Any:
+    """Per-particle outputs stacked into ``(S, ...)`` (tuples, lists, dicts too)."""
+    first = outputs[0]
+    if isinstance(first, Tensor):
+        return torch.stack(outputs)
+    if isinstance(first, tuple):
+        items = [_stack_particles([o[i] for o in outputs]) for i in range(len(first))]
+        if hasattr(first, "_fields"):  # a namedtuple
+            return type(first)(*items)
+        return tuple(items)
+    if isinstance(first, list):
+        return [_stack_particles([o[i] for o in outputs]) for i in range(len(first))]
+    if isinstance(first, dict):
+        return {k: _stack_particles([o[k] for o in outputs]) for k in first}
+    return first
 
 
 def _folds_for_batch_norm(module: VIModule) -> bool:

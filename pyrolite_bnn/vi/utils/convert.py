@@ -21,12 +21,10 @@ preference):
    container) becomes ``AVI<Name>``, a ``VIModule`` without variables
    (``nn.Sequential``: :class:`~pyrolite_bnn.vi.VISequential`).
 
-Inside a module whose ``forward`` is the user's (a generated class, run per
-particle), a module without a ``vi`` layer of its name (``nn.Embedding``,
-``nn.ConvTranspose*d``) becomes a generated class rather than a library layer,
-which needs the whole folded batch; recurrent modules cannot run per particle
-(``torch.vmap`` has no batching rule for them) and raise a clear error when
-called: build such models with :func:`pyrolite_bnn.convert`.
+A container whose ``forward`` is the user's (a generated class, run per
+particle) runs one particle after the other when the library's layers are
+below it (they run on a whole batch; see :mod:`pyrolite_bnn.vi.base`), under
+:func:`torch.vmap` otherwise.
 
 Below a module of a generated class (3), every module with parameters becomes
 a generated class too, whatever layer of its name exists: the generated
@@ -300,16 +298,12 @@ def _convert(
     vikwargs: dict[str, Any],
     keep_weights: bool,
     per_particle: bool = False,
-    in_user_forward: bool = False,
 ) -> None:
     """Convert ``module`` and what is below it in place.
 
     ``per_particle``: a module above runs its ``forward`` once per particle,
     so this one must be one-sample code too (a generated class), whatever
-    layer of its name exists. ``in_user_forward``: a container above runs the
-    user's ``forward`` per particle, which takes the ``vi`` layers (one-sample
-    code) but not the library's folded layers: a module without a ``vi``
-    layer of its name becomes a generated class.
+    layer of its name exists.
     """
     cls = type(module)
     if cls in _submodule_blacklist or isinstance(module, BnnVIModule):
@@ -324,10 +318,7 @@ def _convert(
         # A library layer holds the weights already (its registry entry maps
         # them, as an embedding's padding row): only placed, not copied again.
         means_set = built is None
-        if built is None and (not in_user_forward or isinstance(module, nn.RNNBase)):
-            # A recurrent module cannot run per particle (vmap has no batching
-            # rule for it, and its forward reads its cached flat weights, not
-            # the drawn ones): its library layer refuses clearly when called.
+        if built is None:
             built = _library_layer(module, vikwargs, keep_weights)
         if built is not None:
             _copy_state(module, built, keep_weights and not means_set)
@@ -338,9 +329,8 @@ def _convert(
     # A module converted to its generated class runs its own forward per
     # particle: the modules it calls or reads must then be one-sample code.
     below = per_particle or (bool(own) and cls not in _blacklist)
-    user_forward = in_user_forward or not isinstance(module, containers)
     for child in module.children():
-        _convert(child, vikwargs, keep_weights, below, user_forward)
+        _convert(child, vikwargs, keep_weights, below)
     if cls in _blacklist:
         return
     if cls is nn.Sequential and cls not in _replace_blacklist and not per_particle:
