@@ -1556,22 +1556,18 @@ class _RecurrentHead(nn.Module):
         return self.fc(self.lstm(x)[0][:, -1])
 
 
-class _TorchBlueRecurrent(vi.VIModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = _RecurrentHead()
+def _recurrent_container(base: type[bnn.VIModule]) -> bnn.VIModule:
+    """``_RecurrentHead`` in a container of class ``base`` with its own forward."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
+    class Container(base):  # type: ignore[valid-type,misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _RecurrentHead()
 
+        def forward(self, x: Tensor) -> Tensor:
+            return self.body(x)
 
-class _LibraryRecurrent(bnn.VIModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = _RecurrentHead()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
+    return Container()
 
 
 def test_library_layers_in_a_per_particle_container_run_particle_by_particle() -> None:
@@ -1582,8 +1578,8 @@ def test_library_layers_in_a_per_particle_container_run_particle_by_particle() -
     same draws (same seed, same parameters, same draw order): exactly.
     """
     torch.manual_seed(0)
-    per_particle = _TorchBlueRecurrent()
-    folded = _LibraryRecurrent()
+    per_particle = _recurrent_container(vi.VIModule)  # torch_blue: per particle
+    folded = _recurrent_container(bnn.VIModule)
     folded.load_state_dict(per_particle.state_dict())
     per_particle.return_log_probs = False
     x = torch.randn(2, 7, 4)
