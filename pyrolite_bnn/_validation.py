@@ -37,7 +37,7 @@ def enable_validation(flag: bool = True) -> None:
         True
     """
     global _VALIDATE
-    if not isinstance(flag, bool | int):  # a string such as 'no' would mean True
+    if isinstance(flag, str | bytes):  # 'no' would mean True
         raise TypeError(f"enable_validation takes True or False, got {flag!r}")
     _VALIDATE = bool(flag)
 
@@ -236,13 +236,21 @@ def check_count(value: object, what: str, minimum: int = 1) -> int:
 def check_real(value: object, what: str) -> float:
     """``value`` as a ``float`` if it is a real number, else ``TypeError``.
 
-    Python and numpy numbers are accepted (``np.float32(0.5)``); ``bool``,
-    strings and tensors are not. Range checks are the caller's.
+    Python and numpy numbers (``np.float32(0.5)``) and one-element real
+    tensors (``cal.temperature``) are accepted; ``bool`` and strings are not.
+    Range checks are the caller's.
 
     Example:
         >>> check_real(1, "scale")
         1.0
     """
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if (
+        isinstance(value, torch.Tensor)
+        and value.numel() == 1
+        and not value.is_complex()
+        and value.dtype != torch.bool
+    ):
         return float(value)
     raise TypeError(f"{what} must be a number, got {value!r}")

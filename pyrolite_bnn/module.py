@@ -40,6 +40,7 @@ from pyrolite_bnn._sites import current_sites
 from pyrolite_bnn.distributions.priors import Prior, as_prior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
+    PointMassPosterior,
     Posterior,
     VariationalFamily,
 )
@@ -243,7 +244,11 @@ class VIModule(LocalPyroModule):
         prior_module.check_shape(size)  # hyperparameters broadcast to the weight
         self.prior[name] = prior_module
         init = torch.zeros(size, device=device, dtype=dtype)
-        self.posterior[name] = family.build(size, init)
+        posterior = family.build(size, init)
+        if not isinstance(posterior, PointMassPosterior):  # MAP takes any support
+            with local_params():
+                prior_module.check_support(size)
+        self.posterior[name] = posterior
         self._declared[name] = size
         setattr(self, name, PyroSample(_PriorOf(name)))
 

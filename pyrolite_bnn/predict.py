@@ -21,6 +21,7 @@ combines them.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,7 +40,7 @@ from pyrolite_bnn._network import (
     network_modules,
 )
 from pyrolite_bnn._pyro_module import local_params
-from pyrolite_bnn._validation import check_count
+from pyrolite_bnn._validation import check_count, check_real
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.module import VIModule, whole_network_draws
@@ -277,8 +278,11 @@ def predict(
     samples = check_count(samples, "samples")
     if batch_size is not None:
         batch_size = check_count(batch_size, "batch_size")
-    if memory_budget is not None:
-        memory_budget = check_count(memory_budget, "memory_budget (bytes)")
+    if memory_budget is not None:  # bytes; 2e9 is as good as 2_000_000_000
+        budget = check_real(memory_budget, "memory_budget (bytes)")
+        if not (budget >= 1 and math.isfinite(budget)):
+            raise ValueError(f"memory_budget must be >= 1 byte, got {memory_budget!r}")
+        memory_budget = int(budget)
     if calibration is not None and not isinstance(calibration, Calibration):
         raise TypeError(
             "calibration must be a bnn.Calibration (from bnn.calibrate), got "

@@ -30,7 +30,12 @@ from pyrolite_bnn._fit_guard import NaNGuard, StepStats
 from pyrolite_bnn._fit_progress import Progress
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._state import clone_state
-from pyrolite_bnn._validation import check_count, check_heat
+from pyrolite_bnn._validation import (
+    check_count,
+    check_heat,
+    check_integer,
+    check_real,
+)
 from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
 from pyrolite_bnn.loss import KullbackLeiblerLoss, batch_first_layout
 from pyrolite_bnn.module import VIModule
@@ -212,19 +217,16 @@ def _check_arguments(
             f"likelihood), got {type(loss_fn).__name__}"
         )
     epochs = check_count(epochs, "epochs", minimum=0)
-    start = check_count(initial_epoch, "initial_epoch", minimum=-(2**62))
+    start = check_integer(initial_epoch, "initial_epoch")
     if not 0 <= start <= epochs:
         raise ValueError(
             f"initial_epoch must be an integer in [0, epochs={epochs}], got "
             f"{initial_epoch!r}"
         )
-    if clip_grad_norm is not None and not (
-        isinstance(clip_grad_norm, int | float)
-        and not isinstance(clip_grad_norm, bool)
-        and math.isfinite(clip_grad_norm)
-        and clip_grad_norm > 0
-    ):
-        raise ValueError(f"clip_grad_norm must be a number > 0, got {clip_grad_norm!r}")
+    if clip_grad_norm is not None:
+        norm = check_real(clip_grad_norm, "clip_grad_norm")
+        if not (math.isfinite(norm) and norm > 0):
+            raise ValueError(f"clip_grad_norm must be > 0, got {clip_grad_norm!r}")
     if early_stopping_patience is not None:
         check_count(early_stopping_patience, "early_stopping_patience")
         if val_loader is None:

@@ -275,7 +275,7 @@ def test_invalid_arguments() -> None:
     [
         ({"optimizer": torch.optim.Adam}, TypeError, "optimizer instance"),
         ({"callbacks": object()}, TypeError, "list of callbacks"),
-        ({"clip_grad_norm": "1"}, ValueError, "clip_grad_norm must be a number"),
+        ({"clip_grad_norm": "1"}, TypeError, "clip_grad_norm must be a number"),
         ({"epochs": 1.5}, TypeError, "epochs must be an integer"),
     ],
 )
@@ -749,3 +749,11 @@ def test_non_finite_validation_loss_warns() -> None:
             progress=False,
         )
     assert math.isnan(history.val_loss[0])
+
+
+def test_fit_takes_numpy_and_tensor_clip_norms() -> None:
+    x, y = _data()
+    for clip in (np.float32(1.0), torch.tensor(1.0)):
+        fit(_net(), _loss(), _batches(x, y), 1, clip_grad_norm=clip, progress=False)
+    with pytest.raises(TypeError, match="initial_epoch must be an integer"):
+        fit(_net(), _loss(), _batches(x, y), 1, initial_epoch="1", progress=False)  # type: ignore[arg-type]

@@ -179,3 +179,16 @@ def test_enable_validation_refuses_strings() -> None:
     with pytest.raises(TypeError, match="True or False"):
         bnn.enable_validation("no")  # type: ignore[arg-type]
     assert bnn.is_validation_enabled()
+
+
+def test_numbers_in_other_types_are_still_taken() -> None:
+    """The type checks refused what worked before (review of this change)."""
+    assert float(bnn.TemperatureScaling(torch.tensor(1.5)).temperature) == 1.5
+    prior = bnn.NormalPrior(scale=np.full((4, 1), 0.5))
+    assert prior.scale.shape == (4, 1)
+    assert bnn.VIConv2d(3, 8, np.array([3, 3])).kernel_size == (3, 3)
+    bnn.enable_validation(np.True_)  # type: ignore[arg-type]
+    assert bnn.is_validation_enabled()
+    net = bnn.VILinear(3, 2)
+    pred = bnn.predict(net, torch.randn(5, 3), bnn.Categorical(), 4, memory_budget=2e9)
+    assert pred.samples.shape == (4, 5, 2)

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from pyrolite_bnn._capture import is_capturing
-from pyrolite_bnn._validation import check_real
 
 __all__ = [
     "CallablePrior",
@@ -95,8 +94,8 @@ def _hyperparameter(
     A floating tensor keeps its dtype (a float64 scale of 0.7 stays 0.7, and
     1e-50 stays positive); anything else takes the default dtype.
     """
-    if not isinstance(value, Tensor):
-        value = check_real(value, what)
+    if isinstance(value, str | bytes | bool) or value is None:
+        raise TypeError(f"{what} must be a number or a tensor, got {value!r}")
     dtype = (
         value.dtype
         if isinstance(value, Tensor) and value.is_floating_point()
@@ -207,6 +206,18 @@ class Prior(nn.Module):
             self(shape)
             return
         _check_broadcast(self, batch, torch.Size(shape))
+
+    def check_support(self, shape: Sequence[int]) -> None:
+        """Raise ``ValueError`` unless the prior covers every real weight.
+
+        See :func:`check_real_support`; called by the layers for weights whose
+        posterior is not a point mass.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.LaplacePrior().check_support((3, 2))
+        """
+        check_real_support(self(shape), self.family())
 
     def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
         """Prior of a weight tensor of the given ``shape`` (all dims are event)."""
@@ -646,13 +657,14 @@ class ScaleMixtureNormalPrior(Prior):
 def check_real_support(distribution: Distribution, what: str) -> None:
     """Refuse a prior whose support is not the whole real line.
 
-    Every variational posterior of a weight (the mean-field Normal, the
-    low-rank and flow guides) puts mass on all real numbers: against a prior
-    with bounded support (``Uniform``, ``Gamma``, ``Beta``) its KL divergence
-    is infinite and every loss is ``inf`` from the first step.
+    Variational posteriors over all real weights (the mean-field Normal, the
+    low-rank and flow guides) have an infinite KL divergence from a prior with
+    bounded support (``Uniform``, ``Gamma``, ``Beta``): every loss would be
+    ``inf``. Only a point mass (MAP: ``bnn.PointMass()``, ``AutoDelta``)
+    goes with such a prior; the layers check this when they declare a weight.
 
     Raises:
-        ValueError: for a discrete support or one that misses part of the line.
+        ValueError: for a support other than the real line (per element).
 
     Example:
         >>> import torch
@@ -662,24 +674,17 @@ def check_real_support(distribution: Distribution, what: str) -> None:
         ...
         ValueError: prior Gamma has support ..., not the whole real line: ...
     """
-    support = distribution.support
-    probe = torch.tensor([-1e6, -1.0, 0.0, 1.0, 1e6])
-    batch = distribution.batch_shape + distribution.event_shape
-    values = probe.reshape(-1, *([1] * len(batch))).expand(-1, *batch)
-    try:
-        inside = (
-            support is not None
-            and bool(support.check(values).all())  # type: ignore[no-untyped-call]
-            and not support.is_discrete
-        )
-    except (RuntimeError, ValueError, TypeError):
-        inside = False
-    if not inside:
+    support: Any = distribution.support
+    while hasattr(support, "base_constraint"):  # independent, mixture, ...
+        support = support.base_constraint
+    if type(support) is not type(constraints.real):
         raise ValueError(
-            f"prior {what} has support {support}, not the whole real line: the "
-            "variational posterior puts mass on every real weight, so the KL "
-            "divergence is infinite (the loss would be inf). Use a prior on the "
-            "real line (Normal, Laplace, StudentT, Cauchy, a scale mixture)"
+            f"prior {what} has support {distribution.support}, not the whole real "
+            "line: a posterior over all real weights (the mean-field Normal, "
+            "low-rank and flow guides) has an infinite KL divergence from it (the "
+            "loss would be inf). Use a prior on the real line (Normal, Laplace, "
+            "StudentT, Cauchy, a scale mixture), or variational=bnn.PointMass() "
+            "(MAP), which such a prior allows"
         )
 
 
@@ -707,7 +712,6 @@ class DistributionPrior(Prior):
                 "DistributionPrior takes a torch/pyro distribution, e.g. "
                 f"torch.distributions.Laplace(0.0, 1.0); got {distribution!r}"
             )
-        check_real_support(distribution, type(distribution).__name__)
         cls = getattr(dist, type(distribution).__name__, None)
         if cls is None or not isinstance(cls, type):
             cls = type(distribution)
@@ -777,14 +781,10 @@ class CallablePrior(Prior):
     def __init__(self, fn: Callable[[torch.Size], Distribution]) -> None:
         super().__init__()
         self.fn = fn
-        self._support_checked = False
 
     def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
         """Call ``fn(shape)`` and make the result cover the whole tensor."""
         built = self.fn(torch.Size(shape))
-        if not self._support_checked and isinstance(built, Distribution):
-            check_real_support(built, f"the prior callable's {type(built).__name__}")
-            self._support_checked = True
         if not isinstance(built, TorchDistributionMixin):
             cls = getattr(dist, type(built).__name__, None)
             if cls is None:

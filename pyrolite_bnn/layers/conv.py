@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,9 +68,9 @@ def _ntuple(
     value: int | Sequence[int], dims: int, what: str, least: int | None = None
 ) -> tuple[int, ...]:
     """``value`` as ``dims`` ints, each at least ``least`` when it is given."""
-    if not isinstance(value, Sequence) or isinstance(value, str):
+    if isinstance(value, str) or not isinstance(value, Iterable):
         values: tuple[int, ...] = (check_integer(value, what),) * dims
-    else:
+    else:  # a tuple, list, numpy array...
         values = tuple(check_integer(v, what) for v in value)
     if len(values) != dims:
         raise ValueError(f"{what} must be an int or {dims} ints, got {value!r}")

@@ -108,8 +108,8 @@ def test_bad_hyperparameters(make, message: str) -> None:  # type: ignore[no-unt
     [
         torch.distributions.Uniform(-1.0, 1.0),
         torch.distributions.Gamma(2.0, 1.0),
-        torch.distributions.Beta(2.0, 2.0),
-        torch.distributions.HalfNormal(1.0),
+        lambda shape: dist.Beta(torch.ones(shape), 2.0),
+        lambda shape: dist.HalfNormal(torch.ones(shape)),
         torch.distributions.Bernoulli(0.5),
         lambda shape: torch.distributions.Uniform(-torch.ones(shape), 1.0),
     ],
@@ -537,3 +537,13 @@ def test_float64_hyperparameter_tensors_keep_their_precision() -> None:
     tiny = bnn.NormalPrior(0.0, torch.tensor(1e-50, dtype=f64))  # positive in f64
     assert tiny.scale.item() == 1e-50
     assert bnn.VILinear(3, 2, prior=prior).prior["weight"].scale.dtype == torch.float32
+
+
+def test_a_bounded_prior_goes_with_a_point_mass_posterior() -> None:
+    """MAP: the "KL" is -log p(w), finite inside the support (it trained before)."""
+    layer = bnn.VILinear(
+        3, 2, prior=torch.distributions.Uniform(-2.0, 2.0), variational=bnn.PointMass()
+    )
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 10)
+    loss = loss_fn(layer(torch.randn(4, 3)), torch.randn(4, 2))
+    assert torch.isfinite(loss)
