@@ -135,4 +135,8 @@ def _convert_new(
         module._modules = dict(children)
         note_structure_change()  # what the network derived from its old tree
         return module
+    # A plain torch module (nn.Sequential, nn.ModuleList, a user's class) of
+    # the private copy: its Bayesian children are replaced in place.
+    for name, child in children.items():
+        module._modules[name] = child
     return module

@@ -149,3 +149,34 @@ def test_export_of_a_custom_network_draws_nothing() -> None:
     torch.testing.assert_close(out, mean, rtol=0, atol=0)
     posterior = bnn.laplace(model, x, torch.randint(0, 3, (4,)), bnn.Categorical())
     assert posterior.predict(x).probs.shape == (4, 3)
+
+
+class _PlainBody(bnn.VIModule):
+    """Bayesian layers inside a plain torch container (README: supported)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        wide = bnn.MeanFieldNormal(init_scale=0.3)
+        self.body = nn.Sequential(bnn.VILinear(3, 3, variational=wide), nn.Tanh())
+        self.heads = nn.ModuleList([bnn.VILinear(3, 2, variational=wide)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads[0](self.body(x))
+
+
+def test_layers_inside_plain_containers_become_deterministic() -> None:
+    """They stayed Bayesian: the "deterministic" copy drew new weights per call."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3)
+    for net in (
+        _PlainBody(),
+        bnn.VISequential(nn.Sequential(bnn.VILinear(3, 4), nn.ReLU())),
+    ):
+        plain = bnn.to_deterministic(net)
+        assert not any(
+            isinstance(m, bnn.VIModule) and m.declared_variables()
+            for m in plain.modules()
+        )
+        mean = bnn.predict(net, x, bnn.Normal(), mode="mean").samples[0]
+        with torch.no_grad():
+            torch.testing.assert_close(plain(x), mean)
