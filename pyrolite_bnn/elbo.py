@@ -46,7 +46,8 @@ from typing import Any
 import pyro.infer
 import torch
 from pyro.infer.util import torch_item
-from pyro.poutine.runtime import effectful
+from pyro.poutine.runtime import am_i_wrapped, effectful
+from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor, nn
 from torch.distributions import constraints
 
@@ -101,6 +102,24 @@ def _local_refusals(network: nn.Module) -> Iterator[None]:
             handle.remove()
 
 
+def _handled() -> bool:
+    """Whether a Pyro handler that may change sample sites surrounds the ELBO.
+
+    ``SVI.step`` runs the loss inside a parameter-only trace, which records
+    parameters and leaves sample sites alone: the fast path still applies.
+    Pyro has no public view of its handler stack; without one the answer
+    errs towards Pyro's own path.
+    """
+    if not am_i_wrapped():
+        return False
+    stack = getattr(pyro.poutine.runtime, "_PYRO_STACK", None)
+    if stack is None:
+        return True
+    return not all(
+        isinstance(handler, TraceMessenger) and handler.param_only for handler in stack
+    )
+
+
 def _fast_loss(
     model: object,
     guide: object,
@@ -113,6 +132,8 @@ def _fast_loss(
     ``None`` where the fast path does not apply to these arguments.
     """
     if not isinstance(model, PyroModel) or not isinstance(model.network, VIModule):
+        return None
+    if _handled():  # a handler around the ELBO (scale, condition...): Pyro's
         return None
     network, loss_fn = model.network, model.loss_fn
     if guide is not network.guide or network.guide.inner is not None:

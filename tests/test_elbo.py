@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
+from unittest import mock
 
 import pyro
 import pytest
@@ -205,3 +206,40 @@ def test_pyro_model_exposes_its_network_and_loss() -> None:
     pyro_model = loss_fn.pyro_model(net)
     assert pyro_model.network is net
     assert pyro_model.loss_fn is loss_fn
+
+
+def test_a_handler_around_the_elbo_is_respected_as_by_pyro() -> None:
+    """poutine.scale around bnn.Trace_ELBO was ignored (10x Pyro's value)."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 2))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 20)
+    model = loss_fn.pyro_model(net)
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    values = []
+    for elbo in (bnn.Trace_ELBO(), pyro.infer.Trace_ELBO()):
+        pyro.set_rng_seed(1)
+        with poutine.scale(scale=0.1):
+            values.append(elbo.loss(model, net.guide, x, y, samples=2))
+    assert values[0] == pytest.approx(values[1], rel=1e-5)
+
+
+def test_svi_step_still_takes_the_fast_path() -> None:
+    """SVI runs the loss inside a parameter-only trace, which changes no site."""
+    import pyrolite_bnn.elbo as elbo_module
+
+    net = bnn.VISequential(bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 2))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 20)
+    svi = pyro.infer.SVI(
+        loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO()
+    )
+    taken: list[bool] = []
+    fast = elbo_module._fast_loss
+
+    def spy(*args: Any, **kwargs: Any) -> Tensor | None:
+        result = fast(*args, **kwargs)
+        taken.append(result is not None)
+        return result
+
+    with mock.patch.object(elbo_module, "_fast_loss", spy):
+        svi.step(torch.randn(6, 3), torch.randint(0, 2, (6,)))
+    assert taken == [True]
