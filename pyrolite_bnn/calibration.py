@@ -77,15 +77,32 @@ def _fit_log_parameter(
             f"{tuple(outputs.shape)} (S, N, ...) with no examples"
         )
     log_value, at_limit = minimise_expanding(objective, _LOG_BOUND, _LOG_LIMIT)
+    count = outputs.shape[1]
+    if at_limit and log_value < 0:
+        # The NLL falls without bound towards 0: the validation data are fitted
+        # exactly (every example right). Such a fit would make every prediction
+        # certain; the identity is the honest answer.
+        warnings.warn(
+            f"calibration: no finite {what} fits the {count} validation "
+            "example(s): they are all predicted exactly (the validation NLL keeps "
+            f"falling as the {what} goes to 0). The calibration is left at 1 "
+            "(the identity); fit it on a larger validation set",
+            UserWarning,
+            stacklevel=3,
+        )
+        return 1.0
     value = math.exp(log_value)
     if at_limit:
+        hint = (
+            "the classifier's predictions are no better than uniform on the "
+            "validation data"
+            if what == "temperature"
+            else "the likelihood's scale is far from the data's (check the "
+            "targets' units and the noise scale)"
+        )
         warnings.warn(
             f"calibration: the fitted {what} {value:.3g} is at the search limit "
-            f"e^{'-' if log_value < 0 else ''}{_LOG_LIMIT:g}; the likelihood's "
-            "scale is far from the data's (check the targets' units and the "
-            f"noise scale), or the {outputs.shape[1]} validation example(s) "
-            "are too few to fit it (every one predicted right: no finite "
-            "optimum)",
+            f"e^{_LOG_LIMIT:g}: {hint}",
             UserWarning,
             stacklevel=3,
         )

@@ -280,10 +280,22 @@ def test_calibration_refuses_an_empty_validation_set() -> None:
         bnn.VarianceScaling().fit(torch.zeros(4, 0, 1), torch.zeros(0), bnn.Normal())
 
 
-def test_one_separable_validation_point_warns_about_too_few_examples() -> None:
-    logits = torch.tensor([[[3.0, 0.0]]])  # one particle, one example, right
-    with pytest.warns(UserWarning, match="1 validation example"):
-        bnn.TemperatureScaling().fit(logits, torch.tensor([0]), CLASSES)
+def test_validation_data_fitted_exactly_leave_the_identity() -> None:
+    """Every example right: the NLL falls as T -> 0, and T = 1e-13 came back.
+
+    That made every prediction certain (iris: test NLL 0.08 -> 2.9). The
+    identity is kept, with a warning that says why.
+    """
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (24,))
+    logits = 3.0 * F.one_hot(labels, 3).float().unsqueeze(0)  # all right
+    with pytest.warns(UserWarning, match="24 validation example"):
+        cal = bnn.TemperatureScaling().fit(logits, labels, CLASSES)
+    assert float(cal.temperature) == 1.0
+    exact = torch.zeros(1, 10, 1)  # zero residuals
+    with pytest.warns(UserWarning, match="left at 1"):
+        factor = bnn.VarianceScaling().fit(exact, torch.zeros(10), bnn.Normal(1.0))
+    assert float(factor.factor) == 1.0
 
 
 @pytest.mark.parametrize(
