@@ -90,7 +90,11 @@ def prepare(
     check_finite_inputs(args, kwargs, type(root).__name__)
     if is_validation_enabled():
         check_input_dtype(args, kwargs, floating_dtype(root), type(root).__name__)
-    inputs = tuple(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+    inputs = tuple(
+        v
+        for v in _particles.input_leaves((*args, *kwargs.values()))
+        if isinstance(v, torch.Tensor)
+    )
     return _particles.ParticleState(count, batch, root, inputs=inputs), device
 
 

@@ -17,7 +17,7 @@ times. The outermost call returns ``(S, B, ...)``, a transposed view.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -144,16 +144,32 @@ def particle_plate(samples: int, device: torch.device | None = None) -> Iterator
                 yield
 
 
+def input_leaves(values: Iterable[Any]) -> Iterator[Tensor | PackedSequence]:
+    """The tensors and packed sequences of call inputs, in order.
+
+    Tuples, lists and dicts are walked: a network may take its inputs packed
+    in one of them (``net((x, mask))``, as a Pyro model's single ``x`` must).
+    """
+    for value in values:
+        if isinstance(value, (Tensor, PackedSequence)):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            yield from input_leaves(value)
+        elif isinstance(value, dict):
+            yield from input_leaves(value.values())
+
+
 def leading_input(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[int | None, torch.device | None]:
     """Batch size and device of a call's first tensor or ``PackedSequence`` input.
 
-    Positional arguments come before keyword ones; the batch size is the
+    Positional arguments come before keyword ones, and tensors inside tuples,
+    lists and dicts count (:func:`input_leaves`); the batch size is the
     leading size of a tensor (``None`` for a scalar) and the number of
     sequences of a packed batch; ``(None, None)`` without such an input.
     """
-    for value in (*args, *kwargs.values()):
+    for value in input_leaves((*args, *kwargs.values())):
         if isinstance(value, PackedSequence):
             return int(value.batch_sizes[0]), value.data.device
         if isinstance(value, Tensor):

@@ -6,6 +6,7 @@ Each test here reproduces a silently wrong result of an earlier version.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pyro
 import pytest
@@ -526,3 +527,45 @@ def test_cached_variables_do_not_follow_a_state_moved_to_another_object() -> Non
     target.__class__ = type(built)
     out, _ = target(torch.randn(2, 5, 3), samples=3)
     assert out.shape == (3, 2, 5, 4)
+
+
+class _TwoInputs(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = bnn.VILinear(3, 2)
+        self.out = bnn.VILinear(2, 2)
+
+    def forward(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        return self.out(torch.tanh(h + bnn.match_particles(b, h)))
+
+
+class _PackedInputs(_TwoInputs):
+    def forward(self, inputs: Any) -> torch.Tensor:  # type: ignore[override]
+        if isinstance(inputs, dict):
+            return super().forward(inputs["x"], inputs["b"])
+        return super().forward(*inputs)
+
+
+@pytest.mark.parametrize("pack", [tuple, dict])
+def test_inputs_packed_in_a_tuple_or_dict_keep_their_batch(pack: type) -> None:
+    """A Pyro model takes one x: several inputs come packed.
+
+    The batch was read from top-level tensors only: with none, a shared
+    (6, ...) input was taken as folded (3 examples x 2 particles), silently.
+    """
+    torch.manual_seed(0)
+    two, packed = _TwoInputs(), _PackedInputs()
+    packed.load_state_dict(two.state_dict())
+    x, b = torch.randn(6, 3), torch.randn(6, 2)
+    inputs = (x, b) if pack is tuple else {"x": x, "b": b}
+    torch.manual_seed(1)
+    want = two(x, b, samples=2)
+    torch.manual_seed(1)
+    got = packed(inputs, samples=2)
+    torch.testing.assert_close(got, want)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 30)
+    trace = pyro.poutine.trace(loss_fn.pyro_model(packed)).get_trace(
+        inputs, torch.randint(0, 2, (6,)), samples=2
+    )
+    assert trace.nodes["obs"]["fn"].batch_shape == (2, 6)
