@@ -277,8 +277,18 @@ def _graph_key(module: nn.Module) -> Hashable:
     a graph captured with one value must not run after it changed; torch's
     own compiler guards on them likewise.
     """
-    key = module.graph_key() if isinstance(module, VIModule) else type(module)
-    return (key, module.training, _scalar_attributes(module))
+    if isinstance(module, VIModule):
+        key: Hashable = module.graph_key()  # its type and mode among them
+    else:
+        key = (type(module), module.training)
+    if type(module).__module__.startswith(_CONSTANT_CLASSES):
+        return key  # the library's layers, priors and posteriors: in graph_key
+    return (key, _scalar_attributes(module))
+
+
+# Modules whose public scalar attributes are fixed at construction (or part of
+# their graph_key): scanning them every step would cost, not guard.
+_CONSTANT_CLASSES = ("pyrolite_bnn.layers", "pyrolite_bnn.distributions")
 
 
 _SCALARS = (bool, int, float, str, type(None))
