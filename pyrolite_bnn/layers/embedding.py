@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
@@ -226,18 +227,24 @@ class VIEmbedding(_VIWeightLayer):
         The random variable holds the other rows; a ``forward`` of the user's
         that reads the table itself (``F.embedding(x, emb.weight)``, a tied
         output layer) sees torch's ``(num_embeddings, embedding_dim)`` layout,
-        with leading particle dimensions where the draws have them. Outside a
-        call ``weight`` is the posterior mean parameter of the other rows, so
-        that copying a whole pretrained table into it fails loudly (use
-        ``_weight=`` or :func:`~pyrolite_bnn.convert`) instead of writing into
-        a temporary.
+        with leading particle dimensions where the draws have them.
+
+        Outside a call there is no such table to hand out: the mean of the
+        random rows would shift every index after ``padding_idx`` by one, and
+        a whole table put together would take in-place writes into a
+        temporary. Reading it raises ``AttributeError`` naming the ways in.
         """
+        padded = name == "weight" and self.__dict__.get("padding_idx") is not None
+        if padded and _particles.current() is None and not am_i_wrapped():
+            raise AttributeError(
+                "VIEmbedding(padding_idx=...).weight exists inside a call only; "
+                "outside one read the mean table with bnn.to_deterministic(layer)"
+                ".weight, set it with VIEmbedding(..., _weight=table) or "
+                "layer.posterior['weight'].reset_parameters(rows) for the rows but "
+                "the padding one, and layer.set_padding_row(row)"
+            )
         value = super().__getattr__(name)
-        if (
-            name == "weight"
-            and self.__dict__.get("padding_idx") is not None
-            and _particles.current() is not None
-        ):
+        if padded:
             return _with_row(value, self.padding_idx, self.padding_row)
         return value
 
