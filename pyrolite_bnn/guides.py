@@ -167,10 +167,15 @@ class ParticleGuide(LocalPyroModule):
             with local_params(), poutine.block(), torch.no_grad():
                 trace = poutine.trace(inner).get_trace()
         except TypeError as error:
-            raise TypeError(
-                f"could not set up {name}: build autoguides on the network's weight "
-                f"model, e.g. {name}(model.prior_model, init_loc_fn=model.init_loc_fn)"
-            ) from error
+            # An autoguide of the full Pyro model needs its arguments (x, y);
+            # any other TypeError is the guide's own, passed on with its text.
+            advice = (
+                f": build autoguides on the network's weight model, e.g. "
+                f"{name}(model.prior_model, init_loc_fn=model.init_loc_fn)"
+                if "argument" in str(error) and "positional" in str(error)
+                else ""
+            )
+            raise TypeError(f"could not set up {name} ({error}){advice}") from error
         _check_sites(inner, trace, self.network)
         if isinstance(inner, torch.nn.Module):
             # Guides that initialise from the prior's mean (AutoNormalMessenger's

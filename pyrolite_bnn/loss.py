@@ -114,6 +114,20 @@ class _ChangeWatch:
         )
 
 
+def _check_one_tensor(output: object) -> None:
+    """The loss reads one output tensor ``(S, B, ...)``.
+
+    Raises:
+        TypeError: for anything else (a recurrent layer's ``(output, state)``).
+    """
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"the loss needs the network's output as one tensor, got "
+            f"{type(output).__name__}; a network returning several (a bare VILSTM's "
+            "(output, (h_n, c_n))) needs a forward that returns the one to score"
+        )
+
+
 class KullbackLeiblerLoss(nn.Module):
     r"""Negative evidence lower bound (ELBO) of a Bayesian network.
 
@@ -389,8 +403,7 @@ class KullbackLeiblerLoss(nn.Module):
         return terms
 
     def _record_for(self, output: Tensor) -> ForwardRecord:
-        if not isinstance(output, Tensor):
-            raise TypeError(f"output must be a tensor, got {type(output).__name__}")
+        _check_one_tensor(output)
         record = find_record(output)
         if output.dim() < 2 or output.shape[0] != record.samples:
             raise ValueError(
@@ -406,6 +419,7 @@ class KullbackLeiblerLoss(nn.Module):
         sequence-first network's ``(S, L, B, ...)`` when ``sequence_batch``
         (its ``B``, :attr:`ForwardRecord.sequence_batch`) says so.
         """
+        _check_one_tensor(output)
         batch = output.shape[batch_dim(output, sequence_batch)]
         if batch == 0:
             raise ValueError(

@@ -611,3 +611,14 @@ def test_categorical_with_one_class_is_refused() -> None:
         loss_fn(net(torch.randn(4, 3)), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="two or more classes"):
         bnn.predict(net, torch.randn(4, 3), bnn.Categorical())
+
+
+def test_a_network_with_several_outputs_is_named_by_the_loss_and_pyro_model() -> None:
+    """pyro_model raised AttributeError ('tuple' object has no attribute 'shape')."""
+    lstm = bnn.VILSTM(3, 4, batch_first=True)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 10)
+    x, y = torch.randn(2, 5, 3), torch.randn(2, 5, 4)
+    with pytest.raises(TypeError, match="one tensor"):
+        pyro.poutine.trace(loss_fn.pyro_model(lstm)).get_trace(x, y, samples=2)
+    with pytest.raises(TypeError, match="one tensor"):
+        loss_fn(lstm(x), y)  # type: ignore[arg-type]
