@@ -588,6 +588,6 @@ def test_guide_for_other_sites_is_refused_at_assignment(
 def test_a_guides_own_setup_error_is_passed_on_with_its_text() -> None:
     """It was replaced by advice to build on prior_model, which it was."""
     net = bnn.VISequential(bnn.VILinear(3, 2))
-    net.guide = AutoIAFNormal(net.prior_model, init_scale=0.05)  # no such option
+    guide = AutoIAFNormal(net.prior_model, init_scale=0.05)  # no such option
     with pytest.raises(TypeError, match="unexpected keyword argument 'init_scale'"):
-        net(torch.randn(4, 3))
+        net.guide = guide  # set up when assigned
