@@ -430,6 +430,15 @@ def calibrate(
         >>> pred.interval(0.9)[0].shape
         torch.Size([40])
     """
+    if not (
+        isinstance(predictive, Normal | HeteroscedasticNormal)
+        or getattr(predictive, "is_classification", False)
+    ):
+        raise TypeError(
+            "calibrate fits temperature scaling for classification likelihoods "
+            "(Categorical, Bernoulli) and variance scaling for Gaussian ones "
+            f"(Normal, HeteroscedasticNormal); got {predictive!r}"
+        )
     outputs = predict(model, x, predictive, samples, **kwargs).samples
     if isinstance(model, nn.Module) and has_sequence_first_layers(model):
         # (S, L, B, ...) against (L, B, ...): one example per sequence.

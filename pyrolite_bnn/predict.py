@@ -306,10 +306,14 @@ def predict(
         )
     if mode not in ("sample", "mean"):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
-    if not isinstance(x, Tensor) or x.dim() == 0:
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"predict needs inputs x as a torch.Tensor, got {type(x).__name__} "
+            "(convert it with torch.as_tensor)"
+        )
+    if x.dim() == 0:
         raise ValueError(
-            "predict needs inputs x of shape (N, ...), got "
-            f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+            f"predict needs inputs x of shape (N, ...), got {tuple(x.shape)}"
         )
     if calibration is not None:
         predictive = calibration.wrap(predictive)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -326,3 +327,14 @@ def test_identity_calibration_keeps_the_base_likelihood_for_every_layout(
         wrapped.mixture_log_likelihood(output, target),
         likelihood.mixture_log_likelihood(output, target),
     )
+
+
+def test_calibrate_names_what_it_supports_and_the_users_likelihood() -> None:
+    net = bnn.VILinear(3, 1)
+    x = torch.randn(8, 3)
+    with pytest.raises(TypeError, match=r"calibrate fits .* got Poisson"):
+        bnn.calibrate(net, x, torch.ones(8), bnn.Poisson(), samples=4)
+    with pytest.raises(TypeError, match="Categorical targets must be a torch"):
+        bnn.calibrate(bnn.VILinear(3, 2), x, np.zeros(8), CLASSES, samples=4)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"torch\.as_tensor"):
+        bnn.predict(net, x.numpy(), bnn.Normal())  # type: ignore[arg-type]

@@ -267,8 +267,9 @@ class PredictiveDistribution(LocalPyroModule):
 
     def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         if not isinstance(target, Tensor):
+            named = getattr(self, "base", self)  # a calibrated likelihood: its base
             raise TypeError(
-                f"{type(self).__name__} targets must be a torch.Tensor, got "
+                f"{type(named).__name__} targets must be a torch.Tensor, got "
                 f"{type(target).__name__} (convert with torch.as_tensor)"
             )
         self.check_output(output)
