@@ -33,7 +33,9 @@ with an explicit ``estimator="local"`` refuses in a PyTorch-style call
 (several output positions per example, as a ``(B, L, in)`` input), or such a
 layer called twice in one forward pass: Pyro's path draws the weights,
 whatever the estimator. The random-number state is rewound
-first, so under the same seed the value is Pyro's.
+first, so under the same seed the value is Pyro's. Random plain modules
+(``nn.Dropout``) draw in another order than in Pyro's run, so with them the
+two agree in expectation, not draw for draw.
 """
 
 from __future__ import annotations

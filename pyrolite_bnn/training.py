@@ -521,7 +521,9 @@ def fit(
             stopping. Its directory is checked before training starts.
         early_stopping_patience: stop when ``val_loss`` has not improved for
             this many epochs; at the end of training the model and loss states
-            of the best epoch are restored (needs ``val_loader``).
+            of the best epoch are restored (needs ``val_loader``). The
+            validation NLL may rise while the posterior scales grow, so this
+            can keep a near point estimate: see the how-to on defaults.
         initial_epoch: the first epoch to run, to resume a run whose epochs
             before it are done (see above); ``0 <= initial_epoch <= epochs``.
 

@@ -468,7 +468,9 @@ class Normal(_ScaleLikelihood):
     """Regression with homoscedastic Gaussian noise: ``y ~ N(output, scale^2)``.
 
     The network outputs the mean, ``(S, B)``/``(S, B, 1)`` for scalar targets or
-    ``(S, B, D)`` for targets ``(B, D)``.
+    ``(S, B, D)`` for targets ``(B, D)``; one noise scale serves all ``D``
+    outputs (standardise them, or use :class:`HeteroscedasticNormal`, when
+    their noise levels differ).
 
     Args:
         scale: ``None`` to learn the noise standard deviation (a parameter of
