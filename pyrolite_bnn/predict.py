@@ -274,7 +274,7 @@ def predict(
     from pyrolite_bnn.calibration import Calibration
     from pyrolite_bnn.laplace import LinearizedLaplace  # both import this module
 
-    _check_likelihood(predictive)
+    predictive = _likelihood(predictive)
     samples = check_count(samples, "samples")
     if batch_size is not None:
         batch_size = check_count(batch_size, "batch_size")
@@ -321,6 +321,16 @@ def predict(
         return Prediction(
             _predict(model, x, samples, batch_size, mode, memory_budget), predictive
         )
+
+
+def _likelihood(predictive: object) -> PredictiveDistribution:
+    """``predictive`` as a likelihood (a torch_blue one converted), else refused."""
+    to_predictive = getattr(predictive, "to_predictive", None)
+    if not isinstance(predictive, PredictiveDistribution) and callable(to_predictive):
+        predictive = to_predictive()  # vi.distributions.Categorical(), ...
+    _check_likelihood(predictive)
+    assert isinstance(predictive, PredictiveDistribution)
+    return predictive
 
 
 def _check_likelihood(predictive: object) -> None:

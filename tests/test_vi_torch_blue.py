@@ -1617,3 +1617,11 @@ def test_a_plain_lstm_after_bayesian_layers_runs_in_a_per_particle_container() -
         out = net(x, samples=3)
         assert out.shape == (3, 2, 3)
         assert torch.isfinite(out).all()
+
+
+def test_predict_takes_a_torch_blue_likelihood() -> None:
+    """It was refused (before: AttributeError); the loss takes them already."""
+    net = vi.VISequential(vi.VILinear(3, 4), nn.ReLU(), vi.VILinear(4, 3))
+    net.return_log_probs = False
+    pred = bnn.predict(net, torch.randn(5, 3), Categorical(), samples=4)
+    torch.testing.assert_close(pred.probs.sum(-1), torch.ones(5))
