@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+import pyro
 import pytest
 import torch
 import torch.nn.functional as F
@@ -1625,3 +1626,18 @@ def test_predict_takes_a_torch_blue_likelihood() -> None:
     net.return_log_probs = False
     pred = bnn.predict(net, torch.randn(5, 3), Categorical(), samples=4)
     torch.testing.assert_close(pred.probs.sum(-1), torch.ones(5))
+
+
+def test_per_particle_loop_under_pyro_equals_the_pytorch_style_loss() -> None:
+    """The loop reads weights from Pyro's sites as from the call's draws."""
+    torch.manual_seed(0)
+    net = _recurrent_container(vi.VIModule)
+    net.return_log_probs = False
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 20)
+    model = loss_fn.pyro_model(net)
+    x, y = torch.randn(6, 7, 4), torch.randint(0, 3, (6,))
+    pyro.set_rng_seed(0)
+    by_pyro = pyro.infer.Trace_ELBO().loss(model, net.guide, x, y, samples=3)
+    pyro.set_rng_seed(0)
+    fast = bnn.Trace_ELBO().loss(model, net.guide, x, y, samples=3)
+    assert fast == pytest.approx(by_pyro, rel=1e-5)
