@@ -209,7 +209,8 @@ def _check_arguments(
     clip_grad_norm: float | None,
     early_stopping_patience: int | None,
     heat_schedule: Callable[[int], float] | None,
-) -> None:
+) -> tuple[int, int]:
+    """Refuse invalid arguments; return ``epochs`` and ``initial_epoch`` as ints."""
     if not isinstance(loss_fn, KullbackLeiblerLoss):
         raise TypeError(
             "fit needs a bnn.KullbackLeiblerLoss as loss_fn (it sets the loss's "
@@ -236,6 +237,7 @@ def _check_arguments(
             )
     if heat_schedule is not None and not callable(heat_schedule):
         raise TypeError("heat_schedule must be a callable epoch -> heat")
+    return epochs, start
 
 
 class _EarlyStopping:
@@ -554,7 +556,7 @@ def fit(
         >>> history.epochs_run, len(history.loss), history.heat
         (3, 3, [0.0, 0.5, 1.0])
     """
-    _check_arguments(
+    epochs, initial_epoch = _check_arguments(
         loss_fn,
         epochs,
         initial_epoch,
@@ -565,7 +567,6 @@ def fit(
     )
     _check_model_and_optimizer(model, optimizer)
     epoch_end_hooks = _epoch_end_hooks(callbacks)
-    epochs, initial_epoch = int(epochs), int(initial_epoch)
     ranks = Ranks(model)
     if checkpoint_path is not None:
         _check_checkpoint_path(checkpoint_path, ranks)
