@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import functools
 import math
-import operator
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import current_draws, particle_weights, using_particle_weights
 from pyrolite_bnn._forward import output_tensors
+from pyrolite_bnn._validation import check_integer
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     PointMassPosterior,
@@ -127,12 +127,10 @@ def _int_tuple(shape: object) -> tuple[int, ...] | None:
     """``shape`` as a tuple of ints (numpy and torch integers too), else ``None``."""
     if isinstance(shape, str) or not isinstance(shape, Sequence | torch.Size):
         return None
-    dims = []
-    for d in shape:
-        if isinstance(d, bool) or not hasattr(d, "__index__"):
-            return None
-        dims.append(operator.index(d))
-    return tuple(dims)
+    try:
+        return tuple(check_integer(d, "dimension") for d in shape)
+    except TypeError:
+        return None
 
 
 class VariableSpecs:
