@@ -430,22 +430,23 @@ def calibrate(
         >>> pred.interval(0.9)[0].shape
         torch.Size([40])
     """
-    if not (
-        isinstance(predictive, Normal | HeteroscedasticNormal)
-        or getattr(predictive, "is_classification", False)
-    ):
+    calibration: Calibration = (
+        TemperatureScaling()
+        if getattr(predictive, "is_classification", False)
+        else VarianceScaling()
+    )
+    try:  # the calibration's own check of the likelihood, before predicting
+        calibration.wrap(predictive)
+    except TypeError as error:
         raise TypeError(
             "calibrate fits temperature scaling for classification likelihoods "
             "(Categorical, Bernoulli) and variance scaling for Gaussian ones "
             f"(Normal, HeteroscedasticNormal); got {predictive!r}"
-        )
+        ) from error
     outputs = predict(model, x, predictive, samples, **kwargs).samples
     if isinstance(model, nn.Module) and has_sequence_first_layers(model):
         # (S, L, B, ...) against (L, B, ...): one example per sequence.
         outputs, target = batch_first_layout(outputs, y, x.shape[1])
         assert target is not None
         y = target
-    calibration: Calibration = (
-        TemperatureScaling() if predictive.is_classification else VarianceScaling()
-    )
     return calibration.fit(outputs, y, predictive)
