@@ -254,3 +254,20 @@ def check_real(value: object, what: str) -> float:
     ):
         return float(value)
     raise TypeError(f"{what} must be a number, got {value!r}")
+
+
+def check_positive(value: object, what: str) -> float:
+    """``value`` as a ``float`` if it is a positive, finite number, else raise.
+
+    Raises:
+        TypeError: if ``value`` is not a number (see :func:`check_real`).
+        ValueError: if it is not positive and finite.
+
+    Example:
+        >>> check_positive(0.5, "scale")
+        0.5
+    """
+    number = check_real(value, what)
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{what} must be positive and finite, got {value!r}")
+    return number

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._network import has_sequence_first_layers
 from pyrolite_bnn._scalar_search import minimise_expanding
-from pyrolite_bnn._validation import check_real
+from pyrolite_bnn._validation import check_positive
 from pyrolite_bnn.distributions.predictive import (
     HeteroscedasticNormal,
     Normal,
@@ -149,13 +149,6 @@ class Calibration(nn.Module):
         return self.wrap(predictive)
 
 
-def _check_positive(value: float, what: str) -> float:
-    value = check_real(value, what)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{what} must be positive and finite, got {value!r}")
-    return float(value)
-
-
 class TemperatureScaling(Calibration):
     """Divide every particle's logits by a temperature ``T > 0``.
 
@@ -177,7 +170,7 @@ class TemperatureScaling(Calibration):
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
-        value = _check_positive(temperature, "temperature")
+        value = check_positive(temperature, "temperature")
         self.register_buffer("temperature", torch.tensor(value))
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
@@ -243,7 +236,7 @@ class VarianceScaling(Calibration):
 
     def __init__(self, factor: float = 1.0) -> None:
         super().__init__()
-        value = _check_positive(factor, "factor")
+        value = check_positive(factor, "factor")
         self.register_buffer("factor", torch.tensor(value))
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:

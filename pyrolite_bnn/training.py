@@ -34,7 +34,7 @@ from pyrolite_bnn._validation import (
     check_count,
     check_heat,
     check_integer,
-    check_real,
+    check_positive,
 )
 from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
 from pyrolite_bnn.loss import KullbackLeiblerLoss, batch_first_layout
@@ -225,9 +225,7 @@ def _check_arguments(
             f"{initial_epoch!r}"
         )
     if clip_grad_norm is not None:
-        norm = check_real(clip_grad_norm, "clip_grad_norm")
-        if not (math.isfinite(norm) and norm > 0):
-            raise ValueError(f"clip_grad_norm must be > 0, got {clip_grad_norm!r}")
+        check_positive(clip_grad_norm, "clip_grad_norm")
     if early_stopping_patience is not None:
         check_count(early_stopping_patience, "early_stopping_patience")
         if val_loader is None:

@@ -1532,9 +1532,9 @@ def test_converted_custom_module_runs_its_forward_per_particle() -> None:
     ("build", "message"),
     [
         (lambda: MeanFieldStudentT(degrees_of_freedom=-1), "degrees_of_freedom"),
-        (lambda: MeanFieldStudentT(scale=-1), "scale must be > 0"),  # domain error
-        (lambda: BasicQuietPrior(std_ratio=0), "std_ratio must be > 0"),
-        (lambda: BasicQuietPrior(eps=-1), "eps must be > 0"),  # NaN loss
+        (lambda: MeanFieldStudentT(scale=-1), "scale must be positive"),  # domain err
+        (lambda: BasicQuietPrior(std_ratio=0), "std_ratio must be positive"),
+        (lambda: BasicQuietPrior(eps=-1), "eps must be positive"),  # NaN loss
         (lambda: Categorical(eps=-1), "eps must be >= 0"),
     ],
 )

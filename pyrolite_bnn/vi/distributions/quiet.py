@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from pyrolite_bnn._validation import check_real
+from pyrolite_bnn._validation import check_positive, check_real
 from pyrolite_bnn.vi.distributions.base import (
     Prior,
     as_parameter_tuple,
@@ -52,14 +52,12 @@ class BasicQuietPrior(Prior):
         mean_std: float = 1.0,
         eps: float = 1e-10,
     ) -> None:
-        for value, what, least in (
-            (std_ratio, "std_ratio", 0.0),
-            (mean_std, "mean_std", 0.0),
-            (eps, "eps", 0.0),
+        for value, what in (
+            (std_ratio, "std_ratio"),
+            (mean_std, "mean_std"),
+            (eps, "eps"),
         ):
-            number = check_real(value, f"BasicQuietPrior {what}")
-            if not (number > least and math.isfinite(number)):
-                raise ValueError(f"BasicQuietPrior {what} must be > 0, got {value!r}")
+            check_positive(value, f"BasicQuietPrior {what}")
         self._std_ratio = std_ratio
         self.mean_mean = torch.tensor(
             check_real(mean_mean, "BasicQuietPrior mean_mean")

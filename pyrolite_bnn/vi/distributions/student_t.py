@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyrolite_bnn._validation import check_real
+from pyrolite_bnn._validation import check_positive, check_real
 from pyrolite_bnn.vi.distributions.base import (
     VariationalDistribution,
     as_parameter_tuple,
@@ -47,17 +47,10 @@ class MeanFieldStudentT(VariationalDistribution):
         degrees_of_freedom: float = 4.0,
         device: torch.device | str | None = None,
     ) -> None:
-        scale = check_real(scale, "MeanFieldStudentT scale")
-        degrees_of_freedom = check_real(
+        scale = check_positive(scale, "MeanFieldStudentT scale")
+        degrees_of_freedom = check_positive(
             degrees_of_freedom, "MeanFieldStudentT degrees_of_freedom"
         )
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"MeanFieldStudentT scale must be > 0, got {scale!r}")
-        if not (degrees_of_freedom > 0 and math.isfinite(degrees_of_freedom)):
-            raise ValueError(
-                "MeanFieldStudentT degrees_of_freedom must be > 0, got "
-                f"{degrees_of_freedom!r}"
-            )
         self.mean = check_real(mean, "MeanFieldStudentT mean")
         self.log_scale = math.log(scale)
         self.degrees_of_freedom = torch.tensor(degrees_of_freedom, device=device)
