@@ -26,6 +26,7 @@ from typing import Any, cast
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
@@ -101,6 +102,14 @@ _STATE: ContextVar[ParticleState | None] = ContextVar(
 def current() -> ParticleState | None:
     """The particle state of the running outermost call (``None`` outside)."""
     return _STATE.get()
+
+
+def outside_any_call() -> bool:
+    """Whether no network call is running and no Pyro handler is active.
+
+    There a weight has no draw: it is read as its posterior mean.
+    """
+    return current() is None and not am_i_wrapped()
 
 
 @contextmanager

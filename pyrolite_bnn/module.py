@@ -508,7 +508,7 @@ class VIModule(LocalPyroModule):
             sites = current_sites()
             if sites is not None:
                 return sites.sample(self, name)
-            if not am_i_wrapped() and _particles.current() is None:
+            if _particles.outside_any_call():
                 # Outside any call and Pyro handler: the posterior mean, as a
                 # torch user reads (and initialises in place) a weight, not
                 # the prior draw of a bare PyroSample.

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
@@ -235,7 +234,7 @@ class VIEmbedding(_VIWeightLayer):
         temporary. Reading it raises ``AttributeError`` naming the ways in.
         """
         padded = name == "weight" and self.__dict__.get("padding_idx") is not None
-        if padded and _particles.current() is None and not am_i_wrapped():
+        if padded and _particles.outside_any_call():
             raise AttributeError(
                 "VIEmbedding(padding_idx=...).weight exists inside a call only; "
                 "outside one read the mean table with bnn.to_deterministic(layer)"
