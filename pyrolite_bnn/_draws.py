@@ -14,6 +14,7 @@ that state, getting the same values.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -228,10 +229,14 @@ class LazyDraws:
             if self.use_moments[i]:
                 continue
             variable, moments = self.variables[i], self.moments[i]
-            param = next(iter(variable.posterior.parameters()), None)
             state = None
-            if param is not None and not self._keep:
-                state = rng_state(param.device)
+            device = _device_of(variable, moments)
+            if (
+                device is not None
+                and not self._keep
+                and _replay_saves_memory(variable, self.samples)
+            ):
+                state = rng_state(device)
             if self._sums and moments is not None:
                 posterior = variable.posterior
                 assert isinstance(posterior, MeanFieldNormalPosterior)
@@ -245,6 +250,26 @@ class LazyDraws:
             else:
                 self.states[i], self.devices[i] = state, value.device
                 self._fresh[i] = value
+
+
+# Draws of at most this many numbers are kept rather than replayed: saving the
+# generator's state (5 KB on the CPU) costs more than keeping them.
+_KEEP_DRAWS_UP_TO = 1 << 16
+
+
+def _replay_saves_memory(variable: RandomVariable, samples: int) -> bool:
+    """Whether ``variable``'s draws are big enough to replay instead of keep."""
+    return samples * math.prod(variable.shape) > _KEEP_DRAWS_UP_TO
+
+
+def _device_of(
+    variable: RandomVariable, moments: NormalMoments | None
+) -> torch.device | None:
+    """The device ``variable`` is drawn on (``None`` without parameters)."""
+    if moments is not None:
+        return moments.loc.device
+    param = next(iter(variable.posterior.parameters()), None)
+    return None if param is None else param.device
 
 
 class RepeatedExplicitEstimator(ValueError):
