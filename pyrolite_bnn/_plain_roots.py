@@ -35,6 +35,7 @@ import dataclasses
 import sys
 from contextlib import ExitStack
 from contextvars import ContextVar, Token
+from types import FrameType
 from typing import Any
 
 import torch
@@ -53,15 +54,29 @@ from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import LayerRecord
 
-__all__ = ["install", "note_output", "open_pending_root"]
+__all__ = [
+    "close_stale_frame",
+    "in_running_network",
+    "install",
+    "note_output",
+    "open_pending_root",
+]
 
 
 class _Frame:
     """The outermost running call of a plain module."""
 
-    def __init__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+    def __init__(
+        self, module: nn.Module, args: tuple[Any, ...], caller: FrameType
+    ) -> None:
         self.module = module
         self.args = args
+        # The interpreter frame running the module's call: the frame is stale
+        # once it no longer runs (see :meth:`running`).
+        self.caller: FrameType | None = caller
+        # The grad mode of the module's call: weights are drawn in it, even
+        # when the first Bayesian layer runs under torch.no_grad().
+        self.grad_enabled = torch.is_grad_enabled()
         # Whether it must run as one network (pending until its first Bayesian
         # call), and its one Bayesian module, which may still be called as the
         # network: found by :meth:`resolve` when a Bayesian layer is first
@@ -79,6 +94,25 @@ class _Frame:
         self.stack: ExitStack | None = None
         self.state: _particles.ParticleState | None = None
         self.draws: LazyDraws | None = None
+
+    def running(self) -> bool:
+        """Whether the module's call is still running.
+
+        Its forward hook closes the frame when the call ends, except when it
+        ends by a ``BaseException`` that is not an ``Exception`` (a
+        ``KeyboardInterrupt``: torch runs ``always_call`` hooks for
+        ``Exception`` only). ``frame.clear()`` raises for a running
+        interpreter frame, and releases the locals of a finished one.
+        """
+        caller = self.caller
+        if caller is None:
+            return False
+        try:
+            caller.clear()
+        except RuntimeError:
+            return True
+        self.caller = None
+        return False
 
     def resolve(self) -> bool:
         """Whether the module must run as one network (decided once per call)."""
@@ -113,23 +147,68 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
         # models are no networks of this library's, and a context variable
         # cannot be traced (fullgraph=True would fail, others run eagerly).
         return
+    frame = _FRAME.get()
+    if frame is not None and not frame.running():
+        _close(frame)
+        frame = None
     state = _particles.current()
     if state is not None:
         if isinstance(module, _POSITION_MIXING) and not isinstance(module, VIModule):
             _refuse_folded_sequence_first(module, args, state)
         return
-    frame = _FRAME.get()
     if frame is not None:
         if frame.module is module:
             frame.depth += 1
         return
-    if isinstance(module, VIModule) or next(module.children(), None) is None:
-        return  # a leaf module holds no Bayesian layers
-    frame = _Frame(module, args)
-    frame.token = _FRAME.set(frame)
+    if (
+        isinstance(module, (VIModule, torch.jit.ScriptModule))
+        or next(module.children(), None) is None
+    ):
+        # A leaf module holds no Bayesian layers, nor does a scripted one
+        # (which takes no forward hooks).
+        return
+    # The interpreter frame of the module's call, which runs this hook.
+    frame = _Frame(module, args, sys._getframe(1))
     # Only this call needs closing: a hook of the module itself, not a global
     # one that would run after every module call in the process.
     frame.closer = module.register_forward_hook(_leave, always_call=True)
+    frame.token = _FRAME.set(frame)
+
+
+def close_stale_frame() -> None:
+    """Close the frame of a plain module's call that ended without closing it.
+
+    A ``KeyboardInterrupt`` in a plain network's forward skips its forward
+    hook: its particle state would stay open, and every later call in the
+    process would run as a layer nested in it.
+    """
+    frame = _FRAME.get()
+    if frame is not None and not frame.running():
+        _close(frame)
+
+
+def in_running_network() -> bool:
+    """Whether a network's call is running (a layer call is then nested in it).
+
+    A stale plain-module frame (:func:`close_stale_frame`) is closed first.
+    """
+    if _particles.current() is None:
+        return False
+    close_stale_frame()
+    return _particles.current() is not None
+
+
+def _close(frame: _Frame) -> None:
+    """End ``frame``: close what it opened, drop its hook and unset it."""
+    if frame.stack is not None:
+        frame.stack.close()
+    if frame.closer is not None:
+        frame.closer.remove()
+    assert frame.token is not None
+    try:
+        _FRAME.reset(frame.token)
+    except ValueError:  # set in another context (a stale frame seen elsewhere)
+        _FRAME.set(None)
 
 
 # Plain torch layers that mix the positions of a sequence (stacks and
@@ -189,13 +268,8 @@ def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     if frame.depth:
         frame.depth -= 1
         return None
-    stack, state, draws = frame.stack, frame.state, frame.draws
-    if stack is not None:
-        stack.close()
-    assert frame.token is not None
-    assert frame.closer is not None
-    frame.closer.remove()
-    _FRAME.reset(frame.token)
+    state, draws = frame.state, frame.draws
+    _close(frame)
     if output is None or state is None:  # not opened, or failed
         return None
     single = frame.single
@@ -265,7 +339,8 @@ def open_pending_root(
         stack.enter_context(sampling_sites(SiteTable(collect_variables(root))))
         frame.stack, frame.state = stack, state
         return True
-    draws = generated_guide_draws(root, state.samples)
+    with torch.set_grad_enabled(frame.grad_enabled):
+        draws = generated_guide_draws(root, state.samples)
     stack.enter_context(_particles.particles(state))
     stack.enter_context(using_draws(draws))
     frame.stack, frame.state, frame.draws = stack, state, draws

@@ -455,7 +455,10 @@ class VIModule(LocalPyroModule):
                 default :attr:`samples`).
             **kwargs: keyword inputs of ``forward``.
         """
-        if _particles.current() is not None:
+        # The call machinery imports this module.
+        from pyrolite_bnn import _plain_roots
+
+        if _plain_roots.in_running_network():
             if samples is not None:
                 raise ValueError(
                     "samples= can only be given to the outermost VIModule call"
@@ -463,8 +466,7 @@ class VIModule(LocalPyroModule):
             if current_draws() is not None:  # weights already drawn: no Pyro needed
                 return nn.Module.__call__(self, *args, **kwargs)
             return LocalPyroModule.__call__(self, *args, **kwargs)
-        # The call machinery imports this module.
-        from pyrolite_bnn import _forward, _plain_roots
+        from pyrolite_bnn import _forward
 
         if _plain_roots.open_pending_root(self, args, kwargs, samples):
             result = nn.Module.__call__(self, *args, **kwargs)

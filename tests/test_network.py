@@ -492,6 +492,88 @@ def test_plain_root_frame_is_closed_after_an_error_and_leaves_no_hook() -> None:
     assert nn.Sequential(nn.Linear(3, 2))(torch.randn(5, 3)).shape == (5, 2)
 
 
+class _Interrupts(nn.Module):
+    """Raises ``KeyboardInterrupt`` (a ``BaseException``: torch's ``always_call``
+    forward hooks do not run for it) while ``interrupt`` is set."""
+
+    interrupt = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        if self.interrupt:
+            raise KeyboardInterrupt
+        return x
+
+
+@pytest.mark.parametrize("where", ["plain module", "plain network"])
+def test_a_keyboard_interrupt_leaves_no_call_open(where: str) -> None:
+    """Interrupted inside a plain module's forward (a notebook user's Ctrl-C),
+    later calls of any network are fresh outermost calls."""
+    plain = nn.Sequential(bnn.VILinear(3, 5), nn.ReLU(), bnn.VILinear(5, 2))
+    stop = _Interrupts()
+    if where == "plain module":
+        interrupted: nn.Module = stop
+    else:
+        interrupted = nn.Sequential(bnn.VILinear(3, 3), stop, bnn.VILinear(3, 2))
+    with pytest.raises(KeyboardInterrupt):
+        interrupted(torch.randn(4, 3))
+    x = torch.randn(4, 3)
+    assert plain(x).shape == (10, 4, 2)
+    assert bnn.VISequential(bnn.VILinear(3, 2))(x).shape == (10, 4, 2)
+    assert bnn.predict(plain, x, bnn.Categorical(), samples=3).probs.shape == (4, 2)
+    stop.interrupt = False
+    assert interrupted(x).shape[-2:] == (4, 3 if where == "plain module" else 2)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script`:DeprecationWarning")
+def test_a_scripted_module_runs_and_leaves_no_call_open() -> None:
+    """TorchScript modules take no forward hooks: they are no plain networks."""
+    bnn.VILinear(3, 2)  # the plain-root hook is installed
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+    x = torch.randn(4, 3)
+    assert scripted(x).shape == (4, 4)
+    plain = nn.Sequential(bnn.VILinear(3, 5), nn.ReLU(), bnn.VILinear(5, 2))
+    assert plain(x).shape == (10, 4, 2)
+
+
+@pytest.mark.parametrize("estimator", ["reparam", "auto"])
+def test_plain_root_whose_first_layer_runs_without_gradients(estimator: str) -> None:
+    """A frozen Bayesian encoder (run under torch.no_grad()) in a plain root:
+    the trained head gets the gradients it gets without the no_grad block,
+    as in a VIModule root (the weights are drawn in the root call's mode)."""
+
+    class Net(nn.Module):
+        def __init__(self, freeze: bool) -> None:
+            super().__init__()
+            self.freeze = freeze
+            self.encoder = bnn.VILinear(3, 8, estimator=estimator)
+            self.head = bnn.VILinear(8, 2, estimator=estimator)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.set_grad_enabled(not self.freeze):
+                h = self.encoder(x).relu()
+            out: torch.Tensor = self.head(h)
+            return out
+
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=16)
+    grads = []
+    for freeze in (False, True):
+        torch.manual_seed(0)
+        net = Net(freeze)
+        torch.manual_seed(1)
+        loss_fn(net(x), y).backward()
+        grads.append({n: p.grad for n, p in net.head.named_parameters()})
+    assert len(grads[1]) == 4
+    for name, grad in grads[1].items():
+        assert grad is not None, name
+        torch.testing.assert_close(grad, grads[0][name])
+
+
 def test_tree_facts_of_plain_containers_follow_their_changes() -> None:
     """A plain container changes without bumping the structure version: the
     facts derived from its tree are not cached (a layer moved in is seen)."""
