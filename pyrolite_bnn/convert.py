@@ -41,7 +41,7 @@ from pyrolite_bnn.distributions.variational import (
     VariationalFamily,
 )
 from pyrolite_bnn.layers import registry
-from pyrolite_bnn.layers.registry import LayerEntry
+from pyrolite_bnn.layers.registry import LayerEntry, copy_training_modes
 from pyrolite_bnn.module import GUIDE_STATE, NOT_NETWORK, VIModule
 
 __all__ = ["MOPED_MIN_SCALE", "ConvertedNetwork", "convert", "copy_training_modes"]
@@ -432,9 +432,7 @@ class _Converter:
                 setattr(module, name, converted)
         if entry is not None:
             children = {k: v for k, v in module._modules.items() if v is not None}
-            container = entry.to_bayesian(module, children)
-            container.training = module.training  # the children keep their own
-            return container
+            return entry.to_bayesian(module, children)
         if (
             next(module.parameters(recurse=False), None) is not None
             and not isinstance(module, _NORMS)
@@ -456,7 +454,6 @@ class _Converter:
             ) from error
         if self.moped is not None:
             _apply_moped(layer, self.moped, self.options["prior"])
-        copy_training_modes(module, layer)
         return layer
 
     def check_inner(self, path: str) -> None:
@@ -504,26 +501,6 @@ class _Converter:
                 UserWarning,
                 stacklevel=3,
             )
-
-
-def copy_training_modes(source: nn.Module, target: nn.Module) -> None:
-    """Give ``target`` the train/eval modes of ``source``.
-
-    ``target`` (a layer built from ``source``) takes ``source.training``
-    throughout; each of its submodules at a path ``source`` also has (a
-    Transformer layer's ``dropout1``) then takes that submodule's mode, so a
-    model converted in eval mode stays in eval mode, dropout inside included.
-
-    Args:
-        source: the torch module.
-        target: the module built from it.
-    """
-    target.train(source.training)
-    built = dict(target.named_modules())
-    for path, module in source.named_modules():
-        counterpart = built.get(path)
-        if counterpart is not None:
-            counterpart.training = module.training
 
 
 def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:

@@ -180,3 +180,39 @@ def test_layers_inside_plain_containers_become_deterministic() -> None:
         mean = bnn.predict(net, x, bnn.Normal(), mode="mean").samples[0]
         with torch.no_grad():
             torch.testing.assert_close(plain(x), mean)
+
+
+class _Classifier(nn.Module):
+    """A torch model with dropout inside its layers (a Transformer encoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.encoder(x).mean(1))
+        return out
+
+
+@pytest.mark.parametrize("modes", ["eval", "train with an eval encoder"])
+def test_convert_and_export_keep_every_modules_mode(modes: str) -> None:
+    """Copies keep each module's train/eval mode: an exported eval-mode model
+    runs no dropout (the rebuilt torch layers started in training mode)."""
+    model = _Classifier().eval()
+    if modes != "eval":
+        model.train()
+        model.encoder.eval()
+    expected = {path: m.training for path, m in model.named_modules()}
+    converted = bnn.convert(model)
+    plain = bnn.to_deterministic(converted)
+    for network in (converted, plain):
+        for path, module in network.named_modules():
+            if path in expected:
+                assert module.training == expected[path], path
+    if modes == "eval":
+        x = torch.randn(4, 5, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(plain(x), plain(x), rtol=0, atol=0)
+            torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-5)

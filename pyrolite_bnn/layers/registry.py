@@ -41,6 +41,7 @@ from pyrolite_bnn.module import NOT_NETWORK, VIModule
 __all__ = [
     "LayerCase",
     "LayerEntry",
+    "copy_training_modes",
     "entries",
     "for_bayesian",
     "for_torch",
@@ -178,7 +179,9 @@ class LayerEntry:
                 device and dtype default to those of the weights.
         """
         if self.build_bayesian is not None:
-            return self.build_bayesian(module, children or {})
+            built = self.build_bayesian(module, children or {})
+            copy_training_modes(module, built)
+            return built
         reference = next(module.parameters(), None)
         if reference is not None:
             options.setdefault("device", reference.device)
@@ -188,6 +191,7 @@ class LayerEntry:
             for name, mean in self.means_from(module, layer).items():
                 layer.posterior[name].reset_parameters(mean.detach())
             _copy_children(module, layer)
+        copy_training_modes(module, layer)
         return layer
 
     def means_from(self, module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
@@ -221,7 +225,9 @@ class LayerEntry:
             children: for containers, the already converted children.
         """
         if self.build_torch is not None:
-            return self.build_torch(layer, children or {})
+            built = self.build_torch(layer, children or {})
+            copy_training_modes(layer, built)
+            return built
         weights = self.weights_from(layer, means)
         reference = next(iter(weights.values()), None)
         if reference is None:  # every weight is a sublayer's (Transformer layers)
@@ -237,7 +243,29 @@ class LayerEntry:
                 target = getattr(plain, name, None)
                 if isinstance(target, nn.Module):
                     target.load_state_dict(child.state_dict())
+        copy_training_modes(layer, plain)
         return plain
+
+
+def copy_training_modes(source: nn.Module, target: nn.Module) -> None:
+    """Give ``target`` the train/eval modes of ``source`` (a copy keeps them).
+
+    ``target`` (a layer built from ``source``) takes ``source.training``
+    throughout; each of its submodules at a path ``source`` also has (a
+    Transformer layer's ``dropout1``) then takes that submodule's mode, so a
+    model converted in eval mode stays in eval mode, dropout inside included.
+
+    Args:
+        source: the torch module.
+        target: the module built from it.
+    """
+    # Read first: ``target`` may be built around ``source``'s own children.
+    modes = {path: module.training for path, module in source.named_modules()}
+    target.train(source.training)
+    for path, module in target.named_modules():
+        mode = modes.get(path)
+        if mode is not None:
+            module.training = mode
 
 
 _BY_TORCH: dict[type[nn.Module], LayerEntry] = {}

@@ -472,10 +472,20 @@ def test_to_deterministic_and_mean_prediction(
     torch.testing.assert_close(wrapped(x), expected, rtol=1e-6, atol=1e-6)
 
 
+def _assert_same_modes(module: nn.Module, reference: nn.Module) -> None:
+    """``module`` has ``reference``'s train/eval mode at every path they share,
+    and its root's mode elsewhere (the inference machinery of a layer)."""
+    modes = {path: m.training for path, m in reference.named_modules()}
+    for path, m in module.named_modules():
+        assert m.training == modes.get(path, reference.training), path
+
+
 @parametrize_cases
-def test_from_torch_layer(entry: LayerEntry, case: LayerCase) -> None:
-    """torch -> Bayesian (same arguments, means = weights) -> torch is the identity."""
-    reference = entry.torch_cls(*case.args, **case.kwargs)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_from_torch_layer(entry: LayerEntry, case: LayerCase, mode: str) -> None:
+    """torch -> Bayesian (same arguments, means = weights) -> torch is the identity,
+    train/eval modes included."""
+    reference = entry.torch_cls(*case.args, **case.kwargs).train(mode == "train")
     if entry.build_bayesian is None:
         layer = entry.to_bayesian(reference, estimator="reparam")
     else:  # a container: its children are converted first
@@ -484,7 +494,9 @@ def test_from_torch_layer(entry: LayerEntry, case: LayerCase) -> None:
     for module in layer.modules():  # every layer with variables takes the option
         if isinstance(module, bnn.VIModule) and module.declared_variables():
             assert getattr(module, "estimator") == "reparam"  # noqa: B009
+    _assert_same_modes(layer, reference)
     back = bnn.to_deterministic(layer)
+    _assert_same_modes(back, reference)
     x = case.make_input()
     with torch.no_grad():
         expected = _tensors(_call(reference, case, x))
@@ -578,7 +590,9 @@ def test_sequence_layer_round_trip(
         torch.testing.assert_close(
             v.posterior.loc, reference.get_parameter(v.site), rtol=0, atol=0
         )
-    back = bnn.to_deterministic(layer).eval()
+    _assert_same_modes(layer, reference)
+    back = bnn.to_deterministic(layer)
+    _assert_same_modes(back, reference)  # no dropout switched back on
     assert type(back) is entry.torch_cls
     assert back.state_dict().keys() == reference.state_dict().keys()
     for (name, a), b in zip(
