@@ -176,12 +176,8 @@ def convert(
     tied = _tied_parameters(module)
     try:
         duplicate = copy.deepcopy(module)
-    except RuntimeError as error:  # torch's own limit (old-style weight_norm)
-        raise TypeError(
-            f"bnn.convert works on a copy of the model, and torch cannot copy this "
-            f"one ({error}); remove torch.nn.utils.weight_norm, or use "
-            "torch.nn.utils.parametrizations.weight_norm"
-        ) from error
+    except RuntimeError as error:  # torch's own limit (pruning, old weight_norm)
+        raise TypeError(_uncopyable_message(module, error)) from error
     _drop_copy_shadows(module, duplicate)
     root = converter.convert(duplicate, "")
     converter.warn(tied)
@@ -214,6 +210,42 @@ def _drop_copy_shadows(original: nn.Module, duplicate: nn.Module) -> None:
         for name in set(vars(copied)) & set(copied._modules):
             if name not in vars(mine):
                 del vars(copied)[name]
+
+
+def _uncopyable_message(module: nn.Module, error: RuntimeError) -> str:
+    """Why ``copy.deepcopy`` failed on ``module``, and what to do about it.
+
+    torch copies only leaf tensors; pruning (``torch.nn.utils.prune``) and the
+    old ``torch.nn.utils.weight_norm`` keep a computed weight as a plain
+    attribute.
+    """
+    computed = [
+        f"{path}.{name}" if path else name
+        for path, sub in module.named_modules()
+        for name, value in vars(sub).items()
+        if isinstance(value, Tensor) and not value.is_leaf
+    ]
+    pruned = [
+        f"{path}.{name[: -len('_mask')]}" if path else name[: -len("_mask")]
+        for path, sub in module.named_modules()
+        for name, _ in sub.named_buffers(recurse=False)
+        if name.endswith("_mask") and hasattr(sub, name[: -len("_mask")] + "_orig")
+    ]
+    if pruned:
+        fix = (
+            f"make the pruning of {', '.join(pruned)} permanent first "
+            "(torch.nn.utils.prune.remove(module, name))"
+        )
+    else:
+        fix = (
+            "if it uses torch.nn.utils.weight_norm, use "
+            "torch.nn.utils.parametrizations.weight_norm instead"
+        )
+    held = f" (computed tensors held as attributes: {', '.join(computed)})"
+    return (
+        "bnn.convert works on a copy of the model, and torch cannot copy this "
+        f"one{held if computed else ''}: {fix}. torch said: {error}"
+    )
 
 
 class ConvertedNetwork(VIModule):
@@ -402,6 +434,7 @@ class _Converter:
         self.exclude = exclude
         self.unsupported: list[str] = []
         self.reparametrised: list[str] = []
+        self.frozen: list[str] = []  # layers with requires_grad=False weights
         self.converted: dict[int, nn.Module] = {}  # a module at two paths: once
 
     def selected(self, path: str, module: nn.Module) -> bool:
@@ -418,11 +451,9 @@ class _Converter:
     def convert_new(self, module: nn.Module, path: str) -> nn.Module:
         entry = registry.for_unchanged_torch(module)
         if entry is not None and entry.build_bayesian is None:
-            return (
-                self.layer(entry, module, path)
-                if self.selected(path, module)
-                else module
-            )
+            selected = self.selected(path, module)
+            self.check_inner(path, module, selected)
+            return self.layer(entry, module, path) if selected else module
         # Not named_children(): it skips a second position of a shared module.
         for name, child in list(module._modules.items()):
             if child is None:
@@ -442,7 +473,6 @@ class _Converter:
         return module
 
     def layer(self, entry: LayerEntry, module: nn.Module, path: str) -> VIModule:
-        self.check_inner(path)
         if parametrize.is_parametrized(module):
             self.reparametrised.append(path or "<root>")
         try:
@@ -454,23 +484,68 @@ class _Converter:
             ) from error
         if self.moped is not None:
             _apply_moped(layer, self.moped, self.options["prior"])
+        if any(not p.requires_grad for p in module.parameters()):
+            self.frozen.append(path or "<root>")
         return layer
 
-    def check_inner(self, path: str) -> None:
+    def check_inner(self, path: str, module: nn.Module, selected: bool) -> None:
+        """Refuse a selection that reaches inside a layer converted as one.
+
+        A Transformer layer, an attention layer, a recurrent layer become
+        Bayesian whole: ``include=``/``exclude=`` cannot pick their inner
+        layers, by name or by type (``exclude=nn.Linear`` would otherwise
+        leave a Transformer layer's linear layers Bayesian).
+        """
+        place = repr(path) if path else "the model"
         for selection, what in ((self.include, "include"), (self.exclude, "exclude")):
-            inner = (
-                [n for n in selection[0] if n.startswith(path + ".")]
-                if (selection is not None)
-                else []
-            )
+            inner = [
+                name
+                for name in (() if selection is None else sorted(selection[0]))
+                if name and (not path or name.startswith(path + "."))
+            ]
             if inner:
                 raise ValueError(
-                    f"{what}= names {inner} inside {path!r}, which is converted as "
-                    f"one layer; name {path!r} itself"
+                    f"{what}= names {inner} inside {place}, which is converted as "
+                    f"one layer; name {place} itself"
                 )
+        # Types: an inner layer that the selection would treat otherwise
+        # than the whole (excluded inside a converted layer, included inside
+        # one left as it is, unless that one is excluded itself).
+        if selected:
+            selection, what = self.exclude, "exclude"
+        elif self.exclude is not None and _matches(self.exclude, path, module):
+            return
+        else:
+            selection, what = self.include, "include"
+        if selection is None or not selection[1]:
+            return
+        reached = [
+            f"{path}.{sub}" if path else sub
+            for sub, inner_module in module.named_modules()
+            if sub
+            and isinstance(inner_module, selection[1])
+            and registry.for_torch(inner_module) is not None
+        ]
+        if reached:
+            kind = type(module).__name__
+            raise ValueError(
+                f"{what}= types reach {reached} inside {place} ({kind}), which "
+                f"is converted as one layer: {what} it as a whole (its path, or "
+                f"the type {kind})"
+            )
 
     def warn(self, tied: list[list[str]]) -> None:
         """One warning per kind of thing the conversion could not keep."""
+        if self.frozen:
+            warnings.warn(
+                "bnn.convert: layers with frozen weights (requires_grad=False) "
+                "became Bayesian with trainable posteriors: "
+                + ", ".join(self.frozen)
+                + " (pass exclude= to keep them deterministic and frozen, or "
+                "call requires_grad_(False) on the converted layers)",
+                UserWarning,
+                stacklevel=3,
+            )
         if self.unsupported:
             warnings.warn(
                 "bnn.convert: no Bayesian counterpart, left deterministic: "

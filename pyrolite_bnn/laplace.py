@@ -737,9 +737,11 @@ def laplace(
             :class:`~pyrolite_bnn.Normal` (its fixed or learned noise scale is
             used as is), :class:`~pyrolite_bnn.Categorical` or
             :class:`~pyrolite_bnn.Bernoulli`.
-        subset: ``"all"`` weights (dense ``P x P`` covariance), or
-            ``"last_layer"``: the weights of the last module with parameters
-            that runs in the forward pass (others fixed at their values).
+        subset: ``"all"`` trainable weights (dense ``P x P`` covariance;
+            parameters with ``requires_grad=False``, a frozen backbone, stay
+            fixed at their values, as in laplace-torch), or ``"last_layer"``:
+            the weights of the last module with parameters that runs in the
+            forward pass (others fixed at their values).
         prior_precision: ``"marglik"`` to maximise
             :meth:`LinearizedLaplace.log_marginal_likelihood`, or a positive
             float ``delta`` (prior ``N(0, I / delta)``).

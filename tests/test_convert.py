@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import prune
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.convert import MOPED_MIN_SCALE, ConvertedNetwork
@@ -423,6 +425,50 @@ def test_selection_inside_a_whole_layer_is_refused() -> None:
     assert [v.site for v in net.random_variables()] == ["head.weight", "head.bias"]
 
 
+@pytest.mark.parametrize(
+    ("selection", "reached"),
+    [
+        ({"exclude": nn.Linear}, "'encoder.layers.0.linear1'"),
+        ({"exclude": nn.MultiheadAttention}, "'encoder.layers.0.self_attn'"),
+        ({"include": [nn.Linear]}, "'encoder.layers.0.linear1'"),
+        ({"include": [nn.MultiheadAttention]}, "'encoder.layers.0.self_attn'"),
+        ({"include": ["encoder.layers.0.linear1"]}, "'encoder.layers.0.linear1'"),
+        ({"exclude": ["encoder.layers.0.self_attn"]}, "'encoder.layers.0.self_attn'"),
+    ],
+)
+def test_selection_of_types_inside_a_whole_layer_is_refused(
+    selection: dict[str, Any], reached: str
+) -> None:
+    """A type reaching inside a layer converted whole is refused like a name:
+    ``exclude=nn.Linear`` left a Transformer layer's linear layers Bayesian."""
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    module = EncoderClassifier(
+        nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+    )
+    with pytest.raises(ValueError, match=rf"{reached}.*converted as one layer"):
+        bnn.convert(module, **selection)
+
+
+def test_selection_of_the_whole_layer_or_of_what_stays_plain_inside_it() -> None:
+    """Types inside a whole layer that the layer's own selection agrees with,
+    or that have no Bayesian counterpart (norms, dropout), are no conflict."""
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    module = EncoderClassifier(
+        nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+    )
+    whole = bnn.convert(module, include=[nn.TransformerEncoderLayer, nn.Linear])
+    sites = [v.site for v in whole.random_variables()]
+    assert "encoder.layers.0.linear1.weight" in sites
+    assert "head.weight" in sites
+    with pytest.warns(UserWarning, match="made no layer"):
+        kept = bnn.convert(module, exclude=[nn.TransformerEncoderLayer, nn.Linear])
+    assert not kept.random_variables()
+    plain_inside = bnn.convert(module, exclude=[nn.LayerNorm, nn.Dropout])
+    assert "encoder.layers.0.linear1.weight" in [
+        v.site for v in plain_inside.random_variables()
+    ]
+
+
 class DropoutTagger(nn.Module):
     """An LSTM with inter-layer dropout and a Transformer layer with dropout."""
 
@@ -548,6 +594,18 @@ def test_parametrizations_are_named_and_old_weight_norm_is_refused() -> None:
         bnn.convert(nn.Sequential(old))
 
 
+def test_a_pruned_model_is_refused_naming_the_pruned_weight() -> None:
+    """Pruning keeps a computed weight that torch cannot copy: the message
+    names it and says how to make the pruning permanent (not weight_norm)."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    with pytest.raises(TypeError, match=r"pruning of 0\.weight permanent") as info:
+        bnn.convert(model)
+    assert "weight_norm instead" not in str(info.value)
+    prune.remove(model[0], "weight")
+    assert isinstance(bnn.convert(model)[0], bnn.VILinear)
+
+
 def test_recurrent_flatten_parameters_is_accepted() -> None:
     """A forward calling self.rnn.flatten_parameters() (a torch idiom) runs."""
     for layer in (bnn.VILSTM(3, 4, batch_first=True), bnn.VIGRU(3, 4)):
@@ -566,3 +624,17 @@ def test_conversion_that_makes_nothing_bayesian_warns(
         module = nn.Sequential(nn.ReLU(), nn.Flatten())
     with pytest.warns(UserWarning, match="made no layer of Sequential Bayesian"):
         bnn.convert(module, **selection)  # type: ignore[arg-type]
+
+
+def test_frozen_layers_are_named_when_they_become_bayesian() -> None:
+    """A frozen pretrained backbone (requires_grad=False) would silently become
+    trainable: convert says so, and exclude= keeps it deterministic."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    with pytest.warns(UserWarning, match=r"frozen weights .*trainable posteriors: 0 "):
+        net = bnn.convert(model)
+    assert isinstance(net[0], bnn.VILinear)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = bnn.convert(model, exclude=["0"])
+    assert not kept[0].weight.requires_grad

@@ -161,7 +161,9 @@ def test_pretrained_padding_row_is_kept_by_convert_and_export() -> None:
     torch.manual_seed(0)
     table = torch.randn(6, 3)
     for padding_idx in (0, -2):
-        module = nn.Embedding.from_pretrained(table, padding_idx=padding_idx)
+        module = nn.Embedding.from_pretrained(
+            table, freeze=False, padding_idx=padding_idx
+        )
         net = bnn.convert(module)
         assert isinstance(net, bnn.VIEmbedding)
         indices = torch.tensor([[0, 4, 5, 1]])
