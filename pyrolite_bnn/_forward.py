@@ -63,7 +63,13 @@ from pyrolite_bnn.distributions.variational import (
     NormalMoments,
 )
 from pyrolite_bnn.module import VIModule, whole_networks_requested
-from pyrolite_bnn.record import ForwardRecord, LayerRecord, TraceRecord, attach_record
+from pyrolite_bnn.record import (
+    ForwardRecord,
+    LayerRecord,
+    TraceRecord,
+    attach_record,
+    records_of_inputs,
+)
 
 __all__ = [
     "attach",
@@ -271,6 +277,7 @@ def pytorch_run(
         result = model_trace.nodes["_RETURN"]["value"]
         record = TraceRecord(guide_trace, model_trace, state.samples)
     record.sequence_batch = state.sequence_batch()
+    record.upstream = records_of_inputs(state.inputs)
     return attach(result, record, log_probs=getattr(root, "return_log_probs", False))
 
 

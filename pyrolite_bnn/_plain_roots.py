@@ -52,7 +52,7 @@ from pyrolite_bnn._network import collect_variables, outermost_bayesian
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
-from pyrolite_bnn.record import LayerRecord
+from pyrolite_bnn.record import LayerRecord, records_of_inputs
 
 __all__ = [
     "close_stale_frame",
@@ -282,6 +282,7 @@ def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     draws.finish()
     record = LayerRecord(draws, state.samples)
     record.sequence_batch = state.sequence_batch()
+    record.upstream = records_of_inputs(state.inputs)
     return attach(result, record, log_probs=getattr(module, "return_log_probs", False))
 
 

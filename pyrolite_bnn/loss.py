@@ -405,6 +405,15 @@ class KullbackLeiblerLoss(nn.Module):
     def _record_for(self, output: Tensor) -> ForwardRecord:
         _check_one_tensor(output)
         record = find_record(output)
+        if record.upstream:
+            raise ValueError(
+                "the network output was computed from the output of another "
+                "forward pass (a Bayesian network called on its own, whose output "
+                "went into this one): the loss would count this network's KL "
+                "only, and the two passes' particles are not paired. Call both "
+                "inside one network: bnn.VISequential(first, second), or a "
+                "bnn.VIModule whose forward calls both"
+            )
         if output.dim() < 2 or output.shape[0] != record.samples:
             raise ValueError(
                 f"output of shape {tuple(output.shape)} does not keep the particle "

@@ -42,6 +42,7 @@ __all__ = [
     "TraceRecord",
     "attach_record",
     "find_record",
+    "records_of_inputs",
     "release_record",
 ]
 
@@ -63,6 +64,8 @@ class ForwardRecord:
     def __init__(self, samples: int) -> None:
         self.samples = samples
         self.sequence_batch: int | None = None
+        # Passes whose outputs this pass took as inputs (set by the call).
+        self.upstream: list[ForwardRecord] = []
         self.analytic_sites: list[str] = []
         self.mc_sites: list[str] = []
 
@@ -485,6 +488,25 @@ def find_record(tensor: Tensor) -> ForwardRecord:
         ".clone() of a no-grad tensor cut the link). Pass out = model(x), or a "
         "tensor computed from it with autograd on, to the loss"
     )
+
+
+def records_of_inputs(inputs: Iterable[Tensor]) -> list[ForwardRecord]:
+    """The forward passes whose outputs ``inputs`` were computed from.
+
+    Inputs without autograd history (data, anything under ``torch.no_grad()``)
+    cost nothing; the graph of one with history is walked up to the first
+    records.
+    """
+    found: list[ForwardRecord] = []
+    for tensor in inputs:
+        record = getattr(tensor, "bnn_record", None)
+        records = (
+            [record]
+            if isinstance(record, ForwardRecord)
+            else _records_in_graph(tensor.grad_fn)
+        )
+        found += [r for r in records if all(r is not other for other in found)]
+    return found
 
 
 def _records_in_graph(root: Any) -> list[ForwardRecord]:

@@ -322,6 +322,28 @@ def test_loss_refuses_what_it_cannot_attribute() -> None:
         loss_fn(torch.randn(10, 8, 3), y)
 
 
+@pytest.mark.parametrize("root", ["VISequential", "plain"])
+def test_loss_refuses_an_output_of_two_separately_called_networks(root: str) -> None:
+    """dec(enc(x)) with enc and dec called on their own: the loss counted dec's
+    KL only (enc trained without its KL); composed in one network it counts both."""
+    container = bnn.VISequential if root == "VISequential" else nn.Sequential
+    encoder = container(bnn.VILinear(3, 4), nn.ReLU())
+    decoder = container(bnn.VILinear(4, 2))
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    for chained in (decoder(encoder(x).mean(0)), decoder(encoder(x)[0])):
+        with pytest.raises(ValueError, match="output of another forward pass"):
+            loss_fn(chained, y)
+    both = bnn.VISequential(encoder, decoder)
+    loss_fn(both(x), y)
+    with torch.no_grad():
+        separate = _kl(encoder(x)) + _kl(decoder(torch.randn(8, 4)))
+    assert float(loss_fn.last_kl) * N == pytest.approx(separate.item(), rel=1e-6)
+    # A deterministic torch module in front of a network is no other pass.
+    features = nn.Linear(3, 3)
+    loss_fn(bnn.VISequential(bnn.VILinear(3, 2))(features(x)), y)
+
+
 # ------------------------------------------------------------------ call boundary
 def test_dtype_mismatch_is_named_at_the_call() -> None:
     net = nn.Sequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
