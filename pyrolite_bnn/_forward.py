@@ -25,6 +25,7 @@ loss finds it.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -87,10 +88,44 @@ __all__ = [
 ]
 
 
+# Modules called as networks (outermost calls) in this process.
+_NETWORKS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def _in_backward_pass() -> bool:
+    """Whether autograd's engine is running a backward pass in this thread."""
+    # torch.utils.checkpoint reads the same (private) function; without it
+    # (another torch), the check below is skipped.
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1
+
+
+def _check_not_recomputed(root: nn.Module) -> None:
+    """Refuse a layer of a network run on its own by ``torch.utils.checkpoint``.
+
+    Checkpointing recomputes a function during the backward pass, outside
+    the network's call: a layer inside it would run as a network of its own,
+    with new draws and its own particle dimension, and the gradients would
+    be wrong (silently, with ``use_reentrant=True``). A whole network's call
+    recomputed this way is fine: its weights are drawn again from the same
+    random state.
+    """
+    if root not in _NETWORKS and _in_backward_pass():
+        raise RuntimeError(
+            f"{type(root).__name__} runs on its own during a backward pass: "
+            "torch.utils.checkpoint recomputes a checkpointed function outside "
+            "its network's call, where a Bayesian layer cannot read its "
+            "particles' weights (its gradients would be wrong). Checkpoint whole "
+            "network calls instead: checkpoint(net, x, use_reentrant=False)"
+        )
+    _NETWORKS.add(root)
+
+
 def prepare(
     root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], samples: int
 ) -> tuple[_particles.ParticleState, torch.device | None]:
     """Validate the inputs of an outermost call; return its particle state."""
+    _check_not_recomputed(root)
     count = _particles.check_samples(samples)
     batch, device = _particles.leading_input(args, kwargs)
     check_finite_inputs(args, kwargs, type(root).__name__)

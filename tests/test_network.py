@@ -14,6 +14,7 @@ import torch
 from pyro.infer import Predictive, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 from torch.distributions import kl_divergence
+from torch.utils.checkpoint import checkpoint
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn._network import collect_variables
@@ -673,3 +674,49 @@ def test_inputs_packed_in_a_tuple_or_dict_keep_their_batch(pack: type) -> None:
         inputs, torch.randint(0, 2, (6,)), samples=2
     )
     assert trace.nodes["obs"]["fn"].batch_shape == (2, 6)
+
+
+class _CheckpointedHead(bnn.VIModule):
+    """Runs its second layer under torch.utils.checkpoint (or not)."""
+
+    def __init__(self, checkpointed: bool, reentrant: bool) -> None:
+        super().__init__()
+        self.checkpointed, self.reentrant = checkpointed, reentrant
+        self.a = bnn.VILinear(3, 8, estimator="reparam")
+        self.b = bnn.VILinear(8, 2, estimator="reparam")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x).relu()
+        if not self.checkpointed:
+            return self.b(h)  # type: ignore[no-any-return]
+        out = checkpoint(self.b, h, use_reentrant=self.reentrant)
+        return out  # type: ignore[no-any-return]
+
+
+def _gradients(net: nn.Module, run: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=16)
+    loss_fn(run(x), y).backward()
+    return {name: p.grad for name, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_checkpointing_a_layer_inside_a_network_is_refused(reentrant: bool) -> None:
+    """Recomputed in backward outside the network's call, the layer would run
+    as a network of its own (torch's shape errors before)."""
+    net = _CheckpointedHead(checkpointed=True, reentrant=reentrant)
+    with pytest.raises(RuntimeError, match="Checkpoint whole network calls"):
+        _gradients(net, net)
+
+
+def test_checkpointing_a_whole_network_call_gives_the_same_gradients() -> None:
+    """Recomputing a whole call draws the same weights (torch restores the RNG)."""
+    torch.manual_seed(0)
+    net = _CheckpointedHead(checkpointed=False, reentrant=False)
+    plain = _gradients(net, net)
+    net.zero_grad()
+    checkpointed = _gradients(net, lambda x: checkpoint(net, x, use_reentrant=False))
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, msg=name)
