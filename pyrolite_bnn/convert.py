@@ -8,6 +8,11 @@ the ``Transformer`` layers and stacks, ``Sequential``/``ModuleList``/
 Everything else is copied unchanged: norms silently, other modules with
 parameters with one warning that lists them. The tree keeps its module paths,
 so the site names are the original parameter paths (``body.0.weight``).
+Train/eval modes and forward hooks (``register_forward_hook``,
+``register_forward_pre_hook``) go with each converted module, in both
+directions (:func:`~pyrolite_bnn.to_deterministic` too); a hook on a Bayesian
+layer inside a network sees its folded ``(B*S, ...)`` activations. Backward and
+``state_dict`` hooks are not carried (a warning names them).
 
 A custom root class (a ``forward`` of your own) becomes a
 :class:`ConvertedNetwork`: the same class with :class:`~pyrolite_bnn.VIModule`
@@ -35,16 +40,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from pyrolite_bnn._module_hooks import carry_forward_hooks
 from pyrolite_bnn.distributions.priors import NormalPrior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     VariationalFamily,
 )
 from pyrolite_bnn.layers import registry
-from pyrolite_bnn.layers.registry import LayerEntry, copy_training_modes
+from pyrolite_bnn.layers.registry import LayerEntry
 from pyrolite_bnn.module import GUIDE_STATE, NOT_NETWORK, VIModule
 
-__all__ = ["MOPED_MIN_SCALE", "ConvertedNetwork", "convert", "copy_training_modes"]
+__all__ = ["MOPED_MIN_SCALE", "ConvertedNetwork", "convert"]
 
 #: Smallest posterior standard deviation ``moped=`` gives (weights at zero).
 MOPED_MIN_SCALE = 1e-5
@@ -356,11 +362,19 @@ def _move_state(
     modules: dict[str, nn.Module] | None = None,
     skip: frozenset[str] = frozenset(),
 ) -> None:
-    """Give ``target`` the attributes, parameters, buffers, children of ``source``."""
+    """Give ``target`` the attributes, parameters, buffers, children of ``source``.
+
+    Its forward hooks too (``target``'s own hook dictionaries are kept).
+    """
     for key, value in vars(source).items():
         if key not in vars(target) and key not in skip:
             object.__setattr__(target, key, value)
     target.train(source.training)
+    carry_forward_hooks(
+        source,
+        target,
+        "bnn.convert" if isinstance(target, VIModule) else "bnn.to_deterministic",
+    )
     for name, parameter in source._parameters.items():
         target.register_parameter(name, parameter)
     for name, buffer in source._buffers.items():

@@ -638,3 +638,39 @@ def test_frozen_layers_are_named_when_they_become_bayesian() -> None:
         warnings.simplefilter("error")
         kept = bnn.convert(model, exclude=["0"])
     assert not kept[0].weight.requires_grad
+
+
+class _Hooked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.act, self.b = nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.b(self.act(self.a(x)))
+        return out
+
+
+@pytest.mark.parametrize("where", ["a pre-hook", "b", "root"])
+def test_forward_hooks_go_with_converted_and_exported_modules(where: str) -> None:
+    """Hooks on converted layers (and on a custom root) were dropped silently:
+    the converted model computed something else than the torch model."""
+    model = _Hooked().eval()
+    if where == "a pre-hook":
+        model.a.register_forward_pre_hook(lambda module, args: (args[0] * 0,))
+    else:
+        target = model if where == "root" else model.b
+        target.register_forward_hook(lambda module, args, out: out + 100)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        expected = model(x)
+        net = bnn.convert(model, variational=bnn.PointMass())
+        for particle in net(x, samples=2):
+            torch.testing.assert_close(particle, expected)
+        torch.testing.assert_close(bnn.to_deterministic(net)(x), expected)
+
+
+def test_hooks_that_cannot_go_with_a_converted_layer_are_named() -> None:
+    model = nn.Sequential(nn.Linear(4, 2))
+    model[0].register_full_backward_hook(lambda module, g_in, g_out: None)
+    with pytest.warns(UserWarning, match="backward hooks of a Linear are not carried"):
+        bnn.convert(model)

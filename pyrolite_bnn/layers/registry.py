@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._module_hooks import carry_forward_hooks
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
 
 __all__ = [
@@ -180,7 +181,7 @@ class LayerEntry:
         """
         if self.build_bayesian is not None:
             built = self.build_bayesian(module, children or {})
-            copy_training_modes(module, built)
+            _carry_module_state(module, built, "bnn.convert")
             return built
         reference = next(module.parameters(), None)
         if reference is not None:
@@ -191,7 +192,7 @@ class LayerEntry:
             for name, mean in self.means_from(module, layer).items():
                 layer.posterior[name].reset_parameters(mean.detach())
             _copy_children(module, layer)
-        copy_training_modes(module, layer)
+        _carry_module_state(module, layer, "bnn.convert")
         return layer
 
     def means_from(self, module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
@@ -226,7 +227,7 @@ class LayerEntry:
         """
         if self.build_torch is not None:
             built = self.build_torch(layer, children or {})
-            copy_training_modes(layer, built)
+            _carry_module_state(layer, built, "bnn.to_deterministic")
             return built
         weights = self.weights_from(layer, means)
         reference = next(iter(weights.values()), None)
@@ -243,8 +244,14 @@ class LayerEntry:
                 target = getattr(plain, name, None)
                 if isinstance(target, nn.Module):
                     target.load_state_dict(child.state_dict())
-        copy_training_modes(layer, plain)
+        _carry_module_state(layer, plain, "bnn.to_deterministic")
         return plain
+
+
+def _carry_module_state(source: nn.Module, built: nn.Module, what: str) -> None:
+    """What a copy keeps besides the weights: modes and forward hooks."""
+    copy_training_modes(source, built)
+    carry_forward_hooks(source, built, what)
 
 
 def copy_training_modes(source: nn.Module, target: nn.Module) -> None:

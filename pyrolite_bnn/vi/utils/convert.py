@@ -55,8 +55,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn.convert import convert, copy_training_modes
+from pyrolite_bnn.convert import convert
 from pyrolite_bnn.layers import registry
+from pyrolite_bnn.layers.registry import copy_training_modes
 from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.vi.utils.common_types import vikwargs_of
 
