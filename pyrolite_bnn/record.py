@@ -254,9 +254,19 @@ class LayerRecord(ForwardRecord):
         """See :meth:`ForwardRecord.kl`; closed forms are taken once per tensor."""
         self.analytic_sites, self.mc_sites = [], []
         total: Tensor | float = 0.0
+        # Closed forms that priors take together (the default prior's): by key.
+        groups: dict[Hashable, tuple[Prior, list[NormalMoments]]] = {}
         with distribution_checks_off():
             for index, variable in enumerate(self.variables):
                 moments = self.draws.moments[index]
+                if mode != "mc" and moments is not None:
+                    prior = variable.module.prior[variable.name]
+                    assert isinstance(prior, Prior)
+                    key = prior.closed_form_group(moments.loc)
+                    if key is not None:
+                        groups.setdefault(key, (prior, []))[1].append(moments)
+                        self.analytic_sites.append(variable.site)
+                        continue
                 term = None if mode == "mc" else _normal_closed_form(variable, moments)
                 if term is not None:
                     self.analytic_sites.append(variable.site)
@@ -278,6 +288,8 @@ class LayerRecord(ForwardRecord):
                     # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
                     term = (q.log_prob(drawn) - p.log_prob(drawn)).mean()
                 total = total + term
+            for prior, group in groups.values():
+                total = total + _group_closed_form(prior, group)
         return torch.as_tensor(total)
 
     def guide_parameters(self) -> dict[str, Tensor]:
@@ -330,6 +342,15 @@ def _normal_closed_form(
             "KL summed over the weight tensor (a scalar)"
         )
     return term
+
+
+def _group_closed_form(prior: Prior, moments: list[NormalMoments]) -> Tensor:
+    """The summed closed-form KL of the tensors of one prior group."""
+    if len(moments) == 1:
+        term = prior.kl_from_normal(*moments[0])
+        assert term is not None
+        return term
+    return prior.kl_from_normals(moments)
 
 
 def _is_normal(p: Any) -> bool:

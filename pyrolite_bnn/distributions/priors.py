@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, cast
 
 import pyro.distributions as dist
 import torch
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn.distributions.variational import NormalMoments
 
 __all__ = [
     "CallablePrior",
@@ -235,6 +236,30 @@ class Prior(nn.Module):
         """
         return None
 
+    def closed_form_group(self, loc: Tensor) -> Hashable | None:
+        """A key shared by priors whose KLs can be summed in one computation.
+
+        The KLs from mean-field Normal posteriors (with means like ``loc``) of
+        every weight tensor whose prior returns the same key are then taken
+        together by :meth:`kl_from_normals` (few large tensor operations in
+        place of a few small ones per tensor). ``None`` (the default): each
+        tensor's KL is taken on its own.
+        """
+        return None
+
+    def kl_from_normals(self, moments: Sequence[NormalMoments]) -> Tensor:
+        """The sum of :meth:`kl_from_normal` over several weight tensors.
+
+        Only called for tensors whose priors share this prior's
+        :meth:`closed_form_group` key.
+        """
+        terms = [self.kl_from_normal(loc, scale) for loc, scale in moments]
+        if any(term is None for term in terms):
+            raise NotImplementedError(
+                f"{type(self).__name__} has a closed_form_group but no closed form"
+            )
+        return torch.stack(cast(list[Tensor], terms)).sum()
+
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],
@@ -368,6 +393,30 @@ class NormalPrior(Prior):
             constant = loc.numel() * (math.log(s) - 0.5)
             return quadratic * (0.5 / (s * s)) - scale.log().sum() + constant
         return _normal_kl(self, loc, scale, self.loc, prior_scale)
+
+    def closed_form_group(self, loc: Tensor) -> Hashable | None:
+        """Scalar hyperparameters on the CPU: grouped by their values.
+
+        All such ``NormalPrior`` weights of a network (the default prior) share
+        one KL computation over their concatenated moments.
+        """
+        if (
+            type(self) is not NormalPrior
+            or self.loc.numel() != 1
+            or self.scale.numel() != 1
+            or self.scale.device.type != "cpu"
+            or is_capturing()
+        ):
+            return None
+        return (NormalPrior, float(self.loc), float(self.scale), loc.dtype, loc.device)
+
+    def kl_from_normals(self, moments: Sequence[NormalMoments]) -> Tensor:
+        """The closed form over the concatenated means and standard deviations."""
+        locs = torch.cat([loc.reshape(-1) for loc, _ in moments])
+        scales = torch.cat([scale.reshape(-1) for _, scale in moments])
+        term = self.kl_from_normal(locs, scales)
+        assert term is not None
+        return term
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return ``Normal(loc, scale)``."""

@@ -547,3 +547,42 @@ def test_a_bounded_prior_goes_with_a_point_mass_posterior() -> None:
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 10)
     loss = loss_fn(layer(torch.randn(4, 3)), torch.randn(4, 2))
     assert torch.isfinite(loss)
+
+
+class _OwnNormal(bnn.NormalPrior):
+    """A subclass may change the closed form: it is never grouped."""
+
+
+def test_grouped_closed_form_kl_equals_the_sum_over_tensors() -> None:
+    """The scalar NormalPriors of a network take their KLs together (one
+    computation per distinct (loc, scale)); the total is the sum of each
+    tensor's KL from torch.distributions, whatever the mix of priors."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(
+        bnn.VILinear(3, 5),  # default N(0, 1)
+        bnn.VILinear(5, 4, prior=bnn.NormalPrior(0.5, 2.0)),
+        bnn.VILinear(4, 4, prior=bnn.NormalPrior(0.5, 2.0)),
+        bnn.VILinear(4, 3, prior=_OwnNormal(0.0, 0.3)),
+        bnn.VILinear(3, 2, prior=bnn.LaplacePrior(0.0, 1.0)),
+        bnn.VILinear(2, 2),
+    )
+    for v in net.random_variables():  # posteriors away from their start
+        v.posterior.reset_parameters(torch.randn(v.shape), 0.1 + torch.rand(v.shape))
+    record = bnn.record.find_record(net(torch.randn(4, 3), samples=2))
+    expected = sum(
+        kl_divergence(
+            v.posterior.distribution(), v.module.prior_distribution(v.name)
+        ).sum()
+        for v in net.random_variables()
+    )
+    kl = record.kl("analytic")
+    torch.testing.assert_close(kl, expected, rtol=1e-6, atol=1e-5)
+    assert sorted(record.analytic_sites) == sorted(
+        v.site for v in net.random_variables()
+    )
+    groups = {
+        v.module.prior[v.name].closed_form_group(v.posterior.loc)
+        for v in net.random_variables()
+    }
+    assert len(groups - {None}) == 2  # N(0, 1) and N(0.5, 2); the rest on their own
+    assert _OwnNormal(0.0, 0.3).closed_form_group(torch.zeros(1)) is None
