@@ -35,6 +35,9 @@ __all__ = ["KullbackLeiblerLoss", "PyroModel", "batch_dim", "batch_first_layout"
 _KL_MODES = ("auto", "mc", "analytic")
 _REDUCTIONS = ("mean", "sum")
 _UNTRAINED_CHECK_STEP = 5
+# Loss calls of a group whose gradients were always cleared before them, after
+# which the group is no longer watched.
+_CLEARED_CALLS = 20
 
 
 def _integral(value: object) -> int | None:
@@ -74,19 +77,27 @@ class _ChangeWatch:
     backpropagated, or one whose optimizer clears the gradients, is not the
     symptom); the values at the first counted call are compared with those
     at the ``_UNTRAINED_CHECK_STEP``-th. A group whose parameter names change
-    (a new guide) is watched afresh.
+    (a new guide) is watched afresh. A group whose gradients are cleared
+    before each of its first ``_CLEARED_CALLS`` evaluations is not watched
+    further: an optimizer holding its parameters clears them.
     """
 
     def __init__(self) -> None:
         self.names: tuple[str, ...] = ()
         self.calls = 0
+        self.cleared = 0  # calls before the window, without gradients
         self.snapshot: list[Tensor] = []
         self.key: Hashable = None
 
     def finished(self, key: Hashable) -> bool:
-        """Whether the window of the group ``key`` is over (no need to collect it)."""
+        """Whether the watch of the group ``key`` is over (no need to collect it)."""
         return (
-            key is not None and key == self.key and self.calls >= _UNTRAINED_CHECK_STEP
+            key is not None
+            and key == self.key
+            and (
+                self.calls >= _UNTRAINED_CHECK_STEP
+                or (self.calls == 0 and self.cleared >= _CLEARED_CALLS)
+            )
         )
 
     def unchanged(self, params: Mapping[str, Tensor], key: Hashable = None) -> bool:
@@ -96,10 +107,11 @@ class _ChangeWatch:
         """
         names = tuple(params)
         if names != self.names or key != self.key:
-            self.names, self.key, self.calls = names, key, 0
+            self.names, self.key, self.calls, self.cleared = names, key, 0, 0
         if not params or self.calls >= _UNTRAINED_CHECK_STEP:
             return False
         if not any(p.is_leaf and p.grad is not None for p in params.values()):
+            self.cleared += 1
             return False
         self.calls += 1
         if self.calls == 1:

@@ -560,6 +560,34 @@ def test_loss_reused_for_a_new_network_watches_its_guide() -> None:
         _steps(second, loss_fn, torch.optim.Adam(first.parameters(), lr=1e-2), 8)
 
 
+def test_a_loop_that_clears_gradients_first_stops_being_watched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """zero_grad() before the forward pass (the usual loop) leaves no gradient
+    at the loss: the optimizer holds the guide, and after some steps the loss
+    stops reading the guide's parameters on every call."""
+    from pyrolite_bnn.record import LayerRecord
+
+    reads = 0
+    original = LayerRecord.guide_parameters
+
+    def counted(self: LayerRecord) -> dict[str, torch.Tensor]:
+        nonlocal reads
+        reads += 1
+        return original(self)
+
+    monkeypatch.setattr(LayerRecord, "guide_parameters", counted)
+    net = _classifier()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss_fn(net(x), y).backward()
+        optimizer.step()
+    assert 0 < reads <= 20
+
+
 def test_losses_without_backward_do_not_count() -> None:
     """Loss distributions and gradient studies at fixed parameters are silent."""
     net = _classifier()
