@@ -574,3 +574,29 @@ def test_bnn_trace_elbo_falls_back_for_an_explicit_estimator_called_twice() -> N
         pyro.set_rng_seed(3)
         values.append(elbo.loss(model, net.guide, x, y, samples=2))
     assert values[1] == pytest.approx(values[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["auto", "local", "flipout", "reparam"])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_inputs_of_zeros_without_bias_give_finite_gradients(
+    kind: str, estimator: str
+) -> None:
+    """An example whose input is all zeros into a layer without bias has output
+    variance 0: local reparameterisation took sqrt's infinite slope there and
+    gave NaN gradients (one Adam step then made the weights NaN). Its output
+    does not depend on the weights: their gradient from it is 0."""
+    if kind == "linear":
+        layer: bnn.VIModule = bnn.VILinear(3, 4, bias=False, estimator=estimator)
+        x = torch.randn(6, 3)
+    else:  # one output position per example: local reparameterisation applies
+        layer = bnn.VIConv2d(2, 4, 3, bias=False, estimator=estimator)
+        x = torch.randn(6, 2, 3, 3)
+    x[0] = 0.0
+    out = layer(x, samples=5)
+    out.square().sum().backward()
+    grads = {name: p.grad for name, p in layer.named_parameters()}
+    assert all(g is not None and bool(g.isfinite().all()) for g in grads.values())
+    layer.zero_grad()
+    layer(x[:1], samples=5).square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is None or not bool(p.grad.any()), name
