@@ -6,10 +6,12 @@ before using them, and the first layer's draws die right after it (autograd does
 not keep weights whose input needs no gradient). :class:`LazyDraws` does the
 same while keeping the traced guide's random stream: a variable is drawn when a
 layer first reads it, after every earlier variable in site order, so the values
-are the ones the traced guide would draw. The draw itself is not kept: the
+are the ones the traced guide would draw. A big draw itself is not kept: the
 device's random-number state before it is, and a later reader (the Monte-Carlo
 KL, ``log_probs``, a second read in the same forward pass) replays the draw from
-that state, getting the same values.
+that state, getting the same values; a small one (at most ``_KEEP_DRAWS_UP_TO``
+numbers) is kept, which costs less than saving the state. Every draw is made in
+the grad mode of the network's call, whichever layer triggers it.
 """
 
 from __future__ import annotations
@@ -150,8 +152,9 @@ class LazyDraws:
         self.samples = samples
         self.index = {(id(v.module), v.name): i for i, v in enumerate(variables)}
         count = len(variables)
-        # Kept draws: variables whose random state cannot be replayed, and every
-        # draw while a graph is captured (replaying would not be recorded).
+        # Kept draws: small ones, variables whose random state cannot be
+        # replayed, and every draw while a graph is captured (replaying would
+        # not be recorded).
         self.values: list[Tensor | None] = [None] * count
         self.states: list[Tensor | None] = [None] * count
         self.devices: list[torch.device | None] = [None] * count
@@ -164,6 +167,10 @@ class LazyDraws:
         self._moments_read = [False] * count
         self._keep = is_capturing()
         self._sums = _NOISE_SUMS.get()
+        # Weights are drawn in the grad mode of the network's call, like
+        # parameters, also when the layer reading first runs under no_grad
+        # (a frozen encoder draws every weight before its own).
+        self.grad_enabled = torch.is_grad_enabled()
 
     def get(self, key: tuple[int, str]) -> Tensor | NormalMoments | None:
         """The draw (or moments) of the variable ``key`` = (id(module), name).
@@ -223,6 +230,12 @@ class LazyDraws:
         )
 
     def _draw_through(self, index: int) -> None:
+        if self._drawn > index:
+            return
+        if torch.is_grad_enabled() != self.grad_enabled:
+            with torch.set_grad_enabled(self.grad_enabled):
+                self._draw_through(index)
+            return
         while self._drawn <= index:
             i = self._drawn
             self._drawn += 1

@@ -564,17 +564,26 @@ def test_a_scripted_module_runs_and_leaves_no_call_open() -> None:
 
 
 @pytest.mark.parametrize("estimator", ["reparam", "auto"])
-def test_plain_root_whose_first_layer_runs_without_gradients(estimator: str) -> None:
-    """A frozen Bayesian encoder (run under torch.no_grad()) in a plain root:
-    the trained head gets the gradients it gets without the no_grad block,
-    as in a VIModule root (the weights are drawn in the root call's mode)."""
+@pytest.mark.parametrize("root", [nn.Module, bnn.VIModule])
+@pytest.mark.parametrize("head_first", [False, True])
+def test_a_layer_run_without_gradients_leaves_the_others_theirs(
+    estimator: str, root: type[nn.Module], head_first: bool
+) -> None:
+    """A frozen Bayesian encoder (run under torch.no_grad()): the trained head
+    gets the gradients it gets without the no_grad block. Every weight is drawn
+    in the root call's grad mode: the moments of a plain root were taken in the
+    first layer's, and a head declared before the encoder was drawn when the
+    encoder read its own weights, under no_grad."""
 
-    class Net(nn.Module):
+    class Net(root):  # type: ignore[valid-type,misc]
         def __init__(self, freeze: bool) -> None:
             super().__init__()
             self.freeze = freeze
+            if head_first:  # site order: head, encoder
+                self.head = bnn.VILinear(8, 2, estimator=estimator)
             self.encoder = bnn.VILinear(3, 8, estimator=estimator)
-            self.head = bnn.VILinear(8, 2, estimator=estimator)
+            if not head_first:
+                self.head = bnn.VILinear(8, 2, estimator=estimator)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             with torch.set_grad_enabled(not self.freeze):
