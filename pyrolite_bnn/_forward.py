@@ -25,9 +25,11 @@ loss finds it.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import torch
@@ -69,7 +71,6 @@ from pyrolite_bnn.record import (
     LayerRecord,
     TraceRecord,
     attach_record,
-    records_of_inputs,
 )
 
 __all__ = [
@@ -100,17 +101,32 @@ def _in_backward_pass() -> bool:
     return current is not None and current() != -1
 
 
+def _in_checkpoint_recomputation() -> bool:
+    """Whether ``torch.utils.checkpoint`` is running the current call."""
+    checkpoint = sys.modules.get("torch.utils.checkpoint")  # loaded when used
+    if checkpoint is None:
+        return False
+    source = checkpoint.__file__
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename == source:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _check_not_recomputed(root: nn.Module) -> None:
     """Refuse a layer of a network run on its own by ``torch.utils.checkpoint``.
 
     Checkpointing recomputes a function during the backward pass, outside
     the network's call: a layer inside it would run as a network of its own,
     with new draws and its own particle dimension, and the gradients would
-    be wrong (silently, with ``use_reentrant=True``). A whole network's call
-    recomputed this way is fine: its weights are drawn again from the same
-    random state.
+    be wrong. A whole network's call recomputed this way is fine: its weights
+    are drawn again from the same random state. (A layer once called as a
+    network of its own is not told apart from a network: torch's own error
+    follows.)
     """
-    if root not in _NETWORKS and _in_backward_pass():
+    if root not in _NETWORKS and _in_backward_pass() and _in_checkpoint_recomputation():
         raise RuntimeError(
             f"{type(root).__name__} runs on its own during a backward pass: "
             "torch.utils.checkpoint recomputes a checkpointed function outside "
@@ -312,7 +328,6 @@ def pytorch_run(
         result = model_trace.nodes["_RETURN"]["value"]
         record = TraceRecord(guide_trace, model_trace, state.samples)
     record.sequence_batch = state.sequence_batch()
-    record.upstream = records_of_inputs(state.inputs)
     return attach(result, record, log_probs=getattr(root, "return_log_probs", False))
 
 

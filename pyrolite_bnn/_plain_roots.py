@@ -52,7 +52,7 @@ from pyrolite_bnn._network import collect_variables, outermost_bayesian
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
-from pyrolite_bnn.record import LayerRecord, records_of_inputs
+from pyrolite_bnn.record import LayerRecord
 
 __all__ = [
     "close_stale_frame",
@@ -149,7 +149,7 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
         return
     frame = _FRAME.get()
     if frame is not None and not frame.running():
-        _close(frame)
+        _close(frame, ended=False)
         frame = None
     state = _particles.current()
     if state is not None:
@@ -184,7 +184,7 @@ def close_stale_frame() -> None:
     """
     frame = _FRAME.get()
     if frame is not None and not frame.running():
-        _close(frame)
+        _close(frame, ended=False)
 
 
 def in_running_network() -> bool:
@@ -198,17 +198,28 @@ def in_running_network() -> bool:
     return _particles.current() is not None
 
 
-def _close(frame: _Frame) -> None:
-    """End ``frame``: close what it opened, drop its hook and unset it."""
-    if frame.stack is not None:
-        frame.stack.close()
-    if frame.closer is not None:
-        frame.closer.remove()
-    assert frame.token is not None
+def _close(frame: _Frame, *, ended: bool = True) -> None:
+    """End ``frame``: close what it opened, drop its hook and unset it.
+
+    ``ended=False`` for a stale frame (its call ended without its hook): what
+    it opened is closed as by the exception that ended the call, so that the
+    Pyro handlers among them, which that exception has already unwound, leave
+    Pyro's handler stack as it is.
+    """
     try:
-        _FRAME.reset(frame.token)
-    except ValueError:  # set in another context (a stale frame seen elsewhere)
-        _FRAME.set(None)
+        if frame.stack is not None and ended:
+            frame.stack.close()
+        elif frame.stack is not None:
+            interrupt = KeyboardInterrupt()
+            frame.stack.__exit__(KeyboardInterrupt, interrupt, None)
+    finally:
+        if frame.closer is not None:
+            frame.closer.remove()
+        assert frame.token is not None
+        try:
+            _FRAME.reset(frame.token)
+        except ValueError:  # set in another context (a stale frame seen elsewhere)
+            _FRAME.set(None)
 
 
 # Plain torch layers that mix the positions of a sequence (stacks and
@@ -282,7 +293,6 @@ def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     draws.finish()
     record = LayerRecord(draws, state.samples)
     record.sequence_batch = state.sequence_batch()
-    record.upstream = records_of_inputs(state.inputs)
     return attach(result, record, log_probs=getattr(module, "return_log_probs", False))
 
 

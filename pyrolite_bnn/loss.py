@@ -28,7 +28,12 @@ from pyrolite_bnn.compiled import LossGraphs
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import autoguide_running_model, check_pyro_call
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
-from pyrolite_bnn.record import ForwardRecord, KLMode, find_record
+from pyrolite_bnn.record import (
+    ForwardRecord,
+    KLMode,
+    find_record,
+    other_passes_upstream,
+)
 
 __all__ = ["KullbackLeiblerLoss", "PyroModel", "batch_dim", "batch_first_layout"]
 
@@ -38,6 +43,8 @@ _UNTRAINED_CHECK_STEP = 5
 # Loss calls of a group whose gradients were always cleared before them, after
 # which the group is no longer watched.
 _CLEARED_CALLS = 20
+# Loss calls per network whose output is checked for a chained network.
+_CHAIN_CHECKS = 3
 
 
 def _integral(value: object) -> int | None:
@@ -212,6 +219,8 @@ class KullbackLeiblerLoss(nn.Module):
         self.kl = kl
         self.reduction = reduction
         self._watches = {"predictive": _ChangeWatch(), "guide": _ChangeWatch()}
+        # Loss calls checked for chained networks, per network (its guide).
+        self._chain_checks: dict[Hashable, int] = {}
         self.graphs: LossGraphs | None = None
         if compile is not False:
             if compile is True:
@@ -417,7 +426,7 @@ class KullbackLeiblerLoss(nn.Module):
     def _record_for(self, output: Tensor) -> ForwardRecord:
         _check_one_tensor(output)
         record = find_record(output)
-        if record.upstream:
+        if self._chained(output, record):
             raise ValueError(
                 "the network output was computed from the output of another "
                 "forward pass (a Bayesian network called on its own, whose output "
@@ -432,6 +441,22 @@ class KullbackLeiblerLoss(nn.Module):
                 f"dimension of its forward pass ({record.samples} particles) first"
             )
         return record
+
+    def _chained(self, output: Tensor, record: ForwardRecord) -> bool:
+        """Whether ``output`` also depends on another separately called network.
+
+        Checked on the first few calls of each network (the graph walk costs
+        as much as the network has operations); how a training loop composes
+        its networks does not change from step to step.
+        """
+        if is_capturing() or not torch.is_grad_enabled():
+            return False
+        key = record.guide_identity()
+        checks = self._chain_checks.get(key, 0)
+        if checks >= _CHAIN_CHECKS:
+            return False
+        self._chain_checks[key] = checks + 1
+        return other_passes_upstream(output, record)
 
     def check_batch(self, output: Tensor, sequence_batch: int | None = None) -> int:
         """The batch size ``B`` of an output; refuses 0 and ``B > N``.

@@ -42,7 +42,7 @@ __all__ = [
     "TraceRecord",
     "attach_record",
     "find_record",
-    "records_of_inputs",
+    "other_passes_upstream",
     "release_record",
 ]
 
@@ -64,8 +64,6 @@ class ForwardRecord:
     def __init__(self, samples: int) -> None:
         self.samples = samples
         self.sequence_batch: int | None = None
-        # Passes whose outputs this pass took as inputs (set by the call).
-        self.upstream: list[ForwardRecord] = []
         self.analytic_sites: list[str] = []
         self.mc_sites: list[str] = []
 
@@ -511,23 +509,29 @@ def find_record(tensor: Tensor) -> ForwardRecord:
     )
 
 
-def records_of_inputs(inputs: Iterable[Tensor]) -> list[ForwardRecord]:
-    """The forward passes whose outputs ``inputs`` were computed from.
+def other_passes_upstream(tensor: Tensor, record: ForwardRecord) -> bool:
+    """Whether ``tensor`` (from the pass of ``record``) also depends on another pass.
 
-    Inputs without autograd history (data, anything under ``torch.no_grad()``)
-    cost nothing; the graph of one with history is walked up to the first
-    records.
+    True when the network of ``record`` took as input an output of another
+    separately called network (``dec(enc(x))``). Walks ``tensor``'s whole
+    autograd graph, past ``record``'s own marks: meant for a few checks, not
+    every step.
     """
-    found: list[ForwardRecord] = []
-    for tensor in inputs:
-        record = getattr(tensor, "bnn_record", None)
-        records = (
-            [record]
-            if isinstance(record, ForwardRecord)
-            else _records_in_graph(tensor.grad_fn)
-        )
-        found += [r for r in records if all(r is not other for other in found)]
-    return found
+    root = tensor.grad_fn
+    if root is None:
+        return False
+    seen = {id(root)}
+    stack: list[Any] = [root]  # ``Node.metadata`` is a dict (a method in stubs)
+    while stack:
+        node = stack.pop()
+        found = node.metadata.get(_METADATA_KEY)
+        if found is not None and found is not record:
+            return True
+        for child, _ in node.next_functions:
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    return False
 
 
 def _records_in_graph(root: Any) -> list[ForwardRecord]:

@@ -552,6 +552,22 @@ def test_a_keyboard_interrupt_leaves_no_call_open(where: str) -> None:
     assert interrupted(x).shape[-2:] == (4, 3 if where == "plain module" else 2)
 
 
+def test_a_keyboard_interrupt_inside_pyro_inference_leaves_pyro_intact() -> None:
+    """Interrupted while it ran as a Pyro model (its particle plate is a Pyro
+    handler, already unwound by the interrupt), a plain network's stale call
+    is closed without touching Pyro's handler stack."""
+    stop = _Interrupts()
+    net = nn.Sequential(bnn.VILinear(3, 3), stop, bnn.VILinear(3, 2))
+    x = torch.randn(4, 3)
+    with pytest.raises(KeyboardInterrupt):
+        pyro.poutine.trace(net).get_trace(x)
+    assert nn.Sequential(nn.Linear(3, 2), nn.ReLU())(x).shape == (4, 2)
+    stop.interrupt = False
+    trace = pyro.poutine.trace(net).get_trace(x)
+    assert trace.nodes["_RETURN"]["value"].shape == (10, 4, 2)
+    assert net(x).shape == (10, 4, 2)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script`:DeprecationWarning")
 def test_a_scripted_module_runs_and_leaves_no_call_open() -> None:
     """TorchScript modules take no forward hooks: they are no plain networks."""
@@ -729,3 +745,21 @@ def test_checkpointing_a_whole_network_call_gives_the_same_gradients() -> None:
     assert plain.keys() == checkpointed.keys()
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, msg=name)
+
+
+def test_a_network_called_during_backward_runs() -> None:
+    """Only a layer recomputed by torch.utils.checkpoint is refused: a network
+    called in a gradient hook (here on its very first call) runs."""
+    critic = bnn.VISequential(bnn.VILinear(4, 1))
+    seen = []
+
+    def scale(grad: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            seen.append(critic(grad).shape)
+        return grad
+
+    w = torch.randn(8, 4, requires_grad=True)
+    h = w * 2
+    h.register_hook(scale)
+    h.sum().backward()
+    assert seen == [(10, 8, 1)]
