@@ -236,3 +236,55 @@ def test_assigning_a_tensor_to_a_random_variable_is_refused() -> None:
     mean = layer.posterior["weight"].mean().detach()
     torch.testing.assert_close(mean, torch.ones(4, 3))
     assert layer(torch.randn(2, 3), samples=3).shape == (3, 2, 4)
+
+
+@pytest.mark.parametrize("how", ["context", "argument"])
+def test_layers_build_on_the_meta_device_and_materialise(how: str) -> None:
+    """torch's way to build a big model without memory: meta, then to_empty
+    and reset_parameters (the prior check read meta values and failed)."""
+
+    def build() -> bnn.VISequential:
+        device = "meta" if how == "argument" else None
+        return bnn.VISequential(
+            bnn.VILinear(3, 8, device=device),
+            nn.ReLU(),
+            bnn.VIConv1d(1, 2, 3, device=device),
+        )
+
+    if how == "context":
+        with torch.device("meta"):
+            net = build()
+    else:
+        net = build()
+    assert {p.device.type for p in net.parameters()} == {"meta"}
+    reference = bnn.VISequential(
+        bnn.VILinear(3, 8), nn.ReLU(), bnn.VIConv1d(1, 2, 3)
+    )  # e.g. a checkpoint's weights
+    net = net.to_empty(device="cpu")
+    net.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 1, 3)
+    torch.manual_seed(0)
+    out = net(x, samples=2)
+    torch.manual_seed(0)
+    torch.testing.assert_close(out, reference(x, samples=2))
+
+
+def test_torch_func_vmap_over_a_network_call() -> None:
+    """The input checks cannot read values under vmap: they count as passed
+    (vmap raised 'data-dependent control flow' from the finiteness check)."""
+    net = bnn.VISequential(
+        bnn.VILinear(3, 8, estimator="reparam"),
+        nn.Tanh(),
+        bnn.VILinear(8, 2, estimator="reparam"),
+    )
+    x = torch.randn(5, 3)
+
+    def one(example: torch.Tensor) -> torch.Tensor:
+        return net(example.unsqueeze(0), samples=3).squeeze(1)
+
+    torch.manual_seed(1)
+    mapped = torch.func.vmap(one, randomness="same")(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(mapped.transpose(0, 1), net(x, samples=3))
+    with pytest.raises(ValueError, match="NaN"):
+        net(torch.full((2, 3), float("nan")))  # outside vmap: still checked

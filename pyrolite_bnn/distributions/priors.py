@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._validation import readable_all
 from pyrolite_bnn.distributions.variational import NormalMoments
 
 __all__ = [
@@ -78,7 +79,7 @@ _unit_open = _UnitOpen()
 
 def _satisfies(constraint: constraints.Constraint, value: Tensor) -> bool:
     """Whether every element of ``value`` satisfies ``constraint``."""
-    return bool(constraint.check(value).all())  # type: ignore[no-untyped-call]
+    return readable_all(constraint.check(value))  # type: ignore[no-untyped-call]
 
 
 def _broadcast_shape(*shapes: torch.Size) -> torch.Size:
@@ -218,6 +219,8 @@ class Prior(nn.Module):
             >>> import torch, pyrolite_bnn as bnn
             >>> bnn.LaplacePrior().check_support((3, 2))
         """
+        if any(t.is_meta for t in self.buffers()):
+            return  # no values yet (built for torch's to_empty); nothing to check
         check_real_support(self(shape), self.family())
 
     def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
