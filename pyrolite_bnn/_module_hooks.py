@@ -5,7 +5,8 @@ from an ``nn.Linear`` and back). Forward hooks and pre-hooks the user
 registered go with them, in their order; torch offers no public way to list a
 module's hooks, so this reads its hook dictionaries. Other hooks (backward,
 ``state_dict``) act on gradients or parameter names that the new module does
-not share: they are not carried, and a warning names them.
+not share: they are not carried, and :func:`warn_hooks_left_behind` names the
+modules that had them.
 """
 
 from __future__ import annotations
@@ -14,17 +15,23 @@ import warnings
 
 from torch import nn
 
-__all__ = ["carry_forward_hooks"]
+__all__ = [
+    "FORWARD_HOOKS",
+    "OTHER_HOOKS",
+    "carry_forward_hooks",
+    "warn_hooks_left_behind",
+]
 
-# The dictionaries torch's register_forward_(pre_)hook fill, keyed by hook id.
-_FORWARD_HOOKS = (
+#: The dictionaries torch's ``register_forward_(pre_)hook`` fill, by hook id.
+FORWARD_HOOKS = (
     "_forward_pre_hooks",
     "_forward_pre_hooks_with_kwargs",
     "_forward_hooks",
     "_forward_hooks_with_kwargs",
     "_forward_hooks_always_called",
 )
-_OTHER_HOOKS = {
+#: The other hook dictionaries of a module, and the kind of hook each holds.
+OTHER_HOOKS = {
     "_backward_pre_hooks": "backward",
     "_backward_hooks": "backward",
     "_state_dict_pre_hooks": "state_dict",
@@ -34,28 +41,42 @@ _OTHER_HOOKS = {
 }
 
 
-def carry_forward_hooks(source: nn.Module, target: nn.Module, what: str) -> None:
+def carry_forward_hooks(source: nn.Module, target: nn.Module) -> None:
     """Give ``target`` (built from ``source``) ``source``'s forward hooks.
 
-    Args:
-        source: the module the hooks were registered on.
-        target: the module built from it.
-        what: the operation, for the warning (``"bnn.convert"``).
+    The hooks run as registered; the user's ``RemovableHandle`` of a hook
+    removes it from ``source`` only (as after ``copy.deepcopy``).
     """
     if source is target:
         return
-    for name in _FORWARD_HOOKS:
+    for name in FORWARD_HOOKS:
         hooks = getattr(source, name, None)
         if hooks:
             getattr(target, name).update(hooks)
-    left = sorted(
-        {kind for name, kind in _OTHER_HOOKS.items() if getattr(source, name, None)}
-    )
+
+
+def warn_hooks_left_behind(
+    before: list[tuple[str, nn.Module]], after: nn.Module, what: str
+) -> None:
+    """Warn once, naming the rebuilt modules whose other hooks were not carried.
+
+    Args:
+        before: ``named_modules()`` of the model as it was converted.
+        after: the result; a module still in it was not rebuilt.
+        what: the operation (``"bnn.convert"``).
+    """
+    kept = {id(module) for module in after.modules()}
+    left = []
+    for path, module in before:
+        kinds = sorted(
+            {kind for name, kind in OTHER_HOOKS.items() if getattr(module, name, None)}
+        )
+        if kinds and id(module) not in kept:
+            left.append(f"{path or '<root>'} ({' and '.join(kinds)} hooks)")
     if left:
         warnings.warn(
-            f"{what}: the {' and '.join(left)} hooks of a {type(source).__name__} "
-            f"are not carried to the {type(target).__name__} built from it "
-            "(forward hooks are); register them again on the new module",
+            f"{what}: hooks other than forward hooks are not carried to the rebuilt "
+            f"modules: {', '.join(left)}; register them again on the new modules",
             UserWarning,
-            stacklevel=4,
+            stacklevel=3,
         )

@@ -11,8 +11,10 @@ so the site names are the original parameter paths (``body.0.weight``).
 Train/eval modes and forward hooks (``register_forward_hook``,
 ``register_forward_pre_hook``) go with each converted module, in both
 directions (:func:`~pyrolite_bnn.to_deterministic` too); a hook on a Bayesian
-layer inside a network sees its folded ``(B*S, ...)`` activations. Backward and
-``state_dict`` hooks are not carried (a warning names them).
+layer inside a network sees its folded ``(B*S, ...)`` activations, and a
+pre-hook on the network's root runs after the call has checked its inputs
+(dtype, finite values, batch size): convert inputs before the call instead.
+Backward and ``state_dict`` hooks are not carried (a warning names them).
 
 A custom root class (a ``forward`` of your own) becomes a
 :class:`ConvertedNetwork`: the same class with :class:`~pyrolite_bnn.VIModule`
@@ -40,14 +42,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from pyrolite_bnn._module_hooks import carry_forward_hooks
+from pyrolite_bnn._module_hooks import warn_hooks_left_behind
 from pyrolite_bnn.distributions.priors import NormalPrior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     VariationalFamily,
 )
 from pyrolite_bnn.layers import registry
-from pyrolite_bnn.layers.registry import LayerEntry
+from pyrolite_bnn.layers.registry import LayerEntry, carry_module_state
 from pyrolite_bnn.module import GUIDE_STATE, NOT_NETWORK, VIModule
 
 __all__ = ["MOPED_MIN_SCALE", "ConvertedNetwork", "convert"]
@@ -185,9 +187,11 @@ def convert(
     except RuntimeError as error:  # torch's own limit (pruning, old weight_norm)
         raise TypeError(_uncopyable_message(module, error)) from error
     _drop_copy_shadows(module, duplicate)
+    before = list(duplicate.named_modules())
     root = converter.convert(duplicate, "")
     converter.warn(tied)
     network = root if isinstance(root, VIModule) else ConvertedNetwork.wrap(root)
+    warn_hooks_left_behind(before, network, "bnn.convert")
     if not any(
         isinstance(m, VIModule) and m.declared_variables() for m in network.modules()
     ):
@@ -369,12 +373,7 @@ def _move_state(
     for key, value in vars(source).items():
         if key not in vars(target) and key not in skip:
             object.__setattr__(target, key, value)
-    target.train(source.training)
-    carry_forward_hooks(
-        source,
-        target,
-        "bnn.convert" if isinstance(target, VIModule) else "bnn.to_deterministic",
-    )
+    carry_module_state(source, target)
     for name, parameter in source._parameters.items():
         target.register_parameter(name, parameter)
     for name, buffer in source._buffers.items():

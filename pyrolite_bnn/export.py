@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._module_hooks import warn_hooks_left_behind
 from pyrolite_bnn._network import network_children
 from pyrolite_bnn._pyro_module import local_params, note_structure_change
 from pyrolite_bnn.convert import ConvertedNetwork
@@ -95,10 +96,15 @@ def to_deterministic(model: nn.Module) -> nn.Module:
     means: dict[int, dict[str, Tensor]] = {}
     for v in clone.random_variables():
         means.setdefault(id(v.module), {})[v.name] = medians[v.site].detach()
+    before = list(clone.named_modules())
     converted = _convert(clone, means, {})
-    if isinstance(converted, VIModule):
-        return DeterministicNetwork(converted)
-    return converted
+    result = (
+        DeterministicNetwork(converted)
+        if isinstance(converted, VIModule)
+        else converted
+    )
+    warn_hooks_left_behind(before, result, "bnn.to_deterministic")
+    return result
 
 
 def _convert(

@@ -670,7 +670,31 @@ def test_forward_hooks_go_with_converted_and_exported_modules(where: str) -> Non
 
 
 def test_hooks_that_cannot_go_with_a_converted_layer_are_named() -> None:
-    model = nn.Sequential(nn.Linear(4, 2))
+    """Named by path, in one warning pointing at the caller's line."""
+    model = nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 2))
     model[0].register_full_backward_hook(lambda module, g_in, g_out: None)
-    with pytest.warns(UserWarning, match="backward hooks of a Linear are not carried"):
-        bnn.convert(model)
+    model[1].register_full_backward_hook(lambda module, g_in, g_out: None)  # kept
+    with pytest.warns(
+        UserWarning, match=r"rebuilt modules: 0 \(backward hooks\);"
+    ) as caught:
+        net = bnn.convert(model)
+    assert len(caught) == 1
+    assert caught[0].filename == __file__
+    net[0].register_state_dict_pre_hook(lambda *args: None)
+    with pytest.warns(UserWarning, match=r"modules: 0 \(state_dict hooks\);") as caught:
+        bnn.to_deterministic(net)
+    assert caught[0].filename == __file__
+
+
+def test_the_hook_dictionaries_read_are_torchs() -> None:
+    """torch lists a module's hooks nowhere publicly: the names read must exist
+    (a torch renaming them would silently stop carrying hooks)."""
+    from pyrolite_bnn._module_hooks import FORWARD_HOOKS, OTHER_HOOKS
+
+    module = nn.Linear(2, 2)
+    for name in (*FORWARD_HOOKS, *OTHER_HOOKS):
+        assert isinstance(getattr(module, name), dict), name
+    module.register_forward_hook(lambda *args: None, with_kwargs=True, always_call=True)
+    module.register_forward_pre_hook(lambda *args: None, with_kwargs=True)
+    module.register_full_backward_pre_hook(lambda *args: None)
+    assert all(getattr(module, name) for name in FORWARD_HOOKS)

@@ -42,6 +42,7 @@ from pyrolite_bnn.module import NOT_NETWORK, VIModule
 __all__ = [
     "LayerCase",
     "LayerEntry",
+    "carry_module_state",
     "copy_training_modes",
     "entries",
     "for_bayesian",
@@ -181,7 +182,7 @@ class LayerEntry:
         """
         if self.build_bayesian is not None:
             built = self.build_bayesian(module, children or {})
-            _carry_module_state(module, built, "bnn.convert")
+            carry_module_state(module, built)
             return built
         reference = next(module.parameters(), None)
         if reference is not None:
@@ -192,7 +193,7 @@ class LayerEntry:
             for name, mean in self.means_from(module, layer).items():
                 layer.posterior[name].reset_parameters(mean.detach())
             _copy_children(module, layer)
-        _carry_module_state(module, layer, "bnn.convert")
+        carry_module_state(module, layer)
         return layer
 
     def means_from(self, module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
@@ -227,7 +228,7 @@ class LayerEntry:
         """
         if self.build_torch is not None:
             built = self.build_torch(layer, children or {})
-            _carry_module_state(layer, built, "bnn.to_deterministic")
+            carry_module_state(layer, built)
             return built
         weights = self.weights_from(layer, means)
         reference = next(iter(weights.values()), None)
@@ -244,14 +245,18 @@ class LayerEntry:
                 target = getattr(plain, name, None)
                 if isinstance(target, nn.Module):
                     target.load_state_dict(child.state_dict())
-        _carry_module_state(layer, plain, "bnn.to_deterministic")
+        carry_module_state(layer, plain)
         return plain
 
 
-def _carry_module_state(source: nn.Module, built: nn.Module, what: str) -> None:
-    """What a copy keeps besides the weights: modes and forward hooks."""
+def carry_module_state(source: nn.Module, built: nn.Module) -> None:
+    """What a module built from ``source`` keeps besides its weights.
+
+    Each submodule's train/eval mode (:func:`copy_training_modes`) and the
+    forward hooks (:func:`~pyrolite_bnn._module_hooks.carry_forward_hooks`).
+    """
     copy_training_modes(source, built)
-    carry_forward_hooks(source, built, what)
+    carry_forward_hooks(source, built)
 
 
 def copy_training_modes(source: nn.Module, target: nn.Module) -> None:
