@@ -449,8 +449,67 @@ def test_debug_guide_non_bayesian_everything_is_a_plain_loss() -> None:
     loss = loss_fn(out, y)
     mse = F.mse_loss(out[0], y)
     assert float(loss_fn.last_kl) == 0.0
-    # -log N(y; mu, 1/2) = (y - mu)^2 + log(pi) / 2, summed over the N examples
-    torch.testing.assert_close(loss, 8 * (mse + 0.5 * math.log(math.pi)))
+    # torch_blue's value: N times nn.MSELoss(), no constant
+    torch.testing.assert_close(loss, 8 * mse)
+
+
+@pytest.mark.parametrize("loss_type", ["MSE", "L1"])
+@pytest.mark.parametrize("outputs", [1, 4])
+def test_non_bayesian_loss_is_n_times_the_torch_loss(
+    loss_type: str, outputs: int
+) -> None:
+    """torch_blue's scale: N * nn.MSELoss()/nn.L1Loss() (mean over all elements).
+
+    It was D times that plus N * D * log(pi) / 2 (MSE) or N * D * log 2 (L1)
+    for D outputs: the loss was a Normal/Laplace log density summed over them.
+    """
+    torch_loss = nn.MSELoss() if loss_type == "MSE" else nn.L1Loss()
+    layer = vi.VILinear(3, outputs)  # Bayesian weights: each particle its own
+    loss_fn = vi.KullbackLeiblerLoss(NonBayesian(loss_type), dataset_size=100)
+    x, y = torch.randn(8, 3), torch.randn(8, outputs)
+    out = layer(x, samples=3)
+    loss = loss_fn(out, y)
+    expected = 100 * torch.stack([torch_loss(o, y) for o in out]).mean()
+    torch.testing.assert_close(loss_fn.last_nll, expected.detach())
+    # the gradient reaching the network output is the torch loss's
+    data_grad = torch.autograd.grad(loss, out)[0]
+    torch.testing.assert_close(data_grad, torch.autograd.grad(expected, out)[0])
+    # a scalar target (B,) against outputs (S, B, 1): the same elements
+    if outputs == 1:
+        out, target = layer(x, samples=3), y.squeeze(-1)
+        loss_fn(out, target)
+        expected = 100 * torch.stack([torch_loss(o[:, 0], target) for o in out]).mean()
+        torch.testing.assert_close(loss_fn.last_nll, expected.detach())
+
+
+def test_non_bayesian_loss_of_a_sequence_first_output() -> None:
+    """(S, L, B, ...): still N times the mean over all elements (was L/B times)."""
+    net = vi.VISequential(vi.VITransformerEncoderLayer(4, 2, 8, batch_first=False))
+    x, y = torch.randn(5, 3, 4), torch.randn(5, 3, 4)  # L = 5, B = 3
+    out = net(x, samples=2)
+    loss_fn = vi.KullbackLeiblerLoss(NonBayesian("MSE"), dataset_size=100)
+    loss_fn(out, y)
+    expected = 100 * torch.stack([F.mse_loss(o, y) for o in out]).mean()
+    torch.testing.assert_close(loss_fn.last_nll, expected.detach())
+
+
+def test_non_bayesian_likelihood_summaries_for_predict() -> None:
+    """The density exp(-mean_d loss) is N(out, D/2) (MSE), Laplace(out, D) (L1)."""
+    net = vi.VILinear(3, 4)
+    x = torch.randn(6, 3)
+    squared = bnn.predict(net, x, NonBayesian("MSE"), samples=5)
+    torch.testing.assert_close(squared.aleatoric_var, torch.full((6, 4), 2.0))
+    low, high = squared.interval(0.9)
+    assert bool((low < squared.mean).all() and (squared.mean < high).all())
+    absolute = bnn.predict(net, x, NonBayesian("L1"), samples=5)
+    torch.testing.assert_close(absolute.aleatoric_var, torch.full((6, 4), 32.0))
+    with pytest.raises(NotImplementedError, match="L1"):
+        absolute.interval(0.9)
+    # Draws of the Pyro observation site have that spread (8 000 per element:
+    # the variance estimate's relative error is about sqrt(2 / 8000) = 1.6%).
+    likelihood = NonBayesian("MSE").to_predictive()
+    draws = likelihood(torch.zeros(2000, 4, 4)).sample()
+    assert float(draws.var()) == pytest.approx(2.0, rel=0.1)
 
 
 def test_analytical_loss_mixes_priors_across_layers() -> None:
@@ -482,6 +541,152 @@ def test_divergence_modules() -> None:
     torch.testing.assert_close(
         vi.UniformNormalDivergence()([None], [mean, log_std]), (-log_std - 0.5).sum()
     )
+
+
+def _mc_kl(layer: nn.Module, draws: int = 4000) -> tuple[float, float, float]:
+    """Monte-Carlo KL of one forward pass: the loss's, the mean and the SE of
+    the per-particle ``log q - log p`` (from the output's ``log_probs``).
+
+    With local reparameterisation (``VILinear``) the layer draws no weights:
+    the loss's KL and ``log_probs`` are each estimated from fresh draws, two
+    independent estimates of the same KL with the same standard error.
+    """
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=10)
+    with torch.no_grad():
+        out = layer(torch.randn(2, 3), samples=draws)
+        loss_fn(out, torch.randint(0, 2, (2,)))
+    per_particle = out.log_probs[:, 1] - out.log_probs[:, 0]
+    error = float(per_particle.std()) / math.sqrt(draws)
+    return float(loss_fn.last_kl), float(per_particle.mean()), error
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize("norm_constants", [False, True])
+def test_quiet_prior_enters_the_loss_normalised(norm_constants: bool) -> None:
+    """KL of BasicQuietPrior = exact E_q[log q - log p] with both densities
+    normalised, whatever use_norm_constants says (it was lower by log(2 pi)
+    per weight with the switch off: -4.86 instead of 9.85 here).
+
+    Tolerance: 5 standard errors of a 4000-draw mean (failure rate < 1e-6 each).
+    """
+    layer = vi.VILinear(3, 2, prior=BasicQuietPrior(), prior_initialization=True)
+    with torch.no_grad():  # stds below the prior's r |mean|: the KL varies with w
+        layer._weight_log_std.sub_(0.3)
+        layer._bias_log_std.sub_(0.3)
+    exact = 0.0
+    for name in ("weight", "bias"):
+        mean = getattr(layer, f"_{name}_mean").detach()
+        log_std = getattr(layer, f"_{name}_log_std").detach()
+        variance = mean**2 + 1e-10  # std_ratio 1, eps 1e-10
+        log_q = -0.5 - log_std - 0.5 * math.log(2 * math.pi)
+        log_p = -0.5 * (
+            (2 * log_std).exp() / variance
+            + mean**2 / (1.0 + 1e-10)
+            + variance.log()
+            + math.log(1.0 + 1e-10)
+            + 2 * math.log(2 * math.pi)
+        )
+        exact += float((log_q - log_p).sum())
+    vi.utils.use_norm_constants(norm_constants)
+    try:
+        loss_kl, mean_kl, error = _mc_kl(layer)
+    finally:
+        vi.utils.use_norm_constants(False)
+    assert abs(loss_kl - exact) < 5 * error
+    assert abs(mean_kl - exact) < 5 * error
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize("norm_constants", [False, True])
+def test_student_t_posterior_enters_the_loss_normalised(norm_constants: bool) -> None:
+    """KL of a MeanFieldStudentT posterior = -entropy - E_q[log N(w; 0.2, 0.5)],
+    in closed form (it was higher by the Student-t constant per weight, 9.08
+    instead of 1.26 for df = 4, with use_norm_constants off).
+
+    df = 10 keeps the estimator's variance finite (E[w^4] exists for df > 4).
+    Tolerance: 5 standard errors of a 4000-draw mean (failure rate < 1e-6 each).
+    """
+    df = 10.0
+    layer = vi.VILinear(
+        3,
+        2,
+        variational_distribution=MeanFieldStudentT(scale=0.5, degrees_of_freedom=df),
+        prior=MeanFieldNormal(0.2, 0.5),
+    )
+    exact = 0.0
+    for name in ("weight", "bias"):
+        mean = getattr(layer, f"_{name}_mean").detach()
+        scale = getattr(layer, f"_{name}_log_scale").detach().exp()
+        entropy = torch.distributions.StudentT(df, mean, scale).entropy()
+        square = scale**2 * df / (df - 2) + (mean - 0.2) ** 2  # E_q (w - 0.2)^2
+        log_p = -0.5 * math.log(2 * math.pi * 0.25) - square / (2 * 0.25)
+        exact += float((-entropy - log_p).sum())
+    vi.utils.use_norm_constants(norm_constants)
+    try:
+        loss_kl, mean_kl, error = _mc_kl(layer)
+    finally:
+        vi.utils.use_norm_constants(False)
+    assert abs(loss_kl - exact) < 5 * error
+    assert abs(mean_kl - exact) < 5 * error
+
+
+def test_uniform_prior_kl_is_torch_blues_however_it_is_found() -> None:
+    """Found or given as divergence_type: torch_blue's sum(-log_std - 1/2).
+
+    The found one was lower by log(2 pi) / 2 per weight (-39.72 against
+    torch_blue's 29.20 for a 5-8-3 network).
+    """
+    net = vi.VISequential(
+        vi.VILinear(5, 8, prior=UniformPrior()),
+        nn.ReLU(),
+        vi.VILinear(8, 3, prior=UniformPrior()),
+    )
+    log_stds = [p for n, p in net.named_parameters() if n.endswith("log_std")]
+    expected = sum((-p - 0.5).sum() for p in log_stds)
+    found = vi.AnalyticalKullbackLeiblerLoss(net, Categorical(), dataset_size=10)
+    given = vi.AnalyticalKullbackLeiblerLoss(
+        net, Categorical(), 10, divergence_type=vi.UniformNormalDivergence()
+    )
+    assert isinstance(found.kl_module, vi.UniformNormalDivergence)
+    torch.testing.assert_close(found.prior_matching(), expected)
+    torch.testing.assert_close(given.prior_matching(), expected)
+    vi.utils.use_norm_constants(True)  # the loss does not depend on it
+    try:
+        torch.testing.assert_close(given.prior_matching(), expected)
+        torch.testing.assert_close(found.prior_matching(), expected)
+    finally:
+        vi.utils.use_norm_constants(False)
+    # the plain loss takes the same closed form
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=10)
+    loss_fn(net(torch.randn(4, 5), samples=2), torch.randint(0, 3, (4,)))
+    torch.testing.assert_close(loss_fn.last_kl, expected.detach())
+
+
+def test_analytical_loss_kl_module() -> None:
+    """torch_blue's public attribute: the divergence module in use."""
+    given = vi.NormalNormalDivergence()
+    net = vi.VILinear(3, 2)
+    loss_fn = vi.AnalyticalKullbackLeiblerLoss(net, Categorical(), 10, given)
+    assert loss_fn.kl_module is given
+    found = vi.AnalyticalKullbackLeiblerLoss(net, Categorical(), 10)
+    assert isinstance(found.kl_module, vi.NormalNormalDivergence)
+    fixed = vi.VILinear(3, 2, NonBayesian(), UniformPrior())
+    fixed_loss = vi.AnalyticalKullbackLeiblerLoss(fixed, Categorical(), 10)
+    assert isinstance(fixed_loss.kl_module, vi.NonBayesianDivergence)
+    mixed = vi.VISequential(
+        vi.VILinear(3, 4), nn.ReLU(), vi.VILinear(4, 2, prior=UniformPrior())
+    )
+    mixed_loss = vi.AnalyticalKullbackLeiblerLoss(mixed, Categorical(), 10)
+    assert mixed_loss.kl_module is None  # each weight tensor its own (W8)
+    flat = vi.VILinear(3, 2, prior=UniformPrior())
+    flat_loss = vi.AnalyticalKullbackLeiblerLoss(flat, Categorical(), 10)
+    assert float(flat_loss.prior_matching().detach()) != 0.0
+    none = vi.NonBayesianDivergence()
+    flat_loss.kl_module = none  # sets divergence_type, which is then used
+    assert flat_loss.divergence_type is none
+    assert float(flat_loss.prior_matching().detach()) == 0.0
+    with pytest.raises(TypeError, match="KullbackLeiblerModule"):
+        flat_loss.kl_module = "uniform"  # type: ignore[assignment]
 
 
 def test_student_t_posterior_and_quiet_prior_work_in_layers() -> None:
@@ -1641,3 +1846,154 @@ def test_per_particle_loop_under_pyro_equals_the_pytorch_style_loss() -> None:
     pyro.set_rng_seed(0)
     fast = bnn.Trace_ELBO().loss(model, net.guide, x, y, samples=3)
     assert fast == pytest.approx(by_pyro, rel=1e-5)
+
+
+def test_load_state_dict_with_assign_keeps_the_aliases_in_step() -> None:
+    """assign=True (as in torch and bnn.VILinear) raised "attribute
+    '_weight_mean' already exists"; the aliases must be the new tensors."""
+    source, layer = vi.VILinear(3, 2), vi.VILinear(3, 2)
+    state = source.state_dict()
+    layer.load_state_dict(state, assign=True)
+    for variable in ("weight", "bias"):
+        posterior = layer.posterior[variable]
+        assert getattr(layer, f"_{variable}_mean") is posterior.loc_unconstrained
+        assert getattr(layer, f"_{variable}_log_std") is posterior.rho_unconstrained
+        assert (
+            dict(layer.named_parameters())[f"_{variable}_mean"]
+            is posterior.loc_unconstrained
+        )
+        torch.testing.assert_close(
+            posterior.loc_unconstrained,
+            state[f"posterior.{variable}.loc_unconstrained"],
+        )
+    assert len(list(layer.parameters())) == 4
+    assert [n for n, _ in layer.named_parameters()] == [
+        n for n, _ in source.named_parameters()
+    ]
+    # An optimizer step on the new parameters reaches the forward pass.
+    layer.return_log_probs = False
+    with torch.no_grad():
+        layer._weight_log_std.fill_(-30.0)  # (nearly) deterministic outputs
+        layer._bias_log_std.fill_(-30.0)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(4, 3)
+    before = layer(x, samples=1)
+    before.sum().backward()
+    assert layer._weight_mean.grad is not None
+    optimizer.step()
+    expected = x @ layer._weight_mean.detach().T + layer._bias_mean.detach()
+    torch.testing.assert_close(layer(x, samples=1)[0].detach(), expected)
+    # torch_blue's names load with assign=True too
+    blue = {
+        "_weight_mean": torch.ones(2, 3),
+        "_weight_log_std": torch.zeros(2, 3),
+        "_bias_mean": torch.ones(2),
+        "_bias_log_std": torch.zeros(2),
+    }
+    fresh = vi.VILinear(3, 2)
+    fresh.load_state_dict(blue, assign=True)
+    assert fresh._weight_mean is fresh.posterior["weight"].loc_unconstrained
+    torch.testing.assert_close(fresh._weight_mean.detach(), torch.ones(2, 3))
+
+
+def test_load_state_dict_with_assign_in_a_network() -> None:
+    net = vi.VISequential(vi.VILinear(3, 4), nn.ReLU(), vi.VILinear(4, 2))
+    other = vi.VISequential(vi.VILinear(3, 4), nn.ReLU(), vi.VILinear(4, 2))
+    net.load_state_dict(other.state_dict(), assign=True)
+    for mine, theirs in zip(net.parameters(), other.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs)
+    assert net[2]._bias_mean is net[2].posterior["bias"].loc_unconstrained
+
+
+class _Interrupt(nn.Module):
+    """Raises KeyboardInterrupt once: a Ctrl-C inside a plain network."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise KeyboardInterrupt
+
+
+def _interrupt_a_plain_network(x: Tensor) -> None:
+    plain = nn.Sequential(bnn.VILinear(3, 3), _Interrupt(), bnn.VILinear(3, 2))
+    with pytest.raises(KeyboardInterrupt):
+        plain(x)
+
+
+def test_vi_call_after_an_interrupted_plain_network_is_outermost() -> None:
+    """The first vi call after a Ctrl-C in a plain root returned a plain
+    Tensor (no VIReturn) and ignored _has_sampling_responsibility=False: it
+    read the interrupted call's particle state before it was closed."""
+    layer, x = vi.VILinear(3, 2), torch.randn(4, 3)
+    _interrupt_a_plain_network(x)
+    out = layer(x, samples=3)
+    assert isinstance(out, vi.VIReturn)
+    assert out.shape == (3, 4, 2)
+    assert out.log_probs.shape == (3, 2)
+    layer._has_sampling_responsibility = False
+    _interrupt_a_plain_network(x)
+    assert layer(x).shape == (4, 2)
+
+
+def test_convert_to_vimodule_keeps_the_forward_hooks_of_each_object() -> None:
+    """In-place conversion replaced the module's state, and its hooks with it."""
+    calls: list[str] = []
+
+    class Mix(nn.Module):  # own parameter, no layer of its name: generated
+        def __init__(self) -> None:
+            super().__init__()
+            self.mix = nn.Parameter(torch.eye(4))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return x @ self.mix
+
+    model = nn.Sequential(nn.Linear(3, 4), Mix(), nn.Linear(4, 2))
+    handles = [
+        model[0].register_forward_hook(lambda m, i, o: calls.append("linear")),
+        model[1].register_forward_pre_hook(lambda m, i: calls.append("mix pre")),
+        model.register_forward_hook(lambda m, i, o: calls.append("root")),
+    ]
+    removed = model[2].register_forward_hook(lambda m, i, o: calls.append("removed"))
+    removed.remove()
+    vi.convert_to_vimodule(model)
+    assert isinstance(model, vi.VISequential)
+    assert isinstance(model[0], vi.VILinear)
+    assert isinstance(model[1], vi.VIModule)
+    model(torch.randn(5, 3), samples=2)
+    assert calls == ["linear", "mix pre", "root"]
+    # The handles still remove them: the same hook dictionaries.
+    calls.clear()
+    for handle in handles:
+        handle.remove()
+    model(torch.randn(5, 3), samples=2)
+    assert calls == []
+    gru = nn.GRU(4, 4, batch_first=True)
+    gru.register_forward_hook(lambda m, i, o: calls.append("gru"))
+    vi.convert_to_vimodule(gru)  # a library layer (the registry's)
+    assert isinstance(gru, bnn.VIModule)
+    gru(torch.randn(2, 3, 4), samples=2)
+    assert calls == ["gru"]
+
+
+def test_convert_to_vimodule_names_the_hooks_it_drops() -> None:
+    linear = nn.Linear(3, 2)
+    linear.register_full_backward_hook(lambda m, gi, go: None)
+    with pytest.warns(UserWarning, match="backward hooks of a VILinear"):
+        vi.convert_to_vimodule(linear)
+
+
+def test_sampled_input_says_what_to_do_instead() -> None:
+    layer, x = vi.VILinear(3, 2), torch.randn(4, 3)
+    assert layer(x, sampled_input=False).shape == (10, 4, 2)  # torch_blue's default
+    with pytest.raises(NotImplementedError, match="inside one network"):
+        layer(x, sampled_input=True)
+    with pytest.raises(NotImplementedError, match="sampled_input"):
+        layer.sampled_forward(x, samples=2, sampled_input=True)
+
+
+def test_utils_submodules_are_attributes() -> None:
+    """torch_blue's vi.utils.init (and the other submodules) without importing them."""
+    import pyrolite_bnn.vi as vi_namespace
+
+    assert callable(vi_namespace.utils.init.fixed_)
+    assert vi_namespace.utils.vi_return.VIReturn is vi.VIReturn
+    assert callable(vi_namespace.utils.convert.convert_to_vimodule)
+    assert hasattr(vi_namespace.utils.common_types, "VIkwargs")

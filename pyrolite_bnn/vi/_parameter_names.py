@@ -16,7 +16,9 @@ layer a second time under torch_blue's name, the way torch ties a shared weight:
   ``_save_to_state_dict``/``_load_from_state_dict`` call :func:`drop_aliases`
   and :func:`fill_either_key` (overrides, not hooks: a hook holds a weak
   reference to its module, which ``convert_to_vimodule``'s in-place
-  conversion replaces).
+  conversion replaces);
+* ``load_state_dict(..., assign=True)`` replaces the posterior's tensors by the
+  state's: :func:`assigned_aliases` makes each alias the new tensor.
 
 A parameter that is derived rather than stored (``log_std`` of a posterior
 whose scale is ``softplus(rho)``) gets no alias.
@@ -24,14 +26,20 @@ whose scale is ``softplus(rho)``) gets no alias.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor, nn
 
 from pyrolite_bnn.distributions.variational import Posterior
 
-__all__ = ["alias_variational_parameters", "drop_aliases", "fill_either_key"]
+__all__ = [
+    "alias_variational_parameters",
+    "assigned_aliases",
+    "drop_aliases",
+    "fill_either_key",
+]
 
 _ALIASES = "_torch_blue_parameter_names"
 
@@ -93,3 +101,47 @@ def fill_either_key(module: nn.Module, state_dict: dict[str, Any], prefix: str) 
     if from_torch_blue and isinstance(priors, nn.Module):
         for name, value in priors.state_dict().items():
             state_dict.setdefault(f"{prefix}prior.{name}", value)
+
+
+@contextmanager
+def assigned_aliases(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str
+) -> Iterator[None]:
+    """Around loading ``module``'s own state with ``assign=True``.
+
+    torch then replaces each parameter by the state's tensor, ``setattr`` on
+    the module that owns it: the posterior (a child, loaded after this
+    module) gets a new tensor, and the alias of the old one on this module
+    would be left behind (and torch's ``setattr`` of the alias itself fails:
+    the name is also one that ``vi.VIModule.__getattr__`` resolves). So the
+    state's tensor of each alias is made the :class:`~torch.nn.Parameter` the
+    posterior will receive (torch assigns a ``Parameter`` as it is), the
+    aliases stay out of this module's own load, and afterwards each alias is
+    that new parameter. A tensor of the wrong shape is left to torch's error.
+    """
+    parameters = module._parameters
+    new: dict[str, nn.Parameter] = {}
+    for alias, stored in _aliases(module).items():
+        state_dict.pop(prefix + alias, None)
+        value = state_dict.get(prefix + stored)
+        current = parameters.get(alias)
+        if not isinstance(value, Tensor) or current is None:
+            continue
+        if value.shape != current.shape:
+            continue
+        if not isinstance(value, nn.Parameter):
+            value = nn.Parameter(value, requires_grad=current.requires_grad)
+            state_dict[prefix + stored] = value
+        new[alias] = value
+    order = list(parameters.items())
+    for alias in _aliases(module):
+        parameters.pop(alias, None)
+    try:
+        yield
+    finally:
+        kept = dict(parameters)
+        parameters.clear()
+        for name, value in order:
+            parameters[name] = new.get(name, kept.get(name, value))
+        for name, value in kept.items():
+            parameters.setdefault(name, value)

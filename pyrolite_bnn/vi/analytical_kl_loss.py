@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,6 +10,7 @@ from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
 from pyrolite_bnn._network import collect_variables
+from pyrolite_bnn.distributions.priors import NormalPrior
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
@@ -20,9 +20,8 @@ from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.record import analytic_kl
 from pyrolite_bnn.variables import RandomVariable
 from pyrolite_bnn.vi.base import VIModule
-from pyrolite_bnn.vi.distributions._adapters import FlatPrior
+from pyrolite_bnn.vi.distributions._adapters import FlatPrior, flat_prior_kl
 from pyrolite_bnn.vi.kl_loss import KullbackLeiblerLoss
-from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
 
 __all__ = [
     "AnalyticalKullbackLeiblerLoss",
@@ -76,7 +75,17 @@ class NormalNormalDivergence(KullbackLeiblerModule):
 
 
 class UniformNormalDivergence(KullbackLeiblerModule):
-    """KL from a Normal to the flat prior: minus the entropy (torch_blue's constants).
+    """KL from a Normal to the flat prior, torch_blue's formula ``sum(-log_std - 1/2)``.
+
+    The flat prior is improper: its density has no normalising constant, and
+    the KL is fixed only up to one. This is torch_blue's (the entropy of the
+    Normal without its ``log(2 pi) / 2`` per weight), the value the loss takes
+    for a ``UniformPrior`` weight whether this module is given as
+    ``divergence_type`` or found by
+    :class:`AnalyticalKullbackLeiblerLoss` (and by
+    :class:`~pyrolite_bnn.vi.KullbackLeiblerLoss`). Like the loss, it does not
+    depend on :func:`~pyrolite_bnn.vi.utils.use_norm_constants` (torch_blue's
+    subtracts ``log(2 pi) / 2`` per weight when it is on).
 
     Example:
         >>> import torch
@@ -89,11 +98,7 @@ class UniformNormalDivergence(KullbackLeiblerModule):
     def forward(self, *parameters: Any) -> Tensor:
         """``(prior_mean (unused), variational_mean, variational_log_std)``."""
         _, _, log_std = parameters
-        value = -log_std - 0.5
-        if norm_constants_on():
-            value = value - 0.5 * math.log(2 * math.pi)
-        total: Tensor = value.sum()
-        return total
+        return flat_prior_kl(log_std)
 
 
 class NonBayesianDivergence(KullbackLeiblerModule):
@@ -182,8 +187,36 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
                         f"{type(v.posterior).__name__})"
                     )
         self.divergence_type = divergence_type
+        self._detected = None if divergence_type is not None else _detect(variables)
         model.return_log_probs = False
         object.__setattr__(self, "model", model)  # not a submodule of the loss
+
+    @property
+    def kl_module(self) -> KullbackLeiblerModule | None:
+        """torch_blue's attribute: the divergence module in use.
+
+        ``divergence_type`` if one was given; otherwise the torch_blue module
+        of the network's prior/posterior pair (:class:`NormalNormalDivergence`,
+        :class:`UniformNormalDivergence`, or :class:`NonBayesianDivergence`
+        for fixed weights under a flat prior), whose value
+        :meth:`prior_matching` is. ``None`` where no one module is: a network
+        mixing pairs (W8), or a fixed weight under a proper prior; each weight
+        tensor then takes its own closed form. Setting it sets
+        ``divergence_type``.
+        """
+        if self.divergence_type is not None:
+            return self.divergence_type
+        detected: KullbackLeiblerModule | None = self.__dict__.get("_detected")
+        return detected
+
+    @kl_module.setter
+    def kl_module(self, value: KullbackLeiblerModule | None) -> None:
+        if value is not None and not callable(value):
+            raise TypeError(
+                "kl_module must be a KullbackLeiblerModule (e.g. "
+                f"NormalNormalDivergence()) or None, got {value!r}"
+            )
+        self.divergence_type = value
 
     def prior_matching(self) -> Tensor:
         """The KL term ``KL(q || p)`` of the model, in closed form."""
@@ -209,6 +242,29 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
         finally:
             self.heat = heat
         return data_fitting + heat * self.prior_matching()
+
+
+def _divergence_of(variable: RandomVariable) -> type[KullbackLeiblerModule] | None:
+    """torch_blue's divergence module of one weight tensor's pair, if it has one."""
+    prior = variable.module.prior[variable.name]
+    posterior = variable.posterior
+    if isinstance(posterior, PointMassPosterior):
+        return NonBayesianDivergence if isinstance(prior, FlatPrior) else None
+    if isinstance(posterior, MeanFieldNormalPosterior):
+        if isinstance(prior, FlatPrior):
+            return UniformNormalDivergence
+        if type(prior) is NormalPrior:
+            return NormalNormalDivergence
+    return None
+
+
+def _detect(variables: list[RandomVariable]) -> KullbackLeiblerModule | None:
+    """The one torch_blue divergence module of all weight tensors, or ``None``."""
+    kinds = {_divergence_of(v) for v in variables}
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    return None if kind is None else kind()
 
 
 def _spec_names(variable: RandomVariable) -> tuple[str, str]:

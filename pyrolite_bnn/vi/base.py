@@ -35,7 +35,7 @@ import torch
 from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
-from pyrolite_bnn import _particles
+from pyrolite_bnn import _particles, _plain_roots
 from pyrolite_bnn._draws import current_draws, particle_weights, using_particle_weights
 from pyrolite_bnn._forward import output_tensors
 from pyrolite_bnn._validation import check_integer
@@ -49,6 +49,7 @@ from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.variables import RandomVariable
 from pyrolite_bnn.vi._parameter_names import (
     alias_variational_parameters,
+    assigned_aliases,
     drop_aliases,
     fill_either_key,
 )
@@ -230,6 +231,16 @@ def _per_variable(
     return chosen
 
 
+_SAMPLED_INPUT = (
+    "torch_blue's sampled_input=True (inputs that already carry a sample "
+    "dimension, (S, B, ...)) is not supported: every particle of a call sees the "
+    "same batch (B, ...). Pass the batch without a sample dimension; to feed "
+    "each particle the output of an earlier Bayesian stage, call both stages "
+    "inside one network (one VIModule whose forward runs them in turn), so that "
+    "each particle's input comes from its own draw"
+)
+
+
 def _per_particle_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
     """Run a one-sample ``forward`` for every particle (see :class:`VIModule`)."""
 
@@ -237,7 +248,7 @@ def _per_particle_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: VIModule, *args: Any, **kwargs: Any) -> Any:
         if (
             not self.__dict__.get("_per_particle")
-            or _particles.current() is None
+            or not _plain_roots.in_running_network()
             or particle_weights() is not None  # inside an outer one: one particle
             or _folds_for_batch_norm(self)
         ):
@@ -548,12 +559,7 @@ class VIModule(BnnVIModule):
             NotImplementedError: for ``sampled_input=True`` (inputs that already
                 have a sample dimension).
         """
-        if sampled_input:
-            raise NotImplementedError(
-                "sampled_input=True is not supported: inputs are shared by all "
-                "particles; pass the batch without a sample dimension"
-            )
-        return self(*input_, samples=samples, **kwargs)
+        return self(*input_, samples=samples, sampled_input=sampled_input, **kwargs)
 
     # ------------------------------------------------------------ calling
     def __call__(self, *args: Any, samples: int | None = None, **kwargs: Any) -> Any:
@@ -563,8 +569,17 @@ class VIModule(BnnVIModule):
         the user: this library decides at call time who is outermost) makes an
         outermost call without ``samples=`` run one particle and return it
         without the particle dimension, as torch_blue does.
+
+        torch_blue's ``sampled_input=False`` is accepted (and has no effect).
+
+        Raises:
+            NotImplementedError: for ``sampled_input=True``.
         """
-        outermost = _particles.current() is None and not am_i_wrapped()
+        # A stale frame of an interrupted plain root is closed first: the
+        # call is then outermost, as the library's own call decides.
+        outermost = not _plain_roots.in_running_network() and not am_i_wrapped()
+        if kwargs.pop("sampled_input", False):
+            raise NotImplementedError(_SAMPLED_INPUT)
         single = (
             outermost
             and samples is None
@@ -585,10 +600,18 @@ class VIModule(BnnVIModule):
         drop_aliases(self, destination, prefix)
 
     def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        *args: Any,
     ) -> None:
         fill_either_key(self, state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        if not local_metadata.get("assign_to_params_buffers", False):
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+            return
+        with assigned_aliases(self, state_dict, prefix):
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
     def __getattr__(self, name: str) -> Any:
         weights = particle_weights()

@@ -14,6 +14,7 @@ from pyrolite_bnn.loss import KullbackLeiblerLoss as BnnKullbackLeiblerLoss
 from pyrolite_bnn.loss import batch_dim
 from pyrolite_bnn.record import KLMode, find_record
 from pyrolite_bnn.vi.distributions.base import Distribution
+from pyrolite_bnn.vi.distributions.non_bayesian import _LossLikelihood
 from pyrolite_bnn.vi.utils.errors import UnsupportedDistributionError
 
 __all__ = ["KullbackLeiblerLoss", "as_predictive"]
@@ -144,6 +145,23 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
             )
             return batch
         return super().check_batch(output, sequence_batch)
+
+    def terms_and_batch(
+        self, output: Tensor, target: Tensor, kl: KLMode | None = None
+    ) -> tuple[Tensor, Tensor, int]:
+        """As :class:`pyrolite_bnn.KullbackLeiblerLoss`, on torch_blue's scale.
+
+        ``NonBayesian(loss_type)`` gives one value per example, the loss's mean
+        over its elements; the data term, ``N / B`` times their sum, is then
+        ``N`` times the loss's mean over all elements (torch_blue's). For a
+        sequence-first output ``(S, L, B, ...)`` the values come per position
+        instead, each the mean over the batch: their sum is scaled to the
+        batch's.
+        """
+        log_lik, kl_value, batch = super().terms_and_batch(output, target, kl)
+        if isinstance(self.predictive, _LossLikelihood) and output.shape[1] != batch:
+            log_lik = log_lik * (batch / output.shape[1])
+        return log_lik, kl_value, batch
 
     def track(self, mode: bool = True) -> None:
         """Start (``True``) or pause (``False``) recording; the history is kept."""

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from pyrolite_bnn.vi.distributions.base import (
     sample_function,
     variational_log_prob_function,
 )
+from pyrolite_bnn.vi.utils.use_norm_constants import normalised_densities
 
 if TYPE_CHECKING:
     from pyrolite_bnn.vi.distributions.base import Distribution
@@ -44,6 +44,7 @@ __all__ = [
     "AdaptedPrior",
     "BlueDistribution",
     "FlatPrior",
+    "flat_prior_kl",
 ]
 
 LogProb = Callable[[Tensor, tuple[Any, ...]], Tensor]
@@ -94,8 +95,14 @@ class BlueDistribution(dist.TorchDistribution):
         return self.sample_fn(params)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """Sum of the elementwise log densities over the tensor's dims."""
-        elementwise = self.log_prob_fn(value, self.parameters)
+        """Sum of the elementwise log densities over the tensor's dims.
+
+        Normalised: the torch_blue callables run with their constants
+        (:func:`~pyrolite_bnn.vi.utils.use_norm_constants.normalised_densities`),
+        whatever ``use_norm_constants`` is set to.
+        """
+        with normalised_densities():
+            elementwise = self.log_prob_fn(value, self.parameters)
         elementwise = elementwise + torch.zeros_like(value)
         # A smaller value broadcasts (torch_blue's elementwise log_prob): sum its dims.
         dims = min(len(self.event_shape), elementwise.dim())
@@ -146,10 +153,26 @@ class AdaptedPrior(BnnPrior):
         return type(self.blue).__name__
 
 
+def flat_prior_kl(log_std: Tensor) -> Tensor:
+    """torch_blue's KL from ``N(mean, exp(log_std)^2)`` to the flat prior, summed.
+
+    ``sum(-log_std - 1/2)``: minus the Normal's entropy without its
+    ``log(2 pi) / 2`` per weight. An improper prior has no normalising
+    constant, so the KL is fixed only up to one; this is torch_blue's
+    (``UniformNormalDivergence`` with ``use_norm_constants`` off, the
+    default), whichever way the loss finds it.
+    """
+    total: Tensor = (-log_std - 0.5).sum()
+    return total
+
+
 class FlatPrior(BnnPrior):
     """Improper uniform prior, ``log p(w) = 0`` (torch_blue's ``UniformPrior``).
 
-    The KL from a mean-field Normal posterior is then minus its entropy.
+    The closed-form KL from a mean-field Normal posterior is torch_blue's,
+    :func:`flat_prior_kl`; a Monte-Carlo estimate (``kl="mc"``), ``E_q[log
+    q(w)]`` with the normalised Normal density, is lower by ``log(2 pi) / 2``
+    per weight (a constant: the gradients are the same).
     """
 
     def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
@@ -160,8 +183,8 @@ class FlatPrior(BnnPrior):
         return result
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
-        """``KL(N(loc, scale^2) || flat) = -entropy``, summed over the tensor."""
-        return -(scale.log().sum() + loc.numel() * 0.5 * (1 + math.log(2 * math.pi)))
+        """``KL(N(loc, scale^2) || flat)``, torch_blue's :func:`flat_prior_kl`."""
+        return flat_prior_kl(scale.log().expand_as(loc))
 
 
 class AdaptedPosterior(Posterior):

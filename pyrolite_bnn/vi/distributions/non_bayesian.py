@@ -7,12 +7,13 @@ from typing import Any
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 from torch import Tensor, nn
 
-from pyrolite_bnn.distributions.predictive import Normal as BnnNormal
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
+from pyrolite_bnn.distributions.predictive import _gaussian_mixture_quantile
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import PointMass, VariationalFamily
 from pyrolite_bnn.vi.distributions._adapters import FlatPrior
@@ -28,14 +29,128 @@ __all__ = ["NonBayesian", "UniformPrior"]
 _LOSS_TYPES = ("MSE", "L2", "MAE", "L1")
 
 
-class _Laplace(BnnPredictive):
-    """Unit-scale Laplace likelihood: ``-log p = |y - output| + log 2`` (L1 loss)."""
+class _LossDensity(dist.TorchDistribution):
+    """``log p(y) = -mean_d loss(y_d - loc_d)``: a plain loss as a likelihood.
+
+    The mean runs over the event (the elements of one example), so that the
+    loss's data term, ``N / B`` times the sum over the batch, is ``N`` times
+    the loss averaged over all elements: torch_blue's ``N * nn.MSELoss()``
+    (``nn.L1Loss()``). The density is not normalised (torch_blue's value has
+    no constant). Draws, mean and variance are those of the distribution it
+    is proportional to, per element: ``N(loc, D / 2)`` for the squared error,
+    ``Laplace(loc, D)`` for the absolute error, ``D`` elements per example.
+
+    Args:
+        loc: the network output, ``(S, B, ...)``.
+        event_dim: number of trailing dimensions of one example.
+        squared: squared (``True``) or absolute error.
+    """
+
+    arg_constraints: dict[str, constraints.Constraint] = {}  # noqa: RUF012
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, loc: Tensor, event_dim: int, squared: bool) -> None:
+        self.loc = loc
+        self.squared = squared
+        split = loc.dim() - event_dim
+        event_shape = loc.shape[split:]
+        self.elements = event_shape.numel()
+        super().__init__(loc.shape[:split], event_shape, validate_args=False)
+
+    def _proportional(self) -> dist.TorchDistribution:
+        """The normalised distribution whose density this is proportional to."""
+        dims = len(self.event_shape)
+        result: dist.TorchDistribution
+        if self.squared:
+            scale = math.sqrt(self.elements / 2)
+            result = dist.Normal(self.loc, scale).to_event(dims)
+        else:
+            result = dist.Laplace(self.loc, float(self.elements)).to_event(dims)
+        return result
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Any:
+        """Pyro's generic expansion (needed inside plates)."""
+        return dist.ExpandedDistribution(self, batch_shape)
+
+    def rsample(self, sample_shape: Any = ()) -> Tensor:
+        """Draws of the normalised distribution (see the class)."""
+        draw: Tensor = self._proportional().rsample(torch.Size(sample_shape))
+        return draw
+
+    @property
+    def mean(self) -> Tensor:
+        """The network output."""
+        return self.loc
+
+    @property
+    def variance(self) -> Tensor:
+        """``D / 2`` (squared error) or ``2 D^2`` (absolute error) per element."""
+        variance: Tensor = self._proportional().variance
+        return variance
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Minus the loss of each example (mean over its elements)."""
+        difference = value - self.loc
+        loss = difference.square() if self.squared else difference.abs()
+        if self.event_shape:
+            loss = loss.mean(tuple(range(-len(self.event_shape), 0)))
+        return -loss
+
+
+class _LossLikelihood(BnnPredictive):
+    """torch_blue's ``NonBayesian(loss_type)`` as predictive: the plain loss.
+
+    ``log p(y | output) = -mean_d loss(y_d, output_d)`` per example
+    (:class:`_LossDensity`), so the loss is ``N`` times ``nn.MSELoss()``
+    (``nn.L1Loss()``) of the outputs, averaged over the particles, as in
+    torch_blue. Summaries for :func:`pyrolite_bnn.predict` are those of the
+    distribution the density is proportional to: mean the output, variance
+    ``D / 2`` (``MSE``) or ``2 D^2`` (``L1``) for ``D`` outputs per example,
+    and Gaussian-mixture intervals for ``MSE``.
+
+    Args:
+        loss_type: ``"MSE"``, ``"L2"``, ``"MAE"`` or ``"L1"``.
+    """
+
+    def __init__(self, loss_type: str) -> None:
+        super().__init__()
+        self.loss_type = loss_type
+        self.squared = loss_type in ("MSE", "L2")
+
+    def check_target(self, output: Tensor, target: Tensor) -> None:
+        """Targets must be real numbers (not ``bool`` or complex), finite."""
+        super().check_target(output, target)
+        if target.dtype == torch.bool or target.is_complex():
+            raise ValueError(
+                f"NonBayesian({self.loss_type!r}) targets must be real numbers, "
+                f"got dtype {target.dtype}"
+            )
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
-        result: dist.TorchDistribution = dist.Laplace(
-            output, torch.ones_like(output)
-        ).to_event(output.dim() - 2)
-        return result
+        """:class:`_LossDensity` with batch shape ``(S, B)``."""
+        return _LossDensity(output, output.dim() - 2, self.squared)
+
+    def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-particle mean (the output) and variance, ``(S, B, ...)`` each."""
+        self.check_output(output)
+        elements = math.prod(output.shape[2:])
+        loc = output.squeeze(-1) if output.dim() == 3 and elements == 1 else output
+        variance = elements / 2 if self.squared else 2.0 * elements**2
+        return loc, torch.full_like(loc, variance)
+
+    def quantile(self, output: Tensor, q: float) -> Tensor:
+        """Quantile ``q`` of the Gaussian mixture over particles (``MSE`` only)."""
+        if not self.squared:
+            raise NotImplementedError(
+                f"predictive intervals of NonBayesian({self.loss_type!r}) (a Laplace "
+                "mixture) are not implemented; NonBayesian('MSE') has them"
+            )
+        return _gaussian_mixture_quantile(*self.moments(output), q)
+
+    def extra_repr(self) -> str:
+        """The loss."""
+        return f"loss_type={self.loss_type!r}"
 
 
 class NonBayesian(Prior, VariationalDistribution, PredictiveDistribution):
@@ -44,9 +159,11 @@ class NonBayesian(Prior, VariationalDistribution, PredictiveDistribution):
     * prior: improper flat (``log p = 0``, :class:`FlatPrior`);
     * variational: :class:`pyrolite_bnn.PointMass` (the weight is a learned
       value; with a flat prior the KL term is exactly zero);
-    * predictive: ``loss_type="MSE"``/``"L2"`` is a Normal likelihood with
-      variance 1/2 (``-log p = (y - out)^2 + const``), ``"MAE"``/``"L1"`` a
-      unit Laplace (``-log p = |y - out| + log 2``).
+    * predictive: the plain loss, torch_blue's value: ``-log p(y | out)`` is
+      the mean over the example's elements of ``(y - out)^2``
+      (``"MSE"``/``"L2"``) or ``|y - out|`` (``"MAE"``/``"L1"``), so the loss
+      is ``N`` times ``nn.MSELoss()`` (``nn.L1Loss()``), with no constant
+      (:class:`_LossLikelihood`).
 
     Args:
         loss_type: ``"MSE"``, ``"L2"``, ``"MAE"``, ``"L1"``, or ``None`` (not
@@ -55,7 +172,7 @@ class NonBayesian(Prior, VariationalDistribution, PredictiveDistribution):
     Example:
         >>> from pyrolite_bnn import vi
         >>> vi.distributions.NonBayesian("MSE").to_predictive()
-        Normal(scale=0.707107)
+        _LossLikelihood(loss_type='MSE')
     """
 
     distribution_parameters = ("mean",)
@@ -116,12 +233,10 @@ class NonBayesian(Prior, VariationalDistribution, PredictiveDistribution):
         return PointMass()
 
     def build_predictive(self) -> BnnPredictive:
-        """Normal with variance 1/2 (MSE) or unit Laplace (L1)."""
+        """The plain loss as a likelihood (:class:`_LossLikelihood`)."""
         if self.loss_type is None:
             raise ValueError("loss_type must be set during initialization")
-        if self.loss_type in ("MSE", "L2"):
-            return BnnNormal(scale=math.sqrt(0.5))
-        return _Laplace()
+        return _LossLikelihood(self.loss_type)
 
 
 class UniformPrior(NonBayesian):

@@ -502,11 +502,55 @@ def _place(
 
 
 def _become(module: nn.Module, built: nn.Module) -> None:
-    """Turn ``module`` itself into ``built`` (class and state)."""
+    """Turn ``module`` itself into ``built`` (class and state).
+
+    The forward hooks and pre-hooks registered on ``module`` stay (see
+    :func:`_keep_forward_hooks`).
+    """
     state = vars(module)
+    saved = dict(state)
     state.clear()
     state.update(vars(built))
     module.__class__ = type(built)
+    _keep_forward_hooks(module, saved)
+
+
+def _keep_forward_hooks(module: nn.Module, saved: Mapping[str, Any]) -> None:
+    """Give the converted ``module`` back the hook dictionaries of its old state.
+
+    The conversion replaces the module's state (``saved`` is the old one); its
+    forward hooks and pre-hooks are the user's, registered on this very
+    object, so they stay, in their order, and the handles that
+    ``register_forward_hook`` returned still remove them (the same
+    dictionaries; hooks of the new state follow the user's). Other hooks
+    (backward, ``state_dict``) act on gradients or parameter names the
+    converted module no longer has: they are dropped, and a warning names them.
+    """
+    state = vars(module)
+    dropped: set[str] = set()
+    for name, kept in saved.items():
+        # torch's hook dictionaries: _forward_pre_hooks, _forward_hooks,
+        # _forward_hooks_with_kwargs, ...; _backward_hooks, _state_dict_hooks, ...
+        if not (name.startswith("_") and "_hooks" in name and isinstance(kept, dict)):
+            continue
+        if not name.startswith("_forward"):
+            if kept:
+                kind = name.strip("_").split("_hooks")[0]
+                dropped.add(kind.removesuffix("_pre").removesuffix("_post"))
+            continue
+        current = state.get(name)
+        if isinstance(current, dict) and current is not kept:
+            for key, hook in current.items():
+                kept.setdefault(key, hook)
+        state[name] = kept
+    if dropped:
+        warnings.warn(
+            f"convert_to_vimodule: the {' and '.join(sorted(dropped))} hooks of a "
+            f"{type(module).__name__} converted in place are dropped (its forward "
+            "hooks are kept); register them again on the converted module",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _generated_class(cls: type[nn.Module]) -> type[nn.Module]:
@@ -565,6 +609,7 @@ def _generated_module(
             fresh[key] = {**value, **fresh[key]}
         elif key == "training" or key not in fresh:
             fresh[key] = value
+    _keep_forward_hooks(module, saved)
     assert isinstance(module, BnnVIModule)
     with torch.no_grad():
         for name, weight in own.items():

@@ -1,8 +1,11 @@
 """The ``use_norm_constants`` switch of torch_blue."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from pyrolite_bnn.vi import _globals
 
-__all__ = ["use_norm_constants"]
+__all__ = ["normalised_densities", "use_norm_constants"]
 
 
 def use_norm_constants(mode: bool = True) -> None:
@@ -35,3 +38,32 @@ def use_norm_constants(mode: bool = True) -> None:
 def norm_constants_on() -> bool:
     """Whether :func:`use_norm_constants` is on."""
     return _globals._USE_NORM_CONSTANTS
+
+
+@contextmanager
+def normalised_densities() -> Iterator[None]:
+    """Within: the distribution objects' ``log_prob`` include their constants.
+
+    The loss evaluates the densities of torch_blue-style priors, variational
+    and predictive distributions (built-in or the user's) inside this, so it
+    uses normalised densities whatever :func:`use_norm_constants` says (a
+    distribution that ignores the switch is used as it is).
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn import vi
+        >>> from pyrolite_bnn.vi.utils.use_norm_constants import normalised_densities
+        >>> normal = vi.distributions.MeanFieldNormal()
+        >>> zero = (torch.zeros(1), torch.zeros(1))
+        >>> with normalised_densities():
+        ...     round(float(normal.log_prob(torch.zeros(1), zero)), 4)
+        -0.9189
+        >>> abs(round(float(normal.log_prob(torch.zeros(1), zero)), 4))
+        0.0
+    """
+    stored = _globals._USE_NORM_CONSTANTS
+    _globals._USE_NORM_CONSTANTS = True
+    try:
+        yield
+    finally:
+        _globals._USE_NORM_CONSTANTS = stored
