@@ -41,10 +41,13 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._draws import (
     LazyDraws,
     RepeatedMomentsRead,
     called_repeatedly,
+    rng_state,
+    set_rng_state,
     using_draws,
 )
 from pyrolite_bnn._network import (
@@ -306,6 +309,10 @@ def pytorch_run(
     guide = root.guide if isinstance(root, VIModule) else None
     record: ForwardRecord
     if guide is None or guide.inner is None:
+        # The pass may run again (below): from the same random state, so that
+        # its result does not depend on whether it ran before.
+        random_device = device if device is not None else torch.device("cpu")
+        start = None if is_capturing() else rng_state(random_device)
         while True:
             draws = generated_guide_draws(root, state.samples)
             try:
@@ -316,6 +323,8 @@ def pytorch_run(
                 # A layer object runs twice (now marked): run the pass again
                 # with its weights drawn, so both calls share one draw.
                 state = state.restarted()
+                if start is not None:
+                    set_rng_state(start, random_device)
         draws.finish()
         result = unfold_output(root, result, state)
         record = LayerRecord(draws, state.samples)

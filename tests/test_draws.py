@@ -81,3 +81,30 @@ def test_a_second_read_in_one_call_gets_the_same_draw() -> None:
     first, second = net.seen
     assert torch.equal(first, second)
     assert first.requires_grad
+
+
+class _CalledTwice(bnn.VIModule):
+    """Runs one layer object twice: the first call of the network reruns its
+    forward pass with the layer's weights drawn (estimator "auto")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = bnn.VILinear(4, 4), bnn.VILinear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.out(torch.tanh(self.a(torch.tanh(self.a(x)))))
+        return out
+
+
+def test_a_pass_run_again_starts_from_the_same_random_state() -> None:
+    """Same seed, same output and random stream, first call or not."""
+    x = torch.randn(3, 4)
+    torch.manual_seed(0)
+    net = _CalledTwice()
+    results = []
+    for _ in range(3):
+        torch.manual_seed(5)
+        results.append((net(x), torch.rand(1)))
+    for out, after in results[1:]:
+        torch.testing.assert_close(out, results[0][0], rtol=0, atol=0)
+        torch.testing.assert_close(after, results[0][1], rtol=0, atol=0)
