@@ -59,6 +59,9 @@ class ParticleState:
             that ran inside the network in this call (their inputs are
             ``(L, B, ...)``, so the network's output must keep ``B`` in
             dimension 1 to be unfolded).
+        root_sequence_batches: the true batch size of the outermost module
+            when it is itself a ``batch_first=False`` layer (its own output
+            layout is ``(S, L, B, ...)``; nothing else to check).
         batch_folded: tensors a layer produced with the particles folded
             into the batch at a dimension other than their leading one (the
             hidden states of a recurrent layer, ``(layers, B * S, H)``; the
@@ -74,6 +77,7 @@ class ParticleState:
     batch_size: int | None
     root: nn.Module | None = None
     sequence_batches: set[int] = field(default_factory=set, compare=False)
+    root_sequence_batches: set[int] = field(default_factory=set, compare=False)
     inputs: tuple[Tensor, ...] = field(default=(), compare=False)
     batch_folded: list[tuple[Tensor, int]] = field(default_factory=list, compare=False)
 
@@ -85,8 +89,9 @@ class ParticleState:
 
     def sequence_batch(self) -> int | None:
         """``B`` of a sequence-first network (whose output is ``(S, L, B, ...)``)."""
-        if len(self.sequence_batches) == 1:
-            return next(iter(self.sequence_batches))
+        batches = self.sequence_batches | self.root_sequence_batches
+        if len(batches) == 1:
+            return next(iter(batches))
         return None
 
     def note_batch_folded(self, tensor: Tensor, dim: int) -> None:

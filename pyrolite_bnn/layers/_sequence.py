@@ -76,6 +76,8 @@ class SequenceFirst:
         self.name = type(layer).__name__
         if self.state is not None and not self.root:
             self.state.sequence_batches.add(batch)
+        elif self.state is not None:  # the loss reads B in dimension 2
+            self.state.root_sequence_batches.add(batch)
 
     def _shared(self, tensor: Tensor, what: str, length: int | None) -> bool:
         """Whether a sequence-first tensor is shared by all particles.

@@ -803,3 +803,46 @@ def test_plain_sequential_sequence_first_network_counts_sequences() -> None:
         pyro.set_rng_seed(1)
         values.append(loss_fn(net(x), y).item())
     assert values[0] == pytest.approx(values[1], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: bnn.VIMultiheadAttention(8, 2),
+        lambda: bnn.VITransformerEncoderLayer(8, 2, 16),
+        lambda: bnn.VILSTM(8, 8),
+        lambda: bnn.VIGRU(8, 8, num_layers=2),
+    ],
+    ids=["attention", "encoder-layer", "lstm", "gru"],
+)
+def test_a_lone_sequence_first_layer_is_scored_per_example(make: Any) -> None:
+    """Called on its own, a batch_first=False layer's output (S, L, B, ...) has
+    its batch in dimension 2: the loss took L as the batch size (the data term
+    scaled by N / L instead of N / B), as when the layer is in a network."""
+    torch.manual_seed(0)
+    layer = make()
+    x, y = torch.randn(7, 3, 8), torch.randn(7, 3, 8)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), dataset_size=30)
+
+    class Holder(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: Tensor) -> Tensor:
+            inputs = (x, x, x) if isinstance(layer, bnn.VIMultiheadAttention) else (x,)
+            out = self.layer(*inputs)
+            return out[0] if isinstance(out, tuple) else out  # type: ignore[no-any-return]
+
+    def alone(x: Tensor) -> Tensor:
+        inputs = (x, x, x) if isinstance(layer, bnn.VIMultiheadAttention) else (x,)
+        out = layer(*inputs)
+        return out[0] if isinstance(out, tuple) else out  # type: ignore[no-any-return]
+
+    torch.manual_seed(1)
+    on_its_own = loss_fn(alone(x), y)
+    torch.manual_seed(1)
+    in_network = loss_fn(Holder()(x), y)
+    torch.testing.assert_close(on_its_own, in_network)
+    out = alone(x)
+    assert loss_fn.check_batch(out, bnn.record.find_record(out).sequence_batch) == 3
