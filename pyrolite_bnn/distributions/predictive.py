@@ -77,7 +77,7 @@ def _check_real_target(likelihood: PredictiveDistribution, target: Tensor) -> No
 _BISECTION_STEPS = 60
 
 
-def _gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
+def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
     """Quantile ``q`` of the equal-weight mixture over dim 0 of ``N(loc, var)``.
 
     Bisection on the mixture CDF, bracketed by the components' 10-sigma bounds;
@@ -513,7 +513,7 @@ class Normal(_ScaleLikelihood):
             >>> median.shape, bool(median.abs().max() < 1e-6)
             (torch.Size([3]), True)
         """
-        return _gaussian_mixture_quantile(*self.moments(output), q)
+        return gaussian_mixture_quantile(*self.moments(output), q)
 
 
 class StudentT(_ScaleLikelihood):
@@ -689,7 +689,7 @@ class HeteroscedasticNormal(PredictiveDistribution):
             >>> bnn.HeteroscedasticNormal().quantile(torch.zeros(4, 3, 2), 0.9).shape
             torch.Size([3])
         """
-        return _gaussian_mixture_quantile(*self.moments(output), q)
+        return gaussian_mixture_quantile(*self.moments(output), q)
 
     def loc_scale(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation from the raw output."""

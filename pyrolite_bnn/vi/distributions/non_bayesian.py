@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
-from pyrolite_bnn.distributions.predictive import _gaussian_mixture_quantile
+from pyrolite_bnn.distributions.predictive import gaussian_mixture_quantile
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import PointMass, VariationalFamily
 from pyrolite_bnn.vi.distributions._adapters import FlatPrior
@@ -146,7 +146,7 @@ class _LossLikelihood(BnnPredictive):
                 f"predictive intervals of NonBayesian({self.loss_type!r}) (a Laplace "
                 "mixture) are not implemented; NonBayesian('MSE') has them"
             )
-        return _gaussian_mixture_quantile(*self.moments(output), q)
+        return gaussian_mixture_quantile(*self.moments(output), q)
 
     def extra_repr(self) -> str:
         """The loss."""

@@ -55,6 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._module_hooks import FORWARD_HOOKS, OTHER_HOOKS
 from pyrolite_bnn.convert import convert
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.registry import copy_training_modes
@@ -527,22 +528,16 @@ def _keep_forward_hooks(module: nn.Module, saved: Mapping[str, Any]) -> None:
     converted module no longer has: they are dropped, and a warning names them.
     """
     state = vars(module)
-    dropped: set[str] = set()
-    for name, kept in saved.items():
-        # torch's hook dictionaries: _forward_pre_hooks, _forward_hooks,
-        # _forward_hooks_with_kwargs, ...; _backward_hooks, _state_dict_hooks, ...
-        if not (name.startswith("_") and "_hooks" in name and isinstance(kept, dict)):
-            continue
-        if not name.startswith("_forward"):
-            if kept:
-                kind = name.strip("_").split("_hooks")[0]
-                dropped.add(kind.removesuffix("_pre").removesuffix("_post"))
+    for name in FORWARD_HOOKS:
+        kept = saved.get(name)
+        if not isinstance(kept, dict):
             continue
         current = state.get(name)
         if isinstance(current, dict) and current is not kept:
             for key, hook in current.items():
                 kept.setdefault(key, hook)
         state[name] = kept
+    dropped = {kind for name, kind in OTHER_HOOKS.items() if saved.get(name)}
     if dropped:
         warnings.warn(
             f"convert_to_vimodule: the {' and '.join(sorted(dropped))} hooks of a "
