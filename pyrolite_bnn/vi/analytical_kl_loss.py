@@ -83,9 +83,10 @@ class UniformNormalDivergence(KullbackLeiblerModule):
     for a ``UniformPrior`` weight whether this module is given as
     ``divergence_type`` or found by
     :class:`AnalyticalKullbackLeiblerLoss` (and by
-    :class:`~pyrolite_bnn.vi.KullbackLeiblerLoss`). Like the loss, it does not
-    depend on :func:`~pyrolite_bnn.vi.utils.use_norm_constants` (torch_blue's
-    subtracts ``log(2 pi) / 2`` per weight when it is on).
+    :class:`~pyrolite_bnn.vi.KullbackLeiblerLoss`). As torch_blue's, it
+    subtracts ``log(2 pi) / 2`` more per weight under
+    :func:`~pyrolite_bnn.vi.utils.use_norm_constants` (an improper prior's
+    KL is defined only up to a constant).
 
     Example:
         >>> import torch

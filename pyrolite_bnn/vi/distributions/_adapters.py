@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,10 @@ from pyrolite_bnn.vi.distributions.base import (
     sample_function,
     variational_log_prob_function,
 )
-from pyrolite_bnn.vi.utils.use_norm_constants import normalised_densities
+from pyrolite_bnn.vi.utils.use_norm_constants import (
+    norm_constants_on,
+    normalised_densities,
+)
 
 if TYPE_CHECKING:
     from pyrolite_bnn.vi.distributions.base import Distribution
@@ -157,12 +161,13 @@ def flat_prior_kl(log_std: Tensor) -> Tensor:
     """torch_blue's KL from ``N(mean, exp(log_std)^2)`` to the flat prior, summed.
 
     ``sum(-log_std - 1/2)``: minus the Normal's entropy without its
-    ``log(2 pi) / 2`` per weight. An improper prior has no normalising
-    constant, so the KL is fixed only up to one; this is torch_blue's
-    (``UniformNormalDivergence`` with ``use_norm_constants`` off, the
-    default), whichever way the loss finds it.
+    ``log(2 pi) / 2`` per weight, or with it under ``use_norm_constants(True)``
+    (as torch_blue's ``UniformNormalDivergence``). An improper prior has no
+    normalising constant, so the KL is fixed only up to one; this is
+    torch_blue's, whichever way the loss finds it.
     """
-    total: Tensor = (-log_std - 0.5).sum()
+    constant = 0.5 * (1 + math.log(2 * math.pi)) if norm_constants_on() else 0.5
+    total: Tensor = (-log_std - constant).sum()
     return total
 
 
