@@ -336,6 +336,11 @@ def _normal_kl(
     )
 
 
+# Weight tensors of at most this many numbers take their closed-form KL in a
+# group (NormalPrior.closed_form_group).
+_GROUPED_KL_UP_TO = 1 << 12
+
+
 class NormalPrior(Prior):
     """Independent ``Normal(loc, scale)`` prior on every weight.
 
@@ -400,11 +405,13 @@ class NormalPrior(Prior):
     def closed_form_group(self, loc: Tensor) -> Hashable | None:
         """Scalar hyperparameters on the CPU: grouped by their values.
 
-        All such ``NormalPrior`` weights of a network (the default prior) share
-        one KL computation over their concatenated moments.
+        The small such ``NormalPrior`` tensors of a network (the default
+        prior) share one KL computation over their concatenated moments; for
+        a big tensor, copying it costs more than the operations it saves.
         """
         if (
             type(self) is not NormalPrior
+            or loc.numel() > _GROUPED_KL_UP_TO
             or self.loc.numel() != 1
             or self.scale.numel() != 1
             or self.scale.device.type != "cpu"

@@ -586,3 +586,5 @@ def test_grouped_closed_form_kl_equals_the_sum_over_tensors() -> None:
     }
     assert len(groups - {None}) == 2  # N(0, 1) and N(0.5, 2); the rest on their own
     assert _OwnNormal(0.0, 0.3).closed_form_group(torch.zeros(1)) is None
+    # a big tensor costs more to copy than its operations: on its own
+    assert bnn.NormalPrior().closed_form_group(torch.zeros(8192)) is None
