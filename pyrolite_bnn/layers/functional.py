@@ -498,11 +498,13 @@ def _gaussian_draws(
     if shared:
         mean, var = _broadcast_shared(mean, samples), _broadcast_shared(var, samples)
     eps = torch.randn_like(mean)  # out of place: also under vmap (one sample)
-    # Clamped at the smallest normal number, not 0: where the variance is 0
-    # (an input row of zeros and no bias variance) sqrt's derivative is
-    # infinite, and 0 * inf gave NaN gradients; the clamp passes none there,
-    # as drawn weights do (the output does not depend on them).
-    std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+    # Where the variance is 0 (an input row of zeros and no bias variance)
+    # sqrt's derivative is infinite, and 0 * inf gave NaN gradients: there
+    # the std is 0 with no gradient, as drawn weights give (the output does not
+    # depend on them); elsewhere it is unchanged (a floor would move float16's
+    # small variances).
+    positive = var > 0
+    std = torch.where(positive, var, torch.ones_like(var)).sqrt() * positive
     draws = torch.addcmul(mean, std, eps)
     return draws.reshape(out_rows, *draws.shape[2 if shared else 1 :])
 

@@ -600,3 +600,23 @@ def test_inputs_of_zeros_without_bias_give_finite_gradients(
     layer(x[:1], samples=5).square().sum().backward()
     for name, p in layer.named_parameters():
         assert p.grad is None or not bool(p.grad.any()), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_local_draws_keep_small_variances(dtype: torch.dtype) -> None:
+    """Only an exact zero variance is special: a floor at float16's smallest
+    normal number (6e-5) raised small variances and cut their gradients."""
+    from pyrolite_bnn.layers.functional import _gaussian_draws
+
+    var = torch.tensor([0.0, 1e-6, 1e-5, 1e-3], dtype=dtype, requires_grad=True)
+    mean = torch.zeros(4000, 4, dtype=dtype)
+    torch.manual_seed(0)
+    draws = _gaussian_draws(mean, var.expand(4000, 4), False, 1, 4000).float()
+    spread = draws.var(0)
+    assert spread[0] == 0
+    for got, want in zip(spread[1:], var[1:].float(), strict=True):
+        assert abs(got / want - 1) < 0.15
+    draws.square().sum().backward()
+    assert var.grad is not None
+    assert var.grad[0] == 0
+    assert bool((var.grad[1:] > 0).all())
