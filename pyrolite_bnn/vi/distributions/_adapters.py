@@ -177,7 +177,8 @@ class FlatPrior(BnnPrior):
     The closed-form KL from a mean-field Normal posterior is torch_blue's,
     :func:`flat_prior_kl`; a Monte-Carlo estimate (``kl="mc"``), ``E_q[log
     q(w)]`` with the normalised Normal density, is lower by ``log(2 pi) / 2``
-    per weight (a constant: the gradients are the same).
+    per weight with ``use_norm_constants`` off and equal with it on (a
+    constant: the gradients are the same).
     """
 
     def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
