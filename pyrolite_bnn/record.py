@@ -333,22 +333,36 @@ def _normal_closed_form(
     prior = variable.module.prior[variable.name]
     assert isinstance(prior, Prior)
     term = prior.kl_from_normal(*moments)
-    if term is not None and term.dim() != 0:
-        raise ValueError(
-            f"{type(prior).__name__}.kl_from_normal returned a tensor of shape "
-            f"{tuple(term.shape)} for site '{variable.site}'; it must return the "
-            "KL summed over the weight tensor (a scalar)"
-        )
+    if term is not None:
+        _check_summed(prior, "kl_from_normal", term, f"site '{variable.site}'")
     return term
+
+
+def _check_summed(prior: Prior, method: str, term: Tensor, where: str) -> None:
+    """Refuse a closed form that is not summed to a scalar."""
+    if term.dim() != 0:
+        raise ValueError(
+            f"{type(prior).__name__}.{method} returned a tensor of shape "
+            f"{tuple(term.shape)} for {where}; it must return the KL summed over "
+            "the weight tensor (a scalar)"
+        )
 
 
 def _group_closed_form(prior: Prior, moments: list[NormalMoments]) -> Tensor:
     """The summed closed-form KL of the tensors of one prior group."""
-    if len(moments) == 1:
-        term = prior.kl_from_normal(*moments[0])
-        assert term is not None
-        return term
-    return prior.kl_from_normals(moments)
+    method = "kl_from_normal" if len(moments) == 1 else "kl_from_normals"
+    term = (
+        prior.kl_from_normal(*moments[0])
+        if len(moments) == 1
+        else prior.kl_from_normals(moments)
+    )
+    if term is None:
+        raise NotImplementedError(
+            f"{type(prior).__name__} has a closed_form_group but no closed form "
+            f"({method} returned None)"
+        )
+    _check_summed(prior, method, term, "a group of weight tensors")
+    return term
 
 
 def _is_normal(p: Any) -> bool:
@@ -517,28 +531,33 @@ def other_passes_upstream(tensor: Tensor, record: ForwardRecord) -> bool:
     autograd graph, past ``record``'s own marks: meant for a few checks, not
     every step.
     """
-    root = tensor.grad_fn
+    return bool(_records_in_graph(tensor.grad_fn, past=record))
+
+
+def _records_in_graph(
+    root: Any, past: ForwardRecord | None = None
+) -> list[ForwardRecord]:
+    """Records on the autograd nodes reachable from ``root`` (not past a record).
+
+    The nodes marked with ``past`` are walked through, not collected.
+    """
+    found: list[ForwardRecord] = []
     if root is None:
-        return False
+        return found
     seen = {id(root)}
-    stack: list[Any] = [root]  # ``Node.metadata`` is a dict (a method in stubs)
+    stack = [root]
     while stack:
         node = stack.pop()
-        found = node.metadata.get(_METADATA_KEY)
-        if found is not None and found is not record:
-            return True
+        record = node.metadata.get(_METADATA_KEY)
+        if record is not None and record is not past:
+            if all(record is not other for other in found):
+                found.append(record)
+            continue
         for child, _ in node.next_functions:
             if child is not None and id(child) not in seen:
                 seen.add(id(child))
                 stack.append(child)
-    return False
-
-
-def _records_in_graph(root: Any) -> list[ForwardRecord]:
-    """Records on the autograd nodes reachable from ``root`` (not past a record)."""
-    found: list[ForwardRecord] = []
-    if root is None:
-        return found
+    return found
     seen = {id(root)}
     stack = [root]
     while stack:

@@ -588,3 +588,22 @@ def test_grouped_closed_form_kl_equals_the_sum_over_tensors() -> None:
     assert _OwnNormal(0.0, 0.3).closed_form_group(torch.zeros(1)) is None
     # a big tensor costs more to copy than its operations: on its own
     assert bnn.NormalPrior().closed_form_group(torch.zeros(8192)) is None
+
+
+class _GroupedUnsummed(bnn.NormalPrior):
+    """A grouped prior whose closed form forgets to sum over the weights."""
+
+    def closed_form_group(self, loc: torch.Tensor) -> object:
+        return "unsummed"
+
+    def kl_from_normal(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return -scale.log()
+
+
+def test_a_grouped_closed_form_must_be_summed_like_any_other() -> None:
+    """The group path runs the same scalar check as the per-tensor path (an
+    unsummed KL was added into a (3, 3) 'KL')."""
+    layer = bnn.VILinear(3, 3, bias=False, prior=_GroupedUnsummed())
+    record = bnn.record.find_record(layer(torch.randn(2, 3), samples=2))
+    with pytest.raises(ValueError, match=r"kl_from_normal returned a tensor of shape"):
+        record.kl("analytic")
