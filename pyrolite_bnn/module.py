@@ -236,14 +236,14 @@ class VIModule(LocalPyroModule):
                 "variational must be a VariationalFamily such as bnn.MeanFieldNormal()"
                 f" or bnn.PointMass(), got {type(family).__name__}"
             )
-        # The prior's buffers take the parameters' dtype (float64 hyperparameter
-        # tensors keep their precision on a float64 layer).
-        prior_module = as_prior(prior).to(
-            device=device, dtype=torch.get_default_dtype() if dtype is None else dtype
-        )
-        prior_module.check_shape(size)  # hyperparameters broadcast to the weight
-        self.prior[name] = prior_module
         init = torch.zeros(size, device=device, dtype=dtype)
+        prior_module = as_prior(prior)
+        prior_module.check_shape(size)  # hyperparameters broadcast to the weight
+        # The prior's buffers go where the posterior's parameters are (also under
+        # a torch.device context) and take their dtype (float64 hyperparameter
+        # tensors keep their precision on a float64 layer).
+        prior_module = prior_module.to(device=init.device, dtype=init.dtype)
+        self.prior[name] = prior_module
         posterior = family.build(size, init)
         if not isinstance(posterior, PointMassPosterior):  # MAP takes any support
             with local_params():
@@ -293,6 +293,26 @@ class VIModule(LocalPyroModule):
     def declared_variables(self) -> dict[str, torch.Size]:
         """This module's own random variables: name -> shape of one draw."""
         return dict(self._declared)
+
+    def reset_priors(self) -> None:
+        """Return this module's own priors to the hyperparameters they were built with.
+
+        The layers' ``reset_parameters`` call it (a reset layer is the layer as
+        built, priors included); see :meth:`~pyrolite_bnn.Prior.reset_parameters`.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> layer = bnn.VILinear(3, 2, prior=bnn.LearnedNormalPrior(init_scale=0.5))
+            >>> with torch.no_grad():
+            ...     layer.prior["weight"].log_scale.fill_(3.0)
+            >>> layer.reset_priors()
+            >>> round(layer.prior["weight"].scale().item(), 6)
+            0.5
+        """
+        for name in self._declared:
+            prior = self.prior[name]
+            assert isinstance(prior, Prior)
+            prior.reset_parameters()
 
     def random_variables(self) -> list[RandomVariable]:
         """All random variables of this network, in module order.

@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 _NARROW_SCALE = math.exp(-6.0)  # Blundell et al.'s narrow mixture component
+#: Largest hyperparameter (in numbers) a prior keeps a copy of for resets.
+_REMEMBERED_NUMBERS = 4096
 
 PriorLike = "Prior | Distribution | Callable[[torch.Size], Distribution]"
 
@@ -103,7 +105,11 @@ def _hyperparameter(
         if isinstance(value, Tensor) and value.is_floating_point()
         else torch.get_default_dtype()
     )
-    tensor = torch.as_tensor(value, dtype=dtype).detach().clone()
+    # Numbers become CPU tensors even under a ``torch.device("meta")`` context,
+    # so that the prior keeps its values for ``reset_parameters`` after
+    # ``to_empty``; the layer moves its copy to the posterior's device.
+    device = value.device if isinstance(value, Tensor) else torch.device("cpu")
+    tensor = torch.as_tensor(value, dtype=dtype, device=device).detach().clone()
     if not _satisfies(constraint, tensor):
         shown = value.tolist() if isinstance(value, Tensor) else value
         raise ValueError(f"{what} must be {constraint!r}, got {shown!r}")
@@ -162,7 +168,82 @@ class Prior(nn.Module):
     :meth:`hyperparameter_constraints`; a ``load_state_dict`` that would put an
     invalid value (a negative scale, a NaN) into one of them fails with an error
     naming the buffer, and loads nothing into the prior.
+
+    :meth:`reset_parameters` returns every hyperparameter to the value it was
+    built with, as ``torch.nn`` layers re-initialise after ``to_empty``.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Hyperparameter name -> a CPU copy of its value at registration, and
+        # the names whose value was never known (registered on the meta device).
+        # Values larger than _REMEMBERED_NUMBERS are in neither: left on resets.
+        self._initial_values: dict[str, Tensor] = {}
+        self._unknown_values: set[str] = set()
+
+    def register_buffer(
+        self, name: str, tensor: Tensor | None, persistent: bool = True
+    ) -> None:
+        """``nn.Module.register_buffer``; also remembers the value for resets."""
+        super().register_buffer(name, tensor, persistent)
+        self._remember(name, tensor)
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        """``nn.Module.register_parameter``; also remembers the value for resets."""
+        super().register_parameter(name, param)
+        self._remember(name, param)
+
+    def _remember(self, name: str, value: Tensor | None) -> None:
+        if "_initial_values" not in self.__dict__:
+            return  # registered before Prior.__init__ ran
+        self._initial_values.pop(name, None)
+        self._unknown_values.discard(name)
+        if value is None or value.numel() > _REMEMBERED_NUMBERS:
+            return
+        if value.is_meta:
+            self._unknown_values.add(name)
+        else:
+            self._initial_values[name] = value.detach().to("cpu", copy=True)
+
+    def reset_parameters(self) -> None:
+        """Return every hyperparameter to the value the prior was built with.
+
+        The counterpart of ``torch.nn`` layers' ``reset_parameters``: after
+        ``module.to_empty(device=...)`` of a model built on the meta device
+        (uninitialised memory) it restores the priors; a learned prior scale
+        returns to its initial value. Hyperparameters larger than 4096 numbers
+        are not kept and are left as they are (load a ``state_dict`` after
+        ``to_empty`` instead).
+
+        Raises:
+            ValueError: a hyperparameter built from a tensor on the meta device
+                (its value was never known) has been materialised, e.g. by
+                ``to_empty``: load a ``state_dict`` instead.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> with torch.device("meta"):
+            ...     layer = bnn.VILinear(3, 2, prior=bnn.NormalPrior(0.0, 0.5))
+            >>> layer = layer.to_empty(device="cpu")
+            >>> layer.prior["weight"].reset_parameters()
+            >>> layer.prior["weight"]
+            NormalPrior(loc=0, scale=0.5)
+        """
+        unknown = sorted(  # still on meta: nothing to restore yet
+            name
+            for name in getattr(self, "_unknown_values", ())
+            if not getattr(self, name).is_meta
+        )
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} hyperparameters {unknown} were built on the "
+                "meta device, so their values are unknown: build the prior from "
+                "numbers or CPU tensors, or load a state_dict after to_empty"
+            )
+        with torch.no_grad():
+            for name, value in getattr(self, "_initial_values", {}).items():
+                current: Tensor = getattr(self, name)
+                current.copy_(value.expand_as(current))
 
     def elementwise(self) -> dist.TorchDistribution:
         """Distribution of a single weight built from the buffers."""

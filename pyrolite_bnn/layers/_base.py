@@ -167,10 +167,12 @@ class _VIWeightLayer(EstimatorLayer):
         """Re-initialise every posterior (means as ``torch.nn`` weights).
 
         The means come from :meth:`_initial_means`; scales return to their
-        initial value.
+        initial value, priors to the hyperparameters they were built with
+        (:meth:`~pyrolite_bnn.VIModule.reset_priors`).
         """
         for name, mean in self._initial_means().items():
             self.posterior[name].reset_parameters(mean)
+        self.reset_priors()
 
     def _initial_means(self) -> dict[str, Tensor]:
         """Initial posterior means: ``torch.nn``'s fan-in initialisation.

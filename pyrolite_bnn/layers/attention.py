@@ -270,10 +270,12 @@ class VIMultiheadAttention(VIModule):
 
         ``out_proj.weight`` as ``nn.Linear``, Xavier-uniform projection
         weights, zero biases, Xavier-normal ``bias_k``/``bias_v``; seeded, the
-        random numbers are those of torch's constructor.
+        random numbers are those of torch's constructor. Priors return to
+        the hyperparameters they were built with.
         """
         self.out_proj.reset_parameters()
         self._reset_projections()
+        self.reset_priors()
 
     def _reset_projections(self) -> None:
         for var in self._declared:

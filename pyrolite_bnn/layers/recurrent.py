@@ -149,12 +149,17 @@ class _VIRNNBase(VIModule):
         return [f"_l{layer}", f"_l{layer}_reverse"][: self.num_directions]
 
     def reset_parameters(self) -> None:
-        """Initialise posterior means like ``torch.nn``: uniform in ``±1/sqrt(H)``."""
+        """Initialise posterior means like ``torch.nn``: uniform in ``±1/sqrt(H)``.
+
+        Scales return to their initial value, priors to the hyperparameters
+        they were built with.
+        """
         bound = 1.0 / math.sqrt(self.hidden_size)
         for posterior in self.posterior.values():
             posterior.reset_parameters(
                 torch.empty_like(posterior.loc).uniform_(-bound, bound)
             )
+        self.reset_priors()
 
     def _weights(self) -> list[list[RecurrentWeights]]:
         def get(name: str) -> Tensor | None:

@@ -607,3 +607,79 @@ def test_a_grouped_closed_form_must_be_summed_like_any_other() -> None:
     record = bnn.record.find_record(layer(torch.randn(2, 3), samples=2))
     with pytest.raises(ValueError, match=r"kl_from_normal returned a tensor of shape"):
         record.kl("analytic")
+
+
+@pytest.mark.parametrize(
+    ("case", "tensor"),
+    [(case, tensor) for case in sorted(PRIOR_CASES) for tensor in (False, True)]
+    + [("learned", False)],
+)
+def test_reset_parameters_after_to_empty_restores_the_built_hyperparameters(
+    case: str, tensor: bool
+) -> None:
+    """torch's deferred initialisation (build on meta, ``to_empty``, then
+    ``reset_parameters`` on every module) left the prior buffers holding
+    uninitialised memory: a garbage prior, a garbage KL."""
+    if case == "learned":
+        hyper: dict[str, object] = {}
+
+        def make() -> bnn.Prior:
+            return bnn.LearnedNormalPrior(0.2, init_scale=0.7, per="unit")
+    else:
+        hyper = _hyper(
+            case, {n: (3, 1) for n in PRIOR_CASES[case][2]} if tensor else None
+        )
+
+        def make() -> bnn.Prior:
+            return PRIOR_CASES[case][0](hyper)  # type: ignore[no-any-return]
+
+    bias = not tensor  # (3, 1) hyperparameters do not broadcast to a bias
+    reference = bnn.VILinear(4, 3, bias=bias, prior=make())
+    # torch's distributions validate their arguments by reading them, which
+    # the meta device cannot: that prior is built first, the layer on meta.
+    outside = make() if case.startswith("distribution") else None
+    with torch.device("meta"):
+        layer = bnn.VILinear(4, 3, bias=bias, prior=outside or make())
+    layer = layer.to_empty(device="cpu")
+    layer.apply(
+        lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None
+    )
+    expected = {
+        k: v for k, v in reference.state_dict().items() if k.startswith("prior")
+    }
+    got = {k: v for k, v in layer.state_dict().items() if k.startswith("prior")}
+    assert got.keys() == expected.keys()
+    assert got
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_reset_parameters_returns_a_learned_scale_and_keeps_big_hyperparameters() -> (
+    None
+):
+    layer = bnn.VILinear(4, 3, prior=bnn.LearnedNormalPrior(init_scale=0.5))
+    with torch.no_grad():
+        layer.prior["weight"].log_scale.add_(2.0)
+    layer.reset_parameters()
+    torch.testing.assert_close(layer.prior["weight"].scale(), torch.tensor(0.5))
+    # A hyperparameter of more than 4096 numbers (MOPED centres of a big
+    # layer) is not copied for resets: it is left as it is.
+    centres = torch.randn(80, 60)
+    big = bnn.VILinear(60, 80, bias=False, prior=bnn.NormalPrior(centres, 0.1))
+    with torch.no_grad():
+        big.prior["weight"].loc.mul_(2.0)
+    big.reset_parameters()
+    torch.testing.assert_close(big.prior["weight"].loc, 2.0 * centres)
+
+
+def test_reset_after_to_empty_of_a_prior_built_from_meta_tensors_is_refused() -> None:
+    """A hyperparameter tensor made on the meta device never had a value: the
+    reset says so rather than leaving uninitialised memory in the prior."""
+    with torch.device("meta"):
+        layer = bnn.VILinear(
+            4, 3, bias=False, prior=bnn.NormalPrior(0.0, torch.ones(3, 1))
+        )
+    layer.reset_parameters()  # still on meta: nothing to restore, no error
+    layer = layer.to_empty(device="cpu")
+    with pytest.raises(ValueError, match=r"\['scale'\] were built on the meta device"):
+        layer.reset_parameters()
