@@ -1,16 +1,18 @@
 """``torch.distributed`` awareness: the wrapped network, ranks and reductions.
 
 A ``DistributedDataParallel`` wrapper is a plain module holding one network in
-``.module``; :func:`unwrap` gives that network to the functions that need a
-:class:`~pyrolite_bnn.VIModule` (``predict``, ``model_loss``,
-``to_deterministic``, checkpoints). :class:`Ranks` is what
+``.module``, ``torch.compile``'s wrapper (``OptimizedModule``) one in
+``._orig_mod``; :func:`unwrap` gives that network to the functions that need a
+:class:`~pyrolite_bnn.VIModule` or its state (``predict``, ``model_loss``,
+``to_deterministic``, ``laplace``, checkpoints). :class:`Ranks` is what
 :func:`~pyrolite_bnn.training.fit` needs from the process group: whether this
 process is rank 0, sums over ranks, and the data loader's sharding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -18,15 +20,46 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-__all__ = ["Ranks", "unwrap"]
+__all__ = ["Ranks", "is_compiled", "unwrap"]
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is ``torch.compile``'s wrapper (an ``OptimizedModule``).
+
+    torch has no public test for it. Its module is looked up only once loaded
+    (compiling loads it), so that the check never imports the compiler.
+    """
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)
+
+
+def _wrapped(model: nn.Module) -> Iterator[nn.Module]:
+    """``model``, then the modules inside its wrappers, the outermost first.
+
+    The wrappers are ``DistributedDataParallel`` and ``torch.compile``'s, in
+    either order (``torch.compile(DDP(net))`` is torch's advice).
+    """
+    while True:
+        yield model
+        if isinstance(model, DistributedDataParallel):
+            inner = model.module
+        elif is_compiled(model):
+            inner = model._orig_mod
+        else:
+            return
+        assert isinstance(inner, nn.Module)
+        model = inner
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The network inside a ``DistributedDataParallel`` wrapper, else ``model``."""
-    if isinstance(model, DistributedDataParallel):
-        inner: nn.Module = model.module
-        return inner
-    return model
+    """The network inside ``DistributedDataParallel`` and ``torch.compile``.
+
+    ``model`` itself if it is neither. The functions reading the network's
+    weight sites or state use it: a compiled network's state keys carry the
+    wrapper's ``_orig_mod.`` prefix, its weight sites do not.
+    """
+    *_, network = _wrapped(model)
+    return network
 
 
 class Ranks:
@@ -34,15 +67,18 @@ class Ranks:
 
     Args:
         model: the model passed to ``fit``; a ``DistributedDataParallel``
-            wrapper means training in its process group.
+            wrapper (compiled or not) means training in its process group.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.group: Any = None
         self.rank = 0
         self.size = 1
-        if isinstance(model, DistributedDataParallel):
-            self.group = model.process_group
+        parallel = [
+            m for m in _wrapped(model) if isinstance(m, DistributedDataParallel)
+        ]
+        if parallel:
+            self.group = parallel[0].process_group
             self.rank = torch.distributed.get_rank(self.group)
             self.size = torch.distributed.get_world_size(self.group)
 

@@ -150,12 +150,17 @@ def prepare(
     check_finite_inputs(args, kwargs, type(root).__name__)
     if is_validation_enabled():
         check_input_dtype(args, kwargs, floating_dtype(root), type(root).__name__)
-    inputs = tuple(
-        v
-        for v in _particles.input_leaves((*args, *kwargs.values()))
-        if isinstance(v, torch.Tensor)
+    leaves = list(_particles.input_leaves((*args, *kwargs.values())))
+    inputs = tuple(v for v in leaves if isinstance(v, torch.Tensor))
+    others = frozenset(
+        size
+        for size in (_particles.leading_size(v) for v in leaves)
+        if size is not None and size != batch
     )
-    return _particles.ParticleState(count, batch, root, inputs=inputs), device
+    state = _particles.ParticleState(
+        count, batch, root, inputs=inputs, other_batches=others
+    )
+    return state, device
 
 
 def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -> Any:

@@ -71,6 +71,11 @@ class ParticleState:
             there.
         inputs: the outermost call's tensor arguments: shared by all
             particles, whatever their shape.
+        other_batches: leading sizes of the outermost call's other inputs
+            (``batch_size`` is the first input's): a tensor with one of them
+            as its leading size is shared by all particles, one with that size
+            times ``samples`` folded (second inputs of another batch size, a
+            target sequence of another length).
     """
 
     samples: int
@@ -80,12 +85,27 @@ class ParticleState:
     root_sequence_batches: set[int] = field(default_factory=set, compare=False)
     inputs: tuple[Tensor, ...] = field(default=(), compare=False)
     batch_folded: list[tuple[Tensor, int]] = field(default_factory=list, compare=False)
+    other_batches: frozenset[int] = field(default=frozenset(), compare=False)
 
     def restarted(self) -> ParticleState:
         """The same call's state with nothing recorded yet (to run it again)."""
         return ParticleState(
-            self.samples, self.batch_size, self.root, inputs=self.inputs
+            self.samples,
+            self.batch_size,
+            self.root,
+            inputs=self.inputs,
+            other_batches=self.other_batches,
         )
+
+    def other_batches_seen(self) -> frozenset[int]:
+        """``other_batches`` and the batches of the sequence-first layers so far."""
+        if not (self.sequence_batches or self.root_sequence_batches):
+            return self.other_batches
+        return self.other_batches | self.sequence_batches | self.root_sequence_batches
+
+    def is_input(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is one of the outermost call's inputs (shared)."""
+        return any(tensor is given for given in self.inputs)
 
     def sequence_batch(self) -> int | None:
         """``B`` of a sequence-first network (whose output is ``(S, L, B, ...)``)."""
@@ -185,10 +205,19 @@ def leading_input(
     """
     for value in input_leaves((*args, *kwargs.values())):
         if isinstance(value, PackedSequence):
-            return int(value.batch_sizes[0]), value.data.device
-        if isinstance(value, Tensor):
-            return (None if value.dim() == 0 else value.shape[0]), value.device
+            return leading_size(value), value.data.device
+        return leading_size(value), value.device
     return None, None
+
+
+def leading_size(value: Tensor | PackedSequence) -> int | None:
+    """Batch size of one input (``None`` for a scalar tensor).
+
+    A tensor's leading size; the number of sequences of a packed batch.
+    """
+    if isinstance(value, PackedSequence):
+        return int(value.batch_sizes[0])
+    return None if value.dim() == 0 else value.shape[0]
 
 
 def check_samples(samples: object) -> int:
@@ -315,7 +344,14 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
             "sequence) cannot be unfolded; build the network with "
             "batch_first=True layers and (batch, sequence, feature) inputs"
         )
+    if samples == 1:  # nothing folded: any layout is its one particle's
+        return tensor.unsqueeze(0)
     rows = tensor.shape[0]
+    if rows not in (batch, samples * batch if batch is not None else None):
+        for other in state.other_batches:  # an output of another input's batch
+            if rows in (other, samples * other):
+                batch = other
+                break
     if batch is None:
         if rows % samples:
             raise ValueError(

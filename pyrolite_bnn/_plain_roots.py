@@ -46,6 +46,7 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._distributed import is_compiled
 from pyrolite_bnn._draws import LazyDraws, using_draws
 from pyrolite_bnn._forward import attach, generated_guide_draws, prepare
 from pyrolite_bnn._network import collect_variables, outermost_bayesian
@@ -265,11 +266,9 @@ def _refuse_folded_sequence_first(
 
 def _pass_through(module: nn.Module) -> bool:
     """Whether ``module`` is a wrapper whose forward only calls the module it wraps."""
-    if isinstance(module, (DistributedDataParallel, DataParallel)):
-        return True
-    # torch.compile's wrapper; its module is only loaded once compiling is used.
-    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
-    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
+    return isinstance(module, (DistributedDataParallel, DataParallel)) or is_compiled(
+        module
+    )
 
 
 def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:

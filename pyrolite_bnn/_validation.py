@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import pyro.distributions as pyro_dist
 import torch
 
@@ -196,10 +197,11 @@ def check_heat(value: float, what: str) -> float:
         what: how to name it in the error message.
 
     Raises:
-        ValueError: if ``value`` is not a finite number ``>= 0``.
+        ValueError: if ``value`` is not a finite number ``>= 0`` (``True`` is
+            not a heat).
     """
     try:  # a number or a one-element tensor; never a string ('1' is no heat)
-        heat = math.nan if isinstance(value, str | bytes) else float(value)
+        heat = math.nan if isinstance(value, str | bytes | bool) else float(value)
     except (TypeError, ValueError):
         heat = math.nan
     if not (math.isfinite(heat) and heat >= 0):
@@ -285,3 +287,70 @@ def check_positive(value: object, what: str) -> float:
     if not (number > 0 and math.isfinite(number)):
         raise ValueError(f"{what} must be positive and finite, got {value!r}")
     return number
+
+
+def check_probability(value: object, what: str) -> float:
+    """``value`` as a ``float`` if it is a probability in ``(0, 1)``, else raise.
+
+    Quantile and interval levels: one number (see :func:`check_real`), strictly
+    between 0 and 1.
+
+    Raises:
+        TypeError: if ``value`` is not one number.
+        ValueError: if it is not in ``(0, 1)`` (NaN is not).
+
+    Example:
+        >>> check_probability(0.9, "level")
+        0.9
+    """
+    number = check_real(value, what)
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"{what} must be in (0, 1), got {value!r}")
+    return number
+
+
+def check_bool(value: object, what: str) -> bool:
+    """``value`` as a ``bool`` if it is ``True`` or ``False``, else ``TypeError``.
+
+    For on/off options, where a string such as ``'no'`` or ``'False'`` would
+    otherwise count as true. Python and numpy booleans are accepted.
+
+    Example:
+        >>> check_bool(False, "adaptive")
+        False
+    """
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise TypeError(f"{what} must be True or False, got {value!r}")
+
+
+def check_floating_input(value: object, owner: str, what: str = "input") -> None:
+    """Refuse a non-tensor or integer input of a layer with an error naming it.
+
+    ``torch.nn`` raises deep inside ``F.linear``/``F.conv*``/the recurrence
+    (``mat1 and mat2 must have the same dtype``); this says what the layer
+    expected.
+
+    Args:
+        value: the input.
+        owner: the layer's name for the message (e.g. its class name).
+        what: which input (``"query"``, ``"h0"``...).
+
+    Raises:
+        TypeError: if ``value`` is not a tensor, or not a floating-point (or
+            complex) one.
+    """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{owner} expected a torch.Tensor {what}, got {type(value).__name__}"
+            + (
+                " (convert it with torch.as_tensor(x, dtype=torch.float32))"
+                if hasattr(value, "__array__") or isinstance(value, list | tuple)
+                else ""
+            )
+        )
+    if not (value.is_floating_point() or value.is_complex()):
+        raise TypeError(
+            f"{owner} expected a floating-point {what}, got dtype {value.dtype} "
+            "(convert it with x.float(), or use bnn.VIEmbedding for indices)"
+        )

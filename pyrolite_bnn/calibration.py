@@ -53,7 +53,7 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution,
 )
 from pyrolite_bnn.loss import batch_first_layout
-from pyrolite_bnn.predict import Prediction, predict
+from pyrolite_bnn.predict import Prediction, _check_likelihood, predict
 
 __all__ = ["Calibration", "TemperatureScaling", "VarianceScaling", "calibrate"]
 
@@ -175,6 +175,7 @@ class TemperatureScaling(Calibration):
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
         """``predictive`` with every output divided by the temperature."""
+        _check_likelihood(predictive)
         if not predictive.is_classification:
             raise TypeError(
                 "TemperatureScaling needs a classification likelihood (Categorical, "
@@ -241,6 +242,7 @@ class VarianceScaling(Calibration):
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
         """``predictive`` with its particle mixture stretched by ``sqrt(factor)``."""
+        _check_likelihood(predictive)
         if not isinstance(predictive, (Normal, HeteroscedasticNormal)):
             raise TypeError(
                 "VarianceScaling needs a Gaussian likelihood (Normal, "

@@ -10,8 +10,11 @@ tensors, numbers, strings, lists and dictionaries, so that it loads with
   latter holding e.g. a learned noise scale;
 * ``epoch``, ``extra`` (user data) and ``version`` (of ``pyrolite_bnn``);
 * ``fingerprint``: the model's class name, every state-dictionary key with its
-  shape, and every Pyro weight site with its shape and its prior and posterior
-  families (a Normal-prior checkpoint does not load into a Laplace-prior model).
+  shape, and every Pyro weight site with its shape, its prior and posterior
+  families (a Normal-prior checkpoint does not load into a Laplace-prior model)
+  and its posterior's parameterisation where it has a choice
+  (``MeanFieldNormal(scale_transform=...)``: the same ``rho`` is another
+  standard deviation under ``"exp"`` than under ``"softplus"``).
 
 Writes are atomic: the file is written to a temporary file in the same
 directory, flushed to disk and then renamed over the target, so an interrupted
@@ -35,6 +38,7 @@ from torch import Tensor, nn
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._network import collect_variables
 from pyrolite_bnn._state import clone_state
+from pyrolite_bnn._validation import check_count
 from pyrolite_bnn.distributions.priors import Prior
 
 __all__ = ["check_checkpoint_path", "load_checkpoint", "save_checkpoint"]
@@ -61,9 +65,15 @@ def _shape(tensor: Any) -> list[int]:
 
 
 def _fingerprint(model: nn.Module) -> dict[str, Any]:
-    """Class name, state keys and shapes, weight sites with shapes and families."""
+    """Class name, state keys and shapes, weight sites with shapes and families.
+
+    ``parameterisations`` holds only the sites whose posterior has a choice of
+    parameterisation
+    (:meth:`~pyrolite_bnn.distributions.variational.Posterior.parameterisation`).
+    """
     sites: dict[str, list[int]] = {}
     families: dict[str, str] = {}
+    parameterisations: dict[str, str] = {}
     for variable in collect_variables(model):  # plain torch roots too
         sites[variable.site] = list(variable.shape)
         prior = variable.module.prior[variable.name]
@@ -71,11 +81,15 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
         families[variable.site] = (
             f"prior {prior.family()}, posterior {type(variable.posterior).__name__}"
         )
+        parameterisation = variable.posterior.parameterisation()
+        if parameterisation:
+            parameterisations[variable.site] = parameterisation
     return {
         "class": type(model).__qualname__,
         "state": {key: _shape(value) for key, value in model.state_dict().items()},
         "sites": sites,
         "families": families,
+        "parameterisations": parameterisations,
     }
 
 
@@ -109,6 +123,24 @@ def _compare_shapes(
     if mismatched:
         problems.append(f"{what} with a different shape: {_listed(mismatched)}")
     return problems
+
+
+def _compare_labels(
+    what: str, saved: Mapping[str, str], current: Mapping[str, str]
+) -> list[str]:
+    """Describe the weight sites whose ``{site: label}`` entries differ.
+
+    A site absent from ``saved`` is not compared: files written before a label
+    was recorded lack it, and loading them must not be refused for that.
+    """
+    different = [
+        f"{site} (checkpoint: {saved[site]}; model: {label})"
+        for site, label in current.items()
+        if site in saved and saved[site] != label
+    ]
+    if not different:
+        return []
+    return [f"weight sites with a different {what}: {_listed(different)}"]
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -230,17 +262,20 @@ def save_checkpoint(
         path: file to write.
         model: the network; its ``state_dict()`` and architecture fingerprint
             are stored (of the network inside a ``DistributedDataParallel``
-            wrapper, so that it loads into the unwrapped network).
+            or ``torch.compile`` wrapper, so that it loads into the unwrapped
+            network).
         optimizer: optimizer whose state to store.
         loss_fn: loss module whose state to store (e.g. a learned noise scale
             of its likelihood).
-        epoch: the epoch this checkpoint belongs to.
-        extra: further data: tensors, numbers, strings, ``None``, and lists,
-            tuples or dictionaries of these.
+        epoch: the epoch this checkpoint belongs to, an integer ``>= 0``.
+        extra: a dict of further data: tensors, numbers, strings, ``None``,
+            and lists, tuples or dictionaries of these.
 
     Raises:
-        TypeError: if ``extra`` holds other objects (they would not load back
-            with ``weights_only=True``).
+        TypeError: if ``extra`` is not a dict or holds other objects (they
+            would not load back with ``weights_only=True``), or ``epoch`` is
+            not an integer.
+        ValueError: if ``epoch`` is negative.
         OSError: if ``path`` cannot be written (see
             :func:`check_checkpoint_path`).
 
@@ -256,8 +291,13 @@ def save_checkpoint(
         >>> info["epoch"], info["extra"]
         (4, {'note': 'demo'})
     """
-    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
-        raise TypeError(f"epoch must be an int or None, got {type(epoch).__name__}")
+    if epoch is not None:  # a plain int: a numpy one would not load back
+        epoch = check_count(epoch, "epoch", minimum=0)
+    if extra is not None and not isinstance(extra, Mapping):
+        raise TypeError(
+            f"extra must be a dict of names to data, got {type(extra).__name__} "
+            "(e.g. extra={'history': ...})"
+        )
     _check_plain(extra, "extra")
     for value, what, kind, name in (
         (model, "model", nn.Module, "torch.nn.Module"),
@@ -348,18 +388,15 @@ def _check_model(payload: Mapping[str, Any], model: nn.Module) -> list[str]:
     if state_problems and len(problems) > state_problems:
         # Site differences repeat the state-key differences; keep the message short.
         del problems[state_problems:]
-    # Files written before the families were recorded have no "families".
-    saved_families = saved.get("families", {})
-    different = [
-        f"{site} (checkpoint: {saved_families[site]}; model: {family})"
-        for site, family in current["families"].items()
-        if site in saved_families and saved_families[site] != family
-    ]
-    if different:
-        problems.append(
-            f"weight sites with a different prior or posterior family: "
-            f"{_listed(different)}"
-        )
+    # Older files lack "families" or "parameterisations": not compared then.
+    problems += _compare_labels(
+        "prior or posterior family", saved.get("families", {}), current["families"]
+    )
+    problems += _compare_labels(
+        "posterior parameterisation",
+        saved.get("parameterisations", {}),
+        current["parameterisations"],
+    )
     return problems
 
 
@@ -409,7 +446,8 @@ def load_checkpoint(
         path: checkpoint file.
         model: network of the same architecture as the saved one (a custom
             guide must be assigned before loading, as when saving; a
-            ``DistributedDataParallel`` wrapper loads into its network).
+            ``DistributedDataParallel`` or ``torch.compile`` wrapper loads into
+            its network).
         optimizer: optimizer over the same parameters, to restore its state.
         loss_fn: loss module of the same kind, to restore its state.
 

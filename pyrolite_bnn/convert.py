@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
+from pyrolite_bnn._validation import check_positive
 from pyrolite_bnn.distributions.priors import NormalPrior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
@@ -134,7 +135,9 @@ def convert(
         ``module`` is one, else a :class:`ConvertedNetwork` of ``module``'s class.
 
     Raises:
-        TypeError: if ``module`` is no ``torch.nn.Module`` or is already Bayesian.
+        TypeError: if ``module`` is no ``torch.nn.Module`` or is already
+            Bayesian, ``moped`` is not a number, or ``include``/``exclude``
+            hold other than paths and types.
         ValueError: for an unknown path in ``include``/``exclude``, a path
             inside a layer converted as a whole, or invalid
             ``moped``/``prior``/``variational``.
@@ -165,10 +168,8 @@ def convert(
             f"{type(module).__name__} already holds Bayesian layers; convert takes "
             "a plain torch.nn model"
         )
-    if moped is not None and (
-        isinstance(moped, bool) or not isinstance(moped, int | float) or moped <= 0
-    ):
-        raise ValueError(f"moped must be a positive number (delta), got {moped!r}")
+    if moped is not None:
+        moped = check_positive(moped, "moped (delta)")
     if moped is not None and not (prior is None or isinstance(prior, NormalPrior)):
         raise ValueError(
             "moped= centres a Normal prior at the weights: pass prior=None or a "
@@ -405,11 +406,19 @@ def _selection(
 ) -> tuple[frozenset[str], tuple[type[nn.Module], ...]] | None:
     if given is None:
         return None
+    if not isinstance(given, str | type | Iterable):
+        raise TypeError(
+            f"{what}= takes a module path (str), a module type, or an iterable of "
+            f"them; got {given!r}"
+        )
     items = [given] if isinstance(given, str | type) else list(given)
     names = frozenset(i for i in items if isinstance(i, str))
     types_ = tuple(i for i in items if isinstance(i, type))
     if len(names) + len(types_) != len(items):
-        raise TypeError(f"{what}= takes module paths (str) or module types")
+        other = next(i for i in items if not isinstance(i, str | type))
+        raise TypeError(
+            f"{what}= takes module paths (str) or module types, got {other!r}"
+        )
     unknown = sorted(names - paths)
     if unknown:
         raise ValueError(

@@ -61,6 +61,7 @@ from pyrolite_bnn._draws import (
 )
 from pyrolite_bnn._forward import prepare, pytorch_run
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._validation import check_count
 from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.layers._options import EstimatorLayer
 from pyrolite_bnn.loss import PyroModel
@@ -215,6 +216,14 @@ class Trace_ELBO(pyro.infer.Trace_ELBO):
     """
 
     kl_mode: KLMode = "mc"
+
+    def __init__(self, num_particles: int = 1, *args: Any, **kwargs: Any) -> None:
+        """Pyro's arguments; ``num_particles`` must be an integer ``>= 1``.
+
+        Pyro's class would average over no particles and report a loss of 0.
+        """
+        count = check_count(num_particles, "num_particles")
+        super().__init__(count, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """The negative ELBO (a number), without gradients."""

@@ -58,7 +58,8 @@ def to_deterministic(model: nn.Module) -> nn.Module:
     itself is not changed.
 
     Args:
-        model: a trained network (or its ``DistributedDataParallel`` wrapper).
+        model: a trained network (or its ``DistributedDataParallel`` or
+            ``torch.compile`` wrapper).
 
     Returns:
         ``nn.Linear``/``nn.Conv*``/``nn.Sequential`` modules where ``model`` is

@@ -59,8 +59,10 @@ from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._scalar_search import minimise_expanding
 from pyrolite_bnn._validation import (
+    check_count,
     check_finite,
     check_input_dtype,
+    check_positive,
     floating_dtype,
     validation,
 )
@@ -123,14 +125,18 @@ def _output_hessian_root(
     return (root.to(jac) @ jac).reshape(-1, params)
 
 
-def _check_prior_precision(value: object) -> None:
-    if isinstance(value, bool) or not (
-        isinstance(value, (int, float)) and value > 0 and math.isfinite(value)
-    ):
+def _check_prior_precision(value: object) -> float:
+    """``value`` as a float if it is a positive, finite number, else raise.
+
+    Numbers as :func:`~pyrolite_bnn._validation.check_positive` takes them
+    (numpy scalars, one-element tensors).
+    """
+    if isinstance(value, str):  # a misspelt option
         raise ValueError(
-            "prior_precision must be 'marglik' or a positive finite float, got "
+            f"prior_precision must be 'marglik' or a positive finite number, got "
             f"{value!r}"
         )
+    return check_positive(value, "prior_precision")
 
 
 def _check_predictive(predictive: PredictiveDistribution) -> None:
@@ -552,8 +558,7 @@ class LinearizedLaplace(nn.Module):
 
     def set_prior_precision(self, prior_precision: float) -> None:
         """Use the prior ``N(0, I / prior_precision)`` (positive, finite)."""
-        _check_prior_precision(prior_precision)
-        self.prior_precision.fill_(float(prior_precision))
+        self.prior_precision.fill_(_check_prior_precision(prior_precision))
 
     # ---------------------------------------------------------------- linearised
     def _weights(self, theta: Tensor) -> dict[str, Tensor]:
@@ -744,8 +749,8 @@ def laplace(
             forward pass (others fixed at their values).
         prior_precision: ``"marglik"`` to maximise
             :meth:`LinearizedLaplace.log_marginal_likelihood`, or a positive
-            float ``delta`` (prior ``N(0, I / delta)``).
-        max_parameters: the largest ``P`` accepted.
+            number ``delta`` (prior ``N(0, I / delta)``).
+        max_parameters: the largest ``P`` accepted, an integer ``>= 1``.
 
     Returns:
         The fitted :class:`LinearizedLaplace`; predict with
@@ -753,9 +758,12 @@ def laplace(
 
     Raises:
         NotImplementedError: for another likelihood.
+        TypeError: if ``prior_precision`` or ``max_parameters`` is not a
+            number (an integer).
         ValueError: for more than ``max_parameters`` weights, inconsistent
             data, inputs of another floating dtype than the network's, an
-            unknown ``subset`` or an invalid ``prior_precision``.
+            unknown ``subset``, a ``prior_precision`` that is not
+            ``"marglik"`` or positive, or ``max_parameters < 1``.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -771,8 +779,9 @@ def laplace(
     _check_predictive(predictive)
     if subset not in ("all", "last_layer"):
         raise ValueError(f"subset must be 'all' or 'last_layer', got {subset!r}")
-    if prior_precision != "marglik":
-        _check_prior_precision(prior_precision)
+    marglik = isinstance(prior_precision, str) and prior_precision == "marglik"
+    precision = None if marglik else _check_prior_precision(prior_precision)
+    max_parameters = check_count(max_parameters, "max_parameters")
     network = _expansion_network(model)
     batches = _batches(x, y, network)
     first = next(batches, None)
@@ -795,7 +804,7 @@ def laplace(
         raise ValueError("laplace: the network has no trainable weights")
     result = LinearizedLaplace(network, names, predictive, subset)
     result.fit(itertools.chain([first], batches))
-    if prior_precision == "marglik":
+    if precision is None:
         return result.fit_prior_precision()
-    result.set_prior_precision(float(prior_precision))
+    result.set_prior_precision(precision)
     return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 import warnings
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
@@ -23,7 +22,7 @@ from pyrolite_bnn._forward import (
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteShapeError
-from pyrolite_bnn._validation import check_heat
+from pyrolite_bnn._validation import check_count, check_heat
 from pyrolite_bnn.compiled import LossGraphs
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import autoguide_running_model, check_pyro_call
@@ -45,14 +44,6 @@ _UNTRAINED_CHECK_STEP = 5
 _CLEARED_CALLS = 20
 # Loss calls per network whose output is checked for a chained network.
 _CHAIN_CHECKS = 3
-
-
-def _integral(value: object) -> int | None:
-    """``operator.index(value)`` (ints, numpy integers...), or ``None`` for others."""
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 # Pyro's own query for the InitMessengers on the handler stack (public
@@ -238,10 +229,7 @@ class KullbackLeiblerLoss(nn.Module):
 
     @dataset_size.setter
     def dataset_size(self, value: int) -> None:
-        size = None if isinstance(value, bool) else _integral(value)
-        if size is None or size < 1:
-            raise ValueError(f"dataset_size must be an integer >= 1, got {value!r}")
-        self._dataset_size = size
+        self._dataset_size = check_count(value, "dataset_size")
 
     @property
     def heat(self) -> float:

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 
 import torch
 
+from pyrolite_bnn._validation import check_bool
+
 __all__ = [
     "accuracy",
     "auroc",
@@ -312,7 +314,8 @@ def expected_calibration_error(
         0-dim tensor (dtype of ``probs``) in ``[0, 1]``.
 
     Raises:
-        TypeError: If an argument is not a tensor or ``n_bins`` is not an integer.
+        TypeError: If an argument is not a tensor, ``n_bins`` is not an integer
+            or ``adaptive`` not a bool.
         ValueError: If ``probs`` or ``labels`` are invalid (see :func:`nll`) or
             ``n_bins < 1``.
 
@@ -332,7 +335,7 @@ def expected_calibration_error(
     p, y = _check_classification(probs, labels)
     bins = _check_n_bins(n_bins)
     n = p.shape[0]
-    if not adaptive:
+    if not check_bool(adaptive, "adaptive"):
         _, conf_sums, acc_sums = _equal_width_bin_sums(p, y, bins)
         # (|B|/N) * |acc_b - conf_b| == |sum_acc_b - sum_conf_b| / N
         return (acc_sums - conf_sums).abs().sum() / n

@@ -304,7 +304,7 @@ class VIModule(LocalPyroModule):
             >>> import torch, pyrolite_bnn as bnn
             >>> layer = bnn.VILinear(3, 2, prior=bnn.LearnedNormalPrior(init_scale=0.5))
             >>> with torch.no_grad():
-            ...     layer.prior["weight"].log_scale.fill_(3.0)
+            ...     _ = layer.prior["weight"].log_scale.fill_(3.0)
             >>> layer.reset_priors()
             >>> round(layer.prior["weight"].scale().item(), 6)
             0.5

@@ -40,7 +40,12 @@ from pyrolite_bnn._network import (
     network_modules,
 )
 from pyrolite_bnn._pyro_module import local_params
-from pyrolite_bnn._validation import check_count, check_real
+from pyrolite_bnn._validation import (
+    check_count,
+    check_finite,
+    check_probability,
+    check_real,
+)
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.module import VIModule, whole_network_draws
@@ -177,9 +182,12 @@ class Prediction:
 
         Returns:
             ``(lower, upper)``, each ``(B, ...)``.
+
+        Raises:
+            TypeError: if ``level`` is not one number.
+            ValueError: if ``level`` is not in ``(0, 1)``.
         """
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level must be in (0, 1), got {level!r}")
+        level = check_probability(level, "level")
         return self.quantile((1 - level) / 2), self.quantile((1 + level) / 2)
 
     def quantile(self, q: float) -> Tensor:
@@ -190,14 +198,16 @@ class Prediction:
         Gaussian likelihoods).
 
         Args:
-            q: probability in ``(0, 1)``.
+            q: probability in ``(0, 1)``, one number (for several levels, call
+                this once per level).
 
         Raises:
+            TypeError: if ``q`` is not one number.
+            ValueError: if ``q`` is not in ``(0, 1)``.
             NotImplementedError: for likelihoods without mixture quantiles
                 (``StudentT``, ``Poisson``, classification).
         """
-        if not 0.0 < q < 1.0:
-            raise ValueError(f"q must be in (0, 1), got {q!r}")
+        q = check_probability(q, "q")
         with torch.no_grad():
             return self.predictive.quantile(self.samples, q)
 
@@ -315,6 +325,7 @@ def predict(
         raise ValueError(
             f"predict needs inputs x of shape (N, ...), got {tuple(x.shape)}"
         )
+    check_finite(x, "predict's inputs x")  # all of x: chunks would name a chunk
     if calibration is not None:
         predictive = calibration.wrap(predictive)
     with torch.no_grad(), local_params():
@@ -370,7 +381,7 @@ def _predict(
     kept_bytes = kept_bytes if kept_bytes <= budget // 2 else 0
     if batch_size is None:
         with _ActivationProbe(model) as probe:
-            _run(model, x.narrow(axis, 0, min(size, _PROBE_INPUTS)), 1, weights)
+            _run_chunk(model, x, axis, 0, min(size, _PROBE_INPUTS), 1, weights)
         generators.rewind()  # the probe's draws are not the prediction's
         probed = max(1, min(size, _PROBE_INPUTS))
         per_input = _WORKING_SET_FACTOR * particles * probe.largest / probed
@@ -387,8 +398,9 @@ def _predict(
     for start in range(0, size, step):
         if weights is None:  # same draws in every chunk: rewind the generators
             generators.rewind()
-        chunk = x.narrow(axis, start, min(step, size - start))
-        out = _run(model, chunk, particles, weights)
+        out = _run_chunk(
+            model, x, axis, start, min(step, size - start), particles, weights
+        )
         if result is None:
             shape = list(out.shape)
             shape[axis + 1] = size
@@ -407,6 +419,32 @@ def _predict(
         result.narrow(axis + 1, start, out.shape[axis + 1]).copy_(out)
     assert result is not None
     return result
+
+
+def _run_chunk(
+    model: nn.Module,
+    x: Tensor,
+    axis: int,
+    start: int,
+    length: int,
+    particles: int,
+    weights: dict[str, Tensor] | None,
+) -> Tensor:
+    """:func:`_run` on ``length`` inputs of ``x`` from ``start`` along ``axis``.
+
+    A ``TypeError``/``ValueError`` of the model (a layer's shape check, say)
+    names the chunk's shape; its message gets the shape of all of ``x``.
+    """
+    try:
+        return _run(model, x.narrow(axis, start, length), particles, weights)
+    except (TypeError, ValueError) as error:
+        if type(error) not in (TypeError, ValueError):
+            raise  # a subclass may take other constructor arguments
+        rows = ", ".join([":"] * axis + [f"{start}:{start + length}"])
+        raise type(error)(
+            f"{error} (predict ran the model on x[{rows}] of the inputs x of shape "
+            f"{tuple(x.shape)})"
+        ).with_traceback(error.__traceback__) from None
 
 
 def _guide(model: nn.Module) -> ParticleGuide:

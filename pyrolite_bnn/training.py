@@ -31,6 +31,7 @@ from pyrolite_bnn._fit_progress import Progress
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn._validation import (
+    check_bool,
     check_count,
     check_heat,
     check_integer,
@@ -115,6 +116,7 @@ def linear_warmup(
         A callable ``epoch -> heat``.
 
     Raises:
+        TypeError: if ``epochs`` is not an integer.
         ValueError: if ``epochs < 0`` or a heat is negative or not finite.
 
     Example:
@@ -123,8 +125,7 @@ def linear_warmup(
         >>> [schedule(epoch) for epoch in range(6)]
         [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    epochs = check_count(epochs, "epochs", minimum=0)
     return _LinearWarmup(epochs, check_heat(start, "start"), check_heat(end, "end"))
 
 
@@ -359,10 +360,9 @@ def _check_checkpoint_path(path: str | os.PathLike[str], ranks: Ranks) -> None:
 def _epoch_end_hooks(callbacks: object) -> list[Callable[..., Any]]:
     """The ``on_epoch_end`` of each callback (a plain function is its own).
 
-    Objects without the method are skipped (the method is optional).
-
     Raises:
-        TypeError: for a single callback not in a list.
+        TypeError: for a single callback not in a list, or a callback that is
+            neither callable nor has an ``on_epoch_end`` method.
     """
     if not isinstance(callbacks, Sequence) or isinstance(callbacks, str):
         raise TypeError(
@@ -370,12 +370,16 @@ def _epoch_end_hooks(callbacks: object) -> list[Callable[..., Any]]:
             f"{type(callbacks).__name__}; pass [callback]"
         )
     hooks: list[Callable[..., Any]] = []
-    for callback in callbacks:
+    for index, callback in enumerate(callbacks):
         on_epoch_end = getattr(callback, "on_epoch_end", None)
         if on_epoch_end is None and callable(callback):
             on_epoch_end = callback
-        if callable(on_epoch_end):
-            hooks.append(on_epoch_end)
+        if not callable(on_epoch_end):
+            raise TypeError(
+                f"callbacks[{index}] must be a function or an object with a method "
+                f"on_epoch_end(epoch, history, model), got {callback!r}"
+            )
+        hooks.append(on_epoch_end)
     return hooks
 
 
@@ -504,7 +508,7 @@ def fit(
             likelihood may own a learned noise scale).
         val_loader: iterable of validation batches, in the formats of
             ``train_loader``.
-        callbacks: a list of objects with an optional method
+        callbacks: a list of objects with a method
             ``on_epoch_end(epoch, history, model) -> bool | None``, or of such
             functions, called after each epoch (after validation and
             checkpointing); returning ``True`` stops training.
@@ -532,7 +536,9 @@ def fit(
 
     Raises:
         TypeError: if ``loss_fn`` is not a
-            :class:`~pyrolite_bnn.KullbackLeiblerLoss`.
+            :class:`~pyrolite_bnn.KullbackLeiblerLoss`, ``progress`` not a
+            bool, or a callback neither a function nor an object with
+            ``on_epoch_end``.
         ValueError: for invalid arguments (early stopping without
             ``val_loader``, an empty loader, a negative heat, a batch in
             another format...).
@@ -564,6 +570,7 @@ def fit(
         heat_schedule,
     )
     _check_model_and_optimizer(model, optimizer)
+    progress = check_bool(progress, "progress")
     epoch_end_hooks = _epoch_end_hooks(callbacks)
     ranks = Ranks(model)
     if checkpoint_path is not None:

@@ -102,6 +102,10 @@ def test_variance_scaling_stretches_the_mixture(make) -> None:  # type: ignore[n
 def test_calibrations_refuse_other_likelihoods_and_bad_values() -> None:
     with pytest.raises(TypeError, match="classification likelihood"):
         bnn.TemperatureScaling().wrap(bnn.Normal())
+    for calibration in (bnn.TemperatureScaling(), bnn.VarianceScaling()):
+        # TemperatureScaling raised AttributeError: no attribute 'is_classification'
+        with pytest.raises(TypeError, match=r"predictive must be a likelihood.*'cat'"):
+            calibration.wrap("cat")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Gaussian likelihood"):
         bnn.VarianceScaling().wrap(bnn.Categorical())
     with pytest.raises(TypeError, match="Gaussian likelihood"):

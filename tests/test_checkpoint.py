@@ -95,6 +95,27 @@ def test_round_trip_gives_identical_predictions(tmp_path: Path) -> None:
     _assert_same_state(_state(fresh), _state(model))
 
 
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+def test_compiled_network_saves_and_loads_as_its_network(tmp_path: Path) -> None:
+    """It saved an ``OptimizedModule`` with ``_orig_mod.``-prefixed keys."""
+    model = _net()
+    compiled = torch.compile(model, backend="eager")  # eager backend: quick
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        compiled(x)
+    path = tmp_path / "compiled.pt"
+    save_checkpoint(path, compiled)
+    payload = torch.load(path, weights_only=True)
+    assert payload["fingerprint"]["class"] == "VISequential"
+    assert payload["model"].keys() == model.state_dict().keys()
+    plain = _net()
+    load_checkpoint(path, plain)
+    _assert_same_state(_state(plain), _state(model))
+    recompiled = _net()
+    load_checkpoint(path, torch.compile(recompiled, backend="eager"))
+    _assert_same_state(_state(recompiled), _state(model))
+
+
 def test_file_loads_with_weights_only_and_holds_fingerprint(tmp_path: Path) -> None:
     model = _net()
     path = tmp_path / "model.pt"
@@ -310,6 +331,53 @@ def test_checkpoint_without_families_still_loads(tmp_path: Path) -> None:
     _assert_same_state(_state(model), _state(saved))
 
 
+def _scale_net(scale_transform: str) -> bnn.VILinear:
+    family = bnn.MeanFieldNormal(0.05, scale_transform=scale_transform)
+    return bnn.VILinear(3, 2, variational=family)
+
+
+@pytest.mark.parametrize(("saved", "other"), [("exp", "softplus"), ("softplus", "exp")])
+def test_different_scale_transform_is_refused(
+    tmp_path: Path, saved: str, other: str
+) -> None:
+    """It loaded: the same ``rho`` is another standard deviation (1.0 -> 0.693)."""
+    path = tmp_path / f"{saved}.pt"
+    source = _scale_net(saved)
+    save_checkpoint(path, source)
+    model = _scale_net(other)
+    before = _state(model)
+    message = (
+        r"different posterior parameterisation: weight \(checkpoint: "
+        rf"scale_transform='{saved}'; model: scale_transform='{other}'\), bias"
+    )
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(path, model)
+    _assert_same_state(_state(model), before)
+    same = _scale_net(saved)
+    load_checkpoint(path, same)
+    _assert_same_state(_state(same), _state(source))
+
+
+@pytest.mark.parametrize("other", ["exp", "softplus"])
+def test_checkpoint_without_parameterisations_still_loads(
+    tmp_path: Path, other: str
+) -> None:
+    """Files written before they were fingerprinted: not refused either way.
+
+    Assuming "softplus" for them would refuse every older checkpoint of a
+    ``vi`` model (torch_blue's layout, ``scale_transform="exp"``).
+    """
+    path = tmp_path / "old.pt"
+    saved = _scale_net("exp")
+    save_checkpoint(path, saved)
+    payload = torch.load(path, weights_only=True)
+    del payload["fingerprint"]["parameterisations"]
+    torch.save(payload, path)
+    model = _scale_net(other)
+    load_checkpoint(path, model)
+    _assert_same_state(_state(model), _state(saved))
+
+
 def test_negative_prior_scale_in_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.pt"
     save_checkpoint(path, _prior_net(bnn.NormalPrior(0.0, 0.5)))
@@ -372,6 +440,24 @@ def test_non_plain_extra_is_rejected(tmp_path: Path) -> None:
         save_checkpoint(path, _net(), extra={"x": [1.0, np.float64(2.0)]})
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_extra_must_be_a_dict_and_epoch_a_count(tmp_path: Path) -> None:
+    """A list raised ``dictionary update sequence element #0``; ``epoch=-1``
+    was saved."""
+    path = tmp_path / "model.pt"
+    with pytest.raises(
+        TypeError, match="extra must be a dict of names to data, got list"
+    ):
+        save_checkpoint(path, _net(), extra=[1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -1"):
+        save_checkpoint(path, _net(), epoch=-1)
+    with pytest.raises(TypeError, match="epoch must be an integer"):
+        save_checkpoint(path, _net(), epoch=1.0)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+    save_checkpoint(path, _net(), epoch=np.int64(3))  # type: ignore[arg-type]
+    epoch = load_checkpoint(path, _net())["epoch"]
+    assert (epoch, type(epoch)) == (3, int)  # a plain int: loads weights-only
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")

@@ -173,6 +173,14 @@ def test_include_exclude_by_name_and_type() -> None:
     assert isinstance(no_conv.head, bnn.VILinear)
     with pytest.raises(ValueError, match=r"names no module.*'hed'"):
         bnn.convert(module, exclude=["hed"])
+    # An int or a predicate raised "'int' object is not iterable".
+    for wrong in (3, lambda m: True):
+        with pytest.raises(
+            TypeError, match=r"include= takes a module path .* iterable"
+        ):
+            bnn.convert(module, include=wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"exclude= takes module paths .* got 3"):
+        bnn.convert(module, exclude=["head", 3])  # type: ignore[list-item]
 
 
 def test_moped_prior_and_posterior() -> None:
@@ -193,6 +201,11 @@ def test_moped_prior_and_posterior() -> None:
     assert net[0].posterior["bias"].scale().max() < 2 * MOPED_MIN_SCALE
     with pytest.raises(ValueError, match="moped"):
         bnn.convert(module, moped=0.0)
+    # NaN reached the posterior: "init_scale must be positive".
+    with pytest.raises(ValueError, match=r"moped \(delta\) must be positive .* nan"):
+        bnn.convert(module, moped=float("nan"))
+    with pytest.raises(TypeError, match=r"moped \(delta\) must be a number"):
+        bnn.convert(module, moped="0.1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="NormalPrior"):
         bnn.convert(module, moped=0.1, prior=bnn.LaplacePrior())
 

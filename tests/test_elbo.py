@@ -243,3 +243,14 @@ def test_svi_step_still_takes_the_fast_path() -> None:
     with mock.patch.object(elbo_module, "_fast_loss", spy):
         svi.step(torch.randn(6, 3), torch.randint(0, 2, (6,)))
     assert taken == [True]
+
+
+@pytest.mark.parametrize("elbo", [Trace_ELBO, TraceMeanField_ELBO])
+def test_num_particles_must_be_a_positive_integer(elbo: type[Trace_ELBO]) -> None:
+    """Pyro's classes average over no particles and report a loss of 0."""
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=rf"num_particles must be .* got {bad}"):
+            elbo(num_particles=bad)
+    with pytest.raises(TypeError, match="num_particles must be an integer"):
+        elbo(2.0)  # type: ignore[arg-type]
+    assert elbo(num_particles=3, max_plate_nesting=2).num_particles == 3

@@ -124,6 +124,20 @@ def test_rejects_non_vimodule() -> None:
         bnn.to_deterministic(nn.Linear(2, 2))  # type: ignore[arg-type]
 
 
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+def test_compiled_network_exports_its_network() -> None:
+    """It raised "needs a bnn.VIModule, got OptimizedModule"."""
+    net = bnn.VISequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 1))
+    compiled = torch.compile(net, backend="eager")  # eager backend: quick
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        compiled(x)
+    plain = bnn.to_deterministic(compiled)
+    assert isinstance(plain, nn.Sequential)
+    mean = bnn.predict(net, x, bnn.Normal(scale=1.0), mode="mean").samples[0]
+    torch.testing.assert_close(plain(x), mean, rtol=1e-6, atol=1e-6)
+
+
 class _ConvNet(bnn.VIModule):
     def __init__(self) -> None:
         super().__init__()

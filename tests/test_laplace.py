@@ -6,6 +6,7 @@ import copy
 import math
 from typing import Any, Literal
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -322,6 +323,17 @@ def test_bad_arguments() -> None:
         bnn.laplace(net, x, y, normal, subset="first")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="prior_precision must be"):
         bnn.laplace(net, x, y, normal, prior_precision=-1.0)
+    with pytest.raises(ValueError, match="prior_precision must be 'marglik' or"):
+        bnn.laplace(net, x, y, normal, prior_precision="marg")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="prior_precision must be a number, got True"):
+        bnn.laplace(net, x, y, normal, prior_precision=True)
+    # They complained about the model's size (3 weights) instead.
+    with pytest.raises(
+        ValueError, match="max_parameters must be an integer >= 1, got -1"
+    ):
+        bnn.laplace(net, x, y, normal, max_parameters=-1)
+    with pytest.raises(TypeError, match="max_parameters must be an integer"):
+        bnn.laplace(net, x, y, normal, max_parameters=2.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs targets y"):
         bnn.laplace(net, x, None, normal)
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
@@ -544,3 +556,11 @@ def test_predicting_with_another_likelihood_family_is_refused() -> None:
         bnn.predict(posterior, x, bnn.Categorical())
     same_family = bnn.predict(posterior, x, bnn.Normal(scale=0.3), samples=4)
     assert same_family.samples.shape == (4, 20, 3)
+
+
+def test_prior_precision_takes_numbers_of_any_kind() -> None:
+    """A one-element tensor and a numpy number were refused as no float."""
+    x, y, net = torch.randn(8, 2), torch.randn(8), nn.Linear(2, 1)
+    for value in (torch.tensor(2.0), np.float32(2.0), 2):
+        la = bnn.laplace(net, x, y, bnn.Normal(1.0), prior_precision=value)  # type: ignore[arg-type]
+        assert float(la.prior_precision) == 2.0

@@ -275,6 +275,18 @@ def test_ece_adaptive_matches_numpy_reference(n_bins: int, dtype: torch.dtype) -
     torch.testing.assert_close(result, _scalar(expected, dtype), atol=1e-6, rtol=1e-5)
 
 
+def test_ece_adaptive_must_be_a_bool() -> None:
+    """``adaptive='False'`` is truthy: it ran adaptive binning."""
+    probs, labels = torch.full((4, 2), 0.5), torch.tensor([0, 1, 0, 1])
+    for wrong in ("False", 1, None):
+        with pytest.raises(TypeError, match="adaptive must be True or False"):
+            metrics.expected_calibration_error(probs, labels, adaptive=wrong)  # type: ignore[arg-type]
+    torch.testing.assert_close(  # numpy's bool is a bool
+        metrics.expected_calibration_error(probs, labels, adaptive=np.bool_(True)),
+        metrics.expected_calibration_error(probs, labels, adaptive=True),
+    )
+
+
 def test_ece_adaptive_differs_from_equal_width() -> None:
     """The adaptive flag changes the binning on skewed confidences."""
     rng = np.random.default_rng(0)

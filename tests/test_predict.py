@@ -302,6 +302,58 @@ def test_predict_input_errors() -> None:
         Prediction(torch.zeros(2, 3), bnn.Normal(scale=1.0)).quantile(0.0)
 
 
+def test_interval_and_quantile_take_one_number() -> None:
+    """A string raised ``'<' not supported``, two levels ``ambiguous bool``."""
+    prediction = Prediction(torch.zeros(2, 3), bnn.Normal(scale=1.0))
+    with pytest.raises(TypeError, match=r"level must be a number, got '0.9'"):
+        prediction.interval("0.9")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"q must be a number, got '0.5'"):
+        prediction.quantile("0.5")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"q must be a number, got tensor\("):
+        prediction.quantile(torch.tensor([0.1, 0.9]))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"level must be in \(0, 1\), got nan"):
+        prediction.interval(math.nan)
+    torch.testing.assert_close(  # numbers as numpy and one-element tensors
+        prediction.quantile(np.float32(0.5)), prediction.quantile(torch.tensor(0.5))
+    )
+
+
+def test_interval_of_a_normal_is_exact_at_high_coverage() -> None:
+    """``interval(0.9999999)`` of N(0, 1) was [-5.34, 5.26] (float32 bisection).
+
+    Against float64 ``Normal.icdf``: ``rtol=1e-6`` is float32 rounding with a
+    margin.
+    """
+    lower, upper = Prediction(torch.zeros(3, 2, 1), bnn.Normal(scale=1.0)).interval(
+        0.9999999
+    )
+    exact = torch.distributions.Normal(
+        torch.tensor(0.0, dtype=torch.float64), 1.0
+    ).icdf(torch.tensor((1 + 0.9999999) / 2, dtype=torch.float64))
+    torch.testing.assert_close(upper, exact.float().expand(2), rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(lower, -exact.float().expand(2), rtol=1e-6, atol=0.0)
+
+
+def test_predict_errors_name_the_whole_input() -> None:
+    """They named the 4-input probe: ``12 NaN/Inf value(s) (shape (4, 3))``."""
+    net = bnn.VILinear(3, 2)
+    with pytest.raises(
+        ValueError,
+        match=r"inputs x contains 150 NaN/Inf value\(s\) \(shape \(50, 3\)\)",
+    ):
+        bnn.predict(net, torch.full((50, 3), math.nan), bnn.Normal(), samples=2)
+    with pytest.raises(
+        ValueError,
+        match=r"got \(4, 4\) \(predict ran the model on x\[0:4\] of the "
+        r"inputs x of shape \(50, 4\)\)",
+    ):
+        bnn.predict(net, torch.randn(50, 4), bnn.Normal(), samples=2)
+    with pytest.raises(
+        ValueError, match=r"x\[0:10\] of the inputs x of shape \(50, 4\)"
+    ):
+        bnn.predict(net, torch.randn(50, 4), bnn.Normal(), samples=2, batch_size=10)
+
+
 # ------------------------------------------------ summaries by the likelihood
 class _Laplace(bnn.PredictiveDistribution):
     """A likelihood defined outside the library: Laplace(output, 1)."""
@@ -397,6 +449,24 @@ def test_predict_through_torch_compile_keeps_the_networks_samples() -> None:
     )
     assert net.samples == 7
     assert net(x).shape == (7, 8, 2)
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+def test_predict_mean_of_a_compiled_network_that_has_run_uses_the_means() -> None:
+    """It used prior draws: the medians were keyed ``_orig_mod.0.weight``.
+
+    Once the compiled network had been called, ``mode="mean"`` conditioned on
+    nothing (the weight sites are ``0.weight``).
+    """
+    net = bnn.VISequential(bnn.VILinear(4, 6), torch.nn.Tanh(), bnn.VILinear(6, 2))
+    x = torch.randn(5, 4)
+    expected = bnn.predict(net, x, bnn.Normal(scale=1.0), mode="mean").mean
+    compiled = torch.compile(net, backend="eager")  # eager backend: quick
+    with torch.no_grad():
+        compiled(x, samples=3)
+    for _ in range(2):
+        got = bnn.predict(compiled, x, bnn.Normal(scale=1.0), mode="mean").mean
+        torch.testing.assert_close(got, expected, rtol=0.0, atol=0.0)
 
 
 def test_prediction_samples_save_as_plain_tensors(tmp_path: Path) -> None:

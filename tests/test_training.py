@@ -277,6 +277,13 @@ def test_invalid_arguments() -> None:
         ({"callbacks": object()}, TypeError, "list of callbacks"),
         ({"clip_grad_norm": "1"}, TypeError, "clip_grad_norm must be a number"),
         ({"epochs": 1.5}, TypeError, "epochs must be an integer"),
+        # 'no' showed the progress bar; a callback without on_epoch_end was skipped
+        ({"progress": "no"}, TypeError, "progress must be True or False, got 'no'"),
+        (
+            {"callbacks": [3]},
+            TypeError,
+            r"callbacks\[0\] must be a function or .*on_epoch_end",
+        ),
     ],
 )
 def test_fit_refuses_wrong_argument_types_clearly(
@@ -336,8 +343,11 @@ def test_linear_warmup() -> None:
         [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
     )
     assert linear_warmup(0)(0) == 1.0
+    assert linear_warmup(np.int64(2))(1) == 0.5  # was refused as no integer
     with pytest.raises(ValueError, match="epochs"):
         linear_warmup(-1)
+    with pytest.raises(TypeError, match="epochs must be an integer"):
+        linear_warmup(2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="start"):
         linear_warmup(3, start=-0.1)
 
@@ -404,7 +414,7 @@ def test_callback_can_stop_training() -> None:
         _loss(),
         _batches(x, y),
         epochs=5,
-        callbacks=[object(), StopAfterTwo()],
+        callbacks=[lambda *_: None, StopAfterTwo()],
         progress=False,
     )
     assert history.epochs_run == 2

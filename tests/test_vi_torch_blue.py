@@ -11,8 +11,11 @@ import copy
 import inspect
 import io
 import math
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -815,6 +818,84 @@ def test_converted_model_copies_saves_and_pickles() -> None:
     expected = model(x, samples=3)
     torch.manual_seed(0)
     torch.testing.assert_close(loaded(x, samples=3), expected)
+
+
+# Two user classes named Block in different modules of a package ``blocks``.
+_BLOCK = """import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.full((3,), 2.0))
+
+    def forward(self, x):
+        return x {op} self.w
+"""
+_SAVE_BLOCKS = """
+import sys, warnings, torch
+from torch import nn
+warnings.simplefilter("ignore")
+sys.path.insert(0, sys.argv[1])
+from pyrolite_bnn import vi
+from blocks import first, second
+torch.manual_seed(0)
+x = torch.randn(4, 3)
+saved = {"x": x}
+for name, module in (("first", first), ("second", second)):
+    model = vi.convert_to_vimodule(nn.Sequential(nn.Linear(3, 3), module.Block()))
+    torch.manual_seed(1)
+    saved[name] = (model, model(x, samples=3).detach())
+torch.save(saved, sys.argv[2])
+"""
+_LOAD_BLOCKS = """
+import sys, warnings, torch
+from torch import nn
+warnings.simplefilter("ignore")
+sys.path.insert(0, sys.argv[1])
+from pyrolite_bnn import vi
+from blocks import first, second
+if sys.argv[3] == "other order":  # AVIBlock is made for second.Block first
+    vi.convert_to_vimodule(second.Block())
+    vi.convert_to_vimodule(first.Block())
+saved = torch.load(sys.argv[2], weights_only=False)
+for name in ("first", "second"):
+    model, expected = saved[name]
+    torch.manual_seed(1)
+    error = (model(saved["x"], samples=3) - expected).abs().max().item()
+    user = [c.__module__ for c in type(model[1]).__mro__ if c.__name__ == "Block"]
+    print(name, *user, error)
+"""
+
+
+@pytest.mark.parametrize("loader", ["fresh", "other order"])
+def test_converted_model_unpickles_in_another_process_as_its_class(
+    tmp_path: Path, loader: str
+) -> None:
+    """Generated classes were pickled by order-dependent names in ``convert``.
+
+    A fresh process lacked ``AVIBlock`` (AttributeError); one that converted
+    the classes in another order gave ``first.Block``'s model the ``forward``
+    of ``second.Block`` (``x + w`` for ``x * w``) without an error.
+    """
+    package = tmp_path / "blocks"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "first.py").write_text(_BLOCK.format(op="*"))
+    (package / "second.py").write_text(_BLOCK.format(op="+"))
+    path = tmp_path / "models.pt"
+    for script, *args in ((_SAVE_BLOCKS,), (_LOAD_BLOCKS, loader)):
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path), str(path), *args],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        *("first", "blocks.first", "0.0"),
+        *("second", "blocks.second", "0.0"),
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:only one-dimensional Parameters:UserWarning")

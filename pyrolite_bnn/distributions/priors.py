@@ -537,9 +537,9 @@ class LearnedNormalPrior(Prior):
     the gradient to ``s`` instead.
 
     Each random variable of a layer gets its own copy of the prior (weight and
-    bias learn separate scales). Train it with an optimiser over
-    ``model.parameters()`` (``bnn.fit`` does); Pyro's ``SVI`` optimises only
-    ``pyro.param`` sites, and leaves the scale at its initial value.
+    bias learn separate scales). An optimiser over ``model.parameters()``
+    trains it (``bnn.fit`` does), and so does Pyro's ``SVI``: the network
+    reports all of its parameters to Pyro, the prior scale included.
 
     Args:
         loc: prior mean (fixed; a buffer that broadcasts to the weight's shape).
@@ -828,6 +828,34 @@ def check_real_support(distribution: Distribution, what: str) -> None:
         )
 
 
+def _pyro_class(distribution: Distribution) -> type[Any]:
+    """The ``pyro.distributions`` class of ``distribution``'s name, else its own."""
+    cls = getattr(dist, type(distribution).__name__, None)
+    if cls is None or not isinstance(cls, type):
+        return type(distribution)
+    return cls
+
+
+def _tensor_arguments(distribution: Distribution) -> dict[str, Tensor]:
+    """The tensor arguments ``distribution`` was built with, by name.
+
+    Raises:
+        ValueError: if it has none that can be read.
+    """
+    arguments = {
+        name: distribution.__dict__[name]
+        for name in distribution.arg_constraints
+        # not lazily derived ones (probs from logits...)
+        if isinstance(distribution.__dict__.get(name), Tensor)
+    }
+    if not arguments:
+        raise ValueError(
+            f"cannot read the parameters of {type(distribution).__name__}; "
+            "pass a callable shape -> distribution instead"
+        )
+    return arguments
+
+
 class DistributionPrior(Prior):
     """Wrap any ``torch``/``pyro`` distribution of a scalar weight as a prior.
 
@@ -852,23 +880,19 @@ class DistributionPrior(Prior):
                 "DistributionPrior takes a torch/pyro distribution, e.g. "
                 f"torch.distributions.Laplace(0.0, 1.0); got {distribution!r}"
             )
-        cls = getattr(dist, type(distribution).__name__, None)
-        if cls is None or not isinstance(cls, type):
-            cls = type(distribution)
-        self._cls = cls
-        self._names: list[str] = []
-        for name in distribution.arg_constraints:
-            if name not in distribution.__dict__:  # e.g. lazily derived probs/logits
-                continue
-            value = getattr(distribution, name)
-            if isinstance(value, Tensor):
-                self.register_buffer(name, value.detach().clone())
-                self._names.append(name)
-        if not self._names:
+        if distribution.event_shape:
             raise ValueError(
-                f"cannot read the parameters of {type(distribution).__name__}; "
-                "pass a callable shape -> distribution instead"
+                "DistributionPrior takes a distribution of a scalar weight, got "
+                f"{type(distribution).__name__} with event shape "
+                f"{tuple(distribution.event_shape)}; for a distribution over the "
+                "last dimensions of a weight tensor use bnn.CallablePrior(lambda "
+                "shape: distribution), whose event shape must match them"
             )
+        self._cls = _pyro_class(distribution)
+        self._names: list[str] = []
+        for name, value in _tensor_arguments(distribution).items():
+            self.register_buffer(name, value.detach().clone())
+            self._names.append(name)
         # Validate now, so that bad hyperparameters fail at construction.
         self.elementwise()
 
@@ -909,8 +933,10 @@ class DistributionPrior(Prior):
 class CallablePrior(Prior):
     """A prior given as a function ``shape -> distribution``.
 
-    The function is called with the weight's shape and must return a Pyro
-    distribution whose batch shape is ``()`` or the weight's shape. Tensors it
+    The function is called with the weight's shape and must return a
+    ``torch``/``pyro`` distribution whose batch shape is ``()`` or the weight's
+    shape, or whose event shape is the weight's last dimensions (a
+    ``MultivariateNormal`` over the rows of a matrix, say). Tensors it
     closes over do not follow ``.to()``: prefer a :class:`Prior` subclass with
     buffers for device-portable models.
 
@@ -920,6 +946,11 @@ class CallablePrior(Prior):
 
     def __init__(self, fn: Callable[[torch.Size], Distribution]) -> None:
         super().__init__()
+        if not callable(fn):
+            raise TypeError(
+                "CallablePrior takes a function shape -> distribution, e.g. "
+                f"lambda shape: torch.distributions.Laplace(0.0, 1.0); got {fn!r}"
+            )
         self.fn = fn
 
     def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
@@ -932,7 +963,7 @@ class CallablePrior(Prior):
                     f"prior callable returned {type(built).__name__}, expected a "
                     "torch.distributions or pyro.distributions distribution"
                 )
-            built = DistributionPrior(built).elementwise()
+            built = _pyro_class(built)(**_tensor_arguments(built))
         event = len(built.event_shape)
         if event:
             if built.event_shape != torch.Size(shape)[len(shape) - event :]:

@@ -130,6 +130,14 @@ class Posterior(LocalPyroModule):
         """
         raise NotImplementedError
 
+    def parameterisation(self) -> str:
+        """How the learnable tensors give the distribution; ``""``: one way only.
+
+        Checkpoints record it: the same tensors under another parameterisation
+        are another distribution.
+        """
+        return ""
+
 
 class MeanFieldNormalPosterior(Posterior):
     """Independent Normal for every weight: ``N(loc, softplus(rho)^2)``.
@@ -179,6 +187,10 @@ class MeanFieldNormalPosterior(Posterior):
     def scale(self) -> Tensor:
         """Standard deviations ``softplus(rho)`` (or ``exp(rho)``)."""
         return self._to_scale(self.rho)
+
+    def parameterisation(self) -> str:
+        """``"scale_transform='softplus'"`` or ``"scale_transform='exp'"``."""
+        return f"scale_transform={self.scale_transform!r}"
 
     def draw(self, samples: int) -> Tensor:
         """``loc + softplus(rho) * eps``, the arithmetic of ``Normal.rsample``.

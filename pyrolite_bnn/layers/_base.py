@@ -118,28 +118,6 @@ class _VIWeightLayer(EstimatorLayer):
         self._families = families
         self._resolved_estimator = self._resolve_estimator()
 
-    def _check_floating_input(self, input: object) -> None:
-        """Refuse a non-tensor or integer input with an error naming the layer.
-
-        ``torch.nn`` raises deep inside ``F.linear``/``F.conv*`` (``mat1 and
-        mat2 must have the same dtype``); this says what the layer expected.
-        """
-        name = type(self).__name__
-        if not isinstance(input, Tensor):
-            raise TypeError(
-                f"{name} expected a torch.Tensor input, got {type(input).__name__}"
-                + (
-                    " (convert it with torch.as_tensor(x, dtype=torch.float32))"
-                    if hasattr(input, "__array__") or isinstance(input, (list, tuple))
-                    else ""
-                )
-            )
-        if not (input.is_floating_point() or input.is_complex()):
-            raise TypeError(
-                f"{name} expected a floating-point input, got dtype {input.dtype} "
-                "(convert it with x.float(), or use bnn.VIEmbedding for indices)"
-            )
-
     def _resolve_estimator(self) -> str:
         """The estimator ``estimator="auto"`` stands for, decided once."""
         if self.estimator != "auto":

@@ -98,6 +98,11 @@ class SequenceFirst:
             return True
         if length is not None and rows == length * self.samples:
             return False
+        others = self.state.other_batches  # lengths of the network's other inputs
+        if rows in others:
+            return True
+        if rows % self.samples == 0 and rows // self.samples in others:
+            return False
         raise ValueError(
             f"{self.name}(batch_first=False): {what} has {rows} positions, but "
             f"inside a sequence-first network the particles are folded into the "

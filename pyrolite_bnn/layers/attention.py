@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._validation import check_integer
+from pyrolite_bnn._validation import check_floating_input, check_integer
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._options import per_variable
 from pyrolite_bnn.layers._sequence import (
@@ -314,6 +314,7 @@ class VIMultiheadAttention(VIModule):
             ("key", key, self.kdim),
             ("value", value, self.vdim),
         ):
+            check_floating_input(tensor, type(self).__name__, what)
             if tensor.dim() != 3 or tensor.shape[-1] != size:
                 raise ValueError(
                     f"{type(self).__name__}(embed_dim={self.embed_dim}, "

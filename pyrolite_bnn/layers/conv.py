@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyrolite_bnn._validation import check_integer
+from pyrolite_bnn._validation import check_count, check_floating_input, check_integer
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
@@ -107,11 +107,9 @@ class _VIConvBase(_VIWeightLayer):
     ) -> None:
         """Validate and store the geometry (``torch.nn``'s attribute names)."""
         dims = self._dims
-        in_channels = check_integer(in_channels, "in_channels")
-        out_channels = check_integer(out_channels, "out_channels")
-        groups = check_integer(groups, "groups")
-        if groups <= 0:
-            raise ValueError("groups must be a positive integer")
+        in_channels = check_count(in_channels, "in_channels")
+        out_channels = check_count(out_channels, "out_channels")
+        groups = check_count(groups, "groups")
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must "
@@ -171,7 +169,7 @@ class _VIConvBase(_VIWeightLayer):
         return text
 
     def _check_input(self, input: Tensor) -> None:
-        self._check_floating_input(input)
+        check_floating_input(input, type(self).__name__)
         dims = self._dims
         if input.dim() != dims + 2 or input.shape[1] != self.in_channels:
             raise ValueError(
@@ -318,9 +316,10 @@ class VIConv2d(_VIConvNd):
         padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
         prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`).
         variational: variational family (see :class:`~pyrolite_bnn.VILinear`).
-        estimator: ``"reparam"``, ``"local"``, ``"flipout"`` or ``"auto"``
-            (default: ``"reparam"`` for convolutions, measured fastest on CPU;
-            see :class:`~pyrolite_bnn.VILinear`).
+        estimator: ``"auto"`` (default), ``"reparam"``, ``"local"`` or
+            ``"flipout"``; ``"auto"`` draws the weights (``"reparam"``) for
+            convolutions, measured fastest on CPU (see
+            :class:`~pyrolite_bnn.VILinear`).
         device: device of parameters and prior buffers.
         dtype: dtype of parameters and prior buffers.
 

@@ -162,6 +162,7 @@ class VIEmbedding(_VIWeightLayer):
                 f"{num_embeddings}, {embedding_dim}"
             )
         if padding_idx is not None:
+            padding_idx = check_integer(padding_idx, "padding_idx")
             if not -num_embeddings <= padding_idx < num_embeddings:
                 raise ValueError(
                     f"padding_idx must be within num_embeddings ({num_embeddings}), "

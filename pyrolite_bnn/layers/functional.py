@@ -87,16 +87,63 @@ def _bias_particles(bias: Tensor | None, samples: int, size: int) -> Tensor | No
     raise ValueError(f"bias has {flat.shape[0]} particles but the weight has {samples}")
 
 
-def _is_shared(rows: int, samples: int, batch_size: int | None) -> bool:
+def _is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
+    """Whether ``input`` is shared by all particles (else folded, ``b * S`` rows).
+
+    The leading size tells: the outermost call's batch ``B`` (shared) or
+    ``B * S`` (folded); an input of the outermost call is shared whatever its
+    size; so is a tensor with another input's leading size ``B'``, and one with
+    ``B' * S`` rows is folded. Any other size is refused: a folded activation
+    whose positions were moved into the batch (``h.reshape(-1, E)`` of a
+    ``(B * S, L, E)`` one) no longer pairs rows with particles. (The true
+    batch of the sequence-first layers that ran counts as another input's:
+    their hidden states are batch-first, ``(b * S, H)`` per layer.)
+    """
+    rows = input.shape[0]
     if rows == batch_size:
         return True
-    if rows % samples:
-        raise ValueError(
-            f"input has leading size {rows}: expected the batch size {batch_size} "
-            f"(shared by all particles) or a multiple of samples={samples} "
-            "(one block per particle)"
-        )
-    return False
+    state = _particles.current()
+    if state is not None and state.is_input(input):
+        return True
+    if batch_size is not None and rows == batch_size * samples:
+        return False
+    others = frozenset() if state is None else state.other_batches_seen()
+    if rows in others:
+        return True
+    if rows % samples == 0 and (
+        rows // samples in others or (batch_size is None and not others)
+    ):
+        return False
+    expected = sorted({b for b in (batch_size, *others) if b is not None})
+    folded = [b * samples for b in expected]
+    raise ValueError(
+        f"input has leading size {rows}: expected the batch size "
+        f"{' or '.join(map(str, expected))} (shared by all particles) or "
+        f"{' or '.join(map(str, folded))} (the batch folded with samples="
+        f"{samples} particles). Inside a network keep the batch dimension first "
+        "and positions in dimensions of their own: a (B * S, L, E) activation "
+        "reshaped to (B * S * L, E) no longer says which rows belong to which "
+        "particle"
+        if expected
+        else f"input has leading size {rows}: expected a multiple of "
+        f"samples={samples} (one block per particle)"
+    )
+
+
+def examples_of(input: Tensor, samples: int, batch_size: int | None) -> int:
+    """How many examples ``input`` holds: its rows if shared, else ``rows / S``.
+
+    Example:
+        >>> import torch
+        >>> examples_of(torch.zeros(6, 3), samples=3, batch_size=2)
+        2
+        >>> examples_of(torch.zeros(2, 3), samples=3, batch_size=2)
+        2
+    """
+    rows = input.shape[0]
+    if samples == 1 or _is_shared(input, samples, batch_size):
+        return rows
+    return rows // samples
 
 
 def linear(
@@ -127,7 +174,7 @@ def linear(
         return F.linear(input, w[0], None if b is None else b[0])
     rows, middle = input.shape[0], input.shape[1:-1]
     positions = math.prod(middle)  # explicit sizes: an empty batch has no -1
-    if _is_shared(rows, samples, batch_size):
+    if _is_shared(input, samples, batch_size):
         # One GEMM against all S weight sets stacked: (B, *, S * out) is already
         # batch-major, so without middle dims the fold is a free view.
         out = F.linear(
@@ -196,7 +243,7 @@ def conv(
     kernel = w.shape[2:]
     rows = input.shape[0]
     per_group = out_channels // groups
-    if _is_shared(rows, samples, batch_size):
+    if _is_shared(input, samples, batch_size):
         # All S filter banks as extra output channels, ordered (group, particle,
         # channel-in-group); with one group the output is already batch-major.
         wg = w.reshape(samples, groups, per_group, *kernel).transpose(0, 1)
@@ -289,7 +336,7 @@ def conv_transpose(
         return op(input, w[0], None if b is None else b[0], *geometry, groups, dilation)
     kernel = w.shape[3:]
     rows = input.shape[0]
-    if _is_shared(rows, samples, batch_size):
+    if _is_shared(input, samples, batch_size):
         # Output channels ordered (group, particle, channel-in-group): input
         # channel c feeds the columns of every particle of its group.
         wg = w.transpose(0, 1).reshape(in_channels, samples * per_group, *kernel)
@@ -366,7 +413,7 @@ def embedding(
     if samples > 1:
         rows = input.shape[0]
         offsets = torch.arange(samples, device=input.device) * num_embeddings
-        if _is_shared(rows, samples, batch_size):
+        if _is_shared(input, samples, batch_size):
             offsets = offsets.reshape(1, samples, *([1] * (input.dim() - 1)))
             shifted = input.unsqueeze(1) + offsets
             input = shifted.reshape(rows * samples, *input.shape[1:])
@@ -429,7 +476,7 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
 def _rows(input: Tensor, samples: int, batch_size: int | None) -> tuple[bool, int]:
     """(shared?, rows of the folded output)."""
     rows = input.shape[0]
-    shared = _is_shared(rows, samples, batch_size) if samples > 1 else False
+    shared = _is_shared(input, samples, batch_size) if samples > 1 else False
     return shared, samples * rows if shared else rows
 
 

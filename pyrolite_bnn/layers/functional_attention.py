@@ -176,10 +176,19 @@ def multi_head_attention(
             f"query {tuple(query.shape)}, key {tuple(key.shape)}, value "
             f"{tuple(value.shape)}"
         )
-    if key.shape[:2] != value.shape[:2]:
+    samples = _flat_particles(out_proj_weight, 2).shape[0]
+    batches = [
+        functional.examples_of(t, samples, batch_size) for t in (query, key, value)
+    ]
+    if key.shape[1] != value.shape[1] or len(set(batches)) > 1:
+        shapes = ", ".join(
+            f"{name} {tuple(t.shape)}"
+            for name, t in (("query", query), ("key", key), ("value", value))
+        )
         raise ValueError(
-            f"key {tuple(key.shape)} and value {tuple(value.shape)} must agree in "
-            "batch and sequence length"
+            f"query, key and value must hold the same batch (here {batches} "
+            f"examples) and key and value the same sequence length; got {shapes}"
+            + ("" if samples == 1 else f" with samples={samples} particles")
         )
     dtype = query.dtype
     key_padding_mask = canonical_mask(key_padding_mask, dtype)
@@ -233,7 +242,6 @@ def multi_head_attention(
         (k,) = _project((key,), k_proj_weight, parts[1], batch_size)
         (v,) = _project((value,), v_proj_weight, parts[2], batch_size)
 
-    samples = _flat_particles(out_proj_weight, 2).shape[0]
     rows = max(q.shape[0], k.shape[0])
     q = _per_row(q, rows, samples, "query")
     k = _per_row(k, rows, samples, "key")

@@ -441,7 +441,7 @@ def recurrent(
         if t is not None
     )
     rows = input.shape[0]
-    shared = samples > 1 and _is_shared(rows, samples, batch_size)
+    shared = samples > 1 and _is_shared(input, samples, batch_size)
     batch = rows if shared or samples == 1 else rows // samples
     w_hh0 = weights[0][0][1]
     w_hr0 = weights[0][0][4]

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn._validation import check_integer
+from pyrolite_bnn._validation import check_floating_input, check_integer
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
@@ -118,7 +118,7 @@ class VILinear(_VIWeightLayer):
 
     def forward(self, input: Tensor) -> Tensor:
         """Apply the layer for every particle."""
-        self._check_floating_input(input)
+        check_floating_input(input, type(self).__name__)
         if input.dim() < 2 or input.shape[-1] != self.in_features:
             raise ValueError(
                 f"VILinear(in_features={self.in_features}) expected input of shape "

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._validation import check_integer
+from pyrolite_bnn._validation import check_floating_input, check_integer
 from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
 from pyrolite_bnn.layers._base import options_repr
 from pyrolite_bnn.layers._options import per_variable
@@ -192,6 +192,7 @@ class _VIRNNBase(VIModule):
         """
         if state is None:
             return state
+        check_floating_input(state, type(self).__name__, name)
         states = self.num_layers * self.num_directions
         particles = _particles.current()
         assert particles is not None  # forward runs inside a call
@@ -231,12 +232,14 @@ class _VIRNNBase(VIModule):
                     "batch_first=True layers (then pad_packed_sequence(out, "
                     "batch_first=True) is the folded (B * S, L, ...) activation)"
                 )
+            check_floating_input(input.data, name, "PackedSequence input")
             packed = PackedInput(input, name, self.input_size)
             with packed.body():
                 output, h_n, c_n = self._batch_first(
                     packed.padded, hx, cx, packed.lengths
                 )
             return packed.pack(output), h_n, c_n
+        check_floating_input(input, name)
         if input.dim() != 3 or input.shape[-1] != self.input_size:
             layout = (
                 "batch-first input of shape (batch, sequence, "

@@ -20,6 +20,7 @@ from torch.nn import init
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._network import network_modules
+from pyrolite_bnn._validation import check_floating_input
 from pyrolite_bnn.distributions.variational import VariationalFamily
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
@@ -31,7 +32,12 @@ from pyrolite_bnn.layers._sequence import (
 )
 from pyrolite_bnn.layers.attention import VIMultiheadAttention
 from pyrolite_bnn.layers.container import VISequential
-from pyrolite_bnn.layers.functional import match_particles
+from pyrolite_bnn.layers.functional import (
+    current_batch_size,
+    current_samples,
+    examples_of,
+    match_particles,
+)
 from pyrolite_bnn.layers.functional_attention import canonical_mask
 from pyrolite_bnn.layers.linear import VILinear
 from pyrolite_bnn.layers.registry import LayerCase, register
@@ -188,6 +194,7 @@ class _SequenceModule(VIModule):
         self, body: Callable[..., Tensor], names: tuple[str, ...], *sequences: Tensor
     ) -> Tensor:
         """``body(*sequences)`` in the batch-first layout, output in the module's."""
+        self._check_sequences(names, sequences)
         if not self.sequence_layout or in_batch_first_body():
             return body(*sequences)
         if sequences[0].dim() != 3:
@@ -202,6 +209,13 @@ class _SequenceModule(VIModule):
         with seq.body():
             out = body(*converted)
         return seq.sequence_first(out)
+
+    def _check_sequences(
+        self, names: tuple[str, ...], sequences: tuple[object, ...]
+    ) -> None:
+        """Floating-point tensors (``src``, ``tgt``, ``memory``), else ``TypeError``."""
+        for name, sequence in zip(names, sequences, strict=True):
+            check_floating_input(sequence, type(self).__name__, name)
 
     def unfold_output(self, output: Any, state: _particles.ParticleState) -> Any:
         """Sequence-first: ``(S, L, B, d_model)``, torch's layout per particle."""
@@ -1044,15 +1058,22 @@ class VITransformer(_SequenceModule):
         def body(src: Tensor, tgt: Tensor) -> Tensor:
             return self._transform(src, tgt, *masks, *causal)
 
+        self._check_sequences(("src", "tgt"), (src, tgt))
         layout = "batch-first" if self.batch_first else "sequence-first"
         if src.dim() != 3 or tgt.dim() != 3:
             raise ValueError(
                 f"{type(self).__name__} expected {layout} src and tgt, got "
                 f"{tuple(src.shape)} and {tuple(tgt.shape)}"
             )
-        batch_dim = 0 if self.batch_first else 1
-        if src.shape[batch_dim] != tgt.shape[batch_dim]:
-            raise RuntimeError("the batch number of src and tgt must be equal")
+        if self.batch_first:  # either may be folded with the particles
+            samples, batch = current_samples(), current_batch_size()
+            batches = [examples_of(t, samples, batch) for t in (src, tgt)]
+        else:  # the particles fold into the sequence dimension
+            batches = [src.shape[1], tgt.shape[1]]
+        if batches[0] != batches[1]:
+            raise RuntimeError(
+                f"the batch number of src and tgt must be equal, got {batches}"
+            )
         if src.shape[-1] != self.d_model or tgt.shape[-1] != self.d_model:
             raise RuntimeError(
                 "the feature number of src and tgt must be equal to d_model"

@@ -4,10 +4,12 @@ import math
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn.distributions.predictive import gaussian_mixture_quantile
 
 
 def test_categorical_log_prob() -> None:
@@ -63,10 +65,15 @@ def test_heteroscedastic() -> None:
 
 
 def test_heteroscedastic_min_scale_is_a_finite_number() -> None:
+    """Numpy numbers count as numbers; ``True`` and strings do not."""
     assert bnn.HeteroscedasticNormal(min_scale=0).min_scale == 0.0
-    for bad in (math.inf, math.nan, -0.1, "0.1", None):
-        with pytest.raises(ValueError, match="min_scale must be a finite float >= 0"):
-            bnn.HeteroscedasticNormal(min_scale=bad)  # type: ignore[arg-type]
+    assert bnn.HeteroscedasticNormal(np.float32(0.5)).min_scale == 0.5
+    for bad in (math.inf, math.nan, -0.1):
+        with pytest.raises(ValueError, match="min_scale must be a finite number >= 0"):
+            bnn.HeteroscedasticNormal(min_scale=bad)
+    for wrong in ("0.1", None, True):
+        with pytest.raises(TypeError, match="min_scale must be a number"):
+            bnn.HeteroscedasticNormal(min_scale=wrong)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -315,3 +322,62 @@ def test_categorical_log_likelihood_is_the_distributions_log_prob() -> None:
         FromProbs().log_likelihood(probs, labels),
         torch.distributions.Categorical(probs=probs).log_prob(labels),
     )
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "output"),
+    [
+        (bnn.Normal(scale=1.0), torch.zeros(4, 3, 1)),
+        (bnn.HeteroscedasticNormal(), torch.zeros(4, 3, 2)),
+    ],
+    ids=["Normal", "HeteroscedasticNormal"],
+)
+def test_mixture_quantile_takes_one_probability(
+    likelihood: bnn.PredictiveDistribution, output: torch.Tensor
+) -> None:
+    """``q = 1.5`` gave the top of the bisection bracket, NaN its bottom."""
+    for bad in (0.0, 1.0, 1.5, -3.0, math.nan):
+        with pytest.raises(ValueError, match=r"q must be in \(0, 1\)"):
+            likelihood.quantile(output, bad)
+    for wrong in ("0.5", torch.tensor([0.1, 0.9])):
+        with pytest.raises(TypeError, match="q must be a number"):
+            likelihood.quantile(output, wrong)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("q", [1e-12, 1e-7, 0.025, 0.5, 1 - 1e-7])
+def test_mixture_quantile_is_exact_far_into_the_tails(q: float) -> None:
+    """The bisection ran in float32 with ``1 + erf``: ``q = 1e-12`` gave -5.42.
+
+    The float32 result against float64 ``Normal.icdf``: ``rtol=1e-6`` covers
+    float32 rounding (6e-8) and the reference's own rounding of
+    ``erfinv(2q - 1)`` near ``q = 1e-12`` (4e-7).
+    """
+    ours = bnn.Normal(scale=1.0).quantile(torch.zeros(3, 2, 1), q)
+    exact = torch.distributions.Normal(
+        torch.tensor(0.0, dtype=torch.float64), 1.0
+    ).icdf(torch.tensor(q, dtype=torch.float64))
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, exact.float().expand(2), rtol=1e-6, atol=1e-7)
+
+
+def test_mixture_quantile_of_two_components_in_the_tail() -> None:
+    """At the returned point the mixture CDF (``log_ndtr``, exact in the tail)
+    is ``q`` to float64 precision; the old float32 search stopped at 1e-7."""
+    loc = torch.tensor([[-1.0], [2.0]], dtype=torch.float64)
+    var = torch.tensor([[0.25], [4.0]], dtype=torch.float64)
+    for q in (1e-10, 1 - 1e-10):
+        point = gaussian_mixture_quantile(loc, var, q)
+        z = (point - loc) / var.sqrt()
+        below = torch.special.log_ndtr(z).exp().mean(0)
+        above = torch.special.log_ndtr(-z).exp().mean(0)
+        mass = torch.tensor([q if q < 0.5 else 1 - q], dtype=torch.float64)
+        torch.testing.assert_close(
+            below if q < 0.5 else above, mass, rtol=1e-9, atol=0.0
+        )
+
+
+def test_poisson_refuses_complex_counts() -> None:
+    """torch raised ``NotImplementedError: "ge_cpu" not implemented``."""
+    output = torch.zeros(4, 3, 1)
+    with pytest.raises(ValueError, match=r"Poisson targets .* real dtype.*complex64"):
+        bnn.Poisson().log_likelihood(output, torch.ones(3, dtype=torch.cfloat))

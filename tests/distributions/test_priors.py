@@ -683,3 +683,32 @@ def test_reset_after_to_empty_of_a_prior_built_from_meta_tensors_is_refused() ->
     layer = layer.to_empty(device="cpu")
     with pytest.raises(ValueError, match=r"\['scale'\] were built on the meta device"):
         layer.reset_parameters()
+
+
+def test_distribution_prior_refuses_a_non_scalar_event_shape() -> None:
+    """A ``MultivariateNormal`` was taken and the loss failed with a size
+    mismatch; a callable prior takes it over the last dimension."""
+    mvn = dist.MultivariateNormal(torch.zeros(3), torch.eye(3))
+    with pytest.raises(
+        ValueError, match=r"scalar weight.*event shape \(3,\).*Callable"
+    ):
+        bnn.DistributionPrior(mvn)
+    with pytest.raises(ValueError, match="scalar weight"):
+        bnn.VILinear(3, 2, prior=torch.distributions.Dirichlet(torch.ones(3)))
+    for event in (
+        mvn,
+        torch.distributions.MultivariateNormal(torch.zeros(3), torch.eye(3)),
+    ):
+        layer = bnn.VILinear(
+            3, 2, bias=False, prior=bnn.CallablePrior(lambda _, d=event: d)
+        )
+        prior = layer.prior["weight"]((2, 3))
+        assert (prior.batch_shape, prior.event_shape) == ((), (2, 3))
+        loss = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 4)
+        assert torch.isfinite(loss(layer(torch.randn(4, 3)), torch.randn(4, 2)))
+
+
+def test_callable_prior_refuses_a_non_callable() -> None:
+    """``CallablePrior(3)`` was taken and failed at the layer's first use."""
+    with pytest.raises(TypeError, match=r"CallablePrior takes a function.*got 3"):
+        bnn.CallablePrior(3)  # type: ignore[arg-type]

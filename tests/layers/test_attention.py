@@ -245,3 +245,19 @@ def test_wrong_mask_shapes_name_the_expected_shape(
     encoder = bnn.VITransformerEncoderLayer(8, 2, 16, batch_first=True)
     with pytest.raises(ValueError, match=message):
         encoder(x, src_mask=mask, samples=2)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attention_refuses_non_tensor_and_integer_inputs(batch_first: bool) -> None:
+    """torch's dtype errors from inside the projections, or ``AttributeError``
+    for a list, became errors naming the layer and the argument."""
+    attention = bnn.VIMultiheadAttention(4, 2, batch_first=batch_first)
+    x = torch.randn(3, 5, 4)
+    with pytest.raises(TypeError, match=r"floating-point key, got dtype torch.int64"):
+        attention(x, x.long(), x)
+    with pytest.raises(TypeError, match=r"floating-point value, got dtype torch.int64"):
+        attention(x, x, x.long())
+    with pytest.raises(
+        TypeError, match=r"VIMultiheadAttention expected a torch.Tensor query"
+    ):
+        attention(x.tolist(), x, x)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -49,3 +51,19 @@ def test_conv_repr_prints_like_torch() -> None:
     layer = bnn.VIConv2d(2, 3, 3, padding="same", padding_mode="reflect")
     reference = nn.Conv2d(2, 3, 3, padding="same", padding_mode="reflect")
     assert repr(layer) == "VI" + repr(reference)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: bnn.VIConv2d(-1, 4, 3), "in_channels must be an integer >= 1, got -1"),
+        (lambda: bnn.VIConv2d(2, 0, 3), "out_channels must be an integer >= 1, got 0"),
+        (lambda: bnn.VIConvTranspose1d(0, 4, 3), "in_channels must be .* got 0"),
+        (lambda: bnn.VIConv1d(2, 4, 3, groups=0), "groups must be .* got 0"),
+    ],
+)
+def test_channel_counts_must_be_positive(make: Any, message: str) -> None:
+    """``-1`` failed in ``torch.zeros``; ``out_channels=0`` built a layer whose
+    forward failed (torch's ``nn.Conv2d(2, 0, 3)`` fails there too)."""
+    with pytest.raises(ValueError, match=message):
+        make()

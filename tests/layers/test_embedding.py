@@ -129,6 +129,8 @@ def test_index_and_option_checks() -> None:
         bnn.VIEmbedding(5, 2, _freeze=True)
     with pytest.raises(ValueError, match="padding_idx must be within"):
         bnn.VIEmbedding(5, 2, padding_idx=5)
+    with pytest.raises(TypeError, match=r"padding_idx must be an integer, got 1.0"):
+        bnn.VIEmbedding(5, 2, padding_idx=1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="has no random row"):
         bnn.VIEmbedding(1, 2, padding_idx=0)
 

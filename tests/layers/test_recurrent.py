@@ -441,3 +441,40 @@ def test_torch_layout_inside_a_plain_module_root(keyword: bool) -> None:
     x = torch.randn(4, 6, 5)
     out = Net()(x=x) if keyword else Net()(x)
     assert out.shape == (3, 4, 2)
+
+
+@pytest.mark.parametrize("cls", [bnn.VILSTM, bnn.VIGRU])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_recurrent_layers_refuse_non_tensor_and_integer_inputs(
+    cls: type[bnn.VILSTM], batch_first: bool
+) -> None:
+    """torch's ``Input dtypes must be the same``/``'list' object has no
+    attribute 'dim'`` became an error naming the layer and the input."""
+    layer = cls(4, 3, batch_first=batch_first)
+    name = cls.__name__
+    indices = torch.ones(2, 6, 4, dtype=torch.long)
+    with pytest.raises(TypeError, match=rf"{name} expected a floating-point input"):
+        layer(indices)
+    with pytest.raises(
+        TypeError, match=rf"{name} expected a torch.Tensor input, got list"
+    ):
+        layer(indices.tolist())  # type: ignore[arg-type]
+    packed = pack_padded_sequence(indices, torch.tensor([6, 3]), batch_first=True)
+    with pytest.raises(TypeError, match="floating-point PackedSequence input"):
+        layer(packed)  # type: ignore[arg-type]
+    x, state = indices.float(), torch.zeros(1, 2 if batch_first else 6, 3)
+    integer = state.long()
+    if cls is bnn.VILSTM:
+        with pytest.raises(
+            TypeError, match=r"floating-point h0, got dtype torch.int64"
+        ):
+            layer(x, (integer, state))
+        with pytest.raises(
+            TypeError, match=r"floating-point c0, got dtype torch.int64"
+        ):
+            layer(x, (state, integer))
+    else:
+        with pytest.raises(
+            TypeError, match=r"floating-point h0, got dtype torch.int64"
+        ):
+            layer(x, integer)

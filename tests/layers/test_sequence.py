@@ -224,36 +224,40 @@ def test_inside_a_sequence_first_network() -> None:
 
 
 def test_other_lengths_inside_a_network_are_refused() -> None:
-    """Inside a sequence-first network an intermediate sequence of another
-    length is ambiguous (folded or shared?) and refused; the network's own
-    inputs are shared whatever their length."""
+    """Inside a sequence-first network an intermediate sequence of a length no
+    input of the network has is ambiguous (folded or shared?) and refused; the
+    network's own inputs, and intermediates of their lengths, are shared."""
 
     class CrossAttention(bnn.VIModule):
-        def __init__(self, scale_memory: bool) -> None:
+        def __init__(self, memory_from_input: str) -> None:
             super().__init__()
             self.embed = nn.Linear(E, E)
-            self.scale_memory = scale_memory
+            self.memory_from_input = memory_from_input
             self.attention = bnn.VIMultiheadAttention(E, HEADS)
 
         def forward(self, x: Tensor, memory: Tensor) -> Tensor:
-            if self.scale_memory:  # an intermediate, no longer the input
+            if self.memory_from_input == "scaled":  # its length: an input's
                 memory = memory * 2.0
+            elif self.memory_from_input == "cut":  # a length no input has
+                memory = memory[:4]
             return self.attention(self.embed(x), memory, memory)[0]  # type: ignore[no-any-return]
 
     x, memory = torch.randn(LQ, B, E), torch.randn(LK, B, E)
     with pytest.raises(ValueError, match=r"batch_first=True"):
-        CrossAttention(scale_memory=True)(x, memory, samples=2)
+        CrossAttention("cut")(x, memory, samples=2)
     # the same lengths are fine
-    net = CrossAttention(scale_memory=True)
+    net = CrossAttention("scaled")
     assert net(x, torch.randn(LQ, B, E), samples=2).shape == (2, LQ, B, E)
-    # a network input of another length is shared by the particles: the
-    # network computes what its attention layer computes as outermost module
-    net = CrossAttention(scale_memory=False)
-    torch.manual_seed(0)
-    out = net(x, memory, samples=3)
-    torch.manual_seed(0)
-    ref = net.attention(net.embed(x), memory, memory, samples=3)[0]
-    torch.testing.assert_close(out, ref)
+    # a network input of another length (or an intermediate of its length) is
+    # shared by the particles: the network computes what its attention layer
+    # computes as outermost module
+    for how, given in (("input", memory), ("scaled", memory * 2.0)):
+        net = CrossAttention(how)
+        torch.manual_seed(0)
+        out = net(x, memory, samples=3)
+        torch.manual_seed(0)
+        ref = net.attention(net.embed(x), given, given, samples=3)[0]
+        torch.testing.assert_close(out, ref)
 
 
 def test_wrong_layout_errors_name_the_layout() -> None:

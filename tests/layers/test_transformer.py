@@ -260,3 +260,35 @@ def test_transformer_learns_sequence_task() -> None:
     net = _Classifier()
     train_classifier(net, x_train, y_train, steps=150)
     assert accuracy(net, x_test, y_test) >= 0.9
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_modules_refuse_integer_inputs(batch_first: bool) -> None:
+    """torch's dtype errors from inside the first projection became errors
+    naming the module and the argument (``src``, ``tgt``, ``memory``)."""
+    options: dict[str, Any] = {"dropout": 0.0, "batch_first": batch_first}
+    encoder_layer = bnn.VITransformerEncoderLayer(4, 2, 8, **options)
+    decoder_layer = bnn.VITransformerDecoderLayer(4, 2, 8, **options)
+    x = torch.randn(3, 5, 4)
+    ids = x.long()
+    cases: list[tuple[Any, tuple[torch.Tensor, ...], str]] = [
+        (encoder_layer, (ids,), "VITransformerEncoderLayer .* src"),
+        (
+            bnn.VITransformerEncoder(encoder_layer, 2),
+            (ids,),
+            "VITransformerEncoder .* src",
+        ),
+        (decoder_layer, (x, ids), "VITransformerDecoderLayer .* memory"),
+        (
+            bnn.VITransformerDecoder(decoder_layer, 1),
+            (ids, x),
+            "VITransformerDecoder .* tgt",
+        ),
+        (bnn.VITransformer(4, 2, 1, 1, 8, **options), (ids, x), "VITransformer .* src"),
+        (bnn.VITransformer(4, 2, 1, 1, 8, **options), (x, ids), "VITransformer .* tgt"),
+    ]
+    for module, inputs, message in cases:
+        with pytest.raises(TypeError, match=message + ", got dtype torch.int64"):
+            module(*inputs)
+    with pytest.raises(TypeError, match=r"expected a torch.Tensor src, got list"):
+        encoder_layer(x.tolist())

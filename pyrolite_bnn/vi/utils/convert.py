@@ -38,10 +38,13 @@ parameters and the norms, see :func:`convert_norms`) are left as they are.
 The module object itself is changed (its class and state), as in torch_blue;
 norms and other kept modules keep their parameters, and ``keep_weights=True``
 starts each posterior mean at the module's weight. Each weight keeps its
-device and dtype. Generated classes live in this module (a converted model
-can be pickled whole). A norm converted after :func:`convert_norms` runs per
-particle under :func:`torch.vmap`, which torch refuses for ``BatchNorm``'s
-running statistics in training mode.
+device and dtype. A converted model can be pickled whole (``torch.save``): a
+module of a generated class pickles as its original class (by its import
+path) and its state, and the loading process makes the generated class
+again, so the original class must be importable there, as for any pickled
+module. A norm converted after :func:`convert_norms` runs per particle under
+:func:`torch.vmap`, which torch refuses for ``BatchNorm``'s running statistics
+in training mode.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import copy
 import inspect
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -548,6 +551,23 @@ def _keep_forward_hooks(module: nn.Module, saved: Mapping[str, Any]) -> None:
         )
 
 
+class _Generated(BnnVIModule):
+    """Base of the generated ``AVI<Name>`` classes: pickled by their original class.
+
+    A generated class is made at run time and has no import path; its instances
+    pickle as the original class (pickled by reference) and their state, and
+    unpickling makes the generated class of that class again. The original
+    class is kept under a private name, which the user's class does not use.
+    """
+
+    _generated_from: ClassVar[type[nn.Module]]
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        """Rebuilt by :func:`_generated_instance` of the original class."""
+        source = type(self)._generated_from
+        return (_generated_instance, (source,), self.__getstate__())
+
+
 def _generated_class(cls: type[nn.Module]) -> type[nn.Module]:
     """``AVI<Name>``: a ``vi.VIModule`` running ``cls.forward`` per particle."""
     from pyrolite_bnn.vi.base import VIModule
@@ -555,20 +575,26 @@ def _generated_class(cls: type[nn.Module]) -> type[nn.Module]:
     if cls not in _reuse_blacklist and cls in _generated:
         return _generated[cls]
     name = "AVI" + cls.__name__
-    # A name of its own in this module, so that pickle finds the class.
-    qualname, copies = name, 1
-    while qualname in globals():
-        copies += 1
-        qualname = f"{name}_{copies}"
     generated = type(
         name,
-        (VIModule, cls),
-        {"forward": cls.forward, "__module__": __name__, "__qualname__": qualname},
+        (_Generated, VIModule, cls),
+        {
+            "forward": cls.forward,
+            "_generated_from": cls,
+            "__module__": __name__,
+            "__qualname__": name,
+        },
     )
-    globals()[qualname] = generated
     if cls not in _reuse_blacklist:
         _generated[cls] = generated
     return generated
+
+
+def _generated_instance(cls: type[nn.Module]) -> nn.Module:
+    """An empty instance of ``cls``'s generated class (for unpickling)."""
+    generated = _generated_class(cls)
+    instance: nn.Module = generated.__new__(generated)
+    return instance
 
 
 def _generated_module(

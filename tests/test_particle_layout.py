@@ -1,0 +1,194 @@
+"""Which activations are shared by all particles and which are folded.
+
+Inside a network a tensor is shared (``B`` rows, no Bayesian layer touched it)
+or folded (``B * S`` rows, row ``b * S + s``). The leading size tells them
+apart; these tests cover the inputs whose size does not follow the first
+input's batch: second inputs of another batch size, keys of another layout
+than their values, and activations whose rows no longer pair with particles.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+
+import pyrolite_bnn as bnn
+
+S = 10
+
+
+class _TwoInputs(bnn.VIModule):
+    """Two inputs of unrelated batch sizes, one output each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        wide = bnn.MeanFieldNormal(init_scale=0.5)  # particles clearly differ
+        self.a = bnn.VILinear(3, 2, estimator="reparam", variational=wide)
+        self.b = bnn.VILinear(3, 2, estimator="reparam", variational=wide)
+
+    def forward(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.a(x), torch.tanh(self.b(z))
+
+
+@pytest.mark.parametrize("rows", [S, 2 * S, 7])
+def test_a_second_input_of_another_batch_size_is_shared(rows: int) -> None:
+    """A second input with S or 2S rows (a multiple of the particle count) was
+    read as one block of rows per particle: particle s saw only row s of it."""
+    net, x, z = _TwoInputs(), torch.randn(1, 3), torch.randn(rows, 3)
+    with poutine.trace() as trace:
+        first, second = net(x, z, samples=S)
+    assert first.shape == (S, 1, 2)
+    assert second.shape == (S, rows, 2)
+    weight = trace.trace.nodes["b.weight"]["value"].reshape(S, 2, 3)
+    bias = trace.trace.nodes["b.bias"]["value"].reshape(S, 2)
+    for s in range(S):
+        expected = torch.tanh(z @ weight[s].T + bias[s])
+        torch.testing.assert_close(second[s], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_positions_moved_into_the_batch_are_refused() -> None:
+    """``h.reshape(-1, E)`` of a folded ``(B * S, L, E)`` activation has rows
+    ``(b * S + s) * L + l``: read as ``b' * S + s'`` it paired rows with the
+    wrong particles and returned a wrong output without a word."""
+
+    class Flattening(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.head = bnn.VILinear(3, 4), bnn.VILinear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = torch.tanh(self.a(x))
+            rows = h.shape[0]
+            return self.head(h.reshape(-1, 4)).reshape(rows, -1, 2)  # type: ignore[no-any-return]
+
+    with pytest.raises(ValueError, match="keep the batch dimension first"):
+        Flattening()(torch.randn(2, 3, 3), samples=4)
+
+
+def _folded(x: Tensor, samples: int) -> Tensor:
+    """A shared tensor as its folded copy (row ``b * S + s`` is ``x[b]``)."""
+    return x.repeat_interleave(samples, dim=0)
+
+
+@pytest.mark.parametrize("fold", ["key", "value", "query"])
+def test_attention_takes_query_key_and_value_folded_or_shared(fold: str) -> None:
+    """A folded key with a shared value was refused ('key (6, 5, 4) and value
+    (3, 5, 4) must agree'); any mix equals all of them folded."""
+
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = bnn.VILinear(4, 4, estimator="reparam")
+            self.att = bnn.VIMultiheadAttention(4, 2, batch_first=True)
+
+        def forward(self, q: Tensor, x: Tensor, mixed: bool) -> Tensor:
+            k = v = x
+            h = self.proj(q)  # folded: the particles' rows
+            q_in = _folded(q, S) if fold == "query" else h
+            if not mixed:
+                k, v = _folded(x, S), _folded(x, S)
+            elif fold == "key":
+                k = _folded(x, S)
+            elif fold == "value":
+                v = _folded(x, S)
+            return self.att(q_in, k, v, need_weights=False)[0]  # type: ignore[no-any-return]
+
+    net, q, x = Net(), torch.randn(3, 2, 4), torch.randn(3, 5, 4)
+    torch.manual_seed(0)
+    mixed = net(q, x, True, samples=S)
+    torch.manual_seed(0)
+    folded = net(q, x, False, samples=S)
+    torch.testing.assert_close(mixed, folded)
+
+
+def test_attention_with_query_and_key_batches_that_differ_names_them() -> None:
+    layer = bnn.VIMultiheadAttention(4, 2, batch_first=True)
+    q, kv = torch.randn(2, 5, 4), torch.randn(10, 5, 4)
+    with pytest.raises(ValueError, match=r"same batch \(here \[2, 10, 10\] examples"):
+        layer(q, kv, kv, samples=S)
+
+
+def test_transformer_takes_a_folded_source_and_a_shared_target() -> None:
+    """``VITransformer(batch_first=True)`` compared the folded source's rows with
+    the shared target's: 'the batch number of src and tgt must be equal'."""
+
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = bnn.VILinear(3, 4)
+            self.tf = bnn.VITransformer(4, 2, 1, 1, 8, dropout=0.0, batch_first=True)
+
+        def forward(self, src: Tensor, tgt: Tensor, fold_tgt: bool) -> Tensor:
+            target = _folded(tgt, 3) if fold_tgt else tgt
+            return self.tf(self.embed(src), target)  # type: ignore[no-any-return]
+
+    net, src, tgt = Net(), torch.randn(2, 5, 3), torch.randn(2, 4, 4)
+    torch.manual_seed(0)
+    shared = net(src, tgt, False, samples=3)
+    torch.manual_seed(0)
+    torch.testing.assert_close(shared, net(src, tgt, True, samples=3))
+    with pytest.raises(RuntimeError, match=r"batch number of src and tgt.*\[2, 1\]"):
+        net(src, tgt[:1], False, samples=3)
+
+
+def test_deterministic_copy_returns_states_of_plain_recurrent_layers() -> None:
+    """The export of a network returning ``h_n`` could not be called: its plain
+    LSTM records no folding, and ``h_n`` ``(layers, B, H)`` failed the output's
+    batch check; one particle has nothing to unfold."""
+
+    class Encoder(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = bnn.VILSTM(3, 4, batch_first=True)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            out, (h, _) = self.rnn(x)
+            return out, h
+
+    net, x = Encoder().eval(), torch.randn(2, 5, 3)
+    out, h = net(x, samples=3)
+    assert (out.shape, h.shape) == ((3, 2, 5, 4), (3, 1, 2, 4))
+    plain = bnn.to_deterministic(net)
+    got_out, got_h = plain(x)
+    rnn = plain.network.rnn
+    assert isinstance(rnn, nn.LSTM)
+    want_out, (want_h, _) = rnn(x)
+    torch.testing.assert_close(got_out, want_out)
+    torch.testing.assert_close(got_h, want_h)
+
+
+@pytest.mark.parametrize(("source", "target"), [(6, 4), (5, 7), (6, 12)])
+def test_sequence_first_target_of_another_length_inside_a_network(
+    source: int, target: int
+) -> None:
+    """In a sequence-first network the particles fold into the sequence
+    dimension; a target sequence of another length than the source, through a
+    Bayesian layer before the Transformer, was refused (or, with a length
+    divisible by S, refused with a message about batch sizes). The network's
+    inputs give the lengths: it now equals the same network built batch-first."""
+
+    class Net(bnn.VIModule):
+        def __init__(self, batch_first: bool) -> None:
+            super().__init__()
+            self.src_in = bnn.VILinear(3, 4, estimator="reparam")
+            self.tgt_in = bnn.VILinear(3, 4, estimator="reparam")
+            self.tf = bnn.VITransformer(
+                4, 2, 1, 1, 8, dropout=0.0, batch_first=batch_first
+            )
+
+        def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+            return self.tf(self.src_in(src), self.tgt_in(tgt))  # type: ignore[no-any-return]
+
+    sequence_first, batch_first = Net(False).eval(), Net(True).eval()
+    batch_first.load_state_dict(sequence_first.state_dict())
+    src, tgt = torch.randn(source, 2, 3), torch.randn(target, 2, 3)
+    torch.manual_seed(1)
+    got = sequence_first(src, tgt, samples=3)
+    torch.manual_seed(1)
+    want = batch_first(
+        src.transpose(0, 1).contiguous(), tgt.transpose(0, 1).contiguous(), samples=3
+    )
+    assert got.shape == (3, target, 2, 4)
+    torch.testing.assert_close(got, want.transpose(1, 2))
