@@ -10,6 +10,7 @@ import pyro
 import torch
 from pyro.poutine.runtime import effectful, get_mask
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._distributed import unwrap
@@ -38,7 +39,9 @@ __all__ = ["KullbackLeiblerLoss", "PyroModel", "batch_dim", "batch_first_layout"
 
 _KL_MODES = ("auto", "mc", "analytic")
 _REDUCTIONS = ("mean", "sum")
-_UNTRAINED_CHECK_STEP = 5
+# Optimizer steps (of any torch optimizer) over which parameters that get
+# gradients must change, or a warning says that no optimizer holds them.
+_UNTRAINED_STEPS = 4
 # Loss calls of a group whose gradients were always cleared before them, after
 # which the group is no longer watched.
 _CLEARED_CALLS = 20
@@ -66,6 +69,24 @@ def _initialising() -> bool:
     return bool(_init_messengers()) and get_mask() is not False
 
 
+_optimizer_steps = 0  # steps of all torch optimizers, once counting started
+
+
+def _count_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+_step_hook: Any = None
+
+
+def _count_optimizer_steps() -> None:
+    """Start counting every torch optimizer's steps (a global post-step hook)."""
+    global _step_hook
+    if _step_hook is None:
+        _step_hook = register_optimizer_step_post_hook(_count_step)
+
+
 class _ChangeWatch:
     """Notices parameters that get gradients but are never updated.
 
@@ -74,17 +95,23 @@ class _ChangeWatch:
     pass has left a gradient on one of them (a loss evaluated but never
     backpropagated, or one whose optimizer clears the gradients, is not the
     symptom); the values at the first counted call are compared with those
-    at the ``_UNTRAINED_CHECK_STEP``-th. A group whose parameter names change
-    (a new guide) is watched afresh. A group whose gradients are cleared
-    before each of its first ``_CLEARED_CALLS`` evaluations is not watched
-    further: an optimizer holding its parameters clears them.
+    at the first counted call after ``_UNTRAINED_STEPS`` steps of any torch
+    optimizer. Counting optimizer steps rather than loss calls keeps gradient
+    accumulation (several backward passes per step) and evaluations between
+    steps out of it. A group whose parameter names change (a new guide) is
+    watched afresh. A group whose gradients are cleared before each of its
+    first ``_CLEARED_CALLS`` evaluations is not watched further: an optimizer
+    holding its parameters clears them.
     """
 
     def __init__(self) -> None:
+        _count_optimizer_steps()
         self.names: tuple[str, ...] = ()
         self.calls = 0
         self.cleared = 0  # calls before the window, without gradients
         self.snapshot: list[Tensor] = []
+        self.steps_at_snapshot = 0
+        self.done = False
         self.key: Hashable = None
 
     def finished(self, key: Hashable) -> bool:
@@ -92,10 +119,7 @@ class _ChangeWatch:
         return (
             key is not None
             and key == self.key
-            and (
-                self.calls >= _UNTRAINED_CHECK_STEP
-                or (self.calls == 0 and self.cleared >= _CLEARED_CALLS)
-            )
+            and (self.done or (self.calls == 0 and self.cleared >= _CLEARED_CALLS))
         )
 
     def unchanged(self, params: Mapping[str, Tensor], key: Hashable = None) -> bool:
@@ -106,7 +130,8 @@ class _ChangeWatch:
         names = tuple(params)
         if names != self.names or key != self.key:
             self.names, self.key, self.calls, self.cleared = names, key, 0, 0
-        if not params or self.calls >= _UNTRAINED_CHECK_STEP:
+            self.done = False
+        if not params or self.done:
             return False
         if not any(p.is_leaf and p.grad is not None for p in params.values()):
             self.cleared += 1
@@ -114,10 +139,11 @@ class _ChangeWatch:
         self.calls += 1
         if self.calls == 1:
             self.snapshot = [p.detach().clone() for p in params.values()]
+            self.steps_at_snapshot = _optimizer_steps
             return False
-        if self.calls < _UNTRAINED_CHECK_STEP:
+        if _optimizer_steps - self.steps_at_snapshot < _UNTRAINED_STEPS:
             return False
-        before, self.snapshot = self.snapshot, []
+        before, self.snapshot, self.done = self.snapshot, [], True
         return all(
             torch.equal(p.detach(), old)
             for p, old in zip(params.values(), before, strict=True)
@@ -479,7 +505,7 @@ class KullbackLeiblerLoss(nn.Module):
             warnings.warn(
                 f"the parameters of {type(self.predictive).__name__} (e.g. a learned "
                 "noise scale) have not changed in "
-                f"{_UNTRAINED_CHECK_STEP} steps: pass loss_fn.parameters() to the "
+                f"{_UNTRAINED_STEPS} optimizer steps: pass loss_fn.parameters() to the "
                 "optimizer as well as model.parameters()",
                 stacklevel=3,
             )
@@ -496,7 +522,7 @@ class KullbackLeiblerLoss(nn.Module):
             example = next(iter(params))
             warnings.warn(
                 f"the guide's parameters (e.g. {example!r}) get gradients but have "
-                f"not changed in {_UNTRAINED_CHECK_STEP} training steps: create the "
+                f"not changed in {_UNTRAINED_STEPS} optimizer steps: create the "
                 "optimizer after assigning model.guide (torch.optim.Adam("
                 "model.parameters(), ...)), so that it holds the guide's parameters",
                 stacklevel=3,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -515,7 +516,7 @@ def _steps(
 
 GUIDE_WARNING = (
     r"the guide's parameters \(e\.g\. '.*'\) get gradients but have not changed in "
-    r"5 training steps: create the optimizer after assigning model\.guide"
+    r"4 optimizer steps: create the optimizer after assigning model\.guide"
 )
 
 
@@ -593,6 +594,33 @@ def test_a_loop_that_clears_gradients_first_stops_being_watched(
         loss_fn(net(x), y).backward()
         optimizer.step()
     assert 0 < reads <= 20
+
+
+@pytest.mark.parametrize("guide_held", [True, False])
+def test_gradient_accumulation_is_not_an_untrained_guide(guide_held: bool) -> None:
+    """Eight backward passes per optimizer step (gradient accumulation) made
+    the loss say that the guide and the learned noise scale were missing from
+    the optimizer after five loss calls (advice that throws away the
+    optimizer's state); a guide really missing is still named."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(2, 4), nn.ReLU(), bnn.VILinear(4, 1))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), N)
+    held = list(net.parameters()) if guide_held else [nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.Adam([*held, *loss_fn.parameters()], lr=1e-2)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(6):
+            optimizer.zero_grad()
+            for _ in range(8):
+                (loss_fn(net(x), y) / 8).backward()
+            for _ in range(3):  # evaluations between steps, gradients still set
+                loss_fn(net(x), y)
+            optimizer.step()
+    messages = [str(w.message) for w in caught]
+    assert not any("noise scale" in m for m in messages)
+    named = [m for m in messages if "guide's parameters" in m]
+    assert len(named) == (0 if guide_held else 1)
 
 
 def test_losses_without_backward_do_not_count() -> None:
