@@ -30,6 +30,8 @@ from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from pyrolite_bnn._validation import check_count
+
 __all__ = [
     "ParticleState",
     "batch_of",
@@ -221,10 +223,15 @@ def leading_size(value: Tensor | PackedSequence) -> int | None:
 
 
 def check_samples(samples: object) -> int:
-    """Validate a particle count and return it as ``int``."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-    return samples
+    """Validate a particle count and return it as ``int``.
+
+    Raises:
+        TypeError: if ``samples`` is not an integer (``2.0``, ``True``).
+        ValueError: if it is below 1.
+    """
+    if type(samples) is int and samples >= 1:  # every call: the common case first
+        return samples
+    return check_count(samples, "samples")
 
 
 def inverse_permutation(permutation: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -56,6 +57,15 @@ def test_samples_below_one_rejected() -> None:
     net.samples = -1
     with pytest.raises(ValueError, match="got -1"):
         net(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("samples", [2.0, True, "3"])
+def test_samples_of_another_type_is_a_type_error(samples: object) -> None:
+    """Like every other count of the library (a ValueError said 'must be an
+    integer' for 2.0); numpy integers are counts."""
+    with pytest.raises(TypeError, match="samples must be an integer >= 1"):
+        Net()(torch.randn(2, 4), samples=samples)
+    assert Net()(torch.randn(2, 4), samples=np.int64(3)).shape[0] == 3
 
 
 def test_samples_only_on_outermost_call() -> None:
