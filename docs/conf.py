@@ -56,3 +56,49 @@ html_static_path: list[str] = []
 # (plain ``>>>`` blocks) need their module's namespace; pytest runs them
 # (``--doctest-modules``), so the doctest builder skips them.
 doctest_test_doctest_blocks = ""
+
+
+def _public_name_target(app, env, node, contnode):  # type: ignore[no-untyped-def]
+    """Resolve ``pyrolite_bnn.X`` (and ``pyrolite_bnn.X.method``) references.
+
+    Users and the guides name objects as the package exports them
+    (``bnn.KullbackLeiblerLoss``); autodoc documents each in its defining module
+    (``pyrolite_bnn.loss.KullbackLeiblerLoss``). A reference to the exported
+    name is redirected to the documented one.
+    """
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or not target.startswith("pyrolite_bnn."):
+        return None
+    parts = target.split(".")
+    for split in range(len(parts), 0, -1):  # the longest importable prefix
+        module_name = ".".join(parts[:split])
+        try:
+            obj = __import__(module_name, fromlist=["_"])
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            obj = getattr(obj, name, None)
+            if obj is None:
+                return None
+        break
+    else:
+        return None
+    defining = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if defining is None or qualname is None:
+        return None
+    canonical = f"{defining}.{qualname}"
+    if canonical == target:
+        return None
+    domain = env.get_domain("py")
+    new = node.deepcopy()
+    new["reftarget"] = canonical
+    builder = app.builder
+    return domain.resolve_xref(
+        env, node.get("refdoc"), builder, node.get("reftype"), canonical, new, contnode
+    )
+
+
+def setup(app):  # type: ignore[no-untyped-def]
+    """Register the exported-name resolver."""
+    app.connect("missing-reference", _public_name_target)
