@@ -127,8 +127,12 @@ def _check_not_recomputed(root: nn.Module) -> None:
     be wrong. A whole network's call recomputed this way is fine: its weights
     are drawn again from the same random state. (A layer once called as a
     network of its own is not told apart from a network: torch's own error
-    follows.)
+    follows.) Skipped while ``torch.compile`` traces: its guards on the set
+    of networks (a ``WeakSet``, which changes as networks are collected)
+    failed to build in a long-running process.
     """
+    if torch.compiler.is_compiling():
+        return
     if root not in _NETWORKS and _in_backward_pass() and _in_checkpoint_recomputation():
         raise RuntimeError(
             f"{type(root).__name__} runs on its own during a backward pass: "
@@ -340,7 +344,7 @@ def pytorch_run(
             root, state, device, args, kwargs
         )
         result = model_trace.nodes["_RETURN"]["value"]
-        record = TraceRecord(guide_trace, model_trace, state.samples)
+        record = TraceRecord(guide_trace, model_trace, state.samples, root)
     record.sequence_batch = state.sequence_batch()
     return attach(result, record, log_probs=getattr(root, "return_log_probs", False))
 

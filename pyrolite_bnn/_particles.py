@@ -78,6 +78,8 @@ class ParticleState:
             as its leading size is shared by all particles, one with that size
             times ``samples`` folded (second inputs of another batch size, a
             target sequence of another length).
+        used_batches: the other batches that Bayesian layers have read
+            tensors of in this call (sizes then ambiguous with the call's).
     """
 
     samples: int
@@ -88,6 +90,7 @@ class ParticleState:
     inputs: tuple[Tensor, ...] = field(default=(), compare=False)
     batch_folded: list[tuple[Tensor, int]] = field(default_factory=list, compare=False)
     other_batches: frozenset[int] = field(default=frozenset(), compare=False)
+    used_batches: set[int] = field(default_factory=set, compare=False)
 
     def restarted(self) -> ParticleState:
         """The same call's state with nothing recorded yet (to run it again)."""
@@ -119,6 +122,99 @@ class ParticleState:
     def note_batch_folded(self, tensor: Tensor, dim: int) -> None:
         """Record that ``tensor`` is folded ``B * S`` at ``dim`` (see the attribute)."""
         self.batch_folded.append((tensor, dim))
+
+
+class AmbiguousLayoutError(ValueError):
+    """A tensor's leading size fits both the shared and the folded layout."""
+
+
+def row_layout(
+    state: ParticleState | None,
+    tensor: Tensor,
+    samples: int,
+    batch: int | None,
+    *,
+    others_shared: bool = True,
+) -> bool | None:
+    """Whether ``tensor`` (leading size ``rows``) is shared by all particles.
+
+    ``True``: shared (``rows`` is the batch ``batch`` of the call, or it is one
+    of the outermost call's inputs, or ``rows`` is another input's batch);
+    ``False``: folded (``batch * samples`` rows, or another input's batch times
+    ``samples``); ``None``: no known batch fits. The call's own batch comes
+    first; a size that fits the call's batch one way and another input's the
+    other way cannot be told apart and raises :class:`AmbiguousLayoutError`.
+
+    Args:
+        state: the running call's particle state (``None`` outside a network).
+        tensor: the tensor, batch (or, sequence-first, sequence) dimension first.
+        samples: the number of particles ``S``.
+        batch: the batch size of the running call (a layer's body may have set
+            its own, see :func:`batch_of`).
+        others_shared: whether another input's batch ``B'`` itself counts as
+            shared (``False``: only ``B' * S``, folded, counts).
+    """
+    rows = tensor.shape[0]
+    others = frozenset() if state is None else state.other_batches
+    if rows == batch and not others:  # the common case
+        return True
+    if state is None:
+        if batch is None or rows not in (batch, batch * samples):
+            return None
+        return rows == batch
+    used = state.used_batches
+    if state.is_input(tensor):
+        if rows != batch:
+            used.add(rows)
+        return True
+    seen = state.other_batches_seen()
+    if samples == 1:  # one particle: shared and folded are the same rows
+        return True if rows == batch or rows in seen else None
+    split = rows // samples if rows % samples == 0 else None
+    if batch is not None and rows in (batch, batch * samples):
+        # The call's batch comes first; another input's batch that a Bayesian
+        # layer has used makes the size ambiguous (an input that is no batch,
+        # such as an h0 (layers, B, H), never is).
+        shared = rows == batch
+        if (split in used) if shared else (others_shared and rows in used):
+            raise AmbiguousLayoutError(
+                f"a tensor with {rows} rows is ambiguous: the batch "
+                f"{batch if shared else split} of the call "
+                f"{'shared' if shared else f'folded with samples={samples}'}, or "
+                f"another input's batch {split if shared else rows} "
+                f"{f'folded with samples={samples}' if shared else 'shared'}. "
+                "Give the network's inputs one batch size, or call it with "
+                "another number of samples"
+            )
+        return shared
+    if rows in seen and split in seen:
+        raise AmbiguousLayoutError(
+            f"a tensor with {rows} rows is ambiguous: one input's batch {rows} "
+            f"shared by the particles, or another's {split} folded with "
+            f"samples={samples}; give the network's inputs one batch size"
+        )
+    if rows in seen and others_shared:
+        used.add(rows)
+        return True
+    if split in seen:
+        used.add(split)
+        return False
+    return None
+
+
+# True while a network without random variables runs (a deterministic export):
+# with one particle and nothing folded, every output is that particle's.
+_NOTHING_FOLDED: ContextVar[bool] = ContextVar("pyrolite_nothing_folded", default=False)
+
+
+@contextmanager
+def nothing_folded() -> Iterator[None]:
+    """Run the body's network calls as holding no folded tensors (see above)."""
+    token = _NOTHING_FOLDED.set(True)
+    try:
+        yield
+    finally:
+        _NOTHING_FOLDED.reset(token)
 
 
 _STATE: ContextVar[ParticleState | None] = ContextVar(
@@ -351,27 +447,26 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
             "sequence) cannot be unfolded; build the network with "
             "batch_first=True layers and (batch, sequence, feature) inputs"
         )
-    if samples == 1:  # nothing folded: any layout is its one particle's
+    if samples == 1 and _NOTHING_FOLDED.get():
         return tensor.unsqueeze(0)
     rows = tensor.shape[0]
-    if rows not in (batch, samples * batch if batch is not None else None):
-        for other in state.other_batches:  # an output of another input's batch
-            if rows in (other, samples * other):
-                batch = other
-                break
-    if batch is None:
-        if rows % samples:
-            raise ValueError(
-                f"network output has leading size {rows}, not a multiple of "
-                f"samples={samples}"
-            )
-        batch = rows // samples
-    if rows == samples * batch:
+    # An output with another input's batch counts only folded: a plain layer's
+    # output of that size may hold the particles elsewhere (h_n of nn.GRU with
+    # an h0 input, (layers, B * S, H)).
+    shared = row_layout(state, tensor, samples, batch, others_shared=False)
+    if shared is None and batch is None and rows % samples == 0:
+        shared = False
+    if shared is False:
         # Batch-major rows b * S + s -> (S, B, ...), contiguous for the caller.
-        unfolded = tensor.reshape(batch, samples, *tensor.shape[1:])
+        unfolded = tensor.reshape(rows // samples, samples, *tensor.shape[1:])
         return unfolded.transpose(0, 1).contiguous()
-    if rows == batch:
+    if shared:
         return tensor.unsqueeze(0).expand(samples, *tensor.shape)
+    if batch is None:
+        raise ValueError(
+            f"network output has leading size {rows}, not a multiple of "
+            f"samples={samples}"
+        )
     raise ValueError(
         f"network output has leading size {rows}; expected the batch size {batch} "
         f"or samples * batch = {samples * batch}. Keep the batch dimension first "

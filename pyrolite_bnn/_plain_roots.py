@@ -96,6 +96,16 @@ class _Frame:
         self.state: _particles.ParticleState | None = None
         self.draws: LazyDraws | None = None
 
+    def call_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the module's running call.
+
+        torch's global forward pre-hooks (which open the frame) get the
+        positional arguments only; the keyword ones are read from the running
+        call's interpreter frame (``Module._call_impl``), ``{}`` if not found.
+        """
+        kwargs = None if self.caller is None else self.caller.f_locals.get("kwargs")
+        return kwargs if isinstance(kwargs, dict) else {}
+
     def running(self) -> bool:
         """Whether the module's call is still running.
 
@@ -337,8 +347,8 @@ def open_pending_root(
             f"set {name}.samples (or use a bnn.VIModule / bnn.VISequential root)"
         )
     count = getattr(root, "samples", DEFAULT_SAMPLES)
-    state, device = prepare(root, frame.args, {}, count)
-    if state.batch_size is None:  # called with keyword inputs only
+    state, device = prepare(root, frame.args, frame.call_kwargs(), count)
+    if state.batch_size is None:  # its keyword inputs could not be read
         batch, _ = _particles.leading_input(args, kwargs)
         state = dataclasses.replace(state, batch_size=batch)
     stack = ExitStack()

@@ -5,6 +5,13 @@ unless the ``module_local_params`` setting is on; two networks with the same
 layer names would then silently share parameters. Setting the flag globally
 would change the behaviour of the user's own Pyro code, so every module of this
 library switches it on only while it is constructed and while it runs.
+
+The library also keeps what Pyro's optimisers need: every parameter value
+carries the ``.unconstrained`` link ``SVI`` follows (:class:`UnconstrainedLinks`),
+the global store can name each parameter (:class:`ParameterNames`), and the
+switch to a module's local store leaves the global store's names and links as
+they were (:class:`StoreKeepingContext`). ``pyro.param`` statements of an
+assigned guide create parameters of that guide (:class:`ParamStoreModule`).
 """
 
 from __future__ import annotations
@@ -13,21 +20,30 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyro
 import torch
 from pyro.nn import PyroModule, PyroParam, PyroSample
+from pyro.nn.module import _Context
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import am_i_wrapped
-from torch import nn
+from torch import Tensor, nn
+from torch.distributions import constraints, transform_to
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from pyro.poutine.runtime import Message
 
 __all__ = [
     "LocalPyroModule",
+    "ParamStoreModule",
+    "ParameterNames",
+    "ParamsInModule",
+    "StoreKeepingContext",
     "linked_parameters",
+    "linked_value",
     "local_params",
     "note_structure_change",
     "structure_version",
@@ -75,6 +91,7 @@ class LocalPyroModule(PyroModule):
     def __init__(self, name: str = "") -> None:
         with local_params():
             super().__init__(name)
+            object.__setattr__(self, "_pyro_context", StoreKeepingContext())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with local_params(), linked_parameters():
@@ -131,16 +148,17 @@ _LINKING: ContextVar[bool] = ContextVar("pyrolite_linking", default=False)
 
 @contextmanager
 def linked_parameters() -> Iterator[None]:
-    """Under Pyro, run the body inside one :class:`UnconstrainedLinks` handler.
+    """Under Pyro, run the body inside the handlers Pyro's optimisers need.
 
-    Nested uses (every library module of a network) share the outermost one.
+    Those are :class:`ParameterNames` and :class:`UnconstrainedLinks`. Nested
+    uses (every library module of a network) share the outermost ones.
     """
     if _LINKING.get() or not am_i_wrapped():
         yield
         return
     token = _LINKING.set(True)
     try:
-        with UnconstrainedLinks():
+        with ParameterNames(), UnconstrainedLinks():
             yield
     finally:
         _LINKING.reset(token)
@@ -171,13 +189,261 @@ class UnconstrainedLinks(Messenger):
 def _linked(fn: Callable[..., Any]) -> Callable[..., Any]:
     def linked(*args: Any, **kwargs: Any) -> Any:
         value = fn(*args, **kwargs)
-        if isinstance(value, torch.Tensor) and not hasattr(value, "unconstrained"):
-            alias = value.view_as(value)
-            alias.unconstrained = weakref.ref(value)  # type: ignore[attr-defined]
-            return alias
+        if isinstance(value, Tensor) and not hasattr(value, "unconstrained"):
+            return linked_value(value, value)
         return value
 
     return linked
+
+
+def linked_value(value: Tensor, unconstrained: Tensor) -> Tensor:
+    """``value`` with Pyro's ``.unconstrained`` link to the tensor optimised.
+
+    A view of ``value`` when it is that tensor itself (a real-valued
+    parameter), so the parameter is never modified.
+    """
+    alias = value.view_as(value) if value is unconstrained else value
+    alias.unconstrained = weakref.ref(unconstrained)  # type: ignore[attr-defined]
+    return alias
+
+
+class ParameterNames(Messenger):
+    """Let Pyro's optimisers name the parameters reported in the body.
+
+    A ``pyro.optim`` optimiser looks each parameter's name up in Pyro's global
+    store (``param_store.param_name(p)``): for per-parameter arguments
+    (``pyro.optim.Adam(lambda name: {...})``) and as the keys of
+    ``get_state()``, ``save()`` and ``load()``. With ``module_local_params`` on
+    the store knows no library parameter, so every name would be ``None``. On
+    exit this handler names each parameter reported in its body after its
+    ``param`` site (the module path, the name Pyro's global mode would give
+    it), without keeping the parameter alive and without renaming one the
+    store already names (``pyro.module("net", net)``).
+    """
+
+    def __enter__(self) -> ParameterNames:
+        self._reported: list[tuple[Tensor, str]] = []
+        return super().__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        super().__exit__(exc_type, exc_value, traceback)
+        store = pyro.get_param_store()
+        unnamed = [
+            (parameter, name)
+            for parameter, name in self._reported
+            if store.param_name(parameter) is None
+        ]
+        self._reported = []
+        if not unnamed:
+            return
+        names = cast("dict[object, str]", store._param_to_name)
+        for key in [k for k in names if isinstance(k, _WeakKey) and not k.alive()]:
+            del names[key]  # parameters of networks gone since
+        for parameter, name in unnamed:
+            names[_WeakKey(parameter)] = name
+
+    def _pyro_post_param(self, msg: Message[..., Any]) -> None:
+        link = getattr(msg["value"], "unconstrained", None)
+        parameter = link() if callable(link) else None
+        if isinstance(parameter, Tensor) and msg["name"] is not None:
+            self._reported.append((parameter, msg["name"]))
+
+
+class _WeakKey:
+    """A key of Pyro's name table that finds a tensor without keeping it alive.
+
+    Hashes as the tensor (``Tensor.__hash__`` is its ``id``) and equals only
+    that tensor while it lives, so ``table.get(tensor)`` finds the entry.
+    """
+
+    __slots__ = ("_hash", "_ref")
+
+    def __init__(self, tensor: Tensor) -> None:
+        self._ref = weakref.ref(tensor)
+        self._hash = hash(tensor)
+
+    def alive(self) -> bool:
+        return self._ref() is not None
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        target = other._ref() if isinstance(other, _WeakKey) else other
+        return target is not None and target is self._ref()
+
+
+class ParamStoreModule(nn.Module):
+    """Parameters of ``pyro.param`` statements, held in a module.
+
+    Pyro's ``ParamStoreDict.get_param`` for one module tree instead of the
+    process: the first statement of a name creates the parameter from a copy
+    of its initial value (stored unconstrained, as Pyro stores it; a
+    real-valued ``nn.Parameter``, as ``pyro.module`` passes, is kept itself, so
+    its module trains), later ones return it, constrained and with Pyro's
+    ``.unconstrained`` link. Parameter
+    ``"a.b"`` is the attribute path ``a.b_unconstrained``, so it is in
+    ``parameters()`` and ``state_dict()`` and follows ``.to()``.
+
+    Example:
+        >>> from torch.distributions import constraints
+        >>> store = ParamStoreModule()
+        >>> scale = store.get_param("0.scale", torch.ones(2), constraints.positive)
+        >>> [name for name, _ in store.named_parameters()]
+        ['0.scale_unconstrained']
+        >>> store.get_param("0.scale") is not None
+        True
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._constraints: dict[str, constraints.Constraint] = {}
+
+    def get_param(
+        self,
+        name: str,
+        init_tensor: Tensor | Callable[[], Tensor] | None = None,
+        constraint: constraints.Constraint = constraints.real,
+        event_dim: int | None = None,
+    ) -> Tensor:
+        """The constrained value of parameter ``name``, created on first use.
+
+        Raises:
+            KeyError: for a first statement without an initial value.
+            ValueError: for a name that is not an attribute path.
+        """
+        del event_dim  # as in Pyro's store: only subsampling handlers read it
+        if name not in self._constraints:
+            if init_tensor is None:
+                raise KeyError(
+                    f"pyro.param({name!r}) has no initial value, and no earlier "
+                    "statement of this guide created it: the parameters of a guide "
+                    "assigned to a network belong to the network "
+                    "(model.parameters()), not to Pyro's global parameter store; "
+                    f"give the initial value in the guide, pyro.param({name!r}, "
+                    "init_tensor)"
+                )
+            self._create(name, init_tensor, constraint)
+            self._constraints[name] = constraint
+        unconstrained = self._find(name)
+        constrained = transform_to(self._constraints[name])(unconstrained)
+        return linked_value(constrained, unconstrained)
+
+    def _create(
+        self,
+        name: str,
+        init_tensor: Tensor | Callable[[], Tensor],
+        constraint: constraints.Constraint,
+    ) -> None:
+        with torch.no_grad():
+            value = init_tensor() if callable(init_tensor) else init_tensor
+            unconstrained = transform_to(constraint).inv(value).contiguous()
+        parameter = (
+            unconstrained
+            if isinstance(unconstrained, nn.Parameter)
+            else nn.Parameter(unconstrained.detach().clone())
+        )
+        *path, leaf = f"{name}_unconstrained".split(".")
+        module: nn.Module = self
+        try:
+            for part in path:
+                child = module._modules.get(part)
+                if child is None:
+                    child = nn.Module()
+                    module.add_module(part, child)
+                module = child
+            module.register_parameter(leaf, parameter)
+        except KeyError as error:
+            raise ValueError(
+                f"pyro.param name {name!r} cannot be kept as a module attribute "
+                f"path ({error.args[0]}); rename the parameter"
+            ) from error
+
+    def _find(self, name: str) -> Tensor:
+        # Walks the tables, not getattr, so no Pyro module reports anything.
+        *path, leaf = f"{name}_unconstrained".split(".")
+        module: nn.Module = self
+        for part in path:
+            child = module._modules[part]
+            assert child is not None
+            module = child
+        parameter = module._parameters[leaf]
+        assert parameter is not None
+        return parameter
+
+
+class ParamsInModule(Messenger):
+    """Serve the body's ``pyro.param`` statements from a :class:`ParamStoreModule`.
+
+    Only real ``pyro.param`` statements (those Pyro would send to its global
+    store) are redirected; the ``param`` sites that ``PyroModule`` attributes
+    report are left alone.
+
+    Args:
+        store: returns the module to keep the parameters in (called only when
+            a statement is redirected, so it may create the module lazily).
+    """
+
+    def __init__(self, store: Callable[[], ParamStoreModule]) -> None:
+        super().__init__()
+        self._store = store
+
+    def _pyro_param(self, msg: Message[..., Any]) -> None:
+        if msg["value"] is None and msg["fn"] == pyro.get_param_store().get_param:
+            msg["fn"] = self._store().get_param
+
+
+class StoreKeepingContext(_Context):
+    """Pyro's ``PyroModule`` call context, leaving the global store as it was.
+
+    With ``module_local_params`` on, the outermost call of a module tree swaps
+    Pyro's global parameter store for the tree's local one and back. The swap
+    rebuilds the global store's table of parameter names from its parameters,
+    dropping the names :class:`ParameterNames` gave the library's parameters
+    (a call of ``model.guide`` between two ``SVI`` steps would leave
+    ``optimiser.get_state()`` keyed by ``None``), and strips the
+    ``.unconstrained`` link from every global parameter, which for a
+    real-valued one is its own value (the value of an earlier
+    ``pyro.module("net", net)`` statement would lose its link before
+    ``SVI.step`` reads it). On exit both are put back. Library modules and the
+    Pyro modules they adopt (assigned autoguides) share such a context.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kept: tuple[dict[Tensor, str], list[tuple[Tensor, Any]]] | None = None
+
+    def __enter__(self) -> None:
+        if not self.active and pyro.settings.get("module_local_params"):
+            store = pyro.get_param_store()
+            links = [
+                (tensor, tensor.__dict__["unconstrained"])
+                for tensor in store._params.values()
+                if "unconstrained" in tensor.__dict__
+            ]
+            # The swap rebinds the table rather than changing it: keep it.
+            self._kept = (store._param_to_name, links)
+        super().__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        super().__exit__(exc_type, exc_value, traceback)
+        if self.active or self._kept is None:
+            return
+        names, links = self._kept
+        self._kept = None
+        pyro.get_param_store()._param_to_name = names
+        for tensor, link in links:
+            tensor.__dict__.setdefault("unconstrained", link)
 
 
 def _is_structural(module: nn.Module, name: str, value: Any) -> bool:

@@ -40,7 +40,6 @@ two agree in expectation, not draw for draw.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,7 +59,7 @@ from pyrolite_bnn._draws import (
     set_rng_state,
 )
 from pyrolite_bnn._forward import prepare, pytorch_run
-from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._pyro_module import linked_parameters, linked_value, local_params
 from pyrolite_bnn._validation import check_count
 from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.layers._options import EstimatorLayer
@@ -188,13 +187,13 @@ def _report_parameters(model: PyroModel) -> None:
             for name, param in model.loss_fn.predictive.named_parameters()
         ),
     ]
-    for name, param in named:
-        site = name.removesuffix(_UNCONSTRAINED)
-        alias = param.view_as(param)
-        alias.unconstrained = weakref.ref(param)  # type: ignore[attr-defined]
-        effectful(type="param")(lambda *_, alias=alias, **__: alias)(
-            site, alias, constraint=constraints.real, name=site
-        )
+    with linked_parameters():  # Pyro's optimisers can name them
+        for name, param in named:
+            site = name.removesuffix(_UNCONSTRAINED)
+            alias = linked_value(param, param)
+            effectful(type="param")(lambda *_, alias=alias, **__: alias)(
+                site, alias, constraint=constraints.real, name=site
+            )
 
 
 class Trace_ELBO(pyro.infer.Trace_ELBO):

@@ -47,7 +47,9 @@ class DeterministicNetwork(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the network once, deterministically."""
-        return _particles.one_particle(self.network(*args, samples=1, **kwargs))
+        with _particles.nothing_folded():  # plain layers record no folding
+            output = self.network(*args, samples=1, **kwargs)
+        return _particles.one_particle(output)
 
 
 def to_deterministic(model: nn.Module) -> nn.Module:

@@ -8,7 +8,10 @@ returns. It opens the same particle plate as the model and then either
   from the layers' declarations), or
 * runs a user-supplied Pyro guide for one particle (an autoguide built on
   :meth:`VIModule.prior_model <pyrolite_bnn.VIModule.prior_model>`, or a
-  hand-written function); the plate broadcasts it to all particles.
+  hand-written function); the plate broadcasts it to all particles. Its
+  ``pyro.param`` statements create parameters of the guide module
+  (``pyro_params``), not entries of Pyro's global store, so they are in
+  ``model.parameters()`` like every other parameter.
 
 It is a Pyro guide in every sense: ``pyro.infer.SVI``, ``Predictive`` and the
 ELBOs accept it unchanged, with the same ``(*args, samples=None)`` arguments as
@@ -48,7 +51,12 @@ from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._network import collect_variables
-from pyrolite_bnn._pyro_module import LocalPyroModule, local_params
+from pyrolite_bnn._pyro_module import (
+    LocalPyroModule,
+    ParamsInModule,
+    ParamStoreModule,
+    local_params,
+)
 from pyrolite_bnn.module import DEFAULT_SAMPLES
 
 if TYPE_CHECKING:
@@ -57,6 +65,9 @@ if TYPE_CHECKING:
     from pyrolite_bnn.variables import RandomVariable
 
 __all__ = ["ParticleGuide"]
+
+# Submodule holding the parameters of an assigned guide's pyro.param statements.
+_PYRO_PARAMS = "pyro_params"
 
 # The wrapper of each assigned guide, by id of the wrapped guide (the wrapper
 # keeps that guide alive, so the id is not reused while an entry exists).
@@ -76,7 +87,9 @@ class ParticleGuide(LocalPyroModule):
     Args:
         network: the network whose weights it covers.
         inner: ``None`` for the generated guide from the layers' posterior
-            modules, or any Pyro guide for the weights of one particle.
+            modules, or any Pyro guide for the weights of one particle. Its
+            ``pyro.param`` statements create parameters of this module, in
+            the submodule ``pyro_params``.
 
     Raises:
         ValueError: if ``inner`` is a Pyro module that already ran in another
@@ -164,7 +177,7 @@ class ParticleGuide(LocalPyroModule):
             return
         name = type(inner).__name__
         try:
-            with local_params(), poutine.block(), torch.no_grad():
+            with local_params(), poutine.block(), torch.no_grad(), self._params():
                 trace = poutine.trace(inner).get_trace()
         except TypeError as error:
             # An autoguide of the full Pyro model needs its arguments (x, y);
@@ -201,8 +214,22 @@ class ParticleGuide(LocalPyroModule):
             device = _parameter_device(network)
         with _particles.particle_plate(count, device):
             if self.inner is not None:
-                return self.inner()
+                with self._params():
+                    return self.inner()
             return {v.site: v.posterior(v.site) for v in collect_variables(network)}
+
+    def _params(self) -> ParamsInModule:
+        """Handler keeping the assigned guide's ``pyro.param`` parameters here."""
+        return ParamsInModule(self._param_store)
+
+    def _param_store(self) -> ParamStoreModule:
+        # Read from the table: attribute access would make Pyro report every
+        # parameter of this plain module a second time.
+        store = self._modules.get(_PYRO_PARAMS)
+        if not isinstance(store, ParamStoreModule):
+            store = ParamStoreModule()
+            self.add_module(_PYRO_PARAMS, store)
+        return store
 
     def call(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Like :meth:`forward`, but the drawn values as a tuple sorted by site.

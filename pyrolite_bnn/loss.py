@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import pyro
 import torch
 from pyro.poutine.runtime import effectful, get_mask
 from torch import Tensor, nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._change_watch import UNTRAINED_STEPS, ChangeWatch
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import (
     call_network,
@@ -39,12 +39,6 @@ __all__ = ["KullbackLeiblerLoss", "PyroModel", "batch_dim", "batch_first_layout"
 
 _KL_MODES = ("auto", "mc", "analytic")
 _REDUCTIONS = ("mean", "sum")
-# Optimizer steps (of any torch optimizer) over which parameters that get
-# gradients must change, or a warning says that no optimizer holds them.
-_UNTRAINED_STEPS = 4
-# Loss calls of a group whose gradients were always cleared before them, after
-# which the group is no longer watched.
-_CLEARED_CALLS = 20
 # Loss calls per network whose output is checked for a chained network.
 _CHAIN_CHECKS = 3
 
@@ -67,87 +61,6 @@ def _initialising() -> bool:
     draws, and its particle count comes from the guide's draws.
     """
     return bool(_init_messengers()) and get_mask() is not False
-
-
-_optimizer_steps = 0  # steps of all torch optimizers, once counting started
-
-
-def _count_step(optimizer: Any, args: Any, kwargs: Any) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
-
-
-_step_hook: Any = None
-
-
-def _count_optimizer_steps() -> None:
-    """Start counting every torch optimizer's steps (a global post-step hook)."""
-    global _step_hook
-    if _step_hook is None:
-        _step_hook = register_optimizer_step_post_hook(_count_step)
-
-
-class _ChangeWatch:
-    """Notices parameters that get gradients but are never updated.
-
-    :meth:`unchanged` is called once per loss evaluation with the parameters
-    of one group (the likelihood's, the guide's). Calls count once a backward
-    pass has left a gradient on one of them (a loss evaluated but never
-    backpropagated, or one whose optimizer clears the gradients, is not the
-    symptom); the values at the first counted call are compared with those
-    at the first counted call after ``_UNTRAINED_STEPS`` steps of any torch
-    optimizer. Counting optimizer steps rather than loss calls keeps gradient
-    accumulation (several backward passes per step) and evaluations between
-    steps out of it. A group whose parameter names change (a new guide) is
-    watched afresh. A group whose gradients are cleared before each of its
-    first ``_CLEARED_CALLS`` evaluations is not watched further: an optimizer
-    holding its parameters clears them.
-    """
-
-    def __init__(self) -> None:
-        _count_optimizer_steps()
-        self.names: tuple[str, ...] = ()
-        self.calls = 0
-        self.cleared = 0  # calls before the window, without gradients
-        self.snapshot: list[Tensor] = []
-        self.steps_at_snapshot = 0
-        self.done = False
-        self.key: Hashable = None
-
-    def finished(self, key: Hashable) -> bool:
-        """Whether the watch of the group ``key`` is over (no need to collect it)."""
-        return (
-            key is not None
-            and key == self.key
-            and (self.done or (self.calls == 0 and self.cleared >= _CLEARED_CALLS))
-        )
-
-    def unchanged(self, params: Mapping[str, Tensor], key: Hashable = None) -> bool:
-        """Count a call; ``True`` (once) if ``params`` never changed in the window.
-
-        ``key`` identifies the group cheaply (see :meth:`finished`).
-        """
-        names = tuple(params)
-        if names != self.names or key != self.key:
-            self.names, self.key, self.calls, self.cleared = names, key, 0, 0
-            self.done = False
-        if not params or self.done:
-            return False
-        if not any(p.is_leaf and p.grad is not None for p in params.values()):
-            self.cleared += 1
-            return False
-        self.calls += 1
-        if self.calls == 1:
-            self.snapshot = [p.detach().clone() for p in params.values()]
-            self.steps_at_snapshot = _optimizer_steps
-            return False
-        if _optimizer_steps - self.steps_at_snapshot < _UNTRAINED_STEPS:
-            return False
-        before, self.snapshot, self.done = self.snapshot, [], True
-        return all(
-            torch.equal(p.detach(), old)
-            for p, old in zip(params.values(), before, strict=True)
-        )
 
 
 def _check_one_tensor(output: object) -> None:
@@ -235,7 +148,10 @@ class KullbackLeiblerLoss(nn.Module):
         self.heat = heat
         self.kl = kl
         self.reduction = reduction
-        self._watches = {"predictive": _ChangeWatch(), "guide": _ChangeWatch()}
+        self._watches = {"predictive": ChangeWatch(), "guide": ChangeWatch()}
+        # The parameters of the network whose output the loss read last: the
+        # optimizers holding them are the ones the watches count.
+        self._network_parameters: Callable[[], list[Tensor]] = list
         # Loss calls checked for chained networks, per network (its guide).
         self._chain_checks: dict[Hashable, int] = {}
         self.graphs: LossGraphs | None = None
@@ -388,6 +304,7 @@ class KullbackLeiblerLoss(nn.Module):
         batch = self.check_batch(output, record.sequence_batch)
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self._watch_guide(record)
+        self._network_parameters = record.network_parameters  # for the next watch
         kl_value = record.kl(self.kl if kl is None else kl)
         if (
             torch.is_grad_enabled()
@@ -501,11 +418,13 @@ class KullbackLeiblerLoss(nn.Module):
         params = {
             name: p for name, p in self.predictive.named_parameters() if p.requires_grad
         }
-        if self._watches["predictive"].unchanged(params):
+        if self._watches["predictive"].unchanged(
+            params, related=self._network_parameters
+        ):
             warnings.warn(
                 f"the parameters of {type(self.predictive).__name__} (e.g. a learned "
                 "noise scale) have not changed in "
-                f"{_UNTRAINED_STEPS} optimizer steps: pass loss_fn.parameters() to the "
+                f"{UNTRAINED_STEPS} optimizer steps: pass loss_fn.parameters() to the "
                 "optimizer as well as model.parameters()",
                 stacklevel=3,
             )
@@ -518,11 +437,11 @@ class KullbackLeiblerLoss(nn.Module):
         if watch.finished(key):
             return
         params = record.guide_parameters()
-        if watch.unchanged(params, key):
+        if watch.unchanged(params, key, record.network_parameters):
             example = next(iter(params))
             warnings.warn(
                 f"the guide's parameters (e.g. {example!r}) get gradients but have "
-                f"not changed in {_UNTRAINED_STEPS} optimizer steps: create the "
+                f"not changed in {UNTRAINED_STEPS} optimizer steps: create the "
                 "optimizer after assigning model.guide (torch.optim.Adam("
                 "model.parameters(), ...)), so that it holds the guide's parameters",
                 stacklevel=3,

@@ -334,10 +334,12 @@ class VIModule(LocalPyroModule):
         module. Assign any Pyro guide for the weights of *one* particle to replace
         it: an autoguide built on :meth:`prior_model` (``AutoNormal``,
         ``AutoLowRankMultivariateNormal``, ``AutoIAFNormal``, ``AutoDelta``...) or
-        a hand-written function that samples every site. It is wrapped in the
-        particle plate, set up immediately (so ``model.parameters()`` holds its
-        parameters) and registered as a submodule. Assign ``None`` to return to
-        the default guide; the last guide removed can be assigned again.
+        a hand-written function that samples every site (its ``pyro.param``
+        statements create parameters of the guide, not of Pyro's global store).
+        It is wrapped in the particle plate, set up immediately (so
+        ``model.parameters()`` holds its parameters) and registered as a
+        submodule. Assign ``None`` to return to the default guide; the last
+        guide removed can be assigned again.
 
         Assigning raises ``TypeError`` for a value that is not callable or an
         autoguide built on the full Pyro model instead of :meth:`prior_model`,

@@ -24,7 +24,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from pyrolite_bnn._validation import distribution_checks_off
@@ -99,6 +99,14 @@ class ForwardRecord:
         """
         raise NotImplementedError
 
+    def network_parameters(self) -> list[Tensor]:
+        """Parameters of the network that ran (its layers'; ``[]`` if unknown).
+
+        The loss's watch of :meth:`guide_parameters` counts the steps of the
+        optimizers that hold them.
+        """
+        return []
+
     def guide_identity(self) -> Hashable:
         """A cheap key of the guide behind :meth:`guide_parameters`.
 
@@ -131,6 +139,21 @@ class ForwardRecord:
         return None
 
 
+def _param_leaves(trace: Trace) -> dict[str, Tensor]:
+    """The optimised tensors of a trace's ``param`` sites, by name.
+
+    For a constrained or linked value, the leaf behind it.
+    """
+    params: dict[str, Tensor] = {}
+    for name, site in trace.nodes.items():
+        value = site.get("value")
+        if site["type"] == "param" and isinstance(value, Tensor):
+            unconstrained = getattr(value, "unconstrained", None)
+            leaf = unconstrained() if callable(unconstrained) else value
+            params[name] = leaf if isinstance(leaf, Tensor) else value
+    return params
+
+
 class TraceRecord(ForwardRecord):
     """Guide and model traces of one forward pass (without the observation).
 
@@ -138,12 +161,20 @@ class TraceRecord(ForwardRecord):
         guide_trace: trace of the guide (weights drawn for all particles).
         model_trace: trace of the network replayed against ``guide_trace``.
         samples: number of particles ``S``.
+        network: the module that ran (for :meth:`network_parameters`).
     """
 
-    def __init__(self, guide_trace: Trace, model_trace: Trace, samples: int) -> None:
+    def __init__(
+        self,
+        guide_trace: Trace,
+        model_trace: Trace,
+        samples: int,
+        network: nn.Module | None = None,
+    ) -> None:
         super().__init__(samples)
         self.guide_trace = prune_subsample_sites(guide_trace)
         self.model_trace = prune_subsample_sites(model_trace)
+        self.network = network
 
     def _latent_sites(self) -> list[tuple[str, Any]]:
         return [
@@ -198,15 +229,11 @@ class TraceRecord(ForwardRecord):
 
     def guide_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.guide_parameters`: the guide's ``param`` sites."""
-        params: dict[str, Tensor] = {}
-        for name, site in self.guide_trace.nodes.items():
-            value = site.get("value")
-            if site["type"] == "param" and isinstance(value, Tensor):
-                # The optimised leaf behind a constrained or linked value.
-                unconstrained = getattr(value, "unconstrained", None)
-                leaf = unconstrained() if callable(unconstrained) else value
-                params[name] = leaf if isinstance(leaf, Tensor) else value
-        return params
+        return _param_leaves(self.guide_trace)
+
+    def network_parameters(self) -> list[Tensor]:
+        """See :meth:`ForwardRecord.network_parameters`: the network's."""
+        return [] if self.network is None else list(self.network.parameters())
 
     def guide_identity(self) -> Hashable:
         """See :meth:`ForwardRecord.guide_identity`: the guide's ``param`` names.
@@ -297,6 +324,10 @@ class LayerRecord(ForwardRecord):
             for variable in self.variables
             for name, parameter in variable.posterior.named_parameters()
         }
+
+    def network_parameters(self) -> list[Tensor]:
+        """See :meth:`ForwardRecord.network_parameters`: the layers'."""
+        return [p for v in self.variables for p in v.module.parameters()]
 
     def guide_identity(self) -> Hashable:
         """See :meth:`ForwardRecord.guide_identity`: the posterior modules."""

@@ -543,8 +543,9 @@ def test_default_guide_missing_from_the_optimizer_warns() -> None:
     net = _classifier()
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-2)
     with pytest.warns(UserWarning, match=r"e\.g\. '0\.weight\.loc_unconstrained'"):
-        # Counted from the first call that finds gradients (the second).
-        _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 6)
+        # No optimizer holds the network: counted over 20 calls with gradients
+        # (from the second call), after which every optimizer's steps count.
+        _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 21)
 
 
 def test_guide_assigned_after_the_first_steps_is_watched_afresh() -> None:
@@ -565,7 +566,8 @@ def test_loss_reused_for_a_new_network_watches_its_guide() -> None:
     _steps(first, loss_fn, torch.optim.Adam(first.parameters(), lr=1e-2), 8)
     second = _classifier()
     with pytest.warns(UserWarning, match=r"e\.g\. '0\.weight\.loc_unconstrained'"):
-        _steps(second, loss_fn, torch.optim.Adam(first.parameters(), lr=1e-2), 8)
+        # No optimizer holds the second network: noticed after 20 calls.
+        _steps(second, loss_fn, torch.optim.Adam(first.parameters(), lr=1e-2), 22)
 
 
 def test_a_loop_that_clears_gradients_first_stops_being_watched(
@@ -621,6 +623,29 @@ def test_gradient_accumulation_is_not_an_untrained_guide(guide_held: bool) -> No
     assert not any("noise scale" in m for m in messages)
     named = [m for m in messages if "guide's parameters" in m]
     assert len(named) == (0 if guide_held else 1)
+
+
+def test_another_models_optimizer_does_not_count_for_the_guide() -> None:
+    """Steps of an unrelated model's optimizer counted towards the window, so
+    gradient accumulation with the guide in its own optimizer was told to
+    rebuild that optimizer."""
+    torch.manual_seed(0)
+    net = _classifier()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    other = nn.Linear(2, 1)
+    other_optimizer = torch.optim.SGD(other.parameters(), lr=1e-2)
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            optimizer.zero_grad()
+            for _ in range(8):
+                (loss_fn(net(x), y) / 8).backward()
+                other_optimizer.zero_grad()
+                other(x).sum().backward()
+                other_optimizer.step()
+            optimizer.step()
 
 
 def test_losses_without_backward_do_not_count() -> None:

@@ -48,10 +48,12 @@ def test_a_second_input_of_another_batch_size_is_shared(rows: int) -> None:
         torch.testing.assert_close(second[s], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_positions_moved_into_the_batch_are_refused() -> None:
+def test_positions_moved_into_the_batch_are_named_in_a_warning() -> None:
     """``h.reshape(-1, E)`` of a folded ``(B * S, L, E)`` activation has rows
-    ``(b * S + s) * L + l``: read as ``b' * S + s'`` it paired rows with the
-    wrong particles and returned a wrong output without a word."""
+    ``(b * S + s) * L + l``: read as ``b' * S + s'`` it pairs rows with the
+    wrong particles, without a word before. A size that no input's batch
+    explains is still read as folded (right for a concatenation of folded
+    activations, below), with a warning that names both cases."""
 
     class Flattening(bnn.VIModule):
         def __init__(self) -> None:
@@ -63,8 +65,141 @@ def test_positions_moved_into_the_batch_are_refused() -> None:
             rows = h.shape[0]
             return self.head(h.reshape(-1, 4)).reshape(rows, -1, 2)  # type: ignore[no-any-return]
 
-    with pytest.raises(ValueError, match="keep the batch dimension first"):
+    with pytest.warns(UserWarning, match="positions moved into the batch"):
         Flattening()(torch.randn(2, 3, 3), samples=4)
+
+
+def test_folded_activations_concatenated_along_the_batch() -> None:
+    """``torch.cat([h, h2])`` of two folded activations keeps the rows
+    batch-major (row ``b * S + s`` of each): it equals the two halves run
+    separately (it was refused for a while in this change)."""
+
+    class Cat(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            wide = bnn.MeanFieldNormal(init_scale=0.5)
+            self.enc = bnn.VILinear(3, 4, estimator="reparam", variational=wide)
+            self.head = bnn.VILinear(4, 2, estimator="reparam", variational=wide)
+
+        def forward(self, x: Tensor, split: bool) -> Tensor:
+            h = torch.relu(self.enc(x))
+            if split:
+                return self.head(h) + self.head(h.flip(-1))  # type: ignore[no-any-return]
+            a, b = self.head(torch.cat([h, h.flip(-1)])).chunk(2)
+            return a + b  # type: ignore[no-any-return]
+
+    net, x = Cat(), torch.randn(5, 3)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="concatenated along the batch"):
+        joined = net(x, False, samples=3)
+    torch.manual_seed(0)
+    torch.testing.assert_close(joined, net(x, True, samples=3))
+
+
+def test_a_batch_that_is_another_inputs_batch_times_samples_is_refused() -> None:
+    """With inputs of 8 and 4 rows and S = 2, an activation of 8 rows is the
+    first input's batch (shared) or the second's folded: it was read as the
+    first and the output mixed the particles silently."""
+
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = bnn.VILinear(3, 2), bnn.VILinear(3, 5)
+            self.c = bnn.VILinear(5, 2)
+
+        def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            return self.a(x), self.c(torch.relu(self.b(y)))
+
+    with pytest.raises(ValueError, match="ambiguous"):
+        Net()(torch.randn(8, 3), torch.randn(4, 3), samples=2)
+    first, second = Net()(torch.randn(3, 3), torch.randn(4, 3), samples=2)
+    assert (first.shape, second.shape) == ((2, 3, 2), (2, 4, 2))
+
+
+def test_an_input_that_is_no_batch_does_not_unfold_outputs() -> None:
+    """An ``h0`` input ``(layers, B, H)`` gave its leading size to the
+    accepted batches: the ``h_n`` of a plain ``nn.GRU`` (``(layers, B * S,
+    H)``, particles in dimension 1) was expanded as if shared."""
+
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = bnn.VILinear(3, 3)
+            self.gru = nn.GRU(3, 5, num_layers=2, batch_first=True)
+
+        def forward(self, x: Tensor, h0: Tensor) -> Tensor:
+            return self.gru(self.proj(x), h0.repeat_interleave(4, 1))[1]  # type: ignore[no-any-return]
+
+    with pytest.raises(ValueError, match="network output has leading size 2"):
+        Net()(torch.randn(3, 6, 3), torch.zeros(2, 3, 5), samples=4)
+
+
+def test_keyword_inputs_of_a_plain_root_are_its_inputs() -> None:
+    """A plain ``nn.Module`` root read only its positional inputs: ``y=`` of
+    another batch size (a multiple of S) was taken as folded."""
+
+    class Plain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.samples = 2
+            wide = bnn.MeanFieldNormal(init_scale=0.5)
+            self.a = bnn.VILinear(3, 2, estimator="reparam", variational=wide)
+            self.b = bnn.VILinear(3, 2, estimator="reparam", variational=wide)
+
+        def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            return self.a(x), self.b(y)
+
+    net, x, y = Plain(), torch.randn(2, 3), torch.randn(4, 3)
+    torch.manual_seed(0)
+    positional = net(x, y)
+    torch.manual_seed(0)
+    keyword = net(x, y=y)
+    assert keyword[1].shape == (2, 4, 2)
+    torch.testing.assert_close(keyword, positional)
+
+
+def test_one_particle_outputs_keep_the_layout_check() -> None:
+    """With one particle nothing is folded, but an output without the batch in
+    front is refused as with several, so that it fails where it is written."""
+
+    class Transposed(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = bnn.VILinear(3, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.layer(x).T  # type: ignore[no-any-return]
+
+    for samples in (1, 2):
+        with pytest.raises(ValueError, match="Keep the batch dimension first"):
+            Transposed()(torch.randn(5, 3), samples=samples)
+
+
+def test_torch_blue_containers_read_a_second_input_like_the_layers() -> None:
+    """A ``vi.VIModule`` container kept its own rule (``B * S`` rows folded):
+    the output of a Bayesian layer on a second input of another batch size
+    reached it as shared, one block per particle."""
+    from pyrolite_bnn import vi
+
+    class Block(vi.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = vi.VILinear(4, 3)
+
+        def forward(self, h: Tensor) -> Tensor:
+            return self.inner(h)  # type: ignore[no-any-return]
+
+    class Outer(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = bnn.VILinear(3, 3), bnn.VILinear(3, 4)
+            self.block = Block()
+
+        def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            return self.a(x), self.block(self.b(y))
+
+    first, second = Outer()(torch.randn(3, 3), torch.randn(4, 3), samples=2)
+    assert (first.shape, second.shape) == ((2, 3, 3), (2, 4, 3))
 
 
 def _folded(x: Tensor, samples: int) -> Tensor:

@@ -177,7 +177,8 @@ class Prior(nn.Module):
         super().__init__()
         # Hyperparameter name -> a CPU copy of its value at registration, and
         # the names whose value was never known (registered on the meta device).
-        # Values larger than _REMEMBERED_NUMBERS are in neither: left on resets.
+        # Known values larger than _REMEMBERED_NUMBERS are in neither: left on
+        # resets.
         self._initial_values: dict[str, Tensor] = {}
         self._unknown_values: set[str] = set()
 
@@ -198,11 +199,11 @@ class Prior(nn.Module):
             return  # registered before Prior.__init__ ran
         self._initial_values.pop(name, None)
         self._unknown_values.discard(name)
-        if value is None or value.numel() > _REMEMBERED_NUMBERS:
+        if value is None:
             return
-        if value.is_meta:
+        if value.is_meta:  # never had a value, whatever its size
             self._unknown_values.add(name)
-        else:
+        elif value.numel() <= _REMEMBERED_NUMBERS:
             self._initial_values[name] = value.detach().to("cpu", copy=True)
 
     def reset_parameters(self) -> None:

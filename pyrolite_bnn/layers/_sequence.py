@@ -94,15 +94,9 @@ class SequenceFirst:
         if length is not None and rows in (length, length * self.samples):
             return rows == length
         length = self.state.batch_size
-        if rows == length:
-            return True
-        if length is not None and rows == length * self.samples:
-            return False
-        others = self.state.other_batches  # lengths of the network's other inputs
-        if rows in others:
-            return True
-        if rows % self.samples == 0 and rows // self.samples in others:
-            return False
+        layout = _particles.row_layout(self.state, tensor, self.samples, length)
+        if layout is not None:  # also the lengths of the network's other inputs
+            return layout
         raise ValueError(
             f"{self.name}(batch_first=False): {what} has {rows} positions, but "
             f"inside a sequence-first network the particles are folded into the "

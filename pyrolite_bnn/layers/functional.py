@@ -13,6 +13,7 @@ and :func:`current_samples`.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -90,43 +91,45 @@ def _bias_particles(bias: Tensor | None, samples: int, size: int) -> Tensor | No
 def _is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
     """Whether ``input`` is shared by all particles (else folded, ``b * S`` rows).
 
-    The leading size tells: the outermost call's batch ``B`` (shared) or
-    ``B * S`` (folded); an input of the outermost call is shared whatever its
-    size; so is a tensor with another input's leading size ``B'``, and one with
-    ``B' * S`` rows is folded. Any other size is refused: a folded activation
-    whose positions were moved into the batch (``h.reshape(-1, E)`` of a
-    ``(B * S, L, E)`` one) no longer pairs rows with particles. (The true
-    batch of the sequence-first layers that ran counts as another input's:
-    their hidden states are batch-first, ``(b * S, H)`` per layer.)
+    The leading size tells (:func:`pyrolite_bnn._particles.row_layout`): the
+    outermost call's batch ``B`` (shared) or ``B * S`` (folded); an input of
+    the outermost call is shared whatever its size; a tensor with another
+    input's leading size ``B'`` is shared, one with ``B' * S`` rows folded.
+    Another multiple of ``S`` is read as folded with a warning: right for
+    folded activations concatenated along the batch, wrong for a folded
+    activation whose positions were moved into the batch (``h.reshape(-1, E)``
+    of a ``(B * S, L, E)`` one). (The true batch of the sequence-first layers
+    that ran counts as another input's: their hidden states are batch-first,
+    ``(b * S, H)`` per layer.)
     """
-    rows = input.shape[0]
-    if rows == batch_size:
-        return True
     state = _particles.current()
-    if state is not None and state.is_input(input):
-        return True
-    if batch_size is not None and rows == batch_size * samples:
+    layout = _particles.row_layout(state, input, samples, batch_size)
+    if layout is not None:
+        return layout
+    rows = input.shape[0]
+    known = sorted(
+        {batch_size, *(() if state is None else state.other_batches_seen())} - {None}
+    )
+    if rows % samples == 0:
+        if known:
+            warnings.warn(
+                f"a Bayesian layer got an input of {rows} rows, neither a batch "
+                f"size of the network's inputs ({', '.join(map(str, known))}) nor "
+                f"one times samples={samples}: it is read as {rows // samples} "
+                f"examples folded with the particles (row r is particle r % "
+                f"{samples}). That is right for folded activations concatenated "
+                "along the batch (torch.cat([h1, h2])) and wrong for positions "
+                "moved into the batch (h.reshape(-1, E) of a (B * S, L, E) "
+                "activation): keep the batch dimension first and positions in "
+                "dimensions of their own",
+                UserWarning,
+                stacklevel=2,
+            )
         return False
-    others = frozenset() if state is None else state.other_batches_seen()
-    if rows in others:
-        return True
-    if rows % samples == 0 and (
-        rows // samples in others or (batch_size is None and not others)
-    ):
-        return False
-    expected = sorted({b for b in (batch_size, *others) if b is not None})
-    folded = [b * samples for b in expected]
+    shown = " or ".join(map(str, known)) if known else "unknown"
     raise ValueError(
-        f"input has leading size {rows}: expected the batch size "
-        f"{' or '.join(map(str, expected))} (shared by all particles) or "
-        f"{' or '.join(map(str, folded))} (the batch folded with samples="
-        f"{samples} particles). Inside a network keep the batch dimension first "
-        "and positions in dimensions of their own: a (B * S, L, E) activation "
-        "reshaped to (B * S * L, E) no longer says which rows belong to which "
-        "particle"
-        if expected
-        else f"input has leading size {rows}: expected a multiple of "
-        f"samples={samples} (one block per particle)"
+        f"input has leading size {rows}: expected the batch size {shown} (shared "
+        f"by all particles) or a multiple of samples={samples} (folded)"
     )
 
 

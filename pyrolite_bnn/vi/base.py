@@ -678,9 +678,8 @@ class VIModule(BnnVIModule):
         in_dims: list[int | None] = []
         inputs: list[Any] = []
         state = _particles.current()
-        network_inputs = () if state is None else state.inputs
         for arg in args:
-            if _folded(arg, samples, batch, network_inputs):
+            if _folded(state, arg, samples, batch):
                 rows = arg.shape[0]
                 inputs.append(arg.reshape(rows // samples, samples, *arg.shape[1:]))
                 in_dims.append(1)
@@ -789,20 +788,21 @@ def _posterior_values(posterior: Posterior) -> list[Tensor]:
 
 
 def _folded(
-    arg: Any, samples: int, batch: int | None, network_inputs: tuple[Tensor, ...]
+    state: _particles.ParticleState | None, arg: Any, samples: int, batch: int | None
 ) -> bool:
-    """Whether ``arg`` holds all particles folded (``B * S`` leading rows).
+    """Whether ``arg`` holds all particles folded (``b * S`` leading rows).
 
-    The network's own inputs are shared, whatever their size; otherwise a
-    tensor is folded when its leading size is ``B * S`` (any multiple of ``S``
-    when ``B`` is unknown).
+    The rule of the library's layers (:func:`pyrolite_bnn._particles.row_layout`:
+    the network's own inputs are shared whatever their size, another input's
+    batch times ``S`` is folded too); a size no batch explains counts as folded
+    when it is a multiple of ``S`` and ``B`` is unknown, else as shared.
     """
     if samples == 1 or not isinstance(arg, Tensor) or not arg.dim():
         return False
-    if any(arg is shared for shared in network_inputs):
-        return False
-    rows = arg.shape[0]
-    return rows == batch * samples if batch is not None else rows % samples == 0
+    layout = _particles.row_layout(state, arg, samples, batch)
+    if layout is not None:
+        return not layout
+    return batch is None and arg.shape[0] % samples == 0
 
 
 def _with_particle_dim(item: Any) -> Any:

@@ -683,6 +683,14 @@ def test_reset_after_to_empty_of_a_prior_built_from_meta_tensors_is_refused() ->
     layer = layer.to_empty(device="cpu")
     with pytest.raises(ValueError, match=r"\['scale'\] were built on the meta device"):
         layer.reset_parameters()
+    # also one too large to be copied for resets (more than 4096 numbers)
+    with torch.device("meta"):
+        big = bnn.VILinear(
+            80, 64, bias=False, prior=bnn.NormalPrior(torch.zeros(64, 80), 1.0)
+        )
+    big = big.to_empty(device="cpu")
+    with pytest.raises(ValueError, match=r"\['loc'\] were built on the meta device"):
+        big.reset_parameters()
 
 
 def test_distribution_prior_refuses_a_non_scalar_event_shape() -> None:

@@ -1,0 +1,208 @@
+"""Pyro idioms around a network: ``pyro.param`` guides, ``pyro.module``, optimisers."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+from torch import nn
+from torch.distributions import constraints
+
+import pyrolite_bnn as bnn
+
+
+def _problem(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(n, 3)
+    return x, x[:, 0] - 2 * x[:, 1]
+
+
+def _net() -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 1))
+
+
+def _loss(n: int = 32) -> bnn.KullbackLeiblerLoss:
+    return bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), dataset_size=n)
+
+
+def _tutorial_guide(net: bnn.VIModule) -> Callable[..., dict[str, torch.Tensor]]:
+    """A guide in the style of Pyro's SVI tutorial: global ``pyro.param``s."""
+    shapes = {v.site: v.shape for v in net.random_variables()}
+
+    def guide(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        draws = {}
+        for site, shape in shapes.items():
+            loc = pyro.param(f"{site}.loc", lambda shape=shape: torch.randn(shape))
+            scale = pyro.param(
+                f"{site}.scale", torch.full(shape, 0.1), constraint=constraints.positive
+            )
+            normal = dist.Normal(loc, scale).to_event(len(shape))
+            draws[site] = pyro.sample(site, normal)
+        return draws
+
+    return guide
+
+
+def _guide_parameters(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in net.named_parameters() if n.startswith("custom_guide.")}
+
+
+def test_pyro_param_guide_keeps_its_parameters_in_the_network() -> None:
+    net = _net()
+    net.guide = _tutorial_guide(net)
+    names = sorted(_guide_parameters(net))
+    assert names[:2] == [
+        "custom_guide.pyro_params.0.bias.loc_unconstrained",
+        "custom_guide.pyro_params.0.bias.scale_unconstrained",
+    ]
+    assert len(names) == 8
+    assert len(pyro.get_param_store()) == 0  # local, like every other parameter
+    scale = net.state_dict()["custom_guide.pyro_params.0.weight.scale_unconstrained"]
+    torch.testing.assert_close(scale.exp(), torch.full((4, 3), 0.1))
+    copy = _net()
+    copy.guide = _tutorial_guide(copy)
+    copy.load_state_dict(net.state_dict())
+    for name, value in _guide_parameters(copy).items():
+        torch.testing.assert_close(value, _guide_parameters(net)[name])
+
+
+def test_pyro_param_guide_trains_with_svi_and_the_pytorch_loop() -> None:
+    x, y = _problem()
+    net = _net()
+    net.guide = _tutorial_guide(net)
+    loss_fn = _loss()
+    params = _guide_parameters(net)
+    before = {name: value.detach().clone() for name, value in params.items()}
+    svi = SVI(
+        loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO()
+    )
+    svi.step(x, y, samples=2)
+    for name, value in params.items():
+        assert not torch.equal(value, before[name]), name
+    loss = loss_fn(net(x, samples=2), y)
+    loss.backward()
+    assert all(value.grad is not None for value in params.values())
+    prediction = bnn.predict(net, x[:5], loss_fn.predictive, samples=3)
+    assert prediction.mean.shape == (5,)
+
+
+def test_pyro_param_without_initial_value_is_refused_at_assignment() -> None:
+    net = bnn.VILinear(3, 1)
+
+    def guide(*args: Any, **kwargs: Any) -> None:
+        loc = pyro.param("loc")  # created outside the guide, in Pyro's store
+        for v in net.random_variables():
+            pyro.sample(v.site, dist.Normal(loc, 1.0).expand(v.shape).to_event())
+
+    pyro.param("loc", torch.zeros(()))
+    with pytest.raises(KeyError, match=r"give the initial value in the guide"):
+        net.guide = guide
+    assert "custom_guide" not in net._modules
+
+
+def test_pyro_module_statement_trains_as_without_it() -> None:
+    x, y = _problem()
+
+    def train(register: bool) -> tuple[list[float], torch.Tensor]:
+        torch.manual_seed(1)
+        net = _net()
+        pyro_model = _loss().pyro_model(net)
+
+        def model(x: torch.Tensor, y: torch.Tensor, samples: int) -> None:
+            if register:
+                pyro.module("net", net)
+            pyro_model(x, y, samples=samples)
+
+        def guide(x: torch.Tensor, y: torch.Tensor, samples: int) -> None:
+            if register:
+                pyro.module("net", net)
+            net.guide(x, y, samples=samples)
+
+        pyro.clear_param_store()
+        pyro.set_rng_seed(2)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+        losses = [svi.step(x, y, samples=2) for _ in range(3)]
+        return losses, net[0].posterior["weight"].loc_unconstrained.detach()
+
+    losses, weight = train(register=False)
+    registered_losses, registered_weight = train(register=True)
+    assert registered_losses == pytest.approx(losses, rel=1e-6)
+    torch.testing.assert_close(registered_weight, weight)
+
+
+@pytest.mark.parametrize("guide", ["generated", "AutoNormal"])
+def test_pyro_optimiser_names_parameters_by_module_path(guide: str) -> None:
+    x, y = _problem()
+    net = _net()
+    if guide == "AutoNormal":
+        net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    names: list[str] = []
+
+    def per_parameter(name: str) -> dict[str, float]:
+        names.append(name)
+        return {"lr": 0.001 if "scale" in name or "rho" in name else 0.01}
+
+    optimiser = pyro.optim.Adam(per_parameter)
+    svi = SVI(_loss().pyro_model(net), net.guide, optimiser, Trace_ELBO())
+    svi.step(x, y, samples=2)
+    # Pyro's global-mode names: module paths without the "_unconstrained" suffix.
+    expected = sorted(
+        name.removesuffix("_unconstrained")
+        for name, _ in net.named_parameters()
+        if guide == "generated" or name.startswith("custom_guide.")
+    )
+    assert sorted(names) == expected
+    assert sorted(optimiser.get_state()) == expected
+
+
+@pytest.mark.parametrize(
+    "elbo",
+    [
+        pytest.param(Trace_ELBO, id="pyro"),
+        pytest.param(bnn.Trace_ELBO, id="bnn"),
+    ],
+)
+def test_pyro_optimiser_state_saves_and_resumes(
+    elbo: type[Trace_ELBO], tmp_path: Path
+) -> None:
+    x, y = _problem()
+    net = _net()
+    pyro_model = _loss().pyro_model(net)
+    optimiser = pyro.optim.Adam({"lr": 0.01})
+    svi = SVI(pyro_model, net.guide, optimiser, elbo())
+    for _ in range(2):
+        svi.step(x, y, samples=2)
+    net.guide(samples=2)  # a call outside SVI swaps Pyro's stores and back
+    saved = optimiser.get_state()
+    assert len(saved) == len(list(net.parameters()))
+    optimiser.save(str(tmp_path / "optimiser.pt"))
+    resumed = pyro.optim.Adam({"lr": 0.01})
+    resumed.load(str(tmp_path / "optimiser.pt"))
+    SVI(pyro_model, net.guide, resumed, elbo()).step(x, y, samples=2)
+    for name, state in resumed.get_state().items():
+        (entry,) = state["state"].values()
+        assert float(entry["step"]) == 3.0, name
+        assert entry["exp_avg"].shape == saved[name]["state"][0]["exp_avg"].shape
+
+
+def test_pyro_optimiser_names_do_not_keep_networks_alive() -> None:
+    x, y = _problem()
+    net = _net()
+    svi = SVI(
+        _loss().pyro_model(net), net.guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO()
+    )
+    svi.step(x, y, samples=2)
+    parameter = net[0].posterior["weight"].loc_unconstrained
+    assert pyro.get_param_store().param_name(parameter) == "0.posterior.weight.loc"
+    gone = weakref.ref(parameter)
+    del net, svi, parameter
+    gc.collect()
+    assert gone() is None
