@@ -154,7 +154,9 @@ def row_layout(
         others_shared: whether another input's batch ``B'`` itself counts as
             shared (``False``: only ``B' * S``, folded, counts).
     """
-    rows = tensor.shape[0]
+    # Plain ints: under torch.jit.trace sizes are tensors, and the result must
+    # be a bool (``is False`` tests it).
+    rows, batch = int(tensor.shape[0]), None if batch is None else int(batch)
     others = frozenset() if state is None else state.other_batches
     if rows == batch and not others:  # the common case
         return True

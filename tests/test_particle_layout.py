@@ -9,6 +9,8 @@ than their values, and activations whose rows no longer pair with particles.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from pyro import poutine
@@ -327,3 +329,22 @@ def test_sequence_first_target_of_another_length_inside_a_network(
     )
     assert got.shape == (3, target, 2, 4)
     torch.testing.assert_close(got, want.transpose(1, 2))
+
+
+def test_jit_trace_of_networks() -> None:
+    """Under ``torch.jit.trace`` sizes are tensors: the layout test returned a
+    tensor where a bool was tested with ``is False``, and every traced network
+    failed its output check (torch_blue's ``test_basic_jit``)."""
+    from pyrolite_bnn import vi
+
+    class Identity(vi.VIModule):
+        def forward(self, x: Tensor) -> Tensor:
+            return x
+
+    x = torch.randn(4, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings
+        torch.jit.trace_module(Identity(), {"forward": x})
+        layer = bnn.VILinear(3, 2)
+        traced = torch.jit.trace(layer, x)
+    assert traced(x).shape == (10, 4, 2)
