@@ -100,7 +100,8 @@ def convert(
     ``module`` itself is left untouched (values and identity of its
     parameters). Each registered layer becomes its Bayesian layer with the
     same constructor arguments (see the module docstring), so
-    ``bnn.predict(net, x, mode="mean")`` equals ``module.eval()(x)`` and
+    ``bnn.predict(net, x, likelihood, mode="mean").samples[0]`` equals
+    ``module.eval()(x)`` (for any likelihood, e.g. ``bnn.Normal()``) and
     ``bnn.to_deterministic(net)`` equals ``module``. Norm layers stay
     deterministic silently; other modules with parameters stay deterministic
     with one ``UserWarning`` that lists them.
