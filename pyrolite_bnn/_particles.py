@@ -204,6 +204,29 @@ def row_layout(
     return None
 
 
+_SIZE_ERRORS = ("Sizes of tensors must match", "must match the size of tensor")
+_FOLD_HINT = "(in a Bayesian call activations are folded (B*S, ...)"
+
+
+def with_fold_hint(error: RuntimeError) -> RuntimeError | None:
+    """``error`` with a word on the fold if it is a size mismatch, else ``None``.
+
+    torch's size errors inside a network name folded sizes the user never
+    wrote (``B * S`` rows). The new error says why and names
+    :func:`~pyrolite_bnn.layers.functional.match_particles`; an error that
+    already carries the word is left alone.
+    """
+    text = str(error)
+    if _FOLD_HINT in text or not any(size in text for size in _SIZE_ERRORS):
+        return None
+    return RuntimeError(
+        f"{text}\n{_FOLD_HINT}, while a tensor no Bayesian layer has touched, such "
+        "as an input or a branch left deterministic, is still (B, ...): combine "
+        "them with bnn.match_particles(shared, folded); tensors of different "
+        "batch sizes do not broadcast against each other there)"
+    )
+
+
 # True while a network without random variables runs (a deterministic export):
 # with one particle and nothing folded, every output is that particle's.
 _NOTHING_FOLDED: ContextVar[bool] = ContextVar("pyrolite_nothing_folded", default=False)

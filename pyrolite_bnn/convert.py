@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from pyrolite_bnn import _particles
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
 from pyrolite_bnn._validation import check_positive
 from pyrolite_bnn.distributions.priors import NormalPrior
@@ -81,10 +82,8 @@ _NORMS: tuple[type[nn.Module], ...] = (
 
 Selection = Iterable[str | type[nn.Module]] | str | type[nn.Module] | None
 
+
 # torch's messages when two tensors' sizes disagree (cat, stack, broadcasting).
-_SIZE_ERRORS = ("Sizes of tensors must match", "must match the size of tensor")
-
-
 def convert(
     module: nn.Module,
     *,
@@ -332,14 +331,10 @@ def _make_network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
         try:
             return forward(self, *args, **kwargs)
         except RuntimeError as error:
-            if not any(text in str(error) for text in _SIZE_ERRORS):
+            hinted = _particles.with_fold_hint(error)
+            if hinted is None:
                 raise
-            raise RuntimeError(
-                f"{error}\n(in a Bayesian call activations are folded (B*S, ...), "
-                "while a tensor no Bayesian layer has touched, such as the input or "
-                "a branch left deterministic, is still (B, ...): combine them with "
-                "bnn.match_particles(shared, folded))"
-            ) from error
+            raise hinted from error
 
     namespace = {"forward": hinted_forward, "__module__": cls.__module__}
     made = types.new_class(

@@ -496,10 +496,16 @@ class VIModule(LocalPyroModule):
             return result
         count = self.samples if samples is None else samples
         state, device = _forward.prepare(self, args, kwargs, count)
-        with local_params():
-            if am_i_wrapped():
-                return _forward.pyro_run(self, state, device, args, kwargs)
-            return _forward.pytorch_run(self, state, device, args, kwargs)
+        try:
+            with local_params():
+                if am_i_wrapped():
+                    return _forward.pyro_run(self, state, device, args, kwargs)
+                return _forward.pytorch_run(self, state, device, args, kwargs)
+        except RuntimeError as error:  # torch's size errors name folded sizes
+            hinted = _particles.with_fold_hint(error) if state.samples > 1 else None
+            if hinted is None:
+                raise
+            raise hinted from error
 
     def unfold_output(self, output: Any, state: _particles.ParticleState) -> Any:
         """This module's folded output as the outermost call returns it.

@@ -348,3 +348,24 @@ def test_jit_trace_of_networks() -> None:
         layer = bnn.VILinear(3, 2)
         traced = torch.jit.trace(layer, x)
     assert traced(x).shape == (10, 4, 2)
+
+
+def test_size_errors_inside_a_network_explain_the_fold() -> None:
+    """torch's size error named folded sizes the user never wrote ('tensor a
+    (10) must match tensor b (100)'); it now says why, as converted networks'
+    errors did. One particle folds nothing and keeps torch's message."""
+
+    class Residual(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = bnn.VILinear(3, 3)
+
+        def forward(self, x: Tensor, z: Tensor) -> Tensor:
+            return self.a(x) + z  # type: ignore[no-any-return]
+
+    x, z = torch.randn(2, 3), torch.randn(5, 3)
+    with pytest.raises(RuntimeError, match=r"(?s)must match.*bnn\.match_particles"):
+        Residual()(x, z, samples=4)
+    with pytest.raises(RuntimeError) as caught:
+        Residual()(x, z, samples=1)
+    assert "match_particles" not in str(caught.value)
