@@ -78,6 +78,9 @@ class ParticleState:
             as its leading size is shared by all particles, one with that size
             times ``samples`` folded (second inputs of another batch size, a
             target sequence of another length).
+        unsorted_packings: data of packed outputs whose packed input had no
+            ``sorted_indices`` (``enforce_sorted=True``): the outermost call
+            returns them without, as torch does.
         used_batches: the other batches that Bayesian layers have read
             tensors of in this call (sizes then ambiguous with the call's).
     """
@@ -90,6 +93,7 @@ class ParticleState:
     inputs: tuple[Tensor, ...] = field(default=(), compare=False)
     batch_folded: list[tuple[Tensor, int]] = field(default_factory=list, compare=False)
     other_batches: frozenset[int] = field(default=frozenset(), compare=False)
+    unsorted_packings: list[Tensor] = field(default_factory=list, compare=False)
     used_batches: set[int] = field(default_factory=set, compare=False)
 
     def restarted(self) -> ParticleState:
@@ -378,11 +382,12 @@ def unfold_packed(packed: PackedSequence, state: ParticleState) -> PackedSequenc
         sorted_rows = packed.sorted_indices
         assert sorted_rows is not None
         sorted_indices = sorted_rows[::samples] // samples
+        unsorted = any(data is tensor for tensor in state.unsorted_packings)
         return PackedSequence(
             data.view(-1, samples, *data.shape[1:]).transpose(0, 1).contiguous(),
             packed.batch_sizes // samples,
-            sorted_indices,
-            inverse_permutation(sorted_indices),
+            None if unsorted else sorted_indices,
+            None if unsorted else inverse_permutation(sorted_indices),
         )
     return PackedSequence(
         data.unsqueeze(0).expand(samples, *data.shape),

@@ -121,6 +121,8 @@ class PackedInput:
         )
         if copies > 1 and self.state is not None:
             self.state.note_batch_folded(data, 0)
+            if not self.keep_sorted:  # returned without indices, as by torch
+                self.state.unsorted_packings.append(data)
         return packed
 
 

@@ -478,3 +478,26 @@ def test_recurrent_layers_refuse_non_tensor_and_integer_inputs(
             TypeError, match=r"floating-point h0, got dtype torch.int64"
         ):
             layer(x, integer)
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("cls", [bnn.VILSTM, bnn.VIGRU])
+def test_packed_output_indices_are_torchs(
+    cls: type[bnn.VIModule], enforce_sorted: bool
+) -> None:
+    """A packing without indices (``enforce_sorted=True``) came back with
+    identity ``sorted_indices``/``unsorted_indices``; torch keeps ``None``."""
+    lengths = torch.tensor([4, 3, 1]) if enforce_sorted else torch.tensor([3, 4, 1])
+    x = pack_padded_sequence(
+        torch.randn(3, 4, 2), lengths, batch_first=True, enforce_sorted=enforce_sorted
+    )
+    torch_cls = nn.LSTM if cls is bnn.VILSTM else nn.GRU
+    expected, _ = torch_cls(2, 3, 2, batch_first=True, bidirectional=True)(x)
+    got, _ = cls(2, 3, 2, batch_first=True, bidirectional=True)(x, samples=2)
+    for name in ("sorted_indices", "unsorted_indices"):
+        want, have = getattr(expected, name), getattr(got, name)
+        if want is None:
+            assert have is None, name
+        else:
+            assert have is not None, name
+            assert torch.equal(have, want), name
