@@ -39,8 +39,10 @@ __all__ = ["KullbackLeiblerLoss", "PyroModel", "batch_dim", "batch_first_layout"
 
 _KL_MODES = ("auto", "mc", "analytic")
 _REDUCTIONS = ("mean", "sum")
-# Loss calls per network whose output is checked for a chained network.
+# Loss calls per network whose output is checked for a chained network: the
+# first few, then one in _CHAIN_CHECK_EVERY (a loop that changes later).
 _CHAIN_CHECKS = 3
+_CHAIN_CHECK_EVERY = 64
 
 
 # Pyro's own query for the InitMessengers on the handler stack (public
@@ -376,17 +378,18 @@ class KullbackLeiblerLoss(nn.Module):
     def _chained(self, output: Tensor, record: ForwardRecord) -> bool:
         """Whether ``output`` also depends on another separately called network.
 
-        Checked on the first few calls of each network (the graph walk costs
-        as much as the network has operations); how a training loop composes
-        its networks does not change from step to step.
+        Checked on the first few calls of each network, then on one call in
+        ``_CHAIN_CHECK_EVERY`` (the graph walk costs as much as the network has
+        operations; a training loop rarely changes how it composes its
+        networks, and one that does is caught within that many steps).
         """
         if is_capturing() or not torch.is_grad_enabled():
             return False
         key = record.guide_identity()
-        checks = self._chain_checks.get(key, 0)
-        if checks >= _CHAIN_CHECKS:
+        calls = self._chain_checks.get(key, 0)
+        self._chain_checks[key] = calls + 1
+        if calls >= _CHAIN_CHECKS and (calls - _CHAIN_CHECKS) % _CHAIN_CHECK_EVERY:
             return False
-        self._chain_checks[key] = checks + 1
         return other_passes_upstream(output, record)
 
     def check_batch(self, output: Tensor, sequence_batch: int | None = None) -> int:

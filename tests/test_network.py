@@ -345,6 +345,24 @@ def test_loss_refuses_an_output_of_two_separately_called_networks(root: str) -> 
     loss_fn(bnn.VISequential(bnn.VILinear(3, 2))(features(x)), y)
 
 
+def test_a_loop_that_chains_networks_later_is_caught() -> None:
+    """The chained-network check ran on a loss's first three calls per network
+    only: a loop that switched to dec(enc(x)) later trained without enc's KL."""
+    encoder = bnn.VISequential(bnn.VILinear(3, 4), nn.ReLU())
+    decoder = bnn.VISequential(bnn.VILinear(4, 2))
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    for _ in range(80):
+        loss_fn(decoder(torch.randn(8, 4)), y)  # fine: one network
+
+    def chained_steps() -> None:
+        for _ in range(64):  # chained from the 81st call on
+            loss_fn(decoder(encoder(x)[0]), y)
+
+    with pytest.raises(ValueError, match="output of another forward pass"):
+        chained_steps()
+
+
 # ------------------------------------------------------------------ call boundary
 def test_dtype_mismatch_is_named_at_the_call() -> None:
     net = nn.Sequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
