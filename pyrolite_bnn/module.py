@@ -367,6 +367,8 @@ class VIModule(LocalPyroModule):
         if name == "guide":
             self._set_guide(value)
             return
+        if name == "samples":  # refused where it is set, not at the next call
+            value = _particles.check_samples(value)
         if isinstance(value, Tensor) and name in self.__dict__.get("_declared", ()):
             raise AttributeError(
                 f"{type(self).__name__}.{name} is a random variable, not a "

@@ -54,9 +54,11 @@ def test_samples_below_one_rejected() -> None:
     with pytest.raises(ValueError, match="samples must be an integer >= 1, got 0"):
         Net()(torch.randn(2, 4), samples=0)
     net = Net()
-    net.samples = -1
     with pytest.raises(ValueError, match="got -1"):
-        net(torch.randn(2, 4))
+        net.samples = -1  # refused where it is set (it failed at the next call)
+    with pytest.raises(TypeError, match="samples must be an integer"):
+        net.samples = 2.5
+    assert net.samples == bnn.VIModule().samples
 
 
 @pytest.mark.parametrize("samples", [2.0, True, "3"])
