@@ -146,8 +146,10 @@ def row_layout(
     of the outermost call's inputs, or ``rows`` is another input's batch);
     ``False``: folded (``batch * samples`` rows, or another input's batch times
     ``samples``); ``None``: no known batch fits. The call's own batch comes
-    first; a size that fits the call's batch one way and another input's the
-    other way cannot be told apart and raises :class:`AmbiguousLayoutError`.
+    first; a size that fits the call's batch one way and, the other way, the
+    batch of another input that a Bayesian layer has already read (recorded
+    in ``state.used_batches``) cannot be told apart and raises
+    :class:`AmbiguousLayoutError`, as does one that fits two other inputs'.
 
     Args:
         state: the running call's particle state (``None`` outside a network).
