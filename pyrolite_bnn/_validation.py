@@ -7,10 +7,10 @@ that has been debugged can switch them off for speed.
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 import operator
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -112,12 +112,38 @@ def check_finite_inputs(
 def floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
     """The dtype of the first floating-point parameter or buffer of ``module``.
 
-    ``None`` for a module without floating-point tensors.
+    ``None`` for a module without floating-point tensors. Read on every
+    network call: where the tensor was found (its module's path and name) is
+    remembered, and later calls read the current tensor there, without
+    walking the module tree, while the path still leads to one.
     """
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        if tensor.is_floating_point():
+    remembered = _DTYPE_WITNESSES.get(module)
+    if remembered is not None:
+        path, buffers, name = remembered
+        owner: torch.nn.Module | None = module
+        for part in path.split(".") if path else ():
+            owner = owner._modules.get(part) if owner is not None else None
+        tensor = None if owner is None else _tensors(owner, buffers).get(name)
+        if tensor is not None and tensor.is_floating_point():
             return tensor.dtype
+    for buffers in (False, True):
+        for path, owner in module.named_modules():
+            for name, tensor in _tensors(owner, buffers).items():
+                if tensor is not None and tensor.is_floating_point():
+                    _DTYPE_WITNESSES[module] = (path, buffers, name)
+                    return tensor.dtype
     return None
+
+
+def _tensors(module: torch.nn.Module, buffers: bool) -> dict[str, torch.Tensor | None]:
+    """The parameters (or buffers) that ``module`` itself holds, by name."""
+    return module._buffers if buffers else module._parameters  # type: ignore[return-value]
+
+
+# Per network: where floating_dtype found its tensor (module path, buffer?, name).
+_DTYPE_WITNESSES: weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, bool, str]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def check_input_dtype(
@@ -175,13 +201,24 @@ def readable_all(condition: torch.Tensor) -> bool:
         return True
 
 
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds no NaN or Inf (``True`` where values cannot be read).
+
+    A finite sum proves it in one reduction (NaN and Inf propagate through
+    it); only a sum that is not finite, from a bad value or an overflow,
+    needs the element-wise check.
+    """
+    try:
+        if math.isfinite(float(tensor.detach().sum())):
+            return True
+    except RuntimeError:  # vmap's data-dependent control flow; meta tensors
+        return True
+    return readable_all(torch.isfinite(tensor))
+
+
 def check_finite(tensor: torch.Tensor, what: str) -> None:
     """Raise ``ValueError`` if validation is on and ``tensor`` has NaN or Inf."""
-    if (
-        _VALIDATE
-        and tensor.is_floating_point()
-        and not readable_all(torch.isfinite(tensor))
-    ):
+    if _VALIDATE and tensor.is_floating_point() and not _all_finite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(
             f"{what} contains {bad} NaN/Inf value(s) (shape {tuple(tensor.shape)}); "

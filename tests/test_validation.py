@@ -20,6 +20,28 @@ def test_floating_dtype_of_a_network() -> None:
     assert floating_dtype(nn.ReLU()) is None
 
 
+def test_floating_dtype_follows_the_network_after_the_first_call() -> None:
+    """floating_dtype remembers where it found the dtype: it must follow
+    ``.to(dtype)``, assigned parameters, and tensors removed since."""
+    net = nn.Sequential(bnn.VILinear(2, 3), nn.ReLU(), bnn.VILinear(3, 1))
+    assert floating_dtype(net) == torch.float32
+    net.double()
+    assert floating_dtype(net) == torch.float64
+    state = {k: v.half() for k, v in net.state_dict().items()}
+    net.load_state_dict(state, assign=True)  # new tensor objects
+    assert floating_dtype(net) == torch.float16
+    removed = net[0]
+    del net[0]  # the remembered tensor's module leaves the network (kept alive)
+    net[1] = bnn.VILinear(3, 1, dtype=torch.bfloat16)
+    assert floating_dtype(net) == torch.bfloat16
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"parameters are torch\.bfloat16"):
+        net(x)
+    net.float()
+    assert net(x).shape == (10, 4, 1)
+    assert removed.posterior["weight"].loc.dtype == torch.float16
+
+
 def test_float64_input_into_float32_network_names_both_dtypes() -> None:
     net = bnn.VILinear(4, 3)
     x = torch.randn(5, 4, dtype=torch.float64)

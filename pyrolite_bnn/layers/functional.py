@@ -534,29 +534,49 @@ def linear_local(
     var = F.linear(
         input * input, weight[1] ** 2, None if bias is None else bias[1] ** 2
     )
-    return _gaussian_draws(mean, var, shared, samples, out_rows)
+    return _gaussian_draws(
+        mean, var, shared, samples, out_rows, bias_variance=bias is not None
+    )
 
 
 def _gaussian_draws(
-    mean: Tensor, var: Tensor, shared: bool, samples: int, out_rows: int
+    mean: Tensor,
+    var: Tensor,
+    shared: bool,
+    samples: int,
+    out_rows: int,
+    *,
+    bias_variance: bool = False,
 ) -> Tensor:
     """One draw of ``N(mean, var)`` per particle and example, folded.
 
     ``mean`` and ``var`` are ``(rows, ...)``; for a shared input (``rows = B``)
-    each of the ``S`` particles draws its own values.
+    each of the ``S`` particles draws its own values. ``bias_variance``: the
+    variance includes a bias's (positive) variance, so it is zero only by
+    underflow.
     """
     if shared:
         mean, var = _broadcast_shared(mean, samples), _broadcast_shared(var, samples)
     eps = torch.randn_like(mean)  # out of place: also under vmap (one sample)
-    # Where the variance is 0 (an input row of zeros and no bias variance)
-    # sqrt's derivative is infinite, and 0 * inf gave NaN gradients: there
-    # the std is 0 with no gradient, as drawn weights give (the output does not
-    # depend on them); elsewhere it is unchanged (a floor would move float16's
-    # small variances).
-    positive = var > 0
-    std = torch.where(positive, var, torch.ones_like(var)).sqrt() * positive
+    if bias_variance and var.dtype in _FLOORED_DTYPES:
+        # With a bias the true variance is positive: a float zero is underflow,
+        # and the dtype's smallest normal number (std ~1e-19 in float32) is
+        # closer to it. One op instead of the four below.
+        std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+    else:
+        # Where the variance is 0 (an input row of zeros and no bias variance)
+        # sqrt's derivative is infinite, and 0 * inf gave NaN gradients: there
+        # the std is 0 with no gradient, as drawn weights give (the output does
+        # not depend on them); elsewhere it is unchanged (a floor would move
+        # float16's small variances: its smallest normal number is 6e-5).
+        positive = var > 0
+        std = torch.where(positive, var, torch.ones_like(var)).sqrt() * positive
     draws = torch.addcmul(mean, std, eps)
     return draws.reshape(out_rows, *draws.shape[2 if shared else 1 :])
+
+
+# Dtypes whose smallest normal number is far below any variance that matters.
+_FLOORED_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16})
 
 
 def _random_signs(shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -674,7 +694,9 @@ def conv_local(
         dilation,
         groups,
     )
-    return _gaussian_draws(mean, var, shared, samples, out_rows)
+    return _gaussian_draws(
+        mean, var, shared, samples, out_rows, bias_variance=bias is not None
+    )
 
 
 def conv_flipout(

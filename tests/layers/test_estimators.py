@@ -620,3 +620,42 @@ def test_local_draws_keep_small_variances(dtype: torch.dtype) -> None:
     assert var.grad is not None
     assert var.grad[0] == 0
     assert bool((var.grad[1:] > 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_local_draws_with_bias_variance_match_the_exact_path(
+    dtype: torch.dtype,
+) -> None:
+    """With a bias the variance is positive: its draws (one op for the std) equal
+    the exact zero-aware path's wherever the variance is a normal number."""
+    from pyrolite_bnn.layers.functional import _gaussian_draws
+
+    var = torch.tensor([1e-6, 1e-4, 1e-2, 3.0], dtype=dtype, requires_grad=True)
+    mean = torch.randn(50, 4, dtype=dtype)
+    grads = []
+    outputs = []
+    for bias_variance in (False, True):
+        torch.manual_seed(0)
+        out = _gaussian_draws(
+            mean, var.expand(50, 4), False, 1, 50, bias_variance=bias_variance
+        )
+        (grad,) = torch.autograd.grad(out.float().square().sum(), var)
+        outputs.append(out)
+        grads.append(grad)
+    assert torch.equal(outputs[0], outputs[1])
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_underflowed_bias_variance_gives_finite_gradients() -> None:
+    """A bias scale whose square underflows (rho = -60: std ~1e-26) with an
+    input row of zeros made the variance a float zero: its gradients stay
+    finite."""
+    layer = bnn.VILinear(3, 4, estimator="local")
+    with torch.no_grad():
+        layer.posterior["bias"].rho.fill_(-60.0)
+    x = torch.randn(6, 3)
+    x[0] = 0.0
+    layer(x, samples=5).square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None, name
+        assert bool(p.grad.isfinite().all()), name
