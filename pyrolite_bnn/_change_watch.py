@@ -22,7 +22,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-__all__ = ["CLEARED_CALLS", "UNTRAINED_STEPS", "ChangeWatch"]
+__all__ = [
+    "CLEARED_CALLS",
+    "UNTRAINED_STEPS",
+    "ChangeWatch",
+    "count_steps",
+    "optimizers_started",
+    "stepped_optimizers",
+]
 
 #: Steps of the optimizers holding the network over which a group that gets
 #: gradients must change, or the loss warns that no optimizer holds it.
@@ -33,15 +40,29 @@ CLEARED_CALLS = 20
 
 _steps: weakref.WeakKeyDictionary[Optimizer, int] = weakref.WeakKeyDictionary()
 _total = [0]  # steps of all optimizers
+_started = [0]  # optimizers that took their first step
 _hook: list[Any] = []
 
 
 def _count_step(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-    _steps[optimizer] = _steps.get(optimizer, 0) + 1
+    count = _steps.get(optimizer, 0)
+    _steps[optimizer] = count + 1
     _total[0] += 1
+    if count == 0:
+        _started[0] += 1
 
 
-def _count_steps() -> None:
+def optimizers_started() -> int:
+    """How many optimizers have taken a step since counting began (it only grows)."""
+    return _started[0]
+
+
+def stepped_optimizers() -> list[Optimizer]:
+    """The live optimizers that have taken a step since counting began."""
+    return list(_steps)
+
+
+def count_steps() -> None:
     """Start counting the steps of every torch optimizer (once per process)."""
     if not _hook:
         _hook.append(register_optimizer_step_post_hook(_count_step))
@@ -70,7 +91,7 @@ class ChangeWatch:
     """
 
     def __init__(self) -> None:
-        _count_steps()
+        count_steps()
         self.names: tuple[str, ...] = ()
         self.key: Hashable = None
         self.calls = 0

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._change_watch import UNTRAINED_STEPS, ChangeWatch
+from pyrolite_bnn._decay_watch import DecayWatch
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import (
     call_network,
@@ -151,6 +152,7 @@ class KullbackLeiblerLoss(nn.Module):
         self.kl = kl
         self.reduction = reduction
         self._watches = {"predictive": ChangeWatch(), "guide": ChangeWatch()}
+        self._decay_watch = DecayWatch()
         # The parameters of the network whose output the loss read last: the
         # optimizers holding them are the ones the watches count.
         self._network_parameters: Callable[[], list[Tensor]] = list
@@ -306,6 +308,7 @@ class KullbackLeiblerLoss(nn.Module):
         batch = self.check_batch(output, record.sequence_batch)
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self._watch_guide(record)
+        self._watch_decay(record)
         self._network_parameters = record.network_parameters  # for the next watch
         kl_value = record.kl(self.kl if kl is None else kl)
         if (
@@ -431,6 +434,17 @@ class KullbackLeiblerLoss(nn.Module):
                 "optimizer as well as model.parameters()",
                 stacklevel=3,
             )
+
+    def _watch_decay(self, record: ForwardRecord) -> None:
+        """Warn once per optimizer that decays a posterior or noise scale."""
+        if not torch.is_grad_enabled() or is_capturing():
+            return
+        self._decay_watch.check(
+            lambda: {
+                **record.guide_parameters(),
+                **dict(self.predictive.named_parameters(prefix="predictive")),
+            }
+        )
 
     def _watch_guide(self, record: ForwardRecord) -> None:
         """Warn once if the guide that drew the weights is never updated."""

@@ -1,0 +1,115 @@
+"""Notice weight decay on the parameters that set a scale.
+
+A scale (a posterior standard deviation, a learned noise scale) is trained
+through an unconstrained parameter: ``softplus(rho)`` or ``exp(log_scale)``.
+An optimizer's ``weight_decay`` pulls that parameter towards 0, which moves
+the scale towards a constant of order 1 (``softplus(0) = 0.69``), not towards 0:
+a practitioner's regulariser silently widens the posterior (AdamW with
+``weight_decay=0.1`` tripled the default posterior's standard deviations in 300
+steps). In a Bayesian network the prior's KL term is the regulariser, so the
+loss warns once per optimizer that decays such a parameter.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Callable, Mapping
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from pyrolite_bnn._change_watch import (
+    count_steps,
+    optimizers_started,
+    stepped_optimizers,
+)
+from pyrolite_bnn._warnings import warn_at_caller
+
+__all__ = ["DecayWatch", "is_scale_parameter"]
+
+# A name component that holds an unconstrained scale: the library's
+# ``rho_unconstrained`` / ``raw_scale_unconstrained`` / ``log_scale``, Pyro's
+# autoguide ``scales`` / ``scale``, torch_blue's ``log_std``.
+_SCALE_COMPONENT = re.compile(
+    r"(^|[._])(rho|scales?|raw_scale|log_scale|log_std)(_unconstrained)?($|\.)"
+)
+
+
+def is_scale_parameter(name: str) -> bool:
+    """Whether the parameter ``name`` sets a scale through an unconstrained value.
+
+    Example:
+        >>> is_scale_parameter("posterior.weight.rho_unconstrained")
+        True
+        >>> is_scale_parameter("upscale.posterior.weight.loc_unconstrained")
+        False
+    """
+    return _SCALE_COMPONENT.search(name) is not None
+
+
+class DecayWatch:
+    """Warns once per optimizer that applies weight decay to a scale parameter.
+
+    :meth:`check` is called on every training evaluation of the loss; it does
+    work only when an optimizer took its first step since the last check.
+    """
+
+    def __init__(self) -> None:
+        count_steps()
+        self.started = 0
+        self.checked: weakref.WeakSet[Optimizer] = weakref.WeakSet()
+
+    def check(self, parameters: Callable[[], Mapping[str, Tensor]]) -> None:
+        """Check the optimizers that started stepping since the last call.
+
+        Args:
+            parameters: returns the named parameters of the network's guide and
+                likelihood that the decay must leave alone (the scale ones
+                are picked by name).
+        """
+        started = optimizers_started()
+        if started == self.started:
+            return
+        self.started = started
+        fresh = [opt for opt in stepped_optimizers() if opt not in self.checked]
+        if not fresh:
+            return
+        scales = {
+            id(tensor): name
+            for name, tensor in parameters().items()
+            if is_scale_parameter(name)
+        }
+        for optimizer in fresh:
+            self.checked.add(optimizer)
+            decayed = _decayed_scale(optimizer, scales)
+            if decayed is not None:
+                name, decay = decayed
+                warn_at_caller(
+                    f"{type(optimizer).__name__} applies weight_decay={decay:g} to "
+                    f"{name!r}, the unconstrained parameter of a scale: decay "
+                    "pulls it towards 0, which moves the scale towards a "
+                    "constant of order 1 (softplus(0) = 0.69 for the default "
+                    "posterior), i.e. widens the posterior, instead of shrinking "
+                    "anything. In a Bayesian network the prior (the KL term) "
+                    "regularises the weights: use weight_decay=0, or give the "
+                    "scale parameters a group without decay, e.g. [{'params': "
+                    "[p for n, p in model.named_parameters() if 'rho' not in n], "
+                    "'weight_decay': wd}, {'params': [p for n, p in "
+                    "model.named_parameters() if 'rho' in n], 'weight_decay': 0}]"
+                )
+
+
+def _decayed_scale(
+    optimizer: Optimizer, scales: Mapping[int, str]
+) -> tuple[str, float] | None:
+    """The first scale parameter ``optimizer`` decays, and its decay."""
+    for group in optimizer.param_groups:
+        decay = group.get("weight_decay", 0.0)
+        if not isinstance(decay, (int, float)) or decay <= 0:
+            continue
+        for tensor in group["params"]:
+            name = scales.get(id(tensor))
+            if name is not None:
+                return name, float(decay)
+    return None

@@ -1,0 +1,37 @@
+"""Warnings that point at the user's line, however deep the library called them."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+import warnings
+
+import torch
+
+__all__ = ["warn_at_caller"]
+
+# Frames in these folders are skipped: the library's, and torch's module call
+# machinery (a loss is called through nn.Module.__call__).
+_SKIPPED = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(torch.nn.modules.module.__file__)) + os.sep,
+)
+
+
+def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside the library.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_at_caller("look here")
+        >>> caught[0].filename == __file__ or caught[0].filename.startswith("<")
+        True
+    """
+    level = 1
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level + 1)

@@ -1,0 +1,150 @@
+"""Weight decay on scale parameters is named in one warning per optimizer.
+
+A practitioner's ``AdamW`` (default ``weight_decay=0.01``) on
+``model.parameters()`` pulls the posterior's ``rho`` towards 0, i.e. its
+standard deviations towards softplus(0) = 0.69: a wider posterior, silently.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+
+import pytest
+import torch
+from pyro.infer.autoguide import AutoNormal
+from torch import nn
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn._decay_watch import is_scale_parameter
+
+Optimizer = torch.optim.Optimizer
+
+
+def _train(
+    net: nn.Module,
+    loss_fn: bnn.KullbackLeiblerLoss,
+    make_optimizer: Callable[[], Optimizer],
+    steps: int = 4,
+) -> list[str]:
+    """Messages of the decay warnings of a short PyTorch-style loop."""
+    optimizer = make_optimizer()
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss_fn(net(x, samples=2), y).backward()
+            optimizer.step()
+    return [str(w.message) for w in caught if "weight_decay" in str(w.message)]
+
+
+def _net() -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 1))
+
+
+def _all(*modules: nn.Module) -> Iterable[torch.Tensor]:
+    return [p for m in modules for p in m.parameters()]
+
+
+def test_adamw_defaults_on_all_parameters_warn_once_naming_rho() -> None:
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    messages = _train(net, loss_fn, lambda: torch.optim.AdamW(net.parameters()))
+    assert len(messages) == 1
+    assert (
+        "AdamW applies weight_decay=0.01 to '0.weight.rho_unconstrained'"
+        in (messages[0])
+    )
+    assert "widens the posterior" in messages[0]
+
+
+def test_the_warning_points_at_the_users_line() -> None:
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, weight_decay=0.1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss_fn(net(x, samples=2), y).backward()
+            optimizer.step()
+    (warning,) = [w for w in caught if "weight_decay" in str(w.message)]
+    assert warning.filename == __file__
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        lambda net, loss_fn: [{"params": _all(net, loss_fn)}],  # Adam: no decay
+        lambda net, loss_fn: [
+            {
+                "params": [p for n, p in net.named_parameters() if "rho" not in n],
+                "weight_decay": 0.1,
+            },
+            {
+                "params": [p for n, p in net.named_parameters() if "rho" in n],
+                "weight_decay": 0.0,
+            },
+            {"params": list(loss_fn.parameters()), "weight_decay": 0.0},
+        ],
+    ],
+)
+def test_no_decay_on_scales_gives_no_warning(
+    groups: Callable[[nn.Module, nn.Module], list[dict[str, object]]],
+) -> None:
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(), 100)
+    messages = _train(net, loss_fn, lambda: torch.optim.Adam(groups(net, loss_fn)))
+    assert messages == []
+
+
+def test_decay_on_the_learned_noise_scale_is_named() -> None:
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(), 100)
+    messages = _train(
+        net,
+        loss_fn,
+        lambda: torch.optim.SGD(
+            [
+                {"params": list(net.parameters())},
+                {"params": list(loss_fn.parameters()), "weight_decay": 1e-3},
+            ],
+            lr=0.01,
+        ),
+    )
+    assert len(messages) == 1
+    assert "SGD applies weight_decay=0.001 to 'predictive.raw_scale" in messages[0]
+
+
+def test_an_autoguides_scales_are_named() -> None:
+    net = _net()
+    net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    messages = _train(net, loss_fn, lambda: torch.optim.AdamW(net.parameters()))
+    assert len(messages) == 1
+    assert "scales" in messages[0]
+
+
+def test_each_optimizer_is_checked_once() -> None:
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    first = _train(net, loss_fn, lambda: torch.optim.AdamW(net.parameters()))
+    second = _train(net, loss_fn, lambda: torch.optim.AdamW(net.parameters()))
+    assert len(first) == len(second) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "scale"),
+    [
+        ("posterior.weight.rho_unconstrained", True),
+        ("predictive.raw_scale_unconstrained", True),
+        ("prior.weight.log_scale", True),
+        ("AutoNormal.scales.0.weight", True),
+        ("layer._weight_log_std", True),
+        ("layer.log_std", True),
+        ("posterior.weight.loc_unconstrained", False),
+        ("upscale.posterior.weight.loc_unconstrained", False),
+        ("AutoNormal.locs.0.weight", False),
+        ("0.weight", False),
+    ],
+)
+def test_scale_parameters_by_name(name: str, scale: bool) -> None:
+    assert is_scale_parameter(name) is scale
