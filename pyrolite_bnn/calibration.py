@@ -51,6 +51,7 @@ from pyrolite_bnn.distributions.predictive import (
     HeteroscedasticNormal,
     Normal,
     PredictiveDistribution,
+    full_precision,
 )
 from pyrolite_bnn.loss import batch_first_layout
 from pyrolite_bnn.predict import Prediction, _check_likelihood, predict
@@ -325,12 +326,12 @@ class _TemperatureScaled(_Calibrated):
         return self.base.distribution(self._scaled(output))
 
     def class_probs(self, output: Tensor) -> Tensor:
-        """The base class probabilities of the scaled logits."""
-        return self.base.class_probs(self._scaled(output))
+        """The base class probabilities of the scaled logits (at least float32)."""
+        return self.base.class_probs(self._scaled(full_precision(output)))
 
     def predictive_mean(self, output: Tensor) -> Tensor:
-        """Mean class probabilities of the scaled logits."""
-        return self.base.predictive_mean(self._scaled(output))
+        """Mean class probabilities of the scaled logits (at least float32)."""
+        return self.base.predictive_mean(self._scaled(full_precision(output)))
 
     def extra_repr(self) -> str:
         """Base likelihood and temperature."""

@@ -16,19 +16,23 @@ by the law of total variance ``variance == aleatoric_var + epistemic_var`` with
 
 The likelihood supplies the per-particle quantities (class probabilities,
 moments) and the mixture's quantiles; :class:`Prediction` only averages and
-combines them.
+combines them, in at least ``float32`` (half-precision outputs are read as
+``float32``).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pyro import poutine
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import rng_state, set_rng_state
@@ -46,7 +50,10 @@ from pyrolite_bnn._validation import (
     check_probability,
     check_real,
 )
-from pyrolite_bnn.distributions.predictive import PredictiveDistribution
+from pyrolite_bnn.distributions.predictive import (
+    PredictiveDistribution,
+    full_precision,
+)
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.module import VIModule, whole_network_draws
 from pyrolite_bnn.record import release_record
@@ -83,6 +90,15 @@ class Prediction:
     ``samples`` on creation
     (:meth:`~pyrolite_bnn.PredictiveDistribution.check_output`).
 
+    **Precision**: every summary is computed, and returned, in at least
+    ``float32``. Samples in ``float16`` or ``bfloat16`` (from a network run
+    under :class:`torch.autocast`, or converted with
+    ``net.to(torch.bfloat16)``) are read as ``float32`` before the likelihood
+    and the averages see them, as autocast keeps reductions in ``float32``:
+    in half precision the mutual information, a small difference of two
+    entropies, would be off by 100 % and could come out negative. ``samples``
+    keep the network's dtype; ``float64`` samples give ``float64`` summaries.
+
     Attributes:
         samples: raw network outputs per particle, ``(S, B, ...)``.
         predictive: the likelihood used to interpret them.
@@ -113,6 +129,10 @@ class Prediction:
             )
         self.predictive.check_output(self.samples)
 
+    def _outputs(self) -> Tensor:
+        """``samples`` in at least ``float32``, for the summaries."""
+        return full_precision(self.samples)
+
     # ------------------------------------------------------------ classification
     @property
     def is_classification(self) -> bool:
@@ -122,7 +142,7 @@ class Prediction:
     @property
     def probs(self) -> Tensor:
         """Predictive class probabilities ``(B, ..., C)`` (mean over particles)."""
-        return self.predictive.class_probs(self.samples).mean(0)
+        return self.predictive.class_probs(self._outputs()).mean(0)
 
     @property
     def entropy(self) -> Tensor:
@@ -132,7 +152,7 @@ class Prediction:
     @property
     def aleatoric(self) -> Tensor:
         """Expected entropy over particles (data uncertainty)."""
-        return _entropy(self.predictive.class_probs(self.samples)).mean(0)
+        return _entropy(self.predictive.class_probs(self._outputs())).mean(0)
 
     @property
     def mutual_information(self) -> Tensor:
@@ -142,13 +162,13 @@ class Prediction:
     # ---------------------------------------------------------------- regression
     def _moments(self) -> tuple[Tensor, Tensor]:
         with torch.no_grad():  # summaries, not training: no graph to a noise scale
-            return self.predictive.moments(self.samples)
+            return self.predictive.moments(self._outputs())
 
     @property
     def mean(self) -> Tensor:
         """Predictive mean ``(B, ...)``; for classification, :attr:`probs`."""
         with torch.no_grad():
-            return self.predictive.predictive_mean(self.samples)
+            return self.predictive.predictive_mean(self._outputs())
 
     @property
     def aleatoric_var(self) -> Tensor:
@@ -209,7 +229,7 @@ class Prediction:
         """
         q = check_probability(q, "q")
         with torch.no_grad():
-            return self.predictive.quantile(self.samples, q)
+            return self.predictive.quantile(self._outputs(), q)
 
 
 def predict(
@@ -237,6 +257,16 @@ def predict(
     of one module call's input and output tensors; twice that (for temporaries
     inside modules) times ``S`` is the working set of one input. Chunks get as
     many inputs as fit the part of ``memory_budget`` left by the kept weights.
+    If the model raises on the probe (batch-norm in training mode on a single
+    input, say), the probe runs again with the ``S`` particles of the
+    prediction, and an error there is raised. The probe leaves the model's
+    buffers (batch-norm running statistics, ``num_batches_tracked``) as they
+    were and rewinds the random-number generators; state a module keeps
+    outside its buffers is not restored. It is a call of the model, though:
+    **forward hooks see it** (a call on the first 4 inputs, or fewer, before
+    the prediction's own calls; two if the first raises), so hooks that
+    collect features get those rows too. Pass ``batch_size`` (``len(x)`` for
+    one chunk) to run no probe.
 
     **Same weights in every chunk**: if the ``S`` draws of all weights take at
     most half of ``memory_budget``, they are drawn once (one trace of
@@ -380,11 +410,7 @@ def _predict(
     kept_bytes = 0 if weights is not None else _draw_bytes(model, particles)
     kept_bytes = kept_bytes if kept_bytes <= budget // 2 else 0
     if batch_size is None:
-        with _ActivationProbe(model) as probe:
-            _run_chunk(model, x, axis, 0, min(size, _PROBE_INPUTS), 1, weights)
-        generators.rewind()  # the probe's draws are not the prediction's
-        probed = max(1, min(size, _PROBE_INPUTS))
-        per_input = _WORKING_SET_FACTOR * particles * probe.largest / probed
+        per_input = _probe(model, x, axis, particles, weights, generators)
         room = budget - kept_bytes
         step = size if per_input == 0 else max(1, int(room // per_input))
     else:
@@ -419,6 +445,71 @@ def _predict(
         result.narrow(axis + 1, start, out.shape[axis + 1]).copy_(out)
     assert result is not None
     return result
+
+
+def _probe(
+    model: nn.Module,
+    x: Tensor,
+    axis: int,
+    particles: int,
+    weights: dict[str, Tensor] | None,
+    generators: _Generators,
+) -> float:
+    """Working set in bytes of one input with ``particles`` particles.
+
+    Runs the first :data:`_PROBE_INPUTS` inputs with one particle under an
+    :class:`_ActivationProbe`; if the model raises on that (batch-norm in
+    training mode on a single input, say), again with all ``particles``, as
+    the prediction will, and an error there is raised. Each try leaves no
+    trace: the model's buffers are put back (:func:`_buffers_restored`) and
+    the random-number generators rewound.
+    """
+    length = min(x.shape[axis], _PROBE_INPUTS)
+    tries = [1, particles] if particles > 1 else [1]
+    for count in tries:
+        try:
+            with _buffers_restored(model), _ActivationProbe(model) as probe:
+                _run_chunk(model, x, axis, 0, length, count, weights)
+        except Exception:
+            if count == tries[-1]:
+                raise
+            continue
+        finally:
+            generators.rewind()  # the probe's draws are not the prediction's
+        per_particle = probe.largest / count / max(1, length)
+        return _WORKING_SET_FACTOR * particles * per_particle
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+@contextmanager
+def _buffers_restored(model: nn.Module) -> Iterator[None]:
+    """Put every buffer of ``model`` back as it was, values and tensors, on exit.
+
+    A probe call must not count as a pass of the model: batch-norm in training
+    mode would update its running statistics (and ``num_batches_tracked``)
+    from the probe's inputs. The buffers are copied on entry (buffers, unlike
+    activations, are small in the models this is for) and those whose values
+    changed are written back through ``.data``, without a version-counter
+    bump: batch-norm updates its statistics that way (its kernel bumps no
+    counter either), and an autograd graph of an earlier call that saved them
+    stays valid for its backward pass, which a plain in-place copy would make
+    autograd refuse. A buffer still to be initialised (a lazy module's) is left
+    to the call.
+    """
+    saved = [
+        (module, name, buffer, buffer.clone())
+        for module in model.modules()
+        for name, buffer in module.named_buffers(recurse=False)
+        if not is_lazy(buffer)
+    ]
+    try:
+        yield
+    finally:
+        for module, name, buffer, value in saved:
+            if getattr(module, name, None) is not buffer:  # reassigned, not updated
+                setattr(module, name, buffer)
+            if not torch.equal(buffer, value):
+                buffer.data.copy_(value)
 
 
 def _run_chunk(

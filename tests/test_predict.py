@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 from pathlib import Path
@@ -230,6 +231,97 @@ def test_small_input_runs_in_one_chunk() -> None:
     sizes = _chunk_sizes(net)
     bnn.predict(net, torch.randn(50, 3), bnn.Categorical(), samples=10)
     assert sizes == [4, 50]  # the probe, then everything at once
+
+
+class _CallCounter(torch.nn.Module):
+    """Counts its calls in a buffer it reassigns (rather than updates in place)."""
+
+    calls: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls = self.calls + 1
+        return x
+
+
+def _batch_norm_net() -> bnn.VISequential:
+    return bnn.VISequential(
+        bnn.VILinear(3, 5),
+        torch.nn.BatchNorm1d(5),
+        _CallCounter(),
+        torch.nn.ReLU(),
+        bnn.VILinear(5, 2),
+    )
+
+
+def _assert_same_buffers(net: torch.nn.Module, other: torch.nn.Module) -> None:
+    pairs = zip(net.named_buffers(), other.named_buffers(), strict=True)
+    for (name, buffer), (_, expected) in pairs:
+        assert torch.equal(buffer, expected), name
+
+
+@pytest.mark.parametrize("rows", [50, 1])
+def test_the_probe_changes_no_buffer(rows: int) -> None:
+    """In training mode, predict's buffers are those of its own pass alone.
+
+    The memory probe (``batch_size=None``) counted as a pass: batch-norm took
+    running statistics from its 4 inputs (``num_batches_tracked`` +2 per
+    predict), and on one input it raised "Expected more than 1 value per
+    channel" (one particle, one row) where the network's own call works. It
+    now runs again with the prediction's particles, and the buffers are put
+    back after it. ``batch_size=rows`` runs no probe: the reference.
+    """
+    net = _batch_norm_net()
+    alone = copy.deepcopy(net)
+    x = torch.randn(rows, 3)
+    torch.manual_seed(1)
+    pred = bnn.predict(net, x, bnn.Categorical(), samples=10)
+    after = torch.get_rng_state()
+    torch.manual_seed(1)
+    expected = bnn.predict(alone, x, bnn.Categorical(), samples=10, batch_size=rows)
+    torch.testing.assert_close(pred.samples, expected.samples, rtol=0.0, atol=0.0)
+    assert torch.equal(after, torch.get_rng_state())  # the probe's draws rewound
+    _assert_same_buffers(net, alone)
+    assert int(net[1].num_batches_tracked) == 1  # one pass of the model
+    assert int(net[2].calls) == 1  # a reassigned buffer is put back too
+
+
+def test_a_probe_that_fails_with_the_predictions_particles_raises() -> None:
+    """One particle and one row: the network's own call fails the same way."""
+    net = _batch_norm_net()
+    before = copy.deepcopy(net)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        bnn.predict(net, torch.randn(1, 3), bnn.Categorical(), samples=1)
+    _assert_same_buffers(net, before)  # the failed probes left no trace
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_the_probe_keeps_a_pending_backward_pass_valid(training: bool) -> None:
+    """Batch-norm statistics saved by an earlier call stay valid for its backward.
+
+    A plain in-place copy of the buffers after the probe would bump their
+    version counters, and autograd would refuse the pending backward pass.
+    """
+    net = _batch_norm_net().train(training)
+    out = net(torch.randn(8, 3), samples=2)  # saves the running statistics
+    bnn.predict(net, torch.randn(20, 3), bnn.Categorical(), samples=4)
+    out.sum().backward()
+
+
+def test_forward_hooks_see_the_probe_unless_batch_size_is_given() -> None:
+    """Documented in predict's docstring: the probe is a call of the model."""
+    net = bnn.VISequential(bnn.VILinear(3, 8), torch.nn.ReLU(), bnn.VILinear(8, 2))
+    shapes: list[tuple[int, ...]] = []
+    net[1].register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+    x = torch.randn(20, 3)
+    bnn.predict(net, x, bnn.Categorical(), samples=5)
+    assert shapes == [(4, 8), (100, 8)]  # probe: 4 inputs, one particle; 5 * 20
+    shapes.clear()
+    bnn.predict(net, x, bnn.Categorical(), samples=5, batch_size=len(x))
+    assert shapes == [(100, 8)]
 
 
 @pytest.mark.parametrize("guide", ["default", "lowrank"])

@@ -16,6 +16,14 @@ refuse the same outputs with the same message. A summary a likelihood cannot
 give raises: ``AttributeError`` for class probabilities of a regression
 likelihood and moments of a classification one, ``NotImplementedError`` for
 quantiles without a closed-form mixture CDF.
+
+The summaries (class probabilities, moments, the mixture's mean and quantiles,
+:meth:`~PredictiveDistribution.mixture_log_likelihood`) are computed, and
+returned, in at least ``float32``: a ``float16`` or ``bfloat16`` output (a
+network under :class:`torch.autocast`, or converted to half precision) is read
+as ``float32`` first (:func:`full_precision`), as autocast keeps reductions in
+``float32``; a ``float64`` one stays ``float64``. The loss's
+:meth:`~PredictiveDistribution.log_likelihood` keeps the output's dtype.
 """
 
 from __future__ import annotations
@@ -62,6 +70,31 @@ def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
+def full_precision(output: Tensor) -> Tensor:
+    """``output`` in at least ``float32``: ``float16``/``bfloat16`` become ``float32``.
+
+    Summaries over particles in half precision lose what they measure: with 8
+    bits of mantissa the mutual information, a small difference of two
+    entropies, has a relative error of 100 % and comes out negative. Other
+    dtypes (``float32``, ``float64``, integers) are returned unchanged.
+
+    Example:
+        >>> import torch
+        >>> full_precision(torch.zeros(2, dtype=torch.bfloat16)).dtype
+        torch.float32
+        >>> full_precision(torch.zeros(2, dtype=torch.float64)).dtype
+        torch.float64
+    """
+    return output.to(_summary_dtype(output.dtype))
+
+
+def _summary_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``float32`` for a floating dtype narrower than it, else ``dtype``."""
+    if dtype.is_floating_point and torch.finfo(dtype).bits < 32:
+        return torch.float32
+    return dtype
+
+
 def _check_real_target(likelihood: PredictiveDistribution, target: Tensor) -> None:
     """Regression targets are real numbers: a floating or integer dtype.
 
@@ -87,7 +120,8 @@ _BRACKET_SIGMAS = 40.0
 def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
     """Quantile ``q`` of the equal-weight mixture over dim 0 of ``N(loc, var)``.
 
-    Bisection in float64 (the result in ``loc``'s dtype) on the mixture's
+    Bisection in float64 (the result in ``loc``'s dtype, at least ``float32``:
+    see :func:`full_precision`) on the mixture's
     lower tail ``P(Y <= y)`` for ``q <= 1/2`` and upper tail ``P(Y > y)``
     against ``1 - q`` otherwise, each through ``erfc``, which keeps its
     relative precision far into the tail (``1 + erf`` would lose it below
@@ -125,7 +159,7 @@ def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
         step = (mass - tail) / density  # d tail / dy = -+ density
         y = (y + step if upper else y - step).clamp(lo, hi)
         y = torch.where(density > 0, y, (lo + hi) / 2)
-    return y.to(loc.dtype)
+    return y.to(_summary_dtype(loc.dtype))
 
 
 class PredictiveDistribution(LocalPyroModule):
@@ -237,7 +271,9 @@ class PredictiveDistribution(LocalPyroModule):
 
         The log predictive density of the particle mixture: the held-out
         metric that validation, calibration and prior-precision searches
-        minimise the negative mean of.
+        minimise the negative mean of. In at least ``float32``
+        (:func:`full_precision`): a half-precision output is read as
+        ``float32``.
 
         Example:
             >>> import torch, pyrolite_bnn as bnn
@@ -245,12 +281,15 @@ class PredictiveDistribution(LocalPyroModule):
             >>> bnn.Categorical().mixture_log_likelihood(out, torch.tensor([0, 1, 1]))
             tensor([-0.6931, -0.6931, -0.6931])
         """
-        log_p = self.log_likelihood(output, target)
+        log_p = self.log_likelihood(full_precision(output), target)
         return torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])
 
     # ------------------------------------------------------------ summaries
     def class_probs(self, output: Tensor) -> Tensor:
         """Class probabilities per particle, ``(S, B, ..., C)``.
+
+        Implementations compute them in at least ``float32``
+        (:func:`full_precision` of the output), as the library's do.
 
         Raises:
             AttributeError: for a likelihood that is not a classification one.
@@ -262,6 +301,9 @@ class PredictiveDistribution(LocalPyroModule):
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of ``y`` per particle, ``(S, B, ...)`` each.
+
+        Implementations compute them in at least ``float32``
+        (:func:`full_precision` of the output), as the library's do.
 
         Raises:
             AttributeError: for a likelihood that is not a regression one.
@@ -415,7 +457,7 @@ class Categorical(_ClassificationLikelihood):
             torch.Size([4, 3, 5])
         """
         self.check_output(output)
-        return output.softmax(-1)
+        return full_precision(output).softmax(-1)
 
 
 class Bernoulli(_ClassificationLikelihood):
@@ -458,7 +500,7 @@ class Bernoulli(_ClassificationLikelihood):
             torch.Size([4, 3, 2])
         """
         self.check_output(output)
-        p1 = torch.sigmoid(_location(output))
+        p1 = torch.sigmoid(_location(full_precision(output)))
         return torch.stack([1 - p1, p1], dim=-1)
 
 
@@ -536,7 +578,7 @@ class Normal(_ScaleLikelihood):
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Per-particle mean and noise variance of ``y``, ``(S, B, ...)`` each."""
         self.check_output(output)
-        loc = _location(output)
+        loc = _location(full_precision(output))
         return loc, (self.noise_scale().to(loc) ** 2).expand_as(loc)
 
     def quantile(self, output: Tensor, q: float) -> Tensor:
@@ -603,7 +645,7 @@ class StudentT(_ScaleLikelihood):
             (tensor([[nan, nan]]), tensor([[nan, nan]]))
         """
         self.check_output(output)
-        loc = _location(output)
+        loc = _location(full_precision(output))
         noise = dist.StudentT(
             self.df.to(loc), loc, self.noise_scale().to(loc), validate_args=False
         )
@@ -650,7 +692,7 @@ class Poisson(PredictiveDistribution):
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Per-particle mean and variance, both the rate."""
         self.check_output(output)
-        rate = _location(output).exp()
+        rate = _location(full_precision(output)).exp()
         return rate, rate
 
 
@@ -715,7 +757,7 @@ class HeteroscedasticNormal(PredictiveDistribution):
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Per-particle mean and noise variance of ``y``."""
-        loc, scale = self.loc_scale(output)
+        loc, scale = self.loc_scale(full_precision(output))
         return loc, scale**2
 
     def quantile(self, output: Tensor, q: float) -> Tensor:
