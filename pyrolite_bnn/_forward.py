@@ -42,6 +42,7 @@ from torch.distributions import constraints
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import (
     LazyDraws,
     RepeatedMomentsRead,
@@ -68,7 +69,7 @@ from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     NormalMoments,
 )
-from pyrolite_bnn.module import VIModule, whole_networks_requested
+from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule, whole_networks_requested
 from pyrolite_bnn.record import (
     ForwardRecord,
     LayerRecord,
@@ -170,27 +171,30 @@ def prepare(
 def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -> Any:
     """``model(*args)`` with ``samples`` particles (``None``: its default).
 
-    A ``VIModule`` takes ``samples=``; a plain module holding Bayesian layers
-    reads its ``samples`` attribute, set for the call and restored after.
+    A ``VIModule`` takes ``samples=``; for a plain module holding Bayesian
+    layers the count is asked of its call through a context variable
+    (:func:`~pyrolite_bnn._particles.requesting_samples`), so that other
+    threads calling the same network keep its own ``samples``.
     """
-    if isinstance(model, VIModule) or samples is None:
-        return (
-            model(*args, samples=samples)
-            if isinstance(model, VIModule)
-            else model(*args)
-        )
-    # Read and restored through attribute access: a wrapper (torch.compile's)
-    # forwards it to the module it wraps, whose own value must survive.
-    missing = object()
-    saved: object = getattr(model, "samples", missing)
-    setattr(model, "samples", samples)  # noqa: B010 (torch types module attributes)
-    try:
+    if isinstance(model, VIModule):
+        return model(*args, samples=samples)
+    if samples is None:
         return model(*args)
-    finally:
-        if saved is missing:
-            delattr(model, "samples")
-        else:
-            setattr(model, "samples", saved)  # noqa: B010
+    with _particles.requesting_samples(unwrap(model), samples):
+        return model(*args)
+
+
+def samples_of(network: nn.Module) -> int:
+    """The particle count of a call of ``network`` that was given none.
+
+    What :func:`call_network` asked of it, else its ``samples`` attribute,
+    else the library's default.
+    """
+    requested = _particles.requested_samples(network, unwrap(network))
+    if requested is not None:
+        return requested
+    count: int = getattr(network, "samples", DEFAULT_SAMPLES)
+    return count
 
 
 def invoke(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -343,7 +347,10 @@ def pytorch_run(
         model_trace = poutine.trace(replayed).get_trace(
             root, state, device, args, kwargs
         )
-        result = model_trace.nodes["_RETURN"]["value"]
+        # The record goes on the output's autograd node (C++, unseen by
+        # Python's garbage collector): a trace that held the output too would
+        # be a cycle through it, and every such pass would stay in memory.
+        result = model_trace.nodes.pop("_RETURN")["value"]
         record = TraceRecord(guide_trace, model_trace, state.samples, root)
     record.sequence_batch = state.sequence_batch()
     return attach(result, record, log_probs=getattr(root, "return_log_probs", False))

@@ -349,6 +349,36 @@ def leading_size(value: Tensor | PackedSequence) -> int | None:
     return None if value.dim() == 0 else value.shape[0]
 
 
+# The particle count asked of a plain network's call (call_network), keyed by
+# the module: read where its call opens, in this thread's context only.
+_REQUESTED_SAMPLES: ContextVar[tuple[object, int] | None] = ContextVar(
+    "pyrolite_requested_samples", default=None
+)
+
+
+@contextmanager
+def requesting_samples(module: object, samples: int) -> Iterator[None]:
+    """Run the body with ``samples`` particles asked of ``module``'s calls.
+
+    A plain ``torch.nn`` network has no ``samples=`` argument; setting its
+    ``samples`` attribute for a call instead was seen by other threads calling
+    the same network (and two overlapping calls restored each other's value).
+    """
+    token = _REQUESTED_SAMPLES.set((module, samples))
+    try:
+        yield
+    finally:
+        _REQUESTED_SAMPLES.reset(token)
+
+
+def requested_samples(*modules: object) -> int | None:
+    """The count :func:`requesting_samples` asked of one of ``modules``, if any."""
+    requested = _REQUESTED_SAMPLES.get()
+    if requested is None or not any(m is requested[0] for m in modules):
+        return None
+    return requested[1]
+
+
 def check_samples(samples: object) -> int:
     """Validate a particle count and return it as ``int``.
 

@@ -48,11 +48,11 @@ from torch.utils.hooks import RemovableHandle
 from pyrolite_bnn import _particles
 from pyrolite_bnn._distributed import is_compiled
 from pyrolite_bnn._draws import LazyDraws, using_draws
-from pyrolite_bnn._forward import attach, generated_guide_draws, prepare
+from pyrolite_bnn._forward import attach, generated_guide_draws, prepare, samples_of
 from pyrolite_bnn._network import collect_variables, outermost_bayesian
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteTable, sampling_sites
-from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
+from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import LayerRecord
 
 __all__ = [
@@ -346,7 +346,7 @@ def open_pending_root(
             f"samples= cannot be given to a Bayesian layer inside the plain {name}; "
             f"set {name}.samples (or use a bnn.VIModule / bnn.VISequential root)"
         )
-    count = getattr(root, "samples", DEFAULT_SAMPLES)
+    count = samples_of(root)
     state, device = prepare(root, frame.args, frame.call_kwargs(), count)
     if state.batch_size is None:  # its keyword inputs could not be read
         batch, _ = _particles.leading_input(args, kwargs)

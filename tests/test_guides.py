@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
+import weakref
 from collections.abc import Callable
 from statistics import NormalDist
 from typing import Any
@@ -591,3 +593,23 @@ def test_a_guides_own_setup_error_is_passed_on_with_its_text() -> None:
     guide = AutoIAFNormal(net.prior_model, init_scale=0.05)  # no such option
     with pytest.raises(TypeError, match="unexpected keyword argument 'init_scale'"):
         net.guide = guide  # set up when assigned
+
+
+def test_an_assigned_guides_pass_is_freed_with_its_output() -> None:
+    """The record of a pass with an assigned guide held the model trace, whose
+    ``_RETURN`` node held the output, while the record sat on the output's
+    autograd node: a cycle through C++ that Python's garbage collector cannot
+    see, so every training step's graph (and deleted networks) stayed alive."""
+    net = bnn.VISequential(bnn.VILinear(4, 8), nn.ReLU(), bnn.VILinear(8, 1))
+    net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 32)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    out = net(x, samples=3)
+    loss_fn(out, y).backward()
+    output, network = weakref.ref(out), weakref.ref(net)
+    del out
+    gc.collect()
+    assert output() is None
+    del net, loss_fn
+    gc.collect()
+    assert network() is None

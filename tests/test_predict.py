@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pyro
 import pytest
 import torch
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal
+from torch import nn
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.module import whole_network_draws
@@ -570,3 +572,55 @@ def test_prediction_samples_save_as_plain_tensors(tmp_path: Path) -> None:
     loaded = torch.load(path)  # weights_only=True, torch's default
     torch.testing.assert_close(loaded, pred.samples)
     assert path.stat().st_size < 4 * pred.samples.numel() + 2000
+
+
+def test_predict_on_a_plain_network_leaves_its_samples_attribute_alone() -> None:
+    """The count of a plain network's call was its ``samples`` attribute, set
+    for the call: another thread calling the same network read it (and two
+    overlapping calls restored each other's value, leaving one behind)."""
+    seen: list[object] = []
+
+    class Plain(nn.Sequential):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(getattr(self, "samples", None))
+            return super().forward(x)
+
+    net = Plain(bnn.VILinear(4, 8), nn.ReLU(), bnn.VILinear(8, 3))
+    pred = bnn.predict(net, torch.randn(5, 4), bnn.Categorical(), samples=7)
+    assert pred.samples.shape == (7, 5, 3)
+    assert seen
+    assert all(value is None for value in seen)
+    assert not hasattr(net, "samples")
+    net.samples = 3  # the attribute still sets a plain call's count
+    assert net(torch.randn(5, 4)).shape == (3, 5, 3)
+    assert (
+        bnn.predict(net, torch.randn(5, 4), bnn.Categorical(), samples=6).samples.shape[
+            0
+        ]
+        == 6
+    )
+    assert net.samples == 3
+
+
+def test_threads_calling_one_plain_network_keep_their_particle_counts() -> None:
+    net = nn.Sequential(bnn.VILinear(4, 8), nn.ReLU(), bnn.VILinear(8, 3))
+    x = torch.randn(6, 4)
+    shapes: list[tuple[int, ...]] = []
+    errors: list[BaseException] = []
+
+    def predicting() -> None:
+        try:
+            for _ in range(100):
+                bnn.predict(net, x, bnn.Categorical(), samples=50, batch_size=6)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    thread = threading.Thread(target=predicting)
+    thread.start()
+    with torch.no_grad():
+        while thread.is_alive():
+            shapes.append(tuple(net(x).shape))
+    thread.join()
+    assert not errors
+    assert shapes
+    assert set(shapes) == {(10, 6, 3)}
