@@ -60,6 +60,13 @@ class DecayWatch:
         self.started = 0
         self.checked: weakref.WeakSet[Optimizer] = weakref.WeakSet()
 
+    def __getstate__(self) -> dict[str, object]:
+        """Nothing to keep: a copy (``deepcopy``, pickling) checks afresh."""
+        return {}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__()  # type: ignore[misc]
+
     def check(self, parameters: Callable[[], Mapping[str, Tensor]]) -> None:
         """Check the optimizers that started stepping since the last call.
 

@@ -199,6 +199,11 @@ class LazyDraws:
             return fresh
         return self.value(index)
 
+    def moments_handed_out(self, key: tuple[int, str]) -> bool:
+        """Whether the moments of ``key`` already went to its layer in this pass."""
+        index = self.index.get(key)
+        return index is not None and self._moments_read[index]
+
     def any_read(self) -> bool:
         """Whether a layer has read one of its weights (or moments) in this call."""
         return self._drawn > 0 or any(self._moments_read)

@@ -419,14 +419,15 @@ class KullbackLeiblerLoss(nn.Module):
 
     def _watch_predictive(self) -> None:
         """Warn once if the likelihood's parameters are never updated."""
+        # Not kept after the call: the record holds the pass's draws, which
+        # the loss would keep alive (and a loss holding them cannot be copied).
+        related, self._network_parameters = self._network_parameters, list
         if not torch.is_grad_enabled():
             return
         params = {
             name: p for name, p in self.predictive.named_parameters() if p.requires_grad
         }
-        if self._watches["predictive"].unchanged(
-            params, related=self._network_parameters
-        ):
+        if self._watches["predictive"].unchanged(params, related=related):
             warnings.warn(
                 f"the parameters of {type(self.predictive).__name__} (e.g. a learned "
                 "noise scale) have not changed in "

@@ -527,6 +527,13 @@ class VIModule(LocalPyroModule):
                 if weight is not None:
                     return weight
             draws = current_draws()
+            if draws is not None and draws.moments_handed_out((id(self), name)):
+                # A second read: the layer runs twice in one pass, or a plain
+                # network's call ended by KeyboardInterrupt left its draws set.
+                from pyrolite_bnn import _plain_roots
+
+                _plain_roots.close_stale_frame()
+                draws = current_draws()
             if draws is not None:
                 value = draws.get((id(self), name))
                 if value is None:

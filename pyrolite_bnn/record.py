@@ -236,12 +236,15 @@ class TraceRecord(ForwardRecord):
         return [] if self.network is None else list(self.network.parameters())
 
     def guide_identity(self) -> Hashable:
-        """See :meth:`ForwardRecord.guide_identity`: the guide's ``param`` names.
+        """See :meth:`ForwardRecord.guide_identity`: network and ``param`` names.
 
-        Read off the trace without resolving each value's optimised leaf.
+        Read off the trace without resolving each value's optimised leaf. The
+        names alone are the same for every network of one architecture: a
+        loss reused for a second network took its guide for the first's.
         """
         nodes = self.guide_trace.nodes
-        return tuple(name for name, site in nodes.items() if site["type"] == "param")
+        names = tuple(name for name, site in nodes.items() if site["type"] == "param")
+        return (id(self.network), names)
 
     def _per_particle(self, sites: Iterable[Any]) -> Tensor:
         return _sum_per_particle(

@@ -7,6 +7,8 @@ standard deviations towards softplus(0) = 0.69: a wider posterior, silently.
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
 from collections.abc import Callable, Iterable
 
@@ -148,3 +150,11 @@ def test_each_optimizer_is_checked_once() -> None:
 )
 def test_scale_parameters_by_name(name: str, scale: bool) -> None:
     assert is_scale_parameter(name) is scale
+
+
+def test_a_copied_loss_checks_afresh() -> None:
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    assert len(_train(net, loss_fn, lambda: torch.optim.AdamW(net.parameters()))) == 1
+    for copied in (copy.deepcopy(loss_fn), pickle.loads(pickle.dumps(loss_fn))):
+        messages = _train(net, copied, lambda: torch.optim.AdamW(net.parameters()))
+        assert len(messages) == 1

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import re
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -558,6 +561,21 @@ def test_guide_assigned_after_the_first_steps_is_watched_afresh() -> None:
         _steps(net, loss_fn, optimizer, 6)
 
 
+def test_loss_reused_for_a_new_network_watches_its_assigned_guide() -> None:
+    """An assigned guide was known by its parameter names, which every network
+    of one architecture shares: the reused loss took the second network's
+    guide for the first's, already checked, and stayed silent."""
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    first = _classifier()
+    first.guide = _autoguide(first)
+    _steps(first, loss_fn, torch.optim.Adam(first.parameters(), lr=1e-2), 8)
+    second = _classifier()
+    optimizer = torch.optim.Adam(second.parameters(), lr=1e-2)
+    second.guide = _autoguide(second)  # after the optimizer: not in it
+    with pytest.warns(UserWarning, match=GUIDE_WARNING):
+        _steps(second, loss_fn, optimizer, 8)
+
+
 def test_loss_reused_for_a_new_network_watches_its_guide() -> None:
     """A second network with the same parameter names but an optimizer that
     does not hold its parameters is noticed (its guide is another object)."""
@@ -710,3 +728,19 @@ def test_a_network_with_several_outputs_is_named_by_the_loss_and_pyro_model() ->
         pyro.poutine.trace(loss_fn.pyro_model(lstm)).get_trace(x, y, samples=2)
     with pytest.raises(TypeError, match="one tensor"):
         loss_fn(lstm(x), y)  # type: ignore[arg-type]
+
+
+def test_a_used_loss_keeps_no_pass_alive_and_copies() -> None:
+    """The loss kept the last record (for its likelihood watch): the last
+    pass's draws stayed alive with it, and ``copy.deepcopy(loss_fn)`` failed
+    on their non-leaf tensors."""
+    net, loss_fn = _classifier(), bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    out = net(x)
+    loss_fn(out, y).backward()
+    record = weakref.ref(out.bnn_record)  # type: ignore[attr-defined]
+    del out
+    gc.collect()
+    assert record() is None
+    copied = copy.deepcopy(loss_fn)
+    assert float(copied(net(x), y).detach()) > 0

@@ -17,6 +17,7 @@ from torch.distributions import kl_divergence
 from torch.utils.checkpoint import checkpoint
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn._draws import called_repeatedly
 from pyrolite_bnn._network import collect_variables
 
 N = 100
@@ -568,6 +569,33 @@ def test_a_keyboard_interrupt_leaves_no_call_open(where: str) -> None:
     assert bnn.predict(plain, x, bnn.Categorical(), samples=3).probs.shape == (4, 2)
     stop.interrupt = False
     assert interrupted(x).shape[-2:] == (4, 3 if where == "plain module" else 2)
+
+
+def test_a_weight_read_after_an_interrupted_plain_network_is_the_posterior_mean() -> (
+    None
+):
+    """Reading a layer's weight after Ctrl-C in its plain network's call (the
+    next notebook cell) found the interrupted call's draws: it raised "called
+    twice in one forward pass" and switched the layer to weight draws for the
+    rest of the process."""
+    stop = _Interrupts()
+    stop.linear = nn.Linear(3, 3)
+    net = nn.Sequential(bnn.VILinear(3, 3), stop, bnn.VILinear(3, 2))
+    with pytest.raises(KeyboardInterrupt):
+        net(torch.randn(4, 3))
+    weight = net[0].weight
+    assert weight is net[0].posterior["weight"].loc_unconstrained
+    assert not called_repeatedly(net[0])
+    stop.interrupt = False
+    x = torch.randn(4, 3)
+    torch.manual_seed(1)
+    first = net(x)
+    fresh = nn.Sequential(bnn.VILinear(3, 3), nn.Linear(3, 3), bnn.VILinear(3, 2))
+    fresh.load_state_dict(
+        {k.replace("1.linear.", "1."): v for k, v in net.state_dict().items()}
+    )
+    torch.manual_seed(1)
+    assert torch.equal(first, fresh(x))  # the same estimator as a fresh network
 
 
 def test_a_keyboard_interrupt_inside_pyro_inference_leaves_pyro_intact() -> None:
