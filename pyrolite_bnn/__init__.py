@@ -51,6 +51,9 @@ from pyrolite_bnn.laplace import LinearizedLaplace, laplace
 from pyrolite_bnn.layers import (
     VIGRU,
     VILSTM,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
     VIConv1d,
     VIConv2d,
     VIConv3d,
@@ -81,6 +84,9 @@ __version__ = "0.1.0"
 __all__ = [
     "VIGRU",
     "VILSTM",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
     "Bernoulli",
     "Calibration",
     "CallablePrior",

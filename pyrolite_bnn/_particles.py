@@ -6,8 +6,9 @@ is drawn ``S`` times at once and the ELBO is the average over particles.
 
 Inside the network, activations use the *folded* layout ``(B * S, ...)``
 (batch-major: row ``b * S + s`` is example ``b`` under particle ``s``): plain
-``torch.nn`` modules see an ordinary batch, so ``Flatten``, pooling,
-``BatchNorm`` or ``LayerNorm`` work unchanged, and a grouped convolution over
+``torch.nn`` modules see an ordinary batch, so ``Flatten``, pooling or
+``LayerNorm`` work unchanged (batch norm takes statistics over the batch: the
+library's ``BatchNorm1d/2d/3d`` take them per particle), and a grouped convolution over
 particles reads ``(B, S * C, ...)`` and writes ``(B, S * O, ...)`` as free views
 of it. A tensor whose leading size is the input batch ``B`` is *shared* by all
 particles (no Bayesian layer has touched it yet) and is never copied ``S``

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
@@ -52,6 +53,7 @@ from pyrolite_bnn._forward import attach, generated_guide_draws, prepare, sample
 from pyrolite_bnn._network import collect_variables, outermost_bayesian
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteTable, sampling_sites
+from pyrolite_bnn.layers.batchnorm import warn_plain_batch_norm
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import LayerRecord
 
@@ -166,6 +168,8 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
     if state is not None:
         if isinstance(module, _POSITION_MIXING) and not isinstance(module, VIModule):
             _refuse_folded_sequence_first(module, args, state)
+        elif isinstance(module, _BatchNorm):
+            warn_plain_batch_norm(module, args, state)
         return
     if frame is not None:
         if frame.module is module:

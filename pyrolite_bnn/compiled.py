@@ -281,13 +281,16 @@ def _graph_key(module: nn.Module) -> Hashable:
         key: Hashable = module.graph_key()  # its type and mode among them
     else:
         key = (type(module), module.training)
-    if type(module).__module__.startswith(_CONSTANT_CLASSES):
+    if type(module).__module__.startswith(_CONSTANT_CLASSES) and not isinstance(
+        module, nn.modules.batchnorm._BatchNorm
+    ):
         return key  # the library's layers, priors and posteriors: in graph_key
     return (key, _scalar_attributes(module))
 
 
 # Modules whose public scalar attributes are fixed at construction (or part of
-# their graph_key): scanning them every step would cost, not guard.
+# their graph_key): scanning them every step would cost, not guard. Not the
+# library's batch norms: torch's class, whose momentum users schedule.
 _CONSTANT_CLASSES = ("pyrolite_bnn.layers", "pyrolite_bnn.distributions")
 
 

@@ -5,9 +5,13 @@ Every layer with a Bayesian counterpart on the layer registry
 ``ConvTranspose*``, ``Embedding``, ``LSTM``, ``GRU``, ``MultiheadAttention``,
 the ``Transformer`` layers and stacks, ``Sequential``/``ModuleList``/
 ``ModuleDict``) becomes that layer, its posterior means at the module's weights.
-Everything else is copied unchanged: norms silently, other modules with
-parameters with one warning that lists them. The tree keeps its module paths,
-so the site names are the original parameter paths (``body.0.weight``).
+torch's ``BatchNorm1d/2d/3d`` become :class:`~pyrolite_bnn.BatchNorm1d` (``2d``,
+``3d``), with the same state, which normalise each particle over its own
+examples in training mode (torch's would take its statistics over the ``B * S``
+rows of all particles); ``exclude=`` with their path or type keeps torch's
+class. Everything else is copied unchanged: other norms silently, other modules
+with parameters with one warning that lists them. The tree keeps its module
+paths, so the site names are the original parameter paths (``body.0.weight``).
 Train/eval modes and forward hooks (``register_forward_hook``,
 ``register_forward_pre_hook``) go with each converted module, in both
 directions (:func:`~pyrolite_bnn.to_deterministic` too); a hook on a Bayesian
@@ -51,6 +55,7 @@ from pyrolite_bnn.distributions.variational import (
     VariationalFamily,
 )
 from pyrolite_bnn.layers import registry
+from pyrolite_bnn.layers.batchnorm import PARTICLE_BATCH_NORMS
 from pyrolite_bnn.layers.registry import LayerEntry, carry_module_state
 from pyrolite_bnn.module import GUIDE_STATE, NOT_NETWORK, VIModule
 
@@ -102,8 +107,10 @@ def convert(
     ``bnn.predict(net, x, likelihood, mode="mean").samples[0]`` equals
     ``module.eval()(x)`` (for any likelihood, e.g. ``bnn.Normal()``) and
     ``bnn.to_deterministic(net)`` equals ``module``. Norm layers stay
-    deterministic silently; other modules with parameters stay deterministic
-    with one ``UserWarning`` that lists them.
+    deterministic silently (torch's ``BatchNorm1d/2d/3d`` become the library's
+    :class:`~pyrolite_bnn.BatchNorm2d` and its siblings, with the same state,
+    whose training-mode statistics are taken per particle); other modules with
+    parameters stay deterministic with one ``UserWarning`` that lists them.
 
     Sequence layers (``LSTM``, ``GRU``, ``MultiheadAttention``, Transformer)
     convert with either ``batch_first``; a ``batch_first=False`` network folds
@@ -128,7 +135,8 @@ def convert(
         include: module paths (``"body.0"``, also covering everything below)
             or types; only registered layers matched are made Bayesian.
         exclude: module paths or types of registered layers to keep
-            deterministic (e.g. a skip path).
+            deterministic (e.g. a skip path); a batch norm's own path or type
+            keeps torch's class (a path above it does not).
 
     Returns:
         The Bayesian network: a registered Bayesian container or layer when
@@ -460,6 +468,13 @@ class _Converter:
             return False
         return self.include is None or _matches(self.include, path, module)
 
+    def kept_as_torch(self, path: str, module: nn.Module) -> bool:
+        """Whether ``exclude=`` names ``module`` itself, by its path or its type."""
+        if self.exclude is None:
+            return False
+        names, types_ = self.exclude
+        return path in names or isinstance(module, types_)
+
     def convert(self, module: nn.Module, path: str) -> nn.Module:
         done = self.converted.get(id(module))
         if done is None:
@@ -467,6 +482,12 @@ class _Converter:
         return done
 
     def convert_new(self, module: nn.Module, path: str) -> nn.Module:
+        particle_norm = PARTICLE_BATCH_NORMS.get(type(module))
+        if particle_norm is not None and not self.kept_as_torch(path, module):
+            # The private copy's own module, state and hooks as they are: only
+            # the training-mode statistics become per particle.
+            module.__class__ = particle_norm
+            return module
         entry = registry.for_unchanged_torch(module)
         if entry is not None and entry.build_bayesian is None:
             selected = self.selected(path, module)

@@ -24,6 +24,7 @@ from pyrolite_bnn._network import network_children
 from pyrolite_bnn._pyro_module import local_params, note_structure_change
 from pyrolite_bnn.convert import ConvertedNetwork
 from pyrolite_bnn.layers import registry
+from pyrolite_bnn.layers.batchnorm import TORCH_BATCH_NORMS
 from pyrolite_bnn.layers.container import Residual
 from pyrolite_bnn.module import GUIDE_STATE, VIModule
 
@@ -145,7 +146,12 @@ def _convert_new(
         note_structure_change()  # what the network derived from its old tree
         return module
     # A plain torch module (nn.Sequential, nn.ModuleList, a user's class) of
-    # the private copy: its Bayesian children are replaced in place.
+    # the private copy: its Bayesian children are replaced in place, and the
+    # library's batch norms become torch's (the same state; the network then
+    # needs no pyrolite_bnn to run or to unpickle).
     for name, child in children.items():
         module._modules[name] = child
+    plain_norm = TORCH_BATCH_NORMS.get(type(module))
+    if plain_norm is not None:
+        module.__class__ = plain_norm
     return module

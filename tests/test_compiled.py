@@ -351,7 +351,7 @@ def test_batchnorm_and_dropout_every_call_equals_eager() -> None:
         torch.manual_seed(0)
         return bnn.VISequential(
             bnn.VILinear(5, 8),
-            nn.BatchNorm1d(8),
+            bnn.BatchNorm1d(8),
             nn.ReLU(),
             nn.Dropout(0.3),
             bnn.VILinear(8, 3),

@@ -89,7 +89,7 @@ def test_samples_only_on_outermost_call() -> None:
         nn.ReLU(),
         nn.Dropout(0.5),
         nn.LayerNorm(8),
-        nn.BatchNorm1d(8),
+        bnn.BatchNorm1d(8),  # torch's warns: tests/layers/test_batchnorm.py
         nn.Sequential(nn.Tanh(), nn.Identity()),
     ],
 )

@@ -250,6 +250,7 @@ class _CallCounter(torch.nn.Module):
 
 
 def _batch_norm_net() -> bnn.VISequential:
+    """torch's batch norm: one row per particle still normalises (over S rows)."""
     return bnn.VISequential(
         bnn.VILinear(3, 5),
         torch.nn.BatchNorm1d(5),
@@ -265,6 +266,7 @@ def _assert_same_buffers(net: torch.nn.Module, other: torch.nn.Module) -> None:
         assert torch.equal(buffer, expected), name
 
 
+@pytest.mark.filterwarnings("ignore:torch's BatchNorm1d:UserWarning")
 @pytest.mark.parametrize("rows", [50, 1])
 def test_the_probe_changes_no_buffer(rows: int) -> None:
     """In training mode, predict's buffers are those of its own pass alone.
@@ -291,6 +293,7 @@ def test_the_probe_changes_no_buffer(rows: int) -> None:
     assert int(net[2].calls) == 1  # a reassigned buffer is put back too
 
 
+@pytest.mark.filterwarnings("ignore:torch's BatchNorm1d:UserWarning")
 def test_a_probe_that_fails_with_the_predictions_particles_raises() -> None:
     """One particle and one row: the network's own call fails the same way."""
     net = _batch_norm_net()
@@ -300,6 +303,7 @@ def test_a_probe_that_fails_with_the_predictions_particles_raises() -> None:
     _assert_same_buffers(net, before)  # the failed probes left no trace
 
 
+@pytest.mark.filterwarnings("ignore:torch's BatchNorm1d:UserWarning")
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_the_probe_keeps_a_pending_backward_pass_valid(training: bool) -> None:
     """Batch-norm statistics saved by an earlier call stay valid for its backward.

@@ -1,6 +1,7 @@
 """Bayesian layers."""
 
 from pyrolite_bnn.layers.attention import VIMultiheadAttention
+from pyrolite_bnn.layers.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from pyrolite_bnn.layers.container import (
     VIModuleDict,
     VIModuleList,
@@ -29,6 +30,9 @@ from pyrolite_bnn.layers.transformer import (
 __all__ = [
     "VIGRU",
     "VILSTM",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
     "VIConv1d",
     "VIConv2d",
     "VIConv3d",
