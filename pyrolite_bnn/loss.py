@@ -25,6 +25,7 @@ from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteShapeError
 from pyrolite_bnn._validation import check_count, check_heat
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.compiled import LossGraphs
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import autoguide_running_model, check_pyro_call
@@ -311,6 +312,7 @@ class KullbackLeiblerLoss(nn.Module):
         self._watch_decay(record)
         self._network_parameters = record.network_parameters  # for the next watch
         kl_value = record.kl(self.kl if kl is None else kl)
+        self._note_kl_charge(record, kl_value, output)
         if (
             torch.is_grad_enabled()
             and kl_value.requires_grad
@@ -324,6 +326,35 @@ class KullbackLeiblerLoss(nn.Module):
                 "torch.no_grad() too (for evaluation)"
             )
         return log_lik, kl_value, batch
+
+    def _note_kl_charge(
+        self, record: ForwardRecord, kl_value: Tensor, output: Tensor
+    ) -> None:
+        """Warn once if a second loss takes the KL of one pass from another output.
+
+        A network with several outputs (heads) trained with one loss per head,
+        ``loss_a(out["a"], ya) + loss_b(out["b"], yb)``, would count the KL of
+        its one pass twice: a heat of 2 on the posterior, silently. One loss
+        evaluated twice, or two losses compared on the same output, are left
+        alone: they are evaluations more often than sums.
+        """
+        if self.heat == 0 or not torch.is_grad_enabled() or not kl_value.requires_grad:
+            return
+        charged_by = record.kl_charged_by
+        if (
+            charged_by is not None
+            and charged_by[0] != id(self)
+            and charged_by[1] != id(output)
+        ):
+            warn_at_caller(
+                "a second loss with gradients took the KL term of the same forward "
+                "pass from another of its outputs: if the losses are added (one "
+                "loss per output head), the KL counts twice (a heat of 2 on the "
+                "posterior). Give every loss but one heat=0 "
+                "(bnn.KullbackLeiblerLoss(..., heat=0): data term only); to "
+                "evaluate a loss again, use torch.no_grad() or loss_fn.last_nll"
+            )
+        record.kl_charged_by = (id(self), id(output))
 
     def combine(self, log_lik: Tensor, kl: Tensor, samples: int, batch: int) -> Tensor:
         """The loss from :meth:`terms` of an output of ``samples`` particles.

@@ -59,6 +59,9 @@ class ForwardRecord:
             else ``None``.
         analytic_sites: sites whose KL the last :meth:`kl` took in closed form.
         mc_sites: sites whose KL the last :meth:`kl` estimated by Monte Carlo.
+        kl_charged_by: ``id`` of the loss that put this pass's KL into a
+            training loss (with gradients and a positive heat) and of the
+            output it read, else ``None``.
     """
 
     def __init__(self, samples: int) -> None:
@@ -66,6 +69,7 @@ class ForwardRecord:
         self.sequence_batch: int | None = None
         self.analytic_sites: list[str] = []
         self.mc_sites: list[str] = []
+        self.kl_charged_by: tuple[int, int] | None = None
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """The KL part of the negative ELBO, ``E_q[log q(w) - log p(w)]``.

@@ -744,3 +744,56 @@ def test_a_used_loss_keeps_no_pass_alive_and_copies() -> None:
     assert record() is None
     copied = copy.deepcopy(loss_fn)
     assert float(copied(net(x), y).detach()) > 0
+
+
+class _TwoHeads(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VILinear(3, 8)
+        self.cls = bnn.VILinear(8, 2)
+        self.reg = bnn.VILinear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(self.body(x))
+        return {"cls": self.cls(h), "reg": self.reg(h)}
+
+
+_TWICE = r"the KL counts twice"
+
+
+def test_one_loss_per_head_warns_that_the_kl_counts_twice() -> None:
+    """``loss_cls(out["cls"], yc) + loss_reg(out["reg"], yr)``: both losses
+    carry the KL of the one forward pass, a heat of 2, silently."""
+    net = _TwoHeads()
+    x, yc, yr = torch.randn(5, 3), torch.randint(0, 2, (5,)), torch.randn(5, 1)
+    loss_cls = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    loss_reg = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)
+    out = net(x, samples=3)
+    with pytest.warns(UserWarning, match=_TWICE) as caught:
+        total = loss_cls(out["cls"], yc) + loss_reg(out["reg"], yr)
+    assert len(caught) == 1
+    assert caught[0].filename == __file__
+    total.backward()
+
+
+@pytest.mark.parametrize("case", ["heat0", "same loss", "same output", "no_grad"])
+def test_kl_taken_once_or_evaluated_again_is_silent(case: str) -> None:
+    net = _TwoHeads()
+    x, yc, yr = torch.randn(5, 3), torch.randint(0, 2, (5,)), torch.randn(5, 1)
+    loss_cls = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    out = net(x, samples=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = loss_cls(out["cls"], yc)
+        if case == "heat0":
+            other = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N, heat=0.0)
+            (first + other(out["reg"], yr)).backward()
+        elif case == "same loss":  # a repeated evaluation
+            assert torch.equal(first, loss_cls(out["cls"], yc))
+        elif case == "same output":  # two losses compared on one output
+            summed = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, reduction="sum")
+            torch.testing.assert_close(summed(out["cls"], yc), N * first)
+        else:
+            with torch.no_grad():
+                other = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)
+                other(out["reg"], yr)
