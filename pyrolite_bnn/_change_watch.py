@@ -27,6 +27,7 @@ __all__ = [
     "UNTRAINED_STEPS",
     "ChangeWatch",
     "count_steps",
+    "holds_any",
     "optimizers_started",
     "stepped_optimizers",
 ]
@@ -68,7 +69,8 @@ def count_steps() -> None:
         _hook.append(register_optimizer_step_post_hook(_count_step))
 
 
-def _holds(optimizer: Optimizer, ids: set[int]) -> bool:
+def holds_any(optimizer: Optimizer, ids: set[int]) -> bool:
+    """Whether ``optimizer`` holds a tensor whose ``id`` is in ``ids``."""
     return any(
         id(p) in ids for group in optimizer.param_groups for p in group["params"]
     )
@@ -156,7 +158,7 @@ class ChangeWatch:
     ) -> int:
         """Steps since the snapshot of the optimizers that hold the network."""
         ids = {id(p) for p in params.values()} | {id(p) for p in related()}
-        holding = [(opt, count) for opt, count in _steps.items() if _holds(opt, ids)]
+        holding = [(opt, count) for opt, count in _steps.items() if holds_any(opt, ids)]
         if not holding:
             # No optimizer that stepped holds the network: it is missing from
             # every optimizer, or its own has not stepped yet (accumulating

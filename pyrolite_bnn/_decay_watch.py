@@ -14,26 +14,32 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from torch import Tensor
 from torch.optim import Optimizer
 
 from pyrolite_bnn._change_watch import (
     count_steps,
+    holds_any,
     optimizers_started,
     stepped_optimizers,
 )
 from pyrolite_bnn._warnings import warn_at_caller
 
-__all__ = ["DecayWatch", "is_scale_parameter"]
+__all__ = ["PENDING_CALLS", "DecayWatch", "is_scale_parameter"]
 
-# A name component that holds an unconstrained scale: the library's
-# ``rho_unconstrained`` / ``raw_scale_unconstrained`` / ``log_scale``, Pyro's
-# autoguide ``scales`` / ``scale``, torch_blue's ``log_std``.
-_SCALE_COMPONENT = re.compile(
-    r"(^|[._])(rho|scales?|raw_scale|log_scale|log_std)(_unconstrained)?($|\.)"
+# The name of a parameter that holds a scale unconstrained: the library's
+# ``rho_unconstrained`` / ``raw_scale_unconstrained`` / ``log_scale``,
+# torch_blue's ``log_std`` / ``_weight_log_std``. Only the parameter's own name
+# (the last component) counts: a module may be called ``scale``.
+_SCALE_LEAF = re.compile(
+    r"^(rho|raw_scale|log_scale|(_\w+_)?log_std)(_unconstrained)?$"
 )
+
+#: Loss calls over which optimizers that hold none of the network's parameters
+#: are looked at again (another network's, or this one's not yet seen).
+PENDING_CALLS = 64
 
 
 def is_scale_parameter(name: str) -> bool:
@@ -42,23 +48,27 @@ def is_scale_parameter(name: str) -> bool:
     Example:
         >>> is_scale_parameter("posterior.weight.rho_unconstrained")
         True
-        >>> is_scale_parameter("upscale.posterior.weight.loc_unconstrained")
+        >>> is_scale_parameter("scale.posterior.weight.loc_unconstrained")
         False
     """
-    return _SCALE_COMPONENT.search(name) is not None
+    return _SCALE_LEAF.match(name.rsplit(".", 1)[-1]) is not None
 
 
 class DecayWatch:
     """Warns once per optimizer that applies weight decay to a scale parameter.
 
     :meth:`check` is called on every training evaluation of the loss; it does
-    work only when an optimizer took its first step since the last check.
+    work only when an optimizer took its first step since the last check, or
+    while optimizers that held none of the network's parameters when they
+    started are looked at again (:data:`PENDING_CALLS` calls).
     """
 
     def __init__(self) -> None:
         count_steps()
         self.started = 0
         self.checked: weakref.WeakSet[Optimizer] = weakref.WeakSet()
+        self.pending: weakref.WeakSet[Optimizer] = weakref.WeakSet()
+        self.pending_calls = 0
 
     def __getstate__(self) -> dict[str, object]:
         """Nothing to keep: a copy (``deepcopy``, pickling) checks afresh."""
@@ -67,29 +77,42 @@ class DecayWatch:
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__()  # type: ignore[misc]
 
-    def check(self, parameters: Callable[[], Mapping[str, Tensor]]) -> None:
-        """Check the optimizers that started stepping since the last call.
+    def check(
+        self,
+        scales: Callable[[], Mapping[str, Tensor]],
+        network: Callable[[], Iterable[Tensor]],
+    ) -> None:
+        """Check the optimizers that hold the network and started stepping.
 
         Args:
-            parameters: returns the named parameters of the network's guide and
-                likelihood that the decay must leave alone (the scale ones
-                are picked by name).
+            scales: returns the unconstrained scale parameters of the network's
+                guide and likelihood, by name.
+            network: returns the network's parameters (an optimizer that holds
+                none of them or of ``scales`` is another network's).
         """
         started = optimizers_started()
-        if started == self.started:
+        if started != self.started:
+            self.started = started
+            self.pending.update(
+                opt for opt in stepped_optimizers() if opt not in self.checked
+            )
+            self.pending_calls = 0
+        if not self.pending:
             return
-        self.started = started
-        fresh = [opt for opt in stepped_optimizers() if opt not in self.checked]
-        if not fresh:
+        self.pending_calls += 1
+        if self.pending_calls > PENDING_CALLS:
+            self.pending.clear()
             return
-        scales = {
-            id(tensor): name
-            for name, tensor in parameters().items()
-            if is_scale_parameter(name)
-        }
-        for optimizer in fresh:
+        named = scales()
+        held = {id(tensor) for tensor in named.values()}
+        held.update(id(tensor) for tensor in network())
+        by_id = {id(tensor): name for name, tensor in named.items()}
+        for optimizer in list(self.pending):
+            if not holds_any(optimizer, held):
+                continue
+            self.pending.discard(optimizer)
             self.checked.add(optimizer)
-            decayed = _decayed_scale(optimizer, scales)
+            decayed = _decayed_scale(optimizer, by_id)
             if decayed is not None:
                 name, decay = decayed
                 warn_at_caller(

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._change_watch import UNTRAINED_STEPS, ChangeWatch
-from pyrolite_bnn._decay_watch import DecayWatch
+from pyrolite_bnn._decay_watch import DecayWatch, is_scale_parameter
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import (
     call_network,
@@ -327,6 +327,17 @@ class KullbackLeiblerLoss(nn.Module):
             )
         return log_lik, kl_value, batch
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The loss's state without the last forward pass (pickling, deepcopy).
+
+        Between :meth:`terms` and :meth:`combine` the loss holds a method of
+        the pass's record (for its likelihood watch), which holds the pass's
+        draws: a copy does not need them.
+        """
+        state: dict[str, Any] = dict(super().__getstate__())  # type: ignore[no-untyped-call]
+        state["_network_parameters"] = list
+        return state
+
     def _note_kl_charge(
         self, record: ForwardRecord, kl_value: Tensor, output: Tensor
     ) -> None:
@@ -471,12 +482,16 @@ class KullbackLeiblerLoss(nn.Module):
         """Warn once per optimizer that decays a posterior or noise scale."""
         if not torch.is_grad_enabled() or is_capturing():
             return
-        self._decay_watch.check(
-            lambda: {
+
+        def scales() -> dict[str, Tensor]:
+            named = {
                 **record.guide_parameters(),
                 **dict(self.predictive.named_parameters(prefix="predictive")),
             }
-        )
+            found = {n: p for n, p in named.items() if is_scale_parameter(n)}
+            return {**found, **record.positive_parameters()}
+
+        self._decay_watch.check(scales, record.network_parameters)
 
     def _watch_guide(self, record: ForwardRecord) -> None:
         """Warn once if the guide that drew the weights is never updated."""

@@ -54,6 +54,7 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution,
     full_precision,
 )
+from pyrolite_bnn.distributions.priors import Prior
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.module import VIModule, whole_network_draws
 from pyrolite_bnn.record import release_record
@@ -494,11 +495,13 @@ def _buffers_restored(model: nn.Module) -> Iterator[None]:
     counter either), and an autograd graph of an earlier call that saved them
     stays valid for its backward pass, which a plain in-place copy would make
     autograd refuse. A buffer still to be initialised (a lazy module's) is left
-    to the call.
+    to the call. Priors' buffers (MOPED's prior means are as big as the
+    weights) are not copied: no call changes them.
     """
     saved = [
         (module, name, buffer, buffer.clone())
         for module in model.modules()
+        if not isinstance(module, Prior)  # constant in a call, and weight-sized
         for name, buffer in module.named_buffers(recurse=False)
         if not is_lazy(buffer)
     ]

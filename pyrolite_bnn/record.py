@@ -25,7 +25,13 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal, kl_divergence
+from torch.distributions import (
+    Distribution,
+    Independent,
+    Normal,
+    constraints,
+    kl_divergence,
+)
 
 from pyrolite_bnn._validation import distribution_checks_off
 from pyrolite_bnn.distributions.priors import Prior
@@ -103,6 +109,15 @@ class ForwardRecord:
         """
         raise NotImplementedError
 
+    def positive_parameters(self) -> dict[str, Tensor]:
+        """Guide parameters declared with a positive constraint (scales), by name.
+
+        Pyro's guides hold their scales as ``pyro.param(...,
+        constraint=positive)``; the library's posteriors name theirs instead
+        (``rho_unconstrained``). The loss warns about weight decay on both.
+        """
+        return {}
+
     def network_parameters(self) -> list[Tensor]:
         """Parameters of the network that ran (its layers'; ``[]`` if unknown).
 
@@ -156,6 +171,14 @@ def _param_leaves(trace: Trace) -> dict[str, Tensor]:
             leaf = unconstrained() if callable(unconstrained) else value
             params[name] = leaf if isinstance(leaf, Tensor) else value
     return params
+
+
+def _is_positive(constraint: object) -> bool:
+    """Whether ``constraint`` is ``positive`` (or ``softplus_positive``)."""
+    return (
+        isinstance(constraint, type(constraints.positive))
+        and getattr(constraint, "lower_bound", None) == 0
+    )
 
 
 class TraceRecord(ForwardRecord):
@@ -234,6 +257,15 @@ class TraceRecord(ForwardRecord):
     def guide_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.guide_parameters`: the guide's ``param`` sites."""
         return _param_leaves(self.guide_trace)
+
+    def positive_parameters(self) -> dict[str, Tensor]:
+        """See :meth:`ForwardRecord.positive_parameters`: the guide's sites."""
+        leaves = _param_leaves(self.guide_trace)
+        return {
+            name: leaves[name]
+            for name, site in self.guide_trace.nodes.items()
+            if name in leaves and _is_positive(site["kwargs"].get("constraint"))
+        }
 
     def network_parameters(self) -> list[Tensor]:
         """See :meth:`ForwardRecord.network_parameters`: the network's."""

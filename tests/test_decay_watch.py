@@ -139,11 +139,13 @@ def test_each_optimizer_is_checked_once() -> None:
         ("posterior.weight.rho_unconstrained", True),
         ("predictive.raw_scale_unconstrained", True),
         ("prior.weight.log_scale", True),
-        ("AutoNormal.scales.0.weight", True),
+        ("AutoNormal.scales.0.weight", False),  # by its constraint: below
         ("layer._weight_log_std", True),
         ("layer.log_std", True),
         ("posterior.weight.loc_unconstrained", False),
         ("upscale.posterior.weight.loc_unconstrained", False),
+        ("scale.posterior.weight.loc_unconstrained", False),  # a module "scale"
+        ("rho.posterior.weight.loc_unconstrained", False),
         ("AutoNormal.locs.0.weight", False),
         ("0.weight", False),
     ],
@@ -158,3 +160,56 @@ def test_a_copied_loss_checks_afresh() -> None:
     for copied in (copy.deepcopy(loss_fn), pickle.loads(pickle.dumps(loss_fn))):
         messages = _train(net, copied, lambda: torch.optim.AdamW(net.parameters()))
         assert len(messages) == 1
+
+
+class _LocScaleHeads(bnn.VIModule):
+    """A heteroscedastic network whose heads are modules named loc and scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VILinear(3, 8)
+        self.loc = bnn.VILinear(8, 1)
+        self.scale = bnn.VILinear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.body(x))
+        return torch.cat([self.loc(h), self.scale(h)], -1)
+
+
+def test_modules_named_scale_are_not_scales() -> None:
+    """The name check read every component: the recommended groups (decay on
+    everything but rho) warned about 'scale.weight.loc_unconstrained'."""
+    net = _LocScaleHeads()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.HeteroscedasticNormal(), 100)
+    named = list(net.named_parameters())
+
+    def groups() -> Optimizer:
+        return torch.optim.AdamW(
+            [
+                {"params": [p for n, p in named if "rho" not in n]},
+                {"params": [p for n, p in named if "rho" in n], "weight_decay": 0},
+            ]
+        )
+
+    assert _train(net, loss_fn, groups) == []
+
+
+def test_only_the_optimizers_of_the_network_are_checked() -> None:
+    """One loss, two networks, each with its optimizer: the decay of the
+    second's was judged against the first network's parameters (no warning),
+    and marked as checked for good."""
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    first, second = _net(), _net()
+    plain = torch.optim.Adam(first.parameters())
+    decayed = torch.optim.AdamW(second.parameters(), weight_decay=0.1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            for net, optimizer in ((first, plain), (second, decayed)):
+                optimizer.zero_grad()
+                loss_fn(net(x, samples=2), y).backward()
+                optimizer.step()
+    messages = [str(w.message) for w in caught if "weight_decay" in str(w.message)]
+    assert len(messages) == 1
+    assert messages[0].startswith("AdamW applies weight_decay=0.1")

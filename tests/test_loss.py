@@ -797,3 +797,14 @@ def test_kl_taken_once_or_evaluated_again_is_silent(case: str) -> None:
             with torch.no_grad():
                 other = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)
                 other(out["reg"], yr)
+
+
+def test_a_loss_copies_after_terms() -> None:
+    """terms() without combine() left the last record on the loss: deepcopy
+    failed on its draws (non-leaf tensors)."""
+    net, loss_fn = _classifier(), bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    log_lik, kl = loss_fn.terms(net(x), y)
+    (kl - log_lik).backward()
+    copied = copy.deepcopy(loss_fn)
+    assert float(copied(net(x), y).detach()) > 0

@@ -138,18 +138,32 @@ def batch_norm(
     return out.reshape(input.shape)
 
 
-def _folded_samples(input: Tensor) -> int:
+def _folded_samples(input: Tensor, owner: str) -> int:
     """``S`` if ``input`` holds ``S > 1`` particles folded in its batch, else 1.
 
     1 outside a network, with one particle, and for an input shared by all
     particles (no Bayesian layer before it: one batch for every particle).
+
+    Raises:
+        ValueError: for rows that are neither a batch nor a batch times ``S``
+            (positions moved into the batch, ``h.reshape(-1, C)``): which
+            particle a row belongs to cannot be told.
     """
     state = _particles.current()
     if state is None or state.samples == 1:
         return 1
-    if functional.is_shared(input, state.samples, state.batch_size):
-        return 1
-    return state.samples
+    layout = _particles.row_layout(state, input, state.samples, state.batch_size)
+    if layout is None:
+        raise ValueError(
+            f"{owner} got {input.shape[0]} rows inside a network with "
+            f"{state.samples} particles: neither the batch ({state.batch_size}) nor "
+            "the batch times the particles, so the rows of a particle cannot be "
+            "told (positions moved into the batch, h.reshape(-1, C), mix them). "
+            "Give it the (batch, channels, positions) layout instead: "
+            "bn(h.transpose(1, 2)).transpose(1, 2) for a (batch, positions, "
+            "channels) activation"
+        )
+    return 1 if layout else state.samples
 
 
 def _uses_batch_statistics(module: _BatchNorm) -> bool:
@@ -167,7 +181,7 @@ class _ParticleBatchNorm(_BatchNorm):
         self._check_input_dim(input)  # type: ignore[no-untyped-call]
         if not _uses_batch_statistics(self):
             return super().forward(input)
-        samples = _folded_samples(input)
+        samples = _folded_samples(input, type(self).__name__)
         if samples == 1:
             return super().forward(input)
         # torch's bookkeeping, as in _BatchNorm.forward.
@@ -314,13 +328,12 @@ def warn_plain_batch_norm(
     if not isinstance(first, Tensor) or first.dim() == 0:
         return
     rows, samples = int(first.shape[0]), state.samples
-    if (
-        rows % samples
-        or rows == state.batch_size
-        or rows in state.other_batches_seen()
-        or state.is_input(first)
-    ):
-        return  # shared by all particles (or no fold of the particles)
+    try:
+        layout = _particles.row_layout(state, first, samples, state.batch_size)
+    except _particles.AmbiguousLayoutError:
+        return  # the network's next Bayesian layer raises it with its name
+    if layout:
+        return  # shared by all particles: one batch for every particle
     _WARNED.add(module)
     modules = () if state.root is None else state.root.named_modules()
     path = next((name for name, sub in modules if sub is module), "")

@@ -490,3 +490,26 @@ def test_to_deterministic_gives_torchs_batch_norm_back() -> None:
     x = torch.randn(3, 1, 4, 4)
     torch.testing.assert_close(plain(x), model(x), **TOL)
     assert b"pyrolite_bnn" not in pickle.dumps(plain[1])
+
+
+class _PositionsInBatch(bnn.VIModule):
+    """A sequence activation (B*S, L, C) normalised as (B*S*L, C) rows."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.linear = bnn.VILinear(3, 4)
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.linear(x)
+        return self.norm(h.reshape(-1, 4)).reshape(h.shape)
+
+
+def test_positions_moved_into_the_batch_are_refused() -> None:
+    """Rows r of (B*S*L, C) are not particle r % S: grouping them so mixed the
+    particles under the generic folded-size warning."""
+    x = torch.randn(5, 2, 3)  # B = 5, L = 2: 5 * 3 * 2 = 30 rows, a multiple of S
+    with pytest.raises(ValueError, match=r"bn\(h\.transpose\(1, 2\)\)"):
+        _PositionsInBatch(bnn.BatchNorm1d(4))(x, samples=3)
+    with pytest.warns(UserWarning, match="normalises over all 30 folded rows"):
+        _PositionsInBatch(nn.BatchNorm1d(4))(x, samples=3)

@@ -622,7 +622,7 @@ def test_local_draws_keep_small_variances(dtype: torch.dtype) -> None:
     assert bool((var.grad[1:] > 0).all())
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
 def test_local_draws_with_bias_variance_match_the_exact_path(
     dtype: torch.dtype,
 ) -> None:
