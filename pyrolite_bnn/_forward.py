@@ -163,7 +163,12 @@ def prepare(
         if size is not None and size != batch
     )
     state = _particles.ParticleState(
-        count, batch, root, inputs=inputs, other_batches=others
+        count,
+        batch,
+        root,
+        inputs=inputs,
+        other_batches=others,
+        batch_leading=not has_sequence_first_layers(root),
     )
     return state, device
 

@@ -84,6 +84,15 @@ class ParticleState:
             returns them without, as torch does.
         used_batches: the other batches that Bayesian layers have read
             tensors of in this call (sizes then ambiguous with the call's).
+        early_batches: the leading size of the first tensor a Bayesian layer
+            read in the call when it was no input and not of the call's
+            batch: nothing was folded yet, so it was another batch, shared
+            (``torch.cat`` of two inputs).
+        classified: ``[True]`` once a tensor's layout has been told in the
+            call (:func:`row_layout`).
+        batch_leading: whether dimension 0 of the network's tensors is their
+            batch (no ``batch_first=False`` Bayesian layers: in a
+            sequence-first network a tensor's dimension 0 may be a sequence).
     """
 
     samples: int
@@ -96,6 +105,9 @@ class ParticleState:
     other_batches: frozenset[int] = field(default=frozenset(), compare=False)
     unsorted_packings: list[Tensor] = field(default_factory=list, compare=False)
     used_batches: set[int] = field(default_factory=set, compare=False)
+    early_batches: set[int] = field(default_factory=set, compare=False)
+    classified: list[bool] = field(default_factory=lambda: [False], compare=False)
+    batch_leading: bool = field(default=True, compare=False)
 
     def restarted(self) -> ParticleState:
         """The same call's state with nothing recorded yet (to run it again)."""
@@ -105,13 +117,21 @@ class ParticleState:
             self.root,
             inputs=self.inputs,
             other_batches=self.other_batches,
+            batch_leading=self.batch_leading,
         )
 
     def other_batches_seen(self) -> frozenset[int]:
         """``other_batches`` and the batches of the sequence-first layers so far."""
-        if not (self.sequence_batches or self.root_sequence_batches):
+        if not (
+            self.sequence_batches or self.root_sequence_batches or self.early_batches
+        ):
             return self.other_batches
-        return self.other_batches | self.sequence_batches | self.root_sequence_batches
+        return (
+            self.other_batches
+            | self.sequence_batches
+            | self.root_sequence_batches
+            | self.early_batches
+        )
 
     def is_input(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` is one of the outermost call's inputs (shared)."""
@@ -166,15 +186,25 @@ def row_layout(
     rows, batch = int(tensor.shape[0]), None if batch is None else int(batch)
     others = frozenset() if state is None else state.other_batches
     if rows == batch and not others:  # the common case
+        if state is not None:
+            state.classified[0] = True
         return True
     if state is None:
         if batch is None or rows not in (batch, batch * samples):
             return None
         return rows == batch
     used = state.used_batches
+    first, state.classified[0] = not state.classified[0], True
     if state.is_input(tensor):
         if rows != batch:
             used.add(rows)
+        return True
+    if first and rows != batch and samples > 1 and state.batch_leading:
+        # The first tensor a Bayesian layer reads in the call comes before any
+        # fold: another batch of shared rows, whatever its size (the inputs of
+        # a siamese network concatenated, torch.cat([x1, x2]), hold B * S rows
+        # at S = 2).
+        state.early_batches.add(rows)
         return True
     seen = state.other_batches_seen()
     if samples == 1:  # one particle: shared and folded are the same rows
@@ -516,6 +546,7 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
     # An output with another input's batch counts only folded: a plain layer's
     # output of that size may hold the particles elsewhere (h_n of nn.GRU with
     # an h0 input, (layers, B * S, H)).
+    state.classified[0] = True  # the network has run: its output may be folded
     shared = row_layout(state, tensor, samples, batch, others_shared=False)
     if shared is None and batch is None and rows % samples == 0:
         shared = False

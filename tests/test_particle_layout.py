@@ -369,3 +369,37 @@ def test_size_errors_inside_a_network_explain_the_fold() -> None:
     with pytest.raises(RuntimeError) as caught:
         Residual()(x, z, samples=1)
     assert "match_particles" not in str(caught.value)
+
+
+class _Siamese(bnn.VIModule):
+    """Both views encoded in one batch: ``enc(torch.cat([x1, x2])).chunk(2)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        wide = bnn.MeanFieldNormal(init_scale=0.5)
+        self.enc = bnn.VILinear(3, 2, estimator="reparam", variational=wide)
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        z1, z2 = torch.tanh(self.enc(torch.cat([x1, x2]))).chunk(2)
+        return (z1 - z2).square().sum(-1)
+
+
+@pytest.mark.parametrize("samples", [2, 3, 4])
+def test_inputs_concatenated_before_the_first_layer_are_shared(samples: int) -> None:
+    """The 2B rows of two concatenated inputs are B * S rows at S = 2: they were
+    read as folded (particle s saw rows s of both views, off by 21), at S = 3
+    they raised, at S = 4 they were folded with a warning. Before any Bayesian
+    layer has read a tensor nothing is folded: they are shared rows."""
+    net, x1, x2 = _Siamese(), torch.randn(4, 3), torch.randn(4, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with poutine.trace() as trace:
+            out = net(x1, x2, samples=samples)
+    assert out.shape == (samples, 4)
+    weight = trace.trace.nodes["enc.weight"]["value"].reshape(samples, 2, 3)
+    bias = trace.trace.nodes["enc.bias"]["value"].reshape(samples, 2)
+    for s in range(samples):
+        z1 = torch.tanh(x1 @ weight[s].T + bias[s])
+        z2 = torch.tanh(x2 @ weight[s].T + bias[s])
+        expected = (z1 - z2).square().sum(-1)
+        torch.testing.assert_close(out[s], expected, rtol=1e-5, atol=1e-6)

@@ -150,8 +150,8 @@ def _folded_samples(input: Tensor, owner: str) -> int:
             particle a row belongs to cannot be told.
     """
     state = _particles.current()
-    if state is None or state.samples == 1:
-        return 1
+    if state is None or state.samples == 1 or not state.classified[0]:
+        return 1  # (no Bayesian layer has read a tensor yet: nothing is folded)
     layout = _particles.row_layout(state, input, state.samples, state.batch_size)
     if layout is None:
         raise ValueError(
@@ -328,6 +328,8 @@ def warn_plain_batch_norm(
     if not isinstance(first, Tensor) or first.dim() == 0:
         return
     rows, samples = int(first.shape[0]), state.samples
+    if not state.classified[0]:
+        return  # no Bayesian layer has read a tensor yet: nothing is folded
     try:
         layout = _particles.row_layout(state, first, samples, state.batch_size)
     except _particles.AmbiguousLayoutError:

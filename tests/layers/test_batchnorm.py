@@ -392,7 +392,10 @@ def test_converted_model_mean_prediction_equals_the_model() -> None:
 
 
 def _state(samples: int = 3, batch: int = 4) -> _particles.ParticleState:
-    return _particles.ParticleState(samples, batch)
+    """A network's state after its first Bayesian layer read its input."""
+    state = _particles.ParticleState(samples, batch)
+    state.classified[0] = True
+    return state
 
 
 def test_warning_for_a_torch_batch_norm_on_folded_rows() -> None:

@@ -26,6 +26,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import _particles
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.registry import LayerCase, LayerEntry
 
@@ -265,6 +266,11 @@ class _PerParticleInput(nn.Module):
         return (x + s) % self.index_range
 
     def forward(self, x: Tensor) -> Tensor:
+        # Stands for a Bayesian layer before the one tested: the first tensor a
+        # Bayesian layer reads in a call is otherwise known to be unfolded.
+        state = _particles.current()
+        assert state is not None
+        state.classified[0] = True
         parts = [self.transform(x, s) for s in range(self.samples)]
         return torch.stack(parts, 1).reshape(x.shape[0] * self.samples, *x.shape[1:])
 
