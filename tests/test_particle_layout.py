@@ -403,3 +403,21 @@ def test_inputs_concatenated_before_the_first_layer_are_shared(samples: int) -> 
         z2 = torch.tanh(x2 @ weight[s].T + bias[s])
         expected = (z1 - z2).square().sum(-1)
         torch.testing.assert_close(out[s], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_reshape_by_the_inputs_batch_size_is_named() -> None:
+    """``h.view(x.shape[0], -1)`` moves the particles into the features: the
+    error named ``(4, 96)`` without saying that 96 is 3 particles x 32."""
+
+    class Flattens(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = bnn.VILinear(3, 32)
+            self.b = bnn.VILinear(32, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x)
+            return self.b(h.view(x.shape[0], -1))  # type: ignore[no-any-return]
+
+    with pytest.raises(ValueError, match=r"3 particles x 32: .*h\.view\(x\.shape"):
+        Flattens()(torch.randn(4, 3), samples=3)

@@ -120,10 +120,21 @@ class VILinear(_VIWeightLayer):
         """Apply the layer for every particle."""
         check_floating_input(input, type(self).__name__)
         if input.dim() < 2 or input.shape[-1] != self.in_features:
+            samples = current_samples()
+            folded = samples > 1 and input.shape[-1] == samples * self.in_features
             raise ValueError(
                 f"VILinear(in_features={self.in_features}) expected input of shape "
                 f"(batch, ..., {self.in_features}), got "
                 f"{functional.describe_input_shape(input)}"
+                + (
+                    f" ({samples} particles x {self.in_features}: inside a "
+                    f"network the batch dimension holds batch * {samples} rows, "
+                    "so a reshape by the input's batch size, h.view(x.shape[0], "
+                    "-1), moved the particles into the features; reshape by "
+                    "h.shape[0] or flatten(1))"
+                    if folded
+                    else ""
+                )
             )
         weight, bias = self.weight, self.bias
         if isinstance(weight, NormalMoments):
