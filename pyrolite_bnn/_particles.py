@@ -243,6 +243,7 @@ def row_layout(
 
 _SIZE_ERRORS = ("Sizes of tensors must match", "must match the size of tensor")
 _FOLD_HINT = "(in a Bayesian call activations are folded (B*S, ...)"
+_INDEX_ERRORS = ("Number of indices", "index_add_(): ", "Expected index [")
 
 
 def with_fold_hint(error: RuntimeError) -> RuntimeError | None:
@@ -254,7 +255,18 @@ def with_fold_hint(error: RuntimeError) -> RuntimeError | None:
     already carries the word is left alone.
     """
     text = str(error)
-    if _FOLD_HINT in text or not any(size in text for size in _SIZE_ERRORS):
+    if _FOLD_HINT in text:
+        return None
+    if any(index in text for index in _INDEX_ERRORS):
+        return RuntimeError(
+            f"{text}\n{_FOLD_HINT}, row b * S + s for example b under particle s: "
+            "an index over the batch (graph nodes, index_add_, scatter_add_, "
+            "index_select) built from the input has B entries, and an operation "
+            "across the batch mixes the particles; write it per particle on "
+            "h.unflatten(0, (-1, S)), see 'Operations across the batch' in the "
+            "concepts guide)"
+        )
+    if not any(size in text for size in _SIZE_ERRORS):
         return None
     return RuntimeError(
         f"{text}\n{_FOLD_HINT}, while a tensor no Bayesian layer has touched, such "

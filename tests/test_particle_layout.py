@@ -421,3 +421,22 @@ def test_a_reshape_by_the_inputs_batch_size_is_named() -> None:
 
     with pytest.raises(ValueError, match=r"3 particles x 32: .*h\.view\(x\.shape"):
         Flattens()(torch.randn(4, 3), samples=3)
+
+
+def test_an_index_over_the_batch_gets_the_fold_hint() -> None:
+    """Graph pooling by a (N,) batch vector: torch's raw index_add_ error named
+    the folded size (21 rows for 7 nodes) without a word on why."""
+
+    class Pool(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = bnn.VILinear(4, 3)
+
+        def forward(self, x: Tensor, batch: Tensor) -> Tensor:
+            return torch.zeros(3, 3).index_add_(0, batch, self.lin(x))
+
+    batch = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    with pytest.raises(
+        RuntimeError, match=r"(?s)Number of indices.*mixes the particles"
+    ):
+        Pool()(torch.randn(7, 4), batch, samples=3)
