@@ -88,6 +88,7 @@ class ParticleState:
             read in the call when it was no input and not of the call's
             batch: nothing was folded yet, so it was another batch, shared
             (``torch.cat`` of two inputs).
+        early_tensors: that tensor (shared at every later read too).
         classified: ``[True]`` once a tensor's layout has been told in the
             call (:func:`row_layout`).
         batch_leading: whether dimension 0 of the network's tensors is their
@@ -106,6 +107,7 @@ class ParticleState:
     unsorted_packings: list[Tensor] = field(default_factory=list, compare=False)
     used_batches: set[int] = field(default_factory=set, compare=False)
     early_batches: set[int] = field(default_factory=set, compare=False)
+    early_tensors: list[Tensor] = field(default_factory=list, compare=False)
     classified: list[bool] = field(default_factory=lambda: [False], compare=False)
     batch_leading: bool = field(default=True, compare=False)
 
@@ -195,7 +197,7 @@ def row_layout(
         return rows == batch
     used = state.used_batches
     first, state.classified[0] = not state.classified[0], True
-    if state.is_input(tensor):
+    if state.is_input(tensor) or any(tensor is t for t in state.early_tensors):
         if rows != batch:
             used.add(rows)
         return True
@@ -205,6 +207,7 @@ def row_layout(
         # a siamese network concatenated, torch.cat([x1, x2]), hold B * S rows
         # at S = 2).
         state.early_batches.add(rows)
+        state.early_tensors.append(tensor)
         return True
     seen = state.other_batches_seen()
     if samples == 1:  # one particle: shared and folded are the same rows

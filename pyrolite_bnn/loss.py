@@ -341,22 +341,19 @@ class KullbackLeiblerLoss(nn.Module):
     def _note_kl_charge(
         self, record: ForwardRecord, kl_value: Tensor, output: Tensor
     ) -> None:
-        """Warn once if a second loss takes the KL of one pass from another output.
+        """Warn once if a loss takes the KL of one pass again, from another output.
 
         A network with several outputs (heads) trained with one loss per head,
-        ``loss_a(out["a"], ya) + loss_b(out["b"], yb)``, would count the KL of
-        its one pass twice: a heat of 2 on the posterior, silently. One loss
-        evaluated twice, or two losses compared on the same output, are left
-        alone: they are evaluations more often than sums.
+        ``loss(out["a"], ya) + loss(out["b"], yb)``, or one output split into
+        heads, would count the KL of its one pass twice: a heat of 2 on the
+        posterior, silently. The same output (or a view of all of it) taken
+        again, by this loss or another, is left alone: that is a repeated
+        evaluation or a comparison more often than a sum.
         """
         if self.heat == 0 or not torch.is_grad_enabled() or not kl_value.requires_grad:
             return
-        charged_by = record.kl_charged_by
-        if (
-            charged_by is not None
-            and charged_by[0] != id(self)
-            and charged_by[1] != id(output)
-        ):
+        key = (output.data_ptr(), tuple(output.shape), output.stride())
+        if record.kl_charged_by is not None and record.kl_charged_by != key:
             warn_at_caller(
                 "a second loss with gradients took the KL term of the same forward "
                 "pass from another of its outputs: if the losses are added (one "
@@ -365,7 +362,7 @@ class KullbackLeiblerLoss(nn.Module):
                 "(bnn.KullbackLeiblerLoss(..., heat=0): data term only); to "
                 "evaluate a loss again, use torch.no_grad() or loss_fn.last_nll"
             )
-        record.kl_charged_by = (id(self), id(output))
+        record.kl_charged_by = key
 
     def combine(self, log_lik: Tensor, kl: Tensor, samples: int, batch: int) -> Tensor:
         """The loss from :meth:`terms` of an output of ``samples`` particles.

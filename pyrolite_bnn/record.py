@@ -65,9 +65,9 @@ class ForwardRecord:
             else ``None``.
         analytic_sites: sites whose KL the last :meth:`kl` took in closed form.
         mc_sites: sites whose KL the last :meth:`kl` estimated by Monte Carlo.
-        kl_charged_by: ``id`` of the loss that put this pass's KL into a
-            training loss (with gradients and a positive heat) and of the
-            output it read, else ``None``.
+        kl_charged_by: the output (its memory, shape and strides) from which
+            a loss took this pass's KL into a training loss (with gradients
+            and a positive heat), else ``None``.
     """
 
     def __init__(self, samples: int) -> None:
@@ -75,7 +75,7 @@ class ForwardRecord:
         self.sequence_batch: int | None = None
         self.analytic_sites: list[str] = []
         self.mc_sites: list[str] = []
-        self.kl_charged_by: tuple[int, int] | None = None
+        self.kl_charged_by: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """The KL part of the negative ELBO, ``E_q[log q(w) - log p(w)]``.

@@ -776,7 +776,26 @@ def test_one_loss_per_head_warns_that_the_kl_counts_twice() -> None:
     total.backward()
 
 
-@pytest.mark.parametrize("case", ["heat0", "same loss", "same output", "no_grad"])
+@pytest.mark.parametrize("split", ["one loss", "slices"])
+def test_one_loss_on_two_heads_warns_too(split: str) -> None:
+    """The same loss object on two heads (or on two slices of one output)
+    counts the KL twice as well."""
+    net = _TwoHeads()
+    x, yc = torch.randn(5, 3), torch.randint(0, 2, (5,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)
+    out = net(x, samples=3)
+    if split == "one loss":
+        first, second = out["cls"][..., :1], out["reg"]
+    else:
+        first, second = out["cls"][..., :1], out["cls"][..., 1:]
+    target = yc.float().unsqueeze(-1)
+    with pytest.warns(UserWarning, match=_TWICE):
+        loss_fn(first, target) + loss_fn(second, target)
+
+
+@pytest.mark.parametrize(
+    "case", ["heat0", "same loss", "same output", "a view of it all", "no_grad"]
+)
 def test_kl_taken_once_or_evaluated_again_is_silent(case: str) -> None:
     net = _TwoHeads()
     x, yc, yr = torch.randn(5, 3), torch.randint(0, 2, (5,)), torch.randn(5, 1)
@@ -793,6 +812,8 @@ def test_kl_taken_once_or_evaluated_again_is_silent(case: str) -> None:
         elif case == "same output":  # two losses compared on one output
             summed = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, reduction="sum")
             torch.testing.assert_close(summed(out["cls"], yc), N * first)
+        elif case == "a view of it all":
+            torch.testing.assert_close(loss_cls(out["cls"][..., :], yc), first)
         else:
             with torch.no_grad():
                 other = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)

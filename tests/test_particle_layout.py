@@ -440,3 +440,61 @@ def test_an_index_over_the_batch_gets_the_fold_hint() -> None:
         RuntimeError, match=r"(?s)Number of indices.*mixes the particles"
     ):
         Pool()(torch.randn(7, 4), batch, samples=3)
+
+
+class _SiameseTwoHeads(bnn.VIModule):
+    """The concatenated inputs read by two layers (a head and a projection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        wide = bnn.MeanFieldNormal(init_scale=0.5)
+        self.a = bnn.VILinear(3, 2, estimator="reparam", variational=wide)
+        self.b = bnn.VILinear(3, 2, estimator="reparam", variational=wide)
+
+    def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+        both = torch.cat([x1, x2])
+        return self.a(both), self.b(both)
+
+
+def test_concatenated_inputs_read_twice_stay_shared() -> None:
+    """The second read of the same concatenated tensor was no longer the
+    first: at S = 2 its 2B rows were taken for folded (head b returned B rows
+    instead of 2B)."""
+    net, x1, x2 = _SiameseTwoHeads(), torch.randn(3, 3), torch.randn(3, 3)
+    with poutine.trace() as trace:
+        first, second = net(x1, x2, samples=2)
+    assert first.shape == second.shape == (2, 6, 2)
+    both = torch.cat([x1, x2])
+    for name, out in (("b", second), ("a", first)):
+        weight = trace.trace.nodes[f"{name}.weight"]["value"].reshape(2, 2, 3)
+        bias = trace.trace.nodes[f"{name}.bias"]["value"].reshape(2, 2)
+        for s in range(2):
+            expected = both @ weight[s].T + bias[s]
+            torch.testing.assert_close(out[s], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_torch_blue_container_called_by_keyword_marks_the_fold() -> None:
+    """A ``vi.VIModule`` container called with a keyword input folds its output
+    without a Bayesian layer of the network having read a tensor: the next
+    layer took those B * S rows for the first, unfolded read."""
+    from pyrolite_bnn import vi
+
+    class Enc(vi.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = vi.VILinear(3, 4)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.relu(self.lin(x))  # type: ignore[no-any-return]
+
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = Enc()
+            self.head = bnn.VILinear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.enc(x=x))  # type: ignore[no-any-return]
+
+    for samples in (2, 3):
+        assert Net()(torch.randn(4, 3), samples=samples).shape == (samples, 4, 2)

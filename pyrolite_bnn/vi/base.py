@@ -817,6 +817,8 @@ def _fold(value: Any, batch: int | None) -> Any:
     recorded, so that the outermost call unfolds it at its own leading size.
     """
     state = _particles.current()
+    if state is not None:
+        state.classified[0] = True  # folded tensors exist from now on
 
     def fold(item: Tensor) -> Tensor:
         if item.dim() < 2:
