@@ -356,9 +356,10 @@ class KullbackLeiblerLoss(nn.Module):
         if record.kl_charged_by is not None and record.kl_charged_by != key:
             warn_at_caller(
                 "a second loss with gradients took the KL term of the same forward "
-                "pass from another of its outputs: if the losses are added (one "
-                "loss per output head), the KL counts twice (a heat of 2 on the "
-                "posterior). Give every loss but one heat=0 "
+                "pass from another output of it (another head, or a part of the "
+                "output): if the losses are added (one loss per head), the KL "
+                "counts twice (a heat of 2 on the posterior). Give every loss but "
+                "one heat=0 "
                 "(bnn.KullbackLeiblerLoss(..., heat=0): data term only); to "
                 "evaluate a loss again, use torch.no_grad() or loss_fn.last_nll"
             )
