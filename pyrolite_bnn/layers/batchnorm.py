@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._validation import check_count
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.layers import functional
 
@@ -85,7 +86,9 @@ def batch_norm(
 
     Raises:
         ValueError: if ``B * S`` is not a multiple of ``samples``, or a
-            particle has a single value per channel in training.
+            particle has a single value per channel in training, or
+            ``samples < 1``.
+        TypeError: if ``samples`` is not an integer.
 
     Example:
         >>> import torch
@@ -97,6 +100,7 @@ def batch_norm(
         >>> torch.allclose(first.mean(0), torch.zeros(3), atol=1e-6)
         True
     """
+    samples = check_count(samples, "samples")
     if samples == 1 or not training:
         return F.batch_norm(
             input, running_mean, running_var, weight, bias, training, momentum, eps

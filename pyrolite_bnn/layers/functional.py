@@ -31,7 +31,6 @@ __all__ = [
     "current_samples",
     "describe_input_shape",
     "embedding",
-    "is_shared",
     "linear",
     "linear_flipout",
     "linear_local",
@@ -89,7 +88,7 @@ def _bias_particles(bias: Tensor | None, samples: int, size: int) -> Tensor | No
     raise ValueError(f"bias has {flat.shape[0]} particles but the weight has {samples}")
 
 
-def is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
+def _is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
     """Whether ``input`` is shared by all particles (else folded, ``b * S`` rows).
 
     The leading size tells (:func:`pyrolite_bnn._particles.row_layout`): the
@@ -102,13 +101,6 @@ def is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
     of a ``(B * S, L, E)`` one). (The true batch of the sequence-first layers
     that ran counts as another input's: their hidden states are batch-first,
     ``(b * S, H)`` per layer.)
-
-    Example:
-        >>> import torch
-        >>> is_shared(torch.zeros(4, 3), samples=5, batch_size=4)
-        True
-        >>> is_shared(torch.zeros(20, 3), samples=5, batch_size=4)
-        False
     """
     state = _particles.current()
     layout = _particles.row_layout(state, input, samples, batch_size)
@@ -152,7 +144,7 @@ def examples_of(input: Tensor, samples: int, batch_size: int | None) -> int:
         2
     """
     rows = input.shape[0]
-    if samples == 1 or is_shared(input, samples, batch_size):
+    if samples == 1 or _is_shared(input, samples, batch_size):
         return rows
     return rows // samples
 
@@ -185,7 +177,7 @@ def linear(
         return F.linear(input, w[0], None if b is None else b[0])
     rows, middle = input.shape[0], input.shape[1:-1]
     positions = math.prod(middle)  # explicit sizes: an empty batch has no -1
-    if is_shared(input, samples, batch_size):
+    if _is_shared(input, samples, batch_size):
         # One GEMM against all S weight sets stacked: (B, *, S * out) is already
         # batch-major, so without middle dims the fold is a free view.
         out = F.linear(
@@ -254,7 +246,7 @@ def conv(
     kernel = w.shape[2:]
     rows = input.shape[0]
     per_group = out_channels // groups
-    if is_shared(input, samples, batch_size):
+    if _is_shared(input, samples, batch_size):
         # All S filter banks as extra output channels, ordered (group, particle,
         # channel-in-group); with one group the output is already batch-major.
         wg = w.reshape(samples, groups, per_group, *kernel).transpose(0, 1)
@@ -347,7 +339,7 @@ def conv_transpose(
         return op(input, w[0], None if b is None else b[0], *geometry, groups, dilation)
     kernel = w.shape[3:]
     rows = input.shape[0]
-    if is_shared(input, samples, batch_size):
+    if _is_shared(input, samples, batch_size):
         # Output channels ordered (group, particle, channel-in-group): input
         # channel c feeds the columns of every particle of its group.
         wg = w.transpose(0, 1).reshape(in_channels, samples * per_group, *kernel)
@@ -424,7 +416,7 @@ def embedding(
     if samples > 1:
         rows = input.shape[0]
         offsets = torch.arange(samples, device=input.device) * num_embeddings
-        if is_shared(input, samples, batch_size):
+        if _is_shared(input, samples, batch_size):
             offsets = offsets.reshape(1, samples, *([1] * (input.dim() - 1)))
             shifted = input.unsqueeze(1) + offsets
             input = shifted.reshape(rows * samples, *input.shape[1:])
@@ -487,7 +479,7 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
 def _rows(input: Tensor, samples: int, batch_size: int | None) -> tuple[bool, int]:
     """(shared?, rows of the folded output)."""
     rows = input.shape[0]
-    shared = is_shared(input, samples, batch_size) if samples > 1 else False
+    shared = _is_shared(input, samples, batch_size) if samples > 1 else False
     return shared, samples * rows if shared else rows
 
 

@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers.functional import _flat_particles, is_shared
+from pyrolite_bnn.layers.functional import _flat_particles, _is_shared
 
 __all__ = ["GATES", "RecurrentWeights", "recurrent"]
 
@@ -441,7 +441,7 @@ def recurrent(
         if t is not None
     )
     rows = input.shape[0]
-    shared = samples > 1 and is_shared(input, samples, batch_size)
+    shared = samples > 1 and _is_shared(input, samples, batch_size)
     batch = rows if shared or samples == 1 else rows // samples
     w_hh0 = weights[0][0][1]
     w_hr0 = weights[0][0][4]

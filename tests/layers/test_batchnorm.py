@@ -516,3 +516,19 @@ def test_positions_moved_into_the_batch_are_refused() -> None:
         _PositionsInBatch(bnn.BatchNorm1d(4))(x, samples=3)
     with pytest.warns(UserWarning, match="normalises over all 30 folded rows"):
         _PositionsInBatch(nn.BatchNorm1d(4))(x, samples=3)
+
+
+@pytest.mark.parametrize(
+    ("samples", "error", "message"),
+    [
+        (0, ValueError, r"samples must be an integer >= 1, got 0"),
+        (-2, ValueError, r"samples must be an integer >= 1, got -2"),
+        (2.5, TypeError, r"samples must be an integer >= 1, got 2\.5"),
+    ],
+)
+def test_functional_batch_norm_refuses_a_bad_particle_count(
+    samples: object, error: type[Exception], message: str
+) -> None:
+    """samples=0 divided by zero; -2 made torch name a shape of -4 rows."""
+    with pytest.raises(error, match=message):
+        batch_norm(torch.randn(8, 3), None, None, training=True, samples=samples)  # type: ignore[arg-type]
