@@ -107,6 +107,7 @@ class DecayWatch:
         held = {id(tensor) for tensor in named.values()}
         held.update(id(tensor) for tensor in network())
         by_id = {id(tensor): name for name, tensor in named.items()}
+        found: list[tuple[Optimizer, str, float]] = []
         for optimizer in list(self.pending):
             if not holds_any(optimizer, held):
                 continue
@@ -114,20 +115,25 @@ class DecayWatch:
             self.checked.add(optimizer)
             decayed = _decayed_scale(optimizer, by_id)
             if decayed is not None:
-                name, decay = decayed
-                warn_at_caller(
-                    f"{type(optimizer).__name__} applies weight_decay={decay:g} to "
-                    f"{name!r}, the unconstrained parameter of a scale: decay "
-                    "pulls it towards 0, which moves the scale towards a "
-                    "constant of order 1 (softplus(0) = 0.69 for the default "
-                    "posterior), i.e. widens the posterior, instead of shrinking "
-                    "anything. In a Bayesian network the prior (the KL term) "
-                    "regularises the weights: use weight_decay=0, or give the "
-                    "scale parameters a group without decay, e.g. [{'params': "
-                    "[p for n, p in model.named_parameters() if 'rho' not in n], "
-                    "'weight_decay': wd}, {'params': [p for n, p in "
-                    "model.named_parameters() if 'rho' in n], 'weight_decay': 0}]"
-                )
+                found.append((optimizer, *decayed))
+        if found:
+            # One warning for all: pyro.optim keeps one torch optimizer per
+            # parameter, which would otherwise give one warning per scale.
+            optimizer, name, decay = found[0]
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            warn_at_caller(
+                f"{type(optimizer).__name__} applies weight_decay={decay:g} to "
+                f"{name!r}{more}, the unconstrained parameter of a scale: decay "
+                "pulls it towards 0, which moves the scale towards a "
+                "constant of order 1 (softplus(0) = 0.69 for the default "
+                "posterior), i.e. widens the posterior, instead of shrinking "
+                "anything. In a Bayesian network the prior (the KL term) "
+                "regularises the weights: use weight_decay=0, or give the "
+                "scale parameters a group without decay, e.g. [{'params': "
+                "[p for n, p in model.named_parameters() if 'rho' not in n], "
+                "'weight_decay': wd}, {'params': [p for n, p in "
+                "model.named_parameters() if 'rho' in n], 'weight_decay': 0}]"
+            )
 
 
 def _decayed_scale(

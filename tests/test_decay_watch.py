@@ -213,3 +213,23 @@ def test_only_the_optimizers_of_the_network_are_checked() -> None:
     messages = [str(w.message) for w in caught if "weight_decay" in str(w.message)]
     assert len(messages) == 1
     assert messages[0].startswith("AdamW applies weight_decay=0.1")
+
+
+def test_pyro_optims_per_parameter_optimizers_give_one_warning() -> None:
+    """pyro.optim keeps one torch optimizer per parameter: the warning came
+    once per scale parameter (dozens in a real network)."""
+    import pyro
+    from pyro.infer import SVI
+
+    net = _net()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 16)
+    optimizer = pyro.optim.Adam({"lr": 1e-3, "weight_decay": 1e-2})
+    svi = SVI(loss_fn.pyro_model(net), net.guide, optimizer, bnn.Trace_ELBO())
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            svi.step(x, y)
+    messages = [str(w.message) for w in caught if "weight_decay" in str(w.message)]
+    assert len(messages) == 1
+    assert "more), the unconstrained parameter of a scale" in messages[0]
