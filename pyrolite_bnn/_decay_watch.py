@@ -7,7 +7,7 @@ the scale towards a constant of order 1 (``softplus(0) = 0.69``), not towards 0:
 a practitioner's regulariser silently widens the posterior (AdamW with
 ``weight_decay=0.1`` tripled the default posterior's standard deviations in 300
 steps). In a Bayesian network the prior's KL term is the regulariser, so the
-loss warns once per optimizer that decays such a parameter.
+loss warns about an optimizer that decays such a parameter.
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ def is_scale_parameter(name: str) -> bool:
 
 
 class DecayWatch:
-    """Warns once per optimizer that applies weight decay to a scale parameter.
+    """Warns when optimizers holding the network decay a scale parameter.
+
+    Each optimizer is checked once; the ones found together give one warning
+    (``pyro.optim`` keeps one torch optimizer per parameter).
 
     :meth:`check` is called on every training evaluation of the loss; it does
     work only when an optimizer took its first step since the last check, or
