@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyrolite_bnn._capture import capturing
+from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._particles import check_samples
 from pyrolite_bnn._pyro_module import structure_version
 from pyrolite_bnn._validation import (
@@ -183,21 +184,16 @@ class LossGraphs:
         # Capture runs the forward pass for real: undo its in-place updates of
         # buffers (BatchNorm statistics), or this step would count twice, and
         # its use of the random stream, so the graph draws what eager would.
-        buffers = [t for t in tensors if not isinstance(t, nn.Parameter)]
-        saved = [t.detach().clone() for t in buffers]
         cuda = sorted({t.device for t in tensors if t.device.type == "cuda"}, key=str)
-        try:
-            with (
-                torch.random.fork_rng(devices=cuda, device_type="cuda"),
-                capturing(),
-                validation(False),
-                distribution_checks_off(),
-            ):
-                traced = make_fx(loss_terms)(tensors, args, target)
-        finally:
-            with torch.no_grad():
-                for buffer, value in zip(buffers, saved, strict=True):
-                    buffer.copy_(value)
+        with (
+            buffers_restored(model),
+            buffers_restored(loss_fn),
+            torch.random.fork_rng(devices=cuda, device_type="cuda"),
+            capturing(),
+            validation(False),
+            distribution_checks_off(),
+        ):
+            traced = make_fx(loss_terms)(tensors, args, target)
         # The graph's function, not the module: a compiled module would run the
         # library's global module hooks (see _plain_roots) on every call.
         compiled = torch.compile(traced.forward, mode=self.mode, dynamic=False)

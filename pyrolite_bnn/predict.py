@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pyro import poutine
 from torch import Tensor, nn
-from torch.nn.parameter import is_lazy
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import rng_state, set_rng_state
 from pyrolite_bnn._forward import call_network
+from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._network import (
     bayesian_positions,
     collect_variables,
@@ -54,7 +52,6 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution,
     full_precision,
 )
-from pyrolite_bnn.distributions.priors import Prior
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.module import VIModule, whole_network_draws
 from pyrolite_bnn.record import release_record
@@ -462,14 +459,15 @@ def _probe(
     :class:`_ActivationProbe`; if the model raises on that (batch-norm in
     training mode on a single input, say), again with all ``particles``, as
     the prediction will, and an error there is raised. Each try leaves no
-    trace: the model's buffers are put back (:func:`_buffers_restored`) and
-    the random-number generators rewound.
+    trace: the model's buffers are put back
+    (:func:`~pyrolite_bnn._module_state.buffers_restored`) and the
+    random-number generators rewound.
     """
     length = min(x.shape[axis], _PROBE_INPUTS)
     tries = [1, particles] if particles > 1 else [1]
     for count in tries:
         try:
-            with _buffers_restored(model), _ActivationProbe(model) as probe:
+            with buffers_restored(model), _ActivationProbe(model) as probe:
                 _run_chunk(model, x, axis, 0, length, count, weights)
         except Exception:
             if count == tries[-1]:
@@ -480,39 +478,6 @@ def _probe(
         per_particle = probe.largest / count / max(1, length)
         return _WORKING_SET_FACTOR * particles * per_particle
     raise AssertionError("unreachable: the last try returns or raises")
-
-
-@contextmanager
-def _buffers_restored(model: nn.Module) -> Iterator[None]:
-    """Put every buffer of ``model`` back as it was, values and tensors, on exit.
-
-    A probe call must not count as a pass of the model: batch-norm in training
-    mode would update its running statistics (and ``num_batches_tracked``)
-    from the probe's inputs. The buffers are copied on entry (buffers, unlike
-    activations, are small in the models this is for) and those whose values
-    changed are written back through ``.data``, without a version-counter
-    bump: batch-norm updates its statistics that way (its kernel bumps no
-    counter either), and an autograd graph of an earlier call that saved them
-    stays valid for its backward pass, which a plain in-place copy would make
-    autograd refuse. A buffer still to be initialised (a lazy module's) is left
-    to the call. Priors' buffers (MOPED's prior means are as big as the
-    weights) are not copied: no call changes them.
-    """
-    saved = [
-        (module, name, buffer, buffer.clone())
-        for module in model.modules()
-        if not isinstance(module, Prior)  # constant in a call, and weight-sized
-        for name, buffer in module.named_buffers(recurse=False)
-        if not is_lazy(buffer)
-    ]
-    try:
-        yield
-    finally:
-        for module, name, buffer, value in saved:
-            if getattr(module, name, None) is not buffer:  # reassigned, not updated
-                setattr(module, name, buffer)
-            if not torch.equal(buffer, value):
-                buffer.data.copy_(value)
 
 
 def _run_chunk(
