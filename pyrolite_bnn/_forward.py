@@ -53,6 +53,7 @@ from pyrolite_bnn._draws import (
 )
 from pyrolite_bnn._network import (
     collect_variables,
+    couples_examples,
     has_sequence_first_layers,
     network_modules,
     per_particle_modules,
@@ -305,7 +306,7 @@ def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
     # In a sequence-first network a layer's dimension 0 is the folded sequence,
     # not the batch: output moments cannot tell which outputs share an
     # example's weights, so every weight is drawn there.
-    if any(use_moments) and has_sequence_first_layers(root):
+    if any(use_moments) and (has_sequence_first_layers(root) or couples_examples(root)):
         use_moments = [False] * len(use_moments)
     elif any(use_moments):  # one-sample forwards may combine a batch's examples
         inside = per_particle_modules(root)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyrolite_bnn._pyro_module import structure_version
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
@@ -21,9 +22,11 @@ from pyrolite_bnn.variables import RandomVariable
 __all__ = [
     "bayesian_positions",
     "collect_variables",
+    "couples_examples",
     "network_children",
     "network_modules",
     "outermost_bayesian",
+    "uses_batch_statistics",
 ]
 
 
@@ -124,6 +127,34 @@ def network_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
             for name, child in reversed(network_children(module))
         )
     return list(found.values())
+
+
+def uses_batch_statistics(module: _BatchNorm) -> bool:
+    """Whether ``module`` normalises with batch statistics (torch's rule)."""
+    return module.training or (
+        module.running_mean is None and module.running_var is None
+    )
+
+
+def couples_examples(root: nn.Module) -> bool:
+    """Whether a batch norm of ``root`` now takes statistics over the batch.
+
+    Then an example's output depends on the other examples' activations, so
+    every example of a particle must see the same weights: output moments
+    (independent per example) would be a different model with a different
+    expected loss. Batch statistics are used in training mode and, without
+    running statistics, in evaluation mode too; the modules are found once
+    per module tree, their mode is read per call.
+    """
+    norms = _cached(root, "_pyrolite_batch_norms")
+    if norms is None:
+        norms = tuple(
+            module
+            for _, module in network_modules(root)
+            if isinstance(module, _BatchNorm)
+        )
+        _store(root, "_pyrolite_batch_norms", norms, _holds_plain_containers(root))
+    return any(uses_batch_statistics(norm) for norm in norms)
 
 
 def outermost_bayesian(root: nn.Module, limit: int = 2) -> list[VIModule]:

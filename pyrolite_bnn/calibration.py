@@ -77,8 +77,20 @@ def _fit_log_parameter(
             f"calibration needs validation data: got network outputs of shape "
             f"{tuple(outputs.shape)} (S, N, ...) with no examples"
         )
-    log_value, at_limit = minimise_expanding(objective, _LOG_BOUND, _LOG_LIMIT)
     count = outputs.shape[1]
+    probes = [objective(t) for t in (-_LOG_BOUND, 0.0, _LOG_BOUND)]
+    if max(probes) - min(probes) <= 1e-12 * max(1.0, abs(probes[1])):
+        # Predictions the parameter does not change (all-equal logits): any
+        # value fits equally, and the search would run to its lower limit.
+        warnings.warn(
+            f"calibration: the validation NLL of the {count} example(s) is the "
+            f"same for every {what} (the predictions do not depend on it, e.g. "
+            f"all-equal logits). The {what} is left at 1 (the identity)",
+            UserWarning,
+            stacklevel=3,
+        )
+        return 1.0
+    log_value, at_limit = minimise_expanding(objective, _LOG_BOUND, _LOG_LIMIT)
     if at_limit and log_value < 0:
         # The NLL falls without bound towards 0: the validation data are fitted
         # exactly (every example right). Such a fit would make every prediction

@@ -1,12 +1,16 @@
 """Metrics for evaluating the quality and uncertainty of predictions.
 
 All functions are stateless, operate on :class:`torch.Tensor` inputs (CPU or CUDA,
-``float32`` or ``float64``) and are fully vectorised over data points. Each metric
-returns a 0-dim floating point tensor on the device of its inputs, except
-:func:`calibration_curve`, which returns a tuple of per-bin tensors.
+``float32`` or ``float64``; half-precision probabilities are read as ``float32``)
+and are fully vectorised over data points. Each metric returns a 0-dim floating
+point tensor on the device of its inputs, except :func:`calibration_curve`, which
+returns a tuple of per-bin tensors. Sums over data points (the calibration bins)
+are accumulated in ``float64``, so a metric over millions of predictions (per-pixel
+calibration) does not drift with the data set's size.
 
 Classification metrics take ``probs`` of shape ``(N, C)`` (rows are class
-probabilities that lie in ``[0, 1]`` and sum to 1 within ``1e-4``) and integer
+probabilities that lie in ``[0, 1]`` and sum to 1 within ``1e-4``, or within ``C``
+roundings of a half-precision dtype) and integer
 ``labels`` of shape ``(N,)`` with values in ``[0, C)``:
 
 * :func:`nll`, :func:`accuracy`, :func:`brier_score`,
@@ -81,6 +85,11 @@ def _check_classification(
         )
     if not p.is_floating_point():
         raise ValueError(f"probs must have a floating point dtype, got {p.dtype}")
+    # Rows rounded to the input's precision sum to 1 within C roundings.
+    tolerance = max(_ROW_SUM_TOLERANCE, c * torch.finfo(p.dtype).eps)
+    if p.dtype in (torch.float16, torch.bfloat16):
+        # Sums over many rows in half precision stall: read it as float32.
+        p = p.float()
     if not bool(torch.isfinite(p).all()):
         raise ValueError("probs must be finite, got NaN or infinite values")
     lo, hi = torch.aminmax(p)
@@ -90,9 +99,9 @@ def _check_classification(
             f"got values in [{lo.item():.6g}, {hi.item():.6g}]"
         )
     max_dev = (p.sum(dim=1) - 1.0).abs().max().item()
-    if max_dev > _ROW_SUM_TOLERANCE:
+    if max_dev > tolerance:
         raise ValueError(
-            f"rows of probs must sum to 1 (tolerance {_ROW_SUM_TOLERANCE:g}), "
+            f"rows of probs must sum to 1 (tolerance {tolerance:g}), "
             f"got a maximum |row sum - 1| of {max_dev:.6g}"
         )
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
@@ -209,16 +218,55 @@ def _bin_indices(confidence: torch.Tensor, n_bins: int) -> torch.Tensor:
     return idx.clamp(min=0, max=n_bins - 1)
 
 
+def _bin_sums(
+    confidence: torch.Tensor, correct: torch.Tensor, idx: torch.Tensor, n_bins: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-bin counts and float64 sums of confidence and correctness.
+
+    float64 whatever the inputs' dtype: a float32 running sum over millions of
+    rows drifts by more than the calibration error it measures.
+    """
+    counts = torch.bincount(idx, minlength=n_bins)
+    wide = confidence.new_zeros(n_bins, dtype=torch.float64)
+    conf_sums = wide.index_add(0, idx, confidence.double())
+    acc_sums = wide.index_add(0, idx, correct.double())
+    return counts, conf_sums, acc_sums
+
+
 def _equal_width_bin_sums(
     probs: torch.Tensor, labels: torch.Tensor, n_bins: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-bin sample counts, summed confidences and summed correctness."""
     confidence, correct = _top_label(probs, labels)
-    idx = _bin_indices(confidence, n_bins)
-    counts = torch.bincount(idx, minlength=n_bins)
-    conf_sums = confidence.new_zeros(n_bins).index_add_(0, idx, confidence)
-    acc_sums = confidence.new_zeros(n_bins).index_add_(0, idx, correct)
-    return counts, conf_sums, acc_sums
+    return _bin_sums(confidence, correct, _bin_indices(confidence, n_bins), n_bins)
+
+
+def _equal_mass_bin_indices(confidence: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Equal-mass bins of the sorted confidences, ties kept in one bin.
+
+    Position ``i`` of the sorted confidences falls in the group that
+    :func:`torch.tensor_split` gives it; every value then goes to the group of
+    the first position holding it, so tied examples share a bin and the result
+    does not depend on the order of the rows.
+    """
+    n = confidence.shape[0]
+    ordered, order = torch.sort(confidence, stable=True)
+    position = torch.arange(n, device=confidence.device)
+    base, extra = divmod(n, n_bins)
+    # tensor_split: the first `extra` groups hold base + 1 positions.
+    long_groups = extra * (base + 1)
+    group = torch.where(
+        position < long_groups,
+        position // (base + 1),
+        extra + (position - long_groups) // max(base, 1),
+    )
+    _, run, run_length = torch.unique_consecutive(
+        ordered, return_inverse=True, return_counts=True
+    )
+    run_start = torch.cumsum(run_length, 0) - run_length
+    idx = torch.empty_like(group)
+    idx[order] = group[run_start[run]]
+    return idx
 
 
 # --------------------------------------------------------------------------- #
@@ -300,9 +348,11 @@ def expected_calibration_error(
     With ``adaptive=False`` the bins have equal width over ``[0, 1]``: bin ``i`` is
     ``(i / n_bins, (i + 1) / n_bins]``, a confidence of exactly 0 falls in the
     first bin and one of exactly 1 in the last. With ``adaptive=True`` the bins
-    have (near) equal mass: samples are sorted by confidence (stable sort) and
-    split into ``n_bins`` consecutive groups with :func:`torch.tensor_split`; empty
-    groups (when ``n_bins > N``) are skipped.
+    have (near) equal mass: samples are sorted by confidence and split into
+    ``n_bins`` consecutive groups as :func:`torch.tensor_split` splits them;
+    samples of equal confidence stay together in the group of the first of them
+    (so the value does not depend on the order of the rows, and a group can
+    grow at the expense of the next); empty groups contribute 0.
 
     Args:
         probs: Class probabilities of shape ``(N, C)``.
@@ -335,20 +385,14 @@ def expected_calibration_error(
     p, y = _check_classification(probs, labels)
     bins = _check_n_bins(n_bins)
     n = p.shape[0]
-    if not check_bool(adaptive, "adaptive"):
+    if check_bool(adaptive, "adaptive"):
+        confidence, correct = _top_label(p, y)
+        idx = _equal_mass_bin_indices(confidence, bins)
+        _, conf_sums, acc_sums = _bin_sums(confidence, correct, idx, bins)
+    else:
         _, conf_sums, acc_sums = _equal_width_bin_sums(p, y, bins)
-        # (|B|/N) * |acc_b - conf_b| == |sum_acc_b - sum_conf_b| / N
-        return (acc_sums - conf_sums).abs().sum() / n
-    confidence, correct = _top_label(p, y)
-    order = torch.argsort(confidence, stable=True)
-    stacked = torch.stack((confidence[order], correct[order]))  # (2, N)
-    total = confidence.new_zeros(())
-    for group in torch.tensor_split(stacked, bins, dim=1):
-        if group.shape[1] == 0:
-            continue
-        sums = group.sum(dim=1)
-        total = total + (sums[1] - sums[0]).abs()
-    return total / n
+    # (|B|/N) * |acc_b - conf_b| == |sum_acc_b - sum_conf_b| / N
+    return ((acc_sums - conf_sums).abs().sum() / n).to(p.dtype)
 
 
 def calibration_curve(
@@ -392,10 +436,10 @@ def calibration_curve(
     bins = _check_n_bins(n_bins)
     counts, conf_sums, acc_sums = _equal_width_bin_sums(p, y, bins)
     nonempty = counts > 0
-    denom = counts.clamp(min=1).to(p.dtype)
+    denom = counts.clamp(min=1).to(conf_sums.dtype)
     nan = torch.full_like(conf_sums, math.nan)
-    bin_confidence = torch.where(nonempty, conf_sums / denom, nan)
-    bin_accuracy = torch.where(nonempty, acc_sums / denom, nan)
+    bin_confidence = torch.where(nonempty, conf_sums / denom, nan).to(p.dtype)
+    bin_accuracy = torch.where(nonempty, acc_sums / denom, nan).to(p.dtype)
     return bin_confidence, bin_accuracy, counts
 
 

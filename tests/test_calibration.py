@@ -303,6 +303,15 @@ def test_validation_data_fitted_exactly_leave_the_identity() -> None:
     assert float(factor.factor) == 1.0
 
 
+def test_predictions_the_temperature_does_not_change_say_so() -> None:
+    """All-equal logits: the NLL is flat, not "all predicted exactly"."""
+    labels = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="same for every temperature") as caught:
+        cal = bnn.TemperatureScaling().fit(torch.zeros(4, 30, 3), labels, CLASSES)
+    assert float(cal.temperature) == 1.0
+    assert not any("predicted exactly" in str(w.message) for w in caught)
+
+
 @pytest.mark.parametrize(
     ("calibration", "likelihood", "output_shape", "target"),
     [

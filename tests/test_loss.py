@@ -193,6 +193,21 @@ def test_predictive_must_be_a_likelihood() -> None:
         bnn.KullbackLeiblerLoss(nn.CrossEntropyLoss(), 10)  # type: ignore[arg-type]
 
 
+def test_segmentation_labels_in_torch_layout_name_the_class_dimension() -> None:
+    """(B, C, H, W) logits against (B, H, W) labels: torch's layout, not ours."""
+    net = bnn.VIConv2d(2, 3, 3, padding=1)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x = torch.randn(4, 2, 5, 5)
+    labels = torch.randint(0, 3, (4, 5, 5))
+    with pytest.raises(ValueError, match=r"got \(4, 5, 5\)\. The classes are the last"):
+        loss_fn(net(x), labels)
+    moved = loss_fn(net(x).movedim(2, -1), labels)
+    assert moved.isfinite()
+    # A mismatch of another kind keeps the plain message.
+    with pytest.raises(ValueError, match=r"got \(4, 5\)$"):
+        loss_fn(net(x), labels[:, 0])
+
+
 def test_bad_targets_and_batches() -> None:
     net = _net()
     x, y = _data()

@@ -942,3 +942,70 @@ def test_row_sum_tolerance() -> None:
     bad = torch.tensor([[0.5, 0.5002]], dtype=torch.float64)
     with pytest.raises(ValueError, match="rows of probs must sum to 1"):
         metrics.brier_score(bad, torch.tensor([1]))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_ece_of_millions_of_float32_predictions_does_not_drift(adaptive: bool) -> None:
+    """Per-pixel sizes: a float32 running sum over 4e6 rows read 0.03 for 2e-8."""
+    n = 4_000_000
+    confidence = torch.full((n,), 0.9)
+    probs = torch.stack([confidence, 1 - confidence], dim=1)
+    labels = (torch.arange(n) % 10 == 0).long()  # 90 % correct, exactly
+    ece = metrics.expected_calibration_error(probs, labels, adaptive=adaptive)
+    assert ece.dtype == torch.float32
+    assert float(ece) < 1e-6
+    conf, acc, count = metrics.calibration_curve(probs, labels)
+    filled = count > 0
+    torch.testing.assert_close(conf[filled], torch.tensor([0.9]))
+    torch.testing.assert_close(acc[filled], torch.tensor([0.9]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_probabilities_are_read_as_float32(dtype: torch.dtype) -> None:
+    """Half-precision sums of 20000 rows read a true ECE of 0.25 as 0.
+
+    Rows rounded to half precision are accepted (they sum to 1 only within
+    its rounding) and every sum runs in float32 or wider.
+    """
+    rng = np.random.default_rng(0)
+    confidence = torch.from_numpy(rng.uniform(0.5, 1.0, 20_000))
+    probs = torch.stack([confidence, 1 - confidence], dim=1).to(dtype)
+    labels = torch.from_numpy(rng.integers(0, 2, 20_000))
+    rounded = probs.double().numpy()
+    ece = metrics.expected_calibration_error(probs, labels)
+    assert ece.dtype == torch.float32
+    expected = _ref_ece(rounded, labels.numpy(), 15)
+    assert expected > 0.2
+    torch.testing.assert_close(ece, _scalar(expected, torch.float32))
+    adaptive = metrics.expected_calibration_error(probs, labels, adaptive=True)
+    assert abs(float(adaptive) - expected) < 0.02
+    nll = metrics.nll(probs, labels)
+    tiny = torch.finfo(torch.float32).tiny
+    expected_nll = _ref_nll(rounded, labels.numpy(), tiny)
+    torch.testing.assert_close(nll, _scalar(expected_nll, torch.float32))
+
+
+def test_adaptive_ece_does_not_depend_on_the_order_of_tied_rows() -> None:
+    """Two confidences, calibrated within each: shuffles gave 0.024 to 0.066."""
+    rng = np.random.default_rng(1)
+    confidence = np.where(rng.random(1000) < 0.5, 0.6, 0.8)
+    correct = rng.random(1000) < confidence
+    probs = torch.from_numpy(np.stack([confidence, 1 - confidence], axis=1))
+    labels = torch.from_numpy((~correct).astype(np.int64))
+    values = set()
+    for seed in range(20):
+        order = torch.from_numpy(np.random.default_rng(seed).permutation(1000))
+        ece = metrics.expected_calibration_error(
+            probs[order], labels[order], n_bins=15, adaptive=True
+        )
+        values.add(round(float(ece), 12))
+    by_label = torch.argsort(labels, stable=True)
+    grouped = metrics.expected_calibration_error(
+        probs[by_label], labels[by_label], n_bins=15, adaptive=True
+    )
+    values.add(round(float(grouped), 12))
+    assert len(values) == 1
+    # Ties kept together: the two groups of equal confidence, as equal-width bins.
+    torch.testing.assert_close(
+        grouped, metrics.expected_calibration_error(probs, labels, n_bins=15)
+    )

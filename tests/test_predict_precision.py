@@ -181,3 +181,17 @@ def test_predict_of_a_half_precision_network_summarises_in_float32(
     x = torch.randn(200, 3, dtype=dtype)
     pred = bnn.predict(net, x, bnn.Categorical(), samples=50)
     _check_against_float32(pred, dtype)
+
+
+def test_bernoulli_keeps_the_small_class_probability_of_confident_logits() -> None:
+    """P(y=0) at logit 20 is 2.06e-9, not 1 - sigmoid(20) = 0 in float32."""
+    logits = torch.tensor([16.0, 20.0, 40.0, -20.0]).reshape(1, 4, 1)
+    probs = bnn.Bernoulli().class_probs(logits)
+    exact = torch.sigmoid(-logits.double()).squeeze(-1)
+    assert torch.allclose(probs[..., 0].double(), exact, rtol=1e-6, atol=0)
+    assert torch.allclose(probs[..., 1].double(), 1 - exact, rtol=1e-6, atol=0)
+    prediction = Prediction(logits, bnn.Bernoulli())
+    nll = bnn.metrics.nll(prediction.probs, torch.zeros(4, dtype=torch.long))
+    expected = -torch.log(exact).mean()
+    assert torch.allclose(nll.double(), expected, rtol=1e-5)
+    assert (prediction.entropy > 0).all()

@@ -47,6 +47,7 @@ from pyrolite_bnn._validation import (
     distribution_checks_off,
     is_validation_enabled,
 )
+from pyrolite_bnn.distributions._log_rate_poisson import LogRatePoisson
 
 __all__ = [
     "Bernoulli",
@@ -365,6 +366,25 @@ class _ClassificationLikelihood(PredictiveDistribution):
         return self.class_probs(output).mean(0)
 
 
+def _channels_first_hint(output: Tensor, target: Tensor) -> str:
+    """Name torch's class dimension 1 when the targets fit that layout instead.
+
+    ``F.cross_entropy`` reads ``(B, C, d1, ...)`` logits against ``(B, d1, ...)``
+    labels; here the classes are the last dimension of ``(S, B, ..., C)``.
+    """
+    if output.dim() < 4:
+        return ""
+    channels_first = (output.shape[1], *output.shape[3:])
+    if tuple(target.shape) != channels_first:
+        return ""
+    return (
+        ". The classes are the last dimension here; torch's cross_entropy reads "
+        "them from dimension 1 of (B, C, ...) logits. Move them last at the end "
+        "of the network's forward, e.g. `return logits.movedim(1, -1)` for "
+        "(B, C, H, W) logits"
+    )
+
+
 class Categorical(_ClassificationLikelihood):
     """Classification: the network outputs logits ``(S, B, C)``.
 
@@ -406,6 +426,7 @@ class Categorical(_ClassificationLikelihood):
             raise ValueError(
                 f"Categorical: expected targets of shape {tuple(output.shape[1:-1])} "
                 f"for logits {_shape(output)}, got {_shape(target)}"
+                + _channels_first_hint(output, target)
             )
         classes = output.shape[-1]
         if target.numel():
@@ -500,8 +521,10 @@ class Bernoulli(_ClassificationLikelihood):
             torch.Size([4, 3, 2])
         """
         self.check_output(output)
-        p1 = torch.sigmoid(_location(full_precision(output)))
-        return torch.stack([1 - p1, p1], dim=-1)
+        logit = _location(full_precision(output))
+        # sigmoid(-x), not 1 - sigmoid(x): the latter rounds to 0 for logits
+        # above ~17 in float32, and a confident mistake's NLL then reads 87.
+        return torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], dim=-1)
 
 
 class _ScaleLikelihood(PredictiveDistribution):
@@ -683,8 +706,9 @@ class Poisson(PredictiveDistribution):
         return output, target.to(output.dtype)
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
-        """``Poisson(rate=exp(output))``."""
-        result: dist.TorchDistribution = dist.Poisson(output.exp()).to_event(
+        """``Poisson(rate=exp(output))``, its density taken from the log rate."""
+        poisson = LogRatePoisson(output)
+        result: dist.TorchDistribution = poisson.to_event(  # type: ignore[no-untyped-call]
             output.dim() - 2
         )
         return result

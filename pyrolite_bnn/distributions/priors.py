@@ -394,28 +394,29 @@ def _normal_kl(
 ) -> Tensor:
     """``KL(N(loc, scale^2) || N(prior_loc, prior_scale^2))`` summed, as a tensor.
 
-    ``sum[(sigma^2 + (mu - m)^2) / (2 s^2)] - sum log sigma + sum (log s - 1/2)``,
-    arranged to keep few weight-sized tensors for backward; ``prior_loc`` and
-    ``prior_scale`` broadcast to the weight's shape, and gradients flow to them.
+    ``prior_loc`` and ``prior_scale`` broadcast to the weight's shape, and
+    gradients flow to them. See :func:`_normal_kl_terms` for the arrangement.
     """
     _check_broadcast(
         prior, _broadcast_shape(prior_loc.shape, prior_scale.shape), loc.shape
     )
-    squares = scale.square() + (loc - prior_loc).square()
-    if prior_scale.numel() != 1:
-        # log s repeats once per weight that shares it.
-        copies = loc.numel() // prior_scale.numel()
-        return (
-            0.5 * (squares / prior_scale.square()).sum()
-            - scale.log().sum()
-            + copies * prior_scale.log().sum()
-            - 0.5 * loc.numel()
-        )
-    return (
-        0.5 * squares.sum() / prior_scale.square().reshape(())
-        - scale.log().sum()
-        + loc.numel() * (prior_scale.log().reshape(()) - 0.5)
-    )
+    ratio = (scale / prior_scale).square()
+    centred = (loc - prior_loc) / prior_scale
+    return _normal_kl_terms(ratio, centred, 1.0)
+
+
+def _normal_kl_terms(ratio: Tensor, centred: Tensor, precision: float) -> Tensor:
+    """``1/2 sum[(v - 1) - log v + precision * c^2]``, ``v = sigma^2 / s^2``.
+
+    Each weight's (non-negative) term is formed before the sum, and ``v - 1``
+    before ``log v`` is taken from it: near the prior (``v ~ 1``) separate
+    ``O(n)`` sums, or ``v - log v`` rounded near 1, cancel to a KL near 0 with
+    an error growing with the number of weights (0.05 nats at a million
+    weights of sigma = 1.001). ``log v`` of the same rounded ``v`` also
+    cancels ``v``'s rounding to first order.
+    """
+    terms = (ratio - 1.0).sub_(ratio.log())
+    return terms.addcmul_(centred, centred, value=precision).sum().mul(0.5)
 
 
 # Weight tensors of at most this many numbers take their closed-form KL in a
@@ -455,12 +456,11 @@ class NormalPrior(Prior):
         return _broadcast_shape(self.loc.shape, self.scale.shape)
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
-        """Closed form, arranged to keep few weight-sized tensors for backward.
+        """Closed form, summed over every weight.
 
-        ``KL = sum[(sigma^2 + (mu - m)^2) / (2 s^2)] - sum log sigma
-        + sum (log s - 1/2)`` for ``q = N(mu, sigma^2)``, prior ``N(m, s^2)``,
-        the sums over every weight; ``m`` and ``s`` may be tensors that
-        broadcast to the weight's shape.
+        ``KL = 1/2 sum[sigma^2/s^2 - 1 - log(sigma^2/s^2) + (mu - m)^2/s^2]``
+        for ``q = N(mu, sigma^2)``, prior ``N(m, s^2)``; ``m`` and ``s`` may be
+        tensors that broadcast to the weight's shape.
         """
         prior_scale = self.scale
         if (
@@ -479,9 +479,10 @@ class NormalPrior(Prior):
             else:
                 m = float(self.loc)
                 centred = loc if m == 0.0 else loc - m
-            quadratic = torch.addcmul(scale.square(), centred, centred).sum()
-            constant = loc.numel() * (math.log(s) - 0.5)
-            return quadratic * (0.5 / (s * s)) - scale.log().sum() + constant
+            ratio = scale.square()
+            if s != 1.0:
+                ratio = ratio.mul_(1.0 / (s * s))
+            return _normal_kl_terms(ratio, centred, 1.0 / (s * s))
         return _normal_kl(self, loc, scale, self.loc, prior_scale)
 
     def closed_form_group(self, loc: Tensor) -> Hashable | None:

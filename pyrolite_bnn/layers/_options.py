@@ -79,8 +79,9 @@ class EstimatorLayer(VIModule):
         (``(B, in)`` inputs of a linear layer) and ``"flipout"`` elsewhere for
         ``estimator="auto"``, or the estimator asked for. Inside Pyro inference,
         with an assigned guide, in :func:`~pyrolite_bnn.predict`, in a
-        sequence-first network and for a layer called twice in one forward pass,
-        weights are drawn whatever this says.
+        sequence-first network, in a network whose batch norm takes batch
+        statistics and for a layer called twice in one forward pass, weights
+        are drawn whatever this says.
 
         Args:
             input: the layer's input, ``(B, *, in)`` for a linear layer,

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._network import uses_batch_statistics
 from pyrolite_bnn._validation import check_count
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.layers import functional
@@ -170,20 +171,13 @@ def _folded_samples(input: Tensor, owner: str) -> int:
     return 1 if layout else state.samples
 
 
-def _uses_batch_statistics(module: _BatchNorm) -> bool:
-    """Whether ``module`` normalises with batch statistics (torch's rule)."""
-    return module.training or (
-        module.running_mean is None and module.running_var is None
-    )
-
-
 class _ParticleBatchNorm(_BatchNorm):
     """torch's batch norm, with batch statistics taken per particle."""
 
     def forward(self, input: Tensor) -> Tensor:
         """Normalise ``input``, each particle over its own examples."""
         self._check_input_dim(input)  # type: ignore[no-untyped-call]
-        if not _uses_batch_statistics(self):
+        if not uses_batch_statistics(self):
             return super().forward(input)
         samples = _folded_samples(input, type(self).__name__)
         if samples == 1:
@@ -325,7 +319,7 @@ def warn_plain_batch_norm(
         or isinstance(module, _ParticleBatchNorm)
         or state.samples == 1
         or module in _WARNED
-        or not _uses_batch_statistics(module)
+        or not uses_batch_statistics(module)
     ):
         return
     first = args[0] if args else None

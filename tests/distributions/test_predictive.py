@@ -168,6 +168,26 @@ def test_poisson() -> None:
         bnn.Poisson().observe(out, torch.tensor([-1, 1, 2]))
 
 
+def test_poisson_density_comes_from_the_log_rate() -> None:
+    """log p = y o - e^o - lgamma(y + 1): finite where exp(o) underflows.
+
+    Through ``log(exp(o))`` a log rate of -104 gave -inf (NaN gradients) and
+    -95 an infinite gradient, where the true values are finite.
+    """
+    out = torch.tensor([[-95.0, -104.0, -110.0, 0.0, 3.0]], requires_grad=True)
+    y = torch.tensor([1.0, 1.0, 3.0, 0.0, 7.0])
+    o, k = out.detach().double(), y.double()
+    exact = k * o - o.exp() - torch.lgamma(k + 1)
+    for log_p in (
+        bnn.Poisson().log_likelihood(out, y),
+        bnn.Poisson().distribution(out).log_prob(y),
+        bnn.Poisson().distribution(out).expand((2, 5)).log_prob(y)[:1],
+    ):
+        torch.testing.assert_close(log_p.double(), exact)
+        (grad,) = torch.autograd.grad(log_p.sum(), out)
+        torch.testing.assert_close(grad.double(), k - o.exp(), atol=1e-5, rtol=1e-5)
+
+
 def test_non_gaussian_intervals_are_refused() -> None:
     from pyrolite_bnn.predict import Prediction
 
