@@ -239,6 +239,38 @@ def _check_arguments(
     return epochs, start
 
 
+def _check_dataset_size(loss_fn: KullbackLeiblerLoss, train_loader: object) -> None:
+    """Warn when the loss's ``dataset_size`` is not the loader's number of examples.
+
+    A map-style ``DataLoader`` knows its data set's length, and a sampler of a
+    part of it (``SubsetRandomSampler``) its own; ``dataset_size`` equal to
+    neither (the number of batches, another split's size) weights the KL by the
+    wrong ``1/N``, silently. Other iterables are not checked.
+    """
+    sizes: set[int] = set()
+    for source in (
+        getattr(train_loader, "dataset", None),
+        getattr(train_loader, "sampler", None),
+    ):
+        try:
+            sizes.add(len(source))  # type: ignore[arg-type]
+        except TypeError:
+            continue
+    if not sizes or loss_fn.dataset_size in sizes:
+        return
+    examples = max(sizes)
+    warnings.warn(
+        f"fit: loss_fn.dataset_size is {loss_fn.dataset_size} but train_loader "
+        f"holds {examples} examples: the KL term is weighted as if the data set "
+        f"had {loss_fn.dataset_size} (a KL {examples / loss_fn.dataset_size:.3g} "
+        "times as strong as the ELBO's). Build the loss with "
+        "dataset_size=len(train_loader.dataset), the number of training "
+        "examples, not batches",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 class _EarlyStopping:
     """Tracks the best validation loss; keeps that epoch's state when asked to."""
 
@@ -572,6 +604,7 @@ def fit(
     _check_model_and_optimizer(model, optimizer)
     progress = check_bool(progress, "progress")
     epoch_end_hooks = _epoch_end_hooks(callbacks)
+    _check_dataset_size(loss_fn, train_loader)
     ranks = Ranks(model)
     if checkpoint_path is not None:
         _check_checkpoint_path(checkpoint_path, ranks)

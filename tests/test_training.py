@@ -180,6 +180,28 @@ def test_data_loader_and_training_mode_restored() -> None:
     assert not model.training
 
 
+def test_a_dataset_size_that_is_not_the_loaders_warns() -> None:
+    """dataset_size of another split: the KL silently 3.2x too strong."""
+    x, y = _data()
+    dataset = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16)
+    model = _net()
+    wrong = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=20)
+    message = r"dataset_size is 20 but train_loader holds 64"
+    with pytest.warns(UserWarning, match=message):
+        fit(model, wrong, loader, epochs=1, progress=False)
+    # The examples a sampler draws from a part of the data set count too, and
+    # plain iterables are not checked.
+    part = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=16,
+        sampler=torch.utils.data.SubsetRandomSampler(range(48)),
+    )
+    for right, batches in ((48, part), (N, loader), (20, _batches(x, y))):
+        loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=right)
+        fit(model, loss_fn, batches, epochs=1, progress=False)
+
+
 class _DictDataset(torch.utils.data.Dataset[dict[str, Tensor]]):
     def __init__(self, x: Tensor, y: Tensor, keys: tuple[str, str]) -> None:
         self.x, self.y, self.keys = x, y, keys
