@@ -93,6 +93,19 @@ def test_mixture_quantile_is_exact() -> None:
         assert abs(float(cdf) - q) < 1e-5
 
 
+@pytest.mark.parametrize("narrow", [1e-6, 1e-8])
+def test_mixture_quantile_of_components_of_very_different_widths(narrow: float) -> None:
+    """sd 1 and 1e-6 at one mean: 24 fixed halvings missed q by 6.5e-3."""
+    from pyrolite_bnn.distributions.predictive import gaussian_mixture_quantile
+
+    loc = torch.zeros(2, 1, dtype=torch.float64)
+    var = torch.tensor([[1.0], [narrow**2]], dtype=torch.float64)
+    for q in (0.3, 0.45, 0.5, 0.55, 0.7):
+        y = gaussian_mixture_quantile(loc, var, q)
+        cdf = torch.distributions.Normal(loc, var.sqrt()).cdf(y).mean()
+        assert abs(float(cdf) - q) < 1e-9
+
+
 def test_predict_end_to_end() -> None:
     net = bnn.VISequential(bnn.VILinear(2, 8), torch.nn.Tanh(), bnn.VILinear(8, 1))
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 100)

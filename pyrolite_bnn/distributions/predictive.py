@@ -109,9 +109,13 @@ def _check_real_target(likelihood: PredictiveDistribution, target: Tensor) -> No
         )
 
 
-# Bisection halvings (the bracket of 80 sigmas shrinks below 1e-5 sigma), then
-# Newton steps (quadratic from there: float64 resolution), kept in the bracket.
-_BISECTION_STEPS = 24
+# Bisection until the bracket is below 1e-5 of the narrowest component's sigma
+# (24 halvings of 80 sigmas when the components are alike; more when they
+# differ, the bracket spanning the widest ones), at most 200 (float64 has no
+# finer resolution to reach); then Newton steps (quadratic from there: float64
+# resolution), kept in the bracket.
+_BISECTION_RESOLUTION = 1e-5
+_BISECTION_STEPS = (24, 200)
 _NEWTON_STEPS = 3
 # Half-width of the bisection bracket in component standard deviations: the
 # normal CDF is below the smallest positive float64 beyond 38.5 sigma.
@@ -127,9 +131,10 @@ def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
     against ``1 - q`` otherwise, each through ``erfc``, which keeps its
     relative precision far into the tail (``1 + erf`` would lose it below
     ``1e-16``). The bracket, the components' 40-sigma bounds, holds every
-    quantile of a float64 ``q``; 24 halvings shrink it below ``1e-5`` sigma,
-    and Newton steps on the tail (its slope is the mixture density), kept
-    inside the bracket, reach float64 resolution.
+    quantile of a float64 ``q``; halvings shrink it below ``1e-5`` of the
+    narrowest component's sigma (24 when the components' scales are alike,
+    up to 200), and Newton steps on the tail (its slope is the mixture
+    density), kept inside the bracket, reach float64 resolution.
 
     Raises:
         TypeError: if ``q`` is not one number.
@@ -147,7 +152,11 @@ def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
         z = (y.unsqueeze(0) - mean) * scale
         return (0.5 * torch.erfc(z if upper else -z)).mean(0), z
 
-    for _ in range(_BISECTION_STEPS):
+    smallest = sigma.min(0).values.clamp(min=torch.finfo(torch.float64).tiny)
+    widest = float(((hi - lo) / (_BISECTION_RESOLUTION * smallest)).max())
+    fewest, most = _BISECTION_STEPS
+    halvings = min(max(math.ceil(math.log2(max(widest, 1.0))), fewest), most)
+    for _ in range(halvings):
         mid = (lo + hi) / 2
         mass, _ = tail_mass(mid)
         below = mass > tail if upper else mass < tail  # quantile above mid
