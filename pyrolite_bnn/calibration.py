@@ -3,7 +3,12 @@
 A trained network's predictive can be over- or under-confident. A calibration
 has one positive parameter, fitted on held-out validation data by minimising
 the negative log-likelihood of the *particle mixture* (the posterior
-predictive that :func:`~pyrolite_bnn.predict` summarises):
+predictive that :func:`~pyrolite_bnn.predict` summarises). One exception: a
+temperature that makes most particles' predictions certain turns the
+predictive into the particles' vote shares, where the validation NLL is
+nearly flat and its exact minimiser an extreme value that over-fits the
+validation set; there the temperature nearest 1 within 0.001 nats per example
+of the minimum is kept.
 
 * :class:`TemperatureScaling` (classification): every particle's logits are
   divided by a temperature ``T`` before the softmax (sigmoid), so the
@@ -62,12 +67,28 @@ __all__ = ["Calibration", "TemperatureScaling", "VarianceScaling", "calibrate"]
 # from e^-30 to e^30, about 1e-13 to 1e13) where the minimum is at an edge.
 _LOG_BOUND = 7.0
 _LOG_LIMIT = 30.0
+# A temperature that makes most particles' predictions certain (top
+# probability above 1 - _CERTAIN) turns the predictive into the particles'
+# vote shares, where the validation NLL is nearly flat and its exact minimiser
+# an extreme value fitted to the validation set's noise (digits: T = 0.002,
+# test NLL 0.163 against 0.108 at T = 0.1, whose validation NLL is 0.0006
+# higher). There, of the temperatures within _NLL_TOLERANCE nats per example of
+# the best, the one nearest 1 is kept.
+_CERTAIN = 1e-3
+_NLL_TOLERANCE = 1e-3
+_TOWARDS_IDENTITY_POINTS = 141
 
 
 def _fit_log_parameter(
-    objective: Callable[[float], float], what: str, outputs: Tensor
+    objective: Callable[[float], float],
+    what: str,
+    outputs: Tensor,
+    degenerate: Callable[[float], bool] = lambda value: False,
 ) -> float:
     """``exp`` of the minimiser of ``objective(log value)``; warns at the limit.
+
+    Where ``degenerate(value)`` says the minimiser lies where the objective is
+    nearly flat, the value nearest 1 within ``_NLL_TOLERANCE`` of its NLL.
 
     Raises:
         ValueError: for network outputs ``(S, N, ...)`` without examples.
@@ -91,6 +112,9 @@ def _fit_log_parameter(
         )
         return 1.0
     log_value, at_limit = minimise_expanding(objective, _LOG_BOUND, _LOG_LIMIT)
+    exact = at_limit and log_value < 0 and objective(log_value) < _NLL_TOLERANCE
+    if not exact and degenerate(math.exp(log_value)):
+        log_value, at_limit = _nearest_identity(objective, log_value), False
     if at_limit and log_value < 0:
         # The NLL falls without bound towards 0: the validation data are fitted
         # exactly (every example right). Such a fit would make every prediction
@@ -120,6 +144,30 @@ def _fit_log_parameter(
             stacklevel=3,
         )
     return value
+
+
+def _mostly_certain(
+    predictive: PredictiveDistribution, outputs: Tensor, temperature: float
+) -> bool:
+    """Whether most particles' predictions are certain at ``temperature``."""
+    scaled = TemperatureScaling(temperature).to(outputs).wrap(predictive)
+    with torch.no_grad():
+        top = scaled.class_probs(outputs).amax(-1)
+    return bool((top > 1.0 - _CERTAIN).float().mean() > 0.5)
+
+
+def _nearest_identity(objective: Callable[[float], float], best: float) -> float:
+    """The point of ``[best, 0]`` nearest 0 within ``_NLL_TOLERANCE`` of ``best``'s NLL.
+
+    A grid from the identity (0) towards the minimiser ``best``; the first
+    point within the tolerance is kept (``best`` itself at worst).
+    """
+    threshold = objective(best) + _NLL_TOLERANCE
+    for i in range(_TOWARDS_IDENTITY_POINTS):
+        t = best * i / (_TOWARDS_IDENTITY_POINTS - 1)
+        if objective(t) <= threshold:
+            return t
+    return best
 
 
 def _mixture_nll(
@@ -201,6 +249,10 @@ class TemperatureScaling(Calibration):
     ) -> TemperatureScaling:
         """Set the temperature minimising the validation NLL of the mixture.
 
+        Where that temperature makes most particles' predictions certain, the
+        one nearest 1 within 0.001 nats per example of the minimum (see the
+        module's description).
+
         Args:
             outputs: network outputs (logits) ``(S, N, ...)``, e.g.
                 ``bnn.predict(...).samples``.
@@ -215,7 +267,12 @@ class TemperatureScaling(Calibration):
             scaled = TemperatureScaling(math.exp(log_t)).to(outputs)
             return _mixture_nll(scaled.wrap(predictive), outputs, target)
 
-        best = _fit_log_parameter(objective, "temperature", outputs)
+        def vote_shares(temperature: float) -> bool:
+            return temperature < 1.0 and _mostly_certain(
+                predictive, outputs, temperature
+            )
+
+        best = _fit_log_parameter(objective, "temperature", outputs, vote_shares)
         with torch.no_grad():
             self.temperature.fill_(best)
         return self
