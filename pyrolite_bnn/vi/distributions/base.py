@@ -27,6 +27,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import pyro.distributions as pyro_dist
 import torch
 from torch import Tensor
 from torch.nn import Module, init
@@ -293,9 +294,15 @@ class Distribution(metaclass=PostInitCallMeta):
 
         The mean over samples of each sample's log-likelihood (the ELBO's data
         term), not torch_blue's log-likelihood of the prediction made from all
-        samples (see the migration table).
+        samples (see the migration table). Elementwise, as torch_blue returns
+        it: ``(B, D)`` for targets ``(B, D)`` (sum the last dimension for an
+        example's log-likelihood).
         """
-        return self.to_predictive().log_likelihood(samples, reference).mean(0)
+        distribution, target = self.to_predictive().observe(samples, reference)
+        while isinstance(distribution, pyro_dist.Independent):
+            distribution = distribution.base_dist
+        result: Tensor = distribution.log_prob(target).mean(0)
+        return result
 
     # ------------------------------------------------------------ adapters
     def to_prior(self) -> BnnPrior:

@@ -110,8 +110,21 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
     def predictive_parameters_from_samples(
         self, samples: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation over the sample dimension."""
-        return samples.mean(dim=0), samples.std(dim=0)
+        """Predictive mean and standard deviation from model samples ``(S, ...)``.
+
+        The mean over the sample dimension, and the standard deviation of the
+        predictive: the samples' spread (epistemic) and, once this object has
+        served as a loss's predictive distribution, its learned noise scale
+        (aleatoric), ``sqrt(spread^2 + noise^2)``. In torch_blue the spread
+        was the predictive's only scale; here the noise is a parameter of its
+        own, and the spread alone would give intervals far too narrow.
+        """
+        mean, spread = samples.mean(dim=0), samples.std(dim=0)
+        built = self.__dict__.get("_bnn_predictive")
+        if not isinstance(built, BnnNormal):
+            return mean, spread
+        noise = built.noise_scale().detach().to(spread)
+        return mean, (spread.square() + noise.square()).sqrt()
 
     def to_prior(self) -> BnnPrior:
         """:class:`pyrolite_bnn.NormalPrior` with this mean and std."""
