@@ -2113,3 +2113,31 @@ def test_normal_log_prob_from_samples_is_elementwise_as_in_torch_blue() -> None:
     torch.testing.assert_close(lp, expected)
     per_example = normal.to_predictive().log_likelihood(samples, target).mean(0)
     torch.testing.assert_close(lp.sum(-1), per_example)
+
+
+def test_clone_and_to_of_the_output_keep_it_in_the_graph() -> None:
+    """``loss_fn(model(x).clone(), y)`` trained on the KL alone (digits: chance).
+
+    ``Tensor._make_subclass`` made every new ``VIReturn`` a leaf: ``clone``,
+    ``to`` and a hand-built ``VIReturn(t, log_probs)`` cut the data term's
+    gradient, silently.
+    """
+    torch.manual_seed(0)
+    layer = vi.VILinear(3, 2)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=8)
+    weight = layer._weight_mean
+    grads = []
+    for make in (
+        lambda out: out,
+        lambda out: out.clone(),
+        lambda out: out.to(torch.float32),
+        lambda out: vi.VIReturn(out * 1.0, out.log_probs),
+    ):
+        torch.manual_seed(1)
+        out = make(layer(x))
+        assert out.grad_fn is not None
+        (grad,) = torch.autograd.grad(loss_fn(out, y), weight)
+        grads.append(grad)
+    for grad in grads[1:]:
+        torch.testing.assert_close(grad, grads[0])

@@ -40,9 +40,15 @@ class VIReturn(Tensor):
     def __new__(
         cls, data: Any, log_probs: Tensor | None = None, *args: Any, **kwargs: Any
     ) -> VIReturn:
-        """Create a ``VIReturn`` sharing ``data``'s storage."""
+        """Create a ``VIReturn`` sharing ``data``'s storage and autograd history.
+
+        ``as_subclass``, not ``Tensor._make_subclass``: the latter makes a new
+        leaf, so ``model(x).clone()`` (and ``to``) cut the output from the
+        network and training went on with the KL's gradient alone.
+        """
         tensor = data if isinstance(data, Tensor) else torch.as_tensor(data)
-        return Tensor._make_subclass(cls, tensor, tensor.requires_grad)
+        result: VIReturn = tensor.as_subclass(cls)
+        return result
 
     def __init__(self, data: Any, log_probs: Tensor | None = None) -> None:
         super().__init__()
