@@ -2141,3 +2141,27 @@ def test_clone_and_to_of_the_output_keep_it_in_the_graph() -> None:
         grads.append(grad)
     for grad in grads[1:]:
         torch.testing.assert_close(grad, grads[0])
+
+
+def test_tracked_kl_of_a_given_divergence_type_is_logged() -> None:
+    """``divergence_type=`` with ``track=True`` logged prior_matching 0.0 always.
+
+    The loss held heat x KL; torch_blue's debugging guide compares exactly
+    these two logged terms.
+    """
+    torch.manual_seed(0)
+    net = vi.VISequential(vi.VILinear(5, 8), nn.ReLU(), vi.VILinear(8, 3))
+    loss_fn = vi.AnalyticalKullbackLeiblerLoss(
+        net,
+        Categorical(),
+        10,
+        heat=0.5,
+        divergence_type=vi.NormalNormalDivergence(),
+        track=True,
+    )
+    x, y = torch.randn(4, 5), torch.randint(0, 3, (4,))
+    loss = loss_fn(net(x, samples=2), y)
+    data, prior = loss_fn.log["data_fitting"][-1], loss_fn.log["prior_matching"][-1]
+    kl = float(loss_fn.prior_matching().detach())
+    assert prior == pytest.approx(0.5 * kl, rel=1e-6)
+    assert data + prior == pytest.approx(float(loss.detach()), rel=1e-5)

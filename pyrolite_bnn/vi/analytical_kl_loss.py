@@ -242,7 +242,11 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
             data_fitting = super().forward(model_output, target, dataset_size)
         finally:
             self.heat = heat
-        return data_fitting + heat * self.prior_matching()
+        kl = self.prior_matching()
+        if self._track and self.log is not None and self.log["prior_matching"]:
+            # The call above logged the heat of 0 it ran with.
+            self.log["prior_matching"][-1] = float(heat * kl.detach())
+        return data_fitting + heat * kl
 
 
 def _divergence_of(variable: RandomVariable) -> type[KullbackLeiblerModule] | None:
