@@ -2165,3 +2165,33 @@ def test_tracked_kl_of_a_given_divergence_type_is_logged() -> None:
     kl = float(loss_fn.prior_matching().detach())
     assert prior == pytest.approx(0.5 * kl, rel=1e-6)
     assert data + prior == pytest.approx(float(loss.detach()), rel=1e-5)
+
+
+class _FixedNoiseNormal(vi.distributions.Distribution):
+    """A dev-branch-style custom predictive: Normal(mean, 0.5), elementwise."""
+
+    is_predictive_distribution = True
+    distribution_parameters = ("mean",)
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
+        return samples.mean(0)
+
+    def log_prob_from_parameters(self, reference: Tensor, parameters: Tensor) -> Tensor:
+        z = (reference - parameters) / 0.5
+        return -0.5 * z**2 - math.log(0.5) - 0.5 * math.log(2 * math.pi)
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_custom_predictive_takes_regression_targets_with_features(outputs: int) -> None:
+    """Targets (B, D) crashed ("shape mismatch (10, 8) vs (8, 1)"); torch_blue runs.
+
+    The same likelihood as the built-in MeanFieldNormal(0, 0.5) before its
+    noise scale is trained: equal losses.
+    """
+    torch.manual_seed(0)
+    net = vi.VILinear(4, outputs)
+    x, y = torch.randn(8, 4), torch.randn(8, outputs)
+    out = net(x, samples=10)
+    custom = vi.KullbackLeiblerLoss(_FixedNoiseNormal(), dataset_size=8)(out, y)
+    builtin = vi.KullbackLeiblerLoss(MeanFieldNormal(0.0, 0.5), dataset_size=8)(out, y)
+    torch.testing.assert_close(custom, builtin)

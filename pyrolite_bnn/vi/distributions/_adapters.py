@@ -7,7 +7,8 @@
 * :class:`AdaptedFamily` / :class:`AdaptedPosterior` — a variational family
   whose posterior module holds one learnable tensor per torch_blue parameter.
 * :class:`AdaptedPredictive` — a likelihood evaluated per particle from
-  ``predictive_parameters_from_samples`` and ``log_prob_from_parameters``.
+  ``predictive_parameters_from_samples`` and ``log_prob_from_parameters``,
+  through :class:`ParticleLikelihood` (batch ``(S, B)``, any target shape).
 * :class:`FlatPrior` — the improper uniform prior (``log p = 0``).
 """
 
@@ -48,6 +49,7 @@ __all__ = [
     "AdaptedPrior",
     "BlueDistribution",
     "FlatPrior",
+    "ParticleLikelihood",
     "flat_prior_kl",
 ]
 
@@ -111,6 +113,46 @@ class BlueDistribution(dist.TorchDistribution):
         # A smaller value broadcasts (torch_blue's elementwise log_prob): sum its dims.
         dims = min(len(self.event_shape), elementwise.dim())
         return elementwise.sum(tuple(range(-dims, 0))) if dims else elementwise
+
+
+class ParticleLikelihood(dist.TorchDistribution):
+    """Per-particle likelihood of batch shape ``(S, B)`` from a torch_blue callable.
+
+    ``log_prob(target)`` is the callable's density reduced to ``(S, B)``; the
+    target keeps whatever dimensions follow the batch (``(B,)`` labels,
+    ``(B, D)`` regression targets), which the callable broadcasts against the
+    outputs, as torch_blue's loss does.
+
+    Args:
+        log_prob_fn: ``(target, parameters) -> (S, B)`` log density.
+        parameters: the network outputs ``(S, B, ...)`` it reads.
+        batch_shape: ``(S, B)``.
+    """
+
+    arg_constraints: dict[str, constraints.Constraint] = {}  # noqa: RUF012
+    support = constraints.real
+
+    def __init__(
+        self,
+        log_prob_fn: LogProb,
+        parameters: tuple[Any, ...],
+        batch_shape: Sequence[int],
+    ) -> None:
+        self.log_prob_fn = log_prob_fn
+        self.parameters = parameters
+        super().__init__(torch.Size(batch_shape), torch.Size(), validate_args=False)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Any:
+        """Itself at its own shape (Pyro's plates ask), else Pyro's expansion."""
+        if torch.Size(batch_shape) == self.batch_shape:
+            return self
+        return dist.ExpandedDistribution(self, batch_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """The ``(S, B)`` log density, with torch_blue's constants."""
+        with normalised_densities():
+            result: Tensor = self.log_prob_fn(value, self.parameters)
+        return result.expand(self.batch_shape)
 
 
 class AdaptedPrior(BnnPrior):
@@ -298,10 +340,7 @@ class AdaptedPredictive(BnnPredictive):
             result: Tensor = value
             return result
 
-        expanded: dist.TorchDistribution = BlueDistribution(
-            log_prob, None, (output,), ()
-        ).expand(output.shape[:2])
-        return expanded
+        return ParticleLikelihood(log_prob, (output,), output.shape[:2])
 
     def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log p(target | output_s)``, ``(S, B)``."""
