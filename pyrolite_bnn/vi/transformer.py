@@ -229,13 +229,33 @@ class VIMultiheadAttention(BnnAttention, VIModule):
     ) -> None:
         # torch_blue 1.1.0 kept the output projection as a sublayer
         # (``out_proj._weight_mean``); its dev branch as two variables.
-        old = prefix + "out_proj._"
-        for key in [k for k in state_dict if k.startswith(old)]:
-            state_dict[f"{prefix}_out_proj_{key[len(old) :]}"] = state_dict.pop(key)
+        _move_keys(state_dict, prefix + "out_proj._", prefix + "_out_proj_")
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
-class VITransformerEncoderLayer(BnnEncoderLayer, VIModule):
+def _move_keys(state_dict: dict[str, Any], old: str, new: str) -> None:
+    """Rename the keys starting with ``old`` to start with ``new`` instead."""
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[new + key[len(old) :]] = state_dict.pop(key)
+
+
+class _DevFeedForwardKeys(nn.Module):
+    """Loads torch_blue dev-branch checkpoints of a transformer layer.
+
+    The dev branch keeps the feed-forward block as ``_ff_block`` (a
+    sequential of linear, activation, linear): its ``_ff_block.0`` and
+    ``_ff_block.2`` are ``linear1`` and ``linear2`` here (1.1.0's names).
+    """
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any
+    ) -> None:
+        _move_keys(state_dict, prefix + "_ff_block.0.", prefix + "linear1.")
+        _move_keys(state_dict, prefix + "_ff_block.2.", prefix + "linear2.")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+class VITransformerEncoderLayer(_DevFeedForwardKeys, BnnEncoderLayer, VIModule):
     """Bayesian transformer encoder layer with torch_blue's arguments.
 
     :class:`pyrolite_bnn.VITransformerEncoderLayer` without dropout (as in
@@ -311,7 +331,7 @@ class VITransformerEncoderLayer(BnnEncoderLayer, VIModule):
         self.return_log_probs = return_log_probs
 
 
-class VITransformerDecoderLayer(BnnDecoderLayer, VIModule):
+class VITransformerDecoderLayer(_DevFeedForwardKeys, BnnDecoderLayer, VIModule):
     """Bayesian transformer decoder layer with torch_blue's arguments.
 
     See :class:`VITransformerEncoderLayer` (note torch_blue's order:
