@@ -243,18 +243,26 @@ def _check_dataset_size(loss_fn: KullbackLeiblerLoss, train_loader: object) -> N
     """Warn when the loss's ``dataset_size`` is not the loader's number of examples.
 
     A map-style ``DataLoader`` knows its data set's length, and a sampler of a
-    part of it (``SubsetRandomSampler``) its own; ``dataset_size`` equal to
-    neither (the number of batches, another split's size) weights the KL by the
-    wrong ``1/N``, silently. Other iterables are not checked.
+    part of it (``SubsetRandomSampler``, also inside a ``batch_sampler``) its
+    own; ``dataset_size`` equal to none of them (the number of batches, another
+    split's size) weights the KL by the wrong ``1/N``, silently. Other
+    iterables, and loaders whose items are whole batches (``batch_size=None``),
+    are not checked.
     """
+    if not isinstance(train_loader, torch.utils.data.DataLoader):
+        return
+    batch_sampler = train_loader.batch_sampler
+    if batch_sampler is None:  # batch_size=None: every item is a whole batch
+        return
     sizes: set[int] = set()
     for source in (
-        getattr(train_loader, "dataset", None),
-        getattr(train_loader, "sampler", None),
+        train_loader.dataset,
+        train_loader.sampler,
+        getattr(batch_sampler, "sampler", None),
     ):
         try:
             sizes.add(len(source))  # type: ignore[arg-type]
-        except TypeError:
+        except Exception:  # no length: iterable data, a __len__ that raises
             continue
     if not sizes or loss_fn.dataset_size in sizes:
         return

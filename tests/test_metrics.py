@@ -1009,3 +1009,19 @@ def test_adaptive_ece_does_not_depend_on_the_order_of_tied_rows() -> None:
     torch.testing.assert_close(
         grouped, metrics.expected_calibration_error(probs, labels, n_bins=15)
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_rows_must_still_sum_to_one(dtype: torch.dtype) -> None:
+    """The half-precision tolerance is its rounding (eps/2 of a sum of 1), not C x eps.
+
+    C x eps accepted all-zero rows of 128 classes in bfloat16 (NLL 87, ECE 1).
+    """
+    labels = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="rows of probs must sum to 1"):
+        metrics.nll(torch.zeros(4, 128, dtype=dtype), labels)
+    rounded = torch.softmax(torch.randn(4, 1000), dim=1).to(dtype)
+    assert metrics.nll(rounded, labels).dtype == torch.float32
+    float32 = torch.full((4, 1000), 1e-3) + torch.tensor(1.2e-7)  # rows 1.00012
+    with pytest.raises(ValueError, match="rows of probs must sum to 1"):
+        metrics.nll(float32, labels)

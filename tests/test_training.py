@@ -197,9 +197,43 @@ def test_a_dataset_size_that_is_not_the_loaders_warns() -> None:
         batch_size=16,
         sampler=torch.utils.data.SubsetRandomSampler(range(48)),
     )
-    for right, batches in ((48, part), (N, loader), (20, _batches(x, y))):
+    in_batches = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=torch.utils.data.BatchSampler(
+            torch.utils.data.SubsetRandomSampler(range(48)), 16, drop_last=False
+        ),
+    )
+    pre_batched = torch.utils.data.DataLoader(_batches(x, y), batch_size=None)
+    for right, batches in (
+        (48, part),
+        (48, in_batches),
+        (N, pre_batched),  # 4 items, each a batch of 16
+        (N, loader),
+        (20, _batches(x, y)),
+    ):
         loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=right)
         fit(model, loss_fn, batches, epochs=1, progress=False)
+
+
+class _NoLength(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.x[i], self.y[i]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+def test_a_dataset_without_a_length_is_not_checked() -> None:
+    x, y = _data()
+    sampler = torch.utils.data.SequentialSampler(range(N))
+    loader = torch.utils.data.DataLoader(
+        _NoLength(x, y), batch_size=16, sampler=sampler
+    )
+    history = fit(_net(), _loss(), loader, epochs=1, progress=False)
+    assert history.epochs_run == 1
 
 
 class _DictDataset(torch.utils.data.Dataset[dict[str, Tensor]]):

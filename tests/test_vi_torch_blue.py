@@ -2195,3 +2195,21 @@ def test_custom_predictive_takes_regression_targets_with_features(outputs: int) 
     custom = vi.KullbackLeiblerLoss(_FixedNoiseNormal(), dataset_size=8)(out, y)
     builtin = vi.KullbackLeiblerLoss(MeanFieldNormal(0.0, 0.5), dataset_size=8)(out, y)
     torch.testing.assert_close(custom, builtin)
+
+
+@pytest.mark.parametrize(
+    "layer_class", [vi.VITransformerEncoderLayer, vi.VITransformerDecoderLayer]
+)
+def test_dev_branch_feed_forward_keys_load(layer_class: type) -> None:
+    """The dev branch saves linear1/linear2 as _ff_block.0/_ff_block.2.
+
+    A strict load failed; strict=False dropped them and kept random weights.
+    """
+    torch.manual_seed(0)
+    layer = layer_class(8, 2, dim_feedforward=16)
+    weight, bias = torch.randn(16, 8), torch.randn(8)
+    state = {"_ff_block.0._weight_mean": weight, "_ff_block.2._bias_mean": bias}
+    result = layer.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == []
+    assert torch.equal(layer.linear1._weight_mean.detach(), weight)
+    assert torch.equal(layer.linear2._bias_mean.detach(), bias)

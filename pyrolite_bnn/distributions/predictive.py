@@ -122,6 +122,23 @@ _NEWTON_STEPS = 3
 _BRACKET_SIGMAS = 40.0
 
 
+def _halvings(lo: Tensor, hi: Tensor, sigma: Tensor) -> int:
+    """Bisection steps that bring every bracket below the resolution.
+
+    Entries without a finite positive ratio (an empty batch, a zero or
+    non-finite scale) do not count: their results are what the steps give.
+    """
+    fewest, most = _BISECTION_STEPS
+    if lo.numel() == 0:
+        return fewest
+    ratio = (hi - lo) / (_BISECTION_RESOLUTION * sigma.min(0).values)
+    finite = ratio[torch.isfinite(ratio) & (ratio > 0)]
+    if finite.numel() == 0:
+        return fewest
+    widest = max(float(finite.max()), 1.0)
+    return min(max(math.ceil(math.log2(widest)), fewest), most)
+
+
 def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
     """Quantile ``q`` of the equal-weight mixture over dim 0 of ``N(loc, var)``.
 
@@ -152,10 +169,7 @@ def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
         z = (y.unsqueeze(0) - mean) * scale
         return (0.5 * torch.erfc(z if upper else -z)).mean(0), z
 
-    smallest = sigma.min(0).values.clamp(min=torch.finfo(torch.float64).tiny)
-    widest = float(((hi - lo) / (_BISECTION_RESOLUTION * smallest)).max())
-    fewest, most = _BISECTION_STEPS
-    halvings = min(max(math.ceil(math.log2(max(widest, 1.0))), fewest), most)
+    halvings = _halvings(lo, hi, sigma)
     for _ in range(halvings):
         mid = (lo + hi) / 2
         mass, _ = tail_mass(mid)

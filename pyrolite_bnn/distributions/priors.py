@@ -416,7 +416,11 @@ def _normal_kl_terms(ratio: Tensor, centred: Tensor, precision: float) -> Tensor
     cancels ``v``'s rounding to first order.
     """
     terms = (ratio - 1.0).sub_(ratio.log())
-    return terms.addcmul_(centred, centred, value=precision).sum().mul(0.5)
+    if terms.shape == centred.shape:
+        terms = terms.addcmul_(centred, centred, value=precision)
+    else:  # a scale broadcast against the means
+        terms = torch.addcmul(terms, centred, centred, value=precision)
+    return terms.sum().mul(0.5)
 
 
 # Weight tensors of at most this many numbers take their closed-form KL in a

@@ -750,3 +750,16 @@ def test_closed_form_kl_near_the_prior_does_not_cancel(prior: bnn.Prior) -> None
         torch.distributions.Normal(prior_loc.double(), prior_scale.double()),
     ).sum()
     assert abs(float(closed) - float(exact)) / float(exact) < 2e-5
+
+
+def test_closed_form_kl_takes_a_scale_broadcast_against_the_means() -> None:
+    """One posterior scale for all means: the in-place sum refused the shape."""
+    loc, scale = torch.linspace(-1.0, 1.0, 5), torch.tensor(0.3)
+    for prior in (bnn.NormalPrior(0.0, 1.0), bnn.NormalPrior(torch.zeros(5), 0.5)):
+        closed = prior.kl_from_normal(loc, scale)
+        assert closed is not None
+        reference = kl_divergence(
+            torch.distributions.Normal(loc, scale.expand(5)),
+            torch.distributions.Normal(prior.loc.expand(5), prior.scale.expand(5)),
+        ).sum()
+        torch.testing.assert_close(closed, reference)

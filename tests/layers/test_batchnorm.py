@@ -553,7 +553,9 @@ def test_layers_before_batch_statistics_draw_whole_weights(estimator: str) -> No
         )
         copies = torch.randn(1, 3).expand(8, 3)
         out = net(copies, samples=5) if root is bnn.VISequential else net(copies)
-        torch.testing.assert_close(out, torch.zeros_like(out), atol=1e-4, rtol=0)
+        # Exactly 0 up to the batch mean's rounding, which batch norm divides
+        # by sqrt(eps) ~ 3e-3 (1e-4 on one thread).
+        torch.testing.assert_close(out, torch.zeros_like(out), atol=1e-3, rtol=0)
         # Running statistics in evaluation mode: examples are independent again,
         # and the layer may sample its outputs from the moments.
         net.eval()
