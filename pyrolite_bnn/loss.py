@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -468,12 +467,11 @@ class KullbackLeiblerLoss(nn.Module):
             name: p for name, p in self.predictive.named_parameters() if p.requires_grad
         }
         if self._watches["predictive"].unchanged(params, related=related):
-            warnings.warn(
+            warn_at_caller(
                 f"the parameters of {type(self.predictive).__name__} (e.g. a learned "
                 "noise scale) have not changed in "
                 f"{UNTRAINED_STEPS} optimizer steps: pass loss_fn.parameters() to the "
-                "optimizer as well as model.parameters()",
-                stacklevel=3,
+                "optimizer as well as model.parameters()"
             )
 
     def _watch_decay(self, record: ForwardRecord) -> None:
@@ -501,12 +499,11 @@ class KullbackLeiblerLoss(nn.Module):
         params = record.guide_parameters()
         if watch.unchanged(params, key, record.network_parameters):
             example = next(iter(params))
-            warnings.warn(
+            warn_at_caller(
                 f"the guide's parameters (e.g. {example!r}) get gradients but have "
                 f"not changed in {UNTRAINED_STEPS} optimizer steps: create the "
                 "optimizer after assigning model.guide (torch.optim.Adam("
-                "model.parameters(), ...)), so that it holds the guide's parameters",
-                stacklevel=3,
+                "model.parameters(), ...)), so that it holds the guide's parameters"
             )
 
     def pyro_model(self, model: nn.Module) -> PyroModel:

@@ -2213,3 +2213,25 @@ def test_dev_branch_feed_forward_keys_load(layer_class: type) -> None:
     assert result.unexpected_keys == []
     assert torch.equal(layer.linear1._weight_mean.detach(), weight)
     assert torch.equal(layer.linear2._bias_mean.detach(), bias)
+
+
+@pytest.mark.parametrize("make_loss", [bnn.KullbackLeiblerLoss, vi.KullbackLeiblerLoss])
+def test_untrained_noise_warning_points_at_the_users_line(make_loss: type) -> None:
+    """Through vi.KullbackLeiblerLoss it pointed into the library's loss.py."""
+    torch.manual_seed(0)
+    net = vi.VILinear(3, 1)
+    likelihood = (
+        bnn.Normal() if make_loss is bnn.KullbackLeiblerLoss else MeanFieldNormal()
+    )
+    loss_fn = make_loss(likelihood, dataset_size=16)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)  # noise scale left out
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(10):
+            optimizer.zero_grad()
+            loss_fn(net(x, samples=2), y).backward()
+            optimizer.step()
+    found = [w for w in caught if "have not changed" in str(w.message)]
+    assert len(found) == 1
+    assert found[0].filename == __file__
