@@ -2235,3 +2235,35 @@ def test_untrained_noise_warning_points_at_the_users_line(make_loss: type) -> No
     found = [w for w in caught if "have not changed" in str(w.message)]
     assert len(found) == 1
     assert found[0].filename == __file__
+
+
+def test_vi_convert_branch_ban_functions_by_name_and_bool_mode() -> None:
+    """torch_blue's ``vi_convert`` branch: ban_torch_convert, ban_reuse, mode bools."""
+    from pyrolite_bnn.vi.utils import convert
+
+    try:
+        convert.ban_convert(nn.Linear)  # mode=True
+        assert nn.Linear in convert._blacklist
+        with pytest.raises(vi.utils.NothingConvertedError, match="ban_convert"):
+            vi.convert_to_vimodule(nn.Linear(3, 2))
+        with pytest.raises(AttributeError, match="_set_sampling_responsibility"):
+            vi.convert_to_vimodule(nn.Linear(3, 2))
+        convert.ban_convert(nn.Linear, False)
+        assert nn.Linear not in convert._blacklist
+        assert type(vi.convert_to_vimodule(nn.Linear(3, 2))) is vi.VILinear
+
+        convert.ban_torch_convert("Linear")
+        first = vi.convert_to_vimodule(nn.Linear(3, 2))
+        second = vi.convert_to_vimodule(nn.Linear(3, 2))
+        assert type(first) is not vi.VILinear  # the generated class
+        assert type(first) is type(second)  # reused
+        assert first(torch.randn(4, 3), samples=2).shape == (2, 4, 2)
+        convert.ban_reuse(["Linear"])
+        assert type(vi.convert_to_vimodule(nn.Linear(3, 2))) is not type(second)
+        with pytest.raises(TypeError, match="class names"):
+            convert.ban_reuse([nn.Linear])  # type: ignore[list-item]
+    finally:
+        convert.ban_convert(nn.Linear, False)
+        convert.ban_reuse("Linear", False)
+        convert.ban_torch_convert("Linear", False)
+    assert type(vi.convert_to_vimodule(nn.Linear(3, 2))) is vi.VILinear

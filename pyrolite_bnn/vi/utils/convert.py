@@ -64,8 +64,15 @@ from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.registry import copy_training_modes
 from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.vi.utils.common_types import vikwargs_of
+from pyrolite_bnn.vi.utils.errors import NothingConvertedError
 
-__all__ = ["ban_convert", "convert_norms", "convert_to_vimodule"]
+__all__ = [
+    "ban_convert",
+    "ban_reuse",
+    "ban_torch_convert",
+    "convert_norms",
+    "convert_to_vimodule",
+]
 
 # Modules without parameters: converting them would change nothing.
 _blacklist: set[type[nn.Module]] = {
@@ -174,11 +181,14 @@ _torch_norms: set[type[nn.Module]] = {
 _blacklist |= _torch_norms
 # Classes converted by the generated class even where a layer of their name exists.
 _replace_blacklist: set[type[nn.Module]] = set()
-# Classes whose generated class is made anew for each module.
-_reuse_blacklist: set[type[nn.Module]] = set()
+# The same by class name (torch_blue's vi_convert branch: ban_torch_convert).
+_torch_blacklist: set[str] = set()
+# Classes (or class names: ban_reuse) whose generated class is made anew for
+# each module.
+_reuse_blacklist: set[type[nn.Module] | str] = set()
 # Classes left as they are with everything below them.
 _submodule_blacklist: set[type[nn.Module]] = set()
-_BAN_LISTS = {
+_BAN_LISTS: dict[str, set[Any]] = {
     "ban": _blacklist,
     "reuse": _reuse_blacklist,
     "replace": _replace_blacklist,
@@ -203,7 +213,7 @@ def convert_norms(mode: bool = True) -> None:
 
 def ban_convert(
     class_names: type[nn.Module] | Iterable[type[nn.Module]],
-    ban_mode: str = "ban",
+    ban_mode: str | bool = "ban",
     unban: bool = False,
 ) -> None:
     """Add classes to (or, with ``unban=True``, remove them from) a ban list.
@@ -214,13 +224,17 @@ def ban_convert(
             converted); ``"submodule"``: the module and everything below it
             stay; ``"reuse"``: a generated class is made anew for every module
             of the class; ``"replace"``: the generated class is used even where
-            a layer of the class's name exists.
+            a layer of the class's name exists. A bool is the ``mode`` of
+            torch_blue's ``vi_convert`` branch: ``True`` bans (``"ban"``),
+            ``False`` unbans.
         unban: remove instead of add.
 
     Raises:
         ValueError: for an unknown ``ban_mode``.
         TypeError: for anything but ``torch.nn.Module`` classes.
     """
+    if isinstance(ban_mode, bool):
+        ban_mode, unban = "ban", not ban_mode
     if ban_mode not in _BAN_LISTS:
         raise ValueError(f"Unknown ban mode: {ban_mode}")
     classes = [class_names] if isinstance(class_names, type) else list(class_names)
@@ -234,6 +248,58 @@ def ban_convert(
         _BAN_LISTS[ban_mode].difference_update(classes)
     else:
         _BAN_LISTS[ban_mode].update(classes)
+
+
+def ban_torch_convert(class_names: str | Iterable[str], mode: bool = True) -> None:
+    """Convert modules of these class names by the generated class (by name).
+
+    torch_blue's ``vi_convert`` branch: a user class that shares a torch
+    layer's name (a ``Linear`` of your own) would otherwise become that
+    layer's Bayesian version. The name-based form of
+    ``ban_convert(cls, "replace")``.
+
+    Args:
+        class_names: a class name or several.
+        mode: ``True`` bans, ``False`` unbans.
+    """
+    _update_names(_torch_blacklist, class_names, mode, "ban_torch_convert")
+
+
+def ban_reuse(class_names: str | Iterable[str], mode: bool = True) -> None:
+    """Make a generated class anew for every module of these class names.
+
+    torch_blue's ``vi_convert`` branch: for two different classes of one
+    name. The name-based form of ``ban_convert(cls, "reuse")``.
+
+    Args:
+        class_names: a class name or several.
+        mode: ``True`` bans, ``False`` unbans.
+    """
+    _update_names(_reuse_blacklist, class_names, mode, "ban_reuse")
+
+
+def _update_names(
+    names: set[Any], class_names: str | Iterable[str], mode: bool, what: str
+) -> None:
+    """Add ``class_names`` to ``names`` (``mode=True``) or remove them."""
+    given = [class_names] if isinstance(class_names, str) else list(class_names)
+    for name in given:
+        if not isinstance(name, str):
+            raise TypeError(f"{what} takes class names (str), got {name!r}")
+    if mode:
+        names.update(given)
+    else:
+        names.difference_update(given)
+
+
+def _replaced(cls: type[nn.Module]) -> bool:
+    """Whether ``cls`` gets the generated class where a layer of its name exists."""
+    return cls in _replace_blacklist or cls.__name__ in _torch_blacklist
+
+
+def _reused(cls: type[nn.Module]) -> bool:
+    """Whether ``cls``'s generated class is kept for the next module of the class."""
+    return cls not in _reuse_blacklist and cls.__name__ not in _reuse_blacklist
 
 
 def convert_to_vimodule(
@@ -269,6 +335,8 @@ def convert_to_vimodule(
         TypeError: if ``module`` is not a ``torch.nn.Module``.
         UnsupportedDistributionError: for a distribution that cannot take the
             role it is given.
+        NothingConvertedError: the model's class is banned from conversion
+            and nothing below it was converted.
 
     Example:
         >>> import torch
@@ -295,6 +363,17 @@ def convert_to_vimodule(
     _convert(module, vikwargs, keep_weights)
     if isinstance(module, BnnVIModule):
         module.return_log_probs = return_log_probs
+    banned = _blacklist | _submodule_blacklist
+    if type(module) in banned and not any(
+        isinstance(m, BnnVIModule) for m in module.modules()
+    ):
+        name = type(module).__name__
+        raise NothingConvertedError(
+            f"'{name}' object has no attribute '_set_sampling_responsibility': "
+            f"nothing was made Bayesian, as {name} is banned from conversion and "
+            f"no module below it was converted (lift the ban with "
+            f"ban_convert({name}, False))"
+        )
     return module
 
 
@@ -316,7 +395,8 @@ def _convert(
     containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
     if (
         not per_particle
-        and cls not in _blacklist | _replace_blacklist
+        and cls not in _blacklist
+        and not _replaced(cls)
         and not isinstance(module, containers)
     ):
         built = _vi_layer(module, vikwargs)
@@ -338,7 +418,7 @@ def _convert(
         _convert(child, vikwargs, keep_weights, below)
     if cls in _blacklist:
         return
-    if cls is nn.Sequential and cls not in _replace_blacklist and not per_particle:
+    if cls is nn.Sequential and not _replaced(cls) and not per_particle:
         assert isinstance(module, nn.Sequential)
         from pyrolite_bnn import vi
 
@@ -572,7 +652,7 @@ def _generated_class(cls: type[nn.Module]) -> type[nn.Module]:
     """``AVI<Name>``: a ``vi.VIModule`` running ``cls.forward`` per particle."""
     from pyrolite_bnn.vi.base import VIModule
 
-    if cls not in _reuse_blacklist and cls in _generated:
+    if _reused(cls) and cls in _generated:
         return _generated[cls]
     name = "AVI" + cls.__name__
     generated = type(
@@ -585,7 +665,7 @@ def _generated_class(cls: type[nn.Module]) -> type[nn.Module]:
             "__qualname__": name,
         },
     )
-    if cls not in _reuse_blacklist:
+    if _reused(cls):
         _generated[cls] = generated
     return generated
 
