@@ -288,13 +288,19 @@ class LinearizedLaplace(nn.Module):
         object.__setattr__(self, "predictive", predictive)
         theta = torch.cat([params[n].detach().reshape(-1) for n in self.names])
         self.register_buffer("theta", theta)
-        self.register_buffer("eigenvalues", theta.new_zeros(0))
-        self.register_buffer("eigenvectors", theta.new_zeros(len(theta), 0))
-        self.register_buffer("prior_precision", torch.ones_like(theta[0]))
-        self.register_buffer("log_likelihood", torch.zeros_like(theta[0]))
+        # The posterior in float64 whatever the network's dtype: a float32 GGN
+        # and Sigma = I / delta - V diag V^T lose the small variances (those at
+        # the data) to rounding, and the evidence's prior precision with them.
+        wide = theta.new_zeros((), dtype=torch.float64)
+        self.register_buffer("eigenvalues", wide.new_zeros(0))
+        self.register_buffer("eigenvectors", wide.new_zeros(len(theta), 0))
+        self.register_buffer("prior_precision", wide.new_ones(()))
+        self.register_buffer("log_likelihood", wide.new_zeros(()))
         network.requires_grad_(False)
         # Shape of one input example, known once fitted (checked on prediction).
         self.input_shape: tuple[int, ...] | None = None
+        # The Normal likelihood's noise scale the GGN was built with.
+        self._fitted_noise: float | None = None
 
     def fit(
         self, x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None = None
@@ -337,28 +343,31 @@ class LinearizedLaplace(nn.Module):
                         classes = output.shape[-1]
                         jac = jac.reshape(-1, classes, count)
                         out = out.reshape(-1, classes)
-                    root = _output_hessian_root(predictive, out, jac)
+                    root = _output_hessian_root(predictive, out, jac).double()
                     if ggn is None and (len(root) + sum(map(len, rows))) * 2 <= count:
                         rows.append(root)
                         continue
                     if ggn is None:
-                        ggn = torch.zeros_like(self.theta).expand(count, count).clone()
+                        ggn = root.new_zeros(count, count)
                         for kept in rows:
                             ggn += kept.T @ kept
                         rows = []
                     ggn += root.T @ root
-            # float64: float32 eigh fails to converge on ill-conditioned GGNs.
+            # float64 (the rows are): float32 eigh fails to converge on
+            # ill-conditioned GGNs, and loses their small eigenvalues.
             if ggn is None:  # rank <= P / 2: thin SVD of A, O(R^2 P)
-                stacked = torch.cat(rows) if rows else self.theta.new_zeros(0, count)
-                _, singular, vh = torch.linalg.svd(
-                    stacked.double(), full_matrices=False
+                stacked = (
+                    torch.cat(rows) if rows else self.eigenvectors.new_zeros(0, count)
                 )
+                _, singular, vh = torch.linalg.svd(stacked, full_matrices=False)
                 eigenvalues, eigenvectors = singular.square(), vh.T
             else:
-                eigenvalues, eigenvectors = torch.linalg.eigh(ggn.double())
-            self.eigenvalues = eigenvalues.clamp_min(0).to(self.theta)
-            self.eigenvectors = eigenvectors.to(self.theta)
+                eigenvalues, eigenvectors = torch.linalg.eigh(ggn)
+            self.eigenvalues = eigenvalues.clamp_min(0)
+            self.eigenvectors = eigenvectors
             self.log_likelihood.copy_(log_likelihood)
+        if isinstance(predictive, Normal):
+            self._fitted_noise = float(predictive.noise_scale().detach())
         return self
 
     def _load_from_state_dict(
@@ -540,8 +549,8 @@ class LinearizedLaplace(nn.Module):
         with torch.no_grad():
             centre = self._function(x)(theta)
             self.predictive.check_target(centre.unsqueeze(0), y)
-            jac = self.jacobian(x).reshape(-1, len(theta))  # (N K, P)
-            z = torch.randn(samples, len(theta), dtype=theta.dtype, device=theta.device)
+            jac = self.jacobian(x).reshape(-1, len(theta)).to(v.dtype)  # (N K, P)
+            z = torch.randn(samples, len(theta), dtype=v.dtype, device=theta.device)
             # output_s = centre + J (z_s + V diag(e) V^T z_s) / sqrt(delta)
             jz, jv, zv = jac @ z.T, jac @ v, z @ v
 
@@ -550,7 +559,9 @@ class LinearizedLaplace(nn.Module):
             e = self._root_correction(delta)
             with torch.no_grad():
                 moved = (jz + (jv * e) @ zv.T) / math.sqrt(delta)  # (N K, S)
-                outputs = centre + moved.T.reshape(samples, *centre.shape)
+                outputs = centre + moved.T.reshape(samples, *centre.shape).to(
+                    centre.dtype
+                )
                 mixture = self.predictive.mixture_log_likelihood(outputs, y)
             return -float(mixture.mean())
 
@@ -626,10 +637,11 @@ class LinearizedLaplace(nn.Module):
             ``(B, K, K)``, ``K`` the number of output values per input.
         """
         with torch.no_grad():
-            jac = self.jacobian(x)
+            jac = self.jacobian(x).double()  # the difference cancels: float64
             projected = jac @ self.eigenvectors
             isotropic = jac @ jac.mT / self.prior_precision
-            return isotropic - (projected * self._shrink()) @ projected.mT
+            covariance = isotropic - (projected * self._shrink()) @ projected.mT
+            return covariance.to(self.theta.dtype)
 
     def forward(self, x: Tensor, samples: int = 100) -> Tensor:
         """Outputs of ``samples`` linearised networks, ``(S, B, ...)``.
@@ -646,7 +658,8 @@ class LinearizedLaplace(nn.Module):
             raise ValueError(f"samples must be >= 1, got {samples!r}")
         self._check_input(x)
         theta, v, delta = self.theta, self.eigenvectors, self.prior_precision
-        z = torch.randn(samples, len(theta), dtype=theta.dtype, device=theta.device)
+        # float64: along the data's directions z and its correction cancel.
+        z = torch.randn(samples, len(theta), dtype=v.dtype, device=theta.device)
         e = self._root_correction(delta)
         deltas = (z + ((z @ v) * e) @ v.T) / delta.sqrt()
         step = batch_size or self._jacobian_chunk(x[:1])
@@ -655,7 +668,8 @@ class LinearizedLaplace(nn.Module):
             for start in range(0, max(x.shape[0], 1), step):  # empty x: one chunk
                 xb = x[start : start + step]
                 centre = self._function(xb)(self.theta)
-                moved = torch.einsum("bkp,sp->sbk", self.jacobian(xb), deltas)
+                jac = self.jacobian(xb).to(deltas.dtype)
+                moved = torch.einsum("bkp,sp->sbk", jac, deltas).to(centre.dtype)
                 chunks.append(centre + moved.reshape(samples, *centre.shape))
         return torch.cat(chunks, 1)
 
@@ -694,6 +708,16 @@ class LinearizedLaplace(nn.Module):
                 f"curvature it holds; predicting with {likelihood!r} would mix two "
                 "models: call bnn.laplace again with that likelihood"
             )
+        fitted = self._fitted_noise
+        if isinstance(likelihood, Normal) and fitted is not None:
+            scale = float(likelihood.noise_scale().detach())
+            if not math.isclose(scale, fitted, rel_tol=1e-5):
+                raise ValueError(
+                    f"this Laplace posterior's curvature was built with noise scale "
+                    f"{fitted:.6g}; predicting with {likelihood!r} (scale "
+                    f"{scale:.6g}) would mix two models: pass the likelihood given "
+                    "to bnn.laplace, or call it again with this one"
+                )
         if mode not in ("sample", "mean"):
             raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
         if batch_size is not None and batch_size < 1:

@@ -554,8 +554,11 @@ def test_predicting_with_another_likelihood_family_is_refused() -> None:
     posterior = bnn.laplace(net, x, y, bnn.Normal(scale=0.5))
     with pytest.raises(ValueError, match="fitted with Normal"):
         bnn.predict(posterior, x, bnn.Categorical())
-    same_family = bnn.predict(posterior, x, bnn.Normal(scale=0.3), samples=4)
-    assert same_family.samples.shape == (4, 20, 3)
+    # The same family with another noise scale mixes two models too.
+    with pytest.raises(ValueError, match=r"noise scale 0\.5; predicting with"):
+        bnn.predict(posterior, x, bnn.Normal(scale=0.3), samples=4)
+    same = bnn.predict(posterior, x, bnn.Normal(scale=0.5), samples=4)
+    assert same.samples.shape == (4, 20, 3)
 
 
 def test_prior_precision_takes_numbers_of_any_kind() -> None:
@@ -564,3 +567,52 @@ def test_prior_precision_takes_numbers_of_any_kind() -> None:
     for value in (torch.tensor(2.0), np.float32(2.0), 2):
         la = bnn.laplace(net, x, y, bnn.Normal(1.0), prior_precision=value)  # type: ignore[arg-type]
         assert float(la.prior_precision) == 2.0
+
+
+def test_a_float32_network_gets_the_float64_posterior() -> None:
+    """Low noise (sigma = 0.001): a float32 GGN and Sigma lost the small variances.
+
+    At training inputs the output variance was 130x too large, 0 or negative,
+    the evidence's prior precision 2.7x off, and predict's epistemic variance
+    3.4-3.9x too large (the same weights in float64 as the reference).
+    """
+    sigma = 0.001
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat(
+        [torch.rand(100, 1, generator=g) + 1, -torch.rand(100, 1, generator=g) - 1]
+    )
+    y = torch.sin(2 * x[:, 0]) + sigma * torch.randn(200, generator=g)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 20), nn.Tanh(), nn.Linear(20, 1))
+    net64 = copy.deepcopy(net).double()
+    la32 = bnn.laplace(net, x, y, bnn.Normal(scale=sigma))
+    la64 = bnn.laplace(net64, x.double(), y.double(), bnn.Normal(scale=sigma))
+    assert float(la32.prior_precision) == pytest.approx(
+        float(la64.prior_precision), rel=1e-3
+    )
+    points = torch.tensor([[1.5], [-1.5], [0.0], [3.0]])
+    var32 = la32.output_covariance(points)[:, 0, 0]
+    var64 = la64.output_covariance(points.double())[:, 0, 0]
+    assert var32.dtype == torch.float32
+    torch.testing.assert_close(var32.double(), var64, rtol=1e-3, atol=0)
+    torch.manual_seed(1)
+    epistemic32 = bnn.predict(
+        la32, points, bnn.Normal(scale=sigma), samples=500
+    ).epistemic_var
+    torch.manual_seed(1)
+    epistemic64 = bnn.predict(
+        la64, points.double(), bnn.Normal(scale=sigma), samples=500
+    ).epistemic_var
+    torch.testing.assert_close(epistemic32.double(), epistemic64, rtol=1e-3, atol=0)
+
+
+def test_predicting_with_another_noise_scale_is_refused() -> None:
+    """The curvature holds 1 / sigma^2: another Normal mixed two models silently."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+    x, y = torch.randn(30, 2), torch.randn(30)
+    la = bnn.laplace(net, x, y, bnn.Normal(scale=0.1), prior_precision=1.0)
+    assert bnn.predict(la, x[:3], bnn.Normal(scale=0.1)).mean.shape == (3,)
+    for other in (bnn.Normal(scale=1.0), bnn.Normal()):
+        with pytest.raises(ValueError, match=r"noise scale 0\.1; predicting with"):
+            bnn.predict(la, x[:3], other)
