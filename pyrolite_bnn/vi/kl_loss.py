@@ -70,6 +70,9 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
             :meth:`forward`, else the batch size is used with a warning.
         heat: multiplier of the KL term.
         track: record the loss components in :attr:`log`.
+        kl: keyword only, not in torch_blue: how the KL is estimated, as for
+            :class:`pyrolite_bnn.KullbackLeiblerLoss` (``"auto"``: closed form
+            where one exists, else Monte Carlo).
 
     Attributes:
         log: ``None``, or (once tracking is on) a dict of lists:
