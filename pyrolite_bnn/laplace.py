@@ -215,11 +215,16 @@ def _expansion_network(model: nn.Module) -> nn.Module:
 
 
 def _last_layer(network: nn.Module, x: Tensor) -> list[str]:
-    """Names of the parameters of the last module with parameters that runs."""
+    """Names of the parameters of the module with parameters that starts last.
+
+    By the start of a call (pre-hooks): a module's call ends after its
+    children's, so a parent owning a parameter of its own (a learned output
+    scale applied after its head) would otherwise be taken for the last layer.
+    """
     owners = [m for m in network.modules() if any(True for _ in m.parameters(False))]
     called: list[nn.Module] = []
     handles = [
-        m.register_forward_hook(lambda module, i, o: called.append(module))
+        m.register_forward_pre_hook(lambda module, i: called.append(module))
         for m in owners
     ]
     try:
@@ -462,8 +467,16 @@ class LinearizedLaplace(nn.Module):
 
         Returns:
             A scalar tensor (nats).
+
+        Raises:
+            ValueError: for a ``prior_precision`` that is not a positive,
+                finite number.
         """
-        given = self.prior_precision if prior_precision is None else prior_precision
+        given = (
+            self.prior_precision
+            if prior_precision is None
+            else _check_prior_precision(prior_precision)
+        )
         delta = torch.as_tensor(given, dtype=torch.float64, device=self.theta.device)
         lam = self.eigenvalues.double()
         # log det(GGN + delta I) = sum_i log(lambda_i + delta) + (P - r) log(delta)
@@ -769,8 +782,9 @@ def laplace(
         subset: ``"all"`` trainable weights (dense ``P x P`` covariance;
             parameters with ``requires_grad=False``, a frozen backbone, stay
             fixed at their values, as in laplace-torch), or ``"last_layer"``:
-            the weights of the last module with parameters that runs in the
-            forward pass (others fixed at their values).
+            the weights of the module with parameters whose call starts last
+            in the forward pass (the head, not a parent owning a parameter it
+            applies after the head; others fixed at their values).
         prior_precision: ``"marglik"`` to maximise
             :meth:`LinearizedLaplace.log_marginal_likelihood`, or a positive
             number ``delta`` (prior ``N(0, I / delta)``).

@@ -616,3 +616,34 @@ def test_predicting_with_another_noise_scale_is_refused() -> None:
     for other in (bnn.Normal(scale=1.0), bnn.Normal()):
         with pytest.raises(ValueError, match=r"noise scale 0\.1; predicting with"):
             bnn.predict(la, x[:3], other)
+
+
+class _ScaledHead(nn.Module):
+    """A root owning a learned output scale, applied after its head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(3, 8), nn.Linear(8, 1)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.body(x))) * self.log_scale.exp()
+
+
+def test_last_layer_is_the_head_not_a_parent_owning_a_parameter() -> None:
+    """The root's forward hook fires after its children's: it took the scale."""
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 3), torch.randn(30)
+    la = bnn.laplace(_ScaledHead(), x, y, bnn.Normal(scale=0.5), subset="last_layer")
+    assert la.names == ("head.weight", "head.bias")
+
+
+def test_evidence_refuses_a_prior_precision_that_is_no_precision() -> None:
+    """-1 and 0 gave NaN."""
+    la = bnn.laplace(
+        nn.Linear(2, 1), torch.randn(8, 2), torch.randn(8), bnn.Normal(1.0)
+    )
+    for bad in (-1.0, 0.0, float("inf")):
+        with pytest.raises(ValueError, match="prior_precision"):
+            la.log_marginal_likelihood(bad)
+    assert torch.isfinite(la.log_marginal_likelihood(2.0))
