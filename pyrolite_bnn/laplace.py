@@ -215,16 +215,16 @@ def _expansion_network(model: nn.Module) -> nn.Module:
 
 
 def _last_layer(network: nn.Module, x: Tensor) -> list[str]:
-    """Names of the parameters of the module with parameters that starts last.
+    """Names of the parameters of the last module with parameters that runs.
 
-    By the start of a call (pre-hooks): a module's call ends after its
-    children's, so a parent owning a parameter of its own (a learned output
-    scale applied after its head) would otherwise be taken for the last layer.
+    By the end of a call: a parent owning a parameter it applies after its
+    children (an output weight ``h @ self.w_out``) is the last layer; one that
+    applies it before them is taken too (a known limit: see :func:`laplace`).
     """
     owners = [m for m in network.modules() if any(True for _ in m.parameters(False))]
     called: list[nn.Module] = []
     handles = [
-        m.register_forward_pre_hook(lambda module, i: called.append(module))
+        m.register_forward_hook(lambda module, i, o: called.append(module))
         for m in owners
     ]
     try:
@@ -429,11 +429,6 @@ class LinearizedLaplace(nn.Module):
         """
         return torch.expm1(-0.5 * torch.log1p(self.eigenvalues / delta))
 
-    def _shrink(self) -> Tensor:
-        """``lambda / (delta (lambda + delta))``: ``Sigma = I / delta - V diag V^T``."""
-        delta = self.prior_precision
-        return self.eigenvalues / (delta * (self.eigenvalues + delta))
-
     @property
     def posterior_precision(self) -> Tensor:
         """``GGN + prior_precision * I``, ``(P, P)``."""
@@ -443,10 +438,13 @@ class LinearizedLaplace(nn.Module):
 
     @property
     def posterior_covariance(self) -> Tensor:
-        """``Sigma``, the inverse of :attr:`posterior_precision`, ``(P, P)``."""
-        v = self.eigenvectors
+        """``Sigma``, the inverse of :attr:`posterior_precision`, ``(P, P)``.
+
+        ``V diag(1 / (lambda + delta)) V^T + (I - V V^T) / delta``.
+        """
+        v, delta = self.eigenvectors, self.prior_precision
         eye = torch.eye(len(v), dtype=v.dtype, device=v.device)
-        return eye / self.prior_precision - (v * self._shrink()) @ v.T
+        return (v / (self.eigenvalues + delta)) @ v.T + (eye - v @ v.T) / delta
 
     def log_marginal_likelihood(self, prior_precision: float | None = None) -> Tensor:
         r"""Laplace approximation of ``log p(data | delta)`` at the expansion point.
@@ -472,11 +470,15 @@ class LinearizedLaplace(nn.Module):
             ValueError: for a ``prior_precision`` that is not a positive,
                 finite number.
         """
-        given = (
-            self.prior_precision
-            if prior_precision is None
-            else _check_prior_precision(prior_precision)
-        )
+        given = self.prior_precision if prior_precision is None else prior_precision
+        if prior_precision is not None:
+            # checked as a number; a tensor keeps its graph (the evidence's
+            # gradient in log delta, laplace-torch's idiom)
+            _check_prior_precision(
+                prior_precision.detach()
+                if isinstance(prior_precision, Tensor)
+                else prior_precision
+            )
         delta = torch.as_tensor(given, dtype=torch.float64, device=self.theta.device)
         lam = self.eigenvalues.double()
         # log det(GGN + delta I) = sum_i log(lambda_i + delta) + (P - r) log(delta)
@@ -650,10 +652,16 @@ class LinearizedLaplace(nn.Module):
             ``(B, K, K)``, ``K`` the number of output values per input.
         """
         with torch.no_grad():
-            jac = self.jacobian(x).double()  # the difference cancels: float64
-            projected = jac @ self.eigenvectors
-            isotropic = jac @ jac.mT / self.prior_precision
-            covariance = isotropic - (projected * self._shrink()) @ projected.mT
+            # Sigma = V diag(1 / (lambda + delta)) V^T + (I - V V^T) / delta:
+            # two positive semi-definite parts, no difference of large terms
+            # (J J^T / delta minus a correction cancelled to negative
+            # variances at small delta).
+            v, delta = self.eigenvectors, self.prior_precision
+            jac = self.jacobian(x).to(v.dtype)
+            projected = jac @ v
+            residual = jac - projected @ v.T
+            inside = (projected / (self.eigenvalues + delta)) @ projected.mT
+            covariance = inside + residual @ residual.mT / delta
             return covariance.to(self.theta.dtype)
 
     def forward(self, x: Tensor, samples: int = 100) -> Tensor:
@@ -673,8 +681,11 @@ class LinearizedLaplace(nn.Module):
         theta, v, delta = self.theta, self.eigenvectors, self.prior_precision
         # float64: along the data's directions z and its correction cancel.
         z = torch.randn(samples, len(theta), dtype=v.dtype, device=theta.device)
-        e = self._root_correction(delta)
-        deltas = (z + ((z @ v) * e) @ v.T) / delta.sqrt()
+        # Sigma^(1/2) z = V diag((lambda + delta)^(-1/2)) V^T z + (z - V V^T z)
+        # / sqrt(delta): each part without a difference of large terms.
+        along = z @ v
+        deltas = (along * (self.eigenvalues + delta).rsqrt()) @ v.T
+        deltas = deltas + (z - along @ v.T) / delta.sqrt()
         step = batch_size or self._jacobian_chunk(x[:1])
         chunks = []
         with torch.no_grad():
@@ -721,8 +732,12 @@ class LinearizedLaplace(nn.Module):
                 f"curvature it holds; predicting with {likelihood!r} would mix two "
                 "models: call bnn.laplace again with that likelihood"
             )
-        fitted = self._fitted_noise
-        if isinstance(likelihood, Normal) and fitted is not None:
+        fitted = getattr(self, "_fitted_noise", None)  # absent in older pickles
+        if (
+            isinstance(likelihood, Normal)
+            and likelihood is not self.predictive
+            and fitted is not None
+        ):
             scale = float(likelihood.noise_scale().detach())
             if not math.isclose(scale, fitted, rel_tol=1e-5):
                 raise ValueError(
@@ -782,9 +797,12 @@ def laplace(
         subset: ``"all"`` trainable weights (dense ``P x P`` covariance;
             parameters with ``requires_grad=False``, a frozen backbone, stay
             fixed at their values, as in laplace-torch), or ``"last_layer"``:
-            the weights of the module with parameters whose call starts last
-            in the forward pass (the head, not a parent owning a parameter it
-            applies after the head; others fixed at their values).
+            the weights of the last module with parameters whose call ends
+            in the forward pass (others fixed at their values). A module
+            owning parameters of its own and calling modules with parameters
+            ends after them: its own are taken (a root's output scale
+            applied after its head would be; give such a network
+            ``subset="all"``).
         prior_precision: ``"marglik"`` to maximise
             :meth:`LinearizedLaplace.log_marginal_likelihood`, or a positive
             number ``delta`` (prior ``N(0, I / delta)``).

@@ -616,26 +616,14 @@ def test_predicting_with_another_noise_scale_is_refused() -> None:
     for other in (bnn.Normal(scale=1.0), bnn.Normal()):
         with pytest.raises(ValueError, match=r"noise scale 0\.1; predicting with"):
             bnn.predict(la, x[:3], other)
-
-
-class _ScaledHead(nn.Module):
-    """A root owning a learned output scale, applied after its head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body, self.head = nn.Linear(3, 8), nn.Linear(8, 1)
-        self.log_scale = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(torch.tanh(self.body(x))) * self.log_scale.exp()
-
-
-def test_last_layer_is_the_head_not_a_parent_owning_a_parameter() -> None:
-    """The root's forward hook fires after its children's: it took the scale."""
-    torch.manual_seed(0)
-    x, y = torch.randn(30, 3), torch.randn(30)
-    la = bnn.laplace(_ScaledHead(), x, y, bnn.Normal(scale=0.5), subset="last_layer")
-    assert la.names == ("head.weight", "head.bias")
+    # The likelihood given to laplace itself is never refused, also after its
+    # learned scale moved on; a float32 copy of the posterior still predicts.
+    learned = bnn.Normal()
+    la = bnn.laplace(net, x, y, learned, prior_precision=1.0)
+    with torch.no_grad():
+        learned.raw_scale.add_(0.01)
+    assert la.predict(x[:3]).mean.shape == (3,)
+    assert la.float().output_covariance(x[:3]).dtype == torch.float32
 
 
 def test_evidence_refuses_a_prior_precision_that_is_no_precision() -> None:
@@ -647,3 +635,33 @@ def test_evidence_refuses_a_prior_precision_that_is_no_precision() -> None:
         with pytest.raises(ValueError, match="prior_precision"):
             la.log_marginal_likelihood(bad)
     assert torch.isfinite(la.log_marginal_likelihood(2.0))
+    log_delta = torch.tensor(0.5, requires_grad=True)
+    (-la.log_marginal_likelihood(log_delta.exp())).backward()  # laplace-torch's idiom
+    assert log_delta.grad is not None
+    assert torch.isfinite(log_delta.grad)
+
+
+def test_output_variance_at_a_tiny_prior_precision_does_not_cancel() -> None:
+    """A small delta: J J^T / delta minus a correction cancelled (-1.5 at 1e-15).
+
+    Positive at any delta; where the problem is well posed (delta = 1e-6) it
+    equals the reference at the training inputs, from the N x N Gram matrix
+    K = A A^T of the rows A = J / sigma: J Sigma J^T = sigma^2 [K (K + delta)^-1]_nn.
+    """
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    x = torch.linspace(-2, 2, 20, dtype=torch.float64).unsqueeze(1)
+    y = torch.sin(x[:, 0])
+    points = torch.cat([x, torch.tensor([[-6.0], [0.05], [6.0]], dtype=torch.float64)])
+    la = bnn.laplace(net, x, y, bnn.Normal(scale=0.1), prior_precision=1.0)
+    for delta in (1e-12, 1e-15, 1e-17):
+        la.set_prior_precision(delta)
+        assert (la.output_covariance(points)[:, 0, 0] > 0).all()
+    delta = 1e-6
+    la.set_prior_precision(delta)
+    rows = la.jacobian(x)[:, 0, :] / 0.1
+    values, vectors = torch.linalg.eigh(rows @ rows.T)
+    values = values.clamp_min(0)
+    expected = 0.01 * (vectors.square() * (values / (values + delta))).sum(1)
+    variance = la.output_covariance(x)[:, 0, 0]
+    torch.testing.assert_close(variance, expected, rtol=1e-6, atol=0)
