@@ -2141,6 +2141,10 @@ def test_clone_and_to_of_the_output_keep_it_in_the_graph() -> None:
         grads.append(grad)
     for grad in grads[1:]:
         torch.testing.assert_close(grad, grads[0])
+    leaf = vi.VIReturn(torch.zeros(3, requires_grad=True))
+    assert leaf.is_leaf
+    leaf.sum().backward()
+    assert leaf.grad is not None
 
 
 def test_tracked_kl_of_a_given_divergence_type_is_logged() -> None:
@@ -2267,3 +2271,19 @@ def test_vi_convert_branch_ban_functions_by_name_and_bool_mode() -> None:
         convert.ban_reuse("Linear", False)
         convert.ban_torch_convert("Linear", False)
     assert type(vi.convert_to_vimodule(nn.Linear(3, 2))) is vi.VILinear
+
+
+def test_vi_convert_branch_bans_refuse_what_they_cannot_mean() -> None:
+    from pyrolite_bnn.vi.utils import convert
+
+    with pytest.raises(TypeError, match="pass 'Linear'"):
+        convert.ban_torch_convert(nn.Linear)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unban=True"):
+        convert.ban_convert(nn.Linear, True, unban=True)
+    assert nn.Linear not in convert._blacklist
+    convert.ban_convert(nn.Linear, "submodule")
+    try:
+        with pytest.raises(vi.utils.NothingConvertedError, match="'submodule'"):
+            vi.convert_to_vimodule(nn.Linear(3, 2))
+    finally:
+        convert.ban_convert(nn.Linear, "submodule", unban=True)

@@ -113,9 +113,11 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         """Predictive mean and standard deviation from model samples ``(S, ...)``.
 
         The mean over the sample dimension, and the standard deviation of the
-        predictive: the samples' spread (epistemic) and, once this object has
-        served as a loss's predictive distribution, its learned noise scale
-        (aleatoric), ``sqrt(spread^2 + noise^2)``. In torch_blue the spread
+        predictive: the samples' spread (epistemic) and, once this object's
+        likelihood exists (built by the first loss, ``log_prob_from_samples``
+        or :func:`~pyrolite_bnn.predict` that used it), its noise scale
+        (aleatoric, learned by a loss whose parameters are optimised; else
+        still ``std``), ``sqrt(spread^2 + noise^2)``. In torch_blue the spread
         was the predictive's only scale; here the noise is a parameter of its
         own, and the spread alone would give intervals far too narrow.
         """

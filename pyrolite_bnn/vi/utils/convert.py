@@ -234,6 +234,8 @@ def ban_convert(
         TypeError: for anything but ``torch.nn.Module`` classes.
     """
     if isinstance(ban_mode, bool):
+        if unban and ban_mode:
+            raise ValueError("ban_convert: mode=True bans, but unban=True was given")
         ban_mode, unban = "ban", not ban_mode
     if ban_mode not in _BAN_LISTS:
         raise ValueError(f"Unknown ban mode: {ban_mode}")
@@ -282,6 +284,11 @@ def _update_names(
     names: set[Any], class_names: str | Iterable[str], mode: bool, what: str
 ) -> None:
     """Add ``class_names`` to ``names`` (``mode=True``) or remove them."""
+    if isinstance(class_names, type):
+        raise TypeError(
+            f"{what} takes class names, got the class {class_names.__name__}: "
+            f"pass {class_names.__name__!r}"
+        )
     given = [class_names] if isinstance(class_names, str) else list(class_names)
     for name in given:
         if not isinstance(name, str):
@@ -363,8 +370,8 @@ def convert_to_vimodule(
     _convert(module, vikwargs, keep_weights)
     if isinstance(module, BnnVIModule):
         module.return_log_probs = return_log_probs
-    banned = _blacklist | _submodule_blacklist
-    if type(module) in banned and not any(
+    ban = "submodule" if type(module) in _submodule_blacklist else "ban"
+    if type(module) in _BAN_LISTS[ban] and not any(
         isinstance(m, BnnVIModule) for m in module.modules()
     ):
         name = type(module).__name__
@@ -372,7 +379,7 @@ def convert_to_vimodule(
             f"'{name}' object has no attribute '_set_sampling_responsibility': "
             f"nothing was made Bayesian, as {name} is banned from conversion and "
             f"no module below it was converted (lift the ban with "
-            f"ban_convert({name}, False))"
+            f"ban_convert({name}, {ban!r}, unban=True))"
         )
     return module
 

@@ -42,11 +42,14 @@ class VIReturn(Tensor):
     ) -> VIReturn:
         """Create a ``VIReturn`` sharing ``data``'s storage and autograd history.
 
-        ``as_subclass``, not ``Tensor._make_subclass``: the latter makes a new
-        leaf, so ``model(x).clone()`` (and ``to``) cut the output from the
-        network and training went on with the KL's gradient alone.
+        A result of operations (``model(x).clone()``, ``to``) stays in the
+        graph (``as_subclass``): a new leaf cut the output from the network,
+        and training went on with the KL's gradient alone. A leaf stays a leaf
+        (``Tensor._make_subclass``), so its ``.grad`` fills.
         """
         tensor = data if isinstance(data, Tensor) else torch.as_tensor(data)
+        if tensor.grad_fn is None:
+            return Tensor._make_subclass(cls, tensor, tensor.requires_grad)
         result: VIReturn = tensor.as_subclass(cls)
         return result
 
