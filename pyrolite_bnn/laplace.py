@@ -74,7 +74,7 @@ from pyrolite_bnn.distributions.predictive import (
 )
 from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.module import VIModule
-from pyrolite_bnn.predict import Prediction
+from pyrolite_bnn.predict import Prediction, warn_untrained
 
 if TYPE_CHECKING:
     from pyrolite_bnn.calibration import Calibration
@@ -833,6 +833,7 @@ def laplace(
         torch.Size([5, 3])
     """
     _check_predictive(predictive)
+    warn_untrained(predictive)
     if subset not in ("all", "last_layer"):
         raise ValueError(f"subset must be 'all' or 'last_layer', got {subset!r}")
     marglik = isinstance(prior_precision, str) and prior_precision == "marglik"

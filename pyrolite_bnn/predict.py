@@ -48,6 +48,7 @@ from pyrolite_bnn._validation import (
     check_probability,
     check_real,
 )
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution,
     full_precision,
@@ -354,11 +355,28 @@ def predict(
             f"predict needs inputs x of shape (N, ...), got {tuple(x.shape)}"
         )
     check_finite(x, "predict's inputs x")  # all of x: chunks would name a chunk
+    warn_untrained(predictive)
     if calibration is not None:
         predictive = calibration.wrap(predictive)
     with torch.no_grad(), local_params():
         return Prediction(
             _predict(model, x, samples, batch_size, mode, memory_budget), predictive
+        )
+
+
+def warn_untrained(predictive: PredictiveDistribution) -> None:
+    """Warn when a likelihood's learned parameters were never trained.
+
+    ``bnn.predict(net, x, bnn.Normal())`` replaced the noise scale the loss
+    learned with the initial 1.0 (predictive sd 1.0 instead of 0.14, silently).
+    """
+    untrained = predictive.untrained_parameters()
+    if untrained:
+        warn_at_caller(
+            f"{predictive!r} has learned parameters {untrained} still at their "
+            "initial values: this likelihood object was not the one training "
+            "fitted. Pass the loss's own (loss_fn.predictive), or a fixed scale "
+            "such as bnn.Normal(scale=...)"
         )
 
 

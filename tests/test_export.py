@@ -191,7 +191,7 @@ def test_layers_inside_plain_containers_become_deterministic() -> None:
             isinstance(m, bnn.VIModule) and m.declared_variables()
             for m in plain.modules()
         )
-        mean = bnn.predict(net, x, bnn.Normal(), mode="mean").samples[0]
+        mean = bnn.predict(net, x, bnn.Normal(1.0), mode="mean").samples[0]
         with torch.no_grad():
             torch.testing.assert_close(plain(x), mean)
 

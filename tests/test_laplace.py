@@ -415,9 +415,10 @@ def test_custom_vi_module_and_learned_noise() -> None:
         def forward(self, x: Tensor) -> Tensor:
             return self.head(torch.relu(self.body(x)))
 
-    likelihood = bnn.Normal(init_scale=0.7)  # a learned scale, used as trained
+    likelihood = bnn.Normal(init_scale=0.7)  # a learned scale, never trained
     x, y = torch.randn(12, 3), torch.randn(12)
-    la = bnn.laplace(Net(), x, y, likelihood, subset="last_layer")
+    with pytest.warns(UserWarning, match="still at their initial values"):
+        la = bnn.laplace(Net(), x, y, likelihood, subset="last_layer")
     assert la.num_parameters == 5
     pred = la.predict(x, samples=9)
     torch.testing.assert_close(pred.aleatoric_var, torch.full((12,), 0.49))
@@ -619,9 +620,11 @@ def test_predicting_with_another_noise_scale_is_refused() -> None:
     # The likelihood given to laplace itself is never refused, also after its
     # learned scale moved on; a float32 copy of the posterior still predicts.
     learned = bnn.Normal()
+    with torch.no_grad():
+        learned.raw_scale.sub_(1.0)  # trained
     la = bnn.laplace(net, x, y, learned, prior_precision=1.0)
     with torch.no_grad():
-        learned.raw_scale.add_(0.01)
+        learned.raw_scale.add_(0.01)  # and trained on after laplace
     assert la.predict(x[:3]).mean.shape == (3,)
     assert la.float().output_covariance(x[:3]).dtype == torch.float32
 
@@ -665,3 +668,10 @@ def test_output_variance_at_a_tiny_prior_precision_does_not_cancel() -> None:
     expected = 0.01 * (vectors.square() * (values / (values + delta))).sum(1)
     variance = la.output_covariance(x)[:, 0, 0]
     torch.testing.assert_close(variance, expected, rtol=1e-6, atol=0)
+
+
+def test_laplace_with_an_untrained_learned_noise_scale_warns() -> None:
+    """A new bnn.Normal(): curvature and predictions with sd 1.0, not the learned."""
+    x, y = torch.randn(8, 2), torch.randn(8)
+    with pytest.warns(UserWarning, match=r"loss_fn\.predictive"):
+        bnn.laplace(nn.Linear(2, 1), x, y, bnn.Normal(), prior_precision=1.0)

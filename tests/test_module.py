@@ -208,7 +208,7 @@ def test_weight_outside_a_call_is_the_posterior_mean_parameter() -> None:
     assert layer.weight is mean  # stable, and initialised in place like torch's
     torch.nn.init.constant_(layer.weight, 0.25)
     torch.testing.assert_close(mean.detach(), torch.full((2, 3), 0.25))
-    out = bnn.predict(layer, torch.ones(1, 3), bnn.Normal(), mode="mean").samples
+    out = bnn.predict(layer, torch.ones(1, 3), bnn.Normal(1.0), mode="mean").samples
     torch.testing.assert_close(out[0, 0], 0.75 + layer.bias.detach())
 
 

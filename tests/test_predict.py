@@ -110,6 +110,8 @@ def test_predict_end_to_end() -> None:
     net = bnn.VISequential(bnn.VILinear(2, 8), torch.nn.Tanh(), bnn.VILinear(8, 1))
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 100)
     x = torch.randn(10, 2)
+    with torch.no_grad():
+        loss_fn.predictive.raw_scale.sub_(1.0)  # as training would have moved it
     pred = bnn.predict(net, x, loss_fn.predictive, samples=40, batch_size=3)
     assert pred.samples.shape == (40, 10, 1)
     assert pred.mean.shape == (10,)
@@ -452,17 +454,17 @@ def test_predict_errors_name_the_whole_input() -> None:
         ValueError,
         match=r"inputs x contains 150 NaN/Inf value\(s\) \(shape \(50, 3\)\)",
     ):
-        bnn.predict(net, torch.full((50, 3), math.nan), bnn.Normal(), samples=2)
+        bnn.predict(net, torch.full((50, 3), math.nan), bnn.Normal(1.0), samples=2)
     with pytest.raises(
         ValueError,
         match=r"got \(4, 4\) \(predict ran the model on x\[0:4\] of the "
         r"inputs x of shape \(50, 4\)\)",
     ):
-        bnn.predict(net, torch.randn(50, 4), bnn.Normal(), samples=2)
+        bnn.predict(net, torch.randn(50, 4), bnn.Normal(1.0), samples=2)
     with pytest.raises(
         ValueError, match=r"x\[0:10\] of the inputs x of shape \(50, 4\)"
     ):
-        bnn.predict(net, torch.randn(50, 4), bnn.Normal(), samples=2, batch_size=10)
+        bnn.predict(net, torch.randn(50, 4), bnn.Normal(1.0), samples=2, batch_size=10)
 
 
 # ------------------------------------------------ summaries by the likelihood
@@ -641,3 +643,18 @@ def test_threads_calling_one_plain_network_keep_their_particle_counts() -> None:
     assert not errors
     assert shapes
     assert set(shapes) == {(10, 6, 3)}
+
+
+def test_an_untrained_learned_noise_scale_warns() -> None:
+    """A new bnn.Normal() at predict time: sd 1.0 in place of the learned 0.14."""
+    net = bnn.VILinear(2, 1)
+    x = torch.randn(5, 2)
+    with pytest.warns(UserWarning, match=r"loss_fn\.predictive") as caught:
+        bnn.predict(net, x, bnn.Normal(), samples=3)
+    assert caught[0].filename == __file__
+    trained = bnn.Normal()
+    with torch.no_grad():
+        trained.raw_scale.sub_(0.5)
+    for quiet in (trained, bnn.Normal(scale=0.5), bnn.Categorical()):
+        out = bnn.VILinear(2, 3) if quiet.is_classification else net
+        bnn.predict(out, x, quiet, samples=3)  # no warning (errors under -W)

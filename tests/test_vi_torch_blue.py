@@ -1666,7 +1666,7 @@ def test_convert_to_vimodule_keeps_an_embeddings_weights_and_padding_row() -> No
     tokens = torch.tensor([[0, 1, 5], [2, 0, 3]])
     expected = model(tokens)
     vi.convert_to_vimodule(model, keep_weights=True)
-    mean = bnn.predict(model, tokens, bnn.Normal(), mode="mean").samples[0]
+    mean = bnn.predict(model, tokens, bnn.Normal(1.0), mode="mean").samples[0]
     torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-6)
 
 
@@ -1696,7 +1696,7 @@ def test_convert_to_vimodule_runs_layers_without_vi_counterpart_per_particle() -
     expected = model(tokens)
     vi.convert_to_vimodule(model, keep_weights=True)
     model.return_log_probs = False
-    mean = bnn.predict(model, tokens, bnn.Normal(), mode="mean").samples[0]
+    mean = bnn.predict(model, tokens, bnn.Normal(1.0), mode="mean").samples[0]
     torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-6)
     out = model(tokens, samples=3)
     assert out.shape == (3, 2, 3)
@@ -1725,7 +1725,7 @@ def test_recurrent_layer_in_a_converted_user_forward_runs() -> None:
     vi.convert_to_vimodule(model, keep_weights=True)
     model.return_log_probs = False
     assert model(x, samples=3).shape == (3, 2, 3)
-    mean = bnn.predict(model, x, bnn.Normal(), mode="mean").samples[0]
+    mean = bnn.predict(model, x, bnn.Normal(1.0), mode="mean").samples[0]
     torch.testing.assert_close(mean, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -225,6 +225,22 @@ class PredictiveDistribution(LocalPyroModule):
             f"{(output.shape[1], *output.shape[2:])}"
         )
 
+    def untrained_parameters(self) -> list[str]:
+        """Names of learned parameters still exactly at their initial values.
+
+        A likelihood object made for prediction (``bnn.predict(net, x,
+        bnn.Normal())``) is not the one the loss trained: its learned noise
+        scale is the initial one. ``[]`` for likelihoods without any.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> bnn.Normal().untrained_parameters()
+            ['raw_scale']
+            >>> bnn.Normal(scale=0.1).untrained_parameters()
+            []
+        """
+        return []
+
     def check_output(self, output: Tensor) -> None:
         """Refuse a network output this likelihood cannot read.
 
@@ -568,8 +584,16 @@ class _ScaleLikelihood(PredictiveDistribution):
         if self.learned:
             raw = torch.tensor(inverse_softplus(float(value)))
             setattr(self, "raw_scale", PyroParam(raw, constraints.real))  # noqa: B010
+            self._initial_raw_scale = float(raw)
         else:
             self.register_buffer("fixed_scale", torch.tensor(float(value)))
+
+    def untrained_parameters(self) -> list[str]:
+        """``["raw_scale"]`` while a learned noise scale has never moved."""
+        initial = getattr(self, "_initial_raw_scale", None)  # older pickles
+        if not self.learned or initial is None:
+            return []
+        return ["raw_scale"] if float(self.raw_scale.detach()) == initial else []
 
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Targets must be real numbers (not ``bool`` or complex), finite."""

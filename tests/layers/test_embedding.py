@@ -170,7 +170,7 @@ def test_pretrained_padding_row_is_kept_by_convert_and_export() -> None:
         assert isinstance(net, bnn.VIEmbedding)
         indices = torch.tensor([[0, 4, 5, 1]])
         expected = module(indices)
-        mean = bnn.predict(net, indices, bnn.Normal(), mode="mean").samples[0]
+        mean = bnn.predict(net, indices, bnn.Normal(1.0), mode="mean").samples[0]
         torch.testing.assert_close(mean, expected, rtol=0, atol=0)
         draws = net(indices, samples=4)  # the padding row is the same in every draw
         row = padding_idx % 6
