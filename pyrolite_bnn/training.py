@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -236,6 +237,15 @@ def _check_arguments(
             )
     if heat_schedule is not None and not callable(heat_schedule):
         raise TypeError("heat_schedule must be a callable epoch -> heat")
+    if isinstance(heat_schedule, _LinearWarmup) and heat_schedule.epochs >= epochs > 0:
+        warnings.warn(
+            f"fit: the heat warm-up of {heat_schedule.epochs} epochs is not over "
+            f"within the run's {epochs}: training never reaches heat "
+            f"{heat_schedule.end:g} (the ELBO), and loss_fn.heat stays at "
+            f"{heat_schedule(epochs - 1):g} afterwards; warm up over fewer epochs",
+            UserWarning,
+            stacklevel=3,
+        )
     return epochs, start
 
 
@@ -428,8 +438,15 @@ def _stop_requested(
 ) -> bool:
     stop = False
     for on_epoch_end in hooks:
-        if on_epoch_end(epoch, history, model):
-            stop = True
+        answer = on_epoch_end(epoch, history, model)
+        if answer is None or isinstance(answer, bool | np.bool_):
+            stop = stop or bool(answer)
+            continue
+        # Any truthy value stopped training (a float metric, the model).
+        raise TypeError(
+            f"a fit callback returns True (stop), False or None; {on_epoch_end!r} "
+            f"returned {type(answer).__name__} {answer!r}"
+        )
     return stop
 
 

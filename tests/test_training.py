@@ -703,7 +703,8 @@ def test_resume_from_a_checkpoint_continues_the_run(tmp_path: Path) -> None:
             rng_states.append(torch.get_rng_state())
 
     torch.manual_seed(1)
-    first = fit(_net(), _loss(), batches, 2, callbacks=[KeepGenerator()], **options)
+    with pytest.warns(UserWarning, match="warm-up of 3 epochs is not over"):
+        first = fit(_net(), _loss(), batches, 2, callbacks=[KeepGenerator()], **options)
     model, loss_fn = _net(), _loss()
     optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=1e-3)
     info = load_checkpoint(path, model, optimizer, loss_fn)
@@ -823,3 +824,51 @@ def test_fit_takes_numpy_and_tensor_clip_norms() -> None:
         fit(_net(), _loss(), _batches(x, y), 1, clip_grad_norm=clip, progress=False)
     with pytest.raises(TypeError, match="initial_epoch must be an integer"):
         fit(_net(), _loss(), _batches(x, y), 1, initial_epoch="1", progress=False)  # type: ignore[arg-type]
+
+
+def test_a_callback_returning_something_else_than_a_bool_is_refused() -> None:
+    """Any truthy value stopped training after epoch 0 (a metric, the model)."""
+    x, y = _data()
+    for answer in (0.5, "stop", 1):
+        with pytest.raises(TypeError, match="returns True \\(stop\\), False or None"):
+            fit(
+                _net(),
+                _loss(),
+                _batches(x, y),
+                3,
+                progress=False,
+                callbacks=[lambda *_, a=answer: a],
+            )
+    history = fit(
+        _net(),
+        _loss(),
+        _batches(x, y),
+        3,
+        progress=False,
+        callbacks=[lambda *_: np.True_],
+    )
+    assert history.epochs_run == 1
+
+
+def test_a_warm_up_longer_than_the_run_warns() -> None:
+    """linear_warmup(10) over 3 epochs: never the ELBO, and the heat stays 0.2."""
+    x, y = _data()
+    loss_fn = _loss()
+    with pytest.warns(UserWarning, match="never reaches heat 1"):
+        fit(
+            _net(),
+            loss_fn,
+            _batches(x, y),
+            3,
+            progress=False,
+            heat_schedule=linear_warmup(10),
+        )
+    assert loss_fn.heat == pytest.approx(0.2)
+    fit(
+        _net(),
+        _loss(),
+        _batches(x, y),
+        3,
+        progress=False,
+        heat_schedule=linear_warmup(2),
+    )  # over within the run: quiet
