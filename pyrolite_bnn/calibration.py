@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._network import has_sequence_first_layers
 from pyrolite_bnn._scalar_search import minimise_expanding
-from pyrolite_bnn._validation import check_positive
+from pyrolite_bnn._validation import check_finite, check_positive
 from pyrolite_bnn.distributions.predictive import (
     HeteroscedasticNormal,
     Normal,
@@ -99,6 +99,9 @@ def _fit_log_parameter(
             f"{tuple(outputs.shape)} (S, N, ...) with no examples"
         )
     count = outputs.shape[1]
+    # NaN outputs (NaN weights, an input that overflows) made every value fit
+    # equally and read as "all predicted exactly".
+    check_finite(outputs, "calibration: the network outputs")
     probes = [objective(t) for t in (-_LOG_BOUND, 0.0, _LOG_BOUND)]
     if max(probes) - min(probes) <= 1e-12 * max(1.0, abs(probes[1])):
         # Predictions the parameter does not change (all-equal logits): any

@@ -387,3 +387,14 @@ def test_calibrate_names_what_it_supports_and_the_users_likelihood() -> None:
         bnn.calibrate(bnn.VILinear(3, 2), x, np.zeros(8), CLASSES, samples=4)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"torch\.as_tensor"):
         bnn.predict(net, x.numpy(), bnn.Normal())  # type: ignore[arg-type]
+
+
+def test_non_finite_network_outputs_are_refused() -> None:
+    """NaN outputs gave the identity, explained as 'all predicted exactly'."""
+    logits = torch.randn(4, 30, 3)
+    logits[1, 5, 0] = math.nan
+    labels = torch.randint(0, 3, (30,))
+    with pytest.raises(ValueError, match="network outputs contains 1 NaN"):
+        bnn.TemperatureScaling().fit(logits, labels, CLASSES)
+    with pytest.raises(ValueError, match="network outputs contains 1 NaN"):
+        bnn.VarianceScaling().fit(logits[..., :1], torch.randn(30), bnn.Normal(1.0))
