@@ -50,6 +50,7 @@ from pyrolite_bnn._validation import (
 )
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.predictive import (
+    Categorical,
     PredictiveDistribution,
     full_precision,
 )
@@ -356,11 +357,31 @@ def predict(
         )
     check_finite(x, "predict's inputs x")  # all of x: chunks would name a chunk
     warn_untrained(predictive)
+    likelihood = predictive
     if calibration is not None:
         predictive = calibration.wrap(predictive)
     with torch.no_grad(), local_params():
-        return Prediction(
-            _predict(model, x, samples, batch_size, mode, memory_budget), predictive
+        outputs = _predict(model, x, samples, batch_size, mode, memory_budget)
+    _warn_probabilities_as_logits(outputs, likelihood)
+    return Prediction(outputs, predictive)
+
+
+def _warn_probabilities_as_logits(
+    outputs: Tensor, predictive: PredictiveDistribution
+) -> None:
+    """Warn when ``Categorical`` logits are rows of probabilities already.
+
+    A network ending in ``nn.Softmax`` (a converted classifier) had its
+    probabilities softmaxed again: mean top probability 0.96 -> 0.23.
+    """
+    if not isinstance(predictive, Categorical) or not outputs.numel():
+        return
+    rows = outputs.detach().float()
+    if bool((rows >= 0).all()) and bool(((rows.sum(-1) - 1).abs() < 1e-4).all()):
+        warn_at_caller(
+            "the network's outputs are rows of probabilities (a final "
+            "nn.Softmax?), but Categorical reads logits and takes the softmax "
+            "itself: remove the Softmax (or end with nn.LogSoftmax)"
         )
 
 

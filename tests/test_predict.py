@@ -658,3 +658,13 @@ def test_an_untrained_learned_noise_scale_warns() -> None:
     for quiet in (trained, bnn.Normal(scale=0.5), bnn.Categorical()):
         out = bnn.VILinear(2, 3) if quiet.is_classification else net
         bnn.predict(out, x, quiet, samples=3)  # no warning (errors under -W)
+
+
+def test_probabilities_passed_as_logits_warn() -> None:
+    """A network ending in nn.Softmax: its probabilities were softmaxed again."""
+    net = torch.nn.Sequential(bnn.VILinear(4, 3), torch.nn.Softmax(-1))
+    x = torch.randn(6, 4)
+    with pytest.warns(UserWarning, match=r"nn\.Softmax"):
+        bnn.predict(net, x, bnn.Categorical(), samples=3)
+    log_probs = torch.nn.Sequential(bnn.VILinear(4, 3), torch.nn.LogSoftmax(-1))
+    bnn.predict(log_probs, x, bnn.Categorical(), samples=3)  # quiet
