@@ -299,16 +299,7 @@ def save_checkpoint(
             "(e.g. extra={'history': ...})"
         )
     _check_plain(extra, "extra")
-    for value, what, kind, name in (
-        (model, "model", nn.Module, "torch.nn.Module"),
-        (optimizer, "optimizer", torch.optim.Optimizer, "torch.optim.Optimizer"),
-        (loss_fn, "loss_fn", nn.Module, "torch.nn.Module"),
-    ):
-        if value is not None and not isinstance(value, kind):
-            raise TypeError(
-                f"save_checkpoint(path, model, optimizer, loss_fn, ...): {what} "
-                f"must be a {name}, got {value!r}"
-            )
+    _check_objects("save_checkpoint", model, optimizer, loss_fn)
     model = unwrap(model)
     payload: dict[str, Any] = {
         "format": _FORMAT,
@@ -428,6 +419,22 @@ def _check_optimizer(
     return []
 
 
+def _check_objects(
+    function: str, model: object, optimizer: object, loss_fn: object
+) -> None:
+    """Refuse objects of the wrong kind in the model/optimizer/loss slots."""
+    for value, what, kind, name in (
+        (model, "model", nn.Module, "torch.nn.Module"),
+        (optimizer, "optimizer", torch.optim.Optimizer, "torch.optim.Optimizer"),
+        (loss_fn, "loss_fn", nn.Module, "torch.nn.Module"),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(
+                f"{function}(path, model, optimizer, loss_fn, ...): {what} "
+                f"must be a {name}, got {value!r}"
+            )
+
+
 def load_checkpoint(
     path: PathLike,
     model: nn.Module,
@@ -474,6 +481,7 @@ def load_checkpoint(
         ...         print("shape" in str(error))
         True
     """
+    _check_objects("load_checkpoint", model, optimizer, loss_fn)
     payload = _read(path)
     model = unwrap(model)
     problems = _check_model(payload, model)

@@ -583,7 +583,16 @@ class LinearizedLaplace(nn.Module):
         return objective
 
     def set_prior_precision(self, prior_precision: float) -> None:
-        """Use the prior ``N(0, I / prior_precision)`` (positive, finite)."""
+        """Use the prior ``N(0, I / prior_precision)`` (positive, finite).
+
+        To maximise the evidence instead, call :meth:`fit_prior_precision`.
+        """
+        if isinstance(prior_precision, str):
+            raise ValueError(
+                "set_prior_precision takes a positive finite number, got "
+                f"{prior_precision!r}; to maximise the evidence call "
+                "fit_prior_precision()"
+            )
         self.prior_precision.fill_(_check_prior_precision(prior_precision))
 
     # ---------------------------------------------------------------- linearised

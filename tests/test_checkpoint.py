@@ -495,3 +495,13 @@ def test_plain_root_loaded_whole_in_a_fresh_process_runs_as_one_network(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "(6, 5, 2)"
+
+
+def test_load_checkpoint_names_an_object_in_the_wrong_slot(tmp_path: Path) -> None:
+    """The loss in the optimizer slot failed with "no attribute 'param_groups'"."""
+    model = bnn.VILinear(3, 2)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model, loss_fn=loss_fn)
+    with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer"):
+        load_checkpoint(path, model, loss_fn)  # type: ignore[arg-type]

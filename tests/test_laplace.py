@@ -675,3 +675,11 @@ def test_laplace_with_an_untrained_learned_noise_scale_warns() -> None:
     x, y = torch.randn(8, 2), torch.randn(8)
     with pytest.warns(UserWarning, match=r"loss_fn\.predictive"):
         bnn.laplace(nn.Linear(2, 1), x, y, bnn.Normal(), prior_precision=1.0)
+
+
+def test_set_prior_precision_points_marglik_to_fit_prior_precision() -> None:
+    la = bnn.laplace(
+        nn.Linear(2, 1), torch.randn(8, 2), torch.randn(8), bnn.Normal(1.0)
+    )
+    with pytest.raises(ValueError, match=r"call fit_prior_precision\(\)"):
+        la.set_prior_precision("marglik")  # type: ignore[arg-type]
