@@ -100,8 +100,9 @@ def _fit_log_parameter(
         )
     count = outputs.shape[1]
     # NaN outputs (NaN weights, an input that overflows) made every value fit
-    # equally and read as "all predicted exactly".
-    check_finite(outputs, "calibration: the network outputs")
+    # equally and read as "all predicted exactly"; -inf is a masked logit.
+    masked = outputs.nan_to_num(nan=math.nan, posinf=math.inf, neginf=0.0)
+    check_finite(masked, "calibration: the network outputs")
     probes = [objective(t) for t in (-_LOG_BOUND, 0.0, _LOG_BOUND)]
     if max(probes) - min(probes) <= 1e-12 * max(1.0, abs(probes[1])):
         # Predictions the parameter does not change (all-equal logits): any

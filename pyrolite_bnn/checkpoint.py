@@ -423,6 +423,8 @@ def _check_objects(
     function: str, model: object, optimizer: object, loss_fn: object
 ) -> None:
     """Refuse objects of the wrong kind in the model/optimizer/loss slots."""
+    if model is None:
+        raise TypeError(f"{function} needs the model (a torch.nn.Module), got None")
     for value, what, kind, name in (
         (model, "model", nn.Module, "torch.nn.Module"),
         (optimizer, "optimizer", torch.optim.Optimizer, "torch.optim.Optimizer"),

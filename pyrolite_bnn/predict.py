@@ -376,8 +376,12 @@ def _warn_probabilities_as_logits(
     """
     if not isinstance(predictive, Categorical) or not outputs.numel():
         return
-    rows = outputs.detach().float()
-    if bool((rows >= 0).all()) and bool(((rows.sum(-1) - 1).abs() < 1e-4).all()):
+    rows = outputs.detach()
+    # Rows rounded to their dtype sum to 1 within a few roundings.
+    tolerance = max(1e-4, 4 * torch.finfo(rows.dtype).eps)
+    if bool((rows >= 0).all()) and bool(
+        ((rows.float().sum(-1) - 1).abs() < tolerance).all()
+    ):
         warn_at_caller(
             "the network's outputs are rows of probabilities (a final "
             "nn.Softmax?), but Categorical reads logits and takes the softmax "
@@ -395,9 +399,10 @@ def warn_untrained(predictive: PredictiveDistribution) -> None:
     if untrained:
         warn_at_caller(
             f"{predictive!r} has learned parameters {untrained} still at their "
-            "initial values: this likelihood object was not the one training "
-            "fitted. Pass the loss's own (loss_fn.predictive), or a fixed scale "
-            "such as bnn.Normal(scale=...)"
+            "initial values: either this likelihood object is not the one "
+            "training fitted (pass the loss's own, loss_fn.predictive, or a fixed "
+            "scale such as bnn.Normal(scale=...)), or the optimizer never held "
+            "loss_fn.parameters()"
         )
 
 

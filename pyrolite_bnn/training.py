@@ -237,7 +237,11 @@ def _check_arguments(
             )
     if heat_schedule is not None and not callable(heat_schedule):
         raise TypeError("heat_schedule must be a callable epoch -> heat")
-    if isinstance(heat_schedule, _LinearWarmup) and heat_schedule.epochs >= epochs > 0:
+    if (
+        isinstance(heat_schedule, _LinearWarmup)
+        and heat_schedule.start != heat_schedule.end
+        and heat_schedule.epochs >= epochs > 0
+    ):
         warnings.warn(
             f"fit: the heat warm-up of {heat_schedule.epochs} epochs is not over "
             f"within the run's {epochs}: training never reaches heat "
@@ -439,7 +443,13 @@ def _stop_requested(
     stop = False
     for on_epoch_end in hooks:
         answer = on_epoch_end(epoch, history, model)
-        if answer is None or isinstance(answer, bool | np.bool_):
+        if isinstance(answer, torch.Tensor) and answer.numel() == 1:
+            answer = answer.item()  # torch.tensor(True), x.isnan().any()
+        if (
+            answer is None
+            or isinstance(answer, bool | np.bool_)
+            or (isinstance(answer, int) and answer in (0, 1))
+        ):
             stop = stop or bool(answer)
             continue
         # Any truthy value stopped training (a float metric, the model).

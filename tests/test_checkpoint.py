@@ -505,3 +505,10 @@ def test_load_checkpoint_names_an_object_in_the_wrong_slot(tmp_path: Path) -> No
     save_checkpoint(path, model, loss_fn=loss_fn)
     with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer"):
         load_checkpoint(path, model, loss_fn)  # type: ignore[arg-type]
+
+
+def test_load_checkpoint_needs_a_model(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, bnn.VILinear(3, 2))
+    with pytest.raises(TypeError, match="needs the model"):
+        load_checkpoint(path, None)  # type: ignore[arg-type]

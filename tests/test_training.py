@@ -829,7 +829,7 @@ def test_fit_takes_numpy_and_tensor_clip_norms() -> None:
 def test_a_callback_returning_something_else_than_a_bool_is_refused() -> None:
     """Any truthy value stopped training after epoch 0 (a metric, the model)."""
     x, y = _data()
-    for answer in (0.5, "stop", 1):
+    for answer in (0.5, "stop", 2):
         with pytest.raises(TypeError, match="returns True \\(stop\\), False or None"):
             fit(
                 _net(),
@@ -839,15 +839,23 @@ def test_a_callback_returning_something_else_than_a_bool_is_refused() -> None:
                 progress=False,
                 callbacks=[lambda *_, a=answer: a],
             )
-    history = fit(
-        _net(),
-        _loss(),
-        _batches(x, y),
-        3,
-        progress=False,
-        callbacks=[lambda *_: np.True_],
-    )
-    assert history.epochs_run == 1
+    for stop, epochs_run in (
+        (np.True_, 1),
+        (torch.tensor(True), 1),
+        (1, 1),
+        (torch.tensor(False), 2),
+        (0, 2),
+        (None, 2),
+    ):
+        history = fit(
+            _net(),
+            _loss(),
+            _batches(x, y),
+            2,
+            progress=False,
+            callbacks=[lambda *_, s=stop: s],
+        )
+        assert history.epochs_run == epochs_run
 
 
 def test_a_warm_up_longer_than_the_run_warns() -> None:

@@ -42,14 +42,13 @@ class VIReturn(Tensor):
     ) -> VIReturn:
         """Create a ``VIReturn`` sharing ``data``'s storage and autograd history.
 
-        A result of operations (``model(x).clone()``, ``to``) stays in the
-        graph (``as_subclass``): a new leaf cut the output from the network,
-        and training went on with the KL's gradient alone. A leaf stays a leaf
-        (``Tensor._make_subclass``), so its ``.grad`` fills.
+        ``as_subclass``: the result stays in ``data``'s graph (``model(x).clone()``,
+        ``to``), and gradients of a ``VIReturn`` around a leaf reach that leaf
+        (the optimizer's parameter); a new leaf (``Tensor._make_subclass``)
+        cut the output from the network, and training went on with the KL's
+        gradient alone.
         """
         tensor = data if isinstance(data, Tensor) else torch.as_tensor(data)
-        if tensor.grad_fn is None:
-            return Tensor._make_subclass(cls, tensor, tensor.requires_grad)
         result: VIReturn = tensor.as_subclass(cls)
         return result
 
