@@ -305,7 +305,8 @@ def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
         )
     # In a sequence-first network a layer's dimension 0 is the folded sequence,
     # not the batch: output moments cannot tell which outputs share an
-    # example's weights, so every weight is drawn there.
+    # example's weights; under batch statistics a particle's examples must
+    # share one draw of the weights. Every weight is drawn there.
     if any(use_moments) and (has_sequence_first_layers(root) or couples_examples(root)):
         use_moments = [False] * len(use_moments)
     elif any(use_moments):  # one-sample forwards may combine a batch's examples
