@@ -1004,6 +1004,12 @@ def as_prior(prior: object) -> Prior:
         return copy.deepcopy(prior)
     if isinstance(prior, Distribution):
         return DistributionPrior(prior)
+    if isinstance(prior, type) and issubclass(prior, Prior | Distribution):
+        # A class is callable, and was taken for a shape -> distribution function.
+        raise TypeError(
+            f"prior must be an instance, got the class {prior.__name__}: pass "
+            f"{prior.__name__}(...)"
+        )
     if callable(prior):
         return CallablePrior(prior)
     raise TypeError(

@@ -763,3 +763,10 @@ def test_closed_form_kl_takes_a_scale_broadcast_against_the_means() -> None:
             torch.distributions.Normal(prior.loc.expand(5), prior.scale.expand(5)),
         ).sum()
         torch.testing.assert_close(closed, reference)
+
+
+@pytest.mark.parametrize("cls", [bnn.LearnedNormalPrior, bnn.NormalPrior])
+def test_a_prior_class_in_place_of_an_instance_says_so(cls: type) -> None:
+    """It was taken for a shape -> distribution callable and failed later."""
+    with pytest.raises(TypeError, match=rf"pass {cls.__name__}\(\.\.\.\)"):
+        bnn.VILinear(3, 2, prior=cls)
