@@ -421,14 +421,6 @@ class LinearizedLaplace(nn.Module):
         """Number ``r`` of kept GGN eigenpairs (the other ``P - r`` are zero)."""
         return self.eigenvalues.numel()
 
-    def _root_correction(self, delta: Tensor | float) -> Tensor:
-        """``e`` with ``(I + V diag(e) V^T) / sqrt(delta)`` a square root of ``Sigma``.
-
-        ``e = (1 + lambda / delta)^(-1/2) - 1`` per GGN eigenvalue ``lambda``,
-        at the prior precision ``delta``.
-        """
-        return torch.expm1(-0.5 * torch.log1p(self.eigenvalues / delta))
-
     @property
     def posterior_precision(self) -> Tensor:
         """``GGN + prior_precision * I``, ``(P, P)``."""
@@ -566,14 +558,17 @@ class LinearizedLaplace(nn.Module):
             self.predictive.check_target(centre.unsqueeze(0), y)
             jac = self.jacobian(x).reshape(-1, len(theta)).to(v.dtype)  # (N K, P)
             z = torch.randn(samples, len(theta), dtype=v.dtype, device=theta.device)
-            # output_s = centre + J (z_s + V diag(e) V^T z_s) / sqrt(delta)
-            jz, jv, zv = jac @ z.T, jac @ v, z @ v
+            # output_s = centre + J Sigma^(1/2) z_s, the square root as in
+            # _sample: J V diag((lambda + delta)^(-1/2)) V^T z_s plus
+            # J (z_s - V V^T z_s) / sqrt(delta), whose difference is delta-free.
+            jv, zv = jac @ v, z @ v
+            outside = jac @ z.T - jv @ zv.T  # (N K, S)
 
         def objective(log_delta: float) -> float:
             delta = math.exp(log_delta)
-            e = self._root_correction(delta)
             with torch.no_grad():
-                moved = (jz + (jv * e) @ zv.T) / math.sqrt(delta)  # (N K, S)
+                inside = (jv * (self.eigenvalues + delta).rsqrt()) @ zv.T
+                moved = inside + outside / math.sqrt(delta)  # (N K, S)
                 outputs = centre + moved.T.reshape(samples, *centre.shape).to(
                     centre.dtype
                 )
