@@ -326,6 +326,30 @@ def check_positive(value: object, what: str) -> float:
     return number
 
 
+def check_normal_number(
+    value: float, what: str, dtype: torch.dtype | None = None
+) -> float:
+    """``value`` if a positive ``value`` is a normal number of ``dtype``, else raise.
+
+    A hyperparameter valid as a Python float can underflow or overflow where
+    the library uses it: a standard deviation of ``1e-50`` is 0 in float32 (and
+    ``softplus`` of its raw parameter underflows alike), so a KL turns
+    infinite and a density NaN. ``dtype`` defaults to torch's default dtype;
+    0 is left to the caller's range check.
+
+    Example:
+        >>> check_normal_number(1e-3, "init_scale")
+        0.001
+    """
+    info = torch.finfo(torch.get_default_dtype() if dtype is None else dtype)
+    if value != 0 and not info.tiny <= abs(value) <= info.max:
+        raise ValueError(
+            f"{what} must lie between {info.tiny:.4g} and {info.max:.4g} in "
+            f"magnitude to be a normal {info.dtype} number, got {value!r}"
+        )
+    return value
+
+
 def check_probability(value: object, what: str) -> float:
     """``value`` as a ``float`` if it is a probability in ``(0, 1)``, else raise.
 

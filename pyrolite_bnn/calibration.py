@@ -51,7 +51,11 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._network import has_sequence_first_layers
 from pyrolite_bnn._scalar_search import minimise_expanding
-from pyrolite_bnn._validation import check_finite, check_positive
+from pyrolite_bnn._validation import (
+    check_finite,
+    check_normal_number,
+    check_positive,
+)
 from pyrolite_bnn.distributions.predictive import (
     HeteroscedasticNormal,
     Normal,
@@ -235,7 +239,9 @@ class TemperatureScaling(Calibration):
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
-        value = check_positive(temperature, "temperature")
+        value = check_normal_number(
+            check_positive(temperature, "temperature"), "temperature"
+        )
         self.register_buffer("temperature", torch.tensor(value))
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
@@ -311,7 +317,7 @@ class VarianceScaling(Calibration):
 
     def __init__(self, factor: float = 1.0) -> None:
         super().__init__()
-        value = check_positive(factor, "factor")
+        value = check_normal_number(check_positive(factor, "factor"), "factor")
         self.register_buffer("factor", torch.tensor(value))
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:

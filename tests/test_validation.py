@@ -214,3 +214,44 @@ def test_numbers_in_other_types_are_still_taken() -> None:
     net = bnn.VILinear(3, 2)
     pred = bnn.predict(net, torch.randn(5, 3), bnn.Categorical(), 4, memory_budget=2e9)
     assert pred.samples.shape == (4, 5, 2)
+
+
+_SCALE_HYPERPARAMETERS: dict[str, Callable[[float], object]] = {
+    "MeanFieldNormal init_scale": lambda v: bnn.VILinear(
+        3, 2, variational=bnn.MeanFieldNormal(init_scale=v)
+    ),
+    "Normal noise scale": lambda v: bnn.Normal(init_scale=v),
+    "StudentT noise scale": lambda v: bnn.StudentT(scale=v),
+    "HeteroscedasticNormal min_scale": lambda v: bnn.HeteroscedasticNormal(v),
+    "temperature": lambda v: bnn.TemperatureScaling(v),
+    "factor": lambda v: bnn.VarianceScaling(v),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SCALE_HYPERPARAMETERS))
+@pytest.mark.parametrize("value", [1e-50, 1e39])
+def test_scale_hyperparameters_outside_float32_are_refused(
+    name: str, value: float
+) -> None:
+    """Valid as Python floats, 1e-50 is 0 and 1e39 is inf in float32: a noise
+    scale of 1e-50 made every loss NaN, an initial posterior scale an infinite
+    KL, a temperature of 1e-50 was kept as 0."""
+    with pytest.raises(ValueError, match=f"{name} must lie between .* float32"):
+        _SCALE_HYPERPARAMETERS[name](value)
+
+
+def test_scale_hyperparameters_follow_the_dtype_they_are_used_in() -> None:
+    layer = bnn.VILinear(
+        3, 2, variational=bnn.MeanFieldNormal(init_scale=1e-50), dtype=torch.float64
+    )
+    assert float(layer.posterior["weight"].scale().detach().min()) == pytest.approx(
+        1e-50
+    )
+    with pytest.raises(ValueError, match="init_scale must lie between"):
+        bnn.VILinear(3, 2).posterior["weight"].reset_parameters(init_scale=1e-50)
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert float(bnn.TemperatureScaling(1e-50).temperature) == 1e-50
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert bnn.HeteroscedasticNormal(0.0).min_scale == 0.0

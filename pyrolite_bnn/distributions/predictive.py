@@ -42,6 +42,7 @@ from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._validation import (
     check_finite,
+    check_normal_number,
     check_probability,
     check_real,
     distribution_checks_off,
@@ -581,6 +582,7 @@ class _ScaleLikelihood(PredictiveDistribution):
                 f"{type(self).__name__} noise scale must be a positive float, "
                 f"got {value!r}"
             )
+        check_normal_number(value, f"{type(self).__name__} noise scale")
         if self.learned:
             raw = torch.tensor(inverse_softplus(float(value)))
             setattr(self, "raw_scale", PyroParam(raw, constraints.real))  # noqa: B010
@@ -792,6 +794,7 @@ class HeteroscedasticNormal(PredictiveDistribution):
                 "HeteroscedasticNormal min_scale must be a finite number >= 0, got "
                 f"{min_scale!r}"
             )
+        check_normal_number(value, "HeteroscedasticNormal min_scale")
         self.min_scale = value
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
-from pyrolite_bnn._validation import check_real
+from pyrolite_bnn._validation import check_normal_number, check_real
 
 __all__ = [
     "MeanFieldNormal",
@@ -167,10 +167,21 @@ class MeanFieldNormalPosterior(Posterior):
         super().__init__(shape)
         self.init_scale = init_scale
         self.scale_transform = _check_scale_transform(scale_transform)
+        self._check_representable(init_scale, init_loc.dtype)
         # setattr keeps the class-level annotation ``loc: Tensor`` honest for mypy.
         setattr(self, "loc", PyroParam(init_loc.detach().clone(), constraints.real))  # noqa: B010
         rho = torch.full_like(init_loc, self._raw_scale(init_scale))
         setattr(self, "rho", PyroParam(rho, constraints.real))  # noqa: B010
+
+    def _check_representable(self, scale: float, dtype: torch.dtype) -> None:
+        """Refuse a scale that ``softplus`` cannot give back in ``dtype``.
+
+        ``softplus(rho)`` underflows to 0 below the smallest normal number (a
+        scale of 1e-50 in float32 made the KL infinite); ``exp`` is clamped at
+        that number instead (torch_blue's tiny standard deviations).
+        """
+        if self.scale_transform == "softplus":
+            check_normal_number(scale, "MeanFieldNormal init_scale", dtype)
 
     def _raw_scale(self, scale: float) -> float:
         """The ``rho`` of a standard deviation."""
@@ -263,6 +274,7 @@ class MeanFieldNormalPosterior(Posterior):
             else:
                 if not scale > 0:
                     raise ValueError(f"init_scale must be positive, got {scale!r}")
+                self._check_representable(float(scale), self.rho.dtype)
                 self.rho_unconstrained.fill_(self._raw_scale(float(scale)))
 
     def extra_repr(self) -> str:
