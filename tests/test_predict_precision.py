@@ -87,6 +87,23 @@ def test_half_precision_samples_are_summarised_in_float32(
         torch.testing.assert_close(value, expected[name], **_EXACT, msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32], ids=str)
+@pytest.mark.parametrize("case", list(_CASES))
+def test_integer_samples_are_summarised_as_floats(
+    case: str, dtype: torch.dtype
+) -> None:
+    """Integer outputs (a count model's rounded draws): intervals were cast
+    back to integers (truncated towards 0) or the mean failed in torch."""
+    make, shape = _CASES[case]
+    likelihood = make()
+    samples = (torch.randn(shape) * 3).to(dtype)
+    got = _summaries(Prediction(samples, likelihood), case in _GAUSSIAN)
+    expected = _summaries(Prediction(samples.float(), likelihood), case in _GAUSSIAN)
+    for name, value in got.items():
+        assert value.dtype == torch.float32, name
+        torch.testing.assert_close(value, expected[name], **_EXACT, msg=name)
+
+
 @pytest.mark.parametrize("dtype", _HALF, ids=str)
 @pytest.mark.parametrize("case", list(_CASES))
 def test_likelihood_summaries_of_half_precision_outputs_are_float32(

@@ -77,8 +77,10 @@ def full_precision(output: Tensor) -> Tensor:
 
     Summaries over particles in half precision lose what they measure: with 8
     bits of mantissa the mutual information, a small difference of two
-    entropies, has a relative error of 100 % and comes out negative. Other
-    dtypes (``float32``, ``float64``, integers) are returned unchanged.
+    entropies, has a relative error of 100 % and comes out negative. Integer
+    and ``bool`` outputs become torch's default dtype (a mean or a quantile of
+    integers is not an integer); ``float32`` and ``float64`` are returned
+    unchanged.
 
     Example:
         >>> import torch
@@ -91,7 +93,13 @@ def full_precision(output: Tensor) -> Tensor:
 
 
 def _summary_dtype(dtype: torch.dtype) -> torch.dtype:
-    """``float32`` for a floating dtype narrower than it, else ``dtype``."""
+    """The dtype summaries of ``dtype`` outputs are computed in.
+
+    ``float32`` for a floating dtype narrower than it, the default dtype for
+    integers and ``bool``, else ``dtype``.
+    """
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return torch.get_default_dtype()
     if dtype.is_floating_point and torch.finfo(dtype).bits < 32:
         return torch.float32
     return dtype
