@@ -598,7 +598,12 @@ class LinearizedLaplace(nn.Module):
 
     def _check_input(self, x: object) -> None:
         """Inputs ``(B, ...)`` shaped like the examples the posterior was fitted on."""
-        if not isinstance(x, Tensor) or x.dim() == 0:
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"LinearizedLaplace needs inputs x as a torch.Tensor, got "
+                f"{type(x).__name__}"
+            )
+        if x.dim() == 0:
             raise ValueError("LinearizedLaplace needs inputs x of shape (B, ...)")
         _check_dtype(self.network, x)
         fitted = self.input_shape
@@ -631,6 +636,7 @@ class LinearizedLaplace(nn.Module):
         def single(theta: Tensor, xi: Tensor) -> Tensor:
             return self._function(xi.unsqueeze(0))(theta).reshape(-1)
 
+        self._check_input(x)
         check_finite(x, "laplace input")
         if not len(x):  # vmap maps over at least one input
             with torch.no_grad():
@@ -679,8 +685,7 @@ class LinearizedLaplace(nn.Module):
         return self._sample(x, samples, None)
 
     def _sample(self, x: Tensor, samples: int, batch_size: int | None) -> Tensor:
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples!r}")
+        samples = check_count(samples, "samples")
         self._check_input(x)
         theta, v, delta = self.theta, self.eigenvectors, self.prior_precision
         # float64: along the data's directions z and its correction cancel.
@@ -752,8 +757,8 @@ class LinearizedLaplace(nn.Module):
                 )
         if mode not in ("sample", "mean"):
             raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if batch_size is not None:
+            batch_size = check_count(batch_size, "batch_size")
         if calibration is not None:
             likelihood = calibration.wrap(likelihood)
         if mode == "mean":

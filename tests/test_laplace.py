@@ -357,6 +357,26 @@ def test_bad_arguments() -> None:
             la.predict(torch.randn(4, 3), mode=mode)  # type: ignore[arg-type]
 
 
+def test_posterior_methods_check_their_arguments_as_predict_does() -> None:
+    """A float or string count reached ``torch.randn`` ("invalid combination of
+    arguments") or a comparison with ``int``; inputs of the wrong width reached
+    the network's matmul from ``jacobian`` and ``output_covariance``."""
+    x, y = torch.randn(8, 2), torch.randn(8)
+    la = bnn.laplace(nn.Linear(2, 1), x, y, bnn.Normal(1.0))
+    for bad in (2.5, "10", True, None):
+        for call in (lambda: la.predict(x, bad), lambda: la(x, bad)):  # noqa: B023
+            with pytest.raises(TypeError, match="samples must be an integer >= 1"):
+                call()
+        with pytest.raises(TypeError, match="batch_size must be an integer >= 1"):
+            la.predict(x, batch_size=bad if bad is not None else 1.5)
+    for method in (la.jacobian, la.output_covariance):
+        with pytest.raises(ValueError, match=r"fitted on inputs of shape \(N, 2\)"):
+            method(torch.randn(4, 3))
+        with pytest.raises(TypeError, match=r"x as a torch\.Tensor, got list"):
+            method([[1.0, 2.0]])  # type: ignore[arg-type]
+    assert la.output_covariance(x[:3]).shape == (3, 1, 1)
+
+
 @pytest.mark.parametrize("subset", ["all", "last_layer"])
 def test_input_dtype_must_match_the_network(
     subset: Literal["all", "last_layer"],
