@@ -134,8 +134,11 @@ class LocalPyroModule(PyroModule):
     def __setattr__(self, name: str, value: Any) -> None:
         if _is_structural(self, name, value):
             _bump()
+        place = _place_of(self, name)
         with pyro.settings.context(module_local_params=True, validate_poutine=False):
             super().__setattr__(name, value)
+        if place is not None:
+            _restore_place(self, *place)
 
     def __delattr__(self, name: str) -> None:
         _bump()
@@ -444,6 +447,41 @@ class StoreKeepingContext(_Context):
         pyro.get_param_store()._param_to_name = names
         for tensor, link in links:
             tensor.__dict__.setdefault("unconstrained", link)
+
+
+_ORDERED_TABLES = ("_modules", "_parameters", "_buffers")
+
+
+def _place_of(module: nn.Module, name: str) -> tuple[str, str, int] | None:
+    """Table, key and position of child, parameter or buffer ``name``.
+
+    A ``PyroParam`` named ``name`` is stored as ``name + "_unconstrained"``.
+    """
+    for key in (name, name + "_unconstrained"):
+        for table in _ORDERED_TABLES:
+            entries = module.__dict__.get(table, {})
+            if key in entries:
+                return table, key, list(entries).index(key)
+    return None
+
+
+def _restore_place(module: nn.Module, table: str, key: str, position: int) -> None:
+    """Move ``key`` back to ``position`` of ``table`` after it was replaced.
+
+    Pyro replaces a submodule (or a ``PyroParam``) by deleting it and adding
+    the new value, which appends it: ``seq[0] = layer`` on a ``VISequential``
+    moved the first layer to the end and the network ran its layers in another
+    order. ``torch.nn.Module`` keeps the place of a replaced entry; so does
+    this (and so the order of ``parameters()``, which optimizer state follows).
+    """
+    entries: dict[str, Any] = module.__dict__.get(table, {})
+    if key not in entries or list(entries).index(key) == position:
+        return
+    order = [other for other in entries if other != key]
+    order.insert(position, key)
+    reordered = {other: entries[other] for other in order}
+    entries.clear()
+    entries.update(reordered)
 
 
 def _is_structural(module: nn.Module, name: str, value: Any) -> bool:

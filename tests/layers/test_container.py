@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
+from pyro.nn import PyroParam
 from torch import nn
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
 
 
 def _sites(seq: bnn.VISequential) -> list[str]:
@@ -112,3 +116,37 @@ def test_slices_taken_in_forward_leave_the_network_intact() -> None:
         loss_fn = bnn.KullbackLeiblerLoss(likelihood, 20)
         svi = SVI(loss_fn.pyro_model(net), net.guide, pyro.optim.Adam({}), Trace_ELBO())
         assert svi.step(x, y, samples=2) > 0
+
+
+@pytest.mark.parametrize("container", [bnn.VISequential, vi.VISequential])
+def test_replacing_a_bayesian_layer_keeps_its_place(
+    container: type[bnn.VISequential],
+) -> None:
+    """Pyro replaces a submodule by deleting and appending it: ``seq[0] =
+    VILinear(...)`` ran the network as [Tanh, old last layer, new first layer],
+    silently when the shapes agree (a square network)."""
+    torch.manual_seed(0)
+    first, last = bnn.VILinear(4, 4), bnn.VILinear(4, 4)
+    seq = container(bnn.VILinear(4, 4), nn.Tanh(), last)
+    seq[0] = first
+    assert list(seq._modules) == ["0", "1", "2"]
+    assert [seq[0], seq[2]] == [first, last]
+    x = torch.randn(3, 4)
+    expected = bnn.VISequential(first, nn.Tanh(), last)
+    torch.testing.assert_close(
+        bnn.predict(seq, x, bnn.Normal(1.0), mode="mean").mean,
+        bnn.predict(expected, x, bnn.Normal(1.0), mode="mean").mean,
+    )
+    named = bnn.VISequential(
+        OrderedDict(fc1=bnn.VILinear(4, 4), act=nn.Tanh(), fc2=bnn.VILinear(4, 4))
+    )
+    named.fc1 = bnn.VILinear(4, 4)  # nn.Sequential keeps the place of a name
+    assert list(named._modules) == ["fc1", "act", "fc2"]
+
+
+def test_replacing_a_pyro_parameter_keeps_the_parameter_order() -> None:
+    """Optimizer state is matched to ``parameters()`` by position."""
+    posterior = bnn.VILinear(2, 3).posterior["weight"]
+    before = [name for name, _ in posterior.named_parameters()]
+    posterior.loc = PyroParam(torch.zeros(3, 2))
+    assert [name for name, _ in posterior.named_parameters()] == before
