@@ -6,7 +6,6 @@ attributes, as in torch_blue (``vi.utils.init.fixed_``).
 
 from pyrolite_bnn.vi.utils import common_types, convert, init, vi_return
 from pyrolite_bnn.vi.utils.errors import (
-    NothingConvertedError,
     NoVariablesError,
     UnsupportedDistributionError,
 )
@@ -15,7 +14,6 @@ from pyrolite_bnn.vi.utils.use_norm_constants import use_norm_constants
 
 __all__ = [
     "NoVariablesError",
-    "NothingConvertedError",
     "PostInitCallMeta",
     "UnsupportedDistributionError",
     "common_types",

@@ -64,7 +64,6 @@ from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.registry import copy_training_modes
 from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.vi.utils.common_types import vikwargs_of
-from pyrolite_bnn.vi.utils.errors import NothingConvertedError
 
 __all__ = [
     "ban_convert",
@@ -337,13 +336,13 @@ def convert_to_vimodule(
 
     Returns:
         ``module`` itself (now Bayesian), for ``net = convert_to_vimodule(net)``.
+        A model whose own class is banned, with no module below it converted,
+        comes back unchanged (torch_blue 1.1.0 and its ``vi_convert2`` branch).
 
     Raises:
         TypeError: if ``module`` is not a ``torch.nn.Module``.
         UnsupportedDistributionError: for a distribution that cannot take the
             role it is given.
-        NothingConvertedError: the model's class is banned from conversion
-            and nothing below it was converted.
 
     Example:
         >>> import torch
@@ -370,17 +369,6 @@ def convert_to_vimodule(
     _convert(module, vikwargs, keep_weights)
     if isinstance(module, BnnVIModule):
         module.return_log_probs = return_log_probs
-    ban = "submodule" if type(module) in _submodule_blacklist else "ban"
-    if type(module) in _BAN_LISTS[ban] and not any(
-        isinstance(m, BnnVIModule) for m in module.modules()
-    ):
-        name = type(module).__name__
-        raise NothingConvertedError(
-            f"'{name}' object has no attribute '_set_sampling_responsibility': "
-            f"nothing was made Bayesian, as {name} is banned from conversion and "
-            f"no module below it was converted (lift the ban with "
-            f"ban_convert({name}, {ban!r}, unban=True))"
-        )
     return module
 
 

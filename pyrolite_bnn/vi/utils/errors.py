@@ -1,6 +1,6 @@
 """Exceptions of the torch_blue-compatible namespace."""
 
-__all__ = ["NoVariablesError", "NothingConvertedError", "UnsupportedDistributionError"]
+__all__ = ["NoVariablesError", "UnsupportedDistributionError"]
 
 
 class NoVariablesError(Exception):
@@ -32,23 +32,4 @@ class UnsupportedDistributionError(ValueError):
         ... except vi.utils.UnsupportedDistributionError as error:
         ...     print(error)
         Categorical does not support use as prior.
-    """
-
-
-class NothingConvertedError(AttributeError):
-    """``convert_to_vimodule`` was given a model of a banned class, and nothing changed.
-
-    An ``AttributeError``, as torch_blue's conversion failed there (the root
-    was no ``VIModule``); the message says which ban to lift.
-
-    Example:
-        >>> import torch
-        >>> from pyrolite_bnn import vi
-        >>> vi.utils.convert.ban_convert(torch.nn.Linear)
-        >>> try:
-        ...     vi.convert_to_vimodule(torch.nn.Linear(2, 3))
-        ... except vi.utils.NothingConvertedError as error:
-        ...     print(str(error).split(":")[0])
-        'Linear' object has no attribute '_set_sampling_responsibility'
-        >>> vi.utils.convert.ban_convert(torch.nn.Linear, False)
     """
