@@ -66,6 +66,7 @@ from pyrolite_bnn._validation import (
     floating_dtype,
     validation,
 )
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.predictive import (
     Bernoulli,
     Categorical,
@@ -74,7 +75,7 @@ from pyrolite_bnn.distributions.predictive import (
 )
 from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.module import VIModule
-from pyrolite_bnn.predict import Prediction, warn_untrained
+from pyrolite_bnn.predict import Prediction, likelihood_snapshot, warn_untrained
 
 if TYPE_CHECKING:
     from pyrolite_bnn.calibration import Calibration
@@ -373,7 +374,19 @@ class LinearizedLaplace(nn.Module):
             self.log_likelihood.copy_(log_likelihood)
         if isinstance(predictive, Normal):
             self._fitted_noise = float(predictive.noise_scale().detach())
+        # The likelihood as the curvature saw it: the user's object may go on
+        # training (a learned noise scale), which this posterior does not follow.
+        object.__setattr__(self, "_fitted_predictive", likelihood_snapshot(predictive))
         return self
+
+    def _fitted_likelihood(self) -> PredictiveDistribution:
+        """The likelihood as it was when the curvature was built.
+
+        The one given to :func:`laplace` where no copy was kept (older pickles,
+        a posterior not fitted yet).
+        """
+        fitted = self.__dict__.get("_fitted_predictive")
+        return self.predictive if fitted is None else fitted
 
     def _load_from_state_dict(
         self,
@@ -555,7 +568,7 @@ class LinearizedLaplace(nn.Module):
         theta, v = self.theta, self.eigenvectors
         with torch.no_grad():
             centre = self._function(x)(theta)
-            self.predictive.check_target(centre.unsqueeze(0), y)
+            self._fitted_likelihood().check_target(centre.unsqueeze(0), y)
             jac = self.jacobian(x).reshape(-1, len(theta)).to(v.dtype)  # (N K, P)
             z = torch.randn(samples, len(theta), dtype=v.dtype, device=theta.device)
             # output_s = centre + J Sigma^(1/2) z_s, the square root as in
@@ -572,7 +585,7 @@ class LinearizedLaplace(nn.Module):
                 outputs = centre + moved.T.reshape(samples, *centre.shape).to(
                     centre.dtype
                 )
-                mixture = self.predictive.mixture_log_likelihood(outputs, y)
+                mixture = self._fitted_likelihood().mixture_log_likelihood(outputs, y)
             return -float(mixture.mean())
 
         return objective
@@ -742,11 +755,18 @@ class LinearizedLaplace(nn.Module):
                 "models: call bnn.laplace again with that likelihood"
             )
         fitted = getattr(self, "_fitted_noise", None)  # absent in older pickles
-        if (
-            isinstance(likelihood, Normal)
-            and likelihood is not self.predictive
-            and fitted is not None
-        ):
+        if likelihood is self.predictive:
+            if isinstance(likelihood, Normal) and fitted is not None:
+                scale = float(likelihood.noise_scale().detach())
+                if not math.isclose(scale, fitted, rel_tol=1e-5):
+                    warn_at_caller(
+                        f"the noise scale of {likelihood!r} moved from {fitted:.6g} "
+                        f"to {scale:.6g} since bnn.laplace built this posterior's "
+                        f"curvature with it; predicting with {fitted:.6g}, the "
+                        "curvature's (call bnn.laplace again to use the new scale)"
+                    )
+            likelihood = self._fitted_likelihood()
+        elif isinstance(likelihood, Normal) and fitted is not None:
             scale = float(likelihood.noise_scale().detach())
             if not math.isclose(scale, fitted, rel_tol=1e-5):
                 raise ValueError(

@@ -22,6 +22,7 @@ combines them, in at least ``float32`` (half-precision outputs are read as
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -90,6 +91,11 @@ class Prediction:
     ``samples`` on creation
     (:meth:`~pyrolite_bnn.PredictiveDistribution.check_output`).
 
+    A prediction is a result: it keeps a copy of the likelihood as it was on
+    creation (:func:`likelihood_snapshot`), so a learned noise scale that moves
+    later (training goes on, a checkpoint is loaded into the loss) does not
+    change the variances and intervals of predictions made before.
+
     **Precision**: every summary is computed, and returned, in at least
     ``float32``. Samples in ``float16`` or ``bfloat16`` (from a network run
     under :class:`torch.autocast`, or converted with
@@ -128,6 +134,7 @@ class Prediction:
                 f"{type(self.samples).__name__}"
             )
         self.predictive.check_output(self.samples)
+        self.predictive = likelihood_snapshot(self.predictive)
 
     def _outputs(self) -> Tensor:
         """``samples`` in at least ``float32``, for the summaries."""
@@ -230,6 +237,26 @@ class Prediction:
         q = check_probability(q, "q")
         with torch.no_grad():
             return self.predictive.quantile(self._outputs(), q)
+
+
+def likelihood_snapshot(predictive: PredictiveDistribution) -> PredictiveDistribution:
+    """A copy of ``predictive`` as it is now, for results computed from it later.
+
+    Learned parameters (a noise scale) are copied without gradient history; a
+    likelihood that cannot be copied (a custom one holding a lock or a
+    generator) is returned itself.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> likelihood = bnn.Normal()
+        >>> likelihood_snapshot(likelihood) is likelihood
+        False
+    """
+    try:
+        with torch.no_grad():
+            return copy.deepcopy(predictive)
+    except (TypeError, RuntimeError, copy.Error):
+        return predictive
 
 
 def predict(

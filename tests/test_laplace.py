@@ -638,14 +638,22 @@ def test_predicting_with_another_noise_scale_is_refused() -> None:
         with pytest.raises(ValueError, match=r"noise scale 0\.1; predicting with"):
             bnn.predict(la, x[:3], other)
     # The likelihood given to laplace itself is never refused, also after its
-    # learned scale moved on; a float32 copy of the posterior still predicts.
+    # learned scale moved on: the posterior predicts with the scale its
+    # curvature was built with, and says so (it predicted with the new scale
+    # and the old curvature, silently). A float32 copy still predicts.
     learned = bnn.Normal()
     with torch.no_grad():
         learned.raw_scale.sub_(1.0)  # trained
+    fitted = float(learned.noise_scale().detach())
     la = bnn.laplace(net, x, y, learned, prior_precision=1.0)
+    assert la.predict(x[:3]).aleatoric_var.tolist() == pytest.approx([fitted**2] * 3)
     with torch.no_grad():
-        learned.raw_scale.add_(0.01)  # and trained on after laplace
-    assert la.predict(x[:3]).mean.shape == (3,)
+        learned.raw_scale.add_(0.5)  # and trained on after laplace
+    with pytest.warns(UserWarning, match="noise scale of Normal.* moved from"):
+        prediction = la.predict(x[:3])
+    assert prediction.aleatoric_var.tolist() == pytest.approx([fitted**2] * 3)
+    with pytest.warns(UserWarning, match="moved from"):
+        assert bnn.predict(la, x[:3], learned).mean.shape == (3,)
     assert la.float().output_covariance(x[:3]).dtype == torch.float32
 
 

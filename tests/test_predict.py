@@ -668,3 +668,25 @@ def test_probabilities_passed_as_logits_warn() -> None:
         bnn.predict(net, x, bnn.Categorical(), samples=3)
     log_probs = torch.nn.Sequential(bnn.VILinear(4, 3), torch.nn.LogSoftmax(-1))
     bnn.predict(log_probs, x, bnn.Categorical(), samples=3)  # quiet
+
+
+def test_a_prediction_keeps_the_likelihood_it_was_made_with() -> None:
+    """Summaries are computed on demand: with the live likelihood, a learned
+    noise scale that moved later (training went on, a checkpoint was loaded
+    into the loss) changed the variances and intervals of earlier predictions
+    (variance 0.44 -> 0.02 after more training)."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(3, 1))
+    likelihood = bnn.Normal()
+    with torch.no_grad():
+        likelihood.raw_scale.sub_(1.0)  # trained
+    prediction = bnn.predict(net, torch.randn(4, 3), likelihood, samples=8)
+    variance, interval = prediction.variance.clone(), prediction.interval(0.9)
+    with torch.no_grad():
+        likelihood.raw_scale.add_(2.0)  # trained on, or a checkpoint loaded
+    torch.testing.assert_close(prediction.variance, variance, rtol=0, atol=0)
+    for now, then in zip(prediction.interval(0.9), interval, strict=True):
+        torch.testing.assert_close(now, then, rtol=0, atol=0)
+    assert (
+        bnn.predict(net, torch.randn(4, 3), likelihood).variance.min() > variance.max()
+    )
