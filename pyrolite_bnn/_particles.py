@@ -244,9 +244,15 @@ def row_layout(
     return None
 
 
-_SIZE_ERRORS = ("Sizes of tensors must match", "must match the size of tensor")
+_SIZE_ERRORS = (
+    "Sizes of tensors must match",
+    "must match the size of tensor",
+    "must match the existing size",
+)
 _FOLD_HINT = "(in a Bayesian call activations are folded (B*S, ...)"
 _INDEX_ERRORS = ("Number of indices", "index_add_(): ", "Expected index [")
+_RESHAPE_ERRORS = ("is invalid for input of size",)
+_WEIGHT_READ_ERRORS = ("expects a tensor with <= 2 dimensions",)
 
 
 def with_fold_hint(error: RuntimeError) -> RuntimeError | None:
@@ -268,6 +274,21 @@ def with_fold_hint(error: RuntimeError) -> RuntimeError | None:
             "across the batch mixes the particles; write it per particle on "
             "h.unflatten(0, (-1, S)), see 'Operations across the batch' in the "
             "concepts guide)"
+        )
+    if any(reshape in text for reshape in _RESHAPE_ERRORS):
+        return RuntimeError(
+            f"{text}\n{_FOLD_HINT}: a reshape or view that takes the batch size "
+            "from the network's input, or writes it as a number, misses the S "
+            "particles folded into it; write -1 for the batch dimension "
+            "(h.reshape(-1, ...)) or take the size from the tensor reshaped)"
+        )
+    if any(read in text for read in _WEIGHT_READ_ERRORS):
+        return RuntimeError(
+            f"{text}\n(a Bayesian layer's weight read directly in a forward, as "
+            "in F.linear(x, self.fc.weight), is the particles' draws (S, ...) "
+            "inside a Bayesian call: call the layer itself, or keep the module "
+            "whose forward reads it deterministic with bnn.convert(..., "
+            "exclude=...))"
         )
     if not any(size in text for size in _SIZE_ERRORS):
         return None

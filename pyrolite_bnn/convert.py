@@ -133,10 +133,12 @@ def convert(
             in ``state_dict()``), each posterior has its mean at the weights and
             standard deviation ``delta * |w|``, at least ``MOPED_MIN_SCALE``.
         include: module paths (``"body.0"``, also covering everything below)
-            or types; only registered layers matched are made Bayesian.
-        exclude: module paths or types of registered layers to keep
-            deterministic (e.g. a skip path); a batch norm's own path or type
-            keeps torch's class (a path above it does not).
+            or types (a layer type, or a block type standing for its
+            instances' paths); only registered layers matched are made
+            Bayesian.
+        exclude: module paths or types to keep deterministic (e.g. a skip
+            path), as for ``include``; a batch norm's own path or type keeps
+            torch's class (a path above it does not).
 
     Returns:
         The Bayesian network: a registered Bayesian container or layer when
@@ -183,12 +185,11 @@ def convert(
             "moped= centres a Normal prior at the weights: pass prior=None or a "
             f"bnn.NormalPrior (its scale is kept), got {type(prior).__name__}"
         )
-    paths = {name for name, _ in module.named_modules()}
     converter = _Converter(
         {"prior": prior, "variational": variational, "estimator": estimator},
         moped,
-        _selection(include, paths, "include"),
-        _selection(exclude, paths, "exclude"),
+        _selection(include, module, "include"),
+        _selection(exclude, module, "exclude"),
     )
     tied = _tied_parameters(module)
     try:
@@ -406,8 +407,15 @@ def _tied_parameters(module: nn.Module) -> list[list[str]]:
 
 
 def _selection(
-    given: Selection, paths: set[str], what: str
+    given: Selection, model: nn.Module, what: str
 ) -> tuple[frozenset[str], tuple[type[nn.Module], ...]] | None:
+    """Paths and types of ``include=``/``exclude=``, checked against ``model``.
+
+    A type that is no layer of its own (a block, a user's module class) stands
+    for the paths of its instances holding parameters, so that it covers
+    everything below them as a path does: ``exclude=Block`` left every layer
+    inside the blocks Bayesian, silently.
+    """
     if given is None:
         return None
     if not isinstance(given, str | type | Iterable):
@@ -423,14 +431,24 @@ def _selection(
         raise TypeError(
             f"{what}= takes module paths (str) or module types, got {other!r}"
         )
-    unknown = sorted(names - paths)
+    modules = dict(model.named_modules())
+    unknown = sorted(names - set(modules))
     if unknown:
         raise ValueError(
             f"{what}= names no module of the model: {unknown}; paths are "
             "those of model.named_modules(), such as "
-            f"{sorted(p for p in paths if p)[:5]}"
+            f"{sorted(p for p in modules if p)[:5]}"
         )
-    return names, types_
+    blocks = frozenset(
+        path
+        for path, inner in modules.items()
+        if types_
+        and isinstance(inner, types_)
+        and registry.for_unchanged_torch(inner) is None
+        and not isinstance(inner, _NORMS)
+        and next(inner.parameters(), None) is not None
+    )
+    return names | blocks, types_
 
 
 def _matches(
@@ -508,7 +526,10 @@ class _Converter:
             and not isinstance(module, _NORMS)
             and self.selected(path, module)
         ):
-            self.unsupported.append(f"{path or '<root>'} ({type(module).__name__})")
+            own = ", ".join(name for name, _ in module.named_parameters(recurse=False))
+            self.unsupported.append(
+                f"{path or '<root>'} ({type(module).__name__}: {own})"
+            )
         return module
 
     def layer(self, entry: LayerEntry, module: nn.Module, path: str) -> VIModule:
@@ -587,9 +608,12 @@ class _Converter:
             )
         if self.unsupported:
             warnings.warn(
-                "bnn.convert: no Bayesian counterpart, left deterministic: "
+                "bnn.convert: parameters of modules without a Bayesian "
+                "counterpart stay point estimates (trained as usual): "
                 + ", ".join(self.unsupported)
-                + " (pass exclude= to silence, or write a VIModule for them)",
+                + " (layers below these modules were converted; exclude= a "
+                "module's path keeps it and everything below it deterministic, "
+                "and silences this; or write a VIModule for it)",
                 UserWarning,
                 stacklevel=3,
             )

@@ -153,8 +153,8 @@ def test_unsupported_modules_warn_once_norms_silently() -> None:
     assert len(caught) == 1
     assert caught[0].category is UserWarning
     message = str(caught[0].message)
-    assert "2 (PReLU)" in message
-    assert "3 (Bilinear)" in message
+    assert "2 (PReLU: weight)" in message
+    assert "3 (Bilinear: weight, bias)" in message
     assert "LayerNorm" not in message
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -421,7 +421,7 @@ def test_subclass_with_own_forward_is_not_replaced() -> None:
         def forward(self, input: Tensor) -> Tensor:
             return 2 * super().forward(input)
 
-    with pytest.warns(UserWarning, match=r"0 \(Scaled\)"):
+    with pytest.warns(UserWarning, match=r"0 \(Scaled: weight, bias\)"):
         net = bnn.convert(nn.Sequential(Scaled(2, 2), nn.Linear(2, 1)))
     assert type(net[0]) is Scaled
     assert isinstance(net[1], bnn.VILinear)
@@ -711,3 +711,38 @@ def test_the_hook_dictionaries_read_are_torchs() -> None:
     module.register_forward_pre_hook(lambda *args: None, with_kwargs=True)
     module.register_full_backward_pre_hook(lambda *args: None)
     assert all(getattr(module, name) for name in FORWARD_HOOKS)
+
+
+class _Mixer(nn.Module):
+    """A block that is no layer: a linear layer and a parameter of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.gain = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x) * self.gain
+
+
+def test_a_block_type_selects_everything_below_its_instances() -> None:
+    """``exclude=Block`` left every layer inside the blocks Bayesian, silently
+    (the type matched only registered layers); a path covered them."""
+    module = nn.Sequential(_Mixer(), nn.ReLU(), _Mixer(), nn.Linear(4, 2))
+    by_type = bnn.convert(module, exclude=_Mixer)
+    by_path = bnn.convert(module, exclude=["0", "2"])
+    sites = ["3.weight", "3.bias"]
+    assert [v.site for v in by_type.random_variables()] == sites
+    assert [v.site for v in by_path.random_variables()] == sites
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        included = bnn.convert(module, include=_Mixer)
+    assert [v.site for v in included.random_variables()] == [
+        "0.fc.weight",
+        "0.fc.bias",
+        "2.fc.weight",
+        "2.fc.bias",
+    ]
+    # The warning names what stays a point estimate: each block's own gain.
+    assert len(caught) == 1
+    assert "0 (_Mixer: gain), 2 (_Mixer: gain)" in str(caught[0].message)

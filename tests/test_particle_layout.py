@@ -371,6 +371,54 @@ def test_size_errors_inside_a_network_explain_the_fold() -> None:
     assert "match_particles" not in str(caught.value)
 
 
+class _PatchEmbedding(nn.Module):
+    """torchvision's ViT input: the batch size read from the raw input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 8)
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        return self.head(self.proj(x).reshape(n, 32))  # type: ignore[no-any-return]
+
+
+class _DirectWeight(nn.Module):
+    """Swin's attention: a layer's weight read in the block's forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.qkv.weight.t()
+
+
+@pytest.mark.parametrize(
+    ("block", "hint"),
+    [
+        (_PatchEmbedding, r"(?s)invalid for input of size.*reshape\(-1, \.\.\.\)"),
+        (_DirectWeight, r"(?s)<= 2 dimensions.*call the layer itself"),
+    ],
+)
+def test_reshape_and_weight_read_errors_explain_the_particles(
+    block: type[nn.Module], hint: str
+) -> None:
+    """torch's bare 'shape [3, 32] is invalid for input of size 384' and 't()
+    expects a tensor with <= 2 dimensions' (a converted torchvision ViT or Swin
+    under predict) said nothing of the particles."""
+    net = bnn.convert(block())
+    x = torch.randn(3, 4, 4) if block is _PatchEmbedding else torch.randn(3, 4)
+    for options in ({"samples": 4}, {"mode": "mean"}):
+        if block is _PatchEmbedding and options == {"mode": "mean"}:
+            prediction = bnn.predict(net, x, bnn.Normal(1.0), **options)  # one row each
+            assert prediction.samples.shape == (1, 3, 2)
+            continue
+        with pytest.raises(RuntimeError, match=hint):
+            bnn.predict(net, x, bnn.Normal(1.0), **options)
+
+
 class _Siamese(bnn.VIModule):
     """Both views encoded in one batch: ``enc(torch.cat([x1, x2])).chunk(2)``."""
 
