@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from pyro import poutine
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import rng_state, set_rng_state
@@ -384,6 +385,7 @@ def predict(
         )
     check_finite(x, "predict's inputs x")  # all of x: chunks would name a chunk
     warn_untrained(predictive)
+    _warn_batch_norm_in_training_mode(model)
     likelihood = predictive
     if calibration is not None:
         predictive = calibration.wrap(predictive)
@@ -391,6 +393,27 @@ def predict(
         outputs = _predict(model, x, samples, batch_size, mode, memory_budget)
     _warn_probabilities_as_logits(outputs, likelihood)
     return Prediction(outputs, predictive)
+
+
+def _warn_batch_norm_in_training_mode(model: nn.Module) -> None:
+    """Warn when a batch norm of ``model`` would take the inputs' statistics.
+
+    A network left in training mode (no ``model.eval()``) normalised each
+    chunk of the inputs by its own statistics, so a prediction depended on the
+    inputs predicted with it, and every call moved the running statistics.
+    """
+    training = [
+        path or "<root>"
+        for path, module in network_modules(model)
+        if isinstance(module, _BatchNorm) and module.training
+    ]
+    if training:
+        warn_at_caller(
+            f"predict: batch norm in training mode ({', '.join(training[:3])}"
+            f"{', ...' if len(training) > 3 else ''}) normalises the inputs by "
+            "their own statistics, so a prediction depends on the inputs predicted "
+            "with it, and moves the running statistics; call model.eval() first"
+        )
 
 
 def _warn_probabilities_as_logits(
