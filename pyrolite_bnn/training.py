@@ -556,8 +556,17 @@ def fit(
     epoch ``initial_epoch - 1``: checkpoints do not hold it, so keep it
     yourself (e.g. ``torch.get_rng_state()``, and
     ``torch.cuda.get_rng_state_all()`` on a GPU, in a callback) and restore
-    it before the call. Early stopping starts afresh: it knows only the
-    resumed epochs' validation losses.
+    it before the call. With a compiled loss (``compile=True``) the first
+    calls of a new loss object run eagerly and draw their random numbers
+    differently: resume with an eager loss, or compute the new loss on a
+    batch twice (no optimizer step; its gradients zeroed after) before
+    restoring the generators, so that its graphs are built. Early stopping starts afresh: it
+    knows only the resumed epochs' validation losses.
+
+    The validation pass (``val_loader``) draws weights from the same
+    random-number generators as training, so adding or removing it changes
+    the draws of the training steps after it (the runs are each reproducible
+    under a seed, not equal to each other).
 
     Args:
         model: the network (a :class:`~pyrolite_bnn.VIModule`, or a module
