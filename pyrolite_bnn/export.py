@@ -101,7 +101,14 @@ def to_deterministic(model: nn.Module) -> nn.Module:
     for v in clone.random_variables():
         means.setdefault(id(v.module), {})[v.name] = medians[v.site].detach()
     before = list(clone.named_modules())
-    converted = _convert(clone, means, {})
+    # torch initialises the layers built here before their weights are copied
+    # in: that must not move the caller's generators (an export from a
+    # callback changed the rest of a training run).
+    cuda = sorted(
+        {t.device.index or 0 for t in clone.parameters() if t.device.type == "cuda"}
+    )
+    with torch.random.fork_rng(devices=cuda):
+        converted = _convert(clone, means, {})
     result = (
         DeterministicNetwork(converted)
         if isinstance(converted, VIModule)

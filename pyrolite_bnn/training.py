@@ -560,8 +560,8 @@ def fit(
     calls of a new loss object run eagerly and draw their random numbers
     differently: resume with an eager loss, or compute the new loss on a
     batch twice (no optimizer step; its gradients zeroed after) before
-    restoring the generators, so that its graphs are built. Early stopping starts afresh: it
-    knows only the resumed epochs' validation losses.
+    restoring the generators, so that its graphs are built. Early stopping
+    starts afresh: it knows only the resumed epochs' validation losses.
 
     The validation pass (``val_loader``) draws weights from the same
     random-number generators as training, so adding or removing it changes

@@ -230,3 +230,14 @@ def test_convert_and_export_keep_every_modules_mode(modes: str) -> None:
         with torch.no_grad():
             torch.testing.assert_close(plain(x), plain(x), rtol=0, atol=0)
             torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_exporting_leaves_the_random_number_generator_alone() -> None:
+    """torch initialised the plain layers before their weights were copied in:
+    an export from a training callback changed the rest of the run."""
+    net = bnn.VISequential(bnn.VILinear(3, 8), nn.ReLU(), bnn.VILinear(8, 2))
+    x, y = torch.randn(10, 3), torch.randn(10)
+    state = torch.get_rng_state()
+    bnn.to_deterministic(net)
+    bnn.laplace(net, x, y.unsqueeze(1).expand(10, 2), bnn.Normal(1.0))
+    assert torch.equal(state, torch.get_rng_state())
