@@ -404,6 +404,10 @@ class _TemperatureScaled(_Calibrated):
         """The base distribution of the scaled logits."""
         return self.base.distribution(self._scaled(output))
 
+    def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """The base likelihood's, of the scaled logits (its ignored labels too)."""
+        return self.base.log_likelihood(self._scaled(output), target)
+
     def class_probs(self, output: Tensor) -> Tensor:
         """The base class probabilities of the scaled logits (at least float32)."""
         return self.base.class_probs(self._scaled(full_precision(output)))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn import metrics
@@ -398,3 +399,39 @@ def test_non_finite_network_outputs_are_refused() -> None:
         bnn.TemperatureScaling().fit(logits, labels, CLASSES)
     with pytest.raises(ValueError, match="network outputs contains 1 NaN"):
         bnn.VarianceScaling().fit(logits[..., :1], torch.randn(30), bnn.Normal(1.0))
+
+
+class _Tokens(nn.Module):
+    """A Bayesian tagger's logits for two positions, ``(S, B, 2, 3)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = bnn.VILinear(4, 6, variational=bnn.MeanFieldNormal(0.3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x).unflatten(-1, (2, 3))  # type: ignore[no-any-return]
+
+
+class _First(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)[..., :1, :]  # type: ignore[no-any-return]
+
+
+def test_temperature_scaling_ignores_the_ignored_positions() -> None:
+    """The scaled likelihood read the padding label -100 as a class (the base
+    likelihood's mask was skipped); the temperature is that of the kept
+    positions alone (the same draws: the network cut to them)."""
+    torch.manual_seed(0)
+    net, x = _Tokens(), torch.randn(40, 4)
+    y = torch.randint(0, 3, (40, 2))
+    y[:, 1] = -100
+    torch.manual_seed(1)
+    full = bnn.calibrate(net, x, y, bnn.Categorical(ignore_index=-100), samples=8)
+    torch.manual_seed(1)
+    cut = bnn.calibrate(_First(net), x, y[:, :1], bnn.Categorical(), samples=8)
+    torch.testing.assert_close(full.temperature, cut.temperature)
+    assert float(full.temperature) != 1.0

@@ -711,3 +711,47 @@ def test_set_prior_precision_points_marglik_to_fit_prior_precision() -> None:
     )
     with pytest.raises(ValueError, match=r"call fit_prior_precision\(\)"):
         la.set_prior_precision("marglik")  # type: ignore[arg-type]
+
+
+class _TwoTokens(nn.Module):
+    """Logits for two positions of four classes, ``(B, 2, 4)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin(x).view(-1, 2, 4)  # type: ignore[no-any-return]
+
+
+class _FirstToken(nn.Module):
+    """The same network's first position only."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x)[:, :1]  # type: ignore[no-any-return]
+
+
+def test_ignored_positions_add_no_curvature_and_no_likelihood() -> None:
+    """With every second position ignored, the posterior is that of the network
+    cut to the first position (the GGN had the ignored positions' curvature)."""
+    torch.manual_seed(0)
+    net, x = _TwoTokens(), torch.randn(20, 3)
+    y = torch.randint(0, 4, (20, 2))
+    y[:, 1] = -100
+    ignoring = bnn.Categorical(ignore_index=-100)
+    full = bnn.laplace(net, x, y, ignoring, prior_precision=1.0)
+    cut = bnn.laplace(
+        _FirstToken(net), x, y[:, :1], bnn.Categorical(), prior_precision=1.0
+    )
+    torch.testing.assert_close(full.log_likelihood, cut.log_likelihood)
+    torch.testing.assert_close(
+        full.log_marginal_likelihood(), cut.log_marginal_likelihood()
+    )
+    torch.testing.assert_close(
+        full.output_covariance(x[:5]).view(5, 2, 4, 2, 4)[:, 0, :, 0],
+        cut.output_covariance(x[:5]),
+    )

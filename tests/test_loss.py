@@ -844,3 +844,47 @@ def test_a_loss_copies_after_terms() -> None:
     (kl - log_lik).backward()
     copied = copy.deepcopy(loss_fn)
     assert float(copied(net(x), y).detach()) > 0
+
+
+def test_ignored_labels_add_nothing_here_and_under_pyro() -> None:
+    """``Categorical(ignore_index=-100)``, torch's convention for padding: the
+    loss is that of the kept positions alone, equals Pyro's ELBO on the masked
+    observation, and sends no gradient to the ignored positions' logits."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(
+        bnn.VILinear(3, 8, estimator="reparam"),
+        nn.Tanh(),
+        bnn.VILinear(8, 4 * 5, estimator="reparam"),
+        nn.Unflatten(-1, (4, 5)),
+    )
+    x = torch.randn(6, 3)
+    y = torch.randint(0, 5, (6, 4))
+    y[0, 2:] = -100  # padded sequences
+    y[3, 1:] = -100
+    keep = y != -100
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(ignore_index=-100), N)
+    pyro.set_rng_seed(1)
+    output = net(x, samples=3)
+    ours = loss_fn(output, y)
+    log_p = output.log_softmax(-1).gather(
+        -1, y.clamp_min(0).expand(3, 6, 4).unsqueeze(-1)
+    )
+    nll = -(log_p.squeeze(-1) * keep).sum(-1).mean()
+    torch.testing.assert_close(loss_fn.last_nll, nll.detach())
+    (logit_grad,) = torch.autograd.grad(ours, output)
+    assert bool((logit_grad[:, ~keep] == 0).all())
+    assert bool((logit_grad[:, keep] != 0).any())
+    pyro.set_rng_seed(1)
+    ours = loss_fn(net(x, samples=3), y)
+    pyro.set_rng_seed(1)
+    theirs = (  # the closed-form KL of the default kl="auto"
+        TraceMeanField_ELBO().differentiable_loss(
+            loss_fn.pyro_model(net), net.guide, x, y, samples=3
+        )
+        / N
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"or the ignore_index -100"):
+        loss_fn(net(x, samples=3), y.masked_fill(~keep, -1))
+    with pytest.raises(ValueError, match=r"Categorical\(ignore_index=\.\.\.\)"):
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), N)(net(x, samples=3), y)

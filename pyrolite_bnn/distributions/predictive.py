@@ -42,6 +42,7 @@ from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._validation import (
     check_finite,
+    check_integer,
     check_normal_number,
     check_probability,
     check_real,
@@ -436,13 +437,59 @@ def _channels_first_hint(output: Tensor, target: Tensor) -> str:
 class Categorical(_ClassificationLikelihood):
     """Classification: the network outputs logits ``(S, B, C)``.
 
-    Targets are integer class labels ``(B,)`` in ``[0, C)``.
+    Targets are integer class labels ``(B,)`` in ``[0, C)``, or ``(B, ...)``
+    for logits ``(S, B, ..., C)`` (one label per token or pixel).
+
+    Args:
+        ignore_index: a label value that marks unobserved positions (torch's
+            ``cross_entropy(..., ignore_index=-100)``, the padding of tagged
+            sequences): they add nothing to the log-likelihood, here and under
+            Pyro's ELBOs. ``None`` (the default): every label must be a class.
+            Metrics take the kept positions: ``keep = y != -100``, then
+            ``bnn.metrics.accuracy(pred.probs[keep], y[keep])``.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
         >>> bnn.Categorical()(torch.zeros(4, 3, 5)).batch_shape
         torch.Size([4, 3])
+        >>> labels = torch.tensor([[0, 1, -100]])  # a sequence padded by one
+        >>> bnn.Categorical(ignore_index=-100).log_likelihood(
+        ...     torch.zeros(1, 1, 3, 2), labels
+        ... )
+        tensor([[-1.3863]])
     """
+
+    def __init__(self, ignore_index: int | None = None) -> None:
+        super().__init__()
+        if ignore_index is not None:
+            ignore_index = check_integer(ignore_index, "Categorical ignore_index")
+            if type(self).distribution is not Categorical.distribution:
+                raise NotImplementedError(
+                    f"{type(self).__name__} redefines distribution(): ignore_index "
+                    "applies to Categorical's own logits only"
+                )
+        self.ignore_index = ignore_index
+
+    def extra_repr(self) -> str:
+        """The ignored label, if any."""
+        return "" if self.ignore_index is None else f"ignore_index={self.ignore_index}"
+
+    def observed(self, target: Tensor) -> Tensor | None:
+        """Where ``target`` holds a label (not ``ignore_index``); ``None``: all."""
+        return None if self.ignore_index is None else target != self.ignore_index
+
+    def observe(
+        self, output: Tensor, target: Tensor
+    ) -> tuple[dist.TorchDistribution, Tensor]:
+        """As the base class, with the ignored positions masked out."""
+        if self.ignore_index is None:
+            return super().observe(output, target)
+        output, target = self._checked(output, target)
+        keep = target != self.ignore_index
+        likelihood: dist.TorchDistribution = (
+            dist.Categorical(logits=output).mask(keep).to_event(output.dim() - 3)
+        )
+        return likelihood, target.masked_fill(~keep, 0)
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Class dimension last; labels ``(B, ...)`` need no alignment."""
@@ -477,13 +524,27 @@ class Categorical(_ClassificationLikelihood):
                 + _channels_first_hint(output, target)
             )
         classes = output.shape[-1]
+        keep = self.observed(target)
+        if keep is not None:
+            target = target[keep]
         if target.numel():
             low, high = torch.aminmax(target)
             low_value, high_value = int(low), int(high)
             if low_value < 0 or high_value >= classes:
+                ignored = (
+                    ""
+                    if self.ignore_index is None
+                    else f" (or the ignore_index {self.ignore_index})"
+                )
                 raise ValueError(
-                    f"Categorical: labels must be in [0, {classes}), got range "
-                    f"[{low_value}, {high_value}]"
+                    f"Categorical: labels must be in [0, {classes}){ignored}, got "
+                    f"range [{low_value}, {high_value}]"
+                    + (
+                        "; mark unobserved positions (padding) with "
+                        "bnn.Categorical(ignore_index=...)"
+                        if self.ignore_index is None and low_value < 0
+                        else ""
+                    )
                 )
 
     def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
@@ -505,8 +566,12 @@ class Categorical(_ClassificationLikelihood):
         if type(self).distribution is not Categorical.distribution:
             return super().log_likelihood(output, target)
         output, target = self._checked(output, target)
-        index = target.long().unsqueeze(-1).expand(*output.shape[:-1], 1)
+        keep = self.observed(target)
+        labels = target if keep is None else target.masked_fill(~keep, 0)
+        index = labels.long().unsqueeze(-1).expand(*output.shape[:-1], 1)
         log_p = output.log_softmax(-1).gather(-1, index).squeeze(-1)
+        if keep is not None:
+            log_p = log_p.masked_fill(~keep, 0.0)
         return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
