@@ -28,6 +28,10 @@ of a Bayesian network. Unlike mean-field variational inference, the
 covariance couples all the weights, so the output variance grows where the
 data do not constrain the function (between and beyond the training inputs).
 
+The Jacobians come from ``torch.func`` (``vmap`` of ``jacrev``, in chunks of
+inputs); where it cannot batch a kernel (torch's fused LSTM and GRU), plain
+autograd computes them example by example instead, with one warning.
+
 Example:
     >>> import torch, pyrolite_bnn as bnn
     >>> net = torch.nn.Sequential(
@@ -93,6 +97,8 @@ _JACOBIAN_ENTRIES = 2**24
 _LOG_PRECISION_BOUND = 14.0
 _LOG_PRECISION_LIMIT = 30.0
 _SUPPORTED = "Normal (homoscedastic), Categorical and Bernoulli"
+# torch.func's warning for kernels it runs one example at a time under vmap.
+_UNBATCHED = "There is a performance drop because we have not yet implemented"
 
 
 def _output_hessian_root(
@@ -660,8 +666,49 @@ class LinearizedLaplace(nn.Module):
                 out = self._function(x)(self.theta)
             return self.theta.new_zeros(0, math.prod(out.shape[1:]), len(self.theta))
         with validation(False):  # no data-dependent checks under vmap
-            result: Tensor = vmap(jacrev(single), in_dims=(None, 0))(self.theta, x)
+            try:
+                with warnings.catch_warnings():  # torch's note on unbatched kernels
+                    warnings.filterwarnings("ignore", message=_UNBATCHED)
+                    result: Tensor = vmap(jacrev(single), in_dims=(None, 0))(
+                        self.theta, x
+                    )
+            except RuntimeError as error:  # torch's fused LSTM/GRU under torch.func
+                result = self._looped_jacobian(single, x, error)
         return result
+
+    def _looped_jacobian(
+        self, single: Callable[[Tensor, Tensor], Tensor], x: Tensor, error: Exception
+    ) -> Tensor:
+        """Jacobians example by example, by plain autograd.
+
+        ``torch.func`` has no batched rules for some fused kernels: an LSTM's
+        derivatives failed with "Expected a proper Tensor but got None for
+        argument 'workspace'", a GRU's forward under ``vmap`` with a broadcast
+        error. Plain reverse mode through each example's outputs works there,
+        one backward pass per output value: slower, and said once.
+        """
+        if not self.__dict__.get("_looping"):
+            object.__setattr__(self, "_looping", True)
+            warn_at_caller(
+                "laplace: torch.func could not batch the network's Jacobians "
+                f"({str(error).splitlines()[0][:120]}); computing them example by "
+                "example with autograd (slower)"
+            )
+
+        def jacobian_at(xi: Tensor) -> Tensor:
+            def outputs(theta: Tensor) -> Tensor:
+                return single(theta, xi)
+
+            with torch.enable_grad():
+                rows: Tensor = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]
+                    outputs, self.theta
+                )
+            return rows
+
+        try:
+            return torch.stack([jacobian_at(xi) for xi in x])
+        except RuntimeError as looped:
+            raise looped from error
 
     def _jacobian_chunk(self, x: Tensor) -> int:
         """Inputs per chunk so that a chunk's Jacobian has ~2**24 entries."""

@@ -755,3 +755,53 @@ def test_ignored_positions_add_no_curvature_and_no_likelihood() -> None:
         full.output_covariance(x[:5]).view(5, 2, 4, 2, 4)[:, 0, :, 0],
         cut.output_covariance(x[:5]),
     )
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, cell: type[nn.RNNBase]) -> None:
+        super().__init__()
+        self.rnn = cell(2, 3, batch_first=True)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.rnn(x)[0][:, -1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_recurrent_networks_get_their_jacobians_by_autograd(
+    cell: type[nn.RNNBase],
+) -> None:
+    """torch.func has no batched rules for the fused LSTM/GRU kernels: laplace
+    failed with torch's "Expected a proper Tensor but got None ... 'workspace'"
+    (LSTM) or a broadcast error (GRU, even for the last layer). The GGN from
+    the example-by-example Jacobians equals one from central differences in
+    float64 (tolerance 1e-6 relative, the differences' truncation error)."""
+    torch.manual_seed(0)
+    net = _Recurrent(cell).double()
+    x, y = (
+        torch.randn(6, 4, 2, dtype=torch.float64),
+        torch.randn(6, dtype=torch.float64),
+    )
+    with pytest.warns(UserWarning, match="example by example"):
+        la = bnn.laplace(net, x, y, bnn.Normal(scale=0.5), prior_precision=1.0)
+    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+
+    def outputs(values: Tensor) -> Tensor:
+        chunks = torch.split(values, [math.prod(s) for s in shapes])
+        weights = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
+        return torch.func.functional_call(net, weights, (x,)).reshape(-1)
+
+    step = 1e-6
+    columns = []
+    for i in range(len(theta)):
+        bump = torch.zeros_like(theta)
+        bump[i] = step
+        columns.append((outputs(theta + bump) - outputs(theta - bump)) / (2 * step))
+    jac = torch.stack(columns, 1)
+    expected = jac.T @ jac / 0.25 + torch.eye(len(theta), dtype=torch.float64)
+    torch.testing.assert_close(la.posterior_precision, expected, rtol=1e-6, atol=1e-6)
+    with pytest.warns(UserWarning, match="example by example"):  # GRU: even here
+        last = bnn.laplace(net, x, y, bnn.Normal(scale=0.5), subset="last_layer")
+    assert torch.isfinite(last.predict(x).variance).all()
