@@ -226,7 +226,7 @@ def row_layout(
                 f"another input's batch {split if shared else rows} "
                 f"{f'folded with samples={samples}' if shared else 'shared'}. "
                 "Give the network's inputs one batch size, or call it with "
-                "another number of samples"
+                "another number of samples" + _sequence_first_hint(state)
             )
         return shared
     if rows in seen and split in seen:
@@ -234,6 +234,7 @@ def row_layout(
             f"a tensor with {rows} rows is ambiguous: one input's batch {rows} "
             f"shared by the particles, or another's {split} folded with "
             f"samples={samples}; give the network's inputs one batch size"
+            + _sequence_first_hint(state)
         )
     if rows in seen and others_shared:
         used.add(rows)
@@ -242,6 +243,18 @@ def row_layout(
         used.add(split)
         return False
     return None
+
+
+def _sequence_first_hint(state: ParticleState) -> str:
+    """In a sequence-first network the rows are positions: say so, and the way out."""
+    if state.batch_leading:
+        return ""
+    return (
+        ". In this sequence-first network the leading dimension is the sequence "
+        "(particles fold into it, (L * S, B, ...)), so sequences of different "
+        "lengths (a source and a target) can meet this; build the sequence "
+        "layers with batch_first=True, where the batch leads"
+    )
 
 
 _SIZE_ERRORS = (

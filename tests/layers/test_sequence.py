@@ -850,3 +850,28 @@ def test_a_lone_sequence_first_layer_is_scored_per_example(make: Any) -> None:
     torch.testing.assert_close(on_its_own, in_network)
     out = alone(x)
     assert loss_fn.check_batch(out, bnn.record.find_record(out).sequence_batch) == 3
+
+
+def test_lengths_that_fold_into_each_other_name_batch_first() -> None:
+    """A source as long as the target times the particles (greedy decoding hits
+    it at some step) is ambiguous; the message spoke only of batch sizes, which
+    a seq2seq model cannot make equal."""
+
+    class Decoder(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.source_embed = bnn.VILinear(E, E)
+            self.target_embed = bnn.VILinear(E, E)
+            self.attention = bnn.VIMultiheadAttention(E, HEADS)
+
+        def forward(self, target: Tensor, source: Tensor) -> Tensor:
+            memory = self.source_embed(source)
+            query = self.target_embed(target)  # 2 * S rows: the source's 6?
+            return self.attention(query, memory, memory)[0]  # type: ignore[no-any-return]
+
+    target, source = torch.randn(2, B, E), torch.randn(6, B, E)
+    with pytest.raises(
+        ValueError, match=r"(?s)ambiguous.*sequence-first.*batch_first=True"
+    ):
+        Decoder()(target, source, samples=3)
+    assert Decoder()(target, source, samples=5).shape == (5, 2, B, E)
