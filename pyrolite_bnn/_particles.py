@@ -18,6 +18,7 @@ times. The outermost call returns ``(S, B, ...)``, a transposed view.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -265,19 +266,32 @@ _SIZE_ERRORS = (
 _FOLD_HINT = "(in a Bayesian call activations are folded (B*S, ...)"
 _INDEX_ERRORS = ("Number of indices", "index_add_(): ", "Expected index [")
 _RESHAPE_ERRORS = ("is invalid for input of size",)
-_WEIGHT_READ_ERRORS = ("expects a tensor with <= 2 dimensions",)
 
 
-def with_fold_hint(error: RuntimeError) -> RuntimeError | None:
+def with_fold_hint(error: RuntimeError, samples: int) -> RuntimeError | None:
     """``error`` with a word on the fold if it is a size mismatch, else ``None``.
 
     torch's size errors inside a network name folded sizes the user never
     wrote (``B * S`` rows). The new error says why and names
     :func:`~pyrolite_bnn.layers.functional.match_particles`; an error that
-    already carries the word is left alone.
+    already carries the word is left alone, and so is any error of a call
+    with one particle (``samples``), where nothing is folded and the plain
+    torch model fails alike.
     """
     text = str(error)
     if _FOLD_HINT in text:
+        return None
+    read = re.search(r"expects a tensor with <= 2 dimensions, but self is (\d+)D", text)
+    if read is not None and int(read.group(1)) >= 4:
+        # A drawn weight is (S, 1, out, in) or more, with one particle too.
+        return RuntimeError(
+            f"{text}\n(if that tensor is a Bayesian layer's weight read directly "
+            "in a forward, as in F.linear(x, self.fc.weight): inside a Bayesian "
+            "call it is the particles' draws (S, ...); call the layer itself, or "
+            "keep the module whose forward reads it deterministic with "
+            "bnn.convert(..., exclude=...))"
+        )
+    if samples <= 1:
         return None
     if any(index in text for index in _INDEX_ERRORS):
         return RuntimeError(
@@ -289,19 +303,13 @@ def with_fold_hint(error: RuntimeError) -> RuntimeError | None:
             "concepts guide)"
         )
     if any(reshape in text for reshape in _RESHAPE_ERRORS):
+        if re.search(r"shape '\[-1\b", text):  # the batch is -1 already
+            return None
         return RuntimeError(
             f"{text}\n{_FOLD_HINT}: a reshape or view that takes the batch size "
             "from the network's input, or writes it as a number, misses the S "
             "particles folded into it; write -1 for the batch dimension "
             "(h.reshape(-1, ...)) or take the size from the tensor reshaped)"
-        )
-    if any(read in text for read in _WEIGHT_READ_ERRORS):
-        return RuntimeError(
-            f"{text}\n(a Bayesian layer's weight read directly in a forward, as "
-            "in F.linear(x, self.fc.weight), is the particles' draws (S, ...) "
-            "inside a Bayesian call: call the layer itself, or keep the module "
-            "whose forward reads it deterministic with bnn.convert(..., "
-            "exclude=...))"
         )
     if not any(size in text for size in _SIZE_ERRORS):
         return None

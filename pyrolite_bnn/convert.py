@@ -340,7 +340,10 @@ def _make_network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
         try:
             return forward(self, *args, **kwargs)
         except RuntimeError as error:
-            hinted = _particles.with_fold_hint(error)
+            state = _particles.current()
+            hinted = _particles.with_fold_hint(
+                error, 1 if state is None else state.samples
+            )
             if hinted is None:
                 raise
             raise hinted from error
@@ -444,11 +447,17 @@ def _selection(
         for path, inner in modules.items()
         if types_
         and isinstance(inner, types_)
-        and registry.for_unchanged_torch(inner) is None
+        and not _is_layer(inner)
         and not isinstance(inner, _NORMS)
         and next(inner.parameters(), None) is not None
     )
     return names | blocks, types_
+
+
+def _is_layer(module: nn.Module) -> bool:
+    """Whether ``module`` becomes one Bayesian layer (not a container of them)."""
+    entry = registry.for_unchanged_torch(module)
+    return entry is not None and entry.build_bayesian is None
 
 
 def _matches(
@@ -611,7 +620,7 @@ class _Converter:
                 "bnn.convert: parameters of modules without a Bayesian "
                 "counterpart stay point estimates (trained as usual): "
                 + ", ".join(self.unsupported)
-                + " (layers below these modules were converted; exclude= a "
+                + " (selected layers below these modules were converted; exclude= a "
                 "module's path keeps it and everything below it deterministic, "
                 "and silences this; or write a VIModule for it)",
                 UserWarning,

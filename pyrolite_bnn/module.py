@@ -504,7 +504,7 @@ class VIModule(LocalPyroModule):
                     return _forward.pyro_run(self, state, device, args, kwargs)
                 return _forward.pytorch_run(self, state, device, args, kwargs)
         except RuntimeError as error:  # torch's size errors name folded sizes
-            hinted = _particles.with_fold_hint(error) if state.samples > 1 else None
+            hinted = _particles.with_fold_hint(error, state.samples)
             if hinted is None:
                 raise
             raise hinted from error

@@ -42,6 +42,7 @@ from pyrolite_bnn._network import (
     collect_variables,
     has_sequence_first_layers,
     network_modules,
+    uses_batch_statistics,
 )
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._validation import (
@@ -92,8 +93,8 @@ class Prediction:
     ``samples`` on creation
     (:meth:`~pyrolite_bnn.PredictiveDistribution.check_output`).
 
-    A prediction is a result: it keeps a copy of the likelihood as it was on
-    creation (:func:`likelihood_snapshot`), so a learned noise scale that moves
+    A prediction is a result: it keeps a copy of a likelihood with learned
+    parameters as it was on creation, so a learned noise scale that moves
     later (training goes on, a checkpoint is loaded into the loss) does not
     change the variances and intervals of predictions made before.
 
@@ -243,16 +244,22 @@ class Prediction:
 def likelihood_snapshot(predictive: PredictiveDistribution) -> PredictiveDistribution:
     """A copy of ``predictive`` as it is now, for results computed from it later.
 
-    Learned parameters (a noise scale) are copied without gradient history; a
-    likelihood that cannot be copied (a custom one holding a lock or a
-    generator) is returned itself.
+    Only a likelihood with learned parameters (a noise scale) is copied,
+    without gradient history; one without any has nothing that training
+    moves and is returned itself, as is one that cannot be copied (a custom
+    one holding a lock or a generator).
 
     Example:
         >>> import pyrolite_bnn as bnn
         >>> likelihood = bnn.Normal()
         >>> likelihood_snapshot(likelihood) is likelihood
         False
+        >>> fixed = bnn.Normal(scale=0.5)
+        >>> likelihood_snapshot(fixed) is fixed
+        True
     """
+    if next(predictive.parameters(), None) is None:
+        return predictive
     try:
         with torch.no_grad():
             return copy.deepcopy(predictive)
@@ -402,17 +409,24 @@ def _warn_batch_norm_in_training_mode(model: nn.Module) -> None:
     chunk of the inputs by its own statistics, so a prediction depended on the
     inputs predicted with it, and every call moved the running statistics.
     """
-    training = [
-        path or "<root>"
+    coupling = [
+        (path or "<root>", module.training)
         for path, module in network_modules(model)
-        if isinstance(module, _BatchNorm) and module.training
+        if isinstance(module, _BatchNorm) and uses_batch_statistics(module)
     ]
-    if training:
+    if coupling:
+        names = ", ".join(path for path, _ in coupling[:3])
+        training = any(mode for _, mode in coupling)
         warn_at_caller(
-            f"predict: batch norm in training mode ({', '.join(training[:3])}"
-            f"{', ...' if len(training) > 3 else ''}) normalises the inputs by "
-            "their own statistics, so a prediction depends on the inputs predicted "
-            "with it, and moves the running statistics; call model.eval() first"
+            f"predict: batch norm ({names}{', ...' if len(coupling) > 3 else ''}) "
+            "normalises the inputs by their own statistics, so a prediction "
+            "depends on the inputs predicted with it"
+            + (
+                " and moves the running statistics: it is in training mode; call "
+                "model.eval() first"
+                if training
+                else ": it keeps no running statistics (track_running_stats=False)"
+            )
         )
 
 

@@ -746,3 +746,18 @@ def test_a_block_type_selects_everything_below_its_instances() -> None:
     # The warning names what stays a point estimate: each block's own gain.
     assert len(caught) == 1
     assert "0 (_Mixer: gain), 2 (_Mixer: gain)" in str(caught[0].message)
+
+
+def test_a_torch_container_type_selects_everything_below_it() -> None:
+    """``exclude=nn.TransformerEncoder`` left the encoder Bayesian: the type of
+    a registered container matched no layer."""
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    module = EncoderClassifier(
+        nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+    )
+    excluded = bnn.convert(module, exclude=nn.TransformerEncoder)
+    assert [v.site for v in excluded.random_variables()] == ["head.weight", "head.bias"]
+    included = bnn.convert(module, include=nn.TransformerEncoder)
+    sites = [v.site for v in included.random_variables()]
+    assert sites
+    assert all(site.startswith("encoder.") for site in sites)

@@ -888,3 +888,20 @@ def test_ignored_labels_add_nothing_here_and_under_pyro() -> None:
         loss_fn(net(x, samples=3), y.masked_fill(~keep, -1))
     with pytest.raises(ValueError, match=r"Categorical\(ignore_index=\.\.\.\)"):
         bnn.KullbackLeiblerLoss(bnn.Categorical(), N)(net(x, samples=3), y)
+
+
+def test_ignore_index_is_fixed_and_older_objects_have_none() -> None:
+    """A compiled loss keys its graphs on the likelihood's class: a changed
+    ``ignore_index`` was ignored by the graphs built before (11.71 against the
+    eager 9.70), so it cannot be changed. A Categorical pickled before the
+    option existed has none (it failed with AttributeError)."""
+    likelihood = bnn.Categorical(ignore_index=-100)
+    with pytest.raises(AttributeError):
+        likelihood.ignore_index = 0  # type: ignore[misc]
+    older = bnn.Categorical()
+    del older.__dict__["_ignore_index"]  # as unpickled from the older class
+    loss_fn = bnn.KullbackLeiblerLoss(older, N)
+    net = _net()
+    x, y = _data()
+    assert torch.isfinite(loss_fn(net(x, samples=2), y))
+    assert repr(older) == "Categorical()"

@@ -459,6 +459,9 @@ class Categorical(_ClassificationLikelihood):
         tensor([[-1.3863]])
     """
 
+    # A class default: Categorical objects pickled before the option existed.
+    _ignore_index: int | None = None
+
     def __init__(self, ignore_index: int | None = None) -> None:
         super().__init__()
         if ignore_index is not None:
@@ -468,7 +471,16 @@ class Categorical(_ClassificationLikelihood):
                     f"{type(self).__name__} redefines distribution(): ignore_index "
                     "applies to Categorical's own logits only"
                 )
-        self.ignore_index = ignore_index
+        self._ignore_index = ignore_index
+
+    @property
+    def ignore_index(self) -> int | None:
+        """The label value of unobserved positions (fixed at construction).
+
+        Read-only: a compiled loss keys its graphs on the likelihood's class,
+        and a value changed later would be ignored by the graphs built before.
+        """
+        return self._ignore_index
 
     def extra_repr(self) -> str:
         """The ignored label, if any."""
