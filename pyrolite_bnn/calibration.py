@@ -470,7 +470,7 @@ class _VarianceScaled(_Calibrated):
 
 def calibrate(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | tuple[Tensor, ...],
     y: Tensor,
     predictive: PredictiveDistribution,
     samples: int = 100,
@@ -487,7 +487,8 @@ def calibrate(
     Args:
         model: the trained network, or anything else :func:`~pyrolite_bnn.predict`
             takes (a :class:`~pyrolite_bnn.LinearizedLaplace` posterior).
-        x: validation inputs ``(N, ...)``.
+        x: validation inputs ``(N, ...)`` (a tuple of them for a network with
+            several inputs, as :func:`~pyrolite_bnn.predict` takes).
         y: validation targets ``(N, ...)``.
         predictive: the likelihood the network was trained with.
         samples: posterior draws for the fit.
@@ -525,7 +526,8 @@ def calibrate(
     outputs = predict(model, x, predictive, samples, **kwargs).samples
     if isinstance(model, nn.Module) and has_sequence_first_layers(model):
         # (S, L, B, ...) against (L, B, ...): one example per sequence.
-        outputs, target = batch_first_layout(outputs, y, x.shape[1])
+        first = x[0] if isinstance(x, tuple) else x  # several inputs: the first
+        outputs, target = batch_first_layout(outputs, y, first.shape[1])
         assert target is not None
         y = target
     return calibration.fit(outputs, y, predictive)

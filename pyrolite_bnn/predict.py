@@ -269,7 +269,7 @@ def likelihood_snapshot(predictive: PredictiveDistribution) -> PredictiveDistrib
 
 def predict(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | tuple[Tensor, ...],
     predictive: PredictiveDistribution,
     samples: int = 100,
     batch_size: int | None = None,
@@ -320,7 +320,9 @@ def predict(
             wrapper), or a :class:`~pyrolite_bnn.LinearizedLaplace` posterior
             (then :meth:`~pyrolite_bnn.LinearizedLaplace.predict` runs;
             ``memory_budget`` does not apply).
-        x: inputs ``(N, ...)``.
+        x: inputs ``(N, ...)``, or a tuple of them for a network that takes
+            several (``(source, target)`` of a seq2seq model), each with the
+            same ``N`` examples (dimension 1 in a sequence-first network).
         predictive: the likelihood the model was trained with.
         samples: number of posterior draws ``S``.
         batch_size: inputs per chunk; ``None`` chooses it from
@@ -364,6 +366,11 @@ def predict(
             f"{calibration!r}"
         )
     if isinstance(model, LinearizedLaplace):
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                "a LinearizedLaplace posterior predicts from one input tensor x, "
+                f"got {type(x).__name__}"
+            )
         return model.predict(
             x,
             samples,
@@ -381,25 +388,47 @@ def predict(
         )
     if mode not in ("sample", "mean"):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
-    if not isinstance(x, Tensor):
-        raise TypeError(
-            f"predict needs inputs x as a torch.Tensor, got {type(x).__name__} "
-            "(convert it with torch.as_tensor)"
-        )
-    if x.dim() == 0:
-        raise ValueError(
-            f"predict needs inputs x of shape (N, ...), got {tuple(x.shape)}"
-        )
-    check_finite(x, "predict's inputs x")  # all of x: chunks would name a chunk
+    inputs = _inputs(x)
     warn_untrained(predictive)
     _warn_batch_norm_in_training_mode(model)
     likelihood = predictive
     if calibration is not None:
         predictive = calibration.wrap(predictive)
     with torch.no_grad(), local_params():
-        outputs = _predict(model, x, samples, batch_size, mode, memory_budget)
+        outputs = _predict(model, inputs, samples, batch_size, mode, memory_budget)
     _warn_probabilities_as_logits(outputs, likelihood)
     return Prediction(outputs, predictive)
+
+
+def _inputs(x: object) -> tuple[Tensor, ...]:
+    """``x`` as the tuple of the network's inputs, each checked.
+
+    One tensor, or a tuple of them (a network with several inputs).
+    """
+    inputs = x if isinstance(x, tuple) else (x,)
+    for position, value in enumerate(inputs):
+        what = "x" if len(inputs) == 1 else f"x[{position}]"
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"predict needs inputs {what} as a torch.Tensor, got "
+                f"{type(value).__name__} (convert it with torch.as_tensor; several "
+                "inputs as a tuple of tensors)"
+            )
+        if value.dim() == 0:
+            raise ValueError(
+                f"predict needs inputs {what} of shape (N, ...), got "
+                f"{tuple(value.shape)}"
+            )
+        check_finite(value, f"predict's inputs {what}")  # all: not one chunk
+    if not inputs:
+        raise ValueError("predict needs at least one input tensor, got ()")
+    return inputs
+
+
+def _shapes(inputs: tuple[Tensor, ...]) -> str:
+    """The inputs' shapes for a message."""
+    shapes = [str(tuple(t.shape)) for t in inputs]
+    return shapes[0] if len(shapes) == 1 else f"({', '.join(shapes)})"
 
 
 def _warn_batch_norm_in_training_mode(model: nn.Module) -> None:
@@ -498,7 +527,7 @@ def _check_likelihood(predictive: object) -> None:
 
 def _predict(
     model: nn.Module,
-    x: Tensor,
+    x: tuple[Tensor, ...],
     samples: int,
     batch_size: int | None,
     mode: str,
@@ -507,11 +536,11 @@ def _predict(
     # Sequence-first networks (batch_first=False) take (L, B, ...) and return
     # (S, L, B, ...): chunks split the batch, never the sequence.
     axis = 1 if has_sequence_first_layers(model) else 0
-    size = x.shape[axis]
+    size = _batch_size(x, axis)
     generators = _Generators(_devices(model, x))
     weights = _guide(model).median() if mode == "mean" else None
     particles = 1 if weights is not None else samples
-    budget = _default_budget(x) if memory_budget is None else memory_budget
+    budget = _default_budget(x[0]) if memory_budget is None else memory_budget
     # Keep one draw of all weights for every chunk if it takes <= half the budget.
     kept_bytes = 0 if weights is not None else _draw_bytes(model, particles)
     kept_bytes = kept_bytes if kept_bytes <= budget // 2 else 0
@@ -553,9 +582,25 @@ def _predict(
     return result
 
 
+def _batch_size(x: tuple[Tensor, ...], axis: int) -> int:
+    """The inputs' common number of examples along ``axis``."""
+    if any(t.dim() <= axis for t in x):
+        raise ValueError(
+            f"predict needs inputs with examples along dimension {axis}, got "
+            f"{_shapes(x)}"
+        )
+    sizes = {t.shape[axis] for t in x}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"predict needs inputs with one number of examples along dimension "
+            f"{axis}, got {_shapes(x)}"
+        )
+    return x[0].shape[axis]
+
+
 def _probe(
     model: nn.Module,
-    x: Tensor,
+    x: tuple[Tensor, ...],
     axis: int,
     particles: int,
     weights: dict[str, Tensor] | None,
@@ -571,7 +616,7 @@ def _probe(
     (:func:`~pyrolite_bnn._module_state.buffers_restored`) and the
     random-number generators rewound.
     """
-    length = min(x.shape[axis], _PROBE_INPUTS)
+    length = min(x[0].shape[axis], _PROBE_INPUTS)
     tries = [1, particles] if particles > 1 else [1]
     for count in tries:
         try:
@@ -590,7 +635,7 @@ def _probe(
 
 def _run_chunk(
     model: nn.Module,
-    x: Tensor,
+    x: tuple[Tensor, ...],
     axis: int,
     start: int,
     length: int,
@@ -602,15 +647,16 @@ def _run_chunk(
     A ``TypeError``/``ValueError`` of the model (a layer's shape check, say)
     names the chunk's shape; its message gets the shape of all of ``x``.
     """
+    chunk = tuple(t.narrow(axis, start, length) for t in x)
     try:
-        return _run(model, x.narrow(axis, start, length), particles, weights)
+        return _run(model, chunk, particles, weights)
     except (TypeError, ValueError) as error:
         if type(error) not in (TypeError, ValueError):
             raise  # a subclass may take other constructor arguments
         rows = ", ".join([":"] * axis + [f"{start}:{start + length}"])
         raise type(error)(
             f"{error} (predict ran the model on x[{rows}] of the inputs x of shape "
-            f"{tuple(x.shape)})"
+            f"{_shapes(x)})"
         ).with_traceback(error.__traceback__) from None
 
 
@@ -620,20 +666,23 @@ def _guide(model: nn.Module) -> ParticleGuide:
 
 
 def _run(
-    model: nn.Module, x: Tensor, samples: int, weights: dict[str, Tensor] | None
+    model: nn.Module,
+    x: tuple[Tensor, ...],
+    samples: int,
+    weights: dict[str, Tensor] | None,
 ) -> Tensor:
     """Outputs ``(S, B, ...)`` for one chunk: weights drawn, or fixed to ``weights``."""
     if weights is not None:
 
         def network() -> Any:
-            return call_network(model, (x,), samples)
+            return call_network(model, x, samples)
 
         conditioned: Any = poutine.condition(network, data=weights)
         with poutine.trace():  # a handler makes the network a plain Pyro model
             out = conditioned()
     else:
         with whole_network_draws():
-            out = call_network(model, (x,), samples)
+            out = call_network(model, x, samples)
     if not isinstance(out, Tensor):
         raise TypeError(
             f"predict needs a network that returns one tensor, got {type(out).__name__}"
@@ -661,9 +710,9 @@ def _draw_bytes(model: nn.Module, samples: int) -> int:
     )
 
 
-def _devices(model: nn.Module, x: Tensor) -> list[torch.device]:
-    """CPU and every CUDA device the input or the model's tensors are on."""
-    found = {x.device} | {t.device for t in (*model.parameters(), *model.buffers())}
+def _devices(model: nn.Module, x: tuple[Tensor, ...]) -> list[torch.device]:
+    """CPU and every CUDA device the inputs or the model's tensors are on."""
+    found = {t.device for t in (*x, *model.parameters(), *model.buffers())}
     cuda = {
         d.index if d.index is not None else torch.cuda.current_device()
         for d in found

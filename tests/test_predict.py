@@ -13,7 +13,7 @@ import pyro
 import pytest
 import torch
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal
-from torch import nn
+from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.module import whole_network_draws
@@ -713,3 +713,41 @@ def test_predicting_with_batch_norm_in_training_mode_warns() -> None:
     ).eval()
     with pytest.warns(UserWarning, match="keeps no running statistics"):
         bnn.predict(untracked, x, bnn.Categorical(), samples=4)
+
+
+class _TwoInputs(bnn.VIModule):
+    """A two-tower network: ``head(a(u) * b(v))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = bnn.VILinear(3, 8), bnn.VILinear(2, 8)
+        self.head = bnn.VILinear(8, 4)
+
+    def forward(self, u: Tensor, v: Tensor) -> Tensor:
+        return self.head(self.a(u) * self.b(v))  # type: ignore[no-any-return]
+
+
+def test_a_network_with_several_inputs_predicts_from_a_tuple() -> None:
+    """predict and calibrate took one tensor only ('convert it with
+    torch.as_tensor', which would stack two inputs of one shape into one),
+    while fit took tuples. Chunks split every input alike."""
+    torch.manual_seed(0)
+    net, u, v = _TwoInputs(), torch.randn(10, 3), torch.randn(10, 2)
+    torch.manual_seed(1)
+    whole = bnn.predict(net, (u, v), bnn.Categorical(), samples=5, batch_size=10)
+    torch.manual_seed(1)
+    chunked = bnn.predict(net, (u, v), bnn.Categorical(), samples=5, batch_size=3)
+    torch.testing.assert_close(chunked.samples, whole.samples)
+    plain = bnn.to_deterministic(net)
+    mean = bnn.predict(net, (u, v), bnn.Categorical(), mode="mean")
+    torch.testing.assert_close(mean.samples[0], plain(u, v))
+    with pytest.raises(
+        ValueError, match=r"one number of examples.*\(10, 3\), \(9, 2\)"
+    ):
+        bnn.predict(net, (u, v[:9]), bnn.Categorical())
+    with pytest.raises(TypeError, match=r"x\[1\] as a torch.Tensor, got list"):
+        bnn.predict(net, (u, [[1.0, 2.0]]), bnn.Categorical())  # type: ignore[arg-type]
+    calibration = bnn.calibrate(
+        net, (u, v), torch.randint(0, 4, (10,)), bnn.Categorical(), samples=5
+    )
+    assert float(calibration.temperature) > 0
