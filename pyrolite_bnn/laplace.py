@@ -221,6 +221,29 @@ def _expansion_network(model: nn.Module) -> nn.Module:
     return network.eval()
 
 
+def _warn_sequence_first(network: nn.Module) -> None:
+    """Warn that examples are read along dimension 0 if a layer is sequence-first.
+
+    Inputs ``(L, B, ...)`` of a ``batch_first=False`` network were taken as
+    ``L`` examples, each a sequence of one step: a posterior of another model,
+    silently (precisions off by up to 1.0 against the batch-first twin).
+    """
+    sequence_first = [
+        path or "<root>"
+        for path, module in network.named_modules()
+        if getattr(module, "batch_first", None) is False
+    ]
+    if sequence_first:
+        more = ", ..." if len(sequence_first) > 3 else ""
+        warn_at_caller(
+            "laplace reads the examples along dimension 0 of x, but "
+            f"{', '.join(sequence_first[:3])}{more} (modules of the network) "
+            "take sequence-first inputs (batch_first=False): for x of shape "
+            "(L, B, ...) the posterior would treat each position as an example; "
+            "build the network with batch_first=True and pass (B, L, ...)"
+        )
+
+
 def _last_layer(network: nn.Module, x: Tensor) -> list[str]:
     """Names of the parameters of the last module with parameters that runs.
 
@@ -673,6 +696,8 @@ class LinearizedLaplace(nn.Module):
                         self.theta, x
                     )
             except RuntimeError as error:  # torch's fused LSTM/GRU under torch.func
+                if "random" in str(error):  # a network that draws: no Jacobian
+                    raise
                 result = self._looped_jacobian(single, x, error)
         return result
 
@@ -687,13 +712,6 @@ class LinearizedLaplace(nn.Module):
         error. Plain reverse mode through each example's outputs works there,
         one backward pass per output value: slower, and said once.
         """
-        if not self.__dict__.get("_looping"):
-            object.__setattr__(self, "_looping", True)
-            warn_at_caller(
-                "laplace: torch.func could not batch the network's Jacobians "
-                f"({str(error).splitlines()[0][:120]}); computing them example by "
-                "example with autograd (slower)"
-            )
 
         def jacobian_at(xi: Tensor) -> Tensor:
             def outputs(theta: Tensor) -> Tensor:
@@ -706,9 +724,17 @@ class LinearizedLaplace(nn.Module):
             return rows
 
         try:
-            return torch.stack([jacobian_at(xi) for xi in x])
+            result = torch.stack([jacobian_at(xi) for xi in x])
         except RuntimeError as looped:
             raise looped from error
+        if not self.__dict__.get("_looping"):  # said once, once it worked
+            object.__setattr__(self, "_looping", True)
+            warn_at_caller(
+                "laplace: torch.func could not batch the network's Jacobians "
+                f"({str(error).splitlines()[0][:120]}); computing them example by "
+                "example with autograd (slower)"
+            )
+        return result
 
     def _jacobian_chunk(self, x: Tensor) -> int:
         """Inputs per chunk so that a chunk's Jacobian has ~2**24 entries."""
@@ -920,6 +946,7 @@ def laplace(
     precision = None if marglik else _check_prior_precision(prior_precision)
     max_parameters = check_count(max_parameters, "max_parameters")
     network = _expansion_network(model)
+    _warn_sequence_first(network)
     batches = _batches(x, y, network)
     first = next(batches, None)
     if first is None:

@@ -258,13 +258,24 @@ def likelihood_snapshot(predictive: PredictiveDistribution) -> PredictiveDistrib
         >>> likelihood_snapshot(fixed) is fixed
         True
     """
-    if next(predictive.parameters(), None) is None:
+    if not _learns(predictive):
         return predictive
     try:
         with torch.no_grad():
             return copy.deepcopy(predictive)
     except (TypeError, RuntimeError, copy.Error):
         return predictive
+
+
+def _learns(predictive: PredictiveDistribution) -> bool:
+    """Whether ``predictive`` or the likelihood it wraps has learned parameters.
+
+    A calibration references its base likelihood rather than registering it.
+    """
+    if next(predictive.parameters(), None) is not None:
+        return True
+    base = getattr(predictive, "base", None)
+    return isinstance(base, PredictiveDistribution) and _learns(base)
 
 
 def predict(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any, Literal
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -805,3 +807,35 @@ def test_recurrent_networks_get_their_jacobians_by_autograd(
     with pytest.warns(UserWarning, match="example by example"):  # GRU: even here
         last = bnn.laplace(net, x, y, bnn.Normal(scale=0.5), subset="last_layer")
     assert torch.isfinite(last.predict(x).variance).all()
+
+
+class _AlwaysDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(self.lin(x), 0.5, training=True)
+
+
+def test_a_network_that_draws_is_refused_not_looped() -> None:
+    """The autograd fallback took torch.func's refusal of a random operation
+    for an unbatchable kernel and built a posterior of random Jacobians."""
+    x, y = torch.randn(6, 2), torch.randn(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no word of a slower fallback
+        with pytest.raises(RuntimeError, match="random operation"):
+            bnn.laplace(_AlwaysDropout(), x, y, bnn.Normal(1.0))
+
+
+def test_a_sequence_first_network_warns_that_examples_are_dimension_0() -> None:
+    """(L, B, ...) inputs were read as L one-step examples: the posterior of
+    another model (precisions 0.49 off the batch-first twin's), silently."""
+    torch.manual_seed(0)
+    net = _Recurrent(nn.GRU)
+    net.rnn = nn.GRU(2, 3)  # batch_first=False
+    x, y = torch.randn(4, 6, 2), torch.randn(4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bnn.laplace(net, x, y, bnn.Normal(1.0), subset="last_layer")
+    assert any("dimension 0 of x" in str(w.message) for w in caught)

@@ -691,6 +691,14 @@ def test_a_prediction_keeps_the_likelihood_it_was_made_with() -> None:
     torch.testing.assert_close(prediction.variance, variance, rtol=0, atol=0)
     for now, then in zip(prediction.interval(0.9), interval, strict=True):
         torch.testing.assert_close(now, then, rtol=0, atol=0)
+    # a calibrated prediction too (the calibration references its base)
+    calibrated = bnn.predict(
+        net, torch.randn(4, 3), likelihood, 8, calibration=bnn.VarianceScaling(2.0)
+    )
+    before = calibrated.variance.clone()
+    with torch.no_grad():
+        likelihood.raw_scale.sub_(0.5)
+    torch.testing.assert_close(calibrated.variance, before, rtol=0, atol=0)
     assert (
         bnn.predict(net, torch.randn(4, 3), likelihood).variance.min() > variance.max()
     )
