@@ -57,6 +57,7 @@ from pyrolite_bnn._validation import (
     check_positive,
 )
 from pyrolite_bnn.distributions.predictive import (
+    Categorical,
     HeteroscedasticNormal,
     Normal,
     PredictiveDistribution,
@@ -155,12 +156,21 @@ def _fit_log_parameter(
 
 
 def _mostly_certain(
-    predictive: PredictiveDistribution, outputs: Tensor, temperature: float
+    predictive: PredictiveDistribution,
+    outputs: Tensor,
+    temperature: float,
+    observed: Tensor | None,
 ) -> bool:
-    """Whether most particles' predictions are certain at ``temperature``."""
+    """Whether most particles' predictions are certain at ``temperature``.
+
+    Only the ``observed`` positions count (``None``: all): the logits of
+    padding a ``Categorical(ignore_index=...)`` skips moved the temperature.
+    """
     scaled = TemperatureScaling(temperature).to(outputs).wrap(predictive)
     with torch.no_grad():
         top = scaled.class_probs(outputs).amax(-1)
+    if observed is not None:
+        top = top[:, observed]
     return bool((top > 1.0 - _CERTAIN).float().mean() > 0.5)
 
 
@@ -277,9 +287,13 @@ class TemperatureScaling(Calibration):
             scaled = TemperatureScaling(math.exp(log_t)).to(outputs)
             return _mixture_nll(scaled.wrap(predictive), outputs, target)
 
+        observed = (
+            predictive.observed(target) if isinstance(predictive, Categorical) else None
+        )
+
         def vote_shares(temperature: float) -> bool:
             return temperature < 1.0 and _mostly_certain(
-                predictive, outputs, temperature
+                predictive, outputs, temperature, observed
             )
 
         best = _fit_log_parameter(objective, "temperature", outputs, vote_shares)

@@ -450,13 +450,13 @@ def _warn_batch_norm_in_training_mode(model: nn.Module) -> None:
     inputs predicted with it, and every call moved the running statistics.
     """
     coupling = [
-        (path or "<root>", module.training)
+        (path or "<root>", module.training and module.track_running_stats)
         for path, module in network_modules(model)
         if isinstance(module, _BatchNorm) and uses_batch_statistics(module)
     ]
     if coupling:
         names = ", ".join(path for path, _ in coupling[:3])
-        training = any(mode for _, mode in coupling)
+        training = any(updates for _, updates in coupling)
         warn_at_caller(
             f"predict: batch norm ({names}{', ...' if len(coupling) > 3 else ''}) "
             "normalises the inputs by their own statistics, so a prediction "

@@ -435,3 +435,21 @@ def test_temperature_scaling_ignores_the_ignored_positions() -> None:
     cut = bnn.calibrate(_First(net), x, y[:, :1], bnn.Categorical(), samples=8)
     torch.testing.assert_close(full.temperature, cut.temperature)
     assert float(full.temperature) != 1.0
+
+
+def test_the_temperature_rule_reads_only_the_kept_positions() -> None:
+    """The "mostly certain" rule (the temperature nearest 1 within 0.001 nats)
+    read the padded positions' logits too: T = 0.0112 or 0.0275 for the same
+    kept logits and labels, by the padding alone."""
+    classes, likelihood = 3, bnn.Categorical(ignore_index=-100)
+    torch.manual_seed(0)
+    labels = torch.randint(0, classes, (200,))
+    kept = 0.3 * torch.randn(4, 200, classes) + F.one_hot(labels, classes)
+    y = torch.stack([labels, torch.full((200,), -100)], 1)
+    alone = bnn.TemperatureScaling().fit(kept.unsqueeze(2), y[:, :1], likelihood)
+    certain = 50.0 * F.one_hot(torch.zeros(4, 200, dtype=torch.long), classes)
+    for padding in (torch.zeros(4, 200, classes), certain):
+        fitted = bnn.TemperatureScaling().fit(
+            torch.stack([kept, padding], 2), y, likelihood
+        )
+        torch.testing.assert_close(fitted.temperature, alone.temperature)
