@@ -475,6 +475,36 @@ def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (p - onehot).square().sum(dim=1).mean()
 
 
+def _refuse_labels(first: object, second: object) -> None:
+    """Refuse ``(scores, labels)``, scikit-learn's ``roc_auc_score`` order.
+
+    A float score tensor next to a 0/1 (integer or ``bool``) tensor of the
+    same length is that call, not two groups of scores: it returned a
+    plausible wrong area (0.59 against 0.99).
+    """
+    pair = (first, second)
+    if not all(isinstance(t, torch.Tensor) and t.ndim == 1 for t in pair):
+        return
+    a, b = (t for t in pair if isinstance(t, torch.Tensor))
+    if len(a) != len(b):
+        return
+    for scores, labels in ((a, b), (b, a)):
+        integral = labels.dtype == torch.bool or not (
+            labels.is_floating_point() or labels.is_complex()
+        )
+        if (
+            scores.is_floating_point()
+            and integral
+            and bool(((labels == 0) | (labels == 1)).all())
+        ):
+            raise ValueError(
+                "auroc takes the scores of in-distribution inputs and those of "
+                "out-of-distribution inputs, not (scores, labels) as scikit-learn's "
+                "roc_auc_score: split them, auroc(scores[labels == 0], "
+                "scores[labels == 1])"
+            )
+
+
 def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> torch.Tensor:
     """Area under the ROC curve for detecting out-of-distribution inputs.
 
@@ -505,6 +535,7 @@ def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> torch.Tensor:
         0.9167
 
     """
+    _refuse_labels(scores_in, scores_out)
     s_in = _check_scores(scores_in, "scores_in")
     s_out = _check_scores(scores_out, "scores_out")
     if s_in.device != s_out.device:

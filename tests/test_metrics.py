@@ -1025,3 +1025,20 @@ def test_half_precision_rows_must_still_sum_to_one(dtype: torch.dtype) -> None:
     float32 = torch.full((4, 1000), 1e-3) + torch.tensor(1.2e-7)  # rows 1.00012
     with pytest.raises(ValueError, match="rows of probs must sum to 1"):
         metrics.nll(float32, labels)
+
+
+def test_auroc_refuses_scikit_learns_scores_and_labels() -> None:
+    """``auroc(scores, labels)`` in ``roc_auc_score``'s order returned a
+    plausible wrong area (0.59 where scikit-learn gives 0.99)."""
+    scores = torch.tensor([0.1, 0.9, 0.2, 0.8])
+    for labels in (
+        torch.tensor([0, 1, 0, 1]),
+        torch.tensor([False, True, False, True]),
+    ):
+        for pair in ((scores, labels), (labels, scores)):
+            with pytest.raises(ValueError, match=r"scores\[labels == 0\]"):
+                metrics.auroc(*pair)
+    assert float(metrics.auroc(scores[[0, 2]], scores[[1, 3]])) == 1.0
+    # integer scores of two groups, or float groups of one length, still count
+    assert float(metrics.auroc(torch.tensor([0, 1]), torch.tensor([1, 2]))) == 0.875
+    assert float(metrics.auroc(scores, scores + 1.0)) > 0.9
