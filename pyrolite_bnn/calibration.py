@@ -130,7 +130,8 @@ def _fit_log_parameter(
         # certain; the identity is the honest answer.
         warnings.warn(
             f"calibration: no finite {what} fits the {count} validation "
-            "example(s): they are all predicted exactly (the validation NLL keeps "
+            "example(s): every one is predicted right (classified correctly, or "
+            "a regression target met exactly; the validation NLL keeps "
             f"falling as the {what} goes to 0). The calibration is left at 1 "
             "(the identity); fit it on a larger validation set",
             UserWarning,
