@@ -224,7 +224,7 @@ class Prediction:
 
         Computed by the likelihood's
         :meth:`~pyrolite_bnn.PredictiveDistribution.quantile` (exact for the
-        Gaussian likelihoods).
+        Gaussian likelihoods and ``Poisson``, whose quantiles are counts).
 
         Args:
             q: probability in ``(0, 1)``, one number (for several levels, call
@@ -234,7 +234,7 @@ class Prediction:
             TypeError: if ``q`` is not one number.
             ValueError: if ``q`` is not in ``(0, 1)``.
             NotImplementedError: for likelihoods without mixture quantiles
-                (``StudentT``, ``Poisson``, classification).
+                (``StudentT``, classification).
         """
         q = check_probability(q, "q")
         with torch.no_grad():

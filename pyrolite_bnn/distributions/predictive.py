@@ -197,6 +197,36 @@ def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
     return y.to(_summary_dtype(loc.dtype))
 
 
+def poisson_mixture_quantile(rate: Tensor, q: float) -> Tensor:
+    """Quantile ``q`` of the equal-weight mixture over dim 0 of ``Poisson(rate)``.
+
+    The smallest count ``k`` with ``P(Y <= k) >= q``, the mixture's CDF
+    ``mean_s Q(k + 1, rate_s)`` (the regularised upper incomplete gamma
+    function) in float64, found by bisection over the integers between -1
+    and a count above every component's 40-sigma point. Returned in the
+    rate's dtype (at least ``float32``).
+
+    Raises:
+        TypeError: if ``q`` is not one number.
+        ValueError: if ``q`` is not in ``(0, 1)``.
+
+    Example:
+        >>> import torch
+        >>> poisson_mixture_quantile(torch.full((4, 1), 3.0), 0.5)
+        tensor([3.])
+    """
+    q = check_probability(q, "q")
+    wide = rate.double()
+    top = (wide + _BRACKET_SIGMAS * wide.sqrt() + _BRACKET_SIGMAS).amax(0).ceil()
+    lo, hi = torch.full_like(top, -1.0), top  # P(Y <= lo) < q <= P(Y <= hi)
+    while bool((hi - lo > 1).any()):
+        mid = torch.floor((lo + hi) / 2)
+        reached = torch.special.gammaincc(mid + 1, wide).mean(0) >= q
+        hi = torch.where(reached, mid, hi)
+        lo = torch.where(reached, lo, mid)
+    return hi.to(_summary_dtype(rate.dtype))
+
+
 class PredictiveDistribution(LocalPyroModule):
     """Base class of likelihoods ``p(y | network output)``.
 
@@ -384,13 +414,13 @@ class PredictiveDistribution(LocalPyroModule):
 
         Raises:
             NotImplementedError: for likelihoods whose mixture CDF has no closed
-                form here (``StudentT``, ``Poisson``, classification).
+                form here (``StudentT``, classification).
             TypeError: if ``q`` is not one number (where implemented).
             ValueError: if ``q`` is not in ``(0, 1)`` (where implemented).
         """
         raise NotImplementedError(
             "predictive intervals are implemented for the Gaussian likelihoods "
-            f"(Normal, HeteroscedasticNormal), not {type(self).__name__}"
+            f"(Normal, HeteroscedasticNormal) and Poisson, not {type(self).__name__}"
         )
 
     def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -888,6 +918,22 @@ class Poisson(PredictiveDistribution):
         self.check_output(output)
         rate = _location(full_precision(output)).exp()
         return rate, rate
+
+    def quantile(self, output: Tensor, q: float) -> Tensor:
+        """Exact quantile ``q`` of the Poisson mixture over particles, ``(B, ...)``.
+
+        A count: the smallest ``k`` with mixture ``P(Y <= k) >= q`` (see
+        :func:`poisson_mixture_quantile`).
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.Poisson().quantile(torch.zeros(4, 3), 0.9)  # rate 1
+            tensor([2., 2., 2.])
+        """
+        self.check_output(output)
+        log_rate = _location(output)
+        rate = log_rate.double().exp().to(_summary_dtype(output.dtype))
+        return poisson_mixture_quantile(rate, q)
 
 
 class HeteroscedasticNormal(PredictiveDistribution):
