@@ -240,6 +240,18 @@ def test_scale_hyperparameters_outside_float32_are_refused(
         _SCALE_HYPERPARAMETERS[name](value)
 
 
+@pytest.mark.parametrize("family", [bnn.Normal, bnn.StudentT])
+def test_a_noise_scale_whose_variance_underflows_is_refused(
+    family: type[bnn.Normal],
+) -> None:
+    """A scale of 1e-20 is a float32 number, its square is 0: every loss was
+    infinite."""
+    for options in ({"scale": 1e-20}, {"init_scale": 1e-25}):
+        with pytest.raises(ValueError, match="whose square"):
+            family(**options)  # type: ignore[arg-type]
+    assert float(family(scale=1e-18).noise_scale()) == pytest.approx(1e-18)
+
+
 def test_scale_hyperparameters_follow_the_dtype_they_are_used_in() -> None:
     layer = bnn.VILinear(
         3, 2, variational=bnn.MeanFieldNormal(init_scale=1e-50), dtype=torch.float64

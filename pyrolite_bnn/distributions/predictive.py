@@ -703,6 +703,13 @@ class _ScaleLikelihood(PredictiveDistribution):
                 f"got {value!r}"
             )
         check_normal_number(value, f"{type(self).__name__} noise scale")
+        smallest = math.sqrt(torch.finfo(torch.get_default_dtype()).tiny)
+        if value < smallest:  # its square, the variance, would underflow
+            raise ValueError(
+                f"{type(self).__name__} noise scale must be at least {smallest:.3g}, "
+                f"whose square (the variance) is a normal "
+                f"{torch.get_default_dtype()} number; got {value!r}"
+            )
         if self.learned:
             raw = torch.tensor(inverse_softplus(float(value)))
             setattr(self, "raw_scale", PyroParam(raw, constraints.real))  # noqa: B010
