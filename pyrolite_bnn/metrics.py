@@ -478,8 +478,8 @@ def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def _refuse_labels(first: object, second: object) -> None:
     """Refuse ``(scores, labels)``, scikit-learn's ``roc_auc_score`` order.
 
-    A float score tensor next to a 0/1 (integer or ``bool``) tensor of the
-    same length is that call, not two groups of scores: it returned a
+    Float scores next to a tensor of the same length holding only 0s and 1s
+    (of any dtype) is that call, not two groups of scores: it returned a
     plausible wrong area (0.59 against 0.99).
     """
     pair = (first, second)
@@ -488,15 +488,17 @@ def _refuse_labels(first: object, second: object) -> None:
     a, b = (t for t in pair if isinstance(t, torch.Tensor))
     if len(a) != len(b):
         return
-    for scores, labels in ((a, b), (b, a)):
-        integral = labels.dtype == torch.bool or not (
-            labels.is_floating_point() or labels.is_complex()
+
+    def binary(t: torch.Tensor) -> bool:  # 0/1 values, both present
+        if t.is_complex():
+            return False
+        values = t.to(torch.float64)
+        return bool(((values == 0) | (values == 1)).all()) and bool(
+            (values == 0).any() & (values == 1).any()
         )
-        if (
-            scores.is_floating_point()
-            and integral
-            and bool(((labels == 0) | (labels == 1)).all())
-        ):
+
+    for scores, labels in ((a, b), (b, a)):
+        if scores.is_floating_point() and not binary(scores) and binary(labels):
             raise ValueError(
                 "auroc takes the scores of in-distribution inputs and those of "
                 "out-of-distribution inputs, not (scores, labels) as scikit-learn's "

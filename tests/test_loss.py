@@ -926,3 +926,14 @@ def test_targets_far_wider_than_a_learned_scale_warn_once(
         near(net(x, samples=2), y.unsqueeze(-1))
         fixed = bnn.KullbackLeiblerLoss(family(scale=1.0), dataset_size=32)
         fixed(net(x, samples=2), y.unsqueeze(-1))  # a fixed scale is the user's
+        # a trained scale (restored from a checkpoint): a good fit leaves far
+        # less noise than the targets spread
+        trained = family()
+        with torch.no_grad():
+            trained.raw_scale.fill_(-3.0)
+        bnn.KullbackLeiblerLoss(trained, 32)(net(x, samples=2), y.unsqueeze(-1))
+    # a first batch of one value reads no spread; integer counts are targets too
+    late = bnn.KullbackLeiblerLoss(family(), dataset_size=32)
+    late(net(x[:1], samples=2), y[:1].unsqueeze(-1))
+    with pytest.warns(UserWarning, match="Standardise"):
+        late(net(x, samples=2), y.round().long().unsqueeze(-1))

@@ -1034,6 +1034,7 @@ def test_auroc_refuses_scikit_learns_scores_and_labels() -> None:
     for labels in (
         torch.tensor([0, 1, 0, 1]),
         torch.tensor([False, True, False, True]),
+        torch.tensor([0.0, 1.0, 0.0, 1.0]),  # float labels too
     ):
         for pair in ((scores, labels), (labels, scores)):
             with pytest.raises(ValueError, match=r"scores\[labels == 0\]"):

@@ -219,12 +219,16 @@ def poisson_mixture_quantile(rate: Tensor, q: float) -> Tensor:
     wide = rate.double()
     top = (wide + _BRACKET_SIGMAS * wide.sqrt() + _BRACKET_SIGMAS).amax(0).ceil()
     lo, hi = torch.full_like(top, -1.0), top  # P(Y <= lo) < q <= P(Y <= hi)
-    while bool((hi - lo > 1).any()):
+    while True:
         mid = torch.floor((lo + hi) / 2)
+        # Beyond 2**53 float64 counts are not all integers: a bracket that a
+        # midpoint no longer splits is done (an infinite rate's is never open).
+        open_ = (hi - lo > 1) & (mid > lo) & (mid < hi)
+        if not bool(open_.any()):
+            return hi.to(_summary_dtype(rate.dtype))
         reached = torch.special.gammaincc(mid + 1, wide).mean(0) >= q
-        hi = torch.where(reached, mid, hi)
-        lo = torch.where(reached, lo, mid)
-    return hi.to(_summary_dtype(rate.dtype))
+        hi = torch.where(open_ & reached, mid, hi)
+        lo = torch.where(open_ & ~reached, mid, lo)
 
 
 class PredictiveDistribution(LocalPyroModule):
@@ -737,6 +741,10 @@ class _ScaleLikelihood(PredictiveDistribution):
     def warn_unscaled_targets(self, target: Tensor) -> None:
         """Warn once if a learned scale starts far below the targets' spread.
 
+        Checked on the first targets of two or more values while the scale is
+        at its starting value (not for one trained or loaded from a
+        checkpoint: a good fit leaves far less noise than spread).
+
         The raw scale moves by about the learning rate per step, so from 1.0
         it takes thousands of steps to reach a spread of 77 (scikit-learn's
         diabetes targets in their units): trained as the quick start trains,
@@ -744,8 +752,10 @@ class _ScaleLikelihood(PredictiveDistribution):
         """
         if not self.learned or self.__dict__.get("_spread_checked", False):
             return
+        if target.numel() < 2 or target.is_meta:
+            return  # no spread to read yet
         object.__setattr__(self, "_spread_checked", True)
-        if target.numel() < 2 or not target.is_floating_point():
+        if not self.untrained_parameters():  # trained, or restored from training
             return
         spread = float(target.detach().double().std())
         scale = float(self.noise_scale().detach())

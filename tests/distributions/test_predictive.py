@@ -442,3 +442,14 @@ def test_a_count_prediction_has_intervals_that_cover() -> None:
     covered = ((draws >= lower) & (draws <= upper)).double().mean()
     assert float(covered) >= 0.95 - 4 * math.sqrt(0.95 * 0.05 / 20000)
     assert float(covered) < 0.99
+
+
+def test_poisson_quantiles_of_extreme_rates_end() -> None:
+    """A log rate of 80 (a rate of 5.5e34, past float64's integers) never ended
+    its bisection: the midpoint stopped splitting the bracket."""
+    log_rate = torch.tensor([[80.0, -100.0, 0.0, 200.0]])
+    median = bnn.Poisson().quantile(log_rate, 0.5)
+    assert float(median[0]) == pytest.approx(math.exp(80.0), rel=1e-6)
+    assert median[1:3].tolist() == [0.0, 1.0]
+    assert math.isinf(float(median[3]))  # exp(200) is inf in float32
+    assert bnn.Poisson().quantile(torch.zeros(3, 0), 0.5).shape == (0,)
