@@ -56,12 +56,12 @@ from pyrolite_bnn._validation import (
     check_normal_number,
     check_positive,
 )
+from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.predictive import (
     Categorical,
     HeteroscedasticNormal,
     Normal,
     PredictiveDistribution,
-    full_precision,
 )
 from pyrolite_bnn.loss import batch_first_layout
 from pyrolite_bnn.predict import Prediction, _check_likelihood, predict

@@ -52,11 +52,8 @@ from pyrolite_bnn._validation import (
     check_real,
 )
 from pyrolite_bnn._warnings import warn_at_caller
-from pyrolite_bnn.distributions.predictive import (
-    Categorical,
-    PredictiveDistribution,
-    full_precision,
-)
+from pyrolite_bnn.distributions._precision import full_precision
+from pyrolite_bnn.distributions.predictive import Categorical, PredictiveDistribution
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.module import VIModule, whole_network_draws
 from pyrolite_bnn.record import release_record
@@ -224,7 +221,8 @@ class Prediction:
 
         Computed by the likelihood's
         :meth:`~pyrolite_bnn.PredictiveDistribution.quantile` (exact for the
-        Gaussian likelihoods and ``Poisson``, whose quantiles are counts).
+        Gaussian likelihoods, ``StudentT`` and ``Poisson``, whose quantiles
+        are counts).
 
         Args:
             q: probability in ``(0, 1)``, one number (for several levels, call
@@ -234,7 +232,7 @@ class Prediction:
             TypeError: if ``q`` is not one number.
             ValueError: if ``q`` is not in ``(0, 1)``.
             NotImplementedError: for likelihoods without mixture quantiles
-                (``StudentT``, classification).
+                (classification).
         """
         q = check_probability(q, "q")
         with torch.no_grad():

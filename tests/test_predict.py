@@ -97,7 +97,7 @@ def test_mixture_quantile_is_exact() -> None:
 @pytest.mark.parametrize("narrow", [1e-6, 1e-8])
 def test_mixture_quantile_of_components_of_very_different_widths(narrow: float) -> None:
     """sd 1 and 1e-6 at one mean: 24 fixed halvings missed q by 6.5e-3."""
-    from pyrolite_bnn.distributions.predictive import gaussian_mixture_quantile
+    from pyrolite_bnn.distributions.mixture_quantiles import gaussian_mixture_quantile
 
     loc = torch.zeros(2, 1, dtype=torch.float64)
     var = torch.tensor([[1.0], [narrow**2]], dtype=torch.float64)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 import pyrolite_bnn as bnn
-from pyrolite_bnn.distributions.predictive import full_precision
+from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.predict import Prediction
 
 _HALF = [torch.bfloat16, torch.float16]

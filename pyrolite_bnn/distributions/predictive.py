@@ -44,13 +44,18 @@ from pyrolite_bnn._validation import (
     check_finite,
     check_integer,
     check_normal_number,
-    check_probability,
     check_real,
     distribution_checks_off,
     is_validation_enabled,
 )
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions._log_rate_poisson import LogRatePoisson
+from pyrolite_bnn.distributions._precision import full_precision, summary_dtype
+from pyrolite_bnn.distributions.mixture_quantiles import (
+    gaussian_mixture_quantile,
+    poisson_mixture_quantile,
+    student_t_mixture_quantile,
+)
 
 __all__ = [
     "Bernoulli",
@@ -74,39 +79,6 @@ def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
-def full_precision(output: Tensor) -> Tensor:
-    """``output`` in at least ``float32``: ``float16``/``bfloat16`` become ``float32``.
-
-    Summaries over particles in half precision lose what they measure: with 8
-    bits of mantissa the mutual information, a small difference of two
-    entropies, has a relative error of 100 % and comes out negative. Integer
-    and ``bool`` outputs become torch's default dtype (a mean or a quantile of
-    integers is not an integer); ``float32`` and ``float64`` are returned
-    unchanged.
-
-    Example:
-        >>> import torch
-        >>> full_precision(torch.zeros(2, dtype=torch.bfloat16)).dtype
-        torch.float32
-        >>> full_precision(torch.zeros(2, dtype=torch.float64)).dtype
-        torch.float64
-    """
-    return output.to(_summary_dtype(output.dtype))
-
-
-def _summary_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype summaries of ``dtype`` outputs are computed in.
-
-    ``float32`` for a floating dtype narrower than it, the default dtype for
-    integers and ``bool``, else ``dtype``.
-    """
-    if not (dtype.is_floating_point or dtype.is_complex):
-        return torch.get_default_dtype()
-    if dtype.is_floating_point and torch.finfo(dtype).bits < 32:
-        return torch.float32
-    return dtype
-
-
 def _check_real_target(likelihood: PredictiveDistribution, target: Tensor) -> None:
     """Regression targets are real numbers: a floating or integer dtype.
 
@@ -118,117 +90,6 @@ def _check_real_target(likelihood: PredictiveDistribution, target: Tensor) -> No
             f"{type(likelihood).__name__} targets must be real numbers (a floating "
             f"or integer dtype), got dtype {target.dtype}"
         )
-
-
-# Bisection until the bracket is below 1e-5 of the narrowest component's sigma
-# (24 halvings of 80 sigmas when the components are alike; more when they
-# differ, the bracket spanning the widest ones), at most 200 (float64 has no
-# finer resolution to reach); then Newton steps (quadratic from there: float64
-# resolution), kept in the bracket.
-_BISECTION_RESOLUTION = 1e-5
-_BISECTION_STEPS = (24, 200)
-_NEWTON_STEPS = 3
-# Half-width of the bisection bracket in component standard deviations: the
-# normal CDF is below the smallest positive float64 beyond 38.5 sigma.
-_BRACKET_SIGMAS = 40.0
-
-
-def _halvings(lo: Tensor, hi: Tensor, sigma: Tensor) -> int:
-    """Bisection steps that bring every bracket below the resolution.
-
-    Entries without a finite positive ratio (an empty batch, a zero or
-    non-finite scale) do not count: their results are what the steps give.
-    """
-    fewest, most = _BISECTION_STEPS
-    if lo.numel() == 0:
-        return fewest
-    ratio = (hi - lo) / (_BISECTION_RESOLUTION * sigma.min(0).values)
-    finite = ratio[torch.isfinite(ratio) & (ratio > 0)]
-    if finite.numel() == 0:
-        return fewest
-    widest = max(float(finite.max()), 1.0)
-    return min(max(math.ceil(math.log2(widest)), fewest), most)
-
-
-def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
-    """Quantile ``q`` of the equal-weight mixture over dim 0 of ``N(loc, var)``.
-
-    Bisection in float64 (the result in ``loc``'s dtype, at least ``float32``:
-    see :func:`full_precision`) on the mixture's
-    lower tail ``P(Y <= y)`` for ``q <= 1/2`` and upper tail ``P(Y > y)``
-    against ``1 - q`` otherwise, each through ``erfc``, which keeps its
-    relative precision far into the tail (``1 + erf`` would lose it below
-    ``1e-16``). The bracket, the components' 40-sigma bounds, holds every
-    quantile of a float64 ``q``; halvings shrink it below ``1e-5`` of the
-    narrowest component's sigma (24 when the components' scales are alike,
-    up to 200), and Newton steps on the tail (its slope is the mixture
-    density), kept inside the bracket, reach float64 resolution.
-
-    Raises:
-        TypeError: if ``q`` is not one number.
-        ValueError: if ``q`` is not in ``(0, 1)``.
-    """
-    q = check_probability(q, "q")
-    upper = q > 0.5  # search the upper tail 1 - q instead
-    tail = 1.0 - q if upper else q
-    mean, sigma = loc.double(), var.double().sqrt()
-    scale = 1.0 / (sigma * math.sqrt(2.0))  # z = (y - mean) * scale
-    lo = (mean - _BRACKET_SIGMAS * sigma).min(0).values
-    hi = (mean + _BRACKET_SIGMAS * sigma).max(0).values
-
-    def tail_mass(y: Tensor) -> tuple[Tensor, Tensor]:
-        z = (y.unsqueeze(0) - mean) * scale
-        return (0.5 * torch.erfc(z if upper else -z)).mean(0), z
-
-    halvings = _halvings(lo, hi, sigma)
-    for _ in range(halvings):
-        mid = (lo + hi) / 2
-        mass, _ = tail_mass(mid)
-        below = mass > tail if upper else mass < tail  # quantile above mid
-        lo = torch.where(below, mid, lo)
-        hi = torch.where(below, hi, mid)
-    y = (lo + hi) / 2
-    for _ in range(_NEWTON_STEPS):
-        mass, z = tail_mass(y)
-        density = (torch.exp(-z * z) * scale).mean(0) / math.sqrt(math.pi)
-        step = (mass - tail) / density  # d tail / dy = -+ density
-        y = (y + step if upper else y - step).clamp(lo, hi)
-        y = torch.where(density > 0, y, (lo + hi) / 2)
-    return y.to(_summary_dtype(loc.dtype))
-
-
-def poisson_mixture_quantile(rate: Tensor, q: float) -> Tensor:
-    """Quantile ``q`` of the equal-weight mixture over dim 0 of ``Poisson(rate)``.
-
-    The smallest count ``k`` with ``P(Y <= k) >= q``, the mixture's CDF
-    ``mean_s Q(k + 1, rate_s)`` (the regularised upper incomplete gamma
-    function) in float64, found by bisection over the integers between -1
-    and a count above every component's 40-sigma point. Returned in the
-    rate's dtype (at least ``float32``).
-
-    Raises:
-        TypeError: if ``q`` is not one number.
-        ValueError: if ``q`` is not in ``(0, 1)``.
-
-    Example:
-        >>> import torch
-        >>> poisson_mixture_quantile(torch.full((4, 1), 3.0), 0.5)
-        tensor([3.])
-    """
-    q = check_probability(q, "q")
-    wide = rate.double()
-    top = (wide + _BRACKET_SIGMAS * wide.sqrt() + _BRACKET_SIGMAS).amax(0).ceil()
-    lo, hi = torch.full_like(top, -1.0), top  # P(Y <= lo) < q <= P(Y <= hi)
-    while True:
-        mid = torch.floor((lo + hi) / 2)
-        # Beyond 2**53 float64 counts are not all integers: a bracket that a
-        # midpoint no longer splits is done (an infinite rate's is never open).
-        open_ = (hi - lo > 1) & (mid > lo) & (mid < hi)
-        if not bool(open_.any()):
-            return hi.to(_summary_dtype(rate.dtype))
-        reached = torch.special.gammaincc(mid + 1, wide).mean(0) >= q
-        hi = torch.where(open_ & reached, mid, hi)
-        lo = torch.where(open_ & ~reached, mid, lo)
 
 
 class PredictiveDistribution(LocalPyroModule):
@@ -417,14 +278,15 @@ class PredictiveDistribution(LocalPyroModule):
         """Quantile ``q`` of the predictive mixture over particles, ``(B, ...)``.
 
         Raises:
-            NotImplementedError: for likelihoods whose mixture CDF has no closed
-                form here (``StudentT``, classification).
+            NotImplementedError: for likelihoods whose mixture CDF is not
+                implemented (classification).
             TypeError: if ``q`` is not one number (where implemented).
             ValueError: if ``q`` is not in ``(0, 1)`` (where implemented).
         """
         raise NotImplementedError(
-            "predictive intervals are implemented for the Gaussian likelihoods "
-            f"(Normal, HeteroscedasticNormal) and Poisson, not {type(self).__name__}"
+            "predictive intervals are implemented for the regression likelihoods "
+            "(Normal, HeteroscedasticNormal, StudentT, Poisson), not "
+            f"{type(self).__name__}"
         )
 
     def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -840,7 +702,8 @@ class StudentT(_ScaleLikelihood):
     Prediction gives the mean and variance where they exist, with the
     convention of :class:`torch.distributions.StudentT`: for ``df <= 1`` the
     mean and the variance are NaN, for ``1 < df <= 2`` the variance is
-    ``inf``. Intervals assume Gaussian components and are not offered.
+    ``inf``. Quantiles and intervals are those of the Student-t mixture,
+    exact (see :meth:`quantile`), for every ``df``.
 
     Args:
         df: degrees of freedom (fixed, positive).
@@ -890,6 +753,24 @@ class StudentT(_ScaleLikelihood):
             self.df.to(loc), loc, self.noise_scale().to(loc), validate_args=False
         )
         return noise.mean, noise.variance
+
+    def quantile(self, output: Tensor, q: float) -> Tensor:
+        """Exact quantile ``q`` of the Student-t mixture over particles, ``(B, ...)``.
+
+        Bisection on the mixture's tail probabilities (see
+        :func:`~.mixture_quantiles.student_t_mixture_quantile`).
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> cauchy = bnn.StudentT(df=1.0, scale=1.0)
+            >>> cauchy.quantile(torch.zeros(4, 3), 0.75)  # tan(pi / 4)
+            tensor([1., 1., 1.])
+        """
+        self.check_output(output)
+        loc = _location(full_precision(output))
+        return student_t_mixture_quantile(
+            loc, self.noise_scale().to(loc), float(self.df), q
+        )
 
 
 class Poisson(PredictiveDistribution):
@@ -949,7 +830,7 @@ class Poisson(PredictiveDistribution):
         """
         self.check_output(output)
         log_rate = _location(output)
-        rate = log_rate.double().exp().to(_summary_dtype(output.dtype))
+        rate = log_rate.double().exp().to(summary_dtype(output.dtype))
         return poisson_mixture_quantile(rate, q)
 
 

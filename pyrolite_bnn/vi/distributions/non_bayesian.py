@@ -10,10 +10,10 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor, nn
 
+from pyrolite_bnn.distributions.mixture_quantiles import gaussian_mixture_quantile
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
-from pyrolite_bnn.distributions.predictive import gaussian_mixture_quantile
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import PointMass, VariationalFamily
 from pyrolite_bnn.vi.distributions._adapters import FlatPrior
