@@ -32,13 +32,13 @@ from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import (
     ForwardRecord,
     KLMode,
+    check_kl_mode,
     find_record,
     other_passes_upstream,
 )
 
 __all__ = ["KullbackLeiblerLoss", "PyroModel", "batch_dim", "batch_first_layout"]
 
-_KL_MODES = ("auto", "mc", "analytic")
 _REDUCTIONS = ("mean", "sum")
 # Loss calls per network whose output is checked for a chained network: the
 # first few, then one in _CHAIN_CHECK_EVERY (a loop that changes later).
@@ -193,9 +193,7 @@ class KullbackLeiblerLoss(nn.Module):
 
     @kl.setter
     def kl(self, value: KLMode) -> None:
-        if value not in _KL_MODES:
-            raise ValueError(f"kl must be one of {_KL_MODES}, got {value!r}")
-        self._kl = value
+        self._kl = check_kl_mode(value)
 
     @property
     def reduction(self) -> str:

@@ -47,12 +47,30 @@ __all__ = [
     "LayerRecord",
     "TraceRecord",
     "attach_record",
+    "check_kl_mode",
     "find_record",
     "other_passes_upstream",
     "release_record",
 ]
 
 KLMode = Literal["auto", "mc", "analytic"]
+_KL_MODES: tuple[KLMode, ...] = ("auto", "mc", "analytic")
+
+
+def check_kl_mode(mode: object) -> KLMode:
+    """``mode`` if it is one of ``"auto"``, ``"mc"``, ``"analytic"``.
+
+    Raises:
+        ValueError: for anything else (a typo such as ``"MC"`` or
+            ``"analytical"`` would otherwise read as the default).
+
+    Example:
+        >>> check_kl_mode("mc")
+        'mc'
+    """
+    if not (isinstance(mode, str) and mode in _KL_MODES):
+        raise ValueError(f"kl must be one of {_KL_MODES}, got {mode!r}")
+    return mode
 
 
 class ForwardRecord:
@@ -92,7 +110,8 @@ class ForwardRecord:
             A scalar tensor.
 
         Raises:
-            ValueError: if ``mode="analytic"`` and a site has no closed form.
+            ValueError: if ``mode="analytic"`` and a site has no closed form,
+                or ``mode`` is none of the three.
         """
         raise NotImplementedError
 
@@ -212,6 +231,7 @@ class TraceRecord(ForwardRecord):
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """See :meth:`ForwardRecord.kl`."""
+        check_kl_mode(mode)
         self.analytic_sites, self.mc_sites = [], []
         total: Tensor | float = 0.0
         latent = self._latent_sites()
@@ -316,6 +336,7 @@ class LayerRecord(ForwardRecord):
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """See :meth:`ForwardRecord.kl`; closed forms are taken once per tensor."""
+        check_kl_mode(mode)
         self.analytic_sites, self.mc_sites = [], []
         total: Tensor | float = 0.0
         # Closed forms that priors take together (the default prior's): by key.

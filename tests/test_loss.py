@@ -261,6 +261,23 @@ def test_reassigned_attributes_are_validated(
     assert getattr(loss_fn, name) == before
 
 
+@pytest.mark.parametrize("autoguide", [False, True])
+@pytest.mark.parametrize("mode", ["MC", "Analytic", "analytical", 1])
+def test_terms_refuse_a_misspelt_kl_mode(autoguide: bool, mode: object) -> None:
+    """A typo in ``terms(kl=...)`` once computed ``kl="auto"`` silently (with
+    the library's guide and with a traced Pyro guide alike)."""
+    from pyro.infer.autoguide import AutoNormal
+
+    net = _net()
+    if autoguide:
+        net.guide = AutoNormal(net.prior_model)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = _data()
+    output = net(x)
+    with pytest.raises(ValueError, match="kl must be one of"):
+        loss_fn.terms(output, y, kl=mode)  # type: ignore[arg-type]
+
+
 def test_valid_reassignment_changes_the_loss() -> None:
     net = _net()
     x, y = _data()
