@@ -53,7 +53,7 @@ from pyrolite_bnn._validation import (
 )
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions._precision import full_precision
-from pyrolite_bnn.distributions.predictive import Categorical, PredictiveDistribution
+from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import ParticleGuide
 from pyrolite_bnn.module import VIModule, whole_network_draws
 from pyrolite_bnn.record import release_record
@@ -405,7 +405,7 @@ def predict(
         predictive = calibration.wrap(predictive)
     with torch.no_grad(), local_params():
         outputs = _predict(model, inputs, samples, batch_size, mode, memory_budget)
-    _warn_probabilities_as_logits(outputs, likelihood)
+    likelihood.warn_probabilities_as_logits(outputs)
     return Prediction(outputs, predictive)
 
 
@@ -465,29 +465,6 @@ def _warn_batch_norm_in_training_mode(model: nn.Module) -> None:
                 if training
                 else ": it keeps no running statistics (track_running_stats=False)"
             )
-        )
-
-
-def _warn_probabilities_as_logits(
-    outputs: Tensor, predictive: PredictiveDistribution
-) -> None:
-    """Warn when ``Categorical`` logits are rows of probabilities already.
-
-    A network ending in ``nn.Softmax`` (a converted classifier) had its
-    probabilities softmaxed again: mean top probability 0.96 -> 0.23.
-    """
-    if not isinstance(predictive, Categorical) or not outputs.numel():
-        return
-    rows = outputs.detach()
-    # Rows rounded to their dtype sum to 1 within a few roundings.
-    tolerance = max(1e-4, 4 * torch.finfo(rows.dtype).eps)
-    if bool((rows >= 0).all()) and bool(
-        ((rows.float().sum(-1) - 1).abs() < tolerance).all()
-    ):
-        warn_at_caller(
-            "the network's outputs are rows of probabilities (a final "
-            "nn.Softmax?), but Categorical reads logits and takes the softmax "
-            "itself: remove the Softmax (or end with nn.LogSoftmax)"
         )
 
 

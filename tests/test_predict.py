@@ -674,6 +674,34 @@ def test_probabilities_passed_as_logits_warn() -> None:
     bnn.predict(log_probs, x, bnn.Categorical(), samples=3)  # quiet
 
 
+def test_bernoulli_after_a_final_sigmoid_warns() -> None:
+    """A converted nn.BCELoss classifier ends in nn.Sigmoid: Bernoulli reads
+    logits, so its probabilities stayed in (0.5, 0.73) (accuracy 0.50 on
+    separable data), silently, in training and in predict."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(bnn.VILinear(4, 1), torch.nn.Sigmoid())
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Bernoulli(), dataset_size=32)
+    with pytest.warns(UserWarning, match=r"nn\.Sigmoid"):
+        loss_fn(net(x), y)
+    loss_fn(net(x), y)  # once per likelihood
+    with pytest.warns(UserWarning, match=r"nn\.Sigmoid"):
+        bnn.predict(net, x, bnn.Bernoulli(), samples=3)
+    logits = torch.nn.Sequential(bnn.VILinear(4, 1))
+    quiet = bnn.KullbackLeiblerLoss(bnn.Bernoulli(), dataset_size=32)
+    quiet(logits(x), y)
+    bnn.predict(logits, x, bnn.Bernoulli(), samples=3)
+
+
+def test_categorical_after_a_final_softmax_warns_in_training() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(bnn.VILinear(4, 3), torch.nn.Softmax(-1))
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=8)
+    with pytest.warns(UserWarning, match=r"nn\.Softmax"):
+        loss_fn(net(x), y)
+
+
 def test_a_prediction_keeps_the_likelihood_it_was_made_with() -> None:
     """Summaries are computed on demand: with the live likelihood, a learned
     noise scale that moved later (training went on, a checkpoint was loaded

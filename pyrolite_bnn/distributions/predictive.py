@@ -289,6 +289,24 @@ class PredictiveDistribution(LocalPyroModule):
             f"{type(self).__name__}"
         )
 
+    def probabilities_as_logits_hint(self, output: Tensor) -> str:
+        """Why ``output`` looks like probabilities where logits are read, or ``""``.
+
+        The classification likelihoods read logits; a network ending in
+        ``nn.Softmax`` or ``nn.Sigmoid`` (a converted torch classifier) has
+        its probabilities squashed again, silently: a final Sigmoid confines
+        ``Bernoulli``'s probabilities to ``(0.5, 0.731)``. Regression
+        likelihoods have nothing to say.
+        """
+        return ""
+
+    def warn_probabilities_as_logits(self, output: Tensor) -> None:
+        """Warn with :meth:`probabilities_as_logits_hint`, if it has one."""
+        if output.numel() and not output.is_meta:
+            hint = self.probabilities_as_logits_hint(output.detach())
+            if hint:
+                warn_at_caller(hint)
+
     def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         if not isinstance(target, Tensor):
             named = getattr(self, "base", self)  # a calibrated likelihood: its base
@@ -310,6 +328,17 @@ class _ClassificationLikelihood(PredictiveDistribution):
     def predictive_mean(self, output: Tensor) -> Tensor:
         """Predictive class probabilities ``(B, ..., C)`` (mean over particles)."""
         return self.class_probs(output).mean(0)
+
+    def warn_probabilities_as_logits_once(self, output: Tensor) -> None:
+        """:meth:`warn_probabilities_as_logits` on the first outputs checked.
+
+        Called from :meth:`check_target`, so that training with the loss
+        warns on its first batch, not only :func:`~pyrolite_bnn.predict`.
+        """
+        if self.__dict__.get("_outputs_checked", False):
+            return
+        object.__setattr__(self, "_outputs_checked", True)
+        self.warn_probabilities_as_logits(output)
 
 
 def _channels_first_hint(output: Tensor, target: Tensor) -> str:
@@ -455,6 +484,31 @@ class Categorical(_ClassificationLikelihood):
                         else ""
                     )
                 )
+        self.warn_probabilities_as_logits_once(output)
+
+    def probabilities_as_logits_hint(self, output: Tensor) -> str:
+        """A hint when every row of ``output`` is a probability vector.
+
+        Rows rounded to their dtype sum to 1 within a few roundings. None for
+        a subclass that reads its outputs its own way (probabilities, for one:
+        it redefines :meth:`distribution` or :meth:`class_probs`).
+        """
+        mine = type(self)
+        if (
+            mine.distribution is not Categorical.distribution
+            or mine.class_probs is not Categorical.class_probs
+        ):
+            return ""
+        tolerance = max(1e-4, 4 * torch.finfo(output.dtype).eps)
+        if not bool((output >= 0).all()):
+            return ""
+        if not bool(((output.float().sum(-1) - 1).abs() < tolerance).all()):
+            return ""
+        return (
+            "the network's outputs are rows of probabilities (a final "
+            "nn.Softmax?), but Categorical reads logits and takes the softmax "
+            "itself: remove the Softmax (or end with nn.LogSoftmax)"
+        )
 
     def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log softmax(output)[target]`` per particle and example, ``(S, B)``.
@@ -519,6 +573,25 @@ class Bernoulli(_ClassificationLikelihood):
         super().check_target(output, target)
         if target.numel() and not bool(((target == 0) | (target == 1)).all()):
             raise ValueError("Bernoulli targets must be 0 or 1")
+        self.warn_probabilities_as_logits_once(output)
+
+    def probabilities_as_logits_hint(self, output: Tensor) -> str:
+        """A hint when ``output`` holds many values, all in ``[0, 1]``.
+
+        Logits of a network at initialisation or after training spread over
+        both signs; 16 values all in ``[0, 1]`` (probabilities between 0.5 and
+        0.73) are the mark of a final ``nn.Sigmoid``.
+        """
+        if output.numel() < _PROBABILITY_VALUES or not bool(
+            ((output >= 0) & (output <= 1)).all()
+        ):
+            return ""
+        return (
+            "the network's outputs all lie in [0, 1] (a final nn.Sigmoid?), but "
+            "Bernoulli reads logits and applies the sigmoid itself, so its "
+            "probabilities stay between 0.5 and 0.73: remove the Sigmoid (the "
+            "network nn.BCEWithLogitsLoss would train)"
+        )
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Align shapes and convert targets to the output's dtype."""
@@ -548,6 +621,9 @@ class Bernoulli(_ClassificationLikelihood):
         # above ~17 in float32, and a confident mistake's NLL then reads 87.
         return torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], dim=-1)
 
+
+# Bernoulli outputs: this many, all in [0, 1], read as probabilities.
+_PROBABILITY_VALUES = 16
 
 # Targets spread this many times a learned noise scale's start are warned about.
 _UNSCALED_SPREAD = 10.0
