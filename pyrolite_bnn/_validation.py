@@ -54,6 +54,14 @@ def validation(flag: bool) -> Iterator[None]:
 
     Args:
         flag: the validation state inside the context.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> with bnn.validation(False):
+        ...     print(bnn.is_validation_enabled())
+        False
+        >>> bnn.is_validation_enabled()
+        True
     """
     old = _VALIDATE
     enable_validation(flag)

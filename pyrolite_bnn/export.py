@@ -141,7 +141,7 @@ def _convert_new(
     if isinstance(module, ConvertedNetwork):  # bnn.convert of a custom class
         return module.plain_module(children)
     if isinstance(module, VIModule):
-        if module.__dict__.get("_declared"):
+        if module.declared_variables():
             raise TypeError(
                 f"{type(module).__name__} declares random variables but has no plain "
                 "counterpart; use bnn.predict(..., mode='mean') instead"

@@ -670,9 +670,20 @@ class LearnedNormalPrior(Prior):
 class LaplacePrior(Prior):
     """Independent ``Laplace(loc, scale)`` prior (sparsity-inducing).
 
+    The KL to a Normal posterior has no closed form: it is estimated from the
+    drawn weights (``kl="auto"`` does so for this prior's weights only).
+
     Args:
         loc: location.
         scale: scale (must be positive).
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VILinear(3, 2, prior=bnn.LaplacePrior(scale=0.5))
+        >>> layer.prior.weight
+        LaplacePrior(loc=0, scale=0.5)
+        >>> layer(torch.randn(4, 3)).shape
+        torch.Size([10, 4, 2])
     """
 
     loc: Tensor
@@ -700,10 +711,20 @@ class LaplacePrior(Prior):
 class StudentTPrior(Prior):
     """Independent Student-t prior (heavy tails).
 
+    Estimated from the drawn weights in the KL, as :class:`LaplacePrior`.
+
     Args:
         df: degrees of freedom (positive).
         loc: location.
         scale: scale (positive).
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> prior = bnn.StudentTPrior(df=4.0, scale=0.3)
+        >>> prior
+        StudentTPrior(df=4, loc=0, scale=0.3)
+        >>> prior(torch.Size([2, 3])).event_shape
+        torch.Size([2, 3])
     """
 
     df: Tensor
@@ -948,6 +969,15 @@ class CallablePrior(Prior):
 
     Args:
         fn: the function.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> laplace = lambda shape: torch.distributions.Laplace(0.0, 1.0)
+        >>> prior = bnn.CallablePrior(laplace)
+        >>> prior(torch.Size([2, 3])).event_shape
+        torch.Size([2, 3])
+        >>> bnn.VILinear(3, 2, prior=prior)(torch.randn(4, 3)).shape
+        torch.Size([10, 4, 2])
     """
 
     def __init__(self, fn: Callable[[torch.Size], Distribution]) -> None:

@@ -268,8 +268,8 @@ class MeanFieldNormalPosterior(Posterior):
                     raise ValueError("init_scale must be positive")
                 if self.scale_transform == "exp":
                     rho = scale.log()
-                else:  # softplus^-1(s) = s + log(-expm1(-s)), elementwise
-                    rho = scale + torch.log(-torch.expm1(-scale))
+                else:
+                    rho = inverse_softplus(scale)
                 self.rho_unconstrained.copy_(rho.expand_as(self.rho_unconstrained))
             else:
                 if not scale > 0:

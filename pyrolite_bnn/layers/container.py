@@ -23,6 +23,7 @@ from typing import Any, TypeVar, overload
 
 from torch import Tensor, nn
 
+from pyrolite_bnn._network import network_children
 from pyrolite_bnn.layers.functional import match_particles
 from pyrolite_bnn.layers.registry import register
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
@@ -34,19 +35,6 @@ __all__ = [
     "VIResidualConnection",
     "VISequential",
 ]
-
-
-def _network_children(container: VIModule) -> list[tuple[str, nn.Module]]:
-    """Named children of ``container`` that belong to the network.
-
-    The inference machinery's children (an assigned guide) are not listed; a
-    module held under two names is listed twice.
-    """
-    return [
-        (name, module)
-        for name, module in container._modules.items()
-        if module is not None and name not in NOT_NETWORK
-    ]
 
 
 _Container = TypeVar("_Container", bound=nn.Module)
@@ -152,7 +140,7 @@ class VISequential(VIModule):
 
     def _layers(self) -> list[tuple[str, nn.Module]]:
         """Child modules of the sequence (an assigned guide is not one)."""
-        return _network_children(self)
+        return network_children(self)
 
     @overload
     def __getitem__(self, index: int) -> nn.Module: ...
@@ -357,7 +345,7 @@ class VIModuleList(VIModule):
             self.extend(modules)
 
     def _list(self) -> list[nn.Module]:
-        return [module for _, module in _network_children(self)]
+        return [module for _, module in network_children(self)]
 
     def _index(self, idx: int) -> int:
         size = len(self)
@@ -397,7 +385,7 @@ class VIModuleList(VIModule):
         self._renumber(modules)
 
     def __len__(self) -> int:
-        return len(_network_children(self))
+        return len(network_children(self))
 
     def __iter__(self) -> Iterator[nn.Module]:
         return iter(self._list())
@@ -495,7 +483,7 @@ class VIModuleDict(VIModule):
             self.update(modules)
 
     def _dict(self) -> dict[str, nn.Module]:
-        return dict(_network_children(self))
+        return dict(network_children(self))
 
     def __getitem__(self, key: str) -> nn.Module:
         modules = self._dict()

@@ -282,14 +282,13 @@ class _VITransformerLayer(_SequenceModule):
 
     def _options(
         self,
-        batch_first: bool,
         prior: object,
         variational: object,
         estimator: str,
         device: torch.device | str | None,
         dtype: torch.dtype | None,
     ) -> _Options:
-        """Check the layout and estimator; the Bayesian options for the children."""
+        """Check the estimator; the Bayesian options for the children."""
         name = type(self).__name__
         return _Options(
             prior,
@@ -425,9 +424,7 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        options = self._options(
-            batch_first, prior, variational, estimator, device, dtype
-        )
+        options = self._options(prior, variational, estimator, device, dtype)
         self.self_attn = self._attention(
             d_model, nhead, dropout, bias, batch_first, options, "self_attn"
         )
@@ -533,9 +530,7 @@ class VITransformerDecoderLayer(_VITransformerLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        options = self._options(
-            batch_first, prior, variational, estimator, device, dtype
-        )
+        options = self._options(prior, variational, estimator, device, dtype)
         self.self_attn = self._attention(
             d_model, nhead, dropout, bias, batch_first, options, "self_attn"
         )
