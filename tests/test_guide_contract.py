@@ -248,3 +248,32 @@ def test_median_has_the_weight_shapes_or_says_why_not(guide: str) -> None:
     probs = bnn.predict(net, x, bnn.Categorical(), mode="mean").probs
     assert probs.shape == (BATCH, 2)
     assert bool(torch.isfinite(probs).all())
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_renyi_elbo_with_one_particle_is_the_renyi_bound(alpha: float) -> None:
+    """With ``samples=1`` Pyro's ``RenyiELBO`` over ``K`` guide runs is the
+    Rényi bound ``-1/(1-alpha) log mean_k exp((1-alpha) w_k)`` of the whole
+    network's log weights. (With more particles it is not: the particle plate
+    holds every site, and Pyro takes each particle for an independent copy of
+    the model, scaled by ``1/S``: docs/howto.rst says to use ``samples=1``.)"""
+    from pyro import poutine
+
+    net = _net()
+    x, y = _data()
+    model = bnn.KullbackLeiblerLoss(bnn.Categorical(), BATCH).pyro_model(net)
+    runs = 4
+    pyro.set_rng_seed(0)
+    log_weights = []
+    for _ in range(runs):
+        guide_trace = poutine.trace(net.guide).get_trace(x, y, samples=1)
+        replayed = poutine.replay(model, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(x, y, samples=1)
+        log_weights.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+    weights = (1 - alpha) * torch.stack(log_weights)
+    bound = -(torch.logsumexp(weights, 0) - math.log(runs)) / (1 - alpha)
+    pyro.set_rng_seed(0)
+    value = RenyiELBO(alpha=alpha, num_particles=runs).loss(
+        model, net.guide, x, y, samples=1
+    )
+    assert value == pytest.approx(float(bound.detach()), rel=1e-5)
