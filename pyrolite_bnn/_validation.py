@@ -123,9 +123,12 @@ def floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
     ``None`` for a module without floating-point tensors. Read on every
     network call: where the tensor was found (its module's path and name) is
     remembered, and later calls read the current tensor there, without
-    walking the module tree, while the path still leads to one.
+    walking the module tree, while the path still leads to one. Under
+    ``torch.compile`` the tree is walked (once, while tracing) and nothing
+    is remembered: Dynamo refuses a write to a dictionary an eager call wrote.
     """
-    remembered = _DTYPE_WITNESSES.get(module)
+    compiling = torch.compiler.is_compiling()
+    remembered = None if compiling else _DTYPE_WITNESSES.get(module)
     if remembered is not None:
         path, buffers, name = remembered
         owner: torch.nn.Module | None = module
@@ -138,7 +141,8 @@ def floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
         for path, owner in module.named_modules():
             for name, tensor in _tensors(owner, buffers).items():
                 if tensor is not None and tensor.is_floating_point():
-                    _DTYPE_WITNESSES[module] = (path, buffers, name)
+                    if not compiling:
+                        _DTYPE_WITNESSES[module] = (path, buffers, name)
                     return tensor.dtype
     return None
 

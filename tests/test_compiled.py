@@ -435,3 +435,20 @@ def test_plain_models_compile_in_one_graph_next_to_bayesian_ones() -> None:
     x = torch.randn(2, 4)
     compiled = torch.compile(plain, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), plain(x))
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+# Dynamo reads .grad of non-leaf tensors while tracing (its warning, not ours)
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor:UserWarning")
+def test_a_network_called_eagerly_compiles() -> None:
+    """The usual order, build, try a batch, then ``torch.compile(model)``, failed
+    inside Dynamo: the dtype lookup wrote a cache an eager call had written."""
+    torch._dynamo.reset()
+    net = bnn.VISequential(bnn.VILinear(4, 8), nn.ReLU(), bnn.VILinear(8, 2))
+    x = torch.randn(3, 4)
+    net(x)  # eager first
+    compiled = torch.compile(net, backend="eager")
+    torch.manual_seed(0)
+    out = compiled(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(out, net(x))
