@@ -314,6 +314,8 @@ class KullbackLeiblerLoss(nn.Module):
             torch.is_grad_enabled()
             and kl_value.requires_grad
             and not output.requires_grad
+            # A frozen posterior (only prior scales trained) is no detachment.
+            and any(p.requires_grad for p in record.guide_parameters().values())
         ):
             raise ValueError(
                 "the network output carries no gradient (its forward pass ran "

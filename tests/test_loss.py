@@ -729,6 +729,28 @@ def test_output_without_gradient_is_refused_while_the_kl_has_one() -> None:
         assert torch.isfinite(loss_fn(out, y))
 
 
+def test_a_frozen_posterior_trains_its_learned_prior_scales() -> None:
+    """Empirical Bayes on a fixed posterior: only the prior scales (and the
+    noise) train, the output has no gradient and the KL has one. It was refused
+    as a forward pass run under no_grad; the gradient is the KL's."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(
+        bnn.VILinear(3, 8, prior=bnn.LearnedNormalPrior()),
+        nn.ReLU(),
+        bnn.VILinear(8, 1, prior=bnn.LearnedNormalPrior()),
+    )
+    for name, parameter in net.named_parameters():
+        if "posterior" in name:
+            parameter.requires_grad_(False)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=100)
+    x, y = torch.randn(16, 3), torch.randn(16)
+    loss_fn(net(x), y).backward()
+    scales = [p for n, p in net.named_parameters() if "log_scale" in n]
+    assert scales
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in scales)
+    assert loss_fn.predictive.raw_scale.grad is not None
+
+
 @pytest.mark.parametrize("target", ["numpy", "list", None])
 def test_targets_that_are_no_tensor_are_refused_clearly(target: str | None) -> None:
     """They raised AttributeError ('numpy.ndarray' has no attribute 'dim')."""
