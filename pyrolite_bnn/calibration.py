@@ -43,12 +43,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._network import has_sequence_first_layers
 from pyrolite_bnn._scalar_search import minimise_expanding
 from pyrolite_bnn._validation import (
@@ -64,7 +65,7 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution,
 )
 from pyrolite_bnn.loss import batch_first_layout
-from pyrolite_bnn.predict import Prediction, _check_likelihood, predict
+from pyrolite_bnn.predict import Prediction, predict, warn_untrained
 
 __all__ = ["Calibration", "TemperatureScaling", "VarianceScaling", "calibrate"]
 
@@ -82,6 +83,8 @@ _LOG_LIMIT = 30.0
 _CERTAIN = 1e-3
 _NLL_TOLERANCE = 1e-3
 _TOWARDS_IDENTITY_POINTS = 141
+
+_SelfCalibration = TypeVar("_SelfCalibration", bound="Calibration")
 
 
 def _fit_log_parameter(
@@ -200,7 +203,8 @@ def _mixture_nll(
 class Calibration(nn.Module):
     """Base class of post-hoc calibrations with one positive parameter.
 
-    Subclasses implement :meth:`wrap` and :meth:`fit`. The parameter is a
+    Subclasses implement :meth:`wrap` and ``_fit`` (the fit of the parameter,
+    which :meth:`fit` calls after checking the likelihood). The parameter is a
     buffer: it follows ``.to()`` and is saved in ``state_dict``.
     """
 
@@ -209,9 +213,44 @@ class Calibration(nn.Module):
         raise NotImplementedError
 
     def fit(
-        self, outputs: Tensor, target: Tensor, predictive: PredictiveDistribution
-    ) -> Calibration:
-        """Fit the parameter to network outputs ``(S, N, ...)`` and targets."""
+        self: _SelfCalibration,
+        outputs: Tensor,
+        target: Tensor,
+        predictive: PredictiveDistribution,
+    ) -> _SelfCalibration:
+        """Fit the parameter to validation outputs ``(S, N, ...)`` and targets.
+
+        The parameter minimises the negative log-likelihood of the particle
+        mixture on the validation data (see the module's description).
+
+        Args:
+            outputs: network outputs ``(S, N, ...)``, e.g.
+                ``bnn.predict(...).samples``.
+            target: targets ``(N, ...)``.
+            predictive: the likelihood the network was trained with, the
+                loss's own (``loss_fn.predictive``): the calibration is fitted
+                to its noise scale. One whose learned parameters were never
+                trained (a fresh ``bnn.Normal()``) warns, as in
+                :func:`~pyrolite_bnn.predict`.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            TypeError: for a likelihood this calibration does not take.
+        """
+        likelihood = as_likelihood(predictive, f"{type(self).__name__}.fit")
+        self.wrap(likelihood)  # refuses a likelihood of the wrong kind
+        warn_untrained(likelihood)
+        return self._fit(outputs, target, likelihood)
+
+    def _fit(
+        self: _SelfCalibration,
+        outputs: Tensor,
+        target: Tensor,
+        predictive: PredictiveDistribution,
+    ) -> _SelfCalibration:
+        """Set the parameter from a checked likelihood; returns ``self``."""
         raise NotImplementedError
 
     def predict(
@@ -256,32 +295,29 @@ class TemperatureScaling(Calibration):
         self.register_buffer("temperature", torch.tensor(value))
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
-        """``predictive`` with every output divided by the temperature."""
-        _check_likelihood(predictive)
-        if not predictive.is_classification:
+        """``predictive`` at the temperature: its logits divided by it.
+
+        A likelihood reading probabilities has them tempered instead,
+        ``p^(1/T)`` normalised (its
+        :meth:`~pyrolite_bnn.PredictiveDistribution.tempered`).
+        """
+        likelihood = as_likelihood(predictive, "TemperatureScaling.wrap")
+        if not likelihood.is_classification:
             raise TypeError(
                 "TemperatureScaling needs a classification likelihood (Categorical, "
-                f"Bernoulli), got {type(predictive).__name__}; use VarianceScaling"
+                f"Bernoulli), got {describe_likelihood(likelihood)}; use "
+                "VarianceScaling"
             )
-        return _TemperatureScaled(predictive, self.temperature)
+        return _TemperatureScaled(likelihood, self.temperature)
 
-    def fit(
+    def _fit(
         self, outputs: Tensor, target: Tensor, predictive: PredictiveDistribution
     ) -> TemperatureScaling:
-        """Set the temperature minimising the validation NLL of the mixture.
+        """The temperature minimising the validation NLL of the mixture.
 
         Where that temperature makes most particles' predictions certain, the
         one nearest 1 within 0.001 nats per example of the minimum (see the
         module's description).
-
-        Args:
-            outputs: network outputs (logits) ``(S, N, ...)``, e.g.
-                ``bnn.predict(...).samples``.
-            target: labels ``(N, ...)``.
-            predictive: the likelihood the network was trained with.
-
-        Returns:
-            ``self``.
         """
 
         def objective(log_t: float) -> float:
@@ -337,28 +373,18 @@ class VarianceScaling(Calibration):
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
         """``predictive`` with its particle mixture stretched by ``sqrt(factor)``."""
-        _check_likelihood(predictive)
-        if not isinstance(predictive, (Normal, HeteroscedasticNormal)):
+        likelihood = as_likelihood(predictive, "VarianceScaling.wrap")
+        if not isinstance(likelihood, (Normal, HeteroscedasticNormal)):
             raise TypeError(
                 "VarianceScaling needs a Gaussian likelihood (Normal, "
-                f"HeteroscedasticNormal), got {type(predictive).__name__}"
+                f"HeteroscedasticNormal), got {describe_likelihood(likelihood)}"
             )
-        return _VarianceScaled(predictive, self.factor)
+        return _VarianceScaled(likelihood, self.factor)
 
-    def fit(
+    def _fit(
         self, outputs: Tensor, target: Tensor, predictive: PredictiveDistribution
     ) -> VarianceScaling:
-        """Set the factor minimising the validation NLL of the Gaussian mixture.
-
-        Args:
-            outputs: network outputs ``(S, N, ...)``, e.g.
-                ``bnn.predict(...).samples``.
-            target: targets ``(N, ...)``.
-            predictive: the likelihood the network was trained with.
-
-        Returns:
-            ``self``.
-        """
+        """The factor minimising the validation NLL of the Gaussian mixture."""
 
         def objective(log_factor: float) -> float:
             scaled = VarianceScaling(math.exp(log_factor)).to(outputs)
@@ -413,7 +439,7 @@ class _TemperatureScaled(_Calibrated):
 
     def _scaled(self, output: Tensor) -> Tensor:
         temperature: Tensor = self.temperature
-        return output / temperature.to(output)
+        return self.base.tempered(output, temperature)
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """The base distribution of the scaled logits."""
@@ -505,7 +531,9 @@ def calibrate(
         x: validation inputs ``(N, ...)`` (a tuple of them for a network with
             several inputs, as :func:`~pyrolite_bnn.predict` takes).
         y: validation targets ``(N, ...)``.
-        predictive: the likelihood the network was trained with.
+        predictive: the likelihood the network was trained with (a
+            distribution of :mod:`pyrolite_bnn.vi.distributions` is converted
+            with its ``to_predictive()``).
         samples: posterior draws for the fit.
         **kwargs: further arguments of :func:`~pyrolite_bnn.predict`
             (``batch_size``, ``memory_budget``).
@@ -525,24 +553,25 @@ def calibrate(
         >>> pred.interval(0.9)[0].shape
         torch.Size([40])
     """
+    likelihood = as_likelihood(predictive, "calibrate")
     calibration: Calibration = (
-        TemperatureScaling()
-        if getattr(predictive, "is_classification", False)
-        else VarianceScaling()
+        TemperatureScaling() if likelihood.is_classification else VarianceScaling()
     )
     try:  # the calibration's own check of the likelihood, before predicting
-        calibration.wrap(predictive)
+        calibration.wrap(likelihood)
     except TypeError as error:
         raise TypeError(
             "calibrate fits temperature scaling for classification likelihoods "
             "(Categorical, Bernoulli) and variance scaling for Gaussian ones "
-            f"(Normal, HeteroscedasticNormal); got {predictive!r}"
+            f"(Normal, HeteroscedasticNormal); got {describe_likelihood(likelihood)}"
         ) from error
-    outputs = predict(model, x, predictive, samples, **kwargs).samples
+    # predict warns about a likelihood whose learned parameters never trained;
+    # the checked fit below does not warn a second time.
+    outputs = predict(model, x, likelihood, samples, **kwargs).samples
     if isinstance(model, nn.Module) and has_sequence_first_layers(model):
         # (S, L, B, ...) against (L, B, ...): one example per sequence.
         first = x[0] if isinstance(x, tuple) else x  # several inputs: the first
         outputs, target = batch_first_layout(outputs, y, first.shape[1])
         assert target is not None
         y = target
-    return calibration.fit(outputs, y, predictive)
+    return calibration._fit(outputs, y, likelihood)

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._scalar_search import minimise_expanding
 from pyrolite_bnn._validation import (
@@ -96,7 +97,11 @@ _JACOBIAN_ENTRIES = 2**24
 # The 1-D search over log(prior precision) covers exp(+-14), 8e-7 to 1.2e6.
 _LOG_PRECISION_BOUND = 14.0
 _LOG_PRECISION_LIMIT = 30.0
-_SUPPORTED = "Normal (homoscedastic), Categorical and Bernoulli"
+_SUPPORTED = (
+    "Normal (homoscedastic), Categorical (of logits) and Bernoulli likelihoods of "
+    "pyrolite_bnn (torch_blue's vi.distributions.MeanFieldNormal() and "
+    "Categorical() become them)"
+)
 # torch.func's warning for kernels it runs one example at a time under vmap.
 _UNBATCHED = "There is a performance drop because we have not yet implemented"
 
@@ -146,12 +151,19 @@ def _check_prior_precision(value: object) -> float:
     return check_positive(value, "prior_precision")
 
 
-def _check_predictive(predictive: PredictiveDistribution) -> None:
-    if type(predictive) not in (Normal, Categorical, Bernoulli):
+def _supported_likelihood(predictive: object, who: str) -> PredictiveDistribution:
+    """``predictive`` as a likelihood (:func:`as_likelihood`) laplace supports.
+
+    Raises:
+        TypeError: for what is no likelihood.
+        NotImplementedError: for a likelihood laplace has no curvature for.
+    """
+    likelihood = as_likelihood(predictive, who)
+    if type(likelihood) not in (Normal, Categorical, Bernoulli):
         raise NotImplementedError(
-            f"laplace supports the {_SUPPORTED} likelihoods, got "
-            f"{type(predictive).__name__}"
+            f"laplace supports the {_SUPPORTED}, got {describe_likelihood(likelihood)}"
         )
+    return likelihood
 
 
 def _check_dtype(network: nn.Module, x: Tensor) -> None:
@@ -313,7 +325,7 @@ class LinearizedLaplace(nn.Module):
         subset: Subset = "all",
     ) -> None:
         super().__init__()
-        _check_predictive(predictive)
+        predictive = _supported_likelihood(predictive, "LinearizedLaplace")
         self.network = network
         self.names = tuple(names)
         self.subset = subset
@@ -824,7 +836,11 @@ class LinearizedLaplace(nn.Module):
         Returns:
             A :class:`~pyrolite_bnn.Prediction` of ``(S, N, ...)`` outputs.
         """
-        likelihood = self.predictive if predictive is None else predictive
+        likelihood = (
+            self.predictive
+            if predictive is None
+            else as_likelihood(predictive, "LinearizedLaplace.predict")
+        )
         if type(likelihood) is not type(self.predictive):
             raise ValueError(
                 f"this Laplace posterior was fitted with {self.predictive!r}, whose "
@@ -899,7 +915,9 @@ def laplace(
         predictive: the likelihood the network was trained with:
             :class:`~pyrolite_bnn.Normal` (its fixed or learned noise scale is
             used as is), :class:`~pyrolite_bnn.Categorical` or
-            :class:`~pyrolite_bnn.Bernoulli`.
+            :class:`~pyrolite_bnn.Bernoulli`; torch_blue's
+            ``vi.distributions.MeanFieldNormal()`` and ``Categorical()`` are
+            converted to them (``to_predictive()``).
         subset: ``"all"`` trainable weights (dense ``P x P`` covariance;
             parameters with ``requires_grad=False``, a frozen backbone, stay
             fixed at their values, as in laplace-torch), or ``"last_layer"``:
@@ -920,8 +938,8 @@ def laplace(
 
     Raises:
         NotImplementedError: for another likelihood.
-        TypeError: if ``prior_precision`` or ``max_parameters`` is not a
-            number (an integer).
+        TypeError: if ``predictive`` is no likelihood, or ``prior_precision``
+            or ``max_parameters`` is not a number (an integer).
         ValueError: for more than ``max_parameters`` weights, inconsistent
             data, inputs of another floating dtype than the network's, an
             unknown ``subset``, a ``prior_precision`` that is not
@@ -938,7 +956,7 @@ def laplace(
         >>> la.predict(x[:5], samples=10).probs.shape
         torch.Size([5, 3])
     """
-    _check_predictive(predictive)
+    predictive = _supported_likelihood(predictive, "laplace")
     warn_untrained(predictive)
     if subset not in ("all", "last_layer"):
         raise ValueError(f"subset must be 'all' or 'last_layer', got {subset!r}")

@@ -20,6 +20,7 @@ from pyrolite_bnn._forward import (
     prepare,
     run_sites,
 )
+from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteShapeError
@@ -100,7 +101,11 @@ class KullbackLeiblerLoss(nn.Module):
     network's guide for the same random draws, divided by ``N``.
 
     Args:
-        predictive: the likelihood, e.g. :class:`~pyrolite_bnn.Categorical`.
+        predictive: the likelihood, e.g. :class:`~pyrolite_bnn.Categorical`
+            (a distribution of :mod:`pyrolite_bnn.vi.distributions` is
+            converted with its ``to_predictive()``: the value keeps this
+            loss's scale, not torch_blue's, which
+            :class:`pyrolite_bnn.vi.KullbackLeiblerLoss` has).
         dataset_size: number of training examples ``N``: any integral number
             (``int``, a NumPy integer), not a ``bool`` or a float.
         heat: multiplier of the KL term (``< 1`` for a "cold" posterior), a
@@ -141,12 +146,7 @@ class KullbackLeiblerLoss(nn.Module):
         compile: bool | str = False,
     ) -> None:
         super().__init__()
-        if not isinstance(predictive, PredictiveDistribution):
-            raise TypeError(
-                "predictive must be a bnn predictive distribution such as "
-                f"bnn.Categorical(), got {type(predictive).__name__}"
-            )
-        self.predictive = predictive
+        self.predictive = as_likelihood(predictive, "KullbackLeiblerLoss")
         self.dataset_size = dataset_size
         self.heat = heat
         self.kl = kl

@@ -36,6 +36,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import rng_state, set_rng_state
 from pyrolite_bnn._forward import call_network
+from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._network import (
     bayesian_positions,
@@ -121,12 +122,15 @@ class Prediction:
     def __post_init__(self) -> None:
         """Refuse what is no likelihood (``TypeError``) and outputs it cannot read.
 
+        A distribution of :mod:`pyrolite_bnn.vi.distributions` is converted
+        to its likelihood (``to_predictive()``), as every entry point does.
+
         Raises:
             TypeError: if ``predictive`` is not a likelihood or ``samples`` no
                 tensor.
             ValueError: for outputs the likelihood cannot read.
         """
-        _check_likelihood(self.predictive)
+        self.predictive = as_likelihood(self.predictive, "Prediction")
         if not isinstance(self.samples, Tensor):
             raise TypeError(
                 "Prediction needs network outputs (S, B, ...) as a tensor, got "
@@ -332,7 +336,9 @@ def predict(
         x: inputs ``(N, ...)``, or a tuple of them for a network that takes
             several (``(source, target)`` of a seq2seq model), each with the
             same ``N`` examples (dimension 1 in a sequence-first network).
-        predictive: the likelihood the model was trained with.
+        predictive: the likelihood the model was trained with (a
+            distribution of :mod:`pyrolite_bnn.vi.distributions` is converted
+            with its ``to_predictive()``).
         samples: number of posterior draws ``S``.
         batch_size: inputs per chunk; ``None`` chooses it from
             ``memory_budget``.
@@ -360,7 +366,7 @@ def predict(
     from pyrolite_bnn.calibration import Calibration
     from pyrolite_bnn.laplace import LinearizedLaplace  # both import this module
 
-    predictive = _likelihood(predictive)
+    predictive = as_likelihood(predictive, "predict")
     samples = check_count(samples, "samples")
     if batch_size is not None:
         batch_size = check_count(batch_size, "batch_size")
@@ -483,32 +489,6 @@ def warn_untrained(predictive: PredictiveDistribution) -> None:
             "scale such as bnn.Normal(scale=...)), or the optimizer never held "
             "loss_fn.parameters()"
         )
-
-
-def _likelihood(predictive: object) -> PredictiveDistribution:
-    """``predictive`` as a likelihood (a torch_blue one converted), else refused."""
-    to_predictive = getattr(predictive, "to_predictive", None)
-    if not isinstance(predictive, PredictiveDistribution) and callable(to_predictive):
-        predictive = to_predictive()  # vi.distributions.Categorical(), ...
-    _check_likelihood(predictive)
-    assert isinstance(predictive, PredictiveDistribution)
-    return predictive
-
-
-def _check_likelihood(predictive: object) -> None:
-    """Refuse a ``predictive`` that is not a likelihood instance."""
-    if isinstance(predictive, PredictiveDistribution):
-        return
-    hint = ""
-    if isinstance(predictive, type) and issubclass(predictive, PredictiveDistribution):
-        hint = f": pass an instance, bnn.{predictive.__name__}()"
-    elif isinstance(predictive, int):
-        hint = " (the number of samples comes after it: predict(model, x, "
-        "likelihood, samples))"
-    raise TypeError(
-        "predictive must be a likelihood such as bnn.Normal() or "
-        f"bnn.Categorical(), got {predictive!r}{hint}"
-    )
 
 
 def _predict(

@@ -187,9 +187,7 @@ def test_dataset_size_of_another_type_is_a_type_error(size: object) -> None:
 
 
 def test_predictive_must_be_a_likelihood() -> None:
-    with pytest.raises(
-        TypeError, match="predictive must be a bnn predictive distribution"
-    ):
+    with pytest.raises(TypeError, match="predictive must be a likelihood"):
         bnn.KullbackLeiblerLoss(nn.CrossEntropyLoss(), 10)  # type: ignore[arg-type]
 
 

@@ -525,7 +525,7 @@ def test_prediction_asks_the_likelihood_for_class_probabilities() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"predictive": 100}, TypeError, "number of samples comes after it"),
+        ({"predictive": 100}, TypeError, "take it after the likelihood"),
         ({"predictive": bnn.Categorical}, TypeError, "pass an instance"),
         ({"samples": "10"}, TypeError, "samples must be an integer"),
         ({"batch_size": 2.5}, TypeError, "batch_size must be an integer"),

@@ -433,6 +433,82 @@ def test_categorical_predictions_and_probs_input() -> None:
         Categorical(input_type="odds")
 
 
+def _softmax_network() -> nn.Module:
+    """A torch_blue-style classifier that ends in a softmax."""
+    return vi.VISequential(vi.VILinear(4, 3), nn.Softmax(-1))
+
+
+def test_probs_categorical_predicts_the_output_probabilities() -> None:
+    """``input_type="probs"`` in ``bnn.predict``: the summaries are those of the
+    output probabilities (they were of softmax(probabilities): row 0 [0.303,
+    0.317, 0.380] for [0.246, 0.283, 0.471]), with no advice to remove the
+    Softmax the likelihood asked for (``filterwarnings = error``)."""
+    torch.manual_seed(0)
+    net = _softmax_network()
+    likelihood = Categorical(input_type="probs")
+    x = torch.randn(5, 4) * 3
+    pred = bnn.predict(net, x, likelihood, samples=50)
+    expected = likelihood.predictive_parameters_from_samples(pred.samples)
+    torch.testing.assert_close(pred.probs, expected, rtol=1e-6, atol=1e-6)
+    entropy = -(expected * expected.log()).sum(-1)
+    torch.testing.assert_close(pred.entropy, entropy, rtol=1e-5, atol=1e-6)
+    aleatoric = -(pred.samples * pred.samples.log()).sum(-1).mean(0)
+    torch.testing.assert_close(
+        pred.mutual_information, entropy - aleatoric, rtol=1e-4, atol=1e-6
+    )
+    # The mixture's log-likelihood: log mean_s p_s[y], up to torch_blue's eps.
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    picked = pred.samples[:, torch.arange(5), labels]
+    torch.testing.assert_close(
+        pred.predictive.mixture_log_likelihood(pred.samples, labels),
+        picked.mean(0).log(),
+        rtol=0,
+        atol=1e-4,
+    )
+
+
+def test_probs_categorical_temperature_tempers_the_probabilities() -> None:
+    """Temperature scaling of probabilities is that of their logarithms,
+    ``p^(1/T)`` normalised. Dividing the probabilities by ``T`` (what the
+    logits' rule did) changed nothing once they were normalised: every
+    temperature fitted equally, and ``calibrate`` warned and kept 1."""
+    torch.manual_seed(0)
+    logits = torch.randn(8, 200, 3) * 4
+    labels = torch.randint(0, 3, (200,))
+    probs = logits.softmax(-1)
+    likelihood = Categorical(input_type="probs")
+    scaled = bnn.TemperatureScaling(2.0).wrap(likelihood)
+    torch.testing.assert_close(
+        scaled.class_probs(probs), (logits / 2.0).softmax(-1), rtol=1e-5, atol=1e-6
+    )
+    # Over-confident random logits: the fit on the probabilities finds the
+    # temperature the fit on their logits finds (eps = 1e-5 inside the
+    # logarithm moves it by far less than the 1 % allowed).
+    from_probs = bnn.TemperatureScaling().fit(probs, labels, likelihood)
+    from_logits = bnn.TemperatureScaling().fit(logits, labels, bnn.Categorical())
+    assert float(from_logits.temperature) > 2.0
+    assert float(from_probs.temperature) == pytest.approx(
+        float(from_logits.temperature), rel=1e-2
+    )
+
+
+def test_probs_categorical_refuses_logits_by_name() -> None:
+    """A network without its Softmax: the loss was NaN and ``fit`` said only
+    "non-finite loss"."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3), torch.randint(0, 3, (32,))
+    net = vi.VISequential(vi.VILinear(3, 8), nn.ReLU(), vi.VILinear(8, 3))
+    likelihood = Categorical(input_type="probs")
+    message = r"outside \[0, 1\].*nn\.Softmax\(-1\).*input_type='logits'"
+    with pytest.raises(ValueError, match=message):
+        vi.KullbackLeiblerLoss(likelihood, 100)(net(x), y)
+    with pytest.raises(ValueError, match=message):
+        bnn.predict(net, x, likelihood, samples=4)
+    # Probabilities pass, and so does NaN (reported as non-finite elsewhere).
+    likelihood.to_predictive().check_probabilities(torch.tensor([[[0.0, 1.0]]]))
+    likelihood.to_predictive().check_probabilities(torch.tensor([[[math.nan, 1.0]]]))
+
+
 def test_regression_has_a_learned_noise_scale_and_works_with_one_sample() -> None:
     layer = vi.VILinear(2, 1)
     loss_fn = vi.KullbackLeiblerLoss(MeanFieldNormal(), dataset_size=32)

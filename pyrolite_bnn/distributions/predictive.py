@@ -245,6 +245,23 @@ class PredictiveDistribution(LocalPyroModule):
             f"{type(self).__name__}"
         )
 
+    def tempered(self, output: Tensor, temperature: Tensor) -> Tensor:
+        """The output of this likelihood at ``temperature``, for classification.
+
+        Temperature scaling (:class:`~pyrolite_bnn.TemperatureScaling`)
+        divides the logits by ``temperature``, so class probabilities become
+        ``softmax(logits / T)``. A likelihood that reads its output as logits,
+        as the library's do, returns ``output / temperature``; one that reads
+        probabilities overrides this to return the tempered probabilities,
+        ``p^(1/T)`` normalised.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.Categorical().tempered(torch.tensor([2.0, 4.0]), torch.tensor(2.0))
+            tensor([1., 2.])
+        """
+        return output / temperature.to(output)
+
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of ``y`` per particle, ``(S, B, ...)`` each.
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
+from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
@@ -23,19 +24,22 @@ __all__ = ["KullbackLeiblerLoss", "as_predictive"]
 def as_predictive(distribution: object) -> BnnPredictive:
     """The likelihood module of a torch_blue (or :mod:`pyrolite_bnn`) distribution.
 
+    Converted as every entry point of the library converts it
+    (``to_predictive()``); refused with the library's message, as torch_blue's
+    exception.
+
     Raises:
         UnsupportedDistributionError: if it cannot serve as predictive distribution.
+
+    Example:
+        >>> from pyrolite_bnn import vi
+        >>> as_predictive(vi.distributions.Categorical())
+        Categorical()
     """
-    if isinstance(distribution, BnnPredictive):
-        return distribution
-    if (
-        isinstance(distribution, Distribution)
-        and distribution.is_predictive_distribution
-    ):
-        return distribution.to_predictive()
-    raise UnsupportedDistributionError(
-        f"{type(distribution).__name__} does not support use as predictive distribution"
-    )
+    try:
+        return as_likelihood(distribution, "vi.KullbackLeiblerLoss")
+    except TypeError as error:
+        raise UnsupportedDistributionError(str(error)) from error
 
 
 def _has_record(output: Tensor) -> bool:

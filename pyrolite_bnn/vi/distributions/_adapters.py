@@ -25,6 +25,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import Tensor
 
+from pyrolite_bnn._likelihoods import qualified_name
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
@@ -322,6 +323,10 @@ class AdaptedPredictive(BnnPredictive):
     def __init__(self, predictive: Distribution) -> None:
         super().__init__()
         self.blue = predictive
+
+    def extra_repr(self) -> str:
+        """The class of the torch_blue distribution, with its module."""
+        return qualified_name(self.blue)
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Shapes are left to the torch_blue distribution."""

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyrolite_bnn._validation import check_real
+from pyrolite_bnn._validation import check_real, is_validation_enabled
+from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.predictive import Categorical as BnnCategorical
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
@@ -24,23 +25,99 @@ __all__ = ["Categorical"]
 
 
 class _ProbsCategorical(BnnCategorical):
-    """:class:`pyrolite_bnn.Categorical` for outputs that are probabilities."""
+    """:class:`pyrolite_bnn.Categorical` for outputs that are probabilities.
+
+    The loss reads ``log(p / sum(p) + eps)`` as logits (torch_blue's formula);
+    the summaries read the normalised probabilities themselves, and
+    temperature scaling tempers them, ``p^(1/T)`` normalised.
+    """
 
     def __init__(self, eps: float) -> None:
         super().__init__()
         self.eps = eps
+
+    def extra_repr(self) -> str:
+        """The input type and ``eps``."""
+        return f"input_type='probs', eps={self.eps:g}"
+
+    def check_probabilities(self, output: Tensor) -> None:
+        """Refuse outputs outside ``[0, 1]``: logits, not probabilities.
+
+        A network without its final ``nn.Softmax`` gave negative
+        "probabilities", whose logarithm made the loss NaN with no word of the
+        cause. NaN outputs pass, to be reported as non-finite.
+
+        Raises:
+            ValueError: naming the range and the two ways out.
+        """
+        if not output.numel() or output.is_meta:
+            return
+        if bool(((output < 0) | (output > 1)).any()):  # False for NaN
+            values = output.detach()[~output.isnan()]
+            low, high = float(values.min()), float(values.max())
+            raise ValueError(
+                "Categorical(input_type='probs') reads probabilities, but the "
+                f"network outputs values outside [0, 1] (range [{low:.3g}, "
+                f"{high:.3g}]): logits? End the network in nn.Softmax(-1), or "
+                "use Categorical(input_type='logits') (the default)"
+            )
+
+    def check_output(self, output: Tensor) -> None:
+        """``Categorical``'s shape check; while validation is on, values in ``[0, 1]``.
+
+        Every method that reads an output calls it (the loss, ``predict``'s
+        :class:`~pyrolite_bnn.Prediction`, the summaries).
+        """
+        super().check_output(output)
+        if is_validation_enabled():
+            self.check_probabilities(output)
 
     def logits(self, output: Tensor) -> Tensor:
         """Normalised log probabilities of a probability output."""
         return torch.log(output / output.sum(-1, keepdim=True) + self.eps)
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
-        """``Categorical`` of the normalised probabilities."""
-        return super().distribution(self.logits(output))
+        """``Categorical`` of the normalised probabilities.
+
+        Built here, not by ``Categorical.distribution``, whose output check
+        would read the logits as probabilities.
+        """
+        self.check_output(output)
+        result: dist.TorchDistribution = dist.Categorical(
+            logits=self.logits(output)
+        ).to_event(output.dim() - 3)
+        return result
 
     def probs(self, output: Tensor) -> Tensor:
         """Class probabilities per particle."""
         return output / output.sum(-1, keepdim=True)
+
+    def class_probs(self, output: Tensor) -> Tensor:
+        """The output's probabilities, normalised, at least ``float32``.
+
+        Example:
+            >>> import torch
+            >>> from pyrolite_bnn import vi
+            >>> likelihood = vi.distributions.Categorical(input_type="probs")
+            >>> likelihood.to_predictive().class_probs(torch.tensor([[[0.2, 0.8]]]))
+            tensor([[[0.2000, 0.8000]]])
+        """
+        self.check_output(output)
+        return self.probs(full_precision(output))
+
+    def tempered(self, output: Tensor, temperature: Tensor) -> Tensor:
+        """Probabilities ``p^(1/T)`` normalised: ``softmax(log(p) / T)``.
+
+        Example:
+            >>> import torch
+            >>> from pyrolite_bnn import vi
+            >>> likelihood = vi.distributions.Categorical(input_type="probs")
+            >>> likelihood.to_predictive().tempered(
+            ...     torch.tensor([0.2, 0.8]), torch.tensor(0.5)
+            ... )
+            tensor([0.0588, 0.9412])
+        """
+        return (self.probs(output).log() / temperature.to(output)).softmax(-1)
 
 
 class Categorical(PredictiveDistribution):
