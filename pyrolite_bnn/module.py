@@ -44,7 +44,7 @@ from pyrolite_bnn.distributions.variational import (
     Posterior,
     VariationalFamily,
 )
-from pyrolite_bnn.variables import RandomVariable
+from pyrolite_bnn.variables import RandomVariable, UnitLayout
 
 if TYPE_CHECKING:
     from pyrolite_bnn.guides import ParticleGuide
@@ -181,6 +181,7 @@ class VIModule(LocalPyroModule):
         self.samples = DEFAULT_SAMPLES
         self.return_log_probs = False
         self._declared: dict[str, torch.Size] = {}
+        self._unit_layouts: dict[str, UnitLayout] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled (``torch.load``, ``copy.deepcopy``): as built by ``__init__``.
@@ -190,6 +191,7 @@ class VIModule(LocalPyroModule):
         network of its own (nested particle dimensions).
         """
         super().__setstate__(state)  # type: ignore[no-untyped-call]
+        self.__dict__.setdefault("_unit_layouts", {})  # pickled before it existed
         from pyrolite_bnn import _plain_roots
 
         _plain_roots.install()
@@ -202,6 +204,7 @@ class VIModule(LocalPyroModule):
         prior: object = None,
         variational: VariationalFamily | None = None,
         *,
+        units: UnitLayout | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -219,6 +222,9 @@ class VIModule(LocalPyroModule):
             prior: anything :func:`~pyrolite_bnn.distributions.priors.as_prior`
                 accepts (``None``: standard Normal).
             variational: variational family (``None``: mean-field Normal).
+            units: where the tensor's output units lie, for per-unit priors
+                (``None``: along the first dimension, as in a ``VILinear``
+                weight; see :class:`~pyrolite_bnn.variables.UnitLayout`).
             device: device of the parameters and prior buffers.
             dtype: floating dtype of the parameters and prior buffers.
         """
@@ -236,9 +242,16 @@ class VIModule(LocalPyroModule):
                 "variational must be a VariationalFamily such as bnn.MeanFieldNormal()"
                 f" or bnn.PointMass(), got {type(family).__name__}"
             )
+        layout = UnitLayout() if units is None else units
+        if not isinstance(layout, UnitLayout):
+            raise TypeError(
+                "units must be a pyrolite_bnn.variables.UnitLayout, got "
+                f"{type(layout).__name__}"
+            )
+        layout.check(size)
         init = torch.zeros(size, device=device, dtype=dtype)
         prior_module = as_prior(prior)
-        prior_module.check_shape(size)  # hyperparameters broadcast to the weight
+        prior_module.declare_for(size, layout)  # hyperparameters fit the weight
         # The prior's buffers go where the posterior's parameters are (also under
         # a torch.device context) and take their dtype (float64 hyperparameter
         # tensors keep their precision on a float64 layer).
@@ -250,6 +263,7 @@ class VIModule(LocalPyroModule):
                 prior_module.check_support(size)
         self.posterior[name] = posterior
         self._declared[name] = size
+        self._unit_layouts[name] = layout
         setattr(self, name, PyroSample(_PriorOf(name)))
 
     def graph_key(self) -> tuple[Hashable, ...]:
@@ -293,6 +307,16 @@ class VIModule(LocalPyroModule):
     def declared_variables(self) -> dict[str, torch.Size]:
         """This module's own random variables: name -> shape of one draw."""
         return dict(self._declared)
+
+    def unit_layout(self, name: str) -> UnitLayout:
+        """Where the output units of this module's random variable ``name`` lie.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> bnn.VIConvTranspose2d(4, 6, 3, groups=2).unit_layout("weight")
+            UnitLayout(dim=1, groups=2)
+        """
+        return self._unit_layouts.get(name, UnitLayout())
 
     def reset_priors(self) -> None:
         """Return this module's own priors to the hyperparameters they were built with.

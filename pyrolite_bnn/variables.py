@@ -2,16 +2,136 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 if TYPE_CHECKING:
     from pyrolite_bnn.distributions.variational import Posterior
     from pyrolite_bnn.module import VIModule
 
-__all__ = ["RandomVariable"]
+__all__ = ["RandomVariable", "UnitLayout"]
+
+
+@dataclass(frozen=True)
+class UnitLayout:
+    """Where the output units of a random weight tensor lie.
+
+    A layer declares it with each variable
+    (:meth:`~pyrolite_bnn.VIModule.declare_random_variable`); per-unit priors
+    (``LearnedNormalPrior(per="unit")``) give one hyperparameter to the entries
+    of each output unit. The default, units along the first dimension, is a
+    row of a ``VILinear`` weight, an output channel of a ``VIConv2d`` kernel,
+    one bias entry.
+
+    Attributes:
+        dim: the dimension that indexes the output units: 1 for the
+            transposed convolutions (torch's weight layout ``(in, out / groups,
+            k...)``) and for ``VIEmbedding`` (``(categories, features)``: its
+            output units are the embedding's features, as for a ``VILinear`` on
+            one-hot inputs).
+        groups: with ``groups > 1`` the first dimension is split into
+            ``groups`` equal blocks, and the entries of block ``g`` at index
+            ``j`` along ``dim`` belong to unit ``g * shape[dim] + j`` (output
+            channel ``g * out / groups + j`` of a grouped transposed
+            convolution).
+
+    Example:
+        >>> import torch
+        >>> from pyrolite_bnn.variables import UnitLayout
+        >>> layout = UnitLayout(dim=1, groups=2)  # VIConvTranspose1d(4, 6, 1, groups=2)
+        >>> shape = (4, 3, 1)  # its weight: (in, out / groups, kernel)
+        >>> per_unit = torch.arange(6.0).reshape(layout.per_unit_shape(shape))
+        >>> layout.spread(per_unit, shape)[..., 0]  # the unit of each weight
+        tensor([[0., 1., 2.],
+                [0., 1., 2.],
+                [3., 4., 5.],
+                [3., 4., 5.]])
+    """
+
+    dim: int = 0
+    groups: int = 1
+
+    def __post_init__(self) -> None:
+        """Refuse a negative ``dim`` and ``groups`` below 1."""
+        for what, value, least in (("dim", self.dim, 0), ("groups", self.groups, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(
+                    f"UnitLayout {what} must be an int of at least {least}, got "
+                    f"{value!r}"
+                )
+
+    def check(self, shape: Sequence[int]) -> None:
+        """Raise ``ValueError`` unless the layout fits a tensor of ``shape``.
+
+        Args:
+            shape: shape of the random variable.
+        """
+        if self.dim >= max(1, len(shape)):
+            raise ValueError(
+                f"UnitLayout dim={self.dim} is not a dimension of a random variable "
+                f"of shape {tuple(shape)}"
+            )
+        if self.groups > 1 and (self.dim == 0 or shape[0] % self.groups):
+            raise ValueError(
+                f"UnitLayout(dim={self.dim}, groups={self.groups}) splits the first "
+                "dimension into groups of units along another one: it needs dim > "
+                f"0 and a first dimension divisible by groups, got shape "
+                f"{tuple(shape)}"
+            )
+
+    def per_unit_shape(self, shape: Sequence[int]) -> torch.Size:
+        """Shape of a tensor with one entry per unit, in unit order.
+
+        With ``groups == 1`` it broadcasts to ``shape`` itself (``(out, 1)`` for
+        a ``VILinear`` weight); with ``groups > 1`` it has one more dimension,
+        ``(groups, 1, ..., shape[dim], ...)``: see :meth:`spread`.
+
+        Args:
+            shape: shape of the random variable.
+        """
+        if not shape:  # a scalar variable: one unit
+            return torch.Size()
+        if self.groups == 1:
+            sizes = [1] * len(shape)
+            sizes[self.dim] = shape[self.dim]
+            return torch.Size(sizes)
+        sizes = [1] * (len(shape) + 1)
+        sizes[0], sizes[self.dim + 1] = self.groups, shape[self.dim]
+        return torch.Size(sizes)
+
+    def spread(self, per_unit: Tensor, shape: Sequence[int]) -> Tensor:
+        """``per_unit`` spread to a tensor that broadcasts to ``shape``.
+
+        ``per_unit`` has :meth:`per_unit_shape`; each entry of the result is the
+        value of its unit (differentiable).
+
+        Args:
+            per_unit: one value per unit.
+            shape: shape of the random variable.
+        """
+        if self.groups == 1:
+            return per_unit
+        sizes = list(per_unit.shape)
+        sizes[1] = shape[0] // self.groups
+        return per_unit.expand(sizes).reshape(shape[0], *sizes[2:])
+
+    def sum_per_unit(self, values: Tensor) -> Tensor:
+        """The sum of ``values`` (the variable's shape) over each unit's entries.
+
+        Args:
+            values: one value per entry of the random variable.
+
+        Returns:
+            A tensor of :meth:`per_unit_shape`.
+        """
+        target = self.per_unit_shape(values.shape)
+        if self.groups > 1:
+            values = values.reshape(self.groups, -1, *values.shape[1:])
+        return values.sum_to_size(target)
 
 
 @dataclass(frozen=True)
@@ -28,6 +148,7 @@ class RandomVariable:
         shared: whether the layer sits at more than one position of the
             network (weight sharing): every position reads the same draw, so
             the weights must be drawn, not output noise sampled per position.
+        units: where the tensor's output units lie, as the layer declared it.
     """
 
     site: str
@@ -36,3 +157,4 @@ class RandomVariable:
     module: VIModule
     posterior: Posterior
     shared: bool = False
+    units: UnitLayout = field(default_factory=UnitLayout)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn.variables import UnitLayout
 
 
 class Net(bnn.VIModule):
@@ -300,3 +301,22 @@ def test_torch_func_vmap_over_a_network_call() -> None:
     torch.testing.assert_close(mapped.transpose(0, 1), net(x, samples=3))
     with pytest.raises(ValueError, match="NaN"):
         net(torch.full((2, 3), float("nan")))  # outside vmap: still checked
+
+
+def test_a_layer_declares_where_the_output_units_of_a_variable_lie() -> None:
+    """Per-unit priors follow the declared layout (they assumed dim 0)."""
+
+    class ColumnUnits(bnn.VIModule):
+        def __init__(self, units: object) -> None:
+            super().__init__()
+            prior = bnn.LearnedNormalPrior(per="unit")
+            self.declare_random_variable("weight", (3, 5), prior, units=units)  # type: ignore[arg-type]
+
+    layer = ColumnUnits(UnitLayout(dim=1))
+    assert layer.unit_layout("weight") == UnitLayout(dim=1)
+    assert layer.prior["weight"].log_scale.shape == (1, 5)
+    assert ColumnUnits(None).prior["weight"].log_scale.shape == (3, 1)
+    with pytest.raises(TypeError, match=r"units must be a pyrolite_bnn\.variables"):
+        ColumnUnits(1)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        ColumnUnits(UnitLayout(dim=1, groups=2))

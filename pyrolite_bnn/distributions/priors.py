@@ -24,6 +24,7 @@ from torch.distributions import Distribution, constraints
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._validation import readable_all
 from pyrolite_bnn.distributions.variational import NormalMoments
+from pyrolite_bnn.variables import UnitLayout
 
 __all__ = [
     "CallablePrior",
@@ -291,6 +292,28 @@ class Prior(nn.Module):
             return
         _check_broadcast(self, batch, torch.Size(shape))
 
+    def declare_for(self, shape: Sequence[int], units: UnitLayout) -> None:
+        """Take the prior's place on a random variable (a layer declaring it).
+
+        :meth:`~pyrolite_bnn.VIModule.declare_random_variable` calls it once,
+        on the layer's own copy of the prior. The default checks the shape
+        (:meth:`check_shape`); a prior whose hyperparameters depend on the
+        variable, such as one per output unit, sets them up here first.
+
+        Args:
+            shape: shape of the weight tensor.
+            units: where its output units lie, as the layer declares them.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> from pyrolite_bnn.variables import UnitLayout
+            >>> prior = bnn.LearnedNormalPrior(per="unit")
+            >>> prior.declare_for((4, 3), UnitLayout())
+            >>> prior.log_scale.shape
+            torch.Size([4, 1])
+        """
+        self.check_shape(shape)
+
     def check_support(self, shape: Sequence[int]) -> None:
         """Raise ``ValueError`` unless the prior covers every real weight.
 
@@ -551,10 +574,13 @@ class LearnedNormalPrior(Prior):
         loc: prior mean (fixed; a buffer that broadcasts to the weight's shape).
         init_scale: initial prior standard deviation (positive).
         per: ``"layer"``: one scale per random variable (the layer's weight,
-            its bias); ``"unit"``: one scale per output unit, i.e. per slice
-            along the first dimension of the weight (a row of a ``VILinear``
-            weight, an output channel of a ``VIConv2d`` kernel, one bias entry).
-            The per-unit shape is fixed when a layer declares the variable.
+            its bias); ``"unit"``: one scale per output unit, where the layer
+            declares its units (:class:`~pyrolite_bnn.variables.UnitLayout`): a
+            row of a ``VILinear`` weight, an output channel of a ``VIConv2d``
+            kernel and of a ``VIConvTranspose2d`` one (its weight is ``(in,
+            out / groups, k...)``: grouped ones too), an embedding feature (a
+            column of a ``VIEmbedding`` table), one bias entry. The per-unit
+            shape is fixed when a layer declares the variable.
 
     Example:
         >>> import pyrolite_bnn as bnn
@@ -565,10 +591,18 @@ class LearnedNormalPrior(Prior):
         (torch.Size([3, 1]), torch.Size([3]))
         >>> sorted(n for n, _ in layer.named_parameters() if n.startswith("prior"))
         ['prior.bias.log_scale', 'prior.weight.log_scale']
+        >>> per_unit = bnn.LearnedNormalPrior(per="unit")
+        >>> up = bnn.VIConvTranspose2d(6, 4, 3, prior=per_unit)
+        >>> up.prior["weight"].log_scale.shape  # one per output channel
+        torch.Size([1, 4, 1, 1])
     """
 
     loc: Tensor
     log_scale: nn.Parameter
+    # Set when a per-unit scale is declared for a variable: its unit layout
+    # and shape (class defaults: a prior pickled before they existed).
+    _units: UnitLayout | None = None
+    _declared_shape: torch.Size = torch.Size()
 
     def __init__(
         self,
@@ -590,23 +624,36 @@ class LearnedNormalPrior(Prior):
         self.log_scale = nn.Parameter(scale.log())
 
     def scale(self) -> Tensor:
-        """Current prior standard deviation, ``exp(log_scale)``."""
-        return self.log_scale.exp()
+        """Current prior standard deviation, ``exp(log_scale)``.
 
-    def check_shape(self, shape: Sequence[int]) -> None:
+        Per unit, each unit's scale at its weights' positions: a tensor that
+        broadcasts to the weight's shape.
+        """
+        scale = self.log_scale.exp()
+        if self._units is None:
+            return scale
+        return self._units.spread(scale, self._declared_shape)
+
+    def declare_for(self, shape: Sequence[int], units: UnitLayout) -> None:
         """Fix the per-unit scale's shape, then check that it broadcasts.
 
         With ``per="unit"`` the first declaration turns the scalar initial
-        ``log_scale`` into one entry per unit, ``(shape[0], 1, ..., 1)``.
+        ``log_scale`` into one entry per output unit, of
+        ``units.per_unit_shape(shape)`` (``(shape[0], 1, ..., 1)`` for units
+        along the first dimension).
 
         Args:
             shape: shape of the weight tensor the prior is declared for.
+            units: where its output units lie.
         """
         size = torch.Size(shape)
         if self.per == "unit" and self.log_scale.dim() == 0 and len(size) > 0:
-            unit = (size[0],) + (1,) * (len(size) - 1)
-            self.log_scale = nn.Parameter(self.log_scale.detach().expand(unit).clone())
-        super().check_shape(size)
+            per_unit = units.per_unit_shape(size)
+            self._units, self._declared_shape = units, size
+            self.log_scale = nn.Parameter(
+                self.log_scale.detach().expand(per_unit).clone()
+            )
+        self.check_shape(size)
 
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """``loc`` and ``log_scale`` finite."""
@@ -614,7 +661,7 @@ class LearnedNormalPrior(Prior):
 
     def hyperparameter_shape(self) -> torch.Size:
         """Broadcast shape of ``loc`` and the scale."""
-        return _broadcast_shape(self.loc.shape, self.log_scale.shape)
+        return _broadcast_shape(self.loc.shape, self.scale().shape)
 
     def elementwise(self) -> dist.TorchDistribution:
         """Return ``Normal(loc, exp(log_scale))``."""
@@ -646,9 +693,12 @@ class LearnedNormalPrior(Prior):
         """
         _check_broadcast(self, self.hyperparameter_shape(), loc.shape)
         squares = scale.square() + (loc - self.loc).square()
-        group = self.log_scale.shape
-        count = squares.numel() // max(1, group.numel())
-        return (squares.sum_to_size(group) / count).sqrt()
+        if self._units is None:
+            sums = squares.sum_to_size(self.log_scale.shape)
+        else:
+            sums = self._units.sum_per_unit(squares)
+        count = squares.numel() // max(1, sums.numel())
+        return (sums / count).sqrt()
 
     def reset_to_optimum(self, loc: Tensor, scale: Tensor) -> None:
         """Set the scale to :meth:`optimal_scale` (no gradient recorded).
@@ -661,9 +711,9 @@ class LearnedNormalPrior(Prior):
             self.log_scale.copy_(self.optimal_scale(loc, scale).log())
 
     def extra_repr(self) -> str:
-        """Initial arguments (the scale: its current value or shape)."""
+        """Initial arguments (the scale: its current value or per-unit shape)."""
         with torch.no_grad():
-            shown = _fmt(self.scale())
+            shown = _fmt(self.log_scale.exp())
         return f"loc={_fmt(self.loc)}, scale={shown}, per={self.per!r}"
 
 

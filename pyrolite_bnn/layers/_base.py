@@ -26,6 +26,7 @@ from pyrolite_bnn.layers._options import (
     per_variable,
 )
 from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.variables import UnitLayout
 
 __all__ = ["MOMENT_ESTIMATORS", "options_repr"]
 
@@ -86,6 +87,7 @@ class _VIWeightLayer(EstimatorLayer):
         estimator: str,
         device: torch.device | str | None,
         dtype: torch.dtype | None,
+        units: Mapping[str, UnitLayout] | None = None,
     ) -> None:
         """Declare one random variable per entry of ``shapes``, in order.
 
@@ -97,6 +99,8 @@ class _VIWeightLayer(EstimatorLayer):
             estimator: the layer's ``estimator=`` option.
             device: device of the parameters and prior buffers.
             dtype: dtype of the parameters and prior buffers.
+            units: variable name -> where its output units lie, for variables
+                whose units are not along the first dimension.
         """
         declared = {name: shape for name, shape in shapes.items() if shape is not None}
         names = tuple(declared)
@@ -110,6 +114,7 @@ class _VIWeightLayer(EstimatorLayer):
                 shape,
                 per_variable(prior, name, "prior", names),
                 families[name],
+                units=None if units is None else units.get(name),
                 device=device,
                 dtype=dtype,
             )

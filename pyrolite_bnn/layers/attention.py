@@ -28,6 +28,7 @@ from pyrolite_bnn.layers.functional_attention import multi_head_attention
 from pyrolite_bnn.layers.linear import VILinear
 from pyrolite_bnn.layers.registry import LayerCase, has_weight, register
 from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.variables import UnitLayout
 
 __all__ = ["VIMultiheadAttention"]
 
@@ -230,6 +231,8 @@ class VIMultiheadAttention(VIModule):
             shapes["bias_k"] = (1, 1, embed_dim)
             shapes["bias_v"] = (1, 1, embed_dim)
         names = tuple(shapes)
+        # bias_k and bias_v, (1, 1, E): their output units are the E features
+        features = dict.fromkeys(("bias_k", "bias_v"), UnitLayout(dim=2))
         mine = own_option(prior), own_option(variational)
         for var, shape in shapes.items():
             self.declare_random_variable(
@@ -237,6 +240,7 @@ class VIMultiheadAttention(VIModule):
                 shape,
                 per_variable(mine[0], var, "prior", names),
                 per_variable(mine[1], var, "variational", names),  # type: ignore[arg-type]
+                units=features.get(var),
                 device=device,
                 dtype=dtype,
             )

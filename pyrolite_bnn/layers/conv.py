@@ -15,6 +15,7 @@ from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
 from pyrolite_bnn.layers.registry import LayerCase, register
+from pyrolite_bnn.variables import UnitLayout
 
 __all__ = [
     "VIConv1d",
@@ -413,6 +414,8 @@ class _VIConvTransposeNd(_VIConvBase):
             estimator=estimator,
             device=device,
             dtype=dtype,
+            # output channel g * out / groups + j: dim 1 within group g of dim 0
+            units={"weight": UnitLayout(dim=1, groups=groups)},
         )
         self.reset_parameters()
 
@@ -500,8 +503,9 @@ class VIConvTranspose2d(_VIConvTransposeNd):
 
     The weight has torch's layout ``(in_channels, out_channels / groups,
     *kernel_size)``; the posterior means start at torch's initialisation.
-    Weights are always drawn (``estimator="auto"`` is ``"reparam"``;
-    ``"local"`` and ``"flipout"`` are not offered).
+    Per-unit priors (``LearnedNormalPrior(per="unit")``) give one scale per
+    output channel, grouped too. Weights are always drawn (``estimator="auto"``
+    is ``"reparam"``; ``"local"`` and ``"flipout"`` are not offered).
 
     Args:
         in_channels: input channels.

@@ -16,6 +16,7 @@ from pyrolite_bnn.layers._base import _VIWeightLayer
 from pyrolite_bnn.layers.functional import current_batch_size
 from pyrolite_bnn.layers.registry import LayerCase, register
 from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.variables import UnitLayout
 
 __all__ = ["VIEmbedding"]
 
@@ -80,6 +81,10 @@ class VIEmbedding(_VIWeightLayer):
     it has no posterior and adds no KL term: the random variable ``weight``
     holds the other ``num_embeddings - 1`` rows, in order.
     :func:`~pyrolite_bnn.to_deterministic` puts the padding row back.
+
+    Per-unit priors (``LearnedNormalPrior(per="unit")``) give one scale per
+    embedding feature (a column of the table): the output units, as of a
+    ``VILinear`` on one-hot inputs, shared by all categories.
 
     Args:
         num_embeddings: size of the dictionary.
@@ -199,6 +204,7 @@ class VIEmbedding(_VIWeightLayer):
             estimator=estimator,
             device=device,
             dtype=dtype,
+            units={"weight": UnitLayout(dim=1)},  # the output features
         )
         loc = self.posterior["weight"].loc
         self.register_buffer(

@@ -5,11 +5,14 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 from torch.distributions import kl_divergence
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn.variables import UnitLayout
 
 
 @pytest.mark.parametrize(
@@ -470,17 +473,25 @@ def test_learned_prior_kl_is_closed_form_at_current_scale(per: str, kl: str) -> 
     assert bool(prior.log_scale.grad.ne(0).all())
 
 
-@pytest.mark.parametrize("per", ["layer", "unit"])
+@pytest.mark.parametrize(
+    ("per", "units", "groups_shape"),
+    [
+        ("layer", UnitLayout(), ()),
+        ("unit", UnitLayout(), (4, 1, 1)),
+        ("unit", UnitLayout(dim=1), (1, 3, 1)),
+        ("unit", UnitLayout(dim=1, groups=2), (2, 1, 3, 1)),
+    ],
+)
 def test_learned_prior_optimal_scale_is_a_stationary_point_of_the_kl(
-    per: str,
+    per: str, units: UnitLayout, groups_shape: tuple[int, ...]
 ) -> None:
     prior = bnn.LearnedNormalPrior(0.3, per=per)
-    prior.check_shape((5, 2, 3))
-    loc, scale = torch.randn(5, 2, 3), 0.1 + torch.rand(5, 2, 3)
+    prior.declare_for((4, 3, 2), units)
+    loc, scale = torch.randn(4, 3, 2), 0.1 + torch.rand(4, 3, 2)
     best = prior.optimal_scale(loc, scale)
-    assert best.shape == ((5, 1, 1) if per == "unit" else ())
+    assert best.shape == groups_shape
     prior.reset_to_optimum(loc, scale)
-    torch.testing.assert_close(prior.scale().detach(), best)
+    torch.testing.assert_close(prior.log_scale.exp().detach(), best)
     kl = prior.kl_from_normal(loc, scale)
     assert kl is not None
     (grad,) = torch.autograd.grad(kl, prior.log_scale)
@@ -516,13 +527,85 @@ def test_learned_prior_per_unit_shapes_state_dict_and_dtype() -> None:
         fresh.load_state_dict(bad)
 
 
+def _output_channel(in_channels: int, out_channels: int, groups: int) -> Tensor:
+    """The output channel of each ``(i, j)`` entry of a transposed conv weight,
+    ``(in, out / groups)``, read off torch's ``conv_transpose1d``."""
+    per_group = out_channels // groups
+    channel = torch.empty(in_channels, per_group, dtype=torch.long)
+    for i in range(in_channels):
+        for j in range(per_group):
+            weight = torch.zeros(in_channels, per_group, 1)
+            weight[i, j] = 1.0
+            x = torch.zeros(1, in_channels, 1)
+            x[0, i] = 1.0
+            out = F.conv_transpose1d(x, weight, groups=groups)[0, :, 0]
+            channel[i, j] = int(out.nonzero())
+    return channel
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_learned_per_unit_scale_of_a_transposed_conv_is_one_per_output_channel(
+    groups: int,
+) -> None:
+    """The ELBO-trained per-unit scale is each output channel's closed form.
+
+    For a mean-field Normal posterior the KL (the only ELBO term that depends
+    on the prior scale) is minimal at ``s_c^2 = mean(mu^2 + sigma^2)`` over
+    output channel ``c``'s weights. The scale was one per *input* channel
+    (weight layout ``(in, out / groups, k, k)``): output channel 0 with weights
+    of size 1 and the others ~0 gave every scale 0.5 where [1, 1e-3, ...] is
+    right; the bias had one per output channel.
+    """
+    in_channels, out_channels = 4, 6
+    layer = bnn.VIConvTranspose2d(
+        in_channels, out_channels, 2, groups=groups,
+        prior=bnn.LearnedNormalPrior(per="unit"), dtype=torch.float64,
+    )  # fmt: skip
+    prior = layer.prior["weight"]
+    assert isinstance(prior, bnn.LearnedNormalPrior)
+    # Output channel c: every mean +-a_c, every posterior sd b_c.
+    a = torch.tensor([1.0, 0.2, 0.5, 2.0, 0.05, 1.5], dtype=torch.float64)
+    b = torch.tensor([0.1, 0.3, 0.02, 0.5, 0.1, 0.2], dtype=torch.float64)
+    channel = _output_channel(in_channels, out_channels, groups)[..., None, None]
+    channel = channel.expand(layer.posterior["weight"].loc.shape)
+    signs = torch.randint(0, 2, channel.shape) * 2.0 - 1.0
+    with torch.no_grad():
+        layer.posterior["weight"].reset_parameters(a[channel] * signs, b[channel])
+    expected = (a.square() + b.square()).sqrt()
+    # Train the prior scales alone on the loss, to their optimum (the KL in
+    # log s is convex): the same weight draws in every evaluation (a fixed
+    # data term), and the analytic KL.
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 10)
+    x = torch.randn(2, in_channels, 3, 3, dtype=torch.float64)
+    y = torch.randn(2, out_channels, 4, 4, dtype=torch.float64)
+    optimizer = torch.optim.LBFGS(
+        [prior.log_scale], max_iter=200, tolerance_grad=1e-12,
+        tolerance_change=1e-15, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        torch.manual_seed(1)
+        loss = loss_fn(layer(x, samples=1), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    trained = prior.scale().detach().expand(channel.shape)
+    torch.testing.assert_close(trained, expected[channel], rtol=1e-6, atol=0)
+    # The closed form says the same, and there is one scale per output channel.
+    best = prior.optimal_scale(layer.posterior["weight"].loc, b[channel])
+    assert best.numel() == out_channels
+    torch.testing.assert_close(best.flatten(), expected, rtol=1e-9, atol=0)
+
+
 def test_learned_prior_bad_arguments() -> None:
     with pytest.raises(ValueError, match="per must be"):
         bnn.LearnedNormalPrior(per="weight")
     with pytest.raises(ValueError, match="init_scale"):
         bnn.LearnedNormalPrior(init_scale=-1.0)
     prior = bnn.LearnedNormalPrior(per="unit")
-    prior.check_shape((3, 4))
+    prior.declare_for((3, 4), UnitLayout())
     with pytest.raises(ValueError, match="do not broadcast"):
         prior.check_shape((4, 4))
 

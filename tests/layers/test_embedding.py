@@ -199,3 +199,21 @@ def test_padding_row_from_weight_argument_and_state_dict() -> None:
         layer.set_padding_row(torch.zeros(3))
     with pytest.raises(ValueError, match="no padding_idx"):
         bnn.VIEmbedding(5, 2).set_padding_row(torch.zeros(2))
+
+
+def test_per_unit_learned_prior_is_one_scale_per_embedding_feature() -> None:
+    """The units of a table (categories, features) are its output features, as
+    for a VILinear on one-hot inputs (it was one scale per category row); the
+    optimum is each column's closed form, the padding row left out."""
+    layer = bnn.VIEmbedding(
+        5, 3, padding_idx=0, prior=bnn.LearnedNormalPrior(per="unit")
+    )
+    prior = layer.prior["weight"]
+    assert isinstance(prior, bnn.LearnedNormalPrior)
+    assert prior.log_scale.shape == (1, 3)
+    means = torch.tensor([0.5, 2.0, 0.1]).expand(4, 3)  # the 4 random rows
+    sds = torch.full((4, 3), 0.2)
+    torch.testing.assert_close(
+        prior.optimal_scale(means, sds),
+        (torch.tensor([[0.5, 2.0, 0.1]]).square() + 0.04).sqrt(),
+    )
