@@ -101,6 +101,7 @@ def _hyperparameter(
     """
     if isinstance(value, str | bytes | bool) or value is None:
         raise TypeError(f"{what} must be a number or a tensor, got {value!r}")
+    _refuse_trainable(value, what)
     dtype = (
         value.dtype
         if isinstance(value, Tensor) and value.is_floating_point()
@@ -115,6 +116,23 @@ def _hyperparameter(
         shown = value.tolist() if isinstance(value, Tensor) else value
         raise ValueError(f"{what} must be {constraint!r}, got {shown!r}")
     return tensor
+
+
+def _refuse_trainable(value: object, what: str) -> None:
+    """Refuse a hyperparameter tensor that requires grad.
+
+    A prior keeps a detached copy of it (a buffer), so gradients would never
+    reach the tensor the user means to train.
+    """
+    if isinstance(value, Tensor) and value.requires_grad:
+        raise ValueError(
+            f"{what} is a tensor that requires grad, but a prior keeps a detached "
+            "copy of its hyperparameters (buffers): no gradient would reach that "
+            "tensor, and it would never train. For a prior scale learned with the "
+            "network use bnn.LearnedNormalPrior (its log_scale is in "
+            "model.parameters()); for a fixed prior pass the tensor detached "
+            "(tensor.detach())"
+        )
 
 
 def _positive(value: float | Tensor, what: str) -> Tensor:
@@ -163,9 +181,11 @@ class Prior(nn.Module):
     dimension, as a Pyro sample site for the whole tensor needs.
 
     Every hyperparameter may be a tensor that broadcasts to the weight's shape
-    (one prior scale per weight, per row, ...). Hyperparameters that would
-    broadcast to a *larger* shape are refused with a ``ValueError`` naming both
-    shapes. Subclasses list their buffers and constraints in
+    (one prior scale per weight, per row, ...). It is copied: a tensor that
+    requires grad is refused with a ``ValueError``, as no gradient would reach
+    it (:class:`LearnedNormalPrior` learns a prior scale). Hyperparameters that
+    would broadcast to a *larger* shape are refused with a ``ValueError`` naming
+    both shapes. Subclasses list their buffers and constraints in
     :meth:`hyperparameter_constraints`; a ``load_state_dict`` that would put an
     invalid value (a negative scale, a NaN) into one of them fails with an error
     naming the buffer, and loads nothing into the prior.
@@ -943,6 +963,11 @@ class DistributionPrior(Prior):
     Args:
         distribution: e.g. ``torch.distributions.Laplace(0., 1.)``.
 
+    Raises:
+        ValueError: for a parameter tensor that requires grad (the buffer would
+            be a detached copy, and the tensor would never train: a learned
+            prior scale is :class:`LearnedNormalPrior`).
+
     Example:
         >>> import torch, pyrolite_bnn as bnn
         >>> prior = bnn.DistributionPrior(torch.distributions.Cauchy(0.0, 1.0))
@@ -968,6 +993,7 @@ class DistributionPrior(Prior):
         self._cls = _pyro_class(distribution)
         self._names: list[str] = []
         for name, value in _tensor_arguments(distribution).items():
+            _refuse_trainable(value, f"{type(distribution).__name__} {name}")
             self.register_buffer(name, value.detach().clone())
             self._names.append(name)
         # Validate now, so that bad hyperparameters fail at construction.

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pyro.distributions as dist
 import pytest
@@ -853,3 +854,25 @@ def test_a_prior_class_in_place_of_an_instance_says_so(cls: type) -> None:
     """It was taken for a shape -> distribution callable and failed later."""
     with pytest.raises(TypeError, match=rf"pass {cls.__name__}\(\.\.\.\)"):
         bnn.VILinear(3, 2, prior=cls)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: bnn.NormalPrior(0.0, s),
+        lambda s: bnn.LaplacePrior(s),
+        lambda s: bnn.LearnedNormalPrior(loc=s),
+        lambda s: bnn.DistributionPrior(torch.distributions.Normal(0.0, s)),
+        lambda s: bnn.VILinear(3, 2, prior=torch.distributions.Normal(0.0, s)),
+        lambda s: bnn.VILinear(3, 2, prior=dist.Laplace(s, 1.0)),
+    ],
+)
+def test_a_hyperparameter_that_requires_grad_is_refused(make: Any) -> None:
+    """A prior copies its hyperparameters into buffers: the tensor given was
+    silently detached, got no gradient and never trained."""
+    log_s = torch.nn.Parameter(torch.tensor(0.5))  # positive itself too
+    with pytest.raises(ValueError, match=r"requires grad.*bnn\.LearnedNormalPrior"):
+        make(log_s.exp())
+    with pytest.raises(ValueError, match="requires grad"):
+        make(log_s)
+    make(log_s.exp().detach())  # a fixed prior: fine
