@@ -1125,6 +1125,10 @@ def as_prior(prior: object) -> Prior:
 
 
 def _fmt(value: Tensor, spec: str = ".4g") -> str:
+    """A hyperparameter in a repr: a number, else ``tensor(shape)``.
+
+    A number on the meta device has no value: ``?``.
+    """
     if value.numel() == 1:
-        return format(value.item(), spec)
+        return "?" if value.is_meta else format(value.item(), spec)
     return f"tensor{tuple(value.shape)}"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import copy
 import math
+import re
 from typing import Any
 
 import pyro.distributions as dist
@@ -854,6 +856,27 @@ def test_a_prior_class_in_place_of_an_instance_says_so(cls: type) -> None:
     """It was taken for a shape -> distribution callable and failed later."""
     with pytest.raises(TypeError, match=rf"pass {cls.__name__}\(\.\.\.\)"):
         bnn.VILinear(3, 2, prior=cls)
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        bnn.NormalPrior(0.0, 0.5),
+        bnn.NormalPrior(0.0, torch.ones(3, 1)),
+        bnn.LaplacePrior(0.1, 2.0),
+        bnn.StudentTPrior(),
+        bnn.ScaleMixtureNormalPrior(),
+        bnn.LearnedNormalPrior(),
+        bnn.VILinear(2, 3, prior=bnn.LearnedNormalPrior(per="unit")).prior["weight"],
+        bnn.DistributionPrior(torch.distributions.Cauchy(0.0, 1.0)),
+    ],
+    ids=lambda prior: repr(prior),
+)
+def test_repr_on_the_meta_device(prior: bnn.Prior) -> None:
+    """Numbers there have no value: ``?`` (``Tensor.item()`` raised, so no
+    network on the meta device could be printed); shapes as elsewhere."""
+    expected = re.sub(r"(?<==)[-+.e0-9]+", "?", repr(prior))
+    assert repr(copy.deepcopy(prior).to("meta")) == expected
 
 
 @pytest.mark.parametrize(

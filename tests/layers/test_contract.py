@@ -314,6 +314,22 @@ def test_repr_is_torch_repr(entry: LayerEntry, case: LayerCase) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "entry", ENTRIES, ids=[e.bayesian_cls.__name__ for e in ENTRIES]
+)
+def test_repr_on_the_meta_device(entry: LayerEntry) -> None:
+    """As torch's layers do; the priors' numbers, unknown there, print as ``?``
+    (it raised: ``Tensor.item() cannot be called on meta tensors``)."""
+    case = entry.cases[0]
+    with torch.device("meta"):
+        layer = _make(entry, case, prior=bnn.NormalPrior(0.0, 0.5))
+    on_cpu = repr(_make(entry, case, prior=bnn.NormalPrior(0.0, 0.5)))
+    assert repr(layer) == on_cpu.replace(
+        "NormalPrior(loc=0, scale=0.5)", "NormalPrior(loc=?, scale=?)"
+    )
+    assert "NormalPrior(loc=?, scale=?)" in repr(layer)
+
+
 def _weights_of(
     entry: LayerEntry, reference: nn.Module, layer: bnn.VIModule
 ) -> dict[str, Tensor]:
