@@ -279,7 +279,14 @@ def _lstm_layer(
     gates, hidden = gx.shape[-1], h0.shape[-1]
     gx = gx.view(dirs * samples, length, batch, gates)
     steps_valid = None if valid is None else valid.transpose(0, 1)
-    hs, c_n = _LSTMRecurrence.apply(gx, w_hh, h0, c0, steps_valid)  # type: ignore[no-untyped-call]
+    # The recurrence runs in the input projection's dtype, outside autocast:
+    # its backward runs outside it too, and autocast's casts in the forward
+    # alone (bfloat16 products of float32 weights) left the backward with
+    # mixed dtypes. The casts below carry the gradients to the weights.
+    with torch.autocast(gx.device.type, enabled=False):
+        hs, c_n = _LSTMRecurrence.apply(  # type: ignore[no-untyped-call]
+            gx, w_hh.to(gx.dtype), h0.to(gx.dtype), c0.to(gx.dtype), steps_valid
+        )
     out = hs[:, 1:].reshape(dirs, samples, length, batch, hidden)
     if dirs == 2:
         out = torch.stack((out[0], out[1].flip(1)))
