@@ -83,6 +83,7 @@ __all__ = [
     "call_network",
     "generated_guide_draws",
     "invoke",
+    "network_args",
     "open_particle_plate",
     "output_tensors",
     "prepare",
@@ -172,6 +173,32 @@ def prepare(
         batch_leading=not has_sequence_first_layers(root),
     )
     return state, device
+
+
+def network_args(x: object) -> tuple[Any, ...]:
+    """The positional arguments of a network call on the input ``x``.
+
+    A tuple of inputs is a network's several positional inputs, ``model(*x)``
+    (``(x_num, x_cat)`` of a ``forward(self, x_num, x_cat)``); so is a list, as
+    a ``DataLoader``'s collation turns such a tuple into one. Anything else,
+    a named tuple too (a ``PackedSequence``), is the network's one input.
+    Every entry point that runs a network on a user's input (``predict``,
+    ``calibrate``, the loss's ``model_loss`` and ``pyro_model``, ``fit``)
+    reads its input this way.
+
+    Example:
+        >>> import torch
+        >>> x_num, x_cat = torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
+        >>> len(network_args((x_num, x_cat))), len(network_args([x_num, x_cat]))
+        (2, 2)
+        >>> len(network_args(x_num))
+        1
+    """
+    if isinstance(x, list) or (
+        isinstance(x, tuple) and not hasattr(type(x), "_fields")
+    ):
+        return tuple(x)
+    return (x,)
 
 
 def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -> Any:

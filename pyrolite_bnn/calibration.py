@@ -49,6 +49,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._forward import network_args
 from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._network import has_sequence_first_layers
 from pyrolite_bnn._scalar_search import minimise_expanding
@@ -511,7 +512,7 @@ class _VarianceScaled(_Calibrated):
 
 def calibrate(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...],
+    x: Tensor | tuple[Tensor, ...] | list[Tensor],
     y: Tensor,
     predictive: PredictiveDistribution,
     samples: int = 100,
@@ -528,8 +529,9 @@ def calibrate(
     Args:
         model: the trained network, or anything else :func:`~pyrolite_bnn.predict`
             takes (a :class:`~pyrolite_bnn.LinearizedLaplace` posterior).
-        x: validation inputs ``(N, ...)`` (a tuple of them for a network with
-            several inputs, as :func:`~pyrolite_bnn.predict` takes).
+        x: validation inputs ``(N, ...)`` (a tuple or list of them for a
+            network with several inputs, as :func:`~pyrolite_bnn.predict`
+            takes).
         y: validation targets ``(N, ...)``.
         predictive: the likelihood the network was trained with (a
             distribution of :mod:`pyrolite_bnn.vi.distributions` is converted
@@ -570,7 +572,7 @@ def calibrate(
     outputs = predict(model, x, likelihood, samples, **kwargs).samples
     if isinstance(model, nn.Module) and has_sequence_first_layers(model):
         # (S, L, B, ...) against (L, B, ...): one example per sequence.
-        first = x[0] if isinstance(x, tuple) else x  # several inputs: the first
+        first = network_args(x)[0]  # several inputs: the first
         outputs, target = batch_first_layout(outputs, y, first.shape[1])
         assert target is not None
         y = target

@@ -58,7 +58,7 @@ from pyrolite_bnn._draws import (
     rng_state,
     set_rng_state,
 )
-from pyrolite_bnn._forward import prepare, pytorch_run
+from pyrolite_bnn._forward import network_args, prepare, pytorch_run
 from pyrolite_bnn._pyro_module import linked_parameters, linked_value, local_params
 from pyrolite_bnn._validation import check_count
 from pyrolite_bnn.guides import check_pyro_call
@@ -146,24 +146,27 @@ def _fast_loss(
     if len(args) > 3 or bound.keys() & kwargs.keys():
         return None
     bound.update(kwargs)
-    x, y, samples = bound.get("x"), bound.get("y"), bound.get("samples")
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+    inputs = network_args(bound.get("x"))
+    y, samples = bound.get("y"), bound.get("samples")
+    tensors = bool(inputs) and all(isinstance(v, Tensor) for v in inputs)
+    if not tensors or not isinstance(y, Tensor):
         return None
     check_pyro_call()  # the same refusals as the model's own run
     count = network.samples if samples is None else samples
-    state, device = prepare(network, (x,), {}, count)
+    state, device = prepare(network, inputs, {}, count)
+    rewind_device = inputs[0].device
     with _local_refusals(network):
         # Draws made before a refusal are undone: Pyro's path then draws what
         # it would have drawn without the attempt.
-        rewind = rng_state(x.device)
+        rewind = rng_state(rewind_device)
         try:
             with local_params(), keeping_noise_sums():
-                output = pytorch_run(network, state, device, (x,), {})
+                output = pytorch_run(network, state, device, inputs, {})
         except (_LocalRefused, RepeatedExplicitEstimator):
             # An explicit local/flipout estimator refuses the input, or runs
             # twice: inside Pyro inference the weights are drawn instead.
             if rewind is not None:
-                set_rng_state(rewind, x.device)
+                set_rng_state(rewind, rewind_device)
             return None
     log_lik, kl_term, batch = loss_fn.terms_and_batch(output, y, kl)
     loss = loss_fn.combine(log_lik, kl_term, output.shape[0], batch)

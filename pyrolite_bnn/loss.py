@@ -16,6 +16,7 @@ from pyrolite_bnn._decay_watch import DecayWatch, is_scale_parameter
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import (
     call_network,
+    network_args,
     open_particle_plate,
     prepare,
     run_sites,
@@ -27,6 +28,7 @@ from pyrolite_bnn._sites import SiteShapeError
 from pyrolite_bnn._validation import check_count, check_heat
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.compiled import LossGraphs
+from pyrolite_bnn.distributions._observation_site import ObservationSite
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import autoguide_running_model, check_pyro_call
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
@@ -38,7 +40,13 @@ from pyrolite_bnn.record import (
     other_passes_upstream,
 )
 
-__all__ = ["KullbackLeiblerLoss", "PyroModel", "batch_dim", "batch_first_layout"]
+__all__ = [
+    "KullbackLeiblerLoss",
+    "PyroModel",
+    "batch_dim",
+    "batch_first_layout",
+    "example_count",
+]
 
 _REDUCTIONS = ("mean", "sum")
 # Loss calls per network whose output is checked for a chained network: the
@@ -231,7 +239,7 @@ class KullbackLeiblerLoss(nn.Module):
     def model_loss(
         self,
         model: nn.Module,
-        x: Tensor | tuple[Any, ...],
+        x: Tensor | tuple[Any, ...] | list[Any],
         target: Tensor,
         *,
         samples: int | None = None,
@@ -247,7 +255,8 @@ class KullbackLeiblerLoss(nn.Module):
 
         Args:
             model: the network (or its ``DistributedDataParallel`` wrapper).
-            x: its input, or a tuple of positional inputs.
+            x: its input, or a tuple (or list) of its positional inputs,
+                ``model(*x)`` (see :func:`~pyrolite_bnn.training.fit`).
             target: targets ``(B, ...)``.
             samples: particle count (default ``model.samples``).
 
@@ -268,7 +277,7 @@ class KullbackLeiblerLoss(nn.Module):
                 "model_loss needs a network with Bayesian layers (a bnn.VIModule, "
                 f"or a torch module holding bnn layers), got {type(model).__name__}"
             )
-        args = x if isinstance(x, tuple) else (x,)
+        args = network_args(x)
         if self.graphs is not None and isinstance(model, VIModule):
             terms = self.graphs.terms(self, model, args, target, samples)
             if terms is not None:
@@ -435,26 +444,40 @@ class KullbackLeiblerLoss(nn.Module):
         return other_passes_upstream(output, record)
 
     def check_batch(self, output: Tensor, sequence_batch: int | None = None) -> int:
-        """The batch size ``B`` of an output; refuses 0 and ``B > N``.
+        """The batch size ``B`` of an output; refuses 0, and ``B > N`` in training.
 
         ``B`` is dimension 1 of ``(S, B, ...)``, or dimension 2 of a
         sequence-first network's ``(S, L, B, ...)`` when ``sequence_batch``
-        (its ``B``, :attr:`ForwardRecord.sequence_batch`) says so.
+        (its ``B``, :attr:`ForwardRecord.sequence_batch`) says so
+        (:func:`example_count`); see :meth:`check_dataset_size` for ``N``.
         """
-        _check_one_tensor(output)
-        batch = output.shape[batch_dim(output, sequence_batch)]
-        if batch == 0:
-            raise ValueError(
-                f"the batch is empty (output of shape {tuple(output.shape)}: 0 "
-                "examples); the loss needs at least one example"
-            )
-        if batch > self.dataset_size:
+        batch = example_count(output, sequence_batch)
+        self.check_dataset_size(batch)
+        return batch
+
+    def check_dataset_size(self, batch: int) -> None:
+        """Refuse a batch of more than ``dataset_size`` examples scored for training.
+
+        The data term of a batch of ``B`` examples is scaled by ``N / B``. A
+        training batch larger than ``N`` means that ``dataset_size`` is not
+        the number of training examples (the number of batches, or of
+        another split), which would weigh the prior wrongly: it is refused
+        while gradients are enabled. Without gradients (``torch.no_grad()``,
+        Pyro's ``SVI.evaluate_loss``) nothing is trained:
+        an evaluation on more examples than were trained on (a validation set
+        larger than the training set) is a well-defined value and is taken.
+        The Pyro model run without targets scores no data and never refuses.
+
+        Raises:
+            ValueError: if ``batch > dataset_size`` with gradients enabled.
+        """
+        if batch > self.dataset_size and torch.is_grad_enabled():
             raise ValueError(
                 f"batch of {batch} examples is larger than dataset_size="
                 f"{self.dataset_size}; dataset_size must be the number of training "
-                "examples"
+                "examples. To evaluate the loss on more examples than were "
+                "trained on (a validation set), compute it under torch.no_grad()"
             )
-        return batch
 
     def _watch_predictive(self) -> None:
         """Warn once if the likelihood's parameters are never updated."""
@@ -513,10 +536,24 @@ class KullbackLeiblerLoss(nn.Module):
         network in the particle plate and observes ``y`` at site ``"obs"`` inside
         ``pyro.plate("data", N)`` subsampled to the batch (scale ``N / B``).
         Use it with ``model.guide`` in ``pyro.infer.SVI``, ``Predictive`` or
-        ``MCMC``. Model and guide take the particle count from the ``samples=``
-        keyword (which Pyro passes to both) or else from ``model.samples``.
+        ``MCMC``. ``x`` is the network's input, or a tuple (or list) of its
+        positional inputs, run as ``model(*x)`` (as in
+        :func:`~pyrolite_bnn.training.fit`). Model and guide take the particle
+        count from the ``samples=`` keyword (which Pyro passes to both) or else
+        from ``model.samples``.
         Replayed against a guide's trace (Pyro's ELBOs replay the model against
         the guide's draws) the model runs as many particles as the guide drew.
+
+        The site ``"obs"`` draws targets in their own layout, batch shape
+        ``(S, B)``: a scalar-target network's ``(S, B, 1)`` output draws
+        ``(S, B)`` values (``Predictive`` returns ``(num_samples, S, B)``). A
+        target conditioned on the site by name (``poutine.condition(pyro_model,
+        data={"obs": y})``) is scored exactly as ``pyro_model(x, y)`` scores
+        ``y``, in every layout the likelihood accepts (``(B,)`` or ``(B, 1)``
+        for a scalar target); another shape is refused. A batch larger than
+        ``dataset_size`` is refused only where targets are scored with
+        gradients enabled (see :meth:`check_dataset_size`): without targets
+        (``Predictive`` on a test set of any size) it runs.
 
         MCMC needs one particle: the chain's states are the posterior samples,
         and ``S`` particles would sample ``S`` networks from a posterior
@@ -588,6 +625,28 @@ def batch_dim(output: Tensor, sequence_batch: int | None) -> int:
     ):
         return 2
     return 1
+
+
+def example_count(output: Tensor, sequence_batch: int | None) -> int:
+    """The number of examples ``B`` of a network output (at :func:`batch_dim`).
+
+    Raises:
+        TypeError: if ``output`` is not one tensor.
+        ValueError: if it holds no example.
+
+    Example:
+        >>> import torch
+        >>> example_count(torch.zeros(10, 7, 3, 2), sequence_batch=3)
+        3
+    """
+    _check_one_tensor(output)
+    batch = output.shape[batch_dim(output, sequence_batch)]
+    if batch == 0:
+        raise ValueError(
+            f"the batch is empty (output of shape {tuple(output.shape)}: 0 "
+            "examples); the loss needs at least one example"
+        )
+    return batch
 
 
 def batch_first_layout(
@@ -664,10 +723,11 @@ class PyroModel:
         count = (
             getattr(network, "samples", DEFAULT_SAMPLES) if samples is None else samples
         )
-        state, device = prepare(network, (x,), {}, count)
+        args = network_args(x)
+        state, device = prepare(network, args, {}, count)
         with local_params(), open_particle_plate(state, device) as state:
             try:
-                output: Tensor = run_sites(network, state, (x,), {})
+                output: Tensor = run_sites(network, state, args, {})
             except SiteShapeError as error:
                 if not switched:
                     raise
@@ -681,21 +741,35 @@ class PyroModel:
                     "or use a new loss_fn.pyro_model(net)"
                 ) from error
             sequence_batch = state.sequence_batch()
-            batch = loss_fn.check_batch(output, sequence_batch)
+            batch = example_count(output, sequence_batch)
+            if y is not None:  # now; a target conditioned by name, when scored
+                loss_fn.check_dataset_size(batch)
             # The data plate is at dim -1 of the batch shape (S, B): a sequence
             # of a sequence-first network is one example (its positions event).
-            observed, y = batch_first_layout(output, y, sequence_batch)
+            observed, _ = batch_first_layout(output, None, sequence_batch)
+
+            def score(target: Tensor) -> Tensor:
+                """``log p(target | output)``, ``(S, B)``: the data term of ``y``."""
+                if y is None:
+                    loss_fn.check_dataset_size(batch)
+                _, target_layout = batch_first_layout(output, target, sequence_batch)
+                assert target_layout is not None
+                likelihood, aligned = loss_fn.predictive.observe(
+                    observed, target_layout
+                )
+                log_lik: Tensor = likelihood.log_prob(aligned)
+                return log_lik
+
+            site = ObservationSite(
+                loss_fn.predictive.target_distribution(observed), score
+            )
             with pyro.plate(
                 "data",
                 loss_fn.dataset_size,
                 subsample=torch.arange(batch, device=output.device),
                 dim=-1,
             ):
-                if y is None:
-                    pyro.sample("obs", loss_fn.predictive(observed))
-                else:
-                    likelihood, aligned = loss_fn.predictive.observe(observed, y)
-                    pyro.sample("obs", likelihood, obs=aligned)
+                pyro.sample("obs", site, obs=y)
         return output
 
     def _check_call(self) -> None:

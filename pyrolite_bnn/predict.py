@@ -35,7 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import rng_state, set_rng_state
-from pyrolite_bnn._forward import call_network
+from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._network import (
@@ -282,7 +282,7 @@ def _learns(predictive: PredictiveDistribution) -> bool:
 
 def predict(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...],
+    x: Tensor | tuple[Tensor, ...] | list[Tensor],
     predictive: PredictiveDistribution,
     samples: int = 100,
     batch_size: int | None = None,
@@ -333,8 +333,9 @@ def predict(
             wrapper), or a :class:`~pyrolite_bnn.LinearizedLaplace` posterior
             (then :meth:`~pyrolite_bnn.LinearizedLaplace.predict` runs;
             ``memory_budget`` does not apply).
-        x: inputs ``(N, ...)``, or a tuple of them for a network that takes
-            several (``(source, target)`` of a seq2seq model), each with the
+        x: inputs ``(N, ...)``, or a tuple (or list) of them for a network
+            that takes several (``(source, target)`` of a seq2seq model,
+            unpacked as ``model(*x)``), each with the
             same ``N`` examples (dimension 1 in a sequence-first network).
         predictive: the likelihood the model was trained with (a
             distribution of :mod:`pyrolite_bnn.vi.distributions` is converted
@@ -418,9 +419,10 @@ def predict(
 def _inputs(x: object) -> tuple[Tensor, ...]:
     """``x`` as the tuple of the network's inputs, each checked.
 
-    One tensor, or a tuple of them (a network with several inputs).
+    One tensor, or a tuple or list of them (a network with several inputs,
+    read by ``network_args``).
     """
-    inputs = x if isinstance(x, tuple) else (x,)
+    inputs = network_args(x)
     for position, value in enumerate(inputs):
         what = "x" if len(inputs) == 1 else f"x[{position}]"
         if not isinstance(value, Tensor):

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from pyrolite_bnn._distributed import Ranks, set_epoch, unwrap
 from pyrolite_bnn._fit_guard import NaNGuard, StepStats
 from pyrolite_bnn._fit_progress import Progress
+from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn._validation import (
@@ -186,7 +187,7 @@ def _validation_nll(
     try:
         for step, batch in enumerate(loader):
             x, y = _unpack(batch, "val_loader", f"batch {step}")
-            output = model(x)
+            output = call_network(model, network_args(x), None)
             output, y = batch_first_layout(  # one example per sequence
                 output, y, find_record(output).sequence_batch
             )
@@ -348,7 +349,7 @@ def _step_loss(
     if loss_fn.graphs is not None and isinstance(model, VIModule):
         # compiled: the output stays inside the graph
         return loss_fn.model_loss(model, x, y), None
-    out = model(x)
+    out = call_network(model, network_args(x), None)
     try:
         return loss_fn(out, y), None
     except ValueError as error:
@@ -518,6 +519,14 @@ def fit(
     ``zero_grad``, ``backward``, optional gradient-norm clipping and
     ``optimizer.step()``.
 
+    A network with several inputs (``forward(self, x_num, x_cat)``) takes
+    batches ``((x_num, x_cat), y)``: a tuple of inputs, or the list a
+    ``DataLoader`` collates it into, is unpacked, ``out = model(*x)``, in
+    training and validation alike, as :func:`~pyrolite_bnn.predict`,
+    :func:`~pyrolite_bnn.calibrate`, ``loss_fn.model_loss`` and
+    ``loss_fn.pyro_model`` take it. A named tuple (a ``PackedSequence``) is
+    one input.
+
     Validation (when ``val_loader`` is given) runs after each epoch without
     gradients and in ``eval()`` mode, and reports the mean *negative log
     predictive density* per example, ``-log(1/S sum_s p(y | x, w_s))`` with
@@ -576,7 +585,9 @@ def fit(
         train_loader: iterable of batches (a ``DataLoader``, a list of
             tuples...), iterated once per epoch: ``(x, y)`` pairs, or mappings
             holding the input under ``"x"`` or ``"input"`` and the target
-            under ``"y"`` or ``"target"`` (other keys are ignored).
+            under ``"y"`` or ``"target"`` (other keys are ignored). ``x`` is
+            one input, or a tuple (or list) of the network's positional
+            inputs (see above).
         epochs: number of epochs of the whole run, the last being
             ``epochs - 1`` (also when resuming with ``initial_epoch``).
         optimizer: the optimizer, used as is; default

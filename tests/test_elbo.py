@@ -254,3 +254,32 @@ def test_num_particles_must_be_a_positive_integer(elbo: type[Trace_ELBO]) -> Non
     with pytest.raises(TypeError, match="num_particles must be an integer"):
         elbo(2.0)  # type: ignore[arg-type]
     assert elbo(num_particles=3, max_plate_nesting=2).num_particles == 3
+
+
+class _TwoInputs(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _net()
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.body(torch.cat([a, b], -1))
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS)
+def test_several_inputs_take_the_fast_path_with_pyros_value(
+    ours: type, theirs: type
+) -> None:
+    """A tuple x is the network's positional inputs on both paths."""
+    torch.set_default_dtype(torch.float64)
+    net = _TwoInputs()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 50)
+    model = loss_fn.pyro_model(net)
+    x, y = _data()
+    inputs = (x[:, :2], x[:, 2:])
+    _Spy.parent_calls = 0
+    fast = _run(_Spy() if ours is Trace_ELBO else ours(), model, net.guide, inputs, y)
+    assert _Spy.parent_calls == 0
+    slow = _run(theirs(), model, net.guide, inputs, y)
+    assert fast[0] == pytest.approx(slow[0], rel=1e-5)
+    for key, grad in slow[3].items():
+        torch.testing.assert_close(fast[3][key], grad, rtol=1e-5, atol=1e-8)

@@ -400,12 +400,12 @@ def test_predictive_keeps_the_guides_particles() -> None:
     net = bnn.VILinear(2, 1)
     pyro_model = loss_fn.pyro_model(net)
     draws = Predictive(pyro_model, guide=net.guide, num_samples=2)(x)
-    assert draws["obs"].shape == (2, 10, 20, 1)
+    assert draws["obs"].shape == (2, 10, 20)  # targets (20,): the layout of y
     # After MCMC, the same callable predicts from the chain with one particle.
     mcmc = MCMC(NUTS(pyro_model), num_samples=3, warmup_steps=2, disable_progbar=True)
     mcmc.run(x, y)
     posterior = Predictive(pyro_model, posterior_samples=mcmc.get_samples())(x)
-    assert posterior["obs"].shape == (3, 1, 20, 1)
+    assert posterior["obs"].shape == (3, 1, 20)
 
 
 def test_explicit_samples_and_other_runs_keep_their_particles() -> None:
@@ -522,7 +522,7 @@ def test_predictive_with_the_guide_after_mcmc_asks_for_samples() -> None:
         ValueError, match=r"runs one particle since MCMC's initialisation.*samples="
     ):
         predictive(x)
-    assert predictive(x, samples=3)["obs"].shape == (2, 3, 20, 1)
+    assert predictive(x, samples=3)["obs"].shape == (2, 3, 20)
 
 
 # ------------------------------------------------- parameters left untrained
@@ -974,3 +974,172 @@ def test_targets_far_wider_than_a_learned_scale_warn_once(
     late(net(x[:1], samples=2), y[:1].unsqueeze(-1))
     with pytest.warns(UserWarning, match="Standardise"):
         late(net(x, samples=2), y.round().long().unsqueeze(-1))
+
+
+# ------------------------------------------- the observation site, conditioned
+_SCALAR_TARGETS = [
+    (bnn.Poisson, torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])),
+    (lambda: bnn.Normal(scale=0.5), torch.linspace(-1.0, 1.0, 5)),
+    (bnn.Bernoulli, torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])),
+    (lambda: bnn.StudentT(scale=0.5), torch.linspace(-1.0, 1.0, 5)),
+]
+
+
+@pytest.mark.parametrize(("likelihood", "y"), _SCALAR_TARGETS)
+@pytest.mark.parametrize("layout", ["(B,)", "(B, 1)"])
+def test_obs_conditioned_by_name_is_scored_as_the_y_argument(
+    likelihood: Any, y: torch.Tensor, layout: str
+) -> None:
+    """``poutine.condition(pyro_model, data={"obs": y})`` == ``pyro_model(x, y)``.
+
+    A scalar-target network returns ``(S, B, 1)``; the site drawn without
+    targets had event shape ``(1,)``, so a conditioned ``(B,)`` target
+    broadcast to ``(S, B, B)``: each example scored under every example's
+    prediction (Poisson: -ELBO 98.45 against 40.43 with ``y`` passed).
+    """
+    torch.manual_seed(0)
+    x = torch.randn(5, 3)
+    target = y if layout == "(B,)" else y.unsqueeze(-1)
+    net = bnn.VILinear(3, 1, estimator="reparam")  # output (S, B, 1)
+    pyro_model = bnn.KullbackLeiblerLoss(likelihood(), dataset_size=5).pyro_model(net)
+    conditioned = poutine.condition(pyro_model, data={"obs": target})
+    pyro.set_rng_seed(0)
+    passed = Trace_ELBO().loss(pyro_model, net.guide, x, y, samples=2)
+    pyro.set_rng_seed(0)
+    by_name = Trace_ELBO().loss(conditioned, net.guide, x, samples=2)
+    assert by_name == pytest.approx(passed, rel=1e-6)
+    # the site has one shape with or without targets: that of (S, B) draws
+    sampled = poutine.trace(pyro_model).get_trace(x, samples=2).nodes["obs"]
+    observed = poutine.trace(pyro_model).get_trace(x, y, samples=2).nodes["obs"]
+    assert sampled["value"].shape == (2, 5)
+    for site in (sampled, observed):
+        assert (site["fn"].batch_shape, site["fn"].event_shape) == ((2, 5), ())
+
+
+def test_predictive_draws_obs_in_the_layout_of_the_targets() -> None:
+    """``Predictive``'s ``obs`` of a ``(S, B, 1)`` network was ``(k, S, B, 1)``:
+    compared with targets ``(B,)`` it broadcast to ``(B, B)`` silently."""
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 3), torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
+    net = bnn.VILinear(3, 1)
+    pyro_model = bnn.KullbackLeiblerLoss(bnn.Poisson(), 5).pyro_model(net)
+    draws = Predictive(pyro_model, guide=net.guide, num_samples=4)(x, samples=2)
+    assert draws["obs"].shape == (4, 2, 5)
+    assert (draws["obs"] <= y).float().mean((0, 1)).shape == (5,)
+
+
+def test_obs_conditioned_with_another_shape_is_refused() -> None:
+    x = torch.randn(5, 3)
+    net = bnn.VILinear(3, 1)
+    pyro_model = bnn.KullbackLeiblerLoss(bnn.Poisson(), 5).pyro_model(net)
+    conditioned = poutine.condition(pyro_model, data={"obs": torch.zeros(5, 2)})
+    with pytest.raises(ValueError, match=r"targets of shape \(5, 2\) do not match"):
+        Trace_ELBO().loss(conditioned, net.guide, x, samples=2)
+
+
+def test_obs_conditioned_by_name_keeps_the_ignored_labels_out() -> None:
+    """Conditioning goes through the likelihood's own target handling too."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(
+        bnn.VILinear(3, 4 * 5, estimator="reparam"), nn.Unflatten(-1, (4, 5))
+    )
+    x, y = torch.randn(6, 3), torch.randint(0, 5, (6, 4))
+    y[0, 2:] = -100
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(ignore_index=-100), N)
+    pyro_model = loss_fn.pyro_model(net)
+    conditioned = poutine.condition(pyro_model, data={"obs": y})
+    pyro.set_rng_seed(0)
+    passed = Trace_ELBO().loss(pyro_model, net.guide, x, y, samples=3)
+    pyro.set_rng_seed(0)
+    assert Trace_ELBO().loss(conditioned, net.guide, x, samples=3) == pytest.approx(
+        passed, rel=1e-6
+    )
+
+
+# --------------------------------------------- batches larger than dataset_size
+def test_predictive_takes_a_test_set_larger_than_dataset_size() -> None:
+    """Without targets nothing is scaled by N / B: 50 test inputs after 10."""
+    net = bnn.VILinear(3, 2)
+    pyro_model = bnn.KullbackLeiblerLoss(bnn.Categorical(), 10).pyro_model(net)
+    draws = Predictive(pyro_model, guide=net.guide, num_samples=3)(
+        torch.randn(50, 3), samples=2
+    )
+    assert draws["obs"].shape == (3, 2, 50)
+
+
+def test_a_batch_larger_than_dataset_size_is_refused_in_training_only() -> None:
+    """The check catches a wrong ``dataset_size`` where a batch is trained on.
+
+    Under ``torch.no_grad()`` (a validation pass on 200 held-out points after
+    20 training ones) the loss is the same formula, ``KL / N + mean NLL``.
+    """
+    torch.manual_seed(0)
+    net = bnn.VILinear(1, 1, estimator="reparam")
+    x, y = torch.randn(200, 1), torch.randn(200)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), dataset_size=20)
+    with pytest.raises(
+        ValueError, match=r"larger than dataset_size=20.*under torch.no_grad\(\)"
+    ):
+        loss_fn(net(x), y)
+    with torch.no_grad():
+        output = net(x, samples=4)
+        loss = loss_fn(output, y)
+    nll = -torch.distributions.Normal(output[..., 0], 1.0).log_prob(y).mean()
+    torch.testing.assert_close(loss_fn.last_nll, nll, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, loss_fn.last_kl + nll, rtol=1e-6, atol=1e-6)
+
+
+def test_pyro_model_refuses_a_large_batch_where_it_scores_with_gradients() -> None:
+    """Passed as ``y`` or conditioned by name, with gradients (SVI); taken
+    without (``SVI.evaluate_loss``), equal to the PyTorch-style loss."""
+    torch.manual_seed(0)
+    net = bnn.VILinear(3, 2, estimator="reparam")
+    x, y = torch.randn(12, 3), torch.randint(0, 2, (12,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=8, kl="mc")
+    pyro_model = loss_fn.pyro_model(net)
+    conditioned = poutine.condition(pyro_model, data={"obs": y})
+    elbo = Trace_ELBO()
+    for model, args in ((pyro_model, (x, y)), (conditioned, (x,))):
+        with pytest.raises(ValueError, match=r"batch of 12 examples is larger"):
+            elbo.differentiable_loss(model, net.guide, *args, samples=3)
+        pyro.set_rng_seed(1)
+        with torch.no_grad():
+            evaluated = elbo.loss(model, net.guide, *args, samples=3)
+        pyro.set_rng_seed(1)
+        with torch.no_grad():
+            ours = loss_fn(net(x, samples=3), y)
+        assert evaluated == pytest.approx(float(ours) * 8, rel=1e-5)
+
+
+# ------------------------------------------------- networks with several inputs
+class _TwoInputs(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _net()
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([a, b], -1))
+
+
+@pytest.mark.parametrize("pack", [tuple, list])
+def test_several_inputs_are_unpacked_by_model_loss_and_pyro_model(pack: type) -> None:
+    """A tuple (or a DataLoader's list) of inputs runs ``model(*x)``.
+
+    ``model_loss`` unpacked tuples only; ``pyro_model`` passed the tuple as
+    one argument (TypeError for ``forward(a, b)``).
+    """
+    net = _TwoInputs()
+    x, y = _data()
+    inputs = pack([x[:, :2], x[:, 2:]])
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl="mc")
+    pyro.set_rng_seed(1)
+    reference = loss_fn(net(x[:, :2], x[:, 2:], samples=3), y)
+    pyro.set_rng_seed(1)
+    torch.testing.assert_close(
+        loss_fn.model_loss(net, inputs, y, samples=3), reference, rtol=0, atol=0
+    )
+    pyro.set_rng_seed(1)
+    pyro_loss = Trace_ELBO().loss(
+        loss_fn.pyro_model(net), net.guide, inputs, y, samples=3
+    )
+    assert pyro_loss == pytest.approx(reference.item() * N, rel=1e-5)

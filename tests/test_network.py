@@ -725,10 +725,12 @@ class _PackedInputs(_TwoInputs):
 
 @pytest.mark.parametrize("pack", [tuple, dict])
 def test_inputs_packed_in_a_tuple_or_dict_keep_their_batch(pack: type) -> None:
-    """A Pyro model takes one x: several inputs come packed.
+    """Inputs packed in one argument (a tuple or dict) keep their batch.
 
     The batch was read from top-level tensors only: with none, a shared
     (6, ...) input was taken as folded (3 examples x 2 particles), silently.
+    The Pyro model unpacks a tuple x into the network's positional inputs
+    (as every entry point does) and passes anything else, a dict, as one.
     """
     torch.manual_seed(0)
     two, packed = _TwoInputs(), _PackedInputs()
@@ -741,7 +743,8 @@ def test_inputs_packed_in_a_tuple_or_dict_keep_their_batch(pack: type) -> None:
     got = packed(inputs, samples=2)
     torch.testing.assert_close(got, want)
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 30)
-    trace = pyro.poutine.trace(loss_fn.pyro_model(packed)).get_trace(
+    network = two if pack is tuple else packed
+    trace = pyro.poutine.trace(loss_fn.pyro_model(network)).get_trace(
         inputs, torch.randint(0, 2, (6,)), samples=2
     )
     assert trace.nodes["obs"]["fn"].batch_shape == (2, 6)

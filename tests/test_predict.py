@@ -787,3 +787,17 @@ def test_a_network_with_several_inputs_predicts_from_a_tuple() -> None:
         net, (u, v), torch.randint(0, 4, (10,)), bnn.Categorical(), samples=5
     )
     assert float(calibration.temperature) > 0
+
+
+def test_several_inputs_in_a_list_are_unpacked_as_in_a_tuple() -> None:
+    """A DataLoader collates an input pair into a list: ``model(*x)`` too.
+
+    A list was refused ("needs inputs x as a torch.Tensor, got list").
+    """
+    torch.manual_seed(0)
+    net, u, v = _TwoInputs(), torch.randn(10, 3), torch.randn(10, 2)
+    torch.manual_seed(1)
+    from_tuple = bnn.predict(net, (u, v), bnn.Categorical(), samples=5)
+    torch.manual_seed(1)
+    from_list = bnn.predict(net, [u, v], bnn.Categorical(), samples=5)
+    torch.testing.assert_close(from_list.samples, from_tuple.samples, rtol=0, atol=0)

@@ -880,3 +880,59 @@ def test_a_warm_up_longer_than_the_run_warns() -> None:
         progress=False,
         heat_schedule=linear_warmup(2),
     )  # over within the run: quiet
+
+
+# ------------------------------------------------- networks with several inputs
+class _Concatenating(bnn.VIModule):
+    """``forward(a, b)``: the network of ``_net()`` on ``cat([a, b])``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _net()
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.body(torch.cat([a, b], -1))
+
+
+class _PairDataset(torch.utils.data.Dataset[tuple[tuple[Tensor, Tensor], Tensor]]):
+    """Items ``((a, b), y)``; a ``DataLoader`` collates the pair into a list."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        return (self.x[i, :2], self.x[i, 2:]), self.y[i]
+
+
+@pytest.mark.parametrize("source", ["tuples", "DataLoader"])
+def test_several_inputs_train_and_validate_unpacked(source: str) -> None:
+    """Batches ``((a, b), y)`` run ``model(a, b)``, as ``predict`` runs them.
+
+    Training passed the tuple as one argument (TypeError for ``forward(a,
+    b)``), and a ``DataLoader``'s list even in ``model_loss``.
+    """
+    x, y = _data()
+    loader: Any = (
+        [((xb[:, :2], xb[:, 2:]), yb) for xb, yb in _batches(x, y)]
+        if source == "tuples"
+        else torch.utils.data.DataLoader(_PairDataset(x, y), batch_size=16)
+    )
+    pyro.set_rng_seed(3)
+    model = _Concatenating()
+    history = fit(model, _loss(), loader, epochs=2, val_loader=loader, progress=False)
+    pyro.set_rng_seed(3)
+    reference = _net()  # the same network, on the concatenated inputs
+    expected = fit(
+        reference,
+        _loss(),
+        _batches(x, y),
+        epochs=2,
+        val_loader=_batches(x, y),
+        progress=False,
+    )
+    # Same draws; collated batches only change float32 rounding (~1e-5).
+    assert history.loss == pytest.approx(expected.loss, rel=1e-4)
+    assert history.val_loss == pytest.approx(expected.val_loss, rel=1e-4)

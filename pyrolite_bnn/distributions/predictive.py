@@ -190,6 +190,26 @@ class PredictiveDistribution(LocalPyroModule):
         self.check_output(output)
         return self.distribution(output)
 
+    def target_distribution(self, output: Tensor) -> dist.TorchDistribution:
+        """``p(y | output)`` in the layout of the targets: what a draw of ``y`` is.
+
+        Batch shape ``(S, B)``; the event shape is that of one example's
+        target, so a scalar-target output ``(S, B, 1)`` draws ``(S, B)``, as
+        the targets ``(B,)`` are compared with the draws (:meth:`forward` keeps
+        the output's trailing ``1``). The Pyro model's observation site draws
+        from it.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> poisson = bnn.Poisson()
+            >>> poisson.target_distribution(torch.zeros(4, 3, 1)).sample().shape
+            torch.Size([4, 3])
+            >>> poisson(torch.zeros(4, 3, 1)).sample().shape
+            torch.Size([4, 3, 1])
+        """
+        self.check_output(output)
+        return self.distribution(_location(output))
+
     def observe(
         self, output: Tensor, target: Tensor
     ) -> tuple[dist.TorchDistribution, Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from pyrolite_bnn._likelihoods import as_likelihood
@@ -12,7 +13,6 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
 from pyrolite_bnn.loss import KullbackLeiblerLoss as BnnKullbackLeiblerLoss
-from pyrolite_bnn.loss import batch_dim
 from pyrolite_bnn.record import KLMode, find_record
 from pyrolite_bnn.vi.distributions.base import Distribution
 from pyrolite_bnn.vi.distributions.non_bayesian import _LossLikelihood
@@ -132,26 +132,27 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         if value is not None:  # validated as the library's loss does
             BnnKullbackLeiblerLoss.dataset_size.fset(self, value)  # type: ignore[attr-defined]
 
-    def check_batch(self, output: Tensor, sequence_batch: int | None = None) -> int:
-        """The batch size of ``output``; a batch larger than ``N`` only warns.
+    def check_dataset_size(self, batch: int) -> None:
+        """A training batch larger than ``N`` only warns.
 
         torch_blue accepts ``dataset_size`` smaller than the batch (the data
         term is then scaled by ``N / B < 1``, a tempered likelihood), so a
         migrated script keeps running; :class:`pyrolite_bnn.KullbackLeiblerLoss`
-        refuses it.
+        refuses it. Without gradients (an evaluation) it is taken silently, as
+        there.
         """
-        batch = output.shape[batch_dim(output, sequence_batch)]
         size = self.dataset_size
         if size is not None and 0 < size < batch:
-            warnings.warn(
-                f"batch of {batch} examples is larger than dataset_size={size}: "
-                f"the data term is scaled by {size}/{batch} < 1; dataset_size "
-                "should be the number of training examples",
-                UserWarning,
-                stacklevel=3,
-            )
-            return batch
-        return super().check_batch(output, sequence_batch)
+            if torch.is_grad_enabled():
+                warnings.warn(
+                    f"batch of {batch} examples is larger than dataset_size={size}: "
+                    f"the data term is scaled by {size}/{batch} < 1; dataset_size "
+                    "should be the number of training examples",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return
+        super().check_dataset_size(batch)
 
     def terms_and_batch(
         self, output: Tensor, target: Tensor, kl: KLMode | None = None

@@ -448,3 +448,32 @@ def test_poisson_quantiles_of_extreme_rates_end() -> None:
     assert median[1:3].tolist() == [0.0, 1.0]
     assert math.isinf(float(median[3]))  # exp(200) is inf in float32
     assert bnn.Poisson().quantile(torch.zeros(3, 0), 0.5).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "output", "event"),
+    [
+        (bnn.Normal(scale=1.0), torch.zeros(4, 3, 1), ()),
+        (bnn.Normal(scale=1.0), torch.zeros(4, 3), ()),
+        (bnn.Normal(scale=1.0), torch.zeros(4, 3, 2), (2,)),
+        (bnn.StudentT(scale=1.0), torch.zeros(4, 3, 1), ()),
+        (bnn.Poisson(), torch.zeros(4, 3, 1), ()),
+        (bnn.Bernoulli(), torch.zeros(4, 3, 1), ()),
+        (bnn.Bernoulli(), torch.zeros(4, 3, 5), (5,)),
+        (bnn.Categorical(), torch.zeros(4, 3, 5), ()),
+        (bnn.Categorical(), torch.zeros(4, 3, 7, 5), (7,)),
+        (bnn.HeteroscedasticNormal(), torch.zeros(4, 3, 2), ()),
+    ],
+)
+def test_target_distribution_draws_in_the_layout_of_the_targets(
+    likelihood: bnn.PredictiveDistribution, output: torch.Tensor, event: tuple[int, ...]
+) -> None:
+    """A scalar-target output (S, B, 1) draws (S, B), as its targets (B,) read."""
+    targets = likelihood.target_distribution(output)
+    assert (tuple(targets.batch_shape), tuple(targets.event_shape)) == ((4, 3), event)
+    assert targets.sample().shape == (4, 3, *event)
+
+
+def test_target_distribution_checks_the_output() -> None:
+    with pytest.raises(ValueError, match="Categorical needs two or more classes"):
+        bnn.Categorical().target_distribution(torch.zeros(4, 3, 1))
