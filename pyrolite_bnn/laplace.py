@@ -60,6 +60,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._forward import network_args
 from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._scalar_search import minimise_expanding
@@ -178,6 +179,8 @@ def _batches(
 
     Each batch is checked: shapes, and the inputs' dtype against ``network``.
     """
+    if y is not None:
+        x = _single_input(x)
     if hasattr(x, "__array__") and not isinstance(x, Tensor):
         raise TypeError(
             f"laplace needs torch tensors, got x of type {type(x).__name__}; "
@@ -213,6 +216,28 @@ def _batches(
                 f"{type(batch).__name__}"
             )
         yield from _batches(batch[0], batch[1], network)
+
+
+def _single_input(x: Any) -> Any:
+    """The input tensor of ``x``; the several inputs of a network are refused.
+
+    A tuple or list of one tensor is that tensor; of several tensors (the
+    inputs of a network with several, as :func:`~pyrolite_bnn.predict` takes
+    them) it is refused: the Jacobians are taken per example of one input
+    tensor. Anything else is returned as it is.
+    """
+    inputs = network_args(x)
+    if len(inputs) == 1 and isinstance(inputs[0], Tensor):
+        return inputs[0]
+    if len(inputs) > 1 and all(isinstance(v, Tensor) for v in inputs):
+        raise ValueError(
+            f"laplace supports networks with one input tensor; got x as a "
+            f"{type(x).__name__} of {len(inputs)} inputs (a network with several "
+            "inputs). Give the network one input tensor (e.g. concatenate the "
+            "inputs in one tensor and split it in forward), or use the "
+            "variational posterior (bnn.fit, bnn.predict), which takes several"
+        )
+    return x
 
 
 def _expansion_network(model: nn.Module) -> nn.Module:
@@ -910,7 +935,8 @@ def laplace(
             means, :func:`~pyrolite_bnn.to_deterministic`) or a plain
             ``torch.nn`` module (its weights). It is copied, not changed.
         x: training inputs ``(N, ...)``, or an iterable (``DataLoader``) of
-            ``(x, y)`` batches.
+            ``(x, y)`` batches: one input tensor (a network with several
+            inputs is refused).
         y: training targets ``(N, ...)``; ``None`` with a data loader.
         predictive: the likelihood the network was trained with:
             :class:`~pyrolite_bnn.Normal` (its fixed or learned noise scale is
@@ -941,7 +967,8 @@ def laplace(
         TypeError: if ``predictive`` is no likelihood, or ``prior_precision``
             or ``max_parameters`` is not a number (an integer).
         ValueError: for more than ``max_parameters`` weights, inconsistent
-            data, inputs of another floating dtype than the network's, an
+            data, several inputs (a tuple of tensors as ``x``), inputs of
+            another floating dtype than the network's, an
             unknown ``subset``, a ``prior_precision`` that is not
             ``"marglik"`` or positive, or ``max_parameters < 1``.
 

@@ -839,3 +839,33 @@ def test_a_sequence_first_network_warns_that_examples_are_dimension_0() -> None:
         warnings.simplefilter("always")
         bnn.laplace(net, x, y, bnn.Normal(1.0), subset="last_layer")
     assert any("dimension 0 of x" in str(w.message) for w in caught)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(5, 2), nn.Linear(4, 1)
+
+    def forward(self, x_num: Tensor, x_cat: Tensor) -> Tensor:
+        return self.head(torch.cat([x_num, self.embed(x_cat)], -1))
+
+
+def test_several_inputs_are_refused_as_such() -> None:
+    """A tuple x, or batches ``((x_num, x_cat), y)``: one message, naming it.
+
+    Both were told "laplace takes targets y only with a tensor x; a
+    DataLoader gives (x, y) batches itself", wrong for the loader.
+    """
+    net = _TwoInputs()
+    x_num, x_cat, y = torch.randn(20, 2), torch.randint(0, 5, (20,)), torch.randn(20)
+    likelihood = bnn.Normal(scale=1.0)
+    for args in (((x_num, x_cat), y), ([((x_num, x_cat), y)], None)):
+        with pytest.raises(
+            ValueError, match=r"networks with one input tensor; got x as a tuple of 2"
+        ):
+            bnn.laplace(net, *args, likelihood)
+    # one input given as a tuple of one is that input
+    single = nn.Linear(2, 1)
+    la = bnn.laplace(single, (x_num,), y, likelihood, prior_precision=1.0)
+    reference = bnn.laplace(single, x_num, y, likelihood, prior_precision=1.0)
+    torch.testing.assert_close(la.posterior_covariance, reference.posterior_covariance)
