@@ -749,6 +749,27 @@ def test_a_frozen_posterior_trains_its_learned_prior_scales() -> None:
     assert loss_fn.predictive.raw_scale.grad is not None
 
 
+def test_a_loss_after_functional_call_with_other_parameters_is_refused() -> None:
+    """torch.func.functional_call puts the module's tensors back when it
+    returns: the KL was taken from them, not from the call's (a LaplacePrior
+    network's loss 3.730 instead of 3.641, a StudentTPrior one's -22498)."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    net = _net(prior=bnn.LaplacePrior(0.0, 0.5))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = _data()
+    own = dict(net.named_parameters())
+    torch.manual_seed(1)
+    expected = loss_fn(net(x), y)
+    torch.manual_seed(1)
+    same = loss_fn(functional_call(net, own, (x,)), y)  # its own tensors: fine
+    torch.testing.assert_close(same, expected)
+    other = {name: p.detach() + 0.3 for name, p in own.items()}
+    with pytest.raises(ValueError, match="functional_call"):
+        loss_fn(functional_call(net, other, (x,)), y)
+
+
 @pytest.mark.parametrize("target", ["numpy", "list", None])
 def test_targets_that_are_no_tensor_are_refused_clearly(target: str | None) -> None:
     """They raised AttributeError ('numpy.ndarray' has no attribute 'dim')."""
