@@ -16,6 +16,7 @@ assigned guide create parameters of that guide (:class:`ParamStoreModule`).
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -415,13 +416,23 @@ class StoreKeepingContext(_Context):
     ``pyro.module("net", net)`` statement would lose its link before
     ``SVI.step`` reads it). On exit both are put back. Library modules and the
     Pyro modules they adopt (assigned autoguides) share such a context.
+
+    An outermost call with ``module_local_params`` off (an adopted autoguide
+    called on its own, ``guide()``, as Pyro users draw from a guide) switches
+    it on for the call: the guide's parameters went to the global store,
+    under names every network's guide shares, and a second network's guide
+    took the first one's tensors there.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._kept: tuple[dict[Tensor, str], list[tuple[Tensor, Any]]] | None = None
+        self._local_setting: contextlib.AbstractContextManager[Any] | None = None
 
     def __enter__(self) -> None:
+        if not self.active and not pyro.settings.get("module_local_params"):
+            self._local_setting = pyro.settings.context(module_local_params=True)
+            self._local_setting.__enter__()
         if not self.active and pyro.settings.get("module_local_params"):
             store = pyro.get_param_store()
             links = [
@@ -440,13 +451,17 @@ class StoreKeepingContext(_Context):
         traceback: TracebackType | None,
     ) -> None:
         super().__exit__(exc_type, exc_value, traceback)
-        if self.active or self._kept is None:
+        if self.active:
             return
-        names, links = self._kept
-        self._kept = None
-        pyro.get_param_store()._param_to_name = names
-        for tensor, link in links:
-            tensor.__dict__.setdefault("unconstrained", link)
+        if self._kept is not None:
+            names, links = self._kept
+            self._kept = None
+            pyro.get_param_store()._param_to_name = names
+            for tensor, link in links:
+                tensor.__dict__.setdefault("unconstrained", link)
+        setting, self._local_setting = self._local_setting, None
+        if setting is not None:
+            setting.__exit__(exc_type, exc_value, traceback)
 
 
 _ORDERED_TABLES = ("_modules", "_parameters", "_buffers")

@@ -613,3 +613,30 @@ def test_an_assigned_guides_pass_is_freed_with_its_output() -> None:
     del net, loss_fn
     gc.collect()
     assert network() is None
+
+
+def test_autoguides_called_on_their_own_keep_their_networks_apart() -> None:
+    """Pyro users draw from a guide by calling it (``guide()``, also
+    ``poutine.trace(guide)``, ``Predictive(..., guide=guide)``): an assigned
+    autoguide called so put its parameters in Pyro's global store under names
+    every network's guide shares, and the second network's guide took the
+    first one's tensors (net2's posterior mean became net1's)."""
+
+    def make(seed: int) -> tuple[bnn.VISequential, AutoNormal]:
+        torch.manual_seed(seed)
+        net = bnn.VISequential(bnn.VILinear(3, 2))
+        guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+        net.guide = guide
+        return net, guide
+
+    pyro.clear_param_store()
+    net1, guide1 = make(0)
+    net2, guide2 = make(1)
+    before = net2.guide.median()["0.weight"].clone()
+    guide1()
+    guide2()
+    poutine.trace(guide2).get_trace()
+    Predictive(net2.prior_model, guide=guide2, num_samples=2)()
+    assert not {id(p) for p in net1.parameters()} & {id(p) for p in net2.parameters()}
+    torch.testing.assert_close(net2.guide.median()["0.weight"], before)
+    assert list(pyro.get_param_store().keys()) == []
