@@ -826,6 +826,20 @@ class StudentTPrior(Prior):
         return f"df={_fmt(self.df)}, loc={_fmt(self.loc)}, scale={_fmt(self.scale)}"
 
 
+class _NormalScaleMixture(dist.MixtureSameFamily):  # type: ignore[misc]
+    """A mixture of Normals whose support reads as the real line.
+
+    torch gives mixtures a ``MixtureSameFamilyConstraint``, which Pyro's
+    autoguides and NUTS cannot transform to (``NotImplementedError``); the
+    support of Normal components is ``real`` and says so.
+    """
+
+    @constraints.dependent_property
+    def support(self) -> constraints.Constraint:
+        """The real line."""
+        return constraints.real
+
+
 class ScaleMixtureNormalPrior(Prior):
     """Zero-mean scale mixture of two Normals (Blundell et al., 2015).
 
@@ -877,8 +891,8 @@ class ScaleMixtureNormalPrior(Prior):
         return _broadcast_shape(self.logits.shape[:-1], self.scales.shape[:-1])
 
     def elementwise(self) -> dist.TorchDistribution:
-        """Return the two-component mixture."""
-        result: dist.TorchDistribution = dist.MixtureSameFamily(
+        """Return the two-component mixture (its support: the real line)."""
+        result: dist.TorchDistribution = _NormalScaleMixture(
             dist.Categorical(logits=self.logits),
             dist.Normal(torch.zeros_like(self.scales), self.scales),
         )
