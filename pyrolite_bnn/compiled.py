@@ -256,10 +256,28 @@ def _signature(
         samples,
         loss_fn.kl,
         torch.is_grad_enabled(),
+        _autocast_state(tensors),
         inputs,
         tuple((id(m), _graph_key(m)) for m in modules),
         tuple((id(t), t.shape, t.dtype, t.device, t.requires_grad) for t in tensors),
     )
+
+
+def _autocast_state(tensors: list[Tensor]) -> Hashable:
+    """Whether autocast is on, and to which dtype, on the tensors' devices.
+
+    A graph captured under ``torch.autocast`` holds its casts: run outside
+    it, a float32 loss came out at bfloat16 precision.
+    """
+    state = []
+    for device in sorted({t.device.type for t in tensors} | {"cpu"}):
+        try:
+            enabled = torch.is_autocast_enabled(device)
+            dtype = torch.get_autocast_dtype(device)
+        except RuntimeError:  # a device type without autocast (meta)
+            continue
+        state.append((device, enabled, dtype))
+    return tuple(state)
 
 
 def _graph_key(module: nn.Module) -> Hashable:
