@@ -19,6 +19,7 @@ __all__ = [
     "FORWARD_HOOKS",
     "OTHER_HOOKS",
     "carry_forward_hooks",
+    "forward_hook_ids",
     "warn_hooks_left_behind",
 ]
 
@@ -53,6 +54,15 @@ def carry_forward_hooks(source: nn.Module, target: nn.Module) -> None:
         hooks = getattr(source, name, None)
         if hooks:
             getattr(target, name).update(hooks)
+
+
+def forward_hook_ids(module: nn.Module) -> tuple[tuple[int, ...], ...]:
+    """The ids of ``module``'s forward hooks and pre-hooks, per dictionary.
+
+    A graph captured with one set of hooks runs them (or not) as they were:
+    a compiled loss keys its graphs on these.
+    """
+    return tuple(tuple(getattr(module, name, None) or ()) for name in FORWARD_HOOKS)
 
 
 def warn_hooks_left_behind(

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyrolite_bnn._capture import capturing
+from pyrolite_bnn._module_hooks import forward_hook_ids
 from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._particles import check_samples
 from pyrolite_bnn._pyro_module import structure_version
@@ -283,7 +284,8 @@ def _autocast_state(tensors: list[Tensor]) -> Hashable:
 def _graph_key(module: nn.Module) -> Hashable:
     """A module's Python-level switches, scalar attributes included.
 
-    Its ``graph_key()`` (else its type), its mode and its public scalar
+    Its ``graph_key()`` (else its type), its mode, its forward hooks (a graph
+    captured before one was registered skipped it) and its public scalar
     attributes.
 
     A plain module's ``forward`` reads such attributes as constants
@@ -295,6 +297,7 @@ def _graph_key(module: nn.Module) -> Hashable:
         key: Hashable = module.graph_key()  # its type and mode among them
     else:
         key = (type(module), module.training)
+    key = (key, forward_hook_ids(module))  # hooks registered or removed since
     if type(module).__module__.startswith(_CONSTANT_CLASSES) and not isinstance(
         module, nn.modules.batchnorm._BatchNorm
     ):
