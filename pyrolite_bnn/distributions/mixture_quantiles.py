@@ -206,7 +206,8 @@ def student_t_mixture_quantile(
     nu = torch.tensor(float(df), dtype=torch.float64, device=mean.device)
     for _ in range(_NEWTON_STEPS):
         mass, t = tail_mass(y)
-        log_pdf = torch.distributions.StudentT(nu).log_prob(t)  # type: ignore[no-untyped-call]
+        student = torch.distributions.StudentT(nu, validate_args=False)
+        log_pdf = student.log_prob(t)  # type: ignore[no-untyped-call]
         density = (log_pdf.exp() / sigma).mean(0)
         step = (mass - tail) / density  # d tail / dy = -+ density
         y = (y + step if upper else y - step).clamp(lo, hi)

@@ -366,16 +366,80 @@ class _ClassificationLikelihood(PredictiveDistribution):
         """Predictive class probabilities ``(B, ..., C)`` (mean over particles)."""
         return self.class_probs(output).mean(0)
 
-    def warn_probabilities_as_logits_once(self, output: Tensor) -> None:
-        """:meth:`warn_probabilities_as_logits` on the first outputs checked.
+    # The autograd node of the operation that squashes logits into what this
+    # likelihood would read as probabilities, and the hint that names it.
+    _squashing_node: ClassVar[str] = ""
+    _squashed_hint: ClassVar[str] = ""
 
-        Called from :meth:`check_target`, so that training with the loss
-        warns on its first batch, not only :func:`~pyrolite_bnn.predict`.
+    def reads_logits(self) -> bool:
+        """Whether this likelihood reads its outputs as logits, as the library's.
+
+        ``False`` for a subclass that redefines :meth:`distribution` or
+        :meth:`class_probs` (probabilities as input, say): no hint about
+        probabilities applies to it.
+        """
+        for cls in type(self).__mro__:
+            if cls.__module__ == __name__:  # the first library class
+                mine = type(self)
+                return mine.distribution is getattr(
+                    cls, "distribution", None
+                ) and mine.class_probs is getattr(cls, "class_probs", None)
+        return True
+
+    def warn_probabilities_as_logits_once(self, output: Tensor) -> None:
+        """Warn on the first outputs checked if the network squashed its logits.
+
+        Called from :meth:`check_target`, so that training with the loss warns
+        on its first batch. A network at initialisation gives outputs close
+        to one shared value, which may well lie in ``[0, 1]`` (pixel inputs:
+        8 to 17 of 40 seeds): the values cannot tell, the autograd graph can
+        (a final ``nn.Sigmoid``, ``nn.Softmax``).
         """
         if self.__dict__.get("_outputs_checked", False):
             return
         object.__setattr__(self, "_outputs_checked", True)
-        self.warn_probabilities_as_logits(output)
+        if (
+            self._squashing_node
+            and _last_operation(output) == self._squashing_node
+            and self.reads_logits()
+        ):
+            warn_at_caller(self._squashed_hint)
+
+
+# Autograd nodes that only move or copy values: the last operation of a
+# network is looked up past them (the particle unfolding reshapes outputs).
+_LAYOUT_NODES = frozenset(
+    {
+        "ViewBackward0",
+        "UnsafeViewBackward0",
+        "ReshapeAliasBackward0",
+        "PermuteBackward0",
+        "TransposeBackward0",
+        "UnsqueezeBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "CloneBackward0",
+        "ExpandBackward0",
+        "SelectBackward0",
+        "SliceBackward0",
+    }
+)
+
+
+def _last_operation(output: Tensor) -> str:
+    """The autograd node of the last operation that made ``output``, past reshapes.
+
+    ``""`` without a graph (no gradients recorded).
+    """
+    node = output.grad_fn
+    for _ in range(16):
+        if node is None:
+            return ""
+        name = type(node).__name__
+        if name not in _LAYOUT_NODES:
+            return name
+        node = next((n for n, _ in node.next_functions if n is not None), None)
+    return ""
 
 
 def _channels_first_hint(output: Tensor, target: Tensor) -> str:
@@ -424,6 +488,12 @@ class Categorical(_ClassificationLikelihood):
 
     # A class default: Categorical objects pickled before the option existed.
     _ignore_index: int | None = None
+    _squashing_node = "SoftmaxBackward0"
+    _squashed_hint = (
+        "the network's outputs are rows of probabilities (a final nn.Softmax?), "
+        "but Categorical reads logits and takes the softmax itself: remove the "
+        "Softmax (or end with nn.LogSoftmax)"
+    )
 
     def __init__(self, ignore_index: int | None = None) -> None:
         super().__init__()
@@ -527,25 +597,16 @@ class Categorical(_ClassificationLikelihood):
         """A hint when every row of ``output`` is a probability vector.
 
         Rows rounded to their dtype sum to 1 within a few roundings. None for
-        a subclass that reads its outputs its own way (probabilities, for one:
-        it redefines :meth:`distribution` or :meth:`class_probs`).
+        a subclass that reads its outputs its own way (:meth:`reads_logits`).
         """
-        mine = type(self)
-        if (
-            mine.distribution is not Categorical.distribution
-            or mine.class_probs is not Categorical.class_probs
-        ):
+        if not self.reads_logits():
             return ""
         tolerance = max(1e-4, 4 * torch.finfo(output.dtype).eps)
         if not bool((output >= 0).all()):
             return ""
         if not bool(((output.float().sum(-1) - 1).abs() < tolerance).all()):
             return ""
-        return (
-            "the network's outputs are rows of probabilities (a final "
-            "nn.Softmax?), but Categorical reads logits and takes the softmax "
-            "itself: remove the Softmax (or end with nn.LogSoftmax)"
-        )
+        return self._squashed_hint
 
     def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log softmax(output)[target]`` per particle and example, ``(S, B)``.
@@ -605,6 +666,14 @@ class Bernoulli(_ClassificationLikelihood):
         torch.Size([4, 3])
     """
 
+    _squashing_node = "SigmoidBackward0"
+    _squashed_hint = (
+        "the network's outputs all lie in [0, 1] (a final nn.Sigmoid?), but "
+        "Bernoulli reads logits and applies the sigmoid itself, so its "
+        "probabilities stay between 0.5 and 0.73: remove the Sigmoid (the network "
+        "nn.BCEWithLogitsLoss would train)"
+    )
+
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Targets must be 0 or 1."""
         super().check_target(output, target)
@@ -615,20 +684,19 @@ class Bernoulli(_ClassificationLikelihood):
     def probabilities_as_logits_hint(self, output: Tensor) -> str:
         """A hint when ``output`` holds many values, all in ``[0, 1]``.
 
-        Logits of a network at initialisation or after training spread over
-        both signs; 16 values all in ``[0, 1]`` (probabilities between 0.5 and
-        0.73) are the mark of a final ``nn.Sigmoid``.
+        Read in :func:`~pyrolite_bnn.predict`, on a trained network: its
+        logits spread over both signs; 16 values all in ``[0, 1]``
+        (probabilities between 0.5 and 0.73) are the mark of a final
+        ``nn.Sigmoid``. None for a subclass that reads its outputs its own way
+        (:meth:`reads_logits`).
         """
-        if output.numel() < _PROBABILITY_VALUES or not bool(
-            ((output >= 0) & (output <= 1)).all()
+        if (
+            output.numel() < _PROBABILITY_VALUES
+            or not self.reads_logits()
+            or not bool(((output >= 0) & (output <= 1)).all())
         ):
             return ""
-        return (
-            "the network's outputs all lie in [0, 1] (a final nn.Sigmoid?), but "
-            "Bernoulli reads logits and applies the sigmoid itself, so its "
-            "probabilities stay between 0.5 and 0.73: remove the Sigmoid (the "
-            "network nn.BCEWithLogitsLoss would train)"
-        )
+        return self._squashed_hint
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Align shapes and convert targets to the output's dtype."""

@@ -128,3 +128,15 @@ def test_student_t_quantile_of_half_precision_outputs_is_float32() -> None:
     median = likelihood.quantile(outputs, 0.5)
     assert median.dtype == torch.float32
     torch.testing.assert_close(median, torch.zeros(3), atol=1e-12, rtol=0.0)
+
+
+def test_nan_outputs_give_nan_quantiles_as_for_normal() -> None:
+    """torch's StudentT refused NaN in the Newton steps (an error naming a
+    distribution the user never built, validation off or not)."""
+    outputs = torch.randn(5, 4)
+    outputs[:, 1] = math.nan
+    outputs[2, 2] = math.nan
+    quantile = bnn.StudentT(df=3.0, scale=1.0).quantile(outputs, 0.9)
+    normal = bnn.Normal(scale=1.0).quantile(outputs, 0.9)
+    assert torch.equal(quantile.isnan(), normal.isnan())
+    assert quantile.isnan().tolist() == [False, True, True, False]
