@@ -97,12 +97,18 @@ def _beta_continued_fraction(
     For ``(a, b) = (df / 2, 1 / 2)`` where ``direct``, else ``(1 / 2, df / 2)``.
     Each term is ``x`` times a number of ``a``, ``b`` and its index alone, one
     per branch. Each entry stops changing once its terms come within its
-    rounding level of 1; the loop ends when all have. ``y = 1 - x``: for ``x``
+    rounding level of 1, and once half of them have, the loop goes on with the
+    others only (most entries need tens of terms, those near the turning
+    point hundreds); it ends when all have. ``y = 1 - x``: for ``x``
     near 1 the fraction's terms cancel to about ``y`` (``t^2 / df`` for a
     large ``df``), and their rounding errors grow as ``eps / y``, which would
     keep them from ever reaching 1 to float64's precision.
     """
-    level = (_ROUNDING / y).clamp_min(_CONVERGED)
+    shape = x.shape
+    x, direct = x.reshape(-1), direct.reshape(-1)
+    level = (_ROUNDING / y.reshape(-1)).clamp_min(_CONVERGED)
+    fraction = torch.empty_like(x)
+    index = torch.arange(x.numel(), device=x.device)  # of the entries still open
 
     def per_branch(coefficient: Callable[[float, float], float]) -> Tensor:
         return torch.where(
@@ -130,9 +136,22 @@ def _beta_continued_fraction(
         delta = d * c
         h = torch.where(done, h, h * (step * delta))
         done |= (delta - 1.0).abs() < level
-        if m % _CHECK_EVERY == 0 and bool(done.all()):
-            break
-    return h
+        if m % _CHECK_EVERY == 0:
+            closed = int(done.sum())
+            if closed == done.numel():
+                break
+            if 2 * closed >= done.numel():  # go on with the open half or less
+                fraction[index[done]] = h[done]
+                open_ = ~done
+                index, x, direct, level = (
+                    index[open_],
+                    x[open_],
+                    direct[open_],
+                    level[open_],
+                )
+                c, d, h, done = c[open_], d[open_], h[open_], done[open_]
+    fraction[index] = h
+    return fraction.reshape(shape)
 
 
 def _nonzero(value: Tensor) -> Tensor:
