@@ -25,6 +25,7 @@ loss finds it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 import weakref
 from collections.abc import Iterator
@@ -81,6 +82,7 @@ from pyrolite_bnn.record import (
 __all__ = [
     "attach",
     "call_network",
+    "check_unpacked_inputs",
     "generated_guide_draws",
     "invoke",
     "network_args",
@@ -208,13 +210,38 @@ def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -
     layers the count is asked of its call through a context variable
     (:func:`~pyrolite_bnn._particles.requesting_samples`), so that other
     threads calling the same network keep its own ``samples``.
+
+    Several ``args`` (a tuple or list of inputs, unpacked by
+    :func:`network_args`) that the model's ``forward`` cannot take raise a
+    ``TypeError`` that says they were unpacked.
     """
+    if len(args) > 1:
+        check_unpacked_inputs(model, args)
     if isinstance(model, VIModule):
         return model(*args, samples=samples)
     if samples is None:
         return model(*args)
     with _particles.requesting_samples(unwrap(model), samples):
         return model(*args)
+
+
+def check_unpacked_inputs(model: nn.Module, args: tuple[Any, ...]) -> None:
+    """Refuse, naming the unpacking, inputs the model's ``forward`` cannot bind."""
+    try:
+        signature = inspect.signature(unwrap(model).forward)
+    except (TypeError, ValueError):  # no signature to read: let the call tell
+        return
+    try:
+        signature.bind(*args)
+    except TypeError as error:
+        raise TypeError(
+            f"{type(unwrap(model)).__name__}.forward cannot take the {len(args)} "
+            f"inputs the library unpacked from a tuple or list ({error}): a tuple "
+            "or list of inputs is passed as that many positional arguments, "
+            "model(*x), as a network with several inputs takes them. For a "
+            "forward that takes one list, take the inputs as separate arguments "
+            "(forward(self, a, b)) or stack them into one tensor"
+        ) from None
 
 
 def samples_of(network: nn.Module) -> int:

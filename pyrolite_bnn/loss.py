@@ -16,6 +16,7 @@ from pyrolite_bnn._decay_watch import DecayWatch, is_scale_parameter
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import (
     call_network,
+    check_unpacked_inputs,
     network_args,
     open_particle_plate,
     prepare,
@@ -724,6 +725,8 @@ class PyroModel:
             getattr(network, "samples", DEFAULT_SAMPLES) if samples is None else samples
         )
         args = network_args(x)
+        if len(args) > 1:
+            check_unpacked_inputs(network, args)
         state, device = prepare(network, args, {}, count)
         with local_params(), open_particle_plate(state, device) as state:
             try:

@@ -341,8 +341,10 @@ class LayerRecord(ForwardRecord):
             raise ValueError(
                 "the network's parameters were replaced between its forward pass "
                 "and the loss (torch.func.functional_call puts the module's own "
-                "tensors back when it returns): the KL term would read other "
-                "parameters than the forward pass used. The loss supports "
+                "tensors back when it returns; module.to() or .float() makes new "
+                "ones under torch.__future__.set_overwrite_module_params_on_"
+                "conversion(True)): the KL term would read other parameters than "
+                "the forward pass used. Run the forward pass again; the loss supports "
                 "torch.func.functional_call only with the module's own "
                 "parameters; load others into the network (load_state_dict, or "
                 "copy_ under torch.no_grad()) before calling it"

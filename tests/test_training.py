@@ -936,3 +936,25 @@ def test_several_inputs_train_and_validate_unpacked(source: str) -> None:
     # Same draws; collated batches only change float32 rounding (~1e-5).
     assert history.loss == pytest.approx(expected.loss, rel=1e-4)
     assert history.val_loss == pytest.approx(expected.val_loss, rel=1e-4)
+
+
+def test_a_forward_taking_one_list_is_told_the_inputs_were_unpacked() -> None:
+    """A tuple or list of inputs is unpacked, model(*x): a forward taking one
+    list got torch's bare 'takes 2 positional arguments but 3 were given'."""
+
+    class OneList(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = bnn.VILinear(4, 2)
+
+        def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+            return self.fc(inputs[0] + inputs[1])
+
+    net = OneList()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=8)
+    x = [torch.randn(8, 4), torch.randn(8, 4)]
+    y = torch.randint(0, 2, (8,))
+    with pytest.raises(TypeError, match="unpacked from a tuple or list"):
+        bnn.fit(net, loss_fn, [(x, y)], epochs=1, progress=False)
+    with pytest.raises(TypeError, match="unpacked from a tuple or list"):
+        loss_fn.pyro_model(net)(x, y)
