@@ -21,6 +21,7 @@ from pyrolite_bnn.variables import RandomVariable
 
 __all__ = [
     "bayesian_positions",
+    "check_bayesian_network",
     "collect_variables",
     "couples_examples",
     "network_children",
@@ -215,3 +216,25 @@ def per_particle_modules(root: nn.Module) -> frozenset[int]:
         root, "_pyrolite_per_particle", frozenset(found), _holds_plain_containers(root)
     )
     return frozenset(found)
+
+
+def check_bayesian_network(model: object, who: str) -> None:
+    """Refuse a ``model`` without Bayesian layers, naming the entry point.
+
+    Args:
+        model: a ``bnn.VIModule``, or a torch module holding bnn layers.
+        who: what needs it (``"predict needs"``), the start of the message.
+
+    Raises:
+        TypeError: for anything else (a torch module without bnn layers, a
+            tensor).
+    """
+    if isinstance(model, VIModule) or (
+        isinstance(model, nn.Module) and bayesian_positions(model, limit=1)
+    ):
+        return
+    raise TypeError(
+        f"{who} a network with Bayesian layers (a bnn.VIModule, or a torch module "
+        f"holding bnn layers), got {type(model).__name__}"
+        + (" without any" if isinstance(model, nn.Module) else "")
+    )

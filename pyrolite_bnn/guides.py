@@ -50,7 +50,7 @@ from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._network import collect_variables
+from pyrolite_bnn._network import check_bayesian_network, collect_variables
 from pyrolite_bnn._pyro_module import (
     LocalPyroModule,
     ParamsInModule,
@@ -111,6 +111,7 @@ class ParticleGuide(LocalPyroModule):
     def __init__(
         self, network: nn.Module, inner: Callable[..., Any] | None = None
     ) -> None:
+        check_bayesian_network(network, "ParticleGuide needs")
         super().__init__()
         # A tuple hides the network from nn.Module registration (no cycle).
         self._network = (network,)

@@ -23,7 +23,7 @@ from pyrolite_bnn._forward import (
     run_sites,
 )
 from pyrolite_bnn._likelihoods import as_likelihood
-from pyrolite_bnn._network import bayesian_positions
+from pyrolite_bnn._network import check_bayesian_network
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteShapeError
 from pyrolite_bnn._validation import check_count, check_heat
@@ -273,11 +273,7 @@ class KullbackLeiblerLoss(nn.Module):
             torch.Size([])
         """
         model = unwrap(model)
-        if not isinstance(model, VIModule) and not bayesian_positions(model, limit=1):
-            raise TypeError(
-                "model_loss needs a network with Bayesian layers (a bnn.VIModule, "
-                f"or a torch module holding bnn layers), got {type(model).__name__}"
-            )
+        check_bayesian_network(model, "model_loss needs")
         args = network_args(x)
         if self.graphs is not None and isinstance(model, VIModule):
             terms = self.graphs.terms(self, model, args, target, samples)
@@ -586,13 +582,7 @@ class KullbackLeiblerLoss(nn.Module):
             TypeError: if ``model`` holds no Bayesian layers.
             ValueError: if this loss's ``heat`` is not 1.
         """
-        if not isinstance(model, VIModule) and (
-            not isinstance(model, nn.Module) or not bayesian_positions(model, limit=1)
-        ):
-            raise TypeError(
-                "pyro_model needs a network with Bayesian layers (a bnn.VIModule, "
-                f"or a torch module holding bnn layers), got {type(model).__name__}"
-            )
+        check_bayesian_network(model, "pyro_model needs")
         if self.heat != 1.0:
             raise ValueError(
                 f"pyro_model needs a loss with heat=1.0, but this loss has heat="

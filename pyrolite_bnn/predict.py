@@ -39,7 +39,7 @@ from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._network import (
-    bayesian_positions,
+    check_bayesian_network,
     collect_variables,
     has_sequence_first_layers,
     network_modules,
@@ -395,13 +395,7 @@ def predict(
             mode=mode,
             calibration=calibration,
         )
-    if not isinstance(model, VIModule) and (
-        not isinstance(model, nn.Module) or not bayesian_positions(model, limit=1)
-    ):
-        raise TypeError(
-            "predict needs a network with Bayesian layers (a bnn.VIModule, or a "
-            f"torch module holding bnn layers), got {type(model).__name__}"
-        )
+    check_bayesian_network(model, "predict needs")
     if mode not in ("sample", "mean"):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     inputs = _inputs(x)

@@ -30,7 +30,7 @@ from pyrolite_bnn._distributed import Ranks, set_epoch, unwrap
 from pyrolite_bnn._fit_guard import NaNGuard, StepStats
 from pyrolite_bnn._fit_progress import Progress
 from pyrolite_bnn._forward import call_network, network_args
-from pyrolite_bnn._network import bayesian_positions
+from pyrolite_bnn._network import check_bayesian_network
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn._validation import (
     check_bool,
@@ -472,11 +472,7 @@ def _check_model_and_optimizer(
             parameters (one made for the torch model before ``bnn.convert``).
     """
     network = unwrap(model)
-    if not isinstance(network, VIModule) and not bayesian_positions(network, limit=1):
-        raise TypeError(
-            "fit trains a network with Bayesian layers (a bnn.VIModule, or a torch "
-            f"module holding bnn layers), got {type(network).__name__} without any"
-        )
+    check_bayesian_network(network, "fit trains")
     if optimizer is None:
         return
     if not isinstance(optimizer, torch.optim.Optimizer):

@@ -668,3 +668,11 @@ def test_every_prior_takes_an_autoguide_and_nuts(prior: str) -> None:
     svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     assert torch.isfinite(torch.tensor(svi.step(x, y, samples=2)))
     initialize_model(model, model_args=(x, y), model_kwargs={"samples": 1})
+
+
+@pytest.mark.parametrize("network", [torch.randn(3), nn.Linear(3, 2)])
+def test_a_particle_guide_needs_a_network_with_bayesian_layers(network: Any) -> None:
+    """A tensor failed later with torch's AttributeError; a torch module without
+    bnn layers gave an empty guide without a word."""
+    with pytest.raises(TypeError, match="ParticleGuide needs a network with Bayesian"):
+        bnn.ParticleGuide(network)
