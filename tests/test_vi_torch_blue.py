@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyro
@@ -2510,3 +2511,21 @@ def test_a_hand_built_return_gives_torch_blues_formula_exactly() -> None:
         )
         kl = log_probs.mean(0)[1] - log_probs.mean(0)[0]
         assert torch.equal(out, data + kl)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "hint"),
+    [
+        ((3, 5, False), {}, "pass bias=False by keyword"),
+        ((3, 5, vi.distributions.MeanFieldNormal), {}, r"Pass an instance, Mean"),
+        ((3, 5), {"prior": bnn.NormalPrior(0.0, 0.1)}, "go(es)? with the bnn layers"),
+        ((3, 5, bnn.MeanFieldNormal()), {}, "goes with the bnn layers"),
+    ],
+)
+def test_vi_layer_options_of_the_wrong_kind_say_what_was_meant(
+    args: tuple[Any, ...], kwargs: dict[str, Any], hint: str
+) -> None:
+    """nn.Linear's bias in third place blamed a bool; a class was named by its
+    metaclass; the library's own priors 'did not support use as prior'."""
+    with pytest.raises(vi.utils.UnsupportedDistributionError, match=hint):
+        vi.VILinear(*args, **kwargs)

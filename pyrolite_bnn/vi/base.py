@@ -226,9 +226,37 @@ def _per_variable(
     for spec in chosen:
         if not (isinstance(spec, Distribution) and getattr(spec, flag)):
             raise UnsupportedDistributionError(
-                f"{type(spec).__name__} does not support use as {label}."
+                f"{_described(spec)} does not support use as {label}."
+                + _role_hint(spec, what)
             )
     return chosen
+
+
+def _described(spec: object) -> str:
+    """A refused option for a message: a class by its name, else its type's."""
+    if isinstance(spec, type):
+        return f"the class {spec.__name__}"
+    return type(spec).__name__
+
+
+def _role_hint(spec: object, what: str) -> str:
+    """What the user probably meant with a refused ``prior``/``variational``."""
+    if isinstance(spec, type) and issubclass(spec, Distribution):
+        return f" Pass an instance, {spec.__name__}()."
+    if isinstance(spec, bool):  # VILinear(3, 5, False): nn.Linear's bias
+        return (
+            " torch_blue's layers take the variational distribution third, not "
+            "nn.Linear's bias: pass bias=False by keyword."
+        )
+    module = type(spec).__module__
+    if module.startswith("pyrolite_bnn.") and not module.startswith("pyrolite_bnn.vi"):
+        return (
+            " The vi layers take the distributions of pyrolite_bnn.vi.distributions; "
+            f"the library's own {type(spec).__name__} goes with the bnn layers "
+            f"(bnn.VILinear(..., {'prior' if what == 'prior' else 'variational'}="
+            "...))."
+        )
+    return ""
 
 
 _SAMPLED_INPUT = (
