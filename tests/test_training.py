@@ -32,6 +32,26 @@ def _batches(x: Tensor, y: Tensor, size: int = 16) -> Batches:
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
+def _assert_same_history_as_batches(
+    history: History, x: torch.Tensor, y: torch.Tensor
+) -> None:
+    """``history`` is that of ``_net()`` fitted on ``_batches(x, y)`` (seed 3).
+
+    Same draws; collated batches only change float32 rounding (~1e-5).
+    """
+    pyro.set_rng_seed(3)
+    expected = fit(
+        _net(),
+        _loss(),
+        _batches(x, y),
+        epochs=2,
+        val_loader=_batches(x, y),
+        progress=False,
+    )
+    assert history.loss == pytest.approx(expected.loss, rel=1e-4)
+    assert history.val_loss == pytest.approx(expected.val_loss, rel=1e-4)
+
+
 def _net() -> bnn.VISequential:
     return bnn.VISequential(bnn.VILinear(3, 8), nn.ReLU(), bnn.VILinear(8, 2))
 
@@ -254,19 +274,7 @@ def test_mapping_batches_train_like_pairs(keys: tuple[str, str]) -> None:
     pyro.set_rng_seed(3)
     model = _net()
     history = fit(model, _loss(), loader, epochs=2, val_loader=loader, progress=False)
-    pyro.set_rng_seed(3)
-    reference = _net()
-    expected = fit(
-        reference,
-        _loss(),
-        _batches(x, y),
-        epochs=2,
-        val_loader=_batches(x, y),
-        progress=False,
-    )
-    # Same draws; collated batches only change float32 rounding (~1e-5).
-    assert history.loss == pytest.approx(expected.loss, rel=1e-4)
-    assert history.val_loss == pytest.approx(expected.val_loss, rel=1e-4)
+    _assert_same_history_as_batches(history, x, y)
 
 
 @pytest.mark.parametrize(
@@ -923,19 +931,7 @@ def test_several_inputs_train_and_validate_unpacked(source: str) -> None:
     pyro.set_rng_seed(3)
     model = _Concatenating()
     history = fit(model, _loss(), loader, epochs=2, val_loader=loader, progress=False)
-    pyro.set_rng_seed(3)
-    reference = _net()  # the same network, on the concatenated inputs
-    expected = fit(
-        reference,
-        _loss(),
-        _batches(x, y),
-        epochs=2,
-        val_loader=_batches(x, y),
-        progress=False,
-    )
-    # Same draws; collated batches only change float32 rounding (~1e-5).
-    assert history.loss == pytest.approx(expected.loss, rel=1e-4)
-    assert history.val_loss == pytest.approx(expected.val_loss, rel=1e-4)
+    _assert_same_history_as_batches(history, x, y)  # the concatenated inputs
 
 
 def test_a_forward_taking_one_list_is_told_the_inputs_were_unpacked() -> None:
