@@ -393,6 +393,7 @@ class LinearizedLaplace(nn.Module):
         ggn: Tensor | None = None  # dense A^T A once there are many
         log_likelihood = torch.zeros_like(self.log_likelihood)
         predictive = self.predictive
+        first = True
         with torch.no_grad():
             for xb, yb in _batches(x, y, self.network):
                 self.input_shape = tuple(xb.shape[1:])
@@ -403,6 +404,9 @@ class LinearizedLaplace(nn.Module):
                         f"output of shape {tuple(output.shape)}; expected (B, ...)"
                     )
                 predictive.check_target(output.unsqueeze(0), yb)
+                if first:  # a trained network: its values tell (a final Sigmoid)
+                    predictive.warn_probabilities_as_logits(output.unsqueeze(0))
+                    first = False
                 log_likelihood += predictive.log_likelihood(
                     output.unsqueeze(0), yb
                 ).sum()

@@ -869,3 +869,12 @@ def test_several_inputs_are_refused_as_such() -> None:
     la = bnn.laplace(single, (x_num,), y, likelihood, prior_precision=1.0)
     reference = bnn.laplace(single, x_num, y, likelihood, prior_precision=1.0)
     torch.testing.assert_close(la.posterior_covariance, reference.posterior_covariance)
+
+
+def test_laplace_of_a_bernoulli_network_ending_in_a_sigmoid_warns() -> None:
+    """Its fit reads the trained network's values (no graph under no_grad)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,)).float()
+    with pytest.warns(UserWarning, match=r"nn\.Sigmoid"):
+        bnn.laplace(net, x, y, bnn.Bernoulli())

@@ -724,6 +724,44 @@ def test_a_bernoulli_subclass_reading_probabilities_is_quiet() -> None:
     bnn.predict(net, x, FromProbabilities(), samples=3)
 
 
+@pytest.mark.parametrize("tail", ["plain", "cast", "index"])
+def test_a_final_sigmoid_is_found_past_casts_and_indexing(tail: str) -> None:
+    """The warning reads the network's last operation past reshapes, casts and
+    indexing (mixed-precision heads, a selected output)."""
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = bnn.VILinear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.fc(x)
+            if tail == "cast":
+                return torch.sigmoid(out.double()).float()[..., :1]
+            if tail == "index":
+                return torch.sigmoid(out)[..., torch.tensor([0])]
+            return torch.sigmoid(out)[..., :1]
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Bernoulli(), dataset_size=8)
+    with pytest.warns(UserWarning, match=r"nn\.Sigmoid"):
+        loss_fn(Head()(x), y)
+
+
+def test_a_no_grad_evaluation_first_leaves_the_sigmoid_check_for_training() -> None:
+    """Without a graph nothing can be read: an initial validation loss under
+    no_grad used to mark the check done, and training never warned."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(bnn.VILinear(4, 1), torch.nn.Sigmoid())
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Bernoulli(), dataset_size=8)
+    with torch.no_grad():
+        loss_fn(net(x), y)
+    with pytest.warns(UserWarning, match=r"nn\.Sigmoid"):
+        loss_fn(net(x), y)
+
+
 def test_categorical_after_a_final_softmax_warns_in_training() -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(bnn.VILinear(4, 3), torch.nn.Softmax(-1))

@@ -32,11 +32,11 @@ _SERIES_FROM = 100.0
 def student_t_upper_tail(t: Tensor, df: float) -> Tensor:
     """``P(T > t)`` for ``T ~ StudentT(df)`` (location 0, scale 1), elementwise.
 
-    In float64, with a relative precision of about ``1e-13`` up to
-    ``df = 1e4`` (it grows to ``3e-12`` at ``1e6`` and ``1e-9`` at ``1e9``,
-    where the continued fraction's terms cancel) that holds far into the
-    upper tail: the small probabilities of large ``t`` are computed
-    as such, not as ``1`` minus a number near ``1``. ``t = +-inf`` give 0 and
+    In float64, with a relative precision of ``1e-11`` or better up to
+    ``df = 1e6`` (``1e-13`` for small ``df``; ``1e-9`` at ``1e9``, where the
+    continued fraction's terms cancel) that holds far into the upper tail:
+    the small probabilities of large ``t`` are computed as such, not as ``1``
+    minus a number near ``1``. ``t = +-inf`` give 0 and
     1, NaN stays NaN.
 
     Args:

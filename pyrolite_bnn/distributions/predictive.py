@@ -395,8 +395,8 @@ class _ClassificationLikelihood(PredictiveDistribution):
         8 to 17 of 40 seeds): the values cannot tell, the autograd graph can
         (a final ``nn.Sigmoid``, ``nn.Softmax``).
         """
-        if self.__dict__.get("_outputs_checked", False):
-            return
+        if self.__dict__.get("_outputs_checked", False) or output.grad_fn is None:
+            return  # checked, or no graph to read (a no_grad evaluation) yet
         object.__setattr__(self, "_outputs_checked", True)
         if (
             self._squashing_node
@@ -406,7 +406,7 @@ class _ClassificationLikelihood(PredictiveDistribution):
             warn_at_caller(self._squashed_hint)
 
 
-# Autograd nodes that only move or copy values: the last operation of a
+# Autograd nodes that only move, pick or cast values: the last operation of a
 # network is looked up past them (the particle unfolding reshapes outputs).
 _LAYOUT_NODES = frozenset(
     {
@@ -422,6 +422,8 @@ _LAYOUT_NODES = frozenset(
         "ExpandBackward0",
         "SelectBackward0",
         "SliceBackward0",
+        "IndexBackward0",
+        "ToCopyBackward0",
     }
 )
 

@@ -227,7 +227,7 @@ def _per_variable(
         if not (isinstance(spec, Distribution) and getattr(spec, flag)):
             raise UnsupportedDistributionError(
                 f"{_described(spec)} does not support use as {label}."
-                + _role_hint(spec, what)
+                + _role_hint(spec, what, flag)
             )
     return chosen
 
@@ -239,10 +239,12 @@ def _described(spec: object) -> str:
     return type(spec).__name__
 
 
-def _role_hint(spec: object, what: str) -> str:
+def _role_hint(spec: object, what: str, flag: str) -> str:
     """What the user probably meant with a refused ``prior``/``variational``."""
     if isinstance(spec, type) and issubclass(spec, Distribution):
-        return f" Pass an instance, {spec.__name__}()."
+        if getattr(spec, flag, False):  # the role flags are class attributes
+            return f" Pass an instance, {spec.__name__}()."
+        return ""
     if isinstance(spec, bool):  # VILinear(3, 5, False): nn.Linear's bias
         return (
             " torch_blue's layers take the variational distribution third, not "
