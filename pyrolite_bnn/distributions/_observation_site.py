@@ -74,11 +74,13 @@ class ObservationSite(TorchDistribution):
     def sample(self, sample_shape: Any = torch.Size()) -> Tensor:  # noqa: B008
         """Targets drawn from the likelihood, ``(*sample_shape, S, B, ...)``."""
         result: Tensor = self.draws.sample(sample_shape)
+        self._drawn = result
         return result
 
     def rsample(self, sample_shape: Any = torch.Size()) -> Tensor:  # noqa: B008
         """Reparameterised draws."""
         result: Tensor = self.draws.rsample(sample_shape)
+        self._drawn = result
         return result
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
@@ -87,11 +89,28 @@ class ObservationSite(TorchDistribution):
         return result
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """Log-density of a draw (the site's whole shape) or of a target."""
-        if value.shape == self.batch_shape + self.event_shape:
+        """Log-density of a draw (the site's whole shape) or of a target.
+
+        This site's own draw is a draw; any other value is a target if the
+        likelihood takes it as one, else a value per particle (the site's
+        whole shape). With one particle and one example a ``(1, 1)`` target
+        has the site's shape too: it is a target (its checks and masks
+        apply).
+        """
+        whole = value.shape == self.batch_shape + self.event_shape
+        if value is self.__dict__.get("_drawn"):
             result: Tensor = self.draws.log_prob(value)
             return result
-        return self.score(value).expand(self.batch_shape)
+        try:
+            return self.score(value).expand(self.batch_shape)
+        except ValueError as refused:
+            if not whole:
+                raise
+            try:
+                result = self.draws.log_prob(value)
+            except ValueError:  # no value per particle either: the target's error
+                raise refused from None
+        return result
 
     @property
     def mean(self) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import pyrolite_bnn as bnn
@@ -46,3 +47,25 @@ def test_expanded_by_an_outer_plate_keeps_scoring_targets() -> None:
     )
     assert not wider.has_rsample
     assert wider.support is site.draws.support
+
+
+def test_a_target_of_the_sites_shape_is_scored_as_a_target() -> None:
+    """With one particle and one example a (1, 1) target has the site's whole
+    shape (S, B): it was scored as a draw, skipping the likelihood's checks
+    (Pyro's support error for an ignored label -100, instead of Categorical's
+    own refusal of (B, 1) labels)."""
+    from pyro.infer import Trace_ELBO
+
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(2, 3))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(ignore_index=-100), 10)
+    model, x = loss_fn.pyro_model(net), torch.randn(1, 2)
+    with pytest.raises(ValueError, match="site 'obs'") as refused:
+        Trace_ELBO().differentiable_loss(
+            model, net.guide, x, torch.tensor([[-100]]), samples=1
+        )
+    assert "expected targets of shape (1,)" in str(refused.value.__cause__)
+    masked = Trace_ELBO().differentiable_loss(
+        model, net.guide, x, torch.tensor([-100]), samples=1
+    )
+    assert torch.isfinite(masked)
