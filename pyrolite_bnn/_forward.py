@@ -215,18 +215,28 @@ def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -
     :func:`network_args`) that the model's ``forward`` cannot take raise a
     ``TypeError`` that says they were unpacked.
     """
-    if len(args) > 1:
+    try:
+        if isinstance(model, VIModule):
+            return model(*args, samples=samples)
+        if samples is None:
+            return model(*args)
+        with _particles.requesting_samples(unwrap(model), samples):
+            return model(*args)
+    except TypeError:
         check_unpacked_inputs(model, args)
-    if isinstance(model, VIModule):
-        return model(*args, samples=samples)
-    if samples is None:
-        return model(*args)
-    with _particles.requesting_samples(unwrap(model), samples):
-        return model(*args)
+        raise
 
 
 def check_unpacked_inputs(model: nn.Module, args: tuple[Any, ...]) -> None:
-    """Refuse, naming the unpacking, inputs the model's ``forward`` cannot bind."""
+    """Refuse, naming the unpacking, inputs the model's ``forward`` cannot bind.
+
+    Called when a call with ``args`` raised a ``TypeError`` (nothing is read
+    on the way of a call that runs): several inputs that ``forward``'s
+    signature does not take were unpacked from a tuple or list; any other
+    ``TypeError`` is the model's own and is left to propagate.
+    """
+    if len(args) < 2:
+        return
     try:
         signature = inspect.signature(unwrap(model).forward)
     except (TypeError, ValueError):  # no signature to read: let the call tell

@@ -715,12 +715,13 @@ class PyroModel:
             getattr(network, "samples", DEFAULT_SAMPLES) if samples is None else samples
         )
         args = network_args(x)
-        if len(args) > 1:
-            check_unpacked_inputs(network, args)
         state, device = prepare(network, args, {}, count)
         with local_params(), open_particle_plate(state, device) as state:
             try:
                 output: Tensor = run_sites(network, state, args, {})
+            except TypeError:
+                check_unpacked_inputs(network, args)
+                raise
             except SiteShapeError as error:
                 if not switched:
                     raise
