@@ -74,7 +74,6 @@ def collect_variables(root: nn.Module) -> list[RandomVariable]:
             module,
             module.posterior[name],
             positions[key] > 1,
-            module.unit_layout(name),
         )
         for key, (prefix, module) in layers.items()
         for name, shape in module.declared_variables().items()

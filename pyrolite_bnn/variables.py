@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -148,7 +148,9 @@ class RandomVariable:
         shared: whether the layer sits at more than one position of the
             network (weight sharing): every position reads the same draw, so
             the weights must be drawn, not output noise sampled per position.
-        units: where the tensor's output units lie, as the layer declared it.
+
+    Where the tensor's output units lie is the layer's to say
+    (``module.unit_layout(name)``).
     """
 
     site: str
@@ -157,4 +159,3 @@ class RandomVariable:
     module: VIModule
     posterior: Posterior
     shared: bool = False
-    units: UnitLayout = field(default_factory=UnitLayout)

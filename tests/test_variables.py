@@ -69,7 +69,7 @@ def test_layers_declare_where_their_output_units_lie() -> None:
     dim 1 of ``(in, out / groups, k...)``, an embedding's are its features,
     attention's ``bias_k``/``bias_v`` ``(1, 1, E)`` their last dimension."""
     layouts = {
-        v.site: v.units
+        v.site: v.module.unit_layout(v.name)
         for v in bnn.VISequential(
             bnn.VILinear(3, 4),
             bnn.VIConvTranspose2d(4, 6, 3, groups=2),
