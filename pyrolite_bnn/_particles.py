@@ -28,10 +28,10 @@ from typing import Any, cast
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._validation import check_count
 
 __all__ = [
@@ -326,6 +326,11 @@ def with_fold_hint(error: RuntimeError, samples: int) -> RuntimeError | None:
 _NOTHING_FOLDED: ContextVar[bool] = ContextVar("pyrolite_nothing_folded", default=False)
 
 
+def folding_nothing() -> bool:
+    """Whether a network without random variables runs (:func:`nothing_folded`)."""
+    return _NOTHING_FOLDED.get()
+
+
 @contextmanager
 def nothing_folded() -> Iterator[None]:
     """Run the body's network calls as holding no folded tensors (see above)."""
@@ -351,7 +356,7 @@ def outside_any_call() -> bool:
 
     There a weight has no draw: it is read as its posterior mean.
     """
-    return current() is None and not am_i_wrapped()
+    return current() is None and not pyro_wrapped()
 
 
 @contextmanager
@@ -597,7 +602,7 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
             "sequence) cannot be unfolded; build the network with "
             "batch_first=True layers and (batch, sequence, feature) inputs"
         )
-    if samples == 1 and _NOTHING_FOLDED.get():
+    if samples == 1 and folding_nothing():
         return tensor.unsqueeze(0)
     rows = tensor.shape[0]
     # An output with another input's batch counts only folded: a plain layer's

@@ -39,7 +39,6 @@ from types import FrameType
 from typing import Any
 
 import torch
-from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.module import register_module_forward_pre_hook
@@ -50,7 +49,12 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn._distributed import is_compiled
 from pyrolite_bnn._draws import LazyDraws, using_draws
 from pyrolite_bnn._forward import attach, generated_guide_draws, prepare, samples_of
-from pyrolite_bnn._network import collect_variables, outermost_bayesian
+from pyrolite_bnn._handlers import pyro_wrapped
+from pyrolite_bnn._network import (
+    collect_variables,
+    has_sequence_first_layers,
+    outermost_bayesian,
+)
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.layers.batchnorm import warn_plain_batch_norm
@@ -174,6 +178,8 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
     if frame is not None:
         if frame.module is module:
             frame.depth += 1
+        elif isinstance(module, _POSITION_MIXING):
+            _check_before_first_draw(frame, module, args)
         return
     if (
         isinstance(module, (VIModule, torch.jit.ScriptModule))
@@ -250,13 +256,20 @@ _POSITION_MIXING = (
 def _refuse_folded_sequence_first(
     module: nn.Module, args: tuple[Any, ...], state: _particles.ParticleState
 ) -> None:
-    """A plain ``batch_first=False`` sequence layer must not read a folded input.
+    """A plain ``batch_first=False`` sequence layer must read a batch it can keep.
 
     In a sequence-first network the particles are folded into the sequence
     dimension (``(L * S, B, ...)``): the plain layer would read the ``L * S``
     rows as one longer sequence and mix positions of different particles. An
     input still shared by the particles (``(L, B, ...)``), or one folded into
     the batch dimension (``(L, B * S, ...)``), is fine.
+
+    Where no Bayesian layer is sequence-first, dimension 0 of the network's
+    input is its batch: a plain layer that reads that dimension as its
+    sequence (and a dimension 1 that holds no multiple of the batch as its
+    batch) is a sequence-first network the library cannot see. Its loss would
+    weigh the data as ``L`` examples of ``B`` positions and ``predict`` would
+    cut its sequences into chunks, so it is refused.
     """
     from pyrolite_bnn.layers._sequence import in_batch_first_body
 
@@ -264,18 +277,86 @@ def _refuse_folded_sequence_first(
     if getattr(attention, "batch_first", True) or in_batch_first_body():
         return
     first = args[0] if args else None
-    if not isinstance(first, Tensor) or first.dim() < 2 or state.batch_size is None:
+    batch = state.batch_size
+    if not isinstance(first, Tensor) or first.dim() < 2 or batch is None:
         return
-    folded = state.batch_size * state.samples
+    folded = batch * state.samples
     if state.samples > 1 and first.shape[0] == folded and first.shape[1] != folded:
         raise ValueError(
             f"{type(module).__name__}(batch_first=False) inside a Bayesian network "
             f"got an input of shape {tuple(first.shape)} whose sequence dimension "
             f"holds the {state.samples} particles folded together (the network's "
             "batch_first=False layout): a plain torch layer would read them as one "
-            f"longer sequence. Make it Bayesian (bnn.VI{type(module).__name__}), or "
-            "build the network batch_first=True"
+            f"longer sequence. {_sequence_first_remedy(module)}"
         )
+    if state.batch_leading and not _particles.folding_nothing():
+        _refuse_batch_as_sequence(module, first, batch, folded)
+
+
+def _refuse_batch_as_sequence(
+    module: nn.Module, first: Tensor, batch: int, folded: int
+) -> None:
+    """Refuse a plain sequence-first layer reading the network's batch as its sequence.
+
+    Called where no Bayesian layer of the network is sequence-first, so that
+    dimension 0 of the network's input is its batch (``batch`` rows, ``folded``
+    with the particles). The layer's input ``(L, N, ...)`` is suspect when
+    ``L`` is that batch and ``N`` is not: a layer over other sequences (the
+    characters of every word, ``(C, B * W, ...)``) whose length is the batch
+    size by coincidence is refused too, and says so.
+    """
+    if (
+        first.dim() >= 3
+        and first.shape[0] == batch
+        and first.shape[1] not in (batch, folded)
+    ):
+        raise ValueError(
+            f"{type(module).__name__}(batch_first=False) got an input of shape "
+            f"{tuple(first.shape)}: it reads dimension 0, the {batch} rows of the "
+            f"network's input, as its sequence and {first.shape[1]} as its batch. "
+            "The network has no Bayesian batch_first=False layer, so the library "
+            "takes dimension 0 of the input as the batch: the loss would weigh "
+            f"the data as {batch} examples and predict would cut the sequences "
+            f"into chunks. {_sequence_first_remedy(module)} (if the layer reads "
+            "other sequences, whose length only equals the batch size here, a "
+            "batch of another size runs)"
+        )
+
+
+def _check_before_first_draw(frame: _Frame, module: nn.Module, args: Any) -> None:
+    """:func:`_refuse_batch_as_sequence` before a plain network's first Bayesian call.
+
+    A plain network opens its particle state at its first Bayesian layer; a
+    plain sequence layer before it (the network's first layer) is checked
+    against the network's input here. The network's modules are only walked
+    when the input's layout is the suspect one.
+    """
+    attention = getattr(module, "self_attn", module)
+    first = args[0] if args else None
+    given = frame.args[0] if frame.args else None
+    if (
+        getattr(attention, "batch_first", True)
+        or not isinstance(first, Tensor)
+        or not isinstance(given, Tensor)
+        or given.dim() == 0
+    ):
+        return
+    batch = given.shape[0]
+    if first.dim() < 3 or first.shape[0] != batch or first.shape[1] == batch:
+        return
+    if frame.resolve() and not has_sequence_first_layers(frame.module):
+        _refuse_batch_as_sequence(module, first, batch, batch)
+
+
+def _sequence_first_remedy(module: nn.Module) -> str:
+    """What to change: the Bayesian class of the layer if there is one."""
+    from pyrolite_bnn.layers import registry
+
+    entry = registry.for_unchanged_torch(module)
+    fix = "build the network batch_first=True with (batch, sequence, ...) inputs"
+    if entry is None:
+        return fix[0].upper() + fix[1:]
+    return f"Make it Bayesian (bnn.{entry.bayesian_cls.__name__}), or {fix}"
 
 
 def _pass_through(module: nn.Module) -> bool:
@@ -357,7 +438,7 @@ def open_pending_root(
         state = dataclasses.replace(state, batch_size=batch)
     stack = ExitStack()
     stack.enter_context(local_params())
-    if am_i_wrapped():  # a Pyro model: the particle plate and one site per weight
+    if pyro_wrapped():  # a Pyro model: the particle plate and one site per weight
         stack.enter_context(_particles.particle_plate(state.samples, device))
         stack.enter_context(_particles.particles(state))
         stack.enter_context(sampling_sites(SiteTable(collect_variables(root))))

@@ -28,9 +28,10 @@ import torch
 from pyro.nn import PyroModule, PyroParam, PyroSample
 from pyro.nn.module import _Context
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
+
+from pyrolite_bnn._handlers import pyro_wrapped
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -114,6 +115,10 @@ class LocalPyroModule(PyroModule):
             if isinstance(child, LocalPyroModule):
                 child.adopt_pyro_name(f"{name}.{key}" if name else key)
 
+    def has_pyro_name(self) -> bool:
+        """Whether this module has a Pyro name (a parent ``PyroModule`` gave it one)."""
+        return bool(self.__dict__.get("_pyro_name"))
+
     def add_module(self, name: str, module: Any) -> None:
         # Adopting a PyroModule built outside the local-parameter setting (a Pyro
         # autoguide, say) runs a consistency check that expects the setting to
@@ -157,7 +162,7 @@ def linked_parameters() -> Iterator[None]:
     Those are :class:`ParameterNames` and :class:`UnconstrainedLinks`. Nested
     uses (every library module of a network) share the outermost ones.
     """
-    if _LINKING.get() or not am_i_wrapped():
+    if _LINKING.get() or not pyro_wrapped():
         yield
         return
     token = _LINKING.set(True)

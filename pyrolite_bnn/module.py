@@ -30,11 +30,11 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.nn import PyroModule, PyroSample
-from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import current_draws, particle_weights
+from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._pyro_module import LocalPyroModule, local_params
 from pyrolite_bnn._sites import current_sites
 from pyrolite_bnn.distributions.priors import Prior, as_prior
@@ -524,7 +524,7 @@ class VIModule(LocalPyroModule):
         state, device = _forward.prepare(self, args, kwargs, count)
         try:
             with local_params():
-                if am_i_wrapped():
+                if pyro_wrapped():
                     return _forward.pyro_run(self, state, device, args, kwargs)
                 return _forward.pytorch_run(self, state, device, args, kwargs)
         except RuntimeError as error:  # torch's size errors name folded sizes

@@ -32,12 +32,12 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-from pyro.poutine.runtime import am_i_wrapped
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles, _plain_roots
 from pyrolite_bnn._draws import current_draws, particle_weights, using_particle_weights
 from pyrolite_bnn._forward import output_tensors
+from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._validation import check_integer
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
@@ -607,7 +607,7 @@ class VIModule(BnnVIModule):
         """
         # A stale frame of an interrupted plain root is closed first: the
         # call is then outermost, as the library's own call decides.
-        outermost = not _plain_roots.in_running_network() and not am_i_wrapped()
+        outermost = not _plain_roots.in_running_network() and not pyro_wrapped()
         if kwargs.pop("sampled_input", False):
             raise NotImplementedError(_SAMPLED_INPUT)
         single = (

@@ -374,7 +374,8 @@ def test_plain_sequence_first_layer_after_a_bayesian_one_is_refused(
 ) -> None:
     """A plain torch layer that mixes positions would read the particles folded
     into the sequence dimension as one longer sequence: refused after a
-    Bayesian layer; before one (shared input) it runs."""
+    Bayesian layer; before one (shared input) it runs on a batch-first
+    network's transposed input."""
 
     def mix(module: nn.Module, h: Tensor) -> Tensor:
         attention = isinstance(module, nn.MultiheadAttention)
@@ -390,13 +391,87 @@ def test_plain_sequence_first_layer_after_a_bayesian_one_is_refused(
             return mix(self.mod, self.lin(x))
 
     class Before(After):
-        def forward(self, x: Tensor) -> Tensor:
-            return self.lin(mix(self.mod, x))  # type: ignore[no-any-return]
+        def forward(self, x: Tensor) -> Tensor:  # x: (B, L, 4)
+            h = mix(self.mod, x.transpose(0, 1)).transpose(0, 1)
+            return self.lin(h)  # type: ignore[no-any-return]
 
     x = torch.randn(5, 3, 4)
     with pytest.raises(ValueError, match=r"batch_first=False\) inside a Bayesian"):
         After()(x, samples=2)
     assert Before()(x, samples=2).shape == (2, 5, 3, 4)
+
+
+class _PlainFirst(nn.Module):
+    """A sequence-first recurrent layer, then a head: ``(L, B, 3) -> (L, B, 2)``."""
+
+    def __init__(self, rnn: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.rnn, self.head = rnn, head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.rnn(x)[0])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("rnn", "remedy"),
+    [(nn.GRU, r"Make it Bayesian \(bnn\.VIGRU\)"), (nn.RNN, r"\. Build the network")],
+    ids=["gru", "rnn"],
+)
+@pytest.mark.parametrize("root", ["plain", "converted"])
+def test_plain_layer_reading_the_batch_as_its_sequence_is_refused(
+    rnn: type[nn.Module], remedy: str, root: str
+) -> None:
+    """With no Bayesian sequence-first layer, dimension 0 of the input is the
+    batch: a plain ``batch_first=False`` layer reading it as its sequence made
+    the loss weigh ``(L, B)`` data as ``L`` examples (50 x 8 sequences: a loss
+    of 23.3 instead of the batch-first network's 142.0) and ``predict`` cut the
+    sequences into chunks (0.36 away from the whole prediction, 0.16-0.45 in
+    mean mode). Refused in training, ``predict`` in both modes and a direct
+    call, naming the Bayesian class where there is one (there is no VIRNN)."""
+    torch.manual_seed(0)
+    if root == "plain":
+        net: nn.Module = _PlainFirst(rnn(3, 4), bnn.VILinear(4, 2))
+    else:  # convert keeps the excluded (or unknown) layer plain
+        net = bnn.convert(_PlainFirst(rnn(3, 4), nn.Linear(4, 2)), exclude=["rnn"])
+    x, y = torch.randn(50, 8, 3), torch.randn(50, 8, 2)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), dataset_size=100)
+    match = rf"reads dimension 0, the (50|4) rows .*{remedy}"
+    with pytest.raises(ValueError, match=match):
+        loss_fn.model_loss(net, x, y, samples=4)
+    for mode in ("sample", "mean"):
+        with pytest.raises(ValueError, match=match):
+            bnn.predict(net, x, bnn.Normal(scale=1.0), mode=mode, batch_size=4)
+    with pytest.raises(ValueError, match=match) as raised:
+        net(x)
+    assert "VIRNN" not in str(raised.value)
+
+
+def test_plain_layer_over_a_multiple_of_the_batch_runs() -> None:
+    """A plain sequence-first layer whose batch is a multiple of the network's
+    (words of every example read character by character) is no sequence-first
+    network: it runs, and per particle equals the plain computation."""
+    torch.manual_seed(0)
+
+    class Words(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.head = nn.GRU(3, 4), bnn.VILinear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:  # (B, W, C, 3)
+            b, w, c, f = x.shape
+            chars = x.reshape(b * w, c, f).transpose(0, 1)  # (C, B * W, 3)
+            last = self.rnn(chars)[1][-1].reshape(b, w, 4)
+            return self.head(last)  # type: ignore[no-any-return]
+
+    net = Words()
+    x = torch.randn(6, 6, 5, 3)  # C = 5 is not the batch; B * W = 36
+    out = bnn.predict(net, x, bnn.Normal(scale=1.0), mode="mean", batch_size=4)
+    with torch.no_grad():
+        chars = x.reshape(36, 5, 3).transpose(0, 1)
+        last = net.rnn(chars)[1][-1].reshape(6, 6, 4)
+        means = [net.head.posterior[n].mean() for n in ("weight", "bias")]
+        expected = torch.nn.functional.linear(last, *means)
+    torch.testing.assert_close(out.samples[0], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_predict_chunks_a_sequence_first_input_along_its_batch() -> None:
