@@ -36,6 +36,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import rng_state, set_rng_state
 from pyrolite_bnn._forward import call_network, network_args
+from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._network import (
@@ -405,7 +406,9 @@ def predict(
     if calibration is not None:
         predictive = calibration.wrap(predictive)
     with torch.no_grad(), local_params():
-        outputs = _predict(model, inputs, samples, batch_size, mode, memory_budget)
+        outputs = isolated(
+            _predict, model, inputs, samples, batch_size, mode, memory_budget
+        )
     likelihood.warn_probabilities_as_logits(outputs)
     return Prediction(outputs, predictive)
 
