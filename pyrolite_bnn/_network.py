@@ -58,7 +58,10 @@ def collect_variables(root: nn.Module) -> list[RandomVariable]:
             if positions[key] > 1:
                 return
             layers[key] = (prefix, module)
-            module.adopt_pyro_name(prefix)
+            if prefix or not module.has_pyro_name():
+                # A root keeps the name a PyroModule parent gave it: Pyro reads
+                # an empty name as "not yet attached" and attaches it again.
+                module.adopt_pyro_name(prefix)
         children = network_children(module)
         if children and not isinstance(module, VIModule):
             plain_containers = True

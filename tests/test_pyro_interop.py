@@ -206,3 +206,43 @@ def test_pyro_optimiser_names_do_not_keep_networks_alive() -> None:
     del net, svi, parameter
     gc.collect()
     assert gone() is None
+
+
+def test_network_inside_a_pyro_module_parent_runs_again_and_trains() -> None:
+    """A ``PyroModule`` holding a network next to its own ``PyroParam`` (Pyro's
+    way to add parameters): every second call failed inside Pyro ("submodule
+    net has executed outside of supermodule"), because the network renamed
+    itself ``""`` and Pyro attached it again. Now it runs any number of times,
+    PyTorch-style and traced, and trains with SVI (module-local parameters)."""
+    from pyro.nn import PyroModule, PyroParam
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 3)
+    y = x.sum(-1, keepdim=True) + 5.0
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), dataset_size=64)
+
+    class Parent(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = bnn.VILinear(3, 1, bias=False)
+            self.shift = PyroParam(torch.tensor(0.0))
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Any:
+            target = None if y is None else y - self.shift
+            return loss_fn.pyro_model(self.net)(x, target, samples=4)
+
+    with pyro.settings.context(module_local_params=True):
+        parent = Parent()
+        for _ in range(2):
+            assert parent.net(x, samples=2).shape == (2, 64, 1)
+            pyro.poutine.trace(parent).get_trace(x)
+
+        def guide(x: torch.Tensor, y: torch.Tensor | None = None) -> Any:
+            return parent.net.guide(x, y, samples=4)
+
+        svi = SVI(parent, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+        for _ in range(300):
+            svi.step(x, y)
+    assert abs(float(parent.shift.detach()) - 5.0) < 0.1
+    weight = parent.net.posterior["weight"].mean()
+    torch.testing.assert_close(weight, torch.ones(1, 3), atol=0.05, rtol=0)
