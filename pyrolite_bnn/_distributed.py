@@ -12,13 +12,19 @@ process is rank 0, sums over ranks, and the data loader's sharding.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
 
 __all__ = ["Ranks", "is_compiled", "unwrap"]
 
@@ -100,9 +106,13 @@ class Ranks:
         torch.distributed.all_reduce(total, group=self.group)
         return total
 
+    def count(self, flag: bool) -> int:
+        """On how many ranks ``flag`` is true."""
+        return int(self.sum(torch.tensor([float(flag)], device=self.device)).item())
+
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is true on at least one rank."""
-        return bool(self.sum(torch.tensor([float(flag)], device=self.device)) > 0)
+        return self.count(flag) > 0
 
     def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
         """Average the gradients of parameters that DDP does not synchronise."""
@@ -120,37 +130,96 @@ class Ranks:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
 
-    def shard(self, loader: Iterable[Any], name: str) -> Iterable[Any]:
-        """``loader`` reading this rank's part of the data.
+    def gather(self, value: int) -> list[int]:
+        """``value`` of every rank, in rank order (``[value]`` in one process)."""
+        if not self.distributed:
+            return [value]
+        mine = torch.tensor([value], dtype=torch.int64, device=self.device)
+        every = [torch.empty_like(mine) for _ in range(self.size)]
+        torch.distributed.all_gather(every, mine, group=self.group)
+        return [int(t.item()) for t in every]
 
-        A ``DataLoader`` whose sampler is not a ``DistributedSampler`` is rebuilt
-        with one (shuffling if the loader shuffled); any other iterable, and a
-        loader that already has one, is this rank's data as it is.
+    def shard(self, loader: Iterable[Any], name: str) -> Iterable[Any]:
+        """``loader`` reading this rank's part, as many batches on every rank.
+
+        A ``DataLoader`` with a plain ``SequentialSampler`` or ``RandomSampler``
+        is rebuilt with a ``DistributedSampler`` (shuffling if the loader
+        shuffled); one with a ``DistributedSampler``, also inside its
+        ``batch_sampler``, is used as it is. A loader over an
+        ``IterableDataset``, and any other iterable, is this rank's data as it
+        is. The ranks compare their numbers of batches: a loader of unknown
+        length (a stream) comes back wrapped so that every step the ranks
+        check that all of them have a batch.
 
         Raises:
-            ValueError: for a ``DataLoader`` with a custom ``batch_sampler``,
-                which cannot be sharded here.
+            ValueError: for a ``DataLoader`` with another sampler or a custom
+                ``batch_sampler``, which cannot be sharded here, and for
+                loaders of different lengths on different ranks (on every rank).
         """
-        if not self.distributed or not isinstance(loader, DataLoader):
+        if not self.distributed:
             return loader
-        if isinstance(loader.sampler, DistributedSampler):
-            return loader
-        if loader.batch_size is None:
+        if isinstance(loader, DataLoader) and not isinstance(
+            loader.dataset, IterableDataset
+        ):
+            loader = self._distribute(loader, name)
+        counts = self.gather(_batch_count(loader))
+        if -1 in counts:
+            return _Stepwise(loader, self, name)
+        if len(set(counts)) > 1:
             raise ValueError(
-                f"{name} has a custom batch_sampler, which fit cannot shard over "
-                f"{self.size} processes: give it a DistributedSampler (or give a "
-                "DataLoader with batch_size)"
+                f"{name} has {', '.join(map(str, counts))} batches on ranks "
+                f"{', '.join(map(str, range(self.size)))}: under DDP every rank "
+                "must run the same number of steps per epoch (one rank would wait "
+                "for the others' gradients). Give every rank as many batches, "
+                "e.g. a DataLoader with a DistributedSampler, which pads the "
+                "shards to equal lengths"
             )
-        sampler: DistributedSampler[Any] = DistributedSampler(
+        return loader
+
+    def _distribute(self, loader: DataLoader[Any], name: str) -> DataLoader[Any]:
+        """``loader`` reading this rank's part of its map-style data set."""
+        sampler = loader.sampler
+        inner = getattr(loader.batch_sampler, "sampler", None)
+        if isinstance(sampler, DistributedSampler) or isinstance(
+            inner, DistributedSampler
+        ):
+            return loader
+        if loader.batch_size is None and loader.batch_sampler is not None:
+            custom = type(loader.batch_sampler).__name__
+            raise ValueError(
+                f"{name} has a custom batch_sampler ({custom}), which fit cannot "
+                f"shard over {self.size} processes: "
+                "give the batch_sampler a DistributedSampler as its .sampler "
+                "(fit then uses the loader as it is and calls the sampler's "
+                "set_epoch), give a DataLoader with batch_size, or give each "
+                "rank its own batches as an iterable that is not a DataLoader"
+            )
+        plain = type(sampler) is SequentialSampler or (
+            type(sampler) is RandomSampler
+            and not sampler.replacement
+            and sampler.num_samples == len(sampler.data_source)
+        )
+        if not plain:
+            raise ValueError(
+                f"{name}'s sampler is a {type(sampler).__name__}, which fit cannot "
+                f"shard over {self.size} processes without changing what is "
+                "sampled (a DistributedSampler over the whole data set would drop "
+                "its indices or weights). Shard it yourself: for a subset, "
+                "DataLoader(Subset(dataset, indices), batch_size=..., "
+                "shuffle=True), which fit shards, or a DistributedSampler over "
+                "the Subset; otherwise give each rank its own batches as an "
+                "iterable that is not a DataLoader"
+            )
+        distributed: DistributedSampler[Any] = DistributedSampler(
             loader.dataset,
             num_replicas=self.size,
             rank=self.rank,
-            shuffle=isinstance(loader.sampler, RandomSampler),
+            shuffle=isinstance(sampler, RandomSampler),
         )
         return DataLoader(
             loader.dataset,
             batch_size=loader.batch_size,
-            sampler=sampler,
+            sampler=distributed,
             num_workers=loader.num_workers,
             collate_fn=loader.collate_fn,
             pin_memory=loader.pin_memory,
@@ -162,8 +231,64 @@ class Ranks:
         )
 
 
+def _batch_count(loader: Iterable[Any]) -> int:
+    """How many batches ``loader`` yields, -1 where unknown.
+
+    A loader over an ``IterableDataset`` counts as unknown: its length is the
+    data set's estimate.
+    """
+    if isinstance(loader, DataLoader) and isinstance(loader.dataset, IterableDataset):
+        return -1
+    if not isinstance(loader, Sized):
+        return -1
+    try:
+        return len(loader)
+    except TypeError:  # a __len__ that refuses
+        return -1
+
+
+class _Stepwise:
+    """A loader of unknown length whose ranks agree, step by step, to go on.
+
+    Before each step every rank says whether it has a batch (one all-reduce):
+    all stop together when none has one, and all raise when only some have.
+    """
+
+    def __init__(self, loader: Iterable[Any], ranks: Ranks, name: str) -> None:
+        self.loader, self.ranks, self.name = loader, ranks, name
+
+    def __iter__(self) -> Iterator[Any]:
+        end = object()
+        batches = iter(self.loader)
+        step = 0
+        while True:
+            batch = next(batches, end)
+            having = self.ranks.count(batch is not end)
+            if having == 0:
+                return
+            if having < self.ranks.size:
+                raise ValueError(
+                    f"{self.name} ran out of batches after {step} steps on "
+                    f"{self.ranks.size - having} of {self.ranks.size} ranks while "
+                    "the others had more: under DDP every rank must yield the "
+                    "same number of batches per epoch (one rank would wait for "
+                    "the others' gradients). Give every rank's stream as many "
+                    "batches"
+                )
+            yield batch
+            step += 1
+
+
 def set_epoch(loader: Iterable[Any], epoch: int) -> None:
-    """Tell the loader's sampler the epoch (a ``DistributedSampler`` reshuffles)."""
+    """Tell the loader's ``DistributedSampler`` the epoch (it reshuffles).
+
+    The sampler is the loader's ``sampler`` or else its ``batch_sampler``'s
+    (the loader's own batch sampler holds the loader's ``sampler``).
+    """
+    if isinstance(loader, _Stepwise):
+        loader = loader.loader
     sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, DistributedSampler):
+        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)

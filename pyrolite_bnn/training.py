@@ -254,15 +254,20 @@ def _check_arguments(
     return epochs, start
 
 
-def _check_dataset_size(loss_fn: KullbackLeiblerLoss, train_loader: object) -> None:
+def _check_dataset_size(
+    loss_fn: KullbackLeiblerLoss, train_loader: object, ranks: int
+) -> None:
     """Warn when the loss's ``dataset_size`` is not the loader's number of examples.
 
     A map-style ``DataLoader`` knows its data set's length, and a sampler of a
     part of it (``SubsetRandomSampler``, also inside a ``batch_sampler``) its
     own; ``dataset_size`` equal to none of them (the number of batches, another
-    split's size) weights the KL by the wrong ``1/N``, silently. Other
-    iterables, and loaders whose items are whole batches (``batch_size=None``),
-    are not checked.
+    split's size) weights the KL by the wrong ``1/N``, silently. A
+    ``DistributedSampler``'s length is one rank's share: its data set's length
+    counts instead, and ``dataset_size`` equal to a share (the sampler's, or
+    ``ceil(N / ranks)`` for a loader ``fit`` shards over ``ranks`` processes)
+    is named as the per-rank mistake. Other iterables, and loaders whose items
+    are whole batches (``batch_size=None``), are not checked.
     """
     if not isinstance(train_loader, torch.utils.data.DataLoader):
         return
@@ -270,25 +275,38 @@ def _check_dataset_size(loss_fn: KullbackLeiblerLoss, train_loader: object) -> N
     if batch_sampler is None:  # batch_size=None: every item is a whole batch
         return
     sizes: set[int] = set()
+    shares: set[int] = set()
     for source in (
         train_loader.dataset,
         train_loader.sampler,
         getattr(batch_sampler, "sampler", None),
     ):
+        if isinstance(source, torch.utils.data.DistributedSampler):
+            shares.add(len(source))
+            source = source.dataset
         try:
-            sizes.add(len(source))  # type: ignore[arg-type]
+            size = len(source)  # type: ignore[arg-type]
         except Exception:  # no length: iterable data, a __len__ that raises
             continue
+        sizes.add(size)
+        if ranks > 1:
+            shares.add(math.ceil(size / ranks))
     if not sizes or loss_fn.dataset_size in sizes:
         return
     examples = max(sizes)
+    advice = (
+        f"{loss_fn.dataset_size} is one rank's share of the data under "
+        "torch.distributed; dataset_size is the global number of training "
+        "examples (len(sampler.dataset) for a DistributedSampler)"
+        if loss_fn.dataset_size in shares
+        else "Build the loss with dataset_size=len(train_loader.dataset), the "
+        "number of training examples, not batches"
+    )
     warnings.warn(
         f"fit: loss_fn.dataset_size is {loss_fn.dataset_size} but train_loader "
         f"holds {examples} examples: the KL term is weighted as if the data set "
         f"had {loss_fn.dataset_size} (a KL {examples / loss_fn.dataset_size:.3g} "
-        "times as strong as the ELBO's). Build the loss with "
-        "dataset_size=len(train_loader.dataset), the number of training "
-        "examples, not batches",
+        f"times as strong as the ELBO's). {advice}",
         UserWarning,
         stacklevel=3,
     )
@@ -539,8 +557,12 @@ def fit(
     loadable.
 
     Under ``torch.distributed``: pass the ``DistributedDataParallel``-wrapped
-    network. A ``DataLoader`` without a ``DistributedSampler`` gets one (any
-    other iterable is taken to be this rank's data), the sampler's
+    network. A ``DataLoader`` with a plain sampler gets a
+    ``DistributedSampler``, one with a ``DistributedSampler`` (also inside its
+    ``batch_sampler``) is used as it is, one with another sampler is refused
+    (a ``DistributedSampler`` would change what is sampled); a loader over an
+    ``IterableDataset`` and any other iterable are taken to be this rank's
+    data, and every rank must yield as many batches (checked). The sampler's
     ``set_epoch`` is called every epoch, the reported statistics and the
     validation loss are averaged over the ranks, the gradients of
     ``loss_fn``'s parameters (which DDP does not see) are averaged, the NaN
@@ -624,7 +646,8 @@ def fit(
             ``on_epoch_end``.
         ValueError: for invalid arguments (early stopping without
             ``val_loader``, an empty loader, a negative heat, a batch in
-            another format...).
+            another format, under DDP a sampler ``fit`` cannot shard or
+            loaders of different lengths on different ranks...).
         OSError: if ``checkpoint_path`` cannot be written (checked before
             training: a missing directory, a directory given as the path).
         FloatingPointError: if training produced a NaN/Inf loss, gradient,
@@ -655,8 +678,8 @@ def fit(
     _check_model_and_optimizer(model, optimizer)
     progress = check_bool(progress, "progress")
     epoch_end_hooks = _epoch_end_hooks(callbacks)
-    _check_dataset_size(loss_fn, train_loader)
     ranks = Ranks(model)
+    _check_dataset_size(loss_fn, train_loader, ranks.size)
     if checkpoint_path is not None:
         _check_checkpoint_path(checkpoint_path, ranks)
     if optimizer is None:

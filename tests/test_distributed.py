@@ -14,6 +14,7 @@ import importlib.util
 import io
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    SubsetRandomSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
@@ -261,6 +270,217 @@ def test_fit_keeps_the_users_sampler_and_sets_its_epoch(
         assert rank["sampler"]["seen"] == [0, 1]
 
 
+def _batch_sampler(rank: int, folder: Path) -> dict[str, Any]:
+    data = TensorDataset(*_data())
+    sampler = _RecordingSampler(data)
+    loader = DataLoader(data, batch_sampler=BatchSampler(sampler, 8, False))
+    seen: list[int] = []
+    net = _net()
+    net.register_forward_hook(lambda m, a, o: seen.extend(a[0][:, 0].tolist()))
+    fit(
+        DistributedDataParallel(net),
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N),
+        loader,
+        epochs=2,
+        progress=False,
+    )
+    return {"epochs": sampler.seen, "seen": seen}
+
+
+def test_fit_uses_a_batch_sampler_over_a_distributed_sampler(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """It was refused, with advice to give it a DistributedSampler."""
+    torch.set_default_dtype(torch.float64)  # as on the ranks
+    x, _ = _data()
+    parts = []
+    for rank in (result["batch_sampler"] for result in ranks):
+        assert rank["epochs"] == [0, 1]
+        assert len(rank["seen"]) == 2 * N // 2
+        parts.append(set(rank["seen"][: N // 2]))
+    # epoch 0: the two halves of the data set, each read once
+    assert parts[0].isdisjoint(parts[1])
+    assert parts[0] | parts[1] == set(x[:, 0].tolist())
+
+
+def _error(run: Callable[[], Any]) -> str:
+    try:
+        run()
+    except ValueError as error:
+        return str(error)
+    return "no error"
+
+
+def _refusals(rank: int, folder: Path) -> dict[str, Any]:
+    """Loaders fit cannot shard, and per-rank loaders of different lengths."""
+    data = TensorDataset(*_data())
+    weights = torch.zeros(N)
+    weights[:10] = 1.0
+
+    def train(loader: Any) -> None:
+        fit(
+            DistributedDataParallel(_net()),
+            bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N),
+            loader,
+            epochs=1,
+            progress=False,
+        )
+
+    x, y = _data()
+    steps = 4 if rank == 0 else 3
+    return {
+        "subset": _error(
+            lambda: train(DataLoader(data, 8, sampler=SubsetRandomSampler(range(32))))
+        ),
+        "weighted": _error(
+            lambda: train(
+                DataLoader(data, 8, sampler=WeightedRandomSampler(weights, N))
+            )
+        ),
+        "uneven": _error(
+            lambda: train(
+                [(x[i : i + 8], y[i : i + 8]) for i in range(0, 8 * steps, 8)]
+            )
+        ),
+    }
+
+
+def test_fit_refuses_a_sampler_it_cannot_shard(ranks: list[dict[str, Any]]) -> None:
+    """It was replaced by a DistributedSampler over the whole data set."""
+    for rank in (result["refusals"] for result in ranks):
+        assert "SubsetRandomSampler, which fit cannot shard" in rank["subset"]
+        assert "DataLoader(Subset(dataset, indices)" in rank["subset"]
+        assert "WeightedRandomSampler, which fit cannot shard" in rank["weighted"]
+
+
+def test_fit_refuses_per_rank_lists_of_different_lengths(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """Both ranks raise before training; they hung in a collective."""
+    messages = [result["refusals"]["uneven"] for result in ranks]
+    assert messages[0] == messages[1]
+    assert "train_loader has 4, 3 batches on ranks 0, 1" in messages[0]
+
+
+class _Stream(IterableDataset[tuple[Tensor, Tensor]]):
+    """One rank's stream of ``steps`` batches of 8 examples."""
+
+    def __init__(self, rank: int, steps: int) -> None:
+        x, y = _data()
+        self.x, self.y = x[rank::2][: 8 * steps], y[rank::2][: 8 * steps]
+
+    def __iter__(self) -> Any:
+        return iter(zip(self.x, self.y, strict=True))
+
+
+def _streams(rank: int, folder: Path) -> dict[str, Any]:
+    torch.manual_seed(0)
+    net = _net()
+    seen: list[float] = []
+    net.register_forward_hook(lambda m, a, o: seen.extend(a[0][:, 0].tolist()))
+    model = DistributedDataParallel(net)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N)
+    history = fit(
+        model, loss_fn, DataLoader(_Stream(rank, 4), 8), epochs=2, progress=False
+    )
+    result = {"seen": seen.copy(), "state": _state(net), "epochs": history.epochs_run}
+    uneven = DataLoader(_Stream(rank, 3 - rank), 8)
+    result["uneven"] = _error(
+        lambda: fit(model, loss_fn, uneven, epochs=1, progress=False)
+    )
+    return result
+
+
+def test_fit_reads_each_ranks_stream_as_its_data(ranks: list[dict[str, Any]]) -> None:
+    """An IterableDataset loader is this rank's data (it raised a TypeError)."""
+    torch.set_default_dtype(torch.float64)  # as on the ranks
+    x, _ = _data()
+    for rank, result in enumerate(result["streams"] for result in ranks):
+        assert result["epochs"] == 2
+        assert result["seen"] == 2 * x[rank::2][:32, 0].tolist()
+    _assert_same_state(ranks[0]["streams"]["state"], ranks[1]["streams"]["state"])
+
+
+def test_fit_stops_every_rank_when_streams_end_unevenly(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """Rank 1's stream ends a step early: both raise there (it hung)."""
+    messages = [result["streams"]["uneven"] for result in ranks]
+    assert messages[0] == messages[1]
+    assert (
+        "train_loader ran out of batches after 2 steps on 1 of 2 ranks" in (messages[0])
+    )
+
+
+def _own_loop(rank: int, folder: Path) -> dict[str, Any]:
+    """docs/howto.rst's loop with a learned noise scale, with and without sync."""
+    x, _ = _data()
+    y = x[:, 0] * (0.1 if rank == 0 else 2.0)  # other noise on each rank
+    scales = {}
+    for synced in (False, True):
+        torch.manual_seed(0)
+        model = DistributedDataParallel(bnn.VILinear(4, 1))
+        loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=N)
+        optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], 0.1)
+        for _ in range(10):
+            optimizer.zero_grad()
+            loss = loss_fn(model(x[rank::2], samples=2), y[rank::2])
+            loss.backward()
+            for param in loss_fn.parameters() if synced else ():
+                if param.grad is not None:
+                    dist.all_reduce(param.grad)
+                    param.grad /= dist.get_world_size()
+            optimizer.step()
+        scales[synced] = _state(loss_fn)
+    return scales
+
+
+def test_own_loop_needs_the_documented_sync_of_the_loss_parameters(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """Without it each rank learns its own noise scale (DDP does not see it)."""
+    unsynced = [result["own_loop"][False] for result in ranks]
+    key = "predictive.raw_scale_unconstrained"
+    assert abs(float(unsynced[0][key] - unsynced[1][key])) > 0.5
+    _assert_same_state(ranks[0]["own_loop"][True], ranks[1]["own_loop"][True])
+
+
+def _per_rank_size(rank: int, folder: Path) -> dict[str, Any]:
+    """dataset_size = one rank's share, for a loader fit shards."""
+    data = TensorDataset(*_data())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(
+            DistributedDataParallel(_net()),
+            bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N // 2),
+            DataLoader(data, 8, shuffle=True),
+            epochs=1,
+            progress=False,
+        )
+    return {"warnings": [str(w.message) for w in caught]}
+
+
+def test_fit_warns_about_a_per_rank_dataset_size_it_shards(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for rank in (result["per_rank_size"] for result in ranks):
+        assert len(rank["warnings"]) == 1
+        assert "32 is one rank's share of the data" in rank["warnings"][0]
+
+
+def test_fit_warns_about_the_per_rank_count_of_a_distributed_sampler() -> None:
+    """dataset_size=len(sampler), N / 4, was accepted (one process suffices)."""
+    data = TensorDataset(*_data())
+    sampler: DistributedSampler[Any] = DistributedSampler(data, num_replicas=4, rank=0)
+    loader = DataLoader(data, 8, sampler=sampler)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=len(sampler))
+    with pytest.warns(UserWarning, match="16 is one rank's share") as caught:
+        fit(_net(), loss_fn, loader, epochs=1, progress=False)
+    assert "a KL 4 times as strong" in str(caught[0].message)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N)
+    fit(_net(), loss_fn, loader, epochs=1, progress=False)  # no warning
+
+
 # ------------------------------------------------- early stopping, NaN guard
 def _early_stopping(rank: int, folder: Path) -> dict[str, Any]:
     torch.manual_seed(0)
@@ -396,6 +616,11 @@ _SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
     "gradients": _gradients,
     "fit": _fit,
     "sampler": _sampler,
+    "batch_sampler": _batch_sampler,
+    "refusals": _refusals,
+    "streams": _streams,
+    "per_rank_size": _per_rank_size,
+    "own_loop": _own_loop,
     "early_stopping": _early_stopping,
     "nan_guard": _nan_guard,
 }
