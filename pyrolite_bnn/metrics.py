@@ -1,9 +1,10 @@
 """Metrics for evaluating the quality and uncertainty of predictions.
 
 All functions are stateless, operate on :class:`torch.Tensor` inputs (CPU or CUDA,
-``float32`` or ``float64``; half-precision probabilities are read as ``float32``)
-and are fully vectorised over data points. Each metric returns a 0-dim floating
-point tensor on the device of its inputs, except :func:`calibration_curve`, which
+``float32`` or ``float64``; half-precision inputs, ``float16`` and ``bfloat16``,
+are read as ``float32``) and are fully vectorised over data points. Each metric
+returns a 0-dim floating point tensor on the device of its inputs, in their
+(promoted) dtype and at least ``float32``, except :func:`calibration_curve`, which
 returns a tuple of per-bin tensors. Sums over data points (the calibration bins)
 are accumulated in ``float64``, so a metric over millions of predictions (per-pixel
 calibration) does not drift with the data set's size.
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 import torch
 
 from pyrolite_bnn._validation import check_bool
+from pyrolite_bnn.distributions._precision import full_precision, summary_dtype
 
 __all__ = [
     "accuracy",
@@ -91,7 +93,7 @@ def _check_classification(
         # itself, so a row sums to 1 within eps/2; sums over many rows in half
         # precision stall: read it as float32.
         tolerance = max(tolerance, torch.finfo(p.dtype).eps)
-        p = p.float()
+        p = full_precision(p)
     if not bool(torch.isfinite(p).all()):
         raise ValueError("probs must be finite, got NaN or infinite values")
     lo, hi = torch.aminmax(p)
@@ -155,8 +157,15 @@ def _check_real(x: object, name: str) -> torch.Tensor:
 
 
 def _check_regression(**tensors: object) -> list[torch.Tensor]:
-    """Validate tensors that must share shape and device (keyword order kept)."""
-    checked = [_check_real(value, name) for name, value in tensors.items()]
+    """Validate tensors that must share shape and device (keyword order kept).
+
+    Returns them in at least ``float32`` (:func:`full_precision`): in half
+    precision ``rmse`` of errors of 300 and ``gaussian_nll`` of an error of 10
+    with variance 1e-3 overflowed to ``inf``.
+    """
+    checked = [
+        full_precision(_check_real(value, name)) for name, value in tensors.items()
+    ]
     names = list(tensors)
     first_name, first = names[0], checked[0]
     for name, t in zip(names[1:], checked[1:], strict=True):
@@ -285,7 +294,8 @@ def nll(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels: Integer class labels of shape ``(N,)`` with values in ``[0, C)``.
 
     Returns:
-        0-dim tensor (dtype of ``probs``): ``-mean_i log probs[i, labels[i]]``.
+        0-dim tensor (dtype of ``probs``, ``float32`` for half precision):
+        ``-mean_i log probs[i, labels[i]]``.
 
     Raises:
         TypeError: If an argument is not a tensor.
@@ -317,7 +327,8 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels: Integer class labels of shape ``(N,)`` with values in ``[0, C)``.
 
     Returns:
-        0-dim tensor (dtype of ``probs``) in ``[0, 1]``.
+        0-dim tensor (dtype of ``probs``, ``float32`` for half precision) in
+        ``[0, 1]``.
 
     Raises:
         TypeError: If an argument is not a tensor.
@@ -363,7 +374,8 @@ def expected_calibration_error(
         adaptive: Use equal-mass instead of equal-width bins.
 
     Returns:
-        0-dim tensor (dtype of ``probs``) in ``[0, 1]``.
+        0-dim tensor (dtype of ``probs``, ``float32`` for half precision) in
+        ``[0, 1]``.
 
     Raises:
         TypeError: If an argument is not a tensor, ``n_bins`` is not an integer
@@ -414,7 +426,8 @@ def calibration_curve(
     Returns:
         Tuple ``(bin_confidence, bin_accuracy, bin_count)``, each of shape
         ``(n_bins,)``. ``bin_confidence`` and ``bin_accuracy`` have the dtype of
-        ``probs`` and are NaN for empty bins; ``bin_count`` is ``torch.long``.
+        ``probs`` (``float32`` for half precision) and are NaN for empty bins;
+        ``bin_count`` is ``torch.long``.
 
     Raises:
         TypeError: If an argument is not a tensor or ``n_bins`` is not an integer.
@@ -456,7 +469,7 @@ def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels: Integer class labels of shape ``(N,)`` with values in ``[0, C)``.
 
     Returns:
-        0-dim tensor (dtype of ``probs``).
+        0-dim tensor (dtype of ``probs``, ``float32`` for half precision).
 
     Raises:
         TypeError: If an argument is not a tensor.
@@ -521,8 +534,8 @@ def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> torch.Tensor:
 
     Returns:
         0-dim tensor in ``[0, 1]``; its dtype is the promoted floating dtype of
-        the inputs (the default dtype for integer scores). 0.5 means no
-        separation, 1.0 perfect separation.
+        the inputs, at least ``float32`` (the default dtype for integer
+        scores). 0.5 means no separation, 1.0 perfect separation.
 
     Raises:
         TypeError: If an argument is not a tensor.
@@ -546,7 +559,13 @@ def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> torch.Tensor:
             f"got {s_in.device} and {s_out.device}"
         )
     dtype = torch.promote_types(s_in.dtype, s_out.dtype)
-    result_dtype = dtype if dtype.is_floating_point else torch.get_default_dtype()
+    result_dtype = summary_dtype(dtype)
+    if dtype.is_floating_point and not (
+        s_in.is_floating_point() and s_out.is_floating_point()
+    ):
+        # Integer against floating scores are compared in float64: their
+        # promoted float32 tied 16777217 and 16777216.0 (an area of 0.5, not 0).
+        dtype = torch.float64
     n_in, n_out = s_in.numel(), s_out.numel()
     scores = torch.cat((s_in.to(dtype), s_out.to(dtype)))
     sorted_scores, order = torch.sort(scores)
@@ -575,7 +594,8 @@ def rmse(mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target: Observed values, same shape as ``mean``.
 
     Returns:
-        0-dim tensor ``sqrt(mean((mean - target) ** 2))``.
+        0-dim tensor ``sqrt(mean((mean - target) ** 2))``, in the inputs'
+        dtype, at least ``float32``.
 
     Raises:
         TypeError: If an argument is not a tensor.
@@ -607,7 +627,7 @@ def gaussian_nll(
         target: Observed values, same shape as ``mean``.
 
     Returns:
-        0-dim tensor.
+        0-dim tensor, in the inputs' dtype, at least ``float32``.
 
     Raises:
         TypeError: If an argument is not a tensor.
@@ -644,7 +664,7 @@ def interval_coverage(
         target: Observed values, same shape as ``lower``.
 
     Returns:
-        0-dim tensor in ``[0, 1]``.
+        0-dim tensor in ``[0, 1]``, in the inputs' dtype, at least ``float32``.
 
     Raises:
         TypeError: If an argument is not a tensor.
@@ -697,7 +717,7 @@ def quantile_calibration_error(
             ``(0, 1)``. Defaults to ``torch.linspace(0.05, 0.95, 19)``.
 
     Returns:
-        0-dim tensor in ``[0, 1)``.
+        0-dim tensor in ``[0, 1)``, in the inputs' dtype, at least ``float32``.
 
     Raises:
         TypeError: If an argument is not a tensor.
@@ -739,5 +759,6 @@ def quantile_calibration_error(
     z_sorted = torch.sort(z).values
     z_levels = torch.special.ndtri(lv)
     n_below = torch.searchsorted(z_sorted, z_levels, right=True)
-    observed = n_below.to(dtype) / z.numel()
-    return (observed - lv).abs().mean()
+    # Counts as float64: a float16 count is inf beyond 65504 targets.
+    observed = n_below.to(torch.float64) / z.numel()
+    return (observed - lv.to(torch.float64)).abs().mean().to(dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 
 import numpy as np
@@ -1043,3 +1044,82 @@ def test_auroc_refuses_scikit_learns_scores_and_labels() -> None:
     # integer scores of two groups, or float groups of one length, still count
     assert float(metrics.auroc(torch.tensor([0, 1]), torch.tensor([1, 2]))) == 0.875
     assert float(metrics.auroc(scores, scores + 1.0)) > 0.9
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_regression_metrics_are_computed_in_float32(
+    dtype: torch.dtype,
+) -> None:
+    """The regression metrics computed in half precision: rmse of errors of 300
+    and gaussian_nll of an error of 10 with variance 1e-3 were ``inf``, and
+    quantile_calibration_error raised torch's '"ndtri_cpu" not implemented for
+    'Half'' (where ndtri has a half kernel, its count of 70000 targets was
+    inf). Each now matches a float64 reference on the same rounded inputs, to
+    float32 rounding; the quantile error to 1e-4 (a target whose float32 and
+    float64 z-scores fall either side of a level moves 1 / 70000)."""
+    rng = np.random.default_rng(0)
+    zeros = torch.zeros(100, dtype=dtype)
+    far = torch.full((100,), 300.0, dtype=dtype)
+    result = metrics.rmse(zeros, far)
+    assert result.dtype == torch.float32
+    torch.testing.assert_close(result, _scalar(300.0, torch.float32))
+    variance = torch.full((100,), 1e-3, dtype=dtype)
+    rounded = float(variance[0])  # 1e-3 in half precision
+    expected = 0.5 * (math.log(2 * math.pi * rounded) + 100.0 / rounded)
+    nll = metrics.gaussian_nll(zeros, variance, torch.full((100,), 10.0, dtype=dtype))
+    assert nll.dtype == torch.float32
+    torch.testing.assert_close(nll, _scalar(expected, torch.float32))
+    lower, upper = -torch.ones(100, dtype=dtype), torch.ones(100, dtype=dtype)
+    covered = metrics.interval_coverage(lower, upper, far)
+    assert covered.dtype == torch.float32
+    assert covered.item() == 0.0
+
+    n = 70_000
+    mean = torch.from_numpy(rng.normal(0.0, 1.0, n)).to(dtype)
+    std = torch.from_numpy(rng.uniform(0.5, 2.0, n)).to(dtype)
+    target = torch.from_numpy(rng.normal(0.0, 1.5, n)).to(dtype)
+    z = ((target.double() - mean.double()) / std.double()).numpy()
+    levels = [0.05 * k for k in range(1, 20)]
+    reference = float(
+        np.mean(
+            [abs(np.mean(z <= statistics.NormalDist().inv_cdf(p)) - p) for p in levels]
+        )
+    )
+    qce = metrics.quantile_calibration_error(mean, std, target)
+    assert qce.dtype == torch.float32
+    assert reference > 0.05  # the stddevs do not match the targets' spread
+    torch.testing.assert_close(
+        qce, _scalar(reference, torch.float32), atol=1e-4, rtol=0
+    )
+
+
+def test_auroc_compares_integer_and_float_scores_exactly() -> None:
+    """int64 against float32 scores were compared in float32: 2^24 + 1 and
+    2^24 tied (an area of 0.5 for fully separated scores). Compared in
+    float64; the result keeps the promoted dtype, float32."""
+    big = torch.tensor([2**24 + 1])
+    below = torch.tensor([float(2**24)])
+    result = metrics.auroc(big, below)
+    assert result.dtype == torch.float32
+    assert result.item() == 0.0
+    assert metrics.auroc(below, big).item() == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_results_are_float32(dtype: torch.dtype) -> None:
+    """The documented result dtype: at least float32 for every metric."""
+    probs = torch.tensor(SMALL_PROBS, dtype=dtype)
+    labels = torch.tensor(SMALL_LABELS)
+    for metric in (
+        metrics.nll,
+        metrics.accuracy,
+        metrics.brier_score,
+        metrics.expected_calibration_error,
+    ):
+        assert metric(probs, labels).dtype == torch.float32, metric.__name__
+    confidence, accuracy, _ = metrics.calibration_curve(probs, labels)
+    assert confidence.dtype == accuracy.dtype == torch.float32
+    scores = torch.tensor([0.1, 0.4, 0.35], dtype=dtype)
+    result = metrics.auroc(scores, torch.tensor([0.8, 0.4], dtype=dtype))
+    assert result.dtype == torch.float32
+    torch.testing.assert_close(result, _scalar(11 / 12, torch.float32))
