@@ -171,7 +171,7 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
     state = _particles.current()
     if state is not None:
         if isinstance(module, _POSITION_MIXING) and not isinstance(module, VIModule):
-            _refuse_folded_sequence_first(module, args, state)
+            _check_sequence_first_input(module, args, state)
         elif isinstance(module, _BatchNorm):
             warn_plain_batch_norm(module, args, state)
         return
@@ -253,7 +253,7 @@ _POSITION_MIXING = (
 )
 
 
-def _refuse_folded_sequence_first(
+def _check_sequence_first_input(
     module: nn.Module, args: tuple[Any, ...], state: _particles.ParticleState
 ) -> None:
     """A plain ``batch_first=False`` sequence layer must read a batch it can keep.
