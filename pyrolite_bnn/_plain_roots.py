@@ -266,15 +266,12 @@ def _check_sequence_first_input(
 
     Where no Bayesian layer is sequence-first, dimension 0 of the network's
     input is its batch: a plain layer that reads that dimension as its
-    sequence (and a dimension 1 that holds no multiple of the batch as its
-    batch) is a sequence-first network the library cannot see. Its loss would
-    weigh the data as ``L`` examples of ``B`` positions and ``predict`` would
-    cut its sequences into chunks, so it is refused.
+    sequence is a sequence-first network the library cannot see (see
+    :func:`_refuse_batch_as_sequence`).
     """
     from pyrolite_bnn.layers._sequence import in_batch_first_body
 
-    attention = getattr(module, "self_attn", module)
-    if getattr(attention, "batch_first", True) or in_batch_first_body():
+    if not _sequence_first(module) or in_batch_first_body():
         return
     first = args[0] if args else None
     batch = state.batch_size
@@ -305,11 +302,7 @@ def _refuse_batch_as_sequence(
     characters of every word, ``(C, B * W, ...)``) whose length is the batch
     size by coincidence is refused too, and says so.
     """
-    if (
-        first.dim() >= 3
-        and first.shape[0] == batch
-        and first.shape[1] not in (batch, folded)
-    ):
+    if _reads_batch_as_sequence(first, batch, folded):
         raise ValueError(
             f"{type(module).__name__}(batch_first=False) got an input of shape "
             f"{tuple(first.shape)}: it reads dimension 0, the {batch} rows of the "
@@ -331,21 +324,39 @@ def _check_before_first_draw(frame: _Frame, module: nn.Module, args: Any) -> Non
     against the network's input here. The network's modules are only walked
     when the input's layout is the suspect one.
     """
-    attention = getattr(module, "self_attn", module)
     first = args[0] if args else None
     given = frame.args[0] if frame.args else None
     if (
-        getattr(attention, "batch_first", True)
+        not _sequence_first(module)
         or not isinstance(first, Tensor)
         or not isinstance(given, Tensor)
         or given.dim() == 0
     ):
         return
     batch = given.shape[0]
-    if first.dim() < 3 or first.shape[0] != batch or first.shape[1] == batch:
+    if not _reads_batch_as_sequence(first, batch, batch):
         return
     if frame.resolve() and not has_sequence_first_layers(frame.module):
         _refuse_batch_as_sequence(module, first, batch, batch)
+
+
+def _sequence_first(module: nn.Module) -> bool:
+    """Whether a position-mixing torch layer is ``batch_first=False``."""
+    attention = getattr(module, "self_attn", module)  # Transformer layers
+    return not getattr(attention, "batch_first", True)
+
+
+def _reads_batch_as_sequence(first: Tensor, batch: int, folded: int) -> bool:
+    """Whether a sequence-first input ``(L, N, ...)`` reads the batch as ``L``.
+
+    That is, ``L`` is the batch and ``N`` neither it nor the folded batch (see
+    :func:`_refuse_batch_as_sequence`).
+    """
+    return (
+        first.dim() >= 3
+        and first.shape[0] == batch
+        and first.shape[1] not in (batch, folded)
+    )
 
 
 def _sequence_first_remedy(module: nn.Module) -> str:
