@@ -77,6 +77,7 @@ from pyrolite_bnn.layers.functional import match_particles
 from pyrolite_bnn.loss import KullbackLeiblerLoss
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.predict import Prediction, predict
+from pyrolite_bnn.renyi import RenyiELBO
 from pyrolite_bnn.training import History, fit, linear_warmup
 
 __version__ = "0.1.0"
@@ -108,6 +109,7 @@ __all__ = [
     "Prediction",
     "PredictiveDistribution",
     "Prior",
+    "RenyiELBO",
     "ScaleMixtureNormalPrior",
     "StudentT",
     "StudentTPrior",

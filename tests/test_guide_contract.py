@@ -129,6 +129,7 @@ ELBOS: dict[str, Callable[[], Any]] = {
     "TraceMeanField_ELBO": TraceMeanField_ELBO,
     "TraceGraph_ELBO": TraceGraph_ELBO,
     "RenyiELBO": lambda: RenyiELBO(alpha=0.5, num_particles=2),
+    "bnn.RenyiELBO": lambda: bnn.RenyiELBO(alpha=0.5, num_particles=2),
 }
 
 
