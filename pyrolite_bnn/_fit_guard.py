@@ -134,6 +134,7 @@ class NaNGuard:
             saved = f"; the checkpoint {os.fspath(self.checkpoint_path)!r} is unchanged"
         raise FloatingPointError(
             f"{what} at {where}, counted from 0; {restored}{saved}"
+            + _float16_hint(self.params)
         ) from cause
 
     def check_step(
@@ -194,3 +195,16 @@ class NaNGuard:
                     id(param), f"<parameter of shape {tuple(param.shape)}>"
                 )
         return "a parameter on another rank"
+
+
+def _float16_hint(params: list[nn.Parameter]) -> str:
+    """Why training float16 parameters fails, if there are any."""
+    if not any(p.dtype == torch.float16 for p in params):
+        return ""
+    return (
+        ". The optimizer updates float16 parameters: an optimizer's small "
+        "constants vanish in float16 (Adam's default eps=1e-8 rounds to 0, so a "
+        "weight whose gradient is 0 gets 0/0) and its steps round away; train the "
+        "model in float32 under torch.autocast(device_type, dtype=torch.float16), "
+        "or in bfloat16"
+    )

@@ -33,6 +33,7 @@ from torch.distributions import (
     kl_divergence,
 )
 
+from pyrolite_bnn._math import at_least_float32
 from pyrolite_bnn._validation import distribution_checks_off
 from pyrolite_bnn.distributions.priors import Prior
 from pyrolite_bnn.distributions.variational import NormalMoments
@@ -304,7 +305,8 @@ class TraceRecord(ForwardRecord):
 
     def _per_particle(self, sites: Iterable[Any]) -> Tensor:
         return _sum_per_particle(
-            (site["fn"].log_prob(site["value"]) for site in sites), self.samples
+            (_event_summed_log_prob(site["fn"], site["value"]) for site in sites),
+            self.samples,
         )
 
 
@@ -366,7 +368,7 @@ class LayerRecord(ForwardRecord):
         groups: dict[Hashable, tuple[Prior, list[NormalMoments]]] = {}
         with distribution_checks_off():
             for index, variable in enumerate(self.variables):
-                moments = self.draws.moments[index]
+                moments = _widened(self.draws.moments[index])
                 if mode != "mc" and moments is not None:
                     prior = variable.module.prior[variable.name]
                     assert isinstance(prior, Prior)
@@ -392,7 +394,7 @@ class LayerRecord(ForwardRecord):
                             sums = (eps.sum(0), eps.square().sum(0))
                     term = _normal_mc(sums, moments, p, self.samples)
                 if term is None:
-                    drawn = self._value(index)
+                    drawn = at_least_float32(self._value(index))
                     # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
                     term = (q.log_prob(drawn) - p.log_prob(drawn)).mean()
                 total = total + term
@@ -425,10 +427,11 @@ class LayerRecord(ForwardRecord):
         log_p, log_q = [], []
         for index, variable in enumerate(self.variables):
             drawn = self._value(index)
-            log_p.append(
-                variable.module.prior_distribution(variable.name).log_prob(drawn)
+            prior = variable.module.prior_distribution(variable.name)
+            log_p.append(_event_summed_log_prob(prior, drawn))
+            log_q.append(
+                _event_summed_log_prob(variable.posterior.distribution(), drawn)
             )
-            log_q.append(variable.posterior.distribution().log_prob(drawn))
         return torch.stack(
             [
                 _sum_per_particle(log_p, self.samples),
@@ -436,6 +439,13 @@ class LayerRecord(ForwardRecord):
             ],
             dim=-1,
         )
+
+
+def _widened(moments: NormalMoments | None) -> NormalMoments | None:
+    """Half-precision moments in float32, for KL sums that do not overflow."""
+    if moments is None:
+        return None
+    return NormalMoments(*(at_least_float32(value) for value in moments))
 
 
 def _normal_closed_form(
@@ -507,7 +517,7 @@ def _normal_mc(
     """
     base = p.base_dist if isinstance(p, Independent) else p
     loc, scale = moments
-    eps_sum, eps_squares = noise_sums
+    eps_sum, eps_squares = (at_least_float32(sums) for sums in noise_sums)
     prior_loc: Tensor = base.loc
     prior_scale: Tensor = base.scale
     offset = loc - prior_loc
@@ -533,10 +543,27 @@ def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:
     if not q.has_rsample or _describe(q) == "Delta":
         return None
     try:
-        term = kl_divergence(q, p)
+        return _event_summed_kl(q, p)
     except NotImplementedError:
         return None
-    return term if isinstance(term, Tensor) else torch.as_tensor(term)
+
+
+def _event_summed_kl(q: Distribution, p: Distribution) -> Tensor:
+    """``kl_divergence(q, p)``, summed over event dimensions in float32 or wider.
+
+    Torch sums an ``Independent`` pair's elementwise KL in the weights' dtype:
+    a float16 layer of ~10,000 weights overflowed to an infinite KL.
+    """
+    if (
+        isinstance(q, Independent)
+        and isinstance(p, Independent)
+        and q.reinterpreted_batch_ndims == p.reinterpreted_batch_ndims
+    ):
+        inner = _event_summed_kl(q.base_dist, p.base_dist)
+        dims = q.reinterpreted_batch_ndims
+        return inner.sum(tuple(range(-dims, 0))) if dims else inner
+    term = kl_divergence(q, p)
+    return at_least_float32(term if isinstance(term, Tensor) else torch.as_tensor(term))
 
 
 def _scaled_sum(term: Tensor, guide_site: Any) -> Tensor:
@@ -547,13 +574,24 @@ def _scaled_sum(term: Tensor, guide_site: Any) -> Tensor:
     batch = guide_site["fn"].batch_shape
     if scaled.shape != batch:  # a KL that did not broadcast over the plates
         scaled = scaled.expand(batch)
-    return scaled.sum()
+    return at_least_float32(scaled).sum()
 
 
 def _log_prob_sum(site: Any) -> Tensor:
-    log_prob = site["fn"].log_prob(site["value"])
-    result: Tensor = scale_and_mask(log_prob, site["scale"], site["mask"]).sum()
+    log_prob = _event_summed_log_prob(site["fn"], site["value"])
+    result: Tensor = torch.as_tensor(
+        scale_and_mask(log_prob, site["scale"], site["mask"])
+    ).sum()
     return result
+
+
+def _event_summed_log_prob(fn: Distribution, value: Tensor) -> Tensor:
+    """``fn.log_prob(value)``, summed over event dimensions in float32 or wider."""
+    if isinstance(fn, Independent):
+        inner = _event_summed_log_prob(fn.base_dist, value)
+        dims = fn.reinterpreted_batch_ndims
+        return inner.sum(tuple(range(-dims, 0))) if dims else inner
+    return at_least_float32(fn.log_prob(value))
 
 
 def _sum_per_particle(log_probs: Iterable[Tensor], samples: int) -> Tensor:
