@@ -1,10 +1,12 @@
 """``torch.distributed`` awareness: the wrapped network, ranks and reductions.
 
 A ``DistributedDataParallel`` wrapper is a plain module holding one network in
-``.module``, ``torch.compile``'s wrapper (``OptimizedModule``) one in
-``._orig_mod``; :func:`unwrap` gives that network to the functions that need a
-:class:`~pyrolite_bnn.VIModule` or its state (``predict``, ``model_loss``,
-``to_deterministic``, ``laplace``, checkpoints). :class:`Ranks` is what
+``.module`` (as do ``nn.DataParallel`` and ``torch.optim.swa_utils.AveragedModel``,
+whose ``.module`` is the averaged copy), ``torch.compile``'s wrapper
+(``OptimizedModule``) one in ``._orig_mod``; :func:`unwrap` gives that network
+to the functions that need a :class:`~pyrolite_bnn.VIModule` or its state
+(``predict``, ``model_loss``, ``to_deterministic``, ``laplace``, checkpoints).
+:class:`Ranks` is what
 :func:`~pyrolite_bnn.training.fit` needs from the process group: whether this
 process is rank 0, sums over ranks, and the data loader's sharding.
 """
@@ -17,7 +19,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import (
     DataLoader,
     DistributedSampler,
@@ -42,12 +45,13 @@ def is_compiled(model: nn.Module) -> bool:
 def _wrapped(model: nn.Module) -> Iterator[nn.Module]:
     """``model``, then the modules inside its wrappers, the outermost first.
 
-    The wrappers are ``DistributedDataParallel`` and ``torch.compile``'s, in
-    either order (``torch.compile(DDP(net))`` is torch's advice).
+    The wrappers are ``DistributedDataParallel``, ``DataParallel``,
+    ``AveragedModel`` (SWA, EMA) and ``torch.compile``'s, in any order
+    (``torch.compile(DDP(net))`` is torch's advice).
     """
     while True:
         yield model
-        if isinstance(model, DistributedDataParallel):
+        if isinstance(model, (DistributedDataParallel, DataParallel, AveragedModel)):
             inner = model.module
         elif is_compiled(model):
             inner = model._orig_mod
@@ -58,7 +62,7 @@ def _wrapped(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The network inside ``DistributedDataParallel`` and ``torch.compile``.
+    """The network inside ``DistributedDataParallel``, ``torch.compile`` and the like.
 
     ``model`` itself if it is neither. The functions reading the network's
     weight sites or state use it: a compiled network's state keys carry the

@@ -1,0 +1,73 @@
+"""Networks inside ``nn.DataParallel`` and ``AveragedModel`` (SWA / EMA).
+
+Both hold the network in ``.module`` (the averaged copy for ``AveragedModel``):
+checkpoints, ``to_deterministic``, ``predict`` and ``model_loss`` read the
+network inside, as they do for ``DistributedDataParallel`` and ``torch.compile``.
+Before, ``to_deterministic`` refused them and a checkpoint held ``module.``-prefixed
+keys that did not load into the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+import pyrolite_bnn as bnn
+
+
+def _net() -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(3, 8), nn.ReLU(), bnn.VILinear(8, 2))
+
+
+def _averaged(net: nn.Module) -> nn.Module:
+    """An EMA of ``net`` after two updates from a perturbed network."""
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.5))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1)
+    ema.update_parameters(net)
+    return ema
+
+
+WRAPPERS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "DataParallel": nn.DataParallel,
+    "AveragedModel": _averaged,
+}
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_wrapped_network_is_read_as_the_network_inside(
+    wrapper: str, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    wrapped = WRAPPERS[wrapper](_net())
+    inner = wrapped.module
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 1, 0])
+
+    path = tmp_path / "wrapped.pt"
+    bnn.save_checkpoint(path, wrapped)
+    fresh = _net()
+    bnn.load_checkpoint(path, fresh)
+    for (name, a), (_, b) in zip(
+        fresh.state_dict().items(), inner.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+    deterministic = bnn.to_deterministic(wrapped)
+    torch.testing.assert_close(deterministic(x), bnn.to_deterministic(inner)(x))
+
+    mean = bnn.predict(wrapped, x, bnn.Categorical(), mode="mean").probs
+    torch.testing.assert_close(
+        mean, bnn.predict(inner, x, bnn.Categorical(), mode="mean").probs
+    )
+
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=6)
+    torch.manual_seed(1)
+    loss = loss_fn.model_loss(wrapped, x, y, samples=3)
+    torch.manual_seed(1)
+    torch.testing.assert_close(loss, loss_fn.model_loss(inner, x, y, samples=3))
