@@ -115,6 +115,17 @@ class LocalPyroModule(PyroModule):
             if isinstance(child, LocalPyroModule):
                 child.adopt_pyro_name(f"{name}.{key}" if name else key)
 
+    def _pyro_set_supermodule(self, name: str, context: Any) -> None:
+        # Pyro's hook when a parent PyroModule adopts this one: it hands over the
+        # parent's call context. A parent built in Pyro's default global-parameter
+        # mode has a context without a local store, which this module's calls
+        # (local parameters) cannot enter ('_Context' object has no attribute
+        # 'param_state'): keep this tree's own context then, and take the name.
+        if hasattr(context, "param_state"):
+            super()._pyro_set_supermodule(name, context)
+        else:
+            self.adopt_pyro_name(name)
+
     def has_pyro_name(self) -> bool:
         """Whether this module has a Pyro name (a parent ``PyroModule`` gave it one)."""
         return bool(self.__dict__.get("_pyro_name"))

@@ -208,12 +208,16 @@ def test_pyro_optimiser_names_do_not_keep_networks_alive() -> None:
     assert gone() is None
 
 
-def test_network_inside_a_pyro_module_parent_runs_again_and_trains() -> None:
+@pytest.mark.parametrize("local", [True, False], ids=["local-params", "global-params"])
+def test_network_inside_a_pyro_module_parent_runs_again_and_trains(local: bool) -> None:
     """A ``PyroModule`` holding a network next to its own ``PyroParam`` (Pyro's
     way to add parameters): every second call failed inside Pyro ("submodule
     net has executed outside of supermodule"), because the network renamed
     itself ``""`` and Pyro attached it again. Now it runs any number of times,
-    PyTorch-style and traced, and trains with SVI (module-local parameters)."""
+    PyTorch-style and traced, and trains with SVI, whether the parent was
+    built with module-local parameters or in Pyro's default global mode (there
+    the network took the parent's context, which has no local store: every
+    call failed with "'_Context' object has no attribute 'param_state'")."""
     from pyro.nn import PyroModule, PyroParam
 
     torch.manual_seed(0)
@@ -231,7 +235,7 @@ def test_network_inside_a_pyro_module_parent_runs_again_and_trains() -> None:
             target = None if y is None else y - self.shift
             return loss_fn.pyro_model(self.net)(x, target, samples=4)
 
-    with pyro.settings.context(module_local_params=True):
+    with pyro.settings.context(module_local_params=local):
         parent = Parent()
         for _ in range(2):
             assert parent.net(x, samples=2).shape == (2, 64, 1)
