@@ -532,7 +532,9 @@ def linear_local(
     shared, out_rows = _rows(input, samples, batch_size)
     mean = F.linear(input, weight[0], None if bias is None else bias[0])
     var = F.linear(
-        input * input, weight[1] ** 2, None if bias is None else bias[1] ** 2
+        input * input,
+        weight[1].square(),
+        None if bias is None else _floored_square(bias[1]),
     )
     return _gaussian_draws(
         mean, var, shared, samples, out_rows, bias_variance=bias is not None
@@ -552,17 +554,14 @@ def _gaussian_draws(
 
     ``mean`` and ``var`` are ``(rows, ...)``; for a shared input (``rows = B``)
     each of the ``S`` particles draws its own values. ``bias_variance``: the
-    variance includes a bias's (positive) variance, so it is zero only by
-    underflow.
+    variance includes a bias's variance from :func:`_floored_square`, so in
+    a floored dtype it is at least that dtype's smallest normal number.
     """
-    if shared:
-        mean, var = _broadcast_shared(mean, samples), _broadcast_shared(var, samples)
-    eps = torch.randn_like(mean)  # out of place: also under vmap (one sample)
     if bias_variance and var.dtype in _FLOORED_DTYPES:
-        # With a bias the true variance is positive: a float zero is underflow,
-        # and the dtype's smallest normal number (std ~1e-19 in float32) is
-        # closer to it. One op instead of the four below.
-        std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+        # With a bias the true variance is positive: a float zero would be
+        # underflow, and the floor (std ~1e-19 in float32) is closer to it; the
+        # floor keeps sqrt's derivative finite. One op instead of the four below.
+        std = var.sqrt()
     else:
         # Where the variance is 0 (an input row of zeros and no bias variance)
         # sqrt's derivative is infinite, and 0 * inf gave NaN gradients: there
@@ -571,12 +570,29 @@ def _gaussian_draws(
         # float16's small variances: its smallest normal number is 6e-5).
         positive = var > 0
         std = torch.where(positive, var, torch.ones_like(var)).sqrt() * positive
+    if shared:  # the standard deviations of B rows, read by all S particles
+        mean, std = _broadcast_shared(mean, samples), _broadcast_shared(std, samples)
+    eps = torch.randn_like(mean)  # out of place: also under vmap (one sample)
     draws = torch.addcmul(mean, std, eps)
     return draws.reshape(out_rows, *draws.shape[2 if shared else 1 :])
 
 
 # Dtypes whose smallest normal number is far below any variance that matters.
 _FLOORED_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16})
+
+
+def _floored_square(std: Tensor) -> Tensor:
+    """A bias's variance, plus its dtype's smallest normal number if floored.
+
+    Added to a variance that holds it, the floor keeps the variance positive
+    (its square root differentiable) and changes no variance above ~1e-31 in
+    float32, which it is below half an ulp of; float16's smallest normal
+    number (6e-5) would move small variances, so float16 is not floored.
+    """
+    square = std.square()
+    if square.dtype in _FLOORED_DTYPES:
+        return square + torch.finfo(square.dtype).tiny
+    return square
 
 
 def _random_signs(shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -687,8 +703,8 @@ def conv_local(
     )
     var = op(
         input * input,
-        weight[1] ** 2,
-        None if bias is None else bias[1] ** 2,
+        weight[1].square(),
+        None if bias is None else _floored_square(bias[1]),
         stride,
         padding,
         dilation,
