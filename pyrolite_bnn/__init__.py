@@ -75,6 +75,7 @@ from pyrolite_bnn.layers import (
 )
 from pyrolite_bnn.layers.functional import match_particles
 from pyrolite_bnn.loss import KullbackLeiblerLoss
+from pyrolite_bnn.model_sites import ParticlePlate, per_particle
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.predict import Prediction, predict
 from pyrolite_bnn.renyi import RenyiELBO
@@ -104,6 +105,7 @@ __all__ = [
     "Normal",
     "NormalPrior",
     "ParticleGuide",
+    "ParticlePlate",
     "PointMass",
     "Poisson",
     "Prediction",
@@ -148,6 +150,7 @@ __all__ = [
     "load_checkpoint",
     "match_particles",
     "metrics",
+    "per_particle",
     "predict",
     "save_checkpoint",
     "to_deterministic",

@@ -52,6 +52,7 @@ from pyrolite_bnn._draws import (
     set_rng_state,
     using_draws,
 )
+from pyrolite_bnn._handlers import initialising_inference, innermost_trace_holds
 from pyrolite_bnn._network import (
     collect_variables,
     couples_examples,
@@ -67,10 +68,12 @@ from pyrolite_bnn._validation import (
     floating_dtype,
     is_validation_enabled,
 )
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     NormalMoments,
 )
+from pyrolite_bnn.guides import autoguide_running_model
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule, whole_networks_requested
 from pyrolite_bnn.record import (
     ForwardRecord,
@@ -296,6 +299,55 @@ def open_particle_plate(
         yield state
 
 
+def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
+    """Refuse a default particle count above 1 where MCMC initialises a model.
+
+    In a Pyro model each particle is a network of its own whose sites weigh
+    ``1 / S``: MCMC would sample ``S`` networks, each from the posterior
+    tempered by ``1 / S`` (posterior standard deviations ~sqrt(S) too wide).
+    An autoguide finding its sites initialises the same way and is let be.
+
+    Raises:
+        ValueError: naming ``samples=1``.
+    """
+    if count == 1 or not initialising_inference() or autoguide_running_model():
+        return
+    raise ValueError(
+        f"{type(root).__name__} runs its default {count} particles in a Pyro model "
+        "that an inference algorithm (MCMC) is initialising: each particle is a "
+        f"network of its own whose sites weigh 1/{count}, so MCMC would sample "
+        f"{count} networks, each from the posterior tempered by 1/{count}. Call it "
+        "with samples=1 in a model for MCMC (loss_fn.pyro_model(net) does that "
+        "by itself)"
+    )
+
+
+def warn_if_an_autoguide_covers(root: nn.Module) -> None:
+    """Warn if an autoguide built on a user's model sees ``root``'s weight sites.
+
+    Called after the network ran: its first weight site reached the
+    autoguide's prototype trace, the innermost one
+    (``poutine.block(model, expose=[...])`` hides it).
+    """
+    guide = autoguide_running_model()
+    if guide is None:
+        return
+    variables = collect_variables(root)
+    if not variables or not innermost_trace_holds(variables[0].site):
+        return
+    name = type(guide).__name__
+    warn_at_caller(
+        f"{name} is built on a Pyro model that runs {type(root).__name__}: it "
+        "covers the network's weight sites with a posterior of its own, which "
+        "SVI trains instead of the network's (net.guide, bnn.predict, "
+        "to_deterministic and checkpoints keep the untrained one). For the "
+        f"network, assign net.guide = {name}(net.prior_model, "
+        "init_loc_fn=net.init_loc_fn); for your own latent sites, build the "
+        f"autoguide on poutine.block(model, expose=[...those sites...]) and call "
+        "both guides in one guide function"
+    )
+
+
 def pyro_run(
     root: nn.Module,
     state: _particles.ParticleState,
@@ -305,7 +357,9 @@ def pyro_run(
 ) -> Any:
     """Run ``root`` as a Pyro model: particle plate, one sample site per variable."""
     with open_particle_plate(state, device) as plate_state:
-        return run_sites(root, plate_state, args, kwargs)
+        result = run_sites(root, plate_state, args, kwargs)
+    warn_if_an_autoguide_covers(root)
+    return result
 
 
 def run_sites(

@@ -10,15 +10,23 @@ handlers pushed after that: :func:`pyro_wrapped`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 import pyro
 from pyro import poutine
-from pyro.poutine.runtime import am_i_wrapped
+from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
+from pyro.poutine.trace_messenger import TraceMessenger
 
-__all__ = ["caller_handlers_set_aside", "pyro_wrapped"]
+__all__ = [
+    "caller_handlers_set_aside",
+    "initialising_inference",
+    "innermost_trace_holds",
+    "pyro_wrapped",
+    "traced_site_count",
+]
 
 # Handlers on Pyro's stack below this depth are the caller's, set aside.
 _BASE: ContextVar[int] = ContextVar("pyrolite_handler_base", default=0)
@@ -60,3 +68,57 @@ def caller_handlers_set_aside() -> Iterator[None]:
             yield
         finally:
             _BASE.reset(token)
+
+
+def traced_site_count(name: str) -> int:
+    """The most sample sites named ``name`` that one trace of the computation holds.
+
+    A site under a ``pyro.contrib.autoname.scope`` prefix (``"mean/" + name``)
+    counts too. Only the traces pushed after the caller's handlers that were
+    set aside count (a prediction inside a user's Pyro model is a
+    computation of its own). A site a ``poutine.block`` kept from a trace is
+    not in it.
+    """
+    suffix = "/" + name
+    most = 0
+    for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]:
+        if isinstance(handler, TraceMessenger):
+            count = sum(
+                1
+                for site, node in handler.trace.nodes.items()
+                if node["type"] == "sample" and (site == name or site.endswith(suffix))
+            )
+            most = max(most, count)
+    return most
+
+
+def innermost_trace_holds(name: str) -> bool:
+    """Whether the innermost trace on Pyro's stack holds the site ``name``.
+
+    For an autoguide finding its sites, that is its prototype trace.
+    """
+    for handler in reversed(pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]):
+        if isinstance(handler, TraceMessenger):
+            return name in handler.trace.nodes
+    return False
+
+
+# Pyro's own query for the InitMessengers on the handler stack (public
+# pyro.poutine.runtime.effectful with the message type that
+# pyro.infer.autoguide.initialization.InitMessenger answers); [] when none is.
+_init_messengers: Callable[[], list[Any]] = effectful(
+    lambda: [], type="get_init_messengers"
+)
+
+
+def initialising_inference() -> bool:
+    """Whether the model runs for the initialisation of an inference algorithm.
+
+    MCMC's ``initialize_model`` runs the model under an ``InitMessenger``,
+    which chooses the latent values, with every log-density counting (so
+    does an autoguide finding its sites). ``Predictive`` uses an
+    ``InitMessenger`` too, but masks every log-density out
+    (``poutine.mask(mask=False)``, so ``get_mask()`` is ``False``): it only
+    draws, and its particle count comes from the guide's draws.
+    """
+    return bool(_init_messengers()) and get_mask() is not False

@@ -31,7 +31,7 @@ from pyro import poutine
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from pyrolite_bnn._handlers import pyro_wrapped
+from pyrolite_bnn._handlers import pyro_wrapped, traced_site_count
 from pyrolite_bnn._validation import check_count
 
 __all__ = [
@@ -46,6 +46,17 @@ __all__ = [
 
 PLATE_NAME = "particles"
 PLATE_DIM = -2
+
+_TWO_NETWORKS = (
+    "two networks run on their own in one Pyro model or guide (or one network "
+    f"twice): each opens the particle plate '{PLATE_NAME}' and reports its "
+    "parameters to Pyro by their paths in the network ('0.posterior.weight.loc'), "
+    "the same names for both, so SVI would train only one network's parameters "
+    "(also under pyro.contrib.autoname.scope, which renames sample sites only). "
+    "Build one VIModule that holds the networks and returns every output (its "
+    "sites and parameters are named by path: 'mean.0.weight', ...), and call it "
+    "once"
+)
 
 
 @dataclass(frozen=True)
@@ -390,9 +401,22 @@ def batch_of(batch: int, samples: int = 1) -> Iterator[None]:
 
 @contextmanager
 def particle_plate(samples: int, device: torch.device | None = None) -> Iterator[None]:
-    """Open the particle plate of size ``samples``, scaled by ``1 / samples``."""
+    """Open the particle plate of size ``samples``, scaled by ``1 / samples``.
+
+    Raises:
+        RuntimeError: if a trace already holds a particle plate (a second
+            network called on its own in one Pyro model), naming what works.
+    """
     where = None if device is None else str(device)
-    with pyro.plate(PLATE_NAME, samples, dim=PLATE_DIM, device=where):
+    try:
+        plate = pyro.plate(PLATE_NAME, samples, dim=PLATE_DIM, device=where)
+    except RuntimeError as error:
+        if f"sample sites named '{PLATE_NAME}'" not in str(error):
+            raise
+        raise RuntimeError(_TWO_NETWORKS) from error
+    with plate:
+        if traced_site_count(PLATE_NAME) > 1:  # scoped: the names differ
+            raise RuntimeError(_TWO_NETWORKS)
         if samples == 1:
             yield
         else:

@@ -48,7 +48,13 @@ from torch.utils.hooks import RemovableHandle
 from pyrolite_bnn import _particles
 from pyrolite_bnn._distributed import is_compiled
 from pyrolite_bnn._draws import LazyDraws, using_draws
-from pyrolite_bnn._forward import attach, generated_guide_draws, prepare, samples_of
+from pyrolite_bnn._forward import (
+    attach,
+    generated_guide_draws,
+    prepare,
+    refuse_particles_under_mcmc,
+    samples_of,
+)
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._network import (
     collect_variables,
@@ -450,6 +456,8 @@ def open_pending_root(
     stack = ExitStack()
     stack.enter_context(local_params())
     if pyro_wrapped():  # a Pyro model: the particle plate and one site per weight
+        if _particles.requested_samples(root) is None:
+            refuse_particles_under_mcmc(root, count)
         stack.enter_context(_particles.particle_plate(state.samples, device))
         stack.enter_context(_particles.particles(state))
         stack.enter_context(sampling_sites(SiteTable(collect_variables(root))))

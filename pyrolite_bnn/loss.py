@@ -7,7 +7,6 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.poutine.runtime import effectful, get_mask
 from torch import Tensor, nn
 
 from pyrolite_bnn._capture import is_capturing
@@ -22,6 +21,7 @@ from pyrolite_bnn._forward import (
     prepare,
     run_sites,
 )
+from pyrolite_bnn._handlers import initialising_inference
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._network import check_bayesian_network
 from pyrolite_bnn._pyro_module import local_params
@@ -54,26 +54,6 @@ _REDUCTIONS = ("mean", "sum")
 # first few, then one in _CHAIN_CHECK_EVERY (a loop that changes later).
 _CHAIN_CHECKS = 3
 _CHAIN_CHECK_EVERY = 64
-
-
-# Pyro's own query for the InitMessengers on the handler stack (public
-# pyro.poutine.runtime.effectful with the message type that
-# pyro.infer.autoguide.initialization.InitMessenger answers); [] when none is.
-_init_messengers: Callable[[], list[Any]] = effectful(
-    lambda: [], type="get_init_messengers"
-)
-
-
-def _initialising() -> bool:
-    """Whether the model runs for the initialisation of an inference algorithm.
-
-    MCMC's ``initialize_model`` runs the model under an ``InitMessenger``,
-    which chooses the latent values, with every log-density counting.
-    ``Predictive`` uses an ``InitMessenger`` too, but masks every log-density
-    out (``poutine.mask(mask=False)``, so ``get_mask()`` is ``False``): it only
-    draws, and its particle count comes from the guide's draws.
-    """
-    return bool(_init_messengers()) and get_mask() is not False
 
 
 def _check_one_tensor(output: object) -> None:
@@ -707,7 +687,7 @@ class PyroModel:
         self._check_call()
         switched = False
         if samples is None:
-            self.one_particle = self.one_particle or _initialising()
+            self.one_particle = self.one_particle or initialising_inference()
             if self.one_particle:
                 samples, switched = 1, True
         network, loss_fn = self.network, self.loss_fn
