@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -729,15 +730,28 @@ def _nbytes(value: object) -> int:
     return 0
 
 
+# The probe measuring the running prediction's calls, in this thread's context.
+_PROBING: ContextVar[_ActivationProbe | None] = ContextVar(
+    "pyrolite_activation_probe", default=None
+)
+
+
 class _ActivationProbe:
-    """Largest input-plus-output size of one module call, seen by forward hooks."""
+    """Largest input-plus-output size of one module call, seen by forward hooks.
+
+    Only the calls of the probing thread count: the hooks are on the model's
+    modules, which other threads may be calling at the same time (a model
+    served from a thread pool), with other inputs and particle counts.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.largest = 0
         self.handles: list[Any] = []
+        self.token: Token[_ActivationProbe | None] | None = None
 
     def __enter__(self) -> _ActivationProbe:
+        self.token = _PROBING.set(self)
         self.handles = [
             m.register_forward_hook(self._hook) for _, m in network_modules(self.model)
         ]
@@ -746,6 +760,9 @@ class _ActivationProbe:
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
             handle.remove()
+        if self.token is not None:
+            _PROBING.reset(self.token)
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        self.largest = max(self.largest, _nbytes(args) + _nbytes(output))
+        if _PROBING.get() is self:
+            self.largest = max(self.largest, _nbytes(args) + _nbytes(output))
