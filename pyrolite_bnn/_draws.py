@@ -12,6 +12,11 @@ KL, ``log_probs``, a second read in the same forward pass) replays the draw from
 that state, getting the same values; a small one (at most ``_KEEP_DRAWS_UP_TO``
 numbers) is kept, which costs less than saving the state. Every draw is made in
 the grad mode of the network's call, whichever layer triggers it.
+
+A call can also run on weights given beforehand (:func:`using_fixed_weights`:
+``predict`` with the posterior medians, or with one draw kept for all its
+chunks): :meth:`LazyDraws.fixed` hands the layers those values and draws
+nothing, so such a call needs no Pyro handler either.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn.distributions.variational import (
@@ -38,11 +43,13 @@ __all__ = [
     "RepeatedMomentsRead",
     "called_repeatedly",
     "current_draws",
+    "fixed_weights",
     "keeping_noise_sums",
     "mark_called_repeatedly",
     "rng_state",
     "set_rng_state",
     "using_draws",
+    "using_fixed_weights",
 ]
 
 
@@ -164,6 +171,7 @@ class LazyDraws:
         # KL, which then needs no replayed draw.
         self.noise_sums: list[tuple[Tensor, Tensor] | None] = [None] * count
         self._drawn = 0
+        self._read = False
         self._moments_read = [False] * count
         self._keep = is_capturing()
         self._sums = _NOISE_SUMS.get()
@@ -171,6 +179,33 @@ class LazyDraws:
         # parameters, also when the layer reading first runs under no_grad
         # (a frozen encoder draws every weight before its own).
         self.grad_enabled = torch.is_grad_enabled()
+
+    @classmethod
+    def fixed(
+        cls, variables: list[RandomVariable], values: list[Tensor], samples: int
+    ) -> LazyDraws:
+        """Draws that are ``values``, one ``(samples, 1, *shape)`` per variable.
+
+        Nothing is drawn: every layer reads its given value, whatever its
+        estimator (a given weight has no moments to sample outputs from).
+
+        Raises:
+            ValueError: if a value does not have the shape ``(samples, 1,
+                *shape)`` of its variable.
+        """
+        for variable, value in zip(variables, values, strict=True):
+            expected = torch.Size((samples, 1, *variable.shape))
+            if value.shape != expected:
+                raise ValueError(
+                    f"the fixed value of site {variable.site!r} has the shape "
+                    f"{tuple(value.shape)}, not {tuple(expected)} ({samples} "
+                    "particle(s) of the weight)"
+                )
+        count = len(variables)
+        draws = cls(variables, [None] * count, [False] * count, samples)
+        draws.values = list(values)
+        draws._drawn = count
+        return draws
 
     def get(self, key: tuple[int, str]) -> Tensor | NormalMoments | None:
         """The draw (or moments) of the variable ``key`` = (id(module), name).
@@ -185,6 +220,7 @@ class LazyDraws:
         index = self.index.get(key)
         if index is None:
             return None
+        self._read = True
         if self.use_moments[index]:
             if self._moments_read[index]:
                 _refuse_repeated_moments(self.variables[index])
@@ -206,7 +242,7 @@ class LazyDraws:
 
     def any_read(self) -> bool:
         """Whether a layer has read one of its weights (or moments) in this call."""
-        return self._drawn > 0 or any(self._moments_read)
+        return self._read
 
     def takes_moments(self, key: tuple[int, str]) -> bool:
         """Whether the variable ``key`` reaches its layer as moments (no draw)."""
@@ -362,3 +398,38 @@ def using_particle_weights(table: dict[tuple[int, str], Tensor]) -> Iterator[Non
         yield
     finally:
         _PARTICLE_WEIGHTS.reset(token)
+
+
+# Weights given for the calls of one network instead of the generated guide's
+# draws: the network, and its values by site name, ``(S, 1, *shape)`` each.
+_FIXED: ContextVar[tuple[nn.Module, dict[str, Tensor]] | None] = ContextVar(
+    "pyrolite_fixed_weights", default=None
+)
+
+
+def fixed_weights(network: nn.Module) -> dict[str, Tensor] | None:
+    """The weights given for calls of ``network`` (``None``: none given)."""
+    fixed = _FIXED.get()
+    if fixed is None or fixed[0] is not network:
+        return None
+    return fixed[1]
+
+
+@contextmanager
+def using_fixed_weights(
+    network: nn.Module, values: dict[str, Tensor]
+) -> Iterator[None]:
+    """Calls of ``network`` in the body run on ``values`` instead of drawing.
+
+    Args:
+        network: the network whose outermost calls take the values (a
+            ``VIModule`` or a plain module holding Bayesian layers) with the
+            generated guide.
+        values: site name -> value ``(S, 1, *shape)`` for the calls'
+            ``S`` particles (see :meth:`LazyDraws.fixed`).
+    """
+    token = _FIXED.set((network, values))
+    try:
+        yield
+    finally:
+        _FIXED.reset(token)

@@ -17,6 +17,10 @@ folded output to ``(S, B, ...)``. Three ways to supply the weights:
 * :func:`pytorch_run` with an assigned guide — the guide is traced and the
   network replayed against it.
 
+Weights given for a network's calls (:func:`~pyrolite_bnn._draws.using_fixed_weights`,
+``predict`` with the generated guide's medians or one kept draw) take the place
+of the generated guide's draws: still no Pyro handler.
+
 A PyTorch-style call attaches its :class:`~pyrolite_bnn.record.ForwardRecord`
 to the outputs (see :func:`~pyrolite_bnn.record.attach_record`), where the
 loss finds it.
@@ -48,6 +52,7 @@ from pyrolite_bnn._draws import (
     LazyDraws,
     RepeatedMomentsRead,
     called_repeatedly,
+    fixed_weights,
     rng_state,
     set_rng_state,
     using_draws,
@@ -404,8 +409,16 @@ def report_plain_parameters(root: nn.Module) -> None:
 
 
 def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
-    """What the layers of ``root`` read in a call with the generated guide."""
+    """What the layers of ``root`` read in a call with the generated guide.
+
+    The weights given for ``root``'s calls
+    (:func:`~pyrolite_bnn._draws.using_fixed_weights`), if any; else the
+    generated guide's draws (or moments), each made when a layer first reads it.
+    """
     variables = collect_variables(root)
+    fixed = fixed_weights(root)
+    if fixed is not None:
+        return LazyDraws.fixed(variables, [fixed[v.site] for v in variables], samples)
     whole_networks = whole_networks_requested()
     moments: list[NormalMoments | None] = []
     use_moments: list[bool] = []

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyrolite_bnn._distributed import unwrap
-from pyrolite_bnn._draws import rng_state, set_rng_state
+from pyrolite_bnn._draws import rng_state, set_rng_state, using_fixed_weights
 from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
@@ -318,16 +319,33 @@ def predict(
     one chunk) to run no probe.
 
     **Same weights in every chunk**: if the ``S`` draws of all weights take at
-    most half of ``memory_budget``, they are drawn once (one trace of
-    ``model.guide``) and every chunk runs on them. Otherwise each chunk draws
-    them anew, layer by layer, after the random-number generators (CPU, and
-    the CUDA devices of ``x`` and of the model) are rewound to their starting
-    state: less memory, but the draws are repeated for every chunk. Either way
+    most half of ``memory_budget``, they are drawn once from ``model.guide``
+    and every chunk runs on them. Otherwise each chunk draws them anew, layer
+    by layer, after the random-number generators (CPU, and the CUDA devices
+    of ``x`` and of the model) are rewound to their starting state: less
+    memory, but the draws are repeated for every chunk. Either way
     the generators end where one call on all of ``x`` leaves them, if the
     network draws no other random numbers. Dropout in training mode does: it
     would change later weight draws between chunks of different sizes (a
     warning says so), and batch-norm in training mode normalises each chunk by
     its own statistics; call ``model.eval()`` first.
+
+    **Threads**: with the generated guide (a ``VIModule`` with no assigned
+    guide, or a plain module holding Bayesian layers) ``predict`` pushes no
+    Pyro handler in any mode: the posterior medians (``mode="mean"``) or the
+    kept draws are handed to the layers in place of their draws, with the
+    outputs of conditioning the weight sites on them. Threads can predict
+    side by side, each with its own network or all with one. An assigned Pyro
+    guide (an autoguide) is Pyro code: its draws are traced and the network's
+    sites conditioned on its values, on Pyro's handler stack, which is one for
+    the whole process; such a prediction, like ``SVI`` or ``Predictive``, is not
+    safe next to another thread's network calls. So is one called under the
+    caller's own Pyro handlers (it blocks them). Random numbers come from
+    torch's default generators, which all threads share: a seed does not
+    reproduce a sampled prediction while other threads draw, and where each
+    chunk draws the weights anew, other threads' draws between the rewinds
+    make particle ``s`` a different network in different chunks (pass
+    ``batch_size=len(x)``, or a ``memory_budget`` that keeps the draws).
 
     Args:
         model: the trained network (or its ``DistributedDataParallel``
@@ -503,7 +521,7 @@ def _predict(
     axis = 1 if has_sequence_first_layers(model) else 0
     size = _batch_size(x, axis)
     generators = _Generators(_devices(model, x))
-    weights = _guide(model).median() if mode == "mean" else None
+    weights = _FixedWeights.medians(_guide(model)) if mode == "mean" else None
     particles = 1 if weights is not None else samples
     budget = _default_budget(x[0]) if memory_budget is None else memory_budget
     # Keep one draw of all weights for every chunk if it takes <= half the budget.
@@ -518,7 +536,7 @@ def _predict(
     if step >= size:
         return _run(model, x, particles, weights)
     if kept_bytes:
-        weights = _draw_weights(model, particles)
+        weights = _FixedWeights.drawn(_guide(model), particles)
     result: Tensor | None = None
     after_first: list[Tensor | None] | None = None
     for start in range(0, size, step):
@@ -568,7 +586,7 @@ def _probe(
     x: tuple[Tensor, ...],
     axis: int,
     particles: int,
-    weights: dict[str, Tensor] | None,
+    weights: _FixedWeights | None,
     generators: _Generators,
 ) -> float:
     """Working set in bytes of one input with ``particles`` particles.
@@ -605,7 +623,7 @@ def _run_chunk(
     start: int,
     length: int,
     particles: int,
-    weights: dict[str, Tensor] | None,
+    weights: _FixedWeights | None,
 ) -> Tensor:
     """:func:`_run` on ``length`` inputs of ``x`` from ``start`` along ``axis``.
 
@@ -634,17 +652,11 @@ def _run(
     model: nn.Module,
     x: tuple[Tensor, ...],
     samples: int,
-    weights: dict[str, Tensor] | None,
+    weights: _FixedWeights | None,
 ) -> Tensor:
     """Outputs ``(S, B, ...)`` for one chunk: weights drawn, or fixed to ``weights``."""
     if weights is not None:
-
-        def network() -> Any:
-            return call_network(model, x, samples)
-
-        conditioned: Any = poutine.condition(network, data=weights)
-        with poutine.trace():  # a handler makes the network a plain Pyro model
-            out = conditioned()
+        out = weights.run(model, x, samples)
     else:
         with whole_network_draws():
             out = call_network(model, x, samples)
@@ -656,15 +668,64 @@ def _run(
     return out
 
 
-def _draw_weights(model: nn.Module, samples: int) -> dict[str, Tensor]:
-    """One draw of every weight for ``samples`` particles, from the guide."""
-    trace = poutine.trace(_guide(model)).get_trace(samples=samples)
-    values: dict[str, Tensor] = {}
-    for variable in collect_variables(model):
-        value = trace.nodes[variable.site]["value"]
-        assert isinstance(value, Tensor)
-        values[variable.site] = value
-    return values
+@dataclass
+class _FixedWeights:
+    """The weights of every call of a prediction, by site name.
+
+    With the generated guide, the values are ``(S, 1, *shape)`` and the
+    network runs on them on the PyTorch-style path
+    (:func:`~pyrolite_bnn._draws.using_fixed_weights`): no Pyro handler is
+    pushed, so other threads' network calls run beside it unaffected. An
+    assigned guide is Pyro code: its values condition the network's sample
+    sites under a trace, on Pyro's handler stack, which is one for the process.
+
+    Attributes:
+        values: site name -> value.
+        guide: the guide they come from.
+    """
+
+    values: dict[str, Tensor]
+    guide: ParticleGuide
+
+    @classmethod
+    def medians(cls, guide: ParticleGuide) -> _FixedWeights:
+        """The posterior median of every weight, for one particle."""
+        medians = guide.median()
+        if guide.inner is None:
+            medians = {site: m.expand(1, 1, *m.shape) for site, m in medians.items()}
+        return cls(medians, guide)
+
+    @classmethod
+    def drawn(cls, guide: ParticleGuide, samples: int) -> _FixedWeights:
+        """One draw of every weight for ``samples`` particles, from the guide.
+
+        The generated guide draws from the layers' posterior modules in site
+        order, without tracing: the values, from the same random numbers, of
+        the traced guide's draws.
+        """
+        if guide.inner is None:
+            values = {v.site: v.posterior.draw(samples) for v in guide.variables()}
+            return cls(values, guide)
+        trace = poutine.trace(guide).get_trace(samples=samples)
+        values = {}
+        for variable in guide.variables():
+            value = trace.nodes[variable.site]["value"]
+            assert isinstance(value, Tensor)
+            values[variable.site] = value
+        return cls(values, guide)
+
+    def run(self, model: nn.Module, x: tuple[Tensor, ...], samples: int) -> Any:
+        """``model(*x)`` for ``samples`` particles on these weights."""
+        if self.guide.inner is None:
+            with using_fixed_weights(model, self.values):
+                return call_network(model, x, samples)
+
+        def network() -> Any:
+            return call_network(model, x, samples)
+
+        conditioned: Any = poutine.condition(network, data=self.values)
+        with poutine.trace():  # a handler makes the network a plain Pyro model
+            return conditioned()
 
 
 def _draw_bytes(model: nn.Module, samples: int) -> int:
@@ -729,15 +790,28 @@ def _nbytes(value: object) -> int:
     return 0
 
 
+# The probe measuring the running prediction's calls, in this thread's context.
+_PROBING: ContextVar[_ActivationProbe | None] = ContextVar(
+    "pyrolite_activation_probe", default=None
+)
+
+
 class _ActivationProbe:
-    """Largest input-plus-output size of one module call, seen by forward hooks."""
+    """Largest input-plus-output size of one module call, seen by forward hooks.
+
+    Only the calls of the probing thread count: the hooks are on the model's
+    modules, which other threads may be calling at the same time (a model
+    served from a thread pool), with other inputs and particle counts.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.largest = 0
         self.handles: list[Any] = []
+        self.token: Token[_ActivationProbe | None] | None = None
 
     def __enter__(self) -> _ActivationProbe:
+        self.token = _PROBING.set(self)
         self.handles = [
             m.register_forward_hook(self._hook) for _, m in network_modules(self.model)
         ]
@@ -746,6 +820,9 @@ class _ActivationProbe:
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
             handle.remove()
+        if self.token is not None:
+            _PROBING.reset(self.token)
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        self.largest = max(self.largest, _nbytes(args) + _nbytes(output))
+        if _PROBING.get() is self:
+            self.largest = max(self.largest, _nbytes(args) + _nbytes(output))

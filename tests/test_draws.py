@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn._draws import LazyDraws, using_fixed_weights
 from pyrolite_bnn.record import LayerRecord
 
 
@@ -108,3 +109,38 @@ def test_a_pass_run_again_starts_from_the_same_random_state() -> None:
     for out, after in results[1:]:
         torch.testing.assert_close(out, results[0][0], rtol=0, atol=0)
         torch.testing.assert_close(after, results[0][1], rtol=0, atol=0)
+
+
+def test_fixed_weights_are_what_the_calls_of_their_network_read() -> None:
+    """Given values replace the draws, and the moments of a layer that samples
+    its outputs from them: only in calls of the network they are given for."""
+    net = bnn.VISequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
+    assert net[0].uses_moments()  # "auto": local reparameterisation
+    other = bnn.VILinear(3, 2)
+    values = {v.site: torch.full((2, 1, *v.shape), 0.5) for v in net.random_variables()}
+    x = torch.ones(5, 3)
+    with using_fixed_weights(net, values):
+        out = net(x, samples=2)
+        free = other(x, samples=2)
+    # Hidden units 3 * 0.5 + 0.5 = 2, outputs 4 * 0.5 * 2 + 0.5 = 4.5.
+    torch.testing.assert_close(out, torch.full((2, 5, 2), 4.5), rtol=0.0, atol=0.0)
+    assert free.std(0).min() > 0  # drawn: its particles differ
+    with (
+        using_fixed_weights(net, values),
+        pytest.raises(ValueError, match=r"\(3, 1, 4, 3\)"),
+    ):
+        net(x, samples=3)
+
+
+def test_fixed_draws_count_as_read_once_a_layer_reads_them() -> None:
+    """A packed sequence asks whether a Bayesian layer ran before it (any_read)."""
+    layer = bnn.VILinear(3, 2)
+    variables = layer.random_variables()
+    draws = LazyDraws.fixed(
+        variables, [torch.zeros(1, 1, *v.shape) for v in variables], 1
+    )
+    assert not draws.any_read()
+    value = draws.get((id(layer), "weight"))
+    assert isinstance(value, Tensor)
+    assert value.shape == (1, 1, 2, 3)
+    assert draws.any_read()

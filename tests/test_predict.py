@@ -349,6 +349,41 @@ def test_forward_hooks_see_the_probe_unless_batch_size_is_given() -> None:
     assert shapes == [(100, 8)]
 
 
+def test_the_probe_measures_only_its_own_threads_calls() -> None:
+    """A network served from a thread pool: the probe's hooks are on its modules,
+    and another thread's call during the probe (more inputs, 10 particles) was
+    measured as the prediction's, making its chunks smaller."""
+    net = _mlp().eval()
+    x = torch.randn(40, 3)
+    options: dict[str, Any] = {"samples": 3, "memory_budget": 4000}
+    main = threading.main_thread()
+    sizes: list[int] = []
+
+    def record(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        if threading.current_thread() is main:
+            sizes.append(len(args[0]))
+
+    net.register_forward_hook(record)
+    bnn.predict(net, x, bnn.Categorical(), **options)
+    alone = list(sizes)
+    assert len(alone) > 2  # chunked
+
+    def other_thread() -> None:
+        with torch.no_grad():
+            net(torch.randn(64, 3))
+
+    def call_from_another_thread(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if threading.current_thread() is main and not sizes:  # the probe's call
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join()
+
+    net.register_forward_pre_hook(call_from_another_thread)
+    sizes.clear()
+    bnn.predict(net, x, bnn.Categorical(), **options)
+    assert sizes == alone
+
+
 @pytest.mark.parametrize("guide", ["default", "lowrank"])
 @pytest.mark.parametrize("memory_budget", [None, 1], ids=["kept", "redrawn"])
 def test_particles_are_coherent_across_chunks(
