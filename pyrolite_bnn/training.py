@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._distributed import Ranks, set_epoch, unwrap
 from pyrolite_bnn._fit_guard import NaNGuard, StepStats
+from pyrolite_bnn._fit_modes import ModuleModes
 from pyrolite_bnn._fit_progress import Progress
 from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._network import check_bayesian_network
@@ -178,9 +179,10 @@ def _validation_nll(
 
     Under ``torch.distributed`` the sums and counts of all ranks are added, so
     every rank gets the same value whether its ``loader`` holds its shard or
-    the whole validation set.
+    the whole validation set. Every module of ``model`` is back in its own
+    mode afterwards (a sub-module in ``eval()`` under a training root too).
     """
-    was_training = model.training
+    modes = ModuleModes(model)
     model.eval()
     total = 0.0
     count = 0
@@ -196,7 +198,7 @@ def _validation_nll(
             total -= float(log_mean.sum())
             count += int(log_mean.numel())
     finally:
-        model.train(was_training)
+        modes.restore()
     summed = ranks.sum(torch.tensor([total, count], dtype=torch.float64))
     total, count = summed[0].item(), int(summed[1].item())
     if count == 0:
@@ -548,6 +550,16 @@ def fit(
     Bayesian model; unlike the training loss it contains no KL term, which does
     not depend on the validation data.
 
+    Training mode: ``fit`` records every module's mode (``module.training``)
+    when it starts. If the model itself is in training mode then, each epoch
+    trains in these modes: a sub-module the user put in ``eval()`` (a batch
+    norm frozen for fine-tuning) stays in ``eval()`` and its running
+    statistics do not change. A model in ``eval()`` as a whole (e.g. after an
+    earlier prediction) is set to ``model.train()`` for every epoch. The
+    validation pass sets ``eval()`` and then puts each module back in its
+    mode, and at the end every module is back in the mode it had when
+    ``fit`` started.
+
     NaN guard: the model, loss and optimizer states are copied in memory at the
     end of every epoch (and before the first). If a loss or a gradient is
     NaN/Inf, if the network output is NaN/Inf and the likelihood rejects it, or
@@ -696,7 +708,7 @@ def fit(
     display = Progress(progress and ranks.main, epochs, train_loader)
     history = History(epochs_run=initial_epoch)
     stopping = _EarlyStopping(early_stopping_patience, initial_epoch)
-    was_training = model.training
+    modes = ModuleModes(model)
     try:
         for epoch in range(initial_epoch, epochs):
             if heat_schedule is not None:
@@ -704,7 +716,10 @@ def fit(
                     heat_schedule(epoch), f"the heat of heat_schedule({epoch})"
                 )
             set_epoch(train_loader, epoch)
-            model.train()
+            if modes.training:
+                modes.restore()  # sub-modules the user put in eval() stay there
+            else:
+                model.train()
             display.begin(epoch)
             try:
                 means = _train_epoch(
@@ -759,5 +774,5 @@ def fit(
                 break
         stopping.restore(model, loss_fn)
     finally:
-        model.train(was_training)
+        modes.restore()
     return history

@@ -200,6 +200,70 @@ def test_data_loader_and_training_mode_restored() -> None:
     assert not model.training
 
 
+def _frozen_batch_norm_net() -> tuple[bnn.VISequential, list[bool]]:
+    """A network whose batch norm is in eval(); the modes it ran in, per call."""
+    net = bnn.VISequential(
+        bnn.VILinear(3, 8), bnn.BatchNorm1d(8), nn.ReLU(), bnn.VILinear(8, 2)
+    )
+    net[1].requires_grad_(False)
+    net[1].eval()  # frozen statistics, as in torch fine-tuning
+    seen: list[bool] = []
+    net[1].register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    return net, seen
+
+
+def test_a_sub_module_in_eval_stays_in_eval_through_fit() -> None:
+    """fit called model.train() every epoch and model.train(was_training) at
+    the end: a frozen batch norm normalised with batch statistics in every
+    step (its running mean moved by 0.1) and was left in training mode."""
+    x, y = _data()
+    net, seen = _frozen_batch_norm_net()
+    statistics = {k: v.clone() for k, v in net[1].state_dict().items()}
+    modes = [m.training for m in net.modules()]
+    fit(
+        net,
+        _loss(),
+        _batches(x, y),
+        epochs=2,
+        optimizer=_adam(net),
+        val_loader=_batches(x, y),
+        progress=False,
+    )
+    assert seen == [False] * 16  # 2 epochs x (4 steps + 4 validation batches)
+    _assert_same_state(net[1].state_dict(), statistics)  # bit-identical
+    assert [m.training for m in net.modules()] == modes
+    assert net.training
+    assert not net[1].training
+
+
+def test_validation_inside_fit_puts_each_module_back_in_its_mode() -> None:
+    x, y = _data()
+    net, _ = _frozen_batch_norm_net()
+    before = [m.training for m in net.modules()]
+    modes: list[list[bool]] = []
+    fit(
+        net,
+        _loss(),
+        _batches(x, y),
+        epochs=2,
+        optimizer=_adam(net),
+        val_loader=_batches(x, y),
+        callbacks=[lambda e, h, m: modes.append([n.training for n in m.modules()])],
+        progress=False,
+    )
+    assert modes == [before] * 2
+    assert before.count(False) == 1
+
+
+def test_a_model_in_eval_trains_in_training_mode_and_is_put_back() -> None:
+    x, y = _data()
+    net, seen = _frozen_batch_norm_net()
+    net.eval()  # as a whole, e.g. after an earlier prediction
+    fit(net, _loss(), _batches(x, y), epochs=1, optimizer=_adam(net), progress=False)
+    assert seen == [True] * 4
+    assert not any(m.training for m in net.modules())
+
+
 def test_a_dataset_size_that_is_not_the_loaders_warns() -> None:
     """dataset_size of another split: the KL silently 3.2x too strong."""
     x, y = _data()
