@@ -15,12 +15,14 @@ callbacks, checkpoints, error messages); the progress display shows
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -380,6 +382,62 @@ def _step_loss(
         return out.sum() * math.nan, error
 
 
+@dataclass(frozen=True)
+class _StepInputs:
+    """What every evaluation of a training step reads besides its batch."""
+
+    model: nn.Module
+    loss_fn: KullbackLeiblerLoss
+    guard: NaNGuard
+    unsynced: list[nn.Parameter]
+    clip_grad_norm: float | None
+
+
+def _evaluate(
+    inputs: _StepInputs,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    step: int,
+    x: Any,
+    y: Any,
+    evaluations: list[StepStats],
+) -> Tensor:
+    """One evaluation of a step: gradients zeroed, loss, backward, guard, clipping.
+
+    Appends its statistics to ``evaluations`` and returns the loss averaged
+    over the ranks (the closure of an optimizer that evaluates the loss
+    several times per step, ``torch.optim.LBFGS``: every rank then takes the
+    same decisions).
+    """
+    guard = inputs.guard
+    optimizer.zero_grad(set_to_none=True)
+    loss, output_error = _step_loss(inputs.model, inputs.loss_fn, x, y, guard.ranks)
+    if loss.requires_grad:
+        torch.autograd.backward(loss)
+    guard.ranks.average_gradients(inputs.unsynced)
+    stats = guard.check_step(epoch, step, loss, output_error)
+    if inputs.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(guard.params, inputs.clip_grad_norm)
+    evaluations.append(stats)
+    return torch.tensor(stats.loss, dtype=loss.dtype, device=loss.device)
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` requires a closure (``torch.optim.LBFGS``)."""
+    try:
+        parameters = inspect.signature(optimizer.step).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it without one
+        return False
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+    return any(
+        parameter.default is inspect.Parameter.empty and parameter.kind in positional
+        for parameter in parameters
+    )
+
+
 def _train_epoch(
     epoch: int,
     model: nn.Module,
@@ -394,17 +452,34 @@ def _train_epoch(
     """One pass over ``loader``; the epoch's mean loss, NLL and KL."""
     sums = StepStats(0.0, 0.0, 0.0)
     steps = 0
+    needs_closure = _needs_closure(optimizer)
     for step, batch in enumerate(loader):
         x, y = _unpack(batch, "train_loader", f"epoch {epoch}, step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss, output_error = _step_loss(model, loss_fn, x, y, guard.ranks)
-        if loss.requires_grad:
-            torch.autograd.backward(loss)
-        guard.ranks.average_gradients(unsynced)
-        stats = guard.check_step(epoch, step, loss, output_error)
-        if clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(guard.params, clip_grad_norm)
-        optimizer.step()
+        evaluations: list[StepStats] = []
+        evaluate = functools.partial(
+            _evaluate,
+            _StepInputs(model, loss_fn, guard, unsynced, clip_grad_norm),
+            optimizer,
+            epoch,
+            step,
+            x,
+            y,
+            evaluations,
+        )
+        if needs_closure:
+            # torch types a closure as returning a float; its own return the
+            # loss tensor, which LBFGS reads with float() as well
+            optimizer.step(cast(Callable[[], float], evaluate))
+            if not evaluations:
+                raise RuntimeError(
+                    f"{type(optimizer).__name__}.step did not call the closure fit "
+                    "gave it: fit cannot train with this optimizer"
+                )
+        else:
+            evaluate()
+            optimizer.step()
+        guard.step_done()
+        stats = evaluations[0]  # the loss before the step, as for other optimizers
         sums.loss += stats.loss
         sums.nll += stats.nll
         sums.kl += stats.kl
@@ -533,7 +608,13 @@ def fit(
     ``compile=`` on the loss and a ``VIModule`` model:
     ``loss = loss_fn.model_loss(model, x, y)``),
     ``zero_grad``, ``backward``, optional gradient-norm clipping and
-    ``optimizer.step()``.
+    ``optimizer.step()``. An optimizer whose ``step`` needs a closure
+    (``torch.optim.LBFGS``) gets one that runs all of these but the step,
+    and may evaluate it several times per step: the NaN guard checks every
+    evaluation, the step's loss, NLL and KL (:class:`History`, the progress
+    display) are those of its first evaluation (the loss before the step, as
+    with other optimizers), and the closure returns the loss averaged over
+    the ranks under ``torch.distributed``, so that every rank decides alike.
 
     A network with several inputs (``forward(self, x_num, x_cat)``) takes
     batches ``((x_num, x_cat), y)``: a tuple of inputs, or the list a

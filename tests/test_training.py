@@ -376,6 +376,79 @@ def test_clip_grad_norm_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [0.5] * 4
 
 
+class _ClosureSGD(torch.optim.Optimizer):
+    """An optimizer whose step needs a closure: it evaluates it twice per step.
+
+    Records each evaluation's loss and gradient norm; with ``poison`` it makes
+    the parameters NaN between the two evaluations.
+    """
+
+    def __init__(self, params: Any, poison: bool = False) -> None:
+        super().__init__(params, {"lr": 0.05})
+        self.poison = poison
+        self.losses: list[float] = []
+        self.grad_norms: list[float] = []
+
+    def step(self, closure: Any) -> Any:  # type: ignore[override]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for _ in range(2):
+            loss = closure()
+            self.losses.append(float(loss))
+            grads = [p.grad.flatten() for p in params if p.grad is not None]
+            self.grad_norms.append(float(torch.cat(grads).norm()))
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p.sub_(0.05 * p.grad)
+                    if self.poison:
+                        p.fill_(math.nan)
+        return loss
+
+
+def test_an_optimizer_whose_step_needs_a_closure_trains() -> None:
+    """fit called optimizer.step() without a closure: LBFGS failed with torch's
+    "missing 1 required positional argument: 'closure'" after a forward and
+    backward pass had run."""
+    x, y = _data()
+    model = _net()
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5)
+    history = fit(
+        model, _loss(), [(x, y)], epochs=5, optimizer=optimizer, progress=False
+    )
+    assert history.loss[-1] < 0.5 * history.loss[0]
+
+
+def test_a_closure_is_evaluated_as_often_as_the_optimizer_asks() -> None:
+    """Each evaluation is clipped; the step's loss is its first evaluation's
+    (the loss before the step, as with other optimizers)."""
+    x, y = _data()
+    model = _net()
+    optimizer = _ClosureSGD(model.parameters())
+    history = fit(
+        model,
+        _loss(),
+        [(x, y)],
+        epochs=3,
+        optimizer=optimizer,
+        clip_grad_norm=0.01,
+        progress=False,
+    )
+    assert len(optimizer.losses) == 6
+    assert history.loss == pytest.approx(optimizer.losses[::2], rel=1e-6)
+    assert max(optimizer.grad_norms) <= 0.01 * (1 + 1e-5)
+
+
+def test_the_nan_guard_checks_every_evaluation_of_a_closure() -> None:
+    x, y = _data()
+    model = _net()
+    before = _state(model)
+    optimizer = _ClosureSGD(model.parameters(), poison=True)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* epoch 0, step 0"):
+        fit(model, _loss(), [(x, y)], epochs=2, optimizer=optimizer, progress=False)
+    assert len(optimizer.losses) == 1  # the second evaluation raised
+    _assert_same_state(_state(model), before)
+
+
 def test_invalid_arguments() -> None:
     x, y = _data()
     model, loss_fn, batches = _net(), _loss(), _batches(x, y)
