@@ -31,8 +31,8 @@ from pyrolite_bnn._warnings import warn_at_caller
 
 __all__ = ["PENDING_CALLS", "DecayWatch", "is_scale_parameter"]
 
-# Each parameter group's weight_decay and number of parameters.
-_Groups = list[tuple[object, int]]
+# Whether each parameter group decays, and its number of parameters.
+_Groups = list[tuple[bool, int]]
 
 # The name of a parameter that holds a scale unconstrained: the library's
 # ``rho_unconstrained`` / ``raw_scale_unconstrained`` / ``log_scale``,
@@ -64,14 +64,14 @@ class DecayWatch:
 
     An optimizer is checked when it takes its first step, and again when its
     parameter groups change (a group added with ``add_param_group``, a
-    group's ``weight_decay`` or number of parameters changed); each of its
-    decayed scale parameters is warned about once. The optimizers found
+    group's ``weight_decay`` switched on, parameters added to a group); each
+    of its decayed scale parameters is warned about once. The optimizers found
     together give one warning (``pyro.optim`` keeps one torch optimizer per
     parameter).
 
     :meth:`check` is called on every training evaluation of the loss; it
-    compares each checked optimizer's groups (their decay and size) with
-    those it had when checked, and does more only when an optimizer took its
+    compares each checked optimizer's groups (whether they decay, their
+    size) with those it had when checked, and does more only when an optimizer took its
     first step or changed its groups since the last check, or while
     optimizers that held none of the network's parameters when they started
     are looked at again (:data:`PENDING_CALLS` calls).
@@ -177,11 +177,20 @@ class DecayWatch:
 
 
 def _groups(optimizer: Optimizer) -> _Groups:
-    """Each parameter group's ``weight_decay`` and size: its change is looked at."""
+    """Whether each parameter group decays, and its size.
+
+    A change means parameters that may be decayed and were not checked: a
+    group added, one whose decay was switched on, parameters added. A decay
+    schedule changing a positive ``weight_decay`` every step changes nothing.
+    """
     return [
-        (group.get("weight_decay"), len(group["params"]))
+        (_decays(group.get("weight_decay")), len(group["params"]))
         for group in optimizer.param_groups
     ]
+
+
+def _decays(decay: object) -> bool:
+    return isinstance(decay, (int, float)) and decay > 0
 
 
 def _decayed_scales(
@@ -191,7 +200,7 @@ def _decayed_scales(
     found = []
     for group in optimizer.param_groups:
         decay = group.get("weight_decay", 0.0)
-        if not isinstance(decay, (int, float)) or decay <= 0:
+        if not _decays(decay):
             continue
         for tensor in group["params"]:
             name = scales.get(id(tensor))

@@ -453,12 +453,13 @@ def _train_epoch(
     sums = StepStats(0.0, 0.0, 0.0)
     steps = 0
     needs_closure = _needs_closure(optimizer)
+    inputs = _StepInputs(model, loss_fn, guard, unsynced, clip_grad_norm)
     for step, batch in enumerate(loader):
         x, y = _unpack(batch, "train_loader", f"epoch {epoch}, step {step}")
         evaluations: list[StepStats] = []
         evaluate = functools.partial(
             _evaluate,
-            _StepInputs(model, loss_fn, guard, unsynced, clip_grad_norm),
+            inputs,
             optimizer,
             epoch,
             step,
