@@ -70,9 +70,9 @@ class DecayWatch:
     parameter).
 
     :meth:`check` is called on every training evaluation of the loss; it
-    compares each checked optimizer's groups (whether they decay, their
-    size) with those it had when checked, and does more only when an optimizer took its
-    first step or changed its groups since the last check, or while
+    compares each checked optimizer's groups (whether they decay, their size)
+    with those it had when checked, and does more only when an optimizer took
+    its first step or changed its groups since the last check, or while
     optimizers that held none of the network's parameters when they started
     are looked at again (:data:`PENDING_CALLS` calls).
     """

@@ -404,10 +404,10 @@ def _evaluate(
 ) -> Tensor:
     """One evaluation of a step: gradients zeroed, loss, backward, guard, clipping.
 
-    Appends its statistics to ``evaluations`` and returns the loss averaged
-    over the ranks (the closure of an optimizer that evaluates the loss
-    several times per step, ``torch.optim.LBFGS``: every rank then takes the
-    same decisions).
+    Appends its statistics to ``evaluations`` and returns the loss, under
+    ``torch.distributed`` averaged over the ranks (as the closure of an
+    optimizer that evaluates the loss several times per step,
+    ``torch.optim.LBFGS``, every rank then takes the same decisions).
     """
     guard = inputs.guard
     optimizer.zero_grad(set_to_none=True)
@@ -419,6 +419,8 @@ def _evaluate(
     if inputs.clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(guard.params, inputs.clip_grad_norm)
     evaluations.append(stats)
+    if not guard.ranks.distributed:
+        return loss.detach()
     return torch.tensor(stats.loss, dtype=loss.dtype, device=loss.device)
 
 
