@@ -1,13 +1,15 @@
 """Notice weight decay on the parameters that set a scale.
 
-A scale (a posterior standard deviation, a learned noise scale) is trained
-through an unconstrained parameter: ``softplus(rho)`` or ``exp(log_scale)``.
-An optimizer's ``weight_decay`` pulls that parameter towards 0, which moves
-the scale towards a constant of order 1 (``softplus(0) = 0.69``), not towards 0:
-a practitioner's regulariser silently widens the posterior (AdamW with
-``weight_decay=0.1`` tripled the default posterior's standard deviations in 300
-steps). In a Bayesian network the prior's KL term is the regulariser, so the
-loss warns about an optimizer that decays such a parameter.
+A scale (a posterior standard deviation, a learned noise scale, a learned
+prior's scale) is trained through an unconstrained parameter:
+``softplus(rho)`` or ``exp(log_scale)``. An optimizer's ``weight_decay`` pulls
+that parameter towards 0, which moves the scale towards a constant of order 1
+(``softplus(0) = 0.69``, ``exp(0) = 1``), not towards 0: a practitioner's
+regulariser silently widens the posterior (AdamW with ``weight_decay=0.1``
+tripled the default posterior's standard deviations in 300 steps), or biases
+the empirical-Bayes prior scale towards 1. In a Bayesian network the prior's KL
+term is the regulariser, so the loss warns about an optimizer that decays such
+a parameter.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from pyrolite_bnn._change_watch import (
 from pyrolite_bnn._warnings import warn_at_caller
 
 __all__ = ["PENDING_CALLS", "DecayWatch", "is_scale_parameter"]
+
+# Whether each parameter group decays, and its number of parameters.
+_Groups = list[tuple[bool, int]]
 
 # The name of a parameter that holds a scale unconstrained: the library's
 # ``rho_unconstrained`` / ``raw_scale_unconstrained`` / ``log_scale``,
@@ -57,19 +62,30 @@ def is_scale_parameter(name: str) -> bool:
 class DecayWatch:
     """Warns when optimizers holding the network decay a scale parameter.
 
-    Each optimizer is checked once; the ones found together give one warning
-    (``pyro.optim`` keeps one torch optimizer per parameter).
+    An optimizer is checked when it takes its first step, and again when its
+    parameter groups change (a group added with ``add_param_group``, a
+    group's ``weight_decay`` switched on, parameters added to a group); each
+    of its decayed scale parameters is warned about once. The optimizers found
+    together give one warning (``pyro.optim`` keeps one torch optimizer per
+    parameter).
 
-    :meth:`check` is called on every training evaluation of the loss; it does
-    work only when an optimizer took its first step since the last check, or
-    while optimizers that held none of the network's parameters when they
-    started are looked at again (:data:`PENDING_CALLS` calls).
+    :meth:`check` is called on every training evaluation of the loss; it
+    compares each checked optimizer's groups (whether they decay, their size)
+    with those it had when checked, and does more only when an optimizer took
+    its first step or changed its groups since the last check, or while
+    optimizers that held none of the network's parameters when they started
+    are looked at again (:data:`PENDING_CALLS` calls).
     """
 
     def __init__(self) -> None:
         count_steps()
         self.started = 0
-        self.checked: weakref.WeakSet[Optimizer] = weakref.WeakSet()
+        # The checked optimizers by id, with their groups as checked (a list
+        # of weak references: a WeakKeyDictionary takes 2 us to iterate).
+        self.checked: dict[int, tuple[weakref.ref[Optimizer], _Groups]] = {}
+        # The ids of the scale parameters each optimizer was warned about.
+        self.warned: weakref.WeakKeyDictionary[Optimizer, set[int]]
+        self.warned = weakref.WeakKeyDictionary()
         self.pending: weakref.WeakSet[Optimizer] = weakref.WeakSet()
         self.pending_calls = 0
 
@@ -80,6 +96,15 @@ class DecayWatch:
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__init__()  # type: ignore[misc]
 
+    def _checked(self, optimizer: Optimizer) -> bool:
+        entry = self.checked.get(id(optimizer))
+        return entry is not None and entry[0]() is optimizer
+
+    def _forget_deleted_optimizers(self) -> None:
+        self.checked = {
+            key: entry for key, entry in self.checked.items() if entry[0]() is not None
+        }
+
     def check(
         self,
         scales: Callable[[], Mapping[str, Tensor]],
@@ -89,7 +114,7 @@ class DecayWatch:
 
         Args:
             scales: returns the unconstrained scale parameters of the network's
-                guide and likelihood, by name.
+                guide, priors and likelihood, by the name the warning gives.
             network: returns the network's parameters (an optimizer that holds
                 none of them or of ``scales`` is another network's).
         """
@@ -97,9 +122,14 @@ class DecayWatch:
         if started != self.started:
             self.started = started
             self.pending.update(
-                opt for opt in stepped_optimizers() if opt not in self.checked
+                opt for opt in stepped_optimizers() if not self._checked(opt)
             )
             self.pending_calls = 0
+        for reference, groups in self.checked.values():
+            optimizer = reference()
+            if optimizer is not None and _groups(optimizer) != groups:
+                self.pending.add(optimizer)
+                self.pending_calls = 0
         if not self.pending:
             return
         self.pending_calls += 1
@@ -115,10 +145,14 @@ class DecayWatch:
             if not holds_any(optimizer, held):
                 continue
             self.pending.discard(optimizer)
-            self.checked.add(optimizer)
-            decayed = _decayed_scale(optimizer, by_id)
-            if decayed is not None:
-                found.append((optimizer, *decayed))
+            self._forget_deleted_optimizers()
+            self.checked[id(optimizer)] = (weakref.ref(optimizer), _groups(optimizer))
+            decayed = _decayed_scales(optimizer, by_id)
+            warned = self.warned.setdefault(optimizer, set())
+            new = [finding for finding in decayed if finding[0] not in warned]
+            warned.update(key for key, _, _ in decayed)
+            if new:
+                found.append((optimizer, *new[0][1:]))
         if found:
             # One warning for all: pyro.optim keeps one torch optimizer per
             # parameter, which would otherwise give one warning per scale.
@@ -129,26 +163,47 @@ class DecayWatch:
                 f"{name!r}{more}, the unconstrained parameter of a scale: decay "
                 "pulls it towards 0, which moves the scale towards a "
                 "constant of order 1 (softplus(0) = 0.69 for the default "
-                "posterior), i.e. widens the posterior, instead of shrinking "
-                "anything. In a Bayesian network the prior (the KL term) "
-                "regularises the weights: use weight_decay=0, or give the "
-                "scale parameters a group without decay, e.g. [{'params': "
-                "[p for n, p in model.named_parameters() if 'rho' not in n], "
+                "posterior, i.e. it widens the posterior; exp(0) = 1 for a "
+                "learned prior's log_scale), instead of shrinking anything. "
+                "In a Bayesian network the prior (the KL term) regularises "
+                "the weights, and the ELBO sets a learned prior's scale: "
+                "use weight_decay=0, or give the "
+                "scale parameters a group without decay, e.g. scale = "
+                "lambda n: 'rho' in n or 'log_scale' in n; [{'params': "
+                "[p for n, p in model.named_parameters() if not scale(n)], "
                 "'weight_decay': wd}, {'params': [p for n, p in "
-                "model.named_parameters() if 'rho' in n], 'weight_decay': 0}]"
+                "model.named_parameters() if scale(n)], 'weight_decay': 0}]"
             )
 
 
-def _decayed_scale(
+def _groups(optimizer: Optimizer) -> _Groups:
+    """Whether each parameter group decays, and its size.
+
+    A change means parameters that may be decayed and were not checked: a
+    group added, one whose decay was switched on, parameters added. A decay
+    schedule changing a positive ``weight_decay`` every step changes nothing.
+    """
+    return [
+        (_decays(group.get("weight_decay")), len(group["params"]))
+        for group in optimizer.param_groups
+    ]
+
+
+def _decays(decay: object) -> bool:
+    return isinstance(decay, (int, float)) and decay > 0
+
+
+def _decayed_scales(
     optimizer: Optimizer, scales: Mapping[int, str]
-) -> tuple[str, float] | None:
-    """The first scale parameter ``optimizer`` decays, and its decay."""
+) -> list[tuple[int, str, float]]:
+    """The scale parameters ``optimizer`` decays: ``id``, name and decay."""
+    found = []
     for group in optimizer.param_groups:
         decay = group.get("weight_decay", 0.0)
-        if not isinstance(decay, (int, float)) or decay <= 0:
+        if not _decays(decay):
             continue
         for tensor in group["params"]:
             name = scales.get(id(tensor))
             if name is not None:
-                return name, float(decay)
-    return None
+                found.append((id(tensor), name, float(decay)))
+    return found

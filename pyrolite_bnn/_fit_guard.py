@@ -144,7 +144,7 @@ class NaNGuard:
         loss: Tensor,
         output_error: BaseException | None,
     ) -> StepStats:
-        """Check a step after ``backward``; return its statistics.
+        """Check an evaluation of a step after ``backward``; return its statistics.
 
         One synchronisation (and one ``all_reduce`` under ``torch.distributed``)
         carries the loss, NLL, KL, whether every gradient is finite and whether
@@ -175,8 +175,11 @@ class NaNGuard:
             self.fail(epoch, step, f"non-finite loss ({loss_value / size})")
         if bad_grads:
             self.fail(epoch, step, f"non-finite gradient of {self._nonfinite_grad()}")
-        self.global_step += 1
         return StepStats(loss_value / size, nll_value / size, kl_value / size)
+
+    def step_done(self) -> None:
+        """Count an optimizer step (one or more checked evaluations)."""
+        self.global_step += 1
 
     def check_parameters(self, epoch: int, step: int) -> None:
         """Fail if a parameter is non-finite at the end of an epoch."""

@@ -478,7 +478,7 @@ def pytorch_run(
                     set_rng_state(start, random_device)
         draws.finish()
         result = unfold_output(root, result, state)
-        record = LayerRecord(draws, state.samples)
+        record = LayerRecord(draws, state.samples, root)
     else:
         guide_trace = poutine.trace(guide).get_trace(samples=state.samples)
         replayed = poutine.replay(pyro_run, trace=guide_trace)

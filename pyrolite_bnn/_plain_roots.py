@@ -402,7 +402,7 @@ def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     if draws is None:  # run as a Pyro model: the weights are sample sites
         return result
     draws.finish()
-    record = LayerRecord(draws, state.samples)
+    record = LayerRecord(draws, state.samples, module)
     record.sequence_batch = state.sequence_batch()
     return attach(result, record, log_probs=getattr(module, "return_log_probs", False))
 

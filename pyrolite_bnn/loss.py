@@ -475,17 +475,27 @@ class KullbackLeiblerLoss(nn.Module):
             )
 
     def _watch_decay(self, record: ForwardRecord) -> None:
-        """Warn once per optimizer that decays a posterior or noise scale."""
+        """Warn once per optimizer and parameter that decays a scale.
+
+        The posterior's, a learned prior's and the likelihood's scales, named
+        as ``named_parameters()`` of the network (and of this loss) names them.
+        """
         if not torch.is_grad_enabled() or is_capturing():
             return
 
         def scales() -> dict[str, Tensor]:
-            named = {
-                **record.guide_parameters(),
-                **dict(self.predictive.named_parameters(prefix="predictive")),
-            }
+            named = {**record.guide_parameters(), **record.prior_parameters()}
             found = {n: p for n, p in named.items() if is_scale_parameter(n)}
-            return {**found, **record.positive_parameters()}
+            found.update(record.positive_parameters())
+            network = record.network
+            paths = {} if network is None else _parameter_paths(network)
+            by_path = {paths.get(id(p), n): p for n, p in found.items()}
+            by_path.update(
+                (n, p)
+                for n, p in self.predictive.named_parameters(prefix="predictive")
+                if is_scale_parameter(n)
+            )
+            return by_path
 
         self._decay_watch.check(scales, record.network_parameters)
 
@@ -768,3 +778,8 @@ class PyroModel:
                 "init_loc_fn=net.init_loc_fn), then pass net.guide as the guide "
                 "(SVI(pyro_model, net.guide, ...))"
             )
+
+
+def _parameter_paths(module: nn.Module) -> dict[int, str]:
+    """The name ``module.named_parameters()`` gives each parameter, by ``id``."""
+    return {id(parameter): name for name, parameter in module.named_parameters()}

@@ -87,10 +87,14 @@ class ForwardRecord:
         kl_charged_by: the output (its memory, shape and strides) from which
             a loss took this pass's KL into a training loss (with gradients
             and a positive heat), else ``None``.
+        network: the module that ran (the outermost one of the call), if
+            known; its ``named_parameters()`` names the parameters in the
+            loss's warnings.
     """
 
-    def __init__(self, samples: int) -> None:
+    def __init__(self, samples: int, network: nn.Module | None = None) -> None:
         self.samples = samples
+        self.network = network
         self.sequence_batch: int | None = None
         self.analytic_sites: list[str] = []
         self.mc_sites: list[str] = []
@@ -137,6 +141,24 @@ class ForwardRecord:
         (``rho_unconstrained``). The loss warns about weight decay on both.
         """
         return {}
+
+    def prior_parameters(self) -> dict[str, Tensor]:
+        """The priors' learnable hyperparameters, by site and name.
+
+        A ``LearnedNormalPrior``'s ``log_scale`` (``"0.weight.log_scale"``):
+        the loss warns about weight decay on it as on the guide's scales.
+        """
+        return {
+            f"{variable.site}.{name}": parameter
+            for variable in self._variables()
+            for name, parameter in variable.module.prior[
+                variable.name
+            ].named_parameters()
+        }
+
+    def _variables(self) -> Sequence[RandomVariable]:
+        """The random variables of the network that ran (``[]`` if unknown)."""
+        return []
 
     def network_parameters(self) -> list[Tensor]:
         """Parameters of the network that ran (its layers'; ``[]`` if unknown).
@@ -218,10 +240,9 @@ class TraceRecord(ForwardRecord):
         samples: int,
         network: nn.Module | None = None,
     ) -> None:
-        super().__init__(samples)
+        super().__init__(samples, network)
         self.guide_trace = prune_subsample_sites(guide_trace)
         self.model_trace = prune_subsample_sites(model_trace)
-        self.network = network
 
     def _latent_sites(self) -> list[tuple[str, Any]]:
         return [
@@ -292,6 +313,11 @@ class TraceRecord(ForwardRecord):
         """See :meth:`ForwardRecord.network_parameters`: the network's."""
         return [] if self.network is None else list(self.network.parameters())
 
+    def _variables(self) -> Sequence[RandomVariable]:
+        from pyrolite_bnn._network import collect_variables  # imports module.py
+
+        return [] if self.network is None else collect_variables(self.network)
+
     def guide_identity(self) -> Hashable:
         """See :meth:`ForwardRecord.guide_identity`: network and ``param`` names.
 
@@ -323,10 +349,13 @@ class LayerRecord(ForwardRecord):
             is taken in closed form, or estimated from fresh draws where there
             is none).
         samples: number of particles ``S``.
+        network: the module that ran.
     """
 
-    def __init__(self, draws: LazyDraws, samples: int) -> None:
-        super().__init__(samples)
+    def __init__(
+        self, draws: LazyDraws, samples: int, network: nn.Module | None = None
+    ) -> None:
+        super().__init__(samples, network)
         self.draws = draws
         self.variables = draws.variables
         self._witness = _first_posterior_parameter(self.variables)
@@ -413,6 +442,9 @@ class LayerRecord(ForwardRecord):
     def network_parameters(self) -> list[Tensor]:
         """See :meth:`ForwardRecord.network_parameters`: the layers'."""
         return [p for v in self.variables for p in v.module.parameters()]
+
+    def _variables(self) -> Sequence[RandomVariable]:
+        return self.variables
 
     def guide_identity(self) -> Hashable:
         """See :meth:`ForwardRecord.guide_identity`: the posterior modules."""

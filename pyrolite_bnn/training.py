@@ -15,12 +15,14 @@ callbacks, checkpoints, error messages); the progress display shows
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._distributed import Ranks, set_epoch, unwrap
 from pyrolite_bnn._fit_guard import NaNGuard, StepStats
+from pyrolite_bnn._fit_modes import ModuleModes
 from pyrolite_bnn._fit_progress import Progress
 from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._network import check_bayesian_network
@@ -178,9 +181,10 @@ def _validation_nll(
 
     Under ``torch.distributed`` the sums and counts of all ranks are added, so
     every rank gets the same value whether its ``loader`` holds its shard or
-    the whole validation set.
+    the whole validation set. Every module of ``model`` is back in its own
+    mode afterwards (a sub-module in ``eval()`` under a training root too).
     """
-    was_training = model.training
+    modes = ModuleModes(model)
     model.eval()
     total = 0.0
     count = 0
@@ -196,7 +200,7 @@ def _validation_nll(
             total -= float(log_mean.sum())
             count += int(log_mean.numel())
     finally:
-        model.train(was_training)
+        modes.restore()
     summed = ranks.sum(torch.tensor([total, count], dtype=torch.float64))
     total, count = summed[0].item(), int(summed[1].item())
     if count == 0:
@@ -378,6 +382,64 @@ def _step_loss(
         return out.sum() * math.nan, error
 
 
+@dataclass(frozen=True)
+class _StepInputs:
+    """What every evaluation of a training step reads besides its batch."""
+
+    model: nn.Module
+    loss_fn: KullbackLeiblerLoss
+    guard: NaNGuard
+    unsynced: list[nn.Parameter]
+    clip_grad_norm: float | None
+
+
+def _evaluate(
+    inputs: _StepInputs,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    step: int,
+    x: Any,
+    y: Any,
+    evaluations: list[StepStats],
+) -> Tensor:
+    """One evaluation of a step: gradients zeroed, loss, backward, guard, clipping.
+
+    Appends its statistics to ``evaluations`` and returns the loss, under
+    ``torch.distributed`` averaged over the ranks (as the closure of an
+    optimizer that evaluates the loss several times per step,
+    ``torch.optim.LBFGS``, every rank then takes the same decisions).
+    """
+    guard = inputs.guard
+    optimizer.zero_grad(set_to_none=True)
+    loss, output_error = _step_loss(inputs.model, inputs.loss_fn, x, y, guard.ranks)
+    if loss.requires_grad:
+        torch.autograd.backward(loss)
+    guard.ranks.average_gradients(inputs.unsynced)
+    stats = guard.check_step(epoch, step, loss, output_error)
+    if inputs.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(guard.params, inputs.clip_grad_norm)
+    evaluations.append(stats)
+    if not guard.ranks.distributed:
+        return loss.detach()
+    return torch.tensor(stats.loss, dtype=loss.dtype, device=loss.device)
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` requires a closure (``torch.optim.LBFGS``)."""
+    try:
+        parameters = inspect.signature(optimizer.step).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it without one
+        return False
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+    return any(
+        parameter.default is inspect.Parameter.empty and parameter.kind in positional
+        for parameter in parameters
+    )
+
+
 def _train_epoch(
     epoch: int,
     model: nn.Module,
@@ -392,17 +454,35 @@ def _train_epoch(
     """One pass over ``loader``; the epoch's mean loss, NLL and KL."""
     sums = StepStats(0.0, 0.0, 0.0)
     steps = 0
+    needs_closure = _needs_closure(optimizer)
+    inputs = _StepInputs(model, loss_fn, guard, unsynced, clip_grad_norm)
     for step, batch in enumerate(loader):
         x, y = _unpack(batch, "train_loader", f"epoch {epoch}, step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss, output_error = _step_loss(model, loss_fn, x, y, guard.ranks)
-        if loss.requires_grad:
-            torch.autograd.backward(loss)
-        guard.ranks.average_gradients(unsynced)
-        stats = guard.check_step(epoch, step, loss, output_error)
-        if clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(guard.params, clip_grad_norm)
-        optimizer.step()
+        evaluations: list[StepStats] = []
+        evaluate = functools.partial(
+            _evaluate,
+            inputs,
+            optimizer,
+            epoch,
+            step,
+            x,
+            y,
+            evaluations,
+        )
+        if needs_closure:
+            # torch types a closure as returning a float; its own return the
+            # loss tensor, which LBFGS reads with float() as well
+            optimizer.step(cast(Callable[[], float], evaluate))
+            if not evaluations:
+                raise RuntimeError(
+                    f"{type(optimizer).__name__}.step did not call the closure fit "
+                    "gave it: fit cannot train with this optimizer"
+                )
+        else:
+            evaluate()
+            optimizer.step()
+        guard.step_done()
+        stats = evaluations[0]  # the loss before the step, as for other optimizers
         sums.loss += stats.loss
         sums.nll += stats.nll
         sums.kl += stats.kl
@@ -531,7 +611,13 @@ def fit(
     ``compile=`` on the loss and a ``VIModule`` model:
     ``loss = loss_fn.model_loss(model, x, y)``),
     ``zero_grad``, ``backward``, optional gradient-norm clipping and
-    ``optimizer.step()``.
+    ``optimizer.step()``. An optimizer whose ``step`` needs a closure
+    (``torch.optim.LBFGS``) gets one that runs all of these but the step,
+    and may evaluate it several times per step: the NaN guard checks every
+    evaluation, the step's loss, NLL and KL (:class:`History`, the progress
+    display) are those of its first evaluation (the loss before the step, as
+    with other optimizers), and the closure returns the loss averaged over
+    the ranks under ``torch.distributed``, so that every rank decides alike.
 
     A network with several inputs (``forward(self, x_num, x_cat)``) takes
     batches ``((x_num, x_cat), y)``: a tuple of inputs, or the list a
@@ -547,6 +633,16 @@ def fit(
     ``S = model.samples`` particles. It is the standard held-out metric of a
     Bayesian model; unlike the training loss it contains no KL term, which does
     not depend on the validation data.
+
+    Training mode: ``fit`` records every module's mode (``module.training``)
+    when it starts. If the model itself is in training mode then, each epoch
+    trains in these modes: a sub-module the user put in ``eval()`` (a batch
+    norm frozen for fine-tuning) stays in ``eval()`` and its running
+    statistics do not change. A model in ``eval()`` as a whole (e.g. after an
+    earlier prediction) is set to ``model.train()`` for every epoch. The
+    validation pass sets ``eval()`` and then puts each module back in its
+    mode, and at the end every module is back in the mode it had when
+    ``fit`` started.
 
     NaN guard: the model, loss and optimizer states are copied in memory at the
     end of every epoch (and before the first). If a loss or a gradient is
@@ -696,7 +792,7 @@ def fit(
     display = Progress(progress and ranks.main, epochs, train_loader)
     history = History(epochs_run=initial_epoch)
     stopping = _EarlyStopping(early_stopping_patience, initial_epoch)
-    was_training = model.training
+    modes = ModuleModes(model)
     try:
         for epoch in range(initial_epoch, epochs):
             if heat_schedule is not None:
@@ -704,7 +800,10 @@ def fit(
                     heat_schedule(epoch), f"the heat of heat_schedule({epoch})"
                 )
             set_epoch(train_loader, epoch)
-            model.train()
+            if modes.training:
+                modes.restore()  # sub-modules the user put in eval() stay there
+            else:
+                model.train()
             display.begin(epoch)
             try:
                 means = _train_epoch(
@@ -759,5 +858,5 @@ def fit(
                 break
         stopping.restore(model, loss_fn)
     finally:
-        model.train(was_training)
+        modes.restore()
     return history

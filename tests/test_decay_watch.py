@@ -55,7 +55,7 @@ def test_adamw_defaults_on_all_parameters_warn_once_naming_rho() -> None:
     messages = _train(net, loss_fn, lambda: torch.optim.AdamW(net.parameters()))
     assert len(messages) == 1
     assert (
-        "AdamW applies weight_decay=0.01 to '0.weight.rho_unconstrained'"
+        "AdamW applies weight_decay=0.01 to '0.posterior.weight.rho_unconstrained'"
         in (messages[0])
     )
     assert "widens the posterior" in messages[0]
@@ -233,3 +233,112 @@ def test_pyro_optims_per_parameter_optimizers_give_one_warning() -> None:
     messages = [str(w.message) for w in caught if "weight_decay" in str(w.message)]
     assert len(messages) == 1
     assert "more), the unconstrained parameter of a scale" in messages[0]
+
+
+def _decay_messages(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "weight_decay" in str(w.message)]
+
+
+def test_a_group_added_after_the_first_step_is_checked() -> None:
+    """Gradual unfreezing: AdamW over the head without decay, then the body
+    added with weight_decay=0.5 widened its posterior 27x, without a warning
+    (each optimizer was looked at once, at its first step)."""
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    optimizer = torch.optim.AdamW(net[2].parameters(), weight_decay=0.0)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+
+    def steps() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                optimizer.zero_grad()
+                loss_fn(net(x, samples=2), y).backward()
+                optimizer.step()
+        return _decay_messages(caught)
+
+    assert steps() == []
+    optimizer.add_param_group(
+        {"params": list(net[0].parameters()), "weight_decay": 0.5}
+    )
+    (message,) = steps()
+    assert "weight_decay=0.5 to '0.posterior.weight.rho_unconstrained'" in message
+
+
+def test_each_decayed_scale_is_named_once_per_optimizer() -> None:
+    """A changed decay or a new group warns about scales not named yet only."""
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(), 100)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+
+    def steps() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                optimizer.zero_grad()
+                loss_fn(net(x, samples=2), y).backward()
+                optimizer.step()
+        return _decay_messages(caught)
+
+    assert steps() == []
+    optimizer.param_groups[0]["weight_decay"] = 0.1
+    assert len(steps()) == 1
+    optimizer.param_groups[0]["weight_decay"] = 0.2  # the same scales again
+    assert steps() == []
+    optimizer.add_param_group({"params": list(loss_fn.parameters()), "weight_decay": 1})
+    (message,) = steps()
+    assert "weight_decay=1 to 'predictive.raw_scale_unconstrained'" in message
+
+
+def test_decay_on_a_learned_priors_log_scale_is_named() -> None:
+    """Decay pulls log_scale to 0, the prior scale to 1 (a bias of the
+    empirical-Bayes objective); only the guide's and the likelihood's
+    parameters were looked at."""
+    net = bnn.VISequential(
+        bnn.VILinear(3, 4, prior=bnn.LearnedNormalPrior()),
+        nn.ReLU(),
+        bnn.VILinear(4, 1, prior=bnn.LearnedNormalPrior()),
+    )
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    named = list(net.named_parameters())
+    messages = _train(
+        net,
+        loss_fn,
+        lambda: torch.optim.AdamW(
+            [
+                {"params": [p for n, p in named if "log_scale" in n]},
+                {"params": [p for n, p in named if "log_scale" not in n]},
+            ]
+        ),
+    )
+    (message,) = messages
+    assert "weight_decay=0.01 to '0.prior.weight.log_scale'" in message
+    assert "0.prior.weight.log_scale" in dict(named)
+
+
+class _PlainRoot(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(bnn.VILinear(3, 4), nn.ReLU())
+        self.head = bnn.VILinear(4, 1)
+
+    def forward(self, x: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+        return self.head(self.body(x))  # the network's default particles
+
+
+def _with_autoguide() -> nn.Module:
+    net = _net()
+    net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    return net
+
+
+@pytest.mark.parametrize("make", [_net, _PlainRoot, _with_autoguide])
+def test_the_warning_names_the_parameter_as_named_parameters_does(
+    make: Callable[[], nn.Module],
+) -> None:
+    """The warning said '0.weight.rho_unconstrained' where named_parameters()
+    has '0.posterior.weight.rho_unconstrained': a name copied into a
+    parameter group's filter matched nothing."""
+    net, loss_fn = make(), bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    (message,) = _train(net, loss_fn, lambda: torch.optim.AdamW(net.parameters()))
+    name = message.split("'")[1]
+    assert name in dict(net.named_parameters())

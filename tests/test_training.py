@@ -200,6 +200,70 @@ def test_data_loader_and_training_mode_restored() -> None:
     assert not model.training
 
 
+def _frozen_batch_norm_net() -> tuple[bnn.VISequential, list[bool]]:
+    """A network whose batch norm is in eval(); the modes it ran in, per call."""
+    net = bnn.VISequential(
+        bnn.VILinear(3, 8), bnn.BatchNorm1d(8), nn.ReLU(), bnn.VILinear(8, 2)
+    )
+    net[1].requires_grad_(False)
+    net[1].eval()  # frozen statistics, as in torch fine-tuning
+    seen: list[bool] = []
+    net[1].register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    return net, seen
+
+
+def test_a_sub_module_in_eval_stays_in_eval_through_fit() -> None:
+    """fit called model.train() every epoch and model.train(was_training) at
+    the end: a frozen batch norm normalised with batch statistics in every
+    step (its running mean moved by 0.1) and was left in training mode."""
+    x, y = _data()
+    net, seen = _frozen_batch_norm_net()
+    statistics = {k: v.clone() for k, v in net[1].state_dict().items()}
+    modes = [m.training for m in net.modules()]
+    fit(
+        net,
+        _loss(),
+        _batches(x, y),
+        epochs=2,
+        optimizer=_adam(net),
+        val_loader=_batches(x, y),
+        progress=False,
+    )
+    assert seen == [False] * 16  # 2 epochs x (4 steps + 4 validation batches)
+    _assert_same_state(net[1].state_dict(), statistics)  # bit-identical
+    assert [m.training for m in net.modules()] == modes
+    assert net.training
+    assert not net[1].training
+
+
+def test_validation_inside_fit_puts_each_module_back_in_its_mode() -> None:
+    x, y = _data()
+    net, _ = _frozen_batch_norm_net()
+    before = [m.training for m in net.modules()]
+    modes: list[list[bool]] = []
+    fit(
+        net,
+        _loss(),
+        _batches(x, y),
+        epochs=2,
+        optimizer=_adam(net),
+        val_loader=_batches(x, y),
+        callbacks=[lambda e, h, m: modes.append([n.training for n in m.modules()])],
+        progress=False,
+    )
+    assert modes == [before] * 2
+    assert before.count(False) == 1
+
+
+def test_a_model_in_eval_trains_in_training_mode_and_is_put_back() -> None:
+    x, y = _data()
+    net, seen = _frozen_batch_norm_net()
+    net.eval()  # as a whole, e.g. after an earlier prediction
+    fit(net, _loss(), _batches(x, y), epochs=1, optimizer=_adam(net), progress=False)
+    assert seen == [True] * 4
+    assert not any(m.training for m in net.modules())
+
+
 def test_a_dataset_size_that_is_not_the_loaders_warns() -> None:
     """dataset_size of another split: the KL silently 3.2x too strong."""
     x, y = _data()
@@ -310,6 +374,79 @@ def test_clip_grad_norm_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _net()
     fit(model, _loss(), _batches(x, y), epochs=1, clip_grad_norm=0.5, progress=False)
     assert calls == [0.5] * 4
+
+
+class _ClosureSGD(torch.optim.Optimizer):
+    """An optimizer whose step needs a closure: it evaluates it twice per step.
+
+    Records each evaluation's loss and gradient norm; with ``poison`` it makes
+    the parameters NaN between the two evaluations.
+    """
+
+    def __init__(self, params: Any, poison: bool = False) -> None:
+        super().__init__(params, {"lr": 0.05})
+        self.poison = poison
+        self.losses: list[float] = []
+        self.grad_norms: list[float] = []
+
+    def step(self, closure: Any) -> Any:  # type: ignore[override]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for _ in range(2):
+            loss = closure()
+            self.losses.append(float(loss))
+            grads = [p.grad.flatten() for p in params if p.grad is not None]
+            self.grad_norms.append(float(torch.cat(grads).norm()))
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p.sub_(0.05 * p.grad)
+                    if self.poison:
+                        p.fill_(math.nan)
+        return loss
+
+
+def test_an_optimizer_whose_step_needs_a_closure_trains() -> None:
+    """fit called optimizer.step() without a closure: LBFGS failed with torch's
+    "missing 1 required positional argument: 'closure'" after a forward and
+    backward pass had run."""
+    x, y = _data()
+    model = _net()
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5)
+    history = fit(
+        model, _loss(), [(x, y)], epochs=5, optimizer=optimizer, progress=False
+    )
+    assert history.loss[-1] < 0.5 * history.loss[0]
+
+
+def test_a_closure_is_evaluated_as_often_as_the_optimizer_asks() -> None:
+    """Each evaluation is clipped; the step's loss is its first evaluation's
+    (the loss before the step, as with other optimizers)."""
+    x, y = _data()
+    model = _net()
+    optimizer = _ClosureSGD(model.parameters())
+    history = fit(
+        model,
+        _loss(),
+        [(x, y)],
+        epochs=3,
+        optimizer=optimizer,
+        clip_grad_norm=0.01,
+        progress=False,
+    )
+    assert len(optimizer.losses) == 6
+    assert history.loss == pytest.approx(optimizer.losses[::2], rel=1e-6)
+    assert max(optimizer.grad_norms) <= 0.01 * (1 + 1e-5)
+
+
+def test_the_nan_guard_checks_every_evaluation_of_a_closure() -> None:
+    x, y = _data()
+    model = _net()
+    before = _state(model)
+    optimizer = _ClosureSGD(model.parameters(), poison=True)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* epoch 0, step 0"):
+        fit(model, _loss(), [(x, y)], epochs=2, optimizer=optimizer, progress=False)
+    assert len(optimizer.losses) == 1  # the second evaluation raised
+    _assert_same_state(_state(model), before)
 
 
 def test_invalid_arguments() -> None:
