@@ -121,10 +121,16 @@ class LocalPyroModule(PyroModule):
         # mode has a context without a local store, which this module's calls
         # (local parameters) cannot enter ('_Context' object has no attribute
         # 'param_state'): keep this tree's own context then, and take the name.
-        if hasattr(context, "param_state"):
-            super()._pyro_set_supermodule(name, context)
-        else:
+        # Pyro also refuses a tree that has run on its own before ("submodule
+        # has executed outside of supermodule": its parameters could be in the
+        # global store under old names); this tree's parameters are its
+        # modules' own, so a network that ran (trained with SVI, say) joins a
+        # new parent like a fresh one.
+        if not hasattr(context, "param_state"):
             self.adopt_pyro_name(name)
+            return
+        _bump()
+        _share_context(self, name, context)
 
     def has_pyro_name(self) -> bool:
         """Whether this module has a Pyro name (a parent ``PyroModule`` gave it one)."""
@@ -160,6 +166,20 @@ class LocalPyroModule(PyroModule):
     def __delattr__(self, name: str) -> None:
         _bump()
         super().__delattr__(name)
+
+
+def _share_context(module: PyroModule, name: str, context: _Context) -> None:
+    """Pyro's adoption of ``module``'s tree under ``name``, ``context`` shared.
+
+    What ``PyroModule._pyro_set_supermodule`` does, without its refusal of a
+    tree whose context was used: each Pyro module of the tree (down chains of
+    Pyro modules) takes ``context`` and the name of its path under ``name``.
+    """
+    object.__setattr__(module, "_pyro_name", name)
+    object.__setattr__(module, "_pyro_context", context)
+    for key, child in module._modules.items():
+        if isinstance(child, PyroModule):
+            _share_context(child, f"{name}.{key}" if name else key, context)
 
 
 # Whether an UnconstrainedLinks handler is already on the stack for this call.

@@ -250,3 +250,31 @@ def test_network_inside_a_pyro_module_parent_runs_again_and_trains(local: bool) 
     assert abs(float(parent.shift.detach()) - 5.0) < 0.1
     weight = parent.net.posterior["weight"].mean()
     torch.testing.assert_close(weight, torch.ones(1, 3), atol=0.05, rtol=0)
+
+
+def test_network_trained_with_svi_joins_a_new_network() -> None:
+    """Parts of a network trained with ``SVI`` reused in a new one (a trained
+    encoder under a new head) failed inside Pyro: "submodule 0 has executed
+    outside of supermodule". The new network runs and trains every part."""
+    x, y = _problem()
+    trained = _net()
+    svi = SVI(
+        _loss().pyro_model(trained),
+        trained.guide,
+        pyro.optim.Adam({"lr": 0.01}),
+        Trace_ELBO(),
+    )
+    svi.step(x, y, samples=2)
+    reused = bnn.VISequential(*list(trained)[:-1], bnn.VILinear(4, 1))
+    whole = bnn.VISequential(trained, nn.Identity())
+    assert whole(x, samples=2).shape == trained(x, samples=2).shape
+    before = [p.detach().clone() for p in reused.parameters()]
+    svi = SVI(
+        _loss().pyro_model(reused),
+        reused.guide,
+        pyro.optim.Adam({"lr": 0.01}),
+        Trace_ELBO(),
+    )
+    svi.step(x, y, samples=2)
+    for old, new in zip(before, reused.parameters(), strict=True):
+        assert not torch.equal(old, new)
