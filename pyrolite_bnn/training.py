@@ -450,8 +450,13 @@ def _train_epoch(
     unsynced: list[nn.Parameter],
     clip_grad_norm: float | None,
     progress: Progress,
+    step_end_hooks: Sequence[Callable[..., Any]],
 ) -> StepStats:
-    """One pass over ``loader``; the epoch's mean loss, NLL and KL."""
+    """One pass over ``loader``; the epoch's mean loss, NLL and KL.
+
+    ``step_end_hooks`` are called after every optimizer step with the epoch,
+    the step and the step's loss.
+    """
     sums = StepStats(0.0, 0.0, 0.0)
     steps = 0
     needs_closure = _needs_closure(optimizer)
@@ -490,6 +495,8 @@ def _train_epoch(
         progress.step(
             {"loss": sums.loss / steps, "nll": sums.nll / steps, "kl": sums.kl / steps}
         )
+        for on_step_end in step_end_hooks:
+            on_step_end(epoch, step, stats.loss)
     if steps == 0:
         raise ValueError(f"train_loader yielded no batches in epoch {epoch}")
     guard.check_parameters(epoch, steps - 1)
@@ -510,30 +517,41 @@ def _check_checkpoint_path(path: str | os.PathLike[str], ranks: Ranks) -> None:
         raise OSError(f"rank 0 cannot write the checkpoint {os.fspath(path)!r}")
 
 
-def _epoch_end_hooks(callbacks: object) -> list[Callable[..., Any]]:
-    """The ``on_epoch_end`` of each callback (a plain function is its own).
+def _callback_hooks(
+    callbacks: object,
+) -> tuple[list[Callable[..., Any]], list[Callable[..., Any]]]:
+    """The ``on_epoch_end`` and ``on_step_end`` methods of the callbacks.
+
+    A plain function is its own ``on_epoch_end``; an object may have either
+    method or both.
 
     Raises:
         TypeError: for a single callback not in a list, or a callback that is
-            neither callable nor has an ``on_epoch_end`` method.
+            neither callable nor has one of the methods.
     """
     if not isinstance(callbacks, Sequence) or isinstance(callbacks, str):
         raise TypeError(
             "callbacks must be a list of callbacks, got "
             f"{type(callbacks).__name__}; pass [callback]"
         )
-    hooks: list[Callable[..., Any]] = []
+    epoch_end: list[Callable[..., Any]] = []
+    step_end: list[Callable[..., Any]] = []
     for index, callback in enumerate(callbacks):
         on_epoch_end = getattr(callback, "on_epoch_end", None)
-        if on_epoch_end is None and callable(callback):
+        on_step_end = getattr(callback, "on_step_end", None)
+        if on_epoch_end is None and on_step_end is None and callable(callback):
             on_epoch_end = callback
-        if not callable(on_epoch_end):
+        if not callable(on_epoch_end) and not callable(on_step_end):
             raise TypeError(
                 f"callbacks[{index}] must be a function or an object with a method "
-                f"on_epoch_end(epoch, history, model), got {callback!r}"
+                "on_epoch_end(epoch, history, model) or on_step_end(epoch, step, "
+                f"loss), got {callback!r}"
             )
-        hooks.append(on_epoch_end)
-    return hooks
+        if callable(on_epoch_end):
+            epoch_end.append(on_epoch_end)
+        if callable(on_step_end):
+            step_end.append(on_step_end)
+    return epoch_end, step_end
 
 
 def _stop_requested(
@@ -712,7 +730,10 @@ def fit(
         callbacks: a list of objects with a method
             ``on_epoch_end(epoch, history, model) -> bool | None``, or of such
             functions, called after each epoch (after validation and
-            checkpointing); returning ``True`` stops training.
+            checkpointing); returning ``True`` stops training. An object may
+            also (or instead) have ``on_step_end(epoch, step, loss)``, called
+            after every optimizer step with the step's loss (a float): step a
+            per-step learning-rate schedule there (``OneCycleLR``).
         progress: show a tqdm bar per epoch (when tqdm is installed; otherwise
             one line per epoch on stderr) with loss, nll and kl.
         heat_schedule: callable ``epoch -> heat`` setting ``loss_fn.heat`` at
@@ -773,7 +794,7 @@ def fit(
     )
     _check_model_and_optimizer(model, optimizer)
     progress = check_bool(progress, "progress")
-    epoch_end_hooks = _epoch_end_hooks(callbacks)
+    epoch_end_hooks, step_end_hooks = _callback_hooks(callbacks)
     ranks = Ranks(model)
     _check_dataset_size(loss_fn, train_loader, ranks.size)
     if checkpoint_path is not None:
@@ -816,6 +837,7 @@ def fit(
                     unsynced,
                     clip_grad_norm,
                     display,
+                    step_end_hooks,
                 )
             finally:
                 display.close()

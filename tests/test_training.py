@@ -1091,3 +1091,43 @@ def test_a_forward_taking_one_list_is_told_the_inputs_were_unpacked() -> None:
         bnn.fit(net, loss_fn, [(x, y)], epochs=1, progress=False)
     with pytest.raises(TypeError, match="unpacked from a tuple or list"):
         loss_fn.pyro_model(net)(x, y)
+
+
+def test_step_end_callbacks_run_after_every_optimizer_step() -> None:
+    """A per-step learning-rate schedule (``OneCycleLR``) had no place in
+    ``fit``, whose callbacks ran only at the end of an epoch: an object's
+    ``on_step_end(epoch, step, loss)`` now runs after every optimizer step,
+    with that step's loss, and may be the callback's only method."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(2, 4), nn.Tanh(), bnn.VILinear(4, 2))
+    x, y = torch.randn(24, 2), torch.arange(24) % 2
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 24, 8)]
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=24)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.1, total_steps=2 * len(batches)
+    )
+    calls: list[tuple[int, int, float]] = []
+    rates: list[float] = []
+
+    class StepSchedule:
+        def on_step_end(self, epoch: int, step: int, loss: float) -> None:
+            calls.append((epoch, step, loss))
+            rates.append(optimizer.param_groups[0]["lr"])
+            schedule.step()
+
+    history = bnn.fit(
+        net,
+        loss_fn,
+        batches,
+        epochs=2,
+        optimizer=optimizer,
+        callbacks=[StepSchedule()],
+        progress=False,
+    )
+    assert [(e, s) for e, s, _ in calls] == [(e, s) for e in (0, 1) for s in (0, 1, 2)]
+    for epoch in (0, 1):
+        losses = [loss for e, _, loss in calls if e == epoch]
+        assert sum(losses) / 3 == pytest.approx(history.loss[epoch])
+    assert schedule.last_epoch == 6
+    assert rates[0] < rates[2]  # the one-cycle warm-up, step by step
