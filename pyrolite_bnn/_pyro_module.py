@@ -17,6 +17,7 @@ assigned guide create parameters of that guide (:class:`ParamStoreModule`).
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ __all__ = [
     "ParameterNames",
     "ParamsInModule",
     "StoreKeepingContext",
+    "held_settings",
     "linked_parameters",
     "linked_value",
     "local_params",
@@ -72,13 +74,58 @@ def note_structure_change() -> None:
     _bump()
 
 
+# Pyro settings held by running bodies of held_settings: name -> (the number of
+# holders, the value from before the first).
+_HELD: dict[str, tuple[int, Any]] = {}
+_HELD_LOCK = threading.Lock()
+
+
+@contextmanager
+def held_settings(**values: Any) -> Iterator[None]:
+    """Run the body with Pyro's settings ``values``, however threads interleave.
+
+    Pyro's settings are process-wide, and ``pyro.settings.context`` restores
+    the value it found on entry: two threads' overlapping contexts restored
+    each other's values, so a thread's module ran in global-parameter mode in
+    the middle of its call, or ``module_local_params`` stayed on for the rest
+    of the program (15 of 30 rounds of concurrent module construction). Here
+    each setting counts its holders: the first sets it, the last puts back the
+    value from before the first. (The settings are still process-wide: while
+    any body holds them, every thread's Pyro code sees them.)
+
+    Example:
+        >>> with held_settings(module_local_params=True):
+        ...     pyro.settings.get("module_local_params")
+        True
+        >>> pyro.settings.get("module_local_params")
+        False
+    """
+    with _HELD_LOCK:
+        for name, value in values.items():
+            holders, before = _HELD.get(name, (0, None))
+            if holders == 0:
+                before = pyro.settings.get(name)
+                if before != value:
+                    pyro.settings.set(**{name: value})
+            _HELD[name] = (holders + 1, before)
+    try:
+        yield
+    finally:
+        with _HELD_LOCK:
+            for name in values:
+                holders, before = _HELD[name]
+                if holders > 1:
+                    _HELD[name] = (holders - 1, before)
+                    continue
+                del _HELD[name]
+                if pyro.settings.get(name) != before:
+                    pyro.settings.set(**{name: before})
+
+
 @contextmanager
 def local_params() -> Iterator[None]:
     """Run the body with Pyro's ``module_local_params`` setting switched on."""
-    if pyro.settings.get("module_local_params"):
-        yield
-        return
-    with pyro.settings.context(module_local_params=True):
+    with held_settings(module_local_params=True):
         yield
 
 
@@ -141,7 +188,7 @@ class LocalPyroModule(PyroModule):
         # autoguide, say) runs a consistency check that expects the setting to
         # have been on when that module was built; the adoption itself is safe.
         _bump()
-        with pyro.settings.context(module_local_params=True, validate_poutine=False):
+        with held_settings(module_local_params=True, validate_poutine=False):
             super().add_module(name, module)
 
     def readopt(self, name: str, module: nn.Module) -> None:
@@ -158,7 +205,7 @@ class LocalPyroModule(PyroModule):
         if _is_structural(self, name, value):
             _bump()
         place = _place_of(self, name)
-        with pyro.settings.context(module_local_params=True, validate_poutine=False):
+        with held_settings(module_local_params=True, validate_poutine=False):
             super().__setattr__(name, value)
         if place is not None:
             _restore_place(self, *place)
@@ -467,7 +514,7 @@ class StoreKeepingContext(_Context):
 
     def __enter__(self) -> None:
         if not self.active and not pyro.settings.get("module_local_params"):
-            self._local_setting = pyro.settings.context(module_local_params=True)
+            self._local_setting = held_settings(module_local_params=True)
             self._local_setting.__enter__()
         if not self.active and pyro.settings.get("module_local_params"):
             store = pyro.get_param_store()

@@ -278,3 +278,32 @@ def test_network_trained_with_svi_joins_a_new_network() -> None:
     svi.step(x, y, samples=2)
     for old, new in zip(before, reused.parameters(), strict=True):
         assert not torch.equal(old, new)
+
+
+def test_threads_building_networks_leave_pyro_settings_as_they_were() -> None:
+    """Library modules switch Pyro's process-wide ``module_local_params`` (and
+    ``validate_poutine``) while they are built and run; with
+    ``pyro.settings.context`` two threads restored each other's values and the
+    setting stayed on for the rest of the program in about half the rounds
+    (the user's own global-mode Pyro modules then lost their global store)."""
+    import threading
+
+    from pyrolite_bnn.guides import ParticleGuide
+
+    nets = [
+        nn.Sequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
+        for _ in range(4)
+    ]
+
+    def build(net: nn.Module) -> None:
+        for _ in range(150):
+            ParticleGuide(net)
+
+    for _ in range(10):
+        threads = [threading.Thread(target=build, args=(net,)) for net in nets]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert pyro.settings.get("module_local_params") is False
+        assert pyro.settings.get("validate_poutine") is True
