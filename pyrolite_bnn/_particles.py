@@ -496,6 +496,25 @@ def requested_samples(*modules: object) -> int | None:
     return requested[1]
 
 
+def requested_of_holder(network: nn.Module) -> int | None:
+    """The count :func:`requesting_samples` asked of a module holding ``network``.
+
+    A plain module around one network runs that network as a network of its
+    own (with its own guide): the count asked of the plain module
+    (``predict(wrapper, samples=k)``, ``loss_fn.model_loss``) is the
+    network's.
+    """
+    requested = _REQUESTED_SAMPLES.get()
+    if requested is None:
+        return None
+    holder, count = requested
+    if holder is network or (
+        isinstance(holder, nn.Module) and any(m is network for m in holder.modules())
+    ):
+        return count
+    return None
+
+
 def check_samples(samples: object) -> int:
     """Validate a particle count and return it as ``int``.
 

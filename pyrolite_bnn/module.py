@@ -520,12 +520,16 @@ class VIModule(LocalPyroModule):
             result = nn.Module.__call__(self, *args, **kwargs)
             _plain_roots.note_output(self, result)
             return result
-        count = self.samples if samples is None else samples
+        # A count asked of a plain module around this network (predict(wrapper)).
+        requested = (
+            None if samples is not None else _particles.requested_of_holder(self)
+        )
+        count = samples if samples is not None else requested or self.samples
         state, device = _forward.prepare(self, args, kwargs, count)
         try:
             with local_params():
                 if pyro_wrapped():
-                    if samples is None:
+                    if samples is None and requested is None:
                         _forward.refuse_particles_under_mcmc(self, count)
                     return _forward.pyro_run(self, state, device, args, kwargs)
                 return _forward.pytorch_run(self, state, device, args, kwargs)

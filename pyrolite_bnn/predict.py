@@ -45,6 +45,7 @@ from pyrolite_bnn._network import (
     collect_variables,
     has_sequence_first_layers,
     network_modules,
+    outermost_bayesian,
     uses_batch_statistics,
 )
 from pyrolite_bnn._pyro_module import local_params
@@ -644,8 +645,17 @@ def _run_chunk(
 
 
 def _guide(model: nn.Module) -> ParticleGuide:
-    """The guide of ``model``: its own, or the generated one of a plain module."""
-    return model.guide if isinstance(model, VIModule) else ParticleGuide(model)
+    """The guide of ``model``: its own, or the generated one of a plain module.
+
+    A plain module around one network with an assigned guide runs that
+    network as a network of its own, with its guide: that guide.
+    """
+    if isinstance(model, VIModule):
+        return model.guide
+    inner = outermost_bayesian(model)
+    if len(inner) == 1 and inner[0].guide.inner is not None:
+        return inner[0].guide
+    return ParticleGuide(model)
 
 
 def _run(

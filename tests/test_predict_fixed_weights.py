@@ -336,3 +336,33 @@ def _chunk_sizes(net: nn.Module, x: Tensor, options: dict[str, Any]) -> list[int
     finally:
         handle.remove()
     return sizes
+
+
+@pytest.mark.parametrize("how", ["mean", "sample", "kept"])
+def test_plain_module_around_a_network_with_an_assigned_guide(how: str) -> None:
+    """``nn.Sequential(net, ...)`` around a network with an autoguide: the
+    network runs as its own, with its guide. ``predict`` on the wrapper took
+    the medians of the layers' untrained posteriors (``mode="mean"``, 0.02
+    off), and ran the network's default 10 particles instead of ``samples``
+    (sample mode, 0.07 off): it now equals ``predict`` on the network."""
+    from pyro.infer.autoguide import AutoNormal
+
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(2, 4), nn.Tanh(), bnn.VILinear(4, 2))
+    net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    with torch.no_grad():  # the guide away from the layers' own posteriors
+        for parameter in net.guide.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    wrapper = nn.Sequential(net, nn.Identity())
+    x = torch.randn(5, 2)
+    options: dict[str, Any] = {"samples": 3}
+    if how == "mean":
+        options["mode"] = "mean"
+    if how == "kept":
+        options["memory_budget"] = 3000  # chunks on one kept draw
+    probs = []
+    for model in (net, wrapper):
+        torch.manual_seed(1)
+        probs.append(bnn.predict(model, x, bnn.Categorical(), **options).samples)
+    assert probs[1].shape == probs[0].shape
+    torch.testing.assert_close(probs[1], probs[0], rtol=0, atol=1e-6)
