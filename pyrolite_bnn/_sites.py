@@ -93,13 +93,21 @@ def _particle_value(site: str, value: Tensor, shape: torch.Size) -> Tensor:
         and all(size == 1 for size in leading)
     ):
         return value.expand(expected)
+    hint = ""
+    if value.dim() == len(expected) and value.shape[1:] == expected[1:]:
+        hint = (
+            f". It holds {value.shape[0]} particles: a guide (or trace) drew "
+            f"{value.shape[0]} where the network runs {state.samples}; give the "
+            "model and the guide the same samples=, e.g. "
+            "Predictive(model, guide=net.guide, num_samples=n)(x, samples=k)"
+        )
     raise SiteShapeError(
         f"site {site!r} has a value of shape {tuple(value.shape)}, but the network "
         f"runs {state.samples} particle(s) of weights of shape {tuple(shape)}: a "
         f"value set by a Pyro handler (poutine.condition or poutine.do, a "
         f"replayed trace, posterior samples) must have the shape "
         f"{tuple(expected)} (one value per particle) or {tuple(shape)} (the same "
-        "value for every particle)"
+        f"value for every particle){hint}"
     )
 
 

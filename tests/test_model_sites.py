@@ -204,3 +204,21 @@ def test_autoguide_on_a_model_running_a_network_warns() -> None:
         "locs.sigma_unconstrained",
         "scales.sigma_unconstrained",
     }
+
+
+def test_guide_and_model_with_different_particle_counts_say_so() -> None:
+    """``Predictive(model, guide=net.guide)`` with a model calling the network
+    with ``samples=1`` and the guide drawing its default 10: the error named
+    the shapes only; it now says to give both the same ``samples=``."""
+    from pyrolite_bnn._sites import SiteShapeError
+
+    net = bnn.VILinear(2, 1)
+    x, _ = _data()
+
+    def model(x: Tensor, y: Tensor | None = None) -> None:
+        out = net(x, samples=1).squeeze(-1)
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out, NOISE), obs=y)
+
+    with pytest.raises(SiteShapeError, match="the same samples="):
+        pyro.infer.Predictive(model, guide=net.guide, num_samples=2)(x)
