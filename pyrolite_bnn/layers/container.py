@@ -59,8 +59,10 @@ def _view(
 def _adopt(container: VIModule, name: str, module: nn.Module) -> None:
     """``container.add_module(name, module)``, with a clear error from Pyro's check.
 
-    Pyro refuses to move a module into a new place in a module tree once its
-    submodules have run inside Pyro inference (their names would change).
+    Pyro refuses to move a Pyro module of the user's (the library's own move
+    freely: their parameters are module-local) into a new place in a module
+    tree once its submodules have run inside Pyro inference (their names
+    would change).
     """
     try:
         container.add_module(name, module)

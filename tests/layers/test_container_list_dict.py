@@ -99,13 +99,26 @@ def test_site_names_follow_the_list_after_changes() -> None:
     torch.testing.assert_close(ours, theirs / N, rtol=1e-6, atol=1e-6)
 
 
-def test_moving_a_module_pyro_has_run_is_a_clear_error() -> None:
-    """Pyro names a module's sites when it joins a tree and refuses to rename
-    modules that have run inside Pyro inference; renumbering would need it."""
+def test_modules_pyro_has_run_can_be_renumbered() -> None:
+    """Pyro refuses to rename modules that have run inside Pyro inference (their
+    parameters could sit in its global store under the old names); the
+    library's parameters are module-local, so deleting from a list that ran
+    renumbers the rest, and the sites follow the new positions."""
     net = _Stack()
     poutine.trace(net).get_trace(torch.randn(2, 3))
-    with pytest.raises(ValueError, match="has already run inside Pyro inference"):
-        del net.blocks[0]
+    kept = net.blocks[1]
+    del net.blocks[0]
+    assert net.blocks[0] is kept
+    trace = poutine.trace(net).get_trace(torch.randn(2, 3))
+    sites = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
+    assert sites == [
+        "particles",
+        "blocks.0.weight",
+        "blocks.0.bias",
+        "blocks.1.weight",
+        "blocks.1.bias",
+    ]
+    assert [v.site for v in net.random_variables()] == sites[1:]
 
 
 def test_module_dict_matches_torch_module_dict() -> None:
