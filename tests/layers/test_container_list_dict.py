@@ -200,3 +200,33 @@ def test_torch_containers_convert_through_the_registry() -> None:
         converted = entry.to_bayesian(torch_container, children)
         assert type(converted) is expected
         assert converted.random_variables()[0].site.endswith("weight")
+
+
+def test_moving_a_pyro_module_of_the_users_that_ran_is_a_clear_error() -> None:
+    """A Pyro module of the user's (not the library's) that ran inside Pyro
+    inference is refused a new place by Pyro; the error says why."""
+    from pyro.nn import PyroModule
+
+    class Inner(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = PyroModule[nn.Linear](3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.linear(x)
+            return out
+
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = bnn.VIModuleList([bnn.VILinear(3, 3), Inner()])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    net = Net()
+    poutine.trace(net).get_trace(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="has already run inside Pyro inference"):
+        del net.blocks[0]
