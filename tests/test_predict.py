@@ -986,3 +986,35 @@ def test_predict_is_its_own_computation_wherever_it_is_called(
     expected = call()
     got = _contexts_around_predict()[where](call)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_prediction_summaries_are_computed_once_per_samples() -> None:
+    """A loop over ``pred.probs[i]`` recomputed every particle's softmax at
+    every access (26 ms an access for 1,000 inputs and 100 particles): the
+    summaries are kept while ``samples`` and the likelihood stay as they are,
+    and computed again after an in-place change or a new ``samples``; what a
+    caller does to a returned tensor does not reach the next access."""
+    calls = []
+
+    class Counting(bnn.Categorical):
+        def class_probs(self, output: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            return super().class_probs(output)
+
+    torch.manual_seed(0)
+    pred = Prediction(torch.randn(4, 6, 3), Counting())
+    first = pred.probs
+    summaries = [
+        (pred.probs, pred.aleatoric, pred.entropy, pred.mutual_information)
+        for _ in range(5)
+    ]
+    assert len(summaries) == 5
+    assert len(calls) == 1
+    first.zero_()  # the caller's copy
+    torch.testing.assert_close(pred.probs, torch.softmax(pred.samples, -1).mean(0))
+    pred.samples.mul_(2.0)
+    torch.testing.assert_close(pred.probs, torch.softmax(pred.samples, -1).mean(0))
+    assert len(calls) == 2
+    pred.samples = torch.randn(4, 6, 3)
+    torch.testing.assert_close(pred.probs, torch.softmax(pred.samples, -1).mean(0))
+    assert len(calls) == 3
