@@ -33,8 +33,8 @@ from torch.distributions import (
     kl_divergence,
 )
 
-from pyrolite_bnn._math import at_least_float32
 from pyrolite_bnn._validation import distribution_checks_off
+from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.priors import Prior
 from pyrolite_bnn.distributions.variational import NormalMoments
 
@@ -423,7 +423,7 @@ class LayerRecord(ForwardRecord):
                             sums = (eps.sum(0), eps.square().sum(0))
                     term = _normal_mc(sums, moments, p, self.samples)
                 if term is None:
-                    drawn = at_least_float32(self._value(index))
+                    drawn = full_precision(self._value(index))
                     # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
                     term = (q.log_prob(drawn) - p.log_prob(drawn)).mean()
                 total = total + term
@@ -477,7 +477,7 @@ def _widened(moments: NormalMoments | None) -> NormalMoments | None:
     """Half-precision moments in float32, for KL sums that do not overflow."""
     if moments is None:
         return None
-    return NormalMoments(*(at_least_float32(value) for value in moments))
+    return NormalMoments(*(full_precision(value) for value in moments))
 
 
 def _normal_closed_form(
@@ -549,7 +549,7 @@ def _normal_mc(
     """
     base = p.base_dist if isinstance(p, Independent) else p
     loc, scale = moments
-    eps_sum, eps_squares = (at_least_float32(sums) for sums in noise_sums)
+    eps_sum, eps_squares = (full_precision(sums) for sums in noise_sums)
     prior_loc: Tensor = base.loc
     prior_scale: Tensor = base.scale
     offset = loc - prior_loc
@@ -595,7 +595,7 @@ def _event_summed_kl(q: Distribution, p: Distribution) -> Tensor:
         dims = q.reinterpreted_batch_ndims
         return inner.sum(tuple(range(-dims, 0))) if dims else inner
     term = kl_divergence(q, p)
-    return at_least_float32(term if isinstance(term, Tensor) else torch.as_tensor(term))
+    return full_precision(term if isinstance(term, Tensor) else torch.as_tensor(term))
 
 
 def _scaled_sum(term: Tensor, guide_site: Any) -> Tensor:
@@ -606,7 +606,7 @@ def _scaled_sum(term: Tensor, guide_site: Any) -> Tensor:
     batch = guide_site["fn"].batch_shape
     if scaled.shape != batch:  # a KL that did not broadcast over the plates
         scaled = scaled.expand(batch)
-    return at_least_float32(scaled).sum()
+    return full_precision(scaled).sum()
 
 
 def _log_prob_sum(site: Any) -> Tensor:
@@ -623,7 +623,7 @@ def _event_summed_log_prob(fn: Distribution, value: Tensor) -> Tensor:
         inner = _event_summed_log_prob(fn.base_dist, value)
         dims = fn.reinterpreted_batch_ndims
         return inner.sum(tuple(range(-dims, 0))) if dims else inner
-    return at_least_float32(fn.log_prob(value))
+    return full_precision(fn.log_prob(value))
 
 
 def _sum_per_particle(log_probs: Iterable[Tensor], samples: int) -> Tensor:
