@@ -235,27 +235,6 @@ def test_pyro_optims_per_parameter_optimizers_give_one_warning() -> None:
     assert "more), the unconstrained parameter of a scale" in messages[0]
 
 
-def _decay_messages(caught: list[warnings.WarningMessage]) -> list[str]:
-    return [str(w.message) for w in caught if "weight_decay" in str(w.message)]
-
-
-def _decay_warnings_of_steps(
-    optimizer: torch.optim.Optimizer,
-    net: bnn.VIModule,
-    loss_fn: bnn.KullbackLeiblerLoss,
-    count: int,
-) -> list[str]:
-    """The decay warnings of ``count`` training steps on a fixed batch."""
-    x, y = torch.randn(8, 3), torch.randn(8, 1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(count):
-            optimizer.zero_grad()
-            loss_fn(net(x, samples=2), y).backward()
-            optimizer.step()
-    return _decay_messages(caught)
-
-
 def test_a_group_added_after_the_first_step_is_checked() -> None:
     """Gradual unfreezing: AdamW over the head without decay, then the body
     added with weight_decay=0.5 widened its posterior 27x, without a warning
@@ -264,7 +243,7 @@ def test_a_group_added_after_the_first_step_is_checked() -> None:
     optimizer = torch.optim.AdamW(net[2].parameters(), weight_decay=0.0)
 
     def steps() -> list[str]:
-        return _decay_warnings_of_steps(optimizer, net, loss_fn, 3)
+        return _train(net, loss_fn, lambda: optimizer, steps=3)
 
     assert steps() == []
     optimizer.add_param_group(
@@ -280,7 +259,7 @@ def test_each_decayed_scale_is_named_once_per_optimizer() -> None:
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
 
     def steps() -> list[str]:
-        return _decay_warnings_of_steps(optimizer, net, loss_fn, 2)
+        return _train(net, loss_fn, lambda: optimizer, steps=2)
 
     assert steps() == []
     optimizer.param_groups[0]["weight_decay"] = 0.1

@@ -257,25 +257,20 @@ def test_network_trained_with_svi_joins_a_new_network() -> None:
     encoder under a new head) failed inside Pyro: "submodule 0 has executed
     outside of supermodule". The new network runs and trains every part."""
     x, y = _problem()
+
+    def svi_step(net: bnn.VIModule) -> None:
+        optim = pyro.optim.Adam({"lr": 0.01})
+        SVI(_loss().pyro_model(net), net.guide, optim, Trace_ELBO()).step(
+            x, y, samples=2
+        )
+
     trained = _net()
-    svi = SVI(
-        _loss().pyro_model(trained),
-        trained.guide,
-        pyro.optim.Adam({"lr": 0.01}),
-        Trace_ELBO(),
-    )
-    svi.step(x, y, samples=2)
+    svi_step(trained)
     reused = bnn.VISequential(*list(trained)[:-1], bnn.VILinear(4, 1))
     whole = bnn.VISequential(trained, nn.Identity())
     assert whole(x, samples=2).shape == trained(x, samples=2).shape
     before = [p.detach().clone() for p in reused.parameters()]
-    svi = SVI(
-        _loss().pyro_model(reused),
-        reused.guide,
-        pyro.optim.Adam({"lr": 0.01}),
-        Trace_ELBO(),
-    )
-    svi.step(x, y, samples=2)
+    svi_step(reused)
     for old, new in zip(before, reused.parameters(), strict=True):
         assert not torch.equal(old, new)
 
