@@ -79,7 +79,7 @@ from pyrolite_bnn.distributions.variational import (
     NormalMoments,
 )
 from pyrolite_bnn.guides import autoguide_running_model
-from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule, whole_networks_requested
+from pyrolite_bnn.module import VIModule, whole_networks_requested
 from pyrolite_bnn.record import (
     ForwardRecord,
     LayerRecord,
@@ -260,19 +260,6 @@ def check_unpacked_inputs(model: nn.Module, args: tuple[Any, ...]) -> None:
             "forward that takes one list, take the inputs as separate arguments "
             "(forward(self, a, b)) or stack them into one tensor"
         ) from None
-
-
-def samples_of(network: nn.Module) -> int:
-    """The particle count of a call of ``network`` that was given none.
-
-    What :func:`call_network` asked of it, else its ``samples`` attribute,
-    else the library's default.
-    """
-    requested = _particles.requested_samples(network, unwrap(network))
-    if requested is not None:
-        return requested
-    count: int = getattr(network, "samples", DEFAULT_SAMPLES)
-    return count
 
 
 def invoke(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

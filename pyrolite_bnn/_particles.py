@@ -488,16 +488,8 @@ def requesting_samples(module: object, samples: int) -> Iterator[None]:
         _REQUESTED_SAMPLES.reset(token)
 
 
-def requested_samples(*modules: object) -> int | None:
-    """The count :func:`requesting_samples` asked of one of ``modules``, if any."""
-    requested = _REQUESTED_SAMPLES.get()
-    if requested is None or not any(m is requested[0] for m in modules):
-        return None
-    return requested[1]
-
-
-def requested_of_holder(network: nn.Module) -> int | None:
-    """The count :func:`requesting_samples` asked of a module holding ``network``.
+def requested_samples(network: nn.Module) -> int | None:
+    """The count :func:`requesting_samples` asked of ``network`` or of its holder.
 
     A plain module around one network runs that network as a network of its
     own (with its own guide): the count asked of the plain module

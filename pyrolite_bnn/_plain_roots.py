@@ -53,7 +53,6 @@ from pyrolite_bnn._forward import (
     generated_guide_draws,
     prepare,
     refuse_particles_under_mcmc,
-    samples_of,
 )
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._network import (
@@ -64,7 +63,7 @@ from pyrolite_bnn._network import (
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.layers.batchnorm import warn_plain_batch_norm
-from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import LayerRecord
 
 __all__ = [
@@ -448,7 +447,10 @@ def open_pending_root(
             f"samples= cannot be given to a Bayesian layer inside the plain {name}; "
             f"set {name}.samples (or use a bnn.VIModule / bnn.VISequential root)"
         )
-    count = samples_of(root)
+    requested = _particles.requested_samples(root)
+    count = (
+        getattr(root, "samples", DEFAULT_SAMPLES) if requested is None else requested
+    )
     state, device = prepare(root, frame.args, frame.call_kwargs(), count)
     if state.batch_size is None:  # its keyword inputs could not be read
         batch, _ = _particles.leading_input(args, kwargs)
@@ -456,7 +458,7 @@ def open_pending_root(
     stack = ExitStack()
     stack.enter_context(local_params())
     if pyro_wrapped():  # a Pyro model: the particle plate and one site per weight
-        if _particles.requested_samples(root) is None:
+        if requested is None:
             refuse_particles_under_mcmc(root, count)
         stack.enter_context(_particles.particle_plate(state.samples, device))
         stack.enter_context(_particles.particles(state))

@@ -521,9 +521,7 @@ class VIModule(LocalPyroModule):
             _plain_roots.note_output(self, result)
             return result
         # A count asked of a plain module around this network (predict(wrapper)).
-        requested = (
-            None if samples is not None else _particles.requested_of_holder(self)
-        )
+        requested = None if samples is not None else _particles.requested_samples(self)
         count = samples if samples is not None else requested or self.samples
         state, device = _forward.prepare(self, args, kwargs, count)
         try:
