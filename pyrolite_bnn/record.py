@@ -592,8 +592,7 @@ def _event_summed_kl(q: Distribution, p: Distribution) -> Tensor:
         and q.reinterpreted_batch_ndims == p.reinterpreted_batch_ndims
     ):
         inner = _event_summed_kl(q.base_dist, p.base_dist)
-        dims = q.reinterpreted_batch_ndims
-        return inner.sum(tuple(range(-dims, 0))) if dims else inner
+        return _sum_rightmost(inner, q.reinterpreted_batch_ndims)
     term = kl_divergence(q, p)
     return full_precision(term if isinstance(term, Tensor) else torch.as_tensor(term))
 
@@ -621,9 +620,13 @@ def _event_summed_log_prob(fn: Distribution, value: Tensor) -> Tensor:
     """``fn.log_prob(value)``, summed over event dimensions in float32 or wider."""
     if isinstance(fn, Independent):
         inner = _event_summed_log_prob(fn.base_dist, value)
-        dims = fn.reinterpreted_batch_ndims
-        return inner.sum(tuple(range(-dims, 0))) if dims else inner
+        return _sum_rightmost(inner, fn.reinterpreted_batch_ndims)
     return full_precision(fn.log_prob(value))
+
+
+def _sum_rightmost(value: Tensor, dims: int) -> Tensor:
+    """``value`` summed over its ``dims`` rightmost dimensions (an event's)."""
+    return value.sum(tuple(range(-dims, 0))) if dims else value
 
 
 def _sum_per_particle(log_probs: Iterable[Tensor], samples: int) -> Tensor:
