@@ -177,6 +177,17 @@ def outermost_bayesian(root: nn.Module, limit: int = 2) -> list[VIModule]:
     return found
 
 
+def runs_on_its_own(network: VIModule) -> bool:
+    """Whether ``network``, the only one in a plain module, runs as its own network.
+
+    With an assigned guide (its weights come from that guide) or without
+    random variables it does, and the plain module around it is no network
+    of its own; otherwise the plain module runs as one network (with its
+    generated guide) and ``network`` as its layer.
+    """
+    return network.guide.inner is not None or not network.random_variables()
+
+
 def bayesian_positions(root: nn.Module, limit: int = 2) -> int:
     """Positions of outermost Bayesian modules below ``root`` (up to ``limit``)."""
     return len(outermost_bayesian(root, limit))

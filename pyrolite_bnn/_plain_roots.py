@@ -59,6 +59,7 @@ from pyrolite_bnn._network import (
     collect_variables,
     has_sequence_first_layers,
     outermost_bayesian,
+    runs_on_its_own,
 )
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteTable, sampling_sites
@@ -142,9 +143,7 @@ class _Frame:
             module = self.module
             inner = [] if _pass_through(module) else outermost_bayesian(module)
             self.pending = len(inner) > 1 or (
-                len(inner) == 1
-                and inner[0].guide.inner is None
-                and bool(inner[0].random_variables())
+                len(inner) == 1 and not runs_on_its_own(inner[0])
             )
             self.single = inner[0] if len(inner) == 1 else None
         return self.pending

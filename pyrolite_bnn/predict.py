@@ -47,6 +47,7 @@ from pyrolite_bnn._network import (
     has_sequence_first_layers,
     network_modules,
     outermost_bayesian,
+    runs_on_its_own,
     uses_batch_statistics,
 )
 from pyrolite_bnn._pyro_module import local_params
@@ -695,13 +696,13 @@ def _run_chunk(
 def _guide(model: nn.Module) -> ParticleGuide:
     """The guide of ``model``: its own, or the generated one of a plain module.
 
-    A plain module around one network with an assigned guide runs that
-    network as a network of its own, with its guide: that guide.
+    A plain module around one network that runs on its own (with an
+    assigned guide) takes that network's guide.
     """
     if isinstance(model, VIModule):
         return model.guide
     inner = outermost_bayesian(model)
-    if len(inner) == 1 and inner[0].guide.inner is not None:
+    if len(inner) == 1 and runs_on_its_own(inner[0]):
         return inner[0].guide
     return ParticleGuide(model)
 
