@@ -115,16 +115,14 @@ class RenyiELBO(pyro.infer.RenyiELBO):
         drawn to find that out are handed to it (:class:`_Drawn`), so that it
         computes what it would have computed on its own.
         """
+        if self.vectorize_particles:  # the networks refuse it, with a message
+            return _Drawn([], traces)
         weights: list[Tensor] = []
         surrogates: list[Tensor] = []
         drawn: list[tuple[Trace, Trace]] = []
         for pair in traces:
             drawn.append(pair)
-            particle = (
-                None
-                if self.vectorize_particles  # the networks refuse it, with a message
-                else _particle_log_weights(*pair, self.alpha)
-            )
+            particle = _particle_log_weights(*pair, self.alpha)
             if particle is None:
                 return _Drawn(drawn, traces)
             weight, surrogate = particle
