@@ -186,11 +186,12 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
             _check_before_first_draw(frame, module, args)
         return
     if (
-        isinstance(module, (VIModule, torch.jit.ScriptModule))
+        isinstance(module, (VIModule, torch.jit.ScriptModule, *_DATA_PARALLEL))
         or next(module.children(), None) is None
     ):
         # A leaf module holds no Bayesian layers, nor does a scripted one
-        # (which takes no forward hooks).
+        # (which takes no forward hooks); a data-parallel wrapper's network is
+        # the module it wraps, whose call comes next.
         return
     # The interpreter frame of the module's call, which runs this hook.
     frame = _Frame(module, args, sys._getframe(1))
@@ -374,11 +375,13 @@ def _sequence_first_remedy(module: nn.Module) -> str:
     return f"Make it Bayesian (bnn.{entry.bayesian_cls.__name__}), or {fix}"
 
 
+# Wrappers whose forward calls the module they wrap (on each device's shard).
+_DATA_PARALLEL = (DistributedDataParallel, DataParallel)
+
+
 def _pass_through(module: nn.Module) -> bool:
     """Whether ``module`` is a wrapper whose forward only calls the module it wraps."""
-    return isinstance(module, (DistributedDataParallel, DataParallel)) or is_compiled(
-        module
-    )
+    return isinstance(module, _DATA_PARALLEL) or is_compiled(module)
 
 
 def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:

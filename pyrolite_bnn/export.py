@@ -20,7 +20,11 @@ from torch import Tensor, nn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
-from pyrolite_bnn._network import network_children
+from pyrolite_bnn._network import (
+    bayesian_layers,
+    network_children,
+    outermost_bayesian,
+)
 from pyrolite_bnn._pyro_module import local_params, note_structure_change
 from pyrolite_bnn.convert import ConvertedNetwork
 from pyrolite_bnn.layers import registry
@@ -61,8 +65,10 @@ def to_deterministic(model: nn.Module) -> nn.Module:
     itself is not changed.
 
     Args:
-        model: a trained network (or its ``DistributedDataParallel`` or
-            ``torch.compile`` wrapper).
+        model: a trained network: a ``VIModule``, or a plain ``torch.nn``
+            module holding Bayesian layers (``nn.Sequential(bnn.VILinear(...),
+            ...)``), or their ``DistributedDataParallel`` or ``torch.compile``
+            wrapper.
 
     Returns:
         ``nn.Linear``/``nn.Conv*``/``nn.Sequential`` modules where ``model`` is
@@ -71,8 +77,8 @@ def to_deterministic(model: nn.Module) -> nn.Module:
         Bayesian layers were replaced.
 
     Raises:
-        TypeError: if ``model`` has a Bayesian layer of a kind that has no plain
-            counterpart here (write its conversion, or use
+        TypeError: if ``model`` holds no Bayesian layer, or has one of a kind
+            that has no plain counterpart here (write its conversion, or use
             ``bnn.predict(..., mode="mean")``).
 
     Example:
@@ -90,16 +96,21 @@ def to_deterministic(model: nn.Module) -> nn.Module:
         torch.Size([5, 2])
     """
     model = unwrap(model)
-    if not isinstance(model, VIModule):
+    if not isinstance(model, VIModule) and not outermost_bayesian(model, limit=1):
         raise TypeError(
-            f"to_deterministic needs a bnn.VIModule, got {type(model).__name__}"
+            "to_deterministic needs a bnn.VIModule or a torch module holding "
+            f"Bayesian layers, got {type(model).__name__} without any"
         )
     clone = copy.deepcopy(model)
-    with local_params(), torch.no_grad():
-        medians = clone.guide.median()
     means: dict[int, dict[str, Tensor]] = {}
-    for v in clone.random_variables():
-        means.setdefault(id(v.module), {})[v.name] = medians[v.site].detach()
+    # A plain module's Bayesian layers (nn.Sequential(VILinear(...), ...)) are
+    # one network, each layer's weights the medians of its own guide.
+    networks = [clone] if isinstance(clone, VIModule) else bayesian_layers(clone)
+    with local_params(), torch.no_grad():
+        for network in networks:
+            medians = network.guide.median()
+            for v in network.random_variables():
+                means.setdefault(id(v.module), {})[v.name] = medians[v.site].detach()
     before = list(clone.named_modules())
     # torch initialises the layers built here before their weights are copied
     # in: that must not move the caller's generators (an export from a
@@ -109,13 +120,24 @@ def to_deterministic(model: nn.Module) -> nn.Module:
     )
     with torch.random.fork_rng(devices=cuda):
         converted = _convert(clone, means, {})
-    result = (
-        DeterministicNetwork(converted)
-        if isinstance(converted, VIModule)
-        else converted
-    )
+    result = _run_deterministically(converted, {})
     warn_hooks_left_behind(before, result, "bnn.to_deterministic")
     return result
+
+
+def _run_deterministically(module: nn.Module, done: dict[int, nn.Module]) -> nn.Module:
+    """``module`` with each outermost custom network in a :class:`DeterministicNetwork`.
+
+    The converted custom ``VIModule``s (with plain layers) would still run
+    as networks with particles; wrapped, they run once.
+    """
+    if isinstance(module, VIModule):
+        if id(module) not in done:
+            done[id(module)] = DeterministicNetwork(module)
+        return done[id(module)]
+    for name, child in network_children(module):
+        module._modules[name] = _run_deterministically(child, done)
+    return module
 
 
 def _convert(

@@ -52,6 +52,15 @@ def _net() -> bnn.VISequential:
     )
 
 
+def _plain_net() -> nn.Sequential:
+    """``_net``'s layers in a plain container: its call is the network."""
+    return nn.Sequential(*_net())
+
+
+# The network of each gradient scenario.
+_NETS: dict[str, Callable[[], nn.Module]] = {"gradients": _net, "plain": _plain_net}
+
+
 def _data() -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(N, 4, generator=generator)
@@ -113,7 +122,7 @@ def _files(folder: Path) -> list[str]:
 # ------------------------------------------------------------------ gradients
 def _gradients(rank: int, folder: Path) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = DistributedDataParallel(_net())
+    model = DistributedDataParallel(_NETS[folder.name]())
     x, y = _data()
     half = slice(rank * N // 2, (rank + 1) * N // 2)
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N)
@@ -137,17 +146,23 @@ def _gradients(rank: int, folder: Path) -> dict[str, Any]:
     return {"grads": grads, "shapes": shapes, "state": _state(model.module)}
 
 
+@pytest.mark.parametrize("scenario", _NETS)
 def test_gradients_equal_one_process_on_the_full_batch(
-    ranks: list[dict[str, Any]],
+    ranks: list[dict[str, Any]], scenario: str
 ) -> None:
+    """A plain container's call inside DDP is the network, as a VISequential is.
+
+    Before, DDP's call was taken for the plain network's and, being a wrapper,
+    ran each Bayesian layer as a network of its own: output (10, 10, B, 3).
+    """
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)
-    net = _net()
+    net = _NETS[scenario]()
     x, y = _data()
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N)
     torch.manual_seed(1)
     loss_fn(net(x), y).backward()
-    for rank in (result["gradients"] for result in ranks):
+    for rank in (result[scenario] for result in ranks):
         assert rank["grads"].keys() == dict(net.named_parameters()).keys()
         for name, param in net.named_parameters():
             # DDP averages two half-batch gradients, each with the KL / N once:
@@ -162,10 +177,10 @@ def test_gradients_equal_one_process_on_the_full_batch(
             "deterministic": (N, 3),
         }
     # the checkpoint of the wrapped model loads into the plain network
-    fresh = _net()
-    folder = ranks[0]["folder"] / "gradients"
+    fresh = _NETS[scenario]()
+    folder = ranks[0]["folder"] / scenario
     assert load_checkpoint(folder / "ddp.pt", fresh)["epoch"] == 3
-    _assert_same_state(_state(fresh), ranks[0]["gradients"]["state"])
+    _assert_same_state(_state(fresh), ranks[0][scenario]["state"])
 
 
 # ------------------------------------------------------------------------ fit
@@ -614,6 +629,7 @@ def test_ddp_example_runs_as_under_torchrun(ranks: list[dict[str, Any]]) -> None
 
 _SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
     "gradients": _gradients,
+    "plain": _gradients,
     "fit": _fit,
     "sampler": _sampler,
     "batch_sampler": _batch_sampler,

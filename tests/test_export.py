@@ -119,9 +119,38 @@ def test_residual_is_still_exported_here() -> None:
     assert isinstance(bnn.to_deterministic(block), Residual)
 
 
-def test_rejects_non_vimodule() -> None:
-    with pytest.raises(TypeError, match=r"to_deterministic needs a bnn\.VIModule"):
-        bnn.to_deterministic(nn.Linear(2, 2))  # type: ignore[arg-type]
+def test_rejects_a_module_without_bayesian_layers() -> None:
+    with pytest.raises(TypeError, match=r"holding Bayesian layers, got Linear without"):
+        bnn.to_deterministic(nn.Linear(2, 2))
+
+
+def test_plain_container_of_bayesian_layers_becomes_pure_torch() -> None:
+    """A plain network (documented) was refused: "needs a bnn.VIModule"."""
+    torch.manual_seed(0)
+    shared = bnn.VILinear(4, 4, variational=bnn.MeanFieldNormal(init_scale=0.3))
+    net = nn.Sequential(
+        bnn.VILinear(3, 4), nn.ReLU(), shared, nn.Tanh(), shared, _ConvHead()
+    )
+    plain = bnn.to_deterministic(net)
+    assert not any(isinstance(m, bnn.VIModule) for m in plain[:5].modules())
+    assert plain[2] is plain[4]  # a layer at two positions stays one layer
+    assert isinstance(plain[5], DeterministicNetwork)
+    assert isinstance(net[0], bnn.VILinear)  # the network itself is unchanged
+    x = torch.randn(5, 3)
+    mean = bnn.predict(net, x, bnn.Normal(1.0), mode="mean").samples[0]
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), mean, rtol=0, atol=0)
+
+
+class _ConvHead(bnn.VIModule):
+    """A custom network as the last layer of a plain one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = bnn.VILinear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).tanh()  # type: ignore[no-any-return]
 
 
 @pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")

@@ -24,6 +24,17 @@ def _net() -> bnn.VISequential:
     return bnn.VISequential(bnn.VILinear(3, 8), nn.ReLU(), bnn.VILinear(8, 2))
 
 
+def _plain_net() -> nn.Sequential:
+    """The same layers in a plain container, whose call is the network."""
+    return nn.Sequential(bnn.VILinear(3, 8), nn.ReLU(), bnn.VILinear(8, 2))
+
+
+NETWORKS: dict[str, Callable[[], nn.Module]] = {
+    "VISequential": _net,
+    "plain": _plain_net,
+}
+
+
 def _averaged(net: nn.Module) -> nn.Module:
     """An EMA of ``net`` after two updates from a perturbed network."""
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.5))
@@ -40,18 +51,30 @@ WRAPPERS: dict[str, Callable[[nn.Module], nn.Module]] = {
 }
 
 
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("wrapper", WRAPPERS)
 def test_wrapped_network_is_read_as_the_network_inside(
-    wrapper: str, tmp_path: Path
+    wrapper: str, network: str, tmp_path: Path
 ) -> None:
+    """A plain container's call is its network's inside the wrapper too.
+
+    Before, ``DataParallel``'s call was taken for a plain network's and ran
+    each Bayesian layer as a network of its own (output ``(S, S, B, 2)``), and
+    ``to_deterministic`` refused plain networks.
+    """
     torch.manual_seed(0)
-    wrapped = WRAPPERS[wrapper](_net())
+    wrapped = WRAPPERS[wrapper](NETWORKS[network]())
     inner = wrapped.module
     x, y = torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 1, 0])
+    torch.manual_seed(2)
+    out = wrapped(x, samples=4) if network == "VISequential" else wrapped(x)
+    torch.manual_seed(2)
+    expected = inner(x, samples=4) if network == "VISequential" else inner(x)
+    torch.testing.assert_close(out, expected)
 
     path = tmp_path / "wrapped.pt"
     bnn.save_checkpoint(path, wrapped)
-    fresh = _net()
+    fresh = NETWORKS[network]()
     bnn.load_checkpoint(path, fresh)
     for (name, a), (_, b) in zip(
         fresh.state_dict().items(), inner.state_dict().items(), strict=True
