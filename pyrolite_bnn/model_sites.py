@@ -14,15 +14,23 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import pyro
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from pyrolite_bnn._particles import PLATE_NAME
 from pyrolite_bnn._validation import check_count
 
-__all__ = ["ParticlePlate", "per_particle"]
+if TYPE_CHECKING:
+    from pyro.poutine.runtime import Message
+
+__all__ = ["ParticlePlate", "particle_plate_name", "per_particle"]
+
+# The key of a sample site's ``infer`` dict that names its particle plate.
+_PLATE_KEY = "pyrolite_particle_plate"
 
 
 def per_particle(
@@ -90,6 +98,7 @@ class ParticlePlate:
         stack = ExitStack()
         stack.enter_context(self.plate)
         stack.enter_context(poutine.scale(scale=1.0 / self.count))
+        stack.enter_context(_MarkedSites(self.plate.name))
         self._stack.append(stack)
         return self
 
@@ -100,3 +109,33 @@ class ParticlePlate:
         traceback: TracebackType | None,
     ) -> None:
         self._stack.pop().__exit__(kind, error, traceback)
+
+
+class _MarkedSites(Messenger):
+    """Names the particle plate in the ``infer`` dict of every site inside."""
+
+    def __init__(self, plate: str) -> None:
+        super().__init__()
+        self.plate = plate
+
+    def _process_message(self, msg: Message[..., Any]) -> None:
+        if msg["type"] == "sample":
+            infer: dict[str, Any] = {**(msg["infer"] or {}), _PLATE_KEY: self.plate}
+            msg["infer"] = infer  # type: ignore[typeddict-item]
+
+
+def particle_plate_name(site: Message[..., Any]) -> str | None:
+    """The name of the :func:`per_particle` plate a sample site is in, if any.
+
+    Example:
+        >>> import pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     with per_particle(3, name="mine"):
+        ...         pyro.sample("z", dist.Normal(torch.zeros(3, 1), 1.0))
+        >>> trace = pyro.poutine.trace(model).get_trace()
+        >>> particle_plate_name(trace.nodes["z"])
+        'mine'
+    """
+    name = (site.get("infer") or {}).get(_PLATE_KEY)
+    return name if isinstance(name, str) else None

@@ -29,10 +29,12 @@ with ``K S`` draws, which tends to ``log p(y | x)`` as the draws grow; the
 vectorised particles give the draws at the cost of one network pass per guide
 run. With ``samples=1`` it equals Pyro's class.
 
-A model whose sample sites are not all inside the particle plate (a latent
-variable or an observation of the user's own outside the network's particles)
-has no per-particle weights: it goes to Pyro's class unchanged, from the same
-random-number state.
+Sites of the user's own model inside :func:`~pyrolite_bnn.per_particle`
+count per particle, as the network's do. A model whose sample sites are not
+all inside the particle plate or such a plate (a latent variable or an
+observation of the user's own outside the network's particles) has no
+per-particle weights: it goes to Pyro's class unchanged, from the same
+random-number state. The log weights are summed in at least float32.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ from pyro.util import warn_if_nan
 from torch import Tensor
 
 from pyrolite_bnn._particles import PLATE_NAME
+from pyrolite_bnn._validation import check_count, check_real
+from pyrolite_bnn.distributions._precision import full_precision
+from pyrolite_bnn.model_sites import particle_plate_name
 
 if TYPE_CHECKING:
     from pyro.poutine.runtime import Message
@@ -81,6 +86,27 @@ class RenyiELBO(pyro.infer.RenyiELBO):
         >>> isinstance(svi.step(x, y, samples=8), float)
         True
     """
+
+    def __init__(
+        self,
+        alpha: float = 0,
+        num_particles: int = 2,
+        max_plate_nesting: float = float("inf"),
+        max_iarange_nesting: int | None = None,
+        vectorize_particles: bool = False,
+        strict_enumeration_warning: bool = True,
+    ) -> None:
+        order = check_real(alpha, "RenyiELBO alpha")
+        if not math.isfinite(order):
+            raise ValueError(f"RenyiELBO alpha must be finite, got {alpha!r}")
+        super().__init__(  # type: ignore[no-untyped-call]
+            alpha=order,
+            num_particles=check_count(num_particles, "RenyiELBO num_particles"),
+            max_plate_nesting=max_plate_nesting,
+            max_iarange_nesting=max_iarange_nesting,
+            vectorize_particles=vectorize_particles,
+            strict_enumeration_warning=strict_enumeration_warning,
+        )
 
     @torch.no_grad()
     def loss(self, model: Model, guide: Model, *args: Any, **kwargs: Any) -> float:
@@ -115,8 +141,8 @@ class RenyiELBO(pyro.infer.RenyiELBO):
         drawn to find that out are handed to it (:class:`_Drawn`), so that it
         computes what it would have computed on its own.
         """
-        if self.vectorize_particles:  # the networks refuse it, with a message
-            return _Drawn([], traces)
+        if self.vectorize_particles and self.num_particles > 1:
+            return _Drawn([], traces)  # the networks refuse it, with a message
         weights: list[Tensor] = []
         surrogates: list[Tensor] = []
         drawn: list[tuple[Trace, Trace]] = []
@@ -208,11 +234,18 @@ def _particle_log_weights(
 
 
 def _per_particle(site: Message[..., Any]) -> Tensor | None:
-    """The site's unscaled-by-particles ``log_prob`` summed per particle."""
-    frame = next((f for f in site["cond_indep_stack"] if f.name == PLATE_NAME), None)
+    """The site's unscaled-by-particles ``log_prob`` summed per particle.
+
+    The particles are the network's plate, or a :func:`~pyrolite_bnn.per_particle`
+    plate of the user's model. Summed in at least float32: a half-precision
+    network's log weights (tens of thousands of nats) overflow ``float16``
+    and are rounded to hundreds of nats in ``bfloat16``.
+    """
+    plate = particle_plate_name(site) or PLATE_NAME
+    frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
     if frame is None or frame.dim is None:
         return None
-    log_prob: Tensor = site["log_prob"]
+    log_prob: Tensor = full_precision(site["log_prob"])
     dim = frame.dim
     if log_prob.dim() < -dim:
         log_prob = log_prob.reshape((1,) * (-dim - log_prob.dim()) + log_prob.shape)
