@@ -28,6 +28,7 @@ from typing import Any, cast
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
@@ -41,6 +42,7 @@ __all__ = [
     "map_outputs",
     "particle_plate",
     "particles",
+    "refuse_outer_plates",
     "unfold_at",
 ]
 
@@ -406,7 +408,9 @@ def particle_plate(samples: int, device: torch.device | None = None) -> Iterator
     Raises:
         RuntimeError: if a trace already holds a particle plate (a second
             network called on its own in one Pyro model), naming what works.
+        NotImplementedError: inside another plate (:func:`refuse_outer_plates`).
     """
+    refuse_outer_plates()
     where = None if device is None else str(device)
     try:
         plate = pyro.plate(PLATE_NAME, samples, dim=PLATE_DIM, device=where)
@@ -422,6 +426,44 @@ def particle_plate(samples: int, device: torch.device | None = None) -> Iterator
         else:
             with poutine.scale(scale=1.0 / samples):
                 yield
+
+
+def refuse_outer_plates() -> None:
+    """Refuse to run a network's Pyro model or guide inside another plate.
+
+    A network's weights are global: one draw per particle for all examples.
+    Inside a plate (a user's data plate, ``Trace_ELBO(vectorize_particles=True)``
+    or ``Predictive(parallel=True)``) they would need another batch dimension,
+    and Pyro reports only that model and guide shapes disagree.
+
+    Raises:
+        NotImplementedError: naming the plate and what to do instead.
+    """
+    for frame in get_plates():
+        if frame.name == "num_particles_vectorized":
+            raise NotImplementedError(
+                "vectorize_particles=True is not supported: the network already "
+                "draws all its particles in one vectorised pass, and Pyro's extra "
+                "particle plate would need a second particle dimension. Use "
+                "vectorize_particles=False, num_particles=1 and pass samples=k to "
+                "svi.step (svi.step(x, y, samples=k)) for k particles"
+            )
+        if frame.name == "_num_predictive_samples":
+            raise NotImplementedError(
+                "Predictive(parallel=True) is not supported: the network already "
+                "draws all its particles in one vectorised pass, and Pyro's extra "
+                "plate would need a second particle dimension. Use parallel=False "
+                "(the default), or Predictive(..., num_samples=1)(x, samples=k) for "
+                "k draws along the particle dimension"
+            )
+        raise NotImplementedError(
+            f"a network's Pyro model and guide run outside other plates, found "
+            f"plate {frame.name!r}: its weights are global (one draw per particle "
+            "for all examples), not one per element of that plate. Call the "
+            "network on the batch before opening the plate and observe its output "
+            "inside it: out = net(x[idx]); with bnn.per_particle(out), "
+            "pyro.plate('data', N, subsample=idx): pyro.sample(..., obs=y[idx])"
+        )
 
 
 def input_leaves(values: Iterable[Any]) -> Iterator[Tensor | PackedSequence]:

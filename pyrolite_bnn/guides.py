@@ -46,7 +46,6 @@ from pyro.infer.autoguide import (
     AutoMessenger,
 )
 from pyro.ops.jit import CompiledFunction
-from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
@@ -330,28 +329,7 @@ def check_pyro_call() -> None:
     Raises:
         NotImplementedError: naming the option and what to use instead.
     """
-    for frame in get_plates():
-        if frame.name == "num_particles_vectorized":
-            raise NotImplementedError(
-                "vectorize_particles=True is not supported: the network already "
-                "draws all its particles in one vectorised pass, and Pyro's extra "
-                "particle plate would need a second particle dimension. Use "
-                "vectorize_particles=False, num_particles=1 and pass samples=k to "
-                "svi.step (svi.step(x, y, samples=k)) for k particles"
-            )
-        if frame.name == "_num_predictive_samples":
-            raise NotImplementedError(
-                "Predictive(parallel=True) is not supported: the network already "
-                "draws all its particles in one vectorised pass, and Pyro's extra "
-                "plate would need a second particle dimension. Use parallel=False "
-                "(the default), or Predictive(..., num_samples=1)(x, samples=k) for "
-                "k draws along the particle dimension"
-            )
-        raise NotImplementedError(
-            f"the network's Pyro model and guide must run outside other plates, "
-            f"found plate {frame.name!r}: they open their own particle plate "
-            "(samples=) and the data plate"
-        )
+    _particles.refuse_outer_plates()
     if _inside_jit_compile():
         raise NotImplementedError(
             "JitTrace_ELBO and JitTraceMeanField_ELBO cannot run pyrolite_bnn "

@@ -56,8 +56,8 @@ def per_particle(
         dim: the plate's batch dimension, negative.
 
     Raises:
-        ValueError: for the network's plate name, a count below 1 or a
-            non-negative ``dim``.
+        ValueError: for the network's plate name, a count below 1, a
+            0-dimensional tensor or a non-negative ``dim``.
 
     Example:
         >>> import pyro, torch
@@ -74,8 +74,15 @@ def per_particle(
         >>> trace.nodes["obs"]["scale"]
         0.25
     """
-    count = particles.shape[0] if isinstance(particles, Tensor) else particles
-    count = check_count(count, "particles")
+    if isinstance(particles, Tensor):
+        if particles.dim() == 0:
+            raise ValueError(
+                "per_particle needs the particle count (an int) or the network's "
+                "output (S, B, ...), got a 0-dimensional tensor"
+            )
+        count = particles.shape[0]
+    else:
+        count = check_count(particles, "particles")
     if name == PLATE_NAME:
         raise ValueError(
             f"per_particle(name={name!r}): that is the network's own plate; "

@@ -537,21 +537,50 @@ def _callback_hooks(
     epoch_end: list[Callable[..., Any]] = []
     step_end: list[Callable[..., Any]] = []
     for index, callback in enumerate(callbacks):
+        if isinstance(callback, type):
+            raise TypeError(
+                f"callbacks[{index}] is the class {callback.__name__}: pass an "
+                f"instance, {callback.__name__}(...)"
+            )
         on_epoch_end = getattr(callback, "on_epoch_end", None)
         on_step_end = getattr(callback, "on_step_end", None)
         if on_epoch_end is None and on_step_end is None and callable(callback):
             on_epoch_end = callback
-        if not callable(on_epoch_end) and not callable(on_step_end):
+        for name, method in (
+            ("on_epoch_end", on_epoch_end),
+            ("on_step_end", on_step_end),
+        ):
+            if method is not None and not callable(method):
+                raise TypeError(
+                    f"callbacks[{index}].{name} must be a method, got "
+                    f"{type(method).__name__} {method!r}"
+                )
+        if on_epoch_end is None and on_step_end is None:
             raise TypeError(
                 f"callbacks[{index}] must be a function or an object with a method "
                 "on_epoch_end(epoch, history, model) or on_step_end(epoch, step, "
                 f"loss), got {callback!r}"
             )
-        if callable(on_epoch_end):
+        if on_epoch_end is not None:
             epoch_end.append(on_epoch_end)
-        if callable(on_step_end):
-            step_end.append(on_step_end)
+        if on_step_end is not None:
+            step_end.append(_returning_nothing(on_step_end))
     return epoch_end, step_end
+
+
+def _returning_nothing(on_step_end: Callable[..., Any]) -> Callable[..., None]:
+    """``on_step_end``, refusing a returned value (only an epoch's end stops)."""
+
+    def call(epoch: int, step: int, loss: float) -> None:
+        answer = on_step_end(epoch, step, loss)
+        if answer is not None:
+            raise TypeError(
+                f"on_step_end returns None; {on_step_end!r} returned "
+                f"{type(answer).__name__} {answer!r} (to stop training, return "
+                "True from on_epoch_end)"
+            )
+
+    return call
 
 
 def _stop_requested(
@@ -733,7 +762,8 @@ def fit(
             checkpointing); returning ``True`` stops training. An object may
             also (or instead) have ``on_step_end(epoch, step, loss)``, called
             after every optimizer step with the step's loss (a float): step a
-            per-step learning-rate schedule there (``OneCycleLR``).
+            per-step learning-rate schedule there (``OneCycleLR``); it
+            returns ``None``.
         progress: show a tqdm bar per epoch (when tqdm is installed; otherwise
             one line per epoch on stderr) with loss, nll and kl.
         heat_schedule: callable ``epoch -> heat`` setting ``loss_fn.heat`` at
@@ -759,8 +789,9 @@ def fit(
     Raises:
         TypeError: if ``loss_fn`` is not a
             :class:`~pyrolite_bnn.KullbackLeiblerLoss`, ``progress`` not a
-            bool, or a callback neither a function nor an object with
-            ``on_epoch_end``.
+            bool, a callback neither a function nor an object with
+            ``on_epoch_end`` or ``on_step_end`` methods (a class, not an
+            instance), or ``on_step_end`` returns a value.
         ValueError: for invalid arguments (early stopping without
             ``val_loader``, an empty loader, a negative heat, a batch in
             another format, under DDP a sampler ``fit`` cannot shard or

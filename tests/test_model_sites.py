@@ -92,6 +92,7 @@ def test_one_plate_serves_several_sites() -> None:
         ({"particles": 3, "name": "particles"}, "network's own plate"),
         ({"particles": 3, "dim": 0}, "negative batch dimension"),
         ({"particles": 0}, "particles"),
+        ({"particles": torch.tensor(4)}, "0-dimensional tensor"),  # IndexError
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict[str, object], match: str) -> None:
@@ -222,3 +223,22 @@ def test_guide_and_model_with_different_particle_counts_say_so() -> None:
 
     with pytest.raises(SiteShapeError, match="the same samples="):
         pyro.infer.Predictive(model, guide=net.guide, num_samples=2)(x)
+
+
+def test_network_called_inside_a_data_plate_is_refused_with_what_works() -> None:
+    """Pyro said only "Model and guide shapes disagree at site 'weight'": inside
+    the plate the model's weights took the plate's dimension."""
+    net = bnn.VILinear(2, 1)
+    x, y = torch.randn(40, 2), torch.randn(40)
+
+    def model() -> None:
+        with pyro.plate("data", 40, subsample_size=10) as idx:
+            out = net(x[idx], samples=4).squeeze(-1)
+            with bnn.per_particle(out):
+                pyro.sample("obs", dist.Normal(out, 0.5), obs=y[idx])
+
+    def guide() -> None:
+        net.guide(samples=4)
+
+    with pytest.raises(NotImplementedError, match="found plate 'data'.*before opening"):
+        Trace_ELBO().loss(model, guide)

@@ -1131,3 +1131,40 @@ def test_step_end_callbacks_run_after_every_optimizer_step() -> None:
         assert sum(losses) / 3 == pytest.approx(history.loss[epoch])
     assert schedule.last_epoch == 6
     assert rates[0] < rates[2]  # the one-cycle warm-up, step by step
+
+
+class _StepCounter:
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, epoch: int, step: int, loss: float) -> None:
+        self.steps += 1
+
+
+class _StopsAtStep:
+    def on_step_end(self, epoch: int, step: int, loss: float) -> bool:
+        return True
+
+
+class _NotCallable:
+    on_step_end = 3
+
+    def on_epoch_end(self, epoch: int, history: object, model: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("callback", "message"),
+    [
+        (_StepCounter, r"is the class _StepCounter: pass an instance"),
+        (_NotCallable(), r"callbacks\[0\]\.on_step_end must be a method, got int"),
+        (_StopsAtStep(), r"on_step_end returns None; .* returned bool True"),
+    ],
+)
+def test_callback_mistakes_are_refused(callback: object, message: str) -> None:
+    """A class passed for an instance failed with "missing 1 required
+    positional argument"; a non-callable ``on_step_end`` beside a callable
+    ``on_epoch_end`` was ignored, as was ``True`` from ``on_step_end``."""
+    x, y = _data()
+    with pytest.raises(TypeError, match=message):
+        fit(_net(), _loss(), _batches(x, y), 1, progress=False, callbacks=[callback])
