@@ -240,5 +240,7 @@ def test_network_called_inside_a_data_plate_is_refused_with_what_works() -> None
     def guide() -> None:
         net.guide(samples=4)
 
-    with pytest.raises(NotImplementedError, match="found plate 'data'.*before opening"):
+    with pytest.raises(
+        NotImplementedError, match=r"found plate 'data'.*before opening"
+    ):
         Trace_ELBO().loss(model, guide)
