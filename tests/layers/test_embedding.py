@@ -473,3 +473,57 @@ def test_rows_in_half_precision(dtype: torch.dtype) -> None:
     loss.backward()
     assert bool(torch.isfinite(loss))
 
+
+# ------------------------------------------------- predict within the budget
+
+
+class _EmbedMean(bnn.VIModule):
+    def __init__(self, rows: int, features: int) -> None:
+        super().__init__()
+        self.embed = bnn.VIEmbedding(rows, features)
+        self.head = bnn.VILinear(features, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(tokens).mean(1))
+
+
+def test_predict_draws_a_large_table_in_particle_groups_within_the_budget() -> None:
+    """40 draws of a 4,000 x 16 table (10.2 MB) do not fit a 4 MB budget, not
+    even drawn layer by layer in each chunk (the table is one tensor, drawn for
+    all particles at once): predict runs the particles in groups whose draws
+    fit (5 at a time), so no tensor it makes takes more than half the budget
+    (it drew 40 tables at once, silently). Each group is the same networks in
+    every chunk: the result does not depend on batch_size."""
+    torch.manual_seed(0)
+    net = _EmbedMean(4000, 16)
+    tokens = torch.randint(0, 4000, (12, 6))
+    budget = 4_000_000
+    results = []
+    for batch_size in (None, 5, 12):
+        torch.manual_seed(1)
+        counting = _Counting()
+        with counting:
+            pred = bnn.predict(
+                net,
+                tokens,
+                bnn.Categorical(),
+                samples=40,
+                batch_size=batch_size,
+                memory_budget=budget,
+            )
+        assert counting.largest * 4 <= budget // 2
+        results.append(pred.samples)
+    assert results[0].shape == (40, 12, 3)
+    assert float(results[0].std(0).min()) > 1e-3  # particles differ
+    for other in results[1:]:
+        torch.testing.assert_close(other, results[0], rtol=1e-6, atol=1e-6)
+
+
+def test_predict_warns_when_one_particle_does_not_fit_the_budget() -> None:
+    net = _EmbedMean(4000, 16)  # one draw of the table: 256,000 bytes
+    tokens = torch.randint(0, 4000, (4, 6))
+    with pytest.warns(RuntimeWarning, match=r"drawing the weight 'embed\.weight'"):
+        pred = bnn.predict(
+            net, tokens, bnn.Categorical(), samples=3, memory_budget=500_000
+        )
+    assert pred.samples.shape == (3, 4, 3)
