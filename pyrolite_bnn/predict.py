@@ -376,14 +376,17 @@ def predict(
     of ``x`` and of the model) are rewound to their starting state: less
     memory, but the draws are repeated for every chunk. Either way
     the generators end where one call on all of ``x`` leaves them, if the
-    network draws no other random numbers. Where drawing the largest weight
-    tensor for all ``S`` particles takes more than half the budget (a large
-    ``VIEmbedding`` table), the particles run in groups whose draws fit, one
-    after the other; where one particle's draw does not fit, a
-    ``RuntimeWarning`` says the prediction exceeds the budget. Dropout in training mode does: it
+    network draws no other random numbers. Dropout in training mode does: it
     would change later weight draws between chunks of different sizes (a
     warning says so), and batch-norm in training mode normalises each chunk by
     its own statistics; call ``model.eval()`` first.
+
+    **Particle groups**: where drawing the largest weight tensor for all ``S``
+    particles takes more than half the budget (a large ``VIEmbedding`` table,
+    drawn whole whatever the chunk size), the particles run in groups whose
+    draws fit, one group after the other (independent draws; each group the
+    same networks in all its chunks); where one particle's draw does not fit,
+    a ``RuntimeWarning`` says the prediction exceeds the budget.
 
     **Threads**: with the generated guide (a ``VIModule`` with no assigned
     guide, or a plain module holding Bayesian layers) ``predict`` pushes no
