@@ -121,16 +121,24 @@ class RepeatedMomentsRead(RuntimeError):
     then runs the forward pass again with the layer's weights drawn. A plain
     ``torch.nn`` root cannot run its own forward again: the user sees this
     error once, and the next call draws the weights.
+
+    Args:
+        module: the layer.
+        reason: what needs the weight draw, instead of "called twice".
     """
 
-    def __init__(self, module: object) -> None:
+    def __init__(self, module: object, reason: str | None = None) -> None:
         name = type(module).__name__
+        if reason is None:
+            reason = (
+                f"{name} is called twice in one forward pass: its two calls must "
+                "share one weight draw, which sampling outputs from the weight "
+                "moments (local reparameterisation) cannot give"
+            )
         super().__init__(
-            f"{name} is called twice in one forward pass: its two calls must share "
-            "one weight draw, which sampling outputs from the weight moments (local "
-            f"reparameterisation) cannot give. {name} draws its weights from now on: "
-            "call the network again (a bnn.VIModule network runs the pass again by "
-            "itself; this plain torch root cannot)"
+            f"{reason}. {name} draws its weights from now on: call the network "
+            "again (a bnn.VIModule network runs the pass again by itself; this "
+            "plain torch root cannot)"
         )
         self.module = module
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._draw_budget import DRAWING_FACTOR, DrawSizes
 from pyrolite_bnn._draws import rng_state, set_rng_state, using_fixed_weights
 from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._isolation import isolated
@@ -43,7 +44,6 @@ from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._network import (
     check_bayesian_network,
-    collect_variables,
     has_sequence_first_layers,
     network_modules,
     outermost_bayesian,
@@ -369,7 +369,8 @@ def predict(
     one chunk) to run no probe.
 
     **Same weights in every chunk**: if the ``S`` draws of all weights take at
-    most half of ``memory_budget``, they are drawn once from ``model.guide``
+    most half of ``memory_budget`` (and drawing them, a tensor at three times
+    its draw, fits it), they are drawn once from ``model.guide``
     and every chunk runs on them. Otherwise each chunk draws them anew, layer
     by layer, after the random-number generators (CPU, and the CUDA devices
     of ``x`` and of the model) are rewound to their starting state: less
@@ -379,6 +380,13 @@ def predict(
     would change later weight draws between chunks of different sizes (a
     warning says so), and batch-norm in training mode normalises each chunk by
     its own statistics; call ``model.eval()`` first.
+
+    **Particle groups**: where drawing the largest weight tensor for all ``S``
+    particles takes more than half the budget (a large ``VIEmbedding`` table,
+    drawn whole whatever the chunk size), the particles run in groups whose
+    draws fit, one group after the other (independent draws; each group the
+    same networks in all its chunks); where one particle's draw does not fit,
+    a ``RuntimeWarning`` says the prediction exceeds the budget.
 
     **Threads**: with the generated guide (a ``VIModule`` with no assigned
     guide, or a plain module holding Bayesian layers) ``predict`` pushes no
@@ -566,20 +574,65 @@ def _predict(
     mode: str,
     memory_budget: int | None,
 ) -> Tensor:
+    budget = _default_budget(x[0]) if memory_budget is None else memory_budget
+    weights = _FixedWeights.medians(_guide(model)) if mode == "mean" else None
+    if weights is not None:
+        return _predict_particles(model, x, 1, batch_size, budget, weights, None)
+    sizes = DrawSizes.of(model)
+    group = sizes.particles_that_fit(samples, budget)
+    if group == 0:
+        warnings.warn(
+            f"predict: drawing the weight {sizes.site!r} for one particle takes "
+            f"{DRAWING_FACTOR * sizes.largest} bytes ({DRAWING_FACTOR} times its "
+            f"{sizes.largest}-byte draw), more than half of memory_budget={budget}: "
+            "the prediction takes more memory than the budget; raise memory_budget",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        group = samples
+    if group == samples:
+        return _predict_particles(model, x, samples, batch_size, budget, None, sizes)
+    # The particles in groups whose draws fit: independent draws, one after
+    # the other, each group coherent across the chunks.
+    result: Tensor | None = None
+    for start in range(0, samples, group):
+        count = min(group, samples - start)
+        out = _predict_particles(model, x, count, batch_size, budget, None, sizes)
+        if result is None:
+            result = out.new_empty((samples, *out.shape[1:]))
+        result.narrow(0, start, count).copy_(out)
+    assert result is not None
+    return result
+
+
+def _predict_particles(
+    model: nn.Module,
+    x: tuple[Tensor, ...],
+    particles: int,
+    batch_size: int | None,
+    budget: int,
+    weights: _FixedWeights | None,
+    sizes: DrawSizes | None,
+) -> Tensor:
+    """Outputs ``(particles, N, ...)`` in chunks: fixed ``weights``, else drawn.
+
+    ``sizes`` (with drawn weights) decides whether one draw is kept for all
+    chunks or each chunk draws anew, and what is left of ``budget`` for the
+    chunks' activations.
+    """
     # Sequence-first networks (batch_first=False) take (L, B, ...) and return
     # (S, L, B, ...): chunks split the batch, never the sequence.
     axis = 1 if has_sequence_first_layers(model) else 0
     size = _batch_size(x, axis)
     generators = _Generators(_devices(model, x))
-    weights = _FixedWeights.medians(_guide(model)) if mode == "mean" else None
-    particles = 1 if weights is not None else samples
-    budget = _default_budget(x[0]) if memory_budget is None else memory_budget
-    # Keep one draw of all weights for every chunk if it takes <= half the budget.
-    kept_bytes = 0 if weights is not None else _draw_bytes(model, particles)
-    kept_bytes = kept_bytes if kept_bytes <= budget // 2 else 0
+    # Keep one draw of all weights for every chunk if it fits (DrawSizes).
+    kept_bytes = 0 if sizes is None else sizes.kept_bytes(particles, budget)
     if batch_size is None:
         per_input = _probe(model, x, axis, particles, weights, generators)
-        room = budget - kept_bytes
+        reserved = kept_bytes
+        if sizes is not None and not kept_bytes:  # each chunk draws its weights
+            reserved = sizes.redrawn_bytes(particles)
+        room = budget - reserved
         step = size if per_input == 0 else max(1, int(room // per_input))
     else:
         step = batch_size
@@ -607,7 +660,7 @@ def _predict(
                 "different networks in different chunks; call model.eval() first, "
                 "or predict with batch_size=len(x)",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             after_first = None  # once is enough
         result.narrow(axis + 1, start, out.shape[axis + 1]).copy_(out)
@@ -785,14 +838,6 @@ class _FixedWeights:
         conditioned: Any = poutine.condition(network, data=self.values)
         with poutine.trace():  # a handler makes the network a plain Pyro model
             return conditioned()
-
-
-def _draw_bytes(model: nn.Module, samples: int) -> int:
-    """Bytes of ``samples`` draws of all the model's weights."""
-    return samples * sum(
-        v.shape.numel() * v.posterior.mean().element_size()
-        for v in collect_variables(model)
-    )
 
 
 def _devices(model: nn.Module, x: tuple[Tensor, ...]) -> list[torch.device]:

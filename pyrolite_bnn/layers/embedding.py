@@ -9,16 +9,24 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._draws import RepeatedMomentsRead, mark_called_repeatedly
 from pyrolite_bnn._validation import check_integer, is_validation_enabled
-from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
-from pyrolite_bnn.layers.functional import current_batch_size
+from pyrolite_bnn.layers.functional import current_batch_size, current_samples
 from pyrolite_bnn.layers.registry import LayerCase, register
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.variables import UnitLayout
 
 __all__ = ["VIEmbedding"]
+
+_TABLE_READ = (
+    "the whole table VIEmbedding.weight is read in a forward pass (a tied "
+    "output layer, F.embedding(x, layer.weight)) while the layer draws only "
+    "the rows it looks up: both must come from one table draw"
+)
 
 
 def _without_row(table: Tensor, row: int | None) -> Tensor:
@@ -67,12 +75,28 @@ def _means_to_weights(
 class VIEmbedding(_VIWeightLayer):
     """Bayesian counterpart of :class:`torch.nn.Embedding`: a random lookup table.
 
-    Each particle draws its own table ``(num_embeddings, embedding_dim)`` and
-    looks the indices up in it (one gather for all particles). Positional and
-    keyword arguments are those of ``torch.nn.Embedding``; the Bayesian options
-    are keyword-only. Weights are always drawn (``estimator="auto"`` is
-    ``"reparam"``): an index that occurs twice must read the same row, which
-    sampling outputs independently (``"local"``, ``"flipout"``) would break.
+    Each particle has its own random table ``(num_embeddings, embedding_dim)``
+    and looks the indices up in it. Positional and keyword arguments are those
+    of ``torch.nn.Embedding``; the Bayesian options are keyword-only. An index
+    that occurs twice must read the same row, which sampling outputs
+    independently (``"local"``, ``"flipout"``) would break; rows never looked
+    up do not affect the outputs. So ``estimator="auto"`` (with the mean-field
+    Normal posterior, in a PyTorch-style call with the generated guide) draws
+    for each particle only the distinct rows its indices reference, one draw
+    per (particle, row) read by every occurrence: the outputs have exactly the
+    distribution of a whole drawn table, at the cost of the rows used instead
+    of ``S`` tables. The closed-form KL needs no draws; a Monte-Carlo KL
+    (``kl="mc"``, priors without a closed form) and ``log_probs`` take a
+    whole-table draw of their own (unbiased, independent of the forward pass),
+    as for layers that sample their outputs. ``"reparam"`` draws whole tables
+    (the traced guide's draws: the loss then equals Pyro's ELBOs for the same
+    random numbers), as do Pyro inference, assigned guides, ``predict``, graph
+    capture (``compile=True``), networks where no layer samples from moments
+    (sequence-first layers, batch statistics), and a layer whose
+    table is read whole in a pass (``F.embedding(x, emb.weight)``, a tied
+    output layer) or that is called twice in one pass: both reads must come
+    from one table, so the pass runs again with tables drawn (a plain torch
+    root raises once instead), and the layer draws tables from then on.
 
     ``padding_idx``: the row is deterministic, as torch keeps it (no gradient):
     zero, or the row of a pretrained table (``_weight=``, ``bnn.convert`` of
@@ -108,7 +132,8 @@ class VIEmbedding(_VIWeightLayer):
             ``torch.nn.Embedding.from_pretrained``).
         prior: prior of the weights (see :class:`~pyrolite_bnn.VILinear`).
         variational: variational family (see :class:`~pyrolite_bnn.VILinear`).
-        estimator: ``"auto"`` or ``"reparam"`` (both draw the weights).
+        estimator: ``"auto"`` (draw the looked-up rows where exact) or
+            ``"reparam"`` (draw whole tables).
         device: device of parameters and prior buffers.
         dtype: dtype of parameters and prior buffers.
 
@@ -131,6 +156,7 @@ class VIEmbedding(_VIWeightLayer):
     """
 
     _estimators = ("auto", "reparam")
+    _auto_estimator = "rows"
     num_embeddings: int
     embedding_dim: int
     padding_idx: int | None
@@ -249,7 +275,16 @@ class VIEmbedding(_VIWeightLayer):
                 "layer.posterior['weight'].reset_parameters(rows) for the rows but "
                 "the padding one, and layer.set_padding_row(row)"
             )
-        value = super().__getattr__(name)
+        # The forward pass draws only the rows it looks up (its moments
+        # handed out); a whole table read elsewhere in the pass must be the
+        # table those rows come from: the pass runs again with tables drawn.
+        try:
+            value = super().__getattr__(name)
+        except RepeatedMomentsRead as error:  # read after the layer's call
+            raise RepeatedMomentsRead(self, reason=_TABLE_READ) from error
+        if name == "weight" and isinstance(value, NormalMoments):  # read before
+            mark_called_repeatedly(self)
+            raise RepeatedMomentsRead(self, reason=_TABLE_READ)
         if padded:
             return _with_row(value, self.padding_idx, self.padding_row)
         return value
@@ -309,14 +344,64 @@ class VIEmbedding(_VIWeightLayer):
                     f"VIEmbedding({self.num_embeddings}, ...) got indices from {low} "
                     f"to {high}; expected 0 to {self.num_embeddings - 1}"
                 )
+        rows = self._random_rows()
+        if isinstance(rows, NormalMoments):
+            return functional.embedding_rows(
+                input,
+                rows.loc,
+                rows.scale,
+                current_samples(),
+                self.max_norm,
+                self.norm_type,
+                self.scale_grad_by_freq,
+                current_batch_size(),
+                self.padding_idx,
+                self.padding_row,
+            )
         return functional.embedding(
             input,
-            self.weight,
+            rows,
             self.max_norm,
             self.norm_type,
             self.scale_grad_by_freq,
             current_batch_size(),
+            self.padding_idx,
+            self.padding_row,
         )
+
+    def _random_rows(self) -> Tensor | NormalMoments:
+        """This call's draw of the random rows, or their moments to draw from.
+
+        The variable itself, without the padding row (which ``weight``
+        inserts for readers of the whole table).
+        """
+        rows: Tensor | NormalMoments = super().__getattr__("weight")
+        return rows
+
+    def uses_moments(self) -> bool:
+        """Whether this call draws only the looked-up rows (from the moments).
+
+        ``True`` for ``estimator="auto"`` with the mean-field Normal
+        posterior, in a PyTorch-style call with the generated guide; a graph
+        being captured (``KullbackLeiblerLoss(compile=True)``,
+        ``torch.compile``) draws whole tables, whose shapes do not depend on
+        the indices.
+        """
+        capturing = is_capturing() or torch.compiler.is_compiling()
+        return self._resolved_estimator == "rows" and not capturing
+
+    def estimator_for(self, input: Tensor) -> str:
+        """``"rows"`` if :meth:`uses_moments`, else ``"reparam"``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> tokens = torch.tensor([[1, 2]])
+            >>> bnn.VIEmbedding(5, 2).estimator_for(tokens)
+            'rows'
+            >>> bnn.VIEmbedding(5, 2, estimator="reparam").estimator_for(tokens)
+            'reparam'
+        """
+        return "rows" if self.uses_moments() else "reparam"
 
     def _torch_repr(self) -> str:
         text = f"{self.num_embeddings}, {self.embedding_dim}"

@@ -31,6 +31,7 @@ __all__ = [
     "current_samples",
     "describe_input_shape",
     "embedding",
+    "embedding_rows",
     "linear",
     "linear_flipout",
     "linear_local",
@@ -374,6 +375,48 @@ def conv_transpose(
     return out.reshape(rows, out_channels, *out.shape[2:])
 
 
+def _particle_indices(
+    input: Tensor, samples: int, batch_size: int | None, block: int
+) -> Tensor:
+    """Folded indices ``(b * S, *)``, each offset by its particle's block.
+
+    Particle ``s`` reads rows ``[s * block, (s + 1) * block)`` of a table of
+    ``S`` blocks stacked; a shared input is repeated for every particle.
+    """
+    if samples == 1:
+        return input
+    rows = input.shape[0]
+    offsets = torch.arange(samples, device=input.device) * block
+    if _is_shared(input, samples, batch_size):
+        offsets = offsets.reshape(1, samples, *([1] * (input.dim() - 1)))
+        shifted = input.unsqueeze(1) + offsets
+        return shifted.reshape(rows * samples, *input.shape[1:])
+    per_row = offsets.repeat(rows // samples)
+    return input + per_row.reshape(rows, *([1] * (input.dim() - 1)))
+
+
+def _random_rows(input: Tensor, padding_idx: int | None, placeholder: int) -> Tensor:
+    """Indices into the random rows (all rows but ``padding_idx``).
+
+    Rows after ``padding_idx`` move up by one; ``padding_idx`` itself becomes
+    ``placeholder``.
+    """
+    if padding_idx is None:
+        return input
+    rows = input - (input > padding_idx).to(input.dtype)
+    return rows.masked_fill(input == padding_idx, placeholder)
+
+
+def _renormed(out: Tensor, max_norm: float | None, norm_type: float) -> Tensor:
+    """Looked-up rows scaled to norm ``max_norm`` where theirs exceeds it."""
+    if max_norm is None:
+        return out
+    norm = torch.linalg.vector_norm(out, ord=norm_type, dim=-1, keepdim=True)
+    # torch.embedding_renorm_'s factor, with its 1e-7 guard.
+    factor = torch.where(norm > max_norm, max_norm / (norm + 1e-7), 1.0)
+    return out * factor
+
+
 def embedding(
     input: Tensor,
     weight: Tensor,
@@ -381,6 +424,8 @@ def embedding(
     norm_type: float,
     scale_grad_by_freq: bool,
     batch_size: int | None,
+    padding_idx: int | None = None,
+    padding_row: Tensor | None = None,
 ) -> Tensor:
     """``F.embedding`` for ``S`` weight draws: row lookups per particle.
 
@@ -394,12 +439,15 @@ def embedding(
     Args:
         input: integer indices ``(rows, *)``, shared (``rows == batch_size``)
             or folded.
-        weight: ``(..., V, E)``.
+        weight: ``(..., V, E)``; with ``padding_idx``, the rows but the
+            padding one (the indices after it move up by one).
         max_norm: largest norm of a looked-up row, or ``None``.
         norm_type: the ``p`` of the ``max_norm`` norm.
         scale_grad_by_freq: scale gradients by the inverse frequency of the
             indices in the batch (per particle).
         batch_size: the outermost call's batch size.
+        padding_idx: the index that reads ``padding_row``, or ``None``.
+        padding_row: the deterministic row ``(E,)`` of ``padding_idx``.
 
     Returns:
         Folded ``(b * S, *, E)``.
@@ -413,26 +461,92 @@ def embedding(
     num_embeddings, embedding_dim = weight.shape[-2:]
     w = _flat_particles(weight, 2)
     samples = w.shape[0]
-    if samples > 1:
-        rows = input.shape[0]
-        offsets = torch.arange(samples, device=input.device) * num_embeddings
-        if _is_shared(input, samples, batch_size):
-            offsets = offsets.reshape(1, samples, *([1] * (input.dim() - 1)))
-            shifted = input.unsqueeze(1) + offsets
-            input = shifted.reshape(rows * samples, *input.shape[1:])
-        else:
-            per_row = offsets.repeat(rows // samples)
-            input = input + per_row.reshape(rows, *([1] * (input.dim() - 1)))
-        w = w.reshape(samples * num_embeddings, embedding_dim)
-    else:
-        w = w[0]
-    out = F.embedding(input, w, scale_grad_by_freq=scale_grad_by_freq)
-    if max_norm is not None:
-        norm = torch.linalg.vector_norm(out, ord=norm_type, dim=-1, keepdim=True)
-        # torch.embedding_renorm_'s factor, with its 1e-7 guard.
-        factor = torch.where(norm > max_norm, max_norm / (norm + 1e-7), 1.0)
-        out = out * factor
-    return out
+    padding: Tensor | None = None
+    if padding_idx is None or padding_row is None:
+        rows = input
+    elif scale_grad_by_freq:
+        # The padding positions must not count as uses of a random row: they
+        # read the padding row, appended to every particle's table.
+        row = padding_row.to(w.dtype).expand(samples, 1, embedding_dim)
+        w = torch.cat([w, row], dim=1)
+        rows = _random_rows(input, padding_idx, placeholder=num_embeddings)
+        num_embeddings += 1
+    else:  # the padding positions read row 0, replaced below
+        rows = _random_rows(input, padding_idx, placeholder=0)
+        is_padding = (input == padding_idx).to(input.dtype)
+        padding = _particle_indices(is_padding, samples, batch_size, 0) > 0
+    rows = _particle_indices(rows, samples, batch_size, num_embeddings)
+    table = w.reshape(samples * num_embeddings, embedding_dim)
+    out = F.embedding(rows, table, scale_grad_by_freq=scale_grad_by_freq)
+    if padding is not None and padding_row is not None:
+        out = torch.where(padding.unsqueeze(-1), padding_row.to(out.dtype), out)
+    return _renormed(out, max_norm, norm_type)
+
+
+def embedding_rows(
+    input: Tensor,
+    loc: Tensor,
+    scale: Tensor,
+    samples: int,
+    max_norm: float | None,
+    norm_type: float,
+    scale_grad_by_freq: bool,
+    batch_size: int | None,
+    padding_idx: int | None = None,
+    padding_row: Tensor | None = None,
+) -> Tensor:
+    """:func:`embedding` of ``S`` tables ``loc + scale * eps``, drawn where looked up.
+
+    Each particle draws only the distinct rows its indices reference
+    (``torch.unique`` over the (particle, row) pairs), one standard-normal
+    draw per pair, and every occurrence of a row in the particle's inputs
+    reads that draw. Rows never looked up do not enter the outputs, so these
+    have exactly the distribution of :func:`embedding` on ``S`` whole tables
+    drawn from ``Normal(loc, scale)``, at the cost of the rows used instead of
+    ``S`` tables.
+
+    Args:
+        input: integer indices ``(rows, *)``, shared or folded.
+        loc: posterior means ``(V, E)`` (with ``padding_idx``, of the rows
+            but the padding one).
+        scale: posterior standard deviations ``(V, E)``.
+        samples: number of particles ``S``.
+        max_norm: see :func:`embedding`.
+        norm_type: see :func:`embedding`.
+        scale_grad_by_freq: see :func:`embedding`.
+        batch_size: the outermost call's batch size.
+        padding_idx: see :func:`embedding`.
+        padding_row: see :func:`embedding`.
+
+    Returns:
+        Folded ``(b * S, *, E)``.
+
+    Example:
+        >>> import torch
+        >>> idx = torch.tensor([[3, 3, 1]])  # one sequence reading row 3 twice
+        >>> out = embedding_rows(idx, torch.zeros(5, 2), torch.ones(5, 2), 4,
+        ...                      None, 2.0, False, batch_size=1)
+        >>> out.shape, bool((out[:, 0] == out[:, 1]).all())
+        (torch.Size([4, 3, 2]), True)
+    """
+    num_embeddings, embedding_dim = loc.shape
+    # The padding row, if any, is the last of each particle's block.
+    block = num_embeddings + (padding_idx is not None)
+    rows = _random_rows(input, padding_idx, placeholder=num_embeddings)
+    keys = _particle_indices(rows, samples, batch_size, block)
+    pairs, inverse = torch.unique(keys, return_inverse=True)
+    index = pairs % block
+    padding = index == num_embeddings if padding_idx is not None else None
+    if padding is not None:
+        index = index.masked_fill(padding, 0)
+    eps = torch.empty(
+        (pairs.shape[0], embedding_dim), dtype=loc.dtype, device=loc.device
+    ).normal_()
+    drawn = loc[index] + eps * scale[index]  # Normal.rsample's arithmetic
+    if padding is not None and padding_row is not None:
+        drawn = torch.where(padding.unsqueeze(-1), padding_row.to(drawn.dtype), drawn)
+    out = F.embedding(inverse, drawn, scale_grad_by_freq=scale_grad_by_freq)
+    return _renormed(out, max_norm, norm_type)
 
 
 def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:

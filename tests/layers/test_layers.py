@@ -30,8 +30,9 @@ def _run_with(
 
 
 def test_uses_moments_follows_the_resolved_estimator() -> None:
-    """``"auto"`` is decided once per layer: local reparam for linear layers with
-    the mean-field Normal posterior, weight draws otherwise."""
+    """``"auto"`` is decided once per layer: local reparam for linear layers and
+    looked-up rows drawn from the moments for embeddings, with the mean-field
+    Normal posterior; weight draws otherwise."""
     assert bnn.VILinear(3, 2).uses_moments()
     assert bnn.VILinear(3, 2, estimator="flipout").uses_moments()
     assert not bnn.VILinear(3, 2, estimator="reparam").uses_moments()
@@ -41,7 +42,9 @@ def test_uses_moments_follows_the_resolved_estimator() -> None:
     assert not bnn.VIConv2d(1, 2, 3).uses_moments()
     assert bnn.VIConv2d(1, 2, 3, estimator="local").uses_moments()
     assert not bnn.VIConvTranspose2d(1, 2, 3).uses_moments()
-    assert not bnn.VIEmbedding(5, 2).uses_moments()
+    assert bnn.VIEmbedding(5, 2).uses_moments()
+    assert not bnn.VIEmbedding(5, 2, estimator="reparam").uses_moments()
+    assert not bnn.VIEmbedding(5, 2, variational=bnn.PointMass()).uses_moments()
 
 
 def test_bayesian_options_in_repr() -> None:
