@@ -15,8 +15,12 @@ __all__ = ["buffers_restored"]
 
 
 @contextmanager
-def buffers_restored(model: nn.Module) -> Iterator[None]:
+def buffers_restored(model: nn.Module, on_error_only: bool = False) -> Iterator[None]:
     """Put every buffer of ``model`` back as it was, values and tensors, on exit.
+
+    With ``on_error_only``, only if the block raises: a call that counts as a
+    pass of the model (``predict`` on inputs its probe would have run) keeps
+    what it did, and a failed one leaves no trace.
 
     For calls that must not count as passes of the model (``predict``'s memory
     probe, the compiled loss's capture): batch-norm in training mode would
@@ -48,9 +52,17 @@ def buffers_restored(model: nn.Module) -> Iterator[None]:
     ]
     try:
         yield
-    finally:
-        for module, name, buffer, value in saved:
-            if getattr(module, name, None) is not buffer:  # reassigned, not updated
-                setattr(module, name, buffer)
-            if not torch.equal(buffer, value):
-                buffer.data.copy_(value)
+    except BaseException:
+        _put_back(saved)
+        raise
+    if not on_error_only:
+        _put_back(saved)
+
+
+def _put_back(saved: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]]) -> None:
+    """Write the saved buffers back (see :func:`buffers_restored`)."""
+    for module, name, buffer, value in saved:
+        if getattr(module, name, None) is not buffer:  # reassigned, not updated
+            setattr(module, name, buffer)
+        if not torch.equal(buffer, value):
+            buffer.data.copy_(value)

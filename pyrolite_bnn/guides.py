@@ -56,6 +56,7 @@ from pyrolite_bnn._pyro_module import (
     ParamStoreModule,
     local_params,
 )
+from pyrolite_bnn.distributions.variational import elementwise_quantiles
 from pyrolite_bnn.module import DEFAULT_SAMPLES
 
 if TYPE_CHECKING:
@@ -249,9 +250,11 @@ class ParticleGuide(LocalPyroModule):
     def median(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         """Posterior median of every weight, by site name.
 
-        Values have the shape of one draw (no particle dimension). For the
-        generated guide: the mean of a mean-field Normal, the value of a point
-        mass. For an assigned guide: its ``median()``; a guide whose posterior is
+        Values have the shape of one draw (no particle dimension), new tensors.
+        For the generated guide: each posterior module's
+        :meth:`~pyrolite_bnn.distributions.variational.Posterior.median` (the
+        mean of a mean-field Normal, the value of a point mass, read from the
+        parameters). For an assigned guide: its ``median()``; a guide whose posterior is
         a point mass (``AutoLaplaceApproximation``, a MAP guide until
         ``laplace_approximation()``) gives its value.
 
@@ -262,7 +265,7 @@ class ParticleGuide(LocalPyroModule):
         """
         if self.inner is not None:
             return _guide_median(self.inner, args, kwargs)
-        return {site: values[0] for site, values in self.quantiles([0.5]).items()}
+        return {v.site: v.posterior.median().clone() for v in self.variables()}
 
     @torch.no_grad()
     def quantiles(
@@ -289,7 +292,7 @@ class ParticleGuide(LocalPyroModule):
         result = {}
         for variable in self.variables():
             distribution = variable.posterior.distribution()
-            result[variable.site] = _site_quantiles(
+            result[variable.site] = elementwise_quantiles(
                 distribution, quantiles, type(variable.posterior).__name__
             )
         return result
@@ -415,36 +418,6 @@ def _check_sites(guide: object, trace: Trace, network: nn.Module) -> None:
             )
 
 
-def _site_quantiles(
-    distribution: dist.TorchDistribution,
-    quantiles: Sequence[float] | Tensor,
-    family: str,
-) -> Tensor:
-    """Quantiles of an elementwise distribution, ``(len(quantiles), *shape)``."""
-    base = distribution
-    while isinstance(base, dist.Independent):
-        base = base.base_dist
-    if isinstance(base, dist.Delta):
-        value: Tensor = base.v
-        probs = _probabilities(quantiles, value)
-        return value.expand(len(probs), *value.shape).clone()
-    if isinstance(base, dist.Normal):
-        probs = _probabilities(quantiles, base.loc)
-        probs = probs.reshape(-1, *([1] * base.loc.dim()))
-        result: Tensor = base.icdf(probs)
-        return result
-    raise NotImplementedError(f"quantiles() is not available for {family}")
-
-
-def _probabilities(quantiles: Sequence[float] | Tensor, like: Tensor) -> Tensor:
-    probs = torch.as_tensor(quantiles, dtype=like.dtype, device=like.device)
-    if probs.dim() != 1 or not bool(((probs > 0) & (probs < 1)).all()):
-        raise ValueError(
-            f"quantiles must be a sequence of probabilities in (0, 1), got {quantiles}"
-        )
-    return probs
-
-
 def _guide_quantiles(
     guide: Any,
     quantiles: Sequence[float] | Tensor,
@@ -460,7 +433,7 @@ def _guide_quantiles(
     if isinstance(guide, AutoDelta):
         medians = guide.median(*args, **kwargs)
         return {
-            site: _site_quantiles(
+            site: elementwise_quantiles(
                 dist.Delta(value, event_dim=value.dim()), quantiles, "AutoDelta"
             )
             for site, value in medians.items()

@@ -26,7 +26,6 @@ import copy
 import math
 import warnings
 from collections.abc import Callable, Hashable
-from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,6 +34,7 @@ from pyro import poutine
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from pyrolite_bnn._allocations import AllocationPeak
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draw_budget import DRAWING_FACTOR, DrawSizes
 from pyrolite_bnn._draws import rng_state, set_rng_state, using_fixed_weights
@@ -72,12 +72,12 @@ __all__ = ["DEFAULT_MEMORY_BUDGET", "Prediction", "predict"]
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 """Memory budget in bytes of :func:`predict` for inputs not on CUDA (2 GiB)."""
 
-# Inputs in the probe chunk that measures the activation size per input.
+# Inputs in the probe chunk that measures the working memory per input.
 _PROBE_INPUTS = 4
-# Live activations while a module runs: its inputs and outputs, which the probe
-# sees, plus temporaries inside it (reshaped copies, matmul results before the
-# bias), which it does not. Twice the former bounded the measured peak of an MLP.
-_WORKING_SET_FACTOR = 2
+# Particles of the probe (at most the prediction's): with one, the layers call
+# the plain torch op; with two, the batched code the prediction runs, with its
+# copies per particle (a GRU's: 40 % more per particle than with one).
+_PROBE_PARTICLES = 2
 # Share of a CUDA device's free memory one chunk may use by default.
 _CUDA_FREE_SHARE = 4
 
@@ -353,20 +353,25 @@ def predict(
     rounding of matrix products of different sizes).
 
     **Chunk size** (``batch_size=None``): a probe runs the first 4 inputs
-    with one particle and measures, with forward hooks, the largest total size
-    of one module call's input and output tensors; twice that (for temporaries
-    inside modules) times ``S`` is the working set of one input. Chunks get as
-    many inputs as fit the part of ``memory_budget`` left by the kept weights.
-    If the model raises on the probe (batch-norm in training mode on a single
-    input, say), the probe runs again with the ``S`` particles of the
-    prediction, and an error there is raised. The probe leaves the model's
-    buffers (batch-norm running statistics, ``num_batches_tracked``) as they
-    were and rewinds the random-number generators; state a module keeps
-    outside its buffers is not restored. It is a call of the model, though:
-    **forward hooks see it** (a call on the first 4 inputs, or fewer, before
-    the prediction's own calls; two if the first raises), so hooks that
-    collect features get those rows too. Pass ``batch_size`` (``len(x)`` for
-    one chunk) to run no probe.
+    with 2 particles (1 for ``mode="mean"`` or ``samples=1``) on weights drawn
+    before it, and measures the most memory the tensors it allocates hold at
+    once (activations and the temporaries inside layers, such as an LSTM's
+    gate projections of all steps); per input and particle, times ``S``, that
+    is the working set of one input. Chunks get as many inputs as fit the
+    part of ``memory_budget`` left by the kept weights. If the model raises
+    on the probe (batch-norm in training mode on a single input, say), the
+    probe runs again with the ``S`` particles of the prediction, and an error
+    there is raised. The probe leaves the model's buffers (batch-norm running
+    statistics, ``num_batches_tracked``) as they were and rewinds the
+    random-number generators; state a module keeps outside its buffers is not
+    restored. It is a call of the model, though: **forward hooks see it** (a
+    call on the first 4 inputs, before the prediction's own calls; two if the
+    first raises), so hooks that collect features get those rows too. Pass
+    ``batch_size`` (``len(x)`` for one chunk) to run no probe. No probe runs
+    either where its call would be the prediction's: one input (a chunk holds
+    at least one), or at most 4 inputs with one particle (the probe would
+    run just those); the model is called once, and if that call raises, the
+    buffers and generators are put back as after a failed probe.
 
     **Same weights in every chunk**: if the ``S`` draws of all weights take at
     most half of ``memory_budget`` (and drawing them, a tensor at three times
@@ -625,6 +630,10 @@ def _predict_particles(
     axis = 1 if has_sequence_first_layers(model) else 0
     size = _batch_size(x, axis)
     generators = _Generators(_devices(model, x))
+    if batch_size is None and _probe_is_the_prediction(size, particles):
+        return _run_unprobed(model, x, axis, particles, weights, generators)
+    if batch_size is not None and batch_size >= size:
+        return _run(model, x, particles, weights)
     # Keep one draw of all weights for every chunk if it fits (DrawSizes).
     kept_bytes = 0 if sizes is None else sizes.kept_bytes(particles, budget)
     if batch_size is None:
@@ -668,6 +677,38 @@ def _predict_particles(
     return result
 
 
+def _probe_is_the_prediction(size: int, particles: int) -> bool:
+    """Whether the memory probe's call would be the prediction's only call.
+
+    A chunk holds at least one input, so one input is one chunk whatever the
+    probe measures; and with one particle, at most :data:`_PROBE_INPUTS`
+    inputs are what the probe runs: the same call as the prediction's.
+    """
+    return size == 1 or (particles == 1 and size <= _PROBE_INPUTS)
+
+
+def _run_unprobed(
+    model: nn.Module,
+    x: tuple[Tensor, ...],
+    axis: int,
+    particles: int,
+    weights: _FixedWeights | None,
+    generators: _Generators,
+) -> Tensor:
+    """All of ``x`` in one call, with no probe; a failed call leaves no trace.
+
+    The call the probe would have made: an error names the inputs as the
+    probe's did, and the model's buffers and the random-number generators
+    are put back if it raises, as after a failed probe.
+    """
+    try:
+        with buffers_restored(model, on_error_only=True):
+            return _run_chunk(model, x, axis, 0, x[0].shape[axis], particles, weights)
+    except Exception:
+        generators.rewind()
+        raise
+
+
 def _batch_size(x: tuple[Tensor, ...], axis: int) -> int:
     """The inputs' common number of examples along ``axis``."""
     if any(t.dim() <= axis for t in x):
@@ -692,30 +733,43 @@ def _probe(
     weights: _FixedWeights | None,
     generators: _Generators,
 ) -> float:
-    """Working set in bytes of one input with ``particles`` particles.
+    """Working memory in bytes of one input with ``particles`` particles.
 
-    Runs the first :data:`_PROBE_INPUTS` inputs with one particle under an
-    :class:`_ActivationProbe`; if the model raises on that (batch-norm in
-    training mode on a single input, say), again with all ``particles``, as
-    the prediction will, and an error there is raised. Each try leaves no
-    trace: the model's buffers are put back
+    Runs the first :data:`_PROBE_INPUTS` inputs with :data:`_PROBE_PARTICLES`
+    particles (one if the prediction has one) and takes the peak of the
+    tensors the call allocates
+    (:class:`~pyrolite_bnn._allocations.AllocationPeak`): activations and
+    every temporary inside the layers (an LSTM's gate projections of all
+    steps, an attention's score matrices), per input and particle. The
+    weights are given (``weights``) or drawn before the measured call: their
+    draws do not grow with the inputs (:func:`_predict` budgets them apart).
+    If the model raises on that (batch-norm in training mode on a single
+    input, say), the probe runs again with all ``particles``, as the
+    prediction will, and an error there is raised. Each try leaves no trace:
+    the model's buffers are put back
     (:func:`~pyrolite_bnn._module_state.buffers_restored`) and the
     random-number generators rewound.
     """
     length = min(x[0].shape[axis], _PROBE_INPUTS)
-    tries = [1, particles] if particles > 1 else [1]
+    first = min(particles, _PROBE_PARTICLES)
+    tries = [first, particles] if particles > first else [first]
     for count in tries:
         try:
-            with buffers_restored(model), _ActivationProbe(model) as probe:
-                _run_chunk(model, x, axis, 0, length, count, weights)
+            with buffers_restored(model):
+                given = (
+                    weights
+                    if weights is not None
+                    else _FixedWeights.drawn(_guide(model), count)
+                )
+                with AllocationPeak() as memory:
+                    _run_chunk(model, x, axis, 0, length, count, given)
         except Exception:
             if count == tries[-1]:
                 raise
             continue
         finally:
             generators.rewind()  # the probe's draws are not the prediction's
-        per_particle = probe.largest / count / max(1, length)
-        return _WORKING_SET_FACTOR * particles * per_particle
+        return particles * memory.peak / count / max(1, length)
     raise AssertionError("unreachable: the last try returns or raises")
 
 
@@ -801,11 +855,20 @@ class _FixedWeights:
 
     @classmethod
     def medians(cls, guide: ParticleGuide) -> _FixedWeights:
-        """The posterior median of every weight, for one particle."""
-        medians = guide.median()
+        """The posterior median of every weight, for one particle.
+
+        The generated guide's are read from the layers' posterior modules
+        (:meth:`~pyrolite_bnn.distributions.variational.Posterior.median`: a
+        mean-field Normal's ``loc`` as it is now, not a copy), so a call costs
+        no rebuilt distributions and follows every change of the parameters.
+        """
         if guide.inner is None:
-            medians = {site: m.expand(1, 1, *m.shape) for site, m in medians.items()}
-        return cls(medians, guide)
+            values = {}
+            for variable in guide.variables():
+                median = variable.posterior.median()
+                values[variable.site] = median.expand(1, 1, *median.shape)
+            return cls(values, guide)
+        return cls(guide.median(), guide)
 
     @classmethod
     def drawn(cls, guide: ParticleGuide, samples: int) -> _FixedWeights:
@@ -842,6 +905,9 @@ class _FixedWeights:
 
 def _devices(model: nn.Module, x: tuple[Tensor, ...]) -> list[torch.device]:
     """CPU and every CUDA device the inputs or the model's tensors are on."""
+    if not torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        # no tensor can be on a CUDA device
+        return [torch.device("cpu")]
     found = {t.device for t in (*x, *model.parameters(), *model.buffers())}
     cuda = {
         d.index if d.index is not None else torch.cuda.current_device()
@@ -881,52 +947,3 @@ def _default_budget(x: Tensor) -> int:
         free, _ = torch.cuda.mem_get_info(x.device)
         return max(1, free // _CUDA_FREE_SHARE)
     return DEFAULT_MEMORY_BUDGET
-
-
-def _nbytes(value: object) -> int:
-    """Bytes of the tensors in ``value`` (tensors, tuples, lists, dicts)."""
-    if isinstance(value, Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0
-
-
-# The probe measuring the running prediction's calls, in this thread's context.
-_PROBING: ContextVar[_ActivationProbe | None] = ContextVar(
-    "pyrolite_activation_probe", default=None
-)
-
-
-class _ActivationProbe:
-    """Largest input-plus-output size of one module call, seen by forward hooks.
-
-    Only the calls of the probing thread count: the hooks are on the model's
-    modules, which other threads may be calling at the same time (a model
-    served from a thread pool), with other inputs and particle counts.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.largest = 0
-        self.handles: list[Any] = []
-        self.token: Token[_ActivationProbe | None] | None = None
-
-    def __enter__(self) -> _ActivationProbe:
-        self.token = _PROBING.set(self)
-        self.handles = [
-            m.register_forward_hook(self._hook) for _, m in network_modules(self.model)
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-        if self.token is not None:
-            _PROBING.reset(self.token)
-
-    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if _PROBING.get() is self:
-            self.largest = max(self.largest, _nbytes(args) + _nbytes(output))

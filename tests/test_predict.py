@@ -16,6 +16,8 @@ from pyro.infer.autoguide import AutoLowRankMultivariateNormal
 from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn._allocations import AllocationPeak
+from pyrolite_bnn.distributions.variational import MeanFieldNormalPosterior
 from pyrolite_bnn.module import whole_network_draws
 from pyrolite_bnn.predict import Prediction
 
@@ -236,12 +238,12 @@ def test_large_input_is_chunked_by_default(monkeypatch: pytest.MonkeyPatch) -> N
     sizes = _chunk_sizes(net)
     pred = bnn.predict(net, torch.randn(1000, 2), bnn.Normal(scale=1.0), samples=10)
     assert pred.samples.shape == (10, 1000, 1)
-    # Probe: 4 inputs, one particle; its largest module call is the ReLU,
-    # 4 * 64 floats in and out = 2048 bytes, so 512 bytes per input and
-    # particle; working set of one input = 2 * 10 * 512 = 10240 bytes. The 10
-    # draws of the 257 weights (10280 bytes) are kept: chunks get
-    # (2**20 - 10280) // 10240 = 101 inputs.
-    assert sizes == [4] + [101] * 9 + [91]
+    # Probe: 4 inputs, one particle; the most it holds at once is the first
+    # layer's output and the ReLU's, 4 * 64 floats each = 2048 bytes, so 512
+    # bytes per input and particle; working set of one input = 10 * 512 =
+    # 5120 bytes. The 10 draws of the 257 weights (10280 bytes) are kept:
+    # chunks get (2**20 - 10280) // 5120 = 202 inputs.
+    assert sizes == [4] + [202] * 4 + [192]
 
 
 def test_small_input_runs_in_one_chunk() -> None:
@@ -343,7 +345,7 @@ def test_forward_hooks_see_the_probe_unless_batch_size_is_given() -> None:
     net[1].register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
     x = torch.randn(20, 3)
     bnn.predict(net, x, bnn.Categorical(), samples=5)
-    assert shapes == [(4, 8), (100, 8)]  # probe: 4 inputs, one particle; 5 * 20
+    assert shapes == [(8, 8), (100, 8)]  # probe: 4 inputs, two particles; 5 * 20
     shapes.clear()
     bnn.predict(net, x, bnn.Categorical(), samples=5, batch_size=len(x))
     assert shapes == [(100, 8)]
@@ -1026,3 +1028,115 @@ def test_prediction_summaries_are_computed_once_per_samples() -> None:
     pred.samples = torch.randn(4, 6, 3)
     torch.testing.assert_close(pred.probs, torch.softmax(pred.samples, -1).mean(0))
     assert len(calls) == 3
+
+
+# ------------------------------------------------ probe: memory and one call
+class _Recurrent(bnn.VIModule):
+    """A long-sequence classifier: a recurrent layer and a head on its last step."""
+
+    def __init__(self, layer: type[nn.Module]) -> None:
+        super().__init__()
+        self.rnn = layer(8, 32, batch_first=True)
+        self.head = bnn.VILinear(32, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("layer", [bnn.VILSTM, bnn.VIGRU], ids=["lstm", "gru"])
+def test_long_sequences_stay_within_the_memory_budget(layer: type[nn.Module]) -> None:
+    """The probe measured module inputs and outputs with hooks, blind to an
+    LSTM's per-step buffers (gates of all steps, kept for a backward pass even
+    under ``no_grad``) and a GRU's per-step tensors: chunks overshot the
+    budget 2-3.7x (7.6 GB for a 2 GiB budget at L=1000, S=100).
+
+    Every tensor ``predict`` allocates is counted (:class:`AllocationPeak`):
+    the kept weight draws and a chunk's working memory stay within the
+    budget (5 % slack: the probe runs 2 particles, the prediction 20); the
+    result ``(S, N, 3)`` comes on top, as documented.
+    """
+    torch.manual_seed(0)
+    net = _Recurrent(layer).eval()
+    x = torch.randn(16, 200, 8)
+    budget = 16 * 2**20
+    sizes = _chunk_sizes(net)
+    with AllocationPeak() as memory:
+        pred = bnn.predict(net, x, bnn.Categorical(), samples=20, memory_budget=budget)
+    assert memory.peak - pred.samples.nbytes <= 1.05 * budget
+    assert len(sizes) > 3  # the probe and several chunks
+    assert max(sizes[1:]) > 1  # not trivially safe: chunks of several inputs
+
+
+@pytest.mark.parametrize(
+    ("inputs", "options"),
+    [
+        (1, {"samples": 1}),
+        (1, {"samples": 10}),
+        (1, {"samples": 10, "mode": "mean"}),
+        (4, {"samples": 1}),
+        (4, {"samples": 10, "mode": "mean"}),
+    ],
+)
+def test_inputs_the_probe_would_run_take_one_call(
+    inputs: int, options: dict[str, Any]
+) -> None:
+    """Serving one input: the probe was a whole extra forward pass (1.4 ms per
+    call vs 0.34 ms for ``model(x)`` and a softmax). One input is one chunk
+    whatever the probe measures, and with one particle the probe runs exactly
+    the prediction's call: the model now runs once, with the same result as
+    the call without a probe."""
+    net = _mlp().eval()
+    x = torch.randn(inputs, 3)
+    sizes = _chunk_sizes(net)
+    torch.manual_seed(3)
+    pred = bnn.predict(net, x, bnn.Categorical(), **options)
+    assert sizes == [inputs]
+    torch.manual_seed(3)
+    given = bnn.predict(net, x, bnn.Categorical(), batch_size=inputs, **options)
+    torch.testing.assert_close(pred.samples, given.samples, rtol=0.0, atol=0.0)
+
+
+def test_more_inputs_or_particles_than_the_probe_runs_are_probed() -> None:
+    net = _mlp().eval()
+    sizes = _chunk_sizes(net)
+    bnn.predict(net, torch.randn(4, 3), bnn.Categorical(), samples=10)
+    bnn.predict(net, torch.randn(5, 3), bnn.Categorical(), samples=1)
+    assert sizes == [4, 4, 4, 5]
+
+
+def test_mean_mode_reads_the_medians_without_rebuilding_distributions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``mode="mean"`` built every layer's Normal and its icdf at 0.5 at every
+    call (27 % of a one-input prediction, slower than sampling); a mean-field
+    Normal's median is its ``loc``, read as it is, and equals the plain network
+    at the posterior median (``to_deterministic``)."""
+    net = _mlp().eval()
+    x = torch.randn(6, 3)
+
+    def no_distribution(self: object) -> None:
+        raise AssertionError("predict(mode='mean') built a posterior distribution")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MeanFieldNormalPosterior, "distribution", no_distribution)
+        pred = bnn.predict(net, x, bnn.Categorical(), mode="mean")
+    with torch.no_grad():
+        expected = bnn.to_deterministic(net)(x)
+    torch.testing.assert_close(pred.samples[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_mean_mode_follows_an_in_place_update_of_the_parameters() -> None:
+    """Medians read from the parameters at every call: an optimizer step (an
+    in-place update) between two predictions changes the second."""
+    net = _mlp().eval()
+    x = torch.randn(6, 3)
+    before = bnn.predict(net, x, bnn.Categorical(), mode="mean").samples
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(0.1)
+    after = bnn.predict(net, x, bnn.Categorical(), mode="mean").samples
+    with torch.no_grad():
+        expected = bnn.to_deterministic(net)(x)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after[0], expected, rtol=1e-6, atol=1e-6)

@@ -35,6 +35,7 @@ __all__ = [
     "PointMassPosterior",
     "Posterior",
     "VariationalFamily",
+    "elementwise_quantiles",
 ]
 
 
@@ -111,6 +112,33 @@ class Posterior(LocalPyroModule):
     def mean(self) -> Tensor:
         """Variational mean of the tensor (used by posterior-mean prediction)."""
         return self.loc
+
+    def median(self) -> Tensor:
+        """Posterior median of every weight, without gradient history.
+
+        The ``0.5`` quantile of :meth:`distribution`
+        (:func:`elementwise_quantiles`), computed at every call. A family
+        whose median is one of its parameters returns that parameter's values
+        instead (a view of it: read it, do not write to it), so that
+        ``predict(mode="mean")`` reads the medians at no cost on every call,
+        always those of the parameters as they are.
+
+        Raises:
+            NotImplementedError: for a distribution without quantiles.
+        """
+        with torch.no_grad():
+            family = type(self).__name__
+            return elementwise_quantiles(self.distribution(), [0.5], family)[0]
+
+    def _loc_values(self) -> Tensor:
+        """The values of ``loc``, detached, read without Pyro's bookkeeping.
+
+        ``loc`` is real-valued (no constraint), so the unconstrained tensor is
+        the value.
+        """
+        loc = self._parameters["loc_unconstrained"]
+        assert loc is not None
+        return loc.detach()
 
     def draw(self, samples: int) -> Tensor:
         """``samples`` reparameterised draws, ``(samples, 1, *shape)``.
@@ -242,6 +270,10 @@ class MeanFieldNormalPosterior(Posterior):
         assert rho is not None
         return loc, self._to_scale(rho)
 
+    def median(self) -> Tensor:
+        """``loc`` (a view of it, without gradient history)."""
+        return self._loc_values()
+
     def distribution(self) -> dist.TorchDistribution:
         """``Normal(loc, softplus(rho))`` over the whole tensor."""
         normal = dist.Normal(self.loc, self.scale())
@@ -302,6 +334,10 @@ class PointMassPosterior(Posterior):
         # setattr keeps the class-level annotation ``loc: Tensor`` honest for mypy.
         setattr(self, "loc", PyroParam(init_loc.detach().clone(), constraints.real))  # noqa: B010
 
+    def median(self) -> Tensor:
+        """The value ``loc`` (a view of it, without gradient history)."""
+        return self._loc_values()
+
     def distribution(self) -> dist.TorchDistribution:
         """``Delta(loc)`` over the whole tensor."""
         return dist.Delta(self.loc, event_dim=len(self.shape))
@@ -316,6 +352,55 @@ class PointMassPosterior(Posterior):
     def extra_repr(self) -> str:
         """Shape."""
         return f"shape={tuple(self.shape)}"
+
+
+def elementwise_quantiles(
+    distribution: dist.TorchDistribution,
+    quantiles: Sequence[float] | Tensor,
+    family: str,
+) -> Tensor:
+    """Quantiles of an elementwise distribution, ``(len(quantiles), *shape)``.
+
+    A Normal (under any ``Independent``) gives ``loc + scale * Phi^-1(q)``, a
+    point mass its value at every ``q``.
+
+    Args:
+        distribution: the distribution of a whole weight tensor.
+        quantiles: probabilities in ``(0, 1)``.
+        family: the name of what gave ``distribution``, for the error.
+
+    Raises:
+        ValueError: if ``quantiles`` are not probabilities in ``(0, 1)``.
+        NotImplementedError: for other distributions.
+
+    Example:
+        >>> import pyro.distributions as dist, torch
+        >>> normal = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+        >>> elementwise_quantiles(normal, [0.5], "Normal")
+        tensor([[0., 0.]])
+    """
+    base = distribution
+    while isinstance(base, dist.Independent):
+        base = base.base_dist
+    if isinstance(base, dist.Delta):
+        value: Tensor = base.v
+        probs = _probabilities(quantiles, value)
+        return value.expand(len(probs), *value.shape).clone()
+    if isinstance(base, dist.Normal):
+        probs = _probabilities(quantiles, base.loc)
+        probs = probs.reshape(-1, *([1] * base.loc.dim()))
+        result: Tensor = base.icdf(probs)
+        return result
+    raise NotImplementedError(f"quantiles() is not available for {family}")
+
+
+def _probabilities(quantiles: Sequence[float] | Tensor, like: Tensor) -> Tensor:
+    probs = torch.as_tensor(quantiles, dtype=like.dtype, device=like.device)
+    if probs.dim() != 1 or not bool(((probs > 0) & (probs < 1)).all()):
+        raise ValueError(
+            f"quantiles must be a sequence of probabilities in (0, 1), got {quantiles}"
+        )
+    return probs
 
 
 class VariationalFamily:

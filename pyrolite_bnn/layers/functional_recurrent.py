@@ -7,9 +7,11 @@ particle uses the same draw. The input projections of all time steps (and both
 directions) of a layer are one batched matmul; the recurrence runs a Python loop
 over time steps only, each step one batched matmul over ``directions * S``.
 An LSTM layer without projection runs its recurrence as one autograd function
-with a hand-written backward pass (fewer, fused ops per step); under graph
-capture (``compile=True``), and for the GRU and ``proj_size``, autograd records
-the per-step ops.
+with a hand-written backward pass (fewer, fused ops per step); without
+gradients (``torch.no_grad``, ``predict``) the same steps run with one step's
+buffers reused, keeping nothing for a backward pass. Under graph capture
+(``compile=True``), and for the GRU and ``proj_size``, autograd records the
+per-step ops.
 
 Inputs are batch-first, shared ``(B, L, in)`` or folded ``(b * S, L, in)``
 (see :mod:`pyrolite_bnn.layers.functional`). Hidden states are batch-first too:
@@ -130,14 +132,67 @@ def _final_states(states: list[Tensor], batch: int, samples: int, dirs: int) -> 
     return stacked.permute(3, 2, 0, 1, 4).reshape(batch * samples, layers * dirs, size)
 
 
+def _lstm_steps(
+    gx: Tensor,
+    w_hh: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    valid: Tensor | None,
+    keep_steps: bool,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """The LSTM recurrence over all steps of ``gx``, for ``P`` weight sets.
+
+    Arguments as :class:`_LSTMRecurrence`. Returns ``hs`` ``(P, L + 1, B, H)``
+    (``hs[:, 0]`` is ``h0``), the final cell state ``(P, B, H)`` and the
+    gate activations, cell states and ``tanh`` of the cell states. With
+    ``keep_steps`` these are kept for every step (``(P, L, B, 4H)``, ``(P, L +
+    1, B, H)``, ``(P, L, B, H)``), as the hand-written backward pass needs
+    them; without, one step's buffers (two cell states) are reused at every
+    step: a forward pass without gradients (``predict``) holds ``6H`` fewer
+    numbers per position and particle.
+    """
+    particles, length, batch, gates = gx.shape
+    hidden = gates // 4
+    hs = gx.new_empty(particles, length + 1, batch, hidden)
+    hs[:, 0] = h0
+    kept = length if keep_steps else 1
+    cs = gx.new_empty(particles, length + 1 if keep_steps else 2, batch, hidden)
+    cs[:, 0] = c0
+    acts = gx.new_empty(particles, kept, batch, gates)
+    tanh_c = gx.new_empty(particles, kept, batch, hidden)
+    w_hh_t = w_hh.transpose(1, 2)
+    for t in range(length):
+        k = t if keep_steps else 0  # this step's slot in acts and tanh_c
+        now, then = (t + 1, t) if keep_steps else ((t + 1) % 2, t % 2)  # slots of cs
+        pre = torch.baddbmm(gx[:, t], hs[:, t], w_hh_t)
+        act = acts[:, k]
+        torch.sigmoid(pre, out=act)
+        torch.tanh(
+            pre[..., 2 * hidden : 3 * hidden], out=act[..., 2 * hidden : 3 * hidden]
+        )
+        i, f, g, o = act.chunk(4, -1)
+        c = cs[:, now]
+        torch.mul(f, cs[:, then], out=c)
+        c.addcmul_(i, g)
+        torch.tanh(c, out=tanh_c[:, k])
+        torch.mul(o, tanh_c[:, k], out=hs[:, t + 1])
+        if valid is not None:  # past the end: the state stays (exactly)
+            torch.where(valid[:, t], c, cs[:, then], out=c)
+            torch.where(valid[:, t], hs[:, t + 1], hs[:, t], out=hs[:, t + 1])
+    last = length if keep_steps else length % 2
+    return hs, cs[:, last].clone(), (acts, cs, tanh_c)
+
+
 class _LSTMRecurrence(torch.autograd.Function):
     """The recurrence of one LSTM layer for ``P`` weight sets, with its own BPTT.
 
     Autograd through the per-step ops records ~12 nodes per time step (and
     materialises a zero-padded gradient for every gate slice); this function
-    runs 7 ops per step forward and ~14 small ones backward, writing into
-    preallocated buffers, and computes ``dW_hh`` in one batched matmul over all
-    steps. Not twice differentiable.
+    runs 7 ops per step forward (:func:`_lstm_steps`) and ~14 small ones
+    backward, writing into preallocated buffers, and computes ``dW_hh`` in one
+    batched matmul over all steps. Not twice differentiable. Without
+    gradients, :func:`_lstm_layer` runs :func:`_lstm_steps` on its own, which
+    keeps no buffers for a backward pass.
 
     Inputs: ``gx`` ``(P, L, B, 4H)``, the input projections of every step with
     both biases added; ``w_hh`` ``(P, 4H, H)``; ``h0``, ``c0`` ``(P, B, H)``;
@@ -156,33 +211,9 @@ class _LSTMRecurrence(torch.autograd.Function):
         c0: Tensor,
         valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        particles, length, batch, gates = gx.shape
-        hidden = gates // 4
-        hs = gx.new_empty(particles, length + 1, batch, hidden)
-        cs = torch.empty_like(hs)
-        hs[:, 0] = h0
-        cs[:, 0] = c0
-        acts = gx.new_empty(particles, length, batch, gates)
-        tanh_c = gx.new_empty(particles, length, batch, hidden)
-        w_hh_t = w_hh.transpose(1, 2)
-        for t in range(length):
-            pre = torch.baddbmm(gx[:, t], hs[:, t], w_hh_t)
-            act = acts[:, t]
-            torch.sigmoid(pre, out=act)
-            torch.tanh(
-                pre[..., 2 * hidden : 3 * hidden], out=act[..., 2 * hidden : 3 * hidden]
-            )
-            i, f, g, o = act.chunk(4, -1)
-            c = cs[:, t + 1]
-            torch.mul(f, cs[:, t], out=c)
-            c.addcmul_(i, g)
-            torch.tanh(c, out=tanh_c[:, t])
-            torch.mul(o, tanh_c[:, t], out=hs[:, t + 1])
-            if valid is not None:  # past the end: the state stays (exactly)
-                torch.where(valid[:, t], c, cs[:, t], out=c)
-                torch.where(valid[:, t], hs[:, t + 1], hs[:, t], out=hs[:, t + 1])
+        hs, c_n, (acts, cs, tanh_c) = _lstm_steps(gx, w_hh, h0, c0, valid, True)
         ctx.save_for_backward(acts, hs, cs, tanh_c, w_hh, valid)
-        return hs, cs[:, length].clone()
+        return hs, c_n
 
     @staticmethod
     @once_differentiable
@@ -283,10 +314,14 @@ def _lstm_layer(
     # its backward runs outside it too, and autocast's casts in the forward
     # alone (bfloat16 products of float32 weights) left the backward with
     # mixed dtypes. The casts below carry the gradients to the weights.
+    recurrence = (gx, w_hh.to(gx.dtype), h0.to(gx.dtype), c0.to(gx.dtype))
     with torch.autocast(gx.device.type, enabled=False):
-        hs, c_n = _LSTMRecurrence.apply(  # type: ignore[no-untyped-call]
-            gx, w_hh.to(gx.dtype), h0.to(gx.dtype), c0.to(gx.dtype), steps_valid
-        )
+        if torch.is_grad_enabled() and any(t.requires_grad for t in recurrence):
+            hs, c_n = _LSTMRecurrence.apply(  # type: ignore[no-untyped-call]
+                *recurrence, steps_valid
+            )
+        else:  # nothing to differentiate: no buffers for a backward pass
+            hs, c_n, _ = _lstm_steps(*recurrence, steps_valid, keep_steps=False)
     out = hs[:, 1:].reshape(dirs, samples, length, batch, hidden)
     if dirs == 2:
         out = torch.stack((out[0], out[1].flip(1)))
@@ -330,6 +365,15 @@ def _stepwise_layer(
     w_hh_t = w_hh.transpose(1, 2)
     w_hr_t = None if w_hr is None else w_hr.transpose(1, 2)
     bias = None if b_hh is None else b_hh.unsqueeze(1)
+    # Without gradients the outputs go straight into one tensor: no list of
+    # per-step tensors and no stacked copy of it (kept per-step tensors among
+    # the freed temporaries also fragmented the heap: 18 % more RSS).
+    out_size = h.shape[-1]
+    stacked = (
+        None
+        if torch.is_grad_enabled()
+        else h.new_empty(steps.shape[0], *h.shape[:-1], out_size)
+    )
     outputs = []
     for t, step in enumerate(steps):
         gh = torch.bmm(h, w_hh_t) if bias is None else torch.baddbmm(bias, h, w_hh_t)
@@ -351,8 +395,13 @@ def _stepwise_layer(
             n = torch.tanh(xn + r * hn)
             h_new = n + z * (h - n)
         h = h_new if valid is None else torch.where(valid[t], h_new, h)
-        outputs.append(h)
-    x = _batch_major(torch.stack(outputs), batch, samples, dirs)
+        if stacked is None:
+            outputs.append(h)
+        else:
+            h = stacked[t].copy_(h)
+    x = _batch_major(
+        torch.stack(outputs) if stacked is None else stacked, batch, samples, dirs
+    )
     return x, h, c
 
 

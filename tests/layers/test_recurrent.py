@@ -16,10 +16,11 @@ from _sequence_helpers import (
     signature_matches,
     train_classifier,
 )
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn._allocations import AllocationPeak
 from pyrolite_bnn.layers.functional_recurrent import recurrent
 
 # torch's reference LSTM (not this library) warns when it has a projection.
@@ -536,3 +537,62 @@ def test_a_training_step_under_bfloat16_autocast(cls: type[nn.Module]) -> None:
     exact, low = gradients(False), gradients(True)
     assert bool(torch.isfinite(low).all())
     assert float((low - exact).norm() / exact.norm()) < 0.05
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_outputs_without_gradients_equal_those_with(
+    mode: str, bidirectional: bool
+) -> None:
+    """Without gradients the recurrences keep no backward buffers (the LSTM
+    reuses one step's, the GRU writes its outputs into one tensor): same
+    numbers, padded sequences included."""
+    torch.manual_seed(0)
+    dirs = 2 if bidirectional else 1
+    rows = {"LSTM": 4, "GRU": 3}[mode] * 4  # gates * hidden size 4
+
+    def direction(inputs: int) -> tuple[Tensor | None, ...]:
+        shapes = [(rows, inputs), (rows, 4), (rows,), (rows,)]
+        drawn = [torch.randn(3, 1, *shape, requires_grad=True) for shape in shapes]
+        return (*drawn, None)
+
+    weights: Any = [
+        [direction(inputs) for _ in range(dirs)] for inputs in (5, 4 * dirs)
+    ]
+    x = torch.randn(6, 7, 5)
+    lengths = torch.tensor([7, 3])
+    args = (mode, x, weights, None, None, 0.0, False, 2, lengths)
+    with_grad = recurrent(*args)
+    assert with_grad[0].requires_grad
+    with torch.no_grad():
+        without = recurrent(*args)
+    for a, b in zip(with_grad, without, strict=True):
+        if a is not None and b is not None:
+            torch.testing.assert_close(b, a.detach(), rtol=0.0, atol=0.0)
+
+
+def test_lstm_without_gradients_holds_no_backward_buffers() -> None:
+    """The fused LSTM recurrence filled gate activations, cell states and their
+    tanh for every step (6H numbers per position) under ``no_grad`` too, and
+    ``predict``'s chunks overshot its memory budget 2-3.7x.
+
+    Counted with :class:`AllocationPeak`: without gradients the call holds
+    the shared input once per particle, the input projections (4H), the
+    outputs of every step and their batch-first copy (H each), plus a few
+    steps' worth of small buffers.
+    """
+    samples, batch, length, inputs, hidden = 4, 3, 200, 5, 8
+    w = (
+        torch.randn(samples, 1, 4 * hidden, inputs),
+        torch.randn(samples, 1, 4 * hidden, hidden),
+        torch.randn(samples, 1, 4 * hidden),
+        torch.randn(samples, 1, 4 * hidden),
+        None,
+    )
+    x = torch.randn(batch, length, inputs)
+    with torch.no_grad(), AllocationPeak() as memory:
+        recurrent("LSTM", x, [[w]], None, None, 0.0, False, batch)
+    per_position = inputs + 4 * hidden + 2 * hidden  # input copy, gx, hs, output
+    expected = 4 * samples * batch * (length + 1) * per_position
+    few_steps = 4 * samples * batch * 4 * hidden * 8
+    assert memory.peak <= expected + few_steps
