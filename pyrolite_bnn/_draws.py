@@ -22,6 +22,7 @@ nothing, so such a call needs no Pyro handler either.
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ __all__ = [
     "called_repeatedly",
     "current_draws",
     "fixed_weights",
+    "generators_held",
     "keeping_noise_sums",
     "mark_called_repeatedly",
     "rng_state",
@@ -60,6 +62,32 @@ def rng_state(device: torch.device) -> Tensor | None:
     if device.type == "cuda":
         return torch.cuda.get_rng_state(device)
     return None
+
+
+# Held by a computation that saves the default generators' states and rewinds
+# them (predict's memory probe, chunks that draw the same weights again).
+_GENERATORS_LOCK = threading.RLock()
+
+
+@contextmanager
+def generators_held() -> Iterator[None]:
+    """Run the body as the only computation that rewinds the default generators.
+
+    torch's default random-number generators are process-wide: a computation
+    that saves their state and sets it back hands the numbers drawn in between
+    out again, to whichever thread draws next. Two such computations in two
+    threads (two ``predict`` calls) take turns here, so neither undoes the
+    other's draws. Code that draws without rewinding is not held back; its
+    draws made while the body runs may repeat.
+
+    Example:
+        >>> with generators_held():
+        ...     state = torch.get_rng_state()
+        ...     _ = torch.randn(2)
+        ...     torch.set_rng_state(state)
+    """
+    with _GENERATORS_LOCK:
+        yield
 
 
 def set_rng_state(state: Tensor, device: torch.device) -> None:

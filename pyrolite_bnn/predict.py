@@ -37,7 +37,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pyrolite_bnn._allocations import AllocationPeak
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draw_budget import DRAWING_FACTOR, DrawSizes
-from pyrolite_bnn._draws import rng_state, set_rng_state, using_fixed_weights
+from pyrolite_bnn._draws import (
+    generators_held,
+    rng_state,
+    set_rng_state,
+    using_fixed_weights,
+)
 from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
@@ -405,10 +410,14 @@ def predict(
     safe next to another thread's network calls. So is one called under the
     caller's own Pyro handlers (it blocks them). Random numbers come from
     torch's default generators, which all threads share: a seed does not
-    reproduce a sampled prediction while other threads draw, and where each
-    chunk draws the weights anew, other threads' draws between the rewinds
-    make particle ``s`` a different network in different chunks (pass
-    ``batch_size=len(x)``, or a ``memory_budget`` that keeps the draws).
+    reproduce a sampled prediction while other threads draw. A sampled
+    prediction that probes memory or draws the weights anew in every chunk
+    sets the generators back to where it started, so ``predict`` calls that
+    do so take turns (:func:`~pyrolite_bnn._draws.generators_held`): no call
+    hands out another's draws again. Other code drawing in another thread
+    meanwhile may get numbers drawn again, and make particle ``s`` a different
+    network in different chunks; a call on at most 4 inputs with one particle
+    (or one input), ``mode="mean"`` and ``batch_size=len(x)`` rewind nothing.
 
     Args:
         model: the trained network (or its ``DistributedDataParallel``
@@ -629,11 +638,33 @@ def _predict_particles(
     # (S, L, B, ...): chunks split the batch, never the sequence.
     axis = 1 if has_sequence_first_layers(model) else 0
     size = _batch_size(x, axis)
-    generators = _Generators(_devices(model, x))
     if batch_size is None and _probe_is_the_prediction(size, particles):
-        return _run_unprobed(model, x, axis, particles, weights, generators)
+        return _run_unprobed(model, x, axis, particles, weights)
     if batch_size is not None and batch_size >= size:
         return _run(model, x, particles, weights)
+    # The probe's draws, and each chunk's when every chunk draws the same
+    # weights again, are rewound: one such call at a time in the process.
+    with generators_held():
+        return _predict_in_chunks(
+            model, x, axis, particles, batch_size, budget, weights, sizes
+        )
+
+
+def _predict_in_chunks(
+    model: nn.Module,
+    x: tuple[Tensor, ...],
+    axis: int,
+    particles: int,
+    batch_size: int | None,
+    budget: int,
+    weights: _FixedWeights | None,
+    sizes: DrawSizes | None,
+) -> Tensor:
+    """:func:`_predict_particles` after the memory probe, chunk by chunk."""
+    size = _batch_size(x, axis)
+    # Fixed weights draw nothing: no generator is rewound (a rewind would hand
+    # another thread's draws out again).
+    generators = _Generators(_devices(model, x) if weights is None else [])
     # Keep one draw of all weights for every chunk if it fits (DrawSizes).
     kept_bytes = 0 if sizes is None else sizes.kept_bytes(particles, budget)
     if batch_size is None:
@@ -669,7 +700,7 @@ def _predict_particles(
                 "different networks in different chunks; call model.eval() first, "
                 "or predict with batch_size=len(x)",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
             after_first = None  # once is enough
         result.narrow(axis + 1, start, out.shape[axis + 1]).copy_(out)
@@ -693,20 +724,17 @@ def _run_unprobed(
     axis: int,
     particles: int,
     weights: _FixedWeights | None,
-    generators: _Generators,
 ) -> Tensor:
-    """All of ``x`` in one call, with no probe; a failed call leaves no trace.
+    """All of ``x`` in one call, with no probe.
 
     The call the probe would have made: an error names the inputs as the
-    probe's did, and the model's buffers and the random-number generators
-    are put back if it raises, as after a failed probe.
+    probe's did, and the model's buffers are put back if it raises, as after
+    a failed probe. The random-number generators are not rewound: this call
+    is the prediction, and a rewind would hand out again what other threads
+    drew meanwhile.
     """
-    try:
-        with buffers_restored(model, on_error_only=True):
-            return _run_chunk(model, x, axis, 0, x[0].shape[axis], particles, weights)
-    except Exception:
-        generators.rewind()
-        raise
+    with buffers_restored(model, on_error_only=True):
+        return _run_chunk(model, x, axis, 0, x[0].shape[axis], particles, weights)
 
 
 def _batch_size(x: tuple[Tensor, ...], axis: int) -> int:
