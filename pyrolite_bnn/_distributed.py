@@ -29,7 +29,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-__all__ = ["Ranks", "is_compiled", "unwrap"]
+__all__ = ["Ranks", "averaged_model", "is_compiled", "unwrap"]
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -70,6 +70,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     """
     *_, network = _wrapped(model)
     return network
+
+
+def averaged_model(model: nn.Module) -> AveragedModel | None:
+    """The ``AveragedModel`` that ``model`` is or wraps, if any.
+
+    Its own state (``n_averaged``, the count of averaged networks) is not the
+    network's: checkpoints store it beside the network's state, so that an
+    interrupted SWA or EMA resumes its average instead of restarting it.
+    """
+    for wrapper in _wrapped(model):
+        if isinstance(wrapper, AveragedModel):
+            return wrapper
+    return None
 
 
 class Ranks:
