@@ -5,7 +5,8 @@ A ``DistributedDataParallel`` wrapper is a plain module holding one network in
 whose ``.module`` is the averaged copy), ``torch.compile``'s wrapper
 (``OptimizedModule``) one in ``._orig_mod``; :func:`unwrap` gives that network
 to the functions that need the network (a :class:`~pyrolite_bnn.VIModule` or a
-plain module holding Bayesian layers) or its state (``predict``, ``model_loss``, ``to_deterministic``, ``laplace``, checkpoints).
+plain module holding Bayesian layers) or its state (``predict``,
+``model_loss``, ``to_deterministic``, ``laplace``, checkpoints).
 :class:`Ranks` is what
 :func:`~pyrolite_bnn.training.fit` needs from the process group: whether this
 process is rank 0, sums over ranks, and the data loader's sharding.
