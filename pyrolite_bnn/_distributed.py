@@ -4,8 +4,9 @@ A ``DistributedDataParallel`` wrapper is a plain module holding one network in
 ``.module`` (as do ``nn.DataParallel`` and ``torch.optim.swa_utils.AveragedModel``,
 whose ``.module`` is the averaged copy), ``torch.compile``'s wrapper
 (``OptimizedModule``) one in ``._orig_mod``; :func:`unwrap` gives that network
-to the functions that need a :class:`~pyrolite_bnn.VIModule` or its state
-(``predict``, ``model_loss``, ``to_deterministic``, ``laplace``, checkpoints).
+to the functions that need the network (a :class:`~pyrolite_bnn.VIModule` or a
+plain module holding Bayesian layers) or its state (``predict``,
+``model_loss``, ``to_deterministic``, ``laplace``, checkpoints).
 :class:`Ranks` is what
 :func:`~pyrolite_bnn.training.fit` needs from the process group: whether this
 process is rank 0, sums over ranks, and the data loader's sharding.
@@ -29,7 +30,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-__all__ = ["Ranks", "is_compiled", "unwrap"]
+__all__ = ["Ranks", "averaged_model", "is_compiled", "unwrap"]
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -70,6 +71,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     """
     *_, network = _wrapped(model)
     return network
+
+
+def averaged_model(model: nn.Module) -> AveragedModel | None:
+    """The ``AveragedModel`` that ``model`` is or wraps, if any.
+
+    Its own state (``n_averaged``, the count of averaged networks) is not the
+    network's: checkpoints store it beside the network's state, so that an
+    interrupted SWA or EMA resumes its average instead of restarting it.
+    """
+    for wrapper in _wrapped(model):
+        if isinstance(wrapper, AveragedModel):
+            return wrapper
+    return None
 
 
 class Ranks:

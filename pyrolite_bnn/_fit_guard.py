@@ -207,7 +207,8 @@ def _float16_hint(params: list[nn.Parameter]) -> str:
     return (
         ". The optimizer updates float16 parameters: an optimizer's small "
         "constants vanish in float16 (Adam's default eps=1e-8 rounds to 0, so a "
-        "weight whose gradient is 0 gets 0/0) and its steps round away; train the "
-        "model in float32 under torch.autocast(device_type, dtype=torch.float16), "
-        "or in bfloat16"
+        "weight whose gradient is 0 gets 0/0) and its steps round away; keep the "
+        "parameters in float32 and compute under torch.autocast(device_type, "
+        "dtype=torch.float16) or dtype=torch.bfloat16 (parameters stored in "
+        "bfloat16 round the steps of the posterior's scales away too)"
     )

@@ -9,6 +9,13 @@ tensors, numbers, strings, lists and dictionaries, so that it loads with
 * ``optimizer`` and ``loss_fn``: their state dictionaries (or ``None``), the
   latter holding e.g. a learned noise scale;
 * ``epoch``, ``extra`` (user data) and ``version`` (of ``pyrolite_bnn``);
+* ``averaged``: for a model saved through a
+  ``torch.optim.swa_utils.AveragedModel`` (SWA, EMA), the wrapper's own state
+  (``n_averaged``, the number of networks averaged), else ``None``: ``model``
+  holds the averaged network, which loads into a plain network, and loading
+  into an ``AveragedModel`` also restores its count, so that the next
+  ``update_parameters`` continues the average (with ``n_averaged`` at 0 it
+  copies the raw network over it);
 * ``fingerprint``: the model's class name, every state-dictionary key with its
   shape, and every Pyro weight site with its shape, its prior and posterior
   families (a Normal-prior checkpoint does not load into a Laplace-prior model)
@@ -28,14 +35,15 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
-from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._distributed import averaged_model, unwrap
 from pyrolite_bnn._network import collect_variables
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn._validation import check_count
@@ -90,6 +98,18 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
         "sites": sites,
         "families": families,
         "parameterisations": parameterisations,
+    }
+
+
+def _averaging_state(averaged: AveragedModel) -> dict[str, Any]:
+    """An ``AveragedModel``'s own state: ``n_averaged``.
+
+    Its ``state_dict()`` entries outside the averaged network (``module.``).
+    """
+    return {
+        key: value
+        for key, value in averaged.state_dict().items()
+        if not key.startswith("module.")
     }
 
 
@@ -261,9 +281,10 @@ def save_checkpoint(
     Args:
         path: file to write.
         model: the network; its ``state_dict()`` and architecture fingerprint
-            are stored (of the network inside a ``DistributedDataParallel``
-            or ``torch.compile`` wrapper, so that it loads into the unwrapped
-            network).
+            are stored (of the network inside a ``DistributedDataParallel``,
+            ``torch.compile`` or ``AveragedModel`` wrapper, so that it loads
+            into the unwrapped network; an ``AveragedModel``'s
+            ``n_averaged`` is stored beside it, for resuming the average).
         optimizer: optimizer whose state to store.
         loss_fn: loss module whose state to store (e.g. a learned noise scale
             of its likelihood).
@@ -300,6 +321,7 @@ def save_checkpoint(
         )
     _check_plain(extra, "extra")
     _check_objects("save_checkpoint", model, optimizer, loss_fn)
+    averaged = averaged_model(model)
     model = unwrap(model)
     payload: dict[str, Any] = {
         "format": _FORMAT,
@@ -311,6 +333,7 @@ def save_checkpoint(
         "loss_fn": None if loss_fn is None else loss_fn.state_dict(),
         "epoch": epoch,
         "extra": None if extra is None else dict(extra),
+        "averaged": None if averaged is None else _averaging_state(averaged),
     }
     target = check_checkpoint_path(path)
     directory = os.path.dirname(os.path.abspath(target))
@@ -355,13 +378,46 @@ def _read(path: PathLike) -> dict[str, Any]:
             "copied by other means"
         ) from error
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{target!r} is not a pyrolite_bnn checkpoint")
+        raise ValueError(
+            f"{target!r} is not a pyrolite_bnn checkpoint" + _state_dict_hint(payload)
+        )
     if payload.get("format_version") != _FORMAT_VERSION:
         raise ValueError(
             f"checkpoint format version {payload.get('format_version')!r} is not "
             f"supported (this pyrolite_bnn reads version {_FORMAT_VERSION})"
         )
     return payload
+
+
+def _state_dict_hint(payload: object) -> str:
+    """How to load a file that holds a module's state in ``"state_dict"``.
+
+    A PyTorch Lightning checkpoint (and many training scripts' files) is a
+    dict whose ``"state_dict"`` holds the whole module's state, its keys
+    prefixed with the attribute that holds the network (``"net.0.weight..."``).
+    """
+    if not isinstance(payload, dict) or not isinstance(
+        payload.get("state_dict"), Mapping
+    ):
+        return ""
+    # The attributes the keys start with, most keys (the network's) first.
+    counts = Counter(str(key).split(".", 1)[0] for key in payload["state_dict"])
+    prefixes = [name for name, _ in counts.most_common()] or ["net"]
+    prefix = prefixes[0]
+    load = (
+        "load the network's part of its 'state_dict', whose keys start "
+        f"with the module's attributes ({_listed([p + '.' for p in prefixes])}): "
+        "state = torch.load(path, weights_only=True)['state_dict']; "
+        f"net.load_state_dict({{k.removeprefix('{prefix}.'): v for k, v in "
+        f"state.items() if k.startswith('{prefix}.')}}), and the loss's "
+        "(a learned noise scale) the same way"
+    )
+    if "pytorch-lightning_version" in payload:
+        return (
+            ": it is a PyTorch Lightning checkpoint. Restore the whole module "
+            "with YourLightningModule.load_from_checkpoint(path), or " + load
+        )
+    return ": it holds a module's state under 'state_dict'. To use it, " + load
 
 
 def _check_model(payload: Mapping[str, Any], model: nn.Module) -> list[str]:
@@ -455,8 +511,10 @@ def load_checkpoint(
         path: checkpoint file.
         model: network of the same architecture as the saved one (a custom
             guide must be assigned before loading, as when saving; a
-            ``DistributedDataParallel`` or ``torch.compile`` wrapper loads into
-            its network).
+            ``DistributedDataParallel``, ``torch.compile`` or ``AveragedModel``
+            wrapper loads into its network; an ``AveragedModel`` also gets
+            back the ``n_averaged`` of one that was saved, so that its next
+            ``update_parameters`` continues the saved average).
         optimizer: optimizer over the same parameters, to restore its state.
         loss_fn: loss module of the same kind, to restore its state.
 
@@ -465,7 +523,9 @@ def load_checkpoint(
         extra data and the ``pyrolite_bnn`` version that wrote the file.
 
     Raises:
-        ValueError: if the file is not a checkpoint, or its fingerprint does
+        ValueError: if the file is not a checkpoint (for a PyTorch Lightning
+            ``.ckpt``, or another dict with a ``"state_dict"``, the message
+            says how to load it), or its fingerprint does
             not match ``model`` (the message lists the missing, unexpected and
             shape-mismatched keys, at most five of each), or ``optimizer`` /
             ``loss_fn`` is given and the checkpoint holds no matching state.
@@ -485,8 +545,16 @@ def load_checkpoint(
     """
     _check_objects("load_checkpoint", model, optimizer, loss_fn)
     payload = _read(path)
+    # Files written before the key existed, or from a plain network, have none.
+    averaged = averaged_model(model) if payload.get("averaged") else None
     model = unwrap(model)
     problems = _check_model(payload, model)
+    if averaged is not None:
+        problems += _compare_shapes(
+            "AveragedModel state keys",
+            {key: _shape(value) for key, value in payload["averaged"].items()},
+            {key: _shape(value) for key, value in _averaging_state(averaged).items()},
+        )
     if loss_fn is not None:
         problems += _check_loss(payload, loss_fn)
     if optimizer is not None:
@@ -498,18 +566,25 @@ def load_checkpoint(
         )
     # Transaction: restore everything if a load fails half-way.
     backup_model = clone_state(model.state_dict())
+    backup_averaging = (
+        None if averaged is None else clone_state(_averaging_state(averaged))
+    )
     backup_loss = None if loss_fn is None else clone_state(loss_fn.state_dict())
     backup_optimizer = (
         None if optimizer is None else clone_state(optimizer.state_dict())
     )
     try:
         model.load_state_dict(payload["model"])
+        if averaged is not None:  # its keys were compared above
+            averaged.load_state_dict(payload["averaged"], strict=False)
         if loss_fn is not None:
             loss_fn.load_state_dict(payload["loss_fn"])
         if optimizer is not None:
             optimizer.load_state_dict(payload["optimizer"])
     except Exception:
         model.load_state_dict(backup_model)
+        if averaged is not None and backup_averaging is not None:
+            averaged.load_state_dict(backup_averaging, strict=False)
         if loss_fn is not None and backup_loss is not None:
             loss_fn.load_state_dict(backup_loss)
         if optimizer is not None and backup_optimizer is not None:

@@ -24,6 +24,7 @@ from pyrolite_bnn._forward import (
 from pyrolite_bnn._handlers import initialising_inference
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._network import check_bayesian_network
+from pyrolite_bnn._precision_watch import BFloat16ScaleWatch
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteShapeError
 from pyrolite_bnn._validation import check_count, check_heat
@@ -142,6 +143,7 @@ class KullbackLeiblerLoss(nn.Module):
         self.reduction = reduction
         self._watches = {"predictive": ChangeWatch(), "guide": ChangeWatch()}
         self._decay_watch = DecayWatch()
+        self._precision_watch = BFloat16ScaleWatch()
         # The parameters of the network whose output the loss read last: the
         # optimizers holding them are the ones the watches count.
         self._network_parameters: Callable[[], list[Tensor]] = list
@@ -293,6 +295,7 @@ class KullbackLeiblerLoss(nn.Module):
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self._watch_guide(record)
         self._watch_decay(record)
+        self._watch_precision(record)
         self._network_parameters = record.network_parameters  # for the next watch
         kl_value = record.kl(self.kl if kl is None else kl)
         self._note_kl_charge(record, kl_value, output)
@@ -498,6 +501,22 @@ class KullbackLeiblerLoss(nn.Module):
             return by_path
 
         self._decay_watch.check(scales, record.network_parameters)
+
+    def _watch_precision(self, record: ForwardRecord) -> None:
+        """Warn once per network whose posterior scales train in bfloat16."""
+        if not torch.is_grad_enabled() or is_capturing() or not record.training():
+            return
+
+        def scales() -> dict[str, Tensor]:
+            found = {
+                name: parameter
+                for name, parameter in record.guide_parameters().items()
+                if is_scale_parameter(name)
+            }
+            found.update(record.positive_parameters())
+            return found
+
+        self._precision_watch.check(record.guide_identity(), scales)
 
     def _watch_guide(self, record: ForwardRecord) -> None:
         """Warn once if the guide that drew the weights is never updated."""

@@ -258,6 +258,46 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
         load_checkpoint(path, _net())
 
 
+class _LitLike(nn.Module):
+    """Holds the network and the loss as a LightningModule does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net, self.loss_fn = _net(), _loss()
+
+
+@pytest.mark.parametrize("lightning", [True, False])
+def test_a_state_dict_file_says_how_to_load_it(tmp_path: Path, lightning: bool) -> None:
+    """A file shaped like a Lightning ``.ckpt`` (a dict whose ``"state_dict"``
+    holds the LightningModule's state) was only "not a pyrolite_bnn
+    checkpoint". The message names ``load_from_checkpoint`` for Lightning, and
+    the recipe it gives for the network's part of ``"state_dict"`` loads it."""
+    torch.manual_seed(0)
+    module = _LitLike()
+    _train(module.net, module.loss_fn, _optimizer(module.net, module.loss_fn))
+    payload: dict[str, Any] = {"epoch": 3, "state_dict": module.state_dict()}
+    if lightning:
+        payload |= {
+            "global_step": 12,
+            "pytorch-lightning_version": "2.6.6",
+            "loops": {},
+            "hyper_parameters": {"lr": 0.01},
+        }
+    path = tmp_path / "last.ckpt"
+    torch.save(payload, path)
+    net = _net()
+    with pytest.raises(ValueError, match="not a pyrolite_bnn checkpoint") as caught:
+        load_checkpoint(path, net)
+    message = str(caught.value)
+    assert ("load_from_checkpoint" in message) == lightning
+    recipe = re.search(
+        r"(state = torch\.load\(.*?\]); (net\.load_state_dict\(\{.*?\}\))", message
+    )
+    assert recipe is not None, message
+    exec("; ".join(recipe.groups()), {"torch": torch, "path": path, "net": net})
+    _assert_same_state(_state(net), _state(module.net))
+
+
 @pytest.mark.parametrize("keep", [0, 10, 0.5, -10], ids=lambda k: f"keep={k}")
 def test_empty_or_truncated_file_is_named(tmp_path: Path, keep: float) -> None:
     path = tmp_path / "run.pt"

@@ -643,7 +643,9 @@ def test_a_loop_that_clears_gradients_first_stops_being_watched(
         optimizer.zero_grad()
         loss_fn(net(x), y).backward()
         optimizer.step()
-    assert 0 < reads <= 21  # 20 calls of the change watch, one of the decay watch
+    # 20 calls of the change watch, one of the decay watch, two of the
+    # bfloat16 watch (the network's first call, the optimizer's first step).
+    assert 0 < reads <= 23
 
 
 @pytest.mark.parametrize("guide_held", [True, False])

@@ -94,3 +94,45 @@ def test_wrapped_network_is_read_as_the_network_inside(
     loss = loss_fn.model_loss(wrapped, x, y, samples=3)
     torch.manual_seed(1)
     torch.testing.assert_close(loss, loss_fn.model_loss(inner, x, y, samples=3))
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_averaged_model_resumes_its_average_from_a_checkpoint(
+    network: str, tmp_path: Path
+) -> None:
+    """A checkpoint of an EMA after ``k`` updates, loaded into a fresh
+    ``AveragedModel``, continues the average: one more update equals the
+    uninterrupted run's. Before, ``n_averaged`` was not saved, and the first
+    update after loading copied the raw network over the average."""
+    torch.manual_seed(0)
+    net = NETWORKS[network]()
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    for _ in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        ema.update_parameters(net)
+    path = tmp_path / "ema.pt"
+    bnn.save_checkpoint(path, ema)
+
+    resumed = AveragedModel(NETWORKS[network](), multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    bnn.load_checkpoint(path, resumed)
+    assert torch.equal(resumed.n_averaged, ema.n_averaged)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ema.update_parameters(net)
+    resumed.update_parameters(net)
+    for (name, a), (_, b) in zip(
+        resumed.module.state_dict().items(),
+        ema.module.state_dict().items(),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+    # Still the averaged network for a plain one (the count is left out).
+    plain = NETWORKS[network]()
+    bnn.load_checkpoint(path, plain)
+    ema_before_update = torch.load(path, weights_only=True)["model"]
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, ema_before_update[name]), name
