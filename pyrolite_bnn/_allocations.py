@@ -28,7 +28,9 @@ class AllocationPeak(TorchDispatchMode):  # type: ignore[no-untyped-call]
     and the allocator's own overhead are not counted.
 
     ``predict``'s memory probe sizes its chunks with it. Running operators
-    through a Python mode costs a few microseconds each.
+    through a Python mode costs tens of microseconds each (37-150 us measured
+    against ~3 us): a probe of a long recurrence (thousands of steps) takes
+    as long as the prediction itself.
 
     Attributes:
         live: bytes of the storages allocated inside the block still alive.

@@ -10,7 +10,6 @@ listed once, at its first path, and marked ``shared``.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from torch import nn
@@ -21,7 +20,6 @@ from pyrolite_bnn.module import NOT_NETWORK, VIModule
 from pyrolite_bnn.variables import RandomVariable
 
 __all__ = [
-    "bayesian_layers",
     "bayesian_positions",
     "check_bayesian_network",
     "collect_variables",
@@ -177,12 +175,6 @@ def outermost_bayesian(root: nn.Module, limit: int = 2) -> list[VIModule]:
             continue
         stack.extend(child for _, child in reversed(network_children(module)))
     return found
-
-
-def bayesian_layers(root: nn.Module) -> list[VIModule]:
-    """Every outermost ``VIModule`` below ``root``, each layer object once."""
-    unique = {id(m): m for m in outermost_bayesian(root, limit=sys.maxsize)}
-    return list(unique.values())
 
 
 def runs_on_its_own(network: VIModule) -> bool:

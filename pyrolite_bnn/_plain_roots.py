@@ -46,7 +46,7 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from torch.utils.hooks import RemovableHandle
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._distributed import is_compiled
+from pyrolite_bnn._distributed import is_compiled, unwrap
 from pyrolite_bnn._draws import LazyDraws, using_draws
 from pyrolite_bnn._forward import (
     attach,
@@ -140,8 +140,14 @@ class _Frame:
     def resolve(self) -> bool:
         """Whether the module must run as one network (decided once per call)."""
         if self.pending is None:
-            module = self.module
-            inner = [] if _pass_through(module) else outermost_bayesian(module)
+            # A compiled wrapper's network is the module inside its wrappers
+            # (torch.compile(DDP(net))); a VIModule there is its own network.
+            module = unwrap(self.module) if _pass_through(self.module) else self.module
+            inner = (
+                []
+                if module is not self.module and isinstance(module, VIModule)
+                else outermost_bayesian(module)
+            )
             self.pending = len(inner) > 1 or (
                 len(inner) == 1 and not runs_on_its_own(inner[0])
             )

@@ -20,13 +20,10 @@ from torch import Tensor, nn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
-from pyrolite_bnn._network import (
-    bayesian_layers,
-    network_children,
-    outermost_bayesian,
-)
+from pyrolite_bnn._network import network_children, outermost_bayesian
 from pyrolite_bnn._pyro_module import local_params, note_structure_change
 from pyrolite_bnn.convert import ConvertedNetwork
+from pyrolite_bnn.guides import guide_of
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.batchnorm import TORCH_BATCH_NORMS
 from pyrolite_bnn.layers.container import Residual
@@ -103,14 +100,14 @@ def to_deterministic(model: nn.Module) -> nn.Module:
         )
     clone = copy.deepcopy(model)
     means: dict[int, dict[str, Tensor]] = {}
-    # A plain module's Bayesian layers (nn.Sequential(VILinear(...), ...)) are
-    # one network, each layer's weights the medians of its own guide.
-    networks = [clone] if isinstance(clone, VIModule) else bayesian_layers(clone)
+    # The guide the network's calls draw from: for a plain module's Bayesian
+    # layers (nn.Sequential(VILinear(...), ...)) the generated guide of them
+    # all, as predict reads it.
+    guide = guide_of(clone)
     with local_params(), torch.no_grad():
-        for network in networks:
-            medians = network.guide.median()
-            for v in network.random_variables():
-                means.setdefault(id(v.module), {})[v.name] = medians[v.site].detach()
+        medians = guide.median()
+    for v in guide.variables():
+        means.setdefault(id(v.module), {})[v.name] = medians[v.site].detach()
     before = list(clone.named_modules())
     # torch initialises the layers built here before their weights are copied
     # in: that must not move the caller's generators (an export from a

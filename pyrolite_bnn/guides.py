@@ -49,7 +49,12 @@ from pyro.ops.jit import CompiledFunction
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._network import check_bayesian_network, collect_variables
+from pyrolite_bnn._network import (
+    check_bayesian_network,
+    collect_variables,
+    outermost_bayesian,
+    runs_on_its_own,
+)
 from pyrolite_bnn._pyro_module import (
     LocalPyroModule,
     ParamsInModule,
@@ -57,14 +62,14 @@ from pyrolite_bnn._pyro_module import (
     local_params,
 )
 from pyrolite_bnn.distributions.variational import elementwise_quantiles
-from pyrolite_bnn.module import DEFAULT_SAMPLES
+from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 
 if TYPE_CHECKING:
     from pyro.poutine import Trace
 
     from pyrolite_bnn.variables import RandomVariable
 
-__all__ = ["ParticleGuide"]
+__all__ = ["ParticleGuide", "guide_of"]
 
 # Submodule holding the parameters of an assigned guide's pyro.param statements.
 _PYRO_PARAMS = "pyro_params"
@@ -317,6 +322,29 @@ class ParticleGuide(LocalPyroModule):
                 )
             return method(*args, **kwargs)
         return {v.site: v.posterior.distribution() for v in self.variables()}
+
+
+def guide_of(model: nn.Module) -> ParticleGuide:
+    """The guide ``model``'s calls draw their weights from.
+
+    A ``VIModule``'s own (``model.guide``). A plain module holding Bayesian
+    layers runs them as one network with its generated guide, except around
+    one network that runs on its own (with an assigned guide), whose guide
+    it takes. ``predict`` and ``to_deterministic`` read the weights from it.
+
+    Example:
+        >>> import torch
+        >>> import pyrolite_bnn as bnn
+        >>> plain = torch.nn.Sequential(bnn.VILinear(2, 3), bnn.VILinear(3, 1))
+        >>> sorted(guide_of(plain).median())
+        ['0.bias', '0.weight', '1.bias', '1.weight']
+    """
+    if isinstance(model, VIModule):
+        return model.guide
+    inner = outermost_bayesian(model)
+    if len(inner) == 1 and runs_on_its_own(inner[0]):
+        return inner[0].guide
+    return ParticleGuide(model)
 
 
 def check_pyro_call() -> None:

@@ -22,6 +22,7 @@ combines them, in at least ``float32`` (half-precision outputs are read as
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
@@ -51,8 +52,6 @@ from pyrolite_bnn._network import (
     check_bayesian_network,
     has_sequence_first_layers,
     network_modules,
-    outermost_bayesian,
-    runs_on_its_own,
     uses_batch_statistics,
 )
 from pyrolite_bnn._pyro_module import local_params
@@ -65,8 +64,8 @@ from pyrolite_bnn._validation import (
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
-from pyrolite_bnn.guides import ParticleGuide
-from pyrolite_bnn.module import VIModule, whole_network_draws
+from pyrolite_bnn.guides import ParticleGuide, guide_of
+from pyrolite_bnn.module import whole_network_draws
 from pyrolite_bnn.record import release_record
 
 if TYPE_CHECKING:
@@ -375,8 +374,9 @@ def predict(
     ``batch_size`` (``len(x)`` for one chunk) to run no probe. No probe runs
     either where its call would be the prediction's: one input (a chunk holds
     at least one), or at most 4 inputs with one particle (the probe would
-    run just those); the model is called once, and if that call raises, the
-    buffers and generators are put back as after a failed probe.
+    run just those); the model is called once, and if that call raises, its
+    buffers are put back as after a failed probe (the random-number
+    generators are not: the call is the prediction).
 
     **Same weights in every chunk**: if the ``S`` draws of all weights take at
     most half of ``memory_budget`` (and drawing them, a tensor at three times
@@ -589,7 +589,7 @@ def _predict(
     memory_budget: int | None,
 ) -> Tensor:
     budget = _default_budget(x[0]) if memory_budget is None else memory_budget
-    weights = _FixedWeights.medians(_guide(model)) if mode == "mean" else None
+    weights = _FixedWeights.medians(guide_of(model)) if mode == "mean" else None
     if weights is not None:
         return _predict_particles(model, x, 1, batch_size, budget, weights, None)
     sizes = DrawSizes.of(model)
@@ -642,12 +642,9 @@ def _predict_particles(
         return _run_unprobed(model, x, axis, particles, weights)
     if batch_size is not None and batch_size >= size:
         return _run(model, x, particles, weights)
-    # The probe's draws, and each chunk's when every chunk draws the same
-    # weights again, are rewound: one such call at a time in the process.
-    with generators_held():
-        return _predict_in_chunks(
-            model, x, axis, particles, batch_size, budget, weights, sizes
-        )
+    return _predict_in_chunks(
+        model, x, axis, particles, batch_size, budget, weights, sizes
+    )
 
 
 def _predict_in_chunks(
@@ -668,7 +665,9 @@ def _predict_in_chunks(
     # Keep one draw of all weights for every chunk if it fits (DrawSizes).
     kept_bytes = 0 if sizes is None else sizes.kept_bytes(particles, budget)
     if batch_size is None:
-        per_input = _probe(model, x, axis, particles, weights, generators)
+        # The probe's draws are rewound: one such call at a time in the process.
+        with generators_held() if weights is None else contextlib.nullcontext():
+            per_input = _probe(model, x, axis, particles, weights, generators)
         reserved = kept_bytes
         if sizes is not None and not kept_bytes:  # each chunk draws its weights
             reserved = sizes.redrawn_bytes(particles)
@@ -679,7 +678,28 @@ def _predict_in_chunks(
     if step >= size:
         return _run(model, x, particles, weights)
     if kept_bytes:
-        weights = _FixedWeights.drawn(_guide(model), particles)
+        weights = _FixedWeights.drawn(guide_of(model), particles)
+    # Chunks that draw the same weights again rewind the generators: one such
+    # call at a time in the process.
+    with generators_held() if weights is None else contextlib.nullcontext():
+        return _chunks(model, x, axis, step, particles, weights, generators)
+
+
+def _chunks(
+    model: nn.Module,
+    x: tuple[Tensor, ...],
+    axis: int,
+    step: int,
+    particles: int,
+    weights: _FixedWeights | None,
+    generators: _Generators,
+) -> Tensor:
+    """The outputs of ``x`` in chunks of ``step`` inputs.
+
+    ``generators`` are rewound before each chunk where the weights are drawn
+    anew (``weights`` is ``None``), so that every chunk draws the same ones.
+    """
+    size = _batch_size(x, axis)
     result: Tensor | None = None
     after_first: list[Tensor | None] | None = None
     for start in range(0, size, step):
@@ -700,7 +720,7 @@ def _predict_in_chunks(
                 "different networks in different chunks; call model.eval() first, "
                 "or predict with batch_size=len(x)",
                 RuntimeWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
             after_first = None  # once is enough
         result.narrow(axis + 1, start, out.shape[axis + 1]).copy_(out)
@@ -787,7 +807,7 @@ def _probe(
                 given = (
                     weights
                     if weights is not None
-                    else _FixedWeights.drawn(_guide(model), count)
+                    else _FixedWeights.drawn(guide_of(model), count)
                 )
                 with AllocationPeak() as memory:
                     _run_chunk(model, x, axis, 0, length, count, given)
@@ -826,20 +846,6 @@ def _run_chunk(
             f"{error} (predict ran the model on x[{rows}] of the inputs x of shape "
             f"{_shapes(x)})"
         ).with_traceback(error.__traceback__) from None
-
-
-def _guide(model: nn.Module) -> ParticleGuide:
-    """The guide of ``model``: its own, or the generated one of a plain module.
-
-    A plain module around one network that runs on its own (with an
-    assigned guide) takes that network's guide.
-    """
-    if isinstance(model, VIModule):
-        return model.guide
-    inner = outermost_bayesian(model)
-    if len(inner) == 1 and runs_on_its_own(inner[0]):
-        return inner[0].guide
-    return ParticleGuide(model)
 
 
 def _run(

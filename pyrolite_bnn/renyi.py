@@ -213,6 +213,13 @@ def _particle_log_weights(
             per_particle = _per_particle(site)
             if per_particle is None:
                 return None
+            if isinstance(weight, Tensor) and weight.shape != per_particle.shape:
+                raise ValueError(
+                    f"RenyiELBO: site {site['name']!r} is in a plate of "
+                    f"{per_particle.numel()} particles, earlier sites in one of "
+                    f"{weight.numel()}: a bnn.per_particle plate takes the "
+                    "network's particle count (per_particle(out) of its output)"
+                )
             weight = weight + sign * per_particle.detach()
             if sign > 0:
                 surrogate = surrogate + per_particle

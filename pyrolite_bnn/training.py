@@ -569,15 +569,24 @@ def _callback_hooks(
 
 
 def _returning_nothing(on_step_end: Callable[..., Any]) -> Callable[..., None]:
-    """``on_step_end``, refusing a returned value (only an epoch's end stops)."""
+    """``on_step_end``, warning once that a returned value is ignored.
+
+    Only an epoch's end stops training; a value returned per step (``True``
+    meant as "stop", or a progress bar's ``update`` result) changes nothing.
+    """
+    warned = False
 
     def call(epoch: int, step: int, loss: float) -> None:
+        nonlocal warned
         answer = on_step_end(epoch, step, loss)
-        if answer is not None:
-            raise TypeError(
-                f"on_step_end returns None; {on_step_end!r} returned "
-                f"{type(answer).__name__} {answer!r} (to stop training, return "
-                "True from on_epoch_end)"
+        if answer is not None and not warned:
+            warned = True
+            warnings.warn(
+                f"{on_step_end!r} returned {type(answer).__name__} {answer!r}: "
+                "the value of on_step_end is ignored (to stop training, return "
+                "True from on_epoch_end)",
+                UserWarning,
+                stacklevel=4,
             )
 
     return call
@@ -762,8 +771,8 @@ def fit(
             checkpointing); returning ``True`` stops training. An object may
             also (or instead) have ``on_step_end(epoch, step, loss)``, called
             after every optimizer step with the step's loss (a float): step a
-            per-step learning-rate schedule there (``OneCycleLR``); it
-            returns ``None``.
+            per-step learning-rate schedule there (``OneCycleLR``); a value
+            it returns is ignored, with a warning (once).
         progress: show a tqdm bar per epoch (when tqdm is installed; otherwise
             one line per epoch on stderr) with loss, nll and kl.
         heat_schedule: callable ``epoch -> heat`` setting ``loss_fn.heat`` at
@@ -791,7 +800,7 @@ def fit(
             :class:`~pyrolite_bnn.KullbackLeiblerLoss`, ``progress`` not a
             bool, a callback neither a function nor an object with
             ``on_epoch_end`` or ``on_step_end`` methods (a class, not an
-            instance), or ``on_step_end`` returns a value.
+            instance).
         ValueError: for invalid arguments (early stopping without
             ``val_loader``, an empty loader, a negative heat, a batch in
             another format, under DDP a sampler ``fit`` cannot shard or

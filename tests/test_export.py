@@ -270,3 +270,22 @@ def test_exporting_leaves_the_random_number_generator_alone() -> None:
     bnn.to_deterministic(net)
     bnn.laplace(net, x, y.unsqueeze(1).expand(10, 2), bnn.Normal(1.0))
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_plain_container_exports_the_weights_its_calls_draw() -> None:
+    """A plain container runs all its layers from the generated guide, also a
+    layer with an assigned guide of its own: the export read that layer's
+    assigned (here untrained) guide instead and disagreed with
+    ``predict(mode="mean")``."""
+    from pyro.infer.autoguide import AutoNormal
+
+    torch.manual_seed(0)
+    first, second = bnn.VILinear(3, 4), bnn.VILinear(4, 2)
+    first.guide = AutoNormal(first.prior_model, init_loc_fn=first.init_loc_fn)
+    with torch.no_grad():  # training moved the generated posterior, not AutoNormal
+        first.posterior["weight"].loc_unconstrained.add_(0.5)
+    net = nn.Sequential(first, nn.Tanh(), second)
+    x = torch.randn(5, 3)
+    mean = bnn.predict(net, x, bnn.Normal(1.0), mode="mean").samples[0]
+    with torch.no_grad():
+        torch.testing.assert_close(bnn.to_deterministic(net)(x), mean)

@@ -1208,3 +1208,30 @@ def test_sampled_predictions_that_rewind_the_generators_take_turns() -> None:
     for thread in threads:
         thread.join()
     assert events == ["B resumed", "A done"]
+
+
+def test_predictions_that_rewind_nothing_do_not_wait_for_each_other() -> None:
+    """Mean-mode calls draw nothing: one waited for another thread's call
+    paused in its memory probe (a server's threads ran one at a time)."""
+    torch.manual_seed(0)
+    pause, resume = threading.Event(), threading.Event()
+    events: list[str] = []
+    paused = _pausing_network(pause, resume, events)
+    other = bnn.VISequential(bnn.VILinear(4, 8), nn.Tanh(), bnn.VILinear(8, 3))
+    x = torch.randn(64, 4)
+
+    def run(name: str) -> None:
+        if name == "A":
+            pause.wait(timeout=5.0)
+        net = other if name == "A" else paused
+        bnn.predict(net, x, bnn.Categorical(), mode="mean")
+        if name == "A":
+            events.append("A done")
+            resume.set()
+
+    threads = [threading.Thread(target=run, args=(n,), name=n) for n in "AB"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert events == ["A done", "B resumed"]

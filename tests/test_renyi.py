@@ -343,3 +343,18 @@ def test_bad_arguments_are_refused(
     non-finite alpha gave a NaN loss."""
     with pytest.raises(error, match=message):
         bnn.RenyiELBO(**arguments)  # type: ignore[arg-type]
+
+
+def test_a_per_particle_plate_of_another_size_is_refused() -> None:
+    """Six particles in the user's plate against the network's five gave
+    torch's bare broadcast error."""
+    x, y = _regression()
+    layer = _broad_layer(x, y)
+
+    def own_model(x: Tensor, y: Tensor, samples: int) -> None:
+        out = layer(x, samples=samples).squeeze(-1)
+        with bnn.per_particle(samples + 1), pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out[:1], NOISE), obs=y)
+
+    with pytest.raises(ValueError, match="site 'obs' is in a plate of 6 particles"):
+        bnn.RenyiELBO(num_particles=1).loss(own_model, layer.guide, x, y, samples=5)

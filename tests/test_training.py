@@ -1158,13 +1158,29 @@ class _NotCallable:
     [
         (_StepCounter, r"is the class _StepCounter: pass an instance"),
         (_NotCallable(), r"callbacks\[0\]\.on_step_end must be a method, got int"),
-        (_StopsAtStep(), r"on_step_end returns None; .* returned bool True"),
     ],
 )
 def test_callback_mistakes_are_refused(callback: object, message: str) -> None:
     """A class passed for an instance failed with "missing 1 required
     positional argument"; a non-callable ``on_step_end`` beside a callable
-    ``on_epoch_end`` was ignored, as was ``True`` from ``on_step_end``."""
+    ``on_epoch_end`` was ignored."""
     x, y = _data()
     with pytest.raises(TypeError, match=message):
         fit(_net(), _loss(), _batches(x, y), 1, progress=False, callbacks=[callback])
+
+
+def test_a_value_returned_per_step_is_ignored_with_one_warning() -> None:
+    """``True`` from ``on_step_end`` (meant as "stop") was ignored silently;
+    it still does not stop (a progress bar's ``update`` returns ``True``)."""
+    x, y = _data()
+    with pytest.warns(UserWarning, match="the value of on_step_end is ignored") as seen:
+        history = fit(
+            _net(),
+            _loss(),
+            _batches(x, y),
+            2,
+            progress=False,
+            callbacks=[_StopsAtStep()],
+        )
+    assert len(history.loss) == 2
+    assert sum("on_step_end is ignored" in str(w.message) for w in seen) == 1

@@ -136,3 +136,32 @@ def test_averaged_model_resumes_its_average_from_a_checkpoint(
     ema_before_update = torch.load(path, weights_only=True)["model"]
     for name, value in plain.state_dict().items():
         assert torch.equal(value, ema_before_update[name]), name
+
+
+def _compiled(module: nn.Module) -> nn.Module:
+    return torch.compile(module, backend="eager")  # eager backend: quick
+
+
+ARRANGEMENTS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "compile(DataParallel)": lambda net: _compiled(nn.DataParallel(net)),
+    "DataParallel(compile)": lambda net: nn.DataParallel(_compiled(net)),
+    "compile(AveragedModel)": lambda net: _compiled(AveragedModel(net)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+@pytest.mark.parametrize("arrangement", ARRANGEMENTS)
+def test_compiled_wrappers_of_a_plain_network_run_it_as_one(arrangement: str) -> None:
+    """``torch.compile`` around (or inside) a data-parallel wrapper of a plain
+    container took the compiled wrapper for a wrapper of nothing: each
+    Bayesian layer ran as a network of its own, output ``(S, S, B, 2)``."""
+    torch.manual_seed(0)
+    net = _plain_net()
+    wrapped = ARRANGEMENTS[arrangement](net)
+    x = torch.randn(6, 3)
+    with torch.no_grad():  # dynamo warns about .grad reads when tracing grads
+        torch.manual_seed(1)
+        out = wrapped(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(out, net(x))
+    assert out.shape == (10, 6, 2)
