@@ -418,6 +418,9 @@ def predict(
     meanwhile may get numbers drawn again, and make particle ``s`` a different
     network in different chunks; a call on at most 4 inputs with one particle
     (or one input), ``mode="mean"`` and ``batch_size=len(x)`` rewind nothing.
+    A forward hook (or forward) that hands a sampled, chunked ``predict`` to
+    another thread and waits for it inside such a call waits until the call
+    ends (the same thread may call ``predict`` again).
 
     Args:
         model: the trained network (or its ``DistributedDataParallel``

@@ -96,7 +96,10 @@ class VIEmbedding(_VIWeightLayer):
     table is read whole in a pass (``F.embedding(x, emb.weight)``, a tied
     output layer) or that is called twice in one pass: both reads must come
     from one table, so the pass runs again with tables drawn (a plain torch
-    root raises once instead), and the layer draws tables from then on.
+    root raises once instead), and the layer draws tables from then on. Any
+    read of ``weight`` in a forward pass counts, ``emb.weight.device`` too:
+    read the device or dtype of another tensor (the input, or
+    ``emb.posterior["weight"].loc_unconstrained``) to keep the row draws.
 
     ``padding_idx``: the row is deterministic, as torch keeps it (no gradient):
     zero, or the row of a pretrained table (``_weight=``, ``bnn.convert`` of
