@@ -645,23 +645,6 @@ def _predict_particles(
         return _run_unprobed(model, x, axis, particles, weights)
     if batch_size is not None and batch_size >= size:
         return _run(model, x, particles, weights)
-    return _predict_in_chunks(
-        model, x, axis, particles, batch_size, budget, weights, sizes
-    )
-
-
-def _predict_in_chunks(
-    model: nn.Module,
-    x: tuple[Tensor, ...],
-    axis: int,
-    particles: int,
-    batch_size: int | None,
-    budget: int,
-    weights: _FixedWeights | None,
-    sizes: DrawSizes | None,
-) -> Tensor:
-    """:func:`_predict_particles` after the memory probe, chunk by chunk."""
-    size = _batch_size(x, axis)
     # Fixed weights draw nothing: no generator is rewound (a rewind would hand
     # another thread's draws out again).
     generators = _Generators(_devices(model, x) if weights is None else [])
@@ -723,7 +706,7 @@ def _chunks(
                 "different networks in different chunks; call model.eval() first, "
                 "or predict with batch_size=len(x)",
                 RuntimeWarning,
-                stacklevel=6,
+                stacklevel=5,
             )
             after_first = None  # once is enough
         result.narrow(axis + 1, start, out.shape[axis + 1]).copy_(out)

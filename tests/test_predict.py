@@ -5,6 +5,7 @@ import importlib
 import math
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1194,10 +1195,25 @@ def test_sampled_predictions_that_rewind_the_generators_take_turns() -> None:
     events: list[str] = []
     net, x = _pausing_network(pause, resume, events), torch.randn(64, 4)
 
+    def call(name: str) -> None:
+        bnn.predict(net, x, bnn.Categorical(), samples=4)
+
+    _race(call, pause, resume, events)
+    assert events == ["B resumed", "A done"]
+
+
+def _race(
+    call: Callable[[str], None],
+    pause: threading.Event,
+    resume: threading.Event,
+    events: list[str],
+) -> None:
+    """``call("B")`` in thread B and, once B pauses, ``call("A")`` in thread A."""
+
     def run(name: str) -> None:
         if name == "A":
             pause.wait(timeout=5.0)
-        bnn.predict(net, x, bnn.Categorical(), samples=4)
+        call(name)
         if name == "A":
             events.append("A done")
             resume.set()
@@ -1207,7 +1223,6 @@ def test_sampled_predictions_that_rewind_the_generators_take_turns() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert events == ["B resumed", "A done"]
 
 
 def test_predictions_that_rewind_nothing_do_not_wait_for_each_other() -> None:
@@ -1220,18 +1235,9 @@ def test_predictions_that_rewind_nothing_do_not_wait_for_each_other() -> None:
     other = bnn.VISequential(bnn.VILinear(4, 8), nn.Tanh(), bnn.VILinear(8, 3))
     x = torch.randn(64, 4)
 
-    def run(name: str) -> None:
-        if name == "A":
-            pause.wait(timeout=5.0)
+    def call(name: str) -> None:
         net = other if name == "A" else paused
         bnn.predict(net, x, bnn.Categorical(), mode="mean")
-        if name == "A":
-            events.append("A done")
-            resume.set()
 
-    threads = [threading.Thread(target=run, args=(n,), name=n) for n in "AB"]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _race(call, pause, resume, events)
     assert events == ["A done", "B resumed"]

@@ -347,23 +347,7 @@ class VIEmbedding(_VIWeightLayer):
                     f"VIEmbedding({self.num_embeddings}, ...) got indices from {low} "
                     f"to {high}; expected 0 to {self.num_embeddings - 1}"
                 )
-        rows = self._random_rows()
-        if isinstance(rows, NormalMoments):
-            return functional.embedding_rows(
-                input,
-                rows.loc,
-                rows.scale,
-                current_samples(),
-                self.max_norm,
-                self.norm_type,
-                self.scale_grad_by_freq,
-                current_batch_size(),
-                self.padding_idx,
-                self.padding_row,
-            )
-        return functional.embedding(
-            input,
-            rows,
+        options = (
             self.max_norm,
             self.norm_type,
             self.scale_grad_by_freq,
@@ -371,6 +355,12 @@ class VIEmbedding(_VIWeightLayer):
             self.padding_idx,
             self.padding_row,
         )
+        rows = self._random_rows()
+        if isinstance(rows, NormalMoments):
+            return functional.embedding_rows(
+                input, rows.loc, rows.scale, current_samples(), *options
+            )
+        return functional.embedding(input, rows, *options)
 
     def _random_rows(self) -> Tensor | NormalMoments:
         """This call's draw of the random rows, or their moments to draw from.
