@@ -658,6 +658,16 @@ def _predict_particles(
         if sizes is not None and not kept_bytes:  # each chunk draws its weights
             reserved = sizes.redrawn_bytes(particles)
         room = budget - reserved
+        if 0 <= room < per_input:  # (room < 0: the draws' warning said so)
+            warnings.warn(
+                f"predict: one input with {particles} particle(s) takes about "
+                f"{per_input:.0f} bytes, more than the {room} bytes memory_budget="
+                f"{budget} leaves beside the weight draws: the prediction takes "
+                "more memory than the budget; raise memory_budget (or predict "
+                "with fewer samples)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         step = size if per_input == 0 else max(1, int(room // per_input))
     else:
         step = batch_size

@@ -1241,3 +1241,20 @@ def test_predictions_that_rewind_nothing_do_not_wait_for_each_other() -> None:
 
     _race(call, pause, resume, events)
     assert events == ["A done", "B resumed"]
+
+
+def test_a_budget_that_one_input_exceeds_is_reported() -> None:
+    """Where even one input's working memory does not fit the budget left by
+    the weight draws (long signals, few weights), predict ran input by input
+    over the budget, silently."""
+    net = bnn.VISequential(
+        bnn.VIConv1d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        bnn.VILinear(16, 2),
+    )
+    x = torch.randn(3, 1, 10_000)  # one input: ~0.6 MB of activations per particle
+    with pytest.warns(RuntimeWarning, match="one input with 4 particle"):
+        pred = bnn.predict(net, x, bnn.Categorical(), samples=4, memory_budget=2**20)
+    assert pred.samples.shape == (4, 3, 2)
