@@ -36,10 +36,10 @@ class BFloat16ScaleWatch:
 
     :meth:`check` is called on every training evaluation of the loss. It looks
     at a network's scale parameters on its first call and again whenever an
-    optimizer took its first step since (so a network converted with
-    ``.to(torch.bfloat16)`` is seen once a new optimizer starts; not with the
-    optimizer it had, nor scales in a parameter group added to an optimizer
-    that has stepped); in between
+    optimizer took its first step since; the loss's key holds the output's
+    dtype, so a network converted with ``.to(torch.bfloat16)`` is looked at
+    again, also under the optimizer it had (not: scales in a parameter group
+    added to an optimizer that has stepped); in between
     it costs a dictionary lookup. It warns when some of them are bfloat16
     tensors that require gradients and an optimizer that has stepped holds
     one of them: a loss evaluated on a bfloat16 network without training it

@@ -295,7 +295,7 @@ class KullbackLeiblerLoss(nn.Module):
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self._watch_guide(record)
         self._watch_decay(record)
-        self._watch_precision(record)
+        self._watch_precision(record, output.dtype)
         self._network_parameters = record.network_parameters  # for the next watch
         kl_value = record.kl(self.kl if kl is None else kl)
         self._note_kl_charge(record, kl_value, output)
@@ -502,8 +502,12 @@ class KullbackLeiblerLoss(nn.Module):
 
         self._decay_watch.check(scales, record.network_parameters)
 
-    def _watch_precision(self, record: ForwardRecord) -> None:
-        """Warn once per network whose posterior scales train in bfloat16."""
+    def _watch_precision(self, record: ForwardRecord, dtype: torch.dtype) -> None:
+        """Warn once per network whose posterior scales train in bfloat16.
+
+        The output's ``dtype`` is part of what the watch remembers: a network
+        converted to bfloat16 is looked at again.
+        """
         if not torch.is_grad_enabled() or is_capturing() or not record.training():
             return
 
@@ -516,7 +520,7 @@ class KullbackLeiblerLoss(nn.Module):
             found.update(record.positive_parameters())
             return found
 
-        self._precision_watch.check(record.guide_identity(), scales)
+        self._precision_watch.check((record.guide_identity(), dtype), scales)
 
     def _watch_guide(self, record: ForwardRecord) -> None:
         """Warn once if the guide that drew the weights is never updated."""

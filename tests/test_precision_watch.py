@@ -132,3 +132,24 @@ def test_bfloat16_autoguide_scales_warn() -> None:
     messages = _train(net)
     assert len(messages) == 1
     assert "scale" in messages[0].split(",")[0]
+
+
+def test_a_network_converted_under_its_optimizer_is_seen() -> None:
+    """Trained in float32, converted with ``.to(torch.bfloat16)`` and trained on
+    with the same optimizer and loss: the scales froze without a warning (the
+    watch looked again only when a new optimizer started)."""
+    net = _layer()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=100)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(6):
+            if step == 3:
+                net.to(torch.bfloat16)
+                x = x.to(torch.bfloat16)
+            optimizer.zero_grad()
+            loss_fn(net(x, samples=2), y).backward()
+            optimizer.step()
+    assert sum(_MESSAGE in str(w.message) for w in caught) == 1
