@@ -142,7 +142,8 @@ class _Frame:
         if self.pending is None:
             # A compiled wrapper's network is the module inside its wrappers
             # (torch.compile(DDP(net))); a VIModule there is its own network.
-            module = unwrap(self.module) if _pass_through(self.module) else self.module
+            # (Data-parallel wrappers open no frame: see _enter.)
+            module = unwrap(self.module) if is_compiled(self.module) else self.module
             inner = (
                 []
                 if module is not self.module and isinstance(module, VIModule)
@@ -383,11 +384,6 @@ def _sequence_first_remedy(module: nn.Module) -> str:
 
 # Wrappers whose forward calls the module they wrap (on each device's shard).
 _DATA_PARALLEL = (DistributedDataParallel, DataParallel)
-
-
-def _pass_through(module: nn.Module) -> bool:
-    """Whether ``module`` is a wrapper whose forward only calls the module it wraps."""
-    return isinstance(module, _DATA_PARALLEL) or is_compiled(module)
 
 
 def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
