@@ -66,6 +66,7 @@ from pyrolite_bnn._network import (
     per_particle_modules,
 )
 from pyrolite_bnn._pyro_module import linked_parameters
+from pyrolite_bnn._pyro_statements import pyro_statements_refused
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn._validation import (
     check_finite_inputs,
@@ -454,7 +455,11 @@ def pytorch_run(
         while True:
             draws = generated_guide_draws(root, state.samples)
             try:
-                with using_draws(draws), _particles.particles(state):
+                with (
+                    using_draws(draws),
+                    _particles.particles(state),
+                    pyro_statements_refused(),
+                ):
                     result = nn.Module.__call__(root, *args, **kwargs)
                 break
             except RepeatedMomentsRead:

@@ -62,6 +62,7 @@ from pyrolite_bnn._network import (
     runs_on_its_own,
 )
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._pyro_statements import pyro_statements_refused
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.layers.batchnorm import warn_plain_batch_norm
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
@@ -473,5 +474,6 @@ def open_pending_root(
         draws = generated_guide_draws(root, state.samples)
     stack.enter_context(_particles.particles(state))
     stack.enter_context(using_draws(draws))
+    stack.enter_context(pyro_statements_refused())
     frame.stack, frame.state, frame.draws = stack, state, draws
     return True

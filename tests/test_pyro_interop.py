@@ -12,6 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from torch import nn
@@ -302,3 +303,106 @@ def test_threads_building_networks_leave_pyro_settings_as_they_were() -> None:
             thread.join()
         assert pyro.settings.get("module_local_params") is False
         assert pyro.settings.get("validate_poutine") is True
+
+
+class _Statement(nn.Module):
+    """A plain module whose forward adds the value of a Pyro statement."""
+
+    def __init__(self, statement: Callable[[], torch.Tensor]) -> None:
+        super().__init__()
+        self.statement = statement
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.statement()
+
+
+_STATEMENTS: dict[str, tuple[Callable[[], torch.Tensor], str]] = {
+    "latent": (
+        lambda: pyro.sample("z", dist.Normal(0.0, 1.0)),
+        r"pyro.sample\('z'\) in a network's forward .* drawn from its prior",
+    ),
+    "observed": (
+        lambda: pyro.sample("z", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5)),
+        r"observed pyro.sample\('z'\) .* log-density left out of the ELBO",
+    ),
+    "param": (
+        lambda: pyro.param("z", torch.zeros(())),
+        r"pyro.param\('z'\) .* nn.Parameter attribute",
+    ),
+}
+
+
+def _statement_network(statement: str) -> bnn.VISequential:
+    return bnn.VISequential(
+        bnn.VILinear(3, 4), _Statement(_STATEMENTS[statement][0]), bnn.VILinear(4, 1)
+    )
+
+
+def _svi_step(net: bnn.VISequential, loss_fn: bnn.KullbackLeiblerLoss) -> None:
+    x, y = _problem()
+    model = loss_fn.pyro_model(net)
+    optim = pyro.optim.Adam({"lr": 0.01})
+    SVI(model, net.guide, optim, bnn.Trace_ELBO()).step(x, y.unsqueeze(-1))
+
+
+def _fit(net: bnn.VISequential, loss_fn: bnn.KullbackLeiblerLoss) -> None:
+    x, y = _problem()
+    data = torch.utils.data.TensorDataset(x, y.unsqueeze(-1))
+    bnn.fit(net, loss_fn, torch.utils.data.DataLoader(data, batch_size=8), epochs=1)
+
+
+_ROUTES: dict[str, Callable[[bnn.VISequential, bnn.KullbackLeiblerLoss], Any]] = {
+    "loss": lambda net, loss_fn: loss_fn(net(_problem()[0]), torch.zeros(32, 1)),
+    "predict": lambda net, _: bnn.predict(net, _problem()[0], bnn.Normal(scale=0.3)),
+    "plain container": lambda net, _: nn.Sequential(*net)(_problem()[0]),
+    "bnn.Trace_ELBO": _svi_step,
+    "fit": _fit,
+}
+
+
+@pytest.mark.parametrize("statement", sorted(_STATEMENTS))
+@pytest.mark.parametrize("route", sorted(_ROUTES))
+def test_pyro_statement_in_forward_is_refused_on_the_pytorch_style_path(
+    statement: str, route: str
+) -> None:
+    # The loss sees only the layers' weights: a latent site was drawn from its
+    # prior and left out of the ELBO, an observation left out, a pyro.param
+    # never reached the optimizer, all without a word.
+    pyro.clear_param_store()
+    net = _statement_network(statement)
+    with pytest.raises(ValueError, match=_STATEMENTS[statement][1]):
+        _ROUTES[route](net, _loss())
+    assert "z" not in pyro.get_param_store()
+
+
+def test_pyro_statements_keep_pyro_semantics_under_pyro_inference() -> None:
+    # Under Pyro the network runs inside Pyro's handlers: the observation in
+    # its forward is a site of the model, counted by Pyro's ELBO.
+    x, y = _problem()
+    model = _loss().pyro_model(_statement_network("observed"))
+    trace = poutine.trace(model).get_trace(x, y.unsqueeze(-1), samples=2)
+    assert trace.nodes["z"]["is_observed"]
+    assert trace.nodes["z"]["value"].item() == 0.5
+
+
+class _RecordedInPlate(nn.Module):
+    """A forward that records its value in a plate over the examples."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        with pyro.plate("examples", h.shape[0]):
+            return pyro.deterministic("hidden", h)
+
+
+def test_pyro_deterministic_and_plate_in_forward_run_on_the_pytorch_style_path() -> (
+    None
+):
+    # pyro.deterministic only records a value and a plate only declares
+    # independence: the same with or without Pyro, so neither is refused.
+    x, _ = _problem()
+    net = bnn.VISequential(bnn.VILinear(3, 4), _RecordedInPlate(), bnn.VILinear(4, 1))
+    plain = bnn.VISequential(bnn.VILinear(3, 4), nn.Identity(), bnn.VILinear(4, 1))
+    plain.load_state_dict(net.state_dict())
+    torch.manual_seed(0)
+    out = net(x, samples=2)
+    torch.manual_seed(0)
+    torch.testing.assert_close(out, plain(x, samples=2))
