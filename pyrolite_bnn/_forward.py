@@ -64,9 +64,9 @@ from pyrolite_bnn._network import (
     has_sequence_first_layers,
     network_modules,
     per_particle_modules,
+    refuse_pyro_statements,
 )
 from pyrolite_bnn._pyro_module import linked_parameters
-from pyrolite_bnn._pyro_statements import pyro_statements_refused
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn._validation import (
     check_finite_inputs,
@@ -445,6 +445,7 @@ def pytorch_run(
     kwargs: dict[str, Any],
 ) -> Any:
     """Run ``root`` from ordinary PyTorch code; the outputs carry the record."""
+    refuse_pyro_statements(root)
     guide = root.guide if isinstance(root, VIModule) else None
     record: ForwardRecord
     if guide is None or guide.inner is None:
@@ -455,11 +456,7 @@ def pytorch_run(
         while True:
             draws = generated_guide_draws(root, state.samples)
             try:
-                with (
-                    using_draws(draws),
-                    _particles.particles(state),
-                    pyro_statements_refused(),
-                ):
+                with using_draws(draws), _particles.particles(state):
                     result = nn.Module.__call__(root, *args, **kwargs)
                 break
             except RepeatedMomentsRead:

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import Any
 
 import pyro
 from pyro import poutine
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
 from pyro.poutine.trace_messenger import TraceMessenger
 
 __all__ = [
-    "PushedUnseen",
     "caller_handlers_set_aside",
     "initialising_inference",
     "innermost_trace_holds",
@@ -70,30 +68,6 @@ def caller_handlers_set_aside() -> Iterator[None]:
             yield
         finally:
             _BASE.reset(token)
-
-
-class PushedUnseen:
-    """Push a handler on Pyro's stack without sending the body down Pyro's path.
-
-    Every effectful statement in the body reaches the handler, while
-    :func:`pyro_wrapped` counts only the handlers pushed after it. (A class,
-    not a generator: the PyTorch-style path enters one per network call.)
-    """
-
-    __slots__ = ("handler", "token")
-
-    def __init__(self, handler: Messenger) -> None:
-        self.handler = handler
-        self.token: Token[int] | None = None
-
-    def __enter__(self) -> None:
-        self.handler.__enter__()
-        self.token = _BASE.set(_depth())
-
-    def __exit__(self, *exc_info: Any) -> None:
-        assert self.token is not None
-        _BASE.reset(self.token)
-        self.handler.__exit__(*exc_info)
 
 
 def traced_site_count(name: str) -> int:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyrolite_bnn._pyro_module import structure_version
+from pyrolite_bnn._pyro_statements import pyro_statement_in, pyro_statement_refusal
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
 from pyrolite_bnn.variables import RandomVariable
 
@@ -27,6 +28,7 @@ __all__ = [
     "network_children",
     "network_modules",
     "outermost_bayesian",
+    "refuse_pyro_statements",
     "uses_batch_statistics",
 ]
 
@@ -210,6 +212,31 @@ def has_sequence_first_layers(root: nn.Module) -> bool:
     )
     _store(root, "_pyrolite_sequence_first", found, _holds_plain_containers(root))
     return found
+
+
+def refuse_pyro_statements(root: nn.Module) -> None:
+    """Refuse ``pyro.sample`` / ``pyro.param`` in a ``forward`` of the network.
+
+    For the PyTorch-style path, which no Pyro handler watches (see
+    :mod:`pyrolite_bnn._pyro_statements`).
+
+    Raises:
+        ValueError: naming the module class and the statement.
+    """
+    found = _cached(root, "_pyrolite_pyro_statement")
+    if found is None:
+        found = next(
+            (
+                (type(module), statement)
+                for _, module in network_modules(root)
+                if (statement := pyro_statement_in(type(module))) is not None
+            ),
+            (),
+        )
+        plain_containers = _holds_plain_containers(root)
+        _store(root, "_pyrolite_pyro_statement", found, plain_containers)
+    if found:
+        raise pyro_statement_refusal(*found)
 
 
 def per_particle_modules(root: nn.Module) -> frozenset[int]:

@@ -59,10 +59,10 @@ from pyrolite_bnn._network import (
     collect_variables,
     has_sequence_first_layers,
     outermost_bayesian,
+    refuse_pyro_statements,
     runs_on_its_own,
 )
 from pyrolite_bnn._pyro_module import local_params
-from pyrolite_bnn._pyro_statements import pyro_statements_refused
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.layers.batchnorm import warn_plain_batch_norm
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
@@ -460,9 +460,12 @@ def open_pending_root(
     if state.batch_size is None:  # its keyword inputs could not be read
         batch, _ = _particles.leading_input(args, kwargs)
         state = dataclasses.replace(state, batch_size=batch)
+    wrapped = pyro_wrapped()
+    if not wrapped:
+        refuse_pyro_statements(root)
     stack = ExitStack()
     stack.enter_context(local_params())
-    if pyro_wrapped():  # a Pyro model: the particle plate and one site per weight
+    if wrapped:  # a Pyro model: the particle plate and one site per weight
         if requested is None:
             refuse_particles_under_mcmc(root, count)
         stack.enter_context(_particles.particle_plate(state.samples, device))
@@ -474,6 +477,5 @@ def open_pending_root(
         draws = generated_guide_draws(root, state.samples)
     stack.enter_context(_particles.particles(state))
     stack.enter_context(using_draws(draws))
-    stack.enter_context(pyro_statements_refused())
     frame.stack, frame.state, frame.draws = stack, state, draws
     return True

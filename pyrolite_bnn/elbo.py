@@ -142,8 +142,10 @@ def _fast_loss(
         return None
     if loss_fn.heat != 1.0 or set(kwargs) - {"y", "samples"}:
         return None
-    bound = dict(zip(("x", "y", "samples"), args, strict=False))
-    if len(args) > 3 or bound.keys() & kwargs.keys():
+    # A positional samples reaches the model alone (net.guide takes it as a
+    # keyword): Pyro's path sees the mismatch and says so.
+    bound = dict(zip(("x", "y"), args, strict=False))
+    if len(args) > 2 or bound.keys() & kwargs.keys():
         return None
     bound.update(kwargs)
     inputs = network_args(bound.get("x"))

@@ -730,6 +730,15 @@ class PyroModel:
         args = network_args(x)
         state, device = prepare(network, args, {}, count)
         with local_params(), open_particle_plate(state, device) as state:
+            if samples is not None and not switched and state.samples != samples:
+                raise ValueError(
+                    f"this Pyro model was called with samples={samples}, but it "
+                    f"replays a guide that drew {state.samples} particles: give model "
+                    "and guide the same count, as a keyword (net.guide takes samples= "
+                    "as a keyword only, so a positional one, svi.step(x, y, "
+                    f"{samples}), reaches the model alone; svi.step(x, y, "
+                    f"samples={samples}) reaches both)"
+                )
             try:
                 output: Tensor = run_sites(network, state, args, {})
             except TypeError:

@@ -12,7 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro import poutine
+from pyro import factor, poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from torch import nn
@@ -305,36 +305,40 @@ def test_threads_building_networks_leave_pyro_settings_as_they_were() -> None:
         assert pyro.settings.get("validate_poutine") is True
 
 
-class _Statement(nn.Module):
-    """A plain module whose forward adds the value of a Pyro statement."""
-
-    def __init__(self, statement: Callable[[], torch.Tensor]) -> None:
-        super().__init__()
-        self.statement = statement
-
+class _Latent(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.statement()
+        return h + pyro.sample("z", dist.Normal(0.0, 1.0))
 
 
-_STATEMENTS: dict[str, tuple[Callable[[], torch.Tensor], str]] = {
-    "latent": (
-        lambda: pyro.sample("z", dist.Normal(0.0, 1.0)),
-        r"pyro.sample\('z'\) in a network's forward .* drawn from its prior",
-    ),
-    "observed": (
-        lambda: pyro.sample("z", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5)),
-        r"observed pyro.sample\('z'\) .* log-density left out of the ELBO",
-    ),
-    "param": (
-        lambda: pyro.param("z", torch.zeros(())),
-        r"pyro.param\('z'\) .* nn.Parameter attribute",
-    ),
+class _Observed(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        pyro.sample("z", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+        return h
+
+
+class _Param(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * pyro.param("z", torch.ones(()))
+
+
+class _FactorInLambda(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        add_factor = lambda: factor("z", torch.tensor(0.0))  # noqa: E731
+        add_factor()
+        return h
+
+
+_STATEMENTS: dict[str, tuple[type[nn.Module], str]] = {
+    "latent": (_Latent, r"_Latent.forward calls pyro.sample.* drawn from its prior"),
+    "observed": (_Observed, r"_Observed.forward calls pyro.sample.* log-density"),
+    "param": (_Param, r"_Param.forward calls pyro.param.* nn.Parameter attribute"),
+    "factor": (_FactorInLambda, r"_FactorInLambda.forward calls pyro.factor"),
 }
 
 
 def _statement_network(statement: str) -> bnn.VISequential:
     return bnn.VISequential(
-        bnn.VILinear(3, 4), _Statement(_STATEMENTS[statement][0]), bnn.VILinear(4, 1)
+        bnn.VILinear(3, 4), _STATEMENTS[statement][0](), bnn.VILinear(4, 1)
     )
 
 
@@ -393,16 +397,25 @@ class _RecordedInPlate(nn.Module):
             return pyro.deterministic("hidden", h)
 
 
-def test_pyro_deterministic_and_plate_in_forward_run_on_the_pytorch_style_path() -> (
-    None
-):
+class _DrawsFromADistribution(nn.Module):
+    """A forward that samples a distribution (not a Pyro statement)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noise = dist.Normal(0.0, 1e-9)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.noise.sample(h.shape)
+
+
+@pytest.mark.parametrize("module", [_RecordedInPlate, _DrawsFromADistribution])
+def test_forwards_without_pyro_statements_run_on_the_pytorch_style_path(
+    module: type[nn.Module],
+) -> None:
     # pyro.deterministic only records a value and a plate only declares
-    # independence: the same with or without Pyro, so neither is refused.
-    x, _ = _problem()
-    net = bnn.VISequential(bnn.VILinear(3, 4), _RecordedInPlate(), bnn.VILinear(4, 1))
-    plain = bnn.VISequential(bnn.VILinear(3, 4), nn.Identity(), bnn.VILinear(4, 1))
-    plain.load_state_dict(net.state_dict())
-    torch.manual_seed(0)
-    out = net(x, samples=2)
-    torch.manual_seed(0)
-    torch.testing.assert_close(out, plain(x, samples=2))
+    # independence: the same with or without Pyro, so neither is refused, nor
+    # is a distribution's own sample method.
+    x, y = _problem()
+    net = bnn.VISequential(bnn.VILinear(3, 4), module(), bnn.VILinear(4, 1))
+    assert _loss()(net(x, samples=2), y.unsqueeze(-1)).isfinite()
+    assert bnn.predict(net, x, bnn.Normal(scale=0.3)).mean.shape[0] == 32
