@@ -397,6 +397,47 @@ def check_bool(value: object, what: str) -> bool:
     raise TypeError(f"{what} must be True or False, got {value!r}")
 
 
+def check_optimizer_holds(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, consequence: str
+) -> None:
+    """Refuse an optimizer that holds none of ``model``'s trainable parameters.
+
+    One made for another network (the torch model before ``bnn.convert``, a
+    second copy): :func:`~pyrolite_bnn.fit` would train nothing,
+    :func:`~pyrolite_bnn.save_checkpoint` would pair the model's weights with
+    another network's optimizer state. A model without trainable parameters
+    takes any optimizer.
+
+    Args:
+        model: the network.
+        optimizer: the optimizer given with it.
+        consequence: what would happen, for the message (``"fit would train
+            nothing"``).
+
+    Raises:
+        ValueError: for such an optimizer.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 1)
+        >>> check_optimizer_holds(net, torch.optim.SGD(net.parameters()), "")
+        >>> other = torch.optim.SGD(torch.nn.Linear(2, 1).parameters())
+        >>> try:
+        ...     check_optimizer_holds(net, other, "fit would train nothing")
+        ... except ValueError as error:
+        ...     print(str(error).split(", so ")[1].split(":")[0])
+        fit would train nothing
+    """
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if trainable and not trainable & held:
+        raise ValueError(
+            "the optimizer holds none of the model's trainable parameters, so "
+            f"{consequence}: create it from this model's parameters "
+            "(bnn.convert returns a new network; an assigned guide's parameters "
+            "belong to the model too)"
+        )
+
+
 def check_floating_input(value: object, owner: str, what: str = "input") -> None:
     """Refuse a non-tensor or integer input of a layer with an error naming it.
 

@@ -7,7 +7,8 @@ tensors, numbers, strings, lists and dictionaries, so that it loads with
 * ``model``: ``model.state_dict()``: the variational parameters, the prior
   hyperparameter buffers and the parameters of an assigned custom guide;
 * ``optimizer`` and ``loss_fn``: their state dictionaries (or ``None``), the
-  latter holding e.g. a learned noise scale;
+  latter holding e.g. a learned noise scale; ``optimizer_class``: the
+  optimizer's class name (files written before it was recorded lack it);
 * ``epoch``, ``extra`` (user data) and ``version`` (of ``pyrolite_bnn``);
 * ``averaged``: for a model saved through a
   ``torch.optim.swa_utils.AveragedModel`` (SWA, EMA), the wrapper's own state
@@ -46,7 +47,7 @@ from torch.optim.swa_utils import AveragedModel
 from pyrolite_bnn._distributed import averaged_model, unwrap
 from pyrolite_bnn._network import collect_variables
 from pyrolite_bnn._state import clone_state
-from pyrolite_bnn._validation import check_count
+from pyrolite_bnn._validation import check_count, check_optimizer_holds
 from pyrolite_bnn.distributions.priors import Prior
 
 __all__ = ["check_checkpoint_path", "load_checkpoint", "save_checkpoint"]
@@ -285,7 +286,9 @@ def save_checkpoint(
             ``torch.compile`` or ``AveragedModel`` wrapper, so that it loads
             into the unwrapped network; an ``AveragedModel``'s
             ``n_averaged`` is stored beside it, for resuming the average).
-        optimizer: optimizer whose state to store.
+        optimizer: optimizer whose state (and class name) to store; it must
+            hold the model's trainable parameters, as for
+            :func:`~pyrolite_bnn.fit`.
         loss_fn: loss module whose state to store (e.g. a learned noise scale
             of its likelihood).
         epoch: the epoch this checkpoint belongs to, an integer ``>= 0``.
@@ -296,7 +299,8 @@ def save_checkpoint(
         TypeError: if ``extra`` is not a dict or holds other objects (they
             would not load back with ``weights_only=True``), or ``epoch`` is
             not an integer.
-        ValueError: if ``epoch`` is negative.
+        ValueError: if ``epoch`` is negative, or ``optimizer`` holds none of
+            the model's trainable parameters (another network's).
         OSError: if ``path`` cannot be written (see
             :func:`check_checkpoint_path`).
 
@@ -322,6 +326,20 @@ def save_checkpoint(
     _check_plain(extra, "extra")
     _check_objects("save_checkpoint", model, optimizer, loss_fn)
     averaged = averaged_model(model)
+    if optimizer is not None:
+        check_optimizer_holds(
+            model,
+            optimizer,
+            "the checkpoint would pair this model's weights with another "
+            "network's optimizer state"
+            + (
+                " (an AveragedModel holds copies of the trained network's "
+                "parameters: save the trained network with its optimizer, and "
+                "the average in a checkpoint of its own)"
+                if averaged is not None
+                else ""
+            ),
+        )
     model = unwrap(model)
     payload: dict[str, Any] = {
         "format": _FORMAT,
@@ -330,6 +348,7 @@ def save_checkpoint(
         "fingerprint": _fingerprint(model),
         "model": model.state_dict(),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "optimizer_class": None if optimizer is None else _class_name(optimizer),
         "loss_fn": None if loss_fn is None else loss_fn.state_dict(),
         "epoch": epoch,
         "extra": None if extra is None else dict(extra),
@@ -459,20 +478,54 @@ def _check_loss(payload: Mapping[str, Any], loss_fn: nn.Module) -> list[str]:
     )
 
 
+def _class_name(optimizer: torch.optim.Optimizer) -> str:
+    return type(optimizer).__qualname__
+
+
+def _group_options(groups: list[dict[str, Any]]) -> set[str]:
+    """The options (``lr``, ``betas``, ``momentum``...) of parameter groups."""
+    return {key for group in groups for key in group if key != "params"}
+
+
 def _check_optimizer(
     payload: Mapping[str, Any], optimizer: torch.optim.Optimizer
 ) -> list[str]:
+    """Refuse the state of another kind of optimizer, or other parameter groups.
+
+    Another class's state loaded silently (Adam's into SGD: ``lr`` and
+    ``betas`` replaced SGD's, ``momentum`` went, and the first step raised
+    ``KeyError: 'momentum'``). Files written before the class was recorded
+    are compared by their groups' options: each side having options the
+    other lacks is another kind (a newer torch only adds options).
+    """
     saved = payload["optimizer"]
     if saved is None:
         return ["the checkpoint holds no optimizer state"]
+    problems = []
+    saved_class, current_class = payload.get("optimizer_class"), _class_name(optimizer)
+    if saved_class is not None and saved_class != current_class:
+        problems.append(
+            f"the checkpoint's optimizer is of class {saved_class}, the "
+            f"optimizer of class {current_class}"
+        )
+    if saved_class is None:
+        saved_options = _group_options(saved["param_groups"])
+        options = _group_options(optimizer.param_groups)
+        if saved_options - options and options - saved_options:
+            problems.append(
+                f"the checkpoint's optimizer has options "
+                f"{sorted(saved_options - options)} that the {current_class} "
+                f"lacks, and lacks its {sorted(options - saved_options)}: "
+                "another kind of optimizer"
+            )
     saved_groups = [len(group["params"]) for group in saved["param_groups"]]
     groups = [len(group["params"]) for group in optimizer.param_groups]
     if saved_groups != groups:
-        return [
+        problems.append(
             f"the optimizer has parameter groups of sizes {groups}, the "
             f"checkpoint's optimizer {saved_groups}"
-        ]
-    return []
+        )
+    return problems
 
 
 def _check_objects(
@@ -515,7 +568,8 @@ def load_checkpoint(
             wrapper loads into its network; an ``AveragedModel`` also gets
             back the ``n_averaged`` of one that was saved, so that its next
             ``update_parameters`` continues the saved average).
-        optimizer: optimizer over the same parameters, to restore its state.
+        optimizer: optimizer of the saved one's class over the same
+            parameters, to restore its state.
         loss_fn: loss module of the same kind, to restore its state.
 
     Returns:
@@ -528,7 +582,9 @@ def load_checkpoint(
             says how to load it), or its fingerprint does
             not match ``model`` (the message lists the missing, unexpected and
             shape-mismatched keys, at most five of each), or ``optimizer`` /
-            ``loss_fn`` is given and the checkpoint holds no matching state.
+            ``loss_fn`` is given and the checkpoint holds no matching state
+            (an optimizer of another class than the saved one, or with other
+            parameter groups, is refused naming both).
 
     Example:
         >>> import os, tempfile, torch

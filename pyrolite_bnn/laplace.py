@@ -105,6 +105,8 @@ _SUPPORTED = (
 )
 # torch.func's warning for kernels it runs one example at a time under vmap.
 _UNBATCHED = "There is a performance drop because we have not yet implemented"
+# Parameter names an error about ``names=`` lists at most.
+_NAMES_SHOWN = 20
 
 
 def _output_hessian_root(
@@ -258,6 +260,27 @@ def _expansion_network(model: nn.Module) -> nn.Module:
     return network.eval()
 
 
+def _plain_copy(network: nn.Module) -> nn.Module:
+    """A copy, in eval mode, of the plain network given to :class:`LinearizedLaplace`.
+
+    The posterior's weights are a snapshot (``theta``); the network they run in
+    is one too, so that training the caller's network on, or its mode, does not
+    move the posterior (and the posterior's frozen weights do not freeze it).
+    """
+    network = unwrap(network)
+    if isinstance(network, VIModule):
+        raise TypeError(
+            "LinearizedLaplace takes a plain network at its expansion point, got "
+            f"the Bayesian {type(network).__name__}: use bnn.laplace(model, x, y, "
+            "predictive), or pass bnn.to_deterministic(model)"
+        )
+    if not isinstance(network, nn.Module):
+        raise TypeError(
+            f"LinearizedLaplace needs a torch module, got {type(network).__name__}"
+        )
+    return copy.deepcopy(network).eval()
+
+
 def _warn_sequence_first(network: nn.Module) -> None:
     """Warn that examples are read along dimension 0 if a layer is sequence-first.
 
@@ -306,10 +329,69 @@ def _last_layer(network: nn.Module, x: Tensor) -> list[str]:
     return [n for n, p in network.named_parameters() if id(p) in last]
 
 
+def _checked_names(names: object, network: nn.Module) -> tuple[str, ...]:
+    """``names`` as distinct parameter names of ``network``, else raise.
+
+    A name listed twice would count its weights twice (``P`` and the prior's
+    terms of the evidence with them); a misspelt one failed with a bare
+    ``KeyError``.
+
+    Raises:
+        TypeError: for one string, or anything but an iterable of strings.
+        ValueError: for no names, a name listed twice, or one that is not a
+            parameter of ``network``.
+    """
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise TypeError(
+            f"names must be a list of parameter names of the network, got {names!r}"
+        )
+    chosen = tuple(names)
+    other = [n for n in chosen if not isinstance(n, str)]
+    if other:
+        raise TypeError(f"names must be parameter names (str), got {other[0]!r}")
+    valid = [n for n, _ in network.named_parameters()]
+    more = f" ... ({len(valid)} in all)" if len(valid) > _NAMES_SHOWN else ""
+    shown = f"{valid[:_NAMES_SHOWN]}{more}"
+    if not chosen:
+        raise ValueError(
+            f"names is empty: give the weights with a posterior, among {shown}"
+        )
+    twice = sorted({n for n in chosen if chosen.count(n) > 1})
+    if twice:
+        raise ValueError(
+            f"names lists {twice} more than once: their weights would be counted "
+            "once per listing (in P and in the evidence's prior terms); give "
+            "each name once"
+        )
+    known = set(valid)
+    unknown = [n for n in chosen if n not in known]
+    if unknown:
+        raise ValueError(
+            f"names {unknown} are no parameters of the network; its parameters "
+            f"(network.named_parameters()) are {shown}"
+        )
+    return chosen
+
+
 class LinearizedLaplace(nn.Module):
     """Gaussian posterior over (some of) a network's weights, linearised predictive.
 
-    Built by :func:`laplace`; see :mod:`pyrolite_bnn.laplace` for the model.
+    Built and fitted by :func:`laplace`; see :mod:`pyrolite_bnn.laplace` for
+    the model. Built directly, it holds no posterior until :meth:`fit` has
+    computed one: until then, what reads the fit (:meth:`predict`, calling it,
+    :meth:`output_covariance`, :attr:`posterior_covariance`,
+    :attr:`posterior_precision`, :meth:`log_marginal_likelihood`,
+    :meth:`fit_prior_precision`) raises ``RuntimeError``. A posterior whose
+    state is loaded (``load_state_dict``) counts as fitted.
+
+    The constructor works on a copy of ``network``, as :func:`laplace` does
+    (which builds it from a copy of the model it is given): the copy is put in
+    eval mode and its parameters are frozen. The caller's network is not
+    changed (neither its ``requires_grad`` flags nor its mode) and may go on
+    training: the posterior keeps the weights it was built with. A
+    ``bnn.VIModule`` is refused: :func:`laplace` takes one (its expansion
+    point is :func:`~pyrolite_bnn.to_deterministic`'s network).
+
     The posterior is kept as the eigendecomposition of the GGN, so a new prior
     precision changes it without recomputing Jacobians. With fewer than
     ``P / 2`` rows ``Lambda_n^(1/2) J_n`` in all (``N K`` small against ``P``)
@@ -317,8 +399,23 @@ class LinearizedLaplace(nn.Module):
     eigenpairs in ``O(r^2 P)``; otherwise the dense ``P x P`` GGN is
     eigendecomposed (``O(P^3)``). Both in float64.
 
+    Args:
+        network: the trained plain ``torch.nn`` network; it is copied, not
+            changed.
+        names: distinct names, in the copy's ``named_parameters()``, of the
+            weights with a posterior (the others stay fixed at their values).
+        predictive: its likelihood, as for :func:`laplace`.
+        subset: the label of ``names`` kept in :attr:`subset`.
+
+    Raises:
+        TypeError: if ``network`` is a ``bnn.VIModule`` or no module, or if
+            ``names`` is not a list of strings (one string).
+        ValueError: if ``names`` is empty, lists a name twice, or names no
+            parameter of the network.
+
     Attributes:
-        network: plain copy of the network at the expansion point (eval mode).
+        network: plain copy of the network at the expansion point (eval mode,
+            parameters frozen).
         names: names (in ``network``) of the weights with a posterior.
         subset: ``"all"`` or ``"last_layer"``.
         theta: the expansion point, the chosen weights flattened, ``(P,)``.
@@ -333,6 +430,18 @@ class LinearizedLaplace(nn.Module):
     Shape:
         - ``forward(x, samples)``: ``(B, ...) -> (S, B, ...)``, the network's
           output shape with a leading particle dimension.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> net = torch.nn.Sequential(
+        ...     torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+        ... )
+        >>> x, y = torch.randn(30, 1), torch.randn(30)
+        >>> la = bnn.LinearizedLaplace(net, ["2.weight", "2.bias"], bnn.Normal(0.5))
+        >>> la.fit(x, y).fit_prior_precision().posterior_covariance.shape
+        torch.Size([9, 9])
+        >>> all(p.requires_grad for p in net.parameters())  # net is not changed
+        True
     """
 
     theta: Tensor
@@ -351,8 +460,9 @@ class LinearizedLaplace(nn.Module):
     ) -> None:
         super().__init__()
         predictive = _supported_likelihood(predictive, "LinearizedLaplace")
+        network = _plain_copy(network)  # the caller's network is not changed
         self.network = network
-        self.names = tuple(names)
+        self.names = _checked_names(names, network)
         self.subset = subset
         params = dict(network.named_parameters())
         self._shapes = [params[n].shape for n in self.names]
@@ -368,7 +478,9 @@ class LinearizedLaplace(nn.Module):
         self.register_buffer("eigenvectors", wide.new_zeros(len(theta), 0))
         self.register_buffer("prior_precision", wide.new_ones(()))
         self.register_buffer("log_likelihood", wide.new_zeros(()))
-        network.requires_grad_(False)
+        network.requires_grad_(False)  # the copy's
+        # Whether a posterior was computed (fit) or loaded (load_state_dict).
+        self._fitted = False
         # Shape of one input example, known once fitted (checked on prediction).
         self.input_shape: tuple[int, ...] | None = None
         # The Normal likelihood's noise scale the GGN was built with.
@@ -451,13 +563,28 @@ class LinearizedLaplace(nn.Module):
         # The likelihood as the curvature saw it: the user's object may go on
         # training (a learned noise scale), which this posterior does not follow.
         object.__setattr__(self, "_fitted_predictive", likelihood_snapshot(predictive))
+        self._fitted = True
         return self
+
+    def _check_fitted(self, what: str) -> None:
+        """Refuse ``what`` before there is a posterior (the GGN of the data).
+
+        Before :meth:`fit` the posterior is the prior alone (a zero GGN and
+        log-likelihood): predictions and evidence of a model that saw no data.
+        A posterior pickled before this check existed counts as fitted.
+        """
+        if not self.__dict__.get("_fitted", True):
+            raise RuntimeError(
+                f"LinearizedLaplace.{what} needs a fitted posterior: call "
+                ".fit(x, y) first (or build it with bnn.laplace(model, x, y, "
+                "predictive), which fits it)"
+            )
 
     def _fitted_likelihood(self) -> PredictiveDistribution:
         """The likelihood as it was when the curvature was built.
 
         The one given to :func:`laplace` where no copy was kept (older pickles,
-        a posterior not fitted yet).
+        a posterior whose state was loaded).
         """
         fitted = self.__dict__.get("_fitted_predictive")
         return self.predictive if fitted is None else fitted
@@ -496,6 +623,8 @@ class LinearizedLaplace(nn.Module):
             unexpected_keys,
             error_msgs,
         )
+        if prefix + "eigenvectors" in state_dict:  # a posterior's state: fitted
+            self._fitted = True
 
     # ------------------------------------------------------------------ posterior
     @property
@@ -511,6 +640,7 @@ class LinearizedLaplace(nn.Module):
     @property
     def posterior_precision(self) -> Tensor:
         """``GGN + prior_precision * I``, ``(P, P)``."""
+        self._check_fitted("posterior_precision")
         v = self.eigenvectors
         eye = torch.eye(len(v), dtype=v.dtype, device=v.device)
         return (v * self.eigenvalues) @ v.T + self.prior_precision * eye
@@ -521,6 +651,7 @@ class LinearizedLaplace(nn.Module):
 
         ``V diag(1 / (lambda + delta)) V^T + (I - V V^T) / delta``.
         """
+        self._check_fitted("posterior_covariance")
         v, delta = self.eigenvectors, self.prior_precision
         eye = torch.eye(len(v), dtype=v.dtype, device=v.device)
         return (v / (self.eigenvalues + delta)) @ v.T + (eye - v @ v.T) / delta
@@ -546,9 +677,11 @@ class LinearizedLaplace(nn.Module):
             A scalar tensor (nats).
 
         Raises:
+            RuntimeError: before :meth:`fit`.
             ValueError: for a ``prior_precision`` that is not a positive,
                 finite number.
         """
+        self._check_fitted("log_marginal_likelihood()")
         given = self.prior_precision if prior_precision is None else prior_precision
         if prior_precision is not None:
             # checked as a number; a tensor keeps its graph (the evidence's
@@ -598,7 +731,11 @@ class LinearizedLaplace(nn.Module):
 
         Returns:
             ``self``.
+
+        Raises:
+            RuntimeError: before :meth:`fit`.
         """
+        self._check_fitted("fit_prior_precision()")
         if (x is None) != (y is None):
             raise ValueError("fit_prior_precision takes both x and y, or neither")
         objective = (
@@ -791,7 +928,11 @@ class LinearizedLaplace(nn.Module):
 
         Returns:
             ``(B, K, K)``, ``K`` the number of output values per input.
+
+        Raises:
+            RuntimeError: before :meth:`fit`.
         """
+        self._check_fitted("output_covariance()")
         with torch.no_grad():
             # Sigma = V diag(1 / (lambda + delta)) V^T + (I - V V^T) / delta:
             # two positive semi-definite parts, no difference of large terms
@@ -812,7 +953,11 @@ class LinearizedLaplace(nn.Module):
         ``vmap(jacrev)``, in chunks of inputs) with ``d_s ~ N(0, Sigma)``
         drawn once per particle, shared by all inputs, through a square root
         of ``Sigma`` built from the GGN eigenpairs.
+
+        Raises:
+            RuntimeError: before :meth:`fit`.
         """
+        self._check_fitted("forward()")
         return self._sample(x, samples, None)
 
     def _sample(self, x: Tensor, samples: int, batch_size: int | None) -> Tensor:
@@ -864,7 +1009,11 @@ class LinearizedLaplace(nn.Module):
 
         Returns:
             A :class:`~pyrolite_bnn.Prediction` of ``(S, N, ...)`` outputs.
+
+        Raises:
+            RuntimeError: before :meth:`fit`.
         """
+        self._check_fitted("predict()")
         likelihood = (
             self.predictive
             if predictive is None

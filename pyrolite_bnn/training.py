@@ -40,6 +40,7 @@ from pyrolite_bnn._validation import (
     check_count,
     check_heat,
     check_integer,
+    check_optimizer_holds,
     check_positive,
 )
 from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
@@ -634,15 +635,7 @@ def _check_model_and_optimizer(
             "optimizer must be a torch optimizer instance, e.g. "
             f"torch.optim.Adam(model.parameters()), got {optimizer!r}"
         )
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    if trainable and not trainable & held:
-        raise ValueError(
-            "the optimizer holds none of the model's trainable parameters, so "
-            "fit would train nothing: create it from this model's parameters "
-            "(bnn.convert returns a new network; an assigned guide's parameters "
-            "belong to the model too)"
-        )
+    check_optimizer_holds(model, optimizer, "fit would train nothing")
 
 
 # ------------------------------------------------------------------------- fit

@@ -15,6 +15,7 @@ import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
@@ -552,3 +553,84 @@ def test_load_checkpoint_needs_a_model(tmp_path: Path) -> None:
     save_checkpoint(path, bnn.VILinear(3, 2))
     with pytest.raises(TypeError, match="needs the model"):
         load_checkpoint(path, None)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ optimizers
+
+
+def _adam_checkpoint(path: Path) -> bnn.VISequential:
+    """A trained network saved with its Adam (over the network's parameters)."""
+    model, loss_fn = _net(), _loss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    _train(model, loss_fn, optimizer, steps=2)
+    save_checkpoint(path, model, optimizer, loss_fn, epoch=1)
+    return model
+
+
+def _refused_into_sgd(path: Path, message: str) -> None:
+    """Loading into an SGD optimizer is refused, and nothing is loaded."""
+    fresh = _net()
+    sgd = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    before, sgd_before = _state(fresh), sgd.state_dict()
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(path, fresh, sgd)
+    _assert_same_state(_state(fresh), before)
+    assert sgd.state_dict() == sgd_before
+
+
+def test_optimizer_of_another_class_is_refused_before_loading(tmp_path: Path) -> None:
+    """Adam's state loaded into SGD silently: SGD's lr became Adam's, its
+    momentum went, and its first step raised ``KeyError: 'momentum'``."""
+    path = tmp_path / "adam.pt"
+    _adam_checkpoint(path)
+    _refused_into_sgd(
+        path,
+        r"nothing was loaded:\n  the checkpoint's optimizer is of class Adam, the "
+        r"optimizer of class SGD",
+    )
+    assert torch.load(path, weights_only=True)["optimizer_class"] == "Adam"
+    fresh = _net()
+    adam = torch.optim.Adam(fresh.parameters(), lr=0.5)
+    load_checkpoint(path, fresh, adam)  # the same class loads
+    assert adam.param_groups[0]["lr"] == 0.01
+
+
+def test_optimizer_class_of_an_older_checkpoint_is_told_by_its_options(
+    tmp_path: Path,
+) -> None:
+    """Files written before the class was recorded: compared by group options."""
+    path = tmp_path / "old.pt"
+    _adam_checkpoint(path)
+    payload = torch.load(path, weights_only=True)
+    payload.pop("optimizer_class", None)
+    torch.save(payload, path)
+    _refused_into_sgd(
+        path,
+        r"the checkpoint's optimizer has options \[.*'betas'.*\] that the SGD "
+        r"lacks, and lacks its \[.*'momentum'.*\]: another kind of optimizer",
+    )
+    fresh = _net()
+    adam = torch.optim.Adam(fresh.parameters(), lr=0.5)
+    load_checkpoint(path, fresh, adam)
+    assert adam.param_groups[0]["lr"] == 0.01
+
+
+def test_save_refuses_an_optimizer_of_another_network(tmp_path: Path) -> None:
+    """``save_checkpoint(A, optimizer of B)`` paired A's weights with B's
+    optimizer state silently; ``fit`` refuses that optimizer (the same rule)."""
+    path = tmp_path / "run.pt"
+    model = _adam_checkpoint(path)
+    written = path.read_bytes()
+    other = torch.optim.Adam(_net().parameters())
+    message = r"the optimizer holds none of the model's trainable parameters, so "
+    with pytest.raises(ValueError, match=message + "the checkpoint would pair"):
+        save_checkpoint(path, model, other)
+    assert path.read_bytes() == written  # the previous checkpoint is kept
+    with pytest.raises(ValueError, match=message + "fit would train nothing"):
+        bnn.fit(model, _loss(), [(torch.randn(4, 3), torch.randn(4, 1))], 1, other)
+    # The average of SWA / EMA holds copies: its optimizer is the network's.
+    averaged = AveragedModel(model)
+    with pytest.raises(ValueError, match=r"an AveragedModel holds copies"):
+        save_checkpoint(path, averaged, torch.optim.Adam(model.parameters()))
+    frozen = _net().requires_grad_(False)  # nothing to train: any optimizer
+    save_checkpoint(path, frozen, other)

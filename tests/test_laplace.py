@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -878,3 +880,109 @@ def test_laplace_of_a_bernoulli_network_ending_in_a_sigmoid_warns() -> None:
     x, y = torch.randn(64, 4), torch.randint(0, 2, (64,)).float()
     with pytest.warns(UserWarning, match=r"nn\.Sigmoid"):
         bnn.laplace(net, x, y, bnn.Bernoulli())
+
+
+# ------------------------------------------- LinearizedLaplace built directly
+
+
+def _direct_network() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1))
+
+
+def test_a_direct_posterior_refuses_use_before_fit() -> None:
+    """Built directly, it predicted and scored a prior-only posterior, silently.
+
+    (Predictive sd 30 times the fitted one, another evidence.) After ``fit``
+    it is the posterior :func:`bnn.laplace` builds.
+    """
+    net = _direct_network()
+    x, y = torch.randn(20, 2), torch.randn(20)
+    likelihood = bnn.Normal(scale=0.5)
+    la = bnn.LinearizedLaplace(net, ["2.weight", "2.bias"], likelihood)
+    uses: dict[str, Callable[[], object]] = {
+        "predict()": lambda: la.predict(x),
+        "predict()_": lambda: bnn.predict(la, x, likelihood),
+        "forward()": lambda: la(x),
+        "output_covariance()": lambda: la.output_covariance(x),
+        "posterior_covariance": lambda: la.posterior_covariance,
+        "posterior_precision": lambda: la.posterior_precision,
+        "log_marginal_likelihood()": lambda: la.log_marginal_likelihood(),
+        "fit_prior_precision()": lambda: la.fit_prior_precision(),
+    }
+    for what, use in uses.items():
+        name = re.escape(what.rstrip("_"))
+        with pytest.raises(RuntimeError, match=rf"{name} .*call \.fit\(x, y\) first"):
+            use()
+    la.set_prior_precision(2.0)  # a prior needs no fit (fit keeps it)
+    la.fit(x, y)
+    built = bnn.laplace(net, x, y, likelihood, subset="last_layer", prior_precision=2.0)
+    assert built.names == la.names
+    torch.testing.assert_close(la.posterior_covariance, built.posterior_covariance)
+    torch.testing.assert_close(
+        la.log_marginal_likelihood(), built.log_marginal_likelihood()
+    )
+
+
+def test_a_direct_posterior_leaves_the_callers_network_unchanged() -> None:
+    """The constructor froze the caller's network in place.
+
+    Its next training step failed in torch ("element 0 of tensors does not
+    require grad"). It now works on a copy, as ``bnn.laplace`` does: the
+    caller's flags and mode stay, and training it on does not move the
+    posterior.
+    """
+    net = _direct_network()
+    net[0].bias.requires_grad_(False)  # the caller's own choice, kept
+    flags = [p.requires_grad for p in net.parameters()]
+    x, y = torch.randn(20, 2), torch.randn(20)
+    la = bnn.LinearizedLaplace(net, ["2.weight", "2.bias"], bnn.Normal(scale=0.5))
+    assert [p.requires_grad for p in net.parameters()] == flags
+    assert net.training  # its mode too (the copy is in eval mode)
+    assert not la.network.training
+    assert not any(p.requires_grad for p in la.network.parameters())
+    la.fit(x, y).set_prior_precision(1.0)
+    before = la.predict(x, mode="mean").mean
+    covariance = la.output_covariance(x)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    F.mse_loss(net(x).squeeze(-1), y).backward()  # raised before
+    optimizer.step()
+    torch.testing.assert_close(la.predict(x, mode="mean").mean, before)
+    torch.testing.assert_close(la.output_covariance(x), covariance)
+
+
+@pytest.mark.parametrize(
+    ("names", "error", "message"),
+    [
+        ([], ValueError, r"names is empty: .*\['0\.weight', '0\.bias'"),
+        (
+            ["2.weight", "0.weigth"],
+            ValueError,
+            r"\['0\.weigth'\] are no parameters of the network; its parameters "
+            r".* are \['0\.weight', '0\.bias', '2\.weight', '2\.bias'\]",
+        ),
+        ("0.weight", TypeError, r"names must be a list of parameter names"),
+        ([0], TypeError, r"names must be parameter names \(str\), got 0"),
+        (
+            ["2.weight", "2.bias", "2.weight"],
+            ValueError,
+            r"names lists \['2\.weight'\] more than once",
+        ),
+    ],
+)
+def test_names_of_a_direct_posterior_are_checked(
+    names: object, error: type[Exception], message: str
+) -> None:
+    """Bad ``names`` failed obscurely (``torch.cat()``, a bare ``KeyError``), or,
+    listed twice, counted their weights twice (``P`` 8 for 4 weights)."""
+    with pytest.raises(error, match=message):
+        bnn.LinearizedLaplace(_direct_network(), names, bnn.Normal(0.5))  # type: ignore[arg-type]
+
+
+def test_a_direct_posterior_of_a_bayesian_network_is_refused() -> None:
+    """Its output has a particle dimension; ``bnn.laplace`` takes such a model."""
+    net = bnn.VISequential(bnn.VILinear(2, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    names = [n for n, _ in net.named_parameters()]
+    with pytest.raises(TypeError, match=r"use bnn\.laplace\(model"):
+        bnn.LinearizedLaplace(net, names, bnn.Normal(0.5))

@@ -1440,6 +1440,54 @@ def test_loss_of_a_hand_made_vireturn_uses_its_log_probs() -> None:
             loss_fn(vi.VIReturn(samples, wrong), target)
 
 
+@pytest.mark.parametrize(
+    ("dataset_size", "error"),
+    [(0, ValueError), (-5, ValueError), (2.5, TypeError), (True, TypeError)],
+)
+def test_per_call_dataset_size_of_a_hand_made_vireturn_is_validated(
+    dataset_size: object, error: type[Exception]
+) -> None:
+    """A restored ``VIReturn`` took any per-call ``dataset_size``, silently.
+
+    ``0`` dropped the data term (the loss was the KL alone), ``-5`` flipped its
+    sign; a recorded output refuses them, with the same message.
+    """
+    layer = vi.VILinear(3, 2)
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=100)
+    recorded = layer(x)
+    restored = vi.VIReturn(recorded.detach(), recorded.log_probs.detach())
+    messages = []
+    for out in (recorded, restored):
+        with pytest.raises(error, match="dataset_size must be an integer >= 1") as info:
+            loss_fn(out, y, dataset_size)  # type: ignore[arg-type]
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert loss_fn.dataset_size == 100  # the constructor's value is kept
+
+
+def test_hand_made_vireturn_batch_larger_than_dataset_size_warns() -> None:
+    """The ``B > N`` warning of a recorded output was missing for a restored one."""
+    layer = vi.VILinear(3, 2)
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    loss_fn = vi.KullbackLeiblerLoss(Categorical(), dataset_size=100)
+    recorded = layer(x)
+    restored = vi.VIReturn(recorded.detach().requires_grad_(), recorded.log_probs)
+    messages, places = [], []
+    for out in (recorded, restored):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss_fn(out, y, 3)
+        messages.append([str(w.message) for w in caught])
+        places.append([w.filename for w in caught])
+    assert messages[0] == messages[1]
+    assert len(messages[0]) == 1
+    assert messages[0][0].startswith("batch of 6 examples is larger than ")
+    assert places == [[__file__], [__file__]]  # the caller's line, on both paths
+    with torch.no_grad():  # an evaluation: taken silently, as for a recorded output
+        loss_fn(restored, y, 3)
+
+
 def test_sequential_children_must_agree_on_return_log_probs() -> None:
     quiet = vi.VILinear(2, 2, return_log_probs=False)
     with pytest.raises(AssertionError, match="return_log_probs"):

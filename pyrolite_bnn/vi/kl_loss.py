@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from pyrolite_bnn._likelihoods import as_likelihood
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
@@ -144,12 +145,10 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         size = self.dataset_size
         if size is not None and 0 < size < batch:
             if torch.is_grad_enabled():
-                warnings.warn(
+                warn_at_caller(
                     f"batch of {batch} examples is larger than dataset_size={size}: "
                     f"the data term is scaled by {size}/{batch} < 1; dataset_size "
-                    "should be the number of training examples",
-                    UserWarning,
-                    stacklevel=4,
+                    "should be the number of training examples"
                 )
             return
         super().check_dataset_size(batch)
@@ -199,11 +198,11 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
             )
             size = batch
         log_probs = getattr(model_output, "log_probs", None)
-        if isinstance(log_probs, Tensor) and not _has_record(model_output):
-            return self._from_log_probs(model_output, target, size, log_probs)
         stored = self.dataset_size
-        self.dataset_size = size
+        self.dataset_size = size  # validated by the setter, for either kind of output
         try:
+            if isinstance(log_probs, Tensor) and not _has_record(model_output):
+                return self._from_log_probs(model_output, target, log_probs)
             loss: Tensor = super().forward(model_output, target)
         finally:
             self.dataset_size = stored
@@ -211,14 +210,16 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         return loss
 
     def _from_log_probs(
-        self, model_output: Tensor, target: Tensor, size: int, log_probs: Tensor
+        self, model_output: Tensor, target: Tensor, log_probs: Tensor
     ) -> Tensor:
         """torch_blue's convention for outputs no forward pass recorded.
 
         A :class:`~pyrolite_bnn.vi.VIReturn` built by hand (or restored) carries
         only its samples and ``log_probs``: the KL is estimated from those,
-        ``mean_s(log q - log p)``, as torch_blue does.
+        ``mean_s(log q - log p)``, as torch_blue does. Its batch is checked
+        against ``dataset_size`` as a recorded output's is (:meth:`check_batch`).
         """
+        size = super().dataset_size
         distribution = self.predictive_distribution
         samples = model_output.as_subclass(Tensor)
         if (
@@ -233,6 +234,7 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         else:
             likelihood = as_predictive(distribution)
             data = -size * likelihood.log_likelihood(samples, target).mean(0).mean(0)
+        self.check_batch(model_output)  # after the likelihood's own shape checks
         if log_probs.shape == (2,):  # already averaged over the samples
             log_probs = log_probs.unsqueeze(0)
         elif log_probs.dim() != 2 or log_probs.shape[1] != 2 or not len(log_probs):
