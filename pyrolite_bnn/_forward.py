@@ -407,7 +407,11 @@ def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
     fixed = fixed_weights(root)
     if fixed is not None:
         return LazyDraws.fixed(variables, [fixed[v.site] for v in variables], samples)
-    whole_networks = whole_networks_requested()
+    # Log densities returned with the output (return_log_probs) are those of
+    # the weights behind it: every weight is drawn (not sampled outputs).
+    whole_networks = whole_networks_requested() or bool(
+        getattr(root, "return_log_probs", False)
+    )
     moments: list[NormalMoments | None] = []
     use_moments: list[bool] = []
     for v in variables:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import types
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
@@ -50,11 +51,13 @@ __all__ = [
     "linked_value",
     "local_params",
     "note_structure_change",
+    "public_settings",
     "structure_version",
 ]
 
 # Bumped whenever a LocalPyroModule gains, loses or replaces a module, tensor or
-# sample-site attribute (or deletes any attribute), so that
+# sample-site attribute or a setting (public_settings), or deletes any
+# attribute, so that
 # networks can cache what they derive from their module tree.
 _STRUCTURE_VERSION = 0
 
@@ -583,8 +586,49 @@ def _restore_place(module: nn.Module, table: str, key: str, position: int) -> No
 
 
 def _is_structural(module: nn.Module, name: str, value: Any) -> bool:
-    """Whether setting ``module.name = value`` can change modules, weights or sites."""
+    """Whether setting ``module.name = value`` can change modules, weights or sites.
+
+    Or a setting ``forward`` reads (:func:`public_settings`): what networks
+    derive from ``batch_first``, ``dropout``, ``max_norm``... is stale too.
+    """
     if isinstance(value, (nn.Module, torch.Tensor, PyroParam, PyroSample)):
+        return True
+    if _is_setting(name, value):
         return True
     tables = ("_modules", "_parameters", "_buffers", "_pyro_samples")
     return any(name in module.__dict__.get(table, ()) for table in tables)
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _is_setting(name: str, value: Any) -> bool:
+    """A public scalar, tuple of scalars or function attribute, not ``training``.
+
+    ``training`` is read where it matters, on every call.
+    """
+    if name.startswith("_") or name == "training":
+        return False
+    return (
+        isinstance(value, _SCALARS)
+        or (isinstance(value, tuple) and all(isinstance(v, _SCALARS) for v in value))
+        or isinstance(value, (types.FunctionType, types.BuiltinFunctionType))
+    )
+
+
+def public_settings(module: nn.Module) -> tuple[tuple[str, Hashable], ...]:
+    """``(name, value)`` of the module's settings, in attribute order.
+
+    Its public attributes that are scalars, tuples of scalars or functions
+    (``batch_first``, ``dropout``, ``padding``, ``activation``), ``training``
+    aside. Setting one on a library module changes :func:`structure_version`.
+
+    Example:
+        >>> public_settings(nn.Dropout(0.5))
+        (('p', 0.5), ('inplace', False))
+    """
+    return tuple(
+        (name, value)
+        for name, value in vars(module).items()
+        if _is_setting(name, value)
+    )

@@ -35,7 +35,7 @@ from pyrolite_bnn._capture import capturing
 from pyrolite_bnn._module_hooks import forward_hook_ids
 from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._particles import check_samples
-from pyrolite_bnn._pyro_module import structure_version
+from pyrolite_bnn._pyro_module import public_settings, structure_version
 from pyrolite_bnn._validation import (
     check_finite_inputs,
     distribution_checks_off,
@@ -284,47 +284,31 @@ def _autocast_state(tensors: list[Tensor]) -> Hashable:
 def _graph_key(module: nn.Module) -> Hashable:
     """A module's Python-level switches, scalar attributes included.
 
-    Its ``graph_key()`` (else its type), its mode, its forward hooks (a graph
+    Its ``graph_key()`` (else its type and mode), its forward hooks (a graph
     captured before one was registered skipped it) and its public scalar
-    attributes.
+    attributes (:func:`~pyrolite_bnn._pyro_module.public_settings`, in a
+    ``VIModule``'s ``graph_key``).
 
-    A plain module's ``forward`` reads such attributes as constants
-    (``nn.LeakyReLU.negative_slope``, ``nn.Dropout.p`` under a schedule), so
-    a graph captured with one value must not run after it changed; torch's
-    own compiler guards on them likewise.
+    A ``forward`` reads such attributes as constants
+    (``nn.LeakyReLU.negative_slope``, ``nn.Dropout.p`` under a schedule,
+    ``VIEmbedding.max_norm``), so a graph captured with one value must not run
+    after it changed; torch's own compiler guards on them likewise.
     """
     if isinstance(module, VIModule):
-        key: Hashable = module.graph_key()  # its type and mode among them
-    else:
-        key = (type(module), module.training)
-    key = (key, forward_hook_ids(module))  # hooks registered or removed since
+        key: Hashable = module.graph_key()  # its type, mode and settings among them
+        return (key, forward_hook_ids(module))
+    key = ((type(module), module.training), forward_hook_ids(module))
     if type(module).__module__.startswith(_CONSTANT_CLASSES) and not isinstance(
         module, nn.modules.batchnorm._BatchNorm
     ):
-        return key  # the library's layers, priors and posteriors: in graph_key
-    return (key, _scalar_attributes(module))
+        return key  # the library's priors and posteriors
+    return (key, public_settings(module))
 
 
-# Modules whose public scalar attributes are fixed at construction (or part of
-# their graph_key): scanning them every step would cost, not guard. Not the
-# library's batch norms: torch's class, whose momentum users schedule.
-_CONSTANT_CLASSES = ("pyrolite_bnn.layers", "pyrolite_bnn.distributions")
-
-
-_SCALARS = (bool, int, float, str, type(None))
-
-
-def _scalar_attributes(module: nn.Module) -> tuple[tuple[str, Hashable], ...]:
-    """``(name, value)`` of the public scalar (or scalar-tuple) attributes."""
-    found: list[tuple[str, Hashable]] = []
-    for name, value in vars(module).items():
-        if name.startswith("_"):
-            continue
-        if isinstance(value, _SCALARS) or (
-            isinstance(value, tuple) and all(isinstance(v, _SCALARS) for v in value)
-        ):
-            found.append((name, value))
-    return tuple(found)
+# Modules whose public scalar attributes are fixed at construction: scanning
+# them every step would cost, not guard. Not the library's batch norms:
+# torch's class, whose momentum users schedule.
+_CONSTANT_CLASSES = ("pyrolite_bnn.distributions",)
 
 
 def _first_line(error: BaseException) -> str:

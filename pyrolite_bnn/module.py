@@ -35,7 +35,12 @@ from torch import Tensor, nn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import current_draws, particle_weights
 from pyrolite_bnn._handlers import pyro_wrapped
-from pyrolite_bnn._pyro_module import LocalPyroModule, local_params
+from pyrolite_bnn._pyro_module import (
+    LocalPyroModule,
+    local_params,
+    public_settings,
+    structure_version,
+)
 from pyrolite_bnn._sites import current_sites
 from pyrolite_bnn.distributions.priors import Prior, as_prior
 from pyrolite_bnn.distributions.variational import (
@@ -144,7 +149,9 @@ class VIModule(LocalPyroModule):
         return_log_probs: if ``True``, outputs of PyTorch-style calls carry
             ``out.log_probs`` of shape ``(samples, 2)``: per particle, the log
             prior density and the log variational density of all weights
-            (torch_blue compatibility).
+            (torch_blue compatibility). They are the densities of the weights
+            the output was computed with: such a call draws every weight (no
+            local reparameterisation or flipout, which sample outputs).
 
     Shape:
         - Input: whatever the ``forward`` takes, batch dimension first.
@@ -273,9 +280,21 @@ class VIModule(LocalPyroModule):
         whatever Python decided while it was captured; it is reused only while
         every module's key is unchanged. Subclasses with switches of their own
         (an estimator, a mode flag read in ``forward``) extend it:
-        ``return (*super().graph_key(), self.my_switch)``.
+        ``return (*super().graph_key(), self.my_switch)``. Public scalar
+        attributes (``batch_first``, ``dropout``, ``max_norm``: see
+        :func:`~pyrolite_bnn._pyro_module.public_settings`) are in it already.
         """
-        return (type(self), self.training, self.return_log_probs)
+        return (type(self), self.training, self._settings())
+
+    def _settings(self) -> tuple[tuple[str, Hashable], ...]:
+        """:func:`public_settings`, kept until a setting (or the structure) changes."""
+        version = structure_version()
+        cached = self.__dict__.get("_graph_settings")
+        if cached is None or cached[0] != version:
+            cached = (version, public_settings(self))
+            object.__setattr__(self, "_graph_settings", cached)
+        settings: tuple[tuple[str, Hashable], ...] = cached[1]
+        return settings
 
     def uses_moments(self) -> bool:
         """Whether this layer samples its outputs from weight moments this call.

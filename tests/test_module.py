@@ -202,6 +202,34 @@ def test_return_log_probs() -> None:
     assert bool((out.log_probs[:, 1] > out.log_probs[:, 0]).all())
 
 
+@pytest.mark.parametrize("estimator", ["auto", "local", "flipout"])
+def test_log_probs_are_those_of_the_weights_behind_the_output(estimator: str) -> None:
+    """With sampled outputs (local, flipout) they were of other, fresh draws."""
+    torch.manual_seed(0)
+    layer = bnn.VILinear(3, 2, estimator=estimator)
+    with torch.no_grad():
+        layer.posterior["weight"].rho_unconstrained.fill_(-1.0)  # std ~0.3
+        layer.posterior["bias"].rho_unconstrained.fill_(-1.0)
+    layer.return_log_probs = True
+    x = torch.randn(8, 3, dtype=torch.float64).float()
+    out = layer(x, samples=4)
+    # each particle's weights, recovered from its 8 outputs (exact for one
+    # draw per particle; rows with noise of their own fit no single draw)
+    design = torch.cat([x, torch.ones(8, 1)], dim=1).double()
+    for s in range(4):
+        solution = torch.linalg.lstsq(design, out[s].double()).solution  # (4, 2)
+        residual = design @ solution - out[s].double()
+        assert residual.abs().max() < 1e-4
+        weight, bias = solution[:3].T, solution[3]
+        log_q = sum(
+            torch.distributions.Normal(*layer.posterior[name].normal_params())
+            .log_prob(value.float())
+            .sum()
+            for name, value in (("weight", weight), ("bias", bias))
+        )
+        torch.testing.assert_close(out.log_probs[s, 1], log_q, rtol=1e-4, atol=1e-3)
+
+
 def test_weight_outside_a_call_is_the_posterior_mean_parameter() -> None:
     """It was a fresh prior draw (a bare PyroSample): nn.init on it did nothing."""
     layer = bnn.VILinear(3, 2, prior=bnn.NormalPrior(5.0, 2.0))

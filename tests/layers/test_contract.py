@@ -100,6 +100,49 @@ class _Call(bnn.VIModule):
         return _first(_call(self.layer, self.case, x))
 
 
+def _changed(value: Any) -> Any:
+    """Another value of a setting's type (``None``: no obvious other value)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, str):
+        return value + "_changed"
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return tuple(v + 1 for v in value)
+    if value is None:
+        return 1.0
+    return None
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=_id)
+def test_every_setting_keys_compiled_graphs_and_cached_facts(entry: LayerEntry) -> None:
+    # A compiled loss kept the graph of VIEmbedding.max_norm, VILSTM.dropout or
+    # VIMultiheadAttention.dropout after they changed, and a network kept
+    # running batch_first=True's estimators after batch_first=False was set:
+    # a setting a forward reads must key the graph and make cached facts stale.
+    from pyrolite_bnn._pyro_module import structure_version
+    from pyrolite_bnn.compiled import _graph_key
+
+    layer = _make(entry, entry.cases[0])
+    settings = {
+        name: value
+        for name, value in vars(layer).items()
+        if not name.startswith("_") and name != "training"
+    }
+    assert {"samples", "return_log_probs"} <= settings.keys()
+    for name, value in settings.items():
+        other = _changed(value)
+        if other is None:
+            continue
+        key, version = _graph_key(layer), structure_version()
+        setattr(layer, name, other)
+        assert structure_version() != version, name
+        assert _graph_key(layer) != key, name
+        setattr(layer, name, value)
+        assert _graph_key(layer) == key, name  # the old graph is found again
+
+
 def test_every_layer_is_registered() -> None:
     registered = {entry.bayesian_cls for entry in registry.entries()}
     for name in bnn.__all__:
