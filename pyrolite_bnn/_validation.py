@@ -368,7 +368,11 @@ def check_positive(value: object, what: str) -> float:
 
 
 def check_normal_number(
-    value: float, what: str, dtype: torch.dtype | None = None
+    value: float,
+    what: str,
+    dtype: torch.dtype | None = None,
+    *,
+    squared: bool = False,
 ) -> float:
     """``value`` if a positive ``value`` is a normal number of ``dtype``, else raise.
 
@@ -376,17 +380,26 @@ def check_normal_number(
     the library uses it: a standard deviation of ``1e-50`` is 0 in float32 (and
     ``softplus`` of its raw parameter underflows alike), so a KL turns
     infinite and a density NaN. ``dtype`` defaults to torch's default dtype;
-    0 is left to the caller's range check.
+    0 is left to the caller's range check. With ``squared=True`` its square
+    must be finite too (a standard deviation whose variance is computed:
+    above ``sqrt(max)``, ``1.8e19`` in float32, it is infinite).
 
     Example:
         >>> check_normal_number(1e-3, "init_scale")
         0.001
+        >>> f32 = torch.float32
+        >>> check_normal_number(1e20, "s", f32, squared=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: s must lie between 1.175e-38 and 1.845e+19 in magnitude ...
     """
     info = torch.finfo(torch.get_default_dtype() if dtype is None else dtype)
-    if value != 0 and not info.tiny <= abs(value) <= info.max:
+    largest = math.sqrt(info.max) if squared else info.max
+    if value != 0 and not info.tiny <= abs(value) <= largest:
+        square = " with a finite square" if squared else ""
         raise ValueError(
-            f"{what} must lie between {info.tiny:.4g} and {info.max:.4g} in "
-            f"magnitude to be a normal {info.dtype} number, got {value!r}"
+            f"{what} must lie between {info.tiny:.4g} and {largest:.4g} in "
+            f"magnitude to be a normal {info.dtype} number{square}, got {value!r}"
         )
     return value
 
