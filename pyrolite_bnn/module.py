@@ -20,6 +20,7 @@ for the default guide, by tracing an assigned guide) and leaves a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -92,6 +93,15 @@ _CUSTOM_GUIDE = "custom_guide"
 # Submodules that declare_random_variable creates, and the assigned guide's:
 # no random variable may take their names.
 _TABLES = frozenset({"prior", "posterior", _CUSTOM_GUIDE})
+
+
+def _class_member(cls: type, name: str) -> bool:
+    """Whether ``name`` is a method, property or other descriptor of ``cls``.
+
+    A plain class attribute (``bias = None``, a default) is not: the instance's
+    random variable shadows it, as any instance attribute would.
+    """
+    return hasattr(inspect.getattr_static(cls, name, None), "__get__")
 
 
 def _variable_size(shape: object) -> torch.Size:
@@ -312,7 +322,7 @@ class VIModule(LocalPyroModule):
             )
         uses = (
             (name in _TABLES, "a table of the library's (priors, posteriors, guide)"),
-            (hasattr(type(self), name), "a method or property of the class"),
+            (_class_member(type(self), name), "a method or property of the class"),
             (name in self._parameters, "a parameter"),
             (name in self._buffers, "a buffer"),
             (name in self._modules, "a submodule"),

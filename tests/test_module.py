@@ -372,6 +372,16 @@ def test_a_name_the_module_already_uses_is_refused(
         _Declares(name, **before)
 
 
+def test_a_plain_class_attribute_may_become_a_random_variable() -> None:
+    """A class-level default (``bias = None``) is no member the variable hides."""
+
+    class WithDefault(_Declares):
+        bias = None
+
+    layer = WithDefault("bias")
+    assert layer.posterior["bias"].shape == (3,)
+
+
 @pytest.mark.parametrize(
     ("shape", "expected"),
     [(3, (3,)), (np.int64(2), (2,)), ([2, 3], (2, 3)), (torch.Size([4]), (4,))],
