@@ -279,6 +279,12 @@ _SIZE_ERRORS = (
 _FOLD_HINT = "(in a Bayesian call activations are folded (B*S, ...)"
 _INDEX_ERRORS = ("Number of indices", "index_add_(): ", "Expected index [")
 _RESHAPE_ERRORS = ("is invalid for input of size",)
+# A plain layer's width errors (nn.Linear, nn.LayerNorm): the features differ,
+# and the rows they name are the folded ones.
+_WIDTH_ERRORS = (
+    "mat1 and mat2 shapes cannot be multiplied",
+    "expected input with shape [*",
+)
 
 
 def with_fold_hint(error: RuntimeError, samples: int) -> RuntimeError | None:
@@ -323,6 +329,12 @@ def with_fold_hint(error: RuntimeError, samples: int) -> RuntimeError | None:
             "from the network's input, or writes it as a number, misses the S "
             "particles folded into it; write -1 for the batch dimension "
             "(h.reshape(-1, ...)) or take the size from the tensor reshaped)"
+        )
+    if any(width in text for width in _WIDTH_ERRORS):
+        return RuntimeError(
+            f"{text}\n{_FOLD_HINT}: the rows named there are the batch times the "
+            f"{samples} particles; the sizes that do not match are the features, "
+            "the same as in the plain torch model)"
         )
     if not any(size in text for size in _SIZE_ERRORS):
         return None

@@ -238,6 +238,35 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
         )
 
 
+def check_positive_values(
+    values: torch.Tensor, what: str, *, zero: bool = False
+) -> None:
+    """Raise ``ValueError`` if validation is on and a value is not positive.
+
+    Scales and variances given as tensors: every value must be ``> 0`` (``>=
+    0`` with ``zero=True``); NaN is neither. A negative scale is otherwise
+    taken at its word by the formulas and gives finite, wrong numbers.
+
+    Example:
+        >>> check_positive_values(torch.tensor([0.5, -1.0]), "scale")
+        Traceback (most recent call last):
+        ...
+        ValueError: scale must be > 0, got -1.0 (1 of its 2 values is not)
+    """
+    if not _VALIDATE:
+        return
+    valid = values >= 0 if zero else values > 0
+    if readable_all(valid):
+        return
+    invalid = ~valid
+    first = float(values[invalid].flatten()[0])
+    count = int(invalid.sum())
+    raise ValueError(
+        f"{what} must be {'>= 0' if zero else '> 0'}, got {first!r} ({count} of "
+        f"its {values.numel()} values {'is' if count == 1 else 'are'} not)"
+    )
+
+
 def check_heat(value: float, what: str) -> float:
     """``value`` as a float if it is a valid KL heat (finite, ``>= 0``), else raise.
 
@@ -339,7 +368,11 @@ def check_positive(value: object, what: str) -> float:
 
 
 def check_normal_number(
-    value: float, what: str, dtype: torch.dtype | None = None
+    value: float,
+    what: str,
+    dtype: torch.dtype | None = None,
+    *,
+    squared: bool = False,
 ) -> float:
     """``value`` if a positive ``value`` is a normal number of ``dtype``, else raise.
 
@@ -347,19 +380,59 @@ def check_normal_number(
     the library uses it: a standard deviation of ``1e-50`` is 0 in float32 (and
     ``softplus`` of its raw parameter underflows alike), so a KL turns
     infinite and a density NaN. ``dtype`` defaults to torch's default dtype;
-    0 is left to the caller's range check.
+    0 is left to the caller's range check. With ``squared=True`` its square
+    must be finite too (a standard deviation whose variance is computed:
+    above ``sqrt(max)``, ``1.8e19`` in float32, it is infinite).
 
     Example:
         >>> check_normal_number(1e-3, "init_scale")
         0.001
+        >>> f32 = torch.float32
+        >>> check_normal_number(1e20, "s", f32, squared=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: s must lie between 1.175e-38 and 1.845e+19 in magnitude ...
     """
     info = torch.finfo(torch.get_default_dtype() if dtype is None else dtype)
-    if value != 0 and not info.tiny <= abs(value) <= info.max:
+    largest = math.sqrt(info.max) if squared else info.max
+    if value != 0 and not info.tiny <= abs(value) <= largest:
+        square = " with a finite square" if squared else ""
         raise ValueError(
-            f"{what} must lie between {info.tiny:.4g} and {info.max:.4g} in "
-            f"magnitude to be a normal {info.dtype} number, got {value!r}"
+            f"{what} must lie between {info.tiny:.4g} and {largest:.4g} in "
+            f"magnitude to be a normal {info.dtype} number{square}, got {value!r}"
         )
     return value
+
+
+def check_temperature(temperature: object, like: torch.Tensor) -> torch.Tensor:
+    """``temperature`` as a tensor of ``like``'s dtype and device, if it is one.
+
+    A temperature divides logits: it must be one positive, finite number (a
+    negative one flips the classes' order, zero divides by it). A Python or
+    numpy number, or a one-element tensor (a calibration's buffer), which
+    keeps its autograd history.
+
+    Raises:
+        TypeError: if ``temperature`` is not one number.
+        ValueError: if it is not positive and finite.
+
+    Example:
+        >>> check_temperature(2, torch.zeros(3))
+        tensor(2.)
+    """
+    if isinstance(temperature, torch.Tensor) and temperature.is_floating_point():
+        if temperature.numel() != 1:
+            raise TypeError(
+                "temperature must be a number or a one-element tensor, got shape "
+                f"{tuple(temperature.shape)}"
+            )
+        if not readable_all((temperature > 0) & torch.isfinite(temperature)):
+            raise ValueError(
+                f"temperature must be positive and finite, got {float(temperature)!r}"
+            )
+        return temperature.to(like)
+    value = check_positive(temperature, "temperature")
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
 
 
 def check_probability(value: object, what: str) -> float:

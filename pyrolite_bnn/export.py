@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
-from pyrolite_bnn._network import network_children, outermost_bayesian
+from pyrolite_bnn._network import check_bayesian_network, network_children
 from pyrolite_bnn._pyro_module import local_params, note_structure_change
 from pyrolite_bnn.convert import ConvertedNetwork
 from pyrolite_bnn.guides import guide_of
@@ -93,11 +93,7 @@ def to_deterministic(model: nn.Module) -> nn.Module:
         torch.Size([5, 2])
     """
     model = unwrap(model)
-    if not isinstance(model, VIModule) and not outermost_bayesian(model, limit=1):
-        raise TypeError(
-            "to_deterministic needs a bnn.VIModule or a torch module holding "
-            f"Bayesian layers, got {type(model).__name__} without any"
-        )
+    check_bayesian_network(model, "to_deterministic needs")
     clone = copy.deepcopy(model)
     means: dict[int, dict[str, Tensor]] = {}
     # The guide the network's calls draw from: for a plain module's Bayesian

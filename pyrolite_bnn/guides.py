@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
     from pyrolite_bnn.variables import RandomVariable
 
-__all__ = ["ParticleGuide", "guide_of"]
+__all__ = ["ParticleGuide", "check_guide", "guide_of"]
 
 # Submodule holding the parameters of an assigned guide's pyro.param statements.
 _PYRO_PARAMS = "pyro_params"
@@ -97,6 +97,7 @@ class ParticleGuide(LocalPyroModule):
             the submodule ``pyro_params``.
 
     Raises:
+        TypeError: if ``inner`` is no guide (see :func:`check_guide`).
         ValueError: if ``inner`` is a Pyro module that already ran in another
             module tree (another network's guide, or called on its own).
 
@@ -117,6 +118,8 @@ class ParticleGuide(LocalPyroModule):
         self, network: nn.Module, inner: Callable[..., Any] | None = None
     ) -> None:
         check_bayesian_network(network, "ParticleGuide needs")
+        if inner is not None:
+            check_guide(inner)
         super().__init__()
         # A tuple hides the network from nn.Module registration (no cycle).
         self._network = (network,)
@@ -322,6 +325,57 @@ class ParticleGuide(LocalPyroModule):
                 )
             return method(*args, **kwargs)
         return {v.site: v.posterior.distribution() for v in self.variables()}
+
+
+def check_guide(guide: object) -> None:
+    """Refuse what cannot be a guide of one particle, with an error naming it.
+
+    A network's guide is called without arguments, ``guide()``, and samples
+    the network's weight sites for one particle (the particle plate around it
+    broadcasts them): a Pyro autoguide built on ``model.prior_model``, or a
+    function. ``model.guide = ...`` and :class:`ParticleGuide` check it
+    before it first runs.
+
+    Args:
+        guide: the guide to check.
+
+    Raises:
+        TypeError: for something not callable (``"auto"``), a class (an
+            autoguide class not yet built on the network's weight model) or a
+            callable that needs arguments (a torch module's ``forward(input)``).
+
+    Example:
+        >>> check_guide("auto")
+        Traceback (most recent call last):
+        ...
+        TypeError: guide must be a callable Pyro guide, got str
+    """
+    example = "AutoNormal(model.prior_model, init_loc_fn=model.init_loc_fn)"
+    if isinstance(guide, type):
+        name = guide.__name__
+        raise TypeError(
+            f"guide must be a Pyro guide object, got the class {name}: build it "
+            f"on the network's weight model, e.g. {example.replace('AutoNormal', name)}"
+        )
+    if not callable(guide):
+        raise TypeError(
+            f"guide must be a callable Pyro guide, got {type(guide).__name__}"
+        )
+    # A module's call signature is (*args, **kwargs): its forward's tells.
+    function = guide.forward if isinstance(guide, nn.Module) else guide
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # a callable without a signature: run it
+        return
+    try:
+        signature.bind()
+    except TypeError as error:
+        raise TypeError(
+            f"guide {type(guide).__name__} cannot be called without arguments "
+            f"({error}): a network's guide is called as guide() and samples the "
+            f"weights of one particle, as Pyro's autoguides built on the "
+            f"network's weight model do, e.g. {example}"
+        ) from None
 
 
 def guide_of(model: nn.Module) -> ParticleGuide:

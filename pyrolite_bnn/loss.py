@@ -358,7 +358,13 @@ class KullbackLeiblerLoss(nn.Module):
 
         ``batch`` is its number of examples (:meth:`check_batch`). Also sets
         :attr:`last_nll` and :attr:`last_kl`.
+
+        Raises:
+            ValueError: if ``samples`` or ``batch`` is below 1.
+            TypeError: if either is not an integer.
         """
+        check_count(samples, "samples")
+        check_count(batch, "batch")
         norm = self.dataset_size if self.reduction == "mean" else 1
         data_factor = self.dataset_size / batch / samples / norm
         self._last_terms = (log_lik.detach(), kl.detach(), -data_factor, 1 / norm)

@@ -20,7 +20,8 @@ for the default guide, by tracing an assigned guide) and leaves a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+import inspect
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ from pyrolite_bnn._pyro_module import (
     structure_version,
 )
 from pyrolite_bnn._sites import current_sites
+from pyrolite_bnn._validation import check_count
 from pyrolite_bnn.distributions.priors import Prior, as_prior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
@@ -93,6 +95,37 @@ def whole_networks_requested() -> bool:
 
 # Submodule name under which an assigned (non-default) guide is registered.
 _CUSTOM_GUIDE = "custom_guide"
+# Submodules that declare_random_variable creates, and the assigned guide's:
+# no random variable may take their names.
+_TABLES = frozenset({"prior", "posterior", _CUSTOM_GUIDE})
+
+
+def _class_member(cls: type, name: str) -> bool:
+    """Whether ``name`` is a method, property or other descriptor of ``cls``.
+
+    A plain class attribute (``bias = None``, a default) is not: the instance's
+    random variable shadows it, as any instance attribute would.
+    """
+    return hasattr(inspect.getattr_static(cls, name, None), "__get__")
+
+
+def _variable_size(shape: object) -> torch.Size:
+    """``shape`` of a random variable as a ``torch.Size``, checked.
+
+    A sequence of sizes, or one size (``3`` is ``(3,)``, as torch's size
+    arguments take it); every size an integer ``>= 0``.
+    """
+    several = isinstance(shape, Sequence | torch.Size) or (
+        isinstance(shape, Tensor) and shape.dim() == 1
+    )
+    if isinstance(shape, str | bytes) or not (several or hasattr(shape, "__index__")):
+        raise TypeError(
+            f"shape must be a sequence of integers (or one integer), got {shape!r}"
+        )
+    sizes = list(shape) if several else [shape]  # type: ignore[call-overload]
+    return torch.Size(
+        check_count(size, f"each size of shape={shape!r}", minimum=0) for size in sizes
+    )
 
 
 class PosteriorDict(LocalPyroModule):
@@ -224,8 +257,9 @@ class VIModule(LocalPyroModule):
         ``self.posterior[name].reset_parameters(init)``.
 
         Args:
-            name: attribute name.
-            shape: shape of one draw.
+            name: attribute name, not yet an attribute of the module.
+            shape: shape of one draw: a sequence of sizes ``>= 0``, or one
+                size (``3`` is ``(3,)``, as torch's size arguments take it).
             prior: anything :func:`~pyrolite_bnn.distributions.priors.as_prior`
                 accepts (``None``: standard Normal).
             variational: variational family (``None``: mean-field Normal).
@@ -234,12 +268,17 @@ class VIModule(LocalPyroModule):
                 weight; see :class:`~pyrolite_bnn.variables.UnitLayout`).
             device: device of the parameters and prior buffers.
             dtype: floating dtype of the parameters and prior buffers.
+
+        Raises:
+            ValueError: if ``name`` is no identifier, is declared already or is
+                an attribute of the module (a method, property, parameter,
+                buffer, submodule, or the ``prior``/``posterior`` tables), or
+                ``shape`` has a negative size.
+            TypeError: if ``name`` is no string or ``shape`` holds a
+                non-integer.
         """
-        if not name.isidentifier():
-            raise ValueError(
-                f"random variable name must be an identifier, got {name!r}"
-            )
-        size = torch.Size(shape)
+        self._check_variable_name(name)
+        size = _variable_size(shape)
         if "prior" not in self._modules:
             self.prior = nn.ModuleDict()
             self.posterior = PosteriorDict()
@@ -272,6 +311,36 @@ class VIModule(LocalPyroModule):
         self._declared[name] = size
         self._unit_layouts[name] = layout
         setattr(self, name, PyroSample(_PriorOf(name)))
+
+    def _check_variable_name(self, name: object) -> None:
+        """Refuse a name that cannot be a new random variable of this module."""
+        if not isinstance(name, str):
+            raise TypeError(f"random variable name must be a str, got {name!r}")
+        if not name.isidentifier():
+            raise ValueError(
+                f"random variable name must be an identifier, got {name!r}"
+            )
+        owner = type(self).__name__
+        if name in self._declared:
+            raise ValueError(
+                f"random variable {name!r} is already declared on {owner} (shape "
+                f"{tuple(self._declared[name])}); declare each name once (a second "
+                "declaration would replace the first one's prior and posterior)"
+            )
+        uses = (
+            (name in _TABLES, "a table of the library's (priors, posteriors, guide)"),
+            (_class_member(type(self), name), "a method or property of the class"),
+            (name in self._parameters, "a parameter"),
+            (name in self._buffers, "a buffer"),
+            (name in self._modules, "a submodule"),
+            (name in self.__dict__, "an attribute"),
+        )
+        use = next((what for taken, what in uses if taken), None)
+        if use is not None:
+            raise ValueError(
+                f"random variable name {name!r} is taken on {owner}: it is {use}; "
+                "choose another name"
+            )
 
     def graph_key(self) -> tuple[Hashable, ...]:
         """The Python-level switches this module's ``forward`` reads.
@@ -422,7 +491,7 @@ class VIModule(LocalPyroModule):
         super().__setattr__(name, value)
 
     def _set_guide(self, value: Any) -> None:
-        from pyrolite_bnn.guides import ParticleGuide
+        from pyrolite_bnn.guides import ParticleGuide, check_guide
 
         current = self._modules.get(_CUSTOM_GUIDE)
         detached = self.__dict__.get("_detached_guide")
@@ -431,10 +500,7 @@ class VIModule(LocalPyroModule):
                 delattr(self, _CUSTOM_GUIDE)
                 object.__setattr__(self, "_detached_guide", current)
             return
-        if not callable(value):
-            raise TypeError(
-                f"guide must be a callable Pyro guide, got {type(value).__name__}"
-            )
+        check_guide(value)
         # The last two wrappers of this network (assigned, and removed by the
         # last change) are reused: Pyro cannot register a module that has run
         # into a module tree anew.

@@ -140,7 +140,8 @@ class Prediction:
         Raises:
             TypeError: if ``predictive`` is not a likelihood or ``samples`` no
                 tensor.
-            ValueError: for outputs the likelihood cannot read.
+            ValueError: for outputs the likelihood cannot read, or without
+                particles (``S = 0``).
         """
         self.predictive = as_likelihood(self.predictive, "Prediction")
         if not isinstance(self.samples, Tensor):
@@ -149,6 +150,11 @@ class Prediction:
                 f"{type(self.samples).__name__}"
             )
         self.predictive.check_output(self.samples)
+        if self.samples.dim() and self.samples.shape[0] == 0:  # means of nothing
+            raise ValueError(
+                "Prediction needs network outputs (S, B, ...) of S >= 1 particles, "
+                f"got shape {tuple(self.samples.shape)}"
+            )
         self.predictive = likelihood_snapshot(self.predictive)
 
     def _outputs(self) -> Tensor:

@@ -120,8 +120,18 @@ def test_residual_is_still_exported_here() -> None:
 
 
 def test_rejects_a_module_without_bayesian_layers() -> None:
-    with pytest.raises(TypeError, match=r"holding Bayesian layers, got Linear without"):
+    with pytest.raises(
+        TypeError, match=r"holding bnn layers\), got Linear without any"
+    ):
         bnn.to_deterministic(nn.Linear(2, 2))
+
+
+def test_rejects_what_is_no_module() -> None:
+    """A string raised "'str' object has no attribute '_modules'"."""
+    with pytest.raises(
+        TypeError, match=r"to_deterministic needs a network .* got str$"
+    ):
+        bnn.to_deterministic("model")  # type: ignore[arg-type]
 
 
 def test_plain_container_of_bayesian_layers_becomes_pure_torch() -> None:

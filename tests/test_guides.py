@@ -670,6 +670,32 @@ def test_every_prior_takes_an_autoguide_and_nuts(prior: str) -> None:
     initialize_model(model, model_args=(x, y), model_kwargs={"samples": 1})
 
 
+@pytest.mark.parametrize(
+    ("inner", "message"),
+    [
+        ("auto", r"callable Pyro guide, got str"),
+        (3, r"callable Pyro guide, got int"),
+        (
+            AutoNormal,
+            r"the class AutoNormal: build it .*AutoNormal\(model\.prior_model",
+        ),
+        (nn.Linear(2, 2), r"Linear cannot be called without arguments .*'input'"),
+    ],
+)
+def test_a_particle_guide_refuses_an_inner_guide_at_construction(
+    inner: Any, message: str
+) -> None:
+    """Accepted, then the first call said "'str' object is not callable" or
+    "AutoNormal.__init__() missing ... 'model'"; the class given to the
+    net.guide setter was named _PyroModuleMeta."""
+    net = bnn.VISequential(bnn.VILinear(2, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    with pytest.raises(TypeError, match=message):
+        bnn.ParticleGuide(net, inner=inner)
+    with pytest.raises(TypeError, match=message):
+        net.guide = inner
+    assert net.guide.inner is None
+
+
 @pytest.mark.parametrize("network", [torch.randn(3), nn.Linear(3, 2)])
 def test_a_particle_guide_needs_a_network_with_bayesian_layers(network: Any) -> None:
     """A tensor failed later with torch's AttributeError; a torch module without

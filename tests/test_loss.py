@@ -1166,3 +1166,22 @@ def test_several_inputs_are_unpacked_by_model_loss_and_pyro_model(pack: type) ->
         loss_fn.pyro_model(net), net.guide, inputs, y, samples=3
     )
     assert pyro_loss == pytest.approx(reference.item() * N, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("samples", "batch", "error", "message"),
+    [
+        (-1, 8, ValueError, r"samples must be an integer >= 1, got -1"),
+        (0, 8, ValueError, r"samples must be an integer >= 1, got 0"),
+        (4, 0, ValueError, r"batch must be an integer >= 1, got 0"),
+        (2.5, 8, TypeError, r"samples must be an integer >= 1, got 2\.5"),
+    ],
+)
+def test_combine_refuses_counts_below_one(
+    samples: object, batch: object, error: type[Exception], message: str
+) -> None:
+    """samples=-1 returned -1.2 (the data term's sign flipped); samples=0 or
+    batch=0 raised ZeroDivisionError."""
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 100)
+    with pytest.raises(error, match=message):
+        loss_fn.combine(torch.tensor(-10.0), torch.tensor(5.0), samples, batch)  # type: ignore[arg-type]

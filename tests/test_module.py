@@ -348,3 +348,101 @@ def test_a_layer_declares_where_the_output_units_of_a_variable_lie() -> None:
         ColumnUnits(1)
     with pytest.raises(ValueError, match="divisible by groups"):
         ColumnUnits(UnitLayout(dim=1, groups=2))
+
+
+class _Declares(bnn.VIModule):
+    """Declares ``name`` of ``shape`` after setting ``before`` attributes."""
+
+    def __init__(self, name: object, shape: object = (3,), **before: object) -> None:
+        super().__init__()
+        for attribute, value in before.items():
+            setattr(self, attribute, value)
+        self.declare_random_variable(name, shape)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_declaring_a_name_twice_is_refused() -> None:
+    """The second declaration silently replaced the first: its NormalPrior(0,
+    0.1) became NormalPrior(0, 1)."""
+
+    class Twice(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.declare_random_variable("w", (3,), bnn.NormalPrior(0.0, 0.1))
+            self.declare_random_variable("w", (3,))
+
+    with pytest.raises(ValueError, match=r"'w' is already declared on Twice"):
+        Twice()
+
+
+@pytest.mark.parametrize(
+    ("name", "before", "what"),
+    [
+        ("prior", {}, "a table of the library's"),
+        ("posterior", {}, "a table of the library's"),
+        ("guide", {}, "a method or property"),
+        ("forward", {}, "a method or property"),
+        ("samples", {}, "an attribute"),
+        ("lin", {"lin": nn.Linear(2, 2)}, "a submodule"),
+        ("p", {"p": nn.Parameter(torch.zeros(3))}, "a parameter"),
+    ],
+)
+def test_a_name_the_module_already_uses_is_refused(
+    name: str, before: dict[str, object], what: str
+) -> None:
+    """ "posterior" raised RecursionError, "samples" and "guide" messages about
+    a PyroSample given to them; "prior" was accepted and broke the forward."""
+    with pytest.raises(
+        ValueError, match=rf"name '{name}' is taken on _Declares: it is {what}"
+    ):
+        _Declares(name, **before)
+
+
+def test_a_plain_class_attribute_may_become_a_random_variable() -> None:
+    """A class-level default (``bias = None``) is no member the variable hides."""
+
+    class WithDefault(_Declares):
+        bias = None
+
+    layer = WithDefault("bias")
+    assert layer.posterior["bias"].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [(3, (3,)), (np.int64(2), (2,)), ([2, 3], (2, 3)), (torch.Size([4]), (4,))],
+)
+def test_one_integer_is_a_one_dimensional_shape(
+    shape: object, expected: tuple[int, ...]
+) -> None:
+    """shape=3 raised "'int' object is not iterable"; torch's size arguments
+    take one integer as (3,)."""
+    assert _Declares("w", shape).posterior["w"].shape == expected
+
+
+@pytest.mark.parametrize(
+    ("shape", "error", "message"),
+    [
+        (
+            (-1,),
+            ValueError,
+            r"each size of shape=\(-1,\) must be an integer >= 0, got -1",
+        ),
+        ((3.0,), TypeError, r"each size of shape=\(3\.0,\) must be an integer"),
+        ("3", TypeError, r"shape must be a sequence of integers \(or one integer\)"),
+        (3.0, TypeError, r"shape must be a sequence of integers"),
+    ],
+)
+def test_a_shape_of_no_sizes_is_refused(
+    shape: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        _Declares("w", shape)
+
+
+def test_a_name_of_another_type_is_a_type_error() -> None:
+    """3 raised "'int' object has no attribute 'isidentifier'"."""
+    with pytest.raises(TypeError, match="random variable name must be a str, got 3"):
+        _Declares(3)

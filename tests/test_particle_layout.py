@@ -490,6 +490,15 @@ def test_an_index_over_the_batch_gets_the_fold_hint() -> None:
         Pool()(torch.randn(7, 4), batch, samples=3)
 
 
+@pytest.mark.parametrize("plain", [nn.LayerNorm(3), nn.Linear(3, 2)])
+def test_a_plain_layers_width_error_explains_the_folded_rows(plain: nn.Module) -> None:
+    """torch's error named 40 rows (size[40, 4], 40x4) for a batch of 4 with no
+    word on the 10 particles folded into them."""
+    net = bnn.VISequential(bnn.VILinear(3, 4), plain)
+    with pytest.raises(RuntimeError, match=r"(?s)40.*batch times the 10 particles"):
+        net(torch.randn(4, 3), samples=10)
+
+
 class _SiameseTwoHeads(bnn.VIModule):
     """The concatenated inputs read by two layers (a head and a projection)."""
 

@@ -548,6 +548,21 @@ class _TemperedSoftmax(bnn.PredictiveDistribution):
         return self.class_probs(output).mean(0)
 
 
+@pytest.mark.parametrize(
+    ("outputs", "likelihood"),
+    [
+        (torch.randn(0, 4, 1), bnn.Normal(scale=1.0)),
+        (torch.randn(0, 4, 3), bnn.Categorical()),
+    ],
+)
+def test_a_prediction_of_zero_particles_is_refused(
+    outputs: torch.Tensor, likelihood: bnn.PredictiveDistribution
+) -> None:
+    """Accepted: the mean was NaN (predict(samples=0) refuses the same)."""
+    with pytest.raises(ValueError, match=r"S >= 1 particles, got shape \(0, 4,"):
+        Prediction(outputs, likelihood)
+
+
 def test_prediction_asks_the_likelihood_for_regression_summaries() -> None:
     pred = Prediction(torch.tensor([[1.0, -1.0]]), _Laplace())
     torch.testing.assert_close(pred.mean, torch.tensor([1.0, -1.0]))

@@ -216,6 +216,35 @@ def test_variational_parameter_names_and_errors() -> None:
             call()
 
 
+@pytest.mark.parametrize("shapes", [{}, {"weight": None}, {"weight": None, "b": None}])
+def test_a_module_whose_variables_are_all_none_raises_no_variables_error(
+    shapes: dict[str, Any],
+) -> None:
+    """{"weight": None} raised "'mappingproxy' object has no attribute
+    'add_module'"; {} the intended NoVariablesError."""
+    with pytest.raises(NoVariablesError, match="All module variables are set to None"):
+        vi.VIModule(variable_shapes=shapes)
+
+
+def test_sample_variable_inside_forward_says_to_read_the_attribute() -> None:
+    """torch's "vmap: Cannot ask for different inplace randomness on an
+    unbatched tensor" did not say that forward reads self.weight."""
+
+    class Samples(vi.VIModule):
+        def __init__(self) -> None:
+            super().__init__(variable_shapes={"weight": (2, 3)})
+
+        def forward(self, x: Tensor) -> Tensor:
+            return x @ self.sample_variable("weight").T
+
+    layer = Samples()
+    with pytest.raises(
+        RuntimeError, match=r"sample_variable\('weight'\).*self\.weight"
+    ):
+        layer(torch.randn(4, 3), samples=3)
+    assert layer.sample_variable("weight").shape == (2, 3)  # outside a forward pass
+
+
 def test_torch_blue_parameter_names_are_the_leaf_tensors() -> None:
     layer = vi.VILinear(3, 2)
     names = [name for name, _ in layer.named_parameters()]
@@ -768,6 +797,32 @@ def test_analytical_loss_kl_module() -> None:
     assert float(flat_loss.prior_matching().detach()) == 0.0
     with pytest.raises(TypeError, match="KullbackLeiblerModule"):
         flat_loss.kl_module = "uniform"  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(
+    ("prior", "given", "fitting"),
+    [
+        (None, vi.UniformNormalDivergence, "NormalNormalDivergence"),
+        (UniformPrior(), vi.NormalNormalDivergence, "UniformNormalDivergence"),
+    ],
+)
+def test_analytical_loss_refuses_a_divergence_of_another_pair(
+    prior: Any, given: type, fitting: str
+) -> None:
+    """Accepted, then the first call raised "too many values to unpack
+    (expected 3)" from inside the divergence module."""
+    net = vi.VISequential(vi.VILinear(3, 2, prior=prior))
+    with pytest.raises(
+        ValueError, match=rf"{given.__name__} does not match .*'0\.weight'.*{fitting}"
+    ):
+        vi.AnalyticalKullbackLeiblerLoss(
+            net, Categorical(), 10, divergence_type=given()
+        )
+    loss_fn = vi.AnalyticalKullbackLeiblerLoss(net, Categorical(), 10)
+    with pytest.raises(ValueError, match=f"{given.__name__} does not match"):
+        loss_fn.kl_module = given()
+    assert isinstance(loss_fn.kl_module, vi.KullbackLeiblerModule)
+    assert type(loss_fn.kl_module).__name__ == fitting
 
 
 def test_student_t_posterior_and_quiet_prior_work_in_layers() -> None:

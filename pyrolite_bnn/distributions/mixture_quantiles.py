@@ -13,7 +13,11 @@ import math
 import torch
 from torch import Tensor
 
-from pyrolite_bnn._validation import check_probability
+from pyrolite_bnn._validation import (
+    check_positive,
+    check_positive_values,
+    check_probability,
+)
 from pyrolite_bnn.distributions._precision import summary_dtype
 from pyrolite_bnn.distributions._student_t_tail import student_t_upper_tail
 
@@ -34,6 +38,15 @@ _NEWTON_STEPS = 3
 # Half-width of the bisection bracket in component standard deviations: the
 # normal CDF is below the smallest positive float64 beyond 38.5 sigma.
 _BRACKET_SIGMAS = 40.0
+
+
+def _check_particles(components: Tensor, what: str) -> None:
+    """Refuse a mixture without components: ``(S, ...)`` needs ``S >= 1``."""
+    if components.dim() == 0 or components.shape[0] == 0:
+        raise ValueError(
+            f"{what} must hold the mixture's components along dim 0, (S, ...) "
+            f"with S >= 1 particles, got shape {tuple(components.shape)}"
+        )
 
 
 def _halvings(lo: Tensor, hi: Tensor, sigma: Tensor) -> int:
@@ -69,9 +82,13 @@ def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
 
     Raises:
         TypeError: if ``q`` is not one number.
-        ValueError: if ``q`` is not in ``(0, 1)``.
+        ValueError: if ``q`` is not in ``(0, 1)``, ``loc`` has no components
+            (``S = 0``) or ``var`` a negative (or NaN) value; a zero variance
+            is a point mass.
     """
     q = check_probability(q, "q")
+    _check_particles(loc, "loc")
+    check_positive_values(var, "var", zero=True)
     upper = q > 0.5  # search the upper tail 1 - q instead
     tail = 1.0 - q if upper else q
     mean, sigma = loc.double(), var.double().sqrt()
@@ -111,7 +128,8 @@ def poisson_mixture_quantile(rate: Tensor, q: float) -> Tensor:
 
     Raises:
         TypeError: if ``q`` is not one number.
-        ValueError: if ``q`` is not in ``(0, 1)``.
+        ValueError: if ``q`` is not in ``(0, 1)``, ``rate`` has no
+            components (``S = 0``) or a negative (or NaN) value.
 
     Example:
         >>> import torch
@@ -119,6 +137,8 @@ def poisson_mixture_quantile(rate: Tensor, q: float) -> Tensor:
         tensor([3.])
     """
     q = check_probability(q, "q")
+    _check_particles(rate, "rate")
+    check_positive_values(rate, "rate", zero=True)
     wide = rate.double()
     top = (wide + _BRACKET_SIGMAS * wide.sqrt() + _BRACKET_SIGMAS).amax(0).ceil()
     lo, hi = torch.full_like(top, -1.0), top  # P(Y <= lo) < q <= P(Y <= hi)
@@ -168,8 +188,10 @@ def student_t_mixture_quantile(
         q: the probability, in ``(0, 1)``.
 
     Raises:
-        TypeError: if ``q`` is not one number.
-        ValueError: if ``q`` is not in ``(0, 1)``.
+        TypeError: if ``q`` or ``df`` is not one number.
+        ValueError: if ``q`` is not in ``(0, 1)``, ``df`` is not positive
+            and finite, ``loc`` has no components (``S = 0``) or ``scale`` a
+            value that is not positive.
 
     Example:
         >>> import torch
@@ -178,10 +200,13 @@ def student_t_mixture_quantile(
         tensor([1.])
     """
     q = check_probability(q, "q")
+    df = check_positive(df, "df")
+    _check_particles(loc, "loc")
     upper = q > 0.5  # search the upper tail 1 - q instead
     tail = 1.0 - q if upper else q
     mean = loc.double()
     sigma = torch.as_tensor(scale, dtype=torch.float64, device=mean.device)
+    check_positive_values(sigma, "scale")
     sigma = sigma.expand_as(mean)
     standard = _standard_quantile(df, tail)  # P(T > standard) = tail
     if not math.isfinite(standard):

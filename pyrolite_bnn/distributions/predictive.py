@@ -45,6 +45,7 @@ from pyrolite_bnn._validation import (
     check_integer,
     check_normal_number,
     check_real,
+    check_temperature,
     distribution_checks_off,
     is_validation_enabled,
 )
@@ -265,7 +266,7 @@ class PredictiveDistribution(LocalPyroModule):
             f"{type(self).__name__}"
         )
 
-    def tempered(self, output: Tensor, temperature: Tensor) -> Tensor:
+    def tempered(self, output: Tensor, temperature: Tensor | float) -> Tensor:
         """The output of this likelihood at ``temperature``, for classification.
 
         Temperature scaling (:class:`~pyrolite_bnn.TemperatureScaling`)
@@ -275,12 +276,20 @@ class PredictiveDistribution(LocalPyroModule):
         probabilities overrides this to return the tempered probabilities,
         ``p^(1/T)`` normalised.
 
+        Args:
+            output: the network's output.
+            temperature: one positive, finite number (or one-element tensor).
+
+        Raises:
+            TypeError: if ``temperature`` is not one number.
+            ValueError: if it is not positive and finite.
+
         Example:
             >>> import torch, pyrolite_bnn as bnn
             >>> bnn.Categorical().tempered(torch.tensor([2.0, 4.0]), torch.tensor(2.0))
             tensor([1., 2.])
         """
-        return output / temperature.to(output)
+        return output / check_temperature(temperature, output)
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of ``y`` per particle, ``(S, B, ...)`` each.

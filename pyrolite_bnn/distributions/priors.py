@@ -1117,6 +1117,10 @@ def as_prior(prior: object) -> Prior:
 
     Returns:
         A new :class:`Prior` module.
+
+    Raises:
+        TypeError: for anything else: a class, a torch module that is no
+            :class:`Prior` (callable, but with data), another object.
     """
     if prior is None:
         return NormalPrior()
@@ -1129,6 +1133,14 @@ def as_prior(prior: object) -> Prior:
         raise TypeError(
             f"prior must be an instance, got the class {prior.__name__}: pass "
             f"{prior.__name__}(...)"
+        )
+    if isinstance(prior, nn.Module):
+        # A module is callable, and was taken for a shape -> distribution function.
+        raise TypeError(
+            "prior must be a bnn Prior, a torch/pyro distribution or a callable "
+            f"shape -> distribution; got the torch module {type(prior).__name__}, "
+            "whose forward takes data (for hyperparameters that train or follow "
+            ".to(), subclass bnn.Prior)"
         )
     if callable(prior):
         return CallablePrior(prior)

@@ -202,14 +202,19 @@ class MeanFieldNormalPosterior(Posterior):
         setattr(self, "rho", PyroParam(rho, constraints.real))  # noqa: B010
 
     def _check_representable(self, scale: float, dtype: torch.dtype) -> None:
-        """Refuse a scale that ``softplus`` cannot give back in ``dtype``.
+        """Refuse a scale whose variance is not a finite number of ``dtype``.
 
         ``softplus(rho)`` underflows to 0 below the smallest normal number (a
         scale of 1e-50 in float32 made the KL infinite); ``exp`` is clamped at
-        that number instead (torch_blue's tiny standard deviations).
+        that number instead (torch_blue's tiny standard deviations). Above
+        ``sqrt(max)`` (1.8e19 in float32) the variance ``scale**2``, which the
+        densities, the KL and the local reparameterisation compute, is
+        infinite (``VILinear`` outputs were +-inf).
         """
-        if self.scale_transform == "softplus":
-            check_normal_number(scale, "MeanFieldNormal init_scale", dtype)
+        if self.scale_transform == "softplus" or scale > 1.0:
+            check_normal_number(
+                scale, "MeanFieldNormal init_scale", dtype, squared=True
+            )
 
     def _raw_scale(self, scale: float) -> float:
         """The ``rho`` of a standard deviation."""

@@ -90,6 +90,9 @@ def batch_norm(
             particle has a single value per channel in training, or
             ``samples < 1``.
         TypeError: if ``samples`` is not an integer.
+        RuntimeError: torch's, if a statistic or parameter does not have one
+            element per channel; its sizes are the input's channels, as in
+            torch's ``F.batch_norm``, not the grouped ``S`` times as many.
 
     Example:
         >>> import torch
@@ -123,16 +126,35 @@ def batch_norm(
     grouped = input.reshape(batch, samples * channels, *spatial)
     mean_per_particle = None if running_mean is None else running_mean.repeat(samples)
     var_per_particle = None if running_var is None else running_var.repeat(samples)
-    out = F.batch_norm(
-        grouped,
-        mean_per_particle,
-        var_per_particle,
-        None if weight is None else weight.repeat(samples),
-        None if bias is None else bias.repeat(samples),
-        True,
-        momentum,
-        eps,
-    )
+    try:
+        out = F.batch_norm(
+            grouped,
+            mean_per_particle,
+            var_per_particle,
+            None if weight is None else weight.repeat(samples),
+            None if bias is None else bias.repeat(samples),
+            True,
+            momentum,
+            eps,
+        )
+    except RuntimeError as error:
+        # torch names the grouped sizes, S times the channels the user wrote.
+        statistics = {
+            "running_mean": running_mean,
+            "running_var": running_var,
+            "weight": weight,
+            "bias": bias,
+        }
+        for name, tensor in statistics.items():
+            if tensor is not None and tensor.numel() != channels:
+                raise RuntimeError(
+                    f"{name} should contain {channels} elements not "
+                    f"{tensor.numel()}: the input has {channels} channels "
+                    "(dimension 1 of its shape "
+                    f"{functional.describe_input_shape(input)}), the batch norm "
+                    f"was built for num_features={tensor.numel()}"
+                ) from error
+        raise
     with torch.no_grad():
         for running, per_particle in (
             (running_mean, mean_per_particle),

@@ -609,6 +609,28 @@ def _fold_shared(shared: Tensor, samples: int) -> Tensor:
     )
 
 
+def _check_moments(weight: object, bias: object, owner: str) -> None:
+    """Refuse a weight (or bias) that is not a ``(mean, std)`` pair.
+
+    A tensor in its place unpacked into its first two rows as the mean and
+    the standard deviation: a wrong result of a wrong shape, without an error.
+    """
+    for what, pair in (("weight", weight), ("bias", bias)):
+        if pair is None and what == "bias":
+            continue
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            given = (
+                f"a tensor of shape {tuple(pair.shape)}"
+                if isinstance(pair, Tensor)
+                else type(pair).__name__
+            )
+            raise TypeError(
+                f"{owner} takes the {what} as a (mean, std) pair of tensors, the "
+                f"moments of a mean-field Normal, got {given} (a drawn weight "
+                "goes to linear or conv)"
+            )
+
+
 def linear_local(
     input: Tensor,
     weight: tuple[Tensor, Tensor],
@@ -643,6 +665,7 @@ def linear_local(
         >>> linear_local(torch.randn(4, 3), w, None, samples=5, batch_size=4).shape
         torch.Size([20, 2])
     """
+    _check_moments(weight, bias, "linear_local")
     shared, out_rows = _rows(input, samples, batch_size)
     mean = F.linear(input, weight[0], None if bias is None else bias[0])
     var = F.linear(
@@ -750,6 +773,7 @@ def linear_flipout(
         >>> linear_flipout(x, w, None, samples=5, batch_size=4).shape
         torch.Size([20, 7, 2])
     """
+    _check_moments(weight, bias, "linear_flipout")
     out_features, in_features = weight[0].shape
     shared, out_rows = _rows(input, samples, batch_size)
     mean = F.linear(input, weight[0], None if bias is None else bias[0])
@@ -804,6 +828,7 @@ def conv_local(
         >>> conv_local(x, w, None, one, one, one, 1, samples=3, batch_size=2).shape
         torch.Size([6, 4, 8, 8])
     """
+    _check_moments(weight, bias, "conv_local")
     op = _CONV[len(stride)]
     shared, out_rows = _rows(input, samples, batch_size)
     mean = op(
@@ -855,6 +880,7 @@ def conv_flipout(
         >>> conv_flipout(x, w, None, one, one, one, 1, samples=3, batch_size=2).shape
         torch.Size([6, 4, 8, 8])
     """
+    _check_moments(weight, bias, "conv_flipout")
     dims = len(stride)
     op = _CONV[dims]
     shared, out_rows = _rows(input, samples, batch_size)

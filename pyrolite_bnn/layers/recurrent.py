@@ -33,7 +33,7 @@ from pyrolite_bnn.layers._sequence import (
     note_batch_folded,
     unfold_sequence,
 )
-from pyrolite_bnn.layers.functional import current_batch_size
+from pyrolite_bnn.layers.functional import current_batch_size, describe_input_shape
 from pyrolite_bnn.layers.functional_recurrent import (
     GATES,
     RecurrentWeights,
@@ -240,6 +240,12 @@ class _VIRNNBase(VIModule):
                 )
             return packed.pack(output), h_n, c_n
         check_floating_input(input, name)
+        if input.dim() == 3 and input.shape[1 if self.batch_first else 0] == 0:
+            raise ValueError(
+                f"{name} expected a sequence length larger than 0 (as torch's "
+                f"{self.mode} does), got input of shape "
+                f"{describe_input_shape(input)} (batch_first={self.batch_first})"
+            )
         if input.dim() != 3 or input.shape[-1] != self.input_size:
             layout = (
                 "batch-first input of shape (batch, sequence, "

@@ -629,6 +629,20 @@ def _clones(layer: nn.Module, count: int) -> VISequential:
     return VISequential(*[copy.deepcopy(layer) for _ in range(count)])
 
 
+def _final_norm(norm: object) -> nn.Module | None:
+    """A stack's ``norm=``: ``None`` or a module (a callable, as torch runs it).
+
+    torch stores anything and fails at the first call ("'str' object is not
+    callable" for ``norm="ln"``); refused here, where it is given.
+    """
+    if norm is not None and not callable(norm):
+        raise TypeError(
+            "norm must be a module applied to the output, e.g. "
+            f"nn.LayerNorm(d_model), or None; got {norm!r}"
+        )
+    return norm  # type: ignore[return-value]
+
+
 # The stacks have no LayerCases (their first argument is a layer, a torch one
 # for torch's class); VITransformer's cases run them, and the contract suite's
 # round trip converts them.
@@ -658,6 +672,9 @@ class VITransformerEncoder(_SequenceModule):
         enable_nested_tensor: accepted, no effect (see above).
         mask_check: accepted, no effect.
 
+    Raises:
+        TypeError: if ``norm`` is neither a module (callable) nor ``None``.
+
     Shape:
         - Input: ``src`` ``(B, L, d_model)`` (``(L, B, d_model)`` if the
           layer's ``batch_first=False``); ``mask`` ``(L, L)`` or
@@ -686,7 +703,7 @@ class VITransformerEncoder(_SequenceModule):
         super().__init__()
         self.layers = _clones(encoder_layer, num_layers)
         self.num_layers = num_layers
-        self.norm = norm
+        self.norm = _final_norm(norm)
         self.enable_nested_tensor = enable_nested_tensor
         self.mask_check = mask_check
 
@@ -759,6 +776,9 @@ class VITransformerDecoder(_SequenceModule):
         num_layers: number of layers.
         norm: optional module applied to the output.
 
+    Raises:
+        TypeError: if ``norm`` is neither a module (callable) nor ``None``.
+
     Shape:
         - Input: ``tgt`` ``(B, T, d_model)``, ``memory`` ``(B, Lm, d_model)``
           (``(T, B, d_model)``, ``(Lm, B, d_model)`` if the layer's
@@ -783,7 +803,7 @@ class VITransformerDecoder(_SequenceModule):
         super().__init__()
         self.layers = _clones(decoder_layer, num_layers)
         self.num_layers = num_layers
-        self.norm = norm
+        self.norm = _final_norm(norm)
 
     def forward(
         self,

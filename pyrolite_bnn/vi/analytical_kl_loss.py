@@ -140,7 +140,10 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
 
     Raises:
         NotImplementedError: a weight tensor has no closed-form KL.
-        ValueError: the model has no random variables.
+        ValueError: the model has no random variables, or
+            ``divergence_type`` is :class:`NormalNormalDivergence` or
+            :class:`UniformNormalDivergence` and a layer's prior/posterior
+            pair is not that module's (its parameters would not fit it).
 
     Example:
         >>> import torch
@@ -177,6 +180,7 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
         variables = collect_variables(model)
         if not variables:
             raise ValueError("Provided model is not bayesian.")
+        _check_divergence(divergence_type, variables)
         if divergence_type is None:
             for v in variables:
                 if _closed_form(v.module, v.name, v.posterior) is None:
@@ -217,6 +221,7 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
                 "kl_module must be a KullbackLeiblerModule (e.g. "
                 f"NormalNormalDivergence()) or None, got {value!r}"
             )
+        _check_divergence(value, collect_variables(self.__dict__["model"]))
         self.divergence_type = value
 
     def prior_matching(self) -> Tensor:
@@ -261,6 +266,46 @@ def _divergence_of(variable: RandomVariable) -> type[KullbackLeiblerModule] | No
         if type(prior) is NormalPrior:
             return NormalNormalDivergence
     return None
+
+
+def _check_divergence(
+    divergence: KullbackLeiblerModule | None, variables: list[RandomVariable]
+) -> None:
+    """Refuse a library divergence module that does not fit a layer's pair.
+
+    :class:`NormalNormalDivergence` and :class:`UniformNormalDivergence` read
+    a fixed list of prior and variational parameters; any other pair's list
+    failed at the first call, inside the module ("too many values to
+    unpack"). A user's own module, and :class:`NonBayesianDivergence` (zero
+    for any parameters), are taken as given.
+    """
+    kind = next(
+        (
+            cls
+            for cls in (NormalNormalDivergence, UniformNormalDivergence)
+            if isinstance(divergence, cls)
+        ),
+        None,
+    )
+    if kind is None:
+        return
+    for variable in variables:
+        if not isinstance(variable.module, VIModule):
+            continue  # divergence_type reads the vi layers' parameters only
+        fitting = _divergence_of(variable)
+        if fitting is not kind:
+            prior, posterior = _spec_names(variable)
+            has = (
+                f"whose divergence is {fitting.__name__}"
+                if fitting is not None
+                else "which has no divergence module"
+            )
+            raise ValueError(
+                f"divergence_type {type(divergence).__name__} does not match the "
+                f"network: variable '{variable.site}' has the prior {prior} and the "
+                f"variational distribution {posterior}, {has}; leave "
+                "divergence_type=None to take each layer's closed form"
+            )
 
 
 def _detect(variables: list[RandomVariable]) -> KullbackLeiblerModule | None:

@@ -145,6 +145,9 @@ class VariableSpecs:
         rescale_prior: scale the priors by ``1 / sqrt(3 fan_in)``.
         kaiming_initialization: scale the initial variational scales.
         prior_initialization: start the variational parameters at the prior.
+
+    Raises:
+        NoVariablesError: if every variable is ``None`` (or there are none).
     """
 
     def __init__(
@@ -158,6 +161,8 @@ class VariableSpecs:
     ) -> None:
         self.shapes = validated_shapes(variable_shapes)
         self.names = tuple(self.shapes)
+        if not self.declared():
+            raise NoVariablesError("All module variables are set to None.")
         families = _per_variable(
             variational_distribution,
             self.names,
@@ -195,10 +200,7 @@ class VariableSpecs:
 
     def fan_in(self) -> int:
         """torch_blue's fan-in: of the first variable with two or more dims."""
-        declared = self.declared()
-        if not declared:
-            raise NoVariablesError("All module variables are set to None.")
-        for shape in declared.values():
+        for shape in self.declared().values():
             if len(shape) >= 2:
                 return shape[1] * math.prod(shape[2:])
         warnings.warn(
@@ -567,12 +569,25 @@ class VIModule(BnnVIModule):
     def sample_variable(self, variable: str) -> Tensor | None:
         """One draw of ``variable`` from its variational distribution (or ``None``).
 
+        For use outside a forward pass: inside one, ``forward`` reads its
+        particle's draw as ``self.<variable>``.
+
         Raises:
             NoVariablesError: if the module has no variables of its own.
             KeyError: for a name that is none of its variables.
+            RuntimeError: if called while a network runs (inside ``forward``).
         """
         if self._own_variable(variable, " to sample") is None:
             return None
+        if _plain_roots.in_running_network():
+            raise RuntimeError(
+                f"{type(self).__name__}.sample_variable({variable!r}) was called "
+                "while the network runs: inside forward read the variable as "
+                f"self.{variable}, the draw of the running particle, which the "
+                "network records for the loss; sample_variable draws one more "
+                "sample that the loss never sees (and torch.vmap, which runs "
+                "forward for all particles, cannot draw it)"
+            )
         draw: Tensor = self.posterior[variable].distribution().rsample()
         return draw
 

@@ -9,7 +9,11 @@ import pytest
 import torch
 
 import pyrolite_bnn as bnn
-from pyrolite_bnn.distributions.mixture_quantiles import gaussian_mixture_quantile
+from pyrolite_bnn.distributions.mixture_quantiles import (
+    gaussian_mixture_quantile,
+    poisson_mixture_quantile,
+    student_t_mixture_quantile,
+)
 
 
 def test_categorical_log_prob() -> None:
@@ -357,6 +361,63 @@ def test_mixture_quantile_takes_one_probability(
     for wrong in ("0.5", torch.tensor([0.1, 0.9])):
         with pytest.raises(TypeError, match="q must be a number"):
             likelihood.quantile(output, wrong)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("temperature", "error", "message"),
+    [
+        (torch.tensor(-1.0), ValueError, r"positive and finite, got -1\.0"),
+        (0.0, ValueError, r"positive and finite, got 0\.0"),
+        (torch.tensor(math.nan), ValueError, r"positive and finite, got nan"),
+        ("2", TypeError, r"temperature must be a number"),
+    ],
+)
+def test_tempered_refuses_a_temperature_that_is_not_positive(
+    temperature: object, error: type[Exception], message: str
+) -> None:
+    """T=-1 was accepted and flipped the logits (the classes' order)."""
+    with pytest.raises(error, match=message):
+        bnn.Categorical().tempered(torch.tensor([[[1.0, 2.0]]]), temperature)  # type: ignore[arg-type]
+
+
+def test_tempered_takes_a_python_number() -> None:
+    """A float raised "'float' object has no attribute 'to'"."""
+    logits = torch.tensor([[[1.0, 2.0]]])
+    torch.testing.assert_close(bnn.Categorical().tempered(logits, 2.0), logits / 2)
+
+
+def test_gaussian_and_poisson_mixture_quantiles_refuse_negative_values() -> None:
+    """var=-v returned NaN; a negative Poisson rate NaN too. A zero variance
+    is a point mass, still taken."""
+    loc, var = torch.randn(5, 4), torch.rand(5, 4) + 0.1
+    with pytest.raises(ValueError, match=r"var must be >= 0, got -?\d.*\(20 of its 20"):
+        gaussian_mixture_quantile(loc, -var, 0.9)
+    with pytest.raises(
+        ValueError, match=r"rate must be >= 0, got -?\d.*\(20 of its 20"
+    ):
+        poisson_mixture_quantile(-var, 0.9)
+    torch.testing.assert_close(
+        gaussian_mixture_quantile(loc, torch.zeros(5, 4), 0.5),
+        loc.median(0).values,
+        atol=1e-6,
+        rtol=0.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "quantile",
+    [
+        lambda loc: gaussian_mixture_quantile(loc, torch.ones_like(loc), 0.9),
+        lambda loc: student_t_mixture_quantile(loc, torch.ones(()), 4.0, 0.9),
+        lambda loc: poisson_mixture_quantile(loc.exp(), 0.9),
+    ],
+    ids=["gaussian", "student_t", "poisson"],
+)
+def test_mixture_quantiles_refuse_zero_particles(quantile: Any) -> None:
+    """S = 0 raised IndexError "min(): Expected reduction dim 0 to have
+    non-zero size"."""
+    with pytest.raises(ValueError, match=r"with S >= 1 particles, got shape \(0, 4\)"):
+        quantile(torch.zeros(0, 4))
 
 
 @pytest.mark.parametrize("q", [1e-12, 1e-7, 0.025, 0.5, 1 - 1e-7])

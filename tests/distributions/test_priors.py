@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 import pyrolite_bnn as bnn
@@ -856,6 +856,14 @@ def test_a_prior_class_in_place_of_an_instance_says_so(cls: type) -> None:
     """It was taken for a shape -> distribution callable and failed later."""
     with pytest.raises(TypeError, match=rf"pass {cls.__name__}\(\.\.\.\)"):
         bnn.VILinear(3, 2, prior=cls)
+
+
+def test_a_torch_module_as_prior_says_so() -> None:
+    """A module is callable: it was taken for a shape -> distribution function,
+    and torch then said "linear(): argument 'input' must be Tensor, not
+    torch.Size"."""
+    with pytest.raises(TypeError, match=r"got the torch module Linear, whose forward"):
+        bnn.VILinear(3, 2, prior=nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize(

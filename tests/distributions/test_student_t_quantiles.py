@@ -140,3 +140,25 @@ def test_nan_outputs_give_nan_quantiles_as_for_normal() -> None:
     normal = bnn.Normal(scale=1.0).quantile(outputs, 0.9)
     assert torch.equal(quantile.isnan(), normal.isnan())
     assert quantile.isnan().tolist() == [False, True, True, False]
+
+
+@pytest.mark.parametrize("sign", [-1.0, 0.0])
+def test_mixture_quantile_refuses_a_scale_that_is_not_positive(sign: float) -> None:
+    """scale=-v returned finite, wrong numbers (0.41, 1.16, ... for 0.91, 2.15,
+    ... with +v)."""
+    loc, scale = torch.randn(5, 4), torch.rand(5, 4) + 0.1
+    with pytest.raises(
+        ValueError, match=r"scale must be > 0, got -?\d.*\(20 of its 20"
+    ):
+        student_t_mixture_quantile(loc, sign * scale, 4.0, 0.9)
+    with bnn.validation(False):  # the switch that turns the value checks off
+        student_t_mixture_quantile(loc, scale, 4.0, 0.9)
+
+
+@pytest.mark.parametrize(("df", "error"), [(0.0, ValueError), ("4", TypeError)])
+def test_mixture_quantile_refuses_degrees_of_freedom_that_are_not_positive(
+    df: object, error: type[Exception]
+) -> None:
+    """df=0 raised "math domain error"."""
+    with pytest.raises(error, match="df must be"):
+        student_t_mixture_quantile(torch.zeros(3, 2), torch.ones(()), df, 0.9)  # type: ignore[arg-type]

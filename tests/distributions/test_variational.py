@@ -66,6 +66,28 @@ def test_scale_transform_is_validated_and_shown_only_when_not_default() -> None:
     assert "scale_transform='exp'" in repr(layer)
 
 
+@pytest.mark.parametrize("transform", ["softplus", "exp"])
+def test_an_initial_scale_whose_variance_overflows_is_refused(transform: str) -> None:
+    """init_scale=1e20 passed the float32 range check; the local
+    reparameterisation's variance overflowed and VILinear's outputs were inf."""
+    largest = math.sqrt(torch.finfo(torch.float32).max)  # 1.84e19
+    family = bnn.MeanFieldNormal(1e20, scale_transform=transform)
+    with pytest.raises(
+        ValueError,
+        match=r"init_scale must lie between 1\.175e-38 and 1\.845e\+19 .* float32 "
+        r"number with a finite square, got 1e\+20",
+    ):
+        bnn.VILinear(3, 2, variational=family)
+    below = bnn.MeanFieldNormal(largest * 0.99, scale_transform=transform)
+    layer = bnn.VILinear(3, 2, variational=below)
+    assert bool(torch.isfinite(layer.posterior["weight"].scale()).all())
+    # the bound follows the layer's dtype
+    wide = bnn.VILinear(3, 2, variational=family, dtype=torch.float64)
+    assert float(wide.posterior["weight"].scale().detach()[0, 0]) == pytest.approx(1e20)
+    with pytest.raises(ValueError, match=r"between 6\.104e-05 and 255\.9 .* float16"):
+        bnn.VILinear(3, 2, variational=bnn.MeanFieldNormal(300.0), dtype=torch.float16)
+
+
 @pytest.mark.parametrize("kl", ["mc", "analytic"])
 def test_exp_transform_loss_equals_pyro_elbo(kl: str) -> None:
     torch.manual_seed(0)

@@ -561,3 +561,24 @@ def test_layers_before_batch_statistics_draw_whole_weights(estimator: str) -> No
         net.eval()
         out = net(copies, samples=5) if root is bnn.VISequential else net(copies)
         assert float(out.detach().std(dim=1).min()) > 1e-3
+
+
+@pytest.mark.parametrize("track_running_stats", [True, False])
+def test_wrong_num_features_names_the_users_sizes(track_running_stats: bool) -> None:
+    """BatchNorm1d(3) after VILinear(3, 4) said "running_mean should contain 40
+    elements not 30" in training: the user's 4 and 3 times the 10 particles."""
+    net = bnn.VISequential(
+        bnn.VILinear(3, 4),
+        bnn.BatchNorm1d(3, track_running_stats=track_running_stats),
+    )
+    name = "running_mean" if track_running_stats else "weight"
+    with pytest.raises(
+        RuntimeError,
+        match=rf"^{name} should contain 4 elements not 3: the input has 4 channels "
+        r".*num_features=3$",
+    ):
+        net(torch.randn(5, 3), samples=10)
+    # Evaluation with running statistics is torch's own message, the same sizes.
+    if track_running_stats:
+        with pytest.raises(RuntimeError, match="should contain 4 elements not 3"):
+            net.eval()(torch.randn(5, 3), samples=10)

@@ -105,3 +105,32 @@ def test_match_particles_broadcasts_shared_shortcut() -> None:
         torch.testing.assert_close(
             matched.reshape(2, 4, 3)[:, s], shortcut, rtol=0, atol=0
         )
+
+
+_ONE = (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("estimate", "input", "shape", "geometry"),
+    [
+        (functional.linear_local, (4, 3), (2, 3), ()),
+        (functional.linear_flipout, (4, 3), (2, 3), ()),
+        (functional.conv_local, (2, 2, 5, 5), (4, 2, 3, 3), (_ONE, _ONE, _ONE, 1)),
+        (functional.conv_flipout, (2, 2, 5, 5), (4, 2, 3, 3), (_ONE, _ONE, _ONE, 1)),
+    ],
+    ids=["linear_local", "linear_flipout", "conv_local", "conv_flipout"],
+)
+def test_moment_estimators_refuse_a_weight_that_is_no_pair(
+    estimate: object, input: tuple[int, ...], shape: tuple[int, ...], geometry: tuple
+) -> None:
+    """linear_local(x, weight_tensor, ...) read the tensor's first two rows as
+    the mean and the std and returned garbage of shape (16,)."""
+    x, weight = torch.randn(*input), torch.randn(*shape)
+    name = estimate.__name__  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match=rf"{name} takes the weight as a \(mean, std\)"):
+        estimate(x, weight, None, *geometry, 4, input[0])  # type: ignore[operator]
+    pair = (torch.zeros(shape[0]), torch.ones(shape[0]))
+    with pytest.raises(TypeError, match=r"takes the bias as a \(mean, std\) pair"):
+        estimate(x, pair, torch.zeros(shape[0]), *geometry, 4, input[0])  # type: ignore[operator]
+    moments = (torch.zeros(shape), torch.ones(shape))
+    assert estimate(x, moments, pair, *geometry, 4, input[0]).shape[0] == 4 * input[0]  # type: ignore[operator]

@@ -210,6 +210,23 @@ def test_errors_say_what_to_do() -> None:
         lstm(torch.randn(2, 5, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 1, 4)))
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_an_empty_sequence_is_refused_as_torch_refuses_it(
+    mode: str, batch_first: bool
+) -> None:
+    """VIGRU raised "stack expects a non-empty TensorList", VILSTM returned an
+    empty output; torch's GRU and LSTM both raise "Expected sequence length to
+    be larger than 0"."""
+    x = torch.randn(2, 0, 3) if batch_first else torch.randn(0, 2, 3)
+    plain = getattr(nn, mode)(3, 4, batch_first=batch_first)
+    with pytest.raises(RuntimeError, match="sequence length to be larger than 0"):
+        plain(x)
+    layer = getattr(bnn, f"VI{mode}")(3, 4, batch_first=batch_first)
+    with pytest.raises(ValueError, match=r"sequence length larger than 0 \(as torch"):
+        layer(x, samples=2)
+
+
 def test_weights_drawn_once_per_particle_and_sequence() -> None:
     # The record holds one draw per weight tensor: (S, 1, *shape), the same at
     # every time step, so the KL counts each weight once.

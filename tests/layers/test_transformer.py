@@ -222,6 +222,21 @@ def test_options_and_errors() -> None:
     )
 
 
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_a_final_norm_that_is_no_module_is_refused(stack: str) -> None:
+    """norm="ln" was accepted; the first forward said "'str' object is not
+    callable"."""
+    if stack == "encoder":
+        layer: nn.Module = bnn.VITransformerEncoderLayer(E, HEADS, FF, batch_first=True)
+        build = bnn.VITransformerEncoder
+    else:
+        layer = bnn.VITransformerDecoderLayer(E, HEADS, FF, batch_first=True)
+        build = bnn.VITransformerDecoder
+    with pytest.raises(TypeError, match=r"norm must be a module .* got 'ln'"):
+        build(layer, 1, norm="ln")  # type: ignore[arg-type]
+    assert isinstance(build(layer, 1, norm=nn.LayerNorm(E)).norm, nn.LayerNorm)
+
+
 def test_float_causal_mask_equals_boolean_mask() -> None:
     layer = bnn.VITransformerEncoderLayer(E, HEADS, FF, 0.0, batch_first=True)
     x = torch.randn(B, L, E)

@@ -10,7 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyrolite_bnn._validation import check_real, is_validation_enabled
+from pyrolite_bnn._validation import (
+    check_real,
+    check_temperature,
+    is_validation_enabled,
+)
 from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.predictive import Categorical as BnnCategorical
 from pyrolite_bnn.distributions.predictive import (
@@ -105,7 +109,7 @@ class _ProbsCategorical(BnnCategorical):
         self.check_output(output)
         return self.probs(full_precision(output))
 
-    def tempered(self, output: Tensor, temperature: Tensor) -> Tensor:
+    def tempered(self, output: Tensor, temperature: Tensor | float) -> Tensor:
         """Probabilities ``p^(1/T)`` normalised: ``softmax(log(p) / T)``.
 
         Example:
@@ -117,7 +121,8 @@ class _ProbsCategorical(BnnCategorical):
             ... )
             tensor([0.0588, 0.9412])
         """
-        return (self.probs(output).log() / temperature.to(output)).softmax(-1)
+        scaled = self.probs(output).log() / check_temperature(temperature, output)
+        return scaled.softmax(-1)
 
 
 class Categorical(PredictiveDistribution):
