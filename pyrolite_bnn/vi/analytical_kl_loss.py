@@ -140,10 +140,10 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
 
     Raises:
         NotImplementedError: a weight tensor has no closed-form KL.
-        ValueError: the model has no random variables, or
+        ValueError: the model has no random variables; when called, if
             ``divergence_type`` is :class:`NormalNormalDivergence` or
-            :class:`UniformNormalDivergence` and a layer's prior/posterior
-            pair is not that module's (its parameters would not fit it).
+            :class:`UniformNormalDivergence` and fails on the parameters of a
+            layer whose prior/posterior pair is not that module's.
 
     Example:
         >>> import torch
@@ -180,7 +180,6 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
         variables = collect_variables(model)
         if not variables:
             raise ValueError("Provided model is not bayesian.")
-        _check_divergence(divergence_type, variables)
         if divergence_type is None:
             for v in variables:
                 if _closed_form(v.module, v.name, v.posterior) is None:
@@ -221,14 +220,17 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
                 "kl_module must be a KullbackLeiblerModule (e.g. "
                 f"NormalNormalDivergence()) or None, got {value!r}"
             )
-        _check_divergence(value, collect_variables(self.__dict__["model"]))
         self.divergence_type = value
 
     def prior_matching(self) -> Tensor:
         """The KL term ``KL(q || p)`` of the model, in closed form."""
         model: BnnVIModule = self.__dict__["model"]
         if self.divergence_type is not None:
-            return self.divergence_type(*_flat_parameters(model))
+            try:
+                return self.divergence_type(*_flat_parameters(model))
+            except (ValueError, TypeError, RuntimeError) as error:
+                _check_divergence(self.divergence_type, model, error)
+                raise
         terms = [
             _closed_form(v.module, v.name, v.posterior)
             for v in model.random_variables()
@@ -269,16 +271,22 @@ def _divergence_of(variable: RandomVariable) -> type[KullbackLeiblerModule] | No
 
 
 def _check_divergence(
-    divergence: KullbackLeiblerModule | None, variables: list[RandomVariable]
+    divergence: KullbackLeiblerModule, model: nn.Module, error: Exception
 ) -> None:
-    """Refuse a library divergence module that does not fit a layer's pair.
+    """Explain ``error`` of a library divergence that does not fit a layer's pair.
 
     :class:`NormalNormalDivergence` and :class:`UniformNormalDivergence` read
-    a fixed list of prior and variational parameters; any other pair's list
-    failed at the first call, inside the module ("too many values to
-    unpack"). A user's own module, and :class:`NonBayesianDivergence` (zero
-    for any parameters), are taken as given.
+    a fixed list of prior and variational parameters: given as
+    ``divergence_type`` they are taken, as torch_blue takes them (a pair
+    whose parameters line up computes), and another pair's list failed inside
+    the module ("too many values to unpack"). A user's own module, and
+    :class:`NonBayesianDivergence` (zero for any parameters), are not judged.
+
+    Raises:
+        ValueError: naming the variable, its pair and the divergence that
+            fits it, from ``error``.
     """
+    variables = collect_variables(model)
     kind = next(
         (
             cls
@@ -305,7 +313,7 @@ def _check_divergence(
                 f"network: variable '{variable.site}' has the prior {prior} and the "
                 f"variational distribution {posterior}, {has}; leave "
                 "divergence_type=None to take each layer's closed form"
-            )
+            ) from error
 
 
 def _detect(variables: list[RandomVariable]) -> KullbackLeiblerModule | None:
