@@ -588,13 +588,15 @@ def _restore_place(module: nn.Module, table: str, key: str, position: int) -> No
 def _is_structural(module: nn.Module, name: str, value: Any) -> bool:
     """Whether setting ``module.name = value`` can change modules, weights or sites.
 
-    Or a setting ``forward`` reads (:func:`public_settings`): what networks
-    derive from ``batch_first``, ``dropout``, ``max_norm``... is stale too.
+    Or a change of a setting ``forward`` reads (:func:`public_settings`):
+    what networks derive from ``batch_first``, ``dropout``, ``max_norm``... is
+    stale too. (A setting's first value, set while the module is built, is
+    not a change.)
     """
     if isinstance(value, (nn.Module, torch.Tensor, PyroParam, PyroSample)):
         return True
-    if _is_setting(name, value):
-        return True
+    if _is_setting(name, value) and name in module.__dict__:
+        return bool(module.__dict__[name] != value)  # a change, not the first value
     tables = ("_modules", "_parameters", "_buffers", "_pyro_samples")
     return any(name in module.__dict__.get(table, ()) for table in tables)
 
@@ -621,7 +623,7 @@ def public_settings(module: nn.Module) -> tuple[tuple[str, Hashable], ...]:
 
     Its public attributes that are scalars, tuples of scalars or functions
     (``batch_first``, ``dropout``, ``padding``, ``activation``), ``training``
-    aside. Setting one on a library module changes :func:`structure_version`.
+    aside. Changing one on a library module changes :func:`structure_version`.
 
     Example:
         >>> public_settings(nn.Dropout(0.5))

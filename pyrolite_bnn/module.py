@@ -40,7 +40,6 @@ from pyrolite_bnn._pyro_module import (
     LocalPyroModule,
     local_params,
     public_settings,
-    structure_version,
 )
 from pyrolite_bnn._sites import current_sites
 from pyrolite_bnn._validation import check_count
@@ -356,13 +355,13 @@ class VIModule(LocalPyroModule):
         return (type(self), self.training, self._settings())
 
     def _settings(self) -> tuple[tuple[str, Hashable], ...]:
-        """:func:`public_settings`, kept until a setting (or the structure) changes."""
-        version = structure_version()
-        cached = self.__dict__.get("_graph_settings")
-        if cached is None or cached[0] != version:
-            cached = (version, public_settings(self))
-            object.__setattr__(self, "_graph_settings", cached)
-        settings: tuple[tuple[str, Hashable], ...] = cached[1]
+        """:func:`public_settings`, kept until a public attribute is set."""
+        settings: tuple[tuple[str, Hashable], ...] | None = self.__dict__.get(
+            "_graph_settings"
+        )
+        if settings is None:
+            settings = public_settings(self)
+            object.__setattr__(self, "_graph_settings", settings)
         return settings
 
     def uses_moments(self) -> bool:
@@ -476,6 +475,8 @@ class VIModule(LocalPyroModule):
         self._set_guide(value)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_"):
+            self.__dict__.pop("_graph_settings", None)  # see _settings
         if name == "guide":
             self._set_guide(value)
             return
