@@ -810,17 +810,15 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
         "needs a batch_first=True network)."
     )
     if shared and _folded_behind(tensor, state):
-        assert batch is not None
         raise ValueError(
             f"network output of shape {tuple(tensor.shape)} has the batch size "
-            f"{batch} as its leading size, but dimension 1 holds samples * batch "
-            f"= {samples * batch} rows: the particles are folded there (a "
-            "recurrent layer's state transformed, torch.tanh(h_n), where the "
-            "leading size is the number of layers), and an output shared by the "
-            f"particles cannot have them. {keep_first} Return the state as the "
-            "layer gives it, or with the batch first (h_n.transpose(0, 1)); an "
-            "output no Bayesian layer has touched, whose dimension 1 only happens "
-            "to have that size, runs with another batch size or samples."
+            f"{rows} as its leading size, but the shape of a Bayesian recurrent "
+            "layer's state (layers, batch * samples, hidden), whose particles are "
+            f"folded in dimension 1 ({tensor.shape[1]} = {rows} * {samples}): a "
+            "transformed state (torch.tanh(h_n)) with as many layers as examples "
+            "cannot be told from an output shared by the particles. Return the "
+            "state as the layer gives it, or with the batch first "
+            f"(h_n.transpose(0, 1)). {keep_first}"
         )
     if shared:
         return tensor.unsqueeze(0).expand(samples, *tensor.shape)
@@ -836,20 +834,20 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
 
 
 def _folded_behind(tensor: Tensor, state: ParticleState) -> bool:
-    """Whether an output read as shared has the folded batch in dimension 1.
+    """Whether an output read as shared is a recurrent state with the batch behind.
 
-    ``(k, B * S, ...)`` with ``k == B`` (a recurrent layer's ``h_n`` of ``B``
-    layers, transformed: the layer's own output is unfolded where it folded
-    it): no tensor shared by the particles holds ``B * S`` rows of theirs.
-    Only in a batch-first network (a sequence-first one's outputs have the
-    batch in dimension 1) and never for an input of the call.
+    ``(k, B * S, ...)`` with ``k == B``: the leading size says shared, but a
+    Bayesian layer of the call gave a tensor of its shape folded at dimension
+    1 (a ``VIGRU``/``VILSTM``'s ``h_n``, ``(layers, B * S, H)``), which the
+    output is then a transform of (``torch.tanh(h_n)``; the layer's own
+    tensor is unfolded where it folded it). A shared output of another
+    shape with ``B * S`` in dimension 1 by coincidence (``B = 1`` and ``S``
+    features of a deterministic head) keeps its reading. Only in a
+    batch-first network (a sequence-first one's outputs have the batch in
+    dimension 1).
     """
-    batch, samples = state.batch_size, state.samples
-    return (
-        samples > 1
-        and batch is not None
-        and state.batch_leading
-        and tensor.dim() >= 2
-        and tensor.shape[1] == batch * samples
-        and not state.is_input(tensor)
+    if state.samples == 1 or not state.batch_leading or tensor.dim() < 2:
+        return False
+    return any(
+        dim == 1 and folded.shape == tensor.shape for folded, dim in state.batch_folded
     )

@@ -165,13 +165,33 @@ def test_an_output_with_the_folded_batch_behind_the_batch_is_refused(
     another leading size is; raw ``h_n`` (the layer records where it folded
     it) and an output with the batch first are unfolded."""
     x = torch.randn(2, 6, 3)  # B = 2 = num_layers
-    with pytest.raises(ValueError, match=r"(?s)dimension 1 holds samples \* batch"):
+    with pytest.raises(ValueError, match=r"(?s)recurrent layer's state.*6 = 2 \* 3"):
         _States(transform)(x, samples=3)
     with pytest.raises(ValueError, match="network output has leading size 2"):
         _States(transform)(torch.randn(4, 6, 3), samples=3)
     assert _States(None)(x, samples=3).shape == (3, 2, 2, 5)
     first = _States(lambda h: transform(h).transpose(0, 1))
     assert first(x, samples=3).shape == (3, 2, 2, 5)
+
+
+def test_a_shared_output_with_the_folded_size_behind_the_batch_is_expanded() -> None:
+    """A deterministic head's ``(B, F)`` output with ``F == B * S`` by
+    coincidence (``B = 1``, ``F = S``: a single example, as ``predict`` with
+    ``batch_size=1`` runs it) is still read as shared: only a tensor of a
+    recurrent state's shape is refused above."""
+
+    class Heads(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bayesian, self.plain = bnn.VILinear(3, 2), nn.Linear(3, 4)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            return self.bayesian(x), self.plain(x)
+
+    net, x = Heads(), torch.randn(1, 3)
+    out, plain = net(x, samples=4)
+    assert out.shape == (4, 1, 2)
+    torch.testing.assert_close(plain, net.plain(x).expand(4, 1, 4), rtol=0, atol=0)
 
 
 def test_keyword_inputs_of_a_plain_root_are_its_inputs() -> None:
