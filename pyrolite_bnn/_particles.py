@@ -233,21 +233,29 @@ def row_layout(
         # such as an h0 (layers, B, H), never is).
         shared = rows == batch
         if (split in used) if shared else (others_shared and rows in used):
+            other = split if shared else rows
+            assert other is not None  # split is in used
             raise AmbiguousLayoutError(
                 f"a tensor with {rows} rows is ambiguous: the batch "
                 f"{batch if shared else split} of the call "
                 f"{'shared' if shared else f'folded with samples={samples}'}, or "
-                f"another input's batch {split if shared else rows} "
-                f"{f'folded with samples={samples}' if shared else 'shared'}. "
-                "Give the network's inputs one batch size, or call it with "
-                "another number of samples" + _sequence_first_hint(state)
+                + _another_batch(
+                    state,
+                    other,
+                    f"folded with samples={samples}" if shared else "shared",
+                )
+                + ". "
+                + _ambiguity_remedy(state, other)
+                + _sequence_first_hint(state)
             )
         return shared
     if rows in seen and split in seen:
+        assert split is not None
         raise AmbiguousLayoutError(
-            f"a tensor with {rows} rows is ambiguous: one input's batch {rows} "
-            f"shared by the particles, or another's {split} folded with "
-            f"samples={samples}; give the network's inputs one batch size"
+            f"a tensor with {rows} rows is ambiguous: "
+            f"{_another_batch(state, rows, 'shared by the particles', 'one input')}"
+            f", or {_another_batch(state, split, f'folded with samples={samples}')}. "
+            + _ambiguity_remedy(state, rows, split)
             + _sequence_first_hint(state)
         )
     if rows in seen and others_shared:
@@ -257,6 +265,68 @@ def row_layout(
         used.add(split)
         return False
     return None
+
+
+def one_row_per_example(
+    state: ParticleState | None, tensor: Tensor, samples: int, batch: int | None
+) -> bool:
+    """Whether ``tensor``'s rows are the call's examples, one row each.
+
+    That is the batch ``B`` of the call read as shared rows, or ``B * S`` read
+    as folded ones (:func:`row_layout`). Any other rows hold some example
+    twice or none of them one to one: inputs concatenated along the batch
+    (``torch.cat([x1, x2])``, ``2B`` rows shared, ``B * S`` at ``S = 2``),
+    folded activations concatenated (``2B * S``), another input's batch,
+    positions moved into the batch. Without a known batch: ``True``.
+
+    Args:
+        state: the running call's particle state (``None`` outside a network).
+        tensor: the tensor, batch dimension first.
+        samples: the number of particles ``S``.
+        batch: the batch size of the running call.
+    """
+    if batch is None:
+        return True
+    rows, batch = int(tensor.shape[0]), int(batch)
+    if samples == 1 or state is None:
+        return rows == batch
+    if rows != batch and rows != batch * samples:
+        return False
+    # Only another layout than the size says changes the answer (a first read
+    # of B * S rows is shared, as concatenated inputs are). Read so, the rows
+    # are read the same way again by the layer's arithmetic.
+    return row_layout(state, tensor, samples, batch) is (rows == batch)
+
+
+def _concatenated(state: ParticleState, size: int) -> bool:
+    """Whether ``size`` is the batch of a concatenation read first, no input's."""
+    return size in state.early_batches and size not in state.other_batches
+
+
+def _another_batch(
+    state: ParticleState, size: int, layout: str, whose: str = "another input"
+) -> str:
+    """The other batch of an ambiguous size and its ``layout``, in words."""
+    if _concatenated(state, size):
+        return (
+            f"the {size} rows of a tensor concatenated along the batch {layout} "
+            "(a Bayesian layer read it first: torch.cat([x1, x2]) of two views)"
+        )
+    return f"{whose}'s batch {size} {layout}"
+
+
+def _ambiguity_remedy(state: ParticleState, *sizes: int) -> str:
+    """What to change where a size fits two batches (see :func:`row_layout`)."""
+    if any(_concatenated(state, size) for size in sizes):
+        return (
+            "Call the network with another number of samples, or call the layer "
+            "once per view instead of on the concatenation (enc(x1), enc(x2): a "
+            "layer called twice shares its weight draw)"
+        )
+    return (
+        "Give the network's inputs one batch size, or call it with another "
+        "number of samples"
+    )
 
 
 def _sequence_first_hint(state: ParticleState) -> str:
@@ -287,7 +357,15 @@ _WIDTH_ERRORS = (
 )
 
 
-def with_fold_hint(error: RuntimeError, samples: int) -> RuntimeError | None:
+# torch's check of an attention's key_padding_mask against the query's batch.
+_KEY_PADDING = re.compile(
+    r"Expected key_padded_mask\.shape\[0\] to be (\d+), but got (\d+)"
+)
+
+
+def with_fold_hint(
+    error: RuntimeError | AssertionError, samples: int
+) -> RuntimeError | AssertionError | None:
     """``error`` with a word on the fold if it is a size mismatch, else ``None``.
 
     torch's size errors inside a network name folded sizes the user never
@@ -295,11 +373,14 @@ def with_fold_hint(error: RuntimeError, samples: int) -> RuntimeError | None:
     :func:`~pyrolite_bnn.layers.functional.match_particles`; an error that
     already carries the word is left alone, and so is any error of a call
     with one particle (``samples``), where nothing is folded and the plain
-    torch model fails alike.
+    torch model fails alike. torch checks an attention's ``key_padding_mask``
+    with an ``AssertionError``; the hinted error keeps that type.
     """
     text = str(error)
     if _FOLD_HINT in text:
         return None
+    if isinstance(error, AssertionError):
+        return _key_padding_hint(text, samples)
     read = re.search(r"expects a tensor with <= 2 dimensions, but self is (\d+)D", text)
     if read is not None and int(read.group(1)) >= 4:
         # A drawn weight is (S, 1, out, in) or more, with one particle too.
@@ -309,6 +390,17 @@ def with_fold_hint(error: RuntimeError, samples: int) -> RuntimeError | None:
             "call it is the particles' draws (S, ...); call the layer itself, or "
             "keep the module whose forward reads it deterministic with "
             "bnn.convert(..., exclude=...))"
+        )
+    if "2d weights expected" in text:
+        # torch's fused nn.TransformerEncoderLayer reads its sublayers' weights.
+        return RuntimeError(
+            f"{text}\n(torch's fast path of a plain nn.TransformerEncoderLayer, "
+            "taken in evaluation mode without gradients, reads the weights of the "
+            "layers inside it itself, and a Bayesian layer's weight there is the "
+            "particles' draws (S, 1, out, in): make the whole layer Bayesian "
+            "(bnn.VITransformerEncoderLayer; bnn.convert converts it as one), or "
+            "turn torch's fast path off for the call, "
+            "torch.backends.mha.set_fastpath_enabled(False))"
         )
     if samples <= 1:
         return None
@@ -343,6 +435,24 @@ def with_fold_hint(error: RuntimeError, samples: int) -> RuntimeError | None:
         "as an input or a branch left deterministic, is still (B, ...): combine "
         "them with bnn.match_particles(shared, folded); tensors of different "
         "batch sizes do not broadcast against each other there)"
+    )
+
+
+def _key_padding_hint(text: str, samples: int) -> AssertionError | None:
+    """The message of torch's ``key_padding_mask`` check, with the particles' part."""
+    found = _KEY_PADDING.search(text)
+    if samples <= 1 or found is None:
+        return None
+    expected, got = (int(size) for size in found.groups())
+    if expected != got * samples:
+        return None
+    return AssertionError(
+        f"{text}\n{_FOLD_HINT}: the attention's query holds every example once "
+        f"per particle, {got} * {samples} rows, while a key_padding_mask taken "
+        f"from the network's input has its {got} rows; repeat the mask for every "
+        "particle, bnn.match_particles(key_padding_mask, h) with h the folded "
+        "(B * S, ...) query, which is key_padding_mask.repeat_interleave(S, 0) "
+        "with S = bnn.layers.functional.current_samples())"
     )
 
 
@@ -705,6 +815,23 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
         # Batch-major rows b * S + s -> (S, B, ...), contiguous for the caller.
         unfolded = tensor.reshape(rows // samples, samples, *tensor.shape[1:])
         return unfolded.transpose(0, 1).contiguous()
+    keep_first = (
+        "Keep the batch dimension first inside a VIModule's forward (in a "
+        "sequence-first network, batch_first=False, the leading dimension is the "
+        "input's sequence: an output without it, as a classifier on h_n[-1], "
+        "needs a batch_first=True network)."
+    )
+    if shared and _folded_behind(tensor, state):
+        raise ValueError(
+            f"network output of shape {tuple(tensor.shape)} has the batch size "
+            f"{rows} as its leading size, but the shape of a Bayesian recurrent "
+            "layer's state (layers, batch * samples, hidden), whose particles are "
+            f"folded in dimension 1 ({tensor.shape[1]} = {rows} * {samples}): a "
+            "transformed state (torch.tanh(h_n)) with as many layers as examples "
+            "cannot be told from an output shared by the particles. Return the "
+            "state as the layer gives it, or with the batch first "
+            f"(h_n.transpose(0, 1)). {keep_first}"
+        )
     if shared:
         return tensor.unsqueeze(0).expand(samples, *tensor.shape)
     if batch is None:
@@ -714,8 +841,25 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
         )
     raise ValueError(
         f"network output has leading size {rows}; expected the batch size {batch} "
-        f"or samples * batch = {samples * batch}. Keep the batch dimension first "
-        "inside a VIModule's forward (in a sequence-first network, batch_first="
-        "False, the leading dimension is the input's sequence: an output without "
-        "it, as a classifier on h_n[-1], needs a batch_first=True network)."
+        f"or samples * batch = {samples * batch}. {keep_first}"
+    )
+
+
+def _folded_behind(tensor: Tensor, state: ParticleState) -> bool:
+    """Whether an output read as shared is a recurrent state with the batch behind.
+
+    ``(k, B * S, ...)`` with ``k == B``: the leading size says shared, but a
+    Bayesian layer of the call gave a tensor of its shape folded at dimension
+    1 (a ``VIGRU``/``VILSTM``'s ``h_n``, ``(layers, B * S, H)``), which the
+    output is then a transform of (``torch.tanh(h_n)``; the layer's own
+    tensor is unfolded where it folded it). A shared output of another
+    shape with ``B * S`` in dimension 1 by coincidence (``B = 1`` and ``S``
+    features of a deterministic head) keeps its reading. Only in a
+    batch-first network (a sequence-first one's outputs have the batch in
+    dimension 1).
+    """
+    if state.samples == 1 or not state.batch_leading or tensor.dim() < 2:
+        return False
+    return any(
+        dim == 1 and folded.shape == tensor.shape for folded, dim in state.batch_folded
     )

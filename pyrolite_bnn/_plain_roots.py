@@ -183,6 +183,8 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
     state = _particles.current()
     if state is not None:
         if isinstance(module, _POSITION_MIXING) and not isinstance(module, VIModule):
+            if isinstance(module, nn.MultiheadAttention):
+                _check_attention_particles(module, args, state)
             _check_sequence_first_input(module, args, state)
         elif isinstance(module, _BatchNorm):
             warn_plain_batch_norm(module, args, state)
@@ -266,6 +268,50 @@ _POSITION_MIXING = (
 )
 
 
+def _check_attention_particles(
+    module: nn.MultiheadAttention,
+    args: tuple[Any, ...],
+    state: _particles.ParticleState,
+) -> None:
+    """Refuse a plain attention whose inputs disagree on the particles.
+
+    A query that has met a Bayesian layer is folded (``B * S`` rows) while
+    keys and values no Bayesian layer has touched (a plain embedding of the
+    input, cross-attention to a shared memory) are still ``(B, ...)``, or the
+    other way round; torch then fails on a reshape, with sizes the user never
+    wrote. The positional ``query, key, value`` are compared along the
+    attention's batch dimension.
+    """
+    samples = state.samples
+    if samples < 2:
+        return
+    named = [
+        (name, value)
+        for name, value in zip(("query", "key", "value"), args, strict=False)
+        if isinstance(value, Tensor) and value.dim() == 3
+    ]
+    dim = 0 if module.batch_first else 1
+    sizes = {value.shape[dim] for _, value in named}
+    if len(sizes) != 2 or max(sizes) != min(sizes) * samples:
+        return
+    folded = [name for name, value in named if value.shape[dim] == max(sizes)]
+    shared = [name for name, value in named if value.shape[dim] == min(sizes)]
+    match = (
+        "bnn.match_particles(shared, folded)"
+        if module.batch_first
+        else f"shared.repeat_interleave({samples}, dim=1) (the batch is dimension 1)"
+    )
+    raise ValueError(
+        f"{type(module).__name__} inside a Bayesian network got the "
+        f"{' and '.join(folded)} folded with the {samples} particles ({max(sizes)} "
+        f"= {min(sizes)} * {samples} along dimension {dim}) and the "
+        f"{' and '.join(shared)} still shared by them ({min(sizes)}): a tensor no "
+        "Bayesian layer has touched (a plain embedding, the network's input) has "
+        "one row per example. Repeat it for every particle before the attention, "
+        f"{match}"
+    )
+
+
 def _check_sequence_first_input(
     module: nn.Module, args: tuple[Any, ...], state: _particles.ParticleState
 ) -> None:
@@ -275,7 +321,8 @@ def _check_sequence_first_input(
     dimension (``(L * S, B, ...)``): the plain layer would read the ``L * S``
     rows as one longer sequence and mix positions of different particles. An
     input still shared by the particles (``(L, B, ...)``), or one folded into
-    the batch dimension (``(L, B * S, ...)``), is fine.
+    the batch dimension (``(L, B * S, ...)``), is fine
+    (:func:`_refuse_folded_sequence`).
 
     Where no Bayesian layer is sequence-first, dimension 0 of the network's
     input is its batch: a plain layer that reads that dimension as its
@@ -291,16 +338,59 @@ def _check_sequence_first_input(
     if not isinstance(first, Tensor) or first.dim() < 2 or batch is None:
         return
     folded = batch * state.samples
-    if state.samples > 1 and first.shape[0] == folded and first.shape[1] != folded:
-        raise ValueError(
-            f"{type(module).__name__}(batch_first=False) inside a Bayesian network "
-            f"got an input of shape {tuple(first.shape)} whose sequence dimension "
-            f"holds the {state.samples} particles folded together (the network's "
-            "batch_first=False layout): a plain torch layer would read them as one "
-            f"longer sequence. {_sequence_first_remedy(module)}"
-        )
+    if state.samples > 1 and first.shape[0] == folded:
+        _refuse_folded_sequence(module, first, state, folded)
     if state.batch_leading and not _particles.folding_nothing():
         _refuse_batch_as_sequence(module, first, batch, folded)
+
+
+def _refuse_folded_sequence(
+    module: nn.Module, first: Tensor, state: _particles.ParticleState, folded: int
+) -> None:
+    """Refuse a plain sequence-first layer reading the particles folded as positions.
+
+    ``first`` is ``(folded, N, ...)``: dimension 0 has the network input's
+    leading size times ``S``. Read as the sequence-first fold ``(L * S, B,
+    ...)``, ``N`` is the batch ``B`` of a sequence-first layout, dimension 1
+    of the network's input; read as a batch-first activation transposed,
+    ``(L', B * S, ...)``, ``N`` is the network's batch folded with the
+    particles. The layer runs only where ``N`` fits the second reading
+    alone. In a sequence-first network only the first can hold (``N == B``
+    with ``B == L * S`` too, which once ran silently); where both can (a
+    batch-first network whose input's dimension 1 is ``B * S``), the library
+    cannot tell them apart and says so.
+    """
+    samples, width = state.samples, first.shape[1]
+    given = state.inputs[0] if state.inputs else None
+    # The batch of a sequence-first layout: dimension 1 of the network's input.
+    sequence_batches = set(state.sequence_batches)
+    if given is not None and given.dim() >= 2:
+        sequence_batches.add(given.shape[1])
+    if width != folded:
+        reading = "the network's batch_first=False layout"
+    elif width not in sequence_batches:
+        return  # (L', B * S, ...) of a batch-first network, L' == B * S
+    elif not state.batch_leading:
+        reading = f"the network's batch_first=False layout, batch {width}"
+    else:
+        raise ValueError(
+            f"{type(module).__name__}(batch_first=False) inside a Bayesian network "
+            f"got an input of shape {tuple(first.shape)} that cannot be told "
+            f"apart: {width} is the network's batch {folded // samples} folded "
+            f"with samples={samples} (a batch-first activation transposed to "
+            "(sequence, batch), which runs), and it is dimension 1 of the "
+            f"network's input (a (sequence, batch) input whose {samples} particles "
+            "are folded into dimension 0, which a plain torch layer would read as "
+            "one longer sequence, mixing the particles). Call the network with "
+            f"another number of samples, or: {_sequence_first_remedy(module)}"
+        )
+    raise ValueError(
+        f"{type(module).__name__}(batch_first=False) inside a Bayesian network "
+        f"got an input of shape {tuple(first.shape)} whose sequence dimension "
+        f"holds the {samples} particles folded together ({reading}): a plain "
+        "torch layer would read them as one longer sequence. "
+        f"{_sequence_first_remedy(module)}"
+    )
 
 
 def _refuse_batch_as_sequence(

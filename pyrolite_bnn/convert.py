@@ -339,7 +339,7 @@ def _make_network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
     def hinted_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         try:
             return forward(self, *args, **kwargs)
-        except RuntimeError as error:
+        except (RuntimeError, AssertionError) as error:
             state = _particles.current()
             hinted = _particles.with_fold_hint(
                 error, 1 if state is None else state.samples

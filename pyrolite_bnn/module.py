@@ -617,7 +617,8 @@ class VIModule(LocalPyroModule):
                         _forward.refuse_particles_under_mcmc(self, count)
                     return _forward.pyro_run(self, state, device, args, kwargs)
                 return _forward.pytorch_run(self, state, device, args, kwargs)
-        except RuntimeError as error:  # torch's size errors name folded sizes
+        # torch's size errors name folded sizes (key padding: AssertionError).
+        except (RuntimeError, AssertionError) as error:
             hinted = _particles.with_fold_hint(error, state.samples)
             if hinted is None:
                 raise

@@ -10,6 +10,7 @@ than their values, and activations whose rows no longer pair with particles.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -134,6 +135,63 @@ def test_an_input_that_is_no_batch_does_not_unfold_outputs() -> None:
 
     with pytest.raises(ValueError, match="network output has leading size 2"):
         Net()(torch.randn(3, 6, 3), torch.zeros(2, 3, 5), samples=4)
+
+
+class _States(bnn.VIModule):
+    """A 2-layer ``VIGRU`` whose ``h_n`` is returned transformed (or as it is)."""
+
+    def __init__(self, transform: Callable[[Tensor], Tensor] | None) -> None:
+        super().__init__()
+        self.rnn = bnn.VIGRU(3, 5, num_layers=2, batch_first=True)
+        self.transform = transform
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, h = self.rnn(x)  # (layers, B * S, H) inside the network
+        return h if self.transform is None else self.transform(h)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [torch.tanh, lambda h: h * 2, lambda h: h.flip(0)],
+    ids=["tanh", "scaled", "flipped"],
+)
+def test_an_output_with_the_folded_batch_behind_the_batch_is_refused(
+    transform: Callable[[Tensor], Tensor],
+) -> None:
+    """``torch.tanh(h_n)`` of ``(layers, B * S, H)`` with ``layers == B`` was
+    read by its leading size as shared and expanded: ``(S, layers, B * S,
+    H)``, every particle the same tensor holding all particles. Dimension 1
+    of a shared output cannot hold ``B * S`` rows: refused as the output of
+    another leading size is; raw ``h_n`` (the layer records where it folded
+    it) and an output with the batch first are unfolded."""
+    x = torch.randn(2, 6, 3)  # B = 2 = num_layers
+    with pytest.raises(ValueError, match=r"(?s)recurrent layer's state.*6 = 2 \* 3"):
+        _States(transform)(x, samples=3)
+    with pytest.raises(ValueError, match="network output has leading size 2"):
+        _States(transform)(torch.randn(4, 6, 3), samples=3)
+    assert _States(None)(x, samples=3).shape == (3, 2, 2, 5)
+    first = _States(lambda h: transform(h).transpose(0, 1))
+    assert first(x, samples=3).shape == (3, 2, 2, 5)
+
+
+def test_a_shared_output_with_the_folded_size_behind_the_batch_is_expanded() -> None:
+    """A deterministic head's ``(B, F)`` output with ``F == B * S`` by
+    coincidence (``B = 1``, ``F = S``: a single example, as ``predict`` with
+    ``batch_size=1`` runs it) is still read as shared: only a tensor of a
+    recurrent state's shape is refused above."""
+
+    class Heads(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bayesian, self.plain = bnn.VILinear(3, 2), nn.Linear(3, 4)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            return self.bayesian(x), self.plain(x)
+
+    net, x = Heads(), torch.randn(1, 3)
+    out, plain = net(x, samples=4)
+    assert out.shape == (4, 1, 2)
+    torch.testing.assert_close(plain, net.plain(x).expand(4, 1, 4), rtol=0, atol=0)
 
 
 def test_keyword_inputs_of_a_plain_root_are_its_inputs() -> None:
@@ -371,6 +429,74 @@ def test_size_errors_inside_a_network_explain_the_fold() -> None:
     assert "match_particles" not in str(caught.value)
 
 
+class _PaddedAttention(nn.Module):
+    """A plain attention after a linear layer, the input's padding mask given."""
+
+    def __init__(self, match: bool) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.match = match
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        h = self.lin(x)
+        if self.match:
+            mask = bnn.match_particles(mask, h)
+        return self.mha(h, h, h, key_padding_mask=mask)[0]  # type: ignore[no-any-return]
+
+
+def test_a_key_padding_mask_from_the_input_gets_the_fold_hint() -> None:
+    """torch's ``AssertionError: Expected key_padded_mask.shape[0] to be 12,
+    but got 4`` said nothing of the particles; it now names the repetition
+    per particle, which runs: every particle equals the plain attention with
+    that particle's weights."""
+    torch.manual_seed(0)
+    plain = _PaddedAttention(match=False)
+    x, mask = torch.randn(4, 5, 3), torch.zeros(4, 5, dtype=torch.bool)
+    mask[0, -2:] = True
+    net = bnn.convert(plain, exclude=["mha"])
+    with pytest.raises(AssertionError, match=r"(?s)key_padded_mask.*match_particles"):
+        net(x, mask, samples=3)
+    with pytest.raises(AssertionError) as raised:  # one particle: torch's own
+        net(x, mask[:2], samples=1)
+    assert "match_particles" not in str(raised.value)
+    matched = bnn.convert(_PaddedAttention(match=True), exclude=["mha"])
+    matched.load_state_dict(net.state_dict())
+    with poutine.trace() as trace:
+        out = matched(x, mask, samples=3)
+    for s in range(3):
+        weight = trace.trace.nodes["lin.weight"]["value"][s, 0]
+        bias = trace.trace.nodes["lin.bias"]["value"][s, 0]
+        h = x @ weight.T + bias
+        expected = matched.mha(h, h, h, key_padding_mask=mask)[0]
+        torch.testing.assert_close(out[s], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_cross_attention_to_shared_keys_names_match_particles() -> None:
+    """A folded query meeting keys and values no Bayesian layer touched (a
+    plain embedding) failed on torch's reshape with the hint about a reshape
+    by the batch size, which the user never wrote. Refused naming the folded
+    and the shared inputs and ``match_particles``; another batch of keys
+    than a multiple by ``S`` keeps torch's error."""
+
+    class Cross(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.lin = nn.Embedding(7, 4), bnn.VILinear(4, 4)
+            self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
+
+        def forward(self, tokens: Tensor) -> Tensor:
+            e = self.emb(tokens)
+            return self.mha(self.lin(e), e, e)[0]  # type: ignore[no-any-return]
+
+    net = bnn.VISequential(Cross())
+    tokens = torch.randint(0, 7, (4, 5))
+    match = r"query folded with the 3 particles.*key and value still shared.*match_p"
+    with pytest.raises(ValueError, match=match):
+        net(tokens, samples=3)
+    assert net(tokens, samples=1).shape == (1, 4, 5, 4)
+
+
 class _PatchEmbedding(nn.Module):
     """torchvision's ViT input: the batch size read from the raw input."""
 
@@ -528,6 +654,39 @@ def test_concatenated_inputs_read_twice_stay_shared() -> None:
         for s in range(2):
             expected = both @ weight[s].T + bias[s]
             torch.testing.assert_close(out[s], expected, rtol=1e-5, atol=1e-6)
+
+
+class _SiameseEncoder(bnn.VIModule):
+    """Both views encoded in one batch by a two-layer encoder, then a head."""
+
+    def __init__(self, per_view: bool) -> None:
+        super().__init__()
+        self.enc = bnn.VISequential(bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 4))
+        self.head = bnn.VILinear(4, 1)
+        self.per_view = per_view
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        if self.per_view:
+            a, b = self.enc(x1), self.enc(x2)
+        else:
+            a, b = self.enc(torch.cat([x1, x2])).chunk(2)
+        return self.head((a - b).abs())  # type: ignore[no-any-return]
+
+
+def test_a_concatenation_read_as_another_batch_is_named_in_the_refusal() -> None:
+    """At ``S = 2`` the head's ``8`` rows are the call's batch 4 folded or
+    the concatenation's 8 shared: refused, with advice to give the inputs
+    one batch size, which they already had. It names the concatenation and
+    the ways that run: another ``samples``, the encoder once per view."""
+    x1, x2 = torch.randn(4, 3), torch.randn(4, 3)
+    with pytest.raises(ValueError, match="ambiguous") as raised:
+        _SiameseEncoder(per_view=False)(x1, x2, samples=2)
+    message = str(raised.value)
+    assert "concatenated along the batch" in message
+    assert "once per view" in message
+    assert "one batch size" not in message
+    assert _SiameseEncoder(per_view=False)(x1, x2, samples=3).shape == (3, 4, 1)
+    assert _SiameseEncoder(per_view=True)(x1, x2, samples=2).shape == (2, 4, 1)
 
 
 def test_a_torch_blue_container_called_by_keyword_marks_the_fold() -> None:

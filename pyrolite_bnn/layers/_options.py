@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
+from pyrolite_bnn import _particles
+from pyrolite_bnn._draws import RepeatedMomentsRead, mark_called_repeatedly
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
 )
@@ -80,8 +82,10 @@ class EstimatorLayer(VIModule):
         ``estimator="auto"``, or the estimator asked for. Inside Pyro inference,
         with an assigned guide, in :func:`~pyrolite_bnn.predict`, in a
         sequence-first network, in a network whose batch norm takes batch
-        statistics and for a layer called twice in one forward pass, weights
-        are drawn whatever this says.
+        statistics, for a layer called twice in one forward pass and, under
+        ``"auto"``, for a layer whose input rows are not the call's examples
+        one row each (views concatenated along the batch), weights are drawn
+        whatever this says.
 
         Args:
             input: the layer's input, ``(B, *, in)`` for a linear layer,
@@ -117,3 +121,43 @@ class EstimatorLayer(VIModule):
                 "perturbation per example), or 'reparam'"
             )
         return "flipout"
+
+    def _draw_unless_one_row_per_example(self, input: Tensor) -> None:
+        """Have the weights drawn where ``input``'s rows are not the examples.
+
+        A layer whose ``"auto"`` takes the weight moments (``VILinear``; a
+        convolution's draws its weights) calls it when it gets them, in a
+        PyTorch-style call. Output moments give every row of the input its own
+        noise, which is the model only where every row is one example of the
+        call (``B`` shared rows or ``B * S`` folded ones,
+        :func:`~pyrolite_bnn._particles.one_row_per_example`). Two views of an
+        example concatenated along the batch (a siamese ``enc(torch.cat([x1,
+        x2]))``, or folded activations concatenated) would see independent
+        weights, and a result that combines them (``a - b``) would be another
+        model's. Under ``estimator="auto"`` the layer then draws its weights
+        from now on, as a layer called twice does: the pass runs again
+        (:class:`~pyrolite_bnn._draws.RepeatedMomentsRead`). An explicit
+        ``"local"``/``"flipout"`` is left as asked.
+
+        Raises:
+            RepeatedMomentsRead: under ``estimator="auto"`` for such rows.
+        """
+        if self.estimator != "auto":
+            return
+        state = _particles.current()
+        batch = None if state is None else state.batch_size
+        samples = 1 if state is None else state.samples
+        if _particles.one_row_per_example(state, input, samples, batch):
+            return
+        mark_called_repeatedly(self)
+        raise RepeatedMomentsRead(
+            self,
+            reason=(
+                f"{type(self).__name__} got {input.shape[0]} input rows, not the "
+                f"call's {batch} examples one row each ({batch} shared or {batch} "
+                f"* {samples} folded rows): rows of one example (two views "
+                "concatenated along the batch, torch.cat([x1, x2])) or combined "
+                "with each other would get independent weights from outputs "
+                "sampled from the weight moments"
+            ),
+        )

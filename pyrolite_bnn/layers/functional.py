@@ -96,12 +96,14 @@ def _is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
     outermost call's batch ``B`` (shared) or ``B * S`` (folded); an input of
     the outermost call is shared whatever its size; a tensor with another
     input's leading size ``B'`` is shared, one with ``B' * S`` rows folded.
-    Another multiple of ``S`` is read as folded with a warning: right for
-    folded activations concatenated along the batch, wrong for a folded
-    activation whose positions were moved into the batch (``h.reshape(-1, E)``
-    of a ``(B * S, L, E)`` one). (The true batch of the sequence-first layers
-    that ran counts as another input's: their hidden states are batch-first,
-    ``(b * S, H)`` per layer.)
+    Another multiple of ``S`` is read as folded with a warning: the layout of
+    folded activations concatenated along the batch (whose rows are then no
+    longer one per example: a layer under ``estimator="auto"`` draws its
+    weights there, ``EstimatorLayer._draw_unless_one_row_per_example``), wrong
+    for a folded activation whose positions were moved into the batch
+    (``h.reshape(-1, E)`` of a ``(B * S, L, E)`` one). (The true batch of the
+    sequence-first layers that ran counts as another input's: their hidden
+    states are batch-first, ``(b * S, H)`` per layer.)
     """
     state = _particles.current()
     layout = _particles.row_layout(state, input, samples, batch_size)
@@ -118,11 +120,13 @@ def _is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
                 f"size of the network's inputs ({', '.join(map(str, known))}) nor "
                 f"one times samples={samples}: it is read as {rows // samples} "
                 f"examples folded with the particles (row r is particle r % "
-                f"{samples}). That is right for folded activations concatenated "
-                "along the batch (torch.cat([h1, h2])) and wrong for positions "
-                "moved into the batch (h.reshape(-1, E) of a (B * S, L, E) "
-                "activation): keep the batch dimension first and positions in "
-                "dimensions of their own",
+                f"{samples}). That is the layout of folded activations "
+                "concatenated along the batch (torch.cat([h1, h2])), exact with "
+                "drawn weights (estimator='auto' draws them there, so that the two "
+                "rows of an example share them; an explicit 'local' or 'flipout' "
+                "gives them independent ones), and wrong for positions moved into "
+                "the batch (h.reshape(-1, E) of a (B * S, L, E) activation): keep "
+                "the batch dimension first and positions in dimensions of their own",
                 UserWarning,
                 stacklevel=2,
             )

@@ -138,6 +138,7 @@ class VILinear(_VIWeightLayer):
             )
         weight, bias = self.weight, self.bias
         if isinstance(weight, NormalMoments):
+            self._draw_unless_one_row_per_example(input)
             local = self._moment_estimator(input) == "local"
             estimate = functional.linear_local if local else functional.linear_flipout
             return estimate(

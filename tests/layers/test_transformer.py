@@ -307,3 +307,33 @@ def test_transformer_modules_refuse_integer_inputs(batch_first: bool) -> None:
             module(*inputs)
     with pytest.raises(TypeError, match=r"expected a torch.Tensor src, got list"):
         encoder_layer(x.tolist())
+
+
+def test_plain_encoder_layer_holding_bayesian_layers_names_torchs_fast_path() -> None:
+    """A plain ``nn.TransformerEncoderLayer`` with ``VILinear`` put in as its
+    feed-forward layers runs with gradients; in evaluation mode without them
+    torch's fused path reads the layers' weights itself, the particles'
+    draws, and failed with a bare "2d weights expected". The error names the
+    cause and the ways that run; with torch's fast path off the call gives
+    the values of the call with gradients, from the same seed."""
+    torch.manual_seed(0)
+    tel = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True)
+    tel.linear1, tel.linear2 = bnn.VILinear(4, 8), bnn.VILinear(8, 4)
+    net = bnn.VISequential(bnn.VILinear(3, 4), tel).eval()
+    x = torch.randn(2, 5, 3)
+    for samples in (1, 3):
+        with (
+            torch.no_grad(),
+            pytest.raises(RuntimeError, match=r"(?s)fast path.*set_fastpath_enabled"),
+        ):
+            net(x, samples=samples)
+    torch.manual_seed(1)
+    expected = net(x, samples=3)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        torch.manual_seed(1)
+        with torch.no_grad():
+            got = net(x, samples=3)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
