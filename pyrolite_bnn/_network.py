@@ -108,11 +108,15 @@ def _store(root: nn.Module, key: str, value: Any, plain_containers: bool) -> Non
         object.__setattr__(root, key, (structure_version(), id(root), value))
 
 
-def _holds_plain_containers(root: nn.Module) -> bool:
-    """Whether a plain ``torch.nn`` module with children lies in ``root``'s network."""
+def _holds_plain_containers(modules: list[tuple[str, nn.Module]]) -> bool:
+    """Whether a plain ``torch.nn`` module with children is among a network's.
+
+    Args:
+        modules: the network's modules, :func:`network_modules` of its root.
+    """
     return any(
         not isinstance(module, VIModule) and network_children(module)
-        for _, module in network_modules(root)
+        for _, module in modules
     )
 
 
@@ -154,12 +158,9 @@ def couples_examples(root: nn.Module) -> bool:
     """
     norms = _cached(root, "_pyrolite_batch_norms")
     if norms is None:
-        norms = tuple(
-            module
-            for _, module in network_modules(root)
-            if isinstance(module, _BatchNorm)
-        )
-        _store(root, "_pyrolite_batch_norms", norms, _holds_plain_containers(root))
+        modules = network_modules(root)
+        norms = tuple(module for _, module in modules if isinstance(module, _BatchNorm))
+        _store(root, "_pyrolite_batch_norms", norms, _holds_plain_containers(modules))
     return any(uses_batch_statistics(norm) for norm in norms)
 
 
@@ -210,7 +211,12 @@ def has_sequence_first_layers(root: nn.Module) -> bool:
         isinstance(m, VIModule) and getattr(m, "batch_first", True) is False
         for m in root.modules()
     )
-    _store(root, "_pyrolite_sequence_first", found, _holds_plain_containers(root))
+    _store(
+        root,
+        "_pyrolite_sequence_first",
+        found,
+        _holds_plain_containers(network_modules(root)),
+    )
     return found
 
 
@@ -225,15 +231,16 @@ def refuse_pyro_statements(root: nn.Module) -> None:
     """
     found = _cached(root, "_pyrolite_pyro_statement")
     if found is None:
+        modules = network_modules(root)
         found = next(
             (
                 (type(module), statement)
-                for _, module in network_modules(root)
+                for _, module in modules
                 if (statement := pyro_statement_in(type(module))) is not None
             ),
             (),
         )
-        plain_containers = _holds_plain_containers(root)
+        plain_containers = _holds_plain_containers(modules)
         _store(root, "_pyrolite_pyro_statement", found, plain_containers)
     if found:
         raise pyro_statement_refusal(*found)
@@ -253,7 +260,10 @@ def per_particle_modules(root: nn.Module) -> frozenset[int]:
         if isinstance(module, VIModule) and module.runs_per_particle():
             found.update(id(m) for m in module.modules())
     _store(
-        root, "_pyrolite_per_particle", frozenset(found), _holds_plain_containers(root)
+        root,
+        "_pyrolite_per_particle",
+        frozenset(found),
+        _holds_plain_containers(network_modules(root)),
     )
     return frozenset(found)
 

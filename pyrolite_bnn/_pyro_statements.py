@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dis
 import os
-import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -45,9 +44,12 @@ _PYRO_MODULES = (pyro, pyro.primitives)
 _ATTRIBUTE_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 # torch's, Pyro's and this library's source folders: their forwards are known.
 _OWN_PACKAGES = tuple(
-    str(Path(package.__file__).parent) + os.sep
-    for package in (torch, pyro, sys.modules[__name__.split(".")[0]])
-    if package.__file__ is not None
+    str(folder) + os.sep
+    for folder in (
+        Path(torch.__file__).parent,
+        Path(pyro.__file__).parent,
+        Path(__file__).parent,
+    )
 )
 # Results per code object (the code of a forward method never changes).
 _FOUND: dict[types.CodeType, str | None] = {}
