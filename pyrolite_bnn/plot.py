@@ -32,6 +32,19 @@ _INSTALL_HINT = (
 )
 
 
+def _interval_levels(levels: float | Sequence[float]) -> tuple[float, ...]:
+    """``levels`` as a tuple of numbers in ``(0, 1)`` (a number: one level)."""
+    as_tuple = (levels,) if isinstance(levels, (int, float)) else tuple(levels)
+    if not as_tuple:
+        raise ValueError("levels must name at least one interval level")
+    for level in as_tuple:
+        if isinstance(level, bool) or not isinstance(level, (int, float)):
+            raise TypeError(f"levels must be numbers, got {level!r}")
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"levels must be in (0, 1), got {level!r}")
+    return as_tuple
+
+
 def _new_axes(ax: Axes | None) -> Axes:
     """Return ``ax``, or the axes of a new figure (matplotlib imported lazily)."""
     try:
@@ -144,7 +157,7 @@ def regression_bands(
     prediction: Prediction,
     x_train: Tensor | None = None,
     y_train: Tensor | None = None,
-    levels: Sequence[float] = (0.5, 0.95),
+    levels: float | Sequence[float] = (0.5, 0.95),
     ax: Axes | None = None,
 ) -> Axes:
     """Predictive mean with shaded central intervals, for 1-D regression.
@@ -160,7 +173,7 @@ def regression_bands(
         prediction: a regression :class:`~pyrolite_bnn.Prediction` of ``x``.
         x_train: training inputs ``(M,)`` or ``(M, 1)`` to scatter (optional).
         y_train: training targets ``(M,)`` (needed with ``x_train``).
-        levels: central interval levels in ``(0, 1)``.
+        levels: central interval levels in ``(0, 1)``, or one level.
         ax: axes to draw on (default: a new figure).
 
     Returns:
@@ -168,6 +181,8 @@ def regression_bands(
 
     Raises:
         ImportError: if matplotlib is not installed.
+        ValueError: for a level outside ``(0, 1)``, or points that do not
+            match (``prediction`` and ``x``; ``x_train`` and ``y_train``).
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -182,9 +197,15 @@ def regression_bands(
     xs = _flat(x, "x")
     if x_train is not None and y_train is None:
         raise ValueError("y_train is needed to plot the training points x_train")
-    for level in levels:
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"levels must be in (0, 1), got {level!r}")
+    levels = _interval_levels(levels)
+    train = None
+    if x_train is not None and y_train is not None:
+        train = _flat(x_train, "x_train"), _flat(y_train, "y_train")
+        if train[0].shape != train[1].shape:
+            raise ValueError(
+                f"x_train of {train[0].shape[0]} points does not match y_train "
+                f"of {train[1].shape[0]}"
+            )
     mean = _flat(prediction.mean, "prediction.mean")
     if mean.shape != xs.shape:
         raise ValueError(
@@ -220,10 +241,10 @@ def regression_bands(
         label="epistemic ±2 std",
     )
     ax.plot(xs.tolist(), mean.tolist(), color="tab:blue", linewidth=2, label="mean")
-    if x_train is not None and y_train is not None:
+    if train is not None:
         ax.scatter(
-            _flat(x_train, "x_train").tolist(),
-            _flat(y_train, "y_train").tolist(),
+            train[0].tolist(),
+            train[1].tolist(),
             s=8,
             color="black",
             alpha=0.6,

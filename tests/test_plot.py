@@ -103,6 +103,28 @@ def test_regression_bands_validates_inputs(mpl: ModuleType) -> None:
         plot.regression_bands(x[:-1], prediction)
 
 
+def test_regression_bands_takes_one_level(mpl: ModuleType) -> None:
+    """levels=0.9 raised "'float' object is not iterable"."""
+    x, prediction = _regression_prediction()
+    ax = plot.regression_bands(x, prediction, levels=0.9)
+    labels = ax.get_legend_handles_labels()[1]
+    assert [label for label in labels if "predictive interval" in label] == [
+        "90% predictive interval"
+    ]
+
+
+def test_regression_bands_refuses_training_points_that_do_not_pair(
+    mpl: ModuleType,
+) -> None:
+    """A y_train of another length raised from inside matplotlib."""
+    x, prediction = _regression_prediction()
+    mismatch = "x_train of 5 points does not match y_train of 4"
+    with pytest.raises(ValueError, match=mismatch):
+        plot.regression_bands(x, prediction, torch.zeros(5), torch.zeros(4))
+    with pytest.raises(TypeError, match="levels must be numbers"):
+        plot.regression_bands(x, prediction, levels=("0.9",))  # type: ignore[arg-type]
+
+
 def test_uncertainty_histogram_returns_axes_and_writes_png(
     mpl: ModuleType, tmp_path: Path
 ) -> None:

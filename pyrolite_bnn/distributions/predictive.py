@@ -281,7 +281,11 @@ class PredictiveDistribution(LocalPyroModule):
             temperature: one positive, finite number (or one-element tensor).
 
         Raises:
-            TypeError: if ``temperature`` is not one number.
+            TypeError: if ``temperature`` is not one number, or for a likelihood
+                that is not a classification one (dividing a regression
+                output by ``T`` would move its mean; scale a regression
+                likelihood's variance with
+                :class:`~pyrolite_bnn.VarianceScaling` instead).
             ValueError: if it is not positive and finite.
 
         Example:
@@ -289,6 +293,11 @@ class PredictiveDistribution(LocalPyroModule):
             >>> bnn.Categorical().tempered(torch.tensor([2.0, 4.0]), torch.tensor(2.0))
             tensor([1., 2.])
         """
+        if not self.is_classification:
+            raise TypeError(
+                f"temperature scaling needs a classification likelihood, not "
+                f"{type(self).__name__}; use VarianceScaling for a regression one"
+            )
         return output / check_temperature(temperature, output)
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:

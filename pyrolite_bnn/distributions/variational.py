@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
-from pyrolite_bnn._validation import check_normal_number, check_real
+from pyrolite_bnn._validation import check_finite, check_normal_number, check_real
 
 __all__ = [
     "MeanFieldNormal",
@@ -129,6 +129,25 @@ class Posterior(LocalPyroModule):
         with torch.no_grad():
             family = type(self).__name__
             return elementwise_quantiles(self.distribution(), [0.5], family)[0]
+
+    def _checked_loc(self, init_loc: Tensor) -> Tensor:
+        """``init_loc`` as a new mean of the tensor: detached, broadcast to its shape.
+
+        Raises:
+            ValueError: if ``init_loc`` does not broadcast to the shape, or has
+                NaN or Inf values (with validation on).
+        """
+        if not isinstance(init_loc, Tensor):
+            raise TypeError(f"init_loc must be a tensor, got {type(init_loc).__name__}")
+        try:
+            loc = init_loc.detach().expand(self.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"init_loc of shape {tuple(init_loc.shape)} does not broadcast to "
+                f"the posterior's shape {tuple(self.shape)}"
+            ) from None
+        check_finite(loc, "init_loc")
+        return loc
 
     def _loc_values(self) -> Tensor:
         """The values of ``loc``, detached, read without Pyro's bookkeeping.
@@ -299,10 +318,10 @@ class MeanFieldNormalPosterior(Posterior):
         scale = self.init_scale if init_scale is None else init_scale
         with torch.no_grad():
             if init_loc is not None:
-                self.loc_unconstrained.copy_(init_loc)
+                self.loc_unconstrained.copy_(self._checked_loc(init_loc))
             if isinstance(scale, Tensor):
-                if not bool((scale > 0).all()):
-                    raise ValueError("init_scale must be positive")
+                if not bool(((scale > 0) & torch.isfinite(scale)).all()):
+                    raise ValueError("init_scale must be positive and finite")
                 if self.scale_transform == "exp":
                     rho = scale.log()
                 else:
@@ -352,7 +371,7 @@ class PointMassPosterior(Posterior):
         if init_loc is None:
             return
         with torch.no_grad():
-            self.loc_unconstrained.copy_(init_loc)
+            self.loc_unconstrained.copy_(self._checked_loc(init_loc))
 
     def extra_repr(self) -> str:
         """Shape."""

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._draws import RepeatedMomentsRead, mark_called_repeatedly
-from pyrolite_bnn._validation import check_integer, is_validation_enabled
+from pyrolite_bnn._validation import check_finite, check_integer, is_validation_enabled
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
@@ -309,6 +309,7 @@ class VIEmbedding(_VIWeightLayer):
                 f"padding row must have shape {tuple(self.padding_row.shape)}, got "
                 f"{tuple(value.shape)}"
             )
+        check_finite(value, "padding row")
         with torch.no_grad():
             self.padding_row.copy_(value.detach())
 

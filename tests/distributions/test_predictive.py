@@ -386,6 +386,20 @@ def test_tempered_takes_a_python_number() -> None:
     torch.testing.assert_close(bnn.Categorical().tempered(logits, 2.0), logits / 2)
 
 
+@pytest.mark.parametrize(
+    "likelihood",
+    [bnn.Normal(scale=1.0), bnn.StudentT(df=4.0, scale=1.0), bnn.Poisson()],
+)
+def test_tempered_refuses_a_regression_likelihood(
+    likelihood: bnn.PredictiveDistribution,
+) -> None:
+    """Normal/StudentT/Poisson divided their output (the mean) by T: a moved
+    regression mean, not a calibration. TemperatureScaling refused them, the
+    public method did not."""
+    with pytest.raises(TypeError, match=r"classification likelihood.*VarianceScaling"):
+        likelihood.tempered(torch.ones(2, 3, 1), 2.0)
+
+
 def test_gaussian_and_poisson_mixture_quantiles_refuse_negative_values() -> None:
     """var=-v returned NaN; a negative Poisson rate NaN too. A zero variance
     is a point mass, still taken."""

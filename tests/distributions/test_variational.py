@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pyro.infer import Trace_ELBO
 
 import pyrolite_bnn as bnn
-from pyrolite_bnn.distributions.variational import MeanFieldNormalPosterior
+from pyrolite_bnn.distributions.variational import MeanFieldNormalPosterior, Posterior
 
 
 def _posterior(transform: str, scale: float = 0.05) -> MeanFieldNormalPosterior:
@@ -128,3 +128,33 @@ def test_exp_transform_loss_equals_pyro_elbo(kl: str) -> None:
         # 5 standard errors of the two means (seeded: deterministic)
         tolerance = 5 * math.sqrt(mc.var() / len(mc) + exact.var() / len(exact))
         assert abs(float(mc.mean() - exact.mean())) < tolerance
+
+
+@pytest.mark.parametrize(
+    "posterior",
+    [
+        MeanFieldNormalPosterior((3, 2), torch.zeros(3, 2), 0.1),
+        bnn.PointMass().build((3, 2), torch.zeros(3, 2)),
+    ],
+    ids=["mean_field", "point_mass"],
+)
+def test_reset_parameters_refuses_a_mean_that_is_not_finite_or_does_not_fit(
+    posterior: Posterior,
+) -> None:
+    """A NaN mean was copied in silently (every later loss NaN); a mean of
+    another shape raised torch's broadcast error, naming neither argument."""
+    with pytest.raises(ValueError, match=r"init_loc contains 1 NaN/Inf"):
+        posterior.reset_parameters(
+            torch.tensor([[0.0, 1.0], [math.nan, 2.0], [0.0, 0.0]])
+        )
+    with pytest.raises(
+        ValueError, match=r"init_loc of shape \(4,\) does not broadcast.*\(3, 2\)"
+    ):
+        posterior.reset_parameters(torch.zeros(4))
+    assert not posterior.mean().any()  # unchanged by the refused calls
+
+
+def test_reset_parameters_refuses_an_infinite_scale_tensor() -> None:
+    posterior = MeanFieldNormalPosterior((3, 2), torch.zeros(3, 2), 0.1)
+    with pytest.raises(ValueError, match="positive and finite"):
+        posterior.reset_parameters(None, torch.full((3, 2), math.inf))

@@ -201,6 +201,9 @@ def test_padding_row_from_weight_argument_and_state_dict() -> None:
         layer.set_padding_row(torch.zeros(3))
     with pytest.raises(ValueError, match="no padding_idx"):
         bnn.VIEmbedding(5, 2).set_padding_row(torch.zeros(2))
+    with pytest.raises(ValueError, match="padding row contains 1 NaN/Inf"):
+        layer.set_padding_row(torch.tensor([0.0, float("nan")]))  # was copied in
+    torch.testing.assert_close(layer.padding_row, table[1])
 
 
 def test_per_unit_learned_prior_is_one_scale_per_embedding_feature() -> None:

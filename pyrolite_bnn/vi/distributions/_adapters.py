@@ -284,6 +284,8 @@ class AdaptedPosterior(Posterior):
         """Primary parameter to ``init_loc`` (``None``: kept), others to defaults."""
         if init_loc is None:
             init_loc = self.values()[0].detach().clone()
+        else:
+            init_loc = self._checked_loc(init_loc)
         defaults = self.blue.default_parameters()
         self.set_values(
             [init_loc] + [torch.full_like(init_loc, float(d)) for d in defaults[1:]]
