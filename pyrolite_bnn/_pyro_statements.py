@@ -17,24 +17,36 @@ PyTorch-style path would send other threads' calls down Pyro's path. What is
 found: ``pyro.sample``, ``pyro.param`` and ``pyro.factor`` called in the
 method or in functions defined in it (lambdas, comprehensions), through the
 ``pyro`` module under any name or imported by name (``from pyro import
-sample``); not statements in other functions that ``forward`` calls.
-``pyro.deterministic`` (which only records a value) and ``pyro.plate`` are
-not refused.
+sample``), and the same in the Python functions the method names, followed
+up to :data:`HELPER_DEPTH` calls deep: a module-level function (``helper(h)``,
+``helpers.add_noise(h)``) or another method of the module (``self.noisy(h)``).
+Not followed: functions reached any other way (a callable attribute, a
+function passed in, a method of another object). ``pyro.deterministic``
+(which only records a value) and ``pyro.plate`` are not refused.
 """
 
 from __future__ import annotations
 
 import dis
+import inspect
 import os
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.primitives
 import torch
 
-__all__ = ["pyro_statement_in", "pyro_statement_refusal"]
+__all__ = [
+    "HELPER_DEPTH",
+    "PyroStatement",
+    "pyro_statement_in",
+    "pyro_statement_refusal",
+]
+
+HELPER_DEPTH = 4
+"""How many calls deep below ``forward`` helper functions are read."""
 
 _STATEMENTS = ("sample", "param", "factor")
 _STATEMENT_FUNCTIONS = {
@@ -51,12 +63,27 @@ _OWN_PACKAGES = tuple(
         Path(__file__).parent,
     )
 )
-# Results per code object (the code of a forward method never changes).
-_FOUND: dict[types.CodeType, str | None] = {}
 
 
-def pyro_statement_in(module_type: type[Any]) -> str | None:
-    """The first Pyro statement (``"sample"``...) in ``module_type.forward``.
+class PyroStatement(NamedTuple):
+    """A Pyro statement found below a ``forward``.
+
+    Attributes:
+        name: ``"sample"``, ``"param"`` or ``"factor"``.
+        route: the helper functions that lead to it, outermost first (empty:
+            in ``forward`` itself).
+    """
+
+    name: str
+    route: tuple[str, ...] = ()
+
+
+# Results per class and forward (the code of a forward method never changes).
+_FOUND: dict[tuple[type[Any], types.CodeType], PyroStatement | None] = {}
+
+
+def pyro_statement_in(module_type: type[Any]) -> PyroStatement | None:
+    """The first Pyro statement in ``module_type.forward`` or the helpers it calls.
 
     ``None`` for a class whose ``forward`` is torch's, Pyro's or this
     library's, or makes none (see the module documentation for what is found).
@@ -66,49 +93,118 @@ def pyro_statement_in(module_type: type[Any]) -> str | None:
         >>> class Noisy(torch.nn.Module):
         ...     def forward(self, h):
         ...         return h + pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> class Helped(torch.nn.Module):
+        ...     def forward(self, h):
+        ...         return self.noisy(h)
+        ...     def noisy(self, h):
+        ...         return h + pyro.sample("z", dist.Normal(0.0, 1.0))
         >>> pyro_statement_in(Noisy), pyro_statement_in(torch.nn.Linear)
-        ('sample', None)
+        (PyroStatement(name='sample', route=()), None)
+        >>> pyro_statement_in(Helped)
+        PyroStatement(name='sample', route=('noisy',))
     """
-    forward = getattr(module_type, "forward", None)
-    if not isinstance(forward, types.FunctionType):
+    forward = _user_function(getattr(module_type, "forward", None))
+    if forward is None:
         return None
-    if forward.__code__.co_filename.startswith(_OWN_PACKAGES):
-        return None
-    code = forward.__code__
-    if code not in _FOUND:
-        _FOUND[code] = _statement_in_code(code, forward.__globals__)
-    return _FOUND[code]
+    key = (module_type, forward.__code__)
+    if key not in _FOUND:
+        _FOUND[key] = _statement_in_function(forward, module_type, HELPER_DEPTH, set())
+    return _FOUND[key]
 
 
-def _statement_in_code(code: types.CodeType, globals_: dict[str, Any]) -> str | None:
-    """The first Pyro statement that ``code`` (or code defined in it) names."""
+def _user_function(value: object) -> types.FunctionType | None:
+    """``value`` if it is a Python function outside torch, Pyro and this library."""
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    if not isinstance(value, types.FunctionType):
+        return None
+    if value.__code__.co_filename.startswith(_OWN_PACKAGES):
+        return None
+    return value
+
+
+def _statement_in_function(
+    function: types.FunctionType,
+    owner: type[Any] | None,
+    depth: int,
+    seen: set[types.CodeType],
+) -> PyroStatement | None:
+    """The first Pyro statement in ``function``'s code or the helpers it names."""
+    seen.add(function.__code__)
+    helpers: list[tuple[types.FunctionType, type[Any] | None]] = []
+    found = _statement_in_code(function.__code__, function.__globals__, owner, helpers)
+    if found is not None or depth == 0:
+        return found
+    for helper, helper_owner in helpers:
+        if helper.__code__ in seen:
+            continue
+        below = _statement_in_function(helper, helper_owner, depth - 1, seen)
+        if below is not None:
+            return below._replace(route=(helper.__name__, *below.route))
+    return None
+
+
+def _statement_in_code(
+    code: types.CodeType,
+    globals_: dict[str, Any],
+    owner: type[Any] | None,
+    helpers: list[tuple[types.FunctionType, type[Any] | None]],
+) -> PyroStatement | None:
+    """The first Pyro statement that ``code`` (or code defined in it) names.
+
+    Appends to ``helpers`` the functions it names that may hold one: module-level
+    functions (called with no owner) and, with ``owner``, the owner's methods
+    read from the first argument (``self.name``).
+    """
+    self_name = code.co_varnames[0] if owner is not None and code.co_argcount else None
     previous: object = None
+    reads_self = False
     for instruction in dis.get_instructions(code):
         if instruction.opname == "LOAD_GLOBAL":
             value = globals_.get(instruction.argval)
             name = _STATEMENT_FUNCTIONS.get(id(value))
             if name is not None:
-                return name
-            previous = value
+                return PyroStatement(name)
+            _note_helper(helpers, value, None)
+            previous, reads_self = value, False
             continue
-        if (
-            instruction.opname in _ATTRIBUTE_LOADS
-            and any(previous is module for module in _PYRO_MODULES)
-            and instruction.argval in _STATEMENTS
-        ):
-            return str(instruction.argval)
+        if instruction.opname in _ATTRIBUTE_LOADS:
+            if any(previous is module for module in _PYRO_MODULES):
+                if instruction.argval in _STATEMENTS:
+                    return PyroStatement(str(instruction.argval))
+            elif isinstance(previous, types.ModuleType):
+                _note_helper(helpers, getattr(previous, instruction.argval, None), None)
+            elif reads_self and owner is not None:
+                method = inspect.getattr_static(owner, instruction.argval, None)
+                _note_helper(helpers, method, owner)
+        reads_self = (
+            instruction.opname == "LOAD_FAST" and instruction.argval == self_name
+        )
         previous = None
     for constant in code.co_consts:
         if isinstance(constant, types.CodeType):
-            found = _statement_in_code(constant, globals_)
+            found = _statement_in_code(constant, globals_, owner, helpers)
             if found is not None:
                 return found
     return None
 
 
-def pyro_statement_refusal(module_type: type[Any], statement: str) -> ValueError:
-    """The error for ``pyro.<statement>`` in ``module_type.forward``."""
-    if statement == "param":
+def _note_helper(
+    helpers: list[tuple[types.FunctionType, type[Any] | None]],
+    value: object,
+    owner: type[Any] | None,
+) -> None:
+    """Add ``value`` to ``helpers`` if it is a user's Python function."""
+    function = _user_function(value)
+    if function is not None:
+        helpers.append((function, owner))
+
+
+def pyro_statement_refusal(
+    module_type: type[Any], statement: PyroStatement
+) -> ValueError:
+    """The error for ``pyro.<statement>`` in ``module_type.forward`` (or below it)."""
+    if statement.name == "param":
         effect = (
             "the parameter would live in Pyro's global parameter store, not in "
             "model.parameters() (so a torch optimizer never trains it) nor in the "
@@ -124,8 +220,10 @@ def pyro_statement_refusal(module_type: type[Any], statement: str) -> ValueError
             "your own Pyro model around a network'); for a learned quantity, use "
             "an nn.Parameter or a Bayesian layer"
         )
+    through = "".join(f" through {helper}()" for helper in statement.route)
     return ValueError(
-        f"{module_type.__name__}.forward calls pyro.{statement}, and the network "
+        f"{module_type.__name__}.forward calls pyro.{statement.name}{through}, and "
+        "the network "
         "runs on the PyTorch-style path (loss_fn(model(x), y), predict, fit, "
         f"bnn.Trace_ELBO's fast path): {effect}"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import types
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -387,6 +388,85 @@ def test_pyro_statements_keep_pyro_semantics_under_pyro_inference() -> None:
     trace = poutine.trace(model).get_trace(x, y.unsqueeze(-1), samples=2)
     assert trace.nodes["z"]["is_observed"]
     assert trace.nodes["z"]["value"].item() == 0.5
+
+
+def _add_latent(h: torch.Tensor) -> torch.Tensor:
+    return h + pyro.sample("z", dist.Normal(0.0, 1.0))
+
+
+def _two_deep(h: torch.Tensor) -> torch.Tensor:
+    return _add_latent(h)
+
+
+_helpers = types.ModuleType("_helpers")
+_helpers.add_latent = _add_latent  # type: ignore[attr-defined]
+
+
+class _ThroughFunction(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return _add_latent(h)
+
+
+class _ThroughModuleAttribute(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return _helpers.add_latent(h)  # type: ignore[no-any-return]
+
+
+class _ThroughMethod(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.noisy(h)
+
+    def noisy(self, h: torch.Tensor) -> torch.Tensor:
+        return self.noise(h)
+
+    @staticmethod
+    def noise(h: torch.Tensor) -> torch.Tensor:
+        return _two_deep(h)
+
+
+_HELPED: dict[type[nn.Module], str] = {
+    _ThroughFunction: (
+        r"_ThroughFunction.forward calls pyro.sample through _add_latent\(\)"
+    ),
+    _ThroughModuleAttribute: r"calls pyro.sample through _add_latent\(\),",
+    _ThroughMethod: (
+        r"_ThroughMethod.forward calls pyro.sample through noisy\(\) through "
+        r"noise\(\) through _two_deep\(\) through _add_latent\(\)"
+    ),
+}
+
+
+@pytest.mark.parametrize("module", list(_HELPED), ids=lambda m: m.__name__)
+def test_pyro_statement_in_a_helper_of_forward_is_refused(
+    module: type[nn.Module],
+) -> None:
+    # A pyro.sample one function call below forward was not seen: drawn from
+    # its prior on every call and left out of the ELBO, silently.
+    x, y = _problem()
+    net = bnn.VISequential(bnn.VILinear(3, 4), module(), bnn.VILinear(4, 1))
+    with pytest.raises(ValueError, match=_HELPED[module]):
+        _loss()(net(x), y.unsqueeze(-1))
+    with pytest.raises(ValueError, match=_HELPED[module]):
+        bnn.predict(net, x, bnn.Normal(scale=0.3))
+
+
+def _even(h: torch.Tensor, n: int) -> torch.Tensor:
+    return h if n == 0 else _odd(h, n - 1)
+
+
+def _odd(h: torch.Tensor, n: int) -> torch.Tensor:
+    return _even(torch.tanh(h), n - 1)
+
+
+class _RecursiveHelpers(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return _even(h, 4)
+
+
+def test_recursive_helpers_without_pyro_statements_run() -> None:
+    x, y = _problem()
+    net = bnn.VISequential(bnn.VILinear(3, 4), _RecursiveHelpers(), bnn.VILinear(4, 1))
+    assert _loss()(net(x, samples=2), y.unsqueeze(-1)).isfinite()
 
 
 class _RecordedInPlate(nn.Module):
