@@ -419,9 +419,13 @@ def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
         if isinstance(v.posterior, MeanFieldNormalPosterior):
             normal = NormalMoments(*v.posterior.normal_params())
         moments.append(normal)
+        # A layer at two positions of the network (v.shared) draws its weights
+        # under "auto"; an explicit "local"/"flipout" keeps its moments, and a
+        # second call in one pass is refused when it happens (a layer at two
+        # positions may be an alias called once, self.head = self.body[-1]).
         use_moments.append(
             normal is not None
-            and not v.shared
+            and not (v.shared and getattr(v.module, "estimator", "auto") == "auto")
             and not whole_networks
             and v.module.uses_moments()
             and not called_repeatedly(v.module)

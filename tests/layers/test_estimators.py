@@ -486,6 +486,45 @@ def test_layer_called_twice_uses_one_draw_per_particle() -> None:
             _Twice(layer)(x, samples=2)
 
 
+@pytest.mark.parametrize("estimator", ["local", "flipout"])
+@pytest.mark.parametrize("root", [bnn.VISequential, nn.Sequential])
+def test_explicit_estimator_on_a_layer_at_two_positions_is_refused(
+    estimator: str, root: type[nn.Module]
+) -> None:
+    """A layer at two positions of a container, VISequential(l, act, l), drew
+    its weights silently under an explicit "local" (the docs promise an
+    error, as for l(l(x)) in a forward)."""
+    layer = bnn.VILinear(2, 2, bias=False, estimator=estimator)
+    net = root(layer, nn.Tanh(), layer)
+    with pytest.raises(ValueError, match="called twice in one forward pass"):
+        net(torch.randn(3, 2))
+
+
+class _Aliased(bnn.VIModule):
+    """A layer at two positions, called once: ``self.head`` aliases ``body[1]``."""
+
+    def __init__(self, estimator: str) -> None:
+        super().__init__()
+        self.body = bnn.VISequential(
+            nn.Identity(), bnn.VILinear(2, 2, bias=False, estimator=estimator)
+        )
+        self.head = self.body[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("estimator", ["local", "flipout"])
+def test_explicit_estimator_on_an_aliased_layer_called_once_is_kept(
+    estimator: str,
+) -> None:
+    # Two equal input rows get their own output noise from the moments (the
+    # estimator asked for); drawn weights would give them equal outputs.
+    net = _Aliased(estimator)
+    y = net(torch.ones(2, 2), samples=3)
+    assert not torch.equal(y[:, 0], y[:, 1])
+
+
 class _Views(bnn.VIModule):
     """Two views of each example encoded in one batch: ``a - b`` of the halves.
 
