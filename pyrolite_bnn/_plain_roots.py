@@ -186,6 +186,8 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
             if isinstance(module, nn.MultiheadAttention):
                 _check_attention_particles(module, args, state)
             _check_sequence_first_input(module, args, state)
+            if isinstance(module, nn.RNNBase):
+                _note_folded_states(module, args, state)
         elif isinstance(module, _BatchNorm):
             warn_plain_batch_norm(module, args, state)
         return
@@ -310,6 +312,37 @@ def _check_attention_particles(
         "one row per example. Repeat it for every particle before the attention, "
         f"{match}"
     )
+
+
+def _note_folded_states(
+    module: nn.RNNBase, args: tuple[Any, ...], state: _particles.ParticleState
+) -> None:
+    """Record a plain recurrent layer's final states as folded in dimension 1.
+
+    Given the batch folded with the particles (``B * S`` rows), ``h_n`` (and an
+    LSTM's ``c_n``) are ``(layers, B * S, H)``: the network's output unfolds
+    them there, as it does a ``VIGRU``'s, instead of reading the number of
+    layers as a leading size (with ``layers == B`` they came back as ``S``
+    copies of every particle's states).
+    """
+    first = args[0] if args else None
+    batch = state.batch_size
+    if state.samples == 1 or batch is None or not isinstance(first, Tensor):
+        return
+    if first.dim() < 3 or first.shape[0 if module.batch_first else 1] != (
+        batch * state.samples
+    ):
+        return
+
+    def note(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+        handle.remove()
+        if not isinstance(output, tuple) or len(output) != 2:
+            return  # the call raised
+        final = output[1] if isinstance(output[1], tuple) else (output[1],)
+        for tensor in final:
+            state.note_batch_folded(tensor, 1)
+
+    handle = module.register_forward_hook(note, always_call=True)
 
 
 def _check_sequence_first_input(

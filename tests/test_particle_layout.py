@@ -122,7 +122,9 @@ def test_a_batch_that_is_another_inputs_batch_times_samples_is_refused() -> None
 def test_an_input_that_is_no_batch_does_not_unfold_outputs() -> None:
     """An ``h0`` input ``(layers, B, H)`` gave its leading size to the
     accepted batches: the ``h_n`` of a plain ``nn.GRU`` (``(layers, B * S,
-    H)``, particles in dimension 1) was expanded as if shared."""
+    H)``, particles in dimension 1) was expanded as if shared. It is unfolded
+    where the layer folded it (the states of each particle, ``(S, layers, B,
+    H)``), not read by its leading size."""
 
     class Net(bnn.VIModule):
         def __init__(self) -> None:
@@ -133,30 +135,52 @@ def test_an_input_that_is_no_batch_does_not_unfold_outputs() -> None:
         def forward(self, x: Tensor, h0: Tensor) -> Tensor:
             return self.gru(self.proj(x), h0.repeat_interleave(4, 1))[1]  # type: ignore[no-any-return]
 
-    with pytest.raises(ValueError, match="network output has leading size 2"):
-        Net()(torch.randn(3, 6, 3), torch.zeros(2, 3, 5), samples=4)
+    assert Net()(torch.randn(3, 6, 3), torch.zeros(2, 3, 5), samples=4).shape == (
+        4,
+        2,
+        3,
+        5,
+    )
+
+
+_RECURRENT: dict[str, Callable[[], nn.Module]] = {
+    "VIGRU": lambda: bnn.VIGRU(3, 5, num_layers=2, batch_first=True),
+    "plain GRU": lambda: nn.Sequential(
+        bnn.VILinear(3, 3), nn.GRU(3, 5, num_layers=2, batch_first=True)
+    ),
+    "plain LSTM": lambda: nn.Sequential(
+        bnn.VILinear(3, 3), nn.LSTM(3, 5, num_layers=2, batch_first=True)
+    ),
+}
 
 
 class _States(bnn.VIModule):
-    """A 2-layer ``VIGRU`` whose ``h_n`` is returned transformed (or as it is)."""
+    """A 2-layer recurrent layer whose ``h_n`` is returned transformed (or as it is).
 
-    def __init__(self, transform: Callable[[Tensor], Tensor] | None) -> None:
+    ``kind``: a ``VIGRU``, or a plain ``nn.GRU``/``nn.LSTM`` after a ``VILinear``.
+    """
+
+    def __init__(
+        self, transform: Callable[[Tensor], Tensor] | None, kind: str = "VIGRU"
+    ) -> None:
         super().__init__()
-        self.rnn = bnn.VIGRU(3, 5, num_layers=2, batch_first=True)
+        self.rnn = _RECURRENT[kind]()
         self.transform = transform
 
     def forward(self, x: Tensor) -> Tensor:
         _, h = self.rnn(x)  # (layers, B * S, H) inside the network
+        h = h[0] if isinstance(h, tuple) else h  # an LSTM's (h_n, c_n)
         return h if self.transform is None else self.transform(h)
 
 
+@pytest.mark.parametrize("kind", sorted(_RECURRENT))
 @pytest.mark.parametrize(
     "transform",
     [torch.tanh, lambda h: h * 2, lambda h: h.flip(0)],
     ids=["tanh", "scaled", "flipped"],
 )
 def test_an_output_with_the_folded_batch_behind_the_batch_is_refused(
-    transform: Callable[[Tensor], Tensor],
+    transform: Callable[[Tensor], Tensor], kind: str
 ) -> None:
     """``torch.tanh(h_n)`` of ``(layers, B * S, H)`` with ``layers == B`` was
     read by its leading size as shared and expanded: ``(S, layers, B * S,
@@ -166,12 +190,40 @@ def test_an_output_with_the_folded_batch_behind_the_batch_is_refused(
     it) and an output with the batch first are unfolded."""
     x = torch.randn(2, 6, 3)  # B = 2 = num_layers
     with pytest.raises(ValueError, match=r"(?s)recurrent layer's state.*6 = 2 \* 3"):
-        _States(transform)(x, samples=3)
+        _States(transform, kind)(x, samples=3)
     with pytest.raises(ValueError, match="network output has leading size 2"):
-        _States(transform)(torch.randn(4, 6, 3), samples=3)
-    assert _States(None)(x, samples=3).shape == (3, 2, 2, 5)
-    first = _States(lambda h: transform(h).transpose(0, 1))
+        _States(transform, kind)(torch.randn(4, 6, 3), samples=3)
+    assert _States(None, kind)(x, samples=3).shape == (3, 2, 2, 5)
+    first = _States(lambda h: transform(h).transpose(0, 1), kind)
     assert first(x, samples=3).shape == (3, 2, 2, 5)
+
+
+class _OutputsAndStates(nn.Module):
+    """A plain ``nn.GRU`` after a ``VILinear``, returning ``(output, h_n)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = bnn.VILinear(3, 3)
+        self.rnn = nn.GRU(3, 5, num_layers=2, batch_first=True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out, h = self.rnn(self.enc(x))
+        return out, h
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_a_plain_recurrent_layers_final_state_is_unfolded_per_particle(
+    batch: int,
+) -> None:
+    """A plain nn.GRU's h_n, (layers, B * S, H) behind a Bayesian layer, came
+    back as S copies of all particles' states with layers == B, and was
+    refused for its leading size otherwise. Each particle's last-layer state
+    must be its own output's last step (a one-directional GRU)."""
+    net = bnn.VISequential(_OutputsAndStates())
+    out, h = net(torch.randn(batch, 6, 3), samples=4)
+    assert out.shape == (4, batch, 6, 5)
+    assert h.shape == (4, 2, batch, 5)
+    torch.testing.assert_close(h[:, -1], out[:, :, -1])
 
 
 def test_a_shared_output_with_the_folded_size_behind_the_batch_is_expanded() -> None:
