@@ -127,7 +127,7 @@ class Prediction:
 
     samples: Tensor
     predictive: PredictiveDistribution
-    _summaries: dict[Hashable, tuple[Hashable, Any]] = field(
+    _summaries: dict[Hashable, tuple[Tensor, int, PredictiveDistribution, Any]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -173,12 +173,18 @@ class Prediction:
             version = self.samples._version
         except RuntimeError:  # an inference tensor has no version counter
             return compute()
-        stamp = (id(self.samples), version, id(self.predictive))
+        # The objects themselves, compared by identity: an id() of a tensor
+        # or likelihood since freed is handed to the next one made.
         kept = self._summaries.get(key)
-        if kept is None or kept[0] != stamp:
-            kept = (stamp, compute())
+        if (
+            kept is None
+            or kept[0] is not self.samples
+            or kept[1] != version
+            or kept[2] is not self.predictive
+        ):
+            kept = (self.samples, version, self.predictive, compute())
             self._summaries[key] = kept
-        return kept[1]
+        return kept[3]
 
     def _particle_probs(self) -> Tensor:
         """Class probabilities per particle, ``(S, B, ..., C)`` (kept)."""
