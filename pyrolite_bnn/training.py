@@ -43,6 +43,7 @@ from pyrolite_bnn._validation import (
     check_optimizer_holds,
     check_positive,
 )
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
 from pyrolite_bnn.loss import KullbackLeiblerLoss, batch_first_layout
 from pyrolite_bnn.module import VIModule
@@ -621,6 +622,10 @@ def _check_model_and_optimizer(
 ) -> None:
     """Refuse a network without Bayesian layers and an optimizer of no use.
 
+    Warns if the optimizer holds some of the model's trainable parameters but
+    not all: a layer replaced or a guide assigned after it was made would stay
+    untrained, its gradients growing (nothing zeroes what no optimizer holds).
+
     Raises:
         TypeError: for such a model, or an optimizer that is not an instance.
         ValueError: for an optimizer holding none of the model's trainable
@@ -636,6 +641,21 @@ def _check_model_and_optimizer(
             f"torch.optim.Adam(model.parameters()), got {optimizer!r}"
         )
     check_optimizer_holds(model, optimizer, "fit would train nothing")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    left_out = [
+        name
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad and id(parameter) not in held
+    ]
+    if left_out:
+        shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+        warn_at_caller(
+            f"{len(left_out)} of the model's trainable parameters are not in the "
+            f"optimizer ({shown}): fit does not train them. A layer replaced or a "
+            "guide assigned after the optimizer was made? Create it from "
+            "model.parameters(), or requires_grad_(False) the parameters you keep "
+            "fixed"
+        )
 
 
 # ------------------------------------------------------------------------- fit

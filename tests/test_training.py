@@ -507,6 +507,23 @@ def test_fit_refuses_an_optimizer_of_another_model() -> None:
         fit(bayesian, _loss(), _batches(x, y), 1, optimizer, progress=False)
 
 
+def test_fit_warns_of_trainable_parameters_the_optimizer_does_not_hold() -> None:
+    """A head replaced after the optimizer was made stayed untrained through
+    fit, its gradient growing, without a word (found by a mutation probe)."""
+    x, y = _data()
+    net = _net()
+    optimizer = _adam(net)
+    net[2] = bnn.VILinear(net[2].in_features, 2)
+    before = {k: v.clone() for k, v in net[2].state_dict().items()}
+    message = r"4 of the model's trainable parameters.*\(2\.posterior\.weight"
+    with pytest.warns(UserWarning, match=message):
+        fit(net, _loss(), _batches(x, y), 1, optimizer, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in net[2].state_dict().items())
+    for parameter in net[2].parameters():
+        parameter.requires_grad_(False)  # kept fixed on purpose: no warning
+    fit(net, _loss(), _batches(x, y), 1, optimizer, progress=False)
+
+
 def test_fit_refuses_a_model_without_bayesian_layers() -> None:
     x, y = _data()
     with pytest.raises(TypeError, match="without any"):
