@@ -256,6 +256,18 @@ class VIEmbedding(_VIWeightLayer):
             if padding_idx is not None:
                 self.set_padding_row(_weight[padding_idx])
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``padding_idx`` is fixed once built: the table's random rows leave it out."""
+        if name == "padding_idx" and "padding_idx" in self.__dict__:
+            if value != self.padding_idx:
+                raise AttributeError(
+                    f"VIEmbedding.padding_idx is fixed at construction (it is "
+                    f"{self.padding_idx}): the random rows leave the padding row "
+                    "out, so another padding row needs a new layer, "
+                    "VIEmbedding(..., padding_idx=..., _weight=table)"
+                )
+        super().__setattr__(name, value)
+
     def __getattr__(self, name: str) -> Any:
         """``weight`` reads as the whole table in a call, the padding row included.
 

@@ -530,3 +530,16 @@ def test_predict_warns_when_one_particle_does_not_fit_the_budget() -> None:
             net, tokens, bnn.Categorical(), samples=3, memory_budget=500_000
         )
     assert pred.samples.shape == (3, 4, 3)
+
+
+def test_padding_idx_cannot_change_after_construction() -> None:
+    """Setting padding_idx = None on a padded table raised IndexError at the
+    next call; setting one on a table built without was silently ignored
+    (the random rows are laid out around the padding row at construction)."""
+    padded, plain = bnn.VIEmbedding(5, 2, padding_idx=0), bnn.VIEmbedding(5, 2)
+    padded.padding_idx = 0  # the same value: allowed
+    with pytest.raises(AttributeError, match="padding_idx is fixed at construction"):
+        padded.padding_idx = None
+    with pytest.raises(AttributeError, match=r"fixed at construction \(it is None\)"):
+        plain.padding_idx = 0
+    assert padded(torch.tensor([[0, 1]]), samples=2)[:, 0, 0].abs().sum() == 0
