@@ -258,14 +258,14 @@ class VIEmbedding(_VIWeightLayer):
 
     def __setattr__(self, name: str, value: Any) -> None:
         """``padding_idx`` is fixed once built: the table's random rows leave it out."""
-        if name == "padding_idx" and "padding_idx" in self.__dict__:
-            if value != self.padding_idx:
-                raise AttributeError(
-                    f"VIEmbedding.padding_idx is fixed at construction (it is "
-                    f"{self.padding_idx}): the random rows leave the padding row "
-                    "out, so another padding row needs a new layer, "
-                    "VIEmbedding(..., padding_idx=..., _weight=table)"
-                )
+        fixed = self.__dict__.get("padding_idx", value)
+        if name == "padding_idx" and value != fixed:
+            raise AttributeError(
+                f"VIEmbedding.padding_idx is fixed at construction (it is "
+                f"{fixed}): the random rows leave the padding row out, so another "
+                "padding row needs a new layer, "
+                "VIEmbedding(..., padding_idx=..., _weight=table)"
+            )
         super().__setattr__(name, value)
 
     def __getattr__(self, name: str) -> Any:
