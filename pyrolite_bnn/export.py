@@ -37,7 +37,11 @@ class DeterministicNetwork(nn.Module):
 
     Calls the network with one particle and drops the particle dimension of
     every output tensor (tuples, lists and dicts of them too), so it maps
-    ``(B, ...)`` to ``(B, ...)`` like any ``torch.nn`` module.
+    ``(B, ...)`` to ``(B, ...)`` like any ``torch.nn`` module. It runs
+    through the library's call machinery and needs the library (and the
+    network's own class) to load; ``torch.export.export`` of it gives a
+    program that loads with torch alone (``dynamic_shapes=(({0: batch},),)``
+    for a batch of any size).
 
     Args:
         network: the converted network (it declares no random variables).

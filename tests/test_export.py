@@ -299,3 +299,38 @@ def test_plain_container_exports_the_weights_its_calls_draw() -> None:
     mean = bnn.predict(net, x, bnn.Normal(1.0), mode="mean").samples[0]
     with torch.no_grad():
         torch.testing.assert_close(bnn.to_deterministic(net)(x), mean)
+
+
+def test_an_exported_custom_network_loads_without_the_library() -> None:
+    """The how-to's route to a library-free artefact of a custom network:
+    torch.export of to_deterministic's result, saved and loaded by torch
+    alone, gives the same outputs at another batch size. The loading process
+    imports neither pyrolite_bnn nor Pyro."""
+    import io
+    import subprocess
+    import sys
+
+    plain = bnn.to_deterministic(Net())
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(
+        plain, (torch.randn(2, 1, 4, 4),), dynamic_shapes=(({0: batch},),)
+    )
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    code = (
+        "import io, sys, torch; "
+        "m = torch.export.load(io.BytesIO(sys.stdin.buffer.read())).module(); "
+        "torch.manual_seed(0); x = torch.randn(5, 1, 4, 4); "
+        "print(m(x).sum().item(), 'pyrolite_bnn' in sys.modules, 'pyro' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        input=buffer.getvalue(),
+        capture_output=True,
+        check=True,
+    )
+    total, library, pyro = run.stdout.decode().split()
+    torch.manual_seed(0)
+    expected = plain(torch.randn(5, 1, 4, 4)).sum().item()
+    assert abs(float(total) - expected) < 1e-5
+    assert (library, pyro) == ("False", "False")
