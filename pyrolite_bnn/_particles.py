@@ -105,6 +105,8 @@ class ParticleState:
         early_tensors: that tensor (shared at every later read too).
         classified: ``[True]`` once a tensor's layout has been told in the
             call (:func:`row_layout`).
+        folded_outputs: the autograd nodes of the Bayesian layers' outputs
+            of ``B * S`` rows in this call, by id (:func:`note_folded_output`).
         batch_leading: whether dimension 0 of the network's tensors is their
             batch (no ``batch_first=False`` Bayesian layers: in a
             sequence-first network a tensor's dimension 0 may be a sequence).
@@ -123,6 +125,7 @@ class ParticleState:
     early_batches: set[int] = field(default_factory=set, compare=False)
     early_tensors: list[Tensor] = field(default_factory=list, compare=False)
     classified: list[bool] = field(default_factory=lambda: [False], compare=False)
+    folded_outputs: dict[int, Any] = field(default_factory=dict, compare=False)
     batch_leading: bool = field(default=True, compare=False)
 
     def restarted(self) -> ParticleState:
@@ -176,6 +179,7 @@ def row_layout(
     batch: int | None,
     *,
     others_shared: bool = True,
+    layer_input: bool = True,
 ) -> bool | None:
     """Whether ``tensor`` (leading size ``rows``) is shared by all particles.
 
@@ -196,6 +200,10 @@ def row_layout(
             its own, see :func:`batch_of`).
         others_shared: whether another input's batch ``B'`` itself counts as
             shared (``False``: only ``B' * S``, folded, counts).
+        layer_input: whether a Bayesian layer reads ``tensor``: ``B`` rows
+            computed from a Bayesian layer's folded output are then refused
+            (:func:`_refuse_rows_taken_from_folded`); ``False`` for the
+            network's output.
     """
     # Plain ints: under torch.jit.trace sizes are tensors, and the result must
     # be a bool (``is False`` tests it).
@@ -204,6 +212,8 @@ def row_layout(
     if rows == batch and not others:  # the common case
         if state is not None:
             state.classified[0] = True
+            if layer_input and state.folded_outputs and tensor.grad_fn is not None:
+                _refuse_rows_taken_from_folded(state, tensor)
         return True
     if state is None:
         if batch is None or rows not in (batch, batch * samples):
@@ -248,6 +258,13 @@ def row_layout(
                 + _ambiguity_remedy(state, other)
                 + _sequence_first_hint(state)
             )
+        if (
+            layer_input
+            and shared
+            and state.folded_outputs
+            and tensor.grad_fn is not None
+        ):
+            _refuse_rows_taken_from_folded(state, tensor)
         return shared
     if rows in seen and split in seen:
         assert split is not None
@@ -265,6 +282,65 @@ def row_layout(
         used.add(split)
         return False
     return None
+
+
+def note_folded_output(output: Any) -> None:
+    """Record a Bayesian layer's output of ``B * S`` rows in the running call.
+
+    Its autograd node marks the particles' activations: a tensor of ``B``
+    rows computed from it later (:func:`row_layout`) took rows of some
+    particles only, or mixed them.
+    """
+    state = _STATE.get()
+    if state is None or state.samples == 1 or state.batch_size is None:
+        return
+    first = output[0] if isinstance(output, tuple | list) and output else output
+    if (
+        isinstance(first, Tensor)
+        and first.grad_fn is not None
+        and first.dim() > 0
+        and first.shape[0] == state.batch_size * state.samples
+    ):
+        state.folded_outputs[id(first.grad_fn)] = first.grad_fn
+
+
+# Autograd nodes read above a shared-looking tensor before giving up.
+_ANCESTORS_READ = 256
+
+
+def _refuse_rows_taken_from_folded(state: ParticleState, tensor: Tensor) -> None:
+    """Refuse ``B`` rows computed from a Bayesian layer's ``B * S``-row output.
+
+    Read as shared, they would give every particle the same rows: those of the
+    first particles (``o[torch.arange(B), lengths - 1]`` picks rows ``0..B-1``
+    of the folded ``b * S + s`` layout), or a mix of all of them
+    (``h.view(B, S, H).mean(1)``). Found by walking the tensor's autograd
+    graph up to :data:`_ANCESTORS_READ` nodes; an input of the call is never
+    refused, and without gradients (``torch.no_grad()``) nothing is walked.
+    """
+    if state.is_input(tensor):
+        return
+    pending: list[Any] = [tensor.grad_fn]
+    seen: set[int] = set()
+    while pending and len(seen) < _ANCESTORS_READ:
+        node = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        if id(node) in state.folded_outputs:
+            batch, samples = state.batch_size, state.samples
+            raise ValueError(
+                f"a Bayesian layer got {batch} rows (the batch, read as shared by "
+                f"the particles) computed from a Bayesian layer's output of "
+                f"{batch} * {samples} rows, whose particles are folded into the "
+                "batch (row b * S + s): the rows were taken from some particles "
+                "only, or mixed across them. Index the folded batch as a whole: "
+                "out[torch.arange(out.shape[0]), lengths.repeat_interleave(S) - 1] "
+                "rather than torch.arange(B) and lengths - 1, with S = "
+                "pyrolite_bnn.layers.functional.current_samples() (or use a packed "
+                "sequence), and keep reductions off the batch dimension"
+            )
+        seen.add(id(node))
+        pending.extend(parent for parent, _ in node.next_functions)
 
 
 def one_row_per_example(
@@ -808,7 +884,9 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
     # output of that size may hold the particles elsewhere (h_n of nn.GRU with
     # an h0 input, (layers, B * S, H)).
     state.classified[0] = True  # the network has run: its output may be folded
-    shared = row_layout(state, tensor, samples, batch, others_shared=False)
+    shared = row_layout(
+        state, tensor, samples, batch, others_shared=False, layer_input=False
+    )
     if shared is None and batch is None and rows % samples == 0:
         shared = False
     if shared is False:

@@ -598,8 +598,11 @@ class VIModule(LocalPyroModule):
                     "samples= can only be given to the outermost VIModule call"
                 )
             if current_draws() is not None:  # weights already drawn: no Pyro needed
-                return nn.Module.__call__(self, *args, **kwargs)
-            return LocalPyroModule.__call__(self, *args, **kwargs)
+                output = nn.Module.__call__(self, *args, **kwargs)
+            else:
+                output = LocalPyroModule.__call__(self, *args, **kwargs)
+            _particles.note_folded_output(output)
+            return output
         from pyrolite_bnn import _forward
 
         if _plain_roots.open_pending_root(self, args, kwargs, samples):

@@ -766,3 +766,52 @@ def test_a_torch_blue_container_called_by_keyword_marks_the_fold() -> None:
 
     for samples in (2, 3):
         assert Net()(torch.randn(4, 3), samples=samples).shape == (samples, 4, 2)
+
+
+class _LastStep(bnn.VIModule):
+    """A padded-sequence classifier reading each sequence's last real step."""
+
+    def __init__(self, pick: str) -> None:
+        super().__init__()
+        self.rnn = bnn.VIGRU(3, 8, batch_first=True)
+        self.skip = nn.Linear(3, 8)  # a plain branch on the input: shared rows
+        self.head = bnn.VILinear(8, 2)
+        self.pick = pick
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        from pyrolite_bnn.layers.functional import current_samples
+
+        out, _ = self.rnn(x)  # (B * S, L, 8), row b * S + s
+        if self.pick == "arange(B)":
+            last = out[torch.arange(x.shape[0]), lengths - 1]
+        elif self.pick == "gather":
+            index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, out.shape[-1])
+            last = out.gather(1, index).squeeze(1)
+        elif self.pick == "particle mean":
+            last = out[:, -1].view(x.shape[0], -1, 8).mean(1)
+        elif self.pick == "folded rows":
+            rows = torch.arange(out.shape[0])
+            last = out[rows, lengths.repeat_interleave(current_samples()) - 1]
+        else:  # a shared skip branch of the input alone
+            return self.head(self.skip(x[:, -1]))  # type: ignore[no-any-return]
+        return self.head(last)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("pick", ["arange(B)", "gather", "particle mean"])
+def test_rows_taken_from_a_folded_output_are_refused(pick: str) -> None:
+    """o[torch.arange(B), lengths - 1] picks rows 0..B-1 of the B * S folded
+    rows (the first particles' examples) and the head read them as shared:
+    a newcomer's padded-sequence classifier trained to chance (0.47 against
+    0.96) without a word."""
+    x, lengths = torch.randn(4, 6, 3), torch.tensor([6, 2, 5, 3])
+    with pytest.raises(ValueError, match="taken from some particles only"):
+        _LastStep(pick)(x, lengths, samples=5)
+
+
+@pytest.mark.parametrize("pick", ["folded rows", "shared skip"])
+def test_rows_of_the_fold_and_shared_branches_are_read_as_before(pick: str) -> None:
+    x, lengths = torch.randn(4, 6, 3), torch.tensor([6, 2, 5, 3])
+    out = _LastStep(pick)(x, lengths, samples=5)
+    assert out.shape == (5, 4, 2)
+    if pick == "folded rows":  # each particle's own last steps: they differ
+        assert not torch.allclose(out[0], out[1])

@@ -948,10 +948,20 @@ class _EmbedPackClassifier(bnn.VIModule):
 
 
 def test_packing_a_folded_activation_with_the_batchs_lengths_warns() -> None:
-    """torch packs B of the B * S folded rows without complaint: wrong rows."""
+    """torch packs B of the B * S folded rows without complaint: wrong rows.
+    The recurrent layer warns; the head, given B rows computed from them
+    with gradients on, refuses them."""
     tokens = torch.randint(1, 10, (3, 5))
     lengths = torch.tensor([5, 2, 4])
-    with pytest.warns(UserWarning, match=r"repeat the lengths per particle"):
+    with (
+        pytest.warns(UserWarning, match=r"repeat the lengths per particle"),
+        pytest.raises(ValueError, match="taken from some particles only"),
+    ):
+        _EmbedPackClassifier(repeat_lengths=False)(tokens, lengths, samples=2)
+    with (
+        pytest.warns(UserWarning, match=r"repeat the lengths per particle"),
+        torch.no_grad(),  # no autograd graph to read: the warning alone
+    ):
         _EmbedPackClassifier(repeat_lengths=False)(tokens, lengths, samples=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
