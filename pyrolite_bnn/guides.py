@@ -43,6 +43,7 @@ from pyro.infer.autoguide import (
     AutoDelta,
     AutoGuide,
     AutoGuideList,
+    AutoLaplaceApproximation,
     AutoMessenger,
 )
 from pyro.ops.jit import CompiledFunction
@@ -120,6 +121,7 @@ class ParticleGuide(LocalPyroModule):
         check_bayesian_network(network, "ParticleGuide needs")
         if inner is not None:
             check_guide(inner)
+            _refuse_laplace_approximation(inner)
         super().__init__()
         # A tuple hides the network from nn.Module registration (no cycle).
         self._network = (network,)
@@ -325,6 +327,31 @@ class ParticleGuide(LocalPyroModule):
                 )
             return method(*args, **kwargs)
         return {v.site: v.posterior.distribution() for v in self.variables()}
+
+
+def _laplace_approximation_refused(*args: Any, **kwargs: Any) -> Any:
+    """``AutoLaplaceApproximation.laplace_approximation`` of a network's guide."""
+    raise NotImplementedError(
+        "AutoLaplaceApproximation.laplace_approximation() of a network's guide "
+        "sees only model.prior_model, which scores no data: its covariance would "
+        "be the prior's, not the posterior's. For a Laplace posterior of the "
+        "trained network use bnn.laplace(model, x, y, likelihood); the guide's "
+        "median() is the MAP value"
+    )
+
+
+def _refuse_laplace_approximation(guide: Callable[..., Any]) -> None:
+    """Make ``laplace_approximation()`` of an assigned Laplace guide refuse.
+
+    It reads ``guide.model``, the network's ``prior_model``: the Hessian of
+    the prior alone, silently (posterior variances 120-215 times too wide).
+    """
+    parts = list(guide) if isinstance(guide, AutoGuideList) else [guide]
+    for part in parts:
+        if isinstance(part, AutoLaplaceApproximation):
+            object.__setattr__(
+                part, "laplace_approximation", _laplace_approximation_refused
+            )
 
 
 def check_guide(guide: object) -> None:

@@ -353,6 +353,31 @@ def test_quantiles_of_a_guide_list_with_a_point_mass_part() -> None:
     assert bool((result["0.weight"][0] < result["0.weight"][1]).all())
 
 
+def test_laplace_guides_laplace_approximation_is_refused() -> None:
+    """laplace_approximation(x, y) of an assigned AutoLaplaceApproximation
+    reads prior_model, which scores no data: it returned the prior's
+    covariance (the identity) as the posterior's, silently (120-215 times too
+    wide on a linear regression). It now names bnn.laplace; the guide is
+    copied and pickled with the refusal."""
+    import copy
+    import pickle
+
+    net = _net()
+    guide = AutoLaplaceApproximation(net.prior_model, init_loc_fn=net.init_loc_fn)
+    net.guide = guide
+    x, y = _problem(8)
+    for laplace in (guide, copy.deepcopy(guide), pickle.loads(pickle.dumps(guide))):
+        with pytest.raises(NotImplementedError, match=r"bnn\.laplace\(model"):
+            laplace.laplace_approximation(x, y)
+    other = _net()
+    guides = AutoGuideList(other.prior_model)
+    part = AutoLaplaceApproximation(other.prior_model, init_loc_fn=other.init_loc_fn)
+    guides.append(part)
+    other.guide = guides
+    with pytest.raises(NotImplementedError, match="scores no data"):
+        part.laplace_approximation(x, y)
+
+
 def test_laplace_guide_median_is_its_map_value() -> None:
     """AutoLaplaceApproximation is a point mass (a MAP guide): its loc."""
     net = _net()
