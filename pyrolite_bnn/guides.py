@@ -444,8 +444,9 @@ def check_pyro_call() -> None:
     _particles.refuse_outer_plates()
     if _inside_jit_compile():
         raise NotImplementedError(
-            "JitTrace_ELBO and JitTraceMeanField_ELBO cannot run pyrolite_bnn "
-            "networks in Pyro 1.9: pyro.ops.jit looks every parameter up by name in "
+            "Pyro's Jit ELBOs (JitTrace_ELBO, JitTraceMeanField_ELBO, "
+            "JitTraceGraph_ELBO, ...) cannot train pyrolite_bnn networks in Pyro "
+            "1.9: pyro.ops.jit looks every parameter up by name in "
             "Pyro's global parameter store, and this library keeps parameters local "
             "to each network (model.parameters(); two networks never share them), "
             "so they are never there. Use Trace_ELBO or TraceMeanField_ELBO, or "
