@@ -653,9 +653,10 @@ def _is_setting(name: str, value: Any) -> bool:
 def public_settings(module: nn.Module) -> tuple[tuple[str, Hashable], ...]:
     """``(name, value)`` of the module's settings, in attribute order.
 
-    Its public attributes that are scalars, tuples of scalars or functions
-    (``batch_first``, ``dropout``, ``padding``, ``activation``), ``training``
-    aside. Changing one on a library module changes :func:`structure_version`.
+    Its public attributes that are scalars (NumPy's too), tuples of scalars or
+    functions (``batch_first``, ``dropout``, ``padding``, ``activation``),
+    ``training`` aside. Changing one on a library module changes
+    :func:`structure_version`.
 
     Example:
         >>> public_settings(nn.Dropout(0.5))

@@ -153,22 +153,30 @@ class LossGraphs:
             return log_lik, kl, graph.output.shape[0], graph.batch
         try:
             graph = self._capture(loss_fn, model, tensors, args, target, count)
-            _check(loss_fn, graph)
-            log_lik, kl = graph.run(tensors, args, target)
         except Exception as error:  # anything: the eager path is always correct
-            self._failed.add(key)
-            warnings.warn(
-                f"compile=True: could not compile the loss of {type(model).__name__} "
-                f"({type(error).__name__}: {_first_line(error)}); running it eagerly",
-                CompileFallbackWarning,
-                stacklevel=3,
-            )
+            self._fall_back(key, model, error)
+            return None
+        _check(loss_fn, graph)  # its refusals and warnings are no compile failures
+        try:
+            log_lik, kl = graph.run(tensors, args, target)  # compiles on first run
+        except Exception as error:
+            self._fall_back(key, model, error)
             return None
         self._seen.pop(key, None)
         self._graphs[key] = graph
         while len(self._graphs) > _MAX_GRAPHS:
             self._graphs.popitem(last=False)
         return log_lik, kl, graph.output.shape[0], graph.batch
+
+    def _fall_back(self, key: Hashable, model: VIModule, error: Exception) -> None:
+        """Remember a signature that failed, and warn once that it runs eagerly."""
+        self._failed.add(key)
+        warnings.warn(
+            f"compile=True: could not compile the loss of {type(model).__name__} "
+            f"({type(error).__name__}: {_first_line(error)}); running it eagerly",
+            CompileFallbackWarning,
+            stacklevel=4,
+        )
 
     def _capture(
         self,
