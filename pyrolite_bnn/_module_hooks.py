@@ -6,7 +6,8 @@ registered go with them, in their order; torch offers no public way to list a
 module's hooks, so this reads its hook dictionaries. Other hooks (backward,
 ``state_dict``) act on gradients or parameter names that the new module does
 not share: they are not carried, and :func:`warn_hooks_left_behind` names the
-modules that had them.
+modules that had them. A compiled loss keys its graphs on a module's forward
+hooks and on the global module hooks (:func:`global_hook_ids`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 import warnings
 
 from torch import nn
+from torch.nn.modules import module as module_globals
 
 __all__ = [
     "FORWARD_HOOKS",
+    "GLOBAL_HOOKS",
     "OTHER_HOOKS",
     "carry_forward_hooks",
     "forward_hook_ids",
+    "global_hook_ids",
     "warn_hooks_left_behind",
 ]
 
@@ -63,6 +67,28 @@ def forward_hook_ids(module: nn.Module) -> tuple[tuple[int, ...], ...]:
     a compiled loss keys its graphs on these.
     """
     return tuple(tuple(getattr(module, name, None) or ()) for name in FORWARD_HOOKS)
+
+
+#: torch's dictionaries of global module hooks (``register_module_forward_hook``...).
+GLOBAL_HOOKS = (
+    "_global_forward_pre_hooks",
+    "_global_forward_hooks",
+    "_global_forward_hooks_always_called",
+    "_global_forward_hooks_with_kwargs",
+    "_global_backward_pre_hooks",
+    "_global_backward_hooks",
+)
+
+
+def global_hook_ids() -> tuple[tuple[int, ...], ...]:
+    """The ids of the module hooks registered for every module, per dictionary.
+
+    ``torch.nn.modules.module.register_module_forward_hook`` and its kin: a
+    graph captured before one was registered would skip it.
+    """
+    return tuple(
+        tuple(getattr(module_globals, name, None) or ()) for name in GLOBAL_HOOKS
+    )
 
 
 def warn_hooks_left_behind(

@@ -17,6 +17,7 @@ assigned guide create parameters of that guide (:class:`ParamStoreModule`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import types
 import weakref
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import pyro
 import torch
 from pyro.nn import PyroModule, PyroParam, PyroSample
@@ -52,6 +54,7 @@ __all__ = [
     "local_params",
     "note_structure_change",
     "public_settings",
+    "structure_stamp",
     "structure_version",
 ]
 
@@ -60,6 +63,10 @@ __all__ = [
 # attribute, so that
 # networks can cache what they derive from their module tree.
 _STRUCTURE_VERSION = 0
+# The changed module's own stamp: a number of _STAMP_COUNTER, never reused in
+# the process; weak, so that copies and pickles start without one.
+_STAMPS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+_STAMP_COUNTER = itertools.count(1)
 
 
 def structure_version() -> int:
@@ -67,14 +74,38 @@ def structure_version() -> int:
     return _STRUCTURE_VERSION
 
 
-def _bump() -> None:
+def structure_stamp(module: nn.Module) -> int:
+    """A number that changes whenever ``module``'s own structure changes.
+
+    What changes :func:`structure_version` (a child, tensor, sample site or
+    setting replaced, an attribute deleted) on ``module`` itself; ``0`` for a
+    module never changed since it was built. Unlike the process-wide counter,
+    building or changing another module leaves it alone: a compiled loss keys
+    its graphs on its network's stamps.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> layer = bnn.VILinear(2, 2)
+        >>> before = structure_stamp(layer)
+        >>> _ = bnn.VILinear(3, 3)  # another module
+        >>> structure_stamp(layer) == before
+        True
+        >>> layer.samples = 3
+        >>> structure_stamp(layer) == before
+        False
+    """
+    return _STAMPS.get(module, 0)
+
+
+def _bump(module: nn.Module) -> None:
     global _STRUCTURE_VERSION
     _STRUCTURE_VERSION += 1
+    _STAMPS[module] = next(_STAMP_COUNTER)
 
 
-def note_structure_change() -> None:
-    """Say that a module tree changed behind ``__setattr__`` (caches are stale)."""
-    _bump()
+def note_structure_change(module: nn.Module) -> None:
+    """Say that ``module``'s tree changed behind ``__setattr__`` (caches are stale)."""
+    _bump(module)
 
 
 # Pyro settings held by running bodies of held_settings: name -> (the number of
@@ -179,7 +210,7 @@ class LocalPyroModule(PyroModule):
         if not hasattr(context, "param_state"):
             self.adopt_pyro_name(name)
             return
-        _bump()
+        _bump(self)
         _share_context(self, name, context)
 
     def has_pyro_name(self) -> bool:
@@ -190,7 +221,7 @@ class LocalPyroModule(PyroModule):
         # Adopting a PyroModule built outside the local-parameter setting (a Pyro
         # autoguide, say) runs a consistency check that expects the setting to
         # have been on when that module was built; the adoption itself is safe.
-        _bump()
+        _bump(self)
         with held_settings(module_local_params=True, validate_poutine=False):
             super().add_module(name, module)
 
@@ -201,12 +232,12 @@ class LocalPyroModule(PyroModule):
         it: it still shares this tree's Pyro context, which Pyro's own
         registration would reject ("executed outside of supermodule").
         """
-        _bump()
+        _bump(self)
         nn.Module.add_module(self, name, module)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if _is_structural(self, name, value):
-            _bump()
+            _bump(self)
         place = _place_of(self, name)
         with held_settings(module_local_params=True, validate_poutine=False):
             super().__setattr__(name, value)
@@ -214,7 +245,7 @@ class LocalPyroModule(PyroModule):
             _restore_place(self, *place)
 
     def __delattr__(self, name: str) -> None:
-        _bump()
+        _bump(self)
         super().__delattr__(name)
 
 
@@ -601,7 +632,8 @@ def _is_structural(module: nn.Module, name: str, value: Any) -> bool:
     return any(name in module.__dict__.get(table, ()) for table in tables)
 
 
-_SCALARS = (bool, int, float, str, type(None))
+# NumPy's scalars too (np.float32 is no float: a setting read with float(...)).
+_SCALARS = (bool, int, float, str, type(None), np.number, np.bool_)
 
 
 def _is_setting(name: str, value: Any) -> bool:
@@ -621,9 +653,10 @@ def _is_setting(name: str, value: Any) -> bool:
 def public_settings(module: nn.Module) -> tuple[tuple[str, Hashable], ...]:
     """``(name, value)`` of the module's settings, in attribute order.
 
-    Its public attributes that are scalars, tuples of scalars or functions
-    (``batch_first``, ``dropout``, ``padding``, ``activation``), ``training``
-    aside. Changing one on a library module changes :func:`structure_version`.
+    Its public attributes that are scalars (NumPy's too), tuples of scalars or
+    functions (``batch_first``, ``dropout``, ``padding``, ``activation``),
+    ``training`` aside. Changing one on a library module changes
+    :func:`structure_version`.
 
     Example:
         >>> public_settings(nn.Dropout(0.5))

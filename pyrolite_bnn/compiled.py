@@ -11,10 +11,15 @@ with autograd, into fused kernels (CUDA graphs as well with
 
 Whatever Python decided during capture is frozen in the graph, as with
 ``torch.compile``'s guards: a graph is reused only for the same network
-structure, particle count, input and target shapes, dtypes and devices,
-train/eval modes, estimators and every module's public scalar attributes
-(``nn.Dropout.p``, ``nn.LeakyReLU.negative_slope``), and is captured anew
-otherwise. A network or
+structure (its own modules' structure stamps: building other modules changes
+nothing), particle count, input and target shapes, dtypes and devices,
+train/eval modes, estimators, every module's public scalar attributes
+(``nn.Dropout.p``, ``nn.LeakyReLU.negative_slope``, NumPy scalars too), forward
+hooks (the module's and the global ones) and what each prior's ``graph_key``
+says (a :class:`~pyrolite_bnn.CallablePrior`'s function and the distribution it
+returns now), and is captured anew otherwise. The eager loss's checks that read
+no tensor values (``dataset_size`` against the batch, the watches of the guide
+and of the optimizers) run on every compiled call too. A network or
 guide whose Python reads tensor values (data-dependent control flow), or a
 compiler failure, makes the loss fall back to the eager path with one warning.
 """
@@ -22,20 +27,21 @@ compiler failure, makes the loss fall back to the eager path with one warning.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyrolite_bnn._capture import capturing
-from pyrolite_bnn._module_hooks import forward_hook_ids
+from pyrolite_bnn._module_hooks import forward_hook_ids, global_hook_ids
 from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._particles import check_samples
-from pyrolite_bnn._pyro_module import public_settings, structure_version
+from pyrolite_bnn._pyro_module import public_settings, structure_stamp
 from pyrolite_bnn._validation import (
     check_finite_inputs,
     distribution_checks_off,
@@ -43,6 +49,7 @@ from pyrolite_bnn._validation import (
     validation,
 )
 from pyrolite_bnn.module import VIModule
+from pyrolite_bnn.record import ForwardRecord, find_record
 
 if TYPE_CHECKING:
     from pyrolite_bnn.loss import KullbackLeiblerLoss
@@ -61,6 +68,7 @@ COMPILE_MODES = (
 # and signatures remembered as seen once (not compiled yet).
 _MAX_GRAPHS = 8
 _MAX_SEEN = 64
+_Name = TypeVar("_Name", str, int)
 
 
 class CompileFallbackWarning(RuntimeWarning):
@@ -74,6 +82,7 @@ class _Graph:
     run: Callable[..., tuple[Tensor, Tensor]]
     output: Tensor  # a meta tensor with the shape and dtype of the network output
     batch: int  # the output's number of examples (KullbackLeiblerLoss.check_batch)
+    record: ForwardRecord  # what the loss's checks read of the captured pass
 
 
 class LossGraphs:
@@ -139,25 +148,35 @@ class LossGraphs:
             self._graphs.move_to_end(key)
             if is_validation_enabled():
                 _validate(loss_fn, model, graph.output, args, target)
+            _check(loss_fn, graph)
             log_lik, kl = graph.run(tensors, args, target)
             return log_lik, kl, graph.output.shape[0], graph.batch
         try:
             graph = self._capture(loss_fn, model, tensors, args, target, count)
-            log_lik, kl = graph.run(tensors, args, target)
         except Exception as error:  # anything: the eager path is always correct
-            self._failed.add(key)
-            warnings.warn(
-                f"compile=True: could not compile the loss of {type(model).__name__} "
-                f"({type(error).__name__}: {_first_line(error)}); running it eagerly",
-                CompileFallbackWarning,
-                stacklevel=3,
-            )
+            self._fall_back(key, model, error)
+            return None
+        _check(loss_fn, graph)  # its refusals and warnings are no compile failures
+        try:
+            log_lik, kl = graph.run(tensors, args, target)  # compiles on first run
+        except Exception as error:
+            self._fall_back(key, model, error)
             return None
         self._seen.pop(key, None)
         self._graphs[key] = graph
         while len(self._graphs) > _MAX_GRAPHS:
             self._graphs.popitem(last=False)
         return log_lik, kl, graph.output.shape[0], graph.batch
+
+    def _fall_back(self, key: Hashable, model: VIModule, error: Exception) -> None:
+        """Remember a signature that failed, and warn once that it runs eagerly."""
+        self._failed.add(key)
+        warnings.warn(
+            f"compile=True: could not compile the loss of {type(model).__name__} "
+            f"({type(error).__name__}: {_first_line(error)}); running it eagerly",
+            CompileFallbackWarning,
+            stacklevel=4,
+        )
 
     def _capture(
         self,
@@ -170,6 +189,7 @@ class LossGraphs:
     ) -> _Graph:
         output_like: list[Tensor] = []
         batches: list[int] = []
+        records: list[ForwardRecord] = []
 
         def loss_terms(
             tensors: list[Tensor], args: tuple[Any, ...], target: Tensor
@@ -180,6 +200,7 @@ class LossGraphs:
             output_like.append(torch.empty_like(output, device="meta"))
             log_lik, kl, batch = loss_fn.terms_and_batch(output, target)
             batches.append(batch)
+            records.append(_CapturedRecord(find_record(output)))
             return log_lik, kl
 
         # Capture runs the forward pass for real: undo its in-place updates of
@@ -198,7 +219,82 @@ class LossGraphs:
         # The graph's function, not the module: a compiled module would run the
         # library's global module hooks (see _plain_roots) on every call.
         compiled = torch.compile(traced.forward, mode=self.mode, dynamic=False)
-        return _Graph(compiled, output_like[0], batches[0])
+        return _Graph(compiled, output_like[0], batches[0], records[0])
+
+
+class _CapturedRecord(ForwardRecord):
+    """What the loss's checks read of a captured pass's record, without its draws.
+
+    A graph's run leaves no record; the guide, the network and their
+    parameters that a record names are fixed by the graph's key, so the
+    captured pass's answers hold for every run of its graph. The network and
+    the parameters are held weakly: a kept graph does not keep a network that
+    is gone alive (its checks then find nothing).
+    """
+
+    def __init__(self, record: ForwardRecord) -> None:
+        super().__init__(record.samples, record.network)
+        self.sequence_batch = record.sequence_batch
+        self._guide = _weak_values(record.guide_parameters())
+        self._positive = _weak_values(record.positive_parameters())
+        self._priors = _weak_values(record.prior_parameters())
+        self._network = _weak_values(dict(enumerate(record.network_parameters())))
+        self._identity = record.guide_identity()
+        self._training = record.training()
+
+    @property
+    def network(self) -> nn.Module | None:
+        """The network that ran, while it exists."""
+        return self._network_ref() if self._network_ref is not None else None
+
+    @network.setter
+    def network(self, network: nn.Module | None) -> None:
+        self._network_ref = None if network is None else weakref.ref(network)
+
+    def guide_parameters(self) -> dict[str, Tensor]:
+        """See :meth:`ForwardRecord.guide_parameters`."""
+        return _alive(self._guide)
+
+    def positive_parameters(self) -> dict[str, Tensor]:
+        """See :meth:`ForwardRecord.positive_parameters`."""
+        return _alive(self._positive)
+
+    def prior_parameters(self) -> dict[str, Tensor]:
+        """See :meth:`ForwardRecord.prior_parameters`."""
+        return _alive(self._priors)
+
+    def network_parameters(self) -> list[Tensor]:
+        """See :meth:`ForwardRecord.network_parameters`."""
+        return list(_alive(self._network).values())
+
+    def guide_identity(self) -> Hashable:
+        """See :meth:`ForwardRecord.guide_identity`."""
+        return self._identity
+
+    def training(self) -> bool:
+        """See :meth:`ForwardRecord.training`."""
+        return self._training
+
+
+def _weak_values(tensors: dict[_Name, Tensor]) -> dict[_Name, weakref.ref[Tensor]]:
+    return {name: weakref.ref(tensor) for name, tensor in tensors.items()}
+
+
+def _alive(references: dict[_Name, weakref.ref[Tensor]]) -> dict[_Name, Tensor]:
+    found = {name: reference() for name, reference in references.items()}
+    return {name: tensor for name, tensor in found.items() if tensor is not None}
+
+
+def _check(loss_fn: KullbackLeiblerLoss, graph: _Graph) -> None:
+    """The eager loss's checks of a step, before the graph runs.
+
+    They read no tensor values, so capture could not keep them in the graph:
+    ``dataset_size`` lowered below the batch, and the watches of the guide
+    (assigned after the optimizer was made), of weight decay on the scales
+    and of bfloat16 scales, which look at the optimizers of every step.
+    """
+    loss_fn.check_dataset_size(graph.batch)
+    loss_fn.watch_step(graph.record, graph.output.dtype)
 
 
 def _validate(
@@ -253,13 +349,13 @@ def _signature(
         return None
     return (
         id(model),
-        structure_version(),
+        global_hook_ids(),
         samples,
         loss_fn.kl,
         torch.is_grad_enabled(),
         _autocast_state(tensors),
         inputs,
-        tuple((id(m), _graph_key(m)) for m in modules),
+        tuple((id(m), structure_stamp(m), _graph_key(m)) for m in modules),
         tuple((id(t), t.shape, t.dtype, t.device, t.requires_grad) for t in tensors),
     )
 

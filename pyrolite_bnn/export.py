@@ -169,7 +169,7 @@ def _convert_new(
         for key in GUIDE_STATE:
             module.__dict__.pop(key, None)
         module._modules = dict(children)
-        note_structure_change()  # what the network derived from its old tree
+        note_structure_change(module)  # what the network derived from its old tree
         return module
     # A plain torch module (nn.Sequential, nn.ModuleList, a user's class) of
     # the private copy: its Bayesian children are replaced in place, and the

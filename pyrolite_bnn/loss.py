@@ -293,10 +293,7 @@ class KullbackLeiblerLoss(nn.Module):
         record = self._record_for(output)
         batch = self.check_batch(output, record.sequence_batch)
         log_lik = self.predictive.log_likelihood(output, target).sum()
-        self._watch_guide(record)
-        self._watch_decay(record)
-        self._watch_precision(record, output.dtype)
-        self._network_parameters = record.network_parameters  # for the next watch
+        self.watch_step(record, output.dtype)
         kl_value = record.kl(self.kl if kl is None else kl)
         self._note_kl_charge(record, kl_value, output)
         if (
@@ -314,6 +311,21 @@ class KullbackLeiblerLoss(nn.Module):
                 "torch.no_grad() too (for evaluation)"
             )
         return log_lik, kl_value, batch
+
+    def watch_step(self, record: ForwardRecord, dtype: torch.dtype) -> None:
+        """The loss's watches of the training step of ``record``'s forward pass.
+
+        Each warns once: the guide's parameters never change (a guide
+        assigned after the optimizer was made), an optimizer's weight decay
+        acts on a posterior scale, scales stored in bfloat16 never train.
+        They look at the optimizers as they are now, so every call runs them,
+        a compiled one too (with the record its graph was captured from).
+        Called by :meth:`terms_and_batch`; ``dtype`` is the output's.
+        """
+        self._watch_guide(record)
+        self._watch_decay(record)
+        self._watch_precision(record, dtype)
+        self._network_parameters = record.network_parameters  # for the next watch
 
     def __getstate__(self) -> dict[str, Any]:
         """The loss's state without the last forward pass (pickling, deepcopy).

@@ -350,9 +350,20 @@ class VIModule(LocalPyroModule):
         (an estimator, a mode flag read in ``forward``) extend it:
         ``return (*super().graph_key(), self.my_switch)``. Public scalar
         attributes (``batch_first``, ``dropout``, ``max_norm``: see
-        :func:`~pyrolite_bnn._pyro_module.public_settings`) are in it already.
+        :func:`~pyrolite_bnn._pyro_module.public_settings`) are in it already,
+        and so is each prior's :meth:`~pyrolite_bnn.Prior.graph_key` (a
+        :class:`~pyrolite_bnn.CallablePrior`'s function and what it returns).
         """
-        return (type(self), self.training, self._settings())
+        return (type(self), self.training, self._settings(), self._prior_keys())
+
+    def _prior_keys(self) -> tuple[Hashable, ...]:
+        """The :meth:`Prior.graph_key` of each declared random variable's prior."""
+        keys = []
+        for name, shape in self._declared.items():
+            prior = self.prior[name]
+            assert isinstance(prior, Prior)
+            keys.append(prior.graph_key(shape))
+        return tuple(keys)
 
     def _settings(self) -> tuple[tuple[str, Hashable], ...]:
         """:func:`public_settings`, kept until a public attribute is set."""

@@ -14,6 +14,7 @@ import pickle
 import warnings
 from collections.abc import Callable, Hashable, Iterator
 
+import numpy as np
 import pytest
 import torch
 import torch._inductor.config as inductor_config
@@ -499,3 +500,155 @@ def test_a_forward_hook_registered_after_capture_runs() -> None:
     value = compiled.model_loss(net, x, y)
     torch.manual_seed(6)
     torch.testing.assert_close(value, eager.model_loss(net, x, y))
+
+
+def _compared(
+    compiled: bnn.KullbackLeiblerLoss,
+    eager: bnn.KullbackLeiblerLoss,
+    net: bnn.VIModule,
+    x: Tensor,
+    y: Tensor,
+    seed: int,
+) -> None:
+    """The compiled loss equals the eager one under one seed (same operators)."""
+    torch.manual_seed(seed)
+    value = compiled.model_loss(net, x, y)
+    torch.manual_seed(seed)
+    torch.testing.assert_close(value, eager.model_loss(net, x, y))
+
+
+def test_a_callable_priors_function_and_what_it_reads_key_the_graph() -> None:
+    """A graph froze the prior function's numbers: with the scale it closes
+    over set from 1 to 0.05, or the function replaced, the compiled loss
+    stayed 4.97 where eager gave 12.15 and 10.46 (silently)."""
+    import pyro.distributions as dist
+
+    config = {"scale": 1.0}
+    torch.manual_seed(0)
+    net = bnn.VISequential(
+        bnn.VILinear(3, 8, prior=lambda shape: dist.Normal(0.0, config["scale"])),
+        nn.ReLU(),
+        bnn.VILinear(8, 3),
+    )
+    compiled = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=True)
+    eager = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = torch.randn(16, 3), torch.randint(0, 3, (16,))
+    for _ in range(2):  # eager first call, then capture
+        compiled.model_loss(net, x, y)
+    assert _graph_count(compiled) == 1
+    config["scale"] = 0.05  # read by the function on every call
+    for seed in (1, 2):  # the second call runs a graph captured anew
+        _compared(compiled, eager, net, x, y, seed)
+    assert _graph_count(compiled) == 2
+    config["scale"] = 1.0
+    prior = net[0].prior["weight"]
+    assert isinstance(prior, bnn.CallablePrior)
+    prior.fn = lambda shape: dist.Normal(0.0, 0.05)
+    _compared(compiled, eager, net, x, y, 3)
+
+
+class _Offset(bnn.VIModule):
+    """A NumPy scalar setting read in ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VILinear(3, 3)
+        self.offset = np.float32(0.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x) + float(self.offset)  # type: ignore[no-any-return]
+
+
+def test_numpy_scalar_settings_and_global_hooks_key_the_graph() -> None:
+    """Graphs ran after ``net.offset = np.float32(2.0)`` (a NumPy scalar, not
+    a ``float``) and after a global module forward hook was registered, as
+    before them (5.0126 where eager gave 5.0921 and 5.2052)."""
+    torch.manual_seed(0)
+    net = _Offset()
+    compiled = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N, compile=True)
+    eager = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)
+    x, y = torch.randn(8, 3), torch.randn(8, 3)
+    for _ in range(2):
+        compiled.model_loss(net, x, y)
+    net.offset = np.float32(2.0)
+    _compared(compiled, eager, net, x, y, 1)
+    net.offset = np.float32(0.0)
+    _compared(compiled, eager, net, x, y, 2)
+
+    def doubled(module: nn.Module, inputs: object, output: object) -> object:
+        return output * 2 if module is net.body else output  # type: ignore[operator]
+
+    handle = nn.modules.module.register_module_forward_hook(doubled)
+    try:
+        _compared(compiled, eager, net, x, y, 3)
+    finally:
+        handle.remove()
+    _compared(compiled, eager, net, x, y, 4)  # captured anew: the setting was set
+    assert _graph_count(compiled) == 2
+
+
+def test_compiled_steps_refuse_and_warn_as_eager_ones() -> None:
+    """Checks that ran only at capture: ``dataset_size`` lowered below the
+    batch was taken (loss 48.555, eager refuses), and an AdamW with weight
+    decay made after capture was never warned about (eager warns once)."""
+    torch.manual_seed(0)
+    net = _mlp("reparam")
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=True)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    for _ in range(3):
+        loss_fn.model_loss(net, x, y).backward()
+    assert _graph_count(loss_fn) == 1
+    loss_fn.dataset_size = 8
+    with pytest.raises(ValueError, match="larger than dataset_size=8"):
+        loss_fn.model_loss(net, x, y)
+    loss_fn.dataset_size = N
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.1)
+    with pytest.warns(UserWarning, match="weight_decay=0.1"):  # noqa: PT031
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss_fn.model_loss(net, x, y).backward()
+            optimizer.step()
+    assert _graph_count(loss_fn) == 1
+
+
+def test_a_guide_assigned_after_the_optimizer_is_warned_about_when_compiled() -> None:
+    """The guide watch ran only eagerly: a guide assigned after the optimizer
+    was made silently never trained under ``compile=True`` (10 steps)."""
+    from pyro.infer.autoguide import AutoNormal
+
+    torch.manual_seed(0)
+    net = _mlp("reparam")
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=True)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    with pytest.warns(UserWarning, match="guide's parameters"):  # noqa: PT031
+        for _ in range(8):
+            optimizer.zero_grad()
+            loss_fn.model_loss(net, x, y).backward()
+            optimizer.step()
+    assert _graph_count(loss_fn) == 1
+
+
+def test_building_other_modules_keeps_the_graph() -> None:
+    """The graph key held a process-wide counter: each Bayesian layer built
+    anywhere made the next step run eagerly and the one after capture an
+    identical graph again (up to 8 duplicates). A change of the network's
+    own modules still makes a new graph."""
+    torch.manual_seed(0)
+    net = _mlp("reparam")
+    compiled = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=True)
+    eager = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    for _ in range(2):
+        compiled.model_loss(net, x, y)
+    for _ in range(3):
+        bnn.VILinear(2, 2)  # another model's layer
+        for _ in range(2):
+            compiled.model_loss(net, x, y)
+    assert _graph_count(compiled) == 1
+    posterior = net[0].posterior["weight"]
+    posterior.scale_transform = "exp"  # a setting of the network's posterior
+    for seed in (1, 2):
+        _compared(compiled, eager, net, x, y, seed)
+    assert _graph_count(compiled) == 2

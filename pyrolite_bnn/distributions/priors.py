@@ -11,6 +11,7 @@ is accepted wherever a prior is (see :func:`as_prior`).
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, cast
@@ -19,7 +20,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, Transform, constraints
 
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._validation import readable_all
@@ -354,6 +355,24 @@ class Prior(nn.Module):
         base = self.elementwise()
         _check_broadcast(self, base.batch_shape, size)
         return _independent(base, size)
+
+    def graph_key(self, shape: Sequence[int]) -> Hashable:
+        """What a compiled loss graph froze of ``self(shape)``, besides tensors.
+
+        A compiled loss (``KullbackLeiblerLoss(compile=True)``) records the
+        operations of one call; the prior's buffers and parameters are the
+        graph's inputs (read live), but the Python around them (a function
+        called, numbers made into tensors) is fixed in the graph. The graph is
+        reused only while the key of every prior of the network is unchanged.
+        The library's priors read only their buffers: ``()``; see
+        :meth:`CallablePrior.graph_key`.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> bnn.NormalPrior(0.0, 2.0).graph_key((3, 2))
+            ()
+        """
+        return ()
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
         """``KL(N(loc, scale^2) || prior)`` summed over the tensor, if cheap.
@@ -1102,6 +1121,72 @@ class CallablePrior(Prior):
             expanded: dist.TorchDistribution = built.expand(batch).to_event(len(batch))
             return expanded
         return _independent(built, torch.Size(shape))
+
+    def graph_key(self, shape: Sequence[int]) -> Hashable:
+        """The function, and what it returns now: see :meth:`Prior.graph_key`.
+
+        The function is called (as the eager loss calls it on every step) and
+        its distribution described: its classes, numbers and the values of its
+        tensors. A compiled graph is then captured again when the function is
+        replaced, or when what it reads (a number it closes over, a dictionary
+        entry, a global) makes it return another distribution.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> scale = {"value": 1.0}
+            >>> prior = bnn.CallablePrior(
+            ...     lambda shape: torch.distributions.Normal(0.0, scale["value"])
+            ... )
+            >>> before = prior.graph_key((3, 2))
+            >>> prior.graph_key((3, 2)) == before
+            True
+            >>> scale["value"] = 0.1
+            >>> prior.graph_key((3, 2)) == before
+            False
+        """
+        return (self.fn, _frozen_description(self.fn(torch.Size(shape))))
+
+
+# Nesting depth to which a prior callable's distribution is described (base
+# distributions, transforms, their parameters); deeper objects by their class.
+_DESCRIBED_DEPTH = 6
+
+
+def _frozen_description(value: object, depth: int = 0) -> Hashable:
+    """A hashable description of ``value``: classes, numbers, tensor values.
+
+    Two distributions with equal descriptions give one graph the same
+    constants. Tensors are described by their values (a digest of their
+    bytes), so a tensor made anew from the same numbers matches.
+    """
+    if isinstance(value, Tensor):
+        data = value.detach().reshape(-1).cpu().contiguous().view(torch.uint8)
+        digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16).digest()
+        return ("tensor", tuple(value.shape), value.dtype, value.device, digest)
+    if value is None or isinstance(value, (bool, int, float, str, complex)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(_frozen_description(v, depth) for v in value))
+    if depth >= _DESCRIBED_DEPTH:
+        return (type(value),)
+    if isinstance(value, dict):
+        return (
+            dict,
+            tuple((k, _frozen_description(v, depth + 1)) for k, v in value.items()),
+        )
+    if isinstance(value, (Distribution, Transform, constraints.Constraint)):
+        return (
+            type(value),
+            tuple(
+                (name, _frozen_description(item, depth + 1))
+                for name, item in sorted(vars(value).items())
+            ),
+        )
+    try:
+        hash(value)
+    except TypeError:
+        return (type(value),)
+    return (type(value), value)
 
 
 def as_prior(prior: object) -> Prior:
