@@ -603,12 +603,23 @@ def test_compiled_steps_refuse_and_warn_as_eager_ones() -> None:
         loss_fn.model_loss(net, x, y)
     loss_fn.dataset_size = N
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.1)
-    with pytest.warns(UserWarning, match="weight_decay=0.1"):  # noqa: PT031
-        for _ in range(3):
-            optimizer.zero_grad()
-            loss_fn.model_loss(net, x, y).backward()
-            optimizer.step()
+    with pytest.warns(UserWarning, match="weight_decay=0.1"):
+        _train(loss_fn, net, optimizer, x, y, steps=3)
     assert _graph_count(loss_fn) == 1
+
+
+def _train(
+    loss_fn: bnn.KullbackLeiblerLoss,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+) -> None:
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn.model_loss(net, x, y).backward()
+        optimizer.step()
 
 
 def test_a_guide_assigned_after_the_optimizer_is_warned_about_when_compiled() -> None:
@@ -622,11 +633,8 @@ def test_a_guide_assigned_after_the_optimizer_is_warned_about_when_compiled() ->
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
-    with pytest.warns(UserWarning, match="guide's parameters"):  # noqa: PT031
-        for _ in range(8):
-            optimizer.zero_grad()
-            loss_fn.model_loss(net, x, y).backward()
-            optimizer.step()
+    with pytest.warns(UserWarning, match="guide's parameters"):
+        _train(loss_fn, net, optimizer, x, y, steps=8)
     assert _graph_count(loss_fn) == 1
 
 
