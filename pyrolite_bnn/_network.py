@@ -10,6 +10,9 @@ listed once, at its first path, and marked ``shared``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from torch import nn
@@ -25,6 +28,7 @@ __all__ = [
     "check_bayesian_network",
     "collect_variables",
     "couples_examples",
+    "facts_kept_for_the_call",
     "network_children",
     "network_modules",
     "outermost_bayesian",
@@ -87,6 +91,27 @@ def collect_variables(root: nn.Module) -> list[RandomVariable]:
     return found
 
 
+# Facts about trees holding plain containers, kept for one outermost call.
+_CALL_FACTS: ContextVar[dict[tuple[int, str], Any] | None] = ContextVar(
+    "pyrolite_call_facts", default=None
+)
+
+
+@contextmanager
+def facts_kept_for_the_call() -> Iterator[None]:
+    """Keep every fact about a module tree until the body ends (one network call).
+
+    A tree holding plain containers is never cached across calls (see
+    :func:`_store`), but it does not change while one call runs: its walk
+    and facts are found once per call, not once per question.
+    """
+    token = _CALL_FACTS.set({})
+    try:
+        yield
+    finally:
+        _CALL_FACTS.reset(token)
+
+
 def _cached(root: nn.Module, key: str) -> Any:
     """What :func:`_store` kept on ``root`` under ``key`` (``None``: stale or none)."""
     cached = root.__dict__.get(key)
@@ -94,18 +119,24 @@ def _cached(root: nn.Module, key: str) -> Any:
     # in-place conversion, copies) must not bring facts about the old one.
     if cached is not None and cached[:2] == (structure_version(), id(root)):
         return cached[2]
-    return None
+    call_facts = _CALL_FACTS.get()
+    return None if call_facts is None else call_facts.get((id(root), key))
 
 
 def _store(root: nn.Module, key: str, value: Any, plain_containers: bool) -> None:
     """Keep ``value`` derived from ``root``'s module tree until the tree changes.
 
     Plain torch containers change without telling this library (their
-    ``__setattr__`` does not bump :func:`structure_version`): trees holding one
-    are not cached.
+    ``__setattr__`` does not bump :func:`structure_version`): facts about
+    trees holding one are kept only for the running call
+    (:func:`facts_kept_for_the_call`).
     """
     if not plain_containers:
         object.__setattr__(root, key, (structure_version(), id(root), value))
+        return
+    call_facts = _CALL_FACTS.get()
+    if call_facts is not None:
+        call_facts[(id(root), key)] = value
 
 
 def _holds_plain_containers(modules: list[tuple[str, nn.Module]]) -> bool:
@@ -114,8 +145,10 @@ def _holds_plain_containers(modules: list[tuple[str, nn.Module]]) -> bool:
     Args:
         modules: the network's modules, :func:`network_modules` of its root.
     """
+    # A plain module's network children are all its children (network_children).
     return any(
-        not isinstance(module, VIModule) and network_children(module)
+        not isinstance(module, VIModule)
+        and any(child is not None for child in module._modules.values())
         for _, module in modules
     )
 
@@ -124,7 +157,13 @@ def network_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every module of the network below ``root`` once, with its first path.
 
     Priors, posteriors and assigned guides are not part of the network.
+    Within one call (:func:`facts_kept_for_the_call`) the walk is made once.
     """
+    call_facts = _CALL_FACTS.get()
+    if call_facts is not None:
+        walked = call_facts.get((id(root), "_walk"))
+        if walked is not None:
+            return list(walked)
     found: dict[int, tuple[str, nn.Module]] = {}
     stack = [("", root)]
     while stack:
@@ -136,6 +175,8 @@ def network_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
             (f"{prefix}.{name}" if prefix else name, child)
             for name, child in reversed(network_children(module))
         )
+    if call_facts is not None:
+        call_facts[(id(root), "_walk")] = tuple(found.values())
     return list(found.values())
 
 

@@ -614,7 +614,16 @@ class VIModule(LocalPyroModule):
                 output = LocalPyroModule.__call__(self, *args, **kwargs)
             _particles.note_folded_output(output)
             return output
-        from pyrolite_bnn import _forward
+        from pyrolite_bnn._network import facts_kept_for_the_call
+
+        with facts_kept_for_the_call():
+            return self._outermost_call(samples, args, kwargs)
+
+    def _outermost_call(
+        self, samples: int | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """The outermost call of the network: particles drawn, output unfolded."""
+        from pyrolite_bnn import _forward, _plain_roots
 
         if _plain_roots.open_pending_root(self, args, kwargs, samples):
             result = nn.Module.__call__(self, *args, **kwargs)

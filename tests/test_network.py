@@ -812,3 +812,36 @@ def test_a_network_called_during_backward_runs() -> None:
     h.register_hook(scale)
     h.sum().backward()
     assert seen == [(10, 8, 1)]
+
+
+def test_a_plain_container_tree_is_walked_once_per_question_per_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Facts about a tree holding plain containers are not cached across calls
+    (the containers change without telling the library), but every question
+    of one call walked the tree again: 31 child listings per call for this
+    7-module network. One walk for the facts and one for the variables now."""
+    from pyrolite_bnn import _network
+
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 4))
+            self.head = nn.Sequential(nn.ReLU(), bnn.VILinear(4, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x))  # type: ignore[no-any-return]
+
+    net, x = Net(), torch.randn(5, 3)
+    net(x)  # first call: per-class facts (Pyro statements) found once
+    network = [module for _, module in _network.network_modules(net)]
+    listings = []
+    original = _network.network_children
+
+    def counting(module: nn.Module) -> list[tuple[str, nn.Module]]:
+        listings.append(module)
+        return original(module)
+
+    monkeypatch.setattr(_network, "network_children", counting)
+    net(x)
+    assert len(listings) <= 2 * len(network), (len(listings), len(network))
