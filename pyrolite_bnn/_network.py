@@ -10,8 +10,6 @@ listed once, at its first path, and marked ``shared``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -97,19 +95,22 @@ _CALL_FACTS: ContextVar[dict[tuple[int, str], Any] | None] = ContextVar(
 )
 
 
-@contextmanager
-def facts_kept_for_the_call() -> Iterator[None]:
+class facts_kept_for_the_call:  # lower case, as torch.no_grad
     """Keep every fact about a module tree until the body ends (one network call).
 
     A tree holding plain containers is never cached across calls (see
     :func:`_store`), but it does not change while one call runs: its walk
-    and facts are found once per call, not once per question.
+    and facts are found once per call, not once per question. (A class, not
+    a generator context manager: it runs on every network call.)
     """
-    token = _CALL_FACTS.set({})
-    try:
-        yield
-    finally:
-        _CALL_FACTS.reset(token)
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _CALL_FACTS.set({})
+
+    def __exit__(self, *exc_info: object) -> None:
+        _CALL_FACTS.reset(self._token)
 
 
 def _cached(root: nn.Module, key: str) -> Any:
