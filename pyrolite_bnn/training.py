@@ -853,9 +853,9 @@ def fit(
     if checkpoint_path is not None:
         _check_checkpoint_path(checkpoint_path, ranks)
     if optimizer is None:
-        optimizer = torch.optim.Adam(
-            [*model.parameters(), *loss_fn.parameters()], lr=1e-3
-        )
+        # Each parameter once: a loss kept as a submodule of the model is both.
+        parameters = {id(p): p for p in (*model.parameters(), *loss_fn.parameters())}
+        optimizer = torch.optim.Adam(list(parameters.values()), lr=1e-3)
     network = unwrap(model)
     names = {id(p): f"model.{name}" for name, p in network.named_parameters()}
     names.update({id(p): f"loss_fn.{name}" for name, p in loss_fn.named_parameters()})

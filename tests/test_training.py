@@ -177,6 +177,27 @@ def test_default_optimizer_trains_the_likelihood_scale() -> None:
     assert loss_fn.predictive.noise_scale().item() != before
 
 
+def test_default_optimizer_takes_a_loss_held_by_the_model_once() -> None:
+    """A loss kept as a submodule of the model gave the default Adam each of
+    its parameters twice: torch's "duplicate parameters" warning."""
+
+    class WithLoss(bnn.VIModule):
+        def __init__(self, loss_fn: bnn.KullbackLeiblerLoss) -> None:
+            super().__init__()
+            self.layer = bnn.VILinear(3, 1)
+            self.loss_fn = loss_fn
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.layer(x)  # type: ignore[no-any-return]
+
+    x = torch.randn(N, 3)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=N)
+    model = WithLoss(loss_fn)
+    before = loss_fn.predictive.noise_scale().item()
+    fit(model, loss_fn, _batches(x, 3.0 * x[:, :1]), epochs=2, progress=False)
+    assert loss_fn.predictive.noise_scale().item() != before
+
+
 def test_given_optimizer_is_used_as_is() -> None:
     x, y = _data()
     model, loss_fn = _net(), _loss()
