@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.nn.parallel import DataParallel, DistributedDataParallel
+from torch.nn.utils.rnn import PackedSequence
 from torch.utils.hooks import RemovableHandle
 
 from pyrolite_bnn import _particles
@@ -319,19 +320,24 @@ def _note_folded_states(
 ) -> None:
     """Record a plain recurrent layer's final states as folded in dimension 1.
 
-    Given the batch folded with the particles (``B * S`` rows), ``h_n`` (and an
-    LSTM's ``c_n``) are ``(layers, B * S, H)``: the network's output unfolds
-    them there, as it does a ``VIGRU``'s, instead of reading the number of
-    layers as a leading size (with ``layers == B`` they came back as ``S``
-    copies of every particle's states).
+    Given the batch folded with the particles (``B * S`` rows, or as many
+    packed sequences), ``h_n`` (and an LSTM's ``c_n``) are ``(layers, B * S,
+    H)``: the network's output unfolds them there, as it does a ``VIGRU``'s,
+    instead of reading the number of layers as a leading size (with
+    ``layers == B`` they came back as ``S`` copies of every particle's
+    states).
     """
     first = args[0] if args else None
     batch = state.batch_size
-    if state.samples == 1 or batch is None or not isinstance(first, Tensor):
+    if state.samples == 1 or batch is None:
         return
-    if first.dim() < 3 or first.shape[0 if module.batch_first else 1] != (
-        batch * state.samples
-    ):
+    if isinstance(first, PackedSequence):  # its sequences: the first step's count
+        sequences = int(first.batch_sizes[0])
+    elif isinstance(first, Tensor) and first.dim() >= 3:
+        sequences = first.shape[0 if module.batch_first else 1]
+    else:
+        return
+    if sequences != batch * state.samples:
         return
 
     def note(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:

@@ -211,6 +211,39 @@ class _OutputsAndStates(nn.Module):
         return out, h
 
 
+class _PackedStates(bnn.VIModule):
+    """A plain ``nn.GRU`` reading a packed folded batch after a ``VILinear``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = bnn.VILinear(3, 3)
+        self.rnn = nn.GRU(3, 5, num_layers=2, batch_first=True)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        from pyrolite_bnn.layers.functional import current_samples
+
+        folded = lengths.repeat_interleave(current_samples())
+        packed = pack_padded_sequence(
+            self.enc(x), folded, batch_first=True, enforce_sorted=False
+        )
+        out, h = self.rnn(packed)
+        padded, _ = pad_packed_sequence(out, batch_first=True)
+        return padded[torch.arange(padded.shape[0]), folded - 1], h
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_a_plain_recurrent_layers_packed_final_state_is_unfolded(batch: int) -> None:
+    """Packed, the plain GRU's h_n was skipped: (S, layers, B * S, H) copies
+    with layers == B, refused otherwise. Each particle's last-layer state
+    is its own last valid output."""
+    net = _PackedStates()
+    last, h = net(torch.randn(batch, 6, 3), torch.tensor([6, 2, 4][:batch]), samples=3)
+    assert h.shape == (3, 2, batch, 5)
+    torch.testing.assert_close(h[:, -1], last)
+
+
 @pytest.mark.parametrize("batch", [2, 3])
 def test_a_plain_recurrent_layers_final_state_is_unfolded_per_particle(
     batch: int,
