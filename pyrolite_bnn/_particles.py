@@ -308,8 +308,13 @@ def note_folded_output(output: Any) -> None:
 _ANCESTORS_READ = 256
 
 
-def _refuse_rows_taken_from_folded(state: ParticleState, tensor: Tensor) -> None:
+def _refuse_rows_taken_from_folded(
+    state: ParticleState, tensor: Tensor, reader: str = "a Bayesian layer got"
+) -> None:
     """Refuse ``B`` rows computed from a Bayesian layer's ``B * S``-row output.
+
+    ``reader`` starts the message: who reads the rows as shared (a layer, or
+    the network's output, which would be expanded to every particle).
 
     Read as shared, they would give every particle the same rows: those of the
     first particles (``o[torch.arange(B), lengths - 1]`` picks rows ``0..B-1``
@@ -329,7 +334,7 @@ def _refuse_rows_taken_from_folded(state: ParticleState, tensor: Tensor) -> None
         if id(node) in state.folded_outputs:
             batch, samples = state.batch_size, state.samples
             raise ValueError(
-                f"a Bayesian layer got {batch} rows (the batch, read as shared by "
+                f"{reader} {batch} rows (the batch, read as shared by "
                 f"the particles) computed from a Bayesian layer's output of "
                 f"{batch} * {samples} rows, whose particles are folded into the "
                 "batch (row b * S + s): the rows were taken from some particles "
@@ -910,6 +915,8 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
             "state as the layer gives it, or with the batch first "
             f"(h_n.transpose(0, 1)). {keep_first}"
         )
+    if shared and state.folded_outputs and tensor.grad_fn is not None:
+        _refuse_rows_taken_from_folded(state, tensor, "the network's output has")
     if shared:
         return tensor.unsqueeze(0).expand(samples, *tensor.shape)
     if batch is None:

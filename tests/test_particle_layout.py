@@ -848,3 +848,30 @@ def test_rows_of_the_fold_and_shared_branches_are_read_as_before(pick: str) -> N
     assert out.shape == (5, 4, 2)
     if pick == "folded rows":  # each particle's own last steps: they differ
         assert not torch.allclose(out[0], out[1])
+
+
+class _PickedAtOutput(bnn.VIModule):
+    """The last-step pick of ``_LastStep`` made on the network's output."""
+
+    def __init__(self, pick: str) -> None:
+        super().__init__()
+        self.rnn = bnn.VIGRU(3, 8, batch_first=True)
+        self.head = bnn.VILinear(8, 2)
+        self.pick = pick
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        logits = self.head(self.rnn(x)[0])  # (B * S, L, 2)
+        if self.pick == "arange(B)":
+            return logits[torch.arange(x.shape[0]), lengths - 1]
+        return logits[:, -1].view(x.shape[0], -1, 2).mean(1)  # particle mean
+
+
+@pytest.mark.parametrize("pick", ["arange(B)", "particle mean"])
+def test_rows_taken_from_a_folded_output_are_refused_at_the_output(pick: str) -> None:
+    """Returned, the picked rows were expanded to every particle: each
+    particle got the first particles' logits (or their mean), silently."""
+    x, lengths = torch.randn(4, 6, 3), torch.tensor([6, 2, 5, 3])
+    with pytest.raises(
+        ValueError, match=r"network's output has 4 rows.*some particles"
+    ):
+        _PickedAtOutput(pick)(x, lengths, samples=5)
