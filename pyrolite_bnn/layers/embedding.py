@@ -397,7 +397,7 @@ class VIEmbedding(_VIWeightLayer):
         return self._resolved_estimator == "rows" and not capturing
 
     def estimator_for(self, input: Tensor) -> str:
-        """``"rows"`` if :meth:`uses_moments`, else ``"reparam"``.
+        """``"rows"`` if :meth:`samples_from_moments`, else ``"reparam"``.
 
         Example:
             >>> import torch, pyrolite_bnn as bnn
@@ -407,7 +407,7 @@ class VIEmbedding(_VIWeightLayer):
             >>> bnn.VIEmbedding(5, 2, estimator="reparam").estimator_for(tokens)
             'reparam'
         """
-        return "rows" if self.uses_moments() else "reparam"
+        return "rows" if self.samples_from_moments() else "reparam"
 
     def _torch_repr(self) -> str:
         text = f"{self.num_embeddings}, {self.embedding_dim}"

@@ -783,3 +783,19 @@ def test_underflowed_bias_variance_gives_finite_gradients() -> None:
     for name, p in layer.named_parameters():
         assert p.grad is not None, name
         assert bool(p.grad.isfinite().all()), name
+
+
+def test_estimator_for_follows_a_replaced_posterior_and_a_layer_called_twice() -> None:
+    """estimator_for said "local" after the posteriors were replaced by point
+    masses, and for a layer seen called twice, where the call draws weights."""
+    x = torch.randn(4, 3)
+    layer = bnn.VILinear(3, 2)
+    assert layer.estimator_for(x) == "local"
+    for name in ("weight", "bias"):
+        mean = layer.posterior[name].mean().detach().clone()
+        layer.posterior[name] = bnn.PointMass().build(mean.shape, mean)
+    assert layer.estimator_for(x) == "reparam"
+    twice = _Twice(bnn.VILinear(2, 2, bias=False))
+    assert twice.layer.estimator_for(torch.randn(4, 2)) == "local"
+    twice(torch.randn(4, 2), samples=2)
+    assert twice.layer.estimator_for(torch.randn(4, 2)) == "reparam"
