@@ -515,6 +515,13 @@ def _check_sites(guide: object, trace: Trace, network: nn.Module) -> None:
     if drawn.keys() != declared.keys():
         missing = sorted(declared.keys() - drawn.keys())
         extra = sorted(drawn.keys() - declared.keys())
+        if drawn and not extra and isinstance(guide, (AutoGuide, AutoMessenger)):
+            hint = (
+                "it samples only some of them (a part built on "
+                "poutine.block(model.prior_model, ...)?): assign an "
+                "AutoGuideList(model.prior_model) whose parts together sample "
+                "every weight"
+            )
         raise ValueError(
             f"{name} does not sample the network's weights: missing sites "
             f"{missing}, unknown sites {extra} (the network declares "

@@ -613,6 +613,17 @@ def test_guide_for_other_sites_is_refused_at_assignment(
     assert net.guide.inner is None
 
 
+def test_a_partial_guide_alone_is_told_to_join_an_autoguide_list() -> None:
+    """A guide built on poutine.block(prior_model, expose=...) assigned alone
+    was told to "build it on model.prior_model", which it was."""
+    net = _net()
+    part = AutoNormal(poutine.block(net.prior_model, expose=["0.weight", "0.bias"]))
+    with pytest.raises(
+        ValueError, match=r"missing sites \['2\.bias', '2\.weight'\].*AutoGuideList"
+    ):
+        net.guide = part
+
+
 def test_a_guides_own_setup_error_is_passed_on_with_its_text() -> None:
     """It was replaced by advice to build on prior_model, which it was."""
     net = bnn.VISequential(bnn.VILinear(3, 2))
