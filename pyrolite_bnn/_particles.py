@@ -212,8 +212,8 @@ def row_layout(
     if rows == batch and not others:  # the common case
         if state is not None:
             state.classified[0] = True
-            if layer_input and state.folded_outputs and tensor.grad_fn is not None:
-                _refuse_rows_taken_from_folded(state, tensor)
+            if layer_input:
+                _refuse_shared_read_of_folded(state, tensor)
         return True
     if state is None:
         if batch is None or rows not in (batch, batch * samples):
@@ -258,13 +258,8 @@ def row_layout(
                 + _ambiguity_remedy(state, other)
                 + _sequence_first_hint(state)
             )
-        if (
-            layer_input
-            and shared
-            and state.folded_outputs
-            and tensor.grad_fn is not None
-        ):
-            _refuse_rows_taken_from_folded(state, tensor)
+        if layer_input and shared:
+            _refuse_shared_read_of_folded(state, tensor)
         return shared
     if rows in seen and split in seen:
         assert split is not None
@@ -308,6 +303,33 @@ def note_folded_output(output: Any) -> None:
 _ANCESTORS_READ = 256
 
 
+def _refuse_shared_read_of_folded(state: ParticleState, tensor: Tensor) -> None:
+    """Refuse a Bayesian layer's read of ``B`` rows as shared that hold folded ones.
+
+    A tensor of a recurrent state's shape with the folded batch in dimension
+    1 (``h_n`` with as many layers as examples, :func:`_folded_behind`), or
+    rows computed from a Bayesian layer's folded output
+    (:func:`_refuse_rows_taken_from_folded`).
+    """
+    if _folded_behind(tensor, state):
+        raise ValueError(_state_read_as_shared(state, tensor, "a Bayesian layer got"))
+    if state.folded_outputs and tensor.grad_fn is not None:
+        _refuse_rows_taken_from_folded(state, tensor)
+
+
+def _state_read_as_shared(state: ParticleState, tensor: Tensor, reader: str) -> str:
+    """The message for a recurrent state's shape read as ``B`` shared rows."""
+    batch, samples = state.batch_size, state.samples
+    assert batch is not None
+    return (
+        f"{reader} a tensor of shape {tuple(tensor.shape)}, read as {batch} rows "
+        f"shared by the particles, but its dimension 1 holds the {batch} * "
+        f"{samples} folded rows (a recurrent layer's state h_n, (layers, batch * "
+        "samples, hidden), or a tensor made from it, with as many layers as "
+        "examples): read h_n[-1], or put the batch first with h_n.transpose(0, 1)"
+    )
+
+
 def _refuse_rows_taken_from_folded(
     state: ParticleState, tensor: Tensor, reader: str = "a Bayesian layer got"
 ) -> None:
@@ -333,6 +355,9 @@ def _refuse_rows_taken_from_folded(
             continue
         if id(node) in state.folded_outputs:
             batch, samples = state.batch_size, state.samples
+            assert batch is not None
+            if tensor.dim() >= 2 and tensor.shape[1] == batch * samples:
+                raise ValueError(_state_read_as_shared(state, tensor, reader))
             raise ValueError(
                 f"{reader} {batch} rows (the batch, read as shared by "
                 f"the particles) computed from a Bayesian layer's output of "

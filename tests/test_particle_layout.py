@@ -875,3 +875,32 @@ def test_rows_taken_from_a_folded_output_are_refused_at_the_output(pick: str) ->
         ValueError, match=r"network's output has 4 rows.*some particles"
     ):
         _PickedAtOutput(pick)(x, lengths, samples=5)
+
+
+class _HeadOnStates(bnn.VIModule):
+    """``fc(h_n)[-1]``: a head on every layer's state, then the last layer."""
+
+    def __init__(self, before: bool, whole: bool) -> None:
+        super().__init__()
+        self.pre = bnn.VILinear(3, 3) if before else None
+        self.rnn = bnn.VIGRU(3, 8, num_layers=2, batch_first=True)
+        self.fc = bnn.VILinear(8, 2)
+        self.whole = whole
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, h = self.rnn(x if self.pre is None else self.pre(x))
+        return self.fc(h)[-1] if self.whole else self.fc(h[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("before", [False, True], ids=["rnn first", "layer before"])
+def test_a_head_on_the_whole_recurrent_state_is_refused(before: bool) -> None:
+    """With as many layers as examples, fc(h_n) read the (layers, B * S, H)
+    state as B shared rows: with the VIGRU first it ran silently, every
+    particle through one particle's head (spread 0 against 0.68); with a
+    Bayesian layer before, it was refused with advice about indexing."""
+    x = torch.randn(2, 5, 3)  # B = 2 = num_layers
+    with pytest.raises(
+        ValueError, match=r"dimension 1 holds the 2 \* 4 folded.*h_n\[-1\]"
+    ):
+        _HeadOnStates(before, whole=True)(x, samples=4)
+    assert _HeadOnStates(before, whole=False)(x, samples=4).shape == (4, 2, 2)
