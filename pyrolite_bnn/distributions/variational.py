@@ -155,9 +155,18 @@ class Posterior(LocalPyroModule):
         ``loc`` is real-valued (no constraint), so the unconstrained tensor is
         the value.
         """
-        loc = self._parameters["loc_unconstrained"]
-        assert loc is not None
-        return loc.detach()
+        return self._unconstrained("loc").detach()
+
+    def _unconstrained(self, name: str) -> Tensor:
+        """The unconstrained tensor of parameter ``name``, read directly.
+
+        From ``_parameters`` (no Pyro bookkeeping); a tensor that
+        ``torch.nn.utils.parametrize`` has moved is computed by torch's property.
+        """
+        value = self._parameters.get(f"{name}_unconstrained")
+        if value is None:
+            value = getattr(self, f"{name}_unconstrained")
+        return value
 
     def draw(self, samples: int) -> Tensor:
         """``samples`` reparameterised draws, ``(samples, 1, *shape)``.
@@ -288,10 +297,8 @@ class MeanFieldNormalPosterior(Posterior):
         Both parameters are real-valued (the scale goes through ``softplus`` here,
         not through a Pyro constraint), so the unconstrained values are the values.
         """
-        loc = self._parameters["loc_unconstrained"]
-        rho = self._parameters["rho_unconstrained"]
-        assert loc is not None
-        assert rho is not None
+        loc = self._unconstrained("loc")
+        rho = self._unconstrained("rho")
         return loc, self._to_scale(rho)
 
     def median(self) -> Tensor:

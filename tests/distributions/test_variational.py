@@ -158,3 +158,25 @@ def test_reset_parameters_refuses_an_infinite_scale_tensor() -> None:
     posterior = MeanFieldNormalPosterior((3, 2), torch.zeros(3, 2), 0.1)
     with pytest.raises(ValueError, match="positive and finite"):
         posterior.reset_parameters(None, torch.full((3, 2), math.inf))
+
+
+def test_a_parametrized_posterior_mean_is_read_through_its_parametrization() -> None:
+    """torch.nn.utils.parametrize moves the tensor out of _parameters: the next
+    forward raised a bare KeyError('loc_unconstrained')."""
+    import torch.nn.utils.parametrize as parametrize
+    from torch import nn
+
+    class Double(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2.0 * w
+
+    layer = bnn.VILinear(3, 2)
+    weight = layer.posterior["weight"].mean().detach().clone()
+    bias = layer.posterior["bias"].mean().detach().clone()
+    parametrize.register_parametrization(
+        layer.posterior["weight"], "loc_unconstrained", Double()
+    )
+    x = torch.randn(4, 3)
+    mean = bnn.predict(layer, x, bnn.Normal(scale=1.0), mode="mean").mean
+    torch.testing.assert_close(mean, x @ (2 * weight).T + bias)
+    assert layer(x, samples=3).shape == (3, 4, 2)
