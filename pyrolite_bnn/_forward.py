@@ -51,7 +51,6 @@ from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import (
     LazyDraws,
     RepeatedMomentsRead,
-    called_repeatedly,
     fixed_weights,
     rng_state,
     set_rng_state,
@@ -424,11 +423,9 @@ def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
         # second call in one pass is refused when it happens (a layer at two
         # positions may be an alias called once, self.head = self.body[-1]).
         use_moments.append(
-            normal is not None
-            and not (v.shared and getattr(v.module, "estimator", "auto") == "auto")
+            not (v.shared and getattr(v.module, "estimator", "auto") == "auto")
             and not whole_networks
-            and v.module.uses_moments()
-            and not called_repeatedly(v.module)
+            and v.module.samples_from_moments()  # every posterior mean-field
         )
     # In a sequence-first network a layer's dimension 0 is the folded sequence,
     # not the batch: output moments cannot tell which outputs share an

@@ -34,7 +34,7 @@ from pyro.nn import PyroModule, PyroSample
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._draws import current_draws, particle_weights
+from pyrolite_bnn._draws import called_repeatedly, current_draws, particle_weights
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._pyro_module import (
     LocalPyroModule,
@@ -46,6 +46,7 @@ from pyrolite_bnn._validation import check_count
 from pyrolite_bnn.distributions.priors import Prior, as_prior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
+    MeanFieldNormalPosterior,
     PointMassPosterior,
     Posterior,
     VariationalFamily,
@@ -384,6 +385,23 @@ class VIModule(LocalPyroModule):
         instead of weight draws. The default is ``False``: weights are drawn.
         """
         return False
+
+    def samples_from_moments(self) -> bool:
+        """Whether the generated guide gives this layer weight moments now.
+
+        In a PyTorch-style call: :meth:`uses_moments`, every posterior still a
+        mean-field Normal (one may have been replaced since construction: the
+        layer's moment estimators need all of them) and the layer not seen
+        called twice in one pass (it draws from then on).
+        """
+        return (
+            self.uses_moments()
+            and not called_repeatedly(self)
+            and all(
+                isinstance(self.posterior[name], MeanFieldNormalPosterior)
+                for name in self._declared
+            )
+        )
 
     def runs_per_particle(self) -> bool:
         """Whether this module runs its ``forward`` once per particle.

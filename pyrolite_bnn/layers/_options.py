@@ -7,14 +7,9 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._draws import (
-    RepeatedMomentsRead,
-    called_repeatedly,
-    mark_called_repeatedly,
-)
+from pyrolite_bnn._draws import RepeatedMomentsRead, mark_called_repeatedly
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
-    MeanFieldNormalPosterior,
 )
 from pyrolite_bnn.module import VIModule
 
@@ -108,22 +103,6 @@ class EstimatorLayer(VIModule):
         if not self.samples_from_moments():
             return "reparam"
         return self._moment_estimator(input)
-
-    def samples_from_moments(self) -> bool:
-        """Whether the generated guide gives this layer weight moments now.
-
-        In a PyTorch-style call: :meth:`uses_moments`, every posterior still a
-        mean-field Normal (one may have been replaced since construction) and
-        the layer not seen called twice in one pass (it draws from then on).
-        """
-        return (
-            self.uses_moments()
-            and not called_repeatedly(self)
-            and all(
-                isinstance(self.posterior[name], MeanFieldNormalPosterior)
-                for name in self.declared_variables()
-            )
-        )
 
     def _moment_estimator(self, input: Tensor) -> str:
         """``"local"`` or ``"flipout"`` for ``input`` (the weight moments given)."""

@@ -799,3 +799,22 @@ def test_estimator_for_follows_a_replaced_posterior_and_a_layer_called_twice() -
     assert twice.layer.estimator_for(torch.randn(4, 2)) == "local"
     twice(torch.randn(4, 2), samples=2)
     assert twice.layer.estimator_for(torch.randn(4, 2)) == "reparam"
+
+
+@pytest.mark.parametrize("replaced", ["weight", "bias"])
+def test_one_posterior_replaced_by_a_point_mass_gives_the_layer_weight_draws(
+    replaced: str,
+) -> None:
+    """The generated guide chose moments per variable, the layer's estimators
+    need them for all: with only the bias (or weight) replaced after
+    construction the call raised "linear_local takes the bias as a (mean,
+    std) pair". The layer now draws its weights, and estimator_for says so."""
+    layer = bnn.VILinear(3, 2)
+    mean = layer.posterior[replaced].mean().detach().clone()
+    layer.posterior[replaced] = bnn.PointMass().build(mean.shape, mean)
+    x = torch.ones(2, 3)
+    y = layer(x, samples=3)
+    torch.testing.assert_close(
+        y[:, 0], y[:, 1], rtol=0, atol=0
+    )  # one draw per particle
+    assert layer.estimator_for(x) == "reparam"
