@@ -331,8 +331,9 @@ def _note_folded_states(
     batch = state.batch_size
     if state.samples == 1 or batch is None:
         return
-    if isinstance(first, PackedSequence):  # its sequences: the first step's count
-        sequences = int(first.batch_sizes[0])
+    sequences: int | None
+    if isinstance(first, PackedSequence):
+        sequences = _particles.leading_size(first)  # its number of sequences
     elif isinstance(first, Tensor) and first.dim() >= 3:
         sequences = first.shape[0 if module.batch_first else 1]
     else:

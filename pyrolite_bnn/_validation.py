@@ -470,6 +470,11 @@ def check_bool(value: object, what: str) -> bool:
     raise TypeError(f"{what} must be True or False, got {value!r}")
 
 
+def held_parameter_ids(optimizer: torch.optim.Optimizer) -> set[int]:
+    """The ids of the tensors ``optimizer`` updates, over all its groups."""
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
 def check_optimizer_holds(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, consequence: str
 ) -> None:
@@ -501,8 +506,7 @@ def check_optimizer_holds(
         fit would train nothing
     """
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    if trainable and not trainable & held:
+    if trainable and not trainable & held_parameter_ids(optimizer):
         raise ValueError(
             "the optimizer holds none of the model's trainable parameters, so "
             f"{consequence}: create it from this model's parameters "

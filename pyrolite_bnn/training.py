@@ -42,6 +42,7 @@ from pyrolite_bnn._validation import (
     check_integer,
     check_optimizer_holds,
     check_positive,
+    held_parameter_ids,
 )
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
@@ -641,7 +642,7 @@ def _check_model_and_optimizer(
             f"torch.optim.Adam(model.parameters()), got {optimizer!r}"
         )
     check_optimizer_holds(model, optimizer, "fit would train nothing")
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    held = held_parameter_ids(optimizer)
     left_out = [
         name
         for name, parameter in model.named_parameters()
