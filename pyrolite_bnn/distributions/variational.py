@@ -155,17 +155,17 @@ class Posterior(LocalPyroModule):
         ``loc`` is real-valued (no constraint), so the unconstrained tensor is
         the value.
         """
-        return self._unconstrained("loc").detach()
+        return self._unconstrained("loc_unconstrained").detach()
 
-    def _unconstrained(self, name: str) -> Tensor:
-        """The unconstrained tensor of parameter ``name``, read directly.
+    def _unconstrained(self, attribute: str) -> Tensor:
+        """The unconstrained tensor ``attribute`` (``loc_unconstrained``), read as is.
 
         From ``_parameters`` (no Pyro bookkeeping); a tensor that
         ``torch.nn.utils.parametrize`` has moved is computed by torch's property.
         """
-        value = self._parameters.get(f"{name}_unconstrained")
+        value = self._parameters.get(attribute)
         if value is None:
-            value = getattr(self, f"{name}_unconstrained")
+            value = getattr(self, attribute)
         return value
 
     def draw(self, samples: int) -> Tensor:
@@ -297,8 +297,8 @@ class MeanFieldNormalPosterior(Posterior):
         Both parameters are real-valued (the scale goes through ``softplus`` here,
         not through a Pyro constraint), so the unconstrained values are the values.
         """
-        loc = self._unconstrained("loc")
-        rho = self._unconstrained("rho")
+        loc = self._unconstrained("loc_unconstrained")
+        rho = self._unconstrained("rho_unconstrained")
         return loc, self._to_scale(rho)
 
     def median(self) -> Tensor:
