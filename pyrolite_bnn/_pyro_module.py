@@ -300,6 +300,13 @@ class UnconstrainedLinks(Messenger):
     makes such statements return a view of the parameter that carries the link
     back to it (the parameter itself is not modified). Values decided by other
     handlers (``replay``, ``substitute``, ``lift``) are left alone.
+
+    A ``PyroParam`` created inside the body (an autoguide built on a user's
+    model meets the network's sites there) becomes a parameter from its
+    initial value as it stands: Pyro's global store copies it, the module-local
+    mode does not, and an initial value broadcast from a prior (its mean
+    expanded over the particle plate, stride 0) gave a parameter whose elements
+    share memory, which ``Adam`` refuses to update. Such values are copied.
     """
 
     def _pyro_param(self, msg: Message[..., Any]) -> None:
@@ -311,10 +318,20 @@ def _linked(fn: Callable[..., Any]) -> Callable[..., Any]:
     def linked(*args: Any, **kwargs: Any) -> Any:
         value = fn(*args, **kwargs)
         if isinstance(value, Tensor) and not hasattr(value, "unconstrained"):
+            if not isinstance(value, nn.Parameter) and _broadcast(value):
+                value = value.contiguous()
             return linked_value(value, value)
         return value
 
     return linked
+
+
+def _broadcast(value: Tensor) -> bool:
+    """Whether elements of ``value`` share memory (a dimension of stride 0)."""
+    return any(
+        stride == 0 and size > 1
+        for stride, size in zip(value.stride(), value.shape, strict=True)
+    )
 
 
 def linked_value(value: Tensor, unconstrained: Tensor) -> Tensor:

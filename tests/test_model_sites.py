@@ -207,6 +207,56 @@ def test_autoguide_on_a_model_running_a_network_warns() -> None:
     }
 
 
+def test_messenger_autoguide_on_a_model_running_a_network_trains_as_in_pyro() -> None:
+    """``AutoNormalMessenger(user_model)`` (after the warning above) crashed in
+    ``Adam``: it made its locs from the prior mean broadcast over the particle
+    plate (stride 0), and in the network's module-local parameter mode Pyro
+    keeps that tensor as the parameter. Losses now equal the same model
+    written in plain Pyro, step by step."""
+    from pyro import poutine
+    from pyro.infer import SVI
+    from pyro.infer.autoguide import AutoNormalMessenger
+
+    samples = 4
+    net = bnn.VILinear(2, 1)
+    x, y = _data()
+
+    def model(x: Tensor, y: Tensor) -> None:
+        out = net(x, samples=samples).squeeze(-1)
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out, sigma), obs=y)
+
+    def plain(x: Tensor, y: Tensor) -> None:
+        with pyro.plate("particles", samples, dim=-2):
+            with poutine.scale(scale=1.0 / samples):
+                weight = pyro.sample(
+                    "weight", dist.Normal(0.0, 1.0).expand([1, 2]).to_event(2)
+                )
+                bias = pyro.sample(
+                    "bias", dist.Normal(0.0, 1.0).expand([1]).to_event(1)
+                )
+            out = torch.einsum("spio,bo->spb", weight, x).squeeze(-2) + bias[..., 0]
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        with (
+            pyro.plate("observed particles", samples, dim=-2),
+            poutine.scale(scale=1.0 / samples),
+            pyro.plate("data", len(x)),
+        ):
+            pyro.sample("obs", dist.Normal(out, sigma), obs=y)
+
+    def losses(fn: object) -> list[float]:
+        pyro.clear_param_store()  # the guide keeps its "sigma" there
+        pyro.set_rng_seed(1)
+        guide = AutoNormalMessenger(fn)
+        svi = SVI(fn, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+        return [svi.step(x, y) for _ in range(4)]
+
+    with pytest.warns(UserWarning, match="net.prior_model"):
+        ours = losses(model)
+    assert ours == pytest.approx(losses(plain), rel=1e-6)
+
+
 def test_guide_and_model_with_different_particle_counts_say_so() -> None:
     """``Predictive(model, guide=net.guide)`` with a model calling the network
     with ``samples=1`` and the guide drawing its default 10: the error named
