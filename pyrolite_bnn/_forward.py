@@ -45,7 +45,7 @@ from pyro.poutine.runtime import effectful, get_plates
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from pyrolite_bnn import _particles
+from pyrolite_bnn import _particles, _structures
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import (
@@ -499,11 +499,5 @@ def attach(result: Any, record: ForwardRecord, *, log_probs: bool) -> Any:
 
 
 def output_tensors(value: Any) -> list[Tensor]:
-    """The tensors of a network output (a tensor, or tuples/lists/dicts of them)."""
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in output_tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in output_tensors(v)]
-    return []
+    """The tensors of a network output (tuples, lists, dicts, dataclasses walked)."""
+    return _structures.tensors(value)

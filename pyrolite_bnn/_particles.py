@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import pyro
 import torch
@@ -32,6 +32,7 @@ from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from pyrolite_bnn import _structures
 from pyrolite_bnn._handlers import pyro_wrapped, traced_site_count
 from pyrolite_bnn._validation import check_count
 
@@ -697,16 +698,13 @@ def refuse_outer_plates() -> None:
 def input_leaves(values: Iterable[Any]) -> Iterator[Tensor | PackedSequence]:
     """The tensors and packed sequences of call inputs, in order.
 
-    Tuples, lists and dicts are walked: a network may take its inputs packed
-    in one of them (``net((x, mask))``, as a Pyro model's single ``x`` must).
+    Tuples, lists, dicts and dataclasses are walked: a network may take its
+    inputs packed in one of them (``net((x, mask))``, as a Pyro model's single
+    ``x`` must).
     """
-    for value in values:
-        if isinstance(value, (Tensor, PackedSequence)):
-            yield value
-        elif isinstance(value, (tuple, list)):
-            yield from input_leaves(value)
-        elif isinstance(value, dict):
-            yield from input_leaves(value.values())
+    for leaf in _structures.leaves(list(values)):
+        if isinstance(leaf, (Tensor, PackedSequence)):
+            yield leaf
 
 
 def leading_input(
@@ -830,21 +828,14 @@ def unfold_packed(packed: PackedSequence, state: ParticleState) -> PackedSequenc
 def map_outputs(value: Any, leaf: Callable[[Any], Any]) -> Any:
     """``leaf`` applied to every tensor and ``PackedSequence`` of a module output.
 
-    Tuples (namedtuples kept), lists and dicts are walked; anything else is
-    returned as it is.
+    Tuples, lists, dicts and dataclasses are walked, their types kept
+    (:mod:`pyrolite_bnn._structures`); anything else is returned as it is.
     """
-    if isinstance(value, (Tensor, PackedSequence)):
-        return leaf(value)
-    if isinstance(value, tuple):
-        items = [map_outputs(v, leaf) for v in value]
-        if hasattr(value, "_fields"):  # a namedtuple
-            return cast(Any, type(value))(*items)
-        return tuple(items)
-    if isinstance(value, list):
-        return [map_outputs(v, leaf) for v in value]
-    if isinstance(value, dict):
-        return {k: map_outputs(v, leaf) for k, v in value.items()}
-    return value
+
+    def apply(item: Any) -> Any:
+        return leaf(item) if isinstance(item, (Tensor, PackedSequence)) else item
+
+    return _structures.map_leaves(value, apply)
 
 
 def one_particle(value: Any) -> Any:
@@ -865,7 +856,7 @@ def one_particle(value: Any) -> Any:
 def unfold(value: object, state: ParticleState) -> object:
     """Turn the folded output of the network into ``(S, B, ...)`` tensors.
 
-    Tensors, and tuples/lists/dicts of tensors, are unfolded; anything else is
+    Tensors, in any containers (:func:`map_outputs`), are unfolded; anything else is
     returned unchanged. A tensor whose leading size is ``B`` is shared by all
     particles and is expanded (not copied) to ``(S, B, ...)``.
     """

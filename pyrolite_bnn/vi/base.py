@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn import _particles, _plain_roots
+from pyrolite_bnn import _particles, _plain_roots, _structures
 from pyrolite_bnn._draws import current_draws, particle_weights, using_particle_weights
 from pyrolite_bnn._forward import output_tensors
 from pyrolite_bnn._handlers import pyro_wrapped
@@ -755,16 +755,34 @@ class VIModule(BnnVIModule):
                 # Nothing differs between particles but their random numbers
                 # (dropout): a particle index gives vmap a dimension to map.
                 weights = {(id(self), "<particle>"): torch.arange(samples)}
+            # vmap returns tensors only: the output's other leaves and its
+            # containers (a dataclass, a dict subclass) are put back after.
+            found: list[tuple[list[Any], _structures.Structure]] = []
+
+            def particle_tensors(*call: Any) -> tuple[Tensor, ...]:
+                found.append(_structures.flatten(one_particle(*call)))
+                return tuple(leaf for leaf in found[-1][0] if isinstance(leaf, Tensor))
+
             try:
                 out = torch.vmap(
-                    one_particle, in_dims=(0, *in_dims), randomness="different"
+                    particle_tensors, in_dims=(0, *in_dims), randomness="different"
                 )(weights, *inputs)
             except RuntimeError as error:
                 if "Batching rule not implemented" not in str(error):
                     raise
                 _NOT_VMAPPABLE.add(type(self))  # and run in turn from now on
             else:
-                return _fold(out, batch)
+                mapped = iter(out)
+                leaves, structure = found[-1]
+                return _fold(
+                    structure.rebuild(
+                        [
+                            next(mapped) if isinstance(leaf, Tensor) else leaf
+                            for leaf in leaves
+                        ]
+                    ),
+                    batch,
+                )
         outputs = [
             one_particle(
                 {name: value[s] for name, value in weights.items()},
@@ -779,20 +797,26 @@ class VIModule(BnnVIModule):
 
 
 def _stack_particles(outputs: list[Any]) -> Any:
-    """Per-particle outputs stacked into ``(S, ...)`` (tuples, lists, dicts too)."""
-    first = outputs[0]
-    if isinstance(first, Tensor):
-        return torch.stack(outputs)
-    if isinstance(first, tuple):
-        items = [_stack_particles([o[i] for o in outputs]) for i in range(len(first))]
-        if hasattr(first, "_fields"):  # a namedtuple
-            return type(first)(*items)
-        return tuple(items)
-    if isinstance(first, list):
-        return [_stack_particles([o[i] for o in outputs]) for i in range(len(first))]
-    if isinstance(first, dict):
-        return {k: _stack_particles([o[k] for o in outputs]) for k in first}
-    return first
+    """Per-particle outputs stacked into ``(S, ...)``.
+
+    Any nesting of :mod:`pyrolite_bnn._structures`; leaves that are not
+    tensors are the first particle's.
+
+    Raises:
+        ValueError: if the particles' outputs nest differently.
+    """
+    flat = [_structures.flatten(out) for out in outputs]
+    structure = flat[0][1]
+    if not all(structure.matches(other) for _, other in flat[1:]):
+        raise ValueError(
+            "the per-particle forward returned outputs of different structures "
+            "for different particles; return the same containers for every draw"
+        )
+    stacked = [
+        torch.stack(column) if isinstance(column[0], Tensor) else column[0]
+        for column in zip(*(found for found, _ in flat), strict=True)
+    ]
+    return structure.rebuild(stacked)
 
 
 def _folds_for_batch_norm(module: VIModule) -> bool:

@@ -1,0 +1,166 @@
+"""The containers a module takes and returns, walked to their leaves and rebuilt.
+
+A network's inputs and outputs may be nested tuples (namedtuples and torch's
+``torch.return_types`` kept), lists, dicts (their subclasses kept:
+``OrderedDict``, ``defaultdict``, a dict-based output class) and dataclass
+instances; every other object, a tensor or a ``PackedSequence`` among them, is
+a leaf. Everything that maps over the tensors of such a value (the particle
+unfold, the per-particle stacking, the records of outputs) walks it here, so
+that every container kind is seen the same way everywhere: a dataclass output
+came back with its tensors still folded because the unfold did not walk
+dataclasses.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+__all__ = ["Structure", "flatten", "leaves", "map_leaves", "tensors"]
+
+
+def _is_leaf(value: Any) -> bool:
+    return isinstance(value, (Tensor, PackedSequence)) or not (
+        isinstance(value, (tuple, list, dict)) or _is_dataclass_instance(value)
+    )
+
+
+def _is_dataclass_instance(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _fields(value: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(value) if hasattr(value, f.name)]
+
+
+def _children(value: Any) -> tuple[list[Any], Any]:
+    """The items of a container, and the keys that put them back."""
+    if isinstance(value, dict):
+        keys = list(value)
+        return [value[key] for key in keys], keys
+    if isinstance(value, (tuple, list)):
+        return list(value), None
+    names = _fields(value)
+    return [getattr(value, name) for name in names], names
+
+
+def _rebuilt(value: Any, keys: Any, items: list[Any]) -> Any:
+    """A container like ``value`` holding ``items``."""
+    kind = type(value)
+    if isinstance(value, dict):
+        if kind is dict:
+            return dict(zip(keys, items, strict=True))
+        new = copy.copy(value)
+        for key, item in zip(keys, items, strict=True):
+            new[key] = item
+        return new
+    if isinstance(value, tuple):
+        if kind is tuple:
+            return tuple(items)
+        if hasattr(value, "_fields"):  # a namedtuple
+            return cast(Any, kind)(*items)
+        return cast(Any, kind)(items)  # torch.return_types, other subclasses
+    if isinstance(value, list):
+        if kind is list:
+            return items
+        sequence = copy.copy(value)
+        sequence[:] = items
+        return sequence
+    instance = copy.copy(value)
+    for name, item in zip(keys, items, strict=True):
+        object.__setattr__(instance, name, item)  # frozen dataclasses too
+    return instance
+
+
+@dataclass(frozen=True)
+class Structure:
+    """How the leaves of a flattened value nest (see :func:`flatten`).
+
+    Example:
+        >>> import torch
+        >>> leaves, structure = flatten({"a": (torch.ones(1), 2)})
+        >>> structure.rebuild([torch.zeros(1), 3])
+        {'a': (tensor([0.]), 3)}
+    """
+
+    template: Any
+    keys: Any = None
+    children: tuple[Structure, ...] | None = None
+    size: int = 1
+
+    def rebuild(self, values: list[Any]) -> Any:
+        """The value with its leaves replaced by ``values``, in order."""
+        if len(values) != self.size:
+            raise ValueError(f"expected {self.size} leaves, got {len(values)}")
+        return self._rebuild(iter(values))
+
+    def _rebuild(self, values: Iterator[Any]) -> Any:
+        if self.children is None:
+            return next(values)
+        items = [child._rebuild(values) for child in self.children]
+        return _rebuilt(self.template, self.keys, items)
+
+    def matches(self, other: Structure) -> bool:
+        """Whether ``other`` nests the same container kinds and keys."""
+        if self.children is None or other.children is None:
+            return self.children is None and other.children is None
+        return (
+            type(self.template) is type(other.template)
+            and self.keys == other.keys
+            and len(self.children) == len(other.children)
+            and all(
+                a.matches(b) for a, b in zip(self.children, other.children, strict=True)
+            )
+        )
+
+
+def flatten(value: Any) -> tuple[list[Any], Structure]:
+    """The leaves of ``value`` in order, and the structure that rebuilds it."""
+    if _is_leaf(value):
+        return [value], Structure(value)
+    items, keys = _children(value)
+    found: list[Any] = []
+    children = []
+    for item in items:
+        item_leaves, child = flatten(item)
+        found.extend(item_leaves)
+        children.append(child)
+    return found, Structure(value, keys, tuple(children), len(found))
+
+
+def leaves(value: Any) -> Iterator[Any]:
+    """The leaves of ``value`` in order (containers walked, see the module)."""
+    if _is_leaf(value):
+        yield value
+        return
+    for item in _children(value)[0]:
+        yield from leaves(item)
+
+
+def tensors(value: Any) -> list[Tensor]:
+    """The tensors of ``value`` in order.
+
+    Example:
+        >>> import torch
+        >>> len(tensors([torch.ones(1), {"b": torch.ones(2)}, "text"]))
+        2
+    """
+    return [leaf for leaf in leaves(value) if isinstance(leaf, Tensor)]
+
+
+def map_leaves(value: Any, function: Callable[[Any], Any]) -> Any:
+    """``value`` rebuilt with ``function`` applied to each leaf.
+
+    Example:
+        >>> import torch
+        >>> map_leaves((torch.ones(2), [torch.ones(3)]), lambda t: t.shape)
+        (torch.Size([2]), [torch.Size([3])])
+    """
+    found, structure = flatten(value)
+    return structure.rebuild([function(leaf) for leaf in found])
