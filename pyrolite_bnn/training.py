@@ -417,6 +417,12 @@ def _evaluate(
     loss, output_error = _step_loss(inputs.model, inputs.loss_fn, x, y, guard.ranks)
     if loss.requires_grad:
         torch.autograd.backward(loss)
+    elif output_error is None:  # (a rejected output is the guard's to report)
+        raise RuntimeError(
+            f"epoch {epoch}, step {step}: the loss does not depend on any parameter "
+            "that requires gradients, so fit would train nothing (every parameter "
+            "frozen with requires_grad_(False), or the output detached in forward?)"
+        )
     guard.ranks.average_gradients(inputs.unsynced)
     stats = guard.check_step(epoch, step, loss, output_error)
     if inputs.clip_grad_norm is not None:
@@ -634,6 +640,12 @@ def _check_model_and_optimizer(
     """
     network = unwrap(model)
     check_bayesian_network(network, "fit trains")
+    if not torch.is_grad_enabled():
+        raise RuntimeError(
+            "fit is called with gradients disabled (inside torch.no_grad(), "
+            "torch.inference_mode() or torch.set_grad_enabled(False)): it would "
+            "compute every loss and train nothing. Call fit outside that block"
+        )
     if optimizer is None:
         return
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -824,6 +836,9 @@ def fit(
         FloatingPointError: if training produced a NaN/Inf loss, gradient,
             output or parameter; the message names the epoch and step and
             what was restored.
+        RuntimeError: if gradients are disabled (``torch.no_grad()``,
+            ``torch.inference_mode()``) or the loss depends on no parameter
+            that requires them: fit would train nothing.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn

@@ -1222,3 +1222,30 @@ def test_a_value_returned_per_step_is_ignored_with_one_warning() -> None:
         )
     assert len(history.loss) == 2
     assert sum("on_step_end is ignored" in str(w.message) for w in seen) == 1
+
+
+@pytest.mark.parametrize(
+    "disabled",
+    [torch.no_grad, torch.inference_mode, lambda: torch.set_grad_enabled(False)],
+    ids=["no_grad", "inference_mode", "set_grad_enabled"],
+)
+def test_fit_with_gradients_disabled_refuses_instead_of_training_nothing(
+    disabled: Any,
+) -> None:
+    """Under ``torch.no_grad()`` fit skipped every backward and returned a
+    normal-looking History with no parameter changed (probe of 2026-12-02);
+    a torch loop raises at ``backward()``."""
+    net = _net()
+    before = _state(net)
+    with disabled(), pytest.raises(RuntimeError, match="outside that block"):
+        fit(net, _loss(), _batches(*_data()), epochs=1, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_fit_of_a_model_with_every_parameter_frozen_refuses() -> None:
+    """An optimizer over frozen parameters: no backward ran, silently."""
+    net = _net()
+    optimizer = _adam(net)
+    net.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="train nothing"):
+        fit(net, _loss(), _batches(*_data()), 1, optimizer=optimizer, progress=False)
