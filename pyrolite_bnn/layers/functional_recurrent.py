@@ -28,7 +28,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn.layers import functional
@@ -190,9 +189,13 @@ class _LSTMRecurrence(torch.autograd.Function):
     materialises a zero-padded gradient for every gate slice); this function
     runs 7 ops per step forward (:func:`_lstm_steps`) and ~14 small ones
     backward, writing into preallocated buffers, and computes ``dW_hh`` in one
-    batched matmul over all steps. Not twice differentiable. Without
-    gradients, :func:`_lstm_layer` runs :func:`_lstm_steps` on its own, which
-    keeps no buffers for a backward pass.
+    batched matmul over all steps. Higher-order gradients (a backward pass
+    with ``create_graph=True``: gradient penalties, input Hessians, physics-
+    informed losses) recompute the recurrence with autograd's own ops and
+    differentiate that (:func:`_lstm_steps_differentiable`), so they are
+    exact to any order; the fused backward alone would hand back first-order
+    gradients as constants. Without gradients, :func:`_lstm_layer` runs
+    :func:`_lstm_steps` on its own, which keeps no buffers for a backward pass.
 
     Inputs: ``gx`` ``(P, L, B, 4H)``, the input projections of every step with
     both biases added; ``w_hh`` ``(P, 4H, H)``; ``h0``, ``c0`` ``(P, B, H)``;
@@ -212,52 +215,90 @@ class _LSTMRecurrence(torch.autograd.Function):
         valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         hs, c_n, (acts, cs, tanh_c) = _lstm_steps(gx, w_hh, h0, c0, valid, True)
-        ctx.save_for_backward(acts, hs, cs, tanh_c, w_hh, valid)
+        ctx.save_for_backward(acts, hs, cs, tanh_c, gx, w_hh, h0, c0, valid)
         return hs, c_n
 
     @staticmethod
-    @once_differentiable
-    def backward(
-        ctx: Any, d_hs: Tensor, d_cn: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
-        acts, hs, cs, tanh_c, w_hh, valid = ctx.saved_tensors
-        particles, length, batch, gates = acts.shape
-        hidden = gates // 4
-        d_pre = torch.empty_like(acts)
-        dh, dc = d_hs[:, length], d_cn
-        inside = None if valid is None else valid.to(acts.dtype)
-        # Per step on small (P, B, H) tensors that stay in cache: one pass over
-        # the whole sequence per factor costs more than these few extra ops.
-        for t in range(length - 1, -1, -1):
-            if inside is not None:
-                # A step past the end passes h and c through unchanged; inside,
-                # h = o * tanh(c) below (elsewhere dh = dc = 0 there).
-                keep = inside[:, t]
-                dh_through, dc_through = dh - dh * keep, dc - dc * keep
-                dh, dc = dh * keep, dc * keep
-            act, tanh_ct = acts[:, t], tanh_c[:, t]
-            i, f, g, o = act.chunk(4, -1)
-            # h = o * tanh(c): dc += dh * o * (1 - tanh(c)^2), and o * tanh(c) = h.
-            dc = torch.addcmul(
-                dc, dh, torch.addcmul(o, hs[:, t + 1], tanh_ct, value=-1)
+    def backward(ctx: Any, d_hs: Tensor, d_cn: Tensor) -> tuple[Tensor | None, ...]:
+        acts, hs, cs, tanh_c, gx, w_hh, h0, c0, valid = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiable backward
+            inputs = (gx, w_hh, h0, c0)
+            wanted = [t for t in inputs if t.requires_grad]
+            outputs = _lstm_steps_differentiable(*inputs, valid)
+            found = iter(
+                torch.autograd.grad(
+                    outputs, wanted, (d_hs, d_cn), create_graph=True, allow_unused=True
+                )
             )
-            # sigmoid' = s (1 - s) (the g slice is unused: tanh' = 1 - g^2).
-            s_i, s_f, _, s_o = torch.addcmul(act, act, act, value=-1).chunk(4, -1)
-            d_i, d_f, d_g, d_o = d_pre[:, t].chunk(4, -1)
-            torch.mul(dc * g, s_i, out=d_i)
-            torch.mul(dc * cs[:, t], s_f, out=d_f)
-            dc_i = dc * i
-            torch.addcmul(dc_i, dc_i * g, g, value=-1, out=d_g)
-            torch.mul(dh * tanh_ct, s_o, out=d_o)
-            dc = dc * f
-            dh = torch.baddbmm(d_hs[:, t], d_pre[:, t], w_hh)
-            if inside is not None:
-                dh, dc = dh + dh_through, dc + dc_through
-        d_w_hh = torch.bmm(
-            d_pre.view(particles, length * batch, gates).transpose(1, 2),
-            hs[:, :length].reshape(particles, length * batch, hidden),
-        )
-        return d_pre, d_w_hh, dh, dc, None
+            return (*(next(found) if t.requires_grad else None for t in inputs), None)
+        return _fused_backward(acts, hs, cs, tanh_c, w_hh, valid, d_hs, d_cn)
+
+
+def _lstm_steps_differentiable(
+    gx: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, valid: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """:class:`_LSTMRecurrence`'s outputs computed by autograd's ops (slower)."""
+    h, c = h0, c0
+    hs = [h0]
+    w_hh_t = w_hh.transpose(1, 2)
+    for t in range(gx.shape[1]):
+        i, f, g, o = torch.baddbmm(gx[:, t], h, w_hh_t).chunk(4, -1)
+        c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_next = torch.sigmoid(o) * torch.tanh(c_next)
+        if valid is not None:
+            c_next = torch.where(valid[:, t], c_next, c)
+            h_next = torch.where(valid[:, t], h_next, h)
+        h, c = h_next, c_next
+        hs.append(h)
+    return torch.stack(hs, 1), c
+
+
+def _fused_backward(
+    acts: Tensor,
+    hs: Tensor,
+    cs: Tensor,
+    tanh_c: Tensor,
+    w_hh: Tensor,
+    valid: Tensor | None,
+    d_hs: Tensor,
+    d_cn: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
+    """:class:`_LSTMRecurrence`'s hand-written backward pass (first order)."""
+    particles, length, batch, gates = acts.shape
+    hidden = gates // 4
+    d_pre = torch.empty_like(acts)
+    dh, dc = d_hs[:, length], d_cn
+    inside = None if valid is None else valid.to(acts.dtype)
+    # Per step on small (P, B, H) tensors that stay in cache: one pass over
+    # the whole sequence per factor costs more than these few extra ops.
+    for t in range(length - 1, -1, -1):
+        if inside is not None:
+            # A step past the end passes h and c through unchanged; inside,
+            # h = o * tanh(c) below (elsewhere dh = dc = 0 there).
+            keep = inside[:, t]
+            dh_through, dc_through = dh - dh * keep, dc - dc * keep
+            dh, dc = dh * keep, dc * keep
+        act, tanh_ct = acts[:, t], tanh_c[:, t]
+        i, f, g, o = act.chunk(4, -1)
+        # h = o * tanh(c): dc += dh * o * (1 - tanh(c)^2), and o * tanh(c) = h.
+        dc = torch.addcmul(dc, dh, torch.addcmul(o, hs[:, t + 1], tanh_ct, value=-1))
+        # sigmoid' = s (1 - s) (the g slice is unused: tanh' = 1 - g^2).
+        s_i, s_f, _, s_o = torch.addcmul(act, act, act, value=-1).chunk(4, -1)
+        d_i, d_f, d_g, d_o = d_pre[:, t].chunk(4, -1)
+        torch.mul(dc * g, s_i, out=d_i)
+        torch.mul(dc * cs[:, t], s_f, out=d_f)
+        dc_i = dc * i
+        torch.addcmul(dc_i, dc_i * g, g, value=-1, out=d_g)
+        torch.mul(dh * tanh_ct, s_o, out=d_o)
+        dc = dc * f
+        dh = torch.baddbmm(d_hs[:, t], d_pre[:, t], w_hh)
+        if inside is not None:
+            dh, dc = dh + dh_through, dc + dc_through
+    d_w_hh = torch.bmm(
+        d_pre.view(particles, length * batch, gates).transpose(1, 2),
+        hs[:, :length].reshape(particles, length * batch, hidden),
+    )
+    return d_pre, d_w_hh, dh, dc, None
 
 
 def _particle_major(x: Tensor, batch: int, samples: int, shared: bool) -> Tensor:

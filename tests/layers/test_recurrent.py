@@ -613,3 +613,40 @@ def test_lstm_without_gradients_holds_no_backward_buffers() -> None:
     expected = 4 * samples * batch * (length + 1) * per_position
     few_steps = 4 * samples * batch * 4 * hidden * 8
     assert memory.peak <= expected + few_steps
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_lstm_higher_order_gradients_equal_finite_differences(packed: bool) -> None:
+    """A gradient penalty ``||d out / dx||^2`` differentiated once more: the
+    fused recurrence's backward handed its first-order gradients back as
+    constants, so d penalty / dx was 0 everywhere, silently (probe of
+    2026-12-02); finite differences of the penalty (float64, one fixed draw)
+    are the reference."""
+    import pyro
+
+    torch.manual_seed(0)
+    lstm = bnn.VILSTM(3, 4, batch_first=True, dtype=torch.float64)
+    x0 = torch.randn(2, 3, 3, dtype=torch.float64)
+    lengths = torch.tensor([3, 2])
+
+    def penalty(x: Tensor) -> Tensor:
+        pyro.set_rng_seed(1)  # the same weights at every evaluation
+        inputs: Any = x
+        if packed:
+            inputs = pack_padded_sequence(x, lengths, batch_first=True)
+        out, (h_n, _) = lstm(inputs, samples=2)
+        (grad,) = torch.autograd.grad(h_n.sum(), x, create_graph=True)
+        return (grad**2).sum()
+
+    x = x0.clone().requires_grad_()
+    (ours,) = torch.autograd.grad(penalty(x), x)
+    step = 1e-6
+    expected = torch.zeros_like(x0)
+    for i in range(x0.numel()):
+        up, down = x0.clone(), x0.clone()
+        up.view(-1)[i] += step
+        down.view(-1)[i] -= step
+        difference = penalty(up.requires_grad_()) - penalty(down.requires_grad_())
+        expected.view(-1)[i] = difference.detach() / (2 * step)
+    assert expected.abs().max() > 1e-3  # the penalty does depend on x
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
