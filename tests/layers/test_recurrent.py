@@ -634,7 +634,7 @@ def test_lstm_higher_order_gradients_equal_finite_differences(packed: bool) -> N
         inputs: Any = x
         if packed:
             inputs = pack_padded_sequence(x, lengths, batch_first=True)
-        out, (h_n, _) = lstm(inputs, samples=2)
+        _, (h_n, _) = lstm(inputs, samples=2)
         (grad,) = torch.autograd.grad(h_n.sum(), x, create_graph=True)
         return (grad**2).sum()
 
