@@ -40,6 +40,7 @@ __all__ = [
     "ParticleState",
     "batch_of",
     "current",
+    "differentiates_inputs",
     "map_outputs",
     "particle_plate",
     "particles",
@@ -591,6 +592,20 @@ _STATE: ContextVar[ParticleState | None] = ContextVar(
 def current() -> ParticleState | None:
     """The particle state of the running outermost call (``None`` outside)."""
     return _STATE.get()
+
+
+def differentiates_inputs() -> bool:
+    """Whether the running call's output may be differentiated by its inputs.
+
+    Gradients are on and one of the outermost call's tensor inputs requires
+    them (saliency maps, gradient penalties, physics-informed losses).
+    """
+    state = _STATE.get()
+    return (
+        state is not None
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in state.inputs)
+    )
 
 
 def outside_any_call() -> bool:

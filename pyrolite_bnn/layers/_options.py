@@ -79,7 +79,12 @@ class EstimatorLayer(VIModule):
         With the generated guide: ``"reparam"`` unless :meth:`uses_moments`;
         else ``"local"`` where every example has a single output position
         (``(B, in)`` inputs of a linear layer) and ``"flipout"`` elsewhere for
-        ``estimator="auto"``, or the estimator asked for. Inside Pyro inference,
+        ``estimator="auto"``, or the estimator asked for. ``"auto"`` runs
+        ``"flipout"`` for single positions too in a call whose inputs require
+        gradients: local reparameterisation draws each output afresh, so its
+        derivatives with respect to the input are not those of any weight draw
+        (a gradient penalty came out 5x too small), while flipout's are those
+        of the example's weights. Inside Pyro inference,
         with an assigned guide, in :func:`~pyrolite_bnn.predict`, in a
         sequence-first network, in a network whose batch norm takes batch
         statistics, for a layer called twice in one forward pass and, under
@@ -109,7 +114,9 @@ class EstimatorLayer(VIModule):
         if self.estimator == "flipout":
             return "flipout"
         positions = self.output_positions(input)
-        if positions <= 1:
+        if positions <= 1 and not (
+            self.estimator == "auto" and _particles.differentiates_inputs()
+        ):
             return "local"
         if self.estimator == "local":
             raise ValueError(

@@ -818,3 +818,31 @@ def test_one_posterior_replaced_by_a_point_mass_gives_the_layer_weight_draws(
         y[:, 0], y[:, 1], rtol=0, atol=0
     )  # one draw per particle
     assert layer.estimator_for(x) == "reparam"
+
+
+@pytest.mark.parametrize("estimator", ["auto", "flipout"])
+def test_input_derivatives_are_those_of_weight_draws(estimator: str) -> None:
+    """For ``out = x . w + b`` the derivative by ``x`` is a weight draw ``w``,
+    so ``E ||d out / dx||^2 = ||mu||^2 + sum sigma^2`` exactly. Local
+    reparameterisation (``"auto"`` on ``(B, in)`` inputs) draws each output
+    afresh and gave 0.8 against 4.2 (a gradient penalty 5x too small, probe of
+    2026-12-02); ``"auto"`` now runs flipout when the inputs require
+    gradients. 400 particles of 50 examples, each its own draw; tolerance 3 %
+    (the estimate's standard error is about 0.6 %)."""
+    torch.manual_seed(0)
+    layer = bnn.VILinear(8, 1, estimator=estimator)
+    with torch.no_grad():
+        layer.posterior["weight"].rho_unconstrained.fill_(-0.5)  # sigma ~ 0.47
+    mean = layer.posterior["weight"].mean().detach()
+    std = layer.posterior["weight"].scale().detach()
+    exact = float((mean**2).sum() + (std**2).sum())
+    x = torch.randn(50, 8, requires_grad=True)
+    out = layer(x, samples=400)
+    squared = []
+    for particle in out:  # row b depends on x[b] only
+        (grad,) = torch.autograd.grad(particle.sum(), x, retain_graph=True)
+        squared.append((grad**2).sum(-1))
+    estimate = float(torch.stack(squared).mean())
+    assert estimate == pytest.approx(exact, rel=0.03)
+    if estimator == "auto":  # without input gradients it stays local
+        assert layer.estimator_for(x.detach()) == "local"
