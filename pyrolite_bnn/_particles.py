@@ -273,6 +273,8 @@ def row_layout(
             + _sequence_first_hint(state)
         )
     if rows in seen and others_shared:
+        if layer_input and rows in state.sequence_batches:
+            _refuse_rows_of_the_sequence_fold(state, tensor)
         used.add(rows)
         return True
     if split in seen:
@@ -347,8 +349,58 @@ def _refuse_rows_taken_from_folded(
     graph up to :data:`_ANCESTORS_READ` nodes; an input of the call is never
     refused, and without gradients (``torch.no_grad()``) nothing is walked.
     """
-    if state.is_input(tensor):
+    if state.is_input(tensor) or not _reaches_folded_output(state, tensor):
         return
+    batch, samples = state.batch_size, state.samples
+    assert batch is not None
+    if tensor.dim() >= 2 and tensor.shape[1] == batch * samples:
+        raise ValueError(_state_read_as_shared(state, tensor, reader))
+    raise ValueError(
+        f"{reader} {batch} rows (the batch, read as shared by "
+        f"the particles) computed from a Bayesian layer's output of "
+        f"{batch} * {samples} rows, whose particles are folded into the "
+        "batch (row b * S + s): the rows were taken from some particles "
+        "only, or mixed across them. Index the folded batch as a whole: "
+        "out[torch.arange(out.shape[0]), lengths.repeat_interleave(S) - 1] "
+        "rather than torch.arange(B) and lengths - 1, with S = "
+        "pyrolite_bnn.layers.functional.current_samples() (or use a packed "
+        "sequence), and keep reductions off the batch dimension"
+    )
+
+
+def _refuse_rows_of_the_sequence_fold(state: ParticleState, tensor: Tensor) -> None:
+    """Refuse a sequence batch's ``B`` rows computed from a sequence-first fold.
+
+    In a sequence-first network a Bayesian layer's output is folded ``(L * S,
+    B, ...)`` (row ``l * S + s``): ``out[-1]`` is the last position of the
+    last particle only, and a head on it (a forecaster's ``fc(out[-1])``)
+    would run every particle on that particle's features. Such an output,
+    without a sequence dimension, is refused at the network's output unless
+    its size equals the batch's; here the read itself is refused. Found by
+    the walk of :func:`_refuse_rows_taken_from_folded` (with gradients on).
+    """
+    if state.is_input(tensor) or not _reaches_folded_output(state, tensor):
+        return
+    raise ValueError(
+        f"a Bayesian layer got a tensor of shape {tuple(tensor.shape)}, read as "
+        f"{tensor.shape[0]} examples of the batch_first=False layers, computed "
+        "from a sequence-first activation whose particles are folded into the "
+        f"sequence dimension, (L * {state.samples}, batch, ...) with row l * S + "
+        "s: indexing or reducing that dimension (out[-1], out.mean(0)) mixes the "
+        "particles, and a sequence-first network's outputs need their sequence "
+        "dimension. Build the network with batch_first=True layers and "
+        "(batch, sequence, feature) inputs, and read out[:, -1]"
+    )
+
+
+def _reaches_folded_output(state: ParticleState, tensor: Tensor) -> bool:
+    """Whether ``tensor``'s autograd graph reaches a recorded folded output.
+
+    Walks up to :data:`_ANCESTORS_READ` nodes (see
+    :func:`note_folded_output`); without a graph, ``False``.
+    """
+    if not state.folded_outputs:
+        return False
     pending: list[Any] = [tensor.grad_fn]
     seen: set[int] = set()
     while pending and len(seen) < _ANCESTORS_READ:
@@ -356,23 +408,10 @@ def _refuse_rows_taken_from_folded(
         if node is None or id(node) in seen:
             continue
         if id(node) in state.folded_outputs:
-            batch, samples = state.batch_size, state.samples
-            assert batch is not None
-            if tensor.dim() >= 2 and tensor.shape[1] == batch * samples:
-                raise ValueError(_state_read_as_shared(state, tensor, reader))
-            raise ValueError(
-                f"{reader} {batch} rows (the batch, read as shared by "
-                f"the particles) computed from a Bayesian layer's output of "
-                f"{batch} * {samples} rows, whose particles are folded into the "
-                "batch (row b * S + s): the rows were taken from some particles "
-                "only, or mixed across them. Index the folded batch as a whole: "
-                "out[torch.arange(out.shape[0]), lengths.repeat_interleave(S) - 1] "
-                "rather than torch.arange(B) and lengths - 1, with S = "
-                "pyrolite_bnn.layers.functional.current_samples() (or use a packed "
-                "sequence), and keep reductions off the batch dimension"
-            )
+            return True
         seen.add(id(node))
         pending.extend(parent for parent, _ in node.next_functions)
+    return False
 
 
 def one_row_per_example(

@@ -331,6 +331,33 @@ def test_output_without_the_sequence_dimension_is_refused() -> None:
         LastState()(torch.randn(6, 3, 3), samples=2)
 
 
+@pytest.mark.parametrize(
+    ("length", "batch", "classes"),
+    [(12, 1, 1), (7, 2, 2), (12, 2, 1)],
+    ids=["one series", "C == B", "C != B"],
+)
+def test_head_on_a_pick_of_the_sequence_fold_is_refused(
+    length: int, batch: int, classes: int
+) -> None:
+    """torch's seq-first forecaster ``fc(out[-1])``: ``out[-1]`` is the last
+    row of the ``(L * S, B, H)`` fold, one particle's. With ``C == B`` (one
+    series, one output) the output passed the check for a sequence
+    dimension and every particle ran on the last particle's features,
+    silently (probe of 2026-12-02); the head now refuses the pick."""
+
+    class Forecaster(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.fc = bnn.VILSTM(3, 5), bnn.VILinear(5, classes)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out, _ = self.lstm(x)
+            return self.fc(out[-1])  # type: ignore[no-any-return]
+
+    with pytest.raises(ValueError, match=r"out\[-1\].*batch_first=True"):
+        Forecaster()(torch.randn(length, batch, 3), samples=4)
+
+
 def test_decoder_layer_as_custom_decoder() -> None:
     """A single decoder layer as ``custom_decoder`` gets the model's
     ``tgt_is_causal=None`` (torch's default for the model): read as ``False``."""
