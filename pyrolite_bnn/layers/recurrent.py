@@ -188,7 +188,11 @@ class _VIRNNBase(VIModule):
     def _state_in(self, state: Tensor | None, name: str, size: int) -> Tensor | None:
         """An initial state in torch's layout ``(layers * D, rows, size)``.
 
-        Returned batch-first, as the functional op takes it.
+        Or as an outermost call returns a final state, ``(S, layers * D, B,
+        size)``: each particle's own, carried to the next call (a language
+        model's hidden state from one batch to the next); it is folded here
+        (row ``b * S + s``). Returned batch-first, as the functional op takes
+        it.
         """
         if state is None:
             return state
@@ -197,6 +201,14 @@ class _VIRNNBase(VIModule):
         particles = _particles.current()
         assert particles is not None  # forward runs inside a call
         batch, samples = particles.batch_size, particles.samples
+        if (
+            state.dim() == 4
+            and state.shape[0] == samples
+            and state.shape[1] == states
+            and state.shape[3] == size
+        ):
+            rows = state.shape[2] * samples
+            state = state.permute(1, 2, 0, 3).reshape(states, rows, size)
         rows = (
             "batch or batch * samples"
             if batch is None
@@ -211,7 +223,9 @@ class _VIRNNBase(VIModule):
             raise ValueError(
                 f"{type(self).__name__}: {name} must be in torch's "
                 f"layout (num_layers * num_directions, batch, {size}) = ({states}, "
-                f"{rows}, {size}), got {tuple(state.shape)}"
+                f"{rows}, {size}), or a final state as a call returned it, "
+                f"(samples, num_layers * num_directions, batch, {size}) = "
+                f"({samples}, {states}, batch, {size}); got {tuple(state.shape)}"
             )
         return state.transpose(0, 1)
 

@@ -432,7 +432,9 @@ def test_last_layer_state_inside_a_network() -> None:
 
 def test_state_layout_errors_inside_a_network() -> None:
     net = _FinalStates(bnn.VIGRU(3, 4, num_layers=2, batch_first=True))
-    message = r"torch's layout .*= \(2, 5 or 5 \* 3 = 15, 4\), got "
+    message = (
+        r"torch.s layout .*= \(2, 5 or 5 \* 3 = 15, 4\), or a final state .*; got "
+    )
     with pytest.raises(ValueError, match=message + r"\(5, 2, 4\)"):
         net(torch.randn(5, 6, 3), torch.zeros(5, 2, 4), samples=3)  # batch-first
     with pytest.raises(ValueError, match=message + r"\(2, 6, 4\)"):
@@ -650,3 +652,28 @@ def test_lstm_higher_order_gradients_equal_finite_differences(packed: bool) -> N
         expected.view(-1)[i] = difference.detach() / (2 * step)
     assert expected.abs().max() > 1e-3  # the penalty does depend on x
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("cls", [bnn.VILSTM, bnn.VIGRU])
+def test_final_state_of_a_call_is_the_next_calls_initial_state(
+    cls: type[bnn.VIModule], batch_first: bool
+) -> None:
+    """A language model carries its hidden state to the next batch
+    (``repackage_hidden``): the state as a call returns it, ``(S, layers * D,
+    B, H)``, was refused as ``h0``, and the reshapes a user would try next
+    mixed the particles. Each particle now starts from its own state: equal
+    to a call of one particle with its weights and ``h0 = h_n[s]``."""
+    samples, batch, length = 3, 2, 4
+    layer = cls(3, 5, num_layers=2, bidirectional=True, batch_first=batch_first)
+    shape = (batch, length, 3) if batch_first else (length, batch, 3)
+    first, second = torch.randn(shape), torch.randn(shape)
+    _, state = layer(first, samples=samples)
+    state = tuple(s.detach() for s in state) if cls is bnn.VILSTM else state.detach()
+    weights = fixed_weights(layer, samples)
+    out, _ = run_fixed(layer, weights, samples, second, state)
+    for s in range(samples):
+        own = {site: value[s : s + 1] for site, value in weights.items()}
+        h0 = tuple(t[s] for t in state) if cls is bnn.VILSTM else state[s]
+        expected, _ = run_fixed(layer, own, 1, second, h0)
+        torch.testing.assert_close(out[s], expected[0], **TOL)
