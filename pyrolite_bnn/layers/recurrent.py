@@ -207,8 +207,8 @@ class _VIRNNBase(VIModule):
             and state.shape[1] == states
             and state.shape[3] == size
         ):
-            rows = state.shape[2] * samples
-            state = state.permute(1, 2, 0, 3).reshape(states, rows, size)
+            folded = state.shape[2] * samples
+            state = state.permute(1, 2, 0, 3).reshape(states, folded, size)
         rows = (
             "batch or batch * samples"
             if batch is None
