@@ -33,7 +33,11 @@ from pyrolite_bnn.layers._sequence import (
     note_batch_folded,
     unfold_sequence,
 )
-from pyrolite_bnn.layers.functional import current_batch_size, describe_input_shape
+from pyrolite_bnn.layers.functional import (
+    current_batch_size,
+    current_samples,
+    describe_input_shape,
+)
 from pyrolite_bnn.layers.functional_recurrent import (
     GATES,
     RecurrentWeights,
@@ -266,11 +270,23 @@ class _VIRNNBase(VIModule):
                 if self.batch_first
                 else "sequence-first input of shape (sequence, batch, "
             )
+            samples = current_samples()
+            if input.dim() < 3:
+                hint = " (unbatched inputs are not supported: add a batch dimension of size 1)"
+            elif input.shape[-1] == self.input_size * samples > self.input_size:
+                hint = (
+                    f" ({samples} particles x {self.input_size} features: a view or "
+                    "reshape by a size that is not the folded activation's own (a "
+                    "sequence length read from the input, len(sentence)) moved the "
+                    "particles into the features; reshape by the activation's own "
+                    "leading size, x.shape[0])"
+                )
+            else:
+                hint = ""
             raise ValueError(
                 f"{name}(input_size={self.input_size}, batch_first="
                 f"{self.batch_first}) expected {layout}"
-                f"{self.input_size}), got {tuple(input.shape)} (unbatched inputs are "
-                "not supported: add a batch dimension of size 1)"
+                f"{self.input_size}), got {tuple(input.shape)}{hint}"
             )
         if self.batch_first:
             return self._batch_first(input, hx, cx)

@@ -677,3 +677,25 @@ def test_final_state_of_a_call_is_the_next_calls_initial_state(
         h0 = tuple(t[s] for t in state) if cls is bnn.VILSTM else state[s]
         expected, _ = run_fixed(layer, own, 1, second, h0)
         torch.testing.assert_close(out[s], expected[0], **TOL)
+
+
+def test_particles_moved_into_the_features_are_named() -> None:
+    """torch's tutorial tagger, ``embeds.view(len(sentence), 1, -1)`` after a
+    Bayesian embedding: the error told the user to add a batch dimension of
+    size 1, which the input had; it now names the reshape that moved the
+    particles into the features."""
+
+    class Tagger(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.lstm = bnn.VIEmbedding(9, 6), bnn.VILSTM(6, 4)
+
+        def forward(self, sentence: Tensor) -> Tensor:
+            embeds = self.embed(sentence)
+            out, _ = self.lstm(embeds.view(len(sentence), 1, -1))
+            return out  # type: ignore[no-any-return]
+
+    with pytest.raises(ValueError, match=r"2 particles x 6 features.*x\.shape\[0\]"):
+        Tagger()(torch.randint(9, (5,)), samples=2)
+    with pytest.raises(ValueError, match="add a batch dimension of size 1"):
+        bnn.VILSTM(6, 4)(torch.randn(5, 6), samples=2)
