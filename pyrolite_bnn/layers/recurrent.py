@@ -272,7 +272,10 @@ class _VIRNNBase(VIModule):
             )
             samples = current_samples()
             if input.dim() < 3:
-                hint = " (unbatched inputs are not supported: add a batch dimension of size 1)"
+                hint = (
+                    " (unbatched inputs are not supported: add a batch dimension "
+                    "of size 1)"
+                )
             elif input.shape[-1] == self.input_size * samples > self.input_size:
                 hint = (
                     f" ({samples} particles x {self.input_size} features: a view or "
