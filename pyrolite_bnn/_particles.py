@@ -45,6 +45,7 @@ __all__ = [
     "particle_plate",
     "particles",
     "refuse_outer_plates",
+    "sequence_first_hint",
     "unfold_at",
 ]
 
@@ -258,7 +259,7 @@ def row_layout(
                 )
                 + ". "
                 + _ambiguity_remedy(state, other)
-                + _sequence_first_hint(state)
+                + sequence_first_hint(state)
             )
         if layer_input and shared:
             _refuse_shared_read_of_folded(state, tensor)
@@ -270,7 +271,7 @@ def row_layout(
             f"{_another_batch(state, rows, 'shared by the particles', 'one input')}"
             f", or {_another_batch(state, split, f'folded with samples={samples}')}. "
             + _ambiguity_remedy(state, rows, split)
-            + _sequence_first_hint(state)
+            + sequence_first_hint(state)
         )
     if rows in seen and others_shared:
         if layer_input and rows in state.sequence_batches:
@@ -476,7 +477,7 @@ def _ambiguity_remedy(state: ParticleState, *sizes: int) -> str:
     )
 
 
-def _sequence_first_hint(state: ParticleState) -> str:
+def sequence_first_hint(state: ParticleState) -> str:
     """In a sequence-first network the rows are positions: say so, and the way out."""
     if state.batch_leading:
         return ""

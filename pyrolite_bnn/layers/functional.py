@@ -135,6 +135,7 @@ def _is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
     raise ValueError(
         f"input has leading size {rows}: expected the batch size {shown} (shared "
         f"by all particles) or a multiple of samples={samples} (folded)"
+        + ("" if state is None else _particles.sequence_first_hint(state))
     )
 
 

@@ -358,6 +358,29 @@ def test_head_on_a_pick_of_the_sequence_fold_is_refused(
         Forecaster()(torch.randn(length, batch, 3), samples=4)
 
 
+def test_decoder_stepping_through_a_target_names_batch_first() -> None:
+    """A teacher-forced decoder step ``emb(tgt[t : t + 1])`` of a
+    sequence-first seq2seq: the error named sizes only, calling lengths batch
+    sizes (the concepts page says it names ``batch_first=True``)."""
+
+    class Seq2Seq(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder, self.decoder = bnn.VIGRU(3, 4), bnn.VIGRU(3, 4)
+            self.project = bnn.VILinear(3, 3)
+
+        def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+            _, h = self.encoder(src)
+            steps = []
+            for t in range(tgt.shape[0]):
+                out, h = self.decoder(self.project(tgt[t : t + 1]), h)
+                steps.append(out)
+            return torch.cat(steps)
+
+    with pytest.raises(ValueError, match="leading size 1.*batch_first=True"):
+        Seq2Seq()(torch.randn(5, 3, 3), torch.randn(4, 3, 3), samples=2)
+
+
 def test_decoder_layer_as_custom_decoder() -> None:
     """A single decoder layer as ``custom_decoder`` gets the model's
     ``tgt_is_causal=None`` (torch's default for the model): read as ``False``."""
