@@ -377,7 +377,7 @@ def test_decoder_stepping_through_a_target_names_batch_first() -> None:
                 steps.append(out)
             return torch.cat(steps)
 
-    with pytest.raises(ValueError, match="leading size 1.*batch_first=True"):
+    with pytest.raises(ValueError, match=r"leading size 1.*batch_first=True"):
         Seq2Seq()(torch.randn(5, 3, 3), torch.randn(4, 3, 3), samples=2)
 
 
