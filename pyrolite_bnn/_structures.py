@@ -151,6 +151,8 @@ def tensors(value: Any) -> list[Tensor]:
         >>> len(tensors([torch.ones(1), {"b": torch.ones(2)}, "text"]))
         2
     """
+    if isinstance(value, Tensor):  # every call: the common case first
+        return [value]
     return [leaf for leaf in leaves(value) if isinstance(leaf, Tensor)]
 
 
@@ -162,5 +164,7 @@ def map_leaves(value: Any, function: Callable[[Any], Any]) -> Any:
         >>> map_leaves((torch.ones(2), [torch.ones(3)]), lambda t: t.shape)
         (torch.Size([2]), [torch.Size([3])])
     """
+    if _is_leaf(value):  # a tensor output: the common case
+        return function(value)
     found, structure = flatten(value)
     return structure.rebuild([function(leaf) for leaf in found])
