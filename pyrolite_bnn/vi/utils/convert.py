@@ -59,6 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._module_hooks import FORWARD_HOOKS, OTHER_HOOKS
+from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
 from pyrolite_bnn.convert import convert
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.registry import copy_training_modes
@@ -344,6 +345,12 @@ def convert_to_vimodule(
         UnsupportedDistributionError: for a distribution that cannot take the
             role it is given.
 
+    Warns:
+        UserWarning: when parameters tied between modules (``b.weight =
+            a.weight``) become independent random variables, as with
+            :func:`pyrolite_bnn.convert`: each converted layer has variables of
+            its own, and their KL terms count separately.
+
     Example:
         >>> import torch
         >>> from pyrolite_bnn import vi
@@ -366,7 +373,15 @@ def convert_to_vimodule(
         prior_initialization,
         return_log_probs,
     )
+    tied = tied_parameters(module)
     _convert(module, vikwargs, keep_weights)
+    warn_untied(
+        module,
+        tied,
+        "convert_to_vimodule",
+        "ban_convert the classes of their modules",
+        stacklevel=2,
+    )
     if isinstance(module, BnnVIModule):
         module.return_log_probs = return_log_probs
     return module
