@@ -888,6 +888,35 @@ def test_convert_to_vimodule_warns_when_tied_weights_become_independent() -> Non
     assert kept.b.weight is kept.a.weight
 
 
+class _WithScripted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(3, 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script
+            self.mid = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.Tanh()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mid(torch.tanh(self.first(x)))
+
+
+def test_convert_to_vimodule_keeps_a_scripted_submodule_as_it_is() -> None:
+    """It failed on a TorchScript submodule ('_CachedForward' object has no
+    attribute '__getattr__'); the compiled module is kept whole, deterministic."""
+    plain = _WithScripted()
+    net = vi.convert_to_vimodule(copy.deepcopy(plain))
+    assert isinstance(net.mid, torch.jit.ScriptModule)
+    assert [v.site for v in net.random_variables()] == ["first.weight", "first.bias"]
+    x = torch.randn(2, 3)
+    trace = poutine.trace(net).get_trace(x, samples=3)
+    out = trace.nodes["_RETURN"]["value"]
+    for s in range(3):
+        weight = trace.nodes["first.weight"]["value"][s, 0]
+        bias = trace.nodes["first.bias"]["value"][s, 0]
+        expected = plain.mid(torch.tanh(F.linear(x, weight, bias)))
+        torch.testing.assert_close(out[s], expected)  # float32 defaults
+
+
 def test_convert_to_vimodule_keeps_eval_mode() -> None:
     """Layers built anew (vi and library layers) take the module's modes."""
     model = nn.Sequential(

@@ -34,7 +34,9 @@ one-sample code, each particle seeing its own draw. This is torch_blue's way
 of running a whole model per sample; it is slower than the library's layers.
 
 Modules on the ban lists (:func:`ban_convert`; by default those without
-parameters and the norms, see :func:`convert_norms`) are left as they are.
+parameters and the norms, see :func:`convert_norms`) are left as they are,
+and so are TorchScript modules (``torch.jit.script``/``trace``) with everything
+below them: their compiled ``forward`` calls their submodules as they are.
 The module object itself is changed (its class and state), as in torch_blue;
 norms and other kept modules keep their parameters, and ``keep_weights=True``
 starts each posterior mean at the module's weight. Each weight keeps its
@@ -402,6 +404,8 @@ def _convert(
     cls = type(module)
     if cls in _submodule_blacklist or isinstance(module, BnnVIModule):
         return
+    if isinstance(module, torch.jit.ScriptModule):
+        return  # compiled code calls its submodules as they are: kept whole
     containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
     if (
         not per_particle
