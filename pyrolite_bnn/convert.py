@@ -10,8 +10,10 @@ torch's ``BatchNorm1d/2d/3d`` become :class:`~pyrolite_bnn.BatchNorm1d` (``2d``,
 examples in training mode (torch's would take its statistics over the ``B * S``
 rows of all particles); ``exclude=`` with their path or type keeps torch's
 class. Everything else is copied unchanged: other norms silently, other modules
-with parameters with one warning that lists them. The tree keeps its module
-paths, so the site names are the original parameter paths (``body.0.weight``).
+with parameters with one warning that lists them (a TorchScript submodule is
+kept whole: its compiled ``forward`` calls its submodules as they are). The
+tree keeps its module paths, so the site names are the original parameter
+paths (``body.0.weight``).
 Train/eval modes and forward hooks (``register_forward_hook``,
 ``register_forward_pre_hook``) go with each converted module, in both
 directions (:func:`~pyrolite_bnn.to_deterministic` too); a hook on a Bayesian
@@ -44,10 +46,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
+from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
 from pyrolite_bnn._validation import check_positive
 from pyrolite_bnn.distributions.priors import NormalPrior
 from pyrolite_bnn.distributions.variational import (
@@ -145,12 +149,13 @@ def convert(
         ``module`` is one, else a :class:`ConvertedNetwork` of ``module``'s class.
 
     Raises:
-        TypeError: if ``module`` is no ``torch.nn.Module`` or is already
-            Bayesian, ``moped`` is not a number, or ``include``/``exclude``
-            hold other than paths and types.
+        TypeError: if ``module`` is no ``torch.nn.Module``, is already
+            Bayesian or is a TorchScript module, ``moped`` is not a number, or
+            ``include``/``exclude`` hold other than paths and types.
         ValueError: for an unknown path in ``include``/``exclude``, a path
-            inside a layer converted as a whole, or invalid
-            ``moped``/``prior``/``variational``.
+            inside a layer converted as a whole, invalid
+            ``moped``/``prior``/``variational``, or a lazy layer
+            (``nn.LazyLinear``) not yet initialised by a forward pass.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -178,6 +183,13 @@ def convert(
             f"{type(module).__name__} already holds Bayesian layers; convert takes "
             "a plain torch.nn model"
         )
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError(
+            "bnn.convert cannot convert a TorchScript module "
+            "(torch.jit.script/trace): its forward is compiled code, which "
+            "cannot call Bayesian layers; convert the plain model (a scripted "
+            "submodule of it is kept deterministic)"
+        )
     if moped is not None:
         moped = check_positive(moped, "moped (delta)")
     if moped is not None and not (prior is None or isinstance(prior, NormalPrior)):
@@ -191,7 +203,7 @@ def convert(
         _selection(include, module, "include"),
         _selection(exclude, module, "exclude"),
     )
-    tied = _tied_parameters(module)
+    tied = tied_parameters(module)
     try:
         duplicate = copy.deepcopy(module)
     except RuntimeError as error:  # torch's own limit (pruning, old weight_norm)
@@ -199,8 +211,9 @@ def convert(
     _drop_copy_shadows(module, duplicate)
     before = list(duplicate.named_modules())
     root = converter.convert(duplicate, "")
-    converter.warn(tied)
+    converter.warn()
     network = root if isinstance(root, VIModule) else ConvertedNetwork.wrap(root)
+    warn_untied(network, tied, "bnn.convert", "exclude= their layers", stacklevel=2)
     warn_hooks_left_behind(before, network, "bnn.convert")
     if not any(
         isinstance(m, VIModule) and m.declared_variables() for m in network.modules()
@@ -227,7 +240,8 @@ def _drop_copy_shadows(original: nn.Module, duplicate: nn.Module) -> None:
     ``nn.GELU()``. Such an entry, absent from the original, is removed.
     """
     for mine, copied in zip(original.modules(), duplicate.modules(), strict=True):
-        for name in set(vars(copied)) & set(copied._modules):
+        # keys(): a TorchScript module's module dict cannot be iterated itself
+        for name in set(vars(copied)) & set(copied._modules.keys()):
             if name not in vars(mine):
                 del vars(copied)[name]
 
@@ -394,21 +408,6 @@ def _move_state(
         target.add_module(name, child)
 
 
-def _tied_parameters(module: nn.Module) -> list[list[str]]:
-    """Paths of each parameter held by two or more modules (weight tying)."""
-    owners: dict[int, list[str]] = {}
-    seen: set[int] = set()
-    for path, sub in module.named_modules():
-        if id(sub) in seen:
-            continue
-        seen.add(id(sub))
-        for name, parameter in sub.named_parameters(recurse=False):
-            owners.setdefault(id(parameter), []).append(
-                f"{path}.{name}" if path else name
-            )
-    return [paths for paths in owners.values() if len(paths) > 1]
-
-
 def _selection(
     given: Selection, model: nn.Module, what: str
 ) -> tuple[frozenset[str], tuple[type[nn.Module], ...]] | None:
@@ -509,6 +508,10 @@ class _Converter:
         return done
 
     def convert_new(self, module: nn.Module, path: str) -> nn.Module:
+        if isinstance(module, torch.jit.ScriptModule):
+            # Compiled code calls its submodules as they are: kept whole.
+            self.keep_deterministic(path, module, recurse=True)
+            return module
         particle_norm = PARTICLE_BATCH_NORMS.get(type(module))
         if particle_norm is not None and not self.kept_as_torch(path, module):
             # The private copy's own module, state and hooks as they are: only
@@ -530,18 +533,33 @@ class _Converter:
         if entry is not None:
             children = {k: v for k, v in module._modules.items() if v is not None}
             return entry.to_bayesian(module, children)
-        if (
-            next(module.parameters(recurse=False), None) is not None
-            and not isinstance(module, _NORMS)
-            and self.selected(path, module)
-        ):
-            own = ", ".join(name for name, _ in module.named_parameters(recurse=False))
-            self.unsupported.append(
-                f"{path or '<root>'} ({type(module).__name__}: {own})"
-            )
+        if not isinstance(module, _NORMS):
+            self.keep_deterministic(path, module, recurse=False)
         return module
 
+    def keep_deterministic(self, path: str, module: nn.Module, recurse: bool) -> None:
+        """Note the parameters of a selected module left as it is, for the warning.
+
+        ``recurse``: its submodules' too (a TorchScript module, kept whole).
+        """
+        own = ", ".join(name for name, _ in module.named_parameters(recurse=recurse))
+        if own and self.selected(path, module):
+            kind = type(module).__name__
+            if isinstance(module, torch.jit.ScriptModule):
+                # The class is torch's RecursiveScriptModule: name the original.
+                original = getattr(module, "original_name", kind)
+                kind = f"TorchScript {original}, kept whole"
+
+            self.unsupported.append(f"{path or '<root>'} ({kind}: {own})")
+
     def layer(self, entry: LayerEntry, module: nn.Module, path: str) -> VIModule:
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+            raise ValueError(
+                f"cannot convert {path or 'the model'} ({type(module).__name__}): "
+                "lazy module not initialised: run one forward pass of the model "
+                "first (model(example_input)), which gives its parameters their "
+                "shapes, then convert"
+            )
         if parametrize.is_parametrized(module):
             self.reparametrised.append(path or "<root>")
         try:
@@ -603,7 +621,7 @@ class _Converter:
                 f"the type {kind})"
             )
 
-    def warn(self, tied: list[list[str]]) -> None:
+    def warn(self) -> None:
         """One warning per kind of thing the conversion could not keep."""
         if self.frozen:
             warnings.warn(
@@ -632,19 +650,6 @@ class _Converter:
                 "are not kept: "
                 + ", ".join(self.reparametrised)
                 + " became Bayesian layers of their current effective weights",
-                UserWarning,
-                stacklevel=3,
-            )
-        converted = [
-            group
-            for group in tied
-            if any(self.selected(p.rpartition(".")[0], nn.Module()) for p in group)
-        ]
-        if converted:
-            warnings.warn(
-                "bnn.convert: tied parameters become independent random variables: "
-                + "; ".join(" = ".join(group) for group in converted)
-                + " (exclude= their layers to keep them tied and deterministic)",
                 UserWarning,
                 stacklevel=3,
             )

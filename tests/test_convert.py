@@ -8,12 +8,15 @@ from typing import Any
 
 import pytest
 import torch
+from pyro import poutine
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.convert import MOPED_MIN_SCALE, ConvertedNetwork
 from pyrolite_bnn.distributions.variational import NormalMoments
+from pyrolite_bnn.layers import functional
+from pyrolite_bnn.layers.functional import current_batch_size
 
 CLASSES = bnn.Categorical()
 
@@ -591,6 +594,134 @@ def test_tied_parameters_warn_that_they_become_independent() -> None:
         kept = bnn.convert(_TiedLanguageModel(), exclude=["embed", "head"])
     assert ["made no layer" in str(w.message) for w in caught] == [True]
     assert kept.head.weight is kept.embed.weight
+
+
+@pytest.mark.parametrize(
+    ("selection", "tie_kept"),
+    [
+        ({"include": [nn.Linear]}, False),  # head Bayesian, embed deterministic
+        ({"include": ["head"]}, False),
+        ({"exclude": [nn.Embedding, nn.Linear]}, True),  # nothing converted
+        ({"exclude": ["embed", "head"]}, True),
+        ({"exclude": [nn.Embedding]}, False),
+    ],
+)
+def test_tie_warning_follows_the_selection_paths_and_types_alike(
+    selection: dict[str, Any], tie_kept: bool
+) -> None:
+    """Selections by type were judged on a dummy module: include=[nn.Linear] broke
+    the tie silently, exclude=[nn.Embedding, nn.Linear] kept it and warned."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = bnn.convert(_TiedLanguageModel(), **selection)
+    warned = [w for w in caught if "tied parameters" in str(w.message)]
+    held = [
+        dict(layer.named_parameters(recurse=False)).get("weight")
+        for layer in (net.embed, net.head)
+    ]
+    assert (held[0] is not None and held[0] is held[1]) == tie_kept
+    assert len(warned) == (0 if tie_kept else 1)
+    if warned:
+        assert "embed.weight = head.weight" in str(warned[0].message)
+
+
+class _TiedOutputLanguageModel(nn.Module):
+    """A GPT-style tie: the output layer reads the embedding's table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(7, 4)
+        self.mix = nn.Linear(4, 4)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = torch.tanh(self.mix(self.embed(tokens)))
+        return nn.functional.linear(h, self.embed.weight)
+
+
+class _HandTiedLanguageModel(bnn.VIModule):
+    """docs/howto.rst's route for a tied output layer (functional.linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = bnn.VIEmbedding(7, 4)
+        self.mix = bnn.VILinear(4, 4)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = torch.tanh(self.mix(self.embed(tokens)))
+        return functional.linear(h, self.embed.weight, None, current_batch_size())
+
+
+def test_documented_tied_output_layer_is_torchs_per_particle() -> None:
+    """docs/howto.rst sent a tied output layer to vi.convert_to_vimodule, which
+    fails on it (an embedding's weight is (1, 1, V, E) there); the route it now
+    gives: one table draw per particle at both places, one variable."""
+    lm = _HandTiedLanguageModel()
+    assert [v.site for v in lm.random_variables()] == [
+        "embed.weight",
+        "mix.weight",
+        "mix.bias",
+    ]
+    tokens = torch.randint(0, 7, (3, 5))
+    trace = poutine.trace(lm).get_trace(tokens, samples=3)  # whole draws
+    out = trace.nodes["_RETURN"]["value"]
+    assert out.shape == (3, 3, 5, 7)
+    for s in range(3):
+        plain = _TiedOutputLanguageModel()
+        with torch.no_grad():
+            plain.embed.weight.copy_(trace.nodes["embed.weight"]["value"][s, 0])
+            plain.mix.weight.copy_(trace.nodes["mix.weight"]["value"][s, 0])
+            plain.mix.bias.copy_(trace.nodes["mix.bias"]["value"][s, 0])
+        torch.testing.assert_close(out[s], plain(tokens))  # float32 defaults
+    # The PyTorch-style call (rows looked up, then whole tables: a second read).
+    assert lm(tokens, samples=2).shape == (2, 3, 5, 7)
+
+
+class _WithScripted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(3, 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script
+            self.mid = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.Tanh()))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.mid(torch.tanh(self.first(x))))
+
+
+def test_a_scripted_submodule_is_kept_deterministic() -> None:
+    """A TorchScript submodule crashed convert with a bare KeyError: 0, before
+    exclude= was looked at; it is kept whole, named in the usual warning."""
+    plain = _WithScripted().eval()
+    with pytest.warns(UserWarning, match=r"mid \(TorchScript Sequential, kept whole"):
+        net = bnn.convert(plain)
+    assert [v.site for v in net.random_variables()] == [
+        "first.weight",
+        "first.bias",
+        "head.weight",
+        "head.bias",
+    ]
+    x = torch.randn(5, 3)
+    assert net(x, samples=3).shape == (3, 5, 2)
+    torch.testing.assert_close(
+        bnn.predict(net, x, bnn.Normal(scale=1.0), mode="mean").samples[0], plain(x)
+    )
+    torch.testing.assert_close(bnn.to_deterministic(net)(x), plain(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # excluded: no warning
+        excluded = bnn.convert(plain, exclude=["mid"])
+    assert isinstance(excluded.mid, torch.jit.ScriptModule)
+    with pytest.raises(TypeError, match=r"cannot convert a TorchScript module"):
+        bnn.convert(plain.mid)
+
+
+def test_an_uninitialised_lazy_layer_asks_for_a_forward_pass_first() -> None:
+    """The message was the constructor's in_features >= 1 check."""
+    lazy = nn.Sequential(nn.LazyLinear(4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"0 \(LazyLinear\): lazy module not init"):
+        bnn.convert(lazy)
+    lazy(torch.randn(2, 3))  # materialised: converts
+    assert bnn.convert(lazy)(torch.randn(2, 3), samples=2).shape == (2, 2, 2)
 
 
 def test_parametrizations_are_named_and_old_weight_norm_is_refused() -> None:

@@ -854,6 +854,69 @@ def test_convert_to_vimodule_changes_the_model_in_place() -> None:
     assert not torch.equal(fresh._weight_mean, old)
 
 
+class _TiedPair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_convert_to_vimodule_warns_when_tied_weights_become_independent() -> None:
+    """It untied b.weight = a.weight silently (two variables, two KL terms);
+    it warns as bnn.convert does, and not when the tie is kept."""
+    with pytest.warns(
+        UserWarning, match=r"convert_to_vimodule: tied parameters .*a.weight = b.weight"
+    ):
+        net = vi.convert_to_vimodule(_TiedPair())
+    assert [v.site for v in net.random_variables()] == [
+        "a.weight",
+        "a.bias",
+        "b.weight",
+        "b.bias",
+    ]
+    vi.utils.convert.ban_convert(nn.Linear)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # both kept as they are: still tied
+            kept = vi.convert_to_vimodule(_TiedPair())
+    finally:
+        vi.utils.convert.ban_convert(nn.Linear, unban=True)
+    assert kept.b.weight is kept.a.weight
+
+
+class _WithScripted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(3, 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script
+            self.mid = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.Tanh()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mid(torch.tanh(self.first(x)))
+
+
+def test_convert_to_vimodule_keeps_a_scripted_submodule_as_it_is() -> None:
+    """It failed on a TorchScript submodule ('_CachedForward' object has no
+    attribute '__getattr__'); the compiled module is kept whole, deterministic."""
+    plain = _WithScripted()
+    net = vi.convert_to_vimodule(copy.deepcopy(plain))
+    assert isinstance(net.mid, torch.jit.ScriptModule)
+    assert [v.site for v in net.random_variables()] == ["first.weight", "first.bias"]
+    x = torch.randn(2, 3)
+    trace = poutine.trace(net).get_trace(x, samples=3)
+    out = trace.nodes["_RETURN"]["value"]
+    for s in range(3):
+        weight = trace.nodes["first.weight"]["value"][s, 0]
+        bias = trace.nodes["first.bias"]["value"][s, 0]
+        expected = plain.mid(torch.tanh(F.linear(x, weight, bias)))
+        torch.testing.assert_close(out[s], expected)  # float32 defaults
+
+
 def test_convert_to_vimodule_keeps_eval_mode() -> None:
     """Layers built anew (vi and library layers) take the module's modes."""
     model = nn.Sequential(

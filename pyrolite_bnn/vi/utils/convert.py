@@ -34,7 +34,9 @@ one-sample code, each particle seeing its own draw. This is torch_blue's way
 of running a whole model per sample; it is slower than the library's layers.
 
 Modules on the ban lists (:func:`ban_convert`; by default those without
-parameters and the norms, see :func:`convert_norms`) are left as they are.
+parameters and the norms, see :func:`convert_norms`) are left as they are,
+and so are TorchScript modules (``torch.jit.script``/``trace``) with everything
+below them: their compiled ``forward`` calls their submodules as they are.
 The module object itself is changed (its class and state), as in torch_blue;
 norms and other kept modules keep their parameters, and ``keep_weights=True``
 starts each posterior mean at the module's weight. Each weight keeps its
@@ -59,6 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._module_hooks import FORWARD_HOOKS, OTHER_HOOKS
+from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
 from pyrolite_bnn.convert import convert
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.registry import copy_training_modes
@@ -344,6 +347,12 @@ def convert_to_vimodule(
         UnsupportedDistributionError: for a distribution that cannot take the
             role it is given.
 
+    Warns:
+        UserWarning: when parameters tied between modules (``b.weight =
+            a.weight``) become independent random variables, as with
+            :func:`pyrolite_bnn.convert`: each converted layer has variables of
+            its own, and their KL terms count separately.
+
     Example:
         >>> import torch
         >>> from pyrolite_bnn import vi
@@ -366,7 +375,15 @@ def convert_to_vimodule(
         prior_initialization,
         return_log_probs,
     )
+    tied = tied_parameters(module)
     _convert(module, vikwargs, keep_weights)
+    warn_untied(
+        module,
+        tied,
+        "convert_to_vimodule",
+        "ban_convert the classes of their modules",
+        stacklevel=2,
+    )
     if isinstance(module, BnnVIModule):
         module.return_log_probs = return_log_probs
     return module
@@ -387,6 +404,8 @@ def _convert(
     cls = type(module)
     if cls in _submodule_blacklist or isinstance(module, BnnVIModule):
         return
+    if isinstance(module, torch.jit.ScriptModule):
+        return  # compiled code calls its submodules as they are: kept whole
     containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
     if (
         not per_particle
