@@ -13,6 +13,15 @@ that state, getting the same values; a small one (at most ``_KEEP_DRAWS_UP_TO``
 numbers) is kept, which costs less than saving the state. Every draw is made in
 the grad mode of the network's call, whichever layer triggers it.
 
+A call made without gradients whose output still gets one is the forward pass
+of ``torch.utils.checkpoint(..., use_reentrant=True)``: torch runs it under
+``no_grad`` and runs it again, with gradients, in the backward pass, for the
+network's part of the gradient only. The loss's KL term must then get its
+gradient from the draws of this call: :meth:`LazyDraws.follow_grad_mode`
+computes the moments again from the posteriors and replays the draws (the
+random state of every draw of such a call is saved), with gradients, giving
+the same values.
+
 A call can also run on weights given beforehand (:func:`using_fixed_weights`:
 ``predict`` with the posterior medians, or with one draw kept for all its
 chunks): :meth:`LazyDraws.fixed` hands the layers those values and draws
@@ -47,6 +56,7 @@ __all__ = [
     "fixed_weights",
     "generators_held",
     "keeping_noise_sums",
+    "kl_without_gradients",
     "mark_called_repeatedly",
     "rng_state",
     "set_rng_state",
@@ -321,10 +331,13 @@ class LazyDraws:
             variable, moments = self.variables[i], self.moments[i]
             state = None
             device = _device_of(variable, moments)
+            replayed = _replay_saves_memory(variable, self.samples)
+            # A small draw of a call without gradients is kept and its state
+            # saved too: follow_grad_mode replays it with gradients.
             if (
                 device is not None
                 and not self._keep
-                and _replay_saves_memory(variable, self.samples)
+                and (replayed or not self.grad_enabled)
             ):
                 state = rng_state(device)
             if self._sums and moments is not None:
@@ -335,11 +348,71 @@ class LazyDraws:
                     self.noise_sums[i] = (eps.sum(0), (eps * eps).sum(0))
             else:
                 value = _draw(variable, moments, self.samples)
-            if state is None:
-                self.values[i] = value
-            else:
+            if state is not None:
                 self.states[i], self.devices[i] = state, value.device
+            if state is not None and replayed:
                 self._fresh[i] = value
+            else:
+                self.values[i] = value
+
+    def follow_grad_mode(self) -> None:
+        """Give the moments and draws gradients: the call had none, now they are on.
+
+        A call made under ``no_grad`` (the first forward pass of
+        ``torch.utils.checkpoint(..., use_reentrant=True)``) left moments and
+        draws without a graph; a KL taken from them with gradients on would
+        miss every gradient but the one through a leaf parameter read as is
+        (the posterior means), and training would never pull the scales
+        towards the prior. The moments are computed again from the
+        posteriors, and the draws replayed from their random states, in the
+        grad mode of now: the same values, with gradients. Does nothing if the
+        call ran with gradients, or if gradients are off now.
+
+        Raises:
+            ValueError: if a draw of a posterior with trainable parameters was
+                kept without its random state (a device whose generator state
+                cannot be saved, a graph being captured, weights given
+                beforehand): its gradient cannot be had.
+        """
+        if self.grad_enabled or not torch.is_grad_enabled():
+            return
+        for i, variable in enumerate(self.variables):
+            kept_only = self.values[i] is not None and self.states[i] is None
+            if kept_only and any(
+                p.requires_grad for p in variable.posterior.parameters()
+            ):
+                raise kl_without_gradients(
+                    f"the draw of site {variable.site!r} cannot be made again"
+                )
+        self.grad_enabled = True
+        for i, variable in enumerate(self.variables):
+            posterior = variable.posterior
+            if self.moments[i] is not None:
+                assert isinstance(posterior, MeanFieldNormalPosterior)
+                self.moments[i] = NormalMoments(*posterior.normal_params())
+            if self.states[i] is not None:
+                self.values[i] = None  # replayed, with gradients, from now on
+
+
+def kl_without_gradients(reason: str) -> ValueError:
+    """The error for a KL that cannot get the gradients its forward pass lacked.
+
+    Args:
+        reason: why they cannot be had now, e.g. "the guide was traced then".
+
+    Example:
+        >>> error = kl_without_gradients("the guide was traced then")
+        >>> print(error)  # doctest: +ELLIPSIS
+        the forward pass ran without gradients ... use_reentrant=False)), ...
+    """
+    return ValueError(
+        "the forward pass ran without gradients (under torch.no_grad(), or in "
+        "torch.utils.checkpoint(..., use_reentrant=True), which runs it so) but "
+        f"they are on now, and {reason}: the KL term would miss part of its "
+        "gradient. Run the forward pass with gradients (to checkpoint a network "
+        "call: checkpoint(net, x, use_reentrant=False)), or compute the loss under "
+        "torch.no_grad() too"
+    )
 
 
 # Draws of at most this many numbers are kept rather than replayed: saving the

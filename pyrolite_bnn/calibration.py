@@ -467,8 +467,12 @@ class _TemperatureScaled(_Calibrated):
         return self.base.distribution(self._scaled(output))
 
     def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
-        """The base likelihood's, of the scaled logits (its ignored labels too)."""
-        return self.base.log_likelihood(self._scaled(output), target)
+        """The base likelihood's, of the scaled logits (its ignored labels too).
+
+        In at least ``float32``, as every likelihood's log-densities: the
+        logits are scaled after :func:`full_precision`.
+        """
+        return self.base.log_likelihood(self._scaled(full_precision(output)), target)
 
     def class_probs(self, output: Tensor) -> Tensor:
         """The base class probabilities of the scaled logits (at least float32)."""

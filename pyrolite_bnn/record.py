@@ -33,6 +33,7 @@ from torch.distributions import (
     kl_divergence,
 )
 
+from pyrolite_bnn._draws import kl_without_gradients
 from pyrolite_bnn._validation import distribution_checks_off
 from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.priors import Prior
@@ -243,6 +244,8 @@ class TraceRecord(ForwardRecord):
         super().__init__(samples, network)
         self.guide_trace = prune_subsample_sites(guide_trace)
         self.model_trace = prune_subsample_sites(model_trace)
+        # The grad mode of the forward pass (the record is made in its call).
+        self.grad_enabled = torch.is_grad_enabled()
 
     def _latent_sites(self) -> list[tuple[str, Any]]:
         return [
@@ -252,8 +255,17 @@ class TraceRecord(ForwardRecord):
         ]
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
-        """See :meth:`ForwardRecord.kl`."""
+        """See :meth:`ForwardRecord.kl`.
+
+        Raises:
+            ValueError: also if the forward pass ran without gradients, they
+                are on now and the guide or the priors have trainable
+                parameters: the traces hold the distributions of that pass,
+                without gradients (``torch.utils.checkpoint(...,
+                use_reentrant=True)`` runs it so).
+        """
         check_kl_mode(mode)
+        self._check_grad_mode()
         self.analytic_sites, self.mc_sites = [], []
         total: Tensor | float = 0.0
         latent = self._latent_sites()
@@ -287,6 +299,15 @@ class TraceRecord(ForwardRecord):
                     )
                 total = total + _log_prob_sum(guide_site)
         return torch.as_tensor(total)
+
+    def _check_grad_mode(self) -> None:
+        """Refuse a KL with gradients from a pass traced without them."""
+        if self.grad_enabled or not torch.is_grad_enabled():
+            return
+        trainable = [*self.guide_parameters().values()]
+        trainable += self.prior_parameters().values()
+        if any(parameter.requires_grad for parameter in trainable):
+            raise kl_without_gradients("the guide's trace of that pass has none")
 
     def log_probs(self) -> Tensor:
         """See :meth:`ForwardRecord.log_probs`."""
@@ -391,6 +412,7 @@ class LayerRecord(ForwardRecord):
         """See :meth:`ForwardRecord.kl`; closed forms are taken once per tensor."""
         check_kl_mode(mode)
         self._check_parameters_in_place()
+        self.draws.follow_grad_mode()
         self.analytic_sites, self.mc_sites = [], []
         total: Tensor | float = 0.0
         # Closed forms that priors take together (the default prior's): by key.
@@ -456,6 +478,7 @@ class LayerRecord(ForwardRecord):
 
     def log_probs(self) -> Tensor:
         """See :meth:`ForwardRecord.log_probs`."""
+        self.draws.follow_grad_mode()
         log_p, log_q = [], []
         for index, variable in enumerate(self.variables):
             drawn = self._value(index)

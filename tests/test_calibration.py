@@ -555,3 +555,15 @@ def test_half_precision_outputs_are_fitted_in_float32(dtype: torch.dtype) -> Non
         means.to(dtype).float(), targets.float(), likelihood
     )
     torch.testing.assert_close(factor, expected.factor, rtol=1e-6, atol=0)
+
+
+def test_tempered_log_densities_of_half_outputs_are_float32_accurate() -> None:
+    """The logits were divided by the temperature in bfloat16 (3 significant
+    digits) before the base likelihood read them as float32."""
+    torch.manual_seed(0)
+    out, y = torch.randn(4, 6, 5).to(torch.bfloat16), torch.randint(0, 5, (6,))
+    tempered = bnn.TemperatureScaling(3.0).wrap(bnn.Categorical())
+    log_p = tempered.log_likelihood(out, y)
+    reference = (out.double() / 3.0).log_softmax(-1)[:, torch.arange(6), y]
+    assert log_p.dtype == torch.float32
+    torch.testing.assert_close(log_p.double(), reference, rtol=1e-5, atol=1e-5)

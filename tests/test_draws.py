@@ -144,3 +144,22 @@ def test_fixed_draws_count_as_read_once_a_layer_reads_them() -> None:
     assert isinstance(value, Tensor)
     assert value.shape == (1, 1, 2, 3)
     assert draws.any_read()
+
+
+def test_a_draw_without_gradients_or_random_state_is_refused_for_a_kl_with_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call under no_grad (use_reentrant=True checkpointing) gets its KL's
+    gradients by replaying its draws; where a device's generator state cannot
+    be saved (here: made so), the KL would silently miss part of its gradient."""
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setattr("pyrolite_bnn._draws.rng_state", lambda device: None)
+    net = bnn.VISequential(bnn.VILinear(3, 2, estimator="reparam"))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 10)
+    x, y = torch.randn(4, 3, requires_grad=True), torch.randint(0, 2, (4,))
+    out = checkpoint(net, x, use_reentrant=True)
+    with pytest.raises(ValueError, match=r"site '0\.weight'.*use_reentrant=False"):
+        loss_fn(out, y)
+    with torch.no_grad():  # evaluation needs no gradient
+        loss_fn(out, y)

@@ -796,6 +796,91 @@ def test_checkpointing_a_whole_network_call_gives_the_same_gradients() -> None:
         torch.testing.assert_close(checkpointed[name], grad, msg=name)
 
 
+def _reentrant_case(case: str) -> tuple[nn.Module, bnn.KullbackLeiblerLoss]:
+    """A network and a loss covering one path of the KL term."""
+    kl = "mc" if case.endswith("mc") else "auto"
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N, kl=kl)
+    if case == "big layer (replayed draws)":  # 2 * 200 * 200 > 2**16 numbers
+        first = bnn.VILinear(3, 200, estimator="reparam")
+        second = bnn.VILinear(200, 200, estimator="reparam")
+        return bnn.VISequential(first, nn.ReLU(), second), loss_fn
+    options: dict[str, Any] = {"estimator": case.split()[0]}
+    if "laplace" in case:
+        options["prior"] = bnn.LaplacePrior(0.0, 0.5)
+    if "point mass" in case:
+        options["variational"] = bnn.PointMass()
+    first, second = bnn.VILinear(3, 6, **options), bnn.VILinear(6, 2, **options)
+    return bnn.VISequential(first, nn.ReLU(), second), loss_fn
+
+
+def _gradients_with_input_gradient(
+    net: nn.Module,
+    loss_fn: bnn.KullbackLeiblerLoss,
+    run: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Parameter and input gradients of one step at a fixed seed."""
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(3)
+    x = torch.randn(8, 3, requires_grad=True)
+    y = torch.randint(0, 2, (8,))
+    pyro.set_rng_seed(11)
+    loss_fn(run(x), y).backward()
+    gradients = {name: p.grad for name, p in net.named_parameters()}
+    return {**gradients, "x": x.grad}
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "auto",
+        "reparam",
+        "flipout",
+        "reparam mc",
+        "reparam laplace mc",
+        "reparam point mass",
+        "big layer (replayed draws)",
+    ],
+)
+def test_checkpointing_a_whole_call_keeps_every_kl_gradient(
+    case: str, reentrant: bool
+) -> None:
+    """use_reentrant=True (torch's default when it is not given) runs the
+    forward pass under no_grad: the KL taken from its moments had a gradient
+    through the posterior means only, and every scale's KL gradient was
+    silently missing (0.0 instead of -0.00999 for one rho). The KL now takes
+    moments and draws with gradients; all gradients equal the unchecked call's."""
+    torch.manual_seed(0)
+    net, loss_fn = _reentrant_case(case)
+    plain = _gradients_with_input_gradient(net, loss_fn, net)
+    checkpointed = _gradients_with_input_gradient(
+        net, loss_fn, lambda x: checkpoint(net, x, use_reentrant=reentrant)
+    )
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        assert grad is not None, name
+        torch.testing.assert_close(
+            checkpointed[name], grad, rtol=1e-6, atol=1e-6, msg=name
+        )
+
+
+def test_reentrant_checkpointing_of_a_network_with_an_assigned_guide_is_refused() -> (
+    None
+):
+    """The guide's trace of a pass run under no_grad has no gradients: the KL
+    lost part of every guide parameter's gradient, silently."""
+    net = bnn.VISequential(bnn.VILinear(3, 6), nn.ReLU(), bnn.VILinear(6, 2))
+    net.guide = pyro.infer.autoguide.AutoNormal(net.prior_model)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N)
+    x, y = torch.randn(8, 3, requires_grad=True), torch.randint(0, 2, (8,))
+    out = checkpoint(net, x, use_reentrant=True)
+    with pytest.raises(ValueError, match=r"use_reentrant=False"):
+        loss_fn(out, y)
+    with torch.no_grad():  # evaluation needs no gradient
+        loss_fn(out, y)
+    loss_fn(checkpoint(net, x, use_reentrant=False), y).backward()
+
+
 def test_a_network_called_during_backward_runs() -> None:
     """Only a layer recomputed by torch.utils.checkpoint is refused: a network
     called in a gradient hook (here on its very first call) runs."""

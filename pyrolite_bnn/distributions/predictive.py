@@ -22,8 +22,15 @@ The summaries (class probabilities, moments, the mixture's mean and quantiles,
 returned, in at least ``float32``: a ``float16`` or ``bfloat16`` output (a
 network under :class:`torch.autocast`, or converted to half precision) is read
 as ``float32`` first (:func:`full_precision`), as autocast keeps reductions in
-``float32``; a ``float64`` one stays ``float64``. The loss's
-:meth:`~PredictiveDistribution.log_likelihood` keeps the output's dtype.
+``float32``; a ``float64`` one stays ``float64``. The log-densities of targets
+follow the same rule (:meth:`~PredictiveDistribution.log_likelihood`, the
+loss's data term, and the Pyro model's observation site, both through
+:meth:`~PredictiveDistribution.observe`'s checks): a noise scale cast to a
+``float16`` output's dtype has a subnormal square below 7.8e-3 and a square
+of 0 below 1.7e-4 (the loss was ``inf`` at a scale of 1e-4), and ``bfloat16``
+keeps 3 significant digits of it.
+Draws of targets (:meth:`~PredictiveDistribution.target_distribution`) keep
+the output's dtype.
 """
 
 from __future__ import annotations
@@ -372,7 +379,9 @@ class PredictiveDistribution(LocalPyroModule):
         self.check_output(output)
         if is_validation_enabled():
             self.check_target(output, target)
-        return self.align(output, target)
+        # Log-densities in at least float32 (see the module docstring); the
+        # checks above read the output as the network made it.
+        return self.align(full_precision(output), target)
 
 
 class _ClassificationLikelihood(PredictiveDistribution):

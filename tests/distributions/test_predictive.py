@@ -552,3 +552,78 @@ def test_target_distribution_draws_in_the_layout_of_the_targets(
 def test_target_distribution_checks_the_output() -> None:
     with pytest.raises(ValueError, match="Categorical needs two or more classes"):
         bnn.Categorical().target_distribution(torch.zeros(4, 3, 1))
+
+
+def _half_precision_case(
+    name: str, dtype: torch.dtype
+) -> tuple[bnn.PredictiveDistribution, torch.Tensor, torch.Tensor, Any]:
+    """A likelihood, a half-precision output, targets, the float64 log density."""
+    torch.manual_seed(0)
+    out = torch.randn(4, 6, 1)
+    if name == "HeteroscedasticNormal":  # predicted scales near 6e-6
+        out = torch.stack([torch.randn(4, 6), torch.full((4, 6), -12.0)], dim=-1)
+    if name == "Categorical":
+        out = torch.randn(4, 6, 5)
+    if name == "learned Normal":  # targets spread as the scale (no warning)
+        out = 1e-3 * out
+    out = out.to(dtype)
+    wide = out.double()
+    if name in ("Normal", "learned Normal", "StudentT"):
+        scale = 1e-4 if name != "learned Normal" else 1e-3
+        y = wide[0, :, 0].float() + scale * torch.randn(6)
+        if name == "StudentT":
+            likelihood: bnn.PredictiveDistribution = bnn.StudentT(3.0, scale=scale)
+            noise: Any = torch.distributions.StudentT(3.0, wide[..., 0], scale)
+        elif name == "Normal":
+            likelihood = bnn.Normal(scale=scale)
+            noise = torch.distributions.Normal(wide[..., 0], scale)
+        else:
+            likelihood = bnn.Normal(init_scale=scale)
+            learned = likelihood.noise_scale().detach().double()  # type: ignore[operator]
+            noise = torch.distributions.Normal(wide[..., 0], learned)
+        return likelihood, out, y, noise.log_prob(y.double())
+    if name == "HeteroscedasticNormal":
+        scale = torch.nn.functional.softplus(wide[..., 1]) + 1e-6
+        y = wide[0, :, 0].float() + 1e-5 * torch.randn(6)
+        normal = torch.distributions.Normal(wide[..., 0], scale)
+        return bnn.HeteroscedasticNormal(), out, y, normal.log_prob(y.double())
+    if name == "Categorical":
+        y = torch.randint(0, 5, (6,))
+        log_p = wide.log_softmax(-1)[:, torch.arange(6), y]
+        return bnn.Categorical(), out, y, log_p
+    y = torch.randint(0, 2, (6,)).float()
+    if name == "Bernoulli":
+        bernoulli = torch.distributions.Bernoulli(logits=wide[..., 0])
+        return bnn.Bernoulli(), out, y, bernoulli.log_prob(y.double())
+    poisson = torch.distributions.Poisson(wide[..., 0].exp())
+    return bnn.Poisson(), out, y, poisson.log_prob(y.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Normal",
+        "learned Normal",
+        "StudentT",
+        "HeteroscedasticNormal",
+        "Categorical",
+        "Bernoulli",
+        "Poisson",
+    ],
+)
+def test_log_densities_of_half_precision_outputs_are_float32_accurate(
+    name: str, dtype: torch.dtype
+) -> None:
+    """The likelihoods computed log p(y | output) in the output's dtype: Normal
+    cast its noise scale to float16, whose square is 0 below 1.7e-4 (the loss
+    was inf at a scale of 1e-4), HeteroscedasticNormal's predicted scale of
+    6e-6 likewise, and bfloat16 kept 3 digits of every density. Now in at least
+    float32, the loss's data term and the Pyro observation site's alike:
+    within float32 rounding (rtol 1e-5) of float64 on the same outputs."""
+    likelihood, out, y, reference = _half_precision_case(name, dtype)
+    log_p = likelihood.log_likelihood(out, y)
+    observed, target = likelihood.observe(out, y)
+    for value in (log_p, observed.log_prob(target)):
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value.double(), reference, rtol=1e-5, atol=1e-5)
