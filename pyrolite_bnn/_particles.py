@@ -637,15 +637,14 @@ def current() -> ParticleState | None:
 def differentiates_inputs() -> bool:
     """Whether the running call's output may be differentiated by its inputs.
 
-    Gradients are on and one of the outermost call's tensor inputs requires
-    them (saliency maps, gradient penalties, physics-informed losses).
+    One of the outermost call's tensor inputs requires gradients (saliency
+    maps, gradient penalties, physics-informed losses). Whatever the grad
+    mode: ``torch.utils.checkpoint(..., use_reentrant=True)`` runs the
+    forward pass under ``no_grad`` and the recomputation with gradients, and
+    both must run the same estimator.
     """
     state = _STATE.get()
-    return (
-        state is not None
-        and torch.is_grad_enabled()
-        and any(t.requires_grad for t in state.inputs)
-    )
+    return state is not None and any(t.requires_grad for t in state.inputs)
 
 
 def outside_any_call() -> bool:
