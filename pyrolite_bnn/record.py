@@ -768,20 +768,6 @@ def _records_in_graph(
                 seen.add(id(child))
                 stack.append(child)
     return found
-    seen = {id(root)}
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        record = node.metadata.get(_METADATA_KEY)
-        if record is not None:
-            if all(record is not other for other in found):
-                found.append(record)
-            continue
-        for child, _ in node.next_functions:
-            if child is not None and id(child) not in seen:
-                seen.add(id(child))
-                stack.append(child)
-    return found
 
 
 def _first_posterior_parameter(variables: Sequence[RandomVariable]) -> Tensor | None:

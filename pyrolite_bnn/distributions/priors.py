@@ -759,8 +759,9 @@ class LearnedNormalPrior(Prior):
 class LaplacePrior(Prior):
     """Independent ``Laplace(loc, scale)`` prior (sparsity-inducing).
 
-    The KL to a Normal posterior has no closed form: it is estimated from the
-    drawn weights (``kl="auto"`` does so for this prior's weights only).
+    The KL to a Normal posterior has a closed form, registered with torch's
+    ``kl_divergence``, which ``kl="auto"`` takes (``kl="mc"`` estimates it
+    from the drawn weights).
 
     Args:
         loc: location.
