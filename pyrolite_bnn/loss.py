@@ -294,13 +294,7 @@ class KullbackLeiblerLoss(nn.Module):
         batch = self.check_batch(output, record.sequence_batch)
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self.watch_step(record, output.dtype)
-        if torch.is_grad_enabled() and not output.requires_grad:
-            # A forward pass under torch.no_grad() scored outside it (a
-            # validation loss): no gradient is wanted from the KL either.
-            with torch.no_grad():
-                kl_value = record.kl(self.kl if kl is None else kl)
-        else:
-            kl_value = record.kl(self.kl if kl is None else kl)
+        kl_value = record.kl(self.kl if kl is None else kl)
         self._note_kl_charge(record, kl_value, output)
         if (
             torch.is_grad_enabled()

@@ -881,28 +881,6 @@ def test_reentrant_checkpointing_of_a_network_with_an_assigned_guide_is_refused(
     loss_fn(checkpoint(net, x, use_reentrant=False), y).backward()
 
 
-@pytest.mark.parametrize("guide", ["default", "assigned"])
-def test_a_validation_loss_of_a_no_grad_forward_scored_outside_it_runs(
-    guide: str,
-) -> None:
-    """``with torch.no_grad(): out = net(x)``, then ``loss_fn(out, y).item()``
-    outside the block: a validation loss, no gradient wanted. It equals the
-    loss scored under ``no_grad`` and is neither refused (assigned guide) nor
-    recomputed with gradients (the reentrant-checkpoint repair applies to an
-    output that carries gradients only)."""
-    net = bnn.VISequential(bnn.VILinear(3, 6), nn.ReLU(), bnn.VILinear(6, 2))
-    if guide == "assigned":
-        net.guide = pyro.infer.autoguide.AutoNormal(net.prior_model)
-    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=N)
-    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
-    with torch.no_grad():
-        out = net(x)
-        inside = loss_fn(out, y)
-    outside = loss_fn(out, y)
-    assert not outside.requires_grad
-    assert float(outside) == pytest.approx(float(inside), rel=1e-6)
-
-
 def test_a_network_called_during_backward_runs() -> None:
     """Only a layer recomputed by torch.utils.checkpoint is refused: a network
     called in a gradient hook (here on its very first call) runs."""
