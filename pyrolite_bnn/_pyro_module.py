@@ -301,12 +301,15 @@ class UnconstrainedLinks(Messenger):
     back to it (the parameter itself is not modified). Values decided by other
     handlers (``replay``, ``substitute``, ``lift``) are left alone.
 
-    A ``PyroParam`` created inside the body (an autoguide built on a user's
-    model meets the network's sites there) becomes a parameter from its
-    initial value as it stands: Pyro's global store copies it, the module-local
-    mode does not, and an initial value broadcast from a prior (its mean
-    expanded over the particle plate, stride 0) gave a parameter whose elements
-    share memory, which ``Adam`` refuses to update. Such values are copied.
+    A ``PyroParam`` created inside the body (an autoguide meeting the
+    network's sites) becomes a parameter from its initial value as it stands
+    in the module-local mode: an initial value taken from a prior (its mean
+    broadcast over the particle plate, stride 0, or the prior's ``loc``
+    buffer itself, as ``init_to_mean`` gives for a MOPED prior or a bias of
+    one weight) gave a parameter that shares memory with itself, which
+    ``Adam`` refuses to update, or with the prior, which training then moved.
+    Initial values (the only values here that are neither parameters nor
+    linked) are copied.
     """
 
     def _pyro_param(self, msg: Message[..., Any]) -> None:
@@ -318,20 +321,12 @@ def _linked(fn: Callable[..., Any]) -> Callable[..., Any]:
     def linked(*args: Any, **kwargs: Any) -> Any:
         value = fn(*args, **kwargs)
         if isinstance(value, Tensor) and not hasattr(value, "unconstrained"):
-            if not isinstance(value, nn.Parameter) and _broadcast(value):
-                value = value.contiguous()
+            if not isinstance(value, nn.Parameter):  # an initial value
+                value = value.detach().clone(memory_format=torch.contiguous_format)
             return linked_value(value, value)
         return value
 
     return linked
-
-
-def _broadcast(value: Tensor) -> bool:
-    """Whether elements of ``value`` share memory (a dimension of stride 0)."""
-    return any(
-        stride == 0 and size > 1
-        for stride, size in zip(value.stride(), value.shape, strict=True)
-    )
 
 
 def linked_value(value: Tensor, unconstrained: Tensor) -> Tensor:

@@ -201,13 +201,17 @@ class ParticleGuide(LocalPyroModule):
             )
             raise TypeError(f"could not set up {name} ({error}){advice}") from error
         _check_sites(inner, trace, self.network)
+        # Guides that initialise from the prior's mean (init_to_mean,
+        # AutoNormalMessenger's default) get parameters made from the layers'
+        # priors as they are: expanded, stride 0 (in-place optimiser steps
+        # refuse them), or the prior's loc buffer itself (a MOPED prior, a
+        # bias of one weight), which training would then move. Each gets its
+        # own memory (the parameter objects stay).
+        owned = [*self._param_store().parameters()]
         if isinstance(inner, torch.nn.Module):
-            # Guides that initialise from the prior's mean (AutoNormalMessenger's
-            # default) get expanded, stride-0 parameters from the layers'
-            # expanded priors, which in-place optimiser steps refuse.
-            for parameter in inner.parameters():
-                if not parameter.is_contiguous():
-                    parameter.data = parameter.data.contiguous()
+            owned += inner.parameters()
+        for parameter in owned:
+            parameter.data = parameter.data.clone(memory_format=torch.contiguous_format)
         _WRAPPERS[id(inner)] = self
 
     def forward(self, *args: Any, samples: int | None = None, **kwargs: Any) -> Any:

@@ -448,6 +448,40 @@ def test_messenger_guide_with_default_init_trains_in_pytorch_loop() -> None:
     assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
 
 
+@pytest.mark.parametrize("network", ["one output", "moped"])
+def test_guide_initialised_at_the_prior_mean_leaves_the_prior_as_it_is(
+    network: str,
+) -> None:
+    """``init_to_mean`` (AutoNormalMessenger's default) made the guide's loc
+    from the prior's loc buffer itself where the two had one shape (a bias
+    of one weight, a MOPED prior centred at pretrained weights): training
+    moved the prior (a bias prior mean from 0 to 0.56 in 20 steps, probe of
+    2026-12-02)."""
+    torch.manual_seed(0)
+    if network == "moped":
+        plain = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))
+        net = bnn.convert(plain, moped=0.1)
+    else:
+        net = bnn.VILinear(2, 1)
+    priors = {k: v.clone() for k, v in net.state_dict().items() if ".prior." in f".{k}"}
+    assert priors
+    net.guide = AutoNormalMessenger(net.prior_model)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 16)
+    x = torch.randn(16, 2)
+    y = x.sum(-1, keepdim=True) + 0.5
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss_fn(net(x), y).backward()
+        optimizer.step()
+    state = net.state_dict()
+    for name, value in priors.items():
+        torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=name)
+    guide_locs = [p for n, p in net.guide.named_parameters() if "locs" in n]
+    assert guide_locs
+    assert all(p.grad is not None for p in guide_locs)
+
+
 # -------------------------------------------------------------- refused set-ups
 JIT_ELBOS = [JitTrace_ELBO, JitTraceMeanField_ELBO, JitTraceGraph_ELBO]
 

@@ -207,17 +207,20 @@ def test_autoguide_on_a_model_running_a_network_warns() -> None:
     }
 
 
-def test_messenger_autoguide_on_a_model_running_a_network_trains_as_in_pyro() -> None:
+@pytest.mark.parametrize("samples", [4, 1])
+def test_messenger_autoguide_on_a_model_running_a_network_trains_as_in_pyro(
+    samples: int,
+) -> None:
     """``AutoNormalMessenger(user_model)`` (after the warning above) crashed in
     ``Adam``: it made its locs from the prior mean broadcast over the particle
     plate (stride 0), and in the network's module-local parameter mode Pyro
-    keeps that tensor as the parameter. Losses now equal the same model
-    written in plain Pyro, step by step."""
+    keeps that tensor as the parameter; with one particle the bias's loc was
+    the prior's loc buffer itself, which training moved. Losses now equal the
+    same model written in plain Pyro, step by step, and the prior stays."""
     from pyro import poutine
     from pyro.infer import SVI
     from pyro.infer.autoguide import AutoNormalMessenger
 
-    samples = 4
     net = bnn.VILinear(2, 1)
     x, y = _data()
 
@@ -255,6 +258,7 @@ def test_messenger_autoguide_on_a_model_running_a_network_trains_as_in_pyro() ->
     with pytest.warns(UserWarning, match="net.prior_model"):
         ours = losses(model)
     assert ours == pytest.approx(losses(plain), rel=1e-6)
+    assert float(net.prior.bias.loc) == 0.0  # the N(0, 1) prior's mean stays
 
 
 def test_guide_and_model_with_different_particle_counts_say_so() -> None:
