@@ -44,6 +44,7 @@ from pyro.params.param_store import param_with_module_name
 from pyro.poutine.runtime import effectful, get_plates
 from torch import Tensor, nn
 from torch.distributions import constraints
+from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _particles, _structures
 from pyrolite_bnn._capture import is_capturing
@@ -181,6 +182,10 @@ def prepare(
         inputs=inputs,
         other_batches=others,
         batch_leading=not has_sequence_first_layers(root),
+        inputs_require_grad=any(
+            (v.data if isinstance(v, PackedSequence) else v).requires_grad
+            for v in leaves
+        ),
     )
     return state, device
 

@@ -113,6 +113,9 @@ class ParticleState:
         batch_leading: whether dimension 0 of the network's tensors is their
             batch (no ``batch_first=False`` Bayesian layers: in a
             sequence-first network a tensor's dimension 0 may be a sequence).
+        inputs_require_grad: whether a tensor input of the outermost call (a
+            packed sequence's data too) requires gradients
+            (:func:`differentiates_inputs`).
     """
 
     samples: int
@@ -130,6 +133,7 @@ class ParticleState:
     classified: list[bool] = field(default_factory=lambda: [False], compare=False)
     folded_outputs: dict[int, Any] = field(default_factory=dict, compare=False)
     batch_leading: bool = field(default=True, compare=False)
+    inputs_require_grad: bool = field(default=False, compare=False)
 
     def restarted(self) -> ParticleState:
         """The same call's state with nothing recorded yet (to run it again)."""
@@ -140,6 +144,7 @@ class ParticleState:
             inputs=self.inputs,
             other_batches=self.other_batches,
             batch_leading=self.batch_leading,
+            inputs_require_grad=self.inputs_require_grad,
         )
 
     def other_batches_seen(self) -> frozenset[int]:
@@ -644,7 +649,7 @@ def differentiates_inputs() -> bool:
     both must run the same estimator.
     """
     state = _STATE.get()
-    return state is not None and any(t.requires_grad for t in state.inputs)
+    return state is not None and state.inputs_require_grad
 
 
 def outside_any_call() -> bool:

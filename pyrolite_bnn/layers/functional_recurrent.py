@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._particles import differentiates_inputs
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers.functional import _flat_particles, _is_shared
 
@@ -194,13 +195,17 @@ class _LSTMRecurrence(torch.autograd.Function):
     informed losses) recompute the recurrence with autograd's own ops and
     differentiate that (:func:`_lstm_steps_differentiable`), so they are
     exact to any order; the fused backward alone would hand back first-order
-    gradients as constants. Without gradients, :func:`_lstm_layer` runs
-    :func:`_lstm_steps` on its own, which keeps no buffers for a backward pass.
+    gradients as constants. That needs ``gx``, kept only where ``keep_inputs``
+    (a call whose inputs require gradients): keeping it always would hold
+    ``4H`` more numbers per position and particle in every training step.
+    Without gradients, :func:`_lstm_layer` runs :func:`_lstm_steps` on its
+    own, which keeps no buffers for a backward pass.
 
     Inputs: ``gx`` ``(P, L, B, 4H)``, the input projections of every step with
     both biases added; ``w_hh`` ``(P, 4H, H)``; ``h0``, ``c0`` ``(P, B, H)``;
     ``valid`` ``(P, L, B, 1)`` or ``None``: whether step ``t`` is inside each
-    row's sequence (outside, ``h`` and ``c`` stay as they are).
+    row's sequence (outside, ``h`` and ``c`` stay as they are);
+    ``keep_inputs``: whether to keep ``gx`` for higher-order gradients.
     Outputs: ``hs`` ``(P, L + 1, B, H)`` (``hs[:, 0]`` is ``h0``, ``hs[:, t + 1]``
     the output of step ``t``) and the final cell state ``(P, B, H)``.
     """
@@ -213,15 +218,24 @@ class _LSTMRecurrence(torch.autograd.Function):
         h0: Tensor,
         c0: Tensor,
         valid: Tensor | None = None,
+        keep_inputs: bool = False,
     ) -> tuple[Tensor, Tensor]:
         hs, c_n, (acts, cs, tanh_c) = _lstm_steps(gx, w_hh, h0, c0, valid, True)
-        ctx.save_for_backward(acts, hs, cs, tanh_c, gx, w_hh, h0, c0, valid)
+        kept = gx if keep_inputs else None
+        ctx.save_for_backward(acts, hs, cs, tanh_c, kept, w_hh, h0, c0, valid)
         return hs, c_n
 
     @staticmethod
     def backward(ctx: Any, d_hs: Tensor, d_cn: Tensor) -> tuple[Tensor | None, ...]:
         acts, hs, cs, tanh_c, gx, w_hh, h0, c0, valid = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiable backward
+            if gx is None:
+                raise RuntimeError(
+                    "VILSTM computes higher-order gradients (create_graph=True) "
+                    "in a call whose inputs require gradients (x.requires_grad_(), "
+                    "as for a gradient penalty); in other calls it keeps only what "
+                    "first-order gradients need"
+                )
             inputs = (gx, w_hh, h0, c0)
             wanted = [t for t in inputs if t.requires_grad]
             outputs = _lstm_steps_differentiable(*inputs, valid)
@@ -230,7 +244,8 @@ class _LSTMRecurrence(torch.autograd.Function):
                     outputs, wanted, (d_hs, d_cn), create_graph=True, allow_unused=True
                 )
             )
-            return (*(next(found) if t.requires_grad else None for t in inputs), None)
+            grads = (next(found) if t.requires_grad else None for t in inputs)
+            return (*grads, None, None)
         return _fused_backward(acts, hs, cs, tanh_c, w_hh, valid, d_hs, d_cn)
 
 
@@ -262,7 +277,7 @@ def _fused_backward(
     valid: Tensor | None,
     d_hs: Tensor,
     d_cn: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None]:
     """:class:`_LSTMRecurrence`'s hand-written backward pass (first order)."""
     particles, length, batch, gates = acts.shape
     hidden = gates // 4
@@ -298,7 +313,7 @@ def _fused_backward(
         d_pre.view(particles, length * batch, gates).transpose(1, 2),
         hs[:, :length].reshape(particles, length * batch, hidden),
     )
-    return d_pre, d_w_hh, dh, dc, None
+    return d_pre, d_w_hh, dh, dc, None, None
 
 
 def _particle_major(x: Tensor, batch: int, samples: int, shared: bool) -> Tensor:
@@ -359,7 +374,7 @@ def _lstm_layer(
     with torch.autocast(gx.device.type, enabled=False):
         if torch.is_grad_enabled() and any(t.requires_grad for t in recurrence):
             hs, c_n = _LSTMRecurrence.apply(  # type: ignore[no-untyped-call]
-                *recurrence, steps_valid
+                *recurrence, steps_valid, differentiates_inputs()
             )
         else:  # nothing to differentiate: no buffers for a backward pass
             hs, c_n, _ = _lstm_steps(*recurrence, steps_valid, keep_steps=False)
