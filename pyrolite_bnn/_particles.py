@@ -918,14 +918,28 @@ def unfold(value: object, state: ParticleState) -> object:
     Tensors, in any containers (:func:`map_outputs`), are unfolded; anything else is
     returned unchanged. A tensor whose leading size is ``B`` is shared by all
     particles and is expanded (not copied) to ``(S, B, ...)``.
+
+    Raises:
+        TypeError: for an object of another class holding tensors as its
+            attributes (a ``SimpleNamespace``): they would stay folded.
     """
 
     def unfold_one(item: Any) -> Any:
         if isinstance(item, PackedSequence):
             return unfold_packed(item, state)
-        return unfold_tensor(item, state)
+        if isinstance(item, Tensor):
+            return unfold_tensor(item, state)
+        held = getattr(item, "__dict__", None)
+        if isinstance(held, dict) and any(isinstance(v, Tensor) for v in held.values()):
+            raise TypeError(
+                f"the network returned a {type(item).__name__} holding tensors: "
+                "the library unfolds the particles of tensors in tuples, lists, "
+                "dicts and dataclasses only, and these would stay folded (batch * "
+                "samples rows); return one of those (a @dataclass for named fields)"
+            )
+        return item
 
-    return map_outputs(value, unfold_one)
+    return _structures.map_leaves(value, unfold_one)
 
 
 def unfold_at(tensor: Tensor, samples: int, dim: int) -> Tensor:

@@ -182,3 +182,17 @@ def _described(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return (type(value), _described(dataclasses.astuple(value)))
     return value
+
+
+def test_an_object_of_another_class_holding_tensors_is_refused() -> None:
+    """A ``SimpleNamespace`` (or any plain object) output came back with its
+    tensors still folded, ``(B * S, ...)``, without a word."""
+    import types
+
+    net = _Net(lambda t: types.SimpleNamespace(logits=t))
+    with pytest.raises(TypeError, match=r"SimpleNamespace holding tensors.*dataclass"):
+        net(torch.randn(BATCH, 3), samples=SAMPLES)
+    net.wrap = lambda t: (t, types.SimpleNamespace(note="no tensors"))
+    out = net(torch.randn(BATCH, 3), samples=SAMPLES)
+    assert out[0].shape == (SAMPLES, BATCH, 2)
+    assert out[1].note == "no tensors"
