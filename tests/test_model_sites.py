@@ -261,6 +261,39 @@ def test_messenger_autoguide_on_a_model_running_a_network_trains_as_in_pyro(
     assert float(net.prior.bias.loc) == 0.0  # the N(0, 1) prior's mean stays
 
 
+@pytest.mark.parametrize("guide", ["AutoNormal", "AutoDelta", "AutoNormalMessenger"])
+def test_autoguides_at_the_prior_mean_never_train_the_prior(guide: str) -> None:
+    """``init_to_mean`` hands an autoguide the prior's mean; Pyro's parameter
+    store keeps a contiguous tensor as it is, so the guide's loc *was* the
+    prior's ``loc`` buffer (a MOPED prior; the bias of one weight at one
+    particle) and SVI moved the prior (probe of 2026-12-02). Under Pyro the
+    priors hand out copies."""
+    from pyro.infer import SVI
+    from pyro.infer import autoguide as autoguides
+    from pyro.infer.autoguide.initialization import init_to_mean
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    net = bnn.convert(plain, moped=0.1)
+    priors = {k: v.clone() for k, v in net.state_dict().items() if "prior" in k}
+    x, y = _data()
+
+    def model(x: Tensor, y: Tensor) -> None:
+        out = net(x, samples=1).squeeze(-1)
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out, NOISE), obs=y)
+
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning, match="net.prior_model"):
+        chosen = getattr(autoguides, guide)(model, init_loc_fn=init_to_mean)
+        svi = SVI(model, chosen, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+        for _ in range(3):
+            svi.step(x, y)
+    state = net.state_dict()
+    for name, value in priors.items():
+        torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=name)
+
+
 def test_guide_and_model_with_different_particle_counts_say_so() -> None:
     """``Predictive(model, guide=net.guide)`` with a model calling the network
     with ``samples=1`` and the guide drawing its default 10: the error named

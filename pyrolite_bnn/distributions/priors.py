@@ -14,7 +14,7 @@ import copy
 import hashlib
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pyro.distributions as dist
 import torch
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Transform, constraints
 
 from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._validation import readable_all
 from pyrolite_bnn.distributions.variational import NormalMoments
 from pyrolite_bnn.variables import UnitLayout
@@ -157,6 +158,34 @@ def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
         size in (1, wanted)
         for size, wanted in zip(reversed(shape), reversed(target), strict=False)
     )
+
+
+_D = TypeVar("_D", bound=Distribution)
+
+
+def _with_own_memory(distribution: _D, prior: nn.Module) -> _D:
+    """``distribution`` with copies of its tensors that are ``prior``'s buffers.
+
+    Changes the (fresh) distribution in place, nested ones (a mixture's
+    components) too, and returns it.
+    """
+    held = {
+        b.untyped_storage().data_ptr()
+        for b in prior.buffers()
+        if b.numel() and not b.is_meta
+    }
+    if not held:
+        return distribution
+    for name, value in list(vars(distribution).items()):
+        if isinstance(value, Distribution):
+            _with_own_memory(value, prior)
+        elif (
+            isinstance(value, Tensor)
+            and value.numel()
+            and value.untyped_storage().data_ptr() in held
+        ):
+            setattr(distribution, name, value.clone())
+    return distribution
 
 
 def _independent(base: Distribution, shape: torch.Size) -> dist.TorchDistribution:
@@ -350,9 +379,19 @@ class Prior(nn.Module):
         check_real_support(self(shape), self.family())
 
     def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
-        """Prior of a weight tensor of the given ``shape`` (all dims are event)."""
+        """Prior of a weight tensor of the given ``shape`` (all dims are event).
+
+        Under Pyro the distribution holds copies of this prior's buffers: an
+        autoguide initialised at the prior's mean (``init_to_mean``) makes its
+        parameter from the tensor it gets, and Pyro's parameter store keeps a
+        contiguous tensor as it is, so the prior's ``loc`` would have become
+        the guide's parameter and moved with training (a MOPED prior, a bias
+        of one weight).
+        """
         size = torch.Size(shape)
         base = self.elementwise()
+        if pyro_wrapped():
+            base = _with_own_memory(base, self)
         _check_broadcast(self, base.batch_shape, size)
         return _independent(base, size)
 
