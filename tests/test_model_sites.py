@@ -283,12 +283,15 @@ def test_autoguides_at_the_prior_mean_never_train_the_prior(guide: str) -> None:
         with bnn.per_particle(out), pyro.plate("data", len(x)):
             pyro.sample("obs", dist.Normal(out, NOISE), obs=y)
 
-    pyro.clear_param_store()
-    with pytest.warns(UserWarning, match="net.prior_model"):
+    def train() -> None:
         chosen = getattr(autoguides, guide)(model, init_loc_fn=init_to_mean)
         svi = SVI(model, chosen, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
         for _ in range(3):
             svi.step(x, y)
+
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning, match="net.prior_model"):
+        train()
     state = net.state_dict()
     for name, value in priors.items():
         torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=name)
