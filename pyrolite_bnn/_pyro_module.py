@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 import types
 import weakref
@@ -114,6 +115,40 @@ _HELD: dict[str, tuple[int, Any]] = {}
 _HELD_LOCK = threading.Lock()
 
 
+def _release_held_in_child() -> None:
+    """In a forked child, give back the settings the parent's other threads held.
+
+    Only the forking thread goes on in the child: a setting held by another
+    thread's network call at the fork would never be released there (the
+    child's own Pyro modules would keep their parameters module-local), and a
+    lock held then would stay locked. The forking thread's own holds stay.
+    """
+    global _HELD_LOCK
+    _HELD_LOCK = threading.Lock()
+    mine = _own_holds()
+    for name, (_, before) in list(_HELD.items()):
+        if mine.get(name, 0):
+            _HELD[name] = (mine[name], before)
+        else:
+            del _HELD[name]
+            pyro.settings.set(**{name: before})
+
+
+# The holds of held_settings bodies running in this thread: name -> count.
+_THREAD_HOLDS = threading.local()
+
+
+def _own_holds() -> dict[str, int]:
+    holds: dict[str, int] | None = getattr(_THREAD_HOLDS, "counts", None)
+    if holds is None:
+        holds = _THREAD_HOLDS.counts = {}
+    return holds
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_release_held_in_child)
+
+
 @contextmanager
 def held_settings(**values: Any) -> Iterator[None]:
     """Run the body with Pyro's settings ``values``, however threads interleave.
@@ -134,6 +169,7 @@ def held_settings(**values: Any) -> Iterator[None]:
         >>> pyro.settings.get("module_local_params")
         False
     """
+    mine = _own_holds()
     with _HELD_LOCK:
         for name, value in values.items():
             holders, before = _HELD.get(name, (0, None))
@@ -142,11 +178,13 @@ def held_settings(**values: Any) -> Iterator[None]:
                 if before != value:
                     pyro.settings.set(**{name: value})
             _HELD[name] = (holders + 1, before)
+            mine[name] = mine.get(name, 0) + 1
     try:
         yield
     finally:
         with _HELD_LOCK:
             for name in values:
+                mine[name] -= 1
                 holders, before = _HELD[name]
                 if holders > 1:
                     _HELD[name] = (holders - 1, before)

@@ -30,6 +30,7 @@ instead of ``model.prior_model`` (when it first runs the model).
 
 from __future__ import annotations
 
+import gc
 import inspect
 import weakref
 from collections.abc import Callable, Sequence
@@ -154,6 +155,12 @@ class ParticleGuide(LocalPyroModule):
                 raise ValueError(_two_networks(guide.network, inner))
             return guide
         previous = _WRAPPERS.get(id(guide))
+        if previous is not None and previous.network is not network:
+            # The other network may be unreachable, kept only by its reference
+            # cycles until the collector runs (a network built per fold).
+            previous = None
+            gc.collect()
+            previous = _WRAPPERS.get(id(guide))
         if previous is not None:
             if previous.network is not network:
                 raise ValueError(_two_networks(previous.network, guide))

@@ -553,6 +553,31 @@ def test_samples_give_vectorised_particles_instead() -> None:
     assert trace.nodes["0.weight"]["value"].shape == (5, 1, 16, 2)
 
 
+def test_a_guide_function_of_an_unreachable_network_serves_a_new_one() -> None:
+    """A training function building its network and assigning one guide
+    function, run twice (folds, trials): the second assignment was refused
+    while the first network, unreachable but held by its reference cycles,
+    waited for the garbage collector (probe of 2026-12-02)."""
+    import gc
+
+    def hand_guide(*args: Any, **kwargs: Any) -> None:
+        for v in bnn.VILinear(2, 1).random_variables():  # sites "weight", "bias"
+            loc = pyro.param(f"{v.name}.loc", torch.zeros(v.shape))
+            pyro.sample(v.name, dist.Normal(loc, 0.1).to_event(len(v.shape)))
+
+    def trial() -> float:
+        net = bnn.VILinear(2, 1)
+        net.guide = hand_guide
+        return float(net(torch.randn(4, 2)).mean().detach())
+
+    gc.disable()  # the collector must not run by chance in between
+    try:
+        trial()
+        trial()
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("autoguide", [AutoNormal, AutoDiagonalNormal])
 def test_one_guide_for_two_networks_is_refused(autoguide: type[Any]) -> None:
     first, second = _net(), _net()

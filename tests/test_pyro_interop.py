@@ -499,3 +499,47 @@ def test_forwards_without_pyro_statements_run_on_the_pytorch_style_path(
     net = bnn.VISequential(bnn.VILinear(3, 4), module(), bnn.VILinear(4, 1))
     assert _loss()(net(x, samples=2), y.unsqueeze(-1)).isfinite()
     assert bnn.predict(net, x, bnn.Normal(scale=0.3)).mean.shape[0] == 32
+
+
+def _settings_in_a_fresh_child(queue: Any) -> None:
+    from pyrolite_bnn import _pyro_module
+
+    queue.put((pyro.settings.get("module_local_params"), dict(_pyro_module._HELD)))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_a_child_forked_during_another_threads_call_starts_with_pyros_settings() -> (
+    None
+):
+    """A process forked while another thread ran a network call kept
+    ``module_local_params`` on for its whole life (the thread that would
+    release it does not exist in the child): the child's own Pyro modules
+    kept their parameters out of Pyro's store (probe of 2026-12-02)."""
+    import multiprocessing
+    import threading
+
+    from pyrolite_bnn._pyro_module import held_settings
+
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with held_settings(module_local_params=True):
+            entered.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert entered.wait(30)
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_settings_in_a_fresh_child, args=(queue,))
+        child.start()
+        setting, held = queue.get(timeout=60)
+        child.join(60)
+    finally:
+        leave.set()
+        thread.join()
+    assert (setting, held) == (False, {})
+    assert pyro.settings.get("module_local_params") is False
