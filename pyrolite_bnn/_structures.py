@@ -26,9 +26,9 @@ __all__ = ["Structure", "flatten", "leaves", "map_leaves", "tensors"]
 
 
 def _is_leaf(value: Any) -> bool:
-    return isinstance(value, (Tensor, PackedSequence)) or not (
-        isinstance(value, (tuple, list, dict)) or _is_dataclass_instance(value)
-    )
+    if isinstance(value, (tuple, list, dict)):
+        return isinstance(value, PackedSequence)  # a named tuple, one leaf
+    return not _is_dataclass_instance(value)
 
 
 def _is_dataclass_instance(value: Any) -> bool:
@@ -134,13 +134,26 @@ def flatten(value: Any) -> tuple[list[Any], Structure]:
     return found, Structure(value, keys, tuple(children), len(found))
 
 
-def leaves(value: Any) -> Iterator[Any]:
+def leaves(value: Any) -> list[Any]:
     """The leaves of ``value`` in order (containers walked, see the module)."""
-    if _is_leaf(value):
-        yield value
-        return
-    for item in _children(value)[0]:
-        yield from leaves(item)
+    found: list[Any] = []
+    _collect(value, found)
+    return found
+
+
+def _collect(value: Any, found: list[Any]) -> None:
+    kind = type(value)
+    if kind is tuple or kind is list:
+        for item in value:
+            _collect(item, found)
+    elif kind is dict:
+        for item in value.values():
+            _collect(item, found)
+    elif isinstance(value, Tensor) or _is_leaf(value):
+        found.append(value)
+    else:
+        for item in _children(value)[0]:
+            _collect(item, found)
 
 
 def tensors(value: Any) -> list[Tensor]:
@@ -164,7 +177,14 @@ def map_leaves(value: Any, function: Callable[[Any], Any]) -> Any:
         >>> map_leaves((torch.ones(2), [torch.ones(3)]), lambda t: t.shape)
         (torch.Size([2]), [torch.Size([3])])
     """
-    if _is_leaf(value):  # a tensor output: the common case
+    kind = type(value)  # the common kinds first: this runs on every call's output
+    if kind is tuple:
+        return tuple(map_leaves(item, function) for item in value)
+    if kind is list:
+        return [map_leaves(item, function) for item in value]
+    if kind is dict:
+        return {key: map_leaves(item, function) for key, item in value.items()}
+    if isinstance(value, Tensor) or _is_leaf(value):
         return function(value)
-    found, structure = flatten(value)
-    return structure.rebuild([function(leaf) for leaf in found])
+    items, keys = _children(value)
+    return _rebuilt(value, keys, [map_leaves(item, function) for item in items])
