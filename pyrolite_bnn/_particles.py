@@ -39,6 +39,7 @@ from pyrolite_bnn._validation import check_count
 __all__ = [
     "ParticleState",
     "batch_of",
+    "computed_from_folded",
     "current",
     "differentiates_inputs",
     "map_outputs",
@@ -650,6 +651,21 @@ def differentiates_inputs() -> bool:
     """
     state = _STATE.get()
     return state is not None and state.inputs_require_grad
+
+
+def computed_from_folded(tensor: Tensor) -> bool:
+    """Whether ``tensor`` was computed from a Bayesian layer's folded output.
+
+    Its autograd graph reaches one (walked as for the rows taken from the
+    fold, :func:`_refuse_rows_taken_from_folded`); ``False`` outside a call
+    and without gradients.
+    """
+    state = _STATE.get()
+    return (
+        state is not None
+        and tensor.grad_fn is not None
+        and _reaches_folded_output(state, tensor)
+    )
 
 
 def outside_any_call() -> bool:

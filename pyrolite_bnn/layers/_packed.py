@@ -54,19 +54,29 @@ class PackedInput:
         self.padded = padded
         folded = self.samples > 1 and self._is_folded(packed, rows)
         self.batch = rows // self.samples if folded else rows
-        if not folded and self.samples > 1 and _bayesian_layers_ran():
-            warnings.warn(
-                f"{name} got a packed batch of {rows} sequences, shared by all "
-                f"{self.samples} particles, after Bayesian layers ran in this call. "
-                "If it was packed from their folded output (B * S rows, such as a "
-                "VIEmbedding's), repeat the lengths per particle, "
-                "pack_padded_sequence(h, lengths.repeat_interleave(S), ...) with S "
-                "= pyrolite_bnn.layers.functional.current_samples(): packing it "
-                "with the B lengths reads the wrong rows. A packed network input "
-                "is right as it is",
-                UserWarning,
-                stacklevel=4,
-            )
+        remedy = (
+            "repeat the lengths per particle, pack_padded_sequence(h, "
+            "lengths.repeat_interleave(S), ...) with S = "
+            "pyrolite_bnn.layers.functional.current_samples(): packing it with "
+            "the B lengths reads the wrong rows"
+        )
+        if not folded and self.samples > 1:
+            if _particles.computed_from_folded(packed.data):
+                raise ValueError(
+                    f"{name} got a packed batch of {rows} sequences packed from a "
+                    f"Bayesian layer's folded output ({rows} * {self.samples} rows, "
+                    f"row b * S + s, such as a VIEmbedding's): {remedy}"
+                )
+            if _bayesian_layers_ran():  # without gradients: no graph to tell
+                warnings.warn(
+                    f"{name} got a packed batch of {rows} sequences, shared by all "
+                    f"{self.samples} particles, after Bayesian layers ran in this "
+                    "call. If it was packed from their folded output (B * S rows, "
+                    f"such as a VIEmbedding's), {remedy}. A packed network input "
+                    "is right as it is",
+                    UserWarning,
+                    stacklevel=4,
+                )
         if folded:
             lengths = lengths.view(self.batch, self.samples)[:, 0]
             self.sorted = torch.sort(lengths, descending=True, stable=True).indices
