@@ -873,6 +873,17 @@ def _run(
             f"predict needs a network that returns one tensor, got {type(out).__name__}"
         )
     release_record(out)
+    if samples > 1 and out.dim() and out.numel() and out.stride(0) == 0:
+        # The call read the output as shared by all particles and expanded it.
+        warn_at_caller(
+            "every particle gave the same output: the network's output does "
+            "not depend on its Bayesian layers' weights, or its rows lost their "
+            "particles (a "
+            "reshape of a folded activation, B * S rows, by the input's batch "
+            "size, h.view(x.size(0), ...), moves the particles into another "
+            "dimension: reshape by the activation's own h.shape[0]). The "
+            "prediction has no epistemic uncertainty"
+        )
     return out
 
 

@@ -1292,3 +1292,28 @@ def test_a_budget_that_one_input_exceeds_is_reported() -> None:
     with pytest.warns(RuntimeWarning, match="one input with 4 particle"):
         pred = bnn.predict(net, x, bnn.Categorical(), samples=4, memory_budget=2**20)
     assert pred.samples.shape == (4, 3, 2)
+
+
+def test_an_output_that_lost_its_particles_is_named_by_predict() -> None:
+    """Older segmentation code ends with ``logits.view(x.size(0), C, -1)``:
+    on the folded ``(B * S, C, H, W)`` activation it moves the particles into
+    the pixels, and the call reads the ``B`` rows as shared by all particles.
+    predict returned S identical particles (no epistemic uncertainty) without
+    a word (probe of 2026-12-02); it now warns."""
+
+    class Segmenter(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 3, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x).view(x.size(0), 3, -1).transpose(1, 2)
+
+    net = bnn.convert(Segmenter())
+    x = torch.randn(2, 1, 4, 4)
+    with pytest.warns(UserWarning, match="every particle gave the same output"):
+        bnn.predict(net, x, bnn.Categorical(), samples=4, batch_size=2)
+    good = bnn.VISequential(bnn.VILinear(3, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bnn.predict(good, torch.randn(5, 3), bnn.Categorical(), samples=4)
