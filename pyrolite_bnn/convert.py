@@ -109,8 +109,10 @@ def convert(
     parameters). Each registered layer becomes its Bayesian layer with the
     same constructor arguments (see the module docstring), so
     ``bnn.predict(net, x, likelihood, mode="mean").samples[0]`` equals
-    ``module.eval()(x)`` (for any likelihood, e.g. ``bnn.Normal()``) and
-    ``bnn.to_deterministic(net)`` equals ``module``. Norm layers stay
+    ``module.eval()(x)`` (for any likelihood, e.g. ``bnn.Normal()``; for a
+    module returning one tensor, as ``predict`` needs: wrap a multi-head
+    module's call to pick one) and ``bnn.to_deterministic(net)`` equals
+    ``module``. Norm layers stay
     deterministic silently (torch's ``BatchNorm1d/2d/3d`` become the library's
     :class:`~pyrolite_bnn.BatchNorm2d` and its siblings, with the same state,
     whose training-mode statistics are taken per particle); other modules with
