@@ -169,7 +169,8 @@ def prepare(
     if is_validation_enabled():
         check_input_dtype(args, kwargs, floating_dtype(root), type(root).__name__)
     leaves = list(_particles.input_leaves((*args, *kwargs.values())))
-    inputs = tuple(v for v in leaves if isinstance(v, torch.Tensor))
+    # A packed input's data are an input too (shared by all particles).
+    inputs = tuple(v.data if isinstance(v, PackedSequence) else v for v in leaves)
     others = frozenset(
         size
         for size in (_particles.leading_size(v) for v in leaves)
@@ -182,10 +183,7 @@ def prepare(
         inputs=inputs,
         other_batches=others,
         batch_leading=not has_sequence_first_layers(root),
-        inputs_require_grad=any(
-            (v.data if isinstance(v, PackedSequence) else v).requires_grad
-            for v in leaves
-        ),
+        inputs_require_grad=any(v.requires_grad for v in inputs),
     )
     return state, device
 

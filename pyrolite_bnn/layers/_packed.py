@@ -49,6 +49,20 @@ class PackedInput:
             )
         self.state = _particles.current()
         self.samples = 1 if self.state is None else self.state.samples
+        described = int(packed.batch_sizes.sum())
+        if packed.data.shape[0] != described:
+            raise ValueError(
+                f"{name}: a PackedSequence's data has {packed.data.shape[0]} rows "
+                f"but its batch_sizes describe {described}"
+                + (
+                    f" ({self.samples} particles x {described}: a Bayesian layer "
+                    "applied to packed.data folded its particles into the rows; "
+                    "apply it to the padded batch before packing, and pack that "
+                    "folded activation with lengths.repeat_interleave(S))"
+                    if packed.data.shape[0] == described * self.samples
+                    else ""
+                )
+            )
         padded, lengths = pad_packed_sequence(packed, batch_first=True)
         rows = padded.shape[0]
         self.padded = padded
@@ -67,7 +81,12 @@ class PackedInput:
                     f"Bayesian layer's folded output ({rows} * {self.samples} rows, "
                     f"row b * S + s, such as a VIEmbedding's): {remedy}"
                 )
-            if _bayesian_layers_ran():  # without gradients: no graph to tell
+            if (
+                packed.data.grad_fn is None
+                and not (self.state is not None and self.state.is_input(packed.data))
+                and _bayesian_layers_ran()
+            ):
+                # No graph to tell where the data came from (no gradients).
                 warnings.warn(
                     f"{name} got a packed batch of {rows} sequences, shared by all "
                     f"{self.samples} particles, after Bayesian layers ran in this "

@@ -1019,6 +1019,40 @@ def test_packing_a_folded_activation_with_the_batchs_lengths_is_refused() -> Non
     assert out.shape == (2, 3, 2)
 
 
+def test_a_bayesian_layer_on_packed_data_is_refused_and_a_plain_one_is_quiet() -> None:
+    """``PackedSequence(layer(p.data), p.batch_sizes, ...)``, a torch idiom: a
+    Bayesian layer there folds its particles into the data's rows, which the
+    batch sizes no longer describe; the recurrent layer read wrong rows, 66 %
+    off, with only the general warning (probe of 2026-12-02). A plain layer's
+    output computed from the input, with gradients on, is shared and now
+    packs without the warning."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    class PackedProjection(bnn.VIModule):
+        def __init__(self, bayesian: bool) -> None:
+            super().__init__()
+            self.context = bnn.VILinear(4, 3)
+            self.project = bnn.VILinear(4, 4) if bayesian else nn.Linear(4, 4)
+            self.rnn = bnn.VIGRU(4, 3, batch_first=True)
+
+        def forward(self, p: PackedSequence, first: Tensor) -> Tensor:
+            context = self.context(first)
+            data = self.project(p.data)
+            p = PackedSequence(
+                data, p.batch_sizes, p.sorted_indices, p.unsorted_indices
+            )
+            return self.rnn(p)[1][-1] + context  # type: ignore[no-any-return]
+
+    x, lengths = torch.randn(3, 5, 4), torch.tensor([5, 2, 4])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    with pytest.raises(ValueError, match=r"3 particles x 11.*before packing"):
+        PackedProjection(bayesian=True)(packed, x[:, 0], samples=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = PackedProjection(bayesian=False)(packed, x[:, 0], samples=3)
+    assert out.shape == (3, 3, 3)
+
+
 def test_plain_sequential_sequence_first_network_counts_sequences() -> None:
     """A plain nn.Sequential root records its sequence batch like a bnn one."""
     torch.manual_seed(0)
