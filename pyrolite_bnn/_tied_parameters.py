@@ -65,7 +65,7 @@ def untied(network: nn.Module, groups: list[list[str]]) -> list[list[str]]:
             module = network.get_submodule(owner)
         except AttributeError:
             return None
-        return module._parameters.get(name)
+        return dict(module.named_parameters(recurse=False)).get(name)
 
     def kept(group: list[str]) -> bool:
         found = [held(path) for path in group]
