@@ -627,7 +627,7 @@ def _stop_requested(
 def _check_model_and_optimizer(
     model: nn.Module, optimizer: torch.optim.Optimizer | None
 ) -> None:
-    """Refuse a network without Bayesian layers and an optimizer of no use.
+    """Refuse a non-Bayesian network, a useless optimizer, disabled gradients.
 
     Warns if the optimizer holds some of the model's trainable parameters but
     not all: a layer replaced or a guide assigned after it was made would stay
@@ -637,6 +637,8 @@ def _check_model_and_optimizer(
         TypeError: for such a model, or an optimizer that is not an instance.
         ValueError: for an optimizer holding none of the model's trainable
             parameters (one made for the torch model before ``bnn.convert``).
+        RuntimeError: with gradients disabled (``torch.no_grad()``,
+            ``torch.inference_mode()``): every step would train nothing.
     """
     network = unwrap(model)
     check_bayesian_network(network, "fit trains")
