@@ -11,7 +11,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+import torch
+
 _CAPTURING: ContextVar[bool] = ContextVar("pyrolite_capturing", default=False)
+
+
+def transforms_active() -> bool:
+    """Whether ``torch.func`` transforms (``grad``, ``jacrev``, ``vmap``) run.
+
+    Custom autograd Functions written in the ``ctx`` style, like the fused
+    LSTM recurrence, cannot run under them; callers take autograd's own ops.
+    """
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 def is_capturing() -> bool:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._capture import is_capturing, transforms_active
 from pyrolite_bnn._particles import differentiates_inputs
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers.functional import _flat_particles, _is_shared
@@ -573,15 +573,18 @@ def recurrent(
         else _valid_steps(lengths, input.shape[1], dirs, samples)
     )
     x = input
-    tracing = is_capturing() or torch.compiler.is_compiling()
+    # Graph capture (compile=True) differentiates the traced ops itself and
+    # cannot trace the fused recurrence's buffer writes, and torch.func's
+    # transforms cannot run its autograd Function: autograd's ops there.
+    autograd_only = (
+        is_capturing() or torch.compiler.is_compiling() or transforms_active()
+    )
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
     for index, layer in enumerate(weights):
         h = h_all[index]
         c = c_all[index] if c_all is not None else h
-        # Graph capture (compile=True) differentiates the traced ops itself and
-        # cannot trace the fused recurrence's buffer writes: autograd path there.
-        if lstm and layer[0][4] is None and not tracing:
+        if lstm and layer[0][4] is None and not autograd_only:
             first = shared and index == 0
             x, h, c = _lstm_layer(x, layer, h, c, batch, samples, first, valid)
         else:
