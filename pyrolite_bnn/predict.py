@@ -26,9 +26,9 @@ import contextlib
 import copy
 import math
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from pyro import poutine
@@ -54,6 +54,7 @@ from pyrolite_bnn._network import (
     network_modules,
     uses_batch_statistics,
 )
+from pyrolite_bnn._output_heads import OutputHeads
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._validation import (
     check_count,
@@ -348,6 +349,7 @@ def _learns(predictive: PredictiveDistribution) -> bool:
     return isinstance(base, PredictiveDistribution) and _learns(base)
 
 
+@overload
 def predict(
     model: nn.Module,
     x: Tensor | tuple[Tensor, ...] | list[Tensor],
@@ -358,7 +360,48 @@ def predict(
     *,
     memory_budget: int | None = None,
     calibration: Calibration | None = None,
-) -> Prediction:
+) -> Prediction: ...
+
+
+@overload
+def predict(
+    model: nn.Module,
+    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    predictive: Mapping[Hashable, PredictiveDistribution],
+    samples: int = 100,
+    batch_size: int | None = None,
+    mode: Literal["sample", "mean"] = "sample",
+    *,
+    memory_budget: int | None = None,
+    calibration: Mapping[Hashable, Calibration | None] | None = None,
+) -> dict[Hashable, Prediction]: ...
+
+
+@overload
+def predict(
+    model: nn.Module,
+    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    predictive: Sequence[PredictiveDistribution | None],
+    samples: int = 100,
+    batch_size: int | None = None,
+    mode: Literal["sample", "mean"] = "sample",
+    *,
+    memory_budget: int | None = None,
+    calibration: Sequence[Calibration | None] | None = None,
+) -> tuple[Prediction | None, ...]: ...
+
+
+def predict(
+    model: nn.Module,
+    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    predictive: Any,
+    samples: int = 100,
+    batch_size: int | None = None,
+    mode: Literal["sample", "mean"] = "sample",
+    *,
+    memory_budget: int | None = None,
+    calibration: Any = None,
+) -> Any:
     """Posterior predictive of ``model`` at inputs ``x``.
 
     Runs without gradients, in chunks of inputs, so that only one chunk's
@@ -445,7 +488,12 @@ def predict(
             same ``N`` examples (dimension 1 in a sequence-first network).
         predictive: the likelihood the model was trained with (a
             distribution of :mod:`pyrolite_bnn.vi.distributions` is converted
-            with its ``to_predictive()``).
+            with its ``to_predictive()``). For a network with several outputs
+            (a multi-task network's heads), one likelihood per output to
+            predict, in the output's shape: a dict by key for a network that
+            returns a dict (outputs not named are not predicted), a tuple or
+            list by position for one that returns a tuple or list (``None``
+            skips an output). Every head is predicted from the same particles.
         samples: number of posterior draws ``S``.
         batch_size: inputs per chunk; ``None`` chooses it from
             ``memory_budget``.
@@ -458,9 +506,12 @@ def predict(
         calibration: a fitted post-hoc calibration
             (:func:`~pyrolite_bnn.calibrate`); the :class:`Prediction` then
             summarises the outputs with ``calibration.wrap(predictive)``.
+            With one likelihood per output: one calibration per output in
+            the same shape (``None``, or a missing key, for none).
 
     Returns:
-        A :class:`Prediction`.
+        A :class:`Prediction`; with one likelihood per output, a dict of
+        them by key, or a tuple with ``None`` at the positions skipped.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -468,12 +519,31 @@ def predict(
         >>> pred = bnn.predict(net, torch.randn(5, 3), bnn.Categorical(), samples=20)
         >>> pred.probs.shape, pred.mutual_information.shape
         (torch.Size([5, 4]), torch.Size([5]))
+
+        A network with two heads, both predicted from the same particles:
+
+        >>> class TwoHeads(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.body = bnn.VILinear(3, 8)
+        ...         self.label, self.value = bnn.VILinear(8, 4), bnn.VILinear(8, 1)
+        ...     def forward(self, x):
+        ...         h = torch.relu(self.body(x))
+        ...         return {"label": self.label(h), "value": self.value(h)}
+        >>> preds = bnn.predict(
+        ...     TwoHeads(), torch.randn(5, 3),
+        ...     {"label": bnn.Categorical(), "value": bnn.Normal(scale=0.1)},
+        ...     samples=20,
+        ... )
+        >>> preds["label"].probs.shape, preds["value"].mean.shape
+        (torch.Size([5, 4]), torch.Size([5]))
     """
     model = unwrap(model)
     from pyrolite_bnn.calibration import Calibration
     from pyrolite_bnn.laplace import LinearizedLaplace  # both import this module
 
-    predictive = as_likelihood(predictive, "predict")
+    heads = OutputHeads.of(predictive, "predict")
+    calibrations = heads.per_head(calibration, "calibration")
     samples = check_count(samples, "samples")
     if batch_size is not None:
         batch_size = check_count(batch_size, "batch_size")
@@ -482,12 +552,19 @@ def predict(
         if not (budget >= 1 and math.isfinite(budget)):
             raise ValueError(f"memory_budget must be >= 1 byte, got {memory_budget!r}")
         memory_budget = int(budget)
-    if calibration is not None and not isinstance(calibration, Calibration):
-        raise TypeError(
-            "calibration must be a bnn.Calibration (from bnn.calibrate), got "
-            f"{calibration!r}"
-        )
+    for fitted in calibrations:
+        if fitted is not None and not isinstance(fitted, Calibration):
+            raise TypeError(
+                "calibration must be a bnn.Calibration (from bnn.calibrate), got "
+                f"{fitted!r}"
+            )
     if isinstance(model, LinearizedLaplace):
+        if not heads.single:
+            raise TypeError(
+                "a LinearizedLaplace posterior predicts one output: give one "
+                "likelihood, not one per output"
+            )
+        (predictive,) = heads.likelihoods
         if not isinstance(x, Tensor):
             raise TypeError(
                 "a LinearizedLaplace posterior predicts from one input tensor x, "
@@ -505,17 +582,21 @@ def predict(
     if mode not in ("sample", "mean"):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     inputs = _inputs(x)
-    warn_untrained(predictive)
+    for likelihood in heads.likelihoods:
+        warn_untrained(likelihood)
     _warn_batch_norm_in_training_mode(model)
-    likelihood = predictive
-    if calibration is not None:
-        predictive = calibration.wrap(predictive)
     with torch.no_grad(), local_params():
         outputs = isolated(
-            _predict, model, inputs, samples, batch_size, mode, memory_budget
+            _predict, model, inputs, samples, batch_size, mode, memory_budget, heads
         )
-    likelihood.warn_probabilities_as_logits(outputs)
-    return Prediction(outputs, predictive)
+    predictions = []
+    for likelihood, fitted, out in zip(
+        heads.likelihoods, calibrations, outputs, strict=True
+    ):
+        likelihood.warn_probabilities_as_logits(out)
+        summarised = likelihood if fitted is None else fitted.wrap(likelihood)
+        predictions.append(Prediction(out, summarised))
+    return heads.assemble(predictions)
 
 
 def _inputs(x: object) -> tuple[Tensor, ...]:
@@ -602,11 +683,13 @@ def _predict(
     batch_size: int | None,
     mode: str,
     memory_budget: int | None,
-) -> Tensor:
+    heads: OutputHeads,
+) -> tuple[Tensor, ...]:
+    """The outputs ``(S, N, ...)`` of every head of ``heads``."""
     budget = _default_budget(x[0]) if memory_budget is None else memory_budget
     weights = _FixedWeights.medians(guide_of(model)) if mode == "mean" else None
     if weights is not None:
-        return _predict_particles(model, x, 1, batch_size, budget, weights, None)
+        return _predict_particles(model, x, heads, 1, batch_size, budget, weights, None)
     sizes = DrawSizes.of(model)
     group = sizes.particles_that_fit(samples, budget)
     if group == 0:
@@ -620,30 +703,37 @@ def _predict(
         )
         group = samples
     if group == samples:
-        return _predict_particles(model, x, samples, batch_size, budget, None, sizes)
+        return _predict_particles(
+            model, x, heads, samples, batch_size, budget, None, sizes
+        )
     # The particles in groups whose draws fit: independent draws, one after
-    # the other, each group coherent across the chunks.
-    result: Tensor | None = None
+    # the other, each group coherent across the chunks (and across heads).
+    result: tuple[Tensor, ...] = ()
     for start in range(0, samples, group):
         count = min(group, samples - start)
-        out = _predict_particles(model, x, count, batch_size, budget, None, sizes)
-        if result is None:
-            result = out.new_empty((samples, *out.shape[1:]))
-        result.narrow(0, start, count).copy_(out)
-    assert result is not None
+        outs = _predict_particles(
+            model, x, heads, count, batch_size, budget, None, sizes
+        )
+        if not result:
+            result = tuple(out.new_empty((samples, *out.shape[1:])) for out in outs)
+        for kept, out in zip(result, outs, strict=True):
+            kept.narrow(0, start, count).copy_(out)
     return result
 
 
 def _predict_particles(
     model: nn.Module,
     x: tuple[Tensor, ...],
+    heads: OutputHeads,
     particles: int,
     batch_size: int | None,
     budget: int,
     weights: _FixedWeights | None,
     sizes: DrawSizes | None,
-) -> Tensor:
-    """Outputs ``(particles, N, ...)`` in chunks: fixed ``weights``, else drawn.
+) -> tuple[Tensor, ...]:
+    """Each head's outputs ``(particles, N, ...)``, in chunks.
+
+    The weights are ``weights`` if given, else drawn.
 
     ``sizes`` (with drawn weights) decides whether one draw is kept for all
     chunks or each chunk draws anew, and what is left of ``budget`` for the
@@ -654,9 +744,9 @@ def _predict_particles(
     axis = 1 if has_sequence_first_layers(model) else 0
     size = _batch_size(x, axis)
     if batch_size is None and _probe_is_the_prediction(size, particles):
-        return _run_unprobed(model, x, axis, particles, weights)
+        return _run_unprobed(model, x, heads, axis, particles, weights)
     if batch_size is not None and batch_size >= size:
-        return _run(model, x, particles, weights)
+        return _run(model, x, heads, particles, weights)
     # Fixed weights draw nothing: no generator is rewound (a rewind would hand
     # another thread's draws out again).
     generators = _Generators(_devices(model, x) if weights is None else [])
@@ -665,7 +755,7 @@ def _predict_particles(
     if batch_size is None:
         # The probe's draws are rewound: one such call at a time in the process.
         with generators_held() if weights is None else contextlib.nullcontext():
-            per_input = _probe(model, x, axis, particles, weights, generators)
+            per_input = _probe(model, x, heads, axis, particles, weights, generators)
         reserved = kept_bytes
         if sizes is not None and not kept_bytes:  # each chunk draws its weights
             reserved = sizes.redrawn_bytes(particles)
@@ -684,42 +774,41 @@ def _predict_particles(
     else:
         step = batch_size
     if step >= size:
-        return _run(model, x, particles, weights)
+        return _run(model, x, heads, particles, weights)
     if kept_bytes:
         weights = _FixedWeights.drawn(guide_of(model), particles)
     # Chunks that draw the same weights again rewind the generators: one such
     # call at a time in the process.
     with generators_held() if weights is None else contextlib.nullcontext():
-        return _chunks(model, x, axis, step, particles, weights, generators)
+        return _chunks(model, x, heads, axis, step, particles, weights, generators)
 
 
 def _chunks(
     model: nn.Module,
     x: tuple[Tensor, ...],
+    heads: OutputHeads,
     axis: int,
     step: int,
     particles: int,
     weights: _FixedWeights | None,
     generators: _Generators,
-) -> Tensor:
-    """The outputs of ``x`` in chunks of ``step`` inputs.
+) -> tuple[Tensor, ...]:
+    """The outputs of each head of ``x`` in chunks of ``step`` inputs.
 
     ``generators`` are rewound before each chunk where the weights are drawn
     anew (``weights`` is ``None``), so that every chunk draws the same ones.
     """
     size = _batch_size(x, axis)
-    result: Tensor | None = None
+    result: tuple[Tensor, ...] = ()
     after_first: list[Tensor | None] | None = None
     for start in range(0, size, step):
         if weights is None:  # same draws in every chunk: rewind the generators
             generators.rewind()
-        out = _run_chunk(
-            model, x, axis, start, min(step, size - start), particles, weights
+        outs = _run_chunk(
+            model, x, heads, axis, start, min(step, size - start), particles, weights
         )
-        if result is None:
-            shape = list(out.shape)
-            shape[axis + 1] = size
-            result = out.new_empty(shape)
+        if not result:
+            result = tuple(_whole(out, axis + 1, size) for out in outs)
             after_first = None if weights is not None else generators.current()
         elif after_first is not None and not generators.same_as(after_first):
             warnings.warn(
@@ -731,9 +820,16 @@ def _chunks(
                 stacklevel=5,
             )
             after_first = None  # once is enough
-        result.narrow(axis + 1, start, out.shape[axis + 1]).copy_(out)
-    assert result is not None
+        for kept, out in zip(result, outs, strict=True):
+            kept.narrow(axis + 1, start, out.shape[axis + 1]).copy_(out)
     return result
+
+
+def _whole(chunk: Tensor, dim: int, size: int) -> Tensor:
+    """An empty tensor like ``chunk`` with ``size`` examples along ``dim``."""
+    shape = list(chunk.shape)
+    shape[dim] = size
+    return chunk.new_empty(shape)
 
 
 def _probe_is_the_prediction(size: int, particles: int) -> bool:
@@ -749,10 +845,11 @@ def _probe_is_the_prediction(size: int, particles: int) -> bool:
 def _run_unprobed(
     model: nn.Module,
     x: tuple[Tensor, ...],
+    heads: OutputHeads,
     axis: int,
     particles: int,
     weights: _FixedWeights | None,
-) -> Tensor:
+) -> tuple[Tensor, ...]:
     """All of ``x`` in one call, with no probe.
 
     The call the probe would have made: an error names the inputs as the
@@ -762,7 +859,9 @@ def _run_unprobed(
     drew meanwhile.
     """
     with buffers_restored(model, on_error_only=True):
-        return _run_chunk(model, x, axis, 0, x[0].shape[axis], particles, weights)
+        return _run_chunk(
+            model, x, heads, axis, 0, x[0].shape[axis], particles, weights
+        )
 
 
 def _batch_size(x: tuple[Tensor, ...], axis: int) -> int:
@@ -784,6 +883,7 @@ def _batch_size(x: tuple[Tensor, ...], axis: int) -> int:
 def _probe(
     model: nn.Module,
     x: tuple[Tensor, ...],
+    heads: OutputHeads,
     axis: int,
     particles: int,
     weights: _FixedWeights | None,
@@ -818,7 +918,7 @@ def _probe(
                     else _FixedWeights.drawn(guide_of(model), count)
                 )
                 with AllocationPeak() as memory:
-                    _run_chunk(model, x, axis, 0, length, count, given)
+                    _run_chunk(model, x, heads, axis, 0, length, count, given)
         except Exception:
             if count == tries[-1]:
                 raise
@@ -832,12 +932,13 @@ def _probe(
 def _run_chunk(
     model: nn.Module,
     x: tuple[Tensor, ...],
+    heads: OutputHeads,
     axis: int,
     start: int,
     length: int,
     particles: int,
     weights: _FixedWeights | None,
-) -> Tensor:
+) -> tuple[Tensor, ...]:
     """:func:`_run` on ``length`` inputs of ``x`` from ``start`` along ``axis``.
 
     A ``TypeError``/``ValueError`` of the model (a layer's shape check, say)
@@ -845,7 +946,7 @@ def _run_chunk(
     """
     chunk = tuple(t.narrow(axis, start, length) for t in x)
     try:
-        return _run(model, chunk, particles, weights)
+        return _run(model, chunk, heads, particles, weights)
     except (TypeError, ValueError) as error:
         if type(error) not in (TypeError, ValueError):
             raise  # a subclass may take other constructor arguments
@@ -859,24 +960,35 @@ def _run_chunk(
 def _run(
     model: nn.Module,
     x: tuple[Tensor, ...],
+    heads: OutputHeads,
     samples: int,
     weights: _FixedWeights | None,
-) -> Tensor:
-    """Outputs ``(S, B, ...)`` for one chunk: weights drawn, or fixed to ``weights``."""
+) -> tuple[Tensor, ...]:
+    """Each head's outputs ``(S, B, ...)`` for one chunk.
+
+    The weights are drawn, or fixed to ``weights``.
+    """
     if weights is not None:
         out = weights.run(model, x, samples)
     else:
         with whole_network_draws():
             out = call_network(model, x, samples)
-    if not isinstance(out, Tensor):
-        raise TypeError(
-            f"predict needs a network that returns one tensor, got {type(out).__name__}"
+    picked = heads.pick(out)
+    for head in picked:
+        release_record(head)
+    shared = [
+        key
+        for key, head in zip(heads.keys or (None,), picked, strict=True)
+        if samples > 1 and head.dim() and head.numel() and head.stride(0) == 0
+    ]
+    if shared:  # the call read these outputs as shared by all particles
+        which = (
+            "the network's output"
+            if heads.single
+            else f"output(s) {', '.join(map(repr, shared))} of the network"
         )
-    release_record(out)
-    if samples > 1 and out.dim() and out.numel() and out.stride(0) == 0:
-        # The call read the output as shared by all particles and expanded it.
         warn_at_caller(
-            "every particle gave the same output: the network's output does "
+            f"every particle gave the same output: {which} does "
             "not depend on its Bayesian layers' weights, or its rows lost their "
             "particles (a "
             "reshape of a folded activation, B * S rows, by the input's batch "
@@ -884,7 +996,7 @@ def _run(
             "dimension: reshape by the activation's own h.shape[0]). The "
             "prediction has no epistemic uncertainty"
         )
-    return out
+    return picked
 
 
 @dataclass
