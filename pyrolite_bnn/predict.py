@@ -876,6 +876,14 @@ def _batch_size(x: tuple[Tensor, ...], axis: int) -> int:
         raise ValueError(
             f"predict needs inputs with one number of examples along dimension "
             f"{axis}, got {_shapes(x)}"
+            + (
+                " (in a sequence-first network, batch_first=False, predict "
+                "splits every input along dimension 1, the batch of (L, B, "
+                "...): give a batch-first input such as a key_padding_mask (B, "
+                "L) transposed, (L, B), and transpose it back in forward)"
+                if axis == 1
+                else ""
+            )
         )
     return x[0].shape[axis]
 

@@ -721,8 +721,11 @@ def find_record(tensor: Tensor) -> ForwardRecord:
     if found:
         raise ValueError(
             f"the loss input combines the outputs of {len(found)} different forward "
-            "passes; compute one loss per forward pass (out = model(x); "
-            "loss_fn(out, y))"
+            "passes (each outermost call draws new weights, so they are "
+            "different networks); compute one loss per forward pass (out = "
+            "model(x); loss_fn(out, y)), and where the result must combine "
+            "several calls (a siamese f(a) - f(b), a rollout), make them one "
+            "call: a module whose forward makes them, called once"
         )
     raise ValueError(
         "cannot tell which forward pass produced this output: it is not the output "

@@ -1210,3 +1210,15 @@ def test_the_data_term_under_autocast_is_float32_accurate(dtype: torch.dtype) ->
     torch.testing.assert_close(
         loss_fn.last_nll.double(), reference, rtol=1e-6, atol=0.0
     )
+
+
+def test_a_loss_over_two_calls_names_the_one_call_remedy() -> None:
+    """``loss_fn(enc(a) - enc(b), y)`` over two outermost calls (two
+    different networks per particle) is refused; the message said only "one
+    loss per forward pass", not how to write a siamese difference (probe
+    multicall, F3): one module whose forward makes both calls."""
+    enc = bnn.VILinear(3, 2)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10)
+    a, b, y = torch.randn(4, 3), torch.randn(4, 3), torch.randint(0, 2, (4,))
+    with pytest.raises(ValueError, match=r"different networks.*make them one call"):
+        loss_fn(enc(a, samples=2) - enc(b, samples=2), y)

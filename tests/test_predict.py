@@ -1317,3 +1317,30 @@ def test_an_output_that_lost_its_particles_is_named_by_predict() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bnn.predict(good, torch.randn(5, 3), bnn.Categorical(), samples=4)
+
+
+class _SequenceFirstWithMask(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = bnn.VIMultiheadAttention(8, 2)  # batch_first=False
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.attention(x, x, x, key_padding_mask=mask)[0]  # type: ignore[no-any-return]
+
+
+def test_a_batch_first_mask_of_a_sequence_first_network_is_named() -> None:
+    """torch's key_padding_mask is (B, L) while the sequence-first inputs are
+    (L, B, ...): predict splits every input along dimension 1 and refused
+    the mask with no word of why (probe multicall, F4). The message names the
+    rule and the remedy, which works: the mask transposed, back in forward."""
+    x, mask = torch.randn(5, 4, 8), torch.zeros(4, 5, dtype=torch.bool)
+    net = _SequenceFirstWithMask()
+    with pytest.raises(ValueError, match=r"sequence-first.*key_padding_mask.*transposed"):
+        bnn.predict(net, (x, mask), bnn.Normal(scale=1.0), samples=2)
+
+    class Transposed(_SequenceFirstWithMask):
+        def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+            return super().forward(x, mask.T)
+
+    pred = bnn.predict(Transposed(), (x, mask.T), bnn.Normal(scale=1.0), samples=2)
+    assert pred.samples.shape == (2, 5, 4, 8)
