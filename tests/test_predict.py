@@ -1335,7 +1335,9 @@ def test_a_batch_first_mask_of_a_sequence_first_network_is_named() -> None:
     rule and the remedy, which works: the mask transposed, back in forward."""
     x, mask = torch.randn(5, 4, 8), torch.zeros(4, 5, dtype=torch.bool)
     net = _SequenceFirstWithMask()
-    with pytest.raises(ValueError, match=r"sequence-first.*key_padding_mask.*transposed"):
+    with pytest.raises(
+        ValueError, match=r"sequence-first.*key_padding_mask.*transposed"
+    ):
         bnn.predict(net, (x, mask), bnn.Normal(scale=1.0), samples=2)
 
     class Transposed(_SequenceFirstWithMask):
