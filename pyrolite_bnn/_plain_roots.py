@@ -26,7 +26,9 @@ A plain module holding a single Bayesian layer is a network too (so a
 ``VIModule`` is the network already: under a pass-through wrapper
 (``DistributedDataParallel``, ``DataParallel``, ``torch.compile``'s), when it
 has an assigned guide of its own or no random variables, or when it is called
-with ``samples=``.
+with ``samples=``. A ``LightningModule`` whose ``forward`` Lightning
+redirected to a training step (its DDP strategy) is no network: the network
+the step calls is (:mod:`pyrolite_bnn._redirected_steps`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from pyrolite_bnn._network import (
     runs_on_its_own,
 )
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._redirected_steps import runs_a_redirected_step
 from pyrolite_bnn._sites import SiteTable, sampling_sites
 from pyrolite_bnn.layers.batchnorm import warn_plain_batch_norm
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
@@ -201,10 +204,12 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
     if (
         isinstance(module, (VIModule, torch.jit.ScriptModule, *_DATA_PARALLEL))
         or next(module.children(), None) is None
+        or runs_a_redirected_step(module)
     ):
         # A leaf module holds no Bayesian layers, nor does a scripted one
         # (which takes no forward hooks); a data-parallel wrapper's network is
-        # the module it wraps, whose call comes next.
+        # the module it wraps, whose call comes next, and a redirected
+        # Lightning step's the network the step calls.
         return
     # The interpreter frame of the module's call, which runs this hook.
     frame = _Frame(module, args, sys._getframe(1))
@@ -548,6 +553,11 @@ def note_output(caller: VIModule, output: Any) -> None:
         frame.single_output = output
 
 
+# Run eagerly under torch.compile: opening the frame stores facts on the
+# plain module (a mutation Dynamo refuses to trace when the module is reached
+# through a compiled wrapper) and enters the call's contexts, which outlive
+# this function.
+@torch.compiler.disable  # type: ignore[untyped-decorator]  # torch leaves it untyped
 def open_pending_root(
     caller: VIModule,
     args: tuple[Any, ...],

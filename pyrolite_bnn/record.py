@@ -33,6 +33,7 @@ from torch.distributions import (
     kl_divergence,
 )
 
+from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import kl_without_gradients
 from pyrolite_bnn._validation import distribution_checks_off
 from pyrolite_bnn.distributions._precision import full_precision
@@ -726,6 +727,20 @@ def find_record(tensor: Tensor) -> ForwardRecord:
             "model(x); loss_fn(out, y)), and where the result must combine "
             "several calls (a siamese f(a) - f(b), a rollout), make them one "
             "call: a module whose forward makes them, called once"
+        )
+    running = _particles.current()
+    if running is not None and running.root is not None:
+        name = type(running.root).__name__
+        raise ValueError(
+            f"the loss was called inside the running call of {name}, a module "
+            "that holds Bayesian layers and so runs as one network: its "
+            "layers' outputs are folded (batch * samples rows) and get their "
+            f"particle dimension and record when the call of {name} ends. A "
+            "module whose forward computes the loss is a training step, not a "
+            "network: compute the loss outside its call (loss_fn(model(x), y)), "
+            "or call the network inside it as a network of its own, with "
+            "samples= (a bnn.VIModule or bnn.VISequential: self.net(x, "
+            "samples=10))"
         )
     raise ValueError(
         "cannot tell which forward pass produced this output: it is not the output "

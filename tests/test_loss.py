@@ -17,7 +17,7 @@ from pyro import poutine
 from pyro.infer import MCMC, NUTS, Predictive, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal
 from pyro.infer.mcmc.util import initialize_model
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 import pyrolite_bnn as bnn
@@ -1222,3 +1222,25 @@ def test_a_loss_over_two_calls_names_the_one_call_remedy() -> None:
     a, b, y = torch.randn(4, 3), torch.randn(4, 3), torch.randint(0, 2, (4,))
     with pytest.raises(ValueError, match=r"different networks.*make them one call"):
         loss_fn(enc(a, samples=2) - enc(b, samples=2), y)
+
+
+class _TrainStep(nn.Module):
+    """A "model that returns its loss": its call runs the network and the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(bnn.VILinear(2, 4), nn.Tanh(), bnn.VILinear(4, 1))
+        self.loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), dataset_size=40)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.loss_fn(self.net(x), y)  # type: ignore[no-any-return]
+
+
+def test_a_loss_inside_a_running_network_names_the_module_and_the_way_out() -> None:
+    """A plain module holding Bayesian layers runs as one network, so a
+    loss computed inside its call got folded rows and said "cannot tell which
+    forward pass produced this output ... Pass out = model(x)", which is what
+    the user passed (probe ecosystem, F1). The message names the running
+    module and both remedies."""
+    with pytest.raises(ValueError, match=r"inside the running call of _TrainStep"):
+        _TrainStep()(torch.randn(8, 2), torch.randn(8))
