@@ -240,6 +240,38 @@ class PredictiveDistribution(LocalPyroModule):
             result: Tensor = self.distribution(output).log_prob(target)
         return result
 
+    def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """``log p(target | output)`` per particle, example and target position.
+
+        :meth:`log_likelihood` before its sum over the positions of one
+        example (the tokens of a sequence, the pixels of an image, the
+        entries of a multi-output target), ``(S, B, ...)`` in the layout of
+        the aligned target: ``(S, B)`` for one position per example. The
+        per-position summaries of a :class:`~pyrolite_bnn.Prediction`
+        (``probs``, intervals) are the particle mixtures of these densities;
+        a calibration is fitted on them. A position
+        ``Categorical(ignore_index=...)`` skips holds 0. A likelihood whose
+        distribution is no product over positions (its event not
+        :class:`~torch.distributions.Independent`) gives its log-density per
+        example, ``(S, B)``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> out = torch.zeros(4, 3, 5, 1)  # 3 sequences of 5 scalar targets
+            >>> normal = bnn.Normal(scale=1.0)
+            >>> normal.position_log_likelihood(out, torch.zeros(3, 5)).shape
+            torch.Size([4, 3, 5])
+            >>> normal.log_likelihood(out, torch.zeros(3, 5)).shape
+            torch.Size([4, 3])
+        """
+        output, target = self._checked(output, target)
+        with distribution_checks_off():
+            likelihood = self.distribution(output)
+            while isinstance(likelihood, torch.distributions.Independent):
+                likelihood = likelihood.base_dist
+            result: Tensor = likelihood.log_prob(target)
+        return result
+
     def mixture_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log (1/S) sum_s p(target | output_s)`` per example, ``(B,)``.
 
@@ -655,6 +687,25 @@ class Categorical(_ClassificationLikelihood):
         """
         if type(self).distribution is not Categorical.distribution:
             return super().log_likelihood(output, target)
+        log_p = self.position_log_likelihood(output, target)
+        return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
+
+    def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """``log softmax(output)[target]`` per particle and label, ``(S, B, ...)``.
+
+        0 where the label is ``ignore_index``. A subclass that redefines
+        :meth:`distribution` keeps the general path.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> labels = torch.tensor([[0, 1, -100]])  # a sequence padded by one
+            >>> bnn.Categorical(ignore_index=-100).position_log_likelihood(
+            ...     torch.zeros(1, 1, 3, 2), labels
+            ... )
+            tensor([[[-0.6931, -0.6931,  0.0000]]])
+        """
+        if type(self).distribution is not Categorical.distribution:
+            return super().position_log_likelihood(output, target)
         output, target = self._checked(output, target)
         keep = self.observed(target)
         labels = target if keep is None else target.masked_fill(~keep, 0)
@@ -662,7 +713,7 @@ class Categorical(_ClassificationLikelihood):
         log_p = output.log_softmax(-1).gather(-1, index).squeeze(-1)
         if keep is not None:
             log_p = log_p.masked_fill(~keep, 0.0)
-        return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
+        return log_p
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """``Categorical(logits=output)``."""

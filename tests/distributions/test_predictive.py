@@ -627,3 +627,56 @@ def test_log_densities_of_half_precision_outputs_are_float32_accurate(
     for value in (log_p, observed.log_prob(target)):
         assert value.dtype == torch.float32
         torch.testing.assert_close(value.double(), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "output", "target"),
+    [
+        (bnn.Normal(scale=0.5), torch.randn(4, 3, 5, 1), torch.randn(3, 5)),
+        (bnn.Normal(scale=0.5), torch.randn(4, 3, 2), torch.randn(3, 2)),
+        (bnn.Normal(scale=0.5), torch.randn(4, 3, 1), torch.randn(3)),
+        (bnn.StudentT(scale=0.5), torch.randn(4, 3, 5), torch.randn(3, 5)),
+        (bnn.Poisson(), torch.randn(4, 3, 5, 1), torch.randint(0, 4, (3, 5))),
+        (bnn.Bernoulli(), torch.randn(4, 3, 5), torch.randint(0, 2, (3, 5))),
+        (bnn.HeteroscedasticNormal(), torch.randn(4, 3, 5, 2), torch.randn(3, 5)),
+        (bnn.Categorical(), torch.randn(4, 3, 2, 5, 4), torch.randint(0, 4, (3, 2, 5))),
+        (
+            bnn.Categorical(ignore_index=-100),
+            torch.randn(4, 3, 5, 4),
+            torch.tensor([[0, 1, 2, -100, -100]] * 3),
+        ),
+        (bnn.Categorical(), torch.randn(4, 3, 4), torch.randint(0, 4, (3,))),
+    ],
+    ids=[
+        "Normal-tokens",
+        "Normal-multi-output",
+        "Normal-scalar",
+        "StudentT",
+        "Poisson",
+        "Bernoulli-multi-label",
+        "HeteroscedasticNormal",
+        "Categorical-pixels",
+        "Categorical-padded",
+        "Categorical-one-label",
+    ],
+)
+def test_position_log_likelihood_is_log_likelihood_per_position(
+    likelihood: bnn.PredictiveDistribution, output: torch.Tensor, target: torch.Tensor
+) -> None:
+    """``(S, B, ...)`` per target position, summing to the per-example one.
+
+    The positions are those of the targets (a trailing 1 of the output
+    aligned away); an ignored label holds 0. A calibration is fitted on them.
+    """
+    torch.manual_seed(0)
+    per_position = likelihood.position_log_likelihood(output, target)
+    positions = (
+        target.shape[1:]
+        if not isinstance(likelihood, bnn.HeteroscedasticNormal)
+        else output.shape[2:-1]
+    )
+    assert per_position.shape == (4, 3, *positions)
+    summed = per_position.flatten(2).sum(-1) if positions else per_position
+    torch.testing.assert_close(summed, likelihood.log_likelihood(output, target))
+    if isinstance(likelihood, bnn.Categorical) and likelihood.ignore_index is not None:
+        assert bool((per_position[..., 3:] == 0).all())
