@@ -77,8 +77,14 @@ __all__ = [
 
 
 def _location(output: Tensor) -> Tensor:
-    """A scalar-target output as per-particle location, ``(S, B, 1)`` -> ``(S, B)``."""
-    if output.dim() == 3 and output.shape[-1] == 1:
+    """A scalar-target output as per-particle locations: its trailing 1 dropped.
+
+    A trailing 1 after the batch dimension is the scalar target of an example
+    (``(S, B, 1)``) or of each of its positions (``(S, B, L, 1)`` per token):
+    the summaries drop it, as the loss takes targets ``(B,)`` (``(B, L)``) for
+    it, so that ``pred.mean - y`` keeps ``y``'s shape.
+    """
+    if output.dim() >= 3 and output.shape[-1] == 1:
         return output.squeeze(-1)
     return output
 
@@ -793,7 +799,8 @@ class Bernoulli(_ClassificationLikelihood):
     def class_probs(self, output: Tensor) -> Tensor:
         """Probabilities of classes 0 and 1 per particle, ``(S, B, ..., 2)``.
 
-        A scalar-target output ``(S, B, 1)`` gives ``(S, B, 2)``.
+        A scalar-target output ``(S, B, 1)`` gives ``(S, B, 2)`` (one logit
+        per position, ``(S, B, L, 1)``, gives ``(S, B, L, 2)``).
 
         Example:
             >>> import torch, pyrolite_bnn as bnn

@@ -531,6 +531,8 @@ def test_poisson_quantiles_of_extreme_rates_end() -> None:
         (bnn.Normal(scale=1.0), torch.zeros(4, 3, 1), ()),
         (bnn.Normal(scale=1.0), torch.zeros(4, 3), ()),
         (bnn.Normal(scale=1.0), torch.zeros(4, 3, 2), (2,)),
+        (bnn.Normal(scale=1.0), torch.zeros(4, 3, 7, 1), (7,)),
+        (bnn.Poisson(), torch.zeros(4, 3, 7, 1), (7,)),
         (bnn.StudentT(scale=1.0), torch.zeros(4, 3, 1), ()),
         (bnn.Poisson(), torch.zeros(4, 3, 1), ()),
         (bnn.Bernoulli(), torch.zeros(4, 3, 1), ()),
@@ -543,7 +545,11 @@ def test_poisson_quantiles_of_extreme_rates_end() -> None:
 def test_target_distribution_draws_in_the_layout_of_the_targets(
     likelihood: bnn.PredictiveDistribution, output: torch.Tensor, event: tuple[int, ...]
 ) -> None:
-    """A scalar-target output (S, B, 1) draws (S, B), as its targets (B,) read."""
+    """A scalar-target output (S, B, 1) draws (S, B), as its targets (B,) read.
+
+    A scalar per position, (S, B, L, 1), draws (S, B, L) as targets (B, L)
+    (it drew (S, B, L, 1)).
+    """
     targets = likelihood.target_distribution(output)
     assert (tuple(targets.batch_shape), tuple(targets.event_shape)) == ((4, 3), event)
     assert targets.sample().shape == (4, 3, *event)
