@@ -1100,9 +1100,10 @@ class Poisson(PredictiveDistribution):
             tensor([2., 2., 2.])
         """
         self.check_output(output)
-        log_rate = _location(output)
-        rate = log_rate.double().exp().to(summary_dtype(output.dtype))
-        return poisson_mixture_quantile(rate, q)
+        # Rates in float64: a float32 one overflows above a log rate of 88.7,
+        # and one such particle made every quantile infinite.
+        rate = _location(output).double().exp()
+        return poisson_mixture_quantile(rate, q).to(summary_dtype(output.dtype))
 
 
 class HeteroscedasticNormal(PredictiveDistribution):

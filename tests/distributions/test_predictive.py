@@ -686,3 +686,23 @@ def test_position_log_likelihood_is_log_likelihood_per_position(
     torch.testing.assert_close(summed, likelihood.log_likelihood(output, target))
     if isinstance(likelihood, bnn.Categorical) and likelihood.ignore_index is not None:
         assert bool((per_position[..., 3:] == 0).all())
+
+
+def test_poisson_quantiles_of_a_float32_overflowing_rate_are_those_of_float64() -> None:
+    """One particle's log rate of 100 (a rate of 2.7e43, past float32's range)
+    made every quantile of the mixture infinite, the lower ones included: the
+    rate was cast back to float32 before the search. Now the quantiles are the
+    float64 computation's, in float32 (2.7e43 itself is ``inf`` there). A rate
+    infinite in float64 too (log rate 800) leaves the quantiles the other
+    particles reach finite."""
+    log_rate = torch.tensor([[[0.0]], [[0.0]], [[0.0]], [[100.0]]])
+    narrow = bnn.Prediction(log_rate, bnn.Poisson())
+    wide = bnn.Prediction(log_rate.double(), bnn.Poisson())
+    beyond = torch.tensor([[0.0], [0.0], [0.0], [800.0]])
+    infinite = bnn.Prediction(beyond, bnn.Poisson())
+    for q in (0.05, 0.25, 0.5, 0.7, 0.75, 0.9):
+        expected = wide.quantile(q).float()
+        torch.testing.assert_close(narrow.quantile(q), expected, rtol=0, atol=0)
+        torch.testing.assert_close(infinite.quantile(q), expected, rtol=0, atol=0)
+    assert [float(bound) for bound in narrow.interval(0.5)] == [0.0, 18.0]
+    assert float(wide.quantile(0.9)) == pytest.approx(math.exp(100.0), rel=1e-6)
