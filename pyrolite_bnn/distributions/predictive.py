@@ -1113,9 +1113,18 @@ class HeteroscedasticNormal(PredictiveDistribution):
     deviation is ``softplus(raw_scale) + min_scale``. Output ``(S, B, 2)`` for
     scalar targets ``(B,)``, ``(S, B, D, 2)`` for targets ``(B, D)``.
 
+    Whatever ``min_scale``, the standard deviation is at least the square
+    root of the smallest normal number of the computation's dtype (``1.1e-19``
+    in ``float32``, ``1.5e-154`` in ``float64``), whose square, the variance,
+    is a normal number, as for :class:`Normal`'s fixed scale. With
+    ``min_scale=0`` a raw scale below about -44 (``float32``) made the
+    variance underflow to 0 (``softplus`` itself underflows below -104) and
+    the log-likelihood NaN; at the floor it is finite for every target.
+
     Args:
         min_scale: lower bound of the predicted standard deviation, a finite
-            number ``>= 0``.
+            number ``>= 0`` (0: ``softplus(raw_scale)`` alone, down to the
+            floor above).
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -1182,6 +1191,20 @@ class HeteroscedasticNormal(PredictiveDistribution):
         return gaussian_mixture_quantile(*self.moments(output), q)
 
     def loc_scale(self, output: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation from the raw output."""
+        """Mean and standard deviation from the raw output.
+
+        The standard deviation is at least ``sqrt`` of the smallest normal
+        number of the dtype (at least ``float32``'s): its square stays normal.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> _, scale = bnn.HeteroscedasticNormal(0).loc_scale(
+            ...     torch.tensor([[[0.0, -200.0]]])
+            ... )
+            >>> float(scale) ** 2 >= torch.finfo(torch.float32).tiny
+            True
+        """
         self.check_output(output)
-        return output[..., 0], F.softplus(output[..., 1]) + self.min_scale
+        scale = F.softplus(output[..., 1]) + self.min_scale
+        floor = math.sqrt(torch.finfo(summary_dtype(scale.dtype)).tiny)
+        return output[..., 0], scale.clamp_min(floor)

@@ -706,3 +706,39 @@ def test_poisson_quantiles_of_a_float32_overflowing_rate_are_those_of_float64() 
         torch.testing.assert_close(infinite.quantile(q), expected, rtol=0, atol=0)
     assert [float(bound) for bound in narrow.interval(0.5)] == [0.0, 18.0]
     assert float(wide.quantile(0.9)) == pytest.approx(math.exp(100.0), rel=1e-6)
+
+
+def test_heteroscedastic_min_scale_zero_keeps_the_log_likelihood_finite() -> None:
+    """``min_scale=0`` (documented as allowed): a raw scale of -60 made the
+    variance underflow to 0 in float32, one of -120 ``softplus`` itself, and
+    the log-likelihood was NaN (the loss with it). The scale is at least
+    ``sqrt(tiny)``, whose square is a normal number: the log-density is that
+    of the floor, in float64 to float32 rounding; above it, unchanged."""
+    likelihood = bnn.HeteroscedasticNormal(min_scale=0)
+    floor = math.sqrt(torch.finfo(torch.float32).tiny)
+    for raw in (-60.0, -120.0):
+        output = torch.tensor([[[1.0, raw], [1.0, raw]]])
+        log_p = likelihood.log_likelihood(output, torch.tensor([1.0, 1.5]))
+        expected = torch.distributions.Normal(
+            torch.tensor(1.0, dtype=torch.float64), floor
+        ).log_prob(torch.tensor([1.0, 1.5], dtype=torch.float64))
+        torch.testing.assert_close(log_p[0].double(), expected, rtol=1e-6, atol=0)
+    raw = torch.tensor(-30.0)  # softplus 9.4e-14: above the floor, as it was
+    output = torch.stack([torch.tensor(1.0), raw])[None, None]
+    expected = torch.distributions.Normal(
+        1.0, torch.nn.functional.softplus(raw.double())
+    ).log_prob(torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(
+        likelihood.log_likelihood(output, torch.tensor([1.0]))[0, 0].double(),
+        expected,
+        rtol=1e-6,
+        atol=0,
+    )
+    net = bnn.VILinear(2, 2)
+    with torch.no_grad():
+        net.posterior["bias"].loc_unconstrained.copy_(torch.tensor([0.0, -120.0]))
+        net.posterior["weight"].loc_unconstrained.zero_()
+    loss = bnn.KullbackLeiblerLoss(likelihood, dataset_size=10)(
+        net(torch.randn(4, 2)), torch.zeros(4)
+    )
+    assert math.isfinite(float(loss.detach()))
