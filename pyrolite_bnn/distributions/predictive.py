@@ -131,7 +131,13 @@ class PredictiveDistribution(LocalPyroModule):
         super().__init__("likelihood")
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Match a scalar-target output ``(S, B, 1)`` with targets ``(B,)`` etc."""
+        """Match a scalar-target output ``(S, B, 1)`` with targets ``(B,)`` etc.
+
+        Refuses targets of another shape, validation on or off (a shape check
+        needs no synchronisation): the batch size too, so that targets
+        ``(1, ...)`` are not broadcast over the batch.
+        """
+        self.check_batch_size(output, target)
         rest, target_rest = output.shape[2:], target.shape[1:]
         if rest == target_rest:
             return output, target
@@ -188,12 +194,32 @@ class PredictiveDistribution(LocalPyroModule):
 
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Validate targets (batch size, values); raises ``ValueError``."""
+        self.check_batch_size(output, target)
+        check_finite(target, "target")
+
+    def check_batch_size(self, output: Tensor, target: Tensor) -> None:
+        """Refuse targets whose first dimension is not the output's batch ``B``.
+
+        A shape check, run by :meth:`align` whether validation is on or not
+        (it needs no synchronisation).
+
+        Raises:
+            ValueError: naming both shapes.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> normal = bnn.Normal(scale=1.0)
+            >>> try:
+            ...     normal.check_batch_size(torch.zeros(4, 3), torch.zeros(1))
+            ... except ValueError as error:
+            ...     print(error)
+            Normal: expected targets with batch size 3 (output (4, 3)), got (1,)
+        """
         if target.dim() == 0 or target.shape[0] != output.shape[1]:
             raise ValueError(
                 f"{type(self).__name__}: expected targets with batch size "
                 f"{output.shape[1]} (output {_shape(output)}), got {_shape(target)}"
             )
-        check_finite(target, "target")
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """Distribution with batch shape ``output.shape[:2]``."""
@@ -604,7 +630,14 @@ class Categorical(_ClassificationLikelihood):
         return likelihood, target.masked_fill(~keep, 0)
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Class dimension last; labels ``(B, ...)`` need no alignment."""
+        """Class dimension last; labels ``(B, ...)`` need no alignment.
+
+        Labels of another shape or a non-integer dtype are refused, validation
+        on or off (these checks need no synchronisation; only the range of the
+        labels is read from the device, by :meth:`check_target`): labels
+        ``(B, 1)`` against per-token logits were broadcast over the tokens.
+        """
+        self.check_label_layout(output, target)
         return output, target
 
     def check_output(self, output: Tensor) -> None:
@@ -624,17 +657,7 @@ class Categorical(_ClassificationLikelihood):
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Labels must be integers in ``[0, C)`` of shape ``(B, ...)``."""
         self.check_output(output)
-        if target.is_floating_point() or target.dtype == torch.bool:
-            raise ValueError(
-                "Categorical targets must be integer class labels, got dtype "
-                f"{target.dtype}"
-            )
-        if tuple(target.shape) != tuple(output.shape[1:-1]):
-            raise ValueError(
-                f"Categorical: expected targets of shape {tuple(output.shape[1:-1])} "
-                f"for logits {_shape(output)}, got {_shape(target)}"
-                + _channels_first_hint(output, target)
-            )
+        self.check_label_layout(output, target)
         classes = output.shape[-1]
         keep = self.observed(target)
         if keep is not None:
@@ -659,6 +682,36 @@ class Categorical(_ClassificationLikelihood):
                     )
                 )
         self.warn_probabilities_as_logits_once(output)
+
+    def check_label_layout(self, output: Tensor, target: Tensor) -> None:
+        """Refuse labels that are not integers of shape ``(B, ...)``.
+
+        The checks of :meth:`check_target` that read no label values, run by
+        :meth:`align` whether validation is on or not.
+
+        Raises:
+            ValueError: naming the dtype, or the expected and given shapes.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> logits, labels = torch.zeros(4, 2, 5, 3), torch.zeros(2, 1).long()
+            >>> try:
+            ...     bnn.Categorical().check_label_layout(logits, labels)
+            ... except ValueError as error:
+            ...     print(str(error).split(" for ")[0])
+            Categorical: expected targets of shape (2, 5)
+        """
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise ValueError(
+                "Categorical targets must be integer class labels, got dtype "
+                f"{target.dtype}"
+            )
+        if tuple(target.shape) != tuple(output.shape[1:-1]):
+            raise ValueError(
+                f"Categorical: expected targets of shape {tuple(output.shape[1:-1])} "
+                f"for logits {_shape(output)}, got {_shape(target)}"
+                + _channels_first_hint(output, target)
+            )
 
     def probabilities_as_logits_hint(self, output: Tensor) -> str:
         """A hint when every row of ``output`` is a probability vector.
@@ -1144,7 +1197,11 @@ class HeteroscedasticNormal(PredictiveDistribution):
         self.min_scale = value
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Match targets ``(B, ...)`` (or ``(B, 1)`` for a scalar) with the mean."""
+        """Match targets ``(B, ...)`` (or ``(B, 1)`` for a scalar) with the mean.
+
+        Other shapes are refused, validation on or off.
+        """
+        self.check_batch_size(output, target)
         mean_shape = tuple(output.shape[2:-1])
         if tuple(target.shape[1:]) == mean_shape:
             return output, target

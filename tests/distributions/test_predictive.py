@@ -742,3 +742,56 @@ def test_heteroscedastic_min_scale_zero_keeps_the_log_likelihood_finite() -> Non
         net(torch.randn(4, 2)), torch.zeros(4)
     )
     assert math.isfinite(float(loss.detach()))
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "output", "target"),
+    [
+        (bnn.Categorical(), torch.randn(4, 6, 5, 3), torch.zeros(6, 1).long()),
+        (bnn.Categorical(), torch.randn(4, 6, 5, 3), torch.zeros(5).long()),
+        (bnn.Categorical(), torch.randn(4, 6, 3), torch.zeros(6).float()),
+        (
+            bnn.Categorical(ignore_index=-100),
+            torch.randn(4, 6, 5, 3),
+            torch.zeros(1, 5, dtype=torch.long),
+        ),
+        (bnn.Bernoulli(), torch.randn(4, 6), torch.zeros(1)),
+        (bnn.Normal(scale=1.0), torch.randn(4, 6, 1), torch.zeros(1)),
+        (bnn.Poisson(), torch.randn(4, 6), torch.zeros(1, 1)),
+        (bnn.HeteroscedasticNormal(), torch.randn(4, 6, 2), torch.zeros(1)),
+    ],
+    ids=[
+        "Categorical-(B,1)",
+        "Categorical-(L,)",
+        "Categorical-float",
+        "Categorical-ignore-(1,L)",
+        "Bernoulli-(1,)",
+        "Normal-(1,)",
+        "Poisson-(1,1)",
+        "HeteroscedasticNormal-(1,)",
+    ],
+)
+def test_target_layouts_are_refused_with_validation_off(
+    likelihood: bnn.PredictiveDistribution, output: torch.Tensor, target: torch.Tensor
+) -> None:
+    """Validation off skips the checks that read values from the device, not
+    the shape and dtype checks (they need no synchronisation): labels
+    ``(B, 1)`` or ``(L,)`` against per-token logits were broadcast over the
+    tokens, a target ``(1,)`` over the batch, into a finite, wrong loss."""
+    with (
+        bnn.validation(False),
+        pytest.raises(ValueError, match=r"expected targets|integer class labels"),
+    ):
+        likelihood.log_likelihood(output, target)
+
+
+def test_the_loss_refuses_token_labels_of_another_shape_with_validation_off() -> None:
+    """The probe's tagger: labels ``(B, 1)`` gave a finite loss, silently."""
+    net = bnn.VILinear(3, 4)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=100)
+    x = torch.randn(6, 5, 3)  # per-token logits (S, 6, 5, 4)
+    with (
+        bnn.validation(False),
+        pytest.raises(ValueError, match=r"expected targets of shape \(6, 5\)"),
+    ):
+        loss_fn(net(x), torch.zeros(6, 1, dtype=torch.long))
