@@ -3,13 +3,23 @@
 A trained network's predictive can be over- or under-confident. A calibration
 has one positive parameter, fitted on held-out validation data by minimising
 the negative log-likelihood of the *particle mixture* (the posterior
-predictive that :func:`~pyrolite_bnn.predict` summarises). One exception: a
+predictive that :func:`~pyrolite_bnn.predict` summarises) at every target
+position: ``-mean_i log mean_s p(y_i | output_s)`` over the examples and,
+for outputs with several positions per example (the tokens of a sequence,
+the pixels of an image, the entries of a multi-output target), over their
+positions, those ``Categorical(ignore_index=...)`` skips left out. These are
+the per-position predictives that a :class:`~pyrolite_bnn.Prediction`'s
+``probs``, intervals and the metrics on them read; the joint density of all
+positions of an example, ``log mean_s prod_i p(y_i | output_s)``, would be
+dominated by the best particle there and fit a temperature that calibrates
+one particle, not the mixture. With one position per example both are the
+example's log predictive density. One exception: a
 temperature that makes most particles' predictions certain, while the
 particles disagree, turns the predictive into the particles' vote shares,
 where the validation NLL is nearly flat and its exact minimiser an extreme
 value that over-fits the validation set; there the temperature nearest 1
-within 0.001 nats per example of the minimum is kept. The particles disagree
-where the mixture's validation NLL is more than 0.001 nats per example below
+within 0.001 nats per position of the minimum is kept. The particles disagree
+where the mixture's validation NLL is more than 0.001 nats per position below
 their own mean NLL; one particle (``predict(..., mode="mean")``) or particles
 that agree have no vote shares, and get the NLL minimiser.
 
@@ -84,7 +94,7 @@ _LOG_LIMIT = 30.0
 # exact minimiser an extreme value fitted to the validation set's noise
 # (digits: T = 0.002, test NLL 0.163 against 0.108 at T = 0.1, whose
 # validation NLL is 0.0006 higher). There, of the temperatures within
-# _NLL_TOLERANCE nats per example of the best, the one nearest 1 is kept. One
+# _NLL_TOLERANCE nats per position of the best, the one nearest 1 is kept. One
 # particle, or particles that agree, have a sharp minimum: the rule moved their
 # T 15-20 % above it (test ECE 1.7x).
 _CERTAIN = 1e-3
@@ -176,11 +186,11 @@ def _vote_shares(
     """Whether the mixture at ``temperature`` is the particles' vote shares.
 
     That is, most particles' predictions are certain and the particles
-    disagree: the mixture's NLL is more than ``_NLL_TOLERANCE`` below the
-    mean of the particles' own NLLs (equal for one particle, or for particles
-    that agree). Only the ``observed`` positions count for certainty
-    (``None``: all): the logits of padding a
-    ``Categorical(ignore_index=...)`` skips moved the temperature.
+    disagree: the mixture's NLL per position is more than ``_NLL_TOLERANCE``
+    below the mean of the particles' own (equal for one particle, or for
+    particles that agree). Only the ``observed`` positions count (``None``:
+    all): the logits of padding a ``Categorical(ignore_index=...)`` skips
+    moved the temperature.
     """
     scaled = TemperatureScaling(temperature).to(outputs).wrap(predictive)
     with torch.no_grad():
@@ -189,9 +199,9 @@ def _vote_shares(
             top = top[:, observed]
         if not bool((top > 1.0 - _CERTAIN).float().mean() > 0.5):
             return False
-        particles = -scaled.log_likelihood(outputs, target).mean()
-        mixture = -scaled.mixture_log_likelihood(outputs, target).mean()
-    return float(particles - mixture) > _NLL_TOLERANCE
+        log_p = _position_log_likelihoods(scaled, outputs, target, observed)
+        particles = -float(log_p.mean()) if log_p.numel() else 0.0
+    return particles - _mixture_nll(log_p) > _NLL_TOLERANCE
 
 
 def _nearest_identity(objective: Callable[[float], float], best: float) -> float:
@@ -208,12 +218,37 @@ def _nearest_identity(objective: Callable[[float], float], best: float) -> float
     return best
 
 
-def _mixture_nll(
-    likelihood: PredictiveDistribution, outputs: Tensor, y: Tensor
-) -> float:
-    """``-mean_b log mean_s p(y_b | outputs[s, b])`` under ``likelihood``."""
+def _observed(predictive: PredictiveDistribution, target: Tensor) -> Tensor | None:
+    """The target positions that count: all (``None``) but ignored labels."""
+    return predictive.observed(target) if isinstance(predictive, Categorical) else None
+
+
+def _position_log_likelihoods(
+    likelihood: PredictiveDistribution,
+    outputs: Tensor,
+    target: Tensor,
+    observed: Tensor | None,
+) -> Tensor:
+    """``log p(y_i | outputs[s])`` at the ``observed`` target positions, ``(S, K)``.
+
+    ``observed``: a mask of the target positions (``None``: all ``K``).
+    """
     with torch.no_grad():
-        return float(-likelihood.mixture_log_likelihood(outputs, y).mean())
+        log_p = likelihood.position_log_likelihood(outputs, target)
+    if observed is not None:
+        return log_p[:, observed]
+    return log_p.reshape(log_p.shape[0], -1)
+
+
+def _mixture_nll(log_p: Tensor) -> float:
+    """``-mean_i log mean_s p(y_i | ...)`` of log-likelihoods ``(S, K)``.
+
+    The NLL of the particle mixture per target position; 0 if ``K = 0``.
+    """
+    if log_p.shape[1] == 0:  # every position ignored: nothing to fit
+        return 0.0
+    mixture = torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])
+    return float(-mixture.mean())
 
 
 class Calibration(nn.Module):
@@ -237,7 +272,8 @@ class Calibration(nn.Module):
         """Fit the parameter to validation outputs ``(S, N, ...)`` and targets.
 
         The parameter minimises the negative log-likelihood of the particle
-        mixture on the validation data (see the module's description).
+        mixture on the validation data, per target position (per token or
+        pixel where an example has several; see the module's description).
 
         Args:
             outputs: network outputs ``(S, N, ...)``, e.g.
@@ -329,23 +365,22 @@ class TemperatureScaling(Calibration):
     def _fit(
         self, outputs: Tensor, target: Tensor, predictive: PredictiveDistribution
     ) -> TemperatureScaling:
-        """The temperature minimising the validation NLL of the mixture.
+        """The temperature minimising the validation NLL of the mixture per position.
 
         Where that temperature makes most particles' predictions certain
         while the particles disagree, the one nearest 1 within 0.001 nats per
-        example of the minimum (see the module's description).
+        position of the minimum (see the module's description).
         """
         # At least float32: a candidate cast to bfloat16 outputs' dtype landed
         # on its grid (T 0.43 % off the float64 fit of the same outputs).
         outputs = full_precision(outputs)
+        observed = _observed(predictive, target)
 
         def objective(log_t: float) -> float:
-            scaled = TemperatureScaling(math.exp(log_t)).to(outputs)
-            return _mixture_nll(scaled.wrap(predictive), outputs, target)
-
-        observed = (
-            predictive.observed(target) if isinstance(predictive, Categorical) else None
-        )
+            scaled = TemperatureScaling(math.exp(log_t)).to(outputs).wrap(predictive)
+            return _mixture_nll(
+                _position_log_likelihoods(scaled, outputs, target, observed)
+            )
 
         def vote_shares(temperature: float) -> bool:
             return temperature < 1.0 and _vote_shares(
@@ -403,13 +438,14 @@ class VarianceScaling(Calibration):
     def _fit(
         self, outputs: Tensor, target: Tensor, predictive: PredictiveDistribution
     ) -> VarianceScaling:
-        """The factor minimising the validation NLL of the Gaussian mixture."""
+        """The factor minimising the Gaussian mixture's validation NLL per position."""
         # At least float32, as for the temperature (bfloat16: 0.14 % off).
         outputs, target = full_precision(outputs), full_precision(target)
 
         def objective(log_factor: float) -> float:
-            scaled = VarianceScaling(math.exp(log_factor)).to(outputs)
-            return _mixture_nll(scaled.wrap(predictive), outputs, target)
+            scaled = VarianceScaling(math.exp(log_factor)).to(outputs).wrap(predictive)
+            log_p = _position_log_likelihoods(scaled, outputs, target, None)
+            return _mixture_nll(log_p)
 
         best = _fit_log_parameter(objective, "variance factor", outputs)
         with torch.no_grad():
@@ -473,6 +509,12 @@ class _TemperatureScaled(_Calibrated):
         logits are scaled after :func:`full_precision`.
         """
         return self.base.log_likelihood(self._scaled(full_precision(output)), target)
+
+    def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """The base likelihood's per position, of the scaled logits."""
+        return self.base.position_log_likelihood(
+            self._scaled(full_precision(output)), target
+        )
 
     def class_probs(self, output: Tensor) -> Tensor:
         """The base class probabilities of the scaled logits (at least float32)."""
@@ -549,6 +591,18 @@ def calibrate(
     negative log-likelihood of the posterior predictive (the particle mixture
     of ``samples`` draws) on ``(x, y)``. Use data the network was not trained
     on.
+
+    The objective is the mixture's NLL per target position,
+    ``-mean_i log mean_s p(y_i | output_s)``: per example for one target per
+    example, per token, pixel or target entry for outputs with several
+    (``(S, N, L, C)`` tagging, ``(S, N, H, W, C)`` segmentation,
+    ``(S, N, L, 1)`` or ``(S, N, D)`` regression), averaged over all of them
+    (labels equal to a ``Categorical``'s ``ignore_index`` left out). That is
+    the predictive whose probabilities, intervals and metrics
+    (``expected_calibration_error`` of ``pred.probs``) a
+    :class:`~pyrolite_bnn.Prediction` reports; the joint density of all
+    positions of an example would be dominated by its best particle, and
+    calibrate that particle rather than the mixture.
 
     Args:
         model: the trained network, or anything else :func:`~pyrolite_bnn.predict`

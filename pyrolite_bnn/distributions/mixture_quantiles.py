@@ -123,7 +123,9 @@ def poisson_mixture_quantile(rate: Tensor, q: float) -> Tensor:
     The smallest count ``k`` with ``P(Y <= k) >= q``, the mixture's CDF
     ``mean_s Q(k + 1, rate_s)`` (the regularised upper incomplete gamma
     function) in float64, found by bisection over the integers between -1
-    and a count above every component's 40-sigma point. Returned in the
+    and a count above every finite component's 40-sigma point. A component of
+    infinite rate puts its weight above every count: the quantile is finite
+    where the finite components reach ``q``, else infinite. Returned in the
     rate's dtype (at least ``float32``).
 
     Raises:
@@ -135,12 +137,20 @@ def poisson_mixture_quantile(rate: Tensor, q: float) -> Tensor:
         >>> import torch
         >>> poisson_mixture_quantile(torch.full((4, 1), 3.0), 0.5)
         tensor([3.])
+        >>> rates = torch.tensor([[1.0], [1.0], [1.0], [float("inf")]])
+        >>> poisson_mixture_quantile(rates, 0.5), poisson_mixture_quantile(rates, 0.9)
+        (tensor([1.]), tensor([inf]))
     """
     q = check_probability(q, "q")
     _check_particles(rate, "rate")
     check_positive_values(rate, "rate", zero=True)
     wide = rate.double()
-    top = (wide + _BRACKET_SIGMAS * wide.sqrt() + _BRACKET_SIGMAS).amax(0).ceil()
+    infinite = wide.isinf()
+    finite = wide.masked_fill(infinite, 0.0)  # an infinite rate: no finite bracket
+    top = (finite + _BRACKET_SIGMAS * finite.sqrt() + _BRACKET_SIGMAS).amax(0).ceil()
+    if bool(infinite.any()):  # the finite components' mass may fall short of q
+        short = torch.special.gammaincc(top + 1, wide).mean(0) < q
+        top = top.masked_fill(short & infinite.any(0), math.inf)
     lo, hi = torch.full_like(top, -1.0), top  # P(Y <= lo) < q <= P(Y <= hi)
     while True:
         mid = torch.floor((lo + hi) / 2)

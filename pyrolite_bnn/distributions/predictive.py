@@ -77,8 +77,14 @@ __all__ = [
 
 
 def _location(output: Tensor) -> Tensor:
-    """A scalar-target output as per-particle location, ``(S, B, 1)`` -> ``(S, B)``."""
-    if output.dim() == 3 and output.shape[-1] == 1:
+    """A scalar-target output as per-particle locations: its trailing 1 dropped.
+
+    A trailing 1 after the batch dimension is the scalar target of an example
+    (``(S, B, 1)``) or of each of its positions (``(S, B, L, 1)`` per token):
+    the summaries drop it, as the loss takes targets ``(B,)`` (``(B, L)``) for
+    it, so that ``pred.mean - y`` keeps ``y``'s shape.
+    """
+    if output.dim() >= 3 and output.shape[-1] == 1:
         return output.squeeze(-1)
     return output
 
@@ -125,7 +131,13 @@ class PredictiveDistribution(LocalPyroModule):
         super().__init__("likelihood")
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Match a scalar-target output ``(S, B, 1)`` with targets ``(B,)`` etc."""
+        """Match a scalar-target output ``(S, B, 1)`` with targets ``(B,)`` etc.
+
+        Refuses targets of another shape, validation on or off (a shape check
+        needs no synchronisation): the batch size too, so that targets
+        ``(1, ...)`` are not broadcast over the batch.
+        """
+        self.check_batch_size(output, target)
         rest, target_rest = output.shape[2:], target.shape[1:]
         if rest == target_rest:
             return output, target
@@ -182,12 +194,32 @@ class PredictiveDistribution(LocalPyroModule):
 
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Validate targets (batch size, values); raises ``ValueError``."""
+        self.check_batch_size(output, target)
+        check_finite(target, "target")
+
+    def check_batch_size(self, output: Tensor, target: Tensor) -> None:
+        """Refuse targets whose first dimension is not the output's batch ``B``.
+
+        A shape check, run by :meth:`align` whether validation is on or not
+        (it needs no synchronisation).
+
+        Raises:
+            ValueError: naming both shapes.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> normal = bnn.Normal(scale=1.0)
+            >>> try:
+            ...     normal.check_batch_size(torch.zeros(4, 3), torch.zeros(1))
+            ... except ValueError as error:
+            ...     print(error)
+            Normal: expected targets with batch size 3 (output (4, 3)), got (1,)
+        """
         if target.dim() == 0 or target.shape[0] != output.shape[1]:
             raise ValueError(
                 f"{type(self).__name__}: expected targets with batch size "
                 f"{output.shape[1]} (output {_shape(output)}), got {_shape(target)}"
             )
-        check_finite(target, "target")
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """Distribution with batch shape ``output.shape[:2]``."""
@@ -238,6 +270,38 @@ class PredictiveDistribution(LocalPyroModule):
         output, target = self._checked(output, target)
         with distribution_checks_off():
             result: Tensor = self.distribution(output).log_prob(target)
+        return result
+
+    def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """``log p(target | output)`` per particle, example and target position.
+
+        :meth:`log_likelihood` before its sum over the positions of one
+        example (the tokens of a sequence, the pixels of an image, the
+        entries of a multi-output target), ``(S, B, ...)`` in the layout of
+        the aligned target: ``(S, B)`` for one position per example. The
+        per-position summaries of a :class:`~pyrolite_bnn.Prediction`
+        (``probs``, intervals) are the particle mixtures of these densities;
+        a calibration is fitted on them. A position
+        ``Categorical(ignore_index=...)`` skips holds 0. A likelihood whose
+        distribution is no product over positions (its event not
+        :class:`~torch.distributions.Independent`) gives its log-density per
+        example, ``(S, B)``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> out = torch.zeros(4, 3, 5, 1)  # 3 sequences of 5 scalar targets
+            >>> normal = bnn.Normal(scale=1.0)
+            >>> normal.position_log_likelihood(out, torch.zeros(3, 5)).shape
+            torch.Size([4, 3, 5])
+            >>> normal.log_likelihood(out, torch.zeros(3, 5)).shape
+            torch.Size([4, 3])
+        """
+        output, target = self._checked(output, target)
+        with distribution_checks_off():
+            likelihood = self.distribution(output)
+            while isinstance(likelihood, torch.distributions.Independent):
+                likelihood = likelihood.base_dist
+            result: Tensor = likelihood.log_prob(target)
         return result
 
     def mixture_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
@@ -566,7 +630,14 @@ class Categorical(_ClassificationLikelihood):
         return likelihood, target.masked_fill(~keep, 0)
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Class dimension last; labels ``(B, ...)`` need no alignment."""
+        """Class dimension last; labels ``(B, ...)`` need no alignment.
+
+        Labels of another shape or a non-integer dtype are refused, validation
+        on or off (these checks need no synchronisation; only the range of the
+        labels is read from the device, by :meth:`check_target`): labels
+        ``(B, 1)`` against per-token logits were broadcast over the tokens.
+        """
+        self.check_label_layout(output, target)
         return output, target
 
     def check_output(self, output: Tensor) -> None:
@@ -586,17 +657,7 @@ class Categorical(_ClassificationLikelihood):
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Labels must be integers in ``[0, C)`` of shape ``(B, ...)``."""
         self.check_output(output)
-        if target.is_floating_point() or target.dtype == torch.bool:
-            raise ValueError(
-                "Categorical targets must be integer class labels, got dtype "
-                f"{target.dtype}"
-            )
-        if tuple(target.shape) != tuple(output.shape[1:-1]):
-            raise ValueError(
-                f"Categorical: expected targets of shape {tuple(output.shape[1:-1])} "
-                f"for logits {_shape(output)}, got {_shape(target)}"
-                + _channels_first_hint(output, target)
-            )
+        self.check_label_layout(output, target)
         classes = output.shape[-1]
         keep = self.observed(target)
         if keep is not None:
@@ -621,6 +682,36 @@ class Categorical(_ClassificationLikelihood):
                     )
                 )
         self.warn_probabilities_as_logits_once(output)
+
+    def check_label_layout(self, output: Tensor, target: Tensor) -> None:
+        """Refuse labels that are not integers of shape ``(B, ...)``.
+
+        The checks of :meth:`check_target` that read no label values, run by
+        :meth:`align` whether validation is on or not.
+
+        Raises:
+            ValueError: naming the dtype, or the expected and given shapes.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> logits, labels = torch.zeros(4, 2, 5, 3), torch.zeros(2, 1).long()
+            >>> try:
+            ...     bnn.Categorical().check_label_layout(logits, labels)
+            ... except ValueError as error:
+            ...     print(str(error).split(" for ")[0])
+            Categorical: expected targets of shape (2, 5)
+        """
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise ValueError(
+                "Categorical targets must be integer class labels, got dtype "
+                f"{target.dtype}"
+            )
+        if tuple(target.shape) != tuple(output.shape[1:-1]):
+            raise ValueError(
+                f"Categorical: expected targets of shape {tuple(output.shape[1:-1])} "
+                f"for logits {_shape(output)}, got {_shape(target)}"
+                + _channels_first_hint(output, target)
+            )
 
     def probabilities_as_logits_hint(self, output: Tensor) -> str:
         """A hint when every row of ``output`` is a probability vector.
@@ -655,6 +746,25 @@ class Categorical(_ClassificationLikelihood):
         """
         if type(self).distribution is not Categorical.distribution:
             return super().log_likelihood(output, target)
+        log_p = self.position_log_likelihood(output, target)
+        return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
+
+    def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """``log softmax(output)[target]`` per particle and label, ``(S, B, ...)``.
+
+        0 where the label is ``ignore_index``. A subclass that redefines
+        :meth:`distribution` keeps the general path.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> labels = torch.tensor([[0, 1, -100]])  # a sequence padded by one
+            >>> bnn.Categorical(ignore_index=-100).position_log_likelihood(
+            ...     torch.zeros(1, 1, 3, 2), labels
+            ... )
+            tensor([[[-0.6931, -0.6931,  0.0000]]])
+        """
+        if type(self).distribution is not Categorical.distribution:
+            return super().position_log_likelihood(output, target)
         output, target = self._checked(output, target)
         keep = self.observed(target)
         labels = target if keep is None else target.masked_fill(~keep, 0)
@@ -662,7 +772,7 @@ class Categorical(_ClassificationLikelihood):
         log_p = output.log_softmax(-1).gather(-1, index).squeeze(-1)
         if keep is not None:
             log_p = log_p.masked_fill(~keep, 0.0)
-        return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
+        return log_p
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """``Categorical(logits=output)``."""
@@ -742,7 +852,8 @@ class Bernoulli(_ClassificationLikelihood):
     def class_probs(self, output: Tensor) -> Tensor:
         """Probabilities of classes 0 and 1 per particle, ``(S, B, ..., 2)``.
 
-        A scalar-target output ``(S, B, 1)`` gives ``(S, B, 2)``.
+        A scalar-target output ``(S, B, 1)`` gives ``(S, B, 2)`` (one logit
+        per position, ``(S, B, L, 1)``, gives ``(S, B, L, 2)``).
 
         Example:
             >>> import torch, pyrolite_bnn as bnn
@@ -1042,9 +1153,10 @@ class Poisson(PredictiveDistribution):
             tensor([2., 2., 2.])
         """
         self.check_output(output)
-        log_rate = _location(output)
-        rate = log_rate.double().exp().to(summary_dtype(output.dtype))
-        return poisson_mixture_quantile(rate, q)
+        # Rates in float64: a float32 one overflows above a log rate of 88.7,
+        # and one such particle made every quantile infinite.
+        rate = _location(output).double().exp()
+        return poisson_mixture_quantile(rate, q).to(summary_dtype(output.dtype))
 
 
 class HeteroscedasticNormal(PredictiveDistribution):
@@ -1054,9 +1166,18 @@ class HeteroscedasticNormal(PredictiveDistribution):
     deviation is ``softplus(raw_scale) + min_scale``. Output ``(S, B, 2)`` for
     scalar targets ``(B,)``, ``(S, B, D, 2)`` for targets ``(B, D)``.
 
+    Whatever ``min_scale``, the standard deviation is at least the square
+    root of the smallest normal number of the computation's dtype (``1.1e-19``
+    in ``float32``, ``1.5e-154`` in ``float64``), whose square, the variance,
+    is a normal number, as for :class:`Normal`'s fixed scale. With
+    ``min_scale=0`` a raw scale below about -44 (``float32``) made the
+    variance underflow to 0 (``softplus`` itself underflows below -104) and
+    the log-likelihood NaN; at the floor it is finite for every target.
+
     Args:
         min_scale: lower bound of the predicted standard deviation, a finite
-            number ``>= 0``.
+            number ``>= 0`` (0: ``softplus(raw_scale)`` alone, down to the
+            floor above).
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -1076,7 +1197,11 @@ class HeteroscedasticNormal(PredictiveDistribution):
         self.min_scale = value
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Match targets ``(B, ...)`` (or ``(B, 1)`` for a scalar) with the mean."""
+        """Match targets ``(B, ...)`` (or ``(B, 1)`` for a scalar) with the mean.
+
+        Other shapes are refused, validation on or off.
+        """
+        self.check_batch_size(output, target)
         mean_shape = tuple(output.shape[2:-1])
         if tuple(target.shape[1:]) == mean_shape:
             return output, target
@@ -1123,6 +1248,20 @@ class HeteroscedasticNormal(PredictiveDistribution):
         return gaussian_mixture_quantile(*self.moments(output), q)
 
     def loc_scale(self, output: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation from the raw output."""
+        """Mean and standard deviation from the raw output.
+
+        The standard deviation is at least ``sqrt`` of the smallest normal
+        number of the dtype (at least ``float32``'s): its square stays normal.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> _, scale = bnn.HeteroscedasticNormal(0).loc_scale(
+            ...     torch.tensor([[[0.0, -200.0]]])
+            ... )
+            >>> float(scale) ** 2 >= torch.finfo(torch.float32).tiny
+            True
+        """
         self.check_output(output)
-        return output[..., 0], F.softplus(output[..., 1]) + self.min_scale
+        scale = F.softplus(output[..., 1]) + self.min_scale
+        floor = math.sqrt(torch.finfo(summary_dtype(scale.dtype)).tiny)
+        return output[..., 0], scale.clamp_min(floor)

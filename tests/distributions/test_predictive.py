@@ -531,6 +531,8 @@ def test_poisson_quantiles_of_extreme_rates_end() -> None:
         (bnn.Normal(scale=1.0), torch.zeros(4, 3, 1), ()),
         (bnn.Normal(scale=1.0), torch.zeros(4, 3), ()),
         (bnn.Normal(scale=1.0), torch.zeros(4, 3, 2), (2,)),
+        (bnn.Normal(scale=1.0), torch.zeros(4, 3, 7, 1), (7,)),
+        (bnn.Poisson(), torch.zeros(4, 3, 7, 1), (7,)),
         (bnn.StudentT(scale=1.0), torch.zeros(4, 3, 1), ()),
         (bnn.Poisson(), torch.zeros(4, 3, 1), ()),
         (bnn.Bernoulli(), torch.zeros(4, 3, 1), ()),
@@ -543,7 +545,11 @@ def test_poisson_quantiles_of_extreme_rates_end() -> None:
 def test_target_distribution_draws_in_the_layout_of_the_targets(
     likelihood: bnn.PredictiveDistribution, output: torch.Tensor, event: tuple[int, ...]
 ) -> None:
-    """A scalar-target output (S, B, 1) draws (S, B), as its targets (B,) read."""
+    """A scalar-target output (S, B, 1) draws (S, B), as its targets (B,) read.
+
+    A scalar per position, (S, B, L, 1), draws (S, B, L) as targets (B, L)
+    (it drew (S, B, L, 1)).
+    """
     targets = likelihood.target_distribution(output)
     assert (tuple(targets.batch_shape), tuple(targets.event_shape)) == ((4, 3), event)
     assert targets.sample().shape == (4, 3, *event)
@@ -627,3 +633,165 @@ def test_log_densities_of_half_precision_outputs_are_float32_accurate(
     for value in (log_p, observed.log_prob(target)):
         assert value.dtype == torch.float32
         torch.testing.assert_close(value.double(), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "output", "target"),
+    [
+        (bnn.Normal(scale=0.5), torch.randn(4, 3, 5, 1), torch.randn(3, 5)),
+        (bnn.Normal(scale=0.5), torch.randn(4, 3, 2), torch.randn(3, 2)),
+        (bnn.Normal(scale=0.5), torch.randn(4, 3, 1), torch.randn(3)),
+        (bnn.StudentT(scale=0.5), torch.randn(4, 3, 5), torch.randn(3, 5)),
+        (bnn.Poisson(), torch.randn(4, 3, 5, 1), torch.randint(0, 4, (3, 5))),
+        (bnn.Bernoulli(), torch.randn(4, 3, 5), torch.randint(0, 2, (3, 5))),
+        (bnn.HeteroscedasticNormal(), torch.randn(4, 3, 5, 2), torch.randn(3, 5)),
+        (bnn.Categorical(), torch.randn(4, 3, 2, 5, 4), torch.randint(0, 4, (3, 2, 5))),
+        (
+            bnn.Categorical(ignore_index=-100),
+            torch.randn(4, 3, 5, 4),
+            torch.tensor([[0, 1, 2, -100, -100]] * 3),
+        ),
+        (bnn.Categorical(), torch.randn(4, 3, 4), torch.randint(0, 4, (3,))),
+    ],
+    ids=[
+        "Normal-tokens",
+        "Normal-multi-output",
+        "Normal-scalar",
+        "StudentT",
+        "Poisson",
+        "Bernoulli-multi-label",
+        "HeteroscedasticNormal",
+        "Categorical-pixels",
+        "Categorical-padded",
+        "Categorical-one-label",
+    ],
+)
+def test_position_log_likelihood_is_log_likelihood_per_position(
+    likelihood: bnn.PredictiveDistribution, output: torch.Tensor, target: torch.Tensor
+) -> None:
+    """``(S, B, ...)`` per target position, summing to the per-example one.
+
+    The positions are those of the targets (a trailing 1 of the output
+    aligned away); an ignored label holds 0. A calibration is fitted on them.
+    """
+    torch.manual_seed(0)
+    per_position = likelihood.position_log_likelihood(output, target)
+    positions = (
+        target.shape[1:]
+        if not isinstance(likelihood, bnn.HeteroscedasticNormal)
+        else output.shape[2:-1]
+    )
+    assert per_position.shape == (4, 3, *positions)
+    summed = per_position.flatten(2).sum(-1) if positions else per_position
+    torch.testing.assert_close(summed, likelihood.log_likelihood(output, target))
+    if isinstance(likelihood, bnn.Categorical) and likelihood.ignore_index is not None:
+        assert bool((per_position[..., 3:] == 0).all())
+
+
+def test_poisson_quantiles_of_a_float32_overflowing_rate_are_those_of_float64() -> None:
+    """One particle's log rate of 100 (a rate of 2.7e43, past float32's range)
+    made every quantile of the mixture infinite, the lower ones included: the
+    rate was cast back to float32 before the search. Now the quantiles are the
+    float64 computation's, in float32 (2.7e43 itself is ``inf`` there). A rate
+    infinite in float64 too (log rate 800) leaves the quantiles the other
+    particles reach finite."""
+    log_rate = torch.tensor([[[0.0]], [[0.0]], [[0.0]], [[100.0]]])
+    narrow = bnn.Prediction(log_rate, bnn.Poisson())
+    wide = bnn.Prediction(log_rate.double(), bnn.Poisson())
+    beyond = torch.tensor([[0.0], [0.0], [0.0], [800.0]])
+    infinite = bnn.Prediction(beyond, bnn.Poisson())
+    for q in (0.05, 0.25, 0.5, 0.7, 0.75, 0.9):
+        expected = wide.quantile(q).float()
+        torch.testing.assert_close(narrow.quantile(q), expected, rtol=0, atol=0)
+        torch.testing.assert_close(infinite.quantile(q), expected, rtol=0, atol=0)
+    assert [float(bound) for bound in narrow.interval(0.5)] == [0.0, 18.0]
+    assert float(wide.quantile(0.9)) == pytest.approx(math.exp(100.0), rel=1e-6)
+
+
+def test_heteroscedastic_min_scale_zero_keeps_the_log_likelihood_finite() -> None:
+    """``min_scale=0`` (documented as allowed): a raw scale of -60 made the
+    variance underflow to 0 in float32, one of -120 ``softplus`` itself, and
+    the log-likelihood was NaN (the loss with it). The scale is at least
+    ``sqrt(tiny)``, whose square is a normal number: the log-density is that
+    of the floor, in float64 to float32 rounding; above it, unchanged."""
+    likelihood = bnn.HeteroscedasticNormal(min_scale=0)
+    floor = math.sqrt(torch.finfo(torch.float32).tiny)
+    for raw in (-60.0, -120.0):
+        output = torch.tensor([[[1.0, raw], [1.0, raw]]])
+        log_p = likelihood.log_likelihood(output, torch.tensor([1.0, 1.5]))
+        expected = torch.distributions.Normal(
+            torch.tensor(1.0, dtype=torch.float64), floor
+        ).log_prob(torch.tensor([1.0, 1.5], dtype=torch.float64))
+        torch.testing.assert_close(log_p[0].double(), expected, rtol=1e-6, atol=0)
+    raw = torch.tensor(-30.0)  # softplus 9.4e-14: above the floor, as it was
+    output = torch.stack([torch.tensor(1.0), raw])[None, None]
+    expected = torch.distributions.Normal(
+        1.0, torch.nn.functional.softplus(raw.double())
+    ).log_prob(torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(
+        likelihood.log_likelihood(output, torch.tensor([1.0]))[0, 0].double(),
+        expected,
+        rtol=1e-6,
+        atol=0,
+    )
+    net = bnn.VILinear(2, 2)
+    with torch.no_grad():
+        net.posterior["bias"].loc_unconstrained.copy_(torch.tensor([0.0, -120.0]))
+        net.posterior["weight"].loc_unconstrained.zero_()
+    loss = bnn.KullbackLeiblerLoss(likelihood, dataset_size=10)(
+        net(torch.randn(4, 2)), torch.zeros(4)
+    )
+    assert math.isfinite(float(loss.detach()))
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "output", "target"),
+    [
+        (bnn.Categorical(), torch.randn(4, 6, 5, 3), torch.zeros(6, 1).long()),
+        (bnn.Categorical(), torch.randn(4, 6, 5, 3), torch.zeros(5).long()),
+        (bnn.Categorical(), torch.randn(4, 6, 3), torch.zeros(6).float()),
+        (
+            bnn.Categorical(ignore_index=-100),
+            torch.randn(4, 6, 5, 3),
+            torch.zeros(1, 5, dtype=torch.long),
+        ),
+        (bnn.Bernoulli(), torch.randn(4, 6), torch.zeros(1)),
+        (bnn.Normal(scale=1.0), torch.randn(4, 6, 1), torch.zeros(1)),
+        (bnn.Poisson(), torch.randn(4, 6), torch.zeros(1, 1)),
+        (bnn.HeteroscedasticNormal(), torch.randn(4, 6, 2), torch.zeros(1)),
+    ],
+    ids=[
+        "Categorical-(B,1)",
+        "Categorical-(L,)",
+        "Categorical-float",
+        "Categorical-ignore-(1,L)",
+        "Bernoulli-(1,)",
+        "Normal-(1,)",
+        "Poisson-(1,1)",
+        "HeteroscedasticNormal-(1,)",
+    ],
+)
+def test_target_layouts_are_refused_with_validation_off(
+    likelihood: bnn.PredictiveDistribution, output: torch.Tensor, target: torch.Tensor
+) -> None:
+    """Validation off skips the checks that read values from the device, not
+    the shape and dtype checks (they need no synchronisation): labels
+    ``(B, 1)`` or ``(L,)`` against per-token logits were broadcast over the
+    tokens, a target ``(1,)`` over the batch, into a finite, wrong loss."""
+    with (
+        bnn.validation(False),
+        pytest.raises(ValueError, match=r"expected targets|integer class labels"),
+    ):
+        likelihood.log_likelihood(output, target)
+
+
+def test_the_loss_refuses_token_labels_of_another_shape_with_validation_off() -> None:
+    """The probe's tagger: labels ``(B, 1)`` gave a finite loss, silently."""
+    net = bnn.VILinear(3, 4)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=100)
+    x = torch.randn(6, 5, 3)  # per-token logits (S, 6, 5, 4)
+    with (
+        bnn.validation(False),
+        pytest.raises(ValueError, match=r"expected targets of shape \(6, 5\)"),
+    ):
+        loss_fn(net(x), torch.zeros(6, 1, dtype=torch.long))
