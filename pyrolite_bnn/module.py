@@ -21,6 +21,7 @@ for the default guide, by tracing an assigned guide) and leaves a
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -61,6 +62,7 @@ __all__ = [
     "GUIDE_STATE",
     "NOT_NETWORK",
     "PosteriorDict",
+    "PriorDict",
     "VIModule",
     "whole_network_draws",
     "whole_networks_requested",
@@ -156,6 +158,95 @@ class PosteriorDict(LocalPyroModule):
     def values(self) -> Iterator[Posterior]:
         """Posterior modules."""
         return (self[name] for name in self._modules)
+
+
+class PriorDict(nn.ModuleDict):
+    """Holds a layer's prior modules by variable name (``prior["weight"]``).
+
+    A prior assigned to a declared random variable (``layer.prior["weight"] =
+    p``, or ``layer.prior.weight = p``) takes anything ``prior=`` takes and is
+    set up exactly as one given at construction: copied, declared for the
+    variable (its shape checked now, a per-unit prior shaped), on the
+    device and in the dtype of the variable's posterior, its support checked.
+
+    Args:
+        posteriors: the layer's posterior modules (the dtype and device of each
+            variable's prior, and whether it may have a bounded support).
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VILinear(3, 2, dtype=torch.float64)
+        >>> layer.prior["weight"] = bnn.NormalPrior(0.0, torch.ones(2, 1))
+        >>> layer.prior["weight"].scale.dtype
+        torch.float64
+        >>> try:
+        ...     layer.prior["bias"] = bnn.NormalPrior(0.0, torch.ones(2, 1))
+        ... except ValueError as error:
+        ...     print(str(error).split(" do not")[0])
+        prior of 'bias': NormalPrior hyperparameters of shape (2, 1)
+    """
+
+    def __init__(self, posteriors: PosteriorDict) -> None:
+        super().__init__()
+        # A tuple, so that the posteriors are no submodule of this table.
+        self._posteriors = (posteriors,)
+        self._variables: dict[str, tuple[torch.Size, UnitLayout]] = {}
+
+    def declare(
+        self,
+        name: str,
+        prior: object,
+        shape: torch.Size,
+        units: UnitLayout,
+        posterior: Posterior,
+    ) -> None:
+        """Add the prior of a new random variable (its posterior not yet held)."""
+        module = _prior_set_up(name, prior, shape, units, posterior)
+        self._variables[name] = (shape, units)
+        super().__setitem__(name, module)
+
+    def __setitem__(self, name: str, prior: object) -> None:
+        """Replace the prior of the declared random variable ``name``."""
+        if name not in self._variables:
+            raise KeyError(
+                f"{name!r} is no random variable of this layer: its priors are "
+                f"{sorted(self._variables)}"
+            )
+        shape, units = self._variables[name]
+        posterior = self._posteriors[0][name]
+        super().__setitem__(name, _prior_set_up(name, prior, shape, units, posterior))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__.get("_variables", {}):
+            self[name] = value
+        else:
+            super().__setattr__(name, value)
+
+
+def _prior_set_up(
+    name: str, prior: object, shape: torch.Size, units: UnitLayout, posterior: Posterior
+) -> Prior:
+    """``prior`` as the prior module of the variable ``name``, set up for it.
+
+    Raises:
+        ValueError: naming the variable, if the prior does not fit it.
+    """
+    module = as_prior(prior)
+    try:
+        module.declare_for(shape, units)  # hyperparameters fit the weight
+        # The prior's buffers go where the posterior's parameters are (also
+        # under a torch.device context) and take their dtype (float64
+        # hyperparameter tensors keep their precision on a float64 layer).
+        tensors = itertools.chain(posterior.parameters(), posterior.buffers())
+        like = next((t for t in tensors if t.is_floating_point()), None)
+        if like is not None:
+            module = module.to(device=like.device, dtype=like.dtype)
+        if not isinstance(posterior, PointMassPosterior):  # MAP takes any support
+            with local_params():
+                module.check_support(shape)
+    except ValueError as error:
+        raise ValueError(f"prior of {name!r}: {error}") from error
+    return module
 
 
 class _PriorOf:
@@ -280,8 +371,9 @@ class VIModule(LocalPyroModule):
         self._check_variable_name(name)
         size = _variable_size(shape)
         if "prior" not in self._modules:
-            self.prior = nn.ModuleDict()
-            self.posterior = PosteriorDict()
+            posteriors = PosteriorDict()
+            self.prior = PriorDict(posteriors)
+            self.posterior = posteriors
         family = MeanFieldNormal() if variational is None else variational
         if not isinstance(family, VariationalFamily):
             raise TypeError(
@@ -296,17 +388,10 @@ class VIModule(LocalPyroModule):
             )
         layout.check(size)
         init = torch.zeros(size, device=device, dtype=dtype)
-        prior_module = as_prior(prior)
-        prior_module.declare_for(size, layout)  # hyperparameters fit the weight
-        # The prior's buffers go where the posterior's parameters are (also under
-        # a torch.device context) and take their dtype (float64 hyperparameter
-        # tensors keep their precision on a float64 layer).
-        prior_module = prior_module.to(device=init.device, dtype=init.dtype)
-        self.prior[name] = prior_module
         posterior = family.build(size, init)
-        if not isinstance(posterior, PointMassPosterior):  # MAP takes any support
-            with local_params():
-                prior_module.check_support(size)
+        priors = self.prior
+        assert isinstance(priors, PriorDict)
+        priors.declare(name, prior, size, layout, posterior)
         self.posterior[name] = posterior
         self._declared[name] = size
         self._unit_layouts[name] = layout

@@ -446,3 +446,42 @@ def test_a_name_of_another_type_is_a_type_error() -> None:
     """3 raised "'int' object has no attribute 'isidentifier'"."""
     with pytest.raises(TypeError, match="random variable name must be a str, got 3"):
         _Declares(3)
+
+
+def test_replaced_prior_is_set_up_like_one_given_at_construction() -> None:
+    """``layer.prior["weight"] = p`` put ``p`` in the table as it was: the
+    caller's object (shared), in its own dtype (float32 on a float64 layer),
+    its shape checked only when a loss ran, its support not at all, a per-unit
+    prior never shaped. Now it gets the set-up of ``prior=``."""
+    layer = bnn.VILinear(3, 4, dtype=torch.float64)
+    given = bnn.NormalPrior(torch.zeros(4, 3), torch.ones(4, 3))  # float32
+    layer.prior["weight"] = given
+    held = layer.prior["weight"]
+    assert held is not given
+    assert held.loc.dtype == torch.float64
+    assert (
+        held.loc.untyped_storage().data_ptr() != given.loc.untyped_storage().data_ptr()
+    )
+    with pytest.raises(ValueError, match=r"prior of 'weight': .* shape \(4, 3\)"):
+        layer.prior["weight"] = bnn.NormalPrior(0.0, torch.ones(3, 4))
+    with pytest.raises(ValueError, match=r"prior of 'bias': .* shape \(4,\)"):
+        layer.prior.bias = bnn.NormalPrior(0.0, torch.ones(4, 3))
+    assert layer.prior["weight"] is held  # a refused prior changes nothing
+    with pytest.raises(ValueError, match="not the whole real line"):
+        layer.prior["weight"] = torch.distributions.Gamma(2.0, 1.0)
+    layer.prior.bias = bnn.LearnedNormalPrior(per="unit")  # attribute: the same
+    assert layer.prior["bias"].log_scale.shape == (4,)
+    layer.prior["weight"] = bnn.LearnedNormalPrior(per="unit")
+    assert layer.prior["weight"].log_scale.shape == (4, 1)
+    layer.prior["weight"] = None  # as prior=None: the default
+    assert repr(layer.prior["weight"]) == "NormalPrior(loc=0, scale=1)"
+    with pytest.raises(KeyError, match="no random variable"):
+        layer.prior["mean"] = bnn.NormalPrior()
+    point = bnn.VILinear(3, 4, variational=bnn.PointMass())
+    point.prior["weight"] = torch.distributions.Gamma(2.0, 1.0)  # MAP: any support
+    x, y = (
+        torch.randn(5, 3, dtype=torch.float64),
+        torch.randn(5, 4, dtype=torch.float64),
+    )
+    loss = bnn.KullbackLeiblerLoss(bnn.Normal(), 5)(layer(x), y)
+    assert loss.dtype == torch.float64

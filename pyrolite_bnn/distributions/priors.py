@@ -25,6 +25,7 @@ from torch.distributions import Distribution, Transform, constraints
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._validation import readable_all
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import NormalMoments
 from pyrolite_bnn.variables import UnitLayout
 
@@ -94,12 +95,17 @@ def _broadcast_shape(*shapes: torch.Size) -> torch.Size:
 
 
 def _hyperparameter(
-    value: float | Tensor, constraint: constraints.Constraint, what: str
+    value: float | Tensor,
+    constraint: constraints.Constraint | None,
+    what: str,
+    like: Tensor | None = None,
 ) -> Tensor:
-    """``value`` as a fresh tensor, checked by ``constraint``.
+    """``value`` as a fresh tensor, checked by ``constraint`` (``None``: any).
 
     A floating tensor keeps its dtype (a float64 scale of 0.7 stays 0.7, and
-    1e-50 stays positive); anything else takes the default dtype.
+    1e-50 stays positive); anything else takes the default dtype. With
+    ``like`` (the buffer a new value replaces) it takes ``like``'s dtype and
+    device instead, before it is checked.
     """
     if isinstance(value, str | bytes | bool) or value is None:
         raise TypeError(f"{what} must be a number or a tensor, got {value!r}")
@@ -113,8 +119,10 @@ def _hyperparameter(
     # so that the prior keeps its values for ``reset_parameters`` after
     # ``to_empty``; the layer moves its copy to the posterior's device.
     device = value.device if isinstance(value, Tensor) else torch.device("cpu")
+    if like is not None:
+        dtype, device = like.dtype, like.device
     tensor = torch.as_tensor(value, dtype=dtype, device=device).detach().clone()
-    if not _satisfies(constraint, tensor):
+    if constraint is not None and not _satisfies(constraint, tensor):
         shown = value.tolist() if isinstance(value, Tensor) else value
         raise ValueError(f"{what} must be {constraint!r}, got {shown!r}")
     return tensor
@@ -222,7 +230,32 @@ class Prior(nn.Module):
 
     :meth:`reset_parameters` returns every hyperparameter to the value it was
     built with, as ``torch.nn`` layers re-initialise after ``to_empty``.
+
+    A hyperparameter may be set after construction by assignment
+    (``prior.loc = posterior.loc.detach()``, the update of continual learning):
+    the prior keeps a copy of the value (never the tensor itself, which would
+    go on moving with it), in the buffer's dtype and on its device, checked as
+    the constructor checks it: its constraint, and, once a layer has declared
+    the prior for a random variable, that it broadcasts to the variable's
+    shape. An invalid value raises and leaves the prior unchanged. As with
+    torch's buffers, :meth:`reset_parameters` then returns to the assigned
+    value.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> layer = bnn.VILinear(3, 2)
+        >>> posterior_mean = layer.posterior["weight"].loc.detach()
+        >>> layer.prior["weight"].loc = posterior_mean
+        >>> layer.prior["weight"]
+        NormalPrior(loc=tensor(2, 3), scale=1)
+        >>> layer.prior["weight"].loc.data_ptr() == posterior_mean.data_ptr()
+        False
     """
+
+    # The shape and unit layout of the random variable a layer declared the
+    # prior for (declare_for); None until then (class default: a prior pickled
+    # before it existed).
+    _variable: tuple[torch.Size, UnitLayout] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -232,6 +265,57 @@ class Prior(nn.Module):
         # resets.
         self._initial_values: dict[str, Tensor] = {}
         self._unknown_values: set[str] = set()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assignment; a hyperparameter (buffer) is copied and checked first.
+
+        ``load_state_dict(..., assign=True)`` assigns as torch does (its values
+        were checked by :meth:`_load_from_state_dict`).
+        """
+        buffers = self.__dict__.get("_buffers", {})
+        if name in buffers and not self.__dict__.get("_loading", False):
+            self._assign_hyperparameter(name, value, buffers[name])
+        else:
+            super().__setattr__(name, value)
+
+    def _assign_hyperparameter(
+        self, name: str, value: Any, current: Tensor | None
+    ) -> None:
+        """Set the buffer ``name`` to a checked copy of ``value``; else raise."""
+        what = f"{type(self).__name__} {name}"
+        constraint = self.hyperparameter_constraints().get(name)
+        tensor = _hyperparameter(value, constraint, what, like=current)
+        kept = (
+            dict(self.__dict__.get("_initial_values", {})),
+            set(self.__dict__.get("_unknown_values", ())),
+        )
+        super().__setattr__(name, tensor)  # torch's (reset_parameters' value too)
+        try:
+            self._check_hyperparameters()
+        except ValueError:
+            self._buffers[name] = current
+            if "_initial_values" in self.__dict__:
+                self._initial_values, self._unknown_values = kept
+            raise
+
+    def _check_hyperparameters(self) -> None:
+        """Check the hyperparameters against each other and the declared variable.
+
+        Raises:
+            ValueError: if they do not broadcast together, or not to the shape
+                of the random variable the prior is declared for.
+        """
+        if self._variable is not None:
+            self._check_declaration(*self._variable)
+            return
+        try:
+            self.hyperparameter_shape()  # builds the distribution: checks it
+        except NotImplementedError:  # no elementwise form
+            pass
+        except RuntimeError as error:  # torch's broadcasting error
+            raise ValueError(
+                f"{type(self).__name__} hyperparameters do not fit together: {error}"
+            ) from error
 
     def register_buffer(
         self, name: str, tensor: Tensor | None, persistent: bool = True
@@ -354,6 +438,17 @@ class Prior(nn.Module):
             shape: shape of the weight tensor.
             units: where its output units lie, as the layer declares them.
 
+        The prior keeps the variable's shape and layout: hyperparameters
+        assigned later are checked against them. A one-dimensional
+        hyperparameter with one value per output unit that broadcasts along
+        the variable's last dimension instead (a square ``VILinear``: one value
+        per input column) warns, naming the shape that gives one value per
+        unit (``(out, 1)``); one that does not broadcast is refused with it.
+
+        Args:
+            shape: shape of the weight tensor.
+            units: where its output units lie, as the layer declares them.
+
         Example:
             >>> import pyrolite_bnn as bnn
             >>> from pyrolite_bnn.variables import UnitLayout
@@ -362,7 +457,32 @@ class Prior(nn.Module):
             >>> prior.log_scale.shape
             torch.Size([4, 1])
         """
+        size = torch.Size(shape)
+        self._check_declaration(size, units)
+        self._variable = (size, units)
+
+    def _check_declaration(self, shape: torch.Size, units: UnitLayout) -> None:
+        """:meth:`check_shape`, with the per-unit hint and warning of declare_for."""
+        try:
+            batch: torch.Size | None = self.hyperparameter_shape()
+        except NotImplementedError:  # no elementwise form: check_shape builds it
+            batch = None
+        per_unit = None if batch is None else _per_unit_shape(batch, shape, units)
+        if per_unit is None:
+            self.check_shape(shape)
+            return
+        assert batch is not None
+        hint = f"for one value per output unit give them shape {tuple(per_unit)}"
+        _check_broadcast(self, batch, shape, hint)
         self.check_shape(shape)
+        per_last = (1,) * (len(shape) - 1) + (shape[-1],)
+        warn_at_caller(
+            f"{type(self).__name__} hyperparameters of shape {tuple(batch)} "
+            "broadcast along the last dimension of the random variable's shape "
+            f"{tuple(shape)} (torch broadcasting), not along its output units; "
+            f"{hint}, or shape {per_last} to keep one value per index of the "
+            "last dimension (and no warning)"
+        )
 
     def check_support(self, shape: Sequence[int]) -> None:
         """Raise ``ValueError`` unless the prior covers every real weight.
@@ -469,25 +589,52 @@ class Prior(nn.Module):
         if problems:
             error_msgs.extend(problems)  # load_state_dict raises a RuntimeError
             return
-        super()._load_from_state_dict(
-            state_dict,
-            prefix,
-            local_metadata,
-            strict,
-            missing_keys,
-            unexpected_keys,
-            error_msgs,
-        )
+        # load_state_dict(assign=True) assigns the checked values as torch does
+        self.__dict__["_loading"] = True
+        try:
+            super()._load_from_state_dict(
+                state_dict,
+                prefix,
+                local_metadata,
+                strict,
+                missing_keys,
+                unexpected_keys,
+                error_msgs,
+            )
+        finally:
+            del self.__dict__["_loading"]
 
 
-def _check_broadcast(prior: Prior, batch: torch.Size, shape: torch.Size) -> None:
+def _check_broadcast(
+    prior: Prior, batch: torch.Size, shape: torch.Size, hint: str = ""
+) -> None:
+    """Refuse hyperparameters of shape ``batch`` for a variable of ``shape``."""
     if not _broadcasts_to(batch, shape):
         raise ValueError(
             f"{type(prior).__name__} hyperparameters of shape {tuple(batch)} do not "
-            f"broadcast to the weight shape {tuple(shape)}; give each random "
-            "variable a prior of its own shape, e.g. prior={'weight': ..., "
-            "'bias': ...}"
+            f"broadcast to the random variable's shape {tuple(shape)}; "
+            + (f"{hint}; " if hint else "")
+            + "give each random variable a prior of its own shape, e.g. "
+            "prior={'weight': ..., 'bias': ...}"
         )
+
+
+def _per_unit_shape(
+    batch: torch.Size, shape: torch.Size, units: UnitLayout
+) -> torch.Size | None:
+    """The per-unit shape a one-dimensional ``batch`` plausibly meant, if any.
+
+    ``batch`` ``(n,)`` for a variable of two or more dimensions with ``n``
+    output units along a dimension other than the last (a ``VILinear``
+    weight ``(n, in)``): torch broadcasts it along the last dimension, which
+    is what was meant only where ``n`` is not the number of units. Grouped
+    layouts have no such shape (their units span two dimensions): ``None``.
+    """
+    if len(batch) != 1 or len(shape) < 2 or units.groups != 1:
+        return None
+    if units.dim == len(shape) - 1 or batch[0] < 2 or batch[0] != shape[units.dim]:
+        return None
+    return units.per_unit_shape(shape)
 
 
 def _normal_kl(
@@ -731,7 +878,7 @@ class LearnedNormalPrior(Prior):
             self.log_scale = nn.Parameter(
                 self.log_scale.detach().expand(per_unit).clone()
             )
-        self.check_shape(size)
+        super().declare_for(size, units)
 
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """``loc`` and ``log_scale`` finite."""
@@ -1160,6 +1307,14 @@ class CallablePrior(Prior):
             batch = torch.Size(shape)[: len(shape) - event]
             expanded: dist.TorchDistribution = built.expand(batch).to_event(len(batch))
             return expanded
+        if not _broadcasts_to(built.batch_shape, torch.Size(shape)):
+            raise ValueError(
+                f"{type(self).__name__}: the prior callable returned "
+                f"{type(built).__name__} of batch shape {tuple(built.batch_shape)}, "
+                f"which does not broadcast to the random variable's shape "
+                f"{tuple(shape)}; return a distribution of batch shape () or "
+                "of the shape it is called with"
+            )
         return _independent(built, torch.Size(shape))
 
     def graph_key(self, shape: Sequence[int]) -> Hashable:

@@ -313,7 +313,8 @@ def test_monte_carlo_kl_with_tensor_scale(scale_shape: tuple[int, ...]) -> None:
 def test_hyperparameters_that_do_not_broadcast_are_refused() -> None:
     prior = bnn.NormalPrior(0.0, scale=torch.ones(3, 4))
     message = (
-        r"hyperparameters of shape \(3, 4\) do not broadcast to the weight shape \(3,\)"
+        r"hyperparameters of shape \(3, 4\) do not broadcast to the random "
+        r"variable's shape \(3,\)"
     )
     with pytest.raises(ValueError, match=message):
         prior.check_shape((3,))
@@ -405,7 +406,9 @@ def test_random_broadcastable_hyperparameters_match_reference(
         )
     # One more leading dimension of size 2 does not broadcast to the weight.
     too_big = (2, *weight)
-    with pytest.raises(ValueError, match="do not broadcast to the weight shape"):
+    with pytest.raises(
+        ValueError, match="do not broadcast to the random variable's shape"
+    ):
         PRIOR_CASES[case][0](_hyper(case, dict.fromkeys(shapes, too_big))).check_shape(
             weight
         )
@@ -907,3 +910,212 @@ def test_a_hyperparameter_that_requires_grad_is_refused(make: Any) -> None:
     with pytest.raises(ValueError, match="requires grad"):
         make(log_s)
     make(log_s.exp().detach())  # a fixed prior: fine
+
+
+# Every built-in prior with a buffer: the prior, a buffer, a valid value of the
+# buffer for a (4, 3) weight and an invalid one (its constraint refuses it).
+_ASSIGNED_BUFFERS: list[tuple[str, Any, str, Tensor, Tensor]] = [
+    (
+        "normal-loc",
+        bnn.NormalPrior,
+        "loc",
+        torch.randn(4, 3),
+        torch.full((4, 3), math.inf),
+    ),
+    (
+        "normal-scale",
+        bnn.NormalPrior,
+        "scale",
+        torch.rand(4, 3) + 0.5,
+        -torch.ones(4, 3),
+    ),
+    (
+        "laplace-scale",
+        bnn.LaplacePrior,
+        "scale",
+        torch.rand(4, 1) + 0.5,
+        torch.zeros(4, 1),
+    ),
+    (
+        "student-df",
+        bnn.StudentTPrior,
+        "df",
+        torch.rand(3) + 2.0,
+        torch.full((3,), math.nan),
+    ),
+    (
+        "mixture-scales",
+        bnn.ScaleMixtureNormalPrior,
+        "scales",
+        torch.rand(4, 3, 2) + 0.1,
+        -torch.ones(4, 3, 2),
+    ),
+    (
+        "mixture-logits",
+        bnn.ScaleMixtureNormalPrior,
+        "logits",
+        torch.randn(4, 1, 2),
+        torch.full((4, 1, 2), math.nan),
+    ),
+    (
+        "learned-loc",
+        bnn.LearnedNormalPrior,
+        "loc",
+        torch.randn(4, 3),
+        torch.full((4, 3), math.nan),
+    ),
+    (
+        "distribution-scale",
+        lambda: bnn.DistributionPrior(torch.distributions.Normal(0.0, 1.0)),
+        "scale",
+        torch.rand(4, 3) + 0.5,
+        -torch.ones(4, 3),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "name", "value", "invalid"),
+    [case[1:] for case in _ASSIGNED_BUFFERS],
+    ids=[case[0] for case in _ASSIGNED_BUFFERS],
+)
+def test_assigned_hyperparameter_is_a_checked_copy_like_the_constructors(
+    make: Any, name: str, value: Tensor, invalid: Tensor
+) -> None:
+    """``prior.loc = tensor`` (torch's buffer assignment) kept the tensor itself:
+    a prior set from the posterior's mean moved with it in training, and no
+    check ran (a negative or NaN scale, a tensor requiring grad, a shape that
+    does not fit the weight, another dtype were all taken). Now it is a copy in
+    the buffer's dtype, checked as the constructor checks it."""
+    layer = bnn.VILinear(3, 4, prior={"weight": make()}, dtype=torch.float64)
+    prior = layer.prior["weight"]
+    source = value.clone()  # float32
+    setattr(prior, name, source)
+    stored = getattr(prior, name)
+    assert stored.dtype == torch.float64
+    assert stored.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
+    source.add_(1.0)  # the assigned tensor changes; the prior does not
+    torch.testing.assert_close(stored, value.double(), rtol=0, atol=0)
+    for refused in (
+        invalid,  # its constraint
+        torch.stack([value, value]),  # (2, ...): does not broadcast to (4, 3)
+        value.clone().requires_grad_(),  # would never train
+    ):
+        with pytest.raises(ValueError, match=f"{type(prior).__name__}"):
+            setattr(prior, name, refused)
+        assert getattr(prior, name) is stored  # unchanged
+    x, y = (
+        torch.randn(5, 3, dtype=torch.float64),
+        torch.randn(5, 4, dtype=torch.float64),
+    )
+    loss = bnn.KullbackLeiblerLoss(bnn.Normal(), 5)(layer(x), y)
+    assert torch.isfinite(loss)
+
+
+def test_prior_set_from_the_posterior_stays_put_while_training() -> None:
+    """Variational continual learning on one network: the prior of task 2 is the
+    posterior of task 1. Assigned as ``prior.loc = posterior.loc.detach()``,
+    the buffer shared the posterior's memory and followed it step by step (the
+    KL then held nothing in place)."""
+    layer = bnn.VILinear(3, 4)
+    for name in ("weight", "bias"):
+        prior, posterior = layer.prior[name], layer.posterior[name]
+        prior.loc = posterior.loc.detach()
+        prior.scale = posterior.scale().detach()
+    kept = {name: layer.prior[name].loc.clone() for name in ("weight", "bias")}
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 16)
+    x, y = torch.randn(16, 3), torch.randn(16, 4)
+    assert float(loss_fn(layer(x), y).detach()) != 0.0
+    assert float(loss_fn.last_kl) == 0.0  # prior == posterior
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss_fn(layer(x), y).backward()
+        optimizer.step()
+    for name, loc in kept.items():
+        moved = layer.posterior[name].loc.detach() - loc
+        assert float(moved.abs().min()) > 0.01  # every mean moved
+        torch.testing.assert_close(layer.prior[name].loc, loc, rtol=0, atol=0)
+    assert float(loss_fn.last_kl) > 0.0
+
+
+def test_assigned_hyperparameters_keep_torch_state_semantics() -> None:
+    """The copy-and-check assignment leaves ``state_dict``, ``load_state_dict``
+    (``assign=True`` too: it takes the state's tensors, as torch does),
+    ``.to()`` and numbers assigned as the constructor takes them working."""
+    source = bnn.VILinear(3, 4)
+    source.prior["weight"].loc = torch.randn(4, 3)
+    source.prior["weight"].scale = 0.5
+    assert repr(source.prior["weight"]) == "NormalPrior(loc=tensor(4, 3), scale=0.5)"
+    target = bnn.VILinear(3, 4)
+    target.prior["weight"].loc = torch.zeros(4, 3)
+    target.load_state_dict(source.state_dict())
+    torch.testing.assert_close(
+        target.prior["weight"].loc, source.prior["weight"].loc, rtol=0, atol=0
+    )
+    state = source.state_dict()
+    target.load_state_dict(state, assign=True)
+    assert target.prior["weight"].loc is state["prior.weight.loc"]
+    assert target.double().prior["weight"].loc.dtype == torch.float64
+    with pytest.raises(TypeError, match="must be a number or a tensor"):
+        target.prior["weight"].scale = None
+
+
+@pytest.mark.parametrize(
+    ("layer", "per_unit"),
+    [
+        (lambda prior: bnn.VILinear(4, 4, prior={"weight": prior}), (4, 1)),
+        (lambda prior: bnn.VIConv2d(2, 3, 3, prior={"weight": prior}), (3, 1, 1, 1)),
+    ],
+    ids=["square-linear", "conv-kernel-width"],
+)
+def test_one_value_per_output_unit_broadcast_per_column_warns(
+    layer: Any, per_unit: tuple[int, ...]
+) -> None:
+    """A 1-D prior tensor with one value per output unit broadcasts along the
+    weight's LAST dimension (torch's rule): per input column of a square
+    ``VILinear``, along the kernel width of a ``VIConv2d`` whose kernel is as
+    wide as it has output channels. It was taken silently."""
+    units = per_unit[0]
+    values = torch.linspace(0.5, 1.5, units)
+    with pytest.warns(UserWarning, match=re.escape(f"give them shape {per_unit}")):
+        built = layer(bnn.NormalPrior(0.0, values))
+    with pytest.warns(UserWarning, match="not along its output units"):
+        built.prior["weight"].scale = values  # assigned later: the same check
+    # The shapes the message names take no warning (filterwarnings=error).
+    layer(bnn.NormalPrior(0.0, values.reshape(per_unit)))
+    layer(bnn.NormalPrior(0.0, values.reshape((1,) * (len(per_unit) - 1) + (units,))))
+    bnn.VIEmbedding(5, 4, prior=bnn.NormalPrior(0.0, torch.ones(4)))  # (5, 4): per unit
+
+
+def test_one_value_per_output_unit_that_does_not_broadcast_names_the_shape() -> None:
+    prior = {"weight": bnn.NormalPrior(0.0, torch.ones(4))}
+    with pytest.raises(ValueError, match=re.escape("give them shape (4, 1)")):
+        bnn.VILinear(3, 4, prior=prior)
+
+
+def test_shape_refusals_name_the_variable_and_both_shapes() -> None:
+    """A whole-layer (4, 3) prior was refused with "the weight shape (4,)" for
+    the bias; a callable returning the wrong batch shape raised torch's bare
+    "The expanded size of the tensor" error."""
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "prior of 'bias': NormalPrior hyperparameters of shape (4, 3) do not "
+            "broadcast to the random variable's shape (4,)"
+        ),
+    ):
+        bnn.VILinear(3, 4, prior=bnn.NormalPrior(0.0, torch.ones(4, 3)))
+
+    def transposed(shape: torch.Size) -> torch.distributions.Distribution:
+        return torch.distributions.Normal(torch.zeros(3, 4), 1.0)
+
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "prior of 'weight': CallablePrior: the prior callable returned Normal of "
+            "batch shape (3, 4), which does not broadcast to the random variable's "
+            "shape (4, 3)"
+        ),
+    ):
+        bnn.VILinear(3, 4, prior={"weight": transposed})
