@@ -434,10 +434,6 @@ class Prior(nn.Module):
         (:meth:`check_shape`); a prior whose hyperparameters depend on the
         variable, such as one per output unit, sets them up here first.
 
-        Args:
-            shape: shape of the weight tensor.
-            units: where its output units lie, as the layer declares them.
-
         The prior keeps the variable's shape and layout: hyperparameters
         assigned later are checked against them. A one-dimensional
         hyperparameter with one value per output unit that broadcasts along
