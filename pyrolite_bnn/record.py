@@ -747,9 +747,9 @@ def other_passes_upstream(tensor: Tensor, record: ForwardRecord) -> bool:
     parameters ``p - lr * grad(inner_loss, p, create_graph=True)``, passed
     with ``torch.func.functional_call``) feeds no output into this network.
     """
+    # The layers' parameters hold the guide's and the priors' (the network's
+    # hold any others): no guide_parameters(), which a loss call avoids.
     parameters = [
-        *record.guide_parameters().values(),
-        *record.prior_parameters().values(),
         *record.network_parameters(),
         *(() if record.network is None else record.network.parameters()),
     ]
