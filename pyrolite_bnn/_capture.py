@@ -2,7 +2,9 @@
 
 While capturing, code must not read tensor values into Python (``float(t)``,
 ``bool(t)``): such reads either fail or are frozen into the graph. Host-side
-shortcuts that are only worth it eagerly check :func:`is_capturing`.
+shortcuts that are only worth it eagerly check :func:`is_capturing`. Under
+``torch.func`` transforms tensors are wrappers without storage
+(:func:`is_wrapped`, :func:`data_address`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,27 @@ def transforms_active() -> bool:
     """
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(active()) if active is not None else False
+
+
+def is_wrapped(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a ``torch.func`` wrapper (``grad``'s or ``vmap``'s).
+
+    A wrapper has no storage of its own; under ``vmap`` its value cannot be
+    read into Python (``float(t)``), and under ``grad`` such a read drops its
+    gradient: host-side shortcuts take the tensor path for it.
+    """
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(tensor))
+
+
+def data_address(tensor: torch.Tensor) -> int:
+    """``tensor.data_ptr()``, read through ``torch.func`` wrappers.
+
+    A wrapper's ``data_ptr()`` raises; the innermost tensor it wraps holds
+    the memory, at the same address for a view of all of it.
+    """
+    while is_wrapped(tensor):
+        tensor = torch._C._functorch.get_unwrapped(tensor)
+    return tensor.data_ptr()
 
 
 def is_capturing() -> bool:

@@ -9,7 +9,7 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._capture import data_address, is_capturing
 from pyrolite_bnn._change_watch import UNTRAINED_STEPS, ChangeWatch
 from pyrolite_bnn._decay_watch import DecayWatch, is_scale_parameter
 from pyrolite_bnn._distributed import unwrap
@@ -352,7 +352,7 @@ class KullbackLeiblerLoss(nn.Module):
         """
         if self.heat == 0 or not torch.is_grad_enabled() or not kl_value.requires_grad:
             return
-        key = (output.data_ptr(), tuple(output.shape), output.stride())
+        key = (data_address(output), tuple(output.shape), output.stride())
         if record.kl_charged_by is not None and record.kl_charged_by != key:
             warn_at_caller(
                 "a second loss with gradients took the KL term of the same forward "

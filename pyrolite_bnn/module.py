@@ -605,6 +605,32 @@ class VIModule(LocalPyroModule):
             )
         super().__setattr__(name, value)
 
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        """``torch.nn.Module.register_parameter``; refuses ``torch.nn.utils.prune``.
+
+        Pruning a random variable (``prune.l1_unstructured(layer, "weight")``)
+        registers ``weight_orig`` first and then failed with a bare
+        ``KeyError: 'weight'``, the layer left holding the extra parameter:
+        it is refused here, before anything changes, naming what to prune.
+
+        Raises:
+            TypeError: for ``<variable>_orig``, the name pruning registers.
+        """
+        variable = name.removesuffix("_orig")
+        if variable != name and variable in self.__dict__.get("_declared", ()):
+            raise TypeError(
+                f"{type(self).__name__}.{variable} is a random variable, not a "
+                "parameter: torch.nn.utils.prune cannot prune it. Prune its "
+                "posterior mean, prune.l1_unstructured(layer.posterior"
+                f"[{variable!r}], 'loc_unconstrained', amount=...) for the "
+                "default Normal posterior: mode='mean' predictions use the pruned "
+                "weights, while sampled particles still draw each pruned weight "
+                "with its spread, N(0, sigma^2); call prune.remove before "
+                "bnn.to_deterministic. Or prune the plain copy, "
+                "bnn.to_deterministic(model)"
+            )
+        super().register_parameter(name, param)
+
     def _set_guide(self, value: Any) -> None:
         from pyrolite_bnn.guides import ParticleGuide, check_guide
 

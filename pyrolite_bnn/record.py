@@ -757,22 +757,34 @@ def other_passes_upstream(tensor: Tensor, record: ForwardRecord) -> bool:
     True when the network of ``record`` took as input an output of another
     separately called network (``dec(enc(x))``). Walks ``tensor``'s whole
     autograd graph, past ``record``'s own marks: meant for a few checks, not
-    every step.
+    every step. The graphs of the pass's own parameters are not walked: a
+    parameter computed from another pass (second-order MAML's adapted
+    parameters ``p - lr * grad(inner_loss, p, create_graph=True)``, passed
+    with ``torch.func.functional_call``) feeds no output into this network.
     """
-    return bool(_records_in_graph(tensor.grad_fn, past=record))
+    # The layers' parameters hold the guide's and the priors' (the network's
+    # hold any others): no guide_parameters(), which a loss call avoids.
+    parameters = [
+        *record.network_parameters(),
+        *(() if record.network is None else record.network.parameters()),
+    ]
+    # The nodes themselves stay referenced while their ids are compared.
+    own = [p.grad_fn for p in parameters if p.grad_fn is not None]
+    return bool(_records_in_graph(tensor.grad_fn, past=record, stop_at=own))
 
 
 def _records_in_graph(
-    root: Any, past: ForwardRecord | None = None
+    root: Any, past: ForwardRecord | None = None, stop_at: Sequence[Any] = ()
 ) -> list[ForwardRecord]:
     """Records on the autograd nodes reachable from ``root`` (not past a record).
 
-    The nodes marked with ``past`` are walked through, not collected.
+    The nodes marked with ``past`` are walked through, not collected; the
+    nodes in ``stop_at`` are neither walked nor looked at.
     """
     found: list[ForwardRecord] = []
     if root is None:
         return found
-    seen = {id(root)}
+    seen = {id(root)} | {id(node) for node in stop_at}
     stack = [root]
     while stack:
         node = stack.pop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 import re
 import warnings
 import weakref
@@ -770,6 +771,183 @@ def test_a_loss_after_functional_call_with_other_parameters_is_refused() -> None
     other = {name: p.detach() + 0.3 for name, p in own.items()}
     with pytest.raises(ValueError, match="functional_call"):
         loss_fn(functional_call(net, other, (x,)), y)
+
+
+class _LossOfNetwork(nn.Module):
+    """A network and its loss as one module, so torch.func differentiates both."""
+
+    def __init__(self, net: nn.Module, loss_fn: bnn.KullbackLeiblerLoss) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.net(x, samples=4), y)
+
+
+def _loss_of_network(
+    estimator: str = "reparam", prior: object = None
+) -> tuple[_LossOfNetwork, torch.Tensor, torch.Tensor]:
+    """A float64 regression network with a learned noise scale, and its data."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(
+        bnn.VILinear(3, 8, prior=prior, estimator=estimator),
+        nn.Tanh(),
+        bnn.VILinear(8, 1, prior=prior, estimator=estimator),
+    )
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), N)
+    step = _LossOfNetwork(net, loss_fn).double()
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    return step, x.double(), y.double()
+
+
+def _autograd_gradients(
+    step: _LossOfNetwork, x: torch.Tensor, y: torch.Tensor, seed: int
+) -> dict[str, torch.Tensor]:
+    names, parameters = zip(*step.named_parameters(), strict=True)
+    torch.manual_seed(seed)
+    return dict(zip(names, torch.autograd.grad(step(x, y), parameters), strict=True))
+
+
+@pytest.mark.parametrize("estimator", ["reparam", "auto"])
+def test_torch_func_grad_of_the_loss_equals_autograd(estimator: str) -> None:
+    """torch.func.grad by the parameters, the loss inside functional_call:
+    the loss read the output's data_ptr(), which a functorch wrapper has not
+    ('Cannot access data pointer of Tensor that doesn't have storage')."""
+    from torch.func import functional_call, grad
+
+    step, x, y = _loss_of_network(estimator)
+    params = {name: p.detach() for name, p in step.named_parameters()}
+    torch.manual_seed(5)
+    gradients = grad(lambda p: functional_call(step, p, (x, y)))(params)
+    expected = _autograd_gradients(step, x, y, seed=5)
+    assert set(gradients) == set(expected)
+    for name, value in expected.items():  # same draws: equal to rounding
+        torch.testing.assert_close(gradients[name], value, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["reparam", "auto"])
+def test_torch_func_vmap_of_the_loss_gradient_over_tasks(estimator: str) -> None:
+    """vmap(grad(...)) over tasks: the same draws for every task equal a loop
+    over the tasks; randomness="different" draws each task's own weights (an
+    in-place draw into an unbatched tensor was refused by vmap)."""
+    from torch.func import functional_call, grad, vmap
+
+    step, x, y = _loss_of_network(estimator)
+    params = {name: p.detach() for name, p in step.named_parameters()}
+    tasks_x, tasks_y = torch.randn(3, *x.shape).double(), torch.randn(3, *y.shape)
+    tasks_y = tasks_y.double()
+
+    def task_gradient(
+        p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        gradients: dict[str, torch.Tensor] = grad(
+            lambda q: functional_call(step, q, (xb, yb))
+        )(p)
+        return gradients
+
+    torch.manual_seed(5)
+    same = vmap(task_gradient, in_dims=(None, 0, 0), randomness="same")(
+        params, tasks_x, tasks_y
+    )
+    for task in range(3):
+        expected = _autograd_gradients(step, tasks_x[task], tasks_y[task], seed=5)
+        for name, value in expected.items():
+            torch.testing.assert_close(same[name][task], value, rtol=1e-12, atol=1e-12)
+    # Three copies of one task: equal gradients only with equal draws.
+    copies_x, copies_y = x.expand(3, *x.shape), y.expand(3, *y.shape)
+    different = vmap(task_gradient, in_dims=(None, 0, 0), randomness="different")(
+        params, copies_x, copies_y
+    )
+    loc = different["net.0.posterior.weight.loc_unconstrained"]
+    assert loc.shape == (3, 8, 3)
+    # Equal draws give equal float64 gradients to the last bit (as "same" does).
+    assert (loc[0] - loc[1]).abs().max() > 1e-6
+    assert (loc[1] - loc[2]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "outputs", "targets", "invalid"),
+    [
+        (bnn.Categorical(), 4, lambda: torch.randint(0, 4, (3, 16)), -1),
+        (bnn.Bernoulli(), 1, lambda: torch.randint(0, 2, (3, 16, 1)).double(), 0.5),
+        (bnn.Poisson(), 1, lambda: torch.randint(0, 5, (3, 16, 1)).double(), -1),
+        (bnn.StudentT(3.0), 1, lambda: torch.randn(3, 16, 1).double(), math.nan),
+        (bnn.HeteroscedasticNormal(), 2, lambda: torch.randn(3, 16).double(), math.nan),
+    ],
+)
+def test_torch_func_vmap_over_tasks_checks_every_likelihood(
+    likelihood: bnn.PredictiveDistribution,
+    outputs: int,
+    targets: Any,
+    invalid: float,
+) -> None:
+    """Targets batched over tasks by vmap: the likelihoods' target checks
+    read label ranges and 0/1 or count values into Python, which vmap
+    refuses; they count as passed there, like the input checks."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(3, 8), nn.Tanh(), bnn.VILinear(8, outputs))
+    step = _LossOfNetwork(net, bnn.KullbackLeiblerLoss(likelihood, N)).double()
+    params = {name: p.detach() for name, p in step.named_parameters()}
+    tasks_x, tasks_y = torch.randn(3, 16, 3).double(), targets()
+
+    def task_gradient(
+        p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        gradients: dict[str, torch.Tensor] = grad(
+            lambda q: functional_call(step, q, (xb, yb))
+        )(p)
+        return gradients
+
+    torch.manual_seed(5)
+    mapped = vmap(task_gradient, in_dims=(None, 0, 0), randomness="same")(
+        params, tasks_x, tasks_y
+    )
+    for task in range(3):
+        expected = _autograd_gradients(step, tasks_x[task], tasks_y[task], seed=5)
+        for name, value in expected.items():
+            torch.testing.assert_close(
+                mapped[name][task], value, rtol=1e-12, atol=1e-12
+            )
+    with pytest.raises(ValueError, match=r"target|labels"):  # eagerly: checked
+        step(tasks_x[0], torch.full_like(tasks_y[0], invalid))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+def test_torch_func_vmap_over_per_task_prior_scales() -> None:
+    """A NormalPrior's scale batched over tasks by vmap: its closed-form KL
+    read the scale as a Python float, which vmap refuses."""
+    from torch.func import functional_call, grad, vmap
+
+    step, x, y = _loss_of_network(prior=bnn.NormalPrior(0.0, 1.0))
+    params = {name: p.detach() for name, p in step.named_parameters()}
+    scales = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    buffers = {
+        name: scales if name.endswith("prior.weight.scale") else b.expand(3, *b.shape)
+        for name, b in step.named_buffers()
+    }
+
+    def task_gradient(
+        p: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        gradients: dict[str, torch.Tensor] = grad(
+            lambda q: functional_call(step, (q, b), (x, y))
+        )(p)
+        return gradients
+
+    torch.manual_seed(5)
+    mapped = vmap(task_gradient, in_dims=(None, 0), randomness="same")(params, buffers)
+    for task, scale in enumerate(scales.tolist()):
+        for name, b in step.named_buffers():
+            if name.endswith("prior.weight.scale"):
+                b.fill_(scale)
+        expected = _autograd_gradients(step, x, y, seed=5)
+        for name, value in expected.items():
+            torch.testing.assert_close(
+                mapped[name][task], value, rtol=1e-10, atol=1e-12
+            )
 
 
 @pytest.mark.parametrize("target", ["numpy", "list", None])

@@ -485,3 +485,24 @@ def test_replaced_prior_is_set_up_like_one_given_at_construction() -> None:
     )
     loss = bnn.KullbackLeiblerLoss(bnn.Normal(), 5)(layer(x), y)
     assert loss.dtype == torch.float64
+
+
+def test_pruning_a_random_variable_names_the_posterior_mean() -> None:
+    """prune.l1_unstructured(layer, "weight") raised a bare KeyError: 'weight'
+    and left the layer holding an extra 'weight_orig' parameter."""
+    from torch.nn.utils import prune
+
+    layer = bnn.VILinear(4, 3)
+    before = list(layer.state_dict())
+    with pytest.raises(TypeError, match=r"posterior\['weight'\].*loc_unconstrained"):
+        prune.l1_unstructured(layer, "weight", amount=0.5)
+    assert list(layer.state_dict()) == before
+    # The route it names: the mean is pruned, the spread is not.
+    posterior = layer.posterior["weight"]
+    prune.l1_unstructured(posterior, "loc_unconstrained", amount=0.5)
+    pruned = posterior.loc_unconstrained_mask == 0
+    assert int(pruned.sum()) == 6
+    assert bool((layer.weight[pruned] == 0).all())  # outside a call: the mean
+    x = torch.randn(5, 4)
+    mean = bnn.predict(layer, x, bnn.Normal(scale=1.0), mode="mean").mean
+    torch.testing.assert_close(mean, nn.functional.linear(x, layer.weight, layer.bias))

@@ -364,6 +364,73 @@ def test_a_loop_that_chains_networks_later_is_caught() -> None:
         chained_steps()
 
 
+class _LossOf(nn.Module):
+    """A network and its loss as one module (for torch.func.functional_call)."""
+
+    def __init__(self, net: nn.Module, loss_fn: bnn.KullbackLeiblerLoss) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.net(x, samples=3), y)
+
+
+def test_second_order_maml_is_no_chained_network() -> None:
+    """Second-order MAML: a pass at adapted parameters p - lr * grad(inner
+    loss, p, create_graph=True). The chain check walked into the parameters'
+    graph, reached the inner pass and refused the outer loss as "the output
+    of another forward pass". The outer gradient, through the inner step,
+    equals central finite differences (float64, fixed draws)."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    net = bnn.VISequential(_linear(2, 6), nn.Tanh(), _linear(6, 1))
+    step = _LossOf(net, bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.5), N)).double()
+    x, y, x_query, y_query = (torch.randn(10, d).double() for d in (2, 1, 2, 1))
+
+    def adapted(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        torch.manual_seed(1)
+        inner = functional_call(step, p, (x, y))
+        grads = torch.autograd.grad(inner, list(p.values()), create_graph=True)
+        return {
+            name: v - 0.3 * g for (name, v), g in zip(p.items(), grads, strict=True)
+        }
+
+    def outer_loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        query = adapted(p)
+        torch.manual_seed(2)
+        loss: torch.Tensor = functional_call(step, query, (x_query, y_query))
+        return loss
+
+    def at(shift: float, direction: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            name: (p.detach() + shift * direction[name]).requires_grad_()
+            for name, p in step.named_parameters()
+        }
+
+    zero = {name: torch.zeros_like(p) for name, p in step.named_parameters()}
+    start = at(0.0, zero)
+    # An input computed by another network called on its own is still refused
+    # (checked on the loss's first calls: these are its 2nd and 3rd).
+    encoder = bnn.VISequential(_linear(2, 2)).double()
+    with pytest.raises(ValueError, match="output of another forward pass"):
+        functional_call(step, adapted(start), (encoder(x_query).mean(0), y_query))
+    gradients = torch.autograd.grad(outer_loss(start), list(start.values()))
+    for _ in range(3):
+        direction = {name: torch.randn_like(p) for name, p in start.items()}
+        slope = sum(
+            (g * direction[name]).sum()
+            for name, g in zip(start, gradients, strict=True)
+        )
+        h = 1e-5
+        central = (outer_loss(at(h, direction)) - outer_loss(at(-h, direction))) / (
+            2 * h
+        )
+        # truncation O(h^2) and rounding O(eps / h) are both below 1e-8 here
+        torch.testing.assert_close(central.detach(), slope, rtol=1e-7, atol=1e-8)
+
+
 # ------------------------------------------------------------------ call boundary
 def test_dtype_mismatch_is_named_at_the_call() -> None:
     net = nn.Sequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))

@@ -45,6 +45,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import Tensor
 
+from pyrolite_bnn._capture import transforms_active
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._validation import (
@@ -55,6 +56,7 @@ from pyrolite_bnn._validation import (
     check_temperature,
     distribution_checks_off,
     is_validation_enabled,
+    readable_all,
 )
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions._log_rate_poisson import LogRatePoisson
@@ -662,25 +664,25 @@ class Categorical(_ClassificationLikelihood):
         keep = self.observed(target)
         if keep is not None:
             target = target[keep]
-        if target.numel():
+        # Values read only where they can be (not under vmap).
+        if target.numel() and not readable_all((target >= 0) & (target < classes)):
             low, high = torch.aminmax(target)
             low_value, high_value = int(low), int(high)
-            if low_value < 0 or high_value >= classes:
-                ignored = (
-                    ""
-                    if self.ignore_index is None
-                    else f" (or the ignore_index {self.ignore_index})"
+            ignored = (
+                ""
+                if self.ignore_index is None
+                else f" (or the ignore_index {self.ignore_index})"
+            )
+            raise ValueError(
+                f"Categorical: labels must be in [0, {classes}){ignored}, got "
+                f"range [{low_value}, {high_value}]"
+                + (
+                    "; mark unobserved positions (padding) with "
+                    "bnn.Categorical(ignore_index=...)"
+                    if self.ignore_index is None and low_value < 0
+                    else ""
                 )
-                raise ValueError(
-                    f"Categorical: labels must be in [0, {classes}){ignored}, got "
-                    f"range [{low_value}, {high_value}]"
-                    + (
-                        "; mark unobserved positions (padding) with "
-                        "bnn.Categorical(ignore_index=...)"
-                        if self.ignore_index is None and low_value < 0
-                        else ""
-                    )
-                )
+            )
         self.warn_probabilities_as_logits_once(output)
 
     def check_label_layout(self, output: Tensor, target: Tensor) -> None:
@@ -816,7 +818,7 @@ class Bernoulli(_ClassificationLikelihood):
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Targets must be 0 or 1."""
         super().check_target(output, target)
-        if target.numel() and not bool(((target == 0) | (target == 1)).all()):
+        if target.numel() and not readable_all((target == 0) | (target == 1)):
             raise ValueError("Bernoulli targets must be 0 or 1")
         self.warn_probabilities_as_logits_once(output)
 
@@ -940,6 +942,8 @@ class _ScaleLikelihood(PredictiveDistribution):
             return
         if target.numel() < 2 or target.is_meta:
             return  # no spread to read yet
+        if transforms_active():
+            return  # values unreadable under vmap: the next eager call checks
         object.__setattr__(self, "_spread_checked", True)
         if not self.untrained_parameters():  # trained, or restored from training
             return
@@ -1117,8 +1121,8 @@ class Poisson(PredictiveDistribution):
                 "Poisson targets must be non-negative integer counts of a real "
                 f"dtype, got dtype {target.dtype}"
             )
-        if target.numel() and not bool(
-            ((target >= 0) & (target == torch.round(target.double()))).all()
+        if target.numel() and not readable_all(
+            (target >= 0) & (target == torch.round(target.double()))
         ):
             raise ValueError("Poisson targets must be non-negative integer counts")
 

@@ -22,7 +22,7 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
 from torch.distributions import Distribution, Transform, constraints
 
-from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._capture import is_capturing, is_wrapped
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._validation import readable_all
 from pyrolite_bnn._warnings import warn_at_caller
@@ -715,6 +715,7 @@ class NormalPrior(Prior):
             prior_scale.numel() == 1
             and prior_scale.device.type == "cpu"
             and not is_capturing()
+            and not (is_wrapped(prior_scale) or is_wrapped(self.loc))
         ):
             # Constants as Python floats: fewer tiny tensor ops on the CPU (on an
             # accelerator, reading them would synchronise instead).
@@ -747,6 +748,8 @@ class NormalPrior(Prior):
             or self.scale.numel() != 1
             or self.scale.device.type != "cpu"
             or is_capturing()
+            or is_wrapped(self.loc)
+            or is_wrapped(self.scale)
         ):
             return None
         return (NormalPrior, float(self.loc), float(self.scale), loc.dtype, loc.device)

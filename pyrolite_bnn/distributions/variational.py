@@ -284,11 +284,13 @@ class MeanFieldNormalPosterior(Posterior):
 
         ``eps`` is drawn and combined as ``torch.distributions.Normal.rsample``
         does it (``loc + eps * scale``, not a fused multiply-add), so the draws
-        equal Pyro's bit for bit under the same seed.
+        equal Pyro's bit for bit under the same seed. ``torch.randn`` is
+        ``torch.empty(...).normal_()`` (the same values), drawn out of place:
+        under ``torch.func.vmap(..., randomness="different")`` an in-place
+        draw into an unbatched tensor is refused.
         """
         loc, scale = moments
-        eps = torch.empty((samples, 1, *self.shape), dtype=loc.dtype, device=loc.device)
-        eps.normal_()
+        eps = torch.randn((samples, 1, *self.shape), dtype=loc.dtype, device=loc.device)
         return loc + eps * scale, eps
 
     def normal_params(self) -> tuple[Tensor, Tensor]:
