@@ -26,9 +26,9 @@ A plain module holding a single Bayesian layer is a network too (so a
 ``VIModule`` is the network already: under a pass-through wrapper
 (``DistributedDataParallel``, ``DataParallel``, ``torch.compile``'s), when it
 has an assigned guide of its own or no random variables, or when it is called
-with ``samples=``. A ``LightningModule`` whose ``forward`` Lightning
-redirected to a training step (its DDP strategy) is no network: the network
-the step calls is (:mod:`pyrolite_bnn._redirected_steps`).
+with ``samples=``. A module whose ``forward`` Lightning redirected to a
+training step (its DDP strategy, Fabric's ``mark_forward_method``) is no
+network: the network the step calls is (:mod:`pyrolite_bnn._redirected_steps`).
 """
 
 from __future__ import annotations

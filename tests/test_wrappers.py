@@ -207,6 +207,8 @@ def _redirected(lit: _Lit, *args: torch.Tensor) -> torch.Tensor:
         lit.forward = original  # type: ignore[method-assign]
         return lit.training_step(*inner)
 
+    # Defined in lightning.pytorch.strategies.strategy, as Lightning's is.
+    wrapped_forward.__module__ = "lightning.pytorch.strategies.strategy"
     lit.forward = wrapped_forward  # type: ignore[method-assign]
     return nn.DataParallel(lit)(*args)  # type: ignore[no-any-return]
 
@@ -236,3 +238,29 @@ def test_a_lightning_step_redirected_through_the_wrapper_trains_as_on_one_device
         torch.testing.assert_close(redirected, direct)
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a, b)
+
+
+class _SelfPatched(LightningModule):
+    """A LightningModule that is the network and picks its forward itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = bnn.VILinear(3, 4), bnn.VILinear(4, 1)
+        self.forward = self.forward_deep  # type: ignore[method-assign]
+
+    def forward_deep(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.tanh(self.first(x)))  # type: ignore[no-any-return]
+
+
+def test_a_forward_a_module_sets_on_itself_is_no_redirection() -> None:
+    """The first check took any forward set on a LightningModule instance for
+    Lightning's redirection: such a network's call opened no frame, each layer
+    ran as a network of its own, (10, 10, 4, 1) from a call and (5, 5, 4, 1)
+    from predict (probe falsepos, C2)."""
+    net, x = _SelfPatched(), torch.randn(4, 3)
+    assert net(x).shape == (10, 4, 1)
+    assert bnn.predict(net, x, bnn.Normal(scale=1.0), samples=5).samples.shape == (
+        5,
+        4,
+        1,
+    )
