@@ -104,8 +104,10 @@ def _hyperparameter(
 
     A floating tensor keeps its dtype (a float64 scale of 0.7 stays 0.7, and
     1e-50 stays positive); anything else takes the default dtype. With
-    ``like`` (the buffer a new value replaces) it takes ``like``'s dtype and
-    device instead, before it is checked.
+    ``like`` (the buffer a new value replaces) it takes ``like``'s dtype
+    before it is checked, on its own device (a value given to a prior on the
+    meta device is checked, and kept for ``reset_parameters``); the caller
+    moves it to ``like``'s device.
     """
     if isinstance(value, str | bytes | bool) or value is None:
         raise TypeError(f"{what} must be a number or a tensor, got {value!r}")
@@ -120,7 +122,7 @@ def _hyperparameter(
     # ``to_empty``; the layer moves its copy to the posterior's device.
     device = value.device if isinstance(value, Tensor) else torch.device("cpu")
     if like is not None:
-        dtype, device = like.dtype, like.device
+        dtype = like.dtype
     tensor = torch.as_tensor(value, dtype=dtype, device=device).detach().clone()
     if constraint is not None and not _satisfies(constraint, tensor):
         shown = value.tolist() if isinstance(value, Tensor) else value
@@ -284,12 +286,15 @@ class Prior(nn.Module):
         """Set the buffer ``name`` to a checked copy of ``value``; else raise."""
         what = f"{type(self).__name__} {name}"
         constraint = self.hyperparameter_constraints().get(name)
-        tensor = _hyperparameter(value, constraint, what, like=current)
+        checked = _hyperparameter(value, constraint, what, like=current)
+        tensor = checked if current is None else checked.to(current.device)
         kept = (
             dict(self.__dict__.get("_initial_values", {})),
             set(self.__dict__.get("_unknown_values", ())),
         )
         super().__setattr__(name, tensor)  # torch's (reset_parameters' value too)
+        if tensor.is_meta and not checked.is_meta:  # the value is known: keep it
+            self._remember(name, checked)
         try:
             self._check_hyperparameters()
         except ValueError:
@@ -1389,7 +1394,10 @@ def as_prior(prior: object) -> Prior:
     ``None`` gives the default ``NormalPrior(0, 1)``; a :class:`Prior` is copied
     (so that layers never share hyperparameter buffers by accident); a
     distribution is wrapped in :class:`DistributionPrior`; a callable in
-    :class:`CallablePrior`.
+    :class:`CallablePrior`; a torch_blue-style distribution of
+    :mod:`pyrolite_bnn.vi.distributions` is converted by its ``to_prior()``
+    (as the ``vi`` layers' ``prior=`` does, and as likelihoods are by
+    ``to_predictive()``).
 
     Args:
         prior: ``None``, a :class:`Prior`, a distribution, or a callable.
@@ -1405,6 +1413,9 @@ def as_prior(prior: object) -> Prior:
         return NormalPrior()
     if isinstance(prior, Prior):
         return copy.deepcopy(prior)
+    to_prior = getattr(prior, "to_prior", None)
+    if callable(to_prior) and not isinstance(prior, type):
+        return as_prior(to_prior())
     if isinstance(prior, Distribution):
         return DistributionPrior(prior)
     if isinstance(prior, type) and issubclass(prior, Prior | Distribution):

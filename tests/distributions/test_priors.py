@@ -1119,3 +1119,34 @@ def test_shape_refusals_name_the_variable_and_both_shapes() -> None:
         ),
     ):
         bnn.VILinear(3, 4, prior={"weight": transposed})
+
+
+def test_a_value_assigned_on_the_meta_device_is_checked_and_kept_for_resets() -> None:
+    """An assigned hyperparameter was moved to the meta device before it was
+    checked and remembered: a negative scale passed, and ``reset_parameters``
+    after ``to_empty`` raised "values are unknown" where a prior built with the
+    same value restores it (probe falsepos, C3)."""
+    with torch.device("meta"):
+        layer = bnn.VILinear(3, 4)
+    with pytest.raises(ValueError, match="scale"):
+        layer.prior["weight"].scale = torch.full((4, 3), -1.0)
+    layer.prior["weight"].loc = torch.full((4, 3), 0.7)
+    assert layer.prior["weight"].loc.is_meta
+    layer.to_empty(device="cpu")
+    layer.reset_parameters()
+    torch.testing.assert_close(layer.prior["weight"].loc, torch.full((4, 3), 0.7))
+
+
+def test_a_torch_blue_distribution_is_a_prior_wherever_a_prior_is_taken() -> None:
+    """``vi`` layers take ``prior=vi.distributions.MeanFieldNormal(...)`` at
+    construction, but ``layer.prior["weight"] = `` the same object was refused
+    with a TypeError (probe falsepos, C4): it is converted by ``to_prior()``,
+    at assignment and by ``prior=`` of the library's own layers."""
+    from pyrolite_bnn import vi
+
+    normal = vi.distributions.MeanFieldNormal(0.0, 0.5)
+    layer = vi.VILinear(4, 4)
+    layer.prior["weight"] = normal
+    assert repr(layer.prior["weight"]) == repr(normal.to_prior())
+    built = bnn.VILinear(4, 4, prior=normal)
+    assert repr(built.prior["bias"]) == repr(normal.to_prior())
