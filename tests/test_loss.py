@@ -801,6 +801,21 @@ def _loss_of_network(
     return step, x.double(), y.double()
 
 
+def _task_gradient(step: nn.Module) -> Any:
+    """``(parameters, x, y) -> torch.func.grad`` of ``step``'s loss by them."""
+    from torch.func import functional_call, grad
+
+    def task_gradient(
+        p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        gradients: dict[str, torch.Tensor] = grad(
+            lambda q: functional_call(step, q, (xb, yb))
+        )(p)
+        return gradients
+
+    return task_gradient
+
+
 def _autograd_gradients(
     step: _LossOfNetwork, x: torch.Tensor, y: torch.Tensor, seed: int
 ) -> dict[str, torch.Tensor]:
@@ -831,21 +846,14 @@ def test_torch_func_vmap_of_the_loss_gradient_over_tasks(estimator: str) -> None
     """vmap(grad(...)) over tasks: the same draws for every task equal a loop
     over the tasks; randomness="different" draws each task's own weights (an
     in-place draw into an unbatched tensor was refused by vmap)."""
-    from torch.func import functional_call, grad, vmap
+    from torch.func import vmap
 
     step, x, y = _loss_of_network(estimator)
     params = {name: p.detach() for name, p in step.named_parameters()}
     tasks_x, tasks_y = torch.randn(3, *x.shape).double(), torch.randn(3, *y.shape)
     tasks_y = tasks_y.double()
 
-    def task_gradient(
-        p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        gradients: dict[str, torch.Tensor] = grad(
-            lambda q: functional_call(step, q, (xb, yb))
-        )(p)
-        return gradients
-
+    task_gradient = _task_gradient(step)
     torch.manual_seed(5)
     same = vmap(task_gradient, in_dims=(None, 0, 0), randomness="same")(
         params, tasks_x, tasks_y
@@ -885,7 +893,7 @@ def test_torch_func_vmap_over_tasks_checks_every_likelihood(
     """Targets batched over tasks by vmap: the likelihoods' target checks
     read label ranges and 0/1 or count values into Python, which vmap
     refuses; they count as passed there, like the input checks."""
-    from torch.func import functional_call, grad, vmap
+    from torch.func import vmap
 
     torch.manual_seed(0)
     net = bnn.VISequential(bnn.VILinear(3, 8), nn.Tanh(), bnn.VILinear(8, outputs))
@@ -893,14 +901,7 @@ def test_torch_func_vmap_over_tasks_checks_every_likelihood(
     params = {name: p.detach() for name, p in step.named_parameters()}
     tasks_x, tasks_y = torch.randn(3, 16, 3).double(), targets()
 
-    def task_gradient(
-        p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        gradients: dict[str, torch.Tensor] = grad(
-            lambda q: functional_call(step, q, (xb, yb))
-        )(p)
-        return gradients
-
+    task_gradient = _task_gradient(step)
     torch.manual_seed(5)
     mapped = vmap(task_gradient, in_dims=(None, 0, 0), randomness="same")(
         params, tasks_x, tasks_y
