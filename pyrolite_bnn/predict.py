@@ -28,7 +28,7 @@ import math
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import torch
 from pyro import poutine
@@ -76,6 +76,9 @@ __all__ = ["DEFAULT_MEMORY_BUDGET", "Prediction", "predict"]
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 """Memory budget in bytes of :func:`predict` for inputs not on CUDA (2 GiB)."""
+
+# The keys of a multi-task network's outputs (predict by head).
+_Key = TypeVar("_Key", bound=Hashable)
 
 # Inputs in the probe chunk that measures the working memory per input.
 _PROBE_INPUTS = 4
@@ -367,14 +370,14 @@ def predict(
 def predict(
     model: nn.Module,
     x: Tensor | tuple[Tensor, ...] | list[Tensor],
-    predictive: Mapping[Hashable, PredictiveDistribution],
+    predictive: Mapping[_Key, PredictiveDistribution],
     samples: int = 100,
     batch_size: int | None = None,
     mode: Literal["sample", "mean"] = "sample",
     *,
     memory_budget: int | None = None,
-    calibration: Mapping[Hashable, Calibration | None] | None = None,
-) -> dict[Hashable, Prediction]: ...
+    calibration: Mapping[_Key, Calibration | None] | None = None,
+) -> dict[_Key, Prediction]: ...
 
 
 @overload
