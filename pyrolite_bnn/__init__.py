@@ -44,6 +44,7 @@ from pyrolite_bnn.distributions import (
     StudentTPrior,
     VariationalFamily,
 )
+from pyrolite_bnn.drawn_networks import DrawnNetworks, draw_networks
 from pyrolite_bnn.elbo import Trace_ELBO, TraceMeanField_ELBO
 from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.guides import ParticleGuide
@@ -95,6 +96,7 @@ __all__ = [
     "Categorical",
     "CompileFallbackWarning",
     "DistributionPrior",
+    "DrawnNetworks",
     "HeteroscedasticNormal",
     "History",
     "KullbackLeiblerLoss",
@@ -142,6 +144,7 @@ __all__ = [
     "__version__",
     "calibrate",
     "convert",
+    "draw_networks",
     "enable_validation",
     "fit",
     "is_validation_enabled",

@@ -32,7 +32,7 @@ import dataclasses
 import inspect
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -214,8 +214,13 @@ def network_args(x: object) -> tuple[Any, ...]:
     return (x,)
 
 
-def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -> Any:
-    """``model(*args)`` with ``samples`` particles (``None``: its default).
+def call_network(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    samples: int | None,
+    kwargs: Mapping[str, Any] | None = None,
+) -> Any:
+    """``model(*args, **kwargs)`` with ``samples`` particles (``None``: its default).
 
     A ``VIModule`` takes ``samples=``; for a plain module holding Bayesian
     layers the count is asked of its call through a context variable
@@ -226,14 +231,17 @@ def call_network(model: nn.Module, args: tuple[Any, ...], samples: int | None) -
     :func:`network_args`) that the model's ``forward`` cannot take raise a
     ``TypeError`` that says they were unpacked.
     """
+    given = {} if kwargs is None else kwargs
     try:
         if isinstance(model, VIModule):
-            return model(*args, samples=samples)
+            return model(*args, samples=samples, **given)
         if samples is None:
-            return model(*args)
+            return model(*args, **given)
         with _particles.requesting_samples(unwrap(model), samples):
-            return model(*args)
+            return model(*args, **given)
     except TypeError:
+        if given:
+            raise
         check_unpacked_inputs(model, args)
         raise
 

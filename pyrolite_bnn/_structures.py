@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["Structure", "flatten", "leaves", "map_leaves", "tensors"]
+__all__ = [
+    "Structure",
+    "StructureMismatch",
+    "flatten",
+    "leaves",
+    "map_leaves",
+    "stack",
+    "tensors",
+]
 
 
 def _is_leaf(value: Any) -> bool:
@@ -188,3 +197,32 @@ def map_leaves(value: Any, function: Callable[[Any], Any]) -> Any:
         return function(value)
     items, keys = _children(value)
     return _rebuilt(value, keys, [map_leaves(item, function) for item in items])
+
+
+class StructureMismatch(ValueError):
+    """Values that should nest alike hold different containers or keys."""
+
+
+def stack(values: Sequence[Any]) -> Any:
+    """``values`` of one structure, their tensors stacked along a new dimension 0.
+
+    Leaves that are not tensors are the first value's.
+
+    Raises:
+        StructureMismatch: if the values nest differently.
+
+    Example:
+        >>> import torch
+        >>> stack([{"a": torch.ones(2), "n": 1}, {"a": torch.zeros(2), "n": 2}])
+        {'a': tensor([[1., 1.],
+                [0., 0.]]), 'n': 1}
+    """
+    flat = [flatten(value) for value in values]
+    structure = flat[0][1]
+    if not all(structure.matches(other) for _, other in flat[1:]):
+        raise StructureMismatch("the values nest different containers or keys")
+    stacked = [
+        torch.stack(column) if isinstance(column[0], Tensor) else column[0]
+        for column in zip(*(found for found, _ in flat), strict=True)
+    ]
+    return structure.rebuild(stacked)

@@ -31,19 +31,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import torch
-from pyro import poutine
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyrolite_bnn._allocations import AllocationPeak
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draw_budget import DRAWING_FACTOR, DrawSizes
-from pyrolite_bnn._draws import (
-    generators_held,
-    rng_state,
-    set_rng_state,
-    using_fixed_weights,
-)
+from pyrolite_bnn._draws import generators_held, rng_state, set_rng_state
+from pyrolite_bnn._fixed_weights import FixedWeights
 from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
@@ -65,7 +60,7 @@ from pyrolite_bnn._validation import (
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
-from pyrolite_bnn.guides import ParticleGuide, guide_of
+from pyrolite_bnn.guides import guide_of
 from pyrolite_bnn.module import whole_network_draws
 from pyrolite_bnn.record import release_record
 
@@ -690,7 +685,7 @@ def _predict(
 ) -> tuple[Tensor, ...]:
     """The outputs ``(S, N, ...)`` of every head of ``heads``."""
     budget = _default_budget(x[0]) if memory_budget is None else memory_budget
-    weights = _FixedWeights.medians(guide_of(model)) if mode == "mean" else None
+    weights = FixedWeights.medians(guide_of(model)) if mode == "mean" else None
     if weights is not None:
         return _predict_particles(model, x, heads, 1, batch_size, budget, weights, None)
     sizes = DrawSizes.of(model)
@@ -731,7 +726,7 @@ def _predict_particles(
     particles: int,
     batch_size: int | None,
     budget: int,
-    weights: _FixedWeights | None,
+    weights: FixedWeights | None,
     sizes: DrawSizes | None,
 ) -> tuple[Tensor, ...]:
     """Each head's outputs ``(particles, N, ...)``, in chunks.
@@ -779,7 +774,7 @@ def _predict_particles(
     if step >= size:
         return _run(model, x, heads, particles, weights)
     if kept_bytes:
-        weights = _FixedWeights.drawn(guide_of(model), particles)
+        weights = FixedWeights.drawn(guide_of(model), particles)
     # Chunks that draw the same weights again rewind the generators: one such
     # call at a time in the process.
     with generators_held() if weights is None else contextlib.nullcontext():
@@ -793,7 +788,7 @@ def _chunks(
     axis: int,
     step: int,
     particles: int,
-    weights: _FixedWeights | None,
+    weights: FixedWeights | None,
     generators: _Generators,
 ) -> tuple[Tensor, ...]:
     """The outputs of each head of ``x`` in chunks of ``step`` inputs.
@@ -851,7 +846,7 @@ def _run_unprobed(
     heads: OutputHeads,
     axis: int,
     particles: int,
-    weights: _FixedWeights | None,
+    weights: FixedWeights | None,
 ) -> tuple[Tensor, ...]:
     """All of ``x`` in one call, with no probe.
 
@@ -897,7 +892,7 @@ def _probe(
     heads: OutputHeads,
     axis: int,
     particles: int,
-    weights: _FixedWeights | None,
+    weights: FixedWeights | None,
     generators: _Generators,
 ) -> float:
     """Working memory in bytes of one input with ``particles`` particles.
@@ -926,7 +921,7 @@ def _probe(
                 given = (
                     weights
                     if weights is not None
-                    else _FixedWeights.drawn(guide_of(model), count)
+                    else FixedWeights.drawn(guide_of(model), count)
                 )
                 with AllocationPeak() as memory:
                     _run_chunk(model, x, heads, axis, 0, length, count, given)
@@ -948,7 +943,7 @@ def _run_chunk(
     start: int,
     length: int,
     particles: int,
-    weights: _FixedWeights | None,
+    weights: FixedWeights | None,
 ) -> tuple[Tensor, ...]:
     """:func:`_run` on ``length`` inputs of ``x`` from ``start`` along ``axis``.
 
@@ -973,7 +968,7 @@ def _run(
     x: tuple[Tensor, ...],
     heads: OutputHeads,
     samples: int,
-    weights: _FixedWeights | None,
+    weights: FixedWeights | None,
 ) -> tuple[Tensor, ...]:
     """Each head's outputs ``(S, B, ...)`` for one chunk.
 
@@ -1008,75 +1003,6 @@ def _run(
             "prediction has no epistemic uncertainty"
         )
     return picked
-
-
-@dataclass
-class _FixedWeights:
-    """The weights of every call of a prediction, by site name.
-
-    With the generated guide, the values are ``(S, 1, *shape)`` and the
-    network runs on them on the PyTorch-style path
-    (:func:`~pyrolite_bnn._draws.using_fixed_weights`): no Pyro handler is
-    pushed, so other threads' network calls run beside it unaffected. An
-    assigned guide is Pyro code: its values condition the network's sample
-    sites under a trace, on Pyro's handler stack, which is one for the process.
-
-    Attributes:
-        values: site name -> value.
-        guide: the guide they come from.
-    """
-
-    values: dict[str, Tensor]
-    guide: ParticleGuide
-
-    @classmethod
-    def medians(cls, guide: ParticleGuide) -> _FixedWeights:
-        """The posterior median of every weight, for one particle.
-
-        The generated guide's are read from the layers' posterior modules
-        (:meth:`~pyrolite_bnn.distributions.variational.Posterior.median`: a
-        mean-field Normal's ``loc`` as it is now, not a copy), so a call costs
-        no rebuilt distributions and follows every change of the parameters.
-        """
-        if guide.inner is None:
-            values = {}
-            for variable in guide.variables():
-                median = variable.posterior.median()
-                values[variable.site] = median.expand(1, 1, *median.shape)
-            return cls(values, guide)
-        return cls(guide.median(), guide)
-
-    @classmethod
-    def drawn(cls, guide: ParticleGuide, samples: int) -> _FixedWeights:
-        """One draw of every weight for ``samples`` particles, from the guide.
-
-        The generated guide draws from the layers' posterior modules in site
-        order, without tracing: the values, from the same random numbers, of
-        the traced guide's draws.
-        """
-        if guide.inner is None:
-            values = {v.site: v.posterior.draw(samples) for v in guide.variables()}
-            return cls(values, guide)
-        trace = poutine.trace(guide).get_trace(samples=samples)
-        values = {}
-        for variable in guide.variables():
-            value = trace.nodes[variable.site]["value"]
-            assert isinstance(value, Tensor)
-            values[variable.site] = value
-        return cls(values, guide)
-
-    def run(self, model: nn.Module, x: tuple[Tensor, ...], samples: int) -> Any:
-        """``model(*x)`` for ``samples`` particles on these weights."""
-        if self.guide.inner is None:
-            with using_fixed_weights(model, self.values):
-                return call_network(model, x, samples)
-
-        def network() -> Any:
-            return call_network(model, x, samples)
-
-        conditioned: Any = poutine.condition(network, data=self.values)
-        with poutine.trace():  # a handler makes the network a plain Pyro model
-            return conditioned()
 
 
 def _devices(model: nn.Module, x: tuple[Tensor, ...]) -> list[torch.device]:

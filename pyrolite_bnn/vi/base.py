@@ -805,18 +805,13 @@ def _stack_particles(outputs: list[Any]) -> Any:
     Raises:
         ValueError: if the particles' outputs nest differently.
     """
-    flat = [_structures.flatten(out) for out in outputs]
-    structure = flat[0][1]
-    if not all(structure.matches(other) for _, other in flat[1:]):
+    try:
+        return _structures.stack(outputs)
+    except _structures.StructureMismatch:
         raise ValueError(
             "the per-particle forward returned outputs of different structures "
             "for different particles; return the same containers for every draw"
-        )
-    stacked = [
-        torch.stack(column) if isinstance(column[0], Tensor) else column[0]
-        for column in zip(*(found for found, _ in flat), strict=True)
-    ]
-    return structure.rebuild(stacked)
+        ) from None
 
 
 def _folds_for_batch_norm(module: VIModule) -> bool:

@@ -277,6 +277,52 @@ def test_equals_torch_per_particle(entry: LayerEntry, case: LayerCase) -> None:
         torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
 
 
+def _per_particle(value: Any, samples: int) -> Any:
+    """Every tensor of an input (args, kwargs) expanded to ``(S, ...)``."""
+    if isinstance(value, Tensor):
+        return value.expand(samples, *value.shape)
+    if isinstance(value, tuple | list):
+        return type(value)(_per_particle(item, samples) for item in value)
+    if isinstance(value, dict):
+        return {key: _per_particle(item, samples) for key, item in value.items()}
+    return value
+
+
+@parametrize_cases
+def test_drawn_networks_equal_torch_per_particle(
+    entry: LayerEntry, case: LayerCase
+) -> None:
+    """``bnn.draw_networks``: every call runs the same networks, each the torch
+    layer at its drawn weights (every output tensor), and ``each`` with the
+    inputs repeated per network equals the shared call."""
+    layer = _make(entry, case)
+    _widen(layer)  # draws visibly different between particles and calls
+    if any(isinstance(m, nn.Dropout) for m in layer.modules()):
+        layer.eval()  # dropout's masks would differ between calls
+    x = case.make_input()
+    samples = 3
+    nets = bnn.draw_networks(layer, samples)
+    weights = {site: w.unsqueeze(1) for site, w in nets.weights().items()}
+    args = (x,) * case.copies
+    out = _tensors(nets(*args, **case.forward_kwargs))
+    again = _tensors(nets(*args, **case.forward_kwargs))
+    for s in range(samples):
+        with torch.no_grad():
+            expected = _tensors(_call(_torch_at(entry, layer, weights, s), case, x))
+        assert len(out) == len(expected)
+        for got, repeat, want in zip(out, again, expected, strict=True):
+            torch.testing.assert_close(got[s], want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(repeat[s], want, rtol=1e-5, atol=1e-5)
+    each = _tensors(
+        nets.each(
+            *_per_particle(args, samples),
+            **_per_particle(case.forward_kwargs, samples),
+        )
+    )
+    for got, want in zip(each, out, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def _batch_dim(module: nn.Module) -> int:
     """Where ``module``'s input has its batch: 1 for torch's sequence-first layers."""
     flags = [m.batch_first for m in module.modules() if hasattr(m, "batch_first")]

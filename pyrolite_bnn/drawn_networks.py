@@ -1,0 +1,234 @@
+"""Networks drawn once from the posterior and kept for any number of calls.
+
+Every outermost call of a Bayesian network draws new weights: right for
+training and for one prediction, wrong for a loop of calls that should run
+the same functions throughout (a rollout ``x = x + f(x)`` of a learned
+dynamics model, decoding one token per call, Thompson sampling that evaluates
+candidates in several calls). :func:`draw_networks` draws ``S`` networks once;
+the returned :class:`DrawnNetworks` runs every call on them: ``nets(x)`` gives
+all ``S`` networks the same inputs, ``nets.each(xs)`` gives network ``s`` its
+own ``xs[s]`` (the state a rollout feeds back).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pyrolite_bnn import _structures
+from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._fixed_weights import FixedWeights
+from pyrolite_bnn._isolation import isolated
+from pyrolite_bnn._network import check_bayesian_network
+from pyrolite_bnn._particles import one_particle
+from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._validation import check_count
+from pyrolite_bnn.guides import guide_of
+from pyrolite_bnn.record import release_record
+
+__all__ = ["DrawnNetworks", "draw_networks"]
+
+
+def draw_networks(model: nn.Module, samples: int) -> DrawnNetworks:
+    """Draw ``samples`` networks from ``model``'s posterior, kept for every call.
+
+    Each network is one draw of every weight from the posterior (the
+    network's guide: the generated mean-field one, or an assigned Pyro guide),
+    taken now, without gradients. Calls of the returned object run on these
+    draws: the same ``S`` functions in every call, however many, so a loop of
+    calls (a rollout, decoding, a search over candidates) is ``S`` coherent
+    trajectories. Each particle is a whole network, whatever the layers'
+    training estimator, as in :func:`~pyrolite_bnn.predict`.
+
+    The draws are a snapshot: training the model afterwards does not change
+    them (draw again), and they stay on the device the parameters were on.
+    The networks run in the model's mode: call ``model.eval()`` first for
+    dropout and batch norm to act as in a prediction.
+
+    Args:
+        model: a ``bnn.VIModule``, or a torch module holding Bayesian layers.
+        samples: the number of networks ``S``.
+
+    Returns:
+        The drawn networks; see :class:`DrawnNetworks`.
+
+    Raises:
+        TypeError: if ``model`` holds no Bayesian layers, or ``samples`` is
+            not an integer.
+        ValueError: if ``samples`` is below 1.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> step = bnn.VISequential(bnn.VILinear(2, 8), torch.nn.Tanh(),
+        ...                         bnn.VILinear(8, 2))
+        >>> nets = bnn.draw_networks(step, samples=5)
+        >>> x = torch.randn(3, 2)
+        >>> torch.equal(nets(x), nets(x))  # the same networks in every call
+        True
+        >>> state = x + nets(x)  # (5, 3, 2): one state per network
+        >>> for _ in range(4):
+        ...     state = state + nets.each(state)  # network s continues state[s]
+        >>> state.shape
+        torch.Size([5, 3, 2])
+    """
+    model = unwrap(model)
+    check_bayesian_network(model, "draw_networks needs")
+    samples = check_count(samples, "samples")
+    with torch.no_grad(), local_params():
+        weights = isolated(FixedWeights.drawn, guide_of(model), samples)
+    return DrawnNetworks(model, weights, samples)
+
+
+class DrawnNetworks:
+    """``S`` networks drawn from a posterior, run on the same weights in every call.
+
+    Made by :func:`draw_networks`. Calls run in the caller's gradient mode
+    (gradients flow to the inputs, for a search over inputs, but not to the
+    drawn weights), apart from the caller's Pyro handlers, and return plain
+    tensors: they are no training step (a loss needs a call of the network
+    itself). For the summaries of :func:`~pyrolite_bnn.predict` over these
+    networks, wrap their outputs: ``bnn.Prediction(nets(x), likelihood)``.
+
+    Attributes:
+        model: the network the draws are of.
+        samples: the number of networks ``S``.
+
+    Example:
+        Thompson sampling: each network picks its best candidate.
+
+        >>> import torch, pyrolite_bnn as bnn
+        >>> net = bnn.VISequential(bnn.VILinear(1, 16), torch.nn.ReLU(),
+        ...                        bnn.VILinear(16, 1))
+        >>> nets = bnn.draw_networks(net, samples=4)
+        >>> candidates = torch.linspace(-2, 2, 50).unsqueeze(-1)
+        >>> picks = candidates[nets(candidates).squeeze(-1).argmax(1)]
+        >>> picks.shape  # one candidate per network
+        torch.Size([4, 1])
+        >>> nets[0](candidates).shape  # network 0 alone
+        torch.Size([1, 50, 1])
+        >>> bnn.Prediction(nets(candidates), bnn.Normal(scale=0.1)).variance.shape
+        torch.Size([50])
+    """
+
+    def __init__(self, model: nn.Module, weights: FixedWeights, samples: int) -> None:
+        self.model = model
+        self.samples = samples
+        self._weights = weights
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __repr__(self) -> str:
+        return f"DrawnNetworks({type(self.model).__name__}, samples={self.samples})"
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        """The outputs of all ``S`` networks at the same inputs.
+
+        ``model(*inputs, **kwargs)`` for each network: tensors ``(S, B, ...)``
+        (in the output's containers), as a call with ``samples=S`` returns
+        them.
+        """
+        return self._run(self._weights, inputs, kwargs, self.samples)
+
+    def each(self, *inputs: Any, **kwargs: Any) -> Any:
+        """Network ``s``'s outputs at its own inputs (row ``s`` of each).
+
+        Every tensor input (positional or keyword), also inside tuples, lists
+        and dicts (a recurrent layer's state ``(h, c)``), has the networks
+        first, ``(S, ...)``, as the outputs of a call have: network ``s`` runs
+        on row ``s`` of each. Other arguments go to every network as they
+        are; a tensor that all networks share is given expanded,
+        ``x.expand(S, *x.shape)``. The outputs are ``(S, B, ...)``; leaves of
+        the output that are not tensors are the first network's. The networks run one after the other (``S`` calls
+        of one particle each): for a long loop, a ``forward`` that runs the
+        whole loop in one call is faster (how-to, "Several calls in one
+        prediction").
+
+        Raises:
+            TypeError: if no input is a tensor.
+            ValueError: if a tensor input's first dimension is not ``S``.
+        """
+        found = _structures.tensors((inputs, kwargs))
+        if not found:
+            raise TypeError(
+                "each needs at least one tensor input with the networks first, "
+                f"(S, B, ...) with S = {self.samples}; for inputs shared by all "
+                "networks call them directly, nets(x)"
+            )
+        for value in found:
+            if value.dim() == 0 or value.shape[0] != self.samples:
+                raise ValueError(
+                    "each takes tensor inputs with one row per network first, "
+                    f"({self.samples}, ...): got an input of shape "
+                    f"{tuple(value.shape)}. For an input that all networks share, "
+                    f"call them directly, nets(x), or expand it, "
+                    f"x.expand({self.samples}, *x.shape)"
+                )
+        outputs = []
+        for s in range(self.samples):
+            row = functools.partial(_row, s=s)
+            own, own_kwargs = _structures.map_leaves((inputs, kwargs), row)
+            outputs.append(one_particle(self._run(self._one(s), own, own_kwargs, 1)))
+        return _structures.stack(outputs)
+
+    def __getitem__(self, index: int | slice) -> DrawnNetworks:
+        """The networks ``index`` selects (one for an integer), as ``DrawnNetworks``.
+
+        Raises:
+            TypeError: for an index that is not an integer or a slice.
+            IndexError: for an integer out of range or an empty selection.
+        """
+        if isinstance(index, bool) or not isinstance(index, (int, slice)):
+            raise TypeError(
+                f"DrawnNetworks are indexed by an int or a slice, got "
+                f"{type(index).__name__}"
+            )
+        if isinstance(index, int):
+            if not -self.samples <= index < self.samples:
+                raise IndexError(
+                    f"network {index} out of range for {self.samples} networks"
+                )
+            return DrawnNetworks(self.model, self._one(index % self.samples), 1)
+        count = len(range(self.samples)[index])
+        if count == 0:
+            raise IndexError(f"{index} selects none of the {self.samples} networks")
+        values = {site: value[index] for site, value in self._weights.values.items()}
+        return DrawnNetworks(
+            self.model, FixedWeights(values, self._weights.guide), count
+        )
+
+    def weights(self) -> dict[str, Tensor]:
+        """Every weight of the ``S`` networks by site name, ``(S, *shape)`` (copies)."""
+        return {
+            site: value.reshape(self.samples, *value.shape[2:]).clone()
+            for site, value in self._weights.values.items()
+        }
+
+    def _one(self, s: int) -> FixedWeights:
+        """The weights of network ``s`` alone."""
+        values = {
+            site: value[s : s + 1] for site, value in self._weights.values.items()
+        }
+        return FixedWeights(values, self._weights.guide)
+
+    def _run(
+        self,
+        weights: FixedWeights,
+        inputs: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        samples: int,
+    ) -> Any:
+        """``model(*inputs, **kwargs)`` on ``weights``, for ``samples`` particles."""
+        with local_params():
+            out = isolated(weights.run, self.model, inputs, samples, kwargs)
+        for tensor in _structures.tensors(out):
+            release_record(tensor)  # plain data, as a prediction's
+        return out
+
+
+def _row(leaf: Any, s: int) -> Any:
+    """Row ``s`` of a tensor input; any other input as it is."""
+    return leaf[s] if isinstance(leaf, Tensor) else leaf

@@ -1,0 +1,221 @@
+"""``bnn.draw_networks``: S networks drawn once, the same in every call.
+
+Per-layer agreement with torch at the drawn weights is in the layer contract
+suite (``tests/layers/test_contract.py``); here: rollouts and step-wise
+decoding against plain torch, the draws' distribution, whole networks under
+the default estimator, assigned guides, plain containers, gradients, Pyro
+handlers, indexing and refusals.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoMultivariateNormal
+from torch import Tensor, nn
+
+import pyrolite_bnn as bnn
+
+
+def _mlp() -> bnn.VISequential:
+    net = bnn.VISequential(bnn.VILinear(2, 8), nn.Tanh(), bnn.VILinear(8, 2))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("rho_unconstrained"):
+                p.fill_(-1.0)  # posterior std ~0.3: networks visibly different
+    return net
+
+
+def _plain_mlp(weights: dict[str, Tensor], s: int, x: Tensor) -> Tensor:
+    h = torch.tanh(x @ weights["0.weight"][s].T + weights["0.bias"][s])
+    return h @ weights["2.weight"][s].T + weights["2.bias"][s]
+
+
+def test_rollout_follows_each_network_in_plain_torch() -> None:
+    torch.manual_seed(0)
+    nets = bnn.draw_networks(_mlp(), samples=4)
+    weights = nets.weights()
+    start = torch.randn(3, 2)
+    state = start + nets(start)
+    paths = [start + _plain_mlp(weights, s, start) for s in range(4)]
+    for _ in range(6):
+        state = state + nets.each(state)
+        paths = [p + _plain_mlp(weights, s, p) for s, p in enumerate(paths)]
+    torch.testing.assert_close(state, torch.stack(paths), rtol=1e-5, atol=1e-5)
+    # the networks differ from each other: the rollout is not one function
+    assert (state[0] - state[1]).abs().max() > 0.1
+
+
+def test_whole_networks_under_the_default_estimator() -> None:
+    """A direct call samples the linear layers' outputs per example
+    (estimator="auto"); drawn networks are whole: identical rows, identical
+    outputs within a network."""
+    torch.manual_seed(1)
+    net = _mlp()
+    rows = torch.randn(1, 2).expand(6, 2)
+    direct = net(rows, samples=4)
+    assert (direct - direct[:, :1]).abs().max() > 1e-3  # the premise
+    drawn = bnn.draw_networks(net, samples=4)(rows)
+    torch.testing.assert_close(drawn, drawn[:, :1].expand_as(drawn), rtol=0, atol=0)
+
+
+def test_draws_follow_the_posterior() -> None:
+    """4000 draws of a mean-field posterior: means within 4 standard errors,
+    standard deviations within 5 % (a normal sample's sd has relative error
+    1/sqrt(2n) = 1.1 %)."""
+    torch.manual_seed(2)
+    layer = bnn.VILinear(3, 2)
+    with torch.no_grad():
+        layer.posterior["weight"].rho_unconstrained.uniform_(-2.0, 0.0)
+    draws = bnn.draw_networks(layer, samples=4000).weights()["weight"]
+    loc = layer.posterior["weight"].loc.detach()
+    scale = layer.posterior["weight"].scale().detach()
+    assert ((draws.mean(0) - loc).abs() <= 4 * scale / 4000**0.5).all()
+    torch.testing.assert_close(draws.std(0), scale, rtol=0.05, atol=0)
+
+
+def test_stepwise_lstm_decoding_equals_one_call() -> None:
+    """Decoding one step per call, the state fed back with ``each``, equals
+    the whole sequence in one call of the same networks."""
+    torch.manual_seed(3)
+    lstm = bnn.VILSTM(3, 5, num_layers=2, batch_first=True)
+    nets = bnn.draw_networks(lstm, samples=3)
+    x = torch.randn(2, 4, 3)
+    whole, (h_whole, c_whole) = nets(x)
+    out, (h, c) = nets(x[:, :1])
+    steps = [out]
+    for t in range(1, 4):
+        token = x[:, t : t + 1].expand(3, *x[:, t : t + 1].shape)
+        out, (h, c) = nets.each(token, (h, c))
+        steps.append(out)
+    torch.testing.assert_close(torch.cat(steps, 2), whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, h_whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c, c_whole, rtol=1e-5, atol=1e-5)
+
+
+def test_plain_container_and_keyword_inputs() -> None:
+    class Shifted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(bnn.VILinear(2, 4), nn.ReLU(), bnn.VILinear(4, 1))
+
+        def forward(self, x: Tensor, *, shift: Tensor) -> dict[str, Tensor]:
+            y = self.body(x)
+            return {"y": y + bnn.match_particles(shift, y)}
+
+    torch.manual_seed(4)
+    model = Shifted()
+    nets = bnn.draw_networks(model, samples=5)
+    x, shift = torch.randn(6, 2), torch.randn(6, 1)
+    out = nets(x, shift=shift)["y"]
+    assert out.shape == (5, 6, 1)
+    torch.testing.assert_close(nets(x, shift=shift)["y"], out, rtol=0, atol=0)
+    each = nets.each(x.expand(5, 6, 2), shift=shift.expand(5, 6, 1))["y"]
+    torch.testing.assert_close(each, out, rtol=1e-6, atol=1e-6)
+    weights = nets.weights()
+    for s in range(5):
+        h = torch.relu(x @ weights["body.0.weight"][s].T + weights["body.0.bias"][s])
+        y = h @ weights["body.2.weight"][s].T + weights["body.2.bias"][s] + shift
+        torch.testing.assert_close(out[s], y, rtol=1e-5, atol=1e-5)
+
+
+def test_assigned_guide_draws_from_it() -> None:
+    """With an autoguide the networks are its draws: 3000 draws of a
+    full-covariance guide have its covariance (entries within 0.1 of
+    matrices of scale ~1; the Monte-Carlo error is ~0.03)."""
+    torch.manual_seed(5)
+    net = bnn.VISequential(bnn.VILinear(2, 1))
+    guide = AutoMultivariateNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    net.guide = guide
+    with torch.no_grad():
+        guide.scale_tril.copy_(
+            torch.tensor([[1.0, 0, 0], [0.5, 0.8, 0], [0.2, -0.3, 0.6]])
+        )
+        guide.scale.fill_(1.0)
+    nets = bnn.draw_networks(net, samples=3000)
+    weights = nets.weights()
+    flat = torch.cat([weights["0.weight"].reshape(3000, -1), weights["0.bias"]], 1)
+    expected = guide.get_posterior().covariance_matrix
+    torch.testing.assert_close(flat.T.cov(), expected, rtol=0, atol=0.1)
+    x = torch.randn(4, 2)
+    plain = x @ weights["0.weight"][:5].transpose(1, 2) + weights["0.bias"][:5, None]
+    torch.testing.assert_close(nets[:5](x), plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        nets[:5].each(x.expand(5, 4, 2)), plain, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_a_snapshot_of_the_posterior() -> None:
+    """Changing the posterior (training) or the returned weights afterwards
+    leaves the drawn networks as they were."""
+    torch.manual_seed(6)
+    net = _mlp()
+    nets = bnn.draw_networks(net, samples=3)
+    x = torch.randn(4, 2)
+    before = nets(x)
+    nets.weights()["0.weight"].zero_()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    torch.testing.assert_close(nets(x), before, rtol=0, atol=0)
+
+
+def test_gradients_reach_the_inputs_not_the_parameters() -> None:
+    torch.manual_seed(7)
+    net = _mlp()
+    nets = bnn.draw_networks(net, samples=3)
+    x = torch.randn(4, 2, requires_grad=True)
+    nets(x).sum().backward()
+    assert x.grad is not None
+    assert x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_runs_apart_from_the_callers_pyro_handlers() -> None:
+    """Inside a user's Pyro model (a trace), the drawn networks record no
+    weight sites and keep their weights (the Pyro path would draw from the
+    prior)."""
+    torch.manual_seed(8)
+    nets = bnn.draw_networks(_mlp(), samples=2)
+    x = torch.randn(3, 2)
+    outside = nets(x)
+    with poutine.trace() as tracer:
+        inside = nets(x)
+    assert not [n for n in tracer.trace.nodes if "weight" in n or "bias" in n]
+    torch.testing.assert_close(inside, outside, rtol=0, atol=0)
+
+
+def test_indexing() -> None:
+    torch.manual_seed(9)
+    nets = bnn.draw_networks(_mlp(), samples=5)
+    x = torch.randn(3, 2)
+    out = nets(x)
+    assert len(nets) == 5
+    assert repr(nets) == "DrawnNetworks(VISequential, samples=5)"
+    torch.testing.assert_close(nets[2](x), out[2:3], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(nets[-1](x), out[4:5], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(nets[1::2](x), out[1::2], rtol=1e-6, atol=1e-6)
+    assert nets[1::2].samples == 2
+    with pytest.raises(IndexError, match="out of range"):
+        nets[5]
+    with pytest.raises(IndexError, match="selects none"):
+        nets[3:3]
+    with pytest.raises(TypeError, match="int or a slice"):
+        nets[True]
+
+
+def test_refusals() -> None:
+    net = _mlp()
+    with pytest.raises(TypeError, match="Bayesian layers"):
+        bnn.draw_networks(nn.Linear(2, 2), 3)
+    for bad, error in ((0, ValueError), (-2, ValueError), (2.0, TypeError)):
+        with pytest.raises(error, match="samples"):
+            bnn.draw_networks(net, bad)  # type: ignore[arg-type]
+    nets = bnn.draw_networks(net, 4)
+    with pytest.raises(ValueError, match=r"one row per network first, \(4, \.\.\.\)"):
+        nets.each(torch.randn(3, 2))
+    with pytest.raises(ValueError, match=r"shape \(3, 2\)"):
+        nets.each(torch.randn(4, 3, 2), (torch.randn(3, 2),))
+    with pytest.raises(TypeError, match="at least one tensor"):
+        nets.each("text")
