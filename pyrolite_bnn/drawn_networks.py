@@ -142,9 +142,9 @@ class DrawnNetworks:
         on row ``s`` of each. Other arguments go to every network as they
         are; a tensor that all networks share is given expanded,
         ``x.expand(S, *x.shape)``. The outputs are ``(S, B, ...)``; leaves of
-        the output that are not tensors are the first network's. The networks run one after the other (``S`` calls
-        of one particle each): for a long loop, a ``forward`` that runs the
-        whole loop in one call is faster (how-to, "Several calls in one
+        the output that are not tensors are the first network's. The networks
+        run one after the other (``S`` calls of one particle each): for a long
+        loop, a ``forward`` that runs the whole loop in one call is faster (how-to, "Several calls in one
         prediction").
 
         Raises:
