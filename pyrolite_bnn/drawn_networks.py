@@ -144,8 +144,8 @@ class DrawnNetworks:
         ``x.expand(S, *x.shape)``. The outputs are ``(S, B, ...)``; leaves of
         the output that are not tensors are the first network's. The networks
         run one after the other (``S`` calls of one particle each): for a long
-        loop, a ``forward`` that runs the whole loop in one call is faster (how-to, "Several calls in one
-        prediction").
+        loop, a ``forward`` that runs the whole loop in one call is faster
+        (how-to, "Several calls in one prediction").
 
         Raises:
             TypeError: if no input is a tensor.
