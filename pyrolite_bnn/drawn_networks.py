@@ -145,7 +145,7 @@ class DrawnNetworks:
         the output that are not tensors are the first network's. The networks
         run one after the other (``S`` calls of one particle each): for a long
         loop, a ``forward`` that runs the whole loop in one call is faster
-        (how-to, "Several calls in one prediction").
+        (how-to, "Several outputs, several calls: one network per particle").
 
         Raises:
             TypeError: if no input is a tensor.
