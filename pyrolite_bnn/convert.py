@@ -41,7 +41,7 @@ import copy
 import functools
 import types
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -55,6 +55,7 @@ from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
 from pyrolite_bnn._validation import check_positive
 from pyrolite_bnn.distributions.priors import NormalPrior
 from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormal,
     MeanFieldNormalPosterior,
     VariationalFamily,
 )
@@ -128,9 +129,13 @@ def convert(
         module: a ``torch.nn`` model (not already a ``bnn.VIModule``).
         prior: prior of every weight (anything the layers' ``prior=`` takes);
             with ``moped``, ``None`` or a :class:`~pyrolite_bnn.NormalPrior`
-            whose ``scale`` is kept.
+            with ``loc=0`` whose ``scale`` is kept (MOPED puts the centres
+            at the weights; assign other priors after the conversion).
         variational: variational family of every weight (``None``:
-            mean-field Normal).
+            mean-field Normal); with ``moped``, ``None`` or a
+            :class:`~pyrolite_bnn.MeanFieldNormal` with the default
+            ``init_scale`` (MOPED sets the scales), whose
+            ``scale_transform`` is kept.
         estimator: the layers' ``estimator=`` (the sequence layers,
             ``VIEmbedding`` and the transposed convolutions accept only
             ``"auto"``/``"reparam"``: exclude them or keep ``"auto"``).
@@ -156,8 +161,9 @@ def convert(
             ``include``/``exclude`` hold other than paths and types.
         ValueError: for an unknown path in ``include``/``exclude``, a path
             inside a layer converted as a whole, invalid
-            ``moped``/``prior``/``variational``, or a lazy layer
-            (``nn.LazyLinear``) not yet initialised by a forward pass.
+            ``moped``/``prior``/``variational`` (with ``moped``, a prior
+            ``loc`` or an ``init_scale`` that MOPED would replace), or a lazy
+            layer (``nn.LazyLinear``) not yet initialised by a forward pass.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -194,11 +200,7 @@ def convert(
         )
     if moped is not None:
         moped = check_positive(moped, "moped (delta)")
-    if moped is not None and not (prior is None or isinstance(prior, NormalPrior)):
-        raise ValueError(
-            "moped= centres a Normal prior at the weights: pass prior=None or a "
-            f"bnn.NormalPrior (its scale is kept), got {type(prior).__name__}"
-        )
+        _check_moped_options(prior, variational)
     converter = _Converter(
         {"prior": prior, "variational": variational, "estimator": estimator},
         moped,
@@ -657,6 +659,46 @@ class _Converter:
             )
 
 
+def _check_moped_options(prior: object, variational: object) -> None:
+    """Refuse a ``prior=``/``variational=`` setting that ``moped=`` would replace.
+
+    MOPED centres every prior at the trained weights and starts every
+    posterior at standard deviation ``delta * |w|``: a prior's nonzero ``loc``
+    or a family's ``init_scale`` other than the default would be dropped
+    without a word (only the prior's ``scale`` and the family's
+    ``scale_transform`` are kept).
+    """
+    if not (prior is None or isinstance(prior, NormalPrior)):
+        raise ValueError(
+            "moped= centres a Normal prior at the weights: pass prior=None or a "
+            f"bnn.NormalPrior (its scale is kept), got {type(prior).__name__}"
+        )
+    loc = None if prior is None else prior.loc
+    if loc is not None and not loc.is_meta and bool((loc != 0).any()):
+        shown = f"{loc.item():g}" if loc.numel() == 1 else f"tensor{tuple(loc.shape)}"
+        raise ValueError(
+            "moped= centres each prior at the trained weights, so the "
+            f"loc={shown} of prior= would be ignored: pass "
+            "bnn.NormalPrior(scale=...) (its scale is kept), or assign the priors "
+            "you want after convert (for v in net.random_variables(): "
+            "v.module.prior[v.name] = ...)"
+        )
+    families = (
+        list(variational.values())
+        if isinstance(variational, Mapping)
+        else [variational]
+    )
+    default = MeanFieldNormal().init_scale
+    for family in families:
+        if isinstance(family, MeanFieldNormal) and family.init_scale != default:
+            raise ValueError(
+                "moped= starts each posterior at standard deviation delta * |w|, "
+                f"so the init_scale={family.init_scale:g} of variational= would be "
+                "ignored: pass bnn.MeanFieldNormal() (its scale_transform is "
+                "kept), or leave out moped= to start every posterior at init_scale"
+            )
+
+
 def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:
     """Centre every prior of ``layer`` at its posterior mean; scale delta * |w|."""
     scale = prior.scale if isinstance(prior, NormalPrior) else torch.tensor(1.0)
@@ -674,3 +716,4 @@ def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:
             sub.prior[name] = NormalPrior(weight, scale.clone()).to(weight)
             std = (delta * weight.abs()).clamp_min(MOPED_MIN_SCALE)
             posterior.reset_parameters(weight, std)
+            posterior.init_scale = std  # what a reset returns to (and the repr)

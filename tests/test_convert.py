@@ -213,6 +213,78 @@ def test_moped_prior_and_posterior() -> None:
         bnn.convert(module, moped=0.1, prior=bnn.LaplacePrior())
 
 
+def test_moped_refuses_an_init_scale_it_would_replace() -> None:
+    """MOPED sets every posterior scale to delta * |w|: an init_scale given with
+    variational= was dropped without a word, while the posterior's repr still
+    read init_scale=0.05 (peer probe C7)."""
+    module = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"init_scale=0\.05 of variational= would"):
+        bnn.convert(module, moped=0.1, variational=bnn.MeanFieldNormal(0.05))
+    per_variable = {"weight": bnn.MeanFieldNormal(), "bias": bnn.MeanFieldNormal(0.01)}
+    with pytest.raises(ValueError, match=r"init_scale=0\.01 of variational="):
+        bnn.convert(module, moped=0.1, variational=per_variable)  # type: ignore[arg-type]
+    # What MOPED keeps is still taken: the scale transform.
+    net = bnn.convert(
+        module, moped=0.1, variational=bnn.MeanFieldNormal(scale_transform="exp")
+    )
+    posterior = net[0].posterior["weight"]
+    assert posterior.scale_transform == "exp"
+    expected = 0.1 * module[0].weight.detach().abs()
+    torch.testing.assert_close(posterior.scale(), expected, rtol=1e-5, atol=0)
+
+
+def test_moped_refuses_a_prior_loc_it_would_replace() -> None:
+    """MOPED centres every prior at the weights: prior=NormalPrior(0.5, 1) lost
+    its loc silently (peer probe C2). A zero loc is MOPED's own default."""
+    module = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"loc=0\.5 of prior= would be ignored"):
+        bnn.convert(module, moped=0.1, prior=bnn.NormalPrior(0.5, 1.0))
+    rows = torch.tensor([[0.0], [0.0], [0.2], [0.0]])
+    with pytest.raises(ValueError, match=r"loc=tensor\(4, 1\) of prior="):
+        bnn.convert(module, moped=0.1, prior=bnn.NormalPrior(rows, 1.0))
+    net = bnn.convert(module, moped=0.1, prior=bnn.NormalPrior(torch.tensor(0.0), 2.0))
+    prior = net[0].prior["weight"]
+    assert isinstance(prior, bnn.NormalPrior)
+    torch.testing.assert_close(prior.loc, module[0].weight.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(prior.scale, torch.tensor(2.0))
+
+
+def test_moped_posterior_reports_and_resets_to_its_own_scales() -> None:
+    """The repr of a MOPED posterior claimed the family's init_scale=0.001, and
+    reset_parameters() returned its scales there: neither was ever in effect."""
+    module = nn.Sequential(nn.Linear(3, 4))
+    net = bnn.convert(module, moped=0.1)
+    posterior = net[0].posterior["weight"]
+    assert repr(posterior) == (
+        "MeanFieldNormalPosterior(shape=(4, 3), init_scale=tensor(4, 3))"
+    )
+    expected = (0.1 * module[0].weight.detach().abs()).clamp_min(MOPED_MIN_SCALE)
+    with torch.no_grad():
+        posterior.rho.fill_(2.0)  # as if trained
+    posterior.reset_parameters()
+    torch.testing.assert_close(posterior.scale(), expected, rtol=1e-5, atol=0)
+
+
+def test_moped_then_priors_at_zero_is_the_dnn_to_bnn_model() -> None:
+    """docs/peers.rst's recipe for bayesian-torch's dnn_to_bnn(moped_enable=True)
+    prior N(prior_mu=0, prior_sigma): assigned after convert, the KL is the closed
+    form of N(w, (delta |w|)^2) against N(0, prior_sigma^2), summed over weights."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    net = bnn.convert(module, moped=0.1)
+    for v in net.random_variables():
+        v.module.prior[v.name] = bnn.NormalPrior(0.0, 0.5)
+    expected = sum(
+        torch.distributions.kl_divergence(
+            torch.distributions.Normal(w, (0.1 * w.abs()).clamp_min(MOPED_MIN_SCALE)),
+            torch.distributions.Normal(0.0, 0.5),
+        ).sum()
+        for w in module.parameters()
+    )
+    kl = net(torch.randn(8, 4), samples=2).bnn_record.kl()
+    torch.testing.assert_close(kl.detach(), expected.detach(), rtol=1e-5, atol=0)
+
+
 def test_moped_state_dict_reload_is_exact() -> None:
     trained = bnn.convert(_trained(Block()), moped=0.1)
     with torch.no_grad():  # fine-tuning moves posteriors away from the prior centres
