@@ -716,4 +716,4 @@ def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:
             sub.prior[name] = NormalPrior(weight, scale.clone()).to(weight)
             std = (delta * weight.abs()).clamp_min(MOPED_MIN_SCALE)
             posterior.reset_parameters(weight, std)
-            posterior.init_scale = std  # what a reset returns to (and the repr)
+            posterior.keep_initial_scales(std)  # what a reset returns to (and repr)

@@ -349,6 +349,17 @@ class MeanFieldNormalPosterior(Posterior):
                 self._check_representable(float(scale), self.rho.dtype)
                 self.rho_unconstrained.fill_(self._raw_scale(float(scale)))
 
+    def keep_initial_scales(self, scale: Tensor) -> None:
+        """Make ``scale``, one per weight, what :meth:`reset_parameters` returns to.
+
+        Kept as a non-persistent buffer :attr:`init_scale`: it moves with the
+        module (``.to()``) and is not in ``state_dict`` (``convert`` sets it
+        when it builds the network).
+        """
+        if "init_scale" not in self._buffers:
+            del self.init_scale  # the number given at construction
+        self.register_buffer("init_scale", scale.detach().clone(), persistent=False)
+
     def extra_repr(self) -> str:
         """Shape and initial scale (``tensor(shape)`` for one per weight)."""
         scale = self.init_scale
