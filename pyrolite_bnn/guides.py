@@ -42,6 +42,7 @@ from pyro import poutine
 from pyro.infer.autoguide import (
     AutoContinuous,
     AutoDelta,
+    AutoGaussian,
     AutoGuide,
     AutoGuideList,
     AutoLaplaceApproximation,
@@ -63,6 +64,7 @@ from pyrolite_bnn._pyro_module import (
     ParamStoreModule,
     local_params,
 )
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import elementwise_quantiles
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 
@@ -123,6 +125,7 @@ class ParticleGuide(LocalPyroModule):
         if inner is not None:
             check_guide(inner)
             _refuse_laplace_approximation(inner)
+            _warn_structure_without_data(inner)
         super().__init__()
         # A tuple hides the network from nn.Module registration (no cycle).
         self._network = (network,)
@@ -285,7 +288,10 @@ class ParticleGuide(LocalPyroModule):
                 ``predict(..., mode="sample")`` needs none.
         """
         if self.inner is not None:
-            return _guide_median(self.inner, args, kwargs)
+            # Pyro's medians may be the guide's own parameters (AutoDelta's
+            # values, AutoLaplaceApproximation's loc): copies, without gradients.
+            medians = _guide_median(self.inner, args, kwargs)
+            return {site: value.detach().clone() for site, value in medians.items()}
         return {v.site: v.posterior.median().clone() for v in self.variables()}
 
     @torch.no_grad()
@@ -363,6 +369,27 @@ def _refuse_laplace_approximation(guide: Callable[..., Any]) -> None:
             object.__setattr__(
                 part, "laplace_approximation", _laplace_approximation_refused
             )
+
+
+def _warn_structure_without_data(guide: Callable[..., Any]) -> None:
+    """Warn that an assigned ``AutoGaussian`` couples no two weight tensors.
+
+    ``AutoGaussian`` takes its dependencies from the model it is built on; the
+    network's ``prior_model`` scores no data, so no two sites depend on each
+    other there and the guide factorises over the weight tensors (between
+    weight and bias of a linear regression: correlation 0 where the posterior
+    has 0.28, epistemic variance 23 % low).
+    """
+    parts = list(guide) if isinstance(guide, AutoGuideList) else [guide]
+    if any(isinstance(part, AutoGaussian) for part in parts):
+        warn_at_caller(
+            "AutoGaussian takes its dependency structure from the model it is "
+            "built on, and model.prior_model has no data: no two weight tensors "
+            "depend on each other there, so this guide is independent between "
+            "them (a Gaussian per weight tensor). For a posterior that couples "
+            "the weights use AutoMultivariateNormal or "
+            "AutoLowRankMultivariateNormal (or AutoStructured with dependencies)"
+        )
 
 
 def check_guide(guide: object) -> None:

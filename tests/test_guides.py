@@ -29,6 +29,7 @@ from pyro.infer import (
 from pyro.infer.autoguide import (
     AutoDelta,
     AutoDiagonalNormal,
+    AutoGaussian,
     AutoGuideList,
     AutoIAFNormal,
     AutoLaplaceApproximation,
@@ -798,3 +799,36 @@ def test_a_particle_guide_needs_a_network_with_bayesian_layers(network: Any) -> 
     bnn layers gave an empty guide without a word."""
     with pytest.raises(TypeError, match="ParticleGuide needs a network with Bayesian"):
         bnn.ParticleGuide(network)
+
+
+@pytest.mark.parametrize(
+    "autoguide", [AutoDelta, AutoLaplaceApproximation, AutoMultivariateNormal]
+)
+def test_median_of_an_assigned_guide_is_a_copy(autoguide: type[Any]) -> None:
+    """``median()`` promises new tensors: Pyro's may be the guide's own
+    parameters (AutoLaplaceApproximation's needed gradients, so ``.numpy()``
+    raised, and an in-place change of a median moved the trained guide)."""
+    net = bnn.VISequential(bnn.VILinear(2, 1))
+    net.guide = autoguide(net.prior_model, init_loc_fn=net.init_loc_fn)
+    medians = net.guide.median()
+    for value in medians.values():
+        assert not value.requires_grad
+        value.numpy()
+        value.add_(1.0)
+    again = net.guide.median()
+    for site, value in medians.items():
+        torch.testing.assert_close(again[site], value - 1.0, rtol=0, atol=1e-6)
+
+
+def test_autogaussian_on_the_weight_model_warns_that_it_couples_nothing() -> None:
+    """AutoGaussian takes its structure from the model's dependencies; the
+    weight model has none, so the guide is independent between weight
+    tensors (a probe's conjugate regression: weight-bias correlation 0 where
+    the posterior has 0.28)."""
+    net = bnn.VISequential(bnn.VILinear(2, 1))
+    with pytest.warns(UserWarning, match="independent between them"):
+        net.guide = AutoGaussian(net.prior_model, init_loc_fn=net.init_loc_fn)
+    guide = net.guide.inner
+    assert guide is not None
+    # the premise: no factor of the guide couples the two sites
+    assert all(set(f) == {site} for site, f in guide.dependencies.items())
