@@ -148,7 +148,7 @@ def check_finite_inputs(
             if first:
                 check_finite(value, what)
                 first = False
-            elif value.is_floating_point() and is_validation_enabled():
+            elif is_validation_enabled() and value.is_floating_point():
                 invalid = value.isnan() | (value == float("inf"))
                 if not readable_all(~invalid):
                     bad = int(invalid.sum())
@@ -273,8 +273,8 @@ def _all_finite(tensor: torch.Tensor) -> bool:
 def check_finite(tensor: torch.Tensor, what: str) -> None:
     """Raise ``ValueError`` if validation is on and ``tensor`` has NaN or Inf."""
     if (
-        tensor.is_floating_point()
-        and is_validation_enabled()
+        is_validation_enabled()
+        and tensor.is_floating_point()
         and not _all_finite(tensor)
     ):
         bad = int((~torch.isfinite(tensor)).sum())
