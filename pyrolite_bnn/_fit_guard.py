@@ -2,7 +2,9 @@
 
 The model, loss and optimizer states are copied in memory at the end of every
 epoch (and before the first); a non-finite loss, gradient, network output or
-parameter restores that copy and raises ``FloatingPointError``. Under
+parameter restores that copy and raises ``FloatingPointError``, and any other
+error that stops an epoch's step restores it too (and is re-raised, naming
+the step). Under
 ``torch.distributed`` the checks are summed over the ranks first, so that all
 ranks fail at the same step and restore together.
 """
@@ -22,7 +24,7 @@ from pyrolite_bnn._distributed import Ranks
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn.loss import KullbackLeiblerLoss
 
-__all__ = ["NaNGuard", "StepStats"]
+__all__ = ["NaNGuard", "StepStats", "add_to_message"]
 
 
 @dataclass
@@ -118,6 +120,7 @@ class NaNGuard:
         self.checkpoint_path = checkpoint_path
         self.global_step = 0
         self.good = _Snapshot.take(-1, model, loss_fn, optimizer)
+        self._raised: FloatingPointError | None = None  # by fail, restored
 
     def keep(self, epoch: int) -> None:
         """Remember the state at the end of ``epoch`` as the last good one."""
@@ -127,15 +130,34 @@ class NaNGuard:
         self, epoch: int, step: int, what: str, cause: BaseException | None = None
     ) -> NoReturn:
         """Restore the last good state and raise ``FloatingPointError``."""
+        error = FloatingPointError(
+            f"{what} at {self._restore(epoch, step)}" + _float16_hint(self.params)
+        )
+        self._raised = error
+        raise error from cause
+
+    def restore_after(self, error: Exception, epoch: int, step: int) -> None:
+        """Restore the last good state after ``error`` stopped step ``step``.
+
+        A step that raises (targets the loss's checks refuse, a batch norm's
+        batch of one, an error of the loader) has left the epoch's earlier
+        steps applied: the model, loss and optimizer go back to the copy the
+        NaN guard restores, and ``error``'s message says where it was raised
+        and what was restored (the caller re-raises it). The guard's own
+        ``FloatingPointError`` has restored already and is left alone.
+        """
+        if error is self._raised:
+            return
+        add_to_message(error, f"fit stopped at {self._restore(epoch, step)}")
+
+    def _restore(self, epoch: int, step: int) -> str:
+        """Load the last good state; where training stopped and what was restored."""
         restored = self.good.restore(self.model, self.loss_fn, self.optimizer)
         where = f"epoch {epoch}, step {step} (global step {self.global_step})"
         saved = ""
         if self.checkpoint_path is not None and self.good.epoch >= 0:
             saved = f"; the checkpoint {os.fspath(self.checkpoint_path)!r} is unchanged"
-        raise FloatingPointError(
-            f"{what} at {where}, counted from 0; {restored}{saved}"
-            + _float16_hint(self.params)
-        ) from cause
+        return f"{where}, counted from 0; {restored}{saved}"
 
     def check_step(
         self,
@@ -198,6 +220,21 @@ class NaNGuard:
                     id(param), f"<parameter of shape {tuple(param.shape)}>"
                 )
         return "a parameter on another rank"
+
+
+def add_to_message(error: Exception, addition: str) -> None:
+    """Append ``(addition)`` to ``error``'s message, keeping its type and traceback.
+
+    The message is the one string argument of most exceptions
+    (``ValueError("...")``); another kind of exception (a ``KeyError``, whose
+    message is its key's repr, an ``OSError`` with an error number) gets
+    the addition as a note, which Python 3.11 and later print after it.
+    """
+    message = error.args[0] if len(error.args) == 1 else None
+    if isinstance(message, str) and str(error) == message:
+        error.args = (f"{message} ({addition})",)
+    elif hasattr(error, "add_note"):  # Python 3.11+
+        error.add_note(addition)
 
 
 def _float16_hint(params: list[nn.Parameter]) -> str:

@@ -298,8 +298,8 @@ def note_folded_output(output: Any) -> None:
     particles only, or mixed them.
     """
     state = _STATE.get()
-    if state is None or state.samples == 1 or state.batch_size is None:
-        return
+    if state is None or state.samples == 1 or not state.batch_size:
+        return  # (an empty batch: no rows to take from some particles only)
     first = output[0] if isinstance(output, tuple | list) and output else output
     if (
         isinstance(first, Tensor)

@@ -13,6 +13,7 @@ import operator
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,10 @@ import torch
 __all__ = ["enable_validation", "is_validation_enabled", "validation"]
 
 _VALIDATE = True
+# Checks a caller turns on for its own context whatever the switch
+# (bnn.Trace_ELBO's target checks under Pyro's validation), per thread and
+# task unlike the switch: the call that turns them off, for the messages.
+_CHECKS_ON: ContextVar[str | None] = ContextVar("pyrolite_bnn_checks_on", default=None)
 
 
 def enable_validation(flag: bool = True) -> None:
@@ -44,8 +49,45 @@ def enable_validation(flag: bool = True) -> None:
 
 
 def is_validation_enabled() -> bool:
-    """Whether the library validates inputs and targets."""
-    return _VALIDATE
+    """Whether the library validates inputs and targets.
+
+    The switch (:func:`enable_validation`), or checks turned on for the
+    running context by :func:`checks_on`.
+    """
+    return _VALIDATE or _CHECKS_ON.get() is not None
+
+
+@contextmanager
+def checks_on(switch: str | None) -> Iterator[None]:
+    """Run the library's checks in the body, in this context only.
+
+    ``switch`` is the call that turns them off, named by the checks'
+    messages (``"pyro.enable_validation(False)"``); ``None`` changes
+    nothing. Unlike :func:`validation`, which sets the process-wide switch,
+    other threads are unaffected. :class:`~pyrolite_bnn.Trace_ELBO` checks
+    targets under Pyro's validation switch with it, as Pyro's own classes do.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> with bnn.validation(False), checks_on("pyro.enable_validation(False)"):
+        ...     print(bnn.is_validation_enabled())
+        True
+    """
+    if switch is None:
+        yield
+        return
+    token = _CHECKS_ON.set(switch)
+    try:
+        yield
+    finally:
+        _CHECKS_ON.reset(token)
+
+
+def _switched_off_by() -> str:
+    """The call that switches the running checks off, for their messages."""
+    if _VALIDATE:
+        return "bnn.enable_validation(False)"
+    return _CHECKS_ON.get() or "bnn.enable_validation(False)"
 
 
 @contextmanager
@@ -106,14 +148,14 @@ def check_finite_inputs(
             if first:
                 check_finite(value, what)
                 first = False
-            elif _VALIDATE and value.is_floating_point():
+            elif is_validation_enabled() and value.is_floating_point():
                 invalid = value.isnan() | (value == float("inf"))
                 if not readable_all(~invalid):
                     bad = int(invalid.sum())
                     raise ValueError(
                         f"{what} contains {bad} NaN/+Inf value(s) (shape "
                         f"{tuple(value.shape)}); expected finite values or -inf "
-                        "(masks). Disable with bnn.enable_validation(False)."
+                        f"(masks). Disable with {_switched_off_by()}."
                     )
 
 
@@ -183,7 +225,7 @@ def check_input_dtype(
     Raises:
         ValueError: naming the input, its dtype and the parameters' dtype.
     """
-    if not _VALIDATE or parameter_dtype is None:
+    if parameter_dtype is None or not is_validation_enabled():
         return
     for position, value in (*enumerate(args), *kwargs.items()):
         if (
@@ -230,11 +272,15 @@ def _all_finite(tensor: torch.Tensor) -> bool:
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:
     """Raise ``ValueError`` if validation is on and ``tensor`` has NaN or Inf."""
-    if _VALIDATE and tensor.is_floating_point() and not _all_finite(tensor):
+    if (
+        is_validation_enabled()
+        and tensor.is_floating_point()
+        and not _all_finite(tensor)
+    ):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(
             f"{what} contains {bad} NaN/Inf value(s) (shape {tuple(tensor.shape)}); "
-            "expected finite values. Disable with bnn.enable_validation(False)."
+            f"expected finite values. Disable with {_switched_off_by()}."
         )
 
 
@@ -253,7 +299,7 @@ def check_positive_values(
         ...
         ValueError: scale must be > 0, got -1.0 (1 of its 2 values is not)
     """
-    if not _VALIDATE:
+    if not is_validation_enabled():
         return
     valid = values >= 0 if zero else values > 0
     if readable_all(valid):

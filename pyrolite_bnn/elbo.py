@@ -26,6 +26,15 @@ weight; the default estimators draw pre-activations instead, with the same
 expected value and gradient). Each parameter is reported with a ``param``
 statement, so that ``SVI.step`` hands it to the optimizer as Pyro's path does.
 
+Targets are checked as Pyro's classes check them: where the library's
+validation (:func:`~pyrolite_bnn.enable_validation`) or Pyro's
+(``pyro.enable_validation``, on by default) is on, a target outside the
+likelihood's support (NaN, a label out of range, a Bernoulli target other
+than 0 or 1, a negative or fractional count) is refused with the library's
+message, where Pyro's path refuses it at the ``"obs"`` site; with both off
+neither path checks. The PyTorch-style loss follows the library's switch
+alone.
+
 Anything else (another guide, a plain module as the network, a tempered
 ``loss_fn``, which the Pyro model then refuses, ``num_particles > 1``, other
 arguments) goes to the parent class unchanged. So does an input that a layer
@@ -44,6 +53,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pyro.distributions as pyro_dist
 import pyro.infer
 import torch
 from pyro.infer.util import torch_item
@@ -60,7 +70,7 @@ from pyrolite_bnn._draws import (
 )
 from pyrolite_bnn._forward import network_args, prepare, pytorch_run
 from pyrolite_bnn._pyro_module import linked_parameters, linked_value, local_params
-from pyrolite_bnn._validation import check_count
+from pyrolite_bnn._validation import check_count, checks_on
 from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.layers._options import EstimatorLayer
 from pyrolite_bnn.loss import PyroModel
@@ -170,7 +180,12 @@ def _fast_loss(
             if rewind is not None:
                 set_rng_state(rewind, rewind_device)
             return None
-    log_lik, kl_term, batch = loss_fn.terms_and_batch(output, y, kl)
+    # Targets are checked under Pyro's validation too, as Pyro's path checks
+    # them at the "obs" site (the distribution's support), with the library's
+    # checks and messages; the PyTorch-style loss follows the library's switch.
+    pyro_switch = "pyro.enable_validation(False)"
+    with checks_on(pyro_switch if pyro_dist.is_validation_enabled() else None):
+        log_lik, kl_term, batch = loss_fn.terms_and_batch(output, y, kl)
     loss = loss_fn.combine(log_lik, kl_term, output.shape[0], batch)
     scale = loss_fn.dataset_size if loss_fn.reduction == "mean" else 1
     _report_parameters(model)

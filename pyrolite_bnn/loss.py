@@ -628,25 +628,32 @@ def batch_dim(output: Tensor, sequence_batch: int | None) -> int:
     """Where the examples of a network output are: 1, or 2 for ``(S, L, B, ...)``.
 
     ``sequence_batch`` is ``B`` for a sequence-first network (``None``
-    otherwise). An output of such a network that was permuted to ``(S, B, L,
-    ...)`` has ``B`` in dimension 1 again; where ``L == B`` either reading
-    gives the same count.
+    otherwise: its output is ``(S, B, ...)``), as the forward pass recorded it
+    (:attr:`ForwardRecord.sequence_batch <pyrolite_bnn.record.ForwardRecord>`).
+    Such a network's output is ``(S, L, B, ...)``, so the examples are in
+    dimension 2, whatever ``L``: where ``L == B`` the sizes cannot tell the
+    layout, and the network's says it (the per-example quantities, a data
+    plate or the log predictive density of each sequence, differ). Only an
+    output that was permuted to ``(S, B, L, ...)`` after the call, which the
+    sizes show (``B`` in dimension 1, not in dimension 2), has its examples in
+    dimension 1 again.
 
     Example:
         >>> import torch
         >>> batch_dim(torch.zeros(10, 7, 3, 2), sequence_batch=3)
         2
-        >>> batch_dim(torch.zeros(10, 3, 7, 2), sequence_batch=3)
+        >>> batch_dim(torch.zeros(10, 3, 3, 2), sequence_batch=3)  # L == B
+        2
+        >>> batch_dim(torch.zeros(10, 3, 7, 2), sequence_batch=3)  # permuted
+        1
+        >>> batch_dim(torch.zeros(10, 3, 7, 2), sequence_batch=None)
         1
     """
-    if (
-        sequence_batch is not None
-        and output.dim() >= 3
-        and output.shape[1] != sequence_batch
-        and output.shape[2] == sequence_batch
-    ):
-        return 2
-    return 1
+    if sequence_batch is None or output.dim() < 3:
+        return 1
+    if output.shape[2] != sequence_batch and output.shape[1] == sequence_batch:
+        return 1  # (S, B, L, ...): permuted after the call
+    return 2
 
 
 def example_count(output: Tensor, sequence_batch: int | None) -> int:

@@ -20,16 +20,24 @@ import inspect
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+    default_collate,
+)
 
 from pyrolite_bnn._distributed import Ranks, set_epoch, unwrap
-from pyrolite_bnn._fit_guard import NaNGuard, StepStats
+from pyrolite_bnn._fit_guard import NaNGuard, StepStats, add_to_message
 from pyrolite_bnn._fit_modes import ModuleModes
 from pyrolite_bnn._fit_progress import Progress
 from pyrolite_bnn._forward import call_network, network_args
@@ -38,6 +46,8 @@ from pyrolite_bnn._state import clone_state
 from pyrolite_bnn._validation import (
     check_bool,
     check_count,
+    check_finite,
+    check_finite_inputs,
     check_heat,
     check_integer,
     check_optimizer_holds,
@@ -209,6 +219,79 @@ def _validation_nll(
     if count == 0:
         raise ValueError("val_loader yielded no batches")
     return total / count
+
+
+def _check_val_loader(val_loader: Iterable[Any], ranks: Ranks) -> None:
+    """Refuse validation data that the first validation pass would refuse.
+
+    Checked before the first epoch, so that the error does not come after a
+    whole epoch of training, without iterating a loader: a ``val_loader``
+    whose ``len`` is 0 (on every rank: under ``torch.distributed`` a rank may
+    hold an empty shard) yields no batches; batches held in memory (a list or
+    tuple of batches, or a ``DataLoader`` reading every row of a
+    two-tensor ``TensorDataset``) are unpacked and, with validation on, their
+    floating tensors checked for NaN/Inf as the validation pass checks them:
+    the inputs as the network's call does, the targets as the likelihood
+    does. Other loaders are left to the validation pass (iterating them would
+    read their data once more, and a ``DataLoader``'s iterator draws a seed
+    from the global generator, which would change the training draws).
+
+    Raises:
+        ValueError: naming the batch (on every rank, if one rank's is refused).
+    """
+    try:
+        empty = len(val_loader) == 0  # type: ignore[arg-type]
+    except Exception:  # no length: an iterable, a __len__ that raises
+        empty = False
+    if ranks.count(empty) == ranks.size:
+        raise ValueError(
+            "val_loader yields no batches (it is empty): give fit validation data, "
+            "or no val_loader"
+        )
+    error: ValueError | None = None
+    try:
+        for where, x, y in _batches_in_memory(val_loader):
+            check_finite_inputs(network_args(x), {}, f"val_loader's {where}")
+            if isinstance(y, Tensor):
+                check_finite(y, f"the target of val_loader's {where}")
+    except ValueError as caught:
+        error = caught
+    if ranks.any(error is not None):
+        if error is not None:
+            raise error
+        raise ValueError("another rank's val_loader was refused (see its error)")
+
+
+def _batches_in_memory(loader: Iterable[Any]) -> Iterator[tuple[str, Any, Any]]:
+    """``(where, x, y)`` of each batch of ``loader`` held in memory, unpacked.
+
+    A list or tuple gives its batches; a ``DataLoader`` that reads every row
+    of a ``TensorDataset(x, y)`` in batches (a sequential or random sampler
+    without replacement, the default collation, ``drop_last=False``) gives
+    the data set's two tensors as one batch. Any other loader gives nothing.
+    """
+    if isinstance(loader, list | tuple):
+        for step, batch in enumerate(loader):
+            x, y = _unpack(batch, "val_loader", f"batch {step}")
+            yield f"batch {step}", x, y
+        return
+    if not isinstance(loader, DataLoader):
+        return
+    data, sampler = loader.dataset, loader.sampler
+    every_row = isinstance(sampler, SequentialSampler) or (
+        isinstance(sampler, RandomSampler)
+        and not sampler.replacement
+        and sampler.num_samples == len(data)  # type: ignore[arg-type]
+    )
+    if (
+        isinstance(data, TensorDataset)
+        and len(data.tensors) == 2
+        and every_row
+        and type(loader.batch_sampler) is BatchSampler
+        and not loader.drop_last
+        and loader.collate_fn is default_collate
+    ):
+        yield "data set", data.tensors[0], data.tensors[1]
 
 
 def _check_arguments(
@@ -449,6 +532,41 @@ def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
     )
 
 
+def _train_step(
+    inputs: _StepInputs,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    step: int,
+    batch: Any,
+    needs_closure: bool,
+) -> StepStats:
+    """One optimizer step on ``batch``; the statistics of its first evaluation.
+
+    An optimizer whose ``step`` needs a closure gets :func:`_evaluate`, which
+    it may call several times; the loss recorded is the one before the step,
+    as for other optimizers.
+    """
+    x, y = _unpack(batch, "train_loader", f"epoch {epoch}, step {step}")
+    evaluations: list[StepStats] = []
+    evaluate = functools.partial(
+        _evaluate, inputs, optimizer, epoch, step, x, y, evaluations
+    )
+    if needs_closure:
+        # torch types a closure as returning a float; its own return the
+        # loss tensor, which LBFGS reads with float() as well
+        optimizer.step(cast(Callable[[], float], evaluate))
+        if not evaluations:
+            raise RuntimeError(
+                f"{type(optimizer).__name__}.step did not call the closure fit "
+                "gave it: fit cannot train with this optimizer"
+            )
+    else:
+        evaluate()
+        optimizer.step()
+    inputs.guard.step_done()
+    return evaluations[0]
+
+
 def _train_epoch(
     epoch: int,
     model: nn.Module,
@@ -464,48 +582,37 @@ def _train_epoch(
     """One pass over ``loader``; the epoch's mean loss, NLL and KL.
 
     ``step_end_hooks`` are called after every optimizer step with the epoch,
-    the step and the step's loss.
+    the step and the step's loss. An error that stops a step (its batch,
+    the loader fetching it, the network, the loss, the optimizer, a hook)
+    restores the guard's last good state and is raised again, its message
+    naming the epoch and step (:meth:`NaNGuard.restore_after`).
     """
     sums = StepStats(0.0, 0.0, 0.0)
     steps = 0
     needs_closure = _needs_closure(optimizer)
     inputs = _StepInputs(model, loss_fn, guard, unsynced, clip_grad_norm)
-    for step, batch in enumerate(loader):
-        x, y = _unpack(batch, "train_loader", f"epoch {epoch}, step {step}")
-        evaluations: list[StepStats] = []
-        evaluate = functools.partial(
-            _evaluate,
-            inputs,
-            optimizer,
-            epoch,
-            step,
-            x,
-            y,
-            evaluations,
-        )
-        if needs_closure:
-            # torch types a closure as returning a float; its own return the
-            # loss tensor, which LBFGS reads with float() as well
-            optimizer.step(cast(Callable[[], float], evaluate))
-            if not evaluations:
-                raise RuntimeError(
-                    f"{type(optimizer).__name__}.step did not call the closure fit "
-                    "gave it: fit cannot train with this optimizer"
-                )
-        else:
-            evaluate()
-            optimizer.step()
-        guard.step_done()
-        stats = evaluations[0]  # the loss before the step, as for other optimizers
-        sums.loss += stats.loss
-        sums.nll += stats.nll
-        sums.kl += stats.kl
-        steps += 1
-        progress.step(
-            {"loss": sums.loss / steps, "nll": sums.nll / steps, "kl": sums.kl / steps}
-        )
-        for on_step_end in step_end_hooks:
-            on_step_end(epoch, step, stats.loss)
+    current = 0  # the step running, or whose batch the loader is fetching
+    try:
+        for step, batch in enumerate(loader):
+            current = step
+            stats = _train_step(inputs, optimizer, epoch, step, batch, needs_closure)
+            sums.loss += stats.loss
+            sums.nll += stats.nll
+            sums.kl += stats.kl
+            steps += 1
+            progress.step(
+                {
+                    "loss": sums.loss / steps,
+                    "nll": sums.nll / steps,
+                    "kl": sums.kl / steps,
+                }
+            )
+            for on_step_end in step_end_hooks:
+                on_step_end(epoch, step, stats.loss)
+            current = step + 1
+    except Exception as error:
+        guard.restore_after(error, epoch, current)
+        raise
     if steps == 0:
         raise ValueError(f"train_loader yielded no batches in epoch {epoch}")
     guard.check_parameters(epoch, steps - 1)
@@ -736,6 +843,21 @@ def fit(
     end of an epoch with finite parameters, so the last one on disk stays
     loadable.
 
+    Other errors: an exception that stops a training step (a batch the
+    library's validation refuses, such as NaN targets, a batch norm's batch of
+    one example, an empty batch, an error of the loader or of an
+    ``on_step_end`` callback) restores the same copy as the NaN guard and is
+    raised again, of its own type, its message ending with the epoch and
+    step and what was restored: as with validation off, where the same NaN
+    target reaches the guard, ``fit`` never leaves a half-trained epoch
+    behind. An error of the validation pass after an epoch names that
+    epoch; the model keeps its training. A ``KeyboardInterrupt`` restores
+    nothing. Before the first epoch the validation data are checked where
+    that needs no pass over a loader: an empty ``val_loader`` (``len`` 0),
+    and, with validation on, NaN/Inf values in batches held in memory (a
+    list of batches, a ``DataLoader`` over a ``TensorDataset``), are refused
+    before any training.
+
     Under ``torch.distributed``: pass the ``DistributedDataParallel``-wrapped
     network. A ``DataLoader`` with a plain sampler gets a
     ``DistributedSampler``, one with a ``DistributedSampler`` (also inside its
@@ -832,7 +954,11 @@ def fit(
         ValueError: for invalid arguments (early stopping without
             ``val_loader``, an empty loader, a negative heat, a batch in
             another format, under DDP a sampler ``fit`` cannot shard or
-            loaders of different lengths on different ranks...).
+            loaders of different lengths on different ranks...), and for
+            data the library's checks refuse (NaN targets with validation
+            on, a batch norm's batch of one); raised in a training step,
+            the message names the epoch and step and the state before that
+            epoch is restored (see above).
         OSError: if ``checkpoint_path`` cannot be written (checked before
             training: a missing directory, a directory given as the path).
         FloatingPointError: if training produced a NaN/Inf loss, gradient,
@@ -868,6 +994,8 @@ def fit(
     epoch_end_hooks, step_end_hooks = _callback_hooks(callbacks)
     ranks = Ranks(model)
     _check_dataset_size(loss_fn, train_loader, ranks.size)
+    if val_loader is not None:
+        _check_val_loader(val_loader, ranks)
     if checkpoint_path is not None:
         _check_checkpoint_path(checkpoint_path, ranks)
     if optimizer is None:
@@ -918,8 +1046,15 @@ def fit(
             history.heat.append(loss_fn.heat)
             shown = {"loss": means.loss, "nll": means.nll, "kl": means.kl}
             if val_loader is not None:
-                # the network itself: DDP's forward would synchronise buffers
-                val_loss = _validation_nll(network, loss_fn, val_loader, ranks)
+                try:  # the network itself: DDP's forward would synchronise buffers
+                    val_loss = _validation_nll(network, loss_fn, val_loader, ranks)
+                except Exception as error:
+                    add_to_message(
+                        error,
+                        f"fit stopped in the validation after epoch {epoch}, "
+                        "counted from 0; the model keeps that epoch's training",
+                    )
+                    raise
                 if not math.isfinite(val_loss):
                     warnings.warn(
                         f"fit: the validation loss of epoch {epoch} is {val_loss}: "

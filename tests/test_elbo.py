@@ -300,3 +300,83 @@ def test_several_inputs_take_the_fast_path_with_pyros_value(
     assert fast[0] == pytest.approx(slow[0], rel=1e-5)
     for key, grad in slow[3].items():
         torch.testing.assert_close(fast[3][key], grad, rtol=1e-5, atol=1e-8)
+
+
+def _bad_targets() -> dict[str, tuple[Any, int, Tensor, str]]:
+    """Likelihood, outputs and a target outside its support, with the message."""
+    real = torch.randn(6, dtype=torch.float64)
+    return {
+        "Normal NaN": (
+            bnn.Normal(scale=1.0),
+            1,
+            real.index_fill(0, torch.tensor([0]), math.nan),
+            r"target contains 1 NaN.*Disable with pyro\.enable_validation\(False\)",
+        ),
+        "Bernoulli -1/+1": (
+            bnn.Bernoulli(),
+            1,
+            torch.tensor([-1.0, 1, 1, -1, 1, -1], dtype=torch.float64),
+            "Bernoulli targets must be 0 or 1",
+        ),
+        "Poisson negative": (
+            bnn.Poisson(),
+            1,
+            torch.tensor([0.0, 1, -2, 3, 0, 1], dtype=torch.float64),
+            "non-negative integer counts",
+        ),
+        "Poisson fraction": (
+            bnn.Poisson(),
+            1,
+            torch.tensor([0.0, 1, 2.5, 3, 0, 1], dtype=torch.float64),
+            "non-negative integer counts",
+        ),
+        "Categorical out of range": (
+            bnn.Categorical(),
+            3,
+            torch.tensor([0, 1, 2, 3, 0, 1]),
+            r"labels must be in \[0, 3\)",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_targets()))
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS)
+def test_targets_are_checked_under_pyros_validation_as_pyro_does(
+    case: str, ours: type, theirs: type
+) -> None:
+    """With the library's validation off and Pyro's on (Pyro's default), Pyro's
+    ELBO refuses a target outside the likelihood's support at the "obs" site;
+    the fast path took it: NaN (or, for Bernoulli -1/+1 targets, a finite
+    wrong value), and SVI wrote NaN into the posterior."""
+    torch.set_default_dtype(torch.float64)
+    likelihood, outputs, y, message = _bad_targets()[case]
+    x = torch.randn(6, 4)
+    net = bnn.VISequential(bnn.VILinear(4, 6), nn.Tanh(), bnn.VILinear(6, outputs))
+    model = bnn.KullbackLeiblerLoss(likelihood, 50).pyro_model(net)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    with bnn.validation(False), pyro.validation_enabled(True):
+        with pytest.raises(ValueError, match="within the support"):  # at "obs"
+            theirs().loss(model, net.guide, x, y, samples=3)
+        svi = pyro.infer.SVI(model, net.guide, pyro.optim.Adam({"lr": 0.01}), ours())
+        with pytest.raises(ValueError, match=message):
+            svi.step(x, y, samples=3)
+        with pytest.raises(ValueError, match=message):
+            ours().loss(model, net.guide, x, y, samples=3)
+    for name, param in net.named_parameters():
+        assert torch.equal(param, before[name]), name
+    if not case.startswith("Categorical"):  # (a label out of range fails to index)
+        with bnn.validation(False), pyro.validation_enabled(False):
+            value = ours().loss(model, net.guide, x, y, samples=3)  # nothing checks
+        assert isinstance(value, float)
+
+
+def test_the_pytorch_style_loss_follows_the_librarys_switch_alone() -> None:
+    """As documented: Pyro's switch does not turn the loss's checks on."""
+    net = _net()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 50)
+    x, y = torch.randn(6, 4), torch.randn(6)
+    y[0] = math.nan
+    with bnn.validation(False), pyro.validation_enabled(True):
+        assert math.isnan(float(loss_fn(net(x), y).detach()))
+    with pytest.raises(ValueError, match=r"Disable with bnn\.enable_validation"):
+        loss_fn(net(x), y)

@@ -1178,6 +1178,74 @@ def test_targets_far_wider_than_a_learned_scale_warn_once(
         late(net(x, samples=2), y.round().long().unsqueeze(-1))
 
 
+@pytest.mark.parametrize("family", [bnn.Normal, bnn.StudentT])
+@pytest.mark.parametrize("spread", [1e-8, 1e-2])
+def test_targets_far_narrower_than_a_learned_scale_warn_once(
+    family: type[bnn.Normal], spread: float
+) -> None:
+    """1e-8-scale targets against a learned scale starting at 1: after 600 steps
+    of fit the scale was 0.65 and the intervals 3.5e8 times too wide, without
+    a word (the warning covered only targets spread far wider)."""
+    net = bnn.VISequential(bnn.VILinear(3, 1))
+    x, y = torch.randn(32, 3), spread * torch.randn(32)
+    loss_fn = bnn.KullbackLeiblerLoss(family(), dataset_size=32)
+    with pytest.warns(UserWarning, match=r"starts at 1.*shrinks.*Standardise"):
+        loss_fn(net(x, samples=2), y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn(net(x, samples=2), y)  # once per likelihood
+        near = bnn.KullbackLeiblerLoss(family(init_scale=spread), dataset_size=32)
+        near(net(x, samples=2), y)
+        fixed = bnn.KullbackLeiblerLoss(family(scale=1.0), dataset_size=32)
+        fixed(net(x, samples=2), y)  # a fixed scale is the user's
+        constant = bnn.KullbackLeiblerLoss(family(), dataset_size=32)
+        constant(net(x, samples=2), torch.full((32,), 3.0))  # no spread to read
+        few = bnn.KullbackLeiblerLoss(family(), dataset_size=32)
+        few(net(x[:3], samples=2), y[:3])  # three values: close by chance
+        standard = bnn.KullbackLeiblerLoss(family(), dataset_size=32)
+        standard(net(x, samples=2), torch.randn(32))
+
+
+def test_heteroscedastic_targets_far_off_the_predictions_warn_once() -> None:
+    """Its scale is predicted by the network, which meets the learned scale's
+    two problems through its last layer: 1e6 targets and 1e-8 targets were
+    silent. A trained network (means that spread as the targets do, scales
+    near their noise) is not warned about."""
+    net = bnn.VISequential(bnn.VILinear(3, 8), nn.Tanh(), bnn.VILinear(8, 2))
+    x = torch.randn(32, 3)
+    cases = {
+        1e6: r"e\+0[56] \(standard deviation\).*predicted means spread.*Standardise",
+        1e-8: r"e-0[89] \(standard deviation\).*min_scale=1e-06 keeps.*lower it",
+        1e-2: r"shrink by about a factor exp\(-lr\).*move the weights\. Standardise",
+    }
+    for spread, message in cases.items():
+        loss_fn = bnn.KullbackLeiblerLoss(bnn.HeteroscedasticNormal(), 32)
+        y = spread * torch.randn(32)
+        with pytest.warns(UserWarning, match=message):
+            loss_fn(net(x, samples=2), y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss_fn(net(x, samples=2), y)  # once per likelihood
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss_fn = bnn.KullbackLeiblerLoss(bnn.HeteroscedasticNormal(), 32)
+        loss_fn(net(x, samples=2), torch.randn(32))  # standardised targets
+        y = 1e6 * torch.randn(32)
+        trained = torch.stack([y + 1e4 * torch.randn(32), torch.full((32,), 1e4)], -1)
+        trained.requires_grad_()  # a training step's output
+        bnn.HeteroscedasticNormal().warn_unscaled_targets(trained.expand(2, 32, 2), y)
+        tiny = 1e-8 * torch.randn(32)
+        fitted = torch.stack([tiny, torch.full((32,), -22.0)], -1)  # scale ~1e-9
+        low = bnn.HeteroscedasticNormal(min_scale=0.0)
+        low.warn_unscaled_targets(fitted.requires_grad_().expand(2, 32, 2), tiny)
+        untrained = net(x, samples=2)  # an evaluation: no gradients, no warning
+        likelihood = bnn.HeteroscedasticNormal()
+        with torch.no_grad():
+            likelihood.warn_unscaled_targets(net(x, samples=2), 1e6 * y)
+    with pytest.warns(UserWarning, match="Standardise"):  # the next training step
+        likelihood.warn_unscaled_targets(untrained, 1e6 * y)
+
+
 # ------------------------------------------- the observation site, conditioned
 _SCALAR_TARGETS = [
     (bnn.Poisson, torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])),

@@ -904,3 +904,88 @@ def test_a_head_on_the_whole_recurrent_state_is_refused(before: bool) -> None:
     ):
         _HeadOnStates(before, whole=True)(x, samples=4)
     assert _HeadOnStates(before, whole=False)(x, samples=4).shape == (4, 2, 2)
+
+
+class _Tokens(bnn.VIModule):
+    """A Bayesian embedding, then a sequence layer and a head (batch-first)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.embed = bnn.VIEmbedding(11, 8)
+        self.body: nn.Module = (
+            bnn.VILSTM(8, 8, batch_first=True)
+            if kind == "lstm"
+            else bnn.VITransformerEncoder(
+                bnn.VITransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True),
+                1,
+            )
+        )
+        self.head = bnn.VILinear(8, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = self.body(self.embed(tokens))
+        return self.head(h[0] if isinstance(h, tuple) else h)  # type: ignore[no-any-return]
+
+
+_EMPTY_BATCH_NETWORKS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "mlp": (
+        lambda: bnn.VISequential(bnn.VILinear(2, 8), nn.Tanh(), bnn.VILinear(8, 3)),
+        (2,),
+    ),
+    "conv": (
+        lambda: bnn.VISequential(
+            bnn.VIConv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            bnn.VILinear(4 * 36, 3),
+        ),
+        (1, 6, 6),
+    ),
+    "conv+batchnorm": (
+        lambda: bnn.VISequential(
+            bnn.VIConv2d(1, 4, 3, padding=1),
+            bnn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            bnn.VILinear(4 * 36, 3),
+        ),
+        (1, 6, 6),
+    ),
+    "batchnorm mlp": (
+        lambda: bnn.VISequential(
+            bnn.VILinear(2, 8), bnn.BatchNorm1d(8), nn.ReLU(), bnn.VILinear(8, 3)
+        ),
+        (2,),
+    ),
+    "embedding+lstm": (lambda: _Tokens("lstm"), (5,)),
+    "embedding+transformer": (lambda: _Tokens("transformer"), (5,)),
+}
+
+
+@pytest.mark.parametrize("samples", [1, 4])
+@pytest.mark.parametrize("kind", list(_EMPTY_BATCH_NETWORKS))
+def test_an_empty_batch_with_gradients_runs_and_the_loss_refuses_it(
+    kind: str, samples: int
+) -> None:
+    """B = 0 through two or more Bayesian layers with gradients gave (S, 0, ...)
+    under torch.no_grad() only; with gradients the second layer's 0 rows
+    (0 == B == B * S) were refused as 'taken from some particles only'. The
+    network now returns (S, 0, ...) either way, and the loss names the empty
+    batch."""
+    make, shape = _EMPTY_BATCH_NETWORKS[kind]
+    torch.manual_seed(0)
+    net = make()
+    x = (
+        torch.randint(0, 11, (0, *shape))
+        if kind.startswith("embedding")
+        else torch.randn(0, *shape)
+    )
+    with torch.no_grad():
+        expected = net(x, samples=samples).shape
+    out = net(x, samples=samples)
+    assert out.shape == expected
+    assert out.shape[:2] == (samples, 0)
+    assert out.requires_grad
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 50)
+    with pytest.raises(ValueError, match=r"the batch is empty \(output of shape"):
+        loss_fn(out, torch.zeros(out.shape[1:-1], dtype=torch.long))

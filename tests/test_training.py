@@ -1249,3 +1249,213 @@ def test_fit_of_a_model_with_every_parameter_frozen_refuses() -> None:
     net.requires_grad_(False)
     with pytest.raises(RuntimeError, match="train nothing"):
         fit(net, _loss(), _batches(*_data()), 1, optimizer=optimizer, progress=False)
+
+
+def _regression_batches(bad: int | None = None) -> Batches:
+    """Four regression batches of 8; a NaN target in batch ``bad``."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(32, 3, generator=generator)
+    y = x.sum(1)
+    if bad is not None:
+        y[8 * bad + 3] = math.nan
+    return _batches(x, y, size=8)
+
+
+def _regression() -> tuple[bnn.VISequential, bnn.KullbackLeiblerLoss]:
+    net = bnn.VISequential(bnn.VILinear(3, 8), nn.Tanh(), bnn.VILinear(8, 1))
+    return net, bnn.KullbackLeiblerLoss(bnn.Normal(), 32)
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_a_step_refused_by_validation_restores_the_state_and_names_the_step(
+    epoch: int,
+) -> None:
+    """A NaN target (validation on) stopped fit with the loss's ValueError and no
+    epoch or step, leaving the epoch's earlier steps applied (Adam's state
+    too); with validation off the NaN guard restored and named the step. Now
+    both restore the state of the last completed epoch."""
+    model, loss_fn = _regression()
+    optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], 0.01)
+    kept: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
+
+    def keep(epoch: int, history: History, model: nn.Module) -> None:
+        kept.append((_state(model), _state(loss_fn)))
+
+    good, bad = _regression_batches(), _regression_batches(bad=2)
+
+    class Switch:
+        """The good batches in epoch 0, the bad ones after."""
+
+        def __init__(self) -> None:
+            self.epochs = 0
+
+        def __iter__(self) -> Any:
+            self.epochs += 1
+            return iter(good if self.epochs <= epoch else bad)
+
+    before = (_state(model), _state(loss_fn))
+    where = "before training" if epoch == 0 else "at the end of epoch 0"
+    with pytest.raises(
+        ValueError,
+        match=rf"target contains 1 NaN.*\(fit stopped at epoch {epoch}, step 2 "
+        rf"\(global step {4 * epoch + 2}\), counted from 0; restored model, loss_fn "
+        rf"and optimizer to their state {where}\)$",
+    ):
+        fit(model, loss_fn, Switch(), 3, optimizer, callbacks=[keep], progress=False)
+    expected = before if epoch == 0 else kept[0]
+    _assert_same_state(_state(model), expected[0])
+    _assert_same_state(_state(loss_fn), expected[1])
+    assert len(optimizer.state) == (
+        0 if epoch == 0 else len(optimizer.param_groups[0]["params"])
+    )
+
+
+def test_a_loaders_batch_of_one_for_batch_norm_restores_and_names_drop_last() -> None:
+    """bnn.BatchNorm1d refuses the DataLoader's last batch of one example: the
+    error named neither the step nor drop_last, the model was left
+    half-trained and the running statistics moved."""
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(17, 3, generator=generator), torch.randn(17, generator=generator)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=8
+    )
+    model = bnn.VISequential(
+        bnn.VILinear(3, 8), bnn.BatchNorm1d(8), nn.ReLU(), bnn.VILinear(8, 1)
+    )
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 17)
+    before = _state(model)
+    with pytest.raises(
+        ValueError, match=r"drop_last=True.*fit stopped at epoch 0, step 2 .*before"
+    ):
+        fit(model, loss_fn, loader, 2, progress=False)
+    _assert_same_state(_state(model), before)  # num_batches_tracked too
+
+
+def test_an_empty_batch_stops_fit_with_the_losss_message_and_restores() -> None:
+    model, loss_fn = _regression()
+    batches = _regression_batches()
+    batches.insert(1, (batches[0][0][:0], batches[0][1][:0]))
+    before = _state(model)
+    with pytest.raises(
+        ValueError, match=r"the batch is empty .*fit stopped at epoch 0, step 1 "
+    ):
+        fit(model, loss_fn, batches, 2, progress=False)
+    _assert_same_state(_state(model), before)
+
+
+def test_a_loaders_own_error_restores_and_names_the_step() -> None:
+    """An error fetching batch 2 (a data set's __getitem__) stops step 2."""
+    model, loss_fn = _regression()
+
+    def batches() -> Any:
+        yield from _regression_batches()[:2]
+        raise KeyError("image 17")
+
+    before = _state(model)
+    with pytest.raises(KeyError) as info:
+        fit(model, loss_fn, batches(), 1, progress=False)
+    place = "fit stopped at epoch 0, step 2 (global step 2)"
+    if sys.version_info >= (3, 11):  # KeyError's message is its key: a note
+        assert any(place in note for note in info.value.__notes__)
+    _assert_same_state(_state(model), before)
+
+
+def test_an_interrupt_keeps_the_training_so_far() -> None:
+    """Ctrl-C is no error of the step: the model keeps its steps."""
+    model, loss_fn = _regression()
+    before = _state(model)
+
+    class Interrupt:
+        def on_step_end(self, epoch: int, step: int, loss: float) -> None:
+            if step == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            model,
+            loss_fn,
+            _regression_batches(),
+            1,
+            callbacks=[Interrupt()],
+            progress=False,
+        )
+    assert not torch.equal(
+        _state(model)["0.posterior.weight.loc_unconstrained"],
+        before["0.posterior.weight.loc_unconstrained"],
+    )
+
+
+@pytest.mark.parametrize(
+    "val_loader",
+    ["empty list", "empty loader", "nan target", "nan input", "nan in a loader"],
+)
+def test_bad_validation_data_is_refused_before_training(val_loader: str) -> None:
+    """An empty or NaN validation set failed only after a whole training epoch."""
+    x, y = _regression_batches()[0]
+    nan_y, nan_x = y.clone(), x.clone()
+    nan_y[1] = nan_x[2, 0] = math.nan
+    data = torch.utils.data.TensorDataset
+    loaders: dict[str, Any] = {
+        "empty list": [],
+        "empty loader": torch.utils.data.DataLoader(data(x[:0], y[:0])),
+        "nan target": [(x, y), (x, nan_y)],
+        "nan input": [(nan_x, y)],
+        "nan in a loader": torch.utils.data.DataLoader(data(x, nan_y), batch_size=3),
+    }
+    messages = {
+        "empty list": "val_loader yields no batches",
+        "empty loader": "val_loader yields no batches",
+        "nan target": r"the target of val_loader's batch 1 contains 1 NaN",
+        "nan input": r"input 0 of val_loader's batch 0 contains 1 NaN",
+        "nan in a loader": r"the target of val_loader's data set contains 1 NaN",
+    }
+    model, loss_fn = _regression()
+    steps: list[int] = []
+
+    class Counted:
+        def __iter__(self) -> Any:
+            for batch in _regression_batches():
+                steps.append(1)
+                yield batch
+
+    with pytest.raises(ValueError, match=messages[val_loader]):
+        fit(
+            model, loss_fn, Counted(), 1, val_loader=loaders[val_loader], progress=False
+        )
+    assert not steps  # refused before the first batch
+    if val_loader.startswith("nan"):  # the library's check: off with validation
+        with bnn.validation(False), pytest.warns(RuntimeWarning, match="is nan"):
+            fit(
+                model,
+                loss_fn,
+                Counted(),
+                1,
+                val_loader=loaders[val_loader],
+                progress=False,
+            )
+
+
+def test_a_validation_error_after_an_epoch_names_the_epoch() -> None:
+    """Validation data not held in memory are checked by the validation pass:
+    its error now says it came from validation after that epoch."""
+    model, loss_fn = _regression()
+    x, y = _regression_batches()[0]
+    y = y.clone()
+    y[0] = math.nan
+
+    class Streamed:
+        def __iter__(self) -> Any:
+            yield x, y
+
+    with pytest.raises(
+        ValueError,
+        match=r"target contains 1 NaN.*fit stopped in the validation after epoch 0",
+    ):
+        fit(
+            model,
+            loss_fn,
+            _regression_batches(),
+            2,
+            val_loader=Streamed(),
+            progress=False,
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -11,7 +13,13 @@ from torch import nn
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn import vi
-from pyrolite_bnn._validation import check_heat, check_input_dtype, floating_dtype
+from pyrolite_bnn._validation import (
+    check_finite,
+    check_heat,
+    check_input_dtype,
+    checks_on,
+    floating_dtype,
+)
 
 
 def test_floating_dtype_of_a_network() -> None:
@@ -267,3 +275,24 @@ def test_scale_hyperparameters_follow_the_dtype_they_are_used_in() -> None:
     finally:
         torch.set_default_dtype(torch.float32)
     assert bnn.HeteroscedasticNormal(0.0).min_scale == 0.0
+
+
+def test_checks_turned_on_for_a_context_leave_other_threads_alone() -> None:
+    """bnn.Trace_ELBO's target checks under Pyro's switch are this context's:
+    a network called in another thread meanwhile keeps the switch's value,
+    and the message names the switch that turns them off."""
+    nan = torch.tensor([math.nan])
+    seen: list[bool] = []
+    with bnn.validation(False), checks_on("pyro.enable_validation(False)"):
+        thread = threading.Thread(
+            target=lambda: seen.append(bnn.is_validation_enabled())
+        )
+        thread.start()
+        thread.join()
+        with pytest.raises(ValueError, match=r"Disable with pyro\.enable_validation"):
+            check_finite(nan, "target")
+    assert seen == [False]
+    with bnn.validation(False), checks_on(None):
+        check_finite(nan, "target")  # None: the switch alone
+    with pytest.raises(ValueError, match=r"Disable with bnn\.enable_validation"):
+        check_finite(nan, "target")

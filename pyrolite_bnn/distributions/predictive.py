@@ -872,8 +872,22 @@ class Bernoulli(_ClassificationLikelihood):
 # Bernoulli outputs: this many, all in [0, 1], read as probabilities.
 _PROBABILITY_VALUES = 16
 
-# Targets spread this many times a learned noise scale's start are warned about.
+# Targets spread this many times a learned noise scale's start, or under this
+# fraction of it, are warned about.
 _UNSCALED_SPREAD = 10.0
+# Values needed to read a spread far below the scale: two or three values of
+# ordinary data are that close by chance (a pair within a tenth of its
+# standard deviation one time in 12; four values about one in 700).
+_NARROW_SPREAD_VALUES = 4
+_STANDARDISE = "Standardise the targets ((y - mean) / std, and map predictions back)"
+
+
+def _narrow_spread(target: Tensor, spread: float, scale: float) -> bool:
+    """Whether ``spread`` lies far below ``scale`` (enough values, not constant)."""
+    return (
+        target.numel() >= _NARROW_SPREAD_VALUES
+        and 0 < spread * _UNSCALED_SPREAD < scale
+    )
 
 
 class _ScaleLikelihood(PredictiveDistribution):
@@ -924,19 +938,29 @@ class _ScaleLikelihood(PredictiveDistribution):
         self.warn_unscaled_targets(target)
 
     def warn_unscaled_targets(self, target: Tensor) -> None:
-        """Warn once if a learned scale starts far below the targets' spread.
+        """Warn once if a learned scale starts far from the targets' spread.
 
         Checked on the first targets of two or more values while the scale is
         at its starting value (not for one trained or loaded from a
-        checkpoint: a good fit leaves far less noise than spread).
+        checkpoint: a good fit leaves far less noise than spread), in either
+        direction:
 
-        The scale is ``softplus`` of a raw parameter that Adam moves by at
-        most about the learning rate per step, so above 1 the scale grows
-        about linearly: from 1.0 towards a spread of 77 (scikit-learn's
-        diabetes targets in their units) it was 5.7 after 10,000 steps and
-        20.7 after 30,000 at ``fit``'s default learning rate 1e-3; trained as
-        the quick start trains, the 95 % intervals covered 6 % of the test
-        targets, silently.
+        * a spread over 10 times the scale: the scale is ``softplus`` of a
+          raw parameter that Adam moves by at most about the learning rate
+          per step, so above 1 the scale grows about linearly: from 1.0
+          towards a spread of 77 (scikit-learn's diabetes targets in their
+          units) it was 5.7 after 10,000 steps and 20.7 after 30,000 at
+          ``fit``'s default learning rate 1e-3; trained as the quick start
+          trains, the 95 % intervals covered 6 % of the test targets,
+          silently;
+        * a spread under a tenth of the scale (read from four or more
+          values; constant targets have none): below 1 the scale shrinks by
+          about a factor ``exp(-lr)`` per step, about 4,600 steps from 1 to
+          0.01 at ``lr = 1e-3``, and until it nears the spread the intervals
+          are far too wide and the data term too weak to move the weights
+          (targets of amplitude 0.03, spread 0.02: R^2 0.16 after 4,000
+          steps; of spread 1e-8: a scale of 0.65 after 600 steps, intervals
+          3.5e8 times too wide).
         """
         if not self.learned or self.__dict__.get("_spread_checked", False):
             return
@@ -949,15 +973,27 @@ class _ScaleLikelihood(PredictiveDistribution):
             return
         spread = float(target.detach().double().std())
         scale = float(self.noise_scale().detach())
+        name = type(self).__name__
+        start = (
+            f"{name}: the targets spread {spread:.3g} (standard deviation) while "
+            f"the learned noise scale starts at {scale:.3g}; "
+        )
+        remedy = (
+            f"{_STANDARDISE}, or start the scale near their spread "
+            f"(bnn.{name}(init_scale=...))"
+        )
         if spread > _UNSCALED_SPREAD * scale:
             warn_at_caller(
-                f"{type(self).__name__}: the targets spread {spread:.3g} (standard "
-                f"deviation) while the learned noise scale starts at {scale:.3g}; "
-                "above 1 it grows by at most about the learning rate per step, so "
-                "the intervals stay far too narrow for tens of thousands of steps. "
-                "Standardise the targets ((y - mean) / std, and map predictions "
-                f"back), or start the scale near their spread "
-                f"(bnn.{type(self).__name__}(init_scale=...))"
+                f"{start}above 1 it grows by at most about the learning rate per "
+                "step, so the intervals stay far too narrow for tens of thousands "
+                f"of steps. {remedy}"
+            )
+        elif _narrow_spread(target, spread, scale):
+            warn_at_caller(
+                f"{start}below 1 it shrinks by about a factor exp(-lr) per step "
+                "(lr the learning rate: from 1 to 0.01 in about 4,600 steps at "
+                "1e-3), and until it nears their spread the intervals are far too "
+                f"wide and the data barely move the weights. {remedy}"
             )
 
     def noise_scale(self) -> Tensor:
@@ -1218,9 +1254,75 @@ class HeteroscedasticNormal(PredictiveDistribution):
         )
 
     def check_target(self, output: Tensor, target: Tensor) -> None:
-        """Targets must be real numbers (not ``bool`` or complex), finite."""
+        """Targets must be real numbers (not ``bool`` or complex), finite.
+
+        On the first targets this likelihood sees, their spread is compared
+        with the network's predictions: see :meth:`warn_unscaled_targets`.
+        """
         super().check_target(output, target)
         _check_real_target(self, target)
+        self.warn_unscaled_targets(output, target)
+
+    def warn_unscaled_targets(self, output: Tensor, target: Tensor) -> None:
+        """Warn once if the network's predictions are far off the targets' scale.
+
+        The noise scale is predicted, ``softplus(raw) + min_scale``: it meets
+        the learned scale's two problems (see ``Normal``'s
+        ``warn_unscaled_targets``) through the network's last layer, whose
+        weights and bias Adam moves by about the learning rate per step.
+        Compared on the first targets of two or more values this likelihood
+        scores against an output with gradients (a training step, not an
+        evaluation, where a trained network's predictions may be what they
+        are for reasons of its own), with the median predicted scale of that
+        output:
+
+        * a spread over 10 times both the predicted scales and the spread of
+          the predicted means (a network trained on these targets predicts
+          means that spread as they do): targets of spread 1e6 met scales
+          and means near 1, whose last layer moves by about the learning
+          rate per step, silently;
+        * a spread under a tenth of the predicted scales (read from four or
+          more values): the raw scale must fall by about the logarithm of
+          their ratio, and ``min_scale`` (default ``1e-6``) bounds the
+          scale from below: targets that spread less than ``10 *
+          min_scale`` cannot get intervals as narrow as their noise.
+        """
+        if self.__dict__.get("_spread_checked", False) or not output.requires_grad:
+            return
+        if target.numel() < 2 or target.is_meta or output.is_meta:
+            return  # no spread to read yet
+        if transforms_active():
+            return  # values unreadable under vmap: the next eager call checks
+        object.__setattr__(self, "_spread_checked", True)
+        loc, scale = self.loc_scale(full_precision(output.detach()))
+        spread = float(target.detach().double().std())
+        predicted = float(scale.median())
+        means = float(loc.mean(0).double().std()) if loc.shape[1] > 1 else 0.0
+        start = (
+            f"HeteroscedasticNormal: the targets spread {spread:.3g} (standard "
+            f"deviation) while the network's predicted noise scales are about "
+            f"{predicted:.3g}"
+        )
+        if spread > _UNSCALED_SPREAD * max(predicted, means):
+            warn_at_caller(
+                f"{start} and its predicted means spread {means:.3g}: the last "
+                "layer's weights and bias move by about the learning rate per step, "
+                "so the predictions take a very long time to reach the targets' "
+                f"scale, the intervals far too narrow meanwhile. {_STANDARDISE}"
+            )
+        elif _narrow_spread(target, spread, predicted):
+            floor = (
+                f"; min_scale={self.min_scale:g} keeps every predicted scale above "
+                "a tenth of their spread: lower it"
+                if self.min_scale * _UNSCALED_SPREAD > spread
+                else ""
+            )
+            warn_at_caller(
+                f"{start}: they shrink by about a factor exp(-lr) per step (lr the "
+                "learning rate), and until they near the spread the intervals are "
+                f"far too wide and the data barely move the weights{floor}. "
+                f"{_STANDARDISE}"
+            )
 
     def check_output(self, output: Tensor) -> None:
         """Outputs ``(S, B, ..., 2)``: the last dimension holds mean and raw scale."""

@@ -105,6 +105,8 @@ def batch_norm(
         True
     """
     samples = check_count(samples, "samples")
+    if training:
+        _check_values_per_channel(input, samples)
     if samples == 1 or not training:
         return F.batch_norm(
             input, running_mean, running_var, weight, bias, training, momentum, eps
@@ -116,12 +118,6 @@ def batch_norm(
             f"batch norm got {rows} rows, not a multiple of samples={samples}"
         )
     batch = rows // samples
-    if batch * math.prod(spatial) == 1:
-        raise ValueError(
-            "Expected more than 1 value per channel when training, got input size "
-            f"{functional.describe_input_shape(input)}: each of the {samples} "
-            f"particles is normalised over its own {batch} example"
-        )
     # (B * S, C, *) is (B, S * C, *): channel s * C + c is particle s's channel c.
     grouped = input.reshape(batch, samples * channels, *spatial)
     mean_per_particle = None if running_mean is None else running_mean.repeat(samples)
@@ -165,6 +161,48 @@ def batch_norm(
     return out.reshape(input.shape)
 
 
+def _check_values_per_channel(input: Tensor, samples: int) -> None:
+    """Refuse batch statistics over one value per channel (and per particle).
+
+    torch's ``F.batch_norm`` refuses them too ("Expected more than 1 value per
+    channel when training"); this message adds where the one example usually
+    comes from: a ``DataLoader``'s last batch, when the data set's size is one
+    more than a multiple of ``batch_size``.
+
+    Args:
+        input: ``(B * S, C, *)``, folded batch-major (``(B, C, *)`` for one
+            particle).
+        samples: the particles ``S`` folded into its batch.
+
+    Raises:
+        ValueError: if each particle's channel has one value (``B * prod(*)
+            == 1``).
+
+    Example:
+        >>> import torch
+        >>> _check_values_per_channel(torch.zeros(2, 3), samples=1)
+        >>> try:
+        ...     _check_values_per_channel(torch.zeros(2, 3), samples=2)
+        ... except ValueError as error:
+        ...     print("drop_last=True" in str(error))
+        True
+    """
+    if input.dim() < 2 or input.shape[0] != samples or math.prod(input.shape[2:]) != 1:
+        return  # (B * prod(*) == 1: B == 1 and no positions)
+    particles = (
+        f": each of the {samples} particles is normalised over its own 1 example"
+        if samples > 1
+        else ""
+    )
+    raise ValueError(
+        "Expected more than 1 value per channel when training, got input size "
+        f"{functional.describe_input_shape(input)}{particles}. A batch of one "
+        "example in training is often a DataLoader's last batch (the data set's "
+        "size is one more than a multiple of batch_size): pass drop_last=True "
+        "to the DataLoader, or choose another batch_size"
+    )
+
+
 def _folded_samples(input: Tensor, owner: str) -> int:
     """``S`` if ``input`` holds ``S > 1`` particles folded in its batch, else 1.
 
@@ -202,6 +240,7 @@ class _ParticleBatchNorm(_BatchNorm):
         if not uses_batch_statistics(self):
             return super().forward(input)
         samples = _folded_samples(input, type(self).__name__)
+        _check_values_per_channel(input, samples)  # (before torch counts the batch)
         if samples == 1:
             return super().forward(input)
         # torch's bookkeeping, as in _BatchNorm.forward.

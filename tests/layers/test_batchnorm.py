@@ -292,6 +292,30 @@ def test_one_example_per_particle_refused_in_training() -> None:
         net(torch.randn(1, 3), samples=3)
 
 
+@pytest.mark.parametrize("samples", [1, 3])
+@pytest.mark.parametrize("first", [False, True], ids=["folded", "shared input"])
+def test_a_batch_of_one_names_drop_last_and_is_not_counted(
+    samples: int, first: bool
+) -> None:
+    """A batch of one example in training is usually a DataLoader's last batch:
+    the error names drop_last=True (torch's, with one particle or an input
+    shared by the particles, did not), and it comes before the batch is
+    counted (torch's class counts it, then raises)."""
+    layers = [bnn.BatchNorm1d(4), bnn.VILinear(4, 4)]
+    net = bnn.VISequential(*(layers if first else [bnn.VILinear(4, 4), *layers]))
+    norm = layers[0]
+    with pytest.raises(
+        ValueError, match=r"Expected more than 1 value per channel.*drop_last=True"
+    ):
+        net(torch.randn(1, 4), samples=samples)
+    assert int(norm.num_batches_tracked) == 0
+    with pytest.raises(ValueError, match="drop_last=True"):
+        batch_norm(torch.randn(samples, 4), None, None, training=True, samples=samples)
+    net(torch.randn(2, 4), samples=samples)  # two examples: fine
+    net.eval()
+    net(torch.randn(1, 4), samples=samples)  # running statistics: fine
+
+
 def test_state_dict_and_class_are_torch() -> None:
     for ours, theirs in TORCH.items():
         torch_norm = _randomise(theirs(4, momentum=0.2))

@@ -10,6 +10,7 @@ activations are folded into the sequence dimension ``(L * S, B, ...)``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -943,13 +944,16 @@ def test_packed_input_of_a_sequence_first_layer_inside_a_network_is_refused() ->
     assert out.data.shape == (3, int(lengths.sum()), 3)
 
 
-def test_sequence_first_validation_and_calibration_count_sequences() -> None:
+@pytest.mark.parametrize("length", [6, 4])
+def test_sequence_first_validation_and_calibration_count_sequences(length: int) -> None:
     """fit's validation NLPD and calibrate's fit take one example per sequence.
 
     The same weights and draws in either layout give the same values (the
     mixture over particles is per sequence, not per position across the batch).
+    L = 4 equals B: the layout was guessed from the sizes, and the sequence-first
+    output (S, L, B, C) was read as batch-first, one example per position.
     """
-    batch, length = 4, 6
+    batch = 4
     (batch_first, x, y), (sequence_first, x_first, y_first) = _both_layouts(
         batch, length
     )
@@ -975,6 +979,81 @@ def test_sequence_first_validation_and_calibration_count_sequences() -> None:
         assert isinstance(calibration, bnn.TemperatureScaling)
         values.append((history.val_loss[0], float(calibration.temperature)))
     assert values[1] == pytest.approx(values[0], rel=1e-5)
+
+
+def test_sequence_first_validation_loss_with_length_equal_to_batch() -> None:
+    """fit's val_loss of a sequence-first network with L == B is per sequence.
+
+    The reference is -log(1/S sum_s p(y_b | x_b, w_s)) per sequence b from the
+    network's own output (S, L, B, C) under the validation pass's seed. The
+    layout was guessed from the sizes: with L == B the mixture was taken per
+    position (over the batch), another number, silently.
+    """
+    torch.manual_seed(0)
+    wide = bnn.MeanFieldNormal(init_scale=0.5)  # particles that differ
+
+    class Tagger(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = bnn.VILSTM(3, 4, variational=wide)  # batch_first=False
+            self.head = bnn.VILinear(4, 2, variational=wide)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.rnn(x)[0])  # type: ignore[no-any-return]
+
+    net = Tagger()
+    net.samples = 6
+    x, y = torch.randn(4, 4, 3), torch.randint(0, 2, (4, 4))  # L == B == 4
+    references: list[float] = []
+
+    class Seeded:
+        def __iter__(self) -> Any:
+            pyro.set_rng_seed(5)
+            yield x, y
+
+    def reference(epoch: int, history: bnn.History, model: nn.Module) -> None:
+        pyro.set_rng_seed(5)
+        model.eval()
+        with torch.no_grad():
+            out = model(x).double()  # (S, L, B, C)
+        model.train()
+        log_p = out.log_softmax(-1).gather(-1, y.expand(6, -1, -1)[..., None])
+        per_sequence = log_p.squeeze(-1).sum(1)  # (S, B)
+        mixture = torch.logsumexp(per_sequence, 0) - math.log(6)
+        references.append(float(-mixture.mean()))
+
+    history = bnn.fit(
+        net,
+        bnn.KullbackLeiblerLoss(bnn.Categorical(), 20),
+        [(x, y)],
+        2,
+        val_loader=Seeded(),
+        callbacks=[reference],
+        progress=False,
+    )
+    assert history.val_loss == pytest.approx(references, rel=1e-5)
+
+
+@pytest.mark.parametrize("length", [5, 3])
+def test_sequence_first_observation_site_is_batch_first(length: int) -> None:
+    """pyro_model's "obs" draws (S, B, L) targets whatever L, L == B too.
+
+    The site's distribution holds the network output with the sequences in
+    the data plate: its logits are out.movedim(2, 1). With L == B = 3 they
+    were the output as it came, (S, L, B, C): draws laid out per position.
+    """
+    _, (net, x, y) = _both_layouts(3, length)
+    model = bnn.KullbackLeiblerLoss(bnn.Categorical(), 30).pyro_model(net)
+    for observed in (None, y):
+        trace = poutine.trace(model).get_trace(x, observed, samples=2)
+        out = trace.nodes["_RETURN"]["value"]
+        assert out.shape == (2, length, 3, 2)
+        draws = trace.nodes["obs"]["fn"].draws
+        torch.testing.assert_close(
+            draws.base_dist.logits, out.movedim(2, 1).log_softmax(-1)
+        )
+    draws = poutine.trace(model).get_trace(x, samples=2).nodes["obs"]["value"]
+    assert draws.shape == (2, 3, length)
 
 
 class _EmbedPackClassifier(bnn.VIModule):
