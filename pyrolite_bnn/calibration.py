@@ -100,6 +100,9 @@ _LOG_LIMIT = 30.0
 _CERTAIN = 1e-3
 _NLL_TOLERANCE = 1e-3
 _TOWARDS_IDENTITY_POINTS = 141
+# An NLL within this relative difference of its value at the upper limit is
+# flat towards it: float32 rounding of a mean NLL is a few 1e-7.
+_FLAT = 1e-6
 
 _SelfCalibration = TypeVar("_SelfCalibration", bound="Calibration")
 
@@ -109,11 +112,21 @@ def _fit_log_parameter(
     what: str,
     outputs: Tensor,
     degenerate: Callable[[float], bool] = lambda value: False,
+    *,
+    positions: int | None = None,
+    one_class: str = "",
 ) -> float:
     """``exp`` of the minimiser of ``objective(log value)``; warns at the limit.
 
     Where ``degenerate(value)`` says the minimiser lies where the objective is
     nearly flat, the value nearest 1 within ``_NLL_TOLERANCE`` of its NLL.
+    The identity (1), with a warning that says why, where nothing can be
+    fitted: no target ``positions`` left to fit (every label ignored), an NLL
+    that the value does not change, that is infinite wherever the search
+    went, or that falls without bound towards 0. A minimiser at (or flat to
+    float precision up to) the upper limit warns and is the limit.
+    ``one_class``: a note on labels of one class, added to the warnings of
+    the two limits.
 
     Raises:
         ValueError: for network outputs ``(S, N, ...)`` without examples.
@@ -124,6 +137,16 @@ def _fit_log_parameter(
             f"{tuple(outputs.shape)} (S, N, ...) with no examples"
         )
     count = outputs.shape[1]
+    if positions == 0:
+        warnings.warn(
+            f"calibration: none of the {count} validation example(s) has an "
+            "observed label (every label equals the likelihood's ignore_index): "
+            f"there is nothing to fit the {what} to. The {what} is left at 1 "
+            "(the identity)",
+            UserWarning,
+            stacklevel=3,
+        )
+        return 1.0
     # NaN outputs (NaN weights, an input that overflows) made every value fit
     # equally and read as "all predicted exactly"; -inf is a masked logit.
     masked = outputs.nan_to_num(nan=math.nan, posinf=math.inf, neginf=0.0)
@@ -140,8 +163,51 @@ def _fit_log_parameter(
             stacklevel=3,
         )
         return 1.0
-    log_value, at_limit = minimise_expanding(objective, _LOG_BOUND, _LOG_LIMIT)
-    exact = at_limit and log_value < 0 and objective(log_value) < _NLL_TOLERANCE
+    tried: list[float] = []
+
+    def recorded(log_value: float) -> float:
+        tried.append(log_value)
+        return objective(log_value)
+
+    log_value, at_limit = minimise_expanding(recorded, _LOG_BOUND, _LOG_LIMIT)
+    best = objective(log_value)
+    if not math.isfinite(best):
+        # An NLL infinite (some example's density 0) across the first interval
+        # made its first point the best: the search went down to the lower
+        # limit, where it read as "every example predicted right". A grid of
+        # the whole range finds where it is finite, if anywhere.
+        log_value, at_limit = minimise_expanding(recorded, _LOG_LIMIT, _LOG_LIMIT)
+        best = objective(log_value)
+    if not math.isfinite(best):
+        reason = (
+            "some label has probability 0 in every particle (a -inf logit at "
+            "its class), whatever the temperature"
+            if what == "temperature"
+            else "some targets lie so far from the predictions that their "
+            f"log-density overflows in {outputs.dtype} (check the targets' "
+            "units and the noise scale)"
+        )
+        warnings.warn(
+            f"calibration: the validation NLL of the {count} example(s) is "
+            f"{best} for every {what} the search tried (e^{min(tried):.3g} to "
+            f"e^{max(tried):.3g}): {reason}. The {what} is left at 1 (the "
+            "identity)",
+            UserWarning,
+            stacklevel=3,
+        )
+        return 1.0
+    flat_from: float | None = None  # where the NLL is flat up to the limit
+    # An NLL still falling towards the upper limit by less than float
+    # precision is flat there: the search stopped anywhere on the plateau (a
+    # temperature of 2.5e6 or 5.4e6 for one classifier: predictions uniform
+    # either way), short of the limit, without a warning.
+    if (
+        not at_limit
+        and log_value > 0
+        and objective(_LOG_LIMIT) <= best + _FLAT * max(1.0, abs(best))
+    ):
+        flat_from, log_value, at_limit = math.exp(log_value), _LOG_LIMIT, True
+    exact = at_limit and log_value < 0 and best < _NLL_TOLERANCE
     if not exact and degenerate(math.exp(log_value)):
         log_value, at_limit = _nearest_identity(objective, log_value), False
     if at_limit and log_value < 0:
@@ -152,8 +218,8 @@ def _fit_log_parameter(
             f"calibration: no finite {what} fits the {count} validation "
             "example(s): every one is predicted right (classified correctly, or "
             "a regression target met exactly; the validation NLL keeps "
-            f"falling as the {what} goes to 0). The calibration is left at 1 "
-            "(the identity); fit it on a larger validation set",
+            f"falling as the {what} goes to 0){one_class}. The calibration is "
+            "left at 1 (the identity); fit it on a larger validation set",
             UserWarning,
             stacklevel=3,
         )
@@ -167,9 +233,15 @@ def _fit_log_parameter(
             else "the likelihood's scale is far from the data's (check the "
             "targets' units and the noise scale)"
         )
+        flat = (
+            ""
+            if flat_from is None
+            else f" (the validation NLL falls as the {what} grows, and is flat "
+            f"to float precision from {flat_from:.3g} on)"
+        )
         warnings.warn(
             f"calibration: the fitted {what} {value:.3g} is at the search limit "
-            f"e^{_LOG_LIMIT:g}: {hint}",
+            f"e^{_LOG_LIMIT:g}{flat}: {hint}{one_class}",
             UserWarning,
             stacklevel=3,
         )
@@ -216,6 +288,23 @@ def _nearest_identity(objective: Callable[[float], float], best: float) -> float
         if objective(t) <= threshold:
             return t
     return best
+
+
+def _one_class(labels: Tensor) -> str:
+    """A note for the warnings if every one of ``labels`` is one class, else ``""``.
+
+    Example:
+        >>> _one_class(torch.zeros(3, dtype=torch.long)).split(":")[0]
+        '; every one of the 3 validation labels is class 0'
+        >>> _one_class(torch.tensor([0, 1]))
+        ''
+    """
+    if labels.numel() < 2 or not bool((labels == labels.reshape(-1)[0]).all()):
+        return ""
+    return (
+        f"; every one of the {labels.numel()} validation labels is class "
+        f"{float(labels.reshape(-1)[0]):g}: calibrate on labels of every class"
+    )
 
 
 def _observed(predictive: PredictiveDistribution, target: Tensor) -> Tensor | None:
@@ -375,6 +464,7 @@ class TemperatureScaling(Calibration):
         # on its grid (T 0.43 % off the float64 fit of the same outputs).
         outputs = full_precision(outputs)
         observed = _observed(predictive, target)
+        labels = target if observed is None else target[observed]
 
         def objective(log_t: float) -> float:
             scaled = TemperatureScaling(math.exp(log_t)).to(outputs).wrap(predictive)
@@ -387,7 +477,14 @@ class TemperatureScaling(Calibration):
                 predictive, outputs, target, temperature, observed
             )
 
-        best = _fit_log_parameter(objective, "temperature", outputs, vote_shares)
+        best = _fit_log_parameter(
+            objective,
+            "temperature",
+            outputs,
+            vote_shares,
+            positions=labels.numel(),
+            one_class=_one_class(labels),
+        )
         with torch.no_grad():
             self.temperature.fill_(best)
         return self

@@ -27,7 +27,11 @@ tensors, numbers, strings, lists and dictionaries, so that it loads with
 Writes are atomic: the file is written to a temporary file in the same
 directory, flushed to disk and then renamed over the target, so an interrupted
 write leaves the previous checkpoint intact. Loading compares the fingerprint
-with the model first and loads nothing on a mismatch.
+with the model first and loads nothing on a mismatch. Parameters (of the
+model and of the loss) must be finite on both sides: a diverged model is not
+written over the previous checkpoint, and a file holding NaN or infinite
+parameters loads nothing; the prior buffers' constraints are checked on
+loading too.
 """
 
 from __future__ import annotations
@@ -114,8 +118,8 @@ def _averaging_state(averaged: AveragedModel) -> dict[str, Any]:
     }
 
 
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_LISTED])
+def _listed(names: list[str], separator: str = ", ") -> str:
+    shown = separator.join(names[:_MAX_LISTED])
     more = len(names) - _MAX_LISTED
     return f"{shown} and {more} more" if more > 0 else shown
 
@@ -162,6 +166,39 @@ def _compare_labels(
     if not different:
         return []
     return [f"weight sites with a different {what}: {_listed(different)}"]
+
+
+def _non_finite_parameters(
+    module: nn.Module, state: Mapping[str, Any], owner: str
+) -> list[str]:
+    """The parameters of ``module`` whose values in ``state`` are not all finite.
+
+    Each as ``"model '0.weight' holds 1 NaN and 0 inf of 16 values"``. Parameters
+    only (posterior and guide parameters, a likelihood's learned noise scale,
+    plain weights): a buffer may hold infinities by design (an additive
+    attention mask), and the prior buffers have constraints of their own,
+    checked when they are loaded. Tensors without values (the meta device)
+    are passed over.
+    """
+    found = []
+    for key, _ in module.named_parameters(remove_duplicate=False):
+        value = state.get(key)
+        if (
+            not isinstance(value, Tensor)
+            or value.is_meta
+            or not (value.is_floating_point() or value.is_complex())
+        ):
+            continue
+        finite = torch.isfinite(value)
+        if bool(finite.all()):
+            continue
+        nan = int(value.isnan().sum())
+        infinite = int((~finite).sum()) - nan
+        found.append(
+            f"{owner} {key!r} holds {nan} NaN and {infinite} inf of "
+            f"{value.numel()} values"
+        )
+    return found
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -299,8 +336,11 @@ def save_checkpoint(
         TypeError: if ``extra`` is not a dict or holds other objects (they
             would not load back with ``weights_only=True``), or ``epoch`` is
             not an integer.
-        ValueError: if ``epoch`` is negative, or ``optimizer`` holds none of
-            the model's trainable parameters (another network's).
+        ValueError: if ``epoch`` is negative, ``optimizer`` holds none of
+            the model's trainable parameters (another network's), or a
+            parameter of the model or of ``loss_fn`` holds NaN or infinite
+            values (a diverged run: the file at ``path`` is left as it was,
+            and the message names the parameters).
         OSError: if ``path`` cannot be written (see
             :func:`check_checkpoint_path`).
 
@@ -341,15 +381,28 @@ def save_checkpoint(
             ),
         )
     model = unwrap(model)
+    state = model.state_dict()
+    loss_state = None if loss_fn is None else loss_fn.state_dict()
+    non_finite = _non_finite_parameters(model, state, "model")
+    if loss_fn is not None and loss_state is not None:
+        non_finite += _non_finite_parameters(loss_fn, loss_state, "loss_fn")
+    if non_finite:
+        raise ValueError(
+            f"save_checkpoint: parameters hold NaN or infinite values, so nothing "
+            f"was written ({os.fspath(path)!r} is unchanged): "
+            + _listed(non_finite, "; ")
+            + ". Training diverged (or the values were set by hand): restore the "
+            "last finite state (bnn.fit's NaN guard does) before saving"
+        )
     payload: dict[str, Any] = {
         "format": _FORMAT,
         "format_version": _FORMAT_VERSION,
         "version": _version(),
         "fingerprint": _fingerprint(model),
-        "model": model.state_dict(),
+        "model": state,
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         "optimizer_class": None if optimizer is None else _class_name(optimizer),
-        "loss_fn": None if loss_fn is None else loss_fn.state_dict(),
+        "loss_fn": loss_state,
         "epoch": epoch,
         "extra": None if extra is None else dict(extra),
         "averaged": None if averaged is None else _averaging_state(averaged),
@@ -584,7 +637,11 @@ def load_checkpoint(
             shape-mismatched keys, at most five of each), or ``optimizer`` /
             ``loss_fn`` is given and the checkpoint holds no matching state
             (an optimizer of another class than the saved one, or with other
-            parameter groups, is refused naming both).
+            parameter groups, is refused naming both), or the file holds NaN
+            or infinite values for a parameter of ``model`` or ``loss_fn``
+            (posterior or guide parameters, a learned noise scale: named in
+            the message; whatever the validation setting, as the prior
+            buffers' constraints are checked).
 
     Example:
         >>> import os, tempfile, torch
@@ -619,6 +676,14 @@ def load_checkpoint(
         raise ValueError(
             f"checkpoint {os.fspath(path)!r} does not match; nothing was loaded:\n  "
             + "\n  ".join(problems)
+        )
+    non_finite = _non_finite_parameters(model, payload["model"], "model")
+    if loss_fn is not None:
+        non_finite += _non_finite_parameters(loss_fn, payload["loss_fn"], "loss_fn")
+    if non_finite:
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} holds NaN or infinite parameter "
+            f"values; nothing was loaded: {_listed(non_finite, '; ')}"
         )
     # Transaction: restore everything if a load fails half-way.
     backup_model = clone_state(model.state_dict())

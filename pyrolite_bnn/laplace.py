@@ -73,6 +73,7 @@ from pyrolite_bnn._validation import (
     validation,
 )
 from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn.distributions._precision import summary_dtype
 from pyrolite_bnn.distributions.predictive import (
     Bernoulli,
     Categorical,
@@ -638,6 +639,31 @@ class LinearizedLaplace(nn.Module):
         return self.eigenvalues.numel()
 
     @property
+    def _spans_all_weights(self) -> bool:
+        """Whether the GGN's eigenvectors span every weight direction (``r = P``).
+
+        The dense eigendecomposition keeps all ``P`` eigenpairs: the prior's
+        part outside them, ``(I - V V^T) / delta``, is then zero. Computed,
+        it was float64 rounding magnified by ``1 / delta`` (by ``1 /
+        sqrt(delta)`` in the samples): a prior precision of ``1e-36`` gave a
+        predictive standard deviation of 1299 where it is 0.45.
+        """
+        return self.rank == self.num_parameters
+
+    def _largest_posterior_variance(self, delta: float) -> float:
+        """The largest eigenvalue of :attr:`posterior_covariance` at ``delta``.
+
+        ``1 / (lambda_min + delta)`` where the eigenvectors span all weights,
+        else ``1 / delta`` (the directions the data leave free).
+        """
+        smallest = (
+            float(self.eigenvalues.min())
+            if self._spans_all_weights and self.rank
+            else 0.0
+        )
+        return math.inf if smallest + delta == 0 else 1.0 / (smallest + delta)
+
+    @property
     def posterior_precision(self) -> Tensor:
         """``GGN + prior_precision * I``, ``(P, P)``."""
         self._check_fitted("posterior_precision")
@@ -649,12 +675,16 @@ class LinearizedLaplace(nn.Module):
     def posterior_covariance(self) -> Tensor:
         """``Sigma``, the inverse of :attr:`posterior_precision`, ``(P, P)``.
 
-        ``V diag(1 / (lambda + delta)) V^T + (I - V V^T) / delta``.
+        ``V diag(1 / (lambda + delta)) V^T + (I - V V^T) / delta`` (the second
+        part zero where ``V`` spans all weights, ``r = P``).
         """
         self._check_fitted("posterior_covariance")
         v, delta = self.eigenvectors, self.prior_precision
+        covariance = (v / (self.eigenvalues + delta)) @ v.T
+        if self._spans_all_weights:
+            return covariance
         eye = torch.eye(len(v), dtype=v.dtype, device=v.device)
-        return (v / (self.eigenvalues + delta)) @ v.T + (eye - v @ v.T) / delta
+        return covariance + (eye - v @ v.T) / delta
 
     def log_marginal_likelihood(self, prior_precision: float | None = None) -> Tensor:
         r"""Laplace approximation of ``log p(data | delta)`` at the expansion point.
@@ -786,13 +816,15 @@ class LinearizedLaplace(nn.Module):
             # _sample: J V diag((lambda + delta)^(-1/2)) V^T z_s plus
             # J (z_s - V V^T z_s) / sqrt(delta), whose difference is delta-free.
             jv, zv = jac @ v, z @ v
-            outside = jac @ z.T - jv @ zv.T  # (N K, S)
+            # (N K, S); zero where V spans all weights
+            outside = None if self._spans_all_weights else jac @ z.T - jv @ zv.T
 
         def objective(log_delta: float) -> float:
             delta = math.exp(log_delta)
             with torch.no_grad():
-                inside = (jv * (self.eigenvalues + delta).rsqrt()) @ zv.T
-                moved = inside + outside / math.sqrt(delta)  # (N K, S)
+                moved = (jv * (self.eigenvalues + delta).rsqrt()) @ zv.T
+                if outside is not None:
+                    moved = moved + outside / math.sqrt(delta)  # (N K, S)
                 outputs = centre + moved.T.reshape(samples, *centre.shape).to(
                     centre.dtype
                 )
@@ -805,6 +837,15 @@ class LinearizedLaplace(nn.Module):
         """Use the prior ``N(0, I / prior_precision)`` (positive, finite).
 
         To maximise the evidence instead, call :meth:`fit_prior_precision`.
+
+        Raises:
+            ValueError: for a value that is not a positive finite number, or
+                so small that the posterior covariance is not finite in the
+                predictions' dtype (the network's, at least ``float32``): its
+                largest variance, ``1 / (lambda_min + delta)``, or ``1 /
+                delta`` in the directions the data leave free, beyond the
+                dtype's largest number (``delta`` below ``2.9e-39`` in
+                ``float32``); the predictions would be infinite or NaN.
         """
         if isinstance(prior_precision, str):
             raise ValueError(
@@ -812,7 +853,22 @@ class LinearizedLaplace(nn.Module):
                 f"{prior_precision!r}; to maximise the evidence call "
                 "fit_prior_precision()"
             )
-        self.prior_precision.fill_(_check_prior_precision(prior_precision))
+        value = _check_prior_precision(prior_precision)
+        largest = self._largest_posterior_variance(value)
+        dtype = summary_dtype(self.theta.dtype)  # the predictions' summaries'
+        limit = torch.finfo(dtype).max
+        if not largest <= limit:
+            low, high = math.exp(-_LOG_PRECISION_LIMIT), math.exp(_LOG_PRECISION_LIMIT)
+            raise ValueError(
+                f"prior_precision={value:.3g} is too small: the posterior's largest "
+                f"variance would be {largest:.3g}, beyond the largest {dtype} "
+                f"number ({limit:.3g}), so the posterior covariance and the "
+                "predictions would be infinite or NaN. The "
+                f"evidence search ('marglik') covers {low:.3g} to {high:.3g} "
+                f"(e^-{_LOG_PRECISION_LIMIT:g} to e^{_LOG_PRECISION_LIMIT:g}); "
+                f"give a value of at least {1.0 / limit:.3g} or use 'marglik'"
+            )
+        self.prior_precision.fill_(value)
 
     # ---------------------------------------------------------------- linearised
     def _weights(self, theta: Tensor) -> dict[str, Tensor]:
@@ -941,9 +997,10 @@ class LinearizedLaplace(nn.Module):
             v, delta = self.eigenvectors, self.prior_precision
             jac = self.jacobian(x).to(v.dtype)
             projected = jac @ v
-            residual = jac - projected @ v.T
-            inside = (projected / (self.eigenvalues + delta)) @ projected.mT
-            covariance = inside + residual @ residual.mT / delta
+            covariance = (projected / (self.eigenvalues + delta)) @ projected.mT
+            if not self._spans_all_weights:
+                residual = jac - projected @ v.T
+                covariance = covariance + residual @ residual.mT / delta
             return covariance.to(self.theta.dtype)
 
     def forward(self, x: Tensor, samples: int = 100) -> Tensor:
@@ -970,7 +1027,8 @@ class LinearizedLaplace(nn.Module):
         # / sqrt(delta): each part without a difference of large terms.
         along = z @ v
         deltas = (along * (self.eigenvalues + delta).rsqrt()) @ v.T
-        deltas = deltas + (z - along @ v.T) / delta.sqrt()
+        if not self._spans_all_weights:  # else zero
+            deltas = deltas + (z - along @ v.T) / delta.sqrt()
         step = batch_size or self._jacobian_chunk(x[:1])
         chunks = []
         with torch.no_grad():
@@ -1123,7 +1181,10 @@ def laplace(
             data, several inputs (a tuple of tensors as ``x``), inputs of
             another floating dtype than the network's, an
             unknown ``subset``, a ``prior_precision`` that is not
-            ``"marglik"`` or positive, or ``max_parameters < 1``.
+            ``"marglik"`` or positive, or so small that the posterior
+            covariance is not finite (see
+            :meth:`LinearizedLaplace.set_prior_precision`), or
+            ``max_parameters < 1``.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn

@@ -25,6 +25,18 @@ all elements: :func:`rmse`, :func:`gaussian_nll`, :func:`interval_coverage` and
 
 Invalid inputs raise :class:`ValueError` (or :class:`TypeError` for arguments that
 are not tensors) with a message stating what was expected and what was received.
+
+Non-finite values: NaN is refused everywhere, and so is an infinite regression
+``target`` (an observed value). Predictions may be infinite and give the
+metric's limit: :func:`rmse` and :func:`gaussian_nll` are ``inf`` for an
+infinite mean or variance (the density at a finite target is 0), an infinite
+interval bound is unbounded on that side, and :func:`auroc` ranks infinite
+scores. :func:`quantile_calibration_error` refuses a mean and a standard
+deviation both infinite at one position (its quantiles are undefined).
+:func:`rmse` and :func:`gaussian_nll` are computed in ``float64`` (the root
+mean square scaled by the largest error), so that no square of a finite input
+overflows or underflows on the way: the result is ``inf`` or ``0`` only where
+its value is beyond the result's dtype.
 """
 
 from __future__ import annotations
@@ -144,8 +156,8 @@ def _check_n_bins(n_bins: int) -> int:
     return value
 
 
-def _check_real(x: object, name: str) -> torch.Tensor:
-    """Validate a non-empty, NaN-free floating point tensor."""
+def _check_real(x: object, name: str, finite: bool = False) -> torch.Tensor:
+    """Validate a non-empty, NaN-free (``finite``: and inf-free) floating tensor."""
     t = _require_tensor(x, name)
     if not t.is_floating_point():
         raise ValueError(f"{name} must have a floating point dtype, got {t.dtype}")
@@ -153,6 +165,11 @@ def _check_real(x: object, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
     if bool(torch.isnan(t).any()):
         raise ValueError(f"{name} must not contain NaN values")
+    if finite and bool(torch.isinf(t).any()):
+        raise ValueError(
+            f"{name} must be finite (observed values), got "
+            f"{int(torch.isinf(t).sum())} infinite value(s)"
+        )
     return t
 
 
@@ -161,10 +178,11 @@ def _check_regression(**tensors: object) -> list[torch.Tensor]:
 
     Returns them in at least ``float32`` (:func:`full_precision`): in half
     precision ``rmse`` of errors of 300 and ``gaussian_nll`` of an error of 10
-    with variance 1e-3 overflowed to ``inf``.
+    with variance 1e-3 overflowed to ``inf``. The ``target`` must be finite.
     """
     checked = [
-        full_precision(_check_real(value, name)) for name, value in tensors.items()
+        full_precision(_check_real(value, name, finite=name == "target"))
+        for name, value in tensors.items()
     ]
     names = list(tensors)
     first_name, first = names[0], checked[0]
@@ -599,8 +617,8 @@ def rmse(mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Raises:
         TypeError: If an argument is not a tensor.
-        ValueError: If an input is empty, not floating point or contains NaN, or
-            the shapes or devices differ.
+        ValueError: If an input is empty, not floating point or contains NaN,
+            ``target`` is infinite, or the shapes or devices differ.
 
     Example:
         >>> import torch
@@ -611,7 +629,23 @@ def rmse(mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     """
     mu, y = _check_regression(mean=mean, target=target)
-    return torch.sqrt(torch.mean((mu - y).square()))
+    dtype = torch.promote_types(mu.dtype, y.dtype)
+    # float32 errors beyond 1.8e19 squared to inf, below 1e-23 to 0.
+    error = (mu.to(torch.float64) - y.to(torch.float64)).abs()
+    return _root_mean_square(error).to(dtype)
+
+
+def _root_mean_square(values: torch.Tensor) -> torch.Tensor:
+    """``sqrt(mean(values ** 2))`` of values ``>= 0``, scaled by their largest.
+
+    No square overflows or underflows (float64 values beyond 1e154 too);
+    an infinite value gives ``inf``.
+    """
+    largest = values.amax()
+    unit = torch.where(
+        torch.isfinite(largest) & (largest > 0), largest, torch.ones_like(largest)
+    )
+    return unit * torch.sqrt(torch.mean((values / unit).square()))
 
 
 def gaussian_nll(
@@ -631,8 +665,9 @@ def gaussian_nll(
 
     Raises:
         TypeError: If an argument is not a tensor.
-        ValueError: If an input is empty, not floating point or contains NaN, the
-            shapes or devices differ, or any variance is ``<= 0``.
+        ValueError: If an input is empty, not floating point or contains NaN,
+            ``target`` is infinite, the shapes or devices differ, or any
+            variance is ``<= 0``.
 
     Example:
         >>> import torch
@@ -647,8 +682,15 @@ def gaussian_nll(
     min_var = var.min().item()
     if not min_var > 0.0:
         raise ValueError(f"variance must be > 0 everywhere, got minimum {min_var:.6g}")
-    log_two_pi = math.log(2.0 * math.pi)
-    return 0.5 * (log_two_pi + torch.log(var) + (y - mu).square() / var).mean()
+    dtype = torch.promote_types(torch.promote_types(mu.dtype, var.dtype), y.dtype)
+    mu, var, y = (t.to(torch.float64) for t in (mu, var, y))
+    # The squared standard score, not a squared error over the variance: an
+    # error of 1e20 and a variance of 1e30 made inf / 1e30 in float32.
+    z = (y - mu) / var.sqrt()
+    terms = math.log(2.0 * math.pi) + torch.log(var) + z.square()
+    # An infinite mean or variance: the density at the (finite) target is 0.
+    terms = terms.masked_fill(mu.isinf() | var.isinf(), math.inf)
+    return (0.5 * terms.mean()).to(dtype)
 
 
 def interval_coverage(
@@ -668,8 +710,9 @@ def interval_coverage(
 
     Raises:
         TypeError: If an argument is not a tensor.
-        ValueError: If an input is empty, not floating point or contains NaN, the
-            shapes or devices differ, or any ``lower > upper``.
+        ValueError: If an input is empty, not floating point or contains NaN,
+            ``target`` is infinite, the shapes or devices differ, or any
+            ``lower > upper``.
 
     Example:
         >>> import torch
@@ -721,9 +764,11 @@ def quantile_calibration_error(
 
     Raises:
         TypeError: If an argument is not a tensor.
-        ValueError: If an input is empty, not floating point or contains NaN, the
-            shapes or devices differ, any ``stddev <= 0``, or ``levels`` is not a
-            non-empty 1-D sequence of values in ``(0, 1)``.
+        ValueError: If an input is empty, not floating point or contains NaN,
+            ``target`` is infinite, the shapes or devices differ, any
+            ``stddev <= 0``, ``mean`` and ``stddev`` are both infinite at a
+            position, or ``levels`` is not a non-empty 1-D sequence of values
+            in ``(0, 1)``.
 
     Example:
         >>> import torch
@@ -741,6 +786,12 @@ def quantile_calibration_error(
     min_sd = sd.min().item()
     if not min_sd > 0.0:
         raise ValueError(f"stddev must be > 0 everywhere, got minimum {min_sd:.6g}")
+    undefined = int((mu.isinf() & sd.isinf()).sum())
+    if undefined:
+        raise ValueError(
+            f"mean and stddev are both infinite at {undefined} of {mu.numel()} "
+            "positions: the quantiles there are undefined (inf - inf)"
+        )
     dtype = torch.promote_types(torch.promote_types(mu.dtype, sd.dtype), y.dtype)
     if levels is None:
         lv = torch.linspace(0.05, 0.95, 19, dtype=dtype, device=mu.device)

@@ -15,9 +15,11 @@ by the law of total variance ``variance == aleatoric_var + epistemic_var`` with
 ``aleatoric_var = mean_s sigma_s^2`` and ``epistemic_var = var_s mu_s``.
 
 The likelihood supplies the per-particle quantities (class probabilities,
-moments) and the mixture's quantiles; :class:`Prediction` only averages and
-combines them, in at least ``float32`` (half-precision outputs are read as
-``float32``).
+moments) and the mixture's mean, variances and quantiles; :class:`Prediction`
+only averages and combines them, in at least ``float32`` (half-precision
+outputs are read as ``float32``; :class:`~pyrolite_bnn.Poisson` takes its
+rates in ``float64``, which a ``float32`` rate overflows above a log rate of
+88.7, and rounds the summaries at the end).
 """
 
 from __future__ import annotations
@@ -223,14 +225,6 @@ class Prediction:
         return self.entropy - self.aleatoric
 
     # ---------------------------------------------------------------- regression
-    def _moments(self) -> tuple[Tensor, Tensor]:
-        def compute() -> tuple[Tensor, Tensor]:
-            with torch.no_grad():  # summaries, not training: no graph to a scale
-                return self.predictive.moments(self._outputs())
-
-        moments: tuple[Tensor, Tensor] = self._summary("moments", compute)
-        return moments
-
     @property
     def mean(self) -> Tensor:
         """Predictive mean ``(B, ...)``; for classification, :attr:`probs`."""
@@ -242,16 +236,25 @@ class Prediction:
         mean: Tensor = self._summary("mean", compute)
         return mean.clone()
 
+    def _variances(self) -> tuple[Tensor, Tensor]:
+        """The mixture's aleatoric and epistemic variances (kept)."""
+
+        def compute() -> tuple[Tensor, Tensor]:
+            with torch.no_grad():  # summaries, not training: no graph to a scale
+                return self.predictive.mixture_variances(self._outputs())
+
+        variances: tuple[Tensor, Tensor] = self._summary("variances", compute)
+        return variances
+
     @property
     def aleatoric_var(self) -> Tensor:
         """Noise variance averaged over particles."""
-        return self._moments()[1].mean(0)
+        return self._variances()[0].clone()
 
     @property
     def epistemic_var(self) -> Tensor:
         """Variance of the particle means (model uncertainty)."""
-        means = self._moments()[0]  # not Tensor.var: it warns on an empty batch
-        return (means - means.mean(0)).square().mean(0)
+        return self._variances()[1].clone()
 
     @property
     def variance(self) -> Tensor:

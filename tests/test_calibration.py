@@ -415,6 +415,114 @@ def test_one_or_agreeing_particles_get_the_nll_minimiser(particles: int) -> None
     assert abs(math.log(float(fitted.temperature)) - best) <= 1e-5
 
 
+def _messages(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("make", CLASSIFICATION)
+def test_a_classifier_worse_than_uniform_on_one_class_warns(make) -> None:  # type: ignore[no-untyped-def]
+    """A split of one class the classifier gets wrong: the NLL falls towards
+    uniform predictions as T grows and is flat to float32 precision from
+    ~2e7 on, where the search stopped (T 1.9e7 or 4e7, anywhere on the
+    plateau) without the documented "no better than uniform" warning, which
+    only fired at e^30. The plateau is the limit: T = e^30, with the
+    warning, which names the plateau and the one class."""
+    likelihood = make()
+    g = torch.Generator().manual_seed(0)
+    if isinstance(likelihood, bnn.Categorical):
+        logits = 3.0 * torch.randn(8, 60, 3, generator=g)
+        logits[..., 0] -= 2.0  # class 0, the label, less likely than uniform
+        labels = torch.zeros(60, dtype=torch.long)
+    else:
+        logits = 3.0 * torch.randn(8, 60, 1, generator=g) + 2.0
+        labels = torch.zeros(60)
+    with pytest.warns(UserWarning, match="no better than uniform") as caught:
+        cal = bnn.TemperatureScaling().fit(logits, labels, likelihood)
+    (message,) = _messages(caught)
+    assert "is at the search limit e^30" in message
+    assert "flat to float precision from" in message
+    assert "no better than uniform" in message
+    assert "every one of the 60 validation labels is class 0" in message
+    assert float(cal.temperature) == pytest.approx(math.exp(30.0), rel=1e-6)
+    probs = cal.wrap(likelihood).predictive_mean(logits)  # uniform
+    classes = 3 if isinstance(likelihood, bnn.Categorical) else 2
+    torch.testing.assert_close(
+        probs, torch.full_like(probs, 1 / classes), rtol=0, atol=1e-6
+    )
+
+
+def test_labels_of_several_classes_get_no_one_class_note() -> None:
+    """The plateau warning on mixed labels names no single class."""
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 3, (60,), generator=g)
+    logits = torch.randn(8, 60, 3, generator=g) - 3.0 * F.one_hot(labels, 3)
+    with pytest.warns(UserWarning, match="no better than uniform") as caught:
+        bnn.TemperatureScaling().fit(logits, labels, CLASSES)
+    assert not any("validation labels is class" in m for m in _messages(caught))
+
+
+def test_every_label_ignored_says_so() -> None:
+    """Every label equal to ignore_index: the NLL of no position is 0 for every
+    temperature, and the warning blamed the predictions ("e.g. all-equal
+    logits"). It says there are no observed labels."""
+    logits = torch.randn(4, 30, 3, generator=torch.Generator().manual_seed(0))
+    ignoring = bnn.Categorical(ignore_index=-1)
+    with pytest.warns(UserWarning, match="observed label") as caught:
+        cal = bnn.TemperatureScaling().fit(logits, torch.full((30,), -1), ignoring)
+    (message,) = _messages(caught)
+    assert "none of the 30 validation example(s) has an observed label" in message
+    assert "ignore_index" in message
+    assert "all-equal logits" not in message
+    assert float(cal.temperature) == 1.0
+    with pytest.raises(ValueError, match="no examples"):  # still an error
+        bnn.TemperatureScaling().fit(
+            torch.zeros(4, 0, 3), torch.zeros(0).long(), ignoring
+        )
+
+
+def test_an_nll_infinite_at_every_value_says_so() -> None:
+    """Targets 1e30 away (float32): every log-density overflows whatever the
+    factor, and a label with a -inf logit in every particle has probability 0
+    whatever the temperature. The NLL is inf throughout; its first grid point
+    won, the search ran to the lower limit and warned "every one is
+    predicted right". The warning says the NLL is infinite, and why."""
+    g = torch.Generator().manual_seed(0)
+    far = 1e30 * torch.randn(40, generator=g)
+    with pytest.warns(UserWarning, match="is inf for every") as caught:
+        cal = bnn.VarianceScaling().fit(torch.zeros(1, 40, 1), far, bnn.Normal(0.5))
+    (message,) = _messages(caught)
+    assert (
+        "is inf for every variance factor the search tried (e^-30 to e^30)" in message
+    )
+    assert "log-density overflows in torch.float32" in message
+    assert "predicted right" not in message
+    assert float(cal.factor) == 1.0
+    logits = torch.randn(4, 30, 3, generator=g)
+    labels = torch.randint(0, 3, (30,), generator=g)
+    logits[:, 0, labels[0]] = -math.inf
+    with pytest.warns(UserWarning, match="is inf for every") as caught:
+        cal = bnn.TemperatureScaling().fit(logits, labels, CLASSES)
+    (message,) = _messages(caught)
+    assert "is inf for every temperature" in message
+    assert "probability 0 in every particle" in message
+    assert float(cal.temperature) == 1.0
+
+
+def test_an_nll_infinite_near_the_identity_searches_the_whole_range() -> None:
+    """Targets 1e15 with a noise scale of 1e-6: the NLL overflows for factors
+    up to ~e^17 and is finite above, so the search, which started at
+    [-7, 7], went down and called the data "predicted right" (factor 1,
+    intervals 1e6 times too narrow). A grid of the whole range finds the
+    limit, with its warning."""
+    target = 1e15 * torch.randn(40, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="at the search limit e") as caught:
+        cal = bnn.VarianceScaling().fit(
+            torch.zeros(1, 40, 1), target, bnn.Normal(scale=1e-6)
+        )
+    assert "scale is far from the data's" in _messages(caught)[0]
+    assert float(cal.factor) == pytest.approx(math.exp(30.0), rel=0.1)
+
+
 def test_predictions_the_temperature_does_not_change_say_so() -> None:
     """All-equal logits: the NLL is flat, not "all predicted exactly"."""
     labels = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(0))

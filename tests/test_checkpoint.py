@@ -434,6 +434,70 @@ def test_negative_prior_scale_in_checkpoint_is_refused(tmp_path: Path) -> None:
     _assert_same_state(_state(model), before)
 
 
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize(
+    ("part", "key", "value"),
+    [
+        ("model", "0.posterior.weight.loc_unconstrained", float("nan")),
+        ("model", "2.posterior.bias.rho_unconstrained", float("inf")),
+        ("loss_fn", "predictive.raw_scale_unconstrained", float("nan")),
+    ],
+)
+def test_non_finite_parameters_in_checkpoint_are_refused(
+    tmp_path: Path, part: str, key: str, value: float, validate: bool
+) -> None:
+    """A NaN posterior mean or learned noise scale loaded silently: predict
+    then gave NaN means, or an interval error naming neither the noise nor
+    the checkpoint. Refused naming the parameter, nothing loaded, whatever
+    the validation setting (as the prior buffers' constraints)."""
+    path = tmp_path / "bad.pt"
+    save_checkpoint(path, _net(), loss_fn=_loss())
+    payload = torch.load(path, weights_only=True)
+    payload[part][key].view(-1)[0] = value
+    torch.save(payload, path)
+    model, loss_fn = _net(), _loss()
+    before, before_loss = _state(model), _state(loss_fn)
+    with (
+        bnn.validation(validate),
+        pytest.raises(
+            ValueError,
+            match=rf"holds NaN or infinite parameter values; nothing was loaded: "
+            rf"{part} '{re.escape(key)}' holds",
+        ),
+    ):
+        load_checkpoint(path, model, loss_fn=loss_fn)
+    _assert_same_state(_state(model), before)
+    _assert_same_state(_state(loss_fn), before_loss)
+
+
+@pytest.mark.parametrize(
+    ("part", "name"),
+    [
+        ("model", "0.posterior.weight.loc_unconstrained"),
+        ("loss_fn", "predictive.raw_scale_unconstrained"),
+    ],
+)
+def test_save_refuses_non_finite_parameters_and_keeps_the_file(
+    tmp_path: Path, part: str, name: str
+) -> None:
+    """save_checkpoint wrote a NaN posterior or noise scale (from a diverged
+    hand-written loop) over the last good checkpoint, which load_checkpoint
+    now refuses: the save is refused, naming the parameter, and the previous
+    file stays."""
+    path = tmp_path / "run.pt"
+    model, loss_fn = _net(), _loss()
+    save_checkpoint(path, model, loss_fn=loss_fn, epoch=0)
+    written = path.read_bytes()
+    target = dict((model if part == "model" else loss_fn).named_parameters())[name]
+    with torch.no_grad():
+        target.view(-1)[0] = float("nan")
+    named = rf"nothing was written.*{part} '{re.escape(name)}' holds 1 NaN"
+    with pytest.raises(ValueError, match=named):
+        save_checkpoint(path, model, loss_fn=loss_fn, epoch=1)
+    assert path.read_bytes() == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
+
+
 # ------------------------------------------------------------- atomic writes
 @pytest.mark.parametrize("where", ["replace", "save"])
 def test_interrupted_write_keeps_previous_file(

@@ -986,3 +986,59 @@ def test_a_direct_posterior_of_a_bayesian_network_is_refused() -> None:
     names = [n for n, _ in net.named_parameters()]
     with pytest.raises(TypeError, match=r"use bnn\.laplace\(model"):
         bnn.LinearizedLaplace(net, names, bnn.Normal(0.5))
+
+
+def test_a_tiny_prior_precision_leaves_a_full_rank_posterior_as_it_is() -> None:
+    """30 examples, 25 weights: the dense GGN has all 25 eigenpairs (r = P),
+    the prior's part outside them, (I - V V^T) / delta, is zero. Computed, it
+    was float64 rounding magnified by 1 / delta: prior_precision=1e-36 gave
+    a predictive standard deviation of 1299 (0.45 at 1e-20), 1e-80 inf and
+    1e-300 NaN, silently. The posterior is now the same as at 1e-20 (its
+    eigenvalues are all far above these precisions): covariance, output
+    covariance and samples for the same random numbers, to float rounding."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1))
+    x = torch.randn(30, 2)
+    likelihood = bnn.Normal(scale=0.3)
+    reference = bnn.laplace(net, x, x.sum(1), likelihood, prior_precision=1e-20)
+    assert reference.rank == reference.num_parameters
+    # lambda + 1e-20 and lambda + 1e-300 differ by under 1e-6 of lambda
+    assert float(reference.eigenvalues.min()) > 1e-14
+    for delta in (1e-36, 1e-80, 1e-300):
+        la = bnn.laplace(net, x, x.sum(1), likelihood, prior_precision=delta)
+        torch.testing.assert_close(
+            la.posterior_covariance, reference.posterior_covariance, rtol=1e-6, atol=0
+        )
+        torch.testing.assert_close(
+            la.output_covariance(x[:5]), reference.output_covariance(x[:5])
+        )
+        torch.manual_seed(1)
+        samples = la(x[:5], samples=50)
+        torch.manual_seed(1)
+        torch.testing.assert_close(samples, reference(x[:5], samples=50))
+
+
+@pytest.mark.parametrize("delta", [1e-39, 1e-80, 1e-300])
+def test_a_prior_precision_whose_covariance_overflows_is_refused(delta: float) -> None:
+    """6 examples, 25 weights: the data leave 19 directions free, where the
+    posterior variance is 1 / delta, beyond float32 below 2.9e-39: the
+    predictive standard deviation was inf (1e-80) or the means NaN (1e-300),
+    silently. Refused, naming the value and the evidence search's range, by
+    laplace and by set_prior_precision (which keeps the value it had)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1))
+    x = torch.randn(6, 2)
+    likelihood = bnn.Normal(scale=0.3)
+    message = (
+        rf"prior_precision={delta:.3g} is too small: .* beyond the largest "
+        r"torch\.float32 number .* The evidence search \('marglik'\) covers "
+        r"9\.36e-14 to 1\.07e\+13"
+    )
+    with pytest.raises(ValueError, match=message):
+        bnn.laplace(net, x, x.sum(1), likelihood, prior_precision=delta)
+    la = bnn.laplace(net, x, x.sum(1), likelihood, prior_precision=1e-30)
+    assert la.rank < la.num_parameters
+    with pytest.raises(ValueError, match=message):
+        la.set_prior_precision(delta)
+    assert float(la.prior_precision) == pytest.approx(1e-30, rel=1e-12)
+    assert bool(la.predict(x, samples=20).stddev.isfinite().all())

@@ -1123,3 +1123,111 @@ def test_half_precision_results_are_float32(dtype: torch.dtype) -> None:
     result = metrics.auroc(scores, torch.tensor([0.8, 0.4], dtype=dtype))
     assert result.dtype == torch.float32
     torch.testing.assert_close(result, _scalar(11 / 12, torch.float32))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "error"),
+    [
+        (torch.float32, 3e19),  # squared: inf in float32
+        (torch.float32, 3e38),  # the difference of +-3e38 overflowed too
+        (torch.float32, 1e-23),  # squared: 0 in float32
+        (torch.float64, 1e200),  # squared: inf in float64
+        (torch.float64, 1e-200),  # squared: 0 in float64
+    ],
+)
+def test_rmse_squares_no_error_out_of_range(dtype: torch.dtype, error: float) -> None:
+    """rmse squared the errors in the inputs' dtype: float32 errors of 3e19
+    gave inf and of 1e-23 gave 0 although the RMSE is representable. It is
+    computed in float64 and scaled by the largest error: within float32
+    (float64) rounding of the exact value, sqrt(mean(e^2)) of the rounded
+    inputs."""
+    mean = torch.tensor([error / 2, -error / 2, 0.0], dtype=dtype)
+    target = torch.tensor([-error / 2, error / 2, 0.0], dtype=dtype)
+    errors = (mean.double() - target.double()).tolist()
+    exact = math.sqrt(math.fsum(e / error * (e / error) for e in errors) / 3) * error
+    result = metrics.rmse(mean, target)
+    assert result.dtype == dtype
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-6  # relative: no atol
+    torch.testing.assert_close(result, _scalar(exact, dtype), rtol=tolerance, atol=0.0)
+
+
+def test_rmse_beyond_the_dtype_and_of_an_infinite_mean_is_inf() -> None:
+    """An RMSE beyond float32 is inf (not NaN); so is that of an infinite mean."""
+    big = torch.tensor([3e38, 3e38])
+    assert metrics.rmse(big, -big).item() == math.inf
+    for mean in (math.inf, -math.inf):
+        result = metrics.rmse(torch.tensor([mean, 0.0]), torch.zeros(2))
+        assert result.item() == math.inf
+
+
+def test_gaussian_nll_takes_the_standard_score_in_float64() -> None:
+    """An error of 1e20 with a variance of 1e30 (a standard score of 1e5):
+    the error squared to inf in float32 before the division. Exact to float32
+    rounding now; an NLL beyond float32 is inf."""
+    mean, target = torch.tensor([1e20, 0.0]), torch.zeros(2)
+    variance = torch.tensor([1e30, 1.0])
+    log_two_pi = math.log(2 * math.pi)
+    rounded = float(torch.tensor(1e30))
+    exact = 0.25 * (2 * log_two_pi + math.log(rounded) + 1e40 / rounded)
+    _assert_scalar(metrics.gaussian_nll(mean, variance, target), exact, torch.float32)
+    far = metrics.gaussian_nll(torch.tensor([1e20]), torch.ones(1), torch.zeros(1))
+    assert far.item() == math.inf
+
+
+@pytest.mark.parametrize(
+    ("mean", "variance"),
+    [(math.inf, 1.0), (-math.inf, 1.0), (0.0, math.inf), (math.inf, math.inf)],
+)
+def test_gaussian_nll_of_an_infinite_prediction_is_inf(
+    mean: float, variance: float
+) -> None:
+    """An infinite mean or variance gives the density 0 at a finite target:
+    NLL inf. Mean and variance both infinite gave NaN (inf / inf)."""
+    result = metrics.gaussian_nll(
+        torch.tensor([mean, 0.0]), torch.tensor([variance, 1.0]), torch.zeros(2)
+    )
+    assert result.item() == math.inf
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf])
+def test_an_infinite_target_is_refused_like_nan(value: float) -> None:
+    """rmse([inf], [inf]) and gaussian_nll(mean=inf, var=1, y=inf) were NaN,
+    silently: an infinite observation is refused by every regression metric,
+    as a NaN one is."""
+    target = torch.tensor([0.0, value])
+    ones, zeros = torch.ones(2), torch.zeros(2)
+    message = r"target must be finite \(observed values\), got 1 infinite value"
+    calls: list[Callable[[], torch.Tensor]] = [
+        lambda: metrics.rmse(target.clone(), target),
+        lambda: metrics.gaussian_nll(target.clone(), ones, target),
+        lambda: metrics.interval_coverage(-ones * math.inf, ones * math.inf, target),
+        lambda: metrics.quantile_calibration_error(zeros, ones, target),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_infinite_predictions_give_the_metrics_limits() -> None:
+    """Infinite predictions are accepted: an unbounded interval covers, a mean
+    of +inf puts the target below every quantile, an infinite standard
+    deviation puts it at the median; a mean and a standard deviation both
+    infinite have no quantiles and are refused."""
+    target = torch.tensor([0.0, 1.0])
+    unbounded = metrics.interval_coverage(
+        torch.full((2,), -math.inf), torch.full((2,), math.inf), target
+    )
+    assert unbounded.item() == 1.0
+    levels = [0.25, 0.75]
+    high = metrics.quantile_calibration_error(
+        torch.full((2,), math.inf), torch.ones(2), target, levels=levels
+    )
+    assert high.item() == pytest.approx(0.5)  # |1 - 0.25| and |1 - 0.75|, averaged
+    wide = metrics.quantile_calibration_error(
+        torch.zeros(2), torch.full((2,), math.inf), target, levels=levels
+    )
+    assert wide.item() == pytest.approx(0.25)  # counted at the median
+    with pytest.raises(ValueError, match="both infinite at 1 of 2 positions"):
+        metrics.quantile_calibration_error(
+            torch.tensor([math.inf, 0.0]), torch.tensor([math.inf, 1.0]), target
+        )

@@ -13,6 +13,7 @@ float32 values, so the tolerances are float32 rounding (they are met exactly).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -143,6 +144,34 @@ def test_likelihood_summaries_of_half_precision_outputs_are_float32(
     for name, (value, expected) in results.items():
         assert value.dtype == torch.float32, name
         torch.testing.assert_close(value, expected, **_EXACT, msg=name)
+
+
+def test_poisson_summaries_of_a_rate_beyond_float32() -> None:
+    """One particle at log rate 5, one at 89 (a rate of 4.5e38, beyond
+    float32): the mixture's mean, (e^5 + e^89) / 2 = 2.2e38, is representable
+    but came out inf, and the variances NaN (inf - inf). From float64 rates,
+    as the quantile already was, rounded at the end: the mean and the
+    aleatoric variance within float32 rounding of the exact values, the
+    epistemic and total variance inf (beyond float32), none NaN. A log rate
+    of 800 is beyond float64 too: inf throughout."""
+    pred = Prediction(torch.tensor([[[5.0]], [[89.0]]]), bnn.Poisson())
+    mean = (math.exp(5.0) + math.exp(89.0)) / 2
+    for summary in (pred.mean, pred.aleatoric_var):
+        assert summary.dtype == torch.float32
+        torch.testing.assert_close(summary, torch.tensor([mean]), rtol=1e-6, atol=0)
+    for summary in (pred.epistemic_var, pred.variance, pred.stddev):
+        assert summary.dtype == torch.float32
+        assert summary.tolist() == [math.inf]
+    wide = Prediction(
+        torch.tensor([[[5.0]], [[89.0]]], dtype=torch.float64), bnn.Poisson()
+    )
+    spread = ((math.exp(89.0) - math.exp(5.0)) / 2) ** 2
+    torch.testing.assert_close(
+        wide.variance, torch.tensor([mean + spread], dtype=torch.float64)
+    )
+    beyond = Prediction(torch.tensor([[[5.0]], [[800.0]]]), bnn.Poisson())
+    for summary in (beyond.mean, beyond.aleatoric_var, beyond.epistemic_var):
+        assert summary.tolist() == [math.inf]
 
 
 def test_float64_summaries_stay_float64() -> None:

@@ -91,6 +91,16 @@ def _location(output: Tensor) -> Tensor:
     return output
 
 
+def _mixture_variances(means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor]:
+    """``mean_s variances`` and ``var_s means`` over the particles (dim 0).
+
+    The variance of the means is ``inf`` where their mean is infinite.
+    """
+    centre = means.mean(0)
+    spread = (means - centre).square().mean(0)  # Tensor.var warns on no examples
+    return variances.mean(0), spread.masked_fill(centre.isinf(), math.inf)
+
+
 def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
@@ -401,6 +411,25 @@ class PredictiveDistribution(LocalPyroModule):
             tensor([0.5000, 0.5000])
         """
         return self.moments(output)[0].mean(0)
+
+    def mixture_variances(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        """Aleatoric and epistemic variance of the mixture over particles.
+
+        ``mean_s sigma_s^2`` and ``var_s mu_s`` of the :meth:`moments`,
+        ``(B, ...)`` each; their sum is the mixture's variance (the law of
+        total variance). The epistemic variance is ``inf`` where the
+        particles' mean is infinite (not ``inf - inf = NaN``).
+
+        Raises:
+            AttributeError: for a likelihood that is not a regression one.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> out = torch.tensor([[0.0], [2.0]])  # 2 particles, 1 example
+            >>> bnn.Normal(scale=1.0).mixture_variances(out)
+            (tensor([1.]), tensor([1.]))
+        """
+        return _mixture_variances(*self.moments(output))
 
     def quantile(self, output: Tensor, q: float) -> Tensor:
         """Quantile ``q`` of the predictive mixture over particles, ``(B, ...)``.
@@ -1181,21 +1210,50 @@ class Poisson(PredictiveDistribution):
         rate = _location(full_precision(output)).exp()
         return rate, rate
 
+    def _wide_rates(self, output: Tensor) -> Tensor:
+        """The particles' rates in ``float64``, for the mixture's summaries.
+
+        A ``float32`` rate overflows above a log rate of 88.7: one such
+        particle made every quantile and the mean infinite where they are
+        representable, and the variance NaN (``inf - inf``).
+        """
+        self.check_output(output)
+        return _location(output).double().exp()
+
+    def predictive_mean(self, output: Tensor) -> Tensor:
+        """Mean of the mixture over particles, ``(B, ...)``, from ``float64`` rates.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> bnn.Poisson().predictive_mean(torch.tensor([[5.0], [89.0]]))
+            tensor([2.2448e+38])
+        """
+        mean = self._wide_rates(output).mean(0)
+        return mean.to(summary_dtype(output.dtype))
+
+    def mixture_variances(self, output: Tensor) -> tuple[Tensor, Tensor]:
+        """Aleatoric and epistemic variance of the mixture, from ``float64`` rates.
+
+        Rounded to the outputs' precision at the end: ``inf`` only where the
+        value is beyond it.
+        """
+        rate = self._wide_rates(output)
+        dtype = summary_dtype(output.dtype)
+        aleatoric, epistemic = _mixture_variances(rate, rate)
+        return aleatoric.to(dtype), epistemic.to(dtype)
+
     def quantile(self, output: Tensor, q: float) -> Tensor:
         """Exact quantile ``q`` of the Poisson mixture over particles, ``(B, ...)``.
 
         A count: the smallest ``k`` with mixture ``P(Y <= k) >= q`` (see
-        :func:`poisson_mixture_quantile`).
+        :func:`poisson_mixture_quantile`), from ``float64`` rates.
 
         Example:
             >>> import torch, pyrolite_bnn as bnn
             >>> bnn.Poisson().quantile(torch.zeros(4, 3), 0.9)  # rate 1
             tensor([2., 2., 2.])
         """
-        self.check_output(output)
-        # Rates in float64: a float32 one overflows above a log rate of 88.7,
-        # and one such particle made every quantile infinite.
-        rate = _location(output).double().exp()
+        rate = self._wide_rates(output)
         return poisson_mixture_quantile(rate, q).to(summary_dtype(output.dtype))
 
 

@@ -140,6 +140,13 @@ class VIEmbedding(_VIWeightLayer):
         device: device of parameters and prior buffers.
         dtype: dtype of parameters and prior buffers.
 
+    Raises:
+        ValueError: for indices outside ``[0, num_embeddings)`` with
+            validation on (naming their range); with it off, torch's
+            ``IndexError: index out of range in self``, as
+            ``torch.nn.Embedding`` raises, from an indexing operation (no
+            host synchronisation).
+
     Shape:
         - Input: integer indices ``(B, *)``.
         - Output: ``(S, B, *, embedding_dim)`` as the outermost module; folded

@@ -400,16 +400,26 @@ def _particle_indices(
     return input + per_row.reshape(rows, *([1] * (input.dim() - 1)))
 
 
-def _random_rows(input: Tensor, padding_idx: int | None, placeholder: int) -> Tensor:
-    """Indices into the random rows (all rows but ``padding_idx``).
+def _random_rows(
+    input: Tensor, num_embeddings: int, padding_idx: int | None, placeholder: int
+) -> Tensor:
+    """Indices into the random rows (all rows but ``padding_idx``), range-checked.
 
     Rows after ``padding_idx`` move up by one; ``padding_idx`` itself becomes
-    ``placeholder``.
+    ``placeholder``. The indices are looked up in that map of the table's
+    ``num_embeddings`` rows with ``index_select``, which raises
+    ``IndexError: index out of range in self`` for an index outside
+    ``[0, num_embeddings)``, as ``torch.nn.Embedding`` does whatever the
+    validation setting (a device-side assertion on CUDA: no host
+    synchronisation). The particle offsets added next carried such an index
+    into a neighbouring particle's block, or the row draws' modulo wrapped it
+    (index ``V`` read row 0, ``-1`` the last row), silently.
     """
-    if padding_idx is None:
-        return input
-    rows = input - (input > padding_idx).to(input.dtype)
-    return rows.masked_fill(input == padding_idx, placeholder)
+    rows = torch.arange(num_embeddings, dtype=input.dtype, device=input.device)
+    if padding_idx is not None:
+        rows[padding_idx + 1 :] -= 1
+        rows[padding_idx] = placeholder
+    return rows.index_select(0, input.reshape(-1)).view(input.shape)
 
 
 def _renormed(out: Tensor, max_norm: float | None, norm_type: float) -> Tensor:
@@ -457,6 +467,9 @@ def embedding(
     Returns:
         Folded ``(b * S, *, E)``.
 
+    Raises:
+        IndexError: for an index outside the table, as ``F.embedding``.
+
     Example:
         >>> import torch
         >>> idx, w = torch.tensor([[0, 2], [1, 1]]), torch.randn(4, 1, 3, 5)
@@ -468,16 +481,16 @@ def embedding(
     samples = w.shape[0]
     padding: Tensor | None = None
     if padding_idx is None or padding_row is None:
-        rows = input
+        rows = _random_rows(input, num_embeddings, None, placeholder=0)
     elif scale_grad_by_freq:
         # The padding positions must not count as uses of a random row: they
         # read the padding row, appended to every particle's table.
         row = padding_row.to(w.dtype).expand(samples, 1, embedding_dim)
         w = torch.cat([w, row], dim=1)
-        rows = _random_rows(input, padding_idx, placeholder=num_embeddings)
         num_embeddings += 1
+        rows = _random_rows(input, num_embeddings, padding_idx, num_embeddings - 1)
     else:  # the padding positions read row 0, replaced below
-        rows = _random_rows(input, padding_idx, placeholder=0)
+        rows = _random_rows(input, num_embeddings + 1, padding_idx, placeholder=0)
         is_padding = (input == padding_idx).to(input.dtype)
         padding = _particle_indices(is_padding, samples, batch_size, 0) > 0
     rows = _particle_indices(rows, samples, batch_size, num_embeddings)
@@ -526,6 +539,9 @@ def embedding_rows(
     Returns:
         Folded ``(b * S, *, E)``.
 
+    Raises:
+        IndexError: for an index outside the table, as ``F.embedding``.
+
     Example:
         >>> import torch
         >>> idx = torch.tensor([[3, 3, 1]])  # one sequence reading row 3 twice
@@ -537,7 +553,7 @@ def embedding_rows(
     num_embeddings, embedding_dim = loc.shape
     # The padding row, if any, is the last of each particle's block.
     block = num_embeddings + (padding_idx is not None)
-    rows = _random_rows(input, padding_idx, placeholder=num_embeddings)
+    rows = _random_rows(input, block, padding_idx, placeholder=num_embeddings)
     keys = _particle_indices(rows, samples, batch_size, block)
     pairs, inverse = torch.unique(keys, return_inverse=True)
     index = pairs % block

@@ -137,6 +137,46 @@ def test_index_and_option_checks() -> None:
         bnn.VIEmbedding(1, 2, padding_idx=0)
 
 
+class _Operations(TorchDispatchMode):
+    """The names of the operations run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("index", [5, -1, 100])
+@pytest.mark.parametrize("folded", [False, True], ids=["shared", "folded"])
+@pytest.mark.parametrize("padding_idx", [None, 2])
+@pytest.mark.parametrize("estimator", ["auto", "reparam"])
+def test_out_of_range_indices_raise_torchs_index_error_with_validation_off(
+    estimator: str, padding_idx: int | None, folded: bool, index: int
+) -> None:
+    """With validation off, the row draws (``"auto"``) wrapped an index outside
+    the table: 5 and 100 read row 0, -1 the last row, finite and wrong.
+    ``torch.nn.Embedding`` raises ``IndexError`` whatever the setting; so do
+    both estimators, by an indexing operation (no host synchronisation: no
+    tensor value is read on the host with validation off)."""
+    tokens = torch.tensor([[0, index, 4], [1, 3, 4]])
+    with pytest.raises(IndexError, match="index out of range in self"):
+        nn.Embedding(5, 3, padding_idx=padding_idx)(tokens)
+    layer = bnn.VIEmbedding(5, 3, padding_idx=padding_idx, estimator=estimator)
+    network = _FoldedTokens(layer) if folded else layer
+    with (
+        bnn.validation(False),
+        _Operations() as operations,
+        pytest.raises(IndexError, match="index out of range in self"),
+    ):
+        network(tokens, samples=4)
+    assert "aten._local_scalar_dense.default" not in operations.names
+    with pytest.raises(ValueError, match=rf"got indices from {min(index, 0)} to"):
+        network(tokens, samples=4)  # validation on: the library's message
+
+
 def test_embedding_network_trains_with_the_loss() -> None:
     """Embedding -> mean over positions -> linear head: a PyTorch-style step."""
 
