@@ -742,6 +742,7 @@ def calibrate(
             "(Categorical, Bernoulli) and variance scaling for Gaussian ones "
             f"(Normal, HeteroscedasticNormal); got {describe_likelihood(likelihood)}"
         ) from error
+    likelihood.check_target_type(y)  # before the predictions it is compared with
     # predict warns about a likelihood whose learned parameters never trained;
     # the checked fit below does not warn a second time.
     outputs = predict(model, x, likelihood, samples, **kwargs).samples

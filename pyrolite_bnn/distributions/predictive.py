@@ -464,13 +464,21 @@ class PredictiveDistribution(LocalPyroModule):
             if hint:
                 warn_at_caller(hint)
 
-    def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    def check_target_type(self, target: object) -> None:
+        """Refuse a target that is not a tensor (a NumPy array, a list).
+
+        Raises:
+            TypeError: naming the likelihood and the target's type.
+        """
         if not isinstance(target, Tensor):
             named = getattr(self, "base", self)  # a calibrated likelihood: its base
             raise TypeError(
                 f"{type(named).__name__} targets must be a torch.Tensor, got "
                 f"{type(target).__name__} (convert with torch.as_tensor)"
             )
+
+    def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_target_type(target)
         self.check_output(output)
         if is_validation_enabled():
             self.check_target(output, target)
