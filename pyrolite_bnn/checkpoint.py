@@ -177,11 +177,13 @@ def _non_finite_parameters(
     only (posterior and guide parameters, a likelihood's learned noise scale,
     plain weights): a buffer may hold infinities by design (an additive
     attention mask), and the prior buffers have constraints of their own,
-    checked when they are loaded. Tensors without values (the meta device)
-    are passed over.
+    checked when they are loaded. A frozen parameter (``requires_grad=False``,
+    which no training moves) may hold infinities by design too (a causal mask
+    kept as a parameter): only its NaN count. Tensors without values (the
+    meta device) are passed over.
     """
     found = []
-    for key, _ in module.named_parameters(remove_duplicate=False):
+    for key, parameter in module.named_parameters(remove_duplicate=False):
         value = state.get(key)
         if (
             not isinstance(value, Tensor)
@@ -190,6 +192,8 @@ def _non_finite_parameters(
         ):
             continue
         finite = torch.isfinite(value)
+        if not parameter.requires_grad:
+            finite = ~value.isnan()  # infinities by design: a mask
         if bool(finite.all()):
             continue
         nan = int(value.isnan().sum())

@@ -142,7 +142,9 @@ def convert(
         moped: MOPED (Krishnan et al., 2020) with ``delta = moped > 0``: each
             prior is a Normal centred at the pretrained weights (a buffer, saved
             in ``state_dict()``), each posterior has its mean at the weights and
-            standard deviation ``delta * |w|``, at least ``MOPED_MIN_SCALE``.
+            standard deviation ``delta * |w|``, at least ``MOPED_MIN_SCALE``
+            (the posterior's ``reset_parameters()`` starts again from its
+            family's ``init_scale``, as the repr shows).
         include: module paths (``"body.0"``, also covering everything below)
             or types (a layer type, or a block type standing for its
             instances' paths); only registered layers matched are made
@@ -716,4 +718,3 @@ def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:
             sub.prior[name] = NormalPrior(weight, scale.clone()).to(weight)
             std = (delta * weight.abs()).clamp_min(MOPED_MIN_SCALE)
             posterior.reset_parameters(weight, std)
-            posterior.keep_initial_scales(std)  # what a reset returns to (and repr)

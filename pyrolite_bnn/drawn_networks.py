@@ -13,6 +13,7 @@ own ``xs[s]`` (the state a rollout feeds back).
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any
 
 import torch
@@ -181,12 +182,13 @@ class DrawnNetworks:
             TypeError: for an index that is not an integer or a slice.
             IndexError: for an integer out of range or an empty selection.
         """
-        if isinstance(index, bool) or not isinstance(index, (int, slice)):
-            raise TypeError(
-                f"DrawnNetworks are indexed by an int or a slice, got "
-                f"{type(index).__name__}"
-            )
-        if isinstance(index, int):
+        if not isinstance(index, slice):
+            if isinstance(index, bool) or not hasattr(index, "__index__"):
+                raise TypeError(
+                    f"DrawnNetworks are indexed by an int or a slice, got "
+                    f"{type(index).__name__}"
+                )
+            index = operator.index(index)  # NumPy and 0-d torch integers too
             if not -self.samples <= index < self.samples:
                 raise IndexError(
                     f"network {index} out of range for {self.samples} networks"

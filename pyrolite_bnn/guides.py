@@ -381,7 +381,10 @@ def _warn_structure_without_data(guide: Callable[..., Any]) -> None:
     has 0.28, epistemic variance 23 % low).
     """
     parts = list(guide) if isinstance(guide, AutoGuideList) else [guide]
-    if any(isinstance(part, AutoGaussian) for part in parts):
+    if any(
+        isinstance(part, AutoGaussian) and _sample_site_count(part.model) > 1
+        for part in parts
+    ):
         warn_at_caller(
             "AutoGaussian takes its dependency structure from the model it is "
             "built on, and model.prior_model has no data: no two weight tensors "
@@ -390,6 +393,13 @@ def _warn_structure_without_data(guide: Callable[..., Any]) -> None:
             "the weights use AutoMultivariateNormal or "
             "AutoLowRankMultivariateNormal (or AutoStructured with dependencies)"
         )
+
+
+def _sample_site_count(model: Callable[[], Any]) -> int:
+    """How many sample sites one run of ``model`` (a weight model) has."""
+    with local_params(), poutine.block():
+        trace = poutine.trace(model).get_trace()
+    return sum(1 for site in trace.nodes.values() if site["type"] == "sample")
 
 
 def check_guide(guide: object) -> None:

@@ -698,3 +698,30 @@ def test_save_refuses_an_optimizer_of_another_network(tmp_path: Path) -> None:
         save_checkpoint(path, averaged, torch.optim.Adam(model.parameters()))
     frozen = _net().requires_grad_(False)  # nothing to train: any optimizer
     save_checkpoint(path, frozen, other)
+
+
+def test_a_frozen_parameter_may_hold_infinities_by_design(tmp_path: Path) -> None:
+    """A causal mask kept as a frozen parameter (-inf above the diagonal)
+    saved and loaded before the non-finite check; refusing it made fit with
+    checkpoint_path= fail after its first epoch. A NaN there is refused."""
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = bnn.VILinear(4, 4)
+            mask = torch.full((4, 4), float("-inf")).triu(1)
+            self.mask = nn.Parameter(mask, requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    path = tmp_path / "masked.pt"
+    model = Masked()
+    save_checkpoint(path, model)
+    fresh = Masked()
+    load_checkpoint(path, fresh)
+    torch.testing.assert_close(fresh.mask, model.mask)
+    with torch.no_grad():
+        model.mask[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"model 'mask' holds 1 NaN and 0 inf"):
+        save_checkpoint(path, model)

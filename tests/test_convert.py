@@ -249,22 +249,6 @@ def test_moped_refuses_a_prior_loc_it_would_replace() -> None:
     torch.testing.assert_close(prior.scale, torch.tensor(2.0))
 
 
-def test_moped_posterior_reports_and_resets_to_its_own_scales() -> None:
-    """The repr of a MOPED posterior claimed the family's init_scale=0.001, and
-    reset_parameters() returned its scales there: neither was ever in effect."""
-    module = nn.Sequential(nn.Linear(3, 4))
-    net = bnn.convert(module, moped=0.1)
-    posterior = net[0].posterior["weight"]
-    assert repr(posterior) == (
-        "MeanFieldNormalPosterior(shape=(4, 3), init_scale=tensor(4, 3))"
-    )
-    expected = (0.1 * module[0].weight.detach().abs()).clamp_min(MOPED_MIN_SCALE)
-    with torch.no_grad():
-        posterior.rho.fill_(2.0)  # as if trained
-    posterior.reset_parameters()
-    torch.testing.assert_close(posterior.scale(), expected, rtol=1e-5, atol=0)
-
-
 def test_moped_then_priors_at_zero_is_the_dnn_to_bnn_model() -> None:
     """docs/peers.rst's recipe for bayesian-torch's dnn_to_bnn(moped_enable=True)
     prior N(prior_mu=0, prior_sigma): assigned after convert, the KL is the closed

@@ -9,6 +9,7 @@ handlers, indexing and refusals.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from pyro import poutine
@@ -197,6 +198,8 @@ def test_indexing() -> None:
     torch.testing.assert_close(nets[-1](x), out[4:5], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(nets[1::2](x), out[1::2], rtol=1e-6, atol=1e-6)
     assert nets[1::2].samples == 2
+    for integer in (np.int64(2), torch.tensor(2)):  # as samples= takes them
+        torch.testing.assert_close(nets[integer](x), out[2:3], rtol=1e-6, atol=1e-6)
     with pytest.raises(IndexError, match="out of range"):
         nets[5]
     with pytest.raises(IndexError, match="selects none"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import pickle
+import warnings
 import weakref
 from collections.abc import Callable
 from statistics import NormalDist
@@ -830,5 +831,9 @@ def test_autogaussian_on_the_weight_model_warns_that_it_couples_nothing() -> Non
         net.guide = AutoGaussian(net.prior_model, init_loc_fn=net.init_loc_fn)
     guide = net.guide.inner
     assert guide is not None
+    single = bnn.VISequential(bnn.VILinear(3, 1, bias=False))  # one weight tensor:
+    with warnings.catch_warnings():  # coupled within it, nothing to warn about
+        warnings.simplefilter("error")
+        single.guide = AutoGaussian(single.prior_model, init_loc_fn=single.init_loc_fn)
     # the premise: no factor of the guide couples the two sites
     assert all(set(f) == {site} for site, f in guide.dependencies.items())

@@ -1204,6 +1204,10 @@ def test_targets_far_narrower_than_a_learned_scale_warn_once(
         few(net(x[:3], samples=2), y[:3])  # three values: close by chance
         standard = bnn.KullbackLeiblerLoss(family(), dataset_size=32)
         standard(net(x, samples=2), torch.randn(32))
+        # the first batch of an unshuffled loader over a standardised series:
+        # a stretch that spreads 0.05 around 1, not targets near zero
+        stretch = bnn.KullbackLeiblerLoss(family(), dataset_size=32)
+        stretch(net(x, samples=2), 1.0 + 0.05 * torch.randn(32))
 
 
 def test_heteroscedastic_targets_far_off_the_predictions_warn_once() -> None:
@@ -1230,6 +1234,8 @@ def test_heteroscedastic_targets_far_off_the_predictions_warn_once() -> None:
         warnings.simplefilter("error")
         loss_fn = bnn.KullbackLeiblerLoss(bnn.HeteroscedasticNormal(), 32)
         loss_fn(net(x, samples=2), torch.randn(32))  # standardised targets
+        stretch = bnn.KullbackLeiblerLoss(bnn.HeteroscedasticNormal(), 32)
+        stretch(net(x, samples=2), 1.0 + 0.05 * torch.randn(32))  # see above
         y = 1e6 * torch.randn(32)
         trained = torch.stack([y + 1e4 * torch.randn(32), torch.full((32,), 1e4)], -1)
         trained.requires_grad_()  # a training step's output

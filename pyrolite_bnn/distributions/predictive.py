@@ -920,10 +920,17 @@ _STANDARDISE = "Standardise the targets ((y - mean) / std, and map predictions b
 
 
 def _narrow_spread(target: Tensor, spread: float, scale: float) -> bool:
-    """Whether ``spread`` lies far below ``scale`` (enough values, not constant)."""
+    """Whether the targets lie far inside ``scale`` (enough values, not constant).
+
+    Their ``spread`` and their distance from zero are both under a tenth of
+    ``scale``: one batch of an unshuffled loader (a stretch of a standardised
+    time series) may spread little while the data set spreads 1, but its
+    values are then not all near zero.
+    """
     return (
         target.numel() >= _NARROW_SPREAD_VALUES
         and 0 < spread * _UNSCALED_SPREAD < scale
+        and float(target.detach().abs().max()) * _UNSCALED_SPREAD < scale
     )
 
 

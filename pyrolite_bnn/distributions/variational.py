@@ -209,16 +209,9 @@ class MeanFieldNormalPosterior(Posterior):
         init_loc: initial mean.
         init_scale: initial standard deviation.
         scale_transform: ``"softplus"`` (default) or ``"exp"``.
-
-    Attributes:
-        init_scale: the initial standard deviation, to which
-            :meth:`reset_parameters` returns the scales: the number given, or
-            a tensor of one per weight where they were set elementwise
-            (:func:`~pyrolite_bnn.convert.convert`'s ``moped=``: ``delta * |w|``).
     """
 
     rho: Tensor
-    init_scale: float | Tensor
 
     def __init__(
         self,
@@ -328,8 +321,8 @@ class MeanFieldNormalPosterior(Posterior):
         Args:
             init_loc: new mean (``None``: kept).
             init_scale: new standard deviations (positive; a float or a tensor
-                broadcastable to the shape); ``None`` uses :attr:`init_scale`
-                (the family's, or the elementwise ones set at conversion).
+                broadcastable to the shape); ``None`` uses the family's
+                ``init_scale``.
         """
         scale = self.init_scale if init_scale is None else init_scale
         with torch.no_grad():
@@ -349,26 +342,9 @@ class MeanFieldNormalPosterior(Posterior):
                 self._check_representable(float(scale), self.rho.dtype)
                 self.rho_unconstrained.fill_(self._raw_scale(float(scale)))
 
-    def keep_initial_scales(self, scale: Tensor) -> None:
-        """Make ``scale``, one per weight, what :meth:`reset_parameters` returns to.
-
-        Kept as a non-persistent buffer :attr:`init_scale`: it moves with the
-        module (``.to()``) and is not in ``state_dict`` (``convert`` sets it
-        when it builds the network).
-        """
-        if "init_scale" not in self._buffers:
-            del self.init_scale  # the number given at construction
-        self.register_buffer("init_scale", scale.detach().clone(), persistent=False)
-
     def extra_repr(self) -> str:
-        """Shape and initial scale (``tensor(shape)`` for one per weight)."""
-        scale = self.init_scale
-        shown = (
-            f"tensor{tuple(scale.shape)}"
-            if isinstance(scale, Tensor) and scale.numel() != 1
-            else f"{float(scale):g}"
-        )
-        text = f"shape={tuple(self.shape)}, init_scale={shown}"
+        """Shape and initial scale."""
+        text = f"shape={tuple(self.shape)}, init_scale={self.init_scale:g}"
         if self.scale_transform != "softplus":
             text += f", scale_transform={self.scale_transform!r}"
         return text
