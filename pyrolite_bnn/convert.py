@@ -144,7 +144,11 @@ def convert(
             Bayesian.
         exclude: module paths or types to keep deterministic (e.g. a skip
             path), as for ``include``; a batch norm's own path or type keeps
-            torch's class (a path above it does not).
+            torch's class (a path above it does not). A container below the
+            root (``Sequential``, ``ModuleList``, ``ModuleDict``, a
+            Transformer stack) left with no Bayesian layer inside stays the
+            torch module it was: a deterministic backbone called on its own
+            returns ``(B, ...)`` features, as before converting.
 
     Returns:
         The Bayesian network: a registered Bayesian container or layer when
@@ -532,9 +536,11 @@ class _Converter:
             converted = self.convert(child, f"{path}.{name}" if path else name)
             if converted is not child:
                 setattr(module, name, converted)
-        if entry is not None:
+        if entry is not None and (not path or _holds_bayesian_layers(module)):
             children = {k: v for k, v in module._modules.items() if v is not None}
             return entry.to_bayesian(module, children)
+        if entry is not None:  # a container of deterministic modules only
+            return module  # it keeps torch's class and call (features (B, F))
         if not isinstance(module, _NORMS):
             self.keep_deterministic(path, module, recurse=False)
         return module
@@ -655,6 +661,14 @@ class _Converter:
                 UserWarning,
                 stacklevel=3,
             )
+
+
+def _holds_bayesian_layers(module: nn.Module) -> bool:
+    """Whether a layer below ``module`` (converted) declares random variables."""
+    return any(
+        isinstance(inner, VIModule) and inner.declared_variables()
+        for inner in module.modules()
+    )
 
 
 def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:
