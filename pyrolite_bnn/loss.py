@@ -24,6 +24,7 @@ from pyrolite_bnn._forward import (
 from pyrolite_bnn._handlers import initialising_inference
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._network import check_bayesian_network
+from pyrolite_bnn._no_grad_watch import NoGradLayerWatch
 from pyrolite_bnn._precision_watch import BFloat16ScaleWatch
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteShapeError
@@ -144,6 +145,7 @@ class KullbackLeiblerLoss(nn.Module):
         self._watches = {"predictive": ChangeWatch(), "guide": ChangeWatch()}
         self._decay_watch = DecayWatch()
         self._precision_watch = BFloat16ScaleWatch()
+        self._no_grad_watch = NoGradLayerWatch()
         # The parameters of the network whose output the loss read last: the
         # optimizers holding them are the ones the watches count.
         self._network_parameters: Callable[[], list[Tensor]] = list
@@ -294,6 +296,11 @@ class KullbackLeiblerLoss(nn.Module):
         batch = self.check_batch(output, record.sequence_batch)
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self.watch_step(record, output.dtype)
+        if self.heat > 0 and torch.is_grad_enabled():  # the KL pulls them
+            # Layers with trainable posteriors run under torch.no_grad().
+            self._no_grad_watch.check(
+                record.guide_identity(), record.read_without_gradients(), output
+            )
         kl_value = record.kl(self.kl if kl is None else kl)
         self._note_kl_charge(record, kl_value, output)
         if (
