@@ -51,6 +51,7 @@ from torch.nn.utils import parametrize
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
+from pyrolite_bnn._source_watch import remember_source
 from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
 from pyrolite_bnn._validation import check_positive
 from pyrolite_bnn.distributions.priors import NormalPrior
@@ -219,6 +220,7 @@ def convert(
     root = converter.convert(duplicate, "")
     converter.warn()
     network = root if isinstance(root, VIModule) else ConvertedNetwork.wrap(root)
+    remember_source(network, module)  # for the loss: optimizers of ``module``
     warn_untied(network, tied, "bnn.convert", "exclude= their layers", stacklevel=2)
     warn_hooks_left_behind(before, network, "bnn.convert")
     if not any(
