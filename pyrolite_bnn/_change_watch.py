@@ -29,6 +29,7 @@ __all__ = [
     "count_steps",
     "holds_any",
     "optimizers_started",
+    "step_counts",
     "stepped_optimizers",
 ]
 
@@ -61,6 +62,11 @@ def optimizers_started() -> int:
 def stepped_optimizers() -> list[Optimizer]:
     """The live optimizers that have taken a step since counting began."""
     return list(_steps)
+
+
+def step_counts() -> tuple[int, dict[int, int]]:
+    """The steps of all optimizers, and of each live one by ``id``, so far."""
+    return _total[0], {id(opt): count for opt, count in _steps.items()}
 
 
 def count_steps() -> None:

@@ -42,6 +42,9 @@ _SCALE_LEAF = re.compile(
     r"^(rho|raw_scale|log_scale|(_\w+_)?log_std)(_unconstrained)?$"
 )
 
+# Scale parameters named in the warning before "(and N more)".
+_NAMED = 3
+
 #: Loss calls over which optimizers that hold none of the network's parameters
 #: are looked at again (another network's, or this one's not yet seen).
 PENDING_CALLS = 64
@@ -140,7 +143,7 @@ class DecayWatch:
         held = {id(tensor) for tensor in named.values()}
         held.update(id(tensor) for tensor in network())
         by_id = {id(tensor): name for name, tensor in named.items()}
-        found: list[tuple[Optimizer, str, float]] = []
+        found: list[tuple[Optimizer, str, float, bool]] = []
         for optimizer in list(self.pending):
             if not holds_any(optimizer, held):
                 continue
@@ -150,18 +153,28 @@ class DecayWatch:
             decayed = _decayed_scales(optimizer, by_id)
             warned = self.warned.setdefault(optimizer, set())
             new = [finding for finding in decayed if finding[0] not in warned]
-            warned.update(key for key, _, _ in decayed)
-            if new:
-                found.append((optimizer, *new[0][1:]))
+            warned.update(key for key, _, _, _ in decayed)
+            found.extend((optimizer, *finding[1:]) for finding in new)
         if found:
             # One warning for all: pyro.optim keeps one torch optimizer per
             # parameter, which would otherwise give one warning per scale.
-            optimizer, name, decay = found[0]
-            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            # Named: the trainable ones (decay moves only those), or else the
+            # frozen ones, which it moves once they are unfrozen.
+            trainable = [finding for finding in found if finding[3]]
+            found = trainable or found
+            optimizer, _, decay, _ = found[0]
+            names = ", ".join(repr(name) for _, name, _, _ in found[:_NAMED])
+            more = f" (and {len(found) - _NAMED} more)" if len(found) > _NAMED else ""
+            frozen = (
+                ""
+                if trainable
+                else " (frozen now, requires_grad=False: the decay acts once "
+                "they are unfrozen)"
+            )
             warn_at_caller(
                 f"{type(optimizer).__name__} applies weight_decay={decay:g} to "
-                f"{name!r}{more}, the unconstrained parameter of a scale: decay "
-                "pulls it towards 0, which moves the scale towards a "
+                f"{names}{more}{frozen}, unconstrained parameters of scales: "
+                "decay pulls them towards 0, which moves the scales towards a "
                 "constant of order 1 (softplus(0) = 0.69 for the default "
                 "posterior, i.e. it widens the posterior; exp(0) = 1 for a "
                 "learned prior's log_scale), instead of shrinking anything. "
@@ -196,8 +209,12 @@ def _decays(decay: object) -> bool:
 
 def _decayed_scales(
     optimizer: Optimizer, scales: Mapping[int, str]
-) -> list[tuple[int, str, float]]:
-    """The scale parameters ``optimizer`` decays: ``id``, name and decay."""
+) -> list[tuple[int, str, float, bool]]:
+    """The scale parameters ``optimizer`` decays: ``id``, name, decay, trainable.
+
+    A frozen parameter (``requires_grad=False``) gets no gradient, and torch's
+    optimizers skip it, decay included, until it is unfrozen.
+    """
     found = []
     for group in optimizer.param_groups:
         decay = group.get("weight_decay", 0.0)
@@ -206,5 +223,5 @@ def _decayed_scales(
         for tensor in group["params"]:
             name = scales.get(id(tensor))
             if name is not None:
-                found.append((id(tensor), name, float(decay)))
+                found.append((id(tensor), name, float(decay), tensor.requires_grad))
     return found

@@ -225,6 +225,10 @@ class LazyDraws:
         # parameters, also when the layer reading first runs under no_grad
         # (a frozen encoder draws every weight before its own).
         self.grad_enabled = torch.is_grad_enabled()
+        # In a call with gradients: the variables read with them, and those
+        # read without (a layer run under no_grad inside the forward).
+        self._read_with_grad: set[int] = set()
+        self._read_without_grad: set[int] = set()
 
     @classmethod
     def fixed(
@@ -267,6 +271,11 @@ class LazyDraws:
         if index is None:
             return None
         self._read = True
+        if self.grad_enabled:
+            reads = self._read_with_grad
+            if not torch.is_grad_enabled():
+                reads = self._read_without_grad
+            reads.add(index)
         if self.use_moments[index]:
             if self._moments_read[index]:
                 _refuse_repeated_moments(self.variables[index])
@@ -285,6 +294,17 @@ class LazyDraws:
         """Whether the moments of ``key`` already went to its layer in this pass."""
         index = self.index.get(key)
         return index is not None and self._moments_read[index]
+
+    def read_only_without_gradients(self) -> list[RandomVariable]:
+        """The variables a call with gradients handed out only with them off.
+
+        Their layers ran under ``torch.no_grad()`` inside the network's
+        ``forward`` (a torch way of freezing a module): the data term gives
+        their posteriors no gradient, while the KL term, taken with
+        gradients, still does.
+        """
+        indices = self._read_without_grad - self._read_with_grad
+        return [self.variables[i] for i in sorted(indices)]
 
     def any_read(self) -> bool:
         """Whether a layer has read one of its weights (or moments) in this call."""

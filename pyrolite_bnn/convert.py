@@ -51,6 +51,7 @@ from torch.nn.utils import parametrize
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
+from pyrolite_bnn._source_watch import remember_source
 from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
 from pyrolite_bnn._validation import check_positive
 from pyrolite_bnn.distributions.priors import NormalPrior
@@ -151,7 +152,11 @@ def convert(
             Bayesian.
         exclude: module paths or types to keep deterministic (e.g. a skip
             path), as for ``include``; a batch norm's own path or type keeps
-            torch's class (a path above it does not).
+            torch's class (a path above it does not). A container below the
+            root (``Sequential``, ``ModuleList``, ``ModuleDict``, a
+            Transformer stack) left with no Bayesian layer inside stays the
+            torch module it was: a deterministic backbone called on its own
+            returns ``(B, ...)`` features, as before converting.
 
     Returns:
         The Bayesian network: a registered Bayesian container or layer when
@@ -219,6 +224,7 @@ def convert(
     root = converter.convert(duplicate, "")
     converter.warn()
     network = root if isinstance(root, VIModule) else ConvertedNetwork.wrap(root)
+    remember_source(network, module)  # for the loss: optimizers of ``module``
     warn_untied(network, tied, "bnn.convert", "exclude= their layers", stacklevel=2)
     warn_hooks_left_behind(before, network, "bnn.convert")
     if not any(
@@ -536,9 +542,11 @@ class _Converter:
             converted = self.convert(child, f"{path}.{name}" if path else name)
             if converted is not child:
                 setattr(module, name, converted)
-        if entry is not None:
+        if entry is not None and (not path or _holds_bayesian_layers(module)):
             children = {k: v for k, v in module._modules.items() if v is not None}
             return entry.to_bayesian(module, children)
+        if entry is not None:  # a container of deterministic modules only
+            return module  # it keeps torch's class and call (features (B, F))
         if not isinstance(module, _NORMS):
             self.keep_deterministic(path, module, recurse=False)
         return module
@@ -699,6 +707,14 @@ def _check_moped_options(prior: object, variational: object) -> None:
                 "ignored: pass bnn.MeanFieldNormal() (its scale_transform is "
                 "kept), or leave out moped= to start every posterior at init_scale"
             )
+
+
+def _holds_bayesian_layers(module: nn.Module) -> bool:
+    """Whether a layer below ``module`` (converted) declares random variables."""
+    return any(
+        isinstance(inner, VIModule) and inner.declared_variables()
+        for inner in module.modules()
+    )
 
 
 def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:

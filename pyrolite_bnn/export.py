@@ -63,7 +63,10 @@ def to_deterministic(model: nn.Module) -> nn.Module:
 
     The medians come from ``model.guide.median()``, so this works with the
     default guide and with any autoguide that provides ``median()``. ``model``
-    itself is not changed.
+    itself is not changed. Frozen parts stay frozen: a plain weight whose
+    posterior parameters all have ``requires_grad=False`` (a layer frozen
+    with ``requires_grad_(False)``) is a parameter with ``requires_grad=False``,
+    as in a copy of a frozen torch layer.
 
     Args:
         model: a trained network: a ``VIModule``, or a plain ``torch.nn``

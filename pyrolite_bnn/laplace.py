@@ -1157,7 +1157,9 @@ def laplace(
             converted to them (``to_predictive()``).
         subset: ``"all"`` trainable weights (dense ``P x P`` covariance;
             parameters with ``requires_grad=False``, a frozen backbone, stay
-            fixed at their values, as in laplace-torch), or ``"last_layer"``:
+            fixed at their values, as in laplace-torch; so do the weights of
+            a Bayesian layer frozen with ``requires_grad_(False)``), or
+            ``"last_layer"``:
             the weights of the last module with parameters whose call ends
             in the forward pass (others fixed at their values). A module
             owning parameters of its own and calling modules with parameters

@@ -24,9 +24,11 @@ from pyrolite_bnn._forward import (
 from pyrolite_bnn._handlers import initialising_inference
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._network import check_bayesian_network
+from pyrolite_bnn._no_grad_watch import NoGradLayerWatch
 from pyrolite_bnn._precision_watch import BFloat16ScaleWatch
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteShapeError
+from pyrolite_bnn._source_watch import SourceOptimizerWatch
 from pyrolite_bnn._validation import check_count, check_heat
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.compiled import LossGraphs
@@ -144,6 +146,8 @@ class KullbackLeiblerLoss(nn.Module):
         self._watches = {"predictive": ChangeWatch(), "guide": ChangeWatch()}
         self._decay_watch = DecayWatch()
         self._precision_watch = BFloat16ScaleWatch()
+        self._no_grad_watch = NoGradLayerWatch()
+        self._source_watch = SourceOptimizerWatch()
         # The parameters of the network whose output the loss read last: the
         # optimizers holding them are the ones the watches count.
         self._network_parameters: Callable[[], list[Tensor]] = list
@@ -294,6 +298,11 @@ class KullbackLeiblerLoss(nn.Module):
         batch = self.check_batch(output, record.sequence_batch)
         log_lik = self.predictive.log_likelihood(output, target).sum()
         self.watch_step(record, output.dtype)
+        if self.heat > 0 and torch.is_grad_enabled():  # the KL pulls them
+            # Layers with trainable posteriors run under torch.no_grad().
+            self._no_grad_watch.check(
+                record.guide_identity(), record.read_without_gradients(), output
+            )
         kl_value = record.kl(self.kl if kl is None else kl)
         self._note_kl_charge(record, kl_value, output)
         if (
@@ -315,13 +324,16 @@ class KullbackLeiblerLoss(nn.Module):
     def watch_step(self, record: ForwardRecord, dtype: torch.dtype) -> None:
         """The loss's watches of the training step of ``record``'s forward pass.
 
-        Each warns once: the guide's parameters never change (a guide
+        Each warns once: an optimizer steps the torch model the network was
+        converted from, the guide's parameters never change (a guide
         assigned after the optimizer was made), an optimizer's weight decay
         acts on a posterior scale, scales stored in bfloat16 never train.
         They look at the optimizers as they are now, so every call runs them,
         a compiled one too (with the record its graph was captured from).
         Called by :meth:`terms_and_batch`; ``dtype`` is the output's.
         """
+        if torch.is_grad_enabled() and not is_capturing():
+            self._source_watch.check(record.network)
         self._watch_guide(record)
         self._watch_decay(record)
         self._watch_precision(record, dtype)
@@ -549,12 +561,27 @@ class KullbackLeiblerLoss(nn.Module):
             return
         params = record.guide_parameters()
         if watch.unchanged(params, key, record.network_parameters):
-            example = next(iter(params))
+            if self._source_watch.warned_about(record.network):
+                return  # said already: the optimizer holds the torch model's
+            example, network = next(iter(params)), record.network
+            if network is not None:  # as named_parameters() names it
+                example = _parameter_paths(network).get(id(params[example]), example)
+            if not (isinstance(network, VIModule) and network.guide.inner is not None):
+                remedy = (  # the default guide: the posteriors' own parameters
+                    "no optimizer that steps holds them: create the optimizer "
+                    "from this network's parameters (torch.optim.Adam("
+                    "model.parameters(), ...)); bnn.convert returns a new model, "
+                    "so an optimizer made for the torch model holds none of them"
+                )
+            else:
+                remedy = (
+                    "create the optimizer after assigning model.guide "
+                    "(torch.optim.Adam(model.parameters(), ...)), so that it "
+                    "holds the guide's parameters"
+                )
             warn_at_caller(
                 f"the guide's parameters (e.g. {example!r}) get gradients but have "
-                f"not changed in {UNTRAINED_STEPS} optimizer steps: create the "
-                "optimizer after assigning model.guide (torch.optim.Adam("
-                "model.parameters(), ...)), so that it holds the guide's parameters"
+                f"not changed in {UNTRAINED_STEPS} optimizer steps: {remedy}"
             )
 
     def pyro_model(self, model: nn.Module) -> PyroModel:

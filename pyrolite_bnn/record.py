@@ -162,6 +162,14 @@ class ForwardRecord:
         """The random variables of the network that ran (``[]`` if unknown)."""
         return []
 
+    def read_without_gradients(self) -> Sequence[RandomVariable]:
+        """Variables whose layers ran only without gradients in a call with them.
+
+        A layer run under ``torch.no_grad()`` inside the network's
+        ``forward``; known for the generated guide's calls (``[]`` otherwise).
+        """
+        return []
+
     def network_parameters(self) -> list[Tensor]:
         """Parameters of the network that ran (its layers'; ``[]`` if unknown).
 
@@ -468,6 +476,10 @@ class LayerRecord(ForwardRecord):
 
     def _variables(self) -> Sequence[RandomVariable]:
         return self.variables
+
+    def read_without_gradients(self) -> Sequence[RandomVariable]:
+        """See :meth:`ForwardRecord.read_without_gradients`."""
+        return self.draws.read_only_without_gradients()
 
     def guide_identity(self) -> Hashable:
         """See :meth:`ForwardRecord.guide_identity`: the posterior modules."""

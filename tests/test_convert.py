@@ -948,3 +948,81 @@ def test_a_torch_container_type_selects_everything_below_it() -> None:
     sites = [v.site for v in included.random_variables()]
     assert sites
     assert all(site.startswith("encoder.") for site in sites)
+
+
+class _Backbone(nn.Module):
+    """A torch model with a backbone container and a head (transfer learning)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Linear(3, 8), nn.Tanh(), nn.Sequential(nn.Linear(8, 6), nn.Tanh())
+        )
+        self.heads = nn.ModuleDict({"out": nn.Linear(6, 2)})
+        self.extra = nn.ModuleList([nn.Linear(6, 2)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.backbone(x)
+        out: Tensor = self.heads["out"](features)
+        return out + bnn.match_particles(self.extra[0](features), out)
+
+
+@pytest.mark.parametrize(
+    "selection", [{"include": ["heads"]}, {"exclude": ["backbone", "extra"]}]
+)
+def test_containers_left_deterministic_keep_their_torch_class(
+    selection: dict[str, Any], tmp_path: Any
+) -> None:
+    """An excluded backbone became a VISequential with no random variable:
+    called alone (feature extraction) it returned (S, B, F) copies."""
+    module = _Backbone().eval()
+    net = bnn.convert(module, **selection)
+    assert type(net.backbone) is nn.Sequential
+    assert type(net.backbone[2]) is nn.Sequential
+    assert type(net.extra) is nn.ModuleList
+    assert isinstance(net.heads, bnn.VIModuleDict)  # holds the Bayesian head
+    x = torch.randn(5, 3)
+    features = net.backbone(x)
+    torch.testing.assert_close(features, module.backbone(x), atol=0, rtol=0)
+    _assert_mean_equal(net, module, x)  # the whole network: unchanged
+    assert net(x, samples=4).shape == (4, 5, 2)
+    assert [v.site for v in net.random_variables()] == [
+        "heads.out.weight",
+        "heads.out.bias",
+    ]
+    plain = bnn.to_deterministic(net)
+    assert type(plain) is _Backbone
+    torch.testing.assert_close(plain(x), module(x), atol=1e-6, rtol=1e-6)
+    bnn.save_checkpoint(tmp_path / "net.pt", net)
+    fresh = bnn.convert(_Backbone().eval(), **selection)
+    bnn.load_checkpoint(tmp_path / "net.pt", fresh)
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_a_container_with_a_bayesian_layer_deep_inside_is_converted() -> None:
+    module = _Backbone().eval()
+    net = bnn.convert(module, exclude=["backbone.0"])
+    assert isinstance(net.backbone, bnn.VISequential)
+    assert isinstance(net.backbone[2], bnn.VISequential)
+    assert type(net.backbone[0]) is nn.Linear
+    _assert_mean_equal(net, module, torch.randn(5, 3))
+
+
+def test_an_excluded_transformer_stack_stays_torchs() -> None:
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out: Tensor = self.head(self.encoder(x)[:, 0])
+            return out
+
+    module = Encoder().eval()
+    net = bnn.convert(module, exclude=["encoder"])
+    assert type(net.encoder) is nn.TransformerEncoder
+    assert type(net.encoder.layers) is nn.ModuleList
+    _assert_mean_equal(net, module, torch.randn(3, 4, 8))

@@ -232,7 +232,7 @@ def test_pyro_optims_per_parameter_optimizers_give_one_warning() -> None:
             svi.step(x, y)
     messages = [str(w.message) for w in caught if "weight_decay" in str(w.message)]
     assert len(messages) == 1
-    assert "more), the unconstrained parameter of a scale" in messages[0]
+    assert "more), unconstrained parameters of scales" in messages[0]
 
 
 def test_a_group_added_after_the_first_step_is_checked() -> None:
@@ -324,3 +324,53 @@ def test_the_warning_names_the_parameter_as_named_parameters_does(
     (message,) = _train(net, loss_fn, lambda: torch.optim.AdamW(net.parameters()))
     name = message.split("'")[1]
     assert name in dict(net.named_parameters())
+
+
+def test_the_warning_names_the_decayed_trainable_scales_not_frozen_ones() -> None:
+    """With the first layer frozen it named that layer's rho, which decay
+    never moves (torch's optimizers skip parameters without gradients), and
+    none of the head's, which it widens."""
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    net[0].requires_grad_(False)
+    messages = _train(
+        net, loss_fn, lambda: torch.optim.AdamW(net.parameters(), weight_decay=0.1)
+    )
+    assert len(messages) == 1
+    assert messages[0].startswith(
+        "AdamW applies weight_decay=0.1 to '2.posterior.weight.rho_unconstrained', "
+        "'2.posterior.bias.rho_unconstrained', unconstrained parameters of scales"
+    )
+    assert "'0.posterior" not in messages[0]
+
+
+def test_decay_of_frozen_scales_alone_says_when_it_acts() -> None:
+    """Kept in the optimizer for gradual unfreezing: nothing moves yet."""
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    net[0].requires_grad_(False)
+    messages = _train(
+        net,
+        loss_fn,
+        lambda: torch.optim.AdamW(
+            [
+                {"params": net[0].parameters()},
+                {"params": net[2].parameters(), "weight_decay": 0.0},
+            ]
+        ),
+    )
+    assert len(messages) == 1
+    assert (
+        "'0.posterior.weight.rho_unconstrained', '0.posterior.bias.rho_unconstrained' "
+        "(frozen now, requires_grad=False: the decay acts once they are unfrozen)"
+    ) in messages[0]
+
+
+def test_every_decayed_scale_is_counted() -> None:
+    """Only the first decayed scale of an optimizer was named, and "(and N
+    more)" counted optimizers, not scales."""
+    net = bnn.VISequential(bnn.VILinear(3, 3), bnn.VILinear(3, 3), bnn.VILinear(3, 1))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    messages = _train(
+        net, loss_fn, lambda: torch.optim.AdamW(net.parameters()), steps=2
+    )
+    assert len(messages) == 1
+    assert "'1.posterior.weight.rho_unconstrained' (and 3 more)" in messages[0]

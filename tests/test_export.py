@@ -334,3 +334,40 @@ def test_an_exported_custom_network_loads_without_the_library() -> None:
     expected = plain(torch.randn(5, 1, 4, 4)).sum().item()
     assert abs(float(total) - expected) < 1e-5
     assert (library, pyro) == ("False", "False")
+
+
+def test_frozen_bayesian_weights_export_as_frozen_parameters() -> None:
+    """A Bayesian layer frozen with requires_grad_(False) gave trainable plain
+    weights (new parameters): laplace(subset="all") then expanded in them."""
+    net = bnn.VISequential(
+        bnn.VILinear(2, 4), nn.Tanh(), bnn.VILinear(4, 3), bnn.VILinear(3, 1)
+    )
+    net[0].requires_grad_(False)
+    net[2].posterior["bias"].requires_grad_(False)  # one variable of a layer
+    plain = bnn.to_deterministic(net)
+    trainable = {name: p.requires_grad for name, p in plain.named_parameters()}
+    assert trainable == {
+        "0.weight": False,
+        "0.bias": False,
+        "2.weight": True,
+        "2.bias": False,
+        "3.weight": True,
+        "3.bias": True,
+    }
+
+
+def test_frozen_sublayers_of_a_transformer_layer_export_frozen() -> None:
+    """Plain children loaded by state (a Transformer layer's norms) too."""
+    layer = bnn.VITransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=True)
+    layer.norm1.requires_grad_(False)
+    layer.self_attn.requires_grad_(False)
+    plain = bnn.to_deterministic(layer)
+    frozen = sorted(n for n, p in plain.named_parameters() if not p.requires_grad)
+    assert frozen == [
+        "norm1.bias",
+        "norm1.weight",
+        "self_attn.in_proj_bias",
+        "self_attn.in_proj_weight",
+        "self_attn.out_proj.bias",
+        "self_attn.out_proj.weight",
+    ]

@@ -1042,3 +1042,27 @@ def test_a_prior_precision_whose_covariance_overflows_is_refused(delta: float) -
         la.set_prior_precision(delta)
     assert float(la.prior_precision) == pytest.approx(1e-30, rel=1e-12)
     assert bool(la.predict(x, samples=20).stddev.isfinite().all())
+
+
+@pytest.mark.parametrize("freeze", ["layer", "posterior"])
+def test_a_frozen_bayesian_layer_stays_fixed_in_subset_all(freeze: str) -> None:
+    """requires_grad_(False) on a Bayesian layer (or its posterior) fixes its
+    weights, as on a plain layer: the posterior is the exact last-layer one
+    (it was a dense 33 x 33 posterior over the frozen layer too)."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(2, 8), nn.Tanh(), bnn.VILinear(8, 1)).double()
+    frozen = net[0] if freeze == "layer" else net[0].posterior
+    frozen.requires_grad_(False)
+    x = torch.randn(32, 2, dtype=torch.float64)
+    y = x[:, 0].sin()
+    la = bnn.laplace(
+        net, x, y, bnn.Normal(scale=NOISE), subset="all", prior_precision=2.0
+    )
+    assert la.names == ("2.weight", "2.bias")
+    medians = net.guide.median()
+    features = torch.tanh(x @ medians["0.weight"].T + medians["0.bias"])
+    jacobian = torch.cat([features, torch.ones(32, 1, dtype=x.dtype)], dim=1)
+    precision = jacobian.T @ jacobian / NOISE**2 + 2.0 * torch.eye(9, dtype=x.dtype)
+    torch.testing.assert_close(
+        la.posterior_covariance, torch.linalg.inv(precision), rtol=1e-5, atol=1e-12
+    )

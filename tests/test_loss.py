@@ -564,6 +564,18 @@ def test_optimizer_created_before_the_guide_warns() -> None:
     assert len(caught) == 1  # once
 
 
+def test_the_guide_warning_names_a_parameter_as_named_parameters_does() -> None:
+    """It gave Pyro's name of the guide's parameter, not the network's."""
+    net = _classifier()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.guide = _autoguide(net)
+    with pytest.warns(UserWarning, match=GUIDE_WARNING) as caught:
+        _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 8)
+    named = re.search(r"e\.g\. '([^']*)'", str(caught[0].message))
+    assert named is not None
+    assert named.group(1) in dict(net.named_parameters())
+
+
 def test_optimizer_created_after_the_guide_is_silent() -> None:
     net = _classifier()
     net.guide = _autoguide(net)
@@ -574,9 +586,15 @@ def test_optimizer_created_after_the_guide_is_silent() -> None:
 
 
 def test_default_guide_missing_from_the_optimizer_warns() -> None:
+    """Named as named_parameters() names it (it was '0.weight.loc_unconstrained'),
+    with advice for the default guide (it said to assign a guide first)."""
     net = _classifier()
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-2)
-    with pytest.warns(UserWarning, match=r"e\.g\. '0\.weight\.loc_unconstrained'"):
+    message = (
+        r"e\.g\. '0\.posterior\.weight\.loc_unconstrained'.*no optimizer that "
+        r"steps holds them.*bnn\.convert returns a new model"
+    )
+    with pytest.warns(UserWarning, match=message):
         # No optimizer holds the network: counted over 20 calls with gradients
         # (from the second call), after which every optimizer's steps count.
         _steps(net, bnn.KullbackLeiblerLoss(bnn.Categorical(), N), optimizer, 21)
@@ -614,7 +632,8 @@ def test_loss_reused_for_a_new_network_watches_its_guide() -> None:
     first = _classifier()
     _steps(first, loss_fn, torch.optim.Adam(first.parameters(), lr=1e-2), 8)
     second = _classifier()
-    with pytest.warns(UserWarning, match=r"e\.g\. '0\.weight\.loc_unconstrained'"):
+    example = r"e\.g\. '0\.posterior\.weight\.loc_unconstrained'"
+    with pytest.warns(UserWarning, match=example):
         # No optimizer holds the second network: noticed after 20 calls.
         _steps(second, loss_fn, torch.optim.Adam(first.parameters(), lr=1e-2), 22)
 

@@ -485,9 +485,11 @@ def test_batch_dependent_randomness_is_reported() -> None:
     )
     x = torch.randn(20, 3)
     # memory_budget=1: every chunk draws the weights anew (predict warns that
-    # the budget is too small for any draw; that warning is not the subject).
+    # the budget is too small for any draw, and that dropout is on; those
+    # warnings are not the subject).
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "predict: drawing the weight")
+        warnings.filterwarnings("ignore", r"predict: dropout \(1\)")
         with pytest.warns(RuntimeWarning, match="depends on the chunk size"):
             bnn.predict(net, x, bnn.Categorical(), batch_size=7, memory_budget=1)
         net.eval()  # dropout off: no warning (warnings are errors in this suite)
@@ -918,6 +920,84 @@ def test_predicting_with_batch_norm_in_training_mode_warns() -> None:
     ).eval()
     with pytest.warns(UserWarning, match="keeps no running statistics"):
         bnn.predict(untracked, x, bnn.Categorical(), samples=4)
+
+
+def test_predicting_with_dropout_in_training_mode_warns() -> None:
+    """A converted model keeps the torch model's (training) mode: mode="mean"
+    was random (0.31 off model.eval()(x)) and sampled predictions counted
+    dropout's noise as epistemic variance, silently."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Dropout(0.5))
+    pretrained = nn.Sequential(backbone, nn.Linear(16, 1))
+    net = bnn.convert(pretrained)
+    x, likelihood = torch.randn(8, 3), bnn.Normal(scale=0.1)
+    with pytest.warns(UserWarning, match=r"dropout \(0\.2\).*mode='mean' is then"):
+        first = bnn.predict(net, x, likelihood, mode="mean")
+    with pytest.warns(UserWarning, match="noise is then counted as epistemic"):
+        bnn.predict(net, x, likelihood, samples=4)
+    with pytest.warns(UserWarning, match=r"model\.eval\(\)"):
+        second = bnn.predict(net, x, likelihood, mode="mean")
+    assert not torch.equal(first.mean, second.mean)  # what the warning is about
+    net.eval()  # no warning (warnings are errors in this suite)
+    evaluated = bnn.predict(net, x, likelihood, mode="mean")
+    expected = pretrained.eval()(x).squeeze(-1)
+    torch.testing.assert_close(evaluated.mean, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_calibrating_with_dropout_in_training_mode_warns() -> None:
+    """calibrate fits on predictions: its own call of predict warns, at the
+    user's line."""
+    net = bnn.VISequential(bnn.VILinear(3, 8), nn.Dropout(0.2), bnn.VILinear(8, 2))
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    with pytest.warns(UserWarning, match=r"dropout \(1\)") as caught:
+        bnn.calibrate(net, x, y, bnn.Categorical(), samples=4)
+    assert caught[0].filename == __file__
+
+
+def _one_layer_lstm_with_dropout() -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note: the rate goes unused
+        return nn.LSTM(4, 4, dropout=0.5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Dropout(0.0),
+        lambda: nn.MultiheadAttention(4, 2),
+        _one_layer_lstm_with_dropout,  # the rate applies between layers only
+        lambda: bnn.VILSTM(4, 4),
+    ],
+)
+def test_modules_that_drop_nothing_give_no_dropout_warning(
+    make: Callable[[], nn.Module],
+) -> None:
+    from pyrolite_bnn.predict import _drops
+
+    module = make()
+    assert module.training
+    assert not _drops(module)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.AlphaDropout(0.1),
+        lambda: nn.Dropout2d(0.1),
+        lambda: nn.MultiheadAttention(4, 2, dropout=0.1),
+        lambda: bnn.VIMultiheadAttention(4, 2, dropout=0.1),
+        lambda: nn.GRU(4, 4, num_layers=2, dropout=0.1),
+        lambda: bnn.VILSTM(4, 4, num_layers=2, dropout=0.1),
+    ],
+)
+def test_modules_that_drop_activations_are_found(
+    make: Callable[[], nn.Module],
+) -> None:
+    from pyrolite_bnn.predict import _drops
+
+    module = make()
+    assert _drops(module)
+    assert not _drops(module.eval())
 
 
 class _TwoInputs(bnn.VIModule):

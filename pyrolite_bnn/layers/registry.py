@@ -221,6 +221,12 @@ class LayerEntry:
     ) -> nn.Module:
         """The ``torch.nn`` layer of ``layer`` with its weights at ``means``.
 
+        A weight whose random variable's posterior parameters are all
+        frozen (``requires_grad=False``) is frozen too; where the layer's
+        variables are not its torch parameters one to one (an attention
+        layer's ``out_proj_weight``), the weights of a layer whose every
+        posterior is frozen are.
+
         Args:
             layer: a layer of :attr:`bayesian_cls`.
             means: the value of each of its random variables, by name.
@@ -238,15 +244,42 @@ class LayerEntry:
         plain: nn.Module = cls(
             **self.arguments(layer), device=reference.device, dtype=reference.dtype
         )
+        frozen = _frozen_variables(layer)
+        every_one = frozen == set(layer.declared_variables())
         with torch.no_grad():
             for name, value in weights.items():
-                plain.get_parameter(name).copy_(value)
+                parameter = plain.get_parameter(name)
+                parameter.copy_(value)
+                if every_one or name in frozen:
+                    parameter.requires_grad_(False)
             for name, child in (children or {}).items():
                 target = getattr(plain, name, None)
                 if isinstance(target, nn.Module):
                     target.load_state_dict(child.state_dict())
+                    _copy_frozen_flags(child, target)
         carry_module_state(layer, plain)
         return plain
+
+
+def _frozen_variables(layer: VIModule) -> set[str]:
+    """The variables of ``layer`` whose posterior parameters are all frozen.
+
+    Their weights stay fixed in training (``requires_grad_(False)`` on the
+    layer, or on the posterior); the plain weights built from them are frozen
+    too, as a copy of a frozen torch layer is.
+    """
+    return {
+        name
+        for name in layer.declared_variables()
+        if not any(p.requires_grad for p in layer.posterior[name].parameters())
+    }
+
+
+def _copy_frozen_flags(source: nn.Module, target: nn.Module) -> None:
+    """Freeze the parameters of ``target`` frozen at the same names in ``source``."""
+    for name, parameter in source.named_parameters():
+        if not parameter.requires_grad:
+            target.get_parameter(name).requires_grad_(False)
 
 
 def carry_module_state(source: nn.Module, built: nn.Module) -> None:
