@@ -12,7 +12,9 @@ network's first loss calls, the loss looks at the optimizers that step after
 its first call: if one holds parameters of the torch model while some of the
 network's trainable parameters are in none of them, it warns, once per
 network. An optimizer of the torch model stepping beside a complete one of
-the network is left alone.
+the network is left alone. :func:`~pyrolite_bnn.fit`, which sees its
+optimizer before the first step, says it at once
+(:func:`steps_convert_source`), and the loss's watch then stays quiet.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import weakref
 
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from pyrolite_bnn._change_watch import (
     count_steps,
@@ -29,11 +32,18 @@ from pyrolite_bnn._change_watch import (
 )
 from pyrolite_bnn._warnings import warn_at_caller
 
-__all__ = ["WATCHED_CALLS", "SourceOptimizerWatch", "remember_source"]
+__all__ = [
+    "WATCHED_CALLS",
+    "SourceOptimizerWatch",
+    "remember_source",
+    "steps_convert_source",
+]
 
 # The parameters of the torch model each converted network was copied from.
 _SOURCES: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref[Tensor], ...]]
 _SOURCES = weakref.WeakKeyDictionary()
+# Networks whose source-stepping optimizer was reported before any loss call.
+_REPORTED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def remember_source(network: nn.Module, source: nn.Module) -> None:
@@ -45,6 +55,37 @@ def remember_source(network: nn.Module, source: nn.Module) -> None:
         >>> remember_source(nn.Linear(2, 1), plain)
     """
     _SOURCES[network] = tuple(weakref.ref(p) for p in source.parameters())
+
+
+def steps_convert_source(network: nn.Module, optimizer: Optimizer) -> bool:
+    """Whether ``optimizer`` holds parameters of the model ``network`` copied.
+
+    A ``True`` answer is taken as reported (the caller warns): the loss's
+    :class:`SourceOptimizerWatch` does not say it again for ``network``.
+
+    Args:
+        network: a network :func:`~pyrolite_bnn.convert` returned (any other
+            module: ``False``).
+        optimizer: the optimizer to look at.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> plain, copy = nn.Linear(2, 1), nn.Linear(2, 1)
+        >>> remember_source(copy, plain)
+        >>> steps_convert_source(copy, torch.optim.SGD(plain.parameters()))
+        True
+        >>> steps_convert_source(copy, torch.optim.SGD(copy.parameters()))
+        False
+    """
+    sources = _SOURCES.get(network)
+    if sources is None:
+        return False
+    alive = (reference() for reference in sources)
+    if not holds_any(optimizer, {id(p) for p in alive if p is not None}):
+        return False
+    _REPORTED.add(network)
+    return True
 
 
 #: Loss calls of a network over which the optimizers that step are looked at.
@@ -78,8 +119,8 @@ class SourceOptimizerWatch:
         self.__init__()  # type: ignore[misc]
 
     def warned_about(self, network: nn.Module | None) -> bool:
-        """Whether :meth:`check` warned about ``network``."""
-        return network is not None and network in self.warned
+        """Whether :meth:`check` (or ``fit``, before it) warned about ``network``."""
+        return network is not None and (network in self.warned or network in _REPORTED)
 
     def check(self, network: nn.Module | None) -> None:
         """Warn (once) if optimizers step ``network``'s source instead of it.
@@ -87,7 +128,7 @@ class SourceOptimizerWatch:
         Args:
             network: the network whose loss is evaluated (``None``: unknown).
         """
-        if network is None or network in self.settled:
+        if network is None or network in self.settled or network in _REPORTED:
             return
         sources = _SOURCES.get(network)
         if sources is None:

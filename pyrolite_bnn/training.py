@@ -42,6 +42,7 @@ from pyrolite_bnn._fit_modes import ModuleModes
 from pyrolite_bnn._fit_progress import Progress
 from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._network import check_bayesian_network
+from pyrolite_bnn._source_watch import steps_convert_source
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn._validation import (
     check_bool,
@@ -771,12 +772,20 @@ def _check_model_and_optimizer(
     ]
     if left_out:
         shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+        cause = (
+            "It also holds parameters of the torch model that bnn.convert copied "
+            "into this network: bnn.convert returns a new model and leaves the "
+            "torch model as it was, so those steps do not train the network. "
+            "Create the optimizer (and its parameter groups) from the converted "
+            "network, after converting: torch.optim.Adam(net.parameters(), ...)"
+            if steps_convert_source(network, optimizer)
+            else "A layer replaced or a guide assigned after the optimizer was "
+            "made? Create it from model.parameters(), or requires_grad_(False) "
+            "the parameters you keep fixed"
+        )
         warn_at_caller(
             f"{len(left_out)} of the model's trainable parameters are not in the "
-            f"optimizer ({shown}): fit does not train them. A layer replaced or a "
-            "guide assigned after the optimizer was made? Create it from "
-            "model.parameters(), or requires_grad_(False) the parameters you keep "
-            "fixed"
+            f"optimizer ({shown}): fit does not train them. {cause}"
         )
 
 

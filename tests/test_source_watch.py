@@ -92,3 +92,35 @@ def test_an_optimizer_of_the_network_alone_is_silent(frozen: str) -> None:
         net.backbone.requires_grad_(False)
     trainable = [p for p in net.parameters() if p.requires_grad]
     assert _messages(net, torch.optim.Adam(trainable, lr=1e-2), 4) == []
+
+
+def test_fit_says_it_once_before_the_first_step() -> None:
+    """fit's own check of the optimizer and the loss's watch both warned about
+    the same optimizer (two warnings, the first without the cause)."""
+    pretrained = _Pretrained()
+    backbone = list(pretrained.backbone.parameters())
+    net = bnn.convert(pretrained, include=["head"])
+    optimizer = torch.optim.Adam(
+        [{"params": backbone, "lr": 1e-3}, {"params": net.head.parameters()}]
+    )
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), dataset_size=16)
+    data = [(torch.randn(8, 3), torch.randn(8)) for _ in range(4)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bnn.fit(net, loss_fn, data, epochs=2, optimizer=optimizer, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("2 of the model's trainable parameters")
+    assert "bnn.convert copied into this network" in messages[0]
+    # The loss used by hand afterwards stays quiet about this network too.
+    assert _messages(net, optimizer, 3) == []
+
+
+def test_fit_with_an_incomplete_optimizer_of_the_network_names_no_convert() -> None:
+    net = bnn.convert(_Pretrained())
+    optimizer = torch.optim.Adam(net.head.parameters(), lr=1e-2)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), dataset_size=16)
+    data = [(torch.randn(8, 3), torch.randn(8))]
+    with pytest.warns(UserWarning, match="A layer replaced") as caught:
+        bnn.fit(net, loss_fn, data, epochs=1, optimizer=optimizer, progress=False)
+    assert not any("bnn.convert copied" in str(w.message) for w in caught)
