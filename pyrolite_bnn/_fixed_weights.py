@@ -64,18 +64,28 @@ class FixedWeights:
 
         The generated guide draws from the layers' posterior modules in site
         order, without tracing: the values, from the same random numbers, of
-        the traced guide's draws.
+        the traced guide's draws. The values are a snapshot: none shares
+        memory with a parameter or buffer of the guide (a point mass's
+        expanded parameter is copied once and expanded again).
         """
+        variables = guide.variables()
         if guide.inner is None:
-            values = {v.site: v.posterior.draw(samples) for v in guide.variables()}
-            return cls(values, guide)
-        trace = poutine.trace(guide).get_trace(samples=samples)
-        values = {}
-        for variable in guide.variables():
-            value = trace.nodes[variable.site]["value"]
-            assert isinstance(value, Tensor)
-            values[variable.site] = value
-        return cls(values, guide)
+            values = {v.site: v.posterior.draw(samples) for v in variables}
+        else:
+            trace = poutine.trace(guide).get_trace(samples=samples)
+            values = {}
+            for variable in variables:
+                value = trace.nodes[variable.site]["value"]
+                assert isinstance(value, Tensor)
+                values[variable.site] = value
+        # A point mass "draws" its parameter expanded: a view, which training
+        # would change (or, after an in-place step, make unusable).
+        held = {
+            t.untyped_storage().data_ptr()
+            for source in (guide, *(v.posterior for v in variables))
+            for t in (*source.parameters(), *source.buffers())
+        }
+        return cls({site: _own(v, held) for site, v in values.items()}, guide)
 
     def run(
         self,
@@ -95,3 +105,17 @@ class FixedWeights:
         conditioned: Any = poutine.condition(network, data=self.values)
         with poutine.trace():  # a handler makes the network a plain Pyro model
             return conditioned()
+
+
+def _own(value: Tensor, held: set[int]) -> Tensor:
+    """``value``, or a copy of it if its memory is one of the ``held`` tensors'.
+
+    An expanded tensor is copied once and expanded again: the copy takes the
+    memory of the tensor it was expanded from, not of all particles.
+    """
+    if value.untyped_storage().data_ptr() not in held:
+        return value
+    distinct = tuple(
+        slice(0, 1) if stride == 0 else slice(None) for stride in value.stride()
+    )
+    return value[distinct].clone().expand(value.shape)

@@ -416,6 +416,14 @@ def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
     variables = collect_variables(root)
     fixed = fixed_weights(root)
     if fixed is not None:
+        missing = [v.site for v in variables if v.site not in fixed]
+        if missing:
+            raise RuntimeError(
+                f"no weights were given for the Bayesian layer sites {missing[:3]} "
+                "of this call: the network has Bayesian layers it did not have "
+                "when its weights were drawn (bnn.draw_networks keeps the draws "
+                "of the network as it was); draw again"
+            )
         return LazyDraws.fixed(variables, [fixed[v.site] for v in variables], samples)
     # Log densities returned with the output (return_log_probs) are those of
     # the weights behind it: every weight is drawn (not sampled outputs).

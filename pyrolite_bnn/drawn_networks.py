@@ -18,16 +18,19 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _structures
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._fixed_weights import FixedWeights
 from pyrolite_bnn._isolation import isolated
+from pyrolite_bnn._mode_warnings import warn_batch_statistics, warn_dropout
 from pyrolite_bnn._network import check_bayesian_network
 from pyrolite_bnn._particles import one_particle
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._validation import check_count
 from pyrolite_bnn.guides import guide_of
+from pyrolite_bnn.laplace import LinearizedLaplace
 from pyrolite_bnn.record import release_record
 
 __all__ = ["DrawnNetworks", "draw_networks"]
@@ -44,10 +47,19 @@ def draw_networks(model: nn.Module, samples: int) -> DrawnNetworks:
     trajectories. Each particle is a whole network, whatever the layers'
     training estimator, as in :func:`~pyrolite_bnn.predict`.
 
-    The draws are a snapshot: training the model afterwards does not change
-    them (draw again), and they stay on the device the parameters were on.
-    The networks run in the model's mode: call ``model.eval()`` first for
-    dropout and batch norm to act as in a prediction.
+    The draws are a snapshot of the Bayesian weights: training the model
+    afterwards does not change them (draw again). Everything else is read
+    from the model at each call, as it is then: deterministic layers (a plain
+    ``nn.Linear`` trunk under a Bayesian head), norm layers' parameters and
+    running statistics, the model's mode. Training a deterministic part after
+    drawing changes the networks; for a copy frozen as a whole (a target
+    network), draw from one: ``bnn.draw_networks(copy.deepcopy(model), S)``.
+    The draws keep the dtype and device the parameters had: after
+    ``model.double()`` or ``model.to(device)``, calls are refused; draw
+    again. Calls in training mode warn (once) about dropout, which would drop
+    other activations in every call, and batch norm, which would normalise
+    by each call's inputs and move the running statistics: call
+    ``model.eval()`` first.
 
     Args:
         model: a ``bnn.VIModule``, or a torch module holding Bayesian layers.
@@ -76,6 +88,13 @@ def draw_networks(model: nn.Module, samples: int) -> DrawnNetworks:
         torch.Size([5, 3, 2])
     """
     model = unwrap(model)
+    if isinstance(model, LinearizedLaplace):
+        raise TypeError(
+            "draw_networks draws from a network's variational posterior, got a "
+            "bnn.laplace result: a linearised Laplace approximation predicts "
+            "through the network linearised at its weights (laplace(...).predict"
+            "), and networks drawn from its Gaussian would not be that model"
+        )
     check_bayesian_network(model, "draw_networks needs")
     samples = check_count(samples, "samples")
     with torch.no_grad(), local_params():
@@ -118,6 +137,8 @@ class DrawnNetworks:
         self.model = model
         self.samples = samples
         self._weights = weights
+        self._placement = _placement(model)
+        self._mode_checked = False
 
     def __len__(self) -> int:
         return self.samples
@@ -131,7 +152,17 @@ class DrawnNetworks:
         ``model(*inputs, **kwargs)`` for each network: tensors ``(S, B, ...)``
         (in the output's containers), as a call with ``samples=S`` returns
         them.
+
+        Raises:
+            TypeError: for a ``samples=`` argument: the number of networks
+                was fixed when drawing (select some with ``nets[a:b]``).
         """
+        if "samples" in kwargs:
+            raise TypeError(
+                f"DrawnNetworks run the {self.samples} networks drawn; samples= "
+                "is no argument of their calls: select networks with nets[i] or "
+                "nets[a:b], or draw another number with bnn.draw_networks"
+            )
         return self._run(self._weights, inputs, kwargs, self.samples)
 
     def each(self, *inputs: Any, **kwargs: Any) -> Any:
@@ -152,6 +183,15 @@ class DrawnNetworks:
             TypeError: if no input is a tensor.
             ValueError: if a tensor input's first dimension is not ``S``.
         """
+        if any(
+            isinstance(value, PackedSequence) for value in (*inputs, *kwargs.values())
+        ):
+            raise TypeError(
+                "each cannot split a PackedSequence by network (its rows are "
+                "time steps of several sequences): give all networks one packed "
+                "batch with nets(packed), or give each network its own padded "
+                "tensor, (S, B, L, ...)"
+            )
         found = _structures.tensors((inputs, kwargs))
         if not found:
             raise TypeError(
@@ -183,27 +223,40 @@ class DrawnNetworks:
             IndexError: for an integer out of range or an empty selection.
         """
         if not isinstance(index, slice):
-            if isinstance(index, bool) or not hasattr(index, "__index__"):
+            try:
+                if _is_bool(index):
+                    raise TypeError
+                index = operator.index(index)  # NumPy and 0-d torch integers too
+            except TypeError:
                 raise TypeError(
                     f"DrawnNetworks are indexed by an int or a slice, got "
-                    f"{type(index).__name__}"
-                )
-            index = operator.index(index)  # NumPy and 0-d torch integers too
+                    f"{_describe(index)}"
+                ) from None
             if not -self.samples <= index < self.samples:
                 raise IndexError(
                     f"network {index} out of range for {self.samples} networks"
                 )
             return DrawnNetworks(self.model, self._one(index % self.samples), 1)
-        count = len(range(self.samples)[index])
-        if count == 0:
+        chosen = range(self.samples)[index]
+        if not chosen:
             raise IndexError(f"{index} selects none of the {self.samples} networks")
-        values = {site: value[index] for site, value in self._weights.values.items()}
+        rows = torch.tensor(chosen)  # a negative step too, which tensors refuse
+        values = {
+            site: value.index_select(0, rows.to(value.device))
+            for site, value in self._weights.values.items()
+        }
         return DrawnNetworks(
-            self.model, FixedWeights(values, self._weights.guide), count
+            self.model, FixedWeights(values, self._weights.guide), len(chosen)
         )
 
     def weights(self) -> dict[str, Tensor]:
-        """Every weight of the ``S`` networks by site name, ``(S, *shape)`` (copies)."""
+        """Every weight of the ``S`` networks by site name, ``(S, *shape)`` (copies).
+
+        The sites and shapes are those of the layers' random variables (the
+        guide's, ``model.guide``), which can differ from the torch layer's
+        parameters: a ``VIEmbedding`` with ``padding_idx`` draws every row but
+        the padding row, which stays zero.
+        """
         return {
             site: value.reshape(self.samples, *value.shape[2:]).clone()
             for site, value in self._weights.values.items()
@@ -224,6 +277,28 @@ class DrawnNetworks:
         samples: int,
     ) -> Any:
         """``model(*inputs, **kwargs)`` on ``weights``, for ``samples`` particles."""
+        placement = _placement(self.model)
+        if placement != self._placement:
+            raise RuntimeError(
+                "the model's parameters moved after its networks were drawn "
+                f"(dtype and device {_describe_placement(self._placement)} then, "
+                f"{_describe_placement(placement)} now: model.to(), .double(), "
+                ".cuda()): the draws stay as they were; draw again with "
+                "bnn.draw_networks(model, samples)"
+            )
+        if not self._mode_checked:
+            self._mode_checked = True
+            warn_dropout(
+                self.model,
+                "DrawnNetworks",
+                "every call drops other activations, so the networks are not the "
+                "same functions from call to call",
+            )
+            warn_batch_statistics(
+                self.model,
+                "DrawnNetworks",
+                "an output depends on the inputs of its call",
+            )
         with local_params():
             out = isolated(weights.run, self.model, inputs, samples, kwargs)
         for tensor in _structures.tensors(out):
@@ -234,3 +309,29 @@ class DrawnNetworks:
 def _row(leaf: Any, s: int) -> Any:
     """Row ``s`` of a tensor input; any other input as it is."""
     return leaf[s] if isinstance(leaf, Tensor) else leaf
+
+
+def _placement(model: nn.Module) -> frozenset[tuple[torch.dtype, torch.device]]:
+    """The dtypes and devices of ``model``'s floating-point parameters."""
+    return frozenset(
+        (p.dtype, p.device) for p in model.parameters() if p.is_floating_point()
+    )
+
+
+def _describe_placement(placement: frozenset[tuple[torch.dtype, torch.device]]) -> str:
+    """A placement for a message: ``torch.float32 on cpu``."""
+    return ", ".join(sorted(f"{dtype} on {device}" for dtype, device in placement))
+
+
+def _is_bool(index: object) -> bool:
+    """Whether ``index`` is a boolean (Python, NumPy or a torch tensor)."""
+    if isinstance(index, Tensor):
+        return index.dtype == torch.bool
+    return isinstance(index, bool) or type(index).__name__ == "bool_"
+
+
+def _describe(index: object) -> str:
+    """The type of an index for a message, with a tensor's dtype."""
+    if isinstance(index, Tensor):
+        return f"a tensor of dtype {index.dtype} and shape {tuple(index.shape)}"
+    return type(index).__name__

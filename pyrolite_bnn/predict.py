@@ -34,8 +34,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.dropout import _DropoutNd
 
 from pyrolite_bnn._allocations import AllocationPeak
 from pyrolite_bnn._distributed import unwrap
@@ -45,12 +43,11 @@ from pyrolite_bnn._fixed_weights import FixedWeights
 from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
+from pyrolite_bnn._mode_warnings import warn_batch_statistics, warn_dropout
 from pyrolite_bnn._module_state import buffers_restored
 from pyrolite_bnn._network import (
     check_bayesian_network,
     has_sequence_first_layers,
-    network_modules,
-    uses_batch_statistics,
 )
 from pyrolite_bnn._output_heads import OutputHeads
 from pyrolite_bnn._pyro_module import local_params
@@ -587,8 +584,16 @@ def predict(
     inputs = _inputs(x)
     for likelihood in heads.likelihoods:
         warn_untrained(likelihood)
-    _warn_batch_norm_in_training_mode(model)
-    _warn_dropout_in_training_mode(model, mode)
+    warn_batch_statistics(
+        model, "predict", "a prediction depends on the inputs predicted with it"
+    )
+    warn_dropout(
+        model,
+        "predict",
+        "mode='mean' is then random, not the network at its posterior means"
+        if mode == "mean"
+        else "its noise is then counted as epistemic variance",
+    )
     with torch.no_grad(), local_params():
         outputs = isolated(
             _predict, model, inputs, samples, batch_size, mode, memory_budget, heads
@@ -633,76 +638,6 @@ def _shapes(inputs: tuple[Tensor, ...]) -> str:
     """The inputs' shapes for a message."""
     shapes = [str(tuple(t.shape)) for t in inputs]
     return shapes[0] if len(shapes) == 1 else f"({', '.join(shapes)})"
-
-
-def _warn_batch_norm_in_training_mode(model: nn.Module) -> None:
-    """Warn when a batch norm of ``model`` would take the inputs' statistics.
-
-    A network left in training mode (no ``model.eval()``) normalised each
-    chunk of the inputs by its own statistics, so a prediction depended on the
-    inputs predicted with it, and every call moved the running statistics.
-    """
-    coupling = [
-        (path or "<root>", module.training and module.track_running_stats)
-        for path, module in network_modules(model)
-        if isinstance(module, _BatchNorm) and uses_batch_statistics(module)
-    ]
-    if coupling:
-        names = ", ".join(path for path, _ in coupling[:3])
-        training = any(updates for _, updates in coupling)
-        warn_at_caller(
-            f"predict: batch norm ({names}{', ...' if len(coupling) > 3 else ''}) "
-            "normalises the inputs by their own statistics, so a prediction "
-            "depends on the inputs predicted with it"
-            + (
-                " and moves the running statistics: it is in training mode; call "
-                "model.eval() first"
-                if training
-                else ": it keeps no running statistics (track_running_stats=False)"
-            )
-        )
-
-
-def _warn_dropout_in_training_mode(model: nn.Module, mode: str) -> None:
-    """Warn when a dropout of ``model`` would drop activations while predicting.
-
-    A network left in training mode (``bnn.convert`` keeps the torch model's
-    mode, a freshly built module trains) predicted ``mode="mean"`` at random
-    (0.31 off ``model.eval()(x)``), and sampled predictions counted dropout's
-    noise as epistemic variance (std 0.19 instead of 0.04).
-    """
-    active = [
-        path or "<root>" for path, module in network_modules(model) if _drops(module)
-    ]
-    if active:
-        names = ", ".join(active[:3]) + (", ..." if len(active) > 3 else "")
-        effect = (
-            "mode='mean' is then random, not the network at its posterior means"
-            if mode == "mean"
-            else "its noise is then counted as epistemic variance"
-        )
-        warn_at_caller(
-            f"predict: dropout ({names}) is in training mode and drops "
-            f"activations at random: {effect}; call model.eval() first (it "
-            "keeps the weights random: eval() switches off dropout and batch "
-            "statistics only)"
-        )
-
-
-def _drops(module: nn.Module) -> bool:
-    """Whether ``module`` drops activations now (a rate above 0, training mode).
-
-    Dropout modules, and the ``dropout`` rate of attention and stacked
-    recurrent layers (torch's and the library's).
-    """
-    if not module.training:
-        return False
-    if isinstance(module, _DropoutNd):
-        return module.p > 0
-    rate = vars(module).get("dropout")  # a submodule of that name is no rate
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-        return False
-    return rate > 0 and vars(module).get("num_layers", 2) > 1
 
 
 def warn_untrained(predictive: PredictiveDistribution) -> None:

@@ -9,12 +9,17 @@ handlers, indexing and refusals.
 
 from __future__ import annotations
 
+import copy
+import warnings
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoMultivariateNormal
+from pyro.infer.autoguide import AutoDelta, AutoMultivariateNormal
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_sequence
 
 import pyrolite_bnn as bnn
 
@@ -222,3 +227,124 @@ def test_refusals() -> None:
         nets.each(torch.randn(4, 3, 2), (torch.randn(3, 2),))
     with pytest.raises(TypeError, match="at least one tensor"):
         nets.each("text")
+
+
+def _point_mass_layers() -> nn.Module:
+    return bnn.VISequential(
+        bnn.VILinear(2, 4, variational=bnn.PointMass()),
+        nn.Tanh(),
+        bnn.VILinear(4, 1),
+    )
+
+
+def _auto_delta_guide() -> nn.Module:
+    net = bnn.VISequential(bnn.VILinear(2, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    net.guide = AutoDelta(net.prior_model, init_loc_fn=net.init_loc_fn)
+    return net
+
+
+@pytest.mark.parametrize("make", [_point_mass_layers, _auto_delta_guide])
+def test_point_masses_are_copied_into_the_snapshot(make: Any) -> None:
+    """A point mass "draws" its parameter expanded, a view: the drawn networks
+    followed in-place changes of it, and an optimizer step made every later
+    call fail ("a view ... has been modified inplace")."""
+    torch.manual_seed(10)
+    net = make()
+    nets = bnn.draw_networks(net, samples=3)
+    x, y = torch.randn(6, 2), torch.randn(6, 1)
+    before = nets(x)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), dataset_size=6)
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss_fn(net(x), y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(2.0)
+    torch.testing.assert_close(nets(x), before, rtol=0, atol=0)
+    point_mass = nets.weights()["0.weight"]  # the same weights in every network
+    torch.testing.assert_close(point_mass[0], point_mass[-1], rtol=0, atol=0)
+
+
+def test_only_the_bayesian_weights_are_kept() -> None:
+    """As documented: deterministic parameters are read from the model at each
+    call; a deep copy drawn from stays as it was."""
+    torch.manual_seed(11)
+    net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    nets = bnn.draw_networks(net, samples=2)
+    frozen = bnn.draw_networks(copy.deepcopy(net), samples=2)
+    x = torch.randn(5, 2)
+    before, frozen_before = nets(x), frozen(x)
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    assert not torch.allclose(nets(x), before)
+    torch.testing.assert_close(frozen(x), frozen_before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layer", [nn.Dropout(0.5), bnn.BatchNorm1d(8)])
+def test_training_mode_warns_once(layer: nn.Module) -> None:
+    """In training mode, dropout changed the networks from call to call and
+    batch norm moved its running statistics with every call, silently."""
+    torch.manual_seed(12)
+    net = bnn.VISequential(bnn.VILinear(2, 8), layer, bnn.VILinear(8, 1))
+    nets = bnn.draw_networks(net, samples=3)
+    x = torch.randn(5, 2)
+    name = "dropout" if isinstance(layer, nn.Dropout) else "batch norm"
+    with pytest.warns(UserWarning, match=rf"DrawnNetworks: {name} \(1\)"):
+        nets(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nets(x)  # once
+        net.eval()
+        evaluated = bnn.draw_networks(net, samples=3)
+        torch.testing.assert_close(evaluated(x), evaluated(x), rtol=0, atol=0)
+
+
+def test_a_model_moved_after_drawing_is_refused() -> None:
+    """model.double() after drawing: the layers refused float32 inputs and
+    advised float64, which failed inside torch (the draws stayed float32)."""
+    net = _mlp()
+    nets = bnn.draw_networks(net, samples=2)
+    net.double()
+    for x in (torch.randn(3, 2), torch.randn(3, 2, dtype=torch.float64)):
+        with pytest.raises(RuntimeError, match=r"float32 on cpu then.*draw again"):
+            nets(x)
+    assert bnn.draw_networks(net, samples=2)(x).dtype == torch.float64
+
+
+def test_indexing_edge_cases() -> None:
+    torch.manual_seed(13)
+    nets = bnn.draw_networks(_mlp(), samples=4)
+    x = torch.randn(3, 2)
+    out = nets(x)
+    torch.testing.assert_close(nets[::-1](x), out.flip(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(nets[-1:0:-2](x), out[[3, 1]], rtol=1e-6, atol=1e-6)
+    for bad in (torch.tensor(True), np.True_, torch.tensor(1.0), "1"):
+        with pytest.raises(TypeError, match="int or a slice"):
+            nets[bad]
+
+
+def test_misuse_of_calls_is_named() -> None:
+    torch.manual_seed(14)
+    net = _mlp()
+    nets = bnn.draw_networks(net, samples=2)
+    with pytest.raises(TypeError, match="samples= is no argument"):
+        nets(torch.randn(3, 2), samples=3)
+    lstm = bnn.VILSTM(2, 3)
+    packed = pack_sequence([torch.randn(4, 2), torch.randn(2, 2)])
+    lstm_nets = bnn.draw_networks(lstm, samples=2)
+    assert lstm_nets(packed)[0].data.shape == (2, 6, 3)
+    with pytest.raises(TypeError, match="cannot split a PackedSequence"):
+        lstm_nets.each(packed)
+    net.append(bnn.VILinear(2, 2))
+    with pytest.raises(RuntimeError, match=r"sites \['3.weight', '3.bias'\].*draw"):
+        nets(torch.randn(3, 2))
+    fitted = bnn.laplace(
+        nn.Sequential(nn.Linear(2, 1)),
+        torch.randn(8, 2),
+        torch.randn(8, 1),
+        bnn.Normal(scale=1.0),
+    )
+    with pytest.raises(TypeError, match=r"bnn\.laplace result"):
+        bnn.draw_networks(fitted, samples=2)

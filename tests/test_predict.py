@@ -957,52 +957,6 @@ def test_calibrating_with_dropout_in_training_mode_warns() -> None:
     assert caught[0].filename == __file__
 
 
-def _one_layer_lstm_with_dropout() -> nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's note: the rate goes unused
-        return nn.LSTM(4, 4, dropout=0.5)
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: nn.Dropout(0.0),
-        lambda: nn.MultiheadAttention(4, 2),
-        _one_layer_lstm_with_dropout,  # the rate applies between layers only
-        lambda: bnn.VILSTM(4, 4),
-    ],
-)
-def test_modules_that_drop_nothing_give_no_dropout_warning(
-    make: Callable[[], nn.Module],
-) -> None:
-    from pyrolite_bnn.predict import _drops
-
-    module = make()
-    assert module.training
-    assert not _drops(module)
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: nn.AlphaDropout(0.1),
-        lambda: nn.Dropout2d(0.1),
-        lambda: nn.MultiheadAttention(4, 2, dropout=0.1),
-        lambda: bnn.VIMultiheadAttention(4, 2, dropout=0.1),
-        lambda: nn.GRU(4, 4, num_layers=2, dropout=0.1),
-        lambda: bnn.VILSTM(4, 4, num_layers=2, dropout=0.1),
-    ],
-)
-def test_modules_that_drop_activations_are_found(
-    make: Callable[[], nn.Module],
-) -> None:
-    from pyrolite_bnn.predict import _drops
-
-    module = make()
-    assert _drops(module)
-    assert not _drops(module.eval())
-
-
 class _TwoInputs(bnn.VIModule):
     """A two-tower network: ``head(a(u) * b(v))``."""
 
