@@ -43,7 +43,9 @@ moments, intervals) is calibrated consistently:
 Example:
     >>> import torch, pyrolite_bnn as bnn
     >>> net = bnn.VILinear(3, 4)
-    >>> x, y = torch.randn(50, 3), torch.randint(0, 4, (50,))
+    >>> x = torch.randn(50, 3)
+    >>> probs = bnn.predict(net, x, bnn.Categorical()).probs
+    >>> y = torch.distributions.Categorical(probs).sample()  # labels it explains
     >>> cal = bnn.calibrate(net, x, y, bnn.Categorical(), samples=8)
     >>> type(cal).__name__, cal.temperature.shape
     ('TemperatureScaling', torch.Size([]))
