@@ -161,12 +161,61 @@ class Posterior(LocalPyroModule):
         """The unconstrained tensor ``attribute`` (``loc_unconstrained``), read as is.
 
         From ``_parameters`` (no Pyro bookkeeping); a tensor that
-        ``torch.nn.utils.parametrize`` has moved is computed by torch's property.
+        ``torch.nn.utils.parametrize`` has moved is computed by torch's
+        property, and one that a forward pre-hook keeps is computed by the
+        hooks first (:meth:`_run_forward_pre_hooks`).
         """
         value = self._parameters.get(attribute)
         if value is None:
+            self._run_forward_pre_hooks()
             value = getattr(self, attribute)
         return value
+
+    def __getattr__(self, name: str) -> Any:
+        # ``self.loc`` (Pyro's PyroParam read) takes ``loc_unconstrained`` as it
+        # is: bring a hook-kept one up to date first, as _unconstrained does.
+        pyro_params = self.__dict__.get("_pyro_params", {})
+        if name in pyro_params and f"{name}_unconstrained" not in self.__dict__.get(
+            "_parameters", {}
+        ):
+            self._run_forward_pre_hooks()
+        return super().__getattr__(name)
+
+    def _run_forward_pre_hooks(self) -> None:
+        """Run the module's forward pre-hooks, as a call of the module would.
+
+        ``torch.nn.utils.prune`` (and the legacy ``nn.utils.weight_norm`` and
+        ``spectral_norm``) replace a parameter by a plain attribute that their
+        forward pre-hook recomputes (``loc_unconstrained = orig * mask``).
+        The layers read a posterior's tensors without calling it, so every read
+        of such an attribute runs the hooks (with no arguments): the value is
+        that of the parameters as they are, after an optimiser step or a
+        ``load_state_dict``, never the one of the last call. Refreshing is no
+        change of the module's structure (nothing is bumped).
+        """
+        hooks = self._forward_pre_hooks
+        if not hooks:
+            return
+        with_kwargs = self._forward_pre_hooks_with_kwargs
+        object.__setattr__(self, "_refreshing", True)
+        try:
+            for key, hook in list(hooks.items()):
+                if key in with_kwargs:
+                    hook(self, (), {})
+                else:
+                    hook(self, ())
+        finally:
+            object.__setattr__(self, "_refreshing", False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (
+            self.__dict__.get("_refreshing")
+            and isinstance(value, Tensor)
+            and isinstance(self.__dict__.get(name), Tensor)
+        ):
+            self.__dict__[name] = value  # a hook's refresh of its plain attribute
+            return
+        super().__setattr__(name, value)
 
     def draw(self, samples: int) -> Tensor:
         """``samples`` reparameterised draws, ``(samples, 1, *shape)``.

@@ -180,3 +180,94 @@ def test_a_parametrized_posterior_mean_is_read_through_its_parametrization() -> 
     mean = bnn.predict(layer, x, bnn.Normal(scale=1.0), mode="mean").mean
     torch.testing.assert_close(mean, x @ (2 * weight).T + bias)
     assert layer(x, samples=3).shape == (3, 4, 2)
+
+
+def _pruned_net(seed: int) -> torch.nn.Module:
+    from torch import nn
+    from torch.nn.utils import prune
+
+    torch.manual_seed(seed)
+    net = bnn.VISequential(bnn.VILinear(3, 8), nn.Tanh(), bnn.VILinear(8, 1))
+    prune.l1_unstructured(net[0].posterior["weight"], "loc_unconstrained", amount=0.5)
+    return net
+
+
+def _pruned_mean(posterior: torch.nn.Module) -> torch.Tensor:
+    orig, mask = posterior.loc_unconstrained_orig, posterior.loc_unconstrained_mask
+    return (orig * mask).detach()
+
+
+def test_a_pruned_posterior_mean_follows_its_parameters_while_training() -> None:
+    """prune keeps loc_unconstrained = orig * mask up to date in a forward
+    pre-hook, and the posterior module is never called: the layer used the
+    prune-time mean after an optimiser step (off by 0.11), and the second
+    backward ran through the freed prune-time graph ("backward through the
+    graph a second time")."""
+    net = _pruned_net(0)
+    posterior = net[0].posterior["weight"]
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.5), dataset_size=32)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(4):
+        loss = loss_fn(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        expected = _pruned_mean(posterior)
+        # Exact: the mean read is orig * mask computed by prune's own hook.
+        torch.testing.assert_close(
+            posterior.normal_params()[0].detach(), expected, rtol=0, atol=0
+        )
+        torch.testing.assert_close(posterior.loc.detach(), expected, rtol=0, atol=0)
+        h = torch.tanh(x @ expected.T + net[0].posterior["bias"].median())
+        manual = h @ net[2].posterior["weight"].median().T
+        manual = manual + net[2].posterior["bias"].median()
+        mean = bnn.predict(net, x, bnn.Normal(scale=1.0), mode="mean").mean
+        torch.testing.assert_close(mean, manual.squeeze(-1), rtol=1e-6, atol=1e-6)
+    assert bool((posterior.loc_unconstrained_orig.grad != 0).any())
+
+
+def test_a_pruned_posterior_mean_follows_a_loaded_state_dict() -> None:
+    """Loading another pruned model's state dict left the layer on its own
+    prune-time mean: equal state dicts, mean predictions 1.9 apart."""
+    net, other = _pruned_net(0), _pruned_net(1)
+    net.load_state_dict(other.state_dict())
+    x = torch.randn(5, 3)
+    mean = bnn.predict(net, x, bnn.Normal(scale=1.0), mode="mean").mean
+    expected = bnn.predict(other, x, bnn.Normal(scale=1.0), mode="mean").mean
+    torch.testing.assert_close(mean, expected, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*is deprecated in favor of:FutureWarning")
+@pytest.mark.parametrize("utility", ["weight_norm", "spectral_norm"])
+def test_legacy_hook_reparameterisations_of_the_mean_are_read_fresh(
+    utility: str,
+) -> None:
+    """The legacy nn.utils.weight_norm / spectral_norm keep their tensor in a
+    forward pre-hook too: the mean read is the one of the parameters as they
+    are after each step, not the one computed when the hook was applied."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    layer = bnn.VILinear(3, 4)
+    posterior = layer.posterior["weight"]
+    getattr(nn.utils, utility)(posterior, "loc_unconstrained")
+    x, y = torch.randn(16, 3), torch.randn(16, 4)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.5), dataset_size=16)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    for _ in range(3):
+        loss = loss_fn(layer(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if utility == "weight_norm":
+            v, g = posterior.loc_unconstrained_v, posterior.loc_unconstrained_g
+            expected = torch._weight_norm(v, g, 0).detach()
+        else:  # eval: no power iteration, the current estimate of sigma
+            posterior.eval()
+            u, v = posterior.loc_unconstrained_u, posterior.loc_unconstrained_v
+            orig = posterior.loc_unconstrained_orig
+            expected = (orig / torch.dot(u, orig @ v)).detach()
+        mean = posterior.normal_params()[0].detach()
+        posterior.train()
+        torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-7)
