@@ -476,19 +476,11 @@ def pytorch_run(
         # The pass may run again (below): from the same random state, so that
         # its result does not depend on whether it ran before.
         random_device = device if device is not None else torch.device("cpu")
-        start = None if is_capturing() else rng_state(random_device)
-        while True:
-            draws = generated_guide_draws(root, state.samples)
-            try:
-                with using_draws(draws), _particles.particles(state):
-                    result = nn.Module.__call__(root, *args, **kwargs)
-                break
-            except RepeatedMomentsRead:
-                # A layer object runs twice (now marked): run the pass again
-                # with its weights drawn, so both calls share one draw.
-                state = state.restarted()
-                if start is not None:
-                    set_rng_state(start, random_device)
+        random_state = None if is_capturing() else rng_state(random_device)
+        start = None if random_state is None else (random_state, random_device)
+        if start is not None and torch.is_grad_enabled() and _saved_tensors_hooked():
+            _explore_unrecorded(root, state.restarted(), args, kwargs, start)
+        result, draws, state = _run_generated(root, state, args, kwargs, start)
         draws.finish()
         result = unfold_output(root, result, state)
         record = LayerRecord(draws, state.samples, root)
@@ -505,6 +497,92 @@ def pytorch_run(
         record = TraceRecord(guide_trace, model_trace, state.samples, root)
     record.sequence_batch = state.sequence_batch()
     return attach(result, record, log_probs=getattr(root, "return_log_probs", False))
+
+
+def _run_generated(
+    root: nn.Module,
+    state: _particles.ParticleState,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    start: tuple[Tensor, torch.device] | None,
+) -> tuple[Any, LazyDraws, _particles.ParticleState]:
+    """Run ``root`` with the generated guide's draws, again until no layer refuses.
+
+    A layer object that runs twice reads its weight moments twice
+    (:class:`~pyrolite_bnn._draws.RepeatedMomentsRead`): it is marked, and the
+    pass runs again from the random state ``start`` (``None``: not restored)
+    with its weights drawn, so that both calls share one draw.
+    """
+    while True:
+        draws = generated_guide_draws(root, state.samples)
+        try:
+            with using_draws(draws), _particles.particles(state):
+                result = nn.Module.__call__(root, *args, **kwargs)
+        except RepeatedMomentsRead:
+            state = state.restarted()
+            if start is not None:
+                set_rng_state(*start)
+            continue
+        return result, draws, state
+
+
+# Per network explored by _explore_unrecorded: the layers that read weight
+# moments in its last pass run to the end.
+_EXPLORED: weakref.WeakKeyDictionary[nn.Module, frozenset[tuple[int, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _saved_tensors_hooked() -> bool:
+    """Whether autograd hands saved tensors to hooks (activation checkpointing).
+
+    ``torch.utils.checkpoint(..., use_reentrant=False)`` and
+    ``torch.autograd.graph.save_on_cpu`` do; torch offers no public query (the
+    same private function as the hooks' own; without it, and while
+    ``torch.compile`` traces, which cannot trace it, ``False``).
+    """
+    if torch.compiler.is_compiling():
+        return False
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is not None and top(False) is not None
+
+
+def _moment_readers(draws: LazyDraws) -> frozenset[tuple[int, str]]:
+    """The variables whose layers read moments in a pass with ``draws``."""
+    return frozenset(
+        (id(v.module), v.name)
+        for v, use in zip(draws.variables, draws.use_moments, strict=True)
+        if use
+    )
+
+
+def _explore_unrecorded(
+    root: nn.Module,
+    state: _particles.ParticleState,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    start: tuple[Tensor, torch.device],
+) -> None:
+    """Find the layers ``root`` calls twice in a pass that autograd does not record.
+
+    A pass that a layer called twice abandons (:func:`_run_generated`) has
+    saved tensors for the backward pass all the same; activation
+    checkpointing counts them, and its recomputation, which draws the marked
+    layer's weights at once, saved fewer ("A different number of tensors was
+    saved during the original forward and recomputation"). Where saved
+    tensors are hooked, a network not yet seen to run to the end with the
+    layers that now read moments first runs without gradients (the random
+    state restored after it): the recorded pass is then the only one. Its
+    other effects (batch-norm statistics) happen twice, as under the
+    checkpoint's own recomputation.
+    """
+    readers = _moment_readers(generated_guide_draws(root, state.samples))
+    if not readers or _EXPLORED.get(root) == readers:
+        return
+    with torch.no_grad():
+        _, draws, _ = _run_generated(root, state, args, kwargs, start)
+    set_rng_state(*start)
+    _EXPLORED[root] = _moment_readers(draws)
 
 
 def attach(result: Any, record: ForwardRecord, *, log_probs: bool) -> Any:

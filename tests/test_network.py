@@ -6,6 +6,7 @@ Each test here reproduces a silently wrong result of an earlier version.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -865,6 +866,56 @@ def test_checkpointing_a_whole_network_call_gives_the_same_gradients() -> None:
     assert plain.keys() == checkpointed.keys()
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, msg=name)
+
+
+class _Tied(bnn.VIModule):
+    """One layer called twice per pass (a weight-tied loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.layer = bnn.VILinear(3, 8), bnn.VILinear(8, 8)
+        self.out = bnn.VILinear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        h = torch.tanh(self.layer(torch.tanh(self.layer(h))))
+        return self.out(h)
+
+
+class _Siamese(bnn.VIModule):
+    """One encoder called on two views."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.head = bnn.VILinear(3, 8), bnn.VILinear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.enc(x)) - torch.tanh(self.enc(x.flip(0))))
+
+
+@pytest.mark.parametrize("network", [_Tied, _Siamese])
+def test_checkpointing_the_first_call_of_a_network_calling_a_layer_twice(
+    network: type[nn.Module],
+) -> None:
+    """The first call of such a network runs its pass again once the layer is
+    seen twice; the abandoned pass's saved tensors were counted by
+    checkpoint(use_reentrant=False), whose recomputation (one pass) saved
+    fewer: CheckpointError "A different number of tensors was saved". The
+    gradients now equal the unchecked first call's at the same seed, exactly
+    (the same draws and the same operations)."""
+    torch.manual_seed(0)
+    fresh = network()
+    state = copy.deepcopy(fresh.state_dict())
+    plain = _gradients(fresh, fresh)
+    torch.manual_seed(0)
+    fresh = network()  # a new object: nothing known about its calls
+    fresh.load_state_dict(state)
+    checkpointed = _gradients(
+        fresh, lambda x: checkpoint(fresh, x, use_reentrant=False)
+    )
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=0, msg=name)
 
 
 def _reentrant_case(case: str) -> tuple[nn.Module, bnn.KullbackLeiblerLoss]:
