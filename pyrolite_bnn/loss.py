@@ -427,7 +427,10 @@ class KullbackLeiblerLoss(nn.Module):
                 "went into this one): the loss would count this network's KL "
                 "only, and the two passes' particles are not paired. Call both "
                 "inside one network: bnn.VISequential(first, second), or a "
-                "bnn.VIModule whose forward calls both"
+                "bnn.VIModule whose forward calls both. "
+                "torch.utils.checkpoint.checkpoint_sequential calls a network's "
+                "segments this way: checkpoint the whole network call instead, "
+                "checkpoint(net, x, use_reentrant=False)"
             )
         if output.dim() < 2 or output.shape[0] != record.samples:
             raise ValueError(

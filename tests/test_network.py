@@ -16,7 +16,7 @@ import torch
 from pyro.infer import Predictive, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 from torch.distributions import kl_divergence
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn._draws import called_repeatedly
@@ -866,6 +866,20 @@ def test_checkpointing_a_whole_network_call_gives_the_same_gradients() -> None:
     assert plain.keys() == checkpointed.keys()
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, msg=name)
+
+
+def test_checkpoint_sequential_is_refused_naming_the_whole_network_call() -> None:
+    """checkpoint_sequential calls a VISequential's segments as networks of
+    their own (output (10, 10, 10, 16, 1)); the loss refused it with the
+    generic message about separately called networks."""
+    seq = bnn.VISequential(
+        bnn.VILinear(3, 8), nn.Tanh(), bnn.VILinear(8, 8), bnn.VILinear(8, 2)
+    )
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    out = checkpoint_sequential(seq, 2, x, use_reentrant=False)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=16)
+    with pytest.raises(ValueError, match=r"checkpoint_sequential.*whole network"):
+        loss_fn(out, y)
 
 
 class _Tied(bnn.VIModule):
