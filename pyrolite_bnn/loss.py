@@ -9,7 +9,7 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn._capture import data_address, is_capturing
+from pyrolite_bnn._capture import data_address, is_capturing, is_wrapped
 from pyrolite_bnn._change_watch import UNTRAINED_STEPS, ChangeWatch
 from pyrolite_bnn._decay_watch import DecayWatch, is_scale_parameter
 from pyrolite_bnn._distributed import unwrap
@@ -381,7 +381,9 @@ class KullbackLeiblerLoss(nn.Module):
         """The loss from :meth:`terms` of an output of ``samples`` particles.
 
         ``batch`` is its number of examples (:meth:`check_batch`). Also sets
-        :attr:`last_nll` and :attr:`last_kl`.
+        :attr:`last_nll` and :attr:`last_kl` (not under ``torch.func``
+        transforms, whose tensors do not outlive them: those keep the values of
+        the last call outside one).
 
         Raises:
             ValueError: if ``samples`` or ``batch`` is below 1.
@@ -391,19 +393,30 @@ class KullbackLeiblerLoss(nn.Module):
         check_count(batch, "batch")
         norm = self.dataset_size if self.reduction == "mean" else 1
         data_factor = self.dataset_size / batch / samples / norm
-        self._last_terms = (log_lik.detach(), kl.detach(), -data_factor, 1 / norm)
+        # Under torch.func (grad, vmap) the terms are the transform's wrappers,
+        # which outlive it as unreadable, uncopyable tensors: not kept.
+        if not (is_wrapped(log_lik) or is_wrapped(kl)):
+            self._last_terms = (log_lik.detach(), kl.detach(), -data_factor, 1 / norm)
         self._watch_predictive()
         return kl * (self.heat / norm) - log_lik * data_factor
 
     @property
     def last_nll(self) -> Tensor:
-        """Detached data term of the last call (same reduction as the loss)."""
+        """Detached data term of the last call (same reduction as the loss).
+
+        Calls under ``torch.func`` transforms (``grad``, ``vmap``) leave it
+        as it was: the value of the last call outside one (``AttributeError``
+        before any).
+        """
         log_lik, _, factor, _ = self._last_call()
         return log_lik * factor
 
     @property
     def last_kl(self) -> Tensor:
-        """Detached KL term of the last call (same reduction, before heat)."""
+        """Detached KL term of the last call (same reduction, before heat).
+
+        Like :attr:`last_nll`, left as it was by calls under ``torch.func``.
+        """
         _, kl, _, factor = self._last_call()
         return kl * factor
 

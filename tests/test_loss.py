@@ -893,6 +893,39 @@ def test_torch_func_vmap_of_the_loss_gradient_over_tasks(estimator: str) -> None
     assert (loc[1] - loc[2]).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("transform", ["grad", "vmap(grad)"])
+def test_torch_func_transforms_leave_no_wrapped_tensors_in_the_loss(
+    transform: str,
+) -> None:
+    """The loss kept last_nll / last_kl as the transform's wrapped tensors:
+    after it, loss_fn.last_nll raised 'tensor may have escaped', and
+    copy.deepcopy / torch.save of the loss 'Cannot access storage of
+    TensorWrapper'. The last terms stay those of the last plain call."""
+    import copy
+    import io
+
+    from torch.func import functional_call, grad, vmap
+
+    step, x, y = _loss_of_network()
+    loss_fn = step.loss_fn
+    params = {name: p.detach() for name, p in step.named_parameters()}
+    with pytest.raises(AttributeError):  # no plain call yet
+        _ = loss_fn.last_nll
+    step(x, y)
+    nll, kl = loss_fn.last_nll.clone(), loss_fn.last_kl.clone()
+    if transform == "grad":
+        grad(lambda p: functional_call(step, p, (x, y)))(params)
+    else:
+        tasks_x, tasks_y = x.expand(3, *x.shape), y.expand(3, *y.shape)
+        vmap(_task_gradient(step), in_dims=(None, 0, 0), randomness="different")(
+            params, tasks_x, tasks_y
+        )
+    copy.deepcopy(step)
+    torch.save(loss_fn, io.BytesIO())
+    torch.testing.assert_close(loss_fn.last_nll, nll, rtol=0, atol=0)
+    torch.testing.assert_close(loss_fn.last_kl, kl, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("likelihood", "outputs", "targets", "invalid"),
     [
