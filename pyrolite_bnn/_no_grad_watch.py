@@ -16,6 +16,7 @@ made with them (:meth:`~pyrolite_bnn._draws.LazyDraws.read_only_without_gradient
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -43,13 +44,13 @@ def layer_path(variable: RandomVariable) -> str:
 
 def _checkpointed(output: Tensor) -> bool:
     """Whether ``output``'s graph holds a reentrant ``torch.utils.checkpoint``."""
-    seen: set[int] = set()
+    seen: dict[int, Any] = {}  # the nodes kept: a freed node's id is reused
     stack = [output.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         if type(node).__name__ == "CheckpointFunctionBackward":
             return True
         stack.extend(child for child, _ in node.next_functions)

@@ -409,14 +409,14 @@ def _reaches_folded_output(state: ParticleState, tensor: Tensor) -> bool:
     if not state.folded_outputs:
         return False
     pending: list[Any] = [tensor.grad_fn]
-    seen: set[int] = set()
+    seen: dict[int, Any] = {}  # the nodes kept: a freed node's id is reused
     while pending and len(seen) < _ANCESTORS_READ:
         node = pending.pop()
         if node is None or id(node) in seen:
             continue
         if id(node) in state.folded_outputs:
             return True
-        seen.add(id(node))
+        seen[id(node)] = node
         pending.extend(parent for parent, _ in node.next_functions)
     return False
 

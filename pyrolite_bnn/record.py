@@ -796,7 +796,10 @@ def _records_in_graph(
     found: list[ForwardRecord] = []
     if root is None:
         return found
-    seen = {id(root)} | {id(node) for node in stop_at}
+    # The nodes themselves are kept: torch may hand out a new Python object
+    # for a node at each access and free it after, and a freed object's id
+    # is reused (a set of ids ended the walk early, missing records).
+    seen = {id(node): node for node in (root, *stop_at)}
     stack = [root]
     while stack:
         node = stack.pop()
@@ -807,7 +810,7 @@ def _records_in_graph(
             continue
         for child, _ in node.next_functions:
             if child is not None and id(child) not in seen:
-                seen.add(id(child))
+                seen[id(child)] = child
                 stack.append(child)
     return found
 
