@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import types
 import weakref
@@ -252,6 +253,63 @@ def test_network_inside_a_pyro_module_parent_runs_again_and_trains(local: bool) 
     assert abs(float(parent.shift.detach()) - 5.0) < 0.1
     weight = parent.net.posterior["weight"].mean()
     torch.testing.assert_close(weight, torch.ones(1, 3), atol=0.05, rtol=0)
+
+
+def _pyro_container(deep: bool) -> nn.Module:
+    """Pyro's "Modules in Pyro" container, built in Pyro's global mode."""
+    from pyro.nn import PyroModule
+
+    layers = (bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    if deep:  # a plain container between the Pyro root and the layers
+        return PyroModule[nn.Sequential](nn.Sequential(*layers))
+    return PyroModule[nn.Sequential](*layers)
+
+
+def _every_path(net: nn.Module) -> dict[str, torch.Tensor]:
+    """What the library and Pyro compute on ``net``, each from seed 1."""
+    torch.manual_seed(0)
+    x, y = _problem(16)
+    loss_fn = _loss(16)
+    model = loss_fn.pyro_model(net)
+    paths: dict[str, Callable[[], torch.Tensor]] = {
+        "loss": lambda: loss_fn(net(x), y),
+        "predict": lambda: bnn.predict(net, x, bnn.Normal(scale=0.3), samples=8).mean,
+        "trace": lambda: poutine.trace(model).get_trace(x, y, samples=4).log_prob_sum(),
+        "Predictive": lambda: pyro.infer.Predictive(model, num_samples=2)(x, samples=4)[
+            "obs"
+        ],
+    }
+    values = {}
+    for name, path in paths.items():
+        pyro.set_rng_seed(1)
+        values[name] = path().detach()
+    pyro.set_rng_seed(1)
+    optim = pyro.optim.Adam({"lr": 0.01})
+    svi = SVI(model, bnn.ParticleGuide(net), optim, Trace_ELBO())
+    values["SVI"] = torch.tensor([svi.step(x, y, samples=4) for _ in range(3)])
+    assert None not in optim.get_state()  # Pyro's optimiser names every parameter
+    return values
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["layers", "plain-container"])
+def test_a_global_mode_pyro_module_root_runs_as_a_network(deep: bool) -> None:
+    """``PyroModule[nn.Sequential](bnn.VILinear(...), ...)``, built in Pyro's
+    default global mode (the "Modules in Pyro" tutorial's container), worked
+    when called but failed everywhere the library runs it (``predict``, the
+    Pyro model under ``poutine.trace``, ``Predictive``, ``SVI``): "'_Context'
+    object has no attribute 'param_state'". Each path now gives the values of
+    the same layers in a ``VISequential``, at the same weights and seed."""
+    net = _pyro_container(deep)
+    layers = copy.deepcopy(list(net[0] if deep else net))
+    reference = bnn.VISequential(*layers)
+    if deep:
+        reference = bnn.VISequential(reference)
+    assert reference.state_dict().keys() == net.state_dict().keys()
+    found, expected = _every_path(net), _every_path(reference)
+    for name in expected:
+        torch.testing.assert_close(
+            found[name], expected[name], rtol=0, atol=0, msg=name
+        )
 
 
 def test_network_trained_with_svi_joins_a_new_network() -> None:
