@@ -312,6 +312,27 @@ def test_a_global_mode_pyro_module_root_runs_as_a_network(deep: bool) -> None:
         )
 
 
+@pytest.mark.parametrize("container", [bnn.VISequential, nn.Sequential])
+def test_to_pyro_module_leaves_a_network_unchanged(container: type) -> None:
+    """``pyro.nn.module.to_pyro_module_(net)`` (Pyro's tutorial idiom) on a
+    network failed half-way, in the copy of the first prior it converted
+    ("'_Context' object has no attribute 'param_state'"), leaving a partly
+    converted network. Now it converts the whole network, which keeps its
+    parameters and computes what it did before, on every path."""
+    from pyro.nn.module import to_pyro_module_
+
+    net = container(bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    before = copy.deepcopy(net)
+    to_pyro_module_(net)
+    assert isinstance(net[0].prior["weight"], pyro.nn.PyroModule)
+    assert net.state_dict().keys() == before.state_dict().keys()
+    found, expected = _every_path(net), _every_path(before)
+    for name in expected:
+        torch.testing.assert_close(
+            found[name], expected[name], rtol=0, atol=0, msg=name
+        )
+
+
 def test_network_trained_with_svi_joins_a_new_network() -> None:
     """Parts of a network trained with ``SVI`` reused in a new one (a trained
     encoder under a new head) failed inside Pyro: "submodule 0 has executed
