@@ -303,12 +303,16 @@ def open_particle_plate(
 
 
 def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
-    """Refuse a default particle count above 1 where MCMC initialises a model.
+    """Refuse a particle count above 1 where MCMC initialises a model.
 
     In a Pyro model each particle is a network of its own whose sites weigh
     ``1 / S``: MCMC would sample ``S`` networks, each from the posterior
     tempered by ``1 / S`` (posterior standard deviations ~sqrt(S) too wide).
-    An autoguide finding its sites initialises the same way and is let be.
+    A count given with ``samples=`` is refused too: it asks for more
+    posterior draws, which come from the chain. Every MCMC kernel of Pyro
+    runs the model once under an ``InitMessenger`` first
+    (``initialize_model``), before any potential energy is computed. An
+    autoguide finding its sites initialises the same way and is let be.
 
     Raises:
         ValueError: naming ``samples=1``.
@@ -316,12 +320,13 @@ def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
     if count == 1 or not initialising_inference() or autoguide_running_model():
         return
     raise ValueError(
-        f"{type(root).__name__} runs its default {count} particles in a Pyro model "
-        "that an inference algorithm (MCMC) is initialising: each particle is a "
-        f"network of its own whose sites weigh 1/{count}, so MCMC would sample "
-        f"{count} networks, each from the posterior tempered by 1/{count}. Call it "
-        "with samples=1 in a model for MCMC (loss_fn.pyro_model(net) does that "
-        "by itself)"
+        f"{type(root).__name__} runs {count} particles (samples={count}) in a Pyro "
+        "model that an inference algorithm (MCMC) is initialising: each particle "
+        f"is a network of its own whose sites weigh 1/{count}, so MCMC would "
+        f"sample {count} networks, each from the posterior tempered by 1/{count} "
+        f"(standard deviations sqrt({count}) times too wide). Run one particle, "
+        "samples=1 (loss_fn.pyro_model(net) without samples= does that by "
+        "itself); more posterior draws come from the chain (num_samples)"
     )
 
 

@@ -767,8 +767,7 @@ class VIModule(LocalPyroModule):
         try:
             with local_params():
                 if pyro_wrapped():
-                    if samples is None and requested is None:
-                        _forward.refuse_particles_under_mcmc(self, count)
+                    _forward.refuse_particles_under_mcmc(self, count)
                     return _forward.pyro_run(self, state, device, args, kwargs)
                 return _forward.pytorch_run(self, state, device, args, kwargs)
         # torch's size errors name folded sizes (key padding: AssertionError).

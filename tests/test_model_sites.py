@@ -159,7 +159,9 @@ def test_two_networks_in_one_model_are_refused_with_what_works() -> None:
 def test_mcmc_on_a_model_running_the_default_particles_is_refused() -> None:
     """MCMC on a user model calling ``net(x)`` sampled the default 10
     particles, each from the posterior tempered by 1/10 (standard deviations
-    3.1-3.2x the closed form's): refused, naming ``samples=1``, which runs."""
+    3.1-3.2x the closed form's): refused, naming ``samples=1``, which runs.
+    So is an explicit ``samples=4``, which sampled the posterior tempered by
+    1/4 without a word."""
     net = bnn.VILinear(2, 1)
     x, y = _data()
 
@@ -176,6 +178,8 @@ def test_mcmc_on_a_model_running_the_default_particles_is_refused() -> None:
 
     with pytest.raises(ValueError, match="samples=1"):
         mcmc().run(x, y)
+    with pytest.raises(ValueError, match=r"tempered by 1/4.*samples=1"):
+        mcmc().run(x, y, samples=4)
     chain = mcmc()
     chain.run(x, y, samples=1)
     assert chain.get_samples()["weight"].shape == (2, 1, 1, 1, 2)
