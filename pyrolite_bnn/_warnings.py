@@ -19,8 +19,17 @@ _SKIPPED = (
 )
 
 
-def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+def warn_at_caller(
+    message: str,
+    category: type[Warning] = UserWarning,
+    *,
+    past: tuple[str, ...] = (),
+) -> None:
     """``warnings.warn`` attributed to the first frame outside the library.
+
+    ``past``: further folders whose frames are skipped (Pyro's, for a
+    warning about a statement of the user's model that Pyro's handlers pass
+    on to the library).
 
     Example:
         >>> import warnings
@@ -32,6 +41,7 @@ def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
     """
     level = 1
     frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
+    skipped = _SKIPPED + past
+    while frame is not None and frame.f_code.co_filename.startswith(skipped):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, category, stacklevel=level + 1)
