@@ -622,3 +622,36 @@ def test_a_child_forked_during_another_threads_call_starts_with_pyros_settings()
         thread.join()
     assert (setting, held) == (False, {})
     assert pyro.settings.get("module_local_params") is False
+
+
+def test_deterministic_site_unfolds_as_the_howto_says() -> None:
+    """A ``pyro.deterministic`` site in ``forward`` records the folded
+    activation, batch-major: ``Predictive`` returns ``(n, B * S, ...)``, and
+    docs/howto.rst's ``reshape(n, B, S, ...).transpose(1, 2)`` pairs each
+    row with its particle's weights (a user's ``reshape(n, S, B, ...)`` did
+    not)."""
+
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1 = bnn.VILinear(3, 4)
+            self.l2 = bnn.VILinear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = torch.tanh(self.l1(x))
+            pyro.deterministic("hidden", hidden)
+            out: torch.Tensor = self.l2(hidden)
+            return out
+
+    net = Net()
+    x = torch.randn(10, 3)
+    model = _loss(10).pyro_model(net)
+    sites = ["hidden", "l1.weight", "l1.bias"]
+    draws = pyro.infer.Predictive(
+        model, guide=net.guide, num_samples=5, return_sites=sites
+    )(x, samples=3)
+    assert draws["hidden"].shape == (5, 10 * 3, 4)
+    weight, bias = draws["l1.weight"][:, :, 0], draws["l1.bias"][:, :, 0]
+    expected = torch.tanh(torch.einsum("bi,nsoi->nsbo", x, weight) + bias[:, :, None])
+    unfolded = draws["hidden"].reshape(5, 10, 3, 4).transpose(1, 2)
+    torch.testing.assert_close(unfolded, expected, rtol=1e-5, atol=1e-6)
