@@ -57,7 +57,11 @@ from pyrolite_bnn._draws import (
     set_rng_state,
     using_draws,
 )
-from pyrolite_bnn._handlers import initialising_inference, innermost_trace_holds
+from pyrolite_bnn._handlers import (
+    initialising_inference,
+    innermost_trace_holds,
+    replayed_traces,
+)
 from pyrolite_bnn._network import (
     collect_variables,
     couples_examples,
@@ -74,7 +78,7 @@ from pyrolite_bnn._validation import (
     floating_dtype,
     is_validation_enabled,
 )
-from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     NormalMoments,
@@ -299,7 +303,39 @@ def open_particle_plate(
         )
         if drawn != state.samples:
             state = dataclasses.replace(state, samples=drawn)
+        elif drawn > 1 and state.root is not None:
+            warn_if_a_guide_drew_one_particle(state.root)
         yield state
+
+
+def warn_if_a_guide_drew_one_particle(root: nn.Module) -> None:
+    """Warn if the trace replayed into ``root``'s run drew its weights unplated.
+
+    A hand-written guide for one particle given straight to ``SVI`` (Pyro's
+    SVI tutorial's habit): its trace holds the network's weight sites but no
+    particle plate, so every particle takes its one draw, and Pyro's ELBO
+    then refuses the shapes ("Model and guide shapes disagree at site").
+    Assigned as ``net.guide`` it runs in the particle plate.
+    """
+    sites = None
+    for trace in replayed_traces():
+        if _particles.PLATE_NAME in trace.nodes:
+            continue
+        if sites is None:
+            sites = {variable.site for variable in collect_variables(root)}
+        held = sorted(sites & trace.nodes.keys())
+        if held:
+            warn_at_caller(
+                f"the guide replayed into this model drew the network's weight "
+                f"site {held[0]!r} without the particle plate "
+                f"({_particles.PLATE_NAME!r}): a guide for one particle passed "
+                "straight to SVI or an ELBO (Pyro then refuses the shapes: 'Model "
+                "and guide shapes disagree'). Assign it to the network and pass "
+                "the network's guide, net.guide = guide; SVI(model, net.guide, "
+                "...): it then draws every particle",
+                past=(PYRO_FOLDER,),
+            )
+            return
 
 
 def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:

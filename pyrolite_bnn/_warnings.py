@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import types
 import warnings
 
+import pyro
 import torch
 
-__all__ = ["warn_at_caller"]
+__all__ = ["PYRO_FOLDER", "warn_at_caller"]
 
-# Frames in these folders are skipped: the library's, and torch's module call
-# machinery (a loss is called through nn.Module.__call__).
+# Frames in these folders are skipped: the library's, torch's module call
+# machinery (a loss is called through nn.Module.__call__) and contextlib's
+# (a library context manager's body).
 _SKIPPED = (
     os.path.dirname(os.path.abspath(__file__)) + os.sep,
     os.path.dirname(os.path.abspath(torch.nn.modules.module.__file__)) + os.sep,
+    os.path.abspath(contextlib.__file__),
 )
+
+# Pyro's folder, for ``past``: a warning about a user's Pyro model names the
+# model's line, not the Pyro handler or inference code that ran it.
+PYRO_FOLDER = os.path.dirname(os.path.abspath(pyro.__file__)) + os.sep
 
 
 def warn_at_caller(

@@ -13,7 +13,6 @@ log-density of a ``(B,)`` target (``Expected [B], actual [S, B]``), and a plain
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from types import TracebackType
@@ -26,7 +25,7 @@ from torch import Tensor
 
 from pyrolite_bnn._particles import PLATE_DIM, PLATE_NAME
 from pyrolite_bnn._validation import check_count
-from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
 
 if TYPE_CHECKING:
     from pyro.poutine.runtime import Message
@@ -158,11 +157,6 @@ def particle_plate_name(site: Message[..., Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
-# Pyro's folder: a warning about a site of the user's model names the model's
-# line, not the Pyro handler that passed the site on.
-_PYRO = os.path.dirname(os.path.abspath(pyro.__file__)) + os.sep
-
-
 class PlainParticlePlates(Messenger):
     """Warn about an observed site in a plain plate over a network's particles.
 
@@ -222,7 +216,7 @@ class PlainParticlePlates(Messenger):
             "against the weights' KL. Observe the network's output in "
             "bnn.per_particle(out) instead (with bnn.per_particle(out), "
             "pyro.plate('data', B): ...)",
-            past=(_PYRO,),
+            past=(PYRO_FOLDER,),
         )
 
 

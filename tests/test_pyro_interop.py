@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -655,3 +656,27 @@ def test_deterministic_site_unfolds_as_the_howto_says() -> None:
     expected = torch.tanh(torch.einsum("bi,nsoi->nsbo", x, weight) + bias[:, :, None])
     unfolded = draws["hidden"].reshape(5, 10, 3, 4).transpose(1, 2)
     torch.testing.assert_close(unfolded, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_one_particle_guide_given_straight_to_svi_names_the_assignment() -> None:
+    """A hand-written guide passed straight to ``SVI`` (Pyro's SVI tutorial)
+    failed with Pyro's "Model and guide shapes disagree at site ...", which
+    does not say what to do. The model now warns first, naming
+    ``net.guide = guide``; assigned, the guide trains. With one particle the
+    straight guide fits the model and nothing is said."""
+    net = _net()
+    x, y = _problem()
+    model = _loss().pyro_model(net)
+    guide = _tutorial_guide(net)
+
+    def svi(guide: Callable[..., Any]) -> SVI:
+        return SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+
+    with (
+        pytest.warns(UserWarning, match=r"without the particle plate.*net.guide ="),
+        pytest.raises(ValueError, match="Model and guide shapes disagree"),
+    ):
+        svi(guide).step(x, y, samples=4)
+    assert np.isfinite(svi(guide).step(x, y, samples=1))
+    net.guide = guide
+    assert np.isfinite(svi(net.guide).step(x, y, samples=4))
