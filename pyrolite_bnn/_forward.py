@@ -57,7 +57,11 @@ from pyrolite_bnn._draws import (
     set_rng_state,
     using_draws,
 )
-from pyrolite_bnn._handlers import initialising_inference, innermost_trace_holds
+from pyrolite_bnn._handlers import (
+    initialising_inference,
+    innermost_trace_holds,
+    replayed_traces,
+)
 from pyrolite_bnn._network import (
     collect_variables,
     couples_examples,
@@ -74,7 +78,7 @@ from pyrolite_bnn._validation import (
     floating_dtype,
     is_validation_enabled,
 )
-from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     NormalMoments,
@@ -299,16 +303,52 @@ def open_particle_plate(
         )
         if drawn != state.samples:
             state = dataclasses.replace(state, samples=drawn)
+        elif drawn > 1 and state.root is not None:
+            warn_if_a_guide_drew_one_particle(state.root)
         yield state
 
 
+def warn_if_a_guide_drew_one_particle(root: nn.Module) -> None:
+    """Warn if the trace replayed into ``root``'s run drew its weights unplated.
+
+    A hand-written guide for one particle given straight to ``SVI`` (Pyro's
+    SVI tutorial's habit): its trace holds the network's weight sites but no
+    particle plate, so every particle takes its one draw, and Pyro's ELBO
+    then refuses the shapes ("Model and guide shapes disagree at site").
+    Assigned as ``net.guide`` it runs in the particle plate.
+    """
+    sites = None
+    for trace in replayed_traces():
+        if _particles.PLATE_NAME in trace.nodes:
+            continue
+        if sites is None:
+            sites = {variable.site for variable in collect_variables(root)}
+        held = sorted(sites & trace.nodes.keys())
+        if held:
+            warn_at_caller(
+                f"the guide replayed into this model drew the network's weight "
+                f"site {held[0]!r} without the particle plate "
+                f"({_particles.PLATE_NAME!r}): a guide for one particle passed "
+                "straight to SVI or an ELBO (Pyro then refuses the shapes: 'Model "
+                "and guide shapes disagree'). Assign it to the network and pass "
+                "the network's guide, net.guide = guide; SVI(model, net.guide, "
+                "...): it then draws every particle",
+                past=(PYRO_FOLDER,),
+            )
+            return
+
+
 def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
-    """Refuse a default particle count above 1 where MCMC initialises a model.
+    """Refuse a particle count above 1 where MCMC initialises a model.
 
     In a Pyro model each particle is a network of its own whose sites weigh
     ``1 / S``: MCMC would sample ``S`` networks, each from the posterior
     tempered by ``1 / S`` (posterior standard deviations ~sqrt(S) too wide).
-    An autoguide finding its sites initialises the same way and is let be.
+    A count given with ``samples=`` is refused too: it asks for more
+    posterior draws, which come from the chain. Every MCMC kernel of Pyro
+    runs the model once under an ``InitMessenger`` first
+    (``initialize_model``), before any potential energy is computed. An
+    autoguide finding its sites initialises the same way and is let be.
 
     Raises:
         ValueError: naming ``samples=1``.
@@ -316,12 +356,13 @@ def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
     if count == 1 or not initialising_inference() or autoguide_running_model():
         return
     raise ValueError(
-        f"{type(root).__name__} runs its default {count} particles in a Pyro model "
-        "that an inference algorithm (MCMC) is initialising: each particle is a "
-        f"network of its own whose sites weigh 1/{count}, so MCMC would sample "
-        f"{count} networks, each from the posterior tempered by 1/{count}. Call it "
-        "with samples=1 in a model for MCMC (loss_fn.pyro_model(net) does that "
-        "by itself)"
+        f"{type(root).__name__} runs {count} particles (samples={count}) in a Pyro "
+        "model that an inference algorithm (MCMC) is initialising: each particle "
+        f"is a network of its own whose sites weigh 1/{count}, so MCMC would "
+        f"sample {count} networks, each from the posterior tempered by 1/{count} "
+        f"(standard deviations sqrt({count}) times too wide). Run one particle, "
+        "samples=1 (loss_fn.pyro_model(net) without samples= does that by "
+        "itself); more posterior draws come from the chain (num_samples)"
     )
 
 

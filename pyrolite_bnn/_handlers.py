@@ -17,14 +17,17 @@ from typing import Any
 
 import pyro
 from pyro import poutine
+from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
 from pyro.poutine.trace_messenger import TraceMessenger
+from pyro.poutine.trace_struct import Trace
 
 __all__ = [
     "caller_handlers_set_aside",
     "initialising_inference",
     "innermost_trace_holds",
     "pyro_wrapped",
+    "replayed_traces",
     "traced_site_count",
 ]
 
@@ -90,6 +93,18 @@ def traced_site_count(name: str) -> int:
             )
             most = max(most, count)
     return most
+
+
+def replayed_traces() -> list[Trace]:
+    """The traces that ``poutine.replay`` handlers of the computation replay.
+
+    A Pyro ELBO replays the model against the guide's trace.
+    """
+    return [
+        handler.trace
+        for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]
+        if isinstance(handler, ReplayMessenger) and handler.trace is not None
+    ]
 
 
 def innermost_trace_holds(name: str) -> bool:

@@ -13,10 +13,11 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
+from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from pyrolite_bnn._pyro_module import structure_version
+from pyrolite_bnn._pyro_module import keep_store_in, structure_version
 from pyrolite_bnn._pyro_statements import pyro_statement_in, pyro_statement_refusal
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
 from pyrolite_bnn.variables import RandomVariable
@@ -56,6 +57,8 @@ def collect_variables(root: nn.Module) -> list[RandomVariable]:
 
     def visit(module: nn.Module, prefix: str) -> None:
         nonlocal plain_containers
+        if isinstance(module, PyroModule) and not isinstance(module, VIModule):
+            keep_store_in(module)  # a Pyro module of the user's, run in local mode
         if isinstance(module, VIModule):
             key = id(module)
             positions[key] = positions.get(key, 0) + 1

@@ -606,8 +606,7 @@ def open_pending_root(
     stack = ExitStack()
     stack.enter_context(local_params())
     if wrapped:  # a Pyro model: the particle plate and one site per weight
-        if requested is None:
-            refuse_particles_under_mcmc(root, count)
+        refuse_particles_under_mcmc(root, count)
         stack.enter_context(_particles.particle_plate(state.samples, device))
         stack.enter_context(_particles.particles(state))
         stack.enter_context(sampling_sites(SiteTable(collect_variables(root))))

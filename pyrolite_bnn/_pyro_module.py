@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import pyro
@@ -45,11 +45,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LocalPyroModule",
+    "ModeKeepingContext",
     "ParamStoreModule",
     "ParameterNames",
     "ParamsInModule",
     "StoreKeepingContext",
     "held_settings",
+    "keep_store_in",
     "linked_parameters",
     "linked_value",
     "local_params",
@@ -240,12 +242,16 @@ class LocalPyroModule(PyroModule):
         # mode has a context without a local store, which this module's calls
         # (local parameters) cannot enter ('_Context' object has no attribute
         # 'param_state'): keep this tree's own context then, and take the name.
+        # The library runs the parent tree in local mode too (the parent as the
+        # network's root, called by predict or a Pyro model): its context gets
+        # a local store (keep_store_in).
         # Pyro also refuses a tree that has run on its own before ("submodule
         # has executed outside of supermodule": its parameters could be in the
         # global store under old names); this tree's parameters are its
         # modules' own, so a network that ran (trained with SVI, say) joins a
         # new parent like a fresh one.
         if not hasattr(context, "param_state"):
+            keep_store_in(context)
             self.adopt_pyro_name(name)
             return
         _bump(self)
@@ -596,8 +602,15 @@ class StoreKeepingContext(_Context):
         self._kept: tuple[dict[Tensor, str], list[tuple[Tensor, Any]]] | None = None
         self._local_setting: contextlib.AbstractContextManager[Any] | None = None
 
+    # Whether an outermost call in global mode switches the local mode on.
+    switches_local_on: ClassVar[bool] = True
+
     def __enter__(self) -> None:
-        if not self.active and not pyro.settings.get("module_local_params"):
+        if (
+            self.switches_local_on
+            and not self.active
+            and not pyro.settings.get("module_local_params")
+        ):
             self._local_setting = held_settings(module_local_params=True)
             self._local_setting.__enter__()
         if not self.active and pyro.settings.get("module_local_params"):
@@ -629,6 +642,56 @@ class StoreKeepingContext(_Context):
         setting, self._local_setting = self._local_setting, None
         if setting is not None:
             setting.__exit__(exc_type, exc_value, traceback)
+
+
+class ModeKeepingContext(StoreKeepingContext):
+    """The call context of a Pyro module tree built in Pyro's global mode.
+
+    A :class:`StoreKeepingContext` that runs in the mode its caller is in: a
+    user's call in global mode is Pyro's global-mode call, a call of the
+    library (local mode) swaps in the tree's local store and keeps the
+    global store's names and links. Made by :func:`keep_store_in`.
+    """
+
+    switches_local_on: ClassVar[bool] = False
+
+
+def keep_store_in(target: _Context | nn.Module) -> None:
+    """Let a Pyro module tree built in Pyro's global mode run in local mode.
+
+    Pyro gives a ``PyroModule`` built with ``module_local_params`` off
+    (``PyroModule[nn.Sequential](...)`` in a user's script, the modules
+    ``to_pyro_module_`` converts) a call context without a local store, and
+    entering it with the setting on, as the library calls the modules of a
+    network, raised ``'_Context' object has no attribute 'param_state'``.
+    The context, shared by every module of the tree, becomes a
+    :class:`ModeKeepingContext` in place (its class and a local store are
+    all that change), so every module sharing it is served.
+
+    Args:
+        target: the context, or a module (a ``PyroModule``'s context; any
+            other module is left alone).
+
+    Example:
+        >>> from pyro.nn import PyroModule
+        >>> seq = PyroModule[nn.Sequential](nn.Linear(2, 2))
+        >>> keep_store_in(seq)
+        >>> with local_params():
+        ...     seq(torch.zeros(1, 2)).shape
+        torch.Size([1, 2])
+    """
+    if isinstance(target, nn.Module):
+        if not isinstance(target, PyroModule):
+            return
+        target = target.__dict__["_pyro_context"]
+    if isinstance(target, StoreKeepingContext):
+        return
+    if not hasattr(target, "param_state"):
+        target.param_state = {"params": {}, "constraints": {}}
+    target.__class__ = ModeKeepingContext
+    context = cast("ModeKeepingContext", target)
+    context._kept = None
+    context._local_setting = None
 
 
 _ORDERED_TABLES = ("_modules", "_parameters", "_buffers")

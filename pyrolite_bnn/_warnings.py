@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import types
 import warnings
 
+import pyro
 import torch
 
-__all__ = ["warn_at_caller"]
+__all__ = ["PYRO_FOLDER", "warn_at_caller"]
 
-# Frames in these folders are skipped: the library's, and torch's module call
-# machinery (a loss is called through nn.Module.__call__).
+# Frames in these folders are skipped: the library's, torch's module call
+# machinery (a loss is called through nn.Module.__call__) and contextlib's
+# (a library context manager's body).
 _SKIPPED = (
     os.path.dirname(os.path.abspath(__file__)) + os.sep,
     os.path.dirname(os.path.abspath(torch.nn.modules.module.__file__)) + os.sep,
+    os.path.abspath(contextlib.__file__),
 )
 
+# Pyro's folder, for ``past``: a warning about a user's Pyro model names the
+# model's line, not the Pyro handler or inference code that ran it.
+PYRO_FOLDER = os.path.dirname(os.path.abspath(pyro.__file__)) + os.sep
 
-def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+
+def warn_at_caller(
+    message: str,
+    category: type[Warning] = UserWarning,
+    *,
+    past: tuple[str, ...] = (),
+) -> None:
     """``warnings.warn`` attributed to the first frame outside the library.
+
+    ``past``: further folders whose frames are skipped (Pyro's, for a
+    warning about a statement of the user's model that Pyro's handlers pass
+    on to the library).
 
     Example:
         >>> import warnings
@@ -32,6 +49,7 @@ def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
     """
     level = 1
     frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
+    skipped = _SKIPPED + past
+    while frame is not None and frame.f_code.co_filename.startswith(skipped):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, category, stacklevel=level + 1)

@@ -45,6 +45,12 @@ whatever the estimator. The random-number state is rewound
 first, so under the same seed the value is Pyro's. Random plain modules
 (``nn.Dropout``) draw in another order than in Pyro's run, so with them the
 two agree in expectation, not draw for draw.
+
+On the parent's path the model runs under
+:class:`~pyrolite_bnn.model_sites.PlainParticlePlates`: a user's model that
+observes a network's output inside a plain ``pyro.plate`` over its particles
+(the data counted ``S`` times) gets a warning naming
+:func:`~pyrolite_bnn.per_particle`.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ from pyrolite_bnn._validation import check_count, checks_on
 from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.layers._options import EstimatorLayer
 from pyrolite_bnn.loss import PyroModel
+from pyrolite_bnn.model_sites import watching_particle_plates
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import KLMode
 
@@ -251,7 +258,8 @@ class Trace_ELBO(pyro.infer.Trace_ELBO):
                 value = _fast_loss(model, guide, args, kwargs, self.kl_mode)
             if value is not None:
                 return float(torch_item(value))
-        return float(super().loss(model, guide, *args, **kwargs))  # type: ignore[no-untyped-call]
+        watched = watching_particle_plates(model)
+        return float(super().loss(watched, guide, *args, **kwargs))  # type: ignore[no-untyped-call]
 
     def differentiable_loss(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
@@ -261,7 +269,8 @@ class Trace_ELBO(pyro.infer.Trace_ELBO):
             value = _fast_loss(model, guide, args, kwargs, self.kl_mode)
             if value is not None:
                 return value
-        return super().differentiable_loss(model, guide, *args, **kwargs)  # type: ignore[no-untyped-call]
+        watched = watching_particle_plates(model)
+        return super().differentiable_loss(watched, guide, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Any:
         """The negative ELBO; its gradients are accumulated in the parameters."""
@@ -270,7 +279,8 @@ class Trace_ELBO(pyro.infer.Trace_ELBO):
             if value is not None:
                 torch.autograd.backward(value, retain_graph=self.retain_graph)
                 return torch_item(value.detach())
-        return super().loss_and_grads(model, guide, *args, **kwargs)  # type: ignore[no-untyped-call]
+        watched = watching_particle_plates(model)
+        return super().loss_and_grads(watched, guide, *args, **kwargs)  # type: ignore[no-untyped-call]
 
 
 class TraceMeanField_ELBO(Trace_ELBO, pyro.infer.TraceMeanField_ELBO):

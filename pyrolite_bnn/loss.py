@@ -19,6 +19,7 @@ from pyrolite_bnn._forward import (
     network_args,
     open_particle_plate,
     prepare,
+    refuse_particles_under_mcmc,
     run_sites,
 )
 from pyrolite_bnn._handlers import initialising_inference
@@ -634,8 +635,10 @@ class KullbackLeiblerLoss(nn.Module):
         :class:`~pyro.infer.autoguide.initialization.InitMessenger`) therefore
         uses one particle in that run and every later run (the potential
         energy, ``Predictive`` on the chain's draws). ``mcmc.run(x, y,
-        samples=1)`` says the same explicitly; an explicit ``samples=`` is
-        obeyed, except against a replayed guide trace (above). SVI with
+        samples=1)`` says the same explicitly; an explicit ``samples=`` above
+        1 there is refused (more posterior draws come from the chain's
+        ``num_samples``). Elsewhere an explicit ``samples=`` is obeyed, except
+        against a replayed guide trace (above). SVI with
         ``model.guide`` on the same callable still runs the guide's particles
         after MCMC; ``Predictive(pyro_model, guide=model.guide)`` there needs
         ``samples=`` passed explicitly (it conditions the model on the guide's
@@ -779,8 +782,9 @@ class PyroModel:
 
         Raises:
             ValueError: if ``loss_fn.heat`` is not 1 (the Pyro model is
-                untempered), or if a weight site's value (set by a handler)
-                has a shape the particle plate cannot use.
+                untempered), if MCMC initialises it with ``samples=`` above 1
+                (a tempered posterior), or if a weight site's value (set by a
+                handler) has a shape the particle plate cannot use.
             TypeError: if an autoguide built on this model (instead of
                 ``model.prior_model``) runs it.
         """
@@ -795,6 +799,7 @@ class PyroModel:
         count = (
             getattr(network, "samples", DEFAULT_SAMPLES) if samples is None else samples
         )
+        refuse_particles_under_mcmc(network, count)
         args = network_args(x)
         state, device = prepare(network, args, {}, count)
         with local_params(), open_particle_plate(state, device) as state:

@@ -12,6 +12,8 @@ log-density of a ``(B,)`` target (``Expected [B], actual [S, B]``), and a plain
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from contextlib import ExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -21,13 +23,20 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
-from pyrolite_bnn._particles import PLATE_NAME
+from pyrolite_bnn._particles import PLATE_DIM, PLATE_NAME
 from pyrolite_bnn._validation import check_count
+from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
 
 if TYPE_CHECKING:
     from pyro.poutine.runtime import Message
 
-__all__ = ["ParticlePlate", "particle_plate_name", "per_particle"]
+__all__ = [
+    "ParticlePlate",
+    "PlainParticlePlates",
+    "particle_plate_name",
+    "per_particle",
+    "watching_particle_plates",
+]
 
 # The key of a sample site's ``infer`` dict that names its particle plate.
 _PLATE_KEY = "pyrolite_particle_plate"
@@ -146,3 +155,86 @@ def particle_plate_name(site: Message[..., Any]) -> str | None:
     """
     name = (site.get("infer") or {}).get(_PLATE_KEY)
     return name if isinstance(name, str) else None
+
+
+class PlainParticlePlates(Messenger):
+    """Warn about an observed site in a plain plate over a network's particles.
+
+    A user's model that observes a network's ``(S, B)`` output inside
+    ``pyro.plate("particles2", S, dim=-2)`` (what Pyro's shape error
+    suggests) counts the data ``S`` times against the weights' KL: the
+    weight sites weigh ``1 / S`` each, the observations 1. A site is
+    reported when it is observed, lies in a plate of the network's particle
+    count ``S > 1`` at the particle dimension (``-2``) that is neither the
+    network's own nor a :func:`per_particle` plate, and carries no scale
+    beyond its plates' subsampling (a ``poutine.scale(1 / S)`` of the user's
+    own is left alone, as is a data plate at ``-2`` of another size). The
+    count is read from the network's particle plate on its weight sites.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._particles = 0
+
+    def _pyro_post_sample(self, msg: Message[..., Any]) -> None:
+        frames = msg["cond_indep_stack"]
+        for frame in frames:
+            if frame.name == PLATE_NAME:
+                self._particles = frame.size
+        if (
+            self._particles < 2
+            or not msg["is_observed"]
+            or particle_plate_name(msg) is not None
+        ):
+            return
+        plate = next(
+            (
+                frame.name
+                for frame in frames
+                if frame.dim == PLATE_DIM
+                and frame.name != PLATE_NAME
+                and frame.size == self._particles
+            ),
+            None,
+        )
+        if plate is None:
+            return
+        scale = msg["scale"]
+        if isinstance(scale, Tensor):
+            if scale.numel() != 1:  # weights of the user's own
+                return
+            scale = float(scale)
+        subsampling = math.prod((f.full_size or f.size) / f.size for f in frames)
+        if not math.isclose(scale, subsampling):
+            return
+        count = self._particles
+        warn_at_caller(
+            f"the observed site {msg['name']!r} lies in pyro.plate({plate!r}, "
+            f"{count}, dim={PLATE_DIM}), over the network's {count} particles, "
+            f"which weighs each particle's observations 1, not 1/{count} as the "
+            f"network's weight sites: the ELBO counts the data {count} times "
+            "against the weights' KL. Observe the network's output in "
+            "bnn.per_particle(out) instead (with bnn.per_particle(out), "
+            "pyro.plate('data', B): ...)",
+            past=(PYRO_FOLDER,),
+        )
+
+
+def watching_particle_plates(model: Callable[..., Any]) -> Callable[..., Any]:
+    """``model`` run under :class:`PlainParticlePlates` (the library's ELBOs).
+
+    Example:
+        >>> import pyro, torch
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> watched = watching_particle_plates(model)
+        >>> sorted(pyro.poutine.trace(watched).get_trace().nodes)
+        ['_INPUT', '_RETURN', 'z']
+    """
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        with PlainParticlePlates():
+            return model(*args, **kwargs)
+
+    return watched

@@ -39,6 +39,7 @@ from pyrolite_bnn._draws import called_repeatedly, current_draws, particle_weigh
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._pyro_module import (
     LocalPyroModule,
+    keep_store_in,
     local_params,
     public_settings,
 )
@@ -232,6 +233,7 @@ def _prior_set_up(
         ValueError: naming the variable, if the prior does not fit it.
     """
     module = as_prior(prior)
+    keep_store_in(module)  # a Pyro module (to_pyro_module_) is run in local mode
     try:
         module.declare_for(shape, units)  # hyperparameters fit the weight
         # The prior's buffers go where the posterior's parameters are (also
@@ -765,8 +767,7 @@ class VIModule(LocalPyroModule):
         try:
             with local_params():
                 if pyro_wrapped():
-                    if samples is None and requested is None:
-                        _forward.refuse_particles_under_mcmc(self, count)
+                    _forward.refuse_particles_under_mcmc(self, count)
                     return _forward.pyro_run(self, state, device, args, kwargs)
                 return _forward.pytorch_run(self, state, device, args, kwargs)
         # torch's size errors name folded sizes (key padding: AssertionError).

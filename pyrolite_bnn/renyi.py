@@ -54,7 +54,7 @@ from torch import Tensor
 from pyrolite_bnn._particles import PLATE_NAME
 from pyrolite_bnn._validation import check_count, check_real
 from pyrolite_bnn.distributions._precision import full_precision
-from pyrolite_bnn.model_sites import particle_plate_name
+from pyrolite_bnn.model_sites import particle_plate_name, watching_particle_plates
 
 if TYPE_CHECKING:
     from pyro.poutine.runtime import Message
@@ -111,6 +111,7 @@ class RenyiELBO(pyro.infer.RenyiELBO):
     @torch.no_grad()
     def loss(self, model: Model, guide: Model, *args: Any, **kwargs: Any) -> float:
         """The negated bound over all ``K x S`` draws (a float)."""
+        model = watching_particle_plates(model)
         traces = self._get_traces(model, guide, args, kwargs)  # type: ignore[no-untyped-call]
         computed = self._bound(traces, with_surrogate=False)
         if isinstance(computed, _Drawn):
@@ -122,6 +123,7 @@ class RenyiELBO(pyro.infer.RenyiELBO):
         self, model: Model, guide: Model, *args: Any, **kwargs: Any
     ) -> float:
         """The negated bound; its gradient is accumulated into the parameters."""
+        model = watching_particle_plates(model)
         traces = self._get_traces(model, guide, args, kwargs)  # type: ignore[no-untyped-call]
         computed = self._bound(traces, with_surrogate=True)
         if isinstance(computed, _Drawn):

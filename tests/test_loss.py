@@ -413,12 +413,38 @@ def test_explicit_samples_and_other_runs_keep_their_particles() -> None:
     x, y, loss_fn = _regression()
     net = bnn.VILinear(2, 1)
     _, _, _, trace = initialize_model(
-        loss_fn.pyro_model(net), model_args=(x, y), model_kwargs={"samples": 3}
+        loss_fn.pyro_model(net), model_args=(x, y), model_kwargs={"samples": 1}
     )
-    assert trace.nodes["weight"]["value"].shape == (3, 1, 1, 2)
+    assert trace.nodes["weight"]["value"].shape == (1, 1, 1, 2)
     # Outside initialisation (SVI, Predictive with a guide): model.samples.
     trace = poutine.trace(loss_fn.pyro_model(net)).get_trace(x, y)
     assert trace.nodes["weight"]["value"].shape == (10, 1, 1, 2)
+    trace = poutine.trace(loss_fn.pyro_model(net)).get_trace(x, y, samples=3)
+    assert trace.nodes["weight"]["value"].shape == (3, 1, 1, 2)
+
+
+@pytest.mark.parametrize("root", ["layer", "plain"])
+def test_mcmc_with_explicit_samples_above_one_is_refused(root: str) -> None:
+    """``mcmc.run(x, y, samples=4)`` (a Pyro user asking for more draws) ran
+    4 particles whose sites weigh 1/4: NUTS sampled the posterior tempered
+    by 1/4, standard deviations twice the closed form's ([0.59, 0.107,
+    0.175, 0.358] vs [0.288, 0.051, 0.083, 0.174] on a linear regression),
+    without a word. Refused at the chain's initialisation, naming
+    ``samples=1``; that count runs."""
+    x, y, loss_fn = _regression()
+    layer = bnn.VILinear(2, 1)
+    net = layer if root == "layer" else nn.Sequential(layer, nn.Identity())
+
+    def chain() -> MCMC:
+        kernel = NUTS(loss_fn.pyro_model(net), max_tree_depth=2)
+        return MCMC(kernel, num_samples=2, warmup_steps=2, disable_progbar=True)
+
+    with pytest.raises(ValueError, match=r"tempered by 1/4.*samples=1"):
+        chain().run(x, y, samples=4)
+    mcmc = chain()
+    mcmc.run(x, y, samples=1)
+    site = "weight" if root == "layer" else "0.weight"
+    assert mcmc.get_samples()[site].shape[:2] == (2, 1)
 
 
 def test_pyro_model_refuses_a_tempered_loss_naming_its_heat() -> None:

@@ -9,6 +9,8 @@ against an exact -ELBO of 140.6 at ``S = 8`` (probe of 2026-12-01).
 
 from __future__ import annotations
 
+import contextlib
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -159,7 +161,9 @@ def test_two_networks_in_one_model_are_refused_with_what_works() -> None:
 def test_mcmc_on_a_model_running_the_default_particles_is_refused() -> None:
     """MCMC on a user model calling ``net(x)`` sampled the default 10
     particles, each from the posterior tempered by 1/10 (standard deviations
-    3.1-3.2x the closed form's): refused, naming ``samples=1``, which runs."""
+    3.1-3.2x the closed form's): refused, naming ``samples=1``, which runs.
+    So is an explicit ``samples=4``, which sampled the posterior tempered by
+    1/4 without a word."""
     net = bnn.VILinear(2, 1)
     x, y = _data()
 
@@ -176,6 +180,8 @@ def test_mcmc_on_a_model_running_the_default_particles_is_refused() -> None:
 
     with pytest.raises(ValueError, match="samples=1"):
         mcmc().run(x, y)
+    with pytest.raises(ValueError, match=r"tempered by 1/4.*samples=1"):
+        mcmc().run(x, y, samples=4)
     chain = mcmc()
     chain.run(x, y, samples=1)
     assert chain.get_samples()["weight"].shape == (2, 1, 1, 1, 2)
@@ -334,3 +340,69 @@ def test_network_called_inside_a_data_plate_is_refused_with_what_works() -> None
         NotImplementedError, match=r"found plate 'data'.*before opening"
     ):
         Trace_ELBO().loss(model, guide)
+
+
+_PLATES = {
+    # a plain plate over the particles: the data counted S times (warns)
+    "plain": lambda s, b: (pyro.plate("particles2", s, dim=-2),),
+    # the remedy, and a user's own 1/S weight: no warning
+    "per_particle": lambda s, b: (bnn.per_particle(s),),
+    "scaled": lambda s, b: (
+        pyro.plate("particles2", s, dim=-2),
+        pyro.poutine.scale(scale=1.0 / s),
+    ),
+}
+
+
+@pytest.mark.parametrize("plate", sorted(_PLATES))
+@pytest.mark.parametrize(
+    "elbo", [bnn.Trace_ELBO, bnn.TraceMeanField_ELBO, bnn.RenyiELBO]
+)
+def test_observing_in_a_plain_plate_over_the_particles_warns(
+    plate: str, elbo: type
+) -> None:
+    """A user's model observing the network's ``(S, B)`` output inside
+    ``pyro.plate("particles2", S, dim=-2)`` (the fix Pyro's shape error
+    suggests) counts the data ``S`` times: -ELBO 753.20 against 347.48 with
+    ``bnn.per_particle`` (probe of 2026-12). The library's ELBOs warn, naming
+    ``bnn.per_particle``; the remedy, a plate carrying its own ``1 / S`` and
+    a data plate (subsampled, scale ``N / B``) inside give no warning
+    (warnings are errors in the tests)."""
+    net = _net()
+    x, y = _data()
+    samples = 4
+
+    def model(x: Tensor, y: Tensor | None = None) -> None:
+        out = net(x, samples=samples).squeeze(-1)
+        with contextlib.ExitStack() as stack:
+            for context in _PLATES[plate](samples, len(x)):
+                stack.enter_context(context)
+            stack.enter_context(pyro.plate("data", 36, subsample=torch.arange(12)))
+            pyro.sample("obs", dist.Normal(out, NOISE), obs=y)
+
+    def guide(x: Tensor, y: Tensor | None = None) -> None:
+        net.guide(samples=samples)
+
+    if plate != "plain":
+        elbo().loss(model, guide, x, y)
+        return
+    with pytest.warns(UserWarning, match=r"'obs'.*data 4 times.*bnn.per_particle"):
+        elbo().loss(model, guide, x, y)
+
+
+def test_a_data_plate_at_the_particle_dimension_does_not_warn() -> None:
+    """A plate of the user's at dim -2 whose size is not the particle count
+    (a second data dimension) is no plate over the particles."""
+    net = _net()
+    x, _ = _data()
+    y = torch.randn(3, 12)
+
+    def model(x: Tensor, y: Tensor | None = None) -> None:
+        out = net(x, samples=4).squeeze(-1).mean(0)
+        with pyro.plate("rows", 3, dim=-2), pyro.plate("data", 12):
+            pyro.sample("obs", dist.Normal(out, NOISE), obs=y)
+
+    def guide(x: Tensor, y: Tensor | None = None) -> None:
+        net.guide(samples=4)
+
+    bnn.Trace_ELBO().loss(model, guide, x, y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import types
 import weakref
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -252,6 +254,84 @@ def test_network_inside_a_pyro_module_parent_runs_again_and_trains(local: bool) 
     assert abs(float(parent.shift.detach()) - 5.0) < 0.1
     weight = parent.net.posterior["weight"].mean()
     torch.testing.assert_close(weight, torch.ones(1, 3), atol=0.05, rtol=0)
+
+
+def _pyro_container(deep: bool) -> nn.Module:
+    """Pyro's "Modules in Pyro" container, built in Pyro's global mode."""
+    from pyro.nn import PyroModule
+
+    layers = (bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    if deep:  # a plain container between the Pyro root and the layers
+        return PyroModule[nn.Sequential](nn.Sequential(*layers))
+    return PyroModule[nn.Sequential](*layers)
+
+
+def _every_path(net: nn.Module) -> dict[str, torch.Tensor]:
+    """What the library and Pyro compute on ``net``, each from seed 1."""
+    torch.manual_seed(0)
+    x, y = _problem(16)
+    loss_fn = _loss(16)
+    model = loss_fn.pyro_model(net)
+    paths: dict[str, Callable[[], torch.Tensor]] = {
+        "loss": lambda: loss_fn(net(x), y),
+        "predict": lambda: bnn.predict(net, x, bnn.Normal(scale=0.3), samples=8).mean,
+        "trace": lambda: poutine.trace(model).get_trace(x, y, samples=4).log_prob_sum(),
+        "Predictive": lambda: pyro.infer.Predictive(model, num_samples=2)(x, samples=4)[
+            "obs"
+        ],
+    }
+    values = {}
+    for name, path in paths.items():
+        pyro.set_rng_seed(1)
+        values[name] = path().detach()
+    pyro.set_rng_seed(1)
+    optim = pyro.optim.Adam({"lr": 0.01})
+    svi = SVI(model, bnn.ParticleGuide(net), optim, Trace_ELBO())
+    values["SVI"] = torch.tensor([svi.step(x, y, samples=4) for _ in range(3)])
+    assert None not in optim.get_state()  # Pyro's optimiser names every parameter
+    return values
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["layers", "plain-container"])
+def test_a_global_mode_pyro_module_root_runs_as_a_network(deep: bool) -> None:
+    """``PyroModule[nn.Sequential](bnn.VILinear(...), ...)``, built in Pyro's
+    default global mode (the "Modules in Pyro" tutorial's container), worked
+    when called but failed everywhere the library runs it (``predict``, the
+    Pyro model under ``poutine.trace``, ``Predictive``, ``SVI``): "'_Context'
+    object has no attribute 'param_state'". Each path now gives the values of
+    the same layers in a ``VISequential``, at the same weights and seed."""
+    net = _pyro_container(deep)
+    layers = copy.deepcopy(list(net[0] if deep else net))
+    reference = bnn.VISequential(*layers)
+    if deep:
+        reference = bnn.VISequential(reference)
+    assert reference.state_dict().keys() == net.state_dict().keys()
+    found, expected = _every_path(net), _every_path(reference)
+    for name in expected:
+        torch.testing.assert_close(
+            found[name], expected[name], rtol=0, atol=0, msg=name
+        )
+
+
+@pytest.mark.parametrize("container", [bnn.VISequential, nn.Sequential])
+def test_to_pyro_module_leaves_a_network_unchanged(container: type) -> None:
+    """``pyro.nn.module.to_pyro_module_(net)`` (Pyro's tutorial idiom) on a
+    network failed half-way, in the copy of the first prior it converted
+    ("'_Context' object has no attribute 'param_state'"), leaving a partly
+    converted network. Now it converts the whole network, which keeps its
+    parameters and computes what it did before, on every path."""
+    from pyro.nn.module import to_pyro_module_
+
+    net = container(bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    before = copy.deepcopy(net)
+    to_pyro_module_(net)
+    assert isinstance(net[0].prior["weight"], pyro.nn.PyroModule)
+    assert net.state_dict().keys() == before.state_dict().keys()
+    found, expected = _every_path(net), _every_path(before)
+    for name in expected:
+        torch.testing.assert_close(
+            found[name], expected[name], rtol=0, atol=0, msg=name
+        )
 
 
 def test_network_trained_with_svi_joins_a_new_network() -> None:
@@ -543,3 +623,60 @@ def test_a_child_forked_during_another_threads_call_starts_with_pyros_settings()
         thread.join()
     assert (setting, held) == (False, {})
     assert pyro.settings.get("module_local_params") is False
+
+
+def test_deterministic_site_unfolds_as_the_howto_says() -> None:
+    """A ``pyro.deterministic`` site in ``forward`` records the folded
+    activation, batch-major: ``Predictive`` returns ``(n, B * S, ...)``, and
+    docs/howto.rst's ``reshape(n, B, S, ...).transpose(1, 2)`` pairs each
+    row with its particle's weights (a user's ``reshape(n, S, B, ...)`` did
+    not)."""
+
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1 = bnn.VILinear(3, 4)
+            self.l2 = bnn.VILinear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = torch.tanh(self.l1(x))
+            pyro.deterministic("hidden", hidden)
+            out: torch.Tensor = self.l2(hidden)
+            return out
+
+    net = Net()
+    x = torch.randn(10, 3)
+    model = _loss(10).pyro_model(net)
+    sites = ["hidden", "l1.weight", "l1.bias"]
+    draws = pyro.infer.Predictive(
+        model, guide=net.guide, num_samples=5, return_sites=sites
+    )(x, samples=3)
+    assert draws["hidden"].shape == (5, 10 * 3, 4)
+    weight, bias = draws["l1.weight"][:, :, 0], draws["l1.bias"][:, :, 0]
+    expected = torch.tanh(torch.einsum("bi,nsoi->nsbo", x, weight) + bias[:, :, None])
+    unfolded = draws["hidden"].reshape(5, 10, 3, 4).transpose(1, 2)
+    torch.testing.assert_close(unfolded, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_one_particle_guide_given_straight_to_svi_names_the_assignment() -> None:
+    """A hand-written guide passed straight to ``SVI`` (Pyro's SVI tutorial)
+    failed with Pyro's "Model and guide shapes disagree at site ...", which
+    does not say what to do. The model now warns first, naming
+    ``net.guide = guide``; assigned, the guide trains. With one particle the
+    straight guide fits the model and nothing is said."""
+    net = _net()
+    x, y = _problem()
+    model = _loss().pyro_model(net)
+    guide = _tutorial_guide(net)
+
+    def svi(guide: Callable[..., Any]) -> SVI:
+        return SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+
+    with (
+        pytest.warns(UserWarning, match=r"without the particle plate.*net.guide ="),
+        pytest.raises(ValueError, match="Model and guide shapes disagree"),
+    ):
+        svi(guide).step(x, y, samples=4)
+    assert np.isfinite(svi(guide).step(x, y, samples=1))
+    net.guide = guide
+    assert np.isfinite(svi(net.guide).step(x, y, samples=4))
