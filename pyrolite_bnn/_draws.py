@@ -216,6 +216,9 @@ class LazyDraws:
         # per weight, kept when asked (keeping_noise_sums) for the Monte-Carlo
         # KL, which then needs no replayed draw.
         self.noise_sums: list[tuple[Tensor, Tensor] | None] = [None] * count
+        # Variables whose moments were dropped (release_moments): computed
+        # again from their posteriors when read.
+        self._released = [False] * count
         self._drawn = 0
         self._read = False
         self._moments_read = [False] * count
@@ -315,6 +318,36 @@ class LazyDraws:
         index = self.index.get(key)
         return index is not None and self.use_moments[index]
 
+    def moments_at(self, index: int) -> NormalMoments | None:
+        """The moments of variable ``index`` (``None``: not a mean-field Normal).
+
+        Moments dropped by :meth:`release_moments` are computed again from the
+        posterior, in the grad mode of now (the values of the pass while its
+        parameters are unchanged).
+        """
+        if self._released[index]:
+            posterior = self.variables[index].posterior
+            assert isinstance(posterior, MeanFieldNormalPosterior)
+            self.moments[index] = NormalMoments(*posterior.normal_params())
+            self._released[index] = False
+        return self.moments[index]
+
+    def release_moments(self) -> None:
+        """Drop the moments kept for the pass (the KL term took them).
+
+        A scale ``softplus(rho)`` is a tensor the size of its weights; the
+        record of a pass is kept as long as its output's autograd graph, so a
+        loss tensor kept after ``backward()`` (``losses.append(loss)``) kept a
+        copy of every posterior scale. Nothing is dropped while a graph is
+        captured (its values are the graph's).
+        """
+        if self._keep or is_capturing():
+            return
+        for index, moments in enumerate(self.moments):
+            if moments is not None:
+                self.moments[index] = None
+                self._released[index] = True
+
     def finish(self) -> None:
         """Draw the variables no layer read, as the traced guide would."""
         self._draw_through(len(self.variables) - 1)
@@ -330,7 +363,7 @@ class LazyDraws:
             return None
         return _replay_draw(
             self.variables[index],
-            self.moments[index],
+            self.moments_at(index),
             self.samples,
             state,
             device,
@@ -407,7 +440,7 @@ class LazyDraws:
         self.grad_enabled = True
         for i, variable in enumerate(self.variables):
             posterior = variable.posterior
-            if self.moments[i] is not None:
+            if self.moments_at(i) is not None:
                 assert isinstance(posterior, MeanFieldNormalPosterior)
                 self.moments[i] = NormalMoments(*posterior.normal_params())
             if self.states[i] is not None:

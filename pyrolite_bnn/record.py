@@ -428,7 +428,7 @@ class LayerRecord(ForwardRecord):
         groups: dict[Hashable, tuple[Prior, list[NormalMoments]]] = {}
         with distribution_checks_off():
             for index, variable in enumerate(self.variables):
-                moments = _widened(self.draws.moments[index])
+                moments = _widened(self.draws.moments_at(index))
                 if mode != "mc" and moments is not None:
                     prior = variable.module.prior[variable.name]
                     assert isinstance(prior, Prior)
@@ -460,6 +460,9 @@ class LayerRecord(ForwardRecord):
                 total = total + term
             for prior, group in groups.values():
                 total = total + _group_closed_form(prior, group)
+        # The KL is the moments' last reader in a loss: a loss tensor kept after
+        # backward() keeps this record (on its graph) but not the scales.
+        self.draws.release_moments()
         return torch.as_tensor(total)
 
     def guide_parameters(self) -> dict[str, Tensor]:
