@@ -41,6 +41,7 @@ from pyrolite_bnn._draw_budget import DRAWING_FACTOR, DrawSizes
 from pyrolite_bnn._draws import generators_held, rng_state, set_rng_state
 from pyrolite_bnn._fixed_weights import FixedWeights
 from pyrolite_bnn._forward import call_network, network_args
+from pyrolite_bnn._host_memory import available_bytes
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._mode_warnings import warn_batch_statistics, warn_dropout
@@ -81,8 +82,8 @@ _PROBE_INPUTS = 4
 # the plain torch op; with two, the batched code the prediction runs, with its
 # copies per particle (a GRU's: 40 % more per particle than with one).
 _PROBE_PARTICLES = 2
-# Share of a CUDA device's free memory one chunk may use by default.
-_CUDA_FREE_SHARE = 4
+# Share of the free memory (a CUDA device's, the host's) predict takes by default.
+_FREE_SHARE = 4
 
 
 def _entropy(probs: Tensor) -> Tensor:
@@ -501,8 +502,10 @@ def predict(
             weight to its posterior median/mean (one deterministic particle).
         memory_budget: bytes for the kept weight draws plus one chunk's
             activations (the result ``(S, N, ...)`` comes on top). Default:
-            :data:`DEFAULT_MEMORY_BUDGET` (2 GiB), or a quarter of the free
-            memory of the CUDA device ``x`` is on.
+            a quarter of the free memory of the CUDA device ``x`` is on; on
+            the CPU, :data:`DEFAULT_MEMORY_BUDGET` (2 GiB) or a quarter of
+            the memory the host has available (under a container's limit
+            too), whichever is smaller.
         calibration: a fitted post-hoc calibration
             (:func:`~pyrolite_bnn.calibrate`); the :class:`Prediction` then
             summarises the outputs with ``calibration.wrap(predictive)``.
@@ -1030,5 +1033,8 @@ class _Generators:
 def _default_budget(x: Tensor) -> int:
     if x.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(x.device)
-        return max(1, free // _CUDA_FREE_SHARE)
-    return DEFAULT_MEMORY_BUDGET
+        return max(1, free // _FREE_SHARE)
+    available = available_bytes()
+    if available is None:
+        return DEFAULT_MEMORY_BUDGET
+    return max(1, min(DEFAULT_MEMORY_BUDGET, available // _FREE_SHARE))

@@ -1,0 +1,70 @@
+"""The memory this process can still take on the host, where the system says.
+
+:func:`~pyrolite_bnn.predict`'s default budget on the CPU is the smaller of
+:data:`~pyrolite_bnn.predict.DEFAULT_MEMORY_BUDGET` and a quarter of it: a
+fixed 2 GiB in a small container, or beside other requests of a server, ran
+the process out of memory where a quarter of the free device memory is the
+rule on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["available_bytes"]
+
+_MEMINFO = Path("/proc/meminfo")
+_CGROUP = Path("/sys/fs/cgroup")
+
+
+def available_bytes() -> int | None:
+    """Bytes the process can still allocate without swapping, or ``None``.
+
+    Linux's ``MemAvailable`` (``/proc/meminfo``), lowered to the room left
+    under the process's cgroup (v2) memory limit when one is set (a
+    container's ``--memory``); elsewhere ``os.sysconf``'s available physical
+    pages where the platform has them; ``None`` where nothing can be read.
+
+    Example:
+        >>> free = available_bytes()
+        >>> free is None or free >= 0
+        True
+    """
+    found = [value for value in (_meminfo(), _cgroup_room()) if value is not None]
+    if not found:
+        found = [value for value in (_sysconf(),) if value is not None]
+    return min(found) if found else None
+
+
+def _meminfo() -> int | None:
+    try:
+        lines = _MEMINFO.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("MemAvailable:"):
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                return int(fields[1]) * 1024
+    return None
+
+
+def _cgroup_room() -> int | None:
+    try:
+        limit = (_CGROUP / "memory.max").read_text().strip()
+        used = (_CGROUP / "memory.current").read_text().strip()
+    except OSError:
+        return None
+    if not (limit.isdigit() and used.isdigit()):
+        return None  # "max": no limit
+    return max(0, int(limit) - int(used))
+
+
+def _sysconf() -> int | None:
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES")
+        size = os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * size if pages > 0 and size > 0 else None
