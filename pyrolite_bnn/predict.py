@@ -71,7 +71,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MEMORY_BUDGET", "Prediction", "predict"]
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
-"""Memory budget in bytes of :func:`predict` for inputs not on CUDA (2 GiB)."""
+"""Memory budget in bytes of :func:`predict` for inputs not on CUDA (2 GiB).
+
+Lowered to a quarter of the host's available memory where that is less.
+"""
 
 # The keys of a multi-task network's outputs (predict by head).
 _Key = TypeVar("_Key", bound=Hashable)
