@@ -23,11 +23,13 @@ from pyrolite_bnn.module import NOT_NETWORK, VIModule
 from pyrolite_bnn.variables import RandomVariable
 
 __all__ = [
+    "CACHE_PREFIX",
     "bayesian_positions",
     "check_bayesian_network",
     "collect_variables",
     "couples_examples",
     "facts_kept_for_the_call",
+    "is_cached_fact",
     "network_children",
     "network_modules",
     "outermost_bayesian",
@@ -116,6 +118,23 @@ class facts_kept_for_the_call:  # lower case, as torch.no_grad
         _CALL_FACTS.reset(self._token)
 
 
+#: The prefix of the attributes :func:`_store` keeps on a network's root.
+CACHE_PREFIX = "_pyrolite_"
+
+
+def is_cached_fact(key: str) -> bool:
+    """Whether the attribute ``key`` of a module is a fact this module caches.
+
+    Such attributes are the library's, not the user's: a plain torch module
+    made from a network (``to_deterministic``) must not take them along.
+
+    Example:
+        >>> is_cached_fact("_pyrolite_variables"), is_cached_fact("hidden")
+        (True, False)
+    """
+    return key.startswith(CACHE_PREFIX)
+
+
 def _cached(root: nn.Module, key: str) -> Any:
     """What :func:`_store` kept on ``root`` under ``key`` (``None``: stale or none)."""
     cached = root.__dict__.get(key)
@@ -135,6 +154,7 @@ def _store(root: nn.Module, key: str, value: Any, plain_containers: bool) -> Non
     trees holding one are kept only for the running call
     (:func:`facts_kept_for_the_call`).
     """
+    assert is_cached_fact(key), key
     if not plain_containers:
         object.__setattr__(root, key, (structure_version(), id(root), value))
         return

@@ -32,7 +32,13 @@ Bayesian layer has touched (the raw input, a branch left deterministic with
 ``exclude=``) is still ``(B, ...)``. The library's own residual sums broadcast
 it; in your own ``forward``, combine the two with :func:`match_particles`
 (``torch.cat``/``+`` of ``(B, ...)`` and ``(B*S, ...)`` fail with torch's size
-error, which a converted network extends with this hint).
+error, which a converted network extends with this hint). An operation of
+your ``forward`` across the batch dimension (``h - h.mean(0)``, ``h.max(0)``,
+``softmax(h, 0)``, ``cumsum(0)``, ``h[0:1]``) runs over the folded rows and
+mixes the particles: ``mode="mean"`` still equals the model, but each drawn
+network is another function, silently (nothing can tell the folded rows from
+a batch there); move such operations out of the converted forward or
+reshape to ``(B, S, ...)`` first.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from torch.nn.utils import parametrize
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
+from pyrolite_bnn._network import is_cached_fact
 from pyrolite_bnn._source_watch import remember_source
 from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
 from pyrolite_bnn._validation import check_positive
@@ -337,7 +344,11 @@ class ConvertedNetwork(VIModule):
             for k, v in self._modules.items()
             if k not in NOT_NETWORK and v is not None
         }
-        _move_state(self, plain, dict(kept, **children), skip=_network_keys())
+        # Facts cached on this root (its random variables...) stay behind: they
+        # refer to the Bayesian layers and would make the plain module need
+        # this library to load.
+        skip = _network_keys() | {k for k in vars(self) if is_cached_fact(k)}
+        _move_state(self, plain, dict(kept, **children), skip=skip)
         return plain
 
 

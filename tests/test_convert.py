@@ -137,6 +137,20 @@ def test_to_deterministic_gives_back_the_module() -> None:
     assert plain.state_dict().keys() == module.state_dict().keys()
 
 
+def test_to_deterministic_takes_no_cached_facts_of_the_network() -> None:
+    """The root's cached random variables went along: the plain module
+    pickled 4 times larger, kept the Bayesian copy alive and needed this
+    library to load."""
+    module = _trained(Block())
+    net = bnn.convert(module, moped=0.1)
+    net(torch.randn(2, 3, 4, 4), samples=2)  # the caches are filled
+    plain = bnn.to_deterministic(net)
+    assert sorted(vars(plain).keys() - vars(module).keys()) == []
+    saved = io.BytesIO()
+    torch.save(plain, saved)
+    assert b"pyrolite_bnn" not in saved.getvalue()
+
+
 def test_sequential_root_and_mean_prediction() -> None:
     module = nn.Sequential(
         nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 3)
