@@ -37,8 +37,7 @@ your ``forward`` across the batch dimension (``h - h.mean(0)``, ``h.max(0)``,
 ``softmax(h, 0)``, ``cumsum(0)``, ``h[0:1]``) runs over the folded rows and
 mixes the particles: ``mode="mean"`` still equals the model, but each drawn
 network is another function, silently (nothing can tell the folded rows from
-a batch there); move such operations out of the converted forward or
-reshape to ``(B, S, ...)`` first.
+a batch there); keep such operations out of the converted forward.
 """
 
 from __future__ import annotations
