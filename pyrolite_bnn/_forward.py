@@ -523,6 +523,10 @@ def pytorch_run(
             _explore_unrecorded(root, state.restarted(), args, kwargs, start)
         result, draws, state = _run_generated(root, state, args, kwargs, start)
         draws.finish()
+        if not torch.is_grad_enabled():
+            # No graph holds the moments: an output kept from an evaluation
+            # would be their only holder (a loss computes them again).
+            draws.release_moments()
         result = unfold_output(root, result, state)
         record = LayerRecord(draws, state.samples, root)
     else:

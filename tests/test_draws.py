@@ -220,3 +220,24 @@ def test_a_second_loss_of_one_output_equals_the_first(kl: str, estimator: str) -
     torch.testing.assert_close(second, first, rtol=0, atol=0)
     for a, b in zip(again, grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_outputs_kept_from_evaluations_keep_no_posterior_scales() -> None:
+    """outs.append(model(x)) under no_grad kept every posterior scale per
+    output; a validation loss of such an output is unchanged."""
+    torch.manual_seed(2)
+    net = bnn.VISequential(bnn.VILinear(50, 40), nn.Tanh(), bnn.VILinear(40, 1))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), dataset_size=16)
+    x, y = torch.randn(16, 50), torch.randn(16, 1)
+    kept = []
+    with torch.no_grad():
+        kept.append(net(x))
+        before = _live_tensors_of_shape((40, 50))
+        for _ in range(4):
+            kept.append(net(x))
+        assert _live_tensors_of_shape((40, 50)) == before
+        torch.manual_seed(3)
+        out = net(x)
+        value = loss_fn(out, y)
+    torch.manual_seed(3)
+    torch.testing.assert_close(loss_fn(net(x), y).detach(), value, rtol=1e-6, atol=0)
