@@ -579,17 +579,25 @@ _EXPLORED: weakref.WeakKeyDictionary[nn.Module, frozenset[tuple[int, str]]] = (
 
 
 def _saved_tensors_hooked() -> bool:
-    """Whether autograd hands saved tensors to hooks (activation checkpointing).
+    """Whether activation checkpointing hands saved tensors to its hooks now.
 
-    ``torch.utils.checkpoint(..., use_reentrant=False)`` and
-    ``torch.autograd.graph.save_on_cpu`` do; torch offers no public query (the
-    same private function as the hooks' own; without it, and while
-    ``torch.compile`` traces, which cannot trace it, ``False``).
+    ``torch.utils.checkpoint(..., use_reentrant=False)`` does (and counts
+    them); torch offers no public query (the same private function as the
+    hooks' own; without it, and while ``torch.compile`` traces, which cannot
+    trace it, ``False``). Other saved-tensor hooks (``save_on_cpu``) are not
+    checkpointing.
     """
     if torch.compiler.is_compiling():
         return False
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    return top is not None and top(False) is not None
+    hooks: Any = None if top is None else top(False)
+    # Only checkpointing recomputes and counts: hooks that keep what is saved
+    # elsewhere (save_on_cpu) take an abandoned pass's tensors harmlessly,
+    # while an extra pass would repeat the network's side effects.
+    return bool(hooks) and getattr(hooks[0], "__module__", "") == _CHECKPOINT_MODULE
+
+
+_CHECKPOINT_MODULE = "torch.utils.checkpoint"
 
 
 def _moment_readers(draws: LazyDraws) -> frozenset[tuple[int, str]]:

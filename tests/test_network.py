@@ -1066,3 +1066,33 @@ def test_a_plain_container_tree_is_walked_once_per_question_per_call(
     monkeypatch.setattr(_network, "network_children", counting)
     net(x)
     assert len(listings) <= 2 * len(network), (len(listings), len(network))
+
+
+def test_save_on_cpu_changes_nothing_a_step_computes() -> None:
+    """The pass that finds layers called twice ran under save_on_cpu too (no
+    checkpointing there): a legacy spectral_norm's power iteration ran twice
+    and the loss moved (11.2363 instead of 11.2422)."""
+
+    def step(save_on_cpu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(1)
+        middle = nn.utils.spectral_norm(nn.Linear(8, 8))
+        net = bnn.VISequential(
+            bnn.VILinear(4, 8), middle, nn.Tanh(), bnn.VILinear(8, 1)
+        )
+        loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(0.5), dataset_size=32)
+        x, y = torch.randn(32, 4), torch.randn(32, 1)
+        torch.manual_seed(2)
+        context = (
+            torch.autograd.graph.save_on_cpu()
+            if save_on_cpu
+            else contextlib.nullcontext()
+        )
+        with context:
+            out = net(x)
+        loss = loss_fn(out, y)
+        loss.backward()
+        assert middle.weight_orig.grad is not None
+        return loss.detach(), middle.weight_orig.grad
+
+    plain, saved = step(False), step(True)
+    torch.testing.assert_close(saved, plain, rtol=0, atol=0)

@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import Tensor
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
@@ -37,6 +40,10 @@ __all__ = [
     "VariationalFamily",
     "elementwise_quantiles",
 ]
+
+# Forward pre-hooks that recompute a tensor they took out of ``_parameters``
+# (torch.nn.utils.prune, the legacy weight_norm and spectral_norm).
+_RECOMPUTING_HOOKS = (BasePruningMethod, WeightNorm, SpectralNorm)
 
 
 _SCALE_TRANSFORMS = ("softplus", "exp")
@@ -191,19 +198,21 @@ class Posterior(LocalPyroModule):
         of such an attribute runs the hooks (with no arguments): the value is
         that of the parameters as they are, after an optimiser step or a
         ``load_state_dict``, never the one of the last call. Refreshing is no
-        change of the module's structure (nothing is bumped).
+        change of the module's structure (nothing is bumped). Only these
+        utilities' hooks run: other pre-hooks (a user's, which may read the
+        call's arguments) belong to calls of the module.
         """
-        hooks = self._forward_pre_hooks
+        hooks = [
+            hook
+            for hook in self._forward_pre_hooks.values()
+            if isinstance(hook, _RECOMPUTING_HOOKS)
+        ]
         if not hooks:
             return
-        with_kwargs = self._forward_pre_hooks_with_kwargs
         object.__setattr__(self, "_refreshing", True)
         try:
-            for key, hook in list(hooks.items()):
-                if key in with_kwargs:
-                    hook(self, (), {})
-                else:
-                    hook(self, ())
+            for hook in hooks:
+                hook(self, ())
         finally:
             object.__setattr__(self, "_refreshing", False)
 

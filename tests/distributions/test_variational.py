@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pyro.infer import Trace_ELBO
+from torch import nn
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.distributions.variational import MeanFieldNormalPosterior, Posterior
@@ -271,3 +272,25 @@ def test_legacy_hook_reparameterisations_of_the_mean_are_read_fresh(
         mean = posterior.normal_params()[0].detach()
         posterior.train()
         torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_a_users_pre_hook_on_a_posterior_is_not_run_by_reads() -> None:
+    """Reads of a parametrized mean ran every pre-hook of the posterior with no
+    arguments: a user's hook reading args[0] (a debugging habit, on every
+    module) raised IndexError; only prune's and the legacy weight/spectral
+    norms' hooks recompute a tensor."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(3, 4), nn.ReLU(), bnn.VILinear(4, 2))
+    nn.utils.parametrizations.weight_norm(
+        net[0].posterior["weight"], "loc_unconstrained"
+    )
+    shapes = []
+    for name, module in net.named_modules():
+        if "parametrizations" not in name:
+            module.register_forward_pre_hook(
+                lambda _, args: shapes.append(tuple(args[0].shape))
+            )
+    x = torch.randn(8, 3)
+    assert net(x).shape == (10, 8, 2)
+    assert bnn.predict(net, x, bnn.Categorical(), mode="mean").probs.shape == (8, 2)
+    assert (8, 3) in shapes
