@@ -23,7 +23,8 @@ def available_bytes() -> int | None:
 
     Linux's ``MemAvailable`` (``/proc/meminfo``), lowered to the room left
     under the process's cgroup (v2) memory limit when one is set (a
-    container's ``--memory``); elsewhere ``os.sysconf``'s available physical
+    container's ``--memory``; its inactive page cache counted as room);
+    elsewhere ``os.sysconf``'s available physical
     pages where the platform has them; ``None`` where nothing can be read.
 
     Example:
@@ -51,6 +52,13 @@ def _meminfo() -> int | None:
 
 
 def _cgroup_room() -> int | None:
+    """The room under a cgroup v2 limit, page cache the kernel reclaims counted free.
+
+    ``memory.current`` counts the file pages a container has read (its data
+    set), which stay until memory is needed: a container that had read its
+    data showed no room at all. Its inactive file pages (``memory.stat``)
+    are taken as free, as ``docker stats`` does.
+    """
     try:
         limit = (_CGROUP / "memory.max").read_text().strip()
         used = (_CGROUP / "memory.current").read_text().strip()
@@ -58,7 +66,19 @@ def _cgroup_room() -> int | None:
         return None
     if not (limit.isdigit() and used.isdigit()):
         return None  # "max": no limit
-    return max(0, int(limit) - int(used))
+    return max(0, int(limit) - int(used) + _inactive_file())
+
+
+def _inactive_file() -> int:
+    try:
+        lines = (_CGROUP / "memory.stat").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == "inactive_file" and fields[1].isdigit():
+            return int(fields[1])
+    return 0
 
 
 def _sysconf() -> int | None:

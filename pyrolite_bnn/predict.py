@@ -68,13 +68,19 @@ from pyrolite_bnn.record import release_record
 if TYPE_CHECKING:
     from pyrolite_bnn.calibration import Calibration
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "Prediction", "predict"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "MIN_DEFAULT_BUDGET", "Prediction", "predict"]
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 """Memory budget in bytes of :func:`predict` for inputs not on CUDA (2 GiB).
 
-Lowered to a quarter of the host's available memory where that is less.
+Lowered to a quarter of the host's available memory where that is less,
+down to :data:`MIN_DEFAULT_BUDGET`.
 """
+
+MIN_DEFAULT_BUDGET = 256 * 2**20
+"""The least default budget on the CPU (256 MiB): with less, a prediction in
+chunks of a few inputs would take far longer (a budget read as 1 byte made it
+30 to 80 times slower) and save little."""
 
 # The keys of a multi-task network's outputs (predict by head).
 _Key = TypeVar("_Key", bound=Hashable)
@@ -1040,4 +1046,4 @@ def _default_budget(x: Tensor) -> int:
     available = available_bytes()
     if available is None:
         return DEFAULT_MEMORY_BUDGET
-    return max(1, min(DEFAULT_MEMORY_BUDGET, available // _FREE_SHARE))
+    return max(MIN_DEFAULT_BUDGET, min(DEFAULT_MEMORY_BUDGET, available // _FREE_SHARE))
