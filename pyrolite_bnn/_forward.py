@@ -58,8 +58,8 @@ from pyrolite_bnn._draws import (
     using_draws,
 )
 from pyrolite_bnn._handlers import (
-    initialising_inference,
     innermost_trace_holds,
+    mcmc_initialising,
     replayed_traces,
 )
 from pyrolite_bnn._network import (
@@ -348,12 +348,13 @@ def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
     posterior draws, which come from the chain. Every MCMC kernel of Pyro
     runs the model once under an ``InitMessenger`` first
     (``initialize_model``), before any potential energy is computed. An
-    autoguide finding its sites initialises the same way and is let be.
+    autoguide or ``EasyGuide`` finding its sites initialises the same way
+    and is let be.
 
     Raises:
         ValueError: naming ``samples=1``.
     """
-    if count == 1 or not initialising_inference() or autoguide_running_model():
+    if count == 1 or not mcmc_initialising():
         return
     raise ValueError(
         f"{type(root).__name__} runs {count} particles (samples={count}) in a Pyro "

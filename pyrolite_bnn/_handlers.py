@@ -10,6 +10,7 @@ handlers pushed after that: :func:`pyro_wrapped`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -17,6 +18,7 @@ from typing import Any
 
 import pyro
 from pyro import poutine
+from pyro.infer.mcmc.util import initialize_model
 from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
 from pyro.poutine.trace_messenger import TraceMessenger
@@ -137,3 +139,21 @@ def initialising_inference() -> bool:
     draws, and its particle count comes from the guide's draws.
     """
     return bool(_init_messengers()) and get_mask() is not False
+
+
+def mcmc_initialising() -> bool:
+    """Whether Pyro's MCMC is initialising the running model (``initialize_model``).
+
+    Every MCMC kernel of Pyro runs its model there first, under an
+    ``InitMessenger``; other users of one (an autoguide or an ``EasyGuide``
+    finding its sites) are no MCMC.
+    """
+    if not initialising_inference():
+        return False
+    code = initialize_model.__code__
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False

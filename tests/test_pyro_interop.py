@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 import types
 import weakref
 from collections.abc import Callable
@@ -680,3 +681,29 @@ def test_a_one_particle_guide_given_straight_to_svi_names_the_assignment() -> No
     assert np.isfinite(svi(guide).step(x, y, samples=1))
     net.guide = guide
     assert np.isfinite(svi(net.guide).step(x, y, samples=4))
+
+
+def test_an_easyguide_finding_its_sites_is_no_mcmc() -> None:
+    """An EasyGuide sets itself up under an InitMessenger, as MCMC does: a
+    model running samples=4 was refused as if MCMC were initialising it."""
+    from pyro.contrib.easyguide import EasyGuide
+
+    pyro.set_rng_seed(0)
+    net = bnn.VISequential(bnn.VILinear(2, 8), nn.Tanh(), bnn.VILinear(8, 1))
+    x = torch.randn(16, 2)
+    y = x[:, 0] + 0.1 * torch.randn(16)
+
+    def model(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        out = net(x, samples=4).squeeze(-1)
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out, sigma), obs=y)
+
+    class Guide(EasyGuide):  # type: ignore[misc]
+        def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+            net.guide(samples=4)
+            self.map_estimate("sigma")
+
+    svi = SVI(model, Guide(model), pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.step(x, y) for _ in range(3)]
+    assert all(math.isfinite(loss) for loss in losses)
