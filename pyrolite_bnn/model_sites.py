@@ -22,10 +22,12 @@ import pyro
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
+from torch.distributions import Distribution
 
 from pyrolite_bnn._particles import PLATE_DIM, PLATE_NAME
 from pyrolite_bnn._validation import check_count
 from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
+from pyrolite_bnn.record import computed_from_a_network
 
 if TYPE_CHECKING:
     from pyro.poutine.runtime import Message
@@ -168,19 +170,26 @@ class PlainParticlePlates(Messenger):
     count ``S > 1`` at the particle dimension (``-2``) that is neither the
     network's own nor a :func:`per_particle` plate, and carries no scale
     beyond its plates' subsampling (a ``poutine.scale(1 / S)`` of the user's
-    own is left alone, as is a data plate at ``-2`` of another size). The
-    count is read from the network's particle plate on its weight sites.
+    own is left alone, as is a data plate at ``-2`` of another size), and
+    whose distribution takes a network output (a site of the model's own in
+    a plate that happens to have ``S`` members is left alone; without
+    gradients, as in ``RenyiELBO.loss``, that cannot be seen, and nothing is
+    said: the training step says it). The count is read from the network's
+    particle plate on its weight sites.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._particles = 0
+        self._weights: list[Tensor] = []  # the values of the networks' weight sites
 
     def _pyro_post_sample(self, msg: Message[..., Any]) -> None:
         frames = msg["cond_indep_stack"]
         for frame in frames:
             if frame.name == PLATE_NAME:
                 self._particles = frame.size
+                if not msg["is_observed"] and isinstance(msg["value"], Tensor):
+                    self._weights.append(msg["value"])
         if (
             self._particles < 2
             or not msg["is_observed"]
@@ -197,8 +206,8 @@ class PlainParticlePlates(Messenger):
             ),
             None,
         )
-        if plate is None:
-            return
+        if plate is None or not _from_a_network(msg["fn"], self._weights):
+            return  # (a site of the model's own, beside the network)
         scale = msg["scale"]
         if isinstance(scale, Tensor):
             if scale.numel() != 1:  # weights of the user's own
@@ -238,3 +247,23 @@ def watching_particle_plates(model: Callable[..., Any]) -> Callable[..., Any]:
             return model(*args, **kwargs)
 
     return watched
+
+
+def _from_a_network(fn: object, weights: list[Tensor]) -> bool:
+    """Whether a parameter of the distribution ``fn`` comes from a network output.
+
+    Its tensors and those of the distributions it wraps (``Independent``,
+    ``MaskedDistribution``...), as stored on the instances.
+    """
+    pending, seen = [fn], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for value in vars(current).values():
+            if isinstance(value, Tensor) and computed_from_a_network(value, weights):
+                return True
+            if isinstance(value, Distribution):
+                pending.append(value)
+    return False

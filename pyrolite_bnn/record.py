@@ -51,6 +51,7 @@ __all__ = [
     "TraceRecord",
     "attach_record",
     "check_kl_mode",
+    "computed_from_a_network",
     "find_record",
     "other_passes_upstream",
     "release_record",
@@ -764,6 +765,45 @@ def find_record(tensor: Tensor) -> ForwardRecord:
         ".clone() of a no-grad tensor cut the link). Pass out = model(x), or a "
         "tensor computed from it with autograd on, to the loss"
     )
+
+
+def computed_from_a_network(tensor: Tensor, weights: Sequence[Tensor] = ()) -> bool:
+    """Whether ``tensor`` is a network output or computed from one (with a graph).
+
+    A network run as a Pyro model marks no output: there, whether the graph
+    reaches one of its ``weights`` (the values of its weight sites).
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> out = bnn.VILinear(2, 1)(torch.randn(3, 2))
+        >>> computed_from_a_network(out.squeeze(-1))
+        True
+        >>> computed_from_a_network(out.detach())
+        False
+    """
+    if isinstance(getattr(tensor, "bnn_record", None), ForwardRecord):
+        return True
+    if any(tensor is weight for weight in weights):
+        return True
+    targets = {id(w.grad_fn): w.grad_fn for w in weights if w.grad_fn is not None}
+    if targets and _reaches(tensor.grad_fn, targets):
+        return True
+    return bool(_records_in_graph(tensor.grad_fn))
+
+
+def _reaches(root: Any, targets: dict[int, Any]) -> bool:
+    """Whether the autograd graph from ``root`` holds a node of ``targets``."""
+    seen: dict[int, Any] = {}  # the nodes kept: a freed node's id is reused
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        if id(node) in targets:
+            return True
+        seen[id(node)] = node
+        stack.extend(child for child, _ in node.next_functions)
+    return False
 
 
 def other_passes_upstream(tensor: Tensor, record: ForwardRecord) -> bool:

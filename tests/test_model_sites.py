@@ -383,11 +383,14 @@ def test_observing_in_a_plain_plate_over_the_particles_warns(
     def guide(x: Tensor, y: Tensor | None = None) -> None:
         net.guide(samples=samples)
 
+    # (RenyiELBO.loss runs without gradients, where the dependence on the
+    # network cannot be seen: its training step warns)
+    step = elbo().loss_and_grads
     if plate != "plain":
-        elbo().loss(model, guide, x, y)
+        step(model, guide, x, y)
         return
     with pytest.warns(UserWarning, match=r"'obs'.*data 4 times.*bnn.per_particle"):
-        elbo().loss(model, guide, x, y)
+        step(model, guide, x, y)
 
 
 def test_a_data_plate_at_the_particle_dimension_does_not_warn() -> None:
@@ -406,3 +409,25 @@ def test_a_data_plate_at_the_particle_dimension_does_not_warn() -> None:
         net.guide(samples=4)
 
     bnn.Trace_ELBO().loss(model, guide, x, y)
+
+
+def test_a_site_of_the_models_own_in_a_plate_of_s_members_does_not_warn() -> None:
+    """A hierarchical site beside the network, in pyro.plate("groups", 10,
+    dim=-2) with the default 10 particles, was reported as counting the data
+    10 times (the loss was right)."""
+    net = _net()
+    x, y = _data()
+
+    def model(x: Tensor, y: Tensor | None = None) -> None:
+        out = net(x).squeeze(-1)
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out, NOISE), obs=y)
+        with pyro.plate("groups", 10, dim=-2), pyro.plate("members", 3):
+            pyro.sample("z", dist.Normal(0.0, 1.0), obs=torch.zeros(10, 3))
+
+    def guide(x: Tensor, y: Tensor | None = None) -> None:
+        net.guide()
+
+    assert net.samples == 10
+    for elbo in (bnn.Trace_ELBO, bnn.TraceMeanField_ELBO, bnn.RenyiELBO):
+        elbo().loss(model, guide, x, y)
