@@ -82,7 +82,7 @@ class _Graph:
     run: Callable[..., tuple[Tensor, Tensor]]
     output: Tensor  # a meta tensor with the shape and dtype of the network output
     batch: int  # the output's number of examples (KullbackLeiblerLoss.check_batch)
-    record: ForwardRecord  # what the loss's checks read of the captured pass
+    record: _CapturedRecord  # what the loss's checks read of the captured pass
 
 
 class LossGraphs:
@@ -163,6 +163,10 @@ class LossGraphs:
             self._fall_back(key, model, error)
             return None
         self._seen.pop(key, None)
+        # Graphs of networks that are gone serve no call again (a search
+        # over many models with one loss): dropped before they are the oldest.
+        for stale in [k for k, g in self._graphs.items() if g.record.network_gone()]:
+            del self._graphs[stale]
         self._graphs[key] = graph
         while len(self._graphs) > _MAX_GRAPHS:
             self._graphs.popitem(last=False)
@@ -189,7 +193,7 @@ class LossGraphs:
     ) -> _Graph:
         output_like: list[Tensor] = []
         batches: list[int] = []
-        records: list[ForwardRecord] = []
+        records: list[_CapturedRecord] = []
 
         def loss_terms(
             tensors: list[Tensor], args: tuple[Any, ...], target: Tensor
@@ -250,6 +254,10 @@ class _CapturedRecord(ForwardRecord):
     @network.setter
     def network(self, network: nn.Module | None) -> None:
         self._network_ref = None if network is None else weakref.ref(network)
+
+    def network_gone(self) -> bool:
+        """Whether the network that ran no longer exists."""
+        return self._network_ref is not None and self._network_ref() is None
 
     def guide_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.guide_parameters`."""

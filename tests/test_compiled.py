@@ -10,6 +10,7 @@ test compiles as few graphs as it can.
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
 import warnings
 from collections.abc import Callable, Hashable, Iterator
@@ -660,3 +661,17 @@ def test_building_other_modules_keeps_the_graph() -> None:
     for seed in (1, 2):
         _compared(compiled, eager, net, x, y, seed)
     assert _graph_count(compiled) == 2
+
+
+def test_graphs_of_networks_that_are_gone_are_dropped() -> None:
+    """One loss over many models (a search): the graphs of discarded models
+    stayed until eight were kept, with their compiled code."""
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 100, compile=True)
+    x, y = torch.randn(8, 5), torch.randn(8, 3)
+    for _ in range(3):
+        net = _mlp("auto")
+        for _ in range(2):  # eager first call, then capture
+            loss_fn.model_loss(net, x, y)
+        assert _graph_count(loss_fn) == 1  # the one of the network alive now
+        del net
+        gc.collect()
