@@ -1046,4 +1046,5 @@ def _default_budget(x: Tensor) -> int:
     available = available_bytes()
     if available is None:
         return DEFAULT_MEMORY_BUDGET
-    return max(MIN_DEFAULT_BUDGET, min(DEFAULT_MEMORY_BUDGET, available // _FREE_SHARE))
+    floor = min(MIN_DEFAULT_BUDGET, DEFAULT_MEMORY_BUDGET)
+    return max(floor, min(DEFAULT_MEMORY_BUDGET, available // _FREE_SHARE))

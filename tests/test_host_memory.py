@@ -81,3 +81,11 @@ def test_the_cpu_default_budget_is_at_most_a_quarter_of_the_free_memory(
     in full: the probe's prediction peaked at 2048 MiB)."""
     monkeypatch.setattr(predict, "available_bytes", lambda: free)
     assert predict._default_budget(torch.zeros(1)) == expected
+
+
+def test_a_lowered_default_budget_is_not_raised_to_the_floor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(predict, "DEFAULT_MEMORY_BUDGET", 2**20)
+    monkeypatch.setattr(predict, "available_bytes", lambda: 0)
+    assert predict._default_budget(torch.zeros(1)) == 2**20
