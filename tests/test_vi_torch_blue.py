@@ -2698,3 +2698,25 @@ def test_vi_layer_options_of_the_wrong_kind_say_what_was_meant(
     metaclass; the library's own priors 'did not support use as prior'."""
     with pytest.raises(vi.utils.UnsupportedDistributionError, match=hint):
         vi.VILinear(*args, **kwargs)
+
+
+def test_a_custom_predictive_log_prob_from_samples_is_elementwise() -> None:
+    """A user's torch_blue-style predictive got its last dimension summed:
+    (B,) instead of the documented (B, D) (the loss's values were right)."""
+
+    class UnitNormal(vi.distributions.Distribution):
+        is_predictive_distribution = True
+        distribution_parameters = ("mean",)
+
+        def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
+            return samples.mean(dim=0)
+
+        def log_prob_from_parameters(
+            self, reference: Tensor, parameters: Tensor
+        ) -> Tensor:
+            return torch.distributions.Normal(parameters, 1.0).log_prob(reference)
+
+    samples, target = torch.randn(5, 8, 3), torch.randn(8, 3)
+    expected = torch.distributions.Normal(samples, 1.0).log_prob(target).mean(0)
+    value = UnitNormal().log_prob_from_samples(target, samples)
+    torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)

@@ -336,18 +336,25 @@ class AdaptedPredictive(BnnPredictive):
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
         """Per-particle likelihood with batch shape ``(S, B)``."""
-        blue: Any = self.blue  # a dev-branch class may define the methods itself
 
         def log_prob(target: Tensor, parameters: tuple[Any, ...]) -> Tensor:
-            # One "sample" per particle: parameters of shape (S, B, ...).
-            params = blue.predictive_parameters_from_samples(parameters[0].unsqueeze(0))
-            value = blue.log_prob_from_parameters(target, params)
+            value = self.elementwise_log_likelihood(parameters[0], target)
             while value.dim() > 2:
                 value = value.sum(-1)
-            result: Tensor = value
-            return result
+            return value
 
         return ParticleLikelihood(log_prob, (output,), output.shape[:2])
+
+    def elementwise_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """Each particle's log-likelihood, unsummed: ``(S, B, ...)``.
+
+        One "sample" per particle: the predictive parameters of ``output[s]``
+        alone, unsummed (``(S, B, D)`` for targets ``(B, D)``).
+        """
+        blue: Any = self.blue
+        params = blue.predictive_parameters_from_samples(output.unsqueeze(0))
+        value: Tensor = blue.log_prob_from_parameters(target, params)
+        return value
 
     def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log p(target | output_s)``, ``(S, B)``."""

@@ -298,7 +298,12 @@ class Distribution(metaclass=PostInitCallMeta):
         it: ``(B, D)`` for targets ``(B, D)`` (sum the last dimension for an
         example's log-likelihood).
         """
-        distribution, target = self.to_predictive().observe(samples, reference)
+        from pyrolite_bnn.vi.distributions._adapters import AdaptedPredictive
+
+        predictive = self.to_predictive()
+        if isinstance(predictive, AdaptedPredictive):  # a distribution of the user's
+            return predictive.elementwise_log_likelihood(samples, reference).mean(0)
+        distribution, target = predictive.observe(samples, reference)
         while isinstance(distribution, pyro_dist.Independent):
             distribution = distribution.base_dist
         result: Tensor = distribution.log_prob(target).mean(0)
