@@ -623,8 +623,9 @@ def _explore_unrecorded(
     saved tensors for the backward pass all the same; activation
     checkpointing counts them, and its recomputation, which draws the marked
     layer's weights at once, saved fewer ("A different number of tensors was
-    saved during the original forward and recomputation"). Where saved
-    tensors are hooked, a network not yet seen to run to the end with the
+    saved during the original forward and recomputation"). Under
+    checkpointing (:func:`_saved_tensors_hooked`), a network not yet seen to
+    run to the end with the
     layers that now read moments first runs without gradients (the random
     state restored after it): the recorded pass is then the only one. Its
     other effects (batch-norm statistics) happen twice, as under the
