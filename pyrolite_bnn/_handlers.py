@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from types import CodeType
 from typing import Any
 
 import pyro
@@ -25,6 +26,7 @@ from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.poutine.trace_struct import Trace
 
 __all__ = [
+    "called_from",
     "caller_handlers_set_aside",
     "initialising_inference",
     "innermost_trace_holds",
@@ -148,9 +150,18 @@ def mcmc_initialising() -> bool:
     ``InitMessenger``; other users of one (an autoguide or an ``EasyGuide``
     finding its sites) are no MCMC.
     """
-    if not initialising_inference():
-        return False
-    code = initialize_model.__code__
+    return initialising_inference() and called_from(initialize_model.__code__)
+
+
+def called_from(code: CodeType) -> bool:
+    """Whether a frame of the running call stack runs ``code``.
+
+    Example:
+        >>> def outer():
+        ...     return called_from(outer.__code__)
+        >>> outer(), called_from(outer.__code__)
+        (True, False)
+    """
     frame = inspect.currentframe()
     while frame is not None:
         if frame.f_code is code:

@@ -52,6 +52,7 @@ from pyro.ops.jit import CompiledFunction
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._handlers import called_from
 from pyrolite_bnn._network import (
     check_bayesian_network,
     collect_variables,
@@ -523,13 +524,7 @@ def autoguide_running_model() -> AutoGuide | AutoMessenger | None:
 
 def _inside_jit_compile() -> bool:
     """Whether ``pyro.ops.jit`` is running the function it is about to compile."""
-    code = CompiledFunction.__call__.__code__
-    frame = inspect.currentframe()
-    while frame is not None:
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
+    return called_from(CompiledFunction.__call__.__code__)
 
 
 def _two_networks(owner: nn.Module, guide: object) -> str:
