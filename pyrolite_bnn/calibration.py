@@ -26,7 +26,9 @@ that agree have no vote shares, and get the NLL minimiser.
 * :class:`TemperatureScaling` (classification): every particle's logits are
   divided by a temperature ``T`` before the softmax (sigmoid), so the
   predictive probabilities are ``mean_s softmax(logits_s / T)``. ``T > 1``
-  softens over-confident predictions.
+  softens over-confident predictions. ``T < 1`` sharpens each particle but
+  cannot make the mixture more confident than the particles' vote shares:
+  under-confidence that comes from the particles disagreeing stays.
 * :class:`VarianceScaling` (Gaussian regression): the predictive mixture is
   stretched about its mean by ``sqrt(factor)``: particle means
   ``mean + sqrt(factor) (mu_s - mean)`` and noise variances
