@@ -189,7 +189,7 @@ class Posterior(LocalPyroModule):
         return super().__getattr__(name)
 
     def _run_forward_pre_hooks(self) -> None:
-        """Run the module's forward pre-hooks, as a call of the module would.
+        """Run the forward pre-hooks that recompute one of this module's tensors.
 
         ``torch.nn.utils.prune`` (and the legacy ``nn.utils.weight_norm`` and
         ``spectral_norm``) replace a parameter by a plain attribute that their
