@@ -253,7 +253,9 @@ def test_fit_with_an_untrained_learned_scale_warns() -> None:
     covered 26 % of the test targets, silently. ``predict``, ``calibrate`` and
     ``laplace`` warned; ``fit`` warns alike, at the caller's line."""
     outputs, y = torch.randn(4, 50, 1), torch.randn(50)
-    message = r"Normal\(scale=learned\) has learned parameters .*loss_fn\.predictive"
+    message = (
+        r"Normal\(scale=learned, now 1\) has learned parameters .*loss_fn\.predictive"
+    )
     with pytest.warns(UserWarning, match=message) as caught:
         bnn.VarianceScaling().fit(outputs, y, bnn.Normal())
     assert caught[0].filename == __file__

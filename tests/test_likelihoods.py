@@ -135,3 +135,14 @@ def test_refusals_of_a_likelihood_of_the_wrong_kind_name_it_with_its_module() ->
         r"\(pyrolite_bnn\.distributions\.predictive\.Poisson\)",
     ):
         bnn.calibrate(bnn.VILinear(3, 1), x, torch.ones(N), bnn.Poisson(), samples=4)
+
+
+def test_a_learned_scale_shows_its_value_in_the_repr() -> None:
+    """A newcomer found the learned noise only through dir(): the repr said
+    'scale=learned' whatever it had learned."""
+    likelihood = bnn.Normal(init_scale=0.25)
+    assert repr(likelihood) == "Normal(scale=learned, now 0.25)"
+    with torch.no_grad():
+        likelihood.raw_scale.fill_(-3.0)
+    assert repr(likelihood) == "Normal(scale=learned, now 0.0486)"
+    assert repr(bnn.Normal(scale=0.5)) == "Normal(scale=0.5)"

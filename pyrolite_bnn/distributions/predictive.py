@@ -1041,14 +1041,24 @@ class _ScaleLikelihood(PredictiveDistribution):
             )
 
     def noise_scale(self) -> Tensor:
-        """Scale of the observation noise (a standard deviation for ``Normal``)."""
+        """Scale of the observation noise (a standard deviation for ``Normal``).
+
+        A learned scale comes with its gradient graph: read its value with
+        ``.item()`` under ``torch.no_grad()`` (the repr shows it too).
+        """
         if self.learned:
             return F.softplus(self.raw_scale)
         return self.fixed_scale  # type: ignore[no-any-return]
 
     def extra_repr(self) -> str:
-        """Learned or fixed scale."""
-        return "scale=learned" if self.learned else f"scale={float(self.fixed_scale):g}"
+        """Learned (with its value now) or fixed scale."""
+        if not self.learned:
+            return f"scale={float(self.fixed_scale):g}"
+        raw = self.raw_scale
+        if raw.device.type == "meta" or raw.numel() != 1:
+            return "scale=learned"
+        with torch.no_grad():
+            return f"scale=learned, now {float(F.softplus(raw)):.3g}"
 
 
 class Normal(_ScaleLikelihood):
