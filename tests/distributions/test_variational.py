@@ -165,7 +165,6 @@ def test_a_parametrized_posterior_mean_is_read_through_its_parametrization() -> 
     """torch.nn.utils.parametrize moves the tensor out of _parameters: the next
     forward raised a bare KeyError('loc_unconstrained')."""
     import torch.nn.utils.parametrize as parametrize
-    from torch import nn
 
     class Double(nn.Module):
         def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -184,7 +183,6 @@ def test_a_parametrized_posterior_mean_is_read_through_its_parametrization() -> 
 
 
 def _pruned_net(seed: int) -> torch.nn.Module:
-    from torch import nn
     from torch.nn.utils import prune
 
     torch.manual_seed(seed)
@@ -247,8 +245,6 @@ def test_legacy_hook_reparameterisations_of_the_mean_are_read_fresh(
     """The legacy nn.utils.weight_norm / spectral_norm keep their tensor in a
     forward pre-hook too: the mean read is the one of the parameters as they
     are after each step, not the one computed when the hook was applied."""
-    from torch import nn
-
     torch.manual_seed(0)
     layer = bnn.VILinear(3, 4)
     posterior = layer.posterior["weight"]
