@@ -525,6 +525,11 @@ def predict(
         A :class:`Prediction`; with one likelihood per output, a dict of
         them by key, or a tuple with ``None`` at the positions skipped.
 
+    Raises:
+        MemoryError: on the CPU, when the outputs computed in chunks or
+            groups of particles would take more memory than the host has
+            free (checked before they are gathered).
+
     Example:
         >>> import torch, pyrolite_bnn as bnn
         >>> net = bnn.VILinear(3, 4)
@@ -708,7 +713,9 @@ def _predict(
             model, x, heads, count, batch_size, budget, None, sizes
         )
         if not result:
-            result = tuple(out.new_empty((samples, *out.shape[1:])) for out in outs)
+            result = tuple(
+                _outputs_buffer(out, (samples, *out.shape[1:])) for out in outs
+            )
         for kept, out in zip(result, outs, strict=True):
             kept.narrow(0, start, count).copy_(out)
     return result
@@ -801,7 +808,9 @@ def _chunks(
             model, x, heads, axis, start, min(step, size - start), particles, weights
         )
         if not result:
-            result = tuple(_whole(out, axis + 1, size) for out in outs)
+            result = tuple(
+                _outputs_buffer(out, _whole(out, axis, size)) for out in outs
+            )
             after_first = None if weights is not None else generators.current()
         elif after_first is not None and not generators.same_as(after_first):
             warnings.warn(
@@ -818,11 +827,36 @@ def _chunks(
     return result
 
 
-def _whole(chunk: Tensor, dim: int, size: int) -> Tensor:
-    """An empty tensor like ``chunk`` with ``size`` examples along ``dim``."""
+def _whole(chunk: Tensor, axis: int, size: int) -> tuple[int, ...]:
+    """The shape of ``chunk`` (particles first) with ``size`` inputs on ``axis + 1``."""
     shape = list(chunk.shape)
-    shape[dim] = size
-    return chunk.new_empty(shape)
+    shape[axis + 1] = size
+    return tuple(shape)
+
+
+def _outputs_buffer(like: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """An empty tensor like ``like`` for the outputs, ``shape`` (particles first).
+
+    On the host it is refused up front when it is larger than the memory the
+    system has free: the budget bounds the work, not the result, and a
+    result that overcommit lets through is filled until the kernel kills the
+    process, or the machine swaps.
+    """
+    if like.device.type == "cpu":
+        needed = math.prod(shape) * like.element_size()
+        free = available_bytes()
+        if free is not None and needed > free:
+            raise MemoryError(
+                f"predict: holding the outputs (shape {shape}, particles first, "
+                f"{like.dtype}) takes {_gib(needed)}, more than the {_gib(free)} "
+                "of memory free on this host: predict with fewer samples, on "
+                "slices of the inputs, or with mode='mean'"
+            )
+    return like.new_empty(shape)
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:.3g} GiB"
 
 
 def _probe_is_the_prediction(size: int, particles: int) -> bool:

@@ -1422,3 +1422,24 @@ def test_a_batch_first_mask_of_a_sequence_first_network_is_named() -> None:
 
     pred = bnn.predict(Transposed(), (x, mask.T), bnn.Normal(scale=1.0), samples=2)
     assert pred.samples.shape == (2, 5, 4, 8)
+
+
+@pytest.mark.parametrize(("samples", "free"), [(1, 100), (64, 1000)])
+def test_outputs_larger_than_the_free_host_memory_are_refused_up_front(
+    monkeypatch: pytest.MonkeyPatch, samples: int, free: int
+) -> None:
+    """The memory budget bounds predict's work, not its result: 100,000
+    samples of 1,000 outputs on 2,000 inputs ran for seconds and then asked
+    for 26 GiB at once (an allocator error, or on an overcommitting host a
+    buffer filled until the kernel killed the process). The outputs' buffer is
+    now checked against the host's free memory (``free`` bytes here) first,
+    in chunks of inputs (1 sample) and in groups of samples (64, whose draws
+    do not fit the budget at once)."""
+    net = _mlp().eval()
+    x = torch.randn(40, 3)
+    monkeypatch.setattr(_PREDICT_MODULE, "available_bytes", lambda: free)
+    with pytest.raises(MemoryError, match=r"holding the outputs \(shape \(\d+, 40, "):
+        bnn.predict(net, x, bnn.Categorical(), samples=samples, memory_budget=4096)
+    monkeypatch.setattr(_PREDICT_MODULE, "available_bytes", lambda: None)
+    pred = bnn.predict(net, x, bnn.Categorical(), samples=samples, memory_budget=4096)
+    assert pred.samples.shape[:2] == (samples, 40)
