@@ -9,11 +9,12 @@ shortcuts that are only worth it eagerly check :func:`is_capturing`. Under
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 
 import torch
+
+from pyrolite_bnn._context_values import set_while
 
 _CAPTURING: ContextVar[bool] = ContextVar("pyrolite_capturing", default=False)
 
@@ -54,11 +55,6 @@ def is_capturing() -> bool:
     return _CAPTURING.get()
 
 
-@contextmanager
-def capturing() -> Iterator[None]:
+def capturing() -> AbstractContextManager[None]:
     """Mark the body as graph capture."""
-    token = _CAPTURING.set(True)
-    try:
-        yield
-    finally:
-        _CAPTURING.reset(token)
+    return set_while(_CAPTURING, True)

@@ -34,13 +34,14 @@ import math
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     NormalMoments,
@@ -514,14 +515,9 @@ _DRAWN: ContextVar[LazyDraws | None] = ContextVar(
 _NOISE_SUMS: ContextVar[bool] = ContextVar("pyrolite_noise_sums", default=False)
 
 
-@contextmanager
-def keeping_noise_sums() -> Iterator[None]:
+def keeping_noise_sums() -> AbstractContextManager[None]:
     """Calls in the body keep the noise sums of their Normal draws (see LazyDraws)."""
-    token = _NOISE_SUMS.set(True)
-    try:
-        yield
-    finally:
-        _NOISE_SUMS.reset(token)
+    return set_while(_NOISE_SUMS, True)
 
 
 def current_draws() -> LazyDraws | None:
@@ -529,14 +525,9 @@ def current_draws() -> LazyDraws | None:
     return _DRAWN.get()
 
 
-@contextmanager
-def using_draws(draws: LazyDraws) -> Iterator[None]:
+def using_draws(draws: LazyDraws) -> AbstractContextManager[None]:
     """Make ``draws`` what layers read their random variables from in the body."""
-    token = _DRAWN.set(draws)
-    try:
-        yield
-    finally:
-        _DRAWN.reset(token)
+    return set_while(_DRAWN, draws)
 
 
 # The weights of the one particle a per-particle ``forward`` runs for (the
@@ -552,14 +543,11 @@ def particle_weights() -> dict[tuple[int, str], Tensor] | None:
     return _PARTICLE_WEIGHTS.get()
 
 
-@contextmanager
-def using_particle_weights(table: dict[tuple[int, str], Tensor]) -> Iterator[None]:
+def using_particle_weights(
+    table: dict[tuple[int, str], Tensor],
+) -> AbstractContextManager[None]:
     """Layers in the body read their weights from ``table`` first."""
-    token = _PARTICLE_WEIGHTS.set(table)
-    try:
-        yield
-    finally:
-        _PARTICLE_WEIGHTS.reset(token)
+    return set_while(_PARTICLE_WEIGHTS, table)
 
 
 # Weights given for the calls of one network instead of the generated guide's
@@ -577,10 +565,9 @@ def fixed_weights(network: nn.Module) -> dict[str, Tensor] | None:
     return fixed[1]
 
 
-@contextmanager
 def using_fixed_weights(
     network: nn.Module, values: dict[str, Tensor]
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """Calls of ``network`` in the body run on ``values`` instead of drawing.
 
     Args:
@@ -590,8 +577,4 @@ def using_fixed_weights(
         values: site name -> value ``(S, 1, *shape)`` for the calls'
             ``S`` particles (see :meth:`LazyDraws.fixed`).
     """
-    token = _FIXED.set((network, values))
-    try:
-        yield
-    finally:
-        _FIXED.reset(token)
+    return set_while(_FIXED, (network, values))

@@ -25,6 +25,8 @@ from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
 from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.poutine.trace_struct import Trace
 
+from pyrolite_bnn._context_values import set_while
+
 __all__ = [
     "called_from",
     "caller_handlers_set_aside",
@@ -69,12 +71,8 @@ def caller_handlers_set_aside() -> Iterator[None]:
     if not am_i_wrapped():
         yield
         return
-    with poutine.block():
-        token = _BASE.set(_depth())
-        try:
-            yield
-        finally:
-            _BASE.reset(token)
+    with poutine.block(), set_while(_BASE, _depth()):
+        yield
 
 
 def traced_site_count(name: str) -> int:

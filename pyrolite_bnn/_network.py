@@ -10,6 +10,7 @@ listed once, at its first path, and marked ``shared``.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
 
@@ -17,6 +18,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._pyro_module import keep_store_in, structure_version
 from pyrolite_bnn._pyro_statements import pyro_statement_in, pyro_statement_refusal
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
@@ -100,22 +102,15 @@ _CALL_FACTS: ContextVar[dict[tuple[int, str], Any] | None] = ContextVar(
 )
 
 
-class facts_kept_for_the_call:  # lower case, as torch.no_grad
+def facts_kept_for_the_call() -> AbstractContextManager[None]:
     """Keep every fact about a module tree until the body ends (one network call).
 
     A tree holding plain containers is never cached across calls (see
     :func:`_store`), but it does not change while one call runs: its walk
-    and facts are found once per call, not once per question. (A class, not
-    a generator context manager: it runs on every network call.)
+    and facts are found once per call, not once per question. (No generator
+    context manager: it runs on every network call.)
     """
-
-    __slots__ = ("_token",)
-
-    def __enter__(self) -> None:
-        self._token = _CALL_FACTS.set({})
-
-    def __exit__(self, *exc_info: object) -> None:
-        _CALL_FACTS.reset(self._token)
+    return set_while(_CALL_FACTS, {})
 
 
 #: The prefix of the attributes :func:`_store` keeps on a network's root.

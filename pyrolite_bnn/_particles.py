@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _structures
+from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._handlers import pyro_wrapped, traced_site_count
 from pyrolite_bnn._validation import check_count
 
@@ -620,14 +621,9 @@ def folding_nothing() -> bool:
     return _NOTHING_FOLDED.get()
 
 
-@contextmanager
-def nothing_folded() -> Iterator[None]:
+def nothing_folded() -> AbstractContextManager[None]:
     """Run the body's network calls as holding no folded tensors (see above)."""
-    token = _NOTHING_FOLDED.set(True)
-    try:
-        yield
-    finally:
-        _NOTHING_FOLDED.reset(token)
+    return set_while(_NOTHING_FOLDED, True)
 
 
 _STATE: ContextVar[ParticleState | None] = ContextVar(
@@ -676,14 +672,9 @@ def outside_any_call() -> bool:
     return current() is None and not pyro_wrapped()
 
 
-@contextmanager
-def particles(state: ParticleState) -> Iterator[None]:
+def particles(state: ParticleState) -> AbstractContextManager[None]:
     """Make ``state`` the current particle state for the body."""
-    token = _STATE.set(state)
-    try:
-        yield
-    finally:
-        _STATE.reset(token)
+    return set_while(_STATE, state)
 
 
 @contextmanager
@@ -816,19 +807,14 @@ _REQUESTED_SAMPLES: ContextVar[tuple[object, int] | None] = ContextVar(
 )
 
 
-@contextmanager
-def requesting_samples(module: object, samples: int) -> Iterator[None]:
+def requesting_samples(module: object, samples: int) -> AbstractContextManager[None]:
     """Run the body with ``samples`` particles asked of ``module``'s calls.
 
     A plain ``torch.nn`` network has no ``samples=`` argument; setting its
     ``samples`` attribute for a call instead was seen by other threads calling
     the same network (and two overlapping calls restored each other's value).
     """
-    token = _REQUESTED_SAMPLES.set((module, samples))
-    try:
-        yield
-    finally:
-        _REQUESTED_SAMPLES.reset(token)
+    return set_while(_REQUESTED_SAMPLES, (module, samples))
 
 
 def requested_samples(network: nn.Module) -> int | None:

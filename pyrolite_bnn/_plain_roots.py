@@ -34,9 +34,10 @@ network: the network the step calls is (:mod:`pyrolite_bnn._redirected_steps`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from contextlib import ExitStack
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from types import FrameType
 from typing import Any
 
@@ -106,8 +107,8 @@ class _Frame:
         # laid out by ``single.unfold_output`` (a VILSTM's states).
         self.single_output: Any = None
         self.depth = 0  # nested calls of the same module object
-        self.token: Token[_Frame | None] | None = None
-        # The module's own forward hook that closes the frame (_leave).
+        # The module's own forward hook that closes the frame (_leave, bound
+        # to this frame: a hook whose frame is gone does nothing).
         self.closer: RemovableHandle | None = None
         self.stack: ExitStack | None = None
         self.state: _particles.ParticleState | None = None
@@ -214,9 +215,15 @@ def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:
     # The interpreter frame of the module's call, which runs this hook.
     frame = _Frame(module, args, sys._getframe(1))
     # Only this call needs closing: a hook of the module itself, not a global
-    # one that would run after every module call in the process.
-    frame.closer = module.register_forward_hook(_leave, always_call=True)
-    frame.token = _FRAME.set(frame)
+    # one that would run after every module call in the process. Nothing is
+    # stored after the frame is set (no token: the value before is always
+    # None), so an interrupt landing anywhere here leaves either no frame or
+    # one that closes as stale (a hook registered whose handle was lost
+    # does nothing: it is bound to its own frame).
+    frame.closer = module.register_forward_hook(
+        functools.partial(_leave, frame), always_call=True
+    )
+    _FRAME.set(frame)
 
 
 def close_stale_frame() -> None:
@@ -259,11 +266,10 @@ def _close(frame: _Frame, *, ended: bool = True) -> None:
     finally:
         if frame.closer is not None:
             frame.closer.remove()
-        assert frame.token is not None
-        try:
-            _FRAME.reset(frame.token)
-        except ValueError:  # set in another context (a stale frame seen elsewhere)
-            _FRAME.set(None)
+        # Frames never nest (one is set only where none is), so the value
+        # before it was None; set, not reset: a stale frame may be seen in
+        # another context than the one that set it.
+        _FRAME.set(None)
 
 
 # Plain torch layers that mix the positions of a sequence (stacks and
@@ -522,9 +528,8 @@ def _sequence_first_remedy(module: nn.Module) -> str:
 _DATA_PARALLEL = (DistributedDataParallel, DataParallel)
 
 
-def _leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-    frame = _FRAME.get()
-    if frame is None or frame.module is not module:
+def _leave(frame: _Frame, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    if _FRAME.get() is not frame:  # closed as stale, or never set (an interrupt)
         return None
     if frame.depth:
         frame.depth -= 1
@@ -603,18 +608,20 @@ def open_pending_root(
     wrapped = pyro_wrapped()
     if not wrapped:
         refuse_pyro_statements(root)
-    stack = ExitStack()
+    # The frame holds the stack before anything enters it: whatever ends the
+    # call from here on (an error, an interrupt) closes what was entered.
+    stack = frame.stack = ExitStack()
     stack.enter_context(local_params())
     if wrapped:  # a Pyro model: the particle plate and one site per weight
         refuse_particles_under_mcmc(root, count)
         stack.enter_context(_particles.particle_plate(state.samples, device))
         stack.enter_context(_particles.particles(state))
         stack.enter_context(sampling_sites(SiteTable(collect_variables(root))))
-        frame.stack, frame.state = stack, state
+        frame.state = state
         return True
     with torch.set_grad_enabled(frame.grad_enabled):
         draws = generated_guide_draws(root, state.samples)
     stack.enter_context(_particles.particles(state))
     stack.enter_context(using_draws(draws))
-    frame.stack, frame.state, frame.draws = stack, state, draws
+    frame.state, frame.draws = state, draws
     return True

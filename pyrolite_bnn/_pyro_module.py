@@ -36,6 +36,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
 
+from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._handlers import pyro_wrapped
 
 if TYPE_CHECKING:
@@ -321,12 +322,8 @@ def linked_parameters() -> Iterator[None]:
     if _LINKING.get() or not pyro_wrapped():
         yield
         return
-    token = _LINKING.set(True)
-    try:
-        with ParameterNames(), UnconstrainedLinks():
-            yield
-    finally:
-        _LINKING.reset(token)
+    with set_while(_LINKING, True), ParameterNames(), UnconstrainedLinks():
+        yield
 
 
 class UnconstrainedLinks(Messenger):

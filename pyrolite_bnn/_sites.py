@@ -17,8 +17,7 @@ is refused with a :class:`SiteShapeError` naming the site and both shapes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._context_values import set_while
 
 if TYPE_CHECKING:
     from pyrolite_bnn.module import VIModule
@@ -119,11 +119,6 @@ def current_sites() -> SiteTable | None:
     return _SITES.get()
 
 
-@contextmanager
-def sampling_sites(table: SiteTable) -> Iterator[None]:
+def sampling_sites(table: SiteTable) -> AbstractContextManager[None]:
     """Make ``table`` the current site table for the body."""
-    token = _SITES.set(table)
-    try:
-        yield
-    finally:
-        _SITES.reset(token)
+    return set_while(_SITES, table)

@@ -12,13 +12,15 @@ import numbers
 import operator
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 import pyro.distributions as pyro_dist
 import torch
+
+from pyrolite_bnn._context_values import set_while
 
 __all__ = ["enable_validation", "is_validation_enabled", "validation"]
 
@@ -57,8 +59,7 @@ def is_validation_enabled() -> bool:
     return _VALIDATE or _CHECKS_ON.get() is not None
 
 
-@contextmanager
-def checks_on(switch: str | None) -> Iterator[None]:
+def checks_on(switch: str | None) -> AbstractContextManager[None]:
     """Run the library's checks in the body, in this context only.
 
     ``switch`` is the call that turns them off, named by the checks'
@@ -74,13 +75,8 @@ def checks_on(switch: str | None) -> Iterator[None]:
         True
     """
     if switch is None:
-        yield
-        return
-    token = _CHECKS_ON.set(switch)
-    try:
-        yield
-    finally:
-        _CHECKS_ON.reset(token)
+        return nullcontext()
+    return set_while(_CHECKS_ON, switch)
 
 
 def _switched_off_by() -> str:
@@ -106,8 +102,8 @@ def validation(flag: bool) -> Iterator[None]:
         True
     """
     old = _VALIDATE
-    enable_validation(flag)
-    try:
+    try:  # set inside: an interrupt as it returns still puts the old value back
+        enable_validation(flag)
         yield
     finally:
         enable_validation(old)
@@ -125,8 +121,8 @@ def distribution_checks_off() -> Iterator[None]:
     if not previous:
         yield
         return
-    pyro_dist.enable_validation(False)
     try:
+        pyro_dist.enable_validation(False)
         yield
     finally:
         pyro_dist.enable_validation(previous)

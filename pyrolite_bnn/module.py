@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from pyro.nn import PyroModule, PyroSample
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._draws import called_repeatedly, current_draws, particle_weights
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._pyro_module import (
@@ -74,8 +75,7 @@ DEFAULT_SAMPLES = 10
 _WHOLE_NETWORKS: ContextVar[bool] = ContextVar("pyrolite_whole_networks", default=False)
 
 
-@contextmanager
-def whole_network_draws() -> Iterator[None]:
+def whole_network_draws() -> AbstractContextManager[None]:
     """Draw every weight in the body, whatever the layers' estimators.
 
     ``"local"`` and ``"flipout"`` sample each example's output independently,
@@ -84,11 +84,7 @@ def whole_network_draws() -> Iterator[None]:
     applied to every input (coherent function draws, smooth predictive
     curves); :func:`~pyrolite_bnn.predict` runs inside this context.
     """
-    token = _WHOLE_NETWORKS.set(True)
-    try:
-        yield
-    finally:
-        _WHOLE_NETWORKS.reset(token)
+    return set_while(_WHOLE_NETWORKS, True)
 
 
 def whole_networks_requested() -> bool:

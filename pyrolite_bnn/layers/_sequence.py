@@ -34,6 +34,7 @@ from contextvars import ContextVar
 from torch import Tensor
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn.layers._options import check_estimator
 from pyrolite_bnn.module import VIModule
 
@@ -145,12 +146,11 @@ class SequenceFirst:
     @contextmanager
     def body(self) -> Iterator[None]:
         """Run the batch-first body: the particle state's batch size is ``B``."""
-        token = _BATCH_FIRST_BODY.set(True)
-        try:
-            with _particles.batch_of(self.batch, self.samples):
-                yield
-        finally:
-            _BATCH_FIRST_BODY.reset(token)
+        with (
+            set_while(_BATCH_FIRST_BODY, True),
+            _particles.batch_of(self.batch, self.samples),
+        ):
+            yield
 
 
 def unfold_sequence(tensor: Tensor, samples: int) -> Tensor:

@@ -1,0 +1,208 @@
+"""Context variables put back however a block ends, Ctrl-C included.
+
+A ``KeyboardInterrupt`` is delivered between two bytecodes; one landing as
+``ContextVar.set`` returns, before its token was stored, left the value set
+for the rest of the session (a notebook): a plain network's frame without a
+token made every later module call of the process raise ``AssertionError``,
+a particle state left open ran every later network call as a nested layer.
+The interrupt is put there deterministically by a stand-in for the variable
+whose ``set`` raises it right after setting.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import pkgutil
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pytest
+import torch
+from torch import nn
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
+from pyrolite_bnn._context_values import set_while
+
+
+class _InterruptedAsSetReturns:
+    """A context variable whose first ``set`` is followed by a Ctrl-C."""
+
+    def __init__(self, var: contextvars.ContextVar[Any]) -> None:
+        self.var = var
+        self.armed = True
+        self.fired = False
+
+    def get(self, *default: Any) -> Any:
+        return self.var.get(*default)
+
+    def reset(self, token: contextvars.Token[Any]) -> None:
+        self.var.reset(token)
+
+    def set(self, value: Any) -> contextvars.Token[Any]:
+        token = self.var.set(value)
+        if self.armed:
+            self.armed = False
+            self.fired = True
+            raise KeyboardInterrupt  # delivered just as set() returns
+        return token
+
+
+def _library_context_vars() -> list[tuple[str, str]]:
+    """(module, attribute) of every module-level ContextVar of the package."""
+    found = []
+    for info in pkgutil.walk_packages(bnn.__path__, "pyrolite_bnn."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, contextvars.ContextVar):
+                found.append((info.name, name))
+    return sorted(found)
+
+
+_VARS = _library_context_vars()
+
+
+def _defaults() -> dict[tuple[str, str], Any]:
+    """Each variable's value in a fresh context (its default)."""
+    fresh = contextvars.Context()
+    return {
+        key: fresh.run(getattr(importlib.import_module(key[0]), key[1]).get)
+        for key in _VARS
+    }
+
+
+class _Net(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VILinear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class _Mixed(nn.Module):
+    """A module with a parameter: torch_blue's conversion runs it per particle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mixing = nn.Parameter(torch.eye(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.mixing
+
+
+def _runs() -> list[Callable[[], Any]]:
+    """Calls that set the library's context variables between them."""
+    x = torch.randn(4, 3)
+    plain = nn.Sequential(bnn.VILinear(3, 5), nn.ReLU(), bnn.VILinear(5, 2))
+    net = bnn.VISequential(bnn.VILinear(3, 5), nn.ReLU(), bnn.VILinear(5, 2))
+    gru = bnn.VIGRU(3, 4)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=8)
+    y = torch.zeros(4, dtype=torch.long)
+    elbo = bnn.Trace_ELBO()
+    mixed = _Mixed()
+    vi.convert_to_vimodule(mixed)
+    deterministic = bnn.to_deterministic(_Net())
+
+    def predict_under_a_pyro_handler() -> Any:
+        with pyro.poutine.scale(scale=2.0):
+            return bnn.predict(net, x, bnn.Categorical(), samples=2)
+
+    return [
+        lambda: plain(x),
+        lambda: loss_fn(net(x), y),
+        lambda: gru(torch.randn(5, 2, 3)),
+        lambda: bnn.predict(plain, x, bnn.Categorical(), samples=3),
+        lambda: bnn.draw_networks(net, samples=2)(x),
+        lambda: pyro.poutine.trace(plain).get_trace(x),
+        lambda: elbo.loss(loss_fn.pyro_model(net), net.guide, x, y),
+        predict_under_a_pyro_handler,
+        lambda: mixed(x, samples=2),
+        lambda: deterministic(x),
+    ]
+
+
+def test_set_while_puts_the_value_back_after_an_interrupt_as_set_returns() -> None:
+    var: contextvars.ContextVar[int] = contextvars.ContextVar("var", default=0)
+    stand_in = _InterruptedAsSetReturns(var)
+    with pytest.raises(KeyboardInterrupt), set_while(stand_in, 1):  # type: ignore[arg-type]
+        pass
+    assert var.get() == 0
+    with set_while(var, 2):
+        assert var.get() == 2
+    assert var.get() == 0
+
+
+def test_the_runs_set_every_context_variable_of_the_library() -> None:
+    """The parametrised test below reaches every variable (or says which not)."""
+    reached = set()
+    for module_name, name in _VARS:
+        module = importlib.import_module(module_name)
+        real = getattr(module, name)
+        stand_in = _InterruptedAsSetReturns(real)
+        stand_in.armed = False
+        seen: list[Any] = []
+        stand_in.set = lambda value, real=real, seen=seen: (  # type: ignore[method-assign]
+            seen.append(value) or real.set(value)
+        )
+        setattr(module, name, stand_in)
+        try:
+            for run in _runs():
+                run()
+        finally:
+            setattr(module, name, real)
+        if seen:
+            reached.add((module_name, name))
+    # Set only under KullbackLeiblerLoss(compile=True)'s capture, too slow here.
+    unreached = {("pyrolite_bnn._capture", "_CAPTURING")}
+    assert set(_VARS) - reached == unreached
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(("module_name", "name"), _VARS)
+def test_an_interrupt_as_a_context_variable_is_set_leaves_later_calls_fresh(
+    module_name: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C as any of the library's context variables is set leaves nothing set.
+
+    Afterwards (once any module has been called: a plain network's call that
+    ended by an interrupt is closed by the next module call) every variable
+    is back at its default and every call runs as a fresh one.
+    """
+    module = importlib.import_module(module_name)
+    stand_in = _InterruptedAsSetReturns(getattr(module, name))
+    monkeypatch.setattr(module, name, stand_in)
+    for run in _runs():
+        try:
+            run()
+        except KeyboardInterrupt:
+            break
+    if not stand_in.fired:
+        pytest.skip("not set by these runs")
+    assert nn.Sequential(nn.Linear(3, 2), nn.ReLU())(torch.randn(4, 3)).shape == (4, 2)
+    assert _defaults() == {
+        key: getattr(importlib.import_module(key[0]), key[1]).get() for key in _VARS
+    }
+    for run in _runs():
+        run()
+    x = torch.randn(4, 3)
+    assert nn.Sequential(bnn.VILinear(3, 2))(x).shape == (10, 4, 2)
+    assert bnn.VISequential(bnn.VILinear(3, 2))(x).shape == (10, 4, 2)
+
+
+def test_no_context_variable_is_reset_by_token() -> None:
+    """``token = var.set(...)`` has the window above: ``set_while`` has none."""
+    package = Path(bnn.__file__).parent
+    offenders = [
+        f"{path.relative_to(package)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\b_[A-Z_]+\.reset\(", line)
+    ]
+    assert offenders == []
