@@ -67,9 +67,9 @@ class Progress:
             self.bar.update(1)
 
     def end(self, epoch: int, shown: dict[str, float], heat: float) -> None:
-        """The epoch ended with the statistics ``shown``."""
+        """The epoch ended with the statistics ``shown`` (validation included)."""
         if self.bar is not None:
-            self.bar.set_postfix(_format(shown))
+            self.bar.set_postfix({**_format(shown), "heat": f"{heat:g}"})
             self.bar.refresh()
         self.close()
         if self.show and self.tqdm is None:
@@ -82,7 +82,7 @@ class Progress:
             )
 
     def close(self) -> None:
-        """Close the bar (also when the epoch failed)."""
+        """Close the bar (also when the epoch or its validation failed)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -1033,22 +1033,19 @@ def fit(
                 modes.restore()  # sub-modules the user put in eval() stay there
             else:
                 model.train()
-            display.begin(epoch)
-            try:
-                means = _train_epoch(
-                    epoch,
-                    model,
-                    loss_fn,
-                    train_loader,
-                    optimizer,
-                    guard,
-                    unsynced,
-                    clip_grad_norm,
-                    display,
-                    step_end_hooks,
-                )
-            finally:
-                display.close()
+            display.begin(epoch)  # open until display.end shows the validation
+            means = _train_epoch(
+                epoch,
+                model,
+                loss_fn,
+                train_loader,
+                optimizer,
+                guard,
+                unsynced,
+                clip_grad_norm,
+                display,
+                step_end_hooks,
+            )
             history.loss.append(means.loss)
             history.nll.append(means.nll)
             history.kl.append(means.kl)
@@ -1095,5 +1092,6 @@ def fit(
                 break
         stopping.restore(model, loss_fn)
     finally:
+        display.close()  # an epoch that failed
         modes.restore()
     return history

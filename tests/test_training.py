@@ -965,13 +965,21 @@ def test_progress_false_prints_nothing(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_progress_bar_with_tqdm(capsys: pytest.CaptureFixture[str]) -> None:
+    """The bar of an epoch shows its validation loss and heat, as the fallback.
+
+    The bar was closed before the validation ran: with tqdm (always there:
+    Pyro needs it) ``val_loss`` was never shown.
+    """
     pytest.importorskip("tqdm")
     x, y = _data()
-    fit(_net(), _loss(), _batches(x, y), epochs=2)
+    fit(_net(), _loss(), _batches(x, y), epochs=2, val_loader=_batches(x, y))
     err = capsys.readouterr().err
     assert "epoch 2/2" in err
-    assert "loss=" in err
-    assert "kl=" in err
+    for name in ("loss=", "nll=", "kl=", "val_loss=", "heat=1"):
+        assert name in err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "epoch 2/2" in last
+    assert "val_loss=" in last
 
 
 class _NaNWhenEvaluated(bnn.VIModule):
