@@ -12,10 +12,10 @@ hooks and on the global module hooks (:func:`global_hook_ids`).
 
 from __future__ import annotations
 
-import warnings
-
 from torch import nn
 from torch.nn.modules import module as module_globals
+
+from pyrolite_bnn._warnings import warn_at_caller
 
 __all__ = [
     "FORWARD_HOOKS",
@@ -110,9 +110,8 @@ def warn_hooks_left_behind(
         if kinds and id(module) not in kept:
             left.append(f"{path or '<root>'} ({' and '.join(kinds)} hooks)")
     if left:
-        warnings.warn(
+        warn_at_caller(
             f"{what}: hooks other than forward hooks are not carried to the rebuilt "
             f"modules: {', '.join(left)}; register them again on the new modules",
             UserWarning,
-            stacklevel=3,
         )

@@ -12,9 +12,9 @@ warning follows what the conversion did, whatever selected the layers
 
 from __future__ import annotations
 
-import warnings
-
 from torch import nn
+
+from pyrolite_bnn._warnings import warn_at_caller
 
 __all__ = ["tied_parameters", "untied", "warn_untied"]
 
@@ -79,7 +79,6 @@ def warn_untied(
     groups: list[list[str]],
     caller: str,
     remedy: str,
-    stacklevel: int,
 ) -> None:
     """Warn once, naming the tied parameters ``network`` no longer shares.
 
@@ -89,14 +88,12 @@ def warn_untied(
         caller: the conversion, for the message (``"bnn.convert"``).
         remedy: how that conversion keeps a tie (which layers to leave as
             they are).
-        stacklevel: ``warnings.warn``'s, counted from the caller of this.
     """
     broken = untied(network, groups)
     if broken:
-        warnings.warn(
+        warn_at_caller(
             f"{caller}: tied parameters become independent random variables: "
             + "; ".join(" = ".join(group) for group in broken)
             + f" ({remedy} to keep them tied and deterministic)",
             UserWarning,
-            stacklevel=stacklevel + 1,
         )

@@ -58,7 +58,6 @@ Example:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -75,6 +74,7 @@ from pyrolite_bnn._validation import (
     check_normal_number,
     check_positive,
 )
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.predictive import (
     Categorical,
@@ -142,13 +142,12 @@ def _fit_log_parameter(
         )
     count = outputs.shape[1]
     if positions == 0:
-        warnings.warn(
+        warn_at_caller(
             f"calibration: none of the {count} validation example(s) has an "
             "observed label (every label equals the likelihood's ignore_index): "
             f"there is nothing to fit the {what} to. The {what} is left at 1 "
             "(the identity)",
             UserWarning,
-            stacklevel=3,
         )
         return 1.0
     # NaN outputs (NaN weights, an input that overflows) made every value fit
@@ -159,12 +158,11 @@ def _fit_log_parameter(
     if max(probes) - min(probes) <= 1e-12 * max(1.0, abs(probes[1])):
         # Predictions the parameter does not change (all-equal logits): any
         # value fits equally, and the search would run to its lower limit.
-        warnings.warn(
+        warn_at_caller(
             f"calibration: the validation NLL of the {count} example(s) is the "
             f"same for every {what} (the predictions do not depend on it, e.g. "
             f"all-equal logits). The {what} is left at 1 (the identity)",
             UserWarning,
-            stacklevel=3,
         )
         return 1.0
     tried: list[float] = []
@@ -191,13 +189,12 @@ def _fit_log_parameter(
             f"log-density overflows in {outputs.dtype} (check the targets' "
             "units and the noise scale)"
         )
-        warnings.warn(
+        warn_at_caller(
             f"calibration: the validation NLL of the {count} example(s) is "
             f"{best} for every {what} the search tried (e^{min(tried):.3g} to "
             f"e^{max(tried):.3g}): {reason}. The {what} is left at 1 (the "
             "identity)",
             UserWarning,
-            stacklevel=3,
         )
         return 1.0
     flat_from: float | None = None  # where the NLL is flat up to the limit
@@ -218,14 +215,13 @@ def _fit_log_parameter(
         # The NLL falls without bound towards 0: the validation data are fitted
         # exactly (every example right). Such a fit would make every prediction
         # certain; the identity is the honest answer.
-        warnings.warn(
+        warn_at_caller(
             f"calibration: no finite {what} fits the {count} validation "
             "example(s): every one is predicted right (classified correctly, or "
             "a regression target met exactly; the validation NLL keeps "
             f"falling as the {what} goes to 0){one_class}. The calibration is "
             "left at 1 (the identity); fit it on a larger validation set",
             UserWarning,
-            stacklevel=3,
         )
         return 1.0
     value = math.exp(log_value)
@@ -243,11 +239,10 @@ def _fit_log_parameter(
             else f" (the validation NLL falls as the {what} grows, and is flat "
             f"to float precision from {flat_from:.3g} on)"
         )
-        warnings.warn(
+        warn_at_caller(
             f"calibration: the fitted {what} {value:.3g} is at the search limit "
             f"e^{_LOG_LIMIT:g}{flat}: {hint}{one_class}",
             UserWarning,
-            stacklevel=3,
         )
     return value
 

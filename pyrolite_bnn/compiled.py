@@ -26,7 +26,6 @@ compiler failure, makes the loss fall back to the eager path with one warning.
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -48,6 +47,7 @@ from pyrolite_bnn._validation import (
     is_validation_enabled,
     validation,
 )
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import ForwardRecord, find_record
 
@@ -175,11 +175,10 @@ class LossGraphs:
     def _fall_back(self, key: Hashable, model: VIModule, error: Exception) -> None:
         """Remember a signature that failed, and warn once that it runs eagerly."""
         self._failed.add(key)
-        warnings.warn(
+        warn_at_caller(
             f"compile=True: could not compile the loss of {type(model).__name__} "
             f"({type(error).__name__}: {_first_line(error)}); running it eagerly",
             CompileFallbackWarning,
-            stacklevel=4,
         )
 
     def _capture(

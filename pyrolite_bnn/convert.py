@@ -45,7 +45,6 @@ from __future__ import annotations
 import copy
 import functools
 import types
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -60,6 +59,7 @@ from pyrolite_bnn._network import is_cached_fact
 from pyrolite_bnn._source_watch import remember_source
 from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
 from pyrolite_bnn._validation import check_positive
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.priors import NormalPrior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
@@ -231,19 +231,18 @@ def convert(
     converter.warn()
     network = root if isinstance(root, VIModule) else ConvertedNetwork.wrap(root)
     remember_source(network, module)  # for the loss: optimizers of ``module``
-    warn_untied(network, tied, "bnn.convert", "exclude= their layers", stacklevel=2)
+    warn_untied(network, tied, "bnn.convert", "exclude= their layers")
     warn_hooks_left_behind(before, network, "bnn.convert")
     if not any(
         isinstance(m, VIModule) and m.declared_variables() for m in network.modules()
     ):
-        warnings.warn(
+        warn_at_caller(
             f"bnn.convert made no layer of {type(module).__name__} Bayesian: "
             "include=/exclude= left none, or it has no layer with a Bayesian "
             "counterpart (Linear, Conv*, ConvTranspose*, Embedding, LSTM, GRU, "
             "MultiheadAttention, Transformer layers); the result is the "
             "deterministic model",
             UserWarning,
-            stacklevel=2,
         )
     return network
 
@@ -648,17 +647,16 @@ class _Converter:
     def warn(self) -> None:
         """One warning per kind of thing the conversion could not keep."""
         if self.frozen:
-            warnings.warn(
+            warn_at_caller(
                 "bnn.convert: layers with frozen weights (requires_grad=False) "
                 "became Bayesian with trainable posteriors: "
                 + ", ".join(self.frozen)
                 + " (pass exclude= to keep them deterministic and frozen, or "
                 "call requires_grad_(False) on the converted layers)",
                 UserWarning,
-                stacklevel=3,
             )
         if self.unsupported:
-            warnings.warn(
+            warn_at_caller(
                 "bnn.convert: parameters of modules without a Bayesian "
                 "counterpart stay point estimates (trained as usual): "
                 + ", ".join(self.unsupported)
@@ -666,16 +664,14 @@ class _Converter:
                 "module's path keeps it and everything below it deterministic, "
                 "and silences this; or write a VIModule for it)",
                 UserWarning,
-                stacklevel=3,
             )
         if self.reparametrised:
-            warnings.warn(
+            warn_at_caller(
                 "bnn.convert: parametrizations (weight_norm, spectral_norm, ...) "
                 "are not kept: "
                 + ", ".join(self.reparametrised)
                 + " became Bayesian layers of their current effective weights",
                 UserWarning,
-                stacklevel=3,
             )
 
 

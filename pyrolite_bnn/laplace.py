@@ -778,7 +778,7 @@ class LinearizedLaplace(nn.Module):
         )
         best = math.exp(log_best)
         if at_limit:
-            warnings.warn(
+            warn_at_caller(
                 f"fit_prior_precision: the best prior precision {best:.3g} is at the "
                 f"search limit e^{'-' if log_best < 0 else ''}"
                 f"{_LOG_PRECISION_LIMIT:g}: the objective still improves beyond it "
@@ -789,7 +789,6 @@ class LinearizedLaplace(nn.Module):
                     else "(a smaller precision: an almost flat prior)"
                 ),
                 UserWarning,
-                stacklevel=2,
             )
         self.set_prior_precision(best)
         return self

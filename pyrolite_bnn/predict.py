@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -691,13 +690,12 @@ def _predict(
     sizes = DrawSizes.of(model)
     group = sizes.particles_that_fit(samples, budget)
     if group == 0:
-        warnings.warn(
+        warn_at_caller(
             f"predict: drawing the weight {sizes.site!r} for one particle takes "
             f"{DRAWING_FACTOR * sizes.largest} bytes ({DRAWING_FACTOR} times its "
             f"{sizes.largest}-byte draw), more than half of memory_budget={budget}: "
             "the prediction takes more memory than the budget; raise memory_budget",
             RuntimeWarning,
-            stacklevel=3,
         )
         group = samples
     if group == samples:
@@ -710,7 +708,7 @@ def _predict(
     for start in range(0, samples, group):
         count = min(group, samples - start)
         outs = _predict_particles(
-            model, x, heads, count, batch_size, budget, None, sizes
+            model, x, heads, count, batch_size, budget, None, sizes, start == 0
         )
         if not result:
             result = tuple(
@@ -730,10 +728,12 @@ def _predict_particles(
     budget: int,
     weights: FixedWeights | None,
     sizes: DrawSizes | None,
+    warn: bool = True,
 ) -> tuple[Tensor, ...]:
     """Each head's outputs ``(particles, N, ...)``, in chunks.
 
-    The weights are ``weights`` if given, else drawn.
+    The weights are ``weights`` if given, else drawn. ``warn``: whether to
+    warn (the first group of particles; the others would only repeat it).
 
     ``sizes`` (with drawn weights) decides whether one draw is kept for all
     chunks or each chunk draws anew, and what is left of ``budget`` for the
@@ -744,9 +744,9 @@ def _predict_particles(
     axis = 1 if has_sequence_first_layers(model) else 0
     size = _batch_size(x, axis)
     if batch_size is None and _probe_is_the_prediction(size, particles):
-        return _run_unprobed(model, x, heads, axis, particles, weights)
+        return _run_unprobed(model, x, heads, axis, particles, weights, warn)
     if batch_size is not None and batch_size >= size:
-        return _run(model, x, heads, particles, weights)
+        return _run(model, x, heads, particles, weights, warn)
     # Fixed weights draw nothing: no generator is rewound (a rewind would hand
     # another thread's draws out again).
     generators = _Generators(_devices(model, x) if weights is None else [])
@@ -760,27 +760,28 @@ def _predict_particles(
         if sizes is not None and not kept_bytes:  # each chunk draws its weights
             reserved = sizes.redrawn_bytes(particles)
         room = budget - reserved
-        if 0 <= room < per_input:  # (room < 0: the draws' warning said so)
-            warnings.warn(
+        if warn and 0 <= room < per_input:  # (room < 0: the draws' warning did)
+            warn_at_caller(
                 f"predict: one input with {particles} particle(s) takes about "
                 f"{per_input:.0f} bytes, more than the {room} bytes memory_budget="
                 f"{budget} leaves beside the weight draws: the prediction takes "
                 "more memory than the budget; raise memory_budget (or predict "
                 "with fewer samples)",
                 RuntimeWarning,
-                stacklevel=4,
             )
         step = size if per_input == 0 else max(1, int(room // per_input))
     else:
         step = batch_size
     if step >= size:
-        return _run(model, x, heads, particles, weights)
+        return _run(model, x, heads, particles, weights, warn)
     if kept_bytes:
         weights = FixedWeights.drawn(guide_of(model), particles)
     # Chunks that draw the same weights again rewind the generators: one such
     # call at a time in the process.
     with generators_held() if weights is None else contextlib.nullcontext():
-        return _chunks(model, x, heads, axis, step, particles, weights, generators)
+        return _chunks(
+            model, x, heads, axis, step, particles, weights, generators, warn
+        )
 
 
 def _chunks(
@@ -792,11 +793,13 @@ def _chunks(
     particles: int,
     weights: FixedWeights | None,
     generators: _Generators,
+    warn: bool = True,
 ) -> tuple[Tensor, ...]:
     """The outputs of each head of ``x`` in chunks of ``step`` inputs.
 
     ``generators`` are rewound before each chunk where the weights are drawn
     anew (``weights`` is ``None``), so that every chunk draws the same ones.
+    ``warn``: whether to warn (in the first chunk for each warning).
     """
     size = _batch_size(x, axis)
     result: tuple[Tensor, ...] = ()
@@ -804,22 +807,23 @@ def _chunks(
     for start in range(0, size, step):
         if weights is None:  # same draws in every chunk: rewind the generators
             generators.rewind()
+        length = min(step, size - start)
+        first = warn and start == 0  # warns about outputs shared by the particles
         outs = _run_chunk(
-            model, x, heads, axis, start, min(step, size - start), particles, weights
+            model, x, heads, axis, start, length, particles, weights, first
         )
         if not result:
             result = tuple(
                 _outputs_buffer(out, _whole(out, axis, size)) for out in outs
             )
             after_first = None if weights is not None else generators.current()
-        elif after_first is not None and not generators.same_as(after_first):
-            warnings.warn(
+        elif warn and after_first is not None and not generators.same_as(after_first):
+            warn_at_caller(
                 "predict: the network drew a number of random values that depends "
                 "on the chunk size (dropout in training mode?), so particles may be "
                 "different networks in different chunks; call model.eval() first, "
                 "or predict with batch_size=len(x)",
                 RuntimeWarning,
-                stacklevel=5,
             )
             after_first = None  # once is enough
         for kept, out in zip(result, outs, strict=True):
@@ -876,6 +880,7 @@ def _run_unprobed(
     axis: int,
     particles: int,
     weights: FixedWeights | None,
+    warn: bool = True,
 ) -> tuple[Tensor, ...]:
     """All of ``x`` in one call, with no probe.
 
@@ -887,7 +892,7 @@ def _run_unprobed(
     """
     with buffers_restored(model, on_error_only=True):
         return _run_chunk(
-            model, x, heads, axis, 0, x[0].shape[axis], particles, weights
+            model, x, heads, axis, 0, x[0].shape[axis], particles, weights, warn
         )
 
 
@@ -952,8 +957,8 @@ def _probe(
                     if weights is not None
                     else FixedWeights.drawn(guide_of(model), count)
                 )
-                with AllocationPeak() as memory:
-                    _run_chunk(model, x, heads, axis, 0, length, count, given)
+                with AllocationPeak() as memory:  # the prediction's run warns
+                    _run_chunk(model, x, heads, axis, 0, length, count, given, False)
         except Exception:
             if count == tries[-1]:
                 raise
@@ -973,6 +978,7 @@ def _run_chunk(
     length: int,
     particles: int,
     weights: FixedWeights | None,
+    warn_shared: bool = True,
 ) -> tuple[Tensor, ...]:
     """:func:`_run` on ``length`` inputs of ``x`` from ``start`` along ``axis``.
 
@@ -981,7 +987,7 @@ def _run_chunk(
     """
     chunk = tuple(t.narrow(axis, start, length) for t in x)
     try:
-        return _run(model, chunk, heads, particles, weights)
+        return _run(model, chunk, heads, particles, weights, warn_shared)
     except (TypeError, ValueError) as error:
         if type(error) not in (TypeError, ValueError):
             raise  # a subclass may take other constructor arguments
@@ -998,10 +1004,13 @@ def _run(
     heads: OutputHeads,
     samples: int,
     weights: FixedWeights | None,
+    warn_shared: bool = True,
 ) -> tuple[Tensor, ...]:
     """Each head's outputs ``(S, B, ...)`` for one chunk.
 
-    The weights are drawn, or fixed to ``weights``.
+    The weights are drawn, or fixed to ``weights``. ``warn_shared``: warn
+    about outputs every particle shares (once per ``predict``: not in the
+    memory probe, nor in chunks after the first).
     """
     if weights is not None:
         out = weights.run(model, x, samples)
@@ -1014,7 +1023,11 @@ def _run(
     shared = [
         key
         for key, head in zip(heads.keys or (None,), picked, strict=True)
-        if samples > 1 and head.dim() and head.numel() and head.stride(0) == 0
+        if warn_shared
+        and samples > 1
+        and head.dim()
+        and head.numel()
+        and head.stride(0) == 0
     ]
     if shared:  # the call read these outputs as shared by all particles
         which = (

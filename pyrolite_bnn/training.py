@@ -19,7 +19,6 @@ import functools
 import inspect
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -334,13 +333,12 @@ def _check_arguments(
         and heat_schedule.start != heat_schedule.end
         and heat_schedule.epochs >= epochs > 0
     ):
-        warnings.warn(
+        warn_at_caller(
             f"fit: the heat warm-up of {heat_schedule.epochs} epochs is not over "
             f"within the run's {epochs}: training never reaches heat "
             f"{heat_schedule.end:g} (the ELBO), and loss_fn.heat stays at "
             f"{heat_schedule(epochs - 1):g} afterwards; warm up over fewer epochs",
             UserWarning,
-            stacklevel=3,
         )
     return epochs, start
 
@@ -393,13 +391,12 @@ def _check_dataset_size(
         else "Build the loss with dataset_size=len(train_loader.dataset), the "
         "number of training examples, not batches"
     )
-    warnings.warn(
+    warn_at_caller(
         f"fit: loss_fn.dataset_size is {loss_fn.dataset_size} but train_loader "
         f"holds {examples} examples: the KL term is weighted as if the data set "
         f"had {loss_fn.dataset_size} (a KL {examples / loss_fn.dataset_size:.3g} "
         f"times as strong as the ELBO's). {advice}",
         UserWarning,
-        stacklevel=3,
     )
 
 
@@ -698,12 +695,11 @@ def _returning_nothing(on_step_end: Callable[..., Any]) -> Callable[..., None]:
         answer = on_step_end(epoch, step, loss)
         if answer is not None and not warned:
             warned = True
-            warnings.warn(
+            warn_at_caller(
                 f"{on_step_end!r} returned {type(answer).__name__} {answer!r}: "
                 "the value of on_step_end is ignored (to stop training, return "
                 "True from on_epoch_end)",
                 UserWarning,
-                stacklevel=4,
             )
 
     return call
@@ -1062,14 +1058,13 @@ def fit(
                     )
                     raise
                 if not math.isfinite(val_loss):
-                    warnings.warn(
+                    warn_at_caller(
                         f"fit: the validation loss of epoch {epoch} is {val_loss}: "
                         "the network's predictive density on val_loader is not "
                         "finite (NaN or infinite outputs, or targets the likelihood "
                         "gives zero density); early stopping counts it as no "
                         "improvement",
                         RuntimeWarning,
-                        stacklevel=2,
                     )
                 history.val_loss.append(val_loss)
                 shown["val_loss"] = val_loss

@@ -834,3 +834,20 @@ def test_calibrate_fits_a_tagger_per_token() -> None:
 
     best = _grid_minimiser(nll, -3.0, 3.0)
     assert abs(math.log(float(cal.temperature)) - best) <= 1e-3
+
+
+@pytest.mark.parametrize("through", ["VarianceScaling().fit", "calibrate"])
+def test_a_calibration_warning_points_at_the_callers_line(through: str) -> None:
+    """A fixed stacklevel pointed into calibration.py from both entry points."""
+    torch.manual_seed(0)
+    y = 1e3 * torch.randn(50)
+    likelihood = bnn.Normal(scale=1e-6)
+
+    def run() -> object:
+        if through == "calibrate":
+            return bnn.calibrate(bnn.VILinear(2, 1), torch.randn(50, 2), y, likelihood)
+        return bnn.VarianceScaling().fit(torch.zeros(1, 50, 1), y, likelihood)
+
+    with pytest.warns(UserWarning, match="at the search limit") as caught:
+        run()
+    assert {w.filename for w in caught} == {__file__}

@@ -1443,3 +1443,37 @@ def test_outputs_larger_than_the_free_host_memory_are_refused_up_front(
     monkeypatch.setattr(_PREDICT_MODULE, "available_bytes", lambda: None)
     pred = bnn.predict(net, x, bnn.Categorical(), samples=samples, memory_budget=4096)
     assert pred.samples.shape[:2] == (samples, 40)
+
+
+def test_memory_budget_warnings_point_at_the_callers_line() -> None:
+    """Both budget warnings pointed into the library (_isolation.py), and the
+    one about the inputs came once per group of particles (17 times here)."""
+    net = bnn.VISequential(bnn.VILinear(4, 8), nn.ReLU(), bnn.VILinear(8, 2))
+    with pytest.warns(RuntimeWarning, match="drawing the weight") as caught:
+        bnn.predict(net, torch.randn(16, 4), bnn.Categorical(), memory_budget=100)
+    assert [w.filename for w in caught] == [__file__]
+    wide = bnn.VISequential(bnn.VILinear(1, 1), nn.Linear(1, 512), nn.ReLU())
+    with pytest.warns(RuntimeWarning, match="one input with") as caught:
+        bnn.predict(wide, torch.randn(16, 1), bnn.Normal(0.1), memory_budget=100)
+    assert [w.filename for w in caught] == [__file__]
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_outputs_shared_by_the_particles_warn_once_per_call(
+    batch_size: int | None,
+) -> None:
+    """The memory probe and every chunk warned again: twice or more per call."""
+
+    class Constant(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = bnn.VILinear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x).detach()[:1, :].mean(0).expand(x.shape[0], 2) * 0
+
+    x = torch.randn(16, 4)
+    with pytest.warns(UserWarning, match="every particle gave the same") as caught:
+        bnn.predict(Constant(), x, bnn.Categorical(), samples=4, batch_size=batch_size)
+    assert len(caught) == 1
+    assert caught[0].filename == __file__

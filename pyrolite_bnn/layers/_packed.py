@@ -17,7 +17,6 @@ output.unsorted_indices)`` is particle ``s``'s torch output (see
 
 from __future__ import annotations
 
-import warnings
 from contextlib import AbstractContextManager
 
 import torch
@@ -27,6 +26,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import current_draws
 from pyrolite_bnn._sites import current_sites
+from pyrolite_bnn._warnings import warn_at_caller
 
 __all__ = ["PackedInput"]
 
@@ -87,14 +87,13 @@ class PackedInput:
                 and _bayesian_layers_ran()
             ):
                 # No graph to tell where the data came from (no gradients).
-                warnings.warn(
+                warn_at_caller(
                     f"{name} got a packed batch of {rows} sequences, shared by all "
                     f"{self.samples} particles, after Bayesian layers ran in this "
                     "call. If it was packed from their folded output (B * S rows, "
                     f"such as a VIEmbedding's), {remedy}. A packed network input "
                     "is right as it is",
                     UserWarning,
-                    stacklevel=4,
                 )
         if folded:
             lengths = lengths.view(self.batch, self.samples)[:, 0]

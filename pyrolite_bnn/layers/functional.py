@@ -13,7 +13,6 @@ and :func:`current_samples`.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._warnings import warn_at_caller
 
 __all__ = [
     "conv",
@@ -115,7 +115,7 @@ def _is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
     )
     if rows % samples == 0:
         if known:
-            warnings.warn(
+            warn_at_caller(
                 f"a Bayesian layer got an input of {rows} rows, neither a batch "
                 f"size of the network's inputs ({', '.join(map(str, known))}) nor "
                 f"one times samples={samples}: it is read as {rows // samples} "
@@ -128,7 +128,6 @@ def _is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
                 "the batch (h.reshape(-1, E) of a (B * S, L, E) activation): keep "
                 "the batch dimension first and positions in dimensions of their own",
                 UserWarning,
-                stacklevel=2,
             )
         return False
     shown = " or ".join(map(str, known)) if known else "unknown"

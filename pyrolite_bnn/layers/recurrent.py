@@ -14,7 +14,6 @@ front, ``(S, num_layers * num_directions, B, H)``.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._validation import check_floating_input, check_integer
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
 from pyrolite_bnn.layers._base import options_repr
 from pyrolite_bnn.layers._options import per_variable
@@ -87,12 +87,11 @@ class _VIRNNBase(VIModule):
                 f"probability of an element being zeroed, got {dropout!r}"
             )
         if dropout > 0 and num_layers == 1:
-            warnings.warn(
+            warn_at_caller(
                 "dropout option adds dropout after all but last recurrent layer, so "
                 f"non-zero dropout expects num_layers greater than 1, but got "
                 f"dropout={dropout} and num_layers={num_layers}",
                 UserWarning,
-                stacklevel=2,
             )
         input_size = check_integer(input_size, "input_size")
         hidden_size = check_integer(hidden_size, "hidden_size")

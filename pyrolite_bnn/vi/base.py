@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import functools
 import math
-import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -39,6 +38,7 @@ from pyrolite_bnn._draws import current_draws, particle_weights, using_particle_
 from pyrolite_bnn._forward import output_tensors
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._validation import check_integer
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     PointMassPosterior,
@@ -203,9 +203,8 @@ class VariableSpecs:
         for shape in self.declared().values():
             if len(shape) >= 2:
                 return shape[1] * math.prod(shape[2:])
-        warnings.warn(
+        warn_at_caller(
             "only one-dimensional Parameters where found, assuming fan_in to be 1",
-            stacklevel=3,
         )
         return 1
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -192,9 +191,8 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         size = self.dataset_size if dataset_size is None else dataset_size
         if size is None:
             batch = model_output.shape[1]
-            warnings.warn(
+            warn_at_caller(
                 f"No dataset_size is provided. Batch size ({batch}) is used instead.",
-                stacklevel=2,
             )
             size = batch
         log_probs = getattr(model_output, "log_probs", None)

@@ -198,8 +198,10 @@ def test_errors_say_what_to_do() -> None:
         bnn.VIGRU(3, 4, batch_first=True, estimator="flipout")
     with pytest.raises(ValueError, match="proj_size"):
         bnn.VILSTM(3, 4, batch_first=True, proj_size=4)
-    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers"):
-        bnn.VILSTM(3, 4, batch_first=True, dropout=0.5)
+    for cls in (bnn.VILSTM, bnn.VIGRU):  # VIGRU's pointed into recurrent.py
+        with pytest.warns(UserWarning, match="non-zero dropout expects") as caught:
+            cls(3, 4, batch_first=True, dropout=0.5)
+        assert caught[0].filename == __file__
     lstm = bnn.VILSTM(3, 4, batch_first=True)
     with pytest.raises(ValueError, match=r"expected batch-first input of shape"):
         lstm(torch.randn(7, 3))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module, init
 
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
@@ -212,9 +212,8 @@ class Distribution(metaclass=PostInitCallMeta):
         call warns and does nothing.
         """
         if self._rescaled:
-            warnings.warn(
+            warn_at_caller(
                 f"{type(self).__name__} has already been rescaled. Ignoring rescaling.",
-                stacklevel=2,
             )
             return
         self._rescaled = True
@@ -282,10 +281,9 @@ class Distribution(metaclass=PostInitCallMeta):
 
         The base class does not support it and warns.
         """
-        warnings.warn(
+        warn_at_caller(
             f'Module [{type(self).__name__}] is missing the "reset_parameters_to_prior"'
             " method and therefore does not support prior initialization.",
-            stacklevel=2,
         )
 
     # ------------------------------------------------------------ predictive

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -62,6 +61,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._module_hooks import FORWARD_HOOKS, OTHER_HOOKS
 from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.convert import convert
 from pyrolite_bnn.layers import registry
 from pyrolite_bnn.layers.registry import copy_training_modes
@@ -382,7 +382,6 @@ def convert_to_vimodule(
         tied,
         "convert_to_vimodule",
         "ban_convert the classes of their modules",
-        stacklevel=2,
     )
     if isinstance(module, BnnVIModule):
         module.return_log_probs = return_log_probs
@@ -515,13 +514,12 @@ def _library_layer(
         )
     ignored = [k for k in ("rescale_prior", "prior_initialization") if vikwargs[k]]
     if ignored:
-        warnings.warn(
+        warn_at_caller(
             f"convert_to_vimodule: {type(module).__name__} becomes the library's "
             f"layer {entry.bayesian_cls.__name__}, which "
             f"does not take {' and '.join(ignored)}: its prior is used as given "
             "and its means start at torch's initialisation (or the weights)",
             UserWarning,
-            stacklevel=4,
         )
     layer = convert(
         module,
@@ -636,12 +634,11 @@ def _keep_forward_hooks(module: nn.Module, saved: Mapping[str, Any]) -> None:
         state[name] = kept
     dropped = {kind for name, kind in OTHER_HOOKS.items() if saved.get(name)}
     if dropped:
-        warnings.warn(
+        warn_at_caller(
             f"convert_to_vimodule: the {' and '.join(sorted(dropped))} hooks of a "
             f"{type(module).__name__} converted in place are dropped (its forward "
             "hooks are kept); register them again on the converted module",
             UserWarning,
-            stacklevel=4,
         )
 
 
