@@ -195,7 +195,7 @@ def convert(
         torch.Size([2, 5, 3])
         >>> moped = bnn.convert(plain, moped=0.1)
         >>> moped[2].prior["weight"]
-        NormalPrior(loc=tensor(3, 8), scale=1)
+        NormalPrior(loc=tensor of shape (3, 8), scale=1)
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"convert needs a torch.nn.Module, got {type(module).__name__}")
@@ -691,7 +691,11 @@ def _check_moped_options(prior: object, variational: object) -> None:
         )
     loc = None if prior is None else prior.loc
     if loc is not None and not loc.is_meta and bool((loc != 0).any()):
-        shown = f"{loc.item():g}" if loc.numel() == 1 else f"tensor{tuple(loc.shape)}"
+        shown = (
+            f"{loc.item():g}"
+            if loc.numel() == 1
+            else f"tensor of shape {tuple(loc.shape)}"
+        )
         raise ValueError(
             "moped= centres each prior at the trained weights, so the "
             f"loc={shown} of prior= would be ignored: pass "

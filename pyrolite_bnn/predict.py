@@ -131,6 +131,8 @@ class Prediction:
         >>> pred = Prediction(torch.zeros(2, 3, 1), bnn.Normal(scale=0.5))
         >>> pred.mean.shape, pred.variance[0].item()
         (torch.Size([3]), 0.25)
+        >>> pred
+        Prediction(samples=(2, 3, 1) float32, predictive=Normal(scale=0.5))
     """
 
     samples: Tensor
@@ -164,6 +166,16 @@ class Prediction:
                 f"got shape {tuple(self.samples.shape)}"
             )
         self.predictive = likelihood_snapshot(self.predictive)
+
+    def __repr__(self) -> str:
+        """Shape, dtype (and device, off the CPU) of ``samples``, not their values."""
+        samples = self.samples
+        where = "" if samples.device.type == "cpu" else f" {samples.device}"
+        dtype = str(samples.dtype).removeprefix("torch.")
+        return (
+            f"Prediction(samples={tuple(samples.shape)} {dtype}{where}, "
+            f"predictive={self.predictive!r})"
+        )
 
     def _outputs(self) -> Tensor:
         """``samples`` in at least ``float32``, for the summaries."""

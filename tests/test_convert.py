@@ -254,7 +254,7 @@ def test_moped_refuses_a_prior_loc_it_would_replace() -> None:
     with pytest.raises(ValueError, match=r"loc=0\.5 of prior= would be ignored"):
         bnn.convert(module, moped=0.1, prior=bnn.NormalPrior(0.5, 1.0))
     rows = torch.tensor([[0.0], [0.0], [0.2], [0.0]])
-    with pytest.raises(ValueError, match=r"loc=tensor\(4, 1\) of prior="):
+    with pytest.raises(ValueError, match=r"loc=tensor of shape \(4, 1\) of prior="):
         bnn.convert(module, moped=0.1, prior=bnn.NormalPrior(rows, 1.0))
     net = bnn.convert(module, moped=0.1, prior=bnn.NormalPrior(torch.tensor(0.0), 2.0))
     prior = net[0].prior["weight"]

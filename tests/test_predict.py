@@ -1477,3 +1477,13 @@ def test_outputs_shared_by_the_particles_warn_once_per_call(
         bnn.predict(Constant(), x, bnn.Categorical(), samples=4, batch_size=batch_size)
     assert len(caught) == 1
     assert caught[0].filename == __file__
+
+
+def test_repr_shows_the_samples_shape_not_their_values() -> None:
+    """The dataclass repr dumped the samples tensor (1,200 characters)."""
+    pred = Prediction(torch.zeros(200, 64, 2), bnn.Categorical())
+    shown = "Prediction(samples=(200, 64, 2) float32, predictive=Categorical())"
+    assert repr(pred) == shown
+    pred = Prediction(torch.zeros(3, 5, dtype=torch.float64), bnn.Normal(scale=0.5))
+    shown = "Prediction(samples=(3, 5) float64, predictive=Normal(scale=0.5))"
+    assert repr(pred) == shown

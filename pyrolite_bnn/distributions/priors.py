@@ -249,7 +249,7 @@ class Prior(nn.Module):
         >>> posterior_mean = layer.posterior["weight"].loc.detach()
         >>> layer.prior["weight"].loc = posterior_mean
         >>> layer.prior["weight"]
-        NormalPrior(loc=tensor(2, 3), scale=1)
+        NormalPrior(loc=tensor of shape (2, 3), scale=1)
         >>> layer.prior["weight"].loc.data_ptr() == posterior_mean.data_ptr()
         False
     """
@@ -815,7 +815,7 @@ class LearnedNormalPrior(Prior):
         >>> import pyrolite_bnn as bnn
         >>> layer = bnn.VILinear(4, 3, prior=bnn.LearnedNormalPrior(per="unit"))
         >>> layer.prior["weight"]
-        LearnedNormalPrior(loc=0, scale=tensor(3, 1), per='unit')
+        LearnedNormalPrior(loc=0, scale=tensor of shape (3, 1), per='unit')
         >>> layer.prior["weight"].log_scale.shape, layer.prior["bias"].scale().shape
         (torch.Size([3, 1]), torch.Size([3]))
         >>> sorted(n for n, _ in layer.named_parameters() if n.startswith("prior"))
@@ -1441,10 +1441,12 @@ def as_prior(prior: object) -> Prior:
 
 
 def _fmt(value: Tensor, spec: str = ".4g") -> str:
-    """A hyperparameter in a repr: a number, else ``tensor(shape)``.
+    """A hyperparameter in a repr: a number, else ``tensor of shape (...)``.
+
+    (``tensor(8, 4)`` read like values.)
 
     A number on the meta device has no value: ``?``.
     """
     if value.numel() == 1:
         return "?" if value.is_meta else format(value.item(), spec)
-    return f"tensor{tuple(value.shape)}"
+    return f"tensor of shape {tuple(value.shape)}"
