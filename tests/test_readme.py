@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -55,3 +56,22 @@ def test_design_module_tables_name_every_module() -> None:
     for doc, quote in (("design.md", "`"), ("design.rst", "``")):
         text = (ROOT / "docs" / doc).read_text()
         assert [n for n in names if f"{quote}{n}{quote}" not in text] == [], doc
+
+
+def test_the_memory_probe_is_described_as_the_code_runs_it() -> None:
+    """concepts.rst said "the first 4 inputs, one particle" for a probe of two
+    particles, measured by forward hooks (it counts every allocation), and
+    left out that a probe that raises runs again (the user's forward code
+    runs up to 3 times in a predict call of one chunk)."""
+    predict_module = importlib.import_module("pyrolite_bnn.predict")
+    probe = (
+        f"first {predict_module._PROBE_INPUTS} inputs with "
+        f"{predict_module._PROBE_PARTICLES} particles"
+    )
+    for text in ((ROOT / "docs" / "concepts.rst").read_text(), bnn.predict.__doc__):
+        assert text is not None
+        flat = " ".join(text.split())
+        assert probe in flat
+        assert "probed again" in flat or "probe runs again" in flat
+    concepts = " ".join((ROOT / "docs" / "concepts.rst").read_text().split())
+    assert "forward code runs up to twice before the prediction's own calls" in concepts
