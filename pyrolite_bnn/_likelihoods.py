@@ -15,6 +15,7 @@ of the likelihood beyond that (``laplace``: ``Normal``, ``Categorical`` or
 
 from __future__ import annotations
 
+from pyrolite_bnn._validation import reloaded_hint
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 
 __all__ = ["as_likelihood", "describe_likelihood", "qualified_name"]
@@ -91,6 +92,7 @@ def as_likelihood(predictive: object, who: str) -> PredictiveDistribution:
             given += f": pass an instance, {predictive.__name__}()"
     else:
         given = f"{predictive!r} of type {qualified_name(predictive)}"
+        given += reloaded_hint(predictive, PredictiveDistribution)
         if isinstance(predictive, int):
             given += (
                 " (a number of samples? predict and calibrate take it after the "

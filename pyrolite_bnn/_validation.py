@@ -329,6 +329,37 @@ def check_heat(value: float, what: str) -> float:
     return heat
 
 
+def reloaded_hint(value: object, expected: type) -> str:
+    """Why ``value`` of a class named like ``expected`` is no instance of it.
+
+    After ``importlib.reload`` (IPython's autoreload) of a library module,
+    objects made before are of the old class object: "needs a
+    KullbackLeiblerLoss, got KullbackLeiblerLoss" says nothing. The hint
+    names the cause; ``""`` where the classes differ in name too.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> Old = type("Categorical", (), {"__module__": bnn.Categorical.__module__})
+        >>> reloaded_hint(Old(), bnn.Categorical)[:48]
+        ' (an object from another import of pyrolite_bnn:'
+        >>> reloaded_hint(1, bnn.Categorical)
+        ''
+    """
+    same_name = any(
+        c is not expected
+        and c.__name__ == expected.__name__
+        and c.__module__ == expected.__module__
+        for c in type(value).__mro__
+    )
+    if not same_name:
+        return ""
+    return (
+        " (an object from another import of pyrolite_bnn: a module reloaded, by "
+        "importlib.reload or IPython's autoreload, after it was made; make it "
+        "again, or restart the interpreter)"
+    )
+
+
 def check_integer(value: object, what: str) -> int:
     """``value`` as an ``int`` if it is an integer, else ``TypeError``.
 

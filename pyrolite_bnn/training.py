@@ -53,6 +53,7 @@ from pyrolite_bnn._validation import (
     check_optimizer_holds,
     check_positive,
     held_parameter_ids,
+    reloaded_hint,
 )
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
@@ -309,6 +310,7 @@ def _check_arguments(
             "fit needs a bnn.KullbackLeiblerLoss as loss_fn (it sets the loss's "
             "heat, reads its data and KL terms and validates with its "
             f"likelihood), got {type(loss_fn).__name__}"
+            + reloaded_hint(loss_fn, KullbackLeiblerLoss)
         )
     epochs = check_count(epochs, "epochs", minimum=0)
     start = check_integer(initial_epoch, "initial_epoch")

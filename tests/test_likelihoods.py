@@ -146,3 +146,13 @@ def test_a_learned_scale_shows_its_value_in_the_repr() -> None:
         likelihood.raw_scale.fill_(-3.0)
     assert repr(likelihood) == "Normal(scale=learned, now 0.0486)"
     assert repr(bnn.Normal(scale=0.5)) == "Normal(scale=0.5)"
+
+
+def test_a_likelihood_from_before_a_reload_is_named_as_such() -> None:
+    """A likelihood made before importlib.reload of its module is refused
+    with the cause, not "must be a likelihood, got Categorical()"."""
+    module = bnn.PredictiveDistribution.__module__
+    old_base = type("PredictiveDistribution", (), {"__module__": module})
+    old = type("Categorical", (old_base,), {"__module__": module})
+    with pytest.raises(TypeError, match="another import of pyrolite_bnn"):
+        bnn.predict(bnn.VILinear(2, 2), torch.randn(3, 2), old())

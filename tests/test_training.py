@@ -1467,3 +1467,16 @@ def test_a_validation_error_after_an_epoch_names_the_epoch() -> None:
             val_loader=Streamed(),
             progress=False,
         )
+
+
+def test_a_loss_from_before_a_reload_is_named_as_such() -> None:
+    """After importlib.reload of the package, fit said "fit needs a
+    bnn.KullbackLeiblerLoss ... got KullbackLeiblerLoss". The old class is
+    stood in for by one of the same name and module."""
+    old = type("KullbackLeiblerLoss", (nn.Module,), {"__module__": "pyrolite_bnn.loss"})
+    x, y = _data()
+    with pytest.raises(TypeError, match="another import of pyrolite_bnn"):
+        fit(_net(), old(), _batches(x, y), epochs=1, progress=False)
+    with pytest.raises(TypeError) as raised:
+        fit(_net(), nn.MSELoss(), _batches(x, y), epochs=1, progress=False)
+    assert "another import" not in str(raised.value)
