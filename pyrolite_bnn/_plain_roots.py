@@ -266,6 +266,10 @@ def _close(frame: _Frame, *, ended: bool = True) -> None:
     finally:
         if frame.closer is not None:
             frame.closer.remove()
+        # The call's interpreter frame holds the closing hook (torch's loop
+        # variable), which holds this frame: a cycle that kept the caller's
+        # locals (an optimizer, a batch) alive after the call.
+        frame.caller = None
         # Frames never nest (one is set only where none is), so the value
         # before it was None; set, not reset: a stale frame may be seen in
         # another context than the one that set it.
@@ -530,6 +534,9 @@ _DATA_PARALLEL = (DistributedDataParallel, DataParallel)
 
 def _leave(frame: _Frame, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     if _FRAME.get() is not frame:  # closed as stale, or never set (an interrupt)
+        if frame.closer is not None:  # never set: the hook goes with this call
+            frame.closer.remove()
+        frame.caller = None
         return None
     if frame.depth:
         frame.depth -= 1

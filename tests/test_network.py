@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -1096,3 +1098,36 @@ def test_save_on_cpu_changes_nothing_a_step_computes() -> None:
 
     plain, saved = step(False), step(True)
     torch.testing.assert_close(saved, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["plain torch", "plain network", "loss"])
+def test_a_module_call_keeps_its_callers_locals_alive_no_longer(kind: str) -> None:
+    """The closing hook of a plain module's call is bound to the call's frame,
+    which held the interpreter frame running it; that frame held the hook
+    (torch's loop variable): a cycle that kept the caller's locals (here an
+    optimizer; a batch, a model) alive after every call of a module with
+    children, found by the weight-decay watch counting a dead optimizer. They
+    go with the caller's frame, without the cyclic collector."""
+    torch_net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    net = nn.Sequential(bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    held = bnn.VISequential(bnn.VILinear(3, 1))
+    out = held(x)
+
+    def call() -> weakref.ref[torch.optim.Optimizer]:
+        optimizer = torch.optim.SGD(torch_net.parameters())
+        if kind == "plain torch":
+            torch_net(x)
+        elif kind == "plain network":
+            net(x)
+        else:
+            loss_fn(out, y)
+        return weakref.ref(optimizer)
+
+    gc.disable()  # the collector must not run by chance in between
+    try:
+        optimizer = call()
+        assert optimizer() is None
+    finally:
+        gc.enable()
