@@ -23,9 +23,11 @@ offers :meth:`~ParticleGuide.median`, :meth:`~ParticleGuide.quantiles`,
 What cannot work is refused with an error that names the cause:
 ``Trace_ELBO(vectorize_particles=True)`` and ``Predictive(parallel=True)`` (use
 ``samples=`` particles), the Jit ELBOs (Pyro looks parameters up in its global
-parameter store), one guide object for two networks, a guide whose sites or
-shapes are not the network's, and an autoguide built on the full Pyro model
-instead of ``model.prior_model`` (when it first runs the model).
+parameter store), one guide module (an autoguide) for two networks (a guide
+function serves any number, each network with parameters of its own), a guide
+whose sites or shapes are not the network's, and an autoguide built on the
+full Pyro model instead of ``model.prior_model`` (when it first runs the
+model).
 """
 
 from __future__ import annotations
@@ -79,9 +81,9 @@ __all__ = ["ParticleGuide", "check_guide", "guide_of"]
 # Submodule holding the parameters of an assigned guide's pyro.param statements.
 _PYRO_PARAMS = "pyro_params"
 
-# The wrapper of each assigned guide, by id of the wrapped guide (the wrapper
-# keeps that guide alive, so the id is not reused while an entry exists).
-_WRAPPERS: weakref.WeakValueDictionary[int, ParticleGuide] = (
+# The wrapper of each assigned guide, by _wrapper_key (the wrapper keeps the
+# guide and its network alive, so the ids are not reused while an entry exists).
+_WRAPPERS: weakref.WeakValueDictionary[tuple[int, int], ParticleGuide] = (
     weakref.WeakValueDictionary()
 )
 
@@ -148,23 +150,29 @@ class ParticleGuide(LocalPyroModule):
 
         Reuses the wrapper made when ``guide`` was assigned to ``network``
         before (so a guide can be assigned again after ``model.guide = None``).
+        A guide function (any guide that is no module) serves any number of
+        networks: its ``pyro.param`` statements create parameters of each
+        network's wrapper.
 
         Raises:
-            ValueError: if ``guide`` is (the guide of) another network: one guide
-                object serving two networks would share its parameters.
+            ValueError: if ``guide`` is a guide module (an autoguide, a
+                ``PyroModule``) of another network, or another network's
+                ``ParticleGuide``: one module serving two networks would share
+                its parameters.
         """
         if isinstance(guide, ParticleGuide):
             if guide.network is not network:
                 inner = guide if guide.inner is None else guide.inner
                 raise ValueError(_two_networks(guide.network, inner))
             return guide
-        previous = _WRAPPERS.get(id(guide))
+        key = _wrapper_key(guide, network)
+        previous = _WRAPPERS.get(key)
         if previous is not None and previous.network is not network:
             # The other network may be unreachable, kept only by its reference
             # cycles until the collector runs (a network built per fold).
             previous = None
             gc.collect()
-            previous = _WRAPPERS.get(id(guide))
+            previous = _WRAPPERS.get(key)
         if previous is not None:
             if previous.network is not network:
                 raise ValueError(_two_networks(previous.network, guide))
@@ -223,7 +231,7 @@ class ParticleGuide(LocalPyroModule):
             owned += inner.parameters()
         for parameter in owned:
             parameter.data = parameter.data.clone(memory_format=torch.contiguous_format)
-        _WRAPPERS[id(inner)] = self
+        _WRAPPERS[_wrapper_key(inner, self.network)] = self
 
     def forward(self, *args: Any, samples: int | None = None, **kwargs: Any) -> Any:
         """Draw all weights for ``samples`` particles (default ``network.samples``).
@@ -527,8 +535,26 @@ def _inside_jit_compile() -> bool:
     return called_from(CompiledFunction.__call__.__code__)
 
 
+def _wrapper_key(guide: object, network: nn.Module) -> tuple[int, int]:
+    """The key of ``guide``'s wrapper for ``network`` in ``_WRAPPERS``.
+
+    A guide module owns the parameters it creates: one wrapper, whatever the
+    network. A guide function's ``pyro.param`` statements create parameters of
+    the wrapper running it: one wrapper per network.
+    """
+    return (id(guide), 0 if isinstance(guide, nn.Module) else id(network))
+
+
 def _two_networks(owner: nn.Module, guide: object) -> str:
     name = type(guide).__name__
+    if not isinstance(guide, nn.Module):  # in another network's ParticleGuide
+        function = getattr(guide, "__name__", name)
+        return (
+            f"this is the guide of another network ({type(owner).__name__}), "
+            "holding that network's guide parameters; assign the guide function "
+            f"itself, other.guide = {function}: each network then gets "
+            "parameters of its own"
+        )
     build = name if isinstance(guide, (AutoGuide, AutoMessenger)) else "AutoNormal"
     return (
         f"this {name} is already the guide of another network "

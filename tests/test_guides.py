@@ -580,6 +580,56 @@ def test_a_guide_function_of_an_unreachable_network_serves_a_new_one() -> None:
         gc.enable()
 
 
+def test_a_guide_function_serves_two_live_networks_with_parameters_of_their_own() -> (
+    None
+):
+    """A hand-written guide function assigned to a second network while the
+    first was alive (a fresh network built to load a saved state, as the docs
+    say to) was refused: "one guide object cannot serve two networks (they
+    would share its parameters)", false for a function, whose ``pyro.param``
+    statements create parameters of each network's guide module. Guide
+    modules stay refused (test_one_guide_for_two_networks_is_refused)."""
+    sites = {v.site: v.shape for v in _net().random_variables()}
+
+    def hand_guide(*args: Any, **kwargs: Any) -> None:
+        for site, shape in sites.items():
+            loc = pyro.param(f"{site}.loc", torch.zeros(shape))
+            scale = pyro.param(
+                f"{site}.scale",
+                torch.full(shape, 0.1),
+                constraint=dist.constraints.positive,
+            )
+            pyro.sample(site, dist.Normal(loc, scale).to_event(len(shape)))
+
+    first, second = _net(), _net()
+    first.guide = hand_guide
+    second.guide = hand_guide
+    assert first.guide is not second.guide
+    ids = [{id(p) for p in net.guide.parameters()} for net in (first, second)]
+    assert ids[0]
+    assert not ids[0] & ids[1]
+    untouched = {k: v.clone() for k, v in second.state_dict().items()}
+    started = {k: v.clone() for k, v in first.state_dict().items()}
+    _train_pytorch_loop(first, steps=3)
+    key = "custom_guide.pyro_params.0.weight.loc_unconstrained"
+    assert not torch.equal(first.state_dict()[key], started[key])
+    for name, value in second.state_dict().items():
+        torch.testing.assert_close(value, untouched[name], rtol=0, atol=0)
+    # The documented reload: a fresh network given the function loads the state.
+    fresh = _net()
+    fresh.guide = hand_guide
+    fresh.load_state_dict(first.state_dict())
+    for name, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, first.state_dict()[name], rtol=0, atol=0)
+    wrapper = fresh.guide
+    fresh.guide = None
+    fresh.guide = hand_guide  # its own wrapper again, parameters kept
+    assert fresh.guide is wrapper
+    # Another network's ParticleGuide holds that network's parameters.
+    with pytest.raises(ValueError, match=r"other\.guide = hand_guide"):
+        second.guide = first.guide
+
+
 @pytest.mark.parametrize("autoguide", [AutoNormal, AutoDiagonalNormal])
 def test_one_guide_for_two_networks_is_refused(autoguide: type[Any]) -> None:
     first, second = _net(), _net()

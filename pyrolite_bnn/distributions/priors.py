@@ -24,6 +24,7 @@ from torch.distributions import Distribution, Transform, constraints
 
 from pyrolite_bnn._capture import is_capturing, is_wrapped
 from pyrolite_bnn._handlers import pyro_wrapped
+from pyrolite_bnn._state import record_in_state, recorded
 from pyrolite_bnn._validation import readable_all
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import NormalMoments
@@ -212,6 +213,10 @@ def _independent(base: Distribution, shape: torch.Size) -> dist.TorchDistributio
     return result
 
 
+# The key under which a prior's state dict records its family.
+_FAMILY = "pyrolite_bnn.prior_family"
+
+
 class Prior(nn.Module):
     """Base class of priors: ``prior(shape)`` returns the prior of a tensor.
 
@@ -228,7 +233,9 @@ class Prior(nn.Module):
     both shapes. Subclasses list their buffers and constraints in
     :meth:`hyperparameter_constraints`; a ``load_state_dict`` that would put an
     invalid value (a negative scale, a NaN) into one of them fails with an error
-    naming the buffer, and loads nothing into the prior.
+    naming the buffer, and loads nothing into the prior. So does one of a
+    state saved from a prior of another :meth:`family` (recorded with the
+    state dict): the same keys hold other hyperparameters there.
 
     :meth:`reset_parameters` returns every hyperparameter to the value it was
     built with, as ``torch.nn`` layers re-initialise after ``to_empty``.
@@ -567,6 +574,17 @@ class Prior(nn.Module):
             )
         return torch.stack(cast(list[Tensor], terms)).sum()
 
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        """Torch's; and the :meth:`family`, kept with the state's metadata.
+
+        Recorded by :func:`~pyrolite_bnn._state.record_in_state`: the state's
+        keys are unchanged.
+        """
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        record_in_state(destination, prefix, _FAMILY, self.family())
+
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],
@@ -577,7 +595,30 @@ class Prior(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        """Check the incoming hyperparameters before copying any of them."""
+        """Check the incoming hyperparameters before copying any of them.
+
+        Hyperparameters recorded as another :meth:`family`'s are refused
+        (a ``LaplacePrior``'s ``scale`` is no ``NormalPrior``'s standard
+        deviation, under the same key), as are values outside their
+        constraints: the load fails with a ``RuntimeError`` naming the buffer,
+        and nothing is loaded into the prior. A state without the family's
+        record (saved before it existed) is not compared.
+        """
+        saved = recorded(local_metadata, _FAMILY)
+        held = [
+            prefix + name
+            for name in (*self._parameters, *self._buffers)
+            if prefix + name in state_dict
+        ]
+        if saved is not None and saved != self.family() and held:
+            error_msgs.append(  # load_state_dict raises a RuntimeError
+                f"prior {prefix[:-1]!r} is a {self.family()}, the state dict holds "
+                f"the hyperparameters of a {saved} ({', '.join(held)}), which mean "
+                "other things: build the layer with the saved prior to load this "
+                "state (or delete these keys from it, del state[key], and load "
+                "with strict=False to keep this prior)"
+            )
+            return
         problems = []
         for name, constraint in self.hyperparameter_constraints().items():
             value = state_dict.get(prefix + name)

@@ -28,6 +28,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
+from pyrolite_bnn._state import record_in_state, recorded
 from pyrolite_bnn._validation import check_finite, check_normal_number, check_real
 
 __all__ = [
@@ -47,6 +48,9 @@ _RECOMPUTING_HOOKS = (BasePruningMethod, WeightNorm, SpectralNorm)
 
 
 _SCALE_TRANSFORMS = ("softplus", "exp")
+
+# The key under which a posterior's state dict records its parameterisation.
+_PARAMETERISATION = "pyrolite_bnn.parameterisation"
 
 
 def _check_scale_transform(scale_transform: str) -> str:
@@ -247,10 +251,76 @@ class Posterior(LocalPyroModule):
     def parameterisation(self) -> str:
         """How the learnable tensors give the distribution; ``""``: one way only.
 
-        Checkpoints record it: the same tensors under another parameterisation
-        are another distribution.
+        Checkpoints and state dicts record it: the same tensors under another
+        parameterisation are another distribution.
         """
         return ""
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        """Torch's; and the :meth:`parameterisation`, kept with the state's metadata.
+
+        Recorded by :func:`~pyrolite_bnn._state.record_in_state`: the state's
+        keys are unchanged.
+        """
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        parameterisation = self.parameterisation()
+        if parameterisation:
+            record_in_state(destination, prefix, _PARAMETERISATION, parameterisation)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Torch's, after reading tensors saved under another parameterisation.
+
+        A state recorded with another :meth:`parameterisation` than this
+        posterior's (``scale_transform="exp"`` into ``"softplus"``) is first
+        rewritten into this one (:meth:`_reparameterise`: the same
+        distribution), or, where that cannot be done, refused (the load fails
+        with a ``RuntimeError`` saying why, and nothing is loaded into this
+        posterior). A state without the record (saved before it existed, or
+        rebuilt without its metadata) loads as it is.
+        """
+        saved = recorded(local_metadata, _PARAMETERISATION)
+        current = self.parameterisation()
+        if saved is not None and current and saved != current:
+            problem = self._reparameterise(state_dict, prefix, saved)
+            if problem is not None:
+                error_msgs.append(problem)  # load_state_dict raises a RuntimeError
+                return
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
+
+    def _reparameterise(
+        self, state_dict: dict[str, Any], prefix: str, saved: str
+    ) -> str | None:
+        """Rewrite this posterior's tensors in ``state_dict``, saved under ``saved``.
+
+        Into this posterior's :meth:`parameterisation`, in place (torch hands
+        each module a copy of the state). Returns ``None`` when done, else why
+        it cannot be done; this base class converts nothing.
+        """
+        return (
+            f"posterior {prefix[:-1]!r} was saved with {saved}, this one has "
+            f"{self.parameterisation()}: the same tensors would be another "
+            "distribution here, and they cannot be converted; build the layer "
+            f"with {saved} to load this state"
+        )
 
 
 class MeanFieldNormalPosterior(Posterior):
@@ -310,17 +380,55 @@ class MeanFieldNormalPosterior(Posterior):
 
     def _to_scale(self, rho: Tensor) -> Tensor:
         """Standard deviations of the raw parameter ``rho``."""
-        if self.scale_transform == "exp":
-            return rho.exp().clamp_min(torch.finfo(rho.dtype).tiny)
-        return F.softplus(rho)
+        return _scale_of(rho, self.scale_transform, torch.finfo(rho.dtype).tiny)
 
     def scale(self) -> Tensor:
         """Standard deviations ``softplus(rho)`` (or ``exp(rho)``)."""
         return self._to_scale(self.rho)
 
     def parameterisation(self) -> str:
-        """``"scale_transform='softplus'"`` or ``"scale_transform='exp'"``."""
+        """``"scale_transform='softplus'"`` or ``"scale_transform='exp'"``.
+
+        Recorded with the ``state_dict``: a state saved with the other
+        transform loads with the same standard deviations (``rho`` is
+        converted), e.g. a :mod:`pyrolite_bnn.vi` layer's (``"exp"``) into a
+        default one.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> source = bnn.VILinear(
+            ...     3, 2, variational=bnn.MeanFieldNormal(0.5, scale_transform="exp")
+            ... )
+            >>> target = bnn.VILinear(3, 2)
+            >>> target.load_state_dict(source.state_dict())
+            <All keys matched successfully>
+            >>> round(target.posterior["weight"].scale()[0, 0].item(), 6)
+            0.5
+        """
         return f"scale_transform={self.scale_transform!r}"
+
+    def _reparameterise(
+        self, state_dict: dict[str, Any], prefix: str, saved: str
+    ) -> str | None:
+        """``rho`` saved under the other ``scale_transform``, at the same scales.
+
+        ``rho' = g^-1(f(rho))`` for the saved transform ``f`` and this one's
+        ``g``, computed in float64 and stored in the saved tensor's dtype.
+        A ``rho`` kept by ``torch.nn.utils.prune`` or ``parametrize`` (other
+        keys) is not converted: refused.
+        """
+        labels = {f"scale_transform={name!r}": name for name in _SCALE_TRANSFORMS}
+        source = labels.get(saved)
+        key = prefix + "rho_unconstrained"
+        others = [k for k in state_dict if k.startswith(key) and k != key]
+        rho = state_dict.get(key)
+        if source is None or others or not (rho is None or isinstance(rho, Tensor)):
+            return super()._reparameterise(state_dict, prefix, saved)
+        if rho is not None:
+            with torch.no_grad():
+                scale = _scale_of(rho.double(), source, torch.finfo(rho.dtype).tiny)
+                state_dict[key] = _rho_of(scale, self.scale_transform).to(rho.dtype)
+        return None
 
     def draw(self, samples: int) -> Tensor:
         """``loc + softplus(rho) * eps``, the arithmetic of ``Normal.rsample``.
@@ -389,10 +497,7 @@ class MeanFieldNormalPosterior(Posterior):
             if isinstance(scale, Tensor):
                 if not bool(((scale > 0) & torch.isfinite(scale)).all()):
                     raise ValueError("init_scale must be positive and finite")
-                if self.scale_transform == "exp":
-                    rho = scale.log()
-                else:
-                    rho = inverse_softplus(scale)
+                rho = _rho_of(scale, self.scale_transform)
                 self.rho_unconstrained.copy_(rho.expand_as(self.rho_unconstrained))
             else:
                 if not scale > 0:
@@ -406,6 +511,20 @@ class MeanFieldNormalPosterior(Posterior):
         if self.scale_transform != "softplus":
             text += f", scale_transform={self.scale_transform!r}"
         return text
+
+
+def _scale_of(rho: Tensor, scale_transform: str, tiny: float) -> Tensor:
+    """Standard deviations of ``rho`` (``exp``'s floored at ``tiny``)."""
+    if scale_transform == "exp":
+        return rho.exp().clamp_min(tiny)
+    return F.softplus(rho)
+
+
+def _rho_of(scale: Tensor, scale_transform: str) -> Tensor:
+    """The ``rho`` of standard deviations ``scale``: inverse of :func:`_scale_of`."""
+    if scale_transform == "exp":
+        return scale.log()
+    return inverse_softplus(scale)
 
 
 class PointMassPosterior(Posterior):

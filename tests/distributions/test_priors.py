@@ -1152,3 +1152,48 @@ def test_a_torch_blue_distribution_is_a_prior_wherever_a_prior_is_taken() -> Non
     assert repr(layer.prior["weight"]) == repr(normal.to_prior())
     built = bnn.VILinear(4, 4, prior=normal)
     assert repr(built.prior["bias"]) == repr(normal.to_prior())
+
+
+@pytest.mark.parametrize(
+    ("saved", "prior"),
+    [
+        (bnn.LaplacePrior(0.0, 2.0), bnn.NormalPrior()),
+        (
+            bnn.DistributionPrior(torch.distributions.Laplace(0.0, 2.0)),
+            bnn.DistributionPrior(torch.distributions.Normal(0.0, 1.0)),
+        ),
+    ],
+)
+def test_a_prior_state_of_another_family_is_refused(
+    saved: bnn.Prior, prior: bnn.Prior
+) -> None:
+    """A Laplace prior's ``loc``/``scale`` (``scale`` is ``b``, not a standard
+    deviation) loaded strict into a Normal prior of the same keys, silently.
+    The family is recorded with the state (no key added) and a state of
+    another family refused, the prior unchanged; a state without the record
+    (saved before it existed) loads as before."""
+    source = bnn.VILinear(3, 2, prior=saved)
+    layer = bnn.VILinear(3, 2, prior=prior)
+    keys = list(layer.state_dict())
+    state = source.state_dict()
+    with pytest.raises(RuntimeError, match=r"holds the hyperparameters of a"):
+        layer.load_state_dict(state)
+    torch.testing.assert_close(
+        layer.prior["weight"].scale, torch.ones(()), rtol=0, atol=0
+    )
+    assert list(layer.state_dict()) == keys
+    for entry in state._metadata.values():  # type: ignore[attr-defined]
+        entry.pop("pyrolite_bnn.prior_family", None)
+    layer.load_state_dict(state)
+    torch.testing.assert_close(
+        layer.prior["weight"].scale, torch.full((), 2.0), rtol=0, atol=0
+    )
+
+
+def test_a_prior_state_of_the_same_family_loads() -> None:
+    source = bnn.VILinear(3, 2, prior=bnn.LaplacePrior(0.5, 2.0))
+    layer = bnn.VILinear(3, 2, prior=bnn.LaplacePrior())
+    layer.load_state_dict(source.state_dict())
+    torch.testing.assert_close(
+        layer.prior["weight"].scale, torch.full((), 2.0), rtol=0, atol=0
+    )

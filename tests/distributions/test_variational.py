@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pyro
 import pytest
@@ -290,3 +291,96 @@ def test_a_users_pre_hook_on_a_posterior_is_not_run_by_reads() -> None:
     assert net(x).shape == (10, 8, 2)
     assert bnn.predict(net, x, bnn.Categorical(), mode="mean").probs.shape == (8, 2)
     assert (8, 3) in shapes
+
+
+def _transform_net(transform: str, scale: float) -> bnn.VISequential:
+    family = bnn.MeanFieldNormal(scale, scale_transform=transform)
+    return bnn.VISequential(
+        bnn.VILinear(2, 4, variational=family),
+        nn.Tanh(),
+        bnn.VILinear(4, 1, variational=family),
+    )
+
+
+def _normal_posteriors(module: nn.Module) -> list[MeanFieldNormalPosterior]:
+    return [m for m in module.modules() if isinstance(m, MeanFieldNormalPosterior)]
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), [("exp", "softplus"), ("softplus", "exp")]
+)
+def test_a_state_of_the_other_scale_transform_loads_at_the_same_scales(
+    source: str, target: str, tmp_path: Path
+) -> None:
+    """Both transforms keep the raw scale under ``rho_unconstrained``: a state
+    saved with one loaded strict into the other, all keys matched, every
+    standard deviation changed (0.71 -> 0.53). The transform is recorded with
+    the state (also through a weights-only file) and ``rho`` converted, so
+    the scales are the saved ones to float32 rounding of the stored ``rho``
+    (conversion in float64: rtol 1e-6, a few ulp)."""
+    saved = _transform_net(source, 0.1)
+    for posterior in _normal_posteriors(saved):
+        scales = torch.empty(posterior.shape).uniform_(1e-3, 3.0)
+        posterior.reset_parameters(torch.randn(posterior.shape), scales)
+    path = tmp_path / "state.pt"
+    torch.save(saved.state_dict(), path)
+    net = _transform_net(target, 1e-3)
+    keys = list(net.state_dict())
+    result = net.load_state_dict(torch.load(path, weights_only=True))
+    assert (result.missing_keys, result.unexpected_keys) == ([], [])
+    assert list(net.state_dict()) == keys  # the record adds no key
+    pairs = zip(_normal_posteriors(saved), _normal_posteriors(net), strict=True)
+    for before, after in pairs:
+        assert after.scale_transform == target
+        torch.testing.assert_close(after.loc, before.loc, rtol=0, atol=0)
+        torch.testing.assert_close(after.scale(), before.scale(), rtol=1e-6, atol=0)
+
+
+def test_a_vi_networks_state_loads_into_the_main_api_at_its_scales() -> None:
+    """A ``pyrolite_bnn.vi`` network (log-std parameterisation) loaded into a
+    main-API network of the same architecture keeps its posterior (rtol as
+    above)."""
+    from pyrolite_bnn import vi
+
+    saved = vi.VISequential(vi.VILinear(2, 4), nn.Tanh(), vi.VILinear(4, 1))
+    net = bnn.VISequential(bnn.VILinear(2, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    net.load_state_dict(saved.state_dict())
+    pairs = zip(_normal_posteriors(saved), _normal_posteriors(net), strict=True)
+    for before, after in pairs:
+        torch.testing.assert_close(after.scale(), before.scale(), rtol=1e-6, atol=0)
+
+
+def test_a_state_without_the_scale_transform_record_loads_as_before() -> None:
+    """A state saved before the transform was recorded loads its tensors as
+    they are (strict, no error)."""
+    saved = _transform_net("exp", 0.5)
+    state = saved.state_dict()
+    for entry in state._metadata.values():  # type: ignore[attr-defined]
+        entry.pop("pyrolite_bnn.parameterisation", None)
+    net = _transform_net("softplus", 1e-3)
+    net.load_state_dict(state)
+    pairs = zip(_normal_posteriors(saved), _normal_posteriors(net), strict=True)
+    for before, after in pairs:
+        torch.testing.assert_close(after.rho, before.rho, rtol=0, atol=0)
+
+
+def test_a_pruned_scale_of_the_other_transform_is_refused() -> None:
+    """A ``rho`` kept by ``torch.nn.utils.prune`` (``rho_unconstrained_orig``
+    and a mask) is not converted: the load is refused, nothing is changed."""
+
+    def pruned(transform: str) -> bnn.VILinear:
+        layer = bnn.VILinear(
+            3, 2, variational=bnn.MeanFieldNormal(0.5, scale_transform=transform)
+        )
+        nn.utils.prune.l1_unstructured(
+            layer.posterior["weight"], "rho_unconstrained", amount=0.5
+        )
+        return layer
+
+    saved, layer = pruned("exp"), pruned("softplus")
+    before = layer.posterior["weight"].scale().detach().clone()
+    with pytest.raises(RuntimeError, match="saved with scale_transform='exp'"):
+        layer.load_state_dict(saved.state_dict())
+    torch.testing.assert_close(
+        layer.posterior["weight"].scale(), before, rtol=0, atol=0
+    )
