@@ -218,8 +218,28 @@ def _validation_nll(
     summed = ranks.sum(torch.tensor([total, count], dtype=torch.float64))
     total, count = summed[0].item(), int(summed[1].item())
     if count == 0:
-        raise ValueError("val_loader yielded no batches")
+        raise ValueError(f"val_loader yielded no batches{_dropped(loader)}")
     return total / count
+
+
+def _dropped(loader: object) -> str:
+    """Why a loader without batches had none, if ``drop_last`` explains it.
+
+    A ``DataLoader`` (or its ``batch_sampler``) with ``drop_last=True`` and
+    fewer examples than one batch drops its only, partial batch. ``""`` for
+    any other loader.
+    """
+    batches = getattr(loader, "batch_sampler", None)
+    if not (isinstance(loader, DataLoader) and getattr(batches, "drop_last", False)):
+        return ""
+    size = getattr(batches, "batch_size", None)
+    examples = _length(getattr(batches, "sampler", None))
+    counts = "" if examples is None else f" ({examples} examples, batch_size={size})"
+    return (
+        f": it has drop_last=True and fewer examples than one batch{counts}, so "
+        "its only, partial batch is dropped; use drop_last=False or a smaller "
+        "batch_size"
+    )
 
 
 def _check_val_loader(val_loader: Iterable[Any], ranks: Ranks) -> None:
@@ -245,9 +265,12 @@ def _check_val_loader(val_loader: Iterable[Any], ranks: Ranks) -> None:
     except Exception:  # no length: an iterable, a __len__ that raises
         empty = False
     if ranks.count(empty) == ranks.size:
+        dropped = _dropped(val_loader)
         raise ValueError(
-            "val_loader yields no batches (it is empty): give fit validation data, "
-            "or no val_loader"
+            f"val_loader yields no batches{dropped}"
+            if dropped
+            else "val_loader yields no batches (it is empty): give fit validation "
+            "data, or no val_loader"
         )
     error: ValueError | None = None
     try:
@@ -698,7 +721,9 @@ def _train_epoch(
         guard.restore_after(error, epoch, current)
         raise
     if steps == 0:
-        raise ValueError(f"train_loader yielded no batches in epoch {epoch}")
+        raise ValueError(
+            f"train_loader yielded no batches in epoch {epoch}{_dropped(loader)}"
+        )
     guard.check_parameters(epoch, steps - 1)
     return StepStats(sums.loss / steps, sums.nll / steps, sums.kl / steps)
 

@@ -365,6 +365,27 @@ def test_a_subset_samplers_length_is_the_dataset_size() -> None:
         fit(model, loss(N), subsampled, epochs=1, progress=False)  # no warning
 
 
+def test_no_batches_because_of_drop_last_says_so() -> None:
+    """Fewer examples than one batch with drop_last=True: the error said only
+    "yielded no batches", leaving the user to find the flag."""
+    x, y = _data()
+    few = torch.utils.data.TensorDataset(x[:10], y[:10])
+    dropping = torch.utils.data.DataLoader(few, batch_size=16, drop_last=True)
+    message = (
+        r"train_loader yielded no batches in epoch 0: it has drop_last=True and "
+        r"fewer examples than one batch \(10 examples, batch_size=16\)"
+    )
+    ten = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10)
+    with pytest.raises(ValueError, match=message):
+        fit(_net(), ten, dropping, epochs=1, progress=False)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), 16)
+    with pytest.raises(ValueError, match=r"^val_loader yields no batches: it has drop"):
+        fit(_net(), _loss(), loader, epochs=1, val_loader=dropping, progress=False)
+    empty: list[tuple[Tensor, Tensor]] = []  # no drop_last to name
+    with pytest.raises(ValueError, match=r"yielded no batches in epoch 0$"):
+        fit(_net(), _loss(), empty, epochs=1, progress=False)
+
+
 class _NoLength(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
     def __init__(self, x: Tensor, y: Tensor) -> None:
         self.x, self.y = x, y
