@@ -51,7 +51,9 @@ class DrawSizes:
         """The draw sizes of ``model``'s random variables."""
         total, largest, site = 0, 0, ""
         for variable in collect_variables(model):
-            size = variable.shape.numel() * variable.posterior.mean().element_size()
+            size = (
+                variable.shape.numel() * variable.layer_posterior.mean().element_size()
+            )
             total += size
             if size > largest:
                 largest, site = size, variable.site

@@ -112,7 +112,7 @@ def set_rng_state(state: Tensor, device: torch.device) -> None:
 def _draw(
     variable: RandomVariable, moments: NormalMoments | None, samples: int
 ) -> Tensor:
-    posterior = variable.posterior
+    posterior = variable.layer_posterior
     if moments is not None:
         assert isinstance(posterior, MeanFieldNormalPosterior)
         return posterior.reparameterize(moments, samples)
@@ -327,7 +327,7 @@ class LazyDraws:
         parameters are unchanged).
         """
         if self._released[index]:
-            posterior = self.variables[index].posterior
+            posterior = self.variables[index].layer_posterior
             assert isinstance(posterior, MeanFieldNormalPosterior)
             self.moments[index] = NormalMoments(*posterior.normal_params())
             self._released[index] = False
@@ -395,7 +395,7 @@ class LazyDraws:
             ):
                 state = rng_state(device)
             if self._sums and moments is not None:
-                posterior = variable.posterior
+                posterior = variable.layer_posterior
                 assert isinstance(posterior, MeanFieldNormalPosterior)
                 value, eps = posterior.reparameterize_with_noise(moments, self.samples)
                 with torch.no_grad():
@@ -433,14 +433,14 @@ class LazyDraws:
         for i, variable in enumerate(self.variables):
             kept_only = self.values[i] is not None and self.states[i] is None
             if kept_only and any(
-                p.requires_grad for p in variable.posterior.parameters()
+                p.requires_grad for p in variable.layer_posterior.parameters()
             ):
                 raise kl_without_gradients(
                     f"the draw of site {variable.site!r} cannot be made again"
                 )
         self.grad_enabled = True
         for i, variable in enumerate(self.variables):
-            posterior = variable.posterior
+            posterior = variable.layer_posterior
             if self.moments_at(i) is not None:
                 assert isinstance(posterior, MeanFieldNormalPosterior)
                 self.moments[i] = NormalMoments(*posterior.normal_params())
@@ -485,7 +485,7 @@ def _device_of(
     """The device ``variable`` is drawn on (``None`` without parameters)."""
     if moments is not None:
         return moments.loc.device
-    param = next(iter(variable.posterior.parameters()), None)
+    param = next(iter(variable.layer_posterior.parameters()), None)
     return None if param is None else param.device
 
 

@@ -53,7 +53,7 @@ class FixedWeights:
         if guide.inner is None:
             values = {}
             for variable in guide.variables():
-                median = variable.posterior.median()
+                median = variable.layer_posterior.median()
                 values[variable.site] = median.expand(1, 1, *median.shape)
             return cls(values, guide)
         return cls(guide.median(), guide)
@@ -70,7 +70,7 @@ class FixedWeights:
         """
         variables = guide.variables()
         if guide.inner is None:
-            values = {v.site: v.posterior.draw(samples) for v in variables}
+            values = {v.site: v.layer_posterior.draw(samples) for v in variables}
         else:
             trace = poutine.trace(guide).get_trace(samples=samples)
             values = {}
@@ -82,7 +82,7 @@ class FixedWeights:
         # would change (or, after an in-place step, make unusable).
         held = {
             t.untyped_storage().data_ptr()
-            for source in (guide, *(v.posterior for v in variables))
+            for source in (guide, *(v.layer_posterior for v in variables))
             for t in (*source.parameters(), *source.buffers())
         }
         return cls({site: _own(v, held) for site, v in values.items()}, guide)

@@ -476,8 +476,8 @@ def generated_guide_draws(root: nn.Module, samples: int) -> LazyDraws:
     use_moments: list[bool] = []
     for v in variables:
         normal = None
-        if isinstance(v.posterior, MeanFieldNormalPosterior):
-            normal = NormalMoments(*v.posterior.normal_params())
+        if isinstance(v.layer_posterior, MeanFieldNormalPosterior):
+            normal = NormalMoments(*v.layer_posterior.normal_params())
         moments.append(normal)
         # A layer at two positions of the network (v.shared) draws its weights
         # under "auto"; an explicit "local"/"flipout" keeps its moments, and a

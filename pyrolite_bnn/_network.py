@@ -88,6 +88,7 @@ def collect_variables(root: nn.Module) -> list[RandomVariable]:
             module,
             module.posterior[name],
             positions[key] > 1,
+            root,
         )
         for key, (prefix, module) in layers.items()
         for name, shape in module.declared_variables().items()

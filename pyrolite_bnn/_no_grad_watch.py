@@ -85,7 +85,7 @@ class NoGradLayerWatch:
         trainable = [
             variable
             for variable in variables
-            if any(p.requires_grad for p in variable.posterior.parameters())
+            if any(p.requires_grad for p in variable.layer_posterior.parameters())
         ]
         if not trainable:  # frozen with requires_grad_(False) as well: fine
             return

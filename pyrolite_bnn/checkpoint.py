@@ -91,10 +91,11 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
         sites[variable.site] = list(variable.shape)
         prior = variable.module.prior[variable.name]
         assert isinstance(prior, Prior)
+        posterior = variable.layer_posterior
         families[variable.site] = (
-            f"prior {prior.family()}, posterior {type(variable.posterior).__name__}"
+            f"prior {prior.family()}, posterior {type(posterior).__name__}"
         )
-        parameterisation = variable.posterior.parameterisation()
+        parameterisation = posterior.parameterisation()
         if parameterisation:
             parameterisations[variable.site] = parameterisation
     return {

@@ -250,7 +250,9 @@ class ParticleGuide(LocalPyroModule):
             if self.inner is not None:
                 with self._params():
                     return self.inner()
-            return {v.site: v.posterior(v.site) for v in collect_variables(network)}
+            return {
+                v.site: v.layer_posterior(v.site) for v in collect_variables(network)
+            }
 
     def _params(self) -> ParamsInModule:
         """Handler keeping the assigned guide's ``pyro.param`` parameters here."""
@@ -301,7 +303,7 @@ class ParticleGuide(LocalPyroModule):
             # values, AutoLaplaceApproximation's loc): copies, without gradients.
             medians = _guide_median(self.inner, args, kwargs)
             return {site: value.detach().clone() for site, value in medians.items()}
-        return {v.site: v.posterior.median().clone() for v in self.variables()}
+        return {v.site: v.layer_posterior.median().clone() for v in self.variables()}
 
     @torch.no_grad()
     def quantiles(
@@ -327,9 +329,9 @@ class ParticleGuide(LocalPyroModule):
             return _guide_quantiles(self.inner, quantiles, args, kwargs)
         result = {}
         for variable in self.variables():
-            distribution = variable.posterior.distribution()
+            distribution = variable.layer_posterior.distribution()
             result[variable.site] = elementwise_quantiles(
-                distribution, quantiles, type(variable.posterior).__name__
+                distribution, quantiles, type(variable.layer_posterior).__name__
             )
         return result
 
@@ -352,7 +354,7 @@ class ParticleGuide(LocalPyroModule):
                     f"guide {type(self.inner).__name__} has no get_posterior() method"
                 )
             return method(*args, **kwargs)
-        return {v.site: v.posterior.distribution() for v in self.variables()}
+        return {v.site: v.layer_posterior.distribution() for v in self.variables()}
 
 
 def _laplace_approximation_refused(*args: Any, **kwargs: Any) -> Any:

@@ -91,7 +91,12 @@ class KullbackLeiblerLoss(nn.Module):
     value is divided by ``N``, so it is on the scale of a per-example
     cross-entropy. The value equals Pyro's ``Trace_ELBO`` (``kl="mc"``) or
     ``TraceMeanField_ELBO`` (``kl="analytic"``) on :meth:`pyro_model` and the
-    network's guide for the same random draws, divided by ``N``.
+    network's guide for the same random draws, divided by ``N``. The KL is
+    that of every Bayesian layer of the network, also of layers the forward
+    pass did not call (an idle head of a multi-task network): the ELBO of the
+    whole network. Pyro's model then lacks those layers' sites, and Pyro's own
+    ELBOs warn and leave their prior terms out; :class:`~pyrolite_bnn.Trace_ELBO`
+    and :class:`~pyrolite_bnn.TraceMeanField_ELBO` give this loss's value.
 
     Args:
         predictive: the likelihood, e.g. :class:`~pyrolite_bnn.Categorical`

@@ -695,7 +695,7 @@ class VIModule(LocalPyroModule):
         """
         for variable in self.random_variables():
             if variable.site == site["name"]:
-                return variable.posterior.mean().detach().clone()
+                return variable.layer_posterior.mean().detach().clone()
         return init_to_feasible(site)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:

@@ -137,9 +137,9 @@ class Prediction:
 
     samples: Tensor
     predictive: PredictiveDistribution
-    _summaries: dict[Hashable, tuple[Tensor, int, PredictiveDistribution, Any]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    _summaries: dict[
+        Hashable, tuple[Tensor, int, PredictiveDistribution, bool, Any]
+    ] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Refuse what is no likelihood (``TypeError``) and outputs it cannot read.
@@ -188,11 +188,19 @@ class Prediction:
         ``pred.probs[i]`` recomputed them at every access (26 ms each for
         1,000 inputs and 100 particles). A new ``samples`` tensor, an in-place
         change of it or a new likelihood computes them again.
+
+        Computed with gradients exactly where ``samples`` require them (and
+        grad mode is on): outputs of a network run with gradients (a
+        :func:`~pyrolite_bnn.draw_networks` call on inputs that require
+        them) give summaries that differentiate to those inputs, for every
+        likelihood; otherwise no graph is built (none to a noise scale).
         """
+        differentiable = torch.is_grad_enabled() and self.samples.requires_grad
         try:
             version = self.samples._version
         except RuntimeError:  # an inference tensor has no version counter
-            return compute()
+            with torch.no_grad():
+                return compute()
         # The objects themselves, compared by identity: an id() of a tensor
         # or likelihood since freed is handed to the next one made.
         kept = self._summaries.get(key)
@@ -201,10 +209,13 @@ class Prediction:
             or kept[0] is not self.samples
             or kept[1] != version
             or kept[2] is not self.predictive
+            or kept[3] != differentiable  # one kept under no_grad has no graph
         ):
-            kept = (self.samples, version, self.predictive, compute())
+            with torch.set_grad_enabled(differentiable):
+                value = compute()
+            kept = (self.samples, version, self.predictive, differentiable, value)
             self._summaries[key] = kept
-        return kept[3]
+        return kept[4]
 
     def _particle_probs(self) -> Tensor:
         """Class probabilities per particle, ``(S, B, ..., C)`` (kept)."""
@@ -247,22 +258,16 @@ class Prediction:
     @property
     def mean(self) -> Tensor:
         """Predictive mean ``(B, ...)``; for classification, :attr:`probs`."""
-
-        def compute() -> Tensor:
-            with torch.no_grad():
-                return self.predictive.predictive_mean(self._outputs())
-
-        mean: Tensor = self._summary("mean", compute)
+        mean: Tensor = self._summary(
+            "mean", lambda: self.predictive.predictive_mean(self._outputs())
+        )
         return mean.clone()
 
     def _variances(self) -> tuple[Tensor, Tensor]:
         """The mixture's aleatoric and epistemic variances (kept)."""
-
-        def compute() -> tuple[Tensor, Tensor]:
-            with torch.no_grad():  # summaries, not training: no graph to a scale
-                return self.predictive.mixture_variances(self._outputs())
-
-        variances: tuple[Tensor, Tensor] = self._summary("variances", compute)
+        variances: tuple[Tensor, Tensor] = self._summary(
+            "variances", lambda: self.predictive.mixture_variances(self._outputs())
+        )
         return variances
 
     @property
@@ -324,11 +329,9 @@ class Prediction:
         """
         q = check_probability(q, "q")
 
-        def compute() -> Tensor:
-            with torch.no_grad():
-                return self.predictive.quantile(self._outputs(), q)
-
-        quantile: Tensor = self._summary(("quantile", q), compute)
+        quantile: Tensor = self._summary(
+            ("quantile", q), lambda: self.predictive.quantile(self._outputs(), q)
+        )
         return quantile.clone()
 
 

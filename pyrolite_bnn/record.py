@@ -415,7 +415,7 @@ class LayerRecord(ForwardRecord):
     def _value(self, index: int) -> Tensor:
         drawn = self.draws.value(index)
         if drawn is None:
-            return self.variables[index].posterior.draw(self.samples)
+            return self.variables[index].layer_posterior.draw(self.samples)
         return drawn
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
@@ -443,7 +443,7 @@ class LayerRecord(ForwardRecord):
                     self.analytic_sites.append(variable.site)
                     total = total + term
                     continue
-                q = variable.posterior.distribution()
+                q = variable.layer_posterior.distribution()
                 p = variable.module.prior_distribution(variable.name)
                 term = self._choose(variable.site, mode, q, p)
                 if term is None and moments is not None and _is_normal(p):
@@ -471,7 +471,7 @@ class LayerRecord(ForwardRecord):
         return {
             f"{variable.site}.{name}": parameter
             for variable in self.variables
-            for name, parameter in variable.posterior.named_parameters()
+            for name, parameter in variable.layer_posterior.named_parameters()
         }
 
     def network_parameters(self) -> list[Tensor]:
@@ -487,7 +487,7 @@ class LayerRecord(ForwardRecord):
 
     def guide_identity(self) -> Hashable:
         """See :meth:`ForwardRecord.guide_identity`: the posterior modules."""
-        return tuple(id(variable.posterior) for variable in self.variables)
+        return tuple(id(variable.layer_posterior) for variable in self.variables)
 
     def training(self) -> bool:
         """Whether any layer that drew weights was in training mode."""
@@ -502,7 +502,7 @@ class LayerRecord(ForwardRecord):
             prior = variable.module.prior_distribution(variable.name)
             log_p.append(_event_summed_log_prob(prior, drawn))
             log_q.append(
-                _event_summed_log_prob(variable.posterior.distribution(), drawn)
+                _event_summed_log_prob(variable.layer_posterior.distribution(), drawn)
             )
         return torch.stack(
             [
@@ -861,6 +861,6 @@ def _records_in_graph(
 def _first_posterior_parameter(variables: Sequence[RandomVariable]) -> Tensor | None:
     """The first parameter of the first posterior: the tensor object itself."""
     for variable in variables:
-        for parameter in variable.posterior.parameters():
+        for parameter in variable.layer_posterior.parameters():
             return parameter
     return None

@@ -218,8 +218,28 @@ def _validation_nll(
     summed = ranks.sum(torch.tensor([total, count], dtype=torch.float64))
     total, count = summed[0].item(), int(summed[1].item())
     if count == 0:
-        raise ValueError("val_loader yielded no batches")
+        raise ValueError(f"val_loader yielded no batches{_dropped(loader)}")
     return total / count
+
+
+def _dropped(loader: object) -> str:
+    """Why a loader without batches had none, if ``drop_last`` explains it.
+
+    A ``DataLoader`` (or its ``batch_sampler``) with ``drop_last=True`` and
+    fewer examples than one batch drops its only, partial batch. ``""`` for
+    any other loader.
+    """
+    batches = getattr(loader, "batch_sampler", None)
+    if not (isinstance(loader, DataLoader) and getattr(batches, "drop_last", False)):
+        return ""
+    size = getattr(batches, "batch_size", None)
+    examples = _length(getattr(batches, "sampler", None))
+    counts = "" if examples is None else f" ({examples} examples, batch_size={size})"
+    return (
+        f": it has drop_last=True and fewer examples than one batch{counts}, so "
+        "its only, partial batch is dropped; use drop_last=False or a smaller "
+        "batch_size"
+    )
 
 
 def _check_val_loader(val_loader: Iterable[Any], ranks: Ranks) -> None:
@@ -245,9 +265,12 @@ def _check_val_loader(val_loader: Iterable[Any], ranks: Ranks) -> None:
     except Exception:  # no length: an iterable, a __len__ that raises
         empty = False
     if ranks.count(empty) == ranks.size:
+        dropped = _dropped(val_loader)
         raise ValueError(
-            "val_loader yields no batches (it is empty): give fit validation data, "
-            "or no val_loader"
+            f"val_loader yields no batches{dropped}"
+            if dropped
+            else "val_loader yields no batches (it is empty): give fit validation "
+            "data, or no val_loader"
         )
     error: ValueError | None = None
     try:
@@ -350,20 +373,30 @@ def _check_dataset_size(
 ) -> None:
     """Warn when the loss's ``dataset_size`` is not the loader's number of examples.
 
-    A map-style ``DataLoader`` knows its data set's length, and a sampler of a
-    part of it (``SubsetRandomSampler``, also inside a ``batch_sampler``) its
-    own; ``dataset_size`` equal to none of them (the number of batches, another
-    split's size) weights the KL by the wrong ``1/N``, silently. A
-    ``DistributedSampler``'s length is one rank's share: its data set's length
-    counts instead, and ``dataset_size`` equal to a share (the sampler's, or
-    ``ceil(N / ranks)`` for a loader ``fit`` shards over ``ranks`` processes)
-    is named as the per-rank mistake. Other iterables, and loaders whose items
-    are whole batches (``batch_size=None``), are not checked.
+    A map-style ``DataLoader`` knows its data set's length; ``dataset_size``
+    equal to neither it nor a sampler's length (the number of batches,
+    another split's size) weights the KL by the wrong ``1/N``, silently. A
+    sampler that draws part of the data set (``SubsetRandomSampler``, a list
+    of indices, also inside a ``batch_sampler``: the labelled part of an
+    active-learning pool) trains on that part: its length is ``N``, and the
+    data set's length (the pool's) is named as the mistake. A
+    ``RandomSampler`` or ``WeightedRandomSampler`` of fewer draws than
+    examples subsamples the whole data set each epoch: either length is
+    accepted. A ``DistributedSampler``'s length is one rank's share: its data
+    set's length counts instead, and ``dataset_size`` equal to a share (the
+    sampler's, or ``ceil(N / ranks)`` for a loader ``fit`` shards over
+    ``ranks`` processes) is named as the per-rank mistake. Other iterables,
+    and loaders whose items are whole batches (``batch_size=None``), are not
+    checked.
     """
     if not isinstance(train_loader, torch.utils.data.DataLoader):
         return
     batch_sampler = train_loader.batch_sampler
     if batch_sampler is None:  # batch_size=None: every item is a whole batch
+        return
+    subset = _subset_sampled(train_loader)
+    if subset is not None:
+        _check_subset_size(loss_fn, train_loader, *subset)
         return
     sizes: set[int] = set()
     shares: set[int] = set()
@@ -375,9 +408,8 @@ def _check_dataset_size(
         if isinstance(source, torch.utils.data.DistributedSampler):
             shares.add(len(source))
             source = source.dataset
-        try:
-            size = len(source)  # type: ignore[arg-type]
-        except Exception:  # no length: iterable data, a __len__ that raises
+        size = _length(source)
+        if size is None:  # no length: iterable data, a __len__ that raises
             continue
         sizes.add(size)
         if ranks > 1:
@@ -399,6 +431,78 @@ def _check_dataset_size(
         f"had {loss_fn.dataset_size} (a KL {examples / loss_fn.dataset_size:.3g} "
         f"times as strong as the ELBO's). {advice}",
         UserWarning,
+    )
+
+
+def _length(source: object) -> int | None:
+    """``len(source)``, or ``None`` for an object without a (working) length."""
+    try:
+        return len(source)  # type: ignore[arg-type]
+    except Exception:  # no length, or a __len__ that raises
+        return None
+
+
+# Samplers that draw from the whole data set (fewer draws than examples
+# subsample it each epoch) or one rank's share of it: not a part to train on.
+_WHOLE_SET_SAMPLERS = (
+    torch.utils.data.RandomSampler,
+    torch.utils.data.WeightedRandomSampler,
+    torch.utils.data.DistributedSampler,
+)
+
+
+def _subset_sampled(loader: DataLoader[Any]) -> tuple[int, str, str] | None:
+    """The part of its data set ``loader`` trains on, if its sampler picks one.
+
+    Returns:
+        ``(examples, expression, kind)``: the sampler's length, below the data
+        set's; how to write it (``len(train_loader.sampler)``); the sampler's
+        type. ``None`` for samplers of the whole data set (see
+        :data:`_WHOLE_SET_SAMPLERS`) and data sets without a length.
+    """
+    whole = _length(loader.dataset)
+    if whole is None:
+        return None
+    for source, expression in (
+        (loader.sampler, "train_loader.sampler"),
+        (
+            getattr(loader.batch_sampler, "sampler", None),
+            "train_loader.batch_sampler.sampler",
+        ),
+    ):
+        if source is None or isinstance(source, _WHOLE_SET_SAMPLERS):
+            continue
+        size = _length(source)
+        if size is not None and size < whole:
+            return size, f"len({expression})", type(source).__name__
+    return None
+
+
+def _check_subset_size(
+    loss_fn: KullbackLeiblerLoss,
+    loader: DataLoader[Any],
+    examples: int,
+    expression: str,
+    kind: str,
+) -> None:
+    """Warn unless ``dataset_size`` is the ``examples`` a subset sampler draws."""
+    size = loss_fn.dataset_size
+    if size == examples:
+        return
+    whole = len(loader.dataset)  # type: ignore[arg-type]
+    pool = (
+        f" {size} is the length of train_loader.dataset, the whole pool, not of "
+        "the part the sampler trains on."
+        if size == whole
+        else ""
+    )
+    warn_at_caller(
+        f"fit: loss_fn.dataset_size is {size} but train_loader's sampler ({kind}) "
+        f"draws {examples} of the {whole} examples of its data set per epoch: the "
+        f"training set is those {examples}, and the KL term is weighted as if it "
+        f"had {size} (a KL {examples / size:.3g} times as strong as the "
+        f"ELBO's).{pool} Build the loss with dataset_size={expression}, and set "
+        "loss_fn.dataset_size again whenever the part grows (active learning)"
     )
 
 
@@ -614,7 +718,9 @@ def _train_epoch(
         guard.restore_after(error, epoch, current)
         raise
     if steps == 0:
-        raise ValueError(f"train_loader yielded no batches in epoch {epoch}")
+        raise ValueError(
+            f"train_loader yielded no batches in epoch {epoch}{_dropped(loader)}"
+        )
     guard.check_parameters(epoch, steps - 1)
     return StepStats(sums.loss / steps, sums.nll / steps, sums.kl / steps)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from pyrolite_bnn._warnings import warn_at_caller
 
 if TYPE_CHECKING:
     from pyrolite_bnn.distributions.variational import Posterior
@@ -144,10 +146,15 @@ class RandomVariable:
         name: attribute name in its layer (``"weight"``).
         shape: shape of one draw of the tensor.
         module: the layer that declared it.
-        posterior: the layer's posterior module of the variable.
+        layer_posterior: the layer's own posterior module of the variable
+            (``module.posterior[name]``), read without any check: the
+            network's posterior under its default guide, an unused module
+            while an assigned guide trains the network.
         shared: whether the layer sits at more than one position of the
             network (weight sharing): every position reads the same draw, so
             the weights must be drawn, not output noise sampled per position.
+        network: the module whose variables were collected (the network whose
+            site names these are); ``None`` for a variable built by hand.
 
     Where the tensor's output units lie is the layer's to say
     (``module.unit_layout(name)``).
@@ -157,5 +164,45 @@ class RandomVariable:
     name: str
     shape: torch.Size
     module: VIModule
-    posterior: Posterior
+    layer_posterior: Posterior
     shared: bool = False
+    network: nn.Module | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def posterior(self) -> Posterior:
+        """The layer's posterior module of the variable: the network's posterior.
+
+        That holds for the network's default guide. A guide assigned to the
+        network (``network.guide = AutoNormal(...)``) replaces the layers'
+        posterior modules: they keep their initial values while the guide
+        learns, so reading them (to set the next task's prior, say) is
+        silently wrong, and a warning says so, naming the guide. Read the
+        trained posterior from the guide itself:
+        ``network.guide.median()`` and ``network.guide.quantiles(...)``, by
+        site name, work for every guide (the default one included).
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> layer = bnn.VILinear(3, 2)
+            >>> weight = layer.random_variables()[0]
+            >>> weight.site, weight.posterior.loc.shape
+            ('weight', torch.Size([2, 3]))
+        """
+        if self.network is not None:
+            from pyrolite_bnn.guides import guide_of  # imports this module
+
+            assigned = guide_of(self.network).inner
+            if assigned is not None:
+                warn_at_caller(
+                    f"{self.site}: RandomVariable.posterior is the layer's own "
+                    f"posterior module ({type(self.layer_posterior).__name__}), "
+                    "which the guide assigned to this network, "
+                    f"{type(assigned).__name__}, replaces: it holds its initial "
+                    "values, not what training learned. Read the trained "
+                    "posterior from the guide: network.guide.median() (the "
+                    "median of each weight, by site name) and "
+                    "network.guide.quantiles([...]) (for a Normal guide, "
+                    "quantiles([0.5, 0.8413447]) give the mean and the mean plus "
+                    "one standard deviation)"
+                )
+        return self.layer_posterior

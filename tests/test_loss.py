@@ -1576,3 +1576,50 @@ def test_a_loss_inside_a_running_network_names_the_module_and_the_way_out() -> N
     module and both remedies."""
     with pytest.raises(ValueError, match=r"inside the running call of _TrainStep"):
         _TrainStep()(torch.randn(8, 2), torch.randn(8))
+
+
+class _OneHeadPerTask(bnn.VIModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VILinear(2, 4)
+        self.heads = bnn.VIModuleDict(
+            {"a": bnn.VILinear(4, 1), "b": bnn.VILinear(4, 1)}
+        )
+        self.task = "a"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.heads[self.task](torch.tanh(self.body(x)))
+
+
+def test_the_kl_counts_layers_the_call_did_not_run() -> None:
+    """Documented (concepts, loss docstring, continual-learning how-to): the
+    KL is the whole network's, an idle head's included, and bnn.Trace_ELBO
+    gives the same value; Pyro's own Trace_ELBO, whose model lacks the idle
+    head's sites, warns and leaves its prior term out. Closed-form KL of
+    every variable by hand, float64: equal to rounding."""
+    net = _OneHeadPerTask().double()
+    for variable in net.random_variables():
+        posterior = variable.posterior
+        posterior.reset_parameters(posterior.loc.detach() + 0.5, 0.3)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    y = torch.randn(10, 1, dtype=torch.float64)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 10, reduction="sum")
+    loss_fn(net(x), y)
+    everything = sum(
+        kl_divergence(
+            v.posterior.distribution(), v.module.prior_distribution(v.name)
+        ).sum()
+        for v in net.random_variables()
+    )
+    torch.testing.assert_close(loss_fn.last_kl, everything, rtol=1e-12, atol=0)
+    mc = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 10, reduction="sum", kl="mc")
+    model = mc.pyro_model(net)
+    pyro.set_rng_seed(1)
+    ours = mc(net(x), y)
+    pyro.set_rng_seed(1)
+    theirs = bnn.Trace_ELBO().differentiable_loss(model, net.guide, x, y)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    pyro.set_rng_seed(1)
+    with pytest.warns(UserWarning, match="Found non-auxiliary vars in guide"):
+        pyros = Trace_ELBO().differentiable_loss(model, net.guide, x, y)
+    assert float(pyros.detach()) < float(ours.detach())  # no idle -log p(w)

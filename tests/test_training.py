@@ -320,6 +320,72 @@ def test_a_dataset_size_that_is_not_the_loaders_warns() -> None:
         fit(model, loss_fn, batches, epochs=1, progress=False)
 
 
+def test_a_subset_samplers_length_is_the_dataset_size() -> None:
+    """Active learning: a sampler of the labelled part of a pool. The pool's
+    size was accepted silently (a KL 4x too weak here, 50x in the probe), and
+    a stale size was reported against the pool with len(dataset) advised:
+    the sampler's length is N, and the pool's size is named as the mistake."""
+    x, y = _data()
+    pool = torch.utils.data.TensorDataset(x, y)  # N = 64 examples
+    labelled = list(range(16))
+    loader = torch.utils.data.DataLoader(
+        pool, batch_size=8, sampler=torch.utils.data.SubsetRandomSampler(labelled)
+    )
+    model = _net()
+
+    def loss(size: int) -> bnn.KullbackLeiblerLoss:
+        return bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=size)
+
+    with pytest.warns(UserWarning, match=r"draws 16 of the 64 examples") as caught:
+        fit(model, loss(N), loader, epochs=1, progress=False)
+    message = str(caught[0].message)
+    assert "a KL 0.25 times as strong" in message
+    assert "64 is the length of train_loader.dataset, the whole pool" in message
+    assert "dataset_size=len(train_loader.sampler)" in message
+    assert caught[0].filename == __file__
+    fit(model, loss(16), loader, epochs=1, progress=False)  # no warning
+    labelled += range(16, 32)  # the labelled part grows in place
+    with pytest.warns(UserWarning, match="draws 32 of the 64") as caught:
+        fit(model, loss(16), loader, epochs=1, progress=False)
+    assert "a KL 2 times as strong" in str(caught[0].message)
+    assert "whole pool" not in str(caught[0].message)
+    # Indices as a list, inside a batch_sampler: the same.
+    batches = torch.utils.data.DataLoader(
+        pool, batch_sampler=torch.utils.data.BatchSampler(labelled, 8, False)
+    )
+    with pytest.warns(UserWarning, match=r"len\(train_loader\.batch_sampler\.sampler"):
+        fit(model, loss(N), batches, epochs=1, progress=False)
+    fit(model, loss(32), batches, epochs=1, progress=False)  # no warning
+    # Fewer random draws than examples subsample the whole set: N stays right.
+    for sampler in (
+        torch.utils.data.RandomSampler(pool, replacement=True, num_samples=16),
+        torch.utils.data.WeightedRandomSampler(torch.ones(N), num_samples=16),
+    ):
+        subsampled = torch.utils.data.DataLoader(pool, batch_size=8, sampler=sampler)
+        fit(model, loss(N), subsampled, epochs=1, progress=False)  # no warning
+
+
+def test_no_batches_because_of_drop_last_says_so() -> None:
+    """Fewer examples than one batch with drop_last=True: the error said only
+    "yielded no batches", leaving the user to find the flag."""
+    x, y = _data()
+    few = torch.utils.data.TensorDataset(x[:10], y[:10])
+    dropping = torch.utils.data.DataLoader(few, batch_size=16, drop_last=True)
+    message = (
+        r"train_loader yielded no batches in epoch 0: it has drop_last=True and "
+        r"fewer examples than one batch \(10 examples, batch_size=16\)"
+    )
+    ten = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10)
+    with pytest.raises(ValueError, match=message):
+        fit(_net(), ten, dropping, epochs=1, progress=False)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), 16)
+    with pytest.raises(ValueError, match=r"^val_loader yields no batches: it has drop"):
+        fit(_net(), _loss(), loader, epochs=1, val_loader=dropping, progress=False)
+    empty: list[tuple[Tensor, Tensor]] = []  # no drop_last to name
+    with pytest.raises(ValueError, match=r"yielded no batches in epoch 0$"):
+        fit(_net(), _loss(), empty, epochs=1, progress=False)
+
+
 class _NoLength(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
     def __init__(self, x: Tensor, y: Tensor) -> None:
         self.x, self.y = x, y

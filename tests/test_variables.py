@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from pyro.infer.autoguide import AutoNormal
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.variables import UnitLayout
@@ -82,3 +83,37 @@ def test_layers_declare_where_their_output_units_lie() -> None:
     assert layouts["3.bias_k"] == layouts["3.bias_v"] == UnitLayout(dim=2)
     others = {"1.weight", "2.weight", "3.bias_k", "3.bias_v"}
     assert all(layouts[site] == UnitLayout() for site in layouts.keys() - others)
+
+
+def test_posterior_read_warns_when_an_assigned_guide_trains_the_network() -> None:
+    """With an assigned guide the layers' posterior modules are unused: reading
+    ``variable.posterior`` (the continual-learning recipe's old way to the
+    next prior) gave the initial values silently. It must warn, naming the
+    guide and ``guide.median()``; the guide's own statistics are the trained
+    ones. The default guide reads without a warning (warnings are errors)."""
+    default = bnn.VISequential(bnn.VILinear(3, 4), torch.nn.Tanh(), bnn.VILinear(4, 1))
+    for variable in default.random_variables():
+        assert variable.posterior is variable.module.posterior[variable.name]
+    model = bnn.VISequential(bnn.VILinear(3, 4), torch.nn.Tanh(), bnn.VILinear(4, 1))
+    model.guide = AutoNormal(model.prior_model, init_loc_fn=model.init_loc_fn)
+    with torch.no_grad():  # the guide learns, the layers' modules stay
+        for name, parameter in model.guide.named_parameters():
+            if "locs" in name:
+                parameter.add_(1.0)
+    for variable in model.random_variables():
+        with pytest.warns(
+            UserWarning, match=r"AutoNormal.*guide\.median\(\)"
+        ) as caught:
+            posterior = variable.posterior
+        assert caught[0].filename == __file__  # the user's line
+        assert variable.site in str(caught[0].message)
+        assert posterior is variable.layer_posterior
+    trained = model.guide.median()["0.weight"]
+    unused = model.random_variables()[0].layer_posterior.loc
+    torch.testing.assert_close(trained, unused.detach() + 1.0, rtol=0, atol=1e-6)
+    variable = model.guide.variables()[0]  # the guide's list is the same
+    with pytest.warns(UserWarning, match="AutoNormal"):
+        _ = variable.posterior
+    model.guide = None  # back to the default guide: no warning
+    for variable in model.random_variables():
+        _ = variable.posterior

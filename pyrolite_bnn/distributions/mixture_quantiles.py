@@ -9,6 +9,7 @@ has a density.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -91,7 +92,8 @@ def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
     check_positive_values(var, "var", zero=True)
     upper = q > 0.5  # search the upper tail 1 - q instead
     tail = 1.0 - q if upper else q
-    mean, sigma = loc.double(), var.double().sqrt()
+    wide_loc, wide_sigma = loc.double(), var.double().sqrt()
+    mean, sigma = wide_loc.detach(), wide_sigma.detach()  # searched without a graph
     scale = 1.0 / (sigma * math.sqrt(2.0))  # z = (y - mean) * scale
     lo = (mean - _BRACKET_SIGMAS * sigma).min(0).values
     hi = (mean + _BRACKET_SIGMAS * sigma).max(0).values
@@ -114,6 +116,7 @@ def gaussian_mixture_quantile(loc: Tensor, var: Tensor, q: float) -> Tensor:
         step = (mass - tail) / density  # d tail / dy = -+ density
         y = (y + step if upper else y - step).clamp(lo, hi)
         y = torch.where(density > 0, y, (lo + hi) / 2)
+    y = _with_root_gradient(y, wide_loc, wide_sigma, _standard_normal_density)
     return y.to(summary_dtype(loc.dtype))
 
 
@@ -126,7 +129,8 @@ def poisson_mixture_quantile(rate: Tensor, q: float) -> Tensor:
     and a count above every finite component's 40-sigma point. A component of
     infinite rate puts its weight above every count: the quantile is finite
     where the finite components reach ``q``, else infinite. Returned in the
-    rate's dtype (at least ``float32``).
+    rate's dtype (at least ``float32``); piecewise constant in the rates,
+    its gradient is zero where they require one (as ``torch.floor``'s).
 
     Raises:
         TypeError: if ``q`` is not one number.
@@ -158,6 +162,10 @@ def poisson_mixture_quantile(rate: Tensor, q: float) -> Tensor:
         # midpoint no longer splits is done (an infinite rate's is never open).
         open_ = (hi - lo > 1) & (mid > lo) & (mid < hi)
         if not bool(open_.any()):
+            if torch.is_grad_enabled() and rate.requires_grad:
+                # A count is piecewise constant in the rates: gradient 0, as
+                # torch.floor's (an infinite rate masked: 0 * inf is NaN).
+                hi = hi + (finite * 0.0).sum(0)
             return hi.to(summary_dtype(rate.dtype))
         reached = torch.special.gammaincc(mid + 1, wide).mean(0) >= q
         hi = torch.where(open_ & reached, mid, hi)
@@ -214,10 +222,11 @@ def student_t_mixture_quantile(
     _check_particles(loc, "loc")
     upper = q > 0.5  # search the upper tail 1 - q instead
     tail = 1.0 - q if upper else q
-    mean = loc.double()
-    sigma = torch.as_tensor(scale, dtype=torch.float64, device=mean.device)
-    check_positive_values(sigma, "scale")
-    sigma = sigma.expand_as(mean)
+    wide_loc = loc.double()
+    wide_sigma = torch.as_tensor(scale, dtype=torch.float64, device=wide_loc.device)
+    check_positive_values(wide_sigma, "scale")
+    wide_sigma = wide_sigma.expand_as(wide_loc)
+    mean, sigma = wide_loc.detach(), wide_sigma.detach()  # searched without a graph
     standard = _standard_quantile(df, tail)  # P(T > standard) = tail
     if not math.isfinite(standard):
         infinite = torch.full_like(mean.sum(0), math.inf if upper else -math.inf)
@@ -239,15 +248,54 @@ def student_t_mixture_quantile(
         lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
     y = (lo + hi) / 2
     nu = torch.tensor(float(df), dtype=torch.float64, device=mean.device)
+
+    def standard_density(t: Tensor) -> Tensor:
+        student = torch.distributions.StudentT(nu, validate_args=False)
+        density: Tensor = student.log_prob(t).exp()  # type: ignore[no-untyped-call]
+        return density
+
     for _ in range(_NEWTON_STEPS):
         mass, t = tail_mass(y)
-        student = torch.distributions.StudentT(nu, validate_args=False)
-        log_pdf = student.log_prob(t)  # type: ignore[no-untyped-call]
-        density = (log_pdf.exp() / sigma).mean(0)
+        density = (standard_density(t) / sigma).mean(0)
         step = (mass - tail) / density  # d tail / dy = -+ density
         y = (y + step if upper else y - step).clamp(lo, hi)
         y = torch.where(density > 0, y, (lo + hi) / 2)
+
+    y = _with_root_gradient(y, wide_loc, wide_sigma, standard_density)
     return y.to(summary_dtype(loc.dtype))
+
+
+def _standard_normal_density(t: Tensor) -> Tensor:
+    return torch.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+
+
+def _with_root_gradient(
+    y: Tensor, loc: Tensor, scale: Tensor, density: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """``y``, the root of the mixture's ``F(y) = q``, with its implicit gradient.
+
+    The search runs without a graph; where ``loc`` or ``scale`` require a
+    gradient, it is that of the implicit function theorem, ``dy = -dF / f``:
+    the mixture's CDF ``F(y) = mean_s Phi((y - loc_s) / scale_s)`` changes by
+    ``mean_s phi(t_s) dt_s`` and has the density ``f = mean_s phi(t_s) /
+    scale_s``. The value stays ``y`` exactly; entries without a positive
+    density (point masses) get no gradient.
+
+    Args:
+        y: the quantiles, found without gradients, ``(...)``.
+        loc: component locations ``(S, ...)``, float64.
+        scale: component scales broadcasting with ``loc``, float64.
+        density: the components' standard density ``phi``.
+    """
+    if not (torch.is_grad_enabled() and (loc.requires_grad or scale.requires_grad)):
+        return y
+    t = (y.detach().unsqueeze(0) - loc) / scale  # differentiable in loc, scale
+    weight = density(t.detach())
+    mixture_density = (weight / scale.detach()).mean(0)
+    positive = mixture_density > 0
+    change = -(weight * t).mean(0) / torch.where(positive, mixture_density, 1.0)
+    correction = change - change.detach()  # value 0, gradient dy
+    return y + torch.where(positive & correction.isfinite(), correction, 0.0)
 
 
 def _standard_quantile(df: float, tail: float) -> float:

@@ -1039,8 +1039,8 @@ class VITransformer(_SequenceModule):
         """Xavier-uniform posterior means (and plain weights) for every matrix."""
         for variable in self.random_variables():
             if len(variable.shape) > 1:
-                value = torch.empty_like(variable.posterior.loc)
-                variable.posterior.reset_parameters(init.xavier_uniform_(value))
+                value = torch.empty_like(variable.layer_posterior.loc)
+                variable.layer_posterior.reset_parameters(init.xavier_uniform_(value))
         with torch.no_grad():
             for weight in _plain_matrices(self):
                 init.xavier_uniform_(weight)

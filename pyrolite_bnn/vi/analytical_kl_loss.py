@@ -182,13 +182,13 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
             raise ValueError("Provided model is not bayesian.")
         if divergence_type is None:
             for v in variables:
-                if _closed_form(v.module, v.name, v.posterior) is None:
+                if _closed_form(v.module, v.name, v.layer_posterior) is None:
                     prior, posterior = _spec_names(v)
                     raise NotImplementedError(
                         f"Analytical loss is not implemented for {prior} and "
                         f"{posterior}. (variable '{v.site}': prior "
                         f"{type(v.module.prior[v.name]).__name__}, posterior "
-                        f"{type(v.posterior).__name__})"
+                        f"{type(v.layer_posterior).__name__})"
                     )
         self.divergence_type = divergence_type
         self._detected = None if divergence_type is not None else _detect(variables)
@@ -232,7 +232,7 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
                 _check_divergence(self.divergence_type, model, error)
                 raise
         terms = [
-            _closed_form(v.module, v.name, v.posterior)
+            _closed_form(v.module, v.name, v.layer_posterior)
             for v in model.random_variables()
         ]
         return torch.stack([t for t in terms if t is not None]).sum()
@@ -259,7 +259,7 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
 def _divergence_of(variable: RandomVariable) -> type[KullbackLeiblerModule] | None:
     """torch_blue's divergence module of one weight tensor's pair, if it has one."""
     prior = variable.module.prior[variable.name]
-    posterior = variable.posterior
+    posterior = variable.layer_posterior
     if isinstance(posterior, PointMassPosterior):
         return NonBayesianDivergence if isinstance(prior, FlatPrior) else None
     if isinstance(posterior, MeanFieldNormalPosterior):
@@ -334,7 +334,7 @@ def _spec_names(variable: RandomVariable) -> tuple[str, str]:
         return type(prior).__name__, type(family).__name__
     return (
         type(module.prior[variable.name]).__name__,
-        type(variable.posterior).__name__,
+        type(variable.layer_posterior).__name__,
     )
 
 
