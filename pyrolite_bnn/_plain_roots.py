@@ -533,10 +533,9 @@ _DATA_PARALLEL = (DistributedDataParallel, DataParallel)
 
 
 def _leave(frame: _Frame, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-    if _FRAME.get() is not frame:  # closed as stale, or never set (an interrupt)
-        if frame.closer is not None:  # never set: the hook goes with this call
-            frame.closer.remove()
-        frame.caller = None
+    # Not this context's frame: closed as stale, never set (an interrupt), or
+    # another thread's call of the same module (whose hook this is).
+    if _FRAME.get() is not frame:
         return None
     if frame.depth:
         frame.depth -= 1
