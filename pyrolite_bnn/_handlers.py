@@ -19,6 +19,7 @@ from typing import Any
 
 import pyro
 from pyro import poutine
+from pyro.infer.importance import Importance
 from pyro.infer.mcmc.util import initialize_model
 from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
@@ -28,6 +29,7 @@ from pyro.poutine.trace_struct import Trace
 __all__ = [
     "called_from",
     "caller_handlers_set_aside",
+    "importance_sampling",
     "initialising_inference",
     "innermost_trace_holds",
     "pyro_wrapped",
@@ -151,6 +153,17 @@ def mcmc_initialising() -> bool:
     finding its sites) are no MCMC.
     """
     return initialising_inference() and called_from(initialize_model.__code__)
+
+
+def importance_sampling() -> bool:
+    """Whether Pyro's importance sampling runs the model (``Importance``, ``CSIS``).
+
+    ``Importance`` runs guide and model once per draw (its ``_traces``
+    generator, on the call stack while it does) and weighs the draw by the
+    log density of the whole model trace over the guide's.
+    """
+    # A Pyro internal: the generator every Importance (and CSIS) runs.
+    return called_from(Importance._traces.__code__)
 
 
 def called_from(code: CodeType) -> bool:

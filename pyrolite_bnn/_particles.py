@@ -28,12 +28,13 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _structures
-from pyrolite_bnn._handlers import pyro_wrapped, traced_site_count
+from pyrolite_bnn._handlers import called_from, pyro_wrapped, traced_site_count
 from pyrolite_bnn._validation import check_count
 
 __all__ = [
@@ -745,13 +746,7 @@ def refuse_outer_plates() -> None:
     """
     for frame in get_plates():
         if frame.name == "num_particles_vectorized":
-            raise NotImplementedError(
-                "vectorize_particles=True is not supported: the network already "
-                "draws all its particles in one vectorised pass, and Pyro's extra "
-                "particle plate would need a second particle dimension. Use "
-                "vectorize_particles=False, num_particles=1 and pass samples=k to "
-                "svi.step (svi.step(x, y, samples=k)) for k particles"
-            )
+            raise NotImplementedError(_vectorised_particles_message())
         if frame.name == "_num_predictive_samples":
             raise NotImplementedError(
                 "Predictive(parallel=True) is not supported: the network already "
@@ -768,6 +763,30 @@ def refuse_outer_plates() -> None:
             "inside it: out = net(x[idx]); with bnn.per_particle(out), "
             "pyro.plate('data', N, subsample=idx): pyro.sample(..., obs=y[idx])"
         )
+
+
+def _vectorised_particles_message() -> str:
+    """Why Pyro's plate of vectorised particles is refused, for what opened it."""
+    if called_from(vectorized_importance_weights.__code__):
+        return (
+            "Pyro's vectorized_importance_weights (and psis_diagnostic, which "
+            "calls it) is not supported: it runs the model in a plate of "
+            "num_samples draws, and a network's weights are drawn in its own "
+            "particle plate, whose particles weigh 1/S each in one trace (one "
+            "weight per trace would be the mean of S networks' log weights); "
+            "a second plate around it would need a second particle dimension. "
+            "Use pyro.infer.Importance(model, guide=net.guide, num_samples=n)"
+            ".run(x, y, samples=1): its log_weights are one network's each "
+            "(psis_diagnostic fits pyro.ops.stats.fit_generalized_pareto to "
+            "the largest of such weights)"
+        )
+    return (
+        "vectorize_particles=True is not supported: the network already "
+        "draws all its particles in one vectorised pass, and Pyro's extra "
+        "particle plate would need a second particle dimension. Use "
+        "vectorize_particles=False, num_particles=1 and pass samples=k to "
+        "svi.step (svi.step(x, y, samples=k)) for k particles"
+    )
 
 
 def input_leaves(values: Iterable[Any]) -> Iterator[Tensor | PackedSequence]:

@@ -707,3 +707,128 @@ def test_an_easyguide_finding_its_sites_is_no_mcmc() -> None:
     svi = SVI(model, Guide(model), pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     losses = [svi.step(x, y) for _ in range(3)]
     assert all(math.isfinite(loss) for loss in losses)
+
+
+def _linear_regression() -> tuple[torch.Tensor, torch.Tensor, bnn.VILinear]:
+    """A Bayesian linear regression whose guide is near its posterior."""
+    x = torch.randn(20, 2)
+    y = x @ torch.tensor([1.0, -2.0]) + 0.5 + 0.3 * torch.randn(20)
+    net = bnn.VILinear(2, 1, estimator="reparam")
+    # The exact posterior of (weight, bias) under the N(0, 1) prior and noise
+    # 0.3; the guide takes its mean and twice its marginal standard deviations.
+    features = torch.cat([x, torch.ones(20, 1)], dim=1)
+    precision = torch.eye(3) + features.T @ features / 0.09
+    covariance = torch.linalg.inv(precision)
+    mean = covariance @ features.T @ y / 0.09
+    scale = 2 * covariance.diagonal().sqrt()
+    with torch.no_grad():
+        for name, part in (("weight", slice(0, 2)), ("bias", slice(2, 3))):
+            posterior = net.posterior[name]
+            posterior.loc_unconstrained.copy_(mean[part].reshape(posterior.shape))
+            rho = torch.log(torch.expm1(scale[part]))
+            posterior.rho_unconstrained.copy_(rho.reshape(posterior.shape))
+    return x, y, net
+
+
+def test_importance_sampling_weighs_one_network_per_draw() -> None:
+    """``pyro.infer.Importance`` with ``samples=1``: each log weight is
+    log p(y, w) - log q(w) of the one network drawn (checked per draw to
+    float precision), and the log normalizer estimates the closed-form
+    evidence of the Bayesian linear regression within 4 of its Monte-Carlo
+    standard errors (delta method: sd(w) / (mean(w) sqrt(M)))."""
+    from pyro.infer import Importance
+
+    x, y, net = _linear_regression()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), dataset_size=20)
+    draws = 2000
+    importance = Importance(
+        loss_fn.pyro_model(net), guide=net.guide, num_samples=draws
+    ).run(x, y, samples=1)
+    guide = net.guide.get_posterior()
+    for trace, log_weight in list(
+        zip(importance.exec_traces, importance.log_weights, strict=True)
+    )[:5]:
+        weight = trace.nodes["weight"]["value"].reshape(1, 2)
+        bias = trace.nodes["bias"]["value"].reshape(1)
+        expected = (
+            dist.Normal(0.0, 1.0).log_prob(weight).sum()
+            + dist.Normal(0.0, 1.0).log_prob(bias).sum()
+            + dist.Normal((x @ weight.T).squeeze(-1) + bias, 0.3).log_prob(y).sum()
+            - guide["weight"].log_prob(weight)
+            - guide["bias"].log_prob(bias)
+        )
+        torch.testing.assert_close(log_weight, expected, rtol=1e-5, atol=1e-4)
+    features = torch.cat([x, torch.ones(20, 1)], dim=1)
+    evidence = dist.MultivariateNormal(
+        torch.zeros(20), features @ features.T + 0.09 * torch.eye(20)
+    ).log_prob(y)
+    weights = torch.stack(importance.log_weights).detach()
+    ratios = (weights - weights.max()).exp()
+    standard_error = float(ratios.std() / ratios.mean()) / math.sqrt(draws)
+    assert 0.0 < standard_error < 0.05
+    torch.testing.assert_close(
+        importance.get_log_normalizer().detach(),
+        evidence,
+        rtol=0.0,
+        atol=4 * standard_error,
+    )
+
+
+@pytest.mark.parametrize("where", ["pyro_model", "own model"])
+@pytest.mark.parametrize("samples", [None, 4])
+def test_importance_sampling_of_more_than_one_particle_is_refused(
+    where: str, samples: int | None
+) -> None:
+    """With ``S`` particles each of Pyro's importance draws held ``S``
+    networks whose sites weigh ``1/S``: the log weight was the mean of their
+    log weights, a tempered evidence (log normalizer -102.5 at the default
+    10 particles against about -61 for one network per draw), without a
+    word. Refused, naming ``samples=1``; SVI and Predictive keep their
+    particles."""
+    from pyro.infer import Importance, Predictive
+
+    x, y, net = _linear_regression()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), dataset_size=20)
+    model: Callable[..., Any] = loss_fn.pyro_model(net)
+    if where == "own model":
+
+        def model(
+            x: torch.Tensor, y: torch.Tensor | None = None, samples: int = 10
+        ) -> None:
+            out = net(x, samples=samples).squeeze(-1)
+            with bnn.per_particle(out), pyro.plate("data", len(x)):
+                pyro.sample("obs", dist.Normal(out, 0.3), obs=y)
+
+    kwargs = {} if samples is None else {"samples": samples}
+    count = 10 if samples is None else samples
+    with pytest.raises(
+        ValueError, match=rf"importance sampling .*mean of its {count} .*samples=1"
+    ):
+        Importance(model, guide=net.guide, num_samples=2).run(x, y, **kwargs)
+    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    assert math.isfinite(svi.step(x, y, **kwargs))
+    draws = Predictive(model, guide=net.guide, num_samples=2)(x, **kwargs)
+    assert draws["obs"].shape == (2, count, 20)
+
+
+@pytest.mark.parametrize("tool", ["vectorized_importance_weights", "psis_diagnostic"])
+def test_vectorised_importance_weights_are_refused_naming_importance(
+    tool: str,
+) -> None:
+    """Pyro's vectorised importance weights run the model in a plate of
+    draws around the network's particle plate: refused (as any outer plate
+    is), with a message naming them and ``Importance`` with ``samples=1``
+    instead of the advice for ``Trace_ELBO(vectorize_particles=True)``."""
+    from pyro.infer import importance
+
+    x, y, net = _linear_regression()
+    model = _loss(20).pyro_model(net)
+    vectorized = tool == "vectorized_importance_weights"
+    count = "num_samples" if vectorized else "num_particles"
+    with pytest.raises(
+        NotImplementedError,
+        match=r"vectorized_importance_weights .*Importance\(.*samples=1",
+    ):
+        getattr(importance, tool)(
+            model, net.guide, x, y, samples=1, max_plate_nesting=2, **{count: 4}
+        )
