@@ -32,6 +32,7 @@ __all__ = [
     "importance_sampling",
     "initialising_inference",
     "innermost_trace_holds",
+    "method_of_running",
     "pyro_wrapped",
     "replayed_traces",
     "traced_site_count",
@@ -164,6 +165,28 @@ def importance_sampling() -> bool:
     """
     # A Pyro internal: the generator every Importance (and CSIS) runs.
     return called_from(Importance._traces.__code__)
+
+
+def method_of_running(cls: type) -> bool:
+    """Whether a frame of the running call stack runs a method of a ``cls`` instance.
+
+    The frame of a method holds its instance as the local ``self``; for an
+    inherited method (``Trace_ELBO.loss_and_grads`` of a subclass) that tells
+    the subclass apart, which the method's code cannot.
+
+    Example:
+        >>> class Probe:
+        ...     def ask(self):
+        ...         return method_of_running(Probe)
+        >>> Probe().ask(), method_of_running(Probe)
+        (True, False)
+    """
+    frame = inspect.currentframe()
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), cls):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def called_from(code: CodeType) -> bool:

@@ -832,3 +832,36 @@ def test_vectorised_importance_weights_are_refused_naming_importance(
         getattr(importance, tool)(
             model, net.guide, x, y, samples=1, max_plate_nesting=2, **{count: 4}
         )
+
+
+def test_svgd_and_tail_adaptive_elbo_are_refused_saying_why() -> None:
+    """``SVGD`` and ``TraceTailAdaptive_ELBO`` exist only vectorised (a plate
+    of Pyro's particles around the model): refused like
+    ``vectorize_particles=True``, but that message's advice
+    (``vectorize_particles=False, num_particles=1``) cannot be followed for
+    them. Each now names itself as unsupported and says why."""
+    from pyro.infer import SVGD, RBFSteinKernel, TraceTailAdaptive_ELBO
+
+    x, y = _problem()
+    net = _net()
+    model = _loss().pyro_model(net)
+    elbo = TraceTailAdaptive_ELBO(num_particles=4, vectorize_particles=True)
+    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+    with pytest.raises(
+        NotImplementedError,
+        match=r"TraceTailAdaptive_ELBO is not supported: Pyro implements it only "
+        r"with vectorize_particles=True.*bnn.RenyiELBO",
+    ):
+        svi.step(x, y, samples=4)
+    svgd = SVGD(
+        model, RBFSteinKernel(), pyro.optim.Adam({"lr": 1e-2}), 4, max_plate_nesting=2
+    )
+    with pytest.raises(
+        NotImplementedError,
+        match=r"SVGD is not supported: .* a plate of its own.* samples=1",
+    ):
+        svgd.step(x, y, samples=1)
+    # Trace_ELBO(vectorize_particles=True) keeps its own advice.
+    elbo = Trace_ELBO(num_particles=2, vectorize_particles=True)
+    with pytest.raises(NotImplementedError, match=r"^vectorize_particles=True is"):
+        SVI(model, net.guide, pyro.optim.Adam({"lr": 1e-2}), elbo).step(x, y)
