@@ -865,3 +865,52 @@ def test_svgd_and_tail_adaptive_elbo_are_refused_saying_why() -> None:
     elbo = Trace_ELBO(num_particles=2, vectorize_particles=True)
     with pytest.raises(NotImplementedError, match=r"^vectorize_particles=True is"):
         SVI(model, net.guide, pyro.optim.Adam({"lr": 1e-2}), elbo).step(x, y)
+
+
+@pytest.mark.filterwarnings("ignore:Found vars in model but not guide")
+@pytest.mark.filterwarnings("ignore:Found non-auxiliary vars in guide but not model")
+def test_a_handlers_global_param_lands_in_pyros_store_and_trains() -> None:
+    """``poutine.reparam`` with ``LocScaleReparam(centered=None)`` learns
+    each site's centeredness with a global ``pyro.param``, made while the
+    network runs: Pyro refused it ("global pyro.param statements in
+    PyroModules with local param mode enabled") because the network's call
+    swapped Pyro's store for its local one. It now lands in Pyro's global
+    store, as for a plain Pyro model (same parameters, same log density of
+    the trace), SVI trains it, and the network's own parameters stay out of
+    the store."""
+    from pyro.infer.reparam import LocScaleReparam
+
+    prior = bnn.NormalPrior(loc=0.5, scale=2.0)
+    net = bnn.VILinear(2, 1, prior=prior, estimator="reparam")
+    x = torch.randn(8, 2)
+    y = x[:, 0] - x[:, 1]
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), dataset_size=8)
+    config = {site: LocScaleReparam(centered=None) for site in ("weight", "bias")}
+    model = poutine.reparam(loss_fn.pyro_model(net), config=config)
+
+    def plain(x: torch.Tensor, y: torch.Tensor, samples: int) -> None:
+        with pyro.plate("particles", samples, dim=-2), poutine.scale(scale=0.25):
+            weight = pyro.sample(
+                "weight", dist.Normal(0.5, 2.0).expand([1, 2]).to_event(2)
+            )
+            bias = pyro.sample("bias", dist.Normal(0.5, 2.0).expand([1]).to_event(1))
+            out = (x @ weight.squeeze(1).mT).squeeze(-1) + bias.squeeze(1)
+            with pyro.plate("data", 8, dim=-1):
+                pyro.sample("obs", dist.Normal(out, 0.3), obs=y)
+
+    traces = []
+    for run in (model, poutine.reparam(plain, config=config)):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        traces.append(poutine.trace(run).get_trace(x, y, samples=4))
+        assert sorted(pyro.get_param_store()) == ["bias_centered", "weight_centered"]
+    ours, theirs = traces
+    torch.testing.assert_close(ours.log_prob_sum(), theirs.log_prob_sum())
+    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    centered = pyro.param("weight_centered")
+    before = centered.detach().clone()
+    for _ in range(3):
+        assert math.isfinite(svi.step(x, y, samples=4))
+    assert pyro.param("weight_centered").unconstrained() is centered.unconstrained()
+    assert not torch.equal(pyro.param("weight_centered").detach(), before)
+    assert sorted(pyro.get_param_store()) == ["bias_centered", "weight_centered"]
