@@ -58,6 +58,7 @@ from pyrolite_bnn._draws import (
     using_draws,
 )
 from pyrolite_bnn._handlers import (
+    importance_sampling,
     innermost_trace_holds,
     mcmc_initialising,
     replayed_traces,
@@ -339,32 +340,50 @@ def warn_if_a_guide_drew_one_particle(root: nn.Module) -> None:
 
 
 def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
-    """Refuse a particle count above 1 where MCMC initialises a model.
+    """Refuse a particle count above 1 where MCMC or importance sampling runs a model.
 
     In a Pyro model each particle is a network of its own whose sites weigh
-    ``1 / S``: MCMC would sample ``S`` networks, each from the posterior
-    tempered by ``1 / S`` (posterior standard deviations ~sqrt(S) too wide).
-    A count given with ``samples=`` is refused too: it asks for more
-    posterior draws, which come from the chain. Every MCMC kernel of Pyro
-    runs the model once under an ``InitMessenger`` first
-    (``initialize_model``), before any potential energy is computed. An
-    autoguide or ``EasyGuide`` finding its sites initialises the same way
-    and is let be.
+    ``1 / S``, and both algorithms weigh the whole model trace. MCMC would
+    sample ``S`` networks, each from the posterior tempered by ``1 / S``
+    (posterior standard deviations ~sqrt(S) too wide); importance sampling
+    would weigh each draw by the mean of its ``S`` networks' log weights (a
+    tempered evidence and posterior). A count given with ``samples=`` is
+    refused too: it asks for more posterior draws, which come from the
+    algorithm's ``num_samples``. Every MCMC kernel of Pyro runs the model
+    once under an ``InitMessenger`` first (``initialize_model``), before any
+    potential energy is computed; an autoguide or ``EasyGuide`` finding its
+    sites initialises the same way and is let be. ``Importance`` (and
+    ``CSIS``) run the model in their ``_traces``.
 
     Raises:
         ValueError: naming ``samples=1``.
     """
-    if count == 1 or not mcmc_initialising():
+    if count == 1:
         return
-    raise ValueError(
-        f"{type(root).__name__} runs {count} particles (samples={count}) in a Pyro "
-        "model that an inference algorithm (MCMC) is initialising: each particle "
-        f"is a network of its own whose sites weigh 1/{count}, so MCMC would "
-        f"sample {count} networks, each from the posterior tempered by 1/{count} "
-        f"(standard deviations sqrt({count}) times too wide). Run one particle, "
-        "samples=1 (loss_fn.pyro_model(net) without samples= does that by "
-        "itself); more posterior draws come from the chain (num_samples)"
-    )
+    name = type(root).__name__
+    if mcmc_initialising():
+        raise ValueError(
+            f"{name} runs {count} particles (samples={count}) in a Pyro "
+            "model that an inference algorithm (MCMC) is initialising: each "
+            f"particle is a network of its own whose sites weigh 1/{count}, so "
+            f"MCMC would sample {count} networks, each from the posterior "
+            f"tempered by 1/{count} (standard deviations sqrt({count}) times too "
+            "wide). Run one particle, samples=1 (loss_fn.pyro_model(net) without "
+            "samples= does that by itself); more posterior draws come from the "
+            "chain (num_samples)"
+        )
+    if importance_sampling():
+        raise ValueError(
+            f"{name} runs {count} particles (samples={count}) in a Pyro "
+            "model that importance sampling (pyro.infer.Importance) weighs: "
+            f"each particle is a network of its own whose sites weigh 1/{count}, "
+            "so each draw's log weight would be the mean of its "
+            f"{count} networks' log weights, and the log normalizer and the "
+            "weighted posterior those of a tempered model. Run one network per "
+            "draw, samples=1: Importance(model, guide=net.guide, "
+            "num_samples=n).run(x, y, samples=1); more draws come from "
+            "num_samples"
+        )
 
 
 def warn_if_an_autoguide_covers(root: nn.Module) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pyro
 from pyro import poutine
+from pyro.infer.importance import Importance
 from pyro.infer.mcmc.util import initialize_model
 from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
@@ -30,8 +31,10 @@ from pyrolite_bnn._context_values import set_while
 __all__ = [
     "called_from",
     "caller_handlers_set_aside",
+    "importance_sampling",
     "initialising_inference",
     "innermost_trace_holds",
+    "method_of_running",
     "pyro_wrapped",
     "replayed_traces",
     "traced_site_count",
@@ -149,6 +152,39 @@ def mcmc_initialising() -> bool:
     finding its sites) are no MCMC.
     """
     return initialising_inference() and called_from(initialize_model.__code__)
+
+
+def importance_sampling() -> bool:
+    """Whether Pyro's importance sampling runs the model (``Importance``, ``CSIS``).
+
+    ``Importance`` runs guide and model once per draw (its ``_traces``
+    generator, on the call stack while it does) and weighs the draw by the
+    log density of the whole model trace over the guide's.
+    """
+    # A Pyro internal: the generator every Importance (and CSIS) runs.
+    return called_from(Importance._traces.__code__)
+
+
+def method_of_running(cls: type) -> bool:
+    """Whether a frame of the running call stack runs a method of a ``cls`` instance.
+
+    The frame of a method holds its instance as the local ``self``; for an
+    inherited method (``Trace_ELBO.loss_and_grads`` of a subclass) that tells
+    the subclass apart, which the method's code cannot.
+
+    Example:
+        >>> class Probe:
+        ...     def ask(self):
+        ...         return method_of_running(Probe)
+        >>> Probe().ask(), method_of_running(Probe)
+        (True, False)
+    """
+    frame = inspect.currentframe()
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), cls):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def called_from(code: CodeType) -> bool:

@@ -28,13 +28,20 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer import SVGD, TraceTailAdaptive_ELBO
+from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _structures
 from pyrolite_bnn._context_values import set_while
-from pyrolite_bnn._handlers import pyro_wrapped, traced_site_count
+from pyrolite_bnn._handlers import (
+    called_from,
+    method_of_running,
+    pyro_wrapped,
+    traced_site_count,
+)
 from pyrolite_bnn._validation import check_count
 
 __all__ = [
@@ -736,13 +743,7 @@ def refuse_outer_plates() -> None:
     """
     for frame in get_plates():
         if frame.name == "num_particles_vectorized":
-            raise NotImplementedError(
-                "vectorize_particles=True is not supported: the network already "
-                "draws all its particles in one vectorised pass, and Pyro's extra "
-                "particle plate would need a second particle dimension. Use "
-                "vectorize_particles=False, num_particles=1 and pass samples=k to "
-                "svi.step (svi.step(x, y, samples=k)) for k particles"
-            )
+            raise NotImplementedError(_vectorised_particles_message())
         if frame.name == "_num_predictive_samples":
             raise NotImplementedError(
                 "Predictive(parallel=True) is not supported: the network already "
@@ -759,6 +760,53 @@ def refuse_outer_plates() -> None:
             "inside it: out = net(x[idx]); with bnn.per_particle(out), "
             "pyro.plate('data', N, subsample=idx): pyro.sample(..., obs=y[idx])"
         )
+
+
+def _vectorised_particles_message() -> str:
+    """Why Pyro's plate of vectorised particles is refused, for what opened it."""
+    if called_from(vectorized_importance_weights.__code__):
+        return (
+            "Pyro's vectorized_importance_weights (and psis_diagnostic, which "
+            "calls it) is not supported: it runs the model in a plate of "
+            "num_samples draws, and a network's weights are drawn in its own "
+            "particle plate, whose particles weigh 1/S each in one trace (one "
+            "weight per trace would be the mean of S networks' log weights); "
+            "a second plate around it would need a second particle dimension. "
+            "Use pyro.infer.Importance(model, guide=net.guide, num_samples=n)"
+            ".run(x, y, samples=1): its log_weights are one network's each "
+            "(psis_diagnostic fits pyro.ops.stats.fit_generalized_pareto to "
+            "the largest of such weights)"
+        )
+    if called_from(SVGD.step.__code__):
+        return (
+            "SVGD is not supported: it moves num_particles point estimates of "
+            "every latent site, held in a plate of its own around the model, "
+            "while a network draws its weights from net.guide in its own "
+            "particle plate (pyro.plate('particles'), each particle weighing "
+            "1/S); SVGD's plate would need a second particle dimension, and "
+            "its particles are not the network's. Train the network with SVI "
+            "and net.guide (bnn.Trace_ELBO, bnn.RenyiELBO), or sample it with "
+            "MCMC and samples=1"
+        )
+    if method_of_running(TraceTailAdaptive_ELBO):
+        return (
+            "TraceTailAdaptive_ELBO is not supported: Pyro implements it only "
+            "with vectorize_particles=True, ranking num_particles runs of the "
+            "whole model in a plate of their own, and the network already "
+            "draws its particles in its own plate (each weighing 1/S), so that "
+            "plate would need a second particle dimension; with "
+            "vectorize_particles=False Pyro refuses it. For a bound that "
+            "weighs particles by p/q, use bnn.RenyiELBO (over all K x S "
+            "particles); for a plain ELBO, Trace_ELBO with svi.step(x, y, "
+            "samples=k)"
+        )
+    return (
+        "vectorize_particles=True is not supported: the network already "
+        "draws all its particles in one vectorised pass, and Pyro's extra "
+        "particle plate would need a second particle dimension. Use "
+        "vectorize_particles=False, num_particles=1 and pass samples=k to "
+        "svi.step (svi.step(x, y, samples=k)) for k particles"
+    )
 
 
 def input_leaves(values: Iterable[Any]) -> Iterator[Tensor | PackedSequence]:

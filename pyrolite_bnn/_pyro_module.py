@@ -8,10 +8,11 @@ library switches it on only while it is constructed and while it runs.
 
 The library also keeps what Pyro's optimisers need: every parameter value
 carries the ``.unconstrained`` link ``SVI`` follows (:class:`UnconstrainedLinks`),
-the global store can name each parameter (:class:`ParameterNames`), and the
-switch to a module's local store leaves the global store's names and links as
-they were (:class:`StoreKeepingContext`). ``pyro.param`` statements of an
-assigned guide create parameters of that guide (:class:`ParamStoreModule`).
+the global store can name each parameter (:class:`ParameterNames`), and a
+module's call leaves Pyro's global store in place, for the ``pyro.param``
+statements of the user's handlers around it (:class:`StoreKeepingContext`).
+``pyro.param`` statements of an assigned guide create parameters of that guide
+(:class:`ParamStoreModule`).
 """
 
 from __future__ import annotations
@@ -573,19 +574,26 @@ class ParamsInModule(Messenger):
 
 
 class StoreKeepingContext(_Context):
-    """Pyro's ``PyroModule`` call context, leaving the global store as it was.
+    """Pyro's ``PyroModule`` call context, leaving the global store in place.
 
-    With ``module_local_params`` on, the outermost call of a module tree swaps
-    Pyro's global parameter store for the tree's local one and back. The swap
-    rebuilds the global store's table of parameter names from its parameters,
-    dropping the names :class:`ParameterNames` gave the library's parameters
-    (a call of ``model.guide`` between two ``SVI`` steps would leave
-    ``optimiser.get_state()`` keyed by ``None``), and strips the
-    ``.unconstrained`` link from every global parameter, which for a
-    real-valued one is its own value (the value of an earlier
-    ``pyro.module("net", net)`` statement would lose its link before
-    ``SVI.step`` reads it). On exit both are put back. Library modules and the
-    Pyro modules they adopt (assigned autoguides) share such a context.
+    With ``module_local_params`` on, Pyro's context swaps its global
+    parameter store for the tree's local one during the outermost call of a
+    module tree. The library's parameters never use that local store (a
+    ``PyroParam`` in local mode is the module's attribute, reported by a
+    ``param`` statement of its own), so the swap only took the global store
+    away from the ``pyro.param`` statements made during the call: those of a
+    user's handler around the network (``poutine.reparam`` with
+    ``LocScaleReparam(centered=None)`` learns its centeredness with one) went
+    to the tree's store, which Pyro then refused ("Support for global
+    pyro.param statements in PyroModules with local param mode enabled is not
+    yet implemented"). This context does not swap: such statements create
+    and find their parameters in Pyro's global store, as in a plain Pyro
+    model, and ``SVI`` trains them; the swap's side effects on the global
+    store (its table of parameter names rebuilt, the ``.unconstrained``
+    links of real-valued parameters stripped) are gone with it. The
+    ``pyro.param`` statements of an assigned guide still create parameters
+    of that guide (:class:`ParamsInModule`). Library modules and the Pyro
+    modules they adopt (assigned autoguides) share such a context.
 
     An outermost call with ``module_local_params`` off (an adopted autoguide
     called on its own, ``guide()``, as Pyro users draw from a guide) switches
@@ -596,7 +604,6 @@ class StoreKeepingContext(_Context):
 
     def __init__(self) -> None:
         super().__init__()
-        self._kept: tuple[dict[Tensor, str], list[tuple[Tensor, Any]]] | None = None
         self._local_setting: contextlib.AbstractContextManager[Any] | None = None
 
     # Whether an outermost call in global mode switches the local mode on.
@@ -610,16 +617,10 @@ class StoreKeepingContext(_Context):
         ):
             self._local_setting = held_settings(module_local_params=True)
             self._local_setting.__enter__()
-        if not self.active and pyro.settings.get("module_local_params"):
-            store = pyro.get_param_store()
-            links = [
-                (tensor, tensor.__dict__["unconstrained"])
-                for tensor in store._params.values()
-                if "unconstrained" in tensor.__dict__
-            ]
-            # The swap rebinds the table rather than changing it: keep it.
-            self._kept = (store._param_to_name, links)
-        super().__enter__()
+        # Pyro's _Context.__enter__ without its swap of stores (in global mode
+        # it makes none).
+        self.active += 1
+        self.used = True
 
     def __exit__(
         self,
@@ -627,15 +628,10 @@ class StoreKeepingContext(_Context):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        super().__exit__(exc_type, exc_value, traceback)
+        self.active -= 1
         if self.active:
             return
-        if self._kept is not None:
-            names, links = self._kept
-            self._kept = None
-            pyro.get_param_store()._param_to_name = names
-            for tensor, link in links:
-                tensor.__dict__.setdefault("unconstrained", link)
+        self.cache.clear()
         setting, self._local_setting = self._local_setting, None
         if setting is not None:
             setting.__exit__(exc_type, exc_value, traceback)
@@ -687,7 +683,6 @@ def keep_store_in(target: _Context | nn.Module) -> None:
         target.param_state = {"params": {}, "constraints": {}}
     target.__class__ = ModeKeepingContext
     context = cast("ModeKeepingContext", target)
-    context._kept = None
     context._local_setting = None
 
 

@@ -57,12 +57,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyro.distributions as pyro_dist
 import pyro.infer
 import torch
 from pyro.infer.util import torch_item
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import am_i_wrapped, effectful
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor, nn
@@ -77,12 +78,16 @@ from pyrolite_bnn._draws import (
 from pyrolite_bnn._forward import network_args, prepare, pytorch_run
 from pyrolite_bnn._pyro_module import linked_parameters, linked_value, local_params
 from pyrolite_bnn._validation import check_count, checks_on
+from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
 from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.layers._options import EstimatorLayer
 from pyrolite_bnn.loss import PyroModel
 from pyrolite_bnn.model_sites import watching_particle_plates
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import KLMode
+
+if TYPE_CHECKING:
+    from pyro.poutine.runtime import Message
 
 __all__ = ["TraceMeanField_ELBO", "Trace_ELBO"]
 
@@ -258,8 +263,8 @@ class Trace_ELBO(pyro.infer.Trace_ELBO):
                 value = _fast_loss(model, guide, args, kwargs, self.kl_mode)
             if value is not None:
                 return float(torch_item(value))
-        watched = watching_particle_plates(model)
-        return float(super().loss(watched, guide, *args, **kwargs))  # type: ignore[no-untyped-call]
+        model, guide = self._parents_pair(model, guide)
+        return float(super().loss(model, guide, *args, **kwargs))  # type: ignore[no-untyped-call]
 
     def differentiable_loss(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
@@ -269,8 +274,8 @@ class Trace_ELBO(pyro.infer.Trace_ELBO):
             value = _fast_loss(model, guide, args, kwargs, self.kl_mode)
             if value is not None:
                 return value
-        watched = watching_particle_plates(model)
-        return super().differentiable_loss(watched, guide, *args, **kwargs)  # type: ignore[no-untyped-call]
+        model, guide = self._parents_pair(model, guide)
+        return super().differentiable_loss(model, guide, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Any:
         """The negative ELBO; its gradients are accumulated in the parameters."""
@@ -279,12 +284,21 @@ class Trace_ELBO(pyro.infer.Trace_ELBO):
             if value is not None:
                 torch.autograd.backward(value, retain_graph=self.retain_graph)
                 return torch_item(value.detach())
-        watched = watching_particle_plates(model)
-        return super().loss_and_grads(watched, guide, *args, **kwargs)  # type: ignore[no-untyped-call]
+        model, guide = self._parents_pair(model, guide)
+        return super().loss_and_grads(model, guide, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def _parents_pair(self, model: Any, guide: Any) -> tuple[Any, Any]:
+        """Model and guide as the parent class runs them (the model watched)."""
+        return watching_particle_plates(model), guide
 
 
 class TraceMeanField_ELBO(Trace_ELBO, pyro.infer.TraceMeanField_ELBO):
     """Pyro's ``TraceMeanField_ELBO`` (closed-form KL), through the fast path.
+
+    On Pyro's path it warns for a guide whose sites are ``Delta`` draws
+    carrying a non-zero ``log_density`` (``AutoStructured``): Pyro's
+    closed-form KL of a ``Delta`` drops that density, so the value and
+    gradients are not the ELBO's (``bnn.Trace_ELBO`` counts it).
 
     Example:
         >>> import pyrolite_bnn as bnn
@@ -294,3 +308,63 @@ class TraceMeanField_ELBO(Trace_ELBO, pyro.infer.TraceMeanField_ELBO):
     """
 
     kl_mode: KLMode = "auto"  # closed form where there is one, as Pyro
+
+    def _parents_pair(self, model: Any, guide: Any) -> tuple[Any, Any]:
+        """The parent's pair, the guide watched for Delta sites with a density."""
+        model, guide = super()._parents_pair(model, guide)
+        return model, _warning_of_dropped_densities(guide)
+
+
+class _DeltaDensities(Messenger):
+    """The latent sites of a run whose ``Delta`` carries a non-zero log-density.
+
+    Guides that map auxiliary latents to the model's sites (``AutoStructured``,
+    ``AutoContinuous`` guides of constrained sites) put the log-Jacobian of
+    the map there; Pyro's closed-form ``KL(Delta || p)`` drops it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: list[str] = []
+
+    def _pyro_post_sample(self, msg: Message[..., Any]) -> None:
+        if msg["is_observed"]:
+            return
+        fn = msg["fn"]
+        while not isinstance(fn, pyro_dist.Delta) and hasattr(fn, "base_dist"):
+            fn = fn.base_dist  # Independent, MaskedDistribution, expanded
+        if isinstance(fn, pyro_dist.Delta) and bool(
+            torch.as_tensor(fn.log_density).ne(0).any()
+        ):
+            self.sites.append(str(msg["name"]))
+
+
+def _warning_of_dropped_densities(guide: Any) -> Any:
+    """``guide``, warning where Pyro's mean-field ELBO drops a Delta's density.
+
+    ``pyro.infer.TraceMeanField_ELBO`` takes ``KL(Delta(v) || p)`` as
+    ``-log p(v)`` (``pyro.distributions.kl``), without the Delta's
+    ``log_density``: for a guide whose sites carry one, value and gradients
+    miss the log-Jacobian of its map, and training optimises another
+    objective. ``Trace_ELBO`` (and the library's loss, whose ``kl="auto"``
+    takes a Delta site by Monte Carlo) count it.
+    """
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        with _DeltaDensities() as found:
+            result = guide(*args, **kwargs)
+        if found.sites:
+            warn_at_caller(
+                f"TraceMeanField_ELBO: the guide's site {found.sites[0]!r} is a "
+                "Delta with a non-zero log_density (the log-Jacobian of a guide "
+                "that maps auxiliary latents to the weights, as AutoStructured "
+                "does), which Pyro's closed-form KL of a Delta drops "
+                "(pyro.distributions.kl._kl_delta): this loss and its gradients "
+                "are not the ELBO's, and training optimises another objective. "
+                "Use bnn.Trace_ELBO, whose value the PyTorch loop's loss "
+                "(kl='auto') equals here",
+                past=(PYRO_FOLDER,),
+            )
+        return result
+
+    return watched

@@ -586,7 +586,23 @@ def _check_sites(guide: object, trace: Trace, network: nn.Module) -> None:
     if drawn.keys() != declared.keys():
         missing = sorted(declared.keys() - drawn.keys())
         extra = sorted(drawn.keys() - declared.keys())
-        if drawn and not extra and isinstance(guide, (AutoGuide, AutoMessenger)):
+        renamed = {
+            site: [e for e in extra if e.startswith(f"{site}_")] for site in missing
+        }
+        if missing and all(renamed.values()):
+            first = missing[0]
+            hint = (
+                "it samples the sites of a reparameterised model (poutine.reparam "
+                f"draws a reparameterised site under another name: {first!r} as "
+                f"{renamed[first][0]!r}), but a network's guide must draw the "
+                "network's own weight sites, on which the PyTorch-style call, "
+                "bnn.predict and median() run the network. Build it on "
+                "model.prior_model itself, not on poutine.reparam(model.prior_model, "
+                "...); reparameterised weights work where no network guide is "
+                "replayed, e.g. MCMC on poutine.reparam(loss_fn.pyro_model(model), "
+                "config) with samples=1"
+            )
+        elif drawn and not extra and isinstance(guide, (AutoGuide, AutoMessenger)):
             hint = (
                 "it samples only some of them (a part built on "
                 "poutine.block(model.prior_model, ...)?): assign an "

@@ -649,6 +649,13 @@ class KullbackLeiblerLoss(nn.Module):
         ``samples=`` passed explicitly (it conditions the model on the guide's
         draws instead of replaying them) and says so otherwise.
 
+        Importance sampling (``pyro.infer.Importance``, ``CSIS``) weighs each
+        draw by its whole trace as MCMC does, so it needs one network per
+        draw too: ``Importance(pyro_model, guide=model.guide,
+        num_samples=n).run(x, y, samples=1)``; more particles are refused
+        (each draw's log weight would be the mean of its particles' log
+        weights, a tempered evidence).
+
         The model is refused at call time while ``heat`` is not 1, and when an
         autoguide built on it (instead of ``model.prior_model``) runs it.
 
@@ -787,9 +794,10 @@ class PyroModel:
 
         Raises:
             ValueError: if ``loss_fn.heat`` is not 1 (the Pyro model is
-                untempered), if MCMC initialises it with ``samples=`` above 1
-                (a tempered posterior), or if a weight site's value (set by a
-                handler) has a shape the particle plate cannot use.
+                untempered), if MCMC initialises it or importance sampling
+                weighs it with more than one particle (a tempered posterior),
+                or if a weight site's value (set by a handler) has a shape the
+                particle plate cannot use.
             TypeError: if an autoguide built on this model (instead of
                 ``model.prior_model``) runs it.
         """

@@ -887,3 +887,29 @@ def test_autogaussian_on_the_weight_model_warns_that_it_couples_nothing() -> Non
         single.guide = AutoGaussian(single.prior_model, init_loc_fn=single.init_loc_fn)
     # the premise: no factor of the guide couples the two sites
     assert all(set(f) == {site} for site, f in guide.dependencies.items())
+
+
+def test_a_guide_of_a_reparameterised_prior_model_is_refused_saying_so() -> None:
+    """An autoguide built on ``poutine.reparam(net.prior_model, ...)`` samples
+    ``weight_decentered`` instead of ``weight``: refused, as before, but the
+    message said "build it on model.prior_model", which the user had done.
+    It now says that the sites are a reparameterised model's and what works
+    instead (MCMC on the reparameterised Pyro model, run here)."""
+    from pyro.infer.reparam import LocScaleReparam
+
+    net = bnn.VILinear(2, 1)
+    config = {site: LocScaleReparam(centered=0.0) for site in ("weight", "bias")}
+    guide = AutoNormal(poutine.reparam(net.prior_model, config=config))
+    with pytest.raises(
+        ValueError,
+        match=r"reparameterised model \(poutine.reparam draws .*'bias' as "
+        r"'bias_decentered'\).*not on poutine.reparam\(model.prior_model",
+    ):
+        net.guide = guide
+    x = torch.randn(8, 2)
+    y = x[:, 0]
+    model = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), 8).pyro_model(net)
+    kernel = NUTS(poutine.reparam(model, config=config), max_tree_depth=2)
+    mcmc = MCMC(kernel, num_samples=2, warmup_steps=2, disable_progbar=True)
+    mcmc.run(x, y, samples=1)
+    assert mcmc.get_samples()["weight_decentered"].shape == (2, 1, 1, 1, 2)

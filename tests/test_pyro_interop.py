@@ -707,3 +707,210 @@ def test_an_easyguide_finding_its_sites_is_no_mcmc() -> None:
     svi = SVI(model, Guide(model), pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     losses = [svi.step(x, y) for _ in range(3)]
     assert all(math.isfinite(loss) for loss in losses)
+
+
+def _linear_regression() -> tuple[torch.Tensor, torch.Tensor, bnn.VILinear]:
+    """A Bayesian linear regression whose guide is near its posterior."""
+    x = torch.randn(20, 2)
+    y = x @ torch.tensor([1.0, -2.0]) + 0.5 + 0.3 * torch.randn(20)
+    net = bnn.VILinear(2, 1, estimator="reparam")
+    # The exact posterior of (weight, bias) under the N(0, 1) prior and noise
+    # 0.3; the guide takes its mean and twice its marginal standard deviations.
+    features = torch.cat([x, torch.ones(20, 1)], dim=1)
+    precision = torch.eye(3) + features.T @ features / 0.09
+    covariance = torch.linalg.inv(precision)
+    mean = covariance @ features.T @ y / 0.09
+    scale = 2 * covariance.diagonal().sqrt()
+    with torch.no_grad():
+        for name, part in (("weight", slice(0, 2)), ("bias", slice(2, 3))):
+            posterior = net.posterior[name]
+            posterior.loc_unconstrained.copy_(mean[part].reshape(posterior.shape))
+            rho = torch.log(torch.expm1(scale[part]))
+            posterior.rho_unconstrained.copy_(rho.reshape(posterior.shape))
+    return x, y, net
+
+
+def test_importance_sampling_weighs_one_network_per_draw() -> None:
+    """``pyro.infer.Importance`` with ``samples=1``: each log weight is
+    log p(y, w) - log q(w) of the one network drawn (checked per draw to
+    float precision), and the log normalizer estimates the closed-form
+    evidence of the Bayesian linear regression within 4 of its Monte-Carlo
+    standard errors (delta method: sd(w) / (mean(w) sqrt(M)))."""
+    from pyro.infer import Importance
+
+    x, y, net = _linear_regression()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), dataset_size=20)
+    draws = 2000
+    importance = Importance(
+        loss_fn.pyro_model(net), guide=net.guide, num_samples=draws
+    ).run(x, y, samples=1)
+    guide = net.guide.get_posterior()
+    for trace, log_weight in list(
+        zip(importance.exec_traces, importance.log_weights, strict=True)
+    )[:5]:
+        weight = trace.nodes["weight"]["value"].reshape(1, 2)
+        bias = trace.nodes["bias"]["value"].reshape(1)
+        expected = (
+            dist.Normal(0.0, 1.0).log_prob(weight).sum()
+            + dist.Normal(0.0, 1.0).log_prob(bias).sum()
+            + dist.Normal((x @ weight.T).squeeze(-1) + bias, 0.3).log_prob(y).sum()
+            - guide["weight"].log_prob(weight)
+            - guide["bias"].log_prob(bias)
+        )
+        torch.testing.assert_close(log_weight, expected, rtol=1e-5, atol=1e-4)
+    features = torch.cat([x, torch.ones(20, 1)], dim=1)
+    evidence = dist.MultivariateNormal(
+        torch.zeros(20), features @ features.T + 0.09 * torch.eye(20)
+    ).log_prob(y)
+    weights = torch.stack(importance.log_weights).detach()
+    ratios = (weights - weights.max()).exp()
+    standard_error = float(ratios.std() / ratios.mean()) / math.sqrt(draws)
+    assert 0.0 < standard_error < 0.05
+    torch.testing.assert_close(
+        importance.get_log_normalizer().detach(),
+        evidence,
+        rtol=0.0,
+        atol=4 * standard_error,
+    )
+
+
+@pytest.mark.parametrize("where", ["pyro_model", "own model"])
+@pytest.mark.parametrize("samples", [None, 4])
+def test_importance_sampling_of_more_than_one_particle_is_refused(
+    where: str, samples: int | None
+) -> None:
+    """With ``S`` particles each of Pyro's importance draws held ``S``
+    networks whose sites weigh ``1/S``: the log weight was the mean of their
+    log weights, a tempered evidence (log normalizer -102.5 at the default
+    10 particles against about -61 for one network per draw), without a
+    word. Refused, naming ``samples=1``; SVI and Predictive keep their
+    particles."""
+    from pyro.infer import Importance, Predictive
+
+    x, y, net = _linear_regression()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), dataset_size=20)
+    model: Callable[..., Any] = loss_fn.pyro_model(net)
+    if where == "own model":
+
+        def model(
+            x: torch.Tensor, y: torch.Tensor | None = None, samples: int = 10
+        ) -> None:
+            out = net(x, samples=samples).squeeze(-1)
+            with bnn.per_particle(out), pyro.plate("data", len(x)):
+                pyro.sample("obs", dist.Normal(out, 0.3), obs=y)
+
+    kwargs = {} if samples is None else {"samples": samples}
+    count = 10 if samples is None else samples
+    with pytest.raises(
+        ValueError, match=rf"importance sampling .*mean of its {count} .*samples=1"
+    ):
+        Importance(model, guide=net.guide, num_samples=2).run(x, y, **kwargs)
+    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    assert math.isfinite(svi.step(x, y, **kwargs))
+    draws = Predictive(model, guide=net.guide, num_samples=2)(x, **kwargs)
+    assert draws["obs"].shape == (2, count, 20)
+
+
+@pytest.mark.parametrize("tool", ["vectorized_importance_weights", "psis_diagnostic"])
+def test_vectorised_importance_weights_are_refused_naming_importance(
+    tool: str,
+) -> None:
+    """Pyro's vectorised importance weights run the model in a plate of
+    draws around the network's particle plate: refused (as any outer plate
+    is), with a message naming them and ``Importance`` with ``samples=1``
+    instead of the advice for ``Trace_ELBO(vectorize_particles=True)``."""
+    from pyro.infer import importance
+
+    x, y, net = _linear_regression()
+    model = _loss(20).pyro_model(net)
+    vectorized = tool == "vectorized_importance_weights"
+    count = "num_samples" if vectorized else "num_particles"
+    with pytest.raises(
+        NotImplementedError,
+        match=r"vectorized_importance_weights .*Importance\(.*samples=1",
+    ):
+        getattr(importance, tool)(
+            model, net.guide, x, y, samples=1, max_plate_nesting=2, **{count: 4}
+        )
+
+
+def test_svgd_and_tail_adaptive_elbo_are_refused_saying_why() -> None:
+    """``SVGD`` and ``TraceTailAdaptive_ELBO`` exist only vectorised (a plate
+    of Pyro's particles around the model): refused like
+    ``vectorize_particles=True``, but that message's advice
+    (``vectorize_particles=False, num_particles=1``) cannot be followed for
+    them. Each now names itself as unsupported and says why."""
+    from pyro.infer import SVGD, RBFSteinKernel, TraceTailAdaptive_ELBO
+
+    x, y = _problem()
+    net = _net()
+    model = _loss().pyro_model(net)
+    elbo = TraceTailAdaptive_ELBO(num_particles=4, vectorize_particles=True)
+    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+    with pytest.raises(
+        NotImplementedError,
+        match=r"TraceTailAdaptive_ELBO is not supported: Pyro implements it only "
+        r"with vectorize_particles=True.*bnn.RenyiELBO",
+    ):
+        svi.step(x, y, samples=4)
+    svgd = SVGD(
+        model, RBFSteinKernel(), pyro.optim.Adam({"lr": 1e-2}), 4, max_plate_nesting=2
+    )
+    with pytest.raises(
+        NotImplementedError,
+        match=r"SVGD is not supported: .* a plate of its own.* samples=1",
+    ):
+        svgd.step(x, y, samples=1)
+    # Trace_ELBO(vectorize_particles=True) keeps its own advice.
+    elbo = Trace_ELBO(num_particles=2, vectorize_particles=True)
+    with pytest.raises(NotImplementedError, match=r"^vectorize_particles=True is"):
+        SVI(model, net.guide, pyro.optim.Adam({"lr": 1e-2}), elbo).step(x, y)
+
+
+@pytest.mark.filterwarnings("ignore:Found vars in model but not guide")
+@pytest.mark.filterwarnings("ignore:Found non-auxiliary vars in guide but not model")
+def test_a_handlers_global_param_lands_in_pyros_store_and_trains() -> None:
+    """``poutine.reparam`` with ``LocScaleReparam(centered=None)`` learns
+    each site's centeredness with a global ``pyro.param``, made while the
+    network runs: Pyro refused it ("global pyro.param statements in
+    PyroModules with local param mode enabled") because the network's call
+    swapped Pyro's store for its local one. It now lands in Pyro's global
+    store, as for a plain Pyro model (same parameters, same log density of
+    the trace), SVI trains it, and the network's own parameters stay out of
+    the store."""
+    from pyro.infer.reparam import LocScaleReparam
+
+    prior = bnn.NormalPrior(loc=0.5, scale=2.0)
+    net = bnn.VILinear(2, 1, prior=prior, estimator="reparam")
+    x = torch.randn(8, 2)
+    y = x[:, 0] - x[:, 1]
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), dataset_size=8)
+    config = {site: LocScaleReparam(centered=None) for site in ("weight", "bias")}
+    model = poutine.reparam(loss_fn.pyro_model(net), config=config)
+
+    def plain(x: torch.Tensor, y: torch.Tensor, samples: int) -> None:
+        with pyro.plate("particles", samples, dim=-2), poutine.scale(scale=0.25):
+            weight = pyro.sample(
+                "weight", dist.Normal(0.5, 2.0).expand([1, 2]).to_event(2)
+            )
+            bias = pyro.sample("bias", dist.Normal(0.5, 2.0).expand([1]).to_event(1))
+            out = (x @ weight.squeeze(1).mT).squeeze(-1) + bias.squeeze(1)
+            with pyro.plate("data", 8, dim=-1):
+                pyro.sample("obs", dist.Normal(out, 0.3), obs=y)
+
+    traces = []
+    for run in (model, poutine.reparam(plain, config=config)):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        traces.append(poutine.trace(run).get_trace(x, y, samples=4))
+        assert sorted(pyro.get_param_store()) == ["bias_centered", "weight_centered"]
+    ours, theirs = traces
+    torch.testing.assert_close(ours.log_prob_sum(), theirs.log_prob_sum())
+    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    centered = pyro.param("weight_centered")
+    before = centered.detach().clone()
+    for _ in range(3):
+        assert math.isfinite(svi.step(x, y, samples=4))
+    assert pyro.param("weight_centered").unconstrained() is centered.unconstrained()
+    assert not torch.equal(pyro.param("weight_centered").detach(), before)
+    assert sorted(pyro.get_param_store()) == ["bias_centered", "weight_centered"]
