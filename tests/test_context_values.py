@@ -66,6 +66,9 @@ def _library_context_vars() -> list[tuple[str, str]]:
 
 
 _VARS = _library_context_vars()
+# Set only under KullbackLeiblerLoss(compile=True)'s capture, too slow to run
+# here; _capture.capturing() is set_while itself, with nothing in between.
+_UNREACHED = {("pyrolite_bnn._capture", "_CAPTURING")}
 
 
 def _defaults() -> dict[tuple[str, str], Any]:
@@ -159,13 +162,13 @@ def test_the_runs_set_every_context_variable_of_the_library() -> None:
             setattr(module, name, real)
         if seen:
             reached.add((module_name, name))
-    # Set only under KullbackLeiblerLoss(compile=True)'s capture, too slow here.
-    unreached = {("pyrolite_bnn._capture", "_CAPTURING")}
-    assert set(_VARS) - reached == unreached
+    assert set(_VARS) - reached == _UNREACHED
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize(("module_name", "name"), _VARS)
+@pytest.mark.parametrize(
+    ("module_name", "name"), [key for key in _VARS if key not in _UNREACHED]
+)
 def test_an_interrupt_as_a_context_variable_is_set_leaves_later_calls_fresh(
     module_name: str, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -183,8 +186,7 @@ def test_an_interrupt_as_a_context_variable_is_set_leaves_later_calls_fresh(
             run()
         except KeyboardInterrupt:
             break
-    if not stand_in.fired:
-        pytest.skip("not set by these runs")
+    assert stand_in.fired
     assert nn.Sequential(nn.Linear(3, 2), nn.ReLU())(torch.randn(4, 3)).shape == (4, 2)
     assert _defaults() == {
         key: getattr(importlib.import_module(key[0]), key[1]).get() for key in _VARS
