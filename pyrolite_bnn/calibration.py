@@ -66,7 +66,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn._forward import network_args
+from pyrolite_bnn._forward import InputTensor, NetworkInput, network_args
 from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._network import has_sequence_first_layers
 from pyrolite_bnn._scalar_search import minimise_expanding
@@ -679,7 +679,7 @@ class _VarianceScaled(_Calibrated):
 
 def calibrate(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    x: NetworkInput[InputTensor],
     y: Tensor,
     predictive: PredictiveDistribution,
     samples: int = 100,

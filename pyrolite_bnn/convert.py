@@ -105,7 +105,7 @@ def convert(
     module: nn.Module,
     *,
     prior: object = None,
-    variational: VariationalFamily | None = None,
+    variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
     estimator: str = "auto",
     moped: float | None = None,
     include: Selection = None,
@@ -139,7 +139,9 @@ def convert(
             with ``loc=0`` whose ``scale`` is kept (MOPED puts the centres
             at the weights; assign other priors after the conversion).
         variational: variational family of every weight (``None``:
-            mean-field Normal); with ``moped``, ``None`` or a
+            mean-field Normal), or one per variable name as the layers'
+            ``variational=`` takes (``{"bias": bnn.PointMass()}``: every
+            converted layer must declare each name); with ``moped``, ``None`` or a
             :class:`~pyrolite_bnn.MeanFieldNormal` with the default
             ``init_scale`` (MOPED sets the scales), whose
             ``scale_transform`` is kept.

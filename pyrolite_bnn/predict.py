@@ -40,7 +40,12 @@ from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draw_budget import DRAWING_FACTOR, DrawSizes
 from pyrolite_bnn._draws import generators_held, rng_state, set_rng_state
 from pyrolite_bnn._fixed_weights import FixedWeights
-from pyrolite_bnn._forward import call_network, network_args
+from pyrolite_bnn._forward import (
+    InputTensor,
+    NetworkInput,
+    call_network,
+    network_args,
+)
 from pyrolite_bnn._host_memory import available_bytes
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
@@ -361,7 +366,7 @@ def _learns(predictive: PredictiveDistribution) -> bool:
 @overload
 def predict(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    x: NetworkInput[InputTensor],
     predictive: PredictiveDistribution,
     samples: int = 100,
     batch_size: int | None = None,
@@ -375,7 +380,7 @@ def predict(
 @overload
 def predict(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    x: NetworkInput[InputTensor],
     predictive: Mapping[_Key, PredictiveDistribution],
     samples: int = 100,
     batch_size: int | None = None,
@@ -389,7 +394,7 @@ def predict(
 @overload
 def predict(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    x: NetworkInput[InputTensor],
     predictive: Sequence[PredictiveDistribution | None],
     samples: int = 100,
     batch_size: int | None = None,
@@ -402,7 +407,7 @@ def predict(
 
 def predict(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    x: NetworkInput[InputTensor],
     predictive: Any,
     samples: int = 100,
     batch_size: int | None = None,

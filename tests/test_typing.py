@@ -1,4 +1,9 @@
-"""The package's annotations reach its users' type checkers and hold at run time."""
+"""The package's annotations reach its users' type checkers and hold at run time.
+
+The tests below that use the API are also checked by ``mypy --strict``
+(``test_this_file_passes_mypy``): each is a call a user's type checker must
+accept (and that runs), or a type it must infer.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+from torch import Tensor, nn
+
+import pyrolite_bnn as bnn
+from pyrolite_bnn.distributions.variational import PointMassPosterior
+
+if sys.version_info >= (3, 11):
+    from typing import assert_type
+else:
+    from typing_extensions import assert_type
 
 ROOT = Path(__file__).parents[1]
 
@@ -38,3 +53,44 @@ def test_wheel_ships_py_typed(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("*.whl")
     assert "pyrolite_bnn/py.typed" in zipfile.ZipFile(wheel).namelist()
+
+
+def test_this_file_passes_mypy() -> None:
+    """The calls below type-check as a user's code (strict, the package's config)."""
+    api = pytest.importorskip("mypy.api")
+    config = str(ROOT / "pyproject.toml")
+    stdout, stderr, status = api.run(["--config-file", config, __file__])
+    assert status == 0, stdout + stderr
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = bnn.VILinear(4, 1)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        out: Tensor = self.linear(torch.cat([a, b], -1))
+        return out
+
+
+def test_variational_mapping_built_beforehand() -> None:
+    """A ``dict[str, PointMass]`` is a ``Mapping[str, VariationalFamily]``."""
+    families = {"bias": bnn.PointMass()}  # dicts are invariant: not dict[str, Family]
+    layer = bnn.VILinear(3, 2, variational=families)
+    bnn.VIConv2d(1, 2, 3, variational=families)
+    plain = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    net = bnn.convert(plain, variational=families)
+    assert isinstance(layer.posterior["bias"], PointMassPosterior)
+    biases = [v.posterior for v in net.random_variables() if v.name == "bias"]
+    assert len(biases) == 2
+    assert all(isinstance(b, PointMassPosterior) for b in biases)
+
+
+def test_inputs_as_a_list_of_a_tensor_subclass() -> None:
+    """``predict``/``calibrate`` take a ``list[nn.Parameter]`` of inputs."""
+    inputs = [nn.Parameter(torch.randn(5, 2)), nn.Parameter(torch.randn(5, 2))]
+    likelihood = bnn.Normal(scale=0.1)
+    pred = bnn.predict(_TwoInputs(), inputs, likelihood, samples=3)
+    assert_type(pred, bnn.Prediction)
+    calibration = bnn.calibrate(_TwoInputs(), inputs, torch.randn(5, 1), likelihood)
+    assert_type(calibration, bnn.Calibration)

@@ -190,7 +190,7 @@ class VIMultiheadAttention(VIModule):
         batch_first: bool = False,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
         estimator: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,

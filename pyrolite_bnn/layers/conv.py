@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -200,7 +200,7 @@ class _VIConvNd(_VIConvBase):
         padding_mode: str = "zeros",
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
         estimator: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -375,7 +375,7 @@ class _VIConvTransposeNd(_VIConvBase):
         padding_mode: str = "zeros",
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
         estimator: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,

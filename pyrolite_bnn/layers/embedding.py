@@ -189,7 +189,7 @@ class VIEmbedding(_VIWeightLayer):
         _freeze: bool = False,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
         estimator: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,

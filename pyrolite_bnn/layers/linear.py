@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -88,7 +89,7 @@ class VILinear(_VIWeightLayer):
         bias: bool = True,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
         estimator: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,

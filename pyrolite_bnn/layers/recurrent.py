@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -74,7 +75,7 @@ class _VIRNNBase(VIModule):
         proj_size: int = 0,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
         estimator: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -561,7 +562,7 @@ class VIGRU(_VIRNNBase):
         bidirectional: bool = False,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
         estimator: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
