@@ -22,10 +22,17 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import (
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterator,
+    Sequence,
+    ValuesView,
+)
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyro
 import torch
@@ -205,6 +212,19 @@ class PriorDict(nn.ModuleDict):
         module = _prior_set_up(name, prior, shape, units, posterior)
         self._variables[name] = (shape, units)
         super().__setitem__(name, module)
+
+    def __getitem__(self, name: str) -> Prior:
+        module = self._modules[name]
+        assert isinstance(module, Prior)
+        return module
+
+    def values(self) -> ValuesView[Prior]:
+        """Prior modules (each set up by :meth:`declare` or item assignment)."""
+        return cast("ValuesView[Prior]", super().values())
+
+    def items(self) -> ItemsView[str, Prior]:
+        """``(variable name, prior module)`` pairs."""
+        return cast("ItemsView[str, Prior]", super().items())
 
     def __setitem__(self, name: str, prior: object) -> None:
         """Replace the prior of the declared random variable ``name``."""

@@ -94,3 +94,16 @@ def test_inputs_as_a_list_of_a_tensor_subclass() -> None:
     assert_type(pred, bnn.Prediction)
     calibration = bnn.calibrate(_TwoInputs(), inputs, torch.randn(5, 1), likelihood)
     assert_type(calibration, bnn.Calibration)
+
+
+def test_prior_table_holds_priors() -> None:
+    """``layer.prior[name]`` is a ``Prior`` (was ``nn.Module``, as torch's table)."""
+    layer = bnn.VILinear(3, 2)
+    layer.prior["weight"] = bnn.NormalPrior(0.0, 2.0)
+    prior = assert_type(layer.prior["weight"], bnn.Prior)
+    assert isinstance(prior, bnn.NormalPrior)
+    assert prior.graph_key(torch.Size((2, 3))) is not None
+    assert_type(list(layer.prior.values()), list[bnn.Prior])
+    assert [name for name, _ in layer.prior.items()] == ["weight", "bias"]
+    for _, each in layer.prior.items():
+        assert_type(each, bnn.Prior)
