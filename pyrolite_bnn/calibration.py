@@ -64,6 +64,7 @@ from typing import Any, ClassVar, TypeVar
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
 
 from pyrolite_bnn._forward import InputTensor, NetworkInput, network_args
@@ -599,7 +600,7 @@ class _TemperatureScaled(_Calibrated):
         temperature: Tensor = self.temperature
         return self.base.tempered(output, temperature)
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """The base distribution of the scaled logits."""
         return self.base.distribution(self._scaled(output))
 
@@ -648,7 +649,7 @@ class _VarianceScaled(_Calibrated):
         centre, stretch = self._stretch(loc)
         return centre + stretch * (loc - centre), stretch.square() * var
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Normal`` with the calibrated per-particle moments.
 
         Laid out as the base likelihood's distribution (a scalar output
@@ -658,7 +659,7 @@ class _VarianceScaled(_Calibrated):
         base = self.base.distribution(output)
         shape = base.batch_shape + base.event_shape
         loc, var = self.moments(output)
-        result: dist.TorchDistribution = dist.Normal(
+        result: TorchDistributionMixin = dist.Normal(
             loc.reshape(shape), var.sqrt().reshape(shape)
         ).to_event(len(base.event_shape))
         return result

@@ -11,9 +11,12 @@ import importlib.resources
 import shutil
 import subprocess
 import sys
+import typing
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+import pyro.distributions as dist
 import pytest
 import torch
 from torch import Tensor, nn
@@ -107,3 +110,58 @@ def test_prior_table_holds_priors() -> None:
     assert [name for name, _ in layer.prior.items()] == ["weight", "bias"]
     for _, each in layer.prior.items():
         assert_type(each, bnn.Prior)
+
+
+def _returns_its_annotation(method: Callable[..., object], *args: object) -> None:
+    value = method(*args)
+    annotated = typing.get_type_hints(method)["return"]
+    assert isinstance(value, annotated), (method, type(value), annotated)
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        bnn.NormalPrior(),
+        bnn.LaplacePrior(),
+        bnn.StudentTPrior(),
+        bnn.ScaleMixtureNormalPrior(),
+        bnn.LearnedNormalPrior(),
+        bnn.DistributionPrior(dist.Normal(0.0, 1.0)),
+    ],
+    ids=lambda prior: type(prior).__name__,
+)
+def test_prior_distributions_are_what_is_annotated(prior: bnn.Prior) -> None:
+    """pyro's Normal is no ``TorchDistribution`` (the annotation was false)."""
+    declared = bnn.VILinear(4, 3, prior=prior).prior["weight"]
+    _returns_its_annotation(declared.elementwise)
+    _returns_its_annotation(declared.forward, torch.Size((3, 4)))
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "outputs"),
+    [
+        (bnn.Normal(scale=0.1), 1),
+        (bnn.Normal(), 1),
+        (bnn.StudentT(), 1),
+        (bnn.HeteroscedasticNormal(), 2),
+        (bnn.Categorical(), 4),
+        (bnn.Bernoulli(), 1),
+        (bnn.Poisson(), 1),
+    ],
+    ids=lambda case: type(case).__name__,
+)
+def test_likelihood_distributions_are_what_is_annotated(
+    likelihood: bnn.PredictiveDistribution, outputs: int
+) -> None:
+    output = torch.zeros(2, 3, outputs)
+    _returns_its_annotation(likelihood.distribution, output)
+    _returns_its_annotation(likelihood.forward, output)
+    _returns_its_annotation(likelihood.target_distribution, output)
+
+
+@pytest.mark.parametrize("family", [bnn.MeanFieldNormal(), bnn.PointMass()])
+def test_posterior_distributions_are_what_is_annotated(
+    family: bnn.VariationalFamily,
+) -> None:
+    posterior = bnn.VILinear(4, 3, variational=family).posterior["weight"]
+    _returns_its_annotation(posterior.distribution)

@@ -198,7 +198,7 @@ def _with_own_memory(distribution: _D, prior: nn.Module) -> _D:
     return distribution
 
 
-def _independent(base: Distribution, shape: torch.Size) -> dist.TorchDistribution:
+def _independent(base: Distribution, shape: torch.Size) -> TorchDistributionMixin:
     """Expand an elementwise ``base`` to ``shape`` and declare all of it event."""
     if not isinstance(base, TorchDistributionMixin):
         raise TypeError(
@@ -208,7 +208,7 @@ def _independent(base: Distribution, shape: torch.Size) -> dist.TorchDistributio
     batch = base.batch_shape
     if batch != shape:
         base = base.expand(shape)
-    result: dist.TorchDistribution = base.to_event(len(shape))
+    result: TorchDistributionMixin = base.to_event(len(shape))
     return result
 
 
@@ -386,7 +386,7 @@ class Prior(nn.Module):
                 current: Tensor = getattr(self, name)
                 current.copy_(value.expand_as(current))
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Distribution of a single weight built from the buffers."""
         raise NotImplementedError
 
@@ -499,7 +499,7 @@ class Prior(nn.Module):
             return  # no values yet (built for torch's to_empty); nothing to check
         check_real_support(self(shape), self.family())
 
-    def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
+    def forward(self, shape: Sequence[int]) -> TorchDistributionMixin:
         """Prior of a weight tensor of the given ``shape`` (all dims are event).
 
         Under Pyro the distribution holds copies of this prior's buffers: an
@@ -767,9 +767,9 @@ class NormalPrior(Prior):
         assert term is not None
         return term
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Return ``Normal(loc, scale)``."""
-        result: dist.TorchDistribution = dist.Normal(self.loc, self.scale)
+        result: TorchDistributionMixin = dist.Normal(self.loc, self.scale)
         return result
 
     def extra_repr(self) -> str:
@@ -892,9 +892,9 @@ class LearnedNormalPrior(Prior):
         """Broadcast shape of ``loc`` and the scale."""
         return _broadcast_shape(self.loc.shape, self.scale().shape)
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Return ``Normal(loc, exp(log_scale))``."""
-        result: dist.TorchDistribution = dist.Normal(self.loc, self.scale())
+        result: TorchDistributionMixin = dist.Normal(self.loc, self.scale())
         return result
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
@@ -978,9 +978,9 @@ class LaplacePrior(Prior):
         """``loc`` finite, ``scale`` positive."""
         return {"loc": _finite_real, "scale": _finite_positive}
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Return ``Laplace(loc, scale)``."""
-        result: dist.TorchDistribution = dist.Laplace(self.loc, self.scale)
+        result: TorchDistributionMixin = dist.Laplace(self.loc, self.scale)
         return result
 
     def extra_repr(self) -> str:
@@ -1026,9 +1026,9 @@ class StudentTPrior(Prior):
         """``df`` and ``scale`` positive, ``loc`` finite."""
         return {"df": _finite_positive, "loc": _finite_real, "scale": _finite_positive}
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Return ``StudentT(df, loc, scale)``."""
-        result: dist.TorchDistribution = dist.StudentT(self.df, self.loc, self.scale)
+        result: TorchDistributionMixin = dist.StudentT(self.df, self.loc, self.scale)
         return result
 
     def extra_repr(self) -> str:
@@ -1100,9 +1100,9 @@ class ScaleMixtureNormalPrior(Prior):
         """Broadcast shape of ``pi`` and the scales."""
         return _broadcast_shape(self.logits.shape[:-1], self.scales.shape[:-1])
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Return the two-component mixture (its support: the real line)."""
-        result: dist.TorchDistribution = _NormalScaleMixture(
+        result: TorchDistributionMixin = _NormalScaleMixture(
             dist.Categorical(logits=self.logits),
             dist.Normal(torch.zeros_like(self.scales), self.scales),
         )
@@ -1242,7 +1242,7 @@ class DistributionPrior(Prior):
             if name in table and not _is_dependent(table[name])
         }
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Rebuild the wrapped distribution from the buffers."""
         kwargs = {name: getattr(self, name) for name in self._names}
         built = self._cls(**kwargs)
@@ -1289,7 +1289,7 @@ class CallablePrior(Prior):
             )
         self.fn = fn
 
-    def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
+    def forward(self, shape: Sequence[int]) -> TorchDistributionMixin:
         """Call ``fn(shape)`` and make the result cover the whole tensor."""
         built = self.fn(torch.Size(shape))
         if not isinstance(built, TorchDistributionMixin):
@@ -1309,7 +1309,7 @@ class CallablePrior(Prior):
                 )
             built = built.to_event(0)
             batch = torch.Size(shape)[: len(shape) - event]
-            expanded: dist.TorchDistribution = built.expand(batch).to_event(len(batch))
+            expanded: TorchDistributionMixin = built.expand(batch).to_event(len(batch))
             return expanded
         if not _broadcasts_to(built.batch_shape, torch.Size(shape)):
             raise ValueError(

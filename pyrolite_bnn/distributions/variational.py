@@ -20,6 +20,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.nn import PyroParam
 from torch import Tensor
 from torch.nn.utils.prune import BasePruningMethod
@@ -108,7 +109,7 @@ class Posterior(LocalPyroModule):
         super().__init__()
         self.shape = torch.Size(shape)
 
-    def distribution(self) -> dist.TorchDistribution:
+    def distribution(self) -> TorchDistributionMixin:
         """The variational distribution of the whole tensor (all dims event)."""
         raise NotImplementedError
 
@@ -365,10 +366,10 @@ class MeanFieldNormalPosterior(Posterior):
         """``loc`` (a view of it, without gradient history)."""
         return self._loc_values()
 
-    def distribution(self) -> dist.TorchDistribution:
+    def distribution(self) -> TorchDistributionMixin:
         """``Normal(loc, softplus(rho))`` over the whole tensor."""
         normal = dist.Normal(self.loc, self.scale())
-        result: dist.TorchDistribution = normal.to_event(len(self.shape))
+        result: TorchDistributionMixin = normal.to_event(len(self.shape))
         return result
 
     def reset_parameters(
@@ -429,7 +430,7 @@ class PointMassPosterior(Posterior):
         """The value ``loc`` (a view of it, without gradient history)."""
         return self._loc_values()
 
-    def distribution(self) -> dist.TorchDistribution:
+    def distribution(self) -> TorchDistributionMixin:
         """``Delta(loc)`` over the whole tensor."""
         return dist.Delta(self.loc, event_dim=len(self.shape))
 
@@ -446,7 +447,7 @@ class PointMassPosterior(Posterior):
 
 
 def elementwise_quantiles(
-    distribution: dist.TorchDistribution,
+    distribution: TorchDistributionMixin,
     quantiles: Sequence[float] | Tensor,
     family: str,
 ) -> Tensor:

@@ -8,6 +8,7 @@ from typing import Any
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor
 
 from pyrolite_bnn._validation import (
@@ -80,14 +81,14 @@ class _ProbsCategorical(BnnCategorical):
         """Normalised log probabilities of a probability output."""
         return torch.log(output / output.sum(-1, keepdim=True) + self.eps)
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Categorical`` of the normalised probabilities.
 
         Built here, not by ``Categorical.distribution``, whose output check
         would read the logits as probabilities.
         """
         self.check_output(output)
-        result: dist.TorchDistribution = dist.Categorical(
+        result: TorchDistributionMixin = dist.Categorical(
             logits=self.logits(output)
         ).to_event(output.dim() - 3)
         return result
