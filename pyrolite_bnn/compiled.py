@@ -37,6 +37,9 @@ import torch
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+# ``pyrolite_bnn.loss.KullbackLeiblerLoss`` by its path: that module imports this
+# one, and the name resolves (typing.get_type_hints) once both are loaded.
+import pyrolite_bnn
 from pyrolite_bnn._capture import capturing
 from pyrolite_bnn._module_hooks import forward_hook_ids, global_hook_ids
 from pyrolite_bnn._module_state import buffers_restored
@@ -52,7 +55,7 @@ from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import ForwardRecord, find_record
 
 if TYPE_CHECKING:
-    from pyrolite_bnn.loss import KullbackLeiblerLoss
+    import pyrolite_bnn.loss
 
 __all__ = ["COMPILE_MODES", "CompileFallbackWarning", "LossGraphs"]
 
@@ -117,7 +120,7 @@ class LossGraphs:
 
     def terms(
         self,
-        loss_fn: KullbackLeiblerLoss,
+        loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss,
         model: VIModule,
         args: tuple[Any, ...],
         target: Tensor,
@@ -184,7 +187,7 @@ class LossGraphs:
 
     def _capture(
         self,
-        loss_fn: KullbackLeiblerLoss,
+        loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss,
         model: VIModule,
         tensors: list[Tensor],
         args: tuple[Any, ...],
@@ -293,7 +296,7 @@ def _alive(references: dict[_Name, weakref.ref[Tensor]]) -> dict[_Name, Tensor]:
     return {name: tensor for name, tensor in found.items() if tensor is not None}
 
 
-def _check(loss_fn: KullbackLeiblerLoss, graph: _Graph) -> None:
+def _check(loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss, graph: _Graph) -> None:
     """The eager loss's checks of a step, before the graph runs.
 
     They read no tensor values, so capture could not keep them in the graph:
@@ -306,7 +309,7 @@ def _check(loss_fn: KullbackLeiblerLoss, graph: _Graph) -> None:
 
 
 def _validate(
-    loss_fn: KullbackLeiblerLoss,
+    loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss,
     model: VIModule,
     output: Tensor,
     args: tuple[Any, ...],
@@ -343,7 +346,7 @@ def _describe(value: Any) -> Hashable:
 
 
 def _signature(
-    loss_fn: KullbackLeiblerLoss,
+    loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss,
     model: VIModule,
     modules: list[nn.Module],
     tensors: list[Tensor],

@@ -34,7 +34,7 @@ import gc
 import inspect
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -49,6 +49,7 @@ from pyro.infer.autoguide import (
     AutoMessenger,
 )
 from pyro.ops.jit import CompiledFunction
+from pyro.poutine import Trace
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
@@ -68,11 +69,7 @@ from pyrolite_bnn._pyro_module import (
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import elementwise_quantiles
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
-
-if TYPE_CHECKING:
-    from pyro.poutine import Trace
-
-    from pyrolite_bnn.variables import RandomVariable
+from pyrolite_bnn.variables import RandomVariable
 
 __all__ = ["ParticleGuide", "check_guide", "guide_of"]
 

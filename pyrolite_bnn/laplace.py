@@ -53,7 +53,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +73,7 @@ from pyrolite_bnn._validation import (
     validation,
 )
 from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn.calibration import Calibration
 from pyrolite_bnn.distributions._precision import summary_dtype
 from pyrolite_bnn.distributions.predictive import (
     Bernoulli,
@@ -83,9 +84,6 @@ from pyrolite_bnn.distributions.predictive import (
 from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.predict import Prediction, likelihood_snapshot, warn_untrained
-
-if TYPE_CHECKING:
-    from pyrolite_bnn.calibration import Calibration
 
 __all__ = ["DEFAULT_MAX_PARAMETERS", "LinearizedLaplace", "laplace"]
 

@@ -41,6 +41,9 @@ from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.nn import PyroModule, PyroSample
 from torch import Tensor, nn
 
+# ``pyrolite_bnn.guides.ParticleGuide`` by its path: that module imports this one,
+# and the name resolves (typing.get_type_hints) once both are loaded.
+import pyrolite_bnn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import called_repeatedly, current_draws, particle_weights
 from pyrolite_bnn._handlers import pyro_wrapped
@@ -63,6 +66,7 @@ from pyrolite_bnn.distributions.variational import (
 from pyrolite_bnn.variables import RandomVariable, UnitLayout
 
 if TYPE_CHECKING:
+    import pyrolite_bnn.guides
     from pyrolite_bnn.guides import ParticleGuide
 
 __all__ = [
@@ -574,7 +578,7 @@ class VIModule(LocalPyroModule):
 
     # ------------------------------------------------------------------ guides
     @property
-    def guide(self) -> ParticleGuide:
+    def guide(self) -> pyrolite_bnn.guides.ParticleGuide:
         """The variational guide (a Pyro guide callable).
 
         By default it samples every declared variable from its layer's posterior

@@ -9,9 +9,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+# ``pyrolite_bnn.module.VIModule`` by its path: that module imports this one, and
+# the name resolves (typing.get_type_hints) once both are loaded.
+import pyrolite_bnn
+from pyrolite_bnn.distributions.variational import Posterior
+
 if TYPE_CHECKING:
-    from pyrolite_bnn.distributions.variational import Posterior
-    from pyrolite_bnn.module import VIModule
+    import pyrolite_bnn.module
 
 __all__ = ["RandomVariable", "UnitLayout"]
 
@@ -156,6 +160,6 @@ class RandomVariable:
     site: str
     name: str
     shape: torch.Size
-    module: VIModule
+    module: pyrolite_bnn.module.VIModule
     posterior: Posterior
     shared: bool = False
