@@ -60,7 +60,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import pyro.distributions as dist
 import torch
@@ -402,12 +402,28 @@ class Calibration(nn.Module):
     def predict(
         self,
         model: nn.Module,
-        x: Tensor,
+        x: NetworkInput[InputTensor],
         predictive: PredictiveDistribution,
-        **kwargs: Any,
+        samples: int = 100,
+        batch_size: int | None = None,
+        mode: Literal["sample", "mean"] = "sample",
+        *,
+        memory_budget: int | None = None,
     ) -> Prediction:
-        """``bnn.predict(model, x, predictive, calibration=self, **kwargs)``."""
-        return predict(model, x, predictive, calibration=self, **kwargs)
+        """``bnn.predict(model, x, predictive, ..., calibration=self)``.
+
+        The arguments are :func:`~pyrolite_bnn.predict`'s.
+        """
+        return predict(
+            model,
+            x,
+            predictive,
+            samples,
+            batch_size,
+            mode,
+            memory_budget=memory_budget,
+            calibration=self,
+        )
 
     def forward(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
         """Same as :meth:`wrap`."""

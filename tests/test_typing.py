@@ -240,3 +240,20 @@ def test_plot_type_hints_resolve_given_axes() -> None:
     for name in _NEEDS_AXES:
         hints = typing.get_type_hints(getattr(plot, name), localns={"Axes": axes.Axes})
         assert hints["return"] is axes.Axes
+
+
+def test_calibration_predict_takes_what_predict_takes() -> None:
+    """Same inputs as ``bnn.predict`` (a tuple of them), and no catch-all kwargs."""
+    a, b, y = torch.randn(6, 2), torch.randn(6, 2), torch.randn(6, 1)
+    net, likelihood = _TwoInputs(), bnn.Normal(scale=0.1)
+    calibration = bnn.calibrate(net, (a, b), y, likelihood, samples=4)
+    pred = calibration.predict(net, (a, b), likelihood, samples=3, batch_size=4)
+    assert_type(pred, bnn.Prediction)
+    assert pred.samples.shape == (3, 6, 1)
+    with pytest.raises(TypeError, match="sample"):
+        calibration.predict(net, a, likelihood, sample=3)  # type: ignore[call-arg]
+    ours = inspect.signature(bnn.Calibration.predict).parameters.values()
+    theirs = inspect.signature(bnn.predict).parameters.values()
+    assert [(p.name, p.kind, p.default) for p in ours if p.name != "self"] == [
+        (p.name, p.kind, p.default) for p in theirs if p.name != "calibration"
+    ]
