@@ -60,7 +60,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, SupportsIndex, TypeVar
 
 import pyro.distributions as dist
 import torch
@@ -84,7 +84,7 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution,
 )
 from pyrolite_bnn.loss import batch_first_layout
-from pyrolite_bnn.predict import Prediction, predict, warn_untrained
+from pyrolite_bnn.predict import Prediction, PredictMode, predict, warn_untrained
 
 __all__ = ["Calibration", "TemperatureScaling", "VarianceScaling", "calibrate"]
 
@@ -404,9 +404,9 @@ class Calibration(nn.Module):
         model: nn.Module,
         x: NetworkInput[InputTensor],
         predictive: PredictiveDistribution,
-        samples: int = 100,
+        samples: SupportsIndex = 100,
         batch_size: int | None = None,
-        mode: Literal["sample", "mean"] = "sample",
+        mode: PredictMode = "sample",
         *,
         memory_budget: int | None = None,
     ) -> Prediction:
@@ -699,7 +699,7 @@ def calibrate(
     x: NetworkInput[InputTensor],
     y: Tensor,
     predictive: PredictiveDistribution,
-    samples: int = 100,
+    samples: SupportsIndex = 100,
     **kwargs: Any,
 ) -> Calibration:
     """Fit a post-hoc calibration of ``model`` on validation data ``(x, y)``.

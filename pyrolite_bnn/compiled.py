@@ -31,7 +31,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import torch
 from torch import Tensor, nn
@@ -57,16 +57,17 @@ from pyrolite_bnn.record import ForwardRecord, find_record
 if TYPE_CHECKING:
     import pyrolite_bnn.loss
 
-__all__ = ["COMPILE_MODES", "CompileFallbackWarning", "LossGraphs"]
+__all__ = ["COMPILE_MODES", "CompileFallbackWarning", "CompileMode", "LossGraphs"]
 
 # ``compile=`` values: False (eager), True (torch.compile's default mode) or a
 # torch.compile mode name.
-COMPILE_MODES = (
+CompileMode = Literal[
     "default",
     "reduce-overhead",
     "max-autotune",
     "max-autotune-no-cudagraphs",
-)
+]
+COMPILE_MODES: tuple[CompileMode, ...] = get_args(CompileMode)
 # Graphs kept per loss object (one per call signature, least recently used out),
 # and signatures remembered as seen once (not compiled yet).
 _MAX_GRAPHS = 8
@@ -95,7 +96,7 @@ class LossGraphs:
         mode: a ``torch.compile`` mode (see :data:`COMPILE_MODES`).
     """
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: CompileMode) -> None:
         if mode not in COMPILE_MODES:
             raise ValueError(
                 f"compile mode must be one of {COMPILE_MODES}, got {mode!r}"

@@ -67,6 +67,7 @@ from pyrolite_bnn.distributions.variational import (
     VariationalFamily,
 )
 from pyrolite_bnn.layers import registry
+from pyrolite_bnn.layers._options import Estimator
 from pyrolite_bnn.layers.batchnorm import PARTICLE_BATCH_NORMS
 from pyrolite_bnn.layers.registry import LayerEntry, carry_module_state
 from pyrolite_bnn.module import GUIDE_STATE, NOT_NETWORK, VIModule
@@ -106,7 +107,7 @@ def convert(
     *,
     prior: object = None,
     variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
-    estimator: str = "auto",
+    estimator: Estimator = "auto",
     moped: float | None = None,
     include: Selection = None,
     exclude: Selection = None,

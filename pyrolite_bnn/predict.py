@@ -30,7 +30,16 @@ import math
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    SupportsFloat,
+    SupportsIndex,
+    TypeVar,
+    get_args,
+    overload,
+)
 
 import torch
 from torch import Tensor, nn
@@ -73,7 +82,16 @@ from pyrolite_bnn.record import release_record
 if TYPE_CHECKING:
     from pyrolite_bnn.calibration import Calibration
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "MIN_DEFAULT_BUDGET", "Prediction", "predict"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "MIN_DEFAULT_BUDGET",
+    "PredictMode",
+    "Prediction",
+    "predict",
+]
+
+PredictMode = Literal["sample", "mean"]
+"""``mode=``: posterior draws of the weights, or the network at their means."""
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 """Memory budget in bytes of :func:`predict` for inputs not on CUDA (2 GiB).
@@ -279,7 +297,7 @@ class Prediction:
         """Total predictive standard deviation."""
         return self.variance.sqrt()
 
-    def interval(self, level: float = 0.95) -> tuple[Tensor, Tensor]:
+    def interval(self, level: SupportsFloat = 0.95) -> tuple[Tensor, Tensor]:
         """Central ``level`` predictive interval of the particle mixture.
 
         The bounds are the exact ``(1 - level) / 2`` and ``(1 + level) / 2``
@@ -298,7 +316,7 @@ class Prediction:
         level = check_probability(level, "level")
         return self.quantile((1 - level) / 2), self.quantile((1 + level) / 2)
 
-    def quantile(self, q: float) -> Tensor:
+    def quantile(self, q: SupportsFloat) -> Tensor:
         """Quantile ``q`` of the predictive mixture over particles, ``(B, ...)``.
 
         Computed by the likelihood's
@@ -368,9 +386,9 @@ def predict(
     model: nn.Module,
     x: NetworkInput[InputTensor],
     predictive: PredictiveDistribution,
-    samples: int = 100,
+    samples: SupportsIndex = 100,
     batch_size: int | None = None,
-    mode: Literal["sample", "mean"] = "sample",
+    mode: PredictMode = "sample",
     *,
     memory_budget: int | None = None,
     calibration: Calibration | None = None,
@@ -382,9 +400,9 @@ def predict(
     model: nn.Module,
     x: NetworkInput[InputTensor],
     predictive: Mapping[_Key, PredictiveDistribution],
-    samples: int = 100,
+    samples: SupportsIndex = 100,
     batch_size: int | None = None,
-    mode: Literal["sample", "mean"] = "sample",
+    mode: PredictMode = "sample",
     *,
     memory_budget: int | None = None,
     calibration: Mapping[_Key, Calibration | None] | None = None,
@@ -396,9 +414,9 @@ def predict(
     model: nn.Module,
     x: NetworkInput[InputTensor],
     predictive: Sequence[PredictiveDistribution | None],
-    samples: int = 100,
+    samples: SupportsIndex = 100,
     batch_size: int | None = None,
-    mode: Literal["sample", "mean"] = "sample",
+    mode: PredictMode = "sample",
     *,
     memory_budget: int | None = None,
     calibration: Sequence[Calibration | None] | None = None,
@@ -409,9 +427,9 @@ def predict(
     model: nn.Module,
     x: NetworkInput[InputTensor],
     predictive: Any,
-    samples: int = 100,
+    samples: SupportsIndex = 100,
     batch_size: int | None = None,
-    mode: Literal["sample", "mean"] = "sample",
+    mode: PredictMode = "sample",
     *,
     memory_budget: int | None = None,
     calibration: Any = None,
@@ -601,7 +619,7 @@ def predict(
             calibration=calibration,
         )
     check_bayesian_network(model, "predict needs")
-    if mode not in ("sample", "mean"):
+    if mode not in get_args(PredictMode):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     inputs = _inputs(x)
     for likelihood in heads.likelihoods:

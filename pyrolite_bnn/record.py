@@ -17,7 +17,7 @@ arithmetic as Pyro's ``Trace_ELBO`` (Monte Carlo) or ``TraceMeanField_ELBO``
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import pyro.distributions as dist
 import torch
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 KLMode = Literal["auto", "mc", "analytic"]
-_KL_MODES: tuple[KLMode, ...] = ("auto", "mc", "analytic")
+_KL_MODES: tuple[KLMode, ...] = get_args(KLMode)
 
 
 def check_kl_mode(mode: object) -> KLMode:

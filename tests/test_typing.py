@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
@@ -257,3 +258,44 @@ def test_calibration_predict_takes_what_predict_takes() -> None:
     assert [(p.name, p.kind, p.default) for p in ours if p.name != "self"] == [
         (p.name, p.kind, p.default) for p in theirs if p.name != "calibration"
     ]
+
+
+def test_string_options_are_literal_types() -> None:
+    """A misspelt option is a type error (each ignore is unused on a plain ``str``)."""
+    with pytest.raises(ValueError, match="estimator"):
+        bnn.VILinear(2, 2, estimator="flipot")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="estimator"):
+        bnn.convert(nn.Linear(2, 2), estimator="flip")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reduction"):
+        bnn.KullbackLeiblerLoss(bnn.Normal(), 8, reduction="avg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compile"):
+        bnn.KullbackLeiblerLoss(bnn.Normal(), 8, compile="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scale_transform"):
+        bnn.MeanFieldNormal(scale_transform="relu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="per"):
+        bnn.LearnedNormalPrior(per="neuron")  # type: ignore[arg-type]
+    with pytest.raises(AssertionError, match="input_type"):
+        vi.distributions.Categorical(input_type="logit")  # type: ignore[arg-type]
+    net = bnn.VISequential(bnn.VILinear(2, 1))
+    with pytest.raises(ValueError, match="mode"):
+        bnn.predict(net, torch.randn(3, 2), bnn.Normal(), mode="median")  # type: ignore[call-overload]
+
+
+def test_numbers_as_numpy_scalars_and_one_element_tensors() -> None:
+    """Where the checks take any real number (or integer), the annotations do too."""
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    net = bnn.VISequential(bnn.VILinear(2, 1))
+    loss_fn = bnn.KullbackLeiblerLoss(
+        bnn.Normal(scale=torch.tensor(0.5)), np.int64(8), heat=torch.tensor(0.5)
+    )
+    loss_fn.heat = np.float32(1.0)
+    assert loss_fn(net(x), y).dim() == 0
+    assert bnn.StudentT(df=np.float64(3.0), init_scale=torch.tensor(2.0)).learned
+    pred = bnn.predict(net, x, bnn.Normal(scale=0.1), samples=np.int64(4))
+    assert pred.quantile(torch.tensor(0.5)).shape == pred.mean.shape
+    assert pred.interval(np.float32(0.9))[0].shape == pred.mean.shape
+    plain = nn.Sequential(nn.Linear(2, 1))
+    laplace = bnn.laplace(
+        plain, x, y, bnn.Normal(scale=0.1), prior_precision=np.int64(1)
+    )
+    laplace.set_prior_precision(torch.tensor(2.0))

@@ -36,7 +36,7 @@ the output's dtype.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, SupportsFloat
 
 import pyro.distributions as dist
 import torch
@@ -938,7 +938,7 @@ def _narrow_spread(target: Tensor, spread: float, scale: float) -> bool:
 class _ScaleLikelihood(PredictiveDistribution):
     """A likelihood with one noise scale, learned (``scale=None``) or fixed."""
 
-    def __init__(self, scale: float | None, init_scale: float) -> None:
+    def __init__(self, scale: SupportsFloat | None, init_scale: SupportsFloat) -> None:
         super().__init__()
         self.learned = scale is None
         value = check_real(
@@ -1085,7 +1085,9 @@ class Normal(_ScaleLikelihood):
         0.5
     """
 
-    def __init__(self, scale: float | None = None, init_scale: float = 1.0) -> None:
+    def __init__(
+        self, scale: SupportsFloat | None = None, init_scale: SupportsFloat = 1.0
+    ) -> None:
         super().__init__(scale, init_scale)
 
     def distribution(self, output: Tensor) -> TorchDistributionMixin:
@@ -1138,7 +1140,10 @@ class StudentT(_ScaleLikelihood):
     df: Tensor
 
     def __init__(
-        self, df: float = 4.0, scale: float | None = None, init_scale: float = 1.0
+        self,
+        df: SupportsFloat = 4.0,
+        scale: SupportsFloat | None = None,
+        init_scale: SupportsFloat = 1.0,
     ) -> None:
         super().__init__(scale, init_scale)
         df = check_real(df, "StudentT df")

@@ -14,7 +14,7 @@ import copy
 import hashlib
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, get_args
 
 import pyro.distributions as dist
 import torch
@@ -37,9 +37,13 @@ __all__ = [
     "NormalPrior",
     "Prior",
     "ScaleMixtureNormalPrior",
+    "ScalePer",
     "StudentTPrior",
     "as_prior",
 ]
+
+# ``LearnedNormalPrior(per=)``: one learned scale per layer, or one per output unit.
+ScalePer = Literal["layer", "unit"]
 
 _NARROW_SCALE = math.exp(-6.0)  # Blundell et al.'s narrow mixture component
 #: Largest hyperparameter (in numbers) a prior keeps a copy of for resets.
@@ -837,10 +841,10 @@ class LearnedNormalPrior(Prior):
         self,
         loc: float | Tensor = 0.0,
         init_scale: float = 1.0,
-        per: str = "layer",
+        per: ScalePer = "layer",
     ) -> None:
         super().__init__()
-        if per not in ("layer", "unit"):
+        if per not in get_args(ScalePer):
             raise ValueError(f"per must be 'layer' or 'unit', got {per!r}")
         self.per = per
         self.register_buffer("loc", _finite(loc, "LearnedNormalPrior loc"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import pyro
 import pyro.distributions as dist
@@ -38,6 +38,7 @@ __all__ = [
     "PointMass",
     "PointMassPosterior",
     "Posterior",
+    "ScaleTransform",
     "VariationalFamily",
     "elementwise_quantiles",
 ]
@@ -47,10 +48,12 @@ __all__ = [
 _RECOMPUTING_HOOKS = (BasePruningMethod, WeightNorm, SpectralNorm)
 
 
-_SCALE_TRANSFORMS = ("softplus", "exp")
+# How a mean-field posterior's unconstrained ``rho`` maps to its scale.
+ScaleTransform = Literal["softplus", "exp"]
+_SCALE_TRANSFORMS: tuple[ScaleTransform, ...] = get_args(ScaleTransform)
 
 
-def _check_scale_transform(scale_transform: str) -> str:
+def _check_scale_transform(scale_transform: ScaleTransform) -> ScaleTransform:
     if scale_transform not in _SCALE_TRANSFORMS:
         raise ValueError(
             f"scale_transform must be one of {_SCALE_TRANSFORMS}, "
@@ -277,7 +280,7 @@ class MeanFieldNormalPosterior(Posterior):
         shape: Sequence[int],
         init_loc: Tensor,
         init_scale: float,
-        scale_transform: str = "softplus",
+        scale_transform: ScaleTransform = "softplus",
     ) -> None:
         super().__init__(shape)
         self.init_scale = init_scale
@@ -529,7 +532,7 @@ class MeanFieldNormal(VariationalFamily):
     """
 
     init_scale: float = 1e-3
-    scale_transform: str = "softplus"
+    scale_transform: ScaleTransform = "softplus"
 
     def __post_init__(self) -> None:
         check_real(self.init_scale, "MeanFieldNormal init_scale")

@@ -13,6 +13,7 @@ from pyrolite_bnn._validation import check_count, check_floating_input, check_in
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
+from pyrolite_bnn.layers._options import Estimator
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
 from pyrolite_bnn.layers.registry import LayerCase, register
 from pyrolite_bnn.variables import UnitLayout
@@ -201,7 +202,7 @@ class _VIConvNd(_VIConvBase):
         *,
         prior: object = None,
         variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -376,7 +377,7 @@ class _VIConvTransposeNd(_VIConvBase):
         *,
         prior: object = None,
         variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

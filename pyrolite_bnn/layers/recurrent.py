@@ -26,7 +26,7 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn._validation import check_floating_input, check_integer
 from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
 from pyrolite_bnn.layers._base import options_repr
-from pyrolite_bnn.layers._options import per_variable
+from pyrolite_bnn.layers._options import Estimator, per_variable
 from pyrolite_bnn.layers._packed import PackedInput
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
@@ -76,7 +76,7 @@ class _VIRNNBase(VIModule):
         *,
         prior: object = None,
         variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -563,7 +563,7 @@ class VIGRU(_VIRNNBase):
         *,
         prior: object = None,
         variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

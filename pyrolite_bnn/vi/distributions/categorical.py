@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pyro.distributions as dist
 import torch
@@ -27,6 +27,9 @@ from pyrolite_bnn.vi.distributions.base import (
 )
 
 __all__ = ["Categorical"]
+
+# torch_blue's ``input_type=``: the network outputs logits or probabilities.
+InputType = Literal["logits", "probs"]
 
 
 class _ProbsCategorical(BnnCategorical):
@@ -148,8 +151,8 @@ class Categorical(PredictiveDistribution):
 
     distribution_parameters = ("probs",)
 
-    def __init__(self, input_type: str = "logits", eps: float = 1e-5) -> None:
-        if input_type not in ("logits", "probs"):
+    def __init__(self, input_type: InputType = "logits", eps: float = 1e-5) -> None:
+        if input_type not in get_args(InputType):
             raise AssertionError("input_type must be logits or probs")
         if not (check_real(eps, "Categorical eps") >= 0 and math.isfinite(eps)):
             raise ValueError(f"Categorical eps must be >= 0, got {eps!r}")
