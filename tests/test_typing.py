@@ -17,6 +17,7 @@ import sys
 import types
 import typing
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -93,6 +94,13 @@ def test_variational_mapping_built_beforehand() -> None:
     biases = [v.posterior for v in net.random_variables() if v.name == "bias"]
     assert len(biases) == 2
     assert all(isinstance(b, PointMassPosterior) for b in biases)
+
+
+def test_sequential_from_an_ordered_dict_of_one_layer_type() -> None:
+    """``OrderedDict[str, VILinear]`` fits (OrderedDict is invariant), as torch's."""
+    layers = OrderedDict([("fc1", bnn.VILinear(2, 4)), ("fc2", bnn.VILinear(4, 1))])
+    net = bnn.VISequential(layers)
+    assert net(torch.randn(3, 2)).shape == (net.samples, 3, 1)
 
 
 def test_inputs_as_a_list_of_a_tensor_subclass() -> None:
