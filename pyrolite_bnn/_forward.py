@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 import torch
 from pyro import poutine
@@ -191,6 +191,13 @@ def prepare(
         inputs_require_grad=any(v.requires_grad for v in inputs),
     )
     return state, device
+
+
+InputTensor = TypeVar("InputTensor", bound=Tensor)
+# A network's inputs as ``predict`` and ``calibrate`` take them: one tensor, or its
+# positional inputs as a tuple or a list (read by ``network_args``). Generic so that
+# a list of a tensor subclass (``list[nn.Parameter]``) fits, as lists are invariant.
+NetworkInput: TypeAlias = InputTensor | tuple[InputTensor, ...] | list[InputTensor]
 
 
 def network_args(x: object) -> tuple[Any, ...]:

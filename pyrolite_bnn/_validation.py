@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, SupportsFloat
 
 import numpy as np
 import pyro.distributions as pyro_dist
@@ -309,7 +309,7 @@ def check_positive_values(
     )
 
 
-def check_heat(value: float, what: str) -> float:
+def check_heat(value: SupportsFloat, what: str) -> float:
     """``value`` as a float if it is a valid KL heat (finite, ``>= 0``), else raise.
 
     Args:

@@ -59,13 +59,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, SupportsIndex, TypeVar
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
 
-from pyrolite_bnn._forward import network_args
+from pyrolite_bnn._forward import InputTensor, NetworkInput, network_args
 from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._network import has_sequence_first_layers
 from pyrolite_bnn._scalar_search import minimise_expanding
@@ -83,7 +84,7 @@ from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution,
 )
 from pyrolite_bnn.loss import batch_first_layout
-from pyrolite_bnn.predict import Prediction, predict, warn_untrained
+from pyrolite_bnn.predict import Prediction, PredictMode, predict, warn_untrained
 
 __all__ = ["Calibration", "TemperatureScaling", "VarianceScaling", "calibrate"]
 
@@ -396,12 +397,28 @@ class Calibration(nn.Module):
     def predict(
         self,
         model: nn.Module,
-        x: Tensor,
+        x: NetworkInput[InputTensor],
         predictive: PredictiveDistribution,
-        **kwargs: Any,
+        samples: SupportsIndex = 100,
+        batch_size: int | None = None,
+        mode: PredictMode = "sample",
+        *,
+        memory_budget: int | None = None,
     ) -> Prediction:
-        """``bnn.predict(model, x, predictive, calibration=self, **kwargs)``."""
-        return predict(model, x, predictive, calibration=self, **kwargs)
+        """``bnn.predict(model, x, predictive, ..., calibration=self)``.
+
+        The arguments are :func:`~pyrolite_bnn.predict`'s.
+        """
+        return predict(
+            model,
+            x,
+            predictive,
+            samples,
+            batch_size,
+            mode,
+            memory_budget=memory_budget,
+            calibration=self,
+        )
 
     def forward(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
         """Same as :meth:`wrap`."""
@@ -594,7 +611,7 @@ class _TemperatureScaled(_Calibrated):
         temperature: Tensor = self.temperature
         return self.base.tempered(output, temperature)
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """The base distribution of the scaled logits."""
         return self.base.distribution(self._scaled(output))
 
@@ -643,7 +660,7 @@ class _VarianceScaled(_Calibrated):
         centre, stretch = self._stretch(loc)
         return centre + stretch * (loc - centre), stretch.square() * var
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Normal`` with the calibrated per-particle moments.
 
         Laid out as the base likelihood's distribution (a scalar output
@@ -653,7 +670,7 @@ class _VarianceScaled(_Calibrated):
         base = self.base.distribution(output)
         shape = base.batch_shape + base.event_shape
         loc, var = self.moments(output)
-        result: dist.TorchDistribution = dist.Normal(
+        result: TorchDistributionMixin = dist.Normal(
             loc.reshape(shape), var.sqrt().reshape(shape)
         ).to_event(len(base.event_shape))
         return result
@@ -674,10 +691,10 @@ class _VarianceScaled(_Calibrated):
 
 def calibrate(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    x: NetworkInput[InputTensor],
     y: Tensor,
     predictive: PredictiveDistribution,
-    samples: int = 100,
+    samples: SupportsIndex = 100,
     **kwargs: Any,
 ) -> Calibration:
     """Fit a post-hoc calibration of ``model`` on validation data ``(x, y)``.

@@ -30,12 +30,15 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+# ``pyrolite_bnn.loss.KullbackLeiblerLoss`` by its path: that module imports this
+# one, and the name resolves (typing.get_type_hints) once both are loaded.
+import pyrolite_bnn
 from pyrolite_bnn._capture import capturing
 from pyrolite_bnn._module_hooks import forward_hook_ids, global_hook_ids
 from pyrolite_bnn._module_state import buffers_restored
@@ -52,18 +55,19 @@ from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import ForwardRecord, find_record
 
 if TYPE_CHECKING:
-    from pyrolite_bnn.loss import KullbackLeiblerLoss
+    import pyrolite_bnn.loss
 
-__all__ = ["COMPILE_MODES", "CompileFallbackWarning", "LossGraphs"]
+__all__ = ["COMPILE_MODES", "CompileFallbackWarning", "CompileMode", "LossGraphs"]
 
 # ``compile=`` values: False (eager), True (torch.compile's default mode) or a
 # torch.compile mode name.
-COMPILE_MODES = (
+CompileMode = Literal[
     "default",
     "reduce-overhead",
     "max-autotune",
     "max-autotune-no-cudagraphs",
-)
+]
+COMPILE_MODES: tuple[CompileMode, ...] = get_args(CompileMode)
 # Graphs kept per loss object (one per call signature, least recently used out),
 # and signatures remembered as seen once (not compiled yet).
 _MAX_GRAPHS = 8
@@ -92,7 +96,7 @@ class LossGraphs:
         mode: a ``torch.compile`` mode (see :data:`COMPILE_MODES`).
     """
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: CompileMode) -> None:
         if mode not in COMPILE_MODES:
             raise ValueError(
                 f"compile mode must be one of {COMPILE_MODES}, got {mode!r}"
@@ -117,7 +121,7 @@ class LossGraphs:
 
     def terms(
         self,
-        loss_fn: KullbackLeiblerLoss,
+        loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss,
         model: VIModule,
         args: tuple[Any, ...],
         target: Tensor,
@@ -183,7 +187,7 @@ class LossGraphs:
 
     def _capture(
         self,
-        loss_fn: KullbackLeiblerLoss,
+        loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss,
         model: VIModule,
         tensors: list[Tensor],
         args: tuple[Any, ...],
@@ -292,7 +296,7 @@ def _alive(references: dict[_Name, weakref.ref[Tensor]]) -> dict[_Name, Tensor]:
     return {name: tensor for name, tensor in found.items() if tensor is not None}
 
 
-def _check(loss_fn: KullbackLeiblerLoss, graph: _Graph) -> None:
+def _check(loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss, graph: _Graph) -> None:
     """The eager loss's checks of a step, before the graph runs.
 
     They read no tensor values, so capture could not keep them in the graph:
@@ -305,7 +309,7 @@ def _check(loss_fn: KullbackLeiblerLoss, graph: _Graph) -> None:
 
 
 def _validate(
-    loss_fn: KullbackLeiblerLoss,
+    loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss,
     model: VIModule,
     output: Tensor,
     args: tuple[Any, ...],
@@ -342,7 +346,7 @@ def _describe(value: Any) -> Hashable:
 
 
 def _signature(
-    loss_fn: KullbackLeiblerLoss,
+    loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss,
     model: VIModule,
     modules: list[nn.Module],
     tensors: list[Tensor],

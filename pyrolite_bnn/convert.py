@@ -67,6 +67,7 @@ from pyrolite_bnn.distributions.variational import (
     VariationalFamily,
 )
 from pyrolite_bnn.layers import registry
+from pyrolite_bnn.layers._options import Estimator
 from pyrolite_bnn.layers.batchnorm import PARTICLE_BATCH_NORMS
 from pyrolite_bnn.layers.registry import LayerEntry, carry_module_state
 from pyrolite_bnn.module import GUIDE_STATE, NOT_NETWORK, VIModule
@@ -105,8 +106,8 @@ def convert(
     module: nn.Module,
     *,
     prior: object = None,
-    variational: VariationalFamily | None = None,
-    estimator: str = "auto",
+    variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
+    estimator: Estimator = "auto",
     moped: float | None = None,
     include: Selection = None,
     exclude: Selection = None,
@@ -139,7 +140,9 @@ def convert(
             with ``loc=0`` whose ``scale`` is kept (MOPED puts the centres
             at the weights; assign other priors after the conversion).
         variational: variational family of every weight (``None``:
-            mean-field Normal); with ``moped``, ``None`` or a
+            mean-field Normal), or one per variable name as the layers'
+            ``variational=`` takes (``{"bias": bnn.PointMass()}``: every
+            converted layer must declare each name); with ``moped``, ``None`` or a
             :class:`~pyrolite_bnn.MeanFieldNormal` with the default
             ``init_scale`` (MOPED sets the scales), whose
             ``scale_transform`` is kept.

@@ -36,7 +36,7 @@ import gc
 import inspect
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -51,6 +51,7 @@ from pyro.infer.autoguide import (
     AutoMessenger,
 )
 from pyro.ops.jit import CompiledFunction
+from pyro.poutine import Trace
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
@@ -70,11 +71,7 @@ from pyrolite_bnn._pyro_module import (
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import elementwise_quantiles
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
-
-if TYPE_CHECKING:
-    from pyro.poutine import Trace
-
-    from pyrolite_bnn.variables import RandomVariable
+from pyrolite_bnn.variables import RandomVariable
 
 __all__ = ["ParticleGuide", "check_guide", "guide_of"]
 

@@ -53,7 +53,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, SupportsFloat, get_args
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +73,7 @@ from pyrolite_bnn._validation import (
     validation,
 )
 from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn.calibration import Calibration
 from pyrolite_bnn.distributions._precision import summary_dtype
 from pyrolite_bnn.distributions.predictive import (
     Bernoulli,
@@ -82,10 +83,12 @@ from pyrolite_bnn.distributions.predictive import (
 )
 from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.module import VIModule
-from pyrolite_bnn.predict import Prediction, likelihood_snapshot, warn_untrained
-
-if TYPE_CHECKING:
-    from pyrolite_bnn.calibration import Calibration
+from pyrolite_bnn.predict import (
+    Prediction,
+    PredictMode,
+    likelihood_snapshot,
+    warn_untrained,
+)
 
 __all__ = ["DEFAULT_MAX_PARAMETERS", "LinearizedLaplace", "laplace"]
 
@@ -686,7 +689,9 @@ class LinearizedLaplace(nn.Module):
         eye = torch.eye(len(v), dtype=v.dtype, device=v.device)
         return covariance + (eye - v @ v.T) / delta
 
-    def log_marginal_likelihood(self, prior_precision: float | None = None) -> Tensor:
+    def log_marginal_likelihood(
+        self, prior_precision: SupportsFloat | None = None
+    ) -> Tensor:
         r"""Laplace approximation of ``log p(data | delta)`` at the expansion point.
 
         .. math::
@@ -832,7 +837,7 @@ class LinearizedLaplace(nn.Module):
 
         return objective
 
-    def set_prior_precision(self, prior_precision: float) -> None:
+    def set_prior_precision(self, prior_precision: SupportsFloat) -> None:
         """Use the prior ``N(0, I / prior_precision)`` (positive, finite).
 
         To maximise the evidence instead, call :meth:`fit_prior_precision`.
@@ -1046,7 +1051,7 @@ class LinearizedLaplace(nn.Module):
         *,
         predictive: PredictiveDistribution | None = None,
         batch_size: int | None = None,
-        mode: Literal["sample", "mean"] = "sample",
+        mode: PredictMode = "sample",
         calibration: Calibration | None = None,
     ) -> Prediction:
         """Linearised posterior predictive at ``x``.
@@ -1103,7 +1108,7 @@ class LinearizedLaplace(nn.Module):
                     f"{scale:.6g}) would mix two models: pass the likelihood given "
                     "to bnn.laplace, or call it again with this one"
                 )
-        if mode not in ("sample", "mean"):
+        if mode not in get_args(PredictMode):
             raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
         if batch_size is not None:
             batch_size = check_count(batch_size, "batch_size")
@@ -1131,7 +1136,7 @@ def laplace(
     predictive: PredictiveDistribution,
     *,
     subset: Subset = "all",
-    prior_precision: float | Literal["marglik"] = "marglik",
+    prior_precision: SupportsFloat | Literal["marglik"] = "marglik",
     max_parameters: int = DEFAULT_MAX_PARAMETERS,
 ) -> LinearizedLaplace:
     """Linearised Laplace posterior of a trained network (post hoc).
@@ -1200,7 +1205,7 @@ def laplace(
     """
     predictive = _supported_likelihood(predictive, "laplace")
     warn_untrained(predictive)
-    if subset not in ("all", "last_layer"):
+    if subset not in get_args(Subset):
         raise ValueError(f"subset must be 'all' or 'last_layer', got {subset!r}")
     marglik = isinstance(prior_precision, str) and prior_precision == "marglik"
     precision = None if marglik else _check_prior_precision(prior_precision)

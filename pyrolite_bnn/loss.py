@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Literal, SupportsFloat, SupportsIndex, get_args
 
 import pyro
 import torch
@@ -32,7 +32,7 @@ from pyrolite_bnn._sites import SiteShapeError
 from pyrolite_bnn._source_watch import SourceOptimizerWatch
 from pyrolite_bnn._validation import check_count, check_heat
 from pyrolite_bnn._warnings import warn_at_caller
-from pyrolite_bnn.compiled import LossGraphs
+from pyrolite_bnn.compiled import CompileMode, LossGraphs
 from pyrolite_bnn.distributions._observation_site import ObservationSite
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import autoguide_running_model, check_pyro_call
@@ -48,12 +48,15 @@ from pyrolite_bnn.record import (
 __all__ = [
     "KullbackLeiblerLoss",
     "PyroModel",
+    "Reduction",
     "batch_dim",
     "batch_first_layout",
     "example_count",
 ]
 
-_REDUCTIONS = ("mean", "sum")
+# ``reduction=``: divide by the data set size ``N``, or not (torch_blue's scale).
+Reduction = Literal["mean", "sum"]
+_REDUCTIONS: tuple[Reduction, ...] = get_args(Reduction)
 # Loss calls per network whose output is checked for a chained network: the
 # first few, then one in _CHAIN_CHECK_EVERY (a loop that changes later).
 _CHAIN_CHECKS = 3
@@ -137,11 +140,11 @@ class KullbackLeiblerLoss(nn.Module):
     def __init__(
         self,
         predictive: PredictiveDistribution,
-        dataset_size: int,
-        heat: float = 1.0,
+        dataset_size: SupportsIndex,
+        heat: SupportsFloat = 1.0,
         kl: KLMode = "auto",
-        reduction: str = "mean",
-        compile: bool | str = False,
+        reduction: Reduction = "mean",
+        compile: bool | CompileMode = False,
     ) -> None:
         super().__init__()
         self.predictive = as_likelihood(predictive, "KullbackLeiblerLoss")
@@ -175,7 +178,7 @@ class KullbackLeiblerLoss(nn.Module):
         return self._dataset_size
 
     @dataset_size.setter
-    def dataset_size(self, value: int) -> None:
+    def dataset_size(self, value: SupportsIndex) -> None:
         self._dataset_size = check_count(value, "dataset_size")
 
     @property
@@ -184,7 +187,7 @@ class KullbackLeiblerLoss(nn.Module):
         return self._heat
 
     @heat.setter
-    def heat(self, value: float) -> None:
+    def heat(self, value: SupportsFloat) -> None:
         self._heat = check_heat(value, "heat")
 
     @property
@@ -197,12 +200,12 @@ class KullbackLeiblerLoss(nn.Module):
         self._kl = check_kl_mode(value)
 
     @property
-    def reduction(self) -> str:
+    def reduction(self) -> Reduction:
         """``"mean"`` (divide by ``N``) or ``"sum"``."""
         return self._reduction
 
     @reduction.setter
-    def reduction(self, value: str) -> None:
+    def reduction(self, value: Reduction) -> None:
         if value not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {value!r}")
         self._reduction = value

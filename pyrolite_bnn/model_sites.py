@@ -16,11 +16,12 @@ import math
 from collections.abc import Callable
 from contextlib import ExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import Message
 from torch import Tensor
 from torch.distributions import Distribution
 
@@ -28,9 +29,6 @@ from pyrolite_bnn._particles import PLATE_DIM, PLATE_NAME
 from pyrolite_bnn._validation import check_count
 from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
 from pyrolite_bnn.record import computed_from_a_network
-
-if TYPE_CHECKING:
-    from pyro.poutine.runtime import Message
 
 __all__ = [
     "ParticlePlate",

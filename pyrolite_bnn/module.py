@@ -22,10 +22,17 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import (
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterator,
+    Sequence,
+    ValuesView,
+)
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyro
 import torch
@@ -34,6 +41,9 @@ from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.nn import PyroModule, PyroSample
 from torch import Tensor, nn
 
+# ``pyrolite_bnn.guides.ParticleGuide`` by its path: that module imports this one,
+# and the name resolves (typing.get_type_hints) once both are loaded.
+import pyrolite_bnn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._draws import called_repeatedly, current_draws, particle_weights
@@ -57,6 +67,7 @@ from pyrolite_bnn.distributions.variational import (
 from pyrolite_bnn.variables import RandomVariable, UnitLayout
 
 if TYPE_CHECKING:
+    import pyrolite_bnn.guides
     from pyrolite_bnn.guides import ParticleGuide
 
 __all__ = [
@@ -201,6 +212,19 @@ class PriorDict(nn.ModuleDict):
         module = _prior_set_up(name, prior, shape, units, posterior)
         self._variables[name] = (shape, units)
         super().__setitem__(name, module)
+
+    def __getitem__(self, name: str) -> Prior:
+        module = self._modules[name]
+        assert isinstance(module, Prior)
+        return module
+
+    def values(self) -> ValuesView[Prior]:
+        """Prior modules (each set up by :meth:`declare` or item assignment)."""
+        return cast("ValuesView[Prior]", super().values())
+
+    def items(self) -> ItemsView[str, Prior]:
+        """``(variable name, prior module)`` pairs."""
+        return cast("ItemsView[str, Prior]", super().items())
 
     def __setitem__(self, name: str, prior: object) -> None:
         """Replace the prior of the declared random variable ``name``."""
@@ -550,7 +574,7 @@ class VIModule(LocalPyroModule):
 
     # ------------------------------------------------------------------ guides
     @property
-    def guide(self) -> ParticleGuide:
+    def guide(self) -> pyrolite_bnn.guides.ParticleGuide:
         """The variational guide (a Pyro guide callable).
 
         By default it samples every declared variable from its layer's posterior

@@ -6,7 +6,9 @@ the object-oriented API (no ``pyplot`` global state, so it works with any
 backend, including a headless one); save it with ``ax.figure.savefig(path)``.
 
 matplotlib is imported only when a function is called: importing this module
-does not need it.
+does not need it. So the functions' annotations name matplotlib's ``Axes`` for
+type checkers only; ``typing.get_type_hints`` resolves them given it,
+``get_type_hints(plot.reliability_diagram, localns={"Axes": Axes})``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ import torch
 from torch import Tensor
 
 from pyrolite_bnn import metrics
+from pyrolite_bnn.predict import Prediction
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-
-    from pyrolite_bnn.predict import Prediction
+    from matplotlib.axes import Axes  # not at run time (see the module docstring)
 
 __all__ = ["regression_bands", "reliability_diagram", "uncertainty_histogram"]
 

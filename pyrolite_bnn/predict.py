@@ -29,7 +29,16 @@ import copy
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    SupportsFloat,
+    SupportsIndex,
+    TypeVar,
+    get_args,
+    overload,
+)
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +48,12 @@ from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draw_budget import DRAWING_FACTOR, DrawSizes
 from pyrolite_bnn._draws import generators_held, rng_state, set_rng_state
 from pyrolite_bnn._fixed_weights import FixedWeights
-from pyrolite_bnn._forward import call_network, network_args
+from pyrolite_bnn._forward import (
+    InputTensor,
+    NetworkInput,
+    call_network,
+    network_args,
+)
 from pyrolite_bnn._host_memory import available_bytes
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
@@ -67,7 +81,16 @@ from pyrolite_bnn.record import release_record
 if TYPE_CHECKING:
     from pyrolite_bnn.calibration import Calibration
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "MIN_DEFAULT_BUDGET", "Prediction", "predict"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "MIN_DEFAULT_BUDGET",
+    "PredictMode",
+    "Prediction",
+    "predict",
+]
+
+PredictMode = Literal["sample", "mean"]
+"""``mode=``: posterior draws of the weights, or the network at their means."""
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 """Memory budget in bytes of :func:`predict` for inputs not on CUDA (2 GiB).
@@ -290,7 +313,7 @@ class Prediction:
         """Total predictive standard deviation."""
         return self.variance.sqrt()
 
-    def interval(self, level: float = 0.95) -> tuple[Tensor, Tensor]:
+    def interval(self, level: SupportsFloat = 0.95) -> tuple[Tensor, Tensor]:
         """Central ``level`` predictive interval of the particle mixture.
 
         The bounds are the exact ``(1 - level) / 2`` and ``(1 + level) / 2``
@@ -309,7 +332,7 @@ class Prediction:
         level = check_probability(level, "level")
         return self.quantile((1 - level) / 2), self.quantile((1 + level) / 2)
 
-    def quantile(self, q: float) -> Tensor:
+    def quantile(self, q: SupportsFloat) -> Tensor:
         """Quantile ``q`` of the predictive mixture over particles, ``(B, ...)``.
 
         Computed by the likelihood's
@@ -375,11 +398,11 @@ def _learns(predictive: PredictiveDistribution) -> bool:
 @overload
 def predict(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    x: NetworkInput[InputTensor],
     predictive: PredictiveDistribution,
-    samples: int = 100,
+    samples: SupportsIndex = 100,
     batch_size: int | None = None,
-    mode: Literal["sample", "mean"] = "sample",
+    mode: PredictMode = "sample",
     *,
     memory_budget: int | None = None,
     calibration: Calibration | None = None,
@@ -389,11 +412,11 @@ def predict(
 @overload
 def predict(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    x: NetworkInput[InputTensor],
     predictive: Mapping[_Key, PredictiveDistribution],
-    samples: int = 100,
+    samples: SupportsIndex = 100,
     batch_size: int | None = None,
-    mode: Literal["sample", "mean"] = "sample",
+    mode: PredictMode = "sample",
     *,
     memory_budget: int | None = None,
     calibration: Mapping[_Key, Calibration | None] | None = None,
@@ -403,11 +426,11 @@ def predict(
 @overload
 def predict(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    x: NetworkInput[InputTensor],
     predictive: Sequence[PredictiveDistribution | None],
-    samples: int = 100,
+    samples: SupportsIndex = 100,
     batch_size: int | None = None,
-    mode: Literal["sample", "mean"] = "sample",
+    mode: PredictMode = "sample",
     *,
     memory_budget: int | None = None,
     calibration: Sequence[Calibration | None] | None = None,
@@ -416,11 +439,11 @@ def predict(
 
 def predict(
     model: nn.Module,
-    x: Tensor | tuple[Tensor, ...] | list[Tensor],
+    x: NetworkInput[InputTensor],
     predictive: Any,
-    samples: int = 100,
+    samples: SupportsIndex = 100,
     batch_size: int | None = None,
-    mode: Literal["sample", "mean"] = "sample",
+    mode: PredictMode = "sample",
     *,
     memory_budget: int | None = None,
     calibration: Any = None,
@@ -610,7 +633,7 @@ def predict(
             calibration=calibration,
         )
     check_bayesian_network(model, "predict needs")
-    if mode not in ("sample", "mean"):
+    if mode not in get_args(PredictMode):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     inputs = _inputs(x)
     for likelihood in heads.likelihoods:

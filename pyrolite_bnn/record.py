@@ -17,7 +17,7 @@ arithmetic as Pyro's ``Trace_ELBO`` (Monte Carlo) or ``TraceMeanField_ELBO``
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import pyro.distributions as dist
 import torch
@@ -34,15 +34,12 @@ from torch.distributions import (
 )
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._draws import kl_without_gradients
+from pyrolite_bnn._draws import LazyDraws, kl_without_gradients
 from pyrolite_bnn._validation import distribution_checks_off
 from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.priors import Prior
 from pyrolite_bnn.distributions.variational import NormalMoments
-
-if TYPE_CHECKING:
-    from pyrolite_bnn._draws import LazyDraws
-    from pyrolite_bnn.variables import RandomVariable
+from pyrolite_bnn.variables import RandomVariable
 
 __all__ = [
     "ForwardRecord",
@@ -58,7 +55,7 @@ __all__ = [
 ]
 
 KLMode = Literal["auto", "mc", "analytic"]
-_KL_MODES: tuple[KLMode, ...] = ("auto", "mc", "analytic")
+_KL_MODES: tuple[KLMode, ...] = get_args(KLMode)
 
 
 def check_kl_mode(mode: object) -> KLMode:

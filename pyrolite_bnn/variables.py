@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+# ``pyrolite_bnn.module.VIModule`` by its path: that module imports this one, and
+# the name resolves (typing.get_type_hints) once both are loaded.
+import pyrolite_bnn
 from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn.distributions.variational import Posterior
 
 if TYPE_CHECKING:
-    from pyrolite_bnn.distributions.variational import Posterior
-    from pyrolite_bnn.module import VIModule
+    import pyrolite_bnn.module
 
 __all__ = ["RandomVariable", "UnitLayout"]
 
@@ -163,7 +166,7 @@ class RandomVariable:
     site: str
     name: str
     shape: torch.Size
-    module: VIModule
+    module: pyrolite_bnn.module.VIModule
     layer_posterior: Posterior
     shared: bool = False
     network: nn.Module | None = field(default=None, compare=False, repr=False)

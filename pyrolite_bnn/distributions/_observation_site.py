@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from pyro.distributions import TorchDistribution
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor
 from torch.distributions import constraints
 
@@ -43,7 +44,7 @@ class ObservationSite(TorchDistribution):
     arg_constraints: dict[str, constraints.Constraint] = {}  # noqa: RUF012
 
     def __init__(
-        self, draws: TorchDistribution, score: Callable[[Tensor], Tensor]
+        self, draws: TorchDistributionMixin, score: Callable[[Tensor], Tensor]
     ) -> None:
         self.draws = draws
         self.score = score

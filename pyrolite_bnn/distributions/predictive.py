@@ -36,12 +36,13 @@ the output's dtype.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, SupportsFloat
 
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.nn import PyroParam
 from torch import Tensor
 
@@ -233,16 +234,16 @@ class PredictiveDistribution(LocalPyroModule):
                 f"{output.shape[1]} (output {_shape(output)}), got {_shape(target)}"
             )
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """Distribution with batch shape ``output.shape[:2]``."""
         raise NotImplementedError
 
-    def forward(self, output: Tensor) -> dist.TorchDistribution:
+    def forward(self, output: Tensor) -> TorchDistributionMixin:
         """``p(y | output)`` with batch shape ``(S, B)``."""
         self.check_output(output)
         return self.distribution(output)
 
-    def target_distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def target_distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``p(y | output)`` in the layout of the targets: what a draw of ``y`` is.
 
         Batch shape ``(S, B)``; the event shape is that of one example's
@@ -264,7 +265,7 @@ class PredictiveDistribution(LocalPyroModule):
 
     def observe(
         self, output: Tensor, target: Tensor
-    ) -> tuple[dist.TorchDistribution, Tensor]:
+    ) -> tuple[TorchDistributionMixin, Tensor]:
         """Check ``target``; return ``(p(y | output), target)`` with matching shapes.
 
         Calls the module, so that learned parameters are reported to Pyro
@@ -657,13 +658,13 @@ class Categorical(_ClassificationLikelihood):
 
     def observe(
         self, output: Tensor, target: Tensor
-    ) -> tuple[dist.TorchDistribution, Tensor]:
+    ) -> tuple[TorchDistributionMixin, Tensor]:
         """As the base class, with the ignored positions masked out."""
         if self.ignore_index is None:
             return super().observe(output, target)
         output, target = self._checked(output, target)
         keep = target != self.ignore_index
-        likelihood: dist.TorchDistribution = (
+        likelihood: TorchDistributionMixin = (
             dist.Categorical(logits=output).mask(keep).to_event(output.dim() - 3)
         )
         return likelihood, target.masked_fill(~keep, 0)
@@ -813,10 +814,10 @@ class Categorical(_ClassificationLikelihood):
             log_p = log_p.masked_fill(~keep, 0.0)
         return log_p
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Categorical(logits=output)``."""
         self.check_output(output)
-        result: dist.TorchDistribution = dist.Categorical(logits=output).to_event(
+        result: TorchDistributionMixin = dist.Categorical(logits=output).to_event(
             output.dim() - 3
         )
         return result
@@ -881,9 +882,9 @@ class Bernoulli(_ClassificationLikelihood):
         output, target = super().align(output, target)
         return output, target.to(output.dtype)
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Bernoulli(logits=output)``."""
-        result: dist.TorchDistribution = dist.Bernoulli(logits=output).to_event(
+        result: TorchDistributionMixin = dist.Bernoulli(logits=output).to_event(
             output.dim() - 2
         )
         return result
@@ -937,7 +938,7 @@ def _narrow_spread(target: Tensor, spread: float, scale: float) -> bool:
 class _ScaleLikelihood(PredictiveDistribution):
     """A likelihood with one noise scale, learned (``scale=None``) or fixed."""
 
-    def __init__(self, scale: float | None, init_scale: float) -> None:
+    def __init__(self, scale: SupportsFloat | None, init_scale: SupportsFloat) -> None:
         super().__init__()
         self.learned = scale is None
         value = check_real(
@@ -1084,13 +1085,15 @@ class Normal(_ScaleLikelihood):
         0.5
     """
 
-    def __init__(self, scale: float | None = None, init_scale: float = 1.0) -> None:
+    def __init__(
+        self, scale: SupportsFloat | None = None, init_scale: SupportsFloat = 1.0
+    ) -> None:
         super().__init__(scale, init_scale)
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Normal(output, scale)``."""
         scale = self.noise_scale().to(output)
-        result: dist.TorchDistribution = dist.Normal(output, scale).to_event(
+        result: TorchDistributionMixin = dist.Normal(output, scale).to_event(
             output.dim() - 2
         )
         return result
@@ -1137,7 +1140,10 @@ class StudentT(_ScaleLikelihood):
     df: Tensor
 
     def __init__(
-        self, df: float = 4.0, scale: float | None = None, init_scale: float = 1.0
+        self,
+        df: SupportsFloat = 4.0,
+        scale: SupportsFloat | None = None,
+        init_scale: SupportsFloat = 1.0,
     ) -> None:
         super().__init__(scale, init_scale)
         df = check_real(df, "StudentT df")
@@ -1145,10 +1151,10 @@ class StudentT(_ScaleLikelihood):
             raise ValueError(f"StudentT df must be a positive float, got {df!r}")
         self.register_buffer("df", torch.tensor(float(df)))
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``StudentT(df, output, scale)``."""
         scale = self.noise_scale().to(output)
-        result: dist.TorchDistribution = dist.StudentT(
+        result: TorchDistributionMixin = dist.StudentT(
             self.df.to(output), output, scale
         ).to_event(output.dim() - 2)
         return result
@@ -1221,10 +1227,10 @@ class Poisson(PredictiveDistribution):
         output, target = super().align(output, target)
         return output, target.to(output.dtype)
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Poisson(rate=exp(output))``, its density taken from the log rate."""
         poisson = LogRatePoisson(output)
-        result: dist.TorchDistribution = poisson.to_event(  # type: ignore[no-untyped-call]
+        result: TorchDistributionMixin = poisson.to_event(  # type: ignore[no-untyped-call]
             output.dim() - 2
         )
         return result
@@ -1415,10 +1421,10 @@ class HeteroscedasticNormal(PredictiveDistribution):
                 f"raw scale), got {_shape(output)}"
             )
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Normal(mean, softplus(raw_scale) + min_scale)``."""
         loc, scale = self.loc_scale(output)
-        result: dist.TorchDistribution = dist.Normal(loc, scale).to_event(loc.dim() - 2)
+        result: TorchDistributionMixin = dist.Normal(loc, scale).to_event(loc.dim() - 2)
         return result
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:

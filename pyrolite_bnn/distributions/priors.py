@@ -14,7 +14,7 @@ import copy
 import hashlib
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, get_args
 
 import pyro.distributions as dist
 import torch
@@ -38,9 +38,13 @@ __all__ = [
     "NormalPrior",
     "Prior",
     "ScaleMixtureNormalPrior",
+    "ScalePer",
     "StudentTPrior",
     "as_prior",
 ]
+
+# ``LearnedNormalPrior(per=)``: one learned scale per layer, or one per output unit.
+ScalePer = Literal["layer", "unit"]
 
 _NARROW_SCALE = math.exp(-6.0)  # Blundell et al.'s narrow mixture component
 #: Largest hyperparameter (in numbers) a prior keeps a copy of for resets.
@@ -199,7 +203,7 @@ def _with_own_memory(distribution: _D, prior: nn.Module) -> _D:
     return distribution
 
 
-def _independent(base: Distribution, shape: torch.Size) -> dist.TorchDistribution:
+def _independent(base: Distribution, shape: torch.Size) -> TorchDistributionMixin:
     """Expand an elementwise ``base`` to ``shape`` and declare all of it event."""
     if not isinstance(base, TorchDistributionMixin):
         raise TypeError(
@@ -209,7 +213,7 @@ def _independent(base: Distribution, shape: torch.Size) -> dist.TorchDistributio
     batch = base.batch_shape
     if batch != shape:
         base = base.expand(shape)
-    result: dist.TorchDistribution = base.to_event(len(shape))
+    result: TorchDistributionMixin = base.to_event(len(shape))
     return result
 
 
@@ -393,7 +397,7 @@ class Prior(nn.Module):
                 current: Tensor = getattr(self, name)
                 current.copy_(value.expand_as(current))
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Distribution of a single weight built from the buffers."""
         raise NotImplementedError
 
@@ -506,7 +510,7 @@ class Prior(nn.Module):
             return  # no values yet (built for torch's to_empty); nothing to check
         check_real_support(self(shape), self.family())
 
-    def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
+    def forward(self, shape: Sequence[int]) -> TorchDistributionMixin:
         """Prior of a weight tensor of the given ``shape`` (all dims are event).
 
         Under Pyro the distribution holds copies of this prior's buffers: an
@@ -808,9 +812,9 @@ class NormalPrior(Prior):
         assert term is not None
         return term
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Return ``Normal(loc, scale)``."""
-        result: dist.TorchDistribution = dist.Normal(self.loc, self.scale)
+        result: TorchDistributionMixin = dist.Normal(self.loc, self.scale)
         return result
 
     def extra_repr(self) -> str:
@@ -878,10 +882,10 @@ class LearnedNormalPrior(Prior):
         self,
         loc: float | Tensor = 0.0,
         init_scale: float = 1.0,
-        per: str = "layer",
+        per: ScalePer = "layer",
     ) -> None:
         super().__init__()
-        if per not in ("layer", "unit"):
+        if per not in get_args(ScalePer):
             raise ValueError(f"per must be 'layer' or 'unit', got {per!r}")
         self.per = per
         self.register_buffer("loc", _finite(loc, "LearnedNormalPrior loc"))
@@ -933,9 +937,9 @@ class LearnedNormalPrior(Prior):
         """Broadcast shape of ``loc`` and the scale."""
         return _broadcast_shape(self.loc.shape, self.scale().shape)
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Return ``Normal(loc, exp(log_scale))``."""
-        result: dist.TorchDistribution = dist.Normal(self.loc, self.scale())
+        result: TorchDistributionMixin = dist.Normal(self.loc, self.scale())
         return result
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
@@ -1019,9 +1023,9 @@ class LaplacePrior(Prior):
         """``loc`` finite, ``scale`` positive."""
         return {"loc": _finite_real, "scale": _finite_positive}
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Return ``Laplace(loc, scale)``."""
-        result: dist.TorchDistribution = dist.Laplace(self.loc, self.scale)
+        result: TorchDistributionMixin = dist.Laplace(self.loc, self.scale)
         return result
 
     def extra_repr(self) -> str:
@@ -1067,9 +1071,9 @@ class StudentTPrior(Prior):
         """``df`` and ``scale`` positive, ``loc`` finite."""
         return {"df": _finite_positive, "loc": _finite_real, "scale": _finite_positive}
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Return ``StudentT(df, loc, scale)``."""
-        result: dist.TorchDistribution = dist.StudentT(self.df, self.loc, self.scale)
+        result: TorchDistributionMixin = dist.StudentT(self.df, self.loc, self.scale)
         return result
 
     def extra_repr(self) -> str:
@@ -1141,9 +1145,9 @@ class ScaleMixtureNormalPrior(Prior):
         """Broadcast shape of ``pi`` and the scales."""
         return _broadcast_shape(self.logits.shape[:-1], self.scales.shape[:-1])
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Return the two-component mixture (its support: the real line)."""
-        result: dist.TorchDistribution = _NormalScaleMixture(
+        result: TorchDistributionMixin = _NormalScaleMixture(
             dist.Categorical(logits=self.logits),
             dist.Normal(torch.zeros_like(self.scales), self.scales),
         )
@@ -1283,7 +1287,7 @@ class DistributionPrior(Prior):
             if name in table and not _is_dependent(table[name])
         }
 
-    def elementwise(self) -> dist.TorchDistribution:
+    def elementwise(self) -> TorchDistributionMixin:
         """Rebuild the wrapped distribution from the buffers."""
         kwargs = {name: getattr(self, name) for name in self._names}
         built = self._cls(**kwargs)
@@ -1330,7 +1334,7 @@ class CallablePrior(Prior):
             )
         self.fn = fn
 
-    def forward(self, shape: Sequence[int]) -> dist.TorchDistribution:
+    def forward(self, shape: Sequence[int]) -> TorchDistributionMixin:
         """Call ``fn(shape)`` and make the result cover the whole tensor."""
         built = self.fn(torch.Size(shape))
         if not isinstance(built, TorchDistributionMixin):
@@ -1350,7 +1354,7 @@ class CallablePrior(Prior):
                 )
             built = built.to_event(0)
             batch = torch.Size(shape)[: len(shape) - event]
-            expanded: dist.TorchDistribution = built.expand(batch).to_event(len(batch))
+            expanded: TorchDistributionMixin = built.expand(batch).to_event(len(batch))
             return expanded
         if not _broadcasts_to(built.batch_shape, torch.Size(shape)):
             raise ValueError(

@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.nn import PyroParam
 from torch import Tensor
 from torch.nn.utils.prune import BasePruningMethod
@@ -38,6 +39,7 @@ __all__ = [
     "PointMass",
     "PointMassPosterior",
     "Posterior",
+    "ScaleTransform",
     "VariationalFamily",
     "elementwise_quantiles",
 ]
@@ -47,13 +49,15 @@ __all__ = [
 _RECOMPUTING_HOOKS = (BasePruningMethod, WeightNorm, SpectralNorm)
 
 
-_SCALE_TRANSFORMS = ("softplus", "exp")
+# How a mean-field posterior's unconstrained ``rho`` maps to its scale.
+ScaleTransform = Literal["softplus", "exp"]
+_SCALE_TRANSFORMS: tuple[ScaleTransform, ...] = get_args(ScaleTransform)
 
 # The key under which a posterior's state dict records its parameterisation.
 _PARAMETERISATION = "pyrolite_bnn.parameterisation"
 
 
-def _check_scale_transform(scale_transform: str) -> str:
+def _check_scale_transform(scale_transform: ScaleTransform) -> ScaleTransform:
     if scale_transform not in _SCALE_TRANSFORMS:
         raise ValueError(
             f"scale_transform must be one of {_SCALE_TRANSFORMS}, "
@@ -112,7 +116,7 @@ class Posterior(LocalPyroModule):
         super().__init__()
         self.shape = torch.Size(shape)
 
-    def distribution(self) -> dist.TorchDistribution:
+    def distribution(self) -> TorchDistributionMixin:
         """The variational distribution of the whole tensor (all dims event)."""
         raise NotImplementedError
 
@@ -346,7 +350,7 @@ class MeanFieldNormalPosterior(Posterior):
         shape: Sequence[int],
         init_loc: Tensor,
         init_scale: float,
-        scale_transform: str = "softplus",
+        scale_transform: ScaleTransform = "softplus",
     ) -> None:
         super().__init__(shape)
         self.init_scale = init_scale
@@ -473,10 +477,10 @@ class MeanFieldNormalPosterior(Posterior):
         """``loc`` (a view of it, without gradient history)."""
         return self._loc_values()
 
-    def distribution(self) -> dist.TorchDistribution:
+    def distribution(self) -> TorchDistributionMixin:
         """``Normal(loc, softplus(rho))`` over the whole tensor."""
         normal = dist.Normal(self.loc, self.scale())
-        result: dist.TorchDistribution = normal.to_event(len(self.shape))
+        result: TorchDistributionMixin = normal.to_event(len(self.shape))
         return result
 
     def reset_parameters(
@@ -548,7 +552,7 @@ class PointMassPosterior(Posterior):
         """The value ``loc`` (a view of it, without gradient history)."""
         return self._loc_values()
 
-    def distribution(self) -> dist.TorchDistribution:
+    def distribution(self) -> TorchDistributionMixin:
         """``Delta(loc)`` over the whole tensor."""
         return dist.Delta(self.loc, event_dim=len(self.shape))
 
@@ -565,7 +569,7 @@ class PointMassPosterior(Posterior):
 
 
 def elementwise_quantiles(
-    distribution: dist.TorchDistribution,
+    distribution: TorchDistributionMixin,
     quantiles: Sequence[float] | Tensor,
     family: str,
 ) -> Tensor:
@@ -647,7 +651,7 @@ class MeanFieldNormal(VariationalFamily):
     """
 
     init_scale: float = 1e-3
-    scale_transform: str = "softplus"
+    scale_transform: ScaleTransform = "softplus"
 
     def __post_init__(self) -> None:
         check_real(self.init_scale, "MeanFieldNormal init_scale")

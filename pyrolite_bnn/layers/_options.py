@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal, get_args
 
 from torch import Tensor
 
@@ -13,9 +14,18 @@ from pyrolite_bnn.distributions.variational import (
 )
 from pyrolite_bnn.module import VIModule
 
-__all__ = ["ESTIMATORS", "EstimatorLayer", "check_estimator", "per_variable"]
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "EstimatorLayer",
+    "check_estimator",
+    "per_variable",
+]
 
-ESTIMATORS = ("auto", "reparam", "local", "flipout")
+# The layers' ``estimator=`` values (the sequence layers, embeddings and
+# transposed convolutions take "auto" and "reparam" only).
+Estimator = Literal["auto", "reparam", "local", "flipout"]
+ESTIMATORS: tuple[Estimator, ...] = get_args(Estimator)
 
 
 def per_variable(

@@ -12,7 +12,7 @@ from torch.nn import init
 from pyrolite_bnn import _particles
 from pyrolite_bnn._validation import check_floating_input, check_integer
 from pyrolite_bnn.distributions.variational import VariationalFamily
-from pyrolite_bnn.layers._options import per_variable
+from pyrolite_bnn.layers._options import Estimator, per_variable
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
     check_drawn_estimator,
@@ -190,8 +190,8 @@ class VIMultiheadAttention(VIModule):
         batch_first: bool = False,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

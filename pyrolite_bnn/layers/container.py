@@ -38,6 +38,9 @@ __all__ = [
 
 
 _Container = TypeVar("_Container", bound=nn.Module)
+# The modules of an OrderedDict given to VISequential (generic: an
+# OrderedDict[str, VILinear] fits, as mappings of a fixed type are invariant).
+_Layer = TypeVar("_Layer", bound=nn.Module)
 
 
 def _view(
@@ -127,7 +130,7 @@ class VISequential(VIModule):
         torch.Size([3, 6, 1])
     """
 
-    def __init__(self, *args: nn.Module | OrderedDict[str, nn.Module]) -> None:
+    def __init__(self, *args: nn.Module | OrderedDict[str, _Layer]) -> None:
         super().__init__()
         if len(args) == 1 and isinstance(args[0], OrderedDict):
             for name, child in args[0].items():

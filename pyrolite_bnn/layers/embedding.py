@@ -15,6 +15,7 @@ from pyrolite_bnn._validation import check_finite, check_integer, is_validation_
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
+from pyrolite_bnn.layers._options import Estimator
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
 from pyrolite_bnn.layers.registry import LayerCase, register
 from pyrolite_bnn.module import VIModule
@@ -189,8 +190,8 @@ class VIEmbedding(_VIWeightLayer):
         _freeze: bool = False,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

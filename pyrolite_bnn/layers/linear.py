@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +12,7 @@ from pyrolite_bnn._validation import check_floating_input, check_integer
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
+from pyrolite_bnn.layers._options import Estimator
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
 from pyrolite_bnn.layers.registry import LayerCase, register
 
@@ -88,8 +90,8 @@ class VILinear(_VIWeightLayer):
         bias: bool = True,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

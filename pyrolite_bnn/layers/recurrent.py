@@ -14,6 +14,7 @@ front, ``(S, num_layers * num_directions, B, H)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from pyrolite_bnn._validation import check_floating_input, check_integer
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
 from pyrolite_bnn.layers._base import options_repr
-from pyrolite_bnn.layers._options import per_variable
+from pyrolite_bnn.layers._options import Estimator, per_variable
 from pyrolite_bnn.layers._packed import PackedInput
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
@@ -74,8 +75,8 @@ class _VIRNNBase(VIModule):
         proj_size: int = 0,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -560,8 +561,8 @@ class VIGRU(_VIRNNBase):
         bidirectional: bool = False,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

@@ -22,6 +22,7 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn._network import network_modules
 from pyrolite_bnn._validation import check_floating_input
 from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.layers._options import Estimator
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
     check_drawn_estimator,
@@ -418,8 +419,8 @@ class VITransformerEncoderLayer(_VITransformerLayer):
         bias: bool = True,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -524,8 +525,8 @@ class VITransformerDecoderLayer(_VITransformerLayer):
         bias: bool = True,
         *,
         prior: object = None,
-        variational: VariationalFamily | dict[str, VariationalFamily] | None = None,
-        estimator: str = "auto",
+        variational: VariationalFamily | Mapping[str, VariationalFamily] | None = None,
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -959,7 +960,7 @@ class VITransformer(_SequenceModule):
         *,
         prior: object = None,
         variational: VariationalFamily | None = None,
-        estimator: str = "auto",
+        estimator: Estimator = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

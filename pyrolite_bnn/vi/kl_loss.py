@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, SupportsFloat, SupportsIndex
 
 import torch
 from torch import Tensor
@@ -100,8 +100,8 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
     def __init__(
         self,
         predictive_distribution: object,
-        dataset_size: int | None = None,
-        heat: float = 1.0,
+        dataset_size: SupportsIndex | None = None,
+        heat: SupportsFloat = 1.0,
         track: bool = False,
         *,
         kl: KLMode = "auto",
@@ -127,7 +127,7 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         return BnnKullbackLeiblerLoss.dataset_size.fget(self)  # type: ignore[attr-defined,no-any-return]
 
     @dataset_size.setter
-    def dataset_size(self, value: int | None) -> None:
+    def dataset_size(self, value: SupportsIndex | None) -> None:
         self.__dict__["_size_missing"] = value is None
         if value is not None:  # validated as the library's loss does
             BnnKullbackLeiblerLoss.dataset_size.fset(self, value)  # type: ignore[attr-defined]

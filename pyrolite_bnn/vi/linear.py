@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from pyrolite_bnn.layers._options import Estimator
 from pyrolite_bnn.layers.linear import VILinear as BnnVILinear
 from pyrolite_bnn.vi.base import VariableSpecs, VIModule
 
@@ -60,7 +61,7 @@ class VILinear(BnnVILinear, VIModule):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        estimator: str = "auto",
+        estimator: Estimator = "auto",
     ) -> None:
         specs = VariableSpecs(
             {

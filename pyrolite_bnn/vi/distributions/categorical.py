@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor
 
 from pyrolite_bnn._validation import (
@@ -26,6 +27,9 @@ from pyrolite_bnn.vi.distributions.base import (
 )
 
 __all__ = ["Categorical"]
+
+# torch_blue's ``input_type=``: the network outputs logits or probabilities.
+InputType = Literal["logits", "probs"]
 
 
 class _ProbsCategorical(BnnCategorical):
@@ -80,14 +84,14 @@ class _ProbsCategorical(BnnCategorical):
         """Normalised log probabilities of a probability output."""
         return torch.log(output / output.sum(-1, keepdim=True) + self.eps)
 
-    def distribution(self, output: Tensor) -> dist.TorchDistribution:
+    def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Categorical`` of the normalised probabilities.
 
         Built here, not by ``Categorical.distribution``, whose output check
         would read the logits as probabilities.
         """
         self.check_output(output)
-        result: dist.TorchDistribution = dist.Categorical(
+        result: TorchDistributionMixin = dist.Categorical(
             logits=self.logits(output)
         ).to_event(output.dim() - 3)
         return result
@@ -147,8 +151,8 @@ class Categorical(PredictiveDistribution):
 
     distribution_parameters = ("probs",)
 
-    def __init__(self, input_type: str = "logits", eps: float = 1e-5) -> None:
-        if input_type not in ("logits", "probs"):
+    def __init__(self, input_type: InputType = "logits", eps: float = 1e-5) -> None:
+        if input_type not in get_args(InputType):
             raise AssertionError("input_type must be logits or probs")
         if not (check_real(eps, "Categorical eps") >= 0 and math.isfinite(eps)):
             raise ValueError(f"Categorical eps must be >= 0, got {eps!r}")

@@ -8,6 +8,7 @@ from typing import Any
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
 
 from pyrolite_bnn.distributions.mixture_quantiles import gaussian_mixture_quantile
@@ -58,10 +59,10 @@ class _LossDensity(dist.TorchDistribution):
         self.elements = event_shape.numel()
         super().__init__(loc.shape[:split], event_shape, validate_args=False)
 
-    def _proportional(self) -> dist.TorchDistribution:
+    def _proportional(self) -> TorchDistributionMixin:
         """The normalised distribution whose density this is proportional to."""
         dims = len(self.event_shape)
-        result: dist.TorchDistribution
+        result: TorchDistributionMixin
         if self.squared:
             scale = math.sqrt(self.elements / 2)
             result = dist.Normal(self.loc, scale).to_event(dims)

@@ -6,8 +6,12 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
+# The distributions by their path: that package imports this module, and the
+# names resolve (typing.get_type_hints) once both are loaded.
+import pyrolite_bnn
+
 if TYPE_CHECKING:
-    from pyrolite_bnn.vi.distributions import Prior, VariationalDistribution
+    import pyrolite_bnn.vi.distributions
 
 __all__ = ["VIkwargs", "vikwargs_of"]
 
@@ -36,8 +40,10 @@ class VIkwargs(TypedDict, total=False):
         4
     """
 
-    variational_distribution: VariationalDistribution | Any
-    prior: Prior | Any
+    variational_distribution: (
+        pyrolite_bnn.vi.distributions.VariationalDistribution | Any
+    )
+    prior: pyrolite_bnn.vi.distributions.Prior | Any
     rescale_prior: bool
     kaiming_initialization: bool
     prior_initialization: bool
