@@ -10,21 +10,20 @@ from __future__ import annotations
 import importlib
 import importlib.resources
 import inspect
-import pkgutil
 import shutil
 import subprocess
 import sys
-import types
 import typing
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
+from public_api import public_callables
 from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
@@ -181,43 +180,6 @@ def test_posterior_distributions_are_what_is_annotated(
     _returns_its_annotation(posterior.distribution)
 
 
-def _public_modules() -> Iterator[types.ModuleType]:
-    """The package, ``vi`` and every module without a private part in its path."""
-    yield bnn
-    yield vi
-    for info in pkgutil.walk_packages(bnn.__path__, "pyrolite_bnn."):
-        parts = info.name.split(".")[1:]
-        if not any(part.startswith("_") for part in parts) and parts[-1] != "demo":
-            yield importlib.import_module(info.name)
-
-
-def _public_callables() -> dict[str, object]:
-    """Classes, functions and the classes' public and dunder methods/properties."""
-    found: dict[str, object] = {}
-    for module in _public_modules():
-        for name in module.__all__:
-            obj = getattr(module, name)
-            if not getattr(obj, "__module__", "").startswith("pyrolite_bnn"):
-                continue  # a module, a constant, or a re-exported torch/pyro name
-            if not inspect.isclass(obj):
-                if callable(obj):
-                    found.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
-                continue
-            found.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
-            for member, value in vars(obj).items():
-                if member.startswith("_") and not member.endswith("__"):
-                    continue
-                if isinstance(value, property):
-                    functions = [value.fget, value.fset]
-                else:
-                    functions = [getattr(value, "__func__", value)]
-                for function in functions:
-                    if inspect.isfunction(function):
-                        key = f"{obj.__module__}.{obj.__qualname__}.{member}"
-                        found.setdefault(key, function)
-    return found
-
-
 # plot's annotations name matplotlib's Axes, imported for type checkers only:
 # importing plot must not import the optional matplotlib (test_plot.py).
 _NEEDS_AXES = ("regression_bands", "reliability_diagram", "uncertainty_histogram")
@@ -229,7 +191,7 @@ def test_type_hints_resolve_on_every_public_callable() -> None:
     Names imported only for type checkers (an import cycle, an optional
     dependency) made it raise ``NameError`` on 12 public callables.
     """
-    callables = _public_callables()
+    callables = public_callables()
     assert len(callables) > 500  # the walk found the API
     for name in _NEEDS_AXES:
         del callables[f"pyrolite_bnn.plot.{name}"]
