@@ -214,9 +214,9 @@ class PriorDict(nn.ModuleDict):
         super().__setitem__(name, module)
 
     def __getitem__(self, name: str) -> Prior:
-        module = self._modules[name]
-        assert isinstance(module, Prior)
-        return module
+        # Typed for the layers' priors; torch_blue's attention (vi) keeps None
+        # placeholders for the variables it splits, read back as they are.
+        return cast("Prior", self._modules[name])
 
     def values(self) -> ValuesView[Prior]:
         """Prior modules (each set up by :meth:`declare` or item assignment)."""
