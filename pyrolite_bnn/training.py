@@ -234,9 +234,11 @@ def _dropped(loader: object) -> str:
         return ""
     size = getattr(batches, "batch_size", None)
     examples = _length(getattr(batches, "sampler", None))
-    counts = "" if examples is None else f" ({examples} examples, batch_size={size})"
+    if examples is None or not isinstance(size, int) or examples >= size:
+        return ""  # not the cause (an exhausted stream, a sampler without length)
     return (
-        f": it has drop_last=True and fewer examples than one batch{counts}, so "
+        f": it has drop_last=True and fewer examples than one batch ({examples} "
+        f"examples, batch_size={size}), so "
         "its only, partial batch is dropped; use drop_last=False or a smaller "
         "batch_size"
     )
@@ -442,13 +444,17 @@ def _length(source: object) -> int | None:
         return None
 
 
-# Samplers that draw from the whole data set (fewer draws than examples
-# subsample it each epoch) or one rank's share of it: not a part to train on.
-_WHOLE_SET_SAMPLERS = (
-    torch.utils.data.RandomSampler,
-    torch.utils.data.WeightedRandomSampler,
-    torch.utils.data.DistributedSampler,
-)
+def _picks_a_part(sampler: object) -> bool:
+    """Whether ``sampler`` trains on a fixed part of its data set.
+
+    A ``SubsetRandomSampler`` (active learning's labelled part of a pool) or
+    a sequence of indices given as the sampler. Other samplers with fewer
+    draws than examples (``RandomSampler(num_samples=...)``, a
+    class-balancing sampler drawing with replacement) may reach every
+    example: the training set is then the whole data set, and which one a
+    user's sampler means cannot be told, so it is left to them.
+    """
+    return isinstance(sampler, torch.utils.data.SubsetRandomSampler | Sequence)
 
 
 def _subset_sampled(loader: DataLoader[Any]) -> tuple[int, str, str] | None:
@@ -457,8 +463,8 @@ def _subset_sampled(loader: DataLoader[Any]) -> tuple[int, str, str] | None:
     Returns:
         ``(examples, expression, kind)``: the sampler's length, below the data
         set's; how to write it (``len(train_loader.sampler)``); the sampler's
-        type. ``None`` for samplers of the whole data set (see
-        :data:`_WHOLE_SET_SAMPLERS`) and data sets without a length.
+        type. ``None`` for samplers that may reach the whole data set (see
+        :func:`_picks_a_part`) and data sets without a length.
     """
     whole = _length(loader.dataset)
     if whole is None:
@@ -470,7 +476,7 @@ def _subset_sampled(loader: DataLoader[Any]) -> tuple[int, str, str] | None:
             "train_loader.batch_sampler.sampler",
         ),
     ):
-        if source is None or isinstance(source, _WHOLE_SET_SAMPLERS):
+        if not _picks_a_part(source):
             continue
         size = _length(source)
         if size is not None and size < whole:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -356,13 +357,39 @@ def test_a_subset_samplers_length_is_the_dataset_size() -> None:
     with pytest.warns(UserWarning, match=r"len\(train_loader\.batch_sampler\.sampler"):
         fit(model, loss(N), batches, epochs=1, progress=False)
     fit(model, loss(32), batches, epochs=1, progress=False)  # no warning
-    # Fewer random draws than examples subsample the whole set: N stays right.
+    # Fewer random draws than examples subsample the whole set: N stays right,
+    # also for a user's sampler (a class-balancing one drawing with
+    # replacement), which the first version told to use its length (probe).
     for sampler in (
         torch.utils.data.RandomSampler(pool, replacement=True, num_samples=16),
         torch.utils.data.WeightedRandomSampler(torch.ones(N), num_samples=16),
+        _Balancing(N, 16),
     ):
         subsampled = torch.utils.data.DataLoader(pool, batch_size=8, sampler=sampler)
         fit(model, loss(N), subsampled, epochs=1, progress=False)  # no warning
+
+
+class _Balancing(torch.utils.data.Sampler[int]):
+    """Draws ``count`` of ``size`` indices with replacement each epoch."""
+
+    def __init__(self, size: int, count: int) -> None:
+        self.size, self.count = size, count
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randint(self.size, (self.count,)).tolist())
+
+    def __len__(self) -> int:
+        return self.count
+
+
+class _Stream(torch.utils.data.IterableDataset[tuple[Tensor, Tensor]]):
+    """A one-shot stream: its examples come once, then it is exhausted."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.examples = iter(list(zip(x, y, strict=True)))
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.examples
 
 
 def test_no_batches_because_of_drop_last_says_so() -> None:
@@ -384,6 +411,10 @@ def test_no_batches_because_of_drop_last_says_so() -> None:
     empty: list[tuple[Tensor, Tensor]] = []  # no drop_last to name
     with pytest.raises(ValueError, match=r"yielded no batches in epoch 0$"):
         fit(_net(), _loss(), empty, epochs=1, progress=False)
+    # An exhausted stream with drop_last=True: not drop_last's doing (probe).
+    stream = torch.utils.data.DataLoader(_Stream(x, y), batch_size=8, drop_last=True)
+    with pytest.raises(ValueError, match=r"yielded no batches in epoch 1$"):
+        fit(_net(), _loss(), stream, epochs=2, progress=False)
 
 
 class _NoLength(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
