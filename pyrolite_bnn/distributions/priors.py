@@ -411,6 +411,17 @@ class Prior(nn.Module):
         """
         return type(self).__name__
 
+    def _hyperparameter_family(self) -> str:
+        """What the hyperparameters' values mean, as state dicts record it.
+
+        The distribution family they parameterise: the same for the priors
+        that write it another way (``NormalPrior``, a subclass of it,
+        ``DistributionPrior`` of a ``Normal``: ``loc`` and ``scale`` of a
+        Normal), so that a state of one loads into the other. Here the class
+        name (:meth:`family`).
+        """
+        return self.family()
+
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """Buffer name -> constraint its values must satisfy (checked on loading)."""
         return {}
@@ -587,7 +598,7 @@ class Prior(nn.Module):
         keys are unchanged.
         """
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        record_in_state(destination, prefix, _FAMILY, self.family())
+        record_in_state(destination, prefix, _FAMILY, self._hyperparameter_family())
 
     def _load_from_state_dict(
         self,
@@ -614,10 +625,12 @@ class Prior(nn.Module):
             for name in (*self._parameters, *self._buffers)
             if prefix + name in state_dict
         ]
-        if saved is not None and saved != self.family() and held:
+        family = self._hyperparameter_family()
+        if saved is not None and saved != family and held:
             error_msgs.append(  # load_state_dict raises a RuntimeError
-                f"prior {prefix[:-1]!r} is a {self.family()}, the state dict holds "
-                f"the hyperparameters of a {saved} ({', '.join(held)}), which mean "
+                f"prior {prefix[:-1]!r} is a {type(self).__name__} ({family}), the "
+                f"state dict holds the hyperparameters of a {saved} prior "
+                f"({', '.join(held)}), which mean "
                 "other things: build the layer with the saved prior to load this "
                 "state (or delete these keys from it, del state[key], and load "
                 "with strict=False to keep this prior)"
@@ -811,6 +824,9 @@ class NormalPrior(Prior):
         term = self.kl_from_normal(locs, scales)
         assert term is not None
         return term
+
+    def _hyperparameter_family(self) -> str:
+        return "Normal"  # loc, scale (, df) of a Normal: as a DistributionPrior
 
     def elementwise(self) -> TorchDistributionMixin:
         """Return ``Normal(loc, scale)``."""
@@ -1023,6 +1039,9 @@ class LaplacePrior(Prior):
         """``loc`` finite, ``scale`` positive."""
         return {"loc": _finite_real, "scale": _finite_positive}
 
+    def _hyperparameter_family(self) -> str:
+        return "Laplace"  # loc, scale (, df) of a Laplace: as a DistributionPrior
+
     def elementwise(self) -> TorchDistributionMixin:
         """Return ``Laplace(loc, scale)``."""
         result: TorchDistributionMixin = dist.Laplace(self.loc, self.scale)
@@ -1070,6 +1089,9 @@ class StudentTPrior(Prior):
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """``df`` and ``scale`` positive, ``loc`` finite."""
         return {"df": _finite_positive, "loc": _finite_real, "scale": _finite_positive}
+
+    def _hyperparameter_family(self) -> str:
+        return "StudentT"  # loc, scale (, df) of a StudentT: as a DistributionPrior
 
     def elementwise(self) -> TorchDistributionMixin:
         """Return ``StudentT(df, loc, scale)``."""
@@ -1271,6 +1293,11 @@ class DistributionPrior(Prior):
     def family(self) -> str:
         """``DistributionPrior(<wrapped class>)``."""
         return f"{type(self).__name__}({self._cls.__name__})"
+
+    def _hyperparameter_family(self) -> str:
+        # The wrapped class's arguments, named as torch names them: a Normal's
+        # loc and scale are NormalPrior's.
+        return self._cls.__name__
 
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """The wrapped distribution's ``arg_constraints`` of its tensor arguments.

@@ -1190,10 +1190,30 @@ def test_a_prior_state_of_another_family_is_refused(
     )
 
 
-def test_a_prior_state_of_the_same_family_loads() -> None:
-    source = bnn.VILinear(3, 2, prior=bnn.LaplacePrior(0.5, 2.0))
-    layer = bnn.VILinear(3, 2, prior=bnn.LaplacePrior())
+class _MyNormalPrior(bnn.NormalPrior):
+    """A user's subclass: the same hyperparameters as its base."""
+
+
+@pytest.mark.parametrize(
+    ("saved", "prior"),
+    [
+        (bnn.LaplacePrior(0.5, 2.0), bnn.LaplacePrior()),
+        # The same family written another way (howto offers both spellings):
+        # the first version refused these by class name (probe falsepos6).
+        (torch.distributions.Laplace(0.5, 2.0), bnn.LaplacePrior()),
+        (bnn.LaplacePrior(0.5, 2.0), torch.distributions.Laplace(0.0, 1.0)),
+        (bnn.NormalPrior(0.5, 2.0), torch.distributions.Normal(0.0, 1.0)),
+        (bnn.NormalPrior(0.5, 2.0), _MyNormalPrior()),
+        (bnn.StudentTPrior(3.0, 0.5, 2.0), torch.distributions.StudentT(4.0)),
+    ],
+)
+def test_a_prior_state_of_the_same_family_loads(saved: object, prior: object) -> None:
+    source = bnn.VILinear(3, 2, prior=saved)
+    layer = bnn.VILinear(3, 2, prior=prior)
     layer.load_state_dict(source.state_dict())
     torch.testing.assert_close(
         layer.prior["weight"].scale, torch.full((), 2.0), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        layer.prior["weight"].loc, torch.full((), 0.5), rtol=0, atol=0
     )
