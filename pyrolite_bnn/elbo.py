@@ -357,12 +357,14 @@ def _warning_of_dropped_densities(guide: Any) -> Any:
             warn_at_caller(
                 f"TraceMeanField_ELBO: the guide's site {found.sites[0]!r} is a "
                 "Delta with a non-zero log_density (the log-Jacobian of a guide "
-                "that maps auxiliary latents to the weights, as AutoStructured "
-                "does), which Pyro's closed-form KL of a Delta drops "
+                "that maps latents in another space to this site: AutoStructured's "
+                "auxiliary latents, an autoguide's unconstrained value of a "
+                "constrained site such as a noise scale), which Pyro's "
+                "closed-form KL of a Delta drops "
                 "(pyro.distributions.kl._kl_delta): this loss and its gradients "
                 "are not the ELBO's, and training optimises another objective. "
-                "Use bnn.Trace_ELBO, whose value the PyTorch loop's loss "
-                "(kl='auto') equals here",
+                "Use bnn.Trace_ELBO, which counts it (as the PyTorch-style "
+                "loss's kl='auto' does for a network's weights)",
                 past=(PYRO_FOLDER,),
             )
         return result
