@@ -344,6 +344,25 @@ class VIEmbedding(_VIWeightLayer):
         if key in missing_keys:
             missing_keys.remove(key)
 
+    def reset_parameters(self) -> None:
+        """Re-initialise as ``torch.nn.Embedding``: ``N(0, 1)`` rows, padding row 0.
+
+        Scales return to their initial value, priors to the hyperparameters
+        they were built with.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> embed = bnn.VIEmbedding(5, 2, padding_idx=0)
+            >>> embed.set_padding_row(torch.ones(2))
+            >>> embed.reset_parameters()
+            >>> embed.padding_row
+            tensor([0., 0.])
+        """
+        super().reset_parameters()
+        if self.padding_row is not None:
+            with torch.no_grad():
+                self.padding_row.zero_()
+
     def _initial_means(self) -> dict[str, Tensor]:
         """``N(0, 1)`` rows, as ``torch.nn.Embedding`` (same draws for a seed)."""
         loc = self.posterior["weight"].loc
