@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,6 +44,24 @@ def _with_row(rows: Tensor, row: int | None, value: Tensor | None) -> Tensor:
         return rows
     inserted = value.to(rows.dtype).expand(*rows.shape[:-2], 1, rows.shape[-1])
     return torch.cat([rows[..., :row, :], inserted, rows[..., row:, :]], dim=-2)
+
+
+@dataclass(frozen=True)
+class _NormalRows:
+    """``N(0, 1)`` rows of a table but its ``padding_idx`` one (drawn, left out).
+
+    The random numbers of ``torch.nn.Embedding``'s whole table, so that a
+    seeded layer starts at the seeded torch layer's rows.
+    """
+
+    padding_idx: int | None
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        """Fill ``rows`` ``(num_embeddings - 1 or not, embedding_dim)`` in place."""
+        padded = self.padding_idx is not None
+        table = rows.new_empty((rows.shape[0] + padded, rows.shape[1])).normal_()
+        with torch.no_grad():
+            return rows.copy_(_without_row(table, self.padding_idx))
 
 
 def _weights_to_means(module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
@@ -363,15 +382,11 @@ class VIEmbedding(_VIWeightLayer):
             with torch.no_grad():
                 self.padding_row.zero_()
 
-    def _initial_means(self) -> dict[str, Tensor]:
+    def _mean_init(
+        self, name: str, shapes: Mapping[str, tuple[int, ...]]
+    ) -> Callable[[Tensor], Tensor]:
         """``N(0, 1)`` rows, as ``torch.nn.Embedding`` (same draws for a seed)."""
-        loc = self.posterior["weight"].loc
-        table = torch.empty(
-            (self.num_embeddings, self.embedding_dim),
-            dtype=loc.dtype,
-            device=loc.device,
-        ).normal_()
-        return {"weight": _without_row(table, self.padding_idx)}
+        return _NormalRows(self.padding_idx)
 
     def forward(self, input: Tensor) -> Tensor:
         """Look the indices up in every particle's table."""
