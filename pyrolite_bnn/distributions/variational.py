@@ -30,7 +30,12 @@ from torch.nn.utils.weight_norm import WeightNorm
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._state import record_in_state, recorded
-from pyrolite_bnn._validation import check_finite, check_normal_number, check_real
+from pyrolite_bnn._validation import (
+    check_finite,
+    check_normal_number,
+    check_real,
+    readable_all,
+)
 
 __all__ = [
     "MeanFieldNormal",
@@ -583,7 +588,8 @@ class MeanFieldNormalPosterior(Posterior):
         with torch.no_grad():
             self._set_loc(init_loc)
             if isinstance(scale, Tensor):
-                if not bool(((scale > 0) & torch.isfinite(scale)).all()):
+                # A scale on the meta device has no values to check.
+                if not readable_all((scale > 0) & torch.isfinite(scale)):
                     raise ValueError("init_scale must be positive and finite")
                 rho = _rho_of(scale, self.scale_transform)
                 self.rho_unconstrained.copy_(rho.expand_as(self.rho_unconstrained))
