@@ -395,7 +395,7 @@ class VIEmbedding(_VIWeightLayer):
                 "VIEmbedding expected integer indices (int64 or int32) of shape "
                 f"(batch, ...), got {input.dtype} of shape {tuple(input.shape)}"
             )
-        if is_validation_enabled() and input.numel():
+        if is_validation_enabled() and input.numel() and not input.is_meta:
             low, high = int(input.min()), int(input.max())
             if low < 0 or high >= self.num_embeddings:
                 raise ValueError(
@@ -411,6 +411,10 @@ class VIEmbedding(_VIWeightLayer):
             self.padding_row,
         )
         rows = self._random_rows()
+        if isinstance(rows, NormalMoments) and input.is_meta:
+            # Which rows are looked up is unknown on the meta device (shape
+            # inference): a whole table is drawn, with the same output shape.
+            rows = self.posterior["weight"].reparameterize(rows, current_samples())
         if isinstance(rows, NormalMoments):
             return functional.embedding_rows(
                 input, rows.loc, rows.scale, current_samples(), *options

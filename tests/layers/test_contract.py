@@ -536,6 +536,22 @@ def test_deferred_initialisation_module_by_module(
 
 
 @parametrize_cases
+def test_forward_on_the_meta_device_infers_the_output_shapes(
+    entry: LayerEntry, case: LayerCase
+) -> None:
+    """As torch's layers allow (shape inference without memory): VILSTM/VIGRU
+    failed (no autocast for the meta device) and VIEmbedding too (its index
+    check read the values, its row draw needs them)."""
+    x = case.make_input()
+    expected = [t.shape for t in _tensors(_call(_make(entry, case), case, x))]
+    with torch.device("meta"):
+        layer = _make(entry, case)
+        out = _tensors(_call(layer, case, x.to("meta")))
+    assert all(t.is_meta for t in out)
+    assert [t.shape for t in out] == expected
+
+
+@parametrize_cases
 def test_state_dict_round_trip(entry: LayerEntry, case: LayerCase) -> None:
     layer = _make(entry, case, prior=bnn.NormalPrior(0.1, 0.7))
     _widen(layer)
