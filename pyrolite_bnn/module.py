@@ -358,6 +358,7 @@ class VIModule(LocalPyroModule):
         variational: VariationalFamily | None = None,
         *,
         units: UnitLayout | None = None,
+        init: Callable[[Tensor], Tensor] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -367,7 +368,8 @@ class VIModule(LocalPyroModule):
         ``self.posterior[name]`` (built by ``variational``, default
         :class:`~pyrolite_bnn.MeanFieldNormal`), and makes ``self.<name>`` a Pyro
         sample site. Initialise the posterior afterwards with
-        ``self.posterior[name].reset_parameters(init)``.
+        ``self.posterior[name].reset_parameters(init(...))``, or
+        ``self.posterior[name].reset_parameters()`` to draw with ``init``.
 
         Args:
             name: attribute name, not yet an attribute of the module.
@@ -379,6 +381,13 @@ class VIModule(LocalPyroModule):
             units: where the tensor's output units lie, for per-unit priors
                 (``None``: along the first dimension, as in a ``VILinear``
                 weight; see :class:`~pyrolite_bnn.variables.UnitLayout`).
+            init: how the posterior mean is initialised: a function that fills
+                a tensor of ``shape`` in place and returns it
+                (``torch.nn.init.ones_``); the posterior's
+                :attr:`~pyrolite_bnn.distributions.variational.Posterior.loc_init`.
+                With it, a ``reset_parameters()`` of the posterior on its own
+                (FSDP's deferred initialisation) draws the mean as the layer
+                would; ``None``: such a reset keeps the mean.
             device: device of the parameters and prior buffers.
             dtype: floating dtype of the parameters and prior buffers.
 
@@ -409,8 +418,14 @@ class VIModule(LocalPyroModule):
                 f"{type(layout).__name__}"
             )
         layout.check(size)
-        init = torch.zeros(size, device=device, dtype=dtype)
-        posterior = family.build(size, init)
+        if init is not None and not callable(init):
+            raise TypeError(
+                "init must be a function that fills a tensor in place "
+                f"(torch.nn.init.ones_), got {type(init).__name__}"
+            )
+        zeros = torch.zeros(size, device=device, dtype=dtype)
+        posterior = family.build(size, zeros)
+        posterior.loc_init = init
         priors = self.prior
         assert isinstance(priors, PriorDict)
         priors.declare(name, prior, size, layout, posterior)

@@ -35,7 +35,7 @@ from torch.distributions import (
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import LazyDraws, kl_without_gradients
-from pyrolite_bnn._validation import distribution_checks_off
+from pyrolite_bnn._validation import distribution_checks_off, is_validation_enabled
 from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.priors import Prior
 from pyrolite_bnn.distributions.variational import NormalMoments
@@ -424,12 +424,15 @@ class LayerRecord(ForwardRecord):
         total: Tensor | float = 0.0
         # Closed forms that priors take together (the default prior's): by key.
         groups: dict[Hashable, tuple[Prior, list[NormalMoments]]] = {}
+        validate = is_validation_enabled()
         with distribution_checks_off():
             for index, variable in enumerate(self.variables):
+                prior = variable.module.prior[variable.name]
+                assert isinstance(prior, Prior)
+                if validate:  # reads each buffer once per value
+                    prior.check_values()
                 moments = _widened(self.draws.moments_at(index))
                 if mode != "mc" and moments is not None:
-                    prior = variable.module.prior[variable.name]
-                    assert isinstance(prior, Prior)
                     key = prior.closed_form_group(moments.loc)
                     if key is not None:
                         groups.setdefault(key, (prior, []))[1].append(moments)

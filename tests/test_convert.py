@@ -227,6 +227,55 @@ def test_moped_prior_and_posterior() -> None:
         bnn.convert(module, moped=0.1, prior=bnn.LaplacePrior())
 
 
+class _Tagger(nn.Module):
+    """Embedding (padding), convolution, batch norm, attention, linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 8, padding_idx=0)
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.norm = nn.BatchNorm1d(8)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = self.norm(self.conv(self.embed(tokens).transpose(1, 2))).transpose(1, 2)
+        h, _ = self.attention(h, h, h)
+        return self.head(h.mean(1))
+
+
+def test_moped_converts_a_skeleton_on_the_meta_device_to_load_a_state_into() -> None:
+    """The documented reload of a MOPED model (a fresh copy of the
+    architecture, converted with the same moped=, then the saved state) with
+    the copy built on the meta device: convert raised "Tensor.item() cannot
+    be called on meta tensors" (the posterior's scale check read the values).
+    Assigned the state, it is the saved model exactly."""
+    torch.manual_seed(0)
+    saved = bnn.convert(_Tagger().eval(), moped=0.1)
+    state = saved.state_dict()
+    with torch.device("meta"):
+        skeleton = _Tagger()
+    loaded = bnn.convert(skeleton, moped=0.1)
+    assert all(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    loaded.load_state_dict(state, assign=True)
+    got = loaded.state_dict()
+    assert got.keys() == state.keys()
+    for key, value in state.items():
+        assert not got[key].is_meta, key
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    tokens = torch.randint(0, 10, (4, 6))
+    saved.eval()
+    loaded.eval()
+    torch.manual_seed(1)
+    expected = saved(tokens, samples=3)
+    torch.manual_seed(1)
+    torch.testing.assert_close(loaded(tokens, samples=3), expected, rtol=0, atol=0)
+    # A scale that is no valid one is still refused where values are known.
+    posterior = saved.head.posterior["weight"]
+    with pytest.raises(ValueError, match="positive and finite"):
+        posterior.reset_parameters(None, -torch.ones(3, 8))
+
+
 def test_moped_refuses_an_init_scale_it_would_replace() -> None:
     """MOPED sets every posterior scale to delta * |w|: an init_scale given with
     variational= was dropped without a word, while the posterior's repr still

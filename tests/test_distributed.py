@@ -24,6 +24,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (
@@ -640,3 +641,84 @@ _SCENARIOS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
     "early_stopping": _early_stopping,
     "nan_guard": _nan_guard,
 }
+
+
+# ------------------------------------------------- FSDP's deferred initialisation
+class _Mixed(bnn.VIModule):
+    """One of each layer whose posteriors FSDP initialises one by one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = bnn.VIEmbedding(10, 8, padding_idx=0)
+        self.conv = bnn.VIConv2d(1, 2, 3)
+        self.lstm = bnn.VILSTM(8, 8, batch_first=True)
+        self.attention = bnn.VIMultiheadAttention(8, 2, batch_first=True)
+        self.head = bnn.VILinear(8, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h, _ = self.lstm(self.embed(tokens))
+        h, _ = self.attention(h, h, h)
+        return self.head(h.mean(1))
+
+
+def _param_init_fn(module: nn.Module) -> None:
+    """The usual ``param_init_fn`` of FSDP."""
+    module.to_empty(device=torch.device("cpu"), recurse=False)
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        reset()
+
+
+@pytest.mark.parametrize("init", [None, _param_init_fn], ids=["default", "init_fn"])
+def test_fsdp_initialises_a_model_built_on_the_meta_device(
+    tmp_path: Path, init: Callable[[nn.Module], None] | None
+) -> None:
+    """FSDP (world size 1, gloo, CPU) materialises a meta-built model module
+    by module, never calling a layer's reset for its posteriors: every
+    posterior mean held uninitialised memory (1e37, NaN) and the padding row
+    too. Now every tensor is finite: the means within the bound of torch's
+    initialisation of each layer, scales at ``init_scale``, priors as built,
+    the padding row zero."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with torch.device("meta"):
+        model = _Mixed()
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FSDP's notes on CPU, deprecation
+            wrapped = FullyShardedDataParallel(
+                model,
+                device_id=torch.device("cpu"),
+                use_orig_params=True,
+                param_init_fn=init,
+            )
+            with FullyShardedDataParallel.summon_full_params(wrapped):
+                state = {k: v.clone() for k, v in model.state_dict().items()}
+    finally:
+        dist.destroy_process_group()
+    assert all(bool(torch.isfinite(v).all()) for v in state.values())
+    bounds = {  # torch's initialisation: uniform bounds of the means
+        "embed.": 6.0,  # N(0, 1) rows (80 numbers: 6 sigma)
+        "conv.": 9**-0.5,
+        "lstm.": 8**-0.5,
+        "attention.posterior": (6 / (8 + 24)) ** 0.5,
+        "attention.out_proj": 8**-0.5,
+        "head.": 8**-0.5,
+    }
+    means = [k for k in state if k.endswith("loc_unconstrained")]
+    assert len(means) == 13
+    for key in means:
+        bound = next(b for prefix, b in bounds.items() if key.startswith(prefix))
+        zero = key.startswith("attention") and "bias" in key  # torch's zeros
+        assert state[key].abs().max() <= (0.0 if zero else bound), key
+        assert zero or state[key].std() > 0, key
+    for key in (k for k in state if k.endswith("rho_unconstrained")):
+        scale = F.softplus(state[key])
+        torch.testing.assert_close(scale, torch.full_like(scale, 1e-3), msg=key)
+    for key in (k for k in state if ".prior." in k or k.startswith("prior")):
+        expected = 0.0 if key.endswith("loc") else 1.0
+        torch.testing.assert_close(state[key], torch.full_like(state[key], expected))
+    torch.testing.assert_close(state["embed.padding_row"], torch.zeros(8))

@@ -150,7 +150,7 @@ def _network(name: str) -> tuple[nn.Module, Tensor, int]:
         if isinstance(module, bnn.VIModule) and module.declared_variables():
             for posterior in module.posterior.values():
                 if isinstance(posterior, MeanFieldNormalPosterior):
-                    posterior.reset_parameters(init_scale=0.1)
+                    posterior.reset_parameters(posterior.loc.detach(), 0.1)
     axis = 1 if name == "sequence-first" else 0
     return net, torch.randn(shape), axis
 

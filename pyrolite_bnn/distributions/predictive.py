@@ -958,12 +958,43 @@ class _ScaleLikelihood(PredictiveDistribution):
                 f"whose square (the variance) is a normal "
                 f"{torch.get_default_dtype()} number; got {value!r}"
             )
+        self._initial_scale = float(value)  # what reset_parameters returns to
         if self.learned:
-            raw = torch.tensor(inverse_softplus(float(value)))
-            setattr(self, "raw_scale", PyroParam(raw, constraints.real))  # noqa: B010
-            self._initial_raw_scale = float(raw)
+            raw = inverse_softplus(float(value))
+            # the stored (default dtype) number; read on the CPU, as the
+            # parameter may be built on the meta device
+            self._initial_raw_scale = float(torch.tensor(raw, device="cpu"))
+            param = PyroParam(torch.tensor(raw), constraints.real)
+            setattr(self, "raw_scale", param)  # noqa: B010
         else:
             self.register_buffer("fixed_scale", torch.tensor(float(value)))
+
+    def reset_parameters(self) -> None:
+        """Return the noise scale to the value it was built with.
+
+        As ``torch.nn`` layers re-initialise: after ``to_empty`` of a
+        likelihood built on the meta device (uninitialised memory), or to
+        start a learned scale again.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> with torch.device("meta"):
+            ...     normal = bnn.Normal(init_scale=0.5)
+            >>> normal = normal.to_empty(device="cpu")
+            >>> normal.reset_parameters()
+            >>> round(normal.noise_scale().item(), 6)
+            0.5
+        """
+        if "_initial_scale" not in self.__dict__:  # pickled before it was kept
+            raise ValueError(
+                f"this {type(self).__name__} was saved before it kept its initial "
+                "scale: build a new one to start again"
+            )
+        with torch.no_grad():
+            if self.learned:
+                self.raw_scale_unconstrained.fill_(self._initial_raw_scale)
+            else:
+                self.fixed_scale.fill_(self._initial_scale)
 
     def untrained_parameters(self) -> list[str]:
         """``["raw_scale"]`` while a learned noise scale has never moved."""
@@ -1054,6 +1085,8 @@ class _ScaleLikelihood(PredictiveDistribution):
     def extra_repr(self) -> str:
         """Learned (with its value now) or fixed scale."""
         if not self.learned:
+            if self.fixed_scale.is_meta:
+                return "scale=?"
             return f"scale={float(self.fixed_scale):g}"
         raw = self.raw_scale
         if raw.device.type == "meta" or raw.numel() != 1:
@@ -1149,7 +1182,14 @@ class StudentT(_ScaleLikelihood):
         df = check_real(df, "StudentT df")
         if not (df > 0 and math.isfinite(df)):
             raise ValueError(f"StudentT df must be a positive float, got {df!r}")
+        self._initial_df = float(df)
         self.register_buffer("df", torch.tensor(float(df)))
+
+    def reset_parameters(self) -> None:
+        """Return the noise scale and ``df`` to the values they were built with."""
+        super().reset_parameters()
+        with torch.no_grad():
+            self.df.fill_(self._initial_df)
 
     def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``StudentT(df, output, scale)``."""

@@ -25,7 +25,7 @@ from torch.distributions import Distribution, Transform, constraints
 from pyrolite_bnn._capture import is_capturing, is_wrapped
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._state import record_in_state, recorded
-from pyrolite_bnn._validation import readable_all
+from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import NormalMoments
 from pyrolite_bnn.variables import UnitLayout
@@ -397,6 +397,59 @@ class Prior(nn.Module):
                 current: Tensor = getattr(self, name)
                 current.copy_(value.expand_as(current))
 
+    def check_values(self) -> None:
+        """Refuse hyperparameter buffers outside their constraints, where they are used.
+
+        The layers call it where the prior is used (the loss's KL, the Pyro
+        model), with validation on (:func:`pyrolite_bnn.enable_validation`):
+        after ``to_empty`` or ``torch.nn.utils.skip_init`` without
+        :meth:`reset_parameters` the buffers hold uninitialised memory, and a
+        negative scale gave the KL of its absolute value, silently. Each
+        buffer is read once per value: one unchanged since it was last
+        checked (the same memory at the same version) is not read again, so
+        a training step pays no device synchronisation for it. Values that
+        cannot be read (the meta device, under ``torch.func`` transforms or
+        ``torch.compile``) count as valid.
+
+        Raises:
+            ValueError: naming the buffer, its constraint and the remedy.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> prior = bnn.NormalPrior(0.0, 1.0)
+            >>> with torch.no_grad():
+            ...     _ = prior.scale.fill_(-3.0)  # as uninitialised memory may be
+            >>> prior.check_values()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: NormalPrior buffer 'scale' must be positive and finite, ...
+        """
+        if torch.compiler.is_compiling():
+            return
+        checked: dict[str, tuple[int, int]] = self.__dict__.setdefault(
+            "_checked_values", {}
+        )
+        for name, constraint in self.hyperparameter_constraints().items():
+            value = self._buffers.get(name)
+            if value is None or value.is_meta:
+                continue
+            try:
+                mark = (value.data_ptr(), value._version)
+            except RuntimeError:  # no memory of its own (torch.func wrappers)
+                continue
+            if checked.get(name) == mark:
+                continue
+            if not _satisfies(constraint, value):
+                shown = value.tolist() if value.numel() <= 4 else "other values"
+                raise ValueError(
+                    f"{type(self).__name__} buffer {name!r} must be {constraint!r}, "
+                    f"it holds {shown}: after to_empty or skip_init a prior holds "
+                    "uninitialised memory: call reset_parameters() on the model's "
+                    "modules first, or load a state_dict (a hyperparameter of more "
+                    "than 4096 numbers is not kept for resets)"
+                )
+            checked[name] = mark
+
     def elementwise(self) -> TorchDistributionMixin:
         """Distribution of a single weight built from the buffers."""
         raise NotImplementedError
@@ -531,6 +584,8 @@ class Prior(nn.Module):
         the guide's parameter and moved with training (a MOPED prior, a bias
         of one weight).
         """
+        if is_validation_enabled():
+            self.check_values()
         size = torch.Size(shape)
         base = self.elementwise()
         if pyro_wrapped():

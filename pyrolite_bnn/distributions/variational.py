@@ -11,7 +11,7 @@ particle plate, emits one ``pyro.sample`` site for the whole tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -30,7 +30,12 @@ from torch.nn.utils.weight_norm import WeightNorm
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._state import record_in_state, recorded
-from pyrolite_bnn._validation import check_finite, check_normal_number, check_real
+from pyrolite_bnn._validation import (
+    check_finite,
+    check_normal_number,
+    check_real,
+    readable_all,
+)
 
 __all__ = [
     "MeanFieldNormal",
@@ -108,9 +113,20 @@ class Posterior(LocalPyroModule):
     """Learnable variational distribution of one weight tensor.
 
     Calling it with a site name samples that site from :meth:`distribution`.
+
+    Attributes:
+        loc_init: how :meth:`reset_parameters` draws a new mean: a function
+            that fills a tensor shaped like the mean in place and returns it
+            (``torch.nn.init.ones_``, or a layer's initialisation, which the
+            layers hand their posteriors at construction); ``None``: the
+            posterior has no initialisation of its own and keeps its mean.
     """
 
     loc: Tensor
+    # Class defaults: posteriors pickled before they existed.
+    loc_init: Callable[[Tensor], Tensor] | None = None
+    # Where the mean last given to reset_parameters is, and its version then.
+    _loc_mark: tuple[int, int] | None = None
 
     def __init__(self, shape: Sequence[int]) -> None:
         super().__init__()
@@ -246,11 +262,84 @@ class Posterior(LocalPyroModule):
     def reset_parameters(self, init_loc: Tensor | None = None) -> None:
         """Re-initialise the posterior around ``init_loc``.
 
-        ``None`` keeps the current mean: torch's idiom of calling every
-        module's ``reset_parameters()`` reaches the posteriors after their
-        layer, which has just set the means.
+        With ``init_loc=None`` the mean is drawn anew by :attr:`loc_init`
+        (as its layer draws it), so that resetting the posterior on its own
+        re-initialises every tensor it holds: FSDP's deferred initialisation
+        (``to_empty(recurse=False)`` then ``reset_parameters()`` on each module
+        holding tensors) reaches the posteriors, never their layer. A mean
+        that the last ``reset_parameters`` was given (by the layer's own reset)
+        and that has not changed since (no optimizer step, ``load_state_dict``
+        or ``to_empty``) is kept instead: torch's idiom of calling every
+        module's ``reset_parameters()`` reaches a posterior right after its
+        layer, which has just drawn the mean (the draws are then those of a
+        fresh layer). Without :attr:`loc_init` the mean is kept.
         """
         raise NotImplementedError
+
+    def initial_loc(self) -> Tensor:
+        """A new initial mean, drawn by :attr:`loc_init` (a new tensor).
+
+        Raises:
+            ValueError: if the posterior has no :attr:`loc_init`.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> layer = bnn.VILinear(4, 3)
+            >>> _ = torch.manual_seed(0)
+            >>> mean = layer.posterior["weight"].initial_loc()
+            >>> _ = torch.manual_seed(0)
+            >>> torch.equal(mean, torch.nn.Linear(4, 3).weight.detach())
+            True
+        """
+        if self.loc_init is None:
+            raise ValueError(
+                f"this {type(self).__name__} has no loc_init to draw a mean with"
+            )
+        current = self._loc_values()
+        return self.loc_init(torch.empty_like(current))
+
+    def _new_loc(self, init_loc: Tensor | None) -> Tensor | None:
+        """The mean :meth:`reset_parameters` sets for ``init_loc`` (``None``: kept).
+
+        Checked (:meth:`_checked_loc`) where given; drawn by :attr:`loc_init`
+        where not, unless the mean is still the one last given.
+        """
+        if init_loc is not None:
+            return self._checked_loc(init_loc)
+        if self.loc_init is None or self._loc_as_given():
+            return None
+        return self.initial_loc()
+
+    def _set_loc(self, init_loc: Tensor | None) -> None:
+        """Set the mean as :meth:`reset_parameters` does (under ``no_grad``)."""
+        loc = self._new_loc(init_loc)
+        if loc is None:
+            return
+        self.loc_unconstrained.copy_(loc)
+        self._loc_mark = self._mark() if init_loc is not None else None
+
+    def _mark(self) -> tuple[int, int] | None:
+        """Where the mean's memory is and its version: ``None`` without values.
+
+        A mean on the meta device (a layer built there writes nothing), or
+        without memory of its own (``torch.func`` wrappers), has none.
+        """
+        loc = self._parameters.get("loc_unconstrained")
+        if loc is None or loc.is_meta:
+            return None
+        try:
+            return loc.data_ptr(), loc._version
+        except RuntimeError:
+            return None
+
+    def _loc_as_given(self) -> bool:
+        """Whether the mean is the one the last :meth:`reset_parameters` was given.
+
+        The same memory at the same version: ``to_empty`` gives new memory,
+        an optimizer step or a ``load_state_dict`` writes in place.
+        """
+        mark = self._mark()
+        return mark is not None and mark == self._loc_mark
 
     def parameterisation(self) -> str:
         """How the learnable tensors give the distribution; ``""``: one way only.
@@ -489,17 +578,18 @@ class MeanFieldNormalPosterior(Posterior):
         """Set the mean to ``init_loc`` and the scales to ``init_scale``.
 
         Args:
-            init_loc: new mean (``None``: kept).
+            init_loc: new mean (``None``: drawn by :attr:`~Posterior.loc_init`,
+                or kept: see :meth:`Posterior.reset_parameters`).
             init_scale: new standard deviations (positive; a float or a tensor
                 broadcastable to the shape); ``None`` uses the family's
                 ``init_scale``.
         """
         scale = self.init_scale if init_scale is None else init_scale
         with torch.no_grad():
-            if init_loc is not None:
-                self.loc_unconstrained.copy_(self._checked_loc(init_loc))
+            self._set_loc(init_loc)
             if isinstance(scale, Tensor):
-                if not bool(((scale > 0) & torch.isfinite(scale)).all()):
+                # A scale on the meta device has no values to check.
+                if not readable_all((scale > 0) & torch.isfinite(scale)):
                     raise ValueError("init_scale must be positive and finite")
                 rho = _rho_of(scale, self.scale_transform)
                 self.rho_unconstrained.copy_(rho.expand_as(self.rho_unconstrained))
@@ -557,11 +647,13 @@ class PointMassPosterior(Posterior):
         return dist.Delta(self.loc, event_dim=len(self.shape))
 
     def reset_parameters(self, init_loc: Tensor | None = None) -> None:
-        """Set the value to ``init_loc`` (``None``: kept)."""
-        if init_loc is None:
-            return
+        """Set the value to ``init_loc``.
+
+        ``None``: drawn by :attr:`~Posterior.loc_init`, or kept (see
+        :meth:`Posterior.reset_parameters`).
+        """
         with torch.no_grad():
-            self.loc_unconstrained.copy_(self._checked_loc(init_loc))
+            self._set_loc(init_loc)
 
     def extra_repr(self) -> str:
         """Shape."""

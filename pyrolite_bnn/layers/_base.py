@@ -10,15 +10,15 @@ and finally :meth:`~_VIWeightLayer.reset_parameters`, as ``torch.nn`` layers do.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.nn import init
 
 from pyrolite_bnn.distributions.priors import as_prior
 from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
+from pyrolite_bnn.layers._initialisers import FanInUniform, KaimingUniform
 from pyrolite_bnn.layers._options import (
     ESTIMATORS,
     EstimatorLayer,
@@ -115,6 +115,7 @@ class _VIWeightLayer(EstimatorLayer):
                 per_variable(prior, name, "prior", names),
                 families[name],
                 units=None if units is None else units.get(name),
+                init=self._mean_init(name, declared),
                 device=device,
                 dtype=dtype,
             )
@@ -149,29 +150,34 @@ class _VIWeightLayer(EstimatorLayer):
     def reset_parameters(self) -> None:
         """Re-initialise every posterior (means as ``torch.nn`` weights).
 
-        The means come from :meth:`_initial_means`; scales return to their
-        initial value, priors to the hyperparameters they were built with
+        Each mean is drawn by its posterior's
+        :attr:`~pyrolite_bnn.distributions.variational.Posterior.loc_init`
+        (the layer's initialisation, :meth:`_mean_init`), in declaration order:
+        torch's order, so a seeded layer starts at the seeded torch layer's
+        weights. Scales return to their initial value, priors to the
+        hyperparameters they were built with
         (:meth:`~pyrolite_bnn.VIModule.reset_priors`).
         """
-        for name, mean in self._initial_means().items():
-            self.posterior[name].reset_parameters(mean)
+        for name in self._declared:
+            posterior = self.posterior[name]
+            posterior.reset_parameters(posterior.initial_loc())
         self.reset_priors()
 
-    def _initial_means(self) -> dict[str, Tensor]:
-        """Initial posterior means: ``torch.nn``'s fan-in initialisation.
+    def _mean_init(
+        self, name: str, shapes: Mapping[str, tuple[int, ...]]
+    ) -> Callable[[Tensor], Tensor]:
+        """How the mean of variable ``name`` is drawn: ``torch.nn``'s fan-in init.
 
-        Kaiming-uniform weight, bias uniform in ``±1/sqrt(fan_in)``, drawn in
-        torch's order: a seeded layer starts at the seeded torch layer's weights.
+        Kaiming-uniform weight, bias uniform in ``±1/sqrt(fan_in)`` of the
+        weight's fan-in.
+
+        Args:
+            name: the variable.
+            shapes: every variable the layer declares, name -> shape.
         """
-        weight = torch.empty_like(self.posterior["weight"].loc)
-        init.kaiming_uniform_(weight, a=math.sqrt(5))
-        means = {"weight": weight}
-        if "bias" in self.posterior:
-            fan_in = math.prod(weight.shape[1:])
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            bias = torch.empty_like(self.posterior["bias"].loc)
-            means["bias"] = bias.uniform_(-bound, bound)
-        return means
+        if name == "weight":
+            return KaimingUniform()
+        return FanInUniform(math.prod(shapes["weight"][1:]))
 
     # ------------------------------------------------------------------- repr
     def _torch_repr(self) -> str:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import init
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._validation import check_floating_input, check_integer
 from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.layers._initialisers import (
+    XavierNormal,
+    XavierUniform,
+    Zeros,
+    ZerosAfter,
+)
 from pyrolite_bnn.layers._options import Estimator, per_variable
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
@@ -62,6 +67,15 @@ def _torch_weights(layer: Any, means: Mapping[str, Tensor]) -> dict[str, Tensor]
         f"out_proj.{name[len(prefix) :]}" if name.startswith(prefix) else name: value
         for name, value in means.items()
     }
+
+
+# How the projections' means are drawn (torch's ``_reset_parameters``); the
+# weights, not listed, are Xavier-uniform.
+_PROJECTION_INITS: dict[str, Callable[[Tensor], Tensor]] = {
+    "in_proj_bias": Zeros(),
+    "bias_k": XavierNormal(),
+    "bias_v": XavierNormal(),
+}
 
 
 @register(
@@ -241,6 +255,7 @@ class VIMultiheadAttention(VIModule):
                 per_variable(mine[0], var, "prior", names),
                 per_variable(mine[1], var, "variational", names),  # type: ignore[arg-type]
                 units=features.get(var),
+                init=_PROJECTION_INITS.get(var, XavierUniform()),
                 device=device,
                 dtype=dtype,
             )
@@ -267,6 +282,10 @@ class VIMultiheadAttention(VIModule):
         )
         check_option_keys(prior, "prior", self)
         check_option_keys(variational, "variational", self)
+        if "bias" in self.out_proj.posterior:  # drawn by its constructor, then 0
+            out_bias = self.out_proj.posterior["bias"]
+            out_bias.loc_init = ZerosAfter(out_bias.loc_init or Zeros())
+            out_bias.reset_parameters(torch.zeros_like(out_bias.loc))
         self._reset_projections()  # out_proj was initialised by its constructor
 
     def reset_parameters(self) -> None:
@@ -274,27 +293,19 @@ class VIMultiheadAttention(VIModule):
 
         ``out_proj.weight`` as ``nn.Linear``, Xavier-uniform projection
         weights, zero biases, Xavier-normal ``bias_k``/``bias_v``; seeded, the
-        random numbers are those of torch's constructor. Priors return to
-        the hyperparameters they were built with.
+        random numbers are those of torch's constructor (the output bias is
+        drawn, as ``nn.Linear`` draws it, before it is set to 0). Priors return
+        to the hyperparameters they were built with.
         """
         self.out_proj.reset_parameters()
         self._reset_projections()
         self.reset_priors()
 
     def _reset_projections(self) -> None:
+        """The projections' means, each drawn by its ``loc_init``, in torch's order."""
         for var in self._declared:
             posterior = self.posterior[var]
-            value = torch.empty_like(posterior.loc)
-            if var == "in_proj_bias":
-                value.zero_()
-            elif var in ("bias_k", "bias_v"):
-                init.xavier_normal_(value)
-            else:
-                init.xavier_uniform_(value)
-            posterior.reset_parameters(value)
-        if "bias" in self.out_proj.posterior:
-            bias = self.out_proj.posterior["bias"]
-            bias.reset_parameters(torch.zeros_like(bias.loc))
+            posterior.reset_parameters(posterior.initial_loc())
 
     def forward(
         self,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,6 +44,24 @@ def _with_row(rows: Tensor, row: int | None, value: Tensor | None) -> Tensor:
         return rows
     inserted = value.to(rows.dtype).expand(*rows.shape[:-2], 1, rows.shape[-1])
     return torch.cat([rows[..., :row, :], inserted, rows[..., row:, :]], dim=-2)
+
+
+@dataclass(frozen=True)
+class _NormalRows:
+    """``N(0, 1)`` rows of a table but its ``padding_idx`` one (drawn, left out).
+
+    The random numbers of ``torch.nn.Embedding``'s whole table, so that a
+    seeded layer starts at the seeded torch layer's rows.
+    """
+
+    padding_idx: int | None
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        """Fill ``rows`` ``(num_embeddings - 1 or not, embedding_dim)`` in place."""
+        padded = self.padding_idx is not None
+        table = rows.new_empty((rows.shape[0] + padded, rows.shape[1])).normal_()
+        with torch.no_grad():
+            return rows.copy_(_without_row(table, self.padding_idx))
 
 
 def _weights_to_means(module: nn.Module, layer: VIModule) -> dict[str, Tensor]:
@@ -344,15 +363,30 @@ class VIEmbedding(_VIWeightLayer):
         if key in missing_keys:
             missing_keys.remove(key)
 
-    def _initial_means(self) -> dict[str, Tensor]:
+    def reset_parameters(self) -> None:
+        """Re-initialise as ``torch.nn.Embedding``: ``N(0, 1)`` rows, padding row 0.
+
+        Scales return to their initial value, priors to the hyperparameters
+        they were built with.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> embed = bnn.VIEmbedding(5, 2, padding_idx=0)
+            >>> embed.set_padding_row(torch.ones(2))
+            >>> embed.reset_parameters()
+            >>> embed.padding_row
+            tensor([0., 0.])
+        """
+        super().reset_parameters()
+        if self.padding_row is not None:
+            with torch.no_grad():
+                self.padding_row.zero_()
+
+    def _mean_init(
+        self, name: str, shapes: Mapping[str, tuple[int, ...]]
+    ) -> Callable[[Tensor], Tensor]:
         """``N(0, 1)`` rows, as ``torch.nn.Embedding`` (same draws for a seed)."""
-        loc = self.posterior["weight"].loc
-        table = torch.empty(
-            (self.num_embeddings, self.embedding_dim),
-            dtype=loc.dtype,
-            device=loc.device,
-        ).normal_()
-        return {"weight": _without_row(table, self.padding_idx)}
+        return _NormalRows(self.padding_idx)
 
     def forward(self, input: Tensor) -> Tensor:
         """Look the indices up in every particle's table."""
@@ -361,7 +395,7 @@ class VIEmbedding(_VIWeightLayer):
                 "VIEmbedding expected integer indices (int64 or int32) of shape "
                 f"(batch, ...), got {input.dtype} of shape {tuple(input.shape)}"
             )
-        if is_validation_enabled() and input.numel():
+        if is_validation_enabled() and input.numel() and not input.is_meta:
             low, high = int(input.min()), int(input.max())
             if low < 0 or high >= self.num_embeddings:
                 raise ValueError(
@@ -377,6 +411,10 @@ class VIEmbedding(_VIWeightLayer):
             self.padding_row,
         )
         rows = self._random_rows()
+        if isinstance(rows, NormalMoments) and input.is_meta:
+            # Which rows are looked up is unknown on the meta device (shape
+            # inference): a whole table is drawn, with the same output shape.
+            rows = self.posterior["weight"].reparameterize(rows, current_samples())
         if isinstance(rows, NormalMoments):
             return functional.embedding_rows(
                 input, rows.loc, rows.scale, current_samples(), *options

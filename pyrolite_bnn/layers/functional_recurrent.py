@@ -23,6 +23,7 @@ particles like every other tensor.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -371,7 +372,12 @@ def _lstm_layer(
     # alone (bfloat16 products of float32 weights) left the backward with
     # mixed dtypes. The casts below carry the gradients to the weights.
     recurrence = (gx, w_hh.to(gx.dtype), h0.to(gx.dtype), c0.to(gx.dtype))
-    with torch.autocast(gx.device.type, enabled=False):
+    device = gx.device.type  # the meta device has no autocast (shape inference)
+    with (
+        torch.autocast(device, enabled=False)
+        if torch.amp.is_autocast_available(device)
+        else nullcontext()
+    ):
         if torch.is_grad_enabled() and any(t.requires_grad for t in recurrence):
             hs, c_n = _LSTMRecurrence.apply(  # type: ignore[no-untyped-call]
                 *recurrence, steps_valid, differentiates_inputs()

@@ -13,7 +13,6 @@ front, ``(S, num_layers * num_directions, B, H)``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +25,7 @@ from pyrolite_bnn._validation import check_floating_input, check_integer
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import MeanFieldNormal, VariationalFamily
 from pyrolite_bnn.layers._base import options_repr
+from pyrolite_bnn.layers._initialisers import FanInUniform
 from pyrolite_bnn.layers._options import Estimator, per_variable
 from pyrolite_bnn.layers._packed import PackedInput
 from pyrolite_bnn.layers._sequence import (
@@ -139,6 +139,7 @@ class _VIRNNBase(VIModule):
                 shape,
                 per_variable(prior, var, "prior", names),
                 self._families[var],
+                init=FanInUniform(hidden_size),
                 device=device,
                 dtype=dtype,
             )
@@ -158,11 +159,8 @@ class _VIRNNBase(VIModule):
         Scales return to their initial value, priors to the hyperparameters
         they were built with.
         """
-        bound = 1.0 / math.sqrt(self.hidden_size)
         for posterior in self.posterior.values():
-            posterior.reset_parameters(
-                torch.empty_like(posterior.loc).uniform_(-bound, bound)
-            )
+            posterior.reset_parameters(posterior.initial_loc())
         self.reset_priors()
 
     def _weights(self) -> list[list[RecurrentWeights]]:

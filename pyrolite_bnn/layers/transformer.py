@@ -22,6 +22,7 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn._network import network_modules
 from pyrolite_bnn._validation import check_floating_input
 from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.layers._initialisers import XavierUniform
 from pyrolite_bnn.layers._options import Estimator
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
@@ -1040,8 +1041,9 @@ class VITransformer(_SequenceModule):
         """Xavier-uniform posterior means (and plain weights) for every matrix."""
         for variable in self.random_variables():
             if len(variable.shape) > 1:
-                value = torch.empty_like(variable.layer_posterior.loc)
-                variable.layer_posterior.reset_parameters(init.xavier_uniform_(value))
+                posterior = variable.layer_posterior
+                posterior.loc_init = XavierUniform()  # also for its own resets
+                posterior.reset_parameters(posterior.initial_loc())
         with torch.no_grad():
             for weight in _plain_matrices(self):
                 init.xavier_uniform_(weight)

@@ -56,6 +56,46 @@ def test_learned_noise_scale_is_a_parameter() -> None:
     assert [p is param for p in loss_fn.parameters()] == [True]
 
 
+@pytest.mark.parametrize(
+    ("make", "scale"),
+    [
+        (lambda: bnn.Normal(), 1.0),
+        (lambda: bnn.Normal(init_scale=0.3), 0.3),
+        (lambda: bnn.Normal(scale=0.2), 0.2),
+        (lambda: bnn.StudentT(4.0, init_scale=0.7), 0.7),
+        (lambda: bnn.StudentT(3.0, scale=0.5), 0.5),
+    ],
+)
+def test_scale_likelihoods_build_on_the_meta_device_and_reset(
+    make: Any, scale: float
+) -> None:
+    """``bnn.Normal()`` (and a loss holding it) could not be built under
+    ``torch.device("meta")``: the start of the learned scale was read with
+    ``float()`` of a meta tensor. After ``to_empty`` (uninitialised memory)
+    ``reset_parameters`` returns the scale (and ``df``) to the built values."""
+    with torch.device("meta"):
+        likelihood = make()
+        loss_fn = bnn.KullbackLeiblerLoss(make(), dataset_size=10)
+    assert {t.device.type for t in likelihood.state_dict().values()} == {"meta"}
+    reference = make()
+    for module in (likelihood, loss_fn):
+        module.to_empty(device="cpu")
+        with torch.no_grad():
+            for t in [*module.parameters(), *module.buffers()]:
+                t.fill_(float("nan"))
+        for inner in module.modules():
+            if callable(getattr(inner, "reset_parameters", None)):
+                inner.reset_parameters()
+    for module in (likelihood, loss_fn.predictive):
+        got, want = module.state_dict(), reference.state_dict()
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(module.noise_scale(), torch.tensor(scale))
+    if likelihood.learned:  # at its start again: the unscaled-targets check runs
+        assert likelihood.untrained_parameters() == ["raw_scale"]
+
+
 def test_heteroscedastic() -> None:
     out = torch.randn(4, 3, 2)
     y = torch.randn(3)

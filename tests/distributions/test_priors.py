@@ -5,6 +5,7 @@ import math
 import re
 from typing import Any
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn.distributions import priors as priors_module
 from pyrolite_bnn.variables import UnitLayout
 
 
@@ -1217,3 +1219,47 @@ def test_a_prior_state_of_the_same_family_loads(saved: object, prior: object) ->
     torch.testing.assert_close(
         layer.prior["weight"].loc, torch.full((), 0.5), rtol=0, atol=0
     )
+
+
+def test_invalid_prior_buffers_are_refused_where_the_prior_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After ``to_empty`` (or ``skip_init``) without a reset the buffers hold
+    uninitialised memory: a prior scale of -3 gave the KL of scale 3, silently
+    (``load_state_dict`` refuses the same value). It is refused where the
+    prior is used, in the loss's closed-form KL and the Pyro model, each
+    buffer read once per value."""
+    with torch.device("meta"):
+        layer = bnn.VILinear(5, 4)
+    layer = layer.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, buffer in layer.named_buffers():
+            buffer.fill_(-3.0 if name.endswith("scale") else 0.0)
+        for posterior in layer.posterior.values():
+            posterior.reset_parameters(torch.zeros(posterior.shape))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10)
+    x, y = torch.randn(2, 5), torch.tensor([0, 1])
+    message = r"NormalPrior buffer 'scale' must be positive and finite, it holds -3"
+    with pytest.raises(ValueError, match=message):
+        loss_fn(layer(x), y)
+    with pytest.raises(ValueError, match=message):
+        pyro.poutine.trace(loss_fn.pyro_model(layer)).get_trace(x, y)
+    with bnn.validation(False):  # the library's switch turns it off
+        loss_fn(layer(x), y)
+    for prior in layer.prior.values():
+        prior.reset_parameters()
+    reads: list[str] = []
+    satisfies = priors_module._satisfies
+
+    def counted(constraint: Any, value: torch.Tensor) -> bool:
+        reads.append(repr(constraint))
+        return satisfies(constraint, value)
+
+    monkeypatch.setattr(priors_module, "_satisfies", counted)
+    for _ in range(3):
+        loss_fn(layer(x), y)
+    assert len(reads) == 4  # loc and scale of weight and bias, once
+    with torch.no_grad():  # a value written in place is read again
+        layer.prior["weight"].scale.fill_(float("nan"))
+    with pytest.raises(ValueError, match="it holds nan"):
+        loss_fn(layer(x), y)

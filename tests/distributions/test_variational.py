@@ -384,3 +384,45 @@ def test_a_pruned_scale_of_the_other_transform_is_refused() -> None:
     torch.testing.assert_close(
         layer.posterior["weight"].scale(), before, rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize("family", [bnn.MeanFieldNormal(0.05), bnn.PointMass()])
+def test_reset_on_its_own_draws_the_mean_as_the_layer_draws_it(
+    family: bnn.MeanFieldNormal | bnn.PointMass,
+) -> None:
+    """FSDP resets each module holding tensors on its own (after
+    ``to_empty(recurse=False)``): a posterior's ``reset_parameters()`` kept
+    the mean, uninitialised memory there (1e37, NaN). It now draws it with the
+    ``loc_init`` its layer gave it; a mean the layer has just set (torch's
+    idiom resets every module, the posterior right after its layer) is kept
+    while unchanged."""
+    layer = bnn.VILinear(5, 4, variational=family)
+    posterior = layer.posterior["weight"]
+    torch.manual_seed(1)
+    layer.reset_parameters()
+    as_built = posterior.loc.detach().clone()
+    torch.manual_seed(1)
+    expected = nn.Linear(5, 4).weight.detach()
+    torch.testing.assert_close(as_built, expected, rtol=0, atol=0)
+    posterior.reset_parameters()  # right after the layer's: kept
+    torch.testing.assert_close(posterior.loc, as_built, rtol=0, atol=0)
+    layer.to_empty(device="cpu")  # new memory: the mean is drawn
+    with torch.no_grad():
+        posterior.loc_unconstrained.fill_(float("nan"))
+    torch.manual_seed(1)
+    posterior.reset_parameters()
+    torch.testing.assert_close(posterior.loc, expected, rtol=0, atol=0)
+    with torch.no_grad():  # an optimizer's step writes in place: drawn again
+        posterior.loc_unconstrained.add_(1.0)
+    torch.manual_seed(1)
+    posterior.reset_parameters()
+    torch.testing.assert_close(posterior.loc, expected, rtol=0, atol=0)
+    if isinstance(posterior, MeanFieldNormalPosterior):
+        torch.testing.assert_close(posterior.scale(), torch.full((4, 5), 0.05))
+    # A posterior without loc_init (built by hand) keeps its mean.
+    bare = family.build((3, 2), torch.ones(3, 2))
+    assert bare.loc_init is None
+    bare.reset_parameters()
+    torch.testing.assert_close(bare.loc, torch.ones(3, 2), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no loc_init"):
+        bare.initial_loc()

@@ -474,6 +474,83 @@ def test_reset_parameters_is_torch_init(entry: LayerEntry, case: LayerCase) -> N
     check()
 
 
+def _materialise_module_by_module(module: nn.Module) -> None:
+    """FSDP's deferred initialisation of a model built on the meta device.
+
+    Breadth first, each module that holds tensors itself:
+    ``to_empty(recurse=False)``, then its ``reset_parameters()`` (FSDP's
+    ``_materialize_meta_module``, and the usual ``param_init_fn``). The fresh
+    memory is filled with NaN (floating) or -7, which uninitialised memory
+    may hold, so that a tensor no reset writes is seen.
+    """
+    order, queue = [], [module]
+    while queue:
+        current = queue.pop(0)
+        order.append(current)
+        queue.extend(current.children())
+    for current in order:
+        if not [*current.parameters(recurse=False), *current.buffers(recurse=False)]:
+            continue
+        current.to_empty(device="cpu", recurse=False)
+        with torch.no_grad():
+            for t in [*current.parameters(recurse=False), *current.buffers(False)]:
+                t.fill_(float("nan") if t.is_floating_point() else -7)
+        current.reset_parameters()  # type: ignore[operator]
+
+
+@parametrize_cases
+def test_deferred_initialisation_module_by_module(
+    entry: LayerEntry, case: LayerCase
+) -> None:
+    """FSDP resets each module holding tensors on its own, the posteriors
+    without their layer: the means kept uninitialised memory (1e37, NaN).
+    Now every tensor is the one of a normal build: priors and scales equal,
+    means drawn as the layer draws them (the same numbers, seeded, where
+    FSDP's breadth-first order is the layer's: no sublayers)."""
+    init_scale = 0.02
+    options = {
+        "variational": bnn.MeanFieldNormal(init_scale=init_scale),
+        "prior": bnn.NormalPrior(0.1, 0.7),
+    }
+    torch.manual_seed(3)
+    reference = _make(entry, case, **options)
+    with torch.device("meta"):
+        layer = _make(entry, case, **options)
+    torch.manual_seed(3)
+    _materialise_module_by_module(layer)
+    got, want = layer.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys()
+    composite = any(
+        isinstance(m, bnn.VIModule) and m is not layer for m in layer.modules()
+    )
+    for key, value in want.items():
+        if not isinstance(value, Tensor):
+            continue
+        assert bool(torch.isfinite(got[key]).all()), key
+        if key.endswith("loc_unconstrained") and composite:
+            # drawn in another order: the same initialisation, other numbers
+            assert bool((got[key] == 0).all()) == bool((value == 0).all()), key
+            assert got[key].abs().max() <= value.abs().max() * 3 + 1e-6, key
+        else:
+            torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+
+
+@parametrize_cases
+def test_forward_on_the_meta_device_infers_the_output_shapes(
+    entry: LayerEntry, case: LayerCase
+) -> None:
+    """As torch's layers allow (shape inference without memory): VILSTM/VIGRU
+    failed (no autocast for the meta device) and VIEmbedding too (its index
+    check read the values, its row draw needs them)."""
+    x = case.make_input()
+    expected = [t.shape for t in _tensors(_call(_make(entry, case), case, x))]
+    with torch.device("meta"):
+        layer = _make(entry, case)
+        out = _tensors(_call(layer, case, x.to("meta")))
+    assert all(t.is_meta for t in out)
+    assert [t.shape for t in out] == expected
+
+
 @parametrize_cases
 def test_state_dict_round_trip(entry: LayerEntry, case: LayerCase) -> None:
     layer = _make(entry, case, prior=bnn.NormalPrior(0.1, 0.7))

@@ -108,6 +108,24 @@ def test_initial_weight() -> None:
         bnn.VIEmbedding(4, 3, _weight=torch.zeros(3, 4))
 
 
+def test_reset_parameters_zeroes_the_padding_row_as_torch() -> None:
+    """torch's reset zeroes the padding row; this one left it as it was: a set
+    row stayed, and after meta -> ``to_empty`` -> reset the padding index
+    looked up uninitialised memory (training gave NaN)."""
+    layer = bnn.VIEmbedding(6, 4, padding_idx=2)
+    layer.set_padding_row(torch.ones(4))
+    layer.reset_parameters()
+    torch.testing.assert_close(layer.padding_row, torch.zeros(4), rtol=0, atol=0)
+    with torch.device("meta"):
+        layer = bnn.VIEmbedding(6, 4, padding_idx=2)
+    layer = layer.to_empty(device="cpu")
+    with torch.no_grad():
+        layer.padding_row.fill_(float("nan"))  # what the fresh memory may hold
+    layer.reset_parameters()
+    out = layer(torch.tensor([[2]]), samples=3)
+    torch.testing.assert_close(out, torch.zeros(3, 1, 1, 4), rtol=0, atol=0)
+
+
 def test_max_norm_rescales_rows_of_each_draw() -> None:
     layer = bnn.VIEmbedding(5, 4, max_norm=0.5, norm_type=1.0)
     _widen(layer)  # rows with 1-norm ~ 4 * 0.8: all above max_norm

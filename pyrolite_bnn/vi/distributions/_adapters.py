@@ -281,15 +281,18 @@ class AdaptedPosterior(Posterior):
         )
 
     def reset_parameters(self, init_loc: Tensor | None = None) -> None:
-        """Primary parameter to ``init_loc`` (``None``: kept), others to defaults."""
-        if init_loc is None:
-            init_loc = self.values()[0].detach().clone()
-        else:
-            init_loc = self._checked_loc(init_loc)
+        """Primary parameter to ``init_loc``, others to defaults.
+
+        ``None``: drawn by the posterior's ``loc_init``, or kept (see
+        :meth:`pyrolite_bnn.distributions.variational.Posterior.reset_parameters`).
+        """
+        loc = self._new_loc(init_loc)
+        given = init_loc is not None or loc is None  # a kept mean: still as given
+        if loc is None:
+            loc = self.values()[0].detach().clone()
         defaults = self.blue.default_parameters()
-        self.set_values(
-            [init_loc] + [torch.full_like(init_loc, float(d)) for d in defaults[1:]]
-        )
+        self.set_values([loc] + [torch.full_like(loc, float(d)) for d in defaults[1:]])
+        self._loc_mark = self._mark() if given else None
 
     def extra_repr(self) -> str:
         """Shape and family."""
