@@ -378,7 +378,9 @@ def expected_calibration_error(
 
     With ``adaptive=False`` the bins have equal width over ``[0, 1]``: bin ``i`` is
     ``(i / n_bins, (i + 1) / n_bins]``, a confidence of exactly 0 falls in the
-    first bin and one of exactly 1 in the last. With ``adaptive=True`` the bins
+    first bin and one of exactly 1 in the last (torchmetrics' bins are
+    ``[lo, hi)``: the two differ only where confidences sit exactly on a bin
+    edge, e.g. 0.6 with 10 bins). With ``adaptive=True`` the bins
     have (near) equal mass: samples are sorted by confidence and split into
     ``n_bins`` consecutive groups as :func:`torch.tensor_split` splits them;
     samples of equal confidence stay together in the group of the first of them
