@@ -291,8 +291,21 @@ class TraceRecord(ForwardRecord):
             else:
                 total = total + _log_prob_sum(guide_site) - _log_prob_sum(model_site)
         latent_names = {name for name, _ in latent}
+        idle = self._idle_priors(latent_names)
         for name, guide_site in self.guide_trace.nodes.items():
-            if guide_site["type"] == "sample" and name not in latent_names:
+            if guide_site["type"] == "sample" and name in idle:
+                # A weight of a layer this pass did not call: its KL counts,
+                # as for the default guide (the ELBO of the whole network).
+                q = cast(Distribution, guide_site["fn"])
+                term = self._choose(name, mode, q, idle[name])
+                if term is not None:
+                    total = total + _scaled_sum(term, guide_site)
+                else:
+                    prior_site = {**guide_site, "fn": idle[name]}
+                    total = (
+                        total + _log_prob_sum(guide_site) - _log_prob_sum(prior_site)
+                    )
+            elif guide_site["type"] == "sample" and name not in latent_names:
                 if not (guide_site["infer"] or {}).get("is_auxiliary"):
                     raise ValueError(
                         f"the guide samples '{name}', which is not a weight of the "
@@ -306,6 +319,19 @@ class TraceRecord(ForwardRecord):
                     )
                 total = total + _log_prob_sum(guide_site)
         return torch.as_tensor(total)
+
+    def _idle_priors(self, traced: set[str]) -> dict[str, Distribution]:
+        """The priors of the network's weights that the pass did not sample.
+
+        Layers the forward pass did not call (the idle head of a multi-head
+        network) have no model site, but the guide draws them: their KL
+        counts, every layer's does (as with the default guide).
+        """
+        return {
+            variable.site: variable.module.prior[variable.name](variable.shape)
+            for variable in self._variables()
+            if variable.site not in traced
+        }
 
     def _check_grad_mode(self) -> None:
         """Refuse a KL with gradients from a pass traced without them."""

@@ -16,7 +16,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS, Predictive, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.autoguide import AutoLowRankMultivariateNormal
+from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
@@ -1623,3 +1623,38 @@ def test_the_kl_counts_layers_the_call_did_not_run() -> None:
     with pytest.warns(UserWarning, match="Found non-auxiliary vars in guide"):
         pyros = Trace_ELBO().differentiable_loss(model, net.guide, x, y)
     assert float(pyros.detach()) < float(ours.detach())  # no idle -log p(w)
+
+
+@pytest.mark.filterwarnings("ignore:Found non-auxiliary vars in guide")
+def test_an_assigned_guide_counts_the_kl_of_layers_the_call_did_not_run() -> None:
+    """With an assigned guide the loss raised for any multi-head network
+    ("the guide samples 'heads.b.weight', which is not a weight of the
+    network"): the guide draws every weight, the pass's model trace only the
+    called layers'. The idle layers' KL counts, as with the default guide.
+    AutoNormal's sites are Deltas of an auxiliary Normal, so the KL is Monte
+    Carlo: its mean over 300 passes of 10 particles is the closed-form KL of
+    every variable (the guide's loc 0 and scale 0.3 against N(0, 1)) within
+    4 standard errors; leaving the idle head out is 3.7 nats, ~70 of them."""
+    net = _OneHeadPerTask().double()
+    net.guide = AutoNormal(net.prior_model, init_scale=0.3)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    y = torch.randn(10, 1, dtype=torch.float64)
+    loc, scale = torch.tensor(0.0, dtype=torch.float64), 0.3
+    assert torch.equal(net.guide.median()["heads.b.weight"], torch.zeros(1, 4).double())
+    closed_form = sum(
+        kl_divergence(
+            torch.distributions.Normal(loc.expand(v.shape), scale),
+            v.module.prior_distribution(v.name).base_dist,  # type: ignore[attr-defined]
+        ).sum()
+        for v in net.random_variables()
+    )
+    assert len(net.random_variables()) == 6  # the idle head's two included
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 10, reduction="sum")
+    estimates = []
+    with torch.no_grad():
+        for _ in range(300):
+            loss_fn(net(x), y)
+            estimates.append(float(loss_fn.last_kl))
+    mean = sum(estimates) / len(estimates)
+    spread = math.sqrt(sum((e - mean) ** 2 for e in estimates) / (len(estimates) - 1))
+    assert abs(mean - float(closed_form)) < 4 * spread / math.sqrt(len(estimates))
