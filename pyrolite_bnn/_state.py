@@ -6,9 +6,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["clone_state", "record_in_state", "recorded"]
+__all__ = ["RecordsInState", "clone_state", "record_in_state", "recorded"]
 
 
 def clone_state(value: Any) -> Any:
@@ -58,3 +58,29 @@ def recorded(local_metadata: Mapping[str, Any], key: str) -> str | None:
     """The value :func:`record_in_state` kept under ``key``; ``None``: none kept."""
     value = local_metadata.get(key)
     return value if isinstance(value, str) else None
+
+
+class RecordsInState(nn.Module):
+    """A module whose state dict records how its tensors are to be read.
+
+    :meth:`state_record` names the record (:func:`record_in_state`) that
+    ``state_dict`` keeps with the module's tensors, and that its
+    ``_load_from_state_dict`` reads back from ``local_metadata`` with
+    :func:`recorded`: a posterior's parameterisation, a prior's family.
+    """
+
+    def state_record(self) -> tuple[str, str] | None:
+        """``(key, value)`` to record with the state; ``None``: nothing."""
+        return None
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        """Torch's; and the :meth:`state_record`, kept with the state's metadata.
+
+        The state's keys are unchanged.
+        """
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        record = self.state_record()
+        if record is not None:
+            record_in_state(destination, prefix, *record)

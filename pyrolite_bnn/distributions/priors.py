@@ -24,7 +24,7 @@ from torch.distributions import Distribution, Transform, constraints
 
 from pyrolite_bnn._capture import is_capturing, is_wrapped
 from pyrolite_bnn._handlers import pyro_wrapped
-from pyrolite_bnn._state import record_in_state, recorded
+from pyrolite_bnn._state import RecordsInState, recorded
 from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import NormalMoments
@@ -221,7 +221,7 @@ def _independent(base: Distribution, shape: torch.Size) -> TorchDistributionMixi
 _FAMILY = "pyrolite_bnn.prior_family"
 
 
-class Prior(nn.Module):
+class Prior(RecordsInState):
     """Base class of priors: ``prior(shape)`` returns the prior of a tensor.
 
     Subclasses implement :meth:`elementwise`, the prior of one scalar weight
@@ -644,16 +644,9 @@ class Prior(nn.Module):
             )
         return torch.stack(cast(list[Tensor], terms)).sum()
 
-    def _save_to_state_dict(
-        self, destination: dict[str, Any], prefix: str, keep_vars: bool
-    ) -> None:
-        """Torch's; and the :meth:`family`, kept with the state's metadata.
-
-        Recorded by :func:`~pyrolite_bnn._state.record_in_state`: the state's
-        keys are unchanged.
-        """
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        record_in_state(destination, prefix, _FAMILY, self._hyperparameter_family())
+    def state_record(self) -> tuple[str, str] | None:
+        """The family the hyperparameters parameterise, recorded with the state."""
+        return (_FAMILY, self._hyperparameter_family())
 
     def _load_from_state_dict(
         self,

@@ -29,7 +29,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
-from pyrolite_bnn._state import record_in_state, recorded
+from pyrolite_bnn._state import RecordsInState, recorded
 from pyrolite_bnn._validation import (
     check_finite,
     check_normal_number,
@@ -109,7 +109,7 @@ class NormalMoments(NamedTuple):
         )
 
 
-class Posterior(LocalPyroModule):
+class Posterior(RecordsInState, LocalPyroModule):
     """Learnable variational distribution of one weight tensor.
 
     Calling it with a site name samples that site from :meth:`distribution`.
@@ -349,18 +349,10 @@ class Posterior(LocalPyroModule):
         """
         return ""
 
-    def _save_to_state_dict(
-        self, destination: dict[str, Any], prefix: str, keep_vars: bool
-    ) -> None:
-        """Torch's; and the :meth:`parameterisation`, kept with the state's metadata.
-
-        Recorded by :func:`~pyrolite_bnn._state.record_in_state`: the state's
-        keys are unchanged.
-        """
-        super()._save_to_state_dict(destination, prefix, keep_vars)
+    def state_record(self) -> tuple[str, str] | None:
+        """The :meth:`parameterisation`, recorded with the state dict (if any)."""
         parameterisation = self.parameterisation()
-        if parameterisation:
-            record_in_state(destination, prefix, _PARAMETERISATION, parameterisation)
+        return (_PARAMETERISATION, parameterisation) if parameterisation else None
 
     def _load_from_state_dict(
         self,
