@@ -9,7 +9,9 @@ initialisation calls ``reset_parameters()`` on each module that holds tensors,
 the posteriors alone, never their layer. Each is a small picklable object
 holding numbers only (no module: a layer copied by ``copy.deepcopy`` or saved
 with ``torch.save`` keeps them); each fills a tensor in place and returns it,
-as ``torch.nn.init``'s functions do.
+as ``torch.nn.init``'s functions do. Where torch's function takes the tensor
+alone (``init.xavier_uniform_``, ``init.xavier_normal_``, ``init.zeros_``),
+the layers hand it over as it is (it pickles by reference).
 """
 
 from __future__ import annotations
@@ -21,14 +23,7 @@ from dataclasses import dataclass
 from torch import Tensor
 from torch.nn import init
 
-__all__ = [
-    "FanInUniform",
-    "KaimingUniform",
-    "XavierNormal",
-    "XavierUniform",
-    "Zeros",
-    "ZerosAfter",
-]
+__all__ = ["FanInUniform", "KaimingUniform", "ZerosAfter"]
 
 
 @dataclass(frozen=True)
@@ -55,33 +50,6 @@ class FanInUniform:
         """Fill ``tensor`` in place and return it."""
         bound = 1 / math.sqrt(self.fan_in) if self.fan_in > 0 else 0.0
         return init.uniform_(tensor, -bound, bound)
-
-
-@dataclass(frozen=True)
-class XavierUniform:
-    """Xavier (Glorot) uniform: attention projections, transformer matrices."""
-
-    def __call__(self, tensor: Tensor) -> Tensor:
-        """Fill ``tensor`` in place and return it."""
-        return init.xavier_uniform_(tensor)
-
-
-@dataclass(frozen=True)
-class XavierNormal:
-    """Xavier (Glorot) normal: the attention's ``bias_k`` and ``bias_v``."""
-
-    def __call__(self, tensor: Tensor) -> Tensor:
-        """Fill ``tensor`` in place and return it."""
-        return init.xavier_normal_(tensor)
-
-
-@dataclass(frozen=True)
-class Zeros:
-    """Zeros: the attention's input-projection bias."""
-
-    def __call__(self, tensor: Tensor) -> Tensor:
-        """Fill ``tensor`` in place and return it."""
-        return init.zeros_(tensor)
 
 
 @dataclass(frozen=True)

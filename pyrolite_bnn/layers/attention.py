@@ -7,16 +7,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import init
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._validation import check_floating_input, check_integer
 from pyrolite_bnn.distributions.variational import VariationalFamily
-from pyrolite_bnn.layers._initialisers import (
-    XavierNormal,
-    XavierUniform,
-    Zeros,
-    ZerosAfter,
-)
+from pyrolite_bnn.layers._initialisers import ZerosAfter
 from pyrolite_bnn.layers._options import Estimator, per_variable
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
@@ -72,9 +68,9 @@ def _torch_weights(layer: Any, means: Mapping[str, Tensor]) -> dict[str, Tensor]
 # How the projections' means are drawn (torch's ``_reset_parameters``); the
 # weights, not listed, are Xavier-uniform.
 _PROJECTION_INITS: dict[str, Callable[[Tensor], Tensor]] = {
-    "in_proj_bias": Zeros(),
-    "bias_k": XavierNormal(),
-    "bias_v": XavierNormal(),
+    "in_proj_bias": init.zeros_,
+    "bias_k": init.xavier_normal_,
+    "bias_v": init.xavier_normal_,
 }
 
 
@@ -255,7 +251,7 @@ class VIMultiheadAttention(VIModule):
                 per_variable(mine[0], var, "prior", names),
                 per_variable(mine[1], var, "variational", names),  # type: ignore[arg-type]
                 units=features.get(var),
-                init=_PROJECTION_INITS.get(var, XavierUniform()),
+                init=_PROJECTION_INITS.get(var, init.xavier_uniform_),
                 device=device,
                 dtype=dtype,
             )
@@ -284,7 +280,7 @@ class VIMultiheadAttention(VIModule):
         check_option_keys(variational, "variational", self)
         if "bias" in self.out_proj.posterior:  # drawn by its constructor, then 0
             out_bias = self.out_proj.posterior["bias"]
-            out_bias.loc_init = ZerosAfter(out_bias.loc_init or Zeros())
+            out_bias.loc_init = ZerosAfter(out_bias.loc_init or init.zeros_)
             out_bias.reset_parameters(torch.zeros_like(out_bias.loc))
         self._reset_projections()  # out_proj was initialised by its constructor
 

@@ -22,7 +22,6 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn._network import network_modules
 from pyrolite_bnn._validation import check_floating_input
 from pyrolite_bnn.distributions.variational import VariationalFamily
-from pyrolite_bnn.layers._initialisers import XavierUniform
 from pyrolite_bnn.layers._options import Estimator
 from pyrolite_bnn.layers._sequence import (
     SequenceFirst,
@@ -1042,7 +1041,7 @@ class VITransformer(_SequenceModule):
         for variable in self.random_variables():
             if len(variable.shape) > 1:
                 posterior = variable.layer_posterior
-                posterior.loc_init = XavierUniform()  # also for its own resets
+                posterior.loc_init = init.xavier_uniform_  # also for its own resets
                 posterior.reset_parameters(posterior.initial_loc())
         with torch.no_grad():
             for weight in _plain_matrices(self):
