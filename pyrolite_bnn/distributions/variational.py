@@ -262,17 +262,20 @@ class Posterior(RecordsInState, LocalPyroModule):
     def reset_parameters(self, init_loc: Tensor | None = None) -> None:
         """Re-initialise the posterior around ``init_loc``.
 
-        With ``init_loc=None`` the mean is drawn anew by :attr:`loc_init`
-        (as its layer draws it), so that resetting the posterior on its own
-        re-initialises every tensor it holds: FSDP's deferred initialisation
-        (``to_empty(recurse=False)`` then ``reset_parameters()`` on each module
-        holding tensors) reaches the posteriors, never their layer. A mean
-        that the last ``reset_parameters`` was given (by the layer's own reset)
-        and that has not changed since (no optimizer step, ``load_state_dict``
-        or ``to_empty``) is kept instead: torch's idiom of calling every
-        module's ``reset_parameters()`` reaches a posterior right after its
-        layer, which has just drawn the mean (the draws are then those of a
-        fresh layer). Without :attr:`loc_init` the mean is kept.
+        With ``init_loc=None`` a mean that holds values is kept: the memory
+        the last ``reset_parameters`` wrote (the layer's own reset, at
+        construction), trained or loaded in place since
+        (``reset_parameters(init_scale=...)`` after training resets the scales
+        only). A mean in memory that never held one is drawn anew by
+        :attr:`loc_init` (as its layer draws it): FSDP's deferred
+        initialisation (a layer built on the ``meta`` device, then
+        ``to_empty(recurse=False)`` and ``reset_parameters()`` on each module
+        holding tensors) reaches the posteriors, never their layer; so does
+        ``to_empty`` of a built layer, whose memory is new. Without
+        :attr:`loc_init` the mean is kept. Torch's idioms of resetting every
+        module (``model.apply``, children first, or ``model.modules()``) then
+        give a fresh layer's numbers: the posterior keeps its mean and the
+        layer draws it.
         """
         raise NotImplementedError
 
@@ -302,11 +305,11 @@ class Posterior(RecordsInState, LocalPyroModule):
         """The mean :meth:`reset_parameters` sets for ``init_loc`` (``None``: kept).
 
         Checked (:meth:`_checked_loc`) where given; drawn by :attr:`loc_init`
-        where not, unless the mean is still the one last given.
+        where not, unless the mean still lives in the memory last written.
         """
         if init_loc is not None:
             return self._checked_loc(init_loc)
-        if self.loc_init is None or self._loc_as_given():
+        if self.loc_init is None or self._loc_in_written_memory():
             return None
         return self.initial_loc()
 
@@ -316,7 +319,7 @@ class Posterior(RecordsInState, LocalPyroModule):
         if loc is None:
             return
         self.loc_unconstrained.copy_(loc)
-        self._loc_mark = self._mark() if init_loc is not None else None
+        self._loc_mark = self._mark()
 
     def _mark(self) -> tuple[int, int] | None:
         """Where the mean's memory is and its version: ``None`` without values.
@@ -332,14 +335,22 @@ class Posterior(RecordsInState, LocalPyroModule):
         except RuntimeError:
             return None
 
-    def _loc_as_given(self) -> bool:
-        """Whether the mean is the one the last :meth:`reset_parameters` was given.
+    def _loc_in_written_memory(self) -> bool:
+        """Whether the mean lives in the memory the last reset wrote.
 
-        The same memory at the same version: ``to_empty`` gives new memory,
-        an optimizer step or a ``load_state_dict`` writes in place.
+        The same memory, written as often or more since (an optimizer step or
+        a ``load_state_dict`` writes in place): its values are a mean. New
+        memory (``to_empty``; a layer built on the ``meta`` device never wrote
+        any) holds none; a tensor at a reused address is younger than the
+        mark (a lower version).
         """
-        mark = self._mark()
-        return mark is not None and mark == self._loc_mark
+        mark, written = self._mark(), self._loc_mark
+        return (
+            mark is not None
+            and written is not None
+            and mark[0] == written[0]
+            and mark[1] >= written[1]
+        )
 
     def parameterisation(self) -> str:
         """How the learnable tensors give the distribution; ``""``: one way only.

@@ -287,12 +287,11 @@ class AdaptedPosterior(Posterior):
         :meth:`pyrolite_bnn.distributions.variational.Posterior.reset_parameters`).
         """
         loc = self._new_loc(init_loc)
-        given = init_loc is not None or loc is None  # a kept mean: still as given
         if loc is None:
             loc = self.values()[0].detach().clone()
         defaults = self.blue.default_parameters()
         self.set_values([loc] + [torch.full_like(loc, float(d)) for d in defaults[1:]])
-        self._loc_mark = self._mark() if given else None
+        self._loc_mark = self._mark()
 
     def extra_repr(self) -> str:
         """Shape and family."""
