@@ -997,6 +997,9 @@ class LearnedNormalPrior(Prior):
         """``loc`` and ``log_scale`` finite."""
         return {"loc": _finite_real, "log_scale": _finite_real}
 
+    def _hyperparameter_family(self) -> str:
+        return "Normal"  # loc of a Normal (and log_scale, a key of its own)
+
     def hyperparameter_shape(self) -> torch.Size:
         """Broadcast shape of ``loc`` and the scale."""
         return _broadcast_shape(self.loc.shape, self.scale().shape)

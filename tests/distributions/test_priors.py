@@ -1263,3 +1263,24 @@ def test_invalid_prior_buffers_are_refused_where_the_prior_is_used(
         layer.prior["weight"].scale.fill_(float("nan"))
     with pytest.raises(ValueError, match="it holds nan"):
         loss_fn(layer(x), y)
+
+
+def test_a_normal_prior_state_loads_into_a_learned_normal_prior() -> None:
+    """A ``LearnedNormalPrior``'s ``loc`` is a Normal's: switching a trained
+    network's prior to a learned scale (``strict=False``: ``scale`` against
+    ``log_scale``) was refused as a state of another family (probe
+    falsepos7). A Laplace prior's state stays refused."""
+    source = bnn.VILinear(3, 2, prior=bnn.NormalPrior(0.5, 2.0))
+    layer = bnn.VILinear(3, 2, prior=bnn.LearnedNormalPrior())
+    result = layer.load_state_dict(source.state_dict(), strict=False)
+    assert "prior.weight.log_scale" in result.missing_keys
+    assert "prior.weight.scale" in result.unexpected_keys
+    torch.testing.assert_close(
+        layer.prior["weight"].loc, torch.full((), 0.5), rtol=0, atol=0
+    )
+    back = bnn.VILinear(3, 2, prior=bnn.NormalPrior())
+    back.load_state_dict(layer.state_dict(), strict=False)
+    torch.testing.assert_close(back.prior["weight"].loc, torch.full((), 0.5))
+    laplace = bnn.VILinear(3, 2, prior=bnn.LaplacePrior(0.5, 2.0))
+    with pytest.raises(RuntimeError, match=r"holds the hyperparameters of a"):
+        layer.load_state_dict(laplace.state_dict(), strict=False)
