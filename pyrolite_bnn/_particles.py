@@ -45,8 +45,11 @@ from pyrolite_bnn._handlers import (
 from pyrolite_bnn._validation import check_count
 
 __all__ = [
+    "AmbiguousLayoutError",
+    "LayoutError",
     "ParticleState",
     "batch_of",
+    "broadcast_row",
     "computed_from_folded",
     "current",
     "differentiates_inputs",
@@ -185,7 +188,21 @@ class ParticleState:
         self.batch_folded.append((tensor, dim))
 
 
-class AmbiguousLayoutError(ValueError):
+class LayoutError(ValueError):
+    """A Bayesian layer's input whose rows the particle layout cannot read.
+
+    Raised in the layer's arithmetic, which knows neither the layer nor the
+    network; the layer's call names the layer, once (:attr:`layer`, see
+    :func:`pyrolite_bnn._layout_errors.naming_layer`).
+
+    Attributes:
+        layer: the name the message gives the layer (``None`` until named).
+    """
+
+    layer: str | None = None
+
+
+class AmbiguousLayoutError(LayoutError):
     """A tensor's leading size fits both the shared and the folded layout."""
 
 
@@ -331,7 +348,7 @@ def _refuse_shared_read_of_folded(state: ParticleState, tensor: Tensor) -> None:
     (:func:`_refuse_rows_taken_from_folded`).
     """
     if _folded_behind(tensor, state):
-        raise ValueError(_state_read_as_shared(state, tensor, "a Bayesian layer got"))
+        raise LayoutError(_state_read_as_shared(state, tensor, "a Bayesian layer got"))
     if state.folded_outputs and tensor.grad_fn is not None:
         _refuse_rows_taken_from_folded(state, tensor)
 
@@ -369,8 +386,8 @@ def _refuse_rows_taken_from_folded(
     batch, samples = state.batch_size, state.samples
     assert batch is not None
     if tensor.dim() >= 2 and tensor.shape[1] == batch * samples:
-        raise ValueError(_state_read_as_shared(state, tensor, reader))
-    raise ValueError(
+        raise LayoutError(_state_read_as_shared(state, tensor, reader))
+    raise LayoutError(
         f"{reader} {batch} rows (the batch, read as shared by "
         f"the particles) computed from a Bayesian layer's output of "
         f"{batch} * {samples} rows, whose particles are folded into the "
@@ -396,7 +413,7 @@ def _refuse_rows_of_the_sequence_fold(state: ParticleState, tensor: Tensor) -> N
     """
     if state.is_input(tensor) or not _reaches_folded_output(state, tensor):
         return
-    raise ValueError(
+    raise LayoutError(
         f"a Bayesian layer got a tensor of shape {tuple(tensor.shape)}, read as "
         f"{tensor.shape[0]} examples of the batch_first=False layers, computed "
         "from a sequence-first activation whose particles are folded into the "
@@ -429,6 +446,70 @@ def _reaches_folded_output(state: ParticleState, tensor: Tensor) -> bool:
     return False
 
 
+def broadcast_row(
+    state: ParticleState | None, tensor: Tensor, samples: int, batch: int | None
+) -> Tensor:
+    """``tensor`` as the call's ``B`` rows where its one row is every example's.
+
+    Torch reads a leading size of 1 as the same for every example (it
+    broadcasts): a position table looked up with ``torch.arange(L)
+    .unsqueeze(0)``, a learned ``(1, E)`` query. A Bayesian layer reads such
+    a tensor as shared by all particles and all examples: expanded to ``(B,
+    ...)`` (a view), its output has the folded ``B * S`` rows, each
+    particle's from its own weights. Only where 1 is no known batch: with
+    one particle, for a batch of 1, for the outermost call's inputs and the
+    other batches (another input's, a concatenation read first), in a
+    sequence-first network (whose leading dimension may be a sequence) and
+    for a recurrent state with the folded batch in dimension 1, ``tensor`` is
+    returned as it is, and :func:`row_layout` reads it.
+
+    Args:
+        state: the running call's particle state (``None`` outside a network).
+        tensor: the tensor a Bayesian layer reads, batch dimension first.
+        samples: the number of particles ``S``.
+        batch: the batch size of the running call.
+
+    Raises:
+        LayoutError: for one row computed from a Bayesian layer's folded
+            output (one particle's row, ``h[:1]``, or a reduction over the
+            batch, ``h.mean(0, keepdim=True)``): no row for every example.
+    """
+    if not _broadcasts(state, tensor, samples, batch):
+        return tensor
+    assert batch is not None
+    return tensor.expand(int(batch), *tensor.shape[1:])
+
+
+def _broadcasts(
+    state: ParticleState | None, tensor: Tensor, samples: int, batch: int | None
+) -> bool:
+    """Whether :func:`broadcast_row` expands ``tensor`` (see there).
+
+    Raises:
+        LayoutError: for one row computed from a Bayesian layer's folded
+            output, which is no row for every example.
+    """
+    if state is None or samples == 1 or batch is None or int(batch) == 1:
+        return False
+    if tensor.dim() == 0 or int(tensor.shape[0]) != 1 or not state.batch_leading:
+        return False
+    if state.is_input(tensor) or any(tensor is t for t in state.early_tensors):
+        return False
+    if 1 in state.other_batches_seen() or _folded_behind(tensor, state):
+        return False
+    if _reaches_folded_output(state, tensor):
+        raise LayoutError(
+            f"a Bayesian layer got a tensor of shape {tuple(tensor.shape)}, one "
+            "row that would be every example's, computed from a Bayesian "
+            f"layer's output of {batch} * {samples} rows, whose particles are "
+            "folded into the batch (row b * S + s): the row is one particle's "
+            "(h[:1]) or a mix of the particles (h.mean(0, keepdim=True)). Keep "
+            "reductions off the batch dimension, or write them per particle on "
+            "h.unflatten(0, (-1, S))"
+        )
+    return True
+
+
 def one_row_per_example(
     state: ParticleState | None, tensor: Tensor, samples: int, batch: int | None
 ) -> bool:
@@ -452,6 +533,8 @@ def one_row_per_example(
     rows, batch = int(tensor.shape[0]), int(batch)
     if samples == 1 or state is None:
         return rows == batch
+    if _broadcasts(state, tensor, samples, batch):
+        return True  # read as the batch's rows (broadcast_row)
     if rows != batch and rows != batch * samples:
         return False
     # Only another layout than the size says changes the answer (a first read

@@ -35,6 +35,7 @@ from pyrolite_bnn._warnings import warn_at_caller
 __all__ = [
     "WATCHED_CALLS",
     "SourceOptimizerWatch",
+    "converted",
     "remember_source",
     "steps_convert_source",
 ]
@@ -55,6 +56,23 @@ def remember_source(network: nn.Module, source: nn.Module) -> None:
         >>> remember_source(nn.Linear(2, 1), plain)
     """
     _SOURCES[network] = tuple(weakref.ref(p) for p in source.parameters())
+
+
+def converted(network: nn.Module) -> bool:
+    """Whether ``network`` is one :func:`~pyrolite_bnn.convert` returned here.
+
+    Known in this process only (a network loaded from a file is not).
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Linear(2, 1)
+        >>> converted(net)
+        False
+        >>> remember_source(net, nn.Linear(2, 1))
+        >>> converted(net)
+        True
+    """
+    return network in _SOURCES
 
 
 def steps_convert_source(network: nn.Module, optimizer: Optimizer) -> bool:

@@ -307,7 +307,10 @@ class ConvertedNetwork(VIModule):
 
     ``convert`` makes a subclass of both your class and this one: your
     ``forward`` and methods, the library's call machinery. Its instances are not
-    built by ``__init__``: :meth:`wrap` moves a converted module into one.
+    built by ``__init__``: :meth:`wrap` moves a converted module into one, and
+    calling the subclass (or a class method that does, as Hugging Face's
+    ``from_pretrained``) raises ``TypeError`` with the way to reload one
+    (convert a model of the same architecture, then ``load_state_dict``).
     The subclass is made at run time; the network pickles (``torch.save`` of
     the whole module) as long as your class can be imported where it is loaded.
     """
@@ -370,6 +373,23 @@ def _converted_instance(cls: type[nn.Module]) -> ConvertedNetwork:
     return network_cls.__new__(network_cls)
 
 
+# Calling a converted network's class built a network of it with the class's
+# own __init__: its torch layers, fresh weights, no random variables (Hugging
+# Face's from_pretrained calls cls(config)).
+_BUILT_BY_CONVERT = (
+    "{name} (this class) is the one bnn.convert made for converted {name} "
+    "networks: they are made by bnn.convert(model), not by calling the class "
+    "(its __init__ would build torch layers with fresh weights and no random "
+    "variables; a class method that calls it, such as Hugging Face's "
+    "from_pretrained(path), does). To reload a saved converted network, build "
+    "the torch model of the same architecture (the plain {name}), convert it "
+    "with the same arguments and load the state: net = bnn.convert(model, "
+    "...); net.load_state_dict(state). torch.save/torch.load of the whole "
+    "network works too, and bnn.to_deterministic(net) gives back a plain "
+    "{name}"
+)
+
+
 def _make_network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
     forward = cls.forward
 
@@ -386,7 +406,14 @@ def _make_network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
                 raise
             raise hinted from error
 
-    namespace = {"forward": hinted_forward, "__module__": cls.__module__}
+    def refused_init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(_BUILT_BY_CONVERT.format(name=cls.__name__))
+
+    namespace = {
+        "forward": hinted_forward,
+        "__init__": refused_init,
+        "__module__": cls.__module__,
+    }
     made = types.new_class(
         cls.__name__, (cls, ConvertedNetwork), exec_body=lambda ns: ns.update(namespace)
     )

@@ -48,6 +48,7 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._draws import called_repeatedly, current_draws, particle_weights
 from pyrolite_bnn._handlers import pyro_wrapped
+from pyrolite_bnn._layout_errors import naming_layer
 from pyrolite_bnn._pyro_module import (
     LocalPyroModule,
     keep_store_in,
@@ -774,10 +775,18 @@ class VIModule(LocalPyroModule):
                 raise ValueError(
                     "samples= can only be given to the outermost VIModule call"
                 )
-            if current_draws() is not None:  # weights already drawn: no Pyro needed
-                output = nn.Module.__call__(self, *args, **kwargs)
-            else:
-                output = LocalPyroModule.__call__(self, *args, **kwargs)
+            try:
+                if current_draws() is not None:  # weights drawn: no Pyro needed
+                    output = nn.Module.__call__(self, *args, **kwargs)
+                else:
+                    output = LocalPyroModule.__call__(self, *args, **kwargs)
+            except _particles.LayoutError as error:
+                state = _particles.current()
+                root = None if state is None else state.root
+                named = naming_layer(error, self, root)
+                if named is None:  # a layer inside this one is named
+                    raise
+                raise named from error
             _particles.note_folded_output(output)
             return output
         from pyrolite_bnn._network import facts_kept_for_the_call

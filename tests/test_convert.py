@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import io
+import pickle
 import warnings
 from typing import Any
 
@@ -1089,3 +1091,48 @@ def test_an_excluded_transformer_stack_stays_torchs() -> None:
     assert type(net.encoder) is nn.TransformerEncoder
     assert type(net.encoder.layers) is nn.ModuleList
     _assert_mean_equal(net, module, torch.randn(3, 4, 8))
+
+
+class _Pretrained(nn.Module):
+    """A root class with a Hugging Face-style loader that calls ``cls(...)``."""
+
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, 2)
+
+    @classmethod
+    def from_pretrained(cls, state: dict[str, Tensor]) -> _Pretrained:
+        model = cls(state["fc.weight"].shape[1])
+        model.load_state_dict(state)
+        return model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x)  # type: ignore[no-any-return]
+
+
+def test_calling_a_converted_networks_class_is_refused_with_the_reload() -> None:
+    """type(net).from_pretrained(path) of a converted Hugging Face model (whose
+    loader calls cls(config)) returned a network of the converted class with
+    torch layers, fresh weights and no random variables, without a word."""
+    net = bnn.convert(_Pretrained())
+    with pytest.raises(TypeError, match=r"made by bnn.convert\(model\), not by"):
+        type(net)(3)
+    with pytest.raises(TypeError, match=r"net.load_state_dict\(state\)"):
+        type(net).from_pretrained(_Pretrained().state_dict())
+    # The ways that build no instance through __init__ keep working.
+    x = torch.randn(4, 3)
+    want = bnn.predict(net, x, CLASSES, mode="mean").samples
+    copies = [
+        copy.deepcopy(net),
+        pickle.loads(pickle.dumps(net)),
+        _reloaded(net),
+    ]
+    fresh = bnn.convert(_Pretrained())  # the reload the message gives
+    fresh.load_state_dict(net.state_dict())
+    for other in [*copies, fresh]:
+        assert type(other) is type(net)
+        got = bnn.predict(other, x, CLASSES, mode="mean").samples
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    plain = bnn.to_deterministic(net)
+    assert type(plain) is _Pretrained
+    assert type(_Pretrained.from_pretrained(plain.state_dict())) is _Pretrained

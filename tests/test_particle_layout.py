@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pyro import poutine
 from torch import Tensor, nn
 
@@ -439,7 +440,7 @@ def test_deterministic_copy_returns_states_of_plain_recurrent_layers() -> None:
     torch.testing.assert_close(got_h, want_h)
 
 
-@pytest.mark.parametrize(("source", "target"), [(6, 4), (5, 7), (6, 12)])
+@pytest.mark.parametrize(("source", "target"), [(6, 4), (5, 7), (6, 12), (6, 1)])
 def test_sequence_first_target_of_another_length_inside_a_network(
     source: int, target: int
 ) -> None:
@@ -989,3 +990,189 @@ def test_an_empty_batch_with_gradients_runs_and_the_loss_refuses_it(
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 50)
     with pytest.raises(ValueError, match=r"the batch is empty \(output of shape"):
         loss_fn(out, torch.zeros(out.shape[1:-1], dtype=torch.long))
+
+
+def _traced_weights(
+    trace: poutine.Trace, net: bnn.VIModule, samples: int
+) -> dict[str, Tensor]:
+    """Each weight site's draws in ``trace``, ``(samples, *shape)``."""
+    return {
+        v.site: trace.nodes[v.site]["value"].reshape(samples, *v.shape)
+        for v in net.random_variables()
+    }
+
+
+class _GPTLike(bnn.VIModule):
+    """GPT-2's embeddings: token table, position table read with ``(1, L)`` ids.
+
+    Hugging Face's GPT-2, BERT and DistilBERT pass ``position_ids`` of shape
+    ``(1, L)`` (torch broadcasts them against the ``(B, L)`` tokens).
+    """
+
+    def __init__(self, positions_first: bool = False) -> None:
+        super().__init__()
+        wide = bnn.MeanFieldNormal(init_scale=0.5)  # particles clearly differ
+        self.tok = bnn.VIEmbedding(11, 6, variational=wide)
+        self.pos = bnn.VIEmbedding(8, 6, variational=wide)
+        self.head = bnn.VILinear(6, 5, variational=wide)
+        self.positions_first = positions_first
+
+    def forward(self, ids: Tensor) -> Tensor:
+        positions = torch.arange(ids.shape[1]).unsqueeze(0)  # (1, L)
+        if self.positions_first:
+            p = self.pos(positions)
+            h = self.tok(ids) + p
+        else:
+            h = self.tok(ids) + self.pos(positions)
+        return self.head(torch.tanh(h))  # type: ignore[no-any-return]
+
+
+def _gpt_like_reference(weights: dict[str, Tensor], ids: Tensor, s: int) -> Tensor:
+    """``_GPTLike`` as plain torch with particle ``s``'s weights."""
+    positions = torch.arange(ids.shape[1]).unsqueeze(0)
+    h = F.embedding(ids, weights["tok.weight"][s])
+    h = h + F.embedding(positions, weights["pos.weight"][s])
+    return F.linear(torch.tanh(h), weights["head.weight"][s], weights["head.bias"][s])
+
+
+@pytest.mark.parametrize("positions_first", [False, True])
+def test_a_position_table_read_with_one_row_of_ids_is_every_examples(
+    positions_first: bool,
+) -> None:
+    """GPT-2, BERT and DistilBERT converted raised 'input has leading size 1'
+    at samples >= 2: their ``(1, L)`` position ids, torch's broadcast over the
+    batch, were no batch size the layout rule knew. Such a row is now the
+    same for every example: each particle reads it with its own table.
+    Compared with plain torch at each drawn network's weights (float32
+    arithmetic of the same operations: tolerance 1e-6)."""
+    net, ids = _GPTLike(positions_first), torch.randint(0, 11, (4, 7))
+    nets = bnn.draw_networks(net, samples=3)
+    weights = nets.weights()
+    got = nets(ids)
+    assert got.shape == (3, 4, 7, 5)
+    for s in range(3):
+        want = _gpt_like_reference(weights, ids, s)
+        torch.testing.assert_close(got[s], want, rtol=0.0, atol=1e-6)
+    assert net(ids, samples=3).shape == (3, 4, 7, 5)  # rows drawn from moments
+
+    class Positions(_GPTLike):
+        def forward(self, ids: Tensor) -> Tensor:
+            positions = torch.arange(ids.shape[1]).unsqueeze(0)
+            return 0.0 * self.tok(ids) + self.pos(positions)  # type: ignore[no-any-return]
+
+    # A training call draws the rows looked up, once per particle: every
+    # example reads its particle's draw.
+    table = Positions()(ids, samples=3)
+    torch.testing.assert_close(table, table[:, :1].expand_as(table), rtol=0, atol=0)
+    assert not torch.allclose(table[0], table[1])
+
+
+def test_one_row_read_by_each_layer_kind_is_broadcast_per_particle() -> None:
+    """The rule holds for every Bayesian layer reading a ``(1, ...)`` tensor
+    that is no batch: a linear layer, a convolution, a transposed one. A
+    traced call with drawn weights (``"reparam"``) equals plain torch at each
+    particle's weights (tolerance 1e-5: conv arithmetic grouped differently)."""
+
+    class Canvas(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.canvas = nn.Parameter(torch.randn(1, 2, 5, 5))
+            self.conv = bnn.VIConv2d(2, 3, 3, padding=1, estimator="reparam")
+            self.up = bnn.VIConvTranspose2d(2, 3, 3, padding=1, estimator="reparam")
+            self.inp = bnn.VIConv2d(2, 3, 3, padding=1, estimator="reparam")
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.inp(x) + self.conv(self.canvas) + self.up(self.canvas)  # type: ignore[no-any-return]
+
+    net, x = Canvas(), torch.randn(4, 2, 5, 5)
+    with poutine.trace() as trace:
+        got = net(x, samples=3)
+    assert got.shape == (3, 4, 3, 5, 5)
+    drawn = _traced_weights(trace.trace, net, 3)
+    for s in range(3):
+        w = {name: value[s] for name, value in drawn.items()}
+        want = (
+            F.conv2d(x, w["inp.weight"], w["inp.bias"], padding=1)
+            + F.conv2d(net.canvas, w["conv.weight"], w["conv.bias"], padding=1)
+            + F.conv_transpose2d(net.canvas, w["up.weight"], w["up.bias"], padding=1)
+        )
+        torch.testing.assert_close(got[s], want, rtol=0.0, atol=1e-5)
+
+
+class _LearnedQuery(bnn.VIModule):
+    """A learned ``(1, E)`` query projected by a Bayesian layer, scoring tokens."""
+
+    def __init__(self, estimator: str = "auto") -> None:
+        super().__init__()
+        wide = bnn.MeanFieldNormal(init_scale=0.5)
+        self.query = nn.Parameter(torch.randn(1, 4))
+        self.keys = bnn.VILinear(3, 4, variational=wide, estimator=estimator)
+        self.proj = bnn.VILinear(4, 4, variational=wide, estimator=estimator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        keys = self.keys(x)  # (B * S, L, 4)
+        query = self.proj(self.query)  # (1, 4): the same for every example
+        return torch.einsum("bld,bd->bl", keys, query)
+
+
+def test_a_learned_query_of_one_row_is_every_examples() -> None:
+    """A ``(1, E)`` parameter into a Bayesian linear layer raised 'input has
+    leading size 1' at samples >= 2. It equals plain torch at each drawn
+    network's weights (tolerance 1e-6: float32, the same operations), in a
+    traced training call (``"reparam"``) and in drawn networks."""
+    x = torch.randn(5, 6, 3)
+    net = _LearnedQuery()
+    nets = bnn.draw_networks(net, samples=3)
+    weights, got = nets.weights(), nets(x)
+    assert got.shape == (3, 5, 6)
+    reparam = _LearnedQuery("reparam")
+    with poutine.trace() as trace:
+        traced = reparam(x, samples=3)
+    drawn = _traced_weights(trace.trace, reparam, 3)
+    for model, values, out in ((net, weights, got), (reparam, drawn, traced)):
+        for s in range(3):
+            keys = F.linear(x, values["keys.weight"][s], values["keys.bias"][s])
+            query = F.linear(
+                model.query, values["proj.weight"][s], values["proj.bias"][s]
+            )
+            want = torch.einsum("bld,d->bl", keys, query[0])
+            torch.testing.assert_close(out[s], want, rtol=0.0, atol=1e-6)
+    # Output moments (local reparameterisation) on the broadcast rows run too.
+    assert net(x, samples=3).shape == (3, 5, 6)
+
+
+def test_one_row_keeps_its_meaning_where_it_had_one() -> None:
+    """A leading size of 1 that is a batch is read as before: the batch of 1
+    itself, another input of batch 1 (and tensors of its batch), one
+    particle."""
+    net, ids = _GPTLike(), torch.randint(0, 11, (1, 7))
+    assert net(ids, samples=3).shape == (3, 1, 7, 5)
+    assert net(torch.randint(0, 11, (4, 7)), samples=1).shape == (1, 4, 7, 5)
+    two = _TwoInputs()
+    x, z = torch.randn(4, 3), torch.randn(1, 3)
+    first, second = two(x, z, samples=3)
+    assert (first.shape, second.shape) == ((3, 4, 2), (3, 1, 2))
+
+    class OtherBatch(_TwoInputs):
+        def forward(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+            return self.a(x), self.b(2.0 * z)  # no input, but of z's batch
+
+    first, second = OtherBatch()(x, z, samples=3)
+    assert (first.shape, second.shape) == ((3, 4, 2), (3, 1, 2))
+
+
+def test_one_row_taken_from_folded_rows_is_not_broadcast() -> None:
+    """One row computed from a Bayesian layer's folded output (``h[:1]``,
+    particle 0 of example 0; ``h.mean(0, keepdim=True)``, mixing particles)
+    is no row for every example: it is refused."""
+
+    class Picks(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = bnn.VILinear(3, 3), bnn.VILinear(3, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(self.a(x).mean(0, keepdim=True))  # type: ignore[no-any-return]
+
+    with pytest.raises(ValueError, match=r"one particle's \(h\[:1\]\) or a mix"):
+        Picks()(torch.randn(4, 3), samples=3)

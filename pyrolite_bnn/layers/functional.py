@@ -3,7 +3,8 @@
 Weights arrive with leading particle dimensions (``(S, 1, out, in)`` from the
 particle plate) or none at all (one particle); they are flattened to one
 particle dimension ``S``. Inputs are either *shared* by all particles (leading
-size ``batch_size``) or *folded* (leading size ``b * S``).
+size ``batch_size``; a leading size of 1 that is no batch is torch's
+broadcast, read as the batch's rows) or *folded* (leading size ``b * S``).
 Folded means batch-major, ``(b * S, ...)`` with row ``i * S + s`` for example
 ``i`` under particle ``s``. Outputs are folded. A custom layer gets
 ``batch_size`` and ``S`` of the running call from :func:`current_batch_size`
@@ -89,6 +90,15 @@ def _bias_particles(bias: Tensor | None, samples: int, size: int) -> Tensor | No
     raise ValueError(f"bias has {flat.shape[0]} particles but the weight has {samples}")
 
 
+def _batch_rows(input: Tensor, samples: int, batch_size: int | None) -> Tensor:
+    """``input``, a row that stands for every example expanded to the batch.
+
+    A leading size of 1 that is no batch of the call is torch's broadcast:
+    the same for every example (:func:`pyrolite_bnn._particles.broadcast_row`).
+    """
+    return _particles.broadcast_row(_particles.current(), input, samples, batch_size)
+
+
 def _is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
     """Whether ``input`` is shared by all particles (else folded, ``b * S`` rows).
 
@@ -131,9 +141,15 @@ def _is_shared(input: Tensor, samples: int, batch_size: int | None) -> bool:
             )
         return False
     shown = " or ".join(map(str, known)) if known else "unknown"
-    raise ValueError(
+    unbatched = (
+        ". A tensor without a batch dimension (positions, torch.arange(L)) is "
+        "read by its size: give it one, of size 1 where it is the same for "
+        "every example (torch.arange(L).unsqueeze(0))"
+    )
+    raise _particles.LayoutError(
         f"input has leading size {rows}: expected the batch size {shown} (shared "
         f"by all particles) or a multiple of samples={samples} (folded)"
+        + ("" if rows == 1 else unbatched)
         + ("" if state is None else _particles.sequence_first_hint(state))
     )
 
@@ -148,6 +164,7 @@ def examples_of(input: Tensor, samples: int, batch_size: int | None) -> int:
         >>> examples_of(torch.zeros(2, 3), samples=3, batch_size=2)
         2
     """
+    input = _batch_rows(input, samples, batch_size)
     rows = input.shape[0]
     if samples == 1 or _is_shared(input, samples, batch_size):
         return rows
@@ -180,6 +197,7 @@ def linear(
     b = _bias_particles(bias, samples, out_features)
     if samples == 1:
         return F.linear(input, w[0], None if b is None else b[0])
+    input = _batch_rows(input, samples, batch_size)
     rows, middle = input.shape[0], input.shape[1:-1]
     positions = math.prod(middle)  # explicit sizes: an empty batch has no -1
     if _is_shared(input, samples, batch_size):
@@ -249,6 +267,7 @@ def conv(
             input, w[0], None if b is None else b[0], stride, padding, dilation, groups
         )
     kernel = w.shape[2:]
+    input = _batch_rows(input, samples, batch_size)
     rows = input.shape[0]
     per_group = out_channels // groups
     if _is_shared(input, samples, batch_size):
@@ -343,6 +362,7 @@ def conv_transpose(
     if samples == 1:
         return op(input, w[0], None if b is None else b[0], *geometry, groups, dilation)
     kernel = w.shape[3:]
+    input = _batch_rows(input, samples, batch_size)
     rows = input.shape[0]
     if _is_shared(input, samples, batch_size):
         # Output channels ordered (group, particle, channel-in-group): input
@@ -389,6 +409,7 @@ def _particle_indices(
     """
     if samples == 1:
         return input
+    input = _batch_rows(input, samples, batch_size)
     rows = input.shape[0]
     offsets = torch.arange(samples, device=input.device) * block
     if _is_shared(input, samples, batch_size):
@@ -686,6 +707,7 @@ def linear_local(
         torch.Size([20, 2])
     """
     _check_moments(weight, bias, "linear_local")
+    input = _batch_rows(input, samples, batch_size)
     shared, out_rows = _rows(input, samples, batch_size)
     mean = F.linear(input, weight[0], None if bias is None else bias[0])
     var = F.linear(
@@ -795,6 +817,7 @@ def linear_flipout(
     """
     _check_moments(weight, bias, "linear_flipout")
     out_features, in_features = weight[0].shape
+    input = _batch_rows(input, samples, batch_size)
     shared, out_rows = _rows(input, samples, batch_size)
     mean = F.linear(input, weight[0], None if bias is None else bias[0])
     if shared:
@@ -850,6 +873,7 @@ def conv_local(
     """
     _check_moments(weight, bias, "conv_local")
     op = _CONV[len(stride)]
+    input = _batch_rows(input, samples, batch_size)
     shared, out_rows = _rows(input, samples, batch_size)
     mean = op(
         input,
@@ -903,6 +927,7 @@ def conv_flipout(
     _check_moments(weight, bias, "conv_flipout")
     dims = len(stride)
     op = _CONV[dims]
+    input = _batch_rows(input, samples, batch_size)
     shared, out_rows = _rows(input, samples, batch_size)
     mean = op(
         input,

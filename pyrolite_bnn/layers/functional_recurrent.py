@@ -33,7 +33,7 @@ from torch import Tensor
 from pyrolite_bnn._capture import is_capturing, transforms_active
 from pyrolite_bnn._particles import differentiates_inputs
 from pyrolite_bnn.layers import functional
-from pyrolite_bnn.layers.functional import _flat_particles, _is_shared
+from pyrolite_bnn.layers.functional import _batch_rows, _flat_particles, _is_shared
 
 __all__ = ["GATES", "RecurrentWeights", "recurrent"]
 
@@ -558,6 +558,8 @@ def recurrent(
         for k, t in enumerate(direction)
         if t is not None
     )
+    if samples > 1:
+        input = _batch_rows(input, samples, batch_size)
     rows = input.shape[0]
     shared = samples > 1 and _is_shared(input, samples, batch_size)
     batch = rows if shared or samples == 1 else rows // samples
