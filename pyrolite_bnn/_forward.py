@@ -324,6 +324,11 @@ def warn_if_a_guide_drew_one_particle(root: nn.Module) -> None:
     particle plate, so every particle takes its one draw, and Pyro's ELBO
     then refuses the shapes ("Model and guide shapes disagree at site").
     Assigned as ``net.guide`` it runs in the particle plate.
+
+    A trace without the plate's node whose weight sites were drawn in the
+    plate is no such guide's: Pyro's ``prune_subsample_sites`` removes the
+    node (``infer_discrete`` replays the model against such a trace), while
+    each site still names the plate in its ``cond_indep_stack``.
     """
     sites = None
     for trace in replayed_traces():
@@ -331,7 +336,14 @@ def warn_if_a_guide_drew_one_particle(root: nn.Module) -> None:
             continue
         if sites is None:
             sites = {variable.site for variable in collect_variables(root)}
-        held = sorted(sites & trace.nodes.keys())
+        held = sorted(
+            site
+            for site in sites & trace.nodes.keys()
+            if not any(
+                frame.name == _particles.PLATE_NAME
+                for frame in trace.nodes[site].get("cond_indep_stack", ())
+            )
+        )
         if held:
             warn_at_caller(
                 f"the guide replayed into this model drew the network's weight "

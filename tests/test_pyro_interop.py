@@ -683,6 +683,41 @@ def test_a_one_particle_guide_given_straight_to_svi_names_the_assignment() -> No
     assert np.isfinite(svi(net.guide).step(x, y, samples=4))
 
 
+def test_infer_discrete_over_a_network_of_several_particles_says_nothing() -> None:
+    """``infer_discrete`` replays the model against a trace pruned of
+    subsample sites, the particle plate's node included, while every weight
+    site was drawn in the plate: that was taken for a one-particle guide and
+    warned about ("without the particle plate ... net.guide ="), with or
+    without a guide replayed (warnings are errors here). The decoded state is
+    the argmax of each particle's posterior given the guide's networks."""
+    from pyro.infer import infer_discrete
+
+    net = bnn.VISequential(bnn.VILinear(2, 3), nn.Tanh(), bnn.VILinear(3, 2))
+    x = torch.randn(12, 2)
+    y = torch.randn(12)
+    weights = torch.tensor([0.3, 0.7])
+    outs = []
+
+    def model(x: torch.Tensor, y: torch.Tensor, samples: int) -> torch.Tensor:
+        out = net(x, samples=samples)
+        outs.append(out)
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            z = pyro.sample(
+                "z", dist.Categorical(weights), infer={"enumerate": "parallel"}
+            )
+            loc = torch.where(z == 0, out[..., 0], out[..., 1])
+            pyro.sample("obs", dist.Normal(loc, 0.3), obs=y)
+        return z
+
+    sampled = infer_discrete(model, first_available_dim=-3)(x, y, samples=3)
+    assert sampled.shape == (3, 12)
+    guide_trace = poutine.trace(net.guide).get_trace(x, samples=3)
+    replayed = poutine.replay(model, trace=guide_trace)
+    z = infer_discrete(replayed, first_available_dim=-3, temperature=0)(x, y, samples=3)
+    likelihood = dist.Normal(outs[-1], 0.3).log_prob(y[:, None])
+    assert torch.equal(z, (weights.log() + likelihood).argmax(-1))
+
+
 def test_an_easyguide_finding_its_sites_is_no_mcmc() -> None:
     """An EasyGuide sets itself up under an InitMessenger, as MCMC does: a
     model running samples=4 was refused as if MCMC were initialising it."""
