@@ -58,7 +58,7 @@ from pyrolite_bnn._draws import (
     using_draws,
 )
 from pyrolite_bnn._handlers import (
-    importance_sampling,
+    importance_sampler,
     innermost_trace_holds,
     mcmc_initialising,
     replayed_traces,
@@ -372,7 +372,8 @@ def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
     once under an ``InitMessenger`` first (``initialize_model``), before any
     potential energy is computed; an autoguide or ``EasyGuide`` finding its
     sites initialises the same way and is let be. ``Importance`` (and
-    ``CSIS``) run the model in their ``_traces``.
+    ``CSIS``) run the model in their ``_traces``, ``WeighedPredictive`` (and
+    ``MHResampler``) in its ``forward``.
 
     Raises:
         ValueError: naming ``samples=1``.
@@ -391,17 +392,20 @@ def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
             "samples= does that by itself); more posterior draws come from the "
             "chain (num_samples)"
         )
-    if importance_sampling():
+    sampler = importance_sampler()
+    if sampler is not None:
+        call = (
+            ".run(x, y, samples=1)" if sampler == "Importance" else "(x, y, samples=1)"
+        )
         raise ValueError(
             f"{name} runs {count} particles (samples={count}) in a Pyro "
-            "model that importance sampling (pyro.infer.Importance) weighs: "
+            f"model that importance sampling (pyro.infer.{sampler}) weighs: "
             f"each particle is a network of its own whose sites weigh 1/{count}, "
             "so each draw's log weight would be the mean of its "
             f"{count} networks' log weights, and the log normalizer and the "
             "weighted posterior those of a tempered model. Run one network per "
-            "draw, samples=1: Importance(model, guide=net.guide, "
-            "num_samples=n).run(x, y, samples=1); more draws come from "
-            "num_samples"
+            f"draw, samples=1: {sampler}(model, guide=net.guide, "
+            f"num_samples=n){call}; more draws come from num_samples"
         )
 
 
