@@ -311,8 +311,9 @@ class ParticleGuide(LocalPyroModule):
         As Pyro's ``AutoNormal.quantiles``: each value has a leading dimension
         over ``quantiles``, then the shape of one draw. For the generated guide a
         mean-field Normal gives ``loc + scale * Phi^-1(q)`` and a point mass its
-        value at every ``q``; a point-mass part (``AutoDelta``) of an assigned
-        guide likewise.
+        value at every ``q``; an assigned guide (or part of an
+        ``AutoGuideList``) whose posterior is a point mass (``AutoDelta``,
+        ``AutoLaplaceApproximation``) likewise, as in :meth:`median`.
 
         Args:
             quantiles: probabilities in ``(0, 1)``.
@@ -320,7 +321,8 @@ class ParticleGuide(LocalPyroModule):
             **kwargs: passed on to an assigned guide's ``quantiles``.
 
         Raises:
-            NotImplementedError: for a guide or posterior without quantiles.
+            NotImplementedError: for a guide or posterior without quantiles
+                (``AutoIAFNormal``, a hand-written guide), naming the guide.
         """
         if self.inner is not None:
             return _guide_quantiles(self.inner, quantiles, args, kwargs)
@@ -631,20 +633,29 @@ def _guide_quantiles(
         for part in guide:
             result.update(_guide_quantiles(part, quantiles, args, kwargs))
         return result
-    if isinstance(guide, AutoDelta):
-        medians = guide.median(*args, **kwargs)
+    name = type(guide).__name__
+    if _is_point_mass(guide, args, kwargs):
         return {
             site: elementwise_quantiles(
-                dist.Delta(value, event_dim=value.dim()), quantiles, "AutoDelta"
+                dist.Delta(value, event_dim=value.dim()), quantiles, name
             )
-            for site, value in medians.items()
+            for site, value in _point_mass_values(guide, args, kwargs).items()
         }
+    instead = (
+        "draw from the guide instead (bnn.predict(..., mode='sample'), "
+        "bnn.draw_networks)"
+    )
     method = getattr(guide, "quantiles", None)
     if method is None:
+        raise NotImplementedError(f"guide {name} has no quantiles() method; {instead}")
+    try:
+        return dict(method(quantiles, *args, **kwargs))
+    except NotImplementedError as error:
+        reason = f" ({error})" if str(error) else ""
         raise NotImplementedError(
-            f"guide {type(guide).__name__} has no quantiles() method"
-        )
-    return dict(method(quantiles, *args, **kwargs))
+            f"guide {name} has no posterior quantiles: Pyro's {name}.quantiles() "
+            f"is not implemented{reason}; {instead}"
+        ) from error
 
 
 def _guide_median(
@@ -657,6 +668,8 @@ def _guide_median(
             result.update(_guide_median(part, args, kwargs))
         return result
     name = type(guide).__name__
+    if _is_point_mass(guide, args, kwargs):
+        return _point_mass_values(guide, args, kwargs)
     method = getattr(guide, "median", None)
     if method is None:
         raise NotImplementedError(
@@ -667,11 +680,6 @@ def _guide_median(
     try:
         return dict(method(*args, **kwargs))
     except NotImplementedError as error:
-        if isinstance(guide, AutoContinuous) and _is_point_mass(guide, args, kwargs):
-            # A draw of a point mass is its value: the latent's loc, transformed
-            # to each site's support, as AutoContinuous.median would give it.
-            with local_params(), poutine.block():
-                return dict(guide(*args, **kwargs))
         reason = f" ({error})" if str(error) else ""
         raise NotImplementedError(
             f"guide {name} has no posterior median: Pyro's {name}.median() is not "
@@ -681,15 +689,35 @@ def _guide_median(
         ) from error
 
 
-def _is_point_mass(
-    guide: AutoContinuous, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> bool:
-    """Whether an ``AutoContinuous`` guide's posterior is a point mass."""
+def _is_point_mass(guide: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether an assigned guide's posterior is a point mass.
+
+    ``AutoDelta``'s is; an ``AutoContinuous`` guide's is when its posterior
+    is a ``Delta`` (``AutoLaplaceApproximation``, a MAP guide until
+    ``laplace_approximation()``).
+    """
+    if isinstance(guide, AutoDelta):
+        return True
+    if not isinstance(guide, AutoContinuous):
+        return False
     with local_params():
         posterior = guide.get_posterior(*args, **kwargs)
     while isinstance(posterior, dist.Independent):
         posterior = posterior.base_dist
     return isinstance(posterior, dist.Delta)
+
+
+def _point_mass_values(
+    guide: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Tensor]:
+    """The value of every site of a point-mass guide (:func:`_is_point_mass`).
+
+    A draw of a point mass is its value: for an ``AutoContinuous`` guide the
+    latent's loc, transformed to each site's support, as
+    ``AutoContinuous.median`` would give it.
+    """
+    with local_params(), poutine.block():
+        return dict(guide(*args, **kwargs))
 
 
 def _parameter_device(network: nn.Module) -> torch.device | None:

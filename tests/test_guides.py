@@ -331,7 +331,10 @@ def test_call_returns_draws_sorted_by_site() -> None:
     ]
 
 
-def test_quantiles_of_a_guide_list_with_a_point_mass_part() -> None:
+@pytest.mark.parametrize("point_mass", [AutoDelta, AutoLaplaceApproximation])
+def test_quantiles_of_a_guide_list_with_a_point_mass_part(point_mass: type) -> None:
+    """A point-mass part gives its value at every quantile (an
+    ``AutoLaplaceApproximation`` part raised an empty NotImplementedError)."""
     net = _net()
     first = ["0.weight", "0.bias"]
     guide = AutoGuideList(net.prior_model)
@@ -339,7 +342,7 @@ def test_quantiles_of_a_guide_list_with_a_point_mass_part() -> None:
         AutoNormal(poutine.block(net.prior_model, expose=first), init_scale=0.1)
     )
     guide.append(
-        AutoDelta(
+        point_mass(
             poutine.block(net.prior_model, hide=first), init_loc_fn=net.init_loc_fn
         )
     )
