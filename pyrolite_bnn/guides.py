@@ -52,6 +52,8 @@ from pyro.infer.autoguide import (
 )
 from pyro.ops.jit import CompiledFunction
 from pyro.poutine import Trace
+from pyro.poutine.messenger import unwrap
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
@@ -566,22 +568,41 @@ def _two_networks(owner: nn.Module, guide: object) -> str:
 
 
 def _check_sites(guide: object, trace: Trace, network: nn.Module) -> None:
-    """Check that a guide's trace samples exactly the network's weights."""
+    """Check that a guide's trace samples exactly the network's weights.
+
+    The error names what is wrong; it advises building an autoguide on
+    ``model.prior_model`` only where the autoguide was built on another model.
+    """
     declared = {v.site: v.shape for v in collect_variables(network)}
+    plates = sorted(
+        site for site, node in trace.nodes.items() if site_is_subsample(node)
+    )
     drawn: dict[str, torch.Size] = {}
     for site, node in trace.nodes.items():
         infer = node.get("infer") or {}
-        if node["type"] != "sample" or node["is_observed"]:
+        if node["type"] != "sample" or node["is_observed"] or site in plates:
             continue
         value = node["value"]
         if isinstance(value, Tensor) and not infer.get("is_auxiliary", False):
             drawn[site] = value.shape
     name = type(guide).__name__
-    if isinstance(guide, (AutoGuide, AutoMessenger)):
-        hint = f"build it on model.prior_model: {name}(model.prior_model, ...)"
-    else:
+    autoguide = isinstance(guide, (AutoGuide, AutoMessenger))
+    if not autoguide:
         name = f"guide {getattr(guide, '__qualname__', name)}"
+    if plates:
+        raise ValueError(f"{name} opens {_plates_refused(guide, plates)}")
+    on_prior_model = isinstance(guide, (AutoGuide, AutoMessenger)) and _built_on(
+        guide, getattr(network, "prior_model", None)
+    )
+    if not autoguide:
         hint = "a guide must sample each weight of one particle with its shape"
+    elif on_prior_model:
+        hint = (
+            "a network's guide must sample each of the network's weight sites, "
+            "for one particle, with its shape"
+        )
+    else:
+        hint = f"build it on model.prior_model: {name}(model.prior_model, ...)"
     if drawn.keys() != declared.keys():
         missing = sorted(declared.keys() - drawn.keys())
         extra = sorted(drawn.keys() - declared.keys())
@@ -615,10 +636,55 @@ def _check_sites(guide: object, trace: Trace, network: nn.Module) -> None:
         )
     for site, shape in declared.items():
         if drawn[site] != shape:
+            if on_prior_model:
+                hint = (
+                    "built on model.prior_model, which draws the declared shape, "
+                    "it takes its values' shapes from its initialisation: its "
+                    "init_loc_fn (e.g. init_to_value) must give each site a value "
+                    "of the weight's shape"
+                )
             raise ValueError(
                 f"{name} draws site {site!r} with shape {tuple(drawn[site])} but "
                 f"the network declares {tuple(shape)}; {hint}"
             )
+
+
+def _built_on(guide: AutoGuide | AutoMessenger, model: object) -> bool:
+    """Whether an autoguide was built on ``model`` (through Pyro's handlers)."""
+    try:
+        built_on = guide.model
+    except (AttributeError, TypeError):  # a pickled copy has none
+        return False
+    while True:
+        inner = inspect.unwrap(unwrap(built_on))
+        if inner is built_on:
+            return bool(built_on == model)
+        built_on = inner
+
+
+def _plates_refused(guide: object, plates: list[str]) -> str:
+    """Why a guide that opens ``plates`` cannot be a network's guide."""
+    if _particles.PLATE_NAME not in plates:
+        return (
+            f"plates {plates}: a network's guide draws the network's weights "
+            "for one particle and opens no plate (each weight tensor is one "
+            "site of its own shape; the network opens its particle plate "
+            "around the guide)"
+        )
+    reason = (
+        f"a plate named {_particles.PLATE_NAME!r}, the name reserved for the "
+        "network's particle plate, which the network opens around its guide "
+        "(a guide draws the weights of one particle)"
+    )
+    modules = guide.modules() if isinstance(guide, nn.Module) else ()
+    if any(isinstance(module, ParticleGuide) for module in modules):
+        return (
+            f"{reason}: it holds a network's guide (net.guide), "
+            "which runs that plate; a network's guide cannot be part of "
+            "another guide. Append autoguides built on "
+            "poutine.block(model.prior_model, expose=[...]) instead"
+        )
+    return f"{reason}: name the guide's plate otherwise, or open none"
 
 
 def _guide_quantiles(
