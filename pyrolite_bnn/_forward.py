@@ -58,7 +58,7 @@ from pyrolite_bnn._draws import (
     using_draws,
 )
 from pyrolite_bnn._handlers import (
-    importance_sampling,
+    importance_sampler,
     innermost_trace_holds,
     mcmc_initialising,
     replayed_traces,
@@ -324,6 +324,11 @@ def warn_if_a_guide_drew_one_particle(root: nn.Module) -> None:
     particle plate, so every particle takes its one draw, and Pyro's ELBO
     then refuses the shapes ("Model and guide shapes disagree at site").
     Assigned as ``net.guide`` it runs in the particle plate.
+
+    A trace without the plate's node whose weight sites were drawn in the
+    plate is no such guide's: Pyro's ``prune_subsample_sites`` removes the
+    node (``infer_discrete`` replays the model against such a trace), while
+    each site still names the plate in its ``cond_indep_stack``.
     """
     sites = None
     for trace in replayed_traces():
@@ -331,7 +336,14 @@ def warn_if_a_guide_drew_one_particle(root: nn.Module) -> None:
             continue
         if sites is None:
             sites = {variable.site for variable in collect_variables(root)}
-        held = sorted(sites & trace.nodes.keys())
+        held = sorted(
+            site
+            for site in sites & trace.nodes.keys()
+            if not any(
+                frame.name == _particles.PLATE_NAME
+                for frame in trace.nodes[site].get("cond_indep_stack", ())
+            )
+        )
         if held:
             warn_at_caller(
                 f"the guide replayed into this model drew the network's weight "
@@ -360,7 +372,8 @@ def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
     once under an ``InitMessenger`` first (``initialize_model``), before any
     potential energy is computed; an autoguide or ``EasyGuide`` finding its
     sites initialises the same way and is let be. ``Importance`` (and
-    ``CSIS``) run the model in their ``_traces``.
+    ``CSIS``) run the model in their ``_traces``, ``WeighedPredictive`` (and
+    ``MHResampler``) in its ``forward``.
 
     Raises:
         ValueError: naming ``samples=1``.
@@ -379,17 +392,20 @@ def refuse_particles_under_mcmc(root: nn.Module, count: int) -> None:
             "samples= does that by itself); more posterior draws come from the "
             "chain (num_samples)"
         )
-    if importance_sampling():
+    sampler = importance_sampler()
+    if sampler is not None:
+        call = (
+            ".run(x, y, samples=1)" if sampler == "Importance" else "(x, y, samples=1)"
+        )
         raise ValueError(
             f"{name} runs {count} particles (samples={count}) in a Pyro "
-            "model that importance sampling (pyro.infer.Importance) weighs: "
+            f"model that importance sampling (pyro.infer.{sampler}) weighs: "
             f"each particle is a network of its own whose sites weigh 1/{count}, "
             "so each draw's log weight would be the mean of its "
             f"{count} networks' log weights, and the log normalizer and the "
             "weighted posterior those of a tempered model. Run one network per "
-            "draw, samples=1: Importance(model, guide=net.guide, "
-            "num_samples=n).run(x, y, samples=1); more draws come from "
-            "num_samples"
+            f"draw, samples=1: {sampler}(model, guide=net.guide, "
+            f"num_samples=n){call}; more draws come from num_samples"
         )
 
 

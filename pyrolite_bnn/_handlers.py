@@ -21,6 +21,7 @@ import pyro
 from pyro import poutine
 from pyro.infer.importance import Importance
 from pyro.infer.mcmc.util import initialize_model
+from pyro.infer.predictive import WeighedPredictive
 from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
 from pyro.poutine.trace_messenger import TraceMessenger
@@ -31,7 +32,7 @@ from pyrolite_bnn._context_values import set_while
 __all__ = [
     "called_from",
     "caller_handlers_set_aside",
-    "importance_sampling",
+    "importance_sampler",
     "initialising_inference",
     "innermost_trace_holds",
     "method_of_running",
@@ -140,8 +141,14 @@ def initialising_inference() -> bool:
     ``InitMessenger`` too, but masks every log-density out
     (``poutine.mask(mask=False)``, so ``get_mask()`` is ``False``): it only
     draws, and its particle count comes from the guide's draws.
+    ``WeighedPredictive`` draws the same way without the mask (it weighs the
+    draws afterwards).
     """
-    return bool(_init_messengers()) and get_mask() is not False
+    return (
+        bool(_init_messengers())
+        and get_mask() is not False
+        and not _weighing_predictive()
+    )
 
 
 def mcmc_initialising() -> bool:
@@ -154,15 +161,26 @@ def mcmc_initialising() -> bool:
     return initialising_inference() and called_from(initialize_model.__code__)
 
 
-def importance_sampling() -> bool:
-    """Whether Pyro's importance sampling runs the model (``Importance``, ``CSIS``).
+def importance_sampler() -> str | None:
+    """The Pyro importance sampler that runs the model, ``None`` if none does.
 
-    ``Importance`` runs guide and model once per draw (its ``_traces``
-    generator, on the call stack while it does) and weighs the draw by the
-    log density of the whole model trace over the guide's.
+    ``Importance`` (and ``CSIS``) runs guide and model once per draw (its
+    ``_traces`` generator, on the call stack while it does) and weighs the
+    draw by the log density of the whole model trace over the guide's;
+    ``WeighedPredictive`` (and ``MHResampler``, which calls it) weighs its
+    draws the same way, in its ``forward``.
     """
     # A Pyro internal: the generator every Importance (and CSIS) runs.
-    return called_from(Importance._traces.__code__)
+    if called_from(Importance._traces.__code__):
+        return "Importance"
+    if _weighing_predictive():
+        return "WeighedPredictive"
+    return None
+
+
+def _weighing_predictive() -> bool:
+    """Whether a ``WeighedPredictive`` (or an ``MHResampler``) runs the model."""
+    return called_from(WeighedPredictive.forward.__code__)
 
 
 def method_of_running(cls: type) -> bool:

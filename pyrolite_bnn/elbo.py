@@ -67,7 +67,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import am_i_wrapped, effectful
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor, nn
-from torch.distributions import constraints
+from torch.distributions import constraints, kl_divergence
 
 from pyrolite_bnn._draws import (
     RepeatedExplicitEstimator,
@@ -296,9 +296,10 @@ class TraceMeanField_ELBO(Trace_ELBO, pyro.infer.TraceMeanField_ELBO):
     """Pyro's ``TraceMeanField_ELBO`` (closed-form KL), through the fast path.
 
     On Pyro's path it warns for a guide whose sites are ``Delta`` draws
-    carrying a non-zero ``log_density`` (``AutoStructured``): Pyro's
-    closed-form KL of a ``Delta`` drops that density, so the value and
-    gradients are not the ELBO's (``bnn.Trace_ELBO`` counts it).
+    carrying a non-zero ``log_density`` (``AutoStructured``) where Pyro takes
+    their KL in closed form: that KL drops the density, so the value and
+    gradients are not the ELBO's (``bnn.Trace_ELBO`` counts it; so does
+    Pyro's Monte-Carlo fallback, for a pair without a closed form).
 
     Example:
         >>> import pyrolite_bnn as bnn
@@ -310,56 +311,100 @@ class TraceMeanField_ELBO(Trace_ELBO, pyro.infer.TraceMeanField_ELBO):
     kl_mode: KLMode = "auto"  # closed form where there is one, as Pyro
 
     def _parents_pair(self, model: Any, guide: Any) -> tuple[Any, Any]:
-        """The parent's pair, the guide watched for Delta sites with a density."""
+        """The parent's pair, watched for Delta sites whose density is dropped."""
         model, guide = super()._parents_pair(model, guide)
-        return model, _warning_of_dropped_densities(guide)
+        return _warning_of_dropped_densities(model, guide)
 
 
 class _DeltaDensities(Messenger):
-    """The latent sites of a run whose ``Delta`` carries a non-zero log-density.
+    """The latent sites of a guide's run whose ``Delta`` has a log-density.
 
     Guides that map auxiliary latents to the model's sites (``AutoStructured``,
     ``AutoContinuous`` guides of constrained sites) put the log-Jacobian of
-    the map there; Pyro's closed-form ``KL(Delta || p)`` drops it.
+    the map there. ``sites`` maps each such site to its distribution, the
+    ``Delta`` itself or one wrapping it (``Independent``, masked, expanded).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.sites: list[str] = []
+        self.sites: dict[str, Any] = {}
 
     def _pyro_post_sample(self, msg: Message[..., Any]) -> None:
         if msg["is_observed"]:
             return
-        fn = msg["fn"]
-        while not isinstance(fn, pyro_dist.Delta) and hasattr(fn, "base_dist"):
-            fn = fn.base_dist  # Independent, MaskedDistribution, expanded
-        if isinstance(fn, pyro_dist.Delta) and bool(
-            torch.as_tensor(fn.log_density).ne(0).any()
+        fn = delta = msg["fn"]
+        while not isinstance(delta, pyro_dist.Delta) and hasattr(delta, "base_dist"):
+            delta = delta.base_dist  # Independent, MaskedDistribution, expanded
+        if isinstance(delta, pyro_dist.Delta) and bool(
+            torch.as_tensor(delta.log_density).ne(0).any()
         ):
-            self.sites.append(str(msg["name"]))
+            self.sites[str(msg["name"])] = fn
 
 
-def _warning_of_dropped_densities(guide: Any) -> Any:
-    """``guide``, warning where Pyro's mean-field ELBO drops a Delta's density.
+class _ClosedFormKL(Messenger):
+    """Of a guide's sites (name to distribution), those whose KL has a closed form.
+
+    Pyro's ``TraceMeanField_ELBO`` takes ``kl_divergence(guide's, model's)``
+    where one is registered and falls back to Monte Carlo (the guide's
+    ``log_prob``, its ``Delta``'s density counted) where none is: the
+    registered KLs of a ``Delta`` (``Delta`` against any distribution, an
+    ``Independent`` one against an ``Independent`` one or a multivariate
+    Normal, a masked one against a masked one) drop its density, while a
+    masked one against an unmasked model site, or an expanded one, has none.
+    ``sites`` lists the guide's sites whose KL has a closed form.
+    """
+
+    def __init__(self, guide_sites: dict[str, Any]) -> None:
+        super().__init__()
+        self.guide_sites = guide_sites
+        self.sites: list[str] = []
+
+    def _pyro_post_sample(self, msg: Message[..., Any]) -> None:
+        name = str(msg["name"])
+        if msg["is_observed"] or name not in self.guide_sites:
+            return
+        model_fn: Any = msg["fn"]  # as Pyro passes it, whatever its class
+        try:
+            kl_divergence(self.guide_sites[name], model_fn)
+        except NotImplementedError:
+            return
+        self.sites.append(name)
+
+
+def _warning_of_dropped_densities(model: Any, guide: Any) -> tuple[Any, Any]:
+    """``model`` and ``guide``, warning where Pyro's mean-field ELBO drops a density.
 
     ``pyro.infer.TraceMeanField_ELBO`` takes ``KL(Delta(v) || p)`` as
     ``-log p(v)`` (``pyro.distributions.kl``), without the Delta's
     ``log_density``: for a guide whose sites carry one, value and gradients
     miss the log-Jacobian of its map, and training optimises another
     objective. ``Trace_ELBO`` (and the library's loss, whose ``kl="auto"``
-    takes a Delta site by Monte Carlo) count it.
+    takes a Delta site by Monte Carlo) count it, and so does
+    ``TraceMeanField_ELBO`` where the pair has no closed-form KL
+    (:class:`_ClosedFormKL`). Pyro runs the guide, then the model replayed
+    against its trace: the guide's run finds its Delta sites with a density,
+    the model's run those of them whose KL is taken in closed form.
     """
+    found: dict[str, Any] = {}
 
-    def watched(*args: Any, **kwargs: Any) -> Any:
-        with _DeltaDensities() as found:
+    def watched_guide(*args: Any, **kwargs: Any) -> Any:
+        found.clear()
+        with _DeltaDensities() as densities:
             result = guide(*args, **kwargs)
-        if found.sites:
+        found.update(densities.sites)
+        return result
+
+    def watched_model(*args: Any, **kwargs: Any) -> Any:
+        with _ClosedFormKL(dict(found)) as closed_form:
+            result = model(*args, **kwargs)
+        dropped = [site for site in found if site in closed_form.sites]  # guide's order
+        if dropped:
             warn_at_caller(
-                f"TraceMeanField_ELBO: the guide's site {found.sites[0]!r} is a "
-                "Delta with a non-zero log_density (the log-Jacobian of a guide "
-                "that maps latents in another space to this site: AutoStructured's "
-                "auxiliary latents, an autoguide's unconstrained value of a "
-                "constrained site such as a noise scale), which Pyro's "
+                f"TraceMeanField_ELBO: the guide's site {dropped[0]!r} "
+                "is a Delta with a non-zero log_density (the log-Jacobian of a "
+                "guide that maps latents in another space to this site: "
+                "AutoStructured's auxiliary latents, an autoguide's unconstrained "
+                "value of a constrained site such as a noise scale), which Pyro's "
                 "closed-form KL of a Delta drops "
                 "(pyro.distributions.kl._kl_delta): this loss and its gradients "
                 "are not the ELBO's, and training optimises another objective. "
@@ -369,4 +414,4 @@ def _warning_of_dropped_densities(guide: Any) -> Any:
             )
         return result
 
-    return watched
+    return watched_model, watched_guide

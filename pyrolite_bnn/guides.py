@@ -52,6 +52,8 @@ from pyro.infer.autoguide import (
 )
 from pyro.ops.jit import CompiledFunction
 from pyro.poutine import Trace
+from pyro.poutine.messenger import unwrap
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
@@ -311,8 +313,9 @@ class ParticleGuide(LocalPyroModule):
         As Pyro's ``AutoNormal.quantiles``: each value has a leading dimension
         over ``quantiles``, then the shape of one draw. For the generated guide a
         mean-field Normal gives ``loc + scale * Phi^-1(q)`` and a point mass its
-        value at every ``q``; a point-mass part (``AutoDelta``) of an assigned
-        guide likewise.
+        value at every ``q``; an assigned guide (or part of an
+        ``AutoGuideList``) whose posterior is a point mass (``AutoDelta``,
+        ``AutoLaplaceApproximation``) likewise, as in :meth:`median`.
 
         Args:
             quantiles: probabilities in ``(0, 1)``.
@@ -320,7 +323,8 @@ class ParticleGuide(LocalPyroModule):
             **kwargs: passed on to an assigned guide's ``quantiles``.
 
         Raises:
-            NotImplementedError: for a guide or posterior without quantiles.
+            NotImplementedError: for a guide or posterior without quantiles
+                (``AutoIAFNormal``, a hand-written guide), naming the guide.
         """
         if self.inner is not None:
             return _guide_quantiles(self.inner, quantiles, args, kwargs)
@@ -564,22 +568,41 @@ def _two_networks(owner: nn.Module, guide: object) -> str:
 
 
 def _check_sites(guide: object, trace: Trace, network: nn.Module) -> None:
-    """Check that a guide's trace samples exactly the network's weights."""
+    """Check that a guide's trace samples exactly the network's weights.
+
+    The error names what is wrong; it advises building an autoguide on
+    ``model.prior_model`` only where the autoguide was built on another model.
+    """
     declared = {v.site: v.shape for v in collect_variables(network)}
+    plates = sorted(
+        site for site, node in trace.nodes.items() if site_is_subsample(node)
+    )
     drawn: dict[str, torch.Size] = {}
     for site, node in trace.nodes.items():
         infer = node.get("infer") or {}
-        if node["type"] != "sample" or node["is_observed"]:
+        if node["type"] != "sample" or node["is_observed"] or site in plates:
             continue
         value = node["value"]
         if isinstance(value, Tensor) and not infer.get("is_auxiliary", False):
             drawn[site] = value.shape
     name = type(guide).__name__
-    if isinstance(guide, (AutoGuide, AutoMessenger)):
-        hint = f"build it on model.prior_model: {name}(model.prior_model, ...)"
-    else:
+    autoguide = isinstance(guide, (AutoGuide, AutoMessenger))
+    if not autoguide:
         name = f"guide {getattr(guide, '__qualname__', name)}"
+    if plates:
+        raise ValueError(f"{name} opens {_plates_refused(guide, plates)}")
+    on_prior_model = isinstance(guide, (AutoGuide, AutoMessenger)) and _built_on(
+        guide, getattr(network, "prior_model", None)
+    )
+    if not autoguide:
         hint = "a guide must sample each weight of one particle with its shape"
+    elif on_prior_model:
+        hint = (
+            "a network's guide must sample each of the network's weight sites, "
+            "for one particle, with its shape"
+        )
+    else:
+        hint = f"build it on model.prior_model: {name}(model.prior_model, ...)"
     if drawn.keys() != declared.keys():
         missing = sorted(declared.keys() - drawn.keys())
         extra = sorted(drawn.keys() - declared.keys())
@@ -613,10 +636,55 @@ def _check_sites(guide: object, trace: Trace, network: nn.Module) -> None:
         )
     for site, shape in declared.items():
         if drawn[site] != shape:
+            if on_prior_model:
+                hint = (
+                    "built on model.prior_model, which draws the declared shape, "
+                    "it takes its values' shapes from its initialisation: its "
+                    "init_loc_fn (e.g. init_to_value) must give each site a value "
+                    "of the weight's shape"
+                )
             raise ValueError(
                 f"{name} draws site {site!r} with shape {tuple(drawn[site])} but "
                 f"the network declares {tuple(shape)}; {hint}"
             )
+
+
+def _built_on(guide: AutoGuide | AutoMessenger, model: object) -> bool:
+    """Whether an autoguide was built on ``model`` (through Pyro's handlers)."""
+    try:
+        built_on = guide.model
+    except (AttributeError, TypeError):  # a pickled copy has none
+        return False
+    while True:
+        inner = inspect.unwrap(unwrap(built_on))
+        if inner is built_on:
+            return bool(built_on == model)
+        built_on = inner
+
+
+def _plates_refused(guide: object, plates: list[str]) -> str:
+    """Why a guide that opens ``plates`` cannot be a network's guide."""
+    if _particles.PLATE_NAME not in plates:
+        return (
+            f"plates {plates}: a network's guide draws the network's weights "
+            "for one particle and opens no plate (each weight tensor is one "
+            "site of its own shape; the network opens its particle plate "
+            "around the guide)"
+        )
+    reason = (
+        f"a plate named {_particles.PLATE_NAME!r}, the name reserved for the "
+        "network's particle plate, which the network opens around its guide "
+        "(a guide draws the weights of one particle)"
+    )
+    modules = guide.modules() if isinstance(guide, nn.Module) else ()
+    if any(isinstance(module, ParticleGuide) for module in modules):
+        return (
+            f"{reason}: it holds a network's guide (net.guide), "
+            "which runs that plate; a network's guide cannot be part of "
+            "another guide. Append autoguides built on "
+            "poutine.block(model.prior_model, expose=[...]) instead"
+        )
+    return f"{reason}: name the guide's plate otherwise, or open none"
 
 
 def _guide_quantiles(
@@ -631,20 +699,29 @@ def _guide_quantiles(
         for part in guide:
             result.update(_guide_quantiles(part, quantiles, args, kwargs))
         return result
-    if isinstance(guide, AutoDelta):
-        medians = guide.median(*args, **kwargs)
+    name = type(guide).__name__
+    if _is_point_mass(guide, args, kwargs):
         return {
             site: elementwise_quantiles(
-                dist.Delta(value, event_dim=value.dim()), quantiles, "AutoDelta"
+                dist.Delta(value, event_dim=value.dim()), quantiles, name
             )
-            for site, value in medians.items()
+            for site, value in _point_mass_values(guide, args, kwargs).items()
         }
+    instead = (
+        "draw from the guide instead (bnn.predict(..., mode='sample'), "
+        "bnn.draw_networks)"
+    )
     method = getattr(guide, "quantiles", None)
     if method is None:
+        raise NotImplementedError(f"guide {name} has no quantiles() method; {instead}")
+    try:
+        return dict(method(quantiles, *args, **kwargs))
+    except NotImplementedError as error:
+        reason = f" ({error})" if str(error) else ""
         raise NotImplementedError(
-            f"guide {type(guide).__name__} has no quantiles() method"
-        )
-    return dict(method(quantiles, *args, **kwargs))
+            f"guide {name} has no posterior quantiles: Pyro's {name}.quantiles() "
+            f"is not implemented{reason}; {instead}"
+        ) from error
 
 
 def _guide_median(
@@ -657,6 +734,8 @@ def _guide_median(
             result.update(_guide_median(part, args, kwargs))
         return result
     name = type(guide).__name__
+    if _is_point_mass(guide, args, kwargs):
+        return _point_mass_values(guide, args, kwargs)
     method = getattr(guide, "median", None)
     if method is None:
         raise NotImplementedError(
@@ -667,11 +746,6 @@ def _guide_median(
     try:
         return dict(method(*args, **kwargs))
     except NotImplementedError as error:
-        if isinstance(guide, AutoContinuous) and _is_point_mass(guide, args, kwargs):
-            # A draw of a point mass is its value: the latent's loc, transformed
-            # to each site's support, as AutoContinuous.median would give it.
-            with local_params(), poutine.block():
-                return dict(guide(*args, **kwargs))
         reason = f" ({error})" if str(error) else ""
         raise NotImplementedError(
             f"guide {name} has no posterior median: Pyro's {name}.median() is not "
@@ -681,15 +755,35 @@ def _guide_median(
         ) from error
 
 
-def _is_point_mass(
-    guide: AutoContinuous, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> bool:
-    """Whether an ``AutoContinuous`` guide's posterior is a point mass."""
+def _is_point_mass(guide: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether an assigned guide's posterior is a point mass.
+
+    ``AutoDelta``'s is; an ``AutoContinuous`` guide's is when its posterior
+    is a ``Delta`` (``AutoLaplaceApproximation``, a MAP guide until
+    ``laplace_approximation()``).
+    """
+    if isinstance(guide, AutoDelta):
+        return True
+    if not isinstance(guide, AutoContinuous):
+        return False
     with local_params():
         posterior = guide.get_posterior(*args, **kwargs)
     while isinstance(posterior, dist.Independent):
         posterior = posterior.base_dist
     return isinstance(posterior, dist.Delta)
+
+
+def _point_mass_values(
+    guide: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Tensor]:
+    """The value of every site of a point-mass guide (:func:`_is_point_mass`).
+
+    A draw of a point mass is its value: for an ``AutoContinuous`` guide the
+    latent's loc, transformed to each site's support, as
+    ``AutoContinuous.median`` would give it.
+    """
+    with local_params(), poutine.block():
+        return dict(guide(*args, **kwargs))
 
 
 def _parameter_device(network: nn.Module) -> torch.device | None:

@@ -652,10 +652,11 @@ class KullbackLeiblerLoss(nn.Module):
         ``samples=`` passed explicitly (it conditions the model on the guide's
         draws instead of replaying them) and says so otherwise.
 
-        Importance sampling (``pyro.infer.Importance``, ``CSIS``) weighs each
-        draw by its whole trace as MCMC does, so it needs one network per
-        draw too: ``Importance(pyro_model, guide=model.guide,
-        num_samples=n).run(x, y, samples=1)``; more particles are refused
+        Importance sampling (``pyro.infer.Importance``, ``CSIS``,
+        ``WeighedPredictive``) weighs each draw by its whole trace as MCMC
+        does, so it needs one network per draw too: ``Importance(pyro_model,
+        guide=model.guide, num_samples=n).run(x, y, samples=1)``; more
+        particles are refused
         (each draw's log weight would be the mean of its particles' log
         weights, a tempered evidence).
 

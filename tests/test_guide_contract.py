@@ -255,6 +255,46 @@ def test_median_has_the_weight_shapes_or_says_why_not(guide: str) -> None:
     assert bool(torch.isfinite(probs).all())
 
 
+# Guides without posterior quantiles (Pyro's raise, or have no such method).
+NO_QUANTILES = {
+    "AutoIAFNormal",
+    "AutoStructured",
+    "AutoGaussian",
+    "AutoNormalMessenger",
+    "AutoHierarchicalNormalMessenger",
+    "AutoRegressiveMessenger",
+}
+# Guides whose posterior is a point mass: the value at every quantile.
+POINT_MASSES = {"AutoDelta", "AutoLaplaceApproximation"}
+
+
+@pytest.mark.parametrize("guide", GUIDES)
+def test_quantiles_have_the_weight_shapes_or_say_why_not(guide: str) -> None:
+    """``quantiles()`` gives a value per quantile of every weight, or names
+    the guide. A point-mass posterior gives its value (its median) at every
+    quantile: ``AutoLaplaceApproximation``, whose ``median()`` did, raised
+    Pyro's ``NotImplementedError`` with an empty message, as did
+    ``AutoIAFNormal``."""
+    net = _guided_net(guide)
+    qs = [0.25, 0.75]
+    if guide in NO_QUANTILES:
+        name = type(net.guide.inner).__name__
+        with pytest.raises(
+            NotImplementedError, match=rf"guide {name} has no .*mode='sample'"
+        ):
+            net.guide.quantiles(qs)
+        return
+    result = net.guide.quantiles(qs)
+    assert {site: value.shape for site, value in result.items()} == {
+        v.site: (len(qs), *v.shape) for v in net.random_variables()
+    }
+    if guide in POINT_MASSES:
+        for site, median in net.guide.median().items():
+            torch.testing.assert_close(
+                result[site], median.expand_as(result[site]), rtol=0, atol=0
+            )
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 def test_renyi_elbo_with_one_particle_is_the_renyi_bound(alpha: float) -> None:
     """With ``samples=1`` Pyro's ``RenyiELBO`` over ``K`` guide runs is the

@@ -39,6 +39,7 @@ from pyro.infer.autoguide import (
     AutoNormal,
     AutoNormalMessenger,
 )
+from pyro.infer.autoguide.initialization import init_to_value
 from torch import nn
 
 import pyrolite_bnn as bnn
@@ -331,7 +332,10 @@ def test_call_returns_draws_sorted_by_site() -> None:
     ]
 
 
-def test_quantiles_of_a_guide_list_with_a_point_mass_part() -> None:
+@pytest.mark.parametrize("point_mass", [AutoDelta, AutoLaplaceApproximation])
+def test_quantiles_of_a_guide_list_with_a_point_mass_part(point_mass: type) -> None:
+    """A point-mass part gives its value at every quantile (an
+    ``AutoLaplaceApproximation`` part raised an empty NotImplementedError)."""
     net = _net()
     first = ["0.weight", "0.bias"]
     guide = AutoGuideList(net.prior_model)
@@ -339,7 +343,7 @@ def test_quantiles_of_a_guide_list_with_a_point_mass_part() -> None:
         AutoNormal(poutine.block(net.prior_model, expose=first), init_scale=0.1)
     )
     guide.append(
-        AutoDelta(
+        point_mass(
             poutine.block(net.prior_model, hide=first), init_loc_fn=net.init_loc_fn
         )
     )
@@ -735,6 +739,63 @@ def test_a_partial_guide_alone_is_told_to_join_an_autoguide_list() -> None:
         ValueError, match=r"missing sites \['2\.bias', '2\.weight'\].*AutoGuideList"
     ):
         net.guide = part
+
+
+def _with_the_networks_guide(net: bnn.VIModule) -> AutoGuideList:
+    guide = AutoGuideList(net.prior_model)
+    guide.append(net.guide)
+    return guide
+
+
+def _plate(name: str) -> Callable[..., Any]:
+    return lambda *args, **kwargs: pyro.plate(name, 4, dim=-2)
+
+
+REFUSED_ON_PRIOR_MODEL: dict[str, tuple[Callable[[bnn.VIModule], Any], str]] = {
+    "net.guide in an AutoGuideList": (
+        _with_the_networks_guide,
+        r"AutoGuideList opens a plate named 'particles', the name reserved .*"
+        r"holds a network's guide \(net\.guide\).*poutine\.block",
+    ),
+    "init value of another shape": (
+        lambda net: AutoDelta(
+            net.prior_model,
+            init_loc_fn=init_to_value(values={"0.weight": torch.ones(2, 16)}),
+        ),
+        r"draws site '0\.weight' with shape \(2, 16\) but the network declares "
+        r"\(16, 2\); .*init_loc_fn",
+    ),
+    "plate named particles": (
+        lambda net: AutoNormal(net.prior_model, create_plates=_plate("particles")),
+        r"AutoNormal opens a plate named 'particles', the name reserved",
+    ),
+    "plate of its own": (
+        lambda net: AutoNormal(net.prior_model, create_plates=_plate("units")),
+        r"AutoNormal opens plates \['units'\]: a network's guide .* opens no plate",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"), REFUSED_ON_PRIOR_MODEL.values(), ids=REFUSED_ON_PRIOR_MODEL
+)
+def test_a_guide_built_on_prior_model_is_refused_for_its_own_reason(
+    make: Callable[[bnn.VIModule], Any], reason: str
+) -> None:
+    """Guides built on ``net.prior_model`` but refused for another reason
+    (a network's guide in an ``AutoGuideList``, which opens the particle
+    plate; an initial value of another shape; a plate of ``create_plates``)
+    were told to "build it on model.prior_model", which they were (and the
+    plate was listed among "unknown sites"). They are now told the reason; a
+    guide built on another network's prior still gets the advice."""
+    net = _net()
+    guide = make(net)
+    with pytest.raises(ValueError, match=reason) as refused:
+        net.guide = guide
+    assert "build it on model.prior_model" not in str(refused.value)
+    assert net.guide.inner is None
+    with pytest.raises(ValueError, match=r"build it on model\.prior_model"):
+        net.guide = AutoNormal(_other_shapes().prior_model)
 
 
 def test_a_guides_own_setup_error_is_passed_on_with_its_text() -> None:

@@ -683,6 +683,41 @@ def test_a_one_particle_guide_given_straight_to_svi_names_the_assignment() -> No
     assert np.isfinite(svi(net.guide).step(x, y, samples=4))
 
 
+def test_infer_discrete_over_a_network_of_several_particles_says_nothing() -> None:
+    """``infer_discrete`` replays the model against a trace pruned of
+    subsample sites, the particle plate's node included, while every weight
+    site was drawn in the plate: that was taken for a one-particle guide and
+    warned about ("without the particle plate ... net.guide ="), with or
+    without a guide replayed (warnings are errors here). The decoded state is
+    the argmax of each particle's posterior given the guide's networks."""
+    from pyro.infer import infer_discrete
+
+    net = bnn.VISequential(bnn.VILinear(2, 3), nn.Tanh(), bnn.VILinear(3, 2))
+    x = torch.randn(12, 2)
+    y = torch.randn(12)
+    weights = torch.tensor([0.3, 0.7])
+    outs = []
+
+    def model(x: torch.Tensor, y: torch.Tensor, samples: int) -> torch.Tensor:
+        out = net(x, samples=samples)
+        outs.append(out)
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            z = pyro.sample(
+                "z", dist.Categorical(weights), infer={"enumerate": "parallel"}
+            )
+            loc = torch.where(z == 0, out[..., 0], out[..., 1])
+            pyro.sample("obs", dist.Normal(loc, 0.3), obs=y)
+        return z
+
+    sampled = infer_discrete(model, first_available_dim=-3)(x, y, samples=3)
+    assert sampled.shape == (3, 12)
+    guide_trace = poutine.trace(net.guide).get_trace(x, samples=3)
+    replayed = poutine.replay(model, trace=guide_trace)
+    z = infer_discrete(replayed, first_available_dim=-3, temperature=0)(x, y, samples=3)
+    likelihood = dist.Normal(outs[-1], 0.3).log_prob(y[:, None])
+    assert torch.equal(z, (weights.log() + likelihood).argmax(-1))
+
+
 def test_an_easyguide_finding_its_sites_is_no_mcmc() -> None:
     """An EasyGuide sets itself up under an InitMessenger, as MCMC does: a
     model running samples=4 was refused as if MCMC were initialising it."""
@@ -774,18 +809,49 @@ def test_importance_sampling_weighs_one_network_per_draw() -> None:
     )
 
 
+def test_weighed_predictive_weighs_one_network_per_draw() -> None:
+    """``pyro.infer.WeighedPredictive`` with ``samples=1``: each log weight
+    is log p(y, w) - log q(w) of the one network drawn (float precision), as
+    ``Importance``'s (above)."""
+    from pyro.infer import WeighedPredictive
+
+    x, y, net = _linear_regression()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), dataset_size=20)
+    weighed = WeighedPredictive(
+        loss_fn.pyro_model(net), guide=net.guide, num_samples=5
+    )(x, y, samples=1)
+    guide = net.guide.get_posterior()
+    weights = weighed.samples["weight"].reshape(5, 1, 2)
+    biases = weighed.samples["bias"].reshape(5, 1)
+    for weight, bias, log_weight in zip(
+        weights, biases, weighed.log_weights, strict=True
+    ):
+        expected = (
+            dist.Normal(0.0, 1.0).log_prob(weight).sum()
+            + dist.Normal(0.0, 1.0).log_prob(bias).sum()
+            + dist.Normal((x @ weight.T).squeeze(-1) + bias, 0.3).log_prob(y).sum()
+            - guide["weight"].log_prob(weight)
+            - guide["bias"].log_prob(bias)
+        )
+        torch.testing.assert_close(log_weight, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["Importance", "WeighedPredictive"])
 @pytest.mark.parametrize("where", ["pyro_model", "own model"])
 @pytest.mark.parametrize("samples", [None, 4])
 def test_importance_sampling_of_more_than_one_particle_is_refused(
-    where: str, samples: int | None
+    sampler: str, where: str, samples: int | None
 ) -> None:
     """With ``S`` particles each of Pyro's importance draws held ``S``
     networks whose sites weigh ``1/S``: the log weight was the mean of their
     log weights, a tempered evidence (log normalizer -102.5 at the default
     10 particles against about -61 for one network per draw), without a
-    word. Refused, naming ``samples=1``; SVI and Predictive keep their
-    particles."""
-    from pyro.infer import Importance, Predictive
+    word. Refused, naming ``samples=1``, under ``Importance`` and under
+    ``WeighedPredictive`` (which weighs its draws the same way and was let
+    run; without ``samples=`` it switched ``pyro_model`` to one particle as
+    if MCMC initialised it, and then refused the guide's draws saying so);
+    SVI and Predictive keep their particles."""
+    from pyro.infer import Importance, Predictive, WeighedPredictive
 
     x, y, net = _linear_regression()
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), dataset_size=20)
@@ -801,10 +867,17 @@ def test_importance_sampling_of_more_than_one_particle_is_refused(
 
     kwargs = {} if samples is None else {"samples": samples}
     count = 10 if samples is None else samples
+    run: Callable[..., Any] = (
+        Importance(model, guide=net.guide, num_samples=2).run
+        if sampler == "Importance"
+        else WeighedPredictive(model, guide=net.guide, num_samples=2)
+    )
     with pytest.raises(
-        ValueError, match=rf"importance sampling .*mean of its {count} .*samples=1"
+        ValueError,
+        match=rf"importance sampling \(pyro\.infer\.{sampler}\) .*mean of its "
+        rf"{count} .*samples=1: {sampler}\(",
     ):
-        Importance(model, guide=net.guide, num_samples=2).run(x, y, **kwargs)
+        run(x, y, **kwargs)
     svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
     assert math.isfinite(svi.step(x, y, **kwargs))
     draws = Predictive(model, guide=net.guide, num_samples=2)(x, **kwargs)
