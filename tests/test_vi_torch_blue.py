@@ -854,6 +854,19 @@ def test_convert_to_vimodule_changes_the_model_in_place() -> None:
     assert not torch.equal(fresh._weight_mean, old)
 
 
+def test_convert_to_vimodule_refuses_a_legacy_norm_before_changing_anything() -> None:
+    """The legacy spectral_norm's hook stayed on the converted layer, whose
+    first call failed reading ``weight_orig``; refused up front, with the path."""
+    first = nn.Linear(2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation
+        model = nn.Sequential(first, nn.utils.spectral_norm(nn.Linear(3, 2)))
+    with pytest.raises(TypeError, match=r"1\.weight uses torch\.nn\.utils\.spectral"):
+        vi.convert_to_vimodule(model)
+    assert type(model) is nn.Sequential
+    assert type(first) is nn.Linear  # nothing converted in place
+
+
 class _TiedPair(nn.Module):
     def __init__(self) -> None:
         super().__init__()
