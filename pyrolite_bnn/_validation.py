@@ -423,6 +423,23 @@ def check_real(value: object, what: str) -> float:
     raise TypeError(f"{what} must be a number, got {value!r}")
 
 
+def check_finite_real(value: object, what: str) -> float:
+    """``value`` as a ``float`` if it is a finite number, else raise.
+
+    Raises:
+        TypeError: if ``value`` is not a number (see :func:`check_real`).
+        ValueError: if it is NaN or infinite.
+
+    Example:
+        >>> check_finite_real(-0.5, "mean")
+        -0.5
+    """
+    number = check_real(value, what)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return number
+
+
 def check_positive(value: object, what: str) -> float:
     """``value`` as a ``float`` if it is a positive, finite number, else raise.
 

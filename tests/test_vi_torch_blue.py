@@ -2083,6 +2083,13 @@ def test_converted_custom_module_runs_its_forward_per_particle() -> None:
         (lambda: BasicQuietPrior(std_ratio=0), "std_ratio must be positive"),
         (lambda: BasicQuietPrior(eps=-1), "eps must be positive"),  # NaN loss
         (lambda: Categorical(eps=-1), "eps must be >= 0"),
+        # Non-finite locations gave a NaN or infinite loss (or a posterior
+        # whose means are NaN) without a word.
+        (lambda: BasicQuietPrior(mean_mean=math.nan), "mean_mean must be finite"),
+        (lambda: BasicQuietPrior(mean_mean=math.inf), "mean_mean must be finite"),
+        (lambda: MeanFieldStudentT(mean=math.nan), "mean must be finite"),
+        (lambda: MeanFieldNormal(mean=math.inf), "mean must be finite"),
+        (lambda: MeanFieldNormal(std=math.inf), "std must be positive"),
     ],
 )
 def test_vi_distributions_refuse_invalid_values(

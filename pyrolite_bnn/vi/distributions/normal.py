@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from pyrolite_bnn._validation import check_finite_real, check_positive
 from pyrolite_bnn.distributions.predictive import Normal as BnnNormal
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
@@ -65,10 +66,9 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
     distribution_parameters = ("mean", "log_std")
 
     def __init__(self, mean: float = 0.0, std: float = 1.0, eps: float = 1e-10) -> None:
-        if not std > 0:
-            raise ValueError(f"MeanFieldNormal std must be positive, got {std!r}")
-        self.mean = torch.tensor(float(mean))
-        self.log_std = torch.tensor(float(std)).log()
+        std = check_positive(std, "MeanFieldNormal std")
+        self.mean = torch.tensor(check_finite_real(mean, "MeanFieldNormal mean"))
+        self.log_std = torch.tensor(std).log()
         self.eps = eps
 
     @property

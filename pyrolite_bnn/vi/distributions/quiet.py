@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from pyrolite_bnn._validation import check_positive, check_real
+from pyrolite_bnn._validation import check_finite_real, check_positive
 from pyrolite_bnn.vi.distributions.base import (
     Prior,
     as_parameter_tuple,
@@ -60,7 +60,7 @@ class BasicQuietPrior(Prior):
             check_positive(value, f"BasicQuietPrior {what}")
         self._std_ratio = std_ratio
         self.mean_mean = torch.tensor(
-            check_real(mean_mean, "BasicQuietPrior mean_mean")
+            check_finite_real(mean_mean, "BasicQuietPrior mean_mean")
         )
         self.mean_std = torch.tensor(float(mean_std))
         self.eps = eps
