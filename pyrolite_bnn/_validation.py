@@ -457,6 +457,23 @@ def check_positive(value: object, what: str) -> float:
     return number
 
 
+def check_non_negative(value: object, what: str) -> float:
+    """``value`` as a ``float`` if it is a finite number ``>= 0``, else raise.
+
+    Raises:
+        TypeError: if ``value`` is not a number (see :func:`check_real`).
+        ValueError: if it is negative, NaN or infinite.
+
+    Example:
+        >>> check_non_negative(0, "eps")
+        0.0
+    """
+    number = check_real(value, what)
+    if not (number >= 0 and math.isfinite(number)):
+        raise ValueError(f"{what} must be >= 0 and finite, got {value!r}")
+    return number
+
+
 def check_normal_number(
     value: float,
     what: str,

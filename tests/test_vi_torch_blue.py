@@ -2090,6 +2090,10 @@ def test_converted_custom_module_runs_its_forward_per_particle() -> None:
         (lambda: MeanFieldStudentT(mean=math.nan), "mean must be finite"),
         (lambda: MeanFieldNormal(mean=math.inf), "mean must be finite"),
         (lambda: MeanFieldNormal(std=math.inf), "std must be positive"),
+        # eps=-1 made every log density -inf; Categorical's was refused.
+        (lambda: MeanFieldNormal(eps=-1), "MeanFieldNormal eps must be >= 0 and"),
+        (lambda: MeanFieldNormal(eps=math.nan), "eps must be >= 0 and finite"),
+        (lambda: Categorical(eps=math.inf), "eps must be >= 0 and finite"),
     ],
 )
 def test_vi_distributions_refuse_invalid_values(
@@ -2097,6 +2101,19 @@ def test_vi_distributions_refuse_invalid_values(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_vi_eps_of_zero_is_accepted_where_the_density_stays_finite() -> None:
+    """torch_blue takes any eps; 0 keeps a Normal's variance (exp(log_std)^2)
+    and a probability's logarithm defined, so it is accepted there. A quiet
+    prior's variance (r * mean)^2 is 0 at a mean of 0: its eps stays > 0."""
+    normal, categorical = MeanFieldNormal(eps=0), Categorical(eps=0)
+    assert normal.eps == 0.0
+    assert categorical.eps == 0.0
+    log_prob = normal.log_prob(torch.tensor(0.5), torch.tensor(0.0), torch.tensor(0.0))
+    torch.testing.assert_close(log_prob, torch.tensor(-0.125))
+    with pytest.raises(ValueError, match="eps must be positive"):
+        BasicQuietPrior(eps=0)
 
 
 class _RecurrentHead(nn.Module):

@@ -9,7 +9,11 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from pyrolite_bnn._validation import check_finite_real, check_positive
+from pyrolite_bnn._validation import (
+    check_finite_real,
+    check_non_negative,
+    check_positive,
+)
 from pyrolite_bnn.distributions.predictive import Normal as BnnNormal
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
@@ -51,7 +55,8 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
             initialised like a weight).
         std: standard deviation (prior; default of the variational std before
             Kaiming scaling; initial noise scale as predictive).
-        eps: added to the variance in :meth:`log_prob`.
+        eps: added to the variance in :meth:`log_prob` (finite, ``>= 0``;
+            the variance is positive without it).
 
     Example:
         >>> import torch
@@ -69,7 +74,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         std = check_positive(std, "MeanFieldNormal std")
         self.mean = torch.tensor(check_finite_real(mean, "MeanFieldNormal mean"))
         self.log_std = torch.tensor(std).log()
-        self.eps = eps
+        self.eps = check_non_negative(eps, "MeanFieldNormal eps")
 
     @property
     def _default_variational_parameters(self) -> tuple[Tensor, Tensor]:

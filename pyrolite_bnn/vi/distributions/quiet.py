@@ -31,7 +31,8 @@ class BasicQuietPrior(Prior):
         std_ratio: ``r``, ratio of each weight's std to its mean.
         mean_mean: ``mm``.
         mean_std: ``ms``.
-        eps: added to the variances.
+        eps: added to the variances (positive and finite: a mean of 0, as
+            Kaiming initialisation starts biases, would give a variance of 0).
 
     Example:
         >>> import torch
