@@ -2116,6 +2116,27 @@ def test_vi_eps_of_zero_is_accepted_where_the_density_stays_finite() -> None:
         BasicQuietPrior(eps=0)
 
 
+@pytest.mark.parametrize("build", [MeanFieldStudentT, BasicQuietPrior, UniformPrior])
+def test_predictive_computations_refuse_a_distribution_without_the_role(
+    build: Callable[[], Any],
+) -> None:
+    """StudentT().log_prob_from_samples failed with an AttributeError about
+    predictive_parameters_from_samples, and to_predictive() built a likelihood
+    that failed so at its first use; both say what the loss says."""
+    distribution = build()
+    with pytest.raises(UnsupportedDistributionError) as in_loss:
+        vi.KullbackLeiblerLoss(distribution, 10)
+    reason = str(in_loss.value).split("; ")[1]  # after "predictive must be..."
+    assert reason.startswith(f"{type(distribution).__module__}.")
+    name = type(distribution).__name__
+    with pytest.raises(UnsupportedDistributionError) as info:
+        distribution.log_prob_from_samples(torch.zeros(4), torch.zeros(5, 4))
+    assert str(info.value) == f"{name}.log_prob_from_samples: {reason}"
+    with pytest.raises(UnsupportedDistributionError) as info:
+        distribution.to_predictive()
+    assert str(info.value) == f"{name}.to_predictive: {reason}"
+
+
 class _RecurrentHead(nn.Module):
     """One forward for a torch_blue container and a library one alike."""
 
