@@ -622,6 +622,37 @@ def check_optimizer_holds(
         )
 
 
+def check_floating_dtype(dtype: object, what: str = "dtype") -> None:
+    """Refuse a ``dtype=`` for weights that is not a real floating-point dtype.
+
+    Weights are drawn from distributions over the reals: an integer or
+    ``bool`` dtype failed deep inside (``torch.finfo() requires a floating
+    point input type``), a complex one at the first call.
+
+    Args:
+        dtype: the argument (``None``: the default dtype, accepted).
+        what: how to name it in the message.
+
+    Raises:
+        TypeError: for anything else.
+
+    Example:
+        >>> check_floating_dtype(torch.float64)
+        >>> try:
+        ...     check_floating_dtype(torch.long)
+        ... except TypeError as error:
+        ...     print(str(error).split(", got ")[1])
+        torch.int64
+    """
+    if dtype is None:
+        return
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(
+            f"{what} must be a real floating-point torch.dtype (torch.float32, "
+            f"torch.float64, torch.bfloat16, ...), got {dtype!r}"
+        )
+
+
 def check_floating_input(value: object, owner: str, what: str = "input") -> None:
     """Refuse a non-tensor or integer input of a layer with an error naming it.
 
