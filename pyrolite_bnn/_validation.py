@@ -35,7 +35,11 @@ def enable_validation(flag: bool = True) -> None:
     """Turn the library's input validation on (default) or off.
 
     Args:
-        flag: ``True`` to validate inputs and targets, ``False`` to skip checks.
+        flag: ``True`` to validate inputs and targets, ``False`` to skip checks
+            (a ``bool``; a NumPy one is taken).
+
+    Raises:
+        TypeError: for anything else (``None``, ``0``, ``'no'``).
 
     Example:
         >>> import pyrolite_bnn as bnn
@@ -45,9 +49,9 @@ def enable_validation(flag: bool = True) -> None:
         True
     """
     global _VALIDATE
-    if isinstance(flag, str | bytes):  # 'no' would mean True
-        raise TypeError(f"enable_validation takes True or False, got {flag!r}")
-    _VALIDATE = bool(flag)
+    # A bool, as the library's other switches: 'no' would mean True, and None
+    # or 0 turned every check off without a word (Pyro's refuses None).
+    _VALIDATE = check_bool(flag, "enable_validation's flag")
 
 
 def is_validation_enabled() -> bool:
