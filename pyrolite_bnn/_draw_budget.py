@@ -1,4 +1,4 @@
-"""How much memory ``predict``'s weight draws take, and how many particles fit.
+"""How much memory weight draws take, and how many of ``predict``'s particles fit.
 
 A weight tensor being drawn takes three times its draw at once (the noise, the
 noise times the scale, and their sum with the mean: ``Normal.rsample``'s
@@ -7,7 +7,9 @@ weight for all its chunks, or draws each layer's weights anew in every chunk;
 either way the largest tensor is drawn whole for all ``S`` particles at once,
 so a single big tensor (a ``VIEmbedding`` table) can exceed the budget whatever
 the chunk size. :class:`DrawSizes` says what fits; ``predict`` then runs the
-particles in groups that do.
+particles in groups that do. :func:`~pyrolite_bnn.draw_networks` keeps every
+weight's draw: it checks :meth:`DrawSizes.drawing_bytes` against the host's
+free memory first.
 """
 
 from __future__ import annotations
@@ -47,13 +49,17 @@ class DrawSizes:
     site: str
 
     @classmethod
-    def of(cls, model: nn.Module) -> DrawSizes:
-        """The draw sizes of ``model``'s random variables."""
+    def of(cls, model: nn.Module, device_type: str | None = None) -> DrawSizes:
+        """The draw sizes of ``model``'s random variables.
+
+        ``device_type``: only those on devices of this type (``"cpu"``).
+        """
         total, largest, site = 0, 0, ""
         for variable in collect_variables(model):
-            size = (
-                variable.shape.numel() * variable.layer_posterior.mean().element_size()
-            )
+            mean = variable.layer_posterior.mean()
+            if device_type is not None and mean.device.type != device_type:
+                continue
+            size = variable.shape.numel() * mean.element_size()
             total += size
             if size > largest:
                 largest, site = size, variable.site
@@ -67,8 +73,19 @@ class DrawSizes:
         :data:`DRAWING_FACTOR` times its size, must fit in ``budget``.
         """
         kept = particles * self.total
-        drawing = kept + (DRAWING_FACTOR - 1) * particles * self.largest
-        return kept if kept <= budget // 2 and drawing <= budget else 0
+        return (
+            kept
+            if kept <= budget // 2 and self.drawing_bytes(particles) <= budget
+            else 0
+        )
+
+    def drawing_bytes(self, particles: int) -> int:
+        """Peak bytes of drawing every weight for ``particles``, all kept.
+
+        The draws of the tensors drawn before, and the largest one being drawn
+        at :data:`DRAWING_FACTOR` times its size.
+        """
+        return particles * (self.total + (DRAWING_FACTOR - 1) * self.largest)
 
     def redrawn_bytes(self, particles: int) -> int:
         """Peak bytes of drawing the weights layer by layer inside a chunk."""
@@ -83,7 +100,6 @@ class DrawSizes:
         if self.largest == 0:
             return particles
         half = budget // 2
-        drawing = self.total + (DRAWING_FACTOR - 1) * self.largest
-        kept = min(half // self.total, budget // drawing)
+        kept = min(half // self.total, budget // self.drawing_bytes(1))
         redrawn = half // (DRAWING_FACTOR * self.largest)
         return min(particles, max(kept, redrawn))

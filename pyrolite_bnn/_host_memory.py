@@ -4,7 +4,9 @@
 :data:`~pyrolite_bnn.predict.DEFAULT_MEMORY_BUDGET` and a quarter of it: a
 fixed 2 GiB in a small container, or beside other requests of a server, ran
 the process out of memory where a quarter of the free device memory is the
-rule on CUDA.
+rule on CUDA. :func:`check_fits_on_host` refuses an allocation larger than the
+free memory up front (``predict``'s outputs, ``draw_networks``' draws): on an
+overcommitting host it would be filled until the kernel kills the process.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["available_bytes"]
+__all__ = ["available_bytes", "check_fits_on_host"]
 
 _MEMINFO = Path("/proc/meminfo")
 _CGROUP = Path("/sys/fs/cgroup")
@@ -36,6 +38,35 @@ def available_bytes() -> int | None:
     if not found:
         found = [value for value in (_sysconf(),) if value is not None]
     return min(found) if found else None
+
+
+def check_fits_on_host(needed: int, what: str, remedy: str) -> None:
+    """Raise ``MemoryError`` if ``needed`` bytes are more than the host has free.
+
+    Nothing is checked where the free memory cannot be read.
+
+    Args:
+        needed: the bytes about to be allocated on the host.
+        what: the call and what it holds (``"predict: holding the outputs
+            (...)"``), the start of the message.
+        remedy: what to do instead.
+
+    Raises:
+        MemoryError: naming both sizes and ``remedy``.
+
+    Example:
+        >>> check_fits_on_host(1, "a test: one byte", "free some memory")
+    """
+    free = available_bytes()
+    if free is not None and needed > free:
+        raise MemoryError(
+            f"{what} takes {_gib(needed)}, more than the {_gib(free)} of memory "
+            f"free on this host: {remedy}"
+        )
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:.3g} GiB"
 
 
 def _meminfo() -> int | None:

@@ -18,7 +18,12 @@ from __future__ import annotations
 from pyrolite_bnn._validation import reloaded_hint
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 
-__all__ = ["as_likelihood", "describe_likelihood", "qualified_name"]
+__all__ = [
+    "as_likelihood",
+    "describe_likelihood",
+    "not_predictive",
+    "qualified_name",
+]
 
 
 def qualified_name(value: object) -> str:
@@ -31,6 +36,26 @@ def qualified_name(value: object) -> str:
     """
     kind = value if isinstance(value, type) else type(value)
     return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def not_predictive(distribution: object) -> str:
+    """Why a torch_blue-style ``distribution`` is no likelihood: one message.
+
+    Used wherever one without the predictive role is given as a likelihood
+    (:func:`as_likelihood`) or asked for a predictive computation.
+
+    Example:
+        >>> from pyrolite_bnn import vi
+        >>> message = not_predictive(vi.distributions.UniformPrior())
+        >>> message.split(" does not")[0].rsplit(".", 1)[1]
+        'UniformPrior'
+        >>> message.split(" does not")[1].split(" (")[0]
+        ' support use as predictive distribution'
+    """
+    return (
+        f"{qualified_name(distribution)} does not support use as predictive "
+        "distribution (its is_predictive_distribution is False)"
+    )
 
 
 def describe_likelihood(likelihood: PredictiveDistribution) -> str:
@@ -79,9 +104,7 @@ def as_likelihood(predictive: object, who: str) -> PredictiveDistribution:
     if not isinstance(predictive, type) and callable(to_predictive):
         if not serves:  # a prior only (vi.distributions.UniformPrior())
             raise TypeError(
-                f"{who}: predictive must be a likelihood; "
-                f"{qualified_name(predictive)} does not support use as predictive "
-                "distribution (its is_predictive_distribution is False)"
+                f"{who}: predictive must be a likelihood; {not_predictive(predictive)}"
             )
         converted = to_predictive()  # vi.distributions.Categorical(), ...
         if isinstance(converted, PredictiveDistribution):

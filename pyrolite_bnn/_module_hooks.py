@@ -8,12 +8,25 @@ module's hooks, so this reads its hook dictionaries. Other hooks (backward,
 not share: they are not carried, and :func:`warn_hooks_left_behind` names the
 modules that had them. A compiled loss keys its graphs on a module's forward
 hooks and on the global module hooks (:func:`global_hook_ids`).
+
+torch's hook-based reparameterisations (pruning, the legacy
+``nn.utils.weight_norm`` and ``spectral_norm``) are forward pre-hooks that
+recompute a weight from tensors of other names (``weight_orig``,
+``weight_g``/``weight_v``) before every call: :func:`recomputing_hooks` finds
+them, and :func:`refuse_recomputed_weights` refuses a module to be rebuilt
+with one (the rebuilt module has no such tensors; the carried hook would fail
+at the first call).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 from torch.nn.modules import module as module_globals
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from pyrolite_bnn._warnings import warn_at_caller
 
@@ -24,6 +37,9 @@ __all__ = [
     "carry_forward_hooks",
     "forward_hook_ids",
     "global_hook_ids",
+    "recomputed_weight_remedy",
+    "recomputing_hooks",
+    "refuse_recomputed_weights",
     "warn_hooks_left_behind",
 ]
 
@@ -115,3 +131,86 @@ def warn_hooks_left_behind(
             f"modules: {', '.join(left)}; register them again on the new modules",
             UserWarning,
         )
+
+
+def _holds(module: nn.Module, name: str) -> bool:
+    """Whether ``module`` itself holds a tensor ``name`` (no ``__getattr__`` run)."""
+    return any(name in table for table in (module._parameters, module._buffers))
+
+
+#: The legacy hook-based norms, by the name of their ``torch.nn.utils`` function.
+_LEGACY_NORMS: dict[type, str] = {
+    WeightNorm: "weight_norm",
+    SpectralNorm: "spectral_norm",
+}
+
+
+def recomputing_hooks(module: nn.Module) -> dict[str, Any]:
+    """``module``'s forward pre-hooks that recompute one of its tensors, by its name.
+
+    torch's pruning methods and the legacy ``weight_norm`` and ``spectral_norm``
+    hook objects, and any hook object of their pattern: one naming a tensor
+    (``name``, or pruning's ``_tensor_name``) that the module computes from
+    ``<name>_orig`` or from ``<name>_g`` and ``<name>_v``.
+    """
+    found = {}
+    for hook in module._forward_pre_hooks.values():
+        name = getattr(hook, "name", getattr(hook, "_tensor_name", None))
+        if not isinstance(name, str):
+            continue
+        if isinstance(hook, (BasePruningMethod, *_LEGACY_NORMS)) or any(
+            all(_holds(module, name + suffix) for suffix in sources)
+            for sources in (("_orig",), ("_g", "_v"))
+        ):
+            found[name] = hook
+    return found
+
+
+def recomputed_weight_remedy(hook: Any, tensor: str) -> str:
+    """How to make ``tensor`` (a qualified name) a plain weight that can be converted.
+
+    ``hook`` is the one :func:`recomputing_hooks` found for it.
+    """
+    if isinstance(hook, BasePruningMethod):
+        return (
+            f"make the pruning of {tensor} permanent first "
+            "(torch.nn.utils.prune.remove(module, name))"
+        )
+    kind = _LEGACY_NORMS.get(type(hook))
+    if kind is not None:
+        return (
+            f"{tensor} uses torch.nn.utils.{kind}: use "
+            f"torch.nn.utils.parametrizations.{kind} instead (or "
+            f"torch.nn.utils.remove_{kind} first)"
+        )
+    return (
+        f"{tensor} is recomputed by a forward pre-hook "
+        f"({type(hook).__name__}): use a torch.nn.utils.parametrize "
+        "parametrization instead, or remove the hook first"
+    )
+
+
+def refuse_recomputed_weights(module: nn.Module, path: str, what: str) -> None:
+    """Refuse ``module`` (to be rebuilt) if a hook recomputes a tensor in it.
+
+    The module built from it holds its current weights under their plain
+    names; a carried hook would read ``weight_orig`` (or ``weight_g``) there
+    and fail at the first call.
+
+    Args:
+        module: the module to be rebuilt (with everything below it).
+        path: its path in the model.
+        what: the operation (``"bnn.convert"``).
+
+    Raises:
+        TypeError: naming the tensor and the remedy (torch's parametrizations
+            are converted at their effective weights).
+    """
+    for sub_path, sub in module.named_modules(prefix=path):
+        for name, hook in recomputing_hooks(sub).items():
+            tensor = f"{sub_path}.{name}" if sub_path else name
+            raise TypeError(
+                f"{what} cannot rebuild a layer whose weight a forward pre-hook "
+                "recomputes from other tensors (the Bayesian layer has none of "
+                f"them): {recomputed_weight_remedy(hook, tensor)}"
+            )

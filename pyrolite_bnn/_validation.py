@@ -35,7 +35,11 @@ def enable_validation(flag: bool = True) -> None:
     """Turn the library's input validation on (default) or off.
 
     Args:
-        flag: ``True`` to validate inputs and targets, ``False`` to skip checks.
+        flag: ``True`` to validate inputs and targets, ``False`` to skip checks
+            (a ``bool``; a NumPy one is taken).
+
+    Raises:
+        TypeError: for anything else (``None``, ``0``, ``'no'``).
 
     Example:
         >>> import pyrolite_bnn as bnn
@@ -45,9 +49,9 @@ def enable_validation(flag: bool = True) -> None:
         True
     """
     global _VALIDATE
-    if isinstance(flag, str | bytes):  # 'no' would mean True
-        raise TypeError(f"enable_validation takes True or False, got {flag!r}")
-    _VALIDATE = bool(flag)
+    # A bool, as the library's other switches: 'no' would mean True, and None
+    # or 0 turned every check off without a word (Pyro's refuses None).
+    _VALIDATE = check_bool(flag, "enable_validation's flag")
 
 
 def is_validation_enabled() -> bool:
@@ -423,6 +427,23 @@ def check_real(value: object, what: str) -> float:
     raise TypeError(f"{what} must be a number, got {value!r}")
 
 
+def check_finite_real(value: object, what: str) -> float:
+    """``value`` as a ``float`` if it is a finite number, else raise.
+
+    Raises:
+        TypeError: if ``value`` is not a number (see :func:`check_real`).
+        ValueError: if it is NaN or infinite.
+
+    Example:
+        >>> check_finite_real(-0.5, "mean")
+        -0.5
+    """
+    number = check_real(value, what)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return number
+
+
 def check_positive(value: object, what: str) -> float:
     """``value`` as a ``float`` if it is a positive, finite number, else raise.
 
@@ -437,6 +458,23 @@ def check_positive(value: object, what: str) -> float:
     number = check_real(value, what)
     if not (number > 0 and math.isfinite(number)):
         raise ValueError(f"{what} must be positive and finite, got {value!r}")
+    return number
+
+
+def check_non_negative(value: object, what: str) -> float:
+    """``value`` as a ``float`` if it is a finite number ``>= 0``, else raise.
+
+    Raises:
+        TypeError: if ``value`` is not a number (see :func:`check_real`).
+        ValueError: if it is negative, NaN or infinite.
+
+    Example:
+        >>> check_non_negative(0, "eps")
+        0.0
+    """
+    number = check_real(value, what)
+    if not (number >= 0 and math.isfinite(number)):
+        raise ValueError(f"{what} must be >= 0 and finite, got {value!r}")
     return number
 
 
@@ -585,6 +623,37 @@ def check_optimizer_holds(
             f"{consequence}: create it from this model's parameters "
             "(bnn.convert returns a new network; an assigned guide's parameters "
             "belong to the model too)"
+        )
+
+
+def check_floating_dtype(dtype: object, what: str = "dtype") -> None:
+    """Refuse a ``dtype=`` for weights that is not a real floating-point dtype.
+
+    Weights are drawn from distributions over the reals: an integer or
+    ``bool`` dtype failed deep inside (``torch.finfo() requires a floating
+    point input type``), a complex one at the first call.
+
+    Args:
+        dtype: the argument (``None``: the default dtype, accepted).
+        what: how to name it in the message.
+
+    Raises:
+        TypeError: for anything else.
+
+    Example:
+        >>> check_floating_dtype(torch.float64)
+        >>> try:
+        ...     check_floating_dtype(torch.long)
+        ... except TypeError as error:
+        ...     print(str(error).split(", got ")[1])
+        torch.int64
+    """
+    if dtype is None:
+        return
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(
+            f"{what} must be a real floating-point torch.dtype (torch.float32, "
+            f"torch.float64, torch.bfloat16, ...), got {dtype!r}"
         )
 
 

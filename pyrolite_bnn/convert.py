@@ -54,7 +54,12 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._module_hooks import warn_hooks_left_behind
+from pyrolite_bnn._module_hooks import (
+    recomputed_weight_remedy,
+    recomputing_hooks,
+    refuse_recomputed_weights,
+    warn_hooks_left_behind,
+)
 from pyrolite_bnn._network import is_cached_fact
 from pyrolite_bnn._source_watch import remember_source
 from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
@@ -173,8 +178,11 @@ def convert(
 
     Raises:
         TypeError: if ``module`` is no ``torch.nn.Module``, is already
-            Bayesian or is a TorchScript module, ``moped`` is not a number, or
-            ``include``/``exclude`` hold other than paths and types.
+            Bayesian or is a TorchScript module, ``moped`` is not a number,
+            ``include``/``exclude`` hold other than paths and types, or a layer
+            to convert has a weight recomputed by a hook-based
+            reparameterisation (the legacy ``torch.nn.utils.weight_norm`` or
+            ``spectral_norm``, pruning: the message names the remedy).
         ValueError: for an unknown path in ``include``/``exclude``, a path
             inside a layer converted as a whole, invalid
             ``moped``/``prior``/``variational`` (with ``moped``, a prior
@@ -271,7 +279,7 @@ def _uncopyable_message(module: nn.Module, error: RuntimeError) -> str:
 
     torch copies only leaf tensors; pruning (``torch.nn.utils.prune``) and the
     old ``torch.nn.utils.weight_norm`` keep a computed weight as a plain
-    attribute.
+    attribute, recomputed by a forward pre-hook (whose remedy is named).
     """
     computed = [
         f"{path}.{name}" if path else name
@@ -279,22 +287,16 @@ def _uncopyable_message(module: nn.Module, error: RuntimeError) -> str:
         for name, value in vars(sub).items()
         if isinstance(value, Tensor) and not value.is_leaf
     ]
-    pruned = [
-        f"{path}.{name[: -len('_mask')]}" if path else name[: -len("_mask")]
+    remedies = [
+        recomputed_weight_remedy(hook, f"{path}.{name}" if path else name)
         for path, sub in module.named_modules()
-        for name, _ in sub.named_buffers(recurse=False)
-        if name.endswith("_mask") and hasattr(sub, name[: -len("_mask")] + "_orig")
+        for name, hook in recomputing_hooks(sub).items()
     ]
-    if pruned:
-        fix = (
-            f"make the pruning of {', '.join(pruned)} permanent first "
-            "(torch.nn.utils.prune.remove(module, name))"
-        )
-    else:
-        fix = (
-            "if it uses torch.nn.utils.weight_norm, use "
-            "torch.nn.utils.parametrizations.weight_norm instead"
-        )
+    fix = "; ".join(remedies) or (
+        "keep no computed tensor as a plain module attribute (torch's "
+        "parametrizations, torch.nn.utils.parametrize, are converted at their "
+        "effective weights)"
+    )
     held = f" (computed tensors held as attributes: {', '.join(computed)})"
     return (
         "bnn.convert works on a copy of the model, and torch cannot copy this "
@@ -613,6 +615,7 @@ class _Converter:
                 "first (model(example_input)), which gives its parameters their "
                 "shapes, then convert"
             )
+        refuse_recomputed_weights(module, path, "bnn.convert")
         if parametrize.is_parametrized(module):
             self.reparametrised.append(path or "<root>")
         try:

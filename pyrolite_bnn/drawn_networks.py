@@ -22,7 +22,9 @@ from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _structures
 from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._draw_budget import DrawSizes
 from pyrolite_bnn._fixed_weights import FixedWeights
+from pyrolite_bnn._host_memory import check_fits_on_host
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._mode_warnings import warn_batch_statistics, warn_dropout
 from pyrolite_bnn._network import check_bayesian_network
@@ -72,6 +74,9 @@ def draw_networks(model: nn.Module, samples: int) -> DrawnNetworks:
         TypeError: if ``model`` holds no Bayesian layers, or ``samples`` is
             not an integer.
         ValueError: if ``samples`` is below 1.
+        MemoryError: when the draws of the weights held on the host
+            (``samples`` times every weight, and the largest being drawn at
+            three times its size) are more than its free memory.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -97,6 +102,11 @@ def draw_networks(model: nn.Module, samples: int) -> DrawnNetworks:
         )
     check_bayesian_network(model, "draw_networks needs")
     samples = check_count(samples, "samples")
+    check_fits_on_host(
+        DrawSizes.of(model, device_type="cpu").drawing_bytes(samples),
+        f"draw_networks: drawing and keeping {samples} draws of every weight",
+        "draw fewer networks",
+    )
     with torch.no_grad(), local_params():
         weights = isolated(FixedWeights.drawn, guide_of(model), samples)
     return DrawnNetworks(model, weights, samples)

@@ -121,9 +121,10 @@ class KullbackLeiblerLoss(nn.Module):
             graph; ``False`` (default) runs them eagerly. See
             :mod:`pyrolite_bnn.compiled`.
 
-    ``dataset_size``, ``heat``, ``kl`` and ``reduction`` stay attributes that
-    may be reassigned (``heat_schedule`` in :func:`~pyrolite_bnn.training.fit`
-    sets ``heat``); a new value is validated like a constructor argument.
+    ``predictive``, ``dataset_size``, ``heat``, ``kl`` and ``reduction`` stay
+    attributes that may be reassigned (``heat_schedule`` in
+    :func:`~pyrolite_bnn.training.fit` sets ``heat``); a new value is validated
+    (and a likelihood converted) like a constructor argument.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -147,7 +148,7 @@ class KullbackLeiblerLoss(nn.Module):
         compile: bool | CompileMode = False,
     ) -> None:
         super().__init__()
-        self.predictive = as_likelihood(predictive, "KullbackLeiblerLoss")
+        self.predictive = predictive  # converted and checked by __setattr__
         self.dataset_size = dataset_size
         self.heat = heat
         self.kl = kl
@@ -171,6 +172,24 @@ class KullbackLeiblerLoss(nn.Module):
                     f"compile must be a bool or a mode name, got {compile!r}"
                 )
             self.graphs = LossGraphs(compile)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``predictive`` is converted and checked as in the constructor.
+
+        A property cannot do it: ``nn.Module`` registers a module value (or
+        ``None`` for a registered name) before a property setter would run.
+        """
+        if name == "predictive":
+            value = self._as_likelihood(value)
+        super().__setattr__(name, value)
+
+    def _as_likelihood(self, value: object) -> PredictiveDistribution:
+        """``value`` as this loss's likelihood (:func:`as_likelihood`'s rules).
+
+        Raises:
+            TypeError: for anything that is not a likelihood.
+        """
+        return as_likelihood(value, "KullbackLeiblerLoss")
 
     @property
     def dataset_size(self) -> int:

@@ -765,7 +765,8 @@ def quantile_calibration_error(
         0-dim tensor in ``[0, 1)``, in the inputs' dtype, at least ``float32``.
 
     Raises:
-        TypeError: If an argument is not a tensor.
+        TypeError: If an argument is not a tensor, or ``levels`` holds other
+            than real numbers.
         ValueError: If an input is empty, not floating point or contains NaN,
             ``target`` is infinite, the shapes or devices differ, any
             ``stddev <= 0``, ``mean`` and ``stddev`` are both infinite at a
@@ -798,7 +799,16 @@ def quantile_calibration_error(
     if levels is None:
         lv = torch.linspace(0.05, 0.95, 19, dtype=dtype, device=mu.device)
     else:
-        lv = torch.as_tensor(levels, dtype=dtype, device=mu.device)
+        if isinstance(levels, torch.Tensor) and (
+            levels.is_complex() or levels.dtype == torch.bool
+        ):
+            raise TypeError(f"levels must be real numbers, got dtype {levels.dtype}")
+        try:
+            lv = torch.as_tensor(levels, dtype=dtype, device=mu.device)
+        except (TypeError, ValueError, RuntimeError) as error:  # 'a', None, 1j
+            raise TypeError(
+                f"levels must be a 1-D sequence of numbers, got {levels!r}"
+            ) from error
         if lv.ndim != 1 or lv.numel() == 0:
             raise ValueError(
                 f"levels must be a non-empty 1-D sequence, got shape {tuple(lv.shape)}"

@@ -56,7 +56,7 @@ from pyrolite_bnn._pyro_module import (
     public_settings,
 )
 from pyrolite_bnn._sites import current_sites
-from pyrolite_bnn._validation import check_count
+from pyrolite_bnn._validation import check_count, check_floating_dtype
 from pyrolite_bnn.distributions.priors import Prior, as_prior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
@@ -397,8 +397,8 @@ class VIModule(LocalPyroModule):
                 an attribute of the module (a method, property, parameter,
                 buffer, submodule, or the ``prior``/``posterior`` tables), or
                 ``shape`` has a negative size.
-            TypeError: if ``name`` is no string or ``shape`` holds a
-                non-integer.
+            TypeError: if ``name`` is no string, ``shape`` holds a
+                non-integer, or ``dtype`` is not a real floating-point dtype.
         """
         self._check_variable_name(name)
         size = _variable_size(shape)
@@ -424,6 +424,7 @@ class VIModule(LocalPyroModule):
                 "init must be a function that fills a tensor in place "
                 f"(torch.nn.init.ones_), got {type(init).__name__}"
             )
+        check_floating_dtype(dtype)
         zeros = torch.zeros(size, device=device, dtype=dtype)
         posterior = family.build(size, zeros)
         posterior.loc_init = init

@@ -54,7 +54,7 @@ from pyrolite_bnn._forward import (
     call_network,
     network_args,
 )
-from pyrolite_bnn._host_memory import available_bytes
+from pyrolite_bnn._host_memory import available_bytes, check_fits_on_host
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._mode_warnings import warn_batch_statistics, warn_dropout
@@ -885,20 +885,13 @@ def _outputs_buffer(like: Tensor, shape: tuple[int, ...]) -> Tensor:
     process, or the machine swaps.
     """
     if like.device.type == "cpu":
-        needed = math.prod(shape) * like.element_size()
-        free = available_bytes()
-        if free is not None and needed > free:
-            raise MemoryError(
-                f"predict: holding the outputs (shape {shape}, particles first, "
-                f"{like.dtype}) takes {_gib(needed)}, more than the {_gib(free)} "
-                "of memory free on this host: predict with fewer samples, on "
-                "slices of the inputs, or with mode='mean'"
-            )
+        check_fits_on_host(
+            math.prod(shape) * like.element_size(),
+            f"predict: holding the outputs (shape {shape}, particles first, "
+            f"{like.dtype})",
+            "predict with fewer samples, on slices of the inputs, or with mode='mean'",
+        )
     return like.new_empty(shape)
-
-
-def _gib(count: int) -> str:
-    return f"{count / 2**30:.3g} GiB"
 
 
 def _probe_is_the_prediction(size: int, particles: int) -> bool:

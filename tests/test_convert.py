@@ -871,6 +871,66 @@ def test_a_pruned_model_is_refused_naming_the_pruned_weight() -> None:
     assert isinstance(bnn.convert(model)[0], bnn.VILinear)
 
 
+class _ScaledWeight:
+    """A hook object of the legacy norms' pattern: ``weight`` from ``weight_orig``."""
+
+    name = "weight"
+
+    def __call__(self, module: nn.Module, args: object) -> None:
+        module.weight = 2 * module.weight_orig
+
+
+def _hooked_linear(hook: str) -> nn.Linear:
+    layer = nn.Linear(3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation
+        if hook == "spectral_norm":
+            return nn.utils.spectral_norm(layer)
+        if hook == "weight_norm":
+            return nn.utils.weight_norm(layer)
+    if hook == "pruned under no_grad":
+        with torch.no_grad():  # a leaf weight: the copy succeeds
+            prune.l1_unstructured(layer, "weight", amount=0.5)
+        return layer
+    weight = layer.weight
+    del layer.weight
+    layer.weight_orig = weight
+    layer.register_forward_pre_hook(_ScaledWeight())
+    with torch.no_grad():  # a leaf weight, as spectral_norm leaves it
+        _ScaledWeight()(layer, ())
+    return layer
+
+
+@pytest.mark.parametrize(
+    ("hook", "remedy"),
+    [
+        (
+            "spectral_norm",
+            r"1\.weight uses torch\.nn\.utils\.spectral_norm: use "
+            r"torch\.nn\.utils\.parametrizations\.spectral_norm instead",
+        ),
+        ("weight_norm", r"parametrizations\.weight_norm instead"),
+        ("pruned under no_grad", r"pruning of 1\.weight permanent"),
+        (
+            "hook object",
+            r"1\.weight is recomputed by a forward pre-hook "
+            r"\(_ScaledWeight\): use a torch\.nn\.utils\.parametrize",
+        ),
+    ],
+)
+def test_a_weight_recomputed_by_a_hook_is_refused_with_its_remedy(
+    hook: str, remedy: str
+) -> None:
+    """The legacy spectral_norm's (or any such) hook was carried to the
+    Bayesian layer, whose first call failed reading ``weight_orig``."""
+    model = nn.Sequential(nn.Linear(2, 3), _hooked_linear(hook))
+    with pytest.raises(TypeError, match=remedy):
+        bnn.convert(model)
+    if hook != "weight_norm":  # its computed weight: torch cannot copy the model
+        kept = bnn.convert(model, exclude=["1"])  # not rebuilt: its hook works
+        assert kept(torch.randn(4, 2), samples=2).shape == (2, 4, 2)
+
+
 def test_recurrent_flatten_parameters_is_accepted() -> None:
     """A forward calling self.rnn.flatten_parameters() (a torch idiom) runs."""
     for layer in (bnn.VILSTM(3, 4, batch_first=True), bnn.VIGRU(3, 4)):

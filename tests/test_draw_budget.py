@@ -27,6 +27,17 @@ def test_kept_draws_need_half_the_budget_and_room_to_draw() -> None:
     assert sizes.redrawn_bytes(10) == DRAWING_FACTOR * 600
 
 
+def test_drawing_bytes_keep_every_draw_and_draw_the_largest_at_three_times() -> None:
+    sizes = DrawSizes(total=100, largest=60, site="w")
+    assert sizes.drawing_bytes(10) == 10 * 100 + (DRAWING_FACTOR - 1) * 10 * 60
+
+
+def test_sizes_on_one_device_type_count_only_its_weights() -> None:
+    net = bnn.VISequential(bnn.VILinear(4, 8), bnn.VILinear(8, 3, device="meta"))
+    sizes = DrawSizes.of(net, device_type="cpu")
+    assert (sizes.total, sizes.site) == ((32 + 8) * 4, "0.weight")
+
+
 def test_particles_that_fit() -> None:
     sizes = DrawSizes(total=100, largest=60, site="w")
     assert sizes.particles_that_fit(10, budget=10_000) == 10

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import _host_memory
 
 
 def _mlp() -> bnn.VISequential:
@@ -348,3 +349,20 @@ def test_misuse_of_calls_is_named() -> None:
     )
     with pytest.raises(TypeError, match=r"bnn\.laplace result"):
         bnn.draw_networks(fitted, samples=2)
+
+
+def test_draws_larger_than_the_free_host_memory_are_refused_up_front(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """draw_networks(net, 10**8) allocated every draw at once: an allocator
+    error, or on an overcommitting host the kernel's OOM killer. The draws
+    (S times every weight, the largest drawn at three times its size: here
+    10 * (42 + 2 * 16) floats) are checked against the free memory first,
+    as predict checks its outputs."""
+    net = _mlp()
+    needed = 10 * (42 + 2 * 16) * 4
+    monkeypatch.setattr(_host_memory, "available_bytes", lambda: needed - 1)
+    with pytest.raises(MemoryError, match=r"draw_networks: .* 10 draws .* GiB, more"):
+        bnn.draw_networks(net, 10)
+    monkeypatch.setattr(_host_memory, "available_bytes", lambda: needed)
+    assert len(bnn.draw_networks(net, 10)) == 10

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
 
 N = 200
 
@@ -275,6 +276,34 @@ def test_terms_refuse_a_misspelt_kl_mode(autoguide: bool, mode: object) -> None:
     output = net(x)
     with pytest.raises(ValueError, match="kl must be one of"):
         loss_fn.terms(output, y, kl=mode)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [None, nn.MSELoss(), bnn.Categorical])
+def test_a_reassigned_predictive_is_checked_as_in_the_constructor(
+    value: object,
+) -> None:
+    """``loss_fn.predictive = None`` (or a torch loss) was accepted and the
+    next call failed with an AttributeError (no ``log_likelihood``)."""
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    before = loss_fn.predictive
+    with pytest.raises(TypeError) as in_constructor:
+        bnn.KullbackLeiblerLoss(value, N)  # type: ignore[arg-type]
+    with pytest.raises(TypeError) as on_assignment:
+        loss_fn.predictive = value  # type: ignore[assignment]
+    assert str(on_assignment.value) == str(in_constructor.value)
+    assert loss_fn.predictive is before
+
+
+def test_a_reassigned_predictive_is_converted_as_in_the_constructor() -> None:
+    net, (x, y) = _net(), _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), N)
+    loss_fn.predictive = vi.distributions.Categorical()  # torch_blue's: converted
+    assert isinstance(loss_fn.predictive, bnn.Categorical)
+    assert "predictive" in dict(loss_fn.named_children())
+    assert loss_fn(net(x), y).shape == ()
+    blue = vi.KullbackLeiblerLoss(vi.distributions.Categorical(), N)
+    with pytest.raises(vi.utils.UnsupportedDistributionError, match=r"vi\.Kullback"):
+        blue.predictive = vi.distributions.StudentT()
 
 
 def test_valid_reassignment_changes_the_loss() -> None:

@@ -923,6 +923,29 @@ def test_invalid_inputs_raise_value_error(
             "n_bins must be an integer, got float",
             id="n-bins-float",
         ),
+        # torch's "too many dimensions 'str'" / "must be real number", or a
+        # complex level cast to its real part with a warning.
+        *(
+            pytest.param(
+                lambda levels=levels: metrics.quantile_calibration_error(
+                    _V, torch.ones(3), _V, levels=levels
+                ),
+                match,
+                id=f"qce-levels-{name}",
+            )
+            for name, levels, match in [
+                (
+                    "str",
+                    ["a"],
+                    r"levels must be a 1-D sequence of numbers, got \['a'\]",
+                ),
+                ("none", [None], "levels must be a 1-D sequence of numbers"),
+                ("complex", [0.5 + 1j], "levels must be a 1-D sequence of numbers"),
+                ("set", {0.5}, "levels must be a 1-D sequence of numbers"),
+                ("complex-tensor", torch.tensor([0.5 + 0j]), "levels must be real"),
+                ("bool-tensor", torch.tensor([True]), "levels must be real numbers"),
+            ]
+        ),
     ],
 )
 def test_non_tensor_inputs_raise_type_error(

@@ -17,6 +17,7 @@ from pyro.infer.autoguide import AutoLowRankMultivariateNormal
 from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import _host_memory
 from pyrolite_bnn._allocations import AllocationPeak
 from pyrolite_bnn.distributions.variational import MeanFieldNormalPosterior
 from pyrolite_bnn.module import whole_network_draws
@@ -1437,10 +1438,10 @@ def test_outputs_larger_than_the_free_host_memory_are_refused_up_front(
     do not fit the budget at once)."""
     net = _mlp().eval()
     x = torch.randn(40, 3)
-    monkeypatch.setattr(_PREDICT_MODULE, "available_bytes", lambda: free)
+    monkeypatch.setattr(_host_memory, "available_bytes", lambda: free)
     with pytest.raises(MemoryError, match=r"holding the outputs \(shape \(\d+, 40, "):
         bnn.predict(net, x, bnn.Categorical(), samples=samples, memory_budget=4096)
-    monkeypatch.setattr(_PREDICT_MODULE, "available_bytes", lambda: None)
+    monkeypatch.setattr(_host_memory, "available_bytes", lambda: None)
     pred = bnn.predict(net, x, bnn.Categorical(), samples=samples, memory_budget=4096)
     assert pred.samples.shape[:2] == (samples, 40)
 

@@ -204,10 +204,15 @@ def test_wrong_arguments_raise_clear_errors_not_internal_ones(
         call()
 
 
-def test_enable_validation_refuses_strings() -> None:
-    """``enable_validation('no')`` switched validation on."""
-    with pytest.raises(TypeError, match="True or False"):
-        bnn.enable_validation("no")  # type: ignore[arg-type]
+@pytest.mark.parametrize("flag", ["no", None, 0, 1, 0.0, torch.tensor(False)])
+def test_enable_validation_refuses_anything_but_a_bool(flag: object) -> None:
+    """``enable_validation('no')`` switched validation on; ``None`` and ``0``
+    switched it off without a word (Pyro's switch refuses ``None``)."""
+    with pytest.raises(TypeError, match="enable_validation's flag must be True or"):
+        bnn.enable_validation(flag)  # type: ignore[arg-type]
+    assert bnn.is_validation_enabled()
+    with pytest.raises(TypeError, match="True or False"), bnn.validation(flag):  # type: ignore[arg-type]
+        pass
     assert bnn.is_validation_enabled()
 
 

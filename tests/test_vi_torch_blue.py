@@ -854,6 +854,19 @@ def test_convert_to_vimodule_changes_the_model_in_place() -> None:
     assert not torch.equal(fresh._weight_mean, old)
 
 
+def test_convert_to_vimodule_refuses_a_legacy_norm_before_changing_anything() -> None:
+    """The legacy spectral_norm's hook stayed on the converted layer, whose
+    first call failed reading ``weight_orig``; refused up front, with the path."""
+    first = nn.Linear(2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation
+        model = nn.Sequential(first, nn.utils.spectral_norm(nn.Linear(3, 2)))
+    with pytest.raises(TypeError, match=r"1\.weight uses torch\.nn\.utils\.spectral"):
+        vi.convert_to_vimodule(model)
+    assert type(model) is nn.Sequential
+    assert type(first) is nn.Linear  # nothing converted in place
+
+
 class _TiedPair(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -2070,6 +2083,17 @@ def test_converted_custom_module_runs_its_forward_per_particle() -> None:
         (lambda: BasicQuietPrior(std_ratio=0), "std_ratio must be positive"),
         (lambda: BasicQuietPrior(eps=-1), "eps must be positive"),  # NaN loss
         (lambda: Categorical(eps=-1), "eps must be >= 0"),
+        # Non-finite locations gave a NaN or infinite loss (or a posterior
+        # whose means are NaN) without a word.
+        (lambda: BasicQuietPrior(mean_mean=math.nan), "mean_mean must be finite"),
+        (lambda: BasicQuietPrior(mean_mean=math.inf), "mean_mean must be finite"),
+        (lambda: MeanFieldStudentT(mean=math.nan), "mean must be finite"),
+        (lambda: MeanFieldNormal(mean=math.inf), "mean must be finite"),
+        (lambda: MeanFieldNormal(std=math.inf), "std must be positive"),
+        # eps=-1 made every log density -inf; Categorical's was refused.
+        (lambda: MeanFieldNormal(eps=-1), "MeanFieldNormal eps must be >= 0 and"),
+        (lambda: MeanFieldNormal(eps=math.nan), "eps must be >= 0 and finite"),
+        (lambda: Categorical(eps=math.inf), "eps must be >= 0 and finite"),
     ],
 )
 def test_vi_distributions_refuse_invalid_values(
@@ -2077,6 +2101,40 @@ def test_vi_distributions_refuse_invalid_values(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_vi_eps_of_zero_is_accepted_where_the_density_stays_finite() -> None:
+    """torch_blue takes any eps; 0 keeps a Normal's variance (exp(log_std)^2)
+    and a probability's logarithm defined, so it is accepted there. A quiet
+    prior's variance (r * mean)^2 is 0 at a mean of 0: its eps stays > 0."""
+    normal, categorical = MeanFieldNormal(eps=0), Categorical(eps=0)
+    assert normal.eps == 0.0
+    assert categorical.eps == 0.0
+    log_prob = normal.log_prob(torch.tensor(0.5), torch.tensor(0.0), torch.tensor(0.0))
+    torch.testing.assert_close(log_prob, torch.tensor(-0.125))
+    with pytest.raises(ValueError, match="eps must be positive"):
+        BasicQuietPrior(eps=0)
+
+
+@pytest.mark.parametrize("build", [MeanFieldStudentT, BasicQuietPrior, UniformPrior])
+def test_predictive_computations_refuse_a_distribution_without_the_role(
+    build: Callable[[], Any],
+) -> None:
+    """StudentT().log_prob_from_samples failed with an AttributeError about
+    predictive_parameters_from_samples, and to_predictive() built a likelihood
+    that failed so at its first use; both say what the loss says."""
+    distribution = build()
+    with pytest.raises(UnsupportedDistributionError) as in_loss:
+        vi.KullbackLeiblerLoss(distribution, 10)
+    reason = str(in_loss.value).split("; ")[1]  # after "predictive must be..."
+    assert reason.startswith(f"{type(distribution).__module__}.")
+    name = type(distribution).__name__
+    with pytest.raises(UnsupportedDistributionError) as info:
+        distribution.log_prob_from_samples(torch.zeros(4), torch.zeros(5, 4))
+    assert str(info.value) == f"{name}.log_prob_from_samples: {reason}"
+    with pytest.raises(UnsupportedDistributionError) as info:
+        distribution.to_predictive()
+    assert str(info.value) == f"{name}.to_predictive: {reason}"
 
 
 class _RecurrentHead(nn.Module):

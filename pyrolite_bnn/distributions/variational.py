@@ -23,11 +23,9 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.nn import PyroParam
 from torch import Tensor
-from torch.nn.utils.prune import BasePruningMethod
-from torch.nn.utils.spectral_norm import SpectralNorm
-from torch.nn.utils.weight_norm import WeightNorm
 
 from pyrolite_bnn._math import inverse_softplus
+from pyrolite_bnn._module_hooks import recomputing_hooks
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._state import RecordsInState, recorded
 from pyrolite_bnn._validation import (
@@ -48,10 +46,6 @@ __all__ = [
     "VariationalFamily",
     "elementwise_quantiles",
 ]
-
-# Forward pre-hooks that recompute a tensor they took out of ``_parameters``
-# (torch.nn.utils.prune, the legacy weight_norm and spectral_norm).
-_RECOMPUTING_HOOKS = (BasePruningMethod, WeightNorm, SpectralNorm)
 
 
 # How a mean-field posterior's unconstrained ``rho`` maps to its scale.
@@ -226,11 +220,7 @@ class Posterior(RecordsInState, LocalPyroModule):
         utilities' hooks run: other pre-hooks (a user's, which may read the
         call's arguments) belong to calls of the module.
         """
-        hooks = [
-            hook
-            for hook in self._forward_pre_hooks.values()
-            if isinstance(hook, _RECOMPUTING_HOOKS)
-        ]
+        hooks = list(recomputing_hooks(self).values())
         if not hooks:
             return
         object.__setattr__(self, "_refreshing", True)

@@ -119,6 +119,15 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         self._track = False
         self.track(track)
 
+    def _as_likelihood(self, value: object) -> BnnPredictive:
+        """``value`` as this loss's likelihood, refused as torch_blue refuses it.
+
+        Raises:
+            UnsupportedDistributionError: if it cannot serve as predictive
+                distribution.
+        """
+        return as_predictive(value)
+
     @property  # type: ignore[override]
     def dataset_size(self) -> int | None:
         """Training set size ``N``, or ``None`` (then given per call)."""

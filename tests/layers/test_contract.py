@@ -594,6 +594,19 @@ def test_float64(entry: LayerEntry, case: LayerCase, how: str) -> None:
         torch.testing.assert_close(out[s], expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("entry", ENTRIES, ids=_id)
+@pytest.mark.parametrize(
+    "dtype", [torch.long, torch.bool, torch.complex64, "float32"], ids=str
+)
+def test_a_dtype_that_is_not_real_floating_point_is_refused_naming_it(
+    entry: LayerEntry, dtype: object
+) -> None:
+    """An integer dtype failed with ``torch.finfo() requires a floating point
+    input type``; a complex one was accepted and failed at the first call."""
+    with pytest.raises(TypeError, match=r"^dtype must be a real floating-point"):
+        _make(entry, entry.cases[0], dtype=dtype)
+
+
 def _target(out: Tensor) -> Tensor:
     return torch.randn(out.shape[1:], dtype=out.dtype)
 

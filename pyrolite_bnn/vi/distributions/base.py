@@ -31,12 +31,14 @@ import torch
 from torch import Tensor
 from torch.nn import Module, init
 
+from pyrolite_bnn._likelihoods import not_predictive
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import VariationalFamily
+from pyrolite_bnn.vi.utils.errors import UnsupportedDistributionError
 from pyrolite_bnn.vi.utils.post_init_metaclass import PostInitCallMeta
 
 __all__ = ["Distribution", "PredictiveDistribution", "Prior", "VariationalDistribution"]
@@ -298,6 +300,7 @@ class Distribution(metaclass=PostInitCallMeta):
         """
         from pyrolite_bnn.vi.distributions._adapters import AdaptedPredictive
 
+        self._check_predictive_role("log_prob_from_samples")
         predictive = self.to_predictive()
         if isinstance(predictive, AdaptedPredictive):  # a distribution of the user's
             return predictive.elementwise_log_likelihood(samples, reference).mean(0)
@@ -329,12 +332,28 @@ class Distribution(metaclass=PostInitCallMeta):
 
         Built once and kept, so that learned parameters (a noise scale) are
         shared by every loss and helper that uses this object.
+
+        Raises:
+            UnsupportedDistributionError: for a distribution without the
+                predictive role (``is_predictive_distribution`` is ``False``).
         """
+        self._check_predictive_role("to_predictive")
         built: BnnPredictive | None = self.__dict__.get("_bnn_predictive")
         if built is None:
             built = self.build_predictive()
             self.__dict__["_bnn_predictive"] = built
         return built
+
+    def _check_predictive_role(self, method: str) -> None:
+        """Refuse ``method`` (a predictive computation) without the role.
+
+        Without it a distribution lacks ``predictive_parameters_from_samples``
+        (torch_blue's ``StudentT``): the call failed on that attribute.
+        """
+        if not self.is_predictive_distribution:
+            raise UnsupportedDistributionError(
+                f"{type(self).__name__}.{method}: {not_predictive(self)}"
+            )
 
     def build_predictive(self) -> BnnPredictive:
         """Create the likelihood module (called once by :meth:`to_predictive`)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, get_args
 
 import pyro.distributions as dist
@@ -12,7 +11,7 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor
 
 from pyrolite_bnn._validation import (
-    check_real,
+    check_non_negative,
     check_temperature,
     is_validation_enabled,
 )
@@ -138,7 +137,7 @@ class Categorical(PredictiveDistribution):
 
     Args:
         input_type: ``"logits"`` (default) or ``"probs"``.
-        eps: added inside logarithms of probabilities.
+        eps: added inside logarithms of probabilities (finite, ``>= 0``).
 
     Example:
         >>> import torch
@@ -154,9 +153,7 @@ class Categorical(PredictiveDistribution):
     def __init__(self, input_type: InputType = "logits", eps: float = 1e-5) -> None:
         if input_type not in get_args(InputType):
             raise AssertionError("input_type must be logits or probs")
-        if not (check_real(eps, "Categorical eps") >= 0 and math.isfinite(eps)):
-            raise ValueError(f"Categorical eps must be >= 0, got {eps!r}")
-        self.eps = eps
+        self.eps = check_non_negative(eps, "Categorical eps")
         self.input_type = input_type
 
     def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:

@@ -9,6 +9,11 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from pyrolite_bnn._validation import (
+    check_finite_real,
+    check_non_negative,
+    check_positive,
+)
 from pyrolite_bnn.distributions.predictive import Normal as BnnNormal
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
@@ -50,7 +55,8 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
             initialised like a weight).
         std: standard deviation (prior; default of the variational std before
             Kaiming scaling; initial noise scale as predictive).
-        eps: added to the variance in :meth:`log_prob`.
+        eps: added to the variance in :meth:`log_prob` (finite, ``>= 0``;
+            the variance is positive without it).
 
     Example:
         >>> import torch
@@ -65,11 +71,10 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
     distribution_parameters = ("mean", "log_std")
 
     def __init__(self, mean: float = 0.0, std: float = 1.0, eps: float = 1e-10) -> None:
-        if not std > 0:
-            raise ValueError(f"MeanFieldNormal std must be positive, got {std!r}")
-        self.mean = torch.tensor(float(mean))
-        self.log_std = torch.tensor(float(std)).log()
-        self.eps = eps
+        std = check_positive(std, "MeanFieldNormal std")
+        self.mean = torch.tensor(check_finite_real(mean, "MeanFieldNormal mean"))
+        self.log_std = torch.tensor(std).log()
+        self.eps = check_non_negative(eps, "MeanFieldNormal eps")
 
     @property
     def _default_variational_parameters(self) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from pyrolite_bnn._validation import check_positive, check_real
+from pyrolite_bnn._validation import check_finite_real, check_positive
 from pyrolite_bnn.vi.distributions.base import (
     Prior,
     as_parameter_tuple,
@@ -31,7 +31,8 @@ class BasicQuietPrior(Prior):
         std_ratio: ``r``, ratio of each weight's std to its mean.
         mean_mean: ``mm``.
         mean_std: ``ms``.
-        eps: added to the variances.
+        eps: added to the variances (positive and finite: a mean of 0, as
+            Kaiming initialisation starts biases, would give a variance of 0).
 
     Example:
         >>> import torch
@@ -60,7 +61,7 @@ class BasicQuietPrior(Prior):
             check_positive(value, f"BasicQuietPrior {what}")
         self._std_ratio = std_ratio
         self.mean_mean = torch.tensor(
-            check_real(mean_mean, "BasicQuietPrior mean_mean")
+            check_finite_real(mean_mean, "BasicQuietPrior mean_mean")
         )
         self.mean_std = torch.tensor(float(mean_std))
         self.eps = eps

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyrolite_bnn._validation import check_positive, check_real
+from pyrolite_bnn._validation import check_finite_real, check_positive
 from pyrolite_bnn.vi.distributions.base import (
     VariationalDistribution,
     as_parameter_tuple,
@@ -51,7 +51,7 @@ class MeanFieldStudentT(VariationalDistribution):
         degrees_of_freedom = check_positive(
             degrees_of_freedom, "MeanFieldStudentT degrees_of_freedom"
         )
-        self.mean = check_real(mean, "MeanFieldStudentT mean")
+        self.mean = check_finite_real(mean, "MeanFieldStudentT mean")
         self.log_scale = math.log(scale)
         self.degrees_of_freedom = torch.tensor(degrees_of_freedom, device=device)
 

@@ -59,7 +59,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pyrolite_bnn._module_hooks import FORWARD_HOOKS, OTHER_HOOKS
+from pyrolite_bnn._module_hooks import (
+    FORWARD_HOOKS,
+    OTHER_HOOKS,
+    refuse_recomputed_weights,
+)
 from pyrolite_bnn._tied_parameters import tied_parameters, warn_untied
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.convert import convert
@@ -343,7 +347,10 @@ def convert_to_vimodule(
         comes back unchanged (torch_blue 1.1.0 and its ``vi_convert2`` branch).
 
     Raises:
-        TypeError: if ``module`` is not a ``torch.nn.Module``.
+        TypeError: if ``module`` is not a ``torch.nn.Module``, or a
+            hook-based reparameterisation (the legacy
+            ``torch.nn.utils.weight_norm``/``spectral_norm``, pruning) recomputes
+            one of its weights.
         UnsupportedDistributionError: for a distribution that cannot take the
             role it is given.
 
@@ -375,6 +382,8 @@ def convert_to_vimodule(
         prior_initialization,
         return_log_probs,
     )
+    # Checked before anything changes: the conversion is in place.
+    refuse_recomputed_weights(module, "", "convert_to_vimodule")
     tied = tied_parameters(module)
     _convert(module, vikwargs, keep_weights)
     warn_untied(
