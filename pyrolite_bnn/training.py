@@ -519,6 +519,7 @@ class _EarlyStopping:
         self.patience = patience
         self.initial_epoch = initial_epoch
         self.best_loss = math.inf
+        self.best_heat: float | None = None
         self.best: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     def update(
@@ -529,9 +530,18 @@ class _EarlyStopping:
         model: nn.Module,
         loss_fn: KullbackLeiblerLoss,
     ) -> None:
-        """Record ``val_loss`` of ``epoch``; keep the state if it is the best."""
-        if val_loss < self.best_loss:
+        """Record ``val_loss`` of ``epoch``; keep the state if it is the best.
+
+        Epochs are compared under one objective: an epoch trained with
+        another heat than the best one's starts the comparison afresh (it is
+        the best so far), so that a warm-up's epochs, whose down-weighted KL
+        gives a lower validation loss, are not kept over the ELBO's.
+        """
+        heat = float(loss_fn.heat)
+        new_heat = self.best_heat is not None and heat != self.best_heat
+        if val_loss < self.best_loss or (new_heat and math.isfinite(val_loss)):
             self.best_loss = val_loss
+            self.best_heat = heat
             history.best_epoch = epoch
             if self.patience is not None:
                 self.best = (
@@ -819,6 +829,38 @@ def _returning_nothing(on_step_end: Callable[..., Any]) -> Callable[..., None]:
     return call
 
 
+def _write_checkpoint(
+    path: str | os.PathLike[str],
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: KullbackLeiblerLoss,
+    epoch: int,
+    history: History,
+) -> None:
+    """The end-of-epoch checkpoint: states, ``epoch``, history and heat."""
+    save_checkpoint(
+        path,
+        network,
+        optimizer,
+        loss_fn,
+        epoch=epoch,
+        extra={"history": history.as_dict(), "heat": loss_fn.heat},
+    )
+
+
+def _optimizer_settings(
+    optimizer: torch.optim.Optimizer,
+) -> list[list[tuple[str, str]]]:
+    """The optimizer's settings per parameter group (``lr``, ``betas``...), comparable.
+
+    Values are compared by their ``repr`` (a tensor learning rate included).
+    """
+    return [
+        [(key, repr(value)) for key, value in group.items() if key != "params"]
+        for group in optimizer.param_groups
+    ]
+
+
 def _stop_requested(
     hooks: Sequence[Callable[..., Any]], epoch: int, history: History, model: nn.Module
 ) -> bool:
@@ -1037,7 +1079,11 @@ def fit(
         callbacks: a list of objects with a method
             ``on_epoch_end(epoch, history, model) -> bool | None``, or of such
             functions, called after each epoch (after validation and
-            checkpointing); returning ``True`` stops training. An object may
+            checkpointing: they may read the epoch's checkpoint; a change of
+            the optimizer's settings they make, a ``ReduceLROnPlateau``
+            stepped there on ``history.val_loss[-1]``, is written into it
+            again, and is in the NaN guard's copy); returning ``True`` stops
+            training. An object may
             also (or instead) have ``on_step_end(epoch, step, loss)``, called
             after every optimizer step with the step's loss (a float): step a
             per-step learning-rate schedule there (``OneCycleLR``); a value
@@ -1055,7 +1101,12 @@ def fit(
             stopping. Its directory is checked before training starts.
         early_stopping_patience: stop when ``val_loss`` has not improved for
             this many epochs; at the end of training the model and loss states
-            of the best epoch are restored (needs ``val_loader``). The
+            of the best epoch are restored (needs ``val_loader``). Epochs
+            are compared under one heat: an epoch trained with another heat
+            than the best one's (a ``heat_schedule`` warming up) starts the
+            comparison afresh, so a warm-up's epochs, whose down-weighted KL
+            lowers the validation loss, are never the ones restored, and
+            patience counts from the first epoch at the final heat. The
             validation NLL may rise while the posterior scales grow, so this
             can keep a near point estimate: see the how-to on defaults.
         initial_epoch: the first epoch to run, to resume a run whose epochs
@@ -1185,17 +1236,23 @@ def fit(
                 stopping.update(epoch, val_loss, history, model, loss_fn)
             history.epochs_run = epoch + 1
             display.end(epoch, shown, loss_fn.heat)
+            settings = _optimizer_settings(optimizer)
             if checkpoint_path is not None and ranks.main:
-                save_checkpoint(
-                    checkpoint_path,
-                    network,
-                    optimizer,
-                    loss_fn,
-                    epoch=epoch,
-                    extra={"history": history.as_dict(), "heat": loss_fn.heat},
+                _write_checkpoint(
+                    checkpoint_path, network, optimizer, loss_fn, epoch, history
                 )
-            guard.keep(epoch)
             stop = _stop_requested(epoch_end_hooks, epoch, history, model)
+            if (
+                checkpoint_path is not None
+                and ranks.main
+                and _optimizer_settings(optimizer) != settings
+            ):
+                # A schedule stepped in a callback (ReduceLROnPlateau on the
+                # validation loss): the resumed run needs its learning rate.
+                _write_checkpoint(
+                    checkpoint_path, network, optimizer, loss_fn, epoch, history
+                )
+            guard.keep(epoch)  # after the callbacks: their schedule's step too
             if ranks.any(stop or stopping.should_stop(epoch, history)):
                 history.stopped_early = epoch + 1 < epochs
                 break

@@ -1577,3 +1577,78 @@ def test_a_loss_from_before_a_reload_is_named_as_such() -> None:
     with pytest.raises(TypeError) as raised:
         fit(_net(), nn.MSELoss(), _batches(x, y), epochs=1, progress=False)
     assert "another import" not in str(raised.value)
+
+
+def test_a_learning_rate_stepped_in_a_callback_is_in_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """``on_epoch_end`` ran after the checkpoint was written: a
+    ``ReduceLROnPlateau`` stepped there on the validation loss (the only place
+    it can be stepped) was missing from it, and a resumed run trained at twice
+    the learning rate (probe longrun). Callbacks now run first."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 2), torch.randn(32)
+    net = bnn.VISequential(bnn.VILinear(2, 4), nn.ReLU(), bnn.VILinear(4, 1))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=32)
+    optimizer = torch.optim.Adam([*net.parameters(), *loss_fn.parameters()], lr=0.1)
+    path = tmp_path / "run.pt"
+
+    def halve(epoch: int, history: History, model: nn.Module) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] *= 0.5
+
+    fit(
+        net,
+        loss_fn,
+        [(x, y)],
+        epochs=3,
+        optimizer=optimizer,
+        callbacks=[halve],
+        progress=False,
+        checkpoint_path=path,
+    )
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+    resumed = torch.optim.Adam([*net.parameters(), *loss_fn.parameters()], lr=0.1)
+    load_checkpoint(path, net, resumed, loss_fn)
+    assert resumed.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+
+
+def test_early_stopping_compares_epochs_at_the_final_heat() -> None:
+    """With a KL warm-up, the validation loss is lowest while the KL is
+    down-weighted: early stopping restored a warm-up epoch (here epoch 20,
+    heat 0.67) of a run that never reached heat 1, without a word (probe
+    longrun). An epoch of another heat than the best one's now starts the
+    comparison afresh."""
+    torch.manual_seed(0)
+    n = 256
+    x = torch.rand(2 * n, 1) * 6 - 3
+    y = torch.sin(2 * x[:, 0]) + 0.2 * torch.randn(2 * n)
+    train = [(x[i : i + 32], y[i : i + 32]) for i in range(0, n, 32)]
+    val = [(x[n:], y[n:])]
+    net = bnn.VISequential(
+        bnn.VILinear(1, 32),
+        nn.ReLU(),
+        bnn.VILinear(32, 32),
+        nn.ReLU(),
+        bnn.VILinear(32, 1),
+    )
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=n)
+    optimizer = torch.optim.Adam([*net.parameters(), *loss_fn.parameters()], lr=1e-2)
+    history = fit(
+        net,
+        loss_fn,
+        train,
+        epochs=40,
+        optimizer=optimizer,
+        val_loader=val,
+        progress=False,
+        heat_schedule=linear_warmup(30),
+        early_stopping_patience=5,
+    )
+    assert history.best_epoch is not None
+    assert history.heat[history.best_epoch] == 1.0
+    assert history.epochs_run >= 30
+    at_final_heat = [
+        v for v, h in zip(history.val_loss, history.heat, strict=True) if h == 1.0
+    ]
+    assert history.val_loss[history.best_epoch] == min(at_final_heat)
