@@ -47,7 +47,7 @@ from torch.distributions import constraints
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _particles, _structures
-from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._capture import carries_derivative, is_capturing
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import (
     LazyDraws,
@@ -188,7 +188,7 @@ def prepare(
         inputs=inputs,
         other_batches=others,
         batch_leading=not has_sequence_first_layers(root),
-        inputs_require_grad=any(v.requires_grad for v in inputs),
+        inputs_require_grad=any(carries_derivative(v) for v in inputs),
     )
     return state, device
 
