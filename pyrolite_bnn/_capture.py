@@ -4,7 +4,9 @@ While capturing, code must not read tensor values into Python (``float(t)``,
 ``bool(t)``): such reads either fail or are frozen into the graph. Host-side
 shortcuts that are only worth it eagerly check :func:`is_capturing`. Under
 ``torch.func`` transforms tensors are wrappers without storage
-(:func:`is_wrapped`, :func:`data_address`).
+(:func:`is_wrapped`, :func:`data_address`); whether a tensor is being
+differentiated, in reverse or forward mode and through such wrappers, is
+:func:`carries_derivative`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from contextlib import AbstractContextManager
 from contextvars import ContextVar
 
 import torch
+from torch.autograd import forward_ad
 
 from pyrolite_bnn._context_values import set_while
 
@@ -37,6 +40,50 @@ def is_wrapped(tensor: torch.Tensor) -> bool:
     gradient: host-side shortcuts take the tensor path for it.
     """
     return bool(torch._C._functorch.is_functorch_wrapped_tensor(tensor))
+
+
+def forward_ad_active() -> bool:
+    """Whether forward-mode AD runs: a dual level is open.
+
+    ``torch.autograd.forward_ad.dual_level`` opens one, and so do
+    ``torch.func.jvp`` and ``jacfwd``. Only there can a tensor carry a tangent.
+    """
+    return getattr(forward_ad, "_current_level", -1) >= 0
+
+
+def carries_derivative(tensor: torch.Tensor) -> bool:
+    """Whether a derivative by ``tensor`` is being taken, in either mode.
+
+    Reverse mode: it requires gradients (``x.requires_grad_()``, or a
+    ``torch.func.grad`` / ``jacrev`` wrapper). Forward mode: it carries a
+    tangent (a dual tensor of ``torch.autograd.forward_ad.make_dual``, or a
+    ``torch.func.jvp`` / ``jacfwd`` wrapper), which leaves ``requires_grad``
+    ``False``. A ``torch.func.vmap`` wrapper takes no derivative itself, but
+    the tensor it wraps may (``grad(vmap(f))``, ``jvp(vmap(f))``): each
+    wrapper is looked through. A plain tensor outside forward-mode AD and
+    the transforms costs an attribute read and two calls, none of which
+    ``torch.compile`` breaks its graph at.
+    """
+    if tensor.requires_grad:
+        return True
+    forward = forward_ad_active()
+    if not (forward or transforms_active()):
+        return False  # no tangents, no wrappers
+    while True:
+        if tensor.requires_grad:
+            return True
+        wrapped = is_wrapped(tensor)
+        # A vmap wrapper has no tangent of its own, and forward AD cannot
+        # unpack it (no batching rule): the tensor it wraps is looked at next.
+        if (
+            forward
+            and not (wrapped and torch._C._functorch.is_batchedtensor(tensor))
+            and forward_ad.unpack_dual(tensor).tangent is not None  # type: ignore[no-untyped-call]
+        ):
+            return True
+        if not wrapped:
+            return False
+        tensor = torch._C._functorch.get_unwrapped(tensor)
 
 
 def data_address(tensor: torch.Tensor) -> int:

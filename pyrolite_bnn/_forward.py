@@ -32,6 +32,7 @@ import dataclasses
 import inspect
 import sys
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import FrameType
@@ -47,7 +48,7 @@ from torch.distributions import constraints
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _particles, _structures
-from pyrolite_bnn._capture import is_capturing
+from pyrolite_bnn._capture import carries_derivative, is_capturing
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import (
     LazyDraws,
@@ -123,8 +124,12 @@ def _in_backward_pass() -> bool:
     return current is not None and current() != -1
 
 
-def _in_checkpoint_recomputation() -> bool:
-    """Whether ``torch.utils.checkpoint`` is running the current call."""
+def _run_by_checkpoint() -> bool:
+    """Whether ``torch.utils.checkpoint`` is running the current call.
+
+    Its forward pass or, during a backward pass, its recomputation: a frame
+    of its code is on the stack.
+    """
     checkpoint = sys.modules.get("torch.utils.checkpoint")  # loaded when used
     if checkpoint is None:
         return False
@@ -152,7 +157,7 @@ def _check_not_recomputed(root: nn.Module) -> None:
     """
     if torch.compiler.is_compiling():
         return
-    if root not in _NETWORKS and _in_backward_pass() and _in_checkpoint_recomputation():
+    if root not in _NETWORKS and _in_backward_pass() and _run_by_checkpoint():
         raise RuntimeError(
             f"{type(root).__name__} runs on its own during a backward pass: "
             "torch.utils.checkpoint recomputes a checkpointed function outside "
@@ -161,6 +166,81 @@ def _check_not_recomputed(root: nn.Module) -> None:
             "network calls instead: checkpoint(net, x, use_reentrant=False)"
         )
     _NETWORKS.add(root)
+
+
+# Per network: fingerprints of the random state at the start of its calls that
+# torch.utils.checkpoint ran forward, the most recent _CHECKPOINTED_KEPT.
+_CHECKPOINTED_STARTS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[int, None]] = (
+    weakref.WeakKeyDictionary()
+)
+_CHECKPOINTED_KEPT = 4096
+
+
+def _check_recomputed_draws(
+    root: nn.Module,
+    state: _particles.ParticleState,
+    device: torch.device,
+    checkpoint_hooked: bool,
+) -> None:
+    """Refuse a checkpoint's recomputation that would draw other weights.
+
+    ``torch.utils.checkpoint`` recomputes a network's call in the backward
+    pass. The gradients are those of the output the loss saw only where the
+    recomputation draws the same weights, from the same random state, which
+    torch restores unless ``preserve_rng_state=False`` (then they mix two
+    draws). So the state at the start of every call checkpointing runs
+    forward is noted, as a hash (the most recent ``_CHECKPOINTED_KEPT`` per
+    network), and a recomputation starting from none of them is refused.
+    Only under checkpointing is anything done: its forward pass with
+    gradients keeps tensors through its hooks (``checkpoint_hooked``, see
+    :func:`_saved_tensors_hooked`), the reentrant one runs without gradients
+    (on an input that requires them, else torch gives none) and is found by
+    its frames, as is a recomputation, in a backward pass.
+
+    Args:
+        root: the network.
+        state: the call's particle state.
+        device: the device whose default generator draws the call's weights.
+        checkpoint_hooked: whether checkpointing's saved-tensor hooks are on.
+
+    Raises:
+        RuntimeError: naming ``preserve_rng_state=True``.
+    """
+    if _in_backward_pass():
+        if not _run_by_checkpoint():
+            return
+        fingerprint = _random_state_hash(device)
+        if fingerprint is None or fingerprint in _CHECKPOINTED_STARTS.get(root, {}):
+            return
+        raise RuntimeError(
+            f"torch.utils.checkpoint recomputes {type(root).__name__}'s call in "
+            "the backward pass from another random state than its forward pass "
+            "(checkpoint(..., preserve_rng_state=False)): the recomputation would "
+            "draw other weights than those of the output the loss saw, and the "
+            "gradients would mix two draws. Let torch restore the random state: "
+            "preserve_rng_state=True (its default)"
+        )
+    if torch.is_grad_enabled():
+        if not checkpoint_hooked:
+            return
+    elif not (state.inputs_require_grad and _run_by_checkpoint()):
+        return
+    fingerprint = _random_state_hash(device)
+    if fingerprint is None:
+        return
+    starts = _CHECKPOINTED_STARTS.setdefault(root, OrderedDict())
+    starts[fingerprint] = None
+    starts.move_to_end(fingerprint)
+    if len(starts) > _CHECKPOINTED_KEPT:
+        starts.popitem(last=False)
+
+
+def _random_state_hash(device: torch.device) -> int | None:
+    """A hash of the state of ``device``'s default generator (``None``: unread)."""
+    if is_capturing():
+        return None
+    state = rng_state(device)
+    return None if state is None else hash(state.numpy().tobytes())
 
 
 def prepare(
@@ -188,7 +268,7 @@ def prepare(
         inputs=inputs,
         other_batches=others,
         batch_leading=not has_sequence_first_layers(root),
-        inputs_require_grad=any(v.requires_grad for v in inputs),
+        inputs_require_grad=any(carries_derivative(v) for v in inputs),
     )
     return state, device
 
@@ -556,13 +636,15 @@ def pytorch_run(
     refuse_pyro_statements(root)
     guide = root.guide if isinstance(root, VIModule) else None
     record: ForwardRecord
+    random_device = device if device is not None else torch.device("cpu")
+    hooked = torch.is_grad_enabled() and _saved_tensors_hooked()
+    _check_recomputed_draws(root, state, random_device, hooked)
     if guide is None or guide.inner is None:
         # The pass may run again (below): from the same random state, so that
         # its result does not depend on whether it ran before.
-        random_device = device if device is not None else torch.device("cpu")
         random_state = None if is_capturing() else rng_state(random_device)
         start = None if random_state is None else (random_state, random_device)
-        if start is not None and torch.is_grad_enabled() and _saved_tensors_hooked():
+        if start is not None and hooked:
             _explore_unrecorded(root, state.restarted(), args, kwargs, start)
         result, draws, state = _run_generated(root, state, args, kwargs, start)
         draws.finish()

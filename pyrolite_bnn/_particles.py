@@ -126,8 +126,8 @@ class ParticleState:
             batch (no ``batch_first=False`` Bayesian layers: in a
             sequence-first network a tensor's dimension 0 may be a sequence).
         inputs_require_grad: whether a tensor input of the outermost call (a
-            packed sequence's data too) requires gradients
-            (:func:`differentiates_inputs`).
+            packed sequence's data too) is differentiated, in reverse or
+            forward mode (:func:`differentiates_inputs`).
     """
 
     samples: int
@@ -730,7 +730,10 @@ def differentiates_inputs() -> bool:
     """Whether the running call's output may be differentiated by its inputs.
 
     One of the outermost call's tensor inputs requires gradients (saliency
-    maps, gradient penalties, physics-informed losses). Whatever the grad
+    maps, gradient penalties, physics-informed losses) or carries a
+    forward-mode tangent (``torch.func.jvp`` / ``jacfwd``, dual tensors of
+    ``torch.autograd.forward_ad``), also through ``torch.func`` wrappers
+    (:func:`~pyrolite_bnn._capture.carries_derivative`). Whatever the grad
     mode: ``torch.utils.checkpoint(..., use_reentrant=True)`` runs the
     forward pass under ``no_grad`` and the recomputation with gradients, and
     both must run the same estimator.

@@ -42,7 +42,6 @@ a batch there); keep such operations out of the converted forward.
 
 from __future__ import annotations
 
-import copy
 import functools
 import types
 from collections.abc import Iterable, Mapping
@@ -54,9 +53,8 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._module_copy import copy_module
 from pyrolite_bnn._module_hooks import (
-    recomputed_weight_remedy,
-    recomputing_hooks,
     refuse_recomputed_weights,
     warn_hooks_left_behind,
 )
@@ -232,11 +230,7 @@ def convert(
         _selection(exclude, module, "exclude"),
     )
     tied = tied_parameters(module)
-    try:
-        duplicate = copy.deepcopy(module)
-    except RuntimeError as error:  # torch's own limit (pruning, old weight_norm)
-        raise TypeError(_uncopyable_message(module, error)) from error
-    _drop_copy_shadows(module, duplicate)
+    duplicate = copy_module(module, "bnn.convert")
     before = list(duplicate.named_modules())
     root = converter.convert(duplicate, "")
     converter.warn()
@@ -256,52 +250,6 @@ def convert(
             UserWarning,
         )
     return network
-
-
-def _drop_copy_shadows(original: nn.Module, duplicate: nn.Module) -> None:
-    """Undo attributes that copying added in front of submodules of the same name.
-
-    ``copy.deepcopy`` runs ``__setstate__``, and torch's
-    ``TransformerDecoderLayer.__setstate__`` sets ``activation = F.relu``
-    whenever the activation is a module (kept in ``_modules``, not in the
-    instance dict): the copy would compute ReLU where the original computes
-    ``nn.GELU()``. Such an entry, absent from the original, is removed.
-    """
-    for mine, copied in zip(original.modules(), duplicate.modules(), strict=True):
-        # keys(): a TorchScript module's module dict cannot be iterated itself
-        for name in set(vars(copied)) & set(copied._modules.keys()):
-            if name not in vars(mine):
-                del vars(copied)[name]
-
-
-def _uncopyable_message(module: nn.Module, error: RuntimeError) -> str:
-    """Why ``copy.deepcopy`` failed on ``module``, and what to do about it.
-
-    torch copies only leaf tensors; pruning (``torch.nn.utils.prune``) and the
-    old ``torch.nn.utils.weight_norm`` keep a computed weight as a plain
-    attribute, recomputed by a forward pre-hook (whose remedy is named).
-    """
-    computed = [
-        f"{path}.{name}" if path else name
-        for path, sub in module.named_modules()
-        for name, value in vars(sub).items()
-        if isinstance(value, Tensor) and not value.is_leaf
-    ]
-    remedies = [
-        recomputed_weight_remedy(hook, f"{path}.{name}" if path else name)
-        for path, sub in module.named_modules()
-        for name, hook in recomputing_hooks(sub).items()
-    ]
-    fix = "; ".join(remedies) or (
-        "keep no computed tensor as a plain module attribute (torch's "
-        "parametrizations, torch.nn.utils.parametrize, are converted at their "
-        "effective weights)"
-    )
-    held = f" (computed tensors held as attributes: {', '.join(computed)})"
-    return (
-        "bnn.convert works on a copy of the model, and torch cannot copy this "
-        f"one{held if computed else ''}: {fix}. torch said: {error}"
-    )
 
 
 class ConvertedNetwork(VIModule):

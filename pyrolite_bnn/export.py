@@ -11,7 +11,6 @@ needs neither Pyro nor this library's particle machinery.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._distributed import unwrap
+from pyrolite_bnn._module_copy import copy_module
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
 from pyrolite_bnn._network import check_bayesian_network, network_children
 from pyrolite_bnn._pyro_module import local_params, note_structure_change
@@ -84,7 +84,9 @@ def to_deterministic(model: nn.Module) -> nn.Module:
     Raises:
         TypeError: if ``model`` holds no Bayesian layer, or has one of a kind
             that has no plain counterpart here (write its conversion, or use
-            ``bnn.predict(..., mode="mean")``).
+            ``bnn.predict(..., mode="mean")``), or if torch cannot copy it
+            (a pruned weight, a posterior's too: make the pruning permanent
+            with ``torch.nn.utils.prune.remove`` first).
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -102,7 +104,7 @@ def to_deterministic(model: nn.Module) -> nn.Module:
     """
     model = unwrap(model)
     check_bayesian_network(model, "to_deterministic needs")
-    clone = copy.deepcopy(model)
+    clone = copy_module(model, "bnn.to_deterministic")
     means: dict[int, dict[str, Tensor]] = {}
     # The guide the network's calls draw from: for a plain module's Bayesian
     # layers (nn.Sequential(VILinear(...), ...)) the generated guide of them

@@ -48,7 +48,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import warnings
@@ -62,6 +61,7 @@ from torch.func import functional_call, jacrev, vmap
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import network_args
 from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
+from pyrolite_bnn._module_copy import copy_module
 from pyrolite_bnn._network import bayesian_positions
 from pyrolite_bnn._scalar_search import minimise_expanding
 from pyrolite_bnn._validation import (
@@ -258,7 +258,7 @@ def _expansion_network(model: nn.Module) -> nn.Module:
                 f"module holding Bayesian layers ({type(model).__name__}) has no "
                 "expansion point here: wrap it in a bnn.VIModule subclass"
             )
-        network = copy.deepcopy(model)
+        network = copy_module(model, "bnn.laplace")
     else:
         raise TypeError(f"laplace needs a torch module, got {type(model).__name__}")
     return network.eval()
@@ -282,7 +282,7 @@ def _plain_copy(network: nn.Module) -> nn.Module:
         raise TypeError(
             f"LinearizedLaplace needs a torch module, got {type(network).__name__}"
         )
-    return copy.deepcopy(network).eval()
+    return copy_module(network, "LinearizedLaplace").eval()
 
 
 def _warn_sequence_first(network: nn.Module) -> None:
@@ -412,8 +412,10 @@ class LinearizedLaplace(nn.Module):
         subset: the label of ``names`` kept in :attr:`subset`.
 
     Raises:
-        TypeError: if ``network`` is a ``bnn.VIModule`` or no module, or if
-            ``names`` is not a list of strings (one string).
+        TypeError: if ``network`` is a ``bnn.VIModule`` or no module, if
+            ``names`` is not a list of strings (one string), or if torch
+            cannot copy the network (a pruned weight: make the pruning
+            permanent with ``torch.nn.utils.prune.remove`` first).
         ValueError: if ``names`` is empty, lists a name twice, or names no
             parameter of the network.
 
@@ -1181,8 +1183,10 @@ def laplace(
 
     Raises:
         NotImplementedError: for another likelihood.
-        TypeError: if ``predictive`` is no likelihood, or ``prior_precision``
-            or ``max_parameters`` is not a number (an integer).
+        TypeError: if ``predictive`` is no likelihood, if ``prior_precision``
+            or ``max_parameters`` is not a number (an integer), or if torch
+            cannot copy the model (a pruned weight: make the pruning permanent
+            with ``torch.nn.utils.prune.remove`` first).
         ValueError: for more than ``max_parameters`` weights, inconsistent
             data, several inputs (a tuple of tensors as ``x``), inputs of
             another floating dtype than the network's, an

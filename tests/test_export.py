@@ -4,6 +4,7 @@ import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
 from torch import nn
+from torch.nn.utils import prune
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.export import DeterministicNetwork
@@ -371,3 +372,54 @@ def test_frozen_sublayers_of_a_transformer_layer_export_frozen() -> None:
         "self_attn.out_proj.bias",
         "self_attn.out_proj.weight",
     ]
+
+
+def test_a_pruned_posterior_is_refused_naming_the_pruning() -> None:
+    """Pruning a posterior mean (which the layers read) keeps it as a computed
+    tensor, which torch cannot copy: to_deterministic raised torch's
+    RuntimeError pointing at weight_norm. It now names the pruned tensor and
+    how to make the pruning permanent, as convert does; then it exports the
+    pruned means."""
+    net = bnn.VISequential(bnn.VILinear(4, 6), nn.Tanh(), bnn.VILinear(6, 2))
+    posterior = net[0].posterior["weight"]
+    prune.l1_unstructured(posterior, "loc_unconstrained", amount=0.5)
+    net(torch.randn(5, 4))  # a training-mode call computes it again
+    pattern = (
+        r"bnn\.to_deterministic works on a copy.*"
+        r"pruning of 0\.posterior\.weight\.loc_unconstrained permanent"
+    )
+    with pytest.raises(TypeError, match=pattern) as info:
+        bnn.to_deterministic(net)
+    assert "weight_norm instead" not in str(info.value)
+    prune.remove(posterior, "loc_unconstrained")
+    plain = bnn.to_deterministic(net)
+    torch.testing.assert_close(
+        plain[0].weight, posterior.mean().detach(), rtol=0, atol=0
+    )
+    assert int((plain[0].weight == 0).sum()) == 12
+
+
+def test_a_plain_decoder_layer_keeps_its_activation_module() -> None:
+    """Copying ran torch's ``TransformerDecoderLayer.__setstate__``, which put
+    ``F.relu`` in front of the ``nn.GELU()`` of a plain decoder layer inside
+    the network: the export computed ReLU, silently."""
+
+    class Net(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = bnn.VILinear(4, 8)
+            self.dec = nn.TransformerDecoderLayer(
+                8, 2, 16, dropout=0.0, activation=nn.GELU(), batch_first=True
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.inp(x)
+            return self.dec(h, h)  # type: ignore[no-any-return]
+
+    net = Net().eval()
+    x = torch.randn(2, 3, 4)
+    plain = bnn.to_deterministic(net)
+    assert "activation" not in vars(plain.network.dec)
+    with torch.no_grad():
+        expected = bnn.predict(net, x, bnn.Normal(scale=1.0), mode="mean").mean
+        torch.testing.assert_close(plain(x), expected, rtol=1e-6, atol=1e-6)

@@ -1066,3 +1066,18 @@ def test_a_frozen_bayesian_layer_stays_fixed_in_subset_all(freeze: str) -> None:
     torch.testing.assert_close(
         la.posterior_covariance, torch.linalg.inv(precision), rtol=1e-5, atol=1e-12
     )
+
+
+def test_the_copied_network_keeps_a_decoder_layers_activation_module() -> None:
+    """Copying ran torch's ``TransformerDecoderLayer.__setstate__``, which put
+    ``F.relu`` in front of its ``nn.GELU()``: the posterior's network computed
+    ReLU, silently."""
+    layer = nn.TransformerDecoderLayer(
+        4, 1, 8, dropout=0.0, activation=nn.GELU(), batch_first=True
+    ).eval()
+    la = bnn.LinearizedLaplace(layer, ["linear2.bias"], bnn.Normal(scale=0.5))
+    tgt, memory = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            la.network(tgt, memory), layer(tgt, memory), rtol=1e-6, atol=1e-6
+        )  # frozen, the copy may take torch's fast path: rounding differs

@@ -90,8 +90,10 @@ class EstimatorLayer(VIModule):
         else ``"local"`` where every example has a single output position
         (``(B, in)`` inputs of a linear layer) and ``"flipout"`` elsewhere for
         ``estimator="auto"``, or the estimator asked for. ``"auto"`` runs
-        ``"flipout"`` for single positions too in a call whose inputs require
-        gradients: local reparameterisation draws each output afresh, so its
+        ``"flipout"`` for single positions too in a call whose inputs are
+        differentiated (they require gradients, or carry forward-mode
+        tangents: ``torch.func.jvp``, ``jacfwd``, dual tensors): local
+        reparameterisation draws each output afresh, so its
         derivatives with respect to the input are not those of any weight draw
         (a gradient penalty came out 5x too small), while flipout's are those
         of the example's weights. Inside Pyro inference,

@@ -30,7 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyrolite_bnn._capture import is_capturing, transforms_active
+from pyrolite_bnn._capture import (
+    forward_ad_active,
+    is_capturing,
+    transforms_active,
+)
 from pyrolite_bnn._particles import differentiates_inputs
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers.functional import _batch_rows, _flat_particles, _is_shared
@@ -583,9 +587,13 @@ def recurrent(
     x = input
     # Graph capture (compile=True) differentiates the traced ops itself and
     # cannot trace the fused recurrence's buffer writes, and torch.func's
-    # transforms cannot run its autograd Function: autograd's ops there.
+    # transforms and forward-mode AD (it has no jvp) cannot run its autograd
+    # Function: autograd's ops there.
     autograd_only = (
-        is_capturing() or torch.compiler.is_compiling() or transforms_active()
+        is_capturing()
+        or torch.compiler.is_compiling()
+        or transforms_active()
+        or forward_ad_active()
     )
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []

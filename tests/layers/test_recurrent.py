@@ -758,3 +758,27 @@ def test_torch_func_transforms_differentiate_the_recurrent_layers(
     jacobian = torch.func.jacrev(outputs)(x)
     expected_jacobian = torch.autograd.functional.jacobian(outputs, x)
     torch.testing.assert_close(jacobian, expected_jacobian, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.filterwarnings(  # torch's forward AD scripts its decompositions once
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+)
+def test_forward_mode_ad_runs_through_the_lstm() -> None:
+    """A dual tensor of ``torch.autograd.forward_ad`` reached the fused
+    recurrence's autograd Function, which has no ``jvp``: torch's
+    NotImplementedError. Under forward AD the layer takes autograd's own ops:
+    the tangent equals reverse mode's Jacobian-vector product at the same
+    draws (float64, 1e-10), the posterior's parameters trainable."""
+    layer = bnn.VILSTM(3, 4, batch_first=True, bidirectional=True).double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    direction = torch.randn_like(x)
+
+    def outputs(inputs: Tensor) -> Tensor:
+        torch.manual_seed(1)
+        return layer(inputs, samples=3)[0]  # type: ignore[no-any-return]
+
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, direction)
+        tangent = torch.autograd.forward_ad.unpack_dual(outputs(dual)).tangent
+    _, expected = torch.autograd.functional.jvp(outputs, x, direction)
+    torch.testing.assert_close(tangent, expected, rtol=1e-10, atol=1e-10)
