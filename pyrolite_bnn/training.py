@@ -84,8 +84,9 @@ class History:
         heat: ``loss_fn.heat`` during each epoch.
         epochs_run: number of completed epochs (with ``initial_epoch``: the
             index of the last completed epoch plus one).
-        best_epoch: epoch with the lowest ``val_loss`` (``None`` without
-            validation).
+        best_epoch: epoch with the lowest ``val_loss`` after any
+            :func:`linear_warmup` (``None`` without validation, or when
+            every epoch run was in the warm-up).
         stopped_early: whether early stopping or a callback ended the run
             before ``epochs``.
     """
@@ -513,13 +514,31 @@ def _check_subset_size(
 
 
 class _EarlyStopping:
-    """Tracks the best validation loss; keeps that epoch's state when asked to."""
+    """Tracks the best validation loss; keeps that epoch's state when asked to.
 
-    def __init__(self, patience: int | None, initial_epoch: int) -> None:
+    The epochs of a :func:`linear_warmup` are not compared: with the KL
+    down-weighted the validation loss is lower, and such an epoch would be
+    restored over every epoch of the ELBO itself; patience counts from the
+    first epoch after the warm-up. Under any other heat schedule epochs of
+    every heat are compared (the validation loss does not depend on the
+    heat); restoring one trained at a lower heat than the last warns.
+    """
+
+    def __init__(
+        self,
+        patience: int | None,
+        initial_epoch: int,
+        heat_schedule: Callable[[int], float] | None,
+    ) -> None:
         self.patience = patience
-        self.initial_epoch = initial_epoch
+        warm_up = 0
+        if (
+            isinstance(heat_schedule, _LinearWarmup)
+            and heat_schedule.start != heat_schedule.end
+        ):
+            warm_up = heat_schedule.epochs
+        self.first_compared = max(initial_epoch, warm_up)
         self.best_loss = math.inf
-        self.best_heat: float | None = None
         self.best: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     def update(
@@ -530,18 +549,9 @@ class _EarlyStopping:
         model: nn.Module,
         loss_fn: KullbackLeiblerLoss,
     ) -> None:
-        """Record ``val_loss`` of ``epoch``; keep the state if it is the best.
-
-        Epochs are compared under one objective: an epoch trained with
-        another heat than the best one's starts the comparison afresh (it is
-        the best so far), so that a warm-up's epochs, whose down-weighted KL
-        gives a lower validation loss, are not kept over the ELBO's.
-        """
-        heat = float(loss_fn.heat)
-        new_heat = self.best_heat is not None and heat != self.best_heat
-        if val_loss < self.best_loss or (new_heat and math.isfinite(val_loss)):
+        """Record ``val_loss`` of ``epoch``; keep the state if it is the best."""
+        if epoch >= self.first_compared and val_loss < self.best_loss:
             self.best_loss = val_loss
-            self.best_heat = heat
             history.best_epoch = epoch
             if self.patience is not None:
                 self.best = (
@@ -550,19 +560,36 @@ class _EarlyStopping:
                 )
 
     def should_stop(self, epoch: int, history: History) -> bool:
-        """Whether ``patience`` epochs passed without improvement."""
+        """Whether ``patience`` compared epochs passed without improvement."""
         if self.patience is None:
             return False
         best_epoch = (
-            self.initial_epoch - 1 if history.best_epoch is None else history.best_epoch
+            self.first_compared - 1
+            if history.best_epoch is None
+            else history.best_epoch
         )
         return epoch - best_epoch >= self.patience
 
-    def restore(self, model: nn.Module, loss_fn: KullbackLeiblerLoss) -> None:
+    def restore(
+        self, model: nn.Module, loss_fn: KullbackLeiblerLoss, history: History
+    ) -> None:
         """Load the best epoch's state back (if early stopping kept one)."""
-        if self.best is not None:
-            model.load_state_dict(self.best[0])
-            loss_fn.load_state_dict(self.best[1])
+        if self.best is None:
+            return
+        model.load_state_dict(self.best[0])
+        loss_fn.load_state_dict(self.best[1])
+        assert history.best_epoch is not None
+        best = history.best_epoch - (history.epochs_run - len(history.heat))
+        kept, last = history.heat[best], history.heat[-1]
+        if kept < last:
+            warn_at_caller(
+                f"fit: early stopping restored epoch {history.best_epoch}, trained "
+                f"at heat {kept:g}, lower than the last epoch's {last:g}: its "
+                "down-weighted KL favours the validation loss, and the network "
+                "restored is not the ELBO's at the final heat (for a warm-up, "
+                "linear_warmup's epochs are left out of the comparison)",
+                UserWarning,
+            )
 
 
 def _step_loss(
@@ -1101,12 +1128,12 @@ def fit(
             stopping. Its directory is checked before training starts.
         early_stopping_patience: stop when ``val_loss`` has not improved for
             this many epochs; at the end of training the model and loss states
-            of the best epoch are restored (needs ``val_loader``). Epochs
-            are compared under one heat: an epoch trained with another heat
-            than the best one's (a ``heat_schedule`` warming up) starts the
-            comparison afresh, so a warm-up's epochs, whose down-weighted KL
-            lowers the validation loss, are never the ones restored, and
-            patience counts from the first epoch at the final heat. The
+            of the best epoch are restored (needs ``val_loader``). The
+            epochs of a :func:`linear_warmup` are not compared (their
+            down-weighted KL lowers the validation loss): patience counts
+            from the first epoch after the warm-up. Under another heat
+            schedule (a cyclical one) every epoch is compared, and restoring
+            one trained at a lower heat than the last epoch's warns. The
             validation NLL may rise while the posterior scales grow, so this
             can keep a near point estimate: see the how-to on defaults.
         initial_epoch: the first epoch to run, to resume a run whose epochs
@@ -1181,7 +1208,7 @@ def fit(
     train_loader = ranks.shard(train_loader, "train_loader")
     display = Progress(progress and ranks.main, epochs, train_loader)
     history = History(epochs_run=initial_epoch)
-    stopping = _EarlyStopping(early_stopping_patience, initial_epoch)
+    stopping = _EarlyStopping(early_stopping_patience, initial_epoch, heat_schedule)
     modes = ModuleModes(model)
     try:
         for epoch in range(initial_epoch, epochs):
@@ -1256,7 +1283,7 @@ def fit(
             if ranks.any(stop or stopping.should_stop(epoch, history)):
                 history.stopped_early = epoch + 1 < epochs
                 break
-        stopping.restore(model, loss_fn)
+        stopping.restore(model, loss_fn, history)
     finally:
         display.close()  # an epoch that failed
         modes.restore()

@@ -1613,12 +1613,11 @@ def test_a_learning_rate_stepped_in_a_callback_is_in_the_checkpoint(
     assert resumed.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
 
 
-def test_early_stopping_compares_epochs_at_the_final_heat() -> None:
+def test_early_stopping_leaves_the_linear_warmup_out() -> None:
     """With a KL warm-up, the validation loss is lowest while the KL is
     down-weighted: early stopping restored a warm-up epoch (here epoch 20,
     heat 0.67) of a run that never reached heat 1, without a word (probe
-    longrun). An epoch of another heat than the best one's now starts the
-    comparison afresh."""
+    longrun). The warm-up's epochs are no longer compared."""
     torch.manual_seed(0)
     n = 256
     x = torch.rand(2 * n, 1) * 6 - 3
@@ -1652,3 +1651,41 @@ def test_early_stopping_compares_epochs_at_the_final_heat() -> None:
         v for v, h in zip(history.val_loss, history.heat, strict=True) if h == 1.0
     ]
     assert history.val_loss[history.best_epoch] == min(at_final_heat)
+
+
+def test_early_stopping_under_a_changing_heat_compares_every_epoch() -> None:
+    """A heat that never settles (an asymptotic schedule) must not keep
+    early stopping from stopping (a first fix started the comparison afresh
+    at every new heat: no early stop, the last epoch restored; probe
+    falsepos8). The validation loss does not depend on the heat: every epoch
+    is compared, and restoring one of a lower heat than the last warns."""
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 1), torch.randn(20, 1)
+    y = x + 0.5 * y
+    val_x = torch.randn(200, 1)
+    val = [(val_x, val_x + 0.5 * torch.randn(200, 1))]
+    torch.manual_seed(1)
+    net = bnn.VISequential(
+        bnn.VILinear(1, 64),
+        nn.Tanh(),
+        bnn.VILinear(64, 64),
+        nn.Tanh(),
+        bnn.VILinear(64, 1),
+    )
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=20)
+    optimizer = torch.optim.Adam([*net.parameters(), *loss_fn.parameters()], 3e-2)
+    with pytest.warns(UserWarning, match="early stopping restored epoch"):
+        history = fit(
+            net,
+            loss_fn,
+            [(x, y)] * 5,
+            40,
+            optimizer,
+            val_loader=val,
+            progress=False,
+            heat_schedule=lambda e: 1 - 0.7 ** (e + 1),
+            early_stopping_patience=3,
+        )
+    assert history.stopped_early
+    assert history.best_epoch is not None
+    assert history.val_loss[history.best_epoch] == min(history.val_loss)
