@@ -665,7 +665,8 @@ class Prior(RecordsInState):
         deviation, under the same key), as are values outside their
         constraints: the load fails with a ``RuntimeError`` naming the buffer,
         and nothing is loaded into the prior. A state without the family's
-        record (saved before it existed) is not compared.
+        record (saved before it existed) is not compared, and one recorded
+        under this prior's class name (as records were first written) loads.
         """
         saved = recorded(local_metadata, _FAMILY)
         held = [
@@ -674,7 +675,9 @@ class Prior(RecordsInState):
             if prefix + name in state_dict
         ]
         family = self._hyperparameter_family()
-        if saved is not None and saved != family and held:
+        # A record of this class's own name: a state saved while records
+        # named classes (LearnedNormalPrior's before it recorded "Normal").
+        if saved is not None and saved not in (family, type(self).__name__) and held:
             error_msgs.append(  # load_state_dict raises a RuntimeError
                 f"prior {prefix[:-1]!r} is a {type(self).__name__} ({family}), the "
                 f"state dict holds the hyperparameters of a {saved} prior "

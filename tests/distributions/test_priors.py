@@ -1284,3 +1284,22 @@ def test_a_normal_prior_state_loads_into_a_learned_normal_prior() -> None:
     laplace = bnn.VILinear(3, 2, prior=bnn.LaplacePrior(0.5, 2.0))
     with pytest.raises(RuntimeError, match=r"holds the hyperparameters of a"):
         layer.load_state_dict(laplace.state_dict(), strict=False)
+
+
+def test_a_state_recorded_under_the_priors_class_name_loads() -> None:
+    """States saved before ``LearnedNormalPrior`` recorded its hyperparameters
+    as a Normal's hold its class name: they were refused by the same class,
+    ``strict=False`` or not (probe falsepos8)."""
+    source = bnn.VILinear(3, 2, prior=bnn.LearnedNormalPrior(loc=0.5))
+    state = source.state_dict()
+    for entry in state._metadata.values():  # type: ignore[attr-defined]
+        if "pyrolite_bnn.prior_family" in entry:
+            entry["pyrolite_bnn.prior_family"] = "LearnedNormalPrior"
+    layer = bnn.VILinear(3, 2, prior=bnn.LearnedNormalPrior())
+    layer.load_state_dict(state)
+    torch.testing.assert_close(
+        layer.prior["weight"].loc, torch.full((), 0.5), rtol=0, atol=0
+    )
+    normal = bnn.VILinear(3, 2, prior=bnn.NormalPrior())
+    with pytest.raises(RuntimeError, match=r"holds the hyperparameters of a"):
+        normal.load_state_dict(state, strict=False)
