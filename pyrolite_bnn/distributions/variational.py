@@ -254,9 +254,11 @@ class Posterior(RecordsInState, LocalPyroModule):
 
         With ``init_loc=None`` a mean that holds values is kept: the memory
         the last ``reset_parameters`` wrote (the layer's own reset, at
-        construction), trained or loaded in place since
-        (``reset_parameters(init_scale=...)`` after training resets the scales
-        only). A mean in memory that never held one is drawn anew by
+        construction), trained or loaded since, or moved with its values
+        (``.to()``, ``copy.deepcopy``, ``torch.load``, a load with
+        ``assign=True``); ``reset_parameters(init_scale=...)`` after training
+        resets the scales only. A mean in memory that never held one is drawn
+        anew by
         :attr:`loc_init` (as its layer draws it): FSDP's deferred
         initialisation (a layer built on the ``meta`` device, then
         ``to_empty(recurse=False)`` and ``reset_parameters()`` on each module
@@ -391,6 +393,44 @@ class Posterior(RecordsInState, LocalPyroModule):
             unexpected_keys,
             error_msgs,
         )
+        if prefix + "loc_unconstrained" in state_dict and not error_msgs:
+            self._loc_mark = self._mark()  # a loaded mean (assign=True: new memory)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
+        """Torch's, keeping track of a mean that moved with its values.
+
+        ``.to()``, ``.double()`` or ``.cuda()`` give the mean new memory
+        holding its values, which :meth:`reset_parameters` keeps;
+        ``to_empty`` gives new memory holding none, where it draws. The two
+        are told apart by the first values of the mean (at most 64), compared
+        with the old ones converted.
+        """
+        kept = self._loc_in_written_memory()
+        old = self._parameters.get("loc_unconstrained")
+        head = old.detach().reshape(-1)[:64] if kept and old is not None else None
+        result = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        new = self._parameters.get("loc_unconstrained")
+        if head is not None and new is not None and not new.is_meta:
+            moved = head.to(device=new.device, dtype=new.dtype)
+            if torch.equal(moved, new.detach().reshape(-1)[:64]):
+                self._loc_mark = self._mark()
+        return result
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The module's state, saying whether the mean holds values.
+
+        A copy or a pickle (``copy.deepcopy``, ``torch.save``) has new memory
+        holding the mean's values: :meth:`reset_parameters` keeps them there.
+        """
+        state = dict(super().__getstate__())
+        state["_loc_holds_values"] = self._loc_in_written_memory()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore the state; a mean that held values is marked as such."""
+        holds_values = bool(state.pop("_loc_holds_values", False))
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
+        self._loc_mark = self._mark() if holds_values else None
 
     def _reparameterise(
         self, state_dict: dict[str, Any], prefix: str, saved: str

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import math
 from pathlib import Path
 from typing import cast
@@ -476,3 +478,38 @@ def test_resetting_every_module_of_a_trained_network_gives_a_fresh_network() -> 
                 reset(module)
         for key, value in trained.state_dict().items():
             torch.testing.assert_close(value, fresh[key], rtol=0, atol=0, msg=key)
+
+
+def _moved(layer: nn.Module, how: str) -> nn.Module:
+    if how == "double":
+        return layer.double()
+    if how == "deepcopy":
+        return copy.deepcopy(layer)
+    if how == "save-load":
+        buffer = io.BytesIO()
+        torch.save(layer, buffer)
+        buffer.seek(0)
+        loaded: nn.Module = torch.load(buffer, weights_only=False)
+        return loaded
+    fresh = bnn.VILinear(5, 4)
+    fresh.load_state_dict(layer.state_dict(), assign=True)
+    return fresh
+
+
+@pytest.mark.parametrize("how", ["double", "deepcopy", "save-load", "assign"])
+def test_a_trained_mean_moved_with_its_values_is_kept_by_a_reset(how: str) -> None:
+    """The mean's memory moves with its values in ``.double()``, a copy, a
+    pickle and a ``load_state_dict(assign=True)``: ``reset_parameters
+    (init_scale=...)`` then redrew the trained mean (a change of 0.9; probe
+    falsepos8). (``to_empty`` moves it without its values: drawn, see
+    test_reset_on_its_own_draws_the_mean_as_the_layer_draws_it.)"""
+    layer = bnn.VILinear(5, 4)
+    with torch.no_grad():
+        layer.posterior["weight"].loc_unconstrained.add_(0.5)
+    trained = layer.posterior["weight"].loc.detach().clone()
+    moved = _moved(layer, how)
+    posterior = moved.posterior["weight"]
+    posterior.reset_parameters(init_scale=0.05)
+    torch.testing.assert_close(
+        posterior.loc.detach(), trained.to(posterior.loc.dtype), rtol=0, atol=0
+    )
