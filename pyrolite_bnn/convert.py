@@ -4,7 +4,9 @@ Every layer with a Bayesian counterpart on the layer registry
 (:mod:`pyrolite_bnn.layers.registry`: ``Linear``, ``Conv*``,
 ``ConvTranspose*``, ``Embedding``, ``LSTM``, ``GRU``, ``MultiheadAttention``,
 the ``Transformer`` layers and stacks, ``Sequential``/``ModuleList``/
-``ModuleDict``) becomes that layer, its posterior means at the module's weights.
+``ModuleDict``, and any class registered with
+:func:`~pyrolite_bnn.layers.registry.register`) becomes that layer, its
+posterior means at the module's weights.
 torch's ``BatchNorm1d/2d/3d`` become :class:`~pyrolite_bnn.BatchNorm1d` (``2d``,
 ``3d``), with the same state, which normalise each particle over its own
 examples in training mode (torch's would take its statistics over the ``B * S``

@@ -12,6 +12,12 @@ it mirrors (``@register(nn.Linear, cases=...)`` on the class). An entry knows:
 - the option sets of the layer contract suite (``tests/layers/test_contract.py``).
 
 A new layer only adds its own ``@register``: nothing else looks at its class.
+That holds for a class of your own too (a library's layer such as
+transformers' ``Conv1D``, or yours): :func:`register` a Bayesian twin for it
+and :func:`~pyrolite_bnn.convert`, :func:`~pyrolite_bnn.to_deterministic` and
+``predict(..., mode="mean")`` handle it like the library's layers
+(:func:`unregister` takes it back; the how-to guides' "Teach convert a layer
+of your own" has a complete example).
 
 Example:
     >>> from torch import nn
@@ -49,6 +55,7 @@ __all__ = [
     "for_torch",
     "has_weight",
     "register",
+    "unregister",
 ]
 
 # Hooks of an entry (see LayerEntry).
@@ -146,18 +153,19 @@ class LayerEntry:
         """
         if self.read_arguments is not None:
             return self.read_arguments(module)
-        parameters = inspect.signature(self.torch_cls.__init__).parameters
-        if any(p.kind is p.VAR_POSITIONAL for p in parameters.values()):
-            parameters = inspect.signature(self.bayesian_cls.__init__).parameters
         found: dict[str, Any] = {}
-        for name, parameter in parameters.items():
-            if (
-                name in _NOT_SHARED
-                or name.startswith("_")
-                or parameter.kind is not parameter.POSITIONAL_OR_KEYWORD
-            ):
-                continue
-            found[name] = _bias(module) if name == "bias" else getattr(module, name)
+        for name in _shared_arguments(self.torch_cls, self.bayesian_cls):
+            if name == "bias":
+                found[name] = _bias(module)
+            elif hasattr(module, name):
+                found[name] = getattr(module, name)
+            else:
+                raise AttributeError(
+                    f"{type(module).__name__} has no attribute {name!r}: the layers "
+                    f"of a registered pair keep each constructor argument of "
+                    f"{self.torch_cls.__name__} as an attribute of that name, or "
+                    "the entry reads them with read_arguments="
+                )
         return found
 
     def to_bayesian(
@@ -188,7 +196,8 @@ class LayerEntry:
         if reference is not None:
             options.setdefault("device", reference.device)
             options.setdefault("dtype", reference.dtype)
-        layer = self.bayesian_cls(**self.arguments(module), **options)
+        layer = _construct(self.bayesian_cls, self.arguments(module), options)
+        assert isinstance(layer, VIModule)
         with torch.no_grad():
             for name, mean in self.means_from(module, layer).items():
                 layer.posterior[name].reset_parameters(mean.detach())
@@ -240,9 +249,10 @@ class LayerEntry:
         reference = next(iter(weights.values()), None)
         if reference is None:  # every weight is a sublayer's (Transformer layers)
             reference = next(layer.parameters())
-        cls: Any = self.torch_cls  # torch's stubs take ints where tuples work too
-        plain: nn.Module = cls(
-            **self.arguments(layer), device=reference.device, dtype=reference.dtype
+        plain = _construct(
+            self.torch_cls,
+            self.arguments(layer),
+            {"device": reference.device, "dtype": reference.dtype},
         )
         frozen = _frozen_variables(layer)
         every_one = frozen == set(layer.declared_variables())
@@ -259,6 +269,83 @@ class LayerEntry:
                     _copy_frozen_flags(child, target)
         carry_module_state(layer, plain)
         return plain
+
+
+def _shared_arguments(
+    torch_cls: type[nn.Module], bayesian_cls: type[nn.Module]
+) -> list[str]:
+    """The constructor arguments of a registered pair, by name (see ``arguments``)."""
+    parameters = inspect.signature(torch_cls.__init__).parameters
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters.values()):
+        parameters = inspect.signature(bayesian_cls.__init__).parameters
+    return [
+        name
+        for name, parameter in parameters.items()
+        if name not in _NOT_SHARED
+        and not name.startswith("_")
+        and parameter.kind is parameter.POSITIONAL_OR_KEYWORD
+    ]
+
+
+def _keywords(cls: type[nn.Module]) -> frozenset[str] | None:
+    """The keyword arguments ``cls``'s constructor takes (``None``: any)."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in parameters if p.kind in by_name)
+
+
+# The Bayesian options convert passes to every layer, at their defaults; a
+# registered class of a user's may leave them out of its constructor.
+_OPTION_DEFAULTS: dict[str, object] = {
+    "prior": None,
+    "variational": None,
+    "estimator": "auto",
+}
+
+
+def _is_default(option: str, value: object) -> bool:
+    """Whether ``value`` is the default of the Bayesian ``option`` (no choice)."""
+    if option not in _OPTION_DEFAULTS or not isinstance(value, str | None):
+        return False
+    return value == _OPTION_DEFAULTS[option]
+
+
+def _construct(
+    cls: type[nn.Module], arguments: Mapping[str, Any], options: Mapping[str, Any]
+) -> nn.Module:
+    """``cls(**arguments, **options)``, with the options its constructor takes.
+
+    ``device``/``dtype`` it does not take (a plain class of a user's, as
+    transformers' ``Conv1D``) are applied by ``.to()`` afterwards; a Bayesian
+    option it does not take is left out at its default and refused otherwise.
+
+    Raises:
+        ValueError: for an option other than ``device``/``dtype`` that ``cls``
+            does not take, unless it is a Bayesian option at its default.
+    """
+    accepted = _keywords(cls)
+    given = {k: v for k, v in options.items() if accepted is None or k in accepted}
+    refused = [
+        f"{name}={value!r}"
+        for name, value in options.items()
+        if name not in given
+        and name not in ("device", "dtype")
+        and not _is_default(name, value)
+    ]
+    if refused:
+        raise ValueError(
+            f"{cls.__name__} takes no {', '.join(refused)} (its constructor has no "
+            "such keyword)"
+        )
+    built: nn.Module = cls(**arguments, **given)
+    placement = {
+        k: options[k]
+        for k in ("device", "dtype")
+        if options.get(k) is not None and k not in given
+    }
+    return built.to(**placement) if placement else built
 
 
 def _frozen_variables(layer: VIModule) -> set[str]:
@@ -329,9 +416,30 @@ def register(
 ) -> Callable[[type[_Layer]], type[_Layer]]:
     """Class decorator: register a Bayesian class as the twin of ``torch_cls``.
 
+    :func:`~pyrolite_bnn.convert` then makes every ``torch_cls`` module
+    (whose class keeps ``torch_cls.forward``) a layer of the decorated class,
+    its posterior means at the module's parameters, and
+    :func:`~pyrolite_bnn.to_deterministic` (and ``predict(..., mode="mean")``,
+    which reads the same means) goes back. ``torch_cls`` may be any
+    ``nn.Module`` class: a library's (transformers' ``Conv1D``) or your own.
+    The decorated class:
+
+    - takes ``torch_cls``'s constructor arguments under the same names and
+      keeps each as an attribute of that name, as ``torch_cls`` does (the
+      arguments are read from either module by name; give
+      ``read_arguments=`` where they are not attributes);
+    - declares a random variable per parameter of ``torch_cls``, of the same
+      name and shape (else give ``weights_to_means=``/``means_to_weights=``);
+    - may take the keyword-only options ``prior=``, ``variational=``,
+      ``estimator=``, ``device=``, ``dtype=`` that ``convert`` passes on; one
+      it does not take is left out at its default (``device``/``dtype``:
+      applied by ``.to()``), and a ``convert`` call that sets it is refused.
+
     Args:
         torch_cls: the ``torch.nn`` class the decorated class mirrors.
-        cases: option sets of the contract suite.
+        cases: option sets of the library's layer contract suite
+            (``tests/layers/test_contract.py``, which runs on every entry with
+            cases); a class of your own leaves them empty.
         weights_to_means: see :class:`LayerEntry`.
         means_to_weights: see :class:`LayerEntry`.
         build_torch: see :class:`LayerEntry` (containers).
@@ -339,7 +447,47 @@ def register(
         read_arguments: see :class:`LayerEntry`.
 
     Raises:
-        ValueError: if another Bayesian class is registered for ``torch_cls``.
+        ValueError: if another Bayesian class is registered for ``torch_cls``
+            (:func:`unregister` it first); one of the same qualified name (a
+            notebook cell run again) replaces it.
+        TypeError: if the decorated class's constructor takes no argument of a
+            name of ``torch_cls``'s (without ``read_arguments=`` or
+            ``build_bayesian=``).
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> from torch import nn
+        >>> from pyrolite_bnn.layers import functional, registry
+        >>> class Scale(nn.Module):  # y = x * weight, one weight per feature
+        ...     def __init__(self, features):
+        ...         super().__init__()
+        ...         self.features = features
+        ...         self.weight = nn.Parameter(torch.ones(features))
+        ...
+        ...     def forward(self, x):
+        ...         return x * self.weight
+        >>> @registry.register(Scale)
+        ... class VIScale(bnn.VIModule):
+        ...     def __init__(self, features, *, prior=None, device=None, dtype=None):
+        ...         super().__init__()
+        ...         self.features = features
+        ...         self.declare_random_variable(
+        ...             "weight", (features,), prior, device=device, dtype=dtype
+        ...         )
+        ...
+        ...     def forward(self, x):  # every particle's weights at once
+        ...         diagonal = torch.diag_embed(self.weight)
+        ...         batch = functional.current_batch_size()
+        ...         return functional.linear(x, diagonal, None, batch)
+        >>> net = bnn.convert(nn.Sequential(Scale(3), nn.Linear(3, 2)))
+        >>> [v.site for v in net.random_variables()]
+        ['0.weight', '1.weight', '1.bias']
+        >>> net(torch.randn(5, 3), samples=4).shape
+        torch.Size([4, 5, 2])
+        >>> type(bnn.to_deterministic(net)[0]).__name__
+        'Scale'
+        >>> registry.unregister(Scale).bayesian_cls.__name__
+        'VIScale'
     """
 
     def decorate(cls: type[_Layer]) -> type[_Layer]:
@@ -359,11 +507,67 @@ def register(
                 f"{torch_cls.__name__} is already registered to "
                 f"{_name(previous.bayesian_cls)}"
             )
+        if build_bayesian is None and read_arguments is None:
+            _check_constructor(torch_cls, cls)
+        if previous is not None:
+            del _BY_BAYESIAN[previous.bayesian_cls]
         _BY_TORCH[torch_cls] = entry
         _BY_BAYESIAN[cls] = entry
         return cls
 
     return decorate
+
+
+def unregister(torch_cls: type[nn.Module]) -> LayerEntry:
+    """Remove the registration of ``torch_cls``; ``convert`` leaves it as it is.
+
+    Args:
+        torch_cls: a class registered with :func:`register`.
+
+    Returns:
+        The removed entry.
+
+    Raises:
+        ValueError: if ``torch_cls`` is not registered.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> from torch import nn
+        >>> from pyrolite_bnn.layers import registry
+        >>> class MyLinear(nn.Linear):
+        ...     pass
+        >>> @registry.register(MyLinear)
+        ... class VIMyLinear(bnn.VILinear):
+        ...     pass
+        >>> registry.for_torch(MyLinear).bayesian_cls.__name__
+        'VIMyLinear'
+        >>> registry.unregister(MyLinear).bayesian_cls.__name__
+        'VIMyLinear'
+        >>> registry.for_torch(MyLinear).bayesian_cls.__name__  # nn.Linear's
+        'VILinear'
+    """
+    entry = _BY_TORCH.pop(torch_cls, None)
+    if entry is None:
+        raise ValueError(f"{torch_cls.__name__} is not registered")
+    del _BY_BAYESIAN[entry.bayesian_cls]
+    return entry
+
+
+def _check_constructor(torch_cls: type[nn.Module], cls: type[nn.Module]) -> None:
+    """Refuse a Bayesian class whose constructor lacks an argument of torch's."""
+    accepted = _keywords(cls)
+    missing = [
+        name
+        for name in _shared_arguments(torch_cls, cls)
+        if accepted is not None and name not in accepted
+    ]
+    if missing:
+        raise TypeError(
+            f"{cls.__name__} cannot be registered for {torch_cls.__name__}: its "
+            f"constructor takes no {', '.join(map(repr, missing))}; convert builds "
+            f"it with the constructor arguments of {torch_cls.__name__}, by name "
+            "(or give read_arguments=)"
+        )
 
 
 def entries() -> tuple[LayerEntry, ...]:
