@@ -19,7 +19,7 @@ import torch
 from pyro import factor, poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import constraints
 
 import pyrolite_bnn as bnn
@@ -785,13 +785,7 @@ def test_importance_sampling_weighs_one_network_per_draw() -> None:
     )[:5]:
         weight = trace.nodes["weight"]["value"].reshape(1, 2)
         bias = trace.nodes["bias"]["value"].reshape(1)
-        expected = (
-            dist.Normal(0.0, 1.0).log_prob(weight).sum()
-            + dist.Normal(0.0, 1.0).log_prob(bias).sum()
-            + dist.Normal((x @ weight.T).squeeze(-1) + bias, 0.3).log_prob(y).sum()
-            - guide["weight"].log_prob(weight)
-            - guide["bias"].log_prob(bias)
-        )
+        expected = _log_importance_weight(x, y, guide, weight, bias)
         torch.testing.assert_close(log_weight, expected, rtol=1e-5, atol=1e-4)
     features = torch.cat([x, torch.ones(20, 1)], dim=1)
     evidence = dist.MultivariateNormal(
@@ -806,6 +800,20 @@ def test_importance_sampling_weighs_one_network_per_draw() -> None:
         evidence,
         rtol=0.0,
         atol=4 * standard_error,
+    )
+
+
+def _log_importance_weight(
+    x: Tensor, y: Tensor, guide: Any, weight: Tensor, bias: Tensor
+) -> Tensor:
+    """log p(y, w) - log q(w) of Bayesian linear regression (N(0, 1) priors,
+    noise 0.3) at one drawn network."""
+    return (
+        dist.Normal(0.0, 1.0).log_prob(weight).sum()
+        + dist.Normal(0.0, 1.0).log_prob(bias).sum()
+        + dist.Normal((x @ weight.T).squeeze(-1) + bias, 0.3).log_prob(y).sum()
+        - guide["weight"].log_prob(weight)
+        - guide["bias"].log_prob(bias)
     )
 
 
@@ -826,13 +834,7 @@ def test_weighed_predictive_weighs_one_network_per_draw() -> None:
     for weight, bias, log_weight in zip(
         weights, biases, weighed.log_weights, strict=True
     ):
-        expected = (
-            dist.Normal(0.0, 1.0).log_prob(weight).sum()
-            + dist.Normal(0.0, 1.0).log_prob(bias).sum()
-            + dist.Normal((x @ weight.T).squeeze(-1) + bias, 0.3).log_prob(y).sum()
-            - guide["weight"].log_prob(weight)
-            - guide["bias"].log_prob(bias)
-        )
+        expected = _log_importance_weight(x, y, guide, weight, bias)
         torch.testing.assert_close(log_weight, expected, rtol=1e-5, atol=1e-4)
 
 

@@ -1613,6 +1613,17 @@ def test_a_learning_rate_stepped_in_a_callback_is_in_the_checkpoint(
     assert resumed.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
 
 
+def _two_hidden_layers(width: int, activation: type[nn.Module]) -> bnn.VISequential:
+    """A 1-``width``-``width``-1 regression network."""
+    return bnn.VISequential(
+        bnn.VILinear(1, width),
+        activation(),
+        bnn.VILinear(width, width),
+        activation(),
+        bnn.VILinear(width, 1),
+    )
+
+
 def test_early_stopping_leaves_the_linear_warmup_out() -> None:
     """With a KL warm-up, the validation loss is lowest while the KL is
     down-weighted: early stopping restored a warm-up epoch (here epoch 20,
@@ -1624,13 +1635,7 @@ def test_early_stopping_leaves_the_linear_warmup_out() -> None:
     y = torch.sin(2 * x[:, 0]) + 0.2 * torch.randn(2 * n)
     train = [(x[i : i + 32], y[i : i + 32]) for i in range(0, n, 32)]
     val = [(x[n:], y[n:])]
-    net = bnn.VISequential(
-        bnn.VILinear(1, 32),
-        nn.ReLU(),
-        bnn.VILinear(32, 32),
-        nn.ReLU(),
-        bnn.VILinear(32, 1),
-    )
+    net = _two_hidden_layers(32, nn.ReLU)
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=n)
     optimizer = torch.optim.Adam([*net.parameters(), *loss_fn.parameters()], lr=1e-2)
     history = fit(
@@ -1665,13 +1670,7 @@ def test_early_stopping_under_a_changing_heat_compares_every_epoch() -> None:
     val_x = torch.randn(200, 1)
     val = [(val_x, val_x + 0.5 * torch.randn(200, 1))]
     torch.manual_seed(1)
-    net = bnn.VISequential(
-        bnn.VILinear(1, 64),
-        nn.Tanh(),
-        bnn.VILinear(64, 64),
-        nn.Tanh(),
-        bnn.VILinear(64, 1),
-    )
+    net = _two_hidden_layers(64, nn.Tanh)
     loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=20)
     optimizer = torch.optim.Adam([*net.parameters(), *loss_fn.parameters()], 3e-2)
     with pytest.warns(UserWarning, match="early stopping restored epoch"):
