@@ -206,6 +206,17 @@ class AmbiguousLayoutError(LayoutError):
     """A tensor's leading size fits both the shared and the folded layout."""
 
 
+def _before_the_fold(state: ParticleState) -> bool:
+    """Whether no tensor's layout has been told in the call yet.
+
+    Nothing is folded before a Bayesian layer has read a tensor: the first
+    one it reads is shared, another batch whatever its size (see
+    :func:`row_layout`), and one row of it is no broadcast
+    (:func:`broadcast_row`).
+    """
+    return not state.classified[0]
+
+
 def row_layout(
     state: ParticleState | None,
     tensor: Tensor,
@@ -254,7 +265,7 @@ def row_layout(
             return None
         return rows == batch
     used = state.used_batches
-    first, state.classified[0] = not state.classified[0], True
+    first, state.classified[0] = _before_the_fold(state), True
     if state.is_input(tensor) or any(tensor is t for t in state.early_tensors):
         if rows != batch:
             used.add(rows)
@@ -456,12 +467,15 @@ def broadcast_row(
     .unsqueeze(0)``, a learned ``(1, E)`` query. A Bayesian layer reads such
     a tensor as shared by all particles and all examples: expanded to ``(B,
     ...)`` (a view), its output has the folded ``B * S`` rows, each
-    particle's from its own weights. Only where 1 is no known batch: with
-    one particle, for a batch of 1, for the outermost call's inputs and the
-    other batches (another input's, a concatenation read first), in a
-    sequence-first network (whose leading dimension may be a sequence) and
-    for a recurrent state with the folded batch in dimension 1, ``tensor`` is
-    returned as it is, and :func:`row_layout` reads it.
+    particle's from its own weights. Only after the call's first read and
+    where 1 is no known batch: for the first tensor a Bayesian layer reads
+    in the call (nothing is folded yet: a batch of its own, as a summary of
+    the input ``x.mean(0, keepdim=True)``), with one particle, for a batch of
+    1, for the outermost call's inputs and the other batches (another
+    input's, a concatenation read first), in a sequence-first network (whose
+    leading dimension may be a sequence) and for a recurrent state with the
+    folded batch in dimension 1, ``tensor`` is returned as it is, and
+    :func:`row_layout` reads it.
 
     Args:
         state: the running call's particle state (``None`` outside a network).
@@ -493,6 +507,8 @@ def _broadcasts(
         return False
     if tensor.dim() == 0 or int(tensor.shape[0]) != 1 or not state.batch_leading:
         return False
+    if _before_the_fold(state):
+        return False  # the first read: another batch (row_layout), of 1 row
     if state.is_input(tensor) or any(tensor is t for t in state.early_tensors):
         return False
     if 1 in state.other_batches_seen() or _folded_behind(tensor, state):
@@ -609,18 +625,21 @@ _KEY_PADDING = re.compile(
 
 
 def with_fold_hint(
-    error: RuntimeError | AssertionError, samples: int
+    error: RuntimeError | AssertionError, state: ParticleState | None
 ) -> RuntimeError | AssertionError | None:
     """``error`` with a word on the fold if it is a size mismatch, else ``None``.
 
     torch's size errors inside a network name folded sizes the user never
     wrote (``B * S`` rows). The new error says why and names
-    :func:`~pyrolite_bnn.layers.functional.match_particles`; an error that
-    already carries the word is left alone, and so is any error of a call
-    with one particle (``samples``), where nothing is folded and the plain
-    torch model fails alike. torch checks an attention's ``key_padding_mask``
-    with an ``AssertionError``; the hinted error keeps that type.
+    :func:`~pyrolite_bnn.layers.functional.match_particles` (or, where a
+    Bayesian layer read one row first, :func:`_one_row_read_first`); an
+    error that already carries the word is left alone, and so is any error
+    of a call with one particle (``state.samples``; no ``state``: outside a
+    call), where nothing is folded and the plain torch model fails alike.
+    torch checks an attention's ``key_padding_mask`` with an
+    ``AssertionError``; the hinted error keeps that type.
     """
+    samples = 1 if state is None else state.samples
     text = str(error)
     if _FOLD_HINT in text:
         return None
@@ -675,12 +694,33 @@ def with_fold_hint(
         )
     if not any(size in text for size in _SIZE_ERRORS):
         return None
+    if state is not None and _one_row_read_first(state):
+        return RuntimeError(
+            f"{text}\n{_FOLD_HINT}: the first tensor a Bayesian layer read in "
+            "this call had one row and was no input; nothing is folded before "
+            "that read, so the row was read as a batch of its own, shared by "
+            "the particles (a summary of the whole input, x.mean(0, "
+            "keepdim=True)), and that layer's output has one row per particle, "
+            "not the B * S rows of the batch. A row that is every example's "
+            "(position ids of shape (1, L), a learned (1, E) query) is read as "
+            "the batch's only after a Bayesian layer has read a tensor of the "
+            "batch: look the tokens up before the positions)"
+        )
     return RuntimeError(
         f"{text}\n{_FOLD_HINT}, while a tensor no Bayesian layer has touched, such "
         "as an input or a branch left deterministic, is still (B, ...): combine "
         "them with bnn.match_particles(shared, folded); tensors of different "
         "batch sizes do not broadcast against each other there)"
     )
+
+
+def _one_row_read_first(state: ParticleState) -> bool:
+    """Whether a Bayesian layer's first read was one row that is no input's batch.
+
+    :func:`row_layout` reads it as a batch of its own (a set-level summary),
+    not as torch's broadcast over the batch (:func:`broadcast_row`).
+    """
+    return 1 in state.early_batches and 1 not in state.other_batches
 
 
 def _key_padding_hint(text: str, samples: int) -> AssertionError | None:
