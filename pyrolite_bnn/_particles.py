@@ -235,7 +235,9 @@ def row_layout(
     first; a size that fits the call's batch one way and, the other way, the
     batch of another input that a Bayesian layer has already read (recorded
     in ``state.used_batches``) cannot be told apart and raises
-    :class:`AmbiguousLayoutError`, as does one that fits two other inputs'.
+    :class:`AmbiguousLayoutError`, as does one that fits two other inputs',
+    and ``B`` rows where the first tensor read had ``B / S`` (folded from its
+    layer on: one row at ``S = B``).
 
     Args:
         state: the running call's particle state (``None`` outside a network).
@@ -254,7 +256,8 @@ def row_layout(
     # be a bool (``is False`` tests it).
     rows, batch = int(tensor.shape[0]), None if batch is None else int(batch)
     others = frozenset() if state is None else state.other_batches
-    if rows == batch and not others:  # the common case
+    early = frozenset() if state is None else state.early_batches
+    if rows == batch and not others and not early:  # the common case
         if state is not None:
             state.classified[0] = True
             if layer_input:
@@ -287,7 +290,15 @@ def row_layout(
         # layer has used makes the size ambiguous (an input that is no batch,
         # such as an h0 (layers, B, H), never is).
         shared = rows == batch
-        if (split in used) if shared else (others_shared and rows in used):
+        # A batch read first is folded from its first layer on: E * S rows
+        # that are the call's batch are ambiguous at once (one row read first
+        # and S = B: a summary of the input, a position table before the
+        # tokens).
+        if (
+            (split in used or split in early)
+            if shared
+            else (others_shared and rows in used)
+        ):
             other = split if shared else rows
             assert other is not None  # split is in used
             raise AmbiguousLayoutError(
@@ -559,8 +570,13 @@ def one_row_per_example(
     return row_layout(state, tensor, samples, batch) is (rows == batch)
 
 
-def _concatenated(state: ParticleState, size: int) -> bool:
-    """Whether ``size`` is the batch of a concatenation read first, no input's."""
+def _read_first(state: ParticleState, size: int) -> bool:
+    """Whether ``size`` is the batch of a tensor read first, no input's.
+
+    The first tensor a Bayesian layer reads in a call (:func:`row_layout`):
+    inputs concatenated along the batch, or one row (a summary of the input,
+    not torch's broadcast over the batch, :func:`broadcast_row`).
+    """
     return size in state.early_batches and size not in state.other_batches
 
 
@@ -568,7 +584,14 @@ def _another_batch(
     state: ParticleState, size: int, layout: str, whose: str = "another input"
 ) -> str:
     """The other batch of an ambiguous size and its ``layout``, in words."""
-    if _concatenated(state, size):
+    if size == 1 and _read_first(state, 1):
+        return (
+            f"the one row a Bayesian layer read first {layout} (nothing was "
+            "folded before it: a batch of its own, as a summary of the input "
+            "x.mean(0, keepdim=True) or a position table looked up before the "
+            "tokens)"
+        )
+    if _read_first(state, size):
         return (
             f"the {size} rows of a tensor concatenated along the batch {layout} "
             "(a Bayesian layer read it first: torch.cat([x1, x2]) of two views)"
@@ -578,7 +601,14 @@ def _another_batch(
 
 def _ambiguity_remedy(state: ParticleState, *sizes: int) -> str:
     """What to change where a size fits two batches (see :func:`row_layout`)."""
-    if any(_concatenated(state, size) for size in sizes):
+    if 1 in sizes and _read_first(state, 1):
+        return (
+            "Call the network with another number of samples than the batch "
+            "size; where the row is every example's (position ids (1, L)), "
+            "let a Bayesian layer read a tensor of the batch first (look the "
+            "tokens up before the positions)"
+        )
+    if any(_read_first(state, size) for size in sizes):
         return (
             "Call the network with another number of samples, or call the layer "
             "once per view instead of on the concatenation (enc(x1), enc(x2): a "
@@ -632,7 +662,7 @@ def with_fold_hint(
     torch's size errors inside a network name folded sizes the user never
     wrote (``B * S`` rows). The new error says why and names
     :func:`~pyrolite_bnn.layers.functional.match_particles` (or, where a
-    Bayesian layer read one row first, :func:`_one_row_read_first`); an
+    Bayesian layer read one row first, :func:`_read_first`); an
     error that already carries the word is left alone, and so is any error
     of a call with one particle (``state.samples``; no ``state``: outside a
     call), where nothing is folded and the plain torch model fails alike.
@@ -694,7 +724,7 @@ def with_fold_hint(
         )
     if not any(size in text for size in _SIZE_ERRORS):
         return None
-    if state is not None and _one_row_read_first(state):
+    if state is not None and _read_first(state, 1):
         return RuntimeError(
             f"{text}\n{_FOLD_HINT}: the first tensor a Bayesian layer read in "
             "this call had one row and was no input; nothing is folded before "
@@ -712,15 +742,6 @@ def with_fold_hint(
         "them with bnn.match_particles(shared, folded); tensors of different "
         "batch sizes do not broadcast against each other there)"
     )
-
-
-def _one_row_read_first(state: ParticleState) -> bool:
-    """Whether a Bayesian layer's first read was one row that is no input's batch.
-
-    :func:`row_layout` reads it as a batch of its own (a set-level summary),
-    not as torch's broadcast over the batch (:func:`broadcast_row`).
-    """
-    return 1 in state.early_batches and 1 not in state.other_batches
 
 
 def _key_padding_hint(text: str, samples: int) -> AssertionError | None:

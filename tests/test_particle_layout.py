@@ -1071,12 +1071,14 @@ def test_a_position_table_looked_up_before_the_tokens_names_the_order(
     """The first tensor a Bayesian layer reads in a call is a batch of its own
     (a summary of the input, below), one row included: a position table
     looked up first gives one row per particle, which fails torch's add with
-    the tokens' ``B * S`` rows, at ``S = B`` too; the error says why and
-    names the order that works."""
+    the tokens' ``B * S`` rows (at ``S = B`` the tokens' lookup itself fails:
+    their ``B`` rows fit the positions' ``1 * S`` as well); the error says
+    why and names the order that works."""
     ids = torch.randint(0, 11, (4, 7))
-    with pytest.raises(RuntimeError, match="look the tokens up before the positions"):
+    refused = RuntimeError if samples != len(ids) else ValueError
+    with pytest.raises(refused, match="look the tokens up before the positions"):
         _GPTLike(positions_first=True)(ids, samples=samples)
-    with torch.no_grad(), pytest.raises(RuntimeError, match="must match"):
+    with torch.no_grad(), pytest.raises(refused, match=r"must match|ambiguous"):
         bnn.draw_networks(_GPTLike(positions_first=True), samples=samples)(ids)
 
 
@@ -1110,6 +1112,40 @@ def test_a_summary_of_the_input_read_first_is_a_batch_of_one() -> None:
     assert out.shape == (3, 1, 2)
     loss = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10)
     assert torch.isfinite(loss(out, torch.tensor([1])))
+
+
+class _ProjectedPositions(_GPTLike):
+    """Positions looked up first, then projected by a Bayesian layer."""
+
+    def __init__(self) -> None:
+        super().__init__(positions_first=True)
+        self.proj = bnn.VILinear(6, 6)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        p = self.proj(self.pos(torch.arange(ids.shape[1]).unsqueeze(0)))
+        return self.head(torch.tanh(self.tok(ids) + p))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_one_row_read_first_is_refused_where_its_fold_is_the_batch_size(
+    grad: bool,
+) -> None:
+    """The one row read first has ``S`` rows after its layer: at ``S = B``
+    they were read as the call's batch, shared (before the one-row
+    broadcast, and since it gave way to the first read). A projection of
+    the positions looked up first then gave every particle all particles'
+    positions, and the add with the tokens ran (silently wrong); a
+    set-level output was ``(S, B, 2)``. Both are refused where the size is
+    read, naming the order of the lookups; ``S != B`` reads as before."""
+    ids = torch.randint(0, 11, (4, 7))
+    with torch.set_grad_enabled(grad):
+        with pytest.raises(
+            ValueError, match=r"(?s)'proj'.*ambiguous.*one row.*tokens up before"
+        ):
+            _ProjectedPositions()(ids, samples=4)
+        with pytest.raises(ValueError, match=r"ambiguous.*one row a Bayesian"):
+            _SetLevel()(torch.randn(5, 3), samples=5)
+        assert _SetLevel()(torch.randn(5, 3), samples=4).shape == (4, 1, 2)
 
 
 def test_a_plain_sequence_first_step_read_first_is_not_broadcast() -> None:
