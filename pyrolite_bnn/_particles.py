@@ -206,6 +206,17 @@ class AmbiguousLayoutError(LayoutError):
     """A tensor's leading size fits both the shared and the folded layout."""
 
 
+def _before_the_fold(state: ParticleState) -> bool:
+    """Whether no tensor's layout has been told in the call yet.
+
+    Nothing is folded before a Bayesian layer has read a tensor: the first
+    one it reads is shared, another batch whatever its size (see
+    :func:`row_layout`), and one row of it is no broadcast
+    (:func:`broadcast_row`).
+    """
+    return not state.classified[0]
+
+
 def row_layout(
     state: ParticleState | None,
     tensor: Tensor,
@@ -224,7 +235,9 @@ def row_layout(
     first; a size that fits the call's batch one way and, the other way, the
     batch of another input that a Bayesian layer has already read (recorded
     in ``state.used_batches``) cannot be told apart and raises
-    :class:`AmbiguousLayoutError`, as does one that fits two other inputs'.
+    :class:`AmbiguousLayoutError`, as does one that fits two other inputs',
+    and ``B`` rows where the first tensor read had ``B / S`` (folded from its
+    layer on: one row at ``S = B``).
 
     Args:
         state: the running call's particle state (``None`` outside a network).
@@ -243,7 +256,8 @@ def row_layout(
     # be a bool (``is False`` tests it).
     rows, batch = int(tensor.shape[0]), None if batch is None else int(batch)
     others = frozenset() if state is None else state.other_batches
-    if rows == batch and not others:  # the common case
+    early = frozenset() if state is None else state.early_batches
+    if rows == batch and not others and not early:  # the common case
         if state is not None:
             state.classified[0] = True
             if layer_input:
@@ -254,7 +268,7 @@ def row_layout(
             return None
         return rows == batch
     used = state.used_batches
-    first, state.classified[0] = not state.classified[0], True
+    first, state.classified[0] = _before_the_fold(state), True
     if state.is_input(tensor) or any(tensor is t for t in state.early_tensors):
         if rows != batch:
             used.add(rows)
@@ -276,7 +290,15 @@ def row_layout(
         # layer has used makes the size ambiguous (an input that is no batch,
         # such as an h0 (layers, B, H), never is).
         shared = rows == batch
-        if (split in used) if shared else (others_shared and rows in used):
+        # A batch read first is folded from its first layer on: E * S rows
+        # that are the call's batch are ambiguous at once (one row read first
+        # and S = B: a summary of the input, a position table before the
+        # tokens).
+        if (
+            (split in used or split in early)
+            if shared
+            else (others_shared and rows in used)
+        ):
             other = split if shared else rows
             assert other is not None  # split is in used
             raise AmbiguousLayoutError(
@@ -456,12 +478,15 @@ def broadcast_row(
     .unsqueeze(0)``, a learned ``(1, E)`` query. A Bayesian layer reads such
     a tensor as shared by all particles and all examples: expanded to ``(B,
     ...)`` (a view), its output has the folded ``B * S`` rows, each
-    particle's from its own weights. Only where 1 is no known batch: with
-    one particle, for a batch of 1, for the outermost call's inputs and the
-    other batches (another input's, a concatenation read first), in a
-    sequence-first network (whose leading dimension may be a sequence) and
-    for a recurrent state with the folded batch in dimension 1, ``tensor`` is
-    returned as it is, and :func:`row_layout` reads it.
+    particle's from its own weights. Only after the call's first read and
+    where 1 is no known batch: for the first tensor a Bayesian layer reads
+    in the call (nothing is folded yet: a batch of its own, as a summary of
+    the input ``x.mean(0, keepdim=True)``), with one particle, for a batch of
+    1, for the outermost call's inputs and the other batches (another
+    input's, a concatenation read first), in a sequence-first network (whose
+    leading dimension may be a sequence) and for a recurrent state with the
+    folded batch in dimension 1, ``tensor`` is returned as it is, and
+    :func:`row_layout` reads it.
 
     Args:
         state: the running call's particle state (``None`` outside a network).
@@ -493,6 +518,8 @@ def _broadcasts(
         return False
     if tensor.dim() == 0 or int(tensor.shape[0]) != 1 or not state.batch_leading:
         return False
+    if _before_the_fold(state):
+        return False  # the first read: another batch (row_layout), of 1 row
     if state.is_input(tensor) or any(tensor is t for t in state.early_tensors):
         return False
     if 1 in state.other_batches_seen() or _folded_behind(tensor, state):
@@ -543,8 +570,13 @@ def one_row_per_example(
     return row_layout(state, tensor, samples, batch) is (rows == batch)
 
 
-def _concatenated(state: ParticleState, size: int) -> bool:
-    """Whether ``size`` is the batch of a concatenation read first, no input's."""
+def _read_first(state: ParticleState, size: int) -> bool:
+    """Whether ``size`` is the batch of a tensor read first, no input's.
+
+    The first tensor a Bayesian layer reads in a call (:func:`row_layout`):
+    inputs concatenated along the batch, or one row (a summary of the input,
+    not torch's broadcast over the batch, :func:`broadcast_row`).
+    """
     return size in state.early_batches and size not in state.other_batches
 
 
@@ -552,7 +584,14 @@ def _another_batch(
     state: ParticleState, size: int, layout: str, whose: str = "another input"
 ) -> str:
     """The other batch of an ambiguous size and its ``layout``, in words."""
-    if _concatenated(state, size):
+    if size == 1 and _read_first(state, 1):
+        return (
+            f"the one row a Bayesian layer read first {layout} (nothing was "
+            "folded before it: a batch of its own, as a summary of the input "
+            "x.mean(0, keepdim=True) or a position table looked up before the "
+            "tokens)"
+        )
+    if _read_first(state, size):
         return (
             f"the {size} rows of a tensor concatenated along the batch {layout} "
             "(a Bayesian layer read it first: torch.cat([x1, x2]) of two views)"
@@ -562,7 +601,14 @@ def _another_batch(
 
 def _ambiguity_remedy(state: ParticleState, *sizes: int) -> str:
     """What to change where a size fits two batches (see :func:`row_layout`)."""
-    if any(_concatenated(state, size) for size in sizes):
+    if 1 in sizes and _read_first(state, 1):
+        return (
+            "Call the network with another number of samples than the batch "
+            "size; where the row is every example's (position ids (1, L)), "
+            "let a Bayesian layer read a tensor of the batch first (look the "
+            "tokens up before the positions)"
+        )
+    if any(_read_first(state, size) for size in sizes):
         return (
             "Call the network with another number of samples, or call the layer "
             "once per view instead of on the concatenation (enc(x1), enc(x2): a "
@@ -609,18 +655,21 @@ _KEY_PADDING = re.compile(
 
 
 def with_fold_hint(
-    error: RuntimeError | AssertionError, samples: int
+    error: RuntimeError | AssertionError, state: ParticleState | None
 ) -> RuntimeError | AssertionError | None:
     """``error`` with a word on the fold if it is a size mismatch, else ``None``.
 
     torch's size errors inside a network name folded sizes the user never
     wrote (``B * S`` rows). The new error says why and names
-    :func:`~pyrolite_bnn.layers.functional.match_particles`; an error that
-    already carries the word is left alone, and so is any error of a call
-    with one particle (``samples``), where nothing is folded and the plain
-    torch model fails alike. torch checks an attention's ``key_padding_mask``
-    with an ``AssertionError``; the hinted error keeps that type.
+    :func:`~pyrolite_bnn.layers.functional.match_particles` (or, where a
+    Bayesian layer read one row first, :func:`_read_first`); an
+    error that already carries the word is left alone, and so is any error
+    of a call with one particle (``state.samples``; no ``state``: outside a
+    call), where nothing is folded and the plain torch model fails alike.
+    torch checks an attention's ``key_padding_mask`` with an
+    ``AssertionError``; the hinted error keeps that type.
     """
+    samples = 1 if state is None else state.samples
     text = str(error)
     if _FOLD_HINT in text:
         return None
@@ -675,6 +724,18 @@ def with_fold_hint(
         )
     if not any(size in text for size in _SIZE_ERRORS):
         return None
+    if state is not None and _read_first(state, 1):
+        return RuntimeError(
+            f"{text}\n{_FOLD_HINT}: the first tensor a Bayesian layer read in "
+            "this call had one row and was no input; nothing is folded before "
+            "that read, so the row was read as a batch of its own, shared by "
+            "the particles (a summary of the whole input, x.mean(0, "
+            "keepdim=True)), and that layer's output has one row per particle, "
+            "not the B * S rows of the batch. A row that is every example's "
+            "(position ids of shape (1, L), a learned (1, E) query) is read as "
+            "the batch's only after a Bayesian layer has read a tensor of the "
+            "batch: look the tokens up before the positions)"
+        )
     return RuntimeError(
         f"{text}\n{_FOLD_HINT}, while a tensor no Bayesian layer has touched, such "
         "as an input or a branch left deterministic, is still (B, ...): combine "

@@ -35,23 +35,49 @@ def enable_validation(flag: bool = True) -> None:
     """Turn the library's input validation on (default) or off.
 
     Args:
-        flag: ``True`` to validate inputs and targets, ``False`` to skip checks
-            (a ``bool``; a NumPy one is taken).
+        flag: ``True`` to validate inputs and targets, ``False`` to skip checks.
+            What torch's and Pyro's switches take with one meaning is taken
+            too: a NumPy bool, the integers ``1`` and ``0``, a one-element bool
+            tensor.
 
     Raises:
-        TypeError: for anything else (``None``, ``0``, ``'no'``).
+        TypeError: for anything else (``None``, ``'no'``, ``2``, ``0.0``).
 
     Example:
         >>> import pyrolite_bnn as bnn
         >>> bnn.enable_validation(False); bnn.is_validation_enabled()
         False
-        >>> bnn.enable_validation(True); bnn.is_validation_enabled()
+        >>> bnn.enable_validation(1); bnn.is_validation_enabled()
         True
     """
     global _VALIDATE
-    # A bool, as the library's other switches: 'no' would mean True, and None
-    # or 0 turned every check off without a word (Pyro's refuses None).
-    _VALIDATE = check_bool(flag, "enable_validation's flag")
+    _VALIDATE = _switch(flag, "enable_validation's flag")
+
+
+def _switch(value: object, what: str) -> bool:
+    """``value`` of an on/off switch as torch's and Pyro's switches read it.
+
+    ``torch.distributions.Distribution.set_default_validate_args`` (behind
+    ``pyro.enable_validation``) takes whatever equals ``True`` or ``False``:
+    bools, NumPy bools, ``1`` and ``0``, a one-element bool tensor. Floats
+    and tensors of other dtypes are refused here (``0.5`` is neither, a
+    float flag is a slip), as are ``None`` (Pyro refuses it; ``bool(None)``
+    turned every check off without a word) and strings (``'no'`` would
+    mean on).
+
+    Raises:
+        TypeError: for anything else, with :func:`check_bool`'s message.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if value in (0, 1):
+            return bool(value)
+    elif (
+        isinstance(value, torch.Tensor)
+        and value.dtype == torch.bool
+        and value.numel() == 1
+    ):
+        return bool(value.item())
+    return check_bool(value, what)
 
 
 def is_validation_enabled() -> bool:

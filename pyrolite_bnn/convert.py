@@ -350,10 +350,7 @@ def _make_network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
         try:
             return forward(self, *args, **kwargs)
         except (RuntimeError, AssertionError) as error:
-            state = _particles.current()
-            hinted = _particles.with_fold_hint(
-                error, 1 if state is None else state.samples
-            )
+            hinted = _particles.with_fold_hint(error, _particles.current())
             if hinted is None:
                 raise
             raise hinted from error

@@ -817,7 +817,7 @@ class VIModule(LocalPyroModule):
                 return _forward.pytorch_run(self, state, device, args, kwargs)
         # torch's size errors name folded sizes (key padding: AssertionError).
         except (RuntimeError, AssertionError) as error:
-            hinted = _particles.with_fold_hint(error, state.samples)
+            hinted = _particles.with_fold_hint(error, state)
             if hinted is None:
                 raise
             raise hinted from error

@@ -1035,17 +1035,14 @@ def _gpt_like_reference(weights: dict[str, Tensor], ids: Tensor, s: int) -> Tens
     return F.linear(torch.tanh(h), weights["head.weight"][s], weights["head.bias"][s])
 
 
-@pytest.mark.parametrize("positions_first", [False, True])
-def test_a_position_table_read_with_one_row_of_ids_is_every_examples(
-    positions_first: bool,
-) -> None:
+def test_a_position_table_read_with_one_row_of_ids_is_every_examples() -> None:
     """GPT-2, BERT and DistilBERT converted raised 'input has leading size 1'
     at samples >= 2: their ``(1, L)`` position ids, torch's broadcast over the
-    batch, were no batch size the layout rule knew. Such a row is now the
-    same for every example: each particle reads it with its own table.
-    Compared with plain torch at each drawn network's weights (float32
-    arithmetic of the same operations: tolerance 1e-6)."""
-    net, ids = _GPTLike(positions_first), torch.randint(0, 11, (4, 7))
+    batch, were no batch size the layout rule knew. Such a row, read after
+    the tokens, is now the same for every example: each particle reads it
+    with its own table. Compared with plain torch at each drawn network's
+    weights (float32 arithmetic of the same operations: tolerance 1e-6)."""
+    net, ids = _GPTLike(), torch.randint(0, 11, (4, 7))
     nets = bnn.draw_networks(net, samples=3)
     weights = nets.weights()
     got = nets(ids)
@@ -1065,6 +1062,117 @@ def test_a_position_table_read_with_one_row_of_ids_is_every_examples(
     table = Positions()(ids, samples=3)
     torch.testing.assert_close(table, table[:, :1].expand_as(table), rtol=0, atol=0)
     assert not torch.allclose(table[0], table[1])
+
+
+@pytest.mark.parametrize("samples", [3, 4])
+def test_a_position_table_looked_up_before_the_tokens_names_the_order(
+    samples: int,
+) -> None:
+    """The first tensor a Bayesian layer reads in a call is a batch of its own
+    (a summary of the input, below), one row included: a position table
+    looked up first gives one row per particle, which fails torch's add with
+    the tokens' ``B * S`` rows (at ``S = B`` the tokens' lookup itself fails:
+    their ``B`` rows fit the positions' ``1 * S`` as well); the error says
+    why and names the order that works."""
+    ids = torch.randint(0, 11, (4, 7))
+    refused = RuntimeError if samples != len(ids) else ValueError
+    with pytest.raises(refused, match="look the tokens up before the positions"):
+        _GPTLike(positions_first=True)(ids, samples=samples)
+    with torch.no_grad(), pytest.raises(refused, match=r"must match|ambiguous"):
+        bnn.draw_networks(_GPTLike(positions_first=True), samples=samples)(ids)
+
+
+class _SetLevel(bnn.VIModule):
+    """A Bayesian layer on a summary of the whole input: one row for the set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.g = bnn.VILinear(3, 2, variational=bnn.MeanFieldNormal(init_scale=0.5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.g(x.mean(0, keepdim=True))  # type: ignore[no-any-return]
+
+
+def test_a_summary_of_the_input_read_first_is_a_batch_of_one() -> None:
+    """``g(x.mean(0, keepdim=True))`` is ``(1, 2)`` in plain torch. The one-row
+    broadcast read it as every example's: ``(S, 5, 2)``, and the loss refused
+    a ``(1,)`` target. Read first, before anything is folded, it is a batch
+    of 1: ``(S, 1, 2)``, equal to plain torch at each drawn network's weights
+    (float32, the same operations: tolerance 1e-6)."""
+    net, x = _SetLevel(), torch.randn(5, 3)
+    nets = bnn.draw_networks(net, samples=3)
+    weights, got = nets.weights(), nets(x)
+    assert got.shape == (3, 1, 2)
+    for s in range(3):
+        want = F.linear(
+            x.mean(0, keepdim=True), weights["g.weight"][s], weights["g.bias"][s]
+        )
+        torch.testing.assert_close(got[s], want, rtol=0.0, atol=1e-6)
+    out = net(x, samples=3)
+    assert out.shape == (3, 1, 2)
+    loss = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10)
+    assert torch.isfinite(loss(out, torch.tensor([1])))
+
+
+class _ProjectedPositions(_GPTLike):
+    """Positions looked up first, then projected by a Bayesian layer."""
+
+    def __init__(self) -> None:
+        super().__init__(positions_first=True)
+        self.proj = bnn.VILinear(6, 6)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        p = self.proj(self.pos(torch.arange(ids.shape[1]).unsqueeze(0)))
+        return self.head(torch.tanh(self.tok(ids) + p))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_one_row_read_first_is_refused_where_its_fold_is_the_batch_size(
+    grad: bool,
+) -> None:
+    """The one row read first has ``S`` rows after its layer: at ``S = B``
+    they were read as the call's batch, shared (before the one-row
+    broadcast, and since it gave way to the first read). A projection of
+    the positions looked up first then gave every particle all particles'
+    positions, and the add with the tokens ran (silently wrong); a
+    set-level output was ``(S, B, 2)``. Both are refused where the size is
+    read, naming the order of the lookups; ``S != B`` reads as before."""
+    ids = torch.randint(0, 11, (4, 7))
+    with torch.set_grad_enabled(grad):
+        with pytest.raises(
+            ValueError, match=r"(?s)'proj'.*ambiguous.*one row.*tokens up before"
+        ):
+            _ProjectedPositions()(ids, samples=4)
+        with pytest.raises(ValueError, match=r"ambiguous.*one row a Bayesian"):
+            _SetLevel()(torch.randn(5, 3), samples=5)
+        assert _SetLevel()(torch.randn(5, 3), samples=4).shape == (4, 1, 2)
+
+
+def test_a_plain_sequence_first_step_read_first_is_not_broadcast() -> None:
+    """A plain ``nn.GRU`` run sequence-first on ``x.unsqueeze(0)``, then a
+    Bayesian head: its ``(1, B, H)`` output, read first, is a batch of 1 of
+    its own (one pass per particle, each equal to plain torch at that
+    particle's weights, tolerance 1e-6), not broadcast to ``B`` copies of
+    the ``B`` examples (``(S, B, B, 2)``)."""
+
+    class SeqPlain(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru, self.head = nn.GRU(3, 4), bnn.VILinear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out, _ = self.gru(x.unsqueeze(0))  # (1, B, 4): time-major
+            return self.head(out).squeeze(0)  # type: ignore[no-any-return]
+
+    net, x = SeqPlain(), torch.randn(5, 3)
+    nets = bnn.draw_networks(net, samples=3)
+    weights, got = nets.weights(), nets(x)
+    assert got.shape == (3, 1, 5, 2)
+    with torch.no_grad():
+        features = net.gru(x.unsqueeze(0))[0]
+    for s in range(3):
+        want = F.linear(features, weights["head.weight"][s], weights["head.bias"][s])
+        torch.testing.assert_close(got[s], want, rtol=0.0, atol=1e-6)
 
 
 def test_one_row_read_by_each_layer_kind_is_broadcast_per_particle() -> None:

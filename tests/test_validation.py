@@ -204,16 +204,62 @@ def test_wrong_arguments_raise_clear_errors_not_internal_ones(
         call()
 
 
-@pytest.mark.parametrize("flag", ["no", None, 0, 1, 0.0, torch.tensor(False)])
-def test_enable_validation_refuses_anything_but_a_bool(flag: object) -> None:
-    """``enable_validation('no')`` switched validation on; ``None`` and ``0``
-    switched it off without a word (Pyro's switch refuses ``None``)."""
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "no",
+        None,
+        2,
+        -1,
+        0.0,
+        1.0,
+        torch.tensor(0),
+        torch.tensor([True, False]),
+        np.array([True, True]),
+    ],
+    ids=repr,
+)
+def test_enable_validation_refuses_what_is_no_switch(flag: object) -> None:
+    """``enable_validation('no')`` switched validation on; ``None``
+    switched it off without a word (Pyro's switch refuses ``None``). Numbers
+    other than 0 and 1, floats and tensors that are no one bool are refused
+    too, with the same message."""
     with pytest.raises(TypeError, match="enable_validation's flag must be True or"):
         bnn.enable_validation(flag)  # type: ignore[arg-type]
     assert bnn.is_validation_enabled()
     with pytest.raises(TypeError, match="True or False"), bnn.validation(flag):  # type: ignore[arg-type]
         pass
     assert bnn.is_validation_enabled()
+
+
+@pytest.mark.parametrize(
+    ("flag", "on"),
+    [
+        (False, False),
+        (np.True_, True),
+        (0, False),
+        (1, True),
+        (np.int64(0), False),
+        (torch.tensor(False), False),
+        (torch.tensor([True]), True),
+    ],
+    ids=repr,
+)
+def test_enable_validation_takes_what_torch_and_pyro_take(
+    flag: object, on: bool
+) -> None:
+    """``enable_validation(1)`` and ``enable_validation(torch.tensor(True))``
+    were refused since the switch took bools only; torch's and Pyro's
+    switches take them (whatever equals True or False), with one meaning."""
+    try:
+        bnn.enable_validation(flag)  # type: ignore[arg-type]
+        assert bnn.is_validation_enabled() is on
+        bnn.enable_validation(True)
+        with bnn.validation(flag):  # type: ignore[arg-type]
+            assert bnn.is_validation_enabled() is on
+        assert bnn.is_validation_enabled()
+    finally:
+        bnn.enable_validation(True)
 
 
 def test_numbers_in_other_types_are_still_taken() -> None:

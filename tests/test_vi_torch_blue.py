@@ -426,6 +426,42 @@ def test_vi_loss_is_n_times_the_mean_reduced_loss() -> None:
     torch.testing.assert_close(value, 50 * same)
 
 
+def test_a_reassigned_predictive_distribution_is_the_loss_likelihood() -> None:
+    """torch_blue's forward reads ``self.predictive_distribution``: a script
+    that swaps it keeps its loss. Reassigning it was ignored (the loss read
+    ``predictive``, still the constructor's): the loss of ``std=1`` stayed
+    202.63 where ``std=0.2`` gives 2351.88. Either name now sets the one
+    likelihood, converted and checked as in the constructor, and reads it
+    back (the same float32 arithmetic: tolerance 1e-6 relative)."""
+    torch.manual_seed(0)
+    net = vi.VISequential(vi.VILinear(3, 8), nn.ReLU(), vi.VILinear(8, 1))
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    out = net(x)
+    narrow = MeanFieldNormal(std=0.2)
+    want = vi.KullbackLeiblerLoss(MeanFieldNormal(std=0.2), 100)(out, y)
+    loss_fn = vi.KullbackLeiblerLoss(MeanFieldNormal(std=1.0), 100)
+    before = loss_fn(out, y)
+    loss_fn.predictive_distribution = narrow
+    assert loss_fn.predictive_distribution is narrow  # as given, as torch_blue
+    assert loss_fn.predictive is narrow.to_predictive()
+    torch.testing.assert_close(loss_fn(out, y), want, rtol=1e-6, atol=0.0)
+    assert not torch.allclose(before, want)
+    wide = MeanFieldNormal(std=1.0)
+    loss_fn.predictive = wide  # the library's name: the same state
+    assert loss_fn.predictive_distribution is wide
+    torch.testing.assert_close(loss_fn(out, y), before, rtol=1e-6, atol=0.0)
+    likelihood = bnn.Normal(scale=0.2)
+    loss_fn.predictive_distribution = likelihood  # registered once, as predictive
+    assert loss_fn.predictive is loss_fn.predictive_distribution is likelihood
+    assert list(dict(loss_fn.named_children())) == ["predictive"]
+    with pytest.raises(vi.utils.UnsupportedDistributionError) as refused:
+        loss_fn.predictive_distribution = None
+    with pytest.raises(vi.utils.UnsupportedDistributionError) as in_constructor:
+        vi.KullbackLeiblerLoss(None)
+    assert str(refused.value) == str(in_constructor.value)
+    assert loss_fn.predictive_distribution is likelihood
+
+
 def test_track_records_loss_components() -> None:
     layer = vi.VILinear(4, 3)
     loss_fn = vi.KullbackLeiblerLoss(Categorical(), 20, heat=0.5, track=True)

@@ -79,6 +79,11 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
             where one exists, else Monte Carlo).
 
     Attributes:
+        predictive_distribution: the likelihood as it was given (torch_blue's
+            attribute). It and :attr:`predictive` (the library's likelihood
+            module it is converted to) are one state: assigning either
+            converts and checks the value as the constructor does, and both
+            then read the new likelihood.
         log: ``None``, or (once tracking is on) a dict of lists:
             ``data_fitting`` (floats), ``prior_matching`` (floats, after heat)
             and ``log_probs`` (the mean ``[log p, log q]`` of the output, when it
@@ -96,6 +101,7 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
     """
 
     log: dict[str, list[Any]] | None
+    predictive_distribution: object
 
     def __init__(
         self,
@@ -118,6 +124,20 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         self.log = None
         self._track = False
         self.track(track)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``predictive_distribution`` and ``predictive`` are one likelihood.
+
+        Either is converted and checked (:meth:`_as_likelihood`, by the
+        library's loss) and stored as ``predictive``; the value as given,
+        once it passed the check, is :attr:`predictive_distribution` (an
+        attribute only: a module given is registered once, as ``predictive``).
+        """
+        if name in ("predictive", "predictive_distribution"):
+            super().__setattr__("predictive", value)
+            self.__dict__["predictive_distribution"] = value
+            return
+        super().__setattr__(name, value)
 
     def _as_likelihood(self, value: object) -> BnnPredictive:
         """``value`` as this loss's likelihood, refused as torch_blue refuses it.
