@@ -1226,7 +1226,8 @@ class _LearnedQuery(bnn.VIModule):
 def test_a_learned_query_of_one_row_is_every_examples() -> None:
     """A ``(1, E)`` parameter into a Bayesian linear layer raised 'input has
     leading size 1' at samples >= 2. It equals plain torch at each drawn
-    network's weights (tolerance 1e-6: float32, the same operations), in a
+    network's weights (float32 summed in another order: relative 1e-5,
+    absolute 1e-6; 1.9e-6 of 3.2 was seen under random seeds), in a
     traced training call (``"reparam"``) and in drawn networks."""
     x = torch.randn(5, 6, 3)
     net = _LearnedQuery()
@@ -1244,7 +1245,7 @@ def test_a_learned_query_of_one_row_is_every_examples() -> None:
                 model.query, values["proj.weight"][s], values["proj.bias"][s]
             )
             want = torch.einsum("bld,d->bl", keys, query[0])
-            torch.testing.assert_close(out[s], want, rtol=0.0, atol=1e-6)
+            torch.testing.assert_close(out[s], want, rtol=1e-5, atol=1e-6)
     # Output moments (local reparameterisation) on the broadcast rows run too.
     assert net(x, samples=3).shape == (3, 5, 6)
 

@@ -119,8 +119,9 @@ class Posterior(RecordsInState, LocalPyroModule):
     loc: Tensor
     # Class defaults: posteriors pickled before they existed.
     loc_init: Callable[[Tensor], Tensor] | None = None
-    # Where the mean last given to reset_parameters is, and its version then.
-    _loc_mark: tuple[int, int] | None = None
+    # Whether the mean holds values written on a real device: by a reset, a
+    # load, or moved with them (.to(), copies); not after to_empty.
+    _loc_written: bool = False
 
     def __init__(self, shape: Sequence[int]) -> None:
         super().__init__()
@@ -256,7 +257,8 @@ class Posterior(RecordsInState, LocalPyroModule):
         the last ``reset_parameters`` wrote (the layer's own reset, at
         construction), trained or loaded since, or moved with its values
         (``.to()``, ``copy.deepcopy``, ``torch.load``, a load with
-        ``assign=True``); ``reset_parameters(init_scale=...)`` after training
+        ``assign=True``, a ``.data`` assignment);
+        ``reset_parameters(init_scale=...)`` after training
         resets the scales only. A mean in memory that never held one is drawn
         anew by
         :attr:`loc_init` (as its layer draws it): FSDP's deferred
@@ -297,11 +299,11 @@ class Posterior(RecordsInState, LocalPyroModule):
         """The mean :meth:`reset_parameters` sets for ``init_loc`` (``None``: kept).
 
         Checked (:meth:`_checked_loc`) where given; drawn by :attr:`loc_init`
-        where not, unless the mean still lives in the memory last written.
+        where not, unless the mean holds values (:meth:`_holds_a_mean`).
         """
         if init_loc is not None:
             return self._checked_loc(init_loc)
-        if self.loc_init is None or self._loc_in_written_memory():
+        if self.loc_init is None or self._holds_a_mean():
             return None
         return self.initial_loc()
 
@@ -311,38 +313,23 @@ class Posterior(RecordsInState, LocalPyroModule):
         if loc is None:
             return
         self.loc_unconstrained.copy_(loc)
-        self._loc_mark = self._mark()
+        self._note_loc_written()
 
-    def _mark(self) -> tuple[int, int] | None:
-        """Where the mean's memory is and its version: ``None`` without values.
+    def _note_loc_written(self) -> None:
+        """Record that the mean was just written (nothing is, on ``meta``)."""
+        loc = self._parameters.get("loc_unconstrained")
+        self._loc_written = loc is not None and not loc.is_meta
 
-        A mean on the meta device (a layer built there writes nothing), or
-        without memory of its own (``torch.func`` wrappers), has none.
+    def _holds_a_mean(self) -> bool:
+        """Whether the mean's memory holds values that were written to it.
+
+        Written by a reset or a load, and kept through training, ``.data``
+        assignments and moves with the values (``.to()``, copies, pickles);
+        ``to_empty`` gives memory without values (so does a layer built on the
+        ``meta`` device, which writes nothing).
         """
         loc = self._parameters.get("loc_unconstrained")
-        if loc is None or loc.is_meta:
-            return None
-        try:
-            return loc.data_ptr(), loc._version
-        except RuntimeError:
-            return None
-
-    def _loc_in_written_memory(self) -> bool:
-        """Whether the mean lives in the memory the last reset wrote.
-
-        The same memory, written as often or more since (an optimizer step or
-        a ``load_state_dict`` writes in place): its values are a mean. New
-        memory (``to_empty``; a layer built on the ``meta`` device never wrote
-        any) holds none; a tensor at a reused address is younger than the
-        mark (a lower version).
-        """
-        mark, written = self._mark(), self._loc_mark
-        return (
-            mark is not None
-            and written is not None
-            and mark[0] == written[0]
-            and mark[1] >= written[1]
-        )
+        return self._loc_written and loc is not None and not loc.is_meta
 
     def parameterisation(self) -> str:
         """How the learnable tensors give the distribution; ``""``: one way only.
@@ -394,43 +381,20 @@ class Posterior(RecordsInState, LocalPyroModule):
             error_msgs,
         )
         if prefix + "loc_unconstrained" in state_dict and not error_msgs:
-            self._loc_mark = self._mark()  # a loaded mean (assign=True: new memory)
+            self._note_loc_written()  # a loaded mean (assign=True: new memory)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
-        """Torch's, keeping track of a mean that moved with its values.
+        """Torch's; after ``to_empty`` the mean holds no values.
 
-        ``.to()``, ``.double()`` or ``.cuda()`` give the mean new memory
-        holding its values, which :meth:`reset_parameters` keeps;
-        ``to_empty`` gives new memory holding none, where it draws. The two
-        are told apart by the first values of the mean (at most 64), compared
-        with the old ones converted.
+        ``.to()``, ``.double()`` or ``.cuda()`` move the mean with its values,
+        which :meth:`reset_parameters` keeps; ``to_empty`` (recognised by its
+        function) gives memory holding none (or anything, a freed copy of the
+        old values too), where it draws.
         """
-        kept = self._loc_in_written_memory()
-        old = self._parameters.get("loc_unconstrained")
-        head = old.detach().reshape(-1)[:64] if kept and old is not None else None
         result = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
-        new = self._parameters.get("loc_unconstrained")
-        if head is not None and new is not None and not new.is_meta:
-            moved = head.to(device=new.device, dtype=new.dtype)
-            if torch.equal(moved, new.detach().reshape(-1)[:64]):
-                self._loc_mark = self._mark()
+        if _empties(fn):
+            self._loc_written = False
         return result
-
-    def __getstate__(self) -> dict[str, Any]:
-        """The module's state, saying whether the mean holds values.
-
-        A copy or a pickle (``copy.deepcopy``, ``torch.save``) has new memory
-        holding the mean's values: :meth:`reset_parameters` keeps them there.
-        """
-        state = dict(super().__getstate__())
-        state["_loc_holds_values"] = self._loc_in_written_memory()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore the state; a mean that held values is marked as such."""
-        holds_values = bool(state.pop("_loc_holds_values", False))
-        super().__setstate__(state)  # type: ignore[no-untyped-call]
-        self._loc_mark = self._mark() if holds_values else None
 
     def _reparameterise(
         self, state_dict: dict[str, Any], prefix: str, saved: str
@@ -447,6 +411,15 @@ class Posterior(RecordsInState, LocalPyroModule):
             "distribution here, and they cannot be converted; build the layer "
             f"with {saved} to load this state"
         )
+
+
+def _empties(fn: Callable[[Tensor], Tensor]) -> bool:
+    """Whether ``fn`` is ``nn.Module.to_empty``'s (new memory, no values).
+
+    Its memory may hold anything, the old values too (a freed copy of them):
+    compared values alone cannot tell it from a move.
+    """
+    return getattr(fn, "__qualname__", "").startswith("Module.to_empty.")
 
 
 class MeanFieldNormalPosterior(Posterior):

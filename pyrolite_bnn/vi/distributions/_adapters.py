@@ -291,7 +291,7 @@ class AdaptedPosterior(Posterior):
             loc = self.values()[0].detach().clone()
         defaults = self.blue.default_parameters()
         self.set_values([loc] + [torch.full_like(loc, float(d)) for d in defaults[1:]])
-        self._loc_mark = self._mark()
+        self._note_loc_written()
 
     def extra_repr(self) -> str:
         """Shape and family."""
