@@ -18,6 +18,7 @@ times. The outermost call returns ``(S, B, ...)``, a transposed view.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -518,8 +519,11 @@ def _broadcasts(
         return False
     if tensor.dim() == 0 or int(tensor.shape[0]) != 1 or not state.batch_leading:
         return False
-    if _before_the_fold(state):
-        return False  # the first read: another batch (row_layout), of 1 row
+    if _before_the_fold(state) and not _held_by_the_network(state, tensor):
+        # The first read: another batch (row_layout) of 1 row, a summary of
+        # the input (x.mean(0, keepdim=True)); the network's own (1, E) query
+        # or class token is every example's.
+        return False
     if state.is_input(tensor) or any(tensor is t for t in state.early_tensors):
         return False
     if 1 in state.other_batches_seen() or _folded_behind(tensor, state):
@@ -535,6 +539,20 @@ def _broadcasts(
             "h.unflatten(0, (-1, S))"
         )
     return True
+
+
+def _held_by_the_network(state: ParticleState, tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a parameter or buffer of the network, or a view of one.
+
+    A learned query or class token (``self.proj(self.query)``,
+    ``self.query[None]``) is no batch of its own: it is the same for every
+    example.
+    """
+    if state.root is None:
+        return False
+    base = tensor if tensor._base is None else tensor._base
+    held = itertools.chain(state.root.parameters(), state.root.buffers())
+    return any(base is own for own in held)
 
 
 def one_row_per_example(

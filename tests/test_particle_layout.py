@@ -1210,31 +1210,39 @@ def test_one_row_read_by_each_layer_kind_is_broadcast_per_particle() -> None:
 class _LearnedQuery(bnn.VIModule):
     """A learned ``(1, E)`` query projected by a Bayesian layer, scoring tokens."""
 
-    def __init__(self, estimator: str = "auto") -> None:
+    def __init__(self, estimator: str = "auto", query_first: bool = False) -> None:
         super().__init__()
         wide = bnn.MeanFieldNormal(init_scale=0.5)
         self.query = nn.Parameter(torch.randn(1, 4))
         self.keys = bnn.VILinear(3, 4, variational=wide, estimator=estimator)
         self.proj = bnn.VILinear(4, 4, variational=wide, estimator=estimator)
+        self.query_first = query_first
 
     def forward(self, x: Tensor) -> Tensor:
-        keys = self.keys(x)  # (B * S, L, 4)
-        query = self.proj(self.query)  # (1, 4): the same for every example
+        if self.query_first:  # the first tensor a Bayesian layer reads
+            query = self.proj(self.query)
+            keys = self.keys(x)
+        else:
+            keys = self.keys(x)  # (B * S, L, 4)
+            query = self.proj(self.query)  # (1, 4): the same for every example
         return torch.einsum("bld,bd->bl", keys, query)
 
 
-def test_a_learned_query_of_one_row_is_every_examples() -> None:
+@pytest.mark.parametrize("query_first", [False, True])
+def test_a_learned_query_of_one_row_is_every_examples(query_first: bool) -> None:
     """A ``(1, E)`` parameter into a Bayesian linear layer raised 'input has
     leading size 1' at samples >= 2. It equals plain torch at each drawn
     network's weights (float32 summed in another order: relative 1e-5,
     absolute 1e-6; 1.9e-6 of 3.2 was seen under random seeds), in a
-    traced training call (``"reparam"``) and in drawn networks."""
+    traced training call (``"reparam"``) and in drawn networks. Read first,
+    the network's own parameter is no batch of one (e757140 refused it at
+    every S >= 2; probe falsepos9)."""
     x = torch.randn(5, 6, 3)
-    net = _LearnedQuery()
+    net = _LearnedQuery(query_first=query_first)
     nets = bnn.draw_networks(net, samples=3)
     weights, got = nets.weights(), nets(x)
     assert got.shape == (3, 5, 6)
-    reparam = _LearnedQuery("reparam")
+    reparam = _LearnedQuery("reparam", query_first=query_first)
     with poutine.trace() as trace:
         traced = reparam(x, samples=3)
     drawn = _traced_weights(trace.trace, reparam, 3)

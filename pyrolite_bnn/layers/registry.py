@@ -449,7 +449,8 @@ def register(
     Raises:
         ValueError: if another Bayesian class is registered for ``torch_cls``
             (:func:`unregister` it first); one of the same qualified name (a
-            notebook cell run again) replaces it.
+            notebook cell run again) replaces it. Also if the decorated class
+            is already the twin of another torch class.
         TypeError: if the decorated class's constructor takes no argument of a
             name of ``torch_cls``'s (without ``read_arguments=`` or
             ``build_bayesian=``).
@@ -506,6 +507,14 @@ def register(
             raise ValueError(
                 f"{torch_cls.__name__} is already registered to "
                 f"{_name(previous.bayesian_cls)}"
+            )
+        twin = _BY_BAYESIAN.get(cls)
+        if twin is not None and _name(twin.torch_cls) != _name(torch_cls):
+            # to_deterministic would build the other class from this one's
+            raise ValueError(
+                f"{_name(cls)} is already the Bayesian twin of "
+                f"{_name(twin.torch_cls)}; a twin serves one torch class (make a "
+                "subclass for another)"
             )
         if build_bayesian is None and read_arguments is None:
             _check_constructor(torch_cls, cls)

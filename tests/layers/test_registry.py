@@ -229,3 +229,23 @@ def test_a_twin_that_drops_an_argument_is_named() -> None:
             bnn.to_deterministic(net)
     finally:
         registry.unregister(Conv1D)
+
+
+class _OtherConv1D(Conv1D):
+    """Another torch class of Conv1D's arguments."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) * 2.0
+
+
+@pytest.mark.usefixtures("conv1d")
+def test_a_twin_serves_one_torch_class() -> None:
+    """A twin registered for a second torch class was accepted, and
+    ``to_deterministic`` of the first class's network built the second
+    (outputs off by 0.43; probe falsepos9)."""
+    with pytest.raises(ValueError, match="already the Bayesian twin of"):
+        registry.register(_OtherConv1D)(VIConv1D)
+    assert registry.for_torch(_OtherConv1D) is not None  # by its base: Conv1D's
+    model = _conv1d_model()
+    plain = bnn.to_deterministic(bnn.convert(model))
+    assert type(plain[0]) is Conv1D
