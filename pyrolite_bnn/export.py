@@ -83,7 +83,8 @@ def to_deterministic(model: nn.Module) -> nn.Module:
 
     Raises:
         TypeError: if ``model`` holds no Bayesian layer, or has one of a kind
-            that has no plain counterpart here (write its conversion, or use
+            that has no plain counterpart here (register it as a torch
+            class's twin, :func:`pyrolite_bnn.layers.registry.register`, or use
             ``bnn.predict(..., mode="mean")``), or if torch cannot copy it
             (a pruned weight, a posterior's too: make the pruning permanent
             with ``torch.nn.utils.prune.remove`` first).
@@ -169,7 +170,9 @@ def _convert_new(
         if module.declared_variables():
             raise TypeError(
                 f"{type(module).__name__} declares random variables but has no plain "
-                "counterpart; use bnn.predict(..., mode='mean') instead"
+                "counterpart: register it as the twin of a torch class "
+                "(pyrolite_bnn.layers.registry.register), or use "
+                "bnn.predict(..., mode='mean') instead"
             )
         # ``module`` belongs to the private copy made by to_deterministic.
         for key in GUIDE_STATE:

@@ -423,3 +423,21 @@ def test_a_plain_decoder_layer_keeps_its_activation_module() -> None:
     with torch.no_grad():
         expected = bnn.predict(net, x, bnn.Normal(scale=1.0), mode="mean").mean
         torch.testing.assert_close(plain(x), expected, rtol=1e-6, atol=1e-6)
+
+
+class _OwnLayer(bnn.VIModule):
+    """A user's Bayesian layer of no registered torch class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declare_random_variable("weight", (2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.transpose(-1, -2)
+
+
+def test_a_layer_without_a_plain_counterpart_is_told_how_to_give_it_one() -> None:
+    """The refusal named only ``predict(mode="mean")``; registering the layer
+    as a torch class's twin gives it a counterpart (probe newcomer4)."""
+    with pytest.raises(TypeError, match=r"registry\.register.*mode='mean'"):
+        bnn.to_deterministic(nn.Sequential(_OwnLayer()))
