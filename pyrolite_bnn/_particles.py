@@ -479,10 +479,12 @@ def broadcast_row(
     .unsqueeze(0)``, a learned ``(1, E)`` query. A Bayesian layer reads such
     a tensor as shared by all particles and all examples: expanded to ``(B,
     ...)`` (a view), its output has the folded ``B * S`` rows, each
-    particle's from its own weights. Only after the call's first read and
-    where 1 is no known batch: for the first tensor a Bayesian layer reads
-    in the call (nothing is folded yet: a batch of its own, as a summary of
-    the input ``x.mean(0, keepdim=True)``), with one particle, for a batch of
+    particle's from its own weights. The network's own parameters and
+    buffers (and views of them) are broadcast wherever they are read; any
+    other tensor only after the call's first read and where 1 is no known
+    batch: for the first tensor a Bayesian layer reads in the call (nothing
+    is folded yet: a batch of its own, as a summary of the input
+    ``x.mean(0, keepdim=True)``), with one particle, for a batch of
     1, for the outermost call's inputs and the other batches (another
     input's, a concatenation read first), in a sequence-first network (whose
     leading dimension may be a sequence) and for a recurrent state with the

@@ -1263,15 +1263,16 @@ def fit(
                 stopping.update(epoch, val_loss, history, model, loss_fn)
             history.epochs_run = epoch + 1
             display.end(epoch, shown, loss_fn.heat)
-            settings = _optimizer_settings(optimizer)
-            if checkpoint_path is not None and ranks.main:
+            saving = checkpoint_path is not None and ranks.main
+            settings = _optimizer_settings(optimizer) if saving else None
+            if checkpoint_path is not None and saving:
                 _write_checkpoint(
                     checkpoint_path, network, optimizer, loss_fn, epoch, history
                 )
             stop = _stop_requested(epoch_end_hooks, epoch, history, model)
             if (
                 checkpoint_path is not None
-                and ranks.main
+                and saving
                 and _optimizer_settings(optimizer) != settings
             ):
                 # A schedule stepped in a callback (ReduceLROnPlateau on the
