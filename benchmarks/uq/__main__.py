@@ -1,5 +1,7 @@
 """``python -m benchmarks.uq [--reduced | --full | --tiny] [--parts abc] [--settings]``.
 
+``--settings --combos`` and ``--settings --noise-rates`` run the other studies.
+
 ``--methods vi+laplace,map+laplace`` runs only those rows (into their own file).
 Writes ``benchmarks/uq/results/<setting>[_settings].json`` and regenerates
 ``benchmarks/uq/RESULTS.md`` from every JSON file present.
@@ -16,7 +18,7 @@ import torch
 
 from . import report
 from .methods import METHODS
-from .run import COMBOS, SETTINGS, run_parts, run_settings, scale
+from .run import COMBOS, NOISE_RATES, SETTINGS, run_parts, run_settings, scale
 
 HERE = Path(__file__).parent
 
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> None:
         help="with --settings: the combinations of knobs instead of one at a time",
     )
     parser.add_argument(
+        "--noise-rates",
+        action="store_true",
+        help="with --settings: faster learning rates for the learned noise scale",
+    )
+    parser.add_argument(
         "--methods",
         default=None,
         help=f"comma-separated subset of {', '.join(METHODS)} (default: all); "
@@ -62,8 +69,15 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown methods {unknown}; choose from {METHODS}")
         name += "_" + "_".join(m.replace("+", "-") for m in methods)
+    if args.combos and args.noise_rates:
+        parser.error("--combos and --noise-rates are two studies: choose one")
+    variants, study = SETTINGS, ""
+    if args.combos:
+        variants, study = COMBOS, "combos_"
+    elif args.noise_rates:
+        variants, study = NOISE_RATES, "noise_rates_"
     if args.settings:
-        name = f"{size}_combos_settings" if args.combos else f"{size}_settings"
+        name = f"{size}_{study}settings"
     results = args.out / "results"
     results.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -75,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         (results / f"{name}.json").write_text(json.dumps(rows, indent=1))
 
     if args.settings:
-        run_settings(setting, log, COMBOS if args.combos else SETTINGS)
+        run_settings(setting, log, variants)
     else:
         run_parts(setting, args.parts, log, methods)
     report.write(args.out)

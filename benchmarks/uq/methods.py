@@ -68,6 +68,7 @@ class VISettings:
     warmup: float = 0.0  # fraction of the epochs of linear KL annealing
     particles: int | None = None
     learned_prior: str | None = None  # LearnedNormalPrior(per=...) on every layer
+    noise_lr: float = 1.0  # factor on the learned noise scale's learning rate
     extra: dict[str, Any] = field(default_factory=dict)
 
     def label(self) -> str:
@@ -87,6 +88,8 @@ class VISettings:
             parts.append(f"estimator={self.estimator}")
         if self.warmup:
             parts.append(f"warmup={self.warmup:g}")
+        if self.noise_lr != 1.0:
+            parts.append(f"noise_lr x{self.noise_lr:g}")
         return ", ".join(parts) or "defaults"
 
 
@@ -178,7 +181,11 @@ def train_vi(
         likelihood = bnn.Normal(init_scale=settings.noise_init)
     loss_fn = bnn.KullbackLeiblerLoss(likelihood, dataset_size=len(x))
     optimizer = torch.optim.Adam(
-        [*model.parameters(), *loss_fn.parameters()], lr=budget.lr
+        [
+            {"params": list(model.parameters())},
+            {"params": list(loss_fn.parameters()), "lr": budget.lr * settings.noise_lr},
+        ],
+        lr=budget.lr,
     )
     warmup = round(settings.warmup * budget.epochs)
     bnn.fit(

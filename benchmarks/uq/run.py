@@ -223,6 +223,21 @@ COMBOS: tuple[VISettings, ...] = (
 )
 
 
+#: A faster learning rate for the learned noise scale (``--settings --noise-rates``),
+#: alone and with larger initial posterior scales.
+NOISE_RATES: tuple[VISettings, ...] = (
+    VISettings(),
+    VISettings(noise_lr=3.0),
+    VISettings(noise_lr=10.0),
+    VISettings(init_scale=1e-2),
+    VISettings(init_scale=1e-2, noise_lr=10.0),
+    VISettings(init_scale=0.03),
+    VISettings(init_scale=0.03, noise_lr=10.0),
+    VISettings(init_scale=0.1),
+    VISettings(init_scale=0.1, noise_lr=10.0),
+)
+
+
 def run_settings(
     setting: Scale, log: Any = print, variants: tuple[VISettings, ...] = SETTINGS
 ) -> list[dict[str, Any]]:
