@@ -686,7 +686,12 @@ def _run_generated(
     while True:
         draws = generated_guide_draws(root, state.samples)
         try:
-            with using_draws(draws), _particles.particles(state):
+            # Size errors are hinted with this pass's state, not the first's.
+            with (
+                using_draws(draws),
+                _particles.particles(state),
+                _particles.fold_hinted(state),
+            ):
                 result = nn.Module.__call__(root, *args, **kwargs)
         except RepeatedMomentsRead:
             state = state.restarted()

@@ -69,7 +69,9 @@ def describe_likelihood(likelihood: PredictiveDistribution) -> str:
     return f"{likelihood!r} ({qualified_name(likelihood)})"
 
 
-def as_likelihood(predictive: object, who: str) -> PredictiveDistribution:
+def as_likelihood(
+    predictive: object, who: str, argument: str = "predictive"
+) -> PredictiveDistribution:
     """``predictive`` as a library likelihood, or a ``TypeError`` naming it.
 
     A torch_blue-style distribution is converted by its ``to_predictive()``,
@@ -80,6 +82,8 @@ def as_likelihood(predictive: object, who: str) -> PredictiveDistribution:
         predictive: a :class:`~pyrolite_bnn.PredictiveDistribution`, or a
             distribution of :mod:`pyrolite_bnn.vi.distributions`.
         who: the entry point, named in the message.
+        argument: the name under which the user gave it (an argument or an
+            attribute of ``who``), named in the message.
 
     Raises:
         TypeError: for anything else (a torch_blue distribution without the
@@ -104,7 +108,7 @@ def as_likelihood(predictive: object, who: str) -> PredictiveDistribution:
     if not isinstance(predictive, type) and callable(to_predictive):
         if not serves:  # a prior only (vi.distributions.UniformPrior())
             raise TypeError(
-                f"{who}: predictive must be a likelihood; {not_predictive(predictive)}"
+                f"{who}: {argument} must be a likelihood; {not_predictive(predictive)}"
             )
         converted = to_predictive()  # vi.distributions.Categorical(), ...
         if isinstance(converted, PredictiveDistribution):
@@ -122,7 +126,7 @@ def as_likelihood(predictive: object, who: str) -> PredictiveDistribution:
                 "likelihood: predict(model, x, likelihood, samples))"
             )
     raise TypeError(
-        f"{who}: predictive must be a likelihood such as bnn.Normal() or "
+        f"{who}: {argument} must be a likelihood such as bnn.Normal() or "
         "bnn.Categorical() (or a distribution of pyrolite_bnn.vi.distributions), "
         f"got {given}"
     )

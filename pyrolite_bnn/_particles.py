@@ -54,6 +54,7 @@ __all__ = [
     "computed_from_folded",
     "current",
     "differentiates_inputs",
+    "fold_hinted",
     "map_outputs",
     "particle_plate",
     "particles",
@@ -744,6 +745,20 @@ def with_fold_hint(
         )
     if not any(size in text for size in _SIZE_ERRORS):
         return None
+    if state is not None and _one_row_input_read(state, text):
+        batch = state.batch_size
+        return RuntimeError(
+            f"{text}\n{_FOLD_HINT}: a Bayesian layer read an input of this call "
+            "that has one row. Every input of the outermost call keeps its own "
+            f"batch, here a batch of 1 beside the first input's {batch}, so that "
+            f"layer's output has one row per particle ({samples} rows), not the "
+            f"{batch} * {samples} rows of the first input's batch: torch's "
+            "broadcast of a leading size of 1 does not reach across the folded "
+            "particles. If the row is every example's (a context shared by the "
+            "batch), give it the first input's batch size before a Bayesian layer "
+            "reads it, ctx.expand(x.shape[0], *ctx.shape[1:]) (a view), in the "
+            "forward or in the call)"
+        )
     if state is not None and _read_first(state, 1):
         return RuntimeError(
             f"{text}\n{_FOLD_HINT}: the first tensor a Bayesian layer read in "
@@ -761,6 +776,38 @@ def with_fold_hint(
         "as an input or a branch left deterministic, is still (B, ...): combine "
         "them with bnn.match_particles(shared, folded); tensors of different "
         "batch sizes do not broadcast against each other there)"
+    )
+
+
+@contextmanager
+def fold_hinted(state: ParticleState | None) -> Iterator[None]:
+    """Raise the body's size errors with the word on the fold (:func:`with_fold_hint`).
+
+    ``state`` is the particle state the body runs with: a pass run again
+    with a fresh state (a layer that read its weight moments twice) hints
+    its errors with that state's records.
+    """
+    try:
+        yield
+    except (RuntimeError, AssertionError) as error:
+        hinted = with_fold_hint(error, state)
+        if hinted is None:
+            raise
+        raise hinted from error
+
+
+def _one_row_input_read(state: ParticleState, text: str) -> bool:
+    """Whether a size error ``text`` may come from a one-row input's fold.
+
+    A Bayesian layer read a tensor of an input of batch 1 (another batch than
+    the call's ``B``, :func:`row_layout`), and the error names its folded
+    size, the ``S`` rows of one row per particle.
+    """
+    return (
+        state.batch_size not in (None, 1)
+        and 1 in state.other_batches
+        and 1 in state.used_batches
+        and re.search(rf"\b{state.samples}\b", text) is not None
     )
 
 

@@ -36,18 +36,20 @@ def enable_validation(flag: bool = True) -> None:
 
     Args:
         flag: ``True`` to validate inputs and targets, ``False`` to skip checks.
-            What torch's and Pyro's switches take with one meaning is taken
-            too: a NumPy bool, the integers ``1`` and ``0``, a one-element bool
-            tensor.
+            What torch's and Pyro's switches take is taken too, with their
+            meaning: anything that equals ``True`` or ``False`` (NumPy bools
+            and 0-d arrays, ``1`` and ``0``, ``1.0`` and ``0.0``, one-element
+            tensors).
 
     Raises:
-        TypeError: for anything else (``None``, ``'no'``, ``2``, ``0.0``).
+        TypeError: for anything else (``None``, ``'no'``, ``2``, ``0.5``).
 
     Example:
+        >>> import numpy as np
         >>> import pyrolite_bnn as bnn
         >>> bnn.enable_validation(False); bnn.is_validation_enabled()
         False
-        >>> bnn.enable_validation(1); bnn.is_validation_enabled()
+        >>> bnn.enable_validation(np.array(1)); bnn.is_validation_enabled()
         True
     """
     global _VALIDATE
@@ -58,25 +60,25 @@ def _switch(value: object, what: str) -> bool:
     """``value`` of an on/off switch as torch's and Pyro's switches read it.
 
     ``torch.distributions.Distribution.set_default_validate_args`` (behind
-    ``pyro.enable_validation``) takes whatever equals ``True`` or ``False``:
-    bools, NumPy bools, ``1`` and ``0``, a one-element bool tensor. Floats
-    and tensors of other dtypes are refused here (``0.5`` is neither, a
-    float flag is a slip), as are ``None`` (Pyro refuses it; ``bool(None)``
-    turned every check off without a word) and strings (``'no'`` would
-    mean on).
+    ``pyro.enable_validation``) takes ``value in [True, False]``: whatever
+    equals ``True`` or ``False`` as one truth value (bools, NumPy bools and
+    scalars, 0-d and one-element arrays and tensors of any dtype, ``1``,
+    ``0``, ``1.0``, ``0.0``). The same rule here, with one meaning: on for
+    what equals ``True``, off for what equals ``False``. Everything torch
+    refuses is refused (``None``: ``bool(None)`` turned every check off
+    without a word; strings: ``'no'`` would mean on; ``2``, ``0.5``, NaN,
+    several elements), with :func:`check_bool`'s message.
 
     Raises:
-        TypeError: for anything else, with :func:`check_bool`'s message.
+        TypeError: for anything else.
     """
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        if value in (0, 1):
-            return bool(value)
-    elif (
-        isinstance(value, torch.Tensor)
-        and value.dtype == torch.bool
-        and value.numel() == 1
-    ):
-        return bool(value.item())
+    try:
+        on = bool(value == True)  # noqa: E712  (1, 1.0, np.array(1) too)
+        off = bool(value == False)  # noqa: E712
+    except (TypeError, ValueError, RuntimeError):  # several elements
+        on = off = False
+    if on != off:
+        return on
     return check_bool(value, what)
 
 

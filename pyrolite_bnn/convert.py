@@ -347,13 +347,8 @@ def _make_network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
 
     @functools.wraps(forward)
     def hinted_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with _particles.fold_hinted(_particles.current()):
             return forward(self, *args, **kwargs)
-        except (RuntimeError, AssertionError) as error:
-            hinted = _particles.with_fold_hint(error, _particles.current())
-            if hinted is None:
-                raise
-            raise hinted from error
 
     def refused_init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
         raise TypeError(_BUILT_BY_CONVERT.format(name=cls.__name__))

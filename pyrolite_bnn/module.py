@@ -809,18 +809,12 @@ class VIModule(LocalPyroModule):
         requested = None if samples is not None else _particles.requested_samples(self)
         count = samples if samples is not None else requested or self.samples
         state, device = _forward.prepare(self, args, kwargs, count)
-        try:
-            with local_params():
-                if pyro_wrapped():
-                    _forward.refuse_particles_under_mcmc(self, count)
-                    return _forward.pyro_run(self, state, device, args, kwargs)
-                return _forward.pytorch_run(self, state, device, args, kwargs)
         # torch's size errors name folded sizes (key padding: AssertionError).
-        except (RuntimeError, AssertionError) as error:
-            hinted = _particles.with_fold_hint(error, state)
-            if hinted is None:
-                raise
-            raise hinted from error
+        with _particles.fold_hinted(state), local_params():
+            if pyro_wrapped():
+                _forward.refuse_particles_under_mcmc(self, count)
+                return _forward.pyro_run(self, state, device, args, kwargs)
+            return _forward.pytorch_run(self, state, device, args, kwargs)
 
     def unfold_output(self, output: Any, state: _particles.ParticleState) -> Any:
         """This module's folded output as the outermost call returns it.

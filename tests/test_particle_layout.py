@@ -1278,6 +1278,61 @@ def test_one_row_keeps_its_meaning_where_it_had_one() -> None:
     assert (first.shape, second.shape) == ((3, 4, 2), (3, 1, 2))
 
 
+class _WithContext(bnn.VIModule):
+    """Examples ``x`` and a context ``ctx`` that a Bayesian layer reads after ``x``."""
+
+    def __init__(self, estimator: str, expand: bool, ctx_first: bool) -> None:
+        super().__init__()
+        wide = bnn.MeanFieldNormal(init_scale=0.5)  # particles clearly differ
+        self.fx = bnn.VILinear(4, 6, estimator=estimator, variational=wide)
+        self.fc = bnn.VILinear(3, 6, estimator=estimator, variational=wide)
+        self.out = bnn.VILinear(6, 2, estimator=estimator, variational=wide)
+        self.expand, self.ctx_first = expand, ctx_first
+
+    def forward(self, x: Tensor, ctx: Tensor) -> Tensor:
+        if self.expand:  # the remedy the error names
+            ctx = ctx.expand(x.shape[0], *ctx.shape[1:])
+        if self.ctx_first:
+            c = self.fc(ctx)
+            h = self.fx(x) + c
+        else:
+            h = self.fx(x) + self.fc(ctx)
+        return self.out(torch.relu(h))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("ctx_first", [False, True])
+@pytest.mark.parametrize("estimator", ["auto", "reparam"])
+def test_a_one_row_input_beside_the_batch_names_its_rule_and_remedy(
+    estimator: str, ctx_first: bool
+) -> None:
+    """``net(x, ctx)`` with ``x`` of 5 rows and ``ctx`` of one row, both read by
+    Bayesian layers, failed at ``samples > 1`` with torch's size error and the
+    general note on the fold (with ``estimator="auto"`` the pass runs again
+    with weights drawn, and the note read the first pass's state). An input
+    keeps its own batch, here 1 (``test_one_row_keeps_its_meaning_where_it_
+    had_one``): the note now says so and names the remedy, ``ctx.expand``,
+    whose outputs equal plain torch at each drawn network's weights (float32,
+    the same operations: tolerance 1e-6)."""
+    x, ctx = torch.randn(5, 4), torch.randn(1, 3)
+    net = _WithContext(estimator, expand=False, ctx_first=ctx_first)
+    with pytest.raises(RuntimeError, match=r"keeps its own batch(.|\n)*ctx\.expand"):
+        net(x, ctx, samples=3)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="keeps its own batch"):
+        bnn.draw_networks(net, samples=3)(x, ctx)
+    assert net(x, ctx, samples=1).shape == (1, 5, 2)  # plain torch broadcasts
+    net.expand = True
+    assert net(x, ctx, samples=3).shape == (3, 5, 2)
+    nets = bnn.draw_networks(net, samples=3)
+    weights, got = nets.weights(), nets(x, ctx)
+    for s in range(3):
+        w = {name: value[s] for name, value in weights.items()}
+        h = F.linear(x, w["fx.weight"], w["fx.bias"])
+        h = h + F.linear(ctx, w["fc.weight"], w["fc.bias"])
+        want = F.linear(torch.relu(h), w["out.weight"], w["out.bias"])
+        torch.testing.assert_close(got[s], want, rtol=0.0, atol=1e-6)
+    assert not torch.allclose(got[0], got[1])
+
+
 def test_one_row_taken_from_folded_rows_is_not_broadcast() -> None:
     """One row computed from a Bayesian layer's folded output (``h[:1]``,
     particle 0 of example 0; ``h.mean(0, keepdim=True)``, mixing particles)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.distributions import Distribution
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn import vi
@@ -208,22 +209,28 @@ def test_wrong_arguments_raise_clear_errors_not_internal_ones(
     "flag",
     [
         "no",
+        "1",
         None,
         2,
         -1,
-        0.0,
-        1.0,
-        torch.tensor(0),
+        2.0,
+        0.5,
+        float("nan"),
+        torch.tensor(2),
         torch.tensor([True, False]),
         np.array([True, True]),
+        np.array(0.5),
+        [True],
     ],
     ids=repr,
 )
 def test_enable_validation_refuses_what_is_no_switch(flag: object) -> None:
     """``enable_validation('no')`` switched validation on; ``None``
-    switched it off without a word (Pyro's switch refuses ``None``). Numbers
-    other than 0 and 1, floats and tensors that are no one bool are refused
-    too, with the same message."""
+    switched it off without a word (Pyro's switch refuses ``None``). What
+    equals neither ``True`` nor ``False`` (other numbers, several elements)
+    is refused too, with the same message, as torch's switch refuses it."""
+    with pytest.raises((ValueError, RuntimeError), match=r"^$|ambiguous"):
+        Distribution.set_default_validate_args(flag)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="enable_validation's flag must be True or"):
         bnn.enable_validation(flag)  # type: ignore[arg-type]
     assert bnn.is_validation_enabled()
@@ -242,6 +249,14 @@ def test_enable_validation_refuses_what_is_no_switch(flag: object) -> None:
         (np.int64(0), False),
         (torch.tensor(False), False),
         (torch.tensor([True]), True),
+        (np.array(True), True),
+        (np.array(1), True),
+        (np.array([0]), False),
+        (1.0, True),
+        (0.0, False),
+        (np.float64(1.0), True),
+        (torch.tensor(0), False),
+        (torch.tensor(1.0), True),
     ],
     ids=repr,
 )
@@ -250,7 +265,12 @@ def test_enable_validation_takes_what_torch_and_pyro_take(
 ) -> None:
     """``enable_validation(1)`` and ``enable_validation(torch.tensor(True))``
     were refused since the switch took bools only; torch's and Pyro's
-    switches take them (whatever equals True or False), with one meaning."""
+    switches take them (whatever equals True or False), with one meaning.
+    0-d NumPy arrays (``np.array(1)``), floats (``1.0``) and tensors of other
+    dtypes were still refused though torch and Pyro take them: each is taken
+    here as by them (checked against torch's switch below)."""
+    Distribution.set_default_validate_args(flag)  # type: ignore[arg-type]
+    Distribution.set_default_validate_args(True)
     try:
         bnn.enable_validation(flag)  # type: ignore[arg-type]
         assert bnn.is_validation_enabled() is on

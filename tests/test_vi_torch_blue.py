@@ -462,6 +462,55 @@ def test_a_reassigned_predictive_distribution_is_the_loss_likelihood() -> None:
     assert loss_fn.predictive_distribution is likelihood
 
 
+def test_predictive_distribution_reads_the_likelihood_the_loss_uses() -> None:
+    """``predictive_distribution`` was a copy of the value last assigned: a
+    module put in the loss's ``predictive`` place without an assignment
+    (``add_module``, ``register_module``) was used by the loss while the
+    attribute still read the old distribution. It now reads the likelihood
+    the loss uses; a loaded state is that likelihood's (tolerance: the same
+    float32 arithmetic, 1e-6 relative). Refusals name the attribute the user
+    wrote (``predictive_distribution`` or ``predictive``), not always
+    ``predictive``."""
+    torch.manual_seed(0)
+    net = vi.VISequential(vi.VILinear(3, 8), nn.ReLU(), vi.VILinear(8, 1))
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    out = net(x)
+    for swap in ("add_module", "register_module"):
+        normal = MeanFieldNormal(std=1.0)
+        loss_fn = vi.KullbackLeiblerLoss(normal, 100)
+        assert loss_fn.predictive_distribution is normal
+        narrow = bnn.Normal(scale=0.2)
+        getattr(loss_fn, swap)("predictive", narrow)
+        assert loss_fn.predictive_distribution is narrow, swap
+        want = vi.KullbackLeiblerLoss(bnn.Normal(scale=0.2), 100)(out, y)
+        torch.testing.assert_close(loss_fn(out, y), want, rtol=1e-6, atol=0.0)
+    trained = vi.KullbackLeiblerLoss(MeanFieldNormal(std=1.0), 100)
+    with torch.no_grad():
+        trained.predictive.raw_scale_unconstrained.fill_(-1.0)
+    for assign in (False, True):
+        normal = MeanFieldNormal(std=1.0)
+        loss_fn = vi.KullbackLeiblerLoss(normal, 100)
+        loss_fn.load_state_dict(trained.state_dict(), assign=assign)
+        assert loss_fn.predictive_distribution is normal
+        _, std = loss_fn.predictive_distribution.predictive_parameters_from_samples(
+            torch.zeros(2, 1)
+        )
+        want_std = trained.predictive.noise_scale().detach().reshape(1)
+        torch.testing.assert_close(std, want_std, rtol=1e-6, atol=0.0)
+    refusals = []
+    for value in (None, UniformPrior()):
+        with pytest.raises(UnsupportedDistributionError) as refused:
+            vi.KullbackLeiblerLoss(value)
+        refusals.append(("predictive_distribution", str(refused.value)))
+        for written in ("predictive_distribution", "predictive"):
+            with pytest.raises(UnsupportedDistributionError) as refused:
+                setattr(loss_fn, written, value)
+            refusals.append((written, str(refused.value)))
+    for written, message in refusals:
+        assert message.startswith(f"vi.KullbackLeiblerLoss: {written} must be"), message
+    assert loss_fn.predictive_distribution is normal
+
+
 def test_track_records_loss_components() -> None:
     layer = vi.VILinear(4, 3)
     loss_fn = vi.KullbackLeiblerLoss(Categorical(), 20, heat=0.5, track=True)
@@ -2162,7 +2211,7 @@ def test_predictive_computations_refuse_a_distribution_without_the_role(
     distribution = build()
     with pytest.raises(UnsupportedDistributionError) as in_loss:
         vi.KullbackLeiblerLoss(distribution, 10)
-    reason = str(in_loss.value).split("; ")[1]  # after "predictive must be..."
+    reason = str(in_loss.value).split("; ")[1]  # after "... must be a likelihood"
     assert reason.startswith(f"{type(distribution).__module__}.")
     name = type(distribution).__name__
     with pytest.raises(UnsupportedDistributionError) as info:

@@ -21,12 +21,20 @@ from pyrolite_bnn.vi.utils.errors import UnsupportedDistributionError
 __all__ = ["KullbackLeiblerLoss", "as_predictive"]
 
 
-def as_predictive(distribution: object) -> BnnPredictive:
+def as_predictive(
+    distribution: object, argument: str = "predictive_distribution"
+) -> BnnPredictive:
     """The likelihood module of a torch_blue (or :mod:`pyrolite_bnn`) distribution.
 
     Converted as every entry point of the library converts it
     (``to_predictive()``); refused with the library's message, as torch_blue's
     exception.
+
+    Args:
+        distribution: the distribution given.
+        argument: the name the user gave it under (torch_blue's
+            ``predictive_distribution``, or the library's ``predictive``),
+            named in the message.
 
     Raises:
         UnsupportedDistributionError: if it cannot serve as predictive distribution.
@@ -35,9 +43,14 @@ def as_predictive(distribution: object) -> BnnPredictive:
         >>> from pyrolite_bnn import vi
         >>> as_predictive(vi.distributions.Categorical())
         Categorical()
+        >>> try:
+        ...     as_predictive(None)
+        ... except vi.utils.UnsupportedDistributionError as error:
+        ...     print(str(error).split(" such as")[0])
+        vi.KullbackLeiblerLoss: predictive_distribution must be a likelihood
     """
     try:
-        return as_likelihood(distribution, "vi.KullbackLeiblerLoss")
+        return as_likelihood(distribution, "vi.KullbackLeiblerLoss", argument)
     except TypeError as error:
         raise UnsupportedDistributionError(str(error)) from error
 
@@ -79,11 +92,7 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
             where one exists, else Monte Carlo).
 
     Attributes:
-        predictive_distribution: the likelihood as it was given (torch_blue's
-            attribute). It and :attr:`predictive` (the library's likelihood
-            module it is converted to) are one state: assigning either
-            converts and checks the value as the constructor does, and both
-            then read the new likelihood.
+        predictive: the library's likelihood module the loss uses.
         log: ``None``, or (once tracking is on) a dict of lists:
             ``data_fitting`` (floats), ``prior_matching`` (floats, after heat)
             and ``log_probs`` (the mean ``[log p, log q]`` of the output, when it
@@ -101,7 +110,6 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
     """
 
     log: dict[str, list[Any]] | None
-    predictive_distribution: object
 
     def __init__(
         self,
@@ -128,25 +136,49 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
     def __setattr__(self, name: str, value: Any) -> None:
         """``predictive_distribution`` and ``predictive`` are one likelihood.
 
-        Either is converted and checked (:meth:`_as_likelihood`, by the
-        library's loss) and stored as ``predictive``; the value as given,
-        once it passed the check, is :attr:`predictive_distribution` (an
-        attribute only: a module given is registered once, as ``predictive``).
+        Either is converted and checked (:func:`as_predictive`, the refusal
+        naming the attribute assigned) and stored as ``predictive``; the value
+        as given is kept for :attr:`predictive_distribution` (an attribute
+        only: a module given is registered once, as ``predictive``).
         """
         if name in ("predictive", "predictive_distribution"):
-            super().__setattr__("predictive", value)
-            self.__dict__["predictive_distribution"] = value
+            likelihood = as_predictive(value, name)
+            super().__setattr__("predictive", likelihood)
+            self.__dict__["_given_predictive"] = (value, likelihood)
             return
         super().__setattr__(name, value)
 
-    def _as_likelihood(self, value: object) -> BnnPredictive:
-        """``value`` as this loss's likelihood, refused as torch_blue refuses it.
+    @property
+    def predictive_distribution(self) -> object:
+        """The likelihood the loss uses, as it was given (torch_blue's attribute).
 
-        Raises:
-            UnsupportedDistributionError: if it cannot serve as predictive
-                distribution.
+        The distribution assigned (to this name or to ``predictive``, or given
+        to the constructor) while the loss's :attr:`predictive` is still the
+        module it was converted to; once another module took that place
+        without an assignment (``add_module("predictive", ...)``), that module:
+        never a likelihood the loss no longer uses.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> from pyrolite_bnn import vi
+            >>> normal = vi.distributions.MeanFieldNormal()
+            >>> loss_fn = vi.KullbackLeiblerLoss(normal, 100)
+            >>> loss_fn.predictive_distribution is normal
+            True
+            >>> loss_fn.add_module("predictive", bnn.Normal(scale=0.2))
+            >>> loss_fn.predictive_distribution
+            Normal(scale=0.2)
         """
-        return as_predictive(value)
+        given, likelihood = self.__dict__["_given_predictive"]
+        if self._modules.get("predictive") is likelihood:
+            return given
+        return self.predictive
+
+    @predictive_distribution.setter
+    def predictive_distribution(self, value: object) -> None:
+        # Assignments reach __setattr__ first (nn.Module's would register a
+        # module under this name); only object.__setattr__ comes here.
+        self.__setattr__("predictive_distribution", value)
 
     @property  # type: ignore[override]
     def dataset_size(self) -> int | None:
