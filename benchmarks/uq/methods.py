@@ -180,13 +180,11 @@ def train_vi(
     else:
         likelihood = bnn.Normal(init_scale=settings.noise_init)
     loss_fn = bnn.KullbackLeiblerLoss(likelihood, dataset_size=len(x))
-    optimizer = torch.optim.Adam(
-        [
-            {"params": list(model.parameters())},
-            {"params": list(loss_fn.parameters()), "lr": budget.lr * settings.noise_lr},
-        ],
-        lr=budget.lr,
-    )
+    groups: list[dict[str, Any]] = [
+        {"params": list(model.parameters())},
+        {"params": list(loss_fn.parameters()), "lr": budget.lr * settings.noise_lr},
+    ]
+    optimizer = torch.optim.Adam(groups, lr=budget.lr)
     warmup = round(settings.warmup * budget.epochs)
     bnn.fit(
         model,
