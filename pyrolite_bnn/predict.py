@@ -450,8 +450,11 @@ def predict(
 ) -> Any:
     """Posterior predictive of ``model`` at inputs ``x``.
 
-    Runs without gradients, in chunks of inputs, so that only one chunk's
-    activations for all particles are in memory. Each particle is one complete
+    Runs without gradients (inputs that require them warn: for gradients by
+    the inputs, summarise the outputs of drawn networks,
+    ``bnn.Prediction(bnn.draw_networks(model, S)(x), predictive)``), in
+    chunks of inputs, so that only one chunk's activations for all particles
+    are in memory. Each particle is one complete
     network (weights drawn, whatever the layers' training estimator), and the
     same network for every chunk, so particle ``s`` is one coherent function of
     the input and the result does not depend on ``batch_size`` (up to the
@@ -636,6 +639,7 @@ def predict(
     if mode not in get_args(PredictMode):
         raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
     inputs = _inputs(x)
+    _warn_gradients_dropped(inputs)
     for likelihood in heads.likelihoods:
         warn_untrained(likelihood)
     warn_batch_statistics(
@@ -686,6 +690,30 @@ def _inputs(x: object) -> tuple[Tensor, ...]:
     if not inputs:
         raise ValueError("predict needs at least one input tensor, got ()")
     return inputs
+
+
+def _warn_gradients_dropped(inputs: tuple[Tensor, ...]) -> None:
+    """Warn once when inputs that require gradients lose them in ``predict``.
+
+    ``predict`` runs under ``torch.no_grad()``: an acquisition function of
+    Bayesian optimisation built on its summaries had no graph, and its
+    ``backward()`` failed with torch's "does not require grad" far from the
+    cause. Forward-mode tangents (dual tensors) are not dropped: no warning.
+    """
+    if not torch.is_grad_enabled():
+        return  # the caller takes no gradients either
+    dropped = [n for n, t in enumerate(inputs) if t.requires_grad]
+    if not dropped:
+        return
+    what = "x" if len(inputs) == 1 else ", ".join(f"x[{n}]" for n in dropped)
+    warn_at_caller(
+        f"predict: the inputs {what} require gradients, but predict runs without "
+        "gradients: its summaries have no graph back to the inputs (backward() "
+        "fails). For gradients by the inputs (an acquisition function to "
+        "optimise), draw the networks and summarise their outputs: nets = "
+        "bnn.draw_networks(model, samples=S); pred = bnn.Prediction(nets(x), "
+        "likelihood); or pass x.detach() to silence this"
+    )
 
 
 def _shapes(inputs: tuple[Tensor, ...]) -> str:

@@ -165,6 +165,31 @@ def test_predict_end_to_end() -> None:
     assert bool((upper > pred.mean).all())
 
 
+def test_inputs_that_require_gradients_warn_once_with_the_route_that_keeps_them() -> (
+    None
+):
+    """A Bayesian-optimisation acquisition built on predict had no graph: its
+    backward() failed with torch's generic error. predict warns once per call
+    (also for chunks and particle groups), naming draw_networks + Prediction;
+    inputs without gradients, or grad mode off, stay quiet."""
+    net = bnn.VISequential(bnn.VILinear(2, 8), nn.Tanh(), bnn.VILinear(8, 1))
+    x = torch.randn(5, 2, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bnn.predict(net, x, bnn.Normal(scale=0.1), samples=4, batch_size=2)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert "bnn.draw_networks" in message
+    assert "bnn.Prediction" in message
+    assert caught[0].filename == __file__
+    bnn.predict(net, x.detach(), bnn.Normal(scale=0.1), samples=4)  # quiet
+    with torch.no_grad():
+        bnn.predict(net, x, bnn.Normal(scale=0.1), samples=4)  # quiet
+    u, v = torch.randn(5, 3), torch.randn(5, 2, requires_grad=True)
+    with pytest.warns(UserWarning, match=r"inputs x\[1\] require gradients"):
+        bnn.predict(_TwoInputs(), (u, v), bnn.Categorical(), samples=4)
+
+
 def test_posterior_mean_mode() -> None:
     net = bnn.VILinear(3, 2)
     x = torch.randn(4, 3)
