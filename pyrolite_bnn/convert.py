@@ -132,6 +132,20 @@ def convert(
     whose training-mode statistics are taken per particle); other modules with
     parameters stay deterministic with one ``UserWarning`` that lists them.
 
+    A subclass of a registered class that keeps torch's ``forward``
+    (``class TaggedLinear(nn.Linear)`` adding attributes or methods) becomes
+    the Bayesian layer of that class, without its own methods and attributes,
+    and ``to_deterministic`` gives back the torch class: one ``UserWarning``
+    names such layers (register a Bayesian twin for the subclass,
+    :func:`~pyrolite_bnn.layers.registry.register`, to keep it; ``exclude=``
+    keeps it deterministic). A layer subclass with a ``forward`` of its own
+    is not replaced: it stays deterministic (listed in the warning about
+    modules left deterministic). A container subclass that keeps torch's
+    ``forward`` (torchvision's ``Conv2dNormActivation``, an ``nn.Sequential``)
+    holding layers made Bayesian becomes the library's container without a
+    warning (torch's ``forward`` reads only its children; its class and own
+    attributes are not kept either).
+
     Sequence layers (``LSTM``, ``GRU``, ``MultiheadAttention``, Transformer)
     convert with either ``batch_first``; a ``batch_first=False`` network folds
     its particles into the sequence dimension (see the sequence-first layouts
@@ -482,6 +496,7 @@ class _Converter:
         self.unsupported: list[str] = []
         self.reparametrised: list[str] = []
         self.frozen: list[str] = []  # layers with requires_grad=False weights
+        self.subclassed: list[str] = []  # a subclass built as its torch class
         self.converted: dict[int, nn.Module] = {}  # a module at two paths: once
 
     def selected(self, path: str, module: nn.Module) -> bool:
@@ -571,6 +586,13 @@ class _Converter:
             _apply_moped(layer, self.moped, self.options["prior"])
         if any(not p.requires_grad for p in module.parameters()):
             self.frozen.append(path or "<root>")
+        cls = _own_class(module)
+        if cls is not entry.torch_cls and not _is_torchs(cls):
+            torch_name = entry.torch_cls.__name__
+            self.subclassed.append(
+                f"{path or '<root>'} ({cls.__name__}, a {torch_name}: "
+                f"became a {type(layer).__name__})"
+            )
         return layer
 
     def check_inner(self, path: str, module: nn.Module, selected: bool) -> None:
@@ -640,6 +662,17 @@ class _Converter:
                 "and silences this; or write a VIModule for it)",
                 UserWarning,
             )
+        if self.subclassed:
+            warn_at_caller(
+                "bnn.convert: subclasses of registered torch classes became the "
+                "Bayesian layer of their torch class, without their own methods "
+                "and attributes (bnn.to_deterministic gives back the torch class): "
+                + ", ".join(self.subclassed)
+                + " (register a Bayesian twin for a subclass to keep it, "
+                "@pyrolite_bnn.layers.registry.register(YourClass) on a subclass "
+                "of its Bayesian layer; or exclude= it to keep it deterministic)",
+                UserWarning,
+            )
         if self.reparametrised:
             warn_at_caller(
                 "bnn.convert: parametrizations (weight_norm, spectral_norm, ...) "
@@ -648,6 +681,21 @@ class _Converter:
                 + " became Bayesian layers of their current effective weights",
                 UserWarning,
             )
+
+
+def _own_class(module: nn.Module) -> type[nn.Module]:
+    """``module``'s class, the one it had before torch's ``parametrize``.
+
+    ``register_parametrization`` swaps in a generated subclass
+    (``ParametrizedLinear``) of the module's class.
+    """
+    cls = type(module)
+    return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
+
+
+def _is_torchs(cls: type) -> bool:
+    """Whether torch defines ``cls`` (``NonDynamicallyQuantizableLinear``)."""
+    return cls.__module__ == "torch" or cls.__module__.startswith("torch.")
 
 
 def _check_moped_options(prior: object, variational: object) -> None:

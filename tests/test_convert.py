@@ -17,7 +17,7 @@ from torch.nn.utils import prune
 import pyrolite_bnn as bnn
 from pyrolite_bnn.convert import MOPED_MIN_SCALE, ConvertedNetwork
 from pyrolite_bnn.distributions.variational import NormalMoments
-from pyrolite_bnn.layers import functional
+from pyrolite_bnn.layers import functional, registry
 from pyrolite_bnn.layers.functional import current_batch_size
 
 CLASSES = bnn.Categorical()
@@ -549,6 +549,64 @@ def test_subclass_with_own_forward_is_not_replaced() -> None:
         net = bnn.convert(nn.Sequential(Scaled(2, 2), nn.Linear(2, 1)))
     assert type(net[0]) is Scaled
     assert isinstance(net[1], bnn.VILinear)
+
+
+class _TaggedLinear(nn.Linear):
+    """A subclass that keeps torch's forward and adds an attribute and a method."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, tag: str = ""
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.tag = tag
+
+    def describe(self) -> str:
+        return f"tagged {self.tag}"
+
+
+def test_a_subclass_that_keeps_torchs_forward_warns_that_it_is_not_kept() -> None:
+    """convert made a TaggedLinear a plain VILinear, and to_deterministic a
+    plain nn.Linear: the class, its method and its tag were gone, silently.
+    It still becomes the Bayesian layer, with one warning naming the path,
+    the class and the remedies; excluded, or registered with a twin of its
+    own (which round-trips the class and the tag), it is quiet. torch's own
+    subclasses (a parametrized layer's generated class) do not warn."""
+    model = nn.Sequential(_TaggedLinear(3, 2, tag="head"), nn.ReLU(), nn.Linear(2, 1))
+    with pytest.warns(UserWarning, match=r"registry\.register") as caught:
+        net = bnn.convert(model)
+    assert len(caught) == 1
+    assert "0 (_TaggedLinear, a Linear: became a VILinear)" in str(caught[0].message)
+    assert caught[0].filename == __file__
+    assert type(net[0]) is bnn.VILinear  # converted as before
+    assert type(bnn.convert(model, exclude=["0"])[0]) is _TaggedLinear  # quiet
+
+    @registry.register(_TaggedLinear)
+    class VITaggedLinear(bnn.VILinear):
+        def __init__(
+            self,
+            in_features: int,
+            out_features: int,
+            bias: bool = True,
+            tag: str = "",
+            **options: Any,
+        ) -> None:
+            super().__init__(in_features, out_features, bias, **options)
+            self.tag = tag
+
+    try:
+        net = bnn.convert(model)  # quiet
+        assert type(net[0]) is VITaggedLinear
+        back = bnn.to_deterministic(net)[0]
+        assert type(back) is _TaggedLinear
+        assert back.describe() == "tagged head"
+    finally:
+        registry.unregister(_TaggedLinear)
+    parametrized = torch.nn.utils.parametrizations.weight_norm(nn.Linear(3, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bnn.convert(nn.Sequential(parametrized))
+    assert caught  # the parametrization's own warnings
+    assert not [w for w in caught if "subclasses" in str(w.message)]
 
 
 def test_selection_inside_a_whole_layer_is_refused() -> None:
