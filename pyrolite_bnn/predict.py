@@ -488,9 +488,11 @@ def predict(
     and every chunk runs on them. Otherwise each chunk draws them anew, layer
     by layer, after the random-number generators (CPU, and the CUDA devices
     of ``x`` and of the model) are rewound to their starting state: less
-    memory, but the draws are repeated for every chunk. Either way
-    the generators end where one call on all of ``x`` leaves them, if the
-    network draws no other random numbers. Dropout in training mode does: it
+    memory, but the draws are repeated for every chunk. Either way, with
+    the particles in one group (below), the draws are those of one call of
+    the network on all of ``x`` with ``S`` particles, and the generators end
+    where that call leaves them, if the network draws no other random
+    numbers. Dropout in training mode does: it
     makes ``mode="mean"`` random, adds its noise to the epistemic variance
     and would change later weight draws between chunks of different sizes,
     and batch-norm in training mode normalises each chunk by its own
@@ -501,7 +503,17 @@ def predict(
     drawn whole whatever the chunk size), the particles run in groups whose
     draws fit, one group after the other (independent draws; each group the
     same networks in all its chunks); where one particle's draw does not fit,
-    a ``RuntimeWarning`` says the prediction exceeds the budget.
+    a ``RuntimeWarning`` says the prediction exceeds the budget. The draws
+    are then those of one call per group, in turn, and the generators end
+    where the last leaves them: another random stream than one call's, so
+    the same seed gives other networks and leaves other numbers for the
+    program's later draws. Where the groups fall depends on ``memory_budget``
+    (with the model and ``S``), and its default on the free memory of the
+    CUDA device of ``x``, or on the CPU of the host where it has less than
+    8 GiB available: with the default budget a seeded prediction that runs
+    in groups can differ from host to host, and from run to run. Pass
+    ``memory_budget=`` to pin its draws (the same ones on every host with
+    the same generators: CPU and CUDA streams differ anyway).
 
     **Threads**: with the generated guide (a ``VIModule`` with no assigned
     guide, or a plain module holding Bayesian layers) ``predict`` pushes no
@@ -554,7 +566,8 @@ def predict(
             a quarter of the free memory of the CUDA device ``x`` is on; on
             the CPU, :data:`DEFAULT_MEMORY_BUDGET` (2 GiB) or a quarter of
             the memory the host has available (under a container's limit
-            too), whichever is smaller.
+            too), whichever is smaller. Give it to make a seeded prediction
+            that runs in particle groups the same on every host.
         calibration: a fitted post-hoc calibration
             (:func:`~pyrolite_bnn.calibrate`); the :class:`Prediction` then
             summarises the outputs with ``calibration.wrap(predictive)``.

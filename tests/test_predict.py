@@ -19,6 +19,7 @@ from torch import Tensor, nn
 import pyrolite_bnn as bnn
 from pyrolite_bnn import _host_memory
 from pyrolite_bnn._allocations import AllocationPeak
+from pyrolite_bnn._draw_budget import DrawSizes
 from pyrolite_bnn.distributions.variational import MeanFieldNormalPosterior
 from pyrolite_bnn.module import whole_network_draws
 from pyrolite_bnn.predict import Prediction
@@ -492,6 +493,46 @@ def test_particles_are_coherent_across_chunks(
         torch.testing.assert_close(pred.samples, single, rtol=1e-6, atol=1e-6)
         # The generators end where the single call left them.
         assert torch.equal(torch.get_rng_state(), after_single)
+
+
+def test_particle_groups_draw_as_one_call_per_group_pinned_by_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """predict's docstring said the generators end where one call on all of x
+    leaves them; in particle groups they end where one call per group does
+    (another stream: the same seed gives other draws), and where the groups
+    fall follows memory_budget, whose default follows the host's free memory
+    (8 vs 2 GiB free changed every particle of a seeded prediction). As now
+    documented: draws and generators those of one call per group, in turn;
+    an explicit memory_budget gives the same draws whatever the host has."""
+    net = _mlp()
+    x = torch.randn(20, 3)
+    samples, budget = 9, 12_000
+    group = DrawSizes.of(net).particles_that_fit(samples, budget)
+    assert 1 < group < samples  # the group path, in three groups of 3
+    torch.manual_seed(1)
+    with torch.no_grad(), whole_network_draws():
+        calls = [
+            net(x, samples=min(group, samples - start))
+            for start in range(0, samples, group)
+        ]
+    after_calls = torch.get_rng_state()
+    torch.manual_seed(1)
+    with torch.no_grad(), whole_network_draws():
+        one_call = net(x, samples=samples)
+    assert (one_call - torch.cat(calls)).abs().max() > 1e-3  # another stream
+    seeded = {}
+    for free in (8 * 2**30, 2 * 2**30):
+        monkeypatch.setattr(_PREDICT_MODULE, "available_bytes", lambda f=free: f)
+        torch.manual_seed(1)
+        pred = bnn.predict(
+            net, x, bnn.Categorical(), samples=samples, memory_budget=budget
+        )
+        seeded[free] = pred.samples
+        # Chunks differ from one call only in the rounding of matrix products.
+        torch.testing.assert_close(pred.samples, torch.cat(calls), rtol=1e-6, atol=1e-6)
+        assert torch.equal(torch.get_rng_state(), after_calls)
+    torch.testing.assert_close(seeded[8 * 2**30], seeded[2 * 2**30], rtol=0, atol=0)
 
 
 def test_mean_mode_automatic_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
