@@ -122,6 +122,9 @@ class Posterior(RecordsInState, LocalPyroModule):
     # Whether the mean holds values written on a real device: by a reset, a
     # load, or moved with them (.to(), copies); not after to_empty.
     _loc_written: bool = False
+    # After to_empty: the mean's memory as it gave it, to tell a later write
+    # (in place, by a .data assignment) from memory still holding no values.
+    _emptied: _EmptiedMemory | None = None
 
     def __init__(self, shape: Sequence[int]) -> None:
         super().__init__()
@@ -265,7 +268,10 @@ class Posterior(RecordsInState, LocalPyroModule):
         initialisation (a layer built on the ``meta`` device, then
         ``to_empty(recurse=False)`` and ``reset_parameters()`` on each module
         holding tensors) reaches the posteriors, never their layer; so does
-        ``to_empty`` of a built layer, whose memory is new. Without
+        ``to_empty`` of a built layer, whose memory is new, unless values were
+        written to it since (in place: ``copy_`` into the state dict's
+        tensors, ``torch.nn.init``, an optimizer step; or given to ``.data``:
+        ``vector_to_parameters``). Without
         :attr:`loc_init` the mean is kept. Torch's idioms of resetting every
         module (``model.apply``, children first, or ``model.modules()``) then
         give a fresh layer's numbers: the posterior keeps its mean and the
@@ -319,6 +325,20 @@ class Posterior(RecordsInState, LocalPyroModule):
         """Record that the mean was just written (nothing is, on ``meta``)."""
         loc = self._parameters.get("loc_unconstrained")
         self._loc_written = loc is not None and not loc.is_meta
+        self._emptied = None
+
+    def _note_loc_emptied(self) -> None:
+        """Record that the mean's memory holds no values (``to_empty``)."""
+        loc = self._parameters.get("loc_unconstrained")
+        self._loc_written = False
+        self._emptied = None if loc is None else _EmptiedMemory.of(loc)
+
+    def _written_since_emptied(self) -> bool:
+        """Whether values were written to the mean since ``to_empty`` gave it."""
+        loc = self._parameters.get("loc_unconstrained")
+        if self._emptied is None or loc is None or loc.is_meta:
+            return False
+        return self._emptied.written(loc)
 
     def _holds_a_mean(self) -> bool:
         """Whether the mean's memory holds values that were written to it.
@@ -326,10 +346,13 @@ class Posterior(RecordsInState, LocalPyroModule):
         Written by a reset or a load, and kept through training, ``.data``
         assignments and moves with the values (``.to()``, copies, pickles);
         ``to_empty`` gives memory without values (so does a layer built on the
-        ``meta`` device, which writes nothing).
+        ``meta`` device, which writes nothing) until something is written to
+        it (:meth:`_written_since_emptied`).
         """
         loc = self._parameters.get("loc_unconstrained")
-        return self._loc_written and loc is not None and not loc.is_meta
+        if loc is None or loc.is_meta:
+            return False
+        return self._loc_written or self._written_since_emptied()
 
     def parameterisation(self) -> str:
         """How the learnable tensors give the distribution; ``""``: one way only.
@@ -389,12 +412,37 @@ class Posterior(RecordsInState, LocalPyroModule):
         ``.to()``, ``.double()`` or ``.cuda()`` move the mean with its values,
         which :meth:`reset_parameters` keeps; ``to_empty`` (recognised by its
         function) gives memory holding none (or anything, a freed copy of the
-        old values too), where it draws.
+        old values too), where it draws. A move of such memory that nothing
+        was written to since holds none either; one that was written to
+        moves the values written.
         """
+        emptied = self._emptied is not None and not self._written_since_emptied()
         result = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
-        if _empties(fn):
-            self._loc_written = False
+        if _empties(fn) or emptied:
+            self._note_loc_emptied()
+        elif self._emptied is not None:
+            self._note_loc_written()
         return result
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Torch's, with what ``to_empty``'s memory held (copies get new memory).
+
+        A copy (``copy.deepcopy``, a pickle) of memory nothing was written to
+        since ``to_empty`` holds no values either; one of written memory holds
+        the values written.
+        """
+        state: dict[str, Any] = super().__getstate__()
+        if self._emptied is not None:
+            written = self._written_since_emptied()
+            state["_emptied"] = None if written else _EMPTIED_IN_COPY
+            state["_loc_written"] = written
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Torch's; memory copied from ``to_empty``'s, unwritten, holds no values."""
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
+        if self.__dict__.get("_emptied") == _EMPTIED_IN_COPY:
+            self._note_loc_emptied()
 
     def _reparameterise(
         self, state_dict: dict[str, Any], prefix: str, saved: str
@@ -411,6 +459,60 @@ class Posterior(RecordsInState, LocalPyroModule):
             "distribution here, and they cannot be converted; build the layer "
             f"with {saved} to load this state"
         )
+
+
+# A copy's record of memory from ``to_empty`` that nothing was written to
+# (:meth:`Posterior.__getstate__`): the copy's own memory is recorded on arrival.
+_EMPTIED_IN_COPY = "emptied"
+
+# Integer dtypes by element size: a tensor's bits read as integers.
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+@dataclass(frozen=True)
+class _EmptiedMemory:
+    """A tensor's memory as ``to_empty`` gave it (no values).
+
+    A write changes its address (a ``.data`` assignment, as
+    ``vector_to_parameters`` makes), its version counter (in place:
+    ``copy_``, ``torch.nn.init``, optimizer steps, also through the state
+    dict's detached tensors) or its bits (through ``.data``, whose writes
+    the counter does not see). The sum of its bits as integers is kept, not
+    a copy of the memory, whose values may be any (NaN too). Only plain
+    tensors are recorded: a tensor without memory of its own (``meta``, a
+    subclass such as a ``DTensor``) holds no values after ``to_empty`` until
+    a reset or a load writes them, as before.
+    """
+
+    address: int
+    version: int
+    bits: Tensor
+
+    @classmethod
+    def of(cls, tensor: Tensor) -> _EmptiedMemory | None:
+        """The record of ``tensor``'s memory (``None``: not a plain tensor)."""
+        plain = tensor.detach()
+        if plain.is_meta or type(plain) is not Tensor:
+            return None
+        return cls(plain.data_ptr(), plain._version, _bit_sum(plain))
+
+    def written(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` (the same variable) was written since."""
+        plain = tensor.detach()
+        if plain.is_meta or type(plain) is not Tensor:
+            return False  # no memory to compare (a tensor made a subclass since)
+        return (
+            plain.data_ptr() != self.address
+            or plain._version != self.version
+            or plain.device != self.bits.device
+            or not torch.equal(_bit_sum(plain), self.bits)
+        )
+
+
+def _bit_sum(tensor: Tensor) -> Tensor:
+    """The sum of ``tensor``'s bits read as integers (a 0-d int64 tensor)."""
+    flat = tensor.detach().reshape(-1)
+    return flat.view(_BITS[flat.element_size()]).sum(dtype=torch.int64)
 
 
 def _empties(fn: Callable[[Tensor], Tensor]) -> bool:

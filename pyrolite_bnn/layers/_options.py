@@ -91,12 +91,17 @@ class EstimatorLayer(VIModule):
         (``(B, in)`` inputs of a linear layer) and ``"flipout"`` elsewhere for
         ``estimator="auto"``, or the estimator asked for. ``"auto"`` runs
         ``"flipout"`` for single positions too in a call whose inputs are
-        differentiated (they require gradients, or carry forward-mode
-        tangents: ``torch.func.jvp``, ``jacfwd``, dual tensors): local
+        differentiated (a leaf that requires gradients and is no
+        ``nn.Parameter`` is behind them, also through a plain trunk, or they
+        carry forward-mode tangents: ``torch.func.jvp``, ``jacfwd``, dual
+        tensors; see :mod:`pyrolite_bnn._input_derivatives`): local
         reparameterisation draws each output afresh, so its
         derivatives with respect to the input are not those of any weight draw
         (a gradient penalty came out 5x too small), while flipout's are those
-        of the example's weights. Inside Pyro inference,
+        of the example's weights. The features of a trainable plain trunk
+        (``head(trunk(x))``, only parameters behind them) keep ``"local"``.
+        Outside a call ``input`` is read as the call's input; inside one the
+        call's inputs decide. Inside Pyro inference,
         with an assigned guide, in :func:`~pyrolite_bnn.predict`, in a
         sequence-first network, in a network whose batch norm takes batch
         statistics, for a layer called twice in one forward pass and, under
@@ -127,7 +132,7 @@ class EstimatorLayer(VIModule):
             return "flipout"
         positions = self.output_positions(input)
         if positions <= 1 and not (
-            self.estimator == "auto" and _particles.differentiates_inputs()
+            self.estimator == "auto" and _particles.differentiates_inputs(input)
         ):
             return "local"
         if self.estimator == "local":

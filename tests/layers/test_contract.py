@@ -480,9 +480,15 @@ def _materialise_module_by_module(module: nn.Module) -> None:
     Breadth first, each module that holds tensors itself:
     ``to_empty(recurse=False)``, then its ``reset_parameters()`` (FSDP's
     ``_materialize_meta_module``, and the usual ``param_init_fn``). The fresh
-    memory is filled with NaN (floating) or -7, which uninitialised memory
-    may hold, so that a tensor no reset writes is seen.
+    memory holds NaN (floating) or -7, which uninitialised memory may hold,
+    so that a tensor no reset writes is seen (given by ``to_empty`` itself:
+    values written after it would be a mean to keep).
     """
+
+    def garbage(t: torch.Tensor, **options: Any) -> torch.Tensor:
+        fill = float("nan") if t.is_floating_point() else -7
+        return torch.full_like(t, fill, **options)
+
     order, queue = [], [module]
     while queue:
         current = queue.pop(0)
@@ -491,10 +497,9 @@ def _materialise_module_by_module(module: nn.Module) -> None:
     for current in order:
         if not [*current.parameters(recurse=False), *current.buffers(recurse=False)]:
             continue
-        current.to_empty(device="cpu", recurse=False)
-        with torch.no_grad():
-            for t in [*current.parameters(recurse=False), *current.buffers(False)]:
-                t.fill_(float("nan") if t.is_floating_point() else -7)
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(torch, "empty_like", garbage)
+            current.to_empty(device="cpu", recurse=False)
         current.reset_parameters()  # type: ignore[operator]
 
 
