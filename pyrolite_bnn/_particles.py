@@ -372,8 +372,73 @@ def _refuse_shared_read_of_folded(state: ParticleState, tensor: Tensor) -> None:
     """
     if _folded_behind(tensor, state):
         raise LayoutError(_state_read_as_shared(state, tensor, "a Bayesian layer got"))
+    _refuse_rows_laid_out_per_particle(state, tensor, "a Bayesian layer got")
     if state.folded_outputs and tensor.grad_fn is not None:
         _refuse_rows_taken_from_folded(state, tensor)
+
+
+def _refuse_rows_laid_out_per_particle(
+    state: ParticleState, tensor: Tensor, reader: str
+) -> None:
+    """Refuse ``B`` rows read as shared that are a view of ``(B / S, S, ...)``.
+
+    Rows written per particle on ``h.unflatten(0, (-1, S))`` and flattened
+    back (a readout per graph, a subset of nodes: ``G * S`` rows, row ``g *
+    S + s``) have the call's batch size where ``G * S == B``, and would be
+    read as the batch shared by the particles: a Bayesian layer would run
+    every particle on all of them, the network's output would be expanded to
+    every particle. ``.flatten(0, 1)`` of such a tensor is a view of it,
+    which tells them apart without an autograd graph (under
+    ``torch.no_grad()``, in ``predict`` and ``draw_networks``); a copy (a
+    ``reshape`` after a transpose, ``torch.cat``) is not seen here. The
+    outermost call's inputs and views of them keep their reading.
+
+    Raises:
+        AmbiguousLayoutError: naming the coincidence and the remedy.
+    """
+    samples = state.samples
+    base = tensor._base
+    if (
+        samples == 1
+        or base is None
+        or not tensor.shape[0]  # an empty batch: B == B * S
+        or not state.batch_leading
+        or base.dim() < 2
+        or int(base.shape[1]) != samples
+        or int(base.shape[0]) * samples != int(tensor.shape[0])
+        or state.is_input(base)
+    ):
+        return
+    hint = _rows_per_particle_hint(state, int(tensor.shape[0]))
+    raise AmbiguousLayoutError(
+        f"{reader} {tensor.shape[0]} rows, the batch size of the call, read as "
+        f"shared by the particles, but they are a view of a tensor of shape "
+        f"{tuple(base.shape)}, laid out per particle (dimension 1 is the "
+        f"{samples} particles). {hint}"
+    )
+
+
+def _rows_per_particle_hint(state: ParticleState, rows: int) -> str:
+    """Why ``rows == B`` rows may be ``B / S`` groups folded with the particles.
+
+    Empty where ``rows`` is no multiple of the particle count ``S``.
+    """
+    samples, batch = state.samples, state.batch_size
+    if samples == 1 or rows % samples or rows != batch:
+        return ""
+    groups = rows // samples
+    return (
+        f"If they are {groups} groups (graphs, selected nodes) folded with the "
+        f"{samples} particles, written per particle on h.unflatten(0, (-1, S)) "
+        f"and flattened back (row g * S + s), their count {groups} * {samples} "
+        f"happens to equal the batch size {batch} of the call, whose rows are "
+        "shared by the particles: the two cannot be told apart. Call the network "
+        f"with another number of samples ({groups} * samples != {batch}); with "
+        "one row per group in the network's first input (graph ids "
+        "torch.arange(G), the selected nodes' index), the call's batch is the "
+        "groups' and such outputs unfold by it (see 'Graph-level outputs and "
+        "node subsets' in the how-to guides)"
+    )
 
 
 def _state_read_as_shared(state: ParticleState, tensor: Tensor, reader: str) -> str:
@@ -420,7 +485,13 @@ def _refuse_rows_taken_from_folded(
         "rather than torch.arange(B) and lengths - 1, with S = "
         "pyrolite_bnn.layers.functional.current_samples() (or use a packed "
         "sequence), and keep reductions off the batch dimension"
+        + _and_hint(_rows_per_particle_hint(state, int(tensor.shape[0])))
     )
+
+
+def _and_hint(hint: str) -> str:
+    """``hint`` as a further sentence of a message (nothing if empty)."""
+    return f". {hint}" if hint else ""
 
 
 def _refuse_rows_of_the_sequence_fold(state: ParticleState, tensor: Tensor) -> None:
@@ -587,7 +658,11 @@ def one_row_per_example(
     # Only another layout than the size says changes the answer (a first read
     # of B * S rows is shared, as concatenated inputs are). Read so, the rows
     # are read the same way again by the layer's arithmetic.
-    return row_layout(state, tensor, samples, batch) is (rows == batch)
+    # ``==``, not ``is``: traced by torch.compile (tests/test_wrappers.py), the
+    # two sides need not be the same bool objects, and a folded read was taken
+    # for rows that are no example's.
+    layout = row_layout(state, tensor, samples, batch)
+    return layout is not None and layout == (rows == batch)
 
 
 def _read_first(state: ParticleState, size: int) -> bool:
@@ -1221,9 +1296,11 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
             "state as the layer gives it, or with the batch first "
             f"(h_n.transpose(0, 1)). {keep_first}"
         )
-    if shared and state.folded_outputs and tensor.grad_fn is not None:
-        _refuse_rows_taken_from_folded(state, tensor, "the network's output has")
     if shared:
+        reader = "the network's output has"
+        _refuse_rows_laid_out_per_particle(state, tensor, reader)
+        if state.folded_outputs and tensor.grad_fn is not None:
+            _refuse_rows_taken_from_folded(state, tensor, reader)
         return tensor.unsqueeze(0).expand(samples, *tensor.shape)
     if batch is None:
         raise ValueError(
