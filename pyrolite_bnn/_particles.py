@@ -1309,7 +1309,35 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
         )
     raise ValueError(
         f"network output has leading size {rows}; expected the batch size {batch} "
-        f"or samples * batch = {samples * batch}. {keep_first}"
+        f"or samples * batch = {samples * batch}. "
+        f"{_rows_per_group_hint(rows, samples)}{keep_first}"
+    )
+
+
+def _rows_per_group_hint(rows: int, samples: int) -> str:
+    """What an output of ``rows`` rows, a multiple of ``samples``, may be.
+
+    One row per particle: the whole batch reduced per particle (one set given
+    as the batch); ``G`` rows per particle: one per group of the batch (a
+    graph-level readout). Empty for other sizes.
+    """
+    if samples == 1 or rows % samples:
+        return ""
+    if rows == samples:
+        return (
+            "That is one row per particle: a network that reduces its whole "
+            "batch per particle (one set or point cloud given as the batch, "
+            "h.unflatten(0, (-1, S)).sum(0)) has no row per example; give the "
+            "set as a batch of one, x.unsqueeze(0) of shape (1, n, features), "
+            "and reduce its dimension 1 (the output is then (S, 1, ...)). "
+        )
+    return (
+        f"That is {rows // samples} rows per particle: an output with one row "
+        "per group of the batch (a graph-level readout over a batch vector, a "
+        "subset of the nodes) unfolds by a batch of that size given as the "
+        "network's first input (graph ids torch.arange(G), the selected "
+        "nodes' index), the nodes then another input's batch (see "
+        "'Graph-level outputs and node subsets' in the how-to guides). "
     )
 
 

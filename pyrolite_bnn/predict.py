@@ -945,7 +945,9 @@ def _batch_size(x: tuple[Tensor, ...], axis: int) -> int:
                 "...): give a batch-first input such as a key_padding_mask (B, "
                 "L) transposed, (L, B), and transpose it back in forward)"
                 if axis == 1
-                else ""
+                else "; a graph batch, with nodes, edges and graphs, is predicted "
+                "with bnn.draw_networks and bnn.Prediction: see 'Graph-level "
+                "outputs and node subsets' in the how-to guides"
             )
         )
     return x[0].shape[axis]

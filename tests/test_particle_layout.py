@@ -1410,3 +1410,38 @@ def test_node_subset_outputs_of_the_batch_size_are_refused_without_gradients() -
     refused = r"output has 12 rows.*3 \* 4"
     with torch.no_grad(), pytest.raises(ValueError, match=refused):
         Subset()(torch.randn(12, 5), torch.tensor([0, 5, 7]), samples=4)
+
+
+# The readout's rows are no batch of an input: read as folded, with a warning.
+@pytest.mark.filterwarnings("ignore:a Bayesian layer got an input of:UserWarning")
+@pytest.mark.parametrize(
+    ("nodes", "match"),
+    [
+        (7, r"one row per particle.*x\.unsqueeze\(0\)"),
+        (20, r"3 rows per particle.*first input"),
+    ],
+)
+def test_an_output_of_rows_per_particle_names_the_layout(
+    nodes: int, match: str
+) -> None:
+    """A set reduced per particle (one row per particle) and a graph-level
+    readout with the nodes as the batch (3 graphs: 12 rows) were refused as
+    'leading size 3/12; expected the batch size', without the way out."""
+
+    class Readout(bnn.VIModule):
+        def __init__(self, groups: int) -> None:
+            super().__init__()
+            self.node, self.head = bnn.VILinear(4, 8), bnn.VILinear(8, 2)
+            self.groups = groups
+
+        def forward(self, x: Tensor) -> Tensor:
+            from pyrolite_bnn.layers.functional import current_samples
+
+            samples = current_samples()
+            h = self.node(x).unflatten(0, (-1, samples))  # (n, S, 8)
+            group = torch.arange(len(x)) * self.groups // len(x)
+            pooled = torch.zeros(self.groups, samples, 8).index_add_(0, group, h)
+            return self.head(pooled.flatten(0, 1))  # type: ignore[no-any-return]
+
+    with pytest.raises(ValueError, match=rf"(?s)leading size \d+; expected.*{match}"):
+        Readout(1 if nodes == 7 else 3)(torch.randn(nodes, 4), samples=4)

@@ -996,6 +996,16 @@ def test_a_network_with_several_inputs_predicts_from_a_tuple() -> None:
     assert float(calibration.temperature) > 0
 
 
+def test_inputs_of_several_sizes_name_the_way_for_a_graph_batch() -> None:
+    """A graph batch (nodes, edges, graph ids) was refused with no way out:
+    the message names draw_networks and the how-to section."""
+    net = _TwoInputs()
+    with pytest.raises(
+        ValueError, match=r"graph batch.*draw_networks.*'Graph-level outputs"
+    ):
+        bnn.predict(net, (torch.randn(10, 3), torch.randn(4, 2)), bnn.Categorical())
+
+
 def test_several_inputs_in_a_list_are_unpacked_as_in_a_tuple() -> None:
     """A DataLoader collates an input pair into a list: ``model(*x)`` too.
 
