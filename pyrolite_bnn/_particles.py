@@ -743,6 +743,41 @@ _WIDTH_ERRORS = (
 )
 
 
+# torch's errors naming the two sizes of one dimension that do not match: a
+# matrix product's inner sizes, an einsum subscript, a sparse product's dense
+# operand.
+_MISMATCHED_SIZES = (
+    re.compile(r"shapes cannot be multiplied \(\d+x(\d+) and (\d+)x\d+\)"),
+    re.compile(
+        r"subscript \w+ has size (\d+) for operand \d+ which does not "
+        r"broadcast with previously seen size (\d+)"
+    ),
+    re.compile(r"Expected dim \d+ size (\d+), got (\d+)"),
+)
+
+
+def _folded_rows_met(text: str, state: ParticleState | None) -> int | None:
+    """The batch ``B`` whose ``B`` and ``B * S`` rows an error says do not match.
+
+    A graph's ``(N, N)`` adjacency times node features folded ``(N * S,
+    F)``: torch names ``N`` and ``N * S`` as the sizes of the dimension summed
+    over (``None`` for other sizes, or outside a call).
+    """
+    if state is None:
+        return None
+    batches = set(state.other_batches_seen())
+    if state.batch_size is not None:
+        batches.add(int(state.batch_size))
+    for pattern in _MISMATCHED_SIZES:
+        found = pattern.search(text)
+        if found is None:
+            continue
+        sizes = sorted(int(size) for size in found.groups())
+        if sizes[0] in batches and sizes[1] == sizes[0] * state.samples:
+            return sizes[0]
+    return None
+
+
 # torch's check of an attention's key_padding_mask against the query's batch.
 _KEY_PADDING = re.compile(
     r"Expected key_padded_mask\.shape\[0\] to be (\d+), but got (\d+)"
@@ -762,7 +797,10 @@ def with_fold_hint(
     of a call with one particle (``state.samples``; no ``state``: outside a
     call), where nothing is folded and the plain torch model fails alike.
     torch checks an attention's ``key_padding_mask`` with an
-    ``AssertionError``; the hinted error keeps that type.
+    ``AssertionError``; the hinted error keeps that type. Where the sizes
+    that do not match are a batch's ``B`` and ``B * S`` rows
+    (:func:`_folded_rows_met`: a graph's adjacency times folded node
+    features), the note says so and gives the per-particle form.
     """
     samples = 1 if state is None else state.samples
     text = str(error)
@@ -793,6 +831,20 @@ def with_fold_hint(
         )
     if samples <= 1:
         return None
+    met = _folded_rows_met(text, state)
+    if met is not None:
+        rows = met * samples
+        return RuntimeError(
+            f"{text}\n{_FOLD_HINT}: {rows} = {met} * {samples} are a batch's rows "
+            f"folded with the particles, row b * S + s, met by a tensor with that "
+            f"batch's {met} rows, as an operation across the batch does (a graph's "
+            "adjacency over the nodes, A @ h, an einsum or torch.sparse.mm over "
+            "them), which would mix the particles; write it per particle on "
+            "h.unflatten(0, (-1, S)), torch.einsum('ij,jsf->isf', A, h.unflatten("
+            "0, (-1, S))).flatten(0, 1) with S = bnn.layers.functional."
+            "current_samples(), see 'Operations across the batch' in the "
+            "concepts guide)"
+        )
     if any(index in text for index in _INDEX_ERRORS):
         return RuntimeError(
             f"{text}\n{_FOLD_HINT}, row b * S + s for example b under particle s: "

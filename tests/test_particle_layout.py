@@ -711,6 +711,40 @@ def test_a_plain_layers_width_error_explains_the_folded_rows(plain: nn.Module) -
         net(torch.randn(4, 3), samples=10)
 
 
+@pytest.mark.parametrize(
+    "across",
+    [
+        lambda a, h: a @ h,
+        lambda a, h: torch.einsum("ij,jf->if", a, h),
+        lambda a, h: torch.sparse.mm(a.to_sparse(), h),
+    ],
+    ids=["matmul", "einsum", "sparse.mm"],
+)
+def test_an_adjacency_times_folded_nodes_names_the_fold(
+    across: Callable[[Tensor, Tensor], Tensor],
+) -> None:
+    """A @ h over 12 nodes at S = 4 failed with (12x12 and 48x8), and the note
+    said the sizes that do not match were the features, as in the plain
+    model (which runs); an einsum or torch.sparse.mm over the nodes got no
+    note at all."""
+
+    class Propagate(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = bnn.VILinear(5, 8)
+
+        def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
+            return across(adjacency, self.layer(x))
+
+    x, adjacency = torch.randn(12, 5), torch.softmax(torch.randn(12, 12), -1)
+    assert Propagate()(x, adjacency, samples=1).shape == (1, 12, 8)
+    with pytest.raises(
+        RuntimeError, match=r"(?s)48 = 12 \* 4 are a batch's rows.*h\.unflatten"
+    ) as raised:
+        Propagate()(x, adjacency, samples=4)
+    assert "are the features" not in str(raised.value)
+
+
 class _SiameseTwoHeads(bnn.VIModule):
     """The concatenated inputs read by two layers (a head and a projection)."""
 
