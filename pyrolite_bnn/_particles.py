@@ -380,8 +380,73 @@ def _refuse_shared_read_of_folded(state: ParticleState, tensor: Tensor) -> None:
     """
     if _folded_behind(tensor, state):
         raise LayoutError(_state_read_as_shared(state, tensor, "a Bayesian layer got"))
+    _refuse_rows_laid_out_per_particle(state, tensor, "a Bayesian layer got")
     if state.folded_outputs and tensor.grad_fn is not None:
         _refuse_rows_taken_from_folded(state, tensor)
+
+
+def _refuse_rows_laid_out_per_particle(
+    state: ParticleState, tensor: Tensor, reader: str
+) -> None:
+    """Refuse ``B`` rows read as shared that are a view of ``(B / S, S, ...)``.
+
+    Rows written per particle on ``h.unflatten(0, (-1, S))`` and flattened
+    back (a readout per graph, a subset of nodes: ``G * S`` rows, row ``g *
+    S + s``) have the call's batch size where ``G * S == B``, and would be
+    read as the batch shared by the particles: a Bayesian layer would run
+    every particle on all of them, the network's output would be expanded to
+    every particle. ``.flatten(0, 1)`` of such a tensor is a view of it,
+    which tells them apart without an autograd graph (under
+    ``torch.no_grad()``, in ``predict`` and ``draw_networks``); a copy (a
+    ``reshape`` after a transpose, ``torch.cat``) is not seen here. The
+    outermost call's inputs and views of them keep their reading.
+
+    Raises:
+        AmbiguousLayoutError: naming the coincidence and the remedy.
+    """
+    samples = state.samples
+    base = tensor._base
+    if (
+        samples == 1
+        or base is None
+        or not tensor.shape[0]  # an empty batch: B == B * S
+        or not state.batch_leading
+        or base.dim() < 2
+        or int(base.shape[1]) != samples
+        or int(base.shape[0]) * samples != int(tensor.shape[0])
+        or state.is_input(base)
+    ):
+        return
+    hint = _rows_per_particle_hint(state, int(tensor.shape[0]))
+    raise AmbiguousLayoutError(
+        f"{reader} {tensor.shape[0]} rows, the batch size of the call, read as "
+        f"shared by the particles, but they are a view of a tensor of shape "
+        f"{tuple(base.shape)}, laid out per particle (dimension 1 is the "
+        f"{samples} particles). {hint}"
+    )
+
+
+def _rows_per_particle_hint(state: ParticleState, rows: int) -> str:
+    """Why ``rows == B`` rows may be ``B / S`` groups folded with the particles.
+
+    Empty where ``rows`` is no multiple of the particle count ``S``.
+    """
+    samples, batch = state.samples, state.batch_size
+    if samples == 1 or rows % samples or rows != batch:
+        return ""
+    groups = rows // samples
+    return (
+        f"If they are {groups} groups (graphs, selected nodes) folded with the "
+        f"{samples} particles, written per particle on h.unflatten(0, (-1, S)) "
+        f"and flattened back (row g * S + s), their count {groups} * {samples} "
+        f"happens to equal the batch size {batch} of the call, whose rows are "
+        "shared by the particles: the two cannot be told apart. Call the network "
+        f"with another number of samples ({groups} * samples != {batch}); with "
+        "one row per group in the network's first input (graph ids "
+        "torch.arange(G), the selected nodes' index), the call's batch is the "
+        "groups' and such outputs unfold by it (see 'Graph-level outputs and "
+        "node subsets' in the how-to guides)"
+    )
 
 
 def _state_read_as_shared(state: ParticleState, tensor: Tensor, reader: str) -> str:
@@ -428,7 +493,13 @@ def _refuse_rows_taken_from_folded(
         "rather than torch.arange(B) and lengths - 1, with S = "
         "pyrolite_bnn.layers.functional.current_samples() (or use a packed "
         "sequence), and keep reductions off the batch dimension"
+        + _and_hint(_rows_per_particle_hint(state, int(tensor.shape[0])))
     )
+
+
+def _and_hint(hint: str) -> str:
+    """``hint`` as a further sentence of a message (nothing if empty)."""
+    return f". {hint}" if hint else ""
 
 
 def _refuse_rows_of_the_sequence_fold(state: ParticleState, tensor: Tensor) -> None:
@@ -595,7 +666,11 @@ def one_row_per_example(
     # Only another layout than the size says changes the answer (a first read
     # of B * S rows is shared, as concatenated inputs are). Read so, the rows
     # are read the same way again by the layer's arithmetic.
-    return row_layout(state, tensor, samples, batch) is (rows == batch)
+    # ``==``, not ``is``: traced by torch.compile (tests/test_wrappers.py), the
+    # two sides need not be the same bool objects, and a folded read was taken
+    # for rows that are no example's.
+    layout = row_layout(state, tensor, samples, batch)
+    return layout is not None and layout == (rows == batch)
 
 
 def _read_first(state: ParticleState, size: int) -> bool:
@@ -676,6 +751,41 @@ _WIDTH_ERRORS = (
 )
 
 
+# torch's errors naming the two sizes of one dimension that do not match: a
+# matrix product's inner sizes, an einsum subscript, a sparse product's dense
+# operand.
+_MISMATCHED_SIZES = (
+    re.compile(r"shapes cannot be multiplied \(\d+x(\d+) and (\d+)x\d+\)"),
+    re.compile(
+        r"subscript \w+ has size (\d+) for operand \d+ which does not "
+        r"broadcast with previously seen size (\d+)"
+    ),
+    re.compile(r"Expected dim \d+ size (\d+), got (\d+)"),
+)
+
+
+def _folded_rows_met(text: str, state: ParticleState | None) -> int | None:
+    """The batch ``B`` whose ``B`` and ``B * S`` rows an error says do not match.
+
+    A graph's ``(N, N)`` adjacency times node features folded ``(N * S,
+    F)``: torch names ``N`` and ``N * S`` as the sizes of the dimension summed
+    over (``None`` for other sizes, or outside a call).
+    """
+    if state is None:
+        return None
+    batches = set(state.other_batches_seen())
+    if state.batch_size is not None:
+        batches.add(int(state.batch_size))
+    for pattern in _MISMATCHED_SIZES:
+        found = pattern.search(text)
+        if found is None:
+            continue
+        sizes = sorted(int(size) for size in found.groups())
+        if sizes[0] in batches and sizes[1] == sizes[0] * state.samples:
+            return sizes[0]
+    return None
+
+
 # torch's check of an attention's key_padding_mask against the query's batch.
 _KEY_PADDING = re.compile(
     r"Expected key_padded_mask\.shape\[0\] to be (\d+), but got (\d+)"
@@ -695,7 +805,10 @@ def with_fold_hint(
     of a call with one particle (``state.samples``; no ``state``: outside a
     call), where nothing is folded and the plain torch model fails alike.
     torch checks an attention's ``key_padding_mask`` with an
-    ``AssertionError``; the hinted error keeps that type.
+    ``AssertionError``; the hinted error keeps that type. Where the sizes
+    that do not match are a batch's ``B`` and ``B * S`` rows
+    (:func:`_folded_rows_met`: a graph's adjacency times folded node
+    features), the note says so and gives the per-particle form.
     """
     samples = 1 if state is None else state.samples
     text = str(error)
@@ -726,6 +839,20 @@ def with_fold_hint(
         )
     if samples <= 1:
         return None
+    met = _folded_rows_met(text, state)
+    if met is not None:
+        rows = met * samples
+        return RuntimeError(
+            f"{text}\n{_FOLD_HINT}: {rows} = {met} * {samples} are a batch's rows "
+            f"folded with the particles, row b * S + s, met by a tensor with that "
+            f"batch's {met} rows, as an operation across the batch does (a graph's "
+            "adjacency over the nodes, A @ h, an einsum or torch.sparse.mm over "
+            "them), which would mix the particles; write it per particle on "
+            "h.unflatten(0, (-1, S)), torch.einsum('ij,jsf->isf', A, h.unflatten("
+            "0, (-1, S))).flatten(0, 1) with S = bnn.layers.functional."
+            "current_samples(), see 'Operations across the batch' in the "
+            "concepts guide)"
+        )
     if any(index in text for index in _INDEX_ERRORS):
         return RuntimeError(
             f"{text}\n{_FOLD_HINT}, row b * S + s for example b under particle s: "
@@ -1291,9 +1418,11 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
             "state as the layer gives it, or with the batch first "
             f"(h_n.transpose(0, 1)). {keep_first}"
         )
-    if shared and state.folded_outputs and tensor.grad_fn is not None:
-        _refuse_rows_taken_from_folded(state, tensor, "the network's output has")
     if shared:
+        reader = "the network's output has"
+        _refuse_rows_laid_out_per_particle(state, tensor, reader)
+        if state.folded_outputs and tensor.grad_fn is not None:
+            _refuse_rows_taken_from_folded(state, tensor, reader)
         return tensor.unsqueeze(0).expand(samples, *tensor.shape)
     if batch is None:
         raise ValueError(
@@ -1302,7 +1431,35 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
         )
     raise ValueError(
         f"network output has leading size {rows}; expected the batch size {batch} "
-        f"or samples * batch = {samples * batch}. {keep_first}"
+        f"or samples * batch = {samples * batch}. "
+        f"{_rows_per_group_hint(rows, samples)}{keep_first}"
+    )
+
+
+def _rows_per_group_hint(rows: int, samples: int) -> str:
+    """What an output of ``rows`` rows, a multiple of ``samples``, may be.
+
+    One row per particle: the whole batch reduced per particle (one set given
+    as the batch); ``G`` rows per particle: one per group of the batch (a
+    graph-level readout). Empty for other sizes.
+    """
+    if samples == 1 or rows % samples:
+        return ""
+    if rows == samples:
+        return (
+            "That is one row per particle: a network that reduces its whole "
+            "batch per particle (one set or point cloud given as the batch, "
+            "h.unflatten(0, (-1, S)).sum(0)) has no row per example; give the "
+            "set as a batch of one, x.unsqueeze(0) of shape (1, n, features), "
+            "and reduce its dimension 1 (the output is then (S, 1, ...)). "
+        )
+    return (
+        f"That is {rows // samples} rows per particle: an output with one row "
+        "per group of the batch (a graph-level readout over a batch vector, a "
+        "subset of the nodes) unfolds by a batch of that size given as the "
+        "network's first input (graph ids torch.arange(G), the selected "
+        "nodes' index), the nodes then another input's batch (see "
+        "'Graph-level outputs and node subsets' in the how-to guides). "
     )
 
 

@@ -47,6 +47,7 @@ from pyrolite_bnn._allocations import AllocationPeak
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draw_budget import DRAWING_FACTOR, DrawSizes
 from pyrolite_bnn._draws import generators_held, rng_state, set_rng_state
+from pyrolite_bnn._fit_guard import add_to_message
 from pyrolite_bnn._fixed_weights import FixedWeights
 from pyrolite_bnn._forward import (
     InputTensor,
@@ -458,7 +459,13 @@ def predict(
     network (weights drawn, whatever the layers' training estimator), and the
     same network for every chunk, so particle ``s`` is one coherent function of
     the input and the result does not depend on ``batch_size`` (up to the
-    rounding of matrix products of different sizes).
+    rounding of matrix products of different sizes), for a network that
+    computes each example on its own. A network whose ``forward`` mixes the
+    examples of its batch (a global max over the points of one cloud, a
+    graph's adjacency or ``edge_index`` over all its nodes) sees only a
+    chunk's examples, and its result depends on the chunks, silently: give
+    it ``batch_size=len(x)``. torch's size or index error on a part of the
+    inputs (a chunk, or the probe's first inputs) names that remedy.
 
     **Chunk size** (``batch_size=None``): a probe runs the first 4 inputs
     with 2 particles (1 for ``mode="mean"`` or ``samples=1``) on weights drawn
@@ -986,7 +993,9 @@ def _batch_size(x: tuple[Tensor, ...], axis: int) -> int:
                 "...): give a batch-first input such as a key_padding_mask (B, "
                 "L) transposed, (L, B), and transpose it back in forward)"
                 if axis == 1
-                else ""
+                else "; a graph batch, with nodes, edges and graphs, is predicted "
+                "with bnn.draw_networks and bnn.Prediction: see 'Graph-level "
+                "outputs and node subsets' in the how-to guides"
             )
         )
     return x[0].shape[axis]
@@ -1056,18 +1065,35 @@ def _run_chunk(
 
     A ``TypeError``/``ValueError`` of the model (a layer's shape check, say)
     names the chunk's shape; its message gets the shape of all of ``x``.
+    torch's own errors (a size or index error) on a part of the inputs (a
+    chunk, the memory probe's first inputs) get both and name
+    ``batch_size=len(x)``: a network that holds a graph over all examples
+    (an adjacency, an ``edge_index``) fails on a chunk of them.
     """
     chunk = tuple(t.narrow(axis, start, length) for t in x)
     try:
         return _run(model, chunk, heads, particles, weights, warn_shared)
-    except (TypeError, ValueError) as error:
-        if type(error) not in (TypeError, ValueError):
-            raise  # a subclass may take other constructor arguments
+    except Exception as error:
         rows = ", ".join([":"] * axis + [f"{start}:{start + length}"])
-        raise type(error)(
-            f"{error} (predict ran the model on x[{rows}] of the inputs x of shape "
-            f"{_shapes(x)})"
-        ).with_traceback(error.__traceback__) from None
+        where = (
+            f"predict ran the model on x[{rows}] of the inputs x of shape {_shapes(x)}"
+        )
+        if type(error) in (TypeError, ValueError):
+            raise type(error)(f"{error} ({where})").with_traceback(
+                error.__traceback__
+            ) from None
+        # torch's size and index errors (not the library's checks, nor memory)
+        if length < x[0].shape[axis] and not isinstance(
+            error, (TypeError, ValueError, MemoryError, torch.OutOfMemoryError)
+        ):  # kept as raised: a subclass may take other constructor arguments
+            add_to_message(
+                error,
+                f"{where}; a network whose forward needs all examples at once (a "
+                "graph's adjacency or edge_index over all its nodes held by the "
+                "model, an operation across the batch) is predicted with "
+                "batch_size=len(x)",
+            )
+        raise
 
 
 def _run(

@@ -711,6 +711,40 @@ def test_a_plain_layers_width_error_explains_the_folded_rows(plain: nn.Module) -
         net(torch.randn(4, 3), samples=10)
 
 
+@pytest.mark.parametrize(
+    "across",
+    [
+        lambda a, h: a @ h,
+        lambda a, h: torch.einsum("ij,jf->if", a, h),
+        lambda a, h: torch.sparse.mm(a.to_sparse(), h),
+    ],
+    ids=["matmul", "einsum", "sparse.mm"],
+)
+def test_an_adjacency_times_folded_nodes_names_the_fold(
+    across: Callable[[Tensor, Tensor], Tensor],
+) -> None:
+    """A @ h over 12 nodes at S = 4 failed with (12x12 and 48x8), and the note
+    said the sizes that do not match were the features, as in the plain
+    model (which runs); an einsum or torch.sparse.mm over the nodes got no
+    note at all."""
+
+    class Propagate(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = bnn.VILinear(5, 8)
+
+        def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
+            return across(adjacency, self.layer(x))
+
+    x, adjacency = torch.randn(12, 5), torch.softmax(torch.randn(12, 12), -1)
+    assert Propagate()(x, adjacency, samples=1).shape == (1, 12, 8)
+    with pytest.raises(
+        RuntimeError, match=r"(?s)48 = 12 \* 4 are a batch's rows.*h\.unflatten"
+    ) as raised:
+        Propagate()(x, adjacency, samples=4)
+    assert "are the features" not in str(raised.value)
+
+
 class _SiameseTwoHeads(bnn.VIModule):
     """The concatenated inputs read by two layers (a head and a projection)."""
 
@@ -1348,3 +1382,155 @@ def test_one_row_taken_from_folded_rows_is_not_broadcast() -> None:
 
     with pytest.raises(ValueError, match=r"one particle's \(h\[:1\]\) or a mix"):
         Picks()(torch.randn(4, 3), samples=3)
+
+
+class _GraphReadout(bnn.VIModule):
+    """A graph-level network on a batch vector, its readout written per particle.
+
+    ``graphs`` (one row per graph) is the first input or not; ``copy`` makes
+    the pooled rows a copy instead of a view of the per-particle tensor.
+    """
+
+    def __init__(self, graphs_first: bool, copy: bool = False) -> None:
+        super().__init__()
+        self.node = bnn.VILinear(5, 8, estimator="reparam")
+        self.head = bnn.VILinear(8, 3, estimator="reparam")
+        self.graphs_first, self.copy = graphs_first, copy
+
+    def forward(self, first: Tensor, second: Tensor, batch_vector: Tensor) -> Tensor:
+        from pyrolite_bnn.layers.functional import current_samples
+
+        graphs, x = (first, second) if self.graphs_first else (second, first)
+        samples = current_samples()
+        h = torch.relu(self.node(x)).unflatten(0, (-1, samples))  # (N, S, 8)
+        pooled = torch.zeros(len(graphs), samples, 8).index_add_(0, batch_vector, h)
+        rows = pooled.flatten(0, 1)  # (G * S, 8), row g * S + s: a view
+        return self.head(rows + 0 if self.copy else rows)  # type: ignore[no-any-return]
+
+    def call(
+        self, x: Tensor, graphs: Tensor, batch_vector: Tensor, samples: int
+    ) -> Tensor:
+        """The network on nodes ``x`` of ``len(graphs)`` graphs."""
+        first, second = (graphs, x) if self.graphs_first else (x, graphs)
+        return self(first, second, batch_vector, samples=samples)  # type: ignore[no-any-return]
+
+
+def _graph_batch(nodes: int, graphs: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Node features, graph ids and the batch vector of ``graphs`` graphs."""
+    return (
+        torch.randn(nodes, 5),
+        torch.arange(graphs),
+        torch.arange(nodes) * graphs // nodes,
+    )
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("graphs_first", [False, True], ids=["nodes", "graphs"])
+def test_a_per_graph_readout_of_the_batch_size_is_refused(
+    graphs_first: bool, grad: bool
+) -> None:
+    """5 graphs of 20 nodes at S = 4: the readout's 5 * 4 rows equal the node
+    batch. With the nodes first they were read as the batch shared by the
+    particles: with gradients refused as 'taken from some particles only'
+    (with advice about lengths.repeat_interleave), under torch.no_grad()
+    (predict, draw_networks) returned silently as (4, 20, 3) instead of (4,
+    5, 3). Now the coincidence is named, with and without gradients; with
+    the graph ids first the call's batch is the graphs'."""
+    x, graphs, batch_vector = _graph_batch(20, 5)
+    net = _GraphReadout(graphs_first)
+    coincidence = (
+        r"ambiguous: the batch 5 of the call folded with samples=4, or another "
+        r"input's batch 20"
+        if graphs_first
+        else r"5 \* 4 happens to equal the batch size 20"
+    )
+    with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=coincidence):
+        net.call(x, graphs, batch_vector, samples=4)
+
+
+@pytest.mark.parametrize("graphs_first", [False, True], ids=["nodes", "graphs"])
+def test_a_per_graph_readout_of_another_size_unfolds_per_graph(
+    graphs_first: bool,
+) -> None:
+    """At S = 3 (15 rows, no batch size) each particle's output is the plain
+    model's on its own weights, drawn with the same seed."""
+    x, graphs, batch_vector = _graph_batch(20, 5)
+    net = _GraphReadout(graphs_first)
+    samples = 3
+    with torch.no_grad():
+        nets = bnn.draw_networks(net, samples)
+        out = nets(*((graphs, x) if graphs_first else (x, graphs)), batch_vector)
+        weights = nets.weights()
+    assert out.shape == (samples, 5, 3)
+    for s in range(samples):
+        h = torch.relu(F.linear(x, weights["node.weight"][s], weights["node.bias"][s]))
+        pooled = torch.zeros(5, 8).index_add_(0, batch_vector, h)
+        expected = F.linear(pooled, weights["head.weight"][s], weights["head.bias"][s])
+        torch.testing.assert_close(out[s], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_rows_taken_from_the_fold_name_the_batch_size_coincidence() -> None:
+    """A copy of the per-graph rows (no view) is still caught by the autograd
+    walk with gradients on; its message names the coincidence of 5 graphs
+    times 4 particles with the 20 nodes, not only padded sequences."""
+    x, graphs, batch_vector = _graph_batch(20, 5)
+    with pytest.raises(
+        ValueError, match=r"(?s)some particles only.*5 \* 4 happens to equal"
+    ):
+        _GraphReadout(False, copy=True).call(x, graphs, batch_vector, samples=4)
+
+
+def test_node_subset_outputs_of_the_batch_size_are_refused_without_gradients() -> None:
+    """The logits of 3 selected nodes of 12 at S = 4 (12 rows, a view of (3,
+    4, C)) were returned under torch.no_grad() as (4, 12, C): every particle
+    the same 12 rows of all particles' logits."""
+
+    class Subset(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = bnn.VILinear(5, 3)
+
+        def forward(self, x: Tensor, index: Tensor) -> Tensor:
+            from pyrolite_bnn.layers.functional import current_samples
+
+            out = self.layer(x).unflatten(0, (-1, current_samples()))
+            return out[index].flatten(0, 1)
+
+    refused = r"output has 12 rows.*3 \* 4"
+    with torch.no_grad(), pytest.raises(ValueError, match=refused):
+        Subset()(torch.randn(12, 5), torch.tensor([0, 5, 7]), samples=4)
+
+
+# The readout's rows are no batch of an input: read as folded, with a warning.
+@pytest.mark.filterwarnings("ignore:a Bayesian layer got an input of:UserWarning")
+@pytest.mark.parametrize(
+    ("nodes", "match"),
+    [
+        (7, r"one row per particle.*x\.unsqueeze\(0\)"),
+        (20, r"3 rows per particle.*first input"),
+    ],
+)
+def test_an_output_of_rows_per_particle_names_the_layout(
+    nodes: int, match: str
+) -> None:
+    """A set reduced per particle (one row per particle) and a graph-level
+    readout with the nodes as the batch (3 graphs: 12 rows) were refused as
+    'leading size 3/12; expected the batch size', without the way out."""
+
+    class Readout(bnn.VIModule):
+        def __init__(self, groups: int) -> None:
+            super().__init__()
+            self.node, self.head = bnn.VILinear(4, 8), bnn.VILinear(8, 2)
+            self.groups = groups
+
+        def forward(self, x: Tensor) -> Tensor:
+            from pyrolite_bnn.layers.functional import current_samples
+
+            samples = current_samples()
+            h = self.node(x).unflatten(0, (-1, samples))  # (n, S, 8)
+            group = torch.arange(len(x)) * self.groups // len(x)
+            pooled = torch.zeros(self.groups, samples, 8).index_add_(0, group, h)
+            return self.head(pooled.flatten(0, 1))  # type: ignore[no-any-return]
+
+    with pytest.raises(ValueError, match=rf"(?s)leading size \d+; expected.*{match}"):
+        Readout(1 if nodes == 7 else 3)(torch.randn(nodes, 4), samples=4)

@@ -1062,6 +1062,53 @@ def test_a_network_with_several_inputs_predicts_from_a_tuple() -> None:
     assert float(calibration.temperature) > 0
 
 
+class _HoldsItsGraph(bnn.VIModule):
+    """A node classifier whose adjacency over all its 12 nodes is an attribute."""
+
+    def __init__(self, dense: bool) -> None:
+        super().__init__()
+        self.layer = bnn.VILinear(5, 3)
+        self.adjacency = torch.softmax(torch.randn(12, 12), -1)
+        self.edge_index = torch.randint(0, 12, (2, 30))
+        self.dense = dense
+
+    def forward(self, x: Tensor) -> Tensor:
+        from pyrolite_bnn.layers.functional import current_samples
+
+        h = self.layer(x).unflatten(0, (-1, current_samples()))  # (N, S, 3)
+        if self.dense:
+            h = torch.einsum("ij,jsf->isf", self.adjacency, h)
+        else:
+            source, target = self.edge_index
+            h = h + torch.zeros_like(h).index_add_(0, target, h[source])
+        return h.flatten(0, 1)
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["adjacency", "edge_index"])
+@pytest.mark.parametrize("batch_size", [None, 5])
+def test_a_network_holding_its_graph_fails_on_a_chunk_naming_batch_size(
+    dense: bool, batch_size: int | None
+) -> None:
+    """The memory probe's first 4 nodes (or a chunk of 5) met the graph over
+    all 12 nodes: a bare einsum size error or IndexError, with no word on
+    predict's chunks. The error now names batch_size=len(x), which runs."""
+    net, x = _HoldsItsGraph(dense), torch.randn(12, 5)
+    with pytest.raises((RuntimeError, IndexError), match=r"batch_size=len\(x\)"):
+        bnn.predict(net, x, bnn.Categorical(), samples=4, batch_size=batch_size)
+    whole = bnn.predict(net, x, bnn.Categorical(), samples=4, batch_size=len(x))
+    assert whole.probs.shape == (12, 3)
+
+
+def test_inputs_of_several_sizes_name_the_way_for_a_graph_batch() -> None:
+    """A graph batch (nodes, edges, graph ids) was refused with no way out:
+    the message names draw_networks and the how-to section."""
+    net = _TwoInputs()
+    with pytest.raises(
+        ValueError, match=r"graph batch.*draw_networks.*'Graph-level outputs"
+    ):
+        bnn.predict(net, (torch.randn(10, 3), torch.randn(4, 2)), bnn.Categorical())
+
+
 def test_several_inputs_in_a_list_are_unpacked_as_in_a_tuple() -> None:
     """A DataLoader collates an input pair into a list: ``model(*x)`` too.
 
