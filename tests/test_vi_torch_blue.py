@@ -2207,19 +2207,40 @@ def test_predictive_computations_refuse_a_distribution_without_the_role(
 ) -> None:
     """StudentT().log_prob_from_samples failed with an AttributeError about
     predictive_parameters_from_samples, and to_predictive() built a likelihood
-    that failed so at its first use; both say what the loss says."""
+    that failed so at its first use; both say what the loss says (UniformPrior
+    computes log_prob_from_samples as torch_blue's does: the next test)."""
     distribution = build()
     with pytest.raises(UnsupportedDistributionError) as in_loss:
         vi.KullbackLeiblerLoss(distribution, 10)
     reason = str(in_loss.value).split("; ")[1]  # after "... must be a likelihood"
     assert reason.startswith(f"{type(distribution).__module__}.")
     name = type(distribution).__name__
-    with pytest.raises(UnsupportedDistributionError) as info:
-        distribution.log_prob_from_samples(torch.zeros(4), torch.zeros(5, 4))
-    assert str(info.value) == f"{name}.log_prob_from_samples: {reason}"
+    if build is not UniformPrior:
+        with pytest.raises(UnsupportedDistributionError) as info:
+            distribution.log_prob_from_samples(torch.zeros(4), torch.zeros(5, 4))
+        assert str(info.value) == f"{name}.log_prob_from_samples: {reason}"
     with pytest.raises(UnsupportedDistributionError) as info:
         distribution.to_predictive()
     assert str(info.value) == f"{name}.to_predictive: {reason}"
+
+
+@pytest.mark.parametrize("loss_type", ["MSE", "L1"])
+def test_uniform_prior_computes_what_non_bayesian_computes(loss_type: str) -> None:
+    """torch_blue's UniformPrior is NonBayesian with the predictive role off; its
+    own tests call UniformPrior(loss_type).log_prob_from_samples and expect minus
+    the loss of each sample (a role check refused it, failing 5 of them)."""
+    samples, reference = torch.randn(3, 4, 7), torch.randn(4, 7)
+    loss = {"MSE": F.mse_loss, "L1": F.l1_loss}[loss_type]
+    expected = -torch.stack([loss(sample, reference) for sample in samples]).mean()
+    prior = UniformPrior(loss_type)
+    torch.testing.assert_close(
+        prior.log_prob_from_samples(reference, samples), expected
+    )
+    torch.testing.assert_close(
+        NonBayesian(loss_type).log_prob_from_samples(reference, samples), expected
+    )
+    with pytest.raises(ValueError, match="loss_type must be set"):
+        UniformPrior().log_prob_from_samples(reference, samples)
 
 
 class _RecurrentHead(nn.Module):

@@ -225,8 +225,9 @@ class NonBayesian(Prior, VariationalDistribution, PredictiveDistribution):
 
         Each sample is one prediction: the mean over samples of their losses
         (the ELBO's data term), not the loss of the mean prediction.
+        :class:`UniformPrior` computes it too, as torch_blue's does (the same
+        functions, only the predictive role is off: a loss refuses it).
         """
-        self._check_predictive_role("log_prob_from_samples")  # UniformPrior
         reference = reference.expand_as(samples)
         return self.log_prob_from_parameters(reference, samples)
 
