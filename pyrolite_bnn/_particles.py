@@ -978,7 +978,7 @@ def refuse_outer_plates() -> None:
 
 def _vectorised_particles_message() -> str:
     """Why Pyro's plate of vectorised particles is refused, for what opened it."""
-    if called_from(vectorized_importance_weights.__code__):
+    if called_from(vectorized_importance_weights):
         return (
             "Pyro's vectorized_importance_weights (and psis_diagnostic, which "
             "calls it) is not supported: it runs the model in a plate of "
@@ -991,7 +991,7 @@ def _vectorised_particles_message() -> str:
             "(psis_diagnostic fits pyro.ops.stats.fit_generalized_pareto to "
             "the largest of such weights)"
         )
-    if called_from(SVGD.step.__code__):
+    if called_from(SVGD.step):
         return (
             "SVGD is not supported: it moves num_particles point estimates of "
             "every latent site, held in a plate of its own around the model, "
