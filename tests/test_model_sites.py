@@ -213,6 +213,44 @@ def test_autoguide_on_a_model_running_a_network_warns() -> None:
     }
 
 
+def test_the_networks_guide_in_an_autoguide_list_is_refused_naming_the_recipe() -> None:
+    """``net.guide`` in an ``AutoGuideList`` on a user model (which Pyro's
+    plates cannot serve: the list opens the particle plate around its parts)
+    got a warning that the list covers the weights with a posterior of its
+    own (it covers none) and then "two networks run on their own ... (or one
+    network twice)" for one network called once. It is now refused for what
+    it is, with the guide function that works; a part that does cover the
+    weights still warns, under its own name."""
+    from pyro import poutine
+    from pyro.infer.autoguide import AutoGuideList, AutoNormal
+
+    net = bnn.VILinear(2, 1)
+    x, y = _data()
+
+    def model(x: Tensor, y: Tensor | None = None, samples: int = 3) -> None:
+        out = net(x, samples=samples).squeeze(-1)
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out, sigma), obs=y)
+
+    guides = AutoGuideList(model)
+    guides.append(net.guide)
+    guides.append(AutoNormal(poutine.block(model, expose=["sigma"])))
+    with pytest.raises(
+        RuntimeError,
+        match=r"^net\.guide cannot join an AutoGuideList: .* plate 'particles' .*"
+        r"poutine\.block\(model, expose=.*net\.guide\(samples=samples\)",
+    ):
+        Trace_ELBO().loss(model, guides, x, y)  # no warning (filterwarnings=error)
+
+    covering = AutoGuideList(model)
+    covering.append(AutoNormal(model))
+    with pytest.warns(UserWarning, match="is built on a Pyro model") as warned:
+        Trace_ELBO().loss(model, covering, x, y)
+    messages = [str(warning.message) for warning in warned]
+    assert [m.split(" is built on")[0] for m in messages] == ["AutoNormal"]
+
+
 @pytest.mark.parametrize("samples", [4, 1])
 def test_messenger_autoguide_on_a_model_running_a_network_trains_as_in_pyro(
     samples: int,
