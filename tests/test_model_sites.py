@@ -158,6 +158,50 @@ def test_two_networks_in_one_model_are_refused_with_what_works() -> None:
         assert not torch.equal(old, new)
 
 
+def test_enumerated_site_per_particle_gives_each_particles_marginal() -> None:
+    """docs/howto.rst: an enumerated site on the network's output sits in
+    ``per_particle`` and ``TraceEnum_ELBO`` counts the particle dimension
+    (``max_plate_nesting=2``); the bound is then each particle's log marginal
+    likelihood (a sum over the components), averaged over the particles, plus
+    the weights' log p - log q: equal, draw for draw, to float precision."""
+    from pyro import poutine
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+    from pyro.ops.indexing import Vindex
+
+    torch.manual_seed(0)
+    net = bnn.VISequential(
+        bnn.VILinear(2, 4, estimator="reparam"),
+        nn.Tanh(),
+        bnn.VILinear(4, 2, estimator="reparam"),
+    )
+    x, y = _data()
+    weights = torch.tensor([0.3, 0.7])
+    samples = 3
+
+    @config_enumerate
+    def model(x: Tensor, y: Tensor) -> None:
+        means = net(x, samples=samples)
+        with bnn.per_particle(means), pyro.plate("data", len(x)):
+            component = pyro.sample("component", dist.Categorical(weights))
+            pyro.sample("obs", dist.Normal(Vindex(means)[..., component], NOISE), obs=y)
+
+    def guide(x: Tensor, y: Tensor) -> None:
+        net.guide(samples=samples)
+
+    pyro.set_rng_seed(1)
+    loss = TraceEnum_ELBO(max_plate_nesting=2).loss(model, guide, x, y)
+    pyro.set_rng_seed(1)
+    drawn = poutine.trace(guide).get_trace(x, y)
+    run = poutine.trace(poutine.replay(net, trace=drawn)).get_trace(x, samples=samples)
+    means = run.nodes["_RETURN"]["value"]  # (S, B, 2)
+    joint = weights.log() + dist.Normal(means, NOISE).log_prob(y.unsqueeze(-1))
+    data = torch.logsumexp(joint, -1).sum(-1).mean()
+    weight_terms = run.log_prob_sum() - drawn.log_prob_sum()  # scaled 1/S each
+    torch.testing.assert_close(
+        torch.tensor(loss), -(data + weight_terms).detach(), rtol=1e-6, atol=1e-4
+    )
+
+
 def test_mcmc_on_a_model_running_the_default_particles_is_refused() -> None:
     """MCMC on a user model calling ``net(x)`` sampled the default 10
     particles, each from the posterior tempered by 1/10 (standard deviations
