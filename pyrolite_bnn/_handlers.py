@@ -24,12 +24,15 @@ from pyro.infer.mcmc.util import initialize_model
 from pyro.infer.predictive import WeighedPredictive
 from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
+from pyro.poutine.scale_messenger import ScaleMessenger
 from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.poutine.trace_struct import Trace
+from torch import Tensor
 
 from pyrolite_bnn._context_values import set_while
 
 __all__ = [
+    "active_scales",
     "called_from",
     "caller_handlers_set_aside",
     "code_of",
@@ -112,6 +115,24 @@ def replayed_traces() -> list[Trace]:
         handler.trace
         for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]
         if isinstance(handler, ReplayMessenger) and handler.trace is not None
+    ]
+
+
+def active_scales() -> list[float | Tensor]:
+    """The factors of the ``poutine.scale`` handlers of the computation.
+
+    Each as its handler holds it (a site inside carries their product, with
+    its plates' subsampling).
+
+    Example:
+        >>> with poutine.scale(scale=0.25), poutine.scale(scale=3.0):
+        ...     active_scales()
+        [0.25, 3.0]
+    """
+    return [
+        handler.scale
+        for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]
+        if isinstance(handler, ScaleMessenger)
     ]
 
 
