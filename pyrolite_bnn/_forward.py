@@ -40,6 +40,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoGuideList
 from pyro.nn import PyroModule
 from pyro.params.param_store import param_with_module_name
 from pyro.poutine.runtime import effectful, get_plates
@@ -509,10 +510,12 @@ def warn_if_an_autoguide_covers(root: nn.Module) -> None:
 
     Called after the network ran: its first weight site reached the
     autoguide's prototype trace, the innermost one
-    (``poutine.block(model, expose=[...])`` hides it).
+    (``poutine.block(model, expose=[...])`` hides it). An ``AutoGuideList``
+    covers no site itself: each of its parts is an autoguide that runs the
+    model for its own prototype (and warns then) or a guide function.
     """
     guide = autoguide_running_model()
-    if guide is None:
+    if guide is None or isinstance(guide, AutoGuideList):
         return
     variables = collect_variables(root)
     if not variables or not innermost_trace_holds(variables[0].site):

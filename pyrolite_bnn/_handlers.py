@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from types import CodeType
+from types import CodeType, FrameType, FunctionType
 from typing import Any
 
 import pyro
@@ -24,20 +24,25 @@ from pyro.infer.mcmc.util import initialize_model
 from pyro.infer.predictive import WeighedPredictive
 from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
+from pyro.poutine.scale_messenger import ScaleMessenger
 from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.poutine.trace_struct import Trace
+from torch import Tensor
 
 from pyrolite_bnn._context_values import set_while
 
 __all__ = [
+    "active_scales",
     "called_from",
     "caller_handlers_set_aside",
+    "code_of",
     "importance_sampler",
     "initialising_inference",
     "innermost_trace_holds",
     "method_of_running",
     "pyro_wrapped",
     "replayed_traces",
+    "running_frame",
     "traced_site_count",
 ]
 
@@ -113,6 +118,24 @@ def replayed_traces() -> list[Trace]:
     ]
 
 
+def active_scales() -> list[float | Tensor]:
+    """The factors of the ``poutine.scale`` handlers of the computation.
+
+    Each as its handler holds it (a site inside carries their product, with
+    its plates' subsampling).
+
+    Example:
+        >>> with poutine.scale(scale=0.25), poutine.scale(scale=3.0):
+        ...     active_scales()
+        [0.25, 3.0]
+    """
+    return [
+        handler.scale
+        for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]
+        if isinstance(handler, ScaleMessenger)
+    ]
+
+
 def innermost_trace_holds(name: str) -> bool:
     """Whether the innermost trace on Pyro's stack holds the site ``name``.
 
@@ -158,7 +181,7 @@ def mcmc_initialising() -> bool:
     ``InitMessenger``; other users of one (an autoguide or an ``EasyGuide``
     finding its sites) are no MCMC.
     """
-    return initialising_inference() and called_from(initialize_model.__code__)
+    return initialising_inference() and called_from(initialize_model)
 
 
 def importance_sampler() -> str | None:
@@ -171,7 +194,7 @@ def importance_sampler() -> str | None:
     draws the same way, in its ``forward``.
     """
     # A Pyro internal: the generator every Importance (and CSIS) runs.
-    if called_from(Importance._traces.__code__):
+    if called_from(Importance._traces):
         return "Importance"
     if _weighing_predictive():
         return "WeighedPredictive"
@@ -180,7 +203,7 @@ def importance_sampler() -> str | None:
 
 def _weighing_predictive() -> bool:
     """Whether a ``WeighedPredictive`` (or an ``MHResampler``) runs the model."""
-    return called_from(WeighedPredictive.forward.__code__)
+    return called_from(WeighedPredictive.forward)
 
 
 def method_of_running(cls: type) -> bool:
@@ -205,18 +228,60 @@ def method_of_running(cls: type) -> bool:
     return False
 
 
-def called_from(code: CodeType) -> bool:
-    """Whether a frame of the running call stack runs ``code``.
+def called_from(function: Callable[..., Any]) -> bool:
+    """Whether a frame of the running call stack runs ``function``.
+
+    The function's own code is looked for, under any decorators
+    (:func:`code_of`).
 
     Example:
         >>> def outer():
-        ...     return called_from(outer.__code__)
-        >>> outer(), called_from(outer.__code__)
+        ...     return called_from(outer)
+        >>> outer(), called_from(outer)
         (True, False)
     """
+    return running_frame(function) is not None
+
+
+def running_frame(*functions: Callable[..., Any]) -> FrameType | None:
+    """The innermost frame of the running call stack that runs one of ``functions``.
+
+    ``None`` if none does. A frame is matched by the function's own code
+    (:func:`code_of`), so the frame's locals are the function's.
+
+    Example:
+        >>> def outer():
+        ...     return running_frame(outer).f_code.co_name
+        >>> outer(), running_frame(outer)
+        ('outer', None)
+    """
+    codes = {code_of(function) for function in functions}
     frame = inspect.currentframe()
     while frame is not None:
-        if frame.f_code is code:
-            return True
+        if frame.f_code in codes:
+            return frame
         frame = frame.f_back
-    return False
+    return None
+
+
+def code_of(function: Callable[..., Any]) -> CodeType:
+    """The code object of ``function`` itself, unwrapped from its decorators.
+
+    A decorated function's ``__code__`` is its decorator's wrapper, often
+    shared by every function that decorator wraps (``torch.no_grad()``'s
+    ``decorate_context``, Pyro's ``pyro_method``): a frame running that code
+    need not run ``function``. ``functools.wraps`` leaves the function at
+    ``__wrapped__``, which :func:`inspect.unwrap` follows.
+
+    Example:
+        >>> import torch
+        >>> @torch.no_grad()
+        ... def evaluate():
+        ...     pass
+        >>> evaluate.__code__.co_name, code_of(evaluate).co_name
+        ('decorate_context', 'evaluate')
+    """
+    unwrapped = inspect.unwrap(function)
+    if not isinstance(unwrapped, FunctionType):
+        raise TypeError(f"{function!r} is no Python function: it has no code")
+    return unwrapped.__code__

@@ -30,6 +30,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVGD, TraceTailAdaptive_ELBO
+from pyro.infer.autoguide import AutoGuideList
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
@@ -77,6 +78,18 @@ _TWO_NETWORKS = (
     "Build one VIModule that holds the networks and returns every output (its "
     "sites and parameters are named by path: 'mean.0.weight', ...), and call it "
     "once"
+)
+
+_IN_AN_AUTOGUIDE_LIST = (
+    "net.guide cannot join an AutoGuideList: the AutoGuideList opens every "
+    "plate of its model around its parts, the network's particle plate "
+    f"'{PLATE_NAME}' among them, and the network's guide opens that plate "
+    "itself (its particles weigh 1/S each). Call the guides in one guide "
+    "function instead, an autoguide for your own sites built on "
+    "poutine.block(model, expose=[...your sites...]): "
+    "own = AutoNormal(poutine.block(model, expose=['sigma'])); "
+    "def guide(x, y=None, samples=4): net.guide(samples=samples); "
+    "own(x, y, samples)"
 )
 
 
@@ -1083,10 +1096,10 @@ def particle_plate(samples: int, device: torch.device | None = None) -> Iterator
     except RuntimeError as error:
         if f"sample sites named '{PLATE_NAME}'" not in str(error):
             raise
-        raise RuntimeError(_TWO_NETWORKS) from error
+        raise RuntimeError(_second_plate_message()) from error
     with plate:
         if traced_site_count(PLATE_NAME) > 1:  # scoped: the names differ
-            raise RuntimeError(_TWO_NETWORKS)
+            raise RuntimeError(_second_plate_message())
         if samples == 1:
             yield
         else:
@@ -1126,9 +1139,21 @@ def refuse_outer_plates() -> None:
         )
 
 
+def _second_plate_message() -> str:
+    """Why a second particle plate in one trace is refused, for what opened it.
+
+    An ``AutoGuideList`` opens the plates of its model's prototype trace
+    before its parts run; the network's guide as a part (or in a guide
+    function that is one) then opens the particle plate a second time.
+    """
+    if called_from(AutoGuideList.forward):
+        return _IN_AN_AUTOGUIDE_LIST
+    return _TWO_NETWORKS
+
+
 def _vectorised_particles_message() -> str:
     """Why Pyro's plate of vectorised particles is refused, for what opened it."""
-    if called_from(vectorized_importance_weights.__code__):
+    if called_from(vectorized_importance_weights):
         return (
             "Pyro's vectorized_importance_weights (and psis_diagnostic, which "
             "calls it) is not supported: it runs the model in a plate of "
@@ -1141,7 +1166,7 @@ def _vectorised_particles_message() -> str:
             "(psis_diagnostic fits pyro.ops.stats.fit_generalized_pareto to "
             "the largest of such weights)"
         )
-    if called_from(SVGD.step.__code__):
+    if called_from(SVGD.step):
         return (
             "SVGD is not supported: it moves num_particles point estimates of "
             "every latent site, held in a plate of its own around the model, "

@@ -57,7 +57,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._handlers import called_from
+from pyrolite_bnn._handlers import called_from, running_frame
 from pyrolite_bnn._network import (
     check_bayesian_network,
     collect_variables,
@@ -523,19 +523,16 @@ def autoguide_running_model() -> AutoGuide | AutoMessenger | None:
     ``InitMessenger``, as MCMC's initialisation does); an ``AutoMessenger``
     runs its model at every call.
     """
-    codes = (AutoGuide._setup_prototype.__code__, AutoMessenger.__call__.__code__)
-    frame = inspect.currentframe()
-    while frame is not None:
-        if frame.f_code in codes:
-            guide = frame.f_locals.get("self")
-            return guide if isinstance(guide, (AutoGuide, AutoMessenger)) else None
-        frame = frame.f_back
-    return None
+    frame = running_frame(AutoGuide._setup_prototype, AutoMessenger.__call__)
+    if frame is None:
+        return None
+    guide = frame.f_locals.get("self")
+    return guide if isinstance(guide, (AutoGuide, AutoMessenger)) else None
 
 
 def _inside_jit_compile() -> bool:
     """Whether ``pyro.ops.jit`` is running the function it is about to compile."""
-    return called_from(CompiledFunction.__call__.__code__)
+    return called_from(CompiledFunction.__call__)
 
 
 def _wrapper_key(guide: object, network: nn.Module) -> tuple[int, int]:

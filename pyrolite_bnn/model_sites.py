@@ -13,18 +13,20 @@ log-density of a ``(B,)`` target (``Expected [B], actual [S, B]``), and a plain
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from types import TracebackType
 from typing import Any
 
 import pyro
 from pyro import poutine
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import Message
 from torch import Tensor
 from torch.distributions import Distribution
 
+from pyrolite_bnn._handlers import active_scales
 from pyrolite_bnn._particles import PLATE_DIM, PLATE_NAME
 from pyrolite_bnn._validation import check_count
 from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
@@ -166,9 +168,11 @@ class PlainParticlePlates(Messenger):
     weight sites weigh ``1 / S`` each, the observations 1. A site is
     reported when it is observed, lies in a plate of the network's particle
     count ``S > 1`` at the particle dimension (``-2``) that is neither the
-    network's own nor a :func:`per_particle` plate, and carries no scale
-    beyond its plates' subsampling (a ``poutine.scale(1 / S)`` of the user's
-    own is left alone, as is a data plate at ``-2`` of another size), and
+    network's own nor a :func:`per_particle` plate, and whose scale does not
+    compensate the particles: any scale but ``1 / S`` times its plates'
+    subsampling (a ``poutine.scale(1 / S)`` of the user's own is left alone,
+    as is a data plate at ``-2`` of another size; a minibatch weight of the
+    user's own, ``poutine.scale(N / B)``, compensates nothing), and
     whose distribution takes a network output (a site of the model's own in
     a plate that happens to have ``S`` members is left alone; without
     gradients, as in ``RenyiELBO.loss``, that cannot be seen, and nothing is
@@ -211,10 +215,9 @@ class PlainParticlePlates(Messenger):
             if scale.numel() != 1:  # weights of the user's own
                 return
             scale = float(scale)
-        subsampling = math.prod((f.full_size or f.size) / f.size for f in frames)
-        if not math.isclose(scale, subsampling):
-            return
         count = self._particles
+        if _compensated(scale, count, frames):
+            return
         warn_at_caller(
             f"the observed site {msg['name']!r} lies in pyro.plate({plate!r}, "
             f"{count}, dim={PLATE_DIM}), over the network's {count} particles, "
@@ -245,6 +248,24 @@ def watching_particle_plates(model: Callable[..., Any]) -> Callable[..., Any]:
             return model(*args, **kwargs)
 
     return watched
+
+
+def _compensated(
+    scale: float, count: int, frames: Sequence[CondIndepStackFrame]
+) -> bool:
+    """Whether a site's ``scale`` holds the ``1 / count`` of a plate over the particles.
+
+    Either in one factor of the user's own (``poutine.scale(1 / S)``, beside
+    a minibatch weight ``poutine.scale(N / B)`` or not), or as the whole
+    scale beyond the subsampling of the site's plates.
+    """
+    subsampling = math.prod((f.full_size or f.size) / f.size for f in frames)
+    if math.isclose(scale * count, subsampling):
+        return True
+    return any(
+        isinstance(factor, (int, float)) and math.isclose(factor * count, 1.0)
+        for factor in active_scales()
+    )
 
 
 def _from_a_network(fn: object, weights: list[Tensor]) -> bool:
