@@ -65,7 +65,6 @@ from pyrolite_bnn._handlers import (
     mcmc_initialising,
     replayed_traces,
 )
-from pyrolite_bnn._input_derivatives import takes_input_derivative
 from pyrolite_bnn._network import (
     collect_variables,
     couples_examples,
@@ -263,7 +262,6 @@ def prepare(
         for size in (_particles.leading_size(v) for v in leaves)
         if size is not None and size != batch
     )
-    require_grad = any(carries_derivative(v) for v in inputs)
     state = _particles.ParticleState(
         count,
         batch,
@@ -271,22 +269,9 @@ def prepare(
         inputs=inputs,
         other_batches=others,
         batch_leading=not has_sequence_first_layers(root),
-        inputs_require_grad=require_grad,
-        inputs_differentiated=require_grad and _differentiated(inputs),
+        inputs_require_grad=any(carries_derivative(v) for v in inputs),
     )
     return state, device
-
-
-def _differentiated(inputs: tuple[Tensor, ...]) -> bool:
-    """Whether a derivative by one of a call's ``inputs`` may be taken.
-
-    :func:`~pyrolite_bnn._input_derivatives.takes_input_derivative`, except
-    under ``torch.utils.checkpoint``: its reentrant recomputation gets
-    detached copies of the inputs, leaves that are no ``nn.Parameter`` s,
-    whose forward pass got the computed tensors; both passes must run the
-    same estimator, so there any input that requires gradients counts.
-    """
-    return any(takes_input_derivative(v) for v in inputs) or _run_by_checkpoint()
 
 
 InputTensor = TypeVar("InputTensor", bound=Tensor)

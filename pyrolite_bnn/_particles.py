@@ -44,7 +44,6 @@ from pyrolite_bnn._handlers import (
     pyro_wrapped,
     traced_site_count,
 )
-from pyrolite_bnn._input_derivatives import takes_input_derivative
 from pyrolite_bnn._validation import check_count
 
 __all__ = [
@@ -57,7 +56,6 @@ __all__ = [
     "current",
     "differentiates_inputs",
     "fold_hinted",
-    "inputs_require_grad",
     "map_outputs",
     "particle_plate",
     "particles",
@@ -143,11 +141,8 @@ class ParticleState:
             batch (no ``batch_first=False`` Bayesian layers: in a
             sequence-first network a tensor's dimension 0 may be a sequence).
         inputs_require_grad: whether a tensor input of the outermost call (a
-            packed sequence's data too) requires gradients or carries a
-            forward-mode tangent (:func:`inputs_require_grad`).
-        inputs_differentiated: whether a derivative by such an input may be
-            taken, not only by the parameters it was computed from
-            (:func:`differentiates_inputs`).
+            packed sequence's data too) is differentiated, in reverse or
+            forward mode (:func:`differentiates_inputs`).
     """
 
     samples: int
@@ -166,7 +161,6 @@ class ParticleState:
     folded_outputs: dict[int, Any] = field(default_factory=dict, compare=False)
     batch_leading: bool = field(default=True, compare=False)
     inputs_require_grad: bool = field(default=False, compare=False)
-    inputs_differentiated: bool = field(default=False, compare=False)
 
     def restarted(self) -> ParticleState:
         """The same call's state with nothing recorded yet (to run it again)."""
@@ -178,7 +172,6 @@ class ParticleState:
             other_batches=self.other_batches,
             batch_leading=self.batch_leading,
             inputs_require_grad=self.inputs_require_grad,
-            inputs_differentiated=self.inputs_differentiated,
         )
 
     def other_batches_seen(self) -> frozenset[int]:
@@ -1001,33 +994,17 @@ def current() -> ParticleState | None:
     return _STATE.get()
 
 
-def differentiates_inputs(input: Tensor | None = None) -> bool:
+def differentiates_inputs() -> bool:
     """Whether the running call's output may be differentiated by its inputs.
 
-    One of the outermost call's tensor inputs is differentiated, not only
-    the parameters it was computed from
-    (:func:`~pyrolite_bnn._input_derivatives.takes_input_derivative`):
-    saliency maps, gradient penalties, physics-informed losses, forward-mode
-    tangents (``torch.func.jvp`` / ``jacfwd``, dual tensors of
-    ``torch.autograd.forward_ad``), also through ``torch.func`` wrappers.
-    Whatever the grad mode: ``torch.utils.checkpoint(..., use_reentrant=True)``
-    runs the forward pass under ``no_grad`` and the recomputation with
-    gradients, and both must run the same estimator. Outside a call, whether
-    a call on ``input`` would differentiate it (``False`` without one).
-    """
-    state = _STATE.get()
-    if state is None:
-        return input is not None and takes_input_derivative(input)
-    return state.inputs_differentiated
-
-
-def inputs_require_grad() -> bool:
-    """Whether a tensor input of the running call requires gradients.
-
-    Or carries a forward-mode tangent
-    (:func:`~pyrolite_bnn._capture.carries_derivative`), computed from
-    parameters only or not: a layer that keeps what higher-order gradients
-    need (``VILSTM``) keeps it then.
+    One of the outermost call's tensor inputs requires gradients (saliency
+    maps, gradient penalties, physics-informed losses) or carries a
+    forward-mode tangent (``torch.func.jvp`` / ``jacfwd``, dual tensors of
+    ``torch.autograd.forward_ad``), also through ``torch.func`` wrappers
+    (:func:`~pyrolite_bnn._capture.carries_derivative`). Whatever the grad
+    mode: ``torch.utils.checkpoint(..., use_reentrant=True)`` runs the
+    forward pass under ``no_grad`` and the recomputation with gradients, and
+    both must run the same estimator.
     """
     state = _STATE.get()
     return state is not None and state.inputs_require_grad

@@ -13,10 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import torch
-from torch import nn
 
-from pyrolite_bnn import _input_derivatives, _no_grad_watch, _particles, record
+from pyrolite_bnn import _no_grad_watch, _particles, record
 
 
 class _Data:
@@ -96,27 +94,3 @@ def test_folded_outputs_are_found_past_freed_nodes() -> None:
         grad_fn = _Held(root)
 
     assert _particles._reaches_folded_output(_State(), _Tensor())  # type: ignore[arg-type]
-
-
-def test_leaves_other_than_parameters_are_found_past_freed_nodes() -> None:
-    root, ends = _wide_graph(16)
-    for end in ends:
-        end.name = "AccumulateGrad"
-        end.variable = nn.Parameter(torch.zeros(1))  # type: ignore[attr-defined]
-    ends[0].variable = torch.zeros(1, requires_grad=True)  # type: ignore[attr-defined]
-
-    class _Leaf(_Fresh):
-        @property
-        def variable(self) -> torch.Tensor:
-            return self.data.variable  # type: ignore[attr-defined,no-any-return]
-
-        @property
-        def next_functions(self) -> tuple[tuple[_Fresh, int], ...]:
-            return tuple((_named(parent), 0) for parent in self.data.parents)
-
-    def _named(data: _Data) -> _Fresh:
-        return type(data.name, (_Leaf,), {})(data)
-
-    assert not _input_derivatives._parameters_only(_named(root))
-    ends[0].variable = nn.Parameter(torch.zeros(1))  # type: ignore[attr-defined]
-    assert _input_derivatives._parameters_only(_named(root))

@@ -1002,42 +1002,6 @@ def test_checkpointing_a_whole_call_keeps_every_kl_gradient(
         )
 
 
-@pytest.mark.parametrize("reentrant", [True, False])
-def test_checkpointing_a_call_on_a_trunks_features(reentrant: bool) -> None:
-    """Features of a trainable trunk run local reparameterisation under
-    ``"auto"``, but the reentrant recomputation gets them as detached leaves,
-    which count as differentiated (flipout): the forward pass must run the
-    estimator of its recomputation, or the gradients mix two estimators'
-    outputs. Under checkpointing both run flipout, so the gradients are those
-    of an unchecked call with ``estimator="flipout"``."""
-
-    def gradients(estimator: str, checkpointed: bool) -> dict[str, Any]:
-        torch.manual_seed(0)
-        trunk = nn.Sequential(nn.Linear(3, 6), nn.ReLU())
-        first = bnn.VILinear(6, 6, estimator=estimator)
-        second = bnn.VILinear(6, 2, estimator=estimator)
-        net = bnn.VISequential(first, nn.ReLU(), second)
-        loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=8)
-        x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
-        torch.manual_seed(3)
-        features = trunk(x)
-        out = (
-            checkpoint(net, features, use_reentrant=reentrant)
-            if checkpointed
-            else net(features)
-        )
-        loss_fn(out, y).backward()
-        named = [*net.named_parameters(), *trunk.named_parameters(prefix="trunk")]
-        return {name: p.grad for name, p in named}
-
-    flipout = gradients("flipout", checkpointed=False)
-    checkpointed = gradients("auto", checkpointed=True)
-    for name, grad in flipout.items():
-        torch.testing.assert_close(
-            checkpointed[name], grad, rtol=1e-6, atol=1e-6, msg=name
-        )
-
-
 @pytest.mark.parametrize(
     ("reentrant", "guide"),
     # reentrant with an assigned guide: refused by the loss (the next test)

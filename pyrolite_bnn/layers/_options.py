@@ -8,6 +8,7 @@ from typing import Literal, get_args
 from torch import Tensor
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._capture import carries_derivative
 from pyrolite_bnn._draws import RepeatedMomentsRead, mark_called_repeatedly
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
@@ -91,17 +92,12 @@ class EstimatorLayer(VIModule):
         (``(B, in)`` inputs of a linear layer) and ``"flipout"`` elsewhere for
         ``estimator="auto"``, or the estimator asked for. ``"auto"`` runs
         ``"flipout"`` for single positions too in a call whose inputs are
-        differentiated (a leaf that requires gradients and is no
-        ``nn.Parameter`` is behind them, also through a plain trunk, or they
-        carry forward-mode tangents: ``torch.func.jvp``, ``jacfwd``, dual
-        tensors; see :mod:`pyrolite_bnn._input_derivatives`): local
+        differentiated (they require gradients, or carry forward-mode
+        tangents: ``torch.func.jvp``, ``jacfwd``, dual tensors): local
         reparameterisation draws each output afresh, so its
         derivatives with respect to the input are not those of any weight draw
         (a gradient penalty came out 5x too small), while flipout's are those
-        of the example's weights. The features of a trainable plain trunk
-        (``head(trunk(x))``, only parameters behind them) keep ``"local"``.
-        Outside a call ``input`` is read as the call's input; inside one the
-        call's inputs decide. Inside Pyro inference,
+        of the example's weights. Inside Pyro inference,
         with an assigned guide, in :func:`~pyrolite_bnn.predict`, in a
         sequence-first network, in a network whose batch norm takes batch
         statistics, for a layer called twice in one forward pass and, under
@@ -132,7 +128,7 @@ class EstimatorLayer(VIModule):
             return "flipout"
         positions = self.output_positions(input)
         if positions <= 1 and not (
-            self.estimator == "auto" and _particles.differentiates_inputs(input)
+            self.estimator == "auto" and self._differentiated(input)
         ):
             return "local"
         if self.estimator == "local":
@@ -145,6 +141,17 @@ class EstimatorLayer(VIModule):
                 "perturbation per example), or 'reparam'"
             )
         return "flipout"
+
+    @staticmethod
+    def _differentiated(input: Tensor) -> bool:
+        """Whether the call's inputs are differentiated (outside one: ``input``).
+
+        Outside a network call (:meth:`estimator_for` asked directly) the
+        given tensor stands for the call's input.
+        """
+        if _particles.current() is not None:
+            return _particles.differentiates_inputs()
+        return carries_derivative(input)
 
     def _draw_unless_one_row_per_example(self, input: Tensor) -> None:
         """Have the weights drawn where ``input``'s rows are not the examples.

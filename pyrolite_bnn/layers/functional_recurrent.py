@@ -35,7 +35,7 @@ from pyrolite_bnn._capture import (
     is_capturing,
     transforms_active,
 )
-from pyrolite_bnn._particles import inputs_require_grad
+from pyrolite_bnn._particles import differentiates_inputs
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers.functional import _batch_rows, _flat_particles, _is_shared
 
@@ -384,7 +384,7 @@ def _lstm_layer(
     ):
         if torch.is_grad_enabled() and any(t.requires_grad for t in recurrence):
             hs, c_n = _LSTMRecurrence.apply(  # type: ignore[no-untyped-call]
-                *recurrence, steps_valid, inputs_require_grad()
+                *recurrence, steps_valid, differentiates_inputs()
             )
         else:  # nothing to differentiate: no buffers for a backward pass
             hs, c_n, _ = _lstm_steps(*recurrence, steps_valid, keep_steps=False)

@@ -77,11 +77,6 @@ class VILinear(_VIWeightLayer):
         'local'
         >>> layer.estimator_for(torch.randn(8, 6, 4))  # 6 positions per example
         'flipout'
-        >>> layer.estimator_for(torch.randn(8, 4, requires_grad=True))  # saliency
-        'flipout'
-        >>> trunk = torch.nn.Linear(2, 4)  # trained: only parameters behind it
-        >>> layer.estimator_for(trunk(torch.randn(8, 2)))
-        'local'
     """
 
     _auto_estimator = "local"
