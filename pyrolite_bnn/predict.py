@@ -718,11 +718,17 @@ def _warn_gradients_dropped(inputs: tuple[Tensor, ...]) -> None:
     ``predict`` runs under ``torch.no_grad()``: an acquisition function of
     Bayesian optimisation built on its summaries had no graph, and its
     ``backward()`` failed with torch's "does not require grad" far from the
-    cause. Forward-mode tangents (dual tensors) are not dropped: no warning.
+    cause. Only leaf inputs count (``x.requires_grad_()``, an
+    ``nn.Parameter``): features a trainable trunk computed require gradients
+    too without asking for input derivatives. Forward-mode tangents (dual
+    tensors) are not dropped: no warning.
     """
     if not torch.is_grad_enabled():
         return  # the caller takes no gradients either
-    dropped = [n for n, t in enumerate(inputs) if t.requires_grad]
+    # Leaves the caller made differentiable (x.requires_grad_(), a candidate
+    # as nn.Parameter); not features computed by a trainable module, whose
+    # graph leads to parameters the caller is not asking about here.
+    dropped = [n for n, t in enumerate(inputs) if t.requires_grad and t.is_leaf]
     if not dropped:
         return
     what = "x" if len(inputs) == 1 else ", ".join(f"x[{n}]" for n in dropped)
@@ -1088,10 +1094,11 @@ def _run_chunk(
         ):  # kept as raised: a subclass may take other constructor arguments
             add_to_message(
                 error,
-                f"{where}; a network whose forward needs all examples at once (a "
+                f"{where}; if the model's forward needs all examples at once (a "
                 "graph's adjacency or edge_index over all its nodes held by the "
-                "model, an operation across the batch) is predicted with "
-                "batch_size=len(x)",
+                "model, an operation across the batch), predict it with "
+                "batch_size=len(x); an error that batch_size=len(x) raises too is "
+                "the model's own",
             )
         raise
 

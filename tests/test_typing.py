@@ -102,6 +102,7 @@ def test_sequential_from_an_ordered_dict_of_one_layer_type() -> None:
     assert net(torch.randn(3, 2)).shape == (net.samples, 3, 1)
 
 
+@pytest.mark.filterwarnings("ignore:predict. the inputs:UserWarning")  # parameters
 def test_inputs_as_a_list_of_a_tensor_subclass() -> None:
     """``predict``/``calibrate`` take a ``list[nn.Parameter]`` of inputs."""
     inputs = [nn.Parameter(torch.randn(5, 2)), nn.Parameter(torch.randn(5, 2))]
