@@ -274,9 +274,10 @@ def row_layout(
     early = frozenset() if state is None else state.early_batches
     if rows == batch and not others and not early:  # the common case
         if state is not None:
+            first = _before_the_fold(state)
             state.classified[0] = True
             if layer_input:
-                _refuse_shared_read_of_folded(state, tensor)
+                _refuse_shared_read_of_folded(state, tensor, first)
         return True
     if state is None:
         if batch is None or rows not in (batch, batch * samples):
@@ -330,7 +331,7 @@ def row_layout(
                 + sequence_first_hint(state)
             )
         if layer_input and shared:
-            _refuse_shared_read_of_folded(state, tensor)
+            _refuse_shared_read_of_folded(state, tensor, first)
         return shared
     if rows in seen and split in seen:
         assert split is not None
@@ -376,7 +377,9 @@ def note_folded_output(output: Any) -> None:
 _ANCESTORS_READ = 256
 
 
-def _refuse_shared_read_of_folded(state: ParticleState, tensor: Tensor) -> None:
+def _refuse_shared_read_of_folded(
+    state: ParticleState, tensor: Tensor, first: bool = False
+) -> None:
     """Refuse a Bayesian layer's read of ``B`` rows as shared that hold folded ones.
 
     A tensor of a recurrent state's shape with the folded batch in dimension
@@ -386,7 +389,8 @@ def _refuse_shared_read_of_folded(state: ParticleState, tensor: Tensor) -> None:
     """
     if _folded_behind(tensor, state):
         raise LayoutError(_state_read_as_shared(state, tensor, "a Bayesian layer got"))
-    _refuse_rows_laid_out_per_particle(state, tensor, "a Bayesian layer got")
+    if not first:  # nothing is folded before the first read
+        _refuse_rows_laid_out_per_particle(state, tensor, "a Bayesian layer got")
     if state.folded_outputs and tensor.grad_fn is not None:
         _refuse_rows_taken_from_folded(state, tensor)
 
@@ -420,7 +424,7 @@ def _refuse_rows_laid_out_per_particle(
         or base.dim() < 2
         or int(base.shape[1]) != samples
         or int(base.shape[0]) * samples != int(tensor.shape[0])
-        or state.is_input(base)
+        or _views_an_input(state, tensor, base)
     ):
         return
     hint = _rows_per_particle_hint(state, int(tensor.shape[0]))
@@ -428,7 +432,23 @@ def _refuse_rows_laid_out_per_particle(
         f"{reader} {tensor.shape[0]} rows, the batch size of the call, read as "
         f"shared by the particles, but they are a view of a tensor of shape "
         f"{tuple(base.shape)}, laid out per particle (dimension 1 is the "
-        f"{samples} particles). {hint}"
+        f"{samples} particles). {hint}. If they are the batch's own rows (a "
+        "view of the inputs' values laid out (n, S, ...) by coincidence), give "
+        "a copy, rows.clone(), which is read as the batch"
+    )
+
+
+def _views_an_input(state: ParticleState, tensor: Tensor, base: Tensor) -> bool:
+    """Whether ``tensor`` (a view of ``base``) is, or views the memory of, an input.
+
+    The outermost call's input may itself be a view of a grid or of clips laid
+    out ``(n, S, ...)`` by coincidence (``grid.reshape(-1, 2)``,
+    ``clips.flatten(0, 1)``, a batch ``data[i]``), as may a view taken of it
+    inside the network: their rows are the batch's.
+    """
+    return any(
+        given is tensor or given is base or given._base is base
+        for given in state.inputs
     )
 
 

@@ -1448,6 +1448,58 @@ def test_a_per_graph_readout_of_the_batch_size_is_refused(
         net.call(x, graphs, batch_vector, samples=4)
 
 
+class _GroupCentred(nn.Module):
+    """Centres the input over groups of ``k`` rows, then one Bayesian layer."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k, self.fc = k, bnn.VILinear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = x.view(-1, self.k, 3)
+        centred = groups - groups.mean(1, keepdim=True)  # before any Bayesian read
+        return self.fc(centred.flatten(0, 1))
+
+
+def _grid_points() -> torch.Tensor:
+    """A flattened grid of 5 x 4 points (three coordinates): a view of (5, 4, 3)."""
+    axes = torch.meshgrid(
+        torch.linspace(0, 1, 5), torch.linspace(0, 1, 4), indexing="ij"
+    )
+    return torch.stack([*axes, axes[0] * axes[1]], -1).reshape(-1, 3)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        _grid_points,
+        lambda: torch.randn(1, 20, 3)[0],  # a batch of a loader's tensor: data[i]
+        lambda: torch.randn(5, 4, 3).flatten(0, 1),  # clips of 4 frames
+    ],
+    ids=["grid", "data-row", "clips"],
+)
+def test_inputs_that_view_rows_laid_out_by_the_particle_count_are_the_batch(
+    make: Callable[[], torch.Tensor], grad: bool
+) -> None:
+    """An input that is a view of (n, S, ...) memory (a flattened grid of 5 x 4
+    points at S = 4, torch_blue's example iterating a (1, 10, 10) tensor at
+    S = 10) was refused as 'laid out per particle' (7d8d495; probes
+    tbswitch2, falsepos12): its rows are the batch's. The output equals the
+    same call on a copy, draw for draw; so does a network that groups its
+    input by S rows before its first Bayesian layer."""
+    x = make()
+    assert x._base is not None
+    for model in (bnn.VISequential(bnn.VILinear(3, 2)), _GroupCentred(4)):
+        outputs = []
+        for given in (x, x.clone()):
+            torch.manual_seed(1)
+            with torch.set_grad_enabled(grad):
+                outputs.append(bnn.draw_networks(model, 4)(given))
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+        assert outputs[0].shape == (4, 20, 2)
+
+
 @pytest.mark.parametrize("graphs_first", [False, True], ids=["nodes", "graphs"])
 def test_a_per_graph_readout_of_another_size_unfolds_per_graph(
     graphs_first: bool,
