@@ -274,10 +274,9 @@ def row_layout(
     early = frozenset() if state is None else state.early_batches
     if rows == batch and not others and not early:  # the common case
         if state is not None:
-            first = _before_the_fold(state)
             state.classified[0] = True
             if layer_input:
-                _refuse_shared_read_of_folded(state, tensor, first)
+                _refuse_shared_read_of_folded(state, tensor)
         return True
     if state is None:
         if batch is None or rows not in (batch, batch * samples):
@@ -331,7 +330,7 @@ def row_layout(
                 + sequence_first_hint(state)
             )
         if layer_input and shared:
-            _refuse_shared_read_of_folded(state, tensor, first)
+            _refuse_shared_read_of_folded(state, tensor)
         return shared
     if rows in seen and split in seen:
         assert split is not None
@@ -377,9 +376,7 @@ def note_folded_output(output: Any) -> None:
 _ANCESTORS_READ = 256
 
 
-def _refuse_shared_read_of_folded(
-    state: ParticleState, tensor: Tensor, first: bool = False
-) -> None:
+def _refuse_shared_read_of_folded(state: ParticleState, tensor: Tensor) -> None:
     """Refuse a Bayesian layer's read of ``B`` rows as shared that hold folded ones.
 
     A tensor of a recurrent state's shape with the folded batch in dimension
@@ -389,67 +386,8 @@ def _refuse_shared_read_of_folded(
     """
     if _folded_behind(tensor, state):
         raise LayoutError(_state_read_as_shared(state, tensor, "a Bayesian layer got"))
-    if not first:  # nothing is folded before the first read
-        _refuse_rows_laid_out_per_particle(state, tensor, "a Bayesian layer got")
     if state.folded_outputs and tensor.grad_fn is not None:
         _refuse_rows_taken_from_folded(state, tensor)
-
-
-def _refuse_rows_laid_out_per_particle(
-    state: ParticleState, tensor: Tensor, reader: str
-) -> None:
-    """Refuse ``B`` rows read as shared that are a view of ``(B / S, S, ...)``.
-
-    Rows written per particle on ``h.unflatten(0, (-1, S))`` and flattened
-    back (a readout per graph, a subset of nodes: ``G * S`` rows, row ``g *
-    S + s``) have the call's batch size where ``G * S == B``, and would be
-    read as the batch shared by the particles: a Bayesian layer would run
-    every particle on all of them, the network's output would be expanded to
-    every particle. ``.flatten(0, 1)`` of such a tensor is a view of it,
-    which tells them apart without an autograd graph (under
-    ``torch.no_grad()``, in ``predict`` and ``draw_networks``); a copy (a
-    ``reshape`` after a transpose, ``torch.cat``) is not seen here. The
-    outermost call's inputs and views of them keep their reading.
-
-    Raises:
-        AmbiguousLayoutError: naming the coincidence and the remedy.
-    """
-    samples = state.samples
-    base = tensor._base
-    if (
-        samples == 1
-        or base is None
-        or not tensor.shape[0]  # an empty batch: B == B * S
-        or not state.batch_leading
-        or base.dim() < 2
-        or int(base.shape[1]) != samples
-        or int(base.shape[0]) * samples != int(tensor.shape[0])
-        or _views_an_input(state, tensor, base)
-    ):
-        return
-    hint = _rows_per_particle_hint(state, int(tensor.shape[0]))
-    raise AmbiguousLayoutError(
-        f"{reader} {tensor.shape[0]} rows, the batch size of the call, read as "
-        f"shared by the particles, but they are a view of a tensor of shape "
-        f"{tuple(base.shape)}, laid out per particle (dimension 1 is the "
-        f"{samples} particles). {hint}. If they are the batch's own rows (a "
-        "view of the inputs' values laid out (n, S, ...) by coincidence), give "
-        "a copy, rows.clone(), which is read as the batch"
-    )
-
-
-def _views_an_input(state: ParticleState, tensor: Tensor, base: Tensor) -> bool:
-    """Whether ``tensor`` (a view of ``base``) is, or views the memory of, an input.
-
-    The outermost call's input may itself be a view of a grid or of clips laid
-    out ``(n, S, ...)`` by coincidence (``grid.reshape(-1, 2)``,
-    ``clips.flatten(0, 1)``, a batch ``data[i]``), as may a view taken of it
-    inside the network: their rows are the batch's.
-    """
-    return any(
-        given is tensor or given is base or given._base is base
-        for given in state.inputs
-    )
 
 
 def _rows_per_particle_hint(state: ParticleState, rows: int) -> str:
@@ -1442,7 +1380,6 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
         )
     if shared:
         reader = "the network's output has"
-        _refuse_rows_laid_out_per_particle(state, tensor, reader)
         if state.folded_outputs and tensor.grad_fn is not None:
             _refuse_rows_taken_from_folded(state, tensor, reader)
         return tensor.unsqueeze(0).expand(samples, *tensor.shape)

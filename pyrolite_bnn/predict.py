@@ -718,17 +718,15 @@ def _warn_gradients_dropped(inputs: tuple[Tensor, ...]) -> None:
     ``predict`` runs under ``torch.no_grad()``: an acquisition function of
     Bayesian optimisation built on its summaries had no graph, and its
     ``backward()`` failed with torch's "does not require grad" far from the
-    cause. Only leaf inputs count (``x.requires_grad_()``, an
-    ``nn.Parameter``): features a trainable trunk computed require gradients
-    too without asking for input derivatives. Forward-mode tangents (dual
-    tensors) are not dropped: no warning.
+    cause. Inputs count that are, or are computed from, a leaf the caller
+    made differentiable (:func:`_asks_for_gradients`): features a trainable
+    trunk computed from plain inputs require gradients too without asking
+    for input derivatives. Forward-mode tangents (dual tensors) are not
+    dropped: no warning.
     """
     if not torch.is_grad_enabled():
         return  # the caller takes no gradients either
-    # Leaves the caller made differentiable (x.requires_grad_(), a candidate
-    # as nn.Parameter); not features computed by a trainable module, whose
-    # graph leads to parameters the caller is not asking about here.
-    dropped = [n for n, t in enumerate(inputs) if t.requires_grad and t.is_leaf]
+    dropped = [n for n, t in enumerate(inputs) if _asks_for_gradients(t)]
     if not dropped:
         return
     what = "x" if len(inputs) == 1 else ", ".join(f"x[{n}]" for n in dropped)
@@ -740,6 +738,33 @@ def _warn_gradients_dropped(inputs: tuple[Tensor, ...]) -> None:
         "bnn.draw_networks(model, samples=S); pred = bnn.Prediction(nets(x), "
         "likelihood); or pass x.detach() to silence this"
     )
+
+
+def _asks_for_gradients(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is an input whose derivatives its caller may want.
+
+    A leaf that requires gradients (``x.requires_grad_()``, a candidate held
+    as an ``nn.Parameter``), or a tensor computed from such a leaf that is no
+    ``nn.Parameter`` (a view, a cast, a bounded reparameterisation
+    ``sigmoid(z)`` of a candidate). Not features computed by a trainable
+    module from plain inputs: every leaf behind them is a module's parameter.
+    """
+    if not tensor.requires_grad:
+        return False
+    if tensor.is_leaf:
+        return True
+    seen: dict[int, Any] = {}  # the nodes kept: a freed node's id is reused
+    stack = [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        variable = getattr(node, "variable", None)  # AccumulateGrad's leaf
+        if variable is not None and not isinstance(variable, nn.Parameter):
+            return True
+        stack.extend(child for child, _ in node.next_functions)
+    return False
 
 
 def _shapes(inputs: tuple[Tensor, ...]) -> str:

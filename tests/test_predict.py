@@ -188,6 +188,9 @@ def test_inputs_that_require_gradients_warn_once_with_the_route_that_keeps_them(
         bnn.predict(net, x, bnn.Normal(scale=0.1), samples=4)  # quiet
     trunk = nn.Linear(2, 2)  # features of a trainable trunk: no input asked about
     bnn.predict(net, trunk(x.detach()), bnn.Normal(scale=0.1), samples=4)  # quiet
+    for candidate in (x[:, :], x.double().float(), -1 + 2 * torch.sigmoid(x)):
+        with pytest.warns(UserWarning, match="require gradients"):  # computed from x
+            bnn.predict(net, candidate, bnn.Normal(scale=0.1), samples=4)
     u, v = torch.randn(5, 3), torch.randn(5, 2, requires_grad=True)
     with pytest.warns(UserWarning, match=r"inputs x\[1\] require gradients"):
         bnn.predict(_TwoInputs(), (u, v), bnn.Categorical(), samples=4)
