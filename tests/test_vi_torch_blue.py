@@ -1620,6 +1620,90 @@ def test_attention_and_transformers_take_torch_blue_arguments() -> None:
     assert model(x, torch.randn(3, 4, 8), samples=2).shape == (2, 3, 4, 8)
 
 
+def _at_the_means(layer: nn.Module) -> nn.Module:
+    """Shrink every posterior std to exp(-40): each draw is the means to float."""
+    with torch.no_grad():
+        for name, parameter in layer.named_parameters():
+            if name.endswith("log_std"):
+                parameter.fill_(-40.0)
+    return layer
+
+
+def test_attention_takes_torch_blues_argument_order() -> None:
+    # torch_blue's forward is (query, key, value, attn_mask, key_padding_mask,
+    # average_attn_weights, is_causal); torch's is (..., key_padding_mask,
+    # need_weights, attn_mask). With B == L a positional causal mask bound as a
+    # key padding mask ran silently (max difference 1.72). At the posterior
+    # means each particle is torch's attention: equal to float rounding
+    # (1e-5; the outputs are O(1)).
+    attention = _at_the_means(vi.VIMultiheadAttention(8, 2))
+    reference = bnn.to_deterministic(attention)
+    x = torch.randn(5, 5, 8)  # B == L == 5
+    causal = nn.Transformer.generate_square_subsequent_mask(5)
+    padding = torch.zeros(5, 5, dtype=torch.bool)
+    padding[1, -2:] = True
+    tol = {"atol": 1e-5, "rtol": 1e-5}
+    with torch.no_grad():
+        out, weights = attention(x, x, x, causal, samples=1)
+        expected = reference(x, x, x, attn_mask=causal)
+        torch.testing.assert_close(out[0], expected[0], **tol)
+        torch.testing.assert_close(weights[0], expected[1], **tol)
+        out, _ = attention(x, x, x, None, padding, False, samples=1)
+        expected = reference(
+            x, x, x, key_padding_mask=padding, average_attn_weights=False
+        )
+        torch.testing.assert_close(out[0], expected[0], **tol)
+        out, weights = attention(x, x, x, causal, need_weights=False, samples=1)
+        torch.testing.assert_close(
+            out[0], reference(x, x, x, attn_mask=causal)[0], **tol
+        )
+        assert weights is None
+    assert list(inspect.signature(vi.VIMultiheadAttention.forward).parameters)[1:] == [
+        "query",
+        "key",
+        "value",
+        "attn_mask",
+        "key_padding_mask",
+        "average_attn_weights",
+        "is_causal",
+        "need_weights",  # keyword-only: torch_blue has none
+    ]
+    # the library's own layer keeps torch's order
+    assert list(inspect.signature(bnn.VIMultiheadAttention.forward).parameters)[
+        4:7
+    ] == ["key_padding_mask", "need_weights", "attn_mask"]
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_layers_pass_masks_to_their_vi_attention(norm_first: bool) -> None:
+    # The layers call their vi.VIMultiheadAttention sublayers (torch_blue's
+    # order) by keyword: at the posterior means each particle is torch's layer
+    # with the same masks (tolerance as above).
+    x, memory = torch.randn(5, 5, 8), torch.randn(5, 4, 8)
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)  # True: not allowed
+    padding = torch.zeros(5, 5, dtype=torch.bool)
+    padding[2, -1] = True
+    memory_padding = torch.zeros(5, 4, dtype=torch.bool)
+    memory_padding[0, -2:] = True
+    tol = {"atol": 1e-5, "rtol": 1e-5}
+    encoder = vi.VITransformerEncoderLayer(8, 2, 16, norm_first=norm_first)
+    encoder = _at_the_means(encoder)
+    decoder = vi.VITransformerDecoderLayer(8, 2, 16, norm_first=norm_first)
+    decoder = _at_the_means(decoder)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            encoder(x, causal, padding, samples=1)[0],
+            bnn.to_deterministic(encoder)(x, causal, padding),
+            **tol,
+        )
+        masks = (causal, None, padding, memory_padding)
+        torch.testing.assert_close(
+            decoder(x, memory, *masks, samples=1)[0],
+            bnn.to_deterministic(decoder)(x, memory, *masks),
+            **tol,
+        )
+
+
 def test_analytical_loss_non_bayesian_weights_and_plain_models() -> None:
     with pytest.raises(ValueError, match="not bayesian"):
         vi.AnalyticalKullbackLeiblerLoss(nn.Linear(2, 2), Categorical())
