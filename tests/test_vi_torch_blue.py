@@ -582,6 +582,37 @@ def test_probs_categorical_predicts_the_output_probabilities() -> None:
     )
 
 
+def test_probs_categorical_log_likelihood_is_torch_blues_with_eps() -> None:
+    """torch_blue's density ``log(p[y] / sum(p) + eps)``, not renormalised: the
+    likelihood was ``log((p + eps) / sum(p + eps))`` (eps 0.1: loss 287.59
+    where torch_blue gives 245.61). Exact formulas: float rounding only."""
+    torch.manual_seed(0)
+    eps, size = 0.1, 160
+    net = _softmax_network()
+    x, y = torch.randn(16, 4) * 3, torch.randint(0, 3, (16,))
+    likelihood = Categorical(input_type="probs", eps=eps)
+    out = net(x, samples=4)
+    p = out.as_subclass(torch.Tensor).detach()
+    expected = torch.log(p.gather(-1, y.expand(4, 16)[..., None])[..., 0] + eps)
+    loss = vi.KullbackLeiblerLoss(likelihood, size, heat=0.0)(out, y)
+    torch.testing.assert_close(loss, -size * expected.mean(), rtol=1e-6, atol=1e-5)
+    for scale in (1.0, 0.5):  # rows summing to 0.5 are normalised first
+        torch.testing.assert_close(
+            likelihood.log_prob_from_samples(y, scale * p),
+            expected.mean(0),
+            rtol=1e-6,
+            atol=1e-6,
+        )
+    # Class probabilities and draws of y stay normalised.
+    predictive = likelihood.to_predictive()
+    torch.testing.assert_close(
+        predictive.class_probs(0.5 * p).sum(-1), torch.ones(4, 16)
+    )
+    draws = predictive.target_distribution(0.5 * p).sample((2,))
+    assert draws.shape == (2, 4, 16)
+    assert bool(((draws >= 0) & (draws < 3)).all())
+
+
 def test_probs_categorical_temperature_tempers_the_probabilities() -> None:
     """Temperature scaling of probabilities is that of their logarithms,
     ``p^(1/T)`` normalised. Dividing the probabilities by ``T`` (what the
