@@ -2999,3 +2999,33 @@ def test_a_custom_predictive_log_prob_from_samples_is_elementwise() -> None:
     expected = torch.distributions.Normal(samples, 1.0).log_prob(target).mean(0)
     value = UnitNormal().log_prob_from_samples(target, samples)
     torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)
+
+
+class _Branching(vi.VIModule):
+    """A torch_blue-style container whose forward branches on a value."""
+
+    def __init__(self, use_item: bool) -> None:
+        super().__init__()
+        self.a = vi.VILinear(4, 6)
+        self.b = vi.VILinear(6, 2)
+        self.use_item = use_item
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        if self.use_item:
+            return self.b(h / h.abs().max().item())
+        if h.mean() > 0:
+            h = -h
+        return self.b(h)
+
+
+@pytest.mark.parametrize("use_item", [False, True])
+def test_data_dependent_container_code_under_vmap_names_cause_and_fix(
+    use_item: bool,
+) -> None:
+    """vmap refuses branching on a tensor and ``.item()`` (as in torch_blue);
+    the error was vmap's alone, while the guide promised a per-particle loop
+    for code vmap cannot batch."""
+    message = r"_Branching\.forward runs once per particle under torch\.vmap.*where"
+    with pytest.raises(RuntimeError, match=message):
+        _Branching(use_item)(torch.randn(5, 4), samples=3)
