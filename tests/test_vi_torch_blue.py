@@ -582,6 +582,37 @@ def test_probs_categorical_predicts_the_output_probabilities() -> None:
     )
 
 
+def test_probs_categorical_log_likelihood_is_torch_blues_with_eps() -> None:
+    """torch_blue's density ``log(p[y] / sum(p) + eps)``, not renormalised: the
+    likelihood was ``log((p + eps) / sum(p + eps))`` (eps 0.1: loss 287.59
+    where torch_blue gives 245.61). Exact formulas: float rounding only."""
+    torch.manual_seed(0)
+    eps, size = 0.1, 160
+    net = _softmax_network()
+    x, y = torch.randn(16, 4) * 3, torch.randint(0, 3, (16,))
+    likelihood = Categorical(input_type="probs", eps=eps)
+    out = net(x, samples=4)
+    p = out.as_subclass(torch.Tensor).detach()
+    expected = torch.log(p.gather(-1, y.expand(4, 16)[..., None])[..., 0] + eps)
+    loss = vi.KullbackLeiblerLoss(likelihood, size, heat=0.0)(out, y)
+    torch.testing.assert_close(loss, -size * expected.mean(), rtol=1e-6, atol=1e-5)
+    for scale in (1.0, 0.5):  # rows summing to 0.5 are normalised first
+        torch.testing.assert_close(
+            likelihood.log_prob_from_samples(y, scale * p),
+            expected.mean(0),
+            rtol=1e-6,
+            atol=1e-6,
+        )
+    # Class probabilities and draws of y stay normalised.
+    predictive = likelihood.to_predictive()
+    torch.testing.assert_close(
+        predictive.class_probs(0.5 * p).sum(-1), torch.ones(4, 16)
+    )
+    draws = predictive.target_distribution(0.5 * p).sample((2,))
+    assert draws.shape == (2, 4, 16)
+    assert bool(((draws >= 0) & (draws < 3)).all())
+
+
 def test_probs_categorical_temperature_tempers_the_probabilities() -> None:
     """Temperature scaling of probabilities is that of their logarithms,
     ``p^(1/T)`` normalised. Dividing the probabilities by ``T`` (what the
@@ -1618,6 +1649,90 @@ def test_attention_and_transformers_take_torch_blue_arguments() -> None:
     assert out.log_probs.shape == (2, 2)
     model = vi.VITransformer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
     assert model(x, torch.randn(3, 4, 8), samples=2).shape == (2, 3, 4, 8)
+
+
+def _at_the_means(layer: nn.Module) -> nn.Module:
+    """Shrink every posterior std to exp(-40): each draw is the means to float."""
+    with torch.no_grad():
+        for name, parameter in layer.named_parameters():
+            if name.endswith("log_std"):
+                parameter.fill_(-40.0)
+    return layer
+
+
+def test_attention_takes_torch_blues_argument_order() -> None:
+    # torch_blue's forward is (query, key, value, attn_mask, key_padding_mask,
+    # average_attn_weights, is_causal); torch's is (..., key_padding_mask,
+    # need_weights, attn_mask). With B == L a positional causal mask bound as a
+    # key padding mask ran silently (max difference 1.72). At the posterior
+    # means each particle is torch's attention: equal to float rounding
+    # (1e-5; the outputs are O(1)).
+    attention = _at_the_means(vi.VIMultiheadAttention(8, 2))
+    reference = bnn.to_deterministic(attention)
+    x = torch.randn(5, 5, 8)  # B == L == 5
+    causal = nn.Transformer.generate_square_subsequent_mask(5)
+    padding = torch.zeros(5, 5, dtype=torch.bool)
+    padding[1, -2:] = True
+    tol = {"atol": 1e-5, "rtol": 1e-5}
+    with torch.no_grad():
+        out, weights = attention(x, x, x, causal, samples=1)
+        expected = reference(x, x, x, attn_mask=causal)
+        torch.testing.assert_close(out[0], expected[0], **tol)
+        torch.testing.assert_close(weights[0], expected[1], **tol)
+        out, _ = attention(x, x, x, None, padding, False, samples=1)
+        expected = reference(
+            x, x, x, key_padding_mask=padding, average_attn_weights=False
+        )
+        torch.testing.assert_close(out[0], expected[0], **tol)
+        out, weights = attention(x, x, x, causal, need_weights=False, samples=1)
+        torch.testing.assert_close(
+            out[0], reference(x, x, x, attn_mask=causal)[0], **tol
+        )
+        assert weights is None
+    assert list(inspect.signature(vi.VIMultiheadAttention.forward).parameters)[1:] == [
+        "query",
+        "key",
+        "value",
+        "attn_mask",
+        "key_padding_mask",
+        "average_attn_weights",
+        "is_causal",
+        "need_weights",  # keyword-only: torch_blue has none
+    ]
+    # the library's own layer keeps torch's order
+    assert list(inspect.signature(bnn.VIMultiheadAttention.forward).parameters)[
+        4:7
+    ] == ["key_padding_mask", "need_weights", "attn_mask"]
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_layers_pass_masks_to_their_vi_attention(norm_first: bool) -> None:
+    # The layers call their vi.VIMultiheadAttention sublayers (torch_blue's
+    # order) by keyword: at the posterior means each particle is torch's layer
+    # with the same masks (tolerance as above).
+    x, memory = torch.randn(5, 5, 8), torch.randn(5, 4, 8)
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)  # True: not allowed
+    padding = torch.zeros(5, 5, dtype=torch.bool)
+    padding[2, -1] = True
+    memory_padding = torch.zeros(5, 4, dtype=torch.bool)
+    memory_padding[0, -2:] = True
+    tol = {"atol": 1e-5, "rtol": 1e-5}
+    encoder = vi.VITransformerEncoderLayer(8, 2, 16, norm_first=norm_first)
+    encoder = _at_the_means(encoder)
+    decoder = vi.VITransformerDecoderLayer(8, 2, 16, norm_first=norm_first)
+    decoder = _at_the_means(decoder)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            encoder(x, causal, padding, samples=1)[0],
+            bnn.to_deterministic(encoder)(x, causal, padding),
+            **tol,
+        )
+        masks = (causal, None, padding, memory_padding)
+        torch.testing.assert_close(
+            decoder(x, memory, *masks, samples=1)[0],
+            bnn.to_deterministic(decoder)(x, memory, *masks),
+            **tol,
+        )
 
 
 def test_analytical_loss_non_bayesian_weights_and_plain_models() -> None:
@@ -2884,3 +2999,33 @@ def test_a_custom_predictive_log_prob_from_samples_is_elementwise() -> None:
     expected = torch.distributions.Normal(samples, 1.0).log_prob(target).mean(0)
     value = UnitNormal().log_prob_from_samples(target, samples)
     torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)
+
+
+class _Branching(vi.VIModule):
+    """A torch_blue-style container whose forward branches on a value."""
+
+    def __init__(self, use_item: bool) -> None:
+        super().__init__()
+        self.a = vi.VILinear(4, 6)
+        self.b = vi.VILinear(6, 2)
+        self.use_item = use_item
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        if self.use_item:
+            return self.b(h / h.abs().max().item())
+        if h.mean() > 0:
+            h = -h
+        return self.b(h)
+
+
+@pytest.mark.parametrize("use_item", [False, True])
+def test_data_dependent_container_code_under_vmap_names_cause_and_fix(
+    use_item: bool,
+) -> None:
+    """vmap refuses branching on a tensor and ``.item()`` (as in torch_blue);
+    the error was vmap's alone, while the guide promised a per-particle loop
+    for code vmap cannot batch."""
+    message = r"_Branching\.forward runs once per particle under torch\.vmap.*where"
+    with pytest.raises(RuntimeError, match=message):
+        _Branching(use_item)(torch.randn(5, 4), samples=3)

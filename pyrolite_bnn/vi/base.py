@@ -768,6 +768,7 @@ class VIModule(BnnVIModule):
                 )(weights, *inputs)
             except RuntimeError as error:
                 if "Batching rule not implemented" not in str(error):
+                    _explain_vmap_error(error, type(self).__name__)
                     raise
                 _NOT_VMAPPABLE.add(type(self))  # and run in turn from now on
             else:
@@ -793,6 +794,34 @@ class VIModule(BnnVIModule):
             for s in range(samples)
         ]
         return _fold(_stack_particles(outputs), batch)
+
+
+# torch.vmap's messages for what it refuses in any forward (no fallback runs it).
+_DATA_DEPENDENT = ("data-dependent control flow", "calling .item()")
+
+
+def _explain_vmap_error(error: RuntimeError, name: str) -> None:
+    """Re-raise vmap's refusal of data-dependent code, naming cause and workaround.
+
+    A ``forward`` with variables' draws runs once per particle under
+    ``torch.vmap`` (as in torch_blue); vmap refuses Python control flow on a
+    tensor's value (``if h.mean() > 0``) and ``.item()``. Other errors return
+    (the caller re-raises them unchanged).
+
+    Raises:
+        RuntimeError: vmap's message followed by the cause and the ways out.
+    """
+    if not any(marker in str(error) for marker in _DATA_DEPENDENT):
+        return
+    raise RuntimeError(
+        f"{error}\n{name}.forward runs once per particle under torch.vmap (as in "
+        "torch_blue), which cannot branch on a tensor's value (if/while on a "
+        "tensor, bool(), float(), .item()). Write the branch as tensor "
+        "operations (torch.where(h.mean() > 0, -h, h); a scale as a tensor, "
+        "h / h.abs().max(), not float(...)), or move the data-dependent code out "
+        "of the vi.VIModule's forward into a plain function or nn.Module called "
+        "on its output"
+    ) from error
 
 
 def _stack_particles(outputs: list[Any]) -> Any:

@@ -213,6 +213,53 @@ class VIMultiheadAttention(BnnAttention, VIModule):
         self.adopt_specs(specs)
         self.return_log_probs = return_log_probs
 
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+        *,
+        need_weights: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query`` to ``key``/``value``, in torch_blue's argument order.
+
+        torch_blue's order is ``attn_mask`` before ``key_padding_mask`` (torch's,
+        and :class:`pyrolite_bnn.VIMultiheadAttention`'s, is ``key_padding_mask``,
+        ``need_weights``, ``attn_mask``), so ``attention(x, x, x, causal_mask)``
+        is a causal attention mask here, as in torch_blue. torch_blue has no
+        ``need_weights`` (it always returns the weights); the keyword-only
+        ``need_weights=False`` of this layer skips them (``None``, with the
+        fused kernel), as torch's transformer layers ask of it.
+
+        Args:
+            query: queries (see :class:`pyrolite_bnn.VIMultiheadAttention`).
+            key: keys.
+            value: values.
+            attn_mask: attention mask ``(Lq, Lk)`` or ``(B * num_heads, Lq, Lk)``.
+            key_padding_mask: key padding mask ``(B, Lk)``.
+            average_attn_weights: average the returned weights over the heads.
+            is_causal: a hint that ``attn_mask`` is the causal mask.
+            need_weights: also return the attention weights.
+
+        Returns:
+            The attention output and the attention weights (``None`` with
+            ``need_weights=False``).
+        """
+        return super().forward(
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
+        )
+
     def output_projection(self) -> tuple[Tensor, Tensor | None]:
         """The variables ``out_proj_weight`` and ``out_proj_bias`` (or ``None``)."""
         return self.out_proj_weight, self.out_proj_bias

@@ -31,12 +31,45 @@ __all__ = ["Categorical"]
 InputType = Literal["logits", "probs"]
 
 
+class _EpsCategorical(dist.Categorical):
+    """``Categorical(probs)`` whose ``log_prob`` is torch_blue's ``log(p[y] + eps)``.
+
+    ``p`` is normalised (``probs / sum(probs)``) and draws are from it; the
+    density is not renormalised after adding ``eps`` (its sum over the ``C``
+    classes is ``1 + C * eps``), as torch_blue's loss has it.
+    """
+
+    def __init__(
+        self, probs: Tensor, eps: float, validate_args: bool | None = None
+    ) -> None:
+        self.eps = eps
+        super().__init__(probs=probs, validate_args=validate_args)
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> _EpsCategorical:
+        """As ``Categorical.expand``, keeping ``eps``."""
+        new = self._get_checked_instance(_EpsCategorical, _instance)  # type: ignore[no-untyped-call]
+        new.eps = self.eps
+        result: _EpsCategorical = super().expand(batch_shape, _instance=new)  # type: ignore[no-untyped-call]
+        return result
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """``log(p[value] + eps)``."""
+        if self._validate_args:
+            self._validate_sample(value)
+        shape = torch.broadcast_shapes(value.shape, self.probs.shape[:-1])  # type: ignore[no-untyped-call]
+        index = value.long().expand(shape).unsqueeze(-1)
+        picked = self.probs.expand(*shape, -1).gather(-1, index).squeeze(-1)
+        return torch.log(picked + self.eps)
+
+
 class _ProbsCategorical(BnnCategorical):
     """:class:`pyrolite_bnn.Categorical` for outputs that are probabilities.
 
-    The loss reads ``log(p / sum(p) + eps)`` as logits (torch_blue's formula);
-    the summaries read the normalised probabilities themselves, and
-    temperature scaling tempers them, ``p^(1/T)`` normalised.
+    The log-likelihood is torch_blue's ``log(p[y] / sum(p) + eps)``, not
+    renormalised after adding ``eps`` (the loss, ``log_prob_from_samples``
+    and the held-out NLL of ``predict`` and calibration); the class
+    probabilities of the summaries and of draws of ``y`` are ``p / sum(p)``,
+    and temperature scaling tempers them, ``p^(1/T)`` normalised.
     """
 
     def __init__(self, eps: float) -> None:
@@ -79,20 +112,26 @@ class _ProbsCategorical(BnnCategorical):
         if is_validation_enabled():
             self.check_probabilities(output)
 
-    def logits(self, output: Tensor) -> Tensor:
-        """Normalised log probabilities of a probability output."""
-        return torch.log(output / output.sum(-1, keepdim=True) + self.eps)
-
     def distribution(self, output: Tensor) -> TorchDistributionMixin:
-        """``Categorical`` of the normalised probabilities.
+        """``Categorical`` of the normalised probabilities, torch_blue's density.
 
-        Built here, not by ``Categorical.distribution``, whose output check
-        would read the logits as probabilities.
+        ``log_prob`` is ``log(p[y] / sum(p) + eps)`` (torch_blue's), draws are
+        from ``p / sum(p)``. Built here, not by ``Categorical.distribution``,
+        which reads logits.
+
+        Example:
+            >>> import torch
+            >>> from pyrolite_bnn import vi
+            >>> likelihood = vi.distributions.Categorical(input_type="probs", eps=0.1)
+            >>> p = torch.tensor([[[0.2, 0.8]]])
+            >>> likelihood.to_predictive().distribution(p).log_prob(torch.tensor(0))
+            tensor([[-1.2040]])
         """
         self.check_output(output)
-        result: TorchDistributionMixin = dist.Categorical(
-            logits=self.logits(output)
-        ).to_event(output.dim() - 3)
+        likelihood = _EpsCategorical(output, self.eps)
+        result: TorchDistributionMixin = likelihood.to_event(  # type: ignore[no-untyped-call]
+            output.dim() - 3
+        )
         return result
 
     def probs(self, output: Tensor) -> Tensor:
