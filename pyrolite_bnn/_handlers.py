@@ -41,6 +41,7 @@ __all__ = [
     "innermost_trace_holds",
     "method_of_running",
     "pyro_wrapped",
+    "raising_frame",
     "replayed_traces",
     "running_frame",
     "traced_site_count",
@@ -262,6 +263,35 @@ def running_frame(*functions: Callable[..., Any]) -> FrameType | None:
             return frame
         frame = frame.f_back
     return None
+
+
+def raising_frame(
+    error: BaseException, function: Callable[..., Any]
+) -> FrameType | None:
+    """The innermost frame of ``error``'s traceback that ran ``function``.
+
+    ``None`` if none did. The frame keeps the function's locals as they were
+    when the error passed through it (the arguments of a torch function
+    whose check failed). Matched by the function's own code
+    (:func:`code_of`).
+
+    Example:
+        >>> def fails(size):
+        ...     raise ValueError("no")
+        >>> try:
+        ...     fails(3)
+        ... except ValueError as error:
+        ...     raising_frame(error, fails).f_locals["size"]
+        3
+    """
+    code = code_of(function)
+    found = None
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code is code:
+            found = trace.tb_frame
+        trace = trace.tb_next
+    return found
 
 
 def code_of(function: Callable[..., Any]) -> CodeType:

@@ -42,6 +42,7 @@ from pyrolite_bnn._handlers import (
     called_from,
     method_of_running,
     pyro_wrapped,
+    raising_frame,
     traced_site_count,
 )
 from pyrolite_bnn._validation import check_count
@@ -758,38 +759,86 @@ _WIDTH_ERRORS = (
 
 
 # torch's errors naming the two sizes of one dimension that do not match: a
-# matrix product's inner sizes, an einsum subscript, a sparse product's dense
-# operand.
-_MISMATCHED_SIZES = (
-    re.compile(r"shapes cannot be multiplied \(\d+x(\d+) and (\d+)x\d+\)"),
-    re.compile(
-        r"subscript \w+ has size (\d+) for operand \d+ which does not "
-        r"broadcast with previously seen size (\d+)"
-    ),
-    re.compile(r"Expected dim \d+ size (\d+), got (\d+)"),
+# matrix product's inner sizes (after mat1's rows), an einsum subscript, a
+# sparse product's dense operand.
+_MATMUL_SIZES = re.compile(r"shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x\d+\)")
+_EINSUM_SIZES = re.compile(
+    r"subscript (\w) has size (\d+) for operand (\d+) which does not "
+    r"broadcast with previously seen size (\d+)"
 )
+_SPARSE_SIZES = re.compile(r"Expected dim \d+ size (\d+), got (\d+)")
 
 
-def _folded_rows_met(text: str, state: ParticleState | None) -> int | None:
+def _folded_rows_met(error: BaseException, state: ParticleState | None) -> int | None:
     """The batch ``B`` whose ``B`` and ``B * S`` rows an error says do not match.
 
     A graph's ``(N, N)`` adjacency times node features folded ``(N * S,
     F)``: torch names ``N`` and ``N * S`` as the sizes of the dimension summed
-    over (``None`` for other sizes, or outside a call).
+    over (``None`` for other sizes, or outside a call). The operand with the
+    ``N`` there is the adjacency, not itself folded: where it has ``N * S``
+    rows (``h @ W`` with ``h`` of ``(N * S, N)``, an einsum over ``h``'s
+    features) it is a folded activation whose width is ``N`` by chance, and
+    the sizes that do not match are the features, as in the plain model.
     """
     if state is None:
         return None
     batches = set(state.other_batches_seen())
     if state.batch_size is not None:
         batches.add(int(state.batch_size))
-    for pattern in _MISMATCHED_SIZES:
-        found = pattern.search(text)
-        if found is None:
-            continue
+
+    def met(smaller: int, larger: int) -> bool:
+        return smaller in batches and larger == smaller * state.samples
+
+    text = str(error)
+    found = _MATMUL_SIZES.search(text)
+    if found is not None:
+        rows, inner, other = (int(size) for size in found.groups())
+        if met(inner, other) and rows != other:  # mat1 (N, N), not (N * S, N)
+            return inner
+        return other if met(other, inner) else None
+    found = _EINSUM_SIZES.search(text)
+    if found is not None:
+        sizes = sorted(int(found.group(group)) for group in (2, 4))
+        if not met(*sizes) or _einsum_width_met(error, found.group(1), *sizes):
+            return None
+        return sizes[0]
+    found = _SPARSE_SIZES.search(text)
+    if found is not None:
         sizes = sorted(int(size) for size in found.groups())
-        if sizes[0] in batches and sizes[1] == sizes[0] * state.samples:
-            return sizes[0]
+        return sizes[0] if met(*sizes) else None
     return None
+
+
+def _einsum_width_met(
+    error: BaseException, subscript: str, batch: int, rows: int
+) -> bool:
+    """Whether a failed einsum's ``subscript`` of size ``batch`` is a folded width.
+
+    An operand with ``rows`` (``B * S``) rows has ``subscript`` of size
+    ``batch`` in another dimension: a folded activation's features, ``B``
+    wide by chance (read from the einsum's frame in ``error``'s traceback;
+    ``False`` where there is none).
+    """
+    frame = raising_frame(error, torch.functional.einsum)
+    if frame is None:
+        return False
+    equation, operands = frame.f_locals.get("equation"), frame.f_locals.get("operands")
+    if not isinstance(equation, str) or not isinstance(operands, (list, tuple)):
+        return False
+    inputs = equation.replace(" ", "").split("->")[0].split(",")
+    for subscripts, operand in zip(inputs, operands, strict=False):
+        if not isinstance(operand, Tensor) or operand.dim() == 0:
+            continue
+        left, _, right = subscripts.partition("...")
+        if subscript in left:
+            dim = left.index(subscript)
+        elif subscript in right:
+            dim = operand.dim() - len(right) + right.index(subscript)
+        else:
+            continue
+        if dim > 0 and operand.shape[dim] == batch and operand.shape[0] == rows:
+            return True
+    return False
 
 
 # torch's check of an attention's key_padding_mask against the query's batch.
@@ -845,7 +894,7 @@ def with_fold_hint(
         )
     if samples <= 1:
         return None
-    met = _folded_rows_met(text, state)
+    met = _folded_rows_met(error, state)
     if met is not None:
         rows = met * samples
         return RuntimeError(

@@ -745,6 +745,42 @@ def test_an_adjacency_times_folded_nodes_names_the_fold(
     assert "are the features" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        lambda h, w: h @ w,
+        lambda h, w: torch.einsum("bf,fk->bk", h, w),
+        lambda h, w: torch.einsum("...f,fk->...k", h, w),
+    ],
+    ids=["matmul", "einsum", "einsum-ellipsis"],
+)
+def test_a_width_error_whose_width_is_the_batch_is_no_fold(
+    head: Callable[[Tensor, Tensor], Tensor],
+) -> None:
+    """A head declared 64 wide after a 16-wide layer, at B = 16 and S = 4,
+    fails with (64x16 and 64x3): 16 = B and 64 = B * S by chance, and the
+    note said the rows were a batch's folded with the particles met by an
+    adjacency. The folded activation is the operand with the 16 (its 64
+    rows are the fold, its 16 its width): the sizes that do not match are
+    the features, as at B = 15, and no note on the adjacency comes."""
+
+    class WrongWidth(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = bnn.VILinear(8, 16)
+            self.w = nn.Parameter(torch.randn(64, 3))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return head(torch.relu(self.body(x)), self.w)
+
+    for batch in (16, 15):
+        with pytest.raises(RuntimeError) as raised:
+            WrongWidth()(torch.randn(batch, 8), samples=4)
+        text = str(raised.value)
+        assert "are a batch's rows" not in text
+        assert ("are the features" in text) == ("cannot be multiplied" in text)
+
+
 class _SiameseTwoHeads(bnn.VIModule):
     """The concatenated inputs read by two layers (a head and a projection)."""
 
