@@ -985,19 +985,35 @@ def fold_hinted(state: ParticleState | None) -> Iterator[None]:
         raise hinted from error
 
 
+# The two sizes named by torch's errors in _SIZE_ERRORS.
+_SIZE_PAIRS = (
+    re.compile(
+        r"\((\d+)\) must match the (?:size of tensor b|existing size) \((\d+)\)"
+    ),
+    re.compile(r"Expected size (\d+) but got size (\d+)"),
+)
+
+
 def _one_row_input_read(state: ParticleState, text: str) -> bool:
-    """Whether a size error ``text`` may come from a one-row input's fold.
+    """Whether a size error ``text`` comes from a one-row input's fold.
 
     A Bayesian layer read a tensor of an input of batch 1 (another batch than
-    the call's ``B``, :func:`row_layout`), and the error names its folded
-    size, the ``S`` rows of one row per particle.
+    the call's ``B``, :func:`row_layout`), and the two sizes the error names
+    are its folded rows, one per particle (``S``), and the batch's ``B * S``;
+    an error naming other sizes (two features' widths, one of them ``S`` by
+    chance) is none of its.
     """
-    return (
-        state.batch_size not in (None, 1)
-        and 1 in state.other_batches
-        and 1 in state.used_batches
-        and re.search(rf"\b{state.samples}\b", text) is not None
-    )
+    batch, samples = state.batch_size, state.samples
+    if batch in (None, 1) or 1 not in state.other_batches:
+        return False
+    if 1 not in state.used_batches:
+        return False
+    for pattern in _SIZE_PAIRS:
+        found = pattern.search(text)
+        if found is not None:
+            sizes = sorted(int(size) for size in found.groups())
+            return sizes == [samples, int(batch) * samples]
+    return False
 
 
 def _key_padding_hint(text: str, samples: int) -> AssertionError | None:

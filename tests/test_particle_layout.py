@@ -1403,6 +1403,35 @@ def test_a_one_row_input_beside_the_batch_names_its_rule_and_remedy(
     assert not torch.allclose(got[0], got[1])
 
 
+@pytest.mark.parametrize("samples", [3, 4])
+def test_a_width_error_beside_a_one_row_input_names_no_one_row_rule(
+    samples: int,
+) -> None:
+    """``net(x, ctx)`` with ``ctx`` of one row combined per particle as it
+    should be, then a bias 3 wide added to 4 features: torch names sizes 4
+    and 3, and at S = 4 or S = 3 the note said a one-row input was read
+    beside the batch and to expand it (it matched S anywhere in the
+    text). The note on the one-row input comes only for its S rows against
+    the batch's B * S (the test above)."""
+
+    class ContextThenWrongBias(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fx, self.fc = bnn.VILinear(3, 4), bnn.VILinear(2, 4)
+            self.bias = nn.Parameter(torch.zeros(3))  # the features are 4
+
+        def forward(self, x: Tensor, ctx: Tensor) -> Tensor:
+            from pyrolite_bnn.layers.functional import current_samples
+
+            per_particle = self.fx(x).unflatten(0, (-1, current_samples()))
+            return (per_particle + self.fc(ctx)).flatten(0, 1) + self.bias
+
+    with pytest.raises(RuntimeError, match=r"\(4\) must match") as raised:
+        ContextThenWrongBias()(torch.randn(5, 3), torch.randn(1, 2), samples=samples)
+    assert "keeps its own batch" not in str(raised.value)
+    assert "ctx.expand" not in str(raised.value)
+
+
 def test_one_row_taken_from_folded_rows_is_not_broadcast() -> None:
     """One row computed from a Bayesian layer's folded output (``h[:1]``,
     particle 0 of example 0; ``h.mean(0, keepdim=True)``, mixing particles)
