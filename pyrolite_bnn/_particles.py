@@ -1499,16 +1499,18 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
     raise ValueError(
         f"network output has leading size {rows}; expected the batch size {batch} "
         f"or samples * batch = {samples * batch}. "
-        f"{_rows_per_group_hint(rows, samples)}{keep_first}"
+        f"{_rows_per_group_hint(rows, samples, batch)}{keep_first}"
     )
 
 
-def _rows_per_group_hint(rows: int, samples: int) -> str:
+def _rows_per_group_hint(rows: int, samples: int, batch: int) -> str:
     """What an output of ``rows`` rows, a multiple of ``samples``, may be.
 
     One row per particle: the whole batch reduced per particle (one set given
-    as the batch); ``G`` rows per particle: one per group of the batch (a
-    graph-level readout). Empty for other sizes.
+    as the batch); ``G < B`` rows per particle: one per group of the batch
+    (a graph-level readout); a multiple of ``B`` rows per particle: the
+    folded batch merged with another dimension (``logits.view(-1, V)`` of
+    ``(B * S, L, V)``). Empty for other sizes.
     """
     if samples == 1 or rows % samples:
         return ""
@@ -1519,6 +1521,16 @@ def _rows_per_group_hint(rows: int, samples: int) -> str:
             "h.unflatten(0, (-1, S)).sum(0)) has no row per example; give the "
             "set as a batch of one, x.unsqueeze(0) of shape (1, n, features), "
             "and reduce its dimension 1 (the output is then (S, 1, ...)). "
+        )
+    if rows // samples > batch:
+        if rows % (batch * samples):
+            return ""
+        return (
+            f"That is {rows} = {batch} * {samples} * {rows // (batch * samples)}: "
+            "the batch's folded rows merged with another dimension (a sequence, "
+            "as logits.view(-1, V) of (B, L, V) logits does); return the batch "
+            "as a dimension of its own, (B, L, ...), and merge after the call, "
+            "whose output is (S, B, L, ...). "
         )
     return (
         f"That is {rows // samples} rows per particle: an output with one row "

@@ -1566,6 +1566,28 @@ def test_node_subset_outputs_of_the_batch_size_are_refused_without_gradients() -
         Subset()(torch.randn(12, 5), torch.tensor([0, 5, 7]), samples=4)
 
 
+def test_an_output_with_the_batch_merged_names_no_readout() -> None:
+    """``logits.view(-1, V)`` in the forward of a language model at B = 6,
+    L = 7, S = 4 gives 168 = B * S * L rows, and the refusal said they were
+    42 rows per particle, a graph-level readout, with torch.arange(G) as the
+    remedy: more rows per particle than examples are no groups of the batch.
+    A multiple of B * S is the batch merged with another dimension."""
+
+    class Language(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.out = nn.Embedding(11, 8), bnn.VILinear(8, 11)
+
+        def forward(self, tokens: Tensor) -> Tensor:
+            return self.out(self.embed(tokens)).view(-1, 11)  # type: ignore[no-any-return]
+
+    merged = r"(?s)leading size 168;.*168 = 6 \* 4 \* 7: the batch's folded rows merged"
+    with pytest.raises(ValueError, match=merged) as raised:
+        Language()(torch.randint(0, 11, (6, 7)), samples=4)
+    assert "rows per particle" not in str(raised.value)
+    assert "arange(G)" not in str(raised.value)
+
+
 # The readout's rows are no batch of an input: read as folded, with a warning.
 @pytest.mark.filterwarnings("ignore:a Bayesian layer got an input of:UserWarning")
 @pytest.mark.parametrize(
