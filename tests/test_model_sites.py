@@ -475,26 +475,41 @@ def test_observing_in_a_plain_plate_over_the_particles_warns(
         step(model, guide, x, y)
 
 
-@pytest.mark.parametrize("compensated", [False, True])
+_MINIBATCH_WEIGHTS = {
+    # the minibatch weight N / B alone: the data counted S times (warns)
+    "uncompensated": (lambda n, b, s: [n / b], True),
+    "float": (lambda n, b, s: [n / b, 1.0 / s], False),
+    # a one-element tensor 1 / S was skipped by the check (probe falsepos12)
+    "tensor": (lambda n, b, s: [n / b, torch.tensor(1.0 / s)], False),
+    "tensor-alone": (lambda n, b, s: [torch.tensor(1.0 / s)], False),
+    # one factor N / (B * S): no plate holds N, and the factor cannot be told
+    # from a minibatch weight without the 1 / S: warns, naming a factor of
+    # its own as the way
+    "combined": (lambda n, b, s: [n / (b * s)], True),
+}
+
+
+@pytest.mark.parametrize("weights", sorted(_MINIBATCH_WEIGHTS))
 def test_a_minibatch_weight_of_the_users_own_is_no_particle_weight(
-    compensated: bool,
+    weights: str,
 ) -> None:
     """The same plain plate over the particles with the minibatch weighed by
     hand, ``poutine.scale(N / B)`` around ``pyro.plate("data", B)`` (a common
     Pyro idiom), counts the data ``S`` times just the same (-ELBO 692.20 in
     both, probe of 2026-12), but any scale other than the subsampling's was
     taken for the user's own ``1 / S``: no warning. Only a scale holding
-    ``1 / S`` silences it now, beside the minibatch weight or not."""
+    ``1 / S`` silences it now, beside the minibatch weight or not, a number
+    or a one-element tensor (a tensor was not read: it warned)."""
     net = _net()
     x, y = _data()
     samples = 4
-    weights = [36 / len(x)] + ([1.0 / samples] if compensated else [])
+    factors, warns = _MINIBATCH_WEIGHTS[weights]
 
     def model(x: Tensor, y: Tensor | None = None) -> None:
         out = net(x, samples=samples).squeeze(-1)
         with contextlib.ExitStack() as stack:
             stack.enter_context(pyro.plate("particles2", samples, dim=-2))
-            for weight in weights:
+            for weight in factors(36, len(x), samples):
                 stack.enter_context(pyro.poutine.scale(scale=weight))
             stack.enter_context(pyro.plate("data", len(x)))
             pyro.sample("obs", dist.Normal(out, NOISE), obs=y)
@@ -503,10 +518,11 @@ def test_a_minibatch_weight_of_the_users_own_is_no_particle_weight(
         net.guide(samples=samples)
 
     step = bnn.Trace_ELBO().loss_and_grads
-    if compensated:
+    if not warns:
         step(model, guide, x, y)  # no warning (filterwarnings=error)
         return
-    with pytest.warns(UserWarning, match=r"'obs'.*data 4 times.*bnn.per_particle"):
+    way = r"(?s)'obs'.*data 4 times.*bnn.per_particle.*poutine.scale of its own"
+    with pytest.warns(UserWarning, match=way):
         step(model, guide, x, y)
 
 
