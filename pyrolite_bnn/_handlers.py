@@ -38,6 +38,7 @@ __all__ = [
     "code_of",
     "importance_sampler",
     "initialising_inference",
+    "innermost_trace",
     "innermost_trace_holds",
     "method_of_running",
     "pyro_wrapped",
@@ -45,6 +46,7 @@ __all__ = [
     "replayed_traces",
     "running_frame",
     "traced_site_count",
+    "traces_holding",
 ]
 
 # Handlers on Pyro's stack below this depth are the caller's, set aside.
@@ -142,10 +144,42 @@ def innermost_trace_holds(name: str) -> bool:
 
     For an autoguide finding its sites, that is its prototype trace.
     """
+    trace = innermost_trace()
+    return trace is not None and name in trace.nodes
+
+
+def innermost_trace() -> Trace | None:
+    """The innermost trace on Pyro's stack (``None`` if none is recording).
+
+    Example:
+        >>> with poutine.trace() as outer, poutine.trace() as inner:
+        ...     innermost_trace() is inner.trace
+        True
+    """
     for handler in reversed(pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]):
         if isinstance(handler, TraceMessenger):
-            return name in handler.trace.nodes
-    return False
+            return handler.trace
+    return None
+
+
+def traces_holding(name: str) -> list[Trace]:
+    """The traces on Pyro's stack that hold the site ``name``, outermost first.
+
+    Only the traces pushed after the caller's handlers that were set aside
+    (as :func:`traced_site_count`).
+
+    Example:
+        >>> with poutine.trace() as outer:
+        ...     _ = pyro.sample("z", pyro.distributions.Normal(0.0, 1.0))
+        ...     with poutine.trace():
+        ...         [trace is outer.trace for trace in traces_holding("z")]
+        [True]
+    """
+    return [
+        handler.trace
+        for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]
+        if isinstance(handler, TraceMessenger) and name in handler.trace.nodes
+    ]
 
 
 # Pyro's own query for the InitMessengers on the handler stack (public

@@ -30,7 +30,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVGD, TraceTailAdaptive_ELBO
-from pyro.infer.autoguide import AutoGuideList
+from pyro.infer.autoguide import AutoGuide, AutoGuideList
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
@@ -40,10 +40,13 @@ from pyrolite_bnn import _structures
 from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._handlers import (
     called_from,
+    innermost_trace,
     method_of_running,
     pyro_wrapped,
     raising_frame,
+    running_frame,
     traced_site_count,
+    traces_holding,
 )
 from pyrolite_bnn._validation import check_count
 
@@ -87,6 +90,18 @@ _IN_AN_AUTOGUIDE_LIST = (
     "function instead, an autoguide for your own sites built on "
     "poutine.block(model, expose=[...your sites...]): "
     "own = AutoNormal(poutine.block(model, expose=['sigma'])); "
+    "def guide(x, y=None, samples=4): net.guide(samples=samples); "
+    "own(x, y, samples)"
+)
+
+_BESIDE_AN_AUTOGUIDE_LIST = (
+    "an AutoGuideList built on the whole model opens every plate of its model "
+    f"around its parts, the network's particle plate '{PLATE_NAME}' among "
+    "them, and net.guide opens that plate itself (its particles weigh 1/S "
+    "each): called beside net.guide in one guide, the list opens it a second "
+    "time. Build the AutoGuideList on your own sites, "
+    "poutine.block(model, expose=[...your sites...]), as its parts: "
+    "own = AutoGuideList(poutine.block(model, expose=['sigma', 'tau'])); "
     "def guide(x, y=None, samples=4): net.guide(samples=samples); "
     "own(x, y, samples)"
 )
@@ -1147,6 +1162,8 @@ def particle_plate(samples: int, device: torch.device | None = None) -> Iterator
         else:
             with poutine.scale(scale=1.0 / samples):
                 yield
+        if _list_prototype_beside_the_plate():
+            raise RuntimeError(_BESIDE_AN_AUTOGUIDE_LIST)
 
 
 def refuse_outer_plates() -> None:
@@ -1190,7 +1207,44 @@ def _second_plate_message() -> str:
     """
     if called_from(AutoGuideList.forward):
         return _IN_AN_AUTOGUIDE_LIST
+    if any(not _plate_holds_sites(trace) for trace in traces_holding(PLATE_NAME)):
+        # Opened with nothing in it: an AutoGuideList's plates, not a network.
+        return (
+            f"{_BESIDE_AN_AUTOGUIDE_LIST} (the plate '{PLATE_NAME}' was opened "
+            "before with no site in it, as an AutoGuideList does; a "
+            f"pyro.plate of your own named '{PLATE_NAME}' needs another name)"
+        )
     return _TWO_NETWORKS
+
+
+def _plate_holds_sites(trace: Any) -> bool:
+    """Whether a sample site of ``trace`` lies in the particle plate."""
+    return any(
+        node["type"] == "sample"
+        and any(frame.name == PLATE_NAME for frame in node["cond_indep_stack"])
+        for node in trace.nodes.values()
+    )
+
+
+def _list_prototype_beside_the_plate() -> bool:
+    """Whether an ``AutoGuideList`` sets up on a model whose plate a trace holds.
+
+    The network ran in the list's prototype trace, which recorded its sites
+    in the particle plate (the list was built on the whole model, not on
+    ``poutine.block(model, expose=[...])``), while a trace around it (the
+    guide's) holds the plate already, opened by ``net.guide``: the list
+    would open it there a second time, and Pyro says only that there are
+    multiple sites named ``'particles'``.
+    """
+    frame = running_frame(AutoGuide._setup_prototype)
+    if frame is None or not isinstance(frame.f_locals.get("self"), AutoGuideList):
+        return False
+    prototype = innermost_trace()
+    return (
+        prototype is not None
+        and _plate_holds_sites(prototype)
+        and bool(traces_holding(PLATE_NAME))
+    )
 
 
 def _vectorised_particles_message() -> str:

@@ -10,6 +10,7 @@ against an exact -ELBO of 140.6 at ``S = 8`` (probe of 2026-12-01).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import pyro
 import pyro.distributions as dist
@@ -293,6 +294,55 @@ def test_the_networks_guide_in_an_autoguide_list_is_refused_naming_the_recipe() 
         Trace_ELBO().loss(model, covering, x, y)
     messages = [str(warning.message) for warning in warned]
     assert [m.split(" is built on")[0] for m in messages] == ["AutoNormal"]
+
+
+@pytest.mark.parametrize("networks_first", [True, False])
+def test_an_autoguide_list_of_own_sites_beside_the_networks_guide_names_the_block(
+    networks_first: bool,
+) -> None:
+    """An ``AutoGuideList`` of the user's own sites built on the whole model,
+    called beside ``net.guide`` (not holding it), opens the network's particle
+    plate too: Pyro's "Multiple sample sites named 'particles'" came with
+    ``net.guide`` first, the note on two networks with the list first. Both
+    now name the list's plates and ``poutine.block(model, expose=[...])``,
+    with which the same guide runs (no warning: filterwarnings=error)."""
+    from pyro import poutine
+    from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
+
+    net = bnn.VILinear(2, 1)
+    x, y = _data()
+
+    def model(x: Tensor, y: Tensor | None = None, samples: int = 3) -> None:
+        out = net(x, samples=samples).squeeze(-1)
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        tau = pyro.sample("tau", dist.Normal(0.0, 1.0))
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out + tau, sigma), obs=y)
+
+    def guide_with(own: AutoGuideList) -> Callable[..., None]:
+        own.append(AutoDelta(poutine.block(model, expose=["sigma"])))
+        own.append(AutoNormal(poutine.block(model, expose=["tau"])))
+
+        def guide(x: Tensor, y: Tensor | None = None, samples: int = 3) -> None:
+            if networks_first:
+                net.guide(samples=samples)
+            own(x, y, samples)
+            if not networks_first:
+                net.guide(samples=samples)
+
+        return guide
+
+    with pytest.raises(
+        RuntimeError,
+        match=r"^an AutoGuideList built on the whole model .* plate 'particles' .*"
+        r"AutoGuideList\(poutine\.block\(model, expose=",
+    ):
+        Trace_ELBO().loss(model, guide_with(AutoGuideList(model)), x, y)
+    pyro.clear_param_store()
+    blocked = AutoGuideList(poutine.block(model, expose=["sigma", "tau"]))
+    assert torch.isfinite(
+        torch.tensor(Trace_ELBO().loss(model, guide_with(blocked), x, y))
+    )
 
 
 @pytest.mark.parametrize("samples", [4, 1])
