@@ -38,12 +38,15 @@ __all__ = [
     "code_of",
     "importance_sampler",
     "initialising_inference",
+    "innermost_trace",
     "innermost_trace_holds",
     "method_of_running",
     "pyro_wrapped",
+    "raising_frame",
     "replayed_traces",
     "running_frame",
     "traced_site_count",
+    "traces_holding",
 ]
 
 # Handlers on Pyro's stack below this depth are the caller's, set aside.
@@ -141,10 +144,42 @@ def innermost_trace_holds(name: str) -> bool:
 
     For an autoguide finding its sites, that is its prototype trace.
     """
+    trace = innermost_trace()
+    return trace is not None and name in trace.nodes
+
+
+def innermost_trace() -> Trace | None:
+    """The innermost trace on Pyro's stack (``None`` if none is recording).
+
+    Example:
+        >>> with poutine.trace() as outer, poutine.trace() as inner:
+        ...     innermost_trace() is inner.trace
+        True
+    """
     for handler in reversed(pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]):
         if isinstance(handler, TraceMessenger):
-            return name in handler.trace.nodes
-    return False
+            return handler.trace
+    return None
+
+
+def traces_holding(name: str) -> list[Trace]:
+    """The traces on Pyro's stack that hold the site ``name``, outermost first.
+
+    Only the traces pushed after the caller's handlers that were set aside
+    (as :func:`traced_site_count`).
+
+    Example:
+        >>> with poutine.trace() as outer:
+        ...     _ = pyro.sample("z", pyro.distributions.Normal(0.0, 1.0))
+        ...     with poutine.trace():
+        ...         [trace is outer.trace for trace in traces_holding("z")]
+        [True]
+    """
+    return [
+        handler.trace
+        for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]
+        if isinstance(handler, TraceMessenger) and name in handler.trace.nodes
+    ]
 
 
 # Pyro's own query for the InitMessengers on the handler stack (public
@@ -262,6 +297,35 @@ def running_frame(*functions: Callable[..., Any]) -> FrameType | None:
             return frame
         frame = frame.f_back
     return None
+
+
+def raising_frame(
+    error: BaseException, function: Callable[..., Any]
+) -> FrameType | None:
+    """The innermost frame of ``error``'s traceback that ran ``function``.
+
+    ``None`` if none did. The frame keeps the function's locals as they were
+    when the error passed through it (the arguments of a torch function
+    whose check failed). Matched by the function's own code
+    (:func:`code_of`).
+
+    Example:
+        >>> def fails(size):
+        ...     raise ValueError("no")
+        >>> try:
+        ...     fails(3)
+        ... except ValueError as error:
+        ...     raising_frame(error, fails).f_locals["size"]
+        3
+    """
+    code = code_of(function)
+    found = None
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code is code:
+            found = trace.tb_frame
+        trace = trace.tb_next
+    return found
 
 
 def code_of(function: Callable[..., Any]) -> CodeType:

@@ -30,7 +30,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVGD, TraceTailAdaptive_ELBO
-from pyro.infer.autoguide import AutoGuideList
+from pyro.infer.autoguide import AutoGuide, AutoGuideList
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.runtime import get_plates
 from torch import Tensor, nn
@@ -40,9 +40,13 @@ from pyrolite_bnn import _structures
 from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._handlers import (
     called_from,
+    innermost_trace,
     method_of_running,
     pyro_wrapped,
+    raising_frame,
+    running_frame,
     traced_site_count,
+    traces_holding,
 )
 from pyrolite_bnn._validation import check_count
 
@@ -86,6 +90,18 @@ _IN_AN_AUTOGUIDE_LIST = (
     "function instead, an autoguide for your own sites built on "
     "poutine.block(model, expose=[...your sites...]): "
     "own = AutoNormal(poutine.block(model, expose=['sigma'])); "
+    "def guide(x, y=None, samples=4): net.guide(samples=samples); "
+    "own(x, y, samples)"
+)
+
+_BESIDE_AN_AUTOGUIDE_LIST = (
+    "an AutoGuideList built on the whole model opens every plate of its model "
+    f"around its parts, the network's particle plate '{PLATE_NAME}' among "
+    "them, and net.guide opens that plate itself (its particles weigh 1/S "
+    "each): called beside net.guide in one guide, the list opens it a second "
+    "time. Build the AutoGuideList on your own sites, "
+    "poutine.block(model, expose=[...your sites...]), as its parts: "
+    "own = AutoGuideList(poutine.block(model, expose=['sigma', 'tau'])); "
     "def guide(x, y=None, samples=4): net.guide(samples=samples); "
     "own(x, y, samples)"
 )
@@ -716,38 +732,86 @@ _WIDTH_ERRORS = (
 
 
 # torch's errors naming the two sizes of one dimension that do not match: a
-# matrix product's inner sizes, an einsum subscript, a sparse product's dense
-# operand.
-_MISMATCHED_SIZES = (
-    re.compile(r"shapes cannot be multiplied \(\d+x(\d+) and (\d+)x\d+\)"),
-    re.compile(
-        r"subscript \w+ has size (\d+) for operand \d+ which does not "
-        r"broadcast with previously seen size (\d+)"
-    ),
-    re.compile(r"Expected dim \d+ size (\d+), got (\d+)"),
+# matrix product's inner sizes (after mat1's rows), an einsum subscript, a
+# sparse product's dense operand.
+_MATMUL_SIZES = re.compile(r"shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x\d+\)")
+_EINSUM_SIZES = re.compile(
+    r"subscript (\w) has size (\d+) for operand (\d+) which does not "
+    r"broadcast with previously seen size (\d+)"
 )
+_SPARSE_SIZES = re.compile(r"Expected dim \d+ size (\d+), got (\d+)")
 
 
-def _folded_rows_met(text: str, state: ParticleState | None) -> int | None:
+def _folded_rows_met(error: BaseException, state: ParticleState | None) -> int | None:
     """The batch ``B`` whose ``B`` and ``B * S`` rows an error says do not match.
 
     A graph's ``(N, N)`` adjacency times node features folded ``(N * S,
     F)``: torch names ``N`` and ``N * S`` as the sizes of the dimension summed
-    over (``None`` for other sizes, or outside a call).
+    over (``None`` for other sizes, or outside a call). The operand with the
+    ``N`` there is the adjacency, not itself folded: where it has ``N * S``
+    rows (``h @ W`` with ``h`` of ``(N * S, N)``, an einsum over ``h``'s
+    features) it is a folded activation whose width is ``N`` by chance, and
+    the sizes that do not match are the features, as in the plain model.
     """
     if state is None:
         return None
     batches = set(state.other_batches_seen())
     if state.batch_size is not None:
         batches.add(int(state.batch_size))
-    for pattern in _MISMATCHED_SIZES:
-        found = pattern.search(text)
-        if found is None:
-            continue
+
+    def met(smaller: int, larger: int) -> bool:
+        return smaller in batches and larger == smaller * state.samples
+
+    text = str(error)
+    found = _MATMUL_SIZES.search(text)
+    if found is not None:
+        rows, inner, other = (int(size) for size in found.groups())
+        if met(inner, other) and rows != other:  # mat1 (N, N), not (N * S, N)
+            return inner
+        return other if met(other, inner) else None
+    found = _EINSUM_SIZES.search(text)
+    if found is not None:
+        sizes = sorted(int(found.group(group)) for group in (2, 4))
+        if not met(*sizes) or _einsum_width_met(error, found.group(1), *sizes):
+            return None
+        return sizes[0]
+    found = _SPARSE_SIZES.search(text)
+    if found is not None:
         sizes = sorted(int(size) for size in found.groups())
-        if sizes[0] in batches and sizes[1] == sizes[0] * state.samples:
-            return sizes[0]
+        return sizes[0] if met(*sizes) else None
     return None
+
+
+def _einsum_width_met(
+    error: BaseException, subscript: str, batch: int, rows: int
+) -> bool:
+    """Whether a failed einsum's ``subscript`` of size ``batch`` is a folded width.
+
+    An operand with ``rows`` (``B * S``) rows has ``subscript`` of size
+    ``batch`` in another dimension: a folded activation's features, ``B``
+    wide by chance (read from the einsum's frame in ``error``'s traceback;
+    ``False`` where there is none).
+    """
+    frame = raising_frame(error, torch.functional.einsum)
+    if frame is None:
+        return False
+    equation, operands = frame.f_locals.get("equation"), frame.f_locals.get("operands")
+    if not isinstance(equation, str) or not isinstance(operands, (list, tuple)):
+        return False
+    inputs = equation.replace(" ", "").split("->")[0].split(",")
+    for subscripts, operand in zip(inputs, operands, strict=False):
+        if not isinstance(operand, Tensor) or operand.dim() == 0:
+            continue
+        left, _, right = subscripts.partition("...")
+        if subscript in left:
+            dim = left.index(subscript)
+        elif subscript in right:
+            dim = operand.dim() - len(right) + right.index(subscript)
+        else:
+            continue
+        if dim > 0 and operand.shape[dim] == batch and operand.shape[0] == rows:
+            return True
+    return False
 
 
 # torch's check of an attention's key_padding_mask against the query's batch.
@@ -803,7 +867,7 @@ def with_fold_hint(
         )
     if samples <= 1:
         return None
-    met = _folded_rows_met(text, state)
+    met = _folded_rows_met(error, state)
     if met is not None:
         rows = met * samples
         return RuntimeError(
@@ -894,19 +958,35 @@ def fold_hinted(state: ParticleState | None) -> Iterator[None]:
         raise hinted from error
 
 
+# The two sizes named by torch's errors in _SIZE_ERRORS.
+_SIZE_PAIRS = (
+    re.compile(
+        r"\((\d+)\) must match the (?:size of tensor b|existing size) \((\d+)\)"
+    ),
+    re.compile(r"Expected size (\d+) but got size (\d+)"),
+)
+
+
 def _one_row_input_read(state: ParticleState, text: str) -> bool:
-    """Whether a size error ``text`` may come from a one-row input's fold.
+    """Whether a size error ``text`` comes from a one-row input's fold.
 
     A Bayesian layer read a tensor of an input of batch 1 (another batch than
-    the call's ``B``, :func:`row_layout`), and the error names its folded
-    size, the ``S`` rows of one row per particle.
+    the call's ``B``, :func:`row_layout`), and the two sizes the error names
+    are its folded rows, one per particle (``S``), and the batch's ``B * S``;
+    an error naming other sizes (two features' widths, one of them ``S`` by
+    chance) is none of its.
     """
-    return (
-        state.batch_size not in (None, 1)
-        and 1 in state.other_batches
-        and 1 in state.used_batches
-        and re.search(rf"\b{state.samples}\b", text) is not None
-    )
+    batch, samples = state.batch_size, state.samples
+    if batch in (None, 1) or 1 not in state.other_batches:
+        return False
+    if 1 not in state.used_batches:
+        return False
+    for pattern in _SIZE_PAIRS:
+        found = pattern.search(text)
+        if found is not None:
+            sizes = sorted(int(size) for size in found.groups())
+            return sizes == [samples, int(batch) * samples]
+    return False
 
 
 def _key_padding_hint(text: str, samples: int) -> AssertionError | None:
@@ -1040,6 +1120,8 @@ def particle_plate(samples: int, device: torch.device | None = None) -> Iterator
         else:
             with poutine.scale(scale=1.0 / samples):
                 yield
+        if _list_prototype_beside_the_plate():
+            raise RuntimeError(_BESIDE_AN_AUTOGUIDE_LIST)
 
 
 def refuse_outer_plates() -> None:
@@ -1083,7 +1165,44 @@ def _second_plate_message() -> str:
     """
     if called_from(AutoGuideList.forward):
         return _IN_AN_AUTOGUIDE_LIST
+    if any(not _plate_holds_sites(trace) for trace in traces_holding(PLATE_NAME)):
+        # Opened with nothing in it: an AutoGuideList's plates, not a network.
+        return (
+            f"{_BESIDE_AN_AUTOGUIDE_LIST} (the plate '{PLATE_NAME}' was opened "
+            "before with no site in it, as an AutoGuideList does; a "
+            f"pyro.plate of your own named '{PLATE_NAME}' needs another name)"
+        )
     return _TWO_NETWORKS
+
+
+def _plate_holds_sites(trace: Any) -> bool:
+    """Whether a sample site of ``trace`` lies in the particle plate."""
+    return any(
+        node["type"] == "sample"
+        and any(frame.name == PLATE_NAME for frame in node["cond_indep_stack"])
+        for node in trace.nodes.values()
+    )
+
+
+def _list_prototype_beside_the_plate() -> bool:
+    """Whether an ``AutoGuideList`` sets up on a model whose plate a trace holds.
+
+    The network ran in the list's prototype trace, which recorded its sites
+    in the particle plate (the list was built on the whole model, not on
+    ``poutine.block(model, expose=[...])``), while a trace around it (the
+    guide's) holds the plate already, opened by ``net.guide``: the list
+    would open it there a second time, and Pyro says only that there are
+    multiple sites named ``'particles'``.
+    """
+    frame = running_frame(AutoGuide._setup_prototype)
+    if frame is None or not isinstance(frame.f_locals.get("self"), AutoGuideList):
+        return False
+    prototype = innermost_trace()
+    return (
+        prototype is not None
+        and _plate_holds_sites(prototype)
+        and bool(traces_holding(PLATE_NAME))
+    )
 
 
 def _vectorised_particles_message() -> str:
@@ -1391,16 +1510,18 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
     raise ValueError(
         f"network output has leading size {rows}; expected the batch size {batch} "
         f"or samples * batch = {samples * batch}. "
-        f"{_rows_per_group_hint(rows, samples)}{keep_first}"
+        f"{_rows_per_group_hint(rows, samples, batch)}{keep_first}"
     )
 
 
-def _rows_per_group_hint(rows: int, samples: int) -> str:
+def _rows_per_group_hint(rows: int, samples: int, batch: int) -> str:
     """What an output of ``rows`` rows, a multiple of ``samples``, may be.
 
     One row per particle: the whole batch reduced per particle (one set given
-    as the batch); ``G`` rows per particle: one per group of the batch (a
-    graph-level readout). Empty for other sizes.
+    as the batch); ``G < B`` rows per particle: one per group of the batch
+    (a graph-level readout); a multiple of ``B`` rows per particle: the
+    folded batch merged with another dimension (``logits.view(-1, V)`` of
+    ``(B * S, L, V)``). Empty for other sizes.
     """
     if samples == 1 or rows % samples:
         return ""
@@ -1411,6 +1532,16 @@ def _rows_per_group_hint(rows: int, samples: int) -> str:
             "h.unflatten(0, (-1, S)).sum(0)) has no row per example; give the "
             "set as a batch of one, x.unsqueeze(0) of shape (1, n, features), "
             "and reduce its dimension 1 (the output is then (S, 1, ...)). "
+        )
+    if rows // samples > batch:
+        if rows % (batch * samples):
+            return ""
+        return (
+            f"That is {rows} = {batch} * {samples} * {rows // (batch * samples)}: "
+            "the batch's folded rows merged with another dimension (a sequence, "
+            "as logits.view(-1, V) of (B, L, V) logits does); return the batch "
+            "as a dimension of its own, (B, L, ...), and merge after the call, "
+            "whose output is (S, B, L, ...). "
         )
     return (
         f"That is {rows // samples} rows per particle: an output with one row "

@@ -225,7 +225,9 @@ class PlainParticlePlates(Messenger):
             f"network's weight sites: the ELBO counts the data {count} times "
             "against the weights' KL. Observe the network's output in "
             "bnn.per_particle(out) instead (with bnn.per_particle(out), "
-            "pyro.plate('data', B): ...)",
+            "pyro.plate('data', B): ...), or give the 1/S a poutine.scale of "
+            "its own (a minibatch weight with the 1/S in it, one "
+            "poutine.scale(N / (B * S)), cannot be told from one without it)",
             past=(PYRO_FOLDER,),
         )
 
@@ -255,16 +257,23 @@ def _compensated(
 ) -> bool:
     """Whether a site's ``scale`` holds the ``1 / count`` of a plate over the particles.
 
-    Either in one factor of the user's own (``poutine.scale(1 / S)``, beside
-    a minibatch weight ``poutine.scale(N / B)`` or not), or as the whole
-    scale beyond the subsampling of the site's plates.
+    Either in one factor of the user's own (``poutine.scale(1 / S)``, a
+    number or a one-element tensor, beside a minibatch weight
+    ``poutine.scale(N / B)`` or not), or as the whole scale beyond the
+    subsampling of the site's plates. A minibatch weight of the user's own
+    with the ``1 / S`` in it, one ``poutine.scale(N / (B * S))``, is not
+    read as compensated: ``N`` is no plate's, and the factor cannot be told
+    from a minibatch weight ``N' / B`` without it (at ``N = B * S`` it is 1,
+    the scale of no handler at all).
     """
     subsampling = math.prod((f.full_size or f.size) / f.size for f in frames)
     if math.isclose(scale * count, subsampling):
         return True
     return any(
-        isinstance(factor, (int, float)) and math.isclose(factor * count, 1.0)
+        math.isclose(float(factor) * count, 1.0)
         for factor in active_scales()
+        if isinstance(factor, (int, float))
+        or (isinstance(factor, Tensor) and factor.numel() == 1)
     )
 
 

@@ -10,6 +10,7 @@ against an exact -ELBO of 140.6 at ``S = 8`` (probe of 2026-12-01).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import pyro
 import pyro.distributions as dist
@@ -295,6 +296,55 @@ def test_the_networks_guide_in_an_autoguide_list_is_refused_naming_the_recipe() 
     assert [m.split(" is built on")[0] for m in messages] == ["AutoNormal"]
 
 
+@pytest.mark.parametrize("networks_first", [True, False])
+def test_an_autoguide_list_of_own_sites_beside_the_networks_guide_names_the_block(
+    networks_first: bool,
+) -> None:
+    """An ``AutoGuideList`` of the user's own sites built on the whole model,
+    called beside ``net.guide`` (not holding it), opens the network's particle
+    plate too: Pyro's "Multiple sample sites named 'particles'" came with
+    ``net.guide`` first, the note on two networks with the list first. Both
+    now name the list's plates and ``poutine.block(model, expose=[...])``,
+    with which the same guide runs (no warning: filterwarnings=error)."""
+    from pyro import poutine
+    from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
+
+    net = bnn.VILinear(2, 1)
+    x, y = _data()
+
+    def model(x: Tensor, y: Tensor | None = None, samples: int = 3) -> None:
+        out = net(x, samples=samples).squeeze(-1)
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        tau = pyro.sample("tau", dist.Normal(0.0, 1.0))
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out + tau, sigma), obs=y)
+
+    def guide_with(own: AutoGuideList) -> Callable[..., None]:
+        own.append(AutoDelta(poutine.block(model, expose=["sigma"])))
+        own.append(AutoNormal(poutine.block(model, expose=["tau"])))
+
+        def guide(x: Tensor, y: Tensor | None = None, samples: int = 3) -> None:
+            if networks_first:
+                net.guide(samples=samples)
+            own(x, y, samples)
+            if not networks_first:
+                net.guide(samples=samples)
+
+        return guide
+
+    with pytest.raises(
+        RuntimeError,
+        match=r"^an AutoGuideList built on the whole model .* plate 'particles' .*"
+        r"AutoGuideList\(poutine\.block\(model, expose=",
+    ):
+        Trace_ELBO().loss(model, guide_with(AutoGuideList(model)), x, y)
+    pyro.clear_param_store()
+    blocked = AutoGuideList(poutine.block(model, expose=["sigma", "tau"]))
+    assert torch.isfinite(
+        torch.tensor(Trace_ELBO().loss(model, guide_with(blocked), x, y))
+    )
+
+
 @pytest.mark.parametrize("samples", [4, 1])
 def test_messenger_autoguide_on_a_model_running_a_network_trains_as_in_pyro(
     samples: int,
@@ -475,26 +525,41 @@ def test_observing_in_a_plain_plate_over_the_particles_warns(
         step(model, guide, x, y)
 
 
-@pytest.mark.parametrize("compensated", [False, True])
+_MINIBATCH_WEIGHTS = {
+    # the minibatch weight N / B alone: the data counted S times (warns)
+    "uncompensated": (lambda n, b, s: [n / b], True),
+    "float": (lambda n, b, s: [n / b, 1.0 / s], False),
+    # a one-element tensor 1 / S was skipped by the check (probe falsepos12)
+    "tensor": (lambda n, b, s: [n / b, torch.tensor(1.0 / s)], False),
+    "tensor-alone": (lambda n, b, s: [torch.tensor(1.0 / s)], False),
+    # one factor N / (B * S): no plate holds N, and the factor cannot be told
+    # from a minibatch weight without the 1 / S: warns, naming a factor of
+    # its own as the way
+    "combined": (lambda n, b, s: [n / (b * s)], True),
+}
+
+
+@pytest.mark.parametrize("weights", sorted(_MINIBATCH_WEIGHTS))
 def test_a_minibatch_weight_of_the_users_own_is_no_particle_weight(
-    compensated: bool,
+    weights: str,
 ) -> None:
     """The same plain plate over the particles with the minibatch weighed by
     hand, ``poutine.scale(N / B)`` around ``pyro.plate("data", B)`` (a common
     Pyro idiom), counts the data ``S`` times just the same (-ELBO 692.20 in
     both, probe of 2026-12), but any scale other than the subsampling's was
     taken for the user's own ``1 / S``: no warning. Only a scale holding
-    ``1 / S`` silences it now, beside the minibatch weight or not."""
+    ``1 / S`` silences it now, beside the minibatch weight or not, a number
+    or a one-element tensor (a tensor was not read: it warned)."""
     net = _net()
     x, y = _data()
     samples = 4
-    weights = [36 / len(x)] + ([1.0 / samples] if compensated else [])
+    factors, warns = _MINIBATCH_WEIGHTS[weights]
 
     def model(x: Tensor, y: Tensor | None = None) -> None:
         out = net(x, samples=samples).squeeze(-1)
         with contextlib.ExitStack() as stack:
             stack.enter_context(pyro.plate("particles2", samples, dim=-2))
-            for weight in weights:
+            for weight in factors(36, len(x), samples):
                 stack.enter_context(pyro.poutine.scale(scale=weight))
             stack.enter_context(pyro.plate("data", len(x)))
             pyro.sample("obs", dist.Normal(out, NOISE), obs=y)
@@ -503,10 +568,11 @@ def test_a_minibatch_weight_of_the_users_own_is_no_particle_weight(
         net.guide(samples=samples)
 
     step = bnn.Trace_ELBO().loss_and_grads
-    if compensated:
+    if not warns:
         step(model, guide, x, y)  # no warning (filterwarnings=error)
         return
-    with pytest.warns(UserWarning, match=r"'obs'.*data 4 times.*bnn.per_particle"):
+    way = r"(?s)'obs'.*data 4 times.*bnn.per_particle.*poutine.scale of its own"
+    with pytest.warns(UserWarning, match=way):
         step(model, guide, x, y)
 
 

@@ -745,6 +745,42 @@ def test_an_adjacency_times_folded_nodes_names_the_fold(
     assert "are the features" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        lambda h, w: h @ w,
+        lambda h, w: torch.einsum("bf,fk->bk", h, w),
+        lambda h, w: torch.einsum("...f,fk->...k", h, w),
+    ],
+    ids=["matmul", "einsum", "einsum-ellipsis"],
+)
+def test_a_width_error_whose_width_is_the_batch_is_no_fold(
+    head: Callable[[Tensor, Tensor], Tensor],
+) -> None:
+    """A head declared 64 wide after a 16-wide layer, at B = 16 and S = 4,
+    fails with (64x16 and 64x3): 16 = B and 64 = B * S by chance, and the
+    note said the rows were a batch's folded with the particles met by an
+    adjacency. The folded activation is the operand with the 16 (its 64
+    rows are the fold, its 16 its width): the sizes that do not match are
+    the features, as at B = 15, and no note on the adjacency comes."""
+
+    class WrongWidth(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = bnn.VILinear(8, 16)
+            self.w = nn.Parameter(torch.randn(64, 3))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return head(torch.relu(self.body(x)), self.w)
+
+    for batch in (16, 15):
+        with pytest.raises(RuntimeError) as raised:
+            WrongWidth()(torch.randn(batch, 8), samples=4)
+        text = str(raised.value)
+        assert "are a batch's rows" not in text
+        assert ("are the features" in text) == ("cannot be multiplied" in text)
+
+
 class _SiameseTwoHeads(bnn.VIModule):
     """The concatenated inputs read by two layers (a head and a projection)."""
 
@@ -1367,6 +1403,35 @@ def test_a_one_row_input_beside_the_batch_names_its_rule_and_remedy(
     assert not torch.allclose(got[0], got[1])
 
 
+@pytest.mark.parametrize("samples", [3, 4])
+def test_a_width_error_beside_a_one_row_input_names_no_one_row_rule(
+    samples: int,
+) -> None:
+    """``net(x, ctx)`` with ``ctx`` of one row combined per particle as it
+    should be, then a bias 3 wide added to 4 features: torch names sizes 4
+    and 3, and at S = 4 or S = 3 the note said a one-row input was read
+    beside the batch and to expand it (it matched S anywhere in the
+    text). The note on the one-row input comes only for its S rows against
+    the batch's B * S (the test above)."""
+
+    class ContextThenWrongBias(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fx, self.fc = bnn.VILinear(3, 4), bnn.VILinear(2, 4)
+            self.bias = nn.Parameter(torch.zeros(3))  # the features are 4
+
+        def forward(self, x: Tensor, ctx: Tensor) -> Tensor:
+            from pyrolite_bnn.layers.functional import current_samples
+
+            per_particle = self.fx(x).unflatten(0, (-1, current_samples()))
+            return (per_particle + self.fc(ctx)).flatten(0, 1) + self.bias
+
+    with pytest.raises(RuntimeError, match=r"\(4\) must match") as raised:
+        ContextThenWrongBias()(torch.randn(5, 3), torch.randn(1, 2), samples=samples)
+    assert "keeps its own batch" not in str(raised.value)
+    assert "ctx.expand" not in str(raised.value)
+
+
 def test_one_row_taken_from_folded_rows_is_not_broadcast() -> None:
     """One row computed from a Bayesian layer's folded output (``h[:1]``,
     particle 0 of example 0; ``h.mean(0, keepdim=True)``, mixing particles)
@@ -1534,6 +1599,28 @@ def test_rows_taken_from_the_fold_name_the_batch_size_coincidence() -> None:
         ValueError, match=r"(?s)some particles only.*5 \* 4 happens to equal"
     ):
         _GraphReadout(False, copy=True).call(x, graphs, batch_vector, samples=4)
+
+
+def test_an_output_with_the_batch_merged_names_no_readout() -> None:
+    """``logits.view(-1, V)`` in the forward of a language model at B = 6,
+    L = 7, S = 4 gives 168 = B * S * L rows, and the refusal said they were
+    42 rows per particle, a graph-level readout, with torch.arange(G) as the
+    remedy: more rows per particle than examples are no groups of the batch.
+    A multiple of B * S is the batch merged with another dimension."""
+
+    class Language(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.out = nn.Embedding(11, 8), bnn.VILinear(8, 11)
+
+        def forward(self, tokens: Tensor) -> Tensor:
+            return self.out(self.embed(tokens)).view(-1, 11)  # type: ignore[no-any-return]
+
+    merged = r"(?s)leading size 168;.*168 = 6 \* 4 \* 7: the batch's folded rows merged"
+    with pytest.raises(ValueError, match=merged) as raised:
+        Language()(torch.randint(0, 11, (6, 7)), samples=4)
+    assert "rows per particle" not in str(raised.value)
+    assert "arange(G)" not in str(raised.value)
 
 
 # The readout's rows are no batch of an input: read as folded, with a warning.
