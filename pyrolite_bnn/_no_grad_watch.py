@@ -16,10 +16,10 @@ made with them (:meth:`~pyrolite_bnn._draws.LazyDraws.read_only_without_gradient
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
 
 from torch import Tensor
 
+from pyrolite_bnn._autograd_graph import reaches_node
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.variables import RandomVariable
 
@@ -44,17 +44,10 @@ def layer_path(variable: RandomVariable) -> str:
 
 def _checkpointed(output: Tensor) -> bool:
     """Whether ``output``'s graph holds a reentrant ``torch.utils.checkpoint``."""
-    seen: dict[int, Any] = {}  # the nodes kept: a freed node's id is reused
-    stack = [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen[id(node)] = node
-        if type(node).__name__ == "CheckpointFunctionBackward":
-            return True
-        stack.extend(child for child, _ in node.next_functions)
-    return False
+    return reaches_node(
+        output.grad_fn,
+        lambda node: type(node).__name__ == "CheckpointFunctionBackward",
+    )
 
 
 class NoGradLayerWatch:

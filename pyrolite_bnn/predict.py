@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._allocations import AllocationPeak
+from pyrolite_bnn._autograd_graph import reaches_node
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draw_budget import DRAWING_FACTOR, DrawSizes
 from pyrolite_bnn._draws import generators_held, rng_state, set_rng_state
@@ -753,18 +754,13 @@ def _asks_for_gradients(tensor: Tensor) -> bool:
         return False
     if tensor.is_leaf:
         return True
-    seen: dict[int, Any] = {}  # the nodes kept: a freed node's id is reused
-    stack = [tensor.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen[id(node)] = node
-        variable = getattr(node, "variable", None)  # AccumulateGrad's leaf
-        if variable is not None and not isinstance(variable, nn.Parameter):
-            return True
-        stack.extend(child for child, _ in node.next_functions)
-    return False
+    return reaches_node(tensor.grad_fn, _differentiable_input)
+
+
+def _differentiable_input(node: Any) -> bool:
+    """Whether ``node`` accumulates a leaf's gradient that is no ``nn.Parameter``."""
+    variable = getattr(node, "variable", None)  # AccumulateGrad's leaf
+    return variable is not None and not isinstance(variable, nn.Parameter)
 
 
 def _shapes(inputs: tuple[Tensor, ...]) -> str:

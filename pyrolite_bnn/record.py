@@ -34,6 +34,7 @@ from torch.distributions import (
 )
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._autograd_graph import reaches_node
 from pyrolite_bnn._draws import LazyDraws, kl_without_gradients
 from pyrolite_bnn._validation import distribution_checks_off, is_validation_enabled
 from pyrolite_bnn.distributions._precision import full_precision
@@ -819,17 +820,7 @@ def computed_from_a_network(tensor: Tensor, weights: Sequence[Tensor] = ()) -> b
 
 def _reaches(root: Any, targets: dict[int, Any]) -> bool:
     """Whether the autograd graph from ``root`` holds a node of ``targets``."""
-    seen: dict[int, Any] = {}  # the nodes kept: a freed node's id is reused
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        if id(node) in targets:
-            return True
-        seen[id(node)] = node
-        stack.extend(child for child, _ in node.next_functions)
-    return False
+    return reaches_node(root, lambda node: id(node) in targets)
 
 
 def other_passes_upstream(tensor: Tensor, record: ForwardRecord) -> bool:

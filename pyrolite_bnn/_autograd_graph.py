@@ -1,0 +1,42 @@
+"""Searches of a tensor's autograd graph: whether some node is reachable.
+
+The walks keep the nodes themselves, not only their ids: torch may hand out
+a new Python object for a node at each access and free it after, and a freed
+object's id is reused (a set of ids ended walks early).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["reaches_node"]
+
+
+def reaches_node(root: Any, found: Callable[[Any], bool]) -> bool:
+    """Whether a node reachable from ``root`` (itself included) is ``found``.
+
+    Args:
+        root: an autograd node (a tensor's ``grad_fn``), or ``None``.
+        found: the test of one node.
+
+    Example:
+        >>> import torch
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> y = (2 * x).sum()
+        >>> reaches_node(y.grad_fn, lambda node: type(node).__name__ == "MulBackward0")
+        True
+        >>> reaches_node(None, lambda node: True)
+        False
+    """
+    seen: dict[int, Any] = {}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        if found(node):
+            return True
+        seen[id(node)] = node
+        stack.extend(child for child, _ in node.next_functions)
+    return False
