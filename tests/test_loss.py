@@ -720,7 +720,7 @@ def test_a_loop_that_clears_gradients_first_stops_being_watched(
         optimizer.step()
     # 20 calls of the change watch, one of the decay watch, two of the
     # bfloat16 watch (the network's first call, the optimizer's first step).
-    assert 0 < reads <= 23
+    assert 0 < reads <= 23, reads
 
 
 @pytest.mark.parametrize("guide_held", [True, False])

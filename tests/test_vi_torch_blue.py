@@ -3029,3 +3029,24 @@ def test_data_dependent_container_code_under_vmap_names_cause_and_fix(
     message = r"_Branching\.forward runs once per particle under torch\.vmap.*where"
     with pytest.raises(RuntimeError, match=message):
         _Branching(use_item)(torch.randn(5, 4), samples=3)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [vi.VITransformerEncoderLayer, vi.VITransformerDecoderLayer, vi.VITransformer],
+)
+def test_transformer_dropout_where_torch_blue_takes_the_activation_is_refused(
+    build: Callable[..., Any],
+) -> None:
+    """torch's 4th positional argument is dropout, torch_blue's the activation:
+    vi.VITransformerEncoderLayer(8, 2, 16, 0.1) took 0.1 as the activation and
+    failed at the first call ('float' object is not callable; probe
+    falsepos13). Refused at construction, naming the difference."""
+    if build is vi.VITransformer:
+        with pytest.raises(TypeError, match="where torch's take dropout"):
+            build(8, 2, 1, 1, 16, 0.1)
+        return
+    with pytest.raises(TypeError, match="where torch's take dropout"):
+        build(8, 2, 16, 0.1)
+    layer = build(8, 2, 16, "gelu")  # torch's names are taken, as modules are
+    assert layer is not None

@@ -302,6 +302,30 @@ class _DevFeedForwardKeys(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
+def _activation(activation: Any) -> Any:
+    """torch_blue's ``activation`` argument: ``ReLU()`` for ``None``, else as given.
+
+    A module or function, or torch's names ``"relu"``/``"gelu"``; a number is
+    refused at once: it is torch's ``dropout``, which torch's layers take in
+    this position and torch_blue's (these) do not (it failed at the first
+    call, ``'float' object is not callable``).
+
+    Raises:
+        TypeError: for anything else.
+    """
+    if activation is None:
+        return nn.ReLU()
+    if callable(activation) or activation in ("relu", "gelu"):
+        return activation
+    raise TypeError(
+        f"activation must be a module or function (or 'relu'/'gelu'), got "
+        f"{activation!r}; torch_blue's transformer layers take the activation "
+        "where torch's take dropout (d_model, nhead, dim_feedforward, activation, "
+        "...) and have no dropout: drop the dropout argument or pass "
+        "activation= by name"
+    )
+
+
 class VITransformerEncoderLayer(_DevFeedForwardKeys, BnnEncoderLayer, VIModule):
     """Bayesian transformer encoder layer with torch_blue's arguments.
 
@@ -346,7 +370,7 @@ class VITransformerEncoderLayer(_DevFeedForwardKeys, BnnEncoderLayer, VIModule):
             nhead,
             dim_feedforward,
             0.0,
-            nn.ReLU() if activation is None else activation,
+            _activation(activation),
             layer_norm_eps,
             batch_first,
             norm_first,
@@ -417,7 +441,7 @@ class VITransformerDecoderLayer(_DevFeedForwardKeys, BnnDecoderLayer, VIModule):
             nhead,
             dim_feedforward,
             0.0,
-            nn.ReLU() if activation is None else activation,
+            _activation(activation),
             layer_norm_eps,
             batch_first,
             norm_first,
@@ -551,7 +575,7 @@ class VITransformer(BnnTransformer, VIModule):
             device,
             dtype,
         )
-        activation = nn.ReLU() if activation is None else activation
+        activation = _activation(activation)
         layer_args = (d_model, nhead, dim_feedforward, activation, layer_norm_eps)
 
         def norm() -> nn.LayerNorm:
