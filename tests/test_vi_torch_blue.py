@@ -3050,3 +3050,39 @@ def test_transformer_dropout_where_torch_blue_takes_the_activation_is_refused(
         build(8, 2, 16, 0.1)
     layer = build(8, 2, 16, "gelu")  # torch's names are taken, as modules are
     assert layer is not None
+
+
+# The converted root runs its forward per particle under vmap: torch's notice
+# that attention has no batching rule there is expected.
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+def test_converted_attention_keeps_torchs_argument_order() -> None:
+    """A torch model calling its nn.MultiheadAttention as self.attn(x, x, x,
+    padding) (torch's order: the key padding mask) read the mask as an
+    attention mask once vi.VIMultiheadAttention took torch_blue's order:
+    silently off by 0.09 at B == L (probe falsepos14); with need_weights=False
+    fifth it crashed. At posterior scales of e^-30 the converted model equals
+    the torch model (1e-6)."""
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 1)
+
+        def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+            out, _ = self.attn(x, x, x, padding, False)
+            return self.head(out).squeeze(-1)
+
+    torch.manual_seed(0)
+    model = Model()
+    x = torch.randn(4, 4, 8)
+    padding = torch.tensor([[False, False, True, True]] * 4)
+    expected = model(x, padding)
+    converted = vi.convert_to_vimodule(copy.deepcopy(model), keep_weights=True)
+    with torch.no_grad():
+        for name, parameter in converted.named_parameters():
+            if "log_std" in name:
+                parameter.fill_(-30.0)
+    out = converted(x, padding, samples=2)
+    torch.testing.assert_close(out[0], expected, rtol=1e-5, atol=1e-6)
+    assert type(converted.attn).__name__ == "ConvertedMultiheadAttention"

@@ -280,6 +280,37 @@ class VIMultiheadAttention(BnnAttention, VIModule):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
+class ConvertedMultiheadAttention(VIMultiheadAttention):
+    """A torch ``nn.MultiheadAttention`` made Bayesian by ``convert_to_vimodule``.
+
+    :class:`VIMultiheadAttention` with torch's argument order, which the
+    converted model's own code was written for: ``attention(x, x, x, mask)``
+    in a torch ``forward`` passes a ``key_padding_mask`` (torch_blue's order
+    would read it as an attention mask, silently where ``B == L``), and
+    ``need_weights`` comes fifth.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from pyrolite_bnn import vi
+        >>> class Model(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        ...     def forward(self, x, padding):
+        ...         return self.attn(x, x, x, padding, False)[0]  # torch's order
+        >>> model = vi.convert_to_vimodule(Model())
+        >>> type(model.attn).__name__
+        'ConvertedMultiheadAttention'
+        >>> x, padding = torch.randn(3, 5, 8), torch.zeros(3, 5, dtype=torch.bool)
+        >>> out, weights = model.attn(x, x, x, padding, False, samples=2)
+        >>> out.shape, weights
+        (torch.Size([2, 3, 5, 8]), None)
+    """
+
+    forward = BnnAttention.forward  # type: ignore[assignment]
+
+
 def _move_keys(state_dict: dict[str, Any], old: str, new: str) -> None:
     """Rename the keys starting with ``old`` to start with ``new`` instead."""
     for key in [k for k in state_dict if k.startswith(old)]:

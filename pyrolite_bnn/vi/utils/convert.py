@@ -457,6 +457,9 @@ def _vi_layer(module: nn.Module, vikwargs: dict[str, Any]) -> nn.Module | None:
     from pyrolite_bnn import vi
 
     layer_cls = getattr(vi, "VI" + type(module).__name__, None)
+    if isinstance(module, nn.MultiheadAttention):
+        # The model's own code calls it in torch's argument order.
+        layer_cls = vi.transformer.ConvertedMultiheadAttention
     if not (isinstance(layer_cls, type) and issubclass(layer_cls, BnnVIModule)):
         return None
     if isinstance(module, nn.Transformer):
