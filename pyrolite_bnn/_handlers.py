@@ -10,6 +10,7 @@ handlers pushed after that: :func:`pyro_wrapped`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -328,6 +329,7 @@ def raising_frame(
     return found
 
 
+@functools.cache  # looked up at every run of a Pyro model by the stack tests
 def code_of(function: Callable[..., Any]) -> CodeType:
     """The code object of ``function`` itself, unwrapped from its decorators.
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _structures
+from pyrolite_bnn._capture import carries_derivative
 from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._handlers import (
     called_from,
@@ -1032,7 +1033,7 @@ def current() -> ParticleState | None:
     return _STATE.get()
 
 
-def differentiates_inputs() -> bool:
+def differentiates_inputs(outside: Tensor | None = None) -> bool:
     """Whether the running call's output may be differentiated by its inputs.
 
     One of the outermost call's tensor inputs requires gradients (saliency
@@ -1042,10 +1043,13 @@ def differentiates_inputs() -> bool:
     (:func:`~pyrolite_bnn._capture.carries_derivative`). Whatever the grad
     mode: ``torch.utils.checkpoint(..., use_reentrant=True)`` runs the
     forward pass under ``no_grad`` and the recomputation with gradients, and
-    both must run the same estimator.
+    both must run the same estimator. Outside a call: whether ``outside``,
+    the tensor a call would get (``None``: none), carries a derivative.
     """
     state = _STATE.get()
-    return state is not None and state.inputs_require_grad
+    if state is not None:
+        return state.inputs_require_grad
+    return outside is not None and carries_derivative(outside)
 
 
 def computed_from_folded(tensor: Tensor) -> bool:
@@ -1497,10 +1501,9 @@ def unfold_tensor(tensor: Tensor, state: ParticleState) -> Tensor:
             "state as the layer gives it, or with the batch first "
             f"(h_n.transpose(0, 1)). {keep_first}"
         )
+    if shared and state.folded_outputs and tensor.grad_fn is not None:
+        _refuse_rows_taken_from_folded(state, tensor, "the network's output has")
     if shared:
-        reader = "the network's output has"
-        if state.folded_outputs and tensor.grad_fn is not None:
-            _refuse_rows_taken_from_folded(state, tensor, reader)
         return tensor.unsqueeze(0).expand(samples, *tensor.shape)
     if batch is None:
         raise ValueError(

@@ -8,7 +8,6 @@ from typing import Literal, get_args
 from torch import Tensor
 
 from pyrolite_bnn import _particles
-from pyrolite_bnn._capture import carries_derivative
 from pyrolite_bnn._draws import RepeatedMomentsRead, mark_called_repeatedly
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
@@ -128,7 +127,7 @@ class EstimatorLayer(VIModule):
             return "flipout"
         positions = self.output_positions(input)
         if positions <= 1 and not (
-            self.estimator == "auto" and self._differentiated(input)
+            self.estimator == "auto" and _particles.differentiates_inputs(input)
         ):
             return "local"
         if self.estimator == "local":
@@ -141,17 +140,6 @@ class EstimatorLayer(VIModule):
                 "perturbation per example), or 'reparam'"
             )
         return "flipout"
-
-    @staticmethod
-    def _differentiated(input: Tensor) -> bool:
-        """Whether the call's inputs are differentiated (outside one: ``input``).
-
-        Outside a network call (:meth:`estimator_for` asked directly) the
-        given tensor stands for the call's input.
-        """
-        if _particles.current() is not None:
-            return _particles.differentiates_inputs()
-        return carries_derivative(input)
 
     def _draw_unless_one_row_per_example(self, input: Tensor) -> None:
         """Have the weights drawn where ``input``'s rows are not the examples.
