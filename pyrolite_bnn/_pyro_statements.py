@@ -31,6 +31,7 @@ import dis
 import inspect
 import os
 import types
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -79,7 +80,12 @@ class PyroStatement(NamedTuple):
 
 
 # Results per class and forward (the code of a forward method never changes).
-_FOUND: dict[tuple[type[Any], types.CodeType], PyroStatement | None] = {}
+# Weak in the class: a strong key held every class a network was ever built
+# from, with the globals and closures of its functions (a class defined in a
+# function, a notebook cell run again, and the models and optimizers they
+# reach), for the life of the process.
+_FOUND: weakref.WeakKeyDictionary[type[Any], dict[types.CodeType, PyroStatement | None]]
+_FOUND = weakref.WeakKeyDictionary()
 
 
 def pyro_statement_in(module_type: type[Any]) -> PyroStatement | None:
@@ -106,10 +112,11 @@ def pyro_statement_in(module_type: type[Any]) -> PyroStatement | None:
     forward = _user_function(getattr(module_type, "forward", None))
     if forward is None:
         return None
-    key = (module_type, forward.__code__)
-    if key not in _FOUND:
-        _FOUND[key] = _statement_in_function(forward, module_type, HELPER_DEPTH, set())
-    return _FOUND[key]
+    found = _FOUND.setdefault(module_type, {})
+    code = forward.__code__
+    if code not in found:
+        found[code] = _statement_in_function(forward, module_type, HELPER_DEPTH, set())
+    return found[code]
 
 
 def _user_function(value: object) -> types.FunctionType | None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import types
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -322,14 +323,22 @@ class ConvertedNetwork(VIModule):
         return plain
 
 
-_NETWORK_CLASSES: dict[type[nn.Module], type[ConvertedNetwork]] = {}
+# The made classes by the id of the torch class, held weakly: a made class
+# holds its torch class (its base), so the id names one live class while the
+# entry lives, and a torch class nothing else holds (defined in a function, a
+# notebook cell run again) goes, with what its functions' globals reach, once
+# no converted network of it is left. A strong table held them all for the
+# life of the process.
+_NETWORK_CLASSES: weakref.WeakValueDictionary[int, type[ConvertedNetwork]] = (
+    weakref.WeakValueDictionary()
+)
 
 
 def _network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
     """The subclass of ``cls`` and :class:`ConvertedNetwork` (one per class)."""
-    made = _NETWORK_CLASSES.get(cls)
+    made = _NETWORK_CLASSES.get(id(cls))
     if made is None:
-        made = _NETWORK_CLASSES[cls] = _make_network_class(cls)
+        made = _NETWORK_CLASSES[id(cls)] = _make_network_class(cls)
     return made
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import pickle
 import warnings
+import weakref
 from typing import Any
 
 import pytest
@@ -1254,3 +1256,48 @@ def test_calling_a_converted_networks_class_is_refused_with_the_reload() -> None
     plain = bnn.to_deterministic(net)
     assert type(plain) is _Pretrained
     assert type(_Pretrained.from_pretrained(plain.state_dict())) is _Pretrained
+
+
+@pytest.mark.parametrize("path", ["convert", "VIModule subclass"])
+def test_a_network_class_is_not_held_after_its_networks_are_gone(path: str) -> None:
+    """The converted-class table and the Pyro-statement scan's results were
+    held by module-level dictionaries keyed by the user's class: every class a
+    network was built from stayed alive for the life of the process, with the
+    globals and closures of its functions (a class defined in a function, a
+    notebook cell run again, and the models and optimizers they reach)."""
+
+    def build() -> tuple[weakref.ref[type], weakref.ref[object]]:
+        payload = torch.zeros(3)  # what the class's functions reach
+
+        if path == "convert":
+
+            class Plain(nn.Module):
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.fc = nn.Linear(2, 1)
+
+                def forward(self, x: torch.Tensor) -> torch.Tensor:
+                    return self.fc(x) + payload.sum()
+
+            net: nn.Module = bnn.convert(Plain())
+            cls: type = Plain
+        else:
+
+            class Bayesian(bnn.VIModule):
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.fc = bnn.VILinear(2, 1)
+
+                def forward(self, x: torch.Tensor) -> torch.Tensor:
+                    return self.fc(x) + payload.sum()
+
+            net = Bayesian()
+            cls = Bayesian
+        net(torch.randn(4, 2))
+        return weakref.ref(cls), weakref.ref(payload)
+
+    cls, payload = build()
+    gc.collect()
+    gc.collect()  # a network's caches hold it in cycles of their own
+    assert cls() is None
+    assert payload() is None
