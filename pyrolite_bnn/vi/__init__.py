@@ -6,8 +6,10 @@ defaults are torch_blue's (1.1.0 and its dev branch); each is a thin adapter
 over this library's layers, loss and distributions, so torch_blue's defects
 are not reproduced (see the docs page "Coming from torch_blue").
 
-``convert_to_vimodule`` is an alias of ``pyrolite_bnn.convert`` that *returns*
-the network (not in place).
+``convert_to_vimodule`` works as torch_blue's does: it makes the module
+Bayesian *in place* (and returns it) with torch_blue's arguments, where
+``pyrolite_bnn.convert`` returns a new network and leaves the module as it
+was; copy the model first (``copy.deepcopy``) to keep the original.
 
 Example:
     >>> import torch
