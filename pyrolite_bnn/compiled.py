@@ -249,19 +249,6 @@ class _CapturedRecord(ForwardRecord):
         self._identity = record.guide_identity()
         self._training = record.training()
 
-    @property
-    def network(self) -> nn.Module | None:
-        """The network that ran, while it exists."""
-        return self._network_ref() if self._network_ref is not None else None
-
-    @network.setter
-    def network(self, network: nn.Module | None) -> None:
-        self._network_ref = None if network is None else weakref.ref(network)
-
-    def network_gone(self) -> bool:
-        """Whether the network that ran no longer exists."""
-        return self._network_ref is not None and self._network_ref() is None
-
     def guide_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.guide_parameters`."""
         return _alive(self._guide)

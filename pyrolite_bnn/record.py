@@ -16,6 +16,7 @@ arithmetic as Pyro's ``Trace_ELBO`` (Monte Carlo) or ``TraceMeanField_ELBO``
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, Literal, cast, get_args
 
@@ -100,6 +101,25 @@ class ForwardRecord:
         self.analytic_sites: list[str] = []
         self.mc_sites: list[str] = []
         self.kl_charged_by: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None
+
+    @property
+    def network(self) -> nn.Module | None:
+        """The module that ran, while it exists (``None`` once it is gone).
+
+        Held weakly: the record sits in the output's autograd node, which the
+        cyclic collector cannot look into, so a strong reference kept alive
+        every network whose module held its own output (``model.last =
+        model(x)``, a hook keeping activations) after it was dropped.
+        """
+        return None if self._network_ref is None else self._network_ref()
+
+    @network.setter
+    def network(self, network: nn.Module | None) -> None:
+        self._network_ref = None if network is None else weakref.ref(network)
+
+    def network_gone(self) -> bool:
+        """Whether the network that ran no longer exists."""
+        return self._network_ref is not None and self._network_ref() is None
 
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """The KL part of the negative ELBO, ``E_q[log q(w) - log p(w)]``.
@@ -250,6 +270,10 @@ class TraceRecord(ForwardRecord):
         network: nn.Module | None = None,
     ) -> None:
         super().__init__(samples, network)
+        # The KL of the layers the pass left idle is read off the network's
+        # variables: a guide's pass keeps its network (its traces hold the
+        # network's call anyway).
+        self._kept_network = network
         self.guide_trace = prune_subsample_sites(guide_trace)
         self.model_trace = prune_subsample_sites(model_trace)
         # The grad mode of the forward pass (the record is made in its call).

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -157,7 +158,10 @@ class RandomVariable:
             network (weight sharing): every position reads the same draw, so
             the weights must be drawn, not output noise sampled per position.
         network: the module whose variables were collected (the network whose
-            site names these are); ``None`` for a variable built by hand.
+            site names these are), while it exists; ``None`` for a variable
+            built by hand. Held weakly (given as ``root``): a forward pass's
+            record holds its variables from the output's autograd node, which
+            the cyclic collector cannot look into.
 
     Where the tensor's output units lie is the layer's to say
     (``module.unit_layout(name)``).
@@ -169,7 +173,24 @@ class RandomVariable:
     module: pyrolite_bnn.module.VIModule
     layer_posterior: Posterior
     shared: bool = False
-    network: nn.Module | None = field(default=None, compare=False, repr=False)
+    root: InitVar[nn.Module | None] = None
+    _network_ref: weakref.ref[nn.Module] | None = field(
+        init=False, default=None, compare=False, repr=False
+    )
+
+    def __post_init__(self, root: nn.Module | None) -> None:
+        if root is not None:
+            object.__setattr__(self, "_network_ref", weakref.ref(root))
+
+    @property
+    def network(self) -> nn.Module | None:
+        """The network whose variables were collected, while it exists."""
+        return None if self._network_ref is None else self._network_ref()
+
+    def __reduce__(self) -> tuple[type[RandomVariable], tuple[object, ...]]:
+        """Pickled and copied with its network (a weak reference pickles not)."""
+        fields = (self.site, self.name, self.shape, self.module, self.layer_posterior)
+        return (type(self), (*fields, self.shared, self.network))
 
     @property
     def posterior(self) -> Posterior:

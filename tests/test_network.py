@@ -1181,3 +1181,36 @@ def test_a_module_call_keeps_its_callers_locals_alive_no_longer(kind: str) -> No
         assert optimizer() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("kept", ["output", "loss"])
+@pytest.mark.parametrize("root", ["VISequential", "plain nn.Sequential"])
+def test_a_network_that_keeps_its_own_output_is_freed_when_dropped(
+    kept: str, root: str
+) -> None:
+    """The forward record sits in the output's autograd node (C++, which the
+    cyclic collector cannot look into) and held the network strongly, through
+    itself and its random variables: a network whose module kept its output
+    or a loss of it (``model.last = model(x)``, a hook keeping activations)
+    stayed in memory for the life of the process after it was dropped, with
+    its weights and the activations (plain torch frees it)."""
+
+    def build() -> weakref.ref[nn.Module]:
+        layers = (bnn.VILinear(2, 8), nn.ReLU(), bnn.VILinear(8, 1))
+        model = (
+            bnn.VISequential(*layers)
+            if root == "VISequential"
+            else nn.Sequential(*layers)
+        )
+        out = model(torch.randn(16, 2))
+        if kept == "loss":
+            out = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)(
+                out, torch.randn(16, 1)
+            )
+        model.last = out
+        return weakref.ref(model)
+
+    model = build()
+    gc.collect()
+    gc.collect()  # the caches of a network hold it in cycles of their own
+    assert model() is None
