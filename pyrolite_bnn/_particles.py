@@ -832,7 +832,9 @@ def with_fold_hint(
     Bayesian layer read one row first, :func:`_read_first`); an
     error that already carries the word is left alone, and so is any error
     of a call with one particle (``state.samples``; no ``state``: outside a
-    call), where nothing is folded and the plain torch model fails alike.
+    call), where nothing is folded and the plain torch model fails alike,
+    and a size error whose two sizes the fold cannot explain
+    (:func:`_fold_explains`: two features' widths).
     torch checks an attention's ``key_padding_mask`` with an
     ``AssertionError``; the hinted error keeps that type. Where the sizes
     that do not match are a batch's ``B`` and ``B * S`` rows
@@ -908,6 +910,8 @@ def with_fold_hint(
         )
     if not any(size in text for size in _SIZE_ERRORS):
         return None
+    if state is not None and not _fold_explains(text, state):
+        return None  # two features' widths, as in the plain torch model
     if state is not None and _one_row_input_read(state, text):
         batch = state.batch_size
         return RuntimeError(
@@ -968,6 +972,40 @@ _SIZE_PAIRS = (
 )
 
 
+def _mismatched_sizes(text: str) -> tuple[int, int] | None:
+    """The two sizes a size error of :data:`_SIZE_ERRORS` names, if it names them."""
+    for pattern in _SIZE_PAIRS:
+        found = pattern.search(text)
+        if found is not None:
+            first, second = (int(size) for size in found.groups())
+            return first, second
+    return None
+
+
+def _fold_explains(text: str, state: ParticleState) -> bool:
+    """Whether the fold can explain the two sizes a size error ``text`` names.
+
+    One of them is the ``b * S`` rows of a batch ``b`` of the call's inputs,
+    or one is the other times ``S`` (a tensor folded, another shared). Sizes
+    of neither kind (two features' widths, 4 and 5 beside ``B = 6`` and
+    ``S = 3``) fail alike in the plain torch model; an error naming no two
+    sizes may be the fold's.
+    """
+    sizes = _mismatched_sizes(text)
+    if sizes is None:
+        return True
+    samples = state.samples
+    batches = set(state.other_batches_seen())
+    if state.batch_size is not None:
+        batches.add(state.batch_size)
+    first, second = sizes
+    return (
+        any(batch * samples in sizes for batch in batches)
+        or first == second * samples
+        or second == first * samples
+    )
+
+
 def _one_row_input_read(state: ParticleState, text: str) -> bool:
     """Whether a size error ``text`` comes from a one-row input's fold.
 
@@ -982,12 +1020,8 @@ def _one_row_input_read(state: ParticleState, text: str) -> bool:
         return False
     if 1 not in state.used_batches:
         return False
-    for pattern in _SIZE_PAIRS:
-        found = pattern.search(text)
-        if found is not None:
-            sizes = sorted(int(size) for size in found.groups())
-            return sizes == [samples, int(batch) * samples]
-    return False
+    sizes = _mismatched_sizes(text)
+    return sizes is not None and sorted(sizes) == [samples, int(batch) * samples]
 
 
 def _key_padding_hint(text: str, samples: int) -> AssertionError | None:

@@ -40,6 +40,7 @@ from typing import (
     overload,
 )
 
+import pyro
 import torch
 from torch import Tensor, nn
 
@@ -452,8 +453,12 @@ def predict(
 ) -> Any:
     """Posterior predictive of ``model`` at inputs ``x``.
 
-    Runs without gradients (inputs that require them warn: for gradients by
-    the inputs, summarise the outputs of drawn networks,
+    Runs without gradients (an input that requires them warns where it is a
+    leaf, or is computed from a leaf that is no weight: one computed from an
+    ``nn.Parameter`` or a ``pyro.param`` alone is taken for a trainable
+    trunk's features, quiet also where that parameter is a candidate input,
+    ``sigmoid(z)``; for gradients by the inputs, summarise the outputs of
+    drawn networks,
     ``bnn.Prediction(bnn.draw_networks(model, S)(x), predictive)``), in
     chunks of inputs, so that only one chunk's activations for all particles
     are in memory. Each particle is one complete
@@ -721,9 +726,10 @@ def _warn_gradients_dropped(inputs: tuple[Tensor, ...]) -> None:
     ``backward()`` failed with torch's "does not require grad" far from the
     cause. Inputs count that are, or are computed from, a leaf the caller
     made differentiable (:func:`_asks_for_gradients`): features a trainable
-    trunk computed from plain inputs require gradients too without asking
-    for input derivatives. Forward-mode tangents (dual tensors) are not
-    dropped: no warning.
+    trunk (weights held as ``nn.Parameter`` or by ``pyro.param``) computed
+    from plain inputs require gradients too without asking for input
+    derivatives. Forward-mode tangents (dual tensors) are not dropped: no
+    warning.
     """
     if not torch.is_grad_enabled():
         return  # the caller takes no gradients either
@@ -744,23 +750,36 @@ def _warn_gradients_dropped(inputs: tuple[Tensor, ...]) -> None:
 def _asks_for_gradients(tensor: Tensor) -> bool:
     """Whether ``tensor`` is an input whose derivatives its caller may want.
 
-    A leaf that requires gradients (``x.requires_grad_()``, a candidate held
-    as an ``nn.Parameter``), or a tensor computed from such a leaf that is no
-    ``nn.Parameter`` (a view, a cast, a bounded reparameterisation
-    ``sigmoid(z)`` of a candidate). Not features computed by a trainable
-    module from plain inputs: every leaf behind them is a module's parameter.
+    A leaf that requires gradients (``x.requires_grad_()``, or a candidate
+    held as an ``nn.Parameter`` or in Pyro's param store, passed itself), or
+    a tensor computed from a leaf that requires gradients and is held by no
+    module and no param store (a view, a cast, a bounded reparameterisation
+    ``sigmoid(z)`` of ``z = torch.randn(..., requires_grad=True)``). Not
+    features computed by trainable weights from plain inputs: every leaf
+    behind them is an ``nn.Parameter`` or a ``pyro.param``'s tensor. A
+    tensor computed from a candidate held as either (``sigmoid(z)`` of an
+    ``nn.Parameter`` ``z``) cannot be told from such features: no warning.
     """
     if not tensor.requires_grad:
         return False
     if tensor.is_leaf:
         return True
-    return reaches_node(tensor.grad_fn, _differentiable_input)
+    held = {id(value) for _, value in pyro.get_param_store().named_parameters()}
+    return reaches_node(tensor.grad_fn, lambda node: _differentiable_input(node, held))
 
 
-def _differentiable_input(node: Any) -> bool:
-    """Whether ``node`` accumulates a leaf's gradient that is no ``nn.Parameter``."""
+def _differentiable_input(node: Any, held: set[int]) -> bool:
+    """Whether ``node`` accumulates the gradient of a leaf that is no weight.
+
+    Weights: every ``nn.Parameter``, and the tensors of Pyro's param store
+    (plain tensors), whose ids are ``held``.
+    """
     variable = getattr(node, "variable", None)  # AccumulateGrad's leaf
-    return variable is not None and not isinstance(variable, nn.Parameter)
+    return (
+        variable is not None
+        and not isinstance(variable, nn.Parameter)
+        and id(variable) not in held
+    )
 
 
 def _shapes(inputs: tuple[Tensor, ...]) -> str:

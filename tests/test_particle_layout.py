@@ -515,6 +515,44 @@ def test_size_errors_inside_a_network_explain_the_fold() -> None:
     assert "match_particles" not in str(caught.value)
 
 
+def test_a_size_error_the_fold_cannot_explain_keeps_torch_s_message() -> None:
+    """A feature-width bug ((B*S, 4) + a bias of 5) got the fold hint naming
+    bnn.match_particles, though its sizes are neither a batch's B * S rows nor
+    S times the other (probe falsepos15). torch's message is kept as it is
+    with one particle; sizes S times each other (B * L tokens flattened
+    against B * S * L) are still hinted."""
+
+    class Bias(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = bnn.VILinear(2, 4)
+            self.c = nn.Parameter(torch.zeros(5))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.a(x) + self.c  # type: ignore[no-any-return]
+
+    x = torch.randn(6, 2)
+    with pytest.raises(RuntimeError) as one:
+        Bias()(x, samples=1)
+    with pytest.raises(RuntimeError) as three:
+        Bias()(x, samples=3)
+    assert str(three.value) == str(one.value)
+    assert "must match" in str(three.value)
+
+    class Tokens(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = bnn.VILinear(2, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.a(x).flatten(0, 1) + x.flatten(0, 1)  # type: ignore[no-any-return]
+
+    with pytest.raises(
+        RuntimeError, match=r"(?s)\(90\).*\(30\).*activations are folded"
+    ):
+        Tokens()(torch.randn(6, 5, 2), samples=3)
+
+
 class _PaddedAttention(nn.Module):
     """A plain attention after a linear layer, the input's padding mask given."""
 

@@ -196,6 +196,31 @@ def test_inputs_that_require_gradients_warn_once_with_the_route_that_keeps_them(
         bnn.predict(_TwoInputs(), (u, v), bnn.Categorical(), samples=4)
 
 
+def test_features_from_pyro_params_are_a_trunk_like_those_from_parameters() -> None:
+    """predict warned "inputs require gradients" for features computed from a
+    ``pyro.param`` (a trainable trunk): Pyro's param store holds plain
+    tensors, not ``nn.Parameter`` objects (probe falsepos15). Its tensors now
+    count as weights, constrained or not. A candidate held as a weight warns
+    passed itself; computed from it (``sigmoid``) it is taken for features:
+    quiet, as documented."""
+    net = bnn.VISequential(bnn.VILinear(2, 8), nn.Tanh(), bnn.VILinear(8, 1))
+    likelihood = bnn.Normal(scale=0.1)
+    z = torch.randn(5, 2)
+    scale = pyro.param(
+        "input_scale",
+        torch.ones(2),
+        constraint=torch.distributions.constraints.positive,
+    )
+    shift = pyro.param("input_shift", torch.zeros(5, 2))  # unconstrained: the leaf
+    for held in (nn.Parameter(torch.zeros(5, 2)), shift):
+        with pytest.warns(UserWarning, match="require gradients"):
+            bnn.predict(net, held, likelihood, samples=4)  # a candidate itself
+    for features in (z * scale, z + shift, torch.sigmoid(nn.Parameter(z))):
+        bnn.predict(net, features, likelihood, samples=4)  # quiet (warnings: errors)
+    with pytest.warns(UserWarning, match="require gradients"):  # a plain leaf
+        bnn.predict(net, z.requires_grad_() * scale, likelihood, samples=4)
+
+
 def test_posterior_mean_mode() -> None:
     net = bnn.VILinear(3, 2)
     x = torch.randn(4, 3)

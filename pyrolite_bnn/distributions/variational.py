@@ -270,8 +270,10 @@ class Posterior(RecordsInState, LocalPyroModule):
         holding tensors) reaches the posteriors, never their layer; so does
         ``to_empty`` of a built layer, whose memory is new, unless values were
         written to it since (in place: ``copy_`` into the state dict's
-        tensors, ``torch.nn.init``, an optimizer step; or given to ``.data``:
-        ``vector_to_parameters``). Without
+        tensors, ``torch.nn.init``, an optimizer step, a write through
+        ``.data``; or given to ``.data``: ``vector_to_parameters``): the mean
+        reads NaN after ``to_empty`` (every bit set), so that any write, zeros
+        too, is seen. Without
         :attr:`loc_init` the mean is kept. Torch's idioms of resetting every
         module (``model.apply``, children first, or ``model.modules()``) then
         give a fresh layer's numbers: the posterior keeps its mean and the
@@ -328,7 +330,11 @@ class Posterior(RecordsInState, LocalPyroModule):
         self._emptied = None
 
     def _note_loc_emptied(self) -> None:
-        """Record that the mean's memory holds no values (``to_empty``)."""
+        """Record that the mean's memory holds no values (``to_empty``).
+
+        The memory is filled with NaN (:class:`_EmptiedMemory`) so that any
+        later write to it is seen.
+        """
         loc = self._parameters.get("loc_unconstrained")
         self._loc_written = False
         self._emptied = None if loc is None else _EmptiedMemory.of(loc)
@@ -412,9 +418,10 @@ class Posterior(RecordsInState, LocalPyroModule):
         ``.to()``, ``.double()`` or ``.cuda()`` move the mean with its values,
         which :meth:`reset_parameters` keeps; ``to_empty`` (recognised by its
         function) gives memory holding none (or anything, a freed copy of the
-        old values too), where it draws. A move of such memory that nothing
-        was written to since holds none either; one that was written to
-        moves the values written.
+        old values too), where it draws; the mean is then filled with NaN
+        (every bit set), so that any write to it is seen. A move of such
+        memory that nothing was written to since holds none either; one that
+        was written to moves the values written.
         """
         emptied = self._emptied is not None and not self._written_since_emptied()
         result = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
@@ -468,33 +475,40 @@ _EMPTIED_IN_COPY = "emptied"
 # Integer dtypes by element size: a tensor's bits read as integers.
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
+# What ``to_empty``'s memory is filled with: every bit set (NaN in every
+# floating dtype, not the NaN that arithmetic on numbers gives).
+_UNWRITTEN = -1
+
 
 @dataclass(frozen=True)
 class _EmptiedMemory:
     """A tensor's memory as ``to_empty`` gave it (no values).
 
-    A write changes its address (a ``.data`` assignment, as
-    ``vector_to_parameters`` makes), its version counter (in place:
-    ``copy_``, ``torch.nn.init``, optimizer steps, also through the state
-    dict's detached tensors) or its bits (through ``.data``, whose writes
-    the counter does not see). The sum of its bits as integers is kept, not
-    a copy of the memory, whose values may be any (NaN too). Only plain
-    tensors are recorded: a tensor without memory of its own (``meta``, a
-    subclass such as a ``DTensor``) holds no values after ``to_empty`` until
-    a reset or a load writes them, as before.
+    Recording it fills it with every bit set (:data:`_UNWRITTEN`, a NaN),
+    one fill: any write then changes its bits (through ``.data`` too, whose
+    writes the version counter does not see; zeros into zeroed memory as
+    well), its address (a ``.data`` assignment, as ``vector_to_parameters``
+    makes) or its version counter (in place: ``copy_``, ``torch.nn.init``,
+    optimizer steps, also through the state dict's detached tensors). Only
+    plain tensors are recorded: a tensor without memory of its own
+    (``meta``, a subclass such as a ``DTensor``) holds no values after
+    ``to_empty`` until a reset or a load writes them, as before.
     """
 
     address: int
     version: int
-    bits: Tensor
+    device: torch.device
 
     @classmethod
     def of(cls, tensor: Tensor) -> _EmptiedMemory | None:
-        """The record of ``tensor``'s memory (``None``: not a plain tensor)."""
+        """Fill ``tensor``'s memory and record it (``None``: not a plain tensor)."""
         plain = tensor.detach()
         if plain.is_meta or type(plain) is not Tensor:
             return None
-        return cls(plain.data_ptr(), plain._version, _bit_sum(plain))
+        if plain.element_size() not in _BITS:
+            return None  # no integer view (complex128): held as the meta case
+        _bits(plain).fill_(_UNWRITTEN)
+        return cls(plain.data_ptr(), plain._version, plain.device)
 
     def written(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` (the same variable) was written since."""
@@ -504,15 +518,14 @@ class _EmptiedMemory:
         return (
             plain.data_ptr() != self.address
             or plain._version != self.version
-            or plain.device != self.bits.device
-            or not torch.equal(_bit_sum(plain), self.bits)
+            or plain.device != self.device
+            or not bool(_bits(plain).eq(_UNWRITTEN).all())
         )
 
 
-def _bit_sum(tensor: Tensor) -> Tensor:
-    """The sum of ``tensor``'s bits read as integers (a 0-d int64 tensor)."""
-    flat = tensor.detach().reshape(-1)
-    return flat.view(_BITS[flat.element_size()]).sum(dtype=torch.int64)
+def _bits(tensor: Tensor) -> Tensor:
+    """``tensor``'s memory read as integers of its element size (a view)."""
+    return tensor.view(_BITS[tensor.element_size()])
 
 
 def _empties(fn: Callable[[Tensor], Tensor]) -> bool:

@@ -86,6 +86,18 @@ class EstimatorLayer(VIModule):
     def estimator_for(self, input: Tensor) -> str:
         """The estimator this layer runs on ``input`` in a PyTorch-style call.
 
+        Which call: outside any call, this layer's own call on ``input`` (the
+        layer as the network, ``input`` the call's input); during a call (from
+        a forward pre-hook of the layer, or a ``forward`` around it), the
+        layer's part of the running call, on ``input`` as it gets it there.
+        The two differ for a layer inside a network in whether the call's
+        inputs are differentiated (below): that is read from the outermost
+        call's inputs, so an activation computed from trainable weights
+        (requiring gradients) reads as differentiated when asked outside,
+        while the network's call on an input that requires none runs
+        ``"local"`` at that layer. To ask what a layer runs inside a network,
+        ask from a forward pre-hook during the network's call (example).
+
         With the generated guide: ``"reparam"`` unless :meth:`uses_moments`;
         else ``"local"`` where every example has a single output position
         (``(B, in)`` inputs of a linear layer) and ``"flipout"`` elsewhere for
@@ -116,6 +128,24 @@ class EstimatorLayer(VIModule):
                 output positions: they would get independent draws although
                 they share the weights, a different model with a different
                 expected loss.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> import pyrolite_bnn as bnn
+            >>> net = bnn.VISequential(nn.Linear(3, 8), nn.Tanh(), bnn.VILinear(8, 1))
+            >>> x = torch.randn(5, 3)
+            >>> hidden = net[1](net[0](x))  # requires gradients: nn.Linear's
+            >>> net[2].estimator_for(hidden)  # net[2] called on hidden itself
+            'flipout'
+            >>> picked = []
+            >>> hook = net[2].register_forward_pre_hook(
+            ...     lambda layer, args: picked.append(layer.estimator_for(args[0]))
+            ... )
+            >>> _ = net(x)  # x requires no gradients
+            >>> hook.remove()
+            >>> picked  # what net(x) runs at net[2]
+            ['local']
         """
         if not self.samples_from_moments():
             return "reparam"
