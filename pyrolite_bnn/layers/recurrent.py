@@ -193,8 +193,9 @@ class _VIRNNBase(VIModule):
         Or as an outermost call returns a final state, ``(S, layers * D, B,
         size)``: each particle's own, carried to the next call (a language
         model's hidden state from one batch to the next); it is folded here
-        (row ``b * S + s``). Returned batch-first, as the functional op takes
-        it.
+        (row ``b * S + s``) only if its batch is the call's (folded first, a
+        state of ``B / S`` examples would pass as torch's shared layout).
+        Returned batch-first, as the functional op takes it.
         """
         if state is None:
             return state
@@ -208,6 +209,7 @@ class _VIRNNBase(VIModule):
             and state.shape[0] == samples
             and state.shape[1] == states
             and state.shape[3] == size
+            and (batch is None or state.shape[2] == batch)
         ):
             folded = state.shape[2] * samples
             state = state.permute(1, 2, 0, 3).reshape(states, folded, size)
