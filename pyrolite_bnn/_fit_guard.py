@@ -165,6 +165,8 @@ class NaNGuard:
         step: int,
         loss: Tensor,
         output_error: BaseException | None,
+        evaluation: int = 0,
+        first_loss: float | None = None,
     ) -> StepStats:
         """Check an evaluation of a step after ``backward``; return its statistics.
 
@@ -173,6 +175,10 @@ class NaNGuard:
         the network output was rejected as non-finite on some rank. A step
         whose output was rejected has no NLL and KL: the loss never ran, and
         ``last_nll``/``last_kl`` are missing (first step) or of an earlier step.
+        ``evaluation`` counts the evaluations of the step before this one (an
+        optimizer's closure, ``torch.optim.LBFGS``, may be evaluated several
+        times), ``first_loss`` is the first one's loss (the step's): a failure
+        of a later evaluation says so.
         """
         grads = [p.grad for p in self.params if p.grad is not None]
         value = loss.detach()
@@ -190,13 +196,18 @@ class NaNGuard:
         reduced = self.ranks.sum(torch.cat([stats, flags]).to(self.ranks.device))
         loss_value, nll_value, kl_value, bad_grads, bad_output = reduced.tolist()
         size = self.ranks.size
+        later = _later_evaluation(evaluation, first_loss)
         if bad_output:
             ranks = " on some rank" if self.ranks.distributed else ""
-            self.fail(epoch, step, f"non-finite network output{ranks}", output_error)
+            self.fail(
+                epoch, step, f"non-finite network output{ranks}{later}", output_error
+            )
         if not math.isfinite(loss_value):
-            self.fail(epoch, step, f"non-finite loss ({loss_value / size})")
+            self.fail(epoch, step, f"non-finite loss ({loss_value / size}){later}")
         if bad_grads:
-            self.fail(epoch, step, f"non-finite gradient of {self._nonfinite_grad()}")
+            self.fail(
+                epoch, step, f"non-finite gradient of {self._nonfinite_grad()}{later}"
+            )
         return StepStats(loss_value / size, nll_value / size, kl_value / size)
 
     def step_done(self) -> None:
@@ -235,6 +246,19 @@ def add_to_message(error: Exception, addition: str) -> None:
         error.args = (f"{message} ({addition})",)
     elif hasattr(error, "add_note"):  # Python 3.11+
         error.add_note(addition)
+
+
+def _later_evaluation(evaluation: int, first_loss: float | None) -> str:
+    """Which evaluation of a step failed, when it was not the step's first."""
+    if evaluation == 0:
+        return ""
+    first = "" if first_loss is None else f" (whose loss, the step's, was {first_loss})"
+    return (
+        f" in evaluation {evaluation} (counted from 0) of the optimizer's closure, "
+        "at parameters the optimizer moved to within the step (LBFGS's inner "
+        f"iterations or line search), not in the step's first evaluation{first}; "
+        "a smaller lr or max_iter keeps those moves shorter"
+    )
 
 
 def _float16_hint(params: list[nn.Parameter]) -> str:

@@ -43,6 +43,7 @@ from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._network import check_bayesian_network
 from pyrolite_bnn._source_watch import steps_convert_source
 from pyrolite_bnn._state import clone_state
+from pyrolite_bnn._step_draws import SameDraws
 from pyrolite_bnn._validation import (
     check_bool,
     check_count,
@@ -624,6 +625,7 @@ class _StepInputs:
     guard: NaNGuard
     unsynced: list[nn.Parameter]
     clip_grad_norm: float | None
+    devices: tuple[torch.device, ...]  # the parameters' (their random draws)
 
 
 def _evaluate(
@@ -654,7 +656,8 @@ def _evaluate(
             "frozen with requires_grad_(False), or the output detached in forward?)"
         )
     guard.ranks.average_gradients(inputs.unsynced)
-    stats = guard.check_step(epoch, step, loss, output_error)
+    first = evaluations[0].loss if evaluations else None
+    stats = guard.check_step(epoch, step, loss, output_error, len(evaluations), first)
     if inputs.clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(guard.params, inputs.clip_grad_norm)
     evaluations.append(stats)
@@ -690,8 +693,9 @@ def _train_step(
     """One optimizer step on ``batch``; the statistics of its first evaluation.
 
     An optimizer whose ``step`` needs a closure gets :func:`_evaluate`, which
-    it may call several times; the loss recorded is the one before the step,
-    as for other optimizers.
+    it may call several times, each time on the same random numbers
+    (:class:`~pyrolite_bnn._step_draws.SameDraws`); the loss recorded is the
+    one before the step, as for other optimizers.
     """
     x, y = _unpack(batch, "train_loader", f"epoch {epoch}, step {step}")
     evaluations: list[StepStats] = []
@@ -701,7 +705,8 @@ def _train_step(
     if needs_closure:
         # torch types a closure as returning a float; its own return the
         # loss tensor, which LBFGS reads with float() as well
-        optimizer.step(cast(Callable[[], float], evaluate))
+        with SameDraws(inputs.devices) as same:
+            optimizer.step(cast(Callable[[], float], lambda: same.run(evaluate)))
         if not evaluations:
             raise RuntimeError(
                 f"{type(optimizer).__name__}.step did not call the closure fit "
@@ -737,7 +742,8 @@ def _train_epoch(
     sums = StepStats(0.0, 0.0, 0.0)
     steps = 0
     needs_closure = _needs_closure(optimizer)
-    inputs = _StepInputs(model, loss_fn, guard, unsynced, clip_grad_norm)
+    devices = tuple(dict.fromkeys(param.device for param in guard.params))
+    inputs = _StepInputs(model, loss_fn, guard, unsynced, clip_grad_norm, devices)
     current = 0  # the step running, or whose batch the loader is fetching
     try:
         for step, batch in enumerate(loader):
@@ -992,11 +998,16 @@ def fit(
     ``zero_grad``, ``backward``, optional gradient-norm clipping and
     ``optimizer.step()``. An optimizer whose ``step`` needs a closure
     (``torch.optim.LBFGS``) gets one that runs all of these but the step,
-    and may evaluate it several times per step: the NaN guard checks every
-    evaluation, the step's loss, NLL and KL (:class:`History`, the progress
-    display) are those of its first evaluation (the loss before the step, as
-    with other optimizers), and the closure returns the loss averaged over
-    the ranks under ``torch.distributed``, so that every rank decides alike.
+    and may evaluate it several times per step: every evaluation of a step
+    draws the same weights (the random state the step started in is
+    replayed, so that LBFGS's line search and curvature pairs compare values
+    of one function; the generators then move on as after one evaluation,
+    and each step draws anew), the NaN guard checks every evaluation (its
+    message says when a later one failed), the step's loss, NLL and KL
+    (:class:`History`, the progress display) are those of its first
+    evaluation (the loss before the step, as with other optimizers), and the
+    closure returns the loss averaged over the ranks under
+    ``torch.distributed``, so that every rank decides alike.
 
     A network with several inputs (``forward(self, x_num, x_cat)``) takes
     batches ``((x_num, x_cat), y)``: a tuple of inputs, or the list a

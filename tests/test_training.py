@@ -561,10 +561,70 @@ def test_the_nan_guard_checks_every_evaluation_of_a_closure() -> None:
     model = _net()
     before = _state(model)
     optimizer = _ClosureSGD(model.parameters(), poison=True)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss .* epoch 0, step 0"):
+    # the step's first evaluation passed: the message names the later one
+    later = (
+        r"non-finite loss \(nan\) in evaluation 1 \(counted from 0\) of the "
+        r"optimizer's closure, at parameters the optimizer moved to within the "
+        r"step .*\(whose loss, the step's, was [0-9.]+\); a smaller lr"
+    )
+    with pytest.raises(FloatingPointError, match=later + r" .* epoch 0, step 0"):
         fit(model, _loss(), [(x, y)], epochs=2, optimizer=optimizer, progress=False)
     assert len(optimizer.losses) == 1  # the second evaluation raised
     _assert_same_state(_state(model), before)
+
+
+class _Reevaluating(torch.optim.Optimizer):
+    """Evaluates the closure ``times`` times per step at the same parameters
+    (as LBFGS's line search compares evaluations), moving none of them."""
+
+    def __init__(self, params: Any, times: int) -> None:
+        super().__init__(params, {})
+        self.times = times
+        self.steps: list[list[tuple[float, Tensor]]] = []
+
+    def step(self, closure: Any) -> Any:  # type: ignore[override]
+        params = [p for group in self.param_groups for p in group["params"]]
+        evaluations = []
+        for _ in range(self.times):
+            loss = closure()
+            grads = torch.cat([p.grad.flatten() for p in params if p.grad is not None])
+            evaluations.append((float(loss), grads.clone()))
+        self.steps.append(evaluations)
+        return loss
+
+
+def test_every_evaluation_of_a_step_draws_the_same_weights() -> None:
+    """Each closure evaluation drew new weights: LBFGS compared values and
+    gradients of a different Monte-Carlo objective every time (its
+    strong_wolfe line search stalled, non-finite losses followed; probe
+    trainloops fit_lbfgs). Within a step every evaluation now gets the first
+    one's random numbers (equal loss and gradients at equal parameters,
+    exactly); the generators end where one evaluation leaves them, so the
+    run draws as one with one evaluation per step, and each step draws anew."""
+    x, y = _data()
+    runs = []
+    for times in (3, 1):
+        pyro.set_rng_seed(5)
+        model = _net()
+        optimizer = _Reevaluating(model.parameters(), times)
+        fit(
+            model,
+            _loss(),
+            _batches(x, y),
+            epochs=2,
+            optimizer=optimizer,
+            progress=False,
+        )
+        runs.append((optimizer.steps, torch.get_rng_state()))
+    (steps, after), (once, after_once) = runs
+    assert len(steps) == len(once) == 8
+    for evaluations, single in zip(steps, once, strict=True):
+        for loss, grads in evaluations[1:]:
+            assert loss == evaluations[0][0]
+            torch.testing.assert_close(grads, evaluations[0][1], rtol=0, atol=0)
+        assert evaluations[0][0] == single[0][0]
+    assert len({evaluations[0][0] for evaluations in steps[::4]}) == 2  # new draws
+    assert torch.equal(after, after_once)
 
 
 def test_invalid_arguments() -> None:

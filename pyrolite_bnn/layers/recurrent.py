@@ -193,8 +193,9 @@ class _VIRNNBase(VIModule):
         Or as an outermost call returns a final state, ``(S, layers * D, B,
         size)``: each particle's own, carried to the next call (a language
         model's hidden state from one batch to the next); it is folded here
-        (row ``b * S + s``). Returned batch-first, as the functional op takes
-        it.
+        (row ``b * S + s``) only if its batch is the call's (folded first, a
+        state of ``B / S`` examples would pass as torch's shared layout).
+        Returned batch-first, as the functional op takes it.
         """
         if state is None:
             return state
@@ -208,28 +209,65 @@ class _VIRNNBase(VIModule):
             and state.shape[0] == samples
             and state.shape[1] == states
             and state.shape[3] == size
+            and (batch is None or state.shape[2] == batch)
         ):
             folded = state.shape[2] * samples
             state = state.permute(1, 2, 0, 3).reshape(states, folded, size)
-        rows = (
-            "batch or batch * samples"
-            if batch is None
-            else f"{batch} or {batch} * {samples} = {batch * samples}"
-        )
-        if (
+        elif (
             state.dim() != 3
             or state.shape[0] != states
             or state.shape[2] != size
             or (batch is not None and state.shape[1] not in (batch, batch * samples))
         ):
-            raise ValueError(
-                f"{type(self).__name__}: {name} must be in torch's "
-                f"layout (num_layers * num_directions, batch, {size}) = ({states}, "
-                f"{rows}, {size}), or a final state as a call returned it, "
-                f"(samples, num_layers * num_directions, batch, {size}) = "
-                f"({samples}, {states}, batch, {size}); got {tuple(state.shape)}"
-            )
+            raise ValueError(self._state_error(state, name, size, batch, samples))
         return state.transpose(0, 1)
+
+    def _state_error(
+        self, state: Tensor, name: str, size: int, batch: int | None, samples: int
+    ) -> str:
+        """What ``_state_in`` expected of ``state`` (the user's), and what is off."""
+        states = self.num_layers * self.num_directions
+        rows = (
+            "batch or batch * samples"
+            if batch is None
+            else f"{batch} or {batch} * {samples} = {batch * samples}"
+        )
+        message = (
+            f"{type(self).__name__}: {name} must be in torch's "
+            f"layout (num_layers * num_directions, batch, {size}) = ({states}, "
+            f"{rows}, {size}), or a final state as a call returned it, "
+            f"(samples, num_layers * num_directions, batch, {size}) = "
+            f"({samples}, {states}, {'batch' if batch is None else batch}, {size}); "
+            f"got {tuple(state.shape)}"
+        )
+        shape = tuple(state.shape)
+        if len(shape) == 4 and shape[1] == states and shape[3] == size:
+            if shape[0] != samples:
+                return (
+                    f"{message}: a final state of {shape[0]} particles, and this "
+                    f"call draws {samples} (call with samples={shape[0]} to "
+                    "continue it)"
+                )
+            assert batch is not None  # a batch mismatch: the one left
+            message += (
+                f": a final state of a batch of {shape[2]}, and this call's "
+                f"batch is {batch}"
+            )
+            if shape[2] > batch:
+                message += (
+                    " (a loader's last, smaller batch? slice the state to the "
+                    f"call's batch, {name}[:, :, :{batch}], or give the DataLoader "
+                    "drop_last=True)"
+                )
+            return message
+        if len(shape) == 3 and shape[0] == states and shape[2] == size:
+            return (
+                f"{message}: {shape[1]} rows, and this call's batch is {batch} "
+                f"({batch * samples} rows folded with its {samples} particles)"
+                if batch is not None
+                else message
+            )
+        return message
 
     def _recur(
         self, input: Tensor, hx: Tensor | None, cx: Tensor | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -439,7 +440,8 @@ def test_state_layout_errors_inside_a_network() -> None:
     )
     with pytest.raises(ValueError, match=message + r"\(5, 2, 4\)"):
         net(torch.randn(5, 6, 3), torch.zeros(5, 2, 4), samples=3)  # batch-first
-    with pytest.raises(ValueError, match=message + r"\(2, 6, 4\)"):
+    wrong_batch = r"\(2, 6, 4\): 6 rows, and this call's batch is 5 \(15 rows folded"
+    with pytest.raises(ValueError, match=message + wrong_batch):
         net(torch.randn(5, 6, 3), torch.zeros(2, 6, 4), samples=3)  # wrong batch
 
 
@@ -679,6 +681,80 @@ def test_final_state_of_a_call_is_the_next_calls_initial_state(
         h0 = tuple(t[s] for t in state) if cls is bnn.VILSTM else state[s]
         expected, _ = run_fixed(layer, own, 1, second, h0)
         torch.testing.assert_close(out[s], expected[0], **TOL)
+
+
+class _CarriedStates(bnn.VIModule):
+    """A recurrent layer inside a network, its final states returned as they are."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: Tensor, state: Any = None) -> Any:
+        return self.rnn(x, state)[1]
+
+
+@pytest.mark.parametrize("network", [False, True], ids=["outermost", "in_network"])
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (bnn.VILSTM, {}),
+        (bnn.VILSTM, {"num_layers": 2, "bidirectional": True, "proj_size": 3}),
+        (bnn.VIGRU, {}),
+        (bnn.VIGRU, {"num_layers": 2, "bidirectional": True}),
+    ],
+)
+def test_a_final_state_of_another_batch_is_refused(
+    cls: type[bnn.VIModule],
+    options: dict[str, Any],
+    batch_first: bool,
+    network: bool,
+) -> None:
+    """A carried final state ``(S, layers * D, B', H)`` given to a call of
+    batch ``B = B' * S`` was folded to ``(layers * D, B' * S, H)`` before its
+    batch was checked, then read as torch's shared ``(layers * D, B, H)``:
+    example ``b`` started from example ``b // S``'s state under particle
+    ``b % S``, silently (probe timeseries f2). Any batch but the call's is
+    refused, naming the user's shape and both batches; a smaller last batch
+    (truncated BPTT, a loader without ``drop_last``) is told to slice the
+    state."""
+    samples, batch, length = 3, 2, 4
+    layer = cls(3, 5, batch_first=batch_first, **options)
+    module = _CarriedStates(layer) if network else layer
+
+    def call(rows: int, state: Any = None) -> Any:
+        shape = (rows, length, 3) if batch_first else (length, rows, 3)
+        out = module(torch.randn(shape), state, samples=samples)
+        return out if network else out[1]
+
+    state = call(batch)
+    first = state[0] if isinstance(state, tuple) else state
+    assert first.shape[::2] == (samples, batch)
+    shape = re.escape(str(tuple(first.shape)))
+    for rows in (batch * samples, batch + 1):
+        with pytest.raises(
+            ValueError,
+            match=rf"h0 .*; got {shape}: a final state of a batch of {batch}, "
+            rf"and this call's batch is {rows}$",
+        ):
+            call(rows, state)
+    with pytest.raises(
+        ValueError,
+        match=rf"got {shape}: .* batch is 1 \(a loader's last, smaller batch\? "
+        r"slice the state to the call's batch, h0\[:, :, :1\], or give the "
+        r"DataLoader drop_last=True\)",
+    ):
+        call(1, state)
+    sliced = tuple(s[:, :, :1] for s in state) if cls is bnn.VILSTM else state[:, :, :1]
+    call(1, sliced)  # the remedy runs
+    call(batch, state)  # the call's own batch: each particle's state
+    with pytest.raises(ValueError, match=r"final state of 3 particles, .* draws 2"):
+        module(
+            torch.randn((batch, length, 3) if batch_first else (length, batch, 3)),
+            state,
+            samples=2,
+        )
 
 
 def test_particles_moved_into_the_features_are_named() -> None:
