@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import functools
 import types
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -56,6 +55,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.utils import parametrize
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._derived_classes import DerivedClasses
 from pyrolite_bnn._module_copy import copy_module
 from pyrolite_bnn._module_hooks import (
     refuse_recomputed_weights,
@@ -323,23 +323,12 @@ class ConvertedNetwork(VIModule):
         return plain
 
 
-# The made classes by the id of the torch class, held weakly: a made class
-# holds its torch class (its base), so the id names one live class while the
-# entry lives, and a torch class nothing else holds (defined in a function, a
-# notebook cell run again) goes, with what its functions' globals reach, once
-# no converted network of it is left. A strong table held them all for the
-# life of the process.
-_NETWORK_CLASSES: weakref.WeakValueDictionary[int, type[ConvertedNetwork]] = (
-    weakref.WeakValueDictionary()
-)
+_NETWORK_CLASSES: DerivedClasses[type[ConvertedNetwork]] = DerivedClasses()
 
 
 def _network_class(cls: type[nn.Module]) -> type[ConvertedNetwork]:
     """The subclass of ``cls`` and :class:`ConvertedNetwork` (one per class)."""
-    made = _NETWORK_CLASSES.get(id(cls))
-    if made is None:
-        made = _NETWORK_CLASSES[id(cls)] = _make_network_class(cls)
-    return made
+    return _NETWORK_CLASSES.get(cls, _make_network_class)
 
 
 def _converted_instance(cls: type[nn.Module]) -> ConvertedNetwork:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
 from pyrolite_bnn.convert import MOPED_MIN_SCALE, ConvertedNetwork
 from pyrolite_bnn.distributions.variational import NormalMoments
 from pyrolite_bnn.layers import functional, registry
@@ -1258,7 +1259,9 @@ def test_calling_a_converted_networks_class_is_refused_with_the_reload() -> None
     assert type(_Pretrained.from_pretrained(plain.state_dict())) is _Pretrained
 
 
-@pytest.mark.parametrize("path", ["convert", "VIModule subclass"])
+@pytest.mark.parametrize(
+    "path", ["convert", "vi.convert_to_vimodule", "VIModule subclass"]
+)
 def test_a_network_class_is_not_held_after_its_networks_are_gone(path: str) -> None:
     """The converted-class table and the Pyro-statement scan's results were
     held by module-level dictionaries keyed by the user's class: every class a
@@ -1269,7 +1272,7 @@ def test_a_network_class_is_not_held_after_its_networks_are_gone(path: str) -> N
     def build() -> tuple[weakref.ref[type], weakref.ref[object]]:
         payload = torch.zeros(3)  # what the class's functions reach
 
-        if path == "convert":
+        if path != "VIModule subclass":
 
             class Plain(nn.Module):
                 def __init__(self) -> None:
@@ -1279,7 +1282,10 @@ def test_a_network_class_is_not_held_after_its_networks_are_gone(path: str) -> N
                 def forward(self, x: torch.Tensor) -> torch.Tensor:
                     return self.fc(x) + payload.sum()
 
-            net: nn.Module = bnn.convert(Plain())
+            if path == "convert":
+                net: nn.Module = bnn.convert(Plain())
+            else:
+                net = vi.convert_to_vimodule(Plain())
             cls: type = Plain
         else:
 

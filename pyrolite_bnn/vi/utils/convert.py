@@ -59,6 +59,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from pyrolite_bnn._derived_classes import DerivedClasses
 from pyrolite_bnn._module_hooks import (
     FORWARD_HOOKS,
     OTHER_HOOKS,
@@ -200,8 +201,8 @@ _BAN_LISTS: dict[str, set[Any]] = {
     "replace": _replace_blacklist,
     "submodule": _submodule_blacklist,
 }
-# Generated AVI classes, by original class.
-_generated: dict[type[nn.Module], type[nn.Module]] = {}
+# Generated AVI classes of the original classes that are reused.
+_generated: DerivedClasses[type[nn.Module]] = DerivedClasses()
 
 
 def convert_norms(mode: bool = True) -> None:
@@ -673,10 +674,14 @@ class _Generated(BnnVIModule):
 
 def _generated_class(cls: type[nn.Module]) -> type[nn.Module]:
     """``AVI<Name>``: a ``vi.VIModule`` running ``cls.forward`` per particle."""
-    from pyrolite_bnn.vi.base import VIModule
+    if _reused(cls):
+        return _generated.get(cls, _make_generated_class)
+    return _make_generated_class(cls)
 
-    if _reused(cls) and cls in _generated:
-        return _generated[cls]
+
+def _make_generated_class(cls: type[nn.Module]) -> type[nn.Module]:
+    from pyrolite_bnn.vi.base import VIModule  # imports this module
+
     name = "AVI" + cls.__name__
     generated = type(
         name,
@@ -688,8 +693,6 @@ def _generated_class(cls: type[nn.Module]) -> type[nn.Module]:
             "__qualname__": name,
         },
     )
-    if _reused(cls):
-        _generated[cls] = generated
     return generated
 
 
