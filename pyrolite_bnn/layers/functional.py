@@ -22,6 +22,7 @@ from torch import Tensor
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn.distributions._precision import summary_dtype
 
 __all__ = [
     "conv",
@@ -710,11 +711,7 @@ def linear_local(
     input = _batch_rows(input, samples, batch_size)
     shared, out_rows = _rows(input, samples, batch_size)
     mean = F.linear(input, weight[0], None if bias is None else bias[0])
-    var = F.linear(
-        input * input,
-        weight[1].square(),
-        None if bias is None else _floored_square(bias[1]),
-    )
+    var = _output_variance(F.linear, input, weight[1], bias)
     return _gaussian_draws(
         mean, var, shared, samples, out_rows, bias_variance=bias is not None
     )
@@ -735,6 +732,8 @@ def _gaussian_draws(
     each of the ``S`` particles draws its own values. ``bias_variance``: the
     variance includes a bias's variance from :func:`_floored_square`, so in
     a floored dtype it is at least that dtype's smallest normal number.
+    ``var`` may be wider than ``mean`` (:func:`_output_variance`): the draws
+    are made in its dtype and returned in ``mean``'s.
     """
     if bias_variance and var.dtype in _FLOORED_DTYPES:
         # With a bias the true variance is positive: a float zero would be
@@ -751,9 +750,57 @@ def _gaussian_draws(
         std = torch.where(positive, var, torch.ones_like(var)).sqrt() * positive
     if shared:  # the standard deviations of B rows, read by all S particles
         mean, std = _broadcast_shared(mean, samples), _broadcast_shared(std, samples)
-    eps = torch.randn_like(mean)  # out of place: also under vmap (one sample)
-    draws = torch.addcmul(mean, std, eps)
+    # Out of place: also under vmap (one sample). In the variance's dtype, and
+    # rounded to the activations' once: a float16 mean plus noise below its
+    # spacing would be rounded twice.
+    eps = torch.randn_like(mean, dtype=std.dtype)
+    draws = torch.addcmul(mean.to(std.dtype), std, eps).to(mean.dtype)
     return draws.reshape(out_rows, *draws.shape[2 if shared else 1 :])
+
+
+def _output_variance(
+    op: Callable[..., Tensor],
+    input: Tensor,
+    std: Tensor,
+    bias: tuple[Tensor, Tensor] | None,
+    *geometry: object,
+) -> Tensor:
+    """``op(x^2, s^2, s_b^2)``: the outputs' variance, in at least ``float32``.
+
+    In ``float16`` the squares lose what they measure: a posterior standard
+    deviation of 1e-4 has a variance below its smallest subnormal number
+    (6e-8), and with it the outputs their noise and ``rho`` its gradient;
+    larger ones keep few bits (+33 % output variance at 3e-4), and inputs
+    above 256 overflow to ``inf`` (``NaN`` outputs); ``bfloat16`` keeps 8
+    bits. Half-precision operands are read as ``float32`` (``full_precision``'s
+    rule), with autocast off, which would cast them down again (a ``float32``
+    network under ``torch.autocast(dtype=torch.float16)`` computed it in
+    ``float16``); ``float32`` and ``float64`` operands run as they are.
+    :func:`_gaussian_draws` rounds the draws to the activations' dtype.
+
+    Args:
+        op: ``F.linear`` or a convolution, called as ``op(input, weight,
+            bias, *geometry)``.
+        input: the layer's input.
+        std: the weight's standard deviations.
+        bias: ``(mean, std)`` of the bias, or ``None``.
+        *geometry: the convolution's arguments after the bias.
+    """
+    device = input.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return _output_variance(op, input, std, bias, *geometry)
+    bias_std = None if bias is None else bias[1]
+    wide = summary_dtype(torch.promote_types(input.dtype, std.dtype))
+    if input.dtype != wide or std.dtype != wide:  # float32 runs as it is
+        input, std = input.to(wide), std.to(wide)
+        bias_std = None if bias_std is None else bias_std.to(wide)
+    return op(
+        input * input,
+        std.square(),
+        None if bias_std is None else _floored_square(bias_std),
+        *geometry,
+    )
 
 
 # Dtypes whose smallest normal number is far below any variance that matters.
@@ -884,14 +931,8 @@ def conv_local(
         dilation,
         groups,
     )
-    var = op(
-        input * input,
-        weight[1].square(),
-        None if bias is None else _floored_square(bias[1]),
-        stride,
-        padding,
-        dilation,
-        groups,
+    var = _output_variance(
+        op, input, weight[1], bias, stride, padding, dilation, groups
     )
     return _gaussian_draws(
         mean, var, shared, samples, out_rows, bias_variance=bias is not None
