@@ -40,7 +40,10 @@ from pyrolite_bnn._draws import LazyDraws, kl_without_gradients
 from pyrolite_bnn._validation import distribution_checks_off, is_validation_enabled
 from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.priors import Prior
-from pyrolite_bnn.distributions.variational import NormalMoments
+from pyrolite_bnn.distributions.variational import (
+    MeanFieldNormalPosterior,
+    NormalMoments,
+)
 from pyrolite_bnn.variables import RandomVariable
 
 __all__ = [
@@ -482,7 +485,7 @@ class LayerRecord(ForwardRecord):
                 assert isinstance(prior, Prior)
                 if validate:  # reads each buffer once per value
                     prior.check_values()
-                moments = _widened(self.draws.moments_at(index))
+                moments = _widened(variable, self.draws.moments_at(index))
                 if mode != "mc" and moments is not None:
                     key = prior.closed_form_group(moments.loc)
                     if key is not None:
@@ -564,11 +567,21 @@ class LayerRecord(ForwardRecord):
         )
 
 
-def _widened(moments: NormalMoments | None) -> NormalMoments | None:
-    """Half-precision moments in float32, for KL sums that do not overflow."""
-    if moments is None:
-        return None
-    return NormalMoments(*(full_precision(value) for value in moments))
+def _widened(
+    variable: RandomVariable, moments: NormalMoments | None
+) -> NormalMoments | None:
+    """Half-precision moments in float32, computed from the stored parameters.
+
+    The KL's terms then are ``float32`` numbers (a ``float16`` sum overflows),
+    of the scales of the stored ``rho``: widening the forward pass's
+    ``bfloat16`` scales kept their rounding (8 bits), which moved every
+    weight's closed-form KL by up to 0.004 nats.
+    """
+    if moments is None or moments.loc.dtype == full_precision(moments.loc).dtype:
+        return moments
+    posterior = variable.layer_posterior
+    assert isinstance(posterior, MeanFieldNormalPosterior)
+    return NormalMoments(*posterior.normal_params(full_precision=True))
 
 
 def _normal_closed_form(

@@ -34,6 +34,7 @@ from pyrolite_bnn._validation import (
     check_real,
     readable_all,
 )
+from pyrolite_bnn.distributions._precision import full_precision as widen
 
 __all__ = [
     "MeanFieldNormal",
@@ -673,15 +674,33 @@ class MeanFieldNormalPosterior(Posterior):
         eps = torch.randn((samples, 1, *self.shape), dtype=loc.dtype, device=loc.device)
         return loc + eps * scale, eps
 
-    def normal_params(self) -> tuple[Tensor, Tensor]:
+    def normal_params(self, *, full_precision: bool = False) -> tuple[Tensor, Tensor]:
         """``(loc, scale)`` read straight from the parameters (no Pyro bookkeeping).
 
         Both parameters are real-valued (the scale goes through ``softplus`` here,
         not through a Pyro constraint), so the unconstrained values are the values.
+
+        Args:
+            full_precision: read half-precision parameters as ``float32``
+                before the scale is computed, as the KL terms are: the scale
+                of the stored ``rho``, not its ``softplus`` rounded to
+                ``bfloat16`` (8 bits: every weight's KL was off by up to
+                0.004 nats, 2.4e-4 of the KL of a million weights). A
+                differentiable cast: gradients reach the parameters.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> posterior = bnn.VILinear(3, 2).posterior["weight"].bfloat16()
+            >>> [t.dtype for t in posterior.normal_params(full_precision=True)]
+            [torch.float32, torch.float32]
         """
         loc = self._unconstrained("loc_unconstrained")
         rho = self._unconstrained("rho_unconstrained")
-        return loc, self._to_scale(rho)
+        if not full_precision:
+            return loc, self._to_scale(rho)
+        # The floor of exp's scales stays the stored dtype's (float16: 6e-5).
+        tiny = torch.finfo(rho.dtype).tiny
+        return widen(loc), _scale_of(widen(rho), self.scale_transform, tiny)
 
     def median(self) -> Tensor:
         """``loc`` (a view of it, without gradient history)."""

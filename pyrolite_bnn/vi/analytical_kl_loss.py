@@ -349,7 +349,7 @@ def _closed_form(module: BnnVIModule, name: str, posterior: Any) -> Tensor | Non
         value: Tensor = -module.prior_distribution(name).log_prob(posterior.loc).sum()
         return value
     if isinstance(posterior, MeanFieldNormalPosterior):
-        term = prior.kl_from_normal(*posterior.normal_params())
+        term = prior.kl_from_normal(*posterior.normal_params(full_precision=True))
         if term is not None:
             return term
     return analytic_kl(posterior.distribution(), module.prior_distribution(name))
