@@ -33,20 +33,24 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._context_values import set_while
+from pyrolite_bnn.distributions._precision import full_precision, is_narrow
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     NormalMoments,
 )
 from pyrolite_bnn.variables import RandomVariable
+
+_T = TypeVar("_T")
 
 __all__ = [
     "LazyDraws",
@@ -119,14 +123,17 @@ def _draw(
     return posterior.draw(samples)
 
 
-def _replay_draw(
-    variable: RandomVariable,
-    moments: NormalMoments | None,
-    samples: int,
-    state: Tensor,
-    device: torch.device,
-) -> Tensor:
-    """Draw ``variable`` again from the random state ``state`` taken before its draw.
+def _draw_noise(
+    variable: RandomVariable, moments: NormalMoments, samples: int
+) -> tuple[Tensor, Tensor]:
+    """A mean-field Normal draw and its standard-normal noise ``eps``."""
+    posterior = variable.layer_posterior
+    assert isinstance(posterior, MeanFieldNormalPosterior)
+    return posterior.reparameterize_with_noise(moments, samples)
+
+
+def _replayed(state: Tensor, device: torch.device, draw: Callable[[], _T]) -> _T:
+    """``draw()`` again from the random state ``state`` taken before it ran.
 
     The random state of the device is restored afterwards, so replaying changes
     no later draw.
@@ -134,7 +141,7 @@ def _replay_draw(
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda, device_type="cuda"):
         set_rng_state(state, device)
-        return _draw(variable, moments, samples)
+        return draw()
 
 
 # Layers seen reading their weight moments twice in one forward pass (a layer
@@ -217,6 +224,8 @@ class LazyDraws:
         # per weight, kept when asked (keeping_noise_sums) for the Monte-Carlo
         # KL, which then needs no replayed draw.
         self.noise_sums: list[tuple[Tensor, Tensor] | None] = [None] * count
+        # The noise of kept half-precision draws (see noise()).
+        self.noises: list[Tensor | None] = [None] * count
         # Variables whose moments were dropped (release_moments): computed
         # again from their posteriors when read.
         self._released = [False] * count
@@ -362,12 +371,28 @@ class LazyDraws:
         state, device = self.states[index], self.devices[index]
         if state is None or device is None:
             return None
-        return _replay_draw(
-            self.variables[index],
-            self.moments_at(index),
-            self.samples,
-            state,
-            device,
+        variable, moments = self.variables[index], self.moments_at(index)
+        return _replayed(state, device, lambda: _draw(variable, moments, self.samples))
+
+    def noise(self, index: int) -> Tensor | None:
+        """The standard-normal noise ``eps`` of the draw ``mu + sigma * eps``.
+
+        Of variable ``index``, a mean-field Normal one, ``(samples, 1,
+        *shape)`` in the weights' dtype: kept with a kept half-precision draw,
+        else replayed from the draw's random state. ``None`` if it was never
+        drawn, or neither (a kept ``float32`` draw; its noise is recovered
+        from it to float precision).
+        """
+        kept = self.noises[index]
+        if kept is not None:
+            return kept
+        state, device = self.states[index], self.devices[index]
+        moments = self.moments_at(index)
+        if state is None or device is None or moments is None:
+            return None
+        variable = self.variables[index]
+        return _replayed(
+            state, device, lambda: _draw_noise(variable, moments, self.samples)[1]
         )
 
     def _draw_through(self, index: int) -> None:
@@ -394,12 +419,16 @@ class LazyDraws:
                 and (replayed or not self.grad_enabled)
             ):
                 state = rng_state(device)
-            if self._sums and moments is not None:
-                posterior = variable.layer_posterior
-                assert isinstance(posterior, MeanFieldNormalPosterior)
-                value, eps = posterior.reparameterize_with_noise(moments, self.samples)
+            # A half-precision draw rounds its noise away (a mean of 1 in
+            # bfloat16 is 0.008 from the next number, sigma 1e-3): the
+            # Monte-Carlo KL reads the noise itself, summed in float32.
+            narrow = moments is not None and is_narrow(moments.loc.dtype)
+            eps = None
+            if moments is not None and (self._sums or narrow):
+                value, eps = _draw_noise(variable, moments, self.samples)
                 with torch.no_grad():
-                    self.noise_sums[i] = (eps.sum(0), (eps * eps).sum(0))
+                    wide = full_precision(eps)
+                    self.noise_sums[i] = (wide.sum(0), (wide * wide).sum(0))
             else:
                 value = _draw(variable, moments, self.samples)
             if state is not None:
@@ -408,6 +437,8 @@ class LazyDraws:
                 self._fresh[i] = value
             else:
                 self.values[i] = value
+                if narrow:
+                    self.noises[i] = eps
 
     def follow_grad_mode(self) -> None:
         """Give the moments and draws gradients: the call had none, now they are on.

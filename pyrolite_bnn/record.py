@@ -38,7 +38,7 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn._autograd_graph import reaches_node
 from pyrolite_bnn._draws import LazyDraws, kl_without_gradients
 from pyrolite_bnn._validation import distribution_checks_off, is_validation_enabled
-from pyrolite_bnn.distributions._precision import full_precision
+from pyrolite_bnn.distributions._precision import full_precision, is_narrow
 from pyrolite_bnn.distributions.priors import Prior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
@@ -469,6 +469,30 @@ class LayerRecord(ForwardRecord):
             return self.variables[index].layer_posterior.draw(self.samples)
         return drawn
 
+    def _narrow(self, index: int) -> bool:
+        """Whether variable ``index``'s posterior is a half-precision one."""
+        parameter = next(self.variables[index].layer_posterior.parameters(), None)
+        return parameter is not None and is_narrow(parameter.dtype)
+
+    def _noise(self, index: int, moments: NormalMoments) -> Tensor:
+        """The standard-normal noise of variable ``index``'s draws, >= float32.
+
+        A half-precision draw rounds its noise away: the noise drawn is read
+        (a layer that sampled its outputs from the moments drew none: fresh
+        noise, as a fresh draw). A ``float32`` draw keeps it to float
+        precision: recovered as Pyro's ``log q(w)`` reads it, ``(w - mu) /
+        sigma``.
+        """
+        if self._narrow(index):
+            eps = self.draws.noise(index)
+            if eps is None:
+                posterior = self.variables[index].layer_posterior
+                assert isinstance(posterior, MeanFieldNormalPosterior)
+                stored = NormalMoments(*posterior.normal_params())
+                eps = posterior.reparameterize_with_noise(stored, self.samples)[1]
+            return full_precision(eps)
+        return (self._value(index) - moments.loc) / moments.scale
+
     def kl(self, mode: KLMode = "auto") -> Tensor:
         """See :meth:`ForwardRecord.kl`; closed forms are taken once per tensor."""
         check_kl_mode(mode)
@@ -504,12 +528,20 @@ class LayerRecord(ForwardRecord):
                     sums = self.draws.noise_sums[index]
                     if sums is None:
                         with torch.no_grad():  # only the draws' noise is needed
-                            drawn = self._value(index)
-                            eps = (drawn - moments.loc) / moments.scale
+                            eps = self._noise(index, moments)
                             sums = (eps.sum(0), eps.square().sum(0))
                     term = _normal_mc(sums, moments, p, self.samples)
                 if term is None:
                     drawn = full_precision(self._value(index))
+                    if moments is not None and self._narrow(index):
+                        # The draws in float32 from their noise, and the
+                        # densities in float32: the rounded draws had lost the
+                        # noise (log q(w) ~ 0, +0.5 nats per weight).
+                        with torch.no_grad():
+                            eps = self._noise(index, moments)
+                        drawn = moments.loc + eps * moments.scale
+                        q = dist.Normal(*moments).to_event(len(variable.shape))
+                        p = prior.full_precision(variable.shape)
                     # (1/S) sum_s [log q(w_s) - log p(w_s)], as the 1/S-scaled plate.
                     term = (q.log_prob(drawn) - p.log_prob(drawn)).mean()
                 total = total + term

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["full_precision", "summary_dtype"]
+__all__ = ["full_precision", "is_narrow", "summary_dtype"]
 
 _WIDE = frozenset({torch.float32, torch.float64})
 
@@ -50,3 +50,20 @@ def summary_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype.is_floating_point and torch.finfo(dtype).bits < 32:
         return torch.float32
     return dtype
+
+
+def is_narrow(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is a floating dtype narrower than ``float32``.
+
+    ``float16`` and ``bfloat16``: a draw ``mu + sigma * eps`` rounded to it
+    can lose its noise, and the densities and KL terms computed in it their
+    precision.
+
+    Example:
+        >>> import torch
+        >>> is_narrow(torch.bfloat16), is_narrow(torch.float32)
+        (True, False)
+    """
+    return (
+        dtype not in _WIDE and dtype.is_floating_point and summary_dtype(dtype) != dtype
+    )

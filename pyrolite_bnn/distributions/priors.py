@@ -27,6 +27,7 @@ from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._state import RecordsInState, recorded
 from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn.distributions._precision import full_precision, is_narrow
 from pyrolite_bnn.distributions.variational import NormalMoments
 from pyrolite_bnn.variables import UnitLayout
 
@@ -592,6 +593,33 @@ class Prior(RecordsInState):
             base = _with_own_memory(base, self)
         _check_broadcast(self, base.batch_shape, size)
         return _independent(base, size)
+
+    def full_precision(self, shape: Sequence[int]) -> TorchDistributionMixin:
+        """``self(shape)`` with half-precision hyperparameters read as ``float32``.
+
+        The densities of a ``bfloat16`` prior computed in ``bfloat16`` are off
+        by its rounding (``log(2 * scale)`` of a Laplace prior by 0.0017 per
+        weight); a Monte-Carlo KL of a half-precision network evaluates them
+        in ``float32``. The buffers and parameters are cast for the call
+        (differentiably: gradients reach learnable ones); a prior of other
+        dtypes, or whose distribution is not built from them
+        (:class:`CallablePrior`), is returned as ``self(shape)``.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> prior = bnn.LaplacePrior().to(torch.bfloat16)
+            >>> prior.full_precision((2, 3)).base_dist.scale.dtype
+            torch.float32
+        """
+        tensors: dict[str, Tensor] = dict(self.named_parameters())
+        tensors.update(self.named_buffers())
+        result: TorchDistributionMixin
+        if any(is_narrow(tensor.dtype) for tensor in tensors.values()):
+            widened = {name: full_precision(t) for name, t in tensors.items()}
+            result = torch.func.functional_call(self, widened, (shape,))
+        else:
+            result = self(shape)
+        return result
 
     def graph_key(self, shape: Sequence[int]) -> Hashable:
         """What a compiled loss graph froze of ``self(shape)``, besides tensors.
