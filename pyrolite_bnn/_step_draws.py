@@ -10,9 +10,11 @@ meaningless (the probes saw non-finite losses within a few steps and losses
 that stalled far above Adam's). :class:`SameDraws` runs every evaluation
 after the first from the random-number state the step started in (common
 random numbers: within a step the objective is one deterministic function of
-the parameters), and leaves the generators where the first evaluation left
-them, as if the loss had been evaluated once: a run stays reproducible from
-``torch.manual_seed``, and each step draws new weights.
+the parameters); each later evaluation leaves the generators as it found
+them, so that they move as if the loss had been evaluated once (and what the
+optimizer itself draws between evaluations, a Langevin step's noise, is
+drawn once): a run stays reproducible from ``torch.manual_seed``, and each
+step draws new weights.
 
 The default generators of the CPU and of the CUDA devices holding parameters
 are rewound (:func:`~pyrolite_bnn._draws.rng_state`); draws on another kind
@@ -57,7 +59,7 @@ class SameDraws:
         self._devices = [d for d in unique if rng_state(d) is not None]
         self._held: AbstractContextManager[None] = generators_held()
         self._start: list[Tensor] = []
-        self._after_first: list[Tensor] | None = None
+        self._evaluated = False
 
     def _states(self) -> list[Tensor]:
         states = [rng_state(device) for device in self._devices]
@@ -73,13 +75,21 @@ class SameDraws:
         return self
 
     def run(self, evaluate: Callable[[], _T]) -> _T:
-        """Run ``evaluate`` from the step's random state (the first: as it is)."""
-        if self._after_first is None:
-            result = evaluate()
-            self._after_first = self._states()
-            return result
+        """Run ``evaluate`` from the step's random state (the first: as it is).
+
+        A later evaluation leaves the generators as it found them: what the
+        optimizer drew after the first (a Langevin step's noise) is not
+        handed out again.
+        """
+        if not self._evaluated:
+            self._evaluated = True
+            return evaluate()
+        now = self._states()
         self._set(self._start)
-        return evaluate()
+        try:
+            return evaluate()
+        finally:
+            self._set(now)
 
     def __exit__(
         self,
@@ -87,8 +97,4 @@ class SameDraws:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        try:
-            if self._after_first is not None:
-                self._set(self._after_first)
-        finally:
-            self._held.__exit__(kind, error, traceback)
+        self._held.__exit__(kind, error, traceback)

@@ -52,3 +52,21 @@ def test_nothing_drawn_leaves_the_generator_as_it_was() -> None:
     with SameDraws([]):
         pass
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_what_the_optimizer_draws_between_evaluations_is_drawn_once() -> None:
+    """An optimizer that draws after the closure (a Langevin step's noise):
+    rewinding the generators to where the first evaluation left them handed
+    its noise out again as the next step's weight draws (probe falsepos16)."""
+    torch.manual_seed(0)
+    plain = [torch.randn(3) for _ in range(3)]  # closure, optimizer, closure
+    torch.manual_seed(0)
+    with SameDraws([CPU]) as same:
+        first = same.run(lambda: torch.randn(3))
+        noise = torch.randn(3)  # the optimizer's own draw
+        again = same.run(lambda: torch.randn(3))
+    after = torch.randn(3)  # the next step's first draw
+    torch.testing.assert_close(first, plain[0], rtol=0, atol=0)
+    torch.testing.assert_close(again, plain[0], rtol=0, atol=0)
+    torch.testing.assert_close(noise, plain[1], rtol=0, atol=0)
+    torch.testing.assert_close(after, plain[2], rtol=0, atol=0)
