@@ -734,9 +734,17 @@ def _ambiguity_remedy(state: ParticleState, *sizes: int) -> str:
             "once per view instead of on the concatenation (enc(x1), enc(x2): a "
             "layer called twice shares its weight draw)"
         )
+    if 1 in sizes:  # an input of one row: a context, every example's
+        return (
+            "Give the input of one row the others' batch size (ctx.expand("
+            "x.shape[0], *ctx.shape[1:]), a view), or call the network with "
+            "another number of samples"
+        )
     return (
-        "Give the network's inputs one batch size, or call it with another "
-        "number of samples"
+        "Call the network with another number of samples: the inputs have "
+        f"different batches, and one of them times the {state.samples} "
+        "particles equals another by chance (as a readout per graph of a graph "
+        "batch, G * S rows, can equal the number of nodes N)"
     )
 
 

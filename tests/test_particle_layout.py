@@ -1557,14 +1557,16 @@ def _graph_batch(nodes: int, graphs: int) -> tuple[Tensor, Tensor, Tensor]:
 def test_a_per_graph_readout_of_the_batch_size_is_refused(
     graphs_first: bool, grad: bool
 ) -> None:
-    """5 graphs of 20 nodes at S = 4: the readout's 5 * 4 rows equal the node
-    batch. With the nodes first they were read as the batch shared by the
-    particles: with gradients refused as 'taken from some particles only'
-    (with advice about lengths.repeat_interleave); the coincidence is now
-    named. With the graph ids first the call's batch is the graphs', with or
-    without gradients. (Nodes first under torch.no_grad() is read as the
-    batch: no graph to tell them apart, concepts.rst; a view test, 7d8d495,
-    refused correct inputs laid out (n, S, ...) and was taken out.)"""
+    """5 graphs with 20 nodes in all at S = 4: the readout's 5 * 4 rows equal
+    the node batch. With the nodes first they were read as the batch shared
+    by the particles: with gradients refused as 'taken from some particles
+    only' (with advice about lengths.repeat_interleave); the coincidence is
+    now named. With the graph ids first the call's batch is the graphs', with
+    or without gradients; the remedy was 'Give the network's inputs one batch
+    size', which a graph batch cannot: it is another number of samples.
+    (Nodes first under torch.no_grad() is read as the batch: no graph to tell
+    them apart, concepts.rst; a view test, 7d8d495, refused correct inputs
+    laid out (n, S, ...) and was taken out.)"""
     x, graphs, batch_vector = _graph_batch(20, 5)
     net = _GraphReadout(graphs_first)
     coincidence = (
@@ -1573,8 +1575,13 @@ def test_a_per_graph_readout_of_the_batch_size_is_refused(
         if graphs_first
         else r"5 \* 4 happens to equal the batch size 20"
     )
-    with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=coincidence):
+    with (
+        torch.set_grad_enabled(grad),
+        pytest.raises(ValueError, match=coincidence) as raised,
+    ):
         net.call(x, graphs, batch_vector, samples=4)
+    assert "one batch size" not in str(raised.value)
+    assert "another number of samples" in str(raised.value)
 
 
 class _GroupCentred(nn.Module):
