@@ -64,6 +64,7 @@ __all__ = [
     "map_outputs",
     "particle_plate",
     "particles",
+    "read_rows",
     "refuse_outer_plates",
     "sequence_first_hint",
     "unfold_at",
@@ -654,6 +655,41 @@ def one_row_per_example(
     return layout is not None and layout == (rows == batch)
 
 
+def read_rows(state: ParticleState, tensor: Tensor) -> tuple[str, int]:
+    """How ``tensor``'s rows are laid out, told by its leading size alone.
+
+    Nothing is recorded (unlike :func:`row_layout`, which a Bayesian layer's
+    read runs). ``("shared", b)``: the ``b`` rows of a batch shared by the
+    particles (an input of the call, the first tensor a Bayesian layer read,
+    or the leading size of one of them); ``("folded", b)``: that batch's rows
+    folded with the ``S`` particles (``b`` the call's batch, or another one
+    a Bayesian layer has read); ``("ambiguous", rows)``: both fit (a tensor
+    computed from a Bayesian layer's output of the call's ``B * S`` rows is
+    folded, where the autograd graph tells); ``("unknown", rows)``: neither.
+
+    Args:
+        state: the running call's particle state.
+        tensor: the tensor, batch dimension first.
+    """
+    rows, samples, batch = int(tensor.shape[0]), state.samples, state.batch_size
+    if state.is_input(tensor) or any(tensor is t for t in state.early_tensors):
+        return "shared", rows
+    seen = state.other_batches_seen()
+    calls = frozenset() if batch is None else frozenset({int(batch)})
+    read = calls | state.used_batches | (seen - state.other_batches)
+    split = rows // samples if samples > 1 and rows % samples == 0 else None
+    shared, folded = rows in calls | seen, split in read
+    if shared and folded:
+        if split in calls and computed_from_folded(tensor):
+            return "folded", rows // samples
+        return "ambiguous", rows
+    if shared:
+        return "shared", rows
+    if folded:
+        return "folded", rows // samples
+    return "unknown", rows
+
+
 def _read_first(state: ParticleState, size: int) -> bool:
     """Whether ``size`` is the batch of a tensor read first, no input's.
 
@@ -698,9 +734,17 @@ def _ambiguity_remedy(state: ParticleState, *sizes: int) -> str:
             "once per view instead of on the concatenation (enc(x1), enc(x2): a "
             "layer called twice shares its weight draw)"
         )
+    if 1 in sizes:  # an input of one row: a context, every example's
+        return (
+            "Give the input of one row the others' batch size (ctx.expand("
+            "x.shape[0], *ctx.shape[1:]), a view), or call the network with "
+            "another number of samples"
+        )
     return (
-        "Give the network's inputs one batch size, or call it with another "
-        "number of samples"
+        "Call the network with another number of samples: the inputs have "
+        f"different batches, and one of them times the {state.samples} "
+        "particles equals another by chance (as a readout per graph of a graph "
+        "batch, G * S rows, can equal the number of nodes N)"
     )
 
 
@@ -912,19 +956,20 @@ def with_fold_hint(
         return None
     if state is not None and not _fold_explains(text, state):
         return None  # two features' widths, as in the plain torch model
-    if state is not None and _one_row_input_read(state, text):
-        batch = state.batch_size
+    other = None if state is None else _one_row_input_read(state, text)
+    if other is not None:
         return RuntimeError(
             f"{text}\n{_FOLD_HINT}: a Bayesian layer read an input of this call "
             "that has one row. Every input of the outermost call keeps its own "
-            f"batch, here a batch of 1 beside the first input's {batch}, so that "
+            f"batch, here a batch of 1 beside another input's {other}, so that "
             f"layer's output has one row per particle ({samples} rows), not the "
-            f"{batch} * {samples} rows of the first input's batch: torch's "
+            f"{other} * {samples} rows of the other input's batch: torch's "
             "broadcast of a leading size of 1 does not reach across the folded "
-            "particles. If the row is every example's (a context shared by the "
-            "batch), give it the first input's batch size before a Bayesian layer "
-            "reads it, ctx.expand(x.shape[0], *ctx.shape[1:]) (a view), in the "
-            "forward or in the call)"
+            "particles (nor does bnn.match_particles, which refuses such rows). "
+            "If the row is every example's (a context shared by the batch), give "
+            "it the other input's batch size before a Bayesian layer reads it, "
+            "ctx.expand(x.shape[0], *ctx.shape[1:]) (a view), in the forward or "
+            "in the call)"
         )
     if state is not None and _read_first(state, 1):
         return RuntimeError(
@@ -1006,22 +1051,32 @@ def _fold_explains(text: str, state: ParticleState) -> bool:
     )
 
 
-def _one_row_input_read(state: ParticleState, text: str) -> bool:
-    """Whether a size error ``text`` comes from a one-row input's fold.
+def _one_row_input_read(state: ParticleState, text: str) -> int | None:
+    """The other batch where a size error ``text`` comes from a one-row input's fold.
 
-    A Bayesian layer read a tensor of an input of batch 1 (another batch than
-    the call's ``B``, :func:`row_layout`), and the two sizes the error names
-    are its folded rows, one per particle (``S``), and the batch's ``B * S``;
-    an error naming other sizes (two features' widths, one of them ``S`` by
-    chance) is none of its.
+    A Bayesian layer read an input of batch 1, the first input (the call's
+    batch) or another one, and a tensor of another input's batch ``B``
+    (another batch than 1, :func:`row_layout`), and the two sizes the error
+    names are the one-row input's folded rows, one per particle (``S``), and
+    that batch's ``B * S``; an error naming other sizes (two features'
+    widths, one of them ``S`` by chance) is none of its. ``None``: no such
+    error.
     """
     batch, samples = state.batch_size, state.samples
-    if batch in (None, 1) or 1 not in state.other_batches:
-        return False
-    if 1 not in state.used_batches:
-        return False
+    others = state.other_batches
+    if batch == 1:  # the one-row input is the first: other inputs' batches read
+        read = {size for size in state.used_batches & others if size != 1}
+    elif 1 in others and 1 in state.used_batches and batch is not None:
+        read = {int(batch)}
+    else:
+        return None
     sizes = _mismatched_sizes(text)
-    return sizes is not None and sorted(sizes) == [samples, int(batch) * samples]
+    if sizes is None:
+        return None
+    low, high = sorted(sizes)
+    if low != samples or high % samples:
+        return None
+    return high // samples if high // samples in read else None
 
 
 def _key_padding_hint(text: str, samples: int) -> AssertionError | None:

@@ -69,6 +69,8 @@ def per_particle(
     Raises:
         ValueError: for the network's plate name, a count below 1, a
             0-dimensional tensor or a non-negative ``dim``.
+        RuntimeError: for a second block of this ``name`` in one run of the
+            model (Pyro's "Multiple sample sites named", with the remedy).
 
     Example:
         >>> import pyro, torch
@@ -101,7 +103,20 @@ def per_particle(
         )
     if dim >= 0:
         raise ValueError(f"per_particle(dim={dim}): give a negative batch dimension")
-    return ParticlePlate(pyro.plate(name, count, dim=dim), count)
+    try:
+        plate = pyro.plate(name, count, dim=dim)
+    except RuntimeError as error:
+        if f"Multiple sample sites named '{name}'" not in str(error):
+            raise
+        raise RuntimeError(
+            f"{error}\n(a second bnn.per_particle block named {name!r} in one run "
+            "of the model: like pyro.plate, per_particle records its plate, a "
+            "site of that name, when created. Create it once and enter the "
+            "same object for each site, plate = bnn.per_particle(out), then "
+            "'with plate:' around each, or give each block its own name, "
+            f"bnn.per_particle(out, name='{name}_2'))"
+        ) from error
+    return ParticlePlate(plate, count)
 
 
 class ParticlePlate:

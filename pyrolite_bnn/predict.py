@@ -516,7 +516,8 @@ def predict(
     drawn whole whatever the chunk size), the particles run in groups whose
     draws fit, one group after the other (independent draws; each group the
     same networks in all its chunks); where one particle's draw does not fit,
-    a ``RuntimeWarning`` says the prediction exceeds the budget. The draws
+    they run one at a time, and a ``RuntimeWarning`` says the prediction
+    exceeds the budget. The draws
     are then those of one call per group, in turn, and the generators end
     where the last leaves them: another random stream than one call's, so
     the same seed gives other networks and leaves other numbers for the
@@ -829,7 +830,7 @@ def _predict(
             "the prediction takes more memory than the budget; raise memory_budget",
             RuntimeWarning,
         )
-        group = samples
+        group = 1  # the least memory there is: one particle at a time
     if group == samples:
         return _predict_particles(
             model, x, heads, samples, batch_size, budget, None, sizes

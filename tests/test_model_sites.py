@@ -89,6 +89,40 @@ def test_one_plate_serves_several_sites() -> None:
         assert frames["particle_sites"] == 3
 
 
+@pytest.mark.parametrize("remedy", [None, "reuse", "name"])
+def test_a_second_block_of_one_name_says_to_reuse_it_or_name_it(
+    remedy: str | None,
+) -> None:
+    """Two ``bnn.per_particle(...)`` blocks in one model run failed with Pyro's
+    bare "Multiple sample sites named 'particle_sites'" (probe newcomer5 e2):
+    the plate records a site when created. The error now names the two
+    remedies, which both give the sites their plate and 1 / S weight."""
+    net = _net()
+    x, y = _data()
+
+    def model() -> None:
+        out = net(x, samples=3).squeeze(-1)
+        plate = bnn.per_particle(out)
+        with plate:
+            pyro.sample("offset", dist.Normal(torch.zeros(3, 1), 1.0))
+        if remedy == "name":
+            plate = bnn.per_particle(out, name="obs_particles")
+        elif remedy is None:
+            plate = bnn.per_particle(out)
+        with plate, pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(out, NOISE), obs=y)
+
+    if remedy is None:
+        with pytest.raises(
+            RuntimeError, match=r"(?s)second bnn\.per_particle.*same object.*name"
+        ):
+            pyro.poutine.trace(model).get_trace()
+        return
+    trace = pyro.poutine.trace(model).get_trace()
+    for site in ("obs", "offset"):
+        assert trace.nodes[site]["scale"] == pytest.approx(1 / 3)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

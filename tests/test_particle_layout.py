@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -1389,15 +1390,24 @@ def test_one_row_keeps_its_meaning_where_it_had_one() -> None:
 class _WithContext(bnn.VIModule):
     """Examples ``x`` and a context ``ctx`` that a Bayesian layer reads after ``x``."""
 
-    def __init__(self, estimator: str, expand: bool, ctx_first: bool) -> None:
+    def __init__(
+        self, estimator: str, expand: bool, ctx_first: bool, ctx_argument: int = 1
+    ) -> None:
         super().__init__()
         wide = bnn.MeanFieldNormal(init_scale=0.5)  # particles clearly differ
         self.fx = bnn.VILinear(4, 6, estimator=estimator, variational=wide)
         self.fc = bnn.VILinear(3, 6, estimator=estimator, variational=wide)
         self.out = bnn.VILinear(6, 2, estimator=estimator, variational=wide)
         self.expand, self.ctx_first = expand, ctx_first
+        self.ctx_argument = ctx_argument  # ctx's position in the call
 
-    def forward(self, x: Tensor, ctx: Tensor) -> Tensor:
+    def call(self, x: Tensor, ctx: Tensor, **kwargs: Any) -> Tensor:
+        """``self(x, ctx)``, or ``self(ctx, x)`` with ``ctx_argument=0``."""
+        pair = (ctx, x) if self.ctx_argument == 0 else (x, ctx)
+        return self(*pair, **kwargs)  # type: ignore[no-any-return]
+
+    def forward(self, first: Tensor, second: Tensor) -> Tensor:
+        x, ctx = (second, first) if self.ctx_argument == 0 else (first, second)
         if self.expand:  # the remedy the error names
             ctx = ctx.expand(x.shape[0], *ctx.shape[1:])
         if self.ctx_first:
@@ -1408,10 +1418,11 @@ class _WithContext(bnn.VIModule):
         return self.out(torch.relu(h))  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("ctx_argument", [1, 0])
 @pytest.mark.parametrize("ctx_first", [False, True])
 @pytest.mark.parametrize("estimator", ["auto", "reparam"])
 def test_a_one_row_input_beside_the_batch_names_its_rule_and_remedy(
-    estimator: str, ctx_first: bool
+    estimator: str, ctx_first: bool, ctx_argument: int
 ) -> None:
     """``net(x, ctx)`` with ``x`` of 5 rows and ``ctx`` of one row, both read by
     Bayesian layers, failed at ``samples > 1`` with torch's size error and the
@@ -1420,18 +1431,29 @@ def test_a_one_row_input_beside_the_batch_names_its_rule_and_remedy(
     keeps its own batch, here 1 (``test_one_row_keeps_its_meaning_where_it_
     had_one``): the note now says so and names the remedy, ``ctx.expand``,
     whose outputs equal plain torch at each drawn network's weights (float32,
-    the same operations: tolerance 1e-6)."""
+    the same operations: tolerance 1e-6). With ``ctx`` the first argument,
+    ``net(ctx, x)``, the note named ``bnn.match_particles`` instead, which
+    mixed the particles there (it now refuses such rows)."""
     x, ctx = torch.randn(5, 4), torch.randn(1, 3)
     net = _WithContext(estimator, expand=False, ctx_first=ctx_first)
-    with pytest.raises(RuntimeError, match=r"keeps its own batch(.|\n)*ctx\.expand"):
-        net(x, ctx, samples=3)
+    net.ctx_argument = ctx_argument
+    with pytest.raises(
+        RuntimeError, match=r"keeps its own batch(.|\n)*ctx\.expand"
+    ) as raised:
+        net.call(x, ctx, samples=3)
+    assert "beside another input's 5" in str(raised.value)
     with torch.no_grad(), pytest.raises(RuntimeError, match="keeps its own batch"):
-        bnn.draw_networks(net, samples=3)(x, ctx)
-    assert net(x, ctx, samples=1).shape == (1, 5, 2)  # plain torch broadcasts
+        bnn.draw_networks(net, samples=3)(
+            *((ctx, x) if ctx_argument == 0 else (x, ctx))
+        )
+    assert net.call(x, ctx, samples=1).shape == (1, 5, 2)  # plain torch broadcasts
     net.expand = True
-    assert net(x, ctx, samples=3).shape == (3, 5, 2)
+    if ctx_argument == 0:  # the remedy in the call: ctx first, of the batch's size
+        ctx = ctx.expand(5, 3)
+    assert net.call(x, ctx, samples=3).shape == (3, 5, 2)
     nets = bnn.draw_networks(net, samples=3)
-    weights, got = nets.weights(), nets(x, ctx)
+    weights = nets.weights()
+    got = nets(*((ctx, x) if ctx_argument == 0 else (x, ctx)))
     for s in range(3):
         w = {name: value[s] for name, value in weights.items()}
         h = F.linear(x, w["fx.weight"], w["fx.bias"])
@@ -1535,14 +1557,16 @@ def _graph_batch(nodes: int, graphs: int) -> tuple[Tensor, Tensor, Tensor]:
 def test_a_per_graph_readout_of_the_batch_size_is_refused(
     graphs_first: bool, grad: bool
 ) -> None:
-    """5 graphs of 20 nodes at S = 4: the readout's 5 * 4 rows equal the node
-    batch. With the nodes first they were read as the batch shared by the
-    particles: with gradients refused as 'taken from some particles only'
-    (with advice about lengths.repeat_interleave); the coincidence is now
-    named. With the graph ids first the call's batch is the graphs', with or
-    without gradients. (Nodes first under torch.no_grad() is read as the
-    batch: no graph to tell them apart, concepts.rst; a view test, 7d8d495,
-    refused correct inputs laid out (n, S, ...) and was taken out.)"""
+    """5 graphs with 20 nodes in all at S = 4: the readout's 5 * 4 rows equal
+    the node batch. With the nodes first they were read as the batch shared
+    by the particles: with gradients refused as 'taken from some particles
+    only' (with advice about lengths.repeat_interleave); the coincidence is
+    now named. With the graph ids first the call's batch is the graphs', with
+    or without gradients; the remedy was 'Give the network's inputs one batch
+    size', which a graph batch cannot: it is another number of samples.
+    (Nodes first under torch.no_grad() is read as the batch: no graph to tell
+    them apart, concepts.rst; a view test, 7d8d495, refused correct inputs
+    laid out (n, S, ...) and was taken out.)"""
     x, graphs, batch_vector = _graph_batch(20, 5)
     net = _GraphReadout(graphs_first)
     coincidence = (
@@ -1551,8 +1575,13 @@ def test_a_per_graph_readout_of_the_batch_size_is_refused(
         if graphs_first
         else r"5 \* 4 happens to equal the batch size 20"
     )
-    with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=coincidence):
+    with (
+        torch.set_grad_enabled(grad),
+        pytest.raises(ValueError, match=coincidence) as raised,
+    ):
         net.call(x, graphs, batch_vector, samples=4)
+    assert "one batch size" not in str(raised.value)
+    assert "another number of samples" in str(raised.value)
 
 
 class _GroupCentred(nn.Module):

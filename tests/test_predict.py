@@ -492,7 +492,8 @@ def test_particles_are_coherent_across_chunks(
 
     ``memory_budget=1`` leaves no room to keep the weight draws, so every chunk
     draws them anew from the rewound random-number generators (and ``predict``
-    warns that not even one particle's draw fits the budget).
+    warns that not even one particle's draw fits the budget); the particles
+    then run one at a time, their draws those of nine one-particle calls.
     """
     net = _mlp()
     if guide == "lowrank":
@@ -502,7 +503,10 @@ def test_particles_are_coherent_across_chunks(
     x = torch.randn(20, 3)
     torch.manual_seed(1)
     with torch.no_grad(), whole_network_draws():
-        single = net(x, samples=9)  # one call on all inputs
+        if memory_budget == 1:  # one call per particle on all inputs
+            single = torch.cat([net(x, samples=1) for _ in range(9)])
+        else:
+            single = net(x, samples=9)  # one call on all inputs
     after_single = torch.get_rng_state()
     # Particles differ by far more than the tolerance below: the check has teeth.
     assert single.std(0).min() > 1e-4
@@ -563,6 +567,32 @@ def test_particle_groups_draw_as_one_call_per_group_pinned_by_the_budget(
         torch.testing.assert_close(pred.samples, torch.cat(calls), rtol=1e-6, atol=1e-6)
         assert torch.equal(torch.get_rng_state(), after_calls)
     torch.testing.assert_close(seeded[8 * 2**30], seeded[2 * 2**30], rtol=0, atol=0)
+
+
+def test_a_budget_below_one_particles_draw_runs_one_particle_at_a_time() -> None:
+    """Where not even one particle's draw fit memory_budget, predict drew all
+    ``S`` particles at once (the groups fell back to ``S``): a smaller budget
+    took several times the memory of a larger one (a 200,000-row embedding
+    at S = 20: 2.9 GiB more peak memory at 100 MiB than the 252 MiB at 400
+    MiB, where groups of one fit). It warns as before and runs the particles
+    one per group: the draws, and where the generators end, are those of
+    ``S`` one-particle calls in turn (the same posterior, independent draws;
+    exact up to the rounding of matrix products in chunks, 1e-6)."""
+    net = _mlp()
+    x = torch.randn(20, 3)
+    samples, budget = 5, 1
+    assert DrawSizes.of(net).particles_that_fit(samples, budget) == 0
+    torch.manual_seed(1)
+    with torch.no_grad(), whole_network_draws():
+        calls = [net(x, samples=1) for _ in range(samples)]
+    after_calls = torch.get_rng_state()
+    torch.manual_seed(1)
+    with pytest.warns(RuntimeWarning, match="drawing the weight"):
+        pred = bnn.predict(
+            net, x, bnn.Categorical(), samples=samples, memory_budget=budget
+        )
+    torch.testing.assert_close(pred.samples, torch.cat(calls), rtol=1e-6, atol=1e-6)
+    assert torch.equal(torch.get_rng_state(), after_calls)
 
 
 def test_mean_mode_automatic_chunks(monkeypatch: pytest.MonkeyPatch) -> None:

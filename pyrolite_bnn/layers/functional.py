@@ -597,22 +597,46 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
     Inside a Bayesian call activations are folded ``(B*S, ...)``, while a
     tensor no Bayesian layer has touched (the input, a branch left
     deterministic by ``bnn.convert(..., exclude=...)``) is still ``(B, ...)``,
-    shared by all particles. A shared tensor (leading size ``b``) meeting a
-    folded one (``b * S``) is repeated for every particle (row ``b*S + s``);
-    otherwise, e.g. in a plain torch call, ``shortcut`` is returned unchanged,
-    so a ``forward`` that uses this runs as a torch module too. Public as
-    ``bnn.match_particles``.
+    shared by all particles. A shared tensor meeting a folded one of its batch
+    is repeated for every particle of the running call (row ``b*S + s``); a
+    shared tensor of one row (a context, a summary ``x.mean(0, keepdim=True)``)
+    is every row's, as torch broadcasts it; two tensors of one layout are
+    returned unchanged, and so is ``shortcut`` outside a network's call (or
+    with one particle), so a ``forward`` that uses this runs as a torch module
+    too. Public as ``bnn.match_particles``.
 
     Args:
         shortcut: the tensor that may be shared, ``(B, ...)``.
         branch: the tensor that may be folded, ``(B*S, ...)``.
 
+    Returns:
+        ``shortcut`` in ``branch``'s layout.
+
+    Raises:
+        ValueError: where ``shortcut``'s rows cannot be placed beside
+            ``branch``'s: already folded with another batch than ``branch``'s
+            (a Bayesian layer's output for an input of one row: ``S`` rows,
+            one per particle), shared and ``branch`` too with another batch,
+            of a batch ``branch``'s rows are not, folded while ``branch`` is
+            shared (the arguments swapped), computed from a Bayesian layer's
+            folded output but read as shared rows, or rows that are neither a
+            batch of the call's inputs nor one folded with its particles (or
+            both: ambiguous).
+        TypeError: for an argument that is no tensor with a batch dimension.
+
     Example:
         >>> import torch, pyrolite_bnn as bnn
-        >>> shared, folded = torch.randn(2, 3), torch.randn(2 * 4, 3)
-        >>> bnn.match_particles(shared, folded).shape
-        torch.Size([8, 3])
-        >>> bnn.match_particles(shared, torch.randn(2, 3)).shape
+        >>> class Skip(bnn.VIModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.body = bnn.VILinear(3, 3)
+        ...
+        ...     def forward(self, x):
+        ...         h = self.body(x)  # folded: (B * S, 3); x is (B, 3)
+        ...         return torch.cat([h, bnn.match_particles(x, h)], -1)
+        >>> Skip()(torch.randn(2, 3), samples=4).shape
+        torch.Size([4, 2, 6])
+        >>> bnn.match_particles(torch.randn(2, 3), torch.randn(8, 3)).shape
         torch.Size([2, 3])
     """
     for tensor, what in ((shortcut, "shortcut"), (branch, "branch")):
@@ -621,10 +645,116 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
                 f"match_particles: {what} must be a tensor with a batch "
                 f"dimension, got {type(tensor).__name__}"
             )
-    rows, branch_rows = shortcut.shape[0], branch.shape[0]
-    if rows == branch_rows or rows == 0 or branch_rows % rows:
+    state = _particles.current()
+    rows, branch_rows = int(shortcut.shape[0]), int(branch.shape[0])
+    if state is None or state.samples == 1 or rows == branch_rows == 0:
         return shortcut
-    return _fold_shared(shortcut, branch_rows // rows)
+    samples = state.samples
+    if not state.batch_leading:
+        # A sequence-first network: dimension 0 may be a sequence, folded
+        # ``(L * S, ...)`` like the batch (row ``l * S + s``).
+        if rows == branch_rows:
+            return shortcut
+        if branch_rows == rows * samples:
+            return _fold_shared(shortcut, samples)
+        raise ValueError(
+            f"match_particles: the shortcut's {rows} rows are neither the "
+            f"branch's {branch_rows} nor {branch_rows} / S (S = {samples} "
+            "particles in this call): no layout places them beside the branch's"
+        )
+    layout, batch = _particles.read_rows(state, shortcut)
+    if (layout, rows) == ("unknown", 1) and not _particles.computed_from_folded(
+        shortcut
+    ):
+        layout = "shared"  # a row every example's, as torch broadcasts it
+    branch_layout, branch_batch = _particles.read_rows(state, branch)
+    if "ambiguous" not in (layout, branch_layout):
+        if (layout, batch) == (branch_layout, branch_batch):
+            return shortcut  # one layout (neither told: the same rows, as torch)
+        if layout == branch_layout == "shared":
+            return shortcut  # shared rows combine as in the plain torch model
+        if (
+            layout == "shared"
+            and branch_layout == "folded"
+            and batch in (1, branch_batch)
+        ):
+            if _particles.computed_from_folded(shortcut):
+                raise ValueError(
+                    f"match_particles: the shortcut's {rows} rows were computed "
+                    "from a Bayesian layer's output whose particles are folded "
+                    "into the batch (row b * S + s): they are some particles' "
+                    "rows, or a mix of them, not rows shared by all; give "
+                    "match_particles the tensor before any Bayesian layer, and "
+                    "keep reductions and indexing off the batch dimension"
+                )
+            if batch == 1:  # one row, every example's
+                return shortcut.expand(branch_rows, *shortcut.shape[1:])
+            return _fold_shared(shortcut, samples)
+    raise ValueError(
+        _unmatched(
+            (layout, batch, rows), (branch_layout, branch_batch, branch_rows), samples
+        )
+    )
+
+
+def _unmatched(
+    shortcut: tuple[str, int, int], branch: tuple[str, int, int], samples: int
+) -> str:
+    """Why :func:`match_particles` cannot place ``shortcut`` beside ``branch``.
+
+    Each is ``(layout, batch, rows)`` as :func:`~pyrolite_bnn._particles.
+    read_rows` tells it.
+    """
+
+    def rows_of(what: str, told: tuple[str, int, int]) -> str:
+        layout, batch, rows = told
+        if layout == "shared":
+            return f"the {what}'s {rows} rows are a batch shared by the particles"
+        if layout == "folded":
+            return (
+                f"the {what}'s {rows} rows are the batch {batch} folded with the "
+                f"{samples} particles"
+            )
+        fits = "both" if layout == "ambiguous" else "neither"
+        return (
+            f"the {what}'s {rows} rows fit {fits} a batch of the call's inputs "
+            f"shared by the particles {'and' if fits == 'both' else 'nor'} one "
+            f"folded with the {samples} particles"
+        )
+
+    told = (
+        f"match_particles: {rows_of('shortcut', shortcut)}, {rows_of('branch', branch)}"
+    )
+    (layout, batch, _), (branch_layout, branch_batch, _) = shortcut, branch
+    if "ambiguous" in (layout, branch_layout):
+        return (
+            f"{told}: their layout cannot be told. Call the network with another "
+            "number of samples"
+        )
+    if "unknown" in (layout, branch_layout):
+        return (
+            f"{told}: only a tensor of the call's inputs' batch (or of one row) "
+            "is placed beside its folded rows. Keep the batch dimension first "
+            "and the same for both tensors"
+        )
+    if layout == "folded" and branch_layout == "shared" and batch == branch_batch:
+        return (
+            f"{told}: the arguments are swapped, match_particles(shared, folded) "
+            "returns the shared tensor folded"
+        )
+    if layout == "folded" and batch == 1:
+        return (
+            f"{told}: the shortcut is a Bayesian layer's output for an input of "
+            f"one row ({samples} rows, one per particle), and every input keeps "
+            "its own batch. If the row is every example's (a context shared by "
+            "the batch), give the input the batch size before a Bayesian layer "
+            "reads it, ctx.expand(x.shape[0], *ctx.shape[1:]) (a view), in the "
+            "forward or in the call"
+        )
+    return (
+        f"{told}: tensors of different batches have no rows in common (nor in "
+        "the plain torch model)"
+    )
 
 
 # ---------------------------------------------------------------------------

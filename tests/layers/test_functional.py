@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.layers import functional
@@ -99,15 +101,137 @@ def test_conv_matches_separate_calls(
         torch.testing.assert_close(folded[:, s], expected, **TOL)
 
 
+class _Combined(bnn.VIModule):
+    """``out(tanh(fx(x) + combine(fc(ctx) or ctx, fx(x))))`` of ``net(*inputs)``.
+
+    ``combine`` gets the context branch (``fc(ctx)``, or ``ctx`` itself with
+    ``raw``) and ``fx(x)``; ``ctx_first`` takes the context as the first
+    argument.
+    """
+
+    def __init__(
+        self,
+        combine: Callable[[Tensor, Tensor], Tensor],
+        ctx_first: bool = False,
+        raw: bool = False,
+    ) -> None:
+        super().__init__()
+        wide = bnn.MeanFieldNormal(init_scale=0.5)  # particles clearly differ
+        self.fx = bnn.VILinear(3, 4, variational=wide)
+        self.fc = bnn.VILinear(4 if raw else 2, 4, variational=wide)
+        self.out = bnn.VILinear(4, 1, variational=wide)
+        self.combine, self.ctx_first, self.raw = combine, ctx_first, raw
+
+    def forward(self, first: Tensor, second: Tensor) -> Tensor:
+        ctx, x = (first, second) if self.ctx_first else (second, first)
+        h = self.fx(x)
+        c = ctx if self.raw else self.fc(ctx)
+        return self.out(torch.tanh(h + self.combine(c, h)))  # type: ignore[no-any-return]
+
+
+def _plain(
+    net: _Combined, weights: dict[str, Tensor], x: Tensor, ctx: Tensor
+) -> Tensor:
+    """The network of particle ``weights`` as plain torch (ctx broadcast)."""
+    h = F.linear(x, weights["fx.weight"], weights["fx.bias"])
+    c = ctx if net.raw else F.linear(ctx, weights["fc.weight"], weights["fc.bias"])
+    return F.linear(torch.tanh(h + c), weights["out.weight"], weights["out.bias"])
+
+
 def test_match_particles_broadcasts_shared_shortcut() -> None:
-    shortcut = torch.randn(2, 3)
-    branch = torch.randn(8, 3)
-    matched = functional.match_particles(shortcut, branch)
-    assert matched.shape == (8, 3)
+    """Inside a call of S = 4 a shared (2, 3) tensor meets a folded (8, 3)
+    one: repeated for every particle, row b * S + s holding example b (a
+    copy: exact). Outside a call there are no particles: unchanged."""
+    shortcut, branch = torch.randn(2, 3), torch.randn(8, 3)
+    matched: list[Tensor] = []
+
+    class Skip(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = bnn.VILinear(3, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.body(x)
+            matched.append(functional.match_particles(x, h))
+            return h  # type: ignore[no-any-return]
+
+    Skip()(shortcut, samples=4)
+    assert matched[-1].shape == (8, 3)
     for s in range(4):  # batch-major: row b * S + s holds example b
         torch.testing.assert_close(
-            matched.reshape(2, 4, 3)[:, s], shortcut, rtol=0, atol=0
+            matched[-1].reshape(2, 4, 3)[:, s], shortcut, rtol=0, atol=0
         )
+    assert functional.match_particles(shortcut, branch) is shortcut
+
+
+@pytest.mark.parametrize("case", ["expanded", "shared_row", "shared_row_first"])
+def test_what_match_particles_accepts_is_each_particles_network(case: str) -> None:
+    """A context ``ctx`` beside ``x`` (5 rows) combined by match_particles:
+    given the batch size before a Bayesian layer reads it (the remedy the
+    refusals name), or a shared row ``(1, C)`` of its own (as the first
+    argument too: the call's batch is then 1). At each drawn network's
+    weights the output equals plain torch with ``ctx`` broadcast (float32,
+    the same operations: tolerance 1e-5)."""
+    x, ctx = torch.randn(5, 3), torch.randn(1, 2)
+    if case == "expanded":
+        net = _Combined(functional.match_particles, ctx_first=True)
+        call: tuple[Tensor, ...] = (ctx.expand(5, 2), x)
+    else:
+        net = _Combined(functional.match_particles, case.endswith("first"), raw=True)
+        ctx = torch.randn(1, 4)
+        call = (ctx, x) if net.ctx_first else (x, ctx)
+    nets = bnn.draw_networks(net, samples=4)
+    weights, got = nets.weights(), nets(*call)
+    for s in range(4):
+        particle = {name: value[s] for name, value in weights.items()}
+        want = _plain(net, particle, x, ctx)
+        torch.testing.assert_close(got[s], want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got[0], got[1])
+    assert net(*call, samples=4).shape == (4, 5, 1)  # the training call too
+
+
+def test_match_particles_refuses_an_output_of_another_batch() -> None:
+    """``net(ctx, x)`` with ``ctx`` of one row first: ``fc(ctx)`` has one row
+    per particle (S rows), ``fx(x)`` 5 * S. match_particles repeated the S
+    rows 5 times (by the ratio of the row counts, not S), giving row b * S + s
+    the context branch of particle (b * S + s) // 5: a wrong network without
+    an error. It is refused, with the remedy; so are the swapped arguments
+    and a branch whose rows are no batch folded with S (concatenated)."""
+    x, ctx = torch.randn(5, 3), torch.randn(1, 2)
+    net = _Combined(functional.match_particles, ctx_first=True)
+    with pytest.raises(ValueError, match=r"one row(.|\n)*ctx\.expand"):
+        net(ctx, x, samples=4)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"ctx\.expand"):
+        bnn.draw_networks(net, samples=4)(ctx, x)
+    swapped = _Combined(lambda c, h: functional.match_particles(h, x), raw=True)
+    with pytest.raises(ValueError, match="swapped"):
+        swapped(x, torch.randn(5, 4), samples=4)
+    doubled = _Combined(
+        lambda c, h: functional.match_particles(x, torch.cat([h, h]))[: len(h)],
+        raw=True,
+    )
+    with pytest.raises(ValueError, match=r"10 \* 4|40 rows fit neither"):
+        doubled(x, torch.randn(1, 4), samples=4)
+    assert net(ctx, x, samples=1).shape == (1, 5, 1)  # one particle: plain torch
+
+
+def test_match_particles_refuses_rows_it_cannot_tell() -> None:
+    """The call's batch 1 (``ctx`` first) and ``x`` of 4 rows at S = 4: under
+    ``no_grad`` ``fc(ctx)`` (1 * S rows, folded) and a tensor computed from
+    ``x`` (4 rows, shared) have the same size, and returning the shortcut
+    unchanged gave example b particle b's context branch. Both readings fit:
+    refused (with gradients the autograd graph tells ``fc(ctx)`` folded, and
+    the message says so)."""
+    x, ctx = torch.randn(4, 3), torch.randn(1, 2)
+
+    def plus_x(c: Tensor, h: Tensor) -> Tensor:
+        return functional.match_particles(2.0 * x, c) + c - h
+
+    net = _Combined(plus_x, ctx_first=True)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"ambiguous|both"):
+        net(ctx, x, samples=4)
+    with pytest.raises(ValueError, match="batch 1 folded"):
+        net(ctx, x, samples=4)
 
 
 _ONE = (1, 1)
