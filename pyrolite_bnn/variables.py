@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -177,6 +177,9 @@ class RandomVariable:
     _network_ref: weakref.ref[nn.Module] | None = field(
         init=False, default=None, compare=False, repr=False
     )
+    # A copy's network (pickled or copied with it), held: nothing else holds
+    # it where the variable was copied alone.
+    _held: nn.Module | None = field(init=False, default=None, compare=False, repr=False)
 
     def __post_init__(self, root: nn.Module | None) -> None:
         if root is not None:
@@ -187,10 +190,16 @@ class RandomVariable:
         """The network whose variables were collected, while it exists."""
         return None if self._network_ref is None else self._network_ref()
 
-    def __reduce__(self) -> tuple[type[RandomVariable], tuple[object, ...]]:
-        """Pickled and copied with its network (a weak reference pickles not)."""
+    def __reduce__(
+        self,
+    ) -> tuple[Callable[..., RandomVariable], tuple[object, ...]]:
+        """Pickled and copied with its network (a weak reference pickles not).
+
+        The copy holds its network: a variable copied alone (``copy.deepcopy``
+        of a list of them) would otherwise lose it at once.
+        """
         fields = (self.site, self.name, self.shape, self.module, self.layer_posterior)
-        return (type(self), (*fields, self.shared, self.network))
+        return (_copied_variable, (*fields, self.shared, self.network))
 
     @property
     def posterior(self) -> Posterior:
@@ -230,3 +239,10 @@ class RandomVariable:
                     "one standard deviation)"
                 )
         return self.layer_posterior
+
+
+def _copied_variable(*fields: Any) -> RandomVariable:
+    """A :class:`RandomVariable` rebuilt by pickling or copying, holding its network."""
+    variable = RandomVariable(*fields)
+    object.__setattr__(variable, "_held", fields[-1])
+    return variable

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import copy
+import gc
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,3 +121,26 @@ def test_posterior_read_warns_when_an_assigned_guide_trains_the_network() -> Non
     model.guide = None  # back to the default guide: no warning
     for variable in model.random_variables():
         _ = variable.posterior
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copied_variables_keep_their_network(how: str) -> None:
+    """Variables hold their network weakly (a forward record holds them from
+    an autograd node); a copy of the variables alone lost its copied network
+    at once, and with it the warning on reading ``posterior`` under an
+    assigned guide (probe falsepos16)."""
+    model = bnn.VISequential(bnn.VILinear(3, 4), torch.nn.Tanh(), bnn.VILinear(4, 1))
+    model.guide = AutoNormal(model.prior_model, init_loc_fn=model.init_loc_fn)
+    variables = model.random_variables()
+    copied = (
+        copy.deepcopy(variables)
+        if how == "deepcopy"
+        else pickle.loads(pickle.dumps(variables))
+    )
+    gc.collect()
+    for variable, original in zip(copied, variables, strict=True):
+        assert isinstance(variable.network, bnn.VISequential)
+        assert variable.network is not model
+        assert variable.site == original.site
+        with pytest.warns(UserWarning, match="AutoNormal"):
+            _ = variable.posterior
