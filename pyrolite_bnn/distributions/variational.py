@@ -141,6 +141,7 @@ class Posterior(RecordsInState, LocalPyroModule):
 
     def mean(self) -> Tensor:
         """Variational mean of the tensor (used by posterior-mean prediction)."""
+        self._check_loc_written()
         return self.loc
 
     def median(self) -> Tensor:
@@ -184,7 +185,12 @@ class Posterior(RecordsInState, LocalPyroModule):
 
         ``loc`` is real-valued (no constraint), so the unconstrained tensor is
         the value.
+
+        Raises:
+            ValueError: after ``to_empty``, while the mean holds no values
+                (:meth:`_check_loc_written`).
         """
+        self._check_loc_written()
         return self._unconstrained("loc_unconstrained").detach()
 
     def _unconstrained(self, attribute: str) -> Tensor:
@@ -301,7 +307,7 @@ class Posterior(RecordsInState, LocalPyroModule):
             raise ValueError(
                 f"this {type(self).__name__} has no loc_init to draw a mean with"
             )
-        current = self._loc_values()
+        current = self._unconstrained("loc_unconstrained").detach()
         return self.loc_init(torch.empty_like(current))
 
     def _new_loc(self, init_loc: Tensor | None) -> Tensor | None:
@@ -346,6 +352,39 @@ class Posterior(RecordsInState, LocalPyroModule):
         if self._emptied is None or loc is None or loc.is_meta:
             return False
         return self._emptied.written(loc)
+
+    def _check_loc_written(self) -> None:
+        """Refuse to read a mean that holds no values, where it is used.
+
+        After ``to_empty`` the mean's memory holds none (NaN in every bit)
+        until a reset or a load writes it; a ``load_state_dict(strict=False)``
+        that missed the mean left it so, and every output was NaN, silently.
+        Checked where the mean is read for a forward pass, a draw, the KL or a
+        prediction: only the record of ``to_empty`` is read as long as there
+        is none (no cost per step), the memory at most once after it (a
+        written mean's record is then forgotten). Memory that cannot be read
+        (under ``torch.func`` transforms or ``torch.compile``) is not checked.
+
+        Raises:
+            ValueError: naming the posterior and the remedy.
+        """
+        if self._emptied is None or torch.compiler.is_compiling():
+            return
+        loc = self._parameters.get("loc_unconstrained")
+        try:
+            written = loc is None or self._written_since_emptied()
+        except RuntimeError:  # no memory of its own (torch.func wrappers)
+            return
+        if written:
+            self._note_loc_written()
+            return
+        raise ValueError(
+            f"{type(self).__name__} of shape {tuple(self.shape)} holds no mean: "
+            "after to_empty a posterior's mean holds no values until it is "
+            "written (a load_state_dict(strict=False) without its "
+            "'loc_unconstrained' writes none): call reset_parameters() on the "
+            "model's modules first, or load a state_dict holding it"
+        )
 
     def _holds_a_mean(self) -> bool:
         """Whether the mean's memory holds values that were written to it.
@@ -694,6 +733,7 @@ class MeanFieldNormalPosterior(Posterior):
             >>> [t.dtype for t in posterior.normal_params(full_precision=True)]
             [torch.float32, torch.float32]
         """
+        self._check_loc_written()
         loc = self._unconstrained("loc_unconstrained")
         rho = self._unconstrained("rho_unconstrained")
         if not full_precision:
@@ -708,6 +748,7 @@ class MeanFieldNormalPosterior(Posterior):
 
     def distribution(self) -> TorchDistributionMixin:
         """``Normal(loc, softplus(rho))`` over the whole tensor."""
+        self._check_loc_written()
         normal = dist.Normal(self.loc, self.scale())
         result: TorchDistributionMixin = normal.to_event(len(self.shape))
         return result
@@ -784,6 +825,7 @@ class PointMassPosterior(Posterior):
 
     def distribution(self) -> TorchDistributionMixin:
         """``Delta(loc)`` over the whole tensor."""
+        self._check_loc_written()
         return dist.Delta(self.loc, event_dim=len(self.shape))
 
     def reset_parameters(self, init_loc: Tensor | None = None) -> None:

@@ -39,7 +39,7 @@ from pyrolite_bnn._particles import differentiates_inputs
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers.functional import _batch_rows, _flat_particles, _is_shared
 
-__all__ = ["GATES", "RecurrentWeights", "recurrent"]
+__all__ = ["GATES", "RecurrentWeights", "recurrent", "recurrent_batch"]
 
 #: Weights of one layer and direction: ``(w_ih, w_hh, b_ih, b_hh, w_hr)``;
 #: absent biases and projection are ``None``.
@@ -493,6 +493,61 @@ def _valid_steps(lengths: Tensor, length: int, dirs: int, samples: int) -> Tenso
     return valid.reshape(length, dirs * samples, batch, 1)
 
 
+def _rows(
+    input: Tensor,
+    weights: Sequence[Sequence[RecurrentWeights]],
+    batch_size: int | None,
+) -> tuple[int, Tensor, int, bool]:
+    """The particles ``S``, ``input`` with a broadcast row expanded, its examples ``b``.
+
+    And whether ``input`` is shared by the particles (``b`` rows; else folded,
+    ``b * S``), as its leading size tells
+    (:func:`pyrolite_bnn.layers.functional._is_shared`).
+    """
+    samples = max(
+        _flat_particles(t, 1 if k in (2, 3) else 2).shape[0]
+        for layer in weights
+        for direction in layer
+        for k, t in enumerate(direction)
+        if t is not None
+    )
+    if samples > 1:
+        input = _batch_rows(input, samples, batch_size)
+    rows = input.shape[0]
+    shared = samples > 1 and _is_shared(input, samples, batch_size)
+    batch = rows if shared or samples == 1 else rows // samples
+    return samples, input, batch, shared
+
+
+def recurrent_batch(
+    input: Tensor,
+    weights: Sequence[Sequence[RecurrentWeights]],
+    batch_size: int | None,
+) -> int:
+    """The examples ``b`` of a recurrent input: its states have ``b`` or ``b * S`` rows.
+
+    :func:`recurrent`'s reading of ``input``: shared by the ``S`` particles of
+    ``weights`` (``b`` rows) or folded with them (``b * S`` rows). Not
+    necessarily the outermost call's ``batch_size``: a network that moves
+    positions into the batch (``(B, T, L, F)`` to ``(B * T, L, F)``) runs its
+    recurrence over ``B * T`` sequences, as ``torch.nn`` layers do.
+
+    Args:
+        input: batch-first ``(rows, L, in)``.
+        weights: as :func:`recurrent` takes them.
+        batch_size: the outermost call's batch size.
+
+    Example:
+        >>> import torch
+        >>> w = (torch.randn(3, 1, 8, 5), torch.randn(3, 1, 8, 2), None, None, None)
+        >>> recurrent_batch(torch.randn(4, 6, 5), [[w]], 4)  # shared by 3 particles
+        4
+        >>> recurrent_batch(torch.randn(12, 6, 5), [[w]], 4)  # folded
+        4
+    """
+    return _rows(input, weights, batch_size)[2]
+
+
 def recurrent(
     mode: str,
     input: Tensor,
@@ -555,18 +610,7 @@ def recurrent(
         )
     lstm = mode == "LSTM"
     layers, dirs = len(weights), len(weights[0])
-    samples = max(
-        _flat_particles(t, 1 if k in (2, 3) else 2).shape[0]
-        for layer in weights
-        for direction in layer
-        for k, t in enumerate(direction)
-        if t is not None
-    )
-    if samples > 1:
-        input = _batch_rows(input, samples, batch_size)
-    rows = input.shape[0]
-    shared = samples > 1 and _is_shared(input, samples, batch_size)
-    batch = rows if shared or samples == 1 else rows // samples
+    samples, input, batch, shared = _rows(input, weights, batch_size)
     w_hh0 = weights[0][0][1]
     w_hr0 = weights[0][0][4]
     out_size = w_hh0.shape[-1]

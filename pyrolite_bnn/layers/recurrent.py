@@ -43,6 +43,7 @@ from pyrolite_bnn.layers.functional_recurrent import (
     GATES,
     RecurrentWeights,
     recurrent,
+    recurrent_batch,
 )
 from pyrolite_bnn.layers.registry import LayerCase, register
 from pyrolite_bnn.module import VIModule
@@ -187,29 +188,33 @@ class _VIRNNBase(VIModule):
             weights.append(directions)
         return weights
 
-    def _state_in(self, state: Tensor | None, name: str, size: int) -> Tensor | None:
+    def _state_in(
+        self, state: Tensor | None, name: str, size: int, batch: int
+    ) -> Tensor | None:
         """An initial state in torch's layout ``(layers * D, rows, size)``.
 
-        Or as an outermost call returns a final state, ``(S, layers * D, B,
+        Or as an outermost call returns a final state, ``(S, layers * D, b,
         size)``: each particle's own, carried to the next call (a language
         model's hidden state from one batch to the next); it is folded here
-        (row ``b * S + s``) only if its batch is the call's (folded first, a
-        state of ``B / S`` examples would pass as torch's shared layout).
-        Returned batch-first, as the functional op takes it.
+        (row ``i * S + s``) only if its batch is ``batch``, the examples of
+        this layer's input (folded first, a state of ``b / S`` examples would
+        pass as torch's shared layout). That is the recurrence's own batch, as
+        ``torch.nn`` checks it: a network that moves positions into the batch
+        (``(B, T, L, F)`` to ``(B * T, L, F)``) gives ``B * T`` sequences, not
+        the outermost call's ``B``. Returned batch-first, as the functional op
+        takes it.
         """
         if state is None:
             return state
         check_floating_input(state, type(self).__name__, name)
         states = self.num_layers * self.num_directions
-        particles = _particles.current()
-        assert particles is not None  # forward runs inside a call
-        batch, samples = particles.batch_size, particles.samples
+        samples = current_samples()
         if (
             state.dim() == 4
             and state.shape[0] == samples
             and state.shape[1] == states
             and state.shape[3] == size
-            and (batch is None or state.shape[2] == batch)
+            and state.shape[2] == batch
         ):
             folded = state.shape[2] * samples
             state = state.permute(1, 2, 0, 3).reshape(states, folded, size)
@@ -217,27 +222,23 @@ class _VIRNNBase(VIModule):
             state.dim() != 3
             or state.shape[0] != states
             or state.shape[2] != size
-            or (batch is not None and state.shape[1] not in (batch, batch * samples))
+            or state.shape[1] not in (batch, batch * samples)
         ):
             raise ValueError(self._state_error(state, name, size, batch, samples))
         return state.transpose(0, 1)
 
     def _state_error(
-        self, state: Tensor, name: str, size: int, batch: int | None, samples: int
+        self, state: Tensor, name: str, size: int, batch: int, samples: int
     ) -> str:
         """What ``_state_in`` expected of ``state`` (the user's), and what is off."""
         states = self.num_layers * self.num_directions
-        rows = (
-            "batch or batch * samples"
-            if batch is None
-            else f"{batch} or {batch} * {samples} = {batch * samples}"
-        )
+        rows = f"{batch} or {batch} * {samples} = {batch * samples}"
         message = (
             f"{type(self).__name__}: {name} must be in torch's "
             f"layout (num_layers * num_directions, batch, {size}) = ({states}, "
             f"{rows}, {size}), or a final state as a call returned it, "
             f"(samples, num_layers * num_directions, batch, {size}) = "
-            f"({samples}, {states}, {'batch' if batch is None else batch}, {size}); "
+            f"({samples}, {states}, {batch}, {size}); "
             f"got {tuple(state.shape)}"
         )
         shape = tuple(state.shape)
@@ -248,7 +249,6 @@ class _VIRNNBase(VIModule):
                     f"call draws {samples} (call with samples={shape[0]} to "
                     "continue it)"
                 )
-            assert batch is not None  # a batch mismatch: the one left
             message += (
                 f": a final state of a batch of {shape[2]}, and this call's "
                 f"batch is {batch}"
@@ -264,8 +264,6 @@ class _VIRNNBase(VIModule):
             return (
                 f"{message}: {shape[1]} rows, and this call's batch is {batch} "
                 f"({batch * samples} rows folded with its {samples} particles)"
-                if batch is not None
-                else message
             )
         return message
 
@@ -343,15 +341,21 @@ class _VIRNNBase(VIModule):
         lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The recurrence on the batch-first fold; states in torch's layout."""
+        weights = self._weights()
+        batch_size = current_batch_size()
+        if hx is not None or cx is not None:
+            batch = recurrent_batch(input, weights, batch_size)
+            hx = self._state_in(hx, "h0", self.proj_size or self.hidden_size, batch)
+            cx = self._state_in(cx, "c0", self.hidden_size, batch)
         output, h_n, c_n = recurrent(
             self.mode,
             input,
-            self._weights(),
-            self._state_in(hx, "h0", self.proj_size or self.hidden_size),
-            self._state_in(cx, "c0", self.hidden_size),
+            weights,
+            hx,
+            cx,
             self.dropout,
             self.training,
-            current_batch_size(),
+            batch_size,
             lengths,
         )
         h_n = h_n.transpose(0, 1).contiguous()

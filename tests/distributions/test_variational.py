@@ -581,9 +581,9 @@ def _write(layer: bnn.VILinear, how: str, values: torch.Tensor) -> None:
             loc.mul_(2.0)
     elif how == "torch.nn.init":
         nn.init.normal_(loc)
-    else:  # "optimizer step"
-        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
-        layer(torch.randn(8, 5), samples=2).sum().backward()
+    else:  # "optimizer step" (a forward pass refuses the unwritten mean)
+        optimizer = torch.optim.SGD([loc], lr=0.1)
+        loc.grad = torch.ones_like(loc)
         optimizer.step()
 
 
@@ -666,3 +666,61 @@ def test_to_empty_memory_moved_or_copied_is_still_drawn(
     torch.manual_seed(1)
     posterior.reset_parameters()
     torch.testing.assert_close(posterior.loc.detach(), expected, rtol=0, atol=0)
+
+
+_READS = ["local", "reparam", "point mass", "loss", "predict", "median"]
+
+
+@pytest.mark.parametrize("then", ["", "deepcopy", "double"])
+@pytest.mark.parametrize("read", _READS)
+def test_a_mean_never_written_after_to_empty_is_refused_where_read(
+    read: str, then: str
+) -> None:
+    """``to_empty`` then ``load_state_dict(strict=False)`` without a posterior
+    mean gave NaN outputs, losses and predictions, silently (probe
+    falsepos16): the posterior knew its mean was never written. Reading it for
+    a forward pass, a draw, the loss or a prediction now raises, as a prior's
+    unwritten buffer does."""
+    family = bnn.PointMass() if read == "point mass" else None
+    estimator = "reparam" if read == "reparam" else "auto"
+    source = bnn.VILinear(3, 2, variational=family, estimator=estimator)
+    layer = bnn.VILinear(3, 2, variational=family, estimator=estimator)
+    layer.to_empty(device="cpu")
+    state = source.state_dict()
+    del state["posterior.weight.loc_unconstrained"]
+    missing = layer.load_state_dict(state, strict=False).missing_keys
+    assert missing == ["posterior.weight.loc_unconstrained"]
+    layer = cast(bnn.VILinear, _moved(layer, then)) if then else layer
+    x = torch.randn(4, 3, dtype=layer.posterior["weight"].loc.dtype)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(1.0), dataset_size=8)
+    reads = {
+        "loss": lambda: loss_fn(layer(x), torch.zeros(4, 2, dtype=x.dtype)),
+        "predict": lambda: bnn.predict(layer, x, bnn.Normal(1.0), mode="mean"),
+        "median": lambda: layer.guide.median(),
+    }
+    with pytest.raises(ValueError, match=r"holds no mean: after to_empty .* call "):
+        reads.get(read, lambda: layer(x, samples=2))()
+
+
+def test_a_mean_written_after_to_empty_is_read_and_its_record_forgotten() -> None:
+    """Every write after ``to_empty`` (a full load, a reset, ``copy_`` into the
+    state dict) makes the mean readable; the first read forgets the record of
+    ``to_empty``, so that later reads check nothing."""
+    source = bnn.VILinear(3, 2)
+    x = torch.randn(4, 3)
+    writes = {
+        "load": lambda layer: layer.load_state_dict(source.state_dict()),
+        "reset": lambda layer: layer.reset_parameters(),
+        "copy_": lambda layer: [
+            value.copy_(source.state_dict()[key])
+            for key, value in layer.state_dict().items()
+        ],
+    }
+    for name, write in writes.items():
+        layer = bnn.VILinear(3, 2)
+        layer.to_empty(device="cpu")
+        with torch.no_grad():
+            write(layer)
+        posterior = layer.posterior["weight"]
+        assert torch.isfinite(layer(x, samples=2)).all(), name
+        assert posterior._emptied is None, name

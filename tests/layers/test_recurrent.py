@@ -858,3 +858,56 @@ def test_forward_mode_ad_runs_through_the_lstm() -> None:
         tangent = torch.autograd.forward_ad.unpack_dual(outputs(dual)).tangent
     _, expected = torch.autograd.functional.jvp(outputs, x, direction)
     torch.testing.assert_close(tangent, expected, rtol=1e-10, atol=1e-10)
+
+
+class _SubSequences(bnn.VIModule):
+    """Runs its recurrence over the ``B * T`` sub-sequences of a ``(B, T, L, F)``
+    input, from a state the caller gives for each of them."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor, state: Any) -> Tensor:
+        batch, steps, length, features = x.shape
+        out: Tensor = self.layer(x.reshape(batch * steps, length, features), state)[0]
+        return out
+
+
+@pytest.mark.parametrize("steps", [3, 2])  # 2: B * T is the folded B * S
+@pytest.mark.parametrize("cls", [bnn.VILSTM, bnn.VIGRU])
+def test_a_state_of_the_layers_own_batch_is_taken_inside_a_network(
+    cls: type[bnn.VIModule], steps: int
+) -> None:
+    """A recurrent layer inside a network that moves positions into the batch
+    (``(B, T, L, F)`` to ``(B * T, L, F)``) refused torch's ``(layers, B * T,
+    H)`` state, checked against the outermost call's batch ``B`` (probe
+    falsepos16), where ``torch.nn`` takes it. The state's rows are now
+    checked against the layer's own input: shared by the particles, it gives
+    what each particle's copy of it gives; one of the outermost batch ``B``
+    is refused."""
+    samples, batch, size = 2, 2, 5
+    net = _SubSequences(cls(3, size, num_layers=2, batch_first=True))
+    x = torch.randn(batch, steps, 4, 3)
+    rows = batch * steps
+
+    def state(*shape: int) -> Any:
+        h = torch.randn(*shape, size)
+        return (h, torch.randn(*shape, size)) if cls is bnn.VILSTM else h
+
+    def each(s: Any) -> Any:  # every particle's copy of a shared state
+        if isinstance(s, tuple):
+            return tuple(each(t) for t in s)
+        return s.expand(samples, *s.shape).contiguous()
+
+    def run(s: Any) -> Tensor:
+        torch.manual_seed(1)
+        out: Tensor = net(x, s, samples=samples)
+        return out
+
+    shared = state(2, rows)
+    out = run(shared)
+    assert out.shape == (samples, rows, 4, size)
+    torch.testing.assert_close(out, run(each(shared)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=rf"got \(2, {batch}, {size}\): {batch} rows"):
+        run(state(2, batch))
