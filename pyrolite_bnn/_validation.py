@@ -298,17 +298,22 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return readable_all(torch.isfinite(tensor))
 
 
-def check_finite(tensor: torch.Tensor, what: str) -> None:
-    """Raise ``ValueError`` if validation is on and ``tensor`` has NaN or Inf."""
+def check_finite(tensor: torch.Tensor, what: str, remedy: str | None = None) -> None:
+    """Raise ``ValueError`` if validation is on and ``tensor`` has NaN or Inf.
+
+    The message ends with ``remedy`` where one is given (where switching the
+    check off would only let the NaN through), else with the switch.
+    """
     if (
         is_validation_enabled()
         and tensor.is_floating_point()
         and not _all_finite(tensor)
     ):
         bad = int((~torch.isfinite(tensor)).sum())
+        end = remedy if remedy is not None else f"Disable with {_switched_off_by()}."
         raise ValueError(
             f"{what} contains {bad} NaN/Inf value(s) (shape {tuple(tensor.shape)}); "
-            f"expected finite values. Disable with {_switched_off_by()}."
+            f"expected finite values. {end}"
         )
 
 

@@ -119,6 +119,18 @@ def _check_real_target(likelihood: PredictiveDistribution, target: Tensor) -> No
         )
 
 
+# Why NaN targets are refused, and what to do instead (switching the check
+# off would make the loss and every gradient NaN).
+_NAN_TARGETS = (
+    "A NaN is not read as a missing target: the loss and every gradient would "
+    "be NaN (switching validation off does not change that). Leave the "
+    "examples without a target out of the batch (x[keep], y[keep]); for "
+    "targets missing in some outputs only, write a likelihood of your own "
+    "(a bnn.PredictiveDistribution subclass) whose log_likelihood sums the "
+    "kept entries"
+)
+
+
 class PredictiveDistribution(LocalPyroModule):
     """Base class of likelihoods ``p(y | network output)``.
 
@@ -208,7 +220,7 @@ class PredictiveDistribution(LocalPyroModule):
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Validate targets (batch size, values); raises ``ValueError``."""
         self.check_batch_size(output, target)
-        check_finite(target, "target")
+        check_finite(target, "target", _NAN_TARGETS)
 
     def check_batch_size(self, output: Tensor, target: Tensor) -> None:
         """Refuse targets whose first dimension is not the output's batch ``B``.

@@ -668,6 +668,13 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
     ):
         layout = "shared"  # a row every example's, as torch broadcasts it
     branch_layout, branch_batch = _particles.read_rows(state, branch)
+    if (layout, branch_layout) == ("shared", "ambiguous") and (
+        branch_rows == rows * samples
+    ):
+        # Read as another input's shared batch, the branch would have no row
+        # in common with the shortcut's batch (one row: both readings give
+        # the same tensor); folded, it is the shortcut's batch.
+        branch_layout, branch_batch = "folded", rows
     if "ambiguous" not in (layout, branch_layout):
         if (layout, batch) == (branch_layout, branch_batch):
             return shortcut  # one layout (neither told: the same rows, as torch)

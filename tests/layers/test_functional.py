@@ -234,6 +234,49 @@ def test_match_particles_refuses_rows_it_cannot_tell() -> None:
         net(ctx, x, samples=4)
 
 
+class _TwoSkips(bnn.VIModule):
+    """Two inputs, each with a skip past its own Bayesian layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = bnn.VILinear(3, 3), bnn.VILinear(3, 3)
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        hx, hy = self.a(x), self.b(y)
+        return (
+            hx + functional.match_particles(x, hx),
+            hy + functional.match_particles(y, hy),
+        )
+
+
+@pytest.mark.parametrize(("x_rows", "y_rows"), [(2, 8), (1, 4)])
+def test_match_particles_folds_beside_its_own_layers_rows_without_gradients(
+    x_rows: int, y_rows: int
+) -> None:
+    """``x`` of b rows beside ``a(x)``'s b * S, where b * S is also ``y``'s
+    batch: under ``no_grad`` (``draw_networks``, ``predict``) the branch's rows
+    fit both readings, and match_particles refused a network that trains
+    (probe falsepos17). Read as ``y``'s shared rows the branch would have none
+    in common with ``x``'s (one row: both readings are one tensor), so the
+    fold is the only answer; at each drawn network it is plain torch's
+    (float32, same operations: 1e-6)."""
+    torch.manual_seed(0)
+    net, samples = _TwoSkips(), 4
+    x, y = torch.randn(x_rows, 3), torch.randn(y_rows, 3)
+    nets = bnn.draw_networks(net, samples=samples)
+    got_x, got_y = nets(x, y)
+    weights = nets.weights()
+    for s in range(samples):
+        want_x = F.linear(x, weights["a.weight"][s], weights["a.bias"][s]) + x
+        want_y = F.linear(y, weights["b.weight"][s], weights["b.bias"][s]) + y
+        torch.testing.assert_close(got_x[s], want_x, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got_y[s], want_y, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        out_x, out_y = net(x, y, samples=samples)
+    assert out_x.shape == (samples, x_rows, 3)
+    assert out_y.shape == (samples, y_rows, 3)
+
+
 _ONE = (1, 1)
 
 
