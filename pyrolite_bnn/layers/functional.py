@@ -1035,7 +1035,9 @@ def linear_flipout(
             (samples, 1, 1, out_features), dtype=input.dtype, device=input.device
         )
         noise = noise + bias[1] * eps_bias
-    return mean + noise.transpose(0, 1).reshape(mean.shape)
+    # Under autocast the mean is in its dtype and the signs (the input's)
+    # promoted the noise: the output keeps the mean's, as nn.Linear's.
+    return mean + noise.transpose(0, 1).reshape(mean.shape).to(mean.dtype)
 
 
 def conv_local(
@@ -1146,4 +1148,4 @@ def conv_flipout(
         per_particle = out_rows // samples
         bias_noise = (bias[1] * eps).transpose(0, 1).expand(per_particle, samples, -1)
         out = out + bias_noise.reshape(out_rows, bias[1].shape[0], *spatial_ones)
-    return out
+    return out.to(mean.dtype)  # under autocast, as linear_flipout's

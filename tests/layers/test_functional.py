@@ -424,3 +424,27 @@ def test_local_outputs_of_large_float16_inputs_are_finite(
     with torch.no_grad():
         out = _half_run(precision, layer, x)
     assert bool(out.isfinite().all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("estimator", ["flipout", "local", "reparam"])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_autocast_outputs_have_the_dtype_torchs_layer_gives(
+    dtype: torch.dtype, estimator: str, kind: str
+) -> None:
+    """Flipout's random signs are made in the input's dtype (float32 under
+    autocast) and promoted its noise: its outputs came back in float32 where
+    nn.Linear's are in the autocast dtype, and ``"auto"`` switched dtypes
+    with the input's requires_grad (probe falsepos17)."""
+    if kind == "linear":
+        layer: torch.nn.Module = bnn.VILinear(4, 3, estimator=estimator)
+        plain: torch.nn.Module = torch.nn.Linear(4, 3)
+        x = torch.randn(5, 4, requires_grad=True)
+    else:
+        conv_estimator = "auto" if estimator == "local" else estimator
+        layer = bnn.VIConv2d(2, 3, 3, estimator=conv_estimator)
+        plain = torch.nn.Conv2d(2, 3, 3)
+        x = torch.randn(2, 2, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        out, want = layer(x), plain(x)
+    assert out.dtype == want.dtype == dtype
