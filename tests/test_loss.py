@@ -226,6 +226,9 @@ def test_bad_targets_and_batches() -> None:
         ValueError, match=r"integer class labels, got dtype torch.float32"
     ):
         loss_fn(net(x), y.float())
+    one_hot = torch.nn.functional.one_hot(y, 4).float()  # torch's soft targets
+    with pytest.raises(ValueError, match=r"class probabilities.*argmax\(-1\)"):
+        loss_fn(net(x), one_hot)
     with pytest.raises(
         ValueError, match=r"expected targets of shape \(16,\).*got \(15,\)"
     ):

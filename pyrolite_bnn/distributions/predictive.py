@@ -754,9 +754,19 @@ class Categorical(_ClassificationLikelihood):
             Categorical: expected targets of shape (2, 5)
         """
         if target.is_floating_point() or target.dtype == torch.bool:
+            soft = target.is_floating_point() and tuple(target.shape) == tuple(
+                output.shape[1:]
+            )
             raise ValueError(
                 "Categorical targets must be integer class labels, got dtype "
                 f"{target.dtype}"
+                + (
+                    ": class probabilities (soft or one-hot targets, which "
+                    "torch's cross_entropy takes) are not read; for one-hot "
+                    "targets pass target.argmax(-1)"
+                    if soft
+                    else ""
+                )
             )
         if tuple(target.shape) != tuple(output.shape[1:-1]):
             raise ValueError(
