@@ -7,16 +7,52 @@ and the ``try`` entered, leaves the value set for the rest of the session (a
 particle state left open runs every later network call as a layer nested in
 it). :class:`set_while` stores the value to put back *before* setting, and
 sets inside the ``try``, so there is no such window.
+
+Putting the value back has one Python cannot close: an interrupt delivered
+as ``__exit__`` starts (every Python function checks for one as it starts)
+skips the restore, and every later ``set_while`` of the variable saved the
+stale value as its value from before and put it back. So what a call of the
+library sets runs in the call's own context (:func:`in_own_context`): the
+context is dropped when the call ends, however it ends, by C code that no
+interrupt can stop, and nothing the call set outlives it.
 """
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from contextvars import ContextVar, copy_context
+from typing import Any, Generic, TypeVar
 
-__all__ = ["set_while"]
+import torch
+
+__all__ = ["in_own_context", "set_while"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+def in_own_context(fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    """``fn(*args, **kwargs)`` in a copy of the current context.
+
+    The call sees every context variable as the caller does; what it sets
+    (by :class:`set_while` or otherwise) is gone when it returns or raises,
+    also where an interrupt skipped the restore of a ``set_while``: the copy
+    is left by :meth:`contextvars.Context.run`, in C. A call whose settings
+    must outlive it (a plain network's frame, opened by its first Bayesian
+    layer for the layers after it) must not run here.
+
+    Example:
+        >>> flag = ContextVar("flag", default=False)
+        >>> in_own_context(flag.set, True) is not None
+        True
+        >>> flag.get()
+        False
+    """
+    if torch.compiler.is_compiling():
+        # torch.compile cannot trace Context.run: a compiled call runs
+        # in the caller's context.
+        return fn(*args, **kwargs)
+    return copy_context().run(fn, *args, **kwargs)
 
 
 class set_while(Generic[T]):  # lower case, as torch.no_grad
@@ -45,6 +81,10 @@ class set_while(Generic[T]):  # lower case, as torch.no_grad
     def __init__(self, var: ContextVar[T], value: T) -> None:
         self._var = var
         self._value = value
+        # Nothing to put back before __enter__ has read it: an exit recorded
+        # before the enter (a plain network's call, see _plain_roots) that an
+        # interrupt kept from entering does nothing.
+        self._before: T | _NotEntered = _NOT_ENTERED
 
     def __enter__(self) -> None:
         self._before = self._var.get()
@@ -55,4 +95,13 @@ class set_while(Generic[T]):  # lower case, as torch.no_grad
             raise
 
     def __exit__(self, *exc_info: object) -> None:
-        self._var.set(self._before)
+        before = self._before
+        if not isinstance(before, _NotEntered):
+            self._var.set(before)
+
+
+class _NotEntered:
+    """The value from before of a :class:`set_while` not entered."""
+
+
+_NOT_ENTERED = _NotEntered()

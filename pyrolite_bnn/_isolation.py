@@ -15,6 +15,7 @@ import contextvars
 from collections.abc import Callable
 from typing import TypeVar
 
+from pyrolite_bnn._context_values import in_own_context
 from pyrolite_bnn._handlers import caller_handlers_set_aside
 from pyrolite_bnn._plain_roots import in_running_network
 
@@ -30,7 +31,9 @@ def isolated(fn: Callable[..., T], *args: object) -> T:
     (:func:`~pyrolite_bnn._handlers.caller_handlers_set_aside`). Inside a
     running network call, ``fn`` runs in a fresh :class:`contextvars.Context`:
     the library's per-call state (particles, draws, a plain network's frame)
-    starts empty, as outside any call.
+    starts empty, as outside any call; elsewhere in a copy of the caller's
+    (:func:`~pyrolite_bnn._context_values.in_own_context`): what it sets
+    does not outlive it, even where a Ctrl-C skipped a restore.
 
     Example:
         >>> from pyro import poutine
@@ -46,4 +49,4 @@ def isolated(fn: Callable[..., T], *args: object) -> T:
 
     if in_running_network():
         return contextvars.Context().run(body)
-    return body()
+    return in_own_context(body)

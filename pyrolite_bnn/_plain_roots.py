@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from contextlib import ExitStack
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from types import FrameType
 from typing import Any
@@ -61,6 +61,7 @@ from pyrolite_bnn._forward import (
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._network import (
     collect_variables,
+    facts_kept_for_the_call,
     has_sequence_first_layers,
     outermost_bayesian,
     refuse_pyro_statements,
@@ -110,7 +111,7 @@ class _Frame:
         # The module's own forward hook that closes the frame (_leave, bound
         # to this frame: a hook whose frame is gone does nothing).
         self.closer: RemovableHandle | None = None
-        self.stack: ExitStack | None = None
+        self.stack: _Opened | None = None
         self.state: _particles.ParticleState | None = None
         self.draws: LazyDraws | None = None
 
@@ -249,31 +250,64 @@ def in_running_network() -> bool:
     return _particles.current() is not None
 
 
+class _Opened:
+    """What a plain network's call entered, exited in reverse order when it ends.
+
+    Unlike an ``ExitStack``, which takes an exit off its list before running
+    it, an exit stays on the list until it has returned, and is recorded
+    before its manager is entered: a Ctrl-C that stops an exit (or an enter)
+    leaves it there, and the next close of the frame, as stale, runs it.
+    Every manager entered is one whose exit may run again, or without its
+    enter, when exited with the exception (``set_while``, generator context
+    managers).
+    """
+
+    def __init__(self) -> None:
+        self._exits: list[AbstractContextManager[Any]] = []
+
+    def enter(self, manager: AbstractContextManager[Any]) -> None:
+        """Enter ``manager``, to be exited when the frame closes."""
+        self._exits.append(manager)
+        manager.__enter__()
+
+    def close(self, interrupt: KeyboardInterrupt | None) -> None:
+        """Exit what was entered: normally, or as by ``interrupt``."""
+        info = (
+            (None, None, None)
+            if interrupt is None
+            else (
+                KeyboardInterrupt,
+                interrupt,
+                None,
+            )
+        )
+        while self._exits:
+            self._exits[-1].__exit__(*info)
+            self._exits.pop()
+
+
 def _close(frame: _Frame, *, ended: bool = True) -> None:
     """End ``frame``: close what it opened, drop its hook and unset it.
 
     ``ended=False`` for a stale frame (its call ended without its hook): what
     it opened is closed as by the exception that ended the call, so that the
     Pyro handlers among them, which that exception has already unwound, leave
-    Pyro's handler stack as it is.
+    Pyro's handler stack as it is. The frame is unset only once all it opened
+    is closed: one a Ctrl-C stopped while closing stays set, stale, and the
+    next module call closes the rest.
     """
-    try:
-        if frame.stack is not None and ended:
-            frame.stack.close()
-        elif frame.stack is not None:
-            interrupt = KeyboardInterrupt()
-            frame.stack.__exit__(KeyboardInterrupt, interrupt, None)
-    finally:
-        if frame.closer is not None:
-            frame.closer.remove()
-        # The call's interpreter frame holds the closing hook (torch's loop
-        # variable), which holds this frame: a cycle that kept the caller's
-        # locals (an optimizer, a batch) alive after the call.
-        frame.caller = None
-        # Frames never nest (one is set only where none is), so the value
-        # before it was None; set, not reset: a stale frame may be seen in
-        # another context than the one that set it.
-        _FRAME.set(None)
+    if frame.stack is not None:
+        frame.stack.close(None if ended else KeyboardInterrupt())
+    if frame.closer is not None:
+        frame.closer.remove()
+    # The call's interpreter frame holds the closing hook (torch's loop
+    # variable), which holds this frame: a cycle that kept the caller's
+    # locals (an optimizer, a batch) alive after the call.
+    frame.caller = None
+    # Frames never nest (one is set only where none is), so the value
+    # before it was None; set, not reset: a stale frame may be seen in
+    # another context than the one that set it.
+    _FRAME.set(None)
 
 
 # Plain torch layers that mix the positions of a sequence (stacks and
@@ -591,7 +625,12 @@ def open_pending_root(
             inside a plain module.
     """
     frame = _FRAME.get()
-    if frame is None or frame.stack is not None or not frame.resolve():
+    if frame is None or frame.stack is not None:
+        return False
+    if not frame.running():  # a stale frame (see close_stale_frame)
+        _close(frame, ended=False)
+        return False
+    if not frame.resolve():
         return False
     root = frame.module
     name = type(root).__name__
@@ -603,6 +642,11 @@ def open_pending_root(
             f"samples= cannot be given to a Bayesian layer inside the plain {name}; "
             f"set {name}.samples (or use a bnn.VIModule / bnn.VISequential root)"
         )
+    # The frame holds the stack before anything enters it: whatever ends the
+    # call from here on (an error, an interrupt) closes what was entered. The
+    # facts about the network's tree are kept for its whole call.
+    stack = frame.stack = _Opened()
+    stack.enter(facts_kept_for_the_call())
     requested = _particles.requested_samples(root)
     count = (
         getattr(root, "samples", DEFAULT_SAMPLES) if requested is None else requested
@@ -614,20 +658,17 @@ def open_pending_root(
     wrapped = pyro_wrapped()
     if not wrapped:
         refuse_pyro_statements(root)
-    # The frame holds the stack before anything enters it: whatever ends the
-    # call from here on (an error, an interrupt) closes what was entered.
-    stack = frame.stack = ExitStack()
-    stack.enter_context(local_params())
+    stack.enter(local_params())
     if wrapped:  # a Pyro model: the particle plate and one site per weight
         refuse_particles_under_mcmc(root, count)
-        stack.enter_context(_particles.particle_plate(state.samples, device))
-        stack.enter_context(_particles.particles(state))
-        stack.enter_context(sampling_sites(SiteTable(collect_variables(root))))
+        stack.enter(_particles.particle_plate(state.samples, device))
+        stack.enter(_particles.particles(state))
+        stack.enter(sampling_sites(SiteTable(collect_variables(root))))
         frame.state = state
         return True
     with torch.set_grad_enabled(frame.grad_enabled):
         draws = generated_guide_draws(root, state.samples)
-    stack.enter_context(_particles.particles(state))
-    stack.enter_context(using_draws(draws))
+    stack.enter(_particles.particles(state))
+    stack.enter(using_draws(draws))
     frame.state, frame.draws = state, draws
     return True

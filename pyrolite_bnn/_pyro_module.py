@@ -113,10 +113,36 @@ def note_structure_change(module: nn.Module) -> None:
     _bump(module)
 
 
-# Pyro settings held by running bodies of held_settings: name -> (the number of
-# holders, the value from before the first).
-_HELD: dict[str, tuple[int, Any]] = {}
+# Pyro settings held by running bodies of held_settings: for each body (a
+# token of its own), its thread and the values it holds; and for each setting
+# held, its value from before the first hold. Pyro's settings are made what
+# these say by _sync, which any later hold or release completes.
+_HELD: dict[object, tuple[int, dict[str, Any]]] = {}
+_BEFORE: dict[str, Any] = {}
 _HELD_LOCK = threading.Lock()
+
+
+def _sync() -> None:
+    """Make Pyro's settings what the holds say (under ``_HELD_LOCK``).
+
+    A held setting has the value of its earliest hold; one no longer held
+    gets its value from before back. Nothing is forgotten before Pyro has
+    the value: a Ctrl-C that stops this (inside ``pyro.settings.set``)
+    leaves what the next hold or release of any setting completes.
+    """
+    wanted: dict[str, Any] = {}
+    for _, values in _HELD.values():
+        for name, value in values.items():
+            wanted.setdefault(name, value)
+    for name, value in wanted.items():
+        if name not in _BEFORE:
+            _BEFORE[name] = pyro.settings.get(name)
+        if pyro.settings.get(name) != value:
+            pyro.settings.set(**{name: value})
+    for name in [name for name in _BEFORE if name not in wanted]:
+        if pyro.settings.get(name) != _BEFORE[name]:
+            pyro.settings.set(**{name: _BEFORE[name]})
+        del _BEFORE[name]
 
 
 def _release_held_in_child() -> None:
@@ -129,24 +155,11 @@ def _release_held_in_child() -> None:
     """
     global _HELD_LOCK
     _HELD_LOCK = threading.Lock()
-    mine = _own_holds()
-    for name, (_, before) in list(_HELD.items()):
-        if mine.get(name, 0):
-            _HELD[name] = (mine[name], before)
-        else:
-            del _HELD[name]
-            pyro.settings.set(**{name: before})
-
-
-# The holds of held_settings bodies running in this thread: name -> count.
-_THREAD_HOLDS = threading.local()
-
-
-def _own_holds() -> dict[str, int]:
-    holds: dict[str, int] | None = getattr(_THREAD_HOLDS, "counts", None)
-    if holds is None:
-        holds = _THREAD_HOLDS.counts = {}
-    return holds
+    mine = threading.get_ident()
+    for token, (thread, _) in list(_HELD.items()):
+        if thread != mine:
+            del _HELD[token]
+    _sync()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
@@ -162,9 +175,15 @@ def held_settings(**values: Any) -> Iterator[None]:
     each other's values, so a thread's module ran in global-parameter mode in
     the middle of its call, or ``module_local_params`` stayed on for the rest
     of the program (15 of 30 rounds of concurrent module construction). Here
-    each setting counts its holders: the first sets it, the last puts back the
-    value from before the first. (The settings are still process-wide: while
-    any body holds them, every thread's Pyro code sees them.)
+    every body holds its values: a setting has the value of its earliest
+    hold, and the value from before the first once none holds it. (The
+    settings are still process-wide: while any body holds them, every
+    thread's Pyro code sees them.)
+
+    A Ctrl-C anywhere in here leaves no hold behind: the body's hold is
+    taken inside the ``try`` whose ``finally`` drops it, and dropped before
+    Pyro is told; Pyro's settings left behind by a stopped update are put
+    right by the next hold or release (:func:`_sync`).
 
     Example:
         >>> with held_settings(module_local_params=True):
@@ -173,29 +192,16 @@ def held_settings(**values: Any) -> Iterator[None]:
         >>> pyro.settings.get("module_local_params")
         False
     """
-    mine = _own_holds()
-    with _HELD_LOCK:
-        for name, value in values.items():
-            holders, before = _HELD.get(name, (0, None))
-            if holders == 0:
-                before = pyro.settings.get(name)
-                if before != value:
-                    pyro.settings.set(**{name: value})
-            _HELD[name] = (holders + 1, before)
-            mine[name] = mine.get(name, 0) + 1
+    token = object()
     try:
+        with _HELD_LOCK:
+            _HELD[token] = (threading.get_ident(), values)
+            _sync()
         yield
     finally:
         with _HELD_LOCK:
-            for name in values:
-                mine[name] -= 1
-                holders, before = _HELD[name]
-                if holders > 1:
-                    _HELD[name] = (holders - 1, before)
-                    continue
-                del _HELD[name]
-                if pyro.settings.get(name) != before:
-                    pyro.settings.set(**{name: before})
+            _HELD.pop(token, None)
+            _sync()
 
 
 @contextmanager

@@ -69,6 +69,7 @@ from pyro.poutine.trace_messenger import TraceMessenger
 from torch import Tensor, nn
 from torch.distributions import constraints, kl_divergence
 
+from pyrolite_bnn._context_values import in_own_context
 from pyrolite_bnn._draws import (
     RepeatedExplicitEstimator,
     keeping_noise_sums,
@@ -145,6 +146,17 @@ def _handled() -> bool:
 
 
 def _fast_loss(
+    model: object,
+    guide: object,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    kl: KLMode,
+) -> Tensor | None:
+    """:func:`_fast_loss_here` in its own context (nothing it sets outlives it)."""
+    return in_own_context(_fast_loss_here, model, guide, args, kwargs, kl)
+
+
+def _fast_loss_here(
     model: object,
     guide: object,
     args: tuple[Any, ...],

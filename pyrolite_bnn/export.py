@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from pyrolite_bnn import _particles
+from pyrolite_bnn._context_values import in_own_context
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._module_copy import copy_module
 from pyrolite_bnn._module_hooks import warn_hooks_left_behind
@@ -54,6 +55,10 @@ class DeterministicNetwork(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the network once, deterministically."""
+        return in_own_context(self._run, args, kwargs)
+
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # In its own context: nothing_folded() cannot outlive the call.
         with _particles.nothing_folded():  # plain layers record no folding
             output = self.network(*args, samples=1, **kwargs)
         return _particles.one_particle(output)

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 # and the name resolves (typing.get_type_hints) once both are loaded.
 import pyrolite_bnn
 from pyrolite_bnn import _particles
-from pyrolite_bnn._context_values import set_while
+from pyrolite_bnn._context_values import in_own_context, set_while
 from pyrolite_bnn._draws import called_repeatedly, current_draws, particle_weights
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._layout_errors import naming_layer
@@ -771,50 +771,66 @@ class VIModule(LocalPyroModule):
         # The call machinery imports this module.
         from pyrolite_bnn import _plain_roots
 
+        # Every path runs in its own context (in_own_context): what the call
+        # sets in the library's context variables (particles, drawn weights,
+        # facts) cannot outlive it, even where a Ctrl-C skipped a restore.
         if _plain_roots.in_running_network():
             if samples is not None:
                 raise ValueError(
                     "samples= can only be given to the outermost VIModule call"
                 )
-            try:
-                if current_draws() is not None:  # weights drawn: no Pyro needed
-                    output = nn.Module.__call__(self, *args, **kwargs)
-                else:
-                    output = LocalPyroModule.__call__(self, *args, **kwargs)
-            except _particles.LayoutError as error:
-                state = _particles.current()
-                root = None if state is None else state.root
-                named = naming_layer(error, self, root)
-                if named is None:  # a layer inside this one is named
-                    raise
-                raise named from error
-            _particles.note_folded_output(output)
-            return output
-        from pyrolite_bnn._network import facts_kept_for_the_call
+            return in_own_context(self._nested_call, args, kwargs)
+        if _plain_roots.open_pending_root(self, args, kwargs, samples):
+            # The first Bayesian layer of a plain network: the network's call
+            # is open in the caller's context, for its later layers too.
+            return in_own_context(self._first_layer_of_plain_network, args, kwargs)
+        return in_own_context(self._outermost_call, samples, args, kwargs)
 
-        with facts_kept_for_the_call():
-            return self._outermost_call(samples, args, kwargs)
+    def _nested_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A call inside a running network: a layer of it."""
+        try:
+            if current_draws() is not None:  # weights drawn: no Pyro needed
+                output = nn.Module.__call__(self, *args, **kwargs)
+            else:
+                output = LocalPyroModule.__call__(self, *args, **kwargs)
+        except _particles.LayoutError as error:
+            state = _particles.current()
+            root = None if state is None else state.root
+            named = naming_layer(error, self, root)
+            if named is None:  # a layer inside this one is named
+                raise
+            raise named from error
+        _particles.note_folded_output(output)
+        return output
+
+    def _first_layer_of_plain_network(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """The call that opened a plain network's call (see ``_plain_roots``)."""
+        from pyrolite_bnn import _plain_roots
+
+        result = nn.Module.__call__(self, *args, **kwargs)
+        _plain_roots.note_output(self, result)
+        return result
 
     def _outermost_call(
         self, samples: int | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """The outermost call of the network: particles drawn, output unfolded."""
-        from pyrolite_bnn import _forward, _plain_roots
+        from pyrolite_bnn import _forward
+        from pyrolite_bnn._network import facts_kept_for_the_call
 
-        if _plain_roots.open_pending_root(self, args, kwargs, samples):
-            result = nn.Module.__call__(self, *args, **kwargs)
-            _plain_roots.note_output(self, result)
-            return result
         # A count asked of a plain module around this network (predict(wrapper)).
         requested = None if samples is not None else _particles.requested_samples(self)
         count = samples if samples is not None else requested or self.samples
-        state, device = _forward.prepare(self, args, kwargs, count)
-        # torch's size errors name folded sizes (key padding: AssertionError).
-        with _particles.fold_hinted(state), local_params():
-            if pyro_wrapped():
-                _forward.refuse_particles_under_mcmc(self, count)
-                return _forward.pyro_run(self, state, device, args, kwargs)
-            return _forward.pytorch_run(self, state, device, args, kwargs)
+        with facts_kept_for_the_call():
+            state, device = _forward.prepare(self, args, kwargs, count)
+            # torch's size errors name folded sizes (key padding: AssertionError).
+            with _particles.fold_hinted(state), local_params():
+                if pyro_wrapped():
+                    _forward.refuse_particles_under_mcmc(self, count)
+                    return _forward.pyro_run(self, state, device, args, kwargs)
+                return _forward.pytorch_run(self, state, device, args, kwargs)
 
     def unfold_output(self, output: Any, state: _particles.ParticleState) -> Any:
         """This module's folded output as the outermost call returns it.

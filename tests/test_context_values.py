@@ -52,6 +52,30 @@ class _InterruptedAsSetReturns:
         return token
 
 
+class _InterruptedAsExitStarts(_InterruptedAsSetReturns):
+    """A context variable whose first value put back is stopped by a Ctrl-C.
+
+    ``set_while.__exit__`` puts the value from before back with ``set``: an
+    interrupt delivered as ``__exit__`` starts (Python checks for one as
+    every function starts) skips it. The stand-in raises instead of setting,
+    the first time ``set`` is called with the value the variable had before
+    its first ``set``.
+    """
+
+    def __init__(self, var: contextvars.ContextVar[Any]) -> None:
+        super().__init__(var)
+        self.before: list[Any] = []
+
+    def set(self, value: Any) -> contextvars.Token[Any]:
+        if not self.before:
+            self.before.append(self.var.get())
+        elif self.armed and value is self.before[0]:
+            self.armed = False
+            self.fired = True
+            raise KeyboardInterrupt  # delivered as __exit__ starts
+        return self.var.set(value)
+
+
 def _library_context_vars() -> list[tuple[str, str]]:
     """(module, attribute) of every module-level ContextVar of the package."""
     found = []
@@ -208,3 +232,59 @@ def test_no_context_variable_is_reset_by_token() -> None:
         if re.search(r"\b_[A-Z_]+\.reset\(", line)
     ]
     assert offenders == []
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(
+    ("module_name", "name"), [key for key in _VARS if key not in _UNREACHED]
+)
+def test_an_interrupt_as_a_value_is_put_back_leaves_later_calls_fresh(
+    module_name: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C as any of the library's context variables is put back leaves nothing.
+
+    It stopped ``set_while.__exit__`` before its ``set``: the call's value
+    stayed for the rest of the process (every later ``set_while`` saved it as
+    its value from before and put it back), and every later loss raised "the
+    loss was called inside the running call" (particles), a weight read
+    outside a call raised "was not drawn for this call" (drawn weights), or
+    the network stayed in memory (its facts). Now what a call sets goes with
+    its context; afterwards (once any module has been called) every variable
+    is at its default and the same calls give the same results as in a
+    fresh process.
+    """
+    module = importlib.import_module(module_name)
+    stand_in = _InterruptedAsExitStarts(getattr(module, name))
+    torch.manual_seed(0)
+    expected = [_values(run()) for run in _runs()]
+    monkeypatch.setattr(module, name, stand_in)
+    for run in _runs():
+        try:
+            run()
+        except KeyboardInterrupt:
+            break
+    assert stand_in.fired
+    assert nn.Sequential(nn.Linear(3, 2), nn.ReLU())(torch.randn(4, 3)).shape == (4, 2)
+    assert _defaults() == {
+        key: getattr(importlib.import_module(key[0]), key[1]).get() for key in _VARS
+    }
+    torch.manual_seed(0)
+    got = [_values(run()) for run in _runs()]
+    assert len(got) == len(expected)
+    for value, fresh in zip(got, expected, strict=True):
+        torch.testing.assert_close(value, fresh, rtol=0.0, atol=0.0)
+
+
+def _values(result: Any) -> list[torch.Tensor]:
+    """The tensors a run returned (its output, loss, prediction or trace)."""
+    if isinstance(result, torch.Tensor):
+        return [result.detach()]
+    if isinstance(result, pyro.poutine.Trace):
+        return [result.nodes["_RETURN"]["value"].detach()]
+    if isinstance(result, bnn.Prediction):
+        return [result.probs.detach()]
+    if isinstance(result, float):
+        return [torch.tensor(result)]
+    if isinstance(result, tuple):
+        return [value for part in result for value in _values(part)]
+    raise AssertionError(f"no values read from a {type(result).__name__}")

@@ -989,3 +989,33 @@ def test_a_handlers_global_param_lands_in_pyros_store_and_trains() -> None:
     assert pyro.param("weight_centered").unconstrained() is centered.unconstrained()
     assert not torch.equal(pyro.param("weight_centered").detach(), before)
     assert sorted(pyro.get_param_store()) == ["bias_centered", "weight_centered"]
+
+
+def test_an_interrupt_while_pyros_settings_are_put_back_leaves_them_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C inside ``pyro.settings.set`` as a network's construction put
+    ``module_local_params`` back left it on for the rest of the process (the
+    hold was already forgotten): a user's ``PyroModule`` then kept its
+    parameters out of Pyro's store. The next hold puts it right."""
+    real_set = pyro.settings.set
+    armed = [True]
+
+    def set_with_interrupt(**values: Any) -> None:
+        if armed[0] and values == {"module_local_params": False}:
+            armed[0] = False
+            raise KeyboardInterrupt  # Ctrl-C inside the restore
+        real_set(**values)
+
+    monkeypatch.setattr(pyro.settings, "set", set_with_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        bnn.VILinear(3, 2)
+    monkeypatch.setattr(pyro.settings, "set", real_set)
+    assert not armed[0]
+    bnn.VILinear(3, 2)  # any later use of the library
+    assert pyro.settings.get("module_local_params") is False
+    pyro.clear_param_store()
+    linear = pyro.nn.PyroModule[nn.Linear](3, 1)
+    poutine.trace(linear).get_trace(torch.randn(2, 3))
+    assert sorted(pyro.get_param_store().keys()) == ["bias", "weight"]
+    pyro.clear_param_store()
