@@ -771,14 +771,21 @@ class VIModule(LocalPyroModule):
         # The call machinery imports this module.
         from pyrolite_bnn import _plain_roots
 
-        # Every path runs in its own context (in_own_context): what the call
-        # sets in the library's context variables (particles, drawn weights,
-        # facts) cannot outlive it, even where a Ctrl-C skipped a restore.
+        # What a call sets in the library's context variables (particles,
+        # drawn weights, facts) must not outlive it, even where a Ctrl-C
+        # skipped a restore: an outermost call runs in its own context
+        # (in_own_context), and so does a layer of a plain network, whose
+        # call runs in the caller's. The layers of a VIModule network run in
+        # its call's context: they see each other's context variables, as
+        # the modules of a torch model do.
         if _plain_roots.in_running_network():
             if samples is not None:
                 raise ValueError(
                     "samples= can only be given to the outermost VIModule call"
                 )
+            state = _particles.current()
+            if state is not None and isinstance(state.root, VIModule):
+                return self._nested_call(args, kwargs)
             return in_own_context(self._nested_call, args, kwargs)
         if _plain_roots.open_pending_root(self, args, kwargs, samples):
             # The first Bayesian layer of a plain network: the network's call

@@ -288,3 +288,41 @@ def _values(result: Any) -> list[torch.Tensor]:
     if isinstance(result, tuple):
         return [value for part in result for value in _values(part)]
     raise AssertionError(f"no values read from a {type(result).__name__}")
+
+
+_PASSED_ON: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "passed_on", default=None
+)
+
+
+class _Setting(bnn.VILinear):
+    """A layer that leaves a value for the layers after it."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        out = super().forward(input)
+        _PASSED_ON.set(1.5)
+        return out
+
+
+class _Reading(bnn.VILinear):
+    """A layer that reads what an earlier layer left."""
+
+    seen: list[float | None]
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self.seen.append(_PASSED_ON.get())
+        return super().forward(input)
+
+
+def test_the_layers_of_a_network_see_each_others_context_variables() -> None:
+    """A library call runs in a copy of the caller's context (so that its
+    state cannot outlive it); copying it again for every layer of a ``bnn``
+    network hid a context variable one layer set from the next, which a
+    torch model's modules see (probe falsepos18). What the call sets is
+    still gone after it, as documented."""
+    reading = _Reading(3, 2)
+    reading.seen = []
+    net = bnn.VISequential(_Setting(2, 3), nn.Tanh(), reading)
+    net(torch.randn(4, 2))
+    assert reading.seen == [1.5]
+    assert _PASSED_ON.get() is None
