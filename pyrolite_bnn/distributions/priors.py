@@ -884,7 +884,7 @@ class NormalPrior(Prior):
         a big tensor, copying it costs more than the operations it saves.
         """
         if (
-            type(self) is not NormalPrior
+            not _keeps_normal_prior_methods(type(self))
             or loc.numel() > _GROUPED_KL_UP_TO
             or self.loc.numel() != 1
             or self.scale.numel() != 1
@@ -915,6 +915,19 @@ class NormalPrior(Prior):
     def extra_repr(self) -> str:
         """Constructor arguments."""
         return f"loc={_fmt(self.loc)}, scale={_fmt(self.scale)}"
+
+
+def _keeps_normal_prior_methods(cls: type) -> bool:
+    """Whether ``cls`` computes as :class:`NormalPrior` does.
+
+    ``NormalPrior`` itself, or a subclass that overrides none of its
+    distribution and KL methods: ``PyroModule[NormalPrior]``, which
+    ``pyro.nn.module.to_pyro_module_`` makes of a network's priors.
+    """
+    return all(
+        getattr(cls, name) is getattr(NormalPrior, name)
+        for name in ("elementwise", "kl_from_normal", "kl_from_normals")
+    )
 
 
 class LearnedNormalPrior(Prior):
