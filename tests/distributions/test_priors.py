@@ -642,7 +642,12 @@ def test_a_bounded_prior_goes_with_a_point_mass_posterior() -> None:
 
 
 class _OwnNormal(bnn.NormalPrior):
-    """A subclass may change the closed form: it is never grouped."""
+    """A subclass that overrides the closed form: it is never grouped."""
+
+    def kl_from_normal(
+        self, loc: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor | None:
+        return super().kl_from_normal(loc, scale)
 
 
 def test_grouped_closed_form_kl_equals_the_sum_over_tensors() -> None:
@@ -678,6 +683,12 @@ def test_grouped_closed_form_kl_equals_the_sum_over_tensors() -> None:
     }
     assert len(groups - {None}) == 2  # N(0, 1) and N(0.5, 2); the rest on their own
     assert _OwnNormal(0.0, 0.3).closed_form_group(torch.zeros(1)) is None
+    # A subclass that keeps the methods computes as NormalPrior: grouped
+    # (PyroModule[NormalPrior], which to_pyro_module_ makes of priors).
+    pyro_prior = pyro.nn.PyroModule[bnn.NormalPrior](0.0, 1.0)
+    assert pyro_prior.closed_form_group(torch.zeros(1)) == (
+        bnn.NormalPrior().closed_form_group(torch.zeros(1))
+    )
     # a big tensor costs more to copy than its operations: on its own
     assert bnn.NormalPrior().closed_form_group(torch.zeros(8192)) is None
 
