@@ -205,6 +205,20 @@ def test_an_interrupt_as_a_context_variable_is_set_leaves_later_calls_fresh(
     module = importlib.import_module(module_name)
     stand_in = _InterruptedAsSetReturns(getattr(module, name))
     monkeypatch.setattr(module, name, stand_in)
+    _interrupt_then_call_a_module(stand_in)
+    for run in _runs():
+        run()
+    x = torch.randn(4, 3)
+    assert nn.Sequential(bnn.VILinear(3, 2))(x).shape == (10, 4, 2)
+    assert bnn.VISequential(bnn.VILinear(3, 2))(x).shape == (10, 4, 2)
+
+
+def _interrupt_then_call_a_module(stand_in: Any) -> None:
+    """Run the calls until ``stand_in`` interrupts one, then call a module.
+
+    A plain network's call that an interrupt ended is closed by the next
+    module call; after it every library context variable is at its default.
+    """
     for run in _runs():
         try:
             run()
@@ -215,11 +229,6 @@ def test_an_interrupt_as_a_context_variable_is_set_leaves_later_calls_fresh(
     assert _defaults() == {
         key: getattr(importlib.import_module(key[0]), key[1]).get() for key in _VARS
     }
-    for run in _runs():
-        run()
-    x = torch.randn(4, 3)
-    assert nn.Sequential(bnn.VILinear(3, 2))(x).shape == (10, 4, 2)
-    assert bnn.VISequential(bnn.VILinear(3, 2))(x).shape == (10, 4, 2)
 
 
 def test_no_context_variable_is_reset_by_token() -> None:
@@ -258,16 +267,7 @@ def test_an_interrupt_as_a_value_is_put_back_leaves_later_calls_fresh(
     torch.manual_seed(0)
     expected = [_values(run()) for run in _runs()]
     monkeypatch.setattr(module, name, stand_in)
-    for run in _runs():
-        try:
-            run()
-        except KeyboardInterrupt:
-            break
-    assert stand_in.fired
-    assert nn.Sequential(nn.Linear(3, 2), nn.ReLU())(torch.randn(4, 3)).shape == (4, 2)
-    assert _defaults() == {
-        key: getattr(importlib.import_module(key[0]), key[1]).get() for key in _VARS
-    }
+    _interrupt_then_call_a_module(stand_in)
     torch.manual_seed(0)
     got = [_values(run()) for run in _runs()]
     assert len(got) == len(expected)
