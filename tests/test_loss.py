@@ -226,6 +226,9 @@ def test_bad_targets_and_batches() -> None:
         ValueError, match=r"integer class labels, got dtype torch.float32"
     ):
         loss_fn(net(x), y.float())
+    # torch's gather read a meta index without an error: a random loss
+    with pytest.raises(ValueError, match=r"targets are on meta.*output on cpu"):
+        loss_fn(net(x), y.to("meta"))
     one_hot = torch.nn.functional.one_hot(y, 4).float()  # torch's soft targets
     with pytest.raises(ValueError, match=r"class probabilities.*argmax\(-1\)"):
         loss_fn(net(x), one_hot)

@@ -492,6 +492,14 @@ class PredictiveDistribution(LocalPyroModule):
 
     def _checked(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         self.check_target_type(target)
+        if target.device != output.device:
+            # torch's gather reads a ``meta`` index without an error: a
+            # Categorical loss of uninitialised memory (1e17, 0.46, 1e36).
+            raise ValueError(
+                f"{type(self).__name__}: the targets are on {target.device} and "
+                f"the network output on {output.device}; move the targets "
+                f"(target.to({str(output.device)!r}))"
+            )
         self.check_output(output)
         if is_validation_enabled():
             self.check_target(output, target)
