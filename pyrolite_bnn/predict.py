@@ -1097,6 +1097,31 @@ def _probe(
     raise AssertionError("unreachable: the last try returns or raises")
 
 
+def _rows_of(tensor: Tensor, axis: int, start: int, length: int) -> Tensor:
+    """``length`` inputs of ``tensor`` from ``start`` along ``axis``.
+
+    A view for a strided tensor; a sparse COO tensor has no views (its
+    selected rows are copied), and the other layouts can be run whole only.
+
+    Raises:
+        ValueError: for a part of a tensor of another layout (sparse CSR,
+            CSC, a nested tensor), naming the remedies.
+    """
+    if length == tensor.shape[axis] and start == 0:
+        return tensor
+    if tensor.layout == torch.strided:
+        return tensor.narrow(axis, start, length)
+    if tensor.layout == torch.sparse_coo:
+        rows = torch.arange(start, start + length, device=tensor.device)
+        return tensor.index_select(axis, rows)
+    raise ValueError(
+        f"predict cannot cut inputs of layout {tensor.layout} into chunks (nor "
+        "run its memory probe on their first inputs): pass batch_size=len(x) "
+        "to run them in one chunk, or convert them (x.to_sparse_coo(), "
+        "x.to_dense())"
+    )
+
+
 def _run_chunk(
     model: nn.Module,
     x: tuple[Tensor, ...],
@@ -1117,7 +1142,7 @@ def _run_chunk(
     ``batch_size=len(x)``: a network that holds a graph over all examples
     (an adjacency, an ``edge_index``) fails on a chunk of them.
     """
-    chunk = tuple(t.narrow(axis, start, length) for t in x)
+    chunk = tuple(_rows_of(t, axis, start, length) for t in x)
     try:
         return _run(model, chunk, heads, particles, weights, warn_shared)
     except Exception as error:

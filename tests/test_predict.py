@@ -1825,3 +1825,28 @@ def test_a_drawn_networks_acquisition_function_has_the_inputs_gradient() -> None
     hand = out[..., 0].mean(0) + 2 * (_spread(out[..., 0]) + 0.01).sqrt()
     (want,) = torch.autograd.grad(hand.sum(), x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_sparse_inputs_are_cut_into_chunks_or_named() -> None:
+    """predict cut its inputs (and the memory probe's first ones) with
+    ``narrow``, which sparse tensors lack: sparse COO inputs, which the
+    network itself takes, crashed inside torch (probe tensorkinds). COO rows
+    are selected now (the same prediction as dense inputs at the same seed);
+    CSR is refused with the remedies, and runs as one chunk."""
+    net = bnn.VISequential(bnn.VILinear(4, 8), torch.nn.ReLU(), bnn.VILinear(8, 3))
+    x = torch.randn(6, 4)
+    x[x.abs() < 0.7] = 0.0
+
+    def probs(inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        torch.manual_seed(3)
+        pred = bnn.predict(net, inputs, bnn.Categorical(), samples=5, **kwargs)
+        return pred.probs
+
+    dense = probs(x, batch_size=2)
+    torch.testing.assert_close(probs(x.to_sparse(), batch_size=2), dense)
+    torch.testing.assert_close(probs(x.to_sparse()), probs(x))
+    csr = x.to_sparse_csr()
+    with pytest.raises(ValueError, match=r"sparse_csr.*batch_size=len\(x\)"):
+        probs(csr, batch_size=2)
+    torch.testing.assert_close(probs(csr, batch_size=len(x)), probs(x, batch_size=6))
