@@ -15,9 +15,11 @@ import contextvars
 from collections.abc import Callable
 from typing import TypeVar
 
+import torch
+
 from pyrolite_bnn._context_values import in_own_context
 from pyrolite_bnn._handlers import caller_handlers_set_aside
-from pyrolite_bnn._plain_roots import in_running_network
+from pyrolite_bnn._plain_roots import close_stale_frame, in_running_network
 
 __all__ = ["isolated"]
 
@@ -33,7 +35,8 @@ def isolated(fn: Callable[..., T], *args: object) -> T:
     the library's per-call state (particles, draws, a plain network's frame)
     starts empty, as outside any call; elsewhere in a copy of the caller's
     (:func:`~pyrolite_bnn._context_values.in_own_context`): what it sets
-    does not outlive it, even where a Ctrl-C skipped a restore.
+    does not outlive it, even where a Ctrl-C skipped a restore, and a plain
+    network's call that a Ctrl-C ended is closed when ``fn`` ends.
 
     Example:
         >>> from pyro import poutine
@@ -47,6 +50,15 @@ def isolated(fn: Callable[..., T], *args: object) -> T:
         with caller_handlers_set_aside():
             return fn(*args)
 
-    if in_running_network():
-        return contextvars.Context().run(body)
-    return in_own_context(body)
+    if torch.compiler.is_compiling():
+        return in_own_context(body)  # the caller's context (Dynamo)
+    context = (
+        contextvars.Context() if in_running_network() else contextvars.copy_context()
+    )
+    try:
+        return context.run(body)
+    finally:
+        # A plain network's call that a Ctrl-C ended left its frame (with its
+        # hook on the network and a hold of Pyro's settings) in this context,
+        # where the next module call, in the caller's, cannot see it.
+        context.run(close_stale_frame)

@@ -12,6 +12,7 @@ whose ``set`` raises it right after setting.
 from __future__ import annotations
 
 import contextvars
+import copy
 import importlib
 import pkgutil
 import re
@@ -326,3 +327,40 @@ def test_the_layers_of_a_network_see_each_others_context_variables() -> None:
     net(torch.randn(4, 2))
     assert reading.seen == [1.5]
     assert _PASSED_ON.get() is None
+
+
+class _CtrlC(nn.Module):
+    """A plain layer where a Ctrl-C lands once (``armed``)."""
+
+    armed = False
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if _CtrlC.armed:
+            _CtrlC.armed = False
+            raise KeyboardInterrupt
+        return h
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("how", ["predict", "draw_networks", "direct"])
+def test_a_ctrl_c_in_a_plain_networks_prediction_leaves_nothing(how: str) -> None:
+    """``predict`` and ``draw_networks`` run in a context of their own; a
+    Ctrl-C inside a plain network's call there left its frame in that
+    context, where the next module call could not close it: a hook holding
+    a Python frame stayed on the network (deepcopy and torch.save failed)
+    and Pyro's ``module_local_params`` stayed on for the rest of the process
+    (probe falsepos19). The call's context closes it when the call ends."""
+    plain = nn.Sequential(bnn.VILinear(3, 5), _CtrlC(), nn.ReLU(), bnn.VILinear(5, 2))
+    x = torch.randn(4, 3)
+    calls: dict[str, Callable[[], Any]] = {
+        "predict": lambda: bnn.predict(plain, x, bnn.Categorical(), samples=3),
+        "draw_networks": lambda: bnn.draw_networks(plain, samples=2)(x),
+        "direct": lambda: plain(x),
+    }
+    _CtrlC.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        calls[how]()
+    bnn.predict(plain, x, bnn.Categorical(), samples=3)
+    assert len(plain._forward_hooks) == 0
+    assert pyro.settings.get("module_local_params") is False
+    copy.deepcopy(plain)
