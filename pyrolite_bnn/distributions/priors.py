@@ -858,6 +858,9 @@ class NormalPrior(Prior):
             and prior_scale.device.type == "cpu"
             and not is_capturing()
             and not (is_wrapped(prior_scale) or is_wrapped(self.loc))
+            # Python floats carry no gradient: hyperparameters a subclass
+            # learns (a scale computed from a parameter) keep their tensors.
+            and not (prior_scale.requires_grad or self.loc.requires_grad)
         ):
             # Constants as Python floats: fewer tiny tensor ops on the CPU (on an
             # accelerator, reading them would synchronise instead).
@@ -892,6 +895,8 @@ class NormalPrior(Prior):
             or is_capturing()
             or is_wrapped(self.loc)
             or is_wrapped(self.scale)
+            or self.loc.requires_grad
+            or self.scale.requires_grad
         ):
             return None
         return (NormalPrior, float(self.loc), float(self.scale), loc.dtype, loc.device)

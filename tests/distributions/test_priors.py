@@ -1314,3 +1314,44 @@ def test_a_state_recorded_under_the_priors_class_name_loads() -> None:
     normal = bnn.VILinear(3, 2, prior=bnn.NormalPrior())
     with pytest.raises(RuntimeError, match=r"holds the hyperparameters of a"):
         normal.load_state_dict(state, strict=False)
+
+
+class _LearnedScaleNormal(bnn.NormalPrior):
+    """A subclass whose scale is computed from a parameter it learns."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0)
+        self.log_s = torch.nn.Parameter(torch.tensor(-0.5))
+
+    @property
+    def scale(self) -> torch.Tensor:  # type: ignore[override]
+        return self.log_s.exp()
+
+    @scale.setter
+    def scale(self, value: torch.Tensor) -> None:
+        pass  # NormalPrior's __init__ assigns one; this subclass computes it
+
+
+def test_a_learned_scale_of_a_normal_prior_subclass_gets_its_kl_gradient() -> None:
+    """The closed form read scalar hyperparameters as Python floats (and the
+    KL grouping as its key): a subclass's scale computed from a parameter
+    got the right KL value and no gradient (probe falsepos19)."""
+    torch.manual_seed(0)
+    layer = bnn.VILinear(3, 2, prior=_LearnedScaleNormal())
+    record = bnn.record.find_record(layer(torch.randn(4, 3), samples=2))
+    kl = record.kl("analytic")
+    scales = [layer.prior[v.name].log_s for v in layer.random_variables()]
+    grads = torch.autograd.grad(kl, scales)
+    reference = sum(
+        kl_divergence(
+            v.posterior.distribution(),
+            dist.Normal(0.0, layer.prior[v.name].scale)
+            .expand(v.shape)
+            .to_event(len(v.shape)),
+        ).sum()
+        for v in layer.random_variables()
+    )
+    wanted = torch.autograd.grad(reference, scales)
+    torch.testing.assert_close(kl, reference.detach(), rtol=1e-6, atol=1e-5)
+    for grad, want in zip(grads, wanted, strict=True):
+        torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-6)
