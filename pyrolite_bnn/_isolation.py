@@ -17,7 +17,6 @@ from typing import TypeVar
 
 import torch
 
-from pyrolite_bnn._context_values import in_own_context
 from pyrolite_bnn._handlers import caller_handlers_set_aside
 from pyrolite_bnn._plain_roots import close_stale_frame, in_running_network
 
@@ -34,8 +33,8 @@ def isolated(fn: Callable[..., T], *args: object) -> T:
     running network call, ``fn`` runs in a fresh :class:`contextvars.Context`:
     the library's per-call state (particles, draws, a plain network's frame)
     starts empty, as outside any call; elsewhere in a copy of the caller's
-    (:func:`~pyrolite_bnn._context_values.in_own_context`): what it sets
-    does not outlive it, even where a Ctrl-C skipped a restore, and a plain
+    (as :func:`~pyrolite_bnn._context_values.in_own_context` runs a call):
+    what it sets does not outlive it, even where a Ctrl-C skipped a restore, and a plain
     network's call that a Ctrl-C ended is closed when ``fn`` ends.
 
     Example:
@@ -50,11 +49,12 @@ def isolated(fn: Callable[..., T], *args: object) -> T:
         with caller_handlers_set_aside():
             return fn(*args)
 
-    if torch.compiler.is_compiling():
-        return in_own_context(body)  # the caller's context (Dynamo)
-    context = (
-        contextvars.Context() if in_running_network() else contextvars.copy_context()
-    )
+    if in_running_network():
+        context = contextvars.Context()
+    elif torch.compiler.is_compiling():
+        return body()  # torch.compile cannot trace Context.run: the caller's
+    else:
+        context = contextvars.copy_context()
     try:
         return context.run(body)
     finally:
