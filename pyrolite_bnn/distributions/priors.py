@@ -857,10 +857,7 @@ class NormalPrior(Prior):
             prior_scale.numel() == 1
             and prior_scale.device.type == "cpu"
             and not is_capturing()
-            and not (is_wrapped(prior_scale) or is_wrapped(self.loc))
-            # Python floats carry no gradient: hyperparameters a subclass
-            # learns (a scale computed from a parameter) keep their tensors.
-            and not (prior_scale.requires_grad or self.loc.requires_grad)
+            and _readable_as_floats(prior_scale, self.loc)
         ):
             # Constants as Python floats: fewer tiny tensor ops on the CPU (on an
             # accelerator, reading them would synchronise instead).
@@ -893,10 +890,7 @@ class NormalPrior(Prior):
             or self.scale.numel() != 1
             or self.scale.device.type != "cpu"
             or is_capturing()
-            or is_wrapped(self.loc)
-            or is_wrapped(self.scale)
-            or self.loc.requires_grad
-            or self.scale.requires_grad
+            or not _readable_as_floats(self.loc, self.scale)
         ):
             return None
         return (NormalPrior, float(self.loc), float(self.scale), loc.dtype, loc.device)
@@ -920,6 +914,18 @@ class NormalPrior(Prior):
     def extra_repr(self) -> str:
         """Constructor arguments."""
         return f"loc={_fmt(self.loc)}, scale={_fmt(self.scale)}"
+
+
+def _readable_as_floats(*hyperparameters: Tensor) -> bool:
+    """Whether hyperparameters may be read as Python floats (``float(t)``).
+
+    Not under a ``torch.func`` transform (a wrapped tensor), and not where
+    they require gradients: floats carry none (a subclass's scale computed
+    from a parameter it learns).
+    """
+    return not any(
+        is_wrapped(value) or value.requires_grad for value in hyperparameters
+    )
 
 
 def _keeps_normal_prior_methods(cls: type) -> bool:
