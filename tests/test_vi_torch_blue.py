@@ -3089,3 +3089,30 @@ def test_converted_attention_keeps_torchs_argument_order() -> None:
     out = converted(x, padding, samples=2)
     torch.testing.assert_close(out[0], expected, rtol=1e-5, atol=1e-6)
     assert type(converted.attn).__name__ == "ConvertedMultiheadAttention"
+
+
+@pytest.mark.parametrize("norm_constants", [True, False])
+def test_normal_log_prob_from_parameters_reads_the_std_it_is_given(
+    norm_constants: bool,
+) -> None:
+    """torch_blue's two-step read-out ``log_prob_from_parameters(y, (mean, std))``.
+
+    The parameters ``predictive_parameters_from_samples`` returns hold a standard
+    deviation; ``log_prob_from_parameters`` read it as ``log_std`` (the density
+    of ``N(mean, exp(std))``), found by running torch_blue's own tests.
+    """
+    torch.manual_seed(0)
+    normal = MeanFieldNormal()
+    samples, target = torch.randn(50, 5, 3), torch.randn(5, 3)
+    mean, std = normal.predictive_parameters_from_samples(samples)
+    expected = torch.distributions.Normal(mean, std).log_prob(target)
+    if not norm_constants:
+        expected = expected + 0.5 * math.log(2 * math.pi)
+    vi.utils.use_norm_constants(norm_constants)
+    try:
+        value = normal.log_prob_from_parameters(target, (mean, std))
+    finally:
+        vi.utils.use_norm_constants(False)
+    torch.testing.assert_close(value, expected)
+    with pytest.raises(TypeError, match=r"takes \(mean, std\)"):
+        normal.log_prob_from_parameters(target, mean)

@@ -133,6 +133,38 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         noise = built.noise_scale().detach().to(spread)
         return mean, (spread.square() + noise.square()).sqrt()
 
+    def log_prob_from_parameters(
+        self, reference: Tensor, parameters: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        """Elementwise log density of ``reference`` under ``N(mean, std)``.
+
+        ``parameters`` is ``(mean, std)``, as :meth:`predictive_parameters_from_samples`
+        returns them (a standard deviation, not the ``log_std`` that
+        :meth:`log_prob` takes); constants with ``use_norm_constants``.
+
+        Example:
+            >>> import torch
+            >>> from pyrolite_bnn import vi
+            >>> normal = vi.distributions.MeanFieldNormal()
+            >>> samples, target = torch.randn(50, 4), torch.zeros(4)
+            >>> lp = normal.log_prob_from_parameters(
+            ...     target, normal.predictive_parameters_from_samples(samples)
+            ... )
+            >>> lp.shape
+            torch.Size([4])
+        """
+        if not (isinstance(parameters, tuple | list) and len(parameters) == 2):
+            raise TypeError(
+                "MeanFieldNormal.log_prob_from_parameters takes (mean, std), as "
+                "predictive_parameters_from_samples returns them; got "
+                f"{type(parameters).__name__}"
+            )
+        mean, std = parameters
+        value = -0.5 * ((reference - mean) / std).square() - std.log()
+        if norm_constants_on():
+            value = value - 0.5 * math.log(2 * math.pi)
+        return value
+
     def to_prior(self) -> BnnPrior:
         """:class:`pyrolite_bnn.NormalPrior` with this mean and std."""
         if type(self) is not MeanFieldNormal:
