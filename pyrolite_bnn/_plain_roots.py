@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from types import FrameType
@@ -115,6 +116,16 @@ class _Frame:
         self.state: _particles.ParticleState | None = None
         self.draws: LazyDraws | None = None
 
+    def __reduce__(self) -> tuple[Callable[[], _Frame], tuple[()]]:
+        """A copy is an ended frame: its hook, copied with the module, does nothing.
+
+        The module's forward hook holds its frame, which holds the running
+        call's interpreter frame: after a Ctrl-C that skipped the hook (until
+        the next module call closes the frame as stale), ``copy.deepcopy`` and
+        ``torch.save`` of the module would fail on it.
+        """
+        return _ended_frame, ()
+
     def call_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the module's running call.
 
@@ -161,6 +172,11 @@ class _Frame:
             )
             self.single = inner[0] if len(inner) == 1 else None
         return self.pending
+
+
+def _ended_frame() -> _Frame:
+    """A frame that was never set: the hook of a copied module holds one."""
+    return _Frame.__new__(_Frame)
 
 
 _FRAME: ContextVar[_Frame | None] = ContextVar("pyrolite_plain_root", default=None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import io
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -667,6 +668,33 @@ def test_a_weight_read_after_an_interrupted_plain_network_is_the_posterior_mean(
     )
     torch.manual_seed(1)
     assert torch.equal(first, fresh(x))  # the same estimator as a fresh network
+
+
+def test_a_plain_network_interrupted_can_be_copied_and_saved_at_once() -> None:
+    """Right after Ctrl-C in a plain network's call (before any other module
+    call closes its frame), ``copy.deepcopy`` and ``torch.save`` of it failed
+    with "cannot pickle 'frame' object": its closing hook held the frame. The
+    copies run as fresh networks, equal to the original under one seed."""
+    stop = _Interrupts()
+    net = nn.Sequential(bnn.VILinear(3, 3), stop, bnn.VILinear(3, 2))
+    with pytest.raises(KeyboardInterrupt):
+        net(torch.randn(4, 3))
+    copied = copy.deepcopy(net)
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    stop.interrupt = False
+    copied[1].interrupt = loaded[1].interrupt = False
+    x = torch.randn(4, 3)
+    outputs = []
+    for module in (net, copied, loaded):
+        torch.manual_seed(2)
+        outputs.append(module(x))
+    assert outputs[0].shape == (10, 4, 2)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    torch.testing.assert_close(outputs[2], outputs[0], rtol=0, atol=0)
+    assert not net._forward_hooks  # the stale frame's hook is gone
 
 
 def test_a_keyboard_interrupt_inside_pyro_inference_leaves_pyro_intact() -> None:
