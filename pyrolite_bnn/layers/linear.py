@@ -54,8 +54,11 @@ class VILinear(_VIWeightLayer):
             ``"local"`` for ``(B, in_features)`` inputs and ``"flipout"`` for
             ``(B, *, in_features)`` inputs, where the positions of an example
             (the tokens of a sequence) share its weights and independent
-            output draws would break their joint distribution; ``"reparam"``
-            with other variational families. All give the same expected loss.
+            output draws would break their joint distribution, and in calls
+            whose inputs require gradients (``"local"``'s input derivatives
+            are those of no weight draw: an explicit ``"local"`` warns there);
+            ``"reparam"`` with other variational families. All give the same
+            expected loss.
             Inside Pyro inference, or with a replaced guide, weights are always
             sampled (``"reparam"``).
         device: device of parameters and prior buffers.

@@ -949,3 +949,40 @@ def test_jacfwd_and_jacrev_take_the_same_draws() -> None:
     for transform in ("jvp", "dual"):
         columns, _ = _input_jacobian(transform, 8)
         torch.testing.assert_close(columns, reverse, rtol=1e-6, atol=1e-6)
+
+
+def _mean_squared_input_slope(estimator: str, samples: int = 100) -> float:
+    """``E |d out / d x|^2`` over particles of a small tanh network."""
+    torch.manual_seed(5)
+    net = bnn.VISequential(
+        bnn.VILinear(2, 8, estimator=estimator),
+        nn.Tanh(),
+        bnn.VILinear(8, 1, estimator=estimator),
+    )
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if "rho" in name:
+                parameter.fill_(math.log(math.expm1(0.4)))  # posterior std 0.4
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_()
+    out = net(x, samples=samples)  # (S, 4, 1)
+    # One backward pass per particle: row s of ``picks`` selects its outputs.
+    picks = torch.eye(samples).view(samples, samples, 1, 1).expand(-1, -1, 4, 1)
+    (slopes,) = torch.autograd.grad(out, x, picks, is_grads_batched=True)
+    return float(slopes.square().sum(-1).mean())
+
+
+def test_explicit_local_warns_when_the_inputs_are_differentiated() -> None:
+    """Output moments give each output its own noise: input derivatives are
+    those of no weight draw (the gradient penalty below comes out far too
+    small), and an explicit ``estimator="local"`` said nothing (probe
+    estimators2). ``"auto"`` switches to flipout there, silently."""
+    with pytest.warns(UserWarning, match="estimator='local' in VILinear"):
+        local = _mean_squared_input_slope("local")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reparam = _mean_squared_input_slope("reparam")
+        auto = _mean_squared_input_slope("auto")
+        bnn.VILinear(2, 3, estimator="local")(torch.randn(4, 2))  # no input grad
+    assert local < 0.5 * reparam
+    assert auto == pytest.approx(reparam, rel=0.15)
