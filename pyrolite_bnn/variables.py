@@ -161,10 +161,19 @@ class RandomVariable:
             site names these are), while it exists; ``None`` for a variable
             built by hand. Held weakly (given as ``root``): a forward pass's
             record holds its variables from the output's autograd node, which
-            the cyclic collector cannot look into.
+            the cyclic collector cannot look into. Copies keep it: ``copy``,
+            ``pickle`` (a copied variable holds its copied network) and
+            ``dataclasses.replace`` (``root=`` gives another one).
 
     Where the tensor's output units lie is the layer's to say
     (``module.unit_layout(name)``).
+
+    Example:
+        >>> import dataclasses, pyrolite_bnn as bnn
+        >>> net = bnn.VISequential(bnn.VILinear(3, 2))
+        >>> weight = net.random_variables()[0]
+        >>> dataclasses.replace(weight, shared=True).network is net
+        True
     """
 
     site: str
@@ -174,21 +183,20 @@ class RandomVariable:
     layer_posterior: Posterior
     shared: bool = False
     root: InitVar[nn.Module | None] = None
-    _network_ref: weakref.ref[nn.Module] | None = field(
-        init=False, default=None, compare=False, repr=False
+    # The network, as a field that dataclasses.replace passes on (an InitVar
+    # falls back to its default there: the copy had lost its network).
+    _link: _NetworkLink | None = field(
+        default=None, compare=False, repr=False, kw_only=True
     )
-    # A copy's network (pickled or copied with it), held: nothing else holds
-    # it where the variable was copied alone.
-    _held: nn.Module | None = field(init=False, default=None, compare=False, repr=False)
 
     def __post_init__(self, root: nn.Module | None) -> None:
         if root is not None:
-            object.__setattr__(self, "_network_ref", weakref.ref(root))
+            object.__setattr__(self, "_link", _NetworkLink(root))
 
     @property
     def network(self) -> nn.Module | None:
         """The network whose variables were collected, while it exists."""
-        return None if self._network_ref is None else self._network_ref()
+        return None if self._link is None else self._link.network()
 
     def __reduce__(
         self,
@@ -241,8 +249,28 @@ class RandomVariable:
         return self.layer_posterior
 
 
+class _NetworkLink:
+    """A random variable's network: held weakly, or held (a copy's).
+
+    Args:
+        network: the network.
+        hold: hold it (a copied variable's copied network, which nothing else
+            holds), not only weakly.
+    """
+
+    __slots__ = ("_held", "_reference")
+
+    def __init__(self, network: nn.Module, hold: bool = False) -> None:
+        self._reference = weakref.ref(network)
+        self._held = network if hold else None
+
+    def network(self) -> nn.Module | None:
+        """The network, while it exists."""
+        return self._reference()
+
+
 def _copied_variable(*fields: Any) -> RandomVariable:
     """A :class:`RandomVariable` rebuilt by pickling or copying, holding its network."""
-    variable = RandomVariable(*fields)
-    object.__setattr__(variable, "_held", fields[-1])
-    return variable
+    *declared, network = fields
+    link = None if network is None else _NetworkLink(network, hold=True)
+    return RandomVariable(*declared, _link=link)

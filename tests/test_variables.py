@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import pickle
 
@@ -144,3 +145,29 @@ def test_copied_variables_keep_their_network(how: str) -> None:
         assert variable.site == original.site
         with pytest.warns(UserWarning, match="AutoNormal"):
             _ = variable.posterior
+
+
+def test_a_replaced_variable_keeps_its_network() -> None:
+    """``dataclasses.replace`` built the variable again with the network's
+    ``root`` at its default, None: the copy lost its network, and with it the
+    warning on reading ``posterior`` under an assigned guide (probe
+    falsepos20a). It keeps it now, still weakly; ``root=`` gives another, and a
+    replaced copy holds its copied network as the copy did."""
+    model = bnn.VISequential(bnn.VILinear(3, 4), torch.nn.Tanh(), bnn.VILinear(4, 1))
+    model.guide = AutoNormal(model.prior_model, init_loc_fn=model.init_loc_fn)
+    variable = model.random_variables()[0]
+    replaced = dataclasses.replace(variable, shared=True)
+    assert replaced.network is model
+    assert replaced.shared
+    assert replaced.site == variable.site
+    with pytest.warns(UserWarning, match="AutoNormal"):
+        _ = replaced.posterior
+    other = bnn.VISequential(bnn.VILinear(3, 4))
+    assert dataclasses.replace(variable, root=other).network is other
+    copied = dataclasses.replace(copy.deepcopy(variable))
+    gc.collect()
+    assert isinstance(copied.network, bnn.VISequential)
+    assert copied.network is not model
+    del model, other
+    gc.collect()
+    assert replaced.network is None  # held weakly, as the variable it came from

@@ -891,6 +891,67 @@ def test_uniform_prior_kl_is_torch_blues_however_it_is_found() -> None:
     torch.testing.assert_close(loss_fn.last_kl, expected.detach())
 
 
+class _GaussianUniformPrior(UniformPrior):
+    """A torch_blue prior subclass of UniformPrior with a density of its own."""
+
+    def prior_log_prob(self, sample: Tensor, *hyperparameters: Any) -> Tensor:
+        return -0.5 * sample.square()
+
+
+def _flat_prior_class() -> type[bnn.Prior]:
+    """The library's flat prior module, as UniformPrior converts to it."""
+    return type(UniformPrior().to_prior())
+
+
+def test_a_flat_prior_subclass_with_its_own_density_gets_its_own_kl() -> None:
+    """A subclass of the flat prior (UniformPrior's module) that builds another
+    distribution got the flat prior's closed form, sum(-log_std - 1/2), and a
+    point mass its zero KL, and was reported as UniformNormalDivergence /
+    NonBayesianDivergence. Now its KL is that of its own distribution, N(0, 4)
+    here: torch's closed form (rtol 1e-6), and -log p(w) for a point mass."""
+
+    class ProperFlat(_flat_prior_class()):  # type: ignore[misc]
+        def forward(self, shape: Any) -> Any:
+            size = torch.Size(shape)
+            return pyro.distributions.Normal(0.0, 2.0).expand(size).to_event(len(size))
+
+    net = bnn.VILinear(3, 2, prior=ProperFlat())
+    expected = sum(
+        torch.distributions.kl_divergence(
+            v.posterior.distribution(), net.prior_distribution(v.name)
+        )
+        for v in net.random_variables()
+    )
+    record = bnn.record.find_record(net(torch.randn(4, 3), samples=2))
+    torch.testing.assert_close(record.kl(), expected, rtol=1e-6, atol=1e-5)
+    found = vi.AnalyticalKullbackLeiblerLoss(net, Categorical(), dataset_size=10)
+    torch.testing.assert_close(found.prior_matching(), expected, rtol=1e-6, atol=1e-5)
+    assert found.kl_module is None
+    fixed = bnn.VILinear(3, 2, prior=ProperFlat(), variational=bnn.PointMass())
+    found = vi.AnalyticalKullbackLeiblerLoss(fixed, Categorical(), dataset_size=10)
+    minus_log_p = -sum(
+        fixed.prior_distribution(v.name).log_prob(v.posterior.loc)
+        for v in fixed.random_variables()
+    )
+    torch.testing.assert_close(found.prior_matching(), minus_log_p)
+    assert found.kl_module is None
+
+
+def test_a_uniform_prior_subclass_with_its_own_density_is_no_flat_prior() -> None:
+    """UniformPrior (NonBayesian) became the flat prior whatever a subclass's
+    prior_log_prob said: the layer's prior density was 0. A subclass with a
+    density of its own is wrapped as any torch_blue prior is; UniformPrior
+    itself stays the flat prior (torch_blue's closed form)."""
+    flat = _flat_prior_class()
+    assert type(UniformPrior().to_prior()) is flat
+    assert not isinstance(_GaussianUniformPrior().to_prior(), flat)
+    layer = vi.VILinear(3, 2, prior=_GaussianUniformPrior())
+    w = torch.randn(2, 3)
+    torch.testing.assert_close(
+        layer.prior_distribution("weight").log_prob(w), -0.5 * w.square().sum()
+    )
+
+
 def test_analytical_loss_kl_module() -> None:
     """torch_blue's public attribute: the divergence module in use."""
     given = vi.NormalNormalDivergence()

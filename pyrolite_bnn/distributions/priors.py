@@ -19,11 +19,13 @@ from typing import Any, Literal, TypeVar, cast, get_args
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
+from pyro.nn import PyroParam, PyroSample
 from torch import Tensor, nn
 from torch.distributions import Distribution, Transform, constraints
 
 from pyrolite_bnn._capture import is_capturing, is_wrapped
 from pyrolite_bnn._handlers import pyro_wrapped
+from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn._state import RecordsInState, recorded
 from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn._warnings import warn_at_caller
@@ -50,6 +52,9 @@ ScalePer = Literal["layer", "unit"]
 _NARROW_SCALE = math.exp(-6.0)  # Blundell et al.'s narrow mixture component
 #: Largest hyperparameter (in numbers) a prior keeps a copy of for resets.
 _REMEMBERED_NUMBERS = 4096
+# The methods that build a prior's distribution: a closed form written for a
+# class holds for a subclass only while it keeps them (builds_distribution_as).
+_DISTRIBUTION_METHODS = ("forward", "elementwise")
 
 PriorLike = "Prior | Distribution | Callable[[torch.Size], Distribution]"
 
@@ -129,7 +134,12 @@ def _hyperparameter(
     device = value.device if isinstance(value, Tensor) else torch.device("cpu")
     if like is not None:
         dtype = like.dtype
-    tensor = torch.as_tensor(value, dtype=dtype, device=device).detach().clone()
+    try:
+        tensor = torch.as_tensor(value, dtype=dtype, device=device).detach().clone()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(
+            f"{what} must be a number or a tensor, got {type(value).__name__} ({error})"
+        ) from error
     if constraint is not None and not _satisfies(constraint, tensor):
         shown = value.tolist() if isinstance(value, Tensor) else value
         raise ValueError(f"{what} must be {constraint!r}, got {shown!r}")
@@ -137,11 +147,33 @@ def _hyperparameter(
 
 
 def _refuse_trainable(value: object, what: str) -> None:
-    """Refuse a hyperparameter tensor that requires grad.
+    """Refuse a hyperparameter that would train or be drawn.
 
-    A prior keeps a detached copy of it (a buffer), so gradients would never
-    reach the tensor the user means to train.
+    A prior keeps a detached copy of a tensor (a buffer), so gradients would
+    never reach a tensor that requires grad. Pyro's declarations of a module
+    attribute, ``PyroParam`` (a learned value) and ``PyroSample`` (a random
+    one), the idiom of a network made a Pyro module by ``to_pyro_module_``,
+    are not hyperparameters either: the library's KL and guide take a prior
+    of fixed buffers.
     """
+    if isinstance(value, PyroParam):
+        raise ValueError(
+            f"{what} cannot be a PyroParam: a prior's hyperparameters are fixed "
+            "buffers, not Pyro parameters. For a prior scale learned with the "
+            "network use bnn.LearnedNormalPrior (its log_scale is in "
+            "model.parameters() and trained by Pyro's SVI as well); for a fixed "
+            "prior assign a tensor or a number"
+        )
+    if isinstance(value, PyroSample):
+        raise ValueError(
+            f"{what} cannot be a PyroSample: a prior's hyperparameters are fixed "
+            "buffers, and a random hyperparameter (a hierarchical prior) has no "
+            "site in the network's guide or KL. Integrate it out into the prior: "
+            "a Normal whose variance is inverse-gamma distributed is "
+            "bnn.StudentTPrior, a Normal scale of two values is "
+            "bnn.ScaleMixtureNormalPrior; or learn the scale with "
+            "bnn.LearnedNormalPrior (empirical Bayes)"
+        )
     if isinstance(value, Tensor) and value.requires_grad:
         raise ValueError(
             f"{what} is a tensor that requires grad, but a prior keeps a detached "
@@ -643,10 +675,38 @@ class Prior(RecordsInState):
         """``KL(N(loc, scale^2) || prior)`` summed over the tensor, if cheap.
 
         A fast path for the default mean-field Normal posterior; ``None`` (the
-        default) means "use ``torch.distributions.kl_divergence``". An
-        implementation returns a scalar.
+        default) means "use ``torch.distributions.kl_divergence``" of the
+        posterior and this prior's distribution (Monte Carlo where none is
+        registered). An implementation returns a scalar, and ``None`` for a
+        subclass that builds another distribution than the closed form was
+        written for (:meth:`builds_distribution_as`).
         """
         return None
+
+    def builds_distribution_as(self, prior_class: type[Prior]) -> bool:
+        """Whether this prior's distribution is built as ``prior_class`` builds it.
+
+        A closed form written for ``prior_class`` (its :meth:`kl_from_normal`) holds
+        for this prior only then: an instance of ``prior_class`` whose class overrides
+        neither :meth:`forward` nor :meth:`elementwise`. ``PyroModule[...]`` of
+        a prior (what ``pyro.nn.module.to_pyro_module_`` makes of a network's
+        priors) keeps them; a subclass whose ``elementwise`` returns another
+        distribution does not, and its KL is that of its own distribution.
+
+        Args:
+            prior_class: the prior class a closed form was written for.
+
+        Example:
+            >>> import pyro.distributions as dist, pyrolite_bnn as bnn
+            >>> class WideNormal(bnn.NormalPrior):
+            ...     def elementwise(self):
+            ...         return dist.Normal(self.loc, 3.0 * self.scale)
+            >>> WideNormal().builds_distribution_as(bnn.NormalPrior)
+            False
+            >>> bnn.NormalPrior().builds_distribution_as(bnn.NormalPrior)
+            True
+        """
+        return keeps_methods(self, prior_class, _DISTRIBUTION_METHODS)
 
     def closed_form_group(self, loc: Tensor) -> Hashable | None:
         """A key shared by priors whose KLs can be summed in one computation.
@@ -810,8 +870,9 @@ def _normal_kl_terms(ratio: Tensor, centred: Tensor, precision: float) -> Tensor
 
 
 # Weight tensors of at most this many numbers take their closed-form KL in a
-# group (NormalPrior.closed_form_group).
+# group (NormalPrior.closed_form_group), with these methods of NormalPrior.
 _GROUPED_KL_UP_TO = 1 << 12
+_NORMAL_KL_METHODS = ("kl_from_normal", "kl_from_normals")
 
 
 class NormalPrior(Prior):
@@ -850,8 +911,11 @@ class NormalPrior(Prior):
 
         ``KL = 1/2 sum[sigma^2/s^2 - 1 - log(sigma^2/s^2) + (mu - m)^2/s^2]``
         for ``q = N(mu, sigma^2)``, prior ``N(m, s^2)``; ``m`` and ``s`` may be
-        tensors that broadcast to the weight's shape.
+        tensors that broadcast to the weight's shape. ``None`` for a subclass
+        that builds another distribution (:meth:`builds_distribution_as`).
         """
+        if not self.builds_distribution_as(NormalPrior):
+            return None
         prior_scale = self.scale
         if (
             prior_scale.numel() == 1
@@ -881,10 +945,15 @@ class NormalPrior(Prior):
 
         The small such ``NormalPrior`` tensors of a network (the default
         prior) share one KL computation over their concatenated moments; for
-        a big tensor, copying it costs more than the operations it saves.
+        a big tensor, copying it costs more than the operations it saves. A
+        subclass is grouped where the closed form holds for it
+        (:meth:`builds_distribution_as`) and it keeps the methods the group
+        computes with (``kl_from_normal``, ``kl_from_normals``):
+        ``PyroModule[NormalPrior]``.
         """
         if (
-            not _keeps_normal_prior_methods(type(self))
+            not self.builds_distribution_as(NormalPrior)
+            or not keeps_methods(self, NormalPrior, _NORMAL_KL_METHODS)
             or loc.numel() > _GROUPED_KL_UP_TO
             or self.loc.numel() != 1
             or self.scale.numel() != 1
@@ -925,19 +994,6 @@ def _readable_as_floats(*hyperparameters: Tensor) -> bool:
     """
     return not any(
         is_wrapped(value) or value.requires_grad for value in hyperparameters
-    )
-
-
-def _keeps_normal_prior_methods(cls: type) -> bool:
-    """Whether ``cls`` computes as :class:`NormalPrior` does.
-
-    ``NormalPrior`` itself, or a subclass that overrides none of its
-    distribution and KL methods: ``PyroModule[NormalPrior]``, which
-    ``pyro.nn.module.to_pyro_module_`` makes of a network's priors.
-    """
-    return all(
-        getattr(cls, name) is getattr(NormalPrior, name)
-        for name in ("elementwise", "kl_from_normal", "kl_from_normals")
     )
 
 
@@ -1065,7 +1121,13 @@ class LearnedNormalPrior(Prior):
         return result
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
-        """Closed form at the current scale; differentiable in ``log_scale``."""
+        """Closed form at the current scale; differentiable in ``log_scale``.
+
+        ``None`` for a subclass that builds another distribution
+        (:meth:`~Prior.builds_distribution_as`).
+        """
+        if not self.builds_distribution_as(LearnedNormalPrior):
+            return None
         return _normal_kl(self, loc, scale, self.loc, self.scale())
 
     def optimal_scale(self, loc: Tensor, scale: Tensor) -> Tensor:

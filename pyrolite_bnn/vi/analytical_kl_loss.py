@@ -261,13 +261,22 @@ def _divergence_of(variable: RandomVariable) -> type[KullbackLeiblerModule] | No
     prior = variable.module.prior[variable.name]
     posterior = variable.layer_posterior
     if isinstance(posterior, PointMassPosterior):
-        return NonBayesianDivergence if isinstance(prior, FlatPrior) else None
+        return NonBayesianDivergence if _is_flat(prior) else None
     if isinstance(posterior, MeanFieldNormalPosterior):
-        if isinstance(prior, FlatPrior):
+        if _is_flat(prior):
             return UniformNormalDivergence
         if type(prior) is NormalPrior:
             return NormalNormalDivergence
     return None
+
+
+def _is_flat(prior: object) -> bool:
+    """Whether ``prior`` is the flat prior: a :class:`FlatPrior` of its density.
+
+    Not a subclass that builds another distribution: a closed form of the
+    flat prior does not hold for it.
+    """
+    return isinstance(prior, FlatPrior) and prior.builds_distribution_as(FlatPrior)
 
 
 def _check_divergence(
@@ -344,7 +353,7 @@ def _closed_form(module: BnnVIModule, name: str, posterior: Any) -> Tensor | Non
     if isinstance(posterior, PointMassPosterior):
         # A fixed weight: the KL up to the point mass's (infinite) constant is
         # -log p(w), zero under the flat prior (MAP for any other prior).
-        if isinstance(prior, FlatPrior):
+        if _is_flat(prior):
             return posterior.loc.new_zeros(())
         value: Tensor = -module.prior_distribution(name).log_prob(posterior.loc).sum()
         return value

@@ -232,7 +232,13 @@ class FlatPrior(BnnPrior):
         return result
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
-        """``KL(N(loc, scale^2) || flat)``, torch_blue's :func:`flat_prior_kl`."""
+        """``KL(N(loc, scale^2) || flat)``, torch_blue's :func:`flat_prior_kl`.
+
+        ``None`` for a subclass that builds another distribution
+        (:meth:`~pyrolite_bnn.Prior.builds_distribution_as`).
+        """
+        if not self.builds_distribution_as(FlatPrior):
+            return None
         return flat_prior_kl(scale.log().expand_as(loc))
 
 

@@ -11,6 +11,7 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
 
+from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn.distributions.mixture_quantiles import gaussian_mixture_quantile
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
@@ -200,7 +201,14 @@ class NonBayesian(Prior, VariationalDistribution, PredictiveDistribution):
         return sample.new_zeros(1)
 
     def to_prior(self) -> BnnPrior:
-        """:class:`FlatPrior`."""
+        """:class:`FlatPrior`; for a subclass with another density, its own.
+
+        A subclass that overrides :meth:`prior_log_prob` is wrapped as any
+        torch_blue prior is (``Distribution.to_prior``): the flat prior's
+        closed-form KL does not hold for its density.
+        """
+        if not keeps_methods(self, NonBayesian, ("prior_log_prob",)):
+            return super().to_prior()
         return FlatPrior()
 
     def sample(self, *parameters: Any) -> Tensor:
