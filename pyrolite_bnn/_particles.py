@@ -1381,7 +1381,7 @@ def leading_size(value: Tensor | PackedSequence) -> int | None:
     """
     if isinstance(value, PackedSequence):
         return int(value.batch_sizes[0])
-    return None if value.dim() == 0 else value.shape[0]
+    return None if value.dim() == 0 else value.size(0)  # nested: no .shape
 
 
 # The particle count asked of a plain network's call (call_network), keyed by

@@ -39,6 +39,7 @@ from torch.distributions import constraints, transform_to
 
 from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._handlers import pyro_wrapped
+from pyrolite_bnn._weight_dtypes import check_conversion
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -299,6 +300,17 @@ class LocalPyroModule(PyroModule):
     def __delattr__(self, name: str) -> None:
         _bump(self)
         super().__delattr__(name)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
+        """Torch's, for a conversion that keeps the tensors real floating-point.
+
+        Every dtype conversion (``.to()``, ``.type()``, ``.half()``...) of
+        the library's modules goes through here: one to a complex or float8
+        dtype is refused before anything is converted, plain torch
+        submodules included (:func:`~pyrolite_bnn._weight_dtypes.check_conversion`).
+        """
+        check_conversion(self, fn)
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
 
 
 def _share_context(module: PyroModule, name: str, context: _Context) -> None:

@@ -21,6 +21,7 @@ import pyro.distributions as pyro_dist
 import torch
 
 from pyrolite_bnn._context_values import set_while
+from pyrolite_bnn._input_layouts import check_input_layout, shape_text, stored_values
 
 __all__ = ["enable_validation", "is_validation_enabled", "validation"]
 
@@ -177,12 +178,13 @@ def check_finite_inputs(
                 check_finite(value, what)
                 first = False
             elif is_validation_enabled() and value.is_floating_point():
-                invalid = value.isnan() | (value == float("inf"))
+                values = stored_values(value)
+                invalid = values.isnan() | (values == float("inf"))
                 if not readable_all(~invalid):
                     bad = int(invalid.sum())
                     raise ValueError(
                         f"{what} contains {bad} NaN/+Inf value(s) (shape "
-                        f"{tuple(value.shape)}); expected finite values or -inf "
+                        f"{shape_text(value)}); expected finite values or -inf "
                         f"(masks). Disable with {_switched_off_by()}."
                     )
 
@@ -304,15 +306,14 @@ def check_finite(tensor: torch.Tensor, what: str, remedy: str | None = None) -> 
     The message ends with ``remedy`` where one is given (where switching the
     check off would only let the NaN through), else with the switch.
     """
-    if (
-        is_validation_enabled()
-        and tensor.is_floating_point()
-        and not _all_finite(tensor)
-    ):
-        bad = int((~torch.isfinite(tensor)).sum())
+    if not (is_validation_enabled() and tensor.is_floating_point()):
+        return
+    values = stored_values(tensor)  # a sparse or nested tensor's
+    if not _all_finite(values):
+        bad = int((~torch.isfinite(values)).sum())
         end = remedy if remedy is not None else f"Disable with {_switched_off_by()}."
         raise ValueError(
-            f"{what} contains {bad} NaN/Inf value(s) (shape {tuple(tensor.shape)}); "
+            f"{what} contains {bad} NaN/Inf value(s) (shape {shape_text(tensor)}); "
             f"expected finite values. {end}"
         )
 
@@ -659,52 +660,27 @@ def check_optimizer_holds(
         )
 
 
-def check_floating_dtype(dtype: object, what: str = "dtype") -> None:
-    """Refuse a ``dtype=`` for weights that is not a real floating-point dtype.
+def check_floating_input(
+    value: object, owner: str, what: str = "input", *, sparse: bool = False
+) -> None:
+    """Refuse an input a Bayesian layer cannot run, with an error naming it.
 
-    Weights are drawn from distributions over the reals: an integer or
-    ``bool`` dtype failed deep inside (``torch.finfo() requires a floating
-    point input type``), a complex one at the first call.
-
-    Args:
-        dtype: the argument (``None``: the default dtype, accepted).
-        what: how to name it in the message.
-
-    Raises:
-        TypeError: for anything else.
-
-    Example:
-        >>> check_floating_dtype(torch.float64)
-        >>> try:
-        ...     check_floating_dtype(torch.long)
-        ... except TypeError as error:
-        ...     print(str(error).split(", got ")[1])
-        torch.int64
-    """
-    if dtype is None:
-        return
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(
-            f"{what} must be a real floating-point torch.dtype (torch.float32, "
-            f"torch.float64, torch.bfloat16, ...), got {dtype!r}"
-        )
-
-
-def check_floating_input(value: object, owner: str, what: str = "input") -> None:
-    """Refuse a non-tensor or integer input of a layer with an error naming it.
-
-    ``torch.nn`` raises deep inside ``F.linear``/``F.conv*``/the recurrence
-    (``mat1 and mat2 must have the same dtype``); this says what the layer
-    expected.
+    A non-tensor, an integer or complex tensor (the weights are real), or a
+    layout the layer does not take
+    (:func:`~pyrolite_bnn._input_layouts.check_input_layout`): ``torch.nn``
+    raises deep inside ``F.linear``/``F.conv*``/the recurrence (``mat1 and
+    mat2 must have the same dtype``, ``Expected result Tensor to be of format
+    CSR``); this says what the layer expected, before its weights are drawn.
 
     Args:
         value: the input.
         owner: the layer's name for the message (e.g. its class name).
         what: which input (``"query"``, ``"h0"``...).
+        sparse: whether the layer takes 2-D sparse matrices too.
 
     Raises:
-        TypeError: if ``value`` is not a tensor, or not a floating-point (or
-            complex) one.
+        TypeError: if ``value`` is not a tensor, not a real floating-point one,
+            or of a layout the layer does not take.
     """
     if not isinstance(value, torch.Tensor):
         raise TypeError(
@@ -715,8 +691,16 @@ def check_floating_input(value: object, owner: str, what: str = "input") -> None
                 else ""
             )
         )
-    if not (value.is_floating_point() or value.is_complex()):
+    if value.is_complex():
+        raise TypeError(
+            f"{owner} expected a real floating-point {what}, got dtype "
+            f"{value.dtype}: its weights are real (pass the real and imaginary "
+            "parts as features, torch.view_as_real(x).flatten(-2), or a real "
+            "function of x such as x.abs())"
+        )
+    if not value.is_floating_point():
         raise TypeError(
             f"{owner} expected a floating-point {what}, got dtype {value.dtype} "
             "(convert it with x.float(), or use bnn.VIEmbedding for indices)"
         )
+    check_input_layout(value, owner, what, sparse=sparse)

@@ -56,7 +56,8 @@ from pyrolite_bnn._pyro_module import (
     public_settings,
 )
 from pyrolite_bnn._sites import current_sites
-from pyrolite_bnn._validation import check_count, check_floating_dtype
+from pyrolite_bnn._validation import check_count
+from pyrolite_bnn._weight_dtypes import check_floating_dtype
 from pyrolite_bnn.distributions.priors import Prior, as_prior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,

@@ -58,6 +58,7 @@ from pyrolite_bnn._forward import (
     network_args,
 )
 from pyrolite_bnn._host_memory import available_bytes, check_fits_on_host
+from pyrolite_bnn._input_layouts import conversions, described, shape_text
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._mode_warnings import warn_batch_statistics, warn_dropout
@@ -785,7 +786,7 @@ def _differentiable_input(node: Any, held: set[int]) -> bool:
 
 def _shapes(inputs: tuple[Tensor, ...]) -> str:
     """The inputs' shapes for a message."""
-    shapes = [str(tuple(t.shape)) for t in inputs]
+    shapes = [shape_text(t) for t in inputs]
     return shapes[0] if len(shapes) == 1 else f"({', '.join(shapes)})"
 
 
@@ -1018,7 +1019,7 @@ def _run_unprobed(
     """
     with buffers_restored(model, on_error_only=True):
         return _run_chunk(
-            model, x, heads, axis, 0, x[0].shape[axis], particles, weights, warn
+            model, x, heads, axis, 0, x[0].size(axis), particles, weights, warn
         )
 
 
@@ -1029,7 +1030,7 @@ def _batch_size(x: tuple[Tensor, ...], axis: int) -> int:
             f"predict needs inputs with examples along dimension {axis}, got "
             f"{_shapes(x)}"
         )
-    sizes = {t.shape[axis] for t in x}
+    sizes = {t.size(axis) for t in x}  # nested: no .shape
     if len(sizes) > 1:
         raise ValueError(
             f"predict needs inputs with one number of examples along dimension "
@@ -1045,7 +1046,7 @@ def _batch_size(x: tuple[Tensor, ...], axis: int) -> int:
                 "outputs and node subsets' in the how-to guides"
             )
         )
-    return x[0].shape[axis]
+    return x[0].size(axis)
 
 
 def _probe(
@@ -1074,7 +1075,7 @@ def _probe(
     (:func:`~pyrolite_bnn._module_state.buffers_restored`) and the
     random-number generators rewound.
     """
-    length = min(x[0].shape[axis], _PROBE_INPUTS)
+    length = min(x[0].size(axis), _PROBE_INPUTS)
     first = min(particles, _PROBE_PARTICLES)
     tries = [first, particles] if particles > first else [first]
     for count in tries:
@@ -1105,20 +1106,20 @@ def _rows_of(tensor: Tensor, axis: int, start: int, length: int) -> Tensor:
 
     Raises:
         ValueError: for a part of a tensor of another layout (sparse CSR,
-            CSC, a nested tensor), naming the remedies.
+            CSC, BSR, a nested tensor), naming the conversions.
     """
-    if length == tensor.shape[axis] and start == 0:
+    if length == tensor.size(axis) and start == 0:
         return tensor
-    if tensor.layout == torch.strided:
+    if tensor.layout == torch.strided and not tensor.is_nested:
         return tensor.narrow(axis, start, length)
     if tensor.layout == torch.sparse_coo:
         rows = torch.arange(start, start + length, device=tensor.device)
         return tensor.index_select(axis, rows)
     raise ValueError(
-        f"predict cannot cut inputs of layout {tensor.layout} into chunks (nor "
-        "run its memory probe on their first inputs): pass batch_size=len(x) "
-        "to run them in one chunk, or convert them (x.to_sparse_coo(), "
-        "x.to_dense())"
+        f"predict cannot cut {described(tensor)} into chunks (nor run its "
+        "memory probe on its first inputs): pass batch_size=len(x) to run it "
+        "in one chunk, or convert it with "
+        f"{conversions(tensor, (torch.sparse_coo, torch.strided))}"
     )
 
 
@@ -1155,7 +1156,7 @@ def _run_chunk(
                 error.__traceback__
             ) from None
         # torch's size and index errors (not the library's checks, nor memory)
-        if length < x[0].shape[axis] and not isinstance(
+        if length < x[0].size(axis) and not isinstance(
             error, (TypeError, ValueError, MemoryError, torch.OutOfMemoryError)
         ):  # kept as raised: a subclass may take other constructor arguments
             add_to_message(

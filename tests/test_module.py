@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyro
 import pytest
@@ -157,6 +159,82 @@ def test_dtype_argument(dtype: torch.dtype) -> None:
         out, torch.zeros(4, dtype=torch.long)
     )
     assert loss.dtype == dtype
+
+
+class _MixedNetwork(bnn.VIModule):
+    """Plain torch layers around Bayesian ones, and a learned likelihood scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VISequential(
+            nn.Linear(4, 4), bnn.VILinear(4, 3), nn.LayerNorm(3), bnn.VILinear(3, 2)
+        )
+        self.noise = bnn.Normal()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _converted_network() -> bnn.VIModule:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    return bnn.convert(model, exclude=["0"])  # a plain layer kept in it
+
+
+# torch's note in Module.to(complex dtype), before it converts anything.
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")
+@pytest.mark.parametrize("make", [_MixedNetwork, _converted_network])
+@pytest.mark.parametrize(
+    ("convert", "dtype"),
+    [
+        (lambda m: m.to(torch.complex64), torch.complex64),
+        (lambda m: m.to("cpu", torch.complex128), torch.complex128),
+        (lambda m: m.to(dtype=torch.complex64), torch.complex64),
+        (lambda m: m.type(torch.complex128), torch.complex128),
+        (lambda m: m.to(torch.float8_e5m2), torch.float8_e5m2),
+        (lambda m: m.type(torch.int32), torch.int32),
+    ],
+    ids=["to", "to-device", "to-dtype", "type", "to-float8", "type-int"],
+)
+def test_conversion_of_a_network_to_a_dtype_it_cannot_run_is_refused_whole(
+    make: Callable[[], nn.Module],
+    convert: Callable[[nn.Module], object],
+    dtype: torch.dtype,
+) -> None:
+    """``net.to(torch.complex64)`` was accepted, and the network's first call
+    failed in torch (``"softplus_cpu" not implemented for 'ComplexFloat'``).
+    It is refused before any tensor changes, the plain torch layers inside the
+    network included; the network runs as before."""
+    net = make()
+    x = torch.randn(5, 4)
+    pyro.set_rng_seed(1)
+    expected = net(x)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(TypeError, match=rf"floating-point tensors {dtype}; .*float16"):
+        convert(net)
+    after = net.state_dict()
+    for key, value in before.items():
+        assert after[key].dtype == value.dtype, key
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+    pyro.set_rng_seed(1)
+    torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [lambda m: m.half(), lambda m: m.bfloat16(), lambda m: m.double()],
+    ids=["half", "bfloat16", "double"],
+)
+def test_conversion_to_a_real_floating_dtype_converts_every_tensor(
+    convert: Callable[[nn.Module], object],
+) -> None:
+    net = _MixedNetwork()
+    convert(net)
+    dtypes = {
+        t.dtype for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()
+    }
+    assert len(dtypes) == 1
+    (dtype,) = dtypes
+    assert net(torch.randn(5, 4, dtype=dtype)).dtype == dtype
 
 
 @pytest.mark.gpu

@@ -1850,3 +1850,31 @@ def test_sparse_inputs_are_cut_into_chunks_or_named() -> None:
     with pytest.raises(ValueError, match=r"sparse_csr.*batch_size=len\(x\)"):
         probs(csr, batch_size=2)
     torch.testing.assert_close(probs(csr, batch_size=len(x)), probs(x, batch_size=6))
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Sparse CSC tensor support is in beta",
+    "ignore:The PyTorch API of nested tensors",
+)
+def test_csc_and_nested_inputs_are_predicted_or_named() -> None:
+    """A CSC input crashed in the local estimator (``Expected result Tensor to
+    be of format CSR``); it is predicted as the dense input now. A nested
+    input crashed inside torch (``NestedTensorImpl doesn't support sizes``,
+    reading its shape): predict names the padding that makes it an input,
+    whether it cuts it into chunks or the network's layer reads it."""
+    net = bnn.VISequential(bnn.VILinear(4, 8), torch.nn.ReLU(), bnn.VILinear(8, 3))
+    x = torch.randn(6, 4)
+    x[x.abs() < 0.7] = 0.0
+
+    def probs(inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        torch.manual_seed(3)
+        return bnn.predict(net, inputs, bnn.Categorical(), samples=5, **kwargs).probs
+
+    csc = x.to_sparse_csc()
+    torch.testing.assert_close(probs(csc, batch_size=6), probs(x, batch_size=6))
+    nested = torch.nested.nested_tensor([x[:2], x[2:]])
+    padding = r"torch\.nested\.to_padded_tensor\(x, 0\.0\)"
+    with pytest.raises(ValueError, match=rf"cannot cut a nested tensor.*{padding}"):
+        probs(nested, batch_size=1)
+    with pytest.raises(TypeError, match=rf"^VILinear takes .*nested.*{padding}"):
+        probs(nested, batch_size=2)

@@ -16,6 +16,7 @@ import pyrolite_bnn as bnn
 from pyrolite_bnn import vi
 from pyrolite_bnn._validation import (
     check_finite,
+    check_finite_inputs,
     check_heat,
     check_input_dtype,
     checks_on,
@@ -107,6 +108,178 @@ def test_weight_layers_refuse_non_tensor_and_integer_inputs(
         net(torch.zeros(shape).tolist())
     with pytest.raises(TypeError, match=rf"{name} expected a floating-point.*int64"):
         net(torch.zeros(shape, dtype=torch.long))
+
+
+# torch's notes when a sparse compressed or a strided nested tensor is built.
+TENSOR_KIND_NOTES = pytest.mark.filterwarnings(
+    "ignore:Sparse .* tensor support is in beta",
+    "ignore:The PyTorch API of nested tensors",
+)
+
+
+def _nested(layout: torch.layout, width: int) -> torch.Tensor:
+    """Two sequences of lengths 2 and 3 with ``width`` features."""
+    parts = [torch.randn(2, width), torch.randn(3, width)]
+    return torch.nested.nested_tensor(parts, layout=layout)
+
+
+@TENSOR_KIND_NOTES
+@pytest.mark.parametrize(
+    ("layer", "make", "described", "remedy"),
+    [
+        (
+            bnn.VILinear(4, 3),
+            lambda: torch.randn(5, 4).to_sparse_bsc((1, 1)),
+            "a tensor of layout torch.sparse_bsc",
+            r"x.to_sparse_csr\(\) or x.to_sparse_coo\(\) or x.to_dense\(\)",
+        ),
+        (
+            bnn.VILinear(4, 3),
+            lambda: torch.randn(4, 4).to_sparse_bsr((2, 2)),
+            "a tensor of layout torch.sparse_bsr",
+            r"x.to_sparse_csr\(\) or x.to_sparse_coo\(\) or x.to_dense\(\)",
+        ),
+        (
+            bnn.VILinear(4, 3),
+            lambda: torch.randn(2, 5, 4).to_sparse(),
+            "a tensor of layout torch.sparse_coo of 3 dimensions",
+            r"x.to_dense\(\)$",
+        ),
+        (
+            bnn.VILinear(4, 3),
+            lambda: _nested(torch.strided, 4),
+            r"a nested tensor \(layout torch.strided\)",
+            r"torch.nested.to_padded_tensor\(x, 0.0\)",
+        ),
+        (
+            bnn.VILinear(4, 3),
+            lambda: _nested(torch.jagged, 4),
+            r"a nested tensor \(layout torch.jagged\)",
+            r"torch.nested.to_padded_tensor\(x, 0.0\)",
+        ),
+        (
+            bnn.VIConv1d(3, 2, 1),
+            lambda: torch.randn(4, 3, 5).to_sparse(),
+            "a tensor of layout torch.sparse_coo",
+            r"x.to_dense\(\)$",
+        ),
+        (
+            bnn.VIConv1d(3, 2, 1),
+            lambda: _nested(torch.jagged, 5).transpose(1, 2),
+            r"a nested tensor \(layout torch.jagged\)",
+            r"torch.nested.to_padded_tensor\(x, 0.0\)",
+        ),
+    ],
+    ids=[
+        "linear-bsc",
+        "linear-bsr",
+        "linear-coo-3d",
+        "linear-nested",
+        "linear-jagged",
+        "conv-coo",
+        "conv-jagged",
+    ],
+)
+def test_weight_layers_refuse_layouts_they_cannot_run_before_drawing(
+    layer: nn.Module,
+    make: Callable[[], torch.Tensor],
+    described: str,
+    remedy: str,
+) -> None:
+    """Block-sparse, 3-D sparse and nested inputs crashed inside torch
+    (``NestedTensorImpl doesn't support sizes``, ``expand(): cannot expand
+    shape (2, 1, j1, 3)``, ``addmm ... SparseBsc``; BSR in the local
+    estimator, or in the backward pass to the weight); the layer names the
+    layout and the conversion, before any weight is drawn (the random state
+    is untouched)."""
+    x = make()
+    name = type(layer).__name__
+    state = torch.get_rng_state()
+    with pytest.raises(TypeError, match=rf"^{name} takes a dense \(strided\) input"):
+        layer(x)
+    with pytest.raises(TypeError, match=rf"got {described}.*convert it with {remedy}"):
+        layer(x)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [bnn.VILinear(3, 2), bnn.VIConv1d(3, 2, 1), bnn.VIConvTranspose1d(3, 2, 1)],
+    ids=["linear", "conv", "conv_transpose"],
+)
+@pytest.mark.parametrize("outermost", [True, False])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
+def test_weight_layers_refuse_complex_inputs(
+    layer: nn.Module, outermost: bool, dtype: torch.dtype
+) -> None:
+    """The weights are real: a complex input failed inside torch (``mat1 and
+    mat2 must have the same dtype``); the layer names it and the remedies."""
+    net = layer if outermost else nn.Sequential(nn.Identity(), layer)
+    shape = (4, 3) if isinstance(layer, bnn.VILinear) else (4, 3, 5)
+    x = torch.randn(shape, dtype=dtype)
+    name = type(layer).__name__
+    with pytest.raises(
+        TypeError,
+        match=rf"^{name} expected a real floating-point input, got dtype {dtype}: "
+        r".*torch.view_as_real\(x\)",
+    ):
+        net(x)
+
+
+@TENSOR_KIND_NOTES
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda x: x.to_sparse(),
+        lambda x: x.to_sparse_csr(),
+        lambda x: x.to_sparse_csc(),
+        lambda x: x.to_sparse_bsr((1, 1)),
+        lambda x: torch.nested.nested_tensor(list(x), layout=torch.jagged),
+        lambda x: torch.nested.nested_tensor(list(x)),
+    ],
+    ids=["coo", "csr", "csc", "bsr", "jagged", "nested"],
+)
+def test_finiteness_checks_read_sparse_and_nested_tensors(
+    convert: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
+    """The NaN/Inf checks compared the tensor with a number, which torch does
+    not do for sparse tensors (``Could not run 'aten::eq.Scalar' ... 'SparseCPU'
+    backend``: a network's sparse adjacency input crashed with validation on),
+    and read the sum of a strided nested tensor, which passes NaN. They read
+    the stored values now."""
+    x = torch.randn(3, 4)
+    x[x.abs() < 0.5] = 0.0
+    finite = convert(x)
+    check_finite(finite, "x")
+    check_finite_inputs((torch.zeros(3), finite), {}, "Net")
+    x[1, 2] = math.nan
+    x[2, 3] = math.inf
+    bad = convert(x)
+    with pytest.raises(ValueError, match=r"^x contains 2 NaN/Inf value\(s\)"):
+        check_finite(bad, "x")
+    with pytest.raises(ValueError, match=r"input 1 of Net contains 2 NaN/\+Inf"):
+        check_finite_inputs((torch.zeros(3), bad), {}, "Net")
+
+
+def test_a_sparse_adjacency_input_passes_the_checks() -> None:
+    """A network multiplying its features by a sparse adjacency before its
+    Bayesian layers crashed in the finiteness check of its second input."""
+
+    class Graph(bnn.VIModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = bnn.VILinear(4, 2)
+
+        def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+            return self.layer(torch.sparse.mm(adjacency, x))
+
+    net = Graph()
+    x, adjacency = torch.randn(5, 4), torch.eye(5) + torch.eye(5).roll(1, 0)
+    torch.manual_seed(2)
+    expected = net(x, adjacency)
+    torch.manual_seed(2)
+    got = net(x, adjacency.to_sparse())
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -464,7 +464,7 @@ class Posterior(RecordsInState, LocalPyroModule):
         was written to moves the values written.
         """
         emptied = self._emptied is not None and not self._written_since_emptied()
-        result = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        result = super()._apply(fn, recurse)
         if _empties(fn) or emptied:
             self._note_loc_emptied()
         elif self._emptied is not None:

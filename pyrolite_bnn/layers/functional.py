@@ -940,10 +940,28 @@ def _output_variance(
         input, std = input.to(wide), std.to(wide)
         bias_std = None if bias_std is None else bias_std.to(wide)
     return op(
-        input * input,
+        _squared(input),
         std.square(),
         None if bias_std is None else _floored_square(bias_std),
         *geometry,
+    )
+
+
+def _squared(input: Tensor) -> Tensor:
+    """``input * input``, in ``input``'s layout.
+
+    Torch has no product of sparse CSC tensors (``Expected result Tensor to
+    be of format CSR``): their stored values are squared instead, the zeros
+    staying where they are (the indices are the input's, valid).
+    """
+    if input.layout != torch.sparse_csc:
+        return input * input
+    return torch.sparse_csc_tensor(
+        input.ccol_indices(),
+        input.row_indices(),
+        input.values().square(),
+        input.shape,
+        check_invariants=False,
     )
 
 
@@ -1013,6 +1031,8 @@ def linear_flipout(
     mean = F.linear(input, weight[0], None if bias is None else bias[0])
     if shared:
         mean = _fold_shared(mean, samples)
+    if input.layout != torch.strided:  # a sparse matrix: its sign flips are dense
+        input = input.to_dense()
     # Particle-major (S, b, M, in) with M positions per example; a shared input
     # (1, B, M, in) broadcasts against the per-particle signs.
     per_particle, positions = out_rows // samples, math.prod(input.shape[1:-1])

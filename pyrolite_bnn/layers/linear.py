@@ -65,7 +65,9 @@ class VILinear(_VIWeightLayer):
         dtype: dtype of parameters and prior buffers.
 
     Shape:
-        - Input: ``(B, *, in_features)``.
+        - Input: ``(B, *, in_features)``, dense; or a ``(B, in_features)``
+          sparse COO, CSR or CSC matrix, as ``torch.nn.Linear`` takes (other
+          layouts and nested tensors are refused with their conversion).
         - Output: ``(S, B, *, out_features)`` as the outermost module; folded
           ``(B * S, *, out_features)`` inside a network.
 
@@ -123,7 +125,7 @@ class VILinear(_VIWeightLayer):
 
     def forward(self, input: Tensor) -> Tensor:
         """Apply the layer for every particle."""
-        check_floating_input(input, type(self).__name__)
+        check_floating_input(input, type(self).__name__, sparse=True)
         if input.dim() < 2 or input.shape[-1] != self.in_features:
             samples = current_samples()
             folded = samples > 1 and input.shape[-1] == samples * self.in_features

@@ -601,15 +601,51 @@ def test_float64(entry: LayerEntry, case: LayerCase, how: str) -> None:
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=_id)
 @pytest.mark.parametrize(
-    "dtype", [torch.long, torch.bool, torch.complex64, "float32"], ids=str
+    "dtype",
+    [torch.long, torch.bool, torch.complex64, torch.float8_e4m3fn, "float32"],
+    ids=str,
 )
 def test_a_dtype_that_is_not_real_floating_point_is_refused_naming_it(
     entry: LayerEntry, dtype: object
 ) -> None:
     """An integer dtype failed with ``torch.finfo() requires a floating point
-    input type``; a complex one was accepted and failed at the first call."""
+    input type``; a complex one was accepted and failed at the first call, a
+    float8 one with a message about the initial scale."""
     with pytest.raises(TypeError, match=r"^dtype must be a real floating-point"):
         _make(entry, entry.cases[0], dtype=dtype)
+
+
+# torch's note in Module.to(complex dtype), before it converts anything.
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")
+@pytest.mark.parametrize("entry", ENTRIES, ids=_id)
+@pytest.mark.parametrize(
+    ("convert", "dtype"),
+    [
+        (lambda m: m.to(torch.complex64), torch.complex64),
+        (lambda m: m.to(dtype=torch.complex128), torch.complex128),
+        (lambda m: m.type(torch.complex64), torch.complex64),
+        (lambda m: m.to(torch.float8_e4m3fn), torch.float8_e4m3fn),
+    ],
+    ids=["to-complex64", "to-dtype-complex128", "type-complex64", "to-float8"],
+)
+def test_a_conversion_to_a_dtype_that_is_not_real_floating_point_is_refused(
+    entry: LayerEntry, convert: Any, dtype: torch.dtype
+) -> None:
+    """``.to(torch.complex64)`` was accepted, every parameter became complex,
+    and the first call failed inside torch (``"softplus_cpu" not implemented
+    for 'ComplexFloat'``). The conversion is refused, naming the dtype, and
+    the layer keeps its tensors and runs as before."""
+    case = entry.cases[0]
+    layer = _make(entry, case)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    with pytest.raises(TypeError, match=rf"floating-point tensors {dtype}; .*float32"):
+        convert(layer)
+    after = layer.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert after[key].dtype == value.dtype, key
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0, equal_nan=True)
+    _call(layer, case, case.make_input(), samples=2)
 
 
 def _target(out: Tensor) -> Tensor:

@@ -986,3 +986,36 @@ def test_explicit_local_warns_when_the_inputs_are_differentiated() -> None:
         bnn.VILinear(2, 3, estimator="local")(torch.randn(4, 2))  # no input grad
     assert local < 0.5 * reparam
     assert auto == pytest.approx(reparam, rel=0.15)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse .* tensor support is in beta")
+@pytest.mark.parametrize("estimator", ["auto", "reparam", "local", "flipout"])
+@pytest.mark.parametrize(
+    "layout",
+    [torch.sparse_coo, torch.sparse_csr, torch.sparse_csc],
+    ids=str,
+)
+def test_sparse_matrix_inputs_give_the_dense_inputs_outputs(
+    estimator: str, layout: torch.layout
+) -> None:
+    """VILinear takes the sparse matrices torch's nn.Linear trains on. The
+    local estimator's squared input crashed for CSC (torch has no product of
+    CSC tensors: ``Expected result Tensor to be of format CSR``), and flipout's
+    sign flips for every sparse layout (``reshape is not implemented for
+    sparse tensors``). At one seed, the outputs and the gradients are the
+    dense input's, to float32 round-off."""
+    x = _input("linear")
+    x[x.abs() < 0.7] = 0.0
+    sparse = x.to_sparse(layout=layout)
+
+    def run(inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        layer = _layer("linear", estimator)
+        torch.manual_seed(3)
+        out = layer(inputs, samples=4)
+        out.square().sum().backward()
+        return (out, *(p.grad for p in layer.parameters() if p.grad is not None))
+
+    got, expected = run(sparse), run(x)
+    assert len(got) == len(expected) == 5
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
