@@ -24,6 +24,7 @@ from pyrolite_bnn.calibration import (
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
 from pyrolite_bnn.compiled import CompileFallbackWarning
 from pyrolite_bnn.convert import convert
+from pyrolite_bnn.decay import decay_groups
 from pyrolite_bnn.distributions import (
     Bernoulli,
     CallablePrior,
@@ -144,6 +145,7 @@ __all__ = [
     "__version__",
     "calibrate",
     "convert",
+    "decay_groups",
     "draw_networks",
     "enable_validation",
     "fit",

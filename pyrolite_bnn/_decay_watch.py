@@ -9,12 +9,13 @@ regulariser silently widens the posterior (AdamW with ``weight_decay=0.1``
 tripled the default posterior's standard deviations in 300 steps), or biases
 the empirical-Bayes prior scale towards 1. In a Bayesian network the prior's KL
 term is the regulariser, so the loss warns about an optimizer that decays such
-a parameter.
+a parameter (one that :func:`~pyrolite_bnn.decay.scale_parameters` finds), and
+recommends :func:`~pyrolite_bnn.decay.decay_groups`, whose groups keep the
+decay off exactly those.
 """
 
 from __future__ import annotations
 
-import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
@@ -29,18 +30,10 @@ from pyrolite_bnn._change_watch import (
 )
 from pyrolite_bnn._warnings import warn_at_caller
 
-__all__ = ["PENDING_CALLS", "DecayWatch", "is_scale_parameter"]
+__all__ = ["PENDING_CALLS", "DecayWatch"]
 
 # Whether each parameter group decays, and its number of parameters.
 _Groups = list[tuple[bool, int]]
-
-# The name of a parameter that holds a scale unconstrained: the library's
-# ``rho_unconstrained`` / ``raw_scale_unconstrained`` / ``log_scale``,
-# torch_blue's ``log_std`` / ``_weight_log_std``. Only the parameter's own name
-# (the last component) counts: a module may be called ``scale``.
-_SCALE_LEAF = re.compile(
-    r"^(rho|raw_scale|log_scale|(_\w+_)?log_std)(_unconstrained)?$"
-)
 
 # Scale parameters named in the warning before "(and N more)".
 _NAMED = 3
@@ -48,18 +41,6 @@ _NAMED = 3
 #: Loss calls over which optimizers that hold none of the network's parameters
 #: are looked at again (another network's, or this one's not yet seen).
 PENDING_CALLS = 64
-
-
-def is_scale_parameter(name: str) -> bool:
-    """Whether the parameter ``name`` sets a scale through an unconstrained value.
-
-    Example:
-        >>> is_scale_parameter("posterior.weight.rho_unconstrained")
-        True
-        >>> is_scale_parameter("scale.posterior.weight.loc_unconstrained")
-        False
-    """
-    return _SCALE_LEAF.match(name.rsplit(".", 1)[-1]) is not None
 
 
 class DecayWatch:
@@ -180,13 +161,11 @@ class DecayWatch:
                 "learned prior's log_scale), instead of shrinking anything. "
                 "In a Bayesian network the prior (the KL term) regularises "
                 "the weights, and the ELBO sets a learned prior's scale: "
-                "use weight_decay=0, or give the "
-                "scale parameters a group without decay, e.g. scale = "
-                "lambda n: n.rsplit('.', 1)[-1] in ('rho_unconstrained', "
-                "'log_scale'); [{'params': "
-                "[p for n, p in model.named_parameters() if not scale(n)], "
-                "'weight_decay': wd}, {'params': [p for n, p in "
-                "model.named_parameters() if scale(n)], 'weight_decay': 0}]"
+                "use weight_decay=0, or keep the decay off the scales of the "
+                "network and of the loss (a learned noise) with "
+                f"{type(optimizer).__name__}(bnn.decay_groups(model, loss_fn, "
+                f"weight_decay={decay:g}), ...), whose second group holds "
+                "them without decay"
             )
 
 

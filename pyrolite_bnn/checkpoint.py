@@ -8,7 +8,12 @@ tensors, numbers, strings, lists and dictionaries, so that it loads with
   hyperparameter buffers and the parameters of an assigned custom guide;
 * ``optimizer`` and ``loss_fn``: their state dictionaries (or ``None``), the
   latter holding e.g. a learned noise scale; ``optimizer_class``: the
-  optimizer's class name (files written before it was recorded lack it);
+  optimizer's class name; ``optimizer_parameters``: the name of each
+  parameter of each of the optimizer's groups, in order (as the model's
+  ``named_parameters()`` names it, or the loss's, prefixed ``loss_fn.``;
+  ``None`` for a parameter of neither): a state whose groups hold other
+  parameters, or the same in another order, does not load (files written
+  before these were recorded lack them);
 * ``epoch``, ``extra`` (user data) and ``version`` (of ``pyrolite_bnn``);
 * ``averaged``: for a model saved through a
   ``torch.optim.swa_utils.AveragedModel`` (SWA, EMA), the wrapper's own state
@@ -407,6 +412,9 @@ def save_checkpoint(
         "model": state,
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         "optimizer_class": None if optimizer is None else _class_name(optimizer),
+        "optimizer_parameters": (
+            None if optimizer is None else _parameter_names(optimizer, model, loss_fn)
+        ),
         "loss_fn": loss_state,
         "epoch": epoch,
         "extra": None if extra is None else dict(extra),
@@ -545,8 +553,65 @@ def _group_options(groups: list[dict[str, Any]]) -> set[str]:
     return {key for group in groups for key in group if key != "params"}
 
 
+def _parameter_names(
+    optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module | None
+) -> list[list[str | None]]:
+    """The name of each parameter of each of ``optimizer``'s groups, in order.
+
+    As ``model.named_parameters()`` names it (``model`` unwrapped), else as
+    ``loss_fn.named_parameters()`` does, prefixed ``loss_fn.``; ``None`` for a
+    tensor of neither (a parameter of the loss when ``loss_fn`` is not given).
+    """
+    names = {id(p): name for name, p in model.named_parameters()}
+    if loss_fn is not None:
+        for name, parameter in loss_fn.named_parameters():
+            names.setdefault(id(parameter), f"loss_fn.{name}")
+    return [
+        [names.get(id(p)) for p in group["params"]] for group in optimizer.param_groups
+    ]
+
+
+def _compare_parameter_names(
+    saved: list[list[str | None]], current: list[list[str | None]]
+) -> list[str]:
+    """Describe the first group whose parameters differ from the saved group's.
+
+    Groups of equal sizes are compared position by position (torch restores
+    each position's state, ``exp_avg`` or ``momentum_buffer``, and each group's
+    options, ``lr`` and ``weight_decay``, by position); a parameter without a
+    name on either side matches any.
+    """
+    for index, (before, now) in enumerate(zip(saved, current, strict=True)):
+        different = [
+            f"{name!r} where the checkpoint's held {old!r}"
+            for old, name in zip(before, now, strict=True)
+            if old is not None and name is not None and old != name
+        ]
+        if not different:
+            continue
+        # The same groups in another order: said, as the likely cause.
+        reordered = sorted(map(tuple, map(_named, saved))) == sorted(
+            map(tuple, map(_named, current))
+        )
+        hint = " (the saved groups, in another order)" if reordered else ""
+        return [
+            f"the optimizer's parameter group {index} holds {_listed(different)}"
+            f"{hint}: build the optimizer's groups as the saved optimizer's were, "
+            "in the same order, or load without optimizer= to start the "
+            "optimizer afresh"
+        ]
+    return []
+
+
+def _named(names: list[str | None]) -> list[str]:
+    return [name for name in names if name is not None]
+
+
 def _check_optimizer(
-    payload: Mapping[str, Any], optimizer: torch.optim.Optimizer
+    payload: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    loss_fn: nn.Module | None,
 ) -> list[str]:
     """Refuse the state of another kind of optimizer, or other parameter groups.
 
@@ -555,6 +620,12 @@ def _check_optimizer(
     ``KeyError: 'momentum'``). Files written before the class was recorded
     are compared by their groups' options: each side having options the
     other lacks is another kind (a newer torch only adds options).
+
+    Groups of the same sizes holding other parameters loaded silently too
+    (posterior means and scales in two groups of equal size, built in the
+    other order: the scales got the means' ``weight_decay``, ``lr`` and Adam
+    moments). Files that record the groups' parameter names are compared by
+    them; older ones by the groups' sizes only.
     """
     saved = payload["optimizer"]
     if saved is None:
@@ -583,6 +654,11 @@ def _check_optimizer(
             f"the optimizer has parameter groups of sizes {groups}, the "
             f"checkpoint's optimizer {saved_groups}"
         )
+        return problems
+    saved_names = payload.get("optimizer_parameters")
+    if saved_names is not None:
+        current = _parameter_names(optimizer, model, loss_fn)
+        problems += _compare_parameter_names(saved_names, current)
     return problems
 
 
@@ -626,8 +702,9 @@ def load_checkpoint(
             wrapper loads into its network; an ``AveragedModel`` also gets
             back the ``n_averaged`` of one that was saved, so that its next
             ``update_parameters`` continues the saved average).
-        optimizer: optimizer of the saved one's class over the same
-            parameters, to restore its state.
+        optimizer: optimizer of the saved one's class with the same
+            parameter groups (the same parameters in the same order), to
+            restore its state.
         loss_fn: loss module of the same kind, to restore its state.
 
     Returns:
@@ -641,9 +718,12 @@ def load_checkpoint(
             not match ``model`` (the message lists the missing, unexpected and
             shape-mismatched keys, at most five of each), or ``optimizer`` /
             ``loss_fn`` is given and the checkpoint holds no matching state
-            (an optimizer of another class than the saved one, or with other
-            parameter groups, is refused naming both), or the file holds NaN
-            or infinite values for a parameter of ``model`` or ``loss_fn``
+            (an optimizer of another class than the saved one, or whose
+            parameter groups hold other parameters or the same in another
+            order, is refused naming both; files written before the groups'
+            parameter names were recorded are compared by group sizes), or
+            the file holds NaN or infinite values for a parameter of
+            ``model`` or ``loss_fn``
             (posterior or guide parameters, a learned noise scale: named in
             the message; whatever the validation setting, as the prior
             buffers' constraints are checked).
@@ -676,7 +756,7 @@ def load_checkpoint(
     if loss_fn is not None:
         problems += _check_loss(payload, loss_fn)
     if optimizer is not None:
-        problems += _check_optimizer(payload, optimizer)
+        problems += _check_optimizer(payload, optimizer, model, loss_fn)
     if problems:
         raise ValueError(
             f"checkpoint {os.fspath(path)!r} does not match; nothing was loaded:\n  "

@@ -73,6 +73,7 @@ from pyrolite_bnn._pyro_module import (
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import elementwise_quantiles
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
+from pyrolite_bnn.record import positive_param_leaves
 from pyrolite_bnn.variables import RandomVariable
 
 __all__ = ["ParticleGuide", "check_guide", "guide_of"]
@@ -119,6 +120,11 @@ class ParticleGuide(LocalPyroModule):
         >>> net.guide.quantiles([0.05, 0.5, 0.95])["weight"].shape
         torch.Size([3, 2, 3])
     """
+
+    # The names (in named_parameters()) of the assigned guide's parameters with
+    # a positive constraint, found by setup(). Class default: none known (the
+    # generated guide; a guide pickled before they were recorded).
+    _positive_names: tuple[str, ...] = ()
 
     def __init__(
         self, network: nn.Module, inner: Callable[..., Any] | None = None
@@ -219,6 +225,12 @@ class ParticleGuide(LocalPyroModule):
             )
             raise TypeError(f"could not set up {name} ({error}){advice}") from error
         _check_sites(inner, trace, self.network)
+        positive = {id(leaf) for leaf in positive_param_leaves(trace).values()}
+        self._positive_names = tuple(
+            name
+            for name, parameter in self.named_parameters()
+            if id(parameter) in positive
+        )
         # Guides that initialise from the prior's mean (init_to_mean,
         # AutoNormalMessenger's default) get parameters made from the layers'
         # priors as they are: expanded, stride 0 (in-place optimiser steps
@@ -231,6 +243,27 @@ class ParticleGuide(LocalPyroModule):
         for parameter in owned:
             parameter.data = parameter.data.clone(memory_format=torch.contiguous_format)
         _WRAPPERS[_wrapper_key(inner, self.network)] = self
+
+    def positive_parameters(self) -> dict[str, Tensor]:
+        """The assigned guide's parameters declared with a positive constraint.
+
+        Pyro's guides hold their scales so: ``pyro.param(...,
+        constraint=positive)``, ``AutoNormal``'s ``scales``,
+        ``AutoLowRankMultivariateNormal``'s ``scale``. Their unconstrained
+        values, by their names in :meth:`named_parameters`, as :meth:`setup`
+        found them. Empty for the generated guide, whose posteriors name their
+        scales (``rho_unconstrained``).
+
+        Example:
+            >>> from pyro.infer.autoguide import AutoDiagonalNormal
+            >>> import pyrolite_bnn as bnn
+            >>> net = bnn.VILinear(3, 2)
+            >>> net.guide = AutoDiagonalNormal(net.prior_model)
+            >>> list(net.guide.positive_parameters())
+            ['inner.scale_unconstrained']
+        """
+        names = set(self._positive_names)
+        return {name: p for name, p in self.named_parameters() if name in names}
 
     def forward(self, *args: Any, samples: int | None = None, **kwargs: Any) -> Any:
         """Draw all weights for ``samples`` particles (default ``network.samples``).

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._capture import data_address, is_capturing, is_wrapped
 from pyrolite_bnn._change_watch import UNTRAINED_STEPS, ChangeWatch
-from pyrolite_bnn._decay_watch import DecayWatch, is_scale_parameter
+from pyrolite_bnn._decay_watch import DecayWatch
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import (
     call_network,
@@ -33,6 +33,7 @@ from pyrolite_bnn._source_watch import SourceOptimizerWatch
 from pyrolite_bnn._validation import check_count, check_heat
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.compiled import CompileMode, LossGraphs
+from pyrolite_bnn.decay import is_scale_parameter, scale_parameters
 from pyrolite_bnn.distributions._observation_site import ObservationSite
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.guides import autoguide_running_model, check_pyro_call
@@ -554,25 +555,30 @@ class KullbackLeiblerLoss(nn.Module):
     def _watch_decay(self, record: ForwardRecord) -> None:
         """Warn once per optimizer and parameter that decays a scale.
 
-        The posterior's, a learned prior's and the likelihood's scales, named
-        as ``named_parameters()`` of the network (and of this loss) names them.
+        The scales (:func:`~pyrolite_bnn.decay.scale_parameters`) of the
+        guide and the priors that drew this pass's weights, and of this loss
+        (the likelihood's), named as ``named_parameters()`` of the network
+        and of this loss name them: :func:`~pyrolite_bnn.decay.decay_groups`
+        keeps the decay off every one of them.
         """
         if not torch.is_grad_enabled() or is_capturing():
             return
 
         def scales() -> dict[str, Tensor]:
-            named = {**record.guide_parameters(), **record.prior_parameters()}
-            found = {n: p for n, p in named.items() if is_scale_parameter(n)}
-            found.update(record.positive_parameters())
             network = record.network
-            paths = {} if network is None else _parameter_paths(network)
-            by_path = {paths.get(id(p), n): p for n, p in found.items()}
-            by_path.update(
-                (n, p)
-                for n, p in self.predictive.named_parameters(prefix="predictive")
-                if is_scale_parameter(n)
-            )
-            return by_path
+            found = {} if network is None else scale_parameters(network)
+            # Of the network's, those that drew the weights: an assigned guide
+            # leaves the layers' posteriors unused (no gradient, no decay).
+            used = {
+                id(p)
+                for p in (
+                    *record.guide_parameters().values(),
+                    *record.prior_parameters().values(),
+                )
+            }
+            found = {name: p for name, p in found.items() if id(p) in used}
+            found.update(scale_parameters(self))
+            return found
 
         self._decay_watch.check(scales, record.network_parameters)
 

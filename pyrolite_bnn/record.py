@@ -56,6 +56,7 @@ __all__ = [
     "computed_from_a_network",
     "find_record",
     "other_passes_upstream",
+    "positive_param_leaves",
     "release_record",
 ]
 
@@ -255,6 +256,20 @@ def _is_positive(constraint: object) -> bool:
     )
 
 
+def positive_param_leaves(trace: Trace) -> dict[str, Tensor]:
+    """The optimised tensors of a trace's ``param`` sites with a positive constraint.
+
+    Pyro's guides hold their scales so (``pyro.param(..., constraint=positive)``,
+    ``AutoNormal``'s ``scales``): by site name, the unconstrained leaf of each.
+    """
+    leaves = _param_leaves(trace)
+    return {
+        name: leaves[name]
+        for name, site in trace.nodes.items()
+        if name in leaves and _is_positive(site["kwargs"].get("constraint"))
+    }
+
+
 class TraceRecord(ForwardRecord):
     """Guide and model traces of one forward pass (without the observation).
 
@@ -384,12 +399,7 @@ class TraceRecord(ForwardRecord):
 
     def positive_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.positive_parameters`: the guide's sites."""
-        leaves = _param_leaves(self.guide_trace)
-        return {
-            name: leaves[name]
-            for name, site in self.guide_trace.nodes.items()
-            if name in leaves and _is_positive(site["kwargs"].get("constraint"))
-        }
+        return positive_param_leaves(self.guide_trace)
 
     def network_parameters(self) -> list[Tensor]:
         """See :meth:`ForwardRecord.network_parameters`: the network's."""

@@ -681,6 +681,118 @@ def test_optimizer_class_of_an_older_checkpoint_is_told_by_its_options(
     assert adam.param_groups[0]["lr"] == 0.01
 
 
+def _grouped(
+    model: nn.Module, loss_fn: nn.Module, swap: bool = False
+) -> torch.optim.AdamW:
+    """AdamW over the means (decayed), the scales (not) and the loss's noise:
+    the first two groups of equal sizes (one rho per mean), built in the
+    other order if ``swap``."""
+    decayed, kept = bnn.decay_groups(model, weight_decay=0.1)
+    kept["lr"] = 0.2
+    groups = [kept, decayed] if swap else [decayed, kept]
+    noise = {"params": list(loss_fn.parameters()), "weight_decay": 0.0}
+    return torch.optim.AdamW([*groups, noise], lr=0.01)
+
+
+def _grouped_checkpoint(path: Path) -> None:
+    model, loss_fn = bnn.VISequential(bnn.VILinear(3, 1)), _loss()
+    optimizer = _grouped(model, loss_fn)
+    _train(model, loss_fn, optimizer, steps=2)
+    save_checkpoint(path, model, optimizer, loss_fn)
+
+
+def test_optimizer_groups_in_another_order_are_refused(tmp_path: Path) -> None:
+    """The same groups built in the other order loaded silently (only sizes
+    were compared): the scales got the means' weight_decay, lr and Adam
+    moments."""
+    path = tmp_path / "grouped.pt"
+    _grouped_checkpoint(path)
+    assert torch.load(path, weights_only=True)["optimizer_parameters"] == [
+        ["0.posterior.weight.loc_unconstrained", "0.posterior.bias.loc_unconstrained"],
+        ["0.posterior.weight.rho_unconstrained", "0.posterior.bias.rho_unconstrained"],
+        ["loss_fn.predictive.raw_scale_unconstrained"],
+    ]
+    model, loss_fn = bnn.VISequential(bnn.VILinear(3, 1)), _loss()
+    swapped = _grouped(model, loss_fn, swap=True)
+    assert [len(g["params"]) for g in swapped.param_groups] == [2, 2, 1]
+    before, optimizer_before = _state(model), swapped.state_dict()
+    message = (
+        r"nothing was loaded:\n  the optimizer's parameter group 0 holds "
+        r"'0\.posterior\.weight\.rho_unconstrained' where the checkpoint's held "
+        r"'0\.posterior\.weight\.loc_unconstrained', .* \(the saved groups, in "
+        r"another order\): build the optimizer's groups as the saved optimizer's"
+    )
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(path, model, swapped, loss_fn)
+    _assert_same_state(_state(model), before)
+    assert swapped.state_dict() == optimizer_before
+    rebuilt = _grouped(model, loss_fn)
+    load_checkpoint(path, model, rebuilt, loss_fn)  # the same order loads
+    assert rebuilt.param_groups[1]["lr"] == 0.2
+
+
+def test_optimizer_parameters_in_another_order_within_a_group_are_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "adam.pt"
+    _adam_checkpoint(path)
+    fresh = _net()
+    reordered = torch.optim.Adam(list(fresh.parameters())[::-1], lr=0.01)
+    with pytest.raises(ValueError, match=r"parameter group 0 holds '2\.posterior"):
+        load_checkpoint(path, fresh, reordered)
+
+
+def test_unnamed_optimizer_parameters_match_any(tmp_path: Path) -> None:
+    """A tensor of neither the model nor the loss has no name, nor have the
+    loss's parameters when the loss is not given."""
+    model, loss_fn = _net(), _loss()
+    params = [*model.parameters(), *loss_fn.parameters()]
+    optimizer = torch.optim.Adam([*params, nn.Parameter(torch.zeros(2))])
+    _train(model, loss_fn, optimizer, steps=1)
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, model, optimizer, loss_fn)
+    names = torch.load(path, weights_only=True)["optimizer_parameters"][0]
+    assert names[-2:] == ["loss_fn.predictive.raw_scale_unconstrained", None]
+    fresh, fresh_loss = _net(), _loss()
+    params = [*fresh.parameters(), *fresh_loss.parameters()]
+    rebuilt = torch.optim.Adam([*params, nn.Parameter(torch.ones(2))])
+    load_checkpoint(path, fresh, rebuilt)  # the loss's noise: unnamed here
+    _assert_same_state(_state(fresh), _state(model))
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+def test_optimizer_of_a_compiled_network_loads_into_the_plain_one(
+    tmp_path: Path,
+) -> None:
+    """Parameter names are the network's, not the wrapper's (``_orig_mod.``)."""
+    model, loss_fn = _net(), _loss()
+    compiled = torch.compile(model, backend="eager")
+    optimizer = _grouped(compiled, loss_fn)
+    with torch.no_grad():
+        compiled(torch.randn(5, 3))
+    path = tmp_path / "compiled.pt"
+    save_checkpoint(path, compiled, optimizer, loss_fn)
+    names = torch.load(path, weights_only=True)["optimizer_parameters"][0]
+    assert names[0] == "0.posterior.weight.loc_unconstrained"
+    fresh, fresh_loss = _net(), _loss()
+    load_checkpoint(path, fresh, _grouped(fresh, fresh_loss), fresh_loss)
+
+
+def test_optimizer_groups_of_an_older_checkpoint_are_compared_by_size(
+    tmp_path: Path,
+) -> None:
+    """Files written before the names were recorded load as before."""
+    path = tmp_path / "old.pt"
+    _grouped_checkpoint(path)
+    payload = torch.load(path, weights_only=True)
+    del payload["optimizer_parameters"]
+    torch.save(payload, path)
+    model, loss_fn = bnn.VISequential(bnn.VILinear(3, 1)), _loss()
+    load_checkpoint(path, model, _grouped(model, loss_fn, swap=True), loss_fn)
+    with pytest.raises(ValueError, match=r"parameter groups of sizes \[4\], the"):
+        load_checkpoint(path, model, torch.optim.AdamW(model.parameters()), loss_fn)
+
+
 def test_save_refuses_an_optimizer_of_another_network(tmp_path: Path) -> None:
     """``save_checkpoint(A, optimizer of B)`` paired A's weights with B's
     optimizer state silently; ``fit`` refuses that optimizer (the same rule)."""

@@ -152,6 +152,38 @@ def test_loss_scale_is_per_example() -> None:
     assert 0.5 < float(loss.detach()) < 5.0
 
 
+@pytest.mark.parametrize("kl", ["analytic", "mc"])
+def test_accumulated_micro_batch_losses_divided_by_their_count_give_the_batch_gradient(
+    kl: str,
+) -> None:
+    """Each call adds KL/N: with k micro-batches, each loss divided by k sums
+    to the full batch's loss. With the same weight draws in every micro-batch
+    (the reparameterisation estimator, one random state) the accumulated
+    gradient is the full batch's, up to float32 rounding."""
+    n, k = 96, 3
+    x, y = torch.randn(n, 3), torch.randn(n, 1)
+    layers = (
+        bnn.VILinear(3, 8, estimator="reparam", prior=bnn.LearnedNormalPrior()),
+        nn.Tanh(),
+        bnn.VILinear(8, 1, estimator="reparam"),
+    )
+    net = bnn.VISequential(*layers)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=n, kl=kl)
+    params = [*net.parameters(), *loss_fn.parameters()]
+    torch.manual_seed(5)
+    full = torch.autograd.grad(loss_fn(net(x, samples=4), y), params)
+    for index in range(k):
+        torch.manual_seed(5)
+        part = slice(index * n // k, (index + 1) * n // k)
+        (loss_fn(net(x[part], samples=4), y[part]) / k).backward()
+    for expected, parameter in zip(full, params, strict=True):
+        assert parameter.grad is not None
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(
+            parameter.grad, expected, rtol=1e-5, atol=1e-6 * scale
+        )
+
+
 def test_output_after_tensor_ops_still_finds_its_record() -> None:
     """torch_blue W5: log-probs vanished after any op on the output."""
     net = bnn.VILinear(3, 1)
