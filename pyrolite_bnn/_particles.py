@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
@@ -155,6 +156,10 @@ class ParticleState:
             call (:func:`row_layout`).
         folded_outputs: the autograd nodes of the Bayesian layers' outputs
             of ``B * S`` rows in this call, by id (:func:`note_folded_output`).
+        folded_output_tensors: the memory of those outputs (the tensor each
+            views, or the output itself), by id, held weakly: it tells a
+            layer's output, or a view of it, as folded where no autograd
+            graph does (under ``torch.no_grad()``, with drawn weights).
         batch_leading: whether dimension 0 of the network's tensors is their
             batch (no ``batch_first=False`` Bayesian layers: in a
             sequence-first network a tensor's dimension 0 may be a sequence).
@@ -177,6 +182,9 @@ class ParticleState:
     early_tensors: list[Tensor] = field(default_factory=list, compare=False)
     classified: list[bool] = field(default_factory=lambda: [False], compare=False)
     folded_outputs: dict[int, Any] = field(default_factory=dict, compare=False)
+    folded_output_tensors: weakref.WeakValueDictionary[int, Tensor] = field(
+        default_factory=weakref.WeakValueDictionary, compare=False
+    )
     batch_leading: bool = field(default=True, compare=False)
     inputs_require_grad: bool = field(default=False, compare=False)
 
@@ -208,6 +216,28 @@ class ParticleState:
     def is_input(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` is one of the outermost call's inputs (shared)."""
         return any(tensor is given for given in self.inputs)
+
+    def views_an_input_batch(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is an input's batch shared by all particles.
+
+        An input of the outermost call, or a view of one (of its memory) whose
+        leading size is an input's batch: ``ctx.expand(x.shape[0], ...)``, a
+        one-row context given the batch size of ``x``, holds ``ctx``'s row
+        for every example, whatever ``S``, even where ``B`` rows would also
+        fit a batch folded with the particles. (A view with another leading
+        size, ``x[:1]``, is a batch of its own, as any other tensor.)
+        """
+        if self.is_input(tensor):
+            return True
+        rows = int(tensor.shape[0]) if tensor.dim() else None
+        if rows != self.batch_size and rows not in self.other_batches:
+            return False
+        return self.views_an_input(tensor)
+
+    def views_an_input(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is one of the inputs or a view of one's memory."""
+        owner = _memory_owner(tensor)
+        return any(owner is _memory_owner(given) for given in self.inputs)
 
     def sequence_batch(self) -> int | None:
         """``B`` of a sequence-first network (whose output is ``(S, L, B, ...)``)."""
@@ -302,7 +332,7 @@ def row_layout(
         return rows == batch
     used = state.used_batches
     first, state.classified[0] = _before_the_fold(state), True
-    if state.is_input(tensor) or any(tensor is t for t in state.early_tensors):
+    if _known_shared(state, tensor):
         if rows != batch:
             used.add(rows)
         return True
@@ -344,7 +374,7 @@ def row_layout(
                     f"folded with samples={samples}" if shared else "shared",
                 )
                 + ". "
-                + _ambiguity_remedy(state, other)
+                + _ambiguity_remedy(state, other, batch)
                 + sequence_first_hint(state)
             )
         if layer_input and shared:
@@ -375,19 +405,27 @@ def note_folded_output(output: Any) -> None:
 
     Its autograd node marks the particles' activations: a tensor of ``B``
     rows computed from it later (:func:`row_layout`) took rows of some
-    particles only, or mixed them.
+    particles only, or mixed them. The memory the output views is kept too
+    (weakly: no activation outlives its last use for it), which tells it,
+    and views of it, without a graph (:func:`computed_from_folded`); an
+    input's memory never is (a module that returns an input as it is).
     """
     state = _STATE.get()
     if state is None or state.samples == 1 or not state.batch_size:
         return  # (an empty batch: no rows to take from some particles only)
     first = output[0] if isinstance(output, tuple | list) and output else output
     if (
-        isinstance(first, Tensor)
-        and first.grad_fn is not None
-        and first.dim() > 0
-        and first.shape[0] == state.batch_size * state.samples
+        not isinstance(first, Tensor)
+        or first.dim() == 0
+        or first.shape[0] != state.batch_size * state.samples
     ):
+        return
+    if first.grad_fn is not None:
         state.folded_outputs[id(first.grad_fn)] = first.grad_fn
+    if torch.compiler.is_compiling() or state.views_an_input(first):
+        return  # (no weak references in a trace)
+    owner = _memory_owner(first)
+    state.folded_output_tensors[id(owner)] = owner
 
 
 # Autograd nodes read above a shared-looking tensor before giving up.
@@ -404,8 +442,7 @@ def _refuse_shared_read_of_folded(state: ParticleState, tensor: Tensor) -> None:
     """
     if _folded_behind(tensor, state):
         raise LayoutError(_state_read_as_shared(state, tensor, "a Bayesian layer got"))
-    if state.folded_outputs and tensor.grad_fn is not None:
-        _refuse_rows_taken_from_folded(state, tensor)
+    _refuse_rows_taken_from_folded(state, tensor)
 
 
 def _rows_per_particle_hint(state: ParticleState, rows: int) -> str:
@@ -455,11 +492,12 @@ def _refuse_rows_taken_from_folded(
     Read as shared, they would give every particle the same rows: those of the
     first particles (``o[torch.arange(B), lengths - 1]`` picks rows ``0..B-1``
     of the folded ``b * S + s`` layout), or a mix of all of them
-    (``h.view(B, S, H).mean(1)``). Found by walking the tensor's autograd
-    graph up to :data:`_ANCESTORS_READ` nodes; an input of the call is never
-    refused, and without gradients (``torch.no_grad()``) nothing is walked.
+    (``h.view(B, S, H).mean(1)``). Found by :func:`_from_folded_output`:
+    a view of the output, or its autograd graph walked up to
+    :data:`_ANCESTORS_READ` nodes (without gradients, ``torch.no_grad()``,
+    there is none to walk); an input of the call is never refused.
     """
-    if state.is_input(tensor) or not _reaches_folded_output(state, tensor):
+    if state.is_input(tensor) or not _from_folded_output(state, tensor):
         return
     batch, samples = state.batch_size, state.samples
     assert batch is not None
@@ -495,7 +533,7 @@ def _refuse_rows_of_the_sequence_fold(state: ParticleState, tensor: Tensor) -> N
     its size equals the batch's; here the read itself is refused. Found by
     the walk of :func:`_refuse_rows_taken_from_folded` (with gradients on).
     """
-    if state.is_input(tensor) or not _reaches_folded_output(state, tensor):
+    if state.is_input(tensor) or not _from_folded_output(state, tensor):
         return
     raise LayoutError(
         f"a Bayesian layer got a tensor of shape {tuple(tensor.shape)}, read as "
@@ -507,6 +545,22 @@ def _refuse_rows_of_the_sequence_fold(state: ParticleState, tensor: Tensor) -> N
         "dimension. Build the network with batch_first=True layers and "
         "(batch, sequence, feature) inputs, and read out[:, -1]"
     )
+
+
+def _from_folded_output(state: ParticleState, tensor: Tensor) -> bool:
+    """Whether ``tensor`` is computed from a recorded folded output.
+
+    It is one, or a view of one (told without a graph too,
+    :func:`_views_folded_output`), or its autograd graph reaches one
+    (:func:`_reaches_folded_output`).
+    """
+    return _views_folded_output(state, tensor) or _reaches_folded_output(state, tensor)
+
+
+def _views_folded_output(state: ParticleState, tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a recorded folded output or a view of its memory."""
+    owner = _memory_owner(tensor)
+    return state.folded_output_tensors.get(id(owner)) is owner
 
 
 def _reaches_folded_output(state: ParticleState, tensor: Tensor) -> bool:
@@ -591,7 +645,7 @@ def _broadcasts(
         return False
     if 1 in state.other_batches_seen() or _folded_behind(tensor, state):
         return False
-    if _reaches_folded_output(state, tensor):
+    if _from_folded_output(state, tensor):
         raise LayoutError(
             f"a Bayesian layer got a tensor of shape {tuple(tensor.shape)}, one "
             "row that would be every example's, computed from a Bayesian "
@@ -613,9 +667,14 @@ def _held_by_the_network(state: ParticleState, tensor: Tensor) -> bool:
     """
     if state.root is None:
         return False
-    base = tensor if tensor._base is None else tensor._base
+    base = _memory_owner(tensor)
     held = itertools.chain(state.root.parameters(), state.root.buffers())
     return any(base is own for own in held)
+
+
+def _memory_owner(tensor: Tensor) -> Tensor:
+    """The tensor whose memory ``tensor`` views (``tensor`` itself if none)."""
+    return tensor if tensor._base is None else tensor._base
 
 
 def one_row_per_example(
@@ -655,24 +714,38 @@ def one_row_per_example(
     return layout is not None and layout == (rows == batch)
 
 
+def _known_shared(state: ParticleState, tensor: Tensor) -> bool:
+    """Whether ``tensor`` is shared by all particles whatever its size says.
+
+    An input's batch or a view of one (:meth:`ParticleState.
+    views_an_input_batch`), or the first tensor a Bayesian layer read in the
+    call (:func:`row_layout`).
+    """
+    return state.views_an_input_batch(tensor) or any(
+        tensor is t for t in state.early_tensors
+    )
+
+
 def read_rows(state: ParticleState, tensor: Tensor) -> tuple[str, int]:
     """How ``tensor``'s rows are laid out, told by its leading size alone.
 
     Nothing is recorded (unlike :func:`row_layout`, which a Bayesian layer's
     read runs). ``("shared", b)``: the ``b`` rows of a batch shared by the
-    particles (an input of the call, the first tensor a Bayesian layer read,
-    or the leading size of one of them); ``("folded", b)``: that batch's rows
-    folded with the ``S`` particles (``b`` the call's batch, or another one
-    a Bayesian layer has read); ``("ambiguous", rows)``: both fit (a tensor
-    computed from a Bayesian layer's output of the call's ``B * S`` rows is
-    folded, where the autograd graph tells); ``("unknown", rows)``: neither.
+    particles (an input of the call or a view of one with an input's batch,
+    the first tensor a Bayesian layer read, or the leading size of one of
+    them); ``("folded", b)``: that batch's rows folded with the ``S``
+    particles (``b`` the call's batch, or another one a Bayesian layer has
+    read); ``("ambiguous", rows)``: both fit (a tensor computed from a
+    Bayesian layer's output of the call's ``B * S`` rows is folded, where
+    that output itself, a view of it or the autograd graph tells,
+    :func:`computed_from_folded`); ``("unknown", rows)``: neither.
 
     Args:
         state: the running call's particle state.
         tensor: the tensor, batch dimension first.
     """
     rows, samples, batch = int(tensor.shape[0]), state.samples, state.batch_size
-    if state.is_input(tensor) or any(tensor is t for t in state.early_tensors):
+    if _known_shared(state, tensor):
         return "shared", rows
     seen = state.other_batches_seen()
     calls = frozenset() if batch is None else frozenset({int(batch)})
@@ -720,7 +793,10 @@ def _another_batch(
 
 
 def _ambiguity_remedy(state: ParticleState, *sizes: int) -> str:
-    """What to change where a size fits two batches (see :func:`row_layout`)."""
+    """What to change where a size fits two batches (see :func:`row_layout`).
+
+    ``sizes`` are the two batches (the call's among them where it is one).
+    """
     if 1 in sizes and _read_first(state, 1):
         return (
             "Call the network with another number of samples than the batch "
@@ -733,6 +809,18 @@ def _ambiguity_remedy(state: ParticleState, *sizes: int) -> str:
             "Call the network with another number of samples, or call the layer "
             "once per view instead of on the concatenation (enc(x1), enc(x2): a "
             "layer called twice shares its weight draw)"
+        )
+    if 1 in sizes and state.batch_size == 1 and state.batch_leading:
+        # A one-row input given first: its row is the call's batch, and B
+        # rows of another input's batch fit that row folded at S = B.
+        return (
+            "Give the network an input of the batch as its first argument, "
+            "net(x, ctx) (the call's batch is its first input's), or the input "
+            "of one row the batch size in the call, net(ctx.expand(x.shape[0], "
+            "*ctx.shape[1:]), x); in the forward, a view of an input, "
+            "ctx.expand(x.shape[0], *ctx.shape[1:]), is read as that input's "
+            "rows, a copy (ctx.repeat(...)) or a plain layer's output is not. "
+            "Or call the network with another number of samples"
         )
     if 1 in sizes:  # an input of one row: a context, every example's
         return (
@@ -1144,16 +1232,14 @@ def differentiates_inputs(outside: Tensor | None = None) -> bool:
 def computed_from_folded(tensor: Tensor) -> bool:
     """Whether ``tensor`` was computed from a Bayesian layer's folded output.
 
-    Its autograd graph reaches one (walked as for the rows taken from the
-    fold, :func:`_refuse_rows_taken_from_folded`); ``False`` outside a call
-    and without gradients.
+    It is one of the call's outputs of ``B * S`` rows or a view of one, or
+    its autograd graph reaches one (walked as for the rows taken from the
+    fold, :func:`_refuse_rows_taken_from_folded`); ``False`` outside a call,
+    and without gradients for a tensor computed otherwise (``torch.relu(h)``
+    under ``torch.no_grad()``: no graph tells).
     """
     state = _STATE.get()
-    return (
-        state is not None
-        and tensor.grad_fn is not None
-        and _reaches_folded_output(state, tensor)
-    )
+    return state is not None and _from_folded_output(state, tensor)
 
 
 def outside_any_call() -> bool:

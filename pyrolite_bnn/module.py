@@ -819,6 +819,7 @@ class VIModule(LocalPyroModule):
 
         result = nn.Module.__call__(self, *args, **kwargs)
         _plain_roots.note_output(self, result)
+        _particles.note_folded_output(result)
         return result
 
     def _outermost_call(

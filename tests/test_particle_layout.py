@@ -951,6 +951,45 @@ def test_rows_taken_from_a_folded_output_are_refused(pick: str) -> None:
         _LastStep(pick)(x, lengths, samples=5)
 
 
+class _FirstRows(nn.Module):
+    """``head(body(x)[:B])``: the first ``B`` of the folded rows, a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = bnn.VILinear(3, 3), bnn.VILinear(3, 2)
+        self.samples = 5
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x)[: x.shape[0]])  # type: ignore[no-any-return]
+
+
+class _FirstRowsNetwork(bnn.VIModule):
+    """:class:`_FirstRows` as a ``VIModule`` network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = bnn.VILinear(3, 3), bnn.VILinear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _FirstRows.forward(self, x)  # type: ignore[arg-type]
+
+
+def test_a_view_of_a_folded_output_is_refused_without_a_graph() -> None:
+    """A view of a Bayesian layer's output (``h[:B]``, rows of the first
+    particles) is told by its memory: refused without gradients
+    (``torch.no_grad()``, ``draw_networks``) as with them, and after the first
+    layer of a plain torch root, whose output was not recorded (both read as
+    shared rows, silently, before)."""
+    x = torch.randn(4, 3)
+    taken = "taken from some particles only"
+    with torch.no_grad(), pytest.raises(ValueError, match=taken):
+        _FirstRowsNetwork()(x, samples=5)
+    with pytest.raises(ValueError, match=taken):
+        bnn.draw_networks(_FirstRowsNetwork(), samples=5)(x)
+    with pytest.raises(ValueError, match=taken):
+        _FirstRows()(x)
+
+
 @pytest.mark.parametrize("pick", ["folded rows", "shared skip"])
 def test_rows_of_the_fold_and_shared_branches_are_read_as_before(pick: str) -> None:
     x, lengths = torch.randn(4, 6, 3), torch.tensor([6, 2, 5, 3])

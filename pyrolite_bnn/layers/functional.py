@@ -603,7 +603,13 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
     is every row's, as torch broadcasts it; two tensors of one layout are
     returned unchanged, and so is ``shortcut`` outside a network's call (or
     with one particle), so a ``forward`` that uses this runs as a torch module
-    too. Public as ``bnn.match_particles``.
+    too. Where a tensor's size fits both an input's batch and a batch folded
+    with the particles (``B`` rows at ``S = B`` beside a one-row input, a
+    second input of ``B * S`` rows), where it comes from tells: an input or a
+    view of one is shared, a Bayesian layer's output of the call's batch or a
+    view of it (or, with gradients, a tensor computed from one) folded;
+    anything else is refused, with the ways out. Public as
+    ``bnn.match_particles``.
 
     Args:
         shortcut: the tensor that may be shared, ``(B, ...)``.
@@ -668,13 +674,6 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
     ):
         layout = "shared"  # a row every example's, as torch broadcasts it
     branch_layout, branch_batch = _particles.read_rows(state, branch)
-    if (layout, branch_layout) == ("shared", "ambiguous") and (
-        branch_rows == rows * samples
-    ):
-        # Read as another input's shared batch, the branch would have no row
-        # in common with the shortcut's batch (one row: both readings give
-        # the same tensor); folded, it is the shortcut's batch.
-        branch_layout, branch_batch = "folded", rows
     if "ambiguous" not in (layout, branch_layout):
         if (layout, batch) == (branch_layout, branch_batch):
             return shortcut  # one layout (neither told: the same rows, as torch)
@@ -699,18 +698,25 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
             return _fold_shared(shortcut, samples)
     raise ValueError(
         _unmatched(
-            (layout, batch, rows), (branch_layout, branch_batch, branch_rows), samples
+            (layout, batch, rows),
+            (branch_layout, branch_batch, branch_rows),
+            samples,
+            state.batch_size,
         )
     )
 
 
 def _unmatched(
-    shortcut: tuple[str, int, int], branch: tuple[str, int, int], samples: int
+    shortcut: tuple[str, int, int],
+    branch: tuple[str, int, int],
+    samples: int,
+    call_batch: int | None,
 ) -> str:
     """Why :func:`match_particles` cannot place ``shortcut`` beside ``branch``.
 
     Each is ``(layout, batch, rows)`` as :func:`~pyrolite_bnn._particles.
-    read_rows` tells it.
+    read_rows` tells it; ``call_batch`` is the running call's batch (its first
+    input's).
     """
 
     def rows_of(what: str, told: tuple[str, int, int]) -> str:
@@ -734,9 +740,8 @@ def _unmatched(
     )
     (layout, batch, _), (branch_layout, branch_batch, _) = shortcut, branch
     if "ambiguous" in (layout, branch_layout):
-        return (
-            f"{told}: their layout cannot be told. Call the network with another "
-            "number of samples"
+        return f"{told}: their layout cannot be told. " + _ambiguity_remedies(
+            shortcut, branch, samples, call_batch
         )
     if "unknown" in (layout, branch_layout):
         return (
@@ -762,6 +767,64 @@ def _unmatched(
         f"{told}: tensors of different batches have no rows in common (nor in "
         "the plain torch model)"
     )
+
+
+def _ambiguity_remedies(
+    shortcut: tuple[str, int, int],
+    branch: tuple[str, int, int],
+    samples: int,
+    call_batch: int | None,
+) -> str:
+    """What to change where :func:`match_particles` cannot tell a layout.
+
+    A size that fits both an input's batch and a batch folded with the
+    ``S`` particles is told by where the tensor comes from: an input (or a
+    view of one) is shared, a Bayesian layer's output of the call's batch
+    (or a view of it, or, with gradients, a tensor computed from it) folded.
+    Arguments as for :func:`_unmatched`.
+    """
+    remedies = []
+    if shortcut[0] == "ambiguous":
+        rows = shortcut[2]
+        remedies.append(
+            "If the shortcut is computed from an input without a Bayesian layer "
+            "(a plain layer's det(x)), match the input itself and compute the "
+            "shortcut from its folded rows, det(bnn.match_particles(x, h)): an "
+            "input, or a view of it, is read as shared whatever its size"
+        )
+        if rows == samples:  # or S rows: one per particle of a single row
+            remedies.append(
+                "if it is a Bayesian layer's output for an input of one row "
+                f"(ctx), it has one row per particle ({samples}), no example's: "
+                "give that input the batch size before the layer reads it, "
+                "ctx.expand(x.shape[0], *ctx.shape[1:]) (a view)"
+            )
+        if call_batch == 1 and rows == samples:
+            remedies.append(
+                f"or give the network the input of {rows} rows as its first "
+                "argument, net(x, ctx) (the call's batch is its first input's, "
+                "here the one row of the first)"
+            )
+    if branch[0] == "ambiguous":
+        rows = branch[2]
+        told = (
+            "give match_particles that output itself, bnn.match_particles(x, "
+            "h) with h = layer(x), and compute on from the result (a Bayesian "
+            "layer's output is read as folded whatever its size)"
+            if call_batch is not None and rows == call_batch * samples
+            else "give the network the input of the shortcut's batch as its "
+            "first argument (the call's batch is its first input's)"
+        )
+        remedies.append(
+            "If the branch is a Bayesian layer's output for the shortcut's rows, "
+            f"{told}; if it holds another input's {rows} rows, the shortcut has "
+            "no rows in common with them (nor in the plain torch model)"
+        )
+    remedies.append(
+        "or call the network with another number of samples, where the sizes "
+        "tell the layouts apart"
+    )
+    return "; ".join(remedies)
 
 
 # ---------------------------------------------------------------------------

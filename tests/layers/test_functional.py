@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import _particles
 from pyrolite_bnn.layers import functional
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -256,10 +257,9 @@ def test_match_particles_folds_beside_its_own_layers_rows_without_gradients(
     """``x`` of b rows beside ``a(x)``'s b * S, where b * S is also ``y``'s
     batch: under ``no_grad`` (``draw_networks``, ``predict``) the branch's rows
     fit both readings, and match_particles refused a network that trains
-    (probe falsepos17). Read as ``y``'s shared rows the branch would have none
-    in common with ``x``'s (one row: both readings are one tensor), so the
-    fold is the only answer; at each drawn network it is plain torch's
-    (float32, same operations: 1e-6)."""
+    (probe falsepos17). The branch is the layer's output itself, recorded
+    (by its memory) without a graph too: folded; at each drawn network it is
+    plain torch's (float32, same operations: 1e-6)."""
     torch.manual_seed(0)
     net, samples = _TwoSkips(), 4
     x, y = torch.randn(x_rows, 3), torch.randn(y_rows, 3)
@@ -275,6 +275,226 @@ def test_match_particles_folds_beside_its_own_layers_rows_without_gradients(
         out_x, out_y = net(x, y, samples=samples)
     assert out_x.shape == (samples, x_rows, 3)
     assert out_y.shape == (samples, y_rows, 3)
+
+
+class _BesideAnotherBatch(bnn.VIModule):
+    """``x`` (b rows) and ``y`` (b * S rows): ``combine(x, hx, y)`` beside ``b(y)``."""
+
+    def __init__(self, combine: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.a, self.b = bnn.VILinear(3, 3), bnn.VILinear(3, 3)
+        self.combine = combine
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        hx, hy = self.a(x), self.b(y)
+        return self.combine(x, hx, y), hy
+
+
+def test_match_particles_refuses_another_inputs_rows_it_cannot_tell() -> None:
+    """``match_particles(x, tanh(y))`` with ``y`` of ``len(x) * S`` rows: plain
+    torch refuses ``x + tanh(y)`` (2 vs 8 rows), but match_particles read the
+    branch as ``x``'s rows folded (the only reading giving rows in common,
+    45a54c6), adding ``x[b]`` to ``tanh(y)[b * S + s]``: no particle's torch
+    network (probe falsepos20). Nothing tells where ``tanh(y)`` comes from:
+    refused, with and without gradients, naming the ways out, which work:
+    with another ``S`` torch's own size error; where the branch is computed
+    from ``a(x)`` (``relu(a(x))``, under ``draw_networks``: no graph), the
+    layer's output itself is told folded, and equals plain torch (float32,
+    same operations: 1e-6)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 3), torch.randn(8, 3)
+
+    def mistake(x: Tensor, hx: Tensor, y: Tensor) -> Tensor:
+        return functional.match_particles(x, torch.tanh(y)) + torch.tanh(y)
+
+    net = _BesideAnotherBatch(mistake)
+    told = r"(?s)cannot be told.*give match_particles that output itself"
+    with pytest.raises(ValueError, match=told):
+        net(x, y, samples=4)
+    with torch.no_grad(), pytest.raises(ValueError, match=told):
+        net(x, y, samples=4)
+    with pytest.raises(ValueError, match=told):
+        bnn.draw_networks(net, samples=4)(x, y)
+    with pytest.raises(RuntimeError, match="must match the size"):
+        net(x, y, samples=3)  # 8 rows: no batch folded with S = 3
+
+    def after_relu(x: Tensor, hx: Tensor, y: Tensor) -> Tensor:
+        return functional.match_particles(x, torch.relu(hx)) + hx
+
+    assert _BesideAnotherBatch(after_relu)(x, y, samples=4)[0].shape == (4, 2, 3)
+    with pytest.raises(ValueError, match=told):  # no graph to tell
+        bnn.draw_networks(_BesideAnotherBatch(after_relu), samples=4)(x, y)
+
+    def output_itself(x: Tensor, hx: Tensor, y: Tensor) -> Tensor:
+        return torch.relu(hx) + functional.match_particles(x, hx)
+
+    remedy = _BesideAnotherBatch(output_itself)
+    nets = bnn.draw_networks(remedy, samples=4)
+    got, weights = nets(x, y)[0], nets.weights()
+    for s in range(4):
+        hx = F.linear(x, weights["a.weight"][s], weights["a.bias"][s])
+        torch.testing.assert_close(got[s], torch.relu(hx) + x, rtol=1e-6, atol=1e-6)
+
+
+class _ContextAndBatch(bnn.VIModule):
+    """``fx(x) + branch(self, ctx, x, fx(x))`` of a one-row ``ctx`` and ``x``."""
+
+    def __init__(
+        self,
+        branch: Callable[[_ContextAndBatch, Tensor, Tensor, Tensor], Tensor],
+        ctx_first: bool = True,
+    ) -> None:
+        super().__init__()
+        self.fx, self.fc, self.det = (
+            bnn.VILinear(3, 3),
+            bnn.VILinear(3, 3),
+            torch.nn.Linear(3, 3),
+        )
+        self.branch, self.ctx_first = branch, ctx_first
+
+    def forward(self, first: Tensor, second: Tensor) -> Tensor:
+        ctx, x = (first, second) if self.ctx_first else (second, first)
+        h = self.fx(x)
+        return h + self.branch(self, ctx, x, h)  # type: ignore[no-any-return]
+
+
+class _PlainContextAndBatch(torch.nn.Module):
+    """:class:`_ContextAndBatch` under a plain torch root (``samples`` attribute)."""
+
+    def __init__(self, network: _ContextAndBatch, samples: int) -> None:
+        super().__init__()
+        self.network, self.samples = network, samples
+
+    def forward(self, first: Tensor, second: Tensor) -> Tensor:
+        return _ContextAndBatch.forward(self.network, first, second)
+
+
+def _expanded_context(
+    net: _ContextAndBatch, ctx: Tensor, x: Tensor, h: Tensor
+) -> Tensor:
+    return functional.match_particles(net.fc(ctx.expand(x.shape[0], *ctx.shape[1:])), h)
+
+
+def _deterministic(net: _ContextAndBatch, ctx: Tensor, x: Tensor, h: Tensor) -> Tensor:
+    return functional.match_particles(net.det(x), h)
+
+
+def _deterministic_of_matched(
+    net: _ContextAndBatch, ctx: Tensor, x: Tensor, h: Tensor
+) -> Tensor:
+    return net.det(functional.match_particles(x, h))
+
+
+def _summary(net: _ContextAndBatch, ctx: Tensor, x: Tensor, h: Tensor) -> Tensor:
+    return functional.match_particles(x.mean(0, keepdim=True), h)
+
+
+def _repeated_context(
+    net: _ContextAndBatch, ctx: Tensor, x: Tensor, h: Tensor
+) -> Tensor:
+    return functional.match_particles(net.fc(ctx.repeat(x.shape[0], 1)), h)
+
+
+def _plain_branch(
+    branch: Callable[..., Tensor], weights: dict[str, Tensor], net: _ContextAndBatch
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The branch of one particle's ``weights`` as plain torch (ctx broadcast)."""
+    if branch in (_expanded_context, _repeated_context):
+        return lambda ctx, x: F.linear(ctx, weights["fc.weight"], weights["fc.bias"])
+    if branch is _summary:
+        return lambda ctx, x: x.mean(0, keepdim=True)
+    return lambda ctx, x: net.det(x)
+
+
+def _assert_each_particle_is_torch(
+    net: _ContextAndBatch, root: torch.nn.Module, ctx: Tensor, x: Tensor, samples: int
+) -> None:
+    """At each network drawn from ``root`` the output is plain torch's."""
+    call = (ctx, x) if net.ctx_first else (x, ctx)
+    nets = bnn.draw_networks(root, samples=samples)
+    got, weights = nets(*call), nets.weights()
+    for s in range(samples):
+        particle = {
+            name.removeprefix("network."): value[s] for name, value in weights.items()
+        }
+        h = F.linear(x, particle["fx.weight"], particle["fx.bias"])
+        want = h + _plain_branch(net.branch, particle, net)(ctx, x)
+        torch.testing.assert_close(got[s], want, rtol=1e-5, atol=1e-5)
+
+
+# (branch, samples, rows): match_particles(det(x), h) at S == B is refused
+# (test_match_particles_names_ways_out_that_work_at_samples_equal_to_the_batch).
+_ACCEPTED_BESIDE_A_CONTEXT = [
+    (branch, samples, rows)
+    for branch in (
+        _expanded_context,
+        _deterministic_of_matched,
+        _summary,
+        _deterministic,
+    )
+    for samples, rows in ((3, 3), (4, 4), (4, 3))
+    if not (branch is _deterministic and samples == rows)
+]
+
+
+@pytest.mark.parametrize("plain_root", [False, True])
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize(("branch", "samples", "rows"), _ACCEPTED_BESIDE_A_CONTEXT)
+def test_match_particles_accepts_each_particles_network_beside_a_context_first(
+    branch: Callable[..., Tensor],
+    samples: int,
+    rows: int,
+    grad: bool,
+    plain_root: bool,
+) -> None:
+    """``net(ctx, x)``, a one-row ``ctx`` first (the call's batch 1): the
+    remedy the one-row refusal names, ``fc(ctx.expand(x.shape[0], ...))`` in
+    the forward, raised AmbiguousLayoutError at ``S == len(x)`` (its rows fit
+    the one row folded), though the view of an input holds that input's rows
+    (probe falsepos20). It, a deterministic branch of ``x`` matched after
+    ``x`` (or, at ``S != B``, before), and a one-row summary equal plain torch
+    at each drawn network, with a ``VIModule`` or a plain torch root, with
+    and without gradients (float32, same operations: 1e-5); the ``VIModule``'s
+    training call runs too. At ``S == B`` ``match_particles(det(x), h)`` is
+    refused (next test)."""
+    torch.manual_seed(0)
+    net = _ContextAndBatch(branch)
+    root = _PlainContextAndBatch(net, samples) if plain_root else net
+    ctx, x = torch.randn(1, 3), torch.randn(rows, 3)
+    with torch.set_grad_enabled(grad):
+        _assert_each_particle_is_torch(net, root, ctx, x, samples)
+        if not plain_root:
+            assert net(ctx, x, samples=samples).shape == (samples, rows, 3)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_match_particles_names_ways_out_that_work_at_samples_equal_to_the_batch(
+    grad: bool,
+) -> None:
+    """At ``S == B`` with a one-row ``ctx`` first, ``B`` rows computed from
+    ``x`` by plain torch fit both ``x``'s batch and the one row folded (as
+    ``fc(ctx)``'s do): match_particles of ``det(x)`` and a Bayesian layer
+    reading ``ctx.repeat(B, 1)`` (a copy) are refused. The messages named
+    another number of samples only, or a graph batch's coincidence (probe
+    falsepos20); they name matching ``x`` itself, giving the network ``x``
+    first, and the view ``ctx.expand``, which work: each equals plain torch
+    at the drawn networks (the accepting test covers the matched ``x`` and
+    the view)."""
+    torch.manual_seed(0)
+    ctx, x = torch.randn(1, 3), torch.randn(4, 3)
+    with torch.set_grad_enabled(grad):
+        with pytest.raises(
+            ValueError, match=r"(?s)det\(bnn\.match_particles\(x, h\)\).*net\(x, ctx\)"
+        ):
+            _ContextAndBatch(_deterministic)(ctx, x, samples=4)
+        with pytest.raises(
+            _particles.AmbiguousLayoutError,
+            match=r"(?s)net\(x, ctx\).*a view of an input, ctx\.expand",
+        ):
+            _ContextAndBatch(_repeated_context)(ctx, x, samples=4)
+        for branch in (_deterministic, _repeated_context):
+            net = _ContextAndBatch(branch, ctx_first=False)
+            _assert_each_particle_is_torch(net, net, ctx, x, samples=4)
 
 
 _ONE = (1, 1)
