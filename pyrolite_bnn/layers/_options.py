@@ -9,7 +9,6 @@ from torch import Tensor
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._draws import RepeatedMomentsRead, mark_called_repeatedly
-from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormal,
 )
@@ -157,19 +156,9 @@ class EstimatorLayer(VIModule):
         if self.estimator == "flipout":
             return "flipout"
         positions = self.output_positions(input)
-        differentiated = _particles.differentiates_inputs(input)
-        if positions <= 1 and not (self.estimator == "auto" and differentiated):
-            if differentiated:
-                warn_at_caller(
-                    f"estimator='local' in {type(self).__name__}: the network's "
-                    "inputs require gradients, and output moments give each "
-                    "output its own noise, so derivatives by the inputs "
-                    "(gradient penalties, saliency, physics-informed losses) "
-                    "are those of no weight draw (biased: a gradient penalty "
-                    "comes out too small). Use "
-                    "estimator='auto' (switches to flipout for such calls), "
-                    "'flipout' or 'reparam'"
-                )
+        if positions <= 1 and not (
+            self.estimator == "auto" and _particles.differentiates_inputs(input)
+        ):
             return "local"
         if self.estimator == "local":
             raise ValueError(

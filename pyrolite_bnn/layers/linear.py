@@ -55,10 +55,11 @@ class VILinear(_VIWeightLayer):
             ``(B, *, in_features)`` inputs, where the positions of an example
             (the tokens of a sequence) share its weights and independent
             output draws would break their joint distribution, and in calls
-            whose inputs require gradients (``"local"``'s input derivatives
-            are those of no weight draw: an explicit ``"local"`` warns there);
-            ``"reparam"`` with other variational families. All give the same
-            expected loss.
+            whose inputs require gradients; ``"reparam"`` with other
+            variational families. All give the same expected loss and
+            gradients of the parameters; an explicit ``"local"``'s derivatives
+            by the inputs are those of no weight draw (a gradient penalty on
+            them is biased low).
             Inside Pyro inference, or with a replaced guide, weights are always
             sampled (``"reparam"``).
         device: device of parameters and prior buffers.

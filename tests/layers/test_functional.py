@@ -659,8 +659,7 @@ def test_autocast_outputs_have_the_dtype_torchs_layer_gives(
     if kind == "linear":
         layer: torch.nn.Module = bnn.VILinear(4, 3, estimator=estimator)
         plain: torch.nn.Module = torch.nn.Linear(4, 3)
-        # no input gradient for "local": it warns that they would be biased
-        x = torch.randn(5, 4, requires_grad=estimator != "local")
+        x = torch.randn(5, 4, requires_grad=True)
     else:
         conv_estimator = "auto" if estimator == "local" else estimator
         layer = bnn.VIConv2d(2, 3, 3, estimator=conv_estimator)
