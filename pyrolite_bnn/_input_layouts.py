@@ -53,6 +53,11 @@ def described(tensor: Tensor) -> str:
     """
     if tensor.is_nested:
         return f"a nested tensor (layout {tensor.layout})"
+    if tensor.layout != torch.strided and tensor.dense_dim() > 0:
+        return (
+            f"a hybrid sparse tensor (layout {tensor.layout}, "
+            f"{tensor.dense_dim()} dense dimension(s))"
+        )
     return f"a tensor of layout {tensor.layout}"
 
 
@@ -136,7 +141,8 @@ def check_input_layout(
     """
     if not value.is_nested and value.layout == torch.strided:
         return
-    matrix = value.dim() == 2 and not value.is_nested
+    # A hybrid sparse tensor (``x.to_sparse(1)``) stores dense rows: no matrix.
+    matrix = value.dim() == 2 and not value.is_nested and value.dense_dim() == 0
     if sparse and matrix and value.layout in SPARSE_MATRIX_LAYOUTS:
         return
     layouts: tuple[torch.layout, ...] = (torch.strided,)

@@ -309,8 +309,11 @@ class LocalPyroModule(PyroModule):
         dtype is refused before anything is converted, plain torch
         submodules included (:func:`~pyrolite_bnn._weight_dtypes.check_conversion`).
         """
+        if _CONVERTING.get():  # checked at the outermost module: its tree
+            return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         check_conversion(self, fn)
-        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        with set_while(_CONVERTING, True):
+            return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
 
 
 def _share_context(module: PyroModule, name: str, context: _Context) -> None:
@@ -327,6 +330,9 @@ def _share_context(module: PyroModule, name: str, context: _Context) -> None:
             _share_context(child, f"{name}.{key}" if name else key, context)
 
 
+# Whether a conversion of a library module's tree is running (``_apply``):
+# checked once, at its outermost library module, not again at each level.
+_CONVERTING: ContextVar[bool] = ContextVar("pyrolite_converting", default=False)
 # Whether an UnconstrainedLinks handler is already on the stack for this call.
 _LINKING: ContextVar[bool] = ContextVar("pyrolite_linking", default=False)
 

@@ -237,6 +237,29 @@ def test_conversion_to_a_real_floating_dtype_converts_every_tensor(
     assert net(torch.randn(5, 4, dtype=dtype)).dtype == dtype
 
 
+def test_a_conversion_is_checked_once_for_the_whole_tree() -> None:
+    """The dtype check of a conversion ran at every library module of the
+    tree, each walking its whole subtree (``.to()`` of a 40-deep network
+    walked 40 trees, and called the conversion on a probe tensor at each
+    level). It runs once, at the outermost: the conversion is called once per
+    tensor, plus once on a probe per dtype the tree holds. Probe
+    falsepos21a."""
+    net: nn.Module = bnn.VILinear(4, 4)
+    for _ in range(10):
+        net = bnn.VISequential(net, nn.ReLU(), bnn.VILinear(4, 4))
+    tensors = [*net.parameters(), *net.buffers()]
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+    calls = []
+
+    def convert(tensor: torch.Tensor) -> torch.Tensor:
+        calls.append(tensor)
+        return tensor.double() if tensor.is_floating_point() else tensor
+
+    net._apply(convert)
+    assert len(calls) == len(tensors) + len(dtypes)
+    assert all(t.dtype == torch.float64 for t in net.parameters())
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_to_cuda_moves_everything() -> None:

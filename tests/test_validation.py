@@ -147,6 +147,12 @@ def _nested(layout: torch.layout, width: int) -> torch.Tensor:
         ),
         (
             bnn.VILinear(4, 3),
+            lambda: torch.randn(5, 4).to_sparse(1),
+            r"a hybrid sparse tensor \(layout torch.sparse_coo, 1 dense",
+            r"x.to_dense\(\)$",
+        ),
+        (
+            bnn.VILinear(4, 3),
             lambda: _nested(torch.strided, 4),
             r"a nested tensor \(layout torch.strided\)",
             r"torch.nested.to_padded_tensor\(x, 0.0\)",
@@ -174,6 +180,7 @@ def _nested(layout: torch.layout, width: int) -> torch.Tensor:
         "linear-bsc",
         "linear-bsr",
         "linear-coo-3d",
+        "linear-hybrid-coo",
         "linear-nested",
         "linear-jagged",
         "conv-coo",

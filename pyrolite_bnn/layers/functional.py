@@ -212,12 +212,40 @@ def linear(
         out = out.reshape(rows, positions, samples, out_features).transpose(1, 2)
         return out.reshape(rows * samples, *middle, out_features)
     per_particle = rows // samples
+    input = _densified(input)  # folded rows meet their particles' weights
     h = input.reshape(per_particle, samples, positions, in_features).transpose(0, 1)
     h = h.reshape(samples, per_particle * positions, in_features)
     wt = w.transpose(1, 2)
     out = torch.bmm(h, wt) if b is None else torch.baddbmm(b.unsqueeze(1), h, wt)
     out = out.reshape(samples, per_particle, positions, out_features).transpose(0, 1)
     return out.reshape(rows, *middle, out_features)
+
+
+def _densified(input: Tensor) -> Tensor:
+    """A sparse matrix ``input`` as a dense one, differentiable at every entry.
+
+    ``to_dense()`` passes gradients to the stored entries only (torch's
+    masked gradient), where ``F.linear`` of the sparse input gives the full
+    gradient: a saliency map or gradient penalty would have been wrong at the
+    others. Torch has no such backward for CSC: a CSC input that requires
+    gradients is refused here (CSR has it).
+
+    Example:
+        >>> x = torch.tensor([[0.0, 2.0]]).to_sparse().requires_grad_()
+        >>> (_densified(x) * torch.tensor([[3.0, 4.0]])).sum().backward()
+        >>> x.grad.to_dense()
+        tensor([[3., 4.]])
+    """
+    if input.layout == torch.strided:
+        return input
+    if input.layout == torch.sparse_csc and input.requires_grad:
+        raise TypeError(
+            "a sparse CSC input that requires gradients cannot be made dense "
+            "differentiably here (torch has no such backward for CSC): build the "
+            "input as CSR (x.to_sparse_csr() of the dense tensor) or COO"
+        )
+    dense: Tensor = input.to_dense(masked_grad=False)
+    return dense
 
 
 _CONV: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -1094,8 +1122,7 @@ def linear_flipout(
     mean = F.linear(input, weight[0], None if bias is None else bias[0])
     if shared:
         mean = _fold_shared(mean, samples)
-    if input.layout != torch.strided:  # a sparse matrix: its sign flips are dense
-        input = input.to_dense()
+    input = _densified(input)  # a sparse matrix: its sign flips are dense
     # Particle-major (S, b, M, in) with M positions per example; a shared input
     # (1, B, M, in) broadcasts against the per-particle signs.
     per_particle, positions = out_rows // samples, math.prod(input.shape[1:-1])
