@@ -10,7 +10,8 @@ its input, before its weights are drawn, with the conversion that makes them
 an input; torch's errors deep inside (``Expected result Tensor to be of format
 CSR``, ``NestedTensorImpl doesn't support sizes``) said neither. ``predict``,
 which cuts its inputs into chunks, names the same conversions for the layouts
-it cannot cut, and the finiteness checks read the values such tensors store.
+it cannot cut (and one chunk, ``batch_size=len(x)``, only for the sparse
+matrices a layer takes), and the finiteness checks read the values such tensors store.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "check_input_layout",
     "conversions",
     "described",
+    "is_sparse_matrix",
     "shape_text",
     "stored_values",
 ]
@@ -115,6 +117,26 @@ def conversions(tensor: Tensor, layouts: Collection[torch.layout]) -> str:
     return " or ".join(calls)
 
 
+def is_sparse_matrix(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a 2-D sparse matrix :class:`~pyrolite_bnn.VILinear` takes.
+
+    One of :data:`SPARSE_MATRIX_LAYOUTS`, not nested, not hybrid (a hybrid
+    sparse tensor, ``x.to_sparse(1)``, stores dense rows).
+
+    Example:
+        >>> is_sparse_matrix(torch.zeros(2, 2).to_sparse())
+        True
+        >>> is_sparse_matrix(torch.zeros(2, 2, 2).to_sparse())
+        False
+    """
+    return (
+        not tensor.is_nested
+        and tensor.dim() == 2
+        and tensor.layout in SPARSE_MATRIX_LAYOUTS
+        and tensor.dense_dim() == 0
+    )
+
+
 def check_input_layout(
     value: Tensor, owner: str, what: str = "input", *, sparse: bool = False
 ) -> None:
@@ -141,15 +163,13 @@ def check_input_layout(
     """
     if not value.is_nested and value.layout == torch.strided:
         return
-    # A hybrid sparse tensor (``x.to_sparse(1)``) stores dense rows: no matrix.
-    matrix = value.dim() == 2 and not value.is_nested and value.dense_dim() == 0
-    if sparse and matrix and value.layout in SPARSE_MATRIX_LAYOUTS:
+    if sparse and is_sparse_matrix(value):
         return
     layouts: tuple[torch.layout, ...] = (torch.strided,)
     takes = f"a dense (strided) {what}"
     if sparse:
         takes += " or a 2-D sparse COO, CSR or CSC one"
-        if matrix:
+        if value.dim() == 2 and not value.is_nested and value.dense_dim() == 0:
             layouts = (torch.sparse_csr, torch.sparse_coo, torch.strided)
     raise TypeError(
         f"{owner} takes {takes}, got {described(value)} of "

@@ -157,8 +157,9 @@ def convert(
         module: a ``torch.nn`` model (not already a ``bnn.VIModule``).
         prior: prior of every weight (anything the layers' ``prior=`` takes);
             with ``moped``, ``None`` or a :class:`~pyrolite_bnn.NormalPrior`
-            with ``loc=0`` whose ``scale`` is kept (MOPED puts the centres
-            at the weights; assign other priors after the conversion).
+            (or a subclass of it) with ``loc=0``, kept with its class and
+            ``scale``: MOPED sets its ``loc`` to the weights (assign other
+            priors after the conversion).
         variational: variational family of every weight (``None``:
             mean-field Normal), or one per variable name as the layers'
             ``variational=`` takes (``{"bias": bnn.PointMass()}``: every
@@ -581,7 +582,7 @@ class _Converter:
                 f"{error}"
             ) from error
         if self.moped is not None:
-            _apply_moped(layer, self.moped, self.options["prior"])
+            _apply_moped(layer, self.moped)
         if any(not p.requires_grad for p in module.parameters()):
             self.frozen.append(path or "<root>")
         cls = _own_class(module)
@@ -702,13 +703,22 @@ def _check_moped_options(prior: object, variational: object) -> None:
     MOPED centres every prior at the trained weights and starts every
     posterior at standard deviation ``delta * |w|``: a prior's nonzero ``loc``
     or a family's ``init_scale`` other than the default would be dropped
-    without a word (only the prior's ``scale`` and the family's
-    ``scale_transform`` are kept).
+    without a word (the prior's class and its other hyperparameters, such as
+    ``scale``, and the family's ``scale_transform`` are kept). A
+    ``NormalPrior`` subclass without NormalPrior's ``loc`` buffer cannot be
+    centred.
     """
     if not (prior is None or isinstance(prior, NormalPrior)):
         raise ValueError(
             "moped= centres a Normal prior at the weights: pass prior=None or a "
             f"bnn.NormalPrior (its scale is kept), got {type(prior).__name__}"
+        )
+    if prior is not None and "loc" not in dict(prior.named_buffers(recurse=False)):
+        raise ValueError(
+            "moped= centres the prior at the weights by setting its loc buffer, "
+            f"which this {type(prior).__name__} (a bnn.NormalPrior subclass) does "
+            "not have: give the subclass NormalPrior's loc, or assign the priors "
+            "you want after convert"
         )
     loc = None if prior is None else prior.loc
     if loc is not None and not loc.is_meta and bool((loc != 0).any()):
@@ -748,9 +758,13 @@ def _holds_bayesian_layers(module: nn.Module) -> bool:
     )
 
 
-def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:
-    """Centre every prior of ``layer`` at its posterior mean; scale delta * |w|."""
-    scale = prior.scale if isinstance(prior, NormalPrior) else torch.tensor(1.0)
+def _apply_moped(layer: VIModule, delta: float) -> None:
+    """Centre every prior of ``layer`` at its posterior mean; scale delta * |w|.
+
+    Each prior is the layer's own copy of ``prior=`` (a ``NormalPrior``, or a
+    subclass, which keeps its class and every other hyperparameter); its
+    ``loc`` buffer is set to the weights.
+    """
     for sub in layer.modules():
         if not isinstance(sub, VIModule):
             continue
@@ -762,6 +776,13 @@ def _apply_moped(layer: VIModule, delta: float, prior: object) -> None:
                     f"or bnn.MeanFieldNormal()), got {type(posterior).__name__}"
                 )
             weight: Tensor = posterior.loc.detach().clone()
-            sub.prior[name] = NormalPrior(weight, scale.clone()).to(weight)
+            prior = sub.prior[name]
+            if not isinstance(prior, NormalPrior):
+                raise ValueError(
+                    "moped= centres a Normal prior at the weights, but the prior "
+                    f"of {name!r} is a {type(prior).__name__}: pass prior=None or "
+                    "a bnn.NormalPrior"
+                )
+            prior.loc = weight  # a checked copy, in the prior's dtype and device
             std = (delta * weight.abs()).clamp_min(MOPED_MIN_SCALE)
             posterior.reset_parameters(weight, std)

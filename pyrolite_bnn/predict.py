@@ -58,7 +58,12 @@ from pyrolite_bnn._forward import (
     network_args,
 )
 from pyrolite_bnn._host_memory import available_bytes, check_fits_on_host
-from pyrolite_bnn._input_layouts import conversions, described, shape_text
+from pyrolite_bnn._input_layouts import (
+    conversions,
+    described,
+    is_sparse_matrix,
+    shape_text,
+)
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._mode_warnings import warn_batch_statistics, warn_dropout
@@ -1115,10 +1120,16 @@ def _rows_of(tensor: Tensor, axis: int, start: int, length: int) -> Tensor:
     if tensor.layout == torch.sparse_coo:
         rows = torch.arange(start, start + length, device=tensor.device)
         return tensor.index_select(axis, rows)
+    # One chunk runs only what a layer takes: no layer takes block-sparse or
+    # nested tensors, nor sparse ones of other shapes (check_input_layout).
+    whole = (
+        "pass batch_size=len(x) to run it in one chunk, or "
+        if is_sparse_matrix(tensor)
+        else ""
+    )
     raise ValueError(
         f"predict cannot cut {described(tensor)} into chunks (nor run its "
-        "memory probe on its first inputs): pass batch_size=len(x) to run it "
-        "in one chunk, or convert it with "
+        f"memory probe on its first inputs): {whole}convert it with "
         f"{conversions(tensor, (torch.sparse_coo, torch.strided))}"
     )
 

@@ -10,6 +10,7 @@ import warnings
 import weakref
 from typing import Any
 
+import pyro.distributions
 import pytest
 import torch
 from pyro import poutine
@@ -353,6 +354,55 @@ def test_moped_state_dict_reload_is_exact() -> None:
         torch.testing.assert_close(
             v.module.prior[v.name].loc, w.module.prior[w.name].loc, atol=0, rtol=0
         )
+
+
+class _WidePrior(bnn.NormalPrior):
+    """A NormalPrior subclass whose distribution is three times as wide."""
+
+    def elementwise(self) -> Any:
+        return pyro.distributions.Normal(self.loc, 3.0 * self.scale)
+
+
+class _CentredAtZero(bnn.NormalPrior):
+    """A NormalPrior subclass with no loc buffer (centred at zero)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__(0.0, scale)
+        del self.loc
+
+    def elementwise(self) -> Any:
+        return pyro.distributions.Normal(0.0, self.scale)
+
+
+def test_moped_keeps_a_normal_prior_subclass_centred_at_the_weights() -> None:
+    """convert(moped=, prior=Wide(scale=0.5)) rebuilt a plain NormalPrior
+    (prior sd 0.5 instead of Wide's 1.5), while without moped the subclass
+    was kept (probe falsepos21a). MOPED now centres the layer's copy of the
+    user's prior, of its class, at the weights; the centres are buffers, so a
+    state_dict reload into a freshly converted copy gives the same priors. A
+    subclass without NormalPrior's loc buffer cannot be centred: refused."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    net = bnn.convert(module, moped=0.1, prior=_WidePrior(scale=0.5))
+    torch.manual_seed(1)
+    fresh = bnn.convert(
+        nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)),
+        moped=0.1,
+        prior=_WidePrior(scale=0.5),
+    )
+    fresh.load_state_dict(net.state_dict())
+    for network in (net, fresh):
+        variables = list(network.random_variables())
+        assert len(variables) == 4
+        for v in variables:
+            weight = module.get_parameter(v.site).detach()
+            assert type(v.module.prior[v.name]) is _WidePrior
+            prior = v.module.prior_distribution(v.name).base_dist
+            assert isinstance(prior, pyro.distributions.Normal)
+            torch.testing.assert_close(prior.loc, weight, atol=0, rtol=0)
+            torch.testing.assert_close(prior.scale, torch.full_like(weight, 1.5))
+    with pytest.raises(ValueError, match=r"loc buffer.*_CentredAtZero"):
+        bnn.convert(module, moped=0.1, prior=_CentredAtZero(0.5))
 
 
 def test_checkpoint_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]

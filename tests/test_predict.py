@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -1850,6 +1851,34 @@ def test_sparse_inputs_are_cut_into_chunks_or_named() -> None:
     with pytest.raises(ValueError, match=r"sparse_csr.*batch_size=len\(x\)"):
         probs(csr, batch_size=2)
     torch.testing.assert_close(probs(csr, batch_size=len(x)), probs(x, batch_size=6))
+
+
+@pytest.mark.filterwarnings(
+    "ignore:Sparse BSR tensor support is in beta",
+    "ignore:Sparse BSC tensor support is in beta",
+    "ignore:The PyTorch API of nested tensors",
+)
+@pytest.mark.parametrize("layout", ["bsr", "bsc", "nested", "jagged"])
+def test_inputs_no_layer_takes_are_named_without_one_chunk(layout: str) -> None:
+    """predict's refusal to cut a block-sparse or nested input into chunks
+    first suggested batch_size=len(x), which fails too: every layer refuses
+    those layouts (probe falsepos21a). It names only the conversions now."""
+    net = bnn.VISequential(bnn.VILinear(4, 8), torch.nn.ReLU(), bnn.VILinear(8, 3))
+    x = torch.randn(6, 4)
+    inputs = {
+        "bsr": lambda: x.to_sparse_bsr((2, 2)),
+        "bsc": lambda: x.to_sparse_bsc((2, 2)),
+        "nested": lambda: torch.nested.nested_tensor([x[:2], x[2:]]),
+        "jagged": lambda: torch.nested.nested_tensor(
+            [x[:2], x[2:]], layout=torch.jagged
+        ),
+    }[layout]()
+    with pytest.raises(ValueError, match=r"cannot cut .* into chunks") as refused:
+        bnn.predict(net, inputs, bnn.Categorical(), samples=2, batch_size=1)
+    assert "batch_size" not in str(refused.value)
+    assert re.search(r"convert it with (x\.to_|torch\.nested)", str(refused.value))
+    with pytest.raises(TypeError, match=r"^VILinear takes"):  # one chunk fails too
+        bnn.predict(net, inputs, bnn.Categorical(), samples=2, batch_size=len(x))
 
 
 @pytest.mark.filterwarnings(

@@ -159,7 +159,8 @@ def _refuse_trainable(value: object, what: str) -> None:
     if isinstance(value, PyroParam):
         raise ValueError(
             f"{what} cannot be a PyroParam: a prior's hyperparameters are fixed "
-            "buffers, not Pyro parameters. For a prior scale learned with the "
+            "buffers (LearnedNormalPrior's log_scale, a learned parameter "
+            "already), not Pyro parameters. For a prior scale learned with the "
             "network use bnn.LearnedNormalPrior (its log_scale is in "
             "model.parameters() and trained by Pyro's SVI as well); for a fixed "
             "prior assign a tensor or a number"
@@ -315,14 +316,27 @@ class Prior(RecordsInState):
     def __setattr__(self, name: str, value: Any) -> None:
         """Assignment; a hyperparameter (buffer) is copied and checked first.
 
-        ``load_state_dict(..., assign=True)`` assigns as torch does (its values
-        were checked by :meth:`_load_from_state_dict`).
+        Pyro's declarations (``PyroParam``, ``PyroSample``) are refused for
+        any hyperparameter: a buffer, a parameter (``LearnedNormalPrior``'s
+        ``log_scale``) or a name the class defines (``LearnedNormalPrior``'s
+        ``scale()``), which Pyro would replace or shadow unseen; the prior is
+        left unchanged. ``load_state_dict(..., assign=True)`` assigns as torch
+        does (its values were checked by :meth:`_load_from_state_dict`).
         """
+        if isinstance(value, PyroParam | PyroSample) and self._is_hyperparameter(name):
+            _refuse_trainable(value, f"{type(self).__name__} {name}")
         buffers = self.__dict__.get("_buffers", {})
         if name in buffers and not self.__dict__.get("_loading", False):
             self._assign_hyperparameter(name, value, buffers[name])
         else:
             super().__setattr__(name, value)
+
+    def _is_hyperparameter(self, name: str) -> bool:
+        """Whether ``name`` is a hyperparameter or a name the class defines."""
+        tables = ("_buffers", "_parameters")
+        return any(name in self.__dict__.get(table, ()) for table in tables) or (
+            hasattr(type(self), name)
+        )
 
     def _assign_hyperparameter(
         self, name: str, value: Any, current: Tensor | None

@@ -1465,6 +1465,60 @@ def test_a_pyro_declared_hyperparameter_is_refused_naming_the_alternative(
         bnn.NormalPrior(0.0, value)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "alternative"),
+    [
+        (
+            "log_scale",
+            pyro.nn.PyroSample(dist.Normal(0.0, 1.0)),
+            r"log_scale cannot be a PyroSample.*bnn\.StudentTPrior",
+        ),
+        (
+            "log_scale",
+            pyro.nn.PyroParam(torch.tensor(0.0)),
+            r"log_scale cannot be a PyroParam.*learned parameter already",
+        ),
+        (
+            "scale",
+            pyro.nn.PyroSample(dist.LogNormal(0.0, 1.0)),
+            r"scale cannot be a PyroSample.*bnn\.ScaleMixtureNormalPrior",
+        ),
+        (
+            "scale",
+            pyro.nn.PyroParam(torch.tensor(0.7), constraint=dist.constraints.positive),
+            r"scale cannot be a PyroParam.*bnn\.LearnedNormalPrior",
+        ),
+    ],
+)
+def test_a_pyro_declaration_on_a_learned_prior_scale_is_refused(
+    name: str, value: Any, alternative: str
+) -> None:
+    """After ``to_pyro_module_(net)``, ``PyroSample`` on LearnedNormalPrior's
+    ``log_scale`` (a parameter, not a buffer) was accepted: the prior lost its
+    parameter and its KL was a fresh random number on every read; on its
+    ``scale`` (a method) it was accepted and ignored (probe falsepos21a).
+    Refused as on a buffer hyperparameter, and the prior is left unchanged:
+    the same parameter, the same KL."""
+    from pyro.nn.module import to_pyro_module_
+
+    net = bnn.VISequential(bnn.VILinear(3, 4, prior=bnn.LearnedNormalPrior()))
+    to_pyro_module_(net)
+    prior = net[0].prior["weight"]
+    log_scale = prior.log_scale
+    loc, scale = torch.randn(4, 3), torch.rand(4, 3) + 0.5
+    kl = prior.kl_from_normal(loc, scale)
+    with pytest.raises(ValueError, match=alternative):
+        setattr(prior, name, value)
+    assert prior.log_scale is log_scale
+    assert dict(prior.named_parameters()) == {"log_scale": log_scale}
+    assert "scale" not in vars(prior)
+    assert not getattr(prior, "_pyro_samples", {})
+    assert not getattr(prior, "_pyro_params", {})
+    torch.testing.assert_close(prior.kl_from_normal(loc, scale), kl, atol=0, rtol=0)
+    prior.log_scale = nn.Parameter(torch.tensor(0.5))  # a parameter still may be
+    torch.testing.assert_close(prior.scale(), torch.tensor(0.5).exp())
+
+
 def test_a_hyperparameter_that_is_no_number_is_refused_by_name() -> None:
     """Anything torch.as_tensor cannot read: a TypeError naming the
     hyperparameter and what it must be, not torch's bare message."""
