@@ -116,6 +116,8 @@ TORCH_BLUE: dict[tuple[str, str, str], tuple[str, ...]] = {
         "convert_overwrite=False",
     ),
     ("vi", "VIModule", "forward"): ("*input_",),
+    ("vi", "VIModule", "gather_log_probs"): (),
+    ("vi", "VIModule", "reset_log_probs"): (),
     ("vi", "VIMultiheadAttention", "__init__"): (
         "embed_dim",
         "num_heads",

@@ -3177,3 +3177,193 @@ def test_normal_log_prob_from_parameters_reads_the_std_it_is_given(
     torch.testing.assert_close(value, expected)
     with pytest.raises(TypeError, match=r"takes \(mean, std\)"):
         normal.log_prob_from_parameters(target, mean)
+
+
+# ------------------------------------------- calls of torch_blue 1.1.0 users
+class _RenamedNormal(MeanFieldNormal):
+    """A subclass that only renames the class."""
+
+
+class _RenamedCategorical(Categorical):
+    """A subclass that only renames the class."""
+
+
+class _RenamedNonBayesian(NonBayesian):
+    """A subclass that only renames the class."""
+
+
+@pytest.mark.parametrize(
+    ("built_in", "renamed", "native"),
+    [
+        (MeanFieldNormal(), _RenamedNormal(), bnn.Normal),
+        (Categorical(), _RenamedCategorical(), bnn.Categorical),
+        (NonBayesian("MSE"), _RenamedNonBayesian("MSE"), None),
+    ],
+    ids=["MeanFieldNormal", "Categorical", "NonBayesian"],
+)
+def test_a_renamed_predictive_distribution_is_the_built_in_likelihood(
+    built_in: vi.distributions.Distribution,
+    renamed: vi.distributions.Distribution,
+    native: type | None,
+) -> None:
+    """``class MyNormal(MeanFieldNormal): pass`` as the loss's likelihood was
+    evaluated generically, one particle at a time: the spread of one sample is
+    NaN, and the loss was NaN (torch_blue 1.1.0: the base class's value)."""
+    predictive = renamed.to_predictive()
+    assert type(predictive) is type(built_in.to_predictive())
+    if native is not None:
+        assert type(predictive) is native
+    x = torch.randn(6, 2)
+    y = torch.randint(0, 3, (6,)) if isinstance(built_in, Categorical) else x[:, :1]
+    outputs = 3 if isinstance(built_in, Categorical) else 1
+    torch.manual_seed(0)
+    net = vi.VISequential(vi.VILinear(2, 4), nn.Tanh(), vi.VILinear(4, outputs))
+    out = net(x, samples=4)
+    values = [
+        vi.KullbackLeiblerLoss(d, dataset_size=6)(out, y) for d in (built_in, renamed)
+    ]
+    assert torch.isfinite(values[0])
+    torch.testing.assert_close(values[1], values[0], rtol=0.0, atol=0.0)
+
+
+def test_a_renamed_normal_is_the_native_prior_and_posterior() -> None:
+    """As prior and variational distribution the subclass got the generic
+    wrappers: a Monte-Carlo KL instead of the closed form, and whole-tensor
+    draws instead of local reparameterisation."""
+    renamed = _RenamedNormal(0.0, 0.5)
+    assert type(renamed.to_prior()) is bnn.NormalPrior
+    assert type(renamed.to_variational()) is bnn.MeanFieldNormal
+    x = torch.randn(5, 3)
+    losses = []
+    for distribution in (MeanFieldNormal(0.0, 0.5), renamed):
+        torch.manual_seed(0)
+        layer = vi.VILinear(3, 2, distribution, distribution)
+        torch.manual_seed(1)
+        out = layer(x, samples=4)
+        losses.append(vi.KullbackLeiblerLoss(MeanFieldNormal(), 5)(out, x[:, :2]))
+    torch.testing.assert_close(losses[1], losses[0], rtol=0.0, atol=0.0)
+
+
+class _LaplaceNormal(MeanFieldNormal):
+    """A subclass with its own density: not the built-in prior or posterior."""
+
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
+        mean, log_std = vi.distributions.base.as_parameter_tuple(*parameters)
+        return -(sample - mean).abs() / log_std.exp() - log_std
+
+
+class _DoubledSquaredError(NonBayesian):
+    """A plain loss of its own: twice the squared error."""
+
+    def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:
+        return 2 * super().log_prob_from_parameters(reference, parameters)
+
+
+def test_a_subclass_that_overrides_a_roles_methods_is_computed_with_them() -> None:
+    """A subclass with methods of its own is no built-in distribution; for
+    ``NonBayesian`` as likelihood its own ``log_prob_from_parameters`` was
+    ignored (the plain squared error was used)."""
+    laplace = _LaplaceNormal()
+    assert type(laplace.to_prior()).__name__ == "AdaptedPrior"
+    assert type(laplace.to_variational()).__name__ == "AdaptedFamily"
+    x = torch.randn(6, 2)
+    net = vi.VISequential(vi.VILinear(2, 1))
+    out = net(x, samples=4)
+    data_terms = []
+    for likelihood in (NonBayesian("MSE"), _DoubledSquaredError("MSE")):
+        loss_fn = vi.KullbackLeiblerLoss(likelihood, dataset_size=6, heat=0.0)
+        data_terms.append(loss_fn(out, x[:, :1]))
+    torch.testing.assert_close(data_terms[1], 2 * data_terms[0])
+
+
+class _SpreadNormal(vi.distributions.PredictiveDistribution):
+    """torch_blue 1.1.0's recipe: the standard deviation is the samples' spread."""
+
+    distribution_parameters = ("mean", "log_std")
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Any:
+        return samples.mean(0), samples.std(0).log()
+
+    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+        mean, log_std = parameters
+        return -0.5 * ((sample - mean) / log_std.exp()) ** 2 - log_std
+
+
+def test_a_spread_based_predictive_says_why_instead_of_a_nan_loss() -> None:
+    """Each particle's output is scored as its own prediction, so a likelihood
+    whose scale is the spread of the samples has none (the std of one sample
+    is NaN): the loss was NaN without a word."""
+    x = torch.randn(6, 2)
+    net = vi.VISequential(vi.VILinear(2, 1))
+    out = net(x, samples=4)
+    loss_fn = vi.KullbackLeiblerLoss(_SpreadNormal(), dataset_size=6)
+    match = r"one sample at a time.*noise parameter of its own.*MeanFieldNormal"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "std", UserWarning)  # torch: one value
+        with pytest.raises(UnsupportedDistributionError, match=match):
+            loss_fn(out, x[:, :1])
+        with pytest.raises(UnsupportedDistributionError, match=match):
+            _SpreadNormal().log_prob_from_samples(x[:, :1], out.detach())
+        with bnn.validation(False):
+            value = loss_fn(out, x[:, :1])
+    assert torch.isnan(value)  # validation off: no check reads the values
+
+
+def test_normal_log_prob_from_parameters_refuses_a_log_std() -> None:
+    """torch_blue 1.1.0 documents ``(mean, log_std)``; read as a standard
+    deviation a negative ``log_std`` gave NaN without a word."""
+    normal = MeanFieldNormal()
+    samples, target = torch.tensor([[0.0], [0.5], [1.0]]), torch.tensor([0.9])
+    mean, std = normal.predictive_parameters_from_samples(samples)
+    with pytest.raises(ValueError, match=r"\(mean, std\).*log_std\.exp\(\)"):
+        normal.log_prob_from_parameters(target, (mean, std.log()))
+    expected = torch.distributions.Normal(mean, std).log_prob(target)
+    torch.testing.assert_close(
+        normal.log_prob_from_parameters(target, (mean, std.log().exp())),
+        expected + 0.5 * math.log(2 * math.pi),
+    )
+
+
+def test_gather_log_probs_sums_the_kept_draws_and_forgets_them() -> None:
+    """torch_blue 1.1.0's ``gather_log_probs``/``reset_log_probs`` (an
+    ``AttributeError`` here before): the ``[log p, log q]`` of the draws of
+    ``sample_variable``, averaged per variable, summed over variables and
+    submodules."""
+    net = vi.VISequential(vi.VILinear(3, 2), nn.ReLU(), vi.VILinear(2, 1))
+    first, second = net[0].sample_variable("weight"), net[0].sample_variable("weight")
+    bias = net[2].sample_variable("bias")
+    expected = (
+        net[0].get_log_probs(first, "weight") + net[0].get_log_probs(second, "weight")
+    ) / 2 + net[2].get_log_probs(bias, "bias")
+    copied = copy.deepcopy(net)  # the kept draws are not copied
+    gathered = net.gather_log_probs()
+    torch.testing.assert_close(gathered, expected)
+    assert gathered.shape == (2,)
+    assert gathered.requires_grad
+    for emptied in (net, copied):
+        with pytest.raises(RuntimeError, match=r"out\.log_probs"):
+            emptied.gather_log_probs()
+    net[2].sample_variable("weight")
+    net.reset_log_probs()
+    with pytest.raises(RuntimeError, match="no log probabilities were kept"):
+        net.gather_log_probs()
+    net[2].sample_variable("weight")
+    net(torch.randn(4, 3), samples=2)  # a forward pass forgets them
+    with pytest.raises(RuntimeError, match="no log probabilities were kept"):
+        net.gather_log_probs()
+    net.return_log_probs = False
+    net[2].sample_variable("weight")
+    with pytest.raises(RuntimeError, match="no log probabilities were kept"):
+        net.gather_log_probs()
+
+
+def test_a_distribution_without_a_role_is_a_type_and_not_implemented_error() -> None:
+    """torch_blue 1.1.0 raises ``TypeError``, its dev branch
+    ``NotImplementedError`` (which its tests expect): both catch it."""
+
+    class NoRole(vi.distributions.Distribution):
+        distribution_parameters = ("mean",)
+
+    for expected in (TypeError, NotImplementedError, vi.utils.NoRoleError):
+        with pytest.raises(expected, match="not flagged to be functional"):
+            NoRole()

@@ -47,6 +47,11 @@ from pyrolite_bnn.distributions.variational import (
 from pyrolite_bnn.layers.functional import current_batch_size, current_samples
 from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.variables import RandomVariable
+from pyrolite_bnn.vi._drawn_log_probs import (
+    drawn_log_probs,
+    forget_drawn_log_probs,
+    gather_drawn_log_probs,
+)
 from pyrolite_bnn.vi._parameter_names import (
     alias_variational_parameters,
     assigned_aliases,
@@ -569,7 +574,9 @@ class VIModule(BnnVIModule):
         """One draw of ``variable`` from its variational distribution (or ``None``).
 
         For use outside a forward pass: inside one, ``forward`` reads its
-        particle's draw as ``self.<variable>``.
+        particle's draw as ``self.<variable>``. With ``return_log_probs`` on,
+        the draw's ``[log p, log q]`` (:meth:`get_log_probs`) is kept for
+        :meth:`gather_log_probs`, as in torch_blue.
 
         Raises:
             NoVariablesError: if the module has no variables of its own.
@@ -588,7 +595,62 @@ class VIModule(BnnVIModule):
                 "forward for all particles, cannot draw it)"
             )
         draw: Tensor = self.posterior[variable].distribution().rsample()
+        if self.return_log_probs:
+            drawn_log_probs(self).add(variable, self.get_log_probs(draw, variable))
         return draw
+
+    def gather_log_probs(self) -> Tensor:
+        """``[log p, log q]`` of the draws of :meth:`sample_variable`, then forgotten.
+
+        torch_blue 1.1.0's aggregate over this module and its submodules: per
+        variable the mean over its draws since the last forward pass,
+        :meth:`reset_log_probs` or :meth:`gather_log_probs`, summed over the
+        variables; shape ``(2,)``, differentiable. Draws are kept while
+        ``return_log_probs`` is on. A forward pass's log probabilities are on
+        its output (``out.log_probs``, ``(S, 2)``), not gathered here.
+
+        Raises:
+            RuntimeError: if no draw was kept (torch_blue failed in
+                ``torch.stack`` there).
+
+        Example:
+            >>> import torch
+            >>> from pyrolite_bnn import vi
+            >>> layer = vi.VILinear(3, 2)
+            >>> weight = layer.sample_variable("weight")
+            >>> lps = layer.gather_log_probs()
+            >>> torch.equal(lps, layer.get_log_probs(weight, "weight"))
+            True
+        """
+        gathered = gather_drawn_log_probs(self)
+        if not gathered:
+            raise RuntimeError(
+                f"{type(self).__name__}.gather_log_probs: no log probabilities "
+                "were kept. It returns those of the draws of sample_variable "
+                "(made while return_log_probs is on) since the last forward pass, "
+                "reset_log_probs or gather_log_probs; a forward pass's log "
+                "probabilities are on its output, out.log_probs"
+            )
+        return torch.stack(gathered).sum(0)
+
+    def reset_log_probs(self) -> None:
+        """Forget the log probabilities kept for :meth:`gather_log_probs`.
+
+        In this module and its submodules. Every outermost forward pass does
+        it too, as in torch_blue 1.1.0.
+
+        Example:
+            >>> from pyrolite_bnn import vi
+            >>> layer = vi.VILinear(3, 2)
+            >>> _ = layer.sample_variable("weight")
+            >>> layer.reset_log_probs()
+            >>> try:
+            ...     layer.gather_log_probs()
+            ... except RuntimeError as error:
+            ...     print(str(error).split(":")[0])
+            VILinear.gather_log_probs
+        """
+        forget_drawn_log_probs(self)
 
     def sampled_forward(
         self,
@@ -624,6 +686,8 @@ class VIModule(BnnVIModule):
         outermost = not _plain_roots.in_running_network() and not pyro_wrapped()
         if kwargs.pop("sampled_input", False):
             raise NotImplementedError(_SAMPLED_INPUT)
+        if outermost:
+            self.reset_log_probs()
         single = (
             outermost
             and samples is None

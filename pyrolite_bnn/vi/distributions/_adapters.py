@@ -26,6 +26,7 @@ from pyro.nn import PyroParam
 from torch import Tensor
 
 from pyrolite_bnn._likelihoods import qualified_name
+from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
@@ -35,6 +36,7 @@ from pyrolite_bnn.vi.distributions.base import (
     sample_function,
     variational_log_prob_function,
 )
+from pyrolite_bnn.vi.utils.errors import UnsupportedDistributionError
 from pyrolite_bnn.vi.utils.use_norm_constants import (
     norm_constants_on,
     normalised_densities,
@@ -357,12 +359,59 @@ class AdaptedPredictive(BnnPredictive):
         """Each particle's log-likelihood, unsummed: ``(S, B, ...)``.
 
         One "sample" per particle: the predictive parameters of ``output[s]``
-        alone, unsummed (``(S, B, D)`` for targets ``(B, D)``).
+        alone, unsummed (``(S, B, D)`` for targets ``(B, D)``). A target of one
+        particle's output shape is expanded to every particle's, so that the
+        reference has the shape of the parameters, as in torch_blue.
+
+        Raises:
+            UnsupportedDistributionError: while validation is on, if the
+                log-likelihoods are not finite for finite outputs (see
+                :meth:`check_particle_scores`).
         """
         blue: Any = self.blue
         params = blue.predictive_parameters_from_samples(output.unsqueeze(0))
+        if target.shape == output.shape[1:]:
+            # torch_blue passes a reference of the prediction's shape: a plain
+            # loss (nn.MSELoss) warned of broadcasting (B, D) against (S, B, D).
+            target = target.expand_as(output)
         value: Tensor = blue.log_prob_from_parameters(target, params)
+        self.check_particle_scores(output, value)
         return value
+
+    def check_particle_scores(self, output: Tensor, value: Tensor) -> None:
+        """Refuse non-finite log-likelihoods of finite outputs, with the cause.
+
+        A distribution whose parameters come from the spread of the samples
+        (a standard deviation over the sample dimension, as torch_blue 1.1.0's
+        ``MeanFieldNormal``) gets one sample per particle here: the spread of
+        one sample is NaN (or zero), and the loss was NaN without a word.
+        Outputs that are not finite themselves are left to the checks that
+        report them. Skipped with validation off (it reads values).
+
+        Raises:
+            UnsupportedDistributionError: naming the per-particle scoring and
+                the two ways out.
+        """
+        if not is_validation_enabled() or readable_all(torch.isfinite(value)):
+            return
+        if not readable_all(torch.isfinite(output)):
+            return
+        name = type(self.blue).__name__
+        bad = int((~torch.isfinite(value)).sum())
+        raise UnsupportedDistributionError(
+            f"{qualified_name(self.blue)} gave {bad} non-finite log-likelihood(s) "
+            "for finite network outputs. The loss scores each particle's output "
+            "as its own prediction (the ELBO's data term, the mean over "
+            "particles of log p(y | x, w_s)): "
+            f"{name}.predictive_parameters_from_samples gets one sample at a "
+            "time, shape (1, B, ...), and parameters from the spread of the "
+            "samples (a standard deviation over dimension 0) are undefined for "
+            "one sample. Give the distribution a noise parameter of its own (a "
+            "fixed or learned scale, not the samples' spread), or use "
+            "vi.distributions.MeanFieldNormal, which learns one (pass "
+            "loss_fn.parameters() to the optimizer). (A target outside the "
+            "distribution's support is the other cause of an infinite one.)"
+        )
 
     def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log p(target | output_s)``, ``(S, B)``."""

@@ -38,7 +38,7 @@ from pyrolite_bnn.distributions.predictive import (
 )
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import VariationalFamily
-from pyrolite_bnn.vi.utils.errors import UnsupportedDistributionError
+from pyrolite_bnn.vi.utils.errors import NoRoleError, UnsupportedDistributionError
 from pyrolite_bnn.vi.utils.post_init_metaclass import PostInitCallMeta
 
 __all__ = ["Distribution", "PredictiveDistribution", "Prior", "VariationalDistribution"]
@@ -102,15 +102,24 @@ class Distribution(metaclass=PostInitCallMeta):
 
     # ------------------------------------------------------------ checks
     def __post_init__(self) -> None:
-        """Check that every flagged role has what it needs (torch_blue's checks)."""
+        """Check that every flagged role has what it needs (torch_blue's checks).
+
+        Raises:
+            NoRoleError: for a distribution with no role (a ``TypeError`` as
+                in torch_blue 1.1.0, and a ``NotImplementedError`` as on its
+                dev branch).
+        """
         if not (
             self.is_prior
             or self.is_variational_distribution
             or self.is_predictive_distribution
         ):
-            raise NotImplementedError(
+            raise NoRoleError(
                 f"{type(self).__name__} not flagged to be functional as any "
-                "distribution."
+                "distribution: a Distribution must use at least one of Prior, "
+                "VariationalDistribution, or PredictiveDistribution as interface "
+                "(or set is_prior, is_variational_distribution or "
+                "is_predictive_distribution to True)."
             )
         if self.is_prior:
             self._check_prior()

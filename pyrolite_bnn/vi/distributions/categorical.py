@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor
 
+from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn._validation import (
     check_non_negative,
     check_temperature,
@@ -26,6 +27,10 @@ from pyrolite_bnn.vi.distributions.base import (
 )
 
 __all__ = ["Categorical"]
+
+# What the native likelihood stands for: a subclass that overrides neither
+# computes as Categorical does and gets it.
+_PREDICTIVE_METHODS = ("predictive_parameters_from_samples", "log_prob_from_parameters")
 
 # torch_blue's ``input_type=``: the network outputs logits or probabilities.
 InputType = Literal["logits", "probs"]
@@ -228,8 +233,13 @@ class Categorical(PredictiveDistribution):
         return result
 
     def build_predictive(self) -> BnnPredictive:
-        """:class:`pyrolite_bnn.Categorical` (on log probabilities for ``"probs"``)."""
-        if type(self) is not Categorical:
+        """:class:`pyrolite_bnn.Categorical` (on log probabilities for ``"probs"``).
+
+        Also for a subclass that keeps :meth:`predictive_parameters_from_samples`
+        and :meth:`log_prob_from_parameters`; one that overrides either is
+        evaluated with its own methods (``Distribution.build_predictive``).
+        """
+        if not keeps_methods(self, Categorical, _PREDICTIVE_METHODS):
             return super().build_predictive()
         if self.input_type == "logits":
             return BnnCategorical()

@@ -30,6 +30,12 @@ __all__ = ["NonBayesian", "UniformPrior"]
 
 _LOSS_TYPES = ("MSE", "L2", "MAE", "L1")
 
+# What each role's native class stands for (see MeanFieldNormal): a subclass
+# that overrides none of a role's names gets the native class in that role.
+_PRIOR_METHODS = ("prior_log_prob",)
+_VARIATIONAL_METHODS = ("sample", "log_prob", "variational_log_prob")
+_PREDICTIVE_METHODS = ("predictive_parameters_from_samples", "log_prob_from_parameters")
+
 
 class _LossDensity(dist.TorchDistribution):
     """``log p(y) = -mean_d loss(y_d - loc_d)``: a plain loss as a likelihood.
@@ -207,7 +213,7 @@ class NonBayesian(Prior, VariationalDistribution, PredictiveDistribution):
         torch_blue prior is (``Distribution.to_prior``): the flat prior's
         closed-form KL does not hold for its density.
         """
-        if not keeps_methods(self, NonBayesian, ("prior_log_prob",)):
+        if not keeps_methods(self, NonBayesian, _PRIOR_METHODS):
             return super().to_prior()
         return FlatPrior()
 
@@ -240,11 +246,24 @@ class NonBayesian(Prior, VariationalDistribution, PredictiveDistribution):
         return self.log_prob_from_parameters(reference, samples)
 
     def to_variational(self) -> VariationalFamily:
-        """:class:`pyrolite_bnn.PointMass`."""
+        """:class:`pyrolite_bnn.PointMass`.
+
+        A subclass that overrides the sampling or density methods is wrapped
+        generically (``Distribution.to_variational``).
+        """
+        if not keeps_methods(self, NonBayesian, _VARIATIONAL_METHODS):
+            return super().to_variational()
         return PointMass()
 
     def build_predictive(self) -> BnnPredictive:
-        """The plain loss as a likelihood (:class:`_LossLikelihood`)."""
+        """The plain loss as a likelihood (:class:`_LossLikelihood`).
+
+        A subclass that overrides :meth:`predictive_parameters_from_samples` or
+        :meth:`log_prob_from_parameters` is evaluated with its own methods
+        (``Distribution.build_predictive``).
+        """
+        if not keeps_methods(self, NonBayesian, _PREDICTIVE_METHODS):
+            return super().build_predictive()
         if self.loss_type is None:
             raise ValueError("loss_type must be set during initialization")
         return _LossLikelihood(self.loss_type)

@@ -9,10 +9,13 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn._validation import (
     check_finite_real,
     check_non_negative,
     check_positive,
+    is_validation_enabled,
+    readable_all,
 )
 from pyrolite_bnn.distributions.predictive import Normal as BnnNormal
 from pyrolite_bnn.distributions.predictive import (
@@ -32,6 +35,25 @@ from pyrolite_bnn.vi.distributions.base import (
 from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
 
 __all__ = ["MeanFieldNormal"]
+
+# What each role's native class stands for: a subclass that overrides none of
+# these names computes as MeanFieldNormal does in that role and gets the native
+# class (closed-form KL, local reparameterisation, learned noise); one that
+# overrides any of them is wrapped generically, with its own methods.
+_PRIOR_METHODS = (
+    "distribution_parameters",
+    "_required_parameters",
+    "get_parameters",
+    "log_prob",
+    "prior_log_prob",
+)
+_VARIATIONAL_METHODS = (
+    "distribution_parameters",
+    "sample",
+    "log_prob",
+    "variational_log_prob",
+)
+_PREDICTIVE_METHODS = ("predictive_parameters_from_samples", "log_prob_from_parameters")
 
 
 class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
@@ -140,7 +162,14 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
 
         ``parameters`` is ``(mean, std)``, as :meth:`predictive_parameters_from_samples`
         returns them (a standard deviation, not the ``log_std`` that
-        :meth:`log_prob` takes); constants with ``use_norm_constants``.
+        :meth:`log_prob` takes; torch_blue's dev branch's contract). torch_blue
+        1.1.0's documentation asks for ``(mean, log_std)`` here instead: pass
+        ``(mean, log_std.exp())``. Constants with ``use_norm_constants``.
+
+        Raises:
+            TypeError: if ``parameters`` is not a pair.
+            ValueError: while validation is on, for a negative ``std`` (a
+                ``log_std`` passed where the standard deviation belongs).
 
         Example:
             >>> import torch
@@ -160,25 +189,48 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
                 f"{type(parameters).__name__}"
             )
         mean, std = parameters
+        if is_validation_enabled() and not readable_all(~(std < 0)):  # NaN passes
+            raise ValueError(
+                "MeanFieldNormal.log_prob_from_parameters takes (mean, std), a "
+                "standard deviation as predictive_parameters_from_samples returns "
+                "it, but the second parameter has negative values: a log standard "
+                "deviation? torch_blue 1.1.0's (mean, log_std) order is "
+                "(mean, log_std.exp()) here (log_prob takes (mean, log_std))"
+            )
         value = -0.5 * ((reference - mean) / std).square() - std.log()
         if norm_constants_on():
             value = value - 0.5 * math.log(2 * math.pi)
         return value
 
     def to_prior(self) -> BnnPrior:
-        """:class:`pyrolite_bnn.NormalPrior` with this mean and std."""
-        if type(self) is not MeanFieldNormal:
+        """:class:`pyrolite_bnn.NormalPrior` with this mean and std.
+
+        Also for a subclass that keeps the prior's methods (``class
+        MyNormal(MeanFieldNormal): pass``); one that overrides its density is
+        wrapped as any torch_blue prior is (``Distribution.to_prior``).
+        """
+        if not keeps_methods(self, MeanFieldNormal, _PRIOR_METHODS):
             return super().to_prior()
         return NormalPrior(self.mean.clone(), self.std.clone())
 
     def to_variational(self) -> VariationalFamily:
-        """:class:`pyrolite_bnn.MeanFieldNormal` (scales set by the layer's init)."""
-        if type(self) is not MeanFieldNormal:
+        """:class:`pyrolite_bnn.MeanFieldNormal` (scales set by the layer's init).
+
+        Also for a subclass that keeps the sampling and density methods; one
+        that overrides them is wrapped generically
+        (``Distribution.to_variational``).
+        """
+        if not keeps_methods(self, MeanFieldNormal, _VARIATIONAL_METHODS):
             return super().to_variational()
         return BnnMeanFieldNormal(init_scale=float(self.std), scale_transform="exp")
 
     def build_predictive(self) -> BnnPredictive:
-        """:class:`pyrolite_bnn.Normal` with a learned noise scale."""
-        if type(self) is not MeanFieldNormal:
+        """:class:`pyrolite_bnn.Normal` with a learned noise scale.
+
+        Also for a subclass that keeps :meth:`predictive_parameters_from_samples`
+        and :meth:`log_prob_from_parameters`; one that overrides either is
+        evaluated with its own methods (``Distribution.build_predictive``).
+        """
+        if not keeps_methods(self, MeanFieldNormal, _PREDICTIVE_METHODS):
             return super().build_predictive()
         return BnnNormal(scale=None, init_scale=float(self.std))

@@ -6,6 +6,7 @@ attributes, as in torch_blue (``vi.utils.init.fixed_``).
 
 from pyrolite_bnn.vi.utils import common_types, convert, init, vi_return
 from pyrolite_bnn.vi.utils.errors import (
+    NoRoleError,
     NoVariablesError,
     UnsupportedDistributionError,
 )
@@ -13,6 +14,7 @@ from pyrolite_bnn.vi.utils.post_init_metaclass import PostInitCallMeta
 from pyrolite_bnn.vi.utils.use_norm_constants import use_norm_constants
 
 __all__ = [
+    "NoRoleError",
     "NoVariablesError",
     "PostInitCallMeta",
     "UnsupportedDistributionError",

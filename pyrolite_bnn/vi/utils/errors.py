@@ -1,6 +1,28 @@
 """Exceptions of the torch_blue-compatible namespace."""
 
-__all__ = ["NoVariablesError", "UnsupportedDistributionError"]
+__all__ = ["NoRoleError", "NoVariablesError", "UnsupportedDistributionError"]
+
+
+class NoRoleError(TypeError, NotImplementedError):
+    """A distribution was built that can serve in no role.
+
+    A :class:`~pyrolite_bnn.vi.distributions.Distribution` subclass that uses
+    none of the interfaces ``Prior``, ``VariationalDistribution``,
+    ``PredictiveDistribution`` and sets none of the flags ``is_prior``,
+    ``is_variational_distribution``, ``is_predictive_distribution``. Both a
+    ``TypeError`` (what torch_blue 1.1.0 raises) and a ``NotImplementedError``
+    (what its dev branch raises), so code written for either catches it.
+
+    Example:
+        >>> from pyrolite_bnn import vi
+        >>> class Nothing(vi.distributions.Distribution):
+        ...     distribution_parameters = ("mean",)
+        >>> try:
+        ...     Nothing()
+        ... except TypeError as error:
+        ...     print(str(error).split(":")[0])
+        Nothing not flagged to be functional as any distribution
+    """
 
 
 class NoVariablesError(Exception):
