@@ -224,7 +224,8 @@ class LazyDraws:
         # per weight, kept when asked (keeping_noise_sums) for the Monte-Carlo
         # KL, which then needs no replayed draw.
         self.noise_sums: list[tuple[Tensor, Tensor] | None] = [None] * count
-        # The noise of kept half-precision draws (see noise()).
+        # The noise of half-precision draws whose random state could not be
+        # kept (see noise()).
         self.noises: list[Tensor | None] = [None] * count
         # Variables whose moments were dropped (release_moments): computed
         # again from their posteriors when read.
@@ -378,10 +379,13 @@ class LazyDraws:
         """The standard-normal noise ``eps`` of the draw ``mu + sigma * eps``.
 
         Of variable ``index``, a mean-field Normal one, ``(samples, 1,
-        *shape)`` in the weights' dtype: kept with a kept half-precision draw,
-        else replayed from the draw's random state. ``None`` if it was never
-        drawn, or neither (a kept ``float32`` draw; its noise is recovered
-        from it to float precision).
+        *shape)`` in the weights' dtype: replayed from the draw's random state
+        (which a half-precision draw always saves: only a Monte-Carlo KL
+        reads its noise, and a forward pass does not know which KL will be
+        taken), or kept with a half-precision draw whose state could not be
+        saved (a graph being captured, a device whose generator state cannot
+        be read). ``None`` if it was never drawn, or neither (a kept
+        ``float32`` draw; its noise is recovered from it to float precision).
         """
         kept = self.noises[index]
         if kept is not None:
@@ -411,24 +415,27 @@ class LazyDraws:
             state = None
             device = _device_of(variable, moments)
             replayed = _replay_saves_memory(variable, self.samples)
+            # A half-precision draw rounds its noise away (a mean of 1 in
+            # bfloat16 is 0.008 from the next number, sigma 1e-3): a
+            # Monte-Carlo KL reads the noise itself, replayed from the random
+            # state (kept with the draw only where that cannot be replayed).
+            narrow = moments is not None and is_narrow(moments.loc.dtype)
             # A small draw of a call without gradients is kept and its state
             # saved too: follow_grad_mode replays it with gradients.
             if (
                 device is not None
                 and not self._keep
-                and (replayed or not self.grad_enabled)
+                and (replayed or narrow or not self.grad_enabled)
             ):
                 state = rng_state(device)
-            # A half-precision draw rounds its noise away (a mean of 1 in
-            # bfloat16 is 0.008 from the next number, sigma 1e-3): the
-            # Monte-Carlo KL reads the noise itself, summed in float32.
-            narrow = moments is not None and is_narrow(moments.loc.dtype)
+            keep_noise = narrow and state is None
             eps = None
-            if moments is not None and (self._sums or narrow):
+            if moments is not None and (self._sums or keep_noise):
                 value, eps = _draw_noise(variable, moments, self.samples)
-                with torch.no_grad():
-                    wide = full_precision(eps)
-                    self.noise_sums[i] = (wide.sum(0), (wide * wide).sum(0))
+                if self._sums:
+                    with torch.no_grad():
+                        wide = full_precision(eps)
+                        self.noise_sums[i] = (wide.sum(0), (wide * wide).sum(0))
             else:
                 value = _draw(variable, moments, self.samples)
             if state is not None:
@@ -437,8 +444,8 @@ class LazyDraws:
                 self._fresh[i] = value
             else:
                 self.values[i] = value
-                if narrow:
-                    self.noises[i] = eps
+            if keep_noise:
+                self.noises[i] = eps
 
     def follow_grad_mode(self) -> None:
         """Give the moments and draws gradients: the call had none, now they are on.
@@ -546,9 +553,14 @@ _DRAWN: ContextVar[LazyDraws | None] = ContextVar(
 _NOISE_SUMS: ContextVar[bool] = ContextVar("pyrolite_noise_sums", default=False)
 
 
-def keeping_noise_sums() -> AbstractContextManager[None]:
-    """Calls in the body keep the noise sums of their Normal draws (see LazyDraws)."""
-    return set_while(_NOISE_SUMS, True)
+def keeping_noise_sums(keep: bool = True) -> AbstractContextManager[None]:
+    """Calls in the body keep the noise sums of their Normal draws (see LazyDraws).
+
+    Args:
+        keep: whether they do (``False``: the body's calls keep none, as
+            outside it). Only a Monte-Carlo KL (``kl="mc"``) reads them.
+    """
+    return set_while(_NOISE_SUMS, keep)
 
 
 def current_draws() -> LazyDraws | None:

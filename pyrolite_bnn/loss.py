@@ -95,7 +95,10 @@ class KullbackLeiblerLoss(nn.Module):
     value is divided by ``N``, so it is on the scale of a per-example
     cross-entropy. The value equals Pyro's ``Trace_ELBO`` (``kl="mc"``) or
     ``TraceMeanField_ELBO`` (``kl="analytic"``) on :meth:`pyro_model` and the
-    network's guide for the same random draws, divided by ``N``. The KL is
+    network's guide for the same random draws, divided by ``N``, for a
+    ``float32`` or ``float64`` network; a network stored in ``bfloat16`` or
+    ``float16`` gets its KL in ``float32`` from the stored parameters and the
+    noise drawn, where Pyro's reads the rounded draws (and is biased). The KL is
     that of every Bayesian layer of the network, also of layers the forward
     pass did not call (an idle head of a multi-task network): the ELBO of the
     whole network. Pyro's model then lacks those layers' sites, and Pyro's own

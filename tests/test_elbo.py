@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.elbo import Trace_ELBO, TraceMeanField_ELBO
+from pyrolite_bnn.record import LayerRecord, find_record
 
 PAIRS = [
     (Trace_ELBO, pyro.infer.Trace_ELBO),
@@ -69,6 +70,28 @@ def test_value_gradients_and_parameters_equal_pyros(
     assert fast[2] == {*net.parameters(), *loss_fn.parameters()}
     for key, grad in slow[3].items():
         torch.testing.assert_close(fast[3][key], grad, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("elbo", "reads_noise"), [(Trace_ELBO, True), (TraceMeanField_ELBO, False)]
+)
+def test_only_the_monte_carlo_elbo_keeps_the_noise_sums_of_its_draws(
+    elbo: type[Trace_ELBO], reads_noise: bool
+) -> None:
+    """The fast path kept sum(eps) and sum(eps^2) of every draw (in float32 for
+    a half-precision network: two S x weights temporaries per layer) for
+    TraceMeanField_ELBO too, whose KL of mean-field Normal sites is closed
+    form and never reads them. Only Trace_ELBO (kl="mc") asks for them now."""
+    net = _net().to(torch.bfloat16)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 50)
+    x, y = _data()
+    loss = elbo().differentiable_loss(
+        loss_fn.pyro_model(net), net.guide, x.bfloat16(), y.bfloat16(), samples=3
+    )
+    record = find_record(loss)
+    assert isinstance(record, LayerRecord)
+    kept = [sums is not None for sums in record.draws.noise_sums]
+    assert kept == [reads_noise] * 4
 
 
 def test_fast_path_does_not_trace_the_model(monkeypatch: pytest.MonkeyPatch) -> None:

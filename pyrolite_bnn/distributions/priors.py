@@ -14,6 +14,7 @@ import copy
 import hashlib
 import math
 from collections.abc import Callable, Hashable, Sequence
+from contextvars import ContextVar
 from typing import Any, Literal, TypeVar, cast, get_args
 
 import pyro.distributions as dist
@@ -24,12 +25,13 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Transform, constraints
 
 from pyrolite_bnn._capture import is_capturing, is_wrapped
+from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn._state import RecordsInState, recorded
 from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn._warnings import warn_at_caller
-from pyrolite_bnn.distributions._precision import full_precision, is_narrow
+from pyrolite_bnn.distributions._precision import computed_in_full_precision
 from pyrolite_bnn.distributions.variational import NormalMoments
 from pyrolite_bnn.variables import UnitLayout
 
@@ -44,6 +46,7 @@ __all__ = [
     "ScalePer",
     "StudentTPrior",
     "as_prior",
+    "priors_in_full_precision",
 ]
 
 # ``LearnedNormalPrior(per=)``: one learned scale per layer, or one per output unit.
@@ -57,6 +60,14 @@ _REMEMBERED_NUMBERS = 4096
 _DISTRIBUTION_METHODS = ("forward", "elementwise")
 
 PriorLike = "Prior | Distribution | Callable[[torch.Size], Distribution]"
+
+_T = TypeVar("_T")
+
+# Set while a computation reads float32 copies of priors' hyperparameters whose
+# stored values were checked just before (priors_in_full_precision).
+_READING_CHECKED_COPIES: ContextVar[bool] = ContextVar(
+    "pyrolite_prior_copies_checked", default=False
+)
 
 
 class _FiniteReal(constraints.Constraint):
@@ -456,7 +467,9 @@ class Prior(RecordsInState):
         checked (the same memory at the same version) is not read again, so
         a training step pays no device synchronisation for it. Values that
         cannot be read (the meta device, under ``torch.func`` transforms or
-        ``torch.compile``) count as valid.
+        ``torch.compile``) count as valid, and so do the ``float32`` copies
+        of checked values that :func:`priors_in_full_precision` hands a
+        computation.
 
         Raises:
             ValueError: naming the buffer, its constraint and the remedy.
@@ -471,7 +484,7 @@ class Prior(RecordsInState):
             ...
             ValueError: NormalPrior buffer 'scale' must be positive and finite, ...
         """
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or _READING_CHECKED_COPIES.get():
             return
         checked: dict[str, tuple[int, int]] = self.__dict__.setdefault(
             "_checked_values", {}
@@ -639,33 +652,6 @@ class Prior(RecordsInState):
             base = _with_own_memory(base, self)
         _check_broadcast(self, base.batch_shape, size)
         return _independent(base, size)
-
-    def full_precision(self, shape: Sequence[int]) -> TorchDistributionMixin:
-        """``self(shape)`` with half-precision hyperparameters read as ``float32``.
-
-        The densities of a ``bfloat16`` prior computed in ``bfloat16`` are off
-        by its rounding (``log(2 * scale)`` of a Laplace prior by 0.0017 per
-        weight); a Monte-Carlo KL of a half-precision network evaluates them
-        in ``float32``. The buffers and parameters are cast for the call
-        (differentiably: gradients reach learnable ones); a prior of other
-        dtypes, or whose distribution is not built from them
-        (:class:`CallablePrior`), is returned as ``self(shape)``.
-
-        Example:
-            >>> import torch, pyrolite_bnn as bnn
-            >>> prior = bnn.LaplacePrior().to(torch.bfloat16)
-            >>> prior.full_precision((2, 3)).base_dist.scale.dtype
-            torch.float32
-        """
-        tensors: dict[str, Tensor] = dict(self.named_parameters())
-        tensors.update(self.named_buffers())
-        result: TorchDistributionMixin
-        if any(is_narrow(tensor.dtype) for tensor in tensors.values()):
-            widened = {name: full_precision(t) for name, t in tensors.items()}
-            result = torch.func.functional_call(self, widened, (shape,))
-        else:
-            result = self(shape)
-        return result
 
     def graph_key(self, shape: Sequence[int]) -> Hashable:
         """What a compiled loss graph froze of ``self(shape)``, besides tensors.
@@ -1640,6 +1626,41 @@ def _frozen_description(value: object, depth: int = 0) -> Hashable:
     except TypeError:
         return (type(value),)
     return (type(value), value)
+
+
+def priors_in_full_precision(priors: Sequence[Prior], compute: Callable[[], _T]) -> _T:
+    """``compute()`` with the priors' half-precision hyperparameters as ``float32``.
+
+    The KL of a half-precision network: a prior's closed form, its density
+    and what it derives from its hyperparameters (a learned scale
+    ``exp(log_scale)``) computed in ``bfloat16`` are off by its rounding, an
+    error that every weight's term repeats (``log(0.1)``: 0.0047 nats per
+    weight). Inside, the priors' ``float16``/``bfloat16`` buffers and
+    parameters are their ``float32`` casts
+    (:func:`~pyrolite_bnn.distributions._precision.computed_in_full_precision`:
+    differentiable, gradients reach learned ones). With validation on, the
+    stored values are checked first (:meth:`Prior.check_values`); the casts,
+    new tensors at every call, are not read again (that would synchronise a
+    device once per prior and step).
+
+    Args:
+        priors: the priors.
+        compute: the computation, without arguments.
+
+    Returns:
+        What ``compute()`` returns.
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> prior = bnn.LearnedNormalPrior(init_scale=0.3).to(torch.bfloat16)
+        >>> priors_in_full_precision([prior], lambda: prior.scale().dtype)
+        torch.float32
+    """
+    if is_validation_enabled():
+        for prior in priors:
+            prior.check_values()
+    with set_while(_READING_CHECKED_COPIES, True):
+        return computed_in_full_precision(priors, compute)
 
 
 def as_prior(prior: object) -> Prior:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
 from pyrolite_bnn._network import collect_variables
-from pyrolite_bnn.distributions.priors import NormalPrior
+from pyrolite_bnn.distributions._precision import full_precision
+from pyrolite_bnn.distributions.priors import NormalPrior, priors_in_full_precision
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
@@ -348,8 +350,23 @@ def _spec_names(variable: RandomVariable) -> tuple[str, str]:
 
 
 def _closed_form(module: BnnVIModule, name: str, posterior: Any) -> Tensor | None:
+    """The closed-form KL of the variable ``name``, ``None`` if it has none.
+
+    In ``float32`` arithmetic for a half-precision layer: the posterior's
+    moments from its stored parameters, the prior's hyperparameters read as
+    ``float32``
+    (:func:`~pyrolite_bnn.distributions.priors.priors_in_full_precision`).
+    """
     prior = module.prior[name]
     assert isinstance(prior, BnnPrior)
+    return priors_in_full_precision(
+        [prior], lambda: _prior_closed_form(module, name, prior, posterior)
+    )
+
+
+def _prior_closed_form(
+    module: BnnVIModule, name: str, prior: BnnPrior, posterior: Any
+) -> Tensor | None:
     if isinstance(posterior, PointMassPosterior):
         # A fixed weight: the KL up to the point mass's (infinite) constant is
         # -log p(w), zero under the flat prior (MAP for any other prior).
@@ -357,11 +374,14 @@ def _closed_form(module: BnnVIModule, name: str, posterior: Any) -> Tensor | Non
             return posterior.loc.new_zeros(())
         value: Tensor = -module.prior_distribution(name).log_prob(posterior.loc).sum()
         return value
-    if isinstance(posterior, MeanFieldNormalPosterior):
-        term = prior.kl_from_normal(*posterior.normal_params(full_precision=True))
-        if term is not None:
-            return term
-    return analytic_kl(posterior.distribution(), module.prior_distribution(name))
+    if not isinstance(posterior, MeanFieldNormalPosterior):
+        return analytic_kl(posterior.distribution(), module.prior_distribution(name))
+    moments = posterior.normal_params(full_precision=True)
+    term = prior.kl_from_normal(*moments)
+    if term is not None:
+        return term
+    q = dist.Normal(*moments).to_event(len(posterior.shape))
+    return analytic_kl(q, module.prior_distribution(name))
 
 
 def _flat_parameters(model: BnnVIModule) -> tuple[list[Any], list[Tensor]]:
@@ -374,7 +394,12 @@ def _flat_parameters(model: BnnVIModule) -> tuple[list[Any], list[Tensor]]:
         for name, prior in module.prior_specs.items():
             if prior is None:
                 continue
-            values = [p.flatten() for p in module.get_variational_parameters(name)]
+            # Half-precision parameters as float32: the module's arithmetic
+            # and its sum over every weight are then float32.
+            values = [
+                full_precision(p.flatten())
+                for p in module.get_variational_parameters(name)
+            ]
             for index, value in enumerate(values):
                 if len(variational_lists) <= index:
                     variational_lists.append([])
