@@ -24,7 +24,7 @@ from pyrolite_bnn.calibration import (
 from pyrolite_bnn.checkpoint import load_checkpoint, save_checkpoint
 from pyrolite_bnn.compiled import CompileFallbackWarning
 from pyrolite_bnn.convert import convert
-from pyrolite_bnn.decay import decay_groups
+from pyrolite_bnn.decay import decay_groups, decay_optim_args
 from pyrolite_bnn.distributions import (
     Bernoulli,
     CallablePrior,
@@ -146,6 +146,7 @@ __all__ = [
     "calibrate",
     "convert",
     "decay_groups",
+    "decay_optim_args",
     "draw_networks",
     "enable_validation",
     "fit",

@@ -10,8 +10,10 @@ tripled the default posterior's standard deviations in 300 steps), or biases
 the empirical-Bayes prior scale towards 1. In a Bayesian network the prior's KL
 term is the regulariser, so the loss warns about an optimizer that decays such
 a parameter (one that :func:`~pyrolite_bnn.decay.scale_parameters` finds), and
-recommends :func:`~pyrolite_bnn.decay.decay_groups`, whose groups keep the
-decay off exactly those.
+recommends :func:`~pyrolite_bnn.decay.decay_groups` (a ``torch.optim``
+optimizer's groups) or :func:`~pyrolite_bnn.decay.decay_optim_args` (a
+``pyro.optim`` optimizer's per-parameter arguments), which keep the decay off
+exactly those.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pyrolite_bnn._change_watch import (
     optimizers_started,
     stepped_optimizers,
 )
+from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._warnings import warn_at_caller
 
 __all__ = ["PENDING_CALLS", "DecayWatch"]
@@ -152,6 +155,7 @@ class DecayWatch:
                 else " (frozen now, requires_grad=False: the decay acts once "
                 "they are unfrozen)"
             )
+            optimizers = {id(finding[0]): finding[0] for finding in found}
             warn_at_caller(
                 f"{type(optimizer).__name__} applies weight_decay={decay:g} to "
                 f"{names}{more}{frozen}, unconstrained parameters of scales: "
@@ -163,10 +167,36 @@ class DecayWatch:
                 "the weights, and the ELBO sets a learned prior's scale: "
                 "use weight_decay=0, or keep the decay off the scales of the "
                 "network and of the loss (a learned noise) with "
-                f"{type(optimizer).__name__}(bnn.decay_groups(model, loss_fn, "
-                f"weight_decay={decay:g}), ...), whose second group holds "
-                "them without decay"
+                + _remedy(optimizer, decay, list(optimizers.values()))
             )
+
+
+def _remedy(optimizer: Optimizer, decay: float, optimizers: list[Optimizer]) -> str:
+    """The call that keeps ``decay`` off the scales, for this kind of optimizer.
+
+    ``pyro.optim`` (Pyro's ``SVI``) keeps one torch optimizer per parameter,
+    of the same name (``pyro.optim.Adam`` makes ``torch.optim.Adam``s), and
+    takes per-parameter arguments instead of groups: optimizers of one
+    parameter each, stepped while a Pyro ELBO runs the loss, are its.
+    """
+    name = type(optimizer).__name__
+    if pyro_wrapped() and all(_holds_one_parameter(opt) for opt in optimizers):
+        lr = optimizer.param_groups[0].get("lr")
+        rate = f", lr={lr:g}" if isinstance(lr, (int, float)) else ""
+        return (
+            f"pyro.optim.{name}(bnn.decay_optim_args(model, loss_fn, "
+            f"weight_decay={decay:g}{rate})) in place of its dict of arguments "
+            "(add the others as keywords), which gives them no decay"
+        )
+    return (
+        f"{name}(bnn.decay_groups(model, loss_fn, weight_decay={decay:g}), "
+        "...), whose second group holds them without decay"
+    )
+
+
+def _holds_one_parameter(optimizer: Optimizer) -> bool:
+    groups = optimizer.param_groups
+    return len(groups) == 1 and len(groups[0]["params"]) == 1
 
 
 def _groups(optimizer: Optimizer) -> _Groups:

@@ -53,7 +53,10 @@ __all__ = [
     "ParameterNames",
     "ParamsInModule",
     "StoreKeepingContext",
+    "constrained_tensor_names",
     "held_settings",
+    "is_positive_constraint",
+    "is_scale_constraint",
     "keep_store_in",
     "linked_parameters",
     "linked_value",
@@ -533,6 +536,18 @@ class ParamStoreModule(nn.Module):
         constrained = transform_to(self._constraints[name])(unconstrained)
         return linked_value(constrained, unconstrained)
 
+    def parameter_constraints(self) -> dict[str, constraints.Constraint]:
+        """The constraint of each parameter, by its ``pyro.param`` name.
+
+        Example:
+            >>> from torch.distributions import constraints
+            >>> store = ParamStoreModule()
+            >>> _ = store.get_param("0.scale", torch.ones(2), constraints.positive)
+            >>> store.parameter_constraints()
+            {'0.scale': GreaterThan(lower_bound=0.0)}
+        """
+        return dict(self._constraints)
+
     def _create(
         self,
         name: str,
@@ -574,6 +589,78 @@ class ParamStoreModule(nn.Module):
         parameter = module._parameters[leaf]
         assert parameter is not None
         return parameter
+
+
+def is_positive_constraint(constraint: object) -> bool:
+    """Whether ``constraint`` is ``positive`` (or ``softplus_positive``).
+
+    Pyro stores such a value unconstrained, as its ``log`` (its inverse
+    ``softplus``): the way Pyro's guides hold their scales.
+
+    Example:
+        >>> from pyro.distributions import constraints as pyro_constraints
+        >>> is_positive_constraint(pyro_constraints.softplus_positive)
+        True
+        >>> is_positive_constraint(constraints.greater_than(1.0))
+        False
+    """
+    return (
+        isinstance(constraint, type(constraints.positive))
+        and getattr(constraint, "lower_bound", None) == 0
+    )
+
+
+def is_scale_constraint(constraint: object) -> bool:
+    """Whether a value of ``constraint`` is a scale that Pyro stores as its log.
+
+    A positive value (:func:`is_positive_constraint`), and a matrix whose
+    diagonal is stored so: a Cholesky factor (``lower_cholesky``,
+    ``softplus_lower_cholesky``) or a covariance (``positive_definite``). Not
+    ``unit_lower_cholesky``, whose unit diagonal is no parameter.
+
+    Example:
+        >>> is_scale_constraint(constraints.lower_cholesky)
+        True
+        >>> is_scale_constraint(constraints.real)
+        False
+    """
+    return is_positive_constraint(constraint) or isinstance(
+        constraint,
+        (type(constraints.lower_cholesky), type(constraints.positive_definite)),
+    )
+
+
+def constrained_tensor_names(
+    module: nn.Module, holds: Callable[[constraints.Constraint], bool]
+) -> tuple[str, ...]:
+    """``module``'s own tensors that hold a Pyro parameter whose constraint ``holds``.
+
+    By their names in ``module``'s ``named_parameters()``: a ``PyroParam``
+    ``scale`` is the tensor ``scale_unconstrained``; of a
+    :class:`ParamStoreModule`, the tensors of its ``pyro.param`` statements
+    (dotted paths below it). Read from what the module records with its
+    parameters (Pyro keeps each ``PyroParam``'s constraint in the module's
+    ``_pyro_params`` table, which pickles and copies keep), never from a run
+    of the module, so a module saved whole and loaded again has them too.
+
+    Example:
+        >>> from pyro.nn import PyroModule, PyroParam
+        >>> module = PyroModule()
+        >>> module.loc = PyroParam(torch.zeros(2))
+        >>> module.scale = PyroParam(torch.ones(2), constraints.positive)
+        >>> constrained_tensor_names(module, is_positive_constraint)
+        ('scale_unconstrained',)
+    """
+    if isinstance(module, ParamStoreModule):
+        recorded = module.parameter_constraints()
+    else:
+        table = module.__dict__.get("_pyro_params", {})
+        recorded = {name: entry[0] for name, entry in table.items()}
+    return tuple(
+        f"{name}_unconstrained"
+        for name, constraint in recorded.items()
+        if holds(constraint)
+    )
 
 
 class ParamsInModule(Messenger):

@@ -68,12 +68,14 @@ from pyrolite_bnn._pyro_module import (
     LocalPyroModule,
     ParamsInModule,
     ParamStoreModule,
+    constrained_tensor_names,
+    is_positive_constraint,
     local_params,
 )
+from pyrolite_bnn._scales import tensor_parameters
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import elementwise_quantiles
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
-from pyrolite_bnn.record import positive_param_leaves
 from pyrolite_bnn.variables import RandomVariable
 
 __all__ = ["ParticleGuide", "check_guide", "guide_of"]
@@ -120,11 +122,6 @@ class ParticleGuide(LocalPyroModule):
         >>> net.guide.quantiles([0.05, 0.5, 0.95])["weight"].shape
         torch.Size([3, 2, 3])
     """
-
-    # The names (in named_parameters()) of the assigned guide's parameters with
-    # a positive constraint, found by setup(). Class default: none known (the
-    # generated guide; a guide pickled before they were recorded).
-    _positive_names: tuple[str, ...] = ()
 
     def __init__(
         self, network: nn.Module, inner: Callable[..., Any] | None = None
@@ -225,12 +222,6 @@ class ParticleGuide(LocalPyroModule):
             )
             raise TypeError(f"could not set up {name} ({error}){advice}") from error
         _check_sites(inner, trace, self.network)
-        positive = {id(leaf) for leaf in positive_param_leaves(trace).values()}
-        self._positive_names = tuple(
-            name
-            for name, parameter in self.named_parameters()
-            if id(parameter) in positive
-        )
         # Guides that initialise from the prior's mean (init_to_mean,
         # AutoNormalMessenger's default) get parameters made from the layers'
         # priors as they are: expanded, stride 0 (in-place optimiser steps
@@ -250,9 +241,11 @@ class ParticleGuide(LocalPyroModule):
         Pyro's guides hold their scales so: ``pyro.param(...,
         constraint=positive)``, ``AutoNormal``'s ``scales``,
         ``AutoLowRankMultivariateNormal``'s ``scale``. Their unconstrained
-        values, by their names in :meth:`named_parameters`, as :meth:`setup`
-        found them. Empty for the generated guide, whose posteriors name their
-        scales (``rho_unconstrained``).
+        values, by their names in :meth:`named_parameters`, read from the
+        constraints the guide's modules record with their parameters (a
+        guide saved whole and loaded again has them too). Empty for the
+        generated guide, whose posteriors declare their scales
+        (``rho_unconstrained``).
 
         Example:
             >>> from pyro.infer.autoguide import AutoDiagonalNormal
@@ -262,8 +255,13 @@ class ParticleGuide(LocalPyroModule):
             >>> list(net.guide.positive_parameters())
             ['inner.scale_unconstrained']
         """
-        names = set(self._positive_names)
-        return {name: p for name, p in self.named_parameters() if name in names}
+        positive = {
+            id(parameter)
+            for module in self.modules()
+            for name in constrained_tensor_names(module, is_positive_constraint)
+            for parameter in tensor_parameters(module, name)
+        }
+        return {n: p for n, p in self.named_parameters() if id(p) in positive}
 
     def forward(self, *args: Any, samples: int | None = None, **kwargs: Any) -> Any:
         """Draw all weights for ``samples`` particles (default ``network.samples``).

@@ -595,10 +595,16 @@ class KullbackLeiblerLoss(nn.Module):
             return
 
         def scales() -> dict[str, Tensor]:
+            network = record.network
+            declared = (
+                set()
+                if network is None
+                else {id(p) for p in scale_parameters(network).values()}
+            )
             found = {
                 name: parameter
                 for name, parameter in record.guide_parameters().items()
-                if is_scale_parameter(name)
+                if id(parameter) in declared or is_scale_parameter(name)
             }
             found.update(record.positive_parameters())
             return found

@@ -30,13 +30,13 @@ from torch.distributions import (
     Distribution,
     Independent,
     Normal,
-    constraints,
     kl_divergence,
 )
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._autograd_graph import reaches_node
 from pyrolite_bnn._draws import LazyDraws, kl_without_gradients
+from pyrolite_bnn._pyro_module import is_positive_constraint
 from pyrolite_bnn._validation import distribution_checks_off, is_validation_enabled
 from pyrolite_bnn.distributions._precision import full_precision, is_narrow
 from pyrolite_bnn.distributions.priors import Prior, priors_in_full_precision
@@ -248,14 +248,6 @@ def _param_leaves(trace: Trace) -> dict[str, Tensor]:
     return params
 
 
-def _is_positive(constraint: object) -> bool:
-    """Whether ``constraint`` is ``positive`` (or ``softplus_positive``)."""
-    return (
-        isinstance(constraint, type(constraints.positive))
-        and getattr(constraint, "lower_bound", None) == 0
-    )
-
-
 def positive_param_leaves(trace: Trace) -> dict[str, Tensor]:
     """The optimised tensors of a trace's ``param`` sites with a positive constraint.
 
@@ -266,7 +258,7 @@ def positive_param_leaves(trace: Trace) -> dict[str, Tensor]:
     return {
         name: leaves[name]
         for name, site in trace.nodes.items()
-        if name in leaves and _is_positive(site["kwargs"].get("constraint"))
+        if name in leaves and is_positive_constraint(site["kwargs"].get("constraint"))
     }
 
 

@@ -3,17 +3,28 @@ optimizer groups that keep weight decay off them."""
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Callable
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+import torch.nn.functional as F
+from pyro.distributions import constraints
+from pyro.infer import SVI
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+from pyro.nn import PyroModule, PyroParam
 from torch import nn
-from torch.distributions import constraints
 from torch.nn.utils import parametrize
 
 import pyrolite_bnn as bnn
-from pyrolite_bnn.decay import decay_groups, is_scale_parameter, scale_parameters
+from pyrolite_bnn.decay import (
+    decay_groups,
+    decay_optim_args,
+    is_scale_parameter,
+    scale_parameters,
+)
 
 
 def _net() -> bnn.VISequential:
@@ -28,6 +39,7 @@ def _net() -> bnn.VISequential:
         ("prior.weight.log_scale", True),
         ("AutoNormal.scales.0.weight", False),  # by its constraint: below
         ("layer._weight_log_std", True),
+        ("layer._weight_log_scale", True),
         ("layer.log_std", True),
         ("posterior.weight.loc_unconstrained", False),
         ("upscale.posterior.weight.loc_unconstrained", False),
@@ -147,3 +159,152 @@ def test_decay_groups_of_a_wrapped_network_and_without_a_loss() -> None:
 def test_decay_groups_refuse_a_negative_decay() -> None:
     with pytest.raises(ValueError, match="weight_decay must be >= 0"):
         decay_groups(_net(), weight_decay=-0.1)
+
+
+def _pickled_before_setup_recorded_scales(net: bnn.VIModule) -> bnn.VIModule:
+    """``net`` saved whole and loaded, as a pickle of the code before the guide's
+    scales were read from its modules: the names its setup recorded missing."""
+    loaded: bnn.VIModule = pickle.loads(pickle.dumps(net))
+    for module in loaded.modules():
+        vars(module).pop("_positive_names", None)
+    return loaded
+
+
+def test_an_autoguides_scales_are_found_in_a_network_saved_whole() -> None:
+    """A network with an AutoNormal guide saved whole (torch.save) before
+    setup recorded the guide's scales: none were found, and decay_groups
+    decayed them."""
+    net = _net()
+    net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    loaded = _pickled_before_setup_recorded_scales(net)
+    found = [n for n in scale_parameters(loaded) if n.startswith("custom_guide.")]
+    assert found == [
+        f"custom_guide.inner.scales.{i}.{t}_unconstrained"
+        for i in (0, 2)
+        for t in ("weight", "bias")
+    ]
+    decayed, _ = decay_groups(loaded, weight_decay=0.1)
+    names = {id(p): n for n, p in loaded.named_parameters()}
+    assert not any("scales" in names[id(p)] for p in decayed["params"])
+
+
+def test_a_pyro_modules_positive_params_anywhere_in_the_network_are_scales() -> None:
+    """A layer of one's own with a PyroParam(..., positive), e.g. a learned
+    temperature, is read by its constraint, like a guide's."""
+
+    class Tempered(PyroModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.temperature = PyroParam(torch.ones(()), constraints.positive)
+            self.shift = PyroParam(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x / self.temperature + self.shift
+
+    net = bnn.VISequential(bnn.VILinear(3, 1), Tempered())
+    assert [n for n in scale_parameters(net) if n.startswith("1.")] == [
+        "1.temperature_unconstrained"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("constraint", "scale"),
+    [
+        (constraints.lower_cholesky, True),
+        (constraints.positive_definite, True),
+        (constraints.unit_lower_cholesky, False),
+        (constraints.real, False),
+    ],
+)
+def test_a_guides_cholesky_factor_is_a_scale(
+    constraint: constraints.Constraint, scale: bool
+) -> None:
+    """Pyro stores a Cholesky factor's (a covariance's) diagonal as its log:
+    decay pulls it towards 1 as it pulls a log scale."""
+    net = bnn.VILinear(2, 1, bias=False)
+    initial = (
+        torch.eye(2)
+        if constraint is constraints.unit_lower_cholesky
+        else (0.1 * torch.eye(2))
+    )
+
+    def guide() -> None:
+        loc = pyro.param("loc", torch.zeros(1, 2))
+        tril = pyro.param("tril", initial, constraint=constraint)
+        if constraint is constraints.positive_definite:
+            tril = torch.linalg.cholesky(tril)
+        weight = dist.MultivariateNormal(loc, scale_tril=torch.tril(tril))
+        pyro.sample("weight", weight.to_event(1))
+
+    net.guide = guide
+    found = scale_parameters(net)
+    assert ("custom_guide.pyro_params.tril_unconstrained" in found) is scale
+    assert "custom_guide.pyro_params.loc_unconstrained" not in found
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda net: decay_groups(net.parameters(), weight_decay=0.1),
+        lambda net: decay_optim_args(net.parameters(), weight_decay=0.1),
+        lambda net: scale_parameters(list(net.parameters())),
+    ],
+)
+def test_parameters_instead_of_the_network_are_refused_saying_what_to_pass(
+    call: Callable[[nn.Module], object],
+) -> None:
+    """The habit of AdamW(model.parameters()) gave an AttributeError
+    ('generator' object has no attribute 'named_modules')."""
+    with pytest.raises(TypeError, match=r"the network itself.*not model\.parameters"):
+        call(_net())
+
+
+@pytest.mark.parametrize("helper", [decay_groups, decay_optim_args])
+def test_a_loss_function_is_refused_saying_to_leave_it_out(
+    helper: Callable[..., object],
+) -> None:
+    with pytest.raises(TypeError, match=r"the function mse_loss.*leave loss_fn out"):
+        helper(_net(), F.mse_loss, weight_decay=0.1)
+    helper(_net(), nn.MSELoss(), weight_decay=0.1)  # a loss module holds none
+
+
+def _svi_decays(
+    net: bnn.VIModule, loss_fn: bnn.KullbackLeiblerLoss, optim: pyro.optim.PyroOptim
+) -> dict[str, float]:
+    """Each parameter's weight decay in ``optim`` after two SVI steps, by name."""
+    svi = SVI(loss_fn.pyro_model(net), net.guide, optim, bnn.Trace_ELBO())
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    for _ in range(2):
+        svi.step(x, y)
+    names = {
+        id(p): n
+        for n, p in [*net.named_parameters(), *loss_fn.named_parameters(prefix="loss")]
+    }
+    return {
+        names[id(p)]: optimizer.param_groups[0]["weight_decay"]
+        for p, optimizer in optim.optim_objs.items()
+    }
+
+
+@pytest.mark.parametrize("guide", [None, AutoNormal])
+def test_decay_optim_args_keep_pyro_optims_decay_off_the_scales(
+    guide: type | None,
+) -> None:
+    """pyro.optim takes per-parameter arguments, not groups: the same split."""
+    net = bnn.VISequential(
+        bnn.VILinear(3, 4),
+        nn.ReLU(),
+        bnn.VILinear(4, 1, prior=bnn.LearnedNormalPrior()),
+    )
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=8)
+    arguments = decay_optim_args(net, loss_fn, weight_decay=0.1, lr=1e-3)
+    if guide is not None:  # assigned after the arguments were made
+        net.guide = guide(net.prior_model, init_loc_fn=net.init_loc_fn)
+    decays = _svi_decays(net, loss_fn, pyro.optim.Adam(arguments))
+    scales = {*scale_parameters(net), *(f"loss.{n}" for n in scale_parameters(loss_fn))}
+    assert decays
+    assert {n for n, decay in decays.items() if decay == 0.0} == scales & set(decays)
+    assert {n for n, decay in decays.items() if decay != 0.0} == set(decays) - scales
+    assert all(decay in (0.0, 0.1) for decay in decays.values())
+    assert "loss.predictive.raw_scale_unconstrained" in scales & set(decays)
+    assert arguments("0.posterior.weight.loc") == {"lr": 1e-3, "weight_decay": 0.1}

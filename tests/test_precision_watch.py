@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
+from pyrolite_bnn.vi.distributions.base import as_parameter_tuple
 
 _MESSAGE = "stored in torch.bfloat16 while an optimizer updates them"
 
@@ -153,3 +156,36 @@ def test_a_network_converted_under_its_optimizer_is_seen() -> None:
             loss_fn(net(x, samples=2), y).backward()
             optimizer.step()
     assert sum(_MESSAGE in str(w.message) for w in caught) == 1
+
+
+class _LogScaleNormal(vi.distributions.VariationalDistribution):
+    """A user's torch_blue family: Normal with a ``log_scale``."""
+
+    distribution_parameters = ("mean", "log_scale")
+
+    @property
+    def _default_variational_parameters(self) -> tuple[float, float]:
+        return 0.0, -3.0
+
+    def log_prob(self, sample: torch.Tensor, *parameters: Any) -> torch.Tensor:
+        mean, log_scale = as_parameter_tuple(*parameters)
+        value: torch.Tensor = (
+            -0.5 * ((sample - mean) / log_scale.exp()) ** 2 - log_scale
+        )
+        return value
+
+    def sample(self, *parameters: Any) -> torch.Tensor:
+        mean, log_scale = as_parameter_tuple(*parameters)
+        draw: torch.Tensor = mean + log_scale.exp() * torch.randn_like(mean)
+        return draw
+
+
+def test_bfloat16_scales_of_a_vi_family_warn() -> None:
+    """A torch_blue family's log scale ('_weight_log_scale', as
+    MeanFieldStudentT's) is declared by its posterior, not named like the
+    library's rho: it went unseen."""
+    family = _LogScaleNormal()
+    net = vi.VILinear(4, 3, variational_distribution=family, dtype=torch.bfloat16)
+    messages = _train(net)
+    assert len(messages) == 1
+    assert "'weight.param1_unconstrained'" in messages[0]

@@ -49,6 +49,7 @@ from torch import Tensor
 from pyrolite_bnn._capture import transforms_active
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
+from pyrolite_bnn._scales import DeclaresScales
 from pyrolite_bnn._validation import (
     check_finite,
     check_integer,
@@ -131,7 +132,7 @@ _NAN_TARGETS = (
 )
 
 
-class PredictiveDistribution(LocalPyroModule):
+class PredictiveDistribution(DeclaresScales, LocalPyroModule):
     """Base class of likelihoods ``p(y | network output)``.
 
     ``predictive(output)`` returns the distribution for an output of shape
@@ -144,6 +145,10 @@ class PredictiveDistribution(LocalPyroModule):
     :class:`~pyrolite_bnn.predict.Prediction`: classification likelihoods
     implement :meth:`class_probs`, regression likelihoods :meth:`moments` (and
     :meth:`quantile` where the mixture CDF has a closed form).
+
+    A likelihood with a learned scale (a noise scale) declares its
+    unconstrained tensor (:meth:`scale_parameter_names`), which keeps weight
+    decay off it (:func:`~pyrolite_bnn.decay.decay_groups`).
 
     Attributes:
         is_classification: whether outputs are class scores (summarised by
@@ -1025,6 +1030,18 @@ class _ScaleLikelihood(PredictiveDistribution):
                 self.raw_scale_unconstrained.fill_(self._initial_raw_scale)
             else:
                 self.fixed_scale.fill_(self._initial_scale)
+
+    def scale_parameter_names(self) -> tuple[str, ...]:
+        """``("raw_scale_unconstrained",)`` for a learned noise scale, else none.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> bnn.StudentT().scale_parameter_names()
+            ('raw_scale_unconstrained',)
+            >>> bnn.StudentT(scale=0.1).scale_parameter_names()
+            ()
+        """
+        return ("raw_scale_unconstrained",) if self.learned else ()
 
     def untrained_parameters(self) -> list[str]:
         """``["raw_scale"]`` while a learned noise scale has never moved."""

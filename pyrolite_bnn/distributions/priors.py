@@ -28,6 +28,7 @@ from pyrolite_bnn._capture import is_capturing, is_wrapped
 from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._overrides import keeps_methods
+from pyrolite_bnn._scales import DeclaresScales
 from pyrolite_bnn._state import RecordsInState, recorded
 from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn._warnings import warn_at_caller
@@ -266,7 +267,7 @@ def _independent(base: Distribution, shape: torch.Size) -> TorchDistributionMixi
 _FAMILY = "pyrolite_bnn.prior_family"
 
 
-class Prior(RecordsInState):
+class Prior(DeclaresScales, RecordsInState):
     """Base class of priors: ``prior(shape)`` returns the prior of a tensor.
 
     Subclasses implement :meth:`elementwise`, the prior of one scalar weight
@@ -288,6 +289,9 @@ class Prior(RecordsInState):
 
     :meth:`reset_parameters` returns every hyperparameter to the value it was
     built with, as ``torch.nn`` layers re-initialise after ``to_empty``.
+    A prior with a learned scale declares its unconstrained tensor
+    (:meth:`scale_parameter_names`), which keeps weight decay off it
+    (:func:`~pyrolite_bnn.decay.decay_groups`).
 
     A hyperparameter may be set after construction by assignment
     (``prior.loc = posterior.loc.detach()``, the update of continual learning):
@@ -1103,6 +1107,16 @@ class LearnedNormalPrior(Prior):
                 self.log_scale.detach().expand(per_unit).clone()
             )
         super().declare_for(size, units)
+
+    def scale_parameter_names(self) -> tuple[str, ...]:
+        """``("log_scale",)``: the learned prior scale's logarithm.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> bnn.LearnedNormalPrior().scale_parameter_names()
+            ('log_scale',)
+        """
+        return ("log_scale",)
 
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """``loc`` and ``log_scale`` finite."""

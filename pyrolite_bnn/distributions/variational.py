@@ -27,6 +27,7 @@ from torch import Tensor
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._module_hooks import recomputing_hooks
 from pyrolite_bnn._pyro_module import LocalPyroModule
+from pyrolite_bnn._scales import DeclaresScales
 from pyrolite_bnn._state import RecordsInState, recorded
 from pyrolite_bnn._validation import (
     check_finite,
@@ -104,10 +105,13 @@ class NormalMoments(NamedTuple):
         )
 
 
-class Posterior(RecordsInState, LocalPyroModule):
+class Posterior(DeclaresScales, RecordsInState, LocalPyroModule):
     """Learnable variational distribution of one weight tensor.
 
     Calling it with a site name samples that site from :meth:`distribution`.
+    A family whose scales are learned through unconstrained tensors declares
+    them (:meth:`scale_parameter_names`), which keeps weight decay off them
+    (:func:`~pyrolite_bnn.decay.decay_groups`).
 
     Attributes:
         loc_init: how :meth:`reset_parameters` draws a new mean: a function
@@ -639,6 +643,16 @@ class MeanFieldNormalPosterior(Posterior):
     def scale(self) -> Tensor:
         """Standard deviations ``softplus(rho)`` (or ``exp(rho)``)."""
         return self._to_scale(self.rho)
+
+    def scale_parameter_names(self) -> tuple[str, ...]:
+        """``("rho_unconstrained",)``: the standard deviations' unconstrained tensor.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> bnn.VILinear(3, 2).posterior["weight"].scale_parameter_names()
+            ('rho_unconstrained',)
+        """
+        return ("rho_unconstrained",)
 
     def parameterisation(self) -> str:
         """``"scale_transform='softplus'"`` or ``"scale_transform='exp'"``.

@@ -267,6 +267,29 @@ class AdaptedPosterior(Posterior):
             value = torch.full_like(init_loc, float(defaults[index]))
             setattr(self, f"param{index}", PyroParam(value, constraints.real))
 
+    def scale_parameter_names(self) -> tuple[str, ...]:
+        """The tensors of the parameters torch_blue holds as logarithms.
+
+        By torch_blue's convention (``Distribution.distribution_parameters``),
+        a parameter whose name starts with ``log_`` is the logarithm of a
+        positive value:
+        ``log_std``, ``MeanFieldStudentT``'s ``log_scale`` (a layer lists it
+        as ``_weight_log_scale``). Weight decay would pull the value towards 1.
+
+        Example:
+            >>> from pyrolite_bnn import vi
+            >>> student_t = vi.distributions.MeanFieldStudentT()
+            >>> layer = vi.VILinear(3, 2, variational_distribution=student_t)
+            >>> layer.posterior["weight"].scale_parameter_names()
+            ('param1_unconstrained',)
+        """
+        names = self.blue.distribution_parameters
+        return tuple(
+            f"param{index}_unconstrained"
+            for index in range(1, len(names))
+            if names[index].startswith("log_")
+        )
+
     def values(self) -> list[Tensor]:
         """The parameters in torch_blue's order."""
         count = len(self.blue.distribution_parameters)
