@@ -78,7 +78,9 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         std: standard deviation (prior; default of the variational std before
             Kaiming scaling; initial noise scale as predictive).
         eps: added to the variance in :meth:`log_prob` (finite, ``>= 0``;
-            the variance is positive without it).
+            the variance is positive without it). The roles leave it out: as
+            prior this is ``NormalPrior(mean, std)`` exactly (at the default
+            ``1e-10`` the difference is far below float precision).
 
     Example:
         >>> import torch
