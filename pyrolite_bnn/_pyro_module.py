@@ -37,7 +37,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
 
-from pyrolite_bnn._context_values import set_while
+from pyrolite_bnn._context_values import in_own_context, set_while
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._weight_dtypes import check_conversion
 
@@ -315,6 +315,12 @@ class LocalPyroModule(PyroModule):
         if _CONVERTING.get():  # checked at the outermost module: its tree
             return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         check_conversion(self, fn)
+        # In a context of its own: a Ctrl-C that stops the restore of
+        # _CONVERTING leaves later conversions checked all the same.
+        return in_own_context(self._apply_checked, fn, recurse)
+
+    def _apply_checked(self, fn: Callable[[Tensor], Tensor], recurse: bool) -> Any:
+        """Torch's ``_apply`` of a conversion checked for the whole tree."""
         with set_while(_CONVERTING, True):
             return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
 

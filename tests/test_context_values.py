@@ -153,6 +153,9 @@ def _runs() -> list[Callable[[], Any]]:
         predict_under_a_pyro_handler,
         lambda: mixed(x, samples=2),
         lambda: deterministic(x),
+        lambda: net.double().float()(x),  # a conversion, checked once
+        # A half-precision network's KL reads float32 copies of its priors.
+        lambda: loss_fn(bnn.VILinear(3, 2).bfloat16()(x.bfloat16()), y),
     ]
 
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Transform, constraints
 
 from pyrolite_bnn._capture import is_capturing, is_wrapped
-from pyrolite_bnn._context_values import set_while
+from pyrolite_bnn._context_values import in_own_context, set_while
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn._scales import DeclaresScales
@@ -1673,6 +1673,16 @@ def priors_in_full_precision(priors: Sequence[Prior], compute: Callable[[], _T])
     if is_validation_enabled():
         for prior in priors:
             prior.check_values()
+    # In a context of its own: a Ctrl-C that stops the restore of the flag
+    # leaves later reads checked all the same.
+    result: _T = in_own_context(_computed_from_checked_copies, priors, compute)
+    return result
+
+
+def _computed_from_checked_copies(
+    priors: Sequence[Prior], compute: Callable[[], _T]
+) -> _T:
+    """``compute()`` on the priors' float32 copies, their values checked."""
     with set_while(_READING_CHECKED_COPIES, True):
         return computed_in_full_precision(priors, compute)
 
