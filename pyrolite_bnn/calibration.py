@@ -70,6 +70,7 @@ from pyrolite_bnn._forward import InputTensor, NetworkInput, network_args
 from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._network import has_sequence_first_layers
 from pyrolite_bnn._scalar_search import minimise_expanding
+from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors
 from pyrolite_bnn._validation import (
     check_finite,
     check_normal_number,
@@ -340,12 +341,14 @@ def _mixture_nll(log_p: Tensor) -> float:
     return float(-mixture.mean())
 
 
-class Calibration(nn.Module):
+class Calibration(RefusesUnwrittenTensors):
     """Base class of post-hoc calibrations with one positive parameter.
 
     Subclasses implement :meth:`wrap` and ``_fit`` (the fit of the parameter,
     which :meth:`fit` calls after checking the likelihood). The parameter is a
-    buffer: it follows ``.to()`` and is saved in ``state_dict``.
+    buffer: it follows ``.to()`` and is saved in ``state_dict``; after
+    ``to_empty`` it is refused by :meth:`wrap` until written (a fit, a load:
+    :meth:`check_written`).
     """
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
@@ -458,6 +461,7 @@ class TemperatureScaling(Calibration):
         ``p^(1/T)`` normalised (its
         :meth:`~pyrolite_bnn.PredictiveDistribution.tempered`).
         """
+        self.check_written()
         likelihood = as_likelihood(predictive, "TemperatureScaling.wrap")
         if not likelihood.is_classification:
             raise TypeError(
@@ -540,6 +544,7 @@ class VarianceScaling(Calibration):
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
         """``predictive`` with its particle mixture stretched by ``sqrt(factor)``."""
+        self.check_written()
         likelihood = as_likelihood(predictive, "VarianceScaling.wrap")
         if not isinstance(likelihood, (Normal, HeteroscedasticNormal)):
             raise TypeError(
@@ -608,6 +613,7 @@ class _TemperatureScaled(_Calibrated):
         self.register_buffer("temperature", temperature.detach().clone())
 
     def _scaled(self, output: Tensor) -> Tensor:
+        self.check_written()
         temperature: Tensor = self.temperature
         return self.base.tempered(output, temperature)
 
@@ -651,6 +657,7 @@ class _VarianceScaled(_Calibrated):
 
     def _stretch(self, loc: Tensor) -> tuple[Tensor, Tensor]:
         """Centre ``mean_s loc`` and the standard-deviation factor."""
+        self.check_written()
         factor: Tensor = self.factor
         return loc.mean(0), factor.to(loc).sqrt()
 

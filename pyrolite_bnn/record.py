@@ -535,6 +535,7 @@ class LayerRecord(ForwardRecord):
             for index, variable in enumerate(self.variables):
                 prior = variable.module.prior[variable.name]
                 assert isinstance(prior, Prior)
+                prior.check_written()  # after to_empty: reads each tensor once
                 if validate:  # reads each buffer once per value
                     prior.check_values()
                 moments = _widened(variable, self.draws.moments_at(index))

@@ -851,3 +851,41 @@ def test_a_calibration_warning_points_at_the_callers_line(through: str) -> None:
     with pytest.warns(UserWarning, match="at the search limit") as caught:
         run()
     assert {w.filename for w in caught} == {__file__}
+
+
+@pytest.mark.parametrize("kind", ["temperature", "variance"])
+def test_a_calibration_never_written_after_to_empty_is_refused(kind: str) -> None:
+    """``to_empty`` then a load without the temperature (factor) wrapped a
+    likelihood in uninitialised memory, and a calibrated likelihood emptied
+    so read it as its temperature (probe falsepos20b): both refused by name
+    until written."""
+    calibration: bnn.TemperatureScaling | bnn.VarianceScaling
+    if kind == "temperature":
+        calibration, likelihood = bnn.TemperatureScaling(2.0), bnn.Categorical()
+        output = torch.randn(3, 2, 4)
+
+        def summary(calibrated: bnn.PredictiveDistribution) -> torch.Tensor:
+            return calibrated.class_probs(output)
+    else:
+        calibration, likelihood = bnn.VarianceScaling(3.0), bnn.Normal(scale=0.5)
+        output = torch.randn(3, 2, 1)
+
+        def summary(calibrated: bnn.PredictiveDistribution) -> torch.Tensor:
+            return calibrated.moments(output)[1]
+
+    (name,) = state = calibration.state_dict()
+    wrapped = calibration.wrap(likelihood)
+    expected = summary(wrapped)
+    for module in (calibration, wrapped):
+        module.to_empty(device="cpu")
+    message = rf"'{name}' of shape \(\) holds no values"
+    with pytest.raises(ValueError, match=message):
+        calibration.wrap(likelihood)
+    with pytest.raises(ValueError, match=message):
+        summary(wrapped)
+    calibration.load_state_dict(state)
+    wrapped.load_state_dict(state)
+    torch.testing.assert_close(summary(wrapped), expected, rtol=0, atol=0)
+    torch.testing.assert_close(
+        summary(calibration.wrap(likelihood)), expected, rtol=0, atol=0
+    )

@@ -50,6 +50,7 @@ from pyrolite_bnn._capture import transforms_active
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._scales import DeclaresScales
+from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors
 from pyrolite_bnn._validation import (
     check_finite,
     check_integer,
@@ -132,7 +133,7 @@ _NAN_TARGETS = (
 )
 
 
-class PredictiveDistribution(DeclaresScales, LocalPyroModule):
+class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroModule):
     """Base class of likelihoods ``p(y | network output)``.
 
     ``predictive(output)`` returns the distribution for an output of shape
@@ -149,6 +150,10 @@ class PredictiveDistribution(DeclaresScales, LocalPyroModule):
     A likelihood with a learned scale (a noise scale) declares its
     unconstrained tensor (:meth:`scale_parameter_names`), which keeps weight
     decay off it (:func:`~pyrolite_bnn.decay.decay_groups`).
+
+    A likelihood's tensors (a noise scale, ``df``) that ``to_empty`` left
+    without values are refused where they are read, until a reset or a load
+    writes them (:meth:`check_written`).
 
     Attributes:
         is_classification: whether outputs are class scores (summarised by
@@ -1124,7 +1129,12 @@ class _ScaleLikelihood(PredictiveDistribution):
 
         A learned scale comes with its gradient graph: read its value with
         ``.item()`` under ``torch.no_grad()`` (the repr shows it too).
+
+        Raises:
+            ValueError: after ``to_empty``, while the scale (or ``df``) holds
+                no values (:meth:`check_written`).
         """
+        self.check_written()
         if self.learned:
             return F.softplus(self.raw_scale)
         return self.fixed_scale  # type: ignore[no-any-return]

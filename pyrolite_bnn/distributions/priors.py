@@ -30,6 +30,7 @@ from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn._scales import DeclaresScales
 from pyrolite_bnn._state import RecordsInState, recorded
+from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors
 from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions._precision import computed_in_full_precision
@@ -267,7 +268,7 @@ def _independent(base: Distribution, shape: torch.Size) -> TorchDistributionMixi
 _FAMILY = "pyrolite_bnn.prior_family"
 
 
-class Prior(DeclaresScales, RecordsInState):
+class Prior(DeclaresScales, RefusesUnwrittenTensors, RecordsInState):
     """Base class of priors: ``prior(shape)`` returns the prior of a tensor.
 
     Subclasses implement :meth:`elementwise`, the prior of one scalar weight
@@ -288,7 +289,11 @@ class Prior(DeclaresScales, RecordsInState):
     state dict): the same keys hold other hyperparameters there.
 
     :meth:`reset_parameters` returns every hyperparameter to the value it was
-    built with, as ``torch.nn`` layers re-initialise after ``to_empty``.
+    built with, as ``torch.nn`` layers re-initialise after ``to_empty``. Until
+    a reset or a load writes them, a prior whose hyperparameters ``to_empty``
+    left without values is refused where it is used (:meth:`forward`, the
+    loss's KL) with a ``ValueError`` naming the tensor
+    (:meth:`check_written`).
     A prior with a learned scale declares its unconstrained tensor
     (:meth:`scale_parameter_names`), which keeps weight decay off it
     (:func:`~pyrolite_bnn.decay.decay_groups`).
@@ -647,7 +652,12 @@ class Prior(DeclaresScales, RecordsInState):
         contiguous tensor as it is, so the prior's ``loc`` would have become
         the guide's parameter and moved with training (a MOPED prior, a bias
         of one weight).
+
+        Raises:
+            ValueError: after ``to_empty``, while a hyperparameter holds no
+                values (:meth:`check_written`).
         """
+        self.check_written()
         if is_validation_enabled():
             self.check_values()
         size = torch.Size(shape)
@@ -1655,7 +1665,9 @@ def priors_in_full_precision(priors: Sequence[Prior], compute: Callable[[], _T])
     differentiable, gradients reach learned ones). With validation on, the
     stored values are checked first (:meth:`Prior.check_values`); the casts,
     new tensors at every call, are not read again (that would synchronise a
-    device once per prior and step).
+    device once per prior and step). Hyperparameters ``to_empty`` left
+    without values are refused first (:meth:`Prior.check_written`: inside,
+    the casts are read in their place).
 
     Args:
         priors: the priors.
@@ -1670,6 +1682,8 @@ def priors_in_full_precision(priors: Sequence[Prior], compute: Callable[[], _T])
         >>> priors_in_full_precision([prior], lambda: prior.scale().dtype)
         torch.float32
     """
+    for prior in priors:
+        prior.check_written()
     if is_validation_enabled():
         for prior in priors:
             prior.check_values()

@@ -11,7 +11,7 @@ particle plate, emits one ``pyro.sample`` site for the whole tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -29,6 +29,7 @@ from pyrolite_bnn._module_hooks import recomputing_hooks
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._scales import DeclaresScales
 from pyrolite_bnn._state import RecordsInState, recorded
+from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors
 from pyrolite_bnn._validation import (
     check_finite,
     check_normal_number,
@@ -105,13 +106,18 @@ class NormalMoments(NamedTuple):
         )
 
 
-class Posterior(DeclaresScales, RecordsInState, LocalPyroModule):
+class Posterior(
+    DeclaresScales, RefusesUnwrittenTensors, RecordsInState, LocalPyroModule
+):
     """Learnable variational distribution of one weight tensor.
 
     Calling it with a site name samples that site from :meth:`distribution`.
     A family whose scales are learned through unconstrained tensors declares
     them (:meth:`scale_parameter_names`), which keeps weight decay off them
-    (:func:`~pyrolite_bnn.decay.decay_groups`).
+    (:func:`~pyrolite_bnn.decay.decay_groups`). After ``to_empty`` its
+    tensors hold no values until written (a reset, a load): reading one that
+    was not, for a forward pass, a draw, the KL or a prediction, raises a
+    ``ValueError`` naming it (:meth:`check_written`).
 
     Attributes:
         loc_init: how :meth:`reset_parameters` draws a new mean: a function
@@ -125,11 +131,9 @@ class Posterior(DeclaresScales, RecordsInState, LocalPyroModule):
     # Class defaults: posteriors pickled before they existed.
     loc_init: Callable[[Tensor], Tensor] | None = None
     # Whether the mean holds values written on a real device: by a reset, a
-    # load, or moved with them (.to(), copies); not after to_empty.
+    # load, or moved with them (.to(), copies); not after to_empty (whose
+    # memory is watched for writes: RefusesUnwrittenTensors).
     _loc_written: bool = False
-    # After to_empty: the mean's memory as it gave it, to tell a later write
-    # (in place, by a .data assignment) from memory still holding no values.
-    _emptied: _EmptiedMemory | None = None
 
     def __init__(self, shape: Sequence[int]) -> None:
         super().__init__()
@@ -145,7 +149,7 @@ class Posterior(DeclaresScales, RecordsInState, LocalPyroModule):
 
     def mean(self) -> Tensor:
         """Variational mean of the tensor (used by posterior-mean prediction)."""
-        self._check_loc_written()
+        self.check_written()
         return self.loc
 
     def median(self) -> Tensor:
@@ -191,10 +195,10 @@ class Posterior(DeclaresScales, RecordsInState, LocalPyroModule):
         the value.
 
         Raises:
-            ValueError: after ``to_empty``, while the mean holds no values
-                (:meth:`_check_loc_written`).
+            ValueError: after ``to_empty``, while a tensor of the posterior
+                holds no values (:meth:`check_written`).
         """
-        self._check_loc_written()
+        self.check_written()
         return self._unconstrained("loc_unconstrained").detach()
 
     def _unconstrained(self, attribute: str) -> Tensor:
@@ -336,59 +340,21 @@ class Posterior(DeclaresScales, RecordsInState, LocalPyroModule):
 
     def _note_loc_written(self) -> None:
         """Record that the mean was just written (nothing is, on ``meta``)."""
-        loc = self._parameters.get("loc_unconstrained")
-        self._loc_written = loc is not None and not loc.is_meta
-        self._emptied = None
+        self._note_written("loc_unconstrained")
 
-    def _note_loc_emptied(self) -> None:
-        """Record that the mean's memory holds no values (``to_empty``).
+    def _note_written(self, name: str) -> None:
+        """Forget ``to_empty``'s record of ``name``; a mean is noted as held."""
+        super()._note_written(name)
+        if name == "loc_unconstrained":
+            loc = self._parameters.get(name)
+            self._loc_written = loc is not None and not loc.is_meta
 
-        The memory is filled with NaN (:class:`_EmptiedMemory`) so that any
-        later write to it is seen.
-        """
-        loc = self._parameters.get("loc_unconstrained")
-        self._loc_written = False
-        self._emptied = None if loc is None else _EmptiedMemory.of(loc)
-
-    def _written_since_emptied(self) -> bool:
-        """Whether values were written to the mean since ``to_empty`` gave it."""
-        loc = self._parameters.get("loc_unconstrained")
-        if self._emptied is None or loc is None or loc.is_meta:
-            return False
-        return self._emptied.written(loc)
-
-    def _check_loc_written(self) -> None:
-        """Refuse to read a mean that holds no values, where it is used.
-
-        After ``to_empty`` the mean's memory holds none (NaN in every bit)
-        until a reset or a load writes it; a ``load_state_dict(strict=False)``
-        that missed the mean left it so, and every output was NaN, silently.
-        Checked where the mean is read for a forward pass, a draw, the KL or a
-        prediction: only the record of ``to_empty`` is read as long as there
-        is none (no cost per step), the memory at most once after it (a
-        written mean's record is then forgotten). Memory that cannot be read
-        (under ``torch.func`` transforms or ``torch.compile``) is not checked.
-
-        Raises:
-            ValueError: naming the posterior and the remedy.
-        """
-        if self._emptied is None or torch.compiler.is_compiling():
-            return
-        loc = self._parameters.get("loc_unconstrained")
-        try:
-            written = loc is None or self._written_since_emptied()
-        except RuntimeError:  # no memory of its own (torch.func wrappers)
-            return
-        if written:
-            self._note_loc_written()
-            return
-        raise ValueError(
-            f"{type(self).__name__} of shape {tuple(self.shape)} holds no mean: "
-            "after to_empty a posterior's mean holds no values until it is "
-            "written (a load_state_dict(strict=False) without its "
-            "'loc_unconstrained' writes none): call reset_parameters() on the "
-            "model's modules first, or load a state_dict holding it"
-        )
+    def _note_emptied(self, names: Iterable[str]) -> None:
+        """Record the tensors ``names`` as holding no values, the mean among them."""
+        names = list(names)
+        super()._note_emptied(names)
+        if "loc_unconstrained" in names:
+            self._loc_written = False
 
     def _holds_a_mean(self) -> bool:
         """Whether the mean's memory holds values that were written to it.
@@ -397,12 +363,14 @@ class Posterior(DeclaresScales, RecordsInState, LocalPyroModule):
         assignments and moves with the values (``.to()``, copies, pickles);
         ``to_empty`` gives memory without values (so does a layer built on the
         ``meta`` device, which writes nothing) until something is written to
-        it (:meth:`_written_since_emptied`).
+        it (seen by its address, version counter or bits:
+        :class:`~pyrolite_bnn._unwritten_tensors.RefusesUnwrittenTensors`).
         """
         loc = self._parameters.get("loc_unconstrained")
         if loc is None or loc.is_meta:
             return False
-        return self._loc_written or self._written_since_emptied()
+        written = self._memory_state("loc_unconstrained") == "written"
+        return self._loc_written or written
 
     def parameterisation(self) -> str:
         """How the learnable tensors give the distribution; ``""``: one way only.
@@ -456,45 +424,6 @@ class Posterior(DeclaresScales, RecordsInState, LocalPyroModule):
         if prefix + "loc_unconstrained" in state_dict and not error_msgs:
             self._note_loc_written()  # a loaded mean (assign=True: new memory)
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
-        """Torch's; after ``to_empty`` the mean holds no values.
-
-        ``.to()``, ``.double()`` or ``.cuda()`` move the mean with its values,
-        which :meth:`reset_parameters` keeps; ``to_empty`` (recognised by its
-        function) gives memory holding none (or anything, a freed copy of the
-        old values too), where it draws; the mean is then filled with NaN
-        (every bit set), so that any write to it is seen. A move of such
-        memory that nothing was written to since holds none either; one that
-        was written to moves the values written.
-        """
-        emptied = self._emptied is not None and not self._written_since_emptied()
-        result = super()._apply(fn, recurse)
-        if _empties(fn) or emptied:
-            self._note_loc_emptied()
-        elif self._emptied is not None:
-            self._note_loc_written()
-        return result
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Torch's, with what ``to_empty``'s memory held (copies get new memory).
-
-        A copy (``copy.deepcopy``, a pickle) of memory nothing was written to
-        since ``to_empty`` holds no values either; one of written memory holds
-        the values written.
-        """
-        state: dict[str, Any] = super().__getstate__()
-        if self._emptied is not None:
-            written = self._written_since_emptied()
-            state["_emptied"] = None if written else _EMPTIED_IN_COPY
-            state["_loc_written"] = written
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Torch's; memory copied from ``to_empty``'s, unwritten, holds no values."""
-        super().__setstate__(state)  # type: ignore[no-untyped-call]
-        if self.__dict__.get("_emptied") == _EMPTIED_IN_COPY:
-            self._note_loc_emptied()
-
     def _reparameterise(
         self, state_dict: dict[str, Any], prefix: str, saved: str
     ) -> str | None:
@@ -510,75 +439,6 @@ class Posterior(DeclaresScales, RecordsInState, LocalPyroModule):
             "distribution here, and they cannot be converted; build the layer "
             f"with {saved} to load this state"
         )
-
-
-# A copy's record of memory from ``to_empty`` that nothing was written to
-# (:meth:`Posterior.__getstate__`): the copy's own memory is recorded on arrival.
-_EMPTIED_IN_COPY = "emptied"
-
-# Integer dtypes by element size: a tensor's bits read as integers.
-_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-# What ``to_empty``'s memory is filled with: every bit set (NaN in every
-# floating dtype, not the NaN that arithmetic on numbers gives).
-_UNWRITTEN = -1
-
-
-@dataclass(frozen=True)
-class _EmptiedMemory:
-    """A tensor's memory as ``to_empty`` gave it (no values).
-
-    Recording it fills it with every bit set (:data:`_UNWRITTEN`, a NaN),
-    one fill: any write then changes its bits (through ``.data`` too, whose
-    writes the version counter does not see; zeros into zeroed memory as
-    well), its address (a ``.data`` assignment, as ``vector_to_parameters``
-    makes) or its version counter (in place: ``copy_``, ``torch.nn.init``,
-    optimizer steps, also through the state dict's detached tensors). Only
-    plain tensors are recorded: a tensor without memory of its own
-    (``meta``, a subclass such as a ``DTensor``) holds no values after
-    ``to_empty`` until a reset or a load writes them, as before.
-    """
-
-    address: int
-    version: int
-    device: torch.device
-
-    @classmethod
-    def of(cls, tensor: Tensor) -> _EmptiedMemory | None:
-        """Fill ``tensor``'s memory and record it (``None``: not a plain tensor)."""
-        plain = tensor.detach()
-        if plain.is_meta or type(plain) is not Tensor:
-            return None
-        if plain.element_size() not in _BITS:
-            return None  # no integer view (complex128): held as the meta case
-        _bits(plain).fill_(_UNWRITTEN)
-        return cls(plain.data_ptr(), plain._version, plain.device)
-
-    def written(self, tensor: Tensor) -> bool:
-        """Whether ``tensor`` (the same variable) was written since."""
-        plain = tensor.detach()
-        if plain.is_meta or type(plain) is not Tensor:
-            return False  # no memory to compare (a tensor made a subclass since)
-        return (
-            plain.data_ptr() != self.address
-            or plain._version != self.version
-            or plain.device != self.device
-            or not bool(_bits(plain).eq(_UNWRITTEN).all())
-        )
-
-
-def _bits(tensor: Tensor) -> Tensor:
-    """``tensor``'s memory read as integers of its element size (a view)."""
-    return tensor.view(_BITS[tensor.element_size()])
-
-
-def _empties(fn: Callable[[Tensor], Tensor]) -> bool:
-    """Whether ``fn`` is ``nn.Module.to_empty``'s (new memory, no values).
-
-    Its memory may hold anything, the old values too (a freed copy of them):
-    compared values alone cannot tell it from a move.
-    """
-    return getattr(fn, "__qualname__", "").startswith("Module.to_empty.")
 
 
 class MeanFieldNormalPosterior(Posterior):
@@ -641,7 +501,13 @@ class MeanFieldNormalPosterior(Posterior):
         return _scale_of(rho, self.scale_transform, torch.finfo(rho.dtype).tiny)
 
     def scale(self) -> Tensor:
-        """Standard deviations ``softplus(rho)`` (or ``exp(rho)``)."""
+        """Standard deviations ``softplus(rho)`` (or ``exp(rho)``).
+
+        Raises:
+            ValueError: after ``to_empty``, while a tensor of the posterior
+                holds no values (:meth:`check_written`).
+        """
+        self.check_written()
         return self._to_scale(self.rho)
 
     def scale_parameter_names(self) -> tuple[str, ...]:
@@ -747,7 +613,7 @@ class MeanFieldNormalPosterior(Posterior):
             >>> [t.dtype for t in posterior.normal_params(full_precision=True)]
             [torch.float32, torch.float32]
         """
-        self._check_loc_written()
+        self.check_written()
         loc = self._unconstrained("loc_unconstrained")
         rho = self._unconstrained("rho_unconstrained")
         if not full_precision:
@@ -762,7 +628,7 @@ class MeanFieldNormalPosterior(Posterior):
 
     def distribution(self) -> TorchDistributionMixin:
         """``Normal(loc, softplus(rho))`` over the whole tensor."""
-        self._check_loc_written()
+        self.check_written()
         normal = dist.Normal(self.loc, self.scale())
         result: TorchDistributionMixin = normal.to_event(len(self.shape))
         return result
@@ -839,7 +705,7 @@ class PointMassPosterior(Posterior):
 
     def distribution(self) -> TorchDistributionMixin:
         """``Delta(loc)`` over the whole tensor."""
-        self._check_loc_written()
+        self.check_written()
         return dist.Delta(self.loc, event_dim=len(self.shape))
 
     def reset_parameters(self, init_loc: Tensor | None = None) -> None:

@@ -18,7 +18,9 @@ layer a second time under torch_blue's name, the way torch ties a shared weight:
   reference to its module, which ``convert_to_vimodule``'s in-place
   conversion replaces);
 * ``load_state_dict(..., assign=True)`` replaces the posterior's tensors by the
-  state's: :func:`assigned_aliases` makes each alias the new tensor.
+  state's: :func:`assigned_aliases` makes each alias the new tensor;
+* ``.to()``, ``.double()`` and ``to_empty`` convert each tensor once, in its
+  posterior (:func:`aliases_set_aside`, around ``vi.VIModule._apply``).
 
 A parameter that is derived rather than stored (``log_std`` of a posterior
 whose scale is ``softplus(rho)``) gets no alias.
@@ -27,7 +29,7 @@ whose scale is ``softplus(rho)``) gets no alias.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from torch import Tensor, nn
@@ -36,6 +38,7 @@ from pyrolite_bnn.distributions.variational import Posterior
 
 __all__ = [
     "alias_variational_parameters",
+    "aliases_set_aside",
     "assigned_aliases",
     "drop_aliases",
     "fill_either_key",
@@ -101,6 +104,39 @@ def fill_either_key(module: nn.Module, state_dict: dict[str, Any], prefix: str) 
     if from_torch_blue and isinstance(priors, nn.Module):
         for name, value in priors.state_dict().items():
             state_dict.setdefault(f"{prefix}prior.{name}", value)
+
+
+@contextmanager
+def aliases_set_aside(module: nn.Module) -> Iterator[None]:
+    """Around ``module._apply`` (``.to()``, ``.double()``, ``to_empty``).
+
+    torch applies the function to each module's own parameters after its
+    children's: an alias, the posterior's parameter registered again, was
+    converted a second time. ``to_empty`` then gave the posterior's tensor
+    new memory twice, the second time after the posterior had recorded the
+    first (filled with NaN, to see writes): the new address read as a write,
+    and a tensor never written since was read as it was. The aliases are out
+    of the module's parameters during the call; afterwards each is the
+    posterior's tensor again (the one it holds now), in its place.
+    """
+    parameters = module._parameters
+    aliases = _aliases(module)
+    order = list(parameters.items())
+    for alias in aliases:
+        parameters.pop(alias, None)
+    try:
+        yield
+    finally:
+        kept = dict(parameters)
+        parameters.clear()
+        for name, value in order:
+            # A tensor moved (parametrize, prune) leaves its alias as it was.
+            with suppress(AttributeError):
+                if name in aliases:
+                    value = module.get_parameter(aliases[name])
+            parameters[name] = kept.get(name, value)
+        for name, value in kept.items():
+            parameters.setdefault(name, value)
 
 
 @contextmanager

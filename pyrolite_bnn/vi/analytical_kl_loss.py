@@ -359,6 +359,7 @@ def _closed_form(module: BnnVIModule, name: str, posterior: Any) -> Tensor | Non
     """
     prior = module.prior[name]
     assert isinstance(prior, BnnPrior)
+    posterior.check_written()  # the point mass's value is read as it is
     return priors_in_full_precision(
         [prior], lambda: _prior_closed_form(module, name, prior, posterior)
     )

@@ -54,6 +54,7 @@ from pyrolite_bnn.vi._drawn_log_probs import (
 )
 from pyrolite_bnn.vi._parameter_names import (
     alias_variational_parameters,
+    aliases_set_aside,
     assigned_aliases,
     drop_aliases,
     fill_either_key,
@@ -701,6 +702,11 @@ class VIModule(BnnVIModule):
                 VIReturn.from_tensor(tensor, tensor.__dict__.get("log_probs"))
         return result
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
+        """Torch's; each torch_blue-named parameter converted once, by its posterior."""
+        with aliases_set_aside(self):
+            return super()._apply(fn, recurse)
+
     def _save_to_state_dict(
         self, destination: dict[str, Any], prefix: str, keep_vars: bool
     ) -> None:
@@ -934,6 +940,7 @@ def _user_forward(cls: type) -> bool:
 
 def _posterior_values(posterior: Posterior) -> list[Tensor]:
     """A posterior's parameters, torch_blue's order (get_variational_parameters)."""
+    posterior.check_written()
     if isinstance(posterior, MeanFieldNormalPosterior):
         if posterior.scale_transform == "exp":
             return [posterior.loc, posterior.rho]

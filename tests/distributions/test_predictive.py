@@ -835,3 +835,39 @@ def test_the_loss_refuses_token_labels_of_another_shape_with_validation_off() ->
         pytest.raises(ValueError, match=r"expected targets of shape \(6, 5\)"),
     ):
         loss_fn(net(x), torch.zeros(6, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("make", "key"),
+    [
+        (lambda: bnn.Normal(), "raw_scale_unconstrained"),
+        (lambda: bnn.Normal(scale=0.5), "fixed_scale"),
+        (lambda: bnn.StudentT(3.0), "raw_scale_unconstrained"),
+        (lambda: bnn.StudentT(3.0, scale=0.5), "df"),
+    ],
+)
+def test_a_likelihood_tensor_never_written_after_to_empty_is_refused(
+    make: Any, key: str
+) -> None:
+    """``to_empty`` then ``load_state_dict(strict=False)`` without a noise
+    scale (or ``df``) read uninitialised memory as it: a loss and
+    predictive intervals of whatever it held (probe falsepos20b). It is
+    refused by name where it is read; a load holding it makes the likelihood
+    usable."""
+    source = make()
+    loss_fn = bnn.KullbackLeiblerLoss(make(), dataset_size=8)
+    loss_fn.to_empty(device="cpu")
+    likelihood = loss_fn.predictive
+    state = {k: v for k, v in source.state_dict().items() if k != key}
+    assert likelihood.load_state_dict(state, strict=False).missing_keys == [key]
+    net, x, y = bnn.VILinear(3, 1), torch.randn(4, 3), torch.randn(4, 1)
+    reads = {
+        "loss": lambda: loss_fn(net(x), y),
+        "noise scale": likelihood.noise_scale,
+        "predict": lambda: bnn.predict(net, x, likelihood, samples=2).interval(0.9),
+    }
+    for call in reads.values():
+        with pytest.raises(ValueError, match=rf"{key!r} of shape \(\) holds no values"):
+            call()
+    likelihood.load_state_dict(source.state_dict())
+    torch.testing.assert_close(likelihood.noise_scale(), source.noise_scale())

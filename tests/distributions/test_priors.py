@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
 from pyrolite_bnn.distributions import priors as priors_module
 from pyrolite_bnn.variables import UnitLayout
 
@@ -1524,3 +1525,67 @@ def test_a_hyperparameter_that_is_no_number_is_refused_by_name() -> None:
     hyperparameter and what it must be, not torch's bare message."""
     with pytest.raises(TypeError, match=r"NormalPrior scale must be a number or a"):
         bnn.NormalPrior(0.0, {"scale": 1.0})  # type: ignore[arg-type]
+
+
+class _BlueLaplacePrior(vi.distributions.Distribution):
+    """A torch_blue-style prior with tensor parameters: an ``AdaptedPrior``."""
+
+    is_prior = True
+    distribution_parameters = ("mean", "log_scale")
+
+    def __init__(self) -> None:
+        self.mean = torch.tensor(0.1)
+        self.log_scale = torch.tensor(-0.5)
+
+    def prior_log_prob(self, sample: Tensor) -> Tensor:
+        return -(sample - self.mean).abs() / self.log_scale.exp() - self.log_scale
+
+
+def _layer_with_prior(case: str) -> nn.Module:
+    if case == "learned":
+        return bnn.VILinear(4, 3, prior=bnn.LearnedNormalPrior(0.2, init_scale=0.7))
+    if case == "vi adapted":
+        return vi.VILinear(4, 3, prior=_BlueLaplacePrior())
+    return bnn.VILinear(4, 3, prior=PRIOR_CASES[case][0](_hyper(case, None)))
+
+
+@pytest.mark.parametrize("how", ["validated", "unvalidated", "bfloat16"])
+@pytest.mark.parametrize("case", [*sorted(PRIOR_CASES), "learned", "vi adapted"])
+def test_a_prior_tensor_never_written_after_to_empty_is_refused_where_used(
+    case: str, how: str
+) -> None:
+    """``to_empty`` then ``load_state_dict(strict=False)`` without a prior's
+    hyperparameter read uninitialised memory as it (a prior scale of 0.69,
+    a learned ``log_scale`` of 0): a wrong KL, silently, with validation off
+    even one out of its constraints (probe falsepos20b). It is refused by
+    name where the prior is used (the loss's KL, closed form or Monte
+    Carlo, the Pyro model, ``prior_distribution``), with validation off
+    too, and in a half-precision network, whose KL reads ``float32`` casts
+    in the prior's place; a load holding it makes the prior usable."""
+    dtype = torch.bfloat16 if how == "bfloat16" else torch.float32
+    source = _layer_with_prior(case).to(dtype)
+    layer = _layer_with_prior(case).to(dtype)
+    layer.to_empty(device="cpu")
+    key = [k for k in source.state_dict() if k.startswith("prior.weight.")][-1]
+    name = key.removeprefix("prior.weight.")
+    state = {k: v for k, v in source.state_dict().items() if k != key}
+    assert layer.load_state_dict(state, strict=False).missing_keys == [key]
+    x, y = torch.randn(2, 4, dtype=dtype), torch.tensor([0, 2])
+    uses = {
+        kl: bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10, kl=kl)
+        for kl in ("auto", "mc")
+    }
+    with bnn.validation(how != "unvalidated"):
+        for loss_fn in uses.values():
+            with pytest.raises(ValueError, match=rf"'{name}' of shape .* holds no"):
+                loss_fn(layer(x), y)
+        with pytest.raises(ValueError, match=rf"'{name}' of shape .* holds no"):
+            pyro.poutine.trace(uses["auto"].pyro_model(layer)).get_trace(x, y)
+        with pytest.raises(ValueError, match=rf"'{name}' of shape .* holds no"):
+            layer.prior_distribution("weight")
+        layer.load_state_dict(source.state_dict())
+        for loss_fn in uses.values():
+            torch.manual_seed(0)
+            loss = loss_fn(layer(x), y)
+            torch.manual_seed(0)
+            torch.testing.assert_close(loss, loss_fn(source(x), y), rtol=0, atol=0)

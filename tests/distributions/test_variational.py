@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import Trace_ELBO
 from torch import nn
+from torch.nn.utils import parametrize
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
 from pyrolite_bnn.distributions.variational import MeanFieldNormalPosterior, Posterior
 
 
@@ -698,7 +700,8 @@ def test_a_mean_never_written_after_to_empty_is_refused_where_read(
         "predict": lambda: bnn.predict(layer, x, bnn.Normal(1.0), mode="mean"),
         "median": lambda: layer.guide.median(),
     }
-    with pytest.raises(ValueError, match=r"holds no mean: after to_empty .* call "):
+    unwritten = r"'loc_unconstrained' of shape \(2, 3\) holds no values: after to_empty"
+    with pytest.raises(ValueError, match=unwritten + r" .* call reset_parameters"):
         reads.get(read, lambda: layer(x, samples=2))()
 
 
@@ -723,4 +726,180 @@ def test_a_mean_written_after_to_empty_is_read_and_its_record_forgotten() -> Non
             write(layer)
         posterior = layer.posterior["weight"]
         assert torch.isfinite(layer(x, samples=2)).all(), name
-        assert posterior._emptied is None, name
+        assert posterior._unwritten is None, name
+
+
+class _DevBranchNormal(vi.distributions.Distribution):
+    """A torch_blue-style variational distribution: an ``AdaptedPosterior``."""
+
+    is_variational_distribution = True
+    distribution_parameters = ("mean", "log_std")
+    _default_variational_parameters = (0.0, -3.0)
+
+    def sample(self, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+        return mean + log_std.exp() * torch.randn_like(mean)
+
+    def variational_log_prob(
+        self, sample: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.distributions.Normal(mean, log_std.exp()).log_prob(sample)
+
+
+# Layers of every variational family, and the key of a tensor of the weight's
+# posterior besides the mean.
+_FAMILY_LAYERS: dict[str, tuple[Any, str]] = {
+    "softplus": (lambda: bnn.VILinear(3, 2), "rho_unconstrained"),
+    "exp": (
+        lambda: bnn.VILinear(
+            3, 2, variational=bnn.MeanFieldNormal(0.05, scale_transform="exp")
+        ),
+        "rho_unconstrained",
+    ),
+    "reparam": (lambda: bnn.VILinear(3, 2, estimator="reparam"), "rho_unconstrained"),
+    "vi mean field": (lambda: vi.VILinear(3, 2), "rho_unconstrained"),
+    "vi torch_blue family": (
+        lambda: vi.VILinear(3, 2, _DevBranchNormal()),
+        "param1_unconstrained",
+    ),
+}
+
+
+@pytest.mark.parametrize("tensor", ["scale", "mean"])
+@pytest.mark.parametrize("family", sorted(_FAMILY_LAYERS))
+def test_every_posterior_tensor_never_written_after_to_empty_is_refused(
+    family: str, tensor: str
+) -> None:
+    """``to_empty`` then ``load_state_dict(strict=False)`` without a
+    posterior's scale (``rho``) read uninitialised memory as the scales
+    (0.69, 0, 1.5e13): an infinite loss, finite meaningless predictions
+    (probe falsepos20b); only the mean was watched. In a ``vi`` layer the
+    mean was not refused either: its torch_blue-named alias gave the tensor
+    new memory a second time, after the posterior had recorded it. Every
+    tensor of every family is now refused, by name, where it is read; a
+    load holding it makes the layer readable."""
+    make, scale_key = _FAMILY_LAYERS[family]
+    key = "loc_unconstrained" if tensor == "mean" else scale_key
+    source, layer = make(), make()
+    layer.to_empty(device="cpu")
+    state = {
+        k: v for k, v in source.state_dict().items() if k != f"posterior.weight.{key}"
+    }
+    missing = layer.load_state_dict(state, strict=False).missing_keys
+    assert f"posterior.weight.{key}" in missing
+    x = torch.randn(4, 3)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(1.0), dataset_size=8)
+    posterior = layer.posterior["weight"]
+    reads = {
+        "forward": lambda: layer(x, samples=2),
+        "loss": lambda: loss_fn(layer(x, samples=2), torch.zeros(4, 2)),
+        "predict": lambda: bnn.predict(layer, x, bnn.Normal(1.0), samples=2),
+        "posterior distribution": posterior.distribution,
+    }
+    if isinstance(posterior, MeanFieldNormalPosterior):
+        reads["posterior scale"] = posterior.scale
+    message = rf"tensor {key!r} of shape \(2, 3\) holds no values: after to_empty"
+    for call in reads.values():
+        with pytest.raises(ValueError, match=message):
+            call()
+    layer.load_state_dict(source.state_dict())
+    torch.manual_seed(0)
+    loaded = layer(x, samples=2)
+    torch.manual_seed(0)
+    torch.testing.assert_close(loaded, source(x, samples=2), rtol=0, atol=0)
+    assert posterior._unwritten is None
+
+
+def test_a_tensor_swapped_in_by_functional_call_writes_nothing_into_the_posterior() -> (
+    None
+):
+    """``torch.func.functional_call`` puts other tensors in a posterior's
+    place for one call: its mean's new address read as a write of the mean,
+    whose record of ``to_empty`` was forgotten, and every later plain call
+    returned NaN silently (probe falsepos20b). The swapped-in tensors are
+    read; the posterior's own stay refused until written."""
+    source, layer = bnn.VILinear(3, 2), bnn.VILinear(3, 2)
+    layer.to_empty(device="cpu")
+    state = source.state_dict()
+    del state["posterior.weight.loc_unconstrained"]
+    layer.load_state_dict(state, strict=False)
+    x = torch.randn(4, 3)
+    tensors = {**dict(source.named_parameters()), **dict(source.named_buffers())}
+    torch.manual_seed(0)
+    swapped = torch.func.functional_call(layer, tensors, (x,), {"samples": 2})
+    torch.manual_seed(0)
+    torch.testing.assert_close(swapped, source(x, samples=2), rtol=0, atol=0)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="'loc_unconstrained' of shape"):
+            layer(x, samples=2)
+    # functional_call with the layer's own tensors reads them: refused too.
+    own = dict(layer.named_parameters())
+    with pytest.raises(ValueError, match="'loc_unconstrained' of shape"):
+        torch.func.functional_call(layer, own, (x,), {"samples": 2})
+    layer.load_state_dict(source.state_dict())
+    torch.manual_seed(0)
+    plain = layer(x, samples=2)
+    torch.testing.assert_close(plain, swapped, rtol=0, atol=0)
+
+
+def test_a_scale_moved_by_parametrize_after_to_empty_is_refused_until_loaded() -> None:
+    """``register_parametrization`` moves a posterior's ``rho`` with a ``set_``
+    onto its own memory: the moved version counter read as a write, and the
+    scales of ``to_empty``'s memory (NaN) were read silently. The memory
+    itself is compared; a load into the parametrization writes it."""
+
+    class Identity(nn.Module):
+        def forward(self, value: torch.Tensor) -> torch.Tensor:
+            return value
+
+    source, layer = bnn.VILinear(3, 2), bnn.VILinear(3, 2)
+    layer.to_empty(device="cpu")
+    state = source.state_dict()
+    rho = state.pop("posterior.weight.rho_unconstrained")
+    layer.load_state_dict(state, strict=False)
+    posterior = layer.posterior["weight"]
+    parametrize.register_parametrization(posterior, "rho_unconstrained", Identity())
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="'rho_unconstrained' of shape \\(2, 3\\)"):
+        layer(x, samples=2)
+    state["posterior.weight.parametrizations.rho_unconstrained.original"] = rho
+    layer.load_state_dict(state)
+    torch.manual_seed(0)
+    loaded = layer(x, samples=2)
+    torch.manual_seed(0)
+    torch.testing.assert_close(loaded, source(x, samples=2), rtol=0, atol=0)
+
+
+def test_a_network_built_on_meta_then_emptied_and_loaded_reads_every_tensor() -> None:
+    """The deferred initialisation the refusal must leave alone: built on the
+    ``meta`` device, ``to_empty``, a strict load (also with ``assign=True``,
+    and into a deep copy) of the network and of a loss with a learned noise
+    scale: every tensor is written and read, the loss is the source's, and no
+    record is left."""
+
+    def build() -> nn.Module:
+        return bnn.VISequential(
+            bnn.VILinear(3, 4, prior=bnn.LearnedNormalPrior()),
+            nn.Tanh(),
+            bnn.VILinear(4, 1, variational=bnn.PointMass()),
+        )
+
+    source, x, y = build(), torch.randn(5, 3), torch.randn(5, 1)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=10)
+    torch.manual_seed(0)
+    expected = loss_fn(source(x, samples=2), y)
+    for how in ("load", "assign", "deepcopy"):
+        with torch.device("meta"):
+            network = build()
+            loss = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=10)
+        network.to_empty(device="cpu")
+        loss.to_empty(device="cpu")
+        if how == "deepcopy":
+            network = copy.deepcopy(network)
+        network.load_state_dict(source.state_dict(), assign=how == "assign")
+        loss.load_state_dict(loss_fn.state_dict(), assign=how == "assign")
+        torch.manual_seed(0)
+        got = loss(network(x, samples=2), y)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        modules = [*network.modules(), *loss.modules()]
+        records = [getattr(m, "_unwritten", None) for m in modules]
+        assert records == [None] * len(records), how

@@ -190,6 +190,7 @@ class AdaptedPrior(BnnPrior):
         self, shape: Sequence[int], hyperparameters: tuple[Tensor, ...] = ()
     ) -> dist.TorchDistribution:
         """Prior of a tensor of ``shape``; ``hyperparameters`` are the required ones."""
+        self.check_written()
         for name in self._buffered:
             setattr(self.blue, name, getattr(self, f"blue_{name}"))
         density = self.blue.prior_log_prob  # type: ignore[attr-defined]
@@ -304,6 +305,7 @@ class AdaptedPosterior(Posterior):
 
     def distribution(self) -> dist.TorchDistribution:
         """The torch_blue distribution of the whole tensor."""
+        self.check_written()
         return BlueDistribution(
             variational_log_prob_function(self.blue),
             sample_function(self.blue),
