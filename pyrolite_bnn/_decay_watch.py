@@ -31,7 +31,8 @@ from pyrolite_bnn._change_watch import (
     stepped_optimizers,
 )
 from pyrolite_bnn._handlers import pyro_wrapped
-from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn._validation import real_value
+from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
 
 __all__ = ["PENDING_CALLS", "DecayWatch"]
 
@@ -56,9 +57,11 @@ class DecayWatch:
     together give one warning (``pyro.optim`` keeps one torch optimizer per
     parameter).
 
-    :meth:`check` is called on every training evaluation of the loss; it
-    compares each checked optimizer's groups (whether they decay, their size)
-    with those it had when checked, and does more only when an optimizer took
+    :meth:`check` is called on every training evaluation of the loss and
+    every run of its Pyro model with gradients (``SVI`` with any ELBO and
+    guide, where the loss itself does not run); it compares each checked
+    optimizer's groups (whether they decay, their size) with those it had
+    when checked, and does more only when an optimizer took
     its first step or changed its groups since the last check, or while
     optimizers that held none of the network's parameters when they started
     are looked at again (:data:`PENDING_CALLS` calls).
@@ -167,7 +170,9 @@ class DecayWatch:
                 "the weights, and the ELBO sets a learned prior's scale: "
                 "use weight_decay=0, or keep the decay off the scales of the "
                 "network and of the loss (a learned noise) with "
-                + _remedy(optimizer, decay, list(optimizers.values()))
+                + _remedy(optimizer, decay, list(optimizers.values())),
+                # Under Pyro's SVI: the line of svi.step, not Pyro's code.
+                past=(PYRO_FOLDER,),
             )
 
 
@@ -181,8 +186,8 @@ def _remedy(optimizer: Optimizer, decay: float, optimizers: list[Optimizer]) -> 
     """
     name = type(optimizer).__name__
     if pyro_wrapped() and all(_holds_one_parameter(opt) for opt in optimizers):
-        lr = optimizer.param_groups[0].get("lr")
-        rate = f", lr={lr:g}" if isinstance(lr, (int, float)) else ""
+        lr = real_value(optimizer.param_groups[0].get("lr"))
+        rate = "" if lr is None else f", lr={lr:g}"
         return (
             f"pyro.optim.{name}(bnn.decay_optim_args(model, loss_fn, "
             f"weight_decay={decay:g}{rate})) in place of its dict of arguments "
@@ -212,8 +217,19 @@ def _groups(optimizer: Optimizer) -> _Groups:
     ]
 
 
-def _decays(decay: object) -> bool:
-    return isinstance(decay, (int, float)) and decay > 0
+def _decay(value: object) -> float:
+    """A group's ``weight_decay`` as a number; 0 for none (absent, not a number).
+
+    Any real number torch applies: a Python or NumPy number
+    (``np.float32(0.1)`` from a sweep's grid) or a one-element tensor (one
+    that requires gradients too), read by its value.
+    """
+    number = real_value(value)
+    return 0.0 if number is None else number
+
+
+def _decays(value: object) -> bool:
+    return _decay(value) > 0
 
 
 def _decayed_scales(
@@ -226,11 +242,11 @@ def _decayed_scales(
     """
     found = []
     for group in optimizer.param_groups:
-        decay = group.get("weight_decay", 0.0)
-        if not _decays(decay):
+        decay = _decay(group.get("weight_decay"))
+        if not decay > 0:
             continue
         for tensor in group["params"]:
             name = scales.get(id(tensor))
             if name is not None:
-                found.append((id(tensor), name, float(decay), tensor.requires_grad))
+                found.append((id(tensor), name, decay, tensor.requires_grad))
     return found

@@ -449,6 +449,24 @@ def check_real(value: object, what: str) -> float:
         >>> check_real(1, "scale")
         1.0
     """
+    number = real_value(value)
+    if number is None:
+        raise TypeError(f"{what} must be a number, got {value!r}")
+    return number
+
+
+def real_value(value: object) -> float | None:
+    """``value`` as a ``float`` if it is a real number, else ``None``.
+
+    What :func:`check_real` accepts, for a caller that only reads a value (an
+    optimizer's ``weight_decay``) and has nothing to refuse. A tensor's value
+    is read whether or not it requires gradients.
+
+    Example:
+        >>> import numpy as np
+        >>> real_value(np.float32(0.5)), real_value(torch.tensor(2.0)), real_value(None)
+        (0.5, 2.0, None)
+    """
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
     if (
@@ -457,8 +475,8 @@ def check_real(value: object, what: str) -> float:
         and not value.is_complex()
         and value.dtype != torch.bool
     ):
-        return float(value)
-    raise TypeError(f"{what} must be a number, got {value!r}")
+        return float(value.detach())
+    return None
 
 
 def check_finite_real(value: object, what: str) -> float:

@@ -17,7 +17,7 @@ loss's warning about decayed scales
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import pyro
@@ -215,9 +215,10 @@ def decay_optim_args(
     ``weight_decay=0`` for the parameters that :func:`scale_parameters` finds
     in ``model`` and ``loss_fn`` (the same as :func:`decay_groups` keeps
     without decay), and ``weight_decay`` for every other parameter; the loss
-    then gives no warning. The scales are found when Pyro first asks (its
-    first step, so a guide assigned after this call counts), and a parameter
-    is told by the name Pyro's parameter store gives it.
+    then gives no warning. The scales are found when Pyro asks, so a guide
+    assigned after this call counts, also one assigned after the optimizer's
+    first steps (another guide trained by the same ``pyro.optim`` object); a
+    parameter is told by the name Pyro's parameter store gives it.
 
     Args:
         model: the network itself (not ``model.parameters()``), or a wrapper
@@ -260,10 +261,12 @@ def decay_optim_args(
 class _DecayArguments:
     """:func:`decay_optim_args`' callable: ``optim_args`` with each parameter's decay.
 
-    The scales are found when Pyro first asks (its first step: a guide
-    assigned after the callable was made counts), their names in Pyro's
-    parameter store again when a name is not among them (parameters that Pyro
-    meets later).
+    A name not among the scales' names is looked up afresh: the scales are
+    found when Pyro first asks (its first step: a guide assigned after the
+    callable was made counts), and again whenever the modules hold other
+    parameters than at the last lookup (a guide assigned between two uses of
+    one ``pyro.optim`` optimizer); their names in Pyro's parameter store are
+    read again for every such name (parameters that Pyro meets later).
     """
 
     def __init__(
@@ -272,19 +275,37 @@ class _DecayArguments:
         self.modules = modules
         self.decay = decay
         self.optim_args = optim_args
-        self.scales: list[Tensor] | None = None
+        # The modules' parameters when the scales were last found (held, so
+        # that no new parameter can take the id of one of them), or None.
+        self.parameters: list[Tensor] | None = None
+        self.scales: list[Tensor] = []
         self.names: set[str] = set()
 
     def __call__(self, name: str) -> dict[str, Any]:
         """The arguments of the optimizer of the parameter ``name``."""
-        if self.scales is None:
+        if name not in self.names:
+            self.names = _store_names(self._scales())
+        decay = 0.0 if name in self.names else self.decay
+        return {**self.optim_args, "weight_decay": decay}
+
+    def _scales(self) -> list[Tensor]:
+        """The modules' scales, found again if their parameters changed."""
+        parameters: list[Tensor] = [
+            p for module in self.modules for p in module.parameters()
+        ]
+        if self.parameters is None or not _same_tensors(parameters, self.parameters):
+            self.parameters = parameters
             self.scales = [
                 p for module in self.modules for p in scale_parameters(module).values()
             ]
-        if name not in self.names:
-            self.names.update(_store_names(self.scales))
-        decay = 0.0 if name in self.names else self.decay
-        return {**self.optim_args, "weight_decay": decay}
+        return self.scales
+
+
+def _same_tensors(first: Sequence[Tensor], second: Sequence[Tensor]) -> bool:
+    """Whether two lists hold the same tensor objects, in the same order."""
+    return len(first) == len(second) and all(
+        a is b for a, b in zip(first, second, strict=True)
+    )
 
 
 def _store_names(parameters: Iterable[Tensor]) -> set[str]:

@@ -235,6 +235,31 @@ class ParticleGuide(LocalPyroModule):
             parameter.data = parameter.data.clone(memory_format=torch.contiguous_format)
         _WRAPPERS[_wrapper_key(inner, self.network)] = self
 
+    def weight_parameters(self) -> list[Tensor]:
+        """The parameters this guide draws the network's weights from.
+
+        The assigned guide's (its modules' and its ``pyro.param``
+        statements'); for the generated guide, the layers' posterior
+        modules', which an assigned guide leaves unused.
+
+        Example:
+            >>> from pyro.infer.autoguide import AutoDiagonalNormal
+            >>> import pyrolite_bnn as bnn
+            >>> net = bnn.VILinear(3, 2)
+            >>> len(net.guide.weight_parameters())  # loc and rho of weight and bias
+            4
+            >>> net.guide = AutoDiagonalNormal(net.prior_model)
+            >>> len(net.guide.weight_parameters())  # its loc and scale
+            2
+        """
+        if self.inner is None:
+            return [
+                parameter
+                for variable in self.variables()
+                for parameter in variable.layer_posterior.parameters()
+            ]
+        return list(self.parameters())
+
     def positive_parameters(self) -> dict[str, Tensor]:
         """The assigned guide's parameters declared with a positive constraint.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Literal, SupportsFloat, SupportsIndex, get_args
 
 import pyro
@@ -36,7 +36,7 @@ from pyrolite_bnn.compiled import CompileMode, LossGraphs
 from pyrolite_bnn.decay import is_scale_parameter, scale_parameters
 from pyrolite_bnn.distributions._observation_site import ObservationSite
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
-from pyrolite_bnn.guides import autoguide_running_model, check_pyro_call
+from pyrolite_bnn.guides import autoguide_running_model, check_pyro_call, guide_of
 from pyrolite_bnn.module import DEFAULT_SAMPLES, VIModule
 from pyrolite_bnn.record import (
     ForwardRecord,
@@ -44,6 +44,7 @@ from pyrolite_bnn.record import (
     check_kl_mode,
     find_record,
     other_passes_upstream,
+    prior_parameters,
 )
 
 __all__ = [
@@ -567,23 +568,67 @@ class KullbackLeiblerLoss(nn.Module):
         if not torch.is_grad_enabled() or is_capturing():
             return
 
+        def drawing() -> list[Tensor]:
+            return [
+                *record.guide_parameters().values(),
+                *record.prior_parameters().values(),
+            ]
+
+        self._check_decay(record.network, drawing, record.network_parameters)
+
+    def watch_pyro_run(self, network: nn.Module) -> None:
+        """The loss's watch of weight decay, for a run of its Pyro model.
+
+        :meth:`pyro_model`'s model calls it on every run with gradients
+        (Pyro's ``SVI``, any ELBO, whatever guide the network has), as
+        :meth:`watch_step` runs it for a PyTorch-style pass: a ``pyro.optim``
+        optimizer whose ``weight_decay`` acts on a scale of the network's
+        guide, of its priors or of this loss's likelihood gets the same one
+        warning, recommending :func:`~pyrolite_bnn.decay.decay_optim_args`.
+        Its optimizers (one per parameter) are found as they take their first
+        step; until one does, or changes its groups, a run costs a comparison.
+
+        Args:
+            network: the network the Pyro model runs; its guide (``net.guide``:
+                the generated one or an assigned one) drew the weights.
+        """
+        if not torch.is_grad_enabled() or is_capturing():
+            return
+
+        def drawing() -> list[Tensor]:
+            guide = guide_of(unwrap(network))
+            return [
+                *guide.weight_parameters(),
+                *prior_parameters(guide.variables()).values(),
+            ]
+
+        self._check_decay(network, drawing, network.parameters)
+
+    def _check_decay(
+        self,
+        network: nn.Module | None,
+        drawing: Callable[[], list[Tensor]],
+        network_parameters: Callable[[], Iterable[Tensor]],
+    ) -> None:
+        """Check the optimizers for decay on the scales that drew the weights.
+
+        Args:
+            network: the network that ran (``None`` once it is gone).
+            drawing: returns the parameters of the guide and priors that drew
+                its weights: of the network's scales, only those count (an
+                assigned guide leaves the layers' posteriors unused: no
+                gradient, no decay).
+            network_parameters: returns the network's parameters.
+        """
+
         def scales() -> dict[str, Tensor]:
-            network = record.network
             found = {} if network is None else scale_parameters(network)
-            # Of the network's, those that drew the weights: an assigned guide
-            # leaves the layers' posteriors unused (no gradient, no decay).
-            used = {
-                id(p)
-                for p in (
-                    *record.guide_parameters().values(),
-                    *record.prior_parameters().values(),
-                )
-            }
+            used = {id(p) for p in drawing()}
             found = {name: p for name, p in found.items() if id(p) in used}
             found.update(scale_parameters(self))
             return found
 
-        self._decay_watch.check(scales, record.network_parameters)
+        self._decay_watch.check(scales, network_parameters)
 
     def _watch_precision(self, record: ForwardRecord, dtype: torch.dtype) -> None:
         """Warn once per network whose posterior scales train in bfloat16.
@@ -841,6 +886,7 @@ class PyroModel:
         """
         check_pyro_call()
         self._check_call()
+        self.loss_fn.watch_pyro_run(self.network)
         switched = False
         if samples is None:
             self.one_particle = self.one_particle or initialising_inference()

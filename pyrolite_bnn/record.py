@@ -57,6 +57,7 @@ __all__ = [
     "find_record",
     "other_passes_upstream",
     "positive_param_leaves",
+    "prior_parameters",
     "release_record",
 ]
 
@@ -173,13 +174,7 @@ class ForwardRecord:
         A ``LearnedNormalPrior``'s ``log_scale`` (``"0.weight.log_scale"``):
         the loss warns about weight decay on it as on the guide's scales.
         """
-        return {
-            f"{variable.site}.{name}": parameter
-            for variable in self._variables()
-            for name, parameter in variable.module.prior[
-                variable.name
-            ].named_parameters()
-        }
+        return prior_parameters(self._variables())
 
     def _variables(self) -> Sequence[RandomVariable]:
         """The random variables of the network that ran (``[]`` if unknown)."""
@@ -231,6 +226,25 @@ class ForwardRecord:
                 )
         self.mc_sites.append(name)
         return None
+
+
+def prior_parameters(variables: Iterable[RandomVariable]) -> dict[str, Tensor]:
+    """The learnable hyperparameters of the priors of ``variables``, by site and name.
+
+    A ``LearnedNormalPrior``'s ``log_scale`` (``"0.weight.log_scale"``);
+    fixed priors hold none.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> layer = bnn.VILinear(3, 2, prior=bnn.LearnedNormalPrior())
+        >>> list(prior_parameters(layer.random_variables()))
+        ['weight.log_scale', 'bias.log_scale']
+    """
+    return {
+        f"{variable.site}.{name}": parameter
+        for variable in variables
+        for name, parameter in variable.module.prior[variable.name].named_parameters()
+    }
 
 
 def _param_leaves(trace: Trace) -> dict[str, Tensor]:

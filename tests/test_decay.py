@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -308,3 +309,41 @@ def test_decay_optim_args_keep_pyro_optims_decay_off_the_scales(
     assert all(decay in (0.0, 0.1) for decay in decays.values())
     assert "loss.predictive.raw_scale_unconstrained" in scales & set(decays)
     assert arguments("0.posterior.weight.loc") == {"lr": 1e-3, "weight_decay": 0.1}
+
+
+def test_decay_optim_args_find_a_guide_assigned_after_the_first_steps() -> None:
+    """Warm-up with the generated guide, then an AutoNormal trained by the
+    same pyro.optim object: the arguments kept the scales of their first
+    lookup, and the new guide's scales got the decay (probe falsepos23b)."""
+    net = _net()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=8)
+    arguments = decay_optim_args(net, loss_fn, weight_decay=0.1, lr=1e-3)
+    optim = pyro.optim.Adam(arguments)
+    _svi_decays(net, loss_fn, optim)  # the warm-up
+    net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+    decays = _svi_decays(net, loss_fn, optim)
+    guide = {n: d for n, d in decays.items() if n.startswith("custom_guide.")}
+    scales = {n for n in guide if n.startswith("custom_guide.inner.scales.")}
+    assert len(scales) == 4  # weight and bias of two layers
+    assert {n for n, decay in guide.items() if decay == 0.0} == scales
+    assert {n for n, decay in guide.items() if decay == 0.1} == set(guide) - scales
+
+
+@pytest.mark.parametrize(
+    "decay",
+    [
+        lambda: np.float32(0.1),
+        lambda: torch.tensor(0.1),
+        lambda: torch.tensor(0.1, requires_grad=True),
+    ],
+    ids=["numpy", "tensor", "tensor_requiring_grad"],
+)
+def test_a_decay_given_as_any_real_number_is_taken(
+    decay: Callable[[], object],
+) -> None:
+    """A tensor that requires gradients was read with a warning from torch."""
+    net, expected = _net(), pytest.approx(0.1, rel=1e-6)  # float32's 0.1
+    groups = decay_groups(net, weight_decay=decay())
+    assert [group["weight_decay"] for group in groups] == [expected, 0.0]
+    arguments = decay_optim_args(net, weight_decay=decay())
+    assert arguments("0.posterior.weight.loc")["weight_decay"] == expected

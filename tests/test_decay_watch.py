@@ -13,6 +13,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -568,3 +569,137 @@ def test_the_advice_for_torch_optimizers_under_a_pyro_elbo_is_decay_groups() -> 
             optimizer.step()
     (message,) = [str(w.message) for w in caught if "weight_decay" in str(w.message)]
     assert "AdamW(bnn.decay_groups(model, loss_fn, weight_decay=0.01), ...)" in message
+
+
+def _svi_warnings(
+    net: nn.Module,
+    loss_fn: bnn.KullbackLeiblerLoss,
+    optim: pyro.optim.PyroOptim,
+    elbo: pyro.infer.ELBO,
+) -> list[warnings.WarningMessage]:
+    """The decay warnings of three SVI steps with ``elbo``."""
+    svi = SVI(loss_fn.pyro_model(net), net.guide, optim, elbo)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            svi.step(x, y, samples=2)
+    return [w for w in caught if "weight_decay" in str(w.message)]
+
+
+_ELBOS: list[Callable[[], pyro.infer.ELBO]] = [
+    lambda: bnn.Trace_ELBO(num_particles=2),
+    lambda: bnn.TraceMeanField_ELBO(num_particles=2),
+    pyro.infer.Trace_ELBO,
+    pyro.infer.TraceMeanField_ELBO,
+]
+
+
+@pytest.mark.parametrize("make_net", [_net, _with_autoguide, _low_rank_guide])
+@pytest.mark.parametrize(
+    "elbo", _ELBOS, ids=["bnn2", "bnn_meanfield2", "pyro", "pyro_meanfield"]
+)
+def test_every_svi_path_warns_of_decayed_scales(
+    make_net: Callable[[], nn.Module], elbo: Callable[[], pyro.infer.ELBO]
+) -> None:
+    """pyro.optim.AdamW (weight_decay=0.01 by default) decayed every scale
+    under SVI, but only bnn.Trace_ELBO's fast path (one particle, the
+    generated guide) warned: with more particles, with Pyro's own ELBOs and
+    with an assigned autoguide nothing was said (probe falsepos23b)."""
+    net, loss_fn = make_net(), bnn.KullbackLeiblerLoss(bnn.Normal(), 16)
+    found = _svi_warnings(net, loss_fn, pyro.optim.AdamW({"lr": 1e-2}), elbo())
+    (warning,) = found
+    message = str(warning.message)
+    assert message.startswith("AdamW applies weight_decay=0.01 to ")
+    assert "pyro.optim.AdamW(bnn.decay_optim_args(model, loss_fn" in message
+    named = re.findall(r"'([^']+)'", message.split(", unconstrained")[0])
+    scales = {name.removeprefix("loss:") for name in _scale_names(net, loss_fn)}
+    assert named
+    assert set(named) <= scales
+    assert warning.filename == __file__  # the line of svi.step, not Pyro's
+
+
+def test_clipped_adams_decay_under_pyros_elbo_is_named() -> None:
+    net, loss_fn = _with_autoguide(), bnn.KullbackLeiblerLoss(bnn.Normal(), 16)
+    optim = pyro.optim.ClippedAdam({"lr": 1e-2, "weight_decay": 0.1})
+    (warning,) = _svi_warnings(net, loss_fn, optim, pyro.infer.Trace_ELBO())
+    assert str(warning.message).startswith("ClippedAdam applies weight_decay=0.1 to")
+
+
+@pytest.mark.parametrize("make_net", [_net, _with_autoguide])
+@pytest.mark.parametrize("decay", ["optim_args", "zero"])
+def test_svi_without_decay_on_scales_gives_no_warning(
+    make_net: Callable[[], nn.Module], decay: str
+) -> None:
+    net, loss_fn = make_net(), bnn.KullbackLeiblerLoss(bnn.Normal(), 16)
+    optim = pyro.optim.AdamW(
+        bnn.decay_optim_args(net, loss_fn, weight_decay=0.1, lr=1e-2)
+        if decay == "optim_args"
+        else {"lr": 1e-2, "weight_decay": 0.0}
+    )
+    assert _svi_warnings(net, loss_fn, optim, pyro.infer.Trace_ELBO()) == []
+
+
+def test_a_pyro_elbo_in_a_torch_loop_names_the_assigned_guides_scales_only() -> None:
+    """The layers' own posteriors are unused while an autoguide is assigned:
+    no gradient, so torch's optimizers do not decay them either."""
+    net, loss_fn = _with_autoguide(), bnn.KullbackLeiblerLoss(bnn.Normal(), 16)
+    optimizer = torch.optim.AdamW(_all(net, loss_fn))
+    model, elbo = loss_fn.pyro_model(net), pyro.infer.Trace_ELBO()
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            optimizer.zero_grad()
+            elbo.differentiable_loss(model, net.guide, x, y, samples=2).backward()
+            optimizer.step()
+    (message,) = [str(w.message) for w in caught if "weight_decay" in str(w.message)]
+    # AutoNormal's four scales and the noise's, not the layers' four rho.
+    assert "'custom_guide.inner.scales." in message
+    assert "rho_unconstrained" not in message
+    assert "(and 2 more)" in message
+
+
+@pytest.mark.parametrize(
+    "decay",
+    [
+        lambda: np.float32(0.1),
+        lambda: torch.tensor(0.1),
+        lambda: torch.tensor(0.1, requires_grad=True),
+    ],
+    ids=["numpy", "tensor", "tensor_requiring_grad"],
+)
+def test_a_decay_given_as_any_real_number_is_named(
+    decay: Callable[[], object],
+) -> None:
+    """torch applies a NumPy number's or a tensor's decay (a sweep's grid
+    value): the warning took only int and float."""
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    messages = _train(
+        net,
+        loss_fn,
+        lambda: torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=decay()),
+    )
+    (message,) = messages
+    assert message.startswith("AdamW applies weight_decay=0.1 to")
+    assert "weight_decay=0.1, lr=0.01), ...)" not in message  # groups: no lr
+    assert "AdamW(bnn.decay_groups(model, loss_fn, weight_decay=0.1), ...)" in message
+
+
+def test_a_tensor_decay_switched_on_in_place_is_noticed() -> None:
+    """A schedule that writes into a tensor weight_decay: the group's decay
+    is its value now."""
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.1), 100)
+    decay = torch.tensor(0.0)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=decay)
+    assert _train(net, loss_fn, lambda: optimizer) == []
+    decay.fill_(0.1)
+    (message,) = _train(net, loss_fn, lambda: optimizer)
+    assert message.startswith("AdamW applies weight_decay=0.1 to")
+
+
+def test_the_advice_for_pyro_optim_keeps_a_tensor_learning_rate() -> None:
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(), 16)
+    optim = pyro.optim.AdamW({"lr": torch.tensor(0.01), "weight_decay": 0.1})
+    (warning,) = _svi_warnings(net, loss_fn, optim, bnn.Trace_ELBO())
+    assert "weight_decay=0.1, lr=0.01))" in str(warning.message)
