@@ -3309,6 +3309,157 @@ def test_a_spread_based_predictive_says_why_instead_of_a_nan_loss() -> None:
     assert torch.isnan(value)  # validation off: no check reads the values
 
 
+class _SmoothedCategorical(Categorical):
+    """Label smoothing written for torch_blue's shapes: probabilities ``(B, C)``
+    indexed by labels ``(B,)``; it records the shapes it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
+        self.seen.append(("samples", tuple(samples.shape)))
+        return samples.softmax(-1).mean(0)
+
+    def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:
+        self.seen.append(("parameters", tuple(parameters.shape)))
+        smoothed = 0.9 * parameters + 0.1 / parameters.shape[-1]
+        return smoothed[torch.arange(reference.shape[0]), reference].log()
+
+
+class _FeatureSummedNormal(vi.distributions.Distribution):
+    """A unit Normal over an example's ``D`` outputs, written for ``(B, D)``
+    parameters (it sums dimension 1); it records the shapes it is given."""
+
+    is_predictive_distribution = True
+    distribution_parameters = ("mean",)
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
+        self.seen.append(("samples", tuple(samples.shape)))
+        return samples.mean(0)
+
+    def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:
+        self.seen.append(("parameters", tuple(parameters.shape)))
+        return -0.5 * (reference - parameters).square().sum(dim=1)
+
+
+class _FlooredCategorical(_SmoothedCategorical):
+    """Branches on the values of its parameters, which torch.vmap cannot run."""
+
+    def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:
+        if bool((parameters < 0.05).any()):
+            parameters = parameters.clamp_min(0.05)
+        return super().log_prob_from_parameters(reference, parameters)
+
+
+def _per_particle_data_term(
+    likelihood: vi.distributions.Distribution, out: Tensor, y: Tensor, size: int
+) -> Tensor:
+    """torch_blue's contract by hand: each particle's output alone, ``(1, B, ...)``."""
+    scores = []
+    for s in range(out.shape[0]):
+        parameters = likelihood.predictive_parameters_from_samples(out[s : s + 1])
+        scores.append(likelihood.log_prob_from_parameters(y, parameters))
+    return -size * torch.stack(scores).mean()
+
+
+@pytest.mark.parametrize(
+    "make", [_SmoothedCategorical, _FeatureSummedNormal, _FlooredCategorical]
+)
+@pytest.mark.parametrize(("samples", "batch"), [(4, 4), (3, 5)])
+def test_a_custom_predictive_gets_torch_blues_shapes_one_particle_at_a_time(
+    make: Callable[[], Any], samples: int, batch: int
+) -> None:
+    """The docs promise ``predictive_parameters_from_samples`` one sample,
+    ``(1, B, ...)``, per particle, but it got all particles, ``(1, S, B, ...)``,
+    and ``log_prob_from_parameters`` ``(S, B, ...)`` parameters: code indexed
+    for torch_blue's ``(B, C)`` mis-indexed silently when ``S == B`` (68.45
+    instead of 51.13) and crashed otherwise. Loss and gradients equal the
+    per-particle computation (to float32 rounding: 1e-5 relative)."""
+    torch.manual_seed(0)
+    likelihood = make()
+    classes = 2 if isinstance(likelihood, _FeatureSummedNormal) else 3
+    net = vi.VISequential(vi.VILinear(3, 4), nn.Tanh(), vi.VILinear(4, classes))
+    x = torch.randn(batch, 3)
+    if isinstance(likelihood, Categorical):
+        y = torch.arange(batch) % classes
+    else:
+        y = torch.randn(batch, classes)
+    out = net(x, samples=samples)
+    loss = vi.KullbackLeiblerLoss(likelihood, dataset_size=40, heat=0.0)(out, y)
+    seen = set(likelihood.seen)
+    likelihood.seen.clear()
+    expected = _per_particle_data_term(likelihood, out, y, 40)
+    torch_blues = {("samples", (1, batch, classes)), ("parameters", (batch, classes))}
+    assert seen == torch_blues
+    assert set(likelihood.seen) == torch_blues
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0.0)
+    weights = list(net.parameters())
+    for got, want in zip(
+        torch.autograd.grad(loss, weights, retain_graph=True),
+        torch.autograd.grad(expected, weights),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_custom_predictive_scores_all_particles_in_one_vectorised_call() -> None:
+    """The particles run under torch.vmap: one call of the distribution's
+    methods for all of them (a loop of S calls is the fallback only)."""
+    likelihood = _SmoothedCategorical()
+    net = vi.VILinear(3, 3)
+    vi.KullbackLeiblerLoss(likelihood, dataset_size=40)(
+        net(torch.randn(5, 3), samples=8), torch.tensor([0, 1, 2, 0, 1])
+    )
+    assert likelihood.seen == [("samples", (1, 5, 3)), ("parameters", (5, 3))]
+
+
+class _UnguardedSpreadNormal(vi.distributions.PredictiveDistribution):
+    """A torch Normal whose variance is the samples' spread, unguarded."""
+
+    distribution_parameters = ("mean", "var")
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Any:
+        return samples.mean(0), samples.var(0)
+
+    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+        mean, var = parameters
+        return torch.distributions.Normal(mean, var.sqrt()).log_prob(sample)
+
+
+def test_a_torch_distributions_refusal_of_a_one_sample_spread_is_explained() -> None:
+    """torch's generic "Expected parameter scale ... to satisfy the constraint"
+    came before the library's explanation; it is now its cause. A ValueError
+    for finite parameters (a target outside the support) stays as it is."""
+    x = torch.randn(6, 2)
+    out = vi.VILinear(2, 1)(x, samples=4)
+    loss_fn = vi.KullbackLeiblerLoss(_UnguardedSpreadNormal(), dataset_size=6)
+    match = r"ValueError for parameters that are not finite.*one sample at a time"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "var", UserWarning)  # torch: one value
+        with pytest.raises(UnsupportedDistributionError, match=match) as refused:
+            loss_fn(out, x[:, :1])
+    assert isinstance(refused.value.__cause__, ValueError)
+    assert "Expected parameter scale" in str(refused.value.__cause__)
+
+    class Poisson(vi.distributions.PredictiveDistribution):
+        distribution_parameters = ("rate",)
+
+        def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
+            return samples.exp().mean(0)
+
+        def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+            return torch.distributions.Poisson(parameters).log_prob(sample)
+
+    poisson_loss = vi.KullbackLeiblerLoss(Poisson(), dataset_size=6)
+    with pytest.raises(ValueError, match="support") as refused:
+        poisson_loss(out, torch.full((6, 1), -1.0))
+    assert not isinstance(refused.value, UnsupportedDistributionError)
+
+
 def test_normal_log_prob_from_parameters_refuses_a_log_std() -> None:
     """torch_blue 1.1.0 documents ``(mean, log_std)``; read as a standard
     deviation a negative ``log_std`` gave NaN without a word."""

@@ -7,7 +7,8 @@
 * :class:`AdaptedFamily` / :class:`AdaptedPosterior` — a variational family
   whose posterior module holds one learnable tensor per torch_blue parameter.
 * :class:`AdaptedPredictive` — a likelihood evaluated per particle from
-  ``predictive_parameters_from_samples`` and ``log_prob_from_parameters``,
+  ``predictive_parameters_from_samples`` and ``log_prob_from_parameters``
+  (one particle's output at a time, under ``torch.vmap`` where it runs),
   through :class:`ParticleLikelihood` (batch ``(S, B)``, any target shape).
 * :class:`FlatPrior` — the improper uniform prior (``log p = 0``).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +60,19 @@ __all__ = [
 
 LogProb = Callable[[Tensor, tuple[Any, ...]], Tensor]
 Sample = Callable[[tuple[Any, ...]], Tensor]
+
+# Classes of torch_blue predictives whose code torch.vmap could not run: their
+# particles are scored one after the other.
+_SCORED_IN_TURN: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _parameter_tensors(parameters: Any) -> list[Tensor]:
+    """The tensors of predictive parameters: one, or those of a tuple or list."""
+    if isinstance(parameters, Tensor):
+        return [parameters]
+    if isinstance(parameters, tuple | list):
+        return [p for p in parameters if isinstance(p, Tensor)]
+    return []
 
 
 class BlueDistribution(dist.TorchDistribution):
@@ -350,8 +365,10 @@ class AdaptedPredictive(BnnPredictive):
     """A torch_blue predictive distribution as this library's likelihood.
 
     Each particle's output is one "sample": the per-particle log-likelihood is
-    ``log_prob_from_parameters(y, predictive_parameters_from_samples(out_s))``,
-    and the loss averages those over particles (the ELBO's data term).
+    ``log_prob_from_parameters(y, predictive_parameters_from_samples(out_s))``
+    with ``out_s`` of shape ``(1, B, ...)`` (torch_blue's shapes; see
+    :meth:`elementwise_log_likelihood`), and the loss averages those over
+    particles (the ELBO's data term).
 
     Args:
         predictive: the torch_blue-style predictive distribution.
@@ -370,10 +387,17 @@ class AdaptedPredictive(BnnPredictive):
         return output, target
 
     def distribution(self, output: Tensor) -> dist.TorchDistribution:
-        """Per-particle likelihood with batch shape ``(S, B)``."""
+        """Per-particle likelihood with batch shape ``(S, B)``.
+
+        The elementwise log-likelihoods are summed over the dimensions after
+        the batch; one number per particle (a plain loss's mean, as
+        ``NonBayesian``'s) is every example's.
+        """
 
         def log_prob(target: Tensor, parameters: tuple[Any, ...]) -> Tensor:
             value = self.elementwise_log_likelihood(parameters[0], target)
+            if value.dim() == 1:
+                value = value.unsqueeze(-1)
             while value.dim() > 2:
                 value = value.sum(-1)
             return value
@@ -381,27 +405,95 @@ class AdaptedPredictive(BnnPredictive):
         return ParticleLikelihood(log_prob, (output,), output.shape[:2])
 
     def elementwise_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
-        """Each particle's log-likelihood, unsummed: ``(S, B, ...)``.
+        """Each particle's log-likelihood, unsummed, stacked: ``(S, ...)``.
 
-        One "sample" per particle: the predictive parameters of ``output[s]``
-        alone, unsummed (``(S, B, D)`` for targets ``(B, D)``). A target of one
-        particle's output shape is expanded to every particle's, so that the
-        reference has the shape of the parameters, as in torch_blue.
+        torch_blue's contract, once per particle: the samples that
+        ``predictive_parameters_from_samples`` gets are the particle's output
+        alone, ``(1, B, ...)``, and ``log_prob_from_parameters`` gets
+        ``target`` as given (labels ``(B,)``, targets ``(B, D)``) with the
+        parameters of that one prediction, so the distribution's code sees
+        torch_blue's shapes. Its results are stacked over particles:
+        ``(S, B, D)`` for an elementwise one, ``(S,)`` for one number per
+        particle.
+
+        All particles run in one call under :func:`torch.vmap` (randomness
+        ``"different"``: each particle draws its own random numbers). Where
+        vmap cannot run the distribution's code (``.item()``, a branch on a
+        value, an operation without a batching rule: its class runs in turn
+        from then on), and to report log-likelihoods that are not finite,
+        the particles are scored one after the other, whose values vmap's
+        equal.
 
         Raises:
             UnsupportedDistributionError: while validation is on, if the
                 log-likelihoods are not finite for finite outputs (see
-                :meth:`check_particle_scores`).
+                :meth:`check_particle_scores`), or if
+                ``log_prob_from_parameters`` raised ``ValueError`` for
+                parameters that are not finite (the error is chained).
         """
-        blue: Any = self.blue
-        params = blue.predictive_parameters_from_samples(output.unsqueeze(0))
-        if target.shape == output.shape[1:]:
-            # torch_blue passes a reference of the prediction's shape: a plain
-            # loss (nn.MSELoss) warned of broadcasting (B, D) against (S, B, D).
-            target = target.expand_as(output)
-        value: Tensor = blue.log_prob_from_parameters(target, params)
+        vmap_refused = False
+        if output.shape[0] > 1 and type(self.blue) not in _SCORED_IN_TURN:
+            try:
+                value: Tensor = torch.vmap(
+                    lambda particle: self._score_particle(particle, target),
+                    randomness="different",
+                )(output)
+            except Exception:  # whatever vmap refused: the loop runs it as written
+                vmap_refused = True
+            else:
+                if not self._needs_a_look(output, value):
+                    return value
+                # Checks that read values do not run under vmap: in turn they do.
+        # Outside the except clause: an error of the distribution's own code
+        # is raised by the loop, without vmap's attempt as its context.
+        value = self._score_in_turn(output, target)
+        if vmap_refused:
+            _SCORED_IN_TURN.add(type(self.blue))
         self.check_particle_scores(output, value)
         return value
+
+    def _score_in_turn(self, output: Tensor, target: Tensor) -> Tensor:
+        """:meth:`_score_particle` of one particle after the other, stacked."""
+        return torch.stack([self._score_particle(one, target) for one in output])
+
+    def _score_particle(self, output: Tensor, target: Tensor) -> Tensor:
+        """The log-likelihood of ``target`` under one particle's ``output``.
+
+        Args:
+            output: the particle's network output, ``(B, ...)``.
+            target: the targets, as torch_blue's loss passes them.
+
+        Raises:
+            UnsupportedDistributionError: while validation is on, if
+                ``log_prob_from_parameters`` raised ``ValueError`` (a torch
+                distribution's parameter check) for parameters that are not
+                finite although ``output`` is.
+        """
+        blue: Any = self.blue
+        parameters = blue.predictive_parameters_from_samples(output.unsqueeze(0))
+        try:
+            value: Tensor = blue.log_prob_from_parameters(target, parameters)
+        except ValueError as error:
+            if self._needs_a_look(output, _parameter_tensors(parameters)):
+                raise UnsupportedDistributionError(
+                    f"{qualified_name(self.blue)}.log_prob_from_parameters raised "
+                    f"ValueError for parameters that are not finite from finite "
+                    f"network outputs. {self._one_sample_explanation()}"
+                ) from error
+            raise
+        return value
+
+    def _needs_a_look(self, output: Tensor, values: Tensor | list[Tensor]) -> bool:
+        """Whether validation is on and ``values`` are not finite, ``output`` is.
+
+        Outputs that are not finite themselves are left to the checks that
+        report them. ``False`` where values cannot be read (under a
+        ``torch.func`` transform) and with validation off.
+        """
+        if not is_validation_enabled() or not readable_all(torch.isfinite(output)):
+            return False
+        tensors = [values] if isinstance(values, Tensor) else values
+        return not all(readable_all(torch.isfinite(t)) for t in tensors)
 
     def check_particle_scores(self, output: Tensor, value: Tensor) -> None:
         """Refuse non-finite log-likelihoods of finite outputs, with the cause.
@@ -411,31 +503,38 @@ class AdaptedPredictive(BnnPredictive):
         ``MeanFieldNormal``) gets one sample per particle here: the spread of
         one sample is NaN (or zero), and the loss was NaN without a word.
         Outputs that are not finite themselves are left to the checks that
-        report them. Skipped with validation off (it reads values).
+        report them. Skipped with validation off (it reads values). Not
+        detected: a spread guarded by a constant (``samples.var(0,
+        unbiased=False) + 1e-6``) is that constant for one sample, finite; no
+        check can tell it from a fixed noise scale.
 
         Raises:
             UnsupportedDistributionError: naming the per-particle scoring and
                 the two ways out.
         """
-        if not is_validation_enabled() or readable_all(torch.isfinite(value)):
+        if not self._needs_a_look(output, value):
             return
-        if not readable_all(torch.isfinite(output)):
-            return
-        name = type(self.blue).__name__
         bad = int((~torch.isfinite(value)).sum())
         raise UnsupportedDistributionError(
             f"{qualified_name(self.blue)} gave {bad} non-finite log-likelihood(s) "
-            "for finite network outputs. The loss scores each particle's output "
-            "as its own prediction (the ELBO's data term, the mean over "
-            "particles of log p(y | x, w_s)): "
+            f"for finite network outputs. {self._one_sample_explanation()} (A "
+            "target outside the distribution's support is the other cause of an "
+            "infinite one.)"
+        )
+
+    def _one_sample_explanation(self) -> str:
+        """Why a spread-based distribution fails here, and the two ways out."""
+        name = type(self.blue).__name__
+        return (
+            "The loss scores each particle's output as its own prediction (the "
+            "ELBO's data term, the mean over particles of log p(y | x, w_s)): "
             f"{name}.predictive_parameters_from_samples gets one sample at a "
             "time, shape (1, B, ...), and parameters from the spread of the "
             "samples (a standard deviation over dimension 0) are undefined for "
             "one sample. Give the distribution a noise parameter of its own (a "
             "fixed or learned scale, not the samples' spread), or use "
             "vi.distributions.MeanFieldNormal, which learns one (pass "
-            "loss_fn.parameters() to the optimizer). (A target outside the "
-            "distribution's support is the other cause of an infinite one.)"
+            "loss_fn.parameters() to the optimizer)."
         )
 
     def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
