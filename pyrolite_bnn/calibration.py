@@ -347,13 +347,84 @@ class Calibration(RefusesUnwrittenTensors):
     Subclasses implement :meth:`wrap` and ``_fit`` (the fit of the parameter,
     which :meth:`fit` calls after checking the likelihood). The parameter is a
     buffer: it follows ``.to()`` and is saved in ``state_dict``; after
-    ``to_empty`` it is refused by :meth:`wrap` until written (a fit, a load:
-    :meth:`check_written`).
+    ``to_empty`` it is refused by :meth:`wrap` until written (a fit, a
+    :meth:`reset_parameters`, a load: :meth:`check_written`). A subclass
+    registers it with ``_register_calibration_parameter(name, value)``, which
+    keeps the value for :meth:`reset_parameters`.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Buffer name -> the value the calibration was built with (resets).
+        self._built_values: dict[str, float] = {}
+
+    def _register_calibration_parameter(self, name: str, value: float) -> None:
+        """Register the buffer ``name`` holding ``value``, kept for resets."""
+        self.register_buffer(name, torch.tensor(value))
+        self._built_values[name] = value
+
+    def reset_parameters(self) -> None:
+        """Return the parameter to the value the calibration was built with.
+
+        As torch's layers re-initialise: after ``to_empty`` (of a calibration
+        built on the ``meta`` device, say), or to undo a fit.
+
+        Raises:
+            ValueError: for a calibration that keeps no such value (pickled
+                before calibrations kept it, or a subclass that registers its
+                parameter itself): fit it or load a ``state_dict`` instead.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> with torch.device("meta"):
+            ...     calibration = bnn.TemperatureScaling(2.0)
+            >>> calibration = calibration.to_empty(device="cpu")
+            >>> calibration.reset_parameters()
+            >>> calibration
+            TemperatureScaling(temperature=2)
+        """
+        built = self.__dict__.get("_built_values")
+        if not built:
+            raise ValueError(
+                f"this {type(self).__name__} keeps no value it was built with "
+                "(pickled before calibrations kept it, or its parameter was not "
+                "registered with _register_calibration_parameter): fit it, or "
+                "load a state_dict holding its parameter"
+            )
+        with torch.no_grad():
+            for name, value in built.items():
+                tensor: Tensor = getattr(self, name)
+                tensor.fill_(value)
+
+    def unwritten_remedy(self) -> str:
+        """A fit, a reset or a load writes the parameter (:meth:`check_written`)."""
+        reset = (
+            ", return it to the value it was built with (reset_parameters())"
+            if self.__dict__.get("_built_values")
+            else ""
+        )
+        return (
+            "fit it (calibration.fit(outputs, target, likelihood), or "
+            f"bnn.calibrate(...)){reset}, or load a state_dict that holds "
+            "values for it"
+        )
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
         """The calibrated likelihood (``predictive`` is referenced, not copied)."""
         raise NotImplementedError
+
+    def _taken_likelihood(self, predictive: object, who: str) -> PredictiveDistribution:
+        """``predictive`` as a likelihood this calibration takes, else a ``TypeError``.
+
+        :meth:`fit` calls it before it writes the parameter, which may hold
+        no values yet (after ``to_empty``): the library's calibrations check
+        the likelihood's kind alone. This default wraps it (a subclass's
+        :meth:`wrap` checks the kind) where the parameter holds values.
+        """
+        likelihood = as_likelihood(predictive, who)
+        if not self.unwritten_tensors():
+            self.wrap(likelihood)  # refuses a likelihood of the wrong kind
+        return likelihood
 
     def fit(
         self: _SelfCalibration,
@@ -383,8 +454,7 @@ class Calibration(RefusesUnwrittenTensors):
         Raises:
             TypeError: for a likelihood this calibration does not take.
         """
-        likelihood = as_likelihood(predictive, f"{type(self).__name__}.fit")
-        self.wrap(likelihood)  # refuses a likelihood of the wrong kind
+        likelihood = self._taken_likelihood(predictive, f"{type(self).__name__}.fit")
         warn_untrained(likelihood)
         return self._fit(outputs, target, likelihood)
 
@@ -452,7 +522,7 @@ class TemperatureScaling(Calibration):
         value = check_normal_number(
             check_positive(temperature, "temperature"), "temperature"
         )
-        self.register_buffer("temperature", torch.tensor(value))
+        self._register_calibration_parameter("temperature", value)
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
         """``predictive`` at the temperature: its logits divided by it.
@@ -462,14 +532,19 @@ class TemperatureScaling(Calibration):
         :meth:`~pyrolite_bnn.PredictiveDistribution.tempered`).
         """
         self.check_written()
-        likelihood = as_likelihood(predictive, "TemperatureScaling.wrap")
+        likelihood = self._taken_likelihood(predictive, "TemperatureScaling.wrap")
+        return _TemperatureScaled(likelihood, self.temperature)
+
+    def _taken_likelihood(self, predictive: object, who: str) -> PredictiveDistribution:
+        """A classification likelihood; else a ``TypeError``."""
+        likelihood = as_likelihood(predictive, who)
         if not likelihood.is_classification:
             raise TypeError(
                 "TemperatureScaling needs a classification likelihood (Categorical, "
                 f"Bernoulli), got {describe_likelihood(likelihood)}; use "
                 "VarianceScaling"
             )
-        return _TemperatureScaled(likelihood, self.temperature)
+        return likelihood
 
     def _fit(
         self, outputs: Tensor, target: Tensor, predictive: PredictiveDistribution
@@ -540,18 +615,23 @@ class VarianceScaling(Calibration):
     def __init__(self, factor: float = 1.0) -> None:
         super().__init__()
         value = check_normal_number(check_positive(factor, "factor"), "factor")
-        self.register_buffer("factor", torch.tensor(value))
+        self._register_calibration_parameter("factor", value)
 
     def wrap(self, predictive: PredictiveDistribution) -> PredictiveDistribution:
         """``predictive`` with its particle mixture stretched by ``sqrt(factor)``."""
         self.check_written()
-        likelihood = as_likelihood(predictive, "VarianceScaling.wrap")
+        likelihood = self._taken_likelihood(predictive, "VarianceScaling.wrap")
+        return _VarianceScaled(likelihood, self.factor)
+
+    def _taken_likelihood(self, predictive: object, who: str) -> PredictiveDistribution:
+        """A Gaussian likelihood; else a ``TypeError``."""
+        likelihood = as_likelihood(predictive, who)
         if not isinstance(likelihood, (Normal, HeteroscedasticNormal)):
             raise TypeError(
                 "VarianceScaling needs a Gaussian likelihood (Normal, "
                 f"HeteroscedasticNormal), got {describe_likelihood(likelihood)}"
             )
-        return _VarianceScaled(likelihood, self.factor)
+        return likelihood
 
     def _fit(
         self, outputs: Tensor, target: Tensor, predictive: PredictiveDistribution
@@ -601,6 +681,14 @@ class _Calibrated(PredictiveDistribution):
     def extra_repr(self) -> str:
         """The calibrated likelihood."""
         return repr(self.base)
+
+    def unwritten_remedy(self) -> str:
+        """A new wrap of the likelihood writes the parameter (:meth:`check_written`)."""
+        return (
+            "wrap the likelihood again with a calibration that holds values "
+            "(calibration.wrap(likelihood)), or load a state_dict that holds "
+            "values for it"
+        )
 
 
 class _TemperatureScaled(_Calibrated):

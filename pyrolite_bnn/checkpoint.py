@@ -36,7 +36,11 @@ with the model first and loads nothing on a mismatch. Parameters (of the
 model and of the loss) must be finite on both sides: a diverged model is not
 written over the previous checkpoint, and a file holding NaN or infinite
 parameters loads nothing; the prior buffers' constraints are checked on
-loading too.
+loading too. Nothing that loading refuses is written: a save also refuses
+NaN in buffers, prior hyperparameters outside their constraints, and tensors
+that hold no values (nothing wrote them after ``to_empty``: ``state_dict()``
+passes their memory on as it is, see
+:mod:`pyrolite_bnn._unwritten_tensors`).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import os
 import stat
 import tempfile
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -56,6 +60,7 @@ from torch.optim.swa_utils import AveragedModel
 from pyrolite_bnn._distributed import averaged_model, unwrap
 from pyrolite_bnn._network import collect_variables
 from pyrolite_bnn._state import clone_state
+from pyrolite_bnn._unwritten_tensors import unwritten_state_keys
 from pyrolite_bnn._validation import check_count, check_optimizer_holds
 from pyrolite_bnn.distributions.priors import Prior
 
@@ -174,32 +179,46 @@ def _compare_labels(
     return [f"weight sites with a different {what}: {_listed(different)}"]
 
 
-def _non_finite_parameters(
-    module: nn.Module, state: Mapping[str, Any], owner: str
+def _non_finite_tensors(
+    module: nn.Module,
+    state: Mapping[str, Any],
+    owner: str,
+    *,
+    buffers: bool = False,
+    passed_over: Collection[str] = (),
 ) -> list[str]:
-    """The parameters of ``module`` whose values in ``state`` are not all finite.
+    """The tensors of ``module`` whose values in ``state`` are not all finite.
 
-    Each as ``"model '0.weight' holds 1 NaN and 0 inf of 16 values"``. Parameters
-    only (posterior and guide parameters, a likelihood's learned noise scale,
-    plain weights): a buffer may hold infinities by design (an additive
-    attention mask), and the prior buffers have constraints of their own,
-    checked when they are loaded. A frozen parameter (``requires_grad=False``,
-    which no training moves) may hold infinities by design too (a causal mask
-    kept as a parameter): only its NaN count. Tensors without values (the
-    meta device) are passed over.
+    Each as ``"model '0.weight' holds 1 NaN and 0 inf of 16 values"``.
+    Parameters (posterior and guide parameters, a likelihood's learned noise
+    scale, plain weights) and, with ``buffers``, the buffers. A buffer may
+    hold infinities by design (an additive attention mask), and so may a
+    frozen parameter (``requires_grad=False``, which no training moves: a
+    causal mask kept as a parameter): only their NaN count. The prior
+    buffers have constraints of their own, checked when they are loaded.
+    Tensors without values (the meta device) are passed over, as are the
+    keys in ``passed_over``.
     """
+    tensors: list[tuple[str, Tensor, bool]] = [
+        (key, parameter, parameter.requires_grad)
+        for key, parameter in module.named_parameters(remove_duplicate=False)
+    ]
+    if buffers:
+        tensors += [
+            (key, buffer, False)
+            for key, buffer in module.named_buffers(remove_duplicate=False)
+        ]
     found = []
-    for key, parameter in module.named_parameters(remove_duplicate=False):
+    for key, _, trained in tensors:
         value = state.get(key)
         if (
-            not isinstance(value, Tensor)
+            key in passed_over
+            or not isinstance(value, Tensor)
             or value.is_meta
             or not (value.is_floating_point() or value.is_complex())
         ):
             continue
-        finite = torch.isfinite(value)
-        if not parameter.requires_grad:
-            finite = ~value.isnan()  # infinities by design: a mask
+        finite = torch.isfinite(value) if trained else ~value.isnan()
         if bool(finite.all()):
             continue
         nan = int(value.isnan().sum())
@@ -209,6 +228,65 @@ def _non_finite_parameters(
             f"{value.numel()} values"
         )
     return found
+
+
+def _invalid_priors(
+    module: nn.Module, owner: str, passed_over: Collection[str]
+) -> list[str]:
+    """The priors of ``module`` whose hyperparameters break their constraints.
+
+    What loading the state refuses (a negative scale written in place), so
+    that no checkpoint is written that ``load_checkpoint`` refuses. Priors
+    holding a tensor in ``passed_over`` (without values) are passed over.
+    """
+    found = []
+    for name, prior in module.named_modules():
+        if not isinstance(prior, Prior):
+            continue
+        prefix = f"{name}." if name else ""
+        if any(key.startswith(prefix) for key in passed_over):
+            continue
+        try:
+            prior.check_values()
+        except ValueError as error:
+            found.append(f"{owner} prior {name!r}: {str(error).split(': ')[0]}")
+    return found
+
+
+def _unsaveable(module: nn.Module, state: Mapping[str, Any], owner: str) -> list[str]:
+    """Why ``state``, saved from ``module``, must not replace a checkpoint.
+
+    One sentence per kind of problem: tensors without values (nothing wrote
+    them after ``to_empty``), NaN or infinite values (a diverged run), prior
+    hyperparameters outside their constraints; empty if none.
+    """
+    unwritten = [key for key in unwritten_state_keys(module) if key in state]
+    non_finite = _non_finite_tensors(
+        module, state, owner, buffers=True, passed_over=unwritten
+    )
+    invalid = _invalid_priors(module, owner, unwritten)
+    sentences = []
+    if unwritten:
+        sentences.append(
+            f"{owner} tensors hold no values: "
+            + _listed([repr(key) for key in unwritten])
+            + ". Nothing wrote them after to_empty (or they were loaded from a "
+            "state saved so): call reset_parameters() on the modules holding "
+            "them, or load a state_dict holding their values, before saving."
+        )
+    if non_finite:
+        sentences.append(
+            "tensors hold NaN or infinite values: "
+            + _listed(non_finite, "; ")
+            + ". Training diverged (or the values were set by hand): restore the "
+            "last finite state (bnn.fit's NaN guard does) before saving."
+        )
+    if invalid:
+        sentences.append(
+            "prior hyperparameters break their constraints, and load_checkpoint "
+            "would refuse the file: " + _listed(invalid, "; ") + "."
+        )
+    return sentences
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -347,10 +425,13 @@ def save_checkpoint(
             would not load back with ``weights_only=True``), or ``epoch`` is
             not an integer.
         ValueError: if ``epoch`` is negative, ``optimizer`` holds none of
-            the model's trainable parameters (another network's), or a
-            parameter of the model or of ``loss_fn`` holds NaN or infinite
-            values (a diverged run: the file at ``path`` is left as it was,
-            and the message names the parameters).
+            the model's trainable parameters (another network's), or the
+            model or ``loss_fn`` holds what :func:`load_checkpoint` would
+            refuse, or no values: a parameter with NaN or infinite values
+            (a diverged run), a buffer with NaN, a prior hyperparameter
+            outside its constraint, a tensor nothing wrote after
+            ``to_empty`` (or loaded from a state saved so). The file at
+            ``path`` is left as it was, and the message names the tensors.
         OSError: if ``path`` cannot be written (see
             :func:`check_checkpoint_path`).
 
@@ -393,16 +474,13 @@ def save_checkpoint(
     model = unwrap(model)
     state = model.state_dict()
     loss_state = None if loss_fn is None else loss_fn.state_dict()
-    non_finite = _non_finite_parameters(model, state, "model")
+    problems = _unsaveable(model, state, "model")
     if loss_fn is not None and loss_state is not None:
-        non_finite += _non_finite_parameters(loss_fn, loss_state, "loss_fn")
-    if non_finite:
+        problems += _unsaveable(loss_fn, loss_state, "loss_fn")
+    if problems:
         raise ValueError(
-            f"save_checkpoint: parameters hold NaN or infinite values, so nothing "
-            f"was written ({os.fspath(path)!r} is unchanged): "
-            + _listed(non_finite, "; ")
-            + ". Training diverged (or the values were set by hand): restore the "
-            "last finite state (bnn.fit's NaN guard does) before saving"
+            f"save_checkpoint: nothing was written ({os.fspath(path)!r} is "
+            "unchanged): " + " ".join(problems)
         )
     payload: dict[str, Any] = {
         "format": _FORMAT,
@@ -762,9 +840,9 @@ def load_checkpoint(
             f"checkpoint {os.fspath(path)!r} does not match; nothing was loaded:\n  "
             + "\n  ".join(problems)
         )
-    non_finite = _non_finite_parameters(model, payload["model"], "model")
+    non_finite = _non_finite_tensors(model, payload["model"], "model")
     if loss_fn is not None:
-        non_finite += _non_finite_parameters(loss_fn, payload["loss_fn"], "loss_fn")
+        non_finite += _non_finite_tensors(loss_fn, payload["loss_fn"], "loss_fn")
     if non_finite:
         raise ValueError(
             f"checkpoint {os.fspath(path)!r} holds NaN or infinite parameter "

@@ -889,3 +889,44 @@ def test_a_calibration_never_written_after_to_empty_is_refused(kind: str) -> Non
     torch.testing.assert_close(
         summary(calibration.wrap(likelihood)), expected, rtol=0, atol=0
     )
+
+
+_CALIBRATIONS: dict[str, type[bnn.TemperatureScaling | bnn.VarianceScaling]] = {
+    "temperature": bnn.TemperatureScaling,
+    "variance": bnn.VarianceScaling,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_CALIBRATIONS))
+def test_a_calibration_after_to_empty_is_written_by_a_fit_or_a_reset(kind: str) -> None:
+    """The refusal told a calibration to "call reset_parameters() on the
+    model's modules": it had none (AttributeError), and its fit refused to
+    run, as it wrapped the likelihood first, which reads the parameter (probe
+    falsepos23a). A fit writes it; ``reset_parameters`` returns to the value
+    it was built with, a calibration built on the meta device too."""
+    kind_of = _CALIBRATIONS[kind]
+    likelihood: bnn.PredictiveDistribution
+    if kind == "temperature":
+        target = torch.tensor([0, 1, 2, 0, 1, 2])
+        guesses = torch.tensor([0, 1, 2, 0, 2, 0])  # four right, two wrong
+        outputs = 2.0 * F.one_hot(guesses, 3).float().expand(4, 6, 3)
+        likelihood = bnn.Categorical()
+    else:
+        outputs, target = torch.randn(4, 6, 1), torch.randn(6)
+        likelihood = bnn.Normal(scale=0.5)
+    built = kind_of(2.0).state_dict()
+    fitted = kind_of(2.0).fit(outputs, target, likelihood).state_dict()
+    calibration = kind_of(2.0).to_empty(device="cpu")
+    with pytest.raises(ValueError, match=r"fit it \(calibration\.fit\(") as refusal:
+        calibration.wrap(likelihood)
+    assert "reset_parameters()" in str(refusal.value)
+    calibration.fit(outputs, target, likelihood)
+    torch.testing.assert_close(calibration.state_dict(), fitted, rtol=0, atol=0)
+    calibration.reset_parameters()
+    torch.testing.assert_close(calibration.state_dict(), built, rtol=0, atol=0)
+    with torch.device("meta"):
+        calibration = kind_of(2.0)
+    calibration = calibration.to_empty(device="cpu")
+    calibration.reset_parameters()
+    torch.testing.assert_close(calibration.state_dict(), built, rtol=0, atol=0)
+    calibration.wrap(likelihood)

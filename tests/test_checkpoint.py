@@ -500,6 +500,92 @@ def test_save_refuses_non_finite_parameters_and_keeps_the_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
 
 
+def _emptied_net_without(key: str) -> nn.Module:
+    """A network after ``to_empty`` that a load without ``key`` wrote."""
+    network = _net().to_empty(device="cpu")
+    state = {k: v for k, v in _net().state_dict().items() if k != key}
+    network.load_state_dict(state, strict=False)
+    return network
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "2.prior.weight.scale",
+        "0.posterior.weight.rho_unconstrained",
+        "0.posterior.bias.loc_unconstrained",
+    ],
+)
+def test_save_refuses_tensors_without_values_and_keeps_the_file(
+    tmp_path: Path, key: str
+) -> None:
+    """A network whose prior scale ``to_empty`` left unwritten (a load with
+    ``strict=False`` missed it) was saved over the last good checkpoint, and
+    load_checkpoint then refused its own file: the parameters alone were
+    checked (probe falsepos23a). A tensor without values is refused by name,
+    whatever it is, before the file is touched; written, it saves and loads."""
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, _net(), epoch=0)
+    written = path.read_bytes()
+    network = _emptied_net_without(key)
+    with pytest.raises(
+        ValueError,
+        match=rf"nothing was written.*model tensors hold no values: "
+        rf"'{re.escape(key)}'\. Nothing wrote them after to_empty",
+    ):
+        save_checkpoint(path, network, epoch=1)
+    assert path.read_bytes() == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
+    for module in network.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if reset is not None:
+            reset()
+    save_checkpoint(path, network, epoch=1)
+    assert load_checkpoint(path, _net())["epoch"] == 1
+
+
+def test_save_refuses_a_likelihood_without_values(tmp_path: Path) -> None:
+    """The loss's tensors (a noise scale) are checked as the model's."""
+    path = tmp_path / "run.pt"
+    loss_fn = _loss().to_empty(device="cpu")
+    with pytest.raises(
+        ValueError,
+        match=r"loss_fn tensors hold no values: 'predictive\.raw_scale_unconstrained'",
+    ):
+        save_checkpoint(path, _net(), loss_fn=loss_fn)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), -1.0])
+def test_save_refuses_what_loading_refuses_in_buffers(
+    tmp_path: Path, value: float
+) -> None:
+    """A prior scale written NaN or negative in place (no parameter) was saved,
+    and load_checkpoint refused the file; a plain buffer holding NaN (running
+    statistics of a diverged BatchNorm) too. Infinities in a buffer are kept:
+    masks hold them by design."""
+    path = tmp_path / "run.pt"
+    network = _net()
+    with torch.no_grad():
+        network[2].prior["weight"].scale.fill_(value)
+    with pytest.raises(ValueError, match=r"nothing was written") as refusal:
+        save_checkpoint(path, network)
+    assert "'2.prior.weight'" in str(refusal.value)
+    assert not path.exists()
+    normed = nn.Sequential(_net(), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        normed[1].running_var.fill_(float("nan"))
+    with pytest.raises(
+        ValueError, match=r"model '1\.running_var' holds 1 NaN and 0 inf of 1"
+    ):
+        save_checkpoint(path, normed)
+    assert not path.exists()
+    masked = nn.Sequential(_net())
+    masked.register_buffer("mask", torch.tensor([0.0, float("-inf")]))
+    save_checkpoint(path, masked)
+    assert path.exists()
+
+
 # ------------------------------------------------------------- atomic writes
 @pytest.mark.parametrize("where", ["replace", "save"])
 def test_interrupted_write_keeps_previous_file(

@@ -11,6 +11,7 @@ import copy
 import inspect
 import io
 import math
+import re
 import subprocess
 import sys
 import warnings
@@ -299,6 +300,60 @@ def test_state_dict_has_one_key_per_tensor_and_loads_either_name() -> None:
     torch.testing.assert_close(other.prior["weight"].scale, prior_scale)  # kept
     with pytest.raises(RuntimeError, match="Missing key"):
         other.load_state_dict({k: v for k, v in blue.items() if k != "_bias_mean"})
+
+
+@pytest.mark.parametrize("prior", ["default", "torch_blue style"])
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_torch_blue_state_into_an_emptied_layer_is_refused_with_the_remedy(
+    prior: str, strict: bool
+) -> None:
+    """torch_blue saves no priors: its state keeps the layer's own. After
+    ``to_empty`` those hold no values, yet they were put into the state and
+    the load counted them written: a torch_blue-style prior's KL was NaN
+    without a word, a NormalPrior's load was refused saying "the state dict
+    holds nan" for keys the state did not have (probe falsepos23a). The load
+    is refused naming the layer's prior tensors and the remedy, which gives
+    the loss of a fresh layer."""
+
+    def build() -> vi.VISequential:
+        if prior == "default":
+            return vi.VISequential(vi.VILinear(3, 2))
+        return vi.VISequential(vi.VILinear(3, 2, prior=FlaggedLaplacePrior(0.1, 0.6)))
+
+    torch.manual_seed(0)
+    source, x, y = build(), torch.randn(5, 3), torch.randn(5, 2)
+    blue = {
+        name: p.detach().clone()
+        for name, p in source.named_parameters(remove_duplicate=False)
+        if name.split(".")[-1].startswith("_")
+    }
+    assert blue
+    assert not any("prior" in name for name in blue)
+    loss_fn = vi.KullbackLeiblerLoss(MeanFieldNormal(), dataset_size=5)
+
+    def loss(network: nn.Module) -> Tensor:
+        torch.manual_seed(1)
+        return loss_fn(network(x, samples=4), y)
+
+    fresh = build()
+    fresh.load_state_dict(blue)
+    prior_keys = [key for key in fresh.state_dict() if ".prior." in key]
+    emptied = build().to_empty(device="cpu")
+    refusal = (
+        r"the state dict holds torch_blue's names of the variational parameters "
+        r"and no priors .*"
+        + re.escape(repr(prior_keys[0]))
+        + r".* after to_empty: call reset_parameters\(\) on the model's modules "
+        r"before loading"
+    )
+    with pytest.raises(RuntimeError, match=refusal):
+        emptied.load_state_dict(blue, strict=strict)
+    for module in emptied.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if reset is not None:
+            reset()
+    emptied.load_state_dict(blue, strict=strict)
+    torch.testing.assert_close(loss(emptied), loss(fresh), rtol=0, atol=0)
 
 
 def test_attention_loads_torch_blue_1_1_checkpoints() -> None:

@@ -30,7 +30,7 @@ from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn._scales import DeclaresScales
 from pyrolite_bnn._state import RecordsInState, recorded
-from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors
+from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors, holds_no_values
 from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions._precision import computed_in_full_precision
@@ -769,6 +769,11 @@ class Prior(DeclaresScales, RefusesUnwrittenTensors, RecordsInState):
         and nothing is loaded into the prior. A state without the family's
         record (saved before it existed) is not compared, and one recorded
         under this prior's class name (as records were first written) loads.
+        A value saved from a tensor that nothing wrote after ``to_empty``
+        (:func:`~pyrolite_bnn._unwritten_tensors.holds_no_values`) is no
+        value outside a constraint: it loads, and the prior refuses to be
+        used until the tensor is written, saying the state held none for it
+        (:meth:`check_written`).
         """
         saved = recorded(local_metadata, _FAMILY)
         held = [
@@ -792,7 +797,9 @@ class Prior(DeclaresScales, RefusesUnwrittenTensors, RecordsInState):
         problems = []
         for name, constraint in self.hyperparameter_constraints().items():
             value = state_dict.get(prefix + name)
-            if isinstance(value, Tensor) and not _satisfies(constraint, value):
+            if not isinstance(value, Tensor) or holds_no_values(value):
+                continue  # a value saved unwritten: recorded, refused where read
+            if not _satisfies(constraint, value):
                 shown = value.tolist() if value.numel() <= 4 else tuple(value.shape)
                 problems.append(
                     f"prior buffer {prefix + name!r} of {type(self).__name__} must "

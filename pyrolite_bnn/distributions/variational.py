@@ -11,7 +11,7 @@ particle plate, emits one ``pyro.sample`` site for the whole tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -29,7 +29,7 @@ from pyrolite_bnn._module_hooks import recomputing_hooks
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._scales import DeclaresScales
 from pyrolite_bnn._state import RecordsInState, recorded
-from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors
+from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors, holds_no_values
 from pyrolite_bnn._validation import (
     check_finite,
     check_normal_number,
@@ -349,11 +349,12 @@ class Posterior(
             loc = self._parameters.get(name)
             self._loc_written = loc is not None and not loc.is_meta
 
-    def _note_emptied(self, names: Iterable[str]) -> None:
-        """Record the tensors ``names`` as holding no values, the mean among them."""
-        names = list(names)
-        super()._note_emptied(names)
-        if "loc_unconstrained" in names:
+    def _note_emptied(
+        self, origins: Mapping[str, Any], *, replace: bool = True
+    ) -> None:
+        """Record the tensors in ``origins`` as holding no values, the mean too."""
+        super()._note_emptied(origins, replace=replace)
+        if "loc_unconstrained" in origins:
             self._loc_written = False
 
     def _holds_a_mean(self) -> bool:
@@ -412,6 +413,8 @@ class Posterior(
             if problem is not None:
                 error_msgs.append(problem)  # load_state_dict raises a RuntimeError
                 return
+        # A loaded mean is noted written (assign=True: new memory), unless the
+        # state held none for it (RefusesUnwrittenTensors._load_from_state_dict).
         super()._load_from_state_dict(
             state_dict,
             prefix,
@@ -421,8 +424,6 @@ class Posterior(
             unexpected_keys,
             error_msgs,
         )
-        if prefix + "loc_unconstrained" in state_dict and not error_msgs:
-            self._note_loc_written()  # a loaded mean (assign=True: new memory)
 
     def _reparameterise(
         self, state_dict: dict[str, Any], prefix: str, saved: str
@@ -558,7 +559,7 @@ class MeanFieldNormalPosterior(Posterior):
         rho = state_dict.get(key)
         if source is None or others or not (rho is None or isinstance(rho, Tensor)):
             return super()._reparameterise(state_dict, prefix, saved)
-        if rho is not None:
+        if rho is not None and not holds_no_values(rho):  # none: none either way
             with torch.no_grad():
                 scale = _scale_of(rho.double(), source, torch.finfo(rho.dtype).tiny)
                 state_dict[key] = _rho_of(scale, self.scale_transform).to(rho.dtype)

@@ -34,6 +34,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from pyrolite_bnn._unwritten_tensors import unwritten_state_keys
 from pyrolite_bnn.distributions.variational import Posterior
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "assigned_aliases",
     "drop_aliases",
     "fill_either_key",
+    "unwritten_priors_message",
 ]
 
 _ALIASES = "_torch_blue_parameter_names"
@@ -86,11 +88,21 @@ def drop_aliases(module: nn.Module, state_dict: dict[str, Any], prefix: str) -> 
         state_dict.pop(prefix + alias, None)
 
 
-def fill_either_key(module: nn.Module, state_dict: dict[str, Any], prefix: str) -> None:
+def fill_either_key(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str
+) -> list[str]:
     """Before loading ``module``'s own state: a state with either name loads.
 
     A state saved by torch_blue (its names only) holds no priors (torch_blue
-    does not save them): the module keeps its own, as torch_blue's would.
+    does not save them): the module keeps its own, as torch_blue's would,
+    their values put in the state. A prior tensor that holds no values
+    (nothing wrote it after ``to_empty``:
+    :func:`~pyrolite_bnn._unwritten_tensors.unwritten_state_keys`) has none
+    to keep: it is not put in the state, and its key is returned.
+
+    Returns:
+        The state keys of the prior tensors a torch_blue state needed kept
+        and that hold no values (the caller refuses the load).
     """
     from_torch_blue = False
     for alias, stored in _aliases(module).items():
@@ -101,9 +113,42 @@ def fill_either_key(module: nn.Module, state_dict: dict[str, Any], prefix: str) 
         elif stored_key in state_dict and alias_key not in state_dict:
             state_dict[alias_key] = state_dict[stored_key]
     priors = getattr(module, "prior", None)
-    if from_torch_blue and isinstance(priors, nn.Module):
-        for name, value in priors.state_dict().items():
-            state_dict.setdefault(f"{prefix}prior.{name}", value)
+    if not from_torch_blue or not isinstance(priors, nn.Module):
+        return []
+    unwritten = set(unwritten_state_keys(priors))
+    without_values = []
+    for name, value in priors.state_dict().items():
+        key = f"{prefix}prior.{name}"
+        if key in state_dict:
+            continue
+        if name in unwritten:
+            without_values.append(key)
+        else:
+            state_dict[key] = value
+    return without_values
+
+
+def unwritten_priors_message(
+    module: nn.Module, prefix: str, keys: Sequence[str]
+) -> str:
+    """Why a torch_blue state does not load into ``module``, and what to do.
+
+    Args:
+        module: the ``vi`` layer.
+        prefix: its state keys' prefix (its path in the network, and a dot).
+        keys: the state keys of its prior tensors that hold no values
+            (:func:`fill_either_key`).
+    """
+    where = f"layer {prefix[:-1]!r} ({type(module).__name__})" if prefix else "layer"
+    return (
+        f"{where}: the state dict holds torch_blue's names of the "
+        "variational parameters and no priors (torch_blue saves none), so the "
+        "layer keeps its own priors, and nothing wrote values into "
+        f"{', '.join(repr(key) for key in keys)} after to_empty: call "
+        "reset_parameters() on the model's modules before loading (the priors "
+        "return to the values they were built with), or load a state dict that "
+        "holds the priors (this library's state_dict())"
+    )
 
 
 @contextmanager

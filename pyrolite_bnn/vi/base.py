@@ -58,6 +58,7 @@ from pyrolite_bnn.vi._parameter_names import (
     assigned_aliases,
     drop_aliases,
     fill_either_key,
+    unwritten_priors_message,
 )
 from pyrolite_bnn.vi.distributions import MeanFieldNormal
 from pyrolite_bnn.vi.distributions._adapters import AdaptedPosterior, AdaptedPrior
@@ -718,9 +719,22 @@ class VIModule(BnnVIModule):
         state_dict: dict[str, Any],
         prefix: str,
         local_metadata: dict[str, Any],
-        *args: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
-        fill_either_key(self, state_dict, prefix)
+        """Torch's, for a state with either name of each variational parameter.
+
+        A torch_blue state (its names, no priors) keeps the layer's priors;
+        where ``to_empty`` left them without values it is refused, whatever
+        ``strict`` (no state of torch_blue's holds priors to write them),
+        with the remedy (:func:`fill_either_key`).
+        """
+        without_values = fill_either_key(self, state_dict, prefix)
+        if without_values:  # load_state_dict raises a RuntimeError
+            error_msgs.append(unwritten_priors_message(self, prefix, without_values))
+        args = (strict, missing_keys, unexpected_keys, error_msgs)
         if not local_metadata.get("assign_to_params_buffers", False):
             super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
             return
