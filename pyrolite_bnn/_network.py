@@ -19,8 +19,17 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pyrolite_bnn._context_values import set_while
-from pyrolite_bnn._pyro_module import keep_store_in, structure_version
-from pyrolite_bnn._pyro_statements import pyro_statement_in, pyro_statement_refusal
+from pyrolite_bnn._pyro_module import (
+    LocalPyroModule,
+    keep_store_in,
+    sample_attribute_names,
+    structure_version,
+)
+from pyrolite_bnn._pyro_statements import (
+    PyroStatement,
+    pyro_statement_in,
+    pyro_statement_refusal,
+)
 from pyrolite_bnn.module import NOT_NETWORK, VIModule
 from pyrolite_bnn.variables import RandomVariable
 
@@ -285,26 +294,75 @@ def refuse_pyro_statements(root: nn.Module) -> None:
     """Refuse ``pyro.sample`` / ``pyro.param`` in a ``forward`` of the network.
 
     For the PyTorch-style path, which no Pyro handler watches (see
-    :mod:`pyrolite_bnn._pyro_statements`).
+    :mod:`pyrolite_bnn._pyro_statements`). A ``PyroSample`` attribute of a
+    module of the network (other than a Bayesian layer's random variables) is
+    a ``pyro.sample`` statement too, and refused the same way.
+
+    Found once per module tree, as the network's other facts. A Pyro module
+    of the user's (no library module) does not say when it gains or loses a
+    ``PyroSample`` attribute: the attributes of those modules alone are read
+    on every call (none in most networks).
 
     Raises:
-        ValueError: naming the module class and the statement.
+        ValueError: naming the module class and the statement or attribute.
     """
-    found = _cached(root, "_pyrolite_pyro_statement")
-    if found is None:
+    cached = _cached(root, "_pyrolite_pyro_statement")
+    if cached is None:
         modules = network_modules(root)
         found = next(
             (
-                (type(module), statement)
-                for _, module in modules
-                if (statement := pyro_statement_in(type(module))) is not None
+                (type(module), statement, path)
+                for path, module in modules
+                if (statement := _statement_kept_by(module)) is not None
             ),
             (),
         )
+        users_pyro_modules = tuple(
+            (path, module)
+            for path, module in modules
+            if isinstance(module, PyroModule)
+            and not isinstance(module, LocalPyroModule)
+        )
+        cached = (found, users_pyro_modules)
         plain_containers = _holds_plain_containers(modules)
-        _store(root, "_pyrolite_pyro_statement", found, plain_containers)
+        _store(root, "_pyrolite_pyro_statement", cached, plain_containers)
+    found, users_pyro_modules = cached
     if found:
         raise pyro_statement_refusal(*found)
+    for path, module in users_pyro_modules:
+        attribute = _sample_attribute_of(module)
+        if attribute is not None:
+            raise pyro_statement_refusal(type(module), attribute, path)
+
+
+def _statement_kept_by(module: nn.Module) -> PyroStatement | None:
+    """A Pyro statement of ``module`` that holds until its tree changes.
+
+    One in its class's ``forward`` code, or a sample attribute of a library
+    module (whose changes :func:`structure_version` counts).
+    """
+    if isinstance(module, LocalPyroModule):
+        attribute = _sample_attribute_of(module)
+        if attribute is not None:
+            return attribute
+    return pyro_statement_in(type(module))
+
+
+def _sample_attribute_of(module: nn.Module) -> PyroStatement | None:
+    """``module``'s first ``PyroSample`` attribute that is no random variable of it.
+
+    A :class:`VIModule`'s declared random variables are ``PyroSample``
+    attributes too: the network's weights, drawn by its guide.
+    """
+    declared = module.declared_variables() if isinstance(module, VIModule) else {}
+    return next(
+        (
+            PyroStatement("sample", attribute=name)
+            for name in sample_attribute_names(module)
+            if name not in declared
+        ),
+        None,
+    )
 
 
 def per_particle_modules(root: nn.Module) -> frozenset[int]:

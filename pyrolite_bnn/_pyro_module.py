@@ -63,6 +63,7 @@ __all__ = [
     "local_params",
     "note_structure_change",
     "public_settings",
+    "sample_attribute_names",
     "structure_stamp",
     "structure_version",
 ]
@@ -667,6 +668,48 @@ def constrained_tensor_names(
         for name, constraint in recorded.items()
         if holds(constraint)
     )
+
+
+# The packages whose classes declare no sample sites (the library's declare
+# its random variables on the instance).
+_DECLARE_NO_SAMPLE_SITES = frozenset({"builtins", "pyro", "pyrolite_bnn", "torch"})
+
+
+def sample_attribute_names(module: nn.Module) -> tuple[str, ...]:
+    """Names of ``module``'s ``PyroSample`` attributes: the sample sites it declares.
+
+    Those set on the module (``module.g = PyroSample(prior)``, kept in Pyro's
+    ``_pyro_samples`` table: Pyro has no public way to list them) and those
+    its class declares (``@PyroSample`` methods, which Pyro adds to the table
+    only when first read); ``()`` for a module that is no ``PyroModule``. A
+    :class:`~pyrolite_bnn.VIModule`'s random variables are among them.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro.nn import PyroModule
+        >>> module = PyroModule()
+        >>> module.g = PyroSample(dist.LogNormal(0.0, 0.5))
+        >>> sample_attribute_names(module), sample_attribute_names(nn.ReLU())
+        (('g',), ())
+    """
+    if not isinstance(module, PyroModule):
+        return ()
+    names = tuple(module.__dict__.get("_pyro_samples", ()))
+    if _declares_no_sample_sites(type(module)):  # nor do its bases
+        return names
+    declared = (
+        name
+        for owner in type(module).__mro__
+        if not _declares_no_sample_sites(owner)
+        for name, value in vars(owner).items()
+        if isinstance(value, PyroSample)
+    )
+    return tuple(dict.fromkeys((*names, *declared)))
+
+
+def _declares_no_sample_sites(owner: type) -> bool:
+    """Whether ``owner`` is a class of torch's, Pyro's or the library's."""
+    return owner.__module__.partition(".")[0] in _DECLARE_NO_SAMPLE_SITES
 
 
 class ParamsInModule(Messenger):

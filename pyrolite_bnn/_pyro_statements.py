@@ -6,9 +6,14 @@ else. A ``pyro.sample`` statement in a ``forward`` would draw a latent site
 from its prior on every call, never learn it and leave it out of the ELBO
 (an observed one: leave its log-density out); a ``pyro.param`` statement
 would create a parameter in Pyro's global store, which ``model.parameters()``
-(the optimizer's) and ``state_dict`` do not hold. Under Pyro inference
-(``SVI`` on ``loss_fn.pyro_model``, the user's own model) Pyro's semantics
-apply.
+(the optimizer's) and ``state_dict`` do not hold. A ``PyroSample`` attribute
+of a module (``self.g = PyroSample(prior)``, the declaration form of
+``pyro.sample``) is the same: the network's
+:func:`~pyrolite_bnn._network.refuse_pyro_statements` finds those in the
+modules' tables and refuses them with :func:`pyro_statement_refusal` too.
+Under Pyro inference (``SVI`` on ``loss_fn.pyro_model``, the user's own model)
+Pyro's semantics apply, but for a latent site drawn while the network runs
+several particles (see :mod:`pyrolite_bnn._sites`).
 
 The statements are found in the code of the network's ``forward`` methods
 (those of classes outside torch, Pyro and this library), not by a Pyro handler:
@@ -73,10 +78,14 @@ class PyroStatement(NamedTuple):
         name: ``"sample"``, ``"param"`` or ``"factor"``.
         route: the helper functions that lead to it, outermost first (empty:
             in ``forward`` itself).
+        attribute: for a ``PyroSample`` attribute (the declaration form of
+            ``pyro.sample``, a site drawn whenever the module reads it), its
+            name; ``None`` for a statement in code.
     """
 
     name: str
     route: tuple[str, ...] = ()
+    attribute: str | None = None
 
 
 # Results per class and forward (the code of a forward method never changes).
@@ -105,9 +114,9 @@ def pyro_statement_in(module_type: type[Any]) -> PyroStatement | None:
         ...     def noisy(self, h):
         ...         return h + pyro.sample("z", dist.Normal(0.0, 1.0))
         >>> pyro_statement_in(Noisy), pyro_statement_in(torch.nn.Linear)
-        (PyroStatement(name='sample', route=()), None)
-        >>> pyro_statement_in(Helped)
-        PyroStatement(name='sample', route=('noisy',))
+        (PyroStatement(name='sample', route=(), attribute=None), None)
+        >>> pyro_statement_in(Helped).route
+        ('noisy',)
     """
     forward = _user_function(getattr(module_type, "forward", None))
     if forward is None:
@@ -208,9 +217,19 @@ def _note_helper(
 
 
 def pyro_statement_refusal(
-    module_type: type[Any], statement: PyroStatement
+    module_type: type[Any], statement: PyroStatement, path: str = ""
 ) -> ValueError:
-    """The error for ``pyro.<statement>`` in ``module_type.forward`` (or below it)."""
+    """The error for ``pyro.<statement>`` in ``module_type.forward`` (or below it).
+
+    Or for a ``PyroSample`` attribute of a ``module_type`` module
+    (``statement.attribute``), which is a ``pyro.sample`` statement too.
+
+    Args:
+        module_type: the class of the module.
+        statement: what it holds.
+        path: where the module is in the network (``"body.1"``; empty: the
+            network itself).
+    """
     if statement.name == "param":
         effect = (
             "the parameter would live in Pyro's global parameter store, not in "
@@ -225,12 +244,21 @@ def pyro_statement_refusal(
             "left out). Put latent variables and observations in a Pyro model "
             "around the network and train it with SVI (docs/howto.rst, 'Write "
             "your own Pyro model around a network'); for a learned quantity, use "
-            "an nn.Parameter or a Bayesian layer"
+            "an nn.Parameter (or a PyroParam) or a Bayesian layer (a random "
+            "variable of your own: VIModule.declare_random_variable, "
+            "docs/howto.rst, 'Write a custom Bayesian layer')"
         )
-    through = "".join(f" through {helper}()" for helper in statement.route)
+    if statement.attribute is not None:
+        what = (
+            f"{module_type.__name__}.{statement.attribute} is a PyroSample "
+            "attribute (a pyro.sample site drawn whenever the module reads it)"
+        )
+    else:
+        through = "".join(f" through {helper}()" for helper in statement.route)
+        what = f"{module_type.__name__}.forward calls pyro.{statement.name}{through}"
+    where = f"In the network's module {path!r}, " if path else ""
     return ValueError(
-        f"{module_type.__name__}.forward calls pyro.{statement.name}{through}, and "
-        "the network "
+        f"{where}{what}, and the network "
         "runs on the PyTorch-style path (loss_fn(model(x), y), predict, fit, "
         f"bnn.Trace_ELBO's fast path): {effect}"
     )

@@ -13,30 +13,56 @@ that a handler supplies (``poutine.condition``, ``poutine.do``, replayed or
 posterior samples) may also be one draw, ``shape`` (or ``(1, 1, *shape)``): it
 is the same value for every particle and is broadcast to them; any other shape
 is refused with a :class:`SiteShapeError` naming the site and both shapes.
+
+Other latent sites drawn while the network runs (a ``pyro.sample`` statement
+in a ``forward``, a ``PyroSample`` attribute of a module) are Pyro's, with
+one exception: with several particles such a site has one value per particle,
+batch shape ``(S, 1)``, which cannot meet the network's activations, whose
+particles are folded into the batch dimension (``(B * S, ...)``, batch-major):
+torch's size error, or a broadcast pairing the wrong rows, followed. Such a
+site is refused with a :class:`LatentSiteError` that says what to do instead.
+Observed sites (``obs=``, ``pyro.factor``, ``pyro.deterministic``, a site a
+handler conditions) and sites of one particle (``samples=1``, as under MCMC)
+are left alone.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
+from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._context_values import set_while
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
+    from pyro.poutine.runtime import Message
+
     from pyrolite_bnn.module import VIModule
     from pyrolite_bnn.variables import RandomVariable
 
-__all__ = ["SiteShapeError", "SiteTable", "current_sites", "sampling_sites"]
+__all__ = [
+    "LatentSiteError",
+    "SiteShapeError",
+    "SiteTable",
+    "current_sites",
+    "sampling_sites",
+]
 
 
 class SiteShapeError(ValueError):
     """A weight site's value has a shape the particle plate cannot use."""
+
+
+class LatentSiteError(ValueError):
+    """A latent site of the user's drawn in a network running several particles."""
 
 
 class SiteTable:
@@ -49,6 +75,10 @@ class SiteTable:
     def __init__(self, variables: list[RandomVariable]) -> None:
         self.variables = {(id(v.module), v.name): v for v in variables}
         self.values: dict[tuple[int, str], Tensor] = {}
+        # Whether a weight's site is being drawn: the sites sent meanwhile
+        # are the weight's own and its handlers' (poutine.reparam's auxiliary
+        # sites), not the user's.
+        self.drawing_weight = False
 
     def any_read(self) -> bool:
         """Whether a layer has read one of its weights in this call yet."""
@@ -67,7 +97,12 @@ class SiteTable:
                     "(an attribute, or inside a torch or bnn container), not kept in "
                     "a plain Python list or dict"
                 )
-            value = pyro.sample(variable.site, module.prior_distribution(name))
+            prior = module.prior_distribution(name)
+            self.drawing_weight = True
+            try:
+                value = pyro.sample(variable.site, prior)
+            finally:
+                self.drawing_weight = False
             value = _particle_value(variable.site, value, variable.shape)
             self.values[key] = value
         return value
@@ -120,5 +155,85 @@ def current_sites() -> SiteTable | None:
 
 
 def sampling_sites(table: SiteTable) -> AbstractContextManager[None]:
-    """Make ``table`` the current site table for the body."""
-    return set_while(_SITES, table)
+    """Make ``table`` the current site table for the body.
+
+    Latent sites other than ``table``'s drawn in the body with several
+    particles are refused (see the module documentation).
+    """
+    return _SitesInForce(table)
+
+
+class _SitesInForce:
+    """The body of :func:`sampling_sites`: the table, and the watch on other sites."""
+
+    __slots__ = ("_table", "_watch")
+
+    def __init__(self, table: SiteTable) -> None:
+        self._table = set_while(_SITES, table)
+        self._watch = _OtherLatentSites(table)
+
+    def __enter__(self) -> None:
+        self._table.__enter__()
+        try:
+            self._watch.__enter__()
+        except BaseException:
+            self._table.__exit__(None, None, None)
+            raise
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self._watch.__exit__(kind, error, traceback)
+        finally:
+            self._table.__exit__(kind, error, traceback)
+
+
+class _OtherLatentSites(Messenger):
+    """Refuse a latent site, not a weight's, drawn with several particles.
+
+    A weight's site, and the sites its handlers send while it is drawn
+    (``poutine.reparam``'s), are :class:`SiteTable`'s; observed or not is
+    read after every handler has run (``poutine.condition`` observes a site).
+    """
+
+    def __init__(self, table: SiteTable) -> None:
+        super().__init__()
+        self._table = table
+        self._others: set[int] = set()
+
+    def _process_message(self, msg: Message[..., Any]) -> None:
+        # Told for every message: an id kept by a site that raised is no
+        # other message's verdict.
+        if msg["type"] == "sample" and not self._table.drawing_weight:
+            self._others.add(id(msg))
+        else:
+            self._others.discard(id(msg))
+
+    def _postprocess_message(self, msg: Message[..., Any]) -> None:
+        if id(msg) not in self._others:
+            return
+        self._others.discard(id(msg))
+        state = _particles.current()
+        if msg["is_observed"] or state is None or state.samples == 1:
+            return
+        shape = tuple(getattr(msg["value"], "shape", ()))
+        raise LatentSiteError(
+            f"the latent site {msg['name']!r} is drawn while the network runs "
+            f"{state.samples} particles (by a pyro.sample statement or a PyroSample "
+            "attribute of a module, in the network's forward): Pyro gives it one "
+            f"value per particle (shape {shape}), but the network's activations "
+            "hold the particles folded into the batch dimension "
+            f"((B * {state.samples}, ...), batch-major), so the two cannot meet "
+            "(torch's size error, or a broadcast pairing the wrong rows). Draw it "
+            "in a Pyro model around the network, from "
+            "the network's (S, B, ...) output (docs/howto.rst, 'Write your own "
+            "Pyro model around a network'); make it a random variable of a "
+            "Bayesian layer of your own (VIModule.declare_random_variable, "
+            "docs/howto.rst, 'Write a custom Bayesian layer'), drawn per particle "
+            "in the network's layout and trained by its guide; or run one "
+            "particle (samples=1, as under MCMC)"
+        )

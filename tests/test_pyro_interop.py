@@ -19,10 +19,12 @@ import torch
 from pyro import factor, poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
+from pyro.nn import PyroModule, PyroParam, PyroSample
 from torch import Tensor, nn
 from torch.distributions import constraints
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn._sites import LatentSiteError
 
 
 def _problem(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -580,6 +582,198 @@ def test_forwards_without_pyro_statements_run_on_the_pytorch_style_path(
     net = bnn.VISequential(bnn.VILinear(3, 4), module(), bnn.VILinear(4, 1))
     assert _loss()(net(x, samples=2), y.unsqueeze(-1)).isfinite()
     assert bnn.predict(net, x, bnn.Normal(scale=0.3)).mean.shape[0] == 32
+
+
+class _GainAttribute(PyroModule):
+    """A Pyro module of the user's with a ``PyroSample`` attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.z = PyroSample(dist.LogNormal(0.0, 0.5))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.z
+
+
+class _DecoratedGain(PyroModule):
+    """The same, declared by its class (``@PyroSample``)."""
+
+    @PyroSample
+    def z(self) -> dist.LogNormal:
+        return dist.LogNormal(0.0, 0.5)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.z
+
+
+class _NestedGain(PyroModule):
+    """A Pyro module whose child Pyro module holds the attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = PyroModule()
+        self.inner.z = PyroSample(dist.LogNormal(0.0, 0.5))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.inner.z
+
+
+class _BayesianGain(bnn.VIModule):
+    """A Bayesian layer of the user's with a ``PyroSample`` beside its variable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declare_random_variable("shift", (4,))
+        self.z = PyroSample(dist.LogNormal(0.0, 0.5))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.z + self.shift.reshape(-1, 4)
+
+
+def _between_layers(module: nn.Module) -> bnn.VISequential:
+    return bnn.VISequential(bnn.VILinear(3, 4), module, bnn.VILinear(4, 1))
+
+
+def _with_extra_sample_on_a_layer() -> bnn.VISequential:
+    net = bnn.VISequential(bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 1))
+    net[0].extra = PyroSample(dist.LogNormal(0.0, 0.5))
+    return net
+
+
+_SAMPLE_ATTRIBUTES: dict[str, tuple[Callable[[], bnn.VISequential], str]] = {
+    "in __init__": (
+        lambda: _between_layers(_GainAttribute()),
+        r"module '1', _GainAttribute.z is a PyroSample attribute",
+    ),
+    "@PyroSample": (
+        lambda: _between_layers(_DecoratedGain()),
+        r"module '1', _DecoratedGain.z is a PyroSample attribute",
+    ),
+    "nested": (
+        lambda: _between_layers(_NestedGain()),
+        r"module '1.inner', PyroModule.z is a PyroSample attribute",
+    ),
+    "beside a random variable": (
+        lambda: _between_layers(_BayesianGain()),
+        r"module '1', _BayesianGain.z is a PyroSample attribute",
+    ),
+    "on a library layer": (
+        _with_extra_sample_on_a_layer,
+        r"module '0', VILinear.extra is a PyroSample attribute",
+    ),
+}
+
+
+@pytest.mark.parametrize("holder", sorted(_SAMPLE_ATTRIBUTES))
+@pytest.mark.parametrize("route", sorted(_ROUTES))
+def test_pyro_sample_attribute_is_refused_like_a_statement_on_the_pytorch_style_path(
+    holder: str, route: str
+) -> None:
+    # A PyroSample attribute is the declaration form of pyro.sample: it was
+    # accepted silently, drawn from its prior at every read (never learned, no
+    # KL term, a different network per call). The refusal is the statement's.
+    build, where = _SAMPLE_ATTRIBUTES[holder]
+    statement = r"drawn from its prior on every call, never learned, and left out"
+    with pytest.raises(ValueError, match=f"{where}.*{statement}"):
+        _ROUTES[route](build(), _loss())
+
+
+@pytest.mark.parametrize(
+    "container",
+    [
+        lambda gain: nn.Sequential(bnn.VILinear(3, 4), gain, bnn.VILinear(4, 1)),
+        lambda gain: _PlainHolder(gain),
+    ],
+    ids=["nn.Sequential", "plain nn.Module"],
+)
+def test_pyro_sample_attribute_in_a_plain_torch_network_is_refused(
+    container: Callable[[nn.Module], nn.Module],
+) -> None:
+    net = container(_GainAttribute())
+    with pytest.raises(ValueError, match=r"_GainAttribute.z is a PyroSample"):
+        net(_problem()[0])
+
+
+class _PlainHolder(nn.Module):
+    def __init__(self, gain: nn.Module) -> None:
+        super().__init__()
+        self.first, self.gain = bnn.VILinear(3, 4), gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain(self.first(x))  # type: ignore[no-any-return]
+
+
+class _PyroIdentity(PyroModule):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+
+@pytest.mark.parametrize(
+    "holder", [_PyroIdentity, bnn.VILinear], ids=["users Pyro module", "library layer"]
+)
+def test_pyro_sample_attribute_set_after_a_call_is_refused_until_deleted(
+    holder: type[nn.Module],
+) -> None:
+    # What a network's tree holds is found once and kept: a PyroSample set on a
+    # module after the first call (which a user's Pyro module does not report)
+    # must still be seen, and one deleted must no longer be refused.
+    x, y = _problem()
+    module = holder() if holder is _PyroIdentity else bnn.VILinear(4, 4)
+    net = bnn.VISequential(bnn.VILinear(3, 4), module, bnn.VILinear(4, 1))
+    assert _loss()(net(x, samples=2), y.unsqueeze(-1)).isfinite()
+    module.g = PyroSample(dist.LogNormal(0.0, 0.5))
+    with pytest.raises(ValueError, match=r"\.g is a PyroSample attribute"):
+        net(x, samples=2)
+    del module.g
+    assert _loss()(net(x, samples=2), y.unsqueeze(-1)).isfinite()
+
+
+class _ParamGain(PyroModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = PyroParam(torch.ones(()), constraints.positive)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.gain
+
+
+def test_pyro_param_attribute_is_trained_not_refused() -> None:
+    x, y = _problem()
+    net = bnn.VISequential(bnn.VILinear(3, 4), _ParamGain(), bnn.VILinear(4, 1))
+    _loss()(net(x, samples=2), y.unsqueeze(-1)).backward()
+    assert net[1].gain_unconstrained.grad is not None
+
+
+_LATENT_IN_FORWARD: dict[str, tuple[type[nn.Module], str]] = {
+    "statement": (_Latent, "z"),
+    "attribute": (_GainAttribute, "1.z"),
+}
+
+
+@pytest.mark.parametrize("form", sorted(_LATENT_IN_FORWARD))
+def test_a_latent_site_in_forward_is_a_clear_error_under_pyro_with_particles(
+    form: str,
+) -> None:
+    # Under Pyro, a latent site drawn in forward has one value per particle,
+    # (S, 1), while the activations are folded (B * S, ...): statement and
+    # attribute alike crashed with torch's "The size of tensor a (64) must
+    # match the size of tensor b (2)". Now the error names the site and says
+    # what to do; one particle (MCMC) runs as before, the site Pyro's.
+    module, site = _LATENT_IN_FORWARD[form]
+    x, y = _problem()
+    net = bnn.VISequential(bnn.VILinear(3, 4), module(), bnn.VILinear(4, 1))
+    model = _loss().pyro_model(net)
+    with pytest.raises(
+        LatentSiteError, match=rf"latent site '{site}' .* runs 2 particles.*folded"
+    ):
+        poutine.trace(model).get_trace(x, y.unsqueeze(-1), samples=2)
+    trace = poutine.trace(model).get_trace(x, y.unsqueeze(-1), samples=1)
+    assert not trace.nodes[site]["is_observed"]
+    assert trace.nodes[site]["value"].shape == (1, 1)
+    # A value a handler conditions is observed: the same for every particle.
+    conditioned = poutine.condition(model, data={site: torch.tensor(2.0)})
+    trace = poutine.trace(conditioned).get_trace(x, y.unsqueeze(-1), samples=2)
+    assert trace.nodes["obs"]["fn"].batch_shape == (2, 32)
 
 
 def _settings_in_a_fresh_child(queue: Any) -> None:
