@@ -1,21 +1,43 @@
-"""Name the Bayesian layer in an error about the rows of its input.
+"""Name the Bayesian layer in an error about its input.
 
 A :class:`~pyrolite_bnn._particles.LayoutError` (a leading size no batch
 explains, an ambiguous one, rows taken from some particles) is raised in a
 layer's arithmetic, which knows neither the layer nor the network. The layer's
 call names it: its path in the running network (its class where the network
 does not hold it) and, in a network :func:`~pyrolite_bnn.convert` made, the
-``exclude=`` that keeps that layer deterministic.
+``exclude=`` that keeps that layer deterministic. A layer's own check of its
+input (an embedding's index range) names the layer the same way, with
+:func:`running_layer_name`: of several layers of one kind, the message says
+which.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from pyrolite_bnn._particles import LayoutError
+from pyrolite_bnn._particles import LayoutError, current
 from pyrolite_bnn._source_watch import converted
 
-__all__ = ["naming_layer"]
+__all__ = ["layer_name", "naming_layer", "running_layer_name"]
+
+
+def layer_name(layer: nn.Module, root: nn.Module | None) -> str:
+    """``layer``'s class and its path in ``root`` (the class alone where unknown).
+
+    Example:
+        >>> import torch, pyrolite_bnn as bnn
+        >>> net = bnn.VISequential(bnn.VILinear(2, 2))
+        >>> layer_name(net[0], net), layer_name(net[0], None)
+        ("VILinear '0'", 'VILinear')
+    """
+    path, _ = _paths(layer, root)
+    return type(layer).__name__ + ("" if not path else f" {path!r}")
+
+
+def running_layer_name(layer: nn.Module) -> str:
+    """:func:`layer_name` of ``layer`` in the network whose call is running."""
+    state = current()
+    return layer_name(layer, None if state is None else state.root)
 
 
 def naming_layer(
@@ -39,8 +61,8 @@ def naming_layer(
     """
     if error.layer is not None:
         return None
-    path, exclude = _paths(layer, root)
-    name = type(layer).__name__ + ("" if not path else f" {path!r}")
+    name = layer_name(layer, root)
+    _, exclude = _paths(layer, root)
     text = f"{name}: {error}"
     if exclude:
         text += (

@@ -28,6 +28,14 @@ of a Bayesian network. Unlike mean-field variational inference, the
 covariance couples all the weights, so the output variance grows where the
 data do not constrain the function (between and beyond the training inputs).
 
+The weights are the entries training moves. The padding row of an embedding
+(``torch.nn.Embedding(..., padding_idx=i)``, which torch never trains, or a
+:class:`~pyrolite_bnn.VIEmbedding`'s, which is no random variable) stays at its
+value: it is not counted in ``P``, has no prior and is not perturbed, so its
+value changes neither the prior precision nor the predictions of inputs that
+do not read it. A table shared with another module (a tied output layer,
+``out.weight = emb.weight``) is trained there: its padding row is a weight.
+
 The Jacobians come from ``torch.func`` (``vmap`` of ``jacrev``, in chunks of
 inputs); where it cannot batch a kernel (torch's fused LSTM and GRU), plain
 autograd computes them example by example instead, with one warning.
@@ -60,6 +68,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import network_args
+from pyrolite_bnn._frozen_entries import free_entries
 from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._module_copy import copy_module
 from pyrolite_bnn._network import bayesian_positions
@@ -407,7 +416,8 @@ class LinearizedLaplace(nn.Module):
         network: the trained plain ``torch.nn`` network; it is copied, not
             changed.
         names: distinct names, in the copy's ``named_parameters()``, of the
-            weights with a posterior (the others stay fixed at their values).
+            weights with a posterior (the others stay fixed at their values;
+            so does an embedding's padding row, which training never moves).
         predictive: its likelihood, as for :func:`laplace`.
         subset: the label of ``names`` kept in :attr:`subset`.
 
@@ -416,15 +426,18 @@ class LinearizedLaplace(nn.Module):
             ``names`` is not a list of strings (one string), or if torch
             cannot copy the network (a pruned weight: make the pruning
             permanent with ``torch.nn.utils.prune.remove`` first).
-        ValueError: if ``names`` is empty, lists a name twice, or names no
-            parameter of the network.
+        ValueError: if ``names`` is empty, lists a name twice, names no
+            parameter of the network, or names only entries training never
+            moves (the padding row of an embedding).
 
     Attributes:
         network: plain copy of the network at the expansion point (eval mode,
             parameters frozen).
         names: names (in ``network``) of the weights with a posterior.
         subset: ``"all"`` or ``"last_layer"``.
-        theta: the expansion point, the chosen weights flattened, ``(P,)``.
+        theta: the expansion point, the chosen weights flattened and
+            concatenated, ``(P,)``: every entry but those training never moves
+            (an embedding's padding row).
         eigenvalues: of the GGN ``sum_n J_n^T Lambda_n J_n``, ``(r,)`` (>= 0;
             the GGN's other ``P - r`` eigenvalues are zero).
         eigenvectors: the matching orthonormal columns, ``(P, r)``.
@@ -474,7 +487,20 @@ class LinearizedLaplace(nn.Module):
         self._shapes = [params[n].shape for n in self.names]
         # Referenced, not a submodule: the likelihood belongs to the user's loss.
         object.__setattr__(self, "predictive", predictive)
-        theta = torch.cat([params[n].detach().reshape(-1) for n in self.names])
+        whole = torch.cat([params[n].detach().reshape(-1) for n in self.names])
+        # Entries training never moves (an embedding's padding row) are no
+        # weights: they stay at the network's values (see _weights).
+        free = free_entries(network, self.names)
+        if free is not None:
+            free = free.to(whole.device)
+        theta = whole if free is None else whole[free]
+        if not theta.numel():
+            raise ValueError(
+                f"names {list(self.names)} hold no weight that training moves (an "
+                "embedding's padding row stays fixed): there is nothing to put a "
+                "posterior on; name other weights"
+            )
+        self.register_buffer("_free_entries", free, persistent=False)
         self.register_buffer("theta", theta)
         # The posterior in float64 whatever the network's dtype: a float32 GGN
         # and Sigma = I / delta - V diag V^T lose the small variances (those at
@@ -878,6 +904,12 @@ class LinearizedLaplace(nn.Module):
 
     # ---------------------------------------------------------------- linearised
     def _weights(self, theta: Tensor) -> dict[str, Tensor]:
+        """The named parameters with the weights ``theta`` in their free entries."""
+        free: Tensor | None = getattr(self, "_free_entries", None)  # older pickles
+        if free is not None:  # the other entries keep the network's values
+            params = dict(self.network.named_parameters())
+            whole = torch.cat([params[n].reshape(-1) for n in self.names])
+            theta = whole.scatter(0, free, theta)
         chunks = torch.split(theta, [math.prod(s) for s in self._shapes])
         pairs = zip(self.names, chunks, self._shapes, strict=True)
         return {name: chunk.view(shape) for name, chunk, shape in pairs}
@@ -1164,10 +1196,11 @@ def laplace(
         subset: ``"all"`` trainable weights (dense ``P x P`` covariance;
             parameters with ``requires_grad=False``, a frozen backbone, stay
             fixed at their values, as in laplace-torch; so do the weights of
-            a Bayesian layer frozen with ``requires_grad_(False)``), or
-            ``"last_layer"``:
+            a Bayesian layer frozen with ``requires_grad_(False)``, and an
+            embedding's padding row), or ``"last_layer"``:
             the weights of the last module with parameters whose call ends
-            in the forward pass (others fixed at their values). A module
+            in the forward pass (others, and its padding row if it is an
+            embedding, fixed at their values). A module
             owning parameters of its own and calling modules with parameters
             ends after them: its own are taken (a root's output scale
             applied after its head would be; give such a network
@@ -1225,7 +1258,8 @@ def laplace(
     else:
         names = [n for n, p in network.named_parameters() if p.requires_grad]
     params = dict(network.named_parameters())
-    count = sum(params[n].numel() for n in names)
+    free = free_entries(network, names)  # not an embedding's padding row
+    count = sum(params[n].numel() for n in names) if free is None else len(free)
     if count > max_parameters:
         hint = ', or subset="last_layer"' if subset == "all" else ""
         raise ValueError(
@@ -1234,7 +1268,10 @@ def laplace(
             f"max_parameters{hint}"
         )
     if count == 0:
-        raise ValueError("laplace: the network has no trainable weights")
+        raise ValueError(
+            f"laplace: the network has no trainable weights in subset={subset!r} "
+            "(an embedding's padding row, which training never moves, is none)"
+        )
     result = LinearizedLaplace(network, names, predictive, subset)
     result.fit(itertools.chain([first], batches))
     if precision is None:

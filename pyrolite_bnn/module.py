@@ -27,6 +27,7 @@ from collections.abc import (
     Hashable,
     ItemsView,
     Iterator,
+    KeysView,
     Sequence,
     ValuesView,
 )
@@ -144,30 +145,64 @@ class PosteriorDict(LocalPyroModule):
     """Holds a layer's posterior modules by variable name (``posterior["weight"]``).
 
     A Pyro-aware container, so that each posterior's parameters get a unique
-    Pyro name (``body.0.posterior.weight.loc``).
+    Pyro name (``body.0.posterior.weight.loc``). It reads like the layer's
+    ``prior`` table (a ``torch.nn.ModuleDict``) and a mapping: ``[name]``,
+    ``in``, ``len``, iteration over the variable names, ``keys()``,
+    ``values()`` and ``items()`` (views, in the order the variables were
+    declared). Item assignment replaces the posterior of a variable.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> layer = bnn.VILinear(3, 2)
+        >>> len(layer.posterior), "bias" in layer.posterior, list(layer.posterior)
+        (2, True, ['weight', 'bias'])
+        >>> {name: tuple(p.loc.shape) for name, p in layer.posterior.items()}
+        {'weight': (2, 3), 'bias': (2,)}
+        >>> try:
+        ...     layer.posterior["scale"]
+        ... except KeyError as error:
+        ...     print(error.args[0])
+        no random variable 'scale' in this layer; it has ['weight', 'bias']
     """
 
     def __getitem__(self, name: str) -> Posterior:
-        module = self._modules[name]
+        """The posterior of the random variable ``name``."""
+        module = self._modules.get(name)
+        if module is None:
+            raise KeyError(
+                f"no random variable {name!r} in this layer; it has "
+                f"{list(self._modules)}"
+            )
         assert isinstance(module, Posterior)
         return module
 
     def __setitem__(self, name: str, posterior: Posterior) -> None:
+        """Hold ``posterior`` as the posterior of ``name``."""
         self.add_module(name, posterior)
 
     def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is a random variable with a posterior here."""
         return name in self._modules
 
-    def keys(self) -> Iterator[str]:
-        """Variable names."""
-        return iter(self._modules)
-
     def __iter__(self) -> Iterator[str]:
+        """The variable names."""
         return iter(self._modules)
 
-    def values(self) -> Iterator[Posterior]:
-        """Posterior modules."""
-        return (self[name] for name in self._modules)
+    def __len__(self) -> int:
+        """The number of random variables."""
+        return len(self._modules)
+
+    def keys(self) -> KeysView[str]:
+        """The variable names."""
+        return self._modules.keys()
+
+    def values(self) -> ValuesView[Posterior]:
+        """The posterior modules."""
+        return cast("ValuesView[Posterior]", self._modules.values())
+
+    def items(self) -> ItemsView[str, Posterior]:
+        """``(variable name, posterior module)`` pairs."""
+        return cast("ItemsView[str, Posterior]", self._modules.items())
 
 
 class PriorDict(nn.ModuleDict):

@@ -1081,3 +1081,111 @@ def test_the_copied_network_keeps_a_decoder_layers_activation_module() -> None:
         torch.testing.assert_close(
             la.network(tgt, memory), layer(tgt, memory), rtol=1e-6, atol=1e-6
         )  # frozen, the copy may take torch's fast path: rounding differs
+
+
+def _padded_lookup(padding_value: float) -> nn.Sequential:
+    """Four one-dimensional rows, row 0 the padding row (``padding_value``)."""
+    table = torch.tensor([[padding_value], [0.5], [-1.0], [2.0]], dtype=torch.float64)
+    return nn.Sequential(
+        nn.Embedding.from_pretrained(table, freeze=False, padding_idx=0), nn.Flatten()
+    )
+
+
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+@pytest.mark.parametrize("padding_value", [0.0, 3.0])
+def test_an_embeddings_padding_row_is_no_weight_of_the_posterior(
+    subset: Literal["all", "last_layer"], padding_value: float
+) -> None:
+    """torch never trains ``nn.Embedding``'s padding row: the posterior was over
+    it too (P = 4), its value entered the evidence's prior term, and predictions
+    at index 0 had the prior's variance ``1 / delta``. Each other row is a
+    Gaussian mean seen ``n_i`` times: ``N(., 1 / (n_i / sigma^2 + delta))``
+    (sigma = 0.5, exact in the likelihood's float32)."""
+    net = _padded_lookup(padding_value)
+    x = torch.tensor([1, 1, 2, 3, 3, 3])[:, None]  # row 0 is never read
+    y = torch.tensor([0.7, 0.2, -0.8, 1.5, 2.5, 2.2], dtype=torch.float64)
+    la = bnn.laplace(net, x, y, bnn.Normal(scale=0.5), subset=subset)
+    assert la.num_parameters == 3
+    counts = torch.tensor([2.0, 1.0, 3.0], dtype=torch.float64)
+    delta = 0.7
+    expected = torch.diag(1 / (counts / 0.5**2 + delta))
+    la.set_prior_precision(delta)
+    torch.testing.assert_close(la.posterior_covariance, expected, rtol=1e-10, atol=0)
+    rows = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    log_likelihood = torch.distributions.Normal(rows[x[:, 0] - 1], 0.5).log_prob(y)
+    evidence = (
+        log_likelihood.sum()
+        - delta / 2 * rows.square().sum()
+        + 3 / 2 * math.log(delta)
+        - (counts / 0.5**2 + delta).log().sum() / 2
+    )
+    torch.testing.assert_close(
+        la.log_marginal_likelihood(), evidence, rtol=1e-12, atol=1e-12
+    )
+    queries = torch.tensor([[0], [2]])
+    variances = la.output_covariance(queries)[:, 0, 0]
+    torch.testing.assert_close(
+        variances, torch.stack([variances.new_zeros(()), expected[1, 1]])
+    )
+    samples = la(queries, samples=5)[:, 0, 0]  # the padding row is not perturbed
+    assert samples.tolist() == [padding_value] * 5
+
+
+class _LookupClassifier(bnn.VIModule):
+    """Inputs ``[x0, x1, category]``: the category's embedding beside ``x``.
+
+    ``shift`` is subtracted from the category before the look-up.
+    """
+
+    def __init__(self, num_embeddings: int, padding_idx: int | None, shift: int):
+        super().__init__()
+        self.shift = shift
+        self.embed = bnn.VIEmbedding(num_embeddings, 2, padding_idx=padding_idx)
+        self.head = bnn.VISequential(bnn.VILinear(4, 6), nn.Tanh(), bnn.VILinear(6, 3))
+
+    def forward(self, z: Tensor) -> Tensor:
+        e = self.embed(z[:, 2].long() - self.shift)
+        return self.head(torch.cat([bnn.match_particles(z[:, :2], e), e], -1))
+
+
+def test_a_vi_embeddings_padding_row_changes_neither_evidence_nor_predictions() -> None:
+    """A VIEmbedding's padding row is no random variable; laplace took it as
+    three weights (161 for 158 random ones in the probe), and moving the unused
+    row from 0 to 10 moved the fitted prior precision from 0.78 to 0.09 and the
+    predictive variances sixfold. Now the posterior is the one of the same
+    network without the padding row (its categories 1..4 read as 0..3)."""
+    torch.manual_seed(0)
+    padded = _LookupClassifier(5, padding_idx=0, shift=0).double()
+    without = _LookupClassifier(4, padding_idx=None, shift=1).double()
+    state = {k: v for k, v in padded.state_dict().items() if "padding_row" not in k}
+    without.load_state_dict(state)
+    z = torch.cat(
+        [torch.randn(40, 2, dtype=torch.float64), torch.randint(1, 5, (40, 1))], 1
+    )
+    y = torch.randint(0, 3, (40,))
+    reference = bnn.laplace(without, z, y, bnn.Categorical())
+    random_weights = sum(v.shape.numel() for v in padded.random_variables())
+    assert reference.num_parameters == random_weights
+    for padding_value in (0.0, 10.0):
+        padded.embed.set_padding_row(torch.full((2,), padding_value))
+        la = bnn.laplace(padded, z, y, bnn.Categorical())
+        assert la.num_parameters == random_weights
+        torch.testing.assert_close(
+            la.prior_precision, reference.prior_precision, rtol=1e-9, atol=0
+        )
+        torch.testing.assert_close(
+            la.posterior_covariance, reference.posterior_covariance
+        )
+        torch.testing.assert_close(
+            la.output_covariance(z[:8]), reference.output_covariance(z[:8])
+        )
+
+
+def test_a_posterior_over_a_padding_row_alone_is_refused() -> None:
+    net = nn.Sequential(
+        nn.Embedding(1, 2, padding_idx=0), nn.Flatten(), nn.Linear(2, 1)
+    )
+    with pytest.raises(ValueError, match="hold no weight that training moves"):
+        bnn.LinearizedLaplace(net, ["0.weight"], bnn.Normal(1.0))
+    x, y = torch.zeros(5, 1, dtype=torch.long), torch.randn(5)
+    assert bnn.laplace(net, x, y, bnn.Normal(1.0)).num_parameters == 3

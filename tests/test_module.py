@@ -607,3 +607,23 @@ def test_pruning_a_random_variable_names_the_posterior_mean() -> None:
     x = torch.randn(5, 4)
     mean = bnn.predict(layer, x, bnn.Normal(scale=1.0), mode="mean").mean
     torch.testing.assert_close(mean, nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_the_posterior_table_reads_like_the_prior_table() -> None:
+    """``layer.posterior`` had ``keys()``, ``values()`` and ``[...]`` only:
+    ``items()`` raised Pyro's AttributeError and ``len()`` a TypeError, where
+    ``layer.prior`` (a ModuleDict) has both."""
+    layer = bnn.VIEmbedding(6, 3, padding_idx=0, dtype=torch.float64)
+    posterior, prior = layer.posterior, layer.prior
+    assert len(posterior) == len(prior) == 1
+    assert list(posterior) == list(posterior.keys()) == list(prior.keys())
+    assert [name for name, _ in posterior.items()] == ["weight"]
+    assert dict(posterior.items()) == {"weight": posterior["weight"]}
+    assert list(posterior.values()) == [posterior["weight"]]
+    assert "weight" in posterior
+    assert "bias" not in posterior
+    with pytest.raises(KeyError, match=r"no random variable 'bias'.*\['weight'\]"):
+        posterior["bias"]
+    two = bnn.VILinear(2, 2).posterior
+    assert len(two) == 2
+    assert list(two.keys()) == ["weight", "bias"]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from pyrolite_bnn import _particles
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._draws import RepeatedMomentsRead, mark_called_repeatedly
+from pyrolite_bnn._layout_errors import running_layer_name
 from pyrolite_bnn._validation import check_finite, check_integer, is_validation_enabled
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
@@ -162,7 +163,8 @@ class VIEmbedding(_VIWeightLayer):
 
     Raises:
         ValueError: for indices outside ``[0, num_embeddings)`` with
-            validation on (naming their range); with it off, torch's
+            validation on (naming their range, and the layer's path in the
+            network being called: ``VIEmbedding 'embs.1'``); with it off, torch's
             ``IndexError: index out of range in self``, as
             ``torch.nn.Embedding`` raises, from an indexing operation (no
             host synchronisation).
@@ -392,15 +394,19 @@ class VIEmbedding(_VIWeightLayer):
         """Look the indices up in every particle's table."""
         if input.dim() < 1 or input.dtype not in (torch.int64, torch.int32):
             raise ValueError(
-                "VIEmbedding expected integer indices (int64 or int32) of shape "
-                f"(batch, ...), got {input.dtype} of shape {tuple(input.shape)}"
+                f"{running_layer_name(self)} expected integer indices (int64 or "
+                f"int32) of shape (batch, ...), got {input.dtype} of shape "
+                f"{tuple(input.shape)}"
             )
         if is_validation_enabled() and input.numel() and not input.is_meta:
             low, high = int(input.min()), int(input.max())
             if low < 0 or high >= self.num_embeddings:
                 raise ValueError(
-                    f"VIEmbedding({self.num_embeddings}, ...) got indices from {low} "
-                    f"to {high}; expected 0 to {self.num_embeddings - 1}"
+                    f"{running_layer_name(self)} got indices from {low} to {high}; "
+                    f"expected 0 to {self.num_embeddings - 1}, the rows of its "
+                    f"table (num_embeddings={self.num_embeddings}): give an index "
+                    "outside them (a category unseen in training) a row of its "
+                    "own, or map it to a known one"
                 )
         options = (
             self.max_norm,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -153,6 +155,65 @@ def test_index_and_option_checks() -> None:
         bnn.VIEmbedding(5, 2, padding_idx=1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="has no random row"):
         bnn.VIEmbedding(1, 2, padding_idx=0)
+
+
+class _ThreeCategories(bnn.VIModule):
+    """Three categorical columns, each with its embedding of the same size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e = bnn.VIModuleList([bnn.VIEmbedding(6, 2, padding_idx=0) for _ in "abc"])
+        self.out = bnn.VILinear(6, 2)
+
+    def forward(self, x_cat: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([e(x_cat[:, i]) for i, e in enumerate(self.e)], -1))
+
+
+class _PlainRoot(nn.Module):
+    """A plain torch root around a Bayesian network."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)  # type: ignore[no-any-return]
+
+
+def _called(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    net(x)
+
+
+def _predicted(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    bnn.predict(net, x, bnn.Categorical())
+
+
+def _fitted(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    loss = bnn.KullbackLeiblerLoss(bnn.Categorical(), len(x))
+    bnn.fit(net, loss, [(x, y)], epochs=1, progress=False)
+
+
+def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    bnn.KullbackLeiblerLoss(bnn.Categorical(), len(x))(net(x), y)
+
+
+@pytest.mark.parametrize(
+    "run", [_called, _predicted, _fitted, _loss], ids=["call", "predict", "fit", "loss"]
+)
+@pytest.mark.parametrize("plain", [False, True], ids=["VIModule", "plain_root"])
+def test_an_index_error_names_the_layer_in_the_network(
+    plain: bool, run: Callable[[nn.Module, torch.Tensor, torch.Tensor], None]
+) -> None:
+    """Three VIEmbedding(6, 2) columns and an unseen category 6 in column 1:
+    the message said ``VIEmbedding(6, ...)``, not which of the three."""
+    net: nn.Module = _PlainRoot(_ThreeCategories()) if plain else _ThreeCategories()
+    path = r"inner\.e\." if plain else r"e\."
+    x, y = torch.randint(0, 6, (8, 3)), torch.randint(0, 2, (8,))
+    x[3, 1] = 6
+    with pytest.raises(ValueError, match=rf"VIEmbedding '{path}1' got indices from"):
+        run(net, x, y)
+    with pytest.raises(ValueError, match=rf"^VIEmbedding '{path}0' expected integer"):
+        run(net, x.float(), y)
 
 
 class _Operations(TorchDispatchMode):
