@@ -94,7 +94,15 @@ class KullbackLeiblerLoss(nn.Module):
     The data term is the mean over particles of the log-likelihood (the ELBO's
     :math:`E_q \log p`, not the log of the mean). With ``reduction="mean"`` the
     value is divided by ``N``, so it is on the scale of a per-example
-    cross-entropy. The value equals Pyro's ``Trace_ELBO`` (``kl="mc"``) or
+    cross-entropy. An example is what one target of the batch covers: an image
+    of a segmentation (logits ``(S, B, H, W, C)``, labels ``(B, H, W)``), a
+    sequence of a tagger. Its log-likelihood sums over its positions, so the
+    data term is torch's ``cross_entropy(..., reduction="sum") / B``, ``H * W``
+    times torch's per-pixel mean (logits near 0, 4 classes, 16 x 16 pixels:
+    about 355 nats per image, where the per-pixel mean is ``log 4 = 1.39``),
+    and ``dataset_size`` counts images, not pixels (the how-to guide's
+    "Segment images" has a recipe).
+    The value equals Pyro's ``Trace_ELBO`` (``kl="mc"``) or
     ``TraceMeanField_ELBO`` (``kl="analytic"``) on :meth:`pyro_model` and the
     network's guide for the same random draws, divided by ``N``, for a
     ``float32`` or ``float64`` network; a network stored in ``bfloat16`` or
@@ -112,8 +120,10 @@ class KullbackLeiblerLoss(nn.Module):
             converted with its ``to_predictive()``: the value keeps this
             loss's scale, not torch_blue's, which
             :class:`pyrolite_bnn.vi.KullbackLeiblerLoss` has).
-        dataset_size: number of training examples ``N``: any integral number
-            (``int``, a NumPy integer), not a ``bool`` or a float.
+        dataset_size: number of training examples ``N`` (images of a
+            segmentation, sequences of a tagger: not their pixels or tokens):
+            any integral number (``int``, a NumPy integer), not a ``bool`` or
+            a float.
         heat: multiplier of the KL term (``< 1`` for a "cold" posterior), a
             finite number ``>= 0``.
         kl: ``"auto"`` (closed form per weight site where one exists, Monte

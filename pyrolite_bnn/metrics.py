@@ -19,6 +19,14 @@ rounding of a half-precision dtype) and integer
 
 Out-of-distribution detection is scored with :func:`auroc`.
 
+Dense predictions (a segmentation's per-pixel probabilities ``(B, H, W, C)``
+and labels ``(B, H, W)``, per-token ones) are scored with each position as
+one row: ``probs.reshape(-1, C)`` and ``labels.reshape(-1)``, after leaving
+out positions without a label (``keep = labels != 255`` for the void pixels
+of VOC and Cityscapes masks, then ``probs[keep]``, ``labels[keep]``); per-pixel
+OOD scores likewise as ``scores.reshape(-1)``. The messages of these
+functions name that reshaping where the shapes fit it.
+
 Regression metrics take tensors of identical (arbitrary) shape and average over
 all elements: :func:`rmse`, :func:`gaussian_nll`, :func:`interval_coverage` and
 :func:`quantile_calibration_error`.
@@ -47,6 +55,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pyrolite_bnn._label_values import labels_outside, outside_labels_note
 from pyrolite_bnn._validation import check_bool
 from pyrolite_bnn.distributions._precision import full_precision, summary_dtype
 
@@ -90,6 +99,7 @@ def _check_classification(
     if p.ndim != 2:
         raise ValueError(
             f"probs must be a 2-D tensor of shape (N, C), got shape {tuple(p.shape)}"
+            + _positions_as_rows_hint(p, y)
         )
     n, c = p.shape
     if n == 0 or c == 0:
@@ -126,6 +136,11 @@ def _check_classification(
         raise ValueError(
             f"labels must have shape ({n},) to match probs of shape {(n, c)}, "
             f"got shape {tuple(y.shape)}"
+            + (
+                "; one label per row of probs: labels.reshape(-1)"
+                if y.ndim > 1 and y.numel() == n
+                else ""
+            )
         )
     if y.device != p.device:
         raise ValueError(
@@ -134,11 +149,41 @@ def _check_classification(
         )
     y_lo, y_hi = int(y.min().item()), int(y.max().item())
     if y_lo < 0 or y_hi >= c:
+        outside = labels_outside(y, c)
+        kept = (
+            f"labels != {outside[0]}"
+            if len(outside) == 1
+            else f"(labels >= 0) & (labels < {c})"
+        )
         raise ValueError(
             f"labels must lie in [0, {c - 1}] for {c} classes, "
-            f"got values in [{y_lo}, {y_hi}]"
+            f"got values in [{y_lo}, {y_hi}] ({outside_labels_note(outside)}); "
+            f"leave positions without a label (padding, void pixels) out: keep = "
+            f"{kept}, then pass probs[keep] and labels[keep]"
         )
     return p, y.long()
+
+
+def _positions_as_rows_hint(p: torch.Tensor, y: torch.Tensor) -> str:
+    """How to score probabilities per position (a segmentation's) as rows.
+
+    Classes last (``(B, H, W, C)``, as :class:`~pyrolite_bnn.Prediction`
+    gives them) unless the labels fit them in dimension 1 (torch's
+    channels-first ``(B, C, H, W)``) and not last.
+    """
+    if p.ndim < 3:
+        return ""
+    channels_first = (p.shape[0], *p.shape[2:])
+    if tuple(y.shape) == channels_first and tuple(y.shape) != tuple(p.shape[:-1]):
+        layout = "the classes in dimension 1, torch's (B, C, H, W)"
+        rows = f"probs.movedim(1, -1).reshape(-1, {p.shape[1]})"
+    else:
+        layout = "the classes last, as Prediction.probs gives them, (B, H, W, C)"
+        rows = f"probs.reshape(-1, {p.shape[-1]})"
+    return (
+        f"; for probabilities per position (pixel, token) with {layout}, score "
+        f"each position as a row: {rows} with labels.reshape(-1)"
+    )
 
 
 def _check_n_bins(n_bins: int) -> int:
@@ -191,6 +236,7 @@ def _check_regression(**tensors: object) -> list[torch.Tensor]:
             raise ValueError(
                 f"{name} must have the same shape as {first_name} "
                 f"{tuple(first.shape)}, got shape {tuple(t.shape)}"
+                + _singleton_hint(name, t, first)
             )
         if t.device != first.device:
             raise ValueError(
@@ -200,12 +246,34 @@ def _check_regression(**tensors: object) -> list[torch.Tensor]:
     return checked
 
 
+def _singleton_hint(name: str, t: torch.Tensor, first: torch.Tensor) -> str:
+    """How to match shapes that differ in dimensions of size 1 only.
+
+    A per-pixel target ``(B, 1, H, W)`` (a channel of one) against predictions
+    ``(B, H, W)``: the same values in another shape.
+    """
+
+    def sizes(tensor: torch.Tensor) -> list[int]:
+        return [size for size in tensor.shape if size != 1]
+
+    if sizes(t) != sizes(first):
+        return ""
+    shape = tuple(first.shape)
+    return f"; they differ in dimensions of size 1 only: {name}.reshape({shape})"
+
+
 def _check_scores(x: object, name: str) -> torch.Tensor:
     """Validate a non-empty 1-D tensor of real-valued scores."""
     t = _require_tensor(x, name)
     if t.ndim != 1:
         raise ValueError(
             f"{name} must be a 1-D tensor of shape (n,), got shape {tuple(t.shape)}"
+            + (
+                "; for scores per position (an entropy map (B, H, W)), score each "
+                f"position: {name}.reshape(-1)"
+                if t.ndim > 1
+                else ""
+            )
         )
     if t.numel() == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")

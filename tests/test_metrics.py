@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Callable
 
@@ -1254,3 +1255,61 @@ def test_infinite_predictions_give_the_metrics_limits() -> None:
         metrics.quantile_calibration_error(
             torch.tensor([math.inf, 0.0]), torch.tensor([math.inf, 1.0]), target
         )
+
+
+# --------------------------------------------------------------------------- #
+# Dense predictions: the messages name the reshaping to one row per position
+# --------------------------------------------------------------------------- #
+_PIXEL_PROBS = torch.full((2, 8, 8, 3), 1 / 3)  # Prediction.probs of a segmentation
+_PIXEL_LABELS = torch.zeros(2, 8, 8, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        metrics.nll,
+        metrics.accuracy,
+        metrics.brier_score,
+        metrics.expected_calibration_error,
+        metrics.calibration_curve,
+    ],
+)
+def test_per_pixel_probabilities_name_the_rows_to_score(
+    metric: Callable[[torch.Tensor, torch.Tensor], object],
+) -> None:
+    """(B, H, W, C) probabilities were refused as "must be a 2-D tensor of
+    shape (N, C)" alone (probe dense)."""
+    rows = "probs.reshape(-1, 3) with labels.reshape(-1)"
+    with pytest.raises(ValueError, match=re.escape(rows)):
+        metric(_PIXEL_PROBS, _PIXEL_LABELS)
+    metric(_PIXEL_PROBS.reshape(-1, 3), _PIXEL_LABELS.reshape(-1))
+
+
+def test_channels_first_probabilities_name_movedim() -> None:
+    channels_first = _PIXEL_PROBS.movedim(-1, 1)  # torch's (B, C, H, W)
+    rows = "probs.movedim(1, -1).reshape(-1, 3) with labels.reshape(-1)"
+    with pytest.raises(ValueError, match=re.escape(rows)):
+        metrics.nll(channels_first, _PIXEL_LABELS)
+
+
+def test_unflattened_labels_name_reshape() -> None:
+    with pytest.raises(ValueError, match=re.escape("; one label per row of probs")):
+        metrics.accuracy(_PIXEL_PROBS.reshape(-1, 3), _PIXEL_LABELS)
+    with pytest.raises(ValueError, match=r"got shape \(5,\)$"):  # no such reshape
+        metrics.accuracy(_PIXEL_PROBS.reshape(-1, 3), _PIXEL_LABELS.reshape(-1)[:5])
+
+
+def test_per_pixel_scores_name_reshape() -> None:
+    entropy_map = torch.rand(2, 8, 8)
+    with pytest.raises(ValueError, match=re.escape("scores_in.reshape(-1)")):
+        metrics.auroc(entropy_map, torch.rand(5))
+    assert 0 <= float(metrics.auroc(entropy_map.reshape(-1), torch.rand(5))) <= 1
+
+
+def test_regression_shapes_differing_in_ones_name_reshape() -> None:
+    """A per-pixel target with a channel of one, ``(B, 1, H, W)``."""
+    mean, target = torch.zeros(2, 8, 8), torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=re.escape("target.reshape((2, 8, 8))")):
+        metrics.rmse(mean, target)
+    with pytest.raises(ValueError, match=r"got shape \(2, 8, 4\)$"):
+        metrics.rmse(mean, torch.zeros(2, 8, 4))

@@ -47,6 +47,11 @@ from pyro.nn import PyroParam
 from torch import Tensor
 
 from pyrolite_bnn._capture import transforms_active
+from pyrolite_bnn._label_values import (
+    ignore_index_hint,
+    labels_outside,
+    outside_labels_note,
+)
 from pyrolite_bnn._math import inverse_softplus
 from pyrolite_bnn._pyro_module import LocalPyroModule
 from pyrolite_bnn._scales import DeclaresScales
@@ -62,6 +67,11 @@ from pyrolite_bnn._validation import (
     readable_all,
 )
 from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn.distributions._dense_layouts import (
+    batch_last_hint,
+    channels_first_hint,
+    pair_first_hint,
+)
 from pyrolite_bnn.distributions._log_rate_poisson import LogRatePoisson
 from pyrolite_bnn.distributions._precision import full_precision, summary_dtype
 from pyrolite_bnn.distributions.mixture_quantiles import (
@@ -605,25 +615,6 @@ def _last_operation(output: Tensor) -> str:
     return ""
 
 
-def _channels_first_hint(output: Tensor, target: Tensor) -> str:
-    """Name torch's class dimension 1 when the targets fit that layout instead.
-
-    ``F.cross_entropy`` reads ``(B, C, d1, ...)`` logits against ``(B, d1, ...)``
-    labels; here the classes are the last dimension of ``(S, B, ..., C)``.
-    """
-    if output.dim() < 4:
-        return ""
-    channels_first = (output.shape[1], *output.shape[3:])
-    if tuple(target.shape) != channels_first:
-        return ""
-    return (
-        ". The classes are the last dimension here; torch's cross_entropy reads "
-        "them from dimension 1 of (B, C, ...) logits. Move them last at the end "
-        "of the network's forward, e.g. `return logits.movedim(1, -1)` for "
-        "(B, C, H, W) logits"
-    )
-
-
 class Categorical(_ClassificationLikelihood):
     """Classification: the network outputs logits ``(S, B, C)``.
 
@@ -633,8 +624,11 @@ class Categorical(_ClassificationLikelihood):
     Args:
         ignore_index: a label value that marks unobserved positions (torch's
             ``cross_entropy(..., ignore_index=-100)``, the padding of tagged
-            sequences): they add nothing to the log-likelihood, here and under
-            Pyro's ELBOs. ``None`` (the default): every label must be a class.
+            sequences; 255, the void pixels of PASCAL VOC and Cityscapes
+            segmentation masks): they add nothing to the log-likelihood, here
+            and under Pyro's ELBOs. ``None`` (the default): every label must
+            be a class, and labels outside the classes are refused naming
+            this option.
             Metrics take the kept positions: ``keep = y != -100``, then
             ``bnn.metrics.accuracy(pred.probs[keep], y[keep])``.
 
@@ -725,7 +719,12 @@ class Categorical(_ClassificationLikelihood):
             )
 
     def check_target(self, output: Tensor, target: Tensor) -> None:
-        """Labels must be integers in ``[0, C)`` of shape ``(B, ...)``."""
+        """Labels must be integers in ``[0, C)`` of shape ``(B, ...)``.
+
+        Labels outside the classes are refused naming their values; without
+        an ``ignore_index`` the message names the one that would leave them
+        out.
+        """
         self.check_output(output)
         self.check_label_layout(output, target)
         classes = output.shape[-1]
@@ -735,7 +734,7 @@ class Categorical(_ClassificationLikelihood):
         # Values read only where they can be (not under vmap).
         if target.numel() and not readable_all((target >= 0) & (target < classes)):
             low, high = torch.aminmax(target)
-            low_value, high_value = int(low), int(high)
+            outside = labels_outside(target, classes)
             ignored = (
                 ""
                 if self.ignore_index is None
@@ -743,11 +742,10 @@ class Categorical(_ClassificationLikelihood):
             )
             raise ValueError(
                 f"Categorical: labels must be in [0, {classes}){ignored}, got "
-                f"range [{low_value}, {high_value}]"
+                f"range [{int(low)}, {int(high)}] ({outside_labels_note(outside)})"
                 + (
-                    "; mark unobserved positions (padding) with "
-                    "bnn.Categorical(ignore_index=...)"
-                    if self.ignore_index is None and low_value < 0
+                    ignore_index_hint(outside, classes)
+                    if self.ignore_index is None
                     else ""
                 )
             )
@@ -790,7 +788,8 @@ class Categorical(_ClassificationLikelihood):
             raise ValueError(
                 f"Categorical: expected targets of shape {tuple(output.shape[1:-1])} "
                 f"for logits {_shape(output)}, got {_shape(target)}"
-                + _channels_first_hint(output, target)
+                + channels_first_hint(output, target)
+                + batch_last_hint(output, target)
             )
 
     def probabilities_as_logits_hint(self, output: Tensor) -> str:
@@ -1511,11 +1510,16 @@ class HeteroscedasticNormal(PredictiveDistribution):
             )
 
     def check_output(self, output: Tensor) -> None:
-        """Outputs ``(S, B, ..., 2)``: the last dimension holds mean and raw scale."""
+        """Outputs ``(S, B, ..., 2)``: the last dimension holds mean and raw scale.
+
+        An output with the pair in dimension 2 (a convolution's channels-first
+        ``(S, B, 2, H, W)``) is refused with the ``movedim`` that moves it last.
+        """
         if output.dim() < 3 or output.shape[-1] != 2:
             raise ValueError(
                 "HeteroscedasticNormal expects output (S, B, ..., 2) holding (mean, "
                 f"raw scale), got {_shape(output)}"
+                + pair_first_hint(output, 2, "The (mean, raw scale) pair")
             )
 
     def distribution(self, output: Tensor) -> TorchDistributionMixin:
