@@ -29,12 +29,18 @@ covariance couples all the weights, so the output variance grows where the
 data do not constrain the function (between and beyond the training inputs).
 
 The weights are the entries training moves. The padding row of an embedding
-(``torch.nn.Embedding(..., padding_idx=i)``, which torch never trains, or a
-:class:`~pyrolite_bnn.VIEmbedding`'s, which is no random variable) stays at its
-value: it is not counted in ``P``, has no prior and is not perturbed, so its
-value changes neither the prior precision nor the predictions of inputs that
-do not read it. A table shared with another module (a tied output layer,
-``out.weight = emb.weight``) is trained there: its padding row is a weight.
+(``torch.nn.Embedding(..., padding_idx=i)``, whose look-up gives it no
+gradient, or a :class:`~pyrolite_bnn.VIEmbedding`'s, which is no random
+variable) stays at its value: it is not counted in ``P``, has no prior and is
+not perturbed, so its value changes neither the prior precision nor the
+predictions of inputs that do not read it. That holds only where nothing else
+reads the table. A table shared with another module (a tied output layer,
+``out.weight = emb.weight``) is trained there, and so is one a ``forward``
+reads directly (``F.linear(h, self.emb.weight)``, fairseq's shared input and
+output embedding): the fit computes the Jacobians over the padding row too
+and leaves the row out only where all its columns are zero at every fitting
+input; otherwise the whole row is weights, as in the same network holding the
+table as a plain parameter.
 
 The Jacobians come from ``torch.func`` (``vmap`` of ``jacrev``, in chunks of
 inputs); where it cannot batch a kernel (torch's fused LSTM and GRU), plain
@@ -68,7 +74,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import network_args
-from pyrolite_bnn._frozen_entries import free_entries
+from pyrolite_bnn._frozen_entries import FrozenEntries
 from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._module_copy import copy_module
 from pyrolite_bnn._network import bayesian_positions
@@ -417,7 +423,8 @@ class LinearizedLaplace(nn.Module):
             changed.
         names: distinct names, in the copy's ``named_parameters()``, of the
             weights with a posterior (the others stay fixed at their values;
-            so does an embedding's padding row, which training never moves).
+            so does an embedding's padding row that the network reads only
+            through the embedding: :meth:`fit` tells from the Jacobians).
         predictive: its likelihood, as for :func:`laplace`.
         subset: the label of ``names`` kept in :attr:`subset`.
 
@@ -426,9 +433,8 @@ class LinearizedLaplace(nn.Module):
             ``names`` is not a list of strings (one string), or if torch
             cannot copy the network (a pruned weight: make the pruning
             permanent with ``torch.nn.utils.prune.remove`` first).
-        ValueError: if ``names`` is empty, lists a name twice, names no
-            parameter of the network, or names only entries training never
-            moves (the padding row of an embedding).
+        ValueError: if ``names`` is empty, lists a name twice, or names no
+            parameter of the network.
 
     Attributes:
         network: plain copy of the network at the expansion point (eval mode,
@@ -436,8 +442,12 @@ class LinearizedLaplace(nn.Module):
         names: names (in ``network``) of the weights with a posterior.
         subset: ``"all"`` or ``"last_layer"``.
         theta: the expansion point, the chosen weights flattened and
-            concatenated, ``(P,)``: every entry but those training never moves
-            (an embedding's padding row).
+            concatenated, ``(P,)``: every entry but the frozen ones.
+        frozen_entries: which entries of the named parameters, flattened and
+            concatenated, are no weights, a boolean mask: the padding row of
+            an embedding whose Jacobian columns :meth:`fit` found zero at
+            every fitting input (nothing but the look-up reads it). They keep
+            the network's values. All ``False`` before :meth:`fit`.
         eigenvalues: of the GGN ``sum_n J_n^T Lambda_n J_n``, ``(r,)`` (>= 0;
             the GGN's other ``P - r`` eigenvalues are zero).
         eigenvectors: the matching orthonormal columns, ``(P, r)``.
@@ -464,6 +474,7 @@ class LinearizedLaplace(nn.Module):
     """
 
     theta: Tensor
+    frozen_entries: Tensor
     eigenvalues: Tensor
     eigenvectors: Tensor
     prior_precision: Tensor
@@ -487,43 +498,65 @@ class LinearizedLaplace(nn.Module):
         self._shapes = [params[n].shape for n in self.names]
         # Referenced, not a submodule: the likelihood belongs to the user's loss.
         object.__setattr__(self, "predictive", predictive)
+        self._use_entries(None)  # every entry a weight until fit tells
+        wide = self.eigenvalues
+        self.register_buffer("prior_precision", wide.new_ones(()))
+        self.register_buffer("log_likelihood", wide.new_zeros(()))
+        network.requires_grad_(False)  # the copy's
+        # Shape of one input example, known once fitted (checked on prediction).
+        self.input_shape: tuple[int, ...] | None = None
+        # The Normal likelihood's noise scale the GGN was built with.
+        self._fitted_noise: float | None = None
+
+    def _use_entries(self, frozen: Tensor | None) -> None:
+        """Make the weights all entries of the named parameters but ``frozen``.
+
+        Sets :attr:`frozen_entries` and :attr:`theta` (the network's values),
+        and clears the posterior (no eigenpairs, not fitted): it belonged to
+        the weights before.
+
+        Raises:
+            ValueError: where ``frozen`` leaves no weight.
+        """
+        params = dict(self.network.named_parameters())
         whole = torch.cat([params[n].detach().reshape(-1) for n in self.names])
-        # Entries training never moves (an embedding's padding row) are no
-        # weights: they stay at the network's values (see _weights).
-        free = free_entries(network, self.names)
-        if free is not None:
-            free = free.to(whole.device)
+        mask = torch.zeros(len(whole), dtype=torch.bool, device=whole.device)
+        if frozen is not None:
+            mask = frozen.to(mask)
+        free = (~mask).nonzero().squeeze(-1) if bool(mask.any()) else None
         theta = whole if free is None else whole[free]
         if not theta.numel():
             raise ValueError(
-                f"names {list(self.names)} hold no weight that training moves (an "
-                "embedding's padding row stays fixed): there is nothing to put a "
-                "posterior on; name other weights"
+                f"names {list(self.names)} hold no weight that training moves: an "
+                "embedding's padding row that only the look-up reads gets no "
+                "gradient and stays fixed, so there is nothing to put a posterior "
+                "on; name other weights"
             )
+        self.register_buffer("frozen_entries", mask)
+        # The other entries keep the network's values (see _weights).
         self.register_buffer("_free_entries", free, persistent=False)
         self.register_buffer("theta", theta)
         # The posterior in float64 whatever the network's dtype: a float32 GGN
         # and Sigma = I / delta - V diag V^T lose the small variances (those at
         # the data) to rounding, and the evidence's prior precision with them.
-        wide = theta.new_zeros((), dtype=torch.float64)
-        self.register_buffer("eigenvalues", wide.new_zeros(0))
+        wide = theta.new_zeros(0, dtype=torch.float64)
+        self.register_buffer("eigenvalues", wide)
         self.register_buffer("eigenvectors", wide.new_zeros(len(theta), 0))
-        self.register_buffer("prior_precision", wide.new_ones(()))
-        self.register_buffer("log_likelihood", wide.new_zeros(()))
-        network.requires_grad_(False)  # the copy's
         # Whether a posterior was computed (fit) or loaded (load_state_dict).
         self._fitted = False
-        # Shape of one input example, known once fitted (checked on prediction).
-        self.input_shape: tuple[int, ...] | None = None
-        # The Normal likelihood's noise scale the GGN was built with.
-        self._fitted_noise: float | None = None
 
     def fit(
         self, x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None = None
     ) -> LinearizedLaplace:
         """Compute the GGN and the log-likelihood of the data at the expansion point.
 
-        Replaces those of an earlier call; the prior precision is kept.
+        Replaces those of an earlier call; the prior precision is kept. An
+        embedding's padding row is a candidate frozen entry: its Jacobian
+        columns are computed with the others, and it is left out of the
+        weights (:attr:`frozen_entries`) only where they are zero at every
+        input of ``x`` (its look-up gives it no gradient and nothing else
+        reads it); otherwise the row is weights. A network without padding
+        rows is fitted as it was.
 
         Args:
             x: inputs ``(N, ...)``, or an iterable of ``(x, y)`` batches.
@@ -531,7 +564,14 @@ class LinearizedLaplace(nn.Module):
 
         Returns:
             ``self``.
+
+        Raises:
+            ValueError: for inconsistent data, or where the named parameters
+                hold nothing but frozen padding rows.
         """
+        entries = FrozenEntries(self.network, self.names)
+        if entries.has_candidates:  # the Jacobians over the padding rows too
+            self._use_entries(None)
         count = self.num_parameters
         rows: list[Tensor] = []  # rows of A while there are few (low rank)
         ggn: Tensor | None = None  # dense A^T A once there are many
@@ -558,6 +598,7 @@ class LinearizedLaplace(nn.Module):
                 step = self._jacobian_chunk(xb)
                 for start in range(0, xb.shape[0], step):
                     jac = self.jacobian(xb[start : start + step])
+                    entries.observe(jac)
                     out = flat[start : start + step]
                     if isinstance(predictive, Categorical):
                         classes = output.shape[-1]
@@ -577,6 +618,13 @@ class LinearizedLaplace(nn.Module):
                             ggn += kept.T @ kept
                         rows = []
                     ggn += root.T @ root
+            frozen = entries.frozen()
+            if frozen is not None:  # zero columns of the Jacobians: exact
+                self._use_entries(frozen)
+                kept = (~self.frozen_entries).nonzero().squeeze(-1)
+                rows = [root[:, kept] for root in rows]
+                ggn = None if ggn is None else ggn[kept][:, kept]
+                count = self.num_parameters
             # float64 (the rows are): float32 eigh fails to converge on
             # ill-conditioned GGNs, and loses their small eigenvalues.
             if ggn is None:  # rank <= P / 2: thin SVD of A, O(R^2 P)
@@ -635,8 +683,25 @@ class LinearizedLaplace(nn.Module):
 
         ``torch.nn.Module`` copies saved buffers into existing ones of the same
         shape; the eigenpairs' shape depends on the data the posterior was
-        fitted on, so they are resized to the saved shapes first.
+        fitted on, so they are resized to the saved shapes first. The saved
+        :attr:`frozen_entries` (which the fit found) are taken before, so that
+        :attr:`theta` has the saved size; a state saved without them is read
+        by its ``theta``: every entry a weight, or (as laplace left them out
+        before it looked at the Jacobians) every embedding's padding row
+        frozen.
         """
+        key = prefix + "frozen_entries"
+        frozen = state_dict.get(key)
+        inferred = frozen is None
+        if inferred:
+            frozen = self._older_frozen_entries(state_dict.get(prefix + "theta"))
+        current = self.frozen_entries
+        if (
+            isinstance(frozen, Tensor)
+            and frozen.shape == current.shape
+            and not torch.equal(frozen.to(current), current)
+        ):
+            self._use_entries(frozen)
         for name in ("eigenvalues", "eigenvectors"):
             saved = state_dict.get(prefix + name)
             current = getattr(self, name)
@@ -655,8 +720,25 @@ class LinearizedLaplace(nn.Module):
             unexpected_keys,
             error_msgs,
         )
+        if inferred and frozen is not None and key in missing_keys:
+            missing_keys.remove(key)
         if prefix + "eigenvectors" in state_dict:  # a posterior's state: fitted
             self._fitted = True
+
+    def _older_frozen_entries(self, theta: object) -> Tensor | None:
+        """The frozen entries of a state saved without them, told by its ``theta``.
+
+        ``None`` where its size matches neither way (torch reports it).
+        """
+        if not isinstance(theta, Tensor):
+            return None
+        everything = self.frozen_entries.numel()
+        padding = FrozenEntries(self.network, self.names).candidates
+        if theta.numel() == everything:
+            return torch.zeros_like(padding)
+        if theta.numel() == everything - int(padding.sum()):
+            return padding
+        return None
 
     # ------------------------------------------------------------------ posterior
     @property
@@ -1179,6 +1261,18 @@ def laplace(
     ``torch.func.vmap`` of ``jacrev``), its eigendecomposition, and the prior
     precision. See :mod:`pyrolite_bnn.laplace` for the model.
 
+    An embedding's padding row (``padding_idx``) gets no gradient from the
+    look-up, so it is no weight where nothing else reads the table: not
+    counted in ``P``, without prior, not perturbed. Where the network reads
+    the table otherwise, through a tied module (``out.weight = emb.weight``)
+    or directly in its ``forward`` (``F.linear(h, self.emb.weight)``), the
+    row is trained and is weights. The rule is exact for the fitting data:
+    the row is left out only where its columns of the Jacobians computed for
+    the GGN are zero at every input (see :meth:`LinearizedLaplace.fit` and
+    :attr:`LinearizedLaplace.frozen_entries`). Only padding rows are tested:
+    the row of a category the data do not contain has zero columns too, and
+    stays a weight with the prior's variance.
+
     Args:
         model: a trained ``bnn.VIModule`` (expansion point: its posterior
             means, :func:`~pyrolite_bnn.to_deterministic`) or a plain
@@ -1197,10 +1291,12 @@ def laplace(
             parameters with ``requires_grad=False``, a frozen backbone, stay
             fixed at their values, as in laplace-torch; so do the weights of
             a Bayesian layer frozen with ``requires_grad_(False)``, and an
-            embedding's padding row), or ``"last_layer"``:
+            embedding's padding row that nothing but its look-up reads, see
+            above), or ``"last_layer"``:
             the weights of the last module with parameters whose call ends
             in the forward pass (others, and its padding row if it is an
-            embedding, fixed at their values). A module
+            embedding that only its look-up reads, fixed at their values).
+            A module
             owning parameters of its own and calling modules with parameters
             ends after them: its own are taken (a root's output scale
             applied after its head would be; give such a network
@@ -1208,7 +1304,8 @@ def laplace(
         prior_precision: ``"marglik"`` to maximise
             :meth:`LinearizedLaplace.log_marginal_likelihood`, or a positive
             number ``delta`` (prior ``N(0, I / delta)``).
-        max_parameters: the largest ``P`` accepted, an integer ``>= 1``.
+        max_parameters: the largest ``P`` accepted, an integer ``>= 1``
+            (embeddings' padding rows counted: the fit's Jacobians span them).
 
     Returns:
         The fitted :class:`LinearizedLaplace`; predict with
@@ -1258,8 +1355,8 @@ def laplace(
     else:
         names = [n for n, p in network.named_parameters() if p.requires_grad]
     params = dict(network.named_parameters())
-    free = free_entries(network, names)  # not an embedding's padding row
-    count = sum(params[n].numel() for n in names) if free is None else len(free)
+    # Embeddings' padding rows counted: the fit's Jacobians span them.
+    count = sum(params[n].numel() for n in names)
     if count > max_parameters:
         hint = ', or subset="last_layer"' if subset == "all" else ""
         raise ValueError(
@@ -1269,8 +1366,7 @@ def laplace(
         )
     if count == 0:
         raise ValueError(
-            f"laplace: the network has no trainable weights in subset={subset!r} "
-            "(an embedding's padding row, which training never moves, is none)"
+            f"laplace: the network has no trainable weights in subset={subset!r}"
         )
     result = LinearizedLaplace(network, names, predictive, subset)
     result.fit(itertools.chain([first], batches))
