@@ -27,6 +27,7 @@ from pyrolite_bnn._pyro_module import (
 )
 from pyrolite_bnn._pyro_statements import (
     PyroStatement,
+    attributes_read_in,
     pyro_statement_in,
     pyro_statement_refusal,
 )
@@ -57,6 +58,13 @@ def network_children(module: nn.Module) -> list[tuple[str, nn.Module]]:
         for name, child in module._modules.items()
         if child is not None and not (is_vi and name in NOT_NETWORK)
     ]
+
+
+def _network_child(module: nn.Module, name: str) -> nn.Module | None:
+    """``module``'s network child ``name`` (``None``: none), without a listing."""
+    if isinstance(module, VIModule) and name in NOT_NETWORK:
+        return None
+    return module._modules.get(name)
 
 
 def collect_variables(root: nn.Module) -> list[RandomVariable]:
@@ -295,13 +303,14 @@ def refuse_pyro_statements(root: nn.Module) -> None:
 
     For the PyTorch-style path, which no Pyro handler watches (see
     :mod:`pyrolite_bnn._pyro_statements`). A ``PyroSample`` attribute of a
-    module of the network (other than a Bayesian layer's random variables) is
-    a ``pyro.sample`` statement too, and refused the same way.
+    module of the network (other than a Bayesian layer's random variables)
+    that the network's ``forward`` code reads is a ``pyro.sample`` statement
+    too, and refused the same way; one it does not read is never drawn.
 
     Found once per module tree, as the network's other facts. A Pyro module
     of the user's (no library module) does not say when it gains or loses a
-    ``PyroSample`` attribute: the attributes of those modules alone are read
-    on every call (none in most networks).
+    ``PyroSample`` attribute: the attributes of those the code reads from
+    alone are looked up on every call (none in most networks).
 
     Raises:
         ValueError: naming the module class and the statement or attribute.
@@ -309,57 +318,89 @@ def refuse_pyro_statements(root: nn.Module) -> None:
     cached = _cached(root, "_pyrolite_pyro_statement")
     if cached is None:
         modules = network_modules(root)
+        read = _attributes_read(modules)
         found = next(
             (
                 (type(module), statement, path)
                 for path, module in modules
-                if (statement := _statement_kept_by(module)) is not None
+                if (statement := _statement_kept_by(module, read)) is not None
             ),
             (),
         )
-        users_pyro_modules = tuple(
-            (path, module)
+        users_pyro_modules_read = tuple(
+            (path, module, read[id(module)])
             for path, module in modules
             if isinstance(module, PyroModule)
             and not isinstance(module, LocalPyroModule)
+            and id(module) in read
         )
-        cached = (found, users_pyro_modules)
+        cached = (found, users_pyro_modules_read)
         plain_containers = _holds_plain_containers(modules)
         _store(root, "_pyrolite_pyro_statement", cached, plain_containers)
-    found, users_pyro_modules = cached
+    found, users_pyro_modules_read = cached
     if found:
         raise pyro_statement_refusal(*found)
-    for path, module in users_pyro_modules:
-        attribute = _sample_attribute_of(module)
+    for path, module, names in users_pyro_modules_read:
+        attribute = _sample_attribute_of(module, names)
         if attribute is not None:
             raise pyro_statement_refusal(type(module), attribute, path)
 
 
-def _statement_kept_by(module: nn.Module) -> PyroStatement | None:
+def _attributes_read(modules: list[tuple[str, nn.Module]]) -> dict[int, frozenset[str]]:
+    """The attributes the network's ``forward`` code reads, by the reading module's id.
+
+    Each chain a module's code reads (:func:`attributes_read_in`) is followed
+    through the module's children: ``self.inner.g`` is ``g`` read from
+    ``inner``.
+
+    Args:
+        modules: the network's modules, :func:`network_modules` of its root.
+    """
+    read: dict[int, set[str]] = {}
+    for _, reader in modules:
+        for chain in attributes_read_in(type(reader)):
+            holder = reader
+            for name in chain:
+                child = _network_child(holder, name)
+                if child is None:
+                    read.setdefault(id(holder), set()).add(name)
+                    break
+                holder = child
+    return {key: frozenset(names) for key, names in read.items()}
+
+
+def _statement_kept_by(
+    module: nn.Module, read: dict[int, frozenset[str]]
+) -> PyroStatement | None:
     """A Pyro statement of ``module`` that holds until its tree changes.
 
     One in its class's ``forward`` code, or a sample attribute of a library
-    module (whose changes :func:`structure_version` counts).
+    module (whose changes :func:`structure_version` counts) that the network
+    reads (``read``, from :func:`_attributes_read`).
     """
     if isinstance(module, LocalPyroModule):
-        attribute = _sample_attribute_of(module)
+        attribute = _sample_attribute_of(module, read.get(id(module), frozenset()))
         if attribute is not None:
             return attribute
     return pyro_statement_in(type(module))
 
 
-def _sample_attribute_of(module: nn.Module) -> PyroStatement | None:
-    """``module``'s first ``PyroSample`` attribute that is no random variable of it.
+def _sample_attribute_of(
+    module: nn.Module, read: frozenset[str]
+) -> PyroStatement | None:
+    """``module``'s first ``PyroSample`` attribute in ``read`` (not a random variable).
 
     A :class:`VIModule`'s declared random variables are ``PyroSample``
     attributes too: the network's weights, drawn by its guide.
     """
+    if not read:
+        return None
     declared = module.declared_variables() if isinstance(module, VIModule) else {}
     return next(
         (
             PyroStatement("sample", attribute=name)
             for name in sample_attribute_names(module)
-            if name not in declared
+            if name in read and name not in declared
         ),
         None,
     )

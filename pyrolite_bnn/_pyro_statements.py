@@ -8,9 +8,10 @@ from its prior on every call, never learn it and leave it out of the ELBO
 would create a parameter in Pyro's global store, which ``model.parameters()``
 (the optimizer's) and ``state_dict`` do not hold. A ``PyroSample`` attribute
 of a module (``self.g = PyroSample(prior)``, the declaration form of
-``pyro.sample``) is the same: the network's
+``pyro.sample``) is the same where the network reads it: the network's
 :func:`~pyrolite_bnn._network.refuse_pyro_statements` finds those in the
-modules' tables and refuses them with :func:`pyro_statement_refusal` too.
+modules' tables and refuses the ones read as a statement would be found
+(:func:`attributes_read_in`), with :func:`pyro_statement_refusal` too.
 Under Pyro inference (``SVI`` on ``loss_fn.pyro_model``, the user's own model)
 Pyro's semantics apply, but for a latent site drawn while the network runs
 several particles (see :mod:`pyrolite_bnn._sites`).
@@ -28,6 +29,15 @@ up to :data:`HELPER_DEPTH` calls deep: a module-level function (``helper(h)``,
 Not followed: functions reached any other way (a callable attribute, a
 function passed in, a method of another object). ``pyro.deterministic``
 (which only records a value) and ``pyro.plate`` are not refused.
+
+A ``PyroSample`` attribute counts as read where that same code (``forward``,
+the functions defined in it, the module's methods it calls by name; a
+module-level helper has no module to read from) names it on the module:
+``self.g``, or ``self.inner.g`` for one of a child module. Not seen: a read
+through ``getattr``, a subscript (``self.layers[0].g``), a variable
+(``for layer in self.layers: layer.g``) or a function the module is passed
+to, and reads in methods ``forward`` does not call (a ``model`` method of a
+Pyro module around the network, say, whose sites are Pyro's to handle).
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ import torch
 __all__ = [
     "HELPER_DEPTH",
     "PyroStatement",
+    "attributes_read_in",
     "pyro_statement_in",
     "pyro_statement_refusal",
 ]
@@ -60,6 +71,17 @@ _STATEMENT_FUNCTIONS = {
 }
 _PYRO_MODULES = (pyro, pyro.primitives)
 _ATTRIBUTE_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
+# The instructions that load a local or closure variable (Python 3.10 to 3.14).
+_VARIABLE_LOADS = frozenset(
+    {
+        "LOAD_DEREF",
+        "LOAD_FAST",
+        "LOAD_FAST_BORROW",
+        "LOAD_FAST_BORROW_LOAD_FAST_BORROW",
+        "LOAD_FAST_CHECK",
+        "LOAD_FAST_LOAD_FAST",
+    }
+)
 # torch's, Pyro's and this library's source folders: their forwards are known.
 _OWN_PACKAGES = tuple(
     str(folder) + os.sep
@@ -88,13 +110,22 @@ class PyroStatement(NamedTuple):
     attribute: str | None = None
 
 
+class _ForwardCode(NamedTuple):
+    """What a class's ``forward`` and the helpers it calls hold."""
+
+    statement: PyroStatement | None
+    attribute_reads: frozenset[tuple[str, ...]]
+
+
 # Results per class and forward (the code of a forward method never changes).
 # Weak in the class: a strong key held every class a network was ever built
 # from, with the globals and closures of its functions (a class defined in a
 # function, a notebook cell run again, and the models and optimizers they
 # reach), for the life of the process.
-_FOUND: weakref.WeakKeyDictionary[type[Any], dict[types.CodeType, PyroStatement | None]]
+_FOUND: weakref.WeakKeyDictionary[type[Any], dict[types.CodeType, _ForwardCode]]
 _FOUND = weakref.WeakKeyDictionary()
+
+_NOTHING = _ForwardCode(None, frozenset())
 
 
 def pyro_statement_in(module_type: type[Any]) -> PyroStatement | None:
@@ -118,13 +149,47 @@ def pyro_statement_in(module_type: type[Any]) -> PyroStatement | None:
         >>> pyro_statement_in(Helped).route
         ('noisy',)
     """
+    return _forward_code(module_type).statement
+
+
+def attributes_read_in(module_type: type[Any]) -> frozenset[tuple[str, ...]]:
+    """The attributes that ``module_type.forward`` (or a helper) reads from ``self``.
+
+    Each is the chain of names read from the module, ``self.scale`` as
+    ``("scale",)``, ``self.inner.scale`` as ``("inner", "scale")``; a
+    ``PyroSample`` attribute is drawn only where one is read. Read are the
+    same methods as for statements (see the module documentation): ``forward``
+    and the module's own methods it calls by name (``self.method``), up to
+    :data:`HELPER_DEPTH` calls deep, with the functions defined in them;
+    module-level helpers have no module to read from. Empty for a class whose
+    ``forward`` is torch's, Pyro's or this library's.
+
+    Example:
+        >>> import torch
+        >>> class Scaled(torch.nn.Module):
+        ...     def forward(self, h):
+        ...         return self.shifted(h) * self.scale
+        ...     def shifted(self, h):
+        ...         return h + self.inner.shift
+        >>> sorted(attributes_read_in(Scaled))
+        [('inner', 'shift'), ('scale',), ('shifted',)]
+        >>> attributes_read_in(torch.nn.Linear)
+        frozenset()
+    """
+    return _forward_code(module_type).attribute_reads
+
+
+def _forward_code(module_type: type[Any]) -> _ForwardCode:
+    """What ``module_type.forward`` holds, read once per class and forward."""
     forward = _user_function(getattr(module_type, "forward", None))
     if forward is None:
-        return None
+        return _NOTHING
     found = _FOUND.setdefault(module_type, {})
     code = forward.__code__
     if code not in found:
-        found[code] = _statement_in_function(forward, module_type, HELPER_DEPTH, set())
+        reads: set[tuple[str, ...]] = set()
+        statement = _read_function(forward, module_type, HELPER_DEPTH, set(), reads)
+        found[code] = _ForwardCode(statement, frozenset(reads))
     return found[code]
 
 
@@ -139,70 +204,96 @@ def _user_function(value: object) -> types.FunctionType | None:
     return value
 
 
-def _statement_in_function(
+def _read_function(
     function: types.FunctionType,
     owner: type[Any] | None,
     depth: int,
     seen: set[types.CodeType],
+    reads: set[tuple[str, ...]],
 ) -> PyroStatement | None:
-    """The first Pyro statement in ``function``'s code or the helpers it names."""
+    """The first Pyro statement in ``function``'s code or the helpers it names.
+
+    Adds to ``reads`` the attributes they read from the module (with
+    ``owner``, the class whose method ``function`` is).
+    """
     seen.add(function.__code__)
     helpers: list[tuple[types.FunctionType, type[Any] | None]] = []
-    found = _statement_in_code(function.__code__, function.__globals__, owner, helpers)
-    if found is not None or depth == 0:
+    code = function.__code__
+    has_module = owner is not None and code.co_argcount > 0
+    module_name = code.co_varnames[0] if has_module else None
+    found = _read_code(code, function.__globals__, owner, module_name, helpers, reads)
+    if depth == 0:
         return found
     for helper, helper_owner in helpers:
         if helper.__code__ in seen:
             continue
-        below = _statement_in_function(helper, helper_owner, depth - 1, seen)
-        if below is not None:
-            return below._replace(route=(helper.__name__, *below.route))
-    return None
+        below = _read_function(helper, helper_owner, depth - 1, seen, reads)
+        if found is None and below is not None:
+            found = below._replace(route=(helper.__name__, *below.route))
+    return found
 
 
-def _statement_in_code(
+def _read_code(
     code: types.CodeType,
     globals_: dict[str, Any],
     owner: type[Any] | None,
+    module_name: str | None,
     helpers: list[tuple[types.FunctionType, type[Any] | None]],
+    reads: set[tuple[str, ...]],
 ) -> PyroStatement | None:
     """The first Pyro statement that ``code`` (or code defined in it) names.
 
     Appends to ``helpers`` the functions it names that may hold one: module-level
     functions (called with no owner) and, with ``owner``, the owner's methods
-    read from the first argument (``self.name``).
+    read from the module (``self.name``; ``module_name`` is the variable that
+    holds it, a local or, in code defined in the method, a closure's); adds to
+    ``reads`` the chains of attributes read from the module.
     """
-    self_name = code.co_varnames[0] if owner is not None and code.co_argcount else None
+    found: PyroStatement | None = None
     previous: object = None
-    reads_self = False
+    chain: list[str] | None = None  # attributes read so far from the module
     for instruction in dis.get_instructions(code):
+        if chain is not None and instruction.opname in _ATTRIBUTE_LOADS:
+            if not chain and owner is not None:
+                method = inspect.getattr_static(owner, instruction.argval, None)
+                _note_helper(helpers, method, owner)
+            chain.append(str(instruction.argval))
+            continue
+        if chain:
+            reads.add(tuple(chain))
+        chain = [] if _loads(instruction, module_name) else None
         if instruction.opname == "LOAD_GLOBAL":
             value = globals_.get(instruction.argval)
             name = _STATEMENT_FUNCTIONS.get(id(value))
-            if name is not None:
-                return PyroStatement(name)
+            if name is not None and found is None:
+                found = PyroStatement(name)
             _note_helper(helpers, value, None)
-            previous, reads_self = value, False
+            previous = value
             continue
         if instruction.opname in _ATTRIBUTE_LOADS:
             if any(previous is module for module in _PYRO_MODULES):
-                if instruction.argval in _STATEMENTS:
-                    return PyroStatement(str(instruction.argval))
+                if instruction.argval in _STATEMENTS and found is None:
+                    found = PyroStatement(str(instruction.argval))
             elif isinstance(previous, types.ModuleType):
                 _note_helper(helpers, getattr(previous, instruction.argval, None), None)
-            elif reads_self and owner is not None:
-                method = inspect.getattr_static(owner, instruction.argval, None)
-                _note_helper(helpers, method, owner)
-        reads_self = (
-            instruction.opname == "LOAD_FAST" and instruction.argval == self_name
-        )
         previous = None
+    if chain:
+        reads.add(tuple(chain))
     for constant in code.co_consts:
         if isinstance(constant, types.CodeType):
-            found = _statement_in_code(constant, globals_, owner, helpers)
-            if found is not None:
-                return found
-    return None
+            below = _read_code(constant, globals_, owner, module_name, helpers, reads)
+            if found is None:
+                found = below
+    return found
+
+
+def _loads(instruction: dis.Instruction, name: str | None) -> bool:
+    """Whether ``instruction`` puts the variable ``name`` on the stack (last)."""
+    if name is None or instruction.opname not in _VARIABLE_LOADS:
+        return False
+    loaded = instruction.argval
+    # LOAD_FAST_LOAD_FAST (Python 3.13) loads two variables, the second last.
+    return bool((loaded[-1] if isinstance(loaded, tuple) else loaded) == name)
 
 
 def _note_helper(
@@ -210,10 +301,14 @@ def _note_helper(
     value: object,
     owner: type[Any] | None,
 ) -> None:
-    """Add ``value`` to ``helpers`` if it is a user's Python function."""
+    """Add ``value`` to ``helpers`` if it is a user's Python function.
+
+    A static method has no module (or class) for its first argument: it is
+    read as a module-level function, with no owner.
+    """
     function = _user_function(value)
     if function is not None:
-        helpers.append((function, owner))
+        helpers.append((function, None if isinstance(value, staticmethod) else owner))
 
 
 def pyro_statement_refusal(

@@ -14,27 +14,37 @@ posterior samples) may also be one draw, ``shape`` (or ``(1, 1, *shape)``): it
 is the same value for every particle and is broadcast to them; any other shape
 is refused with a :class:`SiteShapeError` naming the site and both shapes.
 
-Other latent sites drawn while the network runs (a ``pyro.sample`` statement
+Other sample sites sent while the network runs (a ``pyro.sample`` statement
 in a ``forward``, a ``PyroSample`` attribute of a module) are Pyro's, with
-one exception: with several particles such a site has one value per particle,
-batch shape ``(S, 1)``, which cannot meet the network's activations, whose
-particles are folded into the batch dimension (``(B * S, ...)``, batch-major):
-torch's size error, or a broadcast pairing the wrong rows, followed. Such a
-site is refused with a :class:`LatentSiteError` that says what to do instead.
-Observed sites (``obs=``, ``pyro.factor``, ``pyro.deterministic``, a site a
-handler conditions) and sites of one particle (``samples=1``, as under MCMC)
-are left alone.
+one exception: with several particles a latent site has one value per
+particle, batch shape ``(S, 1)``, which cannot meet the network's activations,
+whose particles are folded into the batch dimension (``(B * S, ...)``,
+batch-major): torch's size error, or a broadcast pairing the wrong rows,
+followed. A site whose value, after every handler has run, holds one draw per
+particle is refused with a :class:`LatentSiteError` that says what to do
+instead: a latent site (masked ones too: ``poutine.mask``, the unobserved part
+of ``obs_mask=``, are drawn all the same), or one that ``poutine.reparam``
+computes from auxiliary draws of its own. Left alone: ``pyro.plate``'s
+subsample sites (no random variable), observed sites (``obs=``,
+``pyro.factor``, ``pyro.deterministic``, a value ``poutine.condition``,
+``poutine.do`` or posterior samples give, the same for every particle; the
+sites a handler sends for it, as ``poutine.do``'s copy of the site, never
+reach the network), parallel-enumerated sites (``TraceEnum_ELBO``: the value
+is the support, the same for every particle) and sites of one particle
+(``samples=1``, as under MCMC).
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pyrolite_bnn import _particles
@@ -192,33 +202,60 @@ class _SitesInForce:
             self._table.__exit__(kind, error, traceback)
 
 
-class _OtherLatentSites(Messenger):
-    """Refuse a latent site, not a weight's, drawn with several particles.
+@dataclass
+class _SiteInFlight:
+    """A sample message between its processing and its postprocessing."""
 
-    A weight's site, and the sites its handlers send while it is drawn
-    (``poutine.reparam``'s), are :class:`SiteTable`'s; observed or not is
-    read after every handler has run (``poutine.condition`` observes a site).
+    msg: Message[..., Any]
+    drew_latent: bool = False
+    """Whether a handler drew a latent site of its own for it (``poutine.reparam``)."""
+
+
+class _OtherLatentSites(Messenger):
+    """Refuse a site, not a weight's, whose value holds one draw per particle.
+
+    See the module documentation. A weight's site, and the sites its handlers
+    send while it is drawn (``poutine.reparam``'s), are :class:`SiteTable`'s.
+    A site is judged after every handler has run (``poutine.condition``
+    observes a site, ``poutine.reparam`` computes it from auxiliary draws); a
+    site a handler sends while another is in flight (``poutine.do``'s copy,
+    ``poutine.reparam``'s auxiliary draws) is judged through that one, the
+    site whose value the network's code receives.
     """
 
     def __init__(self, table: SiteTable) -> None:
         super().__init__()
         self._table = table
-        self._others: set[int] = set()
+        # Innermost last. One left by a message that raised (a handler's
+        # error, caught in the forward) is dropped when a message below it
+        # ends; until then the messages sent are taken for its handler's.
+        self._in_flight: list[_SiteInFlight] = []
 
     def _process_message(self, msg: Message[..., Any]) -> None:
-        # Told for every message: an id kept by a site that raised is no
-        # other message's verdict.
-        if msg["type"] == "sample" and not self._table.drawing_weight:
-            self._others.add(id(msg))
-        else:
-            self._others.discard(id(msg))
+        if (
+            msg["type"] == "sample"
+            and not self._table.drawing_weight
+            and not site_is_subsample(msg)
+        ):
+            self._in_flight.append(_SiteInFlight(msg))
 
     def _postprocess_message(self, msg: Message[..., Any]) -> None:
-        if id(msg) not in self._others:
+        site = self._finished(msg)
+        if site is None:
             return
-        self._others.discard(id(msg))
+        if self._in_flight:
+            # A handler's site for the message in flight: its value reaches
+            # the network, if at all, through that message's.
+            if not msg["is_observed"]:
+                self._in_flight[-1].drew_latent = True
+            return
         state = _particles.current()
-        if msg["is_observed"] or state is None or state.samples == 1:
+        if (
+            (msg["is_observed"] and not site.drew_latent)
+            or state is None
+            or state.samples == 1
+            or not _drawn_per_particle(msg, state.samples)
+        ):
             return
         shape = tuple(getattr(msg["value"], "shape", ()))
         raise LatentSiteError(
@@ -237,3 +274,28 @@ class _OtherLatentSites(Messenger):
             "in the network's layout and trained by its guide; or run one "
             "particle (samples=1, as under MCMC)"
         )
+
+    def _finished(self, msg: Message[..., Any]) -> _SiteInFlight | None:
+        """Take ``msg``'s record off the messages in flight (``None``: none)."""
+        for index in range(len(self._in_flight) - 1, -1, -1):
+            if self._in_flight[index].msg is msg:
+                site = self._in_flight[index]
+                del self._in_flight[index:]
+                return site
+        return None
+
+
+def _drawn_per_particle(msg: Message[..., Any], samples: int) -> bool:
+    """Whether ``msg``'s value holds one draw per particle.
+
+    That is, whether its batch shape has the particle plate's dimension, of
+    size ``samples`` (a parallel-enumerated value has size 1 there).
+    """
+    value = msg["value"]
+    if not isinstance(value, Tensor):
+        return False
+    batch_dims = value.dim() - getattr(msg["fn"], "event_dim", 0)
+    return (
+        batch_dims >= -_particles.PLATE_DIM
+        and value.shape[batch_dims + _particles.PLATE_DIM] == samples
+    )

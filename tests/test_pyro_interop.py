@@ -19,6 +19,7 @@ import torch
 from pyro import factor, poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
+from pyro.infer.reparam import LocScaleReparam
 from pyro.nn import PyroModule, PyroParam, PyroSample
 from torch import Tensor, nn
 from torch.distributions import constraints
@@ -507,6 +508,15 @@ class _ThroughMethod(nn.Module):
         return _two_deep(h)
 
 
+class _ThroughMethodInALambda(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        noisy = lambda t: self.noisy(t)  # noqa: E731
+        return noisy(h)  # type: ignore[no-any-return]
+
+    def noisy(self, h: torch.Tensor) -> torch.Tensor:
+        return _add_latent(h)
+
+
 _HELPED: dict[type[nn.Module], str] = {
     _ThroughFunction: (
         r"_ThroughFunction.forward calls pyro.sample through _add_latent\(\)"
@@ -515,6 +525,12 @@ _HELPED: dict[type[nn.Module], str] = {
     _ThroughMethod: (
         r"_ThroughMethod.forward calls pyro.sample through noisy\(\) through "
         r"noise\(\) through _two_deep\(\) through _add_latent\(\)"
+    ),
+    # The module read in a lambda is a closure's variable, not the lambda's
+    # first argument: the method it calls was not followed.
+    _ThroughMethodInALambda: (
+        r"_ThroughMethodInALambda.forward calls pyro.sample through noisy\(\) "
+        r"through _add_latent\(\)"
     ),
 }
 
@@ -618,6 +634,17 @@ class _NestedGain(PyroModule):
         return h * self.inner.z
 
 
+class _GainReadInAComprehension(PyroModule):
+    """The attribute read in code defined in ``forward`` (a closure's ``self``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.z = PyroSample(dist.LogNormal(0.0, 0.5))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.stack([h * self.z for _ in range(2)]).mean(0)
+
+
 class _BayesianGain(bnn.VIModule):
     """A Bayesian layer of the user's with a ``PyroSample`` beside its variable."""
 
@@ -634,10 +661,16 @@ def _between_layers(module: nn.Module) -> bnn.VISequential:
     return bnn.VISequential(bnn.VILinear(3, 4), module, bnn.VILinear(4, 1))
 
 
-def _with_extra_sample_on_a_layer() -> bnn.VISequential:
-    net = bnn.VISequential(bnn.VILinear(3, 4), nn.Tanh(), bnn.VILinear(4, 1))
-    net[0].extra = PyroSample(dist.LogNormal(0.0, 0.5))
-    return net
+class _ReadsALayersAttribute(nn.Module):
+    """A module of the user's that reads a ``PyroSample`` set on a library layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = bnn.VILinear(4, 4)
+        self.layer.extra = PyroSample(dist.LogNormal(0.0, 0.5))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.layer(h) * self.layer.extra  # type: ignore[no-any-return]
 
 
 _SAMPLE_ATTRIBUTES: dict[str, tuple[Callable[[], bnn.VISequential], str]] = {
@@ -649,6 +682,10 @@ _SAMPLE_ATTRIBUTES: dict[str, tuple[Callable[[], bnn.VISequential], str]] = {
         lambda: _between_layers(_DecoratedGain()),
         r"module '1', _DecoratedGain.z is a PyroSample attribute",
     ),
+    "in a comprehension": (
+        lambda: _between_layers(_GainReadInAComprehension()),
+        r"module '1', _GainReadInAComprehension.z is a PyroSample attribute",
+    ),
     "nested": (
         lambda: _between_layers(_NestedGain()),
         r"module '1.inner', PyroModule.z is a PyroSample attribute",
@@ -658,8 +695,8 @@ _SAMPLE_ATTRIBUTES: dict[str, tuple[Callable[[], bnn.VISequential], str]] = {
         r"module '1', _BayesianGain.z is a PyroSample attribute",
     ),
     "on a library layer": (
-        _with_extra_sample_on_a_layer,
-        r"module '0', VILinear.extra is a PyroSample attribute",
+        lambda: _between_layers(_ReadsALayersAttribute()),
+        r"module '1.layer', VILinear.extra is a PyroSample attribute",
     ),
 }
 
@@ -708,6 +745,19 @@ class _PyroIdentity(PyroModule):
         return h
 
 
+class _ReadsTheMiddlesGain(bnn.VIModule):
+    """A network whose forward reads ``g`` of its middle module."""
+
+    def __init__(self, middle: nn.Module) -> None:
+        super().__init__()
+        self.first, self.middle = bnn.VILinear(3, 4), middle
+        self.last = bnn.VILinear(4, 1)
+        self.middle.g = torch.tensor(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.middle(self.first(x)) * self.middle.g)  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize(
     "holder", [_PyroIdentity, bnn.VILinear], ids=["users Pyro module", "library layer"]
 )
@@ -719,13 +769,87 @@ def test_pyro_sample_attribute_set_after_a_call_is_refused_until_deleted(
     # must still be seen, and one deleted must no longer be refused.
     x, y = _problem()
     module = holder() if holder is _PyroIdentity else bnn.VILinear(4, 4)
-    net = bnn.VISequential(bnn.VILinear(3, 4), module, bnn.VILinear(4, 1))
+    net = _ReadsTheMiddlesGain(module)
     assert _loss()(net(x, samples=2), y.unsqueeze(-1)).isfinite()
     module.g = PyroSample(dist.LogNormal(0.0, 0.5))
-    with pytest.raises(ValueError, match=r"\.g is a PyroSample attribute"):
+    with pytest.raises(ValueError, match=r"'middle', .*\.g is a PyroSample attribute"):
         net(x, samples=2)
     del module.g
+    module.g = torch.tensor(1.0)
     assert _loss()(net(x, samples=2), y.unsqueeze(-1)).isfinite()
+
+
+class _UnreadGain(PyroModule):
+    """A Pyro module whose forward never reads its ``PyroSample`` attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = PyroSample(dist.LogNormal(0.0, 0.5))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+
+class _NoiseScaleAttribute(PyroModule):
+    """A Pyro model around a network, its noise scale declared as an attribute.
+
+    The network's forward never reads ``sigma``: only ``model`` does, under
+    Pyro, where the site is Pyro's.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+        self.sigma = PyroSample(dist.LogNormal(0.0, 1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+    def model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(x), self.sigma
+
+
+class _NoiseScaleStatement(PyroModule):
+    """The same, with the noise scale a ``pyro.sample`` statement in ``model``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+    def model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(x), pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+
+
+def _with_extra_sample_on_a_layer() -> bnn.VISequential:
+    net = _net()
+    net[0].extra = PyroSample(dist.LogNormal(0.0, 0.5))
+    return net
+
+
+_UNREAD_SAMPLE_ATTRIBUTES: dict[str, Callable[[], nn.Module]] = {
+    "model method, attribute": _NoiseScaleAttribute,
+    "model method, statement": _NoiseScaleStatement,
+    "users Pyro module": lambda: _between_layers(_UnreadGain()),
+    "library layer": _with_extra_sample_on_a_layer,
+}
+
+
+@pytest.mark.parametrize("holder", sorted(_UNREAD_SAMPLE_ATTRIBUTES))
+def test_pyro_sample_attribute_the_forward_never_reads_is_not_refused(
+    holder: str,
+) -> None:
+    # Refused were all PyroSample attributes, read or not, while a pyro.sample
+    # statement outside forward's code (a model method) was accepted: a noise
+    # scale declared on a Pyro model around the network made predict refuse
+    # it, though the network never draws it. Now an attribute is refused where
+    # a statement would be: read by the forward code the statement check reads.
+    x, y = _problem()
+    net = _UNREAD_SAMPLE_ATTRIBUTES[holder]()
+    assert bnn.predict(net, x, bnn.Normal(scale=0.3)).mean.shape == (32,)
+    assert _loss()(net(x), y.unsqueeze(-1)).isfinite()
 
 
 class _ParamGain(PyroModule):
@@ -773,6 +897,105 @@ def test_a_latent_site_in_forward_is_a_clear_error_under_pyro_with_particles(
     # A value a handler conditions is observed: the same for every particle.
     conditioned = poutine.condition(model, data={site: torch.tensor(2.0)})
     trace = poutine.trace(conditioned).get_trace(x, y.unsqueeze(-1), samples=2)
+    assert trace.nodes["obs"]["fn"].batch_shape == (2, 32)
+
+
+class _FactorInPlate(nn.Module):
+    """A forward that scores each of its rows, in a plate over them."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        with pyro.plate("rows", h.shape[0]):
+            pyro.factor("smooth", -0.01 * h.pow(2).sum(-1))
+        return h
+
+
+_IN_PLATE: dict[str, tuple[type[nn.Module], str]] = {
+    "pyro.deterministic": (_RecordedInPlate, "hidden"),
+    "pyro.factor": (_FactorInPlate, "smooth"),
+}
+
+
+@pytest.mark.parametrize("statement", sorted(_IN_PLATE))
+def test_a_plate_in_forward_runs_under_pyro_with_particles(statement: str) -> None:
+    # pyro.plate sends a sample message for its subsample (no random variable)
+    # and was refused as "the latent site 'rows' drawn while the network runs
+    # 4 particles" by SVI and Predictive, though howto.rst calls it fine.
+    module, site = _IN_PLATE[statement]
+    x, y = _problem()
+    net = _between_layers(module())
+    model = _loss().pyro_model(net)
+    trace = poutine.trace(model).get_trace(x, y.unsqueeze(-1), samples=4)
+    assert trace.nodes[site]["is_observed"]
+    # The plate over the network's folded rows, inside the particle plate.
+    assert trace.nodes[site]["fn"].batch_shape == (4, 32 * 4)
+    optim = pyro.optim.Adam({"lr": 0.01})
+    svi = SVI(model, net.guide, optim, Trace_ELBO())
+    loss = svi.step(x, y.unsqueeze(-1), samples=4)
+    assert math.isfinite(loss)
+    predictive = pyro.infer.Predictive(model, guide=net.guide, num_samples=3)
+    drawn = predictive(x, samples=4)
+    assert drawn["obs"].shape == (3, 4, 32)
+    assert drawn[site].shape[:2] == (3, 32 * 4)
+
+
+class _EnumeratedChoice(nn.Module):
+    """A forward that draws a discrete choice for Pyro to enumerate."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        pyro.sample("c", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        return h
+
+
+def test_an_enumerated_site_in_forward_is_pyros_under_pyro_with_particles() -> None:
+    # Enumerated, a site's value is its support, (2, 1, 1): the same for every
+    # particle, not a draw per particle, and was refused as one. A choice that
+    # nothing depends on sums out: TraceEnum_ELBO's loss is Trace_ELBO's
+    # without it, for the same weight draws (float rounding apart).
+    x, y = _problem()
+    with_choice = _between_layers(_EnumeratedChoice())
+    without = _between_layers(nn.Identity())
+    without.load_state_dict(with_choice.state_dict())
+    losses = []
+    for net, elbo in [
+        (with_choice, pyro.infer.TraceEnum_ELBO(max_plate_nesting=2)),
+        (without, Trace_ELBO()),
+    ]:
+        pyro.set_rng_seed(3)
+        model = _loss().pyro_model(net)
+        losses.append(elbo.loss(model, net.guide, x, y.unsqueeze(-1), samples=4))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+_HANDLED_LATENT: dict[str, tuple[Callable[[Callable[..., Any]], Any], bool]] = {
+    "poutine.do": (
+        lambda model: poutine.do(model, data={"z": torch.tensor(2.0)}),
+        False,
+    ),
+    "poutine.mask": (lambda model: poutine.mask(model, mask=False), True),
+    "poutine.reparam": (
+        lambda model: poutine.reparam(model, config={"z": LocScaleReparam(0.0)}),
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("handler", sorted(_HANDLED_LATENT))
+def test_a_latent_site_in_forward_is_refused_by_the_value_the_network_gets(
+    handler: str,
+) -> None:
+    # The network's code receives the value the site has after every handler:
+    # poutine.do's intervention (one value; the copy of the site it draws never
+    # reaches the network) was refused, named "z"; a masked site is drawn all
+    # the same; a reparametrized one is computed from per-particle draws and
+    # was refused by its auxiliary site's name, 'z_decentered'.
+    wrap, refused = _HANDLED_LATENT[handler]
+    x, y = _problem()
+    model = wrap(_loss().pyro_model(_between_layers(_Latent())))
+    if refused:
+        with pytest.raises(LatentSiteError, match=r"latent site 'z' .* 2 particles"):
+            poutine.trace(model).get_trace(x, y.unsqueeze(-1), samples=2)
+        return
+    trace = poutine.trace(model).get_trace(x, y.unsqueeze(-1), samples=2)
     assert trace.nodes["obs"]["fn"].batch_shape == (2, 32)
 
 
