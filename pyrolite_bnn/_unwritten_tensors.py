@@ -18,8 +18,9 @@ records the tensor as unwritten, saying where it came from).
 (``torch.distributed.checkpoint.load``) and FSDP's deferred initialisation
 load *into* the tensors that ``state_dict()`` of an emptied module returns,
 and those writes are seen as writes. :func:`unwritten_state_keys` names a
-network's unwritten tensors, for those that must not pass them on
-(:func:`~pyrolite_bnn.checkpoint.save_checkpoint`).
+network's unwritten tensors, for those that must not pass them on, and
+:func:`unwritten_state_remedies` what writes each
+(:func:`~pyrolite_bnn.checkpoint.save_checkpoint` refuses them, saying so).
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RefusesUnwrittenTensors", "holds_no_values", "unwritten_state_keys"]
+__all__ = [
+    "RefusesUnwrittenTensors",
+    "holds_no_values",
+    "unwritten_state_keys",
+    "unwritten_state_remedies",
+]
 
 # Integer dtypes by element size: a tensor's bits read as integers.
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -141,7 +147,9 @@ def holds_no_values(tensor: object) -> bool:
     are read: every bit set is a NaN that no arithmetic gives (``float("nan")``
     has other bits), while ``-1`` in an integer tensor is a value like any
     other. A tensor without memory of its own (``meta``, a subclass) or
-    without elements holds none of it.
+    without elements holds none of it, nor does a sparse or nested one
+    (``to_empty``'s memory is dense, and their bits cannot be viewed as
+    integers: the elements a sparse tensor does not store are zeros).
 
     Args:
         tensor: a value of a state dict (anything: a non-tensor holds none).
@@ -153,6 +161,8 @@ def holds_no_values(tensor: object) -> bool:
         False
         >>> holds_no_values(torch.full((2,), -1, dtype=torch.int32).view(torch.float32))
         True
+        >>> holds_no_values(torch.eye(2).to_sparse())
+        False
     """
     if not isinstance(tensor, Tensor):
         return False
@@ -160,6 +170,8 @@ def holds_no_values(tensor: object) -> bool:
     if (
         type(plain) is not Tensor
         or plain.is_meta
+        or plain.is_nested
+        or plain.layout != torch.strided
         or plain.numel() == 0
         or not (plain.is_floating_point() or plain.is_complex())
         or plain.element_size() not in _BITS
@@ -174,13 +186,7 @@ def holds_no_values(tensor: object) -> bool:
 def unwritten_state_keys(module: nn.Module) -> list[str]:
     """The keys, as ``module.state_dict()`` names them, of tensors holding no values.
 
-    The tensors of every :class:`RefusesUnwrittenTensors` inside ``module``
-    that nothing was written to since ``to_empty``, or that a load of a state
-    saved from such a tensor left without values
-    (:meth:`RefusesUnwrittenTensors.unwritten_tensors`). A module reached by
-    several paths is named by each; non-persistent buffers are named too
-    (keys not in ``state_dict()``). Tensors of other modules (torch's own
-    layers) are not watched, and not named.
+    The keys of :func:`unwritten_state_remedies`, in its order.
 
     Args:
         module: a network, a loss, a calibration.
@@ -195,11 +201,42 @@ def unwritten_state_keys(module: nn.Module) -> list[str]:
         >>> unwritten_state_keys(layer)
         ['posterior.bias.rho_unconstrained']
     """
-    keys = []
+    return list(unwritten_state_remedies(module))
+
+
+def unwritten_state_remedies(module: nn.Module) -> dict[str, str]:
+    """Each tensor of ``module`` holding no values, with what writes values into it.
+
+    The tensors of every :class:`RefusesUnwrittenTensors` inside ``module``
+    that nothing was written to since ``to_empty``, or that a load of a state
+    saved from such a tensor left without values
+    (:meth:`RefusesUnwrittenTensors.unwritten_tensors`), keyed as
+    ``module.state_dict()`` names them, each with its module's
+    :meth:`~RefusesUnwrittenTensors.unwritten_remedy` (a prior's or
+    posterior's ``reset_parameters()``, a calibrated likelihood's new wrap).
+    A module reached by several paths is named by each; non-persistent
+    buffers are named too (keys not in ``state_dict()``). Tensors of other
+    modules (torch's own layers) are not watched, and not named.
+
+    Args:
+        module: a network, a loss, a calibration.
+
+    Example:
+        >>> import pyrolite_bnn as bnn
+        >>> from pyrolite_bnn._unwritten_tensors import unwritten_state_remedies
+        >>> prior = bnn.NormalPrior(0.0, 0.5).to_empty(device="cpu")
+        >>> remedies = unwritten_state_remedies(prior)
+        >>> list(remedies), remedies["loc"].split(" (")[0]
+        (['loc', 'scale'], 'call reset_parameters() first')
+    """
+    remedies = {}
     for prefix, part in _named_parts(module):
         if isinstance(part, RefusesUnwrittenTensors):
-            keys += [prefix + name for name in part.unwritten_tensors()]
-    return keys
+            names = part.unwritten_tensors()
+            if names:
+                remedy = part.unwritten_remedy()
+                remedies.update({prefix + name: remedy for name in names})
+    return remedies
 
 
 def _named_parts(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:

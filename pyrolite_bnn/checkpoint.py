@@ -36,11 +36,14 @@ with the model first and loads nothing on a mismatch. Parameters (of the
 model and of the loss) must be finite on both sides: a diverged model is not
 written over the previous checkpoint, and a file holding NaN or infinite
 parameters loads nothing; the prior buffers' constraints are checked on
-loading too. Nothing that loading refuses is written: a save also refuses
-NaN in buffers, prior hyperparameters outside their constraints, and tensors
-that hold no values (nothing wrote them after ``to_empty``: ``state_dict()``
-passes their memory on as it is, see
-:mod:`pyrolite_bnn._unwritten_tensors`).
+loading too. A save refuses what loading refuses (those parameters, prior
+hyperparameters outside their constraints, nested tensors, which
+``load_state_dict`` cannot copy into) and tensors that hold no values
+(nothing wrote them after ``to_empty``: ``state_dict()`` passes their memory
+on as it is, see :mod:`pyrolite_bnn._unwritten_tensors`), nothing else:
+buffers may hold NaN or infinities (a "not computed yet" sentinel, an
+attention mask), and are saved and loaded as they are, sparse ones too. A
+sparse parameter's stored values are checked as a dense one's.
 """
 
 from __future__ import annotations
@@ -58,9 +61,10 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from pyrolite_bnn._distributed import averaged_model, unwrap
+from pyrolite_bnn._input_layouts import stored_values
 from pyrolite_bnn._network import collect_variables
 from pyrolite_bnn._state import clone_state
-from pyrolite_bnn._unwritten_tensors import unwritten_state_keys
+from pyrolite_bnn._unwritten_tensors import unwritten_state_remedies
 from pyrolite_bnn._validation import check_count, check_optimizer_holds
 from pyrolite_bnn.distributions.priors import Prior
 
@@ -179,53 +183,48 @@ def _compare_labels(
     return [f"weight sites with a different {what}: {_listed(different)}"]
 
 
-def _non_finite_tensors(
+def _non_finite_parameters(
     module: nn.Module,
     state: Mapping[str, Any],
     owner: str,
-    *,
-    buffers: bool = False,
     passed_over: Collection[str] = (),
 ) -> list[str]:
-    """The tensors of ``module`` whose values in ``state`` are not all finite.
+    """The parameters of ``module`` whose values in ``state`` are not all finite.
 
     Each as ``"model '0.weight' holds 1 NaN and 0 inf of 16 values"``.
-    Parameters (posterior and guide parameters, a likelihood's learned noise
-    scale, plain weights) and, with ``buffers``, the buffers. A buffer may
-    hold infinities by design (an additive attention mask), and so may a
-    frozen parameter (``requires_grad=False``, which no training moves: a
-    causal mask kept as a parameter): only their NaN count. The prior
-    buffers have constraints of their own, checked when they are loaded.
-    Tensors without values (the meta device) are passed over, as are the
-    keys in ``passed_over``.
+    Parameters only (posterior and guide parameters, a likelihood's learned
+    noise scale, plain weights): a buffer may hold NaN or infinities by
+    design (a "not computed yet" sentinel, an additive attention mask), and
+    the prior buffers have constraints of their own, checked when they are
+    loaded. A frozen parameter (``requires_grad=False``, which no training
+    moves) may hold infinities by design too (a causal mask kept as a
+    parameter): only its NaN count. A sparse parameter's stored values are
+    read (the others are zeros). Tensors without values (the meta device),
+    nested tensors (whose values torch cannot compare) and the keys in
+    ``passed_over`` are passed over.
     """
-    tensors: list[tuple[str, Tensor, bool]] = [
-        (key, parameter, parameter.requires_grad)
-        for key, parameter in module.named_parameters(remove_duplicate=False)
-    ]
-    if buffers:
-        tensors += [
-            (key, buffer, False)
-            for key, buffer in module.named_buffers(remove_duplicate=False)
-        ]
     found = []
-    for key, _, trained in tensors:
+    for key, parameter in module.named_parameters(remove_duplicate=False):
         value = state.get(key)
         if (
             key in passed_over
             or not isinstance(value, Tensor)
             or value.is_meta
+            or value.is_nested
             or not (value.is_floating_point() or value.is_complex())
         ):
             continue
-        finite = torch.isfinite(value) if trained else ~value.isnan()
+        values = stored_values(value)
+        not_a_number = values.isnan()
+        finite = torch.isfinite(values) if parameter.requires_grad else ~not_a_number
         if bool(finite.all()):
             continue
-        nan = int(value.isnan().sum())
+        nan = int(not_a_number.sum())
         infinite = int((~finite).sum()) - nan
+        stored = "" if value.layout == torch.strided else " stored"
         found.append(
             f"{owner} {key!r} holds {nan} NaN and {infinite} inf of "
-            f"{value.numel()} values"
+            f"{values.numel()}{stored} values"
         )
     return found
 
@@ -256,27 +255,34 @@ def _invalid_priors(
 def _unsaveable(module: nn.Module, state: Mapping[str, Any], owner: str) -> list[str]:
     """Why ``state``, saved from ``module``, must not replace a checkpoint.
 
-    One sentence per kind of problem: tensors without values (nothing wrote
-    them after ``to_empty``), NaN or infinite values (a diverged run), prior
-    hyperparameters outside their constraints; empty if none.
+    What loading it would refuse, one sentence per kind of problem: tensors
+    without values (nothing wrote them after ``to_empty``), each with what
+    writes it; parameters with NaN or infinite values (a diverged run); prior
+    hyperparameters outside their constraints; nested tensors. Empty if none.
     """
-    unwritten = [key for key in unwritten_state_keys(module) if key in state]
-    non_finite = _non_finite_tensors(
-        module, state, owner, buffers=True, passed_over=unwritten
-    )
-    invalid = _invalid_priors(module, owner, unwritten)
+    remedies = {
+        key: remedy
+        for key, remedy in unwritten_state_remedies(module).items()
+        if key in state
+    }
+    non_finite = _non_finite_parameters(module, state, owner, passed_over=remedies)
+    invalid = _invalid_priors(module, owner, remedies)
+    nested = [
+        repr(key)
+        for key, value in state.items()
+        if isinstance(value, Tensor) and value.is_nested
+    ]
     sentences = []
-    if unwritten:
+    if remedies:
         sentences.append(
             f"{owner} tensors hold no values: "
-            + _listed([repr(key) for key in unwritten])
+            + _listed([repr(key) for key in remedies])
             + ". Nothing wrote them after to_empty (or they were loaded from a "
-            "state saved so): call reset_parameters() on the modules holding "
-            "them, or load a state_dict holding their values, before saving."
+            f"state saved so): {_remedies_by_tensor(remedies)}, before saving."
         )
     if non_finite:
         sentences.append(
-            "tensors hold NaN or infinite values: "
+            "parameters hold NaN or infinite values: "
             + _listed(non_finite, "; ")
             + ". Training diverged (or the values were set by hand): restore the "
             "last finite state (bnn.fit's NaN guard does) before saving."
@@ -286,7 +292,31 @@ def _unsaveable(module: nn.Module, state: Mapping[str, Any], owner: str) -> list
             "prior hyperparameters break their constraints, and load_checkpoint "
             "would refuse the file: " + _listed(invalid, "; ") + "."
         )
+    if nested:
+        sentences.append(
+            f"{owner} holds nested tensors, which load_state_dict cannot copy "
+            "into, so the file would not load: "
+            + _listed(nested)
+            + ". Store them padded (torch.nested.to_padded_tensor(x, 0.0), with "
+            "the lengths beside them), or register them with persistent=False "
+            "to keep them out of the state."
+        )
     return sentences
+
+
+def _remedies_by_tensor(remedies: Mapping[str, str]) -> str:
+    """What writes the tensors in ``remedies`` (``{key: remedy}``), said once each.
+
+    One remedy alone, as it is; several, each after the keys it writes.
+    """
+    keys_by_remedy: dict[str, list[str]] = {}
+    for key, remedy in remedies.items():
+        keys_by_remedy.setdefault(remedy, []).append(repr(key))
+    if len(keys_by_remedy) == 1:
+        return next(iter(keys_by_remedy))
+    return "; ".join(
+        f"for {_listed(keys)}, {remedy}" for remedy, keys in keys_by_remedy.items()
+    )
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -428,10 +458,13 @@ def save_checkpoint(
             the model's trainable parameters (another network's), or the
             model or ``loss_fn`` holds what :func:`load_checkpoint` would
             refuse, or no values: a parameter with NaN or infinite values
-            (a diverged run), a buffer with NaN, a prior hyperparameter
-            outside its constraint, a tensor nothing wrote after
-            ``to_empty`` (or loaded from a state saved so). The file at
-            ``path`` is left as it was, and the message names the tensors.
+            (a diverged run; a frozen parameter's NaN only), a prior
+            hyperparameter outside its constraint, a nested tensor, a
+            tensor nothing wrote after ``to_empty`` (or loaded from a state
+            saved so; the message says what writes it). Other buffers may
+            hold NaN (a sentinel) and infinities (a mask): they are saved
+            as they are, as loading takes them. The file at ``path`` is
+            left as it was, and the message names the tensors.
         OSError: if ``path`` cannot be written (see
             :func:`check_checkpoint_path`).
 
@@ -840,9 +873,9 @@ def load_checkpoint(
             f"checkpoint {os.fspath(path)!r} does not match; nothing was loaded:\n  "
             + "\n  ".join(problems)
         )
-    non_finite = _non_finite_tensors(model, payload["model"], "model")
+    non_finite = _non_finite_parameters(model, payload["model"], "model")
     if loss_fn is not None:
-        non_finite += _non_finite_tensors(loss_fn, payload["loss_fn"], "loss_fn")
+        non_finite += _non_finite_parameters(loss_fn, payload["loss_fn"], "loss_fn")
     if non_finite:
         raise ValueError(
             f"checkpoint {os.fspath(path)!r} holds NaN or infinite parameter "

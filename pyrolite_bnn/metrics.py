@@ -55,7 +55,11 @@ from collections.abc import Sequence
 
 import torch
 
-from pyrolite_bnn._label_values import labels_outside, outside_labels_note
+from pyrolite_bnn._label_values import (
+    keep_mask_hint,
+    labels_outside,
+    outside_labels_note,
+)
 from pyrolite_bnn._validation import check_bool
 from pyrolite_bnn.distributions._precision import full_precision, summary_dtype
 
@@ -150,16 +154,10 @@ def _check_classification(
     y_lo, y_hi = int(y.min().item()), int(y.max().item())
     if y_lo < 0 or y_hi >= c:
         outside = labels_outside(y, c)
-        kept = (
-            f"labels != {outside[0]}"
-            if len(outside) == 1
-            else f"(labels >= 0) & (labels < {c})"
-        )
         raise ValueError(
             f"labels must lie in [0, {c - 1}] for {c} classes, "
-            f"got values in [{y_lo}, {y_hi}] ({outside_labels_note(outside)}); "
-            f"leave positions without a label (padding, void pixels) out: keep = "
-            f"{kept}, then pass probs[keep] and labels[keep]"
+            f"got values in [{y_lo}, {y_hi}] ({outside_labels_note(outside)})"
+            + keep_mask_hint(outside, c, y_lo)
         )
     return p, y.long()
 

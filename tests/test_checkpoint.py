@@ -556,14 +556,35 @@ def test_save_refuses_a_likelihood_without_values(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_save_names_the_remedy_each_tensor_without_values_has(tmp_path: Path) -> None:
+    """A calibrated likelihood's temperature (a buffer of a module without
+    reset_parameters) was refused with "call reset_parameters() on the modules
+    holding them", which writes nothing into it (probe falsepos24b): each
+    tensor is named with what writes it, the module's own remedy."""
+    path = tmp_path / "run.pt"
+    calibrated = bnn.TemperatureScaling().wrap(bnn.Categorical())
+    loss_fn = bnn.KullbackLeiblerLoss(calibrated, dataset_size=N).to_empty(device="cpu")
+    with pytest.raises(
+        ValueError,
+        match=r"loss_fn tensors hold no values: 'predictive\.temperature'\. "
+        r"Nothing wrote them after to_empty .*: wrap the likelihood again",
+    ) as refused:
+        save_checkpoint(path, _net(), loss_fn=loss_fn)
+    assert "reset_parameters" not in str(refused.value)
+    network = nn.ModuleDict(
+        {"net": _net(), "calibration": bnn.TemperatureScaling()}
+    ).to_empty(device="cpu")
+    with pytest.raises(ValueError, match=r"for 'calibration\.temperature', fit it"):
+        save_checkpoint(path, network)
+    assert not path.exists()
+
+
 @pytest.mark.parametrize("value", [float("nan"), -1.0])
-def test_save_refuses_what_loading_refuses_in_buffers(
+def test_save_refuses_prior_hyperparameters_outside_their_constraints(
     tmp_path: Path, value: float
 ) -> None:
     """A prior scale written NaN or negative in place (no parameter) was saved,
-    and load_checkpoint refused the file; a plain buffer holding NaN (running
-    statistics of a diverged BatchNorm) too. Infinities in a buffer are kept:
-    masks hold them by design."""
+    and load_checkpoint refused the file."""
     path = tmp_path / "run.pt"
     network = _net()
     with torch.no_grad():
@@ -572,18 +593,123 @@ def test_save_refuses_what_loading_refuses_in_buffers(
         save_checkpoint(path, network)
     assert "'2.prior.weight'" in str(refusal.value)
     assert not path.exists()
-    normed = nn.Sequential(_net(), nn.BatchNorm1d(1))
+
+
+def test_buffers_holding_nan_or_infinities_save_as_they_load(tmp_path: Path) -> None:
+    """Save refused NaN in any buffer ("Training diverged"), which loading
+    accepts: a NaN sentinel ("not computed yet") saved into a file could be
+    loaded, and the model just loaded could not be saved again (probe
+    falsepos24b). Save refuses what loading refuses: buffers are saved and
+    loaded with their NaN and infinities (a mask) as they are."""
+    path = tmp_path / "run.pt"
+    network = nn.Sequential(_net(), nn.BatchNorm1d(1))
+    network.register_buffer("median", torch.tensor([float("nan"), 1.0]))
+    network.register_buffer("mask", torch.tensor([0.0, float("-inf")]))
     with torch.no_grad():
-        normed[1].running_var.fill_(float("nan"))
+        network[1].running_var.fill_(float("nan"))
+    save_checkpoint(path, network)
+    fresh = nn.Sequential(_net(), nn.BatchNorm1d(1))
+    fresh.register_buffer("median", torch.zeros(2))
+    fresh.register_buffer("mask", torch.zeros(2))
+    load_checkpoint(path, fresh)
+    for key, value in network.state_dict().items():
+        torch.testing.assert_close(
+            fresh.state_dict()[key], value, rtol=0, atol=0, equal_nan=True
+        )
+    save_checkpoint(path, fresh)  # the model just loaded saves again
+
+
+class _WithExtra(nn.Module):
+    """A network with a tensor of another layout beside it (a graph network's
+    sparse adjacency, a fixed sparse projection)."""
+
+    def __init__(self, tensor: Tensor, kind: str) -> None:
+        super().__init__()
+        self.body = bnn.VILinear(3, 1)
+        if kind == "buffer":
+            self.register_buffer("extra", tensor)
+        else:
+            self.extra = nn.Parameter(tensor, requires_grad=kind == "parameter")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+# torch's notes when a sparse compressed or a strided nested tensor is built.
+TENSOR_KIND_NOTES = pytest.mark.filterwarnings(
+    "ignore:Sparse .* tensor support is in beta",
+    "ignore:The PyTorch API of nested tensors",
+)
+
+_SPARSE = {
+    "coo": Tensor.to_sparse_coo,
+    "csr": Tensor.to_sparse_csr,
+    "csc": Tensor.to_sparse_csc,
+    "bsr": lambda dense: dense.to_sparse_bsr((2, 2)),
+}
+
+
+@TENSOR_KIND_NOTES
+@pytest.mark.parametrize("kind", ["buffer", "frozen parameter", "parameter"])
+@pytest.mark.parametrize("layout", list(_SPARSE))
+def test_sparse_tensors_save_and_load(tmp_path: Path, layout: str, kind: str) -> None:
+    """A sparse buffer crashed save_checkpoint and fit(checkpoint_path=...)
+    (``aten::bitwise_not`` on SparseCPU, "unsupported tensor layout: SparseCsr"),
+    and a frozen sparse parameter did before (``aten::ne.Scalar``; probe
+    falsepos24b). They save and load; a parameter's stored values are checked
+    for NaN on both sides, as a dense one's."""
+    path = tmp_path / "run.pt"
+    dense = torch.zeros(4, 4)
+    dense[0, 0], dense[1, 2], dense[3, 1] = 2.0, 3.0, -1.0
+    model = _WithExtra(_SPARSE[layout](dense), kind)
+    save_checkpoint(path, model)
+    # torch copies into a sparse compressed tensor of the same pattern only
+    fresh = _WithExtra(_SPARSE[layout](dense * 5.0), kind)
+    load_checkpoint(path, fresh)
+    torch.testing.assert_close(fresh.extra.to_dense(), dense, rtol=0, atol=0)
+    with_nan = dense.clone()
+    with_nan[0, 0] = float("nan")
+    broken = _WithExtra(_SPARSE[layout](with_nan), kind)
+    if kind == "buffer":  # a buffer's NaN is its own business
+        save_checkpoint(path, broken)
+        return
+    stored = r"model 'extra' holds 1 NaN and 0 inf of \d+ stored values"
+    with pytest.raises(ValueError, match=r"nothing was written.*" + stored):
+        save_checkpoint(path, broken)
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["extra"] = broken.extra.detach()
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"nothing was loaded: " + stored):
+        load_checkpoint(path, fresh)
+
+
+def test_fit_checkpoints_a_network_with_a_sparse_buffer(tmp_path: Path) -> None:
+    """The probe's graph network: its sparse adjacency as a buffer made
+    fit(checkpoint_path=...) fail after its first epoch."""
+    path = tmp_path / "run.pt"
+    model = _WithExtra(torch.eye(4).to_sparse(), "buffer")
+    x = torch.randn(8, 3)
+    bnn.fit(model, _loss(), [(x, x[:, :1])], 1, progress=False, checkpoint_path=path)
+    info = load_checkpoint(path, _WithExtra(torch.eye(4).to_sparse(), "buffer"))
+    assert info["epoch"] == 0
+
+
+@TENSOR_KIND_NOTES
+def test_save_refuses_a_nested_tensor_that_would_not_load(tmp_path: Path) -> None:
+    """A nested buffer failed inside torch ("NestedTensorImpl doesn't support
+    sizes", "aten::bitwise_not ... NestedTensorCPU"), and load_state_dict
+    cannot copy into one, so no file holding it loads: refused, with the
+    ways to keep it."""
+    path = tmp_path / "run.pt"
+    nested = torch.nested.nested_tensor([torch.randn(2), torch.randn(3)])
     with pytest.raises(
-        ValueError, match=r"model '1\.running_var' holds 1 NaN and 0 inf of 1"
+        ValueError,
+        match=r"nothing was written.*model holds nested tensors, which "
+        r"load_state_dict cannot copy into.*'extra'\. Store them padded "
+        r"\(torch\.nested\.to_padded_tensor",
     ):
-        save_checkpoint(path, normed)
+        save_checkpoint(path, _WithExtra(nested, "buffer"))
     assert not path.exists()
-    masked = nn.Sequential(_net())
-    masked.register_buffer("mask", torch.tensor([0.0, float("-inf")]))
-    save_checkpoint(path, masked)
-    assert path.exists()
 
 
 # ------------------------------------------------------------- atomic writes

@@ -82,3 +82,58 @@ def test_metrics_with_several_values_outside_keep_the_class_range() -> None:
     probs, labels = torch.full((3, C), 1 / C), torch.tensor([-1, 0, 255])
     with pytest.raises(ValueError, match=r"keep = \(labels >= 0\) & \(labels < 4\)"):
         metrics.nll(probs, labels)
+
+
+def _one_based(n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities right on every row, and the same classes coded ``1..C``."""
+    classes = torch.arange(n) % C
+    probs = torch.full((n, C), 0.1 / (C - 1))
+    probs[torch.arange(n), classes] = 0.9
+    return probs, classes + 1
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        metrics.nll,
+        metrics.accuracy,
+        metrics.brier_score,
+        metrics.expected_calibration_error,
+        metrics.calibration_curve,
+    ],
+)
+def test_metrics_offer_labels_minus_one_for_labels_coded_from_one(
+    metric: object,
+) -> None:
+    """Labels coded 1..C were told "keep = labels != C": following it dropped
+    a real class and scored the rest against the wrong columns (accuracy 0.0
+    on three quarters of the rows; probe falsepos24b). Both readings are
+    offered; for classes, labels - 1."""
+    probs, labels = _one_based()
+    with pytest.raises(ValueError, match=r"got values in \[1, 4\]") as refused:
+        metric(probs, labels)  # type: ignore[operator]
+    message = str(refused.value)
+    assert "If 4 marks positions without a label" in message
+    assert "if the labels are classes coded from 1 (1 to 4), pass labels - 1" in message
+    torch.testing.assert_close(
+        metrics.accuracy(probs, labels - 1), torch.tensor(1.0), rtol=0, atol=0
+    )
+
+
+def test_categorical_offers_labels_minus_one_for_labels_coded_from_one() -> None:
+    logits = torch.randn(2, 3, C)
+    with pytest.raises(ValueError, match=r"ignore_index=4\); if the labels") as err:
+        bnn.Categorical().log_likelihood(logits, torch.tensor([1, 4, 2]))
+    assert "coded from 1 (1 to 4), pass labels - 1" in str(err.value)
+    assert "which has 4" in str(err.value)
+
+
+def test_labels_holding_zero_and_c_are_not_read_as_coded_from_one() -> None:
+    """0 and C both present: labels - 1 would put 0 outside; the remedy for
+    classes stays one column (logit) per class."""
+    probs, labels = torch.full((3, C), 1 / C), torch.tensor([0, 2, 4])
+    with pytest.raises(ValueError, match=r"one column each in probs, which has 4$"):
+        metrics.nll(probs, labels)
+    with pytest.raises(ValueError, match=r"output, which has 4$") as refused:
+        bnn.Categorical().log_likelihood(torch.randn(2, 3, C), labels)
+    assert "labels - 1" not in str(refused.value)

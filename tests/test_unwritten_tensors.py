@@ -63,6 +63,26 @@ def test_holds_no_values_reads_every_bit_set_in_floating_tensors_only() -> None:
     assert not holds_no_values([float("nan")])
 
 
+@pytest.mark.filterwarnings(
+    "ignore:Sparse .* tensor support is in beta",
+    "ignore:The PyTorch API of nested tensors",
+)
+def test_holds_no_values_answers_for_sparse_and_nested_tensors() -> None:
+    """Their bits cannot be viewed as integers ("Cannot access storage of
+    SparseTensorImpl", probe falsepos24b): they hold values (to_empty's memory
+    is dense; the elements a sparse tensor does not store are zeros), even
+    where every stored value has every bit set."""
+    marker = torch.full((2, 2), -1, dtype=torch.int32).view(torch.float32)
+    for tensor in (
+        marker.to_sparse(),
+        marker.to_sparse_csr(),
+        marker.to_sparse_bsr((1, 1)),
+        torch.nested.nested_tensor([marker[0], marker[1, :1]]),
+        torch.nested.nested_tensor([marker[0], marker[1, :1]], layout=torch.jagged),
+    ):
+        assert not holds_no_values(tensor), tensor.layout
+
+
 @pytest.mark.parametrize("assign", [False, True])
 @pytest.mark.parametrize(
     "key", ["0.posterior.weight.rho_unconstrained", "2.prior.weight.scale"]

@@ -92,14 +92,23 @@ def batch_last_hint(output: Tensor, target: Tensor) -> str:
     )
 
 
-def pair_first_hint(output: Tensor, size: int, what: str) -> str:
+def pair_first_hint(
+    output: Tensor, size: int, what: str, target: Tensor | None = None
+) -> str:
     """Name torch's channel dimension 1 when it holds a likelihood's parameters.
 
+    Where ``output``'s last dimension has ``size`` entries too (an image
+    ``size`` pixels wide), the output passes the likelihood's check and only
+    the targets tell: given ``target``, the hint is given where the targets
+    fit the channels-first reading, ``(B, H, W)`` for ``(S, B, size, H, W)``.
+
     Args:
-        output: the network's output, refused for its last dimension.
+        output: the network's output, refused for its last dimension (or for
+            the targets' shape).
         size: how many parameters the likelihood reads from the last dimension.
         what: those parameters, for the message, capitalised as it starts a
             sentence (``"The (mean, raw scale) pair"``).
+        target: the targets ``output`` was refused for, if it was.
 
     Example:
         >>> import torch
@@ -108,8 +117,16 @@ def pair_first_hint(output: Tensor, size: int, what: str) -> str:
         ". The pair seems to be dimension 2 here, torch's channels-first layout"
         >>> pair_first_hint(torch.zeros(3, 2, 8, 8), 2, "The pair")
         ''
+        >>> out, images = torch.zeros(3, 4, 2, 8, 2), torch.zeros(4, 8, 2)
+        >>> pair_first_hint(out, 2, "The pair", images).split(", torch")[0]
+        '. The pair seems to be dimension 2 here'
     """
     if output.dim() < 4 or output.shape[2] != size:
+        return ""
+    if target is not None and tuple(target.shape) != (
+        output.shape[1],
+        *output.shape[3:],
+    ):
         return ""
     return (
         f". {what} seems to be dimension 2 here, torch's channels-first layout. "

@@ -744,7 +744,7 @@ class Categorical(_ClassificationLikelihood):
                 f"Categorical: labels must be in [0, {classes}){ignored}, got "
                 f"range [{int(low)}, {int(high)}] ({outside_labels_note(outside)})"
                 + (
-                    ignore_index_hint(outside, classes)
+                    ignore_index_hint(outside, classes, int(low))
                     if self.ignore_index is None
                     else ""
                 )
@@ -1424,7 +1424,10 @@ class HeteroscedasticNormal(PredictiveDistribution):
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Match targets ``(B, ...)`` (or ``(B, 1)`` for a scalar) with the mean.
 
-        Other shapes are refused, validation on or off.
+        Other shapes are refused, validation on or off; where the targets fit
+        an output with the pair in dimension 2 (channels-first ``(S, B, 2, H,
+        W)`` with ``W == 2``, which the output check cannot tell), with the
+        ``movedim`` that moves it last.
         """
         self.check_batch_size(output, target)
         mean_shape = tuple(output.shape[2:-1])
@@ -1436,6 +1439,7 @@ class HeteroscedasticNormal(PredictiveDistribution):
             f"HeteroscedasticNormal: targets {_shape(target)} do not match output "
             f"{_shape(output)}; expected targets of shape "
             f"{(output.shape[1], *mean_shape)}"
+            + pair_first_hint(output, 2, "The (mean, raw scale) pair", target)
         )
 
     def check_target(self, output: Tensor, target: Tensor) -> None:

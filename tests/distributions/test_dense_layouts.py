@@ -79,6 +79,25 @@ def test_heteroscedastic_pair_in_dimension_2_names_movedim() -> None:
     assert moved.shape == (S, 2)
 
 
+def test_heteroscedastic_pair_first_on_images_two_wide_names_movedim() -> None:
+    """``(S, B, 2, H, 2)``: the last dimension has two entries, so the output
+    passes the output check, and the targets' shape error named no remedy
+    (probe falsepos24b). Where the targets fit the channels-first reading,
+    the movedim is named; where they do not, the plain message stays."""
+    likelihood = bnn.HeteroscedasticNormal()
+    channels_first = torch.randn(S, 4, 2, H, 2)
+    target = torch.randn(4, H, 2)
+    with pytest.raises(
+        ValueError, match=r"expected targets of shape \(4, 2, 8\)\. The \(mean, raw"
+    ) as refused:
+        likelihood.log_likelihood(channels_first, target)
+    assert "out.movedim(2, -1), not out.movedim(1, -1)" in str(refused.value)
+    moved = likelihood.log_likelihood(channels_first.movedim(2, -1), target)
+    assert moved.shape == (S, 4)
+    with pytest.raises(ValueError, match=r"expected targets of shape \(4, 2, 8\)$"):
+        likelihood.log_likelihood(channels_first, torch.randn(4, 3, 2))
+
+
 def test_heteroscedastic_output_of_another_kind_keeps_the_plain_message() -> None:
     """Three values in the last dimension and none in dimension 2: no hint."""
     with pytest.raises(ValueError, match=r"got \(3, 2, 8, 3\)$"):
