@@ -540,7 +540,7 @@ def run_sites(
 ) -> Any:
     """Run ``root`` inside an open particle plate, weights from Pyro sample sites."""
     table = SiteTable(collect_variables(root))
-    with linked_parameters():
+    with linked_parameters(root):
         report_plain_parameters(root)
         with _particles.particles(state), sampling_sites(table):
             result = invoke(root, args, kwargs)

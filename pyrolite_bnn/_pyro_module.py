@@ -23,7 +23,7 @@ import os
 import threading
 import types
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -54,6 +54,7 @@ __all__ = [
     "ParamsInModule",
     "StoreKeepingContext",
     "constrained_tensor_names",
+    "drop_self_links",
     "held_settings",
     "is_positive_constraint",
     "is_scale_constraint",
@@ -230,7 +231,7 @@ class LocalPyroModule(PyroModule):
             object.__setattr__(self, "_pyro_context", StoreKeepingContext())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with local_params(), linked_parameters():
+        with local_params(), linked_parameters(self):
             return super().__call__(*args, **kwargs)
 
     def adopt_pyro_name(self, name: str) -> None:
@@ -316,6 +317,7 @@ class LocalPyroModule(PyroModule):
         if _CONVERTING.get():  # checked at the outermost module: its tree
             return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         check_conversion(self, fn)
+        drop_self_links(self.parameters())  # the whole tree, plain modules too
         # In a context of its own: a Ctrl-C that stops the restore of
         # _CONVERTING leaves later conversions checked all the same.
         return in_own_context(self._apply_checked, fn, recurse)
@@ -324,6 +326,76 @@ class LocalPyroModule(PyroModule):
         """Torch's ``_apply`` of a conversion checked for the whole tree."""
         with set_while(_CONVERTING, True):
             return super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Torch's, the parameters it may swap freed of Pyro's links first.
+
+        Those of this module and of the plain modules below it (an assigned
+        autoguide's), which torch loads next; library modules below free
+        their own (:func:`drop_self_links`).
+        """
+        drop_self_links(_parameters_up_to_library_modules(self))
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
+
+
+def _parameters_up_to_library_modules(module: nn.Module) -> Iterator[Tensor]:
+    """``module``'s own parameters and those of its descendants, down to library ones.
+
+    A :class:`LocalPyroModule` below ``module`` is not entered.
+    """
+    yield from module.parameters(recurse=False)
+    for child in module.children():
+        if not isinstance(child, LocalPyroModule):
+            yield from _parameters_up_to_library_modules(child)
+
+
+def drop_self_links(tensors: Iterable[Tensor]) -> None:
+    """Remove the ``.unconstrained`` link to itself Pyro leaves on a parameter.
+
+    Reading a ``PyroParam`` whose constraint is ``real`` (a posterior's
+    ``loc``, an ``AutoNormal``'s ``locs``) returns the parameter itself, and
+    Pyro sets ``value.unconstrained = weakref.ref(value)`` on it: a weak
+    reference to itself that lives as long as the parameter.
+    ``torch.utils.swap_tensors`` refuses a tensor that has one ("Cannot swap
+    t1 because it has weakref associated with it"), and every conversion
+    swaps under ``torch.__future__.set_swap_module_params_on_conversion(True)``
+    (``.to()``, ``.double()``, ``to_empty``, ``load_state_dict``): each failed.
+    The link serves the ``param`` statement that set it (``SVI`` follows it
+    right after the model and guide ran), and the next read sets it again, so
+    conversions drop it first, with the swap flag or without (the same
+    parameters either way). Links to other tensors are left alone.
+
+    Example:
+        >>> from pyro.nn import PyroModule, PyroParam
+        >>> module = PyroModule()
+        >>> module.loc = PyroParam(torch.zeros(2))
+        >>> module.loc is module.loc_unconstrained  # the read links it to itself
+        True
+        >>> drop_self_links(module.parameters())
+        >>> hasattr(module.loc_unconstrained, "unconstrained")
+        False
+    """
+    for tensor in tensors:
+        link = vars(tensor).get("unconstrained")
+        if isinstance(link, weakref.ref) and link() is tensor:
+            delattr(tensor, "unconstrained")
 
 
 def _share_context(module: PyroModule, name: str, context: _Context) -> None:
@@ -348,16 +420,17 @@ _LINKING: ContextVar[bool] = ContextVar("pyrolite_linking", default=False)
 
 
 @contextmanager
-def linked_parameters() -> Iterator[None]:
+def linked_parameters(root: nn.Module) -> Iterator[None]:
     """Under Pyro, run the body inside the handlers Pyro's optimisers need.
 
-    Those are :class:`ParameterNames` and :class:`UnconstrainedLinks`. Nested
-    uses (every library module of a network) share the outermost ones.
+    Those are :class:`ParameterNames` (for ``root``, the module whose call
+    the body is) and :class:`UnconstrainedLinks`. Nested uses (every library
+    module of a network) share the outermost ones.
     """
     if _LINKING.get() or not pyro_wrapped():
         yield
         return
-    with set_while(_LINKING, True), ParameterNames(), UnconstrainedLinks():
+    with set_while(_LINKING, True), ParameterNames(root), UnconstrainedLinks():
         yield
 
 
@@ -426,9 +499,24 @@ class ParameterNames(Messenger):
     the store knows no library parameter, so every name would be ``None``. On
     exit this handler names each parameter reported in its body after its
     ``param`` site (the module path, the name Pyro's global mode would give
-    it), without keeping the parameter alive and without renaming one the
-    store already names (``pyro.module("net", net)``).
+    it), without renaming one the store already names (``pyro.module("net",
+    net)``).
+
+    The store's table is keyed by the parameters themselves, as Pyro keys its
+    own; the names this handler adds leave it when ``root`` is collected
+    (:func:`_name_while_alive`), so they keep no network alive. (Weak keys,
+    as before, made ``torch.utils.swap_tensors`` refuse every parameter that
+    had been trained with ``SVI``: ``.to()`` under
+    ``torch.__future__.set_swap_module_params_on_conversion(True)``.)
+
+    Args:
+        root: the module whose call the body is (its parameters, those of its
+            guide and of the modules it runs).
     """
+
+    def __init__(self, root: nn.Module) -> None:
+        super().__init__()
+        self._root = root
 
     def __enter__(self) -> ParameterNames:
         self._reported: list[tuple[Tensor, str]] = []
@@ -442,19 +530,14 @@ class ParameterNames(Messenger):
     ) -> None:
         super().__exit__(exc_type, exc_value, traceback)
         store = pyro.get_param_store()
-        unnamed = [
-            (parameter, name)
+        unnamed = {
+            parameter: name
             for parameter, name in self._reported
             if store.param_name(parameter) is None
-        ]
+        }
         self._reported = []
-        if not unnamed:
-            return
-        names = cast("dict[object, str]", store._param_to_name)
-        for key in [k for k in names if isinstance(k, _WeakKey) and not k.alive()]:
-            del names[key]  # parameters of networks gone since
-        for parameter, name in unnamed:
-            names[_WeakKey(parameter)] = name
+        if unnamed:
+            _name_while_alive(self._root, unnamed)
 
     def _pyro_post_param(self, msg: Message[..., Any]) -> None:
         link = getattr(msg["value"], "unconstrained", None)
@@ -463,28 +546,39 @@ class ParameterNames(Messenger):
             self._reported.append((parameter, msg["name"]))
 
 
-class _WeakKey:
-    """A key of Pyro's name table that finds a tensor without keeping it alive.
+# The names ParameterNames gave in Pyro's store, per root module: strong
+# references to the parameters, dropped with the module.
+_NAMED: weakref.WeakKeyDictionary[nn.Module, dict[Tensor, str]] = (
+    weakref.WeakKeyDictionary()
+)
 
-    Hashes as the tensor (``Tensor.__hash__`` is its ``id``) and equals only
-    that tensor while it lives, so ``table.get(tensor)`` finds the entry.
+
+def _name_while_alive(root: nn.Module, names: dict[Tensor, str]) -> None:
+    """Name the parameters in Pyro's store until ``root`` is collected.
+
+    One finalizer per root (its first names): it takes the names out of the
+    store, and with them the store's references to the parameters.
     """
+    table = pyro.get_param_store()._param_to_name
+    table.update(names)
+    given = _NAMED.get(root)
+    if given is None:
+        given = _NAMED[root] = {}
+        weakref.finalize(root, _unname, given).atexit = False
+    given.update(names)
 
-    __slots__ = ("_hash", "_ref")
 
-    def __init__(self, tensor: Tensor) -> None:
-        self._ref = weakref.ref(tensor)
-        self._hash = hash(tensor)
+def _unname(given: dict[Tensor, str]) -> None:
+    """Take the names in ``given`` out of Pyro's store (their root is gone).
 
-    def alive(self) -> bool:
-        return self._ref() is not None
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        target = other._ref() if isinstance(other, _WeakKey) else other
-        return target is not None and target is self._ref()
+    A name the store holds for another reason now (the store cleared, the
+    parameter named again) stays.
+    """
+    table = pyro.get_param_store()._param_to_name
+    for parameter, name in given.items():
+        if table.get(parameter) == name:
+            del table[parameter]
+    given.clear()
 
 
 class ParamStoreModule(nn.Module):

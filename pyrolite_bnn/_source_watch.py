@@ -7,7 +7,9 @@ before converting, or parameter groups taken from it, then steps parameters
 that the converted network does not use: a hand-written loop trains nothing
 (or the head only) and the loss's watch of unchanged parameters spoke after 20
 steps, of a guide. ``convert`` remembers the parameters of the model it
-copied (weakly: an optimizer holding them keeps them alive). Over the
+copied (:class:`~pyrolite_bnn._owned_tensors.OwnedTensors`: held while the
+model holds them, then as long as an optimizer keeps them, and no weak
+reference makes a conversion of the model that swaps its tensors fail). Over the
 network's first loss calls, the loss looks at the optimizers that step after
 its first call: if one holds parameters of the torch model while some of the
 network's trainable parameters are in none of them, it warns, once per
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import weakref
 
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 
 from pyrolite_bnn._change_watch import (
@@ -30,6 +32,7 @@ from pyrolite_bnn._change_watch import (
     step_counts,
     stepped_optimizers,
 )
+from pyrolite_bnn._owned_tensors import OwnedTensors
 from pyrolite_bnn._warnings import warn_at_caller
 
 __all__ = [
@@ -41,21 +44,21 @@ __all__ = [
 ]
 
 # The parameters of the torch model each converted network was copied from.
-_SOURCES: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref[Tensor], ...]]
+_SOURCES: weakref.WeakKeyDictionary[nn.Module, OwnedTensors[int]]
 _SOURCES = weakref.WeakKeyDictionary()
 # Networks whose source-stepping optimizer was reported before any loss call.
 _REPORTED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def remember_source(network: nn.Module, source: nn.Module) -> None:
-    """Note that ``network`` is a converted copy of ``source`` (held weakly).
+    """Note that ``network`` is a converted copy of ``source`` (see the module).
 
     Example:
         >>> from torch import nn
         >>> plain = nn.Linear(2, 1)
         >>> remember_source(nn.Linear(2, 1), plain)
     """
-    _SOURCES[network] = tuple(weakref.ref(p) for p in source.parameters())
+    _SOURCES[network] = OwnedTensors(source, dict(enumerate(source.parameters())))
 
 
 def converted(network: nn.Module) -> bool:
@@ -99,8 +102,7 @@ def steps_convert_source(network: nn.Module, optimizer: Optimizer) -> bool:
     sources = _SOURCES.get(network)
     if sources is None:
         return False
-    alive = (reference() for reference in sources)
-    if not holds_any(optimizer, {id(p) for p in alive if p is not None}):
+    if not holds_any(optimizer, {id(p) for p in sources.alive().values()}):
         return False
     _REPORTED.add(network)
     return True
@@ -179,8 +181,7 @@ class SourceOptimizerWatch:
         if not missing:  # the network's own optimizers step all of it
             self.settled.add(network)
             return
-        alive = (reference() for reference in sources)
-        source_ids = {id(p) for p in alive if p is not None}
+        source_ids = {id(p) for p in sources.alive().values()}
         stale = [opt for opt in stepping if holds_any(opt, source_ids)]
         if not stale:
             return

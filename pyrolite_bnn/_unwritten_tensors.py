@@ -26,7 +26,6 @@ network's unwritten tensors, for those that must not pass them on, and
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -86,14 +85,21 @@ class _EmptiedMemory:
     (``meta``, a subclass such as a ``DTensor``) is not refused.
 
     Attributes:
-        tensor: the tensor object recorded (the module's own, as ``to_empty``
-            left it): another object in its place was put there by someone
-            else (``torch.func.functional_call`` for one call).
+        tensor_id: the ``id`` of the tensor object recorded (the module's own,
+            as ``to_empty`` left it): another object in its place was put
+            there by someone else (``torch.func.functional_call`` for one
+            call). An identity, not a reference, weak or strong: a weak
+            reference makes ``torch.utils.swap_tensors`` refuse the tensor
+            (``Module.to()`` swaps every tensor under
+            ``torch.__future__.set_swap_module_params_on_conversion(True)``),
+            and a strong one would keep a replaced tensor's memory alive. A
+            new object that took a freed one's identity is told by its memory
+            (:meth:`written`).
         origin: why it holds no values (``to_empty``, or a load of a state
             saved without them), for the refusal's message.
     """
 
-    tensor: weakref.ref[Tensor]
+    tensor_id: int
     address: int
     version: int
     device: torch.device
@@ -108,9 +114,7 @@ class _EmptiedMemory:
         if plain.element_size() not in _BITS:
             return None  # no integer view (complex128): held as the meta case
         _bits(plain).fill_(_UNWRITTEN)
-        return cls(
-            weakref.ref(tensor), plain.data_ptr(), plain._version, plain.device, origin
-        )
+        return cls(id(tensor), plain.data_ptr(), plain._version, plain.device, origin)
 
     def written(self, tensor: Tensor, *, by_version: bool = True) -> bool:
         """Whether ``tensor`` (the recorded object) was written since.
@@ -279,8 +283,12 @@ class RefusesUnwrittenTensors(nn.Module):
 
     A tensor swapped in for one call (``torch.func.functional_call``) is
     read, and writes nothing into the module's own tensor: the record stays.
-    Not checked under ``torch.compile``, nor for memory that cannot be read
-    (``torch.func`` wrappers) or tensors not plain (``meta``, subclasses).
+    The record holds no reference to the tensors (their identities only), so
+    conversions that swap tensors in place
+    (``torch.__future__.set_swap_module_params_on_conversion(True)``) convert
+    them as any others. Not checked under ``torch.compile``, nor for memory
+    that cannot be read (``torch.func`` wrappers) or tensors not plain
+    (``meta``, subclasses).
     """
 
     # After to_empty: own tensor name -> its memory as to_empty gave it, for
@@ -317,8 +325,8 @@ class RefusesUnwrittenTensors(nn.Module):
                 self._note_written(name)
             elif state == "unwritten":
                 memory = record[name]
-                tensor = memory.tensor()
-                assert tensor is not None  # alive: it holds no values
+                tensor = self._recorded_tensor(name, memory)
+                assert tensor is not None  # held here: it holds no values
                 shape = tuple(tensor.shape)
                 raise ValueError(
                     f"{type(self).__name__} tensor {name!r} of shape {shape} holds "
@@ -375,24 +383,36 @@ class RefusesUnwrittenTensors(nn.Module):
             return self._parameters[name]
         return self._buffers.get(name)
 
+    def _recorded_tensor(self, name: str, memory: _EmptiedMemory) -> Tensor | None:
+        """The tensor recorded as ``name``, where this module holds it now.
+
+        In its place, or moved within the module (``torch.nn.utils.parametrize``
+        keeps it as ``parametrizations.<name>.original``, ``prune`` as
+        ``<name>_orig``); ``None``: not held here (deleted, or another tensor
+        is in its place).
+        """
+        current = self._own_tensor(name)
+        if current is not None:
+            return current if id(current) == memory.tensor_id else None
+        return next(_with_identity(self, memory.tensor_id), None)
+
     def _memory_state(self, name: str) -> _MemoryState | None:
         """What the tensor ``name``, recorded at ``to_empty``, holds now.
 
-        ``"written"``: values were written to it since (or it was replaced,
-        and freed); ``"unwritten"``: none; ``"elsewhere"``: another tensor is
-        in its place (``torch.func.functional_call`` swaps one in for a call,
-        which writes nothing into this one); ``None``: not recorded, or its
-        memory cannot be read (``torch.func`` wrappers).
+        ``"written"``: values were written to it since (or it is no longer
+        held here: deleted); ``"unwritten"``: none; ``"elsewhere"``: another
+        tensor is in its place (``torch.func.functional_call`` swaps one in for
+        a call, which writes nothing into this one; or an assignment replaced
+        it); ``None``: not recorded, or its memory cannot be read
+        (``torch.func`` wrappers).
         """
         memory = (self._unwritten or {}).get(name)
         if memory is None:
             return None
-        recorded = memory.tensor()
-        if recorded is None:
-            return "written"
         current = self._own_tensor(name)  # None: moved (parametrize, prune)
-        if current is not None and current is not recorded:
-            return "elsewhere"
+        recorded = self._recorded_tensor(name, memory)
+        if recorded is None:
+            return "written" if current is None else "elsewhere"
         try:
             written = memory.written(recorded, by_version=current is not None)
             return "written" if written else "unwritten"
@@ -562,3 +582,10 @@ class RefusesUnwrittenTensors(nn.Module):
             names = dict.fromkeys(names, "emptied")
         if isinstance(names, dict):
             self._note_emptied(names)
+
+
+def _with_identity(module: nn.Module, tensor_id: int) -> Iterator[Tensor]:
+    """``module``'s tensors (its submodules' too) whose ``id`` is ``tensor_id``."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if id(tensor) == tensor_id:
+            yield tensor

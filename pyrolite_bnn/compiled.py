@@ -26,11 +26,11 @@ compiler failure, makes the loss fall back to the eager path with one warning.
 
 from __future__ import annotations
 
-import weakref
+import gc
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,7 @@ import pyrolite_bnn
 from pyrolite_bnn._capture import capturing
 from pyrolite_bnn._module_hooks import forward_hook_ids, global_hook_ids
 from pyrolite_bnn._module_state import buffers_restored
+from pyrolite_bnn._owned_tensors import OwnedTensors
 from pyrolite_bnn._particles import check_samples
 from pyrolite_bnn._pyro_module import public_settings, structure_stamp
 from pyrolite_bnn._validation import (
@@ -72,7 +73,6 @@ COMPILE_MODES: tuple[CompileMode, ...] = get_args(CompileMode)
 # and signatures remembered as seen once (not compiled yet).
 _MAX_GRAPHS = 8
 _MAX_SEEN = 64
-_Name = TypeVar("_Name", str, int)
 
 
 class CompileFallbackWarning(RuntimeWarning):
@@ -223,6 +223,11 @@ class LossGraphs:
             distribution_checks_off(),
         ):
             traced = make_fx(loss_terms)(tensors, args, target)
+        # The tracer, in reference cycles of its own, keeps weak references to
+        # every tensor it saw (its tensor tracker) until the collector runs;
+        # torch.utils.swap_tensors refuses such a tensor, so a conversion of
+        # the network under torch's swap flag failed until then.
+        gc.collect()
         # The graph's function, not the module: a compiled module would run the
         # library's global module hooks (see _plain_roots) on every call.
         compiled = torch.compile(traced.forward, mode=self.mode, dynamic=False)
@@ -234,36 +239,40 @@ class _CapturedRecord(ForwardRecord):
 
     A graph's run leaves no record; the guide, the network and their
     parameters that a record names are fixed by the graph's key, so the
-    captured pass's answers hold for every run of its graph. The network and
-    the parameters are held weakly: a kept graph does not keep a network that
-    is gone alive (its checks then find nothing).
+    captured pass's answers hold for every run of its graph. The network is
+    held weakly and the parameters no longer than it
+    (:class:`~pyrolite_bnn._owned_tensors.OwnedTensors`, no weak references
+    to them, which would make a conversion that swaps them fail): a kept
+    graph does not keep a network that is gone alive.
     """
 
     def __init__(self, record: ForwardRecord) -> None:
         super().__init__(record.samples, record.network)
         self.sequence_batch = record.sequence_batch
-        self._guide = _weak_values(record.guide_parameters())
-        self._positive = _weak_values(record.positive_parameters())
-        self._priors = _weak_values(record.prior_parameters())
-        self._network = _weak_values(dict(enumerate(record.network_parameters())))
+        owner = record.network
+        self._guide = OwnedTensors(owner, record.guide_parameters())
+        self._positive = OwnedTensors(owner, record.positive_parameters())
+        self._priors = OwnedTensors(owner, record.prior_parameters())
+        network = dict(enumerate(record.network_parameters()))
+        self._network = OwnedTensors(owner, network)
         self._identity = record.guide_identity()
         self._training = record.training()
 
     def guide_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.guide_parameters`."""
-        return _alive(self._guide)
+        return self._guide.alive()
 
     def positive_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.positive_parameters`."""
-        return _alive(self._positive)
+        return self._positive.alive()
 
     def prior_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.prior_parameters`."""
-        return _alive(self._priors)
+        return self._priors.alive()
 
     def network_parameters(self) -> list[Tensor]:
         """See :meth:`ForwardRecord.network_parameters`."""
-        return list(_alive(self._network).values())
+        return list(self._network.alive().values())
 
     def guide_identity(self) -> Hashable:
         """See :meth:`ForwardRecord.guide_identity`."""
@@ -272,15 +281,6 @@ class _CapturedRecord(ForwardRecord):
     def training(self) -> bool:
         """See :meth:`ForwardRecord.training`."""
         return self._training
-
-
-def _weak_values(tensors: dict[_Name, Tensor]) -> dict[_Name, weakref.ref[Tensor]]:
-    return {name: weakref.ref(tensor) for name, tensor in tensors.items()}
-
-
-def _alive(references: dict[_Name, weakref.ref[Tensor]]) -> dict[_Name, Tensor]:
-    found = {name: reference() for name, reference in references.items()}
-    return {name: tensor for name, tensor in found.items() if tensor is not None}
 
 
 def _check(loss_fn: pyrolite_bnn.loss.KullbackLeiblerLoss, graph: _Graph) -> None:

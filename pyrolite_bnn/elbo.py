@@ -239,7 +239,7 @@ def _report_parameters(model: PyroModel) -> None:
             for name, param in model.loss_fn.predictive.named_parameters()
         ),
     ]
-    with linked_parameters():  # Pyro's optimisers can name them
+    with linked_parameters(model.network):  # Pyro's optimisers can name them
         for name, param in named:
             site = name.removesuffix(_UNCONSTRAINED)
             alias = linked_value(param, param)

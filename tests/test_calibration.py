@@ -929,4 +929,30 @@ def test_a_calibration_after_to_empty_is_written_by_a_fit_or_a_reset(kind: str) 
     calibration = calibration.to_empty(device="cpu")
     calibration.reset_parameters()
     torch.testing.assert_close(calibration.state_dict(), built, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["temperature", "variance"])
+def test_a_calibration_loads_after_to_empty_under_torchs_swap_flag(
+    kind: str, swap_conversions: bool
+) -> None:
+    """Under torch's ``set_swap_module_params_on_conversion(True)``
+    ``load_state_dict`` swaps buffers too, and the record of the memory
+    ``to_empty`` gave held a weak reference to each: a calibration emptied
+    could not be loaded (probe falsepos23a). Refused until loaded, it loads,
+    converts and holds the source's value."""
+    calibration: bnn.TemperatureScaling | bnn.VarianceScaling
+    if kind == "temperature":
+        calibration, likelihood = bnn.TemperatureScaling(2.0), bnn.Categorical()
+    else:
+        calibration, likelihood = bnn.VarianceScaling(3.0), bnn.Normal(scale=0.5)
+    state = calibration.state_dict()
+    (name,) = state
+    calibration.to_empty(device="cpu")
+    with pytest.raises(ValueError, match=rf"'{name}' of shape \(\) holds no values"):
+        calibration.wrap(likelihood)
+    calibration.load_state_dict(state)
+    calibration.double()
+    torch.testing.assert_close(
+        calibration.state_dict()[name], state[name].double(), rtol=0, atol=0
+    )
     calibration.wrap(likelihood)

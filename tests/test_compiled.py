@@ -13,6 +13,7 @@ import copy
 import gc
 import pickle
 import warnings
+import weakref
 from collections.abc import Callable, Hashable, Iterator
 
 import numpy as np
@@ -675,3 +676,29 @@ def test_graphs_of_networks_that_are_gone_are_dropped() -> None:
         assert _graph_count(loss_fn) == 1  # the one of the network alive now
         del net
         gc.collect()
+
+
+def test_a_network_whose_loss_was_compiled_converts_and_is_not_kept(
+    swap_conversions: bool,
+) -> None:
+    """A kept graph's checks held the network's parameters by weak references:
+    under torch's swap flag (``set_swap_module_params_on_conversion``) a
+    conversion of the network failed as long as its loss kept the graph
+    (probe falsepos23a). It converts (``.float()`` swaps every parameter, as
+    ``.cuda()`` would), the graph still equals the eager loss, and neither the
+    network nor its parameters outlive it."""
+    torch.manual_seed(0)
+    net = _mlp("reparam")
+    compiled = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, compile=True)
+    eager = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    for _ in range(2):  # eager first call, then capture
+        compiled.model_loss(net, x, y)
+    assert _graph_count(compiled) == 1
+    net.float()
+    _compared(compiled, eager, net, x, y, seed=1)
+    assert _graph_count(compiled) == 1
+    gone = [weakref.ref(net), *(weakref.ref(p) for p in net.parameters())]
+    del net
+    gc.collect()
+    assert [reference() for reference in gone] == [None] * len(gone)

@@ -216,6 +216,66 @@ def test_pyro_optimiser_names_do_not_keep_networks_alive() -> None:
     assert gone() is None
 
 
+def test_svi_trains_on_after_a_conversion_of_the_network(
+    swap_conversions: bool,
+) -> None:
+    """Under torch's swap flag (``set_swap_module_params_on_conversion``)
+    every conversion of a network trained with ``SVI`` failed ("Couldn't swap
+    ... loc_unconstrained"): the names of its parameters in Pyro's store were
+    weak keys, and reading a real-valued Pyro parameter leaves a weak link to
+    itself on it (probe falsepos23a). A conversion (here ``.float()``, which
+    swaps every parameter as ``.cuda()`` would) keeps the parameter objects
+    and their names, and training goes on exactly as without it."""
+    x, y = _problem()
+
+    def train(convert: bool) -> list[torch.Tensor]:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        # A plain layer's parameters are named in Pyro's store only.
+        net = bnn.VISequential(nn.Linear(3, 4), nn.Tanh(), bnn.VILinear(4, 1))
+        svi = SVI(
+            _loss().pyro_model(net),
+            net.guide,
+            pyro.optim.Adam({"lr": 0.05}),
+            Trace_ELBO(),
+        )
+        svi.step(x, y, samples=2)
+        store = pyro.get_param_store()
+        parameters = list(net.parameters())
+        names = [store.param_name(p) for p in parameters]
+        assert None not in names
+        if convert:
+            net.float()
+        assert [id(p) for p in net.parameters()] == [id(p) for p in parameters]
+        assert [store.param_name(p) for p in parameters] == names
+        svi.step(x, y, samples=2)
+        return [p.detach().clone() for p in parameters]
+
+    for got, want in zip(train(True), train(False), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_network_with_an_autoguide_loads_and_converts(swap_conversions: bool) -> None:
+    """An ``AutoNormal``'s means are real-valued Pyro parameters too (a weak
+    link to itself on each once read): loading a state into a network with an
+    assigned autoguide failed under torch's swap flag, and so did a
+    conversion. Both now give the source's outputs."""
+    x, _ = _problem()
+    networks = []
+    for _ in range(2):
+        net = _net()
+        net.guide = AutoNormal(net.prior_model, init_loc_fn=net.init_loc_fn)
+        net(x, samples=2)
+        networks.append(net)
+    source, net = networks
+    net.load_state_dict(source.state_dict())
+    net.float()
+    pyro.set_rng_seed(1)
+    got = net(x, samples=2)
+    pyro.set_rng_seed(1)
+    torch.testing.assert_close(got, source(x, samples=2), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("local", [True, False], ids=["local-params", "global-params"])
 def test_network_inside_a_pyro_module_parent_runs_again_and_trains(local: bool) -> None:
     """A ``PyroModule`` holding a network next to its own ``PyroParam`` (Pyro's

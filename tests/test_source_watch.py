@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 import pytest
@@ -124,3 +125,24 @@ def test_fit_with_an_incomplete_optimizer_of_the_network_names_no_convert() -> N
     with pytest.warns(UserWarning, match="A layer replaced") as caught:
         bnn.fit(net, loss_fn, data, epochs=1, optimizer=optimizer, progress=False)
     assert not any("bnn.convert copied" in str(w.message) for w in caught)
+
+
+def test_the_torch_model_converts_after_convert_and_is_still_watched(
+    swap_conversions: bool,
+) -> None:
+    """``convert`` kept weak references to the torch model's parameters: under
+    torch's swap flag (``set_swap_module_params_on_conversion``) a conversion
+    of that model afterwards failed ("Couldn't swap Linear.weight"; probe
+    falsepos23a). It converts (the converted network too), and an optimizer
+    made for it is still named once the model itself is gone (the habit
+    ``model = bnn.convert(model)``)."""
+    pretrained = _Pretrained()
+    net = bnn.convert(pretrained, moped=0.1)
+    pretrained.float()  # swaps every parameter under the flag, as .cuda() would
+    net.float()
+    optimizer = torch.optim.Adam(pretrained.parameters(), lr=1e-2)
+    del pretrained
+    gc.collect()
+    messages = _messages(net, optimizer, 3)
+    assert len(messages) == 1
+    assert messages[0][1].startswith("Adam steps parameters of the torch model")

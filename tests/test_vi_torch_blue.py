@@ -3573,3 +3573,130 @@ def test_a_distribution_without_a_role_is_a_type_and_not_implemented_error() -> 
     for expected in (TypeError, NotImplementedError, vi.utils.NoRoleError):
         with pytest.raises(expected, match="not flagged to be functional"):
             NoRole()
+
+
+# Every vi layer with its options, and an input: built under device contexts
+# and converted under torch's swap flag.
+_VI_LAYERS: dict[
+    str, tuple[Callable[[], nn.Module], Callable[[], tuple[Tensor, ...]]]
+] = {
+    "VILinear": (lambda: vi.VILinear(3, 2), lambda: (torch.randn(4, 3),)),
+    "VILinear rescaled, prior init": (
+        lambda: vi.VILinear(3, 2, rescale_prior=True, prior_initialization=True),
+        lambda: (torch.randn(4, 3),),
+    ),
+    "VILinear quiet prior, Student-t": (
+        lambda: vi.VILinear(3, 2, MeanFieldStudentT(), BasicQuietPrior()),
+        lambda: (torch.randn(4, 3),),
+    ),
+    "VILinear uniform prior": (
+        lambda: vi.VILinear(3, 2, prior=UniformPrior()),
+        lambda: (torch.randn(4, 3),),
+    ),
+    "VIConv2d": (lambda: vi.VIConv2d(2, 3, 3), lambda: (torch.randn(2, 2, 6, 6),)),
+    "VIMultiheadAttention": (
+        lambda: vi.VIMultiheadAttention(8, 2),
+        lambda: (torch.randn(5, 2, 8),) * 3,
+    ),
+    "VITransformer": (
+        lambda: vi.VITransformer(
+            d_model=8,
+            nhead=2,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            dim_feedforward=16,
+        ),
+        lambda: (torch.randn(5, 2, 8),) * 2,
+    ),
+    "VISequential, VIResidualConnection": (
+        lambda: vi.VISequential(
+            vi.VILinear(3, 4), nn.ReLU(), vi.VIResidualConnection(vi.VILinear(4, 4))
+        ),
+        lambda: (torch.randn(4, 3),),
+    ),
+}
+
+
+def _vi_outputs(layer: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
+    torch.manual_seed(5)
+    out = layer(*inputs, samples=2)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("case", list(_VI_LAYERS))
+def test_every_vi_layer_built_on_meta_is_materialised_and_loaded(
+    case: str, swap_conversions: bool
+) -> None:
+    """``with torch.device("meta"): vi.VILinear(3, 8)`` raised ``Tensor.item()
+    cannot be called on meta tensors``: the default ``MeanFieldNormal()``,
+    made inside the context, held its numbers on the meta device, and the
+    layer read its initial scale from them (probe falsepos23a). A
+    distribution's numbers are on the CPU under any context. Built on meta,
+    every vi layer materialises (``to_empty``), loads a CPU build's state and
+    gives its outputs, with torch's swap flag on or off, and converts
+    (``.double()``) after."""
+    make, inputs = _VI_LAYERS[case]
+    source = make()
+    with torch.device("meta"):
+        layer = make()
+    layer.to_empty(device="cpu")
+    layer.load_state_dict(source.state_dict())
+    args = inputs()
+    torch.testing.assert_close(
+        _vi_outputs(layer, args), _vi_outputs(source, args), rtol=0, atol=0
+    )
+    layer.double()
+    doubled = tuple(t.double() for t in args)
+    assert _vi_outputs(layer, doubled).dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"prior_initialization": True}, {"rescale_prior": True}],
+    ids=["default", "prior_initialization", "rescale_prior"],
+)
+def test_a_vi_layer_built_on_meta_initialises_as_built_on_the_cpu(
+    options: dict[str, bool],
+) -> None:
+    """Its prior, made from the meta device's numbers, had no values to
+    return to: a reset after ``to_empty`` was refused ("built on the meta
+    device, so their values are unknown"). torch_blue's initialisation
+    (``reset_parameters()``, then ``reset_variational_parameters()``, as the
+    constructor runs them) now gives what a CPU build holds."""
+    torch.manual_seed(0)
+    source = vi.VILinear(3, 2, **options)
+    with torch.device("meta"):
+        layer = vi.VILinear(3, 2, **options)
+    layer.to_empty(device="cpu")
+    torch.manual_seed(0)
+    layer.reset_parameters()
+    layer.reset_variational_parameters()
+    got, want = layer.state_dict(), source.state_dict()
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_distributions_numbers_stay_on_the_cpu_under_a_device_context() -> None:
+    """They are a description, not a module's tensors: under
+    ``torch.device("meta")`` they kept no values, and a loss with the
+    Normal predictive (its initial noise scale) could not be built there."""
+    with torch.device("meta"):
+        distributions = {
+            "MeanFieldNormal": MeanFieldNormal(0.5, 2.0),
+            "BasicQuietPrior": BasicQuietPrior(mean_mean=0.5),
+            "MeanFieldStudentT": MeanFieldStudentT(degrees_of_freedom=5.0),
+        }
+        loss_fn = vi.KullbackLeiblerLoss(MeanFieldNormal(0.0, 0.3), dataset_size=8)
+    for name, distribution in distributions.items():
+        tensors = [v for v in vars(distribution).values() if isinstance(v, Tensor)]
+        assert tensors, name
+        assert all(t.device == torch.device("cpu") for t in tensors), name
+    assert distributions["MeanFieldNormal"].std.item() == pytest.approx(2.0)
+    assert all(t.is_meta for t in loss_fn.parameters())
+    loss_fn.to_empty(device="cpu")
+    loss_fn.load_state_dict(
+        vi.KullbackLeiblerLoss(MeanFieldNormal(0.0, 0.3)).state_dict()
+    )
+    noise = loss_fn.predictive.noise_scale()
+    torch.testing.assert_close(noise, torch.tensor(0.3), rtol=1e-6, atol=0)

@@ -1514,8 +1514,16 @@ class DistributionPrior(Prior):
         }
 
     def elementwise(self) -> TorchDistributionMixin:
-        """Rebuild the wrapped distribution from the buffers."""
-        kwargs = {name: getattr(self, name) for name in self._names}
+        """Rebuild the wrapped distribution from the buffers.
+
+        Buffers on the meta device (a prior built under ``torch.device("meta")``)
+        hold no values to validate: the distribution is built without (torch's
+        validation read them, ``Tensor.item() cannot be called on meta
+        tensors``); a load checks the values it brings.
+        """
+        kwargs: dict[str, Any] = {name: getattr(self, name) for name in self._names}
+        if any(value.is_meta for value in kwargs.values()):
+            kwargs["validate_args"] = False
         built = self._cls(**kwargs)
         if not isinstance(built, TorchDistributionMixin):
             raise TypeError(

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from swap_flag import swap_flag
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.distributions.mixture_quantiles import (
@@ -871,3 +872,38 @@ def test_a_likelihood_tensor_never_written_after_to_empty_is_refused(
             call()
     likelihood.load_state_dict(source.state_dict())
     torch.testing.assert_close(likelihood.noise_scale(), source.noise_scale())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: bnn.Normal(), lambda: bnn.StudentT(3.0), lambda: bnn.Normal(scale=0.5)],
+    ids=["learned Normal", "learned StudentT", "fixed Normal"],
+)
+def test_a_likelihood_converts_and_loads_under_torchs_swap_flag(
+    make: Any, swap_conversions: bool
+) -> None:
+    """Under torch's ``set_swap_module_params_on_conversion(True)`` a loss
+    whose likelihood learns its noise scale failed to convert once the scale
+    was read (Pyro's weak link on a real-valued parameter), and a likelihood
+    failed to load after ``to_empty`` (the record of its memory, a weak
+    reference; probe falsepos23a). With the flag on or off the conversion
+    keeps the parameter objects and the noise scale, and after ``to_empty``
+    the scale is refused until a load brings it."""
+    loss_fn = bnn.KullbackLeiblerLoss(make(), dataset_size=8)
+    net, x, y = bnn.VILinear(3, 1), torch.randn(4, 3), torch.randn(4, 1)
+    loss_fn(net(x), y).backward()
+    reference = bnn.KullbackLeiblerLoss(make(), dataset_size=8)
+    with swap_flag(False):
+        reference.load_state_dict(loss_fn.state_dict())
+        expected = reference.double().predictive.noise_scale()
+    parameters = list(loss_fn.parameters())
+    loss_fn.double()
+    assert [id(p) for p in loss_fn.parameters()] == [id(p) for p in parameters]
+    likelihood = loss_fn.predictive
+    torch.testing.assert_close(likelihood.noise_scale(), expected, rtol=0, atol=0)
+    state = loss_fn.state_dict()
+    loss_fn.to_empty(device="cpu")
+    with pytest.raises(ValueError, match=r"of shape \(\) holds no values"):
+        likelihood.noise_scale()
+    loss_fn.load_state_dict(state)
+    torch.testing.assert_close(likelihood.noise_scale(), expected, rtol=0, atol=0)

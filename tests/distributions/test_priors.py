@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from swap_flag import swap_flag
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
@@ -1589,3 +1590,69 @@ def test_a_prior_tensor_never_written_after_to_empty_is_refused_where_used(
             loss = loss_fn(layer(x), y)
             torch.manual_seed(0)
             torch.testing.assert_close(loss, loss_fn(source(x), y), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", [*sorted(PRIOR_CASES), "learned", "vi adapted"])
+def test_every_prior_converts_and_loads_under_torchs_swap_flag(
+    case: str, swap_conversions: bool
+) -> None:
+    """Under torch's ``set_swap_module_params_on_conversion(True)`` every
+    conversion of a layer failed, and a load after ``to_empty`` too: Pyro's
+    weak link on a real-valued parameter, and the record of ``to_empty``'s
+    memory, a weak reference to each tensor, a prior's buffers and a learned
+    prior's scale among them (probe falsepos23a). With the flag on or off a
+    trained layer's ``.double()`` keeps its parameter objects and gives the
+    flag-off values, and after ``to_empty`` a hyperparameter left out of a
+    load is refused until a load brings it."""
+    layer = _layer_with_prior(case)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10)
+    x, y = torch.randn(2, 4), torch.tensor([0, 2])
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    loss_fn(layer(x), y).backward()
+    optimizer.step()
+    state = layer.state_dict()
+    expected = _layer_with_prior(case)
+    with swap_flag(False):
+        expected.load_state_dict(state)
+        expected.double()
+    parameters = list(layer.parameters())
+    layer.double()
+    assert [id(p) for p in layer.parameters()] == [id(p) for p in parameters]
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(layer.state_dict()[key], value, rtol=0, atol=0)
+
+    layer.to_empty(device="cpu")
+    key = [k for k in state if k.startswith("prior.weight.")][-1]
+    layer.load_state_dict({k: v for k, v in state.items() if k != key}, strict=False)
+    # (No graph: torch refuses to swap a tensor one holds, the traceback's.)
+    with torch.no_grad(), pytest.raises(ValueError, match="holds no values"):
+        loss_fn(layer(x.double()), y)
+    layer.load_state_dict(state)
+    torch.manual_seed(0)
+    loss = loss_fn(layer(x.double()), y)
+    torch.manual_seed(0)
+    torch.testing.assert_close(loss, loss_fn(expected(x.double()), y), rtol=0, atol=0)
+
+
+def test_a_distribution_prior_built_on_meta_infers_shapes_and_loads() -> None:
+    """A ``DistributionPrior`` of a distribution built under
+    ``torch.device("meta")`` (``validate_args=False``: torch's own checks
+    read values) failed at construction: its check built the distribution,
+    whose validation read the buffers (``Tensor.item() cannot be called on
+    meta tensors``). It builds and infers shapes; after ``to_empty`` a reset
+    says its values are unknown, and a load makes it the source's."""
+    source = bnn.VILinear(3, 2, prior=torch.distributions.Laplace(0.0, 2.0))
+    with torch.device("meta"):
+        laplace = torch.distributions.Laplace(0.0, 2.0, validate_args=False)
+        layer = bnn.VILinear(3, 2, prior=laplace)
+        assert layer(torch.randn(4, 3), samples=2).shape == (2, 4, 2)
+    layer.to_empty(device="cpu")
+    with pytest.raises(ValueError, match=r"\['loc', 'scale'\] were built on the meta"):
+        layer.prior["weight"].reset_parameters()
+    layer.load_state_dict(source.state_dict())
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), dataset_size=10)
+    torch.manual_seed(0)
+    loss = loss_fn(layer(x), y)
+    torch.manual_seed(0)
+    torch.testing.assert_close(loss, loss_fn(source(x), y), rtol=0, atol=0)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import math
+import weakref
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pyro.infer import Trace_ELBO
+from pyro.nn import PyroParam
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -839,6 +842,32 @@ def test_a_tensor_swapped_in_by_functional_call_writes_nothing_into_the_posterio
     torch.manual_seed(0)
     plain = layer(x, samples=2)
     torch.testing.assert_close(plain, swapped, rtol=0, atol=0)
+
+
+def test_the_record_of_to_empty_holds_no_reference_to_the_tensors() -> None:
+    """It held a weak reference to each tensor, which made
+    ``torch.utils.swap_tensors`` refuse them: every conversion and load under
+    torch's ``set_swap_module_params_on_conversion(True)`` failed (probe
+    falsepos23a). It holds their identities: an own tensor can be swapped
+    (new memory: written), a tensor replaced by assignment is freed and its
+    replacement read; one neither stays refused."""
+    layer = bnn.VILinear(3, 2, bias=False)
+    layer.to_empty(device="cpu")
+    posterior = layer.posterior["weight"]
+    assert [weakref.getweakrefcount(t) for t in layer.parameters()] == [0, 0]
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="'loc_unconstrained' of shape"):
+        layer(x, samples=2)
+    loc = posterior.loc_unconstrained
+    torch.utils.swap_tensors(loc, nn.Parameter(torch.zeros(2, 3)))
+    assert posterior.loc_unconstrained is loc
+    with pytest.raises(ValueError, match="'rho_unconstrained' of shape"):
+        layer(x, samples=2)
+    replaced = weakref.ref(posterior.rho_unconstrained)
+    posterior.rho = PyroParam(torch.zeros(2, 3))
+    gc.collect()
+    assert replaced() is None
+    assert torch.isfinite(layer(x, samples=2)).all()
 
 
 def test_a_scale_moved_by_parametrize_after_to_empty_is_refused_until_loaded() -> None:

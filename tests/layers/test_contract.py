@@ -23,6 +23,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from swap_flag import swap_flag
 from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
@@ -597,6 +598,86 @@ def test_float64(entry: LayerEntry, case: LayerCase, how: str) -> None:
             expected = _first(_call(plain, case, x))
         assert expected.dtype == torch.float64
         torch.testing.assert_close(out[s], expected, rtol=1e-12, atol=1e-12)
+
+
+def _doubled_without_swapping(layer: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """``layer`` holding ``state``, made float64 with torch's swap flag off."""
+    with swap_flag(False):
+        layer.load_state_dict(state)
+        return layer.double()
+
+
+def _outputs(layer: nn.Module, case: LayerCase, x: Tensor) -> list[Tensor]:
+    pyro.set_rng_seed(5)
+    return _tensors(_call(layer, case, x, samples=3))
+
+
+@parametrize_cases
+def test_a_trained_layer_converts_keeping_its_parameters_and_values(
+    entry: LayerEntry, case: LayerCase, swap_conversions: bool
+) -> None:
+    """Under ``torch.__future__.set_swap_module_params_on_conversion(True)``
+    (torch's announced default) every conversion of a library layer failed
+    ("Couldn't swap MeanFieldNormalPosterior.rho_unconstrained": reading a
+    real-valued Pyro parameter leaves a weak reference to itself on it, and
+    ``swap_tensors`` refuses a tensor with one; probe falsepos23a). With the
+    flag on or off, ``.double()`` of a trained layer keeps its parameter
+    objects (the optimizer's state still applies, and it steps on) and gives
+    the values and outputs of the conversion with the flag off."""
+    layer = _make(entry, case, prior=bnn.NormalPrior(0.1, 0.7))
+    _widen(layer)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)
+    out = _first(_call(layer, case, case.make_input(), samples=2))
+    loss_fn(out, _target(out)).backward()
+    optimizer.step()
+    del out  # a live graph holds tensors torch then refuses to swap
+    expected = _doubled_without_swapping(_make(entry, case), layer.state_dict())
+    parameters = list(layer.parameters())
+    layer.double()
+    assert [id(p) for p in layer.parameters()] == [id(p) for p in parameters]
+    assert all("momentum_buffer" in optimizer.state[p] for p in parameters)
+    got, want = layer.state_dict(), expected.state_dict()
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    x = case.make_input(dtype=torch.float64)
+    for a, b in zip(_outputs(layer, case, x), _outputs(expected, case, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    optimizer.zero_grad()
+    out = _first(_call(layer, case, x, samples=2))
+    loss_fn.double()(out, _target(out)).backward()
+    optimizer.step()
+
+
+@parametrize_cases
+def test_a_layer_built_on_meta_is_materialised_loaded_and_converted(
+    entry: LayerEntry, case: LayerCase, swap_conversions: bool
+) -> None:
+    """``to_empty`` and ``load_state_dict`` swap too under the flag: a meta
+    build's materialisation failed the same way, and so did the record of the
+    memory ``to_empty`` gave (a weak reference to each tensor). With the flag
+    on or off a posterior mean left out of a load is refused where read, and
+    the full load, then ``.double()``, gives the source's outputs."""
+    source = _make(entry, case, prior=bnn.NormalPrior(0.1, 0.7))
+    _widen(source)
+    with torch.device("meta"):
+        layer = _make(entry, case, prior=bnn.NormalPrior(0.1, 0.7))
+    layer.to_empty(device="cpu")
+    state = source.state_dict()
+    left_out = next(key for key in state if key.endswith("loc_unconstrained"))
+    layer.load_state_dict(
+        {k: v for k, v in state.items() if k != left_out}, strict=False
+    )
+    x = case.make_input()
+    with pytest.raises(ValueError, match="holds no values: after to_empty"):
+        _call(layer, case, x, samples=2)
+    layer.load_state_dict(state)
+    layer.double()
+    expected = _doubled_without_swapping(_make(entry, case), state)
+    x = case.make_input(dtype=torch.float64)
+    for a, b in zip(_outputs(layer, case, x), _outputs(expected, case, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=_id)

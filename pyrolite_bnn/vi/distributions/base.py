@@ -47,6 +47,26 @@ __all__ = ["Distribution", "PredictiveDistribution", "Prior", "VariationalDistri
 _WEIGHT_LIKE = ("mean", "mode", "loc")
 
 
+def number_tensor(value: float, device: torch.device | str | None = None) -> Tensor:
+    """A distribution's number as a tensor, on ``device`` or else on the CPU.
+
+    A distribution object describes a prior, a variational distribution or a
+    likelihood; it is no module (its tensors do not follow ``.to()``), and the
+    layers and losses built from it make their own tensors from its numbers,
+    where they are built. On the CPU whatever ``torch.device`` context is
+    active: made under ``with torch.device("meta"):`` they held no values, and
+    a layer built there could not read its initial scale from them
+    (``Tensor.item() cannot be called on meta tensors``), nor its prior keep
+    them for ``reset_parameters`` after ``to_empty``.
+
+    Example:
+        >>> with torch.device("meta"):
+        ...     number_tensor(0.5)
+        tensor(0.5000)
+    """
+    return torch.tensor(value, device=torch.device("cpu") if device is None else device)
+
+
 def as_parameter_tuple(*parameters: Any) -> tuple[Any, ...]:
     """Parameters given as one tuple (torch_blue 1.1) or one by one (its dev branch)."""
     if len(parameters) == 1 and isinstance(parameters[0], (tuple, list)):

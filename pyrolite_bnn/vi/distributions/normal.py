@@ -31,6 +31,7 @@ from pyrolite_bnn.vi.distributions.base import (
     VariationalDistribution,
     as_parameter_tuple,
     assign_variational_parameters,
+    number_tensor,
 )
 from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
 
@@ -96,8 +97,8 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
 
     def __init__(self, mean: float = 0.0, std: float = 1.0, eps: float = 1e-10) -> None:
         std = check_positive(std, "MeanFieldNormal std")
-        self.mean = torch.tensor(check_finite_real(mean, "MeanFieldNormal mean"))
-        self.log_std = torch.tensor(std).log()
+        self.mean = number_tensor(check_finite_real(mean, "MeanFieldNormal mean"))
+        self.log_std = number_tensor(std).log()
         self.eps = check_non_negative(eps, "MeanFieldNormal eps")
 
     @property

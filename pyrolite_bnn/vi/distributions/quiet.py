@@ -13,6 +13,7 @@ from pyrolite_bnn._validation import check_finite_real, check_positive
 from pyrolite_bnn.vi.distributions.base import (
     Prior,
     as_parameter_tuple,
+    number_tensor,
     store_variational_tensors,
     variational_tensors,
 )
@@ -60,10 +61,10 @@ class BasicQuietPrior(Prior):
         ):
             check_positive(value, f"BasicQuietPrior {what}")
         self._std_ratio = std_ratio
-        self.mean_mean = torch.tensor(
+        self.mean_mean = number_tensor(
             check_finite_real(mean_mean, "BasicQuietPrior mean_mean")
         )
-        self.mean_std = torch.tensor(float(mean_std))
+        self.mean_std = number_tensor(float(mean_std))
         self.eps = eps
 
     def get_parameters(self) -> tuple[Tensor, Tensor]:

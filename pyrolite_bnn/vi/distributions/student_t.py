@@ -12,6 +12,7 @@ from pyrolite_bnn._validation import check_finite_real, check_positive
 from pyrolite_bnn.vi.distributions.base import (
     VariationalDistribution,
     as_parameter_tuple,
+    number_tensor,
 )
 from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
 
@@ -28,7 +29,9 @@ class MeanFieldStudentT(VariationalDistribution):
         mean: default mean.
         scale: default scale (before Kaiming scaling).
         degrees_of_freedom: fixed degrees of freedom.
-        device: device of ``degrees_of_freedom``.
+        device: device of ``degrees_of_freedom`` (the CPU by default, whatever
+            ``torch.device`` context is active: a number of the distribution,
+            see :func:`~pyrolite_bnn.vi.distributions.base.number_tensor`).
 
     Example:
         >>> from pyrolite_bnn import vi
@@ -53,7 +56,7 @@ class MeanFieldStudentT(VariationalDistribution):
         )
         self.mean = check_finite_real(mean, "MeanFieldStudentT mean")
         self.log_scale = math.log(scale)
-        self.degrees_of_freedom = torch.tensor(degrees_of_freedom, device=device)
+        self.degrees_of_freedom = number_tensor(degrees_of_freedom, device)
 
     @property
     def _default_variational_parameters(self) -> tuple[float, float]:
