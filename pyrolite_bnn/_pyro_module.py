@@ -557,14 +557,28 @@ def _name_while_alive(root: nn.Module, names: dict[Tensor, str]) -> None:
     """Name the parameters in Pyro's store until ``root`` is collected.
 
     One finalizer per root (its first names): it takes the names out of the
-    store, and with them the store's references to the parameters.
+    store, and with them the store's references to the parameters. A name
+    given anew (a layer replaced at the same path) is taken from the
+    parameter that had it, under any root, as Pyro's store holds one
+    parameter per name: the replaced layer's parameters are not kept alive
+    by their names.
     """
     table = pyro.get_param_store()._param_to_name
-    table.update(names)
     given = _NAMED.get(root)
     if given is None:
         given = _NAMED[root] = {}
         weakref.finalize(root, _unname, given).atexit = False
+    renamed = set(names.values())
+    for kept in list(_NAMED.values()):  # any root's: the model's, the guide's
+        replaced = {
+            parameter: name
+            for parameter, name in kept.items()
+            if name in renamed and parameter not in names
+        }
+        for parameter in replaced:
+            del kept[parameter]
+        _unname(replaced)
+    table.update(names)
     given.update(names)
 
 
