@@ -21,6 +21,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -182,21 +183,45 @@ def _remedy(optimizer: Optimizer, decay: float, optimizers: list[Optimizer]) -> 
     ``pyro.optim`` (Pyro's ``SVI``) keeps one torch optimizer per parameter,
     of the same name (``pyro.optim.Adam`` makes ``torch.optim.Adam``s), and
     takes per-parameter arguments instead of groups: optimizers of one
-    parameter each, stepped while a Pyro ELBO runs the loss, are its.
+    parameter each, stepped while a Pyro ELBO runs the loss, are its. Under a
+    ``pyro.optim`` learning-rate scheduler (``ExponentialLR({"optimizer":
+    torch.optim.AdamW, "optim_args": {...}, ...})``, which records the rate
+    it started from as ``initial_lr``) the arguments go in its
+    ``"optim_args"``, with that rate, not the one scheduled since.
     """
     name = type(optimizer).__name__
     if pyro_wrapped() and all(_holds_one_parameter(opt) for opt in optimizers):
-        lr = real_value(optimizer.param_groups[0].get("lr"))
+        group = optimizer.param_groups[0]
+        scheduled = "initial_lr" in group
+        lr = real_value(group.get("initial_lr" if scheduled else "lr"))
         rate = "" if lr is None else f", lr={lr:g}"
+        arguments = (
+            f"bnn.decay_optim_args(model, loss_fn, weight_decay={decay:g}{rate})"
+        )
+        if scheduled:
+            return (
+                f'the pyro.optim scheduler\'s arguments {{"optimizer": '
+                f'{_torch_name(optimizer)}, "optim_args": {arguments}, ...}} '
+                "(decay_optim_args in place of the dict of the optimizer's "
+                "arguments: add the others as keywords; the scheduler's own "
+                "as they are), which gives them no decay"
+            )
         return (
-            f"pyro.optim.{name}(bnn.decay_optim_args(model, loss_fn, "
-            f"weight_decay={decay:g}{rate})) in place of its dict of arguments "
+            f"pyro.optim.{name}({arguments}) in place of its dict of arguments "
             "(add the others as keywords), which gives them no decay"
         )
     return (
         f"{name}(bnn.decay_groups(model, loss_fn, weight_decay={decay:g}), "
         "...), whose second group holds them without decay"
     )
+
+
+def _torch_name(optimizer: Optimizer) -> str:
+    """The class of ``optimizer`` as code names it: ``torch.optim.AdamW``."""
+    kind = type(optimizer)
+    if getattr(torch.optim, kind.__name__, None) is kind:
+        return f"torch.optim.{kind.__name__}"
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _holds_one_parameter(optimizer: Optimizer) -> bool:

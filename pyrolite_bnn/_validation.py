@@ -285,7 +285,7 @@ def readable_all(condition: torch.Tensor) -> bool:
         return True
 
 
-def _all_finite(tensor: torch.Tensor) -> bool:
+def all_finite(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` holds no NaN or Inf (``True`` where values cannot be read).
 
     A finite sum proves it in one reduction (NaN and Inf propagate through
@@ -309,7 +309,7 @@ def check_finite(tensor: torch.Tensor, what: str, remedy: str | None = None) -> 
     if not (is_validation_enabled() and tensor.is_floating_point()):
         return
     values = stored_values(tensor)  # a sparse or nested tensor's
-    if not _all_finite(values):
+    if not all_finite(values):
         bad = int((~torch.isfinite(values)).sum())
         end = remedy if remedy is not None else f"Disable with {_switched_off_by()}."
         raise ValueError(

@@ -17,7 +17,7 @@ loss's warning about decayed scales
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any, cast
 
 import pyro
@@ -261,12 +261,14 @@ def decay_optim_args(
 class _DecayArguments:
     """:func:`decay_optim_args`' callable: ``optim_args`` with each parameter's decay.
 
-    A name not among the scales' names is looked up afresh: the scales are
-    found when Pyro first asks (its first step: a guide assigned after the
-    callable was made counts), and again whenever the modules hold other
-    parameters than at the last lookup (a guide assigned between two uses of
-    one ``pyro.optim`` optimizer); their names in Pyro's parameter store are
-    read again for every such name (parameters that Pyro meets later).
+    The names ``pyro.optim`` gives are classified together, scale or not: the
+    modules' scales found afresh and the store name of each of the modules'
+    parameters read, one pass over the parameters (the names of the global
+    store's own entries, another module's, are no scale's). A name not
+    classified yet (a parameter Pyro named since: its first step, a guide
+    assigned after the callable was made or after the optimizer's first
+    steps) classifies them again; a whole step's names cost one pass, not one
+    pass each.
     """
 
     def __init__(
@@ -275,44 +277,31 @@ class _DecayArguments:
         self.modules = modules
         self.decay = decay
         self.optim_args = optim_args
-        # The modules' parameters when the scales were last found (held, so
-        # that no new parameter can take the id of one of them), or None.
-        self.parameters: list[Tensor] | None = None
-        self.scales: list[Tensor] = []
-        self.names: set[str] = set()
+        # Whether each parameter name was a scale's when last classified.
+        self.is_scale: dict[str, bool] = {}
 
     def __call__(self, name: str) -> dict[str, Any]:
         """The arguments of the optimizer of the parameter ``name``."""
-        if name not in self.names:
-            self.names = _store_names(self._scales())
-        decay = 0.0 if name in self.names else self.decay
+        scale = self.is_scale.get(name)
+        if scale is None:
+            self.is_scale = self._classified_names()
+            scale = self.is_scale.get(name, False)
+        decay = 0.0 if scale else self.decay
         return {**self.optim_args, "weight_decay": decay}
 
-    def _scales(self) -> list[Tensor]:
-        """The modules' scales, found again if their parameters changed."""
-        parameters: list[Tensor] = [
-            p for module in self.modules for p in module.parameters()
-        ]
-        if self.parameters is None or not _same_tensors(parameters, self.parameters):
-            self.parameters = parameters
-            self.scales = [
-                p for module in self.modules for p in scale_parameters(module).values()
-            ]
-        return self.scales
-
-
-def _same_tensors(first: Sequence[Tensor], second: Sequence[Tensor]) -> bool:
-    """Whether two lists hold the same tensor objects, in the same order."""
-    return len(first) == len(second) and all(
-        a is b for a, b in zip(first, second, strict=True)
-    )
-
-
-def _store_names(parameters: Iterable[Tensor]) -> set[str]:
-    """The names Pyro's store gives ``parameters``, as ``pyro.optim`` reads them."""
-    store = pyro.get_param_store()
-    names = (store.param_name(parameter) for parameter in parameters)
-    return {normalize_param_name(name) for name in names if name is not None}
+    def _classified_names(self) -> dict[str, bool]:
+        """Each parameter's name, as ``pyro.optim`` gives it: a scale's?"""
+        store = pyro.get_param_store()
+        classified = dict.fromkeys(map(normalize_param_name, store), False)
+        scales = {
+            id(p) for module in self.modules for p in scale_parameters(module).values()
+        }
+        for module in self.modules:
+            for parameter in module.parameters():
+                name = store.param_name(parameter)
+                if name is not None:
+                    classified[normalize_param_name(name)] = id(parameter) in scales
+        return classified
 
 
 def _modules(model: object, loss_fn: object, function: str) -> list[nn.Module]:

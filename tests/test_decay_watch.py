@@ -12,6 +12,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -24,6 +25,7 @@ from torch.nn.utils import parametrize
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn import vi
+from pyrolite_bnn.decay import scale_parameters
 
 Optimizer = torch.optim.Optimizer
 
@@ -703,3 +705,90 @@ def test_the_advice_for_pyro_optim_keeps_a_tensor_learning_rate() -> None:
     optim = pyro.optim.AdamW({"lr": torch.tensor(0.01), "weight_decay": 0.1})
     (warning,) = _svi_warnings(net, loss_fn, optim, bnn.Trace_ELBO())
     assert "weight_decay=0.1, lr=0.01))" in str(warning.message)
+
+
+def _scheduled_svi_messages(
+    net: nn.Module,
+    loss_fn: bnn.KullbackLeiblerLoss,
+    scheduler: pyro.optim.PyroLRScheduler,
+) -> list[str]:
+    """Decay warnings of three SVI steps, each followed by a scheduler step."""
+    svi = SVI(loss_fn.pyro_model(net), net.guide, scheduler, bnn.Trace_ELBO())
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            svi.step(x, y)
+            scheduler.step()
+    return [str(w.message) for w in caught if "weight_decay" in str(w.message)]
+
+
+def test_the_advice_under_a_pyro_scheduler_keeps_it_and_its_first_rate() -> None:
+    """Under pyro.optim.ExponentialLR the advice was pyro.optim.AdamW(
+    bnn.decay_optim_args(..., lr=0.009)): no scheduler, and the rate it had
+    scheduled for the first step taken as the one to start from (probe
+    falsepos24a). Now: decay_optim_args as the scheduler's "optim_args" with
+    the rate it started from; run as it stands (the scheduler's own entries
+    filled in) it decays no scale."""
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(), 16)
+    scheduler = pyro.optim.ExponentialLR(
+        {"optimizer": torch.optim.AdamW, "optim_args": {"lr": 1e-2}, "gamma": 0.9}
+    )
+    (message,) = _scheduled_svi_messages(net, loss_fn, scheduler)
+    advice = re.search(
+        r'\{"optimizer": torch\.optim\.AdamW, "optim_args": '
+        r"bnn\.decay_optim_args\(model, loss_fn, weight_decay=0\.01, lr=0\.01\), "
+        r"\.\.\.\}",
+        message,
+    )
+    assert advice is not None, message
+    assert "pyro.optim.AdamW(" not in message
+    arguments = eval(
+        advice[0].replace("...", '"gamma": 0.9'),
+        {"torch": torch, "bnn": bnn, "model": net, "loss_fn": loss_fn},
+    )
+    followed = pyro.optim.ExponentialLR(arguments)
+    assert _scheduled_svi_messages(net, loss_fn, followed) == []
+    scales = {id(p) for m in (net, loss_fn) for p in scale_parameters(m).values()}
+    for parameter, scheduled in followed.optim_objs.items():
+        group = scheduled.optimizer.param_groups[0]
+        assert group["initial_lr"] == 1e-2
+        assert group["weight_decay"] == (0.0 if id(parameter) in scales else 0.01)
+
+
+def test_a_pyro_model_of_ones_own_has_no_loss_to_warn_as_the_howto_says() -> None:
+    """docs/howto.rst said the loss warns "under Pyro's SVI alike", but a Pyro
+    model of one's own around the network runs no loss: AdamW decays every
+    rho without a word (probe falsepos24a). The howto says so now, and
+    decay_optim_args(net, ...) keeps the decay off the network's scales."""
+    x, y = torch.randn(32, 3), torch.randn(32)
+    net = _net()
+
+    def model(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        out = net(x, samples=4).squeeze(-1)
+        with bnn.per_particle(out), pyro.plate("data", len(x)):
+            pyro.sample("obs", pyro.distributions.Normal(out, 0.3), obs=y)
+
+    def guide(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        net.guide(samples=4)
+
+    for arguments in [{"lr": 1e-2}, bnn.decay_optim_args(net, weight_decay=0.01)]:
+        optim = pyro.optim.AdamW(arguments)
+        svi = SVI(model, guide, optim, pyro.infer.Trace_ELBO())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                svi.step(x, y)
+        assert not [w for w in caught if "weight_decay" in str(w.message)]
+    scales = {id(p) for p in scale_parameters(net).values()}
+    decays = {
+        id(p): o.param_groups[0]["weight_decay"] for p, o in optim.optim_objs.items()
+    }
+    assert {p: d for p, d in decays.items() if d == 0.0}.keys() == scales
+    howto = (Path(__file__).parents[1] / "docs" / "howto.rst").read_text()
+    paragraph = howto[howto.index("**Leave weight decay off.**") :].split("\n\n")[0]
+    text = " ".join(paragraph.split())
+    assert "under Pyro's ``SVI`` alike" not in text
+    assert "``SVI`` with the loss's model, ``loss_fn.pyro_model(net)``" in text
+    assert "Pyro model of your own around the network" in text
+    assert "runs no loss, so nothing warns there" in text

@@ -3472,6 +3472,96 @@ def test_a_custom_predictive_scores_all_particles_in_one_vectorised_call() -> No
     assert likelihood.seen == [("samples", (1, 5, 3)), ("parameters", (5, 3))]
 
 
+class _UnreducedNormal(vi.distributions.PredictiveDistribution):
+    """Forgets ``.mean(0)``: its parameters keep the sample dimension,
+    ``(1, B, D)`` for one particle's output."""
+
+    distribution_parameters = ("mean",)
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
+        return samples
+
+    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+        return -0.5 * (sample - parameters).square()
+
+
+class _BatchMeanNormal(_UnreducedNormal):
+    """One number per particle: the batch's mean log-likelihood, as a plain
+    loss's mean (``NonBayesian``'s) is."""
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
+        return samples.mean(0)
+
+    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+        return super().log_prob(sample, parameters).mean()
+
+
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("target_shape", [(6, 1), (6,)])
+def test_parameters_that_keep_the_sample_dimension_are_refused_by_shape(
+    validate: bool, target_shape: tuple[int, ...]
+) -> None:
+    """A particle's ``(1, B, 1)`` log-likelihoods were summed over ``B`` as an
+    example's features and the sum expanded to every example: the loss was
+    ``B`` times the ELBO's data term (2449.2 for 408.2 by hand, probe
+    falsepos24a) without a word; before vmap, a RuntimeError of torch. A shape
+    check: with validation off too."""
+    out = vi.VISequential(vi.VILinear(3, 8), nn.Tanh(), vi.VILinear(8, 1))(
+        torch.randn(6, 3), samples=4
+    )
+    y = torch.randn(target_shape)
+    loss_fn = vi.KullbackLeiblerLoss(_UnreducedNormal(), dataset_size=60)
+    shape = r"\(1, 6, 1\)" if len(target_shape) == 2 else r"\(1, 6, 6\)"
+    match = (
+        rf"_UnreducedNormal\.log_prob_from_parameters gave shape {shape} for one "
+        r"particle's output of batch B = 6 \(samples \(1, 6, 1\), targets "
+        rf"{re.escape(str(target_shape))}, parameters \(1, 6, 1\)\)\. "
+        r"torch_blue's contract: .*batch first, or one number.*samples\.mean\(0\)"
+    )
+    with bnn.validation(validate):
+        with pytest.raises(UnsupportedDistributionError, match=match):
+            loss_fn(out, y)
+        with pytest.raises(UnsupportedDistributionError, match=match):
+            _UnreducedNormal().log_prob_from_samples(y, out.detach())
+
+
+def test_one_number_per_particle_is_every_examples_log_likelihood() -> None:
+    """The shape check lets a scalar per particle through: each example of
+    the particle gets it (``B`` of them: the batch's sum)."""
+    out = vi.VILinear(3, 1)(torch.randn(6, 3), samples=4)
+    y = torch.randn(6, 1)
+    loss = vi.KullbackLeiblerLoss(_BatchMeanNormal(), dataset_size=60, heat=0.0)
+    expected = 60 / 6 * 6 * (0.5 * (y - out).square().mean((1, 2))).mean()
+    torch.testing.assert_close(loss(out, y), expected, rtol=1e-6, atol=0.0)
+
+
+def test_finite_log_likelihoods_need_no_elementwise_look_at_the_outputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check for a one-sample spread read a finiteness mask of the whole
+    output, ``(S, B, C)``, on every call, besides one of the log-likelihoods
+    ``(S, B)``: a third of the scoring time at S=100, B=1024, C=100 (probe
+    falsepos24a). Finite log-likelihoods need no look at the output, and one
+    sum proves them finite."""
+    masks: list[tuple[int, ...]] = []
+    isfinite = torch.isfinite
+
+    def recording(tensor: Tensor) -> Tensor:
+        masks.append(tuple(tensor.shape))
+        return isfinite(tensor)
+
+    likelihood = _SmoothedCategorical()
+    out = vi.VILinear(3, 3)(torch.randn(5, 3), samples=8)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    loss_fn = vi.KullbackLeiblerLoss(likelihood, dataset_size=40)
+    loss_fn(out, y)  # the checks of the first call (of the target) ran
+    monkeypatch.setattr(torch, "isfinite", recording)
+    loss = loss_fn(out, y)
+    assert torch.isfinite(loss)
+    assert tuple(out.shape) not in masks
+    assert (8, 5) not in masks
+
+
 class _UnguardedSpreadNormal(vi.distributions.PredictiveDistribution):
     """A torch Normal whose variance is the samples' spread, unguarded."""
 

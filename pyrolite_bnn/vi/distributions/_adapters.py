@@ -27,8 +27,9 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch import Tensor
 
+from pyrolite_bnn._input_layouts import shape_text
 from pyrolite_bnn._likelihoods import qualified_name
-from pyrolite_bnn._validation import is_validation_enabled, readable_all
+from pyrolite_bnn._validation import all_finite, is_validation_enabled
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
 )
@@ -481,7 +482,50 @@ class AdaptedPredictive(BnnPredictive):
                     f"network outputs. {self._one_sample_explanation()}"
                 ) from error
             raise
+        self.check_particle_shape(output, target, parameters, value)
         return value
+
+    def check_particle_shape(
+        self, output: Tensor, target: Tensor, parameters: Any, value: Tensor
+    ) -> None:
+        """Refuse a particle's log-likelihood that is not of its batch.
+
+        torch_blue's contract: ``predictive_parameters_from_samples`` reduces
+        the sample dimension 0, so ``log_prob_from_parameters`` gives the
+        examples' log-likelihoods, first dimension ``B`` (``(B,)``, ``(B,
+        D)``), or one number. Parameters that keep the sample dimension
+        (``return samples`` without ``.mean(0)``) give ``(1, B, ...)``,
+        whose ``B`` the loss would sum as a feature dimension, counting every
+        example ``B`` times without a word. A shape check: it runs under
+        ``torch.vmap`` and with validation off.
+
+        Args:
+            output: the particle's network output, ``(B, ...)``.
+            target: the targets, as torch_blue's loss passes them.
+            parameters: what ``predictive_parameters_from_samples`` returned.
+            value: what ``log_prob_from_parameters`` returned.
+
+        Raises:
+            UnsupportedDistributionError: naming the shapes and the contract.
+        """
+        if value.dim() == 0 or output.dim() == 0 or value.shape[0] == output.shape[0]:
+            return
+        name = qualified_name(self.blue)
+        parameter_shapes = ", ".join(
+            shape_text(p) for p in _parameter_tensors(parameters)
+        )
+        raise UnsupportedDistributionError(
+            f"{name}.log_prob_from_parameters gave shape {shape_text(value)} for "
+            f"one particle's output of batch B = {output.shape[0]} (samples "
+            f"{(1, *output.shape)}, targets {shape_text(target)}, parameters "
+            f"{parameter_shapes or type(parameters).__name__}). torch_blue's "
+            "contract: the examples' log-likelihoods, batch first, or one number; "
+            "the loss would sum the other dimensions as an example's features "
+            "(parameters that keep the sample dimension, (1, B, ...), count "
+            "every example B times). Make predictive_parameters_from_samples "
+            "reduce the sample dimension 0 (samples.mean(0), as torch_blue's "
+            "distributions do), so that the parameters have the batch first."
+        )
 
     def _needs_a_look(self, output: Tensor, values: Tensor | list[Tensor]) -> bool:
         """Whether validation is on and ``values`` are not finite, ``output`` is.
@@ -490,10 +534,12 @@ class AdaptedPredictive(BnnPredictive):
         report them. ``False`` where values cannot be read (under a
         ``torch.func`` transform) and with validation off.
         """
-        if not is_validation_enabled() or not readable_all(torch.isfinite(output)):
+        if not is_validation_enabled():
             return False
         tensors = [values] if isinstance(values, Tensor) else values
-        return not all(readable_all(torch.isfinite(t)) for t in tensors)
+        # The values first: finite ones (the rule) need no look at the output,
+        # larger by the event dimensions.
+        return not all(all_finite(t) for t in tensors) and all_finite(output)
 
     def check_particle_scores(self, output: Tensor, value: Tensor) -> None:
         """Refuse non-finite log-likelihoods of finite outputs, with the cause.
