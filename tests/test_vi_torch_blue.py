@@ -3767,6 +3767,120 @@ def test_a_vi_layer_built_on_meta_initialises_as_built_on_the_cpu(
         torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
 
 
+class _SampledNormal(MeanFieldNormal):
+    """A Normal with its own ``sample``: wrapped generically (an adapted family)."""
+
+    def sample(self, *parameters: Any) -> Tensor:
+        mean, log_std = vi.distributions.base.as_parameter_tuple(*parameters)
+        return mean + log_std.exp() * torch.randn_like(mean)
+
+
+class _StdNormal(vi.distributions.VariationalDistribution):
+    """A custom family whose scale is no logarithm (scaled, not shifted)."""
+
+    distribution_parameters = ("mean", "std")
+
+    @property
+    def _default_variational_parameters(self) -> tuple[float, float]:
+        return 0.0, 0.4
+
+    def log_prob(self, sample: Tensor, *parameters: Any) -> Tensor:
+        mean, std = vi.distributions.base.as_parameter_tuple(*parameters)
+        return -0.5 * ((sample - mean) / std) ** 2 - std.log()
+
+    def sample(self, *parameters: Any) -> Tensor:
+        mean, std = vi.distributions.base.as_parameter_tuple(*parameters)
+        return mean + std * torch.randn_like(mean)
+
+
+_RESET_LAYERS: dict[str, Callable[..., nn.Module]] = {
+    "VILinear": lambda **kw: vi.VILinear(50, 4, **kw),
+    "VIConv2d": lambda **kw: vi.VIConv2d(2, 3, 3, **kw),
+    "VIMultiheadAttention": lambda **kw: vi.VIMultiheadAttention(8, 2, **kw),
+}
+_RESET_OPTIONS: dict[str, Callable[[], dict[str, Any]]] = {
+    "MeanFieldNormal": lambda: {"variational_distribution": MeanFieldNormal(std=0.3)},
+    "StudentT": lambda: {"variational_distribution": MeanFieldStudentT(scale=0.5)},
+    "quiet prior": lambda: {"prior": BasicQuietPrior()},
+    "NonBayesian": lambda: {"variational_distribution": NonBayesian()},
+    "adapted Normal": lambda: {"variational_distribution": _SampledNormal(std=0.3)},
+    "custom std family": lambda: {"variational_distribution": _StdNormal()},
+}
+
+
+def _reset_whole_layer(layer: nn.Module) -> nn.Module:
+    layer.reset_parameters()  # type: ignore[operator]
+    return layer
+
+
+def _meta_then_reset(make: Callable[[], nn.Module], order: str) -> nn.Module:
+    """Built on meta, materialised, reset: the layer at once, or FSDP's way.
+
+    FSDP materialises each module holding tensors of its own
+    (``to_empty(recurse=False)``, then its ``reset_parameters()``), parents
+    first; ``model.apply`` resets children first.
+    """
+    with torch.device("meta"):
+        layer = make()
+    if order == "layer":
+        return _reset_whole_layer(layer.to_empty(device="cpu"))
+    modules = list(layer.modules())
+    for module in modules if order == "parents first" else modules[::-1]:
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if own:
+            module.to_empty(device="cpu", recurse=False)
+            module.reset_parameters()  # type: ignore[operator]
+    return layer
+
+
+def _initial_scales(layer: nn.Module) -> dict[str, Tensor]:
+    """Every tensor of the state but the posterior means (which are drawn)."""
+    return {
+        key: value
+        for key, value in layer.state_dict().items()
+        if not key.endswith("loc_unconstrained")
+    }
+
+
+@pytest.mark.parametrize("kaiming", [True, False], ids=["kaiming", "no kaiming"])
+@pytest.mark.parametrize("family", list(_RESET_OPTIONS))
+@pytest.mark.parametrize("kind", list(_RESET_LAYERS))
+@pytest.mark.parametrize(
+    "path",
+    ["built layer", "meta, layer", "meta, parents first", "meta, children first"],
+)
+def test_every_reset_gives_the_initial_scales_of_a_fresh_layer(
+    path: str, kind: str, family: str, kaiming: bool
+) -> None:
+    """``vi.VILinear(50, 40, variational_distribution=MeanFieldNormal(std=0.3))``
+    starts at std ``0.3 / sqrt(50)`` (torch_blue's Kaiming scaling); its
+    ``reset_parameters()``, after a meta build too, and each posterior's own
+    (FSDP: ``to_empty(recurse=False)`` and ``reset_parameters()`` per module)
+    set it to 0.3, the family's unscaled default (probe falsepos25). Each
+    posterior now keeps the initial values its layer gives it, computed from
+    numbers (``initial_constants``): every reset gives a fresh layer's."""
+
+    def make() -> nn.Module:
+        options = _RESET_OPTIONS[family]()
+        return _RESET_LAYERS[kind](kaiming_initialization=kaiming, **options)
+
+    fresh = make()
+    if path == "built layer":
+        reset = make()
+        with torch.no_grad():
+            for parameter in reset.parameters():
+                parameter.fill_(7.0)  # trained away from the start
+        reset = _reset_whole_layer(reset)
+    else:
+        reset = _meta_then_reset(make, path.removeprefix("meta, "))
+    got, want = _initial_scales(reset), _initial_scales(fresh)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    for key, value in reset.state_dict().items():
+        assert torch.isfinite(value).all(), key  # every mean drawn too
+
+
 def test_a_distributions_numbers_stay_on_the_cpu_under_a_device_context() -> None:
     """They are a description, not a module's tensors: under
     ``torch.device("meta")`` they kept no values, and a loss with the

@@ -62,7 +62,7 @@ from pyrolite_bnn.vi._parameter_names import (
 )
 from pyrolite_bnn.vi.distributions import MeanFieldNormal
 from pyrolite_bnn.vi.distributions._adapters import AdaptedPosterior, AdaptedPrior
-from pyrolite_bnn.vi.distributions.base import Distribution
+from pyrolite_bnn.vi.distributions.base import Distribution, init_like_a_weight
 from pyrolite_bnn.vi.utils.errors import NoVariablesError, UnsupportedDistributionError
 from pyrolite_bnn.vi.utils.vi_return import VIReturn
 
@@ -529,6 +529,11 @@ class VIModule(BnnVIModule):
     def reset_variational_parameters(self) -> None:
         """Re-initialise every own variable the torch_blue way.
 
+        Each posterior keeps how it was initialised (its ``loc_init`` and
+        initial scales), so that its own ``reset_parameters()`` (the layer's,
+        FSDP's per-module one after ``to_empty``) starts it where this method
+        does.
+
         Raises:
             NoVariablesError: if the module has no variables of its own.
         """
@@ -538,6 +543,11 @@ class VIModule(BnnVIModule):
                 continue
             family.reset_variational_parameters(
                 self, name, self._fan_in, self._kaiming_init
+            )
+            _give_initial_values(
+                self.posterior[name],
+                family.initial_constants(self._fan_in, self._kaiming_init),
+                self._fan_in,
             )
             if self._prior_init:
                 prior = self.prior_specs[name]
@@ -950,6 +960,24 @@ def _user_forward(cls: type) -> bool:
         if "forward" in vars(klass):
             return True
     return False
+
+
+def _give_initial_values(
+    posterior: Posterior, constants: Mapping[str, float], fan_in: int
+) -> None:
+    """Let ``posterior``'s own reset start it where torch_blue's does.
+
+    Its mean is drawn like a weight of fan-in ``fan_in``
+    (:func:`~pyrolite_bnn.vi.distributions.base.init_like_a_weight`); its
+    scales start at ``constants``, a family's ``initial_constants``: a
+    mean-field Normal posterior keeps ``exp(log_std)`` as its ``init_scale``,
+    an adapted one all of them; a point mass has no scales.
+    """
+    posterior.loc_init = functools.partial(init_like_a_weight, fan_in=fan_in)
+    if isinstance(posterior, MeanFieldNormalPosterior):
+        posterior.init_scale = math.exp(constants["log_std"])
+    elif isinstance(posterior, AdaptedPosterior):
+        posterior.initial_values = dict(constants)
 
 
 def _posterior_values(posterior: Posterior) -> list[Tensor]:

@@ -265,11 +265,14 @@ class VIMultiheadAttention(BnnAttention, VIModule):
         return self.out_proj_weight, self.out_proj_bias
 
     def reset_parameters(self) -> None:
-        """Re-initialise every variable the torch_blue way.
+        """Re-initialise every variable the torch_blue way, and the priors.
 
-        The same as ``reset_variational_parameters()``.
+        ``reset_variational_parameters()``, then
+        :meth:`~pyrolite_bnn.VIModule.reset_priors` (after ``to_empty`` the
+        priors hold no values either).
         """
         self.reset_variational_parameters()
+        self.reset_priors()
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any

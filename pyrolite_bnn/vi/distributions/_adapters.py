@@ -18,7 +18,8 @@ from __future__ import annotations
 import copy
 import math
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import pyro.distributions as dist
@@ -271,7 +272,15 @@ class AdaptedPosterior(Posterior):
         shape: shape of the weight tensor.
         init_loc: initial primary parameter.
         family: the torch_blue variational distribution.
+
+    Attributes:
+        initial_values: the value each other parameter starts at, by name
+            (its layer gives it the Kaiming-scaled values it initialises
+            them with: ``Distribution.initial_constants``); a parameter not
+            listed starts at the family's default.
     """
+
+    initial_values: Mapping[str, float] = MappingProxyType({})
 
     def __init__(
         self, shape: Sequence[int], init_loc: Tensor, family: Distribution
@@ -330,16 +339,22 @@ class AdaptedPosterior(Posterior):
         )
 
     def reset_parameters(self, init_loc: Tensor | None = None) -> None:
-        """Primary parameter to ``init_loc``, others to defaults.
+        """Primary parameter to ``init_loc``, others to their initial values.
 
         ``None``: drawn by the posterior's ``loc_init``, or kept (see
         :meth:`pyrolite_bnn.distributions.variational.Posterior.reset_parameters`).
+        The others start at :attr:`initial_values`, else at the defaults.
         """
         loc = self._new_loc(init_loc)
         if loc is None:
             loc = self.values()[0].detach().clone()
+        names = self.blue.distribution_parameters
         defaults = self.blue.default_parameters()
-        self.set_values([loc] + [torch.full_like(loc, float(d)) for d in defaults[1:]])
+        starts = [
+            self.initial_values.get(name, float(default))
+            for name, default in zip(names[1:], defaults[1:], strict=True)
+        ]
+        self.set_values([loc] + [torch.full_like(loc, start) for start in starts])
         self._note_loc_written()
 
     def extra_repr(self) -> str:

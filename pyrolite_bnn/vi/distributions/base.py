@@ -257,25 +257,37 @@ class Distribution(metaclass=PostInitCallMeta):
                 setattr(self, name, value * scale)
 
     # ------------------------------------------------------------ initialisation
-    @staticmethod
-    def _init_constant(
-        parameter: Tensor, default: float, fan_in: int, is_log: bool, eps: float = 1e-5
-    ) -> None:
-        """``default`` times ``1/sqrt(fan_in)`` (``log_``: plus its log), in place."""
-        scale = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-        value = default + math.log(scale + eps) if is_log else default * scale
-        with torch.no_grad():
-            init.constant_(parameter, value)
+    def initial_constants(
+        self, fan_in: int, kaiming_scaling: bool = True, eps: float = 1e-5
+    ) -> dict[str, float]:
+        """The value every non-mean-like parameter starts at, by name.
 
-    @staticmethod
-    def _init_uniform(parameter: Tensor, fan_in: int) -> None:
-        """In place, like a ``torch.nn`` weight (Kaiming uniform for matrices)."""
-        with torch.no_grad():
-            if parameter.dim() < 2:
-                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-                init.uniform_(parameter, -bound, bound)
-            else:
-                init.kaiming_uniform_(parameter, a=math.sqrt(5))
+        Its default, with ``kaiming_scaling`` times ``1/sqrt(fan_in)``
+        (``log_`` parameters: plus ``log(1/sqrt(fan_in) + eps)``). Computed
+        from numbers only (no tensor values are read), so it serves a layer
+        built on the ``meta`` device, whose posteriors keep these values for
+        their own ``reset_parameters()``. Mean-like parameters (``mean``,
+        ``mode``, ``loc``) are drawn instead and are not listed.
+
+        Example:
+            >>> from pyrolite_bnn import vi
+            >>> normal = vi.distributions.MeanFieldNormal(std=1.0)
+            >>> round(normal.initial_constants(fan_in=4)["log_std"], 4)
+            -0.6931
+        """
+        scale = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        constants: dict[str, float] = {}
+        for name, default in zip(
+            self.distribution_parameters, self.default_parameters(), strict=True
+        ):
+            if name in _WEIGHT_LIKE:
+                continue
+            value = float(default)
+            if kaiming_scaling:
+                is_log = name.startswith("log")
+                value = value + math.log(scale + eps) if is_log else value * scale
+            constants[name] = value
+        return constants
 
     def reset_variational_parameters(
         self, module: Module, variable: str, fan_in: int, kaiming_scaling: bool = True
@@ -283,28 +295,19 @@ class Distribution(metaclass=PostInitCallMeta):
         """Re-initialise ``module``'s variational parameters of ``variable``.
 
         Mean-like parameters (``mean``, ``mode``, ``loc``) are drawn like the
-        weights of a ``torch.nn`` layer; the others start at their default, with
-        ``kaiming_scaling`` times ``1/sqrt(fan_in)`` (``log_`` parameters:
-        plus ``log(1/sqrt(fan_in) + 1e-5)``). ``module`` is a
+        weights of a ``torch.nn`` layer; the others start at
+        :meth:`initial_constants`. ``module`` is a
         :class:`pyrolite_bnn.vi.VIModule` or any module exposing the parameters
         under ``module.variational_parameter_name(variable, parameter)``.
         """
         tensors = variational_tensors(module, variable, self.distribution_parameters)
-        for tensor, name, default in zip(
-            tensors,
-            self.distribution_parameters,
-            self.default_parameters(),
-            strict=True,
-        ):
-            if name in _WEIGHT_LIKE:
-                self._init_uniform(tensor, fan_in)
-            elif kaiming_scaling:
-                self._init_constant(
-                    tensor, float(default), fan_in, name.startswith("log")
-                )
-            else:
+        constants = self.initial_constants(fan_in, kaiming_scaling)
+        for tensor, name in zip(tensors, self.distribution_parameters, strict=True):
+            if name in constants:
                 with torch.no_grad():
-                    init.constant_(tensor, float(default))
+                    init.constant_(tensor, constants[name])
+            else:
+                init_like_a_weight(tensor, fan_in)
         store_variational_tensors(module, variable, tensors)
 
     def reset_parameters_to_prior(self, module: Module, variable: str) -> None:
@@ -389,6 +392,22 @@ class Distribution(metaclass=PostInitCallMeta):
         from pyrolite_bnn.vi.distributions._adapters import AdaptedPredictive
 
         return AdaptedPredictive(self)
+
+
+def init_like_a_weight(parameter: Tensor, fan_in: int) -> Tensor:
+    """Fill ``parameter`` like a ``torch.nn`` weight, in place, and return it.
+
+    Kaiming uniform for matrices, uniform in ``±1/sqrt(fan_in)`` for vectors:
+    how torch_blue draws the mean-like variational parameters, at construction
+    and, as a posterior's ``loc_init``, at every reset.
+    """
+    with torch.no_grad():
+        if parameter.dim() < 2:
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            init.uniform_(parameter, -bound, bound)
+        else:
+            init.kaiming_uniform_(parameter, a=math.sqrt(5))
+    return parameter
 
 
 def _accepts(function: Callable[..., Any], count: int) -> bool:
