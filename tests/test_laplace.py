@@ -460,7 +460,13 @@ def test_data_loader_equals_tensors() -> None:
     torch.testing.assert_close(
         batched.prior_precision, whole.prior_precision, rtol=1e-4, atol=0
     )
-    torch.testing.assert_close(batched.log_likelihood, whole.log_likelihood)
+    # float32 log-likelihoods summed by batch or whole (30 terms, each off by
+    # up to half an ulp): the sums differ by up to ~30 * 6e-8 relative; kept
+    # in a float64 buffer, the default float64 tolerance (1e-7) failed for
+    # some seeds (PYROLITE_RANDOM_SEED=1: 1.3e-7; at most 1.5e-7 over 150 seeds).
+    torch.testing.assert_close(
+        batched.log_likelihood, whole.log_likelihood, rtol=1e-5, atol=0
+    )
 
 
 def test_predict_is_the_same_function_in_every_chunk() -> None:
