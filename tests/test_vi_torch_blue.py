@@ -3904,3 +3904,26 @@ def test_a_distributions_numbers_stay_on_the_cpu_under_a_device_context() -> Non
     )
     noise = loss_fn.predictive.noise_scale()
     torch.testing.assert_close(noise, torch.tensor(0.3), rtol=1e-6, atol=0)
+
+
+def test_torch_blues_initialisation_helpers_keep_their_names() -> None:
+    """torch_blue's own tests call ``Distribution._init_constant`` and
+    ``_init_uniform``; a refactor of the initial scales (fix/vireset) removed
+    them, and two of torch_blue 0.9.2's tests failed against vi. They fill
+    in place with the values construction gives."""
+    from pyrolite_bnn.vi.distributions.base import Distribution
+
+    fan_in = 16
+    constant = torch.empty(3, 4)
+    Distribution._init_constant(constant, 2.0, fan_in, False)
+    torch.testing.assert_close(constant, torch.full((3, 4), 2.0 / 4))
+    Distribution._init_constant(constant, 0.0, fan_in, True)
+    torch.testing.assert_close(constant, torch.full((3, 4), math.log(0.25 + 1e-5)))
+    normal = vi.distributions.MeanFieldNormal(std=2.0)
+    assert normal.initial_constants(fan_in)["log_std"] == pytest.approx(
+        math.log(2.0) + math.log(0.25 + 1e-5)
+    )
+    vector = torch.empty(10_000)
+    Distribution._init_uniform(vector, fan_in)
+    assert float(vector.abs().max()) <= 0.25
+    assert float(vector.std()) == pytest.approx(0.25 / math.sqrt(3), rel=0.05)

@@ -275,7 +275,6 @@ class Distribution(metaclass=PostInitCallMeta):
             >>> round(normal.initial_constants(fan_in=4)["log_std"], 4)
             -0.6931
         """
-        scale = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
         constants: dict[str, float] = {}
         for name, default in zip(
             self.distribution_parameters, self.default_parameters(), strict=True
@@ -284,10 +283,26 @@ class Distribution(metaclass=PostInitCallMeta):
                 continue
             value = float(default)
             if kaiming_scaling:
-                is_log = name.startswith("log")
-                value = value + math.log(scale + eps) if is_log else value * scale
+                value = _fan_in_scaled(value, fan_in, name.startswith("log"), eps)
             constants[name] = value
         return constants
+
+    @staticmethod
+    def _init_constant(
+        parameter: Tensor, default: float, fan_in: int, is_log: bool, eps: float = 1e-5
+    ) -> None:
+        """torch_blue's name: ``default`` scaled by the fan-in, in place.
+
+        Times ``1/sqrt(fan_in)`` (``is_log``: plus ``log(1/sqrt(fan_in) +
+        eps)``), the value :meth:`initial_constants` gives a parameter.
+        """
+        with torch.no_grad():
+            init.constant_(parameter, _fan_in_scaled(default, fan_in, is_log, eps))
+
+    @staticmethod
+    def _init_uniform(parameter: Tensor, fan_in: int) -> None:
+        """torch_blue's name for :func:`init_like_a_weight` (in place)."""
+        init_like_a_weight(parameter, fan_in)
 
     def reset_variational_parameters(
         self, module: Module, variable: str, fan_in: int, kaiming_scaling: bool = True
@@ -392,6 +407,12 @@ class Distribution(metaclass=PostInitCallMeta):
         from pyrolite_bnn.vi.distributions._adapters import AdaptedPredictive
 
         return AdaptedPredictive(self)
+
+
+def _fan_in_scaled(default: float, fan_in: int, is_log: bool, eps: float) -> float:
+    """``default`` times ``1/sqrt(fan_in)``; a log one plus its log (``+ eps``)."""
+    scale = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return default + math.log(scale + eps) if is_log else default * scale
 
 
 def init_like_a_weight(parameter: Tensor, fan_in: int) -> Tensor:
