@@ -3525,6 +3525,53 @@ def test_parameters_that_keep_the_sample_dimension_are_refused_by_shape(
             _UnreducedNormal().log_prob_from_samples(y, out.detach())
 
 
+class _ElementwiseNormal(_UnreducedNormal):
+    """A user's predictive as torch_blue's examples write it: reduces the
+    sample dimension, elementwise log density broadcast as torch does."""
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
+        return samples.mean(0)
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_targets_paired_with_every_example_by_broadcasting_are_refused(
+    validate: bool,
+) -> None:
+    """Outputs ``(B, 1)`` and targets ``(B,)``: the elementwise density
+    broadcast to ``(B, B)`` (every example scored against every target) and
+    the loss summed it as each example's features: 570.5 for the 113.1 of the
+    aligned targets, without a word (torch_blue computes the same). Refused,
+    with the remedy; the aligned targets give the hand-computed loss."""
+    torch.manual_seed(0)
+    net = vi.VISequential(vi.VILinear(3, 8), nn.Tanh(), vi.VILinear(8, 1))
+    out = net(torch.randn(6, 3), samples=4)
+    y = torch.randn(6)
+    loss_fn = vi.KullbackLeiblerLoss(_ElementwiseNormal(), dataset_size=60, heat=0.0)
+    match = (
+        r"_ElementwiseNormal\.log_prob_from_parameters gave shape \(6, 6\) for "
+        r"targets \(6,\) and parameters \(6, 1\): broadcasting from the right "
+        r"paired every example with the targets of all B = 6 examples.*"
+        r"target\.unsqueeze\(-1\)"
+    )
+    with bnn.validation(validate):
+        with pytest.raises(UnsupportedDistributionError, match=match):
+            loss_fn(out, y)
+        with pytest.raises(UnsupportedDistributionError, match=match):
+            _ElementwiseNormal().log_prob_from_samples(y, out.detach())
+        aligned = y.unsqueeze(-1)
+        expected = 60 / 6 * (0.5 * (aligned - out).square().sum((1, 2))).mean()
+        torch.testing.assert_close(loss_fn(out, aligned), expected, rtol=1e-6, atol=0.0)
+
+
+def test_labels_against_class_parameters_are_not_a_pairing() -> None:
+    """Labels ``(B,)`` against probabilities ``(B, C)`` give ``(B,)``: the
+    pairing check leaves them alone, also at ``C == B``."""
+    out = vi.VILinear(3, 5)(torch.randn(5, 3), samples=4)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    loss_fn = vi.KullbackLeiblerLoss(_SmoothedCategorical(), dataset_size=40)
+    assert torch.isfinite(loss_fn(out, y))
+
+
 def test_one_number_per_particle_is_every_examples_log_likelihood() -> None:
     """The shape check lets a scalar per particle through: each example of
     the particle gets it (``B`` of them: the batch's sum)."""

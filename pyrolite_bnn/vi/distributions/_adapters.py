@@ -523,7 +523,10 @@ class AdaptedPredictive(BnnPredictive):
         Raises:
             UnsupportedDistributionError: naming the shapes and the contract.
         """
-        if value.dim() == 0 or output.dim() == 0 or value.shape[0] == output.shape[0]:
+        if value.dim() == 0 or output.dim() == 0:
+            return
+        if value.shape[0] == output.shape[0]:
+            self.check_target_pairing(output, target, parameters, value)
             return
         name = qualified_name(self.blue)
         parameter_shapes = ", ".join(
@@ -540,6 +543,51 @@ class AdaptedPredictive(BnnPredictive):
             "every example B times). Make predictive_parameters_from_samples "
             "reduce the sample dimension 0 (samples.mean(0), as torch_blue's "
             "distributions do), so that the parameters have the batch first."
+        )
+
+    def check_target_pairing(
+        self, output: Tensor, target: Tensor, parameters: Any, value: Tensor
+    ) -> None:
+        """Refuse log-likelihoods that pair every example with every target.
+
+        Targets ``(B,)`` against parameters ``(B, 1)`` broadcast from the
+        right to ``(B, B)``: each example scored against the targets of all
+        ``B`` examples, which the loss would sum as the example's features
+        (torch_blue computes the same; torch's ``MSELoss`` warns of it). The
+        sign: the log-likelihoods have more dimensions than the targets, and
+        the targets' batch dimension ``B`` landed after the first. A shape
+        check: it runs under ``torch.vmap`` and with validation off.
+
+        Args:
+            output: the particle's network output, ``(B, ...)``.
+            target: the targets, as torch_blue's loss passes them.
+            parameters: what ``predictive_parameters_from_samples`` returned.
+            value: what ``log_prob_from_parameters`` returned, batch first.
+
+        Raises:
+            UnsupportedDistributionError: naming the shapes and the remedy.
+        """
+        batch = output.shape[0]
+        rank = target.dim()
+        if not (
+            batch > 1
+            and 0 < rank < value.dim()
+            and target.shape[0] == batch
+            and value.shape[value.dim() - rank :] == target.shape
+        ):
+            return
+        parameter_shapes = ", ".join(
+            shape_text(p) for p in _parameter_tensors(parameters)
+        )
+        raise UnsupportedDistributionError(
+            f"{qualified_name(self.blue)}.log_prob_from_parameters gave shape "
+            f"{shape_text(value)} for targets {shape_text(target)} and parameters "
+            f"{parameter_shapes or type(parameters).__name__}: broadcasting from "
+            "the right paired every example with the targets of all B = "
+            f"{batch} examples, and the loss would sum them as the example's "
+            "features. Give the targets the outputs' shape (e.g. "
+            "target.unsqueeze(-1) for outputs (B, 1)) or the outputs the "
+            "targets' (output.squeeze(-1))."
         )
 
     def _needs_a_look(self, output: Tensor, values: Tensor | list[Tensor]) -> bool:
