@@ -3582,6 +3582,53 @@ def test_one_number_per_particle_is_every_examples_log_likelihood() -> None:
     torch.testing.assert_close(loss(out, y), expected, rtol=1e-6, atol=0.0)
 
 
+class _KeptBatchSummaryNormal(_BatchMeanNormal):
+    """The batch's log-likelihood kept in a leading dimension of one:
+    ``(1,)`` for ``reduce="all"`` (torch_blue's ``NonBayesian`` documents its
+    loss as shape ``(1,)``), ``(1, D)`` for a batch mean per feature."""
+
+    def __init__(self, reduce: str) -> None:
+        super().__init__()
+        self.reduce = reduce
+
+    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+        elementwise = _UnreducedNormal.log_prob(self, sample, parameters)
+        if self.reduce == "all":
+            return elementwise.mean().reshape(1)
+        return elementwise.mean(0, keepdim=True)
+
+
+@pytest.mark.parametrize("reduce", ["all", "features"])
+def test_a_batch_summary_with_a_leading_one_is_every_examples(reduce: str) -> None:
+    """A particle's ``(1,)`` or ``(1, D)`` batch mean was refused as a kept
+    sample dimension since c7c5059 (probe falsepos26a); torch_blue reduces it
+    as one number. Each example gets it: ``B`` times the batch mean (summed
+    over the features for ``(1, D)``)."""
+    out = vi.VILinear(3, 2)(torch.randn(6, 3), samples=4)
+    y = torch.randn(6, 2)
+    loss_fn = vi.KullbackLeiblerLoss(
+        _KeptBatchSummaryNormal(reduce), dataset_size=60, heat=0.0
+    )
+    squared = 0.5 * (y - out).square()
+    per_particle = squared.mean((1, 2)) if reduce == "all" else squared.mean(1).sum(1)
+    expected = 60 / 6 * 6 * per_particle.mean()
+    torch.testing.assert_close(loss_fn(out, y), expected, rtol=1e-6, atol=0.0)
+
+
+def test_a_leading_one_before_the_batch_is_refused() -> None:
+    """``(1, B)`` per particle: a batch mean of ``D == B`` features, or the
+    examples' log-likelihoods behind a kept sample dimension -- the second
+    would count every example ``B`` times, so it is refused, naming both."""
+    out = vi.VILinear(3, 4)(torch.randn(4, 3), samples=4)
+    loss_fn = vi.KullbackLeiblerLoss(_KeptBatchSummaryNormal("features"), 40)
+    with pytest.raises(
+        UnsupportedDistributionError,
+        match=r"gave shape \(1, 4\) for one particle's output of batch B = 4.*"
+        r"or one number for the batch.*squeeze\(0\).*\.mean\(\)",
+    ):
+        loss_fn(out, torch.randn(4, 4))
+
+
 def test_finite_log_likelihoods_need_no_elementwise_look_at_the_outputs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

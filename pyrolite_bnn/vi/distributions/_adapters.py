@@ -508,11 +508,16 @@ class AdaptedPredictive(BnnPredictive):
         torch_blue's contract: ``predictive_parameters_from_samples`` reduces
         the sample dimension 0, so ``log_prob_from_parameters`` gives the
         examples' log-likelihoods, first dimension ``B`` (``(B,)``, ``(B,
-        D)``), or one number. Parameters that keep the sample dimension
-        (``return samples`` without ``.mean(0)``) give ``(1, B, ...)``,
-        whose ``B`` the loss would sum as a feature dimension, counting every
-        example ``B`` times without a word. A shape check: it runs under
-        ``torch.vmap`` and with validation off.
+        D)``), or one number for the batch: a scalar, ``(1,)`` (torch_blue's
+        ``NonBayesian`` documents its loss so), or a batch mean kept as
+        ``(1, D)``, which every example gets. Parameters that keep the sample
+        dimension (``return samples`` without ``.mean(0)``) give ``(1, B,
+        ...)``, whose ``B`` the loss would sum as a feature dimension,
+        counting every example ``B`` times without a word: a leading ``1``
+        followed by ``B`` is refused (also where it is a batch mean of ``D ==
+        B`` features, which cannot be told apart; ``.mean()`` per particle is
+        one number). A shape check: it runs under ``torch.vmap`` and with
+        validation off.
 
         Args:
             output: the particle's network output, ``(B, ...)``.
@@ -523,11 +528,14 @@ class AdaptedPredictive(BnnPredictive):
         Raises:
             UnsupportedDistributionError: naming the shapes and the contract.
         """
-        if value.dim() == 0 or output.dim() == 0:
+        if value.numel() == 1 or output.dim() == 0:
             return
-        if value.shape[0] == output.shape[0]:
+        batch = output.shape[0]
+        if value.shape[0] == batch:
             self.check_target_pairing(output, target, parameters, value)
             return
+        if value.shape[0] == 1 and not (value.dim() > 1 and value.shape[1] == batch):
+            return  # a batch summary, (1, D): every example's
         name = qualified_name(self.blue)
         parameter_shapes = ", ".join(
             shape_text(p) for p in _parameter_tensors(parameters)
@@ -537,12 +545,15 @@ class AdaptedPredictive(BnnPredictive):
             f"one particle's output of batch B = {output.shape[0]} (samples "
             f"{(1, *output.shape)}, targets {shape_text(target)}, parameters "
             f"{parameter_shapes or type(parameters).__name__}). torch_blue's "
-            "contract: the examples' log-likelihoods, batch first, or one number; "
-            "the loss would sum the other dimensions as an example's features "
-            "(parameters that keep the sample dimension, (1, B, ...), count "
-            "every example B times). Make predictive_parameters_from_samples "
-            "reduce the sample dimension 0 (samples.mean(0), as torch_blue's "
-            "distributions do), so that the parameters have the batch first."
+            "contract: the examples' log-likelihoods, batch first, or one number "
+            "for the batch (a scalar, (1,), or a batch mean (1, D)); the loss "
+            "would sum the other dimensions as an example's features (parameters "
+            "that keep the sample dimension, (1, B, ...), count every example B "
+            "times). Make predictive_parameters_from_samples reduce the sample "
+            "dimension 0 (samples.mean(0), as torch_blue's distributions do), so "
+            "that the parameters have the batch first; a log-likelihood with a "
+            "leading 1 of its own loses it with squeeze(0), a batch mean per "
+            "particle is .mean()."
         )
 
     def check_target_pairing(
