@@ -188,6 +188,8 @@ def _remedy(optimizer: Optimizer, decay: float, optimizers: list[Optimizer]) -> 
     torch.optim.AdamW, "optim_args": {...}, ...})``, which records the rate
     it started from as ``initial_lr``) the arguments go in its
     ``"optim_args"``, with that rate, not the one scheduled since.
+    ``ReduceLROnPlateau`` leaves no mark on the optimizer: the advice for a
+    plain ``pyro.optim`` optimizer names the scheduler's place too.
     """
     name = type(optimizer).__name__
     if pyro_wrapped() and all(_holds_one_parameter(opt) for opt in optimizers):
@@ -208,7 +210,10 @@ def _remedy(optimizer: Optimizer, decay: float, optimizers: list[Optimizer]) -> 
             )
         return (
             f"pyro.optim.{name}({arguments}) in place of its dict of arguments "
-            "(add the others as keywords), which gives them no decay"
+            "(add the others as keywords), which gives them no decay; under a "
+            "pyro.optim scheduler that records no starting rate "
+            '(ReduceLROnPlateau), the same call as the scheduler\'s "optim_args", '
+            "its own entries as they are"
         )
     return (
         f"{name}(bnn.decay_groups(model, loss_fn, weight_decay={decay:g}), "

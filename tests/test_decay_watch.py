@@ -712,14 +712,18 @@ def _scheduled_svi_messages(
     loss_fn: bnn.KullbackLeiblerLoss,
     scheduler: pyro.optim.PyroLRScheduler,
 ) -> list[str]:
-    """Decay warnings of three SVI steps, each followed by a scheduler step."""
+    """Decay warnings of three SVI steps, each followed by a scheduler step
+    (given the loss where the scheduler reads one: ReduceLROnPlateau)."""
     svi = SVI(loss_fn.pyro_model(net), net.guide, scheduler, bnn.Trace_ELBO())
     x, y = torch.randn(16, 3), torch.randn(16, 1)
+    plateau = (
+        scheduler.pt_scheduler_constructor is torch.optim.lr_scheduler.ReduceLROnPlateau
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(3):
-            svi.step(x, y)
-            scheduler.step()
+            loss = svi.step(x, y)
+            scheduler.step(loss) if plateau else scheduler.step()
     return [str(w.message) for w in caught if "weight_decay" in str(w.message)]
 
 
@@ -753,6 +757,36 @@ def test_the_advice_under_a_pyro_scheduler_keeps_it_and_its_first_rate() -> None
     for parameter, scheduled in followed.optim_objs.items():
         group = scheduled.optimizer.param_groups[0]
         assert group["initial_lr"] == 1e-2
+        assert group["weight_decay"] == (0.0 if id(parameter) in scales else 0.01)
+
+
+def test_the_advice_under_reduce_lr_on_plateau_names_the_schedulers_place() -> None:
+    """ReduceLROnPlateau records no starting rate on the optimizer: the
+    advice was pyro.optim.AdamW(bnn.decay_optim_args(...)) alone, which
+    drops the scheduler (probe falsepos26a). It names the scheduler's
+    "optim_args" too; followed there, no scale decays and nothing warns."""
+    net, loss_fn = _net(), bnn.KullbackLeiblerLoss(bnn.Normal(), 16)
+    scheduler = pyro.optim.ReduceLROnPlateau(
+        {"optimizer": torch.optim.AdamW, "optim_args": {"lr": 1e-2}}
+    )
+    (message,) = _scheduled_svi_messages(net, loss_fn, scheduler)
+    assert "bnn.decay_optim_args(model, loss_fn, weight_decay=0.01, lr=0.01)" in message
+    assert (
+        "under a pyro.optim scheduler that records no starting rate "
+        '(ReduceLROnPlateau), the same call as the scheduler\'s "optim_args"'
+    ) in " ".join(message.split())
+    followed = pyro.optim.ReduceLROnPlateau(
+        {
+            "optimizer": torch.optim.AdamW,
+            "optim_args": bnn.decay_optim_args(
+                net, loss_fn, weight_decay=0.01, lr=0.01
+            ),
+        }
+    )
+    assert _scheduled_svi_messages(net, loss_fn, followed) == []
+    scales = {id(p) for m in (net, loss_fn) for p in scale_parameters(m).values()}
+    for parameter, scheduled in followed.optim_objs.items():
+        group = scheduled.optimizer.param_groups[0]
         assert group["weight_decay"] == (0.0 if id(parameter) in scales else 0.01)
 
 
