@@ -10,6 +10,7 @@ listed once, at its first path, and marked ``shared``.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
@@ -28,6 +29,7 @@ from pyrolite_bnn._pyro_module import (
 from pyrolite_bnn._pyro_statements import (
     PyroStatement,
     attributes_read_in,
+    may_read_any_attribute,
     pyro_statement_in,
     pyro_statement_refusal,
 )
@@ -305,7 +307,10 @@ def refuse_pyro_statements(root: nn.Module) -> None:
     :mod:`pyrolite_bnn._pyro_statements`). A ``PyroSample`` attribute of a
     module of the network (other than a Bayesian layer's random variables)
     that the network's ``forward`` code reads is a ``pyro.sample`` statement
-    too, and refused the same way; one it does not read is never drawn.
+    too, and refused the same way; one it does not read is never drawn. Every
+    one of a module whose ``forward`` is not read (torch's, Pyro's or this
+    library's: ``PyroModule[nn.Linear]`` with a ``PyroSample`` weight) counts
+    as read (:func:`~pyrolite_bnn._pyro_statements.may_read_any_attribute`).
 
     Found once per module tree, as the network's other facts. A Pyro module
     of the user's (no library module) does not say when it gains or loses a
@@ -346,12 +351,30 @@ def refuse_pyro_statements(root: nn.Module) -> None:
             raise pyro_statement_refusal(type(module), attribute, path)
 
 
-def _attributes_read(modules: list[tuple[str, nn.Module]]) -> dict[int, frozenset[str]]:
-    """The attributes the network's ``forward`` code reads, by the reading module's id.
+class _AnyName(Container[str]):
+    """The attributes read by code that is not read: any of them."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "<any attribute>"
+
+
+_ANY_NAME = _AnyName()
+_NO_NAME: frozenset[str] = frozenset()
+
+
+def _attributes_read(
+    modules: list[tuple[str, nn.Module]],
+) -> dict[int, Container[str]]:
+    """The attributes the network's ``forward`` code reads, by the read module's id.
 
     Each chain a module's code reads (:func:`attributes_read_in`) is followed
     through the module's children: ``self.inner.g`` is ``g`` read from
-    ``inner``.
+    ``inner``. A module whose ``forward`` may read any of its attributes
+    (:func:`may_read_any_attribute`: torch's, Pyro's or this library's code)
+    reads them all.
 
     Args:
         modules: the network's modules, :func:`network_modules` of its root.
@@ -366,11 +389,17 @@ def _attributes_read(modules: list[tuple[str, nn.Module]]) -> dict[int, frozense
                     read.setdefault(id(holder), set()).add(name)
                     break
                 holder = child
-    return {key: frozenset(names) for key, names in read.items()}
+    found: dict[int, Container[str]] = {
+        key: frozenset(names) for key, names in read.items()
+    }
+    for _, reader in modules:
+        if may_read_any_attribute(type(reader)):
+            found[id(reader)] = _ANY_NAME
+    return found
 
 
 def _statement_kept_by(
-    module: nn.Module, read: dict[int, frozenset[str]]
+    module: nn.Module, read: dict[int, Container[str]]
 ) -> PyroStatement | None:
     """A Pyro statement of ``module`` that holds until its tree changes.
 
@@ -379,21 +408,21 @@ def _statement_kept_by(
     reads (``read``, from :func:`_attributes_read`).
     """
     if isinstance(module, LocalPyroModule):
-        attribute = _sample_attribute_of(module, read.get(id(module), frozenset()))
+        attribute = _sample_attribute_of(module, read.get(id(module), _NO_NAME))
         if attribute is not None:
             return attribute
     return pyro_statement_in(type(module))
 
 
 def _sample_attribute_of(
-    module: nn.Module, read: frozenset[str]
+    module: nn.Module, read: Container[str]
 ) -> PyroStatement | None:
     """``module``'s first ``PyroSample`` attribute in ``read`` (not a random variable).
 
     A :class:`VIModule`'s declared random variables are ``PyroSample``
     attributes too: the network's weights, drawn by its guide.
     """
-    if not read:
+    if read is _NO_NAME:
         return None
     declared = module.declared_variables() if isinstance(module, VIModule) else {}
     return next(

@@ -38,10 +38,27 @@ through ``getattr``, a subscript (``self.layers[0].g``), a variable
 (``for layer in self.layers: layer.g``) or a function the module is passed
 to, and reads in methods ``forward`` does not call (a ``model`` method of a
 Pyro module around the network, say, whose sites are Pyro's to handle).
+
+Code that is not read may read any attribute of its module
+(:func:`may_read_any_attribute`): a ``forward`` of torch, Pyro or this library
+(``nn.Linear`` reads ``self.weight``, an RNN its weights through a list of
+their names, a Bayesian layer built with ``bias=False`` its ``self.bias``),
+and whatever a user's method reaches through ``super()`` (``super().forward(x)``
+in a subclass of ``PyroModule[nn.Linear]``). Every ``PyroSample`` attribute of
+such a module counts as read, not only those named like its parameters: what
+that code reads is not known, and an attribute it never reads is rare (one set
+beside a layer's parameters for a Pyro model around the network to read, say),
+while one it reads and the loss never sees is a prior drawn afresh on every
+call. Its children's attributes are theirs to declare. ``nn.Module``'s own
+``forward`` (a container's, which raises if called) reads nothing; torch's,
+Pyro's and this library's other methods called on the module by name
+(``self.parameters()``) are taken to read none of its ``PyroSample``
+attributes: they read its tables, not its attributes.
 """
 
 from __future__ import annotations
 
+import builtins
 import dis
 import inspect
 import os
@@ -53,11 +70,13 @@ from typing import Any, NamedTuple
 import pyro
 import pyro.primitives
 import torch
+from torch import nn
 
 __all__ = [
     "HELPER_DEPTH",
     "PyroStatement",
     "attributes_read_in",
+    "may_read_any_attribute",
     "pyro_statement_in",
     "pyro_statement_refusal",
 ]
@@ -82,7 +101,8 @@ _VARIABLE_LOADS = frozenset(
         "LOAD_FAST_LOAD_FAST",
     }
 )
-# torch's, Pyro's and this library's source folders: their forwards are known.
+# torch's, Pyro's and this library's source folders: their forwards make no
+# Pyro statement, and are not read (what they read of the module is not known).
 _OWN_PACKAGES = tuple(
     str(folder) + os.sep
     for folder in (
@@ -115,6 +135,7 @@ class _ForwardCode(NamedTuple):
 
     statement: PyroStatement | None
     attribute_reads: frozenset[tuple[str, ...]]
+    reads_any_attribute: bool
 
 
 # Results per class and forward (the code of a forward method never changes).
@@ -125,7 +146,13 @@ class _ForwardCode(NamedTuple):
 _FOUND: weakref.WeakKeyDictionary[type[Any], dict[types.CodeType, _ForwardCode]]
 _FOUND = weakref.WeakKeyDictionary()
 
-_NOTHING = _ForwardCode(None, frozenset())
+# A forward that reads nothing (nn.Module's own, which raises if called), and
+# one whose code is not read: no Pyro statement, any attribute.
+_NOTHING = _ForwardCode(None, frozenset(), reads_any_attribute=False)
+_NOT_READ = _ForwardCode(None, frozenset(), reads_any_attribute=True)
+# In the attribute chains read while reading code: the module itself, reached
+# by code that is not read (through super()), which may read any attribute.
+_WHOLE_MODULE: tuple[str, ...] = ()
 
 
 def pyro_statement_in(module_type: type[Any]) -> PyroStatement | None:
@@ -162,7 +189,8 @@ def attributes_read_in(module_type: type[Any]) -> frozenset[tuple[str, ...]]:
     and the module's own methods it calls by name (``self.method``), up to
     :data:`HELPER_DEPTH` calls deep, with the functions defined in them;
     module-level helpers have no module to read from. Empty for a class whose
-    ``forward`` is torch's, Pyro's or this library's.
+    ``forward`` is torch's, Pyro's or this library's, whose reads are not
+    known (:func:`may_read_any_attribute`).
 
     Example:
         >>> import torch
@@ -179,17 +207,53 @@ def attributes_read_in(module_type: type[Any]) -> frozenset[tuple[str, ...]]:
     return _forward_code(module_type).attribute_reads
 
 
+def may_read_any_attribute(module_type: type[Any]) -> bool:
+    """Whether ``module_type.forward`` may read any attribute of its module.
+
+    ``True`` where code that is not read runs with the module: a ``forward``
+    of torch, Pyro or this library (``nn.Linear``'s reads ``self.weight``),
+    or one of the user's that reaches code through ``super()``. Every
+    ``PyroSample`` attribute of such a module counts as read (see the module
+    documentation); its children's attributes are not meant, only its own.
+    ``False`` for a class whose ``forward`` is the user's (what it reads is
+    :func:`attributes_read_in`) and for ``nn.Module``'s own (a container's:
+    no ``forward``, it raises if called).
+
+    Example:
+        >>> import torch
+        >>> class Twice(torch.nn.Linear):
+        ...     def forward(self, h):
+        ...         return 2 * super().forward(h)
+        >>> class Scaled(torch.nn.Module):
+        ...     def forward(self, h):
+        ...         return h * self.scale
+        >>> [
+        ...     may_read_any_attribute(module_type)
+        ...     for module_type in (torch.nn.Linear, Twice, Scaled, torch.nn.ModuleList)
+        ... ]
+        [True, True, False, False]
+    """
+    return _forward_code(module_type).reads_any_attribute
+
+
 def _forward_code(module_type: type[Any]) -> _ForwardCode:
     """What ``module_type.forward`` holds, read once per class and forward."""
-    forward = _user_function(getattr(module_type, "forward", None))
-    if forward is None:
+    method = getattr(module_type, "forward", None)
+    if method is None or method is nn.Module.forward:
         return _NOTHING
+    forward = _user_function(method)
+    if forward is None:
+        return _NOT_READ
     found = _FOUND.setdefault(module_type, {})
     code = forward.__code__
     if code not in found:
         reads: set[tuple[str, ...]] = set()
         statement = _read_function(forward, module_type, HELPER_DEPTH, set(), reads)
-        found[code] = _ForwardCode(statement, frozenset(reads))
+        found[code] = _ForwardCode(
+            statement,
+            frozenset(reads - {_WHOLE_MODULE}),
+            reads_any_attribute=_WHOLE_MODULE in reads,
+        )
     return found[code]
 
 
@@ -214,7 +278,8 @@ def _read_function(
     """The first Pyro statement in ``function``'s code or the helpers it names.
 
     Adds to ``reads`` the attributes they read from the module (with
-    ``owner``, the class whose method ``function`` is).
+    ``owner``, the class whose method ``function`` is; :data:`_WHOLE_MODULE`
+    where they hand it to code that is not read).
     """
     seen.add(function.__code__)
     helpers: list[tuple[types.FunctionType, type[Any] | None]] = []
@@ -247,7 +312,9 @@ def _read_code(
     functions (called with no owner) and, with ``owner``, the owner's methods
     read from the module (``self.name``; ``module_name`` is the variable that
     holds it, a local or, in code defined in the method, a closure's); adds to
-    ``reads`` the chains of attributes read from the module.
+    ``reads`` the chains of attributes read from the module, and
+    :data:`_WHOLE_MODULE` where a method calls ``super()`` (whose code, the
+    base class's, is not read).
     """
     found: PyroStatement | None = None
     previous: object = None
@@ -263,7 +330,9 @@ def _read_code(
             reads.add(tuple(chain))
         chain = [] if _loads(instruction, module_name) else None
         if instruction.opname == "LOAD_GLOBAL":
-            value = globals_.get(instruction.argval)
+            value = _global_value(globals_, instruction.argval)
+            if value is super and owner is not None:
+                reads.add(_WHOLE_MODULE)
             name = _STATEMENT_FUNCTIONS.get(id(value))
             if name is not None and found is None:
                 found = PyroStatement(name)
@@ -285,6 +354,13 @@ def _read_code(
             if found is None:
                 found = below
     return found
+
+
+def _global_value(globals_: dict[str, Any], name: str) -> object:
+    """What the global ``name`` is in code with ``globals_``: a global or a builtin."""
+    if name in globals_:
+        return globals_[name]
+    return getattr(builtins, name, None)
 
 
 def _loads(instruction: dis.Instruction, name: str | None) -> bool:

@@ -9,7 +9,7 @@ import types
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyro
@@ -758,6 +758,41 @@ class _ReadsALayersAttribute(nn.Module):
         return self.layer(h) * self.layer.extra  # type: ignore[no-any-return]
 
 
+def _prior_like(tensor: Tensor) -> dist.Distribution:
+    """A standard Normal prior over a tensor of ``tensor``'s shape, one event."""
+    return dist.Normal(0.0, 1.0).expand(tensor.shape).to_event(tensor.dim())
+
+
+def _bayesian_by_pyro_sample(layer: nn.Module, name: str) -> nn.Module:
+    """``layer`` with its parameter ``name`` a ``PyroSample`` of its shape."""
+    setattr(layer, name, PyroSample(_prior_like(getattr(layer, name))))
+    return layer
+
+
+class _TwiceALinear(PyroModule[nn.Linear]):
+    """A user's subclass of a torch layer whose forward reaches torch's by super()."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(h)
+
+
+def _with_an_absent_bias_sampled() -> bnn.VISequential:
+    # Built without a bias, the layer's forward reads self.bias all the same
+    # (None): a PyroSample there is drawn at every call.
+    conv = bnn.VIConv2d(1, 1, 1, bias=False)
+    conv.bias = PyroSample(dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+    images = nn.Unflatten(-1, (1, 2, 2))
+    return bnn.VISequential(
+        bnn.VILinear(3, 4), images, conv, nn.Flatten(-3), bnn.VILinear(4, 1)
+    )
+
+
+def _with_extra_sample_on_a_layer() -> bnn.VISequential:
+    net = _net()
+    net[0].extra = PyroSample(dist.LogNormal(0.0, 0.5))
+    return net
+
+
 _SAMPLE_ATTRIBUTES: dict[str, tuple[Callable[[], bnn.VISequential], str]] = {
     "in __init__": (
         lambda: _between_layers(_GainAttribute()),
@@ -782,6 +817,29 @@ _SAMPLE_ATTRIBUTES: dict[str, tuple[Callable[[], bnn.VISequential], str]] = {
     "on a library layer": (
         lambda: _between_layers(_ReadsALayersAttribute()),
         r"module '1.layer', VILinear.extra is a PyroSample attribute",
+    ),
+    # A library layer's forward is not read: it may read any of its attributes.
+    "on a library layer, unread": (
+        _with_extra_sample_on_a_layer,
+        r"module '0', VILinear.extra is a PyroSample attribute",
+    ),
+    "library layer's absent bias": (
+        _with_an_absent_bias_sampled,
+        r"module '2', VIConv2d.bias is a PyroSample attribute",
+    ),
+    "torch layer's weight": (
+        lambda: bnn.VISequential(
+            bnn.VILinear(3, 4),
+            nn.Tanh(),
+            _bayesian_by_pyro_sample(PyroModule[nn.Linear](4, 1), "weight"),
+        ),
+        r"module '2', PyroLinear.weight is a PyroSample attribute",
+    ),
+    "torch layer's forward through super()": (
+        lambda: bnn.VISequential(
+            bnn.VILinear(3, 4), _bayesian_by_pyro_sample(_TwiceALinear(4, 1), "bias")
+        ),
+        r"module '1', _TwiceALinear.bias is a PyroSample attribute",
     ),
 }
 
@@ -908,17 +966,27 @@ class _NoiseScaleStatement(PyroModule):
         return self(x), pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
 
 
-def _with_extra_sample_on_a_layer() -> bnn.VISequential:
-    net = _net()
-    net[0].extra = PyroSample(dist.LogNormal(0.0, 0.5))
-    return net
+class _NoiseScaleOnAHolder(PyroModule):
+    """The same, the attribute on a child Pyro module that has no forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+        self.noise = PyroModule()
+        self.noise.sigma = PyroSample(dist.LogNormal(0.0, 1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+    def model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(x), self.noise.sigma
 
 
 _UNREAD_SAMPLE_ATTRIBUTES: dict[str, Callable[[], nn.Module]] = {
     "model method, attribute": _NoiseScaleAttribute,
+    "model method, attribute of a holder": _NoiseScaleOnAHolder,
     "model method, statement": _NoiseScaleStatement,
     "users Pyro module": lambda: _between_layers(_UnreadGain()),
-    "library layer": _with_extra_sample_on_a_layer,
 }
 
 
@@ -931,10 +999,90 @@ def test_pyro_sample_attribute_the_forward_never_reads_is_not_refused(
     # scale declared on a Pyro model around the network made predict refuse
     # it, though the network never draws it. Now an attribute is refused where
     # a statement would be: read by the forward code the statement check reads.
+    # (A library layer's forward is not read, as torch's: every PyroSample
+    # attribute of one counts as read, see the refusals above.)
     x, y = _problem()
     net = _UNREAD_SAMPLE_ATTRIBUTES[holder]()
     assert bnn.predict(net, x, bnn.Normal(scale=0.3)).mean.shape == (32,)
     assert _loss()(net(x), y.unsqueeze(-1)).isfinite()
+
+
+class _LayerInANetwork(NamedTuple):
+    net: nn.Module
+    x: Tensor
+    path: str  # the layer's
+
+
+def _images_through(layer: nn.Module) -> _LayerInANetwork:
+    images = nn.Unflatten(-1, (1, 2, 2))
+    net = bnn.VISequential(
+        bnn.VILinear(3, 4), images, layer, nn.Flatten(-3), bnn.VILinear(4, 1)
+    )
+    return _LayerInANetwork(net, _problem()[0], "2")
+
+
+def _indices_through(layer: nn.Module) -> _LayerInANetwork:
+    net = bnn.VISequential(layer, bnn.VILinear(4, 1))
+    return _LayerInANetwork(net, torch.arange(32) % 5, "0")
+
+
+def _features_through(layer: nn.Module) -> _LayerInANetwork:
+    net = bnn.VISequential(bnn.VILinear(3, 4), layer, bnn.VILinear(4, 1))
+    return _LayerInANetwork(net, _problem()[0], "1")
+
+
+# Torch layers whose forward (torch's, not read) reads their parameters, each
+# made a Pyro module in a network that feeds it the input it takes.
+_TORCH_LAYERS: dict[
+    str, tuple[Callable[[], nn.Module], Callable[[nn.Module], _LayerInANetwork]]
+] = {
+    "Linear": (lambda: PyroModule[nn.Linear](4, 4), _features_through),
+    "LayerNorm": (lambda: PyroModule[nn.LayerNorm](4), _features_through),
+    "Conv2d": (lambda: PyroModule[nn.Conv2d](1, 1, 1), _images_through),
+    "Embedding": (lambda: PyroModule[nn.Embedding](5, 4), _indices_through),
+}
+
+
+@pytest.mark.parametrize(
+    ("layer", "name"),
+    [
+        ("Linear", "weight"),
+        ("Linear", "bias"),
+        ("LayerNorm", "weight"),
+        ("LayerNorm", "bias"),
+        ("Conv2d", "weight"),
+        ("Conv2d", "bias"),
+        ("Embedding", "weight"),
+    ],
+)
+def test_pyro_sample_parameter_of_a_torch_layer_is_refused(
+    layer: str, name: str
+) -> None:
+    # The statement check does not read torch's code, and took a torch
+    # layer's forward to read none of its attributes: PyroModule[nn.Linear]
+    # with a PyroSample weight ran, the weight drawn from its prior at every
+    # call, never learned, with no KL term (two calls differed by ~2). Code
+    # that is not read may read any attribute of its module.
+    build, network_of = _TORCH_LAYERS[layer]
+    net, x, path = network_of(_bayesian_by_pyro_sample(build(), name))
+    kind = f"Pyro{layer}"  # the class PyroModule[nn.<layer>]
+    refusal = rf"module '{path}', {kind}\.{name} is a PyroSample attribute"
+    with pytest.raises(ValueError, match=refusal):
+        net(x, samples=2)
+    with pytest.raises(ValueError, match=refusal):
+        bnn.predict(net, x, bnn.Normal(scale=0.3))
+
+
+@pytest.mark.parametrize("layer", sorted(_TORCH_LAYERS))
+def test_torch_layer_made_a_pyro_module_runs_without_sample_attributes(
+    layer: str,
+) -> None:
+    # Its forward is not read, yet with no PyroSample attribute nothing is
+    # refused: the network's loss and predictions, as for the plain layer.
+    build, network_of = _TORCH_LAYERS[layer]
+    net, x, _ = network_of(build())
+    assert _loss()(net(x, samples=2), torch.zeros(32, 1)).isfinite()
+    assert bnn.predict(net, x, bnn.Normal(scale=0.3)).mean.shape == (32,)
 
 
 class _ParamGain(PyroModule):
