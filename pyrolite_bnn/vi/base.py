@@ -62,11 +62,21 @@ from pyrolite_bnn.vi._parameter_names import (
 )
 from pyrolite_bnn.vi.distributions import MeanFieldNormal
 from pyrolite_bnn.vi.distributions._adapters import AdaptedPosterior, AdaptedPrior
-from pyrolite_bnn.vi.distributions.base import Distribution, init_like_a_weight
+from pyrolite_bnn.vi.distributions.base import (
+    Distribution,
+    constant_prior_initialization,
+    init_like_a_weight,
+)
 from pyrolite_bnn.vi.utils.errors import NoVariablesError, UnsupportedDistributionError
 from pyrolite_bnn.vi.utils.vi_return import VIReturn
 
-__all__ = ["RandomVariableNames", "VIModule", "VariableSpecs", "validated_shapes"]
+__all__ = [
+    "RandomVariableNames",
+    "VIModule",
+    "VariableSpecs",
+    "reset_as_constructed",
+    "validated_shapes",
+]
 
 Shapes = Mapping[str, Sequence[int] | None]
 
@@ -544,15 +554,12 @@ class VIModule(BnnVIModule):
             family.reset_variational_parameters(
                 self, name, self._fan_in, self._kaiming_init
             )
-            _give_initial_values(
-                self.posterior[name],
-                family.initial_constants(self._fan_in, self._kaiming_init),
-                self._fan_in,
-            )
-            if self._prior_init:
-                prior = self.prior_specs[name]
-                assert prior is not None
+            prior = self.prior_specs[name] if self._prior_init else None
+            if prior is not None:
                 prior.reset_parameters_to_prior(self, name)
+            _give_initial_values(
+                self.posterior[name], family, prior, self._fan_in, self._kaiming_init
+            )
 
     def prior_distribution(self, name: str) -> Any:
         """Prior of ``name``; a hierarchical prior gets the variational parameters."""
@@ -890,6 +897,37 @@ class VIModule(BnnVIModule):
         return _fold(_stack_particles(outputs), batch)
 
 
+def reset_as_constructed(layer: VIModule, library_reset: Callable[[], None]) -> None:
+    """A ``vi`` layer's ``reset_parameters()``: the layer as construction leaves it.
+
+    torch_blue's initialisation of its variables,
+    :meth:`VIModule.reset_variational_parameters` (Kaiming-scaled or prior
+    initialization, whatever code the prior's ``reset_parameters_to_prior``
+    runs), then :meth:`~pyrolite_bnn.VIModule.reset_priors` (after
+    ``to_empty`` they hold no values either). The :mod:`pyrolite_bnn` layer's
+    constructor resets before the torch_blue options are recorded; that call
+    is ``library_reset`` (the library layer's own ``reset_parameters``), and
+    :meth:`VIModule.adopt_specs` initialises the torch_blue way after it.
+
+    Args:
+        layer: the layer.
+        library_reset: the library layer's ``reset_parameters``.
+
+    Example:
+        >>> from pyrolite_bnn import vi
+        >>> layer = vi.VILinear(3, 2, prior_initialization=True)
+        >>> layer.reset_parameters()  # reset_as_constructed
+        >>> mean, log_std = layer.get_variational_parameters("weight")
+        >>> mean.abs().max().item(), log_std.abs().max().item()
+        (0.0, 0.0)
+    """
+    if not layer.random_variables:  # the library layer's constructor
+        library_reset()
+        return
+    layer.reset_variational_parameters()
+    layer.reset_priors()
+
+
 # torch.vmap's messages for what it refuses in any forward (no fallback runs it).
 _DATA_DEPENDENT = ("data-dependent control flow", "calling .item()")
 
@@ -963,21 +1001,45 @@ def _user_forward(cls: type) -> bool:
 
 
 def _give_initial_values(
-    posterior: Posterior, constants: Mapping[str, float], fan_in: int
+    posterior: Posterior,
+    family: Distribution,
+    prior: Distribution | None,
+    fan_in: int,
+    kaiming_scaling: bool,
 ) -> None:
     """Let ``posterior``'s own reset start it where torch_blue's does.
 
     Its mean is drawn like a weight of fan-in ``fan_in``
     (:func:`~pyrolite_bnn.vi.distributions.base.init_like_a_weight`); its
-    scales start at ``constants``, a family's ``initial_constants``: a
-    mean-field Normal posterior keeps ``exp(log_std)`` as its ``init_scale``,
-    an adapted one all of them; a point mass has no scales.
+    scales start at the family's ``initial_constants``. With prior
+    initialization (``prior`` given) the prior's constants
+    (:func:`~pyrolite_bnn.vi.distributions.base.constant_prior_initialization`:
+    ``MeanFieldNormal``'s mean and ``log_std``, rescaled where the prior is)
+    replace those of the parameters they name, the mean's too. A mean-field
+    Normal posterior keeps ``exp(log_std)`` as its ``init_scale``, an adapted
+    one all of its other parameters' values; a point mass has no scales.
+
+    A prior whose prior initialization is code of its own (``BasicQuietPrior``
+    draws the means and gives each weight its own scale) has no constants to
+    hand over: its layer's resets run that code
+    (:meth:`VIModule.reset_variational_parameters`), a posterior's own reset
+    starts it as without prior initialization.
     """
-    posterior.loc_init = functools.partial(init_like_a_weight, fan_in=fan_in)
+    constants = family.initial_constants(fan_in, kaiming_scaling)
+    loc_init: Callable[[Tensor], Tensor] = functools.partial(
+        init_like_a_weight, fan_in=fan_in
+    )
+    from_prior = None if prior is None else constant_prior_initialization(prior)
+    if from_prior is not None:
+        primary, *others = family.distribution_parameters
+        if primary in from_prior:
+            loc_init = functools.partial(nn.init.constant_, val=from_prior[primary])
+        constants.update({n: v for n, v in from_prior.items() if n in others})
+    posterior.loc_init = loc_init
     if isinstance(posterior, MeanFieldNormalPosterior):
         posterior.init_scale = math.exp(constants["log_std"])
     elif isinstance(posterior, AdaptedPosterior):
-        posterior.initial_values = dict(constants)
+        posterior.initial_values = constants
 
 
 def _posterior_values(posterior: Posterior) -> list[Tensor]:

@@ -10,7 +10,7 @@ import torch
 from pyrolite_bnn.layers.conv import VIConv1d as BnnVIConv1d
 from pyrolite_bnn.layers.conv import VIConv2d as BnnVIConv2d
 from pyrolite_bnn.layers.conv import VIConv3d as BnnVIConv3d
-from pyrolite_bnn.vi.base import VariableSpecs, VIModule
+from pyrolite_bnn.vi.base import VariableSpecs, VIModule, reset_as_constructed
 
 __all__ = ["VIConv1d", "VIConv2d", "VIConv3d"]
 
@@ -80,6 +80,15 @@ class _Conv:
         layer: VIModule = self  # type: ignore[assignment]
         layer.adopt_specs(specs)
         layer.return_log_probs = return_log_probs
+
+    def reset_parameters(self) -> None:
+        """Re-initialise as construction does, torch_blue's way, and the priors.
+
+        :func:`~pyrolite_bnn.vi.base.reset_as_constructed`: with
+        ``prior_initialization=True`` the variables return to the prior.
+        """
+        layer: VIModule = self  # type: ignore[assignment]
+        reset_as_constructed(layer, super().reset_parameters)  # type: ignore[misc]
 
 
 class VIConv1d(_Conv, BnnVIConv1d, VIModule):

@@ -8,7 +8,7 @@ import torch
 
 from pyrolite_bnn.layers._options import Estimator
 from pyrolite_bnn.layers.linear import VILinear as BnnVILinear
-from pyrolite_bnn.vi.base import VariableSpecs, VIModule
+from pyrolite_bnn.vi.base import VariableSpecs, VIModule, reset_as_constructed
 
 __all__ = ["VILinear"]
 
@@ -86,3 +86,11 @@ class VILinear(BnnVILinear, VIModule):
         )
         self.adopt_specs(specs)
         self.return_log_probs = return_log_probs
+
+    def reset_parameters(self) -> None:
+        """Re-initialise as construction does, torch_blue's way, and the priors.
+
+        :func:`~pyrolite_bnn.vi.base.reset_as_constructed`: with
+        ``prior_initialization=True`` the variables return to the prior.
+        """
+        reset_as_constructed(self, super().reset_parameters)

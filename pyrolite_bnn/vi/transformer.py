@@ -34,7 +34,7 @@ from pyrolite_bnn.layers.transformer import (
 from pyrolite_bnn.layers.transformer import (
     VITransformerEncoderLayer as BnnEncoderLayer,
 )
-from pyrolite_bnn.vi.base import VariableSpecs, VIModule
+from pyrolite_bnn.vi.base import VariableSpecs, VIModule, reset_as_constructed
 from pyrolite_bnn.vi.linear import VILinear
 from pyrolite_bnn.vi.utils.common_types import vikwargs_of
 
@@ -267,12 +267,12 @@ class VIMultiheadAttention(BnnAttention, VIModule):
     def reset_parameters(self) -> None:
         """Re-initialise every variable the torch_blue way, and the priors.
 
+        :func:`~pyrolite_bnn.vi.base.reset_as_constructed`:
         ``reset_variational_parameters()``, then
         :meth:`~pyrolite_bnn.VIModule.reset_priors` (after ``to_empty`` the
         priors hold no values either).
         """
-        self.reset_variational_parameters()
-        self.reset_priors()
+        reset_as_constructed(self, super().reset_parameters)
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any

@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.nn import Module, init
 
 from pyrolite_bnn._likelihoods import not_predictive
+from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
@@ -325,15 +326,42 @@ class Distribution(metaclass=PostInitCallMeta):
                 init_like_a_weight(tensor, fan_in)
         store_variational_tensors(module, variable, tensors)
 
+    def prior_initialization_values(self) -> dict[str, float] | None:
+        """The constants prior initialization sets the variational parameters to.
+
+        By parameter name: each variational parameter of that name starts at
+        the value, every weight alike; the others keep their initialisation
+        (:meth:`reset_variational_parameters`). Read from the prior's numbers
+        (as rescaled by :meth:`kaiming_rescale`), no tensor values. A layer
+        hands them to its posteriors, so that every reset of the layer, and
+        each posterior's own (FSDP's deferred initialisation), starts where
+        construction does. ``None`` (the base class): this prior gives none;
+        :meth:`reset_parameters_to_prior` then warns, unless a subclass
+        overrides it with code of its own (``BasicQuietPrior`` draws).
+
+        Example:
+            >>> from pyrolite_bnn import vi
+            >>> vi.distributions.MeanFieldNormal(0.5, 1.0).prior_initialization_values()
+            {'mean': 0.5, 'log_std': 0.0}
+        """
+        return None
+
     def reset_parameters_to_prior(self, module: Module, variable: str) -> None:
         """Set ``module``'s variational parameters of ``variable`` to the prior's.
 
-        The base class does not support it and warns.
+        The base class sets those named by :meth:`prior_initialization_values`;
+        where it gives none, prior initialization is not supported, and it
+        warns.
         """
-        warn_at_caller(
-            f'Module [{type(self).__name__}] is missing the "reset_parameters_to_prior"'
-            " method and therefore does not support prior initialization.",
-        )
+        values = self.prior_initialization_values()
+        if values is None:
+            warn_at_caller(
+                f"Module [{type(self).__name__}] is missing the "
+                '"reset_parameters_to_prior" method and therefore does not support '
+                "prior initialization.",
+            )
+            return
+        assign_variational_parameters(module, variable, values)
 
     # ------------------------------------------------------------ predictive
     def log_prob_from_samples(self, reference: Tensor, samples: Tensor) -> Tensor:
@@ -413,6 +441,27 @@ def _fan_in_scaled(default: float, fan_in: int, is_log: bool, eps: float) -> flo
     """``default`` times ``1/sqrt(fan_in)``; a log one plus its log (``+ eps``)."""
     scale = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return default + math.log(scale + eps) if is_log else default * scale
+
+
+def constant_prior_initialization(prior: Distribution) -> dict[str, float] | None:
+    """What prior initialization with ``prior`` sets, where constants say it all.
+
+    :meth:`Distribution.prior_initialization_values`, unless the prior's class
+    overrides :meth:`~Distribution.reset_parameters_to_prior` (code of its
+    own, which the constants may not describe: ``BasicQuietPrior`` draws
+    each mean and gives each weight a standard deviation of its own); then,
+    and for a prior that gives no constants, ``None``.
+
+    Example:
+        >>> from pyrolite_bnn import vi
+        >>> constant_prior_initialization(vi.distributions.MeanFieldNormal())
+        {'mean': 0.0, 'log_std': 0.0}
+        >>> print(constant_prior_initialization(vi.distributions.BasicQuietPrior()))
+        None
+    """
+    if not keeps_methods(prior, Distribution, ("reset_parameters_to_prior",)):
+        return None
+    return prior.prior_initialization_values()
 
 
 def init_like_a_weight(parameter: Tensor, fan_in: int) -> Tensor:

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import Module
 
 from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn._validation import (
@@ -30,7 +29,6 @@ from pyrolite_bnn.vi.distributions.base import (
     Prior,
     VariationalDistribution,
     as_parameter_tuple,
-    assign_variational_parameters,
     number_tensor,
 )
 from pyrolite_bnn.vi.utils.use_norm_constants import norm_constants_on
@@ -125,11 +123,14 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         mean, log_std = as_parameter_tuple(*parameters)
         return self._normal_sample(mean, torch.exp(log_std))
 
-    def reset_parameters_to_prior(self, module: Module, variable: str) -> None:
-        """Set the variable's variational ``mean`` and ``log_std`` to this prior's."""
-        assign_variational_parameters(
-            module, variable, {"mean": self.mean, "log_std": self.log_std}
-        )
+    def prior_initialization_values(self) -> dict[str, float]:
+        """This prior's ``mean`` and ``log_std``: prior initialization's values.
+
+        :meth:`reset_parameters_to_prior` sets the variable's variational
+        ``mean`` and ``log_std`` to them (after ``rescale_prior``, the
+        rescaled ones).
+        """
+        return {"mean": float(self.mean), "log_std": float(self.log_std)}
 
     @staticmethod
     def _normal_sample(mean: Tensor, std: Tensor) -> Tensor:
