@@ -231,8 +231,17 @@ class LocalPyroModule(PyroModule):
             object.__setattr__(self, "_pyro_context", StoreKeepingContext())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with local_params(), linked_parameters(self):
+        with local_params(), linked_parameters(self._names_root()):
             return super().__call__(*args, **kwargs)
+
+    def _names_root(self) -> nn.Module:
+        """The module whose paths name the parameters this module's call reports.
+
+        Under Pyro a call names them in Pyro's store, for Pyro's optimisers,
+        while that module lives (:class:`ParameterNames`): this module
+        itself; a guide running its network's parameters, that network.
+        """
+        return self
 
     def adopt_pyro_name(self, name: str) -> None:
         """Name this module's Pyro parameters (and its submodules') under ``name``.
@@ -503,15 +512,18 @@ class ParameterNames(Messenger):
     net)``).
 
     The store's table is keyed by the parameters themselves, as Pyro keys its
-    own; the names this handler adds leave it when ``root`` is collected
-    (:func:`_name_while_alive`), so they keep no network alive. (Weak keys,
+    own; the names this handler adds leave it when ``root`` is collected, or
+    when ``root`` gives a name of its tree to another of its parameters (a
+    layer replaced), so they keep no network or replaced layer alive; names
+    given under other roots stay (:func:`_name_while_alive`). (Weak keys,
     as before, made ``torch.utils.swap_tensors`` refuse every parameter that
     had been trained with ``SVI``: ``.to()`` under
     ``torch.__future__.set_swap_module_params_on_conversion(True)``.)
 
     Args:
         root: the module whose call the body is (its parameters, those of its
-            guide and of the modules it runs).
+            guide and of the modules it runs); for a network's guide, the
+            network.
     """
 
     def __init__(self, root: nn.Module) -> None:
@@ -530,14 +542,19 @@ class ParameterNames(Messenger):
     ) -> None:
         super().__exit__(exc_type, exc_value, traceback)
         store = pyro.get_param_store()
-        unnamed = {
+        # Those named so already by the library are taken too: the root runs
+        # them under those names now (a layer moved in from another network).
+        # A parameter of Pyro's own store (a handler's global pyro.param) is
+        # the store's to name.
+        run_as_named = {
             parameter: name
             for parameter, name in self._reported
             if store.param_name(parameter) is None
+            or (store.param_name(parameter) == name and name not in store)
         }
         self._reported = []
-        if unnamed:
-            _name_while_alive(self._root, unnamed)
+        if run_as_named:
+            _name_while_alive(self._root, run_as_named)
 
     def _pyro_post_param(self, msg: Message[..., Any]) -> None:
         link = getattr(msg["value"], "unconstrained", None)
@@ -556,43 +573,82 @@ _NAMED: weakref.WeakKeyDictionary[nn.Module, dict[Tensor, str]] = (
 def _name_while_alive(root: nn.Module, names: dict[Tensor, str]) -> None:
     """Name the parameters in Pyro's store until ``root`` is collected.
 
-    One finalizer per root (its first names): it takes the names out of the
-    store, and with them the store's references to the parameters. A name
-    given anew (a layer replaced at the same path) is taken from the
-    parameter that had it, under any root, as Pyro's store holds one
-    parameter per name: the replaced layer's parameters are not kept alive
-    by their names.
+    ``names``: the parameters a call of ``root`` reported under these names,
+    unnamed in the store or named so already. One finalizer per root (its
+    first names) takes the names out of the store, and with them the store's
+    references to the parameters.
+
+    A name of ``root``'s module tree given to another of its parameters (a
+    layer replaced at the same path) is taken from the parameter ``root``
+    named so before, which it no longer runs under that name: the replaced
+    layer's parameters are not kept alive by their names. Nothing else is
+    taken: names given under other roots stay (two networks of one
+    structure, or a ``copy.deepcopy`` snapshot of one, give their own
+    parameters the same names, and each network's optimiser keys its state
+    by them: ``get_state()``, ``save()``, ``load()``), and so do those of
+    parameters outside ``root``'s tree that it ran (a loss's likelihood,
+    while another loss's runs the network).
     """
-    table = pyro.get_param_store()._param_to_name
     given = _NAMED.get(root)
     if given is None:
         given = _NAMED[root] = {}
         weakref.finalize(root, _unname, given).atexit = False
     renamed = set(names.values())
-    for kept in list(_NAMED.values()):  # any root's: the model's, the guide's
-        replaced = {
-            parameter: name
-            for parameter, name in kept.items()
-            if name in renamed and parameter not in names
-        }
+    replaced = {
+        parameter: name
+        for parameter, name in given.items()
+        if name in renamed and parameter not in names
+    }
+    if replaced:  # names of root's tree only: its own parameters have them now
+        own = {id(parameter) for parameter in root.parameters()}
+        paths = {name for parameter, name in names.items() if id(parameter) in own}
+        replaced = {p: name for p, name in replaced.items() if name in paths}
         for parameter in replaced:
-            del kept[parameter]
-        _unname(replaced)
-    table.update(names)
+            del given[parameter]
+        _unname(replaced, passed_over=given)
+    pyro.get_param_store()._param_to_name.update(names)
     given.update(names)
 
 
-def _unname(given: dict[Tensor, str]) -> None:
-    """Take the names in ``given`` out of Pyro's store (their root is gone).
+def _unname(
+    given: dict[Tensor, str], passed_over: dict[Tensor, str] | None = None
+) -> None:
+    """Take the names in ``given`` out of Pyro's store (their root is done with them).
 
     A name the store holds for another reason now (the store cleared, the
-    parameter named again) stays.
+    parameter named again) stays. So does the name of a parameter another
+    live root still holds, one whose names are neither ``given`` nor
+    ``passed_over`` (the root that replaced it): a root that named it too or
+    has it among its parameters (a layer moved into another network), which
+    then keeps the name while it lives.
     """
     table = pyro.get_param_store()._param_to_name
-    for parameter, name in given.items():
-        if table.get(parameter) == name:
-            del table[parameter]
+    current = {
+        parameter: name
+        for parameter, name in given.items()
+        if table.get(parameter) == name
+    }
     given.clear()
+    if not current:
+        return
+    holders = [
+        (names, {id(parameter) for parameter in root.parameters()})
+        for root, names in list(_NAMED.items())
+        if names is not given and names is not passed_over
+    ]
+    for parameter, name in current.items():
+        holder = next(
+            (
+                names
+                for names, held in holders
+                if parameter in names or id(parameter) in held
+            ),
+            None,
+        )
+        if holder is None:
+            del table[parameter]
+        else:
+            holder[parameter] = name
 
 
 class ParamStoreModule(nn.Module):

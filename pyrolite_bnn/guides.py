@@ -190,6 +190,10 @@ class ParticleGuide(LocalPyroModule):
         """The network this guide belongs to."""
         return self._network[0]
 
+    def _names_root(self) -> nn.Module:
+        """The network: the guide's parameters are named by their paths in it."""
+        return self.network
+
     def setup(self) -> None:
         """Run an assigned guide once, outside the particle plate, and check it.
 

@@ -261,8 +261,8 @@ def test_a_layer_replaced_in_a_network_run_under_pyro_is_freed() -> None:
     them); a layer replaced at the same path kept every old layer's
     parameters alive through their names, and the store's table grew with
     each replacement (probe falsepos25: 4 parameters kept per old layer, 28
-    entries for 8 names). A name given anew is taken from the parameter
-    that had it."""
+    entries for 8 names). A name the network gives anew is taken from the
+    parameter it gave it before."""
     pyro.clear_param_store()
     x = torch.randn(16, 3)
     net = bnn.VISequential(bnn.VILinear(3, 8), nn.ReLU(), bnn.VILinear(8, 1))
@@ -278,6 +278,147 @@ def test_a_layer_replaced_in_a_network_run_under_pyro_is_freed() -> None:
     table = pyro.get_param_store()._param_to_name
     assert sorted(table.values()) == sorted(set(table.values()))
     assert all(table.get(p) is not None for p in net.parameters())
+
+
+def _store_names(net: nn.Module) -> dict[str, str | None]:
+    store = pyro.get_param_store()
+    return {name: store.param_name(p) for name, p in net.named_parameters()}
+
+
+def _path_names(net: nn.Module) -> dict[str, str]:
+    return {
+        name: name.removesuffix("_unconstrained") for name, _ in net.named_parameters()
+    }
+
+
+@pytest.mark.parametrize(
+    "elbo",
+    [
+        pytest.param(Trace_ELBO, id="pyro"),
+        pytest.param(bnn.Trace_ELBO, id="bnn"),
+    ],
+)
+def test_two_networks_of_one_structure_keep_their_optimisers_names(
+    elbo: type[Trace_ELBO], tmp_path: Path
+) -> None:
+    """Two networks of one structure, each with its own ``pyro.optim``
+    optimiser (as docs/concepts.rst advises), trained in turn: each
+    network's names were taken by the other's (commit 812ab9e took a name
+    given anew from any root), so the first optimiser's ``get_state()`` had
+    one key, ``None``, for its 8 Adam states, and ``save()``/``load()``
+    resumed none of them (probe falsepos26a). Each keeps its names."""
+    x, y = _problem()
+    first, second = _net(), _net()
+    optimisers = [pyro.optim.Adam({"lr": 0.01}), pyro.optim.Adam({"lr": 0.01})]
+    svis = [
+        SVI(_loss().pyro_model(net), net.guide, optimiser, elbo())
+        for net, optimiser in zip((first, second), optimisers, strict=True)
+    ]
+    for _ in range(3):
+        for svi in svis:
+            svi.step(x, y, samples=2)
+    expected = sorted(_path_names(first).values())
+    for optimiser in optimisers:
+        assert sorted(optimiser.get_state()) == expected
+    optimisers[0].save(str(tmp_path / "first.pt"))
+    resumed = pyro.optim.Adam({"lr": 0.01})
+    resumed.load(str(tmp_path / "first.pt"))
+    copied = copy.deepcopy(first)
+    SVI(_loss().pyro_model(copied), copied.guide, resumed, elbo()).step(x, y, samples=2)
+    steps = {
+        name: float(entry["step"])
+        for name, state in resumed.get_state().items()
+        for entry in state["state"].values()
+    }
+    assert steps == dict.fromkeys(expected, 4.0)
+
+
+def test_a_deepcopy_snapshot_run_under_pyro_leaves_the_optimisers_names() -> None:
+    """A ``copy.deepcopy`` "best so far" snapshot of a network in training,
+    run once through ``Predictive``, took every name from the network's
+    parameters: its optimiser's ``get_state()`` went from 8 keys to one,
+    ``None`` (probe falsepos26a). The snapshot shares the loss (a learned
+    noise scale); neither its run nor its collection takes a name from the
+    network's optimiser."""
+    x, y = _problem()
+    net = _net()
+    loss = bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=32)
+    optimiser = pyro.optim.Adam({"lr": 0.01})
+    svi = SVI(loss.pyro_model(net), net.guide, optimiser, Trace_ELBO())
+    for _ in range(3):
+        svi.step(x, y, samples=2)
+    expected = sorted([*_path_names(net).values(), "likelihood.raw_scale"])
+    assert sorted(optimiser.get_state()) == expected
+    snapshot = copy.deepcopy(net)
+    pyro.infer.Predictive(
+        loss.pyro_model(snapshot), guide=snapshot.guide, num_samples=2
+    )(x)
+    assert sorted(optimiser.get_state()) == expected
+    assert _store_names(snapshot) == _path_names(snapshot)
+    del snapshot
+    gc.collect()
+    assert sorted(optimiser.get_state()) == expected
+
+
+@pytest.mark.parametrize(
+    "elbo",
+    [
+        pytest.param(Trace_ELBO, id="pyro"),
+        pytest.param(bnn.Trace_ELBO, id="bnn"),
+    ],
+)
+def test_two_losses_training_one_network_keep_their_likelihoods_names(
+    elbo: type[Trace_ELBO],
+) -> None:
+    """Two losses with learned noise scales (two data sets' sizes) train one
+    network in turn, each with its own optimiser: both scales are reported
+    as ``likelihood.raw_scale``. Neither is a parameter of the network,
+    replaced at that path, and each loss still runs its own: both names
+    stay, for each optimiser's ``get_state()``."""
+    x, y = _problem()
+    net = _net()
+    optimisers = [pyro.optim.Adam({"lr": 0.01}), pyro.optim.Adam({"lr": 0.01})]
+    svis = [
+        SVI(
+            bnn.KullbackLeiblerLoss(bnn.Normal(), dataset_size=size).pyro_model(net),
+            net.guide,
+            optimiser,
+            elbo(),
+        )
+        for size, optimiser in zip((32, 64), optimisers, strict=True)
+    ]
+    for svi in [*svis, *svis]:
+        svi.step(x, y, samples=2)
+    expected = sorted([*_path_names(net).values(), "likelihood.raw_scale"])
+    for optimiser in optimisers:
+        assert sorted(optimiser.get_state()) == expected
+
+
+def test_a_layer_moved_into_another_network_keeps_its_names() -> None:
+    """A layer moved from one network run under Pyro into another keeps its
+    names while the other network holds it: the first network replacing it
+    and being collected leave them, and the layer it replaced in the other
+    network is freed."""
+    x = torch.randn(16, 3)
+    loss = _loss()
+    first, second = _net(), _net()
+
+    def run(net: nn.Module) -> None:
+        pyro.infer.Predictive(loss.pyro_model(net), guide=net.guide, num_samples=2)(x)
+
+    run(first)
+    run(second)
+    left = [weakref.ref(p) for p in second[2].parameters()]
+    second[2] = first[2]
+    first[2] = bnn.VILinear(4, 1)
+    run(first)
+    assert _store_names(first) == _path_names(first)
+    assert _store_names(second) == _path_names(second)
+    run(second)
+    del first
+    gc.collect()
+    assert _store_names(second) == _path_names(second)
+    assert [ref() for ref in left] == [None] * len(left)
 
 
 def test_a_network_with_an_autoguide_loads_and_converts(swap_conversions: bool) -> None:
@@ -1639,6 +1780,31 @@ def test_a_handlers_global_param_lands_in_pyros_store_and_trains() -> None:
     assert pyro.param("weight_centered").unconstrained() is centered.unconstrained()
     assert not torch.equal(pyro.param("weight_centered").detach(), before)
     assert sorted(pyro.get_param_store()) == ["bias_centered", "weight_centered"]
+
+
+@pytest.mark.filterwarnings("ignore:Found vars in model but not guide")
+@pytest.mark.filterwarnings("ignore:Found non-auxiliary vars in guide but not model")
+def test_a_handlers_global_param_keeps_its_name_when_the_network_is_collected() -> None:
+    """The names the library gives in Pyro's store leave it with the network;
+    a handler's global ``pyro.param`` reported in the network's run is
+    Pyro's own, named by Pyro's store, and keeps its name for Pyro's
+    optimisers."""
+    from pyro.infer.reparam import LocScaleReparam
+
+    net = bnn.VILinear(2, 1, estimator="reparam")
+    x = torch.randn(8, 2)
+    y = x[:, 0] - x[:, 1]
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.3), dataset_size=8)
+    config = {site: LocScaleReparam(centered=None) for site in ("weight", "bias")}
+    model = poutine.reparam(loss_fn.pyro_model(net), config=config)
+    svi = SVI(model, net.guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    svi.step(x, y, samples=4)
+    centered = pyro.param("weight_centered").unconstrained()
+    gone = weakref.ref(net)
+    del net, model, svi
+    gc.collect()
+    assert gone() is None
+    assert pyro.get_param_store().param_name(centered) == "weight_centered"
 
 
 def test_an_interrupt_while_pyros_settings_are_put_back_leaves_them_right(
