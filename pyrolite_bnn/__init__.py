@@ -45,7 +45,11 @@ from pyrolite_bnn.distributions import (
     StudentTPrior,
     VariationalFamily,
 )
-from pyrolite_bnn.drawn_networks import DrawnNetworks, draw_networks
+from pyrolite_bnn.drawn_networks import (
+    DrawnNetworks,
+    PerNetworkInputWarning,
+    draw_networks,
+)
 from pyrolite_bnn.elbo import Trace_ELBO, TraceMeanField_ELBO
 from pyrolite_bnn.export import to_deterministic
 from pyrolite_bnn.guides import ParticleGuide
@@ -109,6 +113,7 @@ __all__ = [
     "NormalPrior",
     "ParticleGuide",
     "ParticlePlate",
+    "PerNetworkInputWarning",
     "PointMass",
     "Poisson",
     "Prediction",

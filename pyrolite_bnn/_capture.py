@@ -11,7 +11,9 @@ differentiated, in reverse or forward mode and through such wrappers, is
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+import warnings
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 
 import torch
@@ -20,6 +22,9 @@ from torch.autograd import forward_ad
 from pyrolite_bnn._context_values import set_while
 
 _CAPTURING: ContextVar[bool] = ContextVar("pyrolite_capturing", default=False)
+
+# torch.func's note on a kernel it runs one slice at a time under vmap.
+_UNBATCHED_KERNEL = "There is a performance drop because we have not yet implemented"
 
 
 def transforms_active() -> bool:
@@ -105,3 +110,17 @@ def is_capturing() -> bool:
 def capturing() -> AbstractContextManager[None]:
     """Mark the body as graph capture."""
     return set_while(_CAPTURING, True)
+
+
+@contextmanager
+def unbatched_kernels_unreported() -> Iterator[None]:
+    """Run the body without torch's note on kernels ``vmap`` runs slice by slice.
+
+    ``torch.vmap`` runs an operator without a batching rule (the CPU kernel of
+    ``scaled_dot_product_attention``) once per slice and says so with a
+    ``UserWarning`` ("There is a performance drop ..."): correct results, and
+    nothing a user of the library's mapped computations can act on.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_UNBATCHED_KERNEL)
+        yield

@@ -7,35 +7,51 @@ dynamics model, decoding one token per call, Thompson sampling that evaluates
 candidates in several calls). :func:`draw_networks` draws ``S`` networks once;
 the returned :class:`DrawnNetworks` runs every call on them: ``nets(x)`` gives
 all ``S`` networks the same inputs, ``nets.each(xs)`` gives network ``s`` its
-own ``xs[s]`` (the state a rollout feeds back).
+own ``xs[s]`` (the state a rollout feeds back), all networks in one call
+mapped over them with ``torch.vmap`` where it can run the network.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _structures
+from pyrolite_bnn._capture import unbatched_kernels_unreported
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draw_budget import DrawSizes
 from pyrolite_bnn._fixed_weights import FixedWeights
 from pyrolite_bnn._host_memory import check_fits_on_host
 from pyrolite_bnn._isolation import isolated
 from pyrolite_bnn._mode_warnings import warn_batch_statistics, warn_dropout
-from pyrolite_bnn._network import check_bayesian_network
+from pyrolite_bnn._network import check_bayesian_network, couples_examples
 from pyrolite_bnn._particles import one_particle
 from pyrolite_bnn._pyro_module import local_params
-from pyrolite_bnn._validation import check_count
+from pyrolite_bnn._validation import check_count, check_finite_inputs
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.guides import guide_of
 from pyrolite_bnn.laplace import LinearizedLaplace
 from pyrolite_bnn.record import release_record
 
-__all__ = ["DrawnNetworks", "draw_networks"]
+__all__ = ["DrawnNetworks", "PerNetworkInputWarning", "draw_networks"]
+
+
+class PerNetworkInputWarning(UserWarning):
+    """A call of drawn networks got an input that looks like their own outputs.
+
+    ``nets(x)`` gives every network all of ``x``: an ``x`` of shape ``(S, B,
+    ...)`` that holds one row per network (their outputs, or a state computed
+    from them) is read as ``S`` examples of ``B`` positions by each network,
+    and the output is ``(S, S, B, ...)``, every network on every other
+    network's rows. ``nets.each(x)`` runs network ``s`` on ``x[s]``. Where the
+    leading ``S`` is the batch by coincidence, silence it with
+    ``warnings.filterwarnings("ignore", category=bnn.PerNetworkInputWarning)``.
+    """
 
 
 def draw_networks(model: nn.Module, samples: int) -> DrawnNetworks:
@@ -122,6 +138,12 @@ class DrawnNetworks:
     itself). For the summaries of :func:`~pyrolite_bnn.predict` over these
     networks, wrap their outputs: ``bnn.Prediction(nets(x), likelihood)``.
 
+    ``nets(x)`` gives every network all of ``x``; ``nets.each(xs)`` gives
+    network ``s`` its own ``xs[s]``, as a rollout feeds each network's state
+    back. A call on such a state (the networks' own outputs, ``(S, B, ...)``)
+    would run every network on every network's rows: it warns
+    (:class:`PerNetworkInputWarning`).
+
     Attributes:
         model: the network the draws are of.
         samples: the number of networks ``S``.
@@ -149,6 +171,9 @@ class DrawnNetworks:
         self._weights = weights
         self._placement = _placement(model)
         self._mode_checked = False
+        # (batch, rank) of each network's first input in the calls so far: a
+        # later call's input (S, batch, ...) of one more dimension is per network.
+        self._batches_run: set[tuple[int, int]] = set()
 
     def __len__(self) -> int:
         return self.samples
@@ -161,7 +186,15 @@ class DrawnNetworks:
 
         ``model(*inputs, **kwargs)`` for each network: tensors ``(S, B, ...)``
         (in the output's containers), as a call with ``samples=S`` returns
-        them.
+        them. Every network gets all of each input: per-network inputs (the
+        outputs of an earlier call, a rollout's state) go to :meth:`each`.
+
+        Warns:
+            PerNetworkInputWarning: when the first tensor input is ``(S, B,
+                ...)`` with ``B`` the batch of an earlier call of these
+                networks and one dimension more than that call's input: it
+                looks like their outputs, one row per network, which this call
+                would give every network whole (an ``(S, S, B, ...)`` output).
 
         Raises:
             TypeError: for a ``samples=`` argument: the number of networks
@@ -173,7 +206,14 @@ class DrawnNetworks:
                 "is no argument of their calls: select networks with nets[i] or "
                 "nets[a:b], or draw another number with bnn.draw_networks"
             )
-        return self._run(self._weights, inputs, kwargs, self.samples)
+        first = _first_tensor(inputs, kwargs)
+        if first is not None:
+            self._warn_if_per_network(first)
+        self._check_model()
+        out = self._run(self._weights, inputs, kwargs, self.samples)
+        if first is not None and first.dim():
+            self._batches_run.add((first.shape[0], first.dim()))
+        return out
 
     def each(self, *inputs: Any, **kwargs: Any) -> Any:
         """Network ``s``'s outputs at its own inputs (row ``s`` of each).
@@ -184,10 +224,26 @@ class DrawnNetworks:
         on row ``s`` of each. Other arguments go to every network as they
         are; a tensor that all networks share is given expanded,
         ``x.expand(S, *x.shape)``. The outputs are ``(S, B, ...)``; leaves of
-        the output that are not tensors are the first network's. The networks
-        run one after the other (``S`` calls of one particle each): for a long
-        loop, a ``forward`` that runs the whole loop in one call is faster
-        (how-to, "Several outputs, several calls: one network per particle").
+        the output that are not tensors are the first network's.
+
+        All networks run in one call: the call of one network, mapped over
+        the networks and the rows of the inputs with ``torch.vmap``. Its
+        outputs are those of the networks called one by one,
+        ``nets[s](*rows_s)``, up to float rounding (batched matrix products
+        add in another order). Where ``vmap`` cannot run the network, the
+        networks run one after the other (``S`` calls of one network each),
+        with those calls' results and errors: a ``forward`` that draws random
+        numbers (dropout in training mode), that reads a tensor's value into
+        Python (``if h.sum() > 0``, ``.item()``), that updates a module's
+        state in place, that uses an operator ``vmap`` has no rule for
+        (torch's own ``nn.LSTM`` and ``nn.GRU``), or that returns a
+        ``PackedSequence``; and any call whose mapped run raises (its error
+        is then the one the networks' own calls give). A ``forward`` with
+        Python side effects of its own (a call counter) sees the mapped
+        attempt as one more call there. Networks whose batch norm takes the
+        batch's statistics (training mode) always run in turn: each network
+        normalises by its own batch and moves the running statistics, as
+        ``S`` calls do.
 
         Raises:
             TypeError: if no input is a tensor.
@@ -218,12 +274,99 @@ class DrawnNetworks:
                     f"call them directly, nets(x), or expand it, "
                     f"x.expand({self.samples}, *x.shape)"
                 )
+        self._check_model()
+        first = _first_tensor(inputs, kwargs)
+        if first is not None and first.dim() > 1:
+            self._batches_run.add((first.shape[1], first.dim() - 1))
+        # The mapped run reads no tensor's value: the networks' own calls
+        # check their inputs' values, which the one call checks here.
+        check_finite_inputs(inputs, kwargs, type(self.model).__name__)
+        # Batch norm on the batch's statistics counts its calls in Python
+        # before vmap refuses its running statistics: never mapped.
+        if not couples_examples(self.model):
+            try:
+                return self._each_at_once(inputs, kwargs)
+            except Exception:  # vmap cannot run the network: see the docstring
+                pass
+        return self._each_in_turn(inputs, kwargs)
+
+    def _each_at_once(self, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """:meth:`each` as one call of a network, mapped over the networks.
+
+        ``torch.vmap`` maps the call of one network (one particle, as
+        ``nets[s]`` runs) over the networks' weights and the rows of the
+        tensor inputs; ``randomness="error"`` refuses random numbers, whose
+        draws would differ from the calls one by one.
+
+        Raises:
+            Exception: whatever the mapped run raises, ``vmap``'s refusals
+                among them (:meth:`each` then runs the networks in turn).
+        """
+        leaves, structure = _structures.flatten((inputs, kwargs))
+        outputs: list[tuple[list[Any], _structures.Structure]] = []
+
+        def network(
+            values: dict[str, Tensor], rows: tuple[Tensor, ...]
+        ) -> tuple[Tensor, ...]:
+            row = iter(rows)
+            own, own_kwargs = structure.rebuild(
+                [next(row) if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+            )
+            weights = FixedWeights(
+                {site: value.unsqueeze(0) for site, value in values.items()},
+                self._weights.guide,
+            )
+            out = one_particle(self._run(weights, own, own_kwargs, 1))
+            out_leaves, out_structure = _structures.flatten(out)
+            if any(isinstance(leaf, PackedSequence) for leaf in out_leaves):
+                _refuse_packed_output()
+            outputs.append((out_leaves, out_structure))
+            return tuple(leaf for leaf in out_leaves if isinstance(leaf, Tensor))
+
+        rows = tuple(leaf for leaf in leaves if isinstance(leaf, Tensor))
+        with unbatched_kernels_unreported():
+            mapped = iter(
+                torch.vmap(network, randomness="error")(self._weights.values, rows)
+            )
+        out_leaves, out_structure = outputs[-1]
+        return out_structure.rebuild(
+            [next(mapped) if isinstance(leaf, Tensor) else leaf for leaf in out_leaves]
+        )
+
+    def _each_in_turn(self, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """:meth:`each` as ``S`` calls of one network each, stacked."""
         outputs = []
         for s in range(self.samples):
             row = functools.partial(_row, s=s)
             own, own_kwargs = _structures.map_leaves((inputs, kwargs), row)
             outputs.append(one_particle(self._run(self._one(s), own, own_kwargs, 1)))
         return _structures.stack(outputs)
+
+    def _warn_if_per_network(self, first: Tensor) -> None:
+        """Warn if the first input of a call looks like these networks' outputs.
+
+        ``(S, B, ...)`` where an earlier call ran on a batch ``B`` with inputs
+        of one dimension fewer (see :class:`PerNetworkInputWarning`).
+        """
+        if first.dim() < 2 or first.shape[0] != self.samples:
+            return
+        if (first.shape[1], first.dim() - 1) not in self._batches_run:
+            return
+        shape = tuple(first.shape)
+        warn_at_caller(
+            f"DrawnNetworks: the first input, of shape {shape}, has the "
+            f"{self.samples} networks first and the batch {shape[1]} of an "
+            "earlier call of these networks: it looks like their outputs, or a "
+            "state computed from them, with one row per network. A call gives "
+            "every network the whole input, so each network would run on "
+            f"every network's rows (an output of shape ({self.samples}, "
+            f"{shape[0]}, {shape[1]}, ...)). To run network s on row s, "
+            "call nets.each(...) (a shared input expanded, x.expand(S, "
+            "*x.shape)); if the leading size is a batch of your own, silence "
+            "this with warnings.filterwarnings('ignore', "
+            "category=bnn.PerNetworkInputWarning)",
+            PerNetworkInputWarning,
+        )
 
     def __getitem__(self, index: int | slice) -> DrawnNetworks:
         """The networks ``index`` selects (one for an integer), as ``DrawnNetworks``.
@@ -279,14 +422,8 @@ class DrawnNetworks:
         }
         return FixedWeights(values, self._weights.guide)
 
-    def _run(
-        self,
-        weights: FixedWeights,
-        inputs: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        samples: int,
-    ) -> Any:
-        """``model(*inputs, **kwargs)`` on ``weights``, for ``samples`` particles."""
+    def _check_model(self) -> None:
+        """Refuse a model moved since drawing; warn once about its training mode."""
         placement = _placement(self.model)
         if placement != self._placement:
             raise RuntimeError(
@@ -309,11 +446,44 @@ class DrawnNetworks:
                 "DrawnNetworks",
                 "an output depends on the inputs of its call",
             )
+
+    def _run(
+        self,
+        weights: FixedWeights,
+        inputs: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        samples: int,
+    ) -> Any:
+        """``model(*inputs, **kwargs)`` on ``weights``, for ``samples`` particles."""
         with local_params():
             out = isolated(weights.run, self.model, inputs, samples, kwargs)
         for tensor in _structures.tensors(out):
             release_record(tensor)  # plain data, as a prediction's
         return out
+
+
+def _first_tensor(inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+    """A call's first input that is a tensor or packed sequence, if a tensor.
+
+    Positional inputs come first, tensors inside containers count: the input
+    whose leading size is the batch of the call (a ``PackedSequence``'s
+    batch is its number of sequences: ``None``).
+    """
+    for leaf in _structures.leaves((inputs, kwargs)):
+        if isinstance(leaf, Tensor):
+            return leaf
+        if isinstance(leaf, PackedSequence):
+            return None
+    return None
+
+
+def _refuse_packed_output() -> NoReturn:
+    """Stop a mapped run whose network returns a ``PackedSequence``.
+
+    Its ``batch_sizes`` would come back mapped like the data; the networks
+    run in turn instead (see :meth:`DrawnNetworks.each`).
+    """
+    raise TypeError("a PackedSequence output cannot be mapped over the networks")
 
 
 def _row(leaf: Any, s: int) -> Any:

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, SupportsFloat, get_args
 
@@ -72,6 +71,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from pyrolite_bnn._capture import unbatched_kernels_unreported
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._forward import network_args
 from pyrolite_bnn._frozen_entries import FrozenEntries
@@ -122,8 +122,6 @@ _SUPPORTED = (
     "pyrolite_bnn (torch_blue's vi.distributions.MeanFieldNormal() and "
     "Categorical() become them)"
 )
-# torch.func's warning for kernels it runs one example at a time under vmap.
-_UNBATCHED = "There is a performance drop because we have not yet implemented"
 # Parameter names an error about ``names=`` lists at most.
 _NAMES_SHOWN = 20
 
@@ -1044,8 +1042,7 @@ class LinearizedLaplace(nn.Module):
             return self.theta.new_zeros(0, math.prod(out.shape[1:]), len(self.theta))
         with validation(False):  # no data-dependent checks under vmap
             try:
-                with warnings.catch_warnings():  # torch's note on unbatched kernels
-                    warnings.filterwarnings("ignore", message=_UNBATCHED)
+                with unbatched_kernels_unreported():
                     result: Tensor = vmap(jacrev(single), in_dims=(None, 0))(
                         self.theta, x
                     )

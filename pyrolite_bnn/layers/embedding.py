@@ -13,7 +13,12 @@ from pyrolite_bnn import _particles
 from pyrolite_bnn._capture import is_capturing
 from pyrolite_bnn._draws import RepeatedMomentsRead, mark_called_repeatedly
 from pyrolite_bnn._layout_errors import running_layer_name
-from pyrolite_bnn._validation import check_finite, check_integer, is_validation_enabled
+from pyrolite_bnn._validation import (
+    check_finite,
+    check_integer,
+    is_validation_enabled,
+    readable_all,
+)
 from pyrolite_bnn.distributions.variational import NormalMoments, VariationalFamily
 from pyrolite_bnn.layers import functional
 from pyrolite_bnn.layers._base import _VIWeightLayer
@@ -399,8 +404,12 @@ class VIEmbedding(_VIWeightLayer):
                 f"{tuple(input.shape)}"
             )
         if is_validation_enabled() and input.numel() and not input.is_meta:
-            low, high = int(input.min()), int(input.max())
-            if low < 0 or high >= self.num_embeddings:
+            # Under torch.vmap the values cannot be read (the check counts as
+            # passed): an index outside the table meets index_select's
+            # IndexError there (functional._random_rows).
+            outside = (input < 0) | (input >= self.num_embeddings)
+            if not readable_all(~outside):
+                low, high = int(input.min()), int(input.max())
                 raise ValueError(
                     f"{running_layer_name(self)} got indices from {low} to {high}; "
                     f"expected 0 to {self.num_embeddings - 1}, the rows of its "
