@@ -1063,6 +1063,159 @@ def test_analytical_loss_explains_a_divergence_of_another_pair(
             loss_fn(net(x, samples=2), y)
 
 
+def _closed_form_kl_of_current_priors(net: nn.Module) -> Tensor:
+    """Reference: torch's KL of each posterior from the prior its buffers hold now."""
+    total = torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        for v in bnn.VIModule.random_variables(net):
+            posterior, prior = v.module.posterior[v.name], v.module.prior[v.name]
+            q = torch.distributions.Normal(*posterior.normal_params())
+            p = torch.distributions.Normal(prior.loc, prior.scale)
+            total = total + torch.distributions.kl_divergence(q, p).double().sum()
+    return total
+
+
+def _load_wider_prior(net: nn.Module) -> None:
+    """The prior of a checkpoint of the same network trained with N(0.5, 2)."""
+    donor = vi.VISequential(vi.VILinear(4, 3, prior=MeanFieldNormal(0.5, 2.0)))
+    state = net.state_dict()
+    state.update({k: v for k, v in donor.state_dict().items() if ".prior." in k})
+    net.load_state_dict(state)
+
+
+def _assign_narrow_prior(net: nn.Module) -> None:
+    net[0].prior["weight"] = bnn.NormalPrior(0.0, 0.05)  # docs/howto.rst's recipe
+
+
+def _change_prior_scale_in_place(net: nn.Module) -> None:
+    with torch.no_grad():
+        net[0].prior["bias"].scale.mul_(4.0)
+
+
+def _centre_prior_at_posterior_means(net: nn.Module) -> None:
+    layer = net[0]
+    layer.prior["weight"].loc = layer.posterior["weight"].loc.detach() + 0.1
+
+
+def _to_double(net: nn.Module) -> None:
+    net.double()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _load_wider_prior,
+        _assign_narrow_prior,
+        _change_prior_scale_in_place,
+        _centre_prior_at_posterior_means,
+        _to_double,
+    ],
+)
+def test_given_divergence_reads_the_priors_the_layers_hold_now(
+    change: Callable[[nn.Module], None],
+) -> None:
+    """``divergence_type=NormalNormalDivergence()`` read the prior each layer
+    was built with (N(0, 0.3)): after loading a state with prior N(0.5, 2)
+    its KL was 12.56 where the layers' priors give 14.34 (and the loss
+    without divergence_type said so), after the howto's continual-learning
+    assignment of N(0, 0.05) 12.56 for 749.89; a per-weight prior mean
+    (``prior.loc = posterior mean``) failed in ``float(parameter)``. Now both
+    losses take the closed form of the priors as they are, within float32
+    rounding of torch's KL summed in float64."""
+    net = vi.VISequential(vi.VILinear(4, 3, prior=MeanFieldNormal(0.0, 0.3)))
+    given = vi.AnalyticalKullbackLeiblerLoss(
+        net, Categorical(), 100, divergence_type=vi.NormalNormalDivergence()
+    )
+    found = vi.AnalyticalKullbackLeiblerLoss(net, Categorical(), 100)
+    before = _closed_form_kl_of_current_priors(net)
+    change(net)
+    expected = _closed_form_kl_of_current_priors(net)
+    if change is _to_double:  # the same KL, now in float64
+        assert given.prior_matching().dtype == torch.float64
+    else:
+        assert float(expected) != pytest.approx(float(before), rel=1e-3)
+    with torch.no_grad():
+        for loss_fn in (given, found):
+            torch.testing.assert_close(
+                loss_fn.prior_matching().double(), expected, rtol=1e-5, atol=1e-4
+            )
+    x, y = (
+        torch.randn(6, 4, dtype=net[0].posterior["weight"].loc.dtype),
+        torch.arange(6) % 3,
+    )
+    losses = []
+    for loss_fn in (given, found):
+        torch.manual_seed(1)
+        losses.append(loss_fn(net(x, samples=2), y))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-4)
+
+
+def test_given_divergence_refuses_a_prior_of_another_family() -> None:
+    """A Laplace prior assigned to a layer built with a Normal one was read
+    as the Normal it was built with (the divergence never saw it); its
+    ``loc`` and ``scale`` taken as a Normal's would be as wrong."""
+    net = vi.VISequential(vi.VILinear(4, 3))
+    net[0].prior["weight"] = bnn.LaplacePrior(0.0, 0.1)
+    loss_fn = vi.AnalyticalKullbackLeiblerLoss(
+        net, Categorical(), 100, divergence_type=vi.NormalNormalDivergence()
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"NormalNormalDivergence does not match .*'0\.weight' has the prior "
+        r"LaplacePrior.*which has no divergence module.*divergence_type=None",
+    ):
+        loss_fn.prior_matching()
+    loss_fn.divergence_type = None  # each layer's own KL: the Laplace prior's
+    assert loss_fn.kl_module is None
+    assert torch.isfinite(loss_fn.prior_matching())
+
+
+class _RecordedPriorParameters(vi.KullbackLeiblerModule):
+    """A user's divergence module: keeps the prior parameters it is given."""
+
+    def forward(self, *parameters: Any) -> Tensor:
+        self.parameters = parameters
+        return torch.zeros(())
+
+
+def test_own_divergence_gets_the_torch_blue_priors_loaded_parameters() -> None:
+    """A torch_blue prior's parameters (its buffers) as loaded, in its order;
+    a prior without torch_blue parameters is refused by name."""
+    net = vi.VISequential(vi.VILinear(4, 3, prior=BasicQuietPrior(mean_mean=0.0)))
+    donor = vi.VISequential(vi.VILinear(4, 3, prior=BasicQuietPrior(mean_mean=0.7)))
+    net.load_state_dict(donor.state_dict())
+    divergence = _RecordedPriorParameters()
+    loss_fn = vi.AnalyticalKullbackLeiblerLoss(
+        net, Categorical(), 100, divergence_type=divergence
+    )
+    loss_fn.prior_matching()
+    mean_mean, mean_std = divergence.parameters[:2]
+    torch.testing.assert_close(mean_mean, torch.full((15,), 0.7))
+    torch.testing.assert_close(mean_std, torch.ones(15))
+    net[0].prior["bias"] = bnn.LaplacePrior()
+    with pytest.raises(
+        ValueError, match=r"variable '0\.bias' has the prior LaplacePrior.*has none"
+    ):
+        loss_fn.prior_matching()
+
+
+def test_kl_module_follows_the_priors_the_layers_hold_now() -> None:
+    """kl_module was found once, at construction: UniformNormalDivergence for
+    a network whose flat priors were since replaced by Normal ones."""
+    net = vi.VISequential(vi.VILinear(4, 3, prior=UniformPrior()))
+    loss_fn = vi.AnalyticalKullbackLeiblerLoss(net, Categorical(), 100)
+    assert isinstance(loss_fn.kl_module, vi.UniformNormalDivergence)
+    for name in ("weight", "bias"):
+        net[0].prior[name] = bnn.NormalPrior(0.0, 0.5)
+    assert isinstance(loss_fn.kl_module, vi.NormalNormalDivergence)
+    torch.testing.assert_close(
+        loss_fn.prior_matching().double(),
+        _closed_form_kl_of_current_priors(net),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+
+
 def test_student_t_posterior_and_quiet_prior_work_in_layers() -> None:
     layer = vi.VILinear(
         3, 4, variational_distribution=MeanFieldStudentT(), prior=BasicQuietPrior()

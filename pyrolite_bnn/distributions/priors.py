@@ -1426,21 +1426,64 @@ def _pyro_class(distribution: Distribution) -> type[Any]:
 def _tensor_arguments(distribution: Distribution) -> dict[str, Tensor]:
     """The tensor arguments ``distribution`` was built with, by name.
 
-    Raises:
-        ValueError: if it has none that can be read.
+    Empty where none can be read: a distribution built from other
+    distributions (a mixture's components, a transformed distribution's
+    base) or with parameters held otherwise.
     """
-    arguments = {
+    return {
         name: distribution.__dict__[name]
         for name in distribution.arg_constraints
         # not lazily derived ones (probs from logits...)
         if isinstance(distribution.__dict__.get(name), Tensor)
     }
-    if not arguments:
-        raise ValueError(
-            f"cannot read the parameters of {type(distribution).__name__}; "
-            "pass a callable shape -> distribution instead"
-        )
-    return arguments
+
+
+def _as_pyro_distribution(distribution: Distribution) -> TorchDistributionMixin:
+    """``distribution`` as Pyro takes it (a ``TorchDistributionMixin``).
+
+    A Pyro distribution as it is. A ``torch.distributions`` one is rebuilt
+    from its tensor arguments as Pyro's wrapper of its class (which keeps the
+    closed-form KLs registered for the class), or, where its arguments cannot
+    be read (``MixtureSameFamily``, ``TransformedDistribution``,
+    ``Independent``) or Pyro has no wrapper of its class (a subclass of the
+    user's, whose methods a rebuild would drop), wrapped as it is: Pyro's
+    ``ExpandedDistribution`` at its own batch shape scores and samples with
+    the distribution's own ``log_prob`` and ``sample``/``rsample``, and adds
+    what Pyro needs (``to_event``, ``expand``, ``mask``); the KL from a
+    posterior to it is then estimated by Monte Carlo where torch registers no
+    closed form.
+
+    Args:
+        distribution: a ``torch.distributions``/``pyro.distributions``
+            distribution.
+
+    Returns:
+        The distribution, or one that computes as it does.
+
+    Example:
+        >>> import torch
+        >>> td = torch.distributions
+        >>> _as_pyro_distribution(td.Normal(0.0, 1.0))
+        Normal(loc: 0.0, scale: 1.0)
+        >>> mixture = td.MixtureSameFamily(
+        ...     td.Categorical(torch.tensor([0.5, 0.5])),
+        ...     td.Normal(torch.zeros(2), torch.tensor([1.0, 0.1])),
+        ... )
+        >>> type(_as_pyro_distribution(mixture).base_dist).__name__
+        'MixtureSameFamily'
+    """
+    if isinstance(distribution, TorchDistributionMixin):
+        return distribution
+    arguments = _tensor_arguments(distribution)
+    cls = _pyro_class(distribution)
+    wraps_its_class = issubclass(cls, type(distribution))
+    if arguments and wraps_its_class and issubclass(cls, TorchDistributionMixin):
+        rebuilt: TorchDistributionMixin = cls(**arguments)
+        return rebuilt
+    wrapped: TorchDistributionMixin = dist.ExpandedDistribution(
+        distribution, distribution.batch_shape
+    )
+    return wrapped
 
 
 class DistributionPrior(Prior):
@@ -1456,7 +1499,10 @@ class DistributionPrior(Prior):
     Raises:
         ValueError: for a parameter tensor that requires grad (the buffer would
             be a detached copy, and the tensor would never train: a learned
-            prior scale is :class:`LearnedNormalPrior`).
+            prior scale is :class:`LearnedNormalPrior`); for a distribution
+            whose parameters cannot be read as tensors (``MixtureSameFamily``,
+            ``TransformedDistribution``: give it in a callable, see
+            :class:`CallablePrior`).
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -1480,9 +1526,23 @@ class DistributionPrior(Prior):
                 "last dimensions of a weight tensor use bnn.CallablePrior(lambda "
                 "shape: distribution), whose event shape must match them"
             )
+        arguments = _tensor_arguments(distribution)
+        if not arguments:
+            name = type(distribution).__name__
+            raise ValueError(
+                f"prior {name}: its parameters cannot be read (they are not "
+                "tensor arguments of the distribution: a mixture's components, "
+                "a transformed distribution's base), so they cannot become the "
+                "prior's buffers. Pass a callable instead, prior=lambda shape: "
+                "distribution (torch.distributions or pyro.distributions alike; "
+                "its tensors then do not follow .to() or state_dict), or a "
+                "bnn.Prior subclass that builds the distribution from buffers; "
+                "a spike-and-slab mixture of two zero-mean Normals is "
+                "bnn.ScaleMixtureNormalPrior(pi, scale1, scale2)"
+            )
         self._cls = _pyro_class(distribution)
         self._names: list[str] = []
-        for name, value in _tensor_arguments(distribution).items():
+        for name, value in arguments.items():
             _refuse_trainable(value, f"{type(distribution).__name__} {name}")
             self.register_buffer(name, value.detach().clone())
             self._names.append(name)
@@ -1544,7 +1604,11 @@ class CallablePrior(Prior):
     shape, or whose event shape is the weight's last dimensions (a
     ``MultivariateNormal`` over the rows of a matrix, say). Tensors it
     closes over do not follow ``.to()``: prefer a :class:`Prior` subclass with
-    buffers for device-portable models.
+    buffers for device-portable models. Any distribution is scored as it is
+    built, also one made of other distributions (a ``MixtureSameFamily``
+    spike-and-slab, a ``TransformedDistribution``), from
+    ``torch.distributions`` or ``pyro.distributions`` alike; the KL to it is
+    estimated by Monte Carlo where torch registers no closed form.
 
     Args:
         fn: the function.
@@ -1570,15 +1634,13 @@ class CallablePrior(Prior):
 
     def forward(self, shape: Sequence[int]) -> TorchDistributionMixin:
         """Call ``fn(shape)`` and make the result cover the whole tensor."""
-        built = self.fn(torch.Size(shape))
-        if not isinstance(built, TorchDistributionMixin):
-            cls = getattr(dist, type(built).__name__, None)
-            if cls is None:
-                raise TypeError(
-                    f"prior callable returned {type(built).__name__}, expected a "
-                    "torch.distributions or pyro.distributions distribution"
-                )
-            built = _pyro_class(built)(**_tensor_arguments(built))
+        returned = self.fn(torch.Size(shape))
+        if not isinstance(returned, Distribution):
+            raise TypeError(
+                f"prior callable returned {type(returned).__name__}, expected a "
+                "torch.distributions or pyro.distributions distribution"
+            )
+        built = _as_pyro_distribution(returned)
         event = len(built.event_shape)
         if event:
             if built.event_shape != torch.Size(shape)[len(shape) - event :]:

@@ -31,7 +31,16 @@ ESTIMATORS: tuple[Estimator, ...] = get_args(Estimator)
 def per_variable(
     option: object, name: str, what: str, names: tuple[str, ...]
 ) -> object:
-    """Pick the option of variable ``name`` from a single value or a mapping."""
+    """Pick the option of variable ``name`` from a single value or a mapping.
+
+    A mapping need not name every variable: ``None`` (the option's default,
+    e.g. the prior ``N(0, 1)``) for one it leaves out, as the layers
+    document (:class:`~pyrolite_bnn.VILinear`'s ``prior``).
+
+    Raises:
+        ValueError: for a name the layer does not declare (a typo such as
+            ``"weights"``), listing the names it declares.
+    """
     if isinstance(option, Mapping):
         unknown = set(option) - set(names)
         if unknown:

@@ -39,7 +39,11 @@ class VILinear(_VIWeightLayer):
         bias: if ``False``, the layer has no bias (``self.bias is None``).
         prior: prior of the weights: a :class:`~pyrolite_bnn.Prior`, any
             torch/pyro distribution, a callable ``shape -> distribution``, or a
-            mapping ``{"weight": ..., "bias": ...}``. Default ``N(0, 1)``.
+            mapping ``{"weight": ..., "bias": ...}``. Default ``N(0, 1)``. A
+            mapping need not name every variable: one it leaves out gets the
+            default ``N(0, 1)`` (``{"weight": bnn.LaplacePrior(0, 0.1)}``
+            keeps the bias's ``N(0, 1)``); a name the layer does not declare
+            is refused.
         variational: variational family (or mapping per variable). Default
             :class:`~pyrolite_bnn.MeanFieldNormal`.
         estimator: how the output's randomness is sampled in a PyTorch-style

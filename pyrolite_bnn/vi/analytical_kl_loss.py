@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import pyro.distributions as dist
 import torch
@@ -22,7 +22,11 @@ from pyrolite_bnn.module import VIModule as BnnVIModule
 from pyrolite_bnn.record import analytic_kl
 from pyrolite_bnn.variables import RandomVariable
 from pyrolite_bnn.vi.base import VIModule
-from pyrolite_bnn.vi.distributions._adapters import FlatPrior, flat_prior_kl
+from pyrolite_bnn.vi.distributions._adapters import (
+    AdaptedPrior,
+    FlatPrior,
+    flat_prior_kl,
+)
 from pyrolite_bnn.vi.kl_loss import KullbackLeiblerLoss
 
 __all__ = [
@@ -130,7 +134,9 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
     fixed ``NonBayesian`` weight under a flat prior, whose KL is exactly zero).
     Unlike torch_blue, layers may use different prior/posterior pairs. With
     ``divergence_type`` the KL is that module applied to the flattened
-    parameters of all layers instead.
+    parameters of all layers instead: the parameters of their priors as they
+    are when the loss is called (loaded, assigned or changed after
+    construction too), in torch_blue's order.
 
     Args:
         model: the network (its ``return_log_probs`` is switched off).
@@ -143,9 +149,11 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
     Raises:
         NotImplementedError: a weight tensor has no closed-form KL.
         ValueError: the model has no random variables; when called, if
-            ``divergence_type`` is :class:`NormalNormalDivergence` or
-            :class:`UniformNormalDivergence` and fails on the parameters of a
-            layer whose prior/posterior pair is not that module's.
+            ``divergence_type`` is given and a layer's prior has no torch_blue
+            parameters, or is :class:`NormalNormalDivergence` or
+            :class:`UniformNormalDivergence` and a layer's prior is not of
+            its family, or it fails on the parameters of a layer whose
+            prior/posterior pair is not that module's.
 
     Example:
         >>> import torch
@@ -193,7 +201,6 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
                         f"{type(v.layer_posterior).__name__})"
                     )
         self.divergence_type = divergence_type
-        self._detected = None if divergence_type is not None else _detect(variables)
         model.return_log_probs = False
         object.__setattr__(self, "model", model)  # not a submodule of the loss
 
@@ -207,13 +214,13 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
         for fixed weights under a flat prior), whose value
         :meth:`prior_matching` is. ``None`` where no one module is: a network
         mixing pairs (W8), or a fixed weight under a proper prior; each weight
-        tensor then takes its own closed form. Setting it sets
-        ``divergence_type``.
+        tensor then takes its own closed form. Found from the layers' priors
+        as they are now (assigned or loaded after construction too). Setting
+        it sets ``divergence_type``.
         """
         if self.divergence_type is not None:
             return self.divergence_type
-        detected: KullbackLeiblerModule | None = self.__dict__.get("_detected")
-        return detected
+        return _detect(collect_variables(self.__dict__["model"]))
 
     @kl_module.setter
     def kl_module(self, value: KullbackLeiblerModule | None) -> None:
@@ -225,13 +232,29 @@ class AnalyticalKullbackLeiblerLoss(KullbackLeiblerLoss):
         self.divergence_type = value
 
     def prior_matching(self) -> Tensor:
-        """The KL term ``KL(q || p)`` of the model, in closed form."""
+        """The KL term ``KL(q || p)`` of the model, in closed form.
+
+        With ``divergence_type``, that module of the flattened parameters of
+        the ``vi`` layers' priors as they are now (their buffers: after a
+        ``load_state_dict``, an assigned prior, an in-place change,
+        ``.double()``), not as the layers were built.
+
+        Raises:
+            ValueError: with ``divergence_type``, for a prior that has no
+                torch_blue parameter list (not a Normal, flat or torch_blue
+                prior), or, for :class:`NormalNormalDivergence` and
+                :class:`UniformNormalDivergence`, a prior of another family
+                than the module's; or a divergence module that fails on the
+                parameters of a layer whose prior/posterior pair is not its.
+        """
         model: BnnVIModule = self.__dict__["model"]
         if self.divergence_type is not None:
+            variables = _torch_blue_variables(model)
+            _check_prior_families(self.divergence_type, variables)
             try:
-                return self.divergence_type(*_flat_parameters(model))
+                return self.divergence_type(*_flat_parameters(variables))
             except (ValueError, TypeError, RuntimeError) as error:
-                _check_divergence(self.divergence_type, model, error)
+                _check_divergence(self.divergence_type, variables, error)
                 raise
         terms = [
             _closed_form(v.module, v.name, v.layer_posterior)
@@ -265,14 +288,26 @@ def _divergence_of(variable: RandomVariable) -> type[KullbackLeiblerModule] | No
     if isinstance(posterior, PointMassPosterior):
         return NonBayesianDivergence if _is_flat(prior) else None
     if isinstance(posterior, MeanFieldNormalPosterior):
-        if _is_flat(prior):
-            return UniformNormalDivergence
-        if type(prior) is NormalPrior:
-            return NormalNormalDivergence
+        return _prior_divergence(prior)
     return None
 
 
-def _is_flat(prior: object) -> bool:
+def _prior_divergence(prior: object) -> type[KullbackLeiblerModule] | None:
+    """The divergence module written for ``prior``'s family, if there is one.
+
+    :class:`UniformNormalDivergence` for the flat prior,
+    :class:`NormalNormalDivergence` for a Normal one (a
+    :class:`~pyrolite_bnn.NormalPrior` that builds its distribution as
+    ``NormalPrior`` does), ``None`` for any other.
+    """
+    if _is_flat(prior):
+        return UniformNormalDivergence
+    if _is_normal(prior):
+        return NormalNormalDivergence
+    return None
+
+
+def _is_flat(prior: object) -> TypeGuard[FlatPrior]:
     """Whether ``prior`` is the flat prior: a :class:`FlatPrior` of its density.
 
     Not a subclass that builds another distribution: a closed form of the
@@ -281,24 +316,25 @@ def _is_flat(prior: object) -> bool:
     return isinstance(prior, FlatPrior) and prior.builds_distribution_as(FlatPrior)
 
 
-def _check_divergence(
-    divergence: KullbackLeiblerModule, model: nn.Module, error: Exception
-) -> None:
-    """Explain ``error`` of a library divergence that does not fit a layer's pair.
+def _is_normal(prior: object) -> TypeGuard[NormalPrior]:
+    """Whether ``prior`` is a :class:`~pyrolite_bnn.NormalPrior` of its density.
+
+    Not a subclass that builds another distribution (as :func:`_is_flat`).
+    """
+    return isinstance(prior, NormalPrior) and prior.builds_distribution_as(NormalPrior)
+
+
+def _library_divergence(
+    divergence: KullbackLeiblerModule,
+) -> type[KullbackLeiblerModule] | None:
+    """Which of the modules written for one prior family ``divergence`` is.
 
     :class:`NormalNormalDivergence` and :class:`UniformNormalDivergence` read
-    a fixed list of prior and variational parameters: given as
-    ``divergence_type`` they are taken, as torch_blue takes them (a pair
-    whose parameters line up computes), and another pair's list failed inside
-    the module ("too many values to unpack"). A user's own module, and
-    :class:`NonBayesianDivergence` (zero for any parameters), are not judged.
-
-    Raises:
-        ValueError: naming the variable, its pair and the divergence that
-            fits it, from ``error``.
+    a fixed list of prior and variational parameters; ``None`` for any other
+    module (a user's own, and :class:`NonBayesianDivergence`, zero for any
+    parameters), which is not judged.
     """
-    variables = collect_variables(model)
-    kind = next(
+    return next(
         (
             cls
             for cls in (NormalNormalDivergence, UniformNormalDivergence)
@@ -306,24 +342,84 @@ def _check_divergence(
         ),
         None,
     )
+
+
+def _check_prior_families(
+    divergence: KullbackLeiblerModule, variables: list[RandomVariable]
+) -> None:
+    """Refuse a prior whose parameters ``divergence`` would read as another's.
+
+    The layers' priors are read as they are now: a prior assigned after
+    construction (``layer.prior["weight"] = bnn.LaplacePrior(0, 1)``) may be
+    of another family than the one the network was built with, and a Laplace
+    prior's ``loc`` and ``scale`` taken as a Normal's give a wrong KL without
+    a word.
+
+    Raises:
+        ValueError: naming the variable, its prior and what to do instead.
+    """
+    kind = _library_divergence(divergence)
+    for variable in variables:
+        prior = variable.module.prior[variable.name]
+        fitting = _prior_divergence(prior)
+        if kind is None or fitting is kind:
+            continue
+        family = "a Normal" if kind is NormalNormalDivergence else "the flat"
+        raise ValueError(
+            f"divergence_type {type(divergence).__name__} does not match the "
+            f"network: variable '{variable.site}' has the prior {prior!r} (its "
+            "prior now: assigned or loaded after construction too), "
+            f"{_fitting_text(fitting)}, and {type(divergence).__name__} reads "
+            f"the parameters of {family} prior; leave divergence_type=None to "
+            "take each layer's closed form"
+        )
+
+
+def _fitting_text(fitting: type[KullbackLeiblerModule] | None) -> str:
+    """The divergence module that fits a pair or a prior, for a message."""
+    if fitting is None:
+        return "which has no divergence module"
+    return f"whose divergence is {fitting.__name__}"
+
+
+def _check_divergence(
+    divergence: KullbackLeiblerModule,
+    variables: list[RandomVariable],
+    error: Exception,
+) -> None:
+    """Explain ``error`` of a library divergence that does not fit a layer's pair.
+
+    :class:`NormalNormalDivergence` and :class:`UniformNormalDivergence` read
+    a fixed list of prior and variational parameters. Their prior's family
+    is checked first (:func:`_check_prior_families`); the variational
+    distribution is taken as torch_blue takes it (one whose parameters line
+    up computes: torch_blue's own tests force a divergence on other pairs),
+    and another one's list failed inside the module ("too many values to
+    unpack"). A user's own module, and :class:`NonBayesianDivergence` (zero
+    for any parameters), are not judged.
+
+    Args:
+        divergence: the module given as ``divergence_type``.
+        variables: the variables of the ``vi`` layers, whose parameters it
+            read (:func:`_torch_blue_variables`).
+        error: what the module raised.
+
+    Raises:
+        ValueError: naming the variable, its pair and the divergence that
+            fits it, from ``error``.
+    """
+    kind = _library_divergence(divergence)
     if kind is None:
         return
     for variable in variables:
-        if not isinstance(variable.module, VIModule):
-            continue  # divergence_type reads the vi layers' parameters only
         fitting = _divergence_of(variable)
         if fitting is not kind:
             prior, posterior = _spec_names(variable)
-            has = (
-                f"whose divergence is {fitting.__name__}"
-                if fitting is not None
-                else "which has no divergence module"
-            )
             raise ValueError(
                 f"divergence_type {type(divergence).__name__} does not match the "
                 f"network: variable '{variable.site}' has the prior {prior} and the "
-                f"variational distribution {posterior}, {has}; leave "
-                "divergence_type=None to take each layer's closed form"
+                f"variational distribution {posterior}, {_fitting_text(fitting)}; "
+                "leave divergence_type=None to take each layer's closed form"
             ) from error
 
 
@@ -385,31 +481,74 @@ def _prior_closed_form(
     return analytic_kl(q, module.prior_distribution(name))
 
 
-def _flat_parameters(model: BnnVIModule) -> tuple[list[Any], list[Tensor]]:
-    """Prior and variational parameters of all torch_blue-style layers, flattened."""
+def _torch_blue_variables(model: nn.Module) -> list[RandomVariable]:
+    """The variables of the ``vi`` layers: those ``divergence_type`` reads."""
+    return [v for v in collect_variables(model) if isinstance(v.module, VIModule)]
+
+
+def _torch_blue_prior_parameters(
+    variable: RandomVariable,
+) -> tuple[Tensor | float | None, ...]:
+    """The variable's prior parameters in torch_blue's order, as they are now.
+
+    Read from the layer's prior module, the one its default closed form and
+    its densities use: ``(mean, log_std)`` of a Normal prior (torch_blue's
+    ``MeanFieldNormal``), the flat prior's and a torch_blue prior's own list
+    (``torch_blue_parameters()``), its half-precision buffers as ``float32``
+    (:func:`~pyrolite_bnn.distributions.priors.priors_in_full_precision`).
+
+    Raises:
+        ValueError: for a prior of none of these, naming the variable.
+    """
+    prior = variable.module.prior[variable.name]
+    if _is_normal(prior):
+        normal = prior  # the narrowed type, for the closure
+        return priors_in_full_precision(
+            [normal], lambda: (normal.loc, normal.scale.log())
+        )
+    if isinstance(prior, FlatPrior | AdaptedPrior):
+        parameters: tuple[Any, ...] = priors_in_full_precision(
+            [prior], prior.torch_blue_parameters
+        )
+        return parameters
+    raise ValueError(
+        f"divergence_type reads torch_blue's prior parameters, but variable "
+        f"'{variable.site}' has the prior {prior!r}, which has none (torch_blue's "
+        "priors are MeanFieldNormal, UniformPrior and its own Distribution "
+        "subclasses); leave divergence_type=None to take each layer's closed form"
+    )
+
+
+def _flat_parameters(
+    variables: list[RandomVariable],
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Prior and variational parameters of torch_blue-style layers, flattened.
+
+    Each prior parameter is broadcast to its variable's shape, so that the
+    lists line up weight by weight: a number (``None`` read as ``0``) or a
+    tensor of hyperparameters per weight, row, ... alike.
+    """
     prior_lists: list[list[Tensor]] = []
     variational_lists: list[list[Tensor]] = []
-    for module in model.modules():
-        if not isinstance(module, VIModule) or not module.random_variables:
-            continue
-        for name, prior in module.prior_specs.items():
-            if prior is None:
-                continue
-            # Half-precision parameters as float32: the module's arithmetic
-            # and its sum over every weight are then float32.
-            values = [
-                full_precision(p.flatten())
-                for p in module.get_variational_parameters(name)
-            ]
-            for index, value in enumerate(values):
-                if len(variational_lists) <= index:
-                    variational_lists.append([])
-                variational_lists[index].append(value)
-            for index, parameter in enumerate(prior.get_parameters()):
-                if len(prior_lists) <= index:
-                    prior_lists.append([])
-                fill = 0.0 if parameter is None else float(parameter)
-                prior_lists[index].append(torch.full_like(values[0], fill))
+    for variable in variables:
+        module = variable.module
+        assert isinstance(module, VIModule)
+        # Half-precision parameters as float32: the module's arithmetic
+        # and its sum over every weight are then float32.
+        values = [
+            full_precision(p) for p in module.get_variational_parameters(variable.name)
+        ]
+        for index, value in enumerate(values):
+            if len(variational_lists) <= index:
+                variational_lists.append([])
+            variational_lists[index].append(value.flatten())
+        for index, parameter in enumerate(_torch_blue_prior_parameters(variable)):
+            if len(prior_lists) <= index:
+                prior_lists.append([])
+            value = torch.as_tensor(0.0 if parameter is None else parameter)
+            prior_lists[index].append(
+                value.to(values[0]).broadcast_to(values[0].shape).flatten()
+            )
     return (
         [torch.cat(p) for p in prior_lists],
         [torch.cat(v) for v in variational_lists],

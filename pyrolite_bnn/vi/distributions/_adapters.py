@@ -203,17 +203,30 @@ class AdaptedPrior(BnnPrior):
         """Variational parameters the prior's density needs (hierarchical priors)."""
         return tuple(self.blue._required_parameters)
 
+    def torch_blue_parameters(self) -> tuple[Any, ...]:
+        """The prior's ``get_parameters()`` in torch_blue's order, from its buffers.
+
+        What the wrapped object returns with its tensor parameters the
+        buffers' current values (after a ``load_state_dict``, an in-place
+        change, ``.to()``/``.double()``), not the values it was built with.
+        """
+        return self._with_buffers().get_parameters()
+
     def forward(
         self, shape: Sequence[int], hyperparameters: tuple[Tensor, ...] = ()
     ) -> dist.TorchDistribution:
         """Prior of a tensor of ``shape``; ``hyperparameters`` are the required ones."""
-        self.check_written()
-        for name in self._buffered:
-            setattr(self.blue, name, getattr(self, f"blue_{name}"))
-        density = self.blue.prior_log_prob  # type: ignore[attr-defined]
+        density = self._with_buffers().prior_log_prob  # type: ignore[attr-defined]
         return BlueDistribution(
             lambda value, extra: density(value, *extra), None, hyperparameters, shape
         )
+
+    def _with_buffers(self) -> Distribution:
+        """The wrapped prior, its tensor parameters set to the buffers."""
+        self.check_written()
+        for name in self._buffered:
+            setattr(self.blue, name, getattr(self, f"blue_{name}"))
+        return self.blue
 
     def extra_repr(self) -> str:
         """The wrapped class."""
@@ -250,6 +263,14 @@ class FlatPrior(BnnPrior):
             constraints.real, torch.Size(), torch.Size(shape)
         )
         return result
+
+    def torch_blue_parameters(self) -> tuple[None]:
+        """torch_blue's ``UniformPrior.get_parameters()``: one, without a value.
+
+        The flat prior has no hyperparameters; torch_blue lists its ``mean``
+        (``None``), which ``UniformNormalDivergence`` takes and ignores.
+        """
+        return (None,)
 
     def kl_from_normal(self, loc: Tensor, scale: Tensor) -> Tensor | None:
         """``KL(N(loc, scale^2) || flat)``, torch_blue's :func:`flat_prior_kl`.
