@@ -138,6 +138,9 @@ class _ForwardCode(NamedTuple):
     reads_any_attribute: bool
 
 
+# Decorators of torch's, Pyro's or this library's followed to the user's function.
+_WRAPPERS_FOLLOWED = 8
+
 # Results per class and forward (the code of a forward method never changes).
 # Weak in the class: a strong key held every class a network was ever built
 # from, with the globals and closures of its functions (a class defined in a
@@ -258,14 +261,22 @@ def _forward_code(module_type: type[Any]) -> _ForwardCode:
 
 
 def _user_function(value: object) -> types.FunctionType | None:
-    """``value`` if it is a Python function outside torch, Pyro and this library."""
+    """The Python function outside torch, Pyro and this library that ``value`` is.
+
+    A decorator of theirs around the user's function (``@torch.no_grad()``,
+    the ``vi`` layers' per-particle run, ``convert``'s wrapper) leaves it at
+    ``__wrapped__`` (``functools.wraps``): the user's code is read, not the
+    decorator's.
+    """
     if isinstance(value, (staticmethod, classmethod)):
         value = value.__func__
-    if not isinstance(value, types.FunctionType):
-        return None
-    if value.__code__.co_filename.startswith(_OWN_PACKAGES):
-        return None
-    return value
+    for _ in range(_WRAPPERS_FOLLOWED):
+        if not isinstance(value, types.FunctionType):
+            return None
+        if not value.__code__.co_filename.startswith(_OWN_PACKAGES):
+            return value
+        value = getattr(value, "__wrapped__", None)
+    return None
 
 
 def _read_function(

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn import vi
 from pyrolite_bnn._sites import LatentSiteError
 
 
@@ -773,6 +774,37 @@ def test_pyro_statement_in_a_helper_of_forward_is_refused(
         _loss()(net(x), y.unsqueeze(-1))
     with pytest.raises(ValueError, match=_HELPED[module]):
         bnn.predict(net, x, bnn.Normal(scale=0.3))
+
+
+class _NoGradLatent(nn.Module):
+    @torch.no_grad()
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * pyro.sample("z", dist.Normal(0.0, 1.0))
+
+
+class _OneSampleLatent(vi.VIModule):
+    """A torch_blue-style module: its forward is run per particle through
+    the library's wrapper (``functools.wraps``)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * pyro.sample("z", dist.Normal(0.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "module", [_NoGradLatent, _OneSampleLatent], ids=lambda m: m.__name__
+)
+def test_pyro_statement_under_a_decorator_of_torch_or_the_library_is_refused(
+    module: type[nn.Module],
+) -> None:
+    """A forward decorated by torch (``@torch.no_grad()``) was taken for
+    torch's own code, never read: its pyro.sample drawn from the prior
+    without a word (probe falsepos27a). The decorator's ``__wrapped__`` is
+    followed to the user's code."""
+    x, y = _problem()
+    net = bnn.VISequential(bnn.VILinear(3, 4), module(), bnn.VILinear(4, 1))
+    match = rf"{module.__name__}.forward calls pyro.sample"
+    with pytest.raises(ValueError, match=match):
+        _loss()(net(x), y.unsqueeze(-1))
 
 
 def _even(h: torch.Tensor, n: int) -> torch.Tensor:
