@@ -3687,33 +3687,77 @@ class _ElementwiseNormal(_UnreducedNormal):
 
 
 @pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("outputs_last", [1, None])
 def test_targets_paired_with_every_example_by_broadcasting_are_refused(
-    validate: bool,
+    validate: bool, outputs_last: int | None
 ) -> None:
     """Outputs ``(B, 1)`` and targets ``(B,)``: the elementwise density
     broadcast to ``(B, B)`` (every example scored against every target) and
     the loss summed it as each example's features: 570.5 for the 113.1 of the
-    aligned targets, without a word (torch_blue computes the same). Refused,
-    with the remedy; the aligned targets give the hand-computed loss."""
+    aligned targets, without a word (torch_blue computes the same). The
+    mirror, outputs ``(B,)`` and targets ``(B, 1)``, gave 499.3 for 91.1
+    (probe falsepos27a). Refused, with the remedy; the aligned targets give
+    the hand-computed loss."""
     torch.manual_seed(0)
     net = vi.VISequential(vi.VILinear(3, 8), nn.Tanh(), vi.VILinear(8, 1))
     out = net(torch.randn(6, 3), samples=4)
-    y = torch.randn(6)
+    if outputs_last is None:
+        out = out.squeeze(-1)
+    y = torch.randn(6) if outputs_last else torch.randn(6, 1)
     loss_fn = vi.KullbackLeiblerLoss(_ElementwiseNormal(), dataset_size=60, heat=0.0)
+    shapes = (
+        r"\(6,\) and parameters \(6, 1\)"
+        if outputs_last
+        else r"\(6, 1\) and parameters \(6,\)"
+    )
     match = (
         r"_ElementwiseNormal\.log_prob_from_parameters gave shape \(6, 6\) for "
-        r"targets \(6,\) and parameters \(6, 1\): broadcasting from the right "
+        rf"targets {shapes}: broadcasting from the right "
         r"paired every example with the targets of all B = 6 examples.*"
-        r"target\.unsqueeze\(-1\)"
+        r"target\.unsqueeze\(-1\) for outputs \(B, 1\), target\.squeeze\(-1\) "
+        r"for outputs \(B,\)"
     )
     with bnn.validation(validate):
         with pytest.raises(UnsupportedDistributionError, match=match):
             loss_fn(out, y)
         with pytest.raises(UnsupportedDistributionError, match=match):
             _ElementwiseNormal().log_prob_from_samples(y, out.detach())
-        aligned = y.unsqueeze(-1)
-        expected = 60 / 6 * (0.5 * (aligned - out).square().sum((1, 2))).mean()
+        aligned = y.reshape(out.shape[1:])
+        squared = 0.5 * (aligned - out).square()
+        expected = 60 / 6 * squared.sum(tuple(range(1, out.dim()))).mean()
         torch.testing.assert_close(loss_fn(out, aligned), expected, rtol=1e-6, atol=0.0)
+
+
+class _OneVsRest(vi.distributions.Categorical):
+    """Per-class Bernoulli terms ``(B, C)`` of labels ``(B,)`` against the
+    logits ``(B, C)``: labels index, nothing broadcasts."""
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Tensor:
+        return samples.mean(0)
+
+    def log_prob_from_parameters(self, reference: Tensor, parameters: Any) -> Tensor:
+        hot = nn.functional.one_hot(reference, parameters.shape[-1]).to(parameters)
+        return -nn.functional.binary_cross_entropy_with_logits(
+            parameters, hot, reduction="none"
+        )
+
+
+@pytest.mark.parametrize("batch", [4, 5, 6])
+def test_per_class_terms_are_not_a_pairing_also_when_the_batch_is_the_classes(
+    batch: int,
+) -> None:
+    """Labels ``(B,)`` against logits ``(B, C)`` giving per-class terms ``(B,
+    C)`` were refused as a pairing at ``B == C`` (a last batch of that size
+    crashed training; probe falsepos27a): their shapes alone look like one.
+    Nothing broadcast: the loss is the hand-computed one at every ``B``."""
+    torch.manual_seed(1)
+    out = vi.VILinear(3, 5)(torch.randn(batch, 3), samples=4)
+    y = torch.arange(batch) % 5
+    loss_fn = vi.KullbackLeiblerLoss(_OneVsRest(), dataset_size=60, heat=0.0)
+    hot = nn.functional.one_hot(y, 5).to(out).expand_as(out)
+    terms = nn.functional.binary_cross_entropy_with_logits(out, hot, reduction="none")
+    expected = 60 / batch * terms.sum((1, 2)).mean()
+    torch.testing.assert_close(loss_fn(out, y), expected, rtol=1e-6, atol=0.0)
 
 
 def test_labels_against_class_parameters_are_not_a_pairing() -> None:

@@ -582,13 +582,17 @@ class AdaptedPredictive(BnnPredictive):
     ) -> None:
         """Refuse log-likelihoods that pair every example with every target.
 
-        Targets ``(B,)`` against parameters ``(B, 1)`` broadcast from the
-        right to ``(B, B)``: each example scored against the targets of all
-        ``B`` examples, which the loss would sum as the example's features
-        (torch_blue computes the same; torch's ``MSELoss`` warns of it). The
-        sign: the log-likelihoods have more dimensions than the targets, and
-        the targets' batch dimension ``B`` landed after the first. A shape
-        check: it runs under ``torch.vmap`` and with validation off.
+        Targets ``(B,)`` against parameters ``(B, 1)`` (or targets ``(B, 1)``
+        against parameters ``(B,)``) broadcast from the right to ``(B, B)``:
+        each example scored against the targets of all ``B`` examples, which
+        the loss would sum as the example's features (torch_blue computes the
+        same; torch's ``MSELoss`` warns of it). The sign: of the targets and
+        the parameters with the batch first, aligned from the right with the
+        log-likelihoods, one's batch dimension lands after the first, where
+        one whose batch is first has a dimension of size 1 that broadcasting
+        stretched to ``B``. Labels ``(B,)`` indexing parameters ``(B, C)``
+        (per-class terms ``(B, C)``, also where ``C == B``) stretch nothing.
+        A shape check: it runs under ``torch.vmap`` and with validation off.
 
         Args:
             output: the particle's network output, ``(B, ...)``.
@@ -599,14 +603,23 @@ class AdaptedPredictive(BnnPredictive):
         Raises:
             UnsupportedDistributionError: naming the shapes and the remedy.
         """
-        batch = output.shape[0]
-        rank = target.dim()
-        if not (
-            batch > 1
-            and 0 < rank < value.dim()
-            and target.shape[0] == batch
-            and value.shape[value.dim() - rank :] == target.shape
-        ):
+        batch, rank = output.shape[0], value.dim()
+        if batch < 2 or rank < 2:
+            return
+        # Each tensor with the batch first, by where its batch lands in value.
+        landed = [
+            (rank - tensor.dim(), tensor)
+            for tensor in (target, *_parameter_tensors(parameters))
+            if 0 < tensor.dim() <= rank and tensor.shape[0] == batch
+        ]
+        aligned = [tensor for place, tensor in landed if place == 0]
+        stretched = any(
+            value.shape[place] == batch and tensor.shape[place] == 1
+            for place, _ in landed
+            if place > 0
+            for tensor in aligned
+        )
+        if not stretched:
             return
         parameter_shapes = ", ".join(
             shape_text(p) for p in _parameter_tensors(parameters)
@@ -618,8 +631,8 @@ class AdaptedPredictive(BnnPredictive):
             "the right paired every example with the targets of all B = "
             f"{batch} examples, and the loss would sum them as the example's "
             "features. Give the targets the outputs' shape (e.g. "
-            "target.unsqueeze(-1) for outputs (B, 1)) or the outputs the "
-            "targets' (output.squeeze(-1))."
+            "target.unsqueeze(-1) for outputs (B, 1), target.squeeze(-1) for "
+            "outputs (B,)) or the outputs the targets'."
         )
 
     def _needs_a_look(self, output: Tensor, values: Tensor | list[Tensor]) -> bool:
