@@ -21,7 +21,7 @@ from torch import Tensor
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 
-__all__ = ["OutputHeads"]
+__all__ = ["OutputHeads", "describe_heads", "scoring_recipe"]
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ class OutputHeads:
                     "(heads), give one likelihood per output in the same shape: "
                     "predict(net, x, {'label': bnn.Categorical(), 'value': "
                     "bnn.Normal()}) for a dict, a tuple for a tuple (None skips "
-                    "an output)"
+                    "an output); calibrate takes the targets in that shape too, "
+                    "calibrate(net, x, {'label': y}, {'label': bnn.Categorical()})"
                 )
             return (out,)
         if self.positions is None:
@@ -134,11 +135,14 @@ class OutputHeads:
                 )
         return heads
 
-    def per_head(self, value: object, what: str) -> tuple[Any, ...]:
+    def per_head(
+        self, value: object, what: str, who: str = "predict"
+    ) -> tuple[Any, ...]:
         """``value`` as one item per head (``None`` where it names none).
 
         ``value`` is one item (one likelihood), or a dict or sequence shaped
         like the likelihoods: ``None`` entries and missing keys are ``None``.
+        ``what`` names it and ``who`` the function taking it, in the message.
 
         Raises:
             TypeError: if ``value`` is not shaped like the likelihoods.
@@ -153,10 +157,14 @@ class OutputHeads:
             and len(value) == self.positions
         ):
             return tuple(value[cast(int, key)] for key in self.keys)
+        shape = (
+            "a dict by key"
+            if self.positions is None
+            else f"a sequence of {self.positions} with None to skip one"
+        )
         raise TypeError(
-            f"predict with one likelihood per output takes {what} in the same "
-            f"shape (a dict by key, or a sequence of {self.positions} with None "
-            f"to skip one), got {type(value).__name__}"
+            f"{who} with one likelihood per output takes {what} in the same "
+            f"shape ({shape}), got {type(value).__name__}"
         )
 
     def assemble(self, results: Sequence[Any]) -> Any:
@@ -173,3 +181,55 @@ class OutputHeads:
         for key, result in zip(self.keys, results, strict=True):
             shaped[cast(int, key)] = result
         return tuple(shaped)
+
+
+def describe_heads(output: object) -> tuple[str, list[str]] | None:
+    """A network output of several heads, and how the user indexes two of them.
+
+    Returns:
+        ``None`` for anything but a dict, tuple or list; else its description
+        (``"dict (outputs 'label', 'value')"``) and the expressions reading
+        its first heads (``["out['label']", "out['value']"]``, at most two).
+
+    Example:
+        >>> describe_heads({"label": 0, "value": 1})
+        ("dict (outputs 'label', 'value')", ["out['label']", "out['value']"])
+        >>> describe_heads((0, 1, 2))
+        ('tuple of 3 outputs', ['out[0]', 'out[1]'])
+        >>> describe_heads(0) is None
+        True
+    """
+    if isinstance(output, Mapping):
+        keys = list(output)
+        listed = ", ".join(map(repr, keys))
+        return f"dict (outputs {listed})", [f"out[{key!r}]" for key in keys[:2]]
+    if isinstance(output, (tuple, list)):
+        name = type(output).__name__
+        count = len(output)
+        return f"{name} of {count} outputs", [f"out[{i}]" for i in range(min(count, 2))]
+    return None
+
+
+def scoring_recipe(output: object) -> str:
+    """How to score the heads of a network ``output`` of several, with losses.
+
+    One loss per head, added, the KL taken by one of them; for one head, the
+    loss on that head.
+
+    Example:
+        >>> scoring_recipe({"label": 0, "value": 1}).split(", with")[0]
+        "one loss per head, loss_a(out['label'], y_a) + loss_b(out['value'], y_b)"
+        >>> scoring_recipe((0,))
+        'the loss on that output, loss_fn(out[0], y)'
+    """
+    described = describe_heads(output)
+    heads = ["out['a']", "out['b']"] if described is None else described[1]
+    if len(heads) == 1:
+        return f"the loss on that output, loss_fn({heads[0]}, y)"
+    if not heads:
+        heads = ["out['a']", "out['b']"]
+    return (
+        f"one loss per head, loss_a({heads[0]}, y_a) + loss_b({heads[1]}, y_b), "
+        "with heat=0 on every loss but one (the forward pass has one KL; see "
+        '"Several outputs" in the how-to guide)'
+    )

@@ -58,8 +58,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, ClassVar, SupportsIndex, TypeVar
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, ClassVar, SupportsIndex, TypeVar, overload
 
 import pyro.distributions as dist
 import torch
@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from pyrolite_bnn._forward import InputTensor, NetworkInput, network_args
 from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._network import has_sequence_first_layers
+from pyrolite_bnn._output_heads import OutputHeads
 from pyrolite_bnn._scalar_search import minimise_expanding
 from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors
 from pyrolite_bnn._validation import (
@@ -111,6 +112,7 @@ _TOWARDS_IDENTITY_POINTS = 141
 _FLAT = 1e-6
 
 _SelfCalibration = TypeVar("_SelfCalibration", bound="Calibration")
+_Key = TypeVar("_Key", bound=Hashable)
 
 
 def _fit_log_parameter(
@@ -784,6 +786,7 @@ class _VarianceScaled(_Calibrated):
         return f"{self.base!r}, factor={float(self.factor):.4g}"
 
 
+@overload
 def calibrate(
     model: nn.Module,
     x: NetworkInput[InputTensor],
@@ -791,7 +794,39 @@ def calibrate(
     predictive: PredictiveDistribution,
     samples: SupportsIndex = 100,
     **kwargs: Any,
-) -> Calibration:
+) -> Calibration: ...
+
+
+@overload
+def calibrate(
+    model: nn.Module,
+    x: NetworkInput[InputTensor],
+    y: Mapping[_Key, Tensor],
+    predictive: Mapping[_Key, PredictiveDistribution],
+    samples: SupportsIndex = 100,
+    **kwargs: Any,
+) -> dict[_Key, Calibration]: ...
+
+
+@overload
+def calibrate(
+    model: nn.Module,
+    x: NetworkInput[InputTensor],
+    y: Sequence[Tensor | None],
+    predictive: Sequence[PredictiveDistribution | None],
+    samples: SupportsIndex = 100,
+    **kwargs: Any,
+) -> tuple[Calibration | None, ...]: ...
+
+
+def calibrate(
+    model: nn.Module,
+    x: NetworkInput[InputTensor],
+    y: Any,
+    predictive: Any,
+    samples: SupportsIndex = 100,
+    **kwargs: Any,
+) -> Any:
     """Fit a post-hoc calibration of ``model`` on validation data ``(x, y)``.
 
     :class:`TemperatureScaling` for a classification likelihood,
@@ -818,17 +853,25 @@ def calibrate(
         x: validation inputs ``(N, ...)`` (a tuple or list of them for a
             network with several inputs, as :func:`~pyrolite_bnn.predict`
             takes).
-        y: validation targets ``(N, ...)``.
+        y: validation targets ``(N, ...)``; with one likelihood per output,
+            one target per output in the likelihoods' shape.
         predictive: the likelihood the network was trained with (a
             distribution of :mod:`pyrolite_bnn.vi.distributions` is converted
-            with its ``to_predictive()``).
+            with its ``to_predictive()``), or one per output of a network
+            with several (a dict by key, a tuple or list by position).
         samples: posterior draws for the fit.
         **kwargs: further arguments of :func:`~pyrolite_bnn.predict`
             (``batch_size``, ``memory_budget``).
 
     Returns:
         The fitted calibration; pass it as ``calibration=`` to
-        :func:`~pyrolite_bnn.predict`, or call its ``predict``.
+        :func:`~pyrolite_bnn.predict`, or call its ``predict``. With one
+        likelihood per output, a dict of calibrations by key, or a tuple with
+        ``None`` at the positions skipped.
+
+    Raises:
+        TypeError: for a likelihood neither calibration takes, or a
+            likelihood per output without a target for that output.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -840,27 +883,96 @@ def calibrate(
         >>> pred = bnn.predict(net, x, bnn.Normal(scale=0.1), calibration=cal)
         >>> pred.interval(0.9)[0].shape
         torch.Size([40])
+
+        A network with two heads, each calibrated:
+
+        >>> class TwoHeads(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.label, self.value = bnn.VILinear(2, 3), bnn.VILinear(2, 1)
+        ...     def forward(self, x):
+        ...         return {"label": self.label(x), "value": self.value(x)}
+        >>> heads = TwoHeads()
+        >>> likelihoods = {"label": bnn.Categorical(), "value": bnn.Normal(scale=0.1)}
+        >>> probs = bnn.predict(heads, x, {"label": bnn.Categorical()})["label"].probs
+        >>> labels = torch.distributions.Categorical(probs).sample()  # it explains
+        >>> targets = {"label": labels, "value": y}
+        >>> cals = bnn.calibrate(heads, x, targets, likelihoods, samples=8)
+        >>> {key: type(cal).__name__ for key, cal in cals.items()}
+        {'label': 'TemperatureScaling', 'value': 'VarianceScaling'}
+        >>> preds = bnn.predict(heads, x, likelihoods, calibration=cals)
+        >>> preds["label"].probs.shape
+        torch.Size([40, 3])
     """
-    likelihood = as_likelihood(predictive, "calibrate")
+    heads = OutputHeads.of(predictive, "calibrate")
+    targets = heads.per_head(y, "the targets y", "calibrate")
+    names = [None] if heads.keys is None else list(heads.keys)
+    calibrations = []
+    for name, likelihood, target in zip(names, heads.likelihoods, targets, strict=True):
+        if target is None and name is None:
+            raise TypeError("calibrate needs the validation targets y, got None")
+        if target is None:
+            raise TypeError(
+                f"calibrate was given a likelihood for output {name!r} but no "
+                "target for it: give the targets in the likelihoods' shape, or "
+                "leave that output's likelihood out to calibrate the others"
+            )
+        calibrations.append(_unfitted_calibration(likelihood, name))
+        likelihood.check_target_type(target)  # before the predictions
+    # predict warns about a likelihood whose learned parameters never trained;
+    # the checked fits below do not warn a second time.
+    predictions = predict(
+        model, x, heads.assemble(heads.likelihoods), samples, **kwargs
+    )
+    fitted = [
+        calibration._fit(*_fit_layout(model, x, prediction.samples, target), likelihood)
+        for calibration, likelihood, target, prediction in zip(
+            calibrations,
+            heads.likelihoods,
+            targets,
+            heads.per_head(predictions, "predictions"),
+            strict=True,
+        )
+    ]
+    return heads.assemble(fitted)
+
+
+def _unfitted_calibration(
+    likelihood: PredictiveDistribution, output: Hashable | None
+) -> Calibration:
+    """The calibration for ``likelihood``: temperature or variance scaling.
+
+    Raises:
+        TypeError: for a likelihood neither takes (named by ``output``, the
+            head's key or position, where the network has several).
+    """
     calibration: Calibration = (
         TemperatureScaling() if likelihood.is_classification else VarianceScaling()
     )
     try:  # the calibration's own check of the likelihood, before predicting
         calibration.wrap(likelihood)
     except TypeError as error:
+        head = "" if output is None else f" (output {output!r})"
         raise TypeError(
             "calibrate fits temperature scaling for classification likelihoods "
             "(Categorical, Bernoulli) and variance scaling for Gaussian ones "
             f"(Normal, HeteroscedasticNormal); got {describe_likelihood(likelihood)}"
+            f"{head}"
         ) from error
-    likelihood.check_target_type(y)  # before the predictions it is compared with
-    # predict warns about a likelihood whose learned parameters never trained;
-    # the checked fit below does not warn a second time.
-    outputs = predict(model, x, likelihood, samples, **kwargs).samples
+    return calibration
+
+
+def _fit_layout(
+    model: nn.Module, x: NetworkInput[InputTensor], outputs: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Outputs ``(S, N, ...)`` and targets ``(N, ...)`` in one example per row.
+
+    A sequence-first network's ``(S, L, B, ...)`` against ``(L, B, ...)`` has
+    one example per sequence.
+    """
     if isinstance(model, nn.Module) and has_sequence_first_layers(model):
-        # (S, L, B, ...) against (L, B, ...): one example per sequence.
         first = network_args(x)[0]  # several inputs: the first
-        outputs, target = batch_first_layout(outputs, y, first.shape[1])
-        assert target is not None
-        y = target
-    return calibration._fit(outputs, y, likelihood)
+        outputs, moved = batch_first_layout(outputs, target, first.shape[1])
+        assert moved is not None
+        return outputs, moved
+    return outputs, target

@@ -26,6 +26,8 @@ from pyrolite_bnn._handlers import initialising_inference
 from pyrolite_bnn._likelihoods import as_likelihood
 from pyrolite_bnn._network import check_bayesian_network
 from pyrolite_bnn._no_grad_watch import NoGradLayerWatch
+from pyrolite_bnn._output_heads import describe_heads, scoring_recipe
+from pyrolite_bnn._pass_charges import LossCharge
 from pyrolite_bnn._precision_watch import BFloat16ScaleWatch
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteShapeError
@@ -69,14 +71,44 @@ def _check_one_tensor(output: object) -> None:
     """The loss reads one output tensor ``(S, B, ...)``.
 
     Raises:
-        TypeError: for anything else (a recurrent layer's ``(output, state)``).
+        TypeError: for anything else: a network's several heads (a dict or
+            tuple of outputs, each scored by a loss of its own) or an output
+            with a state (a recurrent layer's ``(output, state)``).
     """
-    if not isinstance(output, Tensor):
-        raise TypeError(
-            f"the loss needs the network's output as one tensor, got "
-            f"{type(output).__name__}; a network returning several (a bare VILSTM's "
-            "(output, (h_n, c_n))) needs a forward that returns the one to score"
-        )
+    if isinstance(output, Tensor):
+        return
+    described = describe_heads(output)
+    got = type(output).__name__ if described is None else described[0]
+    raise TypeError(
+        f"the loss needs the network's output as one tensor, got {got}; for a "
+        f"network with several outputs (heads), {scoring_recipe(output)}; a "
+        "network whose output comes with a state (a bare VILSTM's (output, "
+        "(h_n, c_n))) needs a forward that returns the one to score"
+    )
+
+
+def _check_observed_output(output: object) -> None:
+    """The Pyro model observes one output tensor at its site ``"obs"``.
+
+    Raises:
+        TypeError: for a network's several heads (a dict or tuple of
+            outputs) or an output with a state.
+    """
+    described = describe_heads(output)
+    if described is None:
+        return
+    raise TypeError(
+        "pyro_model observes the network's output at the site 'obs' as one "
+        f"tensor, got {described[0]}; for a network with several outputs "
+        "(heads), write the Pyro model by hand: run the network once, then "
+        "observe each head at a site of its own inside bnn.per_particle(out) "
+        "and a data plate of its own (that head's dataset size, subsampled to "
+        'its batch; see "Several outputs" in the how-to guide), or build '
+        "pyro_model on a network whose forward returns one head; a network "
+        "whose output comes with a state (a bare VILSTM's (output, (h_n, "
+        "c_n))) needs a forward that returns "
+        "the one to score"
+    )
 
 
 class KullbackLeiblerLoss(nn.Module):
@@ -114,6 +146,15 @@ class KullbackLeiblerLoss(nn.Module):
     ELBOs warn and leave their prior terms out; :class:`~pyrolite_bnn.Trace_ELBO`
     and :class:`~pyrolite_bnn.TraceMeanField_ELBO` give this loss's value.
 
+    A network with several outputs (heads) trains with one loss per head,
+    added: their sum is one negative ELBO when the heats add up to the
+    posterior's (``heat=0`` on all but one) and every loss divides by the
+    same number (the same ``dataset_size`` with ``reduction="mean"``, or
+    ``reduction="sum"`` on all and the total divided by one ``N``, for a
+    target that only some examples have). Losses with gradients on one
+    forward pass whose heats add up to more than 1, or that divide by
+    different numbers, warn.
+
     Args:
         predictive: the likelihood, e.g. :class:`~pyrolite_bnn.Categorical`
             (a distribution of :mod:`pyrolite_bnn.vi.distributions` is
@@ -125,7 +166,9 @@ class KullbackLeiblerLoss(nn.Module):
             any integral number (``int``, a NumPy integer), not a ``bool`` or
             a float.
         heat: multiplier of the KL term (``< 1`` for a "cold" posterior), a
-            finite number ``>= 0``.
+            finite number ``>= 0``. ``heat=0`` is the data term alone (every
+            head's loss but one, for a network with several outputs), and
+            scores an empty batch as 0.
         kl: ``"auto"`` (closed form per weight site where one exists, Monte
             Carlo elsewhere), ``"analytic"`` (closed form everywhere, else an
             error), or ``"mc"`` (Monte Carlo from the drawn weights).
@@ -335,11 +378,19 @@ class KullbackLeiblerLoss(nn.Module):
     ) -> tuple[Tensor, Tensor, int]:
         """:meth:`terms` and the batch size (:meth:`check_batch`), checked once.
 
-        The three arguments of :meth:`combine` after the particle count.
+        The three arguments of :meth:`combine` after the particle count. An
+        empty batch is taken by a loss with ``heat=0`` alone, as 0 examples.
         """
         record = self._record_for(output)
-        batch = self.check_batch(output, record.sequence_batch)
-        log_lik = self.predictive.log_likelihood(output, target).sum()
+        examples = output.shape[batch_dim(output, record.sequence_batch)]
+        if self.heat == 0 and examples == 0 and target.numel() == 0:
+            # Its data term sums over no example: 0 (a head whose targets only
+            # some examples have, on a batch where none has one); a loss with
+            # the KL would weigh the batch's data by N / 0, and is refused.
+            batch, log_lik = 0, output.sum()
+        else:
+            batch = self.check_batch(output, record.sequence_batch)
+            log_lik = self.predictive.log_likelihood(output, target).sum()
         self.watch_step(record, output.dtype)
         if self.heat > 0 and torch.is_grad_enabled():  # the KL pulls them
             # Layers with trainable posteriors run under torch.no_grad().
@@ -347,7 +398,7 @@ class KullbackLeiblerLoss(nn.Module):
                 record.guide_identity(), record.read_without_gradients(), output
             )
         kl_value = record.kl(self.kl if kl is None else kl)
-        self._note_kl_charge(record, kl_value, output)
+        self._note_charge(record, kl_value, output)
         if (
             torch.is_grad_enabled()
             and kl_value.requires_grad
@@ -393,49 +444,53 @@ class KullbackLeiblerLoss(nn.Module):
         state["_network_parameters"] = list
         return state
 
-    def _note_kl_charge(
+    def _note_charge(
         self, record: ForwardRecord, kl_value: Tensor, output: Tensor
     ) -> None:
-        """Warn once if a loss takes the KL of one pass again, from another output.
+        """Note what this loss takes from ``output``; warn where the sum is wrong.
 
-        A network with several outputs (heads) trained with one loss per head,
-        ``loss(out["a"], ya) + loss(out["b"], yb)``, or one output split into
-        heads, would count the KL of its one pass twice: a heat of 2 on the
-        posterior, silently. The same output (or a view of all of it) taken
-        again, by this loss or another, is left alone: that is a repeated
-        evaluation or a comparison more often than a sum.
+        A network with several outputs (heads) trains with one loss per head,
+        ``loss_a(out["a"], ya) + loss_b(out["b"], yb)``, which is one negative
+        ELBO only if the KL of the pass counts once in total and every loss
+        divides by the same number. Each is warned of once per pass
+        (:class:`~pyrolite_bnn._pass_charges.PassCharges`): heats that add up
+        to more than 1 (``heat=1`` on each of two heads: the KL counts
+        twice), and losses that divide by different numbers
+        (``reduction="mean"`` with different ``dataset_size``). The same
+        output (or a view of all of it) taken again, by this loss or another,
+        is left alone: that is a repeated evaluation or a comparison more
+        often than a sum. Only losses with gradients count.
         """
-        if self.heat == 0 or not torch.is_grad_enabled() or not kl_value.requires_grad:
+        if not torch.is_grad_enabled() or not (
+            output.requires_grad or kl_value.requires_grad
+        ):
             return
+        heat = self.heat if kl_value.requires_grad else 0.0
+        charge = LossCharge(heat, self.dataset_size, self.reduction)
         key = (data_address(output), tuple(output.shape), output.stride())
-        if record.kl_charged_by is not None and record.kl_charged_by != key:
-            warn_at_caller(
-                "a second loss with gradients took the KL term of the same forward "
-                "pass from another output of it (another head, or a part of the "
-                "output): if the losses are added (one loss per head), the KL "
-                "counts twice (a heat of 2 on the posterior). Give every loss but "
-                "one heat=0 "
-                "(bnn.KullbackLeiblerLoss(..., heat=0): data term only); to "
-                "evaluate a loss again, use torch.no_grad() or loss_fn.last_nll"
-            )
-        record.kl_charged_by = key
+        for message in record.charges.add(key, charge):
+            warn_at_caller(message)
 
     def combine(self, log_lik: Tensor, kl: Tensor, samples: int, batch: int) -> Tensor:
         """The loss from :meth:`terms` of an output of ``samples`` particles.
 
-        ``batch`` is its number of examples (:meth:`check_batch`). Also sets
+        ``batch`` is its number of examples (:meth:`check_batch`; 0 only for
+        a loss with ``heat=0``, whose value is then 0). Also sets
         :attr:`last_nll` and :attr:`last_kl` (not under ``torch.func``
         transforms, whose tensors do not outlive them: those keep the values of
         the last call outside one).
 
         Raises:
-            ValueError: if ``samples`` or ``batch`` is below 1.
+            ValueError: if ``samples`` or ``batch`` is below 1 (a ``batch``
+                of 0 is taken with ``heat=0``).
             TypeError: if either is not an integer.
         """
         check_count(samples, "samples")
-        check_count(batch, "batch")
+        if batch != 0 or self.heat != 0:  # an empty batch: heat=0 alone
+            check_count(batch, "batch")
         norm = self.dataset_size if self.reduction == "mean" else 1
-        data_factor = self.dataset_size / batch / samples / norm
+        # An empty batch's data term is a sum over no example: 0, at any factor.
+        data_factor = self.dataset_size / batch / samples / norm if batch else 0.0
         # Under torch.func (grad, vmap) the terms are the transform's wrappers,
         # which outlive it as unreadable, uncopyable tensors: not kept.
         if not (is_wrapped(log_lik) or is_wrapped(kl)):
@@ -824,7 +879,11 @@ def example_count(output: Tensor, sequence_batch: int | None) -> int:
     if batch == 0:
         raise ValueError(
             f"the batch is empty (output of shape {tuple(output.shape)}: 0 "
-            "examples); the loss needs at least one example"
+            "examples); the loss needs at least one example. A loss with heat=0 "
+            "(the data term of a head whose targets only some examples have, "
+            "while another loss takes the KL) scores an empty batch as 0; one "
+            "that takes the KL would weigh its data by dataset_size / 0: leave "
+            "such a batch out"
         )
     return batch
 
@@ -936,6 +995,7 @@ class PyroModel:
                     "Predictive(model, guide=net.guide, num_samples=n)(x, samples=k), "
                     "or use a new loss_fn.pyro_model(net)"
                 ) from error
+            _check_observed_output(output)
             sequence_batch = state.sequence_batch()
             batch = example_count(output, sequence_batch)
             if y is not None:  # now; a target conditioned by name, when scored

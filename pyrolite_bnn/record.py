@@ -36,6 +36,7 @@ from torch.distributions import (
 from pyrolite_bnn import _particles
 from pyrolite_bnn._autograd_graph import reaches_node
 from pyrolite_bnn._draws import LazyDraws, kl_without_gradients
+from pyrolite_bnn._pass_charges import PassCharges
 from pyrolite_bnn._pyro_module import is_positive_constraint
 from pyrolite_bnn._validation import distribution_checks_off, is_validation_enabled
 from pyrolite_bnn.distributions._precision import full_precision, is_narrow
@@ -91,9 +92,10 @@ class ForwardRecord:
             else ``None``.
         analytic_sites: sites whose KL the last :meth:`kl` took in closed form.
         mc_sites: sites whose KL the last :meth:`kl` estimated by Monte Carlo.
-        kl_charged_by: the output (its memory, shape and strides) from which
-            a loss took this pass's KL into a training loss (with gradients
-            and a positive heat), else ``None``.
+        charges: what the losses with gradients took from the outputs of
+            this pass (their heats and divisors), which warn where their sum
+            is not one negative ELBO
+            (:class:`~pyrolite_bnn._pass_charges.PassCharges`).
         network: the module that ran (the outermost one of the call), if
             known; its ``named_parameters()`` names the parameters in the
             loss's warnings.
@@ -105,7 +107,7 @@ class ForwardRecord:
         self.sequence_batch: int | None = None
         self.analytic_sites: list[str] = []
         self.mc_sites: list[str] = []
-        self.kl_charged_by: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None
+        self.charges = PassCharges()
 
     @property
     def network(self) -> nn.Module | None:

@@ -41,6 +41,7 @@ from pyrolite_bnn._fit_modes import ModuleModes
 from pyrolite_bnn._fit_progress import Progress
 from pyrolite_bnn._forward import call_network, network_args
 from pyrolite_bnn._network import check_bayesian_network
+from pyrolite_bnn._output_heads import describe_heads
 from pyrolite_bnn._source_watch import steps_convert_source
 from pyrolite_bnn._state import clone_state
 from pyrolite_bnn._step_draws import SameDraws
@@ -606,6 +607,7 @@ def _step_loss(
         # compiled: the output stays inside the graph
         return loss_fn.model_loss(model, x, y), None
     out = call_network(model, network_args(x), None)
+    _check_one_output(out)
     try:
         return loss_fn(out, y), None
     except ValueError as error:
@@ -614,6 +616,26 @@ def _step_loss(
         if not ranks.distributed:
             return torch.full((), math.nan), error
         return out.sum() * math.nan, error
+
+
+def _check_one_output(out: object) -> None:
+    """``fit`` trains one loss on one output tensor of the network.
+
+    Raises:
+        TypeError: for a network's several heads (a dict or tuple of outputs).
+    """
+    described = describe_heads(out)
+    if described is None:
+        return  # a tensor, or something the loss's own check names
+    raise TypeError(
+        f"fit trains one loss on one output of the network, got {described[0]}. "
+        "For a network with several outputs (heads), write the training loop "
+        "(one loss per head, added, with heat=0 on every loss but one; see "
+        '"Several outputs" in the how-to guide), or fit a wrapper network whose '
+        "forward returns the one head to train; a network whose output comes "
+        "with a state (a bare VILSTM's (output, (h_n, c_n))) needs a forward "
+        "that returns the one to score"
+    )
 
 
 @dataclass(frozen=True)

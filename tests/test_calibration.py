@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import pyro
 import pytest
 import torch
 import torch.nn.functional as F
@@ -573,6 +575,112 @@ def test_calibrate_names_what_it_supports_and_the_users_likelihood() -> None:
         bnn.calibrate(bnn.VILinear(3, 2), x, np.zeros(8), CLASSES, samples=4)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"torch\.as_tensor"):
         bnn.predict(net, x.numpy(), bnn.Normal())  # type: ignore[arg-type]
+
+
+class _LabelAndValue(nn.Module):
+    """Two heads: a class and a value; ``kind`` picks a dict or a tuple."""
+
+    def __init__(self, kind: str = "dict") -> None:
+        super().__init__()
+        self.kind = kind
+        self.body = bnn.VILinear(3, 8)
+        self.label = bnn.VILinear(8, 3)
+        self.value = bnn.VILinear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        h = torch.relu(self.body(x))
+        label, value = self.label(h), self.value(h)
+        return (
+            {"label": label, "value": value} if self.kind == "dict" else (label, value)
+        )
+
+
+class _OneHead(nn.Module):
+    """The wrapper route: the network with one of its heads as its output."""
+
+    def __init__(self, heads: _LabelAndValue, head: str) -> None:
+        super().__init__()
+        self.heads, self.head = heads, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.heads(x)
+        return (
+            out[self.head]
+            if self.heads.kind == "dict"
+            else out[["label", "value"].index(self.head)]
+        )  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+def test_calibrate_fits_every_head_of_a_network_with_several_outputs(kind: str) -> None:
+    """calibrate(net, x, y, likelihood) on a network returning heads was told
+    to give one likelihood per output, which it then refused ("predictive must
+    be a likelihood"). Now each head gets its calibration, from the same
+    particles: the one calibrate fits on a wrapper returning that head."""
+    net = _LabelAndValue(kind)
+    x = torch.randn(40, 3)
+    value_likelihood = bnn.Normal(scale=0.2)
+    # Targets the network explains: a temperature and a factor near 1.
+    probs = bnn.predict(_OneHead(net, "label"), x, CLASSES, samples=20).probs
+    labels = torch.distributions.Categorical(probs).sample()
+    mean = bnn.predict(_OneHead(net, "value"), x, value_likelihood, samples=20).mean
+    values = mean + 0.3 * torch.randn(40)
+    if kind == "dict":
+        likelihoods: Any = {"label": CLASSES, "value": value_likelihood}
+        targets: Any = {"label": labels, "value": values}
+    else:
+        likelihoods, targets = (CLASSES, value_likelihood), (labels, values)
+    pyro.set_rng_seed(5)
+    fitted = bnn.calibrate(net, x, targets, likelihoods, samples=6)
+    by_head = (
+        dict(fitted)
+        if kind == "dict"
+        else dict(zip(["label", "value"], fitted, strict=True))
+    )
+    assert isinstance(by_head["label"], bnn.TemperatureScaling)
+    assert isinstance(by_head["value"], bnn.VarianceScaling)
+    for head, likelihood, target, parameter in [
+        ("label", CLASSES, labels, "temperature"),
+        ("value", value_likelihood, values, "factor"),
+    ]:
+        pyro.set_rng_seed(5)
+        alone = bnn.calibrate(_OneHead(net, head), x, target, likelihood, samples=6)
+        torch.testing.assert_close(
+            getattr(by_head[head], parameter),
+            getattr(alone, parameter),
+            rtol=1e-6,
+            atol=0,
+        )
+    preds = bnn.predict(net, x, likelihoods, samples=4, calibration=fitted)
+    label_pred = preds["label"] if kind == "dict" else preds[0]
+    assert label_pred is not None
+    assert label_pred.probs.shape == (40, 3)
+
+
+def test_calibrate_per_head_needs_a_target_per_likelihood() -> None:
+    net = _LabelAndValue()
+    x, labels = torch.randn(10, 3), torch.randint(0, 3, (10,))
+    likelihoods = {"label": CLASSES, "value": bnn.Normal(scale=0.2)}
+    with pytest.raises(TypeError, match=r"output 'value' but no target for it"):
+        bnn.calibrate(net, x, {"label": labels}, likelihoods, samples=4)
+    with pytest.raises(
+        TypeError,
+        match=r"calibrate with one likelihood per output takes the targets y in "
+        r"the same shape \(a dict by key\)",
+    ):
+        bnn.calibrate(net, x, labels, likelihoods, samples=4)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"calibrate\(net, x, \{'label': y\}"):
+        bnn.calibrate(net, x, labels, CLASSES, samples=4)
+    with pytest.raises(
+        TypeError, match=r"calibrate fits .* got Poisson\(\) .*\(output 'value'\)"
+    ):
+        bnn.calibrate(
+            net,
+            x,
+            {"label": labels, "value": labels},
+            {"label": CLASSES, "value": bnn.Poisson()},
+            samples=4,
+        )
 
 
 def test_non_finite_network_outputs_are_refused() -> None:

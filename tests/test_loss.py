@@ -1227,6 +1227,244 @@ def test_kl_taken_once_or_evaluated_again_is_silent(case: str) -> None:
                 other(out["reg"], yr)
 
 
+class _LabelAndValue(bnn.VIModule):
+    """A label head for every example, a value head known for some."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = bnn.VILinear(4, 16, estimator="reparam")
+        self.label = bnn.VILinear(16, 3, estimator="reparam")
+        self.value = bnn.VILinear(16, 1, estimator="reparam")
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(self.body(x))
+        return {"label": self.label(h), "value": self.value(h)}
+
+
+def _two_plate_elbo(
+    net: _LabelAndValue,
+    x: Tensor,
+    labels: Tensor,
+    values: Tensor,
+    keep: Tensor,
+    sizes: tuple[int, int],
+    scale: float,
+    samples: int,
+) -> Tensor:
+    """Pyro's ``TraceMeanField_ELBO`` of the hand-built model: one data plate
+    per head, each of its own size, the value head's subsampled to ``keep``."""
+
+    def model(x: Tensor) -> None:
+        out = net(x, samples=samples)
+        particles = bnn.per_particle(out["label"])
+        with particles, pyro.plate("labels", sizes[0], subsample=torch.arange(len(x))):
+            pyro.sample(
+                "obs_label",
+                pyro.distributions.Categorical(logits=out["label"]),
+                obs=labels,
+            )
+        kept = torch.arange(int(keep.sum()))
+        with particles, pyro.plate("values", sizes[1], subsample=kept):
+            mean = out["value"][:, keep].squeeze(-1)
+            pyro.sample(
+                "obs_value", pyro.distributions.Normal(mean, scale), obs=values[keep]
+            )
+
+    def guide(x: Tensor) -> None:
+        net.guide(samples=samples)
+
+    elbo: Tensor = TraceMeanField_ELBO().differentiable_loss(model, guide, x)
+    return elbo
+
+
+def test_heads_with_different_divisors_warn_and_sum_losses_match_pyro() -> None:
+    """A label for all 1000 examples, a value for 100 of them: two
+    ``reduction="mean"`` losses divide by their own dataset_size, so the
+    value head's data term counted 10 times (3.274 against Pyro's 2.300),
+    silently. Now that warns; ``reduction="sum"`` on both, divided by one
+    ``N``, is Pyro's ELBO of the two-plate model divided by ``N``."""
+    torch.manual_seed(0)
+    net = _LabelAndValue()
+    n_labels, n_values, samples, scale = 1000, 100, 4, 0.5
+    x, labels, values = torch.randn(20, 4), torch.randint(0, 3, (20,)), torch.randn(20)
+    keep = torch.zeros(20, dtype=torch.bool)
+    keep[[0, 3, 9]] = True
+
+    def both(reduction: str) -> Tensor:
+        label_loss = bnn.KullbackLeiblerLoss(
+            bnn.Categorical(), n_labels, kl="analytic", reduction=reduction
+        )
+        value_loss = bnn.KullbackLeiblerLoss(
+            bnn.Normal(scale=scale),
+            n_values,
+            kl="analytic",
+            heat=0,
+            reduction=reduction,
+        )
+        pyro.set_rng_seed(0)
+        out = net(x, samples=samples)
+        return label_loss(out["label"], labels) + value_loss(
+            out["value"][:, keep], values[keep]
+        )
+
+    with pytest.warns(UserWarning, match=r"different divisors") as caught:
+        means = both("mean")
+    assert len(caught) == 1
+    assert caught[0].filename == __file__
+    message = str(caught[0].message)
+    assert "dataset_size=1000, reduction='mean' divides by 1000" in message
+    assert "weighed 10 times" in message
+    assert "reduction='sum'" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summed = both("sum") / n_labels
+    pyro.set_rng_seed(0)
+    reference = _two_plate_elbo(
+        net, x, labels, values, keep, (n_labels, n_values), scale, samples
+    )
+    torch.testing.assert_close(summed, reference / n_labels, rtol=1e-5, atol=1e-5)
+    assert float((means - summed).detach()) > 0.5  # the value head weighed 10 times
+
+
+def test_a_mean_and_a_sum_loss_on_one_pass_warn() -> None:
+    net = _TwoHeads()
+    x, yc, yr = torch.randn(5, 3), torch.randint(0, 2, (5,)), torch.randn(5, 1)
+    loss_cls = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    loss_reg = bnn.KullbackLeiblerLoss(
+        bnn.Normal(scale=1.0), N, heat=0, reduction="sum"
+    )
+    out = net(x, samples=3)
+    with pytest.warns(UserWarning, match=r"reduction='sum' by 1\."):
+        loss_cls(out["cls"], yc) + loss_reg(out["reg"], yr)
+
+
+@pytest.mark.parametrize(
+    "heats", [(0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.1, 0.2, 0.7), (1.0, 0.0)]
+)
+def test_heats_that_split_one_kl_are_silent_and_count_it_once(
+    heats: tuple[float, ...],
+) -> None:
+    """``heat=0.5`` on each of two heads takes the KL once in total; it
+    warned "the KL counts twice" (the check asked only for a heat above 0)."""
+    net = _TwoHeads()
+    x, yc = torch.randn(5, 3), torch.randint(0, 2, (5,))
+    heads = [lambda out: out["cls"]] + [
+        lambda out, i=i: out["reg"][..., :1] + i for i in range(len(heats) - 1)
+    ]
+    target = [yc] + [torch.randn(5, 1)] * (len(heats) - 1)
+    likelihoods: list[bnn.PredictiveDistribution] = [bnn.Categorical()] + [
+        bnn.Normal(scale=1.0)
+    ] * (len(heats) - 1)
+
+    def total(split: tuple[float, ...]) -> Tensor:
+        pyro.set_rng_seed(3)
+        out = net(x, samples=3)
+        return sum(
+            (
+                bnn.KullbackLeiblerLoss(likelihood, N, heat=heat)(head(out), y)
+                for likelihood, heat, head, y in zip(
+                    likelihoods, split, heads, target, strict=True
+                )
+            ),
+            torch.zeros(()),
+        )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split = total(heats)
+        once = total((1.0,) + (0.0,) * (len(heats) - 1))
+    torch.testing.assert_close(split, once, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("heats", "said"),
+    [
+        ((1.0, 1.0), r"heat=1 on each: .* heat of 2 \(the KL counts twice\)"),
+        ((1.0, 1.0, 1.0), r"heat=1 on each: .* heat of 2 \(the KL counts twice\)"),
+        ((1.0, 0.5), r"heats 1 \+ 0.5: .* a heat of 1.5\."),
+        ((0.7, 0.7), r"heat=0.7 on each: .* heat of 1.4 \(the KL counts twice\)"),
+    ],
+)
+def test_heats_that_add_up_to_more_than_one_warn_once_per_pass(
+    heats: tuple[float, ...], said: str
+) -> None:
+    net = _TwoHeads()
+    x, yr = torch.randn(5, 3), torch.randn(5, 1)
+    out = net(x, samples=3)
+    parts = [out["cls"][..., :1], out["cls"][..., 1:], out["reg"]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for heat, part in zip(heats, parts, strict=False):
+            bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N, heat=heat)(part, yr)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert re.search(said, str(caught[0].message))
+    assert caught[0].filename == __file__
+
+
+def test_a_comparison_on_the_same_output_keeps_its_largest_heat() -> None:
+    """The same output scored by a heat=0 loss and then a heat=1 one is one
+    charge of heat 1: another head's heat=1 loss still counts the KL twice."""
+    net = _TwoHeads()
+    x, yc, yr = torch.randn(5, 3), torch.randint(0, 2, (5,)), torch.randn(5, 1)
+    out = net(x, samples=3)
+    bnn.KullbackLeiblerLoss(bnn.Categorical(), N, heat=0)(out["cls"], yc)
+    bnn.KullbackLeiblerLoss(bnn.Categorical(), N)(out["cls"], yc)
+    with pytest.warns(UserWarning, match=_TWICE):
+        bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N)(out["reg"], yr)
+
+
+def test_a_heat0_loss_scores_an_empty_batch_as_zero() -> None:
+    """A value head whose target no example of the batch has: the heat=0
+    loss on the empty subset raised "the batch is empty"; its data term sums
+    over no example, 0, as Categorical(ignore_index) gives a batch whose
+    labels are all ignored. A loss that takes the KL still refuses it, and
+    says what to do."""
+    net = _TwoHeads()
+    x, yc, yr = torch.randn(5, 3), torch.randint(0, 2, (5,)), torch.randn(5, 1)
+    none = torch.zeros(5, dtype=torch.bool)
+    loss_cls = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    loss_reg = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), N, heat=0)
+    pyro.set_rng_seed(0)
+    out = net(x, samples=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = loss_reg(out["reg"][:, none], yr[none])
+        label_only = loss_cls(out["cls"], yc)
+        (label_only + empty).backward()
+    assert float(empty.detach()) == 0.0
+    assert float(loss_reg.last_nll) == 0.0
+    assert empty.requires_grad
+    ignored = bnn.KullbackLeiblerLoss(bnn.Categorical(ignore_index=-1), N, heat=0)
+    pyro.set_rng_seed(0)
+    all_ignored = ignored(net(x, samples=3)["cls"], torch.full((5,), -1))
+    assert float(all_ignored.detach()) == 0.0
+    with pytest.raises(ValueError, match=r"the batch is empty .*heat=0"):
+        loss_cls(net(x, samples=3)["cls"][:, none], yc[none])
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+def test_several_outputs_are_named_with_one_loss_per_head(kind: str) -> None:
+    """The loss and pyro_model told a network returning several heads to
+    return the one to score; now each names its recipe."""
+
+    class Heads(_TwoHeads):
+        def forward(self, x: torch.Tensor) -> Any:
+            out = super().forward(x)
+            return out if kind == "dict" else (out["cls"], out["reg"])
+
+    net = Heads()
+    x, yc = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    first, second = (
+        ("out['cls']", "out['reg']") if kind == "dict" else ("out[0]", "out[1]")
+    )
+    recipe = re.escape(f"loss_a({first}, y_a) + loss_b({second}, y_b)")
+    with pytest.raises(TypeError, match=recipe + r".*heat=0 on every loss but one"):
+        loss_fn(net(x), yc)
+    with pytest.raises(TypeError, match=r"write the Pyro model by hand.*per_particle"):
+        pyro.poutine.trace(loss_fn.pyro_model(net)).get_trace(x, yc, samples=2)
+
+
 def test_a_loss_copies_after_terms() -> None:
     """terms() without combine() left the last record on the loss: deepcopy
     failed on its draws (non-leaf tensors)."""

@@ -1496,6 +1496,43 @@ def test_a_loaders_batch_of_one_for_batch_norm_restores_and_names_drop_last() ->
     _assert_same_state(_state(model), before)  # num_batches_tracked too
 
 
+class _Heads(bnn.VIModule):
+    """A class head and a value head, as a dict or a tuple."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.body = bnn.VILinear(3, 8)
+        self.label, self.value = bnn.VILinear(8, 2), bnn.VILinear(8, 1)
+
+    def forward(self, x: Tensor) -> Any:
+        h = torch.relu(self.body(x))
+        label, value = self.label(h), self.value(h)
+        return (
+            {"label": label, "value": value} if self.kind == "dict" else (label, value)
+        )
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+def test_fit_on_a_network_with_several_outputs_names_the_loop_and_the_wrapper(
+    kind: str,
+) -> None:
+    """fit passed on the loss's advice to return the one output to score;
+    fit trains one loss, so it names the two routes for several heads."""
+    model = _Heads(kind)
+    x, y = _data()
+    before = _state(model)
+    with pytest.raises(
+        TypeError,
+        match=r"fit trains one loss on one output of the network, got "
+        + ("dict \\(outputs 'label', 'value'\\)" if kind == "dict" else "tuple of 2")
+        + r".*write the training loop .*heat=0 on every loss but one.*wrapper "
+        r"network whose forward returns the one head.*fit stopped at epoch 0",
+    ):
+        fit(model, _loss(), _batches(x, y), 1, progress=False)
+    _assert_same_state(_state(model), before)
+
+
 def test_an_empty_batch_stops_fit_with_the_losss_message_and_restores() -> None:
     model, loss_fn = _regression()
     batches = _regression_batches()
