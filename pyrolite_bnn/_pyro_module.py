@@ -18,6 +18,7 @@ statements of the user's handlers around it (:class:`StoreKeepingContext`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import threading
@@ -26,12 +27,12 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar, cast
 
 import numpy as np
 import pyro
 import torch
-from pyro.nn import PyroModule, PyroParam, PyroSample
+from pyro.nn import PyroModule, PyroParam, PyroSample, pyro_method
 from pyro.nn.module import _Context
 from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
@@ -62,6 +63,7 @@ __all__ = [
     "linked_parameters",
     "linked_value",
     "local_params",
+    "local_pyro_method",
     "note_structure_change",
     "public_settings",
     "sample_attribute_names",
@@ -215,6 +217,34 @@ def local_params() -> Iterator[None]:
     """Run the body with Pyro's ``module_local_params`` setting switched on."""
     with held_settings(module_local_params=True):
         yield
+
+
+_Module = TypeVar("_Module", bound="LocalPyroModule")
+_Arguments = ParamSpec("_Arguments")
+_Result = TypeVar("_Result")
+
+
+def local_pyro_method(
+    method: Callable[Concatenate[_Module, _Arguments], _Result],
+) -> Callable[Concatenate[_Module, _Arguments], _Result]:
+    """Pyro's ``pyro_method`` for a method of a :class:`LocalPyroModule`.
+
+    The method runs as a call of the module runs ``forward``: its
+    ``PyroParam`` attributes read inside are ``param`` statements (with
+    module-local parameters, and the links Pyro's optimisers follow), so
+    Pyro inference finds the parameters a method other than ``forward``
+    reads.
+    """
+    in_context = pyro_method(method)
+
+    @functools.wraps(method)
+    def run(
+        self: _Module, /, *args: _Arguments.args, **kwargs: _Arguments.kwargs
+    ) -> _Result:
+        with local_params(), linked_parameters(self):
+            return in_context(self, *args, **kwargs)
+
+    return run
 
 
 class LocalPyroModule(PyroModule):

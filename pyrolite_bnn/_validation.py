@@ -112,6 +112,25 @@ def checks_on(switch: str | None) -> AbstractContextManager[None]:
     return set_while(_CHECKS_ON, switch)
 
 
+def checks_under_pyro_validation() -> AbstractContextManager[None]:
+    """The library's checks, on while Pyro's validation is (:func:`checks_on`).
+
+    Where Pyro's classes check values (the support of an observed site),
+    the library's checks of the same values run under Pyro's switch, with
+    their messages: :class:`~pyrolite_bnn.Trace_ELBO` and the Pyro model's
+    observation site check targets so.
+
+    Example:
+        >>> import pyro, pyrolite_bnn as bnn
+        >>> pyro_on = pyro.distributions.is_validation_enabled()
+        >>> with bnn.validation(False), checks_under_pyro_validation():
+        ...     print(bnn.is_validation_enabled() == pyro_on)
+        True
+    """
+    on = pyro_dist.is_validation_enabled()
+    return checks_on("pyro.enable_validation(False)" if on else None)
+
+
 def _switched_off_by() -> str:
     """The call that switches the running checks off, for their messages."""
     if _VALIDATE:

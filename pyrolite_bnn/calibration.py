@@ -7,7 +7,10 @@ predictive that :func:`~pyrolite_bnn.predict` summarises) at every target
 position: ``-mean_i log mean_s p(y_i | output_s)`` over the examples and,
 for outputs with several positions per example (the tokens of a sequence,
 the pixels of an image, the entries of a multi-output target), over their
-positions, those ``Categorical(ignore_index=...)`` skips left out. These are
+positions, the missing ones left out (the labels
+``Categorical(ignore_index=...)`` skips, the NaN entries of a likelihood built
+with ``missing="nan"``: see
+:meth:`~pyrolite_bnn.PredictiveDistribution.observed`). These are
 the per-position predictives that a :class:`~pyrolite_bnn.Prediction`'s
 ``probs``, intervals and the metrics on them read; the joint density of all
 positions of an example, ``log mean_s prod_i p(y_i | output_s)``, would be
@@ -80,7 +83,6 @@ from pyrolite_bnn._validation import (
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions.predictive import (
-    Categorical,
     HeteroscedasticNormal,
     Normal,
     PredictiveDistribution,
@@ -146,11 +148,12 @@ def _fit_log_parameter(
         )
     count = outputs.shape[1]
     if positions == 0:
+        kind = "label" if what == "temperature" else "target"
         warn_at_caller(
             f"calibration: none of the {count} validation example(s) has an "
-            "observed label (every label equals the likelihood's ignore_index): "
-            f"there is nothing to fit the {what} to. The {what} is left at 1 "
-            "(the identity)",
+            f"observed {kind} (the likelihood marks every one missing: its "
+            "ignore_index, or NaN with missing='nan'): there is nothing to fit "
+            f"the {what} to. The {what} is left at 1 (the identity)",
             UserWarning,
         )
         return 1.0
@@ -269,9 +272,7 @@ def _vote_shares(
     """
     scaled = TemperatureScaling(temperature).to(outputs).wrap(predictive)
     with torch.no_grad():
-        top = scaled.class_probs(outputs).amax(-1)
-        if observed is not None:
-            top = top[:, observed]
+        top = _at_observed(scaled.class_probs(outputs).amax(-1), observed)
         if not bool((top > 1.0 - _CERTAIN).float().mean() > 0.5):
             return False
         log_p = _position_log_likelihoods(scaled, outputs, target, observed)
@@ -310,11 +311,6 @@ def _one_class(labels: Tensor) -> str:
     )
 
 
-def _observed(predictive: PredictiveDistribution, target: Tensor) -> Tensor | None:
-    """The target positions that count: all (``None``) but ignored labels."""
-    return predictive.observed(target) if isinstance(predictive, Categorical) else None
-
-
 def _position_log_likelihoods(
     likelihood: PredictiveDistribution,
     outputs: Tensor,
@@ -323,13 +319,27 @@ def _position_log_likelihoods(
 ) -> Tensor:
     """``log p(y_i | outputs[s])`` at the ``observed`` target positions, ``(S, K)``.
 
-    ``observed``: a mask of the target positions (``None``: all ``K``).
+    ``observed``: a mask of the target positions
+    (:meth:`~pyrolite_bnn.PredictiveDistribution.observed`; ``None``: all
+    ``K``). A likelihood whose densities are known per example only (its own
+    ``log_likelihood``) gives one per example, its own mask applied by it.
     """
     with torch.no_grad():
         log_p = likelihood.position_log_likelihood(outputs, target)
-    if observed is not None:
-        return log_p[:, observed]
-    return log_p.reshape(log_p.shape[0], -1)
+    return _at_observed(log_p, observed)
+
+
+def _at_observed(values: Tensor, observed: Tensor | None) -> Tensor:
+    """``values`` ``(S, ...)`` per target position at the ``observed`` ones, ``(S, K)``.
+
+    The mask is read in the layout of the values (targets ``(N, 1)`` against
+    values ``(S, N)``); values per example where the mask has several
+    positions per example (a likelihood's own ``log_likelihood``) are all
+    kept, as are all values for ``observed=None``.
+    """
+    if observed is not None and observed.numel() == values[0].numel():
+        return values[:, observed.reshape(values.shape[1:])]
+    return values.reshape(values.shape[0], -1)
 
 
 def _mixture_nll(log_p: Tensor) -> float:
@@ -455,6 +465,9 @@ class Calibration(RefusesUnwrittenTensors):
 
         Raises:
             TypeError: for a likelihood this calibration does not take.
+            NotImplementedError: for one whose scoring it cannot follow
+                (:class:`VarianceScaling`: a likelihood whose class redefines
+                ``log_likelihood``).
         """
         likelihood = self._taken_likelihood(predictive, f"{type(self).__name__}.fit")
         warn_untrained(likelihood)
@@ -560,7 +573,7 @@ class TemperatureScaling(Calibration):
         # At least float32: a candidate cast to bfloat16 outputs' dtype landed
         # on its grid (T 0.43 % off the float64 fit of the same outputs).
         outputs = full_precision(outputs)
-        observed = _observed(predictive, target)
+        observed = predictive.observed(target)
         labels = target if observed is None else target[observed]
 
         def objective(log_t: float) -> float:
@@ -626,12 +639,29 @@ class VarianceScaling(Calibration):
         return _VarianceScaled(likelihood, self.factor)
 
     def _taken_likelihood(self, predictive: object, who: str) -> PredictiveDistribution:
-        """A Gaussian likelihood; else a ``TypeError``."""
+        """A Gaussian likelihood scored as the library scores it, else a refusal.
+
+        The calibrated likelihood is a Gaussian rebuilt from the stretched
+        moments: a subclass's own ``log_likelihood`` (a mask of its own)
+        would not be followed, and is refused with ``NotImplementedError``.
+        """
         likelihood = as_likelihood(predictive, who)
         if not isinstance(likelihood, (Normal, HeteroscedasticNormal)):
             raise TypeError(
                 "VarianceScaling needs a Gaussian likelihood (Normal, "
                 f"HeteroscedasticNormal), got {describe_likelihood(likelihood)}"
+            )
+        if likelihood.redefines_log_likelihood():
+            raise NotImplementedError(
+                f"VarianceScaling cannot follow {describe_likelihood(likelihood)}: "
+                "its class redefines log_likelihood (or position_log_likelihood), "
+                "and the calibrated likelihood is a Gaussian rebuilt from the "
+                "stretched moments, which scores the targets without that "
+                "log_likelihood (every entry, a missing one too). To leave "
+                "missing entries out, mark them with NaN "
+                "and build the library's likelihood with missing='nan' "
+                "(bnn.Normal(missing='nan')), or override observed(target) "
+                "instead of log_likelihood"
             )
         return likelihood
 
@@ -641,13 +671,17 @@ class VarianceScaling(Calibration):
         """The factor minimising the Gaussian mixture's validation NLL per position."""
         # At least float32, as for the temperature (bfloat16: 0.14 % off).
         outputs, target = full_precision(outputs), full_precision(target)
+        observed = predictive.observed(target)
 
         def objective(log_factor: float) -> float:
             scaled = VarianceScaling(math.exp(log_factor)).to(outputs).wrap(predictive)
-            log_p = _position_log_likelihoods(scaled, outputs, target, None)
+            log_p = _position_log_likelihoods(scaled, outputs, target, observed)
             return _mixture_nll(log_p)
 
-        best = _fit_log_parameter(objective, "variance factor", outputs)
+        positions = None if observed is None else int(observed.sum())
+        best = _fit_log_parameter(
+            objective, "variance factor", outputs, positions=positions
+        )
         with torch.no_grad():
             self.factor.fill_(best)
         return self
@@ -679,6 +713,10 @@ class _Calibrated(PredictiveDistribution):
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """The base likelihood's target checks."""
         self.base.check_target(output, target)
+
+    def observed(self, target: Tensor) -> Tensor | None:
+        """The base likelihood's observed target entries."""
+        return self.base.observed(target)
 
     def extra_repr(self) -> str:
         """The calibrated likelihood."""

@@ -83,7 +83,7 @@ from pyrolite_bnn._draws import (
 )
 from pyrolite_bnn._forward import network_args, prepare, pytorch_run
 from pyrolite_bnn._pyro_module import linked_parameters, linked_value, local_params
-from pyrolite_bnn._validation import check_count, checks_on
+from pyrolite_bnn._validation import check_count, checks_under_pyro_validation
 from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
 from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.layers._options import EstimatorLayer
@@ -215,8 +215,7 @@ def _fast_loss_here(
     # Targets are checked under Pyro's validation too, as Pyro's path checks
     # them at the "obs" site (the distribution's support), with the library's
     # checks and messages; the PyTorch-style loss follows the library's switch.
-    pyro_switch = "pyro.enable_validation(False)"
-    with checks_on(pyro_switch if pyro_dist.is_validation_enabled() else None):
+    with checks_under_pyro_validation():
         log_lik, kl_term, batch = loss_fn.terms_and_batch(output, y, kl)
     loss = loss_fn.combine(log_lik, kl_term, output.shape[0], batch)
     scale = loss_fn.dataset_size if loss_fn.reduction == "mean" else 1

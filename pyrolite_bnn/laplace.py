@@ -603,10 +603,12 @@ class LinearizedLaplace(nn.Module):
                         jac = jac.reshape(-1, classes, count)
                         out = out.reshape(-1, classes)
                     root = _output_hessian_root(predictive, out, jac).double()
-                    if isinstance(predictive, Categorical):
-                        keep = predictive.observed(yb[start : start + step])
-                        if keep is not None:  # unobserved positions: no curvature
-                            root = root[keep.reshape(-1).repeat_interleave(classes)]
+                    keep = predictive.observed(yb[start : start + step])
+                    if keep is not None:  # unobserved positions: no curvature
+                        rows_kept = keep.reshape(-1)  # one row per output entry
+                        if isinstance(predictive, Categorical):
+                            rows_kept = rows_kept.repeat_interleave(classes)
+                        root = root[rows_kept]
                     if ggn is None and (len(root) + sum(map(len, rows))) * 2 <= count:
                         rows.append(root)
                         continue

@@ -32,7 +32,11 @@ from pyrolite_bnn._precision_watch import BFloat16ScaleWatch
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._sites import SiteShapeError
 from pyrolite_bnn._source_watch import SourceOptimizerWatch
-from pyrolite_bnn._validation import check_count, check_heat
+from pyrolite_bnn._validation import (
+    check_count,
+    check_heat,
+    checks_under_pyro_validation,
+)
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.compiled import CompileMode, LossGraphs
 from pyrolite_bnn.decay import is_scale_parameter, scale_parameters
@@ -774,7 +778,12 @@ class KullbackLeiblerLoss(nn.Module):
         target conditioned on the site by name (``poutine.condition(pyro_model,
         data={"obs": y})``) is scored exactly as ``pyro_model(x, y)`` scores
         ``y``, in every layout the likelihood accepts (``(B,)`` or ``(B, 1)``
-        for a scalar target); another shape is refused. A batch larger than
+        for a scalar target); another shape is refused. Targets are scored
+        with the likelihood's own ``log_likelihood``
+        (:meth:`~pyrolite_bnn.PredictiveDistribution.pyro_log_likelihood`),
+        as the loss scores them: entries it marks missing (``missing="nan"``)
+        add nothing, and a subclass's redefinition is followed by Pyro's
+        ELBOs, ``MCMC`` and ``Predictive`` alike. A batch larger than
         ``dataset_size`` is refused only where targets are scored with
         gradients enabled (see :meth:`check_dataset_size`): without targets
         (``Predictive`` on a test set of any size) it runs.
@@ -1005,16 +1014,21 @@ class PyroModel:
             observed, _ = batch_first_layout(output, None, sequence_batch)
 
             def score(target: Tensor) -> Tensor:
-                """``log p(target | output)``, ``(S, B)``: the data term of ``y``."""
+                """``log p(target | output)``, ``(S, B)``: the data term of ``y``.
+
+                The likelihood's own ``log_likelihood``, as the loss takes it
+                (missing entries, a subclass's redefinition), its targets
+                checked under Pyro's validation switch as Pyro checks an
+                observed site's value.
+                """
                 if y is None:
                     loss_fn.check_dataset_size(batch)
                 _, target_layout = batch_first_layout(output, target, sequence_batch)
                 assert target_layout is not None
-                likelihood, aligned = loss_fn.predictive.observe(
-                    observed, target_layout
-                )
-                log_lik: Tensor = likelihood.log_prob(aligned)
-                return log_lik
+                with checks_under_pyro_validation():
+                    return loss_fn.predictive.pyro_log_likelihood(
+                        observed, target_layout
+                    )
 
             site = ObservationSite(
                 loss_fn.predictive.target_distribution(observed), score

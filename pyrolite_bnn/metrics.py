@@ -45,6 +45,11 @@ deviation both infinite at one position (its quantiles are undefined).
 mean square scaled by the largest error), so that no square of a finite input
 overflows or underflows on the way: the result is ``inf`` or ``0`` only where
 its value is beyond the result's dtype.
+
+Missing regression targets (NaN, which a likelihood built with
+``missing="nan"`` leaves out of the loss) are left out with a mask, as the
+unlabelled positions of dense predictions are: ``keep = ~y.isnan()``, then
+``rmse(pred.mean[keep], y[keep])``.
 """
 
 from __future__ import annotations
@@ -207,7 +212,14 @@ def _check_real(x: object, name: str, finite: bool = False) -> torch.Tensor:
     if t.numel() == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
     if bool(torch.isnan(t).any()):
-        raise ValueError(f"{name} must not contain NaN values")
+        missing = (
+            " (missing targets, as a likelihood built with missing='nan' reads "
+            f"them: score the observed ones, keep = ~{name}.isnan(), then "
+            f"metric(prediction[keep], {name}[keep]))"
+            if finite
+            else ""
+        )
+        raise ValueError(f"{name} must not contain NaN values{missing}")
     if finite and bool(torch.isinf(t).any()):
         raise ValueError(
             f"{name} must be finite (observed values), got "

@@ -59,6 +59,7 @@ from pyrolite_bnn._validation import (
 )
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.checkpoint import check_checkpoint_path, save_checkpoint
+from pyrolite_bnn.distributions.predictive import PredictiveDistribution
 from pyrolite_bnn.loss import KullbackLeiblerLoss, batch_first_layout
 from pyrolite_bnn.module import VIModule
 from pyrolite_bnn.record import find_record
@@ -196,15 +197,20 @@ def _validation_nll(
 ) -> float:
     """Mean negative log predictive density per example over ``loader``.
 
-    Under ``torch.distributed`` the sums and counts of all ranks are added, so
-    every rank gets the same value whether its ``loader`` holds its shard or
-    the whole validation set. Every module of ``model`` is back in its own
-    mode afterwards (a sub-module in ``eval()`` under a training root too).
+    Per example with a target: one whose target entries the likelihood marks
+    all missing (:meth:`~pyrolite_bnn.PredictiveDistribution.observed`) adds
+    nothing and is not counted, so that the value is that of the data
+    without them. Under ``torch.distributed`` the sums and counts of all
+    ranks are added, so every rank gets the same value whether its
+    ``loader`` holds its shard or the whole validation set. Every module of
+    ``model`` is back in its own mode afterwards (a sub-module in ``eval()``
+    under a training root too).
     """
     modes = ModuleModes(model)
     model.eval()
     total = 0.0
     count = 0
+    batches = 0
     try:
         for step, batch in enumerate(loader):
             x, y = _unpack(batch, "val_loader", f"batch {step}")
@@ -215,14 +221,32 @@ def _validation_nll(
             assert y is not None
             log_mean = loss_fn.predictive.mixture_log_likelihood(output, y)
             total -= float(log_mean.sum())
-            count += int(log_mean.numel())
+            count += _examples_with_targets(loss_fn.predictive, y)
+            batches += 1
     finally:
         modes.restore()
-    summed = ranks.sum(torch.tensor([total, count], dtype=torch.float64))
-    total, count = summed[0].item(), int(summed[1].item())
-    if count == 0:
+    summed = ranks.sum(torch.tensor([total, count, batches], dtype=torch.float64))
+    total, count, batches = summed[0].item(), int(summed[1].item()), int(summed[2])
+    if batches == 0:
         raise ValueError(f"val_loader yielded no batches{_dropped(loader)}")
+    if count == 0:
+        raise ValueError(
+            "val_loader's targets are all missing (the likelihood's observed() "
+            "marks every entry missing: NaN with missing='nan', or its "
+            "ignore_index): there is no validation NLL to compute; give "
+            "validation examples with targets"
+        )
     return total / count
+
+
+def _examples_with_targets(likelihood: PredictiveDistribution, target: Tensor) -> int:
+    """How many examples of ``target`` ``(B, ...)`` have an observed entry."""
+    keep = likelihood.observed(target)
+    if keep is None:
+        return int(target.shape[0])
+    if keep.dim() > 1:  # an example has several entries: any observed one
+        keep = keep.flatten(1).any(1)
+    return int(keep.sum())
 
 
 def _dropped(loader: object) -> str:
@@ -1042,7 +1066,10 @@ def fit(
     Validation (when ``val_loader`` is given) runs after each epoch without
     gradients and in ``eval()`` mode, and reports the mean *negative log
     predictive density* per example, ``-log(1/S sum_s p(y | x, w_s))`` with
-    ``S = model.samples`` particles. It is the standard held-out metric of a
+    ``S = model.samples`` particles (missing target entries left out, and
+    examples without any not counted: see
+    :meth:`~pyrolite_bnn.PredictiveDistribution.observed`). It is the
+    standard held-out metric of a
     Bayesian model; unlike the training loss it contains no KL term, which does
     not depend on the validation data.
 

@@ -1064,3 +1064,96 @@ def test_a_calibration_loads_after_to_empty_under_torchs_swap_flag(
         calibration.state_dict()[name], state[name].double(), rtol=0, atol=0
     )
     calibration.wrap(likelihood)
+
+
+@pytest.mark.parametrize(
+    ("calibration", "likelihood", "plain", "outputs", "targets"),
+    [
+        (
+            bnn.VarianceScaling,
+            bnn.Normal(scale=0.3, missing="nan"),
+            bnn.Normal(scale=0.3),
+            lambda: torch.randn(8, 40, 2),
+            lambda: 2.0 * torch.randn(40, 2),
+        ),
+        (
+            bnn.VarianceScaling,
+            bnn.HeteroscedasticNormal(missing="nan"),
+            bnn.HeteroscedasticNormal(),
+            lambda: torch.randn(8, 40, 2, 2),
+            lambda: 2.0 * torch.randn(40, 2),
+        ),
+        (
+            bnn.TemperatureScaling,
+            bnn.Bernoulli(missing="nan"),
+            bnn.Bernoulli(),
+            lambda: 3.0 * torch.randn(8, 40, 2),
+            lambda: torch.randint(0, 2, (40, 2)).float(),
+        ),
+    ],
+    ids=["Normal", "HeteroscedasticNormal", "Bernoulli"],
+)
+@pytest.mark.parametrize("column", [False, True], ids=["(N, 2)", "(N, 1) each"])
+def test_missing_targets_are_left_out_of_the_fit(
+    calibration: type[bnn.Calibration],
+    likelihood: bnn.PredictiveDistribution,
+    plain: bnn.PredictiveDistribution,
+    outputs: Callable[[], torch.Tensor],
+    targets: Callable[[], torch.Tensor],
+    column: bool,
+) -> None:
+    """Targets marked missing (NaN, ``missing="nan"``): the calibration is the
+    one fitted on the observed target positions alone (the same outputs,
+    one position per example), to float precision; also for a scalar target
+    given as a column ``(N, 1)``, whose mask has the target's layout, not
+    the densities'."""
+    torch.manual_seed(0)
+    out, y = outputs(), targets()
+    y[0, 1] = y[5, 0] = y[9, 1] = math.nan
+    y[12] = math.nan
+    pair = isinstance(likelihood, bnn.HeteroscedasticNormal)
+    if column:  # the first output alone, its targets (N, 1)
+        out, y = out[:, :, :1], y[:, :1]
+        if pair:
+            out = out.squeeze(2)  # (S, N, 2): one (mean, raw scale) pair
+    keep = ~y.isnan()
+    masked = calibration().fit(out, y, likelihood)
+    positions = keep.reshape(out.shape[1:-1] if pair else out.shape[1:])
+    kept = calibration().fit(out[:, positions], y[keep], plain)
+    (value,), (reference,) = masked.state_dict().values(), kept.state_dict().values()
+    assert float(value) == pytest.approx(float(reference), rel=1e-5)
+    assert float(reference) != pytest.approx(1.0, abs=0.05)  # a fit, not the identity
+
+
+def test_calibrate_leaves_missing_targets_out() -> None:
+    """``calibrate`` with the likelihood that leaves a missing entry out: the
+    factor fitted on its predictions' observed entries. A likelihood whose
+    own ``log_likelihood`` masked entries was fitted on every entry, the
+    masked one too (factor 2503 for one entry of 400 marked -999, 1.066
+    without that row: probe multitask); it is refused, naming the option."""
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(3, 8), nn.Tanh(), bnn.VILinear(8, 2))
+    x, y = torch.randn(200, 3), torch.randn(200, 2)
+    y[0, 1] = math.nan
+    keep = ~y.isnan()
+    likelihood = bnn.Normal(scale=1.0, missing="nan")
+    torch.manual_seed(1)
+    fitted = bnn.calibrate(net, x, y, likelihood, samples=16)
+    torch.manual_seed(1)
+    outputs = bnn.predict(net, x, likelihood, samples=16).samples
+    reference = bnn.VarianceScaling().fit(outputs[:, keep], y[keep], bnn.Normal(1.0))
+    assert float(fitted.factor) == pytest.approx(float(reference.factor), rel=1e-5)
+    assert 0.5 < float(fitted.factor) < 2.0
+
+    class MaskedNormal(bnn.Normal):
+        def log_likelihood(
+            self, output: torch.Tensor, target: torch.Tensor
+        ) -> torch.Tensor:
+            keep = target != -999.0
+            noise = torch.distributions.Normal(output, self.noise_scale())
+            log_p = noise.log_prob(torch.where(keep, target, 0.0))
+            return (log_p * keep).sum(-1)
+
+    marked = y.nan_to_num(nan=-999.0)
+    with pytest.raises(NotImplementedError, match="missing='nan'"):
+        bnn.calibrate(net, x, marked, MaskedNormal(scale=1.0), samples=16)

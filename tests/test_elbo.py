@@ -333,7 +333,8 @@ def _bad_targets() -> dict[str, tuple[Any, int, Tensor, str]]:
             bnn.Normal(scale=1.0),
             1,
             real.index_fill(0, torch.tensor([0]), math.nan),
-            r"target contains 1 NaN.*not read as a missing target",
+            r"target contains 1 NaN.*read as a missing target only by a likelihood "
+            r'built with missing="nan"',
         ),
         "Bernoulli -1/+1": (
             bnn.Bernoulli(),
@@ -370,7 +371,9 @@ def test_targets_are_checked_under_pyros_validation_as_pyro_does(
     """With the library's validation off and Pyro's on (Pyro's default), Pyro's
     ELBO refuses a target outside the likelihood's support at the "obs" site;
     the fast path took it: NaN (or, for Bernoulli -1/+1 targets, a finite
-    wrong value), and SVI wrote NaN into the posterior."""
+    wrong value), and SVI wrote NaN into the posterior. Pyro's own ELBO
+    refuses it at the site with the same message: the site scores targets
+    with the likelihood's log_likelihood, checked under Pyro's switch."""
     torch.set_default_dtype(torch.float64)
     likelihood, outputs, y, message = _bad_targets()[case]
     x = torch.randn(6, 4)
@@ -378,7 +381,7 @@ def test_targets_are_checked_under_pyros_validation_as_pyro_does(
     model = bnn.KullbackLeiblerLoss(likelihood, 50).pyro_model(net)
     before = {name: p.detach().clone() for name, p in net.named_parameters()}
     with bnn.validation(False), pyro.validation_enabled(True):
-        with pytest.raises(ValueError, match="within the support"):  # at "obs"
+        with pytest.raises(ValueError, match=message):  # at "obs"
             theirs().loss(model, net.guide, x, y, samples=3)
         svi = pyro.infer.SVI(model, net.guide, pyro.optim.Adam({"lr": 0.01}), ours())
         with pytest.raises(ValueError, match=message):
@@ -401,7 +404,7 @@ def test_the_pytorch_style_loss_follows_the_librarys_switch_alone() -> None:
     y[0] = math.nan
     with bnn.validation(False), pyro.validation_enabled(True):
         assert math.isnan(float(loss_fn(net(x), y).detach()))
-    with pytest.raises(ValueError, match="not read as a missing target"):
+    with pytest.raises(ValueError, match="read as a missing target only by"):
         loss_fn(net(x), y)
 
 
@@ -510,3 +513,103 @@ def test_mean_field_elbo_warns_only_where_pyros_kl_drops_the_density(
     else:
         loss = TraceMeanField_ELBO().loss(model, guide)  # warnings are errors
     assert math.isclose(loss, mean_field, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS)
+def test_missing_targets_are_left_out_of_every_elbo(ours: type, theirs: type) -> None:
+    """Targets marked missing (NaN, ``bnn.Normal(missing="nan")``): the fast
+    path and Pyro's own ELBO on the Pyro model give the same value, parameter
+    sites and gradients, and these are exactly those of the data without the
+    missing examples (a loss of the 10 kept ones, whose ``dataset_size`` is
+    10: full batches, ``reduction="sum"``; the same weight draws, which do not
+    depend on the batch). Pyro's ELBO refused NaN at the "obs" site, and
+    scored a missing entry marked otherwise (probe multitask)."""
+    torch.set_default_dtype(torch.float64)
+    net = _net()
+    x, y = _data()
+    marked = y.index_fill(0, torch.tensor([2, 7]), math.nan)
+    keep = ~marked.isnan()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(missing="nan"), 12, reduction="sum")
+    model = loss_fn.pyro_model(net)
+    fast = _run(ours(), model, net.guide, x, marked, samples=3)
+    slow = _run(theirs(), model, net.guide, x, marked, samples=3)
+    assert fast[0] == pytest.approx(slow[0], rel=1e-9)
+    assert fast[1] == slow[1]
+    assert fast[2] == slow[2] == {*net.parameters(), *loss_fn.parameters()}
+    for key, grad in slow[3].items():
+        torch.testing.assert_close(fast[3][key], grad, rtol=1e-7, atol=1e-10)
+    kept_fn = bnn.KullbackLeiblerLoss(bnn.Normal(), 10, reduction="sum")
+    kept_fn.load_state_dict(loss_fn.state_dict())  # the same noise scale
+    kept = _run(ours(), kept_fn.pyro_model(net), net.guide, x[keep], y[keep], samples=3)
+    assert kept[0] == pytest.approx(fast[0], rel=1e-9)
+    pairs = [
+        *zip(net.parameters(), net.parameters(), strict=True),
+        *zip(loss_fn.parameters(), kept_fn.parameters(), strict=True),
+    ]
+    for mine, theirs_param in pairs:
+        torch.testing.assert_close(
+            fast[3][id(mine)], kept[3][id(theirs_param)], rtol=1e-7, atol=1e-10
+        )
+
+
+def test_the_pyro_model_scores_missing_entries_as_the_data_without_them() -> None:
+    """The observation site of a target conditioned by name (what MCMC's
+    potential energy and ``Predictive`` read): for a three-output target
+    with missing entries its log-density is the sum over each output of the
+    log-likelihood of the examples that observe it; draws fill every entry."""
+    torch.set_default_dtype(torch.float64)
+    net = bnn.VISequential(bnn.VILinear(4, 6), nn.Tanh(), bnn.VILinear(6, 3))
+    x = torch.randn(12, 4)
+    y = torch.randn(12, 3)
+    y[1, 0] = y[5, 2] = y[9, 1] = math.nan
+    y[3] = math.nan
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.5, missing="nan"), 12)
+    model = poutine.condition(loss_fn.pyro_model(net), data={"obs": y})
+    trace = poutine.trace(model).get_trace(x, samples=1)
+    site, output = trace.nodes["obs"], trace.nodes["_RETURN"]["value"]
+    plain = bnn.Normal(scale=0.5)
+    reference = sum(
+        plain.log_likelihood(
+            output[:, ~y[:, d].isnan(), d], y[~y[:, d].isnan(), d]
+        ).sum()
+        for d in range(3)
+    )
+    torch.testing.assert_close(site["fn"].log_prob(site["value"]).sum(), reference)
+    draws = pyro.infer.Predictive(loss_fn.pyro_model(net), num_samples=2)(x)["obs"]
+    assert bool(draws.isfinite().all())
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS)
+def test_pyros_elbo_follows_a_redefined_log_likelihood(
+    ours: type, theirs: type
+) -> None:
+    """A likelihood of one's own whose ``log_likelihood`` leaves out entries
+    marked -999 (the old NaN refusal's advice): the loss and ``bnn.Trace_ELBO``
+    gave 366.25, Pyro's ``Trace_ELBO`` on the same model, guide and draws
+    3,995,763, its "obs" site scoring the class it derives from (probe
+    multitask). The site scores with the likelihood's ``log_likelihood``:
+    the same value and gradients."""
+    torch.set_default_dtype(torch.float64)
+
+    class MaskedNormal(bnn.Normal):
+        def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            keep = target != -999.0
+            noise = torch.distributions.Normal(output, self.noise_scale())
+            log_p = noise.log_prob(torch.where(keep, target, 0.0))
+            return (log_p * keep).sum(-1)
+
+    net = bnn.VISequential(
+        bnn.VILinear(4, 6, estimator="reparam"),
+        nn.Tanh(),
+        bnn.VILinear(6, 2, estimator="reparam"),
+    )
+    x, y = torch.randn(12, 4), torch.randn(12, 2)
+    y[3, 1] = y[7, 0] = -999.0
+    loss_fn = bnn.KullbackLeiblerLoss(MaskedNormal(), 12, reduction="sum")
+    model = loss_fn.pyro_model(net)
+    fast = _run(ours(), model, net.guide, x, y, samples=4)
+    slow = _run(theirs(), model, net.guide, x, y, samples=4)
+    assert fast[0] == pytest.approx(slow[0], rel=1e-9)
+    assert fast[2] == slow[2] == {*net.parameters(), *loss_fn.parameters()}
+    for key, grad in slow[3].items():
+        torch.testing.assert_close(fast[3][key], grad, rtol=1e-7, atol=1e-10)

@@ -767,6 +767,43 @@ def test_ignored_positions_add_no_curvature_and_no_likelihood() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("likelihood", "plain", "targets"),
+    [
+        (
+            bnn.Normal(scale=0.5, missing="nan"),
+            bnn.Normal(scale=0.5),
+            lambda: torch.randn(20),
+        ),
+        (
+            bnn.Bernoulli(missing="nan"),
+            bnn.Bernoulli(),
+            lambda: torch.randint(0, 2, (20,)).double(),
+        ),
+    ],
+    ids=["Normal", "Bernoulli"],
+)
+def test_missing_targets_add_no_curvature_and_no_likelihood(
+    likelihood: bnn.PredictiveDistribution,
+    plain: bnn.PredictiveDistribution,
+    targets: Callable[[], Tensor],
+) -> None:
+    """Targets marked missing (NaN, ``missing="nan"``): the posterior is that
+    of the data without them (the log-likelihood, the evidence and the
+    predictive covariance), in float64."""
+    torch.manual_seed(0)
+    net, x, y = nn.Linear(3, 1).double(), torch.randn(20, 3).double(), targets()
+    y[[3, 8, 15]] = math.nan
+    keep = ~y.isnan()
+    masked = bnn.laplace(net, x, y, likelihood, prior_precision=1.0)
+    kept = bnn.laplace(net, x[keep], y[keep], plain, prior_precision=1.0)
+    torch.testing.assert_close(masked.log_likelihood, kept.log_likelihood)
+    torch.testing.assert_close(
+        masked.log_marginal_likelihood(), kept.log_marginal_likelihood()
+    )
+    torch.testing.assert_close(masked.output_covariance(x), kept.output_covariance(x))
+
+
 class _Recurrent(nn.Module):
     def __init__(self, cell: type[nn.RNNBase]) -> None:
         super().__init__()

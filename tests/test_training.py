@@ -168,6 +168,50 @@ def test_val_loss_is_negative_log_predictive_density() -> None:
     assert history.val_loss == pytest.approx(recorder, rel=1e-5)
 
 
+def test_val_loss_leaves_missing_targets_out() -> None:
+    """Targets marked missing (NaN, ``bnn.Normal(missing="nan")``): the
+    validation NLL is the mean over the examples with an observed entry of
+    the mixture's log density of those entries (the data without the
+    missing ones); an example without any counts for nothing."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 3, generator=generator)
+    y = x[:, :2] + 0.3 * torch.randn(N, 2, generator=generator)
+    y[3, 1] = y[10, 0] = math.nan
+    y[20] = math.nan
+    keep = ~y.isnan()
+    model = bnn.VILinear(3, 2)
+    model.samples = 4
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.5, missing="nan"), N)
+    recorder: list[float] = []
+
+    class Check:
+        def on_epoch_end(self, epoch: int, history: History, model: nn.Module) -> None:
+            pyro.set_rng_seed(123)
+            with torch.no_grad():
+                out = model(x)
+            noise = torch.distributions.Normal(out, 0.5)
+            log_p = (noise.log_prob(y.nan_to_num()) * keep).sum(-1)
+            mixture = torch.logsumexp(log_p, 0) - math.log(4)
+            recorder.append(float(-mixture[keep.any(1)].mean()))
+
+    class Seed:
+        def __iter__(self) -> Any:
+            pyro.set_rng_seed(123)
+            yield x, y
+
+    history = fit(
+        model,
+        loss_fn,
+        _batches(x, y),
+        epochs=2,
+        optimizer=_adam(model),
+        val_loader=Seed(),
+        callbacks=[Check()],
+        progress=False,
+    )
+    assert history.val_loss == pytest.approx(recorder, rel=1e-5)
+
+
 def test_default_optimizer_trains_the_likelihood_scale() -> None:
     x = torch.randn(N, 3)
     y = 3.0 * x[:, :1]

@@ -53,7 +53,7 @@ from pyrolite_bnn._label_values import (
     outside_labels_note,
 )
 from pyrolite_bnn._math import inverse_softplus
-from pyrolite_bnn._pyro_module import LocalPyroModule
+from pyrolite_bnn._pyro_module import LocalPyroModule, local_pyro_method
 from pyrolite_bnn._scales import DeclaresScales
 from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors
 from pyrolite_bnn._validation import (
@@ -131,16 +131,92 @@ def _check_real_target(likelihood: PredictiveDistribution, target: Tensor) -> No
         )
 
 
-# Why NaN targets are refused, and what to do instead (switching the check
-# off would make the loss and every gradient NaN).
-_NAN_TARGETS = (
-    "A NaN is not read as a missing target: the loss and every gradient would "
-    "be NaN (switching validation off does not change that). Leave the "
-    "examples without a target out of the batch (x[keep], y[keep]); for "
-    "targets missing in some outputs only, write a likelihood of your own "
-    "(a bnn.PredictiveDistribution subclass) whose log_likelihood sums the "
-    "kept entries"
-)
+# How missing target entries are marked (the ``missing=`` option).
+_MISSING_MARKERS = ("nan",)
+
+
+def _check_missing(missing: object, owner: str) -> str | None:
+    """``missing`` if it is ``None`` or ``"nan"``, else a ``ValueError``."""
+    if missing is None or (isinstance(missing, str) and missing in _MISSING_MARKERS):
+        return missing
+    raise ValueError(
+        f'{owner} missing must be None (every target entry observed) or "nan" '
+        f"(NaN entries of the targets are missing), got {missing!r}; mark other "
+        "missing values with NaN first (y.masked_fill(y == marker, float('nan')))"
+    )
+
+
+def _nan_targets_remedy(likelihood: PredictiveDistribution) -> str:
+    """Why NaN targets are refused, and what to do instead.
+
+    Switching the check off would make the loss and every gradient NaN.
+    """
+    return (
+        "A NaN is read as a missing target only by a likelihood built with "
+        f'missing="nan" (bnn.{type(likelihood).__name__}(..., missing="nan"); a '
+        "likelihood of your own marks missing entries by overriding "
+        "observed(target)): it leaves them out of the loss, the Pyro model and "
+        "calibration. Without it the loss and every gradient would be NaN "
+        "(switching validation off does not change that). Or leave the examples "
+        "without a target out of the batch (x[keep], y[keep])"
+    )
+
+
+def _defining_class(kind: type, name: str) -> type:
+    """The first class in ``kind``'s MRO that defines the attribute ``name``."""
+    return next(cls for cls in kind.__mro__ if name in vars(cls))
+
+
+def _users_class(kind: type) -> bool:
+    """Whether ``kind`` is defined outside the library."""
+    return kind.__module__.split(".")[0] != __name__.split(".")[0]
+
+
+def _per_example_only(likelihood: PredictiveDistribution) -> bool:
+    """Whether a user's ``log_likelihood`` leaves the per-position densities behind.
+
+    That is, ``log_likelihood`` comes from a class of the user's below the
+    one ``position_log_likelihood`` comes from. Such a subclass computes its
+    densities its own way (a mask of its own, another distribution), which
+    the per-position densities of the class it derives from would not
+    follow: they are known per example only.
+    """
+    kind = type(likelihood)
+    example = _defining_class(kind, "log_likelihood")
+    position = _defining_class(kind, "position_log_likelihood")
+    return (
+        _users_class(example)
+        and example is not position
+        and issubclass(example, position)
+    )
+
+
+def _masked(likelihood: TorchDistributionMixin, keep: Tensor) -> TorchDistributionMixin:
+    """``likelihood`` with the entries where ``keep`` is false masked out.
+
+    The mask applies to the distribution of one position (inside its
+    :class:`~torch.distributions.Independent` layers), whose batch shape
+    ``(S, B, ...)`` it must broadcast to.
+    """
+    events = 0
+    base = likelihood
+    while isinstance(base, torch.distributions.Independent):
+        events += base.reinterpreted_batch_ndims
+        base = base.base_dist
+    _check_mask_layout(keep, base.batch_shape)
+    result: TorchDistributionMixin = base.mask(keep).to_event(events)
+    return result
+
+
+def _check_mask_layout(keep: Tensor, positions: torch.Size) -> None:
+    """Refuse a mask of observed entries that is not one per target position."""
+    if tuple(keep.shape) != tuple(positions[1:]):
+        raise ValueError(
+            f"the mask of observed target entries has shape {_shape(keep)}, but "
+            f"the likelihood's log-densities per position are {tuple(positions)} "
+            "(S, B, ...): missing entries can only be left out of a distribution "
+            "that is a product over the target positions"
+        )
 
 
 class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroModule):
@@ -165,15 +241,80 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
     without values are refused where they are read, until a reset or a load
     writes them (:meth:`check_written`).
 
+    Target entries :meth:`observed` marks as missing (the library's
+    likelihoods built with ``missing="nan"``, ``Categorical(ignore_index=...)``)
+    add nothing to the log-likelihood, wherever it is taken: the loss,
+    :class:`~pyrolite_bnn.Trace_ELBO`, the Pyro model's observation site
+    (Pyro's own ELBOs, ``MCMC``), calibration, ``fit``'s validation NLL and
+    :func:`~pyrolite_bnn.laplace`. A likelihood of your own marks them by
+    overriding :meth:`observed`; one that redefines :meth:`log_likelihood`
+    has it used by every path that scores targets (the per-position
+    densities of :meth:`position_log_likelihood` are then its per-example
+    ones, unless it redefines that too).
+
     Attributes:
         is_classification: whether outputs are class scores (summarised by
             :meth:`class_probs`) rather than a distribution over real values.
     """
 
     is_classification: ClassVar[bool] = False
+    # A class default: likelihoods pickled before the option existed.
+    _missing: str | None = None
 
     def __init__(self) -> None:
         super().__init__("likelihood")
+
+    def _take_missing(self, missing: object) -> None:
+        """Keep the ``missing=`` option of a constructor, checked."""
+        self._missing = _check_missing(missing, type(self).__name__)
+
+    @property
+    def missing(self) -> str | None:
+        """How missing target entries are marked: ``"nan"``, or ``None`` (none).
+
+        Fixed at construction (read-only): a compiled loss keys its graphs on
+        the likelihood's class, and a value changed later would be ignored by
+        the graphs built before.
+        """
+        return self._missing
+
+    def observed(self, target: Tensor) -> Tensor | None:
+        """Where ``target`` holds an observed entry; ``None``: everywhere.
+
+        A boolean mask of ``target``'s shape. Built with ``missing="nan"``,
+        the NaN entries are missing. Every path that scores targets gives
+        the missing entries log-density 0 (they are scored at the value 0
+        and masked out, so that no NaN reaches a gradient): the data term is
+        that of the data without them, its mini-batch scale ``N / B`` and the
+        KL unchanged. Override it in a likelihood of your own to mark missing
+        entries another way (a sentinel value).
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> y = torch.tensor([[0.5, float("nan")], [1.0, 2.0]])
+            >>> bnn.Normal(scale=1.0, missing="nan").observed(y)
+            tensor([[ True, False],
+                    [ True,  True]])
+            >>> bnn.Normal(scale=1.0).observed(y) is None
+            True
+        """
+        if self.missing is None:
+            return None
+        return ~target.isnan()
+
+    def _filled(self, target: Tensor) -> Tensor:
+        """``target`` with its missing entries (see :meth:`observed`) set to 0."""
+        keep = self.observed(target)
+        return target if keep is None else target.masked_fill(~keep, 0)
+
+    def _observed_values(self, target: Tensor) -> Tensor:
+        """``target`` if none is missing, else its observed entries (flat)."""
+        keep = self.observed(target)
+        return target if keep is None else target[keep]
+
+    def extra_repr(self) -> str:
+        """The missing-entry marker, if any."""
+        return "" if self.missing is None else f"missing={self.missing!r}"
 
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Match a scalar-target output ``(S, B, 1)`` with targets ``(B,)`` etc.
@@ -238,9 +379,12 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
             )
 
     def check_target(self, output: Tensor, target: Tensor) -> None:
-        """Validate targets (batch size, values); raises ``ValueError``."""
+        """Validate targets (batch size, values); raises ``ValueError``.
+
+        The observed entries (:meth:`observed`) must be finite.
+        """
         self.check_batch_size(output, target)
-        check_finite(target, "target", _NAN_TARGETS)
+        check_finite(self._filled(target), "target", _nan_targets_remedy(self))
 
     def check_batch_size(self, output: Tensor, target: Tensor) -> None:
         """Refuse targets whose first dimension is not the output's batch ``B``.
@@ -301,21 +445,41 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
         """Check ``target``; return ``(p(y | output), target)`` with matching shapes.
 
         Calls the module, so that learned parameters are reported to Pyro
-        inference (used by the Pyro model's observation site).
+        inference. Missing entries (:meth:`observed`) are masked out of the
+        distribution and set to 0 in the returned target. The Pyro model's
+        observation site scores targets with :meth:`pyro_log_likelihood`,
+        which follows a redefined :meth:`log_likelihood` too.
         """
         output, target = self._checked(output, target)
-        return self(output), target
+        likelihood = self(output)
+        keep = self.observed(target)
+        if keep is None:
+            return likelihood, target
+        return _masked(likelihood, keep), target.masked_fill(~keep, 0)
 
     def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log p(target | output)`` per particle and example, ``(S, B)``.
 
         The PyTorch-style loss uses this: no Pyro bookkeeping, and no
         distribution-level argument checks after :meth:`check_target`.
+        Missing entries (:meth:`observed`) add nothing.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> y = torch.tensor([[0.0, float("nan")]])  # one example, 2 outputs
+            >>> bnn.Normal(scale=1.0, missing="nan").log_likelihood(
+            ...     torch.zeros(1, 1, 2), y
+            ... )
+            tensor([[-0.9189]])
         """
         output, target = self._checked(output, target)
-        with distribution_checks_off():
-            result: Tensor = self.distribution(output).log_prob(target)
-        return result
+        keep = self.observed(target)
+        if keep is None:
+            with distribution_checks_off():
+                result: Tensor = self.distribution(output).log_prob(target)
+            return result
+        log_p = self._position_log_densities(output, target, keep)
+        return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
 
     def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log p(target | output)`` per particle, example and target position.
@@ -326,11 +490,13 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
         the aligned target: ``(S, B)`` for one position per example. The
         per-position summaries of a :class:`~pyrolite_bnn.Prediction`
         (``probs``, intervals) are the particle mixtures of these densities;
-        a calibration is fitted on them. A position
-        ``Categorical(ignore_index=...)`` skips holds 0. A likelihood whose
+        a calibration is fitted on them. A missing position
+        (:meth:`observed`: ``missing="nan"``, a
+        ``Categorical(ignore_index=...)`` label) holds 0. A likelihood whose
         distribution is no product over positions (its event not
-        :class:`~torch.distributions.Independent`) gives its log-density per
-        example, ``(S, B)``.
+        :class:`~torch.distributions.Independent`), and a subclass that
+        redefines :meth:`log_likelihood` but not this method, give their
+        log-density per example, ``(S, B)``: :meth:`log_likelihood`.
 
         Example:
             >>> import torch, pyrolite_bnn as bnn
@@ -341,13 +507,67 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
             >>> normal.log_likelihood(out, torch.zeros(3, 5)).shape
             torch.Size([4, 3])
         """
+        if _per_example_only(self):
+            return self.log_likelihood(output, target)
         output, target = self._checked(output, target)
+        return self._position_log_densities(output, target, self.observed(target))
+
+    def _position_log_densities(
+        self, output: Tensor, target: Tensor, keep: Tensor | None
+    ) -> Tensor:
+        """Log-densities per position of aligned outputs and targets, 0 off ``keep``."""
         with distribution_checks_off():
             likelihood = self.distribution(output)
             while isinstance(likelihood, torch.distributions.Independent):
                 likelihood = likelihood.base_dist
-            result: Tensor = likelihood.log_prob(target)
-        return result
+            if keep is None:
+                result: Tensor = likelihood.log_prob(target)
+                return result
+            log_p: Tensor = likelihood.log_prob(target.masked_fill(~keep, 0))
+        _check_mask_layout(keep, log_p.shape)
+        return log_p.masked_fill(~keep, 0.0)
+
+    @local_pyro_method
+    def pyro_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+        """:meth:`log_likelihood`, with learned parameters reported to Pyro.
+
+        Run as a call of the module runs: a learned noise scale read inside
+        is a ``param`` statement that Pyro's optimisers find (and handlers
+        such as ``poutine.lift`` see). The Pyro model's observation site
+        scores targets with it, so that Pyro's own ELBOs, ``MCMC`` and
+        ``Predictive`` score them as the loss and
+        :class:`~pyrolite_bnn.Trace_ELBO` do, missing entries and a
+        redefined :meth:`log_likelihood` included.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> normal, out = bnn.Normal(scale=1.0), torch.zeros(2, 3)
+            >>> y = torch.tensor([0.0, 1.0, 2.0])
+            >>> torch.equal(
+            ...     normal.pyro_log_likelihood(out, y), normal.log_likelihood(out, y)
+            ... )
+            True
+        """
+        return self.log_likelihood(output, target)
+
+    def redefines_log_likelihood(self) -> bool:
+        """Whether a class outside the library redefines how targets are scored.
+
+        ``True`` where :meth:`log_likelihood` or
+        :meth:`position_log_likelihood` comes from a class of the user's: its
+        densities are its own, which a calibration that rebuilds the
+        distribution from its moments (:class:`~pyrolite_bnn.VarianceScaling`)
+        cannot follow.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> bnn.Normal().redefines_log_likelihood()
+            False
+        """
+        return any(
+            _users_class(_defining_class(type(self), name))
+            for name in ("log_likelihood", "position_log_likelihood")
+        )
 
     def mixture_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log (1/S) sum_s p(target | output_s)`` per example, ``(B,)``.
@@ -680,19 +900,6 @@ class Categorical(_ClassificationLikelihood):
         """Where ``target`` holds a label (not ``ignore_index``); ``None``: all."""
         return None if self.ignore_index is None else target != self.ignore_index
 
-    def observe(
-        self, output: Tensor, target: Tensor
-    ) -> tuple[TorchDistributionMixin, Tensor]:
-        """As the base class, with the ignored positions masked out."""
-        if self.ignore_index is None:
-            return super().observe(output, target)
-        output, target = self._checked(output, target)
-        keep = target != self.ignore_index
-        likelihood: TorchDistributionMixin = (
-            dist.Categorical(logits=output).mask(keep).to_event(output.dim() - 3)
-        )
-        return likelihood, target.masked_fill(~keep, 0)
-
     def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Class dimension last; labels ``(B, ...)`` need no alignment.
 
@@ -825,7 +1032,7 @@ class Categorical(_ClassificationLikelihood):
         """
         if type(self).distribution is not Categorical.distribution:
             return super().log_likelihood(output, target)
-        log_p = self.position_log_likelihood(output, target)
+        log_p = self._label_log_densities(*self._checked(output, target))
         return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
 
     def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
@@ -844,7 +1051,12 @@ class Categorical(_ClassificationLikelihood):
         """
         if type(self).distribution is not Categorical.distribution:
             return super().position_log_likelihood(output, target)
-        output, target = self._checked(output, target)
+        if _per_example_only(self):
+            return self.log_likelihood(output, target)
+        return self._label_log_densities(*self._checked(output, target))
+
+    def _label_log_densities(self, output: Tensor, target: Tensor) -> Tensor:
+        """``log softmax(output)[target]`` of aligned logits and labels (0: ignored)."""
         keep = self.observed(target)
         labels = target if keep is None else target.masked_fill(~keep, 0)
         index = labels.long().unsqueeze(-1).expand(*output.shape[:-1], 1)
@@ -878,10 +1090,20 @@ class Bernoulli(_ClassificationLikelihood):
 
     Targets are 0/1 values ``(B,)`` (any dtype; multi-label ``(B, D)`` too).
 
+    Args:
+        missing: ``"nan"`` to read NaN target entries (of a floating dtype)
+            as missing: they add nothing to the log-likelihood, in the loss,
+            the Pyro model, calibration and ``laplace`` (see
+            :meth:`~PredictiveDistribution.observed`); a multi-label target
+            with unknown labels. ``None`` (the default): NaN is refused.
+
     Example:
         >>> import torch, pyrolite_bnn as bnn
         >>> bnn.Bernoulli()(torch.zeros(4, 3)).batch_shape
         torch.Size([4, 3])
+        >>> y = torch.tensor([[1.0, float("nan")]])  # the second label unknown
+        >>> bnn.Bernoulli(missing="nan").log_likelihood(torch.zeros(1, 1, 2), y)
+        tensor([[-0.6931]])
     """
 
     _squashing_node = "SigmoidBackward0"
@@ -892,9 +1114,14 @@ class Bernoulli(_ClassificationLikelihood):
         "nn.BCEWithLogitsLoss would train)"
     )
 
+    def __init__(self, *, missing: str | None = None) -> None:
+        super().__init__()
+        self._take_missing(missing)
+
     def check_target(self, output: Tensor, target: Tensor) -> None:
-        """Targets must be 0 or 1."""
+        """Observed targets must be 0 or 1."""
         super().check_target(output, target)
+        target = self._filled(target)
         if target.numel() and not readable_all((target == 0) | (target == 1)):
             raise ValueError("Bernoulli targets must be 0 or 1")
         self.warn_probabilities_as_logits_once(output)
@@ -977,8 +1204,14 @@ def _narrow_spread(target: Tensor, spread: float, scale: float) -> bool:
 class _ScaleLikelihood(PredictiveDistribution):
     """A likelihood with one noise scale, learned (``scale=None``) or fixed."""
 
-    def __init__(self, scale: SupportsFloat | None, init_scale: SupportsFloat) -> None:
+    def __init__(
+        self,
+        scale: SupportsFloat | None,
+        init_scale: SupportsFloat,
+        missing: str | None,
+    ) -> None:
         super().__init__()
+        self._take_missing(missing)
         self.learned = scale is None
         value = check_real(
             init_scale if scale is None else scale,
@@ -1057,12 +1290,12 @@ class _ScaleLikelihood(PredictiveDistribution):
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Targets must be real numbers (not ``bool`` or complex), finite.
 
-        On the first targets a learned scale sees, their spread is compared
-        with the scale: see :meth:`warn_unscaled_targets`.
+        On the first targets a learned scale sees, the spread of the observed
+        ones is compared with the scale: see :meth:`warn_unscaled_targets`.
         """
         super().check_target(output, target)
         _check_real_target(self, target)
-        self.warn_unscaled_targets(target)
+        self.warn_unscaled_targets(self._observed_values(target))
 
     def warn_unscaled_targets(self, target: Tensor) -> None:
         """Warn once if a learned scale starts far from the targets' spread.
@@ -1139,6 +1372,11 @@ class _ScaleLikelihood(PredictiveDistribution):
         return self.fixed_scale  # type: ignore[no-any-return]
 
     def extra_repr(self) -> str:
+        """Learned (with its value now) or fixed scale; the missing-entry marker."""
+        missing = super().extra_repr()
+        return ", ".join(part for part in (self._scale_repr(), missing) if part)
+
+    def _scale_repr(self) -> str:
         """Learned (with its value now) or fixed scale."""
         if not self.learned:
             if self.fixed_scale.is_meta:
@@ -1164,6 +1402,12 @@ class Normal(_ScaleLikelihood):
             this module: give ``loss_fn.parameters()`` to the optimizer too, or
             use :func:`~pyrolite_bnn.fit`), or a positive float to fix it.
         init_scale: starting value of a learned scale.
+        missing: ``"nan"`` to read NaN target entries as missing (an output
+            of a multi-output target not measured for some examples): they
+            add nothing to the log-likelihood, in the loss, the Pyro model,
+            calibration and ``laplace``, which equal those of the data
+            without them (see :meth:`~PredictiveDistribution.observed`).
+            ``None`` (the default): NaN is refused.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -1172,12 +1416,18 @@ class Normal(_ScaleLikelihood):
         torch.Size([4, 3])
         >>> float(likelihood.noise_scale())
         0.5
+        >>> bnn.Normal(missing="nan")
+        Normal(scale=learned, now 1, missing='nan')
     """
 
     def __init__(
-        self, scale: SupportsFloat | None = None, init_scale: SupportsFloat = 1.0
+        self,
+        scale: SupportsFloat | None = None,
+        init_scale: SupportsFloat = 1.0,
+        *,
+        missing: str | None = None,
     ) -> None:
-        super().__init__(scale, init_scale)
+        super().__init__(scale, init_scale, missing)
 
     def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Normal(output, scale)``."""
@@ -1219,6 +1469,8 @@ class StudentT(_ScaleLikelihood):
         df: degrees of freedom (fixed, positive).
         scale: ``None`` to learn the noise scale, or a positive float.
         init_scale: starting value of a learned scale.
+        missing: ``"nan"`` to read NaN target entries as missing, as
+            :class:`Normal`'s; ``None`` (the default): NaN is refused.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -1233,8 +1485,10 @@ class StudentT(_ScaleLikelihood):
         df: SupportsFloat = 4.0,
         scale: SupportsFloat | None = None,
         init_scale: SupportsFloat = 1.0,
+        *,
+        missing: str | None = None,
     ) -> None:
-        super().__init__(scale, init_scale)
+        super().__init__(scale, init_scale, missing)
         df = check_real(df, "StudentT df")
         if not (df > 0 and math.isfinite(df)):
             raise ValueError(f"StudentT df must be a positive float, got {df!r}")
@@ -1299,20 +1553,30 @@ class Poisson(PredictiveDistribution):
     Output ``(S, B)``/``(S, B, 1)`` for targets ``(B,)`` of non-negative integer
     counts (any dtype).
 
+    Args:
+        missing: ``"nan"`` to read NaN target entries (of a floating dtype)
+            as missing, as :class:`Normal`'s; ``None`` (the default): NaN is
+            refused.
+
     Example:
         >>> import torch, pyrolite_bnn as bnn
         >>> bnn.Poisson()(torch.zeros(4, 3)).batch_shape
         torch.Size([4, 3])
     """
 
+    def __init__(self, *, missing: str | None = None) -> None:
+        super().__init__()
+        self._take_missing(missing)
+
     def check_target(self, output: Tensor, target: Tensor) -> None:
-        """Counts must be non-negative integers (of a real dtype)."""
+        """Observed counts must be non-negative integers (of a real dtype)."""
         super().check_target(output, target)
         if target.is_complex():
             raise ValueError(
                 "Poisson targets must be non-negative integer counts of a real "
                 f"dtype, got dtype {target.dtype}"
             )
+        target = self._filled(target)
         if target.numel() and not readable_all(
             (target >= 0) & (target == torch.round(target.double()))
         ):
@@ -1403,6 +1667,8 @@ class HeteroscedasticNormal(PredictiveDistribution):
         min_scale: lower bound of the predicted standard deviation, a finite
             number ``>= 0`` (0: ``softplus(raw_scale)`` alone, down to the
             floor above).
+        missing: ``"nan"`` to read NaN target entries as missing, as
+            :class:`Normal`'s; ``None`` (the default): NaN is refused.
 
     Example:
         >>> import torch, pyrolite_bnn as bnn
@@ -1410,8 +1676,9 @@ class HeteroscedasticNormal(PredictiveDistribution):
         torch.Size([4, 3])
     """
 
-    def __init__(self, min_scale: float = 1e-6) -> None:
+    def __init__(self, min_scale: float = 1e-6, *, missing: str | None = None) -> None:
         super().__init__()
+        self._take_missing(missing)
         value = check_real(min_scale, "HeteroscedasticNormal min_scale")
         if not (value >= 0 and math.isfinite(value)):
             raise ValueError(
@@ -1445,12 +1712,13 @@ class HeteroscedasticNormal(PredictiveDistribution):
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Targets must be real numbers (not ``bool`` or complex), finite.
 
-        On the first targets this likelihood sees, their spread is compared
-        with the network's predictions: see :meth:`warn_unscaled_targets`.
+        On the first targets this likelihood sees, the spread of the observed
+        ones is compared with the network's predictions: see
+        :meth:`warn_unscaled_targets`.
         """
         super().check_target(output, target)
         _check_real_target(self, target)
-        self.warn_unscaled_targets(output, target)
+        self.warn_unscaled_targets(output, self._observed_values(target))
 
     def warn_unscaled_targets(self, output: Tensor, target: Tensor) -> None:
         """Warn once if the network's predictions are far off the targets' scale.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from swap_flag import swap_flag
+from torch import Tensor
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn.distributions.mixture_quantiles import (
@@ -907,3 +908,184 @@ def test_a_likelihood_converts_and_loads_under_torchs_swap_flag(
         likelihood.noise_scale()
     loss_fn.load_state_dict(state)
     torch.testing.assert_close(likelihood.noise_scale(), expected, rtol=0, atol=0)
+
+
+def _with_missing(target: Tensor) -> Tensor:
+    """``target`` ``(5, 3)`` with NaN entries: one example all missing."""
+    target = target.double().clone()
+    target[0, 1] = math.nan
+    target[2, :] = math.nan
+    target[4, 0] = target[4, 2] = math.nan
+    return target
+
+
+def _missing_cases() -> dict[str, tuple[Any, Any, Tensor, Tensor]]:
+    """Likelihood with ``missing="nan"``, the same without, outputs, targets."""
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)
+    pairs = torch.randn(4, 5, 3, 2, generator=g, dtype=torch.float64)
+    real = _with_missing(torch.randn(5, 3, generator=g))
+    labels = _with_missing(torch.randint(0, 2, (5, 3), generator=g))
+    counts = _with_missing(torch.randint(0, 6, (5, 3), generator=g))
+    return {
+        "Normal": (
+            bnn.Normal(scale=0.7, missing="nan"),
+            bnn.Normal(scale=0.7),
+            out,
+            real,
+        ),
+        "StudentT": (
+            bnn.StudentT(3.0, scale=0.5, missing="nan"),
+            bnn.StudentT(3.0, scale=0.5),
+            out,
+            real,
+        ),
+        "HeteroscedasticNormal": (
+            bnn.HeteroscedasticNormal(missing="nan"),
+            bnn.HeteroscedasticNormal(),
+            pairs,
+            real,
+        ),
+        "Bernoulli": (bnn.Bernoulli(missing="nan"), bnn.Bernoulli(), out, labels),
+        "Poisson": (bnn.Poisson(missing="nan"), bnn.Poisson(), out, counts),
+    }
+
+
+@pytest.mark.parametrize("case", list(_missing_cases()))
+def test_missing_entries_score_as_the_data_without_them(case: str) -> None:
+    """A NaN target was refused with the advice to write a likelihood of one's
+    own (probe multitask). Built with ``missing="nan"``, each example's
+    log-likelihood is that of the same likelihood on the example's observed
+    entries alone (0 for an example without any), exactly (float64); per
+    position, missing entries hold 0; the masked distribution of ``observe``
+    and ``pyro_log_likelihood`` give the same numbers; and no NaN reaches the
+    gradient, which is 0 at the outputs of missing entries."""
+    masked, plain, out, y = _missing_cases()[case]
+    out = out.clone().requires_grad_()
+    log_p = masked.log_likelihood(out, y)
+    reference = torch.zeros(4, 5, dtype=torch.float64)
+    for b in range(5):
+        keep = ~y[b].isnan()
+        if keep.any():
+            kept = out[:, b : b + 1][:, :, keep]  # the example's observed entries
+            reference[:, b] = plain.log_likelihood(kept, y[b : b + 1, keep])[:, 0]
+    torch.testing.assert_close(log_p, reference, rtol=0, atol=1e-12)
+    per_position = masked.position_log_likelihood(out, y)
+    assert per_position.shape == (4, 5, 3)
+    assert bool((per_position[:, y.isnan()] == 0).all())
+    torch.testing.assert_close(per_position.sum(-1), reference, rtol=0, atol=1e-12)
+    distribution, filled = masked.observe(out, y)
+    torch.testing.assert_close(distribution.log_prob(filled), reference)
+    torch.testing.assert_close(masked.pyro_log_likelihood(out, y), reference)
+    (gradient,) = torch.autograd.grad(log_p.sum(), out)
+    assert bool(gradient.isfinite().all())
+    assert bool((gradient[:, y.isnan()] == 0).all())
+
+
+def test_missing_scalar_targets_are_examples_left_out() -> None:
+    """Scalar targets ``(B,)`` (outputs ``(S, B, 1)``): a missing one is an
+    example without a target, log-likelihood 0; the others are those of the
+    data without it."""
+    out, y = torch.randn(4, 6, 1), torch.randn(6)
+    y[[1, 4]] = math.nan
+    keep = ~y.isnan()
+    log_p = bnn.Normal(scale=0.5, missing="nan").log_likelihood(out, y)
+    torch.testing.assert_close(
+        log_p[:, keep], bnn.Normal(scale=0.5).log_likelihood(out[:, keep], y[keep])
+    )
+    assert bool((log_p[:, ~keep] == 0).all())
+    column = bnn.Normal(scale=0.5, missing="nan").log_likelihood(out, y.unsqueeze(-1))
+    torch.testing.assert_close(column, log_p)
+
+
+def test_missing_is_none_or_nan_fixed_at_construction() -> None:
+    """The option takes ``"nan"`` only (other markers are named with the way
+    to turn them into NaN), is read-only, shows in the repr and keeps
+    infinite observed entries refused."""
+    for likelihood in (
+        bnn.Normal,
+        bnn.StudentT,
+        bnn.HeteroscedasticNormal,
+        bnn.Bernoulli,
+        bnn.Poisson,
+    ):
+        assert likelihood().missing is None
+        assert likelihood(missing="nan").missing == "nan"
+        assert "missing='nan'" in repr(likelihood(missing="nan"))
+        for wrong in (math.nan, "NaN", -999.0, True):
+            with pytest.raises(ValueError, match=r'missing must be None .* or "nan"'):
+                likelihood(missing=wrong)
+    normal = bnn.Normal(scale=1.0, missing="nan")
+    with pytest.raises(AttributeError):
+        normal.missing = None  # type: ignore[misc]
+    with pytest.raises(ValueError, match="target contains 1 NaN/Inf"):
+        normal.log_likelihood(torch.zeros(2, 2), torch.tensor([math.inf, math.nan]))
+
+
+@pytest.mark.parametrize(
+    "likelihood",
+    [bnn.Normal(scale=1.0), bnn.StudentT(scale=1.0), bnn.Bernoulli(), bnn.Poisson()],
+    ids=["Normal", "StudentT", "Bernoulli", "Poisson"],
+)
+def test_nan_targets_are_refused_naming_the_missing_option(
+    likelihood: bnn.PredictiveDistribution,
+) -> None:
+    """The refusal advised a likelihood of one's own; it names the option."""
+    name = type(likelihood).__name__
+    with pytest.raises(ValueError, match=re.escape(f'bnn.{name}(..., missing="nan")')):
+        likelihood.log_likelihood(torch.zeros(2, 3), torch.tensor([0.0, math.nan, 1.0]))
+
+
+def test_missing_entries_marked_by_an_observed_override() -> None:
+    """A likelihood of one's own marks missing entries (here a sentinel) by
+    overriding ``observed``: its scores are those of ``missing="nan"``."""
+
+    class SentinelNormal(bnn.Normal):
+        def observed(self, target: Tensor) -> Tensor | None:
+            return target != -999.0
+
+    out, y = torch.randn(4, 5, 2), torch.randn(5, 2)
+    marked = y.clone()
+    marked[1, 0] = marked[3, 1] = -999.0
+    with_nan = marked.masked_fill(marked == -999.0, math.nan)
+    sentinel = SentinelNormal(scale=0.5)
+    nan = bnn.Normal(scale=0.5, missing="nan")
+    for method in ("log_likelihood", "position_log_likelihood", "pyro_log_likelihood"):
+        torch.testing.assert_close(
+            getattr(sentinel, method)(out, marked), getattr(nan, method)(out, with_nan)
+        )
+
+
+def test_a_redefined_log_likelihood_is_the_per_position_density_too() -> None:
+    """A subclass that redefines ``log_likelihood`` (the advice of the old NaN
+    refusal) had ``position_log_likelihood``, on which calibration is fitted,
+    score every entry as the class it derives from: with a sentinel for a
+    missing entry, a density of 1e-6 per particle. Its per-position
+    densities are its per-example ones now (for ``Categorical`` too), and a
+    redefinition that calls the parent's does not recurse."""
+
+    class MaskedNormal(bnn.Normal):
+        def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            keep = target != -999.0
+            noise = torch.distributions.Normal(output, self.noise_scale())
+            log_p = noise.log_prob(torch.where(keep, target, 0.0))
+            return (log_p * keep).sum(-1)
+
+    class DoubledCategorical(bnn.Categorical):
+        def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            return 2 * super().log_likelihood(output, target)
+
+    out, y = torch.randn(4, 5, 2), torch.randn(5, 2)
+    y[2, 1] = -999.0
+    masked = MaskedNormal(scale=0.5)
+    assert masked.redefines_log_likelihood()
+    assert not bnn.Normal().redefines_log_likelihood()
+    torch.testing.assert_close(
+        masked.position_log_likelihood(out, y), masked.log_likelihood(out, y)
+    )
+    logits, labels = torch.randn(4, 5, 3), torch.randint(0, 3, (5,))
+    doubled = DoubledCategorical()
+    torch.testing.assert_close(
+        doubled.position_log_likelihood(logits, labels),
+        2 * bnn.Categorical().log_likelihood(logits, labels),
+    )
