@@ -15,7 +15,10 @@ negative ELBO (divided by one number) only if
   ELBO.
 
 :class:`PassCharges` collects what each loss took from one output of a pass
-and names what is wrong, once per pass.
+and names what is wrong, once per pass. Heats are compared when the losses
+are computed (the KL is the same tensor for all); divisors when their data
+terms are trained, in ``backward``: a loss computed only to be read (a
+metric with gradients on, ``.item()``'d) divides by what it likes.
 """
 
 from __future__ import annotations
@@ -70,20 +73,28 @@ class PassCharges:
     The same output (or a view of all of it) scored again, by the same loss
     or another, is a repeated evaluation or a comparison, not a second head:
     it counts once, with the largest heat any loss took it with and the
-    divisor of the first.
+    divisor of the first. Divisors are compared between the outputs whose
+    data terms ``backward`` reached (:meth:`trained`): those are the heads
+    the losses' sum trains.
 
     Example:
         >>> charges = PassCharges()
-        >>> charges.add((1, (4, 8, 3), (24, 3, 1)), LossCharge(0.5, 100, "mean"))
+        >>> label, value = (1, (4, 8, 3), (24, 3, 1)), (2, (4, 8, 1), (8, 1, 1))
+        >>> charges.add(label, LossCharge(0.5, 1000, "mean"))
         []
-        >>> charges.add((2, (4, 8, 1), (8, 1, 1)), LossCharge(0.5, 100, "mean"))
+        >>> charges.add(value, LossCharge(0.5, 100, "mean"))
         []
         >>> charges.total_heat
         1.0
+        >>> charges.trained(label)
+        []
+        >>> [message[:42] for message in charges.trained(value)]
+        ['losses with gradients scored outputs of th']
     """
 
     def __init__(self) -> None:
         self._charges: dict[OutputKey, LossCharge] = {}
+        self._trained: set[OutputKey] = set()
         self._said: set[str] = set()
 
     @property
@@ -104,13 +115,26 @@ class PassCharges:
                 return []
             charge = replace(earlier, heat=charge.heat)
         self._charges[output] = charge
-        found = {"heat": self._heat_problem(), "divisor": self._divisor_problem()}
-        messages = []
-        for kind, message in found.items():
-            if message is not None and kind not in self._said:
-                self._said.add(kind)
-                messages.append(message)
-        return messages
+        return self._said_once("heat", self._heat_problem())
+
+    def trained(self, output: OutputKey) -> list[str]:
+        """Note that ``backward`` reached the data term a loss took from ``output``.
+
+        Returns:
+            The message of losses trained together that divide by different
+            numbers, said once per pass.
+        """
+        charge = self._charges.get(output)
+        if charge is None or output in self._trained:
+            return []
+        self._trained.add(output)
+        return self._said_once("divisor", self._divisor_problem())
+
+    def _said_once(self, kind: str, message: str | None) -> list[str]:
+        if message is None or kind in self._said:
+            return []
+        self._said.add(kind)
+        return [message]
 
     def _heat_problem(self) -> str | None:
         """Several losses with a positive heat whose heats add up to more than 1.
@@ -141,8 +165,9 @@ class PassCharges:
         )
 
     def _divisor_problem(self) -> str | None:
-        """Two losses on outputs of the pass that divide by different numbers."""
-        charges = list(self._charges.values())
+        """Two losses trained on outputs of the pass, dividing by different numbers."""
+        # In the order the losses were computed, as the user wrote them.
+        charges = [c for key, c in self._charges.items() if key in self._trained]
         first = charges[0]
         other = next((c for c in charges if c.divisor != first.divisor), None)
         if other is None:

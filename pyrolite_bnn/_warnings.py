@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 import types
@@ -11,7 +12,7 @@ import warnings
 import pyro
 import torch
 
-__all__ = ["PYRO_FOLDER", "warn_at_caller"]
+__all__ = ["BACKWARD_CODE", "PYRO_FOLDER", "warn_at_caller"]
 
 # Frames in these folders are skipped: the library's, torch's module call
 # machinery (a loss is called through nn.Module.__call__) and contextlib's
@@ -25,6 +26,13 @@ _SKIPPED = (
 # Pyro's folder, for ``past``: a warning about a user's Pyro model names the
 # model's line, not the Pyro handler or inference code that ran it.
 PYRO_FOLDER = os.path.dirname(os.path.abspath(pyro.__file__)) + os.sep
+
+# torch's backward machinery, for ``past``: a warning from a tensor hook names
+# the user's ``loss.backward()`` line, not torch.autograd or Tensor.backward.
+BACKWARD_CODE = (
+    os.path.dirname(os.path.abspath(torch.autograd.__file__)) + os.sep,
+    os.path.abspath(inspect.getfile(torch.Tensor.backward)),
+)
 
 
 def warn_at_caller(

@@ -37,7 +37,7 @@ from pyrolite_bnn._validation import (
     check_heat,
     checks_under_pyro_validation,
 )
-from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn._warnings import BACKWARD_CODE, warn_at_caller
 from pyrolite_bnn.compiled import CompileMode, LossGraphs
 from pyrolite_bnn.decay import is_scale_parameter, scale_parameters
 from pyrolite_bnn.distributions._observation_site import ObservationSite
@@ -391,6 +391,9 @@ class KullbackLeiblerLoss(nn.Module):
             # Its data term sums over no example: 0 (a head whose targets only
             # some examples have, on a batch where none has one); a loss with
             # the KL would weigh the batch's data by N / 0, and is refused.
+            # Its targets' layout is checked as a batch's (align computes
+            # nothing: torch's Independent cannot score an empty batch).
+            self.predictive.align(output, target)
             batch, log_lik = 0, output.sum()
         else:
             batch = self.check_batch(output, record.sequence_batch)
@@ -402,7 +405,7 @@ class KullbackLeiblerLoss(nn.Module):
                 record.guide_identity(), record.read_without_gradients(), output
             )
         kl_value = record.kl(self.kl if kl is None else kl)
-        self._note_charge(record, kl_value, output)
+        self._note_charge(record, kl_value, output, log_lik if batch else None)
         if (
             torch.is_grad_enabled()
             and kl_value.requires_grad
@@ -449,7 +452,11 @@ class KullbackLeiblerLoss(nn.Module):
         return state
 
     def _note_charge(
-        self, record: ForwardRecord, kl_value: Tensor, output: Tensor
+        self,
+        record: ForwardRecord,
+        kl_value: Tensor,
+        output: Tensor,
+        log_lik: Tensor | None,
     ) -> None:
         """Note what this loss takes from ``output``; warn where the sum is wrong.
 
@@ -463,7 +470,10 @@ class KullbackLeiblerLoss(nn.Module):
         (``reduction="mean"`` with different ``dataset_size``). The same
         output (or a view of all of it) taken again, by this loss or another,
         is left alone: that is a repeated evaluation or a comparison more
-        often than a sum. Only losses with gradients count.
+        often than a sum. Only losses with gradients count; divisors only of
+        data terms ``log_lik`` that ``backward`` reaches (a metric computed
+        with gradients on and only read divides by what it likes; ``None``:
+        an empty batch's, which is 0 at any divisor).
         """
         if not torch.is_grad_enabled() or not (
             output.requires_grad or kl_value.requires_grad
@@ -474,6 +484,20 @@ class KullbackLeiblerLoss(nn.Module):
         key = (data_address(output), tuple(output.shape), output.stride())
         for message in record.charges.add(key, charge):
             warn_at_caller(message)
+        if (
+            log_lik is None
+            or not log_lik.requires_grad
+            or is_wrapped(log_lik)
+            or is_capturing()
+        ):
+            return
+        charges = record.charges
+
+        def trained(_: Tensor) -> None:
+            for message in charges.trained(key):
+                warn_at_caller(message, past=BACKWARD_CODE)
+
+        log_lik.register_hook(trained)
 
     def combine(self, log_lik: Tensor, kl: Tensor, samples: int, batch: int) -> Tensor:
         """The loss from :meth:`terms` of an output of ``samples`` particles.

@@ -1307,8 +1307,9 @@ def test_heads_with_different_divisors_warn_and_sum_losses_match_pyro() -> None:
             out["value"][:, keep], values[keep]
         )
 
+    means = both("mean")
     with pytest.warns(UserWarning, match=r"different divisors") as caught:
-        means = both("mean")
+        means.backward()  # the heads' sum trains: its divisors are compared
     assert len(caught) == 1
     assert caught[0].filename == __file__
     message = str(caught[0].message)
@@ -1334,8 +1335,26 @@ def test_a_mean_and_a_sum_loss_on_one_pass_warn() -> None:
         bnn.Normal(scale=1.0), N, heat=0, reduction="sum"
     )
     out = net(x, samples=3)
+    total = loss_cls(out["cls"], yc) + loss_reg(out["reg"], yr)
     with pytest.warns(UserWarning, match=r"reduction='sum' by 1\."):
-        loss_cls(out["cls"], yc) + loss_reg(out["reg"], yr)
+        total.backward()
+
+
+def test_a_metric_with_another_divisor_that_is_only_read_is_silent() -> None:
+    """A per-batch NLL computed with gradients on a view of the output
+    (``out.squeeze(-1)``, a slice, ``log_softmax``) and only read warned
+    "different divisors" (probe falsepos27c): divisors are compared between
+    the data terms ``backward`` reaches, those of the heads trained together."""
+    net = bnn.VISequential(bnn.VILinear(3, 1))
+    x, y = torch.randn(16, 3), torch.randn(16)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 1000)
+    metric = bnn.KullbackLeiblerLoss(bnn.Normal(scale=1.0), 16, heat=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = net(x, samples=4)
+        loss = loss_fn(out, y.unsqueeze(-1))
+        metric(out.squeeze(-1), y).item()
+        loss.backward()
 
 
 @pytest.mark.parametrize(
@@ -1971,3 +1990,22 @@ def test_an_assigned_guide_counts_the_kl_of_layers_the_call_did_not_run() -> Non
     mean = sum(estimates) / len(estimates)
     spread = math.sqrt(sum((e - mean) ** 2 for e in estimates) / (len(estimates) - 1))
     assert abs(mean - float(closed_form)) < 4 * spread / math.sqrt(len(estimates))
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "target"),
+    [
+        (bnn.Categorical(), torch.zeros(0)),  # float labels
+        (bnn.Categorical(), torch.zeros(0, 2, dtype=torch.long)),  # a class dim
+        (bnn.Normal(scale=1.0), torch.zeros(0, 3)),  # outputs (S, 0, 2)
+    ],
+)
+def test_an_empty_batch_of_a_heat_zero_loss_checks_its_targets(
+    likelihood: bnn.PredictiveDistribution, target: Tensor
+) -> None:
+    """A heat=0 loss on an empty batch returned 0 before any target check:
+    float labels or a wrong layout passed on empty batches and failed on
+    the others (probe falsepos27c). Their layout is checked as a batch's."""
+    out = bnn.VILinear(3, 2)(torch.randn(0, 3), samples=3)
+    with pytest.raises(ValueError, match=r"integer class labels|targets of shape"):
+        bnn.KullbackLeiblerLoss(likelihood, N, heat=0)(out, target)
