@@ -497,7 +497,7 @@ class KullbackLeiblerLoss(nn.Module):
             for message in charges.trained(key):
                 warn_at_caller(message, past=BACKWARD_CODE)
 
-        log_lik.register_hook(trained)
+        log_lik.register_hook(trained)  # type: ignore[no-untyped-call]
 
     def combine(self, log_lik: Tensor, kl: Tensor, samples: int, batch: int) -> Tensor:
         """The loss from :meth:`terms` of an output of ``samples`` particles.
