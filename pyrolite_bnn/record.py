@@ -39,6 +39,7 @@ from pyrolite_bnn._draws import LazyDraws, kl_without_gradients
 from pyrolite_bnn._pass_charges import PassCharges
 from pyrolite_bnn._pyro_module import is_positive_constraint
 from pyrolite_bnn._validation import distribution_checks_off, is_validation_enabled
+from pyrolite_bnn.distributions._names import distribution_name
 from pyrolite_bnn.distributions._precision import full_precision, is_narrow
 from pyrolite_bnn.distributions.priors import Prior, priors_in_full_precision
 from pyrolite_bnn.distributions.variational import (
@@ -220,11 +221,12 @@ class ForwardRecord:
                 self.analytic_sites.append(name)
                 return term
             if mode == "analytic":
+                guide_part, prior_part = _without_shared_events(q, p)
                 raise ValueError(
                     f"kl='analytic' but site '{name}' has no closed-form KL "
-                    f"between the guide's {_describe(q)} and the prior "
-                    f"{_describe(p)}; use kl='auto' (Monte Carlo for such sites) "
-                    "or kl='mc'"
+                    f"between the guide's {distribution_name(guide_part)} and the "
+                    f"prior {distribution_name(prior_part)}; use kl='auto' (Monte "
+                    "Carlo for such sites) or kl='mc'"
                 )
         self.mc_sites.append(name)
         return None
@@ -769,15 +771,44 @@ def _event_summed_kl(q: Distribution, p: Distribution) -> Tensor:
     Torch sums an ``Independent`` pair's elementwise KL in the weights' dtype:
     a float16 layer of ~10,000 weights overflowed to an infinite KL.
     """
+    shared = _shared_events(q, p)
+    if shared is not None:
+        q_base, p_base, dims = shared
+        return _sum_rightmost(_event_summed_kl(q_base, p_base), dims)
+    term = kl_divergence(q, p)
+    return full_precision(term if isinstance(term, Tensor) else torch.as_tensor(term))
+
+
+def _shared_events(
+    q: Distribution, p: Distribution
+) -> tuple[Distribution, Distribution, int] | None:
+    """Where ``q`` and ``p`` are Independent over as many dimensions: the bases, and it.
+
+    Their KL is then their bases' KL, summed over those dimensions; ``None``
+    for another pair.
+    """
     if (
         isinstance(q, Independent)
         and isinstance(p, Independent)
         and q.reinterpreted_batch_ndims == p.reinterpreted_batch_ndims
     ):
-        inner = _event_summed_kl(q.base_dist, p.base_dist)
-        return _sum_rightmost(inner, q.reinterpreted_batch_ndims)
-    term = kl_divergence(q, p)
-    return full_precision(term if isinstance(term, Tensor) else torch.as_tensor(term))
+        return q.base_dist, p.base_dist, q.reinterpreted_batch_ndims
+    return None
+
+
+def _without_shared_events(
+    q: Distribution, p: Distribution
+) -> tuple[Distribution, Distribution]:
+    """The pair whose KL :func:`_event_summed_kl` takes in the end.
+
+    ``Independent`` layers the two share are taken off (a refusal names the
+    bases, the pair without a closed form); the rest stays.
+    """
+    shared = _shared_events(q, p)
+    while shared is not None:
+        q, p, _ = shared
+        shared = _shared_events(q, p)
+    return q, p
 
 
 def _scaled_sum(term: Tensor, guide_site: Any) -> Tensor:
@@ -821,6 +852,7 @@ def _sum_per_particle(log_probs: Iterable[Tensor], samples: int) -> Tensor:
 
 
 def _describe(fn: Any) -> str:
+    """The class of the innermost distribution of ``fn`` (through ``base_dist``)."""
     while hasattr(fn, "base_dist"):
         fn = fn.base_dist
     return type(fn).__name__

@@ -22,7 +22,7 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.nn import PyroParam, PyroSample
 from torch import Tensor, nn
-from torch.distributions import Distribution, Transform, constraints
+from torch.distributions import Distribution, Independent, Transform, constraints
 
 from pyrolite_bnn._capture import is_capturing, is_wrapped
 from pyrolite_bnn._context_values import in_own_context, set_while
@@ -33,6 +33,7 @@ from pyrolite_bnn._state import RecordsInState, recorded
 from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors, holds_no_values
 from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn.distributions._names import distribution_name
 from pyrolite_bnn.distributions._precision import computed_in_full_precision
 from pyrolite_bnn.distributions.variational import NormalMoments
 from pyrolite_bnn.variables import UnitLayout
@@ -1441,17 +1442,22 @@ def _tensor_arguments(distribution: Distribution) -> dict[str, Tensor]:
 def _as_pyro_distribution(distribution: Distribution) -> TorchDistributionMixin:
     """``distribution`` as Pyro takes it (a ``TorchDistributionMixin``).
 
-    A Pyro distribution as it is. A ``torch.distributions`` one is rebuilt
-    from its tensor arguments as Pyro's wrapper of its class (which keeps the
-    closed-form KLs registered for the class), or, where its arguments cannot
-    be read (``MixtureSameFamily``, ``TransformedDistribution``,
-    ``Independent``) or Pyro has no wrapper of its class (a subclass of the
-    user's, whose methods a rebuild would drop), wrapped as it is: Pyro's
-    ``ExpandedDistribution`` at its own batch shape scores and samples with
-    the distribution's own ``log_prob`` and ``sample``/``rsample``, and adds
-    what Pyro needs (``to_event``, ``expand``, ``mask``); the KL from a
-    posterior to it is then estimated by Monte Carlo where torch registers no
-    closed form.
+    An ``Independent`` (torch's, or Pyro's ``to_event``) is rebuilt as its
+    base, itself taken as this function takes it, made ``to_event`` over the
+    same dimensions: an ``Independent`` of a torch ``Normal`` becomes Pyro's
+    ``Normal(...).to_event(k)``, which pairs with the posterior's
+    ``Independent`` in the closed forms torch registers (Normal/Normal), as a
+    plain ``Normal`` does. Another Pyro distribution is taken as it is. A
+    ``torch.distributions`` one is rebuilt from its tensor arguments as Pyro's
+    wrapper of its class (which keeps the closed-form KLs registered for the
+    class), or, where its arguments cannot be read (``MixtureSameFamily``,
+    ``TransformedDistribution``) or Pyro has no wrapper of its class (a
+    subclass of the user's, whose methods a rebuild would drop; a subclass of
+    ``Independent`` too), wrapped as it is: Pyro's ``ExpandedDistribution`` at
+    its own batch shape scores and samples with the distribution's own
+    ``log_prob`` and ``sample``/``rsample``, and adds what Pyro needs
+    (``to_event``, ``expand``, ``mask``); the KL from a posterior to it is then
+    estimated by Monte Carlo where torch registers no closed form.
 
     Args:
         distribution: a ``torch.distributions``/``pyro.distributions``
@@ -1471,7 +1477,16 @@ def _as_pyro_distribution(distribution: Distribution) -> TorchDistributionMixin:
         ... )
         >>> type(_as_pyro_distribution(mixture).base_dist).__name__
         'MixtureSameFamily'
+        >>> _as_pyro_distribution(td.Independent(td.Normal(torch.zeros(2), 1.0), 1))
+        Independent(Normal(loc: torch.Size([2]), scale: torch.Size([2])), 1)
     """
+    if type(distribution) in (Independent, dist.Independent):
+        assert isinstance(distribution, Independent)
+        base = _as_pyro_distribution(distribution.base_dist)
+        rebuilt_independent: TorchDistributionMixin = base.to_event(
+            distribution.reinterpreted_batch_ndims
+        )
+        return rebuilt_independent
     if isinstance(distribution, TorchDistributionMixin):
         return distribution
     arguments = _tensor_arguments(distribution)
@@ -1608,7 +1623,10 @@ class CallablePrior(Prior):
     built, also one made of other distributions (a ``MixtureSameFamily``
     spike-and-slab, a ``TransformedDistribution``), from
     ``torch.distributions`` or ``pyro.distributions`` alike; the KL to it is
-    estimated by Monte Carlo where torch registers no closed form.
+    estimated by Monte Carlo where torch registers no closed form. An
+    ``Independent`` (torch's, or Pyro's ``to_event``) has the closed forms of
+    what it is made of: ``Independent(Normal(loc, scale), k)`` the KL of
+    ``Normal(loc, scale)``, with ``kl="auto"`` and ``kl="analytic"`` alike.
 
     Args:
         fn: the function.
@@ -1633,34 +1651,49 @@ class CallablePrior(Prior):
         self.fn = fn
 
     def forward(self, shape: Sequence[int]) -> TorchDistributionMixin:
-        """Call ``fn(shape)`` and make the result cover the whole tensor."""
+        """Call ``fn(shape)`` and make the result cover the whole tensor.
+
+        Raises:
+            TypeError: when ``fn`` returns no distribution.
+            ValueError: for an event shape other than the weight's last
+                dimensions, or a batch shape that does not broadcast to the
+                rest of the weight's shape (each naming what ``fn`` returned).
+        """
         returned = self.fn(torch.Size(shape))
         if not isinstance(returned, Distribution):
             raise TypeError(
                 f"prior callable returned {type(returned).__name__}, expected a "
                 "torch.distributions or pyro.distributions distribution"
             )
+        size = torch.Size(shape)
         built = _as_pyro_distribution(returned)
         event = len(built.event_shape)
-        if event:
-            if built.event_shape != torch.Size(shape)[len(shape) - event :]:
-                raise ValueError(
-                    f"prior callable returned event shape {tuple(built.event_shape)} "
-                    f"for a weight of shape {tuple(shape)}"
+        if event and built.event_shape != size[len(size) - event :]:
+            raise ValueError(
+                f"prior callable returned {distribution_name(returned)} of event "
+                f"shape {tuple(built.event_shape)} for a weight of shape "
+                f"{tuple(size)}; its event shape must be the weight's last "
+                "dimensions"
+            )
+        batch = size[: len(size) - event]
+        if not _broadcasts_to(built.batch_shape, batch):
+            target = f"the random variable's shape {tuple(size)}"
+            if event:
+                target = (
+                    f"{tuple(batch)}, {target} less the event shape "
+                    f"{tuple(built.event_shape)}"
                 )
-            built = built.to_event(0)
-            batch = torch.Size(shape)[: len(shape) - event]
-            expanded: TorchDistributionMixin = built.expand(batch).to_event(len(batch))
-            return expanded
-        if not _broadcasts_to(built.batch_shape, torch.Size(shape)):
             raise ValueError(
                 f"{type(self).__name__}: the prior callable returned "
-                f"{type(built).__name__} of batch shape {tuple(built.batch_shape)}, "
-                f"which does not broadcast to the random variable's shape "
-                f"{tuple(shape)}; return a distribution of batch shape () or "
-                "of the shape it is called with"
+                f"{distribution_name(returned)} of batch shape "
+                f"{tuple(built.batch_shape)}, which does not broadcast to "
+                f"{target}; return a distribution of batch shape () or of the "
+                "shape it is called with"
             )
-        return _independent(built, torch.Size(shape))
+        if event:
+            expanded: TorchDistributionMixin = built.expand(batch).to_event(len(batch))
+            return expanded
+        return _independent(built, size)
 
     def graph_key(self, shape: Sequence[int]) -> Hashable:
         """The function, and what it returns now: see :meth:`Prior.graph_key`.
