@@ -7,7 +7,9 @@ module's hooks, so this reads its hook dictionaries. Other hooks (backward,
 ``state_dict``) act on gradients or parameter names that the new module does
 not share: they are not carried, and :func:`warn_hooks_left_behind` names the
 modules that had them. A compiled loss keys its graphs on a module's forward
-hooks and on the global module hooks (:func:`global_hook_ids`).
+hooks and on the global module hooks (:func:`global_hook_ids`);
+``DrawnNetworks.each`` runs a network's calls in turn where a hook runs with
+them (:func:`has_call_hooks`).
 
 torch's hook-based reparameterisations (pruning, the legacy
 ``nn.utils.weight_norm`` and ``spectral_norm``) are forward pre-hooks that
@@ -37,6 +39,7 @@ __all__ = [
     "carry_forward_hooks",
     "forward_hook_ids",
     "global_hook_ids",
+    "has_call_hooks",
     "recomputed_weight_remedy",
     "recomputing_hooks",
     "refuse_recomputed_weights",
@@ -83,6 +86,26 @@ def forward_hook_ids(module: nn.Module) -> tuple[tuple[int, ...], ...]:
     a compiled loss keys its graphs on these.
     """
     return tuple(tuple(getattr(module, name, None) or ()) for name in FORWARD_HOOKS)
+
+
+# The hook dictionaries whose hooks run with a module's calls.
+_CALL_HOOKS = (*FORWARD_HOOKS, "_backward_pre_hooks", "_backward_hooks")
+
+
+def has_call_hooks(module: nn.Module) -> bool:
+    """Whether hooks run with ``module``'s calls: forward, pre-forward or backward.
+
+    Example:
+        >>> layer = nn.Linear(2, 3)
+        >>> has_call_hooks(layer)
+        False
+        >>> handle = layer.register_forward_hook(lambda module, args, out: None)
+        >>> has_call_hooks(layer)
+        True
+    """
+    # Looked up in the module's dictionary: asked for every module of a
+    # network at every call of DrawnNetworks.each.
+    return any(map(vars(module).get, _CALL_HOOKS))
 
 
 #: torch's dictionaries of global module hooks (``register_module_forward_hook``...).

@@ -81,6 +81,7 @@ __all__ = [
     "install",
     "note_output",
     "open_pending_root",
+    "watching_hook_id",
 ]
 
 
@@ -180,16 +181,24 @@ def _ended_frame() -> _Frame:
 
 
 _FRAME: ContextVar[_Frame | None] = ContextVar("pyrolite_plain_root", default=None)
-_installed = False
+_installed: RemovableHandle | None = None
 
 
 def install() -> None:
     """Install the global module forward pre-hook (once per process)."""
     global _installed
-    if _installed:
-        return
-    register_module_forward_pre_hook(_enter)
-    _installed = True
+    if _installed is None:
+        _installed = register_module_forward_pre_hook(_enter)
+
+
+def watching_hook_id() -> int | None:
+    """The id of the global module hook :func:`install` installed (``None``: none).
+
+    torch lists it with the user's global hooks
+    (``torch.nn.modules.module.register_module_forward_pre_hook``); it acts
+    on this library's networks only and is none of the user's.
+    """
+    return None if _installed is None else _installed.id
 
 
 def _enter(module: nn.Module, args: tuple[Any, ...]) -> None:

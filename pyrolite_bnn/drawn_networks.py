@@ -8,13 +8,15 @@ candidates in several calls). :func:`draw_networks` draws ``S`` networks once;
 the returned :class:`DrawnNetworks` runs every call on them: ``nets(x)`` gives
 all ``S`` networks the same inputs, ``nets.each(xs)`` gives network ``s`` its
 own ``xs[s]`` (the state a rollout feeds back), all networks in one call
-mapped over them with ``torch.vmap`` where it can run the network.
+mapped over them with ``torch.vmap`` where that is known to give what the
+calls one by one give (:mod:`pyrolite_bnn._mapped_calls`).
 """
 
 from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Hashable
 from typing import Any, NoReturn
 
 import torch
@@ -28,8 +30,9 @@ from pyrolite_bnn._draw_budget import DrawSizes
 from pyrolite_bnn._fixed_weights import FixedWeights
 from pyrolite_bnn._host_memory import check_fits_on_host
 from pyrolite_bnn._isolation import isolated
+from pyrolite_bnn._mapped_calls import unmapped_reason
 from pyrolite_bnn._mode_warnings import warn_batch_statistics, warn_dropout
-from pyrolite_bnn._network import check_bayesian_network, couples_examples
+from pyrolite_bnn._network import check_bayesian_network
 from pyrolite_bnn._particles import one_particle
 from pyrolite_bnn._pyro_module import local_params
 from pyrolite_bnn._validation import check_count, check_finite_inputs
@@ -39,6 +42,13 @@ from pyrolite_bnn.laplace import LinearizedLaplace
 from pyrolite_bnn.record import release_record
 
 __all__ = ["DrawnNetworks", "PerNetworkInputWarning", "draw_networks"]
+
+# The fewest networks DrawnNetworks.each runs in one mapped call. Mapping costs
+# about what 2.5 calls of one network cost where the work per call is small (1
+# CPU thread: an MLP, a convolution, a transformer layer, a recurrent step): 2
+# networks ran 1.0-1.4 times faster in turn, 3 as fast or faster mapped (0.7-1.0
+# times the calls' time).
+_FEWEST_MAPPED = 3
 
 
 class PerNetworkInputWarning(UserWarning):
@@ -174,6 +184,9 @@ class DrawnNetworks:
         # (batch, rank) of each network's first input in the calls so far: a
         # later call's input (S, batch, ...) of one more dimension is per network.
         self._batches_run: set[tuple[int, int]] = set()
+        # The signatures (see _signature) of the inputs of the calls of each
+        # that vmap could not map: calls with such inputs run in turn at once.
+        self._unmapped: set[Hashable] = set()
 
     def __len__(self) -> int:
         return self.samples
@@ -226,24 +239,33 @@ class DrawnNetworks:
         ``x.expand(S, *x.shape)``. The outputs are ``(S, B, ...)``; leaves of
         the output that are not tensors are the first network's.
 
-        All networks run in one call: the call of one network, mapped over
-        the networks and the rows of the inputs with ``torch.vmap``. Its
-        outputs are those of the networks called one by one,
-        ``nets[s](*rows_s)``, up to float rounding (batched matrix products
-        add in another order). Where ``vmap`` cannot run the network, the
-        networks run one after the other (``S`` calls of one network each),
-        with those calls' results and errors: a ``forward`` that draws random
-        numbers (dropout in training mode), that reads a tensor's value into
-        Python (``if h.sum() > 0``, ``.item()``), that updates a module's
-        state in place, that uses an operator ``vmap`` has no rule for
-        (torch's own ``nn.LSTM`` and ``nn.GRU``), or that returns a
-        ``PackedSequence``; and any call whose mapped run raises (its error
-        is then the one the networks' own calls give). A ``forward`` with
-        Python side effects of its own (a call counter) sees the mapped
-        attempt as one more call there. Networks whose batch norm takes the
-        batch's statistics (training mode) always run in turn: each network
-        normalises by its own batch and moves the running statistics, as
-        ``S`` calls do.
+        All networks run in one call where that is known to give what the
+        calls one by one give: the call of one network, mapped over the
+        networks and the rows of the inputs with ``torch.vmap``. Its outputs
+        are those of the networks called one by one, ``nets[s](*rows_s)``, up
+        to float rounding (batched matrix products add in another order).
+        The networks run one after the other instead (``S`` calls of one
+        network each, with those calls' results, errors and effects) for
+        fewer than 3 networks (the calls are faster then), and wherever a
+        mapped call could differ from the calls one by one, decided before
+        anything runs: a call that changes state (a module's buffer or
+        attribute, an input in place: the mapped call would change it once,
+        not ``S`` times, and a tensor it kept would be ``vmap``'s wrapper,
+        which fails when used later), hooks on a module of the network or
+        global module hooks (they would run once), batch norm on the batch's
+        statistics or a module with buffers in training mode, dropout in
+        training mode (random numbers), torch's own ``nn.LSTM``, ``nn.GRU``,
+        ``nn.RNN`` and ``nn.LSTMCell`` (no rule in ``vmap``), and code of the
+        user's calling methods that are not read (``self.logger.log(h)``).
+        What a ``forward`` of the user's changes is read from its code (and
+        that of the helpers it calls by name); the how-to ("Several outputs,
+        several calls: one network per particle") says what is seen. A
+        mapped call that ``vmap`` cannot run (a ``forward`` reading a
+        tensor's value into Python, ``if h.sum() > 0`` or ``.item()``; an
+        operator without a batching rule; a ``PackedSequence`` output)
+        changes nothing before it fails: the networks then run in turn, and
+        later calls with inputs of the same kinds (ranks and dtypes) in the
+        same mode run in turn at once.
 
         Raises:
             TypeError: if no input is a tensor.
@@ -278,17 +300,25 @@ class DrawnNetworks:
         first = _first_tensor(inputs, kwargs)
         if first is not None and first.dim() > 1:
             self._batches_run.add((first.shape[1], first.dim() - 1))
+        signature = _signature(inputs, kwargs, self.model.training)
+        if (
+            self.samples < _FEWEST_MAPPED
+            or signature in self._unmapped
+            or unmapped_reason(self.model) is not None
+        ):
+            return self._each_in_turn(inputs, kwargs)
         # The mapped run reads no tensor's value: the networks' own calls
         # check their inputs' values, which the one call checks here.
         check_finite_inputs(inputs, kwargs, type(self.model).__name__)
-        # Batch norm on the batch's statistics counts its calls in Python
-        # before vmap refuses its running statistics: never mapped.
-        if not couples_examples(self.model):
-            try:
-                return self._each_at_once(inputs, kwargs)
-            except Exception:  # vmap cannot run the network: see the docstring
-                pass
-        return self._each_in_turn(inputs, kwargs)
+        try:
+            return self._each_at_once(inputs, kwargs)
+        except Exception:  # vmap cannot run the network: see the docstring
+            pass
+        # Known to change nothing, the failed run left nothing behind. The
+        # calls in turn give the networks' results, or their own error.
+        out = self._each_in_turn(inputs, kwargs)
+        self._unmapped.add(signature)
+        return out
 
     def _each_at_once(self, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """:meth:`each` as one call of a network, mapped over the networks.
@@ -475,6 +505,22 @@ def _first_tensor(inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | N
         if isinstance(leaf, PackedSequence):
             return None
     return None
+
+
+def _signature(
+    inputs: tuple[Any, ...], kwargs: dict[str, Any], training: bool
+) -> Hashable:
+    """What a mapped run's success may depend on besides the model's code.
+
+    The kinds of the inputs (a tensor's rank and dtype, another input's
+    type), the keyword names and the model's mode; not the sizes, which grow
+    from call to call in step-wise decoding.
+    """
+    kinds = tuple(
+        (leaf.dim(), leaf.dtype) if isinstance(leaf, Tensor) else type(leaf)
+        for leaf in _structures.leaves((inputs, kwargs))
+    )
+    return len(inputs), tuple(kwargs), kinds, training
 
 
 def _refuse_packed_output() -> NoReturn:

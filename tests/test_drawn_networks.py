@@ -25,10 +25,12 @@ from pyro.infer.autoguide import (
     AutoNormal,
 )
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_hook
 from torch.nn.utils.rnn import pack_sequence
 
 import pyrolite_bnn as bnn
 from pyrolite_bnn import _host_memory, _structures
+from pyrolite_bnn._fixed_weights import FixedWeights
 
 
 def _mlp() -> bnn.VISequential:
@@ -509,8 +511,26 @@ _EACH_CASES: dict[str, Any] = {
 }
 
 
+def _count_network_calls(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """A list that gets an entry at every call of a network on fixed weights.
+
+    (Not a forward hook: a hook makes ``each`` run the networks in turn.)
+    """
+    calls: list[None] = []
+    run = FixedWeights.run
+
+    def counted(self: FixedWeights, *args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(FixedWeights, "run", counted)
+    return calls
+
+
 @pytest.mark.parametrize("case", list(_EACH_CASES))
-def test_each_runs_the_networks_in_one_call_as_each_alone(case: str) -> None:
+def test_each_runs_the_networks_in_one_call_as_each_alone(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``nets.each`` called the network once per network (0.25 ms each: a
     rollout 7-15x slower than plain batched torch; probe "dynamics"). Now one
     call runs them all: the model's forward runs once, and outputs and input
@@ -523,11 +543,10 @@ def test_each_runs_the_networks_in_one_call_as_each_alone(case: str) -> None:
     if first.is_floating_point():
         first = first.clone().requires_grad_()
         inputs = (first, *inputs[1:])
-    forwards: list[None] = []
-    hook = model.register_forward_pre_hook(lambda *_: forwards.append(None))
-    out = nets.each(*inputs, **kwargs)
-    hook.remove()
-    assert len(forwards) == 1
+    with monkeypatch.context() as patch:
+        calls = _count_network_calls(patch)
+        out = nets.each(*inputs, **kwargs)
+    assert len(calls) == 1
     alone = _structures.stack(
         [
             _without_network_dim(nets[s](*_rows(inputs, s), **_rows(kwargs, s)))
@@ -614,19 +633,227 @@ def test_each_runs_in_turn_where_vmap_cannot_map_the_network(case: str) -> None:
         torch.testing.assert_close(after[name], b, rtol=0, atol=0)
 
 
+class _RunningNormaliser(nn.Module):
+    """An observation normaliser: running count and mean, updated in forward."""
+
+    count: Tensor
+    mean: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("count", torch.zeros(()))
+        self.register_buffer("mean", torch.zeros(2))
+        self.layer = bnn.VILinear(2, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            self.count += x.shape[0]
+            self.mean += (x.mean(0) - self.mean) * x.shape[0] / self.count
+        return self.layer(x - self.mean)
+
+
+class _DecayedAverage(nn.Module):
+    """A feature monitor: decays an average buffer, then adds the batch mean."""
+
+    average: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("average", torch.ones(8))
+        self.hidden = bnn.VILinear(2, 8)
+        self.out = bnn.VILinear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.hidden(x))
+        with torch.no_grad():
+            self.average.mul_(0.5)  # unbatched: vmap runs it
+            self.average.add_(0.5 * h.mean(0))  # batched into unbatched: refused
+        return self.out(h)
+
+
+class _CountedCalls(nn.Module):
+    calls: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+        self.layer = bnn.VILinear(2, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return self.layer(x)
+
+
+class _ScaledInput(nn.Module):
+    """Scales its input in place, then does what vmap refuses (``refusal``)."""
+
+    def __init__(self, refusal: str) -> None:
+        super().__init__()
+        self.layer = bnn.VILinear(2, 2)
+        self.drop = nn.Dropout(0.1) if refusal == "dropout" else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x.mul_(2.0)
+        h = self.drop(self.layer(x))
+        return h if bool(h.sum() > -1e9) else -h  # a value read into Python
+
+
+_STATEFUL_CASES: dict[str, Any] = {
+    "running normaliser": lambda: _RunningNormaliser().eval(),
+    "decayed average": lambda: _DecayedAverage().eval(),
+    "counted calls": lambda: _CountedCalls().eval(),
+    "input scaled, then dropout": lambda: _ScaledInput("dropout").train(),
+    "input scaled, then a value read": lambda: _ScaledInput("value").eval(),
+}
+
+
+@pytest.mark.parametrize("case", list(_STATEFUL_CASES))
+def test_each_changes_state_as_the_calls_in_turn(case: str) -> None:
+    """``each`` tried vmap and ran the networks in turn where it failed
+    (probe falsepos27b): the failed attempt's in-place changes stayed and were
+    made again (a normaliser's count 25 instead of 20, an input scaled in
+    place 4.0 instead of 2.0 with outputs off by 2.6, an average decayed
+    once more), and a successful one made an unbatched change once instead
+    of S times (a call counter 1 instead of S). Now such forwards run in
+    turn from the start: outputs, buffers and inputs are exactly those of
+    network s called alone on row s, for each s in order."""
+    torch.manual_seed(25)
+    model = _STATEFUL_CASES[case]()
+    nets = bnn.draw_networks(model, samples=4)
+    xs = torch.randn(4, 5, 2)
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    inputs, alone_inputs = xs.clone(), xs.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the training-mode warning, said once
+        torch.manual_seed(26)
+        out = nets.each(inputs)
+        after = {name: b.clone() for name, b in model.named_buffers()}
+        for name, b in model.named_buffers():
+            b.copy_(before[name])
+        torch.manual_seed(26)
+        alone = torch.stack([nets[s](alone_inputs[s])[0] for s in range(4)])
+    torch.testing.assert_close(out, alone, rtol=0, atol=0)
+    torch.testing.assert_close(inputs, alone_inputs, rtol=0, atol=0)
+    for name, b in model.named_buffers():
+        torch.testing.assert_close(after[name], b, rtol=0, atol=0)
+
+
+class _KeepsLastOutput(nn.Module):
+    """Keeps its last hidden state for later code (logging, a feature)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = bnn.VILinear(2, 2)
+        self.last: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.layer(x)
+        self.last = h.detach()
+        return h
+
+
+def test_tensors_kept_by_a_forward_or_its_hooks_are_usable_after_each() -> None:
+    """A forward storing ``self.last = h.detach()``, a forward hook storing a
+    layer's outputs (feature extraction) and a global module hook kept
+    ``vmap``'s wrapper after the mapped call: using it later raised torch's
+    "your tensor may have escaped from inside a function being vmapped"
+    (probe falsepos27b). Now they run in turn and keep each network's own
+    tensors."""
+    torch.manual_seed(27)
+    xs = torch.randn(4, 5, 2)
+    model = _KeepsLastOutput().eval()
+    nets = bnn.draw_networks(model, samples=4)
+    out = nets.each(xs)
+    assert model.last is not None
+    torch.testing.assert_close(model.last, out[-1], rtol=0, atol=0)
+
+    net = _mlp().eval()
+    nets = bnn.draw_networks(net, samples=4)
+    features: list[Tensor] = []
+    handle = net[2].register_forward_hook(
+        lambda module, args, output: features.append(output.detach())
+    )
+    try:
+        out = nets.each(xs)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(torch.stack(features), out, rtol=0, atol=0)
+
+    seen: list[Tensor] = []
+    handle = register_module_forward_hook(
+        lambda module, args, output: (
+            seen.append(output.detach()) if module is net[0] else None
+        )
+    )
+    try:
+        nets.each(xs)
+    finally:
+        handle.remove()
+    assert len(seen) == 4
+    assert torch.stack(seen).shape == (4, 5, 8)
+
+
+def _count_mapped_runs(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """A list that gets an entry at every ``torch.vmap`` call."""
+    runs: list[None] = []
+    vmap = torch.vmap
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        runs.append(None)
+        return vmap(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "vmap", counted)
+    return runs
+
+
+def test_each_tries_a_mapped_call_only_where_it_may_run_and_pay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``each`` tried vmap in every call (probe falsepos27b): one network took
+    2.6 times its call (0.59 against 0.22 ms), and networks vmap can never
+    run (a value read into Python, torch's LSTM) paid the failed attempt in
+    every call, 1.5-3.4 times slower at 1 and 2 networks. Now fewer than 3
+    networks run in turn (2 ran 1.0-1.4 times faster in turn than mapped),
+    torch's LSTM in turn from the start, and a failed mapped call is not
+    tried again for inputs of the same kinds in the same mode."""
+    torch.manual_seed(28)
+    runs = _count_mapped_runs(monkeypatch)
+    mlp = _mlp().eval()
+    for samples in (1, 2):
+        bnn.draw_networks(mlp, samples).each(torch.randn(samples, 5, 2))
+    assert not runs
+    bnn.draw_networks(mlp, 3).each(torch.randn(3, 5, 2))
+    assert len(runs) == 1
+    lstm = bnn.draw_networks(_TorchLSTMHead().eval(), 4)
+    lstm.each(torch.randn(4, 5, 3, 2))
+    assert len(runs) == 1
+    branching = _Branching().eval()
+    nets = bnn.draw_networks(branching, 4)
+    xs = torch.randn(4, 5, 2)
+    alone = torch.stack([nets[s](xs[s])[0] for s in range(4)])
+    for _ in range(3):
+        torch.testing.assert_close(nets.each(xs), alone, rtol=0, atol=0)
+    assert len(runs) == 2  # the first call tried, failed; the others did not
+    nets.each(torch.randn(4, 7, 2))  # other sizes: the same kinds of inputs
+    assert len(runs) == 2
+    branching.train()
+    nets.each(xs)  # another mode: tried once more
+    assert len(runs) == 3
+
+
 def test_each_checks_the_inputs_values_as_each_networks_call() -> None:
     """The mapped call cannot read values (its checks count as passed): the
     inputs' and the embedding's index checks still refuse, with their
     messages."""
-    nets = bnn.draw_networks(_mlp(), samples=2)
-    xs = torch.randn(2, 3, 2)
+    nets = bnn.draw_networks(_mlp(), samples=3)
+    xs = torch.randn(3, 3, 2)
     xs[1, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         nets.each(xs)
     embedding = bnn.draw_networks(
-        bnn.VISequential(bnn.VIEmbedding(10, 4), bnn.VILinear(4, 2)), samples=2
+        bnn.VISequential(bnn.VIEmbedding(10, 4), bnn.VILinear(4, 2)), samples=3
     )
-    indices = torch.randint(0, 10, (2, 3, 5))
+    indices = torch.randint(0, 10, (3, 3, 5))
     indices[1, 2, 4] = 10  # network 0's table would read network 1's row 0
     with pytest.raises(ValueError, match="got indices from 0 to 10"):
         embedding.each(indices)
