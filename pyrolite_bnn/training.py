@@ -48,7 +48,6 @@ from pyrolite_bnn._step_draws import SameDraws
 from pyrolite_bnn._validation import (
     check_bool,
     check_count,
-    check_finite,
     check_finite_inputs,
     check_heat,
     check_integer,
@@ -271,7 +270,9 @@ def _dropped(loader: object) -> str:
     )
 
 
-def _check_val_loader(val_loader: Iterable[Any], ranks: Ranks) -> None:
+def _check_val_loader(
+    val_loader: Iterable[Any], predictive: PredictiveDistribution, ranks: Ranks
+) -> None:
     """Refuse validation data that the first validation pass would refuse.
 
     Checked before the first epoch, so that the error does not come after a
@@ -281,10 +282,12 @@ def _check_val_loader(val_loader: Iterable[Any], ranks: Ranks) -> None:
     tuple of batches, or a ``DataLoader`` reading every row of a
     two-tensor ``TensorDataset``) are unpacked and, with validation on, their
     floating tensors checked for NaN/Inf as the validation pass checks them:
-    the inputs as the network's call does, the targets as the likelihood
-    does. Other loaders are left to the validation pass (iterating them would
-    read their data once more, and a ``DataLoader``'s iterator draws a seed
-    from the global generator, which would change the training draws).
+    the inputs as the network's call does, the targets as ``predictive``
+    does (:meth:`~PredictiveDistribution.check_finite_target`: the entries
+    it marks missing are not read). Other loaders are left to the validation
+    pass (iterating them would read their data once more, and a
+    ``DataLoader``'s iterator draws a seed from the global generator, which
+    would change the training draws).
 
     Raises:
         ValueError: naming the batch (on every rank, if one rank's is refused).
@@ -306,7 +309,7 @@ def _check_val_loader(val_loader: Iterable[Any], ranks: Ranks) -> None:
         for where, x, y in _batches_in_memory(val_loader):
             check_finite_inputs(network_args(x), {}, f"val_loader's {where}")
             if isinstance(y, Tensor):
-                check_finite(y, f"the target of val_loader's {where}")
+                predictive.check_finite_target(y, f"the target of val_loader's {where}")
     except ValueError as caught:
         error = caught
     if ranks.any(error is not None):
@@ -1252,7 +1255,7 @@ def fit(
     ranks = Ranks(model)
     _check_dataset_size(loss_fn, train_loader, ranks.size)
     if val_loader is not None:
-        _check_val_loader(val_loader, ranks)
+        _check_val_loader(val_loader, loss_fn.predictive, ranks)
     if checkpoint_path is not None:
         _check_checkpoint_path(checkpoint_path, ranks)
     if optimizer is None:

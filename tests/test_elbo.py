@@ -613,3 +613,40 @@ def test_pyros_elbo_follows_a_redefined_log_likelihood(
     assert fast[2] == slow[2] == {*net.parameters(), *loss_fn.parameters()}
     for key, grad in slow[3].items():
         torch.testing.assert_close(fast[3][key], grad, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS)
+def test_every_elbo_follows_a_redefined_position_log_likelihood(
+    ours: type, theirs: type
+) -> None:
+    """A Categorical that weights each label (``position_log_likelihood``
+    redefined, ``log_likelihood`` not): the loss and the Pyro model scored
+    the unweighted labels while calibration read the weights (probe
+    falsepos27d). Every ELBO now equals that of the same weighting written
+    as a redefined ``log_likelihood``."""
+    torch.set_default_dtype(torch.float64)
+
+    class PerLabel(bnn.Categorical):
+        def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            return 2.0 * super().position_log_likelihood(output, target)
+
+    class PerExample(bnn.Categorical):
+        def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            return 2.0 * super().log_likelihood(output, target)
+
+    net = bnn.VISequential(
+        bnn.VILinear(4, 6, estimator="reparam"),
+        nn.Tanh(),
+        bnn.VILinear(6, 3, estimator="reparam"),
+    )
+    x, labels = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    elbos, losses = [], []
+    for likelihood in (PerLabel(), PerExample()):
+        loss_fn = bnn.KullbackLeiblerLoss(likelihood, 12, reduction="sum")
+        model = loss_fn.pyro_model(net)
+        elbos.append(_run(ours(), model, net.guide, x, labels, samples=3)[0])
+        elbos.append(_run(theirs(), model, net.guide, x, labels, samples=3)[0])
+        torch.manual_seed(5)
+        losses.append(float(loss_fn(net(x, samples=3), labels).detach()))
+    assert elbos == pytest.approx([elbos[-1]] * 4, rel=1e-9)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-9)

@@ -212,6 +212,53 @@ def test_val_loss_leaves_missing_targets_out() -> None:
     assert history.val_loss == pytest.approx(recorder, rel=1e-5)
 
 
+@pytest.mark.parametrize("form", ["list of batches", "DataLoader"])
+def test_validation_data_in_memory_may_hold_missing_targets(form: str) -> None:
+    """The check of a val_loader held in memory refused, before the first
+    epoch, the NaN targets a ``missing="nan"`` likelihood reads as missing
+    (probe falsepos27d). It now checks the targets as the likelihood does:
+    the validation NLL is that of the same data streamed (not checked
+    beforehand), and an Inf, no missing marker, is still refused."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 3, generator=generator)
+    y = x[:, :2] + 0.3 * torch.randn(N, 2, generator=generator)
+    y[::3, 1] = math.nan
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.5, missing="nan"), N)
+
+    def loader(targets: Tensor) -> Any:
+        if form == "list of batches":
+            return [(x[:16], targets[:16]), (x[16:], targets[16:])]
+        dataset = torch.utils.data.TensorDataset(x, targets)
+        return torch.utils.data.DataLoader(dataset, batch_size=16)
+
+    class Streamed:
+        def __iter__(self) -> Any:
+            yield from loader(y)
+
+    val_losses = []
+    for val_loader in (loader(y), Streamed()):
+        pyro.set_rng_seed(1)
+        model = bnn.VILinear(3, 2)
+        history = fit(
+            model, loss_fn, _batches(x, y), 1, val_loader=val_loader, progress=False
+        )
+        val_losses.append(history.val_loss[0])
+    assert math.isfinite(val_losses[0])
+    assert val_losses[0] == pytest.approx(val_losses[1], rel=1e-6)
+    infinite = y.clone()
+    infinite[20, 0] = math.inf
+    refused = r"of val_loader's .* contains 1 NaN/Inf.* an Inf is not a missing marker"
+    with pytest.raises(ValueError, match=refused):
+        fit(
+            model,
+            loss_fn,
+            _batches(x, y),
+            1,
+            val_loader=loader(infinite),
+            progress=False,
+        )
+
+
 def test_default_optimizer_trains_the_likelihood_scale() -> None:
     x = torch.randn(N, 3)
     y = 3.0 * x[:, :1]

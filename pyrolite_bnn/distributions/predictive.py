@@ -147,13 +147,31 @@ def _check_missing(missing: object, owner: str) -> str | None:
 
 
 def _nan_targets_remedy(likelihood: PredictiveDistribution) -> str:
-    """Why NaN targets are refused, and what to do instead.
+    """Why NaN/Inf targets are refused, and what to do instead.
 
-    Switching the check off would make the loss and every gradient NaN.
+    Switching the check off would make the loss and every gradient NaN. A
+    likelihood that already reads NaN as missing (``missing="nan"``, or an
+    :meth:`~PredictiveDistribution.observed` of the user's) was refused an
+    entry it marks observed: an Inf, or a NaN its ``observed`` keeps.
     """
+    name = type(likelihood).__name__
+    if likelihood.missing is not None:
+        return (
+            f'{name}(missing="nan") reads only NaN as a missing target: an Inf '
+            "is not a missing marker, and would make the loss and every "
+            "gradient Inf or NaN (switching validation off does not change "
+            "that). Mark an unmeasured entry with NaN "
+            "(y.masked_fill(y.isinf(), float('nan'))), or correct the value"
+        )
+    if _users_class(_defining_class(type(likelihood), "observed")):
+        return (
+            f"{name}.observed(target) marks these entries as observed; an entry "
+            "is left out of the loss only where observed() returns False. Mark "
+            "the missing entries there, or correct the values"
+        )
     return (
         "A NaN is read as a missing target only by a likelihood built with "
-        f'missing="nan" (bnn.{type(likelihood).__name__}(..., missing="nan"); a '
+        f'missing="nan" (bnn.{name}(..., missing="nan"); a '
         "likelihood of your own marks missing entries by overriding "
         "observed(target)): it leaves them out of the loss, the Pyro model and "
         "calibration. Without it the loss and every gradient would be NaN "
@@ -172,6 +190,18 @@ def _users_class(kind: type) -> bool:
     return kind.__module__.split(".")[0] != __name__.split(".")[0]
 
 
+def _redefined_below(likelihood: PredictiveDistribution, name: str, other: str) -> bool:
+    """Whether a user's class defines ``name`` below the class defining ``other``.
+
+    ``name`` then is the user's own scoring, which the ``other`` method
+    inherited from above it would not follow.
+    """
+    kind = type(likelihood)
+    mine = _defining_class(kind, name)
+    theirs = _defining_class(kind, other)
+    return _users_class(mine) and mine is not theirs and issubclass(mine, theirs)
+
+
 def _per_example_only(likelihood: PredictiveDistribution) -> bool:
     """Whether a user's ``log_likelihood`` leaves the per-position densities behind.
 
@@ -181,14 +211,23 @@ def _per_example_only(likelihood: PredictiveDistribution) -> bool:
     the per-position densities of the class it derives from would not
     follow: they are known per example only.
     """
-    kind = type(likelihood)
-    example = _defining_class(kind, "log_likelihood")
-    position = _defining_class(kind, "position_log_likelihood")
-    return (
-        _users_class(example)
-        and example is not position
-        and issubclass(example, position)
-    )
+    return _redefined_below(likelihood, "log_likelihood", "position_log_likelihood")
+
+
+def _per_position_only(likelihood: PredictiveDistribution) -> bool:
+    """Whether a user's ``position_log_likelihood`` is the only scoring of its own.
+
+    That is, ``position_log_likelihood`` comes from a class of the user's
+    below the one ``log_likelihood`` comes from (a weighting per position):
+    the per-example log-likelihood is then the sum of its positions, so that
+    the loss, the Pyro model and calibration score targets alike.
+    """
+    return _redefined_below(likelihood, "position_log_likelihood", "log_likelihood")
+
+
+def _summed_over_positions(log_p: Tensor) -> Tensor:
+    """Log-densities ``(S, B, ...)`` summed over the positions of each example."""
+    return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
 
 
 def _masked(likelihood: TorchDistributionMixin, keep: Tensor) -> TorchDistributionMixin:
@@ -250,7 +289,10 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
     overriding :meth:`observed`; one that redefines :meth:`log_likelihood`
     has it used by every path that scores targets (the per-position
     densities of :meth:`position_log_likelihood` are then its per-example
-    ones, unless it redefines that too).
+    ones, unless it redefines that too); one that redefines only
+    :meth:`position_log_likelihood` (a weight per position) has the sum of
+    its positions as :meth:`log_likelihood`, so that the loss, the Pyro
+    model and calibration follow it alike.
 
     Attributes:
         is_classification: whether outputs are class scores (summarised by
@@ -384,7 +426,34 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
         The observed entries (:meth:`observed`) must be finite.
         """
         self.check_batch_size(output, target)
-        check_finite(self._filled(target), "target", _nan_targets_remedy(self))
+        self.check_finite_target(target)
+
+    def check_finite_target(self, target: Tensor, what: str = "target") -> None:
+        """Refuse NaN or Inf in the entries of ``target`` that are observed.
+
+        With validation on; the entries :meth:`observed` marks as missing
+        are not read. Run by :meth:`check_target`, and by
+        :func:`~pyrolite_bnn.fit` on validation data held in memory before
+        the first epoch.
+
+        Args:
+            target: the targets, in the layout the loss is given them.
+            what: how the message names them.
+
+        Raises:
+            ValueError: counting the values refused and saying what to do.
+
+        Example:
+            >>> import torch, pyrolite_bnn as bnn
+            >>> y = torch.tensor([[0.5, float("nan")]])
+            >>> bnn.Normal(missing="nan").check_finite_target(y)  # NaN: missing
+            >>> try:
+            ...     bnn.Normal().check_finite_target(y)
+            ... except ValueError as error:
+            ...     print(str(error).split(";")[0])
+            target contains 1 NaN/Inf value(s) (shape (1, 2))
+        """
+        check_finite(self._filled(target), what, _nan_targets_remedy(self))
 
     def check_batch_size(self, output: Tensor, target: Tensor) -> None:
         """Refuse targets whose first dimension is not the output's batch ``B``.
@@ -462,7 +531,9 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
 
         The PyTorch-style loss uses this: no Pyro bookkeeping, and no
         distribution-level argument checks after :meth:`check_target`.
-        Missing entries (:meth:`observed`) add nothing.
+        Missing entries (:meth:`observed`) add nothing. A subclass that
+        redefines only :meth:`position_log_likelihood` has its positions
+        summed here.
 
         Example:
             >>> import torch, pyrolite_bnn as bnn
@@ -472,6 +543,8 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
             ... )
             tensor([[-0.9189]])
         """
+        if _per_position_only(self):
+            return _summed_over_positions(self.position_log_likelihood(output, target))
         output, target = self._checked(output, target)
         keep = self.observed(target)
         if keep is None:
@@ -479,7 +552,7 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
                 result: Tensor = self.distribution(output).log_prob(target)
             return result
         log_p = self._position_log_densities(output, target, keep)
-        return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
+        return _summed_over_positions(log_p)
 
     def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log p(target | output)`` per particle, example and target position.
@@ -1020,7 +1093,8 @@ class Categorical(_ClassificationLikelihood):
         The log density of :meth:`distribution` (summed over any dimensions
         after ``B``), without building the distribution object: two ops
         instead of its normalisation and argument handling. A subclass that
-        redefines :meth:`distribution` (probabilities as input) keeps the
+        redefines :meth:`distribution` (probabilities as input), or only
+        :meth:`position_log_likelihood` (a weight per label), keeps the
         general path.
 
         Example:
@@ -1030,10 +1104,11 @@ class Categorical(_ClassificationLikelihood):
             tensor([[-1.3863, -1.3863, -1.3863],
                     [-1.3863, -1.3863, -1.3863]])
         """
-        if type(self).distribution is not Categorical.distribution:
+        own_logits = type(self).distribution is Categorical.distribution
+        if not own_logits or _per_position_only(self):
             return super().log_likelihood(output, target)
         log_p = self._label_log_densities(*self._checked(output, target))
-        return log_p.sum(tuple(range(2, log_p.dim()))) if log_p.dim() > 2 else log_p
+        return _summed_over_positions(log_p)
 
     def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
         """``log softmax(output)[target]`` per particle and label, ``(S, B, ...)``.

@@ -1036,6 +1036,73 @@ def test_nan_targets_are_refused_naming_the_missing_option(
         likelihood.log_likelihood(torch.zeros(2, 3), torch.tensor([0.0, math.nan, 1.0]))
 
 
+def test_a_refused_inf_target_is_not_called_unmarked_missing() -> None:
+    """An Inf target under ``missing="nan"`` was refused with the advice to
+    build the likelihood with ``missing="nan"``, which it was. The message
+    now says that only NaN marks a missing entry; a likelihood marking them
+    with an ``observed`` of its own is told that it marked these observed."""
+
+    class SentinelNormal(bnn.Normal):
+        def observed(self, target: Tensor) -> Tensor | None:
+            return target != -999.0
+
+    y = torch.tensor([[math.inf, 0.0], [0.0, math.nan]])
+    with pytest.raises(ValueError, match="1 NaN/Inf") as refused:
+        bnn.Normal(scale=1.0, missing="nan").log_likelihood(torch.zeros(3, 2, 2), y)
+    message = str(refused.value)
+    assert "an Inf is not a missing marker" in message
+    assert "(..., missing=" not in message
+    with pytest.raises(ValueError, match="2 NaN/Inf") as refused:
+        SentinelNormal(scale=1.0).log_likelihood(torch.zeros(3, 2, 2), y)
+    assert "SentinelNormal.observed(target) marks these entries as observed" in str(
+        refused.value
+    )
+
+
+def test_a_redefined_position_log_likelihood_is_summed_into_log_likelihood() -> None:
+    """A subclass weighting each position (``position_log_likelihood``
+    redefined, ``log_likelihood`` not): Categorical's loss stopped following
+    the weights while calibration read them (probe falsepos27d), Normal's
+    never had. ``log_likelihood`` is now the sum of its positions for both,
+    and the override's call of the parent's method does not recurse."""
+    weights = torch.tensor([1.0, 0.5, 2.0])
+
+    class WeightedCategorical(bnn.Categorical):
+        def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            return weights * super().position_log_likelihood(output, target)
+
+    class WeightedNormal(bnn.Normal):
+        def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            return weights * super().position_log_likelihood(output, target)
+
+    Case = tuple[bnn.PredictiveDistribution, bnn.PredictiveDistribution, Tensor, Tensor]
+    cases: list[Case] = [
+        (
+            WeightedCategorical(),
+            bnn.Categorical(),
+            torch.randn(4, 5, 3, 2),
+            torch.randint(0, 2, (5, 3)),
+        ),
+        (
+            WeightedNormal(scale=0.5),
+            bnn.Normal(scale=0.5),
+            torch.randn(4, 5, 3),
+            torch.randn(5, 3),
+        ),
+    ]
+    for weighted, plain, output, target in cases:
+        assert weighted.redefines_log_likelihood()
+        expected = (weights * plain.position_log_likelihood(output, target)).sum(-1)
+        torch.testing.assert_close(weighted.log_likelihood(output, target), expected)
+        torch.testing.assert_close(
+            weighted.pyro_log_likelihood(output, target), expected
+        )
+        torch.testing.assert_close(
+            weighted.mixture_log_likelihood(output, target),
+            torch.logsumexp(expected, 0) - math.log(4),
+        )
+
+
 def test_missing_entries_marked_by_an_observed_override() -> None:
     """A likelihood of one's own marks missing entries (here a sentinel) by
     overriding ``observed``: its scores are those of ``missing="nan"``."""
