@@ -77,6 +77,12 @@ def _parameter_tensors(parameters: Any) -> list[Tensor]:
     return []
 
 
+def _parameters_text(parameters: Any) -> str:
+    """The shapes of predictive parameters for a message, or their type."""
+    shapes = ", ".join(shape_text(p) for p in _parameter_tensors(parameters))
+    return shapes or type(parameters).__name__
+
+
 class BlueDistribution(dist.TorchDistribution):
     """Distribution of a whole tensor (all dims event) from torch_blue callables.
 
@@ -558,14 +564,11 @@ class AdaptedPredictive(BnnPredictive):
         if value.shape[0] == 1 and not (value.dim() > 1 and value.shape[1] == batch):
             return  # a batch summary, (1, D): every example's
         name = qualified_name(self.blue)
-        parameter_shapes = ", ".join(
-            shape_text(p) for p in _parameter_tensors(parameters)
-        )
         raise UnsupportedDistributionError(
             f"{name}.log_prob_from_parameters gave shape {shape_text(value)} for "
             f"one particle's output of batch B = {output.shape[0]} (samples "
             f"{(1, *output.shape)}, targets {shape_text(target)}, parameters "
-            f"{parameter_shapes or type(parameters).__name__}). torch_blue's "
+            f"{_parameters_text(parameters)}). torch_blue's "
             "contract: the examples' log-likelihoods, batch first, or one number "
             "for the batch (a scalar, (1,), or a batch mean (1, D)); the loss "
             "would sum the other dimensions as an example's features (parameters "
@@ -621,13 +624,10 @@ class AdaptedPredictive(BnnPredictive):
         )
         if not stretched:
             return
-        parameter_shapes = ", ".join(
-            shape_text(p) for p in _parameter_tensors(parameters)
-        )
         raise UnsupportedDistributionError(
             f"{qualified_name(self.blue)}.log_prob_from_parameters gave shape "
             f"{shape_text(value)} for targets {shape_text(target)} and parameters "
-            f"{parameter_shapes or type(parameters).__name__}: broadcasting from "
+            f"{_parameters_text(parameters)}: broadcasting from "
             "the right paired every example with the targets of all B = "
             f"{batch} examples, and the loss would sum them as the example's "
             "features. Give the targets the outputs' shape (e.g. "
