@@ -576,12 +576,11 @@ class ParameterNames(Messenger):
         # them under those names now (a layer moved in from another network).
         # A parameter of Pyro's own store (a handler's global pyro.param) is
         # the store's to name.
-        run_as_named = {
-            parameter: name
-            for parameter, name in self._reported
-            if store.param_name(parameter) is None
-            or (store.param_name(parameter) == name and name not in store)
-        }
+        run_as_named: dict[Tensor, str] = {}
+        for parameter, name in self._reported:
+            held = store.param_name(parameter)
+            if held is None or (held == name and name not in store):
+                run_as_named[parameter] = name
         self._reported = []
         if run_as_named:
             _name_while_alive(self._root, run_as_named)
