@@ -3760,6 +3760,129 @@ def test_per_class_terms_are_not_a_pairing_also_when_the_batch_is_the_classes(
     torch.testing.assert_close(loss_fn(out, y), expected, rtol=1e-6, atol=0.0)
 
 
+class _Pinball(vi.distributions.PredictiveDistribution):
+    """Quantile regression: quantiles ``(B, Q)`` of targets ``(B, 1)``, the
+    levels ``taus`` among the parameters; per-quantile terms ``(B, Q)``."""
+
+    distribution_parameters = ("quantiles", "taus")
+
+    def __init__(self, taus: Tensor) -> None:
+        super().__init__()
+        self.taus = taus
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Any:
+        return samples.mean(0), self.taus
+
+    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+        quantiles, taus = parameters
+        under = sample - quantiles
+        return -torch.maximum(taus * under, (taus - 1) * under)
+
+
+def _pinball_terms(out: Tensor, y: Tensor, taus: Tensor) -> Tensor:
+    """The pinball losses of quantiles ``out`` ``(S, B, Q)``, by hand."""
+    under = y - out
+    return torch.maximum(taus * under, (taus - 1) * under)
+
+
+_QUANTILE_LEVELS = torch.linspace(0.1, 0.9, 4)
+
+
+@pytest.mark.parametrize("batch", [3, 4, 5])
+@pytest.mark.parametrize("taus_shape", [(4,), (1, 4)])
+def test_quantile_levels_are_not_a_pairing_when_the_batch_is_the_quantiles(
+    batch: int, taus_shape: tuple[int, ...]
+) -> None:
+    """Quantiles ``(B, Q)`` of targets ``(B, 1)`` with levels ``(Q,)`` were
+    refused as a pairing of every example with every target at ``B == Q``
+    only (probe falsepos28, r1): the levels' ``Q`` was taken for the batch.
+    The loss and ``log_prob_from_samples`` are the hand-computed ones at
+    every ``B``."""
+    torch.manual_seed(2)
+    net = vi.VISequential(vi.VILinear(3, 8), nn.Tanh(), vi.VILinear(8, 4))
+    out = net(torch.randn(batch, 3), samples=3)
+    y = torch.randn(batch, 1)
+    predictive = _Pinball(_QUANTILE_LEVELS.reshape(taus_shape))
+    loss_fn = vi.KullbackLeiblerLoss(predictive, dataset_size=60, heat=0.0)
+    terms = _pinball_terms(out, y, _QUANTILE_LEVELS)
+    expected = 60 / batch * terms.sum((1, 2)).mean()
+    torch.testing.assert_close(loss_fn(out, y), expected, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(
+        predictive.log_prob_from_samples(y, out.detach()),
+        -terms.detach().mean(0),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+
+
+def test_a_last_batch_of_as_many_examples_as_quantiles_trains() -> None:
+    """Training over a loader of 22 examples in batches of 6 crashed on the
+    last batch of 4 examples, as many as the quantile levels (probe
+    falsepos28, r1: 88.956 before the pairing check). Every batch's loss is
+    the hand-computed one."""
+    torch.manual_seed(0)
+    net = vi.VISequential(vi.VILinear(3, 8), nn.Tanh(), vi.VILinear(8, 4))
+    loss_fn = vi.KullbackLeiblerLoss(
+        _Pinball(_QUANTILE_LEVELS), dataset_size=22, heat=0.0
+    )
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.randn(22, 3)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, x.sum(-1, keepdim=True)), batch_size=6
+    )
+    sizes = []
+    for xb, yb in loader:
+        out = net(xb, samples=3)
+        loss = loss_fn(out, yb)
+        terms = _pinball_terms(out.detach(), yb, _QUANTILE_LEVELS)
+        expected = 22 / len(xb) * terms.sum((1, 2)).mean()
+        torch.testing.assert_close(loss.detach(), expected, rtol=1e-6, atol=0.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sizes.append(len(xb))
+    assert sizes == [6, 6, 6, 4]
+
+
+class _SharedMeanReadingScale(vi.distributions.PredictiveDistribution):
+    """One mean per example ``(B, 1)`` for ``D`` noisy readings ``(B, D)``,
+    a learned log-scale per reading ``(D,)``."""
+
+    distribution_parameters = ("mean", "log_scale")
+
+    def __init__(self, readings: int) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.linspace(-0.5, 0.5, readings))
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Any:
+        return samples.mean(0), self.log_scale
+
+    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+        mean, log_scale = parameters
+        return torch.distributions.Normal(mean, log_scale.exp()).log_prob(sample)
+
+
+@pytest.mark.parametrize("batch", [3, 4, 5])
+def test_a_scale_per_reading_is_not_a_pairing_when_the_batch_is_the_readings(
+    batch: int,
+) -> None:
+    """Means ``(B, 1)``, log-scales ``(D,)`` and targets ``(B, D)`` were
+    refused as a pairing at ``B == D`` only (probe falsepos28, p7: 488.36 by
+    hand): the scales' ``D`` was taken for the batch, though the targets
+    have ``D`` readings of their own there. Hand-computed at every ``B``."""
+    torch.manual_seed(3)
+    net = vi.VISequential(vi.VILinear(3, 8), nn.Tanh(), vi.VILinear(8, 1))
+    out = net(torch.randn(batch, 3), samples=3)
+    y = torch.randn(batch, 4)
+    loss_fn = vi.KullbackLeiblerLoss(
+        _SharedMeanReadingScale(4), dataset_size=60, heat=0.0
+    )
+    scale = torch.linspace(-0.5, 0.5, 4).exp()
+    log_p = torch.distributions.Normal(out, scale).log_prob(y)
+    expected = -60 / batch * log_p.sum((1, 2)).mean()
+    torch.testing.assert_close(loss_fn(out, y), expected, rtol=1e-6, atol=0.0)
+
+
 def test_labels_against_class_parameters_are_not_a_pairing() -> None:
     """Labels ``(B,)`` against probabilities ``(B, C)`` give ``(B,)``: the
     pairing check leaves them alone, also at ``C == B``."""

@@ -36,6 +36,7 @@ from pyrolite_bnn.distributions.predictive import (
 )
 from pyrolite_bnn.distributions.priors import Prior as BnnPrior
 from pyrolite_bnn.distributions.variational import Posterior, VariationalFamily
+from pyrolite_bnn.vi.distributions._pairing import pairs_examples
 from pyrolite_bnn.vi.distributions.base import (
     sample_function,
     variational_log_prob_function,
@@ -589,12 +590,16 @@ class AdaptedPredictive(BnnPredictive):
         against parameters ``(B,)``) broadcast from the right to ``(B, B)``:
         each example scored against the targets of all ``B`` examples, which
         the loss would sum as the example's features (torch_blue computes the
-        same; torch's ``MSELoss`` warns of it). The sign: of the targets and
-        the parameters with the batch first, aligned from the right with the
+        same; torch's ``MSELoss`` warns of it). The sign, read by
+        :func:`~pyrolite_bnn.vi.distributions._pairing.pairs_examples`: of the
+        targets and the parameters aligned from the right with the
         log-likelihoods, one's batch dimension lands after the first, where
         one whose batch is first has a dimension of size 1 that broadcasting
-        stretched to ``B``. Labels ``(B,)`` indexing parameters ``(B, C)``
-        (per-class terms ``(B, C)``, also where ``C == B``) stretch nothing.
+        stretched to ``B``, and no operand has features of its own there.
+        Labels ``(B,)`` indexing parameters ``(B, C)`` (per-class terms ``(B,
+        C)``), quantile levels ``(Q,)`` beside quantiles ``(B, Q)`` and a
+        scale per reading ``(D,)`` beside targets ``(B, D)`` are accepted at
+        every ``B``, also one equal to ``C``, ``Q`` or ``D`` (a last batch).
         A shape check: it runs under ``torch.vmap`` and with validation off.
 
         Args:
@@ -606,23 +611,9 @@ class AdaptedPredictive(BnnPredictive):
         Raises:
             UnsupportedDistributionError: naming the shapes and the remedy.
         """
-        batch, rank = output.shape[0], value.dim()
-        if batch < 2 or rank < 2:
-            return
-        # Each tensor with the batch first, by where its batch lands in value.
-        landed = [
-            (rank - tensor.dim(), tensor)
-            for tensor in (target, *_parameter_tensors(parameters))
-            if 0 < tensor.dim() <= rank and tensor.shape[0] == batch
-        ]
-        aligned = [tensor for place, tensor in landed if place == 0]
-        stretched = any(
-            value.shape[place] == batch and tensor.shape[place] == 1
-            for place, _ in landed
-            if place > 0
-            for tensor in aligned
-        )
-        if not stretched:
+        batch = output.shape[0]
+        operands = (target, *_parameter_tensors(parameters))
+        if not pairs_examples(value.shape, batch, (t.shape for t in operands)):
             return
         raise UnsupportedDistributionError(
             f"{qualified_name(self.blue)}.log_prob_from_parameters gave shape "
