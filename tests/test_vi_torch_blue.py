@@ -3935,18 +3935,43 @@ def test_a_batch_summary_with_a_leading_one_is_every_examples(reduce: str) -> No
     torch.testing.assert_close(loss_fn(out, y), expected, rtol=1e-6, atol=0.0)
 
 
-def test_a_leading_one_before_the_batch_is_refused() -> None:
-    """``(1, B)`` per particle: a batch mean of ``D == B`` features, or the
-    examples' log-likelihoods behind a kept sample dimension -- the second
-    would count every example ``B`` times, so it is refused, naming both."""
+def test_a_batch_mean_of_as_many_features_as_examples_is_every_examples() -> None:
+    """``(1, B)`` per particle from parameters ``(B, D)`` at ``D == B`` (a
+    last batch of ``D`` examples) is a batch mean per feature: it was refused
+    as a kept sample dimension, a crash on the last batch only (session 29).
+    Parameters ``(B, D)`` reduced the sample dimension, so nothing counts an
+    example ``B`` times."""
     out = vi.VILinear(3, 4)(torch.randn(4, 3), samples=4)
-    loss_fn = vi.KullbackLeiblerLoss(_KeptBatchSummaryNormal("features"), 40)
-    with pytest.raises(
-        UnsupportedDistributionError,
-        match=r"gave shape \(1, 4\) for one particle's output of batch B = 4.*"
-        r"or one number for the batch.*squeeze\(0\).*\.mean\(\)",
-    ):
-        loss_fn(out, torch.randn(4, 4))
+    y = torch.randn(4, 4)
+    loss_fn = vi.KullbackLeiblerLoss(
+        _KeptBatchSummaryNormal("features"), dataset_size=40, heat=0.0
+    )
+    per_particle = (0.5 * (y - out).square()).mean(1).sum(1)
+    expected = 40 / 4 * 4 * per_particle.mean()
+    torch.testing.assert_close(loss_fn(out, y), expected, rtol=1e-6, atol=0.0)
+
+
+class _UnreducedBatchMeanNormal(_UnreducedNormal):
+    """Keeps the sample dimension and means over the features: ``(1, B)``."""
+
+    def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
+        return super().log_prob(sample, parameters).mean(-1)
+
+
+def test_a_leading_one_before_the_batch_from_unreduced_parameters_is_refused() -> None:
+    """``(1, B)`` per particle from parameters ``(1, B, D)``: the examples'
+    log-likelihoods behind a kept sample dimension, which would count every
+    example ``B`` times, refused, naming the contract -- also where ``D ==
+    B``."""
+    for features in (4, 3):
+        out = vi.VILinear(3, features)(torch.randn(4, 3), samples=4)
+        loss_fn = vi.KullbackLeiblerLoss(_UnreducedBatchMeanNormal(), 40)
+        with pytest.raises(
+            UnsupportedDistributionError,
+            match=r"gave shape \(1, 4\) for one particle's output of batch B = 4.*"
+            r"or one number for the batch.*squeeze\(0\).*\.mean\(\)",
+        ):
+            loss_fn(out, torch.randn(4, features))
 
 
 def test_finite_log_likelihoods_need_no_elementwise_look_at_the_outputs(
