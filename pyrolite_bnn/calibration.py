@@ -82,6 +82,7 @@ from pyrolite_bnn._validation import (
 )
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions._precision import full_precision
+from pyrolite_bnn.distributions._scoring import scored_positions
 from pyrolite_bnn.distributions.predictive import (
     HeteroscedasticNormal,
     Normal,
@@ -321,11 +322,12 @@ def _position_log_likelihoods(
 
     ``observed``: a mask of the target positions
     (:meth:`~pyrolite_bnn.PredictiveDistribution.observed`; ``None``: all
-    ``K``). A likelihood whose densities are known per example only (its own
-    ``log_likelihood``) gives one per example, its own mask applied by it.
+    ``K``). A likelihood whose densities are known per example only (a
+    user's class redefining ``log_likelihood`` alone) gives one per example,
+    its own mask applied by it (:func:`scored_positions`).
     """
     with torch.no_grad():
-        log_p = likelihood.position_log_likelihood(outputs, target)
+        log_p = scored_positions(likelihood, outputs, target)
     return _at_observed(log_p, observed)
 
 
@@ -758,10 +760,12 @@ class _TemperatureScaled(_Calibrated):
         return self.base.log_likelihood(self._scaled(full_precision(output)), target)
 
     def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
-        """The base likelihood's per position, of the scaled logits."""
-        return self.base.position_log_likelihood(
-            self._scaled(full_precision(output)), target
-        )
+        """The base likelihood's per position, of the scaled logits.
+
+        As calibration scores the base (:func:`scored_positions`): per
+        example where the base's class redefines only ``log_likelihood``.
+        """
+        return scored_positions(self.base, self._scaled(full_precision(output)), target)
 
     def class_probs(self, output: Tensor) -> Tensor:
         """The base class probabilities of the scaled logits (at least float32)."""

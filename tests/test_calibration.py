@@ -1157,3 +1157,35 @@ def test_calibrate_leaves_missing_targets_out() -> None:
     marked = y.nan_to_num(nan=-999.0)
     with pytest.raises(NotImplementedError, match="missing='nan'"):
         bnn.calibrate(net, x, marked, MaskedNormal(scale=1.0), samples=16)
+
+
+def test_temperature_follows_a_log_likelihood_built_from_the_inherited_positions() -> (
+    None
+):
+    """A ``Categorical`` whose ``log_likelihood`` doubles the inherited
+    ``position_log_likelihood`` recursed without end in the fit (probe
+    falsepos28). Its temperature is that of the same doubling written per
+    position, and not the plain ``Categorical``'s."""
+
+    class Doubled(bnn.Categorical):
+        def log_likelihood(
+            self, output: torch.Tensor, target: torch.Tensor
+        ) -> torch.Tensor:
+            return 2 * self.position_log_likelihood(output, target)
+
+    class DoubledPerLabel(bnn.Categorical):
+        def position_log_likelihood(
+            self, output: torch.Tensor, target: torch.Tensor
+        ) -> torch.Tensor:
+            return 2 * super().position_log_likelihood(output, target)
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 4, (300,))
+    centre = 3.0 * F.one_hot(labels, 4).float() + torch.randn(300, 4)
+    logits = centre + 2.0 * torch.randn(8, 300, 4)
+    fitted = [
+        float(bnn.TemperatureScaling().fit(logits, labels, likelihood).temperature)
+        for likelihood in (Doubled(), DoubledPerLabel(), bnn.Categorical())
+    ]
+    assert fitted[0] == pytest.approx(fitted[1], rel=1e-6)
+    assert abs(fitted[0] - fitted[2]) > 0.01

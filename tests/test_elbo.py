@@ -650,3 +650,82 @@ def test_every_elbo_follows_a_redefined_position_log_likelihood(
         losses.append(float(loss_fn(net(x, samples=3), labels).detach()))
     assert elbos == pytest.approx([elbos[-1]] * 4, rel=1e-9)
     assert losses[0] == pytest.approx(losses[1], rel=1e-9)
+
+
+def _weighted_pair(kind: str) -> tuple[Any, Any, Tensor, Any]:
+    """The probe's weighting of two positions, written both ways, and a hand density.
+
+    A class whose ``log_likelihood`` weights and sums the inherited
+    ``position_log_likelihood``, one whose ``position_log_likelihood`` weights
+    the parent's, the weights, and ``(output, target) -> per-position log p``.
+    """
+    weights = torch.tensor([1.0, 0.5])
+    base: Any = bnn.Normal if kind == "Normal" else bnn.Categorical
+
+    class ColumnWeighted(base):  # type: ignore[misc, valid-type]
+        def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            return (self.position_log_likelihood(output, target) * weights).sum(-1)
+
+    class PositionWeighted(base):  # type: ignore[misc, valid-type]
+        def position_log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            return weights * super().position_log_likelihood(output, target)
+
+    def hand(output: Tensor, target: Tensor) -> Tensor:
+        if kind == "Normal":
+            return torch.distributions.Normal(output, 1.0).log_prob(target)
+        index = target.expand(*output.shape[:-1]).unsqueeze(-1)
+        return output.log_softmax(-1).gather(-1, index).squeeze(-1)
+
+    made = {"scale": 1.0} if kind == "Normal" else {}
+    return ColumnWeighted(**made), PositionWeighted(**made), weights, hand
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS)
+@pytest.mark.parametrize("kind", ["Normal", "Categorical"])
+def test_a_log_likelihood_built_from_the_inherited_positions_trains(
+    ours: type, theirs: type, kind: str
+) -> None:
+    """A ``log_likelihood`` that weights and sums the inherited
+    ``position_log_likelihood`` (a weight per output column) raised
+    RecursionError in the loss and in Pyro's ELBOs since 40e4072 (probe
+    falsepos28: expected loss 2.0016). The loss equals the hand-computed
+    data term, the Pyro model's "obs" site the hand-computed density, and
+    the fast path, Pyro's own ELBO and the same weighting written per
+    position agree."""
+    torch.set_default_dtype(torch.float64)
+    weighted, per_position, weights, hand = _weighted_pair(kind)
+    width = 2 if kind == "Normal" else 6
+    layers: list[nn.Module] = [
+        bnn.VILinear(3, 5, estimator="reparam"),
+        nn.Tanh(),
+        bnn.VILinear(5, width, estimator="reparam"),
+    ]
+    if kind == "Categorical":
+        layers.append(nn.Unflatten(-1, (2, 3)))
+    net = bnn.VISequential(*layers)
+    torch.manual_seed(0)
+    x = torch.randn(8, 3)
+    y = torch.randn(8, 2) if kind == "Normal" else torch.randint(0, 3, (8, 2))
+
+    loss_fn = bnn.KullbackLeiblerLoss(weighted, 40, heat=0)
+    out = net(x, samples=3)
+    expected = -(hand(out.detach(), y) * weights).sum(-1).mean(0).mean()
+    torch.testing.assert_close(loss_fn(out, y).detach(), expected, rtol=1e-6, atol=0.0)
+
+    pyro_model = bnn.KullbackLeiblerLoss(weighted, 40).pyro_model(net)
+    model = poutine.condition(pyro_model, data={"obs": y})
+    trace = poutine.trace(model).get_trace(x, samples=1)
+    site, output = trace.nodes["obs"], trace.nodes["_RETURN"]["value"]
+    torch.testing.assert_close(
+        site["fn"].log_prob(site["value"]).sum(),
+        (hand(output, y) * weights).sum(),
+        rtol=1e-6,
+        atol=0.0,
+    )
+
+    values = []
+    for likelihood in (weighted, per_position):
+        model = bnn.KullbackLeiblerLoss(likelihood, 8, reduction="sum").pyro_model(net)
+        values.append(_run(ours(), model, net.guide, x, y, samples=3)[0])
+        values.append(_run(theirs(), model, net.guide, x, y, samples=3)[0])
+    assert values == pytest.approx([values[0]] * 4, rel=1e-6)

@@ -74,6 +74,11 @@ from pyrolite_bnn.distributions._dense_layouts import (
 )
 from pyrolite_bnn.distributions._log_rate_poisson import LogRatePoisson
 from pyrolite_bnn.distributions._precision import full_precision, summary_dtype
+from pyrolite_bnn.distributions._scoring import (
+    defining_class,
+    per_position_only,
+    users_class,
+)
 from pyrolite_bnn.distributions.mixture_quantiles import (
     gaussian_mixture_quantile,
     poisson_mixture_quantile,
@@ -163,7 +168,7 @@ def _nan_targets_remedy(likelihood: PredictiveDistribution) -> str:
             "that). Mark an unmeasured entry with NaN "
             "(y.masked_fill(y.isinf(), float('nan'))), or correct the value"
         )
-    if _users_class(_defining_class(type(likelihood), "observed")):
+    if users_class(defining_class(type(likelihood), "observed")):
         return (
             f"{name}.observed(target) marks these entries as observed; an entry "
             "is left out of the loss only where observed() returns False. Mark "
@@ -178,51 +183,6 @@ def _nan_targets_remedy(likelihood: PredictiveDistribution) -> str:
         "(switching validation off does not change that). Or leave the examples "
         "without a target out of the batch (x[keep], y[keep])"
     )
-
-
-def _defining_class(kind: type, name: str) -> type:
-    """The first class in ``kind``'s MRO that defines the attribute ``name``."""
-    return next(cls for cls in kind.__mro__ if name in vars(cls))
-
-
-def _users_class(kind: type) -> bool:
-    """Whether ``kind`` is defined outside the library."""
-    return kind.__module__.split(".")[0] != __name__.split(".")[0]
-
-
-def _redefined_below(likelihood: PredictiveDistribution, name: str, other: str) -> bool:
-    """Whether a user's class defines ``name`` below the class defining ``other``.
-
-    ``name`` then is the user's own scoring, which the ``other`` method
-    inherited from above it would not follow.
-    """
-    kind = type(likelihood)
-    mine = _defining_class(kind, name)
-    theirs = _defining_class(kind, other)
-    return _users_class(mine) and mine is not theirs and issubclass(mine, theirs)
-
-
-def _per_example_only(likelihood: PredictiveDistribution) -> bool:
-    """Whether a user's ``log_likelihood`` leaves the per-position densities behind.
-
-    That is, ``log_likelihood`` comes from a class of the user's below the
-    one ``position_log_likelihood`` comes from. Such a subclass computes its
-    densities its own way (a mask of its own, another distribution), which
-    the per-position densities of the class it derives from would not
-    follow: they are known per example only.
-    """
-    return _redefined_below(likelihood, "log_likelihood", "position_log_likelihood")
-
-
-def _per_position_only(likelihood: PredictiveDistribution) -> bool:
-    """Whether a user's ``position_log_likelihood`` is the only scoring of its own.
-
-    That is, ``position_log_likelihood`` comes from a class of the user's
-    below the one ``log_likelihood`` comes from (a weighting per position):
-    the per-example log-likelihood is then the sum of its positions, so that
-    the loss, the Pyro model and calibration score targets alike.
-    """
-    return _redefined_below(likelihood, "position_log_likelihood", "log_likelihood")
 
 
 def _summed_over_positions(log_p: Tensor) -> Tensor:
@@ -287,12 +247,16 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
     (Pyro's own ELBOs, ``MCMC``), calibration, ``fit``'s validation NLL and
     :func:`~pyrolite_bnn.laplace`. A likelihood of your own marks them by
     overriding :meth:`observed`; one that redefines :meth:`log_likelihood`
-    has it used by every path that scores targets (the per-position
-    densities of :meth:`position_log_likelihood` are then its per-example
-    ones, unless it redefines that too); one that redefines only
-    :meth:`position_log_likelihood` (a weight per position) has the sum of
-    its positions as :meth:`log_likelihood`, so that the loss, the Pyro
-    model and calibration follow it alike.
+    has it used by every path that scores targets (calibration, which
+    reads densities per position, takes its per-example densities, unless
+    the class redefines :meth:`position_log_likelihood` too); one that
+    redefines only :meth:`position_log_likelihood` (a weight per position)
+    has the sum of its positions as :meth:`log_likelihood`, so that the
+    loss, the Pyro model and calibration follow it alike. The inherited
+    :meth:`position_log_likelihood` always gives the class's own
+    per-position densities, so a redefined :meth:`log_likelihood` may be
+    built from it (``(self.position_log_likelihood(output, target) *
+    weights).sum(-1)``).
 
     Attributes:
         is_classification: whether outputs are class scores (summarised by
@@ -543,7 +507,7 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
             ... )
             tensor([[-0.9189]])
         """
-        if _per_position_only(self):
+        if per_position_only(self):
             return _summed_over_positions(self.position_log_likelihood(output, target))
         output, target = self._checked(output, target)
         keep = self.observed(target)
@@ -567,9 +531,13 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
         (:meth:`observed`: ``missing="nan"``, a
         ``Categorical(ignore_index=...)`` label) holds 0. A likelihood whose
         distribution is no product over positions (its event not
-        :class:`~torch.distributions.Independent`), and a subclass that
-        redefines :meth:`log_likelihood` but not this method, give their
-        log-density per example, ``(S, B)``: :meth:`log_likelihood`.
+        :class:`~torch.distributions.Independent`) gives its log-density per
+        example, ``(S, B)``.
+
+        These are the class's own densities, whatever a subclass redefines:
+        a subclass that redefines :meth:`log_likelihood` may build it from
+        this method (directly or through ``super()``), and calibration
+        then reads that :meth:`log_likelihood` per example instead.
 
         Example:
             >>> import torch, pyrolite_bnn as bnn
@@ -580,8 +548,6 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
             >>> normal.log_likelihood(out, torch.zeros(3, 5)).shape
             torch.Size([4, 3])
         """
-        if _per_example_only(self):
-            return self.log_likelihood(output, target)
         output, target = self._checked(output, target)
         return self._position_log_densities(output, target, self.observed(target))
 
@@ -638,7 +604,7 @@ class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroM
             False
         """
         return any(
-            _users_class(_defining_class(type(self), name))
+            users_class(defining_class(type(self), name))
             for name in ("log_likelihood", "position_log_likelihood")
         )
 
@@ -1105,7 +1071,7 @@ class Categorical(_ClassificationLikelihood):
                     [-1.3863, -1.3863, -1.3863]])
         """
         own_logits = type(self).distribution is Categorical.distribution
-        if not own_logits or _per_position_only(self):
+        if not own_logits or per_position_only(self):
             return super().log_likelihood(output, target)
         log_p = self._label_log_densities(*self._checked(output, target))
         return _summed_over_positions(log_p)
@@ -1126,8 +1092,6 @@ class Categorical(_ClassificationLikelihood):
         """
         if type(self).distribution is not Categorical.distribution:
             return super().position_log_likelihood(output, target)
-        if _per_example_only(self):
-            return self.log_likelihood(output, target)
         return self._label_log_densities(*self._checked(output, target))
 
     def _label_log_densities(self, output: Tensor, target: Tensor) -> Tensor:

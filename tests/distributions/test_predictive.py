@@ -11,6 +11,7 @@ from swap_flag import swap_flag
 from torch import Tensor
 
 import pyrolite_bnn as bnn
+from pyrolite_bnn.distributions._scoring import scored_positions
 from pyrolite_bnn.distributions.mixture_quantiles import (
     gaussian_mixture_quantile,
     poisson_mixture_quantile,
@@ -1125,11 +1126,13 @@ def test_missing_entries_marked_by_an_observed_override() -> None:
 
 def test_a_redefined_log_likelihood_is_the_per_position_density_too() -> None:
     """A subclass that redefines ``log_likelihood`` (the advice of the old NaN
-    refusal) had ``position_log_likelihood``, on which calibration is fitted,
-    score every entry as the class it derives from: with a sentinel for a
-    missing entry, a density of 1e-6 per particle. Its per-position
-    densities are its per-example ones now (for ``Categorical`` too), and a
-    redefinition that calls the parent's does not recurse."""
+    refusal) had calibration fitted on ``position_log_likelihood``, which
+    scored every entry as the class it derives from: with a sentinel for a
+    missing entry, a density of 1e-6 per particle. Calibration reads its
+    per-example densities now (for ``Categorical`` too: a temperature-scaled
+    wrap scores as the redefinition), while ``position_log_likelihood``
+    stays the class's own per-position densities (probe falsepos28: it
+    called the redefinition, which called it back)."""
 
     class MaskedNormal(bnn.Normal):
         def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
@@ -1148,11 +1151,138 @@ def test_a_redefined_log_likelihood_is_the_per_position_density_too() -> None:
     assert masked.redefines_log_likelihood()
     assert not bnn.Normal().redefines_log_likelihood()
     torch.testing.assert_close(
-        masked.position_log_likelihood(out, y), masked.log_likelihood(out, y)
+        scored_positions(masked, out, y),
+        masked.log_likelihood(out, y),
+        rtol=0.0,
+        atol=0.0,
+    )
+    torch.testing.assert_close(
+        masked.position_log_likelihood(out, y),
+        bnn.Normal(scale=0.5).position_log_likelihood(out, y),
+        rtol=0.0,
+        atol=0.0,
     )
     logits, labels = torch.randn(4, 5, 3), torch.randint(0, 3, (5,))
     doubled = DoubledCategorical()
+    expected = 2 * bnn.Categorical().log_likelihood(logits, labels)
     torch.testing.assert_close(
-        doubled.position_log_likelihood(logits, labels),
-        2 * bnn.Categorical().log_likelihood(logits, labels),
+        scored_positions(doubled, logits, labels), expected, rtol=0.0, atol=0.0
+    )
+    torch.testing.assert_close(
+        bnn.TemperatureScaling(1.0)
+        .wrap(doubled)
+        .position_log_likelihood(logits, labels),
+        expected,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def _weighted_cases() -> dict[str, tuple[Any, Tensor, Tensor]]:
+    """A likelihood of each class with per-position densities, an output and targets.
+
+    Three positions per example (``Categorical``: three labels of four classes).
+    """
+    torch.manual_seed(0)
+    s, b = 4, 5
+    return {
+        "Normal": (bnn.Normal, torch.randn(s, b, 3), torch.randn(b, 3)),
+        "StudentT": (bnn.StudentT, torch.randn(s, b, 3), torch.randn(b, 3)),
+        "HeteroscedasticNormal": (
+            bnn.HeteroscedasticNormal,
+            torch.randn(s, b, 3, 2),
+            torch.randn(b, 3),
+        ),
+        "Poisson": (bnn.Poisson, torch.randn(s, b, 3), torch.poisson(torch.ones(b, 3))),
+        "Bernoulli": (
+            bnn.Bernoulli,
+            torch.randn(s, b, 3),
+            torch.randint(0, 2, (b, 3)).float(),
+        ),
+        "Categorical": (
+            bnn.Categorical,
+            torch.randn(s, b, 3, 4),
+            torch.randint(0, 4, (b, 3)),
+        ),
+    }
+
+
+@pytest.mark.parametrize("way", ["self", "super", "helper"])
+@pytest.mark.parametrize("name", list(_weighted_cases()))
+def test_a_log_likelihood_built_from_the_inherited_positions_does_not_recurse(
+    name: str, way: str
+) -> None:
+    """A subclass whose ``log_likelihood`` weights and sums the inherited
+    ``position_log_likelihood`` (a weight per output column) recursed
+    without end: the inherited method called the redefinition back (probe
+    falsepos28, since 40e4072). It gets the class's own per-position
+    densities, directly, through ``super()`` or a helper, and calibration's
+    per-position reading follows the redefinition."""
+    kind, output, target = _weighted_cases()[name]
+    weights = torch.tensor([1.0, 0.5, 2.0])
+
+    def weighted(likelihood: Any, output: Tensor, target: Tensor) -> Tensor:
+        positions: Tensor = likelihood.position_log_likelihood(output, target)
+        return (positions * weights).sum(-1)
+
+    class ColumnWeighted(kind):  # type: ignore[misc, valid-type]
+        def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            if way == "self":
+                return (self.position_log_likelihood(output, target) * weights).sum(-1)
+            if way == "super":
+                positions = super().position_log_likelihood(output, target)
+                return (positions * weights).sum(-1)
+            return weighted(self, output, target)
+
+    likelihood, plain = ColumnWeighted(), kind()
+    expected = (plain.position_log_likelihood(output, target) * weights).sum(-1)
+    torch.testing.assert_close(
+        likelihood.log_likelihood(output, target), expected, rtol=1e-6, atol=1e-6
+    )
+    torch.testing.assert_close(
+        scored_positions(likelihood, output, target), expected, rtol=1e-6, atol=1e-6
+    )
+    torch.testing.assert_close(
+        likelihood.mixture_log_likelihood(output, target),
+        torch.logsumexp(expected, 0) - math.log(4),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_a_weighted_log_likelihood_is_the_hand_computed_density() -> None:
+    """The probe's two cases against torch's own densities: a ``Normal`` and
+    a ``Categorical`` whose ``log_likelihood`` weights the inherited
+    per-position densities (float64)."""
+    weights = torch.tensor([1.0, 0.5], dtype=torch.float64)
+
+    class ColumnWeightedNormal(bnn.Normal):
+        def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            return (self.position_log_likelihood(output, target) * weights).sum(-1)
+
+    class LabelWeightedCategorical(bnn.Categorical):
+        def log_likelihood(self, output: Tensor, target: Tensor) -> Tensor:
+            return (self.position_log_likelihood(output, target) * weights).sum(-1)
+
+    torch.manual_seed(0)
+    out, y = (
+        torch.randn(3, 4, 2, dtype=torch.float64),
+        torch.randn(4, 2, dtype=torch.float64),
+    )
+    hand = (torch.distributions.Normal(out, 0.5).log_prob(y) * weights).sum(-1)
+    torch.testing.assert_close(
+        ColumnWeightedNormal(scale=0.5).log_likelihood(out, y),
+        hand,
+        rtol=1e-12,
+        atol=0.0,
+    )
+    logits = torch.randn(3, 4, 2, 5, dtype=torch.float64)
+    labels = torch.randint(0, 5, (4, 2))
+    picked = logits.log_softmax(-1).gather(-1, labels.expand(3, 4, 2).unsqueeze(-1))
+    hand = (picked.squeeze(-1) * weights).sum(-1)
+    torch.testing.assert_close(
+        LabelWeightedCategorical().log_likelihood(logits, labels),
+        hand,
+        rtol=1e-12,
+        atol=0.0,
     )
