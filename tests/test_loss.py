@@ -2176,3 +2176,28 @@ def test_a_network_called_inside_a_handler_is_named_in_the_loss_error() -> None:
     )
     with pytest.raises(ValueError, match=r"\(poutine\.trace\(param_only=True\)\)"):
         svi.step(x, y)
+
+
+@pytest.mark.parametrize("leading", [(), (1,), (1, 1), (4, 1)])
+def test_a_conditioned_weight_value_in_each_accepted_layout(
+    leading: tuple[int, ...],
+) -> None:
+    """``(*shape)``, ``(1, *shape)`` and ``(1, 1, *shape)`` broadcast to every
+    particle, ``(S, 1, *shape)`` is per particle: the howto said any shape but
+    the first and the last was refused."""
+    net = _net()
+    x, y = _data()
+    pyro_model = bnn.KullbackLeiblerLoss(bnn.Categorical(), N).pyro_model(net)
+    weight = torch.randn(8, 3)
+    traces = []
+    for value in (weight, weight.expand(*leading, 8, 3)):
+        pyro.set_rng_seed(1)
+        conditioned = poutine.condition(pyro_model, data={"0.weight": value})
+        traces.append(poutine.trace(conditioned).get_trace(x, y, samples=4))
+    first, other = traces
+    torch.testing.assert_close(
+        other.nodes["_RETURN"]["value"], first.nodes["_RETURN"]["value"], rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        other.log_prob_sum(), first.log_prob_sum(), rtol=1e-6, atol=0
+    )
