@@ -23,6 +23,7 @@ from pyro import poutine
 from pyro.infer.importance import Importance
 from pyro.infer.mcmc.util import initialize_model
 from pyro.infer.predictive import WeighedPredictive
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.runtime import am_i_wrapped, effectful, get_mask
 from pyro.poutine.scale_messenger import ScaleMessenger
@@ -37,6 +38,7 @@ __all__ = [
     "called_from",
     "caller_handlers_set_aside",
     "code_of",
+    "computation_handlers",
     "importance_sampler",
     "initialising_inference",
     "innermost_trace",
@@ -65,6 +67,23 @@ def pyro_wrapped() -> bool:
     if base == 0:
         return am_i_wrapped()
     return _depth() > base
+
+
+def computation_handlers() -> list[Messenger]:
+    """The handlers on Pyro's stack that belong to the running computation.
+
+    Outermost first (Pyro applies them to a site from the last one back),
+    without the caller's handlers that a computation of the library's own
+    set aside (:func:`caller_handlers_set_aside`).
+
+    Example:
+        >>> with poutine.scale(scale=2.0):
+        ...     with caller_handlers_set_aside(), poutine.mask(mask=False):
+        ...         [type(handler).__name__ for handler in computation_handlers()]
+        ['MaskMessenger']
+    """
+    # A Pyro internal, as in _depth.
+    return pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]
 
 
 @contextmanager
@@ -99,7 +118,7 @@ def traced_site_count(name: str) -> int:
     """
     suffix = "/" + name
     most = 0
-    for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]:
+    for handler in computation_handlers():
         if isinstance(handler, TraceMessenger):
             count = sum(
                 1
@@ -117,7 +136,7 @@ def replayed_traces() -> list[Trace]:
     """
     return [
         handler.trace
-        for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]
+        for handler in computation_handlers()
         if isinstance(handler, ReplayMessenger) and handler.trace is not None
     ]
 
@@ -135,7 +154,7 @@ def active_scales() -> list[float | Tensor]:
     """
     return [
         handler.scale
-        for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]
+        for handler in computation_handlers()
         if isinstance(handler, ScaleMessenger)
     ]
 
@@ -157,7 +176,7 @@ def innermost_trace() -> Trace | None:
         ...     innermost_trace() is inner.trace
         True
     """
-    for handler in reversed(pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]):
+    for handler in reversed(computation_handlers()):
         if isinstance(handler, TraceMessenger):
             return handler.trace
     return None
@@ -178,7 +197,7 @@ def traces_holding(name: str) -> list[Trace]:
     """
     return [
         handler.trace
-        for handler in pyro.poutine.runtime._PYRO_STACK[_BASE.get() :]
+        for handler in computation_handlers()
         if isinstance(handler, TraceMessenger) and name in handler.trace.nodes
     ]
 

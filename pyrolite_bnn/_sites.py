@@ -152,7 +152,7 @@ def _particle_value(site: str, value: Tensor, shape: torch.Size) -> Tensor:
         f"value set by a Pyro handler (poutine.condition or poutine.do, a "
         f"replayed trace, posterior samples) must have the shape "
         f"{tuple(expected)} (one value per particle) or {tuple(shape)} (the same "
-        f"value for every particle){hint}"
+        f"value for every particle; also {(1, *shape)} or {(1, 1, *shape)}){hint}"
     )
 
 

@@ -30,6 +30,7 @@ from pyrolite_bnn._output_heads import describe_heads, scoring_recipe
 from pyrolite_bnn._pass_charges import LossCharge
 from pyrolite_bnn._precision_watch import BFloat16ScaleWatch
 from pyrolite_bnn._pyro_module import local_params
+from pyrolite_bnn._reweighing_handlers import refuse_reweighing_handlers
 from pyrolite_bnn._sites import SiteShapeError
 from pyrolite_bnn._source_watch import SourceOptimizerWatch
 from pyrolite_bnn._validation import (
@@ -309,6 +310,15 @@ class KullbackLeiblerLoss(nn.Module):
 
         Returns:
             Scalar loss.
+
+        Raises:
+            ValueError: inside a Pyro handler that would change a Pyro model's
+                log-density (``poutine.scale`` with a factor other than 1,
+                ``poutine.mask`` with a mask that is not ``True``, a
+                ``pyro.plate`` that subsamples): computed from the outputs,
+                the loss is reached by no handler (scale the returned loss
+                yourself, or put the handler around :meth:`pyro_model` and
+                train with Pyro's ``SVI``).
         """
         log_lik, kl, batch = self.terms_and_batch(output, target, None)
         return self.combine(log_lik, kl, output.shape[0], batch)
@@ -348,6 +358,7 @@ class KullbackLeiblerLoss(nn.Module):
             >>> loss_fn.model_loss(net, x, y).shape
             torch.Size([])
         """
+        refuse_reweighing_handlers()  # a compiled graph runs no terms_and_batch
         model = unwrap(model)
         check_bayesian_network(model, "model_loss needs")
         args = network_args(x)
@@ -384,7 +395,13 @@ class KullbackLeiblerLoss(nn.Module):
 
         The three arguments of :meth:`combine` after the particle count. An
         empty batch is taken by a loss with ``heat=0`` alone, as 0 examples.
+
+        Refused where a Pyro handler active around the call would change a
+        Pyro model's log-density (``poutine.scale``, ``poutine.mask``, a
+        subsampling ``pyro.plate``): it cannot reach the loss
+        (:func:`~pyrolite_bnn._reweighing_handlers.refuse_reweighing_handlers`).
         """
+        refuse_reweighing_handlers()
         record = self._record_for(output)
         examples = output.shape[batch_dim(output, record.sequence_batch)]
         if self.heat == 0 and examples == 0 and target.numel() == 0:

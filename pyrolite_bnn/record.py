@@ -36,8 +36,10 @@ from torch.distributions import (
 from pyrolite_bnn import _particles
 from pyrolite_bnn._autograd_graph import reaches_node
 from pyrolite_bnn._draws import LazyDraws, kl_without_gradients
+from pyrolite_bnn._handlers import computation_handlers, pyro_wrapped
 from pyrolite_bnn._pass_charges import PassCharges
 from pyrolite_bnn._pyro_module import is_positive_constraint
+from pyrolite_bnn._reweighing_handlers import handler_text
 from pyrolite_bnn._validation import distribution_checks_off, is_validation_enabled
 from pyrolite_bnn.distributions._names import distribution_name
 from pyrolite_bnn.distributions._precision import full_precision, is_narrow
@@ -938,7 +940,27 @@ def find_record(tensor: Tensor) -> ForwardRecord:
         "of a Bayesian network called outside Pyro inference, nor computed from one "
         "with gradients enabled (operations under torch.no_grad(), .detach() or "
         ".clone() of a no-grad tensor cut the link). Pass out = model(x), or a "
-        "tensor computed from it with autograd on, to the loss"
+        "tensor computed from it with autograd on, to the loss" + _handlers_note()
+    )
+
+
+def _handlers_note() -> str:
+    """What the Pyro handlers active around a loss call did to a network call there.
+
+    ``""`` where none is active (:func:`~pyrolite_bnn._handlers.pyro_wrapped`).
+    """
+    if not pyro_wrapped():
+        return ""
+    named = ", ".join(handler_text(handler) for handler in computation_handlers())
+    return (
+        f". Pyro handlers are active around this call ({named}): a network "
+        "called inside them runs as a Pyro model, whose weights are sample "
+        "sites (drawn from the prior unless a handler sets them), and its "
+        "output carries no record for the loss. Call the network and the "
+        "PyTorch-style loss outside the handlers (which do not reach the loss: "
+        "it computes the ELBO from the network's outputs); for Pyro's "
+        "handlers to apply, put them around loss_fn.pyro_model(model) and "
+        "train with pyro.infer.SVI and bnn.Trace_ELBO"
     )
 
 

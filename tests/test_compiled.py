@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch._inductor.config as inductor_config
+from pyro import poutine
 from torch import Tensor, nn
 
 import pyrolite_bnn as bnn
@@ -591,7 +592,8 @@ def test_numpy_scalar_settings_and_global_hooks_key_the_graph() -> None:
 
 def test_compiled_steps_refuse_and_warn_as_eager_ones() -> None:
     """Checks that ran only at capture: ``dataset_size`` lowered below the
-    batch was taken (loss 48.555, eager refuses), and an AdamW with weight
+    batch was taken (loss 48.555, eager refuses), a Pyro handler that would
+    change the value was ignored, and an AdamW with weight
     decay made after capture was never warned about (eager warns once)."""
     torch.manual_seed(0)
     net = _mlp("reparam")
@@ -604,6 +606,13 @@ def test_compiled_steps_refuse_and_warn_as_eager_ones() -> None:
     with pytest.raises(ValueError, match="larger than dataset_size=8"):
         loss_fn.model_loss(net, x, y)
     loss_fn.dataset_size = N
+    # A captured graph ran under a Pyro handler it ignores (the plain value
+    # under poutine.scale(scale=0.5)); eager refuses.
+    with (
+        poutine.scale(scale=0.5),
+        pytest.raises(ValueError, match=r"called inside poutine\.scale\(scale=0\.5\)"),
+    ):
+        loss_fn.model_loss(net, x, y)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.1)
     with pytest.warns(UserWarning, match="weight_decay=0.1"):
         _train(loss_fn, net, optimizer, x, y, steps=3)

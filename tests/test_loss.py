@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
@@ -2009,3 +2010,194 @@ def test_an_empty_batch_of_a_heat_zero_loss_checks_its_targets(
     out = bnn.VILinear(3, 2)(torch.randn(0, 3), samples=3)
     with pytest.raises(ValueError, match=r"integer class labels|targets of shape"):
         bnn.KullbackLeiblerLoss(likelihood, N, heat=0)(out, target)
+
+
+# ------------------------------------------------ Pyro handlers around the loss
+# Handlers that would change a Pyro model's log-density where the loss runs.
+_REWEIGHING_HANDLERS = {
+    "scale 0.5": lambda: poutine.scale(scale=0.5),
+    "tensor scale": lambda: poutine.scale(scale=torch.tensor(2.0)),
+    "mask False": lambda: poutine.mask(mask=False),
+    "tensor mask": lambda: poutine.mask(mask=torch.arange(16) < 8),
+    "subsampling plate": lambda: pyro.plate("data", N, subsample_size=16),
+}
+
+
+@pytest.mark.parametrize(
+    "handler", list(_REWEIGHING_HANDLERS.values()), ids=list(_REWEIGHING_HANDLERS)
+)
+def test_the_loss_refuses_a_handler_that_would_change_its_value(
+    handler: Any,
+) -> None:
+    """``loss_fn(out, y)`` under ``poutine.scale(scale=0.5)``,
+    ``poutine.mask(mask=False)`` or ``pyro.plate("data", N,
+    subsample_size=16)`` returned its plain value (3.87634 in all, no
+    warning), where Pyro's ``Trace_ELBO`` of the same model and guide under
+    the scale gives half (probe29 pyrohandlers). No Pyro site sees the
+    handler: the loss refuses, naming it."""
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    out = net(x, samples=4)
+    with handler():
+        with pytest.raises(
+            ValueError,
+            match=r"the loss was called inside (poutine\.(scale|mask)|pyro\.plate)"
+            r".*computes the ELBO from the network's outputs",
+        ):
+            loss_fn(out, y)
+        with pytest.raises(ValueError, match="the loss was called inside"):
+            loss_fn.terms(out, y)
+        with pytest.raises(ValueError, match="the loss was called inside"):
+            loss_fn.model_loss(net, x, y, samples=4)
+
+
+def test_the_refusal_says_what_to_do_instead() -> None:
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    out = net(x, samples=4)
+    with (
+        poutine.scale(scale=0.5),
+        pytest.raises(ValueError, match="called inside") as refused,
+    ):
+        loss_fn(out, y)
+    message = str(refused.value)
+    assert "poutine.scale(scale=0.5)" in message
+    assert "0.5 * loss_fn(out, y)" in message
+    assert "poutine.scale(loss_fn.pyro_model(model), scale=0.5)" in message
+    assert "bnn.Trace_ELBO" in message
+    with (
+        pyro.plate("data", N, subsample_size=16),
+        pytest.raises(ValueError, match="called inside") as plate,
+    ):
+        loss_fn(out, y)
+    assert "pyro.plate('data', 200, subsample_size=16)" in str(plate.value)
+    assert "already weighs the batch's data term by dataset_size" in str(plate.value)
+
+
+# Handlers that leave a Pyro model's log-density where the loss runs as it is.
+_NEUTRAL_HANDLERS = {
+    "trace": lambda: poutine.trace(),
+    "parameter-only trace (SVI.step)": lambda: poutine.trace(param_only=True),
+    "seed": lambda: poutine.seed(rng_seed=3),
+    "block": lambda: poutine.block(),
+    "condition": lambda: poutine.condition(data={"0.weight": torch.zeros(8, 3)}),
+    "do": lambda: poutine.do(data={"0.weight": torch.zeros(8, 3)}),
+    "replay": lambda: poutine.replay(trace=poutine.Trace()),
+    "plate without subsampling": lambda: pyro.plate("data", 16),
+    "scale 1.0": lambda: poutine.scale(scale=1.0),
+    "mask True": lambda: poutine.mask(mask=True),
+    "scales multiplying to 1": lambda: _nested(
+        poutine.scale(scale=0.5), pyro.plate("data", 32, subsample_size=16)
+    ),
+    "scale outside a block": lambda: _nested(poutine.scale(scale=0.5), poutine.block()),
+}
+
+
+@pytest.mark.parametrize(
+    "handler", list(_NEUTRAL_HANDLERS.values()), ids=list(_NEUTRAL_HANDLERS)
+)
+def test_a_handler_that_leaves_the_value_as_it_is_is_no_reason_to_refuse(
+    handler: Any,
+) -> None:
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    out = net(x, samples=4)
+    plain = loss_fn(out, y)
+    with handler():
+        inside = loss_fn(out, y)
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
+def _nested(*handlers: Any) -> Any:
+    """``handlers`` entered in order, outermost first, as one context manager."""
+    stack = contextlib.ExitStack()
+    for handler in handlers:
+        stack.enter_context(handler)
+    return stack
+
+
+def test_svis_fast_path_runs_the_loss_inside_its_parameter_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``SVI.step`` runs ``bnn.Trace_ELBO``, and so the loss's fast path,
+    inside ``poutine.trace(param_only=True)``: not refused, the same value."""
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N, kl="mc")
+    calls = []
+    terms_and_batch = loss_fn.terms_and_batch
+
+    def counted(*args: Any) -> tuple[Tensor, Tensor, int]:
+        calls.append(pyro.poutine.runtime.am_i_wrapped())
+        return terms_and_batch(*args)
+
+    monkeypatch.setattr(loss_fn, "terms_and_batch", counted)
+    svi = pyro.infer.SVI(
+        loss_fn.pyro_model(net),
+        net.guide,
+        pyro.optim.SGD({"lr": 0.0}),
+        bnn.Trace_ELBO(),
+    )
+    pyro.set_rng_seed(5)
+    stepped = svi.step(x, y, samples=4)
+    pyro.set_rng_seed(5)
+    plain = loss_fn(net(x, samples=4), y).item() * N
+    assert calls == [True, False]  # the fast path, inside SVI's trace; the plain call
+    torch.testing.assert_close(stepped, plain, rtol=1e-6, atol=0)
+
+
+def test_a_network_called_inside_a_handler_is_named_in_the_loss_error() -> None:
+    """The forward pass moved inside the handler gave "not the output of a
+    Bayesian network called outside Pyro inference" without saying that a
+    handler was active (probe29): a network there runs as a Pyro model. So
+    does one in a custom loss of ``pyro.infer.SVI``, run inside its
+    parameter-only trace."""
+    net = _net()
+    x, y = _data()
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), N)
+    with (
+        poutine.block(),
+        pytest.raises(
+            ValueError,
+            match=r"Pyro handlers are active around this call \(poutine\.block\): a "
+            r"network called inside them runs as a Pyro model",
+        ),
+    ):
+        loss_fn(net(x, samples=4), y)
+
+    def custom_loss(model: Any, guide: Any, x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(net(x, samples=4), y)
+
+    svi = pyro.infer.SVI(
+        lambda x, y: None, lambda x, y: None, pyro.optim.Adam({}), custom_loss
+    )
+    with pytest.raises(ValueError, match=r"\(poutine\.trace\(param_only=True\)\)"):
+        svi.step(x, y)
+
+
+@pytest.mark.parametrize("leading", [(), (1,), (1, 1), (4, 1)])
+def test_a_conditioned_weight_value_in_each_accepted_layout(
+    leading: tuple[int, ...],
+) -> None:
+    """``(*shape)``, ``(1, *shape)`` and ``(1, 1, *shape)`` broadcast to every
+    particle, ``(S, 1, *shape)`` is per particle: the howto said any shape but
+    the first and the last was refused."""
+    net = _net()
+    x, y = _data()
+    pyro_model = bnn.KullbackLeiblerLoss(bnn.Categorical(), N).pyro_model(net)
+    weight = torch.randn(8, 3)
+    traces = []
+    for value in (weight, weight.expand(*leading, 8, 3)):
+        pyro.set_rng_seed(1)
+        conditioned = poutine.condition(pyro_model, data={"0.weight": value})
+        traces.append(poutine.trace(conditioned).get_trace(x, y, samples=4))
+    first, other = traces
+    torch.testing.assert_close(
+        other.nodes["_RETURN"]["value"], first.nodes["_RETURN"]["value"], rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        other.log_prob_sum(), first.log_prob_sum(), rtol=1e-6, atol=0
+    )

@@ -75,3 +75,30 @@ def test_the_memory_probe_is_described_as_the_code_runs_it() -> None:
         assert "probed again" in flat or "probe runs again" in flat
     concepts = " ".join((ROOT / "docs" / "concepts.rst").read_text().split())
     assert "forward code runs up to twice before the prediction's own calls" in concepts
+
+
+def test_howto_names_every_weight_layout_a_condition_accepts() -> None:
+    """howto.rst said a value conditioned on a weight site must have the
+    weight's own shape or ``(S, 1, *shape)``, "any other shape is refused";
+    ``(1, *shape)`` and ``(1, 1, *shape)`` are accepted (they broadcast to
+    every particle, probe29)."""
+    from pyro import poutine
+
+    samples, shape = 3, (2, 4)
+    pyro_model = bnn.KullbackLeiblerLoss(bnn.Categorical(), 10).pyro_model(
+        bnn.VILinear(4, 2)
+    )
+    accepted = []
+    for leading in [(), (1,), (1, 1), (samples, 1), (samples,), (1, 1, 1), (2, 1)]:
+        value = torch.zeros(*leading, *shape)
+        conditioned = poutine.condition(pyro_model, data={"weight": value})
+        try:
+            conditioned(torch.randn(5, 4), samples=samples)
+        except ValueError:
+            continue
+        names = ["S" if size == samples else str(size) for size in leading]
+        accepted.append("(" + ", ".join([*names, "*shape"]) + ")")
+    assert accepted == ["(*shape)", "(1, *shape)", "(1, 1, *shape)", "(S, 1, *shape)"]
+    howto = " ".join((ROOT / "docs" / "howto.rst").read_text().split())
+    paragraph = howto.split("*Condition a weight.*")[1].split("*Reparameterise")[0]
+    assert [a for a in accepted if f"``{a}``" not in paragraph] == []

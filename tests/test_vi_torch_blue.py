@@ -2044,6 +2044,13 @@ def test_loss_of_a_hand_made_vireturn_uses_its_log_probs() -> None:
     for wrong in (torch.randn(4, 3), torch.randn(4), torch.randn(2, 2, 2)):
         with pytest.raises(ValueError, match=r"log_probs must have shape"):
             loss_fn(vi.VIReturn(samples, wrong), target)
+    # Pyro handlers reach no site of it either: a scale is refused, as by
+    # the library's loss, not silently left out.
+    with (
+        poutine.scale(scale=0.5),
+        pytest.raises(ValueError, match=r"called inside poutine\.scale\(scale=0\.5\)"),
+    ):
+        loss_fn(vi.VIReturn(samples, log_probs), target)
 
 
 @pytest.mark.parametrize(

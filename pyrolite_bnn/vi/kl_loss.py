@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from pyrolite_bnn._likelihoods import as_likelihood
+from pyrolite_bnn._reweighing_handlers import refuse_reweighing_handlers
 from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.predictive import (
     PredictiveDistribution as BnnPredictive,
@@ -278,6 +279,7 @@ class KullbackLeiblerLoss(BnnKullbackLeiblerLoss):
         ``mean_s(log q - log p)``, as torch_blue does. Its batch is checked
         against ``dataset_size`` as a recorded output's is (:meth:`check_batch`).
         """
+        refuse_reweighing_handlers()
         size = super().dataset_size
         distribution = self.predictive_distribution
         samples = model_output.as_subclass(Tensor)
