@@ -45,7 +45,8 @@ _PROBE_NAME = "pyrolite_bnn: the PyTorch-style loss"
 def reweighing_handlers() -> list[Messenger]:
     """The handlers of the running computation that would reweigh a site here.
 
-    Outermost first. A ``poutine.mask`` whose mask is not all ``True``;
+    Outermost first. A ``poutine.mask`` whose mask is not ``True`` (a
+    tensor mask, whatever its values);
     ``poutine.scale`` handlers and subsampling ``pyro.plate`` contexts,
     unless their factors multiply to 1 (as Pyro multiplies them into a
     site's scale). Handlers outside a ``poutine.block`` that hides every
@@ -203,9 +204,12 @@ def _differs_from_one(factor: float | Tensor) -> bool:
 
 
 def _keeps_everything(mask: bool | Tensor) -> bool:
-    """Whether a mask keeps every entry (``True``, or a tensor all ``True``)."""
-    if isinstance(mask, Tensor):
-        return bool(mask.all())
+    """Whether a mask keeps every entry: ``True``.
+
+    A tensor mask is read as leaving entries out whatever its values: one
+    all ``True`` on this batch would let the loss through here and refuse
+    it on the next batch that masks an example.
+    """
     return mask is True
 
 

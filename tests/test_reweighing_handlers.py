@@ -38,8 +38,16 @@ def test_factors_that_multiply_to_one_reweigh_nothing_but_a_mask_does() -> None:
         assert _named() == []
         with poutine.mask(mask=False):
             assert _named() == ["poutine.mask(mask=False)"]
-    with poutine.scale(scale=torch.ones(3)), poutine.mask(mask=torch.ones(3) > 0):
+    with poutine.scale(scale=torch.ones(3)):
         assert _named() == []
+
+
+def test_a_tensor_mask_counts_whatever_its_values() -> None:
+    """A tensor mask all ``True`` on one batch masks examples on the next: the
+    verdict must not depend on the batch's values (it would let the loss
+    through once and refuse it later, or the other way round)."""
+    with poutine.mask(mask=torch.ones(3) > 0):
+        assert _named() == ["poutine.mask(mask=<tensor of shape (3,)>)"]
     with poutine.scale(scale=torch.tensor([1.0, 2.0])):
         assert _named() == ["poutine.scale(scale=<tensor of shape (2,)>)"]
 
