@@ -2,8 +2,11 @@
 
 While capturing, code must not read tensor values into Python (``float(t)``,
 ``bool(t)``): such reads either fail or are frozen into the graph. Host-side
-shortcuts that are only worth it eagerly check :func:`is_capturing`. Under
-``torch.func`` transforms tensors are wrappers without storage
+shortcuts that are only worth it eagerly check :func:`is_capturing`. While
+``torch.jit.trace`` or ``torch.export`` records a user's program
+(:func:`records_a_graph`) such a read is a constant of the recorded graph, and
+a size read as a Python ``int`` fixes the batch: checks of values are skipped
+there. Under ``torch.func`` transforms tensors are wrappers without storage
 (:func:`is_wrapped`, :func:`data_address`); whether a tensor is being
 differentiated, in reverse or forward mode and through such wrappers, is
 :func:`carries_derivative`.
@@ -105,6 +108,38 @@ def data_address(tensor: torch.Tensor) -> int:
 def is_capturing() -> bool:
     """Whether the running code is being traced into a graph."""
     return _CAPTURING.get()
+
+
+def records_a_graph() -> bool:
+    """Whether ``torch.jit.trace`` or ``torch.export`` records the running code.
+
+    Both record one run as a graph that a user runs later on other inputs: a
+    tensor's value read into Python there (``float(t)``, ``bool(t)``) is a
+    constant of that graph, not a check of the later inputs, and torch says
+    so (the tracer's ``TracerWarning`` "might cause the trace to be
+    incorrect", export's data-dependent symbols); under the tracer a size is
+    a tensor, and read as an ``int`` it fixes the batch size, as it does
+    under ``torch.export`` with a dynamic batch ("specialized it to be a
+    constant"). Checks of values count as passed there, as with validation
+    off. ``torch.compile`` is not counted: it runs such a check between its
+    graphs, on every call.
+
+    Example:
+        >>> import torch
+        >>> records_a_graph()
+        False
+        >>> class Probe(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         self.seen = records_a_graph()
+        ...         return x
+        >>> probe = Probe()
+        >>> _ = torch.export.export(probe, (torch.zeros(2),))
+        >>> probe.seen
+        True
+    """
+    # Public torch API that torch's stubs neither re-export nor annotate.
+    tracing: bool = torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+    return tracing or torch.compiler.is_exporting()
 
 
 def capturing() -> AbstractContextManager[None]:

@@ -49,7 +49,7 @@ from torch.distributions import constraints
 from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _particles, _structures
-from pyrolite_bnn._capture import carries_derivative, is_capturing
+from pyrolite_bnn._capture import carries_derivative, is_capturing, records_a_graph
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import (
     LazyDraws,
@@ -257,10 +257,16 @@ def prepare(
     leaves = list(_particles.input_leaves((*args, *kwargs.values())))
     # A packed input's data are an input too (shared by all particles).
     inputs = tuple(v.data if isinstance(v, PackedSequence) else v for v in leaves)
+    # Recorded by torch.jit.trace or torch.export, sizes are traced values:
+    # compared here, they would be constants of the graph.
     others = frozenset(
-        size
-        for size in (_particles.leading_size(v) for v in leaves)
-        if size is not None and size != batch
+        ()
+        if records_a_graph()
+        else (
+            size
+            for size in (_particles.leading_size(v) for v in leaves)
+            if size is not None and size != batch
+        )
     )
     state = _particles.ParticleState(
         count,

@@ -20,6 +20,7 @@ import numpy as np
 import pyro.distributions as pyro_dist
 import torch
 
+from pyrolite_bnn._capture import records_a_graph
 from pyrolite_bnn._context_values import set_while
 from pyrolite_bnn._input_layouts import check_input_layout, shape_text, stored_values
 
@@ -187,8 +188,13 @@ def check_finite_inputs(
 
     Later inputs may hold ``-inf`` (additive attention masks use it to block
     positions, as ``torch.nn.Transformer.generate_square_subsequent_mask``
-    does), never NaN or ``+inf``.
+    does), never NaN or ``+inf``. Nothing is checked with validation off, nor
+    while ``torch.jit.trace`` or ``torch.export`` records the call
+    (:func:`~pyrolite_bnn._capture.records_a_graph`: the check would be a
+    constant of the recorded graph).
     """
+    if not is_validation_enabled() or records_a_graph():
+        return
     first = True
     for position, value in (*enumerate(args), *kwargs.items()):
         if isinstance(value, torch.Tensor):
@@ -196,7 +202,7 @@ def check_finite_inputs(
             if first:
                 check_finite(value, what)
                 first = False
-            elif is_validation_enabled() and value.is_floating_point():
+            elif value.is_floating_point():
                 values = stored_values(value)
                 invalid = values.isnan() | (values == float("inf"))
                 if not readable_all(~invalid):
@@ -295,9 +301,13 @@ def readable_all(condition: torch.Tensor) -> bool:
     """Whether every element of ``condition`` is true, where values can be read.
 
     Under a ``torch.func`` transform (``vmap``) and on the meta device a value
-    cannot be read: such a check cannot run and counts as passed, like any
-    check with validation off.
+    cannot be read, and while ``torch.jit.trace`` or ``torch.export`` records
+    the code (:func:`~pyrolite_bnn._capture.records_a_graph`) it must not be:
+    such a check cannot run and counts as passed, like any check with
+    validation off.
     """
+    if records_a_graph():
+        return True
     try:
         return bool(condition.all())
     except RuntimeError:  # vmap's data-dependent control flow; meta tensors
@@ -309,8 +319,11 @@ def all_finite(tensor: torch.Tensor) -> bool:
 
     A finite sum proves it in one reduction (NaN and Inf propagate through
     it); only a sum that is not finite, from a bad value or an overflow,
-    needs the element-wise check.
+    needs the element-wise check. Nothing is read while ``torch.jit.trace``
+    or ``torch.export`` records the code (see :func:`readable_all`).
     """
+    if records_a_graph():
+        return True
     try:
         if math.isfinite(float(tensor.detach().sum())):
             return True

@@ -42,8 +42,10 @@ class DeterministicNetwork(nn.Module):
     through the library's call machinery and needs the library (and the
     network's own class) to load; ``torch.export.export`` of it gives a
     program that loads with torch alone (``dynamic_shapes=(({0: batch},),)``
-    for a batch of any size), and ``torch.jit.trace`` works too;
-    ``torch.jit.script`` cannot compile the call machinery.
+    for a batch of any size), and ``torch.jit.trace`` works too: both record
+    the layers' operations only (the library reads no value or size there;
+    its checks of the inputs run in eager calls). ``torch.jit.script``
+    cannot compile the call machinery.
 
     Args:
         network: the converted network (it declares no random variables).

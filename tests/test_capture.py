@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 from torch.func import grad, jacfwd, jacrev, jvp, vmap
 
-from pyrolite_bnn._capture import carries_derivative
+from pyrolite_bnn._capture import carries_derivative, records_a_graph
 
 
 def _record(seen: list[bool]) -> Callable[[Tensor], Tensor]:
@@ -69,3 +69,33 @@ def test_carries_derivative(case: str) -> None:
     seen: list[bool] = []
     run(_record(seen), torch.randn(3))
     assert seen == [expected]
+
+
+def _probe(seen: list[bool]) -> torch.nn.Module:
+    """A module appending what :func:`records_a_graph` says to ``seen``."""
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            seen.append(records_a_graph())
+            return x + 1
+
+    return Probe()
+
+
+@pytest.mark.filterwarnings(  # torch's note on its tracer
+    "ignore:`torch.jit.trace[a-z_]*` is deprecated:DeprecationWarning"
+)
+def test_records_a_graph_under_the_tracer_and_export_only() -> None:
+    """torch.jit.trace and torch.export record a graph (a value read there is a
+    constant of it); an eager call and torch.compile, which runs such a read
+    between its graphs on every call, do not."""
+    x = torch.zeros(2)
+    seen: list[bool] = []
+    probe = _probe(seen)
+    probe(x)
+    torch.compile(lambda t: probe(t), backend="eager")(x)
+    assert seen == [False, False]
+    seen.clear()
+    torch.jit.trace(probe, (x,), check_trace=False)
+    torch.export.export(probe, (x,))
+    assert seen == [True, True]

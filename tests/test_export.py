@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
@@ -300,6 +302,66 @@ def test_plain_container_exports_the_weights_its_calls_draw() -> None:
     mean = bnn.predict(net, x, bnn.Normal(1.0), mode="mean").samples[0]
     with torch.no_grad():
         torch.testing.assert_close(bnn.to_deterministic(net)(x), mean)
+
+
+class SkipNet(bnn.VIModule):
+    """A deterministic stem beside a Bayesian conv (``bnn.match_particles``), a
+    Bayesian linear head: the how-to's skip-connection pattern."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 2, 3, padding=1)
+        self.conv = bnn.VIConv2d(2, 2, 3, padding=1)
+        self.head = bnn.VILinear(4 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.stem(x)
+        h = torch.relu(self.conv(e))
+        cat = torch.cat([bnn.match_particles(e, h), h], 1)
+        return self.head(cat.flatten(1))  # type: ignore[no-any-return]
+
+
+# torch's own note on its tracer; a TracerWarning of the library's stays an error.
+TRACER_DEPRECATED = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.trace[a-z_]*` is deprecated:DeprecationWarning"
+)
+
+
+@TRACER_DEPRECATED
+def test_a_custom_network_with_a_skip_traces_without_reading_values() -> None:
+    """torch.jit.trace of the copy read the input's finiteness check
+    (``float(x.sum())``), the inputs' batch sizes and match_particles' row
+    counts into Python: TracerWarnings "might cause the trace to be
+    incorrect" (errors here), the check a constant of the trace. The trace
+    runs another batch size as the copy does; the copy still checks its
+    input when called."""
+    torch.manual_seed(0)
+    plain = bnn.to_deterministic(SkipNet())
+    traced = torch.jit.trace(plain, (torch.randn(4, 1, 4, 4),))
+    x = torch.randn(3, 1, 4, 4)
+    torch.testing.assert_close(traced(x), plain(x), rtol=0, atol=1e-6)
+    x[0, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="input 0 of SkipNet contains 1 NaN"):
+        plain(x)
+
+
+def test_a_custom_network_with_a_skip_exports_with_a_dynamic_batch() -> None:
+    """torch.export with a dynamic batch failed: match_particles read the
+    row counts as ints with one particle ("your code specialized it to be a
+    constant (4)"), and the input's finiteness check left its reduction in
+    the program (a data-dependent read). The program runs another batch size
+    as the copy does and holds the network's operations only."""
+    torch.manual_seed(0)
+    plain = bnn.to_deterministic(SkipNet())
+    program = torch.export.export(
+        plain,
+        (torch.randn(4, 1, 4, 4),),
+        dynamic_shapes=(({0: torch.export.Dim("batch")},),),
+    )
+    x = torch.randn(3, 1, 4, 4)
+    torch.testing.assert_close(program.module()(x), plain(x), rtol=0, atol=1e-6)
+    called = {n.target for n in program.graph.nodes if n.op == "call_function"}
+    assert torch.ops.aten.sum.default not in called
 
 
 def test_an_exported_custom_network_loads_without_the_library() -> None:

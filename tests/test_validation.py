@@ -19,6 +19,7 @@ from pyrolite_bnn._validation import (
     check_finite_inputs,
     check_heat,
     check_input_dtype,
+    check_positive_values,
     checks_on,
     floating_dtype,
 )
@@ -266,6 +267,41 @@ def test_finiteness_checks_read_sparse_and_nested_tensors(
         check_finite(bad, "x")
     with pytest.raises(ValueError, match=r"input 1 of Net contains 2 NaN/\+Inf"):
         check_finite_inputs((torch.zeros(3), bad), {}, "Net")
+
+
+class _Checked(nn.Module):
+    """Checks its inputs (the first finite, the second a positive scale)."""
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        check_finite_inputs((x, scale), {}, "Checked")
+        check_positive_values(scale, "scale")
+        return x * scale
+
+
+@pytest.mark.filterwarnings(  # torch's note on its tracer, not a TracerWarning
+    "ignore:`torch.jit.trace[a-z_]*` is deprecated:DeprecationWarning"
+)
+def test_checks_read_no_values_while_torch_records_a_graph() -> None:
+    """Under torch.jit.trace the checks' reads (``float(x.sum())``,
+    ``bool(valid.all())``) were constants of the trace, with TracerWarnings
+    (errors here); torch.export kept their reductions in the program as
+    data-dependent reads. Neither reads a value now; eager calls still check."""
+    x, scale = torch.randn(4, 3), torch.rand(4, 3) + 0.5
+    checked = _Checked()
+    traced = torch.jit.trace(checked, (x, scale))
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(
+        checked, (x, scale), dynamic_shapes=({0: batch}, {0: batch})
+    )
+    called = {n.target for n in program.graph.nodes if n.op == "call_function"}
+    assert not called & {torch.ops.aten.sum.default, torch.ops.aten.all.default}
+    want = x[:2] * scale[:2]
+    torch.testing.assert_close(traced(x[:2], scale[:2]), want, rtol=0, atol=0)
+    torch.testing.assert_close(program.module()(x[:2], scale[:2]), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="input 0 of Checked contains 1 NaN"):
+        checked(x.index_fill(0, torch.tensor([0]), math.nan)[:, :1], scale[:, :1])
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        checked(x, -scale)
 
 
 def test_a_sparse_adjacency_input_passes_the_checks() -> None:

@@ -630,14 +630,15 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
     shared tensor of one row (a context, a summary ``x.mean(0, keepdim=True)``)
     is every row's, as torch broadcasts it; two tensors of one layout are
     returned unchanged, and so is ``shortcut`` outside a network's call (or
-    with one particle), so a ``forward`` that uses this runs as a torch module
-    too. Where a tensor's size fits both an input's batch and a batch folded
-    with the particles (``B`` rows at ``S = B`` beside a one-row input, a
-    second input of ``B * S`` rows), where it comes from tells: an input or a
-    view of one is shared, a Bayesian layer's output of the call's batch or a
-    view of it (or, with gradients, a tensor computed from one) folded;
-    anything else is refused, with the ways out. Public as
-    ``bnn.match_particles``.
+    with one particle), without reading a size, so a ``forward`` that uses
+    this runs as a torch module too, traced by ``torch.jit.trace`` or
+    exported with a dynamic batch by ``torch.export``. Where a tensor's size
+    fits both an input's batch and a batch folded with the particles (``B``
+    rows at ``S = B`` beside a one-row input, a second input of ``B * S``
+    rows), where it comes from tells: an input or a view of one is shared,
+    a Bayesian layer's output of the call's batch or a view of it (or, with
+    gradients, a tensor computed from one) folded; anything else is refused,
+    with the ways out. Public as ``bnn.match_particles``.
 
     Args:
         shortcut: the tensor that may be shared, ``(B, ...)``.
@@ -680,8 +681,12 @@ def match_particles(shortcut: Tensor, branch: Tensor) -> Tensor:
                 f"dimension, got {type(tensor).__name__}"
             )
     state = _particles.current()
+    # Outside a call and with one particle no size is read: traced by
+    # torch.jit.trace or torch.export, an int would fix the batch size.
+    if state is None or state.samples == 1:
+        return shortcut
     rows, branch_rows = int(shortcut.shape[0]), int(branch.shape[0])
-    if state is None or state.samples == 1 or rows == branch_rows == 0:
+    if rows == branch_rows == 0:
         return shortcut
     samples = state.samples
     if not state.batch_leading:

@@ -165,6 +165,40 @@ def test_match_particles_broadcasts_shared_shortcut() -> None:
     assert functional.match_particles(shortcut, branch) is shortcut
 
 
+class _PlainSkip(torch.nn.Module):
+    """A torch module written for ``bnn.convert``: its skip meets its body
+    through match_particles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.skip = torch.nn.Conv2d(1, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        body = self.body(x)
+        return torch.relu(body + functional.match_particles(self.skip(x), body))
+
+
+@pytest.mark.filterwarnings(  # torch's note on its tracer, not a TracerWarning
+    "ignore:`torch.jit.trace[a-z_]*` is deprecated:DeprecationWarning"
+)
+def test_match_particles_outside_a_network_reads_no_size() -> None:
+    """In a plain torch call match_particles read both row counts as ints
+    before returning the shortcut: torch.export with a dynamic batch failed
+    ("specialized it to be a constant (4)") and torch.jit.trace warned (an
+    error here). Both now run another batch size as the module does."""
+    module = _PlainSkip()
+    x = torch.randn(4, 1, 5, 5)
+    traced = torch.jit.trace(module, (x,))
+    program = torch.export.export(
+        module, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    other = torch.randn(3, 1, 5, 5)
+    want = module(other)
+    torch.testing.assert_close(traced(other), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(program.module()(other), want, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("case", ["expanded", "shared_row", "shared_row_first"])
 def test_what_match_particles_accepts_is_each_particles_network(case: str) -> None:
     """A context ``ctx`` beside ``x`` (5 rows) combined by match_particles:
