@@ -575,10 +575,16 @@ class VIModule(LocalPyroModule):
         return False
 
     def prior_distribution(self, name: str) -> Any:
-        """Prior distribution of this module's random variable ``name``."""
+        """Prior distribution of this module's random variable ``name``.
+
+        Built by :meth:`Prior.distribution_of <pyrolite_bnn.Prior.distribution_of>`
+        for this module: a :class:`~pyrolite_bnn.CallablePrior` whose
+        distribution holds this module's parameters (or their ``.detach()``)
+        is refused there.
+        """
         prior = self.prior[name]
         assert isinstance(prior, Prior)
-        return prior(self._declared[name])
+        return prior.distribution_of(self._declared[name], self)
 
     def declared_variables(self) -> dict[str, torch.Size]:
         """This module's own random variables: name -> shape of one draw."""

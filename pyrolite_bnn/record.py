@@ -383,7 +383,7 @@ class TraceRecord(ForwardRecord):
         counts, every layer's does (as with the default guide).
         """
         return {
-            variable.site: variable.module.prior[variable.name](variable.shape)
+            variable.site: variable.module.prior_distribution(variable.name)
             for variable in self._variables()
             if variable.site not in traced
         }

@@ -33,6 +33,13 @@ from pyrolite_bnn._state import RecordsInState, recorded
 from pyrolite_bnn._unwritten_tensors import RefusesUnwrittenTensors, holds_no_values
 from pyrolite_bnn._validation import is_validation_enabled, readable_all
 from pyrolite_bnn._warnings import warn_at_caller
+from pyrolite_bnn.distributions._held_tensors import (
+    HeldTensor,
+    LastChecked,
+    held_tensors,
+    storage_address,
+    storage_names,
+)
 from pyrolite_bnn.distributions._names import distribution_name
 from pyrolite_bnn.distributions._precision import computed_in_full_precision
 from pyrolite_bnn.distributions.variational import NormalMoments
@@ -189,14 +196,33 @@ def _refuse_trainable(value: object, what: str) -> None:
             "bnn.ScaleMixtureNormalPrior; or learn the scale with "
             "bnn.LearnedNormalPrior (empirical Bayes)"
         )
-    if isinstance(value, Tensor) and value.requires_grad:
+    if isinstance(value, Tensor):
+        _refuse_requires_grad(
+            value,
+            what,
+            why="a prior keeps a detached copy of its hyperparameters (buffers): "
+            "no gradient would reach that tensor, and it would never train",
+            fixed="pass the tensor detached (tensor.detach())",
+        )
+
+
+def _refuse_requires_grad(value: Tensor, what: str, why: str, fixed: str) -> None:
+    """Refuse a prior's tensor that requires grad: a prior's values do not train.
+
+    Args:
+        value: the tensor.
+        what: names it, as the message's subject.
+        why: what would become of that tensor.
+        fixed: how to give a fixed value instead.
+
+    Raises:
+        ValueError: if ``value`` requires grad.
+    """
+    if value.requires_grad:
         raise ValueError(
-            f"{what} is a tensor that requires grad, but a prior keeps a detached "
-            "copy of its hyperparameters (buffers): no gradient would reach that "
-            "tensor, and it would never train. For a prior scale learned with the "
-            "network use bnn.LearnedNormalPrior (its log_scale is in "
-            "model.parameters()); for a fixed prior pass the tensor detached "
-            "(tensor.detach())"
+            f"{what} is a tensor that requires grad, but {why}. For a prior scale "
+            "learned with the network use bnn.LearnedNormalPrior (its log_scale is "
+            f"in model.parameters()); for a fixed prior {fixed}"
         )
 
 
@@ -232,22 +258,13 @@ def _with_own_memory(distribution: _D, prior: nn.Module) -> _D:
     Changes the (fresh) distribution in place, nested ones (a mixture's
     components) too, and returns it.
     """
-    held = {
-        b.untyped_storage().data_ptr()
-        for b in prior.buffers()
-        if b.numel() and not b.is_meta
-    }
-    if not held:
+    buffers = storage_names(prior.named_buffers())
+    if not buffers:
         return distribution
-    for name, value in list(vars(distribution).items()):
-        if isinstance(value, Distribution):
-            _with_own_memory(value, prior)
-        elif (
-            isinstance(value, Tensor)
-            and value.numel()
-            and value.untyped_storage().data_ptr() in held
-        ):
-            setattr(distribution, name, value.clone())
+    for held in held_tensors(distribution):
+        shared = storage_address(held.tensor) in buffers
+        if shared and isinstance(held.holder, Distribution):
+            setattr(held.holder, held.name, held.tensor.clone())
     return distribution
 
 
@@ -667,6 +684,29 @@ class Prior(DeclaresScales, RefusesUnwrittenTensors, RecordsInState):
             base = _with_own_memory(base, self)
         _check_broadcast(self, base.batch_shape, size)
         return _independent(base, size)
+
+    def distribution_of(
+        self, shape: Sequence[int], module: nn.Module
+    ) -> TorchDistributionMixin:
+        """Prior of the random variable of ``shape`` that ``module`` declares.
+
+        The layers take their priors' distributions through it
+        (:meth:`~pyrolite_bnn.VIModule.prior_distribution`: the loss, the Pyro
+        model), so that a prior may check what it builds against the module
+        using it; :class:`CallablePrior` does. The default is ``self(shape)``.
+
+        Args:
+            shape: shape of the weight tensor.
+            module: the layer that declares the random variable.
+
+        Example:
+            >>> import pyrolite_bnn as bnn
+            >>> layer = bnn.VILinear(3, 2)
+            >>> layer.prior["weight"].distribution_of((2, 3), layer).event_shape
+            torch.Size([2, 3])
+        """
+        distribution: TorchDistributionMixin = self(shape)
+        return distribution
 
     def graph_key(self, shape: Sequence[int]) -> Hashable:
         """What a compiled loss graph froze of ``self(shape)``, besides tensors.
@@ -1617,10 +1657,22 @@ class CallablePrior(Prior):
     The function is called with the weight's shape and must return a
     ``torch``/``pyro`` distribution whose batch shape is ``()`` or the weight's
     shape, or whose event shape is the weight's last dimensions (a
-    ``MultivariateNormal`` over the rows of a matrix, say). Tensors it
-    closes over do not follow ``.to()``: prefer a :class:`Prior` subclass with
-    buffers for device-portable models. Any distribution is scored as it is
-    built, also one made of other distributions (a ``MixtureSameFamily``
+    ``MultivariateNormal`` over the rows of a matrix, say). It is called
+    every time the prior is used (every step of the loss), so it may read a
+    value that changes (a number in a dictionary, a module's buffer). Tensors
+    it closes over are neither copied nor moved: they do not follow
+    ``.to()``, so prefer a :class:`Prior` subclass with buffers for
+    device-portable models. They must stay fixed while the network trains:
+    a tensor of the distribution that requires grad is refused with a
+    ``ValueError``, and so is one that shares memory with a parameter of the
+    layer using the prior (the parameter, a view of it, its ``.detach()``:
+    the prior of continual learning written as ``lambda shape:
+    Normal(posterior.loc.detach(), ...)`` would move with the posterior);
+    return ``.detach().clone()`` copies, or assign a prior object
+    (``layer.prior["weight"] = bnn.NormalPrior(loc, scale)``, copied). The
+    tensors are checked when they change: a function returning the same
+    tensor objects again is not checked again. Any distribution is scored as
+    it is built, also one made of other distributions (a ``MixtureSameFamily``
     spike-and-slab, a ``TransformedDistribution``), from
     ``torch.distributions`` or ``pyro.distributions`` alike; the KL to it is
     estimated by Monte Carlo where torch registers no closed form. An
@@ -1649,6 +1701,7 @@ class CallablePrior(Prior):
                 f"lambda shape: torch.distributions.Laplace(0.0, 1.0); got {fn!r}"
             )
         self.fn = fn
+        self._checked = LastChecked()
 
     def forward(self, shape: Sequence[int]) -> TorchDistributionMixin:
         """Call ``fn(shape)`` and make the result cover the whole tensor.
@@ -1656,15 +1709,36 @@ class CallablePrior(Prior):
         Raises:
             TypeError: when ``fn`` returns no distribution.
             ValueError: for an event shape other than the weight's last
-                dimensions, or a batch shape that does not broadcast to the
-                rest of the weight's shape (each naming what ``fn`` returned).
+                dimensions, a batch shape that does not broadcast to the
+                rest of the weight's shape (each naming what ``fn``
+                returned), or a tensor of it that requires grad.
         """
+        return self._built(shape, None)
+
+    def distribution_of(
+        self, shape: Sequence[int], module: nn.Module
+    ) -> TorchDistributionMixin:
+        """:meth:`forward`, its tensors checked against ``module``'s parameters.
+
+        Raises:
+            ValueError: as :meth:`forward`, and for a tensor of the
+                distribution that shares memory with a parameter of
+                ``module`` (it would move with training).
+        """
+        return self._built(shape, module)
+
+    def _built(
+        self, shape: Sequence[int], module: nn.Module | None
+    ) -> TorchDistributionMixin:
+        """``fn(shape)`` checked (against ``module``), covering the whole tensor."""
         returned = self.fn(torch.Size(shape))
         if not isinstance(returned, Distribution):
             raise TypeError(
                 f"prior callable returned {type(returned).__name__}, expected a "
                 "torch.distributions or pyro.distributions distribution"
             )
+        if not torch.compiler.is_compiling():
+            self._check_fixed(returned, module)
         size = torch.Size(shape)
         built = _as_pyro_distribution(returned)
         event = len(built.event_shape)
@@ -1695,6 +1769,47 @@ class CallablePrior(Prior):
             return expanded
         return _independent(built, size)
 
+    def _check_fixed(self, returned: Distribution, module: nn.Module | None) -> None:
+        """Refuse tensors of ``returned`` that would move while the network trains.
+
+        Those that require grad, and those sharing memory with a parameter of
+        ``module`` (if given). The tensors last checked are not checked again.
+        """
+        checked = self.__dict__.get("_checked")
+        if checked is None:  # a prior pickled before the check existed
+            checked = self.__dict__["_checked"] = LastChecked()
+        held = held_tensors(returned)
+        tensors = [h.tensor for h in held]
+        owner = None if module is None else id(module)
+        if checked.matches(tensors, owner):
+            return
+        for h in held:
+            if h.tensor.requires_grad:  # (the message is only made then)
+                _refuse_requires_grad(
+                    h.tensor,
+                    _returned_tensor(returned, h),
+                    why="a prior stays fixed while the network trains, and the "
+                    "loss would move that tensor (a posterior's parameter: the "
+                    "prior would follow the posterior, keeping no weight near its "
+                    "values)",
+                    fixed=_CALLABLE_COPIES,
+                )
+        if module is not None:
+            parameters = storage_names(module.named_parameters())
+            for h in held:
+                address = storage_address(h.tensor)
+                name = None if address is None else parameters.get(address)
+                if name is not None:
+                    raise ValueError(
+                        f"{_returned_tensor(returned, h)} shares memory with the "
+                        f"parameter {name!r} of the {type(module).__name__} using "
+                        "the prior (it is that parameter, a view of it or its "
+                        ".detach()): the prior would move with the posterior during "
+                        "training, keeping no weight near these values. For a "
+                        f"fixed prior {_CALLABLE_COPIES}"
+                    )
+        checked.remember(tensors, owner)
+
     def graph_key(self, shape: Sequence[int]) -> Hashable:
         """The function, and what it returns now: see :meth:`Prior.graph_key`.
 
@@ -1719,6 +1834,18 @@ class CallablePrior(Prior):
         """
         return (self.fn, _frozen_description(self.fn(torch.Size(shape))))
 
+
+def _returned_tensor(returned: Distribution, held: HeldTensor) -> str:
+    """Names a tensor of what a prior callable returned, in messages."""
+    name = distribution_name(returned)
+    return f"the prior callable returned {name} whose {held.path}"
+
+
+# How a prior callable gives a fixed value (the end of its refusals).
+_CALLABLE_COPIES = (
+    "return copies, tensor.detach().clone(), or assign a prior object "
+    '(layer.prior["weight"] = bnn.NormalPrior(loc, scale)), which is copied'
+)
 
 # Nesting depth to which a prior callable's distribution is described (base
 # distributions, transforms, their parameters); deeper objects by their class.

@@ -1122,6 +1122,242 @@ def test_callable_prior_refuses_a_non_callable() -> None:
         bnn.CallablePrior(3)  # type: ignore[arg-type]
 
 
+# A callable prior's tensors stay fixed while the network trains (the prior of
+# variational continual learning, written as a callable over task 1's posterior).
+_TASK_INPUTS = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+_TASK_TARGETS = (_TASK_INPUTS[:, 0] > 0).long()
+
+
+def _continual_network(
+    tensors: Callable[[Any], tuple[Tensor, Tensor]],
+) -> tuple[bnn.VISequential, dict[str, tuple[Tensor, Tensor]]]:
+    """A network whose priors are callables over ``tensors(posterior)``.
+
+    Returns the network and each site's posterior (loc, scale) at assignment.
+    """
+    torch.manual_seed(0)
+    net = bnn.VISequential(bnn.VILinear(2, 8), nn.ReLU(), bnn.VILinear(8, 2))
+    task_1 = {}
+    for v in net.random_variables():
+        posterior = v.posterior
+        task_1[v.site] = (posterior.loc.detach().clone(), posterior.scale().detach())
+        v.module.prior[v.name] = _normal_over(*tensors(posterior))
+    return net, task_1
+
+
+def _normal_over(loc: Tensor, scale: Tensor) -> Callable[[torch.Size], Any]:
+    """A prior callable closing over ``loc`` and ``scale``."""
+    return lambda shape: dist.Normal(loc, scale).to_event(len(shape))
+
+
+def _trained(net: bnn.VISequential, steps: int) -> bnn.KullbackLeiblerLoss:
+    """``steps`` Adam steps of the loss on the task; the loss of one more call."""
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 32, reduction="sum")
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(steps):
+        loss = loss_fn(net(_TASK_INPUTS), _TASK_TARGETS)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    loss_fn(net(_TASK_INPUTS), _TASK_TARGETS)
+    return loss_fn
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        lambda q: (q.loc.detach(), q.scale().detach().clone()),
+        lambda q: (q.loc.detach()[:], q.scale().detach().clone()),  # a view
+        lambda q: (q.rho.detach(), q.scale().detach().clone()),  # another one
+    ],
+    ids=["detach", "view", "rho"],
+)
+def test_a_callable_prior_over_the_posteriors_memory_is_refused(
+    tensors: Callable[[Any], tuple[Tensor, Tensor]],
+) -> None:
+    """A callable prior over ``posterior.loc.detach()`` (VCL's task-2 prior)
+    shares the posterior's memory and moved with it: after 20 Adam steps the
+    loss's KL was 0.0053 where KL(q2 || q1) from the task-1 values is
+    7,615,342.75, without error or warning. Now the loss refuses it, naming
+    the parameter and the copy to make."""
+    net, _ = _continual_network(tensors)
+    with pytest.raises(ValueError, match="shares memory with the parameter") as error:
+        _trained(net, 1)
+    message = str(error.value)
+    assert "the prior callable returned Independent(Normal, 2) whose base_dist." in (
+        message
+    )
+    assert "'posterior.weight." in message
+    assert "of the VILinear using the prior" in message
+    assert "would move with the posterior during training" in message
+    assert "tensor.detach().clone()" in message
+    assert "bnn.NormalPrior(loc, scale)" in message
+
+
+def test_a_callable_prior_over_a_transform_of_the_posteriors_memory_is_refused() -> (
+    None
+):
+    """The tensors of what a distribution is made of are looked at too: a
+    transformed distribution's steps, a mixture's components."""
+    layer = bnn.VILinear(3, 2)
+    loc = layer.posterior["weight"].loc.detach()
+    layer.prior["weight"] = lambda shape: _TD.TransformedDistribution(
+        _TD.Normal(0.0, 1.0), [_TD.AffineTransform(loc, 0.5)]
+    )
+    with pytest.raises(ValueError, match=r"whose transforms\[0\]\.loc shares memory"):
+        layer.prior_distribution("weight")
+    mixture = _TD.MixtureSameFamily(
+        _TD.Categorical(torch.tensor([0.5, 0.5])),
+        _TD.Normal(torch.zeros(2), layer.posterior["bias"].rho.detach()[:1].exp()),
+    )
+    layer.prior["bias"] = lambda shape: mixture
+    layer.prior_distribution("bias")  # a value computed from a parameter: fixed
+    frozen = layer.posterior["bias"].rho.detach()
+    layer.prior["bias"] = lambda shape: _TD.MixtureSameFamily(
+        _TD.Categorical(torch.tensor([0.5, 0.5])),
+        _TD.Normal(frozen[:1].expand(2), torch.ones(2)),
+    )
+    with pytest.raises(ValueError, match=r"_component_distribution\.loc shares memory"):
+        layer.prior_distribution("bias")
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        lambda q: (q.loc, q.scale().detach().clone()),  # the parameter itself
+        lambda q: (q.loc.detach().clone(), q.scale()),  # a scale with gradients
+    ],
+    ids=["parameter", "scale"],
+)
+def test_a_callable_prior_returning_a_tensor_that_requires_grad_is_refused(
+    tensors: Callable[[Any], tuple[Tensor, Tensor]],
+) -> None:
+    """A callable over the posterior's parameter itself (requires_grad=True)
+    was accepted and moved with it (KL 0.0053), where the same tensor given to
+    a prior object was refused ("...loc is a tensor that requires grad, but a
+    prior keeps a detached copy..."). Now it is refused as the prior is
+    assigned, by the same refusal, with the remedy for a callable."""
+    with pytest.raises(ValueError, match="requires grad") as error:
+        _continual_network(tensors)
+    message = str(error.value)
+    assert message.startswith(
+        "prior of 'weight': the prior callable returned Independent(Normal, 2) "
+        "whose base_dist."
+    )
+    assert "is a tensor that requires grad, but a prior stays fixed" in message
+    assert "bnn.LearnedNormalPrior" in message
+    assert "tensor.detach().clone()" in message
+
+
+def test_a_callable_prior_returning_a_tensor_that_requires_grad_later_is_refused() -> (
+    None
+):
+    """A callable that starts returning such a tensor after it was assigned
+    is refused where it is used (the loss)."""
+    log_scale = nn.Parameter(torch.tensor(0.0))
+    learned = {"on": False}
+    layer = bnn.VILinear(
+        3,
+        2,
+        prior=lambda shape: dist.Normal(
+            0.0, log_scale.exp() if learned["on"] else torch.tensor(1.0)
+        ),
+    )
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 10)
+    x, y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    loss_fn(layer(x), y)
+    learned["on"] = True
+    with pytest.raises(ValueError, match=r"scale is a tensor that requires grad"):
+        loss_fn(layer(x), y)
+
+
+def test_a_callable_prior_over_copies_gives_the_closed_form_kl() -> None:
+    """With ``.detach().clone()`` copies the prior stays at task 1's values:
+    the loss's KL after 20 steps is KL(q2 || q1) in closed form (rtol 1e-6,
+    float32 sums of ~100 terms)."""
+    net, task_1 = _continual_network(
+        lambda q: (q.loc.detach().clone(), q.scale().detach().clone())
+    )
+    loss_fn = _trained(net, 20)
+    with torch.no_grad():
+        expected = sum(
+            kl_divergence(
+                _TD.Normal(v.posterior.loc, v.posterior.scale()),
+                _TD.Normal(*task_1[v.site]),
+            ).sum()
+            for v in net.random_variables()
+        )
+    assert float(expected) > 1.0  # the posterior moved away from task 1's
+    torch.testing.assert_close(loss_fn.last_kl, expected, rtol=1e-6, atol=0.0)
+
+
+def test_a_dynamic_callable_prior_still_follows_what_it_reads() -> None:
+    """A callable that reads a changing number (a dictionary entry) or a
+    module's buffer (not a parameter) is called on every step, as before: the
+    KL follows the value it reads."""
+    config = {"scale": 1.0}
+    net = bnn.VISequential(
+        bnn.VILinear(2, 4, prior=lambda shape: dist.Normal(0.0, config["scale"])),
+        nn.ReLU(),
+        bnn.VILinear(4, 2),
+    )
+    holder = net[2]  # a buffer of the layer using the prior
+    holder.register_buffer("loc", torch.zeros(()))
+    holder.prior["weight"] = lambda shape: dist.Normal(holder.loc, 1.0)
+    holder.prior["bias"] = lambda shape: dist.Normal(holder.loc, 1.0)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Categorical(), 32, reduction="sum")
+
+    def closed_form() -> Tensor:
+        first, second = net[0], net[2]
+        with torch.no_grad():
+            terms = [
+                kl_divergence(
+                    _TD.Normal(*layer.posterior[name].normal_params()), prior
+                ).sum()
+                for layer, prior in (
+                    (first, _TD.Normal(0.0, config["scale"])),
+                    (second, _TD.Normal(holder.loc, 1.0)),
+                )
+                for name in ("weight", "bias")
+            ]
+        return torch.stack(terms).sum()
+
+    for scale, loc in [(1.0, 0.0), (0.5, 0.0), (0.5, 0.7)]:
+        config["scale"] = scale
+        holder.loc.fill_(loc)
+        loss_fn(net(_TASK_INPUTS), _TASK_TARGETS)
+        torch.testing.assert_close(loss_fn.last_kl, closed_form(), rtol=1e-6, atol=0.0)
+
+
+def test_a_callable_priors_tensors_are_checked_once_per_set_of_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loss calls a callable prior on every step: the layer's parameters
+    are looked through only when the callable returns other tensor objects
+    (the same closed-over tensors cost an identity comparison per step)."""
+    looked: list[int] = []
+    storage_names = priors_module.storage_names
+
+    def counted(named: Any) -> dict[int, str]:
+        looked.append(1)
+        return storage_names(named)
+
+    monkeypatch.setattr(priors_module, "storage_names", counted)
+    loc, scale = torch.zeros(()), torch.ones(())
+    same = bnn.VILinear(3, 2, prior=lambda shape: dist.Normal(loc, scale))
+    fresh = bnn.VILinear(3, 2, prior=lambda shape: dist.Normal(0.0, 1.0))
+    for _ in range(4):
+        same.prior_distribution("weight")
+    assert len(looked) == 1
+    other = bnn.VILinear(3, 2)  # another layer using the prior: checked for it
+    same.prior["weight"].distribution_of((2, 3), other)
+    assert len(looked) == 2
+    looked.clear()
+    for _ in range(4):
+        fresh.prior_distribution("weight")
+    assert len(looked) == 4
+
+
 @pytest.mark.parametrize(
     "prior",
     [
