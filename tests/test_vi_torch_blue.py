@@ -3942,43 +3942,50 @@ def test_a_batch_summary_with_a_leading_one_is_every_examples(reduce: str) -> No
     torch.testing.assert_close(loss_fn(out, y), expected, rtol=1e-6, atol=0.0)
 
 
-def test_a_batch_mean_of_as_many_features_as_examples_is_every_examples() -> None:
-    """``(1, B)`` per particle from parameters ``(B, D)`` at ``D == B`` (a
-    last batch of ``D`` examples) is a batch mean per feature: it was refused
-    as a kept sample dimension, a crash on the last batch only (session 29).
-    Parameters ``(B, D)`` reduced the sample dimension, so nothing counts an
-    example ``B`` times."""
+def test_a_leading_one_before_the_batch_is_refused() -> None:
+    """``(1, B)`` per particle: a batch mean of ``D == B`` features, or the
+    examples' log-likelihoods behind a kept sample dimension -- the second
+    would count every example ``B`` times, so it is refused, naming both."""
     out = vi.VILinear(3, 4)(torch.randn(4, 3), samples=4)
-    y = torch.randn(4, 4)
-    loss_fn = vi.KullbackLeiblerLoss(
-        _KeptBatchSummaryNormal("features"), dataset_size=40, heat=0.0
-    )
-    per_particle = (0.5 * (y - out).square()).mean(1).sum(1)
-    expected = 40 / 4 * 4 * per_particle.mean()
-    torch.testing.assert_close(loss_fn(out, y), expected, rtol=1e-6, atol=0.0)
+    loss_fn = vi.KullbackLeiblerLoss(_KeptBatchSummaryNormal("features"), 40)
+    with pytest.raises(
+        UnsupportedDistributionError,
+        match=r"gave shape \(1, 4\) for one particle's output of batch B = 4.*"
+        r"or one number for the batch.*squeeze\(0\).*\.mean\(\)",
+    ):
+        loss_fn(out, torch.randn(4, 4))
 
 
-class _UnreducedBatchMeanNormal(_UnreducedNormal):
-    """Keeps the sample dimension and means over the features: ``(1, B)``."""
+class _BroadcastScaleNormal(vi.distributions.PredictiveDistribution):
+    """Per-example log-likelihoods behind a leading 1 kept by broadcasting: a
+    noise scale ``(1, 1, D)`` read from the samples makes ``(1, B)``."""
+
+    distribution_parameters = ("mean", "std")
+
+    def predictive_parameters_from_samples(self, samples: Tensor) -> Any:
+        return samples.mean(0), samples.std((0, 1), keepdim=True) + 0.5
 
     def log_prob(self, sample: Tensor, parameters: Any) -> Tensor:
-        return super().log_prob(sample, parameters).mean(-1)
+        mean, std = parameters
+        return torch.distributions.Normal(mean, std).log_prob(sample).sum(-1)
 
 
-def test_a_leading_one_before_the_batch_from_unreduced_parameters_is_refused() -> None:
-    """``(1, B)`` per particle from parameters ``(1, B, D)``: the examples'
-    log-likelihoods behind a kept sample dimension, which would count every
-    example ``B`` times, refused, naming the contract -- also where ``D ==
-    B``."""
-    for features in (4, 3):
-        out = vi.VILinear(3, features)(torch.randn(4, 3), samples=4)
-        loss_fn = vi.KullbackLeiblerLoss(_UnreducedBatchMeanNormal(), 40)
-        with pytest.raises(
-            UnsupportedDistributionError,
-            match=r"gave shape \(1, 4\) for one particle's output of batch B = 4.*"
-            r"or one number for the batch.*squeeze\(0\).*\.mean\(\)",
-        ):
-            loss_fn(out, torch.randn(4, features))
+@pytest.mark.parametrize("batch", [3, 5, 8])
+def test_a_leading_one_before_the_batch_from_reduced_parameters_is_refused(
+    batch: int,
+) -> None:
+    """``(1, B)`` from parameters ``(B, 3)`` and ``(1, 1, 3)``: each example's
+    log-likelihood behind a leading 1, not a batch mean. Accepted as one
+    (parameters that reduced the sample dimension), it counted every example
+    ``B`` times (5x and 8x the data term, probe falsepos29a); at ``B == 3``
+    it has the shape of a batch mean of the 3 features, and cannot be told
+    apart from one: refused at every ``B``."""
+    out = vi.VILinear(2, 3)(torch.randn(batch, 2), samples=4)
+    loss_fn = vi.KullbackLeiblerLoss(_BroadcastScaleNormal(), dataset_size=50)
+    with pytest.raises(
+        UnsupportedDistributionError, match=rf"gave shape \(1, {batch}\)"
+    ):
+        loss_fn(out, torch.randn(batch, 3))
 
 
 def test_finite_log_likelihoods_need_no_elementwise_look_at_the_outputs(

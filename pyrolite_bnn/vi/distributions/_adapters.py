@@ -78,23 +78,6 @@ def _parameter_tensors(parameters: Any) -> list[Tensor]:
     return []
 
 
-def _may_keep_the_sample_dimension(parameters: Any, batch: int) -> bool:
-    """Whether the predictive parameters may hold a particle's sample dimension.
-
-    Parameters that keep it (``return samples`` without ``.mean(0)``) are
-    ``(1, B, ...)``; parameters given as tensors, none of them so, reduced it.
-    Parameters given otherwise (a dictionary, an object) are not read: they
-    may.
-    """
-    tensors = _parameter_tensors(parameters)
-    if not tensors:
-        return True
-    return any(
-        tensor.dim() > 1 and tensor.shape[0] == 1 and tensor.shape[1] == batch
-        for tensor in tensors
-    )
-
-
 def _parameters_text(parameters: Any) -> str:
     """The shapes of predictive parameters for a message, or their type."""
     shapes = ", ".join(shape_text(p) for p in _parameter_tensors(parameters))
@@ -559,11 +542,10 @@ class AdaptedPredictive(BnnPredictive):
         dimension (``return samples`` without ``.mean(0)``) give ``(1, B,
         ...)``, whose ``B`` the loss would sum as a feature dimension,
         counting every example ``B`` times without a word: a leading ``1``
-        followed by ``B`` is refused where a parameter is ``(1, B, ...)`` or
-        the parameters are no tensors to read; a batch mean of ``D == B``
-        features from parameters ``(B, ...)`` (a last batch of ``D``
-        examples) is every example's. A shape check: it runs under
-        ``torch.vmap`` and with validation off.
+        followed by ``B`` is refused (also where it is a batch mean of ``D ==
+        B`` features, which cannot be told apart; ``.mean()`` per particle is
+        one number). A shape check: it runs under ``torch.vmap`` and with
+        validation off.
 
         Args:
             output: the particle's network output, ``(B, ...)``.
@@ -580,11 +562,7 @@ class AdaptedPredictive(BnnPredictive):
         if value.shape[0] == batch:
             self.check_target_pairing(output, target, parameters, value)
             return
-        if value.shape[0] == 1 and not (
-            value.dim() > 1
-            and value.shape[1] == batch
-            and _may_keep_the_sample_dimension(parameters, batch)
-        ):
+        if value.shape[0] == 1 and not (value.dim() > 1 and value.shape[1] == batch):
             return  # a batch summary, (1, D): every example's
         name = qualified_name(self.blue)
         raise UnsupportedDistributionError(
