@@ -163,8 +163,9 @@ def _refusal(handlers: list[Messenger]) -> str:
         )
     named = ", ".join(handler_text(handler) for handler in handlers)
     return (
-        f"the loss was called inside {named}, which would change the "
-        "log-density of a Pyro model run there; the PyTorch-style loss "
+        f"the loss was called inside {named}, which would scale, subsample "
+        "or mask the log-density of a Pyro model run there (a tensor mask is "
+        "read as masking, whatever its values on this batch); the PyTorch-style loss "
         "computes the ELBO from the network's outputs, with no Pyro site, so "
         "Pyro handlers do not reach it and it would return its value without "
         f"them. Instead, {'; '.join(advice)}"
