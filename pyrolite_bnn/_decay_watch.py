@@ -33,7 +33,7 @@ from pyrolite_bnn._change_watch import (
 )
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._validation import real_value
-from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
+from pyrolite_bnn._warnings import warn_at_caller
 
 __all__ = ["PENDING_CALLS", "DecayWatch"]
 
@@ -172,8 +172,6 @@ class DecayWatch:
                 "use weight_decay=0, or keep the decay off the scales of the "
                 "network and of the loss (a learned noise) with "
                 + _remedy(optimizer, decay, list(optimizers.values())),
-                # Under Pyro's SVI: the line of svi.step, not Pyro's code.
-                past=(PYRO_FOLDER,),
             )
 
 

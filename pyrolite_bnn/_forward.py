@@ -81,7 +81,7 @@ from pyrolite_bnn._validation import (
     floating_dtype,
     is_validation_enabled,
 )
-from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.distributions.variational import (
     MeanFieldNormalPosterior,
     NormalMoments,
@@ -440,7 +440,6 @@ def warn_if_a_guide_drew_one_particle(root: nn.Module) -> None:
                 "and guide shapes disagree'). Assign it to the network and pass "
                 "the network's guide, net.guide = guide; SVI(model, net.guide, "
                 "...): it then draws every particle",
-                past=(PYRO_FOLDER,),
             )
             return
 

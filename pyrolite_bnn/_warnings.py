@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import sys
 import types
@@ -12,40 +11,29 @@ import warnings
 import pyro
 import torch
 
-__all__ = ["BACKWARD_CODE", "PYRO_FOLDER", "warn_at_caller"]
+__all__ = ["warn_at_caller"]
 
-# Frames in these folders are skipped: the library's, torch's module call
-# machinery (a loss is called through nn.Module.__call__) and contextlib's
-# (a library context manager's body).
+# Frames in these folders are skipped: the library's; torch's, whichever part
+# called back into the library (a loss called through nn.Module.__call__, an
+# LBFGS closure called from inside optimizer.step, a tensor hook run by
+# loss.backward()); Pyro's (a user's model run by SVI or a handler, an ELBO
+# called by svi.step()); and contextlib's (a library context manager's body).
+# None of them is a user's line: the first frame outside them is.
 _SKIPPED = (
     os.path.dirname(os.path.abspath(__file__)) + os.sep,
-    os.path.dirname(os.path.abspath(torch.nn.modules.module.__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(pyro.__file__)) + os.sep,
     os.path.abspath(contextlib.__file__),
 )
 
-# Pyro's folder, for ``past``: a warning about a user's Pyro model names the
-# model's line, not the Pyro handler or inference code that ran it.
-PYRO_FOLDER = os.path.dirname(os.path.abspath(pyro.__file__)) + os.sep
 
-# torch's backward machinery, for ``past``: a warning from a tensor hook names
-# the user's ``loss.backward()`` line, not torch.autograd or Tensor.backward.
-BACKWARD_CODE = (
-    os.path.dirname(os.path.abspath(torch.autograd.__file__)) + os.sep,
-    os.path.abspath(inspect.getfile(torch.Tensor.backward)),
-)
+def warn_at_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame of the user's code.
 
-
-def warn_at_caller(
-    message: str,
-    category: type[Warning] = UserWarning,
-    *,
-    past: tuple[str, ...] = (),
-) -> None:
-    """``warnings.warn`` attributed to the first frame outside the library.
-
-    ``past``: further folders whose frames are skipped (Pyro's, for a
-    warning about a statement of the user's model that Pyro's handlers pass
-    on to the library).
+    Frames of the library, of torch and of Pyro are skipped: a warning raised
+    in a loss that ``bnn.fit`` evaluates inside ``torch.optim.LBFGS``'s
+    ``step`` names the ``fit`` line, one raised in a user's own closure names
+    the closure's line, one about a user's Pyro model names the model's line.
 
     Example:
         >>> import warnings
@@ -57,7 +45,6 @@ def warn_at_caller(
     """
     level = 1
     frame: types.FrameType | None = sys._getframe(1)
-    skipped = _SKIPPED + past
-    while frame is not None and frame.f_code.co_filename.startswith(skipped):
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, category, stacklevel=level + 1)

@@ -84,7 +84,7 @@ from pyrolite_bnn._draws import (
 from pyrolite_bnn._forward import network_args, prepare, pytorch_run
 from pyrolite_bnn._pyro_module import linked_parameters, linked_value, local_params
 from pyrolite_bnn._validation import check_count, checks_under_pyro_validation
-from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.guides import check_pyro_call
 from pyrolite_bnn.layers._options import EstimatorLayer
 from pyrolite_bnn.loss import PyroModel
@@ -429,7 +429,6 @@ def _warning_of_dropped_densities(model: Any, guide: Any) -> tuple[Any, Any]:
                 "are not the ELBO's, and training optimises another objective. "
                 "Use bnn.Trace_ELBO, which counts it (as the PyTorch-style "
                 "loss's kl='auto' does for a network's weights)",
-                past=(PYRO_FOLDER,),
             )
         return result
 

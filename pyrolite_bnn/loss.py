@@ -38,7 +38,7 @@ from pyrolite_bnn._validation import (
     check_heat,
     checks_under_pyro_validation,
 )
-from pyrolite_bnn._warnings import BACKWARD_CODE, warn_at_caller
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.compiled import CompileMode, LossGraphs
 from pyrolite_bnn.decay import is_scale_parameter, scale_parameters
 from pyrolite_bnn.distributions._observation_site import ObservationSite
@@ -512,7 +512,7 @@ class KullbackLeiblerLoss(nn.Module):
 
         def trained(_: Tensor) -> None:
             for message in charges.trained(key):
-                warn_at_caller(message, past=BACKWARD_CODE)
+                warn_at_caller(message)
 
         log_lik.register_hook(trained)  # type: ignore[no-untyped-call]
 

@@ -29,7 +29,7 @@ from torch.distributions import Distribution
 from pyrolite_bnn._handlers import active_scales
 from pyrolite_bnn._particles import PLATE_DIM, PLATE_NAME
 from pyrolite_bnn._validation import check_count
-from pyrolite_bnn._warnings import PYRO_FOLDER, warn_at_caller
+from pyrolite_bnn._warnings import warn_at_caller
 from pyrolite_bnn.record import computed_from_a_network
 
 __all__ = [
@@ -243,7 +243,6 @@ class PlainParticlePlates(Messenger):
             "pyro.plate('data', B): ...), or give the 1/S a poutine.scale of "
             "its own (a minibatch weight with the 1/S in it, one "
             "poutine.scale(N / (B * S)), cannot be told from one without it)",
-            past=(PYRO_FOLDER,),
         )
 
 

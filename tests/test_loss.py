@@ -1568,8 +1568,24 @@ def test_targets_far_wider_than_a_learned_scale_warn_once(
     noise = torch.randn(32)
     x, y = torch.randn(32, 3), 77.0 * (noise - noise.mean()) / noise.std()
     loss_fn = bnn.KullbackLeiblerLoss(family(), dataset_size=32)
-    with pytest.warns(UserWarning, match=r"spread 77.* starts at 1.*Standardise"):
+    # the mechanism: softplus grows by about lr per step above 1, so 76,459
+    # steps at lr 1e-3 from 1 to 77 (inverse_softplus(77) - inverse_softplus(1))
+    mechanism = (
+        r"spread 77 .* starts at 1; .*below 1 .* factor exp\(lr\) per step, "
+        r"above 1 by about lr\), so it takes about 76\.5/lr steps \(76,459 at lr "
+        r"1e-3\) to grow .*Standardise"
+    )
+    with pytest.warns(UserWarning, match=mechanism):
         loss_fn(net(x, samples=2), y.unsqueeze(-1))
+    # an explicit start of 1 on targets in raw units is warned about as the
+    # default is: above 1 the scale grows linearly; the message says how to
+    # keep a start that is the noise level (1 / 77 on standardised targets)
+    explicit = bnn.KullbackLeiblerLoss(family(init_scale=1.0), dataset_size=32)
+    with pytest.warns(UserWarning, match=r"76,459 .*about 1 .*init_scale=0\.013 "):
+        explicit(net(x, samples=2), y.unsqueeze(-1))
+    small = bnn.KullbackLeiblerLoss(family(init_scale=0.5), dataset_size=32)
+    with pytest.warns(UserWarning, match=r"starts at 0\.5; .*77,433 at lr 1e-3"):
+        small(net(x, samples=2), y.unsqueeze(-1))  # not standardised: warned
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loss_fn(net(x, samples=2), y.unsqueeze(-1))  # once per likelihood
@@ -1591,6 +1607,44 @@ def test_targets_far_wider_than_a_learned_scale_warn_once(
 
 
 @pytest.mark.parametrize("family", [bnn.Normal, bnn.StudentT])
+def test_an_init_scale_at_the_noise_level_of_standardised_targets_is_silent(
+    family: type[bnn.Normal],
+) -> None:
+    """The docs' recipe: standardised targets (spread 1) whose noise is 1e-5,
+    ``init_scale`` at that noise level. It was warned about ("start the scale
+    near their spread", "above 1 it grows by at most about the learning rate")
+    although the fit was right (1.2e-5 learned, the ELBO's optimum): a scale
+    far below the spread is the noise a good fit leaves, and below 1 it grows
+    by a factor per step. Any start below 1 on targets spreading under 10 is
+    taken as the user's noise level."""
+    net = bnn.VISequential(bnn.VILinear(3, 1))
+    x = torch.randn(32, 3)
+    signal = 2.0 * x[:, 0] + 1e-5 * torch.randn(32)
+    y = (signal - signal.mean()) / signal.std()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for init_scale in (1e-5, 0.05):
+            likelihood = family(init_scale=init_scale)
+            bnn.KullbackLeiblerLoss(likelihood, 32)(net(x, samples=2), y)
+            assert likelihood.__dict__["_spread_checked"]  # read, and let pass
+        near_ten = bnn.KullbackLeiblerLoss(family(init_scale=0.1), 32)
+        near_ten(net(x, samples=2), 9.0 * y)  # 90 times the start, under 10
+
+
+def test_a_start_above_one_far_above_the_spread_names_linear_shrinking() -> None:
+    """A scale started at 100 on standardised targets shrinks by about lr per
+    step down to 1 (99,459 steps at lr 1e-3): the warning said only that below
+    1 it shrinks by a factor exp(-lr) per step (1 to 0.01 in 4,600 steps)."""
+    net = bnn.VISequential(bnn.VILinear(3, 1))
+    x, y = torch.randn(32, 3), torch.randn(32)
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(init_scale=100.0), 32)
+    with pytest.warns(
+        UserWarning, match=r"starts at 100; .*above 1 by about lr.*99,\d{3} at lr "
+    ):
+        loss_fn(net(x, samples=2), (y - y.mean()) / y.std())
+
+
+@pytest.mark.parametrize("family", [bnn.Normal, bnn.StudentT])
 @pytest.mark.parametrize("spread", [1e-8, 1e-2])
 def test_targets_far_narrower_than_a_learned_scale_warn_once(
     family: type[bnn.Normal], spread: float
@@ -1601,7 +1655,9 @@ def test_targets_far_narrower_than_a_learned_scale_warn_once(
     net = bnn.VISequential(bnn.VILinear(3, 1))
     x, y = torch.randn(32, 3), spread * torch.randn(32)
     loss_fn = bnn.KullbackLeiblerLoss(family(), dataset_size=32)
-    with pytest.warns(UserWarning, match=r"starts at 1.*shrinks.*Standardise"):
+    with pytest.warns(
+        UserWarning, match=r"starts at 1; .*shrink to their spread.*Standardise"
+    ):
         loss_fn(net(x, samples=2), y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -1662,6 +1718,28 @@ def test_heteroscedastic_targets_far_off_the_predictions_warn_once() -> None:
             likelihood.warn_unscaled_targets(net(x, samples=2), 1e6 * y)
     with pytest.warns(UserWarning, match="Standardise"):  # the next training step
         likelihood.warn_unscaled_targets(untrained, 1e6 * y)
+
+
+def test_heteroscedastic_standardised_targets_and_small_predictions_are_silent() -> (
+    None
+):
+    """Standardised targets against a network whose first predictions are
+    small (means spreading 0.01, scales 5e-5: a last layer started small,
+    its raw-scale bias at -10) were warned about as unscaled: below 1 the
+    predictions grow by a factor per step, and the targets are standardised
+    as the warning advises."""
+    y = torch.randn(32)
+    y = (y - y.mean()) / y.std()
+    output = torch.stack([0.01 * torch.randn(32), torch.full((32,), -10.0)], -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bnn.HeteroscedasticNormal().warn_unscaled_targets(
+            output.requires_grad_().expand(2, 32, 2), y
+        )
+    with pytest.warns(UserWarning, match="predicted means spread"):  # raw units
+        bnn.HeteroscedasticNormal().warn_unscaled_targets(
+            output.expand(2, 32, 2), 77.0 * y
+        )
 
 
 # ------------------------------------------- the observation site, conditioned
