@@ -234,6 +234,8 @@ class LazyDraws:
         self._read = False
         self._moments_read = [False] * count
         self._keep = is_capturing()
+        # Moments kept past the KL (keep_moments): a derivative finds its call by them.
+        self._moments_kept = False
         self._sums = _NOISE_SUMS.get()
         # Weights are drawn in the grad mode of the network's call, like
         # parameters, also when the layer reading first runs under no_grad
@@ -352,12 +354,31 @@ class LazyDraws:
         copy of every posterior scale. Nothing is dropped while a graph is
         captured (its values are the graph's).
         """
-        if self._keep or is_capturing():
+        if self._keep or self._moments_kept or is_capturing():
             return
         for index, moments in enumerate(self.moments):
             if moments is not None:
                 self.moments[index] = None
                 self._released[index] = True
+
+    def keep_moments(self) -> None:
+        """Keep the moments for as long as this object (:meth:`release_moments`).
+
+        A call whose input is differentiated is found from a derivative of
+        its output by them (:meth:`call_tensors`), by every loss that takes
+        one, after a first loss took the call's KL too.
+        """
+        self._moments_kept = True
+
+    def call_tensors(self) -> list[Tensor]:
+        """The tensors this call computed and still holds: moments, kept draws.
+
+        A mean-field Normal variable's ``(loc, scale)`` (until
+        :meth:`release_moments`) and the draws kept whole; a draw replayed from
+        its random state is not held.
+        """
+        held = [t for moments in self.moments if moments is not None for t in moments]
+        return held + [value for value in self.values if value is not None]
 
     def finish(self) -> None:
         """Draw the variables no layer read, as the traced guide would."""

@@ -50,6 +50,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from pyrolite_bnn import _particles, _structures
 from pyrolite_bnn._capture import carries_derivative, is_capturing, records_a_graph
+from pyrolite_bnn._differentiated_calls import remember
 from pyrolite_bnn._distributed import unwrap
 from pyrolite_bnn._draws import (
     LazyDraws,
@@ -674,7 +675,12 @@ def pytorch_run(
         result = model_trace.nodes.pop("_RETURN")["value"]
         record = TraceRecord(guide_trace, model_trace, state.samples, root)
     record.sequence_batch = state.sequence_batch()
-    return attach(result, record, log_probs=getattr(root, "return_log_probs", False))
+    return attach(
+        result,
+        record,
+        log_probs=getattr(root, "return_log_probs", False),
+        differentiated=state.inputs_require_grad,
+    )
 
 
 def _run_generated(
@@ -777,8 +783,21 @@ def _explore_unrecorded(
     _EXPLORED[root] = _moment_readers(draws)
 
 
-def attach(result: Any, record: ForwardRecord, *, log_probs: bool) -> Any:
-    """Attach ``record`` (and ``log_probs`` if asked) to every output tensor."""
+def attach(
+    result: Any,
+    record: ForwardRecord,
+    *,
+    log_probs: bool,
+    differentiated: bool = False,
+) -> Any:
+    """Attach ``record`` (and ``log_probs`` if asked) to every output tensor.
+
+    A call with gradients whose inputs carry a derivative (``differentiated``)
+    is also remembered, so that a derivative of its output by the input finds
+    it (:mod:`~pyrolite_bnn._differentiated_calls`).
+    """
+    if differentiated and torch.is_grad_enabled():
+        remember(record)
     values = record.log_probs() if log_probs else None
     for tensor in output_tensors(result):
         attach_record(tensor, record)

@@ -613,7 +613,12 @@ def _leave(frame: _Frame, module: nn.Module, args: tuple[Any, ...], output: Any)
     draws.finish()
     record = LayerRecord(draws, state.samples, module)
     record.sequence_batch = state.sequence_batch()
-    return attach(result, record, log_probs=getattr(module, "return_log_probs", False))
+    return attach(
+        result,
+        record,
+        log_probs=getattr(module, "return_log_probs", False),
+        differentiated=state.inputs_require_grad,
+    )
 
 
 def note_output(caller: VIModule, output: Any) -> None:

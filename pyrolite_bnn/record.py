@@ -35,6 +35,7 @@ from torch.distributions import (
 
 from pyrolite_bnn import _particles
 from pyrolite_bnn._autograd_graph import reaches_node
+from pyrolite_bnn._differentiated_calls import calls_reached
 from pyrolite_bnn._draws import LazyDraws, kl_without_gradients
 from pyrolite_bnn._handlers import computation_handlers, pyro_wrapped
 from pyrolite_bnn._pass_charges import PassCharges
@@ -200,6 +201,18 @@ class ForwardRecord:
         optimizers that hold them.
         """
         return []
+
+    def call_tensors(self) -> list[Tensor]:
+        """Tensors the forward pass computed for its weights, which it still holds.
+
+        Drawn weights and weight moments: a derivative of the pass's output
+        by its input reaches them where it does not reach the output
+        (:mod:`~pyrolite_bnn._differentiated_calls`).
+        """
+        return []
+
+    def keep_call_tensors(self) -> None:
+        """Keep :meth:`call_tensors` for as long as the record (not only to the KL)."""
 
     def guide_identity(self) -> Hashable:
         """A cheap key of the guide behind :meth:`guide_parameters`.
@@ -405,6 +418,14 @@ class TraceRecord(ForwardRecord):
         )
         return torch.stack([log_p, log_q], dim=-1)
 
+    def call_tensors(self) -> list[Tensor]:
+        """See :meth:`ForwardRecord.call_tensors`: the guide's draws."""
+        return [
+            site["value"]
+            for site in self.guide_trace.nodes.values()
+            if site["type"] == "sample" and isinstance(site["value"], Tensor)
+        ]
+
     def guide_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.guide_parameters`: the guide's ``param`` sites."""
         return _param_leaves(self.guide_trace)
@@ -602,6 +623,14 @@ class LayerRecord(ForwardRecord):
             for prior, group in groups.values():
                 total = total + _group_closed_form(prior, group)
         return torch.as_tensor(total)
+
+    def call_tensors(self) -> list[Tensor]:
+        """See :meth:`ForwardRecord.call_tensors`: moments and kept draws."""
+        return self.draws.call_tensors()
+
+    def keep_call_tensors(self) -> None:
+        """See :meth:`ForwardRecord.keep_call_tensors`: the moments."""
+        self.draws.keep_moments()
 
     def guide_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.guide_parameters`: the posterior modules'."""
@@ -893,9 +922,14 @@ def find_record(tensor: Tensor) -> ForwardRecord:
 
     ``tensor`` is a network output or any tensor computed from exactly one
     network output with gradients enabled: the autograd graph leads back to the
-    output. There is no guessing: a tensor that combines several forward passes,
-    or whose history was cut (computed under ``torch.no_grad()``, detached,
-    copied), raises an error.
+    output. A derivative of an output by the call's input
+    (``torch.autograd.grad(out, x, create_graph=True)``), whose graph does not
+    reach the output, is found from the weights and weight moments of the call
+    it reaches, for a call whose inputs carried a derivative and whose output
+    is still referenced (:mod:`~pyrolite_bnn._differentiated_calls`). There is no
+    guessing: a tensor that combines several forward passes, or whose history
+    was cut (computed under ``torch.no_grad()``, detached, copied), raises an
+    error.
 
     Args:
         tensor: the loss input.
@@ -912,6 +946,20 @@ def find_record(tensor: Tensor) -> ForwardRecord:
     found = _records_in_graph(tensor.grad_fn)
     if len(found) == 1:
         return found[0]
+    if not found:  # a derivative of an output by its input
+        differentiated = calls_reached(tensor.grad_fn)
+        if len(differentiated) == 1:
+            return differentiated[0]
+        if differentiated:
+            raise ValueError(
+                "the loss input is computed from the weights of "
+                f"{len(differentiated)} different forward passes (a derivative "
+                "taken through several calls of the network, each of which drew "
+                "its own weights); compute one loss per forward pass, from the "
+                "derivative of that call's output alone: out = model(x); slopes "
+                "= torch.autograd.grad(out, x, ..., create_graph=True); "
+                "loss_fn(slopes, dy)"
+            )
     if found:
         raise ValueError(
             f"the loss input combines the outputs of {len(found)} different forward "
@@ -940,7 +988,24 @@ def find_record(tensor: Tensor) -> ForwardRecord:
         "of a Bayesian network called outside Pyro inference, nor computed from one "
         "with gradients enabled (operations under torch.no_grad(), .detach() or "
         ".clone() of a no-grad tensor cut the link). Pass out = model(x), or a "
-        "tensor computed from it with autograd on, to the loss" + _handlers_note()
+        "tensor computed from it with autograd on, to the loss"
+        + _derivative_note(tensor)
+        + _handlers_note()
+    )
+
+
+def _derivative_note(tensor: Tensor) -> str:
+    """What a derivative of an output needs to be found (for a tensor with a graph).
+
+    ``""`` for a tensor without one.
+    """
+    if tensor.grad_fn is None:
+        return ""
+    return (
+        ". A derivative of an output by the input (torch.autograd.grad(out, x, "
+        "..., create_graph=True)) is found from the call it differentiates when "
+        "that call's input required gradients (x.requires_grad_() before out = "
+        "model(x)) and its output out is still referenced when the loss is called"
     )
 
 

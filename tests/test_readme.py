@@ -102,3 +102,21 @@ def test_howto_names_every_weight_layout_a_condition_accepts() -> None:
     howto = " ".join((ROOT / "docs" / "howto.rst").read_text().split())
     paragraph = howto.split("*Condition a weight.*")[1].split("*Reparameterise")[0]
     assert [a for a in accepted if f"``{a}``" not in paragraph] == []
+
+
+def test_howto_says_which_estimator_losses_coupling_examples_need() -> None:
+    """howto.rst said a differentiated call makes "every particle one network".
+
+    Flipout, which ``"auto"`` runs there, gives each example (row) its own
+    weight draw: a physics loss coupling rows (``u(0) - u(1)``) trained
+    another objective. The section now says so and names the remedies
+    (tests/test_statistical.py checks that they share one draw).
+    """
+    howto = (ROOT / "docs" / "howto.rst").read_text()
+    section = howto.split("Differentiate with respect to the inputs\n")[1]
+    section = section.split("Differentiate with respect to the parameters")[0]
+    text = " ".join(section.split())
+    assert "Every particle is then one network" not in text
+    coupling = text.split("*Losses that couple examples.*")[1]
+    assert 'estimator="reparam"' in coupling
+    assert "bnn.draw_networks" in coupling
