@@ -10,7 +10,6 @@ on, the symmetry ``I_x(a, b) = 1 - I_{1-x}(b, a)`` serving the other side.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -94,45 +93,50 @@ def _beta_continued_fraction(
 ) -> Tensor:
     """The continued fraction of ``I_x(a, b)`` (Numerical Recipes' ``betacf``).
 
-    For ``(a, b) = (df / 2, 1 / 2)`` where ``direct``, else ``(1 / 2, df / 2)``.
-    Each term is ``x`` times a number of ``a``, ``b`` and its index alone, one
-    per branch. Each entry stops changing once its terms come within its
-    rounding level of 1, and once half of them have, the loop goes on with the
-    others only (most entries need tens of terms, those near the turning
-    point hundreds); it ends when all have. ``y = 1 - x``: for ``x``
-    near 1 the fraction's terms cancel to about ``y`` (``t^2 / df`` for a
-    large ``df``), and their rounding errors grow as ``eps / y``, which would
-    keep them from ever reaching 1 to float64's precision.
+    For ``(a, b) = (df / 2, 1 / 2)`` where ``direct``, else ``(1 / 2, df / 2)``:
+    each branch's entries are evaluated apart (see :func:`_lentz`).
     """
     shape = x.shape
-    x, direct = x.reshape(-1), direct.reshape(-1)
-    level = (_ROUNDING / y.reshape(-1)).clamp_min(_CONVERGED)
+    x, y, direct = x.reshape(-1), y.reshape(-1), direct.reshape(-1)
+    if bool(direct.all()):
+        return _lentz(x, y, half_df, 0.5).reshape(shape)
+    if not bool(direct.any()):
+        return _lentz(x, y, 0.5, half_df).reshape(shape)
+    fraction = torch.empty_like(x)
+    for branch, a, b in ((direct, half_df, 0.5), (~direct, 0.5, half_df)):
+        index = branch.nonzero().squeeze(1)
+        fraction[index] = _lentz(x[index], y[index], a, b)
+    return fraction.reshape(shape)
+
+
+def _lentz(x: Tensor, y: Tensor, a: float, b: float) -> Tensor:
+    """The continued fraction of ``I_x(a, b)`` at the points ``x`` (1-d), by Lentz.
+
+    Each term is ``x`` times a number of ``a``, ``b`` and its index alone.
+    Each entry stops changing once its terms come within its rounding level
+    of 1, and once half of them have, the loop goes on with the others only
+    (most entries need tens of terms, those near the turning point hundreds);
+    it ends when all have. ``y = 1 - x``: for ``x`` near 1 the fraction's
+    terms cancel to about ``y`` (``t^2 / df`` for a large ``df``), and their
+    rounding errors grow as ``eps / y``, which would keep them from ever
+    reaching 1 to float64's precision.
+    """
+    level = (_ROUNDING / y).clamp_min(_CONVERGED)
     fraction = torch.empty_like(x)
     index = torch.arange(x.numel(), device=x.device)  # of the entries still open
-
-    def per_branch(coefficient: Callable[[float, float], float]) -> Tensor:
-        return torch.where(
-            direct,
-            x.new_tensor(coefficient(half_df, 0.5)),
-            x.new_tensor(coefficient(0.5, half_df)),
-        )
-
+    one = x.new_ones(())
     c = torch.ones_like(x)
-    d = _nonzero(1.0 - x * per_branch(lambda a, b: (a + b) / (a + 1))).reciprocal()
+    d = _nonzero(torch.addcmul(one, x, one, value=-(a + b) / (a + 1))).reciprocal()
     h = d
     done = x.isnan()
     for m in range(1, _MAX_TERMS + 1):
-        even = x * per_branch(
-            lambda a, b: m * (b - m) / ((a - 1 + 2 * m) * (a + 2 * m))  # noqa: B023
-        )
-        d = _nonzero(torch.addcmul(c.new_ones(()), even, d)).reciprocal()
-        c = _nonzero(1.0 + even / c)
+        even = m * (b - m) / ((a - 1 + 2 * m) * (a + 2 * m))
+        d = _nonzero(torch.addcmul(one, x, d, value=even)).reciprocal_()
+        c = _nonzero(torch.addcdiv(one, x, c, value=even))
         step = d * c
-        odd = x * per_branch(
-            lambda a, b: -(a + m) * (a + b + m) / ((a + 2 * m) * (a + 1 + 2 * m))  # noqa: B023
-        )
-        d = _nonzero(torch.addcmul(c.new_ones(()), odd, d)).reciprocal()
-        c = _nonzero(1.0 + odd / c)
+        odd = -(a + m) * (a + b + m) / ((a + 2 * m) * (a + 1 + 2 * m))
+        d = _nonzero(torch.addcmul(one, x, d, value=odd)).reciprocal_()
+        c = _nonzero(torch.addcdiv(one, x, c, value=odd))
         delta = d * c
         h = torch.where(done, h, h * (step * delta))
         done |= (delta - 1.0).abs() < level
@@ -143,17 +147,12 @@ def _beta_continued_fraction(
             if 2 * closed >= done.numel():  # go on with the open half or less
                 fraction[index[done]] = h[done]
                 open_ = ~done
-                index, x, direct, level = (
-                    index[open_],
-                    x[open_],
-                    direct[open_],
-                    level[open_],
-                )
+                index, x, level = index[open_], x[open_], level[open_]
                 c, d, h, done = c[open_], d[open_], h[open_], done[open_]
     fraction[index] = h
-    return fraction.reshape(shape)
+    return fraction
 
 
 def _nonzero(value: Tensor) -> Tensor:
-    """Lentz's guard: a vanishing denominator becomes tiny, not zero."""
-    return value.where(value != 0, _TINY)
+    """Lentz's guard: a vanishing denominator becomes tiny, not zero (in place)."""
+    return value.masked_fill_(value == 0, _TINY)

@@ -1,9 +1,10 @@
 """Exact quantiles of the equal-weight mixtures a prediction's particles make.
 
 The posterior predictive of ``S`` particles is the mixture over dim 0 of each
-particle's noise distribution; its quantiles are found by bisection on the
-mixture's CDF (in float64), then refined by Newton steps where the mixture
-has a density.
+particle's noise distribution; its quantiles are found in float64: by
+bisection on the mixture's CDF refined by Newton steps where the mixture has
+a density (Gaussian), by safeguarded Halley steps (Student-t: each evaluation
+of its tail is costly), by bisection over the counts (Poisson).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pyrolite_bnn._validation import (
     check_positive_values,
     check_probability,
 )
+from pyrolite_bnn.distributions._bracketed_root import bracketed_halley
 from pyrolite_bnn.distributions._precision import summary_dtype
+from pyrolite_bnn.distributions._student_t_mixture import StudentTMixture
 from pyrolite_bnn.distributions._student_t_tail import student_t_upper_tail
 
 __all__ = [
@@ -178,6 +181,9 @@ def poisson_mixture_quantile(rate: Tensor, q: float) -> Tensor:
 # bracket is representable and the quantile is infinite.
 _LARGEST_T = 1e300
 _COMPONENT_HALVINGS = 64
+# The mixture's quantile: safeguarded Halley steps, with bisections where they
+# do not serve, at most as many as float64 can make count.
+_ROOT_STEPS = 200
 
 
 def student_t_mixture_quantile(
@@ -190,14 +196,22 @@ def student_t_mixture_quantile(
     it at any magnitude: ``df = 0.1``'s 2.5 % point is ``-1.7e12``) brackets
     the mixture's between the smallest and the largest ``loc + scale * t_q``
     (every component's CDF is below ``q`` left of that interval and above it
-    right of it). Then bisection in float64 on the mixture's lower tail
+    right of it). From the root of the mixture's CDF expanded to second order
+    around those component quantiles, safeguarded Halley steps in float64
+    (:func:`~._bracketed_root.bracketed_halley`) on the mixture's lower tail
     ``P(Y <= y)`` for ``q <= 1/2`` and upper tail ``P(Y > y)`` against
     ``1 - q`` otherwise, each from :func:`student_t_upper_tail` (which keeps
-    its relative precision far into the tail), below ``1e-5`` of the
-    narrowest scale, and Newton steps on the tail (its slope is the mixture
-    density), kept inside the bracket. A quantile beyond ``1e300`` scales
+    its relative precision far into the tail), the slope and curvature being
+    the mixture's density and its derivative: each evaluation narrows the
+    bracket, a step that would leave it (or does not shrink fast enough)
+    becomes a bisection, and an entry is done once the error its last step
+    leaves is below a few float64 ulps of the result (or of the narrowest
+    scale, for a result at 0), or its bracket is: two evaluations of the
+    tail for components alike, more (at most 200) where their scales differ
+    by orders of magnitude. A quantile beyond ``1e300`` scales
     (``df`` below about ``0.01``) is returned as ``-inf``/``inf``. The result
-    is in ``loc``'s dtype, at least ``float32``.
+    is in ``loc``'s dtype, at least ``float32``; where ``loc`` or ``scale``
+    require a gradient it is the implicit function theorem's.
 
     Args:
         loc: component locations ``(S, ...)``.
@@ -231,35 +245,24 @@ def student_t_mixture_quantile(
     if not math.isfinite(standard):
         infinite = torch.full_like(mean.sum(0), math.inf if upper else -math.inf)
         return infinite.to(summary_dtype(loc.dtype))
-    offset = sigma * standard
-    if upper:
-        lo, hi = (mean + offset).amin(0), (mean + offset).amax(0)
-    else:
-        lo, hi = (mean - offset).amin(0), (mean - offset).amax(0)
-
-    def tail_mass(y: Tensor) -> tuple[Tensor, Tensor]:
-        t = (y.unsqueeze(0) - mean) / sigma
-        return student_t_upper_tail(t if upper else -t, df).mean(0), t
-
-    for _ in range(_halvings(lo, hi, sigma)):
-        mid = (lo + hi) / 2
-        mass, _ = tail_mass(mid)
-        above = mass > tail if upper else mass < tail  # quantile above mid
-        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    y = (lo + hi) / 2
+    t_q = standard if upper else -standard  # the components' quantile
+    component = mean + sigma * t_q  # each one's: the mixture's lies between them
+    lo, hi = component.amin(0), component.amax(0)
+    search = StudentTMixture(mean, sigma, float(df), tail, upper)
+    y = bracketed_halley(
+        search.evaluate,
+        search.start(component, t_q, lo, hi),
+        lo,
+        hi,
+        sigma.amin(0),  # the resolution of a quantile at 0
+        _ROOT_STEPS,
+    )
     nu = torch.tensor(float(df), dtype=torch.float64, device=mean.device)
 
     def standard_density(t: Tensor) -> Tensor:
         student = torch.distributions.StudentT(nu, validate_args=False)
         density: Tensor = student.log_prob(t).exp()  # type: ignore[no-untyped-call]
         return density
-
-    for _ in range(_NEWTON_STEPS):
-        mass, t = tail_mass(y)
-        density = (standard_density(t) / sigma).mean(0)
-        step = (mass - tail) / density  # d tail / dy = -+ density
-        y = (y + step if upper else y - step).clamp(lo, hi)
-        y = torch.where(density > 0, y, (lo + hi) / 2)
 
     y = _with_root_gradient(y, wide_loc, wide_sigma, standard_density)
     return y.to(summary_dtype(loc.dtype))

@@ -1577,7 +1577,7 @@ class StudentT(_ScaleLikelihood):
     def quantile(self, output: Tensor, q: float) -> Tensor:
         """Exact quantile ``q`` of the Student-t mixture over particles, ``(B, ...)``.
 
-        Bisection on the mixture's tail probabilities (see
+        Safeguarded Halley steps on the mixture's tail probabilities (see
         :func:`~.mixture_quantiles.student_t_mixture_quantile`).
 
         Example:
