@@ -8,8 +8,8 @@ node, where the call's record sits (:func:`~pyrolite_bnn.record.attach_record`).
 
 Each call with gradients whose inputs carry a derivative is remembered here,
 weakly (a record lives as long as its output or the output's graph), and
-:func:`calls_reached` finds the calls among them whose own tensors (a
-record's :meth:`~pyrolite_bnn.record.ForwardRecord.call_tensors`) the graph of
+:func:`calls_reached` finds the calls among them whose own tensors' nodes (a
+record's :meth:`~pyrolite_bnn.record.ForwardRecord.call_nodes`) the graph of
 a tensor reaches. Other calls (the training hot path) are not remembered.
 """
 
@@ -31,11 +31,11 @@ _CALLS: weakref.WeakSet[ForwardRecord] = weakref.WeakSet()
 def remember(record: ForwardRecord) -> None:
     """Remember the record of a call whose inputs carry a derivative.
 
-    The record keeps its :meth:`~pyrolite_bnn.record.ForwardRecord.call_tensors`
+    The record keeps its :meth:`~pyrolite_bnn.record.ForwardRecord.call_nodes`
     from now on, also after a loss took its KL: a second loss (a physics term
     beside the data term) finds the call as the first did.
     """
-    record.keep_call_tensors()
+    record.keep_call_nodes()
     _CALLS.add(record)
 
 
@@ -52,11 +52,7 @@ def calls_reached(root: Any) -> list[ForwardRecord]:
         return []
     owners: list[tuple[Any, ForwardRecord]] = []
     for record in list(_CALLS):
-        owners.extend(
-            (tensor.grad_fn, record)
-            for tensor in record.call_tensors()
-            if tensor.grad_fn is not None
-        )
+        owners.extend((node, record) for node in record.call_nodes())
     found = reached_nodes(root, [node for node, _ in owners])
     records: list[ForwardRecord] = []
     # A node two calls share (moments kept from one call to the next) names both.

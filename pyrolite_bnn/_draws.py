@@ -33,10 +33,10 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -234,8 +234,10 @@ class LazyDraws:
         self._read = False
         self._moments_read = [False] * count
         self._keep = is_capturing()
-        # Moments kept past the KL (keep_moments): a derivative finds its call by them.
-        self._moments_kept = False
+        # The moments' autograd nodes kept past the KL (keep_moment_nodes): a
+        # derivative of the call's output finds its call by them.
+        self._keep_nodes = False
+        self._kept_nodes: list[Any] = []
         self._sums = _NOISE_SUMS.get()
         # Weights are drawn in the grad mode of the network's call, like
         # parameters, also when the layer reading first runs under no_grad
@@ -354,31 +356,38 @@ class LazyDraws:
         copy of every posterior scale. Nothing is dropped while a graph is
         captured (its values are the graph's).
         """
-        if self._keep or self._moments_kept or is_capturing():
+        if self._keep or is_capturing():
             return
         for index, moments in enumerate(self.moments):
             if moments is not None:
+                if self._keep_nodes:
+                    self._kept_nodes.extend(_nodes_of(moments))
                 self.moments[index] = None
                 self._released[index] = True
 
-    def keep_moments(self) -> None:
-        """Keep the moments for as long as this object (:meth:`release_moments`).
+    def keep_moment_nodes(self) -> None:
+        """Keep the moments' autograd nodes past :meth:`release_moments`.
 
         A call whose input is differentiated is found from a derivative of
-        its output by them (:meth:`call_tensors`), by every loss that takes
-        one, after a first loss took the call's KL too.
+        its output by them (:meth:`call_nodes`), by every loss that takes
+        one, also after a first loss took the call's KL. The nodes, not the
+        moments: a scale's node (``softplus``'s) holds the raw parameter, no
+        copy the size of the weights (a Bayesian head on a trainable
+        encoder, whose every call is differentiated, kept every posterior
+        scale of every kept loss).
         """
-        self._moments_kept = True
+        self._keep_nodes = True
 
-    def call_tensors(self) -> list[Tensor]:
-        """The tensors this call computed and still holds: moments, kept draws.
+    def call_nodes(self) -> list[Any]:
+        """The autograd nodes of the tensors this call computed for its weights.
 
-        A mean-field Normal variable's ``(loc, scale)`` (until
-        :meth:`release_moments`) and the draws kept whole; a draw replayed from
-        its random state is not held.
+        A mean-field Normal variable's ``(loc, scale)`` (held until
+        :meth:`release_moments`, their nodes after it where kept) and the
+        draws kept whole; a draw replayed from its random state is not held.
         """
         held = [t for moments in self.moments if moments is not None for t in moments]
-        return held + [value for value in self.values if value is not None]
+        values = [value for value in self.values if value is not None]
+        return [*_nodes_of(held), *_nodes_of(values), *self._kept_nodes]
 
     def finish(self) -> None:
         """Draw the variables no layer read, as the traced guide would."""
@@ -642,3 +651,8 @@ def using_fixed_weights(
             ``S`` particles (see :meth:`LazyDraws.fixed`).
     """
     return set_while(_FIXED, (network, values))
+
+
+def _nodes_of(tensors: Iterable[Tensor]) -> list[Any]:
+    """The autograd nodes of ``tensors`` that have one (not leaves)."""
+    return [tensor.grad_fn for tensor in tensors if tensor.grad_fn is not None]

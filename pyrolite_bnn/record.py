@@ -202,17 +202,17 @@ class ForwardRecord:
         """
         return []
 
-    def call_tensors(self) -> list[Tensor]:
-        """Tensors the forward pass computed for its weights, which it still holds.
+    def call_nodes(self) -> list[Any]:
+        """Autograd nodes of the tensors the forward pass computed for its weights.
 
-        Drawn weights and weight moments: a derivative of the pass's output
+        Of drawn weights and weight moments: a derivative of the pass's output
         by its input reaches them where it does not reach the output
         (:mod:`~pyrolite_bnn._differentiated_calls`).
         """
         return []
 
-    def keep_call_tensors(self) -> None:
-        """Keep :meth:`call_tensors` for as long as the record (not only to the KL)."""
+    def keep_call_nodes(self) -> None:
+        """Keep :meth:`call_nodes` for as long as the record (not only to the KL)."""
 
     def guide_identity(self) -> Hashable:
         """A cheap key of the guide behind :meth:`guide_parameters`.
@@ -418,12 +418,14 @@ class TraceRecord(ForwardRecord):
         )
         return torch.stack([log_p, log_q], dim=-1)
 
-    def call_tensors(self) -> list[Tensor]:
-        """See :meth:`ForwardRecord.call_tensors`: the guide's draws."""
+    def call_nodes(self) -> list[Any]:
+        """See :meth:`ForwardRecord.call_nodes`: the guide's draws'."""
         return [
-            site["value"]
+            site["value"].grad_fn
             for site in self.guide_trace.nodes.values()
-            if site["type"] == "sample" and isinstance(site["value"], Tensor)
+            if site["type"] == "sample"
+            and isinstance(site["value"], Tensor)
+            and site["value"].grad_fn is not None
         ]
 
     def guide_parameters(self) -> dict[str, Tensor]:
@@ -624,13 +626,13 @@ class LayerRecord(ForwardRecord):
                 total = total + _group_closed_form(prior, group)
         return torch.as_tensor(total)
 
-    def call_tensors(self) -> list[Tensor]:
-        """See :meth:`ForwardRecord.call_tensors`: moments and kept draws."""
-        return self.draws.call_tensors()
+    def call_nodes(self) -> list[Any]:
+        """See :meth:`ForwardRecord.call_nodes`: of moments and kept draws."""
+        return self.draws.call_nodes()
 
-    def keep_call_tensors(self) -> None:
-        """See :meth:`ForwardRecord.keep_call_tensors`: the moments."""
-        self.draws.keep_moments()
+    def keep_call_nodes(self) -> None:
+        """See :meth:`ForwardRecord.keep_call_nodes`: the moments'."""
+        self.draws.keep_moment_nodes()
 
     def guide_parameters(self) -> dict[str, Tensor]:
         """See :meth:`ForwardRecord.guide_parameters`: the posterior modules'."""

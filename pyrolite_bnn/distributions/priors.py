@@ -1668,7 +1668,12 @@ class CallablePrior(Prior):
     layer using the prior (the parameter, a view of it, its ``.detach()``:
     the prior of continual learning written as ``lambda shape:
     Normal(posterior.loc.detach(), ...)`` would move with the posterior);
-    return ``.detach().clone()`` copies, or assign a prior object
+    close over copies made once, before the function
+    (``loc = posterior.loc.detach().clone()``; a copy made inside the
+    function is made again on every call, from the posterior of that
+    moment, and moves with it as surely; so does a value the function
+    computes from a parameter, ``softplus(rho).detach()``, which no memory
+    check sees), or assign a prior object
     (``layer.prior["weight"] = bnn.NormalPrior(loc, scale)``, copied). The
     tensors are checked when they change: a function returning the same
     tensor objects again is not checked again. Any distribution is scored as
@@ -1843,7 +1848,10 @@ def _returned_tensor(returned: Distribution, held: HeldTensor) -> str:
 
 # How a prior callable gives a fixed value (the end of its refusals).
 _CALLABLE_COPIES = (
-    "return copies, tensor.detach().clone(), or assign a prior object "
+    "close over copies made once, before the function: "
+    "loc = tensor.detach().clone(), then lambda shape: Normal(loc, ...) (a "
+    "copy made inside the function is made again from the posterior on every "
+    "call and moves with it all the same), or assign a prior object "
     '(layer.prior["weight"] = bnn.NormalPrior(loc, scale)), which is copied'
 )
 

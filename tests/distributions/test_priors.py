@@ -1191,6 +1191,10 @@ def test_a_callable_prior_over_the_posteriors_memory_is_refused(
     assert "of the VILinear using the prior" in message
     assert "would move with the posterior during training" in message
     assert "tensor.detach().clone()" in message
+    # The copy is made once, before the callable: one made inside it is made
+    # from the posterior on every call (probe falsepos29b: the message's own
+    # remedy, followed inside the callable, moved with the posterior, KL 0).
+    assert "copies made once, before the function" in message
     assert "bnn.NormalPrior(loc, scale)" in message
 
 
