@@ -1189,3 +1189,63 @@ def test_temperature_follows_a_log_likelihood_built_from_the_inherited_positions
     ]
     assert fitted[0] == pytest.approx(fitted[1], rel=1e-6)
     assert abs(fitted[0] - fitted[2]) > 0.01
+
+
+# Calibrations of float64 predictions (probe sciml 29, calib_f64.py): the
+# parameter was a float32 buffer, its candidates were rounded to float32 while
+# fitted, and the fitted factor was stored rounded.
+_F64 = torch.float64
+
+
+def _validation_outputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.linspace(-1, 1, 20, dtype=_F64)
+    y = 2 * x + 0.3 * torch.randn(20, generator=gen, dtype=_F64)
+    out = 2 * x + 0.05 * torch.randn(50, 20, generator=gen, dtype=_F64)
+    return out.to(dtype), y.to(dtype)
+
+
+def test_a_variance_factor_fitted_to_float64_outputs_is_float64() -> None:
+    """Fitted under the default float32 dtype to float64 outputs, the factor
+    was float32 (0.32688987, 1.5e-5 from the optimum where the float64 fit
+    reaches 0.32688986). It is now the fit the default float64 dtype gives,
+    stored in float64, and scales float64 variances by itself."""
+    out, y = _validation_outputs(_F64)
+    fitted = bnn.VarianceScaling().fit(out, y, bnn.Normal(scale=0.5))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(_F64)
+    try:
+        reference = bnn.VarianceScaling().fit(out, y, bnn.Normal(scale=0.5))
+    finally:
+        torch.set_default_dtype(previous)
+    assert fitted.factor.dtype == _F64
+    torch.testing.assert_close(fitted.factor, reference.factor, rtol=1e-15, atol=0)
+    _, var = fitted.wrap(bnn.Normal(scale=0.5)).moments(out)
+    expected = reference.factor.sqrt().square() * torch.tensor(0.25, dtype=_F64)
+    torch.testing.assert_close(var, expected.expand_as(var), rtol=1e-15, atol=0)
+
+
+def test_calibrations_built_from_numbers_are_exact_for_float64_outputs() -> None:
+    """``VarianceScaling(0.3)`` and ``TemperatureScaling(0.7)`` applied float32
+    roundings of their numbers to float64 outputs; float32 outputs get the
+    float32 values they got before."""
+    out, _ = _validation_outputs(_F64)
+    logits = out[:, :6].reshape(50, 3, 2)
+    for dtype in (_F64, torch.float32):
+        tol = 1e-15 if dtype == _F64 else 0.0
+        factor, temperature = (
+            torch.tensor(0.3, dtype=dtype),
+            torch.tensor(0.7, dtype=dtype),
+        )
+        _, var = (
+            bnn.VarianceScaling(0.3).wrap(bnn.Normal(scale=0.5)).moments(out.to(dtype))
+        )
+        expected = factor.sqrt().square() * torch.tensor(0.5, dtype=dtype) ** 2
+        torch.testing.assert_close(var, expected.expand_as(var), rtol=tol, atol=0)
+        probs = (
+            bnn.TemperatureScaling(0.7)
+            .wrap(bnn.Categorical())
+            .class_probs(logits.to(dtype))
+        )
+        expected = torch.softmax(logits.to(dtype) / temperature, -1)
+        torch.testing.assert_close(probs, expected, rtol=tol, atol=0)

@@ -1286,3 +1286,124 @@ def test_a_weighted_log_likelihood_is_the_hand_computed_density() -> None:
         rtol=1e-12,
         atol=0.0,
     )
+
+
+# Hyperparameters given as numbers in float64 networks (probe sciml 29,
+# fixed_noise_f32.py): every one was stored as a float32 tensor and read
+# rounded by a float64 network, silently.
+_F64 = torch.float64
+
+
+@pytest.mark.parametrize("given", ["number", "float64 tensor"])
+def test_a_fixed_noise_scale_is_the_number_given_for_a_float64_network(
+    given: str,
+) -> None:
+    """``Normal(scale=1e-5)`` read by a float64 network was 9.9999997e-06 (its
+    float32 rounding): the data term 543 nats off on 1.0756e10, the aleatoric
+    variance 5e-8 off; a float64 tensor argument was rounded too, and
+    ``.double()`` kept the rounding. Now the float64 values are the float64
+    references'; float32 outputs give float32's values, as before."""
+    sigma, df = 1e-5, 3.3
+    arg = (
+        (lambda v: v) if given == "number" else (lambda v: torch.tensor(v, dtype=_F64))
+    )
+    normal, student = (
+        bnn.Normal(scale=arg(sigma)),
+        bnn.StudentT(df=arg(df), scale=arg(sigma)),
+    )
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(3, 5, generator=gen, dtype=_F64)
+    y = torch.randn(5, generator=gen, dtype=_F64) * 1e-4
+    s64, df64 = torch.tensor(sigma, dtype=_F64), torch.tensor(df, dtype=_F64)
+    references = {
+        normal: torch.distributions.Normal(out, s64).log_prob(y),
+        student: torch.distributions.StudentT(df64, out, s64).log_prob(y),
+    }
+    for likelihood, reference in references.items():
+        for module in (likelihood, likelihood.double()):
+            torch.testing.assert_close(
+                module.log_likelihood(out, y), reference, rtol=1e-15, atol=0
+            )
+    torch.testing.assert_close(
+        normal.moments(out)[1], (s64**2).expand(3, 5), rtol=1e-15, atol=0
+    )
+    assert normal.double().noise_scale().item() == sigma
+    if given == "float64 tensor":  # kept in its own dtype, as a prior's
+        assert bnn.Normal(scale=arg(sigma)).noise_scale().dtype == _F64
+        return
+    # float32 outputs: float32's numbers, bit for bit
+    out32, y32 = out.float(), y.float()
+    s32, df32 = torch.tensor(sigma), torch.tensor(df)
+    fresh = bnn.Normal(scale=sigma), bnn.StudentT(df=df, scale=sigma)
+    torch.testing.assert_close(
+        fresh[0].log_likelihood(out32, y32),
+        torch.distributions.Normal(out32, s32).log_prob(y32),
+        rtol=0,
+        atol=0,
+    )
+    torch.testing.assert_close(
+        fresh[1].log_likelihood(out32, y32),
+        torch.distributions.StudentT(df32, out32, s32).log_prob(y32),
+        rtol=0,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize("family", ["normal", "student"])
+def test_an_untrained_learned_noise_scale_trains_in_a_float64_networks_dtype(
+    family: str,
+) -> None:
+    """A learned ``Normal()``/``StudentT()`` beside a float64 network kept a
+    float32 raw parameter: the loss read it rounded (softplus(raw) 0.1 read as
+    0.10000000149) and every optimizer step on it was rounded to float32. Now
+    it takes the output's dtype on first use, exactly, under the optimizer
+    built before (the same parameter object); a float32 network's is as it
+    was, bit for bit."""
+    make = bnn.Normal if family == "normal" else bnn.StudentT
+    likelihood = make(init_scale=0.1)
+    raw = likelihood.raw_scale_unconstrained
+    torch.testing.assert_close(  # float32: the number rounded once, as before
+        raw.detach(), torch.tensor(math.log(math.expm1(0.1))), rtol=0, atol=0
+    )
+    layer = bnn.VILinear(2, 1, dtype=_F64)
+    loss_fn = bnn.KullbackLeiblerLoss(likelihood, dataset_size=4)
+    optimizer = torch.optim.Adam([*layer.parameters(), *loss_fn.parameters()], lr=1e-2)
+    x, y = torch.randn(4, 2, dtype=_F64), torch.randn(4, dtype=_F64)
+    loss = loss_fn(layer(x), y)
+    assert likelihood.raw_scale_unconstrained is raw
+    assert raw.dtype == _F64
+    with torch.no_grad():
+        torch.testing.assert_close(
+            likelihood.noise_scale(), torch.tensor(0.1, dtype=_F64), rtol=1e-15, atol=0
+        )
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert raw.grad is not None
+    assert raw.grad.dtype == _F64
+    assert raw.dtype == _F64
+    assert float(raw.detach()) != math.log(math.expm1(0.1))  # trained, in float64
+    # A float32 network leaves a float32 scale as it is.
+    kept = make(init_scale=0.1)
+    bnn.KullbackLeiblerLoss(kept, dataset_size=4)(
+        bnn.VILinear(2, 1)(x.float()), y.float()
+    )
+    assert kept.raw_scale_unconstrained.dtype == torch.float32
+
+
+def test_a_noise_scale_trained_in_float32_warns_when_a_float64_network_trains_it() -> (
+    None
+):
+    """A scale trained already (an optimizer holds float32 state for it) is
+    not converted under that optimizer; training it with a float64 output
+    rounds its value and steps, and says what to do instead."""
+    likelihood = bnn.Normal(init_scale=0.5)
+    optimizer = torch.optim.Adam(likelihood.parameters(), lr=0.1)
+    loss_fn = bnn.KullbackLeiblerLoss(likelihood, dataset_size=4)
+    x, y = torch.randn(4, 2), torch.randn(4)
+    loss_fn(bnn.VILinear(2, 1)(x), y).backward()
+    optimizer.step()
+    layer = bnn.VILinear(2, 1, dtype=_F64)
+    with pytest.warns(UserWarning, match=r"loss_fn.to\(torch.float64\)"):
+        loss_fn(layer(x.double()), y.double())
+    assert likelihood.raw_scale_unconstrained.dtype == torch.float32

@@ -2191,3 +2191,123 @@ def test_a_distribution_prior_built_on_meta_infers_shapes_and_loads() -> None:
     loss = loss_fn(layer(x), y)
     torch.manual_seed(0)
     torch.testing.assert_close(loss, loss_fn(source(x), y), rtol=0, atol=0)
+
+
+# Prior hyperparameters given as numbers, on float64 layers (probe sciml 29):
+# stored as float32 tensors first and converted with the layer, they were the
+# float32 roundings (NormalPrior(scale=0.1) read 0.10000000149, the KL 1.48e-6
+# nats off the float64 one).
+_F64 = torch.float64
+_LOG3, _LOG7 = math.log(0.3), math.log1p(-0.3)
+_NUMBER_PRIORS: dict[str, tuple[Callable[[], bnn.Prior], dict[str, Any]]] = {
+    "normal": (lambda: bnn.NormalPrior(0.3, 0.1), {"loc": 0.3, "scale": 0.1}),
+    "laplace": (lambda: bnn.LaplacePrior(0.3, 0.1), {"loc": 0.3, "scale": 0.1}),
+    "student": (
+        lambda: bnn.StudentTPrior(2.3, 0.3, 0.1),
+        {"df": 2.3, "loc": 0.3, "scale": 0.1},
+    ),
+    "mixture": (
+        lambda: bnn.ScaleMixtureNormalPrior(0.3, 0.7, 0.1),
+        {"logits": [_LOG3, _LOG7], "scales": [0.7, 0.1]},
+    ),
+    "learned": (
+        lambda: bnn.LearnedNormalPrior(0.3, init_scale=0.1),
+        {"loc": 0.3, "log_scale": math.log(0.1)},
+    ),
+}
+
+
+def _prior_tensors(prior: bnn.Prior) -> dict[str, Tensor]:
+    return {
+        name: tensor.detach()
+        for name, tensor in [*prior.named_parameters(), *prior.named_buffers()]
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_NUMBER_PRIORS))
+def test_prior_hyperparameters_given_as_numbers_are_exact_on_a_float64_layer(
+    case: str,
+) -> None:
+    """On a ``dtype=torch.float64`` layer, after ``.double()`` of a float32
+    one, and after a meta build's ``to_empty`` and ``reset_parameters``, every
+    hyperparameter is the float64 value of the numbers given (float64
+    arithmetic for those computed from them: the mixture's logits, the learned
+    log scale)."""
+    make, numbers = _NUMBER_PRIORS[case]
+    with torch.device("meta"):
+        on_meta = bnn.VILinear(3, 2, dtype=_F64, prior=make())
+    on_meta = on_meta.to_empty(device="cpu")
+    on_meta.prior["weight"].reset_parameters()
+    layers = {
+        "dtype=": bnn.VILinear(3, 2, dtype=_F64, prior=make()),
+        ".double()": bnn.VILinear(3, 2, prior=make()).double(),
+        "reset": on_meta,
+    }
+    for how, layer in layers.items():
+        tensors = _prior_tensors(layer.prior["weight"])
+        for name, number in numbers.items():
+            expected = torch.tensor(number, dtype=_F64)
+            if name == "logits":  # log(0.3) and log1p(-0.3), in float64
+                pi = torch.tensor(0.3, dtype=_F64)
+                expected = torch.stack([pi.log(), torch.log1p(-pi)])
+            assert tensors[name].dtype == _F64, how
+            torch.testing.assert_close(
+                tensors[name], expected.expand_as(tensors[name]), rtol=1e-15, atol=0
+            )
+
+
+@pytest.mark.parametrize("case", sorted(_NUMBER_PRIORS))
+def test_prior_hyperparameters_of_a_float32_layer_are_as_before(case: str) -> None:
+    """A float32 layer's hyperparameters are the numbers rounded to float32 (or
+    computed in float32 from them) bit for bit, as they were."""
+    make, numbers = _NUMBER_PRIORS[case]
+    tensors = _prior_tensors(bnn.VILinear(3, 2, prior=make()).prior["weight"])
+    for name, number in numbers.items():
+        expected = torch.tensor(number)
+        if name == "logits":
+            pi = torch.tensor(0.3)
+            expected = torch.stack([pi.log(), torch.log1p(-pi)])
+        if name == "log_scale":
+            expected = torch.tensor(0.1).log()
+        assert tensors[name].dtype == torch.float32
+        torch.testing.assert_close(
+            tensors[name], expected.expand_as(tensors[name]), rtol=0, atol=0
+        )
+
+
+def test_the_kl_of_a_float64_layer_is_that_of_the_prior_given() -> None:
+    """The probe's case: a float64 layer's closed-form KL against
+    ``NormalPrior(scale=0.1)`` is the float64 KL against N(0, 0.1^2)."""
+    torch.manual_seed(0)
+    layer = bnn.VILinear(3, 2, dtype=_F64, prior=bnn.NormalPrior(scale=0.1))
+    loss_fn = bnn.KullbackLeiblerLoss(bnn.Normal(scale=0.5), 1, kl="analytic")
+    x, y = torch.zeros(1, 3, dtype=_F64), torch.zeros(1, 2, dtype=_F64)
+    with torch.no_grad():
+        _, kl = loss_fn.terms(layer(x, samples=1), y)
+        prior = torch.distributions.Normal(
+            torch.tensor(0.0, dtype=_F64), torch.tensor(0.1, dtype=_F64)
+        )
+        expected = sum(
+            kl_divergence(
+                torch.distributions.Normal(*layer.posterior[name].normal_params()),
+                prior,
+            ).sum()
+            for name in ("weight", "bias")
+        )
+    torch.testing.assert_close(kl, expected, rtol=1e-15, atol=0)
+
+
+def test_a_half_precision_prior_converted_back_keeps_its_rounding() -> None:
+    """``.half()`` is the user's choice of precision: as the weights, the
+    hyperparameters keep its rounding when converted back (the KL tests of
+    half-precision networks compare with a float64 copy of the stored
+    numbers)."""
+    layer = bnn.VILinear(3, 2, prior=bnn.NormalPrior(0.3, 0.1)).half().double()
+    prior = layer.prior["weight"]
+    for name, number in (("loc", 0.3), ("scale", 0.1)):
+        torch.testing.assert_close(
+            getattr(prior, name),
+            torch.tensor(number, dtype=torch.float16).double(),
+            rtol=0,
+            atol=0,
+        )
