@@ -36,7 +36,6 @@ from torch import Tensor, nn
 __all__ = [
     "RefusesUnwrittenTensors",
     "holds_no_values",
-    "own_tensor",
     "unwritten_state_keys",
     "unwritten_state_remedies",
 ]
@@ -380,7 +379,9 @@ class RefusesUnwrittenTensors(nn.Module):
 
     def _own_tensor(self, name: str) -> Tensor | None:
         """The parameter or buffer ``name`` of this module (``None``: none)."""
-        return own_tensor(self, name)
+        if name in self._parameters:
+            return self._parameters[name]
+        return self._buffers.get(name)
 
     def _recorded_tensor(self, name: str, memory: _EmptiedMemory) -> Tensor | None:
         """The tensor recorded as ``name``, where this module holds it now.
@@ -581,13 +582,6 @@ class RefusesUnwrittenTensors(nn.Module):
             names = dict.fromkeys(names, "emptied")
         if isinstance(names, dict):
             self._note_emptied(names)
-
-
-def own_tensor(module: nn.Module, name: str) -> Tensor | None:
-    """The parameter or buffer ``name`` of ``module`` itself (``None``: none)."""
-    if name in module._parameters:
-        return module._parameters[name]
-    return module._buffers.get(name)
 
 
 def _with_identity(module: nn.Module, tensor_id: int) -> Iterator[Tensor]:

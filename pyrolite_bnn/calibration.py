@@ -69,7 +69,6 @@ import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
 
-from pyrolite_bnn._exact_values import KeepsExactValues, is_wider
 from pyrolite_bnn._forward import InputTensor, NetworkInput, network_args
 from pyrolite_bnn._likelihoods import as_likelihood, describe_likelihood
 from pyrolite_bnn._network import has_sequence_first_layers
@@ -82,7 +81,7 @@ from pyrolite_bnn._validation import (
     check_positive,
 )
 from pyrolite_bnn._warnings import warn_at_caller
-from pyrolite_bnn.distributions._precision import full_precision, summary_dtype
+from pyrolite_bnn.distributions._precision import full_precision
 from pyrolite_bnn.distributions._scoring import scored_positions
 from pyrolite_bnn.distributions.predictive import (
     HeteroscedasticNormal,
@@ -356,7 +355,7 @@ def _mixture_nll(log_p: Tensor) -> float:
     return float(-mixture.mean())
 
 
-class Calibration(KeepsExactValues, RefusesUnwrittenTensors):
+class Calibration(RefusesUnwrittenTensors):
     """Base class of post-hoc calibrations with one positive parameter.
 
     Subclasses implement :meth:`wrap` and ``_fit`` (the fit of the parameter,
@@ -365,13 +364,7 @@ class Calibration(KeepsExactValues, RefusesUnwrittenTensors):
     ``to_empty`` it is refused by :meth:`wrap` until written (a fit, a
     :meth:`reset_parameters`, a load: :meth:`check_written`). A subclass
     registers it with ``_register_calibration_parameter(name, value)``, which
-    keeps the value for :meth:`reset_parameters`, and writes a fitted value
-    with ``_set_fitted(name, value, outputs)``.
-
-    The parameter keeps the precision of the number it was given or fitted
-    as (:class:`~pyrolite_bnn._exact_values.KeepsExactValues`): fitted to
-    ``float64`` outputs it is stored in ``float64``; built from a number, it
-    is that number for ``float64`` predictions (and after ``.double()``).
+    keeps the value for :meth:`reset_parameters`.
     """
 
     def __init__(self) -> None:
@@ -382,22 +375,7 @@ class Calibration(KeepsExactValues, RefusesUnwrittenTensors):
     def _register_calibration_parameter(self, name: str, value: float) -> None:
         """Register the buffer ``name`` holding ``value``, kept for resets."""
         self.register_buffer(name, torch.tensor(value))
-        self.keep_exact(name, value)
         self._built_values[name] = value
-
-    def _set_fitted(self, name: str, value: float, outputs: Tensor) -> None:
-        """Write the fitted ``value`` into the parameter ``name``, exactly.
-
-        In the precision of the ``outputs`` it was fitted to where that is
-        wider than the parameter's (``float64`` outputs: a ``float64``
-        parameter).
-        """
-        dtype = summary_dtype(outputs.dtype)
-        if is_wider(dtype, getattr(self, name).dtype):
-            self.to(dtype)
-        with torch.no_grad():
-            getattr(self, name).fill_(value)
-        self.keep_exact(name, value)
 
     def reset_parameters(self) -> None:
         """Return the parameter to the value the calibration was built with.
@@ -431,8 +409,6 @@ class Calibration(KeepsExactValues, RefusesUnwrittenTensors):
             for name, value in built.items():
                 tensor: Tensor = getattr(self, name)
                 tensor.fill_(value)
-        for name, value in built.items():
-            self.keep_exact(name, value)
 
     def unwritten_remedy(self) -> str:
         """A fit, a reset or a load writes the parameter (:meth:`check_written`)."""
@@ -574,7 +550,7 @@ class TemperatureScaling(Calibration):
         """
         self.check_written()
         likelihood = self._taken_likelihood(predictive, "TemperatureScaling.wrap")
-        return _TemperatureScaled(likelihood, self.temperature, self)
+        return _TemperatureScaled(likelihood, self.temperature)
 
     def _taken_likelihood(self, predictive: object, who: str) -> PredictiveDistribution:
         """A classification likelihood; else a ``TypeError``."""
@@ -621,7 +597,8 @@ class TemperatureScaling(Calibration):
             positions=labels.numel(),
             one_class=_one_class(labels),
         )
-        self._set_fitted("temperature", best, outputs)
+        with torch.no_grad():
+            self.temperature.fill_(best)
         return self
 
     def extra_repr(self) -> str:
@@ -661,7 +638,7 @@ class VarianceScaling(Calibration):
         """``predictive`` with its particle mixture stretched by ``sqrt(factor)``."""
         self.check_written()
         likelihood = self._taken_likelihood(predictive, "VarianceScaling.wrap")
-        return _VarianceScaled(likelihood, self.factor, self)
+        return _VarianceScaled(likelihood, self.factor)
 
     def _taken_likelihood(self, predictive: object, who: str) -> PredictiveDistribution:
         """A Gaussian likelihood scored as the library scores it, else a refusal.
@@ -707,7 +684,8 @@ class VarianceScaling(Calibration):
         best = _fit_log_parameter(
             objective, "variance factor", outputs, positions=positions
         )
-        self._set_fitted("factor", best, outputs)
+        with torch.no_grad():
+            self.factor.fill_(best)
         return self
 
     def extra_repr(self) -> str:
@@ -760,16 +738,14 @@ class _TemperatureScaled(_Calibrated):
 
     is_classification: ClassVar[bool] = True
 
-    def __init__(
-        self, base: PredictiveDistribution, temperature: Tensor, of: Calibration
-    ) -> None:
+    def __init__(self, base: PredictiveDistribution, temperature: Tensor) -> None:
         super().__init__(base)
         self.register_buffer("temperature", temperature.detach().clone())
-        self.keep_exact("temperature", of.exact_value("temperature"))
 
     def _scaled(self, output: Tensor) -> Tensor:
         self.check_written()
-        return self.base.tempered(output, self.exact_as("temperature", output))
+        temperature: Tensor = self.temperature
+        return self.base.tempered(output, temperature)
 
     def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """The base distribution of the scaled logits."""
@@ -807,17 +783,15 @@ class _TemperatureScaled(_Calibrated):
 class _VarianceScaled(_Calibrated):
     """Gaussian likelihood whose particle mixture is stretched about its mean."""
 
-    def __init__(
-        self, base: PredictiveDistribution, factor: Tensor, of: Calibration
-    ) -> None:
+    def __init__(self, base: PredictiveDistribution, factor: Tensor) -> None:
         super().__init__(base)
         self.register_buffer("factor", factor.detach().clone())
-        self.keep_exact("factor", of.exact_value("factor"))
 
     def _stretch(self, loc: Tensor) -> tuple[Tensor, Tensor]:
         """Centre ``mean_s loc`` and the standard-deviation factor."""
         self.check_written()
-        return loc.mean(0), self.exact_as("factor", loc).sqrt()
+        factor: Tensor = self.factor
+        return loc.mean(0), factor.to(loc).sqrt()
 
     def moments(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Particle means stretched about their average; variances scaled."""

@@ -144,7 +144,7 @@ def _output_hessian_root(
     """
     params = jac.shape[-1]
     if isinstance(predictive, Normal):
-        inverse_scale = predictive.noise_scale_as(output).detach().reciprocal()
+        inverse_scale = predictive.noise_scale().detach().to(output).reciprocal()
         return jac.reshape(-1, params) * inverse_scale
     if isinstance(predictive, Bernoulli):
         p = torch.sigmoid(output)

@@ -826,25 +826,6 @@ def test_divergence_modules() -> None:
     )
 
 
-def test_a_divergence_reads_numbers_in_the_variational_dtype() -> None:
-    """A prior mean and log std given as numbers were made float32 tensors and
-    then cast to a float64 variational mean: the KL of float64 parameters used
-    the float32 roundings of 0.2 and log(0.5). It is the float64 KL now, and
-    the float32 KL is the one it was (the numbers rounded once)."""
-    for dtype, rtol in ((torch.float64, 1e-15), (torch.float32, 0.0)):
-        mean = torch.linspace(-1.0, 1.0, 5, dtype=dtype)
-        log_std = torch.linspace(-0.3, 0.2, 5, dtype=dtype)
-        prior = torch.distributions.Normal(
-            torch.tensor(0.2, dtype=dtype),
-            torch.tensor(math.log(0.5), dtype=dtype).exp(),
-        )
-        expected = torch.distributions.kl_divergence(
-            torch.distributions.Normal(mean, log_std.exp()), prior
-        ).sum()
-        value = vi.NormalNormalDivergence()([0.2, math.log(0.5)], [mean, log_std])
-        torch.testing.assert_close(value, expected, rtol=rtol, atol=0)
-
-
 def _mc_kl(layer: nn.Module, draws: int = 4000) -> tuple[float, float, float]:
     """Monte-Carlo KL of one forward pass: the loss's, the mean and the SE of
     the per-particle ``log q - log p`` (from the output's ``log_probs``).

@@ -47,8 +47,6 @@ from pyro.nn import PyroParam
 from torch import Tensor
 
 from pyrolite_bnn._capture import transforms_active
-from pyrolite_bnn._change_watch import count_steps, stepped_optimizers
-from pyrolite_bnn._exact_values import KeepsExactValues, given_dtype, is_wider
 from pyrolite_bnn._label_values import (
     ignore_index_hint,
     labels_outside,
@@ -227,9 +225,7 @@ def _check_mask_layout(keep: Tensor, positions: torch.Size) -> None:
         )
 
 
-class PredictiveDistribution(
-    DeclaresScales, KeepsExactValues, RefusesUnwrittenTensors, LocalPyroModule
-):
+class PredictiveDistribution(DeclaresScales, RefusesUnwrittenTensors, LocalPyroModule):
     """Base class of likelihoods ``p(y | network output)``.
 
     ``predictive(output)`` returns the distribution for an output of shape
@@ -1239,9 +1235,9 @@ class _ScaleLikelihood(PredictiveDistribution):
         super().__init__()
         self._take_missing(missing)
         self.learned = scale is None
-        given = init_scale if scale is None else scale
         value = check_real(
-            given, f"{type(self).__name__} {'init_scale' if scale is None else 'scale'}"
+            init_scale if scale is None else scale,
+            f"{type(self).__name__} {'init_scale' if scale is None else 'scale'}",
         )
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(
@@ -1257,18 +1253,15 @@ class _ScaleLikelihood(PredictiveDistribution):
                 f"{torch.get_default_dtype()} number; got {value!r}"
             )
         self._initial_scale = float(value)  # what reset_parameters returns to
-        # A floating tensor's dtype, else the default; the number is kept exact.
-        dtype = given_dtype(given)
         if self.learned:
-            # The raw number, exact: each dtype the parameter takes rounds it.
-            self._initial_raw_scale = inverse_softplus(float(value))
-            raw = torch.tensor(self._initial_raw_scale, dtype=dtype)
-            setattr(self, "raw_scale", PyroParam(raw, constraints.real))  # noqa: B010
-            self.keep_exact("raw_scale_unconstrained", self._initial_raw_scale)
-            count_steps()  # widen_untrained asks which optimizers stepped
+            raw = inverse_softplus(float(value))
+            # the stored (default dtype) number; read on the CPU, as the
+            # parameter may be built on the meta device
+            self._initial_raw_scale = float(torch.tensor(raw, device="cpu"))
+            param = PyroParam(torch.tensor(raw), constraints.real)
+            setattr(self, "raw_scale", param)  # noqa: B010
         else:
-            self.register_buffer("fixed_scale", torch.tensor(float(value), dtype=dtype))
-            self.keep_exact("fixed_scale", float(value))
+            self.register_buffer("fixed_scale", torch.tensor(float(value)))
 
     def reset_parameters(self) -> None:
         """Return the noise scale to the value it was built with.
@@ -1291,11 +1284,11 @@ class _ScaleLikelihood(PredictiveDistribution):
                 f"this {type(self).__name__} was saved before it kept its initial "
                 "scale: build a new one to start again"
             )
-        name = "raw_scale_unconstrained" if self.learned else "fixed_scale"
-        value = self._initial_raw_scale if self.learned else self._initial_scale
         with torch.no_grad():
-            getattr(self, name).fill_(value)
-        self.keep_exact(name, value)
+            if self.learned:
+                self.raw_scale_unconstrained.fill_(self._initial_raw_scale)
+            else:
+                self.fixed_scale.fill_(self._initial_scale)
 
     def scale_parameter_names(self) -> tuple[str, ...]:
         """``("raw_scale_unconstrained",)`` for a learned noise scale, else none.
@@ -1314,11 +1307,7 @@ class _ScaleLikelihood(PredictiveDistribution):
         initial = getattr(self, "_initial_raw_scale", None)  # older pickles
         if not self.learned or initial is None:
             return []
-        raw = self.raw_scale.detach()
-        # The initial number rounded to the parameter's dtype (older pickles
-        # kept it rounded to float32 already).
-        start = float(torch.tensor(initial, dtype=raw.dtype, device="cpu"))
-        return ["raw_scale"] if float(raw) == start else []
+        return ["raw_scale"] if float(self.raw_scale.detach()) == initial else []
 
     def check_target(self, output: Tensor, target: Tensor) -> None:
         """Targets must be real numbers (not ``bool`` or complex), finite.
@@ -1428,74 +1417,6 @@ class _ScaleLikelihood(PredictiveDistribution):
             return F.softplus(self.raw_scale)
         return self.fixed_scale  # type: ignore[no-any-return]
 
-    def noise_scale_as(self, like: Tensor) -> Tensor:
-        """:meth:`noise_scale` in ``like``'s dtype and on its device.
-
-        A fixed scale given as a number is that number in a wider dtype than
-        its own (a ``float64`` network's output): ``Normal(scale=0.1)`` reads
-        as ``0.1``, not as its ``float32`` rounding 0.10000000149
-        (:meth:`~pyrolite_bnn._exact_values.KeepsExactValues.exact_as`).
-
-        A learned scale not trained yet takes the wider dtype of the first
-        output it meets (:meth:`widen_untrained`), exactly: a ``float64``
-        network trains a ``float64`` noise scale, as its weights, with the
-        optimizer that already holds the parameter. One trained in a
-        narrower dtype is read as it is (warning once when it trains so).
-
-        Example:
-            >>> import torch, pyrolite_bnn as bnn
-            >>> like = torch.zeros((), dtype=torch.float64)
-            >>> bnn.Normal(scale=0.1).noise_scale_as(like).item()
-            0.1
-            >>> normal = bnn.Normal(init_scale=0.1)
-            >>> scale = normal.noise_scale_as(like)
-            >>> round(scale.item(), 15), normal.raw_scale_unconstrained.dtype
-            (0.1, torch.float64)
-        """
-        if not self.learned:
-            self.check_written()
-            return self.exact_as("fixed_scale", like)
-        scale = self.noise_scale()
-        if scale.dtype != like.dtype and is_wider(like.dtype, scale.dtype):
-            self.widen_untrained(like.dtype)
-            scale = self.noise_scale()
-        return scale.to(like)
-
-    def widen_untrained(self, dtype: torch.dtype) -> None:
-        """Convert the likelihood to ``dtype`` while its learned scale is untrained.
-
-        While the parameter holds its initial number and no optimizer that
-        stepped holds state for it (Adam's moments of the narrower dtype),
-        the likelihood is converted in place (``self.to(dtype)``: the same
-        parameter object, which an optimizer built before holds still), and
-        the parameter is the initial number in ``dtype``. Otherwise nothing
-        changes, with one warning if it trains so (gradients on): its value
-        and the optimizer's steps stay rounded to its dtype. Not under
-        ``torch.compile`` or ``torch.func`` transforms.
-
-        Args:
-            dtype: the wider dtype of the computation (a network's output).
-        """
-        raw = self.raw_scale_unconstrained
-        if torch.compiler.is_compiling() or transforms_active() or raw.is_meta:
-            return
-        stepped = any(raw in optimizer.state for optimizer in stepped_optimizers())
-        if self.holds_exact("raw_scale_unconstrained") and not stepped:
-            self.to(dtype)
-            return
-        if self.__dict__.get("_narrow_warned", False):
-            return
-        if raw.requires_grad and torch.is_grad_enabled():
-            object.__setattr__(self, "_narrow_warned", True)
-            name = type(self).__name__
-            warn_at_caller(
-                f"{name}: the learned noise scale, trained as a {raw.dtype} "
-                f"parameter, now trains with a {dtype} network output: its value "
-                f"and every optimizer step on it are rounded to {raw.dtype}. "
-                f"Convert the loss with the network (loss_fn.to({dtype})) and "
-                "build the optimizer after it (its state holds the old dtype)"
-            )
-
     def extra_repr(self) -> str:
         """Learned (with its value now) or fixed scale; the missing-entry marker."""
         missing = super().extra_repr()
@@ -1556,7 +1477,7 @@ class Normal(_ScaleLikelihood):
 
     def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``Normal(output, scale)``."""
-        scale = self.noise_scale_as(output)
+        scale = self.noise_scale().to(output)
         result: TorchDistributionMixin = dist.Normal(output, scale).to_event(
             output.dim() - 2
         )
@@ -1566,7 +1487,7 @@ class Normal(_ScaleLikelihood):
         """Per-particle mean and noise variance of ``y``, ``(S, B, ...)`` each."""
         self.check_output(output)
         loc = _location(full_precision(output))
-        return loc, (self.noise_scale_as(loc) ** 2).expand_as(loc)
+        return loc, (self.noise_scale().to(loc) ** 2).expand_as(loc)
 
     def quantile(self, output: Tensor, q: float) -> Tensor:
         """Exact quantile ``q`` of the Gaussian mixture over particles, ``(B, ...)``.
@@ -1614,26 +1535,23 @@ class StudentT(_ScaleLikelihood):
         missing: str | None = None,
     ) -> None:
         super().__init__(scale, init_scale, missing)
-        dtype = given_dtype(df)
         df = check_real(df, "StudentT df")
         if not (df > 0 and math.isfinite(df)):
             raise ValueError(f"StudentT df must be a positive float, got {df!r}")
         self._initial_df = float(df)
-        self.register_buffer("df", torch.tensor(float(df), dtype=dtype))
-        self.keep_exact("df", float(df))
+        self.register_buffer("df", torch.tensor(float(df)))
 
     def reset_parameters(self) -> None:
         """Return the noise scale and ``df`` to the values they were built with."""
         super().reset_parameters()
         with torch.no_grad():
             self.df.fill_(self._initial_df)
-        self.keep_exact("df", self._initial_df)
 
     def distribution(self, output: Tensor) -> TorchDistributionMixin:
         """``StudentT(df, output, scale)``."""
-        scale = self.noise_scale_as(output)
+        scale = self.noise_scale().to(output)
         result: TorchDistributionMixin = dist.StudentT(
-            self.exact_as("df", output), output, scale
+            self.df.to(output), output, scale
         ).to_event(output.dim() - 2)
         return result
 
@@ -1652,7 +1570,7 @@ class StudentT(_ScaleLikelihood):
         self.check_output(output)
         loc = _location(full_precision(output))
         noise = dist.StudentT(
-            self.exact_as("df", loc), loc, self.noise_scale_as(loc), validate_args=False
+            self.df.to(loc), loc, self.noise_scale().to(loc), validate_args=False
         )
         return noise.mean, noise.variance
 
@@ -1671,7 +1589,7 @@ class StudentT(_ScaleLikelihood):
         self.check_output(output)
         loc = _location(full_precision(output))
         return student_t_mixture_quantile(
-            loc, self.noise_scale_as(loc), float(self.exact_value("df")), q
+            loc, self.noise_scale().to(loc), float(self.df), q
         )
 
 

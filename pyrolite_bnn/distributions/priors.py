@@ -26,7 +26,6 @@ from torch.distributions import Distribution, Independent, Transform, constraint
 
 from pyrolite_bnn._capture import is_capturing, is_wrapped
 from pyrolite_bnn._context_values import in_own_context, set_while
-from pyrolite_bnn._exact_values import KeepsExactValues, as_float64, given_dtype
 from pyrolite_bnn._handlers import pyro_wrapped
 from pyrolite_bnn._overrides import keeps_methods
 from pyrolite_bnn._scales import DeclaresScales
@@ -145,7 +144,11 @@ def _hyperparameter(
     if isinstance(value, str | bytes | bool) or value is None:
         raise TypeError(f"{what} must be a number or a tensor, got {value!r}")
     _refuse_trainable(value, what)
-    dtype = given_dtype(value)
+    dtype = (
+        value.dtype
+        if isinstance(value, Tensor) and value.is_floating_point()
+        else torch.get_default_dtype()
+    )
     # Numbers become CPU tensors even under a ``torch.device("meta")`` context,
     # so that the prior keeps its values for ``reset_parameters`` after
     # ``to_empty``; the layer moves its copy to the posterior's device.
@@ -227,6 +230,10 @@ def _positive(value: float | Tensor, what: str) -> Tensor:
     return _hyperparameter(value, _finite_positive, what)
 
 
+def _finite(value: float | Tensor, what: str) -> Tensor:
+    return _hyperparameter(value, _finite_real, what)
+
+
 def _is_dependent(constraint: constraints.Constraint) -> bool:
     """``constraints.is_dependent``, typed."""
     return bool(constraints.is_dependent(constraint))  # type: ignore[no-untyped-call]
@@ -279,7 +286,7 @@ def _independent(base: Distribution, shape: torch.Size) -> TorchDistributionMixi
 _FAMILY = "pyrolite_bnn.prior_family"
 
 
-class Prior(DeclaresScales, KeepsExactValues, RefusesUnwrittenTensors, RecordsInState):
+class Prior(DeclaresScales, RefusesUnwrittenTensors, RecordsInState):
     """Base class of priors: ``prior(shape)`` returns the prior of a tensor.
 
     Subclasses implement :meth:`elementwise`, the prior of one scalar weight
@@ -381,7 +388,6 @@ class Prior(DeclaresScales, KeepsExactValues, RefusesUnwrittenTensors, RecordsIn
             dict(self.__dict__.get("_initial_values", {})),
             set(self.__dict__.get("_unknown_values", ())),
         )
-        exact = dict(self._kept_values or {})
         super().__setattr__(name, tensor)  # torch's (reset_parameters' value too)
         if tensor.is_meta and not checked.is_meta:  # the value is known: keep it
             self._remember(name, checked)
@@ -391,9 +397,7 @@ class Prior(DeclaresScales, KeepsExactValues, RefusesUnwrittenTensors, RecordsIn
             self._buffers[name] = current
             if "_initial_values" in self.__dict__:
                 self._initial_values, self._unknown_values = kept
-            self._kept_values = exact or None
             raise
-        self.keep_exact(name, value)
 
     def _check_hyperparameters(self) -> None:
         """Check the hyperparameters against each other and the declared variable.
@@ -413,48 +417,6 @@ class Prior(DeclaresScales, KeepsExactValues, RefusesUnwrittenTensors, RecordsIn
             raise ValueError(
                 f"{type(self).__name__} hyperparameters do not fit together: {error}"
             ) from error
-
-    def register_hyperparameter(
-        self,
-        name: str,
-        value: float | Tensor,
-        constraint: constraints.Constraint | None,
-        what: str,
-    ) -> None:
-        """Register the buffer ``name`` holding a checked copy of ``value``.
-
-        In ``value``'s dtype if it is a floating tensor, else in the default
-        dtype, keeping ``value`` itself as the exact number it means
-        (:meth:`keep_exact`): a layer of a wider dtype (``dtype=torch.float64``)
-        holds ``scale=0.1`` as 0.1, not as its ``float32`` rounding.
-
-        Args:
-            name: the buffer's name.
-            value: the hyperparameter as given.
-            constraint: what its values must satisfy (``None``: anything).
-            what: names it in a refusal.
-        """
-        self.register_buffer(name, _hyperparameter(value, constraint, what))
-        self.keep_exact(name, value)
-
-    def keep_exact(self, name: str, value: object) -> None:
-        """:meth:`KeepsExactValues.keep_exact`; resets return to the exact number too.
-
-        Where the number rounds to the value kept for :meth:`reset_parameters`
-        (one given as a number, not one computed from it), the reset writes
-        the number, in whatever dtype the prior is then.
-        """
-        super().keep_exact(name, value)
-        initial = self.__dict__.get("_initial_values", {}).get(name)
-        number = self.exact_value(name)
-        if initial is None or number.dtype != torch.float64 or initial is number:
-            return
-        try:
-            exact = number.expand_as(initial)
-        except RuntimeError:
-            return
-        if torch.equal(exact.to(initial.dtype), initial):
-            self._initial_values[name] = exact.clone()
 
     def register_buffer(
         self, name: str, tensor: Tensor | None, persistent: bool = True
@@ -519,7 +481,6 @@ class Prior(DeclaresScales, KeepsExactValues, RefusesUnwrittenTensors, RecordsIn
             for name, value in getattr(self, "_initial_values", {}).items():
                 current: Tensor = getattr(self, name)
                 current.copy_(value.expand_as(current))
-        self.rewrite_exact()  # a float64 layer's: the numbers given
 
     def check_values(self) -> None:
         """Refuse hyperparameter buffers outside their constraints, where they are used.
@@ -996,10 +957,8 @@ class NormalPrior(Prior):
 
     def __init__(self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0) -> None:
         super().__init__()
-        self.register_hyperparameter("loc", loc, _finite_real, "NormalPrior loc")
-        self.register_hyperparameter(
-            "scale", scale, _finite_positive, "NormalPrior scale"
-        )
+        self.register_buffer("loc", _finite(loc, "NormalPrior loc"))
+        self.register_buffer("scale", _positive(scale, "NormalPrior scale"))
 
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """``loc`` finite, ``scale`` positive."""
@@ -1166,7 +1125,7 @@ class LearnedNormalPrior(Prior):
         if per not in get_args(ScalePer):
             raise ValueError(f"per must be 'layer' or 'unit', got {per!r}")
         self.per = per
-        self.register_hyperparameter("loc", loc, _finite_real, "LearnedNormalPrior loc")
+        self.register_buffer("loc", _finite(loc, "LearnedNormalPrior loc"))
         scale = _positive(init_scale, "LearnedNormalPrior init_scale")
         if scale.dim() != 0:
             raise ValueError(
@@ -1174,9 +1133,6 @@ class LearnedNormalPrior(Prior):
                 f"shape {tuple(scale.shape)}"
             )
         self.log_scale = nn.Parameter(scale.log())
-        exact = as_float64(init_scale)
-        if exact is not None:  # its log in float64: a float64 layer starts there
-            self.keep_exact("log_scale", exact.log())
 
     def scale(self) -> Tensor:
         """Current prior standard deviation, ``exp(log_scale)``.
@@ -1316,10 +1272,8 @@ class LaplacePrior(Prior):
 
     def __init__(self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0) -> None:
         super().__init__()
-        self.register_hyperparameter("loc", loc, _finite_real, "LaplacePrior loc")
-        self.register_hyperparameter(
-            "scale", scale, _finite_positive, "LaplacePrior scale"
-        )
+        self.register_buffer("loc", _finite(loc, "LaplacePrior loc"))
+        self.register_buffer("scale", _positive(scale, "LaplacePrior scale"))
 
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """``loc`` finite, ``scale`` positive."""
@@ -1368,11 +1322,9 @@ class StudentTPrior(Prior):
         scale: float | Tensor = 1.0,
     ) -> None:
         super().__init__()
-        self.register_hyperparameter("df", df, _finite_positive, "StudentTPrior df")
-        self.register_hyperparameter("loc", loc, _finite_real, "StudentTPrior loc")
-        self.register_hyperparameter(
-            "scale", scale, _finite_positive, "StudentTPrior scale"
-        )
+        self.register_buffer("df", _positive(df, "StudentTPrior df"))
+        self.register_buffer("loc", _finite(loc, "StudentTPrior loc"))
+        self.register_buffer("scale", _positive(scale, "StudentTPrior scale"))
 
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """``df`` and ``scale`` positive, ``loc`` finite."""
@@ -1446,18 +1398,6 @@ class ScaleMixtureNormalPrior(Prior):
         logits = torch.stack([weight.log(), torch.log1p(-weight)], dim=-1)
         self.register_buffer("logits", logits)
         self.register_buffer("scales", torch.stack([first, second], dim=-1))
-        # The same, from the numbers as given, in float64: a float64 layer's.
-        exact = [as_float64(value) for value in (pi, scale1, scale2)]
-        if all(value is not None for value in exact):
-            pi64, first64, second64 = cast("list[Tensor]", exact)
-            both64 = _broadcast_shape(first64.shape, second64.shape)
-            self.keep_exact(
-                "logits", torch.stack([pi64.log(), torch.log1p(-pi64)], dim=-1)
-            )
-            self.keep_exact(
-                "scales",
-                torch.stack([first64.expand(both64), second64.expand(both64)], -1),
-            )
 
     def hyperparameter_constraints(self) -> dict[str, constraints.Constraint]:
         """``logits`` finite, ``scales`` positive."""

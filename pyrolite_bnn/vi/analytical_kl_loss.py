@@ -73,12 +73,8 @@ class NormalNormalDivergence(KullbackLeiblerModule):
     def forward(self, *parameters: Any) -> Tensor:
         """``(prior_mean, prior_log_std, variational_mean, variational_log_std)``."""
         prior_mean, prior_log_std, mean, log_std = parameters
-        # Numbers made in the variational dtype at once (a float64 mean keeps
-        # a prior mean of 0.1 exact; through float32 it was rounded).
-        prior_mean = torch.as_tensor(prior_mean, dtype=mean.dtype, device=mean.device)
-        prior_std = torch.as_tensor(
-            prior_log_std, dtype=mean.dtype, device=mean.device
-        ).exp()
+        prior_mean = torch.as_tensor(prior_mean).to(mean)
+        prior_std = torch.as_tensor(prior_log_std).to(mean).exp()
         return kl_divergence(
             Normal(mean, log_std.exp()), Normal(prior_mean, prior_std)
         ).sum()
@@ -549,12 +545,10 @@ def _flat_parameters(
         for index, parameter in enumerate(_torch_blue_prior_parameters(variable)):
             if len(prior_lists) <= index:
                 prior_lists.append([])
-            value = torch.as_tensor(
-                0.0 if parameter is None else parameter,
-                dtype=values[0].dtype,
-                device=values[0].device,
+            value = torch.as_tensor(0.0 if parameter is None else parameter)
+            prior_lists[index].append(
+                value.to(values[0]).broadcast_to(values[0].shape).flatten()
             )
-            prior_lists[index].append(value.broadcast_to(values[0].shape).flatten())
     return (
         [torch.cat(p) for p in prior_lists],
         [torch.cat(v) for v in variational_lists],

@@ -156,7 +156,7 @@ class MeanFieldNormal(Prior, VariationalDistribution, PredictiveDistribution):
         built = self.__dict__.get("_bnn_predictive")
         if not isinstance(built, BnnNormal):
             return mean, spread
-        noise = built.noise_scale_as(spread).detach()
+        noise = built.noise_scale().detach().to(spread)
         return mean, (spread.square() + noise.square()).sqrt()
 
     def log_prob_from_parameters(
