@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from pyrolite_bnn._draws import using_fixed_weights
 from pyrolite_bnn._forward import call_network
+from pyrolite_bnn.distributions._held_tensors import storage_address, storage_names
 from pyrolite_bnn.guides import ParticleGuide
 
 __all__ = ["FixedWeights"]
@@ -80,11 +81,13 @@ class FixedWeights:
                 values[variable.site] = value
         # A point mass "draws" its parameter expanded: a view, which training
         # would change (or, after an in-place step, make unusable).
-        held = {
-            t.untyped_storage().data_ptr()
-            for source in (guide, *(v.layer_posterior for v in variables))
-            for t in (*source.parameters(), *source.buffers())
-        }
+        held = set(
+            storage_names(
+                (name, t)
+                for source in (guide, *(v.layer_posterior for v in variables))
+                for name, t in (*source.named_parameters(), *source.named_buffers())
+            )
+        )
         return cls({site: _own(v, held) for site, v in values.items()}, guide)
 
     def run(
@@ -113,7 +116,8 @@ def _own(value: Tensor, held: set[int]) -> Tensor:
     An expanded tensor is copied once and expanded again: the copy takes the
     memory of the tensor it was expanded from, not of all particles.
     """
-    if value.untyped_storage().data_ptr() not in held:
+    address = storage_address(value)
+    if address is None or address not in held:
         return value
     distinct = tuple(
         slice(0, 1) if stride == 0 else slice(None) for stride in value.stride()
