@@ -135,6 +135,29 @@ def test_history_fields_are_filled() -> None:
     assert history.as_dict()["epochs_run"] == 3
 
 
+def _fit_with_seeded_validation(
+    model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, check: Any
+) -> History:
+    """Two epochs of ``fit``, validated on ``(x, y)`` after seeding Pyro with
+    123 (as ``check``'s reference at each epoch's end is)."""
+
+    class Seed:
+        def __iter__(self) -> Any:
+            pyro.set_rng_seed(123)
+            yield x, y
+
+    return fit(
+        model,
+        loss_fn,
+        _batches(x, y),
+        epochs=2,
+        optimizer=_adam(model),
+        val_loader=Seed(),
+        callbacks=[check],
+        progress=False,
+    )
+
+
 def test_val_loss_is_negative_log_predictive_density() -> None:
     x, y = _data()
     model, loss_fn = bnn.VILinear(3, 2), _loss()
@@ -150,21 +173,7 @@ def test_val_loss_is_negative_log_predictive_density() -> None:
             nlpd = -(torch.logsumexp(log_p, 0) - math.log(4)).mean()
             recorder.append(float(nlpd))
 
-    class Seed:
-        def __iter__(self) -> Any:
-            pyro.set_rng_seed(123)
-            yield x, y
-
-    history = fit(
-        model,
-        loss_fn,
-        _batches(x, y),
-        epochs=2,
-        optimizer=_adam(model),
-        val_loader=Seed(),
-        callbacks=[Check()],
-        progress=False,
-    )
+    history = _fit_with_seeded_validation(model, loss_fn, x, y, Check())
     assert history.val_loss == pytest.approx(recorder, rel=1e-5)
 
 
@@ -194,21 +203,7 @@ def test_val_loss_leaves_missing_targets_out() -> None:
             mixture = torch.logsumexp(log_p, 0) - math.log(4)
             recorder.append(float(-mixture[keep.any(1)].mean()))
 
-    class Seed:
-        def __iter__(self) -> Any:
-            pyro.set_rng_seed(123)
-            yield x, y
-
-    history = fit(
-        model,
-        loss_fn,
-        _batches(x, y),
-        epochs=2,
-        optimizer=_adam(model),
-        val_loader=Seed(),
-        callbacks=[Check()],
-        progress=False,
-    )
+    history = _fit_with_seeded_validation(model, loss_fn, x, y, Check())
     assert history.val_loss == pytest.approx(recorder, rel=1e-5)
 
 
